@@ -1,0 +1,121 @@
+"""Benchmark the preprocessed-image cache on the real data: build speed, peak memory, cached open time.
+
+Run: ``python benchmarks/bench_cache.py`` (data from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+Each split is measured in a fresh subprocess so its peak-memory figures are its own. Peak memory is given
+two ways: getrusage(RUSAGE_SELF).ru_maxrss of the building process, and the peak of the summed RSS of that
+process and all its descendants (the decode workers), sampled from /proc every 50 ms. RUSAGE_CHILDREN is not
+used: the workers are children of multiprocessing's fork server, which is never waited for, so it reads 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumoscan.cache import PreprocessSpec, build_cache  # noqa: E402
+from pneumoscan.data import discover  # noqa: E402
+
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources / full-size originals)
+MEM_LIMIT_MB = 1024
+
+
+def _tree_rss_mb(root_pid: int) -> float:
+    """Summed VmRSS of ``root_pid`` and every descendant."""
+    parent_of, rss = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parent_of[pid] = int(fields["PPid"])
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    total = 0.0
+    for pid, kb in rss.items():
+        p = pid
+        while p and p != root_pid:
+            p = parent_of.get(p, 0)
+        total += kb if p == root_pid else 0
+    return total
+
+
+def measure(split: str) -> dict:
+    paths = [r.path for r in discover(DATA / split).records]
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss_mb(os.getpid()))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        sampler.start()
+        t0 = time.perf_counter()
+        cache = build_cache(paths, PreprocessSpec(224), cache_dir=Path(cache_dir))
+        build_s = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
+        t0 = time.perf_counter()
+        again = build_cache(paths, PreprocessSpec(224), cache_dir=Path(cache_dir))
+        open_s = time.perf_counter() - t0
+        assert again.fingerprint == cache.fingerprint and again.images.shape == cache.images.shape
+    return {
+        "split": split,
+        "images": len(paths),
+        "errors": len(cache.errors),
+        "build_s": build_s,
+        "per_s": len(paths) / build_s,
+        "self_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "tree_peak_mb": peak[0],
+        "open_s": open_s,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(measure(sys.argv[2])))
+        return
+    if not DATA.is_dir():
+        sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
+    print(f"data: {DATA.resolve()}   cores: {os.cpu_count()}   workers: default (os.cpu_count())")
+    header = (
+        f"{'split':<6} {'images':>6} {'errors':>6} {'build s':>8} {'images/s':>9} {'target':>7} "
+        f"{'RSS self MB':>11} {'RSS tree MB':>11} {'cached open ms':>14}  verdict"
+    )
+    print(header)
+    print("-" * len(header))
+    for split, target in SPLITS.items():
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", split], check=True, capture_output=True, text=True
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        ok = r["per_s"] >= target and max(r["self_maxrss_mb"], r["tree_peak_mb"]) < MEM_LIMIT_MB
+        print(
+            f"{r['split']:<6} {r['images']:>6} {r['errors']:>6} {r['build_s']:>8.2f} {r['per_s']:>9.0f} "
+            f"{target:>7} {r['self_maxrss_mb']:>11.0f} {r['tree_peak_mb']:>11.0f} {r['open_s'] * 1000:>14.1f}  "
+            f"{'ok' if ok else 'MISSED'}"
+        )
+    print(
+        "RSS self = getrusage(RUSAGE_SELF).ru_maxrss of the building process; RSS tree = sampled peak of the "
+        f"summed RSS of it and its decode workers; memory target < {MEM_LIMIT_MB} MB."
+    )
+
+
+if __name__ == "__main__":
+    main()

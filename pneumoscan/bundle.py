@@ -1,0 +1,82 @@
+"""The model bundle: one directory that holds everything needed to predict, with no pickled code.
+
+    bundle/
+      model.safetensors   weights
+      bundle.json         model name and kwargs, task and classes, preprocessing, threshold, temperature,
+                          training data fingerprint, validation metrics, package version
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__, models
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CARD = "bundle.json"
+
+
+@dataclass
+class BundleCard:
+    """What a bundle says about its model; saved as bundle.json."""
+
+    model: str
+    task: str
+    classes: list[str]
+    positive: str
+    size: int
+    resize_policy: str
+    mean: float
+    std: float
+    threshold: float = 0.5
+    threshold_policy: str = "fixed 0.5"
+    temperature: float = 1.0
+    model_kwargs: dict = field(default_factory=dict)
+    data_fingerprint: str = ""
+    val_metrics: dict = field(default_factory=dict)
+    train_config: dict = field(default_factory=dict)
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.model}-{self.task}-{self.data_fingerprint[:8] or 'untracked'}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard) -> Path:
+    """Write weights and card; each file lands atomically so a reader never sees half a bundle file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    text = json.dumps(asdict(card), indent=2, allow_nan=False)
+    _atomic_write(directory / CARD, lambda p: p.write_text(text))
+    return directory
+
+
+def load_card(directory: Path | str) -> BundleCard:
+    data = json.loads((Path(directory) / CARD).read_text())
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: bundle format {data.get('format_version')} is not {FORMAT_VERSION}")
+    return BundleCard(**data)
+
+
+def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
+    """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
+    card = load_card(directory)
+    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, **card.model_kwargs)
+    model.load_state_dict(load_file(str(Path(directory) / WEIGHTS)))
+    return model.eval(), card

@@ -1,0 +1,231 @@
+"""Preprocessed-image cache: decode a dataset once into one uint8 file that every later run memory-maps.
+
+The cache is keyed by a fingerprint of the file list (path, size, mtime) and the preprocessing spec, so an
+unchanged dataset opens instantly and any changed file rebuilds it. Files appear atomically and the index is
+written last: a killed build never leaves a cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+
+from pneumoscan.decode import RESIZE_POLICIES, DecodeError, preprocess
+
+CACHE_VERSION = 1  # bump whenever decode/resize output changes, so old caches are not reused
+CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How every image is turned into a model input; part of the cache key."""
+
+    size: int = 224
+    policy: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"unknown resize policy {self.policy!r} (expected one of {RESIZE_POLICIES})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        return cls(**data)
+
+
+@dataclass
+class ImageCache:
+    """Preprocessed images (read-only memmap) and which file each row holds."""
+
+    images: np.ndarray  # (N, size, size) uint8
+    paths: list[str]  # row i holds paths[i]
+    errors: list[dict[str, str]]  # [{"path", "reason"}] for files that could not be decoded
+    spec: PreprocessSpec
+    fingerprint: str
+    _row_of: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row_of = {path: i for i, path in enumerate(self.paths)}
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Row indices of ``paths``; KeyError (with the decode reason when there is one) for a missing file."""
+        out = []
+        for path in paths:
+            row = self._row_of.get(str(path))
+            if row is None:
+                reason = next((e["reason"] for e in self.errors if e["path"] == str(path)), None)
+                raise KeyError(f"{path}: unreadable ({reason})" if reason else f"{path}: not in this cache")
+            out.append(row)
+        return np.asarray(out, dtype=np.int64)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PNEUMOSCAN_CACHE") or Path.home() / ".cache" / "pneumoscan")
+
+
+def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
+    """Hash of (absolute path, size, mtime) of every file plus the spec: any change gives a new cache."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.to_dict()], sort_keys=True).encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"  # reported as an error by the build; a later appearance changes the key
+        digest.update(f"\0{os.path.abspath(path)}\0{stamp}".encode())
+    return digest.hexdigest()[:32]
+
+
+def build_cache(
+    paths: Sequence[str],
+    spec: PreprocessSpec = PreprocessSpec(),
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ImageCache:
+    """Open the cache for ``paths`` or build it with ``workers`` processes (default: every core)."""
+    paths = [str(p) for p in paths]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = fingerprint(paths, spec)
+    cached = _load(cache_dir, key, spec)
+    if cached is not None:
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    row_bytes = spec.size * spec.size
+    bad: dict[int, str] = {}
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
+    try:
+        with os.fdopen(fd, "r+b") as f, Progress(console=Console(stderr=True), disable=not progress) as bar:
+            task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
+            # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
+            for start, (block, errors) in _decode_all(paths, spec, workers or os.cpu_count() or 1):
+                os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
+                bad.update((start + k, reason) for k, reason in errors)
+                bar.advance(task, len(block))
+            kept = _compact(f.fileno(), len(paths), sorted(bad), row_bytes)
+            f.truncate(kept * row_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache_dir / f"{key}.u8")
+        index = {
+            "version": CACHE_VERSION,
+            "fingerprint": key,
+            "spec": spec.to_dict(),
+            "shape": [kept, spec.size, spec.size],
+            "paths": [p for i, p in enumerate(paths) if i not in bad],
+            "errors": [{"path": paths[i], "reason": bad[i]} for i in sorted(bad)],
+        }
+        _write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    loaded = _load(cache_dir, key, spec)
+    assert loaded is not None, "cache just written cannot be read back"
+    return loaded
+
+
+def _decode_chunk(paths: list[str], size: int, policy: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Worker task: preprocessed images (zeros for unreadable ones) and (offset, reason) per failure."""
+    block = np.zeros((len(paths), size, size), np.uint8)
+    errors = []
+    for k, path in enumerate(paths):
+        try:
+            block[k] = preprocess(path, size, policy)
+        except DecodeError as e:
+            errors.append((k, str(e)))
+    return block, errors
+
+
+def _decode_all(
+    paths: list[str], spec: PreprocessSpec, workers: int
+) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str]]]]]:
+    """(first row, chunk result) in completion order, with at most 2 chunks per worker in flight."""
+    starts = range(0, len(paths), CHUNK)
+    workers = min(workers, len(starts))
+    if workers <= 1:  # starting processes costs more than it saves for a single chunk
+        for start in starts:
+            yield start, _decode_chunk(paths[start : start + CHUNK], spec.size, spec.policy)
+        return
+    # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        todo = iter(starts)
+        pending = {}
+
+        def submit() -> None:
+            start = next(todo, None)
+            if start is not None:
+                pending[pool.submit(_decode_chunk, paths[start : start + CHUNK], spec.size, spec.policy)] = start
+
+        for _ in range(2 * workers):
+            submit()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+                submit()
+
+
+def _compact(fd: int, n: int, bad_rows: list[int], row_bytes: int) -> int:
+    """Close the gaps left by unreadable files so rows follow the input order; returns the rows kept."""
+    if not bad_rows:
+        return n
+    skip = set(bad_rows)
+    dst = bad_rows[0]
+    for src in range(bad_rows[0], n):
+        if src in skip:
+            continue
+        if src != dst:
+            os.pwrite(fd, os.pread(fd, row_bytes, src * row_bytes), dst * row_bytes)
+        dst += 1
+    return dst
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make both renames durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
+    """The cache for ``key`` if its index exists and matches its array file, else None (rebuild)."""
+    index_path, array_path = cache_dir / f"{key}.json", cache_dir / f"{key}.u8"
+    try:
+        index = json.loads(index_path.read_text())
+        shape = tuple(index["shape"])
+        if os.path.getsize(array_path) != int(np.prod(shape)) or shape[1:] != (spec.size, spec.size):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if shape[0] == 0:
+        images = np.zeros(shape, np.uint8)
+        images.setflags(write=False)
+    else:
+        images = np.memmap(array_path, dtype=np.uint8, mode="r", shape=shape)
+    return ImageCache(images, index["paths"], index["errors"], spec, key)

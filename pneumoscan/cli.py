@@ -1,0 +1,160 @@
+"""The `pneumoscan` command: a thin argparse layer over the library (one sub-command per step of the flow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+
+
+def _print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, allow_nan=False, default=str))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, audit_figure, format_audit
+    from .data import discover
+
+    found = discover(args.data)
+    report = audit(found)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    if args.figure:
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        audit_figure(report, found, Path(args.figure))
+    if args.json:
+        _print_json(report)
+    else:
+        console.print(format_audit(report))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from .audit import exact_duplicate_groups
+    from .data import discover, write_manifest
+    from .split import patient_split, split_summary
+
+    pool = [r for r in discover(args.data).records if r.split != "test"]
+    records = patient_split(pool, args.val_fraction, args.seed, exact_duplicate_groups([r.path for r in pool]))
+    write_manifest(records, args.out)
+    _print_json(split_summary(records))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import PreprocessSpec, build_cache
+    from .data import discover
+
+    cache = build_cache([r.path for r in discover(args.data).records], PreprocessSpec(args.size, args.policy), progress=True)
+    console.print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
+    for err in cache.errors:
+        console.print(f"  [yellow]{err['path']}[/]: {err['reason']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    cfg = load_config(
+        args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
+        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
+        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained,
+    )
+    if args.youden:
+        cfg.target_sensitivity = None
+    train(args.data, cfg, args.out, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{'-' + args.split if args.split else ''}"
+    metrics = evaluate(args.bundle, args.data, args.split, out)
+    if args.json:
+        _print_json({k: v for k, v in metrics.items() if k != "curves"})
+    else:
+        for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
+            lo, hi = metrics["ci"].get(name, [None, None])
+            ci = f"  (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
+            console.print(f"{name:>12}: {metrics[name]:.4f}{ci}")
+        console.print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pneumoscan", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("audit", help="class balance, sizes, unreadable files, duplicates, patient overlap")
+    p.add_argument("data", help="dataset root, NORMAL/PNEUMONIA folder or CSV manifest")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json-out", help="also write the JSON report to this file")
+    p.add_argument("--figure", help="write class balance + sample grid PNG here")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("split", help="patient-grouped train/val split of everything but test, as a CSV manifest")
+    p.add_argument("data")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="split.csv")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of training")
+    p.add_argument("data")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"))
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"))
+    p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--time-budget", type=float, help="minutes; the learning-rate schedule is fitted to it")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
+    p.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
+    p.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, CIs, curves and an HTML report for a bundle on labelled images")
+    p.add_argument("bundle")
+    p.add_argument("data", help="dataset root, NORMAL/PNEUMONIA folder or CSV manifest")
+    p.add_argument("--split", help="train/val/test when DATA holds several")
+    p.add_argument("--out", help="report folder (default: next to the bundle)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list registered model names")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

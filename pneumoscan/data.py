@@ -1,0 +1,142 @@
+"""Dataset discovery: turn a folder tree or a CSV manifest into image records.
+
+Labels come from folder names (``NORMAL`` / ``PNEUMONIA``, any case); the pneumonia subtype and the patient id
+come from the original Kermany file names (``person12_bacteria_45.jpeg``; normals name a study,
+``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``). Everything downstream works on :class:`Record` lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
+LABELS = ("NORMAL", "PNEUMONIA")
+SUBTYPES = ("normal", "bacteria", "virus")
+SPLITS = ("train", "val", "test")
+MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
+
+_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
+_STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
+_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image: where it is, which split and class it belongs to, and whose it is."""
+
+    path: str
+    label: str  # "NORMAL" | "PNEUMONIA"
+    subtype: str  # "normal" | "bacteria" | "virus" | "" when a pneumonia file name does not say
+    patient: str  # patient (personN) or study (IM-NNNN) id; the file stem when neither is in the name
+    split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
+
+
+@dataclass
+class Discovery:
+    """Records found, plus the files skipped on the way (path, reason) so a user can see what was left out."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Record]:
+        return [r for r in self.records if r.split == name]
+
+
+def parse_name(filename: str, label: str) -> tuple[str, str]:
+    """(subtype, patient id) from an original file name; unknown parts fall back to '' and the stem."""
+    stem = Path(filename).stem
+    if label == "NORMAL":
+        m = _STUDY.match(stem)
+        return "normal", (m.group(1).upper() if m else stem)
+    m = _PERSON.match(stem)
+    if m:
+        return m.group(2).lower(), m.group(1).lower()
+    return "", stem
+
+
+def make_record(path: Path | str, label: str, split: str = "") -> Record:
+    label = label.upper()
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r} (expected one of {LABELS})")
+    subtype, patient = parse_name(Path(path).name, label)
+    return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
+
+
+def _is_junk(path: Path) -> str | None:
+    """Reason to skip a file, or None if it looks like an image we should read."""
+    if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
+        return "hidden folder"
+    name = path.name.lower()
+    if name in _JUNK_NAMES or name.startswith("._"):
+        return "system file"
+    if name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image extension ({path.suffix or 'none'})"
+    return None
+
+
+def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        label = class_dir.name.upper()
+        if label not in LABELS:
+            if not class_dir.name.startswith("."):
+                found.skipped.append({"path": str(class_dir), "reason": "not a class folder"})
+            continue
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file():
+                continue
+            reason = _is_junk(path.relative_to(class_dir))
+            if reason:
+                found.skipped.append({"path": str(path), "reason": reason})
+            else:
+                found.records.append(make_record(path, label, split))
+
+
+def discover(root: Path | str) -> Discovery:
+    """Records under a dataset root (``{train,val,test}/{NORMAL,PNEUMONIA}``), a single split folder
+    (``{NORMAL,PNEUMONIA}``), or a CSV manifest file."""
+    root = Path(root)
+    if root.is_file():
+        return read_manifest(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset not found: {root}")
+    found = Discovery()
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    split_dirs = [children[s] for s in SPLITS if s in children]
+    if split_dirs:
+        for folder in split_dirs:
+            _scan_class_folders(folder, folder.name.lower(), found)
+    elif any(name.upper() in LABELS for name in children):
+        _scan_class_folders(root, "", found)
+    else:
+        raise ValueError(f"{root}: expected {{train,val,test}}/{{NORMAL,PNEUMONIA}} or {{NORMAL,PNEUMONIA}} folders")
+    return found
+
+
+def read_manifest(csv_path: Path | str) -> Discovery:
+    """Records from a CSV with columns ``path,label[,subtype,patient,split]``; relative paths are taken
+    relative to the CSV's folder. Missing subtype/patient are parsed from the file name."""
+    csv_path = Path(csv_path)
+    found = Discovery()
+    with csv_path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            rec = make_record(path, row["label"], (row.get("split") or "").lower())
+            subtype, patient = row.get("subtype") or rec.subtype, row.get("patient") or rec.patient
+            found.records.append(Record(str(path), rec.label, subtype, patient, rec.split))
+    return found
+
+
+def write_manifest(records: list[Record], csv_path: Path | str) -> None:
+    """Write records as a manifest that :func:`read_manifest` (and so every command) reads back."""
+    with Path(csv_path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow(asdict(rec))

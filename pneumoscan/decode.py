@@ -1,0 +1,225 @@
+"""Image decoding: any JPEG, PNG or DICOM X-ray (path or uploaded bytes) to an 8-bit grayscale array.
+
+Every bad input becomes a :class:`DecodeError` whose message says what is wrong, so a dataset build can list
+the unreadable files and the web service can answer with a 4xx instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+Source = str | Path | bytes
+
+# Refuse anything bigger before pixels are decoded (a 12,000 x 12,000 film is 1.44e8; the largest real chest
+# radiographs are ~4,300 x 3,500). Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS ~ 1.8e8) is above this.
+MAX_PIXELS = 150_000_000
+RESIZE_POLICIES = ("squash", "pad", "center-crop")
+PIL_FORMATS = ("JPEG", "PNG")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class DecodeError(ValueError):
+    """Raised with a human-readable reason (str(e)) when a file cannot be read as an X-ray."""
+
+
+def _too_large(width: int, height: int) -> DecodeError:
+    return DecodeError(
+        f"image too large: {width} x {height} = {width * height:,} pixels exceeds the limit of "
+        f"{MAX_PIXELS:,} (refusing a possible decompression bomb)"
+    )
+
+
+def _check_source(source: Source) -> tuple[Path | bytes, bool]:
+    """(what the readers get, is it DICOM). DICOM is recognised by its 'DICM' magic or a .dcm name."""
+    if isinstance(source, bytes):
+        if not source:
+            raise DecodeError("empty file (0 bytes)")
+        return source, source[128:132] == b"DICM"
+    path = Path(source)
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as e:
+        raise DecodeError(f"cannot read file: {e.strerror or e}") from None
+    if not head:
+        raise DecodeError("empty file (0 bytes)")
+    return path, head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+
+
+def _stream(src: Path | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(src) if isinstance(src, bytes) else src
+
+
+# ---------------------------------------------------------------- Pillow (JPEG, PNG)
+
+
+@contextmanager
+def _open_pillow(src: Path | bytes) -> Iterator[Image.Image]:
+    """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(_stream(src), formats=PIL_FORMATS)
+    except Image.DecompressionBombError:
+        raise DecodeError(
+            f"image too large: over {MAX_PIXELS:,} pixels (refusing a possible decompression bomb)"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not a JPEG, PNG or DICOM image") from None
+    except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
+        raise DecodeError(f"corrupt image header: {e}") from None
+    with im:
+        width, height = im.size
+        if width * height > MAX_PIXELS:
+            raise _too_large(width, height)
+        yield im
+
+
+def _pillow_gray(im: Image.Image, target: int | None) -> np.ndarray:
+    if im.format == "JPEG":
+        # DCT scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size (still >= target) and only the luma channel.
+        im.draft("L", (target, target) if target else None)
+    try:
+        im.load()
+    except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
+        raise DecodeError(f"corrupt or truncated image data: {e}") from None
+    if im.mode.startswith("I;16"):
+        # 16-bit PNG: scale 0..65535 onto 0..255 (Pillow's convert('L') would clip instead)
+        return ((np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if im.mode in ("I", "F"):
+        return _minmax_u8(np.asarray(im))
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        # X-ray background is black, so transparent areas become black like the padding does
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), rgba)
+    if im.mode == "CMYK":
+        im = im.convert("RGB")
+    return np.array(im.convert("L"))
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _read_dicom(src: Path | bytes, header_only: bool) -> Dataset:
+    try:
+        # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
+        return pydicom.dcmread(_stream(src), force=True, defer_size="64 KB" if header_only else None)
+    except Exception as e:
+        raise DecodeError(f"not a readable DICOM file: {e}") from None
+
+
+def _check_dicom(ds: Dataset) -> tuple[int, int]:
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise DecodeError("DICOM file has no pixel data (not an image object)")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not rows or not cols:
+        raise DecodeError("DICOM file has pixel data but no Rows/Columns")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise DecodeError(
+            f"multi-frame DICOM ({frames} frames) is not a single radiograph; export the frame to read"
+        )
+    if rows * cols > MAX_PIXELS:
+        raise _too_large(cols, rows)
+    return int(cols), int(rows)
+
+
+def _dicom_gray(ds: Dataset) -> np.ndarray:
+    _check_dicom(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    try:
+        arr = ds.pixel_array  # YBR is converted to RGB here
+        if photometric in ("MONOCHROME1", "MONOCHROME2"):
+            # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
+            arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+        elif photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+    except Exception as e:  # compressed syntax without a decoder plugin, broken LUTs, short pixel data, ...
+        raise DecodeError(f"cannot decode DICOM pixel data: {e}") from None
+    if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
+        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if arr.ndim != 2:
+        raise DecodeError(f"unsupported DICOM pixel layout {arr.shape} ({photometric})")
+    # After a window that clips both ends (every clinical chest window) min-max is the window itself; it also
+    # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
+    gray = _minmax_u8(arr)
+    return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
+def _minmax_u8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def image_info(source: Source) -> dict:
+    """Size and pixel format from the header only (no pixel decoding): ``{"width", "height", "mode", "format"}``."""
+    src, is_dicom = _check_source(source)
+    if is_dicom:
+        ds = _read_dicom(src, header_only=True)
+        width, height = _check_dicom(ds)
+        mode = f"{ds.get('PhotometricInterpretation', 'MONOCHROME2')}/{ds.get('BitsStored', '?')}"
+        return {"width": width, "height": height, "mode": mode, "format": "DICOM"}
+    with _open_pillow(src) as im:
+        return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+
+
+def read_gray(source: Source, target: int | None = None) -> np.ndarray:
+    """Decode to a uint8 H x W grayscale array. With ``target`` a large JPEG is decoded at a reduced scale
+    whose short side is still >= target, which is what makes full-size originals fast."""
+    src, is_dicom = _check_source(source)
+    if is_dicom:
+        return _dicom_gray(_read_dicom(src, header_only=False))
+    with _open_pillow(src) as im:
+        return _pillow_gray(im, target)
+
+
+def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
+    """``size x size`` uint8. squash: stretch to the square; pad: keep the aspect ratio and letterbox with
+    black; center-crop: scale the short side to ``size`` and cut the middle square."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {policy!r} (expected one of {RESIZE_POLICIES})")
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} {gray.shape}")
+    height, width = gray.shape
+    if (height, width) == (size, size):
+        return gray.copy()
+    im = Image.fromarray(gray)
+    bilinear = Image.Resampling.BILINEAR  # antialiased when shrinking, like torchvision's Resize
+    if policy == "squash":
+        out = im.resize((size, size), bilinear)
+    elif policy == "center-crop":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        out = im.resize((size, size), bilinear, box=(left, top, left + side, top + side))
+    else:
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        out = Image.new("L", (size, size), 0)
+        out.paste(im.resize((new_w, new_h), bilinear), ((size - new_w) // 2, (size - new_h) // 2))
+    return np.array(out)
+
+
+def preprocess(source: Source, size: int = 224, policy: str = "squash") -> np.ndarray:
+    """The model input for one file: decode (JPEG draft-scaled to ``size``) and resize to ``size x size``."""
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"unknown resize policy {policy!r} (expected one of {RESIZE_POLICIES})")
+    return resize(read_gray(source, target=size), size, policy)

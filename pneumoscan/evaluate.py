@@ -1,0 +1,49 @@
+"""Evaluate a bundle on labelled images: metrics at the bundle's threshold and at 0.5, CIs, curves, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .cache import PreprocessSpec, build_cache
+from .data import discover
+from .dataset import Task, binary_targets, get_task, positive_probability, select
+from .metrics import evaluate_binary, evaluate_multiclass, softmax
+from .predict import Predictor
+from .report import write_report
+
+
+def evaluate_logits(logits: np.ndarray, targets: np.ndarray, task: Task, threshold: float, temperature: float) -> dict:
+    """Binary metrics for the task's positive class; multiclass tasks add a per-class block under ``multiclass``."""
+    probs = softmax(logits, temperature)
+    metrics = evaluate_binary(binary_targets(targets, task), positive_probability(probs, task), threshold)
+    metrics["positive_class"] = task.positive
+    if len(task.classes) > 2:
+        metrics["multiclass"] = evaluate_multiclass(targets, probs, task.classes)
+    return metrics
+
+
+def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None) -> dict:
+    """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
+    bundle's task; with a dataset root, ``split`` picks train/val/test. Writes metrics.json and report.html."""
+    predictor = Predictor(bundle)
+    card = predictor.card
+    task = get_task(card.task)
+    found = discover(data)
+    records = [r for r in found.records if split is None or r.split == split]
+    if not records:
+        raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
+    cache = build_cache([r.path for r in records], PreprocessSpec(card.size, card.resize_policy), progress=True)
+    readable = set(cache.paths)
+    records, targets = select([r for r in records if r.path in readable], task)
+    logits = predictor.logits(cache.images[cache.rows([r.path for r in records])])
+    metrics = evaluate_logits(logits, targets, task, card.threshold, card.temperature)
+    metrics["unreadable"] = cache.errors
+    if out_dir is not None:
+        write_report(metrics, Path(out_dir), f"{card.model} · {card.task} · {Path(data).name}" + (f"/{split}" if split else ""), extra={
+            "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(records),
+            "unreadable": len(cache.errors), "threshold": f"{card.threshold:.4f} ({card.threshold_policy})",
+            "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
+        })
+    return metrics

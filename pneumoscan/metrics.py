@@ -1,0 +1,338 @@
+"""Evaluation metrics: operating-point metrics with bootstrap CIs, threshold choice, temperature scaling,
+calibration, and the JSON-ready summaries that become ``metrics.json``.
+
+Binary tasks use ``y_true`` in {0, 1} and ``prob`` = P(positive) (PNEUMONIA for the pneumonia task, virus for
+etiology); a case is called positive when ``prob >= threshold``, the same rule scikit-learn's curves use.
+A screening report needs sensitivity and specificity at the threshold that will actually be deployed, with
+their uncertainty, so everything here is computed at an explicit threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+from scipy.special import softmax as _softmax
+from scipy.stats import rankdata
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain Python types for json.dumps: numpy scalars/arrays converted, NaN and infinities -> None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else math.nan
+
+
+def _as_binary(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(prob, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} items but prob has {p.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 and 1")
+    return y, p
+
+
+def _has_both_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < y.size
+
+
+def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
+    """Counts and rates at one threshold; a rate whose denominator is zero (e.g. sensitivity with no
+    positives) is NaN rather than an error, so a one-class subset can still be summarised."""
+    y, p = _as_binary(y_true, prob)
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    return {
+        "accuracy": _ratio(tp + tn, y.size),
+        "precision": _ratio(tp, tp + fp),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": int(y.size),
+        "threshold": float(threshold),
+    }
+
+
+def _stratified_bootstrap(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_boot, n) resampled indices with each class resampled within itself, plus the label of each column.
+
+    Columns are grouped by class, so every row has the same label layout: class sizes stay fixed, which keeps
+    AUC defined in every resample and lets the metrics be computed for all rows at once.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    idx = np.concatenate([g[rng.integers(0, g.size, size=(n_boot, g.size))] for g in groups], axis=1)
+    labels = np.concatenate([np.full(g.size, y[g[0]]) for g in groups])
+    return idx, labels
+
+
+def _auc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC of every row of ``scores`` (Mann-Whitney U from average ranks, so ties count half, as in
+    roc_auc_score); ``positive`` is the column mask of positives shared by all rows."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if not n_pos or not n_neg:
+        return np.full(scores.shape[0], np.nan)
+    ranks = rankdata(scores, axis=1)
+    return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _percentile_ci(samples: np.ndarray, alpha: float) -> list[float]:
+    """Percentile interval over the resamples where the metric is defined (NaN when it never is)."""
+    defined = samples[~np.isnan(samples)]
+    if not defined.size:
+        return [math.nan, math.nan]
+    lo, hi = np.percentile(defined, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(lo), float(hi)]
+
+
+def threshold_metrics_ci(
+    y_true: Any, prob: Any, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, list[float]]:
+    """Percentile bootstrap CIs for auc, accuracy, sensitivity, specificity, precision and f1.
+
+    Stratified resampling (within each class) keeps both classes in every resample. Resamples where a metric
+    is undefined (precision with no predicted positives) are left out of that metric's interval.
+    """
+    y, p = _as_binary(y_true, prob)
+    idx, labels = _stratified_bootstrap(y, n_boot, seed)
+    positive = labels == 1
+    n_pos = int(positive.sum())
+    n_neg = y.size - n_pos
+    scores = p[idx]
+    pred = scores >= threshold
+    tp = pred[:, positive].sum(axis=1)
+    fp = pred[:, ~positive].sum(axis=1)
+    fn = n_pos - tp
+    tn = n_neg - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        samples = {
+            "auc": _auc_rows(scores, positive),
+            "accuracy": (tp + tn) / y.size,
+            "sensitivity": tp / n_pos,
+            "specificity": tn / n_neg,
+            "precision": tp / (tp + fp),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+        }
+    return {name: _percentile_ci(np.asarray(values, dtype=float), alpha) for name, values in samples.items()}
+
+
+def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 0.95) -> float:
+    """Operating threshold from validation data; the result is always one of the observed scores.
+
+    With ``target_sensitivity``: the highest threshold whose sensitivity is >= the target, i.e. the most
+    specific rule that still meets the sensitivity floor (the next higher distinct score falls below it).
+    With ``None``: the threshold maximising Youden's J = sensitivity + specificity - 1; among tied maximisers
+    the highest (most specific) threshold wins. Raises ValueError unless both classes are present.
+    """
+    y, p = _as_binary(y_true, prob)
+    if not _has_both_classes(y):
+        raise ValueError("choosing a threshold needs both classes in y_true")
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    # roc_curve starts at +inf (nothing called positive); thresholds then run over the distinct scores, descending.
+    fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
+    if target_sensitivity is None:
+        return float(thresholds[np.argmax(tpr - fpr)])
+    if not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    return float(thresholds[np.argmax(tpr >= target_sensitivity)])
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident)."""
+    return _softmax(np.asarray(logits, dtype=float) / temperature, axis=-1)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Temperature T minimising the validation NLL of softmax(logits / T) (Guo et al. 2017).
+
+    Searches log T (bounded, see TEMPERATURE_BOUNDS) so T stays positive; one scalar cannot change the argmax,
+    so accuracy and AUC are unchanged while the probabilities become calibrated.
+    """
+    z = np.asarray(logits, dtype=float)
+    y = np.asarray(y_true).astype(int).ravel()
+    if z.ndim != 2 or z.shape[0] != y.size:
+        raise ValueError(f"logits must be (N, C) with N = len(y_true); got {z.shape} and {y.size} labels")
+    rows = np.arange(y.size)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / math.exp(log_t), axis=1)[rows, y].mean())
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    return float(math.exp(result.x))
+
+
+def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
+    """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
+    ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0."""
+    y, p = _as_binary(y_true, prob)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.digitize(p, edges[1:-1])  # [a, b) bins; 1.0 (and anything above) lands in the last bin
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_pred = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_obs = np.bincount(bins, weights=y, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_pred = sum_pred / counts
+        observed = sum_obs / counts
+    return {
+        "bin_edges": edges.tolist(),
+        "mean_predicted": mean_pred.tolist(),
+        "observed_frequency": observed.tolist(),
+        "counts": counts.tolist(),
+        "ece": _ratio(np.abs(sum_obs - sum_pred).sum(), y.size),
+    }
+
+
+def _row_normalised(counts: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return counts / counts.sum(axis=1, keepdims=True)
+
+
+def _thin(*arrays: np.ndarray) -> list[list[float]]:
+    """Keep about CURVE_POINTS evenly spaced points (ends included) of parallel curve arrays."""
+    n = len(arrays[0])
+    keep = np.unique(np.linspace(0, n - 1, CURVE_POINTS).round().astype(int)) if n > CURVE_POINTS else slice(None)
+    return [np.asarray(a)[keep].tolist() for a in arrays]
+
+
+def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    m = binary_metrics(y, p, threshold)
+    both = _has_both_classes(y)
+    counts = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    return {
+        "auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "accuracy": m["accuracy"],
+        "sensitivity": m["sensitivity"],
+        "specificity": m["specificity"],
+        "precision": m["precision"],
+        "f1": m["f1"],
+        "threshold": m["threshold"],
+        "n": m["n"],
+        "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
+        "ece": calibration(y, p)["ece"],
+        "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
+        "ci": threshold_metrics_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+    }
+
+
+def evaluate_binary(
+    y_true: Any,
+    prob: Any,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    class_names: Sequence[str] = ("negative", "positive"),
+) -> dict[str, Any]:
+    """The metrics.json dict: metrics at the bundle's ``threshold`` at the top level, the same block at 0.5
+    under ``at_0_5``, and thinned ROC / PR / calibration curves. NaN (undefined) values become None.
+
+    ``class_names`` (negative, positive) only label the report; confusion matrices are [[tn, fp], [fn, tp]].
+    """
+    y, p = _as_binary(y_true, prob)
+    if len(class_names) != 2:
+        raise ValueError("class_names must name (negative, positive)")
+    curves: dict[str, Any] = {"roc": {"fpr": [], "tpr": [], "thresholds": []}, "pr": {"precision": [], "recall": []}}
+    if _has_both_classes(y):
+        fpr, tpr, roc_thresholds = roc_curve(y, p)
+        precision, recall, _ = precision_recall_curve(y, p)
+        curves["roc"] = dict(zip(("fpr", "tpr", "thresholds"), _thin(fpr, tpr, roc_thresholds)))
+        curves["pr"] = dict(zip(("precision", "recall"), _thin(precision, recall)))
+    curves["calibration"] = calibration(y, p)
+    return jsonable(
+        {
+            "kind": "binary",
+            "class_names": list(class_names),
+            "n_positive": int(y.sum()),
+            "n_negative": int(y.size - y.sum()),
+            **_operating_point(y, p, threshold, n_boot, seed),
+            "at_0_5": _operating_point(y, p, 0.5, n_boot, seed),
+            "curves": curves,
+        }
+    )
+
+
+def evaluate_multiclass(
+    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Metrics for the argmax decision: accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
+    sensitivity / precision / f1 / AUC, confusion matrix, stratified bootstrap CIs for accuracy and macro AUC,
+    per-class ROC curves and a top-label reliability diagram (confidence vs correctness). NaN -> None."""
+    y = np.asarray(y_true).astype(int).ravel()
+    P = np.asarray(probs, dtype=float)
+    n_classes = len(class_names)
+    if P.shape != (y.size, n_classes):
+        raise ValueError(f"probs must be (N, {n_classes}) for N = {y.size} labels; got {P.shape}")
+    if y.size and not np.isin(y, range(n_classes)).all():
+        raise ValueError(f"y_true must contain class indices 0..{n_classes - 1}")
+    pred = P.argmax(axis=1)
+    counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
+    per_class: dict[str, dict[str, Any]] = {}
+    roc: dict[str, dict[str, list[float]]] = {}
+    for k, name in enumerate(class_names):
+        is_k = y == k
+        tp, support, predicted = counts[k, k], counts[k].sum(), counts[:, k].sum()
+        defined = _has_both_classes(is_k.astype(int))
+        per_class[name] = {
+            "auc": float(roc_auc_score(is_k, P[:, k])) if defined else math.nan,
+            "sensitivity": _ratio(tp, support),
+            "precision": _ratio(tp, predicted),
+            "f1": _ratio(2 * tp, support + predicted),
+            "support": int(support),
+        }
+        roc[name] = dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
+    rows = list(per_class.values())
+    idx, labels = _stratified_bootstrap(y, n_boot, seed)
+    boot_accuracy = (pred[idx] == labels).mean(axis=1)
+    boot_macro_auc = np.mean([_auc_rows(P[idx, k], labels == k) for k in range(n_classes)], axis=0)
+    top_label = calibration(pred == y, P.max(axis=1))
+    return jsonable(
+        {
+            "kind": "multiclass",
+            "class_names": list(class_names),
+            "n": int(y.size),
+            "accuracy": _ratio(np.trace(counts), y.size),
+            "balanced_accuracy": float(np.mean([r["sensitivity"] for r in rows])),
+            "macro_auc": float(np.mean([r["auc"] for r in rows])),
+            "macro_f1": float(np.mean([r["f1"] for r in rows])),
+            "ece": top_label["ece"],
+            "per_class": per_class,
+            "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
+            "ci": {"accuracy": _percentile_ci(boot_accuracy, 0.05), "macro_auc": _percentile_ci(boot_macro_auc, 0.05)},
+            "curves": {"roc": roc, "calibration": top_label},
+        }
+    )

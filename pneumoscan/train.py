@@ -1,0 +1,409 @@
+"""Training: patient-grouped validation, class-weighted loss, warm start + partial fine-tuning, AdamW with
+warm-up and cosine decay, early stopping on validation AUC, atomic per-epoch checkpoints with exact resume,
+temperature and threshold chosen on validation, and the bundle. Runs alone or under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from sklearn.metrics import roc_auc_score
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from . import models
+from .audit import exact_duplicate_groups
+from .bundle import BundleCard, load_bundle, save_bundle
+from .cache import PreprocessSpec, build_cache
+from .data import Record, discover, write_manifest
+from .dataset import CachedImages, Task, binary_targets, get_task, positive_probability, select
+from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
+from .report import plot_training_curves, write_report
+from .evaluate import evaluate_logits
+from .split import patient_split
+from .transforms import Augment, normalize, train_transform
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml in the run directory."""
+
+    task: str = "pneumonia"
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    image_size: int = 224
+    resize_policy: str = "squash"
+    epochs: int = 6
+    time_budget: float | None = None  # minutes for warm start + training + validation; the LR schedule fits it
+    batch_size: int = 32  # per process
+    lr: float = 1e-3  # for one process; scaled linearly with the number of processes
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of the schedule
+    label_smoothing: float = 0.0
+    warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
+    trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
+    patience: int = 3  # epochs without a better validation AUC before stopping
+    val_fraction: float = 0.15
+    split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
+    seed: int = 0
+    class_weights: bool = True  # weight the loss by inverse class frequency (the data is 3:1 pneumonia)
+    target_sensitivity: float | None = 0.95  # None: Youden's J
+    augment: Augment = field(default_factory=Augment)
+    workers: int = 0  # DataLoader workers; 0 keeps both cores for the model on a small CPU
+    eval_batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        if "augment" in data:
+            data["augment"] = Augment(**data["augment"])
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def load_config(path: Path | str | None, **overrides) -> TrainConfig:
+    """A YAML file's settings, then command-line overrides (those not None) on top of the defaults."""
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data or {})
+
+
+# -- distributed -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed() -> Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (index, logits) shard joined, in dataset order, so metrics see each image exactly once."""
+    if ctx.world > 1:
+        shards: list = [None] * ctx.world
+        dist.all_gather_object(shards, (index, logits))
+        index = np.concatenate([s[0] for s in shards])
+        logits = np.concatenate([s[1] for s in shards])
+    order = np.argsort(index, kind="stable")
+    return index[order], logits[order]
+
+
+# -- pieces of a run -----------------------------------------------------------------------------------------
+
+
+def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
+    """Train/val records: the given split manifest, or a patient-grouped split of everything but test."""
+    if cfg.split_csv:
+        records = discover(cfg.split_csv).records
+    else:
+        pool = [r for r in discover(data).records if r.split != "test"]
+        groups = exact_duplicate_groups([r.path for r in pool])
+        records = patient_split(pool, cfg.val_fraction, cfg.seed, groups)
+    if not {"train", "val"} <= {r.split for r in records}:
+        raise ValueError("training needs records in both a 'train' and a 'val' split")
+    return [r for r in records if r.split in ("train", "val")]
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up then cosine decay to zero, as a function of the fraction of the schedule done."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1.0 - warmup))))
+
+
+def freeze_frozen_norms(model: torch.nn.Module) -> None:
+    """Keep BatchNorm statistics of frozen layers as pretrained: small CPU batches would only add noise."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = [model(x.to(device, non_blocking=True)).float().cpu() for x, _ in loader]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def warm_start_head(model: torch.nn.Module, loader: DataLoader, weights: torch.Tensor | None, device: torch.device) -> None:
+    """Fit the classifier on frozen pooled features (a linear probe) so fine-tuning starts from a sensible head
+    instead of pushing random-head gradients into pretrained layers."""
+    model.eval()
+    feats, ys = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            feats.append(model.forward_head(model.forward_features(x.to(device)), pre_logits=True).float())
+            ys.append(y.to(device))
+    feats_t, ys_t = torch.cat(feats).clone(), torch.cat(ys).clone()
+    head = model.get_classifier()
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(feats_t), ys_t, weight=weights) + 1e-4 * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def write_history(history: list[dict], run_dir: Path) -> None:
+    with (run_dir / "history.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    plot_training_curves(history, run_dir / "curves.png")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file then rename: a kill mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task) -> dict:
+    probs = softmax(logits)
+    pos = positive_probability(probs, task)
+    y = binary_targets(targets, task)
+    m = binary_metrics(y, pos, 0.5)
+    auc = float(roc_auc_score(y, pos)) if 0 < y.sum() < len(y) else float("nan")
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)).item())
+    return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"], "spec": m["specificity"]}
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+def train(
+    data: Path | str,
+    cfg: TrainConfig,
+    run_dir: Path | str,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> Path:
+    """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
+
+    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
+    """
+    ctx = setup_distributed()
+    run_dir = Path(run_dir)
+    task = get_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    records = split_records(data, cfg)
+    if ctx.main:
+        write_manifest(records, run_dir / "split.csv")
+    spec = PreprocessSpec(cfg.image_size, cfg.resize_policy)
+    paths = [r.path for r in records]
+    if ctx.main:  # build once; the other ranks then open the finished cache read-only
+        cache = build_cache(paths, spec, progress=True)
+    ctx.barrier()
+    if not ctx.main:
+        cache = build_cache(paths, spec)
+    for err in cache.errors if ctx.main else []:
+        console.print(f"[yellow]skipped unreadable[/] {err['path']}: {err['reason']}")
+    readable = set(cache.paths)
+    parts = {}
+    for name in ("train", "val"):
+        recs, targets = select([r for r in records if r.split == name and r.path in readable], task)
+        parts[name] = (cache.rows([r.path for r in recs]), targets)
+
+    mean, std = models.normalization(cfg.model)
+    train_set = CachedImages(cache.images, *parts["train"], train_transform(cfg.image_size, mean, std, cfg.augment))
+    val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
+    val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
+    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+
+    counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
+    weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
+    loss_weights = weights if cfg.class_weights else None
+
+    model = models.create(cfg.model, num_classes=len(task.classes), in_chans=1, pretrained=cfg.pretrained).to(ctx.device)
+    if ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    state = torch.load(checkpoint_path, map_location=ctx.device, weights_only=True) if resume and checkpoint_path.exists() else None
+    if state is None and cfg.warm_start and cfg.pretrained and hasattr(model, "forward_head"):
+        warm_loader = DataLoader(CachedImages(cache.images, *parts["train"], normalize(mean, std)), cfg.eval_batch_size)
+        warm_start_head(model, warm_loader, loss_weights, ctx.device)
+    models.set_trainable(model, cfg.trainable_stages if cfg.pretrained else None)  # from scratch: train it all
+    global_batch = cfg.batch_size * ctx.world
+    lr = cfg.lr * ctx.world
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    steps_per_epoch = len(train_loader)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
+
+    start_epoch, step, elapsed_before = 0, 0, 0.0
+    history: list[dict] = []
+    best = {"auc": -1.0, "epoch": -1, "stale": 0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, elapsed_before = state["epoch"] + 1, state["step"], state["elapsed"]
+        history, best = json.loads(state["history"]), json.loads(state["best"])
+    if ctx.main:
+        console.print(
+            f"{cfg.model} on {cfg.task}: {len(train_set)} train / {len(val_set)} val images, {ctx.world} process(es) on "
+            f"{ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
+            f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
+        )
+    t0 = time.perf_counter() - elapsed_before
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not ctx.main,
+    )
+    stop = False
+    with progress:
+        bar = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(cfg.seed + epoch)  # augmentation draws depend only on (seed, epoch): resume is exact
+            sampler.set_epoch(epoch)
+            net.train()
+            freeze_frozen_norms(model)
+            progress.reset(bar, total=steps_per_epoch, epoch=epoch + 1, info="")
+            run_loss, run_correct, seen = 0.0, 0, 0
+            for x, y in train_loader:
+                done = step / total_steps
+                if budget_s:
+                    done = max(done, (time.perf_counter() - t0) / budget_s)
+                    if ctx.world > 1:  # every rank must take the same number of steps
+                        t = torch.tensor([done], device=ctx.device)
+                        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                        done = float(t)
+                if done >= 1.0:
+                    stop = True
+                    break
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * lr_factor(done, cfg.warmup)
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if ctx.device.type == "cuda":
+                    x = x.to(memory_format=torch.channels_last)
+                with amp:
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                run_loss += loss.item() * len(y)
+                run_correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                progress.update(bar, advance=1, info=f"loss {run_loss / seen:.3f} acc {run_correct / seen:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
+
+            index, logits_val = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
+            val = epoch_metrics(logits_val, val_set.targets[index], task)
+            row = {
+                "epoch": epoch + 1, "step": step, "train_loss": run_loss / max(seen, 1), "train_acc": run_correct / max(seen, 1),
+                "val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"], "val_sens": val["sens"],
+                "val_spec": val["spec"], "lr": optimizer.param_groups[0]["lr"], "minutes": (time.perf_counter() - t0) / 60,
+            }
+            history.append(row)
+            improved = val["auc"] > best["auc"]
+            best = {"auc": val["auc"], "epoch": epoch + 1, "stale": 0} if improved else {**best, "stale": best["stale"] + 1}
+            if ctx.main:
+                progress.console.print(
+                    f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val loss "
+                    f"{val['loss']:.4f} acc {val['acc']:.3f} AUC {val['auc']:.4f} sens {val['sens']:.3f} spec {val['spec']:.3f}"
+                    + (" [green]best[/]" if improved else "")
+                )
+                if improved:
+                    save_bundle(run_dir / "best", model, BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, cfg.image_size, cfg.resize_policy, mean, std))
+                write_history(history, run_dir)
+                save_checkpoint(checkpoint_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                    "elapsed": time.perf_counter() - t0, "history": json.dumps(history), "best": json.dumps(best),
+                })
+            ctx.barrier()
+            if on_epoch_end:
+                on_epoch_end(epoch)
+            if stop or best["stale"] >= cfg.patience:
+                break
+
+    bundle_dir = finalize(run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, history)
+    if ctx.world > 1:
+        dist.destroy_process_group()
+    return bundle_dir
+
+
+def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages, val_rows: np.ndarray,
+             val_loader: DataLoader, ctx: Dist, fingerprint: str, history: Sequence[dict]) -> Path:
+    """Best weights -> temperature and threshold fitted on validation -> bundle and validation report."""
+    ctx.barrier()
+    model, card = load_bundle(run_dir / "best")
+    model.to(ctx.device)
+    index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
+    bundle_dir = run_dir / "bundle"
+    if not ctx.main:
+        return bundle_dir
+    targets = val_set.targets[index]
+    temperature = fit_temperature(logits, targets)
+    y = binary_targets(targets, task)
+    threshold = choose_threshold(y, positive_probability(softmax(logits, temperature), task), cfg.target_sensitivity)
+    policy = f"sensitivity >= {cfg.target_sensitivity:g} on validation" if cfg.target_sensitivity else "Youden's J on validation"
+    metrics = evaluate_logits(logits, targets, task, threshold, temperature)
+    card = dataclasses.replace(
+        card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
+        data_fingerprint=fingerprint, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+        val_metrics={k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n")},
+    )
+    save_bundle(bundle_dir, model, card)
+    write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
+        "bundle": str(bundle_dir), "epochs": len(history), "best epoch": max(history, key=lambda r: r["val_auc"])["epoch"],
+        "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
+    })
+    console.print(
+        f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
+        f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}"
+    )
+    return bundle_dir

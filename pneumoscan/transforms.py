@@ -1,0 +1,42 @@
+"""Augmentation and normalisation as plain torchvision.transforms.v2 pipelines on cached uint8 images.
+
+Horizontal flips are off by default: a chest film has a side (heart on the left, stomach bubble, the L/R marker),
+and a flipped film is a different, rarer anatomy (situs inversus) rather than a harmless variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random changes applied to each training image (the reference projects' set, made explicit)."""
+
+    zoom: float = 0.15  # random resized crop keeps between 1 - zoom and 1 of the area
+    shift: float = 0.08  # fraction of the side
+    rotation: float = 10.0  # degrees either way
+    shear: float = 5.0  # degrees
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hflip: bool = False
+
+
+def normalize(mean: float, std: float) -> v2.Compose:
+    """uint8 (C, H, W) -> float normalised the way the model expects."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])])
+
+
+def train_transform(size: int, mean: float, std: float, augment: Augment = Augment()) -> v2.Compose:
+    """Random zoom, shift, rotation, shear and brightness/contrast; the output stays size x size."""
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=(1.0 - augment.zoom, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomAffine(degrees=augment.rotation, translate=(augment.shift, augment.shift), shear=augment.shear),
+        v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast),
+    ]
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, normalize(mean, std)])

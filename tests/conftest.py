@@ -1,0 +1,52 @@
+"""Shared fixtures: the real data folder (tests that need it fail loudly when it is missing) and tiny datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared Kermany data (PNEUMOSCAN_DATA); a missing folder is a failure, never a skip."""
+    root = Path(os.environ.get("PNEUMOSCAN_DATA", Path(__file__).parents[2] / "shared/data/chest_xray"))
+    assert (root / "train").is_dir(), f"PNEUMOSCAN_DATA={root} has no train/ folder"
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's preprocessing cache out of the user's home."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
+    """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.75 - 0.45 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    if sick:
+        for _ in range(3):
+            cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65)
+            img += 0.35 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.004)
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset root in the Kermany layout with a few dozen synthetic 64 px images, named like the originals."""
+    root = tmp_path_factory.mktemp("tiny") / "chest_xray"
+    rng = np.random.default_rng(0)
+    for split, first, n in (("train", 0, 24), ("test", 100, 8)):
+        for i in range(first, first + n):
+            normal = root / split / "NORMAL" / f"IM-{i:04d}-0001.jpeg"
+            kind = "bacteria" if i % 2 else "virus"
+            sick = root / split / "PNEUMONIA" / f"person{i}_{kind}_{i}.jpeg"
+            for path, is_sick in ((normal, False), (sick, True)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_xray_like(rng, 64, is_sick)).save(path, quality=95)
+    return root

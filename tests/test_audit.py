@@ -1,0 +1,147 @@
+"""Audit: counts, bad files, duplicates and cross-split leakage, on a generated tree and on the real train folder."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from pneumoscan.audit import audit, audit_figure, exact_duplicate_groups, format_audit
+from pneumoscan.data import discover
+
+
+def _picture(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A distinct picture with structure at the scales pHash looks at (16x16 noise, smoothly enlarged)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (16, 16), dtype=np.uint8)
+    return Image.fromarray(noise).resize(size, Image.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """train/test with a corrupt file, a file copied into test, a re-encoded smaller copy in test, a .DS_Store,
+    and study IM-0001 in both splits."""
+    root = tmp_path_factory.mktemp("audit") / "xray"
+    files = {
+        "normal1": root / "train/NORMAL/IM-0001-0001.jpeg",
+        "normal2": root / "train/NORMAL/IM-0002-0001.jpeg",
+        "bact": root / "train/PNEUMONIA/person1_bacteria_1.jpeg",
+        "virus": root / "train/PNEUMONIA/person2_virus_2.jpeg",
+        "corrupt": root / "train/PNEUMONIA/person3_bacteria_3.jpeg",
+        "junk": root / "train/NORMAL/.DS_Store",
+        "same_study": root / "test/NORMAL/IM-0001-0002.jpeg",
+        "copy": root / "test/PNEUMONIA/person9_bacteria_9.jpeg",
+        "reencoded": root / "test/PNEUMONIA/person8_virus_8.jpeg",
+    }
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _picture(1, (128, 112)).save(files["normal1"], quality=95)
+    _picture(2, (120, 100)).save(files["normal2"], quality=95)
+    _picture(3, (128, 112)).convert("RGB").save(files["bact"], quality=95)
+    _picture(4, (140, 112)).save(files["virus"], quality=95)
+    files["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    files["junk"].write_bytes(b"\x00\x00\x00\x01Bud1")
+    _picture(5, (128, 112)).save(files["same_study"], quality=95)
+    shutil.copyfile(files["bact"], files["copy"])
+    Image.open(files["virus"]).resize((105, 84)).save(files["reencoded"], quality=80)
+    return {"root": root, **files}
+
+
+@pytest.fixture(scope="module")
+def report(tree: dict[str, Path]) -> dict:
+    return audit(discover(tree["root"]), workers=2)
+
+
+def _paths(*names: str, tree: dict[str, Path]) -> list[str]:
+    return sorted(str(tree[n]) for n in names)
+
+
+def test_audit_counts_and_sizes(report: dict) -> None:
+    assert report["n_images"] == 8
+    assert report["counts"] == {"train": {"NORMAL": 2, "PNEUMONIA": 3}, "test": {"NORMAL": 1, "PNEUMONIA": 2}}
+    assert report["subtypes"]["train"] == {"normal": 2, "bacteria": 2, "virus": 1}
+    assert report["subtypes"]["test"] == {"normal": 1, "bacteria": 1, "virus": 1}
+    # the corrupt file has no size; the 4 readable train images are 120-140 wide
+    assert report["sizes"]["train"]["width"] == {"min": 120, "median": 128, "max": 140}
+    assert report["sizes"]["test"]["height"] == {"min": 84, "median": 112, "max": 112}
+    assert sum(report["modes"].values()) == 7
+    assert report["modes"]["L"] == 5 and report["modes"]["RGB"] == 2
+    json.dumps(report)  # the CLI writes it as JSON
+
+
+def test_audit_lists_bad_and_junk_files(report: dict, tree: dict[str, Path]) -> None:
+    assert [u["path"] for u in report["unreadable"]] == [str(tree["corrupt"])]
+    assert report["unreadable"][0]["reason"]
+    assert str(tree["junk"]) in [s["path"] for s in report["skipped"]]
+
+
+def test_audit_finds_duplicates_and_leakage(report: dict, tree: dict[str, Path]) -> None:
+    copy_group = _paths("bact", "copy", tree=tree)
+    reencoded_group = _paths("virus", "reencoded", tree=tree)
+    assert report["duplicate_groups"] == [copy_group]
+    near = {tuple(g["paths"]): g for g in report["near_duplicate_groups"]}
+    assert set(near) == {tuple(copy_group), tuple(reencoded_group)}
+    assert near[tuple(copy_group)]["exact"] and not near[tuple(reencoded_group)]["exact"]
+    assert [g["paths"] for g in report["cross_split_near_duplicates"]] == sorted([copy_group, reencoded_group])
+    assert all(g["splits"] == ["test", "train"] for g in report["cross_split_near_duplicates"])
+    assert report["patient_overlap"] == {"train/test": ["IM-0001"]}
+
+
+def test_exact_duplicate_groups_matches_audit(report: dict, tree: dict[str, Path]) -> None:
+    paths = [r.path for r in discover(tree["root"]).records]
+    assert exact_duplicate_groups(paths, workers=2) == report["duplicate_groups"]
+
+
+def test_single_folder_reports_under_all(tree: dict[str, Path]) -> None:
+    rep = audit(discover(tree["root"] / "train"), workers=1)
+    assert rep["counts"] == {"all": {"NORMAL": 2, "PNEUMONIA": 3}}
+    assert rep["patient_overlap"] == {} and rep["cross_split_near_duplicates"] == []
+
+
+def test_format_audit_names_the_findings(report: dict, tree: dict[str, Path]) -> None:
+    console = Console(file=io.StringIO(), width=200)
+    console.print(format_audit(report))
+    text = console.file.getvalue()
+    assert "unreadable: 1" in text and str(tree["corrupt"]) in text
+    assert "exact duplicates: 1 groups, 2 files" in text
+    assert "patients in both train/test: 1 (IM-0001)" in text
+    assert "images repeated across splits: 2 groups" in text
+
+
+def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "audit.png"
+    audit_figure(report, discover(tree["root"]), out, per_class=3)
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 400 and img.height > 400
+
+
+def test_audit_real_train_folder(data_root: Path) -> None:
+    """The one slow test: the full 5,216-image audit (a few seconds on 2 cores; must stay under 60 s)."""
+    discovery = discover(data_root / "train")
+    start = time.perf_counter()
+    rep = audit(discovery)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 60, f"audit took {elapsed:.1f} s"
+    assert rep["counts"] == {"all": {"NORMAL": 1341, "PNEUMONIA": 3875}}
+    assert rep["subtypes"]["all"] == {"normal": 1341, "bacteria": 2530, "virus": 1345}
+    assert rep["unreadable"] == []
+    assert rep["sizes"]["all"]["width"]["min"] == rep["sizes"]["all"]["width"]["max"] == 224
+
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for rec in discovery.records:
+        by_hash[hashlib.sha256(Path(rec.path).read_bytes()).hexdigest()].append(rec.path)
+    expected = sorted(sorted(g) for g in by_hash.values() if len(g) > 1)
+    assert expected and rep["duplicate_groups"] == expected
+    for group in rep["duplicate_groups"]:
+        assert len({Path(p).read_bytes() for p in group}) == 1
+    # every exact group is also a near-duplicate group marked exact
+    exact_near = [g["paths"] for g in rep["near_duplicate_groups"] if g["exact"]]
+    assert all(g in exact_near for g in expected)

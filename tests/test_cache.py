@@ -1,0 +1,198 @@
+"""The preprocessing cache: order, errors, reuse, invalidation, crash safety, and parallel = serial."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import cache as cache_mod
+from pneumoscan.cache import ImageCache, PreprocessSpec, build_cache, default_cache_dir, fingerprint
+from pneumoscan.decode import preprocess
+
+SPEC = PreprocessSpec(size=16)
+
+
+def write_folder(root: Path, n_good: int) -> tuple[list[str], list[str], list[str]]:
+    """(all paths, good paths, bad paths): good PNG/JPEG files interleaved with three unreadable ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n_good)
+    bad = {
+        2: ("empty.png", b""),
+        5: ("notes.jpeg", b"not an image at all\n" * 10),
+        n_good: ("cut.jpeg", None),
+    }
+    paths, good, bad_paths = [], [], []
+    for i in range(n_good + len(bad)):
+        if i in bad:
+            name, data = bad[i]
+            path = root / f"{i:03d}_{name}"
+            if data is None:  # a JPEG cut in half
+                full = root / "full.tmp"
+                Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(full, "JPEG")
+                data = full.read_bytes()[: full.stat().st_size // 2]
+                full.unlink()
+            path.write_bytes(data)
+            bad_paths.append(str(path))
+        else:
+            path = root / f"{i:03d}_ok.{'png' if i % 2 else 'jpeg'}"
+            Image.fromarray(rng.integers(0, 256, (24, 20 + i % 7), dtype=np.uint8)).save(path)
+            good.append(str(path))
+        paths.append(str(path))
+    return paths, good, bad_paths
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> tuple[list[str], list[str], list[str]]:
+    return write_folder(tmp_path / "images", n_good=6)
+
+
+def cache_files(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir())
+
+
+def test_good_files_cached_in_order_and_bad_ones_reported(folder, tmp_path: Path) -> None:
+    paths, good, bad = folder
+    cache_dir = tmp_path / "cache"
+    c = build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
+    assert isinstance(c, ImageCache) and c.spec == SPEC
+    assert c.paths == good
+    assert c.images.shape == (len(good), 16, 16) and c.images.dtype == np.uint8
+    assert not c.images.flags.writeable
+    for row, path in enumerate(good):
+        np.testing.assert_array_equal(c.images[row], preprocess(path, 16))
+    assert [e["path"] for e in c.errors] == bad
+    reasons = [e["reason"] for e in c.errors]
+    assert "empty file" in reasons[0] and "not a JPEG, PNG or DICOM" in reasons[1] and "truncated" in reasons[2]
+    np.testing.assert_array_equal(c.rows([good[3], good[0]]), [3, 0])
+    with pytest.raises(KeyError, match="empty file"):
+        c.rows([bad[0]])
+    with pytest.raises(KeyError, match="not in this cache"):
+        c.rows([str(tmp_path / "other.png")])
+    assert cache_files(cache_dir) == [f"{c.fingerprint}.json", f"{c.fingerprint}.u8"]  # no temp files left
+
+
+def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatch) -> None:
+    paths, good, _ = folder
+    first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    array_file = tmp_path / "cache" / f"{first.fingerprint}.u8"
+    stamp = array_file.stat().st_mtime_ns
+
+    def no_decoding(*args):
+        raise AssertionError("a cached dataset was decoded again")
+
+    monkeypatch.setattr(cache_mod, "_decode_chunk", no_decoding)
+    second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    assert second.fingerprint == first.fingerprint and second.paths == good
+    np.testing.assert_array_equal(second.images, first.images)
+    assert second.errors == first.errors
+    assert array_file.stat().st_mtime_ns == stamp
+
+
+def test_changed_file_changes_fingerprint_and_rebuilds(folder, tmp_path: Path) -> None:
+    paths, good, _ = folder
+    first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    changed = Path(good[1])
+    Image.fromarray(np.full((24, 24), 77, np.uint8)).save(changed)
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # never the same mtime tick
+    second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    assert second.fingerprint != first.fingerprint
+    assert (second.images[1] == 77).all()
+    np.testing.assert_array_equal(second.images[0], first.images[0])
+
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # touch alone is a change too
+    assert fingerprint(paths, SPEC) != second.fingerprint
+
+
+def test_fingerprint_depends_on_spec_and_file_list(folder) -> None:
+    paths, _, _ = folder
+    key = fingerprint(paths, SPEC)
+    assert key == fingerprint(paths, PreprocessSpec(16, "squash"))
+    assert key != fingerprint(paths, PreprocessSpec(32))
+    assert key != fingerprint(paths, PreprocessSpec(16, "pad"))
+    assert key != fingerprint(paths[:-1], SPEC)
+    assert key != fingerprint(list(reversed(paths)), SPEC)
+
+
+def test_crash_mid_build_leaves_no_valid_cache(folder, tmp_path: Path, monkeypatch) -> None:
+    paths, good, _ = folder
+    cache_dir = tmp_path / "cache"
+    real = cache_mod._decode_chunk
+    calls = []
+
+    def crash_after_first_chunk(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(cache_mod, "CHUNK", 3)
+    monkeypatch.setattr(cache_mod, "_decode_chunk", crash_after_first_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
+    assert len(calls) == 2
+    assert cache_files(cache_dir) == []  # no index, no array, no temp file
+
+    monkeypatch.setattr(cache_mod, "_decode_chunk", real)
+    c = build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
+    assert c.paths == good and c.images.shape[0] == len(good)
+
+
+def test_array_without_index_is_rebuilt(folder, tmp_path: Path) -> None:
+    """A build killed between the array rename and the index write leaves an array nobody trusts."""
+    paths, good, _ = folder
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    key = fingerprint(paths, SPEC)
+    (cache_dir / f"{key}.u8").write_bytes(b"\xff" * (len(good) * 16 * 16))
+    c = build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
+    np.testing.assert_array_equal(c.images[0], preprocess(good[0], 16))
+
+
+def test_two_workers_give_the_same_cache_as_one(tmp_path: Path, monkeypatch) -> None:
+    paths, good, bad = write_folder(tmp_path / "images", n_good=70)  # 73 files: 3 chunks of 32
+    pools = []
+
+    class RecordingPool(cache_mod.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", RecordingPool)
+    serial = build_cache(paths, SPEC, cache_dir=tmp_path / "one", workers=1)
+    assert pools == []
+    parallel = build_cache(paths, SPEC, cache_dir=tmp_path / "two", workers=2)
+    assert pools == [(2,)]
+    assert parallel.paths == serial.paths == good
+    assert parallel.errors == serial.errors and [e["path"] for e in parallel.errors] == bad
+    np.testing.assert_array_equal(parallel.images, serial.images)
+
+
+def test_empty_and_all_bad_lists(tmp_path: Path) -> None:
+    empty = build_cache([], SPEC, cache_dir=tmp_path / "cache")
+    assert empty.images.shape == (0, 16, 16) and empty.paths == [] and empty.errors == []
+    (tmp_path / "a.png").write_bytes(b"")
+    none_ok = build_cache([str(tmp_path / "a.png")], SPEC, cache_dir=tmp_path / "cache")
+    assert none_ok.images.shape == (0, 16, 16) and len(none_ok.errors) == 1
+    again = build_cache([str(tmp_path / "a.png")], SPEC, cache_dir=tmp_path / "cache")
+    assert again.errors == none_ok.errors
+
+
+def test_spec_validation_and_round_trip() -> None:
+    spec = PreprocessSpec(96, "center-crop")
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="policy"):
+        PreprocessSpec(224, "stretch")
+    with pytest.raises(ValueError, match="size"):
+        PreprocessSpec(0)
+
+
+def test_default_cache_dir_follows_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("PNEUMOSCAN_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "pneumoscan"

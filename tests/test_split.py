@@ -1,0 +1,77 @@
+"""Patient split: no patient or duplicate on both sides, the class mix kept, reproducible per seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumoscan.audit import exact_duplicate_groups
+from pneumoscan.data import Record, discover, make_record
+from pneumoscan.split import patient_split, split_summary
+
+
+@pytest.fixture(scope="module")
+def train(data_root: Path) -> tuple[list[Record], list[list[str]]]:
+    records = discover(data_root / "train").records
+    return records, exact_duplicate_groups([r.path for r in records])
+
+
+def _val_paths(records: list[Record]) -> set[str]:
+    return {r.path for r in records if r.split == "val"}
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 0.3])
+def test_real_split_keeps_patients_duplicates_and_mix(train, fraction: float) -> None:
+    records, groups = train
+    out = patient_split(records, val_fraction=fraction, seed=3, duplicate_groups=groups)
+    assert [r.path for r in out] == [r.path for r in records]
+    assert {r.split for r in out} == {"train", "val"}
+    summary = split_summary(out)
+    assert summary["shared_patients"] == []
+    val = _val_paths(out)
+    assert groups and all(len({p in val for p in g}) == 1 for g in groups)
+    whole, part = summary["all"], summary["parts"]["val"]
+    assert abs(part["fraction"] - fraction) < 0.01
+    for key in ("label_share", "subtype_share"):
+        for name, share in whole[key].items():
+            assert abs(part[key].get(name, 0.0) - share) <= 0.02, (key, name)
+
+
+def test_real_split_is_deterministic_and_seed_dependent(train) -> None:
+    records, groups = train
+    first = _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
+    assert first == _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
+    assert first != _val_paths(patient_split(records, seed=8, duplicate_groups=groups))
+
+
+def test_duplicate_group_ties_different_patients_together() -> None:
+    records = [make_record(f"/x/PNEUMONIA/person{i}_bacteria_{i}.jpeg", "PNEUMONIA") for i in range(40)]
+    records += [make_record(f"/x/NORMAL/IM-{i:04d}-0001.jpeg", "NORMAL") for i in range(40)]
+    tied = [records[0].path, records[41].path]  # same picture filed under two ids
+    sides = set()
+    for seed in range(20):
+        out = {r.path: r.split for r in patient_split(records, 0.25, seed, duplicate_groups=[tied])}
+        assert out[tied[0]] == out[tied[1]]
+        sides.add(out[tied[0]])
+    assert sides == {"train", "val"}  # the pair does move, always together
+
+
+def test_split_summary_counts() -> None:
+    records = [
+        Record("a.jpeg", "NORMAL", "normal", "IM-1", "train"),
+        Record("b.jpeg", "PNEUMONIA", "virus", "person1", "train"),
+        Record("c.jpeg", "PNEUMONIA", "bacteria", "person1", "val"),
+        Record("d.jpeg", "PNEUMONIA", "", "x", "val"),
+    ]
+    summary = split_summary(records)
+    assert summary["shared_patients"] == ["person1"]
+    assert summary["parts"]["val"]["labels"] == {"NORMAL": 0, "PNEUMONIA": 2}
+    assert summary["parts"]["val"]["subtypes"] == {"bacteria": 1, "unknown": 1}
+    assert summary["parts"]["train"]["fraction"] == 0.5
+    assert summary["all"]["subtype_share"]["normal"] == 0.25
+
+
+def test_bad_fraction_is_refused() -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        patient_split([], val_fraction=1.0)

@@ -1,0 +1,98 @@
+"""Training, resume, threshold, bundle round trip and evaluation on a tiny synthetic dataset (seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pneumoscan.bundle import load_bundle
+from pneumoscan.cli import main
+from pneumoscan.data import discover
+from pneumoscan.evaluate import evaluate
+from pneumoscan.train import TrainConfig, train
+
+TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("task", ["pneumonia", "etiology", "multiclass"])
+def test_tiny_training_run_writes_a_complete_bundle(tiny_dataset: Path, tmp_path: Path, task: str) -> None:
+    bundle = train(tiny_dataset, TrainConfig(task=task, **TINY), tmp_path / "run")
+    model, card = load_bundle(bundle)
+    assert card.task == task and len(card.classes) == {"multiclass": 3}.get(task, 2)
+    assert 0.0 <= card.threshold <= 1.0 and card.temperature > 0 and card.data_fingerprint
+    assert card.val_metrics["n"] > 0 and 0.0 <= card.val_metrics["auc"] <= 1.0
+    for name in ("history.csv", "curves.png", "config.yaml", "split.csv", "report.html", "metrics.json", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl")), "bundles hold no pickles"
+    split = discover(tmp_path / "run" / "split.csv").records
+    train_patients = {r.patient for r in split if r.split == "train"}
+    assert train_patients.isdisjoint({r.patient for r in split if r.split == "val"})
+    assert not any(r.split == "test" for r in split), "test images never enter training or validation"
+
+
+def test_threshold_meets_target_sensitivity_on_validation(tiny_dataset: Path, tmp_path: Path) -> None:
+    bundle = train(tiny_dataset, TrainConfig(target_sensitivity=0.9, **TINY), tmp_path / "run")
+    metrics = evaluate(bundle, tmp_path / "run" / "split.csv", split="val")
+    assert metrics["sensitivity"] >= 0.9
+    assert metrics["threshold"] == pytest.approx(load_bundle(bundle)[1].threshold)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 10})
+    straight = train(tiny_dataset, cfg, tmp_path / "straight")
+
+    def crash_after_first_epoch(epoch: int) -> None:
+        if epoch == 0:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch)
+    assert not (tmp_path / "resumed" / "bundle").exists()
+    resumed = train(tiny_dataset, cfg, tmp_path / "resumed", resume=True)
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3, "the finished epoch is kept, none is repeated or lost"
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bundle_round_trip_reproduces_the_trained_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    bundle = train(tiny_dataset, TrainConfig(**TINY), tmp_path / "run")
+    model, card = load_bundle(bundle)
+    again, card2 = load_bundle(bundle)
+    x = torch.randn(3, 1, card.size, card.size)
+    with torch.inference_mode():
+        assert torch.equal(model(x), again(x))
+    assert card == card2 and card.val_metrics == json.loads((bundle / "bundle.json").read_text())["val_metrics"]
+
+
+def test_cli_train_then_evaluate_a_folder(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--model", "simple_cnn", "--no-pretrained",
+                 "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "bundle"), str(tiny_dataset / "test"), "--json", "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n"):
+        assert key in metrics and key in metrics["at_0_5"], key
+    assert metrics["n"] == 16 and metrics["at_0_5"]["threshold"] == 0.5
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and json.loads((out / "metrics.json").read_text())["n"] == 16
+
+
+def test_training_learns_the_synthetic_signal(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Not a benchmark: a sanity check that the loop optimises (bright blobs are easy to find)."""
+    cfg = TrainConfig(**{**TINY, "epochs": 10, "patience": 10})
+    bundle = train(tiny_dataset, cfg, tmp_path / "run")
+    metrics = evaluate(bundle, tiny_dataset, split="test")
+    assert metrics["auc"] > 0.8, metrics["auc"]
+    assert np.isfinite(metrics["ci"]["auc"]).all()
