@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PNEUMOSCAN_DATA ?= data/chest_xray
 RUN_DIR ?= runs/demo
+DEMO_MINUTES ?= 11
 export PNEUMOSCAN_DATA
 
 .PHONY: env test demo bench browser clean
@@ -25,13 +26,22 @@ browser:
 test: env browser
 	$(BIN)/pytest -q
 
+# audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report.
 demo: env
 	$(BIN)/pneumoscan audit "$(PNEUMOSCAN_DATA)" --figure $(RUN_DIR)/audit.png --json-out $(RUN_DIR)/audit.json
-	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task pneumonia --out $(RUN_DIR)/pneumonia
+	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task pneumonia --time-budget $(DEMO_MINUTES) --out $(RUN_DIR)/pneumonia
 	$(BIN)/pneumoscan evaluate $(RUN_DIR)/pneumonia/bundle $(RUN_DIR)/pneumonia/split.csv --split val --out $(RUN_DIR)/pneumonia/eval-val
+
+# The same recipe on bacterial vs viral pneumonia (the second stage of predict and serve).
+demo-etiology: env
+	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task etiology --youden --time-budget $(DEMO_MINUTES) --out $(RUN_DIR)/etiology
+	$(BIN)/pneumoscan evaluate $(RUN_DIR)/etiology/bundle $(RUN_DIR)/etiology/split.csv --split val --out $(RUN_DIR)/etiology/eval-val
 
 bench: env
 	$(BIN)/python benchmarks/bench_cache.py
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_models.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

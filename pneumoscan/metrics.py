@@ -152,7 +152,8 @@ def threshold_metrics_ci(
 
 
 def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 0.95) -> float:
-    """Operating threshold from validation data; the result is always one of the observed scores.
+    """Operating threshold from validation data, placed midway between the deciding validation score and the
+    next lower one, so rounding differences (another backend, another device) cannot flip the deciding image.
 
     With ``target_sensitivity``: the highest threshold whose sensitivity is >= the target, i.e. the most
     specific rule that still meets the sensitivity floor (the next higher distinct score falls below it).
@@ -166,10 +167,13 @@ def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 
     # roc_curve starts at +inf (nothing called positive); thresholds then run over the distinct scores, descending.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if target_sensitivity is None:
-        return float(thresholds[np.argmax(tpr - fpr)])
-    if not 0 < target_sensitivity <= 1:
+        k = int(np.argmax(tpr - fpr))
+    elif not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
-    return float(thresholds[np.argmax(tpr >= target_sensitivity)])
+    else:
+        k = int(np.argmax(tpr >= target_sensitivity))
+    lower = thresholds[k + 1] if k + 1 < len(thresholds) else 0.0
+    return float((thresholds[k] + lower) / 2)
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:

@@ -6,7 +6,9 @@ and a flipped film is a different, rarer anatomy (situs inversus) rather than a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torchvision.transforms import v2
@@ -25,9 +27,14 @@ class Augment:
     hflip: bool = False
 
 
-def normalize(mean: float, std: float) -> v2.Compose:
-    """uint8 (C, H, W) -> float normalised the way the model expects."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std])])
+def to_input(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 pixels -> the model's float input. The one formula used by training, validation, predict and export:
+    the threshold is one of the validation scores, so every path must compute it bit for bit alike."""
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def normalize(mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return partial(to_input, mean=mean, std=std)
 
 
 def train_transform(size: int, mean: float, std: float, augment: Augment = Augment()) -> v2.Compose:

@@ -18,10 +18,12 @@ def data_root() -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every test's preprocessing cache out of the user's home."""
-    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep every test's preprocessing cache out of the user's home (session-wide, before other fixtures)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
@@ -50,3 +52,22 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(_xray_like(rng, 64, is_sick)).save(path, quality=95)
     return root
+
+
+def _tiny_bundle(root: Path, out: Path, task: str) -> Path:
+    from pneumoscan.train import TrainConfig, train
+
+    cfg = TrainConfig(task=task, model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
+    return train(root, cfg, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained pneumonia bundle (simple_cnn, 32 px) for predict/explain/export/serve tests."""
+    return _tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("run-pneumonia"), "pneumonia")
+
+
+@pytest.fixture(scope="session")
+def tiny_etiology_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained bacteria-vs-virus bundle for the second prediction stage."""
+    return _tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("run-etiology"), "etiology")

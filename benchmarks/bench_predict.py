@@ -1,0 +1,173 @@
+"""Benchmark prediction speed of the default model family (EfficientNet-Lite0, random weights: speed does not
+depend on them) at 224 and 192 px, for the torch and ONNX Runtime backends, on this machine's CPU.
+
+Run: ``python benchmarks/bench_predict.py`` (data from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+
+Figures per size and backend:
+  * batch images/s with decode excluded (preprocessed uint8 batch -> calibrated probabilities);
+  * images/s of the whole file flow (``predict_paths``: decode threads + resize + model), on 224 px JPEG sources
+    (train/) and on full-size originals (val/); the one-off model load is measured apart and subtracted;
+    every images/s figure is timed per chunk of 64 images, twice over, and given as best (median) chunk;
+  * single-image latency p50/p95: the model on one preprocessed image, and end to end (read + decode a
+    full-size JPEG + ``predict_array``), the web service's path;
+  * how close the batch figure is to what the FLOPs allow: FLOPs per image (torch FlopCounterMode: conv and
+    matmul FLOPs, 2 per multiply-add; elementwise ops not counted) times images/s, as a fraction of the CPU's
+    achievable GFLOP/s measured with a large float32 matmul on the same threads.
+Both backends run on THREADS threads (torch.set_num_threads; ORT intra_op_num_threads follows torch).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumoscan import models  # noqa: E402
+from pneumoscan.bundle import BundleCard, save_bundle  # noqa: E402
+from pneumoscan.data import discover  # noqa: E402
+from pneumoscan.decode import preprocess, read_gray  # noqa: E402
+from pneumoscan.export import export_onnx  # noqa: E402
+from pneumoscan.predict import Predictor, predict_paths  # noqa: E402
+
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+THREADS = 2
+SIZES = (224, 192)
+BACKENDS = ("torch", "onnx")
+BATCH = 64
+N_BATCH = 256  # images for the decode-excluded and 224 px file figures
+N_FULL = 64  # full-size originals (val/ has 16: each is read 4 times)
+N_LATENCY = 40
+REPEATS = 2
+TARGETS = {"batch": 150.0, "full": 60.0, "p50_ms": 30.0}  # for the default model
+
+
+def make_bundle(directory: Path, size: int) -> Path:
+    torch.manual_seed(0)
+    mean, std = models.normalization("efficientnet_lite0")
+    classes = ["NORMAL", "PNEUMONIA"]
+    card = BundleCard("efficientnet_lite0", "pneumonia", classes, "PNEUMONIA", size, "squash", mean, std)
+    bundle = save_bundle(directory, models.create("efficientnet_lite0"), card)
+    export_onnx(bundle)  # BUNDLE/model.onnx, so the onnx backend loads rather than exports
+    return bundle
+
+
+def flops_per_image(size: int) -> float:
+    model = models.create("efficientnet_lite0").eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 1, size, size))
+    return float(counter.get_total_flops())
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best of ``repeats``: the achievable rate when nothing else is in the way."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn, *args, **kwargs) -> float:
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(samples, n=20, method="inclusive")
+    return statistics.median(samples) * 1e3, q[18] * 1e3
+
+
+def rates(run, items, overhead_s: float = 0.0) -> tuple[float, float]:
+    """(best, median) images/s over chunks of BATCH items, each chunk timed REPEATS times. On a shared CPU
+    the best chunk estimates what the machine does when left alone, the median what it did in this run."""
+    samples = [
+        len(chunk) / (timed(run, chunk) - overhead_s)
+        for _ in range(REPEATS)
+        for chunk in (items[i : i + BATCH] for i in range(0, len(items), BATCH))
+    ]
+    return max(samples), statistics.median(samples)
+
+
+def measure(bundle: Path, size: int, backend: str, jpeg224: list[str], full: list[str]) -> dict:
+    predictor = Predictor(bundle, BATCH, backend)
+    images = np.stack([preprocess(p, size) for p in jpeg224])
+    predictor.probabilities(images[:BATCH])  # warm-up: first-call allocations and kernel selection
+    setup_s = min(timed(predict_paths, bundle, [], backend) for _ in range(3))  # model load, subtracted below
+    predict_paths(bundle, full[:4], backend, BATCH)  # warm-up, and the full-size files into the page cache
+
+    def files(chunk: list[str]) -> None:
+        predict_paths(bundle, chunk, backend, BATCH)
+
+    one = images[:1]
+    model_lat = [timed(predictor.probabilities, one) for _ in range(N_LATENCY)]
+    e2e_lat = [
+        timed(lambda p: predictor.predict_array(read_gray(p, target=size)), full[i % len(full)])
+        for i in range(N_LATENCY)
+    ]
+    return {
+        "batch": rates(predictor.probabilities, images),
+        "files224": rates(files, jpeg224, setup_s),
+        "full": rates(files, full, setup_s),
+        "model_ms": percentiles_ms(model_lat),
+        "e2e_ms": percentiles_ms(e2e_lat),
+    }
+
+
+def main() -> None:
+    if not (DATA / "train").is_dir() or not (DATA / "val").is_dir():
+        sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
+    torch.set_num_threads(THREADS)
+    train = [r.path for r in discover(DATA / "train").records]
+    jpeg224 = [train[i] for i in np.random.default_rng(0).choice(len(train), N_BATCH, replace=False)]
+    val = [r.path for r in discover(DATA / "val").records]
+    full = [val[i % len(val)] for i in range(N_FULL)]
+    peak = matmul_gflops()
+    load = os.getloadavg()[0]
+    print(f"CPU: {os.cpu_count()} cores, {THREADS} threads per backend; float32 matmul 2048^3: {peak:.0f} GFLOP/s "
+          f"(best of 10); load average before the run: {load:.1f}")
+    print(f"model: efficientnet_lite0 (random weights), batch {BATCH}; {N_BATCH} 224 px JPEGs from train/, "
+          f"{N_FULL} reads of the {len(val)} full-size val/ originals")
+    header = (f"{'size':>4} {'backend':<7} {'batch img/s':>13} {'+decode 224px':>13} {'+decode full':>13} "
+              f"{'p50/p95 model ms':>16} {'p50/p95 e2e ms':>15} {'GFLOP/img':>9} {'GFLOP/s':>7} {'of peak':>7} "
+              f"{'FLOP bound img/s':>16}")
+    print(header)
+    print("-" * len(header))
+
+    def rate(r: tuple[float, float]) -> str:
+        return f"{r[0]:.0f} ({r[1]:.0f})"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SIZES:
+            bundle = make_bundle(Path(tmp) / f"lite0-{size}", size)
+            flops = flops_per_image(size)
+            for backend in BACKENDS:
+                r = measure(bundle, size, backend, jpeg224, full)
+                achieved = r["batch"][0] * flops / 1e9
+                model_ms, e2e_ms = (f"{a:.1f}/{b:.1f}" for a, b in (r["model_ms"], r["e2e_ms"]))
+                print(f"{size:>4} {backend:<7} {rate(r['batch']):>13} {rate(r['files224']):>13} {rate(r['full']):>13} "
+                      f"{model_ms:>16} {e2e_ms:>15} {flops / 1e9:>9.3f} {achieved:>7.1f} {achieved / peak:>7.0%} "
+                      f"{peak * 1e9 / flops:>16.0f}", flush=True)
+    print("img/s columns: best chunk of 64 (median chunk); GFLOP/s and 'of peak' use the best batch figure.")
+    print(f"targets (default model): batch >= {TARGETS['batch']:.0f} img/s, full-size JPEGs incl. decode >= "
+          f"{TARGETS['full']:.0f} img/s, p50 model latency <= {TARGETS['p50_ms']:.0f} ms. "
+          f"'FLOP bound' = matmul GFLOP/s / GFLOP per image: no backend can beat it on this CPU.")
+    print(f"load average after the run: {os.getloadavg()[0]:.1f} (other jobs share these {os.cpu_count()} cores: "
+          "figures are noisy when it is above 0)")
+
+
+if __name__ == "__main__":
+    main()

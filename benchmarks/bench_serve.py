@@ -1,0 +1,155 @@
+"""Load test of `pneumoscan serve` on loopback: requests/s and p50/p95 latency at 1, 4 and 16 concurrent
+clients, with a count of 5xx answers and dropped requests (timeouts, connection errors); no heatmaps.
+
+Run: ``python benchmarks/bench_serve.py`` (X-rays from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+The model is efficientnet_lite0 (the project's default) with random weights, saved as a bundle in a temp
+dir: weights do not change the speed. It is measured at 224 and at 192 px, with the torch and the ONNX Runtime
+backend (exported into the bundle first, as `pneumoscan export` does, so the server starts at once). Each level is bounded in time
+(--seconds) and count (--max-requests). The server runs in its own process, but the clients share the same
+cores, and on a shared machine every figure moves with whatever else is running: the load average is printed
+next to each row. Exit status 1 when any request was dropped or answered other than 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumoscan import models  # noqa: E402
+from pneumoscan.bundle import BundleCard, save_bundle  # noqa: E402
+from pneumoscan.export import export_onnx  # noqa: E402
+
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+MODEL = "efficientnet_lite0"
+TARGET_RPS, TARGET_P95_MS = 30.0, 300.0
+
+
+def make_bundle(directory: Path, size: int) -> Path:
+    model = models.create(MODEL, num_classes=2, in_chans=1, pretrained=False)
+    mean, std = models.normalization(MODEL)
+    card = BundleCard(MODEL, "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", size, "squash", mean, std)
+    return save_bundle(directory, model, card)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, backend: str, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "pneumoscan", "serve", str(bundle), "--port", str(port), "--backend", backend]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.3)
+
+
+async def load(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
+    """``clients`` concurrent loops posting X-rays until the time or the request budget runs out."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    dropped = 0
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient, k: int) -> None:
+        nonlocal dropped, issued
+        while time.perf_counter() < deadline and issued < max_requests:
+            data = images[(issued + k) % len(images)]
+            issued += 1
+            start = time.perf_counter()
+            try:
+                r = await http.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")})
+            except httpx.HTTPError:
+                dropped += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+            statuses.append(r.status_code)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        for data in images[:3]:  # warm-up, not counted
+            await http.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")})
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http, k) for k in range(clients)))
+        elapsed = time.perf_counter() - t0
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "clients": clients, "requests": len(latencies), "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+        "non_200": sum(s != 200 for s in statuses), "5xx": sum(s >= 500 for s in statuses), "dropped": dropped,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 192])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=("torch", "onnx"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
+    parser.add_argument("--max-requests", type=int, default=1000, help="per concurrency level")
+    args = parser.parse_args()
+
+    files = sorted((DATA / "train" / "NORMAL").glob("*.jpeg"))[:8] + sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[:8]
+    if not files:
+        raise SystemExit(f"no X-rays under {DATA}/train (set PNEUMOSCAN_DATA)")
+    images = [f.read_bytes() for f in files]
+    print(f"{MODEL}, random weights; {len(images)} real JPEG X-rays; {os.cpu_count()} CPUs shared by server, "
+          f"clients and anything else running; loopback only; no heatmaps")
+    print(f"{'size':>4} {'backend':>7} {'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'non-200':>7} {'5xx':>4} {'dropped':>7} {'load avg':>8}")
+    failures = 0
+    met: dict[tuple[int, str], list[int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            bundle = make_bundle(Path(tmp) / f"bundle-{size}", size)
+            if "onnx" in args.backends:
+                export_onnx(bundle)
+            for backend in args.backends:
+                port = free_port()
+                server = start_server(bundle, backend, port, Path(tmp) / f"server-{size}-{backend}.log")
+                try:
+                    for clients in args.clients:
+                        url = f"http://127.0.0.1:{port}"
+                        row = asyncio.run(load(url, images, clients, args.seconds, args.max_requests))
+                        failures += row["non_200"] + row["dropped"]
+                        if row["rps"] >= TARGET_RPS and row["p95"] < TARGET_P95_MS:
+                            met.setdefault((size, backend), []).append(clients)
+                        print(f"{size:>4} {backend:>7} {clients:>7} {row['requests']:>8} {row['rps']:>7.1f} {row['p50']:>7.0f} "
+                              f"{row['p95']:>7.0f} {row['non_200']:>7} {row['5xx']:>4} {row['dropped']:>7} "
+                              f"{os.getloadavg()[0]:>8.2f}", flush=True)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=30)
+    for size in args.sizes:
+        for backend in args.backends:
+            where = ", ".join(map(str, met.get((size, backend), []))) or "none"
+            print(f"target >= {TARGET_RPS:g} req/s at p95 < {TARGET_P95_MS:g} ms, {size} px {backend}: met at clients = {where}")
+    print("all answered 200: zero 5xx, zero dropped" if not failures else f"FAILED: {failures} requests not answered 200")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The web page end to end in headless Chromium (Debian's package, driven by Playwright): upload and
+drag-and-drop real X-rays, read the result and the heatmap, see a clear message for rejected files, and
+load nothing from outside the server. A missing browser fails the test; it is never skipped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from playwright.sync_api import Page, expect, sync_playwright
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from pneumoscan.bundle import load_card
+from pneumoscan.decode import read_gray
+from pneumoscan.serve import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path) -> Iterator[str]:
+    """The app under uvicorn in a background thread, on a free loopback port."""
+    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def page(server: str) -> Iterator[Page]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def drop_file(page: Page, data: bytes, name: str, mime: str) -> None:
+    """Drag-and-drop a file onto the drop zone, the way a user drops one from the desktop."""
+    transfer = page.evaluate_handle(
+        """([b64, name, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: mime }));
+            return dt;
+        }""",
+        [base64.b64encode(data).decode("ascii"), name, mime],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+
+def image_loaded(page: Page, selector: str) -> bool:
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle: Path, data_root: Path) -> None:
+    card = load_card(tiny_bundle)
+    requested: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    page.goto(server)
+    expect(page.locator("#card")).to_contain_text(card.model_id)
+    expect(page.locator("#card")).to_contain_text("AUC")
+    expect(page.locator("#card")).to_contain_text(card.data_fingerprint)
+
+    # upload a real full-size X-ray through the file picker
+    original = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
+    page.set_input_files("#file", original)
+    expect(page.locator("#result")).to_be_visible()
+    label = page.locator("#label").inner_text()
+    assert label in card.classes
+    expect(page.locator("#probability")).to_contain_text(f"threshold {card.threshold:.3f}")
+    probability = float(page.locator("#bar").get_attribute("aria-valuenow"))
+    assert 0.0 <= probability <= 1.0
+    assert label == (card.positive if probability >= card.threshold else card.classes[0])
+    # the bar is filled to the probability and marked at the threshold
+    fill = page.eval_on_selector("#bar-fill", "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
+    mark = page.eval_on_selector("#bar-threshold", "e => parseFloat(e.style.left) / 100")
+    assert fill == pytest.approx(probability, abs=0.01) and mark == pytest.approx(card.threshold, abs=0.001)
+    expect(page.locator("#image")).to_be_visible()
+    assert image_loaded(page, "#image")
+    expect(page.locator("#overlay")).to_be_hidden()
+
+    # the heatmap toggle swaps in the Grad-CAM overlay, and back
+    page.check("#heatmap-toggle")
+    expect(page.locator("#overlay")).to_be_visible()
+    expect(page.locator("#image")).to_be_hidden()
+    assert page.get_attribute("#overlay", "src").startswith("data:image/png;base64,")
+    page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0")
+    overlay_aspect = page.eval_on_selector("#overlay", "img => img.naturalWidth / img.naturalHeight")
+    image_aspect = page.eval_on_selector("#image", "img => img.naturalWidth / img.naturalHeight")
+    assert overlay_aspect == pytest.approx(3 * image_aspect, rel=0.03)  # original | heatmap | blend
+    page.uncheck("#heatmap-toggle")
+    expect(page.locator("#image")).to_be_visible()
+    expect(page.locator("#overlay")).to_be_hidden()
+
+    # a rejected file gives a clear message and hides the old result
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an X-ray\n" * 10}])
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("Rejected: unsupported content type 'text/plain'")
+    expect(page.locator("#result")).to_be_hidden()
+    data = original.read_bytes()
+    page.set_input_files("#file", files=[{"name": "cut.jpeg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 3]}])
+    expect(page.locator("#error")).to_contain_text("Rejected: cannot read the image")
+    page.set_input_files("#file", files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}])
+    expect(page.locator("#error")).to_contain_text("empty")
+    huge = data + bytes(21 * 2**20)
+    page.set_input_files("#file", files=[{"name": "huge.jpeg", "mimeType": "image/jpeg", "buffer": huge}])
+    # checked before uploading (the server's own 413 words it differently)
+    expect(page.locator("#error")).to_contain_text(f"the file is {len(huge) / 2**20:.1f} MB; the limit is 20 MB")
+
+    # drag-and-drop another real X-ray: the result comes back and the error goes away
+    dropped = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+    drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
+    page.check("#heatmap-toggle")
+    expect(page.locator("#overlay")).to_be_visible()
+    page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0")
+
+    # a file the browser cannot display (DICOM): the overlay shows the decoded image instead
+    page.uncheck("#heatmap-toggle")
+    drop_file(page, dicom_xray(dropped), "scan.dcm", "application/dicom")
+    expect(page.locator("#caption")).to_contain_text("DICOM")
+    expect(page.locator("#overlay")).to_be_visible()
+    assert page.is_checked("#heatmap-toggle")
+
+    assert not errors or all("Failed to load resource" in e for e in errors), errors
+    assert requested and all(u.startswith(server) or u.startswith(("data:", "blob:")) for u in requested), requested
+
+
+def dicom_xray(jpeg: Path) -> bytes:
+    """The X-ray as a 12-bit DICOM file."""
+    pixels = read_gray(jpeg).astype(np.uint16) * 16
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

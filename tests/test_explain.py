@@ -1,0 +1,136 @@
+"""Grad-CAM: it points at the evidence, it depends on the learnt weights and on the class, and the overlay
+keeps the original's aspect."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pneumoscan import models
+from pneumoscan.decode import read_gray, resize
+from pneumoscan.explain import MAX_PANEL, explain_array, gradcam, overlay_png, target_layer, to_image_frame
+from pneumoscan.predict import Predictor, predict_paths
+
+
+class _TwoEvidenceNet(nn.Module):
+    """Channel 0 = the image, channel 1 = its negative (1 - x); logit k = mean of channel k. So class 0's
+    evidence is the bright blob and class 1's is everything else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.features.bias.copy_(torch.tensor([0.0, 1.0]))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def test_gradcam_points_at_each_class_evidence() -> None:
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 4:12, 6:14] = 1.0  # a bright blob upper left
+    blob = x[0, 0].numpy() > 0.5
+    model = _TwoEvidenceNet().eval()
+    assert target_layer(model, x) is model.features  # the pooled 1x1 map is not spatial
+    bright, rest = gradcam(model, x, 0), gradcam(model, x, 1)
+    assert bright.shape == (32, 32) and bright.dtype == np.float32
+    assert 0.0 <= bright.min() and bright.max() <= 1.0
+    assert bright[blob].mean() > 0.9 and bright[~blob].mean() < 0.1
+    assert rest[blob].mean() < 0.1 and rest[~blob].mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "name, layer",
+    [
+        ("efficientnet_lite0", lambda m: m.bn2),  # timm: the output of forward_features
+        ("cnn5", lambda m: m.features[4]),  # scratch: the last conv block before global pooling
+        ("simple_cnn", lambda m: m.features[3]),  # scratch: the last spatial map before Flatten
+    ],
+)
+def test_target_layer_is_the_last_spatial_feature_map(name: str, layer) -> None:
+    model = models.create(name).eval()
+    assert target_layer(model, torch.zeros(1, 1, 64, 64)) is layer(model)
+
+
+def _sick_image(tiny_dataset: Path) -> np.ndarray:
+    return read_gray(sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())[0])
+
+
+def test_gradcam_changes_when_weights_are_randomised(tiny_bundle: Path, tiny_dataset: Path) -> None:
+    """Adebayo et al. (2018) model-randomisation check: a map that survives re-initialising the weights
+    explains the input, not the model."""
+    predictor = Predictor(tiny_bundle)
+    x = predictor.inputs(predictor.preprocess([_sick_image(tiny_dataset)]))
+    trained = gradcam(predictor.model, x, 1)
+    assert trained.max() - trained.min() > 0.5  # a map with structure, not a constant
+    for seed in range(3):
+        randomised = copy.deepcopy(predictor.model)
+        torch.manual_seed(seed)
+        for module in randomised.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        assert np.abs(gradcam(randomised, x, 1) - trained).mean() > 0.1
+    np.testing.assert_allclose(gradcam(predictor.model, x, 1), trained, atol=1e-6)  # deterministic, model untouched
+
+
+def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) -> None:
+    predictor = Predictor(tiny_bundle)
+    gray = _sick_image(tiny_dataset)
+    normal, pneumonia = explain_array(predictor, gray, 0), explain_array(predictor, gray, 1)
+    assert normal.shape == pneumonia.shape == gray.shape
+    assert np.abs(normal - pneumonia).mean() > 0.1
+    np.testing.assert_array_equal(explain_array(predictor, gray), pneumonia)  # default: the positive class
+
+
+@pytest.mark.parametrize("policy", ["squash", "pad", "center-crop"])
+def test_cam_maps_back_onto_the_original_frame(policy: str) -> None:
+    height, width, size = 60, 100, 40
+    # The model input of an all-white image shows where the image lies in the square (pad: bars are black).
+    cam = resize(np.full((height, width), 255, np.uint8), size, policy).astype(np.float32) / 255
+    back = to_image_frame(cam, height, width, policy)
+    assert back.shape == (height, width)
+    if policy == "center-crop":  # only the middle square was seen; the cut-off sides get 0
+        left = (width - height) // 2
+        assert back[:, left + 2 : left + height - 2].min() > 0.99
+        assert back[:, : left - 1].max() == 0 and back[:, left + height + 1 :].max() == 0
+    else:  # the letterbox bars are dropped, so the whole image is covered
+        assert back[1:-1, 1:-1].min() > 0.99
+
+
+def test_overlay_png_has_three_panels_at_the_original_aspect() -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (90, 150), dtype=np.uint8)
+    cam = np.zeros((32, 32), np.float32)
+    cam[8:16, 8:16] = 1.0
+    im = Image.open(io.BytesIO(overlay_png(gray, cam)))
+    assert im.format == "PNG" and im.size == (3 * 150, 90)
+    panels = np.asarray(im.convert("RGB")).reshape(90, 3, 150, 3).transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(panels[0], np.repeat(gray[..., None], 3, axis=2))  # the original, untouched
+    hot, cold = panels[1][35, 40], panels[1][80, 140]  # inside / outside the cam's square
+    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet colormap: red where the cam is high, blue where low
+    assert not np.array_equal(panels[2], panels[0]) and not np.array_equal(panels[2], panels[1])
+
+    big = np.zeros((3000, 2000), np.uint8)
+    assert Image.open(io.BytesIO(overlay_png(big, cam))).size == (3 * round(2000 * MAX_PANEL / 3000), MAX_PANEL)
+
+
+def test_predict_writes_one_overlay_per_readable_image(tiny_bundle: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "in" / "other").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (50, 80), dtype=np.uint8)).save(tmp_path / "in" / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (70, 40), dtype=np.uint8)).save(tmp_path / "in" / "other" / "wide.png")
+    (tmp_path / "in" / "bad.png").write_bytes(b"nope")
+    rows = predict_paths(tiny_bundle, [tmp_path / "in"], heatmap_dir=tmp_path / "maps")
+    heatmaps = [Path(r["heatmap"]) for r in rows if "heatmap" in r]
+    assert [p.name for p in heatmaps] == ["wide.png", "wide-2.png"]  # same stem twice: no overwrite
+    assert [Image.open(p).size for p in heatmaps] == [(120, 70), (240, 50)]  # in/other/wide.png sorts first
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["wide-2.png", "wide.png"]

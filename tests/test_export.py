@@ -1,0 +1,93 @@
+"""ONNX export: a valid model with a dynamic batch axis, its preprocessing spec, and torch/onnxruntime parity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from pneumoscan import cli, models
+from pneumoscan.bundle import BundleCard, load_card, save_bundle
+from pneumoscan.decode import preprocess
+from pneumoscan.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, session, spec_path
+from pneumoscan.predict import Predictor, predict_paths
+
+PARITY = 1e-4
+
+
+def _real_images(tiny_dataset: Path, size: int) -> np.ndarray:
+    return np.stack([preprocess(p, size) for p in sorted((tiny_dataset / "test").rglob("*.jpeg"))])
+
+
+def test_cli_export_writes_onnx_with_dynamic_batch_and_spec(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exported" / "model.onnx"
+    assert cli.main(["export", str(tiny_bundle), "--format", "onnx", "--out", str(out)]) == 0
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    [graph_input] = model.graph.input
+    assert graph_input.name == INPUT and model.graph.output[0].name == OUTPUT
+    dims = graph_input.type.tensor_type.shape.dim
+    card = load_card(tiny_bundle)
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, card.size, card.size]
+    spec = json.loads(spec_path(out).read_text())
+    assert spec_path(out).name == "model.onnx.json"
+    for key in ("size", "resize_policy", "mean", "std", "temperature", "threshold", "classes", "positive"):
+        assert spec[key] == getattr(card, key)
+    sess = session(out)
+    for n in (1, 5):  # any batch size runs
+        assert sess.run([OUTPUT], {INPUT: np.zeros((n, 1, card.size, card.size), np.float32)})[0].shape == (n, 2)
+
+
+def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    export_onnx(bundle)  # BUNDLE/model.onnx: the file the onnx backend picks up
+    images = _real_images(tiny_dataset, load_card(bundle).size)
+    torch_p = Predictor(bundle, batch_size=5).probabilities(images)
+    onnx_p = Predictor(bundle, batch_size=5, backend="onnx").probabilities(images)
+    assert np.abs(torch_p - onnx_p).max() <= PARITY
+    files = sorted((tiny_dataset / "test").rglob("*.jpeg"))
+    rows = {b: predict_paths(bundle, files, backend=b) for b in ("torch", "onnx")}
+    for a, b in zip(rows["torch"], rows["onnx"]):
+        assert abs(a["probability"] - b["probability"]) <= PARITY
+
+
+def test_onnx_backend_ignores_an_export_of_other_weights(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """A model.onnx left behind after the weights changed must not be used: the backend re-exports."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    model = models.create("simple_cnn")
+    torch.manual_seed(1)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    stale = save_bundle(tmp_path / "other", model, load_card(bundle))
+    export_onnx(stale, bundle / ONNX_NAME)
+    images = _real_images(tiny_dataset, load_card(bundle).size)
+    torch_p = Predictor(bundle).probabilities(images)
+    assert np.abs(torch_p - Predictor(bundle, backend="onnx").probabilities(images)).max() <= PARITY
+    assert np.abs(torch_p - Predictor(stale, backend="onnx").probabilities(images)).max() > 0.01  # the files differ
+
+
+def test_efficientnet_lite0_same_padding_exports_with_parity(tmp_path: Path) -> None:
+    """The default model family: TensorFlow-style 'same' padding (asymmetric on odd feature maps: 72 px gives
+    9 x 9 after three strides) must survive export."""
+    torch.manual_seed(0)
+    size = 72
+    # Random weights give logits near +-50: a high temperature keeps the compared probabilities unsaturated.
+    card = BundleCard("efficientnet_lite0", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", size, "squash", 0.5, 0.5, temperature=40.0)
+    bundle = save_bundle(tmp_path / "lite0", models.create("efficientnet_lite0"), card)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, size, size), dtype=np.uint8)
+    with_torch = Predictor(bundle)
+    with_onnx = Predictor(bundle, backend="onnx")  # no model.onnx yet: exported to a temp file
+    assert not (bundle / ONNX_NAME).exists()
+    torch_p, onnx_p = with_torch.probabilities(images), with_onnx.probabilities(images)
+    assert 0.01 < torch_p.min() and torch_p.max() < 0.99
+    assert np.abs(torch_p - onnx_p).max() <= PARITY
+    torch_l, onnx_l = with_torch.logits(images), with_onnx.logits(images)
+    assert np.abs(torch_l - onnx_l).max() <= 1e-4 * np.abs(torch_l).max()

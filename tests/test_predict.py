@@ -1,0 +1,227 @@
+"""Prediction from files and folders: mixed good and bad inputs, DICOM, the etiology second stage, TTA, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from pneumoscan import cli, models
+from pneumoscan.bundle import BundleCard, load_card, save_bundle
+from pneumoscan.decode import preprocess
+from pneumoscan.predict import TTA_VIEWS, Predictor, expand_paths, format_results, predict_paths, tta_views
+
+
+def _image(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random uint8 image that spans 0..255 (so DICOM min-max scaling gives it back exactly)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)).copy()
+    img[0, 0], img[-1, -1] = 0, 255
+    return img
+
+
+def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_bundle(directory: Path, task: str = "pneumonia", classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA"),
+                positive: str = "PNEUMONIA", size: int = 32, policy: str = "squash", threshold: float = 0.5) -> Path:
+    """An untrained simple_cnn bundle with fixed random weights, for behaviour that needs no training."""
+    torch.manual_seed(0)
+    model = models.create("simple_cnn", num_classes=len(classes))
+    card = BundleCard("simple_cnn", task, list(classes), positive, size, policy, 0.5, 0.25, threshold=threshold)
+    return save_bundle(directory, model, card)
+
+
+def _expected_probability(bundle: Path, path: Path) -> float:
+    """What evaluation would say: the training cache's preprocessing, then the Predictor."""
+    predictor = Predictor(bundle)
+    images = preprocess(path, predictor.card.size, predictor.card.resize_policy)[None]
+    return float(predictor.positive(predictor.probabilities(images))[0])
+
+
+@pytest.fixture
+def mixed_inputs(tiny_dataset: Path, tmp_path: Path) -> tuple[list[Path], dict[str, str]]:
+    """A folder tree of good and bad files plus explicit file arguments; returns (arguments, bad name -> reason)."""
+    folder = tmp_path / "in"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    sick = sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())
+    normal = sorted((tiny_dataset / "test" / "NORMAL").iterdir())
+    shutil.copy(sick[0], folder / "a_sick.jpeg")
+    shutil.copy(normal[0], folder / "sub" / "b_normal.JPG")
+    Image.fromarray(_image(48, 80, 1)).save(folder / "sub" / "deeper" / "c_wide.png")
+    good_jpeg = (folder / "a_sick.jpeg").read_bytes()
+    (folder / "d_truncated.jpeg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (folder / "e_empty.png").write_bytes(b"")
+    (folder / "f_text.jpg").write_text("not an image\n" * 10)
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    (folder / ".hidden" / "g.jpeg").write_bytes(good_jpeg)  # hidden folder: skipped
+    (folder / "._a_sick.jpeg").write_bytes(b"\0" * 10)  # macOS resource fork: skipped
+    explicit_good = tmp_path / "explicit.jpeg"
+    shutil.copy(sick[1], explicit_good)
+    args = [folder, tmp_path / "missing.png", explicit_good]
+    bad = {"d_truncated.jpeg": "truncated", "e_empty.png": "empty file", "f_text.jpg": "not a JPEG, PNG or DICOM",
+           "missing.png": "file not found"}  # fmt: skip
+    return args, bad
+
+
+def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inputs: tuple) -> None:
+    args, bad = mixed_inputs
+    rows = predict_paths(tiny_bundle, args, batch_size=2)  # batches split good and bad files
+    names = [Path(r["path"]).name for r in rows]
+    assert names == ["a_sick.jpeg", "d_truncated.jpeg", "e_empty.png", "f_text.jpg", "b_normal.JPG", "c_wide.png",
+                     "missing.png", "explicit.jpeg"]  # fmt: skip
+    errors = {Path(r["path"]).name: r["error"] for r in rows if "error" in r}
+    assert errors.keys() == bad.keys()
+    for name, reason in bad.items():
+        assert reason in errors[name]
+    card = load_card(tiny_bundle)
+    for row in rows:
+        if "error" in row:
+            assert row.keys() == {"path", "error"}
+            continue
+        assert row["threshold"] == card.threshold
+        assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.threshold else "NORMAL")
+        assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, Path(row["path"])), abs=1e-6)
+
+
+def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    assert expand_paths([tmp_path / "empty"]) == [(str(tmp_path / "empty"), "folder holds no JPEG, PNG or DICOM files")]
+    rows = predict_paths(tiny_bundle, [tmp_path / "empty"])
+    assert len(rows) == 1 and "no JPEG, PNG or DICOM" in rows[0]["error"]
+
+
+def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
+    pixels = _image(40, 56, 2)
+    Image.fromarray(pixels).save(tmp_path / "film.png")
+    _dicom(tmp_path / "film.dcm", pixels.astype(np.uint16) * 257)  # 16-bit, min-max maps back to `pixels`
+    _dicom(tmp_path / "inverted", (255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1")  # found by its DICM magic
+    rows = predict_paths(tiny_bundle, [tmp_path / "film.png", tmp_path / "film.dcm", tmp_path / "inverted"])
+    assert all("error" not in r for r in rows), rows
+    assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+    assert rows[2]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+
+
+def test_etiology_second_stage_runs_only_on_pneumonia_calls(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    files = sorted((tiny_dataset / "test").rglob("*.jpeg"))
+    # Put the first stage's threshold at the median score so both labels occur whatever the tiny model learnt.
+    first = tmp_path / "first"
+    shutil.copytree(tiny_bundle, first)
+    scores = sorted(r["probability"] for r in predict_paths(first, files))
+    card = json.loads((first / "bundle.json").read_text())
+    card["threshold"] = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    (first / "bundle.json").write_text(json.dumps(card))
+
+    rows = predict_paths(first, files, etiology=tiny_etiology_bundle, batch_size=5)
+    second = Predictor(tiny_etiology_bundle)
+    called = [r for r in rows if r["label"] == "PNEUMONIA"]
+    assert 0 < len(called) < len(rows)
+    for row in rows:
+        if row["label"] == "NORMAL":
+            assert row["etiology_probability_virus"] is None and row["etiology_label"] is None
+            continue
+        images = preprocess(row["path"], second.card.size, second.card.resize_policy)[None]
+        expected = float(second.positive(second.probabilities(images))[0])
+        assert row["etiology_probability_virus"] == pytest.approx(expected, abs=1e-6)
+        assert row["etiology_label"] == ("virus" if expected >= second.card.threshold else "bacteria")
+    with pytest.raises(ValueError, match="etiology"):
+        predict_paths(tiny_etiology_bundle, files[:1], etiology=first)
+
+
+def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "mc", "multiclass", ("normal", "bacteria", "virus"), "pneumonia", threshold=0.3)
+    predictor = Predictor(bundle)
+    gray = _image(50, 70, 3)
+    out = predictor.predict_array(gray)
+    assert out["probability"] == pytest.approx(1.0 - out["probabilities"]["normal"])
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0)
+    assert out["label"] == ("pneumonia" if out["probability"] >= 0.3 else "normal")
+    assert out["threshold"] == 0.3
+
+
+def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) -> None:
+    gray = _image(60, 45, 4)
+    Image.fromarray(gray).save(tmp_path / "x.png")
+    out = Predictor(tiny_bundle).predict_array(gray)
+    row = predict_paths(tiny_bundle, [tmp_path / "x.png"])[0]
+    assert out["probability"] == pytest.approx(row["probability"], abs=1e-6)
+    assert out["label"] == row["label"] and out["threshold"] == row["threshold"]
+    assert out["probabilities"]["PNEUMONIA"] == pytest.approx(out["probability"])
+
+
+def test_tta_averages_deterministic_views_without_flips(tiny_bundle: Path) -> None:
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    views = list(tta_views(images))
+    assert len(views) == len(TTA_VIEWS) and all(v.shape == images.shape and v.dtype == np.uint8 for v in views)
+    np.testing.assert_array_equal(views[0], images)
+    for view in views[1:]:
+        assert not np.array_equal(view, images)
+        assert not np.array_equal(view, images[:, :, ::-1])  # never a mirror image
+    predictor = Predictor(tiny_bundle)
+    plain, tta = predictor.probabilities(images), predictor.probabilities(images, tta=True)
+    expected = np.mean([predictor.probabilities(v) for v in views], axis=0)
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    np.testing.assert_allclose(tta, predictor.probabilities(images, tta=True))
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(tta, plain)
+
+
+def test_cli_predict_writes_results_and_reports_failures(
+    tiny_bundle: Path, mixed_inputs: tuple, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args, bad = mixed_inputs
+    out = tmp_path / "results" / "r.csv"
+    assert cli.main(["predict", str(tiny_bundle), *map(str, args), "--out", str(out), "--batch-size", "3"]) == 1
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8 and sum(bool(r["error"]) for r in rows) == len(bad)
+    for row in rows:
+        if row["error"]:
+            assert f"{row['path']}: {row['error']}" in err
+        else:
+            assert 0.0 <= float(row["probability"]) <= 1.0 and row["label"] in ("NORMAL", "PNEUMONIA")
+
+    good = [str(p) for p in args if p.name == "explicit.jpeg"]
+    out_json = tmp_path / "r.json"
+    assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
+    [row] = json.loads(out_json.read_text())
+    assert row.keys() == {"path", "probability", "label", "threshold"}
+    assert cli.main(["predict", str(tiny_bundle), *good]) == 0  # CSV on stdout
+    printed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["path"] for r in printed] == good
+    assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(tmp_path / "r.txt")]) == 2
+
+
+def test_format_results_csv_keeps_column_order_and_blanks() -> None:
+    rows = [{"path": "a", "probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5}, {"path": "b", "error": "empty file (0 bytes)"}]
+    lines = format_results(rows, "csv").splitlines()
+    assert lines == ["path,probability,label,threshold,error", "a,0.7,PNEUMONIA,0.5,", "b,,,,empty file (0 bytes)"]
+    assert json.loads(format_results(rows, "json")) == rows

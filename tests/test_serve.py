@@ -1,0 +1,428 @@
+"""The HTTP service: every endpoint, every kind of bad upload (always a 4xx with a reason, never a 5xx),
+uploads kept off disk and out of the logs, and the size cap over a real socket."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from pneumoscan.bundle import load_card
+from pneumoscan.decode import read_gray
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import create_app
+
+MB = 2**20
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def png(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def dicom(pixels: np.ndarray | None) -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file in memory (no pixel data when ``pixels`` is None)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def png_bomb(side: int = 12_500) -> bytes:
+    """A valid all-black 8-bit PNG of side x side pixels (156 MP at the default) in ~150 KB: decoding it
+    would take 156 MB and seconds."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate, row = zlib.compressobj(9), b"\0" * (side + 1)  # filter byte + pixels
+    idat = b"".join([deflate.compress(row) for _ in range(side)] + [deflate.flush()])
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def xray(data_root: Path) -> bytes:
+    """A real chest X-ray JPEG from the shared data (224 x 224)."""
+    return sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def full_size_xray(data_root: Path) -> bytes:
+    """A full-size original (val/), which the service decodes draft-scaled like the training cache."""
+    return sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(tiny_bundle)) as c:
+        yield c
+
+
+def upload(client: TestClient, data: bytes, content_type: str = "image/jpeg", name: str = "x.jpeg",
+           **params: str) -> httpx.Response:
+    return client.post("/v1/predict", files={"file": (name, data, content_type)}, params=params)
+
+
+def with_threshold(bundle: Path, threshold: float, out: Path) -> Path:
+    """A copy of ``bundle`` whose card says ``threshold`` (to force either branch of the second stage)."""
+    shutil.copytree(bundle, out)
+    card = json.loads((out / "bundle.json").read_text())
+    card["threshold"] = threshold
+    (out / "bundle.json").write_text(json.dumps(card))
+    return out
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def test_healthz(client: TestClient, tiny_bundle: Path) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id}
+
+
+def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
+    card = load_card(tiny_bundle)
+    info = client.get("/v1/model").json()
+    assert info["id"] == card.model_id and card.data_fingerprint[:8] in info["id"]
+    assert info["version"] == "sha256:" + hashlib.sha256((tiny_bundle / "model.safetensors").read_bytes()).hexdigest()[:12]
+    assert (info["task"], info["classes"], info["positive"]) == ("pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA")
+    assert info["threshold"] == pytest.approx(card.threshold)
+    assert info["threshold_policy"] == card.threshold_policy
+    assert info["val_metrics"] == card.val_metrics and "auc" in info["val_metrics"]
+    assert info["data_fingerprint"] == card.data_fingerprint != ""
+    assert info["image_size"] == card.size and info["architecture"] == "simple_cnn"
+    assert info["max_upload_bytes"] == 20 * MB
+    assert info["etiology"] is None
+    assert "train_config" not in info  # may hold local paths; not for a public endpoint
+
+
+def test_openapi_schema_documents_the_api(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/model", "/healthz"} <= set(schema["paths"])
+    post = schema["paths"]["/v1/predict"]["post"]
+    assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"200", "400", "413", "415", "422"} <= set(post["responses"])
+    assert any(p["name"] == "heatmap" for p in post["parameters"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: Path, xray: bytes) -> None:
+    r = upload(client, xray)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    card = load_card(tiny_bundle)
+    expected = Predictor(tiny_bundle).predict_array(read_gray(xray, target=card.size))
+    assert body["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    assert body["label"] == expected["label"] in card.classes
+    assert body["threshold"] == pytest.approx(card.threshold)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["model_id"] == card.model_id and body["model_version"].startswith("sha256:")
+    assert body["etiology"] is None and body["heatmap"] is None
+    assert r.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("kind, content_type", [
+    ("png", "image/png"), ("dicom", "application/dicom"),
+    ("jpeg", "application/octet-stream"), ("png", "application/octet-stream"), ("dicom", "application/octet-stream"),
+    ("jpeg", "image/jpeg; charset=binary"),
+])
+def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: str, content_type: str) -> None:
+    gray = read_gray(xray)
+    data = {"jpeg": xray, "png": png(gray), "dicom": dicom(gray.astype(np.uint16) * 16)}[kind]
+    r = upload(client, data, content_type, f"scan.{kind}")
+    assert r.status_code == 200, r.text
+    assert 0.0 <= r.json()["probability"] <= 1.0
+
+
+@pytest.mark.parametrize("which", ["xray", "full_size_xray"])
+def test_heatmap_is_a_png_data_url(client: TestClient, which: str, request: pytest.FixtureRequest) -> None:
+    data = request.getfixturevalue(which)
+    r = upload(client, data, heatmap="true")
+    assert r.status_code == 200, r.text
+    prefix = "data:image/png;base64,"
+    assert r.json()["heatmap"].startswith(prefix)
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["heatmap"][len(prefix):])))
+    height, width = read_gray(data, target=32).shape
+    assert overlay.format == "PNG" and overlay.size == (3 * width, height)  # original | heatmap | blend
+
+
+def test_etiology_runs_only_for_images_read_as_pneumonia(tiny_bundle: Path, tiny_etiology_bundle: Path,
+                                                         xray: bytes, tmp_path: Path) -> None:
+    always = with_threshold(tiny_bundle, 0.0, tmp_path / "always")
+    never = with_threshold(tiny_bundle, 1.01, tmp_path / "never")
+    with TestClient(create_app(always, etiology=tiny_etiology_bundle)) as c:
+        body = upload(c, xray).json()
+        assert body["label"] == "PNEUMONIA"
+        etiology = body["etiology"]
+        assert etiology["task"] == "etiology" and etiology["label"] in ("bacteria", "virus")
+        assert etiology["model_id"] == load_card(tiny_etiology_bundle).model_id
+        assert set(etiology["probabilities"]) == {"bacteria", "virus"}
+        assert etiology["probability"] == pytest.approx(etiology["probabilities"]["virus"])
+        assert c.get("/v1/model").json()["etiology"]["classes"] == ["bacteria", "virus"]
+    with TestClient(create_app(never, etiology=tiny_etiology_bundle)) as c:
+        body = upload(c, xray).json()
+        assert body["label"] == "NORMAL" and body["etiology"] is None
+
+
+def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="pneumonia bundle and an etiology bundle"):
+        create_app(tiny_etiology_bundle, etiology=tiny_etiology_bundle)
+
+
+def test_web_page_is_served_without_external_resources(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text
+        r = client.get(asset)
+        assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+# ---------------------------------------------------------------- bad input: a 4xx with a reason, never a 5xx
+
+TEXT = b"Patient notes, not an image.\n" * 40
+
+
+def bad_uploads(xray: bytes) -> dict[str, tuple[bytes, str, int, str]]:
+    """case -> (bytes, declared content type, expected status, words the error must contain)."""
+    gray = read_gray(xray)
+    return {
+        "text declared as text/plain": (TEXT, "text/plain", 415, "unsupported content type 'text/plain'"),
+        "text declared as octet-stream": (TEXT, "application/octet-stream", 415, "not a JPEG, PNG or DICOM"),
+        "text declared as JPEG": (TEXT, "image/jpeg", 422, "not a JPEG, PNG or DICOM"),
+        "PDF content type": (b"%PDF-1.4\n" + TEXT, "application/pdf", 415, "unsupported content type"),
+        "truncated JPEG": (xray[: len(xray) // 2], "image/jpeg", 422, "truncated"),
+        "truncated PNG": (png(gray)[:2000], "image/png", 422, "cannot read the image"),
+        "empty upload": (b"", "image/jpeg", 400, "empty file"),
+        "decompression bomb": (png_bomb(), "image/png", 422, "too large"),
+        "DICOM without pixels": (dicom(None), "application/dicom", 422, "no pixel data"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_cases(xray: bytes) -> dict[str, tuple[bytes, str, int, str]]:
+    return bad_uploads(xray)
+
+
+def assert_error(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert words in r.json()["error"], r.json()
+
+
+@pytest.mark.parametrize("case", [
+    "text declared as text/plain", "text declared as octet-stream", "text declared as JPEG", "PDF content type",
+    "truncated JPEG", "truncated PNG", "empty upload", "decompression bomb", "DICOM without pixels",
+])
+def test_bad_upload_is_a_4xx_with_a_reason(client: TestClient, bad_cases: dict, case: str) -> None:
+    data, content_type, status, words = bad_cases[case]
+    start = time.perf_counter()
+    assert_error(upload(client, data, content_type), status, words)
+    assert time.perf_counter() - start < 5  # the bomb is refused from its header, not decoded
+
+
+def test_file_over_the_default_limit_is_413(client: TestClient, xray: bytes) -> None:
+    too_big = xray + b"\0" * (20 * MB - len(xray) + 1)  # 20 MB + 1 byte: a JPEG with trailing padding
+    assert_error(upload(client, too_big), 413, "limit of 20 MB")
+    assert upload(client, xray + b"\0" * (19 * MB)).status_code == 200  # under the limit the padding is harmless
+
+
+def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xray: bytes) -> None:
+    with TestClient(create_app(tiny_bundle, max_upload_mb=0.5)) as small:
+        assert small.get("/v1/model").json()["max_upload_bytes"] == MB // 2
+        assert_error(upload(small, xray + b"\0" * MB), 413, "limit")
+        # chunked body without Content-Length: the cap must hold while streaming, not from the header
+        boundary = "cap"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\nContent-Type: image/jpeg\r\n\r\n'
+
+        def body() -> Iterator[bytes]:
+            yield head.encode() + xray
+            for _ in range(64):  # 4 MB of padding, 8x the cap
+                yield b"\0" * 65536
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = small.post("/v1/predict", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert_error(r, 413, "upload too large")
+
+
+@pytest.mark.parametrize("case, request_kwargs, status, words", [
+    ("JSON body", {"json": {"file": "x"}}, 415, "expected multipart/form-data"),
+    ("raw JPEG body", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
+    ("no boundary", {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "malformed multipart"),
+    ("field named image", {"files": {"image": ("x.jpeg", b"\xff\xd8\xff", "image/jpeg")}}, 400, "field named 'file'"),
+    ("text field only", {"data": {"file": "not a file"}, "files": {"other": ("a", b"b", "text/plain")}}, 400, "no file"),
+    ("two files", {"files": [("file", ("a.jpeg", b"\xff\xd8\xff", "image/jpeg")), ("file", ("b.jpeg", b"\xff\xd8\xff", "image/jpeg"))]},
+     400, "Too many files"),
+])
+def test_malformed_requests_are_4xx(client: TestClient, case: str, request_kwargs: dict, status: int, words: str) -> None:
+    assert_error(client.post("/v1/predict", **request_kwargs), status, words)
+
+
+def test_framework_errors_are_json_too(client: TestClient, xray: bytes) -> None:
+    assert_error(upload(client, xray, heatmap="maybe"), 422, "heatmap")
+    assert_error(client.get("/v1/predict"), 405, "Method Not Allowed")
+    assert_error(client.get("/nope"), 404, "Not Found")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on a damaged header: expected
+def test_damaged_files_never_give_a_5xx(client: TestClient, xray: bytes) -> None:
+    """Truncations and byte flips of each format: whatever breaks, the answer is a 200 or a 4xx."""
+    gray = read_gray(xray)
+    rng = np.random.default_rng(0)
+    statuses = []
+    for kind, data, content_type in (("jpeg", xray, "image/jpeg"), ("png", png(gray), "image/png"),
+                                     ("dicom", dicom(gray.astype(np.uint16)), "application/dicom")):
+        variants = [data[:n] for n in (1, 3, 16, 133, 200, len(data) // 3, len(data) - 1)]
+        for _ in range(6):
+            flipped = np.frombuffer(data, np.uint8).copy()
+            spots = rng.integers(0, min(len(data), 1024), 8)  # the headers, where damage matters most
+            flipped[spots] = rng.integers(0, 256, 8, dtype=np.uint8)
+            variants.append(flipped.tobytes())
+        for variant in variants:
+            r = upload(client, variant, content_type, f"x.{kind}")
+            assert r.status_code < 500, (kind, r.status_code, r.text)
+            assert r.status_code == 200 or "error" in r.json()
+            statuses.append(r.status_code)
+    assert any(400 <= s < 500 for s in statuses)
+    assert client.get("/healthz").status_code == 200  # still up
+    assert upload(client, xray).status_code == 200
+
+
+def test_uploads_are_never_written_to_disk(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3 MB upload (above Starlette's 1 MB in-memory spool) while every way tempfile has to reach the disk fails."""
+
+    def no_disk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an upload was about to be written to disk")
+
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    noise = np.random.default_rng(1).integers(0, 256, (1800, 1800), dtype=np.uint8)
+    data = png(noise)
+    assert len(data) > 3 * MB
+    r = upload(client, data, "image/png", "big.png")
+    assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------- a real server: logs and the cap over a socket
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`pneumoscan serve --max-upload-mb 5` in a subprocess on a free loopback port: (base URL, file with its
+    stdout+stderr)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("serve-log") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port),
+                                 "--max-upload-mb", "5"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"server exited:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"server did not start:\n{log_path.read_text()}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        yield url, log_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_logs_carry_no_file_names_or_pixels(live_server: tuple[str, Path], xray: bytes, bad_cases: dict) -> None:
+    url, log_path = live_server
+    secret = "Jane-Doe-MRN-004217"
+    truncated, content_type, _, _ = bad_cases["truncated JPEG"]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        ok = http.post("/v1/predict?heatmap=true", files={"file": (f"{secret}.jpeg", xray, "image/jpeg")})
+        bad = http.post("/v1/predict", files={"file": (f"{secret}-2.jpeg", truncated, content_type)})
+        text = http.post("/v1/predict", files={"file": (f"{secret}.txt", TEXT, "text/plain")})
+    assert (ok.status_code, bad.status_code, text.status_code) == (200, 422, 415)
+    time.sleep(0.5)  # let the access log lines land
+    log = log_path.read_bytes()
+    assert b'"POST /v1/predict?heatmap=true HTTP/1.1" 200' in log  # request logging is on...
+    assert b'"POST /v1/predict HTTP/1.1" 422' in log
+    assert secret.encode() not in log  # ...but names never reach it
+    for data in (xray, truncated):
+        for fragment in (data[100:132], base64.b64encode(data[99:147]), data[100:132].hex().encode(),
+                         repr(data[100:132])[2:-1].encode()):
+            assert fragment not in log
+    assert ok.json()["heatmap"][-64:].encode() not in log
+
+
+def test_oversized_upload_over_a_socket_gets_the_413(live_server: tuple[str, Path], xray: bytes) -> None:
+    """Over real HTTP the client must be able to read the JSON 413, not a reset connection; the server stays up."""
+    url, _ = live_server
+    with httpx.Client(base_url=url, timeout=60) as http:
+        r = http.post("/v1/predict", files={"file": ("x.jpeg", xray + b"\0" * (8 * MB), "image/jpeg")})
+        assert_error(r, 413, "upload too large: the limit is 5 MB")
+        assert http.get("/healthz").status_code == 200
+        assert http.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code == 200
+
+
+def test_an_internal_error_is_json_and_frees_its_worker(tiny_bundle: Path, xray: bytes,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug is a JSON 500 (the one status bad input never gets), and the model copy it held goes back to the
+    pool: more failures than workers, then a good request still gets an answer."""
+    app = create_app(tiny_bundle)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        with monkeypatch.context() as m:
+            m.setattr(Predictor, "predict_array", lambda self, gray: 1 / 0)
+            for _ in range(6):
+                r = upload(c, xray)
+                assert r.status_code == 500 and r.json() == {"error": "internal error"}
+        assert upload(c, xray).status_code == 200
+
+
+def test_onnx_backend_answers_like_torch(client: TestClient, tiny_bundle: Path, xray: bytes) -> None:
+    with TestClient(create_app(tiny_bundle, backend="onnx")) as fast:
+        got = upload(fast, xray, heatmap="true").json()
+    expected = upload(client, xray).json()
+    assert got["probability"] == pytest.approx(expected["probability"], abs=1e-4)
+    assert got["label"] == expected["label"] and got["heatmap"].startswith("data:image/png;base64,")
