@@ -30,7 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.data import LABELS, SPLITS, SUBTYPES, Discovery, Record
-from pneumoscan.decode import image_info, read_gray
+from pneumoscan.decode import DecodeError, image_info, read_gray
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
 PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
@@ -52,7 +52,9 @@ def _sha256(path: str) -> str:
 
 
 def _scan(path: str) -> dict:
-    """Everything the audit needs from one file: content hash, header, perceptual hash (or why it failed)."""
+    """Everything the audit needs from one file: content hash, header, perceptual hash (or why it failed).
+    The decoder gets the path, not the bytes, so a .dcm without the DICM preamble is still known by its name;
+    the re-reads come from the OS cache."""
     out: dict = {"path": path}
     try:
         out["sha"] = _sha256(path)
@@ -63,8 +65,8 @@ def _scan(path: str) -> dict:
         info = image_info(path)
         gray = read_gray(path, target=PHASH_TARGET)
         bits = imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE).hash
-    except Exception as e:  # an audit lists whatever a bad file makes the decoder raise; it never stops on one
-        out["error"] = str(e) or type(e).__name__
+    except DecodeError as e:  # the decoder turns every bad input into one, with the reason as its message
+        out["error"] = str(e)
         return out
     out.update(width=info["width"], height=info["height"], mode=info["mode"], phash=np.packbits(bits).tobytes())
     return out
@@ -91,9 +93,11 @@ def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
         return np.zeros(0, dtype=int)
     words = np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(n, -1)
     rows, cols = [], []
-    for start in range(0, n, 512):
-        block = words[start : start + 512]
-        dist = np.bitwise_count(block[:, None, :] ^ words[None, :, :]).sum(axis=2)
+    for start in range(0, n, 256):
+        block = words[start : start + 256]
+        dist = np.zeros((len(block), n), dtype=np.int32)
+        for k in range(words.shape[1]):  # one 64-bit word at a time keeps the XOR temporary small
+            dist += np.bitwise_count(block[:, k, None] ^ words[None, :, k])
         i, j = np.nonzero(dist <= NEAR_DUPLICATE_BITS)
         keep = start + i < j
         rows.append(start + i[keep])
@@ -129,8 +133,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
     for rec in records:
         key = _split_key(rec.split)
         counts.setdefault(key, dict.fromkeys(LABELS, 0))[rec.label] += 1
-        subtypes.setdefault(key, dict.fromkeys(SUBTYPES, 0))
-        subtypes[key][_subtype_key(rec.subtype)] = subtypes[key].get(_subtype_key(rec.subtype), 0) + 1
+        sub = subtypes.setdefault(key, dict.fromkeys(SUBTYPES, 0))
+        sub[_subtype_key(rec.subtype)] = sub.get(_subtype_key(rec.subtype), 0) + 1
 
     widths: dict[str, list[int]] = defaultdict(list)
     heights: dict[str, list[int]] = defaultdict(list)
@@ -187,42 +191,52 @@ def _sample(records: Sequence[Record], n: int) -> list[Record]:
 
 
 def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: int = 6) -> None:
-    """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images."""
+    """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images,
+    one row of ``per_class`` images per class and subtype."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bad = {u["path"] for u in report["unreadable"]}
+    readable = sorted((r for r in discovery.records if r.path not in bad), key=lambda r: r.path)
+    rows = [
+        (label, sub, pool)
+        for label, subs in (("NORMAL", ("normal", "")), ("PNEUMONIA", ("bacteria", "virus", "")))
+        for sub in subs
+        if (pool := [r for r in readable if r.label == label and r.subtype == sub])
+    ]
     splits = list(report["counts"])
-    fig = plt.figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(LABELS)), layout="constrained")
-    grid = fig.add_gridspec(1 + len(LABELS), per_class, height_ratios=[2] + [1] * len(LABELS))
+    fig = plt.figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(rows), per_class, height_ratios=[2] + [1] * len(rows))
 
     ax = fig.add_subplot(grid[0, :])
     x = np.arange(len(splits))
     width = 0.38
     colors = {"normal": "#4c72b0", "bacteria": "#dd8452", "virus": "#c44e52", UNKNOWN: "#8c8c8c"}
+    tallest = max(max(c.values()) for c in report["counts"].values()) or 1
     for offset, label in ((-width / 2, "NORMAL"), (width / 2, "PNEUMONIA")):
-        parts = ["normal"] if label == "NORMAL" else ["bacteria", "virus", UNKNOWN]
+        totals = np.array([report["counts"][s][label] for s in splits], dtype=float)
         bottom = np.zeros(len(splits))
         bars = None
-        for part in parts:
+        for part in ["normal"] if label == "NORMAL" else ["bacteria", "virus", UNKNOWN]:
             heights = np.array([report["subtypes"][s].get(part, 0) for s in splits], dtype=float)
             if not heights.any():
                 continue
             bars = ax.bar(x + offset, heights, width, bottom=bottom, color=colors[part], label=part)
-            ax.bar_label(bars, labels=[f"{int(h)}" if h else "" for h in heights], label_type="center", fontsize=8)
+            # segment counts only where they add to the total and fit inside the bar
+            inner = [f"{h:.0f}" if 0.04 * tallest <= h < t else "" for h, t in zip(heights, totals)]
+            ax.bar_label(bars, labels=inner, label_type="center", fontsize=8)
             bottom += heights
         if bars is not None:  # the total goes on top of the stack
-            ax.bar_label(bars, labels=[f"{label} {int(b)}" for b in bottom], fontsize=8, padding=2)
+            ax.bar_label(bars, labels=[f"{label} {t:.0f}" for t in totals], fontsize=8, padding=2)
     ax.set_xticks(x, splits)
     ax.set_ylabel("images")
     ax.set_title("Class balance per split (pneumonia stacked by subtype)")
     ax.legend(loc="upper right", fontsize=8)
     ax.margins(y=0.15)
 
-    bad = {u["path"] for u in report["unreadable"]}
-    for row, label in enumerate(LABELS, start=1):
-        pool = sorted((r for r in discovery.records if r.label == label and r.path not in bad), key=lambda r: r.path)
+    for row, (label, sub, pool) in enumerate(rows, start=1):
         picks = _sample(pool, per_class)
         for col in range(per_class):
             cell = fig.add_subplot(grid[row, col])
@@ -230,7 +244,7 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
             if col < len(picks):
                 rec = picks[col]
                 cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
-                cell.set_title(f"{label} {rec.subtype}\n{Path(rec.path).name}", fontsize=6)
+                cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
@@ -248,7 +262,9 @@ def format_audit(report: dict):
         table.add_column(col, justify="right")
     for split, counts in report["counts"].items():
         size = report["sizes"].get(split)
-        dims = [f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")]
+        dims = [
+            f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")
+        ]
         table.add_row(
             split,
             *(str(counts[label]) for label in LABELS),
@@ -267,8 +283,10 @@ def format_audit(report: dict):
         *((f"  {u['path']}: {u['reason']}", True) for u in report["unreadable"]),
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (
-            f"near duplicates (pHash <= {report['near_duplicate_max_bits']} bits): {len(near)} groups "
-            f"({n_exact_near} exact, {len(near) - n_exact_near} re-encoded or edited)",
+            (
+                f"near duplicates (pHash <= {report['near_duplicate_max_bits']} bits): {len(near)} groups "
+                f"({n_exact_near} exact, {len(near) - n_exact_near} re-encoded or edited)"
+            ),
             bool(near),
         ),
     ]

@@ -17,7 +17,8 @@ from .report import write_report
 def evaluate_logits(logits: np.ndarray, targets: np.ndarray, task: Task, threshold: float, temperature: float) -> dict:
     """Binary metrics for the task's positive class; multiclass tasks add a per-class block under ``multiclass``."""
     probs = softmax(logits, temperature)
-    metrics = evaluate_binary(binary_targets(targets, task), positive_probability(probs, task), threshold)
+    y, prob = binary_targets(targets, task), positive_probability(probs, task)
+    metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
     metrics["positive_class"] = task.positive
     if len(task.classes) > 2:
         metrics["multiclass"] = evaluate_multiclass(targets, probs, task.classes)

@@ -318,7 +318,9 @@ def evaluate_multiclass(
             "f1": _ratio(2 * tp, support + predicted),
             "support": int(support),
         }
-        roc[name] = dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
+        roc[name] = (
+            dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
+        )
     rows = list(per_class.values())
     idx, labels = _stratified_bootstrap(y, n_boot, seed)
     boot_accuracy = (pred[idx] == labels).mean(axis=1)

@@ -99,9 +99,11 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
     for name, counts, shares in zip(names, cm["counts"], cm["normalized"]):
         cells = ""
         for count, share in zip(counts, shares):
-            alpha = 0.0 if share is None else 0.08 + 0.6 * share
+            alpha = 0.0 if share is None else 0.05 + 0.45 * share
             pct = "n/a" if share is None else f"{100 * share:.1f}%"
-            cells += f'<td style="background:rgba(11,60,93,{alpha:.2f})">{count}<br><span class="ci">{pct}</span></td>'
+            cells += (
+                f'<td style="background:rgba(44,123,182,{alpha:.2f})">{count}<br><span class="ci">{pct}</span></td>'
+            )
         body += f"<tr><th>True {_esc(name)}</th>{cells}</tr>"
     return (
         f'<div class="cmblock"><h3>{_esc(caption)}</h3><table class="cm"><tr><th></th>{head}</tr>{body}</table>'
@@ -150,8 +152,15 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
         ax.plot(*zip(*filled), "o-", lw=2, label="model")
     edges = cal["bin_edges"]
     total = max(sum(cal["counts"]), 1)
-    ax.bar(edges[:-1], [c / total for c in cal["counts"]], width=edges[1] - edges[0], align="edge",
-           color="#0b3c5d", alpha=0.15, label="share of images")
+    ax.bar(
+        edges[:-1],
+        [c / total for c in cal["counts"]],
+        width=edges[1] - edges[0],
+        align="edge",
+        color="#0b3c5d",
+        alpha=0.15,
+        label="share of images",
+    )
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
@@ -159,14 +168,20 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
 def _binary_body(m: dict[str, Any]) -> str:
     neg, pos = m.get("class_names", ("negative", "positive"))
     low = m["at_0_5"]
-    head = (f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th>"
-            f"<th>At threshold 0.500</th></tr>")
-    rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}{_value_cell(low, key)}</tr>" for key, label in _BINARY_ROWS)
+    head = (
+        f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th>"
+        f"<th>At threshold 0.500</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><th>{label}</th>{_value_cell(m, key)}{_value_cell(low, key)}</tr>" for key, label in _BINARY_ROWS
+    )
     parts = [
         "<h2>Summary</h2>",
-        f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
-        f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
-        "95% CIs: stratified percentile bootstrap.</p>",
+        (
+            f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
+            f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
+            "95% CIs: stratified percentile bootstrap.</p>"
+        ),
         f"<table>{head}{rows}</table>",
         '<h2>Confusion matrices</h2><div class="row">',
         _confusion_table(m["confusion_matrix"], (neg, pos), f"At bundle threshold {_fmt(m['threshold'], 'threshold')}"),
@@ -175,60 +190,89 @@ def _binary_body(m: dict[str, Any]) -> str:
     ]
     curves = m["curves"]
     if curves["roc"]["fpr"]:
-        roc_points = {f"t = {_fmt(b['threshold'], 'threshold')}": (1 - b["specificity"], b["sensitivity"]) for b in (m, low)}
-        pr_points = {f"t = {_fmt(b['threshold'], 'threshold')}": (b["sensitivity"], b["precision"])
-                     for b in (m, low) if b["precision"] is not None}
-        parts.append(_figure_html(
-            _roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
-            "ROC curve; dots mark the operating points."))
-        parts.append(_figure_html(
-            _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["n_positive"] / m["n"], pr_points),
-            "Precision-recall curve; dashed line = a classifier without skill."))
+        roc_points = {
+            f"t = {_fmt(b['threshold'], 'threshold')}": (1 - b["specificity"], b["sensitivity"]) for b in (m, low)
+        }
+        pr_points = {
+            f"t = {_fmt(b['threshold'], 'threshold')}": (b["sensitivity"], b["precision"])
+            for b in (m, low)
+            if b["precision"] is not None
+        }
+        parts.append(
+            _figure_html(
+                _roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
+                "ROC curve; dots mark the operating points.",
+            )
+        )
+        parts.append(
+            _figure_html(
+                _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["n_positive"] / m["n"], pr_points),
+                "Precision-recall curve; dashed line = a classifier without skill.",
+            )
+        )
     else:
         parts.append('<p class="note">ROC and PR curves are undefined: only one class is present.</p>')
-    parts.append(_figure_html(_reliability_figure(curves["calibration"], f"Predicted P({pos})"),
-                              "Reliability diagram: observed frequency per bin of predicted probability."))
+    parts.append(
+        _figure_html(
+            _reliability_figure(curves["calibration"], f"Predicted P({pos})"),
+            "Reliability diagram: observed frequency per bin of predicted probability.",
+        )
+    )
     parts.append("</div>")
     return "".join(parts)
 
 
-def _multiclass_body(m: dict[str, Any]) -> str:
+def _multiclass_body(m: dict[str, Any], section: str = "") -> str:
     names = m["class_names"]
     rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}</tr>" for key, label in _MULTICLASS_ROWS)
     per_class = "".join(
-        f"<tr><th>{_esc(name)}</th>" + "".join(_value_cell(c, k) for k in ("auc", "sensitivity", "precision", "f1"))
+        f"<tr><th>{_esc(name)}</th>"
+        + "".join(_value_cell(c, k) for k in ("auc", "sensitivity", "precision", "f1"))
         + f'<td class="num">{c["support"]}</td></tr>'
         for name, c in m["per_class"].items()
     )
     curves = m["curves"]
     roc = {name: curve for name, curve in curves["roc"].items() if curve["fpr"]}
     labels = {name: f"{name} (AUC = {_fmt(m['per_class'][name]['auc'])})" for name in roc}
-    return "".join([
-        "<h2>Summary</h2>",
-        f'<p class="note">n = {m["n"]}; decision = most probable class. 95% CIs: stratified percentile bootstrap.</p>',
-        f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
-        "<h2>Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
-        f"<th>Precision</th><th>F1</th><th>Images</th></tr>{per_class}</table>",
-        '<h2>Confusion matrix</h2><div class="row">',
-        _confusion_table(m["confusion_matrix"], names, "Most probable class"),
-        '</div><h2>Curves</h2><div class="row">',
-        _figure_html(_roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.") if roc else "",
-        _figure_html(_reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
-                     "Reliability diagram of the top class: accuracy per bin of confidence."),
-        "</div>",
-    ])
+    return "".join(
+        [
+            f"<h2>{section}Summary</h2>",
+            f'<p class="note">n = {m["n"]}; decision = most probable class. 95% CIs: stratified percentile bootstrap.</p>',
+            f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
+            (
+                f"<h2>{section}Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
+                f"<th>Precision</th><th>F1</th><th>Images</th></tr>{per_class}</table>"
+            ),
+            f'<h2>{section}Confusion matrix</h2><div class="row">',
+            _confusion_table(m["confusion_matrix"], names, "Most probable class"),
+            f'</div><h2>{section}Curves</h2><div class="row">',
+            _figure_html(_roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.") if roc else "",
+            _figure_html(
+                _reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
+                "Reliability diagram of the top class: accuracy per bin of confidence.",
+            ),
+            "</div>",
+        ]
+    )
 
 
 def write_report(
     metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
-    evaluate_multiclass result; ``extra`` is shown as a key/value header table. Returns the HTML path."""
+    evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
+    evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part.
+    Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    body = _multiclass_body(metrics) if metrics.get("kind") == "multiclass" else _binary_body(metrics)
+    if metrics.get("kind") == "multiclass":
+        body = _multiclass_body(metrics)
+    else:
+        body = _binary_body(metrics)
+        if metrics.get("multiclass"):
+            body += _multiclass_body(metrics["multiclass"], section="All classes: ")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
@@ -249,16 +293,18 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     Series missing from the history are left out; a None value leaves a gap."""
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
     panels = (
-        ("Loss", (("train_loss", "train"), ("val_loss", "validation"))),
-        ("Accuracy", (("train_acc", "train"), ("val_acc", "validation"))),
-        ("ROC AUC", (("train_auc", "train"), ("val_auc", "validation"))),
+        ("Loss", ("train_loss", "val_loss")),
+        ("Accuracy", ("train_acc", "val_acc")),
+        ("ROC AUC", ("train_auc", "val_auc")),
     )
+    styles = {"train": ("train", "#1f77b4"), "val": ("validation", "#ff7f0e")}  # same colours in every panel
     fig = Figure(figsize=(13, 3.8))
     for ax, (title, series) in zip(fig.subplots(1, 3), panels):
-        for key, label in series:
+        for key in series:
             values = [row.get(key) for row in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, label=label)
+                label, color = styles[key.split("_")[0]]
+                ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -20,9 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from sklearn.metrics import roc_auc_score
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -31,11 +37,18 @@ from .audit import exact_duplicate_groups
 from .bundle import BundleCard, load_bundle, save_bundle
 from .cache import PreprocessSpec, build_cache
 from .data import Record, discover, write_manifest
-from .dataset import CachedImages, Task, binary_targets, get_task, positive_probability, select
-from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
-from .report import plot_training_curves, write_report
+from .dataset import (
+    CachedImages,
+    Task,
+    binary_targets,
+    get_task,
+    positive_probability,
+    select,
+)
 from .evaluate import evaluate_logits
 from .export import export_onnx
+from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
+from .report import plot_training_curves, write_report
 from .split import patient_split
 from .transforms import Augment, normalize, train_transform
 

@@ -5,7 +5,6 @@ load nothing from outside the server. A missing browser fails the test; it is ne
 from __future__ import annotations
 
 import base64
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +14,11 @@ import numpy as np
 import pytest
 import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.serve import create_app
+from tests.builders import dicom_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -156,17 +154,4 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
 
 def dicom_xray(jpeg: Path) -> bytes:
     """The X-ray as a 12-bit DICOM file."""
-    pixels = read_gray(jpeg).astype(np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return dicom_bytes(read_gray(jpeg).astype(np.uint16) * 16)

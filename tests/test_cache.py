@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from pneumoscan import cache as cache_mod
-from pneumoscan.cache import ImageCache, PreprocessSpec, build_cache, default_cache_dir, fingerprint
+from pneumoscan.cache import (
+    ImageCache,
+    PreprocessSpec,
+    build_cache,
+    default_cache_dir,
+    fingerprint,
+)
 from pneumoscan.decode import preprocess
 
 SPEC = PreprocessSpec(size=16)

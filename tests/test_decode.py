@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoscan.decode import (
     MAX_PIXELS,
@@ -23,40 +21,9 @@ from pneumoscan.decode import (
     read_gray,
     resize,
 )
+from tests.builders import dicom_bytes
 
 RAMP12 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 8 x 256, values 0..4080
-
-
-def dicom_bytes(
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    bits: int = 12,
-    frames: int = 1,
-    preamble: bool = True,
-    **elements: object,
-) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape[-2:]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = 16 if bits > 8 else 8
-        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        ds.PixelData = pixels.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=preamble)
-    return buf.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -15,7 +15,14 @@ from torch import nn
 
 from pneumoscan import models
 from pneumoscan.decode import read_gray, resize
-from pneumoscan.explain import MAX_PANEL, explain_array, gradcam, overlay_png, target_layer, to_image_frame
+from pneumoscan.explain import (
+    MAX_PANEL,
+    explain_array,
+    gradcam,
+    overlay_png,
+    target_layer,
+    to_image_frame,
+)
 from pneumoscan.predict import Predictor, predict_paths
 
 

@@ -12,13 +12,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoscan import cli, models
 from pneumoscan.bundle import BundleCard, load_card, save_bundle
 from pneumoscan.decode import preprocess
-from pneumoscan.predict import TTA_VIEWS, Predictor, expand_paths, format_results, predict_paths, tta_views
+from pneumoscan.predict import (
+    TTA_VIEWS,
+    Predictor,
+    expand_paths,
+    format_results,
+    predict_paths,
+    tta_views,
+)
+from tests.builders import dicom_bytes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -28,22 +34,6 @@ def _image(height: int, width: int, seed: int) -> np.ndarray:
     img = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)).copy()
     img[0, 0], img[-1, -1] = 0, 255
     return img
-
-
-def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def make_bundle(directory: Path, task: str = "pneumonia", classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA"),
@@ -119,8 +109,8 @@ def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) ->
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
     pixels = _image(40, 56, 2)
     Image.fromarray(pixels).save(tmp_path / "film.png")
-    _dicom(tmp_path / "film.dcm", pixels.astype(np.uint16) * 257)  # 16-bit, min-max maps back to `pixels`
-    _dicom(tmp_path / "inverted", (255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1")  # found by its DICM magic
+    (tmp_path / "film.dcm").write_bytes(dicom_bytes(pixels.astype(np.uint16) * 257, bits=16))  # 16-bit, min-max maps back to `pixels`
+    (tmp_path / "inverted").write_bytes(dicom_bytes((255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1", bits=16))  # found by its DICM magic
     rows = predict_paths(tiny_bundle, [tmp_path / "film.png", tmp_path / "film.dcm", tmp_path / "inverted"])
     assert all("error" not in r for r in rows), rows
     assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)

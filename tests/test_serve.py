@@ -24,13 +24,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.predict import Predictor
 from pneumoscan.serve import create_app
+from tests.builders import dicom_bytes
 
 MB = 2**20
 
@@ -41,25 +40,6 @@ MB = 2**20
 def png(gray: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(gray).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def dicom(pixels: np.ndarray | None) -> bytes:
-    """A 16-bit MONOCHROME2 DICOM file in memory (no pixel data when ``pixels`` is None)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -165,7 +145,7 @@ def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: 
 ])
 def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: str, content_type: str) -> None:
     gray = read_gray(xray)
-    data = {"jpeg": xray, "png": png(gray), "dicom": dicom(gray.astype(np.uint16) * 16)}[kind]
+    data = {"jpeg": xray, "png": png(gray), "dicom": dicom_bytes(gray.astype(np.uint16) * 16)}[kind]
     r = upload(client, data, content_type, f"scan.{kind}")
     assert r.status_code == 200, r.text
     assert 0.0 <= r.json()["probability"] <= 1.0
@@ -234,7 +214,7 @@ def bad_uploads(xray: bytes) -> dict[str, tuple[bytes, str, int, str]]:
         "truncated PNG": (png(gray)[:2000], "image/png", 422, "cannot read the image"),
         "empty upload": (b"", "image/jpeg", 400, "empty file"),
         "decompression bomb": (png_bomb(), "image/png", 422, "too large"),
-        "DICOM without pixels": (dicom(None), "application/dicom", 422, "no pixel data"),
+        "DICOM without pixels": (dicom_bytes(None), "application/dicom", 422, "no pixel data"),
     }
 
 
@@ -310,7 +290,7 @@ def test_damaged_files_never_give_a_5xx(client: TestClient, xray: bytes) -> None
     rng = np.random.default_rng(0)
     statuses = []
     for kind, data, content_type in (("jpeg", xray, "image/jpeg"), ("png", png(gray), "image/png"),
-                                     ("dicom", dicom(gray.astype(np.uint16)), "application/dicom")):
+                                     ("dicom", dicom_bytes(gray.astype(np.uint16)), "application/dicom")):
         variants = [data[:n] for n in (1, 3, 16, 133, 200, len(data) // 3, len(data) - 1)]
         for _ in range(6):
             flipped = np.frombuffer(data, np.uint8).copy()

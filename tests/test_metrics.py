@@ -1,0 +1,218 @@
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import recall_score, roc_auc_score
+
+from pneumoscan import metrics
+from pneumoscan.metrics import (
+    binary_metrics,
+    calibration,
+    choose_threshold,
+    evaluate_binary,
+    evaluate_multiclass,
+    fit_temperature,
+    softmax,
+    threshold_metrics_ci,
+)
+
+# 4 positives, 6 negatives. At threshold 0.5 (positive when prob >= 0.5):
+#   positives 0.9 0.8 0.7 -> TP = 3, 0.3 -> FN = 1
+#   negatives 0.6 0.5 -> FP = 2 (0.5 counts as positive), 0.2 0.1 0.4 0.05 -> TN = 4
+Y_SMALL = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+P_SMALL = [0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.4, 0.05, 0.5]
+
+
+def synthetic_binary(n: int, seed: int = 0, separation: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    prob = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * y - 1))))
+    return y, prob
+
+
+def test_binary_metrics_hand_checked():
+    m = binary_metrics(Y_SMALL, P_SMALL, 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"], m["n"]) == (3, 2, 4, 1, 10)
+    assert m["sensitivity"] == pytest.approx(3 / 4)  # TP / (TP + FN)
+    assert m["specificity"] == pytest.approx(4 / 6)  # TN / (TN + FP)
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["f1"] == pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75))
+    assert m["threshold"] == 0.5
+
+
+def test_binary_metrics_missing_class_gives_nan_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = binary_metrics([0, 0, 0], [0.1, 0.7, 0.2], 0.5)
+        result = evaluate_binary([0, 0, 0], [0.1, 0.7, 0.2], 0.5, n_boot=50)
+    assert math.isnan(m["sensitivity"])  # no positives: undefined, not 0
+    assert m["f1"] == 0.0 and m["precision"] == 0.0  # one false positive, no true positive: defined, 0
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert result["auc"] is None and result["sensitivity"] is None and result["ci"]["auc"] == [None, None]
+    assert result["curves"]["roc"]["fpr"] == []
+    json.dumps(result, allow_nan=False)
+
+
+def test_binary_metrics_rejects_non_binary_labels():
+    with pytest.raises(ValueError):
+        binary_metrics([0, 2], [0.1, 0.9], 0.5)
+
+
+def _deciding_score(prob: np.ndarray, threshold: float) -> float:
+    """The lowest score called positive; the threshold sits midway between it and the next lower score."""
+    below = prob[prob < threshold]
+    deciding = prob[prob >= threshold].min()
+    assert (below.max() if below.size else 0.0) < threshold < deciding
+    assert threshold == pytest.approx((deciding + (below.max() if below.size else 0.0)) / 2)
+    return deciding
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_choose_threshold_meets_sensitivity_floor_and_is_highest(target):
+    y, prob = synthetic_binary(400, seed=1)
+    t = choose_threshold(y, prob, target)
+    deciding = _deciding_score(prob, t)
+    assert binary_metrics(y, prob, t)["sensitivity"] >= target
+    assert binary_metrics(y, prob, deciding)["sensitivity"] >= target
+    higher = np.unique(prob[prob > deciding])
+    assert higher.size, "a threshold at the maximum score would be suspicious here"
+    assert binary_metrics(y, prob, higher[0])["sensitivity"] < target
+
+
+def test_choose_threshold_youden_matches_brute_force():
+    y, prob = synthetic_binary(300, seed=2)
+    prob = prob.round(2)  # ties, so several thresholds can share a J
+    j = {
+        t: binary_metrics(y, prob, t)["sensitivity"] + binary_metrics(y, prob, t)["specificity"] - 1
+        for t in np.unique(prob)
+    }
+    best = max(j.values())
+    deciding = _deciding_score(prob, choose_threshold(y, prob, None))
+    assert j[deciding] == pytest.approx(best)
+    assert deciding == max(t for t, v in j.items() if v == pytest.approx(best))
+
+
+def test_choose_threshold_youden_tie_goes_to_the_higher_threshold():
+    # J = 0.5 at both 0.9 (tpr 1/2, fpr 0) and 0.7 (tpr 1, fpr 1/2): the more specific one wins.
+    t = choose_threshold([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.2], None)
+    assert t == pytest.approx((0.9 + 0.8) / 2)
+
+
+def test_choose_threshold_needs_both_classes():
+    with pytest.raises(ValueError):
+        choose_threshold([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def _overconfident_logits(n_classes: int, seed: int, n: int = 6000, scale: float = 3.0):
+    """Labels drawn from softmax(z) (so z is calibrated), logits reported as scale * z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=1.5, size=(n, n_classes))
+    p = softmax(z)
+    y = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return scale * z, y
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fit_temperature_recovers_known_scale(n_classes):
+    logits, y = _overconfident_logits(n_classes, seed=n_classes)
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(3.0, rel=0.15)
+
+
+def test_temperature_scaling_lowers_ece():
+    logits, y = _overconfident_logits(2, seed=7)
+    t = fit_temperature(logits, y)
+    before = calibration(y, softmax(logits)[:, 1])["ece"]
+    after = calibration(y, softmax(logits, t)[:, 1])["ece"]
+    assert after < before / 2
+
+
+def test_calibration_hand_checked():
+    cal = calibration([0, 1, 1, 1], [0.05, 0.15, 0.95, 1.0], n_bins=10)
+    assert cal["counts"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]  # 1.0 falls into the last bin
+    assert cal["mean_predicted"][9] == pytest.approx(0.975)
+    assert math.isnan(cal["observed_frequency"][5])
+    assert cal["ece"] == pytest.approx((0.05 + 0.85 + 2 * 0.025) / 4)
+
+
+def test_vectorised_bootstrap_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, size=(4, 30)).astype(float)
+    positive = np.arange(30) < 12
+    expected = [roc_auc_score(positive, row) for row in scores]
+    np.testing.assert_allclose(metrics._auc_rows(scores, positive), expected)
+
+
+def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
+    y, prob = synthetic_binary(200, seed=4)
+    small = threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=0)
+    point = binary_metrics(y, prob, 0.5) | {"auc": roc_auc_score(y, prob)}
+    for name, (lo, hi) in small.items():
+        assert lo <= point[name] <= hi, name
+    y_big, prob_big = synthetic_binary(2000, seed=4)
+    big = threshold_metrics_ci(y_big, prob_big, 0.5, n_boot=500, seed=0)
+    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+        assert big[name][1] - big[name][0] < 0.6 * (small[name][1] - small[name][0]), name
+    assert threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=0) == small
+    assert threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=1) != small
+
+
+def test_evaluate_binary_structure_and_json():
+    y, prob = synthetic_binary(500, seed=5)
+    result = evaluate_binary(y, prob, 0.3, n_boot=200, class_names=("NORMAL", "PNEUMONIA"))
+    text = json.dumps(result, allow_nan=False)
+    assert json.loads(text) == result
+    block_keys = {
+        "auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "threshold",
+        "n",
+        "pr_auc",
+        "ece",
+        "confusion_matrix",
+        "ci",
+    }
+    assert block_keys <= result.keys() and block_keys == result["at_0_5"].keys()
+    assert result["threshold"] == 0.3 and result["at_0_5"]["threshold"] == 0.5
+    assert result["auc"] == pytest.approx(roc_auc_score(y, prob))
+    assert result["sensitivity"] > result["at_0_5"]["sensitivity"]
+    assert result["confusion_matrix"] != result["at_0_5"]["confusion_matrix"]
+    m = binary_metrics(y, prob, 0.3)
+    assert result["confusion_matrix"]["counts"] == [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
+    assert result["confusion_matrix"]["normalized"][1][1] == pytest.approx(m["sensitivity"])
+    assert set(result["ci"]) == {"auc", "accuracy", "sensitivity", "specificity", "precision", "f1"}
+    roc, pr = result["curves"]["roc"], result["curves"]["pr"]
+    assert 2 < len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) <= metrics.CURVE_POINTS
+    assert len(pr["precision"]) == len(pr["recall"]) == metrics.CURVE_POINTS  # 500 distinct scores, thinned
+    assert roc["thresholds"][0] is None  # sklearn's leading +inf is not valid JSON
+    assert sum(result["curves"]["calibration"]["counts"]) == 500
+
+
+def test_evaluate_multiclass_three_classes():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 600)
+    probs = softmax(rng.normal(size=(600, 3)) + 2 * np.eye(3)[y])
+    names = ["normal", "bacteria", "virus"]
+    result = evaluate_multiclass(y, probs, names, n_boot=200)
+    json.dumps(result, allow_nan=False)
+    pred = probs.argmax(axis=1)
+    assert result["accuracy"] == pytest.approx((pred == y).mean())
+    assert result["macro_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    recalls = recall_score(y, pred, average=None)
+    for name, recall in zip(names, recalls):
+        assert result["per_class"][name]["sensitivity"] == pytest.approx(recall)
+    assert result["balanced_accuracy"] == pytest.approx(recalls.mean())
+    counts = np.array(result["confusion_matrix"]["counts"])
+    assert counts.sum() == 600 and counts.trace() == (pred == y).sum()
+    np.testing.assert_allclose(np.array(result["confusion_matrix"]["normalized"]).sum(axis=1), 1.0)
+    for name in ("accuracy", "macro_auc"):
+        lo, hi = result["ci"][name]
+        assert lo <= result[name] <= hi
+    assert set(result["curves"]["roc"]) == set(names)

@@ -1,0 +1,104 @@
+import base64
+import json
+import re
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pneumoscan.metrics import evaluate_binary, evaluate_multiclass, softmax
+from pneumoscan.report import figure_to_data_url, plot_training_curves, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+def _embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in DATA_URL.findall(page)]
+
+
+def _binary_metrics(n: int = 300, labels=None) -> dict:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n) if labels is None else np.asarray(labels)
+    prob = 1 / (1 + np.exp(-(rng.normal(size=y.size) + 1.5 * (2 * y - 1))))
+    return evaluate_binary(y, prob, 0.35, n_boot=100, class_names=("NORMAL", "PNEUMONIA"))
+
+
+def test_write_report_binary(tmp_path):
+    metrics = _binary_metrics()
+    path = write_report(
+        metrics,
+        tmp_path / "out",
+        "Pneumonia <script>alert(1)</script>",
+        "test set",
+        extra={"model": "resnet18 & friends", "n images": 300},
+    )
+    assert path == tmp_path / "out" / "report.html"
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    page = path.read_text()
+    pngs = _embedded_pngs(page)
+    assert len(pngs) == 3 and all(png.startswith(PNG_SIGNATURE) for png in pngs)  # ROC, PR, reliability
+    assert not EXTERNAL.search(page)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "resnet18 &amp; friends" in page
+    assert "At threshold 0.500" in page and "At bundle threshold 0.35" in page
+    assert "95% CI" in page and "PNEUMONIA" in page
+
+
+def test_write_report_binary_with_one_class(tmp_path):
+    path = write_report(_binary_metrics(labels=[1] * 20), tmp_path, "one class")
+    page = path.read_text()
+    assert "only one class is present" in page
+    assert len(_embedded_pngs(page)) == 1  # the reliability diagram still exists
+
+
+def test_write_report_multiclass(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=100)
+    path = write_report(metrics, tmp_path, "Three classes", extra={"task": "subtype"})
+    page = path.read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    pngs = _embedded_pngs(page)
+    assert len(pngs) == 2 and all(png.startswith(PNG_SIGNATURE) for png in pngs)  # ROC per class, reliability
+    assert not EXTERNAL.search(page)
+    for name in ("normal", "bacteria", "virus"):
+        assert f"<th>True {name}</th>" in page and f"<th>{name}</th>" in page
+
+
+def test_write_report_binary_with_multiclass_part(tmp_path):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_binary(y == 2, probs[:, 2], 0.4, n_boot=100, class_names=("bacteria", "virus"))
+    metrics["multiclass"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=100)
+    page = write_report(metrics, tmp_path, "Etiology").read_text()
+    assert "All classes: Per class" in page and "<th>True normal</th>" in page
+    assert len(_embedded_pngs(page)) == 5  # binary ROC, PR, reliability + per-class ROC, top-label reliability
+
+
+def test_figure_to_data_url_is_png():
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    url = figure_to_data_url(fig)
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]).startswith(PNG_SIGNATURE)
+
+
+def test_plot_training_curves_writes_png(tmp_path):
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "train_acc": 1 - 1 / (e + 1),
+            "val_acc": 0.9 - 1 / (e + 2),
+            "val_auc": None if e == 1 else 0.8 + 0.02 * e,
+            "lr": 1e-3,
+        }
+        for e in range(1, 6)
+    ]
+    out = tmp_path / "plots" / "training.png"
+    plot_training_curves(history, out)
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
