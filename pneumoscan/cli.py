@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of training")
     p.add_argument("data")
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, default=192, help="the training default")
     p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"))
     p.set_defaults(func=cmd_cache)
 
