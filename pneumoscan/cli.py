@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="split.csv")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of training")
+    p = sub.add_parser("cache", help="preprocess a dataset into the image cache (evaluate on the same DATA reuses it)")
     p.add_argument("data")
     p.add_argument("--size", type=int, default=192, help="the training default")
     p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"))
