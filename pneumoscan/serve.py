@@ -7,17 +7,19 @@ while it is read (Content-Length is not trusted), and the decompression-bomb gua
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
-import os
 import queue
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +37,6 @@ from .explain import explain_array, overlay_png
 from .predict import Predictor
 
 STATIC = Path(__file__).parent / "static"
-MAX_WORKERS = 4
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
 # Room for the multipart envelope (boundaries, part headers) on top of the file itself.
 ENVELOPE_BYTES = 64 * 1024
@@ -106,12 +107,62 @@ class Health(BaseModel):
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
 
 
-class _Stage:
-    """One bundle: the identity it reports and a Predictor per worker (a Predictor runs one call at a time)."""
+class _Batcher:
+    """Runs the model once for every image waiting at that moment. On a small CPU, sixteen single-image calls
+    side by side fight over the cores; one batch of sixteen does the same work several times faster, so the
+    latency under load stays close to one batch's time instead of growing with the queue of separate calls."""
 
-    def __init__(self, bundle: Path | str, workers: int, backend: str) -> None:
-        self.predictors = [Predictor(bundle, backend=backend) for _ in range(workers)]
-        self.card = self.predictors[0].card
+    def __init__(self, predictor: Predictor, max_batch: int = 32) -> None:
+        self.predictor, self.max_batch = predictor, max_batch
+        self.waiting: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    async def probabilities(self, gray: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities of one decoded image, computed in the next batch."""
+        if self.thread is None:  # started on first use, from the event loop's thread only
+            self.thread = threading.Thread(target=self._loop, name="pneumoscan-batcher", daemon=True)
+            self.thread.start()
+        future: Future = Future()
+        self.waiting.put((gray, future))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.waiting.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.waiting.get()]
+            while len(batch) < self.max_batch and not self.waiting.empty():
+                batch.append(self.waiting.get())
+            stop = None in batch
+            # a request whose client went away was cancelled: skip it
+            live = [item for item in batch if item is not None and item[1].set_running_or_notify_cancel()]
+            if live:
+                self._run(live)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+        try:
+            probs = self.predictor.probabilities(self.predictor.preprocess([gray for gray, _ in batch]))
+        except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
+            for _, future in batch:
+                future.set_exception(e)
+            return
+        for (_, future), row in zip(batch, probs):
+            future.set_result(row)
+
+
+class _Stage:
+    """One bundle: the identity it reports, its Predictor, and the batcher that feeds it."""
+
+    def __init__(self, bundle: Path | str, backend: str) -> None:
+        self.predictor = Predictor(bundle, backend=backend)
+        self.batcher = _Batcher(self.predictor)
+        self.card = self.predictor.card
         digest = hashlib.sha256((Path(bundle) / WEIGHTS).read_bytes()).hexdigest()
         self.version = f"sha256:{digest[:12]}"
 
@@ -124,12 +175,13 @@ class _Stage:
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
         )
 
-    def predict(self, worker: int, gray: np.ndarray) -> StageResult:
-        out = self.predictors[worker].predict_array(gray)
+    async def predict(self, gray: np.ndarray) -> StageResult:
+        probs = await self.batcher.probabilities(gray)
+        p = float(self.predictor.positive(probs[None])[0])
         return StageResult(
-            model_id=self.card.model_id, model_version=self.version, task=self.card.task,
-            probability=float(out["probability"]), positive=self.card.positive, label=str(out["label"]),
-            threshold=float(out["threshold"]), probabilities={k: float(v) for k, v in out["probabilities"].items()},
+            model_id=self.card.model_id, model_version=self.version, task=self.card.task, probability=p,
+            positive=self.card.positive, label=self.predictor.label(p), threshold=float(self.card.threshold),
+            probabilities={c: float(v) for c, v in zip(self.card.classes, probs)},
         )
 
 
@@ -200,11 +252,6 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-def _workers() -> int:
-    """Concurrent inferences: one per core, at most MAX_WORKERS (each holds a copy of the model)."""
-    return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
-
-
 def _decode(data: bytes, size: int) -> np.ndarray:
     """Decoded the way the training cache decodes (JPEG draft-scaled towards ``size``), so inputs match training."""
     try:
@@ -216,25 +263,27 @@ def _decode(data: bytes, size: int) -> np.ndarray:
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = 20,
                backend: str = "torch") -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
-    ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch); each worker
-    exports the model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle."""
-    # Requests run side by side, each on its own copy of the model (a Predictor serialises its calls, and
-    # Grad-CAM hooks the model it explains); a burst waits for a free worker instead of piling into threads.
-    workers = _workers()
-    main = _Stage(bundle, workers, backend)
-    second = _Stage(etiology, workers, backend) if etiology is not None else None
+    ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
+    model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
+    requests are decoded in threads and classified together in batches (see :class:`_Batcher`)."""
+    main = _Stage(bundle, backend)
+    second = _Stage(etiology, backend) if etiology is not None else None
     if second is not None and (main.card.task != "pneumonia" or second.card.task != "etiology"):
         raise ValueError(f"--etiology needs a pneumonia bundle and an etiology bundle, got {main.card.task} and {second.card.task}")
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for worker in range(workers):
-        free.put(worker)
-    limiter = anyio.CapacityLimiter(workers)
     max_bytes = int(max_upload_mb * 2**20)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for stage in (main, second):
+            if stage is not None:
+                stage.batcher.close()
 
     app = FastAPI(
         title="pneumoscan",
         summary="Pediatric chest X-ray classifier (normal vs pneumonia; bacterial vs viral). Research use only.",
         version=main.card.package_version,
+        lifespan=lifespan,
     )
 
     @app.exception_handler(Rejected)
@@ -255,22 +304,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
-    def run(data: bytes, heatmap: bool) -> Prediction:
-        image = _decode(data, main.card.size)
-        worker = free.get()  # never waits: the limiter admits at most `workers` calls
-        try:
-            result = main.predict(worker, image)
-            etiology_result = None
-            if second is not None and result.label == main.card.positive:
-                gray = image if second.card.size == main.card.size else _decode(data, second.card.size)
-                etiology_result = second.predict(worker, gray)
-            overlay = None
-            if heatmap:
-                cam = explain_array(main.predictors[worker], image)
-                overlay = "data:image/png;base64," + base64.b64encode(overlay_png(image, cam)).decode("ascii")
-        finally:
-            free.put(worker)
-        return Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)
+    def heatmap_url(image: np.ndarray) -> str:
+        cam = explain_array(main.predictor, image)  # torch, one at a time (the Predictor's lock)
+        return "data:image/png;base64," + base64.b64encode(overlay_png(image, cam)).decode("ascii")
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=_ERRORS,
@@ -282,8 +318,16 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
         """Classify one uploaded X-ray (multipart field ``file``)."""
         data = await _read_upload(request, max_bytes)
-        result = await anyio.to_thread.run_sync(run, data, heatmap, limiter=limiter)
-        return JSONResponse(result.model_dump(), headers={"Cache-Control": "no-store"})
+        image = await anyio.to_thread.run_sync(_decode, data, main.card.size)
+        result = await main.predict(image)
+        etiology_result = None
+        if second is not None and result.label == main.card.positive:
+            same = second.card.size == main.card.size
+            gray = image if same else await anyio.to_thread.run_sync(_decode, data, second.card.size)
+            etiology_result = await second.predict(gray)
+        overlay = await anyio.to_thread.run_sync(heatmap_url, image) if heatmap else None
+        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)
+        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
@@ -304,7 +348,5 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
 
 def serve(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = 20, backend: str = "torch") -> None:
-    """Run the app under uvicorn. The cores are shared out between the concurrent inferences (one thread each
-    on a small machine), which beats every request running many threads that fight each other."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _workers()))
+    """Run the app under uvicorn."""
     uvicorn.run(create_app(bundle, etiology, max_upload_mb, backend), host=host, port=port)

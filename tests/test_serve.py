@@ -3,6 +3,7 @@ uploads kept off disk and out of the logs, and the size cap over a real socket."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from PIL import Image
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.predict import Predictor
-from pneumoscan.serve import create_app
+from pneumoscan.serve import _Batcher, create_app
 from tests.builders import dicom_bytes
 
 MB = 2**20
@@ -386,18 +388,49 @@ def test_oversized_upload_over_a_socket_gets_the_413(live_server: tuple[str, Pat
         assert http.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code == 200
 
 
-def test_an_internal_error_is_json_and_frees_its_worker(tiny_bundle: Path, xray: bytes,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug is a JSON 500 (the one status bad input never gets), and the model copy it held goes back to the
-    pool: more failures than workers, then a good request still gets an answer."""
+def test_an_internal_error_is_json_and_the_service_goes_on(tiny_bundle: Path, xray: bytes,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug is a JSON 500 (the one status bad input never gets), every request in the failed batch hears of
+    it, and the batcher keeps running: a good request afterwards still gets an answer."""
     app = create_app(tiny_bundle)
     with TestClient(app, raise_server_exceptions=False) as c:
         with monkeypatch.context() as m:
-            m.setattr(Predictor, "predict_array", lambda self, gray: 1 / 0)
-            for _ in range(6):
+            m.setattr(Predictor, "probabilities", lambda self, images: 1 / 0)
+            for _ in range(3):
                 r = upload(c, xray)
                 assert r.status_code == 500 and r.json() == {"error": "internal error"}
         assert upload(c, xray).status_code == 200
+
+
+def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bundle: Path, data_root: Path) -> None:
+    """Requests that wait together are classified in one model call, and each gets its own image's result."""
+    predictor = Predictor(tiny_bundle)
+    grays = [read_gray(p, target=predictor.card.size) for p in sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:8]]
+    expected = [predictor.probabilities(predictor.preprocess([g]))[0] for g in grays]
+    gate, batch_sizes = threading.Event(), []
+
+    def gated(images: np.ndarray) -> np.ndarray:  # holds the first batch until every request is queued
+        gate.wait(10)
+        batch_sizes.append(len(images))
+        return Predictor.probabilities(predictor, images)
+
+    predictor.probabilities = gated
+    batcher = _Batcher(predictor)
+
+    async def main() -> list[np.ndarray]:
+        tasks = [asyncio.create_task(batcher.probabilities(g)) for g in grays]
+        await asyncio.sleep(0)  # every task runs up to its wait, so all eight are queued
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert sum(batch_sizes) == 8 and len(batch_sizes) <= 2  # all but the first call wait for one batch
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+    assert not np.allclose(got[0], got[1])  # different images, different answers: no row mix-up passes
 
 
 def test_onnx_backend_answers_like_torch(client: TestClient, tiny_bundle: Path, xray: bytes) -> None:
