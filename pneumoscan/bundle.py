@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__, models
+from .cache import PreprocessSpec
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -35,6 +36,8 @@ class BundleCard:
     resize_policy: str
     mean: float
     std: float
+    source_size: int | None = None  # the training files' side and JPEG quality (decode.match_source)
+    source_quality: int | None = None
     threshold: float = 0.5
     threshold_policy: str = "fixed 0.5"
     temperature: float = 1.0
@@ -44,6 +47,11 @@ class BundleCard:
     train_config: dict = field(default_factory=dict)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """How an image becomes this model's input: the same spec the training cache used."""
+        return PreprocessSpec(self.size, self.resize_policy, self.source_size, self.source_quality)
 
     @property
     def model_id(self) -> str:

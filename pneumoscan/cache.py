@@ -33,6 +33,13 @@ class PreprocessSpec:
 
     size: int = 224
     policy: str = "squash"
+    source_size: int | None = None  # see decode.match_source: larger inputs are first brought down to the
+    source_quality: int | None = None  # training files' side and JPEG quality
+
+    @property
+    def decode_target(self) -> int:
+        """The side a JPEG may be draft-decoded down to without losing what preprocessing needs."""
+        return max(self.size, self.source_size or 0)
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -139,13 +146,13 @@ def build_cache(
     return loaded
 
 
-def _decode_chunk(paths: list[str], size: int, policy: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Worker task: preprocessed images (zeros for unreadable ones) and (offset, reason) per failure."""
-    block = np.zeros((len(paths), size, size), np.uint8)
+    block = np.zeros((len(paths), spec.size, spec.size), np.uint8)
     errors = []
     for k, path in enumerate(paths):
         try:
-            block[k] = preprocess(path, size, policy)
+            block[k] = preprocess(path, **spec.to_dict())
         except DecodeError as e:
             errors.append((k, str(e)))
     return block, errors
@@ -159,7 +166,7 @@ def _decode_all(
     workers = min(workers, len(starts))
     if workers <= 1:  # starting processes costs more than it saves for a single chunk
         for start in starts:
-            yield start, _decode_chunk(paths[start : start + CHUNK], spec.size, spec.policy)
+            yield start, _decode_chunk(paths[start : start + CHUNK], spec)
         return
     # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
@@ -169,7 +176,7 @@ def _decode_all(
         def submit() -> None:
             start = next(todo, None)
             if start is not None:
-                pending[pool.submit(_decode_chunk, paths[start : start + CHUNK], spec.size, spec.policy)] = start
+                pending[pool.submit(_decode_chunk, paths[start : start + CHUNK], spec)] = start
 
         for _ in range(2 * workers):
             submit()

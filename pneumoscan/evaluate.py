@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import PreprocessSpec, build_cache
+from .cache import build_cache
 from .data import discover
 from .dataset import Task, binary_targets, get_task, positive_probability, select
 from .metrics import evaluate_binary, evaluate_multiclass, softmax
@@ -35,7 +35,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     records = [r for r in found.records if split is None or r.split == split]
     if not records:
         raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
-    cache = build_cache([r.path for r in records], PreprocessSpec(card.size, card.resize_policy), progress=True)
+    cache = build_cache([r.path for r in records], card.spec, progress=True)
     readable = set(cache.paths)
     records, targets = select([r for r in records if r.path in readable], task)
     logits = predictor.logits(cache.images[cache.rows([r.path for r in records])])

@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
-from .decode import DecodeError, read_gray, resize
+from .decode import DecodeError, match_source, read_gray, resize
 from .metrics import softmax
 from .transforms import to_input
 
@@ -65,7 +65,8 @@ class Predictor:
 
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
-        return np.stack([resize(g, self.card.size, self.card.resize_policy) for g in grays])
+        spec = self.card.spec
+        return np.stack([resize(match_source(g, spec.source_size, spec.source_quality), spec.size, spec.policy) for g in grays])
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, S, S) -> normalised float (N, 1, S, S)."""
@@ -208,7 +209,7 @@ def predict_paths(
 
         heatmap_dir = Path(heatmap_dir)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    target = max(predictor.card.size, second.card.size if second else 0)
+    target = max(predictor.card.spec.decode_target, second.card.spec.decode_target if second else 0)
     items = expand_paths(paths)
     rows: list[dict] = []
     used: set[str] = set()

@@ -318,12 +318,13 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
         """Classify one uploaded X-ray (multipart field ``file``)."""
         data = await _read_upload(request, max_bytes)
-        image = await anyio.to_thread.run_sync(_decode, data, main.card.size)
+        image = await anyio.to_thread.run_sync(_decode, data, main.card.spec.decode_target)
         result = await main.predict(image)
         etiology_result = None
         if second is not None and result.label == main.card.positive:
-            same = second.card.size == main.card.size
-            gray = image if same else await anyio.to_thread.run_sync(_decode, data, second.card.size)
+            target = second.card.spec.decode_target
+            same = target == main.card.spec.decode_target
+            gray = image if same else await anyio.to_thread.run_sync(_decode, data, target)
             etiology_result = await second.predict(gray)
         overlay = await anyio.to_thread.run_sync(heatmap_url, image) if heatmap else None
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)

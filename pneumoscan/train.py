@@ -37,6 +37,7 @@ from .audit import exact_duplicate_groups
 from .bundle import BundleCard, load_bundle, save_bundle
 from .cache import PreprocessSpec, build_cache
 from .data import Record, discover, write_manifest
+from .decode import source_of
 from .dataset import (
     CachedImages,
     Task,
@@ -66,6 +67,9 @@ class TrainConfig:
     pretrained: bool = True
     image_size: int = 192
     resize_policy: str = "squash"
+    # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
+    # larger inputs (full-size originals) down the same way before resizing: decode.match_source
+    match_source: bool = True
     epochs: int = 6
     time_budget: float | None = None  # minutes for warm start + training + validation; the LR schedule fits it
     batch_size: int = 32  # per process
@@ -285,7 +289,11 @@ def train(
     records = split_records(data, cfg)
     if ctx.main:
         write_manifest(records, run_dir / "split.csv")
-    spec = PreprocessSpec(cfg.image_size, cfg.resize_policy)
+    source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
+    spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
+    if ctx.main and spec.source_size:
+        console.print(f"training files: {spec.source_size} x {spec.source_size} JPEG, quality {spec.source_quality}; "
+                      "larger inputs are brought down the same way first")
     paths = [r.path for r in records]
     if ctx.local_rank == 0:  # once per machine (the cache folder may be local); the others then open it read-only
         cache = build_cache(paths, spec, progress=True)
@@ -419,7 +427,9 @@ def train(
                     + (" [green]best[/]" if improved else "")
                 )
                 if improved:
-                    save_bundle(run_dir / "best", model, BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, cfg.image_size, cfg.resize_policy, mean, std))
+                    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, spec.size, spec.policy, mean, std,
+                                      spec.source_size, spec.source_quality)
+                    save_bundle(run_dir / "best", model, card)
                 write_history(history, run_dir)
                 save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,

@@ -17,9 +17,12 @@ from pneumoscan.decode import (
     RESIZE_POLICIES,
     DecodeError,
     image_info,
+    jpeg_quality,
+    match_source,
     preprocess,
     read_gray,
     resize,
+    source_of,
 )
 from tests.builders import dicom_bytes
 
@@ -250,3 +253,45 @@ def test_resize_policies_and_input_are_validated() -> None:
         preprocess(b"", 8, "stretch")
     with pytest.raises(ValueError, match="uint8"):
         resize(np.zeros((4, 4), np.float32), 8)
+
+
+# ---------------------------------------------------------------- training source
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_jpeg_quality_is_read_back_from_the_tables(quality: int) -> None:
+    im = Image.fromarray(gradient(40, 60))
+    assert jpeg_quality(encode(im, "JPEG", quality=quality)) == quality
+    assert jpeg_quality(encode(im, "PNG")) is None
+
+
+def test_source_of_a_uniformly_made_set(tmp_path: Path) -> None:
+    def save(name: str, side: tuple[int, int], fmt: str = "JPEG", quality: int = 75) -> Path:
+        path = tmp_path / name
+        path.write_bytes(encode(Image.fromarray(gradient(side[1], side[0])), fmt, quality=quality))
+        return path
+
+    uniform = [save(f"u{i}.jpeg", (48, 48)) for i in range(5)]
+    assert source_of(uniform) == (48, 75)
+    assert source_of([*uniform, save("big.jpeg", (96, 96))]) == (None, None)  # sizes differ
+    assert source_of([save(f"w{i}.jpeg", (64, 48)) for i in range(3)]) == (None, None)  # not square
+    assert source_of([*uniform, save("p.png", (48, 48), "PNG")]) == (None, None)  # not all JPEG
+
+
+def test_match_source_brings_larger_images_down_like_the_training_files() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (48, 40), dtype=np.uint8)
+    assert match_source(small, 48, 75) is small  # not larger than the source: untouched
+    large = rng.integers(0, 256, (300, 200), dtype=np.uint8)
+    squashed = Image.fromarray(large).resize((48, 48), Image.Resampling.BICUBIC)
+    expected = read_gray(encode(squashed, "JPEG", quality=75))
+    np.testing.assert_array_equal(match_source(large, 48, 75), expected)
+    np.testing.assert_array_equal(match_source(large, 48, None), np.asarray(squashed))
+    assert match_source(large, None, None) is large
+
+
+def test_preprocess_with_a_source_equals_the_steps_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "full.jpeg"
+    path.write_bytes(encode(Image.fromarray(gradient(500, 400)), "JPEG", quality=95))
+    by_hand = resize(match_source(read_gray(path, target=64), 64, 75), 32, "pad")
+    np.testing.assert_array_equal(preprocess(path, 32, "pad", source_size=64, source_quality=75), by_hand)

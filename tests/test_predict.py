@@ -15,7 +15,7 @@ from PIL import Image
 
 from pneumoscan import cli, models
 from pneumoscan.bundle import BundleCard, load_card, save_bundle
-from pneumoscan.decode import preprocess
+from pneumoscan.decode import preprocess, read_gray
 from pneumoscan.predict import (
     TTA_VIEWS,
     Predictor,
@@ -48,7 +48,7 @@ def make_bundle(directory: Path, task: str = "pneumonia", classes: tuple[str, ..
 def _expected_probability(bundle: Path, path: Path) -> float:
     """What evaluation would say: the training cache's preprocessing, then the Predictor."""
     predictor = Predictor(bundle)
-    images = preprocess(path, predictor.card.size, predictor.card.resize_policy)[None]
+    images = preprocess(path, **predictor.card.spec.to_dict())[None]
     return float(predictor.positive(predictor.probabilities(images))[0])
 
 
@@ -137,7 +137,7 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
         if row["label"] == "NORMAL":
             assert row["etiology_probability_virus"] is None and row["etiology_label"] is None
             continue
-        images = preprocess(row["path"], second.card.size, second.card.resize_policy)[None]
+        images = preprocess(row["path"], **second.card.spec.to_dict())[None]
         expected = float(second.positive(second.probabilities(images))[0])
         assert row["etiology_probability_virus"] == pytest.approx(expected, abs=1e-6)
         assert row["etiology_label"] == ("virus" if expected >= second.card.threshold else "bacteria")
@@ -164,6 +164,21 @@ def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) 
     assert out["probability"] == pytest.approx(row["probability"], abs=1e-6)
     assert out["label"] == row["label"] and out["threshold"] == row["threshold"]
     assert out["probabilities"]["PNEUMONIA"] == pytest.approx(out["probability"])
+
+
+def test_full_size_input_is_preprocessed_like_the_training_cache(tiny_bundle: Path, data_root: Path) -> None:
+    """A full-size original goes through the bundle's training-source step (64 px JPEG q95 for the tiny
+    dataset) the same way in predict and serve as in the cache that evaluation reads."""
+    card = load_card(tiny_bundle)
+    assert (card.source_size, card.source_quality) == (64, 95)  # recorded by training from its files
+    path = sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0]
+    predictor = Predictor(tiny_bundle)
+    from_cache = preprocess(path, **card.spec.to_dict())
+    np.testing.assert_array_equal(predictor.preprocess([read_gray(path, target=card.spec.decode_target)])[0], from_cache)
+    direct = preprocess(path, card.size, card.resize_policy)
+    assert not np.array_equal(from_cache, direct)  # the step is applied, not skipped
+    row = predict_paths(tiny_bundle, [path])[0]
+    assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, path), abs=1e-6)
 
 
 def test_tta_averages_deterministic_views_without_flips(tiny_bundle: Path) -> None:

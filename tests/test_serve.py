@@ -130,7 +130,7 @@ def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: 
     assert r.status_code == 200, r.text
     body = r.json()
     card = load_card(tiny_bundle)
-    expected = Predictor(tiny_bundle).predict_array(read_gray(xray, target=card.size))
+    expected = Predictor(tiny_bundle).predict_array(read_gray(xray, target=card.spec.decode_target))
     assert body["probability"] == pytest.approx(expected["probability"], abs=1e-6)
     assert body["label"] == expected["label"] in card.classes
     assert body["threshold"] == pytest.approx(card.threshold)
@@ -154,14 +154,14 @@ def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: s
 
 
 @pytest.mark.parametrize("which", ["xray", "full_size_xray"])
-def test_heatmap_is_a_png_data_url(client: TestClient, which: str, request: pytest.FixtureRequest) -> None:
+def test_heatmap_is_a_png_data_url(client: TestClient, tiny_bundle: Path, which: str, request: pytest.FixtureRequest) -> None:
     data = request.getfixturevalue(which)
     r = upload(client, data, heatmap="true")
     assert r.status_code == 200, r.text
     prefix = "data:image/png;base64,"
     assert r.json()["heatmap"].startswith(prefix)
     overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["heatmap"][len(prefix):])))
-    height, width = read_gray(data, target=32).shape
+    height, width = read_gray(data, target=load_card(tiny_bundle).spec.decode_target).shape  # as the service decoded it
     assert overlay.format == "PNG" and overlay.size == (3 * width, height)  # original | heatmap | blend
 
 
@@ -405,7 +405,7 @@ def test_an_internal_error_is_json_and_the_service_goes_on(tiny_bundle: Path, xr
 def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bundle: Path, data_root: Path) -> None:
     """Requests that wait together are classified in one model call, and each gets its own image's result."""
     predictor = Predictor(tiny_bundle)
-    grays = [read_gray(p, target=predictor.card.size) for p in sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:8]]
+    grays = [read_gray(p, target=predictor.card.spec.decode_target) for p in sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:8]]
     expected = [predictor.probabilities(predictor.preprocess([g]))[0] for g in grays]
     gate, batch_sizes = threading.Event(), []
 
