@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__, models
-from .cache import PreprocessSpec
+from .decode import PreprocessSpec
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"

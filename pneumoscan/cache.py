@@ -14,45 +14,17 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from pneumoscan.decode import RESIZE_POLICIES, DecodeError, preprocess
+from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
 CACHE_VERSION = 1  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How every image is turned into a model input; part of the cache key."""
-
-    size: int = 224
-    policy: str = "squash"
-    source_size: int | None = None  # see decode.match_source: larger inputs are first brought down to the
-    source_quality: int | None = None  # training files' side and JPEG quality
-
-    @property
-    def decode_target(self) -> int:
-        """The side a JPEG may be draft-decoded down to without losing what preprocessing needs."""
-        return max(self.size, self.source_size or 0)
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
-        if self.policy not in RESIZE_POLICIES:
-            raise ValueError(f"unknown resize policy {self.policy!r} (expected one of {RESIZE_POLICIES})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PreprocessSpec:
-        return cls(**data)
 
 
 @dataclass

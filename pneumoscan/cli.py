@@ -48,8 +48,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import PreprocessSpec, build_cache
+    from .cache import build_cache
     from .data import discover
+    from .decode import PreprocessSpec
 
     cache = build_cache([r.path for r in discover(args.data).records], PreprocessSpec(args.size, args.policy), progress=True)
     console.print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")

@@ -11,6 +11,7 @@ import io
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -282,11 +283,41 @@ def source_of(paths: Sequence[str | Path], sample: int = 64) -> tuple[int | None
     return width, max(set(qualities), key=qualities.count)
 
 
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How every image is turned into a model input; part of the cache key."""
+
+    size: int = 224
+    policy: str = "squash"
+    source_size: int | None = None  # see match_source: larger inputs are first brought down to the
+    source_quality: int | None = None  # training files' side and JPEG quality
+
+    @property
+    def decode_target(self) -> int:
+        """The side a JPEG may be draft-decoded down to without losing what preprocessing needs."""
+        return max(self.size, self.source_size or 0)
+
+    def apply(self, gray: np.ndarray) -> np.ndarray:
+        """A decoded uint8 image of any size -> the ``size x size`` model input (:func:`match_source`, then resize)."""
+        return resize(match_source(gray, self.source_size, self.source_quality), self.size, self.policy)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"unknown resize policy {self.policy!r} (expected one of {RESIZE_POLICIES})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        return cls(**data)
+
+
 def preprocess(source: Source, size: int = 224, policy: str = "squash", source_size: int | None = None,
                source_quality: int | None = None) -> np.ndarray:
-    """The model input for one file: decode (JPEG draft-scaled), bring down to the training source when given
-    (:func:`match_source`), resize to ``size x size``."""
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"unknown resize policy {policy!r} (expected one of {RESIZE_POLICIES})")
-    gray = read_gray(source, target=max(size, source_size or 0))
-    return resize(match_source(gray, source_size, source_quality), size, policy)
+    """The model input for one file: decode (JPEG draft-scaled to the spec's decode target), then
+    :meth:`PreprocessSpec.apply`."""
+    spec = PreprocessSpec(size, policy, source_size, source_quality)
+    return spec.apply(read_gray(source, target=spec.decode_target))

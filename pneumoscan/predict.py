@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
-from .decode import DecodeError, match_source, read_gray, resize
+from .decode import DecodeError, read_gray
 from .metrics import softmax
 from .transforms import to_input
 
@@ -65,8 +65,7 @@ class Predictor:
 
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
-        spec = self.card.spec
-        return np.stack([resize(match_source(g, spec.source_size, spec.source_quality), spec.size, spec.policy) for g in grays])
+        return np.stack([self.card.spec.apply(g) for g in grays])
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, S, S) -> normalised float (N, 1, S, S)."""

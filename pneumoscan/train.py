@@ -35,9 +35,8 @@ from torch.utils.data.distributed import DistributedSampler
 from . import models
 from .audit import exact_duplicate_groups
 from .bundle import BundleCard, load_bundle, save_bundle
-from .cache import PreprocessSpec, build_cache
+from .cache import build_cache
 from .data import Record, discover, write_manifest
-from .decode import source_of
 from .dataset import (
     CachedImages,
     Task,
@@ -46,6 +45,7 @@ from .dataset import (
     positive_probability,
     select,
 )
+from .decode import PreprocessSpec, source_of
 from .evaluate import evaluate_logits
 from .export import export_onnx
 from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax

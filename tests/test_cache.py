@@ -12,12 +12,11 @@ from PIL import Image
 from pneumoscan import cache as cache_mod
 from pneumoscan.cache import (
     ImageCache,
-    PreprocessSpec,
     build_cache,
     default_cache_dir,
     fingerprint,
 )
-from pneumoscan.decode import preprocess
+from pneumoscan.decode import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec(size=16)
 
