@@ -40,6 +40,8 @@ class BundleCard:
     source_quality: int | None = None
     threshold: float = 0.5
     threshold_policy: str = "fixed 0.5"
+    # test-time augmentation averages views and so shifts the scores: its own threshold, same policy (predict --tta)
+    tta_threshold: float | None = None
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
@@ -70,9 +72,15 @@ def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
-    text = json.dumps(asdict(card), indent=2, allow_nan=False)
-    _atomic_write(directory / CARD, lambda p: p.write_text(text))
+    save_card(directory, card)
     return directory
+
+
+def save_card(directory: Path | str, card: BundleCard) -> None:
+    """Rewrite bundle.json alone: what is chosen after the weights are saved (the TTA threshold needs the
+    exported model) must not rewrite the weights."""
+    text = json.dumps(asdict(card), indent=2, allow_nan=False)
+    _atomic_write(Path(directory) / CARD, lambda p: p.write_text(text))
 
 
 def load_card(directory: Path | str) -> BundleCard:

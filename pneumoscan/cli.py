@@ -76,8 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{'-' + args.split if args.split else ''}"
-    metrics = evaluate(args.bundle, args.data, args.split, out)
+    suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "")
+    out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{suffix}"
+    metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
     else:
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="train/val/test when DATA holds several")
     p.add_argument("--out", help="report folder (default: next to the bundle)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and web page at /")

@@ -9,14 +9,13 @@ import numpy as np
 from .cache import build_cache
 from .data import discover
 from .dataset import Task, binary_targets, get_task, positive_probability, select
-from .metrics import evaluate_binary, evaluate_multiclass, softmax
-from .predict import Predictor
+from .metrics import evaluate_binary, evaluate_multiclass
+from .predict import TTA_VIEWS, Predictor
 from .report import write_report
 
 
-def evaluate_logits(logits: np.ndarray, targets: np.ndarray, task: Task, threshold: float, temperature: float) -> dict:
+def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
     """Binary metrics for the task's positive class; multiclass tasks add a per-class block under ``multiclass``."""
-    probs = softmax(logits, temperature)
     y, prob = binary_targets(targets, task), positive_probability(probs, task)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
     metrics["positive_class"] = task.positive
@@ -25,11 +24,14 @@ def evaluate_logits(logits: np.ndarray, targets: np.ndarray, task: Task, thresho
     return metrics
 
 
-def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None) -> dict:
+def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
+             tta: bool = False) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
-    bundle's task; with a dataset root, ``split`` picks train/val/test. Writes metrics.json and report.html."""
+    bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
+    views and are read at the bundle's TTA threshold, as ``predict --tta`` does. Writes metrics.json and report.html."""
     predictor = Predictor(bundle)
     card = predictor.card
+    threshold = predictor.threshold(tta)
     task = get_task(card.task)
     found = discover(data)
     records = [r for r in found.records if split is None or r.split == split]
@@ -38,13 +40,14 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     cache = build_cache([r.path for r in records], card.spec, progress=True)
     readable = set(cache.paths)
     records, targets = select([r for r in records if r.path in readable], task)
-    logits = predictor.logits(cache.images[cache.rows([r.path for r in records])])
-    metrics = evaluate_logits(logits, targets, task, card.threshold, card.temperature)
+    probs = predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=tta)
+    metrics = evaluate_probabilities(probs, targets, task, threshold)
     metrics["unreadable"] = cache.errors
     if out_dir is not None:
+        mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
         write_report(metrics, Path(out_dir), f"{card.model} · {card.task} · {Path(data).name}" + (f"/{split}" if split else ""), extra={
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(records),
-            "unreadable": len(cache.errors), "threshold": f"{card.threshold:.4f} ({card.threshold_policy})",
+            "unreadable": len(cache.errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
             "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
         })
     return metrics

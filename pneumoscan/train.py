@@ -34,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import models
 from .audit import exact_duplicate_groups
-from .bundle import BundleCard, load_bundle, save_bundle
+from .bundle import BundleCard, load_bundle, save_bundle, save_card
 from .cache import build_cache
 from .data import Record, discover, write_manifest
 from .dataset import (
@@ -46,9 +46,10 @@ from .dataset import (
     select,
 )
 from .decode import PreprocessSpec, source_of
-from .evaluate import evaluate_logits
+from .evaluate import evaluate_probabilities
 from .export import export_onnx
 from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
+from .predict import Predictor
 from .report import plot_training_curves, write_report
 from .split import patient_split
 from .transforms import Augment, normalize, train_transform
@@ -458,10 +459,11 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
         return bundle_dir
     targets = val_set.targets[index]
     temperature = fit_temperature(logits, targets)
+    probs = softmax(logits, temperature)
     y = binary_targets(targets, task)
-    threshold = choose_threshold(y, positive_probability(softmax(logits, temperature), task), cfg.target_sensitivity)
+    threshold = choose_threshold(y, positive_probability(probs, task), cfg.target_sensitivity)
     policy = f"sensitivity >= {cfg.target_sensitivity:g} on validation" if cfg.target_sensitivity else "Youden's J on validation"
-    metrics = evaluate_logits(logits, targets, task, threshold, temperature)
+    metrics = evaluate_probabilities(probs, targets, task, threshold)
     card = dataclasses.replace(
         card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
         data_fingerprint=fingerprint, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
@@ -469,12 +471,18 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     )
     save_bundle(bundle_dir, model, card)
     export_onnx(bundle_dir)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
+    # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
+    predictor = Predictor(bundle_dir, cfg.eval_batch_size, backend="onnx")
+    tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
+    card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
+    save_card(bundle_dir, card)
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
         "bundle": str(bundle_dir), "epochs": len(history), "best epoch": max(history, key=lambda r: r["val_auc"])["epoch"],
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
     console.print(
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
-        f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}"
+        f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
+        f"val AUC {roc_auc_score(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"
     )
     return bundle_dir

@@ -219,6 +219,9 @@ def test_cli_predict_writes_results_and_reports_failures(
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
     [row] = json.loads(out_json.read_text())
     assert row.keys() == {"path", "probability", "label", "threshold"}
+    card = load_card(tiny_bundle)
+    assert row["threshold"] == card.tta_threshold != card.threshold, "TTA scores are read at the TTA threshold"
+    assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.tta_threshold else "NORMAL")
     assert cli.main(["predict", str(tiny_bundle), *good]) == 0  # CSV on stdout
     printed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["path"] for r in printed] == good
@@ -230,3 +233,15 @@ def test_format_results_csv_keeps_column_order_and_blanks() -> None:
     lines = format_results(rows, "csv").splitlines()
     assert lines == ["path,probability,label,threshold,error", "a,0.7,PNEUMONIA,0.5,", "b,,,,empty file (0 bytes)"]
     assert json.loads(format_results(rows, "json")) == rows
+
+
+def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(tiny_bundle: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old-bundle"
+    shutil.copytree(tiny_bundle, old)
+    card = json.loads((old / "bundle.json").read_text())
+    (old / "bundle.json").write_text(json.dumps({**card, "tta_threshold": None}))
+    film = tmp_path / "film.png"
+    Image.fromarray(_image(40, 40, 3)).save(film)
+    with pytest.raises(ValueError, match="no threshold validated for test-time augmentation"):
+        predict_paths(old, [film], tta=True)
+    assert predict_paths(old, [film])[0]["threshold"] == card["threshold"]

@@ -11,9 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from pneumoscan.bundle import load_bundle
+from pneumoscan.cache import build_cache
 from pneumoscan.cli import main
 from pneumoscan.data import discover
+from pneumoscan.dataset import binary_targets, select
 from pneumoscan.evaluate import evaluate
+from pneumoscan.metrics import choose_threshold
+from pneumoscan.predict import Predictor
 from pneumoscan.train import WARM_START_L2, TrainConfig, train, warm_start_head
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
@@ -39,11 +43,20 @@ def test_tiny_training_run_writes_a_complete_bundle(tiny_dataset: Path, tmp_path
     assert not any(r.split == "test" for r in split), "test images never enter training or validation"
 
 
-def test_threshold_meets_target_sensitivity_on_validation(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(target_sensitivity=0.9, **TINY), tmp_path / "run")
-    metrics = evaluate(bundle, tmp_path / "run" / "split.csv", split="val")
-    assert metrics["sensitivity"] >= 0.9
-    assert metrics["threshold"] == pytest.approx(load_bundle(bundle)[1].threshold)
+    card = load_bundle(bundle)[1]
+    split = tmp_path / "run" / "split.csv"
+    for tta, threshold in ((False, card.threshold), (True, card.tta_threshold)):
+        metrics = evaluate(bundle, split, split="val", tta=tta)
+        assert metrics["sensitivity"] >= 0.9, tta
+        assert metrics["threshold"] == pytest.approx(threshold), tta
+    # the TTA threshold is chosen on the averaged views' scores, not carried over from the plain ones
+    predictor = Predictor(bundle)
+    records, targets = select([r for r in discover(split).records if r.split == "val"], predictor.task)
+    cache = build_cache([r.path for r in records], card.spec)
+    views = predictor.positive(predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
+    assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets, predictor.task), views, 0.9), abs=1e-4)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
