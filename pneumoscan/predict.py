@@ -96,8 +96,8 @@ class Predictor:
 
     def threshold(self, tta: bool = False) -> float:
         """The operating threshold chosen on validation for plain or for test-time-augmented scores. Averaging
-        views shifts the scores (the etiology demo bundle's validation sensitivity at its plain threshold fell
-        from 0.772 to 0.733 with TTA), so each mode keeps the operating point validated for it."""
+        views shifts the scores (one etiology bundle's validation sensitivity at its plain threshold fell from
+        0.772 to 0.733 with TTA), so each mode keeps the operating point validated for it."""
         if not tta:
             return self.card.threshold
         if self.card.tta_threshold is None:
@@ -214,7 +214,7 @@ def predict_paths(
             "--etiology needs a first-stage pneumonia bundle and an etiology bundle, "
             f"got {predictor.card.task} and {second.card.task}"
         )
-    for stage in (predictor, second) if second else (predictor,):
+    for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
     if heatmap_dir is not None:
         from .explain import explain_array, overlay_png
