@@ -81,9 +81,17 @@ def _groups(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
 
 
 def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> list[list[str]]:
-    """Groups of files with identical bytes. Threads suffice: hashlib releases the GIL while hashing."""
+    """Groups of files with identical bytes; a file that cannot be read is in none (the cache reports it).
+    Threads suffice: hashlib releases the GIL while hashing."""
+
+    def digest(path: str) -> str | None:
+        try:
+            return _sha256(path)
+        except OSError:
+            return None
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _groups(zip(paths, pool.map(_sha256, paths)))
+        return _groups((p, h) for p, h in zip(paths, pool.map(digest, paths)) if h is not None)
 
 
 def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
+from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
 CACHE_VERSION = 1  # bump whenever decode/resize output changes, so old caches are not reused
@@ -58,7 +59,8 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
-    """Hash of (absolute path, size, mtime) of every file plus the spec: any change gives a new cache."""
+    """Hash of (path as given, absolute path, size, mtime) of every file plus the spec: any change gives a new
+    cache. The cache answers by the paths as given, so two spellings of one file are two caches."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         try:
@@ -66,7 +68,7 @@ def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"  # reported as an error by the build; a later appearance changes the key
-        digest.update(f"\0{os.path.abspath(path)}\0{stamp}".encode())
+        digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -116,6 +118,18 @@ def build_cache(
     loaded = _load(cache_dir, key, spec)
     assert loaded is not None, "cache just written cannot be read back"
     return loaded
+
+
+def cache_dataset(
+    data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False
+) -> tuple[list[Record], ImageCache]:
+    """DATA's records (a dataset root, a NORMAL/PNEUMONIA folder or a manifest; with ``split``, that split only)
+    and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache."""
+    found = discover(data)
+    records = found.split(split) if split else found.records
+    if not records:
+        raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
+    return records, build_cache([r.path for r in records], spec, progress=progress)
 
 
 def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str]]]:

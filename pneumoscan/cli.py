@@ -36,23 +36,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .audit import exact_duplicate_groups
-    from .data import discover, write_manifest
-    from .split import patient_split, split_summary
+    from .data import write_manifest
+    from .split import split_dataset, split_summary
 
-    pool = [r for r in discover(args.data).records if r.split != "test"]
-    records = patient_split(pool, args.val_fraction, args.seed, exact_duplicate_groups([r.path for r in pool]))
+    records = split_dataset(args.data, args.val_fraction, args.seed)
     write_manifest(records, args.out)
     _print_json(split_summary(records))
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import build_cache
-    from .data import discover
+    from .bundle import load_card
+    from .cache import cache_dataset
     from .decode import PreprocessSpec
 
-    cache = build_cache([r.path for r in discover(args.data).records], PreprocessSpec(args.size, args.policy), progress=True)
+    spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
+    _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     console.print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
     for err in cache.errors:
         console.print(f"  [yellow]{err['path']}[/]: {err['reason']}")
@@ -153,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="split.csv")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("cache", help="preprocess a dataset into the image cache (evaluate on the same DATA reuses it)")
+    p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of evaluate")
     p.add_argument("data")
-    p.add_argument("--size", type=int, default=192, help="the training default")
-    p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"))
+    p.add_argument("--split", help="only this split of a dataset root (train, val or test), as evaluate --split")
+    p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
+                                    "evaluate BUNDLE DATA with the same --split then reuses the cache")
+    p.add_argument("--size", type=int, default=192, help="without --bundle (the training default)")
+    p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"), help="without --bundle")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
@@ -172,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
-    p.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
-    p.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
+    policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.set_defaults(func=cmd_train)
@@ -221,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
+        print(f"pneumoscan {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

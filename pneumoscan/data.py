@@ -8,6 +8,7 @@ come from the original Kermany file names (``person12_bacteria_45.jpeg``; normal
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,20 +124,26 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     csv_path = Path(csv_path)
     found = Discovery()
     with csv_path.open(newline="") as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), start=2):
             path = Path(row["path"])
             if not path.is_absolute():
                 path = csv_path.parent / path
             rec = make_record(path, row["label"], (row.get("split") or "").lower())
-            subtype, patient = row.get("subtype") or rec.subtype, row.get("patient") or rec.patient
+            subtype, patient = (row.get("subtype") or rec.subtype).lower(), row.get("patient") or rec.patient
+            # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
+            if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
+                raise ValueError(f"{csv_path}, line {line}: subtype {subtype!r} does not fit label {rec.label}")
             found.records.append(Record(str(path), rec.label, subtype, patient, rec.split))
     return found
 
 
 def write_manifest(records: list[Record], csv_path: Path | str) -> None:
-    """Write records as a manifest that :func:`read_manifest` (and so every command) reads back."""
+    """Write records as a manifest that :func:`read_manifest` (and so every command) reads back. A relative path
+    is rewritten relative to the CSV's folder, which is how it is read back."""
+    csv_dir = Path(csv_path).parent
     with Path(csv_path).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         for rec in records:
-            writer.writerow(asdict(rec))
+            path = rec.path if os.path.isabs(rec.path) else os.path.relpath(rec.path, csv_dir)
+            writer.writerow({**asdict(rec), "path": path})

@@ -41,12 +41,13 @@ def _too_large(width: int, height: int) -> DecodeError:
     )
 
 
-def _check_source(source: Source) -> tuple[Path | bytes, bool]:
-    """(what the readers get, is it DICOM). DICOM is recognised by its 'DICM' magic or a .dcm name."""
+def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, bool]:
+    """(what the readers get, is it DICOM). DICOM is recognised by its 'DICM' magic, a .dcm name, or ``dicom``
+    (the caller knows, e.g. from an upload's declared type: bytes without the preamble carry no magic)."""
     if isinstance(source, bytes):
         if not source:
             raise DecodeError("empty file (0 bytes)")
-        return source, source[128:132] == b"DICM"
+        return source, dicom or source[128:132] == b"DICM"
     path = Path(source)
     try:
         with path.open("rb") as f:
@@ -57,7 +58,7 @@ def _check_source(source: Source) -> tuple[Path | bytes, bool]:
         raise DecodeError(f"cannot read file: {e.strerror or e}") from None
     if not head:
         raise DecodeError("empty file (0 bytes)")
-    return path, head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+    return path, dicom or head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
 
 
 def _stream(src: Path | bytes) -> Path | io.BytesIO:
@@ -123,25 +124,32 @@ def _read_dicom(src: Path | bytes, header_only: bool) -> Dataset:
         raise DecodeError(f"not a readable DICOM file: {e}") from None
 
 
-def _check_dicom(ds: Dataset) -> tuple[int, int]:
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
+def _dicom_header(ds: Dataset) -> tuple[int, int, str, str]:
+    """(width, height, photometric interpretation, bits stored) of a single-frame image object. pydicom converts
+    header values only when they are read, so every read happens here, where a damaged value becomes a reason."""
+    try:
+        has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
+        rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
+        frames = int(ds.get("NumberOfFrames") or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        bits = str(ds.get("BitsStored", "?"))
+    except Exception as e:
+        raise DecodeError(f"malformed DICOM header: {e}") from None
+    if not has_pixels:
         raise DecodeError("DICOM file has no pixel data (not an image object)")
-    rows, cols = ds.get("Rows"), ds.get("Columns")
     if not rows or not cols:
         raise DecodeError("DICOM file has pixel data but no Rows/Columns")
-    frames = int(ds.get("NumberOfFrames") or 1)
     if frames > 1:
         raise DecodeError(
             f"multi-frame DICOM ({frames} frames) is not a single radiograph; export the frame to read"
         )
     if rows * cols > MAX_PIXELS:
         raise _too_large(cols, rows)
-    return int(cols), int(rows)
+    return cols, rows, photometric, bits
 
 
 def _dicom_gray(ds: Dataset) -> np.ndarray:
-    _check_dicom(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = _dicom_header(ds)[2]
     try:
         arr = ds.pixel_array  # YBR is converted to RGB here
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
@@ -177,17 +185,17 @@ def image_info(source: Source) -> dict:
     src, is_dicom = _check_source(source)
     if is_dicom:
         ds = _read_dicom(src, header_only=True)
-        width, height = _check_dicom(ds)
-        mode = f"{ds.get('PhotometricInterpretation', 'MONOCHROME2')}/{ds.get('BitsStored', '?')}"
-        return {"width": width, "height": height, "mode": mode, "format": "DICOM"}
+        width, height, photometric, bits = _dicom_header(ds)
+        return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM"}
     with _open_pillow(src) as im:
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
 
 
-def read_gray(source: Source, target: int | None = None) -> np.ndarray:
+def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
     """Decode to a uint8 H x W grayscale array. With ``target`` a large JPEG is decoded at a reduced scale
-    whose short side is still >= target, which is what makes full-size originals fast."""
-    src, is_dicom = _check_source(source)
+    whose short side is still >= target, which is what makes full-size originals fast. ``dicom``: read it as
+    DICOM even without the preamble's magic (see :func:`_check_source`)."""
+    src, is_dicom = _check_source(source, dicom)
     if is_dicom:
         return _dicom_gray(_read_dicom(src, header_only=False))
     with _open_pillow(src) as im:
@@ -220,13 +228,17 @@ def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
     return np.array(out)
 
 
+def _brought_to_source(shape: tuple[int, ...], source_size: int | None) -> bool:
+    return source_size is not None and max(shape) > source_size
+
+
 def match_source(gray: np.ndarray, source_size: int | None, source_quality: int | None) -> np.ndarray:
     """An image larger than the training images on disk, brought down to them the way they were made: squashed to
     ``source_size`` x ``source_size`` (bicubic, Pillow's default) and JPEG-compressed at ``source_quality``. A model
     learns the blur and compression of its training files; on the 16 full-size originals in val/, the demo model
     gave the 8 pneumonia films a mean P(pneumonia) of 0.78 read directly against 0.91 through this step (normals
     0.03 and 0.06), and 3 of the 8 fell under the threshold only when read directly. Smaller images pass as they are."""
-    if source_size is None or max(gray.shape) <= source_size:
+    if not _brought_to_source(gray.shape, source_size):
         return gray
     im = Image.fromarray(gray).resize((source_size, source_size), Image.Resampling.BICUBIC)
     if source_quality is None:
@@ -300,6 +312,11 @@ class PreprocessSpec:
     def apply(self, gray: np.ndarray) -> np.ndarray:
         """A decoded uint8 image of any size -> the ``size x size`` model input (:func:`match_source`, then resize)."""
         return resize(match_source(gray, self.source_size, self.source_quality), self.size, self.policy)
+
+    def geometry(self, height: int, width: int) -> str:
+        """The resize policy an image of this shape really gets: :func:`match_source` squashes a larger one to the
+        training files' square first, so pad and center-crop then have nothing left to pad or cut."""
+        return "squash" if _brought_to_source((height, width), self.source_size) else self.policy
 
     def __post_init__(self) -> None:
         if self.size < 1:

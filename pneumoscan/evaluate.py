@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import build_cache
-from .data import discover
+from .cache import cache_dataset
 from .dataset import Task, binary_targets, get_task, positive_probability, select
+from .decode import PreprocessSpec
 from .metrics import evaluate_binary, evaluate_multiclass
 from .predict import TTA_VIEWS, Predictor
 from .report import write_report
@@ -24,6 +24,17 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     return metrics
 
 
+def labelled_images(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """The preprocessed uint8 images (N, S, S) of DATA that belong to the task, their targets, and the files that
+    could not be read. With a dataset root, ``split`` picks train/val/test."""
+    records, cache = cache_dataset(data, spec, split, progress=True)
+    readable = set(cache.paths)
+    records, targets = select([r for r in records if r.path in readable], task)
+    return cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+
+
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
@@ -33,21 +44,15 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     card = predictor.card
     threshold = predictor.threshold(tta)
     task = get_task(card.task)
-    found = discover(data)
-    records = [r for r in found.records if split is None or r.split == split]
-    if not records:
-        raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
-    cache = build_cache([r.path for r in records], card.spec, progress=True)
-    readable = set(cache.paths)
-    records, targets = select([r for r in records if r.path in readable], task)
-    probs = predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=tta)
+    images, targets, errors = labelled_images(data, split, task, card.spec)
+    probs = predictor.probabilities(images, tta=tta)
     metrics = evaluate_probabilities(probs, targets, task, threshold)
-    metrics["unreadable"] = cache.errors
+    metrics["unreadable"] = errors
     if out_dir is not None:
         mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
         write_report(metrics, Path(out_dir), f"{card.model} · {card.task} · {Path(data).name}" + (f"/{split}" if split else ""), extra={
-            "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(records),
-            "unreadable": len(cache.errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
+            "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
+            "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
             "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
         })
     return metrics

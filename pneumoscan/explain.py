@@ -18,6 +18,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from .decode import PreprocessSpec
 from .predict import Predictor
 
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
@@ -60,11 +61,11 @@ def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def to_image_frame(cam: np.ndarray, height: int, width: int, policy: str) -> np.ndarray:
-    """Map a model-input cam (S, S) back onto the original image (height, width), undoing decode.resize:
+def to_image_frame(cam: np.ndarray, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+    """Map a model-input cam (S, S) back onto the original image (height, width), undoing the spec's geometry:
     squash stretches it back, pad drops the letterbox bars, center-crop puts it on the middle square
     (the cut-off sides, which the model never saw, get 0)."""
-    size = cam.shape[0]
+    size, policy = cam.shape[0], spec.geometry(height, width)
     if policy == "squash":
         return _resize_map(cam, width, height)
     if policy == "pad":
@@ -91,7 +92,7 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
         class_index = 1 if len(card.classes) == 2 else 1 + int(np.argmax(predictor.logits(images)[0, 1:]))
     with predictor.lock:  # the hooks must see this forward pass only
         cam = gradcam(predictor.model, predictor.inputs(images), class_index)
-    return to_image_frame(cam, *gray.shape, card.resize_policy)
+    return to_image_frame(cam, *gray.shape, card.spec)
 
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:

@@ -184,8 +184,9 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     """Temperature T minimising the validation NLL of softmax(logits / T) (Guo et al. 2017).
 
-    Searches log T (bounded, see TEMPERATURE_BOUNDS) so T stays positive; one scalar cannot change the argmax,
-    so accuracy and AUC are unchanged while the probabilities become calibrated.
+    Searches log T (bounded, see TEMPERATURE_BOUNDS) so T stays positive. One scalar cannot change the argmax,
+    and with two classes it keeps the order of P(positive), so accuracy and AUC are unchanged. With three classes
+    the order of 1 - P(normal) can change, which is why the threshold is always chosen after calibration.
     """
     z = np.asarray(logits, dtype=float)
     y = np.asarray(y_true).astype(int).ravel()

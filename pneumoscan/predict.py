@@ -8,6 +8,7 @@ bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read b
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -43,9 +44,10 @@ RESULT_FIELDS = (
 class Predictor:
     """A bundle's model with its preprocessing, calibration and threshold.
 
-    Thread-safe: model calls are serialised by a lock, because Grad-CAM (explain.py) hooks the shared torch
+    Thread-safe: torch model calls are serialised by a lock, because Grad-CAM (explain.py) hooks the shared torch
     model and would otherwise record activations of concurrent requests. The torch model is always loaded
-    (Grad-CAM needs it); with ``backend="onnx"`` probabilities come from ONNX Runtime.
+    (Grad-CAM needs it); with ``backend="onnx"`` probabilities come from ONNX Runtime, whose sessions may be run
+    from several threads, so they do not wait for a heatmap.
     """
 
     def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch") -> None:
@@ -79,7 +81,7 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, images: np.ndarray) -> np.ndarray:
-        with self.lock:
+        with self.lock if self.backend == "torch" else contextlib.nullcontext():
             starts = range(0, len(images), self.batch_size)
             out = [self._run(self.inputs(images[i : i + self.batch_size])) for i in starts]
         return np.concatenate(out) if out else np.zeros((0, len(self.card.classes)), np.float32)
@@ -190,6 +192,13 @@ def _heatmap_name(path: str, used: set[str]) -> str:
     return name
 
 
+def check_stages(first: str, second: str) -> None:
+    """The bacterial/viral stage reads the images the first stage calls pneumonia, so it needs a pneumonia (or
+    multiclass) bundle first and an etiology bundle second."""
+    if first not in ("pneumonia", "multiclass") or second != "etiology":
+        raise ValueError(f"--etiology needs a pneumonia bundle and an etiology bundle, got {first} and {second}")
+
+
 def predict_paths(
     bundle: Path | str,
     paths: Sequence[str | Path],
@@ -209,11 +218,8 @@ def predict_paths(
     """
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
-    if second is not None and (second.card.task != "etiology" or predictor.card.task == "etiology"):
-        raise ValueError(
-            "--etiology needs a first-stage pneumonia bundle and an etiology bundle, "
-            f"got {predictor.card.task} and {second.card.task}"
-        )
+    if second is not None:
+        check_stages(predictor.card.task, second.card.task)
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
     if heatmap_dir is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -31,10 +30,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .bundle import WEIGHTS
 from .decode import DecodeError, read_gray
 from .explain import explain_array, overlay_png
-from .predict import Predictor
+from .export import weights_digest
+from .predict import Predictor, check_stages
 
 STATIC = Path(__file__).parent / "static"
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
@@ -163,8 +162,7 @@ class _Stage:
         self.predictor = Predictor(bundle, backend=backend)
         self.batcher = _Batcher(self.predictor)
         self.card = self.predictor.card
-        digest = hashlib.sha256((Path(bundle) / WEIGHTS).read_bytes()).hexdigest()
-        self.version = f"sha256:{digest[:12]}"
+        self.version = f"sha256:{weights_digest(bundle)[:12]}"
 
     def info(self) -> ModelInfo:
         c = self.card
@@ -215,10 +213,10 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _check_type(declared: str | None, data: bytes) -> None:
-    """Known image types pass (decoding decides); generic binary must look like one; anything else is 415."""
-    media = (declared or "").split(";")[0].strip().lower()
-    if media in ACCEPTED_TYPES:
+def _check_type(media: str, data: bytes, dicom: bool) -> None:
+    """Known image types and .dcm names pass (decoding decides); generic binary must look like an image;
+    anything else is 415."""
+    if media in ACCEPTED_TYPES or dicom:
         return
     if media in ("", "application/octet-stream"):
         if _sniff(data) is None:
@@ -227,8 +225,9 @@ def _check_type(declared: str | None, data: bytes) -> None:
     raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
 
 
-async def _read_upload(request: Request, max_bytes: int) -> bytes:
-    """The multipart field ``file``, read in memory under the cap and checked for an image content type."""
+async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, bool]:
+    """The multipart field ``file``, read in memory under the cap and checked for an image content type, and
+    whether it was sent as DICOM (declared type or a .dcm name: files without the preamble have no magic)."""
     content_type = request.headers.get("content-type", "")
     if parse_options_header(content_type)[0] != b"multipart/form-data":
         raise Rejected(415, "expected multipart/form-data with the image in a field named 'file'")
@@ -241,21 +240,22 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
         if not isinstance(upload, UploadFile):
             raise Rejected(400, "no file: send the image as multipart/form-data in a field named 'file'")
         data = await upload.read()
-        declared = upload.content_type
+        media = (upload.content_type or "").split(";")[0].strip().lower()
+        dicom = media == "application/dicom" or (upload.filename or "").lower().endswith(".dcm")
     finally:
         await form.close()
     if not data:
         raise Rejected(400, "empty file (0 bytes)")
     if len(data) > max_bytes:
         raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_mb(max_bytes)}")
-    _check_type(declared, data)
-    return data
+    _check_type(media, data, dicom)
+    return data, dicom
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
+def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
     """Decoded the way the training cache decodes (JPEG draft-scaled towards ``size``), so inputs match training."""
     try:
-        return read_gray(data, target=size)
+        return read_gray(data, target=size, dicom=dicom)
     except DecodeError as e:
         raise Rejected(422, f"cannot read the image: {e}") from None
 
@@ -268,8 +268,8 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     requests are decoded in threads and classified together in batches (see :class:`_Batcher`)."""
     main = _Stage(bundle, backend)
     second = _Stage(etiology, backend) if etiology is not None else None
-    if second is not None and (main.card.task != "pneumonia" or second.card.task != "etiology"):
-        raise ValueError(f"--etiology needs a pneumonia bundle and an etiology bundle, got {main.card.task} and {second.card.task}")
+    if second is not None:
+        check_stages(main.card.task, second.card.task)
     max_bytes = int(max_upload_mb * 2**20)
 
     @asynccontextmanager
@@ -317,14 +317,14 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     )
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
         """Classify one uploaded X-ray (multipart field ``file``)."""
-        data = await _read_upload(request, max_bytes)
-        image = await anyio.to_thread.run_sync(_decode, data, main.card.spec.decode_target)
+        data, dicom = await _read_upload(request, max_bytes)
+        image = await anyio.to_thread.run_sync(_decode, data, main.card.spec.decode_target, dicom)
         result = await main.predict(image)
         etiology_result = None
         if second is not None and result.label == main.card.positive:
             target = second.card.spec.decode_target
             same = target == main.card.spec.decode_target
-            gray = image if same else await anyio.to_thread.run_sync(_decode, data, target)
+            gray = image if same else await anyio.to_thread.run_sync(_decode, data, target, dicom)
             etiology_result = await second.predict(gray)
         overlay = await anyio.to_thread.run_sync(heatmap_url, image) if heatmap else None
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)

@@ -17,12 +17,14 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pneumoscan.data import LABELS, Record
+from pneumoscan.audit import exact_duplicate_groups
+from pneumoscan.data import LABELS, Record, discover
 
 
 def _stratum(rec: Record) -> str:
@@ -71,6 +73,12 @@ def patient_split(
             in_val.update(add)
             val.update(unit)
     return [replace(r, split="val" if i in val else "train") for i, r in enumerate(records)]
+
+
+def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:
+    """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
+    pool = [r for r in discover(data).records if r.split != "test"]
+    return patient_split(pool, val_fraction, seed, exact_duplicate_groups([r.path for r in pool]))
 
 
 def _tally(records: Sequence[Record], total: int) -> dict:

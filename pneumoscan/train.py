@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from . import models
-from .audit import exact_duplicate_groups
 from .bundle import BundleCard, load_bundle, save_bundle, save_card
 from .cache import build_cache
 from .data import Record, discover, write_manifest
@@ -51,7 +50,7 @@ from .export import export_onnx
 from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
 from .predict import Predictor
 from .report import plot_training_curves, write_report
-from .split import patient_split
+from .split import split_dataset
 from .transforms import Augment, normalize, train_transform
 
 console = Console(stderr=True)
@@ -149,13 +148,18 @@ def setup_distributed() -> Dist:
     return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)
 
 
+def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array joined over every rank's shard (in rank order)."""
+    if ctx.world == 1:
+        return arrays
+    shards: list = [None] * ctx.world
+    dist.all_gather_object(shards, arrays)
+    return tuple(np.concatenate(parts) for parts in zip(*shards))
+
+
 def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:
     """Every rank's (index, logits) shard joined, in dataset order, so metrics see each image exactly once."""
-    if ctx.world > 1:
-        shards: list = [None] * ctx.world
-        dist.all_gather_object(shards, (index, logits))
-        index = np.concatenate([s[0] for s in shards])
-        logits = np.concatenate([s[1] for s in shards])
+    index, logits = gather(ctx, index, logits)
     order = np.argsort(index, kind="stable")
     return index[order], logits[order]
 
@@ -168,9 +172,7 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     if cfg.split_csv:
         records = discover(cfg.split_csv).records
     else:
-        pool = [r for r in discover(data).records if r.split != "test"]
-        groups = exact_duplicate_groups([r.path for r in pool])
-        records = patient_split(pool, cfg.val_fraction, cfg.seed, groups)
+        records = split_dataset(data, cfg.val_fraction, cfg.seed)
     if not {"train", "val"} <= {r.split for r in records}:
         raise ValueError("training needs records in both a 'train' and a 'val' split")
     return [r for r in records if r.split in ("train", "val")]
@@ -242,7 +244,8 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
 
 def write_history(history: list[dict], run_dir: Path) -> None:
     with (run_dir / "history.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
         writer.writeheader()
         writer.writerows(history)
     plot_training_curves(history, run_dir / "curves.png")
@@ -255,13 +258,16 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task) -> dict:
+def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:
+    """Loss (class-weighted like the training loss, so the two curves share a scale), accuracy, AUC, sensitivity
+    and specificity at 0.5."""
     probs = softmax(logits)
     pos = positive_probability(probs, task)
     y = binary_targets(targets, task)
     m = binary_metrics(y, pos, 0.5)
     auc = float(roc_auc_score(y, pos)) if 0 < y.sum() < len(y) else float("nan")
-    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)).item())
+    weight = None if weights is None else weights.cpu()
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item())
     return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"], "spec": m["specificity"]}
 
 
@@ -354,8 +360,10 @@ def train(
         start_epoch, step = state["epoch"] + 1, state["step"]
         t0 -= state["elapsed"]
         history, best = json.loads(state["history"]), json.loads(state["best"])
+        if best["stale"] >= cfg.patience:  # the crash came after early stopping had ended training
+            start_epoch = cfg.epochs
         if ctx.main:
-            console.print(f"resuming after epoch {start_epoch} (step {step}) from {checkpoint_path}")
+            console.print(f"resuming after epoch {state['epoch'] + 1} (step {step}) from {checkpoint_path}")
     if ctx.main:
         console.print(
             f"{cfg.model} on {cfg.task}: {len(train_set)} train / {len(val_set)} val images, {ctx.world} process(es) on "
@@ -378,6 +386,7 @@ def train(
             freeze_frozen_norms(model)
             progress.reset(bar, total=steps_per_epoch, epoch=epoch + 1, info="")
             run_loss, run_correct, seen = 0.0, 0, 0
+            run_logits, run_targets = [], []  # for the training AUC: augmented images, weights changing as it goes
             for x, y in train_loader:
                 done = step / total_steps
                 if budget_s:
@@ -402,6 +411,8 @@ def train(
                 step += 1
                 run_loss += loss.item() * len(y)
                 run_correct += int((logits.argmax(1) == y).sum())
+                run_logits.append(logits.detach().float().cpu().numpy())
+                run_targets.append(y.cpu().numpy())
                 seen += len(y)
                 progress.update(bar, advance=1, info=f"loss {run_loss / seen:.3f} acc {run_correct / seen:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
 
@@ -412,9 +423,11 @@ def train(
             if seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
                 break
             index, logits_val = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
-            val = epoch_metrics(logits_val, val_set.targets[index], task)
+            val = epoch_metrics(logits_val, val_set.targets[index], task, loss_weights)
+            train_auc = epoch_metrics(*gather(ctx, np.concatenate(run_logits), np.concatenate(run_targets)), task)["auc"]
             row = {
                 "epoch": epoch + 1, "step": step, "train_loss": run_loss / max(seen, 1), "train_acc": run_correct / max(seen, 1),
+                "train_auc": train_auc,
                 "val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"], "val_sens": val["sens"],
                 "val_spec": val["spec"], "lr": optimizer.param_groups[0]["lr"], "minutes": (time.perf_counter() - t0) / 60,
             }
@@ -442,14 +455,16 @@ def train(
             if stop or best["stale"] >= cfg.patience:
                 break
 
-    bundle_dir = finalize(run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, history)
+    bundle_dir = finalize(
+        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, len(history), best["epoch"]
+    )
     if ctx.world > 1:
         dist.destroy_process_group()
     return bundle_dir
 
 
 def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages, val_rows: np.ndarray,
-             val_loader: DataLoader, ctx: Dist, fingerprint: str, history: Sequence[dict]) -> Path:
+             val_loader: DataLoader, ctx: Dist, fingerprint: str, epochs: int, best_epoch: int) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle and validation report."""
     model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
@@ -477,7 +492,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
     save_card(bundle_dir, card)
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
-        "bundle": str(bundle_dir), "epochs": len(history), "best epoch": max(history, key=lambda r: r["val_auc"])["epoch"],
+        "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
     console.print(

@@ -98,6 +98,9 @@ def test_audit_finds_duplicates_and_leakage(report: dict, tree: dict[str, Path])
 def test_exact_duplicate_groups_matches_audit(report: dict, tree: dict[str, Path]) -> None:
     paths = [r.path for r in discover(tree["root"]).records]
     assert exact_duplicate_groups(paths, workers=2) == report["duplicate_groups"]
+    # a file that vanished (or cannot be read) is left out instead of stopping train or split
+    gone = str(tree["root"] / "train" / "NORMAL" / "deleted-meanwhile.jpeg")
+    assert exact_duplicate_groups([*paths, gone], workers=2) == report["duplicate_groups"]
 
 
 def test_single_folder_reports_under_all(tree: dict[str, Path]) -> None:

@@ -97,6 +97,18 @@ def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatc
     assert array_file.stat().st_mtime_ns == stamp
 
 
+def test_each_spelling_of_the_paths_is_answered_by_that_spelling(folder, tmp_path: Path, monkeypatch) -> None:
+    """Evaluate reads a run's split.csv, whose paths are spelled from the run folder, after train cached the same
+    files spelled from the working directory: each must find its own rows."""
+    _, good, _ = folder
+    monkeypatch.chdir(tmp_path)
+    plain = [os.path.relpath(p) for p in good]
+    dotted = [os.path.join(".", p) for p in plain]
+    for spelling in (plain, dotted):
+        cache = build_cache(spelling, SPEC, cache_dir=tmp_path / "cache", workers=1)
+        np.testing.assert_array_equal(cache.images[cache.rows(spelling)], [preprocess(p, 16) for p in good])
+
+
 def test_changed_file_changes_fingerprint_and_rebuilds(folder, tmp_path: Path) -> None:
     paths, good, _ = folder
     first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)

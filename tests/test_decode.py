@@ -67,9 +67,15 @@ BAD_INPUTS = {
     "DICOM without pixel data": ("report.dcm", dicom_bytes(None), "no pixel data"),
     "multi-frame DICOM": ("cine.dcm", dicom_bytes(np.zeros((3, 8, 8)), frames=3), "multi-frame DICOM \\(3 frames\\)"),
     "garbage with a .dcm name": ("junk.dcm", b"\x00\x01junk" * 50, "DICOM"),
+    "DICOM with a damaged header value": (
+        # written valid, then NumberOfFrames' IS value "9 " overwritten in the file: pydicom refuses to write it
+        "bad-frames.dcm", dicom_bytes(np.zeros((8, 8)), NumberOfFrames=9).replace(b"IS\x02\x009 ", b"IS\x02\x00x1"),
+        "malformed DICOM header",
+    ),
 }
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on the damaged header: expected
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gives_decode_error_with_reason(case: str, tmp_path: Path) -> None:
     name, data, reason = BAD_INPUTS[case]
@@ -85,7 +91,9 @@ def test_bad_input_gives_decode_error_with_reason(case: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("case", ["text with a .jpeg name", "zero-byte file", "20,000 x 20,000 PNG",
-                                  "DICOM without pixel data", "multi-frame DICOM"])
+                                  "DICOM without pixel data", "multi-frame DICOM",
+                                  "DICOM with a damaged header value"])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_image_info_refuses_bad_headers(case: str, tmp_path: Path) -> None:
     name, data, reason = BAD_INPUTS[case]
     (tmp_path / name).write_bytes(data)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from pneumoscan import models
-from pneumoscan.decode import read_gray, resize
+from pneumoscan.decode import PreprocessSpec, read_gray
 from pneumoscan.explain import (
     MAX_PANEL,
     explain_array,
@@ -101,9 +101,10 @@ def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) 
 @pytest.mark.parametrize("policy", ["squash", "pad", "center-crop"])
 def test_cam_maps_back_onto_the_original_frame(policy: str) -> None:
     height, width, size = 60, 100, 40
+    white = np.full((height, width), 255, np.uint8)
     # The model input of an all-white image shows where the image lies in the square (pad: bars are black).
-    cam = resize(np.full((height, width), 255, np.uint8), size, policy).astype(np.float32) / 255
-    back = to_image_frame(cam, height, width, policy)
+    spec = PreprocessSpec(size, policy)
+    back = to_image_frame(spec.apply(white).astype(np.float32) / 255, height, width, spec)
     assert back.shape == (height, width)
     if policy == "center-crop":  # only the middle square was seen; the cut-off sides get 0
         left = (width - height) // 2
@@ -111,6 +112,10 @@ def test_cam_maps_back_onto_the_original_frame(policy: str) -> None:
         assert back[:, : left - 1].max() == 0 and back[:, left + height + 1 :].max() == 0
     else:  # the letterbox bars are dropped, so the whole image is covered
         assert back[1:-1, 1:-1].min() > 0.99
+    # an image larger than the training files is squashed to their square first: nothing is padded or cut
+    matched = PreprocessSpec(size, policy, source_size=50)
+    back = to_image_frame(matched.apply(white).astype(np.float32) / 255, height, width, matched)
+    assert back[1:-1, 1:-1].min() > 0.99
 
 
 def test_overlay_png_has_three_panels_at_the_original_aspect() -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +236,9 @@ def test_format_results_csv_keeps_column_order_and_blanks() -> None:
     assert json.loads(format_results(rows, "json")) == rows
 
 
-def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle, old)
     card = json.loads((old / "bundle.json").read_text())
@@ -245,3 +248,21 @@ def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(tiny_bundle: Path, 
     with pytest.raises(ValueError, match="no threshold validated for test-time augmentation"):
         predict_paths(old, [film], tta=True)
     assert predict_paths(old, [film])[0]["threshold"] == card["threshold"]
+    # the command line says why, on stderr, with exit status 2 rather than a traceback
+    assert cli.main(["predict", str(old), str(film), "--tta"]) == 2
+    assert "no threshold validated for test-time augmentation" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "no-such-bundle"), str(film)]) == 2
+    assert "bundle.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, waits", [("onnx", False), ("torch", True)])
+def test_only_the_torch_backend_waits_while_a_heatmap_holds_the_model(tiny_bundle: Path, backend: str, waits: bool) -> None:
+    predictor = Predictor(tiny_bundle, backend=backend)
+    images = predictor.preprocess([_image(40, 40, 1)])
+    done = threading.Event()
+    with predictor.lock:  # what explain_array holds during Grad-CAM
+        worker = threading.Thread(target=lambda: (predictor.logits(images), done.set()), daemon=True)
+        worker.start()
+        assert done.wait(timeout=1.0 if waits else 30.0) is not waits
+    worker.join(timeout=30.0)
+    assert done.is_set()

@@ -29,7 +29,7 @@ from PIL import Image
 
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
-from pneumoscan.predict import Predictor
+from pneumoscan.predict import Predictor, predict_paths
 from pneumoscan.serve import _Batcher, create_app
 from tests.builders import dicom_bytes
 
@@ -151,6 +151,20 @@ def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: s
     r = upload(client, data, content_type, f"scan.{kind}")
     assert r.status_code == 200, r.text
     assert 0.0 <= r.json()["probability"] <= 1.0
+
+
+@pytest.mark.parametrize("content_type, name", [("application/dicom", "scan"), ("application/octet-stream", "scan.dcm")])
+def test_dicom_without_preamble_is_read_like_the_file_flow(
+    client: TestClient, tiny_bundle: Path, xray: bytes, tmp_path: Path, content_type: str, name: str
+) -> None:
+    """Such files carry no 'DICM' magic; the declared type or the .dcm name says what they are, as for predict."""
+    data = dicom_bytes(read_gray(xray).astype(np.uint16) * 16, preamble=False)
+    assert data[128:132] != b"DICM"
+    r = upload(client, data, content_type, name)
+    assert r.status_code == 200, r.text
+    (tmp_path / "scan.dcm").write_bytes(data)
+    expected = predict_paths(tiny_bundle, [tmp_path / "scan.dcm"])[0]["probability"]
+    assert r.json()["probability"] == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("which", ["xray", "full_size_xray"])

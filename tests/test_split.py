@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan.audit import exact_duplicate_groups
-from pneumoscan.data import Record, discover, make_record
+from pneumoscan.data import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.split import patient_split, split_summary
 
 
@@ -75,3 +75,29 @@ def test_split_summary_counts() -> None:
 def test_bad_fraction_is_refused() -> None:
     with pytest.raises(ValueError, match="val_fraction"):
         patient_split([], val_fraction=1.0)
+
+
+def test_manifest_of_relatively_named_files_reads_back_from_its_own_folder(tmp_path: Path, monkeypatch) -> None:
+    """A split.csv written under a run folder for data named relative to the working directory (as with
+    PNEUMOSCAN_DATA=../data) must still point at the files when read back."""
+    for name in ("NORMAL/IM-0001-0001.jpeg", "PNEUMONIA/person3_virus_7.jpeg"):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    records = discover("data").records
+    csv_path = tmp_path / "runs" / "demo" / "split.csv"
+    csv_path.parent.mkdir(parents=True)
+    write_manifest(records, Path("runs/demo/split.csv"))
+    back = read_manifest(Path("runs/demo/split.csv"))
+    assert [Path(r.path).resolve() for r in back.records] == [Path(r.path).resolve() for r in records]
+    assert all(Path(r.path).is_file() for r in back.records)
+    assert [(r.label, r.subtype, r.patient) for r in back.records] == [(r.label, r.subtype, r.patient) for r in records]
+
+
+def test_manifest_subtypes_are_normalised_and_checked_against_the_label(tmp_path: Path) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,Virus\nb.png,normal,\n")
+    assert [(r.label, r.subtype) for r in read_manifest(csv_path).records] == [("PNEUMONIA", "virus"), ("NORMAL", "normal")]
+    csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,virus\nb.png,NORMAL,virus\n")
+    with pytest.raises(ValueError, match="line 3: subtype 'virus' does not fit label NORMAL"):
+        read_manifest(csv_path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pneumoscan import cache as cache_mod
 from pneumoscan.bundle import load_bundle
 from pneumoscan.cache import build_cache
 from pneumoscan.cli import main
@@ -36,6 +37,8 @@ def test_tiny_training_run_writes_a_complete_bundle(tiny_dataset: Path, tmp_path
     assert card.val_metrics["n"] > 0 and 0.0 <= card.val_metrics["auc"] <= 1.0
     for name in ("history.csv", "curves.png", "config.yaml", "split.csv", "report.html", "metrics.json", "checkpoint.pt"):
         assert (tmp_path / "run" / name).is_file(), name
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc"} <= set(header)
     assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl")), "bundles hold no pickles"
     split = discover(tmp_path / "run" / "split.csv").records
     train_patients = {r.patient for r in split if r.split == "train"}
@@ -77,6 +80,22 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A crash after the epoch that ended training (patience used up) must not let --resume train on."""
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 0})  # patience 0: stop after the first epoch
+
+    def crash_after_first_epoch(epoch: int) -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch)
+    best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    resumed = train(tiny_dataset, cfg, tmp_path / "run", resume=True)
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 1
+    again = load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(best[k], again[k]) for k in best)
+
+
 def test_bundle_round_trip_reproduces_the_trained_model(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(**TINY), tmp_path / "run")
     model, card = load_bundle(bundle)
@@ -87,11 +106,16 @@ def test_bundle_round_trip_reproduces_the_trained_model(tiny_dataset: Path, tmp_
     assert card == card2 and card.val_metrics == json.loads((bundle / "bundle.json").read_text())["val_metrics"]
 
 
-def test_cli_train_then_evaluate_a_folder(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_train_then_evaluate_a_folder(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--model", "simple_cnn", "--no-pretrained",
                  "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    # `cache --bundle` prepares exactly what evaluate reads: evaluate then decodes nothing
+    assert main(["cache", str(tiny_dataset / "test"), "--bundle", str(run / "bundle")]) == 0
     capsys.readouterr()
+    monkeypatch.setattr(cache_mod, "_decode_chunk", lambda *a: pytest.fail("evaluate decoded a cached dataset again"))
     out = tmp_path / "eval"
     assert main(["evaluate", str(run / "bundle"), str(tiny_dataset / "test"), "--json", "--out", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)
