@@ -27,12 +27,14 @@ test: env browser
 	$(BIN)/pytest -q
 
 # audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report;
-# then the full-size originals in val/ read with and without the training-source step.
+# then the full-size originals in val/ read with and without the training-source step, and the validation
+# split with every film changed the same way (exposure, contrast, blur, grain, ...).
 demo: env
 	$(BIN)/pneumoscan audit "$(PNEUMOSCAN_DATA)" --figure $(RUN_DIR)/audit.png --json-out $(RUN_DIR)/audit.json
 	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task pneumonia --time-budget $(DEMO_MINUTES) --out $(RUN_DIR)/pneumonia
 	$(BIN)/pneumoscan evaluate $(RUN_DIR)/pneumonia/bundle $(RUN_DIR)/pneumonia/split.csv --split val --out $(RUN_DIR)/pneumonia/eval-val
 	$(BIN)/python benchmarks/bench_source.py $(RUN_DIR)/pneumonia/bundle
+	$(BIN)/python benchmarks/bench_shift.py $(RUN_DIR)/pneumonia/bundle $(RUN_DIR)/pneumonia/split.csv
 
 # The same recipe on bacterial vs viral pneumonia (the second stage of predict and serve).
 demo-etiology: env
