@@ -286,7 +286,7 @@ def format_audit(report: dict):
     cross = report["cross_split_near_duplicates"]
     lines: list[tuple[str, bool]] = [  # (line, is it a finding to look at?)
         (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
-        (f"skipped (not images): {len(report['skipped'])}", False),
+        (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
         (f"unreadable: {len(report['unreadable'])}", bool(report["unreadable"])),
         *((f"  {u['path']}: {u['reason']}", True) for u in report["unreadable"]),
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),

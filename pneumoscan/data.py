@@ -80,12 +80,20 @@ def _is_junk(path: Path) -> str | None:
     return None
 
 
+def _skip(entry: Path, kind: str, found: Discovery) -> None:
+    """Record an entry that is not a ``kind`` folder (split or class) with the reason it was left out."""
+    if entry.is_dir():
+        reason = "hidden folder" if entry.name.startswith(".") else f"not a {kind} folder"
+    else:
+        reason = _is_junk(Path(entry.name)) or f"outside the {kind} folders"
+    found.skipped.append({"path": str(entry), "reason": reason})
+
+
 def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for class_dir in sorted(folder.iterdir()):
         label = class_dir.name.upper()
-        if label not in LABELS:
-            if not class_dir.name.startswith("."):
-                found.skipped.append({"path": str(class_dir), "reason": "not a class folder"})
+        if not class_dir.is_dir() or label not in LABELS:
+            _skip(class_dir, "class", found)
             continue
         for path in sorted(class_dir.rglob("*")):
             if not path.is_file():
@@ -109,6 +117,8 @@ def discover(root: Path | str) -> Discovery:
     children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     split_dirs = [children[s] for s in SPLITS if s in children]
     if split_dirs:
+        for entry in sorted(set(root.iterdir()) - set(split_dirs)):
+            _skip(entry, "split", found)
         for folder in split_dirs:
             _scan_class_folders(folder, folder.name.lower(), found)
     elif any(name.upper() in LABELS for name in children):

@@ -83,6 +83,26 @@ def test_audit_lists_bad_and_junk_files(report: dict, tree: dict[str, Path]) -> 
     assert str(tree["junk"]) in [s["path"] for s in report["skipped"]]
 
 
+def test_everything_left_out_is_listed_with_a_reason(tmp_path: Path) -> None:
+    root = tmp_path / "xray"
+    (root / "train" / "NORMAL").mkdir(parents=True)
+    _picture(1, (64, 64)).save(root / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+    for folder in ("train/.ipynb_checkpoints", "train/extra", "__MACOSX"):
+        (root / folder).mkdir()
+    for name in ("train/.DS_Store", "train/IM-0002-0001.jpeg", "README.md"):
+        (root / name).write_bytes(b"x")
+    found = discover(root)
+    assert [Path(r.path).name for r in found.records] == ["IM-0001-0001.jpeg"]
+    assert {str(Path(s["path"]).relative_to(root)): s["reason"] for s in found.skipped} == {
+        "README.md": "not an image extension (.md)",
+        "__MACOSX": "not a split folder",
+        "train/.DS_Store": "system file",
+        "train/.ipynb_checkpoints": "hidden folder",
+        "train/extra": "not a class folder",
+        "train/IM-0002-0001.jpeg": "outside the class folders",
+    }
+
+
 def test_audit_finds_duplicates_and_leakage(report: dict, tree: dict[str, Path]) -> None:
     copy_group = _paths("bact", "copy", tree=tree)
     reencoded_group = _paths("virus", "reencoded", tree=tree)
