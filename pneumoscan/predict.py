@@ -213,8 +213,8 @@ def predict_paths(
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
 
-    Images are decoded once (JPEGs draft-decoded near the model size, as in training's cache) and resized per
-    bundle, so the second stage and the Grad-CAM overlays reuse the same pixels.
+    Images are decoded once (JPEGs draft-decoded near the model size, as in training's cache); the Grad-CAM
+    overlays and a second stage that decodes to the same size reuse those pixels.
     """
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
@@ -227,14 +227,14 @@ def predict_paths(
 
         heatmap_dir = Path(heatmap_dir)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    target = max(predictor.card.spec.decode_target, second.card.spec.decode_target if second else 0)
     items = expand_paths(paths)
     rows: list[dict] = []
     used: set[str] = set()
     with Progress(console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
-        for batch in _decoded(items, target, batch_size):
-            results = iter(_classify(predictor, second, [g for _, g in batch if not isinstance(g, str)], tta))
+        for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
+            readable = [(path, gray) for path, gray in batch if not isinstance(gray, str)]
+            results = iter(_classify(predictor, second, [p for p, _ in readable], [g for _, g in readable], tta))
             for path, gray in batch:
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
@@ -249,8 +249,11 @@ def predict_paths(
     return rows
 
 
-def _classify(first: Predictor, second: Predictor | None, grays: list[np.ndarray], tta: bool) -> list[dict]:
-    """Result fields for decoded images; the second stage runs only on the images the first calls positive."""
+def _classify(
+    first: Predictor, second: Predictor | None, paths: Sequence[str], grays: Sequence[np.ndarray], tta: bool
+) -> list[dict]:
+    """Result fields for images decoded for the first stage; the second stage runs only on the images the first
+    calls positive, decoded again when its training decoded them at another size (as the web service does)."""
     if not grays:
         return []
     rows = [
@@ -262,7 +265,10 @@ def _classify(first: Predictor, second: Predictor | None, grays: list[np.ndarray
         for row in rows:
             row.update(etiology_probability_virus=None, etiology_label=None)
         if called:
-            virus = second.positive(second.probabilities(second.preprocess([grays[i] for i in called]), tta=tta))
+            target = second.card.spec.decode_target
+            same = target == first.card.spec.decode_target
+            picked = [grays[i] if same else read_gray(paths[i], target=target) for i in called]
+            virus = second.positive(second.probabilities(second.preprocess(picked), tta=tta))
             for i, p in zip(called, virus):
                 rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
     return rows

@@ -146,6 +146,24 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
         predict_paths(tiny_etiology_bundle, files[:1], etiology=first)
 
 
+def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """A full-size JPEG is draft-decoded towards each bundle's own decode target, as its training cache was and as
+    the web service does, even when the two stages' targets differ."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for src, dst, changes in ((tiny_bundle, first, {"threshold": 0.0, "source_size": None}),
+                              (tiny_etiology_bundle, second, {"source_size": 700})):
+        shutil.copytree(src, dst)
+        card = json.loads((dst / "bundle.json").read_text())
+        (dst / "bundle.json").write_text(json.dumps({**card, **changes}))
+    film = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[-1]  # full size: draft decoding applies
+    row = predict_paths(first, [film], etiology=second)[0]
+    for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):
+        gray = read_gray(film, target=stage.card.spec.decode_target)
+        assert row[key] == pytest.approx(float(stage.positive(stage.probabilities(stage.preprocess([gray])))[0]), abs=1e-6)
+
+
 def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "mc", "multiclass", ("normal", "bacteria", "virus"), "pneumonia", threshold=0.3)
     predictor = Predictor(bundle)
