@@ -42,6 +42,7 @@ demo-etiology: env
 	$(BIN)/pneumoscan evaluate $(RUN_DIR)/etiology/bundle $(RUN_DIR)/etiology/split.csv --split val --out $(RUN_DIR)/etiology/eval-val
 
 bench: env
+	$(BIN)/python benchmarks/bench_resample.py
 	$(BIN)/python benchmarks/bench_cache.py
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_serve.py

@@ -24,7 +24,7 @@ from rich.progress import Progress
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
-CACHE_VERSION = 1  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 2  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 
 

@@ -86,7 +86,7 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
         "resize_policy": card.resize_policy,
         "source_size": card.source_size,
         "source_quality": card.source_quality,
-        "source_meaning": "an image larger than source_size is first squashed to it (bicubic) and JPEG-compressed at source_quality",
+        "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and JPEG-compressed at source_quality",
         "mean": card.mean,
         "std": card.std,
         "temperature": card.temperature,
