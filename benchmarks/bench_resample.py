@@ -11,7 +11,6 @@ band; the row closest to train/ in the high bands is the better match.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import random
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.decode import read_gray
+from pneumoscan.decode import match_source, read_gray
 
 BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.25), (0.25, 0.3), (0.3, 0.35), (0.35, 0.4), (0.4, 0.45), (0.45, 0.5))
 REFERENCE = 1  # index of the band the others are relative to
@@ -42,12 +41,6 @@ def band_profile(gray: np.ndarray) -> np.ndarray:
     return np.log10(means / means[REFERENCE])
 
 
-def source_step(gray: np.ndarray, size: int, quality: int, resample: Image.Resampling) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(gray).resize((size, size), resample).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("L"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray"))
@@ -63,7 +56,7 @@ def main() -> None:
         rows = {f"train/ ({len(picked)} files)": [band_profile(read_gray(p)) for p in picked]}
         originals = [read_gray(p, target=224) for p in sorted((Path(args.data) / "val" / label).glob("*.jpeg"))]
         for name, resample in FILTERS.items():
-            rows[f"val/ ({len(originals)}) {name}"] = [band_profile(source_step(g, 224, 75, resample)) for g in originals]
+            rows[f"val/ ({len(originals)}) {name}"] = [band_profile(match_source(g, 224, 75, resample)) for g in originals]
         for name, profiles in rows.items():
             print(f"{label:<10} {name:<22} " + " ".join(f"{v:9.2f}" for v in np.median(profiles, axis=0)))
 

@@ -232,17 +232,21 @@ def _brought_to_source(shape: tuple[int, ...], source_size: int | None) -> bool:
     return source_size is not None and max(shape) > source_size
 
 
-def match_source(gray: np.ndarray, source_size: int | None, source_quality: int | None) -> np.ndarray:
+def match_source(
+    gray: np.ndarray, source_size: int | None, source_quality: int | None,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> np.ndarray:
     """An image larger than the training images on disk, brought down to them the way they were made: squashed to
     ``source_size`` x ``source_size`` and JPEG-compressed at ``source_quality``. A model learns the blur and
     compression of its training files; on the 16 full-size originals in val/, a demo model gave the 8 pneumonia
     films a mean P(pneumonia) of 0.78 read directly against 0.91 through this step (normals 0.03 and 0.06), and 3 of
     the 8 fell under the threshold only when read directly. The filter is Pillow's antialiased bilinear: of the
     usual filters its output's high-frequency spectrum is closest to train/'s (benchmarks/bench_resample.py);
-    bicubic, tried first, left the originals sharper than the training files. Smaller images pass as they are."""
+    bicubic, tried first, left the originals sharper than the training files (``resample`` lets that benchmark
+    try the others). Smaller images pass as they are."""
     if not _brought_to_source(gray.shape, source_size):
         return gray
-    im = Image.fromarray(gray).resize((source_size, source_size), Image.Resampling.BILINEAR)
+    im = Image.fromarray(gray).resize((source_size, source_size), resample)
     if source_quality is None:
         return np.asarray(im)
     buf = io.BytesIO()
