@@ -86,7 +86,7 @@ def main() -> None:
     predictor = Predictor(args.bundle, backend="onnx")
     card = predictor.card
     images, targets, _ = labelled_images(args.data, args.split, predictor.task, card.spec)
-    y = binary_targets(targets, predictor.task)
+    y = binary_targets(targets)
     print(f"{card.model} · {card.task} · threshold {card.threshold:.4f} · {len(y)} {args.split} images")
     print(f"| change | AUC | sensitivity | specificity | mean P({card.positive}) of {card.classes[0]} |")
     print("|---|---|---|---|---|")

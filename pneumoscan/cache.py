@@ -2,7 +2,7 @@
 
 The cache is keyed by a fingerprint of the file list (path, size, mtime) and the preprocessing spec, so an
 unchanged dataset opens instantly and any changed file rebuilds it. Files appear atomically and the index is
-written last: a killed build never leaves a cache that looks valid.
+written last: a killed build never leaves a cache that looks valid, and the next build removes its temporary file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
 CACHE_VERSION = 2  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
+# A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
+STALE_TMP_SECONDS = 3600
 
 
 @dataclass
@@ -87,6 +90,7 @@ def build_cache(
     if cached is not None:
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache_dir)
     row_bytes = spec.size * spec.size
     bad: dict[int, str] = {}
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
@@ -118,6 +122,19 @@ def build_cache(
     loaded = _load(cache_dir, key, spec)
     assert loaded is not None, "cache just written cannot be read back"
     return loaded
+
+
+def _remove_stale_tmp(cache_dir: Path) -> None:
+    """Delete temporary files that a killed build (SIGKILL, power loss) could not clean up: a whole dataset's
+    worth of pixels each. Age, not a process id, decides, so a build running on another machine sharing the
+    folder is left alone."""
+    now = time.time()
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed it first
+            pass
 
 
 def cache_dataset(

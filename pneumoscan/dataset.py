@@ -59,8 +59,9 @@ def positive_probability(probs: np.ndarray, task: Task) -> np.ndarray:
     return 1.0 - probs[:, 0] if len(task.classes) > 2 else probs[:, 1]
 
 
-def binary_targets(targets: np.ndarray, task: Task) -> np.ndarray:
-    """0/1 targets matching :func:`positive_probability`."""
+def binary_targets(targets: np.ndarray) -> np.ndarray:
+    """0/1 targets matching :func:`positive_probability`: class 0 (normal, or bacteria for etiology) is negative,
+    any other class positive, whatever the task."""
     return (targets > 0).astype(np.int64)
 
 

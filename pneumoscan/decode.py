@@ -181,14 +181,20 @@ def _minmax_u8(arr: np.ndarray) -> np.ndarray:
 
 
 def image_info(source: Source) -> dict:
-    """Size and pixel format from the header only (no pixel decoding): ``{"width", "height", "mode", "format"}``."""
+    """Size and pixel format from the header only (no pixel decoding): ``{"width", "height", "mode", "format",
+    "quality"}``; quality is the libjpeg quality (1-100) whose luminance table is nearest the file's, None when
+    the file is not a JPEG."""
     src, is_dicom = _check_source(source)
     if is_dicom:
         ds = _read_dicom(src, header_only=True)
         width, height, photometric, bits = _dicom_header(ds)
-        return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM"}
+        return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM", "quality": None}
     with _open_pillow(src) as im:
-        return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+        quality = None
+        if im.format == "JPEG":
+            table = np.array(im.quantization[0])
+            quality = min(_luma_tables().items(), key=lambda kv: np.abs(kv[1] - table).sum())[0]
+        return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
 
 
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
@@ -267,18 +273,6 @@ def _luma_tables() -> dict[int, np.ndarray]:
     return tables
 
 
-def jpeg_quality(source: Source) -> int | None:
-    """The libjpeg quality (1-100) whose luminance table is nearest the file's; None for other formats."""
-    src, is_dicom = _check_source(source)
-    if is_dicom:
-        return None
-    with _open_pillow(src) as im:
-        if im.format != "JPEG":
-            return None
-        table = np.array(im.quantization[0])
-    return min(_luma_tables().items(), key=lambda kv: np.abs(kv[1] - table).sum())[0]
-
-
 def source_of(paths: Sequence[str | Path], sample: int = 64) -> tuple[int | None, int | None]:
     """(side, JPEG quality) of a set of files that were all made one way, as train/ here (originals squashed to
     224 x 224, JPEG quality 75); (None, None) when the sample (up to ``sample`` files, evenly spaced) differs in
@@ -288,11 +282,10 @@ def source_of(paths: Sequence[str | Path], sample: int = 64) -> tuple[int | None
     for path in picked:
         try:
             info = image_info(path)
-            quality = jpeg_quality(path)
         except DecodeError:
             continue
         sizes.add((info["width"], info["height"]))
-        qualities.append(quality)
+        qualities.append(info["quality"])
     if len(sizes) != 1 or None in qualities:
         return None, None
     (width, height), = sizes

@@ -16,7 +16,7 @@ from .report import write_report
 
 def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
     """Binary metrics for the task's positive class; multiclass tasks add a per-class block under ``multiclass``."""
-    y, prob = binary_targets(targets, task), positive_probability(probs, task)
+    y, prob = binary_targets(targets), positive_probability(probs, task)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
     metrics["positive_class"] = task.positive
     if len(task.classes) > 2:

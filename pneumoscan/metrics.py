@@ -10,6 +10,7 @@ their uncertainty, so everything here is computed at an explicit threshold.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,9 +122,10 @@ def _percentile_ci(samples: np.ndarray, alpha: float) -> list[float]:
 
 
 def threshold_metrics_ci(
-    y_true: Any, prob: Any, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> dict[str, list[float]]:
-    """Percentile bootstrap CIs for auc, accuracy, sensitivity, specificity, precision and f1.
+    y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> list[dict[str, list[float]]]:
+    """Percentile bootstrap CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per
+    threshold. All thresholds share one set of resamples, so the threshold-free AUC is ranked once.
 
     Stratified resampling (within each class) keeps both classes in every resample. Resamples where a metric
     is undefined (precision with no predicted positives) are left out of that metric's interval.
@@ -134,21 +136,24 @@ def threshold_metrics_ci(
     n_pos = int(positive.sum())
     n_neg = y.size - n_pos
     scores = p[idx]
-    pred = scores >= threshold
-    tp = pred[:, positive].sum(axis=1)
-    fp = pred[:, ~positive].sum(axis=1)
-    fn = n_pos - tp
-    tn = n_neg - fp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        samples = {
-            "auc": _auc_rows(scores, positive),
-            "accuracy": (tp + tn) / y.size,
-            "sensitivity": tp / n_pos,
-            "specificity": tn / n_neg,
-            "precision": tp / (tp + fp),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-        }
-    return {name: _percentile_ci(np.asarray(values, dtype=float), alpha) for name, values in samples.items()}
+    auc = _percentile_ci(_auc_rows(scores, positive), alpha)
+    out = []
+    for threshold in thresholds:
+        pred = scores >= threshold
+        tp = pred[:, positive].sum(axis=1)
+        fp = pred[:, ~positive].sum(axis=1)
+        fn = n_pos - tp
+        tn = n_neg - fp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            samples = {
+                "accuracy": (tp + tn) / y.size,
+                "sensitivity": tp / n_pos,
+                "specificity": tn / n_neg,
+                "precision": tp / (tp + fp),
+                "f1": 2 * tp / (2 * tp + fp + fn),
+            }
+        out.append({"auc": auc} | {name: _percentile_ci(values.astype(float), alpha) for name, values in samples.items()})
+    return out
 
 
 def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 0.95) -> float:
@@ -199,7 +204,14 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
     lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
-    return float(math.exp(result.x))
+    t = float(math.exp(result.x))
+    if min(abs(result.x - lo), abs(result.x - hi)) < 1e-3:
+        warnings.warn(
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits are degenerate "
+            "(e.g. ranked the wrong way round), so the probabilities are not calibrated",
+            stacklevel=2,
+        )
+    return t
 
 
 def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
@@ -235,12 +247,12 @@ def _thin(*arrays: np.ndarray) -> list[list[float]]:
     return [np.asarray(a)[keep].tolist() for a in arrays]
 
 
-def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, free: dict, ci: dict) -> dict[str, Any]:
+    """One threshold's block of metrics.json; ``free`` holds the threshold-free auc, pr_auc and ece."""
     m = binary_metrics(y, p, threshold)
-    both = _has_both_classes(y)
     counts = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
     return {
-        "auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "auc": free["auc"],
         "accuracy": m["accuracy"],
         "sensitivity": m["sensitivity"],
         "specificity": m["specificity"],
@@ -248,10 +260,10 @@ def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int
         "f1": m["f1"],
         "threshold": m["threshold"],
         "n": m["n"],
-        "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
-        "ece": calibration(y, p)["ece"],
+        "pr_auc": free["pr_auc"],
+        "ece": free["ece"],
         "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
-        "ci": threshold_metrics_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+        "ci": ci,
     }
 
 
@@ -278,14 +290,24 @@ def evaluate_binary(
         curves["roc"] = dict(zip(("fpr", "tpr", "thresholds"), _thin(fpr, tpr, roc_thresholds)))
         curves["pr"] = dict(zip(("precision", "recall"), _thin(precision, recall)))
     curves["calibration"] = calibration(y, p)
+    both = _has_both_classes(y)
+    free = {
+        "auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
+        "ece": curves["calibration"]["ece"],
+    }
+    chosen, half = (
+        _operating_point(y, p, t, free, ci)
+        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, seed))
+    )
     return jsonable(
         {
             "kind": "binary",
             "class_names": list(class_names),
             "n_positive": int(y.sum()),
             "n_negative": int(y.size - y.sum()),
-            **_operating_point(y, p, threshold, n_boot, seed),
-            "at_0_5": _operating_point(y, p, 0.5, n_boot, seed),
+            **chosen,
+            "at_0_5": half,
             "curves": curves,
         }
     )

@@ -65,6 +65,8 @@ class TrainConfig:
     task: str = "pneumonia"
     model: str = "efficientnet_lite0"
     pretrained: bool = True
+    # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
+    model_kwargs: dict = field(default_factory=dict)
     image_size: int = 192
     resize_policy: str = "squash"
     # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
@@ -263,7 +265,7 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
     and specificity at 0.5."""
     probs = softmax(logits)
     pos = positive_probability(probs, task)
-    y = binary_targets(targets, task)
+    y = binary_targets(targets)
     m = binary_metrics(y, pos, 0.5)
     auc = float(roc_auc_score(y, pos)) if 0 < y.sum() < len(y) else float("nan")
     weight = None if weights is None else weights.cpu()
@@ -327,7 +329,9 @@ def train(
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
     loss_weights = weights if cfg.class_weights else None
 
-    model = models.create(cfg.model, num_classes=len(task.classes), in_chans=1, pretrained=cfg.pretrained).to(ctx.device)
+    model = models.create(
+        cfg.model, num_classes=len(task.classes), in_chans=1, pretrained=cfg.pretrained, **cfg.model_kwargs
+    ).to(ctx.device)
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model = model.to(memory_format=torch.channels_last)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -442,7 +446,7 @@ def train(
                 )
                 if improved:
                     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, spec.size, spec.policy, mean, std,
-                                      spec.source_size, spec.source_quality)
+                                      spec.source_size, spec.source_quality, model_kwargs=cfg.model_kwargs)
                     save_bundle(run_dir / "best", model, card)
                 write_history(history, run_dir)
                 save_checkpoint(checkpoint_path, {
@@ -475,7 +479,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     targets = val_set.targets[index]
     temperature = fit_temperature(logits, targets)
     probs = softmax(logits, temperature)
-    y = binary_targets(targets, task)
+    y = binary_targets(targets)
     threshold = choose_threshold(y, positive_probability(probs, task), cfg.target_sensitivity)
     policy = f"sensitivity >= {cfg.target_sensitivity:g} on validation" if cfg.target_sensitivity else "Youden's J on validation"
     metrics = evaluate_probabilities(probs, targets, task, threshold)

@@ -159,6 +159,21 @@ def test_crash_mid_build_leaves_no_valid_cache(folder, tmp_path: Path, monkeypat
     assert c.paths == good and c.images.shape[0] == len(good)
 
 
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(folder, tmp_path: Path) -> None:
+    """SIGKILL skips the build's own clean-up; the next build removes what it left, but not a live build's file."""
+    paths, good, _ = folder
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    killed, live = cache_dir / ".0123abcd.k9x.u8.tmp", cache_dir / ".4567ef01.a1b.u8.tmp"
+    for tmp in (killed, live):
+        tmp.write_bytes(b"\0" * 1024)
+    old = killed.stat().st_mtime - cache_mod.STALE_TMP_SECONDS - 60
+    os.utime(killed, (old, old))
+    c = build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
+    assert c.paths == good
+    assert not killed.exists() and live.exists()
+
+
 def test_array_without_index_is_rebuilt(folder, tmp_path: Path) -> None:
     """A build killed between the array rename and the index write leaves an array nobody trusts."""
     paths, good, _ = folder

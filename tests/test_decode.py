@@ -17,7 +17,6 @@ from pneumoscan.decode import (
     RESIZE_POLICIES,
     DecodeError,
     image_info,
-    jpeg_quality,
     match_source,
     preprocess,
     read_gray,
@@ -178,7 +177,7 @@ def test_dicom_16bit_spans_full_range() -> None:
     gray = read_gray(dicom_bytes(pixels, bits=16))
     assert gray.min() == 0 and gray.max() == 255
     assert image_info(dicom_bytes(pixels, bits=16)) == {
-        "width": 64, "height": 2, "mode": "MONOCHROME2/16", "format": "DICOM"
+        "width": 64, "height": 2, "mode": "MONOCHROME2/16", "format": "DICOM", "quality": None
     }
 
 
@@ -216,7 +215,7 @@ def test_large_jpeg_uses_draft_mode_but_stays_above_target(tmp_path: Path) -> No
     path = tmp_path / "full.jpeg"
     full = np.add.outer(np.linspace(0, 120, 1600), np.linspace(0, 120, 2000)).astype(np.uint8)
     Image.fromarray(full).convert("RGB").save(path, quality=90)
-    assert image_info(path) == {"width": 2000, "height": 1600, "mode": "RGB", "format": "JPEG"}
+    assert image_info(path) == {"width": 2000, "height": 1600, "mode": "RGB", "format": "JPEG", "quality": 90}
     assert read_gray(path).shape == (1600, 2000)
     drafted = read_gray(path, target=224)
     assert 224 <= min(drafted.shape) < 1600  # DCT-scaled: 1/4 here (400 x 500)
@@ -269,8 +268,8 @@ def test_resize_policies_and_input_are_validated() -> None:
 @pytest.mark.parametrize("quality", [30, 75, 95])
 def test_jpeg_quality_is_read_back_from_the_tables(quality: int) -> None:
     im = Image.fromarray(gradient(40, 60))
-    assert jpeg_quality(encode(im, "JPEG", quality=quality)) == quality
-    assert jpeg_quality(encode(im, "PNG")) is None
+    assert image_info(encode(im, "JPEG", quality=quality))["quality"] == quality
+    assert image_info(encode(im, "PNG"))["quality"] is None
 
 
 def test_source_of_a_uniformly_made_set(tmp_path: Path) -> None:

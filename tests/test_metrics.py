@@ -118,8 +118,18 @@ def _overconfident_logits(n_classes: int, seed: int, n: int = 6000, scale: float
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_fit_temperature_recovers_known_scale(n_classes):
     logits, y = _overconfident_logits(n_classes, seed=n_classes)
-    t = fit_temperature(logits, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ordinary fit stays inside the bounds and says nothing
+        t = fit_temperature(logits, y)
     assert t == pytest.approx(3.0, rel=0.15)
+
+
+def test_fit_temperature_warns_when_it_hits_a_bound():
+    y = np.array([0, 1] * 20)
+    wrong = np.stack([5.0 * (2 * y - 1), -5.0 * (2 * y - 1)], axis=1)  # every logit on the wrong side: T -> inf
+    with pytest.warns(UserWarning, match="at its bound"):
+        t = fit_temperature(wrong, y)
+    assert t == pytest.approx(metrics.TEMPERATURE_BOUNDS[1], rel=1e-2)
 
 
 def test_temperature_scaling_lowers_ece():
@@ -148,16 +158,20 @@ def test_vectorised_bootstrap_auc_matches_sklearn_with_ties():
 
 def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
     y, prob = synthetic_binary(200, seed=4)
-    small = threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=0)
+    small = threshold_metrics_ci(y, prob, [0.5], n_boot=500, seed=0)[0]
     point = binary_metrics(y, prob, 0.5) | {"auc": roc_auc_score(y, prob)}
     for name, (lo, hi) in small.items():
         assert lo <= point[name] <= hi, name
     y_big, prob_big = synthetic_binary(2000, seed=4)
-    big = threshold_metrics_ci(y_big, prob_big, 0.5, n_boot=500, seed=0)
+    big = threshold_metrics_ci(y_big, prob_big, [0.5], n_boot=500, seed=0)[0]
     for name in ("auc", "accuracy", "sensitivity", "specificity"):
         assert big[name][1] - big[name][0] < 0.6 * (small[name][1] - small[name][0]), name
-    assert threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=0) == small
-    assert threshold_metrics_ci(y, prob, 0.5, n_boot=500, seed=1) != small
+    assert threshold_metrics_ci(y, prob, [0.5], n_boot=500, seed=0)[0] == small
+    assert threshold_metrics_ci(y, prob, [0.5], n_boot=500, seed=1)[0] != small
+    # several thresholds share one set of resamples: the same intervals as one call per threshold
+    assert threshold_metrics_ci(y, prob, [0.3, 0.5], n_boot=500, seed=0) == [
+        threshold_metrics_ci(y, prob, [0.3], n_boot=500, seed=0)[0], small
+    ]
 
 
 def test_evaluate_binary_structure_and_json():

@@ -19,7 +19,7 @@ from pneumoscan.dataset import binary_targets, select
 from pneumoscan.evaluate import evaluate
 from pneumoscan.metrics import choose_threshold
 from pneumoscan.predict import Predictor
-from pneumoscan.train import WARM_START_L2, TrainConfig, train, warm_start_head
+from pneumoscan.train import WARM_START_L2, TrainConfig, load_config, train, warm_start_head
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 
@@ -59,7 +59,7 @@ def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tm
     records, targets = select([r for r in discover(split).records if r.split == "val"], predictor.task)
     cache = build_cache([r.path for r in records], card.spec)
     views = predictor.positive(predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
-    assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets, predictor.task), views, 0.9), abs=1e-4)
+    assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets), views, 0.9), abs=1e-4)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -104,6 +104,15 @@ def test_bundle_round_trip_reproduces_the_trained_model(tiny_dataset: Path, tmp_
     with torch.inference_mode():
         assert torch.equal(model(x), again(x))
     assert card == card2 and card.val_metrics == json.loads((bundle / "bundle.json").read_text())["val_metrics"]
+
+
+def test_model_kwargs_from_a_config_reach_the_model_and_the_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("model: resnet10t\npretrained: false\nmodel_kwargs: {drop_rate: 0.25}\n")
+    cfg = load_config(config, **{**TINY, "model": None, "pretrained": None, "epochs": 1})  # None: the file decides
+    model, card = load_bundle(train(tiny_dataset, cfg, tmp_path / "run"))
+    assert card.model == "resnet10t" and card.model_kwargs == {"drop_rate": 0.25}
+    assert model.drop_rate == 0.25, "the bundle rebuilds the model with the arguments it was trained with"
 
 
 def test_cli_train_then_evaluate_a_folder(
