@@ -96,3 +96,22 @@ def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, **card.model_kwargs)
     model.load_state_dict(load_file(str(Path(directory) / WEIGHTS)))
     return model.eval(), card
+
+
+def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str]:
+    """Copy a bundle's weights into ``model`` (same architecture): the start for fine-tuning a trained model on
+    new films or a related task. A classifier for another number of classes keeps its fresh weights; the names
+    of those tensors are returned. Any other mismatch is an error, since the bundle is then another model."""
+    card = load_card(directory)
+    weights = load_file(str(Path(directory) / WEIGHTS))
+    own = model.state_dict()
+    classifier = {id(p) for p in model.get_classifier().parameters()}
+    head = [name for name, p in model.named_parameters() if id(p) in classifier]
+    fresh = [k for k in head if k in weights and weights[k].shape != own[k].shape]
+    wrong = sorted(k for k in own.keys() ^ weights.keys()) + [
+        k for k in own.keys() & weights.keys() if k not in fresh and weights[k].shape != own[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"{directory} holds a {card.model} whose weights do not fit this model: {wrong[:5]}")
+    model.load_state_dict({k: v for k, v in weights.items() if k not in fresh}, strict=False)
+    return fresh

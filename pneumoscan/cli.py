@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
-        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained,
+        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init,
     )
     if args.youden:
         cfg.target_sensitivity = None
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.set_defaults(func=cmd_train)
 

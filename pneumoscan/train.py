@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from . import models
-from .bundle import BundleCard, load_bundle, save_bundle, save_card
+from .bundle import BundleCard, load_bundle, load_weights_into, save_bundle, save_card
 from .cache import build_cache
 from .data import Record, discover, write_manifest
 from .dataset import (
@@ -65,6 +65,7 @@ class TrainConfig:
     task: str = "pneumonia"
     model: str = "efficientnet_lite0"
     pretrained: bool = True
+    init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
     # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
     model_kwargs: dict = field(default_factory=dict)
     image_size: int = 192
@@ -329,23 +330,28 @@ def train(
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
     loss_weights = weights if cfg.class_weights else None
 
-    model = models.create(
-        cfg.model, num_classes=len(task.classes), in_chans=1, pretrained=cfg.pretrained, **cfg.model_kwargs
-    ).to(ctx.device)
+    transfer = cfg.pretrained or cfg.init is not None  # starts from learned features: warm start, partial fine-tuning
+    imagenet = cfg.pretrained and cfg.init is None
+    model = models.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, **cfg.model_kwargs)
+    if cfg.init is not None:
+        fresh = load_weights_into(model, cfg.init)
+        if ctx.main:
+            console.print(f"started from {cfg.init}" + (f" with a new classifier ({', '.join(fresh)})" if fresh else ""))
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(ctx.device, memory_format=torch.channels_last)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = None
     if resume and ctx.main and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     state = ctx.from_main(state)
     t0 = time.perf_counter()  # the time budget covers the warm start too
-    if state is None and cfg.warm_start and cfg.pretrained and hasattr(model, "forward_head"):
+    if state is None and cfg.warm_start and transfer and hasattr(model, "forward_head"):
         loaders = [DataLoader(CachedImages(cache.images, *parts[n], normalize(mean, std)), cfg.eval_batch_size) for n in ("train", "val")]
         l2 = warm_start_head(model, *loaders, loss_weights, ctx.device)
         if ctx.main:
             console.print(f"warm start: classifier fitted on frozen pretrained features (L2 {l2:g}, chosen on validation loss)")
-    models.set_trainable(model, cfg.trainable_stages if cfg.pretrained else None)  # from scratch: train it all
+    # from scratch, or a bundle of one of the small models (they have no stages): train it all
+    models.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
     global_batch = cfg.batch_size * ctx.world
     lr = cfg.lr * ctx.world
     params = [p for p in model.parameters() if p.requires_grad]

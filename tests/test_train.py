@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from pneumoscan import cache as cache_mod
-from pneumoscan.bundle import load_bundle
+from pneumoscan import models
+from pneumoscan.bundle import load_bundle, load_weights_into
 from pneumoscan.cache import build_cache
 from pneumoscan.cli import main
 from pneumoscan.data import discover
@@ -113,6 +114,29 @@ def test_model_kwargs_from_a_config_reach_the_model_and_the_bundle(tiny_dataset:
     model, card = load_bundle(train(tiny_dataset, cfg, tmp_path / "run"))
     assert card.model == "resnet10t" and card.model_kwargs == {"drop_rate": 0.25}
     assert model.drop_rate == 0.25, "the bundle rebuilds the model with the arguments it was trained with"
+
+
+def test_weights_from_a_bundle_fit_the_same_model_with_a_new_classifier(tiny_bundle: Path) -> None:
+    trained = load_file(str(tiny_bundle / "model.safetensors"))
+    three = models.create("simple_cnn", num_classes=3, in_chans=1)
+    head = dict(three.get_classifier().named_parameters())
+    fresh = load_weights_into(three, tiny_bundle)
+    assert sorted(fresh) == sorted(f"head.{len(three.head) - 1}.{name}" for name in head)
+    state = three.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items() if k not in fresh)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_weights_into(models.create("cnn5", num_classes=2, in_chans=1), tiny_bundle)
+
+
+def test_cli_train_starts_from_a_bundle(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """--init with lr 0: the multiclass run keeps every weight of the pneumonia bundle but its new classifier."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--task", "multiclass", "--model", "simple_cnn",
+                 "--init", str(tiny_bundle), "--lr", "0", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    start, end = load_file(str(tiny_bundle / "model.safetensors")), load_file(str(run / "bundle" / "model.safetensors"))
+    kept = [k for k in start if start[k].shape == end[k].shape]
+    assert len(kept) == len(start) - 2 and all(torch.equal(start[k], end[k]) for k in kept)
+    assert load_bundle(run / "bundle")[1].train_config["init"] == str(tiny_bundle)
 
 
 def test_cli_train_then_evaluate_a_folder(
