@@ -67,6 +67,12 @@ def _has_both_classes(y: np.ndarray) -> bool:
     return 0 < int(y.sum()) < y.size
 
 
+def roc_auc(y_true: Any, prob: Any) -> float:
+    """ROC AUC, or NaN when only one class is present: undefined there, which a summary reports, not an error."""
+    y, p = _as_binary(y_true, prob)
+    return float(roc_auc_score(y, p)) if _has_both_classes(y) else math.nan
+
+
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     """Counts and rates at one threshold; a rate whose denominator is zero (e.g. sensitivity with no
     positives) is NaN rather than an error, so a one-class subset can still be summarised."""
@@ -292,7 +298,7 @@ def evaluate_binary(
     curves["calibration"] = calibration(y, p)
     both = _has_both_classes(y)
     free = {
-        "auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "auc": roc_auc(y, p),
         "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
         "ece": curves["calibration"]["ece"],
     }
@@ -335,7 +341,7 @@ def evaluate_multiclass(
         tp, support, predicted = counts[k, k], counts[k].sum(), counts[:, k].sum()
         defined = _has_both_classes(is_k.astype(int))
         per_class[name] = {
-            "auc": float(roc_auc_score(is_k, P[:, k])) if defined else math.nan,
+            "auc": roc_auc(is_k, P[:, k]),
             "sensitivity": _ratio(tp, support),
             "precision": _ratio(tp, predicted),
             "f1": _ratio(2 * tp, support + predicted),

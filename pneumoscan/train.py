@@ -28,7 +28,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -47,7 +46,7 @@ from .dataset import (
 from .decode import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
 from .export import export_onnx
-from .metrics import binary_metrics, choose_threshold, fit_temperature, softmax
+from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .predict import Predictor
 from .report import plot_training_curves, write_report
 from .split import split_dataset
@@ -268,7 +267,7 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
     pos = positive_probability(probs, task)
     y = binary_targets(targets)
     m = binary_metrics(y, pos, 0.5)
-    auc = float(roc_auc_score(y, pos)) if 0 < y.sum() < len(y) else float("nan")
+    auc = roc_auc(y, pos)
     weight = None if weights is None else weights.cpu()
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item())
     return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"], "spec": m["specificity"]}
@@ -434,7 +433,8 @@ def train(
                 break
             index, logits_val = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
             val = epoch_metrics(logits_val, val_set.targets[index], task, loss_weights)
-            train_auc = epoch_metrics(*gather(ctx, np.concatenate(run_logits), np.concatenate(run_targets)), task)["auc"]
+            run_logits, run_targets = gather(ctx, np.concatenate(run_logits), np.concatenate(run_targets))
+            train_auc = roc_auc(binary_targets(run_targets), positive_probability(softmax(run_logits), task))
             row = {
                 "epoch": epoch + 1, "step": step, "train_loss": run_loss / max(seen, 1), "train_acc": run_correct / max(seen, 1),
                 "train_auc": train_auc,
@@ -508,6 +508,6 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     console.print(
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
         f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
-        f"val AUC {roc_auc_score(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"
+        f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"
     )
     return bundle_dir

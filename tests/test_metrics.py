@@ -148,6 +148,11 @@ def test_calibration_hand_checked():
     assert cal["ece"] == pytest.approx((0.05 + 0.85 + 2 * 0.025) / 4)
 
 
+def test_roc_auc_is_nan_for_one_class_and_sklearn_otherwise():
+    assert math.isnan(metrics.roc_auc([1, 1, 1], [0.2, 0.5, 0.9]))
+    assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8]) == roc_auc_score([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8])
+
+
 def test_vectorised_bootstrap_auc_matches_sklearn_with_ties():
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 5, size=(4, 30)).astype(float)
