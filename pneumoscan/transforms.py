@@ -33,6 +33,14 @@ class Augment:
     hflip: bool = False
 
 
+def add_grain(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 pixels plus Gaussian noise of ``sigma`` (a fraction of the grey range), rounded to the nearest grey
+    level. torchvision's GaussianNoise truncates a uint8 result towards zero, which weakened every level (1 % acted
+    like 0.86 %) and left about a third of the pixels unchanged at the faintest."""
+    noisy = pixels.float() + torch.randn(pixels.shape) * (sigma * 255.0)
+    return noisy.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def to_input(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 pixels -> the model's float input. The one formula used by training, validation, predict and export:
     the threshold is one of the validation scores, so every path must compute it bit for bit alike."""
@@ -51,7 +59,7 @@ def train_transform(size: int, mean: float, std: float, augment: Augment = Augme
         v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast),
     ]
     if augment.noise:
-        levels = [v2.GaussianNoise(sigma=augment.noise * k) for k in NOISE_LEVELS]
+        levels = [partial(add_grain, sigma=augment.noise * k) for k in NOISE_LEVELS]
         steps.append(v2.RandomApply([v2.RandomChoice(levels)], p=0.5))
     if augment.hflip:
         steps.append(v2.RandomHorizontalFlip())
