@@ -178,7 +178,11 @@ def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 
     # roc_curve starts at +inf (nothing called positive); thresholds then run over the distinct scores, descending.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if target_sensitivity is None:
-        k = int(np.argmax(tpr - fpr))
+        # J in whole counts (tp * N - fp * P): as floats, two equal J can differ in the last bit and the tie would
+        # go to the lower threshold
+        positives = int(y.sum())
+        negatives = y.size - positives
+        k = int(np.argmax(np.rint(tpr * positives) * negatives - np.rint(fpr * negatives) * positives))
     elif not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     else:
@@ -290,13 +294,13 @@ def evaluate_binary(
     if len(class_names) != 2:
         raise ValueError("class_names must name (negative, positive)")
     curves: dict[str, Any] = {"roc": {"fpr": [], "tpr": [], "thresholds": []}, "pr": {"precision": [], "recall": []}}
-    if _has_both_classes(y):
+    both = _has_both_classes(y)
+    if both:
         fpr, tpr, roc_thresholds = roc_curve(y, p)
         precision, recall, _ = precision_recall_curve(y, p)
         curves["roc"] = dict(zip(("fpr", "tpr", "thresholds"), _thin(fpr, tpr, roc_thresholds)))
         curves["pr"] = dict(zip(("precision", "recall"), _thin(precision, recall)))
     curves["calibration"] = calibration(y, p)
-    both = _has_both_classes(y)
     free = {
         "auc": roc_auc(y, p),
         "pr_auc": float(average_precision_score(y, p)) if both else math.nan,

@@ -101,6 +101,12 @@ def test_choose_threshold_youden_tie_goes_to_the_higher_threshold():
     assert t == pytest.approx((0.9 + 0.8) / 2)
 
 
+def test_choose_threshold_youden_tie_is_exact_not_floating_point():
+    # J = 1/3 exactly at 0.7 (tpr 1/3, fpr 0) and at 0.1 (tpr 1, fpr 2/3), but 1 - 2/3 > 1/3 in floating point
+    y, prob = [1, 0, 0, 1, 1, 0], [0.7, 0.4, 0.6, 0.4, 0.1, 0.0]
+    assert choose_threshold(y, prob, None) == pytest.approx((0.7 + 0.6) / 2)
+
+
 def test_choose_threshold_needs_both_classes():
     with pytest.raises(ValueError):
         choose_threshold([1, 1, 1], [0.2, 0.5, 0.9])
