@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class TrainConfig:
     # larger inputs (full-size originals) down the same way before resizing: decode.match_source
     match_source: bool = True
     epochs: int = 6
-    time_budget: float | None = None  # minutes for warm start + training + validation; the LR schedule fits it
+    # minutes for warm start + training + validation; the LR schedule fits it. Training still ends after `epochs`
+    # if those come first (the schedule then follows the steps), so raise `epochs` for a long budget on a fast machine
+    time_budget: float | None = None
     batch_size: int = 32  # per process
     lr: float = 1e-3  # for one process; scaled linearly with the number of processes
     weight_decay: float = 0.01
@@ -104,9 +107,11 @@ class TrainConfig:
 
 def load_config(path: Path | str | None, **overrides) -> TrainConfig:
     """A YAML file's settings, then command-line overrides (those not None) on top of the defaults."""
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data or {})
+    return TrainConfig.from_dict(data)
 
 
 # -- distributed -------------------------------------------------------------------------------------------
@@ -180,11 +185,28 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     return [r for r in records if r.split in ("train", "val")]
 
 
+def stream_seed(seed: int, *keys: int) -> int:
+    """An independent random stream per (seed, keys): ``seed + epoch`` would make seed 1's epoch 0 replay seed 0's
+    epoch 1, so runs with neighbouring seeds would share most of their data order and augmentation."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
 def lr_factor(progress: float, warmup: float) -> float:
     """Linear warm-up then cosine decay to zero, as a function of the fraction of the schedule done."""
     if progress < warmup:
         return progress / warmup
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1.0 - warmup))))
+
+
+def schedule_done(step: int, total_steps: int, elapsed_s: float, warm_s: float, budget_s: float | None) -> float:
+    """The fraction of the learning-rate schedule done before this step: steps over the planned total or, under a
+    time budget, the time since the warm start over what the budget left after it, whichever is further on.
+    Counted from the run's start instead, a 2-minute warm start in an 11-minute budget skipped the warm-up and
+    began fine-tuning at 94 % of the peak rate."""
+    done = step / total_steps
+    if budget_s:
+        done = max(done, (elapsed_s - warm_s) / (budget_s - warm_s))
+    return done
 
 
 def freeze_frozen_norms(model: torch.nn.Module) -> None:
@@ -293,6 +315,8 @@ def train(
     torch.manual_seed(cfg.seed)
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
+            shutil.rmtree(run_dir / "best", ignore_errors=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
     records = split_records(data, cfg)
@@ -322,7 +346,8 @@ def train(
     val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
     val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
-    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
+    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
 
     counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
@@ -332,6 +357,7 @@ def train(
     transfer = cfg.pretrained or cfg.init is not None  # starts from learned features: warm start, partial fine-tuning
     imagenet = cfg.pretrained and cfg.init is None
     model = models.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, **cfg.model_kwargs)
+    fresh = []  # classifier tensors that start untrained: a warm start fits them
     if cfg.init is not None:
         fresh = load_weights_into(model, cfg.init)
         if ctx.main:
@@ -344,11 +370,14 @@ def train(
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     state = ctx.from_main(state)
     t0 = time.perf_counter()  # the time budget covers the warm start too
-    if state is None and cfg.warm_start and transfer and hasattr(model, "forward_head"):
+    head_is_new = imagenet or bool(fresh)  # a bundle's own trained head is kept, not refitted
+    if state is None and cfg.warm_start and head_is_new and hasattr(model, "forward_head"):
         loaders = [DataLoader(CachedImages(cache.images, *parts[n], normalize(mean, std)), cfg.eval_batch_size) for n in ("train", "val")]
         l2 = warm_start_head(model, *loaders, loss_weights, ctx.device)
         if ctx.main:
             console.print(f"warm start: classifier fitted on frozen pretrained features (L2 {l2:g}, chosen on validation loss)")
+    # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
+    warm_s = ctx.from_main(state.get("warm_s", 0.0) if state is not None else time.perf_counter() - t0)
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
     models.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
     global_batch = cfg.batch_size * ctx.world
@@ -359,6 +388,9 @@ def train(
     steps_per_epoch = len(train_loader)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     budget_s = cfg.time_budget * 60 if cfg.time_budget else None
+    if budget_s is not None and budget_s <= warm_s:
+        raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
+                         "nothing was left to train")
 
     start_epoch, step = 0, 0
     history: list[dict] = []
@@ -389,7 +421,7 @@ def train(
         bar = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, info="")
         for epoch in range(start_epoch, cfg.epochs):
             # each rank its own augmentation draws, which depend only on (seed, epoch, rank): resume is exact
-            torch.manual_seed(cfg.seed + epoch * ctx.world + ctx.rank)
+            torch.manual_seed(stream_seed(cfg.seed, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             net.train()
             freeze_frozen_norms(model)
@@ -397,18 +429,16 @@ def train(
             run_loss, run_correct, seen = 0.0, 0, 0
             run_logits, run_targets = [], []  # for the training AUC: augmented images, weights changing as it goes
             for x, y in train_loader:
-                done = step / total_steps
-                if budget_s:
-                    done = max(done, (time.perf_counter() - t0) / budget_s)
-                    if ctx.world > 1:  # every rank must take the same number of steps
-                        t = torch.tensor([done], device=ctx.device)
-                        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                        done = float(t)
+                done = schedule_done(step, total_steps, time.perf_counter() - t0, warm_s, budget_s)
+                if budget_s and ctx.world > 1:  # every rank must take the same number of steps
+                    t = torch.tensor([done], device=ctx.device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    done = float(t)
                 if done >= 1.0:
                     stop = True
                     break
-                for g in optimizer.param_groups:
-                    g["lr"] = lr * lr_factor(done, cfg.warmup)
+                for g in optimizer.param_groups:  # at least this step's own share, so the first step moves
+                    g["lr"] = lr * lr_factor(max(done, (step + 1) / total_steps), cfg.warmup)
                 x = x.to(ctx.device, non_blocking=True, memory_format=torch.channels_last)
                 y = y.to(ctx.device, non_blocking=True)
                 with amp:
@@ -457,7 +487,7 @@ def train(
                 write_history(history, run_dir)
                 save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                    "elapsed": time.perf_counter() - t0, "history": json.dumps(history), "best": json.dumps(best),
+                    "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history), "best": json.dumps(best),
                 })
             ctx.barrier()
             if on_epoch_end:
@@ -465,6 +495,12 @@ def train(
             if stop or best["stale"] >= cfg.patience:
                 break
 
+    if best["epoch"] < 0:
+        raise ValueError(
+            "no epoch was validated: the train split has fewer images than one batch "
+            f"({len(train_set)} for {global_batch}) or the time budget ran out first" if not history else
+            "the validation AUC was undefined after every epoch: the validation split needs both classes"
+        )
     bundle_dir = finalize(
         run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, len(history), best["epoch"]
     )

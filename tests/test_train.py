@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan import cache as cache_mod
 from pneumoscan import models
@@ -20,7 +23,17 @@ from pneumoscan.dataset import binary_targets, select
 from pneumoscan.evaluate import evaluate
 from pneumoscan.metrics import choose_threshold
 from pneumoscan.predict import Predictor
-from pneumoscan.train import WARM_START_L2, TrainConfig, load_config, train, warm_start_head
+from pneumoscan import train as train_mod
+from pneumoscan.train import (
+    WARM_START_L2,
+    TrainConfig,
+    load_config,
+    lr_factor,
+    schedule_done,
+    stream_seed,
+    train,
+    warm_start_head,
+)
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 
@@ -97,6 +110,54 @@ def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_p
     assert all(torch.equal(best[k], again[k]) for k in best)
 
 
+def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run / "best")  # an earlier run's best weights in the same folder
+    with pytest.raises(ValueError, match="fewer images than one batch"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
+    assert not (run / "best").exists() and not (run / "bundle").exists()
+
+
+def test_the_warm_up_starts_when_the_warm_start_ends() -> None:
+    """Under a time budget the schedule runs over what the warm start left: fine-tuning begins at the warm-up."""
+    warm_s, budget_s = 120.0, 660.0
+    assert schedule_done(0, 1000, warm_s, warm_s, budget_s) == 0.0
+    assert schedule_done(0, 1000, warm_s + 27.0, warm_s, budget_s) == pytest.approx(0.05)  # 5 % of 540 s
+    assert schedule_done(600, 1000, warm_s + 27.0, warm_s, budget_s) == 0.6, "steps count when they are ahead"
+    assert schedule_done(10, 1000, 1e6, 0.0, None) == 0.01, "no budget: steps alone"
+    assert 0 < lr_factor(1 / 1000, 0.05) < 0.05
+
+
+def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
+    """With seed + epoch, seed 1's first epoch replayed seed 0's second one."""
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = DistributedSampler(range(64), 1, 0, shuffle=True, seed=stream_seed(seed))
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(1, 0) != order(0, 1) and order(0, 1) == order(0, 1)
+    torch.manual_seed(stream_seed(1, 0, 0))
+    a = torch.rand(8)
+    torch.manual_seed(stream_seed(0, 1, 0))
+    assert not torch.equal(a, torch.rand(8))
+    assert len({stream_seed(0, epoch, rank) for epoch in range(4) for rank in range(4)}) == 16
+
+
+def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--init keeps a bundle's trained head for the same classes; only a new classifier gets the warm start."""
+    cfg = TrainConfig(**{**TINY, "model": "resnet10t", "epochs": 1})
+    start = train(tiny_dataset, cfg, tmp_path / "start")
+    fitted: list[str] = []
+    real = train_mod.warm_start_head
+    monkeypatch.setattr(train_mod, "warm_start_head", lambda *args: fitted.append("head") or real(*args))
+    train(tiny_dataset, dataclasses.replace(cfg, init=str(start)), tmp_path / "same")
+    assert fitted == []
+    train(tiny_dataset, dataclasses.replace(cfg, init=str(start), task="multiclass"), tmp_path / "three")
+    assert fitted == ["head"]
+
+
 def test_bundle_round_trip_reproduces_the_trained_model(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(**TINY), tmp_path / "run")
     model, card = load_bundle(bundle)
@@ -114,6 +175,15 @@ def test_model_kwargs_from_a_config_reach_the_model_and_the_bundle(tiny_dataset:
     model, card = load_bundle(train(tiny_dataset, cfg, tmp_path / "run"))
     assert card.model == "resnet10t" and card.model_kwargs == {"drop_rate": 0.25}
     assert model.drop_rate == 0.25, "the bundle rebuilds the model with the arguments it was trained with"
+
+
+def test_an_empty_config_file_means_the_defaults_and_a_list_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("# nothing set yet\n")
+    assert load_config(config, epochs=3) == TrainConfig(epochs=3)
+    config.write_text("- epochs: 3\n")
+    with pytest.raises(ValueError, match="key: value"):
+        load_config(config)
 
 
 def test_weights_from_a_bundle_fit_the_same_model_with_a_new_classifier(tiny_bundle: Path) -> None:
