@@ -210,10 +210,12 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     readable = sorted((r for r in discovery.records if r.path not in bad), key=lambda r: r.path)
     rows = [
         (label, sub, pool)
-        for label, subs in (("NORMAL", ("normal", "")), ("PNEUMONIA", ("bacteria", "virus", "")))
+        for label, subs in (("NORMAL", ("normal",)), ("PNEUMONIA", ("bacteria", "virus", "")))
         for sub in subs
         if (pool := [r for r in readable if r.label == label and r.subtype == sub])
     ]
+    if not readable:
+        raise ValueError("no readable images to draw a figure of")
     splits = list(report["counts"])
     fig = plt.figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
     grid = fig.add_gridspec(1 + len(rows), per_class, height_ratios=[2] + [1] * len(rows))

@@ -1,8 +1,9 @@
 """Preprocessed-image cache: decode a dataset once into one uint8 file that every later run memory-maps.
 
-The cache is keyed by a fingerprint of the file list (path, size, mtime) and the preprocessing spec, so an
-unchanged dataset opens instantly and any changed file rebuilds it. Files appear atomically and the index is
-written last: a killed build never leaves a cache that looks valid, and the next build removes its temporary file.
+The cache is keyed by a fingerprint of the file list (path, size, mtime, ctime), the preprocessing spec and the
+decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
+chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
+build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
+import pydicom
 from rich.console import Console
 from rich.progress import Progress
 
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
-CACHE_VERSION = 2  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 3  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600
@@ -62,13 +65,16 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
-    """Hash of (path as given, absolute path, size, mtime) of every file plus the spec: any change gives a new
-    cache. The cache answers by the paths as given, so two spellings of one file are two caches."""
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.to_dict()], sort_keys=True).encode())
+    """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec and the decoders'
+    versions: any change gives a new cache, so an error stored for an unreadable file does not outlive its cause
+    (a chmod changes only the ctime). The cache answers by the paths as given, so two spellings of one file are
+    two caches."""
+    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__]
+    digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         try:
             st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         except OSError:
             stamp = "missing"  # reported as an error by the build; a later appearance changes the key
         digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode())

@@ -89,16 +89,29 @@ def _skip(entry: Path, kind: str, found: Discovery) -> None:
     found.skipped.append({"path": str(entry), "reason": reason})
 
 
+def _entries_below(folder: Path) -> list[Path]:
+    """Every non-folder entry below ``folder``, sorted. Linked folders are followed (a site's films linked in), each
+    real folder once, so a link to an ancestor cannot loop; pathlib's rglob does not follow them before 3.13."""
+    seen: set[str] = set()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        out.extend(Path(dirpath, name) for name in filenames)
+    return sorted(out)
+
+
 def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
     for class_dir in sorted(folder.iterdir()):
         label = class_dir.name.upper()
         if not class_dir.is_dir() or label not in LABELS:
             _skip(class_dir, "class", found)
             continue
-        for path in sorted(class_dir.rglob("*")):
-            if not path.is_file():
-                continue
-            reason = _is_junk(path.relative_to(class_dir))
+        for path in _entries_below(class_dir):
+            reason = _is_junk(path.relative_to(class_dir)) or (None if path.is_file() else "broken link or not a file")
             if reason:
                 found.skipped.append({"path": str(path), "reason": reason})
             else:
@@ -133,12 +146,24 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     relative to the CSV's folder. Missing subtype/patient are parsed from the file name."""
     csv_path = Path(csv_path)
     found = Discovery()
-    with csv_path.open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark; surrogateescape: file names that are
+    # not UTF-8 (an old zip's) round-trip as write_manifest wrote them
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
+                             f"(columns: path,label[,subtype,patient,split])")
+        for line, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{csv_path}, line {line}: path and label must not be empty")
             path = Path(row["path"])
             if not path.is_absolute():
                 path = csv_path.parent / path
-            rec = make_record(path, row["label"], (row.get("split") or "").lower())
+            try:
+                rec = make_record(path, row["label"], (row.get("split") or "").lower())
+            except ValueError as e:
+                raise ValueError(f"{csv_path}, line {line}: {e}") from None
             subtype, patient = (row.get("subtype") or rec.subtype).lower(), row.get("patient") or rec.patient
             # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
             if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
@@ -149,11 +174,15 @@ def read_manifest(csv_path: Path | str) -> Discovery:
 
 def write_manifest(records: list[Record], csv_path: Path | str) -> None:
     """Write records as a manifest that :func:`read_manifest` (and so every command) reads back. A relative path
-    is rewritten relative to the CSV's folder, which is how it is read back."""
-    csv_dir = Path(csv_path).parent
-    with Path(csv_path).open("w", newline="") as f:
+    is rewritten relative to the CSV's folder, which is how it is read back: between the two folders as they really
+    are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk)."""
+    csv_dir = os.path.realpath(Path(csv_path).parent)
+    with Path(csv_path).open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         for rec in records:
-            path = rec.path if os.path.isabs(rec.path) else os.path.relpath(rec.path, csv_dir)
+            path = rec.path
+            if not os.path.isabs(path):  # the folder resolved, the name kept (it may be a link with a meaning)
+                folder, name = os.path.split(path)
+                path = os.path.relpath(os.path.join(os.path.realpath(folder), name), csv_dir)
             writer.writerow({**asdict(rec), "path": path})

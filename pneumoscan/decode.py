@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections import Counter
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -99,10 +100,10 @@ def _pillow_gray(im: Image.Image, target: int | None) -> np.ndarray:
         im.load()
     except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
         raise DecodeError(f"corrupt or truncated image data: {e}") from None
-    if im.mode.startswith("I;16"):
-        # 16-bit PNG: scale 0..65535 onto 0..255 (Pillow's convert('L') would clip instead)
-        return ((np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if im.mode in ("I", "F"):
+    im = ImageOps.exif_transpose(im)  # a phone photo of a film: upright as every viewer shows it
+    if im.mode.startswith("I"):
+        # 16-bit PNG, often a DICOM export holding 10- to 14-bit values: min-max, as a DICOM without a window
+        # (scaling by 65535 made 12-bit data nearly black; Pillow's convert('L') would clip)
         return _minmax_u8(np.asarray(im))
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         # X-ray background is black, so transparent areas become black like the padding does
@@ -191,9 +192,9 @@ def image_info(source: Source) -> dict:
         return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM", "quality": None}
     with _open_pillow(src) as im:
         quality = None
-        if im.format == "JPEG":
-            distance = np.abs(_luma_tables() - np.array(im.quantization[0])).sum(axis=1)
-            quality = int(distance.argmin()) + 1
+        table = (getattr(im, "quantization", None) or {}).get(0) if im.format == "JPEG" else None
+        if table is not None and len(table) == 64:  # a damaged file may lack its luminance table
+            quality = int(np.abs(_luma_tables() - np.array(table)).sum(axis=1).argmin()) + 1
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
 
 
@@ -274,25 +275,29 @@ def _luma_tables() -> np.ndarray:
     return np.array(tables)
 
 
-def source_of(paths: Sequence[str | Path], sample: int = 64) -> tuple[int | None, int | None]:
-    """(side, JPEG quality) of a set of files that were all made one way, as train/ here (originals squashed to
-    224 x 224, JPEG quality 75); (None, None) when the sample (up to ``sample`` files, evenly spaced) differs in
-    size, is not square, or is not all JPEG. Unreadable files are left to the cache to report."""
-    picked = list(paths)[:: max(1, len(paths) // sample)][:sample]
-    sizes, qualities = set(), []
+def source_of(
+    paths: Sequence[str | Path], sample: int = 64, agreement: float = 0.9
+) -> tuple[int | None, int | None]:
+    """(side, JPEG quality) of a set of files that were made one way, as train/ here (originals squashed to
+    224 x 224, JPEG quality 75): the most common (size, quality) among ``sample`` files evenly spread over the
+    sorted paths. (None, None) when fewer than ``agreement`` of the readable sample share it, or it is not square,
+    or not JPEG. So a few odd files (the training pool here also holds val/'s 16 full-size originals) do not
+    decide it, and neither does the order of a manifest's rows. Unreadable files are left to the cache to report."""
+    ordered = sorted(map(str, paths))
+    picked = sorted({ordered[i] for i in np.linspace(0, len(ordered) - 1, min(sample, len(ordered))).round().astype(int)})
+    found = []
     for path in picked:
         try:
             info = image_info(path)
         except DecodeError:
             continue
-        sizes.add((info["width"], info["height"]))
-        qualities.append(info["quality"])
-    if len(sizes) != 1 or None in qualities:
+        found.append(((info["width"], info["height"]), info["quality"]))
+    if not found:
         return None, None
-    (width, height), = sizes
-    if width != height:
+    ((width, height), quality), count = Counter(found).most_common(1)[0]
+    if count < agreement * len(found) or width != height or quality is None:
         return None, None
-    return width, max(set(qualities), key=qualities.count)
+    return width, quality
 
 
 @dataclass(frozen=True)

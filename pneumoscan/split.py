@@ -78,6 +78,8 @@ def patient_split(
 def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:
     """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
     pool = [r for r in discover(data).records if r.split != "test"]
+    if not pool:
+        raise ValueError(f"{data}: no images outside test/ to split")
     return patient_split(pool, val_fraction, seed, exact_duplicate_groups([r.path for r in pool]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,11 @@ def test_changed_file_changes_fingerprint_and_rebuilds(folder, tmp_path: Path) -
 
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # touch alone is a change too
     assert fingerprint(paths, SPEC) != second.fingerprint
+    # a permission fix changes only the ctime: a file it made readable must not keep its stored error
+    touched = fingerprint(paths, SPEC)
+    time.sleep(0.01)
+    os.chmod(changed, 0o600)
+    assert fingerprint(paths, SPEC) != touched
 
 
 def test_fingerprint_depends_on_spec_and_file_list(folder) -> None:

@@ -123,6 +123,22 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(gray, np.rint(values / 257.0).astype(np.uint8))
 
 
+def test_16bit_png_with_12bit_values_uses_the_grey_range() -> None:
+    values = np.tile(np.linspace(0, 4095, 256).astype(np.uint16), (4, 1))  # a DICOM export's raw values
+    gray = read_gray(encode(Image.fromarray(values), "PNG"))
+    np.testing.assert_array_equal(gray, np.rint(values * (255 / 4095)).astype(np.uint8))
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = np.zeros((20, 30), np.uint8)
+    stored[:, :5] = 255  # a bright left edge as stored
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone writes it
+    gray = read_gray(encode(im, "PNG", exif=exif))
+    assert gray.shape == (30, 20) and gray[:5].mean() > 200 and gray[-5:].mean() < 50  # the edge is now on top
+
+
 def test_rgba_png_is_composited_on_black() -> None:
     rgba = np.zeros((4, 6, 4), np.uint8)
     rgba[..., :3] = 200
@@ -272,6 +288,14 @@ def test_jpeg_quality_is_read_back_from_the_tables(quality: int) -> None:
     assert image_info(encode(im, "PNG"))["quality"] is None
 
 
+def test_a_jpeg_without_its_luminance_table_is_reported_not_a_crash() -> None:
+    data = encode(Image.fromarray(gradient(40, 60)), "JPEG", quality=75)
+    damaged = data.replace(b"\xff\xdb", b"\xff\xfe", 1)  # the quantisation table segment becomes a comment
+    assert image_info(damaged)["quality"] is None
+    with pytest.raises(DecodeError):
+        read_gray(damaged)
+
+
 def test_source_of_a_uniformly_made_set(tmp_path: Path) -> None:
     def save(name: str, side: tuple[int, int], fmt: str = "JPEG", quality: int = 75) -> Path:
         path = tmp_path / name
@@ -283,6 +307,10 @@ def test_source_of_a_uniformly_made_set(tmp_path: Path) -> None:
     assert source_of([*uniform, save("big.jpeg", (96, 96))]) == (None, None)  # sizes differ
     assert source_of([save(f"w{i}.jpeg", (64, 48)) for i in range(3)]) == (None, None)  # not square
     assert source_of([*uniform, save("p.png", (48, 48), "PNG")]) == (None, None)  # not all JPEG
+    # a few odd files among many do not decide it, wherever they sit in the list (a manifest's row order)
+    many = uniform + [save(f"v{i}.jpeg", (48, 48)) for i in range(35)]
+    odd = [save("big1.jpeg", (96, 96)), save("p1.png", (48, 48), "PNG")]
+    assert source_of(many + odd, sample=16) == source_of(odd + many[::-1], sample=16) == (48, 75)
 
 
 def test_match_source_brings_larger_images_down_like_the_training_files() -> None:

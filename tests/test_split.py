@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan.audit import exact_duplicate_groups
+from pneumoscan.cli import main
 from pneumoscan.data import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.split import patient_split, split_summary
 
@@ -94,6 +95,36 @@ def test_manifest_of_relatively_named_files_reads_back_from_its_own_folder(tmp_p
     assert [(r.label, r.subtype, r.patient) for r in back.records] == [(r.label, r.subtype, r.patient) for r in records]
 
 
+def test_manifest_under_a_linked_folder_reads_back(tmp_path: Path, monkeypatch) -> None:
+    """runs/ linked to a scratch disk: the system resolves the link before the '..' of a relative path."""
+    (tmp_path / "data" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "data" / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(b"x")
+    (tmp_path / "scratch" / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(tmp_path / "scratch" / "runs")
+    monkeypatch.chdir(tmp_path)
+    write_manifest(discover("data").records, Path("runs/demo/split.csv"))
+    [record] = read_manifest(Path("runs/demo/split.csv")).records
+    assert Path(record.path).is_file() and Path(record.path).name == "IM-0001-0001.jpeg"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("file,label\na.png,NORMAL\n", "no path column"),
+    ("path,label\na.png\n", "line 2: path and label must not be empty"),
+    ("path,label\na.png,SICK\n", "line 2: unknown label"),
+])
+def test_a_malformed_manifest_is_refused_with_the_line(tmp_path: Path, text: str, reason: str) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text(text)
+    with pytest.raises(ValueError, match=reason):
+        read_manifest(csv_path)
+
+
+def test_a_spreadsheet_manifest_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes("path,label\na.png,NORMAL\n".encode("utf-8-sig"))
+    assert [r.label for r in read_manifest(csv_path).records] == ["NORMAL"]
+
+
 def test_manifest_subtypes_are_normalised_and_checked_against_the_label(tmp_path: Path) -> None:
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,Virus\nb.png,normal,\n")
@@ -101,3 +132,29 @@ def test_manifest_subtypes_are_normalised_and_checked_against_the_label(tmp_path
     csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,virus\nb.png,NORMAL,virus\n")
     with pytest.raises(ValueError, match="line 3: subtype 'virus' does not fit label NORMAL"):
         read_manifest(csv_path)
+
+
+def test_linked_folders_are_followed_once_and_broken_links_listed(tmp_path: Path) -> None:
+    site2 = tmp_path / "site2"
+    site2.mkdir()
+    for name in ("IM-0002-0001.jpeg", "IM-0003-0001.jpeg"):
+        (site2 / name).write_bytes(b"x")
+    normal = tmp_path / "data" / "NORMAL"
+    normal.mkdir(parents=True)
+    (normal / "IM-0001-0001.jpeg").write_bytes(b"x")
+    (normal / "site2").symlink_to(site2)  # another site's films linked in
+    (normal / "loop").symlink_to(normal)  # a link back up must not loop
+    (normal / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    found = discover(tmp_path / "data")
+    assert sorted(Path(r.path).name for r in found.records) == ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg", "IM-0003-0001.jpeg"]
+    assert found.skipped == [{"path": str(normal / "gone.jpeg"), "reason": "broken link or not a file"}]
+
+
+def test_an_empty_dataset_gives_a_reason_not_an_empty_split(tmp_path: Path, capsys) -> None:
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "train" / "PNEUMONIA").mkdir()
+    assert main(["split", str(tmp_path), "--out", str(tmp_path / "split.csv")]) == 2
+    assert main(["audit", str(tmp_path), "--figure", str(tmp_path / "audit.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no images outside test/" in err and "no readable images" in err
+    assert not (tmp_path / "split.csv").exists()
