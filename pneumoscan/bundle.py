@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__, models
@@ -90,11 +91,20 @@ def load_card(directory: Path | str) -> BundleCard:
     return BundleCard(**data)
 
 
+def _read_weights(directory: Path | str) -> dict[str, torch.Tensor]:
+    """The bundle's tensors; a damaged file is a wrong input (a reason and exit status 2), not a crash."""
+    path = Path(directory) / WEIGHTS
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
     model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, **card.model_kwargs)
-    model.load_state_dict(load_file(str(Path(directory) / WEIGHTS)))
+    model.load_state_dict(_read_weights(directory))
     return model.eval(), card
 
 
@@ -103,7 +113,7 @@ def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str
     new films or a related task. A classifier for another number of classes keeps its fresh weights; the names
     of those tensors are returned. Any other mismatch is an error, since the bundle is then another model."""
     card = load_card(directory)
-    weights = load_file(str(Path(directory) / WEIGHTS))
+    weights = _read_weights(directory)
     own = model.state_dict()
     classifier = {id(p) for p in model.get_classifier().parameters()}
     head = [name for name, p in model.named_parameters() if id(p) in classifier]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -103,6 +104,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if fmt is None:
         print(f"--out must end in .csv or .json: {args.out}", file=sys.stderr)
         return 2
+    if args.out:  # a results file that cannot be written fails now, not after every image was read
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        if Path(args.out).is_dir():
+            raise IsADirectoryError(f"--out {args.out} is a folder")
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True,
@@ -111,7 +116,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(format_results(rows, fmt))
     else:
         sys.stdout.write(format_results(rows, fmt))
@@ -132,6 +136,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     print("\n".join(list_models()))
     return 0
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type that refuses zero and negative values (a batch size of -1 silently predicted nothing)."""
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="only this split of a dataset root (train, val or test), as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
-    p.add_argument("--size", type=int, default=192, help="without --bundle (the training default)")
+    p.add_argument("--size", type=_positive(int), default=192,
+                   help="without --bundle; train also records its files' source size, so only --bundle matches a run")
     p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"), help="without --bundle")
     p.set_defaults(func=cmd_cache)
 
@@ -167,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
     p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"))
     p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--time-budget", type=float, help="minutes; the learning-rate schedule is fitted to it")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
+    p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
+    p.add_argument("--image-size", type=_positive(int))
+    p.add_argument("--batch-size", type=_positive(int), help="per process")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
@@ -196,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20, help="larger uploads are refused with 413")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
     p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; Grad-CAM always runs in torch")
     p.set_defaults(func=cmd_serve)
@@ -209,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive(int), default=64)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
+    except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         print(f"pneumoscan {args.command}: error: {e}", file=sys.stderr)
         return 2
 

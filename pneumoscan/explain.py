@@ -61,22 +61,32 @@ def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def to_image_frame(cam: np.ndarray, height: int, width: int, spec: PreprocessSpec) -> np.ndarray:
+def panel_shape(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of an overlay panel: the original's, shrunk to at most :data:`MAX_PANEL` a side."""
+    scale = MAX_PANEL / max(height, width)
+    return (height, width) if scale >= 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def to_image_frame(
+    cam: np.ndarray, height: int, width: int, spec: PreprocessSpec, frame: tuple[int, int] | None = None
+) -> np.ndarray:
     """Map a model-input cam (S, S) back onto the original image (height, width), undoing the spec's geometry:
     squash stretches it back, pad drops the letterbox bars, center-crop puts it on the middle square
-    (the cut-off sides, which the model never saw, get 0)."""
+    (the cut-off sides, which the model never saw, get 0). ``frame``: the (height, width) to draw it at, a
+    smaller one of the same aspect (the overlay panel), so a huge upload never needs a full-size float map."""
+    out_h, out_w = frame or (height, width)
     size, policy = cam.shape[0], spec.geometry(height, width)
     if policy == "squash":
-        return _resize_map(cam, width, height)
+        return _resize_map(cam, out_w, out_h)
     if policy == "pad":
         scale = size / max(width, height)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         left, top = (size - new_w) // 2, (size - new_h) // 2
-        return _resize_map(cam[top : top + new_h, left : left + new_w], width, height)
+        return _resize_map(cam[top : top + new_h, left : left + new_w], out_w, out_h)
     if policy == "center-crop":
-        side = min(width, height)
-        out = np.zeros((height, width), np.float32)
-        left, top = (width - side) // 2, (height - side) // 2
+        side = min(out_w, out_h)
+        out = np.zeros((out_h, out_w), np.float32)
+        left, top = (out_w - side) // 2, (out_h - side) // 2
         out[top : top + side, left : left + side] = _resize_map(cam, side, side)
         return out
     raise ValueError(f"unknown resize policy {policy!r}")
@@ -84,7 +94,7 @@ def to_image_frame(cam: np.ndarray, height: int, width: int, spec: PreprocessSpe
 
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the
-    image's own frame (H, W), float32 in [0, 1]. ``class_index`` None means the positive class: index 1 for
+    image's own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive class: index 1 for
     binary tasks; for the multiclass task (positive = any pneumonia) the more probable pneumonia class."""
     card = predictor.card
     images = predictor.preprocess([gray])
@@ -92,16 +102,14 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
         class_index = 1 if len(card.classes) == 2 else 1 + int(np.argmax(predictor.logits(images)[0, 1:]))
     with predictor.lock:  # the hooks must see this forward pass only
         cam = gradcam(predictor.model, predictor.inputs(images), class_index)
-    return to_image_frame(cam, *gray.shape, card.spec)
+    return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
 
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
     """PNG of three panels side by side: the original, the heatmap, and the two blended. Panels keep the
     original's aspect (shrunk to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them."""
-    height, width = gray.shape
-    scale = min(1.0, MAX_PANEL / max(height, width))
-    if scale < 1.0:
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    height, width = panel_shape(*gray.shape)
+    if gray.shape != (height, width):
         gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
     if cam.shape != (height, width):
         cam = _resize_map(cam, width, height)

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from .bundle import WEIGHTS, load_bundle
+from .bundle import WEIGHTS, load_bundle, load_card
 from .metrics import softmax
 
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
@@ -77,6 +77,15 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    write_onnx_spec(bundle, out)
+    return out
+
+
+def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
+    """``out``'s sidecar: everything besides the graph that turns a film into the bundle's label. Training
+    rewrites it once the TTA threshold is chosen, which needs the exported model first."""
+    card = load_card(bundle)
+    multiclass = len(card.classes) > 2
     spec = {
         "input": INPUT,
         "input_layout": "float32 (batch, 1, size, size) = (uint8 grayscale / 255 - mean) / std",
@@ -92,7 +101,10 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
         "temperature": card.temperature,
         "classes": card.classes,
         "positive": card.positive,
+        "positive_probability": f"1 - P({card.classes[0]})" if multiclass else f"P({card.positive})",
         "threshold": card.threshold,
+        "tta_threshold": card.tta_threshold,
+        "tta_meaning": "for the mean probability over pneumoscan.predict.TTA_VIEWS (zoom, shift) views",
         "task": card.task,
         "model": card.model,
         "model_id": card.model_id,
@@ -100,7 +112,6 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
         "weights_sha256": weights_digest(bundle),
     }
     spec_path(out).write_text(json.dumps(spec, indent=2))
-    return out
 
 
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:

@@ -139,11 +139,17 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
         yield view[:, 0].numpy()
 
 
-def expand_paths(paths: Sequence[str | Path]) -> list[tuple[str, str | None]]:
+def expand_paths(paths: Sequence[str | Path], exclude: Path | None = None) -> list[tuple[str, str | None]]:
     """(file, error) for every input: files as given, folders searched recursively for JPEG/PNG/DICOM
-    names (hidden files and folders skipped). A folder without images is itself an error row."""
+    names (hidden files and folders, and anything under ``exclude``, such as the heatmap folder, skipped). A folder
+    without images and an empty path (which would mean the current folder) are error rows."""
     out: list[tuple[str, str | None]] = []
-    for given in map(Path, paths):
+    skip = exclude.resolve() if exclude is not None else None
+    for text in map(str, paths):
+        if not text:
+            out.append((text, "empty path"))
+            continue
+        given = Path(text)
         if not given.is_dir():
             out.append((str(given), None))  # decoding reports missing or unreadable files
             continue
@@ -151,6 +157,7 @@ def expand_paths(paths: Sequence[str | Path]) -> list[tuple[str, str | None]]:
             p for p in given.rglob("*")
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            and not (skip is not None and p.resolve().is_relative_to(skip))
         )  # fmt: skip
         out.extend((str(p), None) for p in found)
         if not found:
@@ -182,14 +189,18 @@ def _decoded(
             yield [(path, job if isinstance(job, str) else job.result()) for path, job in current]
 
 
-def _heatmap_name(path: str, used: set[str]) -> str:
-    stem = Path(path).stem
-    name, n = f"{stem}.png", 1
-    while name in used:
-        n += 1
-        name = f"{stem}-{n}.png"
-    used.add(name)
-    return name
+def _write_new(folder: Path, stem: str, data: bytes) -> Path:
+    """Write ``folder/stem.png``, or ``stem-2.png``, ... when that name exists: a heatmap never replaces a file,
+    which may be an input film (``--heatmaps`` pointed at the films' own folder) or another image's heatmap."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def check_stages(first: str, second: str) -> None:
@@ -226,10 +237,12 @@ def predict_paths(
         from .explain import explain_array, overlay_png
 
         heatmap_dir = Path(heatmap_dir)
+        if any(text and Path(text).is_dir() and Path(text).resolve() == heatmap_dir.resolve() for text in map(str, paths)):
+            raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be read as "
+                             "films on the next run; choose another folder (one inside it is fine)")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    items = expand_paths(paths)
+    items = expand_paths(paths, exclude=heatmap_dir)
     rows: list[dict] = []
-    used: set[str] = set()
     with Progress(console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
@@ -241,9 +254,8 @@ def predict_paths(
                     continue
                 row = {"path": path, **next(results)}
                 if heatmap_dir is not None:
-                    out = heatmap_dir / _heatmap_name(path, used)
-                    out.write_bytes(overlay_png(gray, explain_array(predictor, gray)))
-                    row["heatmap"] = str(out)
+                    png = overlay_png(gray, explain_array(predictor, gray))
+                    row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
                 rows.append(row)
             bar.advance(task, len(batch))
     return rows
@@ -267,9 +279,13 @@ def _classify(
         if called:
             target = second.card.spec.decode_target
             same = target == first.card.spec.decode_target
-            picked = [grays[i] if same else read_gray(paths[i], target=target) for i in called]
-            virus = second.positive(second.probabilities(second.preprocess(picked), tta=tta))
-            for i, p in zip(called, virus):
+            picked = {i: grays[i] if same else _decode(paths[i], target) for i in called}
+            for i, gray in picked.items():
+                if isinstance(gray, str):  # readable a moment ago: changed or removed since
+                    rows[i]["error"] = f"etiology stage: {gray}"
+            ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
+            virus = second.positive(second.probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)) if ok else []
+            for i, p in zip(ok, virus):
                 rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
     return rows
 

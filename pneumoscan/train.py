@@ -46,7 +46,7 @@ from .dataset import (
 )
 from .decode import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
-from .export import export_onnx
+from .export import ONNX_NAME, export_onnx, write_onnx_spec
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .predict import Predictor
 from .report import plot_training_curves, write_report
@@ -537,6 +537,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
     card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
     save_card(bundle_dir, card)
+    write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
         "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",

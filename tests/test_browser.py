@@ -130,7 +130,7 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     huge = data + bytes(21 * 2**20)
     page.set_input_files("#file", files=[{"name": "huge.jpeg", "mimeType": "image/jpeg", "buffer": huge}])
     # checked before uploading (the server's own 413 words it differently)
-    expect(page.locator("#error")).to_contain_text(f"the file is {len(huge) / 2**20:.1f} MB; the limit is 20 MB")
+    expect(page.locator("#error")).to_contain_text(f"the file is {float(f'{len(huge) / 2**20:.3g}'):g} MB; the limit is 20 MB")
 
     # drag-and-drop another real X-ray: the result comes back and the error goes away
     dropped = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
@@ -146,7 +146,10 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     drop_file(page, dicom_xray(dropped), "scan.dcm", "application/dicom")
     expect(page.locator("#caption")).to_contain_text("DICOM")
     expect(page.locator("#overlay")).to_be_visible()
-    assert page.is_checked("#heatmap-toggle")
+    assert not page.is_checked("#heatmap-toggle"), "the reader's choice is kept for the next film"
+    drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
+    expect(page.locator("#image")).to_be_visible()
+    expect(page.locator("#overlay")).to_be_hidden()
 
     assert not errors or all("Failed to load resource" in e for e in errors), errors
     assert requested and all(u.startswith(server) or u.startswith(("data:", "blob:")) for u in requested), requested

@@ -18,6 +18,7 @@ from pneumoscan.decode import PreprocessSpec, read_gray
 from pneumoscan.explain import (
     MAX_PANEL,
     explain_array,
+    panel_shape,
     gradcam,
     overlay_png,
     target_layer,
@@ -96,6 +97,9 @@ def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) 
     assert normal.shape == pneumonia.shape == gray.shape
     assert np.abs(normal - pneumonia).mean() > 0.1
     np.testing.assert_array_equal(explain_array(predictor, gray), pneumonia)  # default: the positive class
+    # a huge upload's map is drawn at overlay size, not as a full-size float array (10,000^2 took 764 MB)
+    big = np.zeros((3000, 2000), np.uint8)
+    assert explain_array(predictor, big).shape == panel_shape(3000, 2000) == (MAX_PANEL, round(2000 * MAX_PANEL / 3000))
 
 
 @pytest.mark.parametrize("policy", ["squash", "pad", "center-crop"])
@@ -106,6 +110,8 @@ def test_cam_maps_back_onto_the_original_frame(policy: str) -> None:
     spec = PreprocessSpec(size, policy)
     back = to_image_frame(spec.apply(white).astype(np.float32) / 255, height, width, spec)
     assert back.shape == (height, width)
+    half = to_image_frame(spec.apply(white).astype(np.float32) / 255, height, width, spec, (height // 2, width // 2))
+    assert half.shape == (height // 2, width // 2) and abs(half.mean() - back.mean()) < 0.02, "the same map, smaller"
     if policy == "center-crop":  # only the middle square was seen; the cut-off sides get 0
         left = (width - height) // 2
         assert back[:, left + 2 : left + height - 2].min() > 0.99
@@ -146,3 +152,20 @@ def test_predict_writes_one_overlay_per_readable_image(tiny_bundle: Path, tmp_pa
     assert [p.name for p in heatmaps] == ["wide.png", "wide-2.png"]  # same stem twice: no overwrite
     assert [Image.open(p).size for p in heatmaps] == [(120, 70), (240, 50)]  # in/other/wide.png sorts first
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["wide-2.png", "wide.png"]
+
+
+def test_heatmaps_never_replace_a_file_nor_become_inputs(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--heatmaps pointed at a film's own folder, at a folder being searched, and at a folder inside it, twice."""
+    films = tmp_path / "films"
+    films.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40), dtype=np.uint8)).save(films / "a.png")
+    original = (films / "a.png").read_bytes()
+    [row] = predict_paths(tiny_bundle, [films / "a.png"], heatmap_dir=films)
+    assert (films / "a.png").read_bytes() == original and row["heatmap"] == str(films / "a-2.png")
+    (films / "a-2.png").unlink()
+    with pytest.raises(ValueError, match="read as films"):
+        predict_paths(tiny_bundle, [films], heatmap_dir=films)
+    for _ in range(2):
+        rows = predict_paths(tiny_bundle, [films], heatmap_dir=films / "maps")
+        assert [r["path"] for r in rows] == [str(films / "a.png")], "the overlays are not read back as films"
+    assert sorted(p.name for p in (films / "maps").iterdir()) == ["a-2.png", "a.png"]

@@ -35,8 +35,11 @@ def test_cli_export_writes_onnx_with_dynamic_batch_and_spec(tiny_bundle: Path, t
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, card.size, card.size]
     spec = json.loads(spec_path(out).read_text())
     assert spec_path(out).name == "model.onnx.json"
-    for key in ("size", "resize_policy", "mean", "std", "temperature", "threshold", "classes", "positive"):
+    for key in ("size", "resize_policy", "mean", "std", "temperature", "threshold", "tta_threshold", "classes", "positive"):
         assert spec[key] == getattr(card, key)
+    assert card.tta_threshold is not None and spec["positive_probability"] == "P(PNEUMONIA)"
+    # the bundle training wrote has the TTA threshold in its own sidecar too (chosen after the export)
+    assert json.loads(spec_path(tiny_bundle / ONNX_NAME).read_text())["tta_threshold"] == card.tta_threshold
     sess = session(out)
     for n in (1, 5):  # any batch size runs
         assert sess.run([OUTPUT], {INPUT: np.zeros((n, 1, card.size, card.size), np.float32)})[0].shape == (n, 2)

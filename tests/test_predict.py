@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -105,6 +106,7 @@ def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) ->
     assert expand_paths([tmp_path / "empty"]) == [(str(tmp_path / "empty"), "folder holds no JPEG, PNG or DICOM files")]
     rows = predict_paths(tiny_bundle, [tmp_path / "empty"])
     assert len(rows) == 1 and "no JPEG, PNG or DICOM" in rows[0]["error"]
+    assert expand_paths([""]) == [("", "empty path")], "an empty $VAR must not mean the current folder"
 
 
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -245,6 +247,34 @@ def test_cli_predict_writes_results_and_reports_failures(
     printed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["path"] for r in printed] == good
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(tmp_path / "r.txt")]) == 2
+
+
+@pytest.mark.parametrize("problem", ["out is a folder", "heatmaps is a file", "bundle is a file", "damaged weights",
+                                     "batch size -1"])
+def test_cli_predict_wrong_paths_and_settings_end_with_a_reason_and_status_2(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture, problem: str
+) -> None:
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(image)
+    bundle, extra = tiny_bundle, []
+    if problem == "out is a folder":
+        (tmp_path / "r.csv").mkdir()
+        extra = ["--out", str(tmp_path / "r.csv")]
+    elif problem == "heatmaps is a file":
+        extra = ["--heatmaps", str(image)]
+    elif problem == "bundle is a file":
+        bundle = image
+    elif problem == "damaged weights":
+        bundle = tmp_path / "bundle"
+        shutil.copytree(tiny_bundle, bundle)
+        (bundle / "model.safetensors").write_bytes(b"not safetensors")
+    else:
+        extra = ["--batch-size", "-1"]
+    with pytest.raises(SystemExit) if problem == "batch size -1" else contextlib.nullcontext():
+        assert cli.main(["predict", str(bundle), str(image), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("error:" in err), err
+    assert "must be positive" in err if problem == "batch size -1" else err.count("\n") == 1, err
 
 
 def test_format_results_csv_keeps_column_order_and_blanks() -> None:

@@ -10,6 +10,10 @@ function pct(p) {
   return `${(100 * p).toFixed(1)}%`;
 }
 
+function mb(bytes) {
+  return `${Number((bytes / 2 ** 20).toPrecision(3))} MB`;  // 20 MB, 0.5 MB: never rounded to 0 or 1
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = false;
@@ -31,7 +35,7 @@ function showCard(info) {
       (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
-    ["Upload limit", `${(info.max_upload_bytes / 2 ** 20).toFixed(0)} MB`],
+    ["Upload limit", mb(info.max_upload_bytes)],
   ];
   const list = $("card");
   list.replaceChildren();
@@ -72,18 +76,19 @@ function showResult(file, r) {
   render();
 }
 
-// The overlay replaces the image when toggled on; a DICOM file, which browsers cannot display, falls back to it.
+// The overlay replaces the image when toggled on; a DICOM file, which browsers cannot display, falls back to it
+// (without switching the toggle, so the next film shows as the reader left it).
 function render() {
-  const overlay = $("heatmap-toggle").checked && $("overlay").getAttribute("src");
+  const broken = $("image").dataset.broken === "1";
+  const overlay = ($("heatmap-toggle").checked || broken) && $("overlay").getAttribute("src");
   $("overlay").hidden = !overlay;
-  $("image").hidden = Boolean(overlay) || $("image").dataset.broken === "1";
+  $("image").hidden = Boolean(overlay) || broken;
 }
 
 $("image").addEventListener("load", () => { $("image").dataset.broken = "0"; render(); });
 $("image").addEventListener("error", () => {
   if (!$("image").getAttribute("src")) return;
   $("image").dataset.broken = "1";
-  $("heatmap-toggle").checked = true;
   $("caption").textContent = "This browser cannot display the file itself (DICOM); the overlay shows the decoded image.";
   render();
 });
@@ -93,7 +98,7 @@ async function analyse(file) {
   if (!file) return;
   if (file.size === 0) return showError("Rejected: the file is empty (0 bytes).");
   if (maxUploadBytes !== null && file.size > maxUploadBytes) {
-    return showError(`Rejected: the file is ${(file.size / 2 ** 20).toFixed(1)} MB; the limit is ${(maxUploadBytes / 2 ** 20).toFixed(0)} MB.`);
+    return showError(`Rejected: the file is ${mb(file.size)}; the limit is ${mb(maxUploadBytes)}.`);
   }
   $("status").textContent = "Analysing...";
   const form = new FormData();
