@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import io
-from collections import Counter
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -284,7 +284,8 @@ def source_of(
     or not JPEG. So a few odd files (the training pool here also holds val/'s 16 full-size originals) do not
     decide it, and neither does the order of a manifest's rows. Unreadable files are left to the cache to report."""
     ordered = sorted(map(str, paths))
-    picked = sorted({ordered[i] for i in np.linspace(0, len(ordered) - 1, min(sample, len(ordered))).round().astype(int)})
+    spread = np.linspace(0, len(ordered) - 1, min(sample, len(ordered))).round().astype(int)
+    picked = [ordered[i] for i in np.unique(spread)]
     found = []
     for path in picked:
         try:

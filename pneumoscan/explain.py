@@ -93,9 +93,10 @@ def to_image_frame(
 
 
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
-    """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the
-    image's own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive class: index 1 for
-    binary tasks; for the multiclass task (positive = any pneumonia) the more probable pneumonia class."""
+    """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
+    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive
+    class: index 1 for binary tasks; for the multiclass task (positive = any pneumonia) the more probable
+    pneumonia class."""
     card = predictor.card
     images = predictor.preprocess([gray])
     if class_index is None:

@@ -237,7 +237,8 @@ def predict_paths(
         from .explain import explain_array, overlay_png
 
         heatmap_dir = Path(heatmap_dir)
-        if any(text and Path(text).is_dir() and Path(text).resolve() == heatmap_dir.resolve() for text in map(str, paths)):
+        searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
+        if heatmap_dir.resolve() in searched:
             raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be read as "
                              "films on the next run; choose another folder (one inside it is fine)")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
@@ -284,9 +285,10 @@ def _classify(
                 if isinstance(gray, str):  # readable a moment ago: changed or removed since
                     rows[i]["error"] = f"etiology stage: {gray}"
             ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
-            virus = second.positive(second.probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)) if ok else []
-            for i, p in zip(ok, virus):
-                rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
+            if ok:
+                virus = second.positive(second.probabilities(second.preprocess([picked[i] for i in ok]), tta=tta))
+                for i, p in zip(ok, virus):
+                    rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
     return rows
 
 

@@ -487,7 +487,8 @@ def train(
                 write_history(history, run_dir)
                 save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                    "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history), "best": json.dumps(best),
+                    "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history),
+                    "best": json.dumps(best),
                 })
             ctx.barrier()
             if on_epoch_end:
@@ -495,12 +496,11 @@ def train(
             if stop or best["stale"] >= cfg.patience:
                 break
 
+    if best["epoch"] < 0 and history:
+        raise ValueError("the validation AUC was undefined after every epoch: the validation split needs both classes")
     if best["epoch"] < 0:
-        raise ValueError(
-            "no epoch was validated: the train split has fewer images than one batch "
-            f"({len(train_set)} for {global_batch}) or the time budget ran out first" if not history else
-            "the validation AUC was undefined after every epoch: the validation split needs both classes"
-        )
+        raise ValueError(f"no epoch was validated: the train split has fewer images than one batch ({len(train_set)} "
+                         f"for {global_batch}) or the time budget ran out first")
     bundle_dir = finalize(
         run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, len(history), best["epoch"]
     )
