@@ -15,6 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan import cache as cache_mod
 from pneumoscan import models
+from pneumoscan import train as train_mod
 from pneumoscan.bundle import load_bundle, load_weights_into
 from pneumoscan.cache import build_cache
 from pneumoscan.cli import main
@@ -23,7 +24,6 @@ from pneumoscan.dataset import binary_targets, select
 from pneumoscan.evaluate import evaluate
 from pneumoscan.metrics import choose_threshold
 from pneumoscan.predict import Predictor
-from pneumoscan import train as train_mod
 from pneumoscan.train import (
     WARM_START_L2,
     TrainConfig,
