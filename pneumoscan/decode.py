@@ -192,7 +192,7 @@ def image_info(source: Source) -> dict:
         return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM", "quality": None}
     with _open_pillow(src) as im:
         quality = None
-        table = (getattr(im, "quantization", None) or {}).get(0) if im.format == "JPEG" else None
+        table = im.quantization.get(0) if im.format == "JPEG" else None
         if table is not None and len(table) == 64:  # a damaged file may lack its luminance table
             quality = int(np.abs(_luma_tables() - np.array(table)).sum(axis=1).argmin()) + 1
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
