@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -11,6 +12,28 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+
+# Two float32 scorings of the same film agree only to about 1e-7 when the batch, the thread count, the process
+# layout or the CPU's kernels differ (oneDNN picks its kernels per machine); 1e-5 is far above that and far below
+# any difference a user could see. Tests compare scores from different layouts with this, never with ==.
+SCORE_TOL = 1e-5
+
+
+def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:
+    """Two metrics.json trees agree: the same keys, lengths and integers, every float within SCORE_TOL."""
+    if isinstance(reported, dict):
+        assert reported.keys() == again.keys(), where
+        for key in reported:
+            assert_close_report(reported[key], again[key], f"{where}.{key}")
+    elif isinstance(reported, list):
+        assert len(reported) == len(again), where
+        for i, (a, b) in enumerate(zip(reported, again)):
+            assert_close_report(a, b, f"{where}[{i}]")
+    elif isinstance(reported, float) or isinstance(again, float):
+        assert abs(reported - again) <= SCORE_TOL, f"{where}: {reported} vs {again}"
+    else:
+        assert reported == again, where
 
 
 def dicom_bytes(

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import numpy as np
 
+from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data import discover
-from pneumoscan.evaluate import evaluate
+from pneumoscan.dataset import get_task
+from pneumoscan.evaluate import evaluate, labelled_images
+from pneumoscan.predict import Predictor
 
 
 def torchrun_train(data: Path, run: Path, cache: Path, *extra: str) -> str:
@@ -46,17 +49,31 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
         "best/model.safetensors", "best/bundle.json", "bundle/model.safetensors", "bundle/bundle.json", "bundle/model.onnx", "bundle/model.onnx.json",
     }, "rank 0 alone writes, and nothing per rank"
 
-    card = json.loads((run / "bundle" / "bundle.json").read_text())
-    # one process, the same saved weights
+    # One process scores the same saved weights again. Training scored the validation films in two processes'
+    # batches, evaluate in one process's: the scores agree within SCORE_TOL, not bit for bit (tests/builders.py).
     single = evaluate(run / "bundle", run / "split.csv", split="val", out_dir=tmp_path / "eval")
     n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
-    assert card["val_metrics"]["n"] == single["n"] == n_val, "every validation image scored exactly once"
-    for name, value in card["val_metrics"].items():
-        assert value == pytest.approx(single[name], abs=1e-6), name
-    # Stricter: training's validation report is evaluate's, curves and CIs included, so every score is bit-identical
-    # to inference's (the threshold is one of them: an ulp off and a film at the threshold flips).
     reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "eval"))
-    assert again.pop("unreadable") == [] and reported == again
+    assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
+    card = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, "the bundle carries the report's figures"
+    # A film within SCORE_TOL of a threshold (the chosen threshold is itself a validation score) may land on either
+    # side of it in the other layout: each operating point's counts may differ by those films and no more, and its
+    # rates agree whenever its counts do. Everything that does not depend on a threshold agrees within SCORE_TOL.
+    predictor = Predictor(run / "bundle")
+    images, _, _ = labelled_images(run / "split.csv", "val", get_task(card["task"]), predictor.card.spec)
+    scores = predictor.positive(predictor.probabilities(images))
+    for blocks in ((reported, again), (reported["at_0_5"], again["at_0_5"])):
+        near = int(np.sum(np.abs(scores - blocks[0]["threshold"]) <= SCORE_TOL))
+        counts = [np.array(b.pop("confusion_matrix")["counts"]) for b in blocks]
+        assert np.abs(counts[0] - counts[1]).sum() <= 2 * near, (counts, near)
+        rates = ("accuracy", "sensitivity", "specificity", "precision", "f1", "ci")
+        if (counts[0] == counts[1]).all():
+            assert_close_report({k: blocks[0][k] for k in rates}, {k: blocks[1][k] for k in rates})
+        for b in blocks:
+            for k in rates:
+                b.pop(k)
+    assert_close_report(reported, again)
 
     first = history(run)
     assert [r["epoch"] for r in first] == ["1"]

@@ -26,7 +26,7 @@ from pneumoscan.predict import (
     predict_paths,
     tta_views,
 )
-from tests.builders import dicom_bytes
+from tests.builders import SCORE_TOL, dicom_bytes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_predict_files_and_folders_with_bad_inputs(tiny_bundle: Path, mixed_inpu
             continue
         assert row["threshold"] == card.threshold
         assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.threshold else "NORMAL")
-        assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, Path(row["path"])), abs=1e-6)
+        assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, Path(row["path"])), abs=SCORE_TOL)
 
 
 def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -116,8 +116,8 @@ def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path:
     (tmp_path / "inverted").write_bytes(dicom_bytes((255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1", bits=16))  # found by its DICM magic
     rows = predict_paths(tiny_bundle, [tmp_path / "film.png", tmp_path / "film.dcm", tmp_path / "inverted"])
     assert all("error" not in r for r in rows), rows
-    assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
-    assert rows[2]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+    assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=SCORE_TOL)
+    assert rows[2]["probability"] == pytest.approx(rows[0]["probability"], abs=SCORE_TOL)
 
 
 def test_etiology_second_stage_runs_only_on_pneumonia_calls(
@@ -142,7 +142,7 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
             continue
         images = preprocess(row["path"], **second.card.spec.to_dict())[None]
         expected = float(second.positive(second.probabilities(images))[0])
-        assert row["etiology_probability_virus"] == pytest.approx(expected, abs=1e-6)
+        assert row["etiology_probability_virus"] == pytest.approx(expected, abs=SCORE_TOL)
         assert row["etiology_label"] == ("virus" if expected >= second.card.threshold else "bacteria")
     with pytest.raises(ValueError, match="etiology"):
         predict_paths(tiny_etiology_bundle, files[:1], etiology=first)
@@ -163,7 +163,7 @@ def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
     row = predict_paths(first, [film], etiology=second)[0]
     for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):
         gray = read_gray(film, target=stage.card.spec.decode_target)
-        assert row[key] == pytest.approx(float(stage.positive(stage.probabilities(stage.preprocess([gray])))[0]), abs=1e-6)
+        assert row[key] == pytest.approx(float(stage.positive(stage.probabilities(stage.preprocess([gray])))[0]), abs=SCORE_TOL)
 
 
 def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) 
     Image.fromarray(gray).save(tmp_path / "x.png")
     out = Predictor(tiny_bundle).predict_array(gray)
     row = predict_paths(tiny_bundle, [tmp_path / "x.png"])[0]
-    assert out["probability"] == pytest.approx(row["probability"], abs=1e-6)
+    assert out["probability"] == pytest.approx(row["probability"], abs=SCORE_TOL)
     assert out["label"] == row["label"] and out["threshold"] == row["threshold"]
     assert out["probabilities"]["PNEUMONIA"] == pytest.approx(out["probability"])
 
@@ -199,7 +199,7 @@ def test_full_size_input_is_preprocessed_like_the_training_cache(tiny_bundle: Pa
     direct = preprocess(path, card.size, card.resize_policy)
     assert not np.array_equal(from_cache, direct)  # the step is applied, not skipped
     row = predict_paths(tiny_bundle, [path])[0]
-    assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, path), abs=1e-6)
+    assert row["probability"] == pytest.approx(_expected_probability(tiny_bundle, path), abs=SCORE_TOL)
 
 
 def test_tta_averages_deterministic_views_without_flips(tiny_bundle: Path) -> None:
@@ -214,9 +214,9 @@ def test_tta_averages_deterministic_views_without_flips(tiny_bundle: Path) -> No
     predictor = Predictor(tiny_bundle)
     plain, tta = predictor.probabilities(images), predictor.probabilities(images, tta=True)
     expected = np.mean([predictor.probabilities(v) for v in views], axis=0)
-    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    np.testing.assert_allclose(tta, expected, atol=SCORE_TOL)
     np.testing.assert_allclose(tta, predictor.probabilities(images, tta=True))
-    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=SCORE_TOL)
     assert not np.allclose(tta, plain)
 
 

@@ -31,7 +31,7 @@ from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.predict import Predictor, predict_paths
 from pneumoscan.serve import _Batcher, create_app
-from tests.builders import dicom_bytes
+from tests.builders import SCORE_TOL, dicom_bytes
 
 MB = 2**20
 
@@ -131,7 +131,7 @@ def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: 
     body = r.json()
     card = load_card(tiny_bundle)
     expected = Predictor(tiny_bundle).predict_array(read_gray(xray, target=card.spec.decode_target))
-    assert body["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+    assert body["probability"] == pytest.approx(expected["probability"], abs=SCORE_TOL)
     assert body["label"] == expected["label"] in card.classes
     assert body["threshold"] == pytest.approx(card.threshold)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -443,7 +443,7 @@ def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bun
         batcher.close()
     assert sum(batch_sizes) == 8 and len(batch_sizes) <= 2  # all but the first call wait for one batch
     for g, e in zip(got, expected):
-        np.testing.assert_allclose(g, e, atol=1e-6)
+        np.testing.assert_allclose(g, e, atol=SCORE_TOL)
     assert not np.allclose(got[0], got[1])  # different images, different answers: no row mix-up passes
 
 
