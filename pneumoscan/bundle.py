@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__, models
+from .atomic import write_atomic
 from .decode import PreprocessSpec
 
 FORMAT_VERSION = 1
@@ -61,18 +61,12 @@ class BundleCard:
         return f"{self.model}-{self.task}-{self.data_fingerprint[:8] or 'untracked'}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard) -> Path:
     """Write weights and card; each file lands atomically so a reader never sees half a bundle file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    write_atomic(directory / WEIGHTS, lambda p: save_file(state, str(p)))
     save_card(directory, card)
     return directory
 
@@ -81,7 +75,7 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     """Rewrite bundle.json alone: what is chosen after the weights are saved (the TTA threshold needs the
     exported model) must not rewrite the weights."""
     text = json.dumps(asdict(card), indent=2, allow_nan=False)
-    _atomic_write(Path(directory) / CARD, lambda p: p.write_text(text))
+    write_atomic(Path(directory) / CARD, text.encode())
 
 
 def load_card(directory: Path | str) -> BundleCard:

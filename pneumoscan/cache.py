@@ -25,6 +25,7 @@ import pydicom
 from rich.console import Console
 from rich.progress import Progress
 
+from pneumoscan.atomic import write_atomic
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
@@ -121,7 +122,7 @@ def build_cache(
             "paths": [p for i, p in enumerate(paths) if i not in bad],
             "errors": [{"path": paths[i], "reason": bad[i]} for i in sorted(bad)],
         }
-        _write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())
+        write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -209,24 +210,6 @@ def _compact(fd: int, n: int, bad_rows: list[int], row_bytes: int) -> int:
             os.pwrite(fd, os.pread(fd, row_bytes, src * row_bytes), dst * row_bytes)
         dst += 1
     return dst
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make both renames durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .atomic import write_atomic
 from .bundle import WEIGHTS, load_bundle, load_card
 from .metrics import softmax
 
@@ -62,21 +62,18 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     out = Path(out) if out else Path(bundle) / ONNX_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 1, card.size, card.size)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             # the TorchScript-based exporter is deprecated but still supported, and the one that works here
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                model, (example,), tmp, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+                model, (example,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
             )  # fmt: skip
         _check_parity(model, session(tmp), card.size, card.temperature)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    write_atomic(out, write)
     write_onnx_spec(bundle, out)
     return out
 
@@ -111,7 +108,7 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
         "opset": OPSET,
         "weights_sha256": weights_digest(bundle),
     }
-    spec_path(out).write_text(json.dumps(spec, indent=2))
+    write_atomic(spec_path(out), json.dumps(spec, indent=2).encode())
 
 
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:

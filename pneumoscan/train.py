@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from . import models
+from .atomic import write_atomic
 from .bundle import BundleCard, load_bundle, load_weights_into, save_bundle, save_card
 from .cache import build_cache
 from .data import Record, discover, write_manifest
@@ -275,13 +276,6 @@ def write_history(history: list[dict], run_dir: Path) -> None:
     plot_training_curves(history, run_dir / "curves.png")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temp file then rename: a kill mid-write leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:
     """Loss (class-weighted like the training loss, so the two curves share a scale), accuracy, AUC, sensitivity
     and specificity at 0.5."""
@@ -485,11 +479,12 @@ def train(
                                       spec.source_size, spec.source_quality, model_kwargs=cfg.model_kwargs)
                     save_bundle(run_dir / "best", model, card)
                 write_history(history, run_dir)
-                save_checkpoint(checkpoint_path, {
+                checkpoint = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                     "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history),
                     "best": json.dumps(best),
-                })
+                }
+                write_atomic(checkpoint_path, lambda p: torch.save(checkpoint, p))  # a kill keeps the previous one
             ctx.barrier()
             if on_epoch_end:
                 on_epoch_end(epoch)

@@ -1,0 +1,67 @@
+"""Atomic file writes: a file appears under its final name whole or not at all.
+
+Every output the package writes (results, heatmaps, bundles, checkpoints, ONNX exports, cache indexes) goes
+through :func:`write_atomic`: the data lands in a temporary file in the same folder, is flushed to disk, and is
+renamed over the final name; the folder is then flushed too, so the rename survives a power cut. A full disk or a
+crash mid-write leaves the previous file (or none) under the final name, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+Writer = Callable[[Path], object]
+
+
+def _fsync_path(path: Path | str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False) -> Path:
+    """Write ``data`` (bytes, or a function that writes a file at the path it is given) to ``path`` atomically.
+
+    ``exclusive``: never replace an existing file; raises FileExistsError instead (the new file is linked in, which
+    fails when the name exists). Any error removes the temporary file and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        if isinstance(data, bytes):
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            os.close(fd)
+            data(tmp)
+            _fsync_path(tmp)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent, directory=True)
+    return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp``'s finished content the name ``path`` only if no file has it (an atomic no-replace rename)."""
+    try:
+        os.link(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # a file system without hard links (FAT): claim the name, then move the whole file over the empty claim
+        with path.open("xb"):
+            pass
+        os.replace(tmp, path)
