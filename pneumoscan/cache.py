@@ -29,7 +29,7 @@ from pneumoscan.atomic import write_atomic
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
-CACHE_VERSION = 3  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 4  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600

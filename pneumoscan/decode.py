@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import stat
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageChops
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -26,6 +28,19 @@ Source = str | Path | bytes
 # Refuse anything bigger before pixels are decoded (a 12,000 x 12,000 film is 1.44e8; the largest real chest
 # radiographs are ~4,300 x 3,500). Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS ~ 1.8e8) is above this.
 MAX_PIXELS = 150_000_000
+# Pixels alone do not bound memory: a 16-bit or colour image holds 2 to 4 bytes a pixel once decoded, and DICOM's
+# rescale and window arithmetic 8 (float64) a sample. Refuse, from the header, any image whose decoded form would
+# exceed this (a 4,300 x 3,500 16-bit radiograph is 30 MB); a JPEG is instead decoded smaller (luma only, then 1/2,
+# 1/4 or 1/8 scale) to fit. Decoding peaks at about twice this per image.
+MAX_DECODED_BYTES = 256 * 2**20
+# Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
+_PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_ORIENTATION = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+_MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic needs 8 MB, not 8 bytes a pixel
 RESIZE_POLICIES = ("squash", "pad", "center-crop")
 PIL_FORMATS = ("JPEG", "PNG")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -42,6 +57,13 @@ def _too_large(width: int, height: int) -> DecodeError:
     )
 
 
+def _too_many_bytes(width: int, height: int, per_pixel: int, what: str) -> DecodeError:
+    return DecodeError(
+        f"image too large to decode: {width} x {height} {what} needs {width * height * per_pixel / 2**20:,.0f} MiB "
+        f"(limit {MAX_DECODED_BYTES / 2**20:,.0f} MiB)"
+    )
+
+
 def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, bool]:
     """(what the readers get, is it DICOM). DICOM is recognised by its 'DICM' magic, a .dcm name, or ``dicom``
     (the caller knows, e.g. from an upload's declared type: bytes without the preamble carry no magic)."""
@@ -51,15 +73,31 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, bo
         return source, dicom or source[128:132] == b"DICM"
     path = Path(source)
     try:
-        with path.open("rb") as f:
+        # non-blocking: opening a FIFO for reading would otherwise wait forever for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            kind = _file_kind(os.fstat(fd).st_mode)
+            if kind:
+                raise DecodeError(f"not a regular file ({kind})")
             head = f.read(132)
     except FileNotFoundError:
         raise DecodeError("file not found") from None
+    except IsADirectoryError:
+        raise DecodeError("not a regular file (folder)") from None
     except OSError as e:
         raise DecodeError(f"cannot read file: {e.strerror or e}") from None
     if not head:
         raise DecodeError("empty file (0 bytes)")
     return path, dicom or head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("FIFO", "socket", ...), None for a regular file: the one place that names them."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _stream(src: Path | bytes) -> Path | io.BytesIO:
@@ -89,29 +127,53 @@ def _open_pillow(src: Path | bytes) -> Iterator[Image.Image]:
         width, height = im.size
         if width * height > MAX_PIXELS:
             raise _too_large(width, height)
+        if _pillow_bytes(im) > MAX_DECODED_BYTES and im.format != "JPEG":  # a JPEG can be decoded smaller
+            raise _too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
         yield im
 
 
+def _pillow_bytes(im: Image.Image) -> int:
+    return im.width * im.height * _PILLOW_BYTES.get(im.mode, 4)
+
+
 def _pillow_gray(im: Image.Image, target: int | None) -> np.ndarray:
-    if im.format == "JPEG":
-        # DCT scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size (still >= target) and only the luma channel.
-        im.draft("L", (target, target) if target else None)
+    """Gray uint8 pixels, reduced (:func:`_reduce`) and upright. The decoded image is turned into an 8-bit one in
+    place of a copy or a strip at a time, so decoding holds at most about 1.5 times its decoded bytes."""
+    width, height = im.size
+    if _pillow_bytes(im) > MAX_DECODED_BYTES:  # a JPEG (_open_pillow refuses the others):
+        # libjpeg decodes the luma channel alone, and at 1/2, 1/4 or 1/8 scale (DCT scaling) when that is not enough
+        scale = next((s for s in (1, 2, 4, 8) if -(-width // s) * -(-height // s) <= MAX_DECODED_BYTES), 8)
+        im.draft("L", (width // scale, height // scale))
     try:
         im.load()
+        orientation = im.getexif().get(ExifTags.Base.Orientation)  # a PNG's may follow its pixels
     except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
         raise DecodeError(f"corrupt or truncated image data: {e}") from None
-    im = ImageOps.exif_transpose(im)  # a phone photo of a film: upright as every viewer shows it
     if im.mode.startswith("I"):
         # 16-bit PNG, often a DICOM export holding 10- to 14-bit values: min-max, as a DICOM without a window
         # (scaling by 65535 made 12-bit data nearly black; Pillow's convert('L') would clip)
-        return _minmax_u8(np.asarray(im))
-    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        lo, hi = im.getextrema()
+        def strip(top: int, end: int) -> np.ndarray:  # np.asarray(im) would copy it all, twice (tobytes)
+            return np.asarray(im.crop((0, top, width, end)))
+
+        gray = Image.fromarray(_stretch(strip, height, width, lo, hi))
+    elif im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         # X-ray background is black, so transparent areas become black like the padding does
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), rgba)
-    if im.mode == "CMYK":
-        im = im.convert("RGB")
-    return np.array(im.convert("L"))
+        gray = ImageChops.multiply(*im.convert("LA").split())
+    else:
+        gray = im if im.mode == "L" else (im.convert("RGB") if im.mode == "CMYK" else im).convert("L")
+    gray = _reduce(gray, target)
+    if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
+        gray = gray.transpose(_ORIENTATION[orientation])
+    return np.asarray(gray)
+
+
+def _reduce(gray: Image.Image, target: int | None) -> Image.Image:
+    """The same reduction for every format: average blocks of n x n pixels, n the largest whole number that keeps
+    the short side above ``target``, so a film bigger than the model's input stays bigger. A JPEG is decoded in full
+    for this (its DCT-scaled draft decode gave other pixels than the same film as PNG or DICOM, and other scores)."""
+    factor = (min(gray.size) - 1) // target if target else 1
+    return gray.reduce(factor) if factor >= 2 else gray
 
 
 # ---------------------------------------------------------------- DICOM
@@ -134,6 +196,7 @@ def _dicom_header(ds: Dataset) -> tuple[int, int, str, str]:
         frames = int(ds.get("NumberOfFrames") or 1)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         bits = str(ds.get("BitsStored", "?"))
+        samples = int(ds.get("SamplesPerPixel") or 1)
     except Exception as e:
         raise DecodeError(f"malformed DICOM header: {e}") from None
     if not has_pixels:
@@ -146,6 +209,8 @@ def _dicom_header(ds: Dataset) -> tuple[int, int, str, str]:
         )
     if rows * cols > MAX_PIXELS:
         raise _too_large(cols, rows)
+    if rows * cols * samples * 8 > MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
+        raise _too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
     return cols, rows, photometric, bits
 
 
@@ -171,11 +236,20 @@ def _dicom_gray(ds: Dataset) -> np.ndarray:
 
 
 def _minmax_u8(arr: np.ndarray) -> np.ndarray:
-    arr = arr.astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
+    return _stretch(lambda top, end: arr[top:end], *arr.shape, float(arr.min()), float(arr.max()))
+
+
+def _stretch(rows: Callable[[int, int], np.ndarray], height: int, width: int, lo: float, hi: float) -> np.ndarray:
+    """Values ``lo..hi`` stretched to uint8 0-255, a block of ``rows(top, end)`` at a time: a whole float64 copy of a
+    12,000 x 12,000 film would be 1.1 GB."""
+    out = np.zeros((height, width), np.uint8)
     if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return out
+    scale = 255.0 / (hi - lo)
+    step = max(1, _MINMAX_CHUNK // max(1, width))
+    for top in range(0, height, step):
+        out[top : top + step] = np.rint((rows(top, min(top + step, height)).astype(np.float64) - lo) * scale)
+    return out
 
 
 # ---------------------------------------------------------------- public API
@@ -199,12 +273,12 @@ def image_info(source: Source) -> dict:
 
 
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
-    """Decode to a uint8 H x W grayscale array. With ``target`` a large JPEG is decoded at a reduced scale
-    whose short side is still >= target, which is what makes full-size originals fast. ``dicom``: read it as
-    DICOM even without the preamble's magic (see :func:`_check_source`)."""
+    """Decode to a uint8 H x W grayscale array. With ``target`` a larger image is reduced (:func:`_reduce`) to a
+    short side still above target, the same way whatever its format, so the same pixels give the same score as
+    JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's magic (see :func:`_check_source`)."""
     src, is_dicom = _check_source(source, dicom)
     if is_dicom:
-        return _dicom_gray(_read_dicom(src, header_only=False))
+        return np.asarray(_reduce(Image.fromarray(_dicom_gray(_read_dicom(src, header_only=False))), target))
     with _open_pillow(src) as im:
         return _pillow_gray(im, target)
 
@@ -312,7 +386,8 @@ class PreprocessSpec:
 
     @property
     def decode_target(self) -> int:
-        """The side a JPEG may be draft-decoded down to without losing what preprocessing needs."""
+        """The side an image may be reduced to on decoding (:func:`read_gray`) without losing what preprocessing
+        needs."""
         return max(self.size, self.source_size or 0)
 
     def apply(self, gray: np.ndarray) -> np.ndarray:
@@ -340,7 +415,7 @@ class PreprocessSpec:
 
 def preprocess(source: Source, size: int = 224, policy: str = "squash", source_size: int | None = None,
                source_quality: int | None = None) -> np.ndarray:
-    """The model input for one file: decode (JPEG draft-scaled to the spec's decode target), then
+    """The model input for one file: decode (reduced towards the spec's decode target), then
     :meth:`PreprocessSpec.apply`."""
     spec = PreprocessSpec(size, policy, source_size, source_quality)
     return spec.apply(read_gray(source, target=spec.decode_target))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,3 +71,23 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=preamble)
     return buf.getvalue()
+
+
+def write_png(path: str | Path, width: int, height: int, bits: int = 8, color: int = 0, rows: int | None = None) -> Path:
+    """A PNG of ``width x height`` (``bits`` per sample, PNG colour type ``color``) written row by row, so a test can
+    make a 100-megapixel file without holding its pixels: every row is the same left-to-right ramp over the full
+    value range. ``rows``: store only that many rows of pixel data (the header still says ``height``), enough for
+    a check that must refuse the file from its header."""
+    samples = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    ramp = np.arange(width, dtype=np.uint64) * (2**bits - 1) // max(1, width - 1)
+    row = b"\0" + np.repeat(ramp, samples).astype(">u2" if bits == 16 else "u1").tobytes()
+    pack = zlib.compressobj(1)
+    data = b"".join([pack.compress(row) for _ in range(height if rows is None else rows)] + [pack.flush()])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, color, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
