@@ -48,6 +48,11 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
             _link_new(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # the message names the file meant, not the temporary one (or none at all: a full disk)
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_path(path.parent, directory=True)

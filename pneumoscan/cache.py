@@ -78,7 +78,7 @@ def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
         except OSError:
             stamp = "missing"  # reported as an error by the build; a later appearance changes the key
-        digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode())
+        digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
     return digest.hexdigest()[:32]
 
 

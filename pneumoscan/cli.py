@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .names import plain, shown
+
 console = Console()
 
 
@@ -55,7 +57,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     console.print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
     for err in cache.errors:
-        console.print(f"  [yellow]{err['path']}[/]: {err['reason']}")
+        console.print(plain("  ", (shown(err["path"]), "yellow"), ": ", err["reason"]))
     return 0
 
 
@@ -98,28 +100,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .atomic import write_atomic
     from .predict import format_results, predict_paths
 
     fmt = {".csv": "csv", ".json": "json"}.get(Path(args.out).suffix.lower()) if args.out else "csv"
     if fmt is None:
-        print(f"--out must end in .csv or .json: {args.out}", file=sys.stderr)
+        print(f"--out must end in .csv or .json: {shown(args.out)}", file=sys.stderr)
         return 2
     if args.out:  # a results file that cannot be written fails now, not after every image was read
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if Path(args.out).is_dir():
             raise IsADirectoryError(f"--out {args.out} is a folder")
+    skipped: list[dict[str, str]] = []
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
-        etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True,
+        etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
     failed = [row for row in rows if "error" in row]
     for row in failed:
-        print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
-    if args.out:
-        Path(args.out).write_text(format_results(rows, fmt))
+        print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
+    by_reason: dict[str, list[str]] = {}
+    for entry in skipped:
+        by_reason.setdefault(entry["reason"], []).append(entry["path"])
+    for reason, paths in by_reason.items():
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        print(f"skipped ({shown(reason)}): {shown(paths[0])}{more}", file=sys.stderr)
+    text = format_results(rows, fmt)
+    if args.out:  # whole or not at all: a full disk leaves no results file cut mid-line
+        write_atomic(args.out, text.encode())
     else:
-        sys.stdout.write(format_results(rows, fmt))
-    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable", file=sys.stderr)
+        sys.stdout.write(text)
+    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable, {len(skipped)} skipped", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
-        print(f"pneumoscan {args.command}: error: {e}", file=sys.stderr)
+        print(f"pneumoscan {args.command}: error: {shown(str(e))}", file=sys.stderr)
         return 2
 
 

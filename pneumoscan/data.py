@@ -8,10 +8,14 @@ come from the original Kermany file names (``person12_bacteria_45.jpeg``; normal
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .names import file_kind
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -89,19 +93,70 @@ def _skip(entry: Path, kind: str, found: Discovery) -> None:
     found.skipped.append({"path": str(entry), "reason": reason})
 
 
-def _entries_below(folder: Path) -> list[Path]:
-    """Every non-folder entry below ``folder``, sorted. Linked folders are followed (a site's films linked in), each
-    real folder once, so a link to an ancestor cannot loop; pathlib's rglob does not follow them before 3.13."""
+@dataclass(frozen=True)
+class Entry:
+    """One entry found below a folder: an ``image`` to read, an ``unreadable`` one (named like an image, but a
+    broken link, a link loop, a FIFO, ...; or a folder that cannot be listed), or ``skipped`` (junk, not an image,
+    a folder named like an image); every one but an image with its reason."""
+
+    path: Path
+    kind: str  # "image" | "unreadable" | "skipped"
+    reason: str = ""
+
+
+def walk(folder: Path, exclude: Path | None = None) -> list[Entry]:
+    """Every entry below ``folder`` in path order, each accounted for (:class:`Entry`); the one folder walk that
+    discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
+    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. Nothing is opened: a
+    FIFO is only named, never read, so the walk cannot hang."""
+    out: list[Entry] = []
+    skip = os.path.realpath(exclude) if exclude is not None else None
     seen: set[str] = set()
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
+            out.append(Entry(current, "skipped", "output folder of this run (not searched)"))
+            continue
         if real in seen:
-            dirnames[:] = []
+            out.append(Entry(current, "skipped", "folder already searched (a link back to it)"))
             continue
         seen.add(real)
-        out.extend(Path(dirpath, name) for name in filenames)
-    return sorted(out)
+        try:
+            with os.scandir(current) as listing:
+                names = [e.name for e in listing]
+        except OSError as e:
+            out.append(Entry(current, "unreadable", f"cannot list folder: {e.strerror or e}"))
+            continue
+        for name in names:
+            path = current / name
+            kind, reason = _classify(path, path.relative_to(folder))
+            if kind == "folder":
+                pending.append(path)
+                if reason:
+                    out.append(Entry(path, "skipped", reason))
+            else:
+                out.append(Entry(path, kind, reason))
+    return sorted(out, key=lambda e: e.path.parts)
+
+
+def _classify(path: Path, relative: Path) -> tuple[str, str]:
+    """(kind, reason) of one entry: "folder" (reason: why it is listed too), "image", "unreadable" or "skipped"."""
+    try:
+        mode = os.stat(path).st_mode  # through links
+    except OSError as e:
+        problem = {errno.ELOOP: "link loop", errno.ENOENT: "broken link"}.get(e.errno, f"cannot read: {e.strerror}")
+    else:
+        if stat.S_ISDIR(mode):
+            named = path.suffix.lower() in IMAGE_EXTENSIONS
+            return "folder", "folder named like an image (searched inside, not read)" if named else ""
+        problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
+    junk = _is_junk(relative)
+    if problem is None:
+        return ("skipped", junk) if junk else ("image", "")
+    # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
+    return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
 
 
 def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
@@ -110,12 +165,11 @@ def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
         if not class_dir.is_dir() or label not in LABELS:
             _skip(class_dir, "class", found)
             continue
-        for path in _entries_below(class_dir):
-            reason = _is_junk(path.relative_to(class_dir)) or (None if path.is_file() else "broken link or not a file")
-            if reason:
-                found.skipped.append({"path": str(path), "reason": reason})
+        for entry in walk(class_dir):
+            if entry.kind == "image":
+                found.records.append(make_record(entry.path, label, split))
             else:
-                found.records.append(make_record(path, label, split))
+                found.skipped.append({"path": str(entry.path), "reason": entry.reason})
 
 
 def discover(root: Path | str) -> Discovery:

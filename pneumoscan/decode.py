@@ -23,6 +23,8 @@ from PIL import ExifTags, Image, ImageChops
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+from .names import file_kind
+
 Source = str | Path | bytes
 
 # Refuse anything bigger before pixels are decoded (a 12,000 x 12,000 film is 1.44e8; the largest real chest
@@ -76,28 +78,17 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, bo
         # non-blocking: opening a FIFO for reading would otherwise wait forever for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
-            kind = _file_kind(os.fstat(fd).st_mode)
-            if kind:
-                raise DecodeError(f"not a regular file ({kind})")
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise DecodeError(f"not a regular file ({file_kind(mode)})")
             head = f.read(132)
     except FileNotFoundError:
         raise DecodeError("file not found") from None
-    except IsADirectoryError:
-        raise DecodeError("not a regular file (folder)") from None
     except OSError as e:
         raise DecodeError(f"cannot read file: {e.strerror or e}") from None
     if not head:
         raise DecodeError("empty file (0 bytes)")
     return path, dicom or head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
-
-
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is ("FIFO", "socket", ...), None for a regular file: the one place that names them."""
-    if stat.S_ISREG(mode):
-        return None
-    kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
-    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _stream(src: Path | bytes) -> Path | io.BytesIO:

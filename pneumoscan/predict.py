@@ -25,11 +25,13 @@ from rich.progress import Progress
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from .atomic import write_atomic
 from .bundle import load_bundle
-from .data import IMAGE_EXTENSIONS
+from .data import walk
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
 from .metrics import softmax
+from .names import path_text
 from .transforms import to_input
 
 BACKENDS = ("torch", "onnx")
@@ -139,28 +141,29 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
         yield view[:, 0].numpy()
 
 
-def expand_paths(paths: Sequence[str | Path], exclude: Path | None = None) -> list[tuple[str, str | None]]:
-    """(file, error) for every input: files as given, folders searched recursively for JPEG/PNG/DICOM
-    names (hidden files and folders, and anything under ``exclude``, such as the heatmap folder, skipped). A folder
-    without images and an empty path (which would mean the current folder) are error rows."""
+def expand_paths(
+    paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
+) -> list[tuple[str, str | None]]:
+    """(file, error) for every input: files as given, folders walked as discovery walks them (:func:`data.walk`):
+    their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
+    link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
+    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images and
+    an empty path (which would mean the current folder) are error rows."""
     out: list[tuple[str, str | None]] = []
-    skip = exclude.resolve() if exclude is not None else None
     for text in map(str, paths):
         if not text:
             out.append((text, "empty path"))
             continue
         given = Path(text)
         if not given.is_dir():
-            out.append((str(given), None))  # decoding reports missing or unreadable files
+            out.append((str(given), None))  # decoding reports missing, unreadable or special files
             continue
-        found = sorted(
-            p for p in given.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(given).parts)
-            and not (skip is not None and p.resolve().is_relative_to(skip))
-        )  # fmt: skip
-        out.extend((str(p), None) for p in found)
-        if not found:
+        entries = walk(given, exclude)
+        films = [(str(e.path), e.reason or None) for e in entries if e.kind != "skipped"]
+        out.extend(films)
+        if skipped is not None:
+            skipped.extend({"path": str(e.path), "reason": e.reason} for e in entries if e.kind == "skipped")
+        if not films:
             out.append((str(given), "folder holds no JPEG, PNG or DICOM files"))
     return out
 
@@ -191,14 +194,13 @@ def _decoded(
 
 def _write_new(folder: Path, stem: str, data: bytes) -> Path:
     """Write ``folder/stem.png``, or ``stem-2.png``, ... when that name exists: a heatmap never replaces a file,
-    which may be an input film (``--heatmaps`` pointed at the films' own folder) or another image's heatmap."""
+    which may be an input film (``--heatmaps`` pointed at the films' own folder) or another image's heatmap. The file
+    appears whole or not at all (:func:`write_atomic`), so a full disk leaves no broken PNG behind."""
     n = 1
     while True:
         path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
-            with path.open("xb") as f:
-                f.write(data)
-            return path
+            return write_atomic(path, data, exclusive=True)
         except FileExistsError:
             n += 1
 
@@ -219,12 +221,14 @@ def predict_paths(
     etiology: Path | str | None = None,
     heatmap_dir: Path | str | None = None,
     progress: bool = False,
+    skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
     """One row per input image, in input order: ``path, probability, label, threshold`` (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
+    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
 
-    Images are decoded once (JPEGs draft-decoded near the model size, as in training's cache); the Grad-CAM
+    Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
     """
     predictor = Predictor(bundle, batch_size, backend)
@@ -242,7 +246,7 @@ def predict_paths(
             raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be read as "
                              "films on the next run; choose another folder (one inside it is fine)")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    items = expand_paths(paths, exclude=heatmap_dir)
+    items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with Progress(console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
@@ -293,7 +297,10 @@ def _classify(
 
 
 def format_results(rows: list[dict], fmt: str) -> str:
-    """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order, only those that occur) or a ``json`` list."""
+    """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order, only those that occur) or a ``json`` list. Paths are
+    written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot
+    lose every row."""
+    rows = [{k: path_text(v) if k in ("path", "heatmap") and v is not None else v for k, v in row.items()} for row in rows]
     if fmt == "json":
         return json.dumps(rows, indent=2, allow_nan=False)
     if fmt != "csv":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from .decode import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
 from .export import ONNX_NAME, export_onnx, write_onnx_spec
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
+from .names import plain
 from .predict import Predictor
 from .report import plot_training_curves, write_report
 from .split import split_dataset
@@ -276,6 +278,26 @@ def write_history(history: list[dict], run_dir: Path) -> None:
     plot_training_curves(history, run_dir / "curves.png")
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a kill or a full disk keeps the previous checkpoint. Serialised in memory first: torch reports a
+    failed file write as a RuntimeError with a C++ trace, the plain write an OSError that says why."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """What ``--resume`` found, said before training: the checkpoint's state, or None to start from scratch."""
+    if not path.exists():
+        console.print(plain("no checkpoint at ", path, ": starting from scratch"))
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: refuse rather than silently start over
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); delete it to start over") from None
+
+
 def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:
     """Loss (class-weighted like the training loss, so the two curves share a scale), accuracy, AUC, sensitivity
     and specificity at 0.5."""
@@ -328,7 +350,7 @@ def train(
     if ctx.local_rank != 0:
         cache = build_cache(paths, spec)
     for err in cache.errors if ctx.main else []:
-        console.print(f"[yellow]skipped unreadable[/] {err['path']}: {err['reason']}")
+        console.print(plain(("skipped unreadable", "yellow"), " ", err["path"], ": ", err["reason"]))
     readable = set(cache.paths)
     parts = {}
     for name in ("train", "val"):
@@ -360,8 +382,8 @@ def train(
     model = model.to(ctx.device, memory_format=torch.channels_last)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = None
-    if resume and ctx.main and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if resume and ctx.main:
+        state = load_checkpoint(checkpoint_path)
     state = ctx.from_main(state)
     t0 = time.perf_counter()  # the time budget covers the warm start too
     head_is_new = imagenet or bool(fresh)  # a bundle's own trained head is kept, not refitted
@@ -398,7 +420,7 @@ def train(
         if best["stale"] >= cfg.patience:  # the crash came after early stopping had ended training
             start_epoch = cfg.epochs
         if ctx.main:
-            console.print(f"resuming after epoch {state['epoch'] + 1} (step {step}) from {checkpoint_path}")
+            console.print(plain(f"resuming after epoch {state['epoch'] + 1} (step {step}) from ", checkpoint_path))
     if ctx.main:
         console.print(
             f"{cfg.model} on {cfg.task}: {len(train_set)} train / {len(val_set)} val images, {ctx.world} process(es) on "
@@ -484,7 +506,7 @@ def train(
                     "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history),
                     "best": json.dumps(best),
                 }
-                write_atomic(checkpoint_path, lambda p: torch.save(checkpoint, p))  # a kill keeps the previous one
+                save_checkpoint(checkpoint_path, checkpoint)
             ctx.barrier()
             if on_epoch_end:
                 on_epoch_end(epoch)

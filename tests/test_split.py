@@ -147,7 +147,10 @@ def test_linked_folders_are_followed_once_and_broken_links_listed(tmp_path: Path
     (normal / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
     found = discover(tmp_path / "data")
     assert sorted(Path(r.path).name for r in found.records) == ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg", "IM-0003-0001.jpeg"]
-    assert found.skipped == [{"path": str(normal / "gone.jpeg"), "reason": "broken link or not a file"}]
+    assert found.skipped == [
+        {"path": str(normal / "gone.jpeg"), "reason": "broken link"},
+        {"path": str(normal / "loop"), "reason": "folder already searched (a link back to it)"},
+    ]
 
 
 def test_an_empty_dataset_gives_a_reason_not_an_empty_split(tmp_path: Path, capsys) -> None:

@@ -1,0 +1,39 @@
+"""File names as text: in output files (valid UTF-8 whatever the name's bytes) and in messages (one safe line).
+
+Linux file names are bytes; Python keeps those that are not UTF-8 as lone surrogates ("surrogateescape"), which
+cannot be written as UTF-8 and made a whole results file fail. A name may also hold control characters (an ANSI
+escape, a newline) or rich markup (``[/x]``), which must never reach a terminal or a console as such.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from rich.text import Text
+
+
+def path_text(path: str | Path) -> str:
+    """``path`` as valid Unicode: each byte that is not UTF-8 written ``\\xNN`` (``caf\\xe9.jpeg``), the rest as is."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def shown(text: str | Path) -> str:
+    """A path (or a message holding one) for display: :func:`path_text`, with every control or invisible character
+    (ANSI escape, newline, bidi override) written as its escape (``\\x1b``), so it stays one line and prints
+    nothing but itself. Print it with ``markup=False`` or inside :func:`plain` on a rich console."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path_text(text))
+
+
+def plain(*parts: str | Path | tuple[str, str]) -> Text:
+    """A rich line whose ``str``/``Path`` parts are :func:`shown` and never read as markup; ``(text, style)`` parts
+    are the message's own words, styled."""
+    return Text.assemble(*(part if isinstance(part, tuple) else shown(part) for part in parts))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` is called in messages: "FIFO", "socket", "folder", ... ("file" when regular)."""
+    kinds = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "link"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
