@@ -1,0 +1,207 @@
+"""Files as the file system really has them: odd entries accounted for, any name's bytes kept, outputs atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumoscan.cli import main
+from pneumoscan.data import discover
+from pneumoscan.names import path_text, shown
+from pneumoscan.predict import expand_paths, predict_paths
+from pneumoscan.train import save_checkpoint
+
+ROOT = Path(__file__).parents[1]
+LATIN1 = os.fsdecode(b"caf\xe9.jpeg")  # a name from an old Latin-1 zip: not UTF-8
+ANSI = "\x1b[31mred.jpeg"  # would turn a terminal red
+# What the odd entries of odd_folder are, as discovery and predict report them.
+FILM_ERRORS = {
+    "fifo.jpeg": "not a regular file (FIFO)",
+    "sock.png": "not a regular file (socket)",
+    "null.dcm": "not a regular file (character device)",
+    "gone.jpeg": "broken link",
+    "self.jpeg": "link loop",
+}
+SKIPPED = {
+    "pipe": "not an image extension (none); not a regular file (FIFO)",
+    "x.jpeg": "folder named like an image (searched inside, not read)",
+    "notes.txt": "not an image extension (.txt)",
+}
+
+
+def _run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Python in a child process (a hang or a resource limit stays there), with this checkout's package."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)  # fmt: skip
+
+
+@pytest.fixture
+def odd_folder(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """NORMAL/ holding two films and one of each odd entry a file system can have."""
+    folder = tmp_path / "data" / "NORMAL"
+    (folder / "x.jpeg").mkdir(parents=True)  # a folder named like a film, with a film inside
+    films = sorted((tiny_dataset / "test" / "NORMAL").iterdir())
+    shutil.copy(films[0], folder / "good.jpeg")
+    shutil.copy(films[1], folder / "x.jpeg" / "inner.png")
+    os.mkfifo(folder / "fifo.jpeg")
+    os.mkfifo(folder / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "sock.png"))
+    (folder / "null.dcm").symlink_to("/dev/null")
+    (folder / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    (folder / "self.jpeg").symlink_to(folder / "self.jpeg")
+    (folder / "notes.txt").write_text("not a film")
+    return folder
+
+
+def test_discovery_lists_every_odd_entry_with_its_reason(odd_folder: Path) -> None:
+    found = discover(odd_folder.parent)
+    assert [str(Path(r.path).relative_to(odd_folder)) for r in found.records] == ["good.jpeg", "x.jpeg/inner.png"]
+    skipped = {str(Path(s["path"]).relative_to(odd_folder)): s["reason"] for s in found.skipped}
+    assert skipped == {**FILM_ERRORS, **SKIPPED}
+
+
+def test_predict_walks_folders_as_discovery_does(odd_folder: Path, tiny_bundle: Path) -> None:
+    skipped: list[dict] = []
+    items = expand_paths([odd_folder], skipped=skipped)
+    assert {str(Path(p).relative_to(odd_folder)): error for p, error in items} == {
+        "good.jpeg": None, "x.jpeg/inner.png": None, **FILM_ERRORS,
+    }  # fmt: skip
+    assert {Path(s["path"]).name: s["reason"] for s in skipped} == SKIPPED
+    found = discover(odd_folder.parent)  # the same walk: the same films, the same reasons
+    assert [r.path for r in found.records] == [p for p, error in items if error is None]
+    rows = predict_paths(tiny_bundle, [odd_folder], backend="torch")
+    assert {Path(r["path"]).name: r.get("error") for r in rows} == {"good.jpeg": None, "inner.png": None, **FILM_ERRORS}
+
+
+def test_a_fifo_given_directly_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer forever (predict once hung on one); it is refused by its type.
+    A child process, so that a hang fails the test instead of stopping the suite."""
+    os.mkfifo(tmp_path / "film.jpeg")
+    code = "import sys; from pneumoscan.decode import DecodeError, read_gray\ntry: read_gray(sys.argv[1])\nexcept DecodeError as e: print(e)"
+    assert _run(code, str(tmp_path / "film.jpeg"), timeout=60).stdout.strip() == "not a regular file (FIFO)"
+
+
+def test_names_are_shown_escaped() -> None:
+    assert shown(f"/data/{LATIN1}") == "/data/caf\\xe9.jpeg"
+    assert shown(ANSI + "\nnext") == "\\x1b[31mred.jpeg\\nnext"
+    assert shown("a\u202eb") == "a\\u202eb"  # a right-to-left override would reverse what follows
+    assert shown("[bold]x[/x].png") == "[bold]x[/x].png"  # text, printed without markup
+    assert path_text(LATIN1) == "caf\\xe9.jpeg" and path_text(ANSI) == ANSI  # output files keep control characters
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_predict_keeps_every_row_whatever_the_name(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    films = sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())
+    shutil.copy(films[0], folder / "plain.jpeg")
+    shutil.copy(films[1], folder / LATIN1)
+    (folder / ANSI).write_text("not an image")
+    out = tmp_path / f"r.{fmt}"
+    assert main(["predict", str(tiny_bundle), str(folder), "--out", str(out), "--backend", "torch"]) == 1
+    text = out.read_bytes().decode("utf-8")  # valid UTF-8, strictly
+    rows = json.loads(text) if fmt == "json" else [dict(zip(text.splitlines()[0].split(","), line.split(",")))
+                                                    for line in text.splitlines()[1:]]  # fmt: skip
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name.keys() == {"plain.jpeg", "caf\\xe9.jpeg", ANSI}
+    assert float(by_name["caf\\xe9.jpeg"]["probability"]) >= 0 and by_name[ANSI]["error"]
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[31mred.jpeg: not a JPEG, PNG or DICOM image" in err
+    assert "2 predicted, 1 unreadable, 0 skipped" in err
+
+
+FAILED_WRITES = """
+import contextlib, io, json, resource, signal, sys, torch
+from pathlib import Path
+from pneumoscan.cli import main
+from pneumoscan.train import save_checkpoint
+bundle, films, out, maps, checkpoint = sys.argv[1:]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+said = {}
+for name, args in (("results", ["--out", out]), ("heatmaps", ["--heatmaps", maps])):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        said[name] = [main(["predict", bundle, films, "--backend", "torch", *args]), err.getvalue().splitlines()[-1]]
+try:
+    save_checkpoint(Path(checkpoint), {"epoch": 2, "weights": torch.zeros(100_000)})
+except OSError as e:
+    said["checkpoint"] = str(e)
+print(json.dumps(said))
+"""
+
+
+@pytest.fixture(scope="module")
+def failed_writes(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """Predict's results and heatmaps and a checkpoint, each written past a 1,000-byte file size limit (one child
+    process, as torch loads slowly): what each said, and the folder it wrote in."""
+    folder = tmp_path_factory.mktemp("full")
+    (folder / "r.csv").write_text("previous results\n")
+    save_checkpoint(folder / "checkpoint.pt", {"epoch": 1})
+    args = [tiny_bundle, tiny_dataset / "test", folder / "r.csv", folder / "maps", folder / "checkpoint.pt"]
+    run = _run(FAILED_WRITES, *map(str, args))
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1]), folder
+
+
+def test_a_failed_results_write_leaves_the_old_file_and_one_line(failed_writes: tuple[dict, Path]) -> None:
+    said, folder = failed_writes
+    assert said["results"] == [2, f"pneumoscan predict: error: [Errno 27] File too large: '{folder / 'r.csv'}'"]
+    assert (folder / "r.csv").read_text() == "previous results\n"
+
+
+def test_a_failed_heatmap_write_leaves_no_broken_png(failed_writes: tuple[dict, Path]) -> None:
+    said, folder = failed_writes
+    assert said["heatmaps"][0] == 2 and "File too large" in said["heatmaps"][1]
+    assert list((folder / "maps").iterdir()) == []
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[dict, Path]) -> None:
+    said, folder = failed_writes
+    assert said["checkpoint"] == f"[Errno 27] File too large: '{folder / 'checkpoint.pt'}'"
+    assert torch.load(folder / "checkpoint.pt")["epoch"] == 1
+    # nothing half-written anywhere, no temporary file left behind
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "maps", "r.csv"]
+
+
+def _flat(text: str) -> str:
+    """Console output without its whitespace: rich wraps long lines, inside a long path too."""
+    return "".join(text.split())
+
+
+def test_train_and_cache_show_odd_names_and_resume_says_what_it_found(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    normal = data / "train" / "NORMAL"
+    shutil.copy(next(normal.iterdir()), normal / LATIN1)  # readable: trained on
+    (normal / "[").mkdir()
+    (normal / "[" / "x].jpeg").write_text("unreadable, and its path holds the markup [/x]")
+    (normal / ANSI).write_text("unreadable")
+    assert main(["cache", str(data), "--size", "32"]) == 0
+    printed = _flat(capsys.readouterr().out)
+    assert "2unreadable" in printed and "[/x].jpeg" in printed and "\\x1b[31mred.jpeg" in printed
+    run_dir = tmp_path / "run"
+    train = ["train", "--data", str(data), "--out", str(run_dir), "--model", "simple_cnn", "--no-pretrained",
+             "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--resume"]  # fmt: skip
+    assert main(train) == 0
+    printed = _flat(capsys.readouterr().err)
+    assert _flat(f"no checkpoint at {run_dir / 'checkpoint.pt'}: starting from scratch") in printed
+    assert "skippedunreadable" in printed and "\x1b" not in printed and "[/x].jpeg" in printed
+    assert main(train) == 0
+    assert "resumingafterepoch1" in _flat(capsys.readouterr().err)
+    (run_dir / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    assert main(train) == 2
+    assert "cannot resume from" in capsys.readouterr().err
