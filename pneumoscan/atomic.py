@@ -35,6 +35,7 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
         if isinstance(data, bytes):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -57,6 +58,13 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
         tmp.unlink(missing_ok=True)
     _fsync_path(path.parent, directory=True)
     return path
+
+
+def _umask() -> int:
+    """The process's umask, which a file created by open() would get (reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _link_new(tmp: Path, path: Path) -> None:

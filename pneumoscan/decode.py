@@ -33,7 +33,7 @@ MAX_PIXELS = 150_000_000
 # Pixels alone do not bound memory: a 16-bit or colour image holds 2 to 4 bytes a pixel once decoded, and DICOM's
 # rescale and window arithmetic 8 (float64) a sample. Refuse, from the header, any image whose decoded form would
 # exceed this (a 4,300 x 3,500 16-bit radiograph is 30 MB); a JPEG is instead decoded smaller (luma only, then 1/2,
-# 1/4 or 1/8 scale) to fit. Decoding peaks at about twice this per image.
+# 1/4 or 1/8 scale) to fit. Decoding holds at most about 1.5 times this per image.
 MAX_DECODED_BYTES = 256 * 2**20
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
 _PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
