@@ -82,7 +82,7 @@ def film(tmp_path: Path) -> Path:
 
 
 def one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
-    err = capsys.readouterr().err
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if "━" not in line)  # less progress bars
     assert "Traceback" not in err and err.count("\n") == 1 and "error:" in err, err
     for word in words:
         assert word in err, err
@@ -316,3 +316,10 @@ def test_data_fingerprint_changes_when_the_pixels_change(films: list[str], tmp_p
     second = build_cache(films, spec, cache_dir=cache_dir, workers=1)
     np.testing.assert_array_equal(second.images, other)
     assert second.fingerprint == first.fingerprint and second.data_fingerprint != first.data_fingerprint
+
+
+def test_evaluate_stops_on_nan_scores(tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = nan_bundle(tmp_path / "nan")
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys, "non-finite score")
+    assert not (tmp_path / "e" / "metrics.json").exists()
