@@ -3,7 +3,8 @@
 :class:`Predictor` works on preprocessed uint8 batches (evaluation, the web service) with a torch or an ONNX
 Runtime backend; :func:`predict_paths` is the command-line flow over files and folders, with an optional
 bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read becomes a row with an
-``error`` instead of stopping the run.
+``error`` instead of stopping the run, and so does a film the model gives a NaN or infinite score: such a score
+is never turned into a label (:class:`NonFiniteScore`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import logging
 import shutil
 import struct
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from pneumoscan.cache import build_cache
 from pneumoscan.decode import PreprocessSpec, preprocess
 from pneumoscan.export import INPUT, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
-from pneumoscan.serve import create_app
+from pneumoscan.serve import _Batcher, create_app
 
 # ---------------------------------------------------------------- helpers
 
@@ -323,3 +324,41 @@ def test_evaluate_stops_on_nan_scores(tmp_path: Path, tiny_dataset: Path, capsys
     assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e")]) == 2
     one_line_error(capsys, "non-finite score")
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def bright_overflow_bundle(directory: Path) -> Path:
+    """A bundle whose model is finite on dark films and overflows to infinity on any bright one: the bad rows of
+    a batch must be refused without taking the good ones down."""
+    torch.manual_seed(0)
+    model = models.create("simple_cnn")
+    with torch.no_grad():
+        conv = model.features[0]
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 0, 1, 1] = 1e30  # channel 0 = 1e30 x the normalised pixel, 0 after the ReLU when dark
+        model.head[0].weight[:, 0 : 16 * 16] = 1e30  # channel 0's features: 1e60 overflows to inf
+    card = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    return save_bundle(directory, model, card)
+
+
+def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> None:
+    bundle = bright_overflow_bundle(tmp_path / "b")
+    dark, bright = np.full((32, 32), 60, np.uint8), np.full((32, 32), 250, np.uint8)
+    predictor = Predictor(bundle)
+    alone = predictor.probabilities(dark[None])
+    probs, bad = predictor.finite_probabilities(np.stack([dark, bright, dark]))
+    assert bad.tolist() == [False, True, False]
+    assert np.allclose(probs[[0, 2]], alone, atol=1e-6) and np.isnan(probs[1]).all()
+    for name, gray in (("dark", dark), ("bright", bright)):
+        Image.fromarray(gray).save(tmp_path / f"{name}.png")
+    rows = predict_paths(bundle, [tmp_path / "dark.png", tmp_path / "bright.png"], backend="torch")
+    assert rows[0]["label"] in ("NORMAL", "PNEUMONIA") and "error" not in rows[0]
+    assert rows[1].keys() == {"path", "error"} and "non-finite score" in rows[1]["error"]
+    # the web service's batcher: one model call for both, each request hears its own outcome
+    futures = [Future(), Future()]
+    for f in futures:
+        f.set_running_or_notify_cancel()
+    _Batcher(predictor)._run([(dark, futures[0]), (bright, futures[1])])
+    assert np.allclose(futures[0].result(), alone[0], atol=1e-6)
+    with pytest.raises(NonFiniteScore):
+        futures[1].result()
