@@ -73,6 +73,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .cv import cross_validate
+    from .train import load_config
+
+    cfg = load_config(args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
+                      image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained)
+    result = cross_validate(args.data, cfg, args.folds, args.out)
+    for name, s in result["summary"].items():
+        console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
+    console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -196,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")
+    p.add_argument("--data", required=True, help="dataset root (everything but test/ is divided into folds)")
+    p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
+    p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
+    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"), help="default pneumonia")
+    p.add_argument("--model", help="registry name or any timm model")
+    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs per fold")
+    p.add_argument("--time-budget", type=_positive(float), help="minutes per fold")
+    p.add_argument("--image-size", type=_positive(int), help="input side in pixels")
+    p.add_argument("--batch-size", type=_positive(int), help="training batch size")
+    p.add_argument("--seed", type=int, help="seeds the folds and every fold's run")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights (default for pretrained models)")
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", help="metrics, CIs, curves and an HTML report for a bundle on labelled images")
     p.add_argument("bundle")
