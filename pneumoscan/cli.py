@@ -139,6 +139,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, spec_path
 
+    if args.int8:
+        from .quantize import quantize_bundle
+
+        if not args.data:
+            raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv)")
+        out = quantize_bundle(args.bundle, args.data, args.calibration_images)
+        figures = json.loads(spec_path(out).read_text())
+        console.print(f"wrote {out}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
+                      f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
+        return 0
     out = export_onnx(args.bundle, args.out)
     console.print(f"wrote {out} and its preprocessing spec {spec_path(out)}")
     return 0
@@ -241,15 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
-                   help="onnx (default): ONNX Runtime, 2-5x faster on CPU; Grad-CAM always runs in torch")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
+                        "(export --int8); Grad-CAM always runs in torch")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="probabilities and labels for image files and folders (CSV/JSON)")
     p.add_argument("bundle")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx", help="onnx (default) is 2-5x faster on CPU")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="onnx (default) is 2-5x faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
@@ -260,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
+                        "train films, its thresholds chosen again on --data's val films")
+    p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits)")
+    p.add_argument("--calibration-images", type=_positive(int), default=256,
+                   help="with --int8: training films that set the INT8 activation ranges")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered model names")
