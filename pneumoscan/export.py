@@ -29,6 +29,7 @@ _LOAD_ERRORS = (
     ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
     ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.RuntimeException,
 )  # fmt: skip
+INT8_NAME = "model.int8.onnx"  # where `export --int8` (pneumoscan.quantize) writes and `--backend onnx-int8` looks
 INPUT, OUTPUT = "image", "logits"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |P_torch - P_onnx| accepted by the self-check at export time
@@ -178,3 +179,18 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
         raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
                          f"there); {remedy}")
     verify_file(bundle, card, ONNX_NAME, remedy)
+
+
+def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
+    """The INT8 session and its sidecar (thresholds included); refused when the file is missing, was made from
+    other weights, or its thresholds were never chosen."""
+    out = Path(bundle) / INT8_NAME
+    try:
+        sidecar = json.loads(spec_path(out).read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    if not out.exists() or "int8_threshold" not in sidecar:
+        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
+    if sidecar.get("weights_sha256") != weights_digest(bundle):
+        raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
+    return session(out), sidecar
