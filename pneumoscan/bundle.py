@@ -108,6 +108,15 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     _atomic_write(Path(directory) / CARD, lambda p: p.write_text(text))
 
 
+def record_checksum(directory: Path | str, name: str, digest: str | None = None) -> None:
+    """Add the SHA-256 of BUNDLE/NAME (``digest`` when the caller hashed it as written) to bundle.json. A bundle
+    that records no checksum of its weights is left as it is: half a record would refuse its weights."""
+    card = load_card(directory)
+    if WEIGHTS in card.files:
+        card.files[name] = digest or file_sha256(Path(directory) / name)
+        save_card(directory, card)
+
+
 def load_card(directory: Path | str) -> BundleCard:
     data = json.loads((Path(directory) / CARD).read_text())
     if data.get("format_version") != FORMAT_VERSION:

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from .bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_card, verify_file
+from .bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file
 from .metrics import softmax
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,8 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     write_onnx_spec(bundle, out)
-    if out.resolve() == own.resolve() and WEIGHTS in card.files:
-        card.files[ONNX_NAME] = digest
-        save_card(bundle, card)
+    if out.resolve() == own.resolve():
+        record_checksum(bundle, ONNX_NAME, digest)
     return out
 
 
@@ -193,4 +192,10 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
         raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
+    card = load_card(bundle)
+    if card.files:  # a bundle that records checksums: the INT8 file must be the one quantisation wrote
+        remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
+        if INT8_NAME not in card.files:
+            raise ValueError(f"{out}: bundle.json records no checksum for it; {remedy}")
+        verify_file(bundle, card, INT8_NAME, remedy)
     return session(out), sidecar

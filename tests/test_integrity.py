@@ -25,7 +25,7 @@ from pneumoscan import cli, models
 from pneumoscan.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
 from pneumoscan.cache import build_cache
 from pneumoscan.decode import PreprocessSpec, preprocess
-from pneumoscan.export import INPUT, OUTPUT, _check_parity, export_onnx, session, spec_path
+from pneumoscan.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.serve import _Batcher, create_app
 
@@ -362,3 +362,13 @@ def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> No
     assert np.allclose(futures[0].result(), alone[0], atol=1e-6)
     with pytest.raises(NonFiniteScore):
         futures[1].result()
+
+
+def test_int8_model_is_checked_against_its_recorded_checksum(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    assert load_card(bundle).files[INT8_NAME] == file_sha256(bundle / INT8_NAME)
+    Predictor(bundle, backend="onnx-int8")
+    flip_one_bit(bundle / INT8_NAME, (bundle / INT8_NAME).stat().st_size - 100)
+    with pytest.raises(ValueError, match="model.int8.onnx is damaged"):
+        Predictor(bundle, backend="onnx-int8")
