@@ -4,8 +4,9 @@ The cache is keyed by a fingerprint of the file list (path, size, mtime, ctime),
 decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
 chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
 build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
-The index records the SHA-256 of the pixel file as built; every open checks it (about 0.15 s for 190 MB), so
-damaged bytes of the same size are rebuilt, with a warning, instead of being trained or evaluated on.
+The index records the SHA-256 of the pixel file as built; every open checks it (190 MB for the 5,216 training
+films at 192 px: 0.13 s on an idle core with SHA extensions, about 1 s on a loaded 2-core machine), so damaged
+bytes of the same size are rebuilt, with a warning, instead of being trained or evaluated on.
 """
 
 from __future__ import annotations

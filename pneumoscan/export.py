@@ -3,7 +3,8 @@
 The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw ``logits`` (N, C); resizing,
 normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
 ONNX runtime can reproduce the bundle's probabilities. The spec also records the SHA-256 of the bundle's
-weights: a ``model.onnx`` left in a bundle whose weights later changed is detected and not used.
+weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` exported from other weights, or
+damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``.
 """
 
 from __future__ import annotations
