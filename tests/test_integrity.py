@@ -23,7 +23,7 @@ from PIL import Image
 
 from pneumoscan import cli, models
 from pneumoscan.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
-from pneumoscan.cache import build_cache
+from pneumoscan.cache import build_cache, default_cache_dir
 from pneumoscan.decode import PreprocessSpec, preprocess
 from pneumoscan.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
@@ -372,3 +372,10 @@ def test_int8_model_is_checked_against_its_recorded_checksum(tiny_bundle: Path, 
     flip_one_bit(bundle / INT8_NAME, (bundle / INT8_NAME).stat().st_size - 100)
     with pytest.raises(ValueError, match="model.int8.onnx is damaged"):
         Predictor(bundle, backend="onnx-int8")
+
+
+def test_training_records_the_fingerprint_that_covers_the_pixels(tiny_bundle: Path) -> None:
+    """The bundle's data fingerprint is the cache's key combined with the checksum of the pixels it trained on."""
+    indexes = [json.loads(p.read_text()) for p in default_cache_dir().glob("*.json")]
+    covering = {hashlib.sha256(f"{i['fingerprint']}:{i['sha256']}".encode()).hexdigest()[:32] for i in indexes}
+    assert load_card(tiny_bundle).data_fingerprint in covering
