@@ -519,7 +519,7 @@ def train(
         raise ValueError(f"no epoch was validated: the train split has fewer images than one batch ({len(train_set)} "
                          f"for {global_batch}) or the time budget ran out first")
     bundle_dir = finalize(
-        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, len(history), best["epoch"]
+        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.data_fingerprint, len(history), best["epoch"]
     )
     if ctx.world > 1:
         dist.destroy_process_group()
@@ -552,6 +552,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
     predictor = Predictor(bundle_dir, cfg.eval_batch_size, backend="onnx")
     tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
+    card = predictor.card  # as export left it: bundle.json now records model.onnx's checksum too
     card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
     save_card(bundle_dir, card)
     write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)
