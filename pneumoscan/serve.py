@@ -261,7 +261,7 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, bool]:
 
 
 def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
-    """Decoded the way the training cache decodes (JPEG draft-scaled towards ``size``), so inputs match training."""
+    """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match training."""
     try:
         return read_gray(data, target=size, dicom=dicom)
     except DecodeError as e:
