@@ -360,7 +360,7 @@ def format_results(rows: list[dict], fmt: str) -> str:
     """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order, only those that occur) or a ``json`` list. Paths are
     written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot
     lose every row."""
-    rows = [{k: path_text(v) if k in ("path", "heatmap") and v is not None else v for k, v in row.items()} for row in rows]
+    rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
     if fmt == "json":
         return json.dumps(rows, indent=2, allow_nan=False)
     if fmt != "csv":
