@@ -3,7 +3,8 @@
     bundle/
       model.safetensors   weights
       bundle.json         model name and kwargs, task and classes, preprocessing, threshold, temperature,
-                          training data fingerprint, validation metrics, package version
+                          training data fingerprint, validation metrics, package version, evaluations recorded later
+      MODEL_CARD.md       the same facts for people (model_card.py), regenerated whenever bundle.json changes
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class BundleCard:
     train_config: dict = field(default_factory=dict)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
+    # records added after training, without touching the weights (model_card.py): `evaluate --add-to-card` on other
+    # data, and `threshold` choosing a new operating point (the newest record is the one in force)
+    external_evaluations: list = field(default_factory=list)
+    threshold_records: list = field(default_factory=list)
 
     @property
     def spec(self) -> PreprocessSpec:

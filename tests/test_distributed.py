@@ -47,6 +47,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert files == {
         "config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt", "report.html", "metrics.json",
         "best/model.safetensors", "best/bundle.json", "bundle/model.safetensors", "bundle/bundle.json", "bundle/model.onnx", "bundle/model.onnx.json",
+        "bundle/MODEL_CARD.md",
     }, "rank 0 alone writes, and nothing per rank"
 
     # One process scores the same saved weights again. Training scored the validation films in two processes'
