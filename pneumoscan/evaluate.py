@@ -36,10 +36,12 @@ THUMBNAIL = 256
 
 
 def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
-    """Binary metrics for the task's positive class; multiclass tasks add a per-class block under ``multiclass``."""
+    """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
+    per-class block under ``multiclass``."""
     y, prob = binary_targets(targets), positive_probability(probs, task)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
     metrics["positive_class"] = task.positive
+    metrics["threshold_table"] = threshold_table(y, prob, threshold)
     if len(task.classes) > 2:
         metrics["multiclass"] = evaluate_multiclass(targets, probs, task.classes)
     return metrics
@@ -155,7 +157,6 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scores, y = predictor.positive(probs), binary_targets(targets)
     metrics = evaluate_probabilities(probs, targets, task, threshold)
     metrics["unreadable"] = errors
-    metrics["threshold_table"] = threshold_table(y, scores, threshold)
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     name = data_name or Path(data).name + (f"/{split}" if split else "")
     if out_dir is not None:

@@ -74,6 +74,8 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
         for b in blocks:
             for k in rates:
                 b.pop(k)
+    for b in (reported, again):  # counts at many thresholds: a film near one may fall either side, as above
+        b.pop("threshold_table")
     assert_close_report(reported, again)
 
     first = history(run)
