@@ -145,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).write_text(format_results(rows, fmt))
     else:
         sys.stdout.write(format_results(rows, fmt))
-    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable", file=sys.stderr)
+    log.info("%d predicted, %d unreadable", len(rows) - len(failed), len(failed))
     return 1 if failed else 0
 
 
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
     p.add_argument("--add-to-card", action="store_true",
                    help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
-    p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
+    p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("threshold", help="choose a new operating threshold on labelled data, written as a new bundle")

@@ -91,9 +91,9 @@ def _write_csv(path: Path, fields: tuple[str, ...] | list[str], rows: list[dict]
         writer.writerows(rows)
 
 
-def _thumbnail(gray: np.ndarray) -> bytes:
-    image = Image.fromarray(gray)
-    image.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+def _thumbnail(image: Image.Image) -> bytes:
+    """A PNG at most THUMBNAIL pixels high (three panels wide for an overlay), so sixteen keep the report small."""
+    image.thumbnail((3 * THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -128,14 +128,14 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             except DecodeError as e:  # changed since the cache was built: say so, do not stop the report
                 log.warning("gallery: %s: %s", record.path, e)
                 continue
-            png = None
+            image = Image.fromarray(gray)
             if cam and time.monotonic() < deadline:
                 try:
-                    png = overlay_png(gray, explain_array(predictor, gray))
+                    image = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray))))
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
-            items.append((png or _thumbnail(gray), f"{Path(record.path).name}  P = {scores[i]:.3f}"))
+            items.append((_thumbnail(image), f"{Path(record.path).name}  P = {scores[i]:.3f}"))
         gallery[title] = items
     return gallery
 
