@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ from .cache import cache_dataset
 from .data import Record
 from .dataset import Task, binary_targets, get_task, positive_probability, select
 from .decode import DecodeError, PreprocessSpec, read_gray
-from .export import ONNX_NAME, write_onnx_spec
+from .export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
 from .metrics import binary_metrics, choose_threshold, evaluate_binary, evaluate_multiclass, jsonable
 from .model_card import add_evaluation, evaluation_record, today, update_card
 from .predict import TTA_VIEWS, Predictor
@@ -189,13 +190,27 @@ def _policy(target_sensitivity: float | None, max_false_positive_rate: float | N
     return "Youden's J"
 
 
+def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_sensitivity: float | None,
+                max_false_positive_rate: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The policy's plain and TTA thresholds for one way of scoring, with the plain and TTA scores."""
+    plain = predictor.positive(predictor.probabilities(images))
+    tta = predictor.positive(predictor.probabilities(images, tta=True))
+    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
+    try:
+        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
+    except ValueError as e:
+        raise ValueError(f"with test-time augmentation: {e}") from None
+    return threshold, tta_threshold, plain, tta
+
+
 def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: str | None = None,
                 target_sensitivity: float | None = None, max_false_positive_rate: float | None = None,
                 data_name: str | None = None) -> BundleCard:
     """A copy of BUNDLE at OUT with a threshold (and a TTA threshold, from TTA scores) chosen on DATA by one policy:
     a sensitivity target, a false-positive-rate ceiling, or Youden's J when both are None (metrics.choose_threshold).
-    Only bundle.json and MODEL_CARD.md differ from BUNDLE (and the ONNX sidecar, which holds the thresholds);
-    BUNDLE is never changed. A policy the data cannot meet is refused before anything is written."""
+    Only bundle.json, MODEL_CARD.md and the ONNX sidecars (which hold the thresholds) differ from BUNDLE; an INT8
+    model gets its own thresholds again, by the same policy on its own scores. BUNDLE is never changed. A policy
+    the data cannot meet is refused before anything is written."""
     bundle, out = Path(bundle), Path(out)
     load_card(bundle)  # a folder that is no bundle is refused before any scoring
     if out.exists() or out.is_symlink():
@@ -206,13 +221,14 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     y = binary_targets(targets)
-    plain = predictor.positive(predictor.probabilities(images))
-    tta = predictor.positive(predictor.probabilities(images, tta=True))
-    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
-    try:
-        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
-    except ValueError as e:
-        raise ValueError(f"with test-time augmentation: {e}") from None
+    threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
+    int8 = None
+    if (bundle / INT8_NAME).exists():
+        quantized = Predictor(bundle, backend="onnx", session=session(bundle / INT8_NAME))
+        try:
+            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:2]
+        except ValueError as e:
+            raise ValueError(f"INT8 model: {e}") from None
     name = data_name or Path(data).name + (f"/{split}" if split else "")
     policy = f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}"
     at, at_tta = binary_metrics(y, plain, threshold), binary_metrics(y, tta, tta_threshold)
@@ -223,6 +239,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "previous_policy": card.threshold_policy, "threshold": threshold, "tta_threshold": tta_threshold,
         "sensitivity": at["sensitivity"], "specificity": at["specificity"],
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
+        "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
     }
     card = load_card(bundle)
     card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy
@@ -234,6 +251,11 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         update_card(tmp, card)
         if (tmp / ONNX_NAME).exists():
             write_onnx_spec(tmp, tmp / ONNX_NAME)
+        if int8 is not None:
+            sidecar = spec_path(tmp / INT8_NAME)
+            figures = json.loads(sidecar.read_text())
+            figures.update(int8_threshold=int8[0], int8_tta_threshold=int8[1], threshold_policy=policy)
+            sidecar.write_text(json.dumps(figures, indent=2))
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

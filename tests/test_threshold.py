@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pneumoscan.bundle import load_card
 from pneumoscan.data import discover, make_record, write_manifest
 from pneumoscan.dataset import binary_targets, get_task
 from pneumoscan.evaluate import labelled_records
-from pneumoscan.export import ONNX_NAME, spec_path
+from pneumoscan.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.metrics import binary_metrics, choose_threshold
 from pneumoscan.model_card import MODEL_CARD
 from pneumoscan.predict import Predictor
@@ -122,3 +123,21 @@ def test_threshold_refusals_are_one_line_and_write_nothing(
     with pytest.raises(SystemExit) as exit_info:  # a policy is required
         cli.main(["threshold", str(tiny_bundle), str(tiny_dataset), "--out", str(tmp_path / "new")])
     assert exit_info.value.code == 2
+
+
+def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    bundle, out = tmp_path / "bundle", tmp_path / "retuned"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    assert cli.main(["threshold", str(bundle), str(tiny_dataset), "--split", "test", "--youden", "--out", str(out)]) == 0
+    assert (out / INT8_NAME).read_bytes() == (bundle / INT8_NAME).read_bytes()
+    int8 = Predictor(out, backend="onnx-int8")
+    _, images, targets, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), int8.card.spec)
+    y = binary_targets(targets)
+    assert int8.threshold() == choose_threshold(y, int8.positive(int8.probabilities(images)), None)
+    assert int8.threshold(tta=True) == choose_threshold(y, int8.positive(int8.probabilities(images, tta=True)), None)
+    sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
+    assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on chest_xray/test"
+    assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
