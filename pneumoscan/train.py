@@ -326,7 +326,7 @@ def train(
     source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
     spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
     if ctx.main and spec.source_size:
-        log.info("training files: %d x %d JPEG, quality %d; larger inputs are brought down the same way first",
+        log.info("training files: %s x %s JPEG, quality %s; larger inputs are brought down the same way first",
                  spec.source_size, spec.source_size, spec.source_quality)
     paths = [r.path for r in records]
     if ctx.local_rank == 0:  # once per machine (the cache folder may be local); the others then open it read-only
