@@ -13,6 +13,7 @@ almost exactly (on the train folder, val subtype shares stay within 0.1 point of
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.audit import exact_duplicate_groups
 from pneumoscan.data import LABELS, Record, discover
+
+log = logging.getLogger(__name__)
 
 
 def _stratum(rec: Record) -> str:
@@ -52,6 +55,17 @@ def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]])
     return sorted(units.values())  # by first record index, so the shuffle below depends on the seed only
 
 
+def _warn_unnamed(records: Sequence[Record]) -> None:
+    """Say when file names gave no patient id (the id is then the file's own stem): each such image is a group of
+    its own, so one child's films can land on both sides, and a user must know the split is by image there."""
+    unnamed = sum(r.patient == Path(r.path).stem for r in records)
+    if unnamed and unnamed == len(records):
+        log.warning("no patient ids in file names: %d images split as %d groups, one per image", unnamed, unnamed)
+    elif unnamed:
+        log.warning("no patient id in %d of %d file names: those images are split as %d groups, one per image",
+                    unnamed, len(records), unnamed)  # fmt: skip
+
+
 def patient_split(
     records: Sequence[Record],
     val_fraction: float = 0.15,
@@ -62,6 +76,7 @@ def patient_split(
     on both sides, and val's class and subtype mix follows the whole."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    _warn_unnamed(records)
     units = _units(records, duplicate_groups or [])
     target = {k: round(val_fraction * n) for k, n in Counter(_stratum(r) for r in records).items()}
     in_val: Counter[str] = Counter()
