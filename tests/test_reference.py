@@ -18,7 +18,7 @@ from torch import nn
 from pneumoscan import models
 from pneumoscan.cli import main
 from pneumoscan.data import discover, parse_name
-from pneumoscan.dataset import get_task
+from pneumoscan.dataset import get_task, select
 from pneumoscan.split import split_dataset, split_summary
 from pneumoscan.train import TrainConfig, load_config, train
 from pneumoscan.transforms import Augment, to_input, train_transform
@@ -257,6 +257,9 @@ def test_mendeley_names_give_subtypes_and_a_patient_grouped_split(mendeley: Path
     records = discover(mendeley).records
     assert {r.subtype for r in records} == {"normal", "bacteria", "virus"}
     assert len({r.patient for r in records}) == 31
+    # the subtype tasks find every film they should: all three kinds for multiclass, the pneumonias for etiology
+    assert len(select(records, get_task("multiclass"))[0]) == len(records)
+    assert len(select(records, get_task("etiology"))[0]) == sum(r.label == "PNEUMONIA" for r in records) > 0
     with caplog.at_level(logging.WARNING, logger="pneumoscan.split"):
         split = split_dataset(mendeley, val_fraction=0.3, seed=0)
     assert not caplog.records  # every file name carries its patient
