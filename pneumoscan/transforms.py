@@ -85,11 +85,13 @@ def normalize(mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 def _margin(size: int, augment: Augment) -> int:
-    """Pixels of border the affine step can reach outside a size x size film: the corner's distance from the
-    centre, grown by the largest zoom-out and shear, plus the largest shift. Padding this much first (edge or
-    mirror) lets torchvision's affine, which only fills with a constant, fill the Keras ways."""
-    smallest = 1.0 - augment.zoom_range
-    corner = size / 2 * math.sqrt(2) * (1 + math.tan(math.radians(abs(augment.shear)))) / smallest
+    """Pixels of border the affine step can reach outside a size x size film: how far along an axis an output
+    corner maps back, grown by the largest zoom-out, rotation (at most cos + sin of the angle) and shear, plus the
+    largest shift. Padding this much first (edge or mirror) lets torchvision's affine, which only fills with a
+    constant, fill the Keras ways; a tight margin keeps the padded image, and so the cost, small."""
+    turn = math.radians(min(abs(augment.rotation), 45.0))
+    corner = size / 2 / (1.0 - augment.zoom_range) * (math.cos(turn) + math.sin(turn))
+    corner *= 1 + math.tan(math.radians(abs(augment.shear)))
     return max(0, math.ceil(corner + augment.shift * size - size / 2))
 
 
@@ -99,12 +101,14 @@ def _affine(size: int, augment: Augment) -> list[v2.Transform]:
     if augment.fill_mode == "constant":
         return [v2.RandomAffine(degrees=augment.rotation, translate=(augment.shift, augment.shift), scale=scale,
                                 shear=augment.shear)]  # fmt: skip
-    pad = _margin(size, augment)
-    if augment.fill_mode == "reflect":  # a mirror is at most one film wide
-        pad = min(pad, size - 1)
-    shift = augment.shift * size / (size + 2 * pad)  # torchvision's shift is a fraction of the padded side
+    margin, side, pads = _margin(size, augment), size, []
+    while margin > 0:  # a mirror reaches at most one image width (less one pixel): mirror the mirrored image again
+        step = margin if augment.fill_mode == "nearest" else min(margin, side - 1)
+        pads.append(v2.Pad(step, padding_mode=_PAD_MODE[augment.fill_mode]))
+        margin, side = margin - step, side + 2 * step
+    shift = augment.shift * size / side  # torchvision's shift is a fraction of the padded side
     return [
-        v2.Pad(pad, padding_mode=_PAD_MODE[augment.fill_mode]),
+        *pads,
         v2.RandomAffine(degrees=augment.rotation, translate=(shift, shift), scale=scale, shear=augment.shear),
         v2.CenterCrop(size),
     ]

@@ -159,11 +159,12 @@ def test_zoom_range_zooms_in_and_out_and_constant_fill_leaves_a_black_border() -
 
 @pytest.mark.parametrize("fill_mode", ["nearest", "reflect"])
 def test_nearest_and_reflect_fill_from_the_film_itself(fill_mode: str) -> None:
-    """A uniform film stays uniform under zoom-out, shift, rotation and shear: the border comes from the film."""
-    augment = Augment(**{**vars(Augment.off()), "zoom_range": 0.3, "shift": 0.1, "rotation": 20.0, "shear": 10.0})
-    flat = torch.full((1, 40, 40), 200, dtype=torch.uint8)
-    assert (_draws(augment, flat, 20) == 0).any()  # the constant fill brings black in
-    assert (_draws(Augment(**{**vars(augment), "fill_mode": fill_mode}), flat, 20) == 200).all()
+    """A uniform film stays uniform under zoom-out, shift, rotation and shear, even at large ranges that reach more
+    than a film's width beyond its edge: the border comes from the film."""
+    augment = Augment(**{**vars(Augment.off()), "zoom_range": 0.5, "shift": 0.2, "rotation": 45.0, "shear": 20.0})
+    flat = torch.full((1, 24, 24), 200, dtype=torch.uint8)
+    assert (_draws(augment, flat) == 0).any()  # the constant fill brings black in
+    assert (_draws(Augment(**{**vars(augment), "fill_mode": fill_mode}), flat, 80) == 200).all()
 
 
 def test_reflect_mirrors_where_nearest_repeats_the_edge() -> None:
