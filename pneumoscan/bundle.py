@@ -4,8 +4,9 @@
       model.safetensors   weights
       model.onnx          the same model for ONNX Runtime (pneumoscan export; training writes it)
       bundle.json         model name and kwargs, task and classes, preprocessing, threshold, temperature,
-                          training data fingerprint, validation metrics, package version, and the SHA-256
-                          of model.safetensors and model.onnx as written ("files")
+                          training data fingerprint, validation metrics, package version, the SHA-256
+                          of model.safetensors and model.onnx as written ("files"), evaluations recorded later
+      MODEL_CARD.md       the same facts for people (model_card.py), regenerated whenever bundle.json changes
 
 Every load checks the weights against the recorded SHA-256: damaged bytes of the same size load without error
 and give wrong or NaN scores, so a mismatch is refused (ValueError) rather than used. bundle.json itself is not
@@ -63,6 +64,10 @@ class BundleCard:
     format_version: int = FORMAT_VERSION
     # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
     files: dict[str, str] = field(default_factory=dict)
+    # records added after training, without touching the weights (model_card.py): `evaluate --add-to-card` on other
+    # data, and `threshold` choosing a new operating point (the newest record is the one in force)
+    external_evaluations: list = field(default_factory=list)
+    threshold_records: list = field(default_factory=list)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -154,7 +159,8 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, **card.model_kwargs)
+    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, image_size=card.size,
+                          **card.model_kwargs)
     model.load_state_dict(_read_weights(directory, card))
     return model.eval(), card
 

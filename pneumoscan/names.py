@@ -11,8 +11,6 @@ import os
 import stat
 from pathlib import Path
 
-from rich.text import Text
-
 
 def path_text(path: str | Path) -> str:
     """``path`` as valid Unicode: each byte that is not UTF-8 written ``\\xNN`` (``caf\\xe9.jpeg``), the rest as is."""
@@ -22,14 +20,9 @@ def path_text(path: str | Path) -> str:
 def shown(text: str | Path) -> str:
     """A path (or a message holding one) for display: :func:`path_text`, with every control or invisible character
     (ANSI escape, newline, bidi override) written as its escape (``\\x1b``), so it stays one line and prints
-    nothing but itself. Print it with ``markup=False`` or inside :func:`plain` on a rich console."""
+    nothing but itself. On a rich console, print it with markup off (the command line's log handler has it off),
+    so that brackets in a name are not read as markup."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path_text(text))
-
-
-def plain(*parts: str | Path | tuple[str, str]) -> Text:
-    """A rich line whose ``str``/``Path`` parts are :func:`shown` and never read as markup; ``(text, style)`` parts
-    are the message's own words, styled."""
-    return Text.assemble(*(part if isinstance(part, tuple) else shown(part) for part in parts))
 
 
 def file_kind(mode: int) -> str:

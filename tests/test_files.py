@@ -191,7 +191,7 @@ def test_train_and_cache_show_odd_names_and_resume_says_what_it_found(
     (normal / "[" / "x].jpeg").write_text("unreadable, and its path holds the markup [/x]")
     (normal / ANSI).write_text("unreadable")
     assert main(["cache", str(data), "--size", "32"]) == 0
-    printed = _flat(capsys.readouterr().out)
+    printed = _flat(capsys.readouterr().err)
     assert "2unreadable" in printed and "[/x].jpeg" in printed and "\\x1b[31mred.jpeg" in printed
     run_dir = tmp_path / "run"
     train = ["train", "--data", str(data), "--out", str(run_dir), "--model", "simple_cnn", "--no-pretrained",
