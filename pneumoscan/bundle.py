@@ -78,6 +78,16 @@ class BundleCard:
     def model_id(self) -> str:
         return f"{self.model}-{self.task}-{self.data_fingerprint[:8] or 'untracked'}"
 
+    @property
+    def threshold_targets(self) -> tuple[float | None, float | None]:
+        """(target sensitivity, max false-positive rate) of the policy in force, as metrics.choose_threshold takes
+        them (both None: Youden's J): the newest `threshold` record's, else training's. A model scored another way
+        (INT8) chooses its own thresholds by the same policy."""
+        if self.threshold_records:
+            newest = self.threshold_records[-1]
+            return newest.get("target_sensitivity"), newest.get("max_false_positive_rate")
+        return self.train_config.get("target_sensitivity", 0.95), None
+
 
 def file_sha256(path: Path | str) -> str:
     """``sha256:HEX`` of a file's bytes, the form bundle.json records."""

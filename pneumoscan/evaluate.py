@@ -237,6 +237,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": len(errors),
         "previous_threshold": card.threshold, "previous_tta_threshold": card.tta_threshold,
         "previous_policy": card.threshold_policy, "threshold": threshold, "tta_threshold": tta_threshold,
+        "target_sensitivity": target_sensitivity, "max_false_positive_rate": max_false_positive_rate,
         "sensitivity": at["sensitivity"], "specificity": at["specificity"],
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
         "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
