@@ -158,8 +158,9 @@ def _dicom_gray(ds: Dataset) -> np.ndarray:
             arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
         elif photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
-    except Exception as e:  # compressed syntax without a decoder plugin, broken LUTs, short pixel data, ...
-        raise DecodeError(f"cannot decode DICOM pixel data: {e}") from None
+    except Exception as e:  # a damaged codestream, a syntax no installed plugin decodes, broken LUTs, short data...
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # pydicom: one per plugin
+        raise DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
     if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
@@ -168,6 +169,15 @@ def _dicom_gray(ds: Dataset) -> np.ndarray:
     # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
     gray = _minmax_u8(arr)
     return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
+def _syntax(ds: Dataset) -> str:
+    """The transfer syntax's name, for a reason that says which codec a file needs."""
+    try:
+        uid = ds.file_meta.TransferSyntaxUID
+        return uid.name if uid.is_transfer_syntax else f"unknown transfer syntax {uid}"
+    except Exception:
+        return "no transfer syntax recorded"
 
 
 def _minmax_u8(arr: np.ndarray) -> np.ndarray:
@@ -196,6 +206,13 @@ def image_info(source: Source) -> dict:
         if table is not None and len(table) == 64:  # a damaged file may lack its luminance table
             quality = int(np.abs(_luma_tables() - np.array(table)).sum(axis=1).argmin()) + 1
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
+
+
+def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
+    """The DICOM header (pixel data left unread), or None for a JPEG/PNG; the same test for DICOM as
+    :func:`read_gray`, so a file is checked (interop.dicom_scope) as it was decoded."""
+    src, is_dicom = _check_source(source, dicom)
+    return _read_dicom(src, header_only=True) if is_dicom else None
 
 
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
