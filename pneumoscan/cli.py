@@ -108,10 +108,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if Path(args.out).is_dir():
             raise IsADirectoryError(f"--out {args.out} is a folder")
+    if args.dicom_sr or args.fhir:
+        from .interop.reports import check_reportable
+
+        check_reportable(args.bundle)
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True,
     )  # fmt: skip
+    if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
+        from .interop.reports import write_reports
+
+        write_reports(rows, args.bundle, args.dicom_sr, args.fhir)
     failed = [row for row in rows if "error" in row]
     for row in failed:
         print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
@@ -225,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
     p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
+                                                     "Secondary Capture with --heatmaps) in the film's study")
+    p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")

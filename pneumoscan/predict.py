@@ -29,6 +29,7 @@ from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
+from .interop.dicom_scope import describe
 from .metrics import softmax
 from .transforms import to_input
 
@@ -38,6 +39,7 @@ BACKENDS = ("torch", "onnx")
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
+    "warnings", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 
@@ -220,7 +222,8 @@ def predict_paths(
     heatmap_dir: Path | str | None = None,
     progress: bool = False,
 ) -> list[dict]:
-    """One row per input image, in input order: ``path, probability, label, threshold`` (plus
+    """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
+    checks of :mod:`.interop.dicom_scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
 
@@ -253,7 +256,7 @@ def predict_paths(
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
                     continue
-                row = {"path": path, **next(results)}
+                row = {"path": path, **next(results), **describe(path)}  # scope warnings, DICOM UIDs
                 if heatmap_dir is not None:
                     png = overlay_png(gray, explain_array(predictor, gray))
                     row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
@@ -302,5 +305,6 @@ def format_results(rows: list[dict], fmt: str) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    # a list (the scope warnings) is one cell, its items joined
+    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
     return buf.getvalue()
