@@ -131,6 +131,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from .interop.dicomweb import predict_study
+    from .predict import format_results
+
+    rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
+                         backend=args.backend)
+    text = format_results(rows, "json")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text + "\n")
+    failed = [row for row in rows if "error" in row]
+    for row in failed:
+        print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
+    stored = sum(len(row.get("stored", [])) for row in rows)
+    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable, {stored} reports stored", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, spec_path
 
@@ -237,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "Secondary Capture with --heatmaps) in the film's study")
     p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("pacs", help="score a study's films from a PACS over DICOMweb; --store sends the SRs back")
+    p.add_argument("bundle", help="a pneumonia (or multiclass) bundle")
+    p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host:8042/dicom-web")
+    p.add_argument("--study", required=True, help="StudyInstanceUID")
+    p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
+    p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
+    p.add_argument("--out", help="results JSON (default: stdout)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx")
+    p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
     p.add_argument("bundle")

@@ -8,12 +8,19 @@ import email
 import io
 import json
 import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.observation import Observation
 from PIL import Image
@@ -380,3 +387,97 @@ def test_api_logs_no_patient_data(client: TestClient, film: np.ndarray, caplog: 
         assert post(client, data, format=fmt).status_code == 200
     assert caplog.records  # httpx logs each request: capture works
     assert NAME not in caplog.text and "Doe" not in caplog.text and PATIENT_ID not in caplog.text
+
+
+# ---------------------------------------------------------------- PACS over DICOMweb (a real Orthanc)
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"  # Debian packages orthanc, orthanc-dicomweb (make test)
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Orthanc with its DICOMweb plugin on a free port, its storage in a temporary folder; yields the HTTP root."""
+    assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
+    folder = tmp_path_factory.mktemp("orthanc")
+    port = _free_port()
+    config = {
+        "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }  # fmt: skip
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("w")
+    proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"Orthanc exited:\n{(folder / 'orthanc.log').read_text()}"
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            try:
+                if httpx.get(f"{url}/system", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_pacs_reads_a_study_and_stores_its_reports(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    study = generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film[::-1], StudyInstanceUID=study,
+                                                                         ViewPosition="LL")]
+    other = chest_dicom(film)  # another study on the same server: not read
+    for data in (*uploads, other):
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    args = ["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store", "--heatmaps",
+            "--out", str(out), "--backend", "torch"]  # fmt: skip
+    assert cli.main(args) == 0
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads)}
+    assert rows.keys() == sources.keys()
+    assert all(r["path"].startswith(f"{orthanc}/dicom-web/studies/{study}/series/") for r in rows.values())
+    assert [w.split(" ")[0] for r in rows.values() for w in r["warnings"]] == ["lateral"]
+    # what the PACS now holds, read back over DICOMweb
+    client = DICOMwebClient(url=f"{orthanc}/dicom-web")
+    found = client.search_for_instances(study_instance_uid=study)
+    held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
+    reports = [ds for ds in held if ds.Modality == "SR"]
+    overlays = [ds for ds in held if ds.get("Manufacturer") == "pneumoscan" and ds.Modality == "OT"]
+    assert len(reports) == len(overlays) == 2 and len(held) == 6
+    for sr_ds in reports:
+        sop = sr_ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
+            0].ReferencedSOPInstanceUID
+        row = rows[sop]
+        assert sr_ds.SOPInstanceUID in row["stored"]
+        check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle)
+    # a second run does not read the reports and overlays it stored as films
+    assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json")]) == 0
+    assert {r["sop_instance_uid"] for r in json.loads((tmp_path / "again.json").read_text())} == sources.keys()
+    assert NAME not in caplog.text and PATIENT_ID not in caplog.text
+    assert NAME not in capsys.readouterr().err
+
+
+def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", generate_uid()]) == 2
+    assert "not found" in capsys.readouterr().err
+    dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", dead, "--study", generate_uid()]) == 2
+    err = capsys.readouterr().err
+    assert f"DICOMweb at {dead}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
