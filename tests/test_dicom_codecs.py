@@ -41,6 +41,19 @@ def test_every_compressed_syntax_has_a_decoder(syntax: uid.UID) -> None:
     assert decoder.is_available, f"{syntax.name}: {decoder.missing_dependencies}"
 
 
+def test_jpeg_ls_reads_the_same_through_charls_and_libjpeg(film: np.ndarray) -> None:
+    """decode prefers CharLS (pyjpegls, ~4x faster) for JPEG-LS; both plugins must give the same pixels."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film)))
+    ds.compress(uid.JPEGLSLossless)
+    assert {"pyjpegls", "pylibjpeg"} <= set(get_decoder(uid.JPEGLSLossless).available_plugins)
+    arrays = []
+    for plugin in ("pyjpegls", "pylibjpeg"):
+        ds.pixel_array_options(decoding_plugin=plugin)
+        arrays.append(ds.pixel_array)
+    np.testing.assert_array_equal(arrays[0], film)
+    np.testing.assert_array_equal(arrays[1], film)
+
+
 @pytest.mark.parametrize("bits", [8, 12])
 @pytest.mark.parametrize("syntax", ENCODED_SYNTAXES, ids=lambda s: s.name)
 def test_lossless_compression_of_a_real_film_reads_back_exactly(film: np.ndarray, syntax: uid.UID, bits: int) -> None:
