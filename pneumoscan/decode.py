@@ -175,7 +175,8 @@ def _dicom_gray(ds: Dataset) -> np.ndarray:
         elif photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
     except Exception as e:  # a damaged codestream, a syntax no installed plugin decodes, broken LUTs, short data...
-        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # pydicom: one per plugin
+        # pydicom lists each plugin's reason on its own line, under a heading that ends in ':'
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":; ", ": ")
         raise DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
     if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
