@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -117,6 +119,37 @@ def _pillow_gray(im: Image.Image, target: int | None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- DICOM
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def redact(text: str) -> str:
+    """``text`` with every quoted value replaced by ``'...'``: pydicom and highdicom quote element values in their
+    messages ("Invalid value for VR DA: '...'"), and the value may be a patient's name, id or birth date."""
+    return _QUOTED.sub("'...'", text)
+
+
+class _RedactValues(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+def keep_dicom_values_out_of_logs(*packages: str) -> None:
+    """Redact the log records of these packages' loggers (those that exist now and the package's own), and silence
+    their UserWarnings, which repeat the same messages unredacted on stderr (pydicom logs each one as well, so the
+    redacted record is still there). Per logger and filter rather than a ``catch_warnings`` block, because decoding
+    runs in threads and ``catch_warnings`` swaps process-wide state."""
+    for package in packages:
+        names = [n for n in logging.root.manager.loggerDict if n == package or n.startswith(package + ".")]
+        for name in {package, *names}:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactValues) for f in logger.filters):
+                logger.addFilter(_RedactValues())
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{re.escape(package)}(\.|$)")
+
+
+keep_dicom_values_out_of_logs("pydicom")
 
 
 def _read_dicom(src: Path | bytes, header_only: bool) -> Dataset:

@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .decode import DecodeError, read_dicom_header, read_gray
+from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
 from .interop.dicom_scope import describe
@@ -282,7 +282,7 @@ def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None
         if png is not None:
             parts.append(sr.dicom_bytes(sr.build_heatmap_sc(source, png, model, version)))
     except (ValueError, DecodeError) as e:  # a source without its UIDs, a model that does not read pneumonia
-        raise Rejected(422, f"cannot report this reading: {e}") from None
+        raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)
     boundary = f"pneumoscan-{os.urandom(12).hex()}"

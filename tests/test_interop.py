@@ -10,7 +10,9 @@ import json
 import logging
 import shutil
 import socket
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +184,39 @@ def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_resul
             assert secret not in text
     # the SR does hold the patient module: that is the report a PACS files with the patient
     assert any(str(pydicom.dcmread(p).PatientName) == NAME for p in (tmp_path / "sr").iterdir())
+
+
+def test_pydicom_log_records_are_redacted(film: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    ds = header(film)
+    with pytest.warns(UserWarning, match="Sekrit"):  # pytest resets warning filters per test; a real run ignores it
+        ds.PatientBirthDate = "Sekrit"  # pydicom validates the value, warns and logs, quoting it
+    assert "Invalid value for VR DA: '...'" in caplog.text and "Sekrit" not in caplog.text
+
+
+def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Path, film: np.ndarray,
+                                                                  tmp_path: Path) -> None:
+    """pydicom and highdicom quote a malformed value in their warnings and logs; in a fresh process (its own
+    warning filters and log handlers, as a user runs it) none of those values may reach stderr or the results."""
+    secret = "Sekrit"
+    with pydicom.config.disable_value_validation():  # write the malformed values a real file may hold
+        # one component: highdicom warns that it is "unlikely to represent the intended person name", quoting it
+        bad_name = chest_dicom(film, PatientName=secret * 20, PatientID=secret * 20, PatientAge=secret)
+        bad_date = chest_dicom(film, PatientName=secret + "^Jane", PatientBirthDate=secret)
+    (tmp_path / "a.dcm").write_bytes(bad_name)
+    (tmp_path / "b.dcm").write_bytes(bad_date)
+    out = tmp_path / "r.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "pneumoscan", "predict", str(tiny_bundle), str(tmp_path / "a.dcm"),
+         str(tmp_path / "b.dcm"), "--out", str(out), "--backend", "torch", "--dicom-sr", str(tmp_path / "sr"),
+         "--fhir", str(tmp_path / "fhir")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert rows["a.dcm"]["dicom_sr"] and "no DICOM SR written: Unable to convert '...'" in rows["b.dcm"]["warnings"]
+    for text in (run.stdout, run.stderr, out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())):
+        assert secret not in text
 
 
 # ---------------------------------------------------------------- DICOM SR and Secondary Capture

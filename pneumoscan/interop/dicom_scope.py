@@ -42,12 +42,16 @@ _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 def _text(ds: Dataset, keyword: str) -> str:
     """An element as stripped upper-case text; '' when absent, empty or unreadable (a damaged tag is 'not recorded',
-    and the decoder has already refused what it cannot read)."""
+    and the decoder has already refused what it cannot read). Read as stored, without pydicom's conversion: its
+    warnings about a malformed value quote the value, and a birth date is the patient's."""
     try:
-        value = ds.get(keyword)
+        element = ds.get_item(keyword)
     except Exception:
         return ""
-    return "" if value is None else str(value).strip().upper()
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return "" if value is None else str(value).strip(" \x00").upper()
 
 
 def _date(text: str) -> date | None:

@@ -19,6 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ..decode import keep_dicom_values_out_of_logs
+
+keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 MANUFACTURER = "pneumoscan"
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
