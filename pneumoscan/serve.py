@@ -286,7 +286,8 @@ def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)
     boundary = f"pneumoscan-{os.urandom(12).hex()}"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in parts)
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts)
     return Response(body + f"--{boundary}--\r\n".encode(), headers=headers,
                     media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 

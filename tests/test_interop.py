@@ -329,7 +329,8 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
 
 def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    args = ["predict", str(tiny_bundle), str(films["in_scope"].parent), "--out", str(out), "--fhir", str(tmp_path / "f")]
+    folder = films["in_scope"].parent
+    args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--fhir", str(tmp_path / "f")]
     assert cli.main(args) == 0
     for row in json.loads(out.read_text()):
         obs = Observation.model_validate_json(Path(row["fhir"]).read_text())  # R4B: refuses anything invalid

@@ -68,7 +68,8 @@ def age_years(ds: Dataset) -> float | None:
     if match:
         return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
     born = _date(_text(ds, "PatientBirthDate"))
-    taken = next(filter(None, (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))), None)
+    dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))
+    taken = next(filter(None, dates), None)
     if born is None or taken is None or taken < born:
         return None
     return (taken - born).days / 365.25

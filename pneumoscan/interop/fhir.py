@@ -3,8 +3,8 @@
 R4B is the release fhir.resources ships for R4 (the Observation resource is the same in R4 and R4B). The Observation
 is ``preliminary`` (software reading, no clinician has confirmed it), names the model as a contained Device, points
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
-the series and instance UIDs are in its display text), and carries the scope warnings as notes. It holds no patient name or id: the
-receiving system links it to the patient through the study.
+the series and instance UIDs are in its display text), and carries the scope warnings as notes. It holds no
+patient name or id: the receiving system links it to the patient through the study.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .sr import _check_result, finding_present
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
 UCUM = "http://unitsofmeasure.org"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 LOCAL = "urn:pneumoscan"  # codes with no standard equivalent (the decision threshold)
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
 
@@ -54,9 +55,7 @@ def build_observation(result: dict, model_name: str, model_version: str) -> Obse
             "manufacturer": "pneumoscan",
         }],
         "status": "preliminary",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging", "display": "Imaging",
-        }]}],
+        "category": [{"coding": [{"system": CATEGORY, "code": "imaging", "display": "Imaging"}]}],
         "code": _concept(SNOMED, "233604007", "Pneumonia"),
         "bodySite": _concept(SNOMED, "51185008", "Thoracic structure"),
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),

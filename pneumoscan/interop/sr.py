@@ -51,7 +51,7 @@ def _check_result(result: dict) -> None:
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
     if result.get("task") not in ("pneumonia", "multiclass"):
-        raise ValueError(f"DICOM SR and FHIR results report pneumonia: a {result.get('task')} model's result is not one")
+        raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
 
 
 def finding_present(result: dict) -> bool:
