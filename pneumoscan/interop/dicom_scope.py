@@ -16,7 +16,7 @@ from datetime import date
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ..decode import DecodeError, Source, image_info, read_dicom_header
+from ..decode import Source, image_info, read_dicom_header
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
@@ -147,7 +147,7 @@ def describe(source: Source, dicom: bool = False) -> dict:
             info = image_info(source)
             width, height = info["width"], info["height"]
         else:
-            width, height = int(ds.Columns), int(ds.Rows)
-    except DecodeError as e:  # decoded a moment ago: changed or removed since
+            width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+    except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
         return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
     return {**(identifiers(ds) if ds is not None else {}), "warnings": scope_warnings(ds, width, height)}
