@@ -260,7 +260,7 @@ def image_info(source: Source) -> dict:
 
 def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
     """The DICOM header (pixel data left unread), or None for a JPEG/PNG; the same test for DICOM as
-    :func:`read_gray`, so a file is checked (interop.dicom_scope) as it was decoded."""
+    :func:`read_gray`, so a file is checked (scope.py) as it was decoded."""
     src, is_dicom = _check_source(source, dicom)
     return _read_dicom(src, header_only=True) if is_dicom else None
 

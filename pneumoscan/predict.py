@@ -30,7 +30,7 @@ from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
-from .interop.dicom_scope import describe
+from .scope import describe
 from .metrics import softmax
 from .transforms import to_input
 
@@ -234,7 +234,7 @@ def predict_paths(
     progress: bool = False,
 ) -> list[dict]:
     """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
-    checks of :mod:`.interop.dicom_scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
+    checks of :mod:`.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
 

@@ -34,7 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
-from .interop.dicom_scope import describe
+from .scope import describe
 from .predict import Predictor, check_stages
 
 STATIC = Path(__file__).parent / "static"

@@ -35,7 +35,7 @@ from pneumoscan import cli
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.export import weights_digest
-from pneumoscan.interop.dicom_scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.predict import predict_paths
 from pneumoscan.serve import create_app

@@ -1,6 +1,7 @@
-"""Interoperability with hospital systems: DICOM scope checks and identifiers (:mod:`.dicom_scope`), results as a
-DICOM Structured Report and Secondary Capture (:mod:`.sr`) or a FHIR R4 Observation (:mod:`.fhir`).
+"""Interoperability with hospital systems: results as a DICOM Structured Report and Secondary Capture (:mod:`.sr`),
+as a FHIR R4 Observation (:mod:`.fhir`), written next to `predict` results (:mod:`.reports`), and a study read from
+and written back to a PACS over DICOMweb (:mod:`.dicomweb`). The scope checks and DICOM identifiers every result
+carries live a layer lower, in :mod:`pneumoscan.scope`.
 
-Submodules are imported on demand: :mod:`.dicom_scope` needs only pydicom (predict and serve use it on every
-film), while :mod:`.sr` and :mod:`.fhir` load highdicom and fhir.resources only when a report is asked for.
+Submodules are imported on demand, so highdicom, fhir.resources and dicomweb-client load only when asked for.
 """

@@ -16,7 +16,7 @@ from datetime import date
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ..decode import Source, image_info, read_dicom_header
+from .decode import Source, image_info, read_dicom_header
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
