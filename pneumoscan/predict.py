@@ -30,8 +30,8 @@ from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
-from .scope import describe
 from .metrics import softmax
+from .scope import describe
 from .transforms import to_input
 
 BACKENDS = ("torch", "onnx", "onnx-int8")

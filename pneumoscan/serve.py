@@ -34,8 +34,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
-from .scope import describe
 from .predict import Predictor, check_stages
+from .scope import describe
 
 STATIC = Path(__file__).parent / "static"
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
@@ -281,7 +281,7 @@ def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None
         parts = [sr.dicom_bytes(sr.build_sr(source, reading, model, version))]
         if png is not None:
             parts.append(sr.dicom_bytes(sr.build_heatmap_sc(source, png, model, version)))
-    except (ValueError, DecodeError) as e:  # a source without its UIDs, a model that does not read pneumonia
+    except ValueError as e:  # a DecodeError, a source without its UIDs, a model that does not read pneumonia
         raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)

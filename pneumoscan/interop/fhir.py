@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from fhir.resources.R4B.observation import Observation
 
-from .sr import _check_result, finding_present
+from .sr import check_result, finding_present
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
@@ -35,7 +35,7 @@ def _ratio(value: float) -> dict:
 def build_observation(result: dict, model_name: str, model_version: str) -> Observation:
     """The FHIR R4 Observation of one result (``probability, label, threshold, positive, task``, and the
     ``*_instance_uid`` and ``warnings`` fields predict and serve add)."""
-    _check_result(result)
+    check_result(result)
     present = PRESENT if finding_present(result) else ABSENT
     derived = []
     if result.get("study_instance_uid"):  # ImagingStudy found by its DICOM UID; series and instance said in words

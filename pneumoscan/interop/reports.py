@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..bundle import load_card
-from ..decode import DecodeError, read_dicom_header, redact
+from ..decode import read_dicom_header, redact
 from ..export import weights_digest
 from . import fhir, sr
 
@@ -73,6 +73,6 @@ def write_reports(
                 png = Path(row["heatmap"]).read_bytes()
                 sc = sr.build_heatmap_sc(source, png, name, version)
                 row["dicom_heatmap"] = str(_write_new(Path(sr_dir), stem, ".heatmap.dcm", sr.dicom_bytes(sc)))
-        except (ValueError, DecodeError) as e:  # a film without its UIDs, a malformed patient attribute, ...
+        except ValueError as e:  # a DecodeError, a film without its UIDs, a malformed patient attribute, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     log.info("wrote reports for %d results", sum("probability" in row for row in rows))

@@ -47,7 +47,8 @@ def _checked_source(source: Dataset) -> Dataset:
     return source
 
 
-def _check_result(result: dict) -> None:
+def check_result(result: dict) -> None:
+    """A result SR and FHIR can report: a reading (not an error row) of a pneumonia or multiclass model."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
     if result.get("task") not in ("pneumonia", "multiclass"):
@@ -63,7 +64,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str)
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``) on ``source`` (the film's header; pixels are not needed)."""
     source = _checked_source(source)
-    _check_result(result)
+    check_result(result)
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
     unit = codes.UCUM.NoUnits
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
