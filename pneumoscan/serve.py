@@ -34,7 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
-from .predict import Predictor, check_stages
+from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
 from .scope import describe
 
 STATIC = Path(__file__).parent / "static"
@@ -107,8 +107,9 @@ class ServiceInfo(ModelInfo):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or unhealthy once a model has produced a non-finite score")
     model_id: str
+    reason: str | None = Field(None, description="why the service is unhealthy")
 
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
@@ -154,13 +155,20 @@ class _Batcher:
 
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         try:
-            probs = self.predictor.probabilities(self.predictor.preprocess([gray for gray, _ in batch]))
+            images = self.predictor.preprocess([gray for gray, _ in batch])
+            try:
+                probs, bad = self.predictor.probabilities(images), np.zeros(len(batch), bool)
+            except NonFiniteScore:  # rare: score the batch again without the broken rows, so only they fail
+                probs, bad = self.predictor.finite_probabilities(images)
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
             for _, future in batch:
                 future.set_exception(e)
             return
-        for (_, future), row in zip(batch, probs):
-            future.set_result(row)
+        for (_, future), row, broken in zip(batch, probs, bad):
+            if broken:  # that request only: the others in the batch got finite scores
+                future.set_exception(NonFiniteScore(np.ones(1, bool)))
+            else:
+                future.set_result(row)
 
 
 class _Stage:
@@ -303,6 +311,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     if second is not None:
         check_stages(main.card.task, second.card.task)
     max_bytes = int(max_upload_mb * 2**20)
+    faults: list[str] = []  # once a model gives a non-finite score it is broken: /healthz says so until a restart
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -325,6 +334,12 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(NonFiniteScore)
+    async def _non_finite(request: Request, exc: NonFiniteScore) -> JSONResponse:
+        if not faults:
+            faults.append(NON_FINITE)
+        return JSONResponse({"error": NON_FINITE}, status_code=500)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -374,8 +389,11 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/healthz", response_model=Health)
-    def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
+    def healthz() -> Health | JSONResponse:
+        if faults:
+            body = Health(status="unhealthy", model_id=main.card.model_id, reason=faults[0])
+            return JSONResponse(body.model_dump(), status_code=503)
         return Health(status="ok", model_id=main.card.model_id)
 
     @app.get("/v1/model", response_model=ServiceInfo)
