@@ -310,7 +310,9 @@ def predict_paths(
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
                     continue
-                row = {"path": path, **next(results), **describe(path)}  # scope warnings, DICOM UIDs
+                row = {"path": path, **next(results)}
+                if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
+                    row.update(describe(path))
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     png = overlay_png(gray, explain_array(predictor, gray))
                     row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
