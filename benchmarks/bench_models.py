@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pneumoscan import models
 from pneumoscan.bundle import load_bundle
+from pneumoscan.logs import configure
 from pneumoscan.train import TrainConfig, train
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=models.list_models())
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     args = parser.parse_args()
+    configure()  # training's progress and messages, as the command line shows them
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-models-"))
     rows = []

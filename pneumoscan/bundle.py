@@ -4,8 +4,9 @@
       model.safetensors   weights
       model.onnx          the same model for ONNX Runtime (pneumoscan export; training writes it)
       bundle.json         model name and kwargs, task and classes, preprocessing, threshold, temperature,
-                          training data fingerprint, validation metrics, package version, and the SHA-256
-                          of model.safetensors and model.onnx as written ("files")
+                          training data fingerprint, validation metrics, package version, the SHA-256
+                          of model.safetensors and model.onnx as written ("files"), evaluations recorded later
+      MODEL_CARD.md       the same facts for people (model_card.py), regenerated whenever bundle.json changes
 
 Every load checks the weights against the recorded SHA-256: damaged bytes of the same size load without error
 and give wrong or NaN scores, so a mismatch is refused (ValueError) rather than used. bundle.json itself is not
@@ -63,6 +64,10 @@ class BundleCard:
     format_version: int = FORMAT_VERSION
     # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
     files: dict[str, str] = field(default_factory=dict)
+    # records added after training, without touching the weights (model_card.py): `evaluate --add-to-card` on other
+    # data, and `threshold` choosing a new operating point (the newest record is the one in force)
+    external_evaluations: list = field(default_factory=list)
+    threshold_records: list = field(default_factory=list)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -72,6 +77,16 @@ class BundleCard:
     @property
     def model_id(self) -> str:
         return f"{self.model}-{self.task}-{self.data_fingerprint[:8] or 'untracked'}"
+
+    @property
+    def threshold_targets(self) -> tuple[float | None, float | None]:
+        """(target sensitivity, max false-positive rate) of the policy in force, as metrics.choose_threshold takes
+        them (both None: Youden's J): the newest `threshold` record's, else training's. A model scored another way
+        (INT8) chooses its own thresholds by the same policy."""
+        if self.threshold_records:
+            newest = self.threshold_records[-1]
+            return newest.get("target_sensitivity"), newest.get("max_false_positive_rate")
+        return self.train_config.get("target_sensitivity", 0.95), None
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pydicom
-from rich.console import Console
-from rich.progress import Progress
 
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
+from pneumoscan.logs import progress as progress_bar
 
 CACHE_VERSION = 4  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
@@ -114,7 +113,7 @@ def build_cache(
     bad: dict[int, str] = {}
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
     try:
-        with os.fdopen(fd, "r+b") as f, Progress(console=Console(stderr=True), disable=not progress) as bar:
+        with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
             # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
             for start, (block, errors) in _decode_all(paths, spec, workers or os.cpu_count() or 1):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
+from . import __version__
+
 console = Console()
+log = logging.getLogger("pneumoscan.cli")
 
 
 def _print_json(data: dict) -> None:
@@ -54,9 +58,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
-    console.print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
+    log.info("%d images cached as %s (%s); %d unreadable", len(cache.paths), cache.images.shape, cache.fingerprint,
+             len(cache.errors))
     for err in cache.errors:
-        console.print(f"  [yellow]{err['path']}[/]: {err['reason']}")
+        log.warning("unreadable %s: %s", err["path"], err["reason"])
     return 0
 
 
@@ -93,20 +98,41 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "")
     out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{suffix}"
-    metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta)
+    metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
+                       data_name=args.data_name)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
-    else:
-        for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-            lo, hi = metrics["ci"].get(name, [None, None])
-            ci = f"  (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
-            console.print(f"{name:>12}: {metrics[name]:.4f}{ci}")
-        console.print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
+        return 0
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
+        lo, hi = metrics["ci"].get(name) or [None, None]
+        ci = f"  (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
+        print(f"{name:>12}: {_figure(metrics[name])}{ci}")
+    print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
+    print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
+    for row in metrics["threshold_table"]:
+        print(f"{row['threshold']:>10.4f} {_figure(row['sensitivity'], 3):>12} {_figure(row['specificity'], 3):>12} "
+              f"{_figure(row['precision'], 3):>10}  {row['rule']}")
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from .evaluate import rethreshold
+
+    card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
+                       args.max_false_positive_rate, args.data_name)
+    record = card.threshold_records[-1]
+    print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
+          f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {_figure(record['sensitivity'], 3)}, "
+          f"specificity {_figure(record['specificity'], 3)} on {record['n']} images")
     return 0
 
 
@@ -147,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).write_text(format_results(rows, fmt))
     else:
         sys.stdout.write(format_results(rows, fmt))
-    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable", file=sys.stderr)
+    log.info("%d predicted, %d unreadable", len(rows) - len(failed), len(failed))
     return 1 if failed else 0
 
 
@@ -167,7 +193,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     for row in failed:
         print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
-    print(f"{len(rows) - len(failed)} predicted, {len(failed)} unreadable, {stored} reports stored", file=sys.stderr)
+    log.info("%d predicted, %d unreadable, %d reports stored", len(rows) - len(failed), len(failed), stored)
     return 1 if failed else 0
 
 
@@ -185,7 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
     out = export_onnx(args.bundle, args.out)
-    console.print(f"wrote {out} and its preprocessing spec {spec_path(out)}")
+    log.info("wrote %s and its preprocessing spec %s", out, spec_path(out))
     return 0
 
 
@@ -206,26 +232,41 @@ def _positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def _probability(text: str) -> float:
+    """An argparse type for a rate in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumoscan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors: no progress bars, no information messages (before the command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("audit", help="class balance, sizes, unreadable files, duplicates, patient overlap")
-    p.add_argument("data", help="dataset root, NORMAL/PNEUMONIA folder or CSV manifest")
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--json-out", help="also write the JSON report to this file")
     p.add_argument("--figure", help="write class balance + sample grid PNG here")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("split", help="patient-grouped train/val split of everything but test, as a CSV manifest")
-    p.add_argument("data")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="split.csv")
+    p.add_argument("data", help=DATA_HELP)
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of patients for validation (default 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
+    p.add_argument("--out", default="split.csv", help="manifest to write (default split.csv)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of evaluate")
-    p.add_argument("data")
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--split", help="only this split of a dataset root (train, val or test), as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
@@ -235,17 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=DATA_HELP + " (its test split is never used)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"))
+    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"), help="what to classify (default pneumonia)")
     p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
     p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
     p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
-    p.add_argument("--image-size", type=_positive(int))
+    p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
     p.add_argument("--batch-size", type=_positive(int), help="per process")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate for one process (default 0.001)")
+    p.add_argument("--seed", type=int, help="random seed of split, order and augmentation (default 0)")
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
@@ -278,20 +319,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from ImageNet weights (default for pretrained models)")
     p.set_defaults(func=cmd_cv)
 
-    p = sub.add_parser("evaluate", help="metrics, CIs, curves and an HTML report for a bundle on labelled images")
-    p.add_argument("bundle")
-    p.add_argument("data", help="dataset root, NORMAL/PNEUMONIA folder or CSV manifest")
+    p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")
+    p.add_argument("bundle", help="bundle folder (RUN_DIR/bundle)")
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--split", help="train/val/test when DATA holds several")
     p.add_argument("--out", help="report folder (default: next to the bundle)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a summary")
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
+    p.add_argument("--add-to-card", action="store_true",
+                   help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
+    p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("threshold", help="choose a new operating threshold on labelled data, written as a new bundle")
+    p.add_argument("bundle", help="bundle folder to start from (never changed)")
+    p.add_argument("data", help=DATA_HELP + ", labelled, with both classes")
+    p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
+    p.add_argument("--out", required=True, help="new bundle folder; must not exist")
+    p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--target-sensitivity", type=_probability,
+                      help="the most specific threshold whose sensitivity on DATA is at least this")
+    rule.add_argument("--youden", action="store_true", help="the threshold maximising sensitivity + specificity - 1")
+    rule.add_argument("--max-false-positive-rate", type=_probability,
+                      help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
+    p.set_defaults(func=cmd_threshold)
+
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and web page at /")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle folder to serve")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
     p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
@@ -299,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="probabilities and labels for image files and folders (CSV/JSON)")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle folder")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
     p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
@@ -307,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
-    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="images per model call (default 64)")
     p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
                                                      "Secondary Capture with --heatmaps) in the film's study")
     p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
@@ -320,12 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
     p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
     p.add_argument("--out", help="results JSON (default: stdout)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="as predict --backend (default onnx)")
     p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
-    p.add_argument("bundle")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
                    help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
@@ -341,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .logs import configure
+
     args = build_parser().parse_args(argv)
+    configure(quiet=args.quiet)
     try:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback

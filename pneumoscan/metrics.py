@@ -162,26 +162,42 @@ def threshold_metrics_ci(
     return out
 
 
-def choose_threshold(y_true: Any, prob: Any, target_sensitivity: float | None = 0.95) -> float:
+def choose_threshold(
+    y_true: Any, prob: Any, target_sensitivity: float | None = 0.95, max_false_positive_rate: float | None = None
+) -> float:
     """Operating threshold from validation data, placed midway between the deciding validation score and the
     next lower one, so rounding differences (another backend, another device) cannot flip the deciding image.
 
     With ``target_sensitivity``: the highest threshold whose sensitivity is >= the target, i.e. the most
     specific rule that still meets the sensitivity floor (the next higher distinct score falls below it).
-    With ``None``: the threshold maximising Youden's J = sensitivity + specificity - 1; among tied maximisers
-    the highest (most specific) threshold wins. Raises ValueError unless both classes are present.
+    With ``max_false_positive_rate`` (and ``target_sensitivity=None``): the lowest threshold whose false-positive
+    rate (1 - specificity) is <= the ceiling, i.e. the most sensitive rule within it; a ceiling that no threshold
+    finding at least one positive case can keep is refused. With neither: the threshold maximising Youden's J =
+    sensitivity + specificity - 1; among tied maximisers the highest (most specific) threshold wins.
+    Raises ValueError unless both classes are present.
     """
     y, p = _as_binary(y_true, prob)
     if not _has_both_classes(y):
-        raise ValueError("choosing a threshold needs both classes in y_true")
+        raise ValueError("choosing a threshold needs both classes in the labelled data")
+    if target_sensitivity is not None and max_false_positive_rate is not None:
+        raise ValueError("give a target sensitivity or a maximum false-positive rate, not both")
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     # roc_curve starts at +inf (nothing called positive); thresholds then run over the distinct scores, descending.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
-    if target_sensitivity is None:
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if max_false_positive_rate is not None:
+        if not 0 <= max_false_positive_rate < 1:
+            raise ValueError(f"max_false_positive_rate must be in [0, 1), got {max_false_positive_rate}")
+        # whole counts again: fp <= ceiling x negatives, without the last-bit noise of a float rate
+        within = np.flatnonzero(np.rint(fpr * negatives) <= max_false_positive_rate * negatives + 1e-9)
+        if not within.size or tpr[within[-1]] == 0:
+            raise ValueError(f"no threshold finds any positive case while keeping the false-positive rate at or "
+                             f"below {max_false_positive_rate:g} on this data: negative cases hold the highest scores")
+        k = int(within[-1])
+    elif target_sensitivity is None:
         # J in whole counts (tp * N - fp * P): as floats, two equal J can differ in the last bit and the tie would
         # go to the lower threshold
-        positives = int(y.sum())
-        negatives = y.size - positives
         k = int(np.argmax(np.rint(tpr * positives) * negatives - np.rint(fpr * negatives) * positives))
     elif not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -31,6 +29,7 @@ from .bundle import load_bundle
 from .data import IMAGE_EXTENSIONS
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
+from .logs import progress as progress_bar
 from .metrics import softmax
 from .scope import describe
 from .transforms import to_input
@@ -301,7 +300,7 @@ def predict_paths(
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     items = expand_paths(paths, exclude=heatmap_dir)
     rows: list[dict] = []
-    with Progress(console=Console(stderr=True), disable=not progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
             readable = [(path, gray) for path, gray in batch if not isinstance(gray, str)]

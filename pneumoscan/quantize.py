@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from .bundle import BundleCard, load_card, record_checksum
+from .bundle import load_card, record_checksum
 from .dataset import binary_targets, get_task
 from .evaluate import labelled_images
 from .export import INPUT, INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
@@ -34,13 +34,6 @@ from .metrics import choose_threshold, roc_auc
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 256  # training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 CALIBRATION_BATCH = 32
-
-
-def target_sensitivity(card: BundleCard) -> float | None:
-    """The sensitivity floor the bundle's threshold was chosen for; None for Youden's J."""
-    if "Youden" in card.threshold_policy:
-        return None
-    return card.train_config.get("target_sensitivity", 0.95)
 
 
 class _Calibration(CalibrationDataReader):
@@ -93,10 +86,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: in
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
     scores = {name: p.positive(p.probabilities(val_images)) for name, p in (("fp32", fp32), ("int8", int8))}
     tta = int8.positive(int8.probabilities(val_images, tta=True))
-    floor = target_sensitivity(card)
+    policy = card.threshold_targets
     figures = {
-        "int8_threshold": float(choose_threshold(y, scores["int8"], floor)),
-        "int8_tta_threshold": float(choose_threshold(y, tta, floor)),
+        "int8_threshold": float(choose_threshold(y, scores["int8"], *policy)),
+        "int8_tta_threshold": float(choose_threshold(y, tta, *policy)),
         "threshold_policy": card.threshold_policy,
         "calibration_images": int(len(calib)),
         "validation_images": int(len(y)),

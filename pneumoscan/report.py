@@ -37,6 +37,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#52606d;font
 figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px solid #e3e8ee}
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
 .cmblock{flex:0 1 auto}.cmblock h3{font-size:1em;margin:4px 0}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
 """
 _PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "balanced_accuracy"}
 _BINARY_ROWS = (
@@ -58,11 +59,20 @@ _MULTICLASS_ROWS = (
 )
 
 
-def figure_to_data_url(fig: Figure) -> str:
-    """PNG ``data:`` URL of a matplotlib figure, for embedding in HTML without separate files."""
+def figure_png(fig: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes, rendered once for both the report and its PNG file."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_to_data_url(fig: Figure) -> str:
+    """PNG ``data:`` URL of a matplotlib figure, for embedding in HTML without separate files."""
+    return png_data_url(figure_png(fig))
 
 
 def _fmt(value: Any, name: str = "") -> str:
@@ -111,8 +121,32 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
     )
 
 
-def _figure_html(fig: Figure, caption: str) -> str:
-    return f'<figure><img src="{figure_to_data_url(fig)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+def _image_html(png: bytes, caption: str) -> str:
+    return f'<figure><img src="{png_data_url(png)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
+    """The figure as an inline image; with ``pngs``, its PNG is also kept there under ``name`` (for a file)."""
+    png = figure_png(fig)
+    if pngs is not None:
+        pngs[name] = png
+    return _image_html(png, caption)
+
+
+def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> Figure:
+    """The confusion matrix as a picture: row-normalised shading, counts and shares written in the cells."""
+    fig = Figure(figsize=(1.6 + 1.3 * len(names), 1.2 + 1.1 * len(names)))
+    ax = fig.add_subplot()
+    shares = [[math.nan if v is None else v for v in row] for row in cm["normalized"]]
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i, (counts, row) in enumerate(zip(cm["counts"], shares)):
+        for j, (count, share) in enumerate(zip(counts, row)):
+            text = f"{count}" + ("" if math.isnan(share) else f"\n{100 * share:.1f}%")
+            ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
+    ax.set(title=title, xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
+    ax.set_xticklabels(names)
+    ax.set_yticklabels(names)
+    return fig
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
@@ -165,7 +199,7 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
     return fig
 
 
-def _binary_body(m: dict[str, Any]) -> str:
+def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
     neg, pos = m.get("class_names", ("negative", "positive"))
     low = m["at_0_5"]
     head = (
@@ -201,13 +235,13 @@ def _binary_body(m: dict[str, Any]) -> str:
         parts.append(
             _figure_html(
                 _roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
-                "ROC curve; dots mark the operating points.",
+                "ROC curve; dots mark the operating points.", pngs, "roc",
             )
         )
         parts.append(
             _figure_html(
                 _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["n_positive"] / m["n"], pr_points),
-                "Precision-recall curve; dashed line = a classifier without skill.",
+                "Precision-recall curve; dashed line = a classifier without skill.", pngs, "pr",
             )
         )
     else:
@@ -215,14 +249,47 @@ def _binary_body(m: dict[str, Any]) -> str:
     parts.append(
         _figure_html(
             _reliability_figure(curves["calibration"], f"Predicted P({pos})"),
-            "Reliability diagram: observed frequency per bin of predicted probability.",
+            "Reliability diagram: observed frequency per bin of predicted probability.", pngs, "reliability",
         )
     )
     parts.append("</div>")
+    if pngs is not None:
+        title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
+    if m.get("threshold_table"):
+        parts.append(_threshold_table_html(m["threshold_table"]))
     return "".join(parts)
 
 
-def _multiclass_body(m: dict[str, Any], section: str = "") -> str:
+def _threshold_table_html(rows: list[dict[str, Any]]) -> str:
+    """Sensitivity and specificity over a range of thresholds, for choosing an operating point."""
+    cells = "".join(
+        f"<tr><td>{_esc(r['rule'])}</td><td class=\"num\">{_fmt(r['threshold'], 'threshold')}</td>"
+        + "".join(f'<td class="num">{_fmt(r[k], k)}</td>' for k in ("sensitivity", "specificity", "precision"))
+        + "".join(f'<td class="num">{r[k]}</td>' for k in ("tp", "fp", "tn", "fn")) + "</tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Sensitivity and specificity by threshold</h2><p class=\"note\">Figures on these images; a threshold "
+        "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
+        "<table><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
+        f"<th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
+    )
+
+
+def _gallery_html(gallery: dict[str, list[tuple[bytes, str]]]) -> str:
+    """Titled rows of thumbnails (PNG bytes, caption), e.g. the most confident errors."""
+    parts = ["<h2>Most confident errors</h2>"]
+    for title, items in gallery.items():
+        parts.append(f"<h3>{_esc(title)}</h3>")
+        if not items:
+            parts.append('<p class="note">None.</p>')
+            continue
+        parts.append('<div class="gallery">' + "".join(_image_html(png, caption) for png, caption in items) + "</div>")
+    return "".join(parts)
+
+
+def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes] | None = None) -> str:
     names = m["class_names"]
     rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}</tr>" for key, label in _MULTICLASS_ROWS)
     per_class = "".join(
@@ -231,6 +298,8 @@ def _multiclass_body(m: dict[str, Any], section: str = "") -> str:
         + f'<td class="num">{c["support"]}</td></tr>'
         for name, c in m["per_class"].items()
     )
+    if pngs is not None:
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], names, "Most probable class"))
     curves = m["curves"]
     roc = {name: curve for name, curve in curves["roc"].items() if curve["fpr"]}
     labels = {name: f"{name} (AUC = {_fmt(m['per_class'][name]['auc'])})" for name in roc}
@@ -246,10 +315,10 @@ def _multiclass_body(m: dict[str, Any], section: str = "") -> str:
             f'<h2>{section}Confusion matrix</h2><div class="row">',
             _confusion_table(m["confusion_matrix"], names, "Most probable class"),
             f'</div><h2>{section}Curves</h2><div class="row">',
-            _figure_html(_roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.") if roc else "",
+            _figure_html(_roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
             _figure_html(
                 _reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
-                "Reliability diagram of the top class: accuracy per bin of confidence.",
+                "Reliability diagram of the top class: accuracy per bin of confidence.", pngs, "reliability",
             ),
             "</div>",
         ]
@@ -257,22 +326,30 @@ def _multiclass_body(m: dict[str, Any], section: str = "") -> str:
 
 
 def write_report(
-    metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None
+    metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None,
+    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None,
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
-    evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part.
-    Returns the HTML path."""
+    evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part, and a
+    ``threshold_table`` list becomes a table. With ``figures``, the main figures are also written beside the report
+    (confusion_matrix.png, roc.png, pr.png, reliability.png: those the data defines); ``gallery`` adds titled
+    rows of thumbnails. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    pngs: dict[str, bytes] | None = {} if figures else None
     if metrics.get("kind") == "multiclass":
-        body = _multiclass_body(metrics)
+        body = _multiclass_body(metrics, pngs=pngs)
     else:
-        body = _binary_body(metrics)
+        body = _binary_body(metrics, pngs)
         if metrics.get("multiclass"):
             body += _multiclass_body(metrics["multiclass"], section="All classes: ")
+    if gallery:
+        body += _gallery_html(gallery)
+    for name, png in (pngs or {}).items():
+        (out_dir / f"{name}.png").write_bytes(png)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'

@@ -34,6 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
+from .model_card import card_summary
 from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
 from .scope import describe
 
@@ -99,6 +100,10 @@ class ModelInfo(BaseModel):
     val_metrics: dict[str, Any]
     data_fingerprint: str
     package_version: str
+    intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
+    out_of_scope: list[str] = Field(description="uses the model is not for")
+    external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card")
+    threshold_records: list[dict[str, Any]] = Field(description="thresholds chosen after training, newest last")
 
 
 class ServiceInfo(ModelInfo):
@@ -186,7 +191,7 @@ class _Stage:
             id=c.model_id, version=self.version, architecture=c.model, task=c.task, classes=c.classes,
             positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
-            data_fingerprint=c.data_fingerprint, package_version=c.package_version,
+            data_fingerprint=c.data_fingerprint, package_version=c.package_version, **card_summary(c),
         )
 
     async def predict(self, gray: np.ndarray) -> StageResult:

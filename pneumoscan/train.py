@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,10 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from rich.console import Console
 from rich.progress import (
     BarColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -47,13 +46,15 @@ from .dataset import (
 from .decode import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
 from .export import ONNX_NAME, export_onnx, write_onnx_spec
+from .logs import progress as progress_bar
+from .model_card import write_model_card
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .predict import Predictor
 from .report import plot_training_curves, write_report
 from .split import split_dataset
 from .transforms import Augment, normalize, train_transform
 
-console = Console(stderr=True)
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
 
@@ -332,8 +333,8 @@ def train(
     source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
     spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
     if ctx.main and spec.source_size:
-        console.print(f"training files: {spec.source_size} x {spec.source_size} JPEG, quality {spec.source_quality}; "
-                      "larger inputs are brought down the same way first")
+        log.info("training files: %s x %s JPEG, quality %s; larger inputs are brought down the same way first",
+                 spec.source_size, spec.source_size, spec.source_quality)
     paths = [r.path for r in records]
     if ctx.local_rank == 0:  # once per machine (the cache folder may be local); the others then open it read-only
         cache = build_cache(paths, spec, progress=True)
@@ -341,7 +342,7 @@ def train(
     if ctx.local_rank != 0:
         cache = build_cache(paths, spec)
     for err in cache.errors if ctx.main else []:
-        console.print(f"[yellow]skipped unreadable[/] {err['path']}: {err['reason']}")
+        log.warning("skipped unreadable %s: %s", err["path"], err["reason"])
     readable = set(cache.paths)
     parts = {}
     for name in ("train", "val"):
@@ -365,7 +366,7 @@ def train(
     if cfg.init is not None:
         fresh = load_weights_into(model, cfg.init)
         if ctx.main:
-            console.print(f"started from {cfg.init}" + (f" with a new classifier ({', '.join(fresh)})" if fresh else ""))
+            log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model = model.to(ctx.device, memory_format=torch.channels_last)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -379,7 +380,7 @@ def train(
         loaders = [DataLoader(CachedImages(cache.images, *parts[n], normalize(mean, std)), cfg.eval_batch_size) for n in ("train", "val")]
         l2 = warm_start_head(model, *loaders, loss_weights, ctx.device)
         if ctx.main:
-            console.print(f"warm start: classifier fitted on frozen pretrained features (L2 {l2:g}, chosen on validation loss)")
+            log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(state.get("warm_s", 0.0) if state is not None else time.perf_counter() - t0)
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
@@ -408,17 +409,17 @@ def train(
         if best["stale"] >= cfg.patience:  # the crash came after early stopping had ended training
             start_epoch = cfg.epochs
         if ctx.main:
-            console.print(f"resuming after epoch {state['epoch'] + 1} (step {step}) from {checkpoint_path}")
+            log.info("resuming after epoch %d (step %d) from %s", state["epoch"] + 1, step, checkpoint_path)
     if ctx.main:
-        console.print(
+        log.info(
             f"{cfg.model} on {cfg.task}: {len(train_set)} train / {len(val_set)} val images, {ctx.world} process(es) on "
             f"{ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
             f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
         )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    progress = Progress(
+    progress = progress_bar(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not ctx.main,
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=ctx.main,
     )
     stop = False
     with progress:
@@ -479,10 +480,10 @@ def train(
             improved = val["auc"] > best["auc"]
             best = {"auc": val["auc"], "epoch": epoch + 1, "stale": 0} if improved else {**best, "stale": best["stale"] + 1}
             if ctx.main:
-                progress.console.print(
+                log.info(
                     f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val loss "
                     f"{val['loss']:.4f} acc {val['acc']:.3f} AUC {val['auc']:.4f} sens {val['sens']:.3f} spec {val['spec']:.3f}"
-                    + (" [green]best[/]" if improved else "")
+                    + (" best" if improved else "")
                 )
                 if improved:
                     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, spec.size, spec.policy, mean, std,
@@ -542,12 +543,13 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     card = predictor.card  # as export left it: bundle.json now records model.onnx's checksum too
     card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
     save_card(bundle_dir, card)
+    write_model_card(bundle_dir, card)
     write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
         "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
-    console.print(
+    log.info(
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
         f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
         f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"

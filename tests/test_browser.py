@@ -85,6 +85,7 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     expect(page.locator("#card")).to_contain_text(card.model_id)
     expect(page.locator("#card")).to_contain_text("AUC")
     expect(page.locator("#card")).to_contain_text(card.data_fingerprint)
+    expect(page.locator("#intended-use")).to_contain_text("aged 1 to 5")
 
     # upload a real full-size X-ray through the file picker
     original = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[0]

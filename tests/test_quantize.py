@@ -75,3 +75,18 @@ def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset
     assert "--int8 needs --data" in capsys.readouterr().err
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_dataset / "test")]) == 2
     assert "for split 'train'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
+
+
+def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A bundle whose threshold `pneumoscan threshold` chose by a false-positive ceiling gets its INT8 thresholds by
+    that ceiling too, not by training's sensitivity target."""
+    split = tiny_bundle.parent / "split.csv"
+    new = tmp_path / "fpr"
+    assert cli.main(["threshold", str(tiny_bundle), str(split), "--split", "val", "--max-false-positive-rate", "0.5",
+                     "--out", str(new)]) == 0
+    assert cli.main(["export", str(new), "--int8", "--data", str(split)]) == 0
+    int8 = Predictor(new, backend="onnx-int8")
+    assert int8.card.threshold_targets == (None, 0.5)
+    images, targets, _ = labelled_images(split, "val", get_task("pneumonia"), int8.card.spec)
+    expected = choose_threshold(binary_targets(targets), int8.positive(int8.probabilities(images)), None, 0.5)
+    assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)

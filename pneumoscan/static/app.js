@@ -34,9 +34,13 @@ function showCard(info) {
     ["Validation", `AUC ${fmt(m.auc)}, sensitivity ${fmt(m.sensitivity)}, specificity ${fmt(m.specificity)}` +
       (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
+    ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
+      `AUC ${fmt(e.metrics.auc.value)}, sensitivity ${fmt(e.metrics.sensitivity.value)}, ` +
+      `specificity ${fmt(e.metrics.specificity.value)}, n = ${e.n} (${e.date})`]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
+  $("intended-use").textContent = info.intended_use;
   const list = $("card");
   list.replaceChildren();
   for (const [name, value] of rows) {

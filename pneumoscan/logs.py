@@ -1,0 +1,38 @@
+"""Progress bars and log output of the library.
+
+The library reports through :mod:`logging` (logger ``pneumoscan`` and its children) and never configures it: a
+program that imports pneumoscan decides what it sees. Progress bars follow the same switch: they show only while
+the ``pneumoscan`` logger passes INFO, so ``logging.getLogger("pneumoscan").setLevel(logging.WARNING)`` silences
+both. The command line (:func:`configure`) shows INFO and above on stderr, or warnings alone with ``-q``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import Progress, ProgressColumn
+
+LOGGER = "pneumoscan"
+# one console for the log and the bars, so a message logged while a bar runs is printed above it
+console = Console(stderr=True)
+
+
+def progress(*columns: str | ProgressColumn, enabled: bool = True) -> Progress:
+    """A rich progress bar on stderr, shown when ``enabled`` and the pneumoscan logger passes INFO."""
+    shown = enabled and logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+    return Progress(*columns, console=console, disable=not shown)
+
+
+def configure(quiet: bool = False) -> None:
+    """The command line's logging: pneumoscan's messages on stderr through rich (markup off: file names are
+    printed as they are), INFO and above, WARNING and above with ``quiet``. Calling it again replaces the
+    handler it added before."""
+    logger = logging.getLogger(LOGGER)
+    for handler in [h for h in logger.handlers if getattr(h, "_pneumoscan_cli", False)]:
+        logger.removeHandler(handler)
+    handler = RichHandler(console=console, markup=False, show_time=False, show_path=False, rich_tracebacks=False)
+    handler._pneumoscan_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -1,0 +1,109 @@
+"""What `evaluate` leaves for a researcher: predictions.csv, the figures as PNG files, the most confident errors
+in the report, and a sensitivity/specificity table over thresholds."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.builders import SCORE_TOL
+from pneumoscan.bundle import load_card, save_card
+from pneumoscan.dataset import binary_targets, get_task
+from pneumoscan.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
+from pneumoscan.predict import Predictor
+
+FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: Path, tiny_dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    metrics = evaluate(tiny_bundle, tiny_dataset, "test", out)
+    card = load_card(tiny_bundle)
+
+    rows = read_csv(out / "predictions.csv")
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct"]
+    assert len(rows) == metrics["n"] == 16
+    predictor = Predictor(tiny_bundle)
+    for row in rows:
+        truth = Path(row["path"]).parent.name  # the folder is the label
+        p = float(row["probability"])
+        score = predictor.predict_array(np.array(Image.open(row["path"]).convert("L")))["probability"]
+        assert abs(p - score) <= SCORE_TOL + 1e-6, row  # the CSV keeps 6 decimals
+        assert row["label"] == truth and row["called"] == (card.positive if p >= card.threshold else "NORMAL")
+        assert row["correct"] == str(row["called"] == truth)
+        stem = Path(row["path"]).stem
+        assert row["patient"] == (stem.split("_")[0] if truth == "PNEUMONIA" else stem[:7])
+        assert row["subtype"] == ("normal" if truth == "NORMAL" else stem.split("_")[1])
+    errors = sum(r["correct"] == "False" for r in rows)
+    cm = metrics["confusion_matrix"]["counts"]
+    assert errors == cm[0][1] + cm[1][0]
+
+    html = (out / "report.html").read_text()
+    for name in FIGURES:
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG"), name
+        if name != "confusion_matrix.png":  # the report shows the same picture, drawn once
+            assert base64.b64encode(png).decode() in html, name
+
+    # the table: sensitivity and specificity recounted from predictions.csv at every threshold
+    table = read_csv(out / "sensitivity_table.csv")
+    assert table and [float(r["threshold"]) for r in table] == sorted(float(r["threshold"]) for r in table)
+    assert json.loads((out / "metrics.json").read_text())["threshold_table"] == metrics["threshold_table"]
+    y = np.array([r["label"] == "PNEUMONIA" for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    for row in table:
+        called = p >= float(row["threshold"])
+        assert float(row["sensitivity"]) == called[y].mean() and float(row["specificity"]) == (~called[~y]).mean()
+        assert int(row["tp"]) + int(row["fn"]) == 8
+        if "sensitivity >= 0.95" in row["rule"]:
+            assert float(row["sensitivity"]) >= 0.95
+    (bundle_row,) = [r for r in table if "bundle threshold" in r["rule"]]
+    assert float(bundle_row["threshold"]) == card.threshold and float(bundle_row["sensitivity"]) == metrics["sensitivity"]
+
+
+def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    """At threshold 0 every normal film is a false positive: the report shows the GALLERY_SIZE with the highest
+    scores, highest first, as Grad-CAM overlays (three panels side by side), and no false negatives."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.0))
+    out = tmp_path / "eval"
+    evaluate(bundle, tiny_dataset, None, out)  # train and test: more normal films than the gallery holds
+    rows = read_csv(out / "predictions.csv")
+    normals = sorted((float(r["probability"]) for r in rows if r["label"] == "NORMAL"), reverse=True)
+    assert len(normals) > GALLERY_SIZE
+    html = (out / "report.html").read_text()
+    fp_part, fn_part = html.split("<h3>False positives")[1].split("<h3>False negatives")
+    shown = [float(p) for p in re.findall(r"P = ([0-9.]+)</figcaption>", fp_part)]
+    assert shown == [round(p, 3) for p in normals[:GALLERY_SIZE]]
+    assert "None." in fn_part and "<img" not in fn_part
+    for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', fp_part):
+        width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
+        assert width == 3 * height, "original | heatmap | blend"
+
+
+def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_dataset: Path) -> None:
+    predictor = Predictor(tiny_bundle)
+    records, images, targets, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    scores = predictor.positive(predictor.probabilities(images))
+    gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold=1.1, size=3, cam_seconds=0)
+    (false_pos, false_neg) = gallery.values()
+    assert false_pos == [] and len(false_neg) == 3
+    for png, caption in false_neg:  # plain films (64 px squares), not three-panel overlays
+        assert Image.open(io.BytesIO(png)).size == (64, 64) and caption.startswith("person")

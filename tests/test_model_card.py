@@ -1,0 +1,85 @@
+"""The model card: written by training from bundle.json, extended by `evaluate --add-to-card` without touching the
+weights, and shown by the web service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from fastapi.testclient import TestClient
+
+from pneumoscan import cli
+from pneumoscan.bundle import load_card
+from pneumoscan.model_card import INTENDED_USE, MODEL_CARD, render, today
+from pneumoscan.serve import create_app
+
+
+def front_matter_and_body(text: str) -> tuple[dict, str]:
+    assert text.startswith("---\n"), "Hugging Face cards open with YAML front matter"
+    _, meta, body = text.split("---\n", 2)
+    return yaml.safe_load(meta), body
+
+
+def test_training_writes_the_model_card(tiny_bundle: Path) -> None:
+    card = load_card(tiny_bundle)
+    text = (tiny_bundle / MODEL_CARD).read_text()
+    meta, body = front_matter_and_body(text)
+    assert meta["license"] == "cc-by-4.0" and "pneumonia" in meta["tags"]
+    assert any("10.17632/rscbjbr9sj.2" in d for d in meta["datasets"])
+    (validation,) = meta["model-index"][0]["results"]
+    assert meta["model-index"][0]["name"] == card.model_id
+    figures = {m["type"]: m["value"] for m in validation["metrics"]}
+    assert figures["roc_auc"] == card.val_metrics["auc"] and figures["recall"] == card.val_metrics["sensitivity"]
+    sections = [line[3:] for line in body.splitlines() if line.startswith("## ")]
+    assert sections == ["Intended use", "Out of scope", "Training data", "Recipe", "Operating threshold",
+                        "Validation figures", "Evaluations on other data", "Limitations", "How to cite the data"]
+    for needed in ("aged 1 to 5", "Guangzhou", "Research use only", "CC BY 4.0", card.data_fingerprint,
+                   f"model: {card.model}", f"{card.threshold:.4f}", "chosen on these", "Kermany D, Zhang K, Goldbaum M",
+                   "Mendeley Data, V2", "Cell 2018", "10.1016/j.cell.2018.02.010"):
+        assert needed in body, needed
+    assert text == render(card), "the card is written from bundle.json alone"
+
+
+def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    weights = (bundle / "model.safetensors").read_bytes()
+    out = tmp_path / "eval"
+    args = ["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(out), "--add-to-card"]
+    assert cli.main([*args, "--data-name", "synthetic test films"]) == 0
+    assert cli.main([*args, "--tta"]) == 0  # default name: the data folder and split
+
+    assert (bundle / "model.safetensors").read_bytes() == weights
+    card = load_card(bundle)
+    first, second = card.external_evaluations
+    reported = json.loads((out / "metrics.json").read_text())  # the second (TTA) run's report
+    assert (first["data"], first["scores"], second["data"], second["scores"]) == (
+        "synthetic test films", "plain", "chest_xray/test", "tta")
+    assert second["n"] == reported["n"] == 16 and (second["n_positive"], second["n_negative"]) == (8, 8)
+    assert second["threshold"] == reported["threshold"] == card.tta_threshold and first["threshold"] == card.threshold
+    for key in ("auc", "sensitivity", "specificity", "precision", "accuracy", "f1"):
+        assert second["metrics"][key] == {"value": reported[key], "ci": reported["ci"][key]}, key
+    assert first["date"] == today()
+
+    meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
+    assert [r["dataset"]["name"] for r in meta["model-index"][0]["results"]][1:] == ["synthetic test films", "chest_xray/test"]
+    assert "| synthetic test films | 16 (8 / 8) | plain," in body
+    assert (bundle / MODEL_CARD).read_text() == render(card)
+    assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
+
+
+def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
+                     "--add-to-card", "--data-name", "site B"]) == 0
+    with TestClient(create_app(bundle)) as client:
+        info = client.get("/v1/model").json()
+    assert info["intended_use"] == INTENDED_USE and "aged 1 to 5" in info["intended_use"]
+    assert any("Adults" in line for line in info["out_of_scope"])
+    assert info["external_evaluations"] == load_card(bundle).external_evaluations
+    assert info["external_evaluations"][0]["data"] == "site B"

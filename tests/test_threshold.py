@@ -1,0 +1,143 @@
+"""`pneumoscan threshold`: a new operating threshold chosen on labelled data, written as a new bundle; policies the
+data cannot meet are refused with a one-line reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan import cli
+from pneumoscan.bundle import load_card
+from pneumoscan.data import discover, make_record, write_manifest
+from pneumoscan.dataset import binary_targets, get_task
+from pneumoscan.evaluate import labelled_records
+from pneumoscan.export import INT8_NAME, ONNX_NAME, spec_path
+from pneumoscan.metrics import binary_metrics, choose_threshold
+from pneumoscan.model_card import MODEL_CARD
+from pneumoscan.predict import Predictor
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def scores(bundle: Path, data: Path, split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    predictor = Predictor(bundle)
+    _, images, targets, _ = labelled_records(data, split, get_task("pneumonia"), predictor.card.spec)
+    plain = predictor.positive(predictor.probabilities(images))
+    return binary_targets(targets), plain, predictor.positive(predictor.probabilities(images, tta=True))
+
+
+def test_max_false_positive_rate_is_the_most_sensitive_threshold_within_the_ceiling() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        y = rng.integers(0, 2, 40)
+        y[:2] = (0, 1)
+        p = np.round(rng.random(40) * 0.9, 2)  # ties included
+        p[np.argmax(p)] = 1.0  # keep the top score a positive's, so every ceiling can be met
+        y[np.argmax(p)] = 1
+        ceiling = float(rng.choice([0.0, 0.1, 0.25, 0.5]))
+        t = choose_threshold(y, p, None, max_false_positive_rate=ceiling)
+        m = binary_metrics(y, p, t)
+        assert m["fp"] <= ceiling * (y == 0).sum()
+        lower = p[p < t]
+        if lower.size:  # the next score down would break the ceiling
+            assert binary_metrics(y, p, lower.max())["fp"] > ceiling * (y == 0).sum()
+
+
+def test_a_ceiling_no_useful_threshold_meets_is_refused() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6])  # a negative holds the top score
+    with pytest.raises(ValueError, match="no threshold finds any positive case"):
+        choose_threshold(y, p, None, max_false_positive_rate=0.0)
+    assert choose_threshold(y, p, None, max_false_positive_rate=0.5) == pytest.approx((0.6 + 0.2) / 2)
+    with pytest.raises(ValueError, match="not both"):
+        choose_threshold(y, p, 0.9, max_false_positive_rate=0.5)
+
+
+@pytest.mark.parametrize(("flag", "kwargs", "policy"), [
+    (["--target-sensitivity", "0.97"], {"target_sensitivity": 0.97}, "sensitivity >= 0.97"),
+    (["--youden"], {"target_sensitivity": None}, "Youden's J"),
+    (["--max-false-positive-rate", "0.1"], {"target_sensitivity": None, "max_false_positive_rate": 0.1},
+     "false-positive rate <= 0.1"),
+])
+def test_threshold_writes_a_new_bundle_for_each_policy(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, flag: list[str], kwargs: dict, policy: str
+) -> None:
+    before = digests(tiny_bundle)
+    old = load_card(tiny_bundle)
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(tiny_dataset), "--split", "test", *flag, "--out", str(out)]) == 0
+    assert digests(tiny_bundle) == before, "the old bundle is never changed"
+
+    after = digests(out)
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert set(after) == set(before) and changed == {"bundle.json", MODEL_CARD, spec_path(ONNX_NAME).name}
+
+    y, plain, tta = scores(tiny_bundle, tiny_dataset, "test")
+    card = load_card(out)
+    assert card.threshold == choose_threshold(y, plain, **kwargs)
+    assert card.tta_threshold == choose_threshold(y, tta, **kwargs)
+    assert card.threshold_policy == f"{policy} on chest_xray/test"
+    (record,) = card.threshold_records
+    assert (record["previous_threshold"], record["previous_policy"]) == (old.threshold, old.threshold_policy)
+    assert record["n"] == 16 and record["sensitivity"] == binary_metrics(y, plain, card.threshold)["sensitivity"]
+    assert Predictor(out).threshold() == card.threshold and Predictor(out).threshold(tta=True) == card.tta_threshold
+    sidecar = json.loads((out / spec_path(ONNX_NAME).name).read_text())
+    assert (sidecar["threshold"], sidecar["tta_threshold"]) == (card.threshold, card.tta_threshold)
+    text = (out / MODEL_CARD).read_text()
+    assert f"{policy} on chest_xray/test" in text and f"{old.threshold:.4f} -> {card.threshold:.4f}" in text
+
+
+def test_threshold_refusals_are_one_line_and_write_nothing(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    y, plain, _ = scores(tiny_bundle, tiny_dataset, "test")
+    records = discover(tiny_dataset).split("test")
+    # a manifest whose highest-scored film is labelled normal: no threshold finds a positive at FPR 0
+    top = int(np.argmax(plain))
+    flipped = [make_record(r.path, "NORMAL" if i == top else r.label) for i, r in enumerate(records)]
+    write_manifest(flipped, tmp_path / "flipped.csv")
+    write_manifest([r for r in records if r.label == "PNEUMONIA"], tmp_path / "one-class.csv")
+    (tmp_path / "taken").mkdir()
+    cases = [
+        ([str(tmp_path / "flipped.csv"), "--max-false-positive-rate", "0"], "no threshold finds any positive case"),
+        ([str(tmp_path / "one-class.csv"), "--youden"], "needs both classes"),
+        ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tmp_path / "taken")], "exists"),
+        ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tiny_bundle)], "exists"),
+        ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tiny_bundle / "inner")], "inside the bundle"),
+    ]
+    for args, reason in cases:
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "new")]
+        assert cli.main(["-q", "threshold", str(tiny_bundle), *args]) == 2, args  # -q: the error line alone
+        err = capsys.readouterr().err.strip()
+        assert reason in err and err.startswith("pneumoscan threshold: error:") and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flipped.csv", "one-class.csv", "taken"]
+    assert not (tiny_bundle / "inner").exists()
+    with pytest.raises(SystemExit) as exit_info:  # a policy is required
+        cli.main(["threshold", str(tiny_bundle), str(tiny_dataset), "--out", str(tmp_path / "new")])
+    assert exit_info.value.code == 2
+
+
+def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    bundle, out = tmp_path / "bundle", tmp_path / "retuned"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    assert cli.main(["threshold", str(bundle), str(tiny_dataset), "--split", "test", "--youden", "--out", str(out)]) == 0
+    assert (out / INT8_NAME).read_bytes() == (bundle / INT8_NAME).read_bytes()
+    int8 = Predictor(out, backend="onnx-int8")
+    _, images, targets, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), int8.card.spec)
+    y = binary_targets(targets)
+    assert int8.threshold() == choose_threshold(y, int8.positive(int8.probabilities(images)), None)
+    assert int8.threshold(tta=True) == choose_threshold(y, int8.positive(int8.probabilities(images, tta=True)), None)
+    sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
+    assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on chest_xray/test"
+    assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
