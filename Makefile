@@ -7,7 +7,7 @@ RUN_DIR ?= runs/demo
 DEMO_MINUTES ?= 11
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo bench browser docs clean
+.PHONY: env test demo bench browser pacs-server docs clean
 
 env: $(VENV)/.installed
 
@@ -23,7 +23,12 @@ $(VENV)/.installed: pyproject.toml
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: env browser
+# The PACS test runs a real Orthanc with its DICOMweb plugin; a missing server is a test failure, so install it here.
+pacs-server:
+	@(command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc) && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)
+
+test: env browser pacs-server
 	$(BIN)/pytest -q
 
 # audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report;

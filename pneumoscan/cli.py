@@ -157,10 +157,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if Path(args.out).is_dir():
             raise IsADirectoryError(f"--out {args.out} is a folder")
     skipped: list[dict[str, str]] = []
+    if args.dicom_sr or args.fhir:
+        from .interop.reports import check_reportable
+
+        check_reportable(args.bundle)
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
+    if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
+        from .interop.reports import write_reports
+
+        write_reports(rows, args.bundle, args.dicom_sr, args.fhir)
     failed = [row for row in rows if "error" in row]
     for row in failed:
         print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
@@ -176,6 +184,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     log.info("%d predicted, %d unreadable, %d skipped", len(rows) - len(failed), len(failed), len(skipped))
+    return 1 if failed else 0
+
+
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from .interop.dicomweb import predict_study
+    from .predict import format_results
+
+    rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
+                         backend=args.backend)
+    text = format_results(rows, "json")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text + "\n")
+    failed = [row for row in rows if "error" in row]
+    for row in failed:
+        print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
+    stored = sum(len(row.get("stored", [])) for row in rows)
+    log.info("%d predicted, %d unreadable, %d reports stored", len(rows) - len(failed), len(failed), stored)
     return 1 if failed else 0
 
 
@@ -348,7 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
     p.add_argument("--batch-size", type=_positive(int), default=64, help="images per model call (default 64)")
+    p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
+                                                     "Secondary Capture with --heatmaps) in the film's study")
+    p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("pacs", help="score a study's films from a PACS over DICOMweb; --store sends the SRs back")
+    p.add_argument("bundle", help="a pneumonia (or multiclass) bundle")
+    p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host:8042/dicom-web")
+    p.add_argument("--study", required=True, help="StudyInstanceUID")
+    p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
+    p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
+    p.add_argument("--out", help="results JSON (default: stdout)")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="as predict --backend (default onnx)")
+    p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
     p.add_argument("bundle", help="bundle folder")

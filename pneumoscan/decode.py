@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
+import re
 import stat
 import warnings
 from collections import Counter
@@ -21,7 +23,8 @@ import numpy as np
 import pydicom
 from PIL import ExifTags, Image, ImageChops
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
 from .names import file_kind
 
@@ -46,6 +49,7 @@ _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic
 RESIZE_POLICIES = ("squash", "pad", "center-crop")
 PIL_FORMATS = ("JPEG", "PNG")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
 
 
 class DecodeError(ValueError):
@@ -169,6 +173,37 @@ def _reduce(gray: Image.Image, target: int | None) -> Image.Image:
 
 # ---------------------------------------------------------------- DICOM
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def redact(text: str) -> str:
+    """``text`` with every quoted value replaced by ``'...'``: pydicom and highdicom quote element values in their
+    messages ("Invalid value for VR DA: '...'"), and the value may be a patient's name, id or birth date."""
+    return _QUOTED.sub("'...'", text)
+
+
+class _RedactValues(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+def keep_dicom_values_out_of_logs(*packages: str) -> None:
+    """Redact the log records of these packages' loggers (those that exist now and the package's own), and silence
+    their UserWarnings, which repeat the same messages unredacted on stderr (pydicom logs each one as well, so the
+    redacted record is still there). Per logger and filter rather than a ``catch_warnings`` block, because decoding
+    runs in threads and ``catch_warnings`` swaps process-wide state."""
+    for package in packages:
+        names = [n for n in logging.root.manager.loggerDict if n == package or n.startswith(package + ".")]
+        for name in {package, *names}:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactValues) for f in logger.filters):
+                logger.addFilter(_RedactValues())
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{re.escape(package)}(\.|$)")
+
+
+keep_dicom_values_out_of_logs("pydicom")
+
 
 def _read_dicom(src: Path | bytes, header_only: bool) -> Dataset:
     try:
@@ -205,17 +240,33 @@ def _dicom_header(ds: Dataset) -> tuple[int, int, str, str]:
     return cols, rows, photometric, bits
 
 
+def _pixels(ds: Dataset) -> np.ndarray:
+    """The stored pixel values (YBR converted to RGB), JPEG-LS through CharLS (pyjpegls) when it is installed: on a
+    1776 x 1416 12-bit film it decodes in 84 ms against pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and
+    pydicom would try pylibjpeg first. Every other syntax, and a JPEG-LS file CharLS refuses, gets pydicom's order."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins:
+        try:
+            ds.pixel_array_options(decoding_plugin="pyjpegls")
+            return ds.pixel_array
+        except Exception:  # fall through to every plugin, whose reasons say more
+            ds.pixel_array_options(decoding_plugin="")
+    return ds.pixel_array
+
+
 def _dicom_gray(ds: Dataset) -> np.ndarray:
     photometric = _dicom_header(ds)[2]
     try:
-        arr = ds.pixel_array  # YBR is converted to RGB here
+        arr = _pixels(ds)
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
             # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
             arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
         elif photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
-    except Exception as e:  # compressed syntax without a decoder plugin, broken LUTs, short pixel data, ...
-        raise DecodeError(f"cannot decode DICOM pixel data: {e}") from None
+    except Exception as e:  # a damaged codestream, a syntax no installed plugin decodes, broken LUTs, short data...
+        # pydicom lists each plugin's reason on its own line, under a heading that ends in ':'
+        reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":; ", ": ")
+        raise DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
     if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
@@ -224,6 +275,15 @@ def _dicom_gray(ds: Dataset) -> np.ndarray:
     # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
     gray = _minmax_u8(arr)
     return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
+def _syntax(ds: Dataset) -> str:
+    """The transfer syntax's name, for a reason that says which codec a file needs."""
+    try:
+        uid = ds.file_meta.TransferSyntaxUID
+        return uid.name if uid.is_transfer_syntax else f"unknown transfer syntax {uid}"
+    except Exception:
+        return "no transfer syntax recorded"
 
 
 def _minmax_u8(arr: np.ndarray) -> np.ndarray:
@@ -261,6 +321,13 @@ def image_info(source: Source) -> dict:
         if table is not None and len(table) == 64:  # a damaged file may lack its luminance table
             quality = int(np.abs(_luma_tables() - np.array(table)).sum(axis=1).argmin()) + 1
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
+
+
+def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
+    """The DICOM header (pixel data left unread), or None for a JPEG/PNG; the same test for DICOM as
+    :func:`read_gray`, so a file is checked (scope.py) as it was decoded."""
+    src, is_dicom = _check_source(source, dicom)
+    return _read_dicom(src, header_only=True) if is_dicom else None
 
 
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:

@@ -33,6 +33,7 @@ from .decode import DecodeError, read_gray
 from .logs import progress as progress_bar
 from .metrics import softmax
 from .names import path_text
+from .scope import describe
 from .transforms import to_input
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -41,6 +42,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
+    "warnings", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 
@@ -276,7 +278,8 @@ def predict_paths(
     progress: bool = False,
     skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
-    """One row per input image, in input order: ``path, probability, label, threshold`` (plus
+    """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
+    checks of :mod:`.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
@@ -311,6 +314,8 @@ def predict_paths(
                     rows.append({"path": path, "error": gray})
                     continue
                 row = {"path": path, **next(results)}
+                if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
+                    row.update(describe(path))
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     png = overlay_png(gray, explain_array(predictor, gray))
                     row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
@@ -368,5 +373,6 @@ def format_results(rows: list[dict], fmt: str) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    # a list (the scope warnings) is one cell, its items joined
+    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
     return buf.getvalue()

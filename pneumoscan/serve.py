@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from python_multipart.multipart import parse_options_header
@@ -30,11 +31,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .decode import DecodeError, read_gray
+from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
 from .model_card import card_summary
 from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
+from .scope import describe
 
 STATIC = Path(__file__).parent / "static"
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
@@ -75,6 +77,12 @@ class Prediction(StageResult):
         None, description="bacterial vs viral: only when the service has an etiology model and the image reads as pneumonia"
     )
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a data URL")
+    warnings: list[str] = Field(
+        default_factory=list, description="why the film may be outside the model's scope (scored, but flagged)"
+    )
+    study_instance_uid: str | None = Field(None, description="DICOM uploads: the film's StudyInstanceUID")
+    series_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SeriesInstanceUID")
+    sop_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SOPInstanceUID")
 
 
 class ModelInfo(BaseModel):
@@ -273,6 +281,30 @@ def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
         raise Rejected(422, f"cannot read the image: {e}") from None
 
 
+def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str) -> Response:
+    """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation."""
+    from .interop import fhir, sr
+
+    headers = {"Cache-Control": "no-store"}
+    try:
+        if fmt == "fhir":
+            return Response(fhir.observation_json(reading, model, version), media_type="application/fhir+json",
+                            headers=headers)
+        source = read_dicom_header(data, dicom)
+        parts = [sr.dicom_bytes(sr.build_sr(source, reading, model, version))]
+        if png is not None:
+            parts.append(sr.dicom_bytes(sr.build_heatmap_sc(source, png, model, version)))
+    except ValueError as e:  # a DecodeError, a source without its UIDs, a model that does not read pneumonia
+        raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
+    if len(parts) == 1:
+        return Response(parts[0], media_type="application/dicom", headers=headers)
+    boundary = f"pneumoscan-{os.urandom(12).hex()}"
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts)
+    return Response(body + f"--{boundary}--\r\n".encode(), headers=headers,
+                    media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = 20,
                backend: str = "torch") -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
@@ -324,9 +356,8 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
-    def heatmap_url(image: np.ndarray) -> str:
-        cam = explain_array(main.predictor, image)  # torch, one at a time (the Predictor's lock)
-        return "data:image/png;base64," + base64.b64encode(overlay_png(image, cam)).decode("ascii")
+    def heatmap_png(image: np.ndarray) -> bytes:
+        return overlay_png(image, explain_array(main.predictor, image))  # torch, one at a time (the Predictor's lock)
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=_ERRORS,
@@ -335,10 +366,17 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
             "properties": {"file": {"type": "string", "format": "binary", "description": "JPEG, PNG or DICOM"}},
         }}}}},
     )
-    async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
-        """Classify one uploaded X-ray (multipart field ``file``)."""
+    async def predict(
+        request: Request, heatmap: bool = False, format: Literal["json", "dicom-sr", "fhir"] = "json"
+    ) -> Response:
+        """Classify one uploaded X-ray (multipart field ``file``). ``format``: the JSON below; ``dicom-sr``, a DICOM
+        Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related
+        body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation."""
         data, dicom = await _read_upload(request, max_bytes)
         image = await anyio.to_thread.run_sync(_decode, data, main.card.spec.decode_target, dicom)
+        scope = await anyio.to_thread.run_sync(describe, data, dicom)  # warnings and DICOM UIDs
+        if format == "dicom-sr" and "study_instance_uid" not in scope:
+            raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
         result = await main.predict(image)
         etiology_result = None
         if second is not None and result.label == main.card.positive:
@@ -346,8 +384,14 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
             same = target == main.card.spec.decode_target
             gray = image if same else await anyio.to_thread.run_sync(_decode, data, target, dicom)
             etiology_result = await second.predict(gray)
-        overlay = await anyio.to_thread.run_sync(heatmap_url, image) if heatmap else None
-        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)
+        png = await anyio.to_thread.run_sync(heatmap_png, image) if heatmap else None
+        if format != "json":
+            reading = {**result.model_dump(), **scope}
+            return await anyio.to_thread.run_sync(
+                _report, format, reading, data, dicom, png, main.card.model_id, main.version
+            )  # fmt: skip
+        overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})

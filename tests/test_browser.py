@@ -117,6 +117,7 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     page.uncheck("#heatmap-toggle")
     expect(page.locator("#image")).to_be_visible()
     expect(page.locator("#overlay")).to_be_hidden()
+    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
 
     # a rejected file gives a clear message and hides the old result
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an X-ray\n" * 10}])
@@ -147,10 +148,12 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     drop_file(page, dicom_xray(dropped), "scan.dcm", "application/dicom")
     expect(page.locator("#caption")).to_contain_text("DICOM")
     expect(page.locator("#overlay")).to_be_visible()
+    expect(page.locator("#warnings")).to_contain_text("Scope: BodyPartExamined not recorded")  # scored, but flagged
     assert not page.is_checked("#heatmap-toggle"), "the reader's choice is kept for the next film"
     drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
     expect(page.locator("#image")).to_be_visible()
     expect(page.locator("#overlay")).to_be_hidden()
+    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
 
     assert not errors or all("Failed to load resource" in e for e in errors), errors
     assert requested and all(u.startswith(server) or u.startswith(("data:", "blob:")) for u in requested), requested

@@ -52,6 +52,19 @@ function showCard(info) {
   }
 }
 
+// Scope warnings (a lateral view, an adult, a CT slice, a JPEG without DICOM tags...): the reading is shown, and so
+// is why it may not apply.
+function showWarnings(warnings) {
+  const list = $("warnings");
+  list.replaceChildren();
+  for (const text of warnings) {
+    const item = document.createElement("li");
+    item.textContent = `Scope: ${text}`;
+    list.append(item);
+  }
+  list.hidden = warnings.length === 0;
+}
+
 function showResult(file, r) {
   $("error").hidden = true;
   $("status").textContent = "";
@@ -69,6 +82,7 @@ function showResult(file, r) {
   if (e) {
     $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${e.probability.toFixed(3)}, threshold ${e.threshold.toFixed(3)})`;
   }
+  showWarnings(r.warnings || []);
   if (imageUrl) URL.revokeObjectURL(imageUrl);
   imageUrl = URL.createObjectURL(file);
   $("image").dataset.broken = "0";

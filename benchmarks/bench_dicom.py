@@ -1,0 +1,50 @@
+"""Compressed DICOM: size and decode time of one full-size val/ film (as 12-bit values) in each lossless transfer
+syntax pydicom can write, read through pneumoscan's decoder (best of 3); every syntax must give the same pixels."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import uid
+
+from pneumoscan.decode import read_gray
+from tests.builders import dicom_bytes
+
+
+def best_of(n: int, fn) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    root = Path(os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray")) / "val"
+    film = sorted(root.rglob("*.jpeg"))[0]
+    pixels = read_gray(film).astype(np.uint16) * 16
+    plain = dicom_bytes(pixels)
+    reference = read_gray(plain)
+    print(f"{film.name}: {pixels.shape[1]} x {pixels.shape[0]}, 12-bit")
+    print(f"{'transfer syntax':45s} {'MB':>6s} {'decode ms':>10s} {'encode ms':>10s}")
+    print(f"{'Explicit VR Little Endian (uncompressed)':45s} {len(plain) / 1e6:6.2f} "
+          f"{best_of(3, lambda: read_gray(plain)) * 1e3:10.0f} {'':>10s}")
+    for syntax in (uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless):
+        ds = pydicom.dcmread(io.BytesIO(plain))
+        encode = best_of(1, lambda: ds.compress(syntax))
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        data = buf.getvalue()
+        assert (read_gray(data) == reference).all(), syntax.name
+        print(f"{syntax.name[:45]:45s} {len(data) / 1e6:6.2f} {best_of(3, lambda: read_gray(data)) * 1e3:10.0f} "
+              f"{encode * 1e3:10.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""``pneumoscan pacs``: read a study's films from a PACS over DICOMweb, score them, and store the results back.
+
+QIDO-RS finds the study's instances, WADO-RS retrieves them, :func:`~pneumoscan.predict.predict_paths` scores them
+(scope warnings and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM
+Secondary Capture when heatmaps are asked) into the same study. Retrieved films are written to a private temporary
+folder for the prediction run and deleted with it; they are named by their SOP Instance UID, never by patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import pydicom
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from ..predict import predict_paths
+from .reports import check_reportable, write_reports
+from .sr import MANUFACTURER
+
+log = logging.getLogger(__name__)
+_STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+
+
+def _value(item: dict, tag: str) -> str:
+    values = item.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+def predict_study(
+    bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
+    backend: str = "onnx", timeout: float = 60,
+) -> list[dict]:
+    """One result row per image instance of the study (``path`` is the instance's WADO-RS URL); with ``store``
+    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap)."""
+    check_reportable(bundle)
+    if heatmaps and not store:
+        raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
+    client = DICOMwebClient(url=url.rstrip("/"), timeout=timeout)
+    # a busy PACS (503, 429, ...) or a dropped connection is tried 3 times over ~3 s, not 5 times over ~30 s
+    client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
+    try:
+        found = client.search_for_instances(study_instance_uid=study_uid)
+        if not found:
+            raise ValueError(f"study {study_uid} not found at {url} (QIDO-RS returned no instances)")
+        with tempfile.TemporaryDirectory(prefix="pneumoscan-pacs-") as tmp:
+            films, sources = Path(tmp) / "films", {}
+            films.mkdir()
+            for item in found:
+                series, sop = _value(item, _SERIES), _value(item, _SOP)
+                ds = client.retrieve_instance(study_uid, series, sop)
+                if "PixelData" not in ds or ds.get("Manufacturer") == MANUFACTURER:  # reports, our own overlays
+                    continue
+                path = films / f"{sop}.dcm"
+                ds.save_as(path, enforce_file_format=True)
+                sources[str(path)] = f"{url.rstrip('/')}/studies/{study_uid}/series/{series}/instances/{sop}"
+            if not sources:
+                raise ValueError(f"study {study_uid} holds no image instances to read")
+            rows = predict_paths(bundle, list(sources), backend=backend,
+                                 heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None)
+            if store:
+                write_reports(rows, bundle, sr_dir=Path(tmp) / "sr")
+                for row in rows:
+                    made = [row.pop(key) for key in ("dicom_sr", "dicom_heatmap") if key in row]
+                    if made:
+                        stored = [pydicom.dcmread(p) for p in made]
+                        client.store_instances(stored, study_instance_uid=study_uid)
+                        row["stored"] = [str(ds.SOPInstanceUID) for ds in stored]
+            for row in rows:
+                row["path"] = sources[row["path"]]
+                row.pop("heatmap", None)  # the temporary PNG is gone with the folder
+    except requests.RequestException as e:  # unreachable, refused, 4xx/5xx: one line, not a traceback
+        raise OSError(f"DICOMweb at {url}: {e}") from None
+    log.info("scored %d instances of one study%s", len(rows), " and stored the reports" if store else "")
+    return rows

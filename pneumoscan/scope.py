@@ -1,0 +1,153 @@
+"""Is a film in the model's scope? The DICOM tags that say what was imaged, and the identifiers a result must carry.
+
+The models are trained on frontal chest radiographs of children aged one to five (the Guangzhou pediatric set).
+A lateral view, an adult, a CT slice or a knee film is still scored -- refusing would hide the number from a reader
+who knows better -- but every such result carries a warning saying why it is outside that scope. A JPEG or PNG has no
+tags to check, which is said too, so no result is ever silently "in scope".
+
+Nothing here reads or returns a patient's name or id: only UIDs, which identify the images, leave this module.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .decode import Source, image_info, read_dicom_header
+
+RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
+_FRONTAL_CODES = {codes.SCT.PosteroAnterior.value, codes.SCT.AnteroPosterior.value}
+_LATERAL_CODES = {codes.SCT.Lateral.value, codes.SCT.LeftLateral.value, codes.SCT.RightLateral.value}
+# Training population: 1 to 5 years, where "5" lasts until the sixth birthday. Six months of margin below it: an
+# infant of 6-11 months is anatomically close to a one-year-old, a newborn is not. Nothing above: at 6 the chest
+# is already growing out of the training distribution.
+AGE_RANGE_YEARS = (0.5, 6.0)
+# The films on disk in train/ are 224 px; an image with a shorter side than that is enlarged, not reduced, and is
+# more likely a thumbnail or a screen grab than a radiograph.
+MIN_SIDE = 224
+NO_TAGS = "no DICOM tags: scope not checked"
+IDENTIFIERS = {
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "sop_instance_uid": "SOPInstanceUID",
+}
+_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An element as stripped upper-case text; '' when absent, empty or unreadable (a damaged tag is 'not recorded',
+    and the decoder has already refused what it cannot read). Read as stored, without pydicom's conversion: its
+    warnings about a malformed value quote the value, and a birth date is the patient's."""
+    try:
+        element = ds.get_item(keyword)
+    except Exception:
+        return ""
+    value = None if element is None else element.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return "" if value is None else str(value).strip(" \x00").upper()
+
+
+def _date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
+    except ValueError:
+        return None
+
+
+def age_years(ds: Dataset) -> float | None:
+    """PatientAge ('004Y', '018M', ...) or, without it, PatientBirthDate against the study (or series,
+    acquisition, content) date; None when neither gives an age."""
+    match = _AGE.match(_text(ds, "PatientAge"))
+    if match:
+        return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
+    born = _date(_text(ds, "PatientBirthDate"))
+    dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))
+    taken = next(filter(None, dates), None)
+    if born is None or taken is None or taken < born:
+        return None
+    return (taken - born).days / 365.25
+
+
+def _view(ds: Dataset) -> tuple[str, str]:
+    """(kind, as recorded): kind is 'frontal', 'lateral', 'other' or '' when the view is not recorded."""
+    position = _text(ds, "ViewPosition")
+    if position:
+        kind = "frontal" if position in FRONTAL_VIEWS else "lateral" if position in LATERAL_VIEWS else "other"
+        return kind, position
+    try:
+        item = (ds.get("ViewCodeSequence") or [None])[0]
+    except Exception:
+        item = None
+    if item is None:
+        return "", ""
+    value, meaning = _text(item, "CodeValue"), _text(item, "CodeMeaning")
+    kind = "frontal" if value in _FRONTAL_CODES else "lateral" if value in _LATERAL_CODES else "other"
+    return kind, meaning or value
+
+
+def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
+    """Why this film may be outside the model's scope (empty when every check passed). ``ds``: the DICOM header,
+    None for a JPEG/PNG; ``width`` x ``height``: the stored image's size (not a draft-scaled decode's)."""
+    found: list[str] = []
+    if ds is None:
+        found.append(NO_TAGS)
+    else:
+        modality = _text(ds, "Modality")
+        if not modality:
+            found.append("Modality not recorded: not checked to be a radiograph (CR/DX)")
+        elif modality not in RADIOGRAPHY:
+            found.append(f"Modality {modality} is not a radiograph (CR/DX): the model reads chest X-ray films only")
+        body = _text(ds, "BodyPartExamined")
+        if not body:
+            found.append("BodyPartExamined not recorded: not checked to be a chest film")
+        elif body != "CHEST":
+            found.append(f"BodyPartExamined {body} is not CHEST: the model reads chest films only")
+        kind, view = _view(ds)
+        if not kind:
+            found.append("view (ViewPosition) not recorded: not checked to be frontal")
+        elif kind == "lateral":
+            found.append(f"lateral view ({view}): the model was trained on frontal (PA/AP) films only")
+        elif kind == "other":
+            found.append(f"view {view} is not frontal (PA/AP): the model was trained on frontal films only")
+        age = age_years(ds)
+        low, high = AGE_RANGE_YEARS
+        if age is None:
+            found.append("patient age not recorded (PatientAge, PatientBirthDate): not checked against the "
+                         "training population (1-5 years)")
+        elif not low <= age < high:
+            found.append(f"patient age {age:.1f} years is outside the training population (1-5 years, accepted "
+                         f"{low:g} to under {high:g})")
+        photometric = _text(ds, "PhotometricInterpretation")
+        if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            found.append(f"PhotometricInterpretation {photometric}: a radiograph is grayscale (MONOCHROME1/2)")
+    if min(height, width) < MIN_SIDE:
+        found.append(f"image is {width} x {height} pixels, smaller than {MIN_SIDE} px on a side: a thumbnail, "
+                     "not a radiograph")
+    return found
+
+
+def identifiers(ds: Dataset) -> dict[str, str | None]:
+    """The study, series and instance UIDs (None where the file lacks one): what links a result to its film."""
+    return {field: _text(ds, keyword) or None for field, keyword in IDENTIFIERS.items()}
+
+
+def describe(source: Source, dicom: bool = False) -> dict:
+    """The result fields for a decoded film: its UIDs when it is a DICOM, and ``warnings`` (a list, possibly
+    empty). The header is read again (header only, pixels left unread): cheap next to decoding the pixels."""
+    try:
+        ds = read_dicom_header(source, dicom)
+        if ds is None:
+            info = image_info(source)
+            width, height = info["width"], info["height"]
+        else:
+            width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+    except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
+        return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
+    return {**(identifiers(ds) if ds is not None else {}), "warnings": scope_warnings(ds, width, height)}

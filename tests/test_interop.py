@@ -1,0 +1,519 @@
+"""DICOM in, DICOM and FHIR out: scope checks, identifiers, privacy of logs, SR / Secondary Capture / FHIR results
+from `predict` and from the web service."""
+
+from __future__ import annotations
+
+import csv
+import email
+import io
+import json
+import logging
+import shutil
+import socket
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.observation import Observation
+from PIL import Image
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from pneumoscan import cli
+from pneumoscan.bundle import load_card
+from pneumoscan.decode import read_gray
+from pneumoscan.export import weights_digest
+from pneumoscan.scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.interop.fhir import build_observation
+from pneumoscan.predict import predict_paths
+from pneumoscan.serve import create_app
+from tests.builders import SCORE_TOL, dicom_bytes
+
+NAME, PATIENT_ID = "Doe^Jane^Secret", "MRN-004217-X"
+IN_SCOPE = {
+    "Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "003Y",
+    "PatientName": NAME, "PatientID": PATIENT_ID, "PatientBirthDate": "20200101", "PatientSex": "F",
+    "StudyDate": "20230315", "StudyTime": "101500", "AccessionNumber": "ACC-1", "StudyID": "7",
+    "ReferringPhysicianName": "", "SeriesNumber": 1, "InstanceNumber": 1,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def film(data_root: Path) -> np.ndarray:
+    """A real training film (224 x 224) as 12-bit values."""
+    return read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]).astype(np.uint16) * 16
+
+
+def chest_dicom(pixels: np.ndarray, **changes: object) -> bytes:
+    """An in-scope pediatric frontal chest DX of ``pixels`` with its own study/series/instance, ``changes`` applied
+    (None deletes a tag)."""
+    tags = {**IN_SCOPE, "StudyInstanceUID": generate_uid(), "SeriesInstanceUID": generate_uid(), **changes}
+    return dicom_bytes(pixels, **{k: v for k, v in tags.items() if v is not None})
+
+
+def header(pixels: np.ndarray, **changes: object) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(chest_dicom(pixels, **changes)))
+
+
+# ---------------------------------------------------------------- scope checks
+
+
+def test_an_in_scope_film_has_no_warnings(film: np.ndarray) -> None:
+    assert scope_warnings(header(film), 224, 224) == []
+
+
+def _view_code(code: pydicom.sr.coding.Code) -> list[Dataset]:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    return [item]
+
+
+OUT_OF_SCOPE = {
+    "lateral view": ({"ViewPosition": "LL"}, "lateral view (LL)"),
+    "lateral view by code": ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)},
+                             "lateral view (LEFT LATERAL)"),
+    "oblique view": ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
+    "CT slice": ({"Modality": "CT"}, "Modality CT is not a radiograph"),
+    "knee": ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
+    "adult": ({"PatientAge": "034Y"}, "patient age 34.0 years is outside the training population"),
+    "six-year-old": ({"PatientAge": "006Y"}, "patient age 6.0 years is outside"),
+    "newborn by birth date": ({"PatientAge": None, "PatientBirthDate": "20230101", "StudyDate": "20230301"},
+                              "patient age 0.2 years is outside"),
+    "no age": ({"PatientAge": None, "PatientBirthDate": None}, "patient age not recorded"),
+    "no modality": ({"Modality": ""}, "Modality not recorded"),  # empty: the builder always writes one
+    "no body part": ({"BodyPartExamined": None}, "BodyPartExamined not recorded"),
+    "no view": ({"ViewPosition": None}, "view (ViewPosition) not recorded"),
+    "colour": ({"PhotometricInterpretation": "PALETTE COLOR"}, "PhotometricInterpretation PALETTE COLOR"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_SCOPE))
+def test_out_of_scope_films_are_flagged(film: np.ndarray, case: str) -> None:
+    changes, words = OUT_OF_SCOPE[case]
+    found = scope_warnings(header(film, **changes), 224, 224)
+    assert len(found) == 1 and words in found[0], found
+
+
+@pytest.mark.parametrize("age, accepted", [("006M", True), ("005M", False), ("012M", True), ("005Y", True),
+                                           ("104W", True), ("020D", False)])
+def test_age_margin(film: np.ndarray, age: str, accepted: bool) -> None:
+    found = scope_warnings(header(film, PatientAge=age), 224, 224)
+    assert (found == []) == accepted, found
+
+
+def test_age_from_birth_date_and_study_date(film: np.ndarray) -> None:
+    ds = header(film, PatientAge=None, PatientBirthDate="20200615", StudyDate="20230615")
+    assert age_years(ds) == pytest.approx(3.0, abs=0.01)
+    assert scope_warnings(ds, 224, 224) == []
+
+
+def test_tiny_images_are_flagged_whatever_their_format(film: np.ndarray) -> None:
+    small = film[:100, :150]
+    assert "150 x 100 pixels, smaller than 224" in describe(chest_dicom(small))["warnings"][0]
+    buf = io.BytesIO()
+    Image.fromarray((small >> 4).astype(np.uint8)).save(buf, "PNG")
+    assert describe(buf.getvalue())["warnings"] == [NO_TAGS, "image is 150 x 100 pixels, smaller than 224 px on a "
+                                                             "side: a thumbnail, not a radiograph"]
+
+
+def test_a_jpeg_says_its_scope_was_not_checked(data_root: Path) -> None:
+    jpeg = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+    assert describe(jpeg) == {"warnings": [NO_TAGS]}
+
+
+# ---------------------------------------------------------------- predict: warnings, identifiers, privacy
+
+
+@pytest.fixture
+def films(film: np.ndarray, data_root: Path, tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "films"
+    folder.mkdir()
+    paths = {"in_scope": folder / "a_in_scope.dcm", "lateral_adult": folder / "b_lateral_adult.dcm",
+             "jpeg": folder / "c_film.jpeg"}  # fmt: skip
+    paths["in_scope"].write_bytes(chest_dicom(film))
+    paths["lateral_adult"].write_bytes(chest_dicom(film, ViewPosition="LL", PatientAge="045Y"))
+    paths["jpeg"].write_bytes(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes())
+    return paths
+
+
+def test_predict_rows_carry_warnings_and_uids(tiny_bundle: Path, films: dict[str, Path]) -> None:
+    rows = {Path(r["path"]).name: r for r in predict_paths(tiny_bundle, [films["in_scope"].parent])}
+    good, odd, jpeg = (rows[films[k].name] for k in ("in_scope", "lateral_adult", "jpeg"))
+    ds = pydicom.dcmread(films["in_scope"])
+    assert (good["study_instance_uid"], good["series_instance_uid"], good["sop_instance_uid"]) == (
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert good["warnings"] == []
+    assert [w.split(" ")[0] for w in odd["warnings"]] == ["lateral", "patient"]
+    assert jpeg["warnings"] == [NO_TAGS] and "study_instance_uid" not in jpeg
+    assert all(0 <= r["probability"] <= 1 for r in rows.values())  # scored, all three
+
+
+def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_results(
+    tiny_bundle: Path, films: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name in ("pydicom", "highdicom", "pneumoscan"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    out = tmp_path / "r.csv"
+    args = ["predict", str(tiny_bundle), str(films["in_scope"].parent), "--out", str(out), "--backend", "torch",
+            "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir"), "--heatmaps", str(tmp_path / "h")]
+    assert cli.main(args) == 0
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert rows[films["lateral_adult"].name]["warnings"].count("; ") == 1  # two warnings, one cell
+    assert all(rows[films[k].name]["dicom_sr"] for k in ("in_scope", "lateral_adult"))
+    assert rows[films["jpeg"].name]["warnings"].startswith(NO_TAGS)
+    assert rows[films["in_scope"].name]["sop_instance_uid"] == pydicom.dcmread(films["in_scope"]).SOPInstanceUID
+    captured = capsys.readouterr()
+    assert caplog.records, "logging was captured"  # the report writer logs: capture works
+    fhir_texts = [p.read_text() for p in (tmp_path / "fhir").iterdir()]
+    for text in (caplog.text, captured.out, captured.err, out.read_text(), *fhir_texts):
+        for secret in (NAME, "Doe", PATIENT_ID):
+            assert secret not in text
+    # the SR does hold the patient module: that is the report a PACS files with the patient
+    assert any(str(pydicom.dcmread(p).PatientName) == NAME for p in (tmp_path / "sr").iterdir())
+
+
+def test_pydicom_log_records_are_redacted(film: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    ds = header(film)
+    with pytest.warns(UserWarning, match="Sekrit"):  # pytest resets warning filters per test; a real run ignores it
+        ds.PatientBirthDate = "Sekrit"  # pydicom validates the value, warns and logs, quoting it
+    assert "Invalid value for VR DA: '...'" in caplog.text and "Sekrit" not in caplog.text
+
+
+def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Path, film: np.ndarray,
+                                                                  tmp_path: Path) -> None:
+    """pydicom and highdicom quote a malformed value in their warnings and logs; in a fresh process (its own
+    warning filters and log handlers, as a user runs it) none of those values may reach stderr or the results."""
+    secret = "Sekrit"
+    with pydicom.config.disable_value_validation():  # write the malformed values a real file may hold
+        # one component: highdicom warns that it is "unlikely to represent the intended person name", quoting it
+        bad_name = chest_dicom(film, PatientName=secret * 20, PatientID=secret * 20, PatientAge=secret)
+        bad_date = chest_dicom(film, PatientName=secret + "^Jane", PatientBirthDate=secret)
+    (tmp_path / "a.dcm").write_bytes(bad_name)
+    (tmp_path / "b.dcm").write_bytes(bad_date)
+    out = tmp_path / "r.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "pneumoscan", "predict", str(tiny_bundle), str(tmp_path / "a.dcm"),
+         str(tmp_path / "b.dcm"), "--out", str(out), "--backend", "torch", "--dicom-sr", str(tmp_path / "sr"),
+         "--fhir", str(tmp_path / "fhir")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert rows["a.dcm"]["dicom_sr"] and "no DICOM SR written: Unable to convert '...'" in rows["b.dcm"]["warnings"]
+    for text in (run.stdout, run.stderr, out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())):
+        assert secret not in text
+
+
+# ---------------------------------------------------------------- DICOM SR and Secondary Capture
+
+
+def _group(sr: hd.sr.ComprehensiveSR) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    [group] = sr.content.get_image_measurement_groups()
+    return group
+
+
+def _text_items(item: Dataset, meaning: str) -> list[str]:
+    return [i.TextValue for i in item.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+
+def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bundle: Path) -> None:
+    """Every field of the report against the source film and the reading."""
+    card = load_card(bundle)
+    sr = hd.sr.ComprehensiveSR.from_dataset(sr_ds)
+    assert sr.SOPClassUID == hd.sr.ComprehensiveSR.from_dataset(sr_ds).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.SeriesInstanceUID != source.SeriesInstanceUID
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate"):
+        assert sr_ds[keyword].value == source[keyword].value, keyword
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+    [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    [series] = evidence.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    group = _group(sr)
+    [evaluation] = group.get_qualitative_evaluations()
+    assert (evaluation.name.value, evaluation.name.scheme_designator) == ("233604007", "SCT")  # pneumonia
+    present = label == card.positive
+    assert evaluation.value == (codes.SCT.Present if present else codes.SCT.Absent)
+    measured = {m.name.meaning: m for m in group.get_measurements()}
+    assert measured.keys() == {"Probability", "Decision threshold"}
+    assert measured["Probability"].value == pytest.approx(probability, abs=1e-9)
+    assert measured["Decision threshold"].value == pytest.approx(card.threshold, abs=1e-9)
+    assert measured["Probability"].unit == codes.UCUM.NoUnits
+    version = f"sha256:{weights_digest(bundle)[:12]}"
+    [container] = [i for i in sr_ds.ContentSequence if i.ValueType == "CONTAINER"]  # Imaging Measurements
+    [group_item] = container.ContentSequence
+    numbers = [i for i in group_item.ContentSequence if i.ValueType == "NUM"]
+    for item in (group_item, *numbers):  # the group and each measurement name the algorithm
+        assert _text_items(item, "Algorithm Name") == [card.model_id]
+        assert _text_items(item, "Algorithm Version") == [version]
+    assert _text_items(sr_ds, "Device Observer Name") == [card.model_id]  # the observer is the model
+    [image] = group.source_images
+    assert image.referenced_sop_instance_uid == source.SOPInstanceUID
+    assert image.referenced_sop_class_uid == source.SOPClassUID
+
+
+def test_predict_writes_sr_and_heatmap_sc_in_the_films_study(
+    tiny_bundle: Path, films: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    args = ["predict", str(tiny_bundle), str(films["in_scope"].parent), "--out", str(out), "--backend", "torch",
+            "--dicom-sr", str(tmp_path / "sr"), "--heatmaps", str(tmp_path / "h")]
+    assert cli.main(args) == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    for key in ("in_scope", "lateral_adult"):
+        row, source = rows[films[key].name], pydicom.dcmread(films[key])
+        check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle)
+        sc = pydicom.dcmread(row["dicom_heatmap"])
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == source.StudyInstanceUID
+        assert sc.PatientName == source.PatientName and sc.SeriesInstanceUID not in (
+            source.SeriesInstanceUID, pydicom.dcmread(row["dicom_sr"]).SeriesInstanceUID)
+        np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(row["heatmap"]).convert("RGB")))
+    jpeg = rows[films["jpeg"].name]
+    assert "dicom_sr" not in jpeg and "no DICOM SR written" in jpeg["warnings"][-1]
+
+
+def test_sr_refuses_a_film_without_its_uids(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "anon.dcm"
+    path.write_bytes(chest_dicom(film, StudyInstanceUID=None))
+    [row] = predict_paths(tiny_bundle, [path])
+    from pneumoscan.interop.reports import write_reports
+
+    write_reports([row], tiny_bundle, sr_dir=tmp_path / "sr")
+    assert "dicom_sr" not in row and "no StudyInstanceUID: a report cannot reference it" in row["warnings"][-1]
+
+
+def test_reports_are_refused_for_an_etiology_model(tiny_etiology_bundle: Path, films: dict, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    args = ["predict", str(tiny_etiology_bundle), str(films["jpeg"]), "--fhir", str(tmp_path / "f")]
+    assert cli.main(args) == 2
+    assert "report pneumonia" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+# ---------------------------------------------------------------- FHIR
+
+
+def check_observation(obs: Observation, probability: float, label: str, bundle: Path, study_uid: str | None,
+                      warnings: list[str]) -> None:
+    card = load_card(bundle)
+    assert obs.status == "preliminary" and obs.category[0].coding[0].code == "imaging"
+    assert (obs.code.coding[0].system, obs.code.coding[0].code) == ("http://snomed.info/sct", "233604007")
+    assert obs.valueCodeableConcept.coding[0].code == ("52101004" if label == card.positive else "272519000")
+    probability_given, threshold_given = (c.valueQuantity.value for c in obs.component)
+    assert float(probability_given) == pytest.approx(probability, abs=SCORE_TOL)
+    assert float(threshold_given) == pytest.approx(card.threshold, abs=1e-12)
+    [device] = obs.contained
+    assert device.deviceName[0].name == card.model_id
+    assert device.version[0].value == f"sha256:{weights_digest(bundle)[:12]}" and obs.device.reference == "#model"
+    if study_uid is None:
+        assert obs.derivedFrom is None
+    else:
+        assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
+    assert [n.text for n in obs.note or []] == [f"scope warning: {w}" for w in warnings]
+
+
+def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    folder = films["in_scope"].parent
+    args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--fhir", str(tmp_path / "f")]
+    assert cli.main(args) == 0
+    for row in json.loads(out.read_text()):
+        obs = Observation.model_validate_json(Path(row["fhir"]).read_text())  # R4B: refuses anything invalid
+        check_observation(obs, row["probability"], row["label"], tiny_bundle, row.get("study_instance_uid"),
+                          row["warnings"])
+
+
+def test_fhir_validation_is_real() -> None:
+    reading = {"probability": 0.7, "label": "PNEUMONIA", "positive": "PNEUMONIA", "threshold": 0.5, "task": "pneumonia"}
+    assert build_observation(reading, "m", "v").status == "preliminary"
+    with pytest.raises(ValidationError):
+        Observation.model_validate({"resourceType": "Observation", "status": "final"})  # no code
+    with pytest.raises(ValidationError):
+        Observation.model_validate({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                    "valueQuantity": {"value": "high"}})
+
+
+# ---------------------------------------------------------------- web service
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle: Path):
+    with TestClient(create_app(tiny_bundle)) as c:
+        yield c
+
+
+def post(client: TestClient, data: bytes, name: str = "film.dcm", kind: str = "application/dicom", **params: str):
+    return client.post("/v1/predict", files={"file": (name, data, kind)}, params=params)
+
+
+def test_api_json_has_warnings_and_uids(client: TestClient, film: np.ndarray) -> None:
+    data = chest_dicom(film, ViewPosition="LL")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    body = post(client, data).json()
+    assert body["warnings"] == ["lateral view (LL): the model was trained on frontal (PA/AP) films only"]
+    assert (body["study_instance_uid"], body["series_instance_uid"], body["sop_instance_uid"]) == (
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+def test_api_dicom_sr(client: TestClient, film: np.ndarray, tiny_bundle: Path) -> None:
+    data = chest_dicom(film)
+    reading = post(client, data).json()
+    r = post(client, data, format="dicom-sr")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
+             reading["label"], tiny_bundle)
+
+
+def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.ndarray, tiny_bundle: Path) -> None:
+    data = chest_dicom(film)
+    source = pydicom.dcmread(io.BytesIO(data))
+    r = post(client, data, format="dicom-sr", heatmap="true")
+    assert r.status_code == 200 and r.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+    message = email.message_from_bytes(f"Content-Type: {r.headers['content-type']}\r\n\r\n".encode() + r.content)
+    parts = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in message.get_payload()]
+    assert [p.Modality for p in parts] == ["SR", "OT"]
+    assert {p.StudyInstanceUID for p in parts} == {source.StudyInstanceUID}
+    assert parts[1].pixel_array.shape == (224, 3 * 224, 3)  # original | heatmap | blend
+
+
+def test_api_fhir(client: TestClient, film: np.ndarray, data_root: Path, tiny_bundle: Path) -> None:
+    data = chest_dicom(film, PatientAge="040Y")
+    reading = post(client, data).json()
+    r = post(client, data, format="fhir")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/fhir+json"
+    assert NAME not in r.text and PATIENT_ID not in r.text
+    check_observation(Observation.model_validate_json(r.text), reading["probability"], reading["label"],
+                      tiny_bundle, reading["study_instance_uid"], reading["warnings"])
+    jpeg = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    r = post(client, jpeg, "film.jpeg", "image/jpeg", format="fhir")
+    check_observation(Observation.model_validate_json(r.text), post(client, jpeg, "film.jpeg", "image/jpeg").json()[
+        "probability"], r.json()["valueCodeableConcept"]["text"] == "Present" and "PNEUMONIA" or "NORMAL",
+        tiny_bundle, None, [NO_TAGS])
+
+
+def test_api_refuses_sr_for_a_jpeg_and_unknown_formats(client: TestClient, data_root: Path) -> None:
+    jpeg = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    r = post(client, jpeg, "film.jpeg", "image/jpeg", format="dicom-sr")
+    assert r.status_code == 422 and "needs a DICOM upload" in r.json()["error"]
+    r = post(client, jpeg, "film.jpeg", "image/jpeg", format="hl7v2")
+    assert r.status_code == 422 and "format" in r.json()["error"]
+
+
+def test_api_logs_no_patient_data(client: TestClient, film: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name in ("pydicom", "highdicom", "pneumoscan", "uvicorn", "fastapi", "httpx"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    data = chest_dicom(film)
+    for fmt in ("json", "dicom-sr", "fhir"):
+        assert post(client, data, format=fmt).status_code == 200
+    assert caplog.records  # httpx logs each request: capture works
+    assert NAME not in caplog.text and "Doe" not in caplog.text and PATIENT_ID not in caplog.text
+
+
+# ---------------------------------------------------------------- PACS over DICOMweb (a real Orthanc)
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"  # Debian packages orthanc, orthanc-dicomweb (make test)
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Orthanc with its DICOMweb plugin on a free port, its storage in a temporary folder; yields the HTTP root."""
+    assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
+    folder = tmp_path_factory.mktemp("orthanc")
+    port = _free_port()
+    config = {
+        "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }  # fmt: skip
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("w")
+    proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"Orthanc exited:\n{(folder / 'orthanc.log').read_text()}"
+            assert time.monotonic() < deadline, "Orthanc did not start"
+            try:
+                if httpx.get(f"{url}/system", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_pacs_reads_a_study_and_stores_its_reports(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    study = generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film[::-1], StudyInstanceUID=study,
+                                                                         ViewPosition="LL")]
+    other = chest_dicom(film)  # another study on the same server: not read
+    for data in (*uploads, other):
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    args = ["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store", "--heatmaps",
+            "--out", str(out), "--backend", "torch"]  # fmt: skip
+    assert cli.main(args) == 0
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads)}
+    assert rows.keys() == sources.keys()
+    assert all(r["path"].startswith(f"{orthanc}/dicom-web/studies/{study}/series/") for r in rows.values())
+    assert [w.split(" ")[0] for r in rows.values() for w in r["warnings"]] == ["lateral"]
+    # what the PACS now holds, read back over DICOMweb
+    client = DICOMwebClient(url=f"{orthanc}/dicom-web")
+    found = client.search_for_instances(study_instance_uid=study)
+    held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
+    reports = [ds for ds in held if ds.Modality == "SR"]
+    overlays = [ds for ds in held if ds.get("Manufacturer") == "pneumoscan" and ds.Modality == "OT"]
+    assert len(reports) == len(overlays) == 2 and len(held) == 6
+    for sr_ds in reports:
+        sop = sr_ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
+            0].ReferencedSOPInstanceUID
+        row = rows[sop]
+        assert sr_ds.SOPInstanceUID in row["stored"]
+        check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle)
+    # a second run does not read the reports and overlays it stored as films
+    assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json")]) == 0
+    assert {r["sop_instance_uid"] for r in json.loads((tmp_path / "again.json").read_text())} == sources.keys()
+    assert NAME not in caplog.text and PATIENT_ID not in caplog.text
+    assert NAME not in capsys.readouterr().err
+
+
+def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", generate_uid()]) == 2
+    assert "not found" in capsys.readouterr().err
+    dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", dead, "--study", generate_uid()]) == 2
+    err = capsys.readouterr().err
+    assert f"DICOMweb at {dead}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
