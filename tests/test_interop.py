@@ -388,7 +388,8 @@ def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.nda
     parts = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in message.get_payload()]
     assert [p.Modality for p in parts] == ["SR", "OT"]
     assert {p.StudyInstanceUID for p in parts} == {source.StudyInstanceUID}
-    assert parts[1].pixel_array.shape == (224, 3 * 224, 3)  # original | heatmap | blend
+    height, width = read_gray(data, target=load_card(tiny_bundle).spec.decode_target).shape  # as the model read it
+    assert parts[1].pixel_array.shape == (height, 3 * width, 3)  # original | heatmap | blend
 
 
 def test_api_fhir(client: TestClient, film: np.ndarray, data_root: Path, tiny_bundle: Path) -> None:
