@@ -91,9 +91,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    import os
 
-    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend)
+    from .serve import LOOPBACK_HOSTS, Access, Limits, serve
+
+    if args.api_key_file:
+        key: str | None = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+    else:
+        key = os.environ.get("PNEUMOSCAN_API_KEY") or None
+    hosts = tuple(h.strip() for item in args.allowed_hosts or [] for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
+    access = Access(api_key=key, allowed_hosts=hosts, cors_origins=tuple(args.cors_origin or ()))
+    given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
+                                                    "body_timeout", "header_timeout")}
+    limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
+    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)
     return 0
 
 
@@ -214,6 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
     p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; Grad-CAM always runs in torch")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="file holding the API key that /v1/* requests must send (default: env PNEUMOSCAN_API_KEY; none)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without an API key (only behind a proxy that authenticates)")
+    p.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST]",
+                   help="Host header names served (default: localhost, 127.0.0.1, ::1 and the --host address); "
+                        "'*' allows any, '*.example.org' subdomains")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="let pages from this origin call the API from a browser (default: none)")
+    # defaults live in serve.Limits (not imported here: it pulls in torch)
+    p.add_argument("--max-concurrent-decodes", type=_positive(int), help="images decoded at once (default: cores, at most 4)")
+    p.add_argument("--max-queue", type=_positive(int),
+                   help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
+    p.add_argument("--heatmap-lane", type=_positive(int),
+                   help="Grad-CAM heatmaps computed at once, on their own threads; 4x as many may wait (default 1)")
+    p.add_argument("--body-timeout", type=_positive(float), help="seconds for a whole upload to arrive, else 408 (default 60)")
+    p.add_argument("--header-timeout", type=_positive(float),
+                   help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="probabilities and labels for image files and folders (CSV/JSON)")
