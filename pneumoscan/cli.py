@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from .serve import Access, Limits
 
 console = Console()
 
@@ -90,10 +95,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
-    from .serve import LOOPBACK_HOSTS, Access, Limits, serve
+def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
+    """The serve options as the library's limits and access rules (key from --api-key-file or PNEUMOSCAN_API_KEY)."""
+    from .serve import LOOPBACK_HOSTS, Access, Limits
 
     if args.api_key_file:
         key: str | None = Path(args.api_key_file).read_text().strip()
@@ -102,10 +106,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         key = os.environ.get("PNEUMOSCAN_API_KEY") or None
     hosts = tuple(h.strip() for item in args.allowed_hosts or [] for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
-    access = Access(api_key=key, allowed_hosts=hosts, cors_origins=tuple(args.cors_origin or ()))
     given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
                                                     "body_timeout", "header_timeout")}
     limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
+    return limits, Access(api_key=key, allowed_hosts=hosts, cors_origins=tuple(args.cors_origin or ()))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    limits, access = serve_settings(args)
     serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)
     return 0
 

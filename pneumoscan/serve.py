@@ -345,8 +345,10 @@ def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
 
 
 class _Guard:
-    """ASGI middleware in front of everything: the Host allow-list, the API key for /v1/*, and the security
-    headers on every response (errors included). Pure ASGI, so request bodies stream through untouched."""
+    """ASGI middleware in front of everything: the Host allow-list, the API key for /v1/*, the security headers
+    on every response, and a JSON 500 for a bug (caught here, so the framework neither re-raises it, which closed
+    the connection and logged a traceback per request, nor answers in plain text). Pure ASGI, so request
+    bodies stream through untouched."""
 
     def __init__(self, app: ASGIApp, access: Access | None) -> None:
         self.app, self.access = app, access
@@ -367,7 +369,20 @@ class _Guard:
             status, text, extra = problem
             response = JSONResponse({"error": text}, status_code=status, headers=extra)
             return await response(scope, receive, send_with_headers)
-        await self.app(scope, receive, send_with_headers)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:  # a bug: one log line (no upload data in it), a JSON 500, the connection kept
+            logger.error("internal error on %s %s", scope["method"], scope["path"], exc_info=e)
+            if started:
+                raise
+            await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         if self.access is None:
@@ -428,7 +443,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
     painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
     decode_slots, heatmap_slots = asyncio.Semaphore(limits.max_concurrent_decodes), asyncio.Semaphore(limits.heatmap_lane)
-    in_flight = Counter[str]()
+    in_flight = Counter[str]()  # requests in the service per lane (also app.state.in_flight, for tests and probes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -451,6 +466,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
     app.add_middleware(_Guard, access=access)
+    app.state.in_flight = in_flight
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
@@ -464,11 +480,6 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        # still JSON for the client; the traceback goes to the server log (it holds no upload data)
-        return JSONResponse({"error": "internal error"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -616,7 +627,7 @@ class OneLineLog(logging.Filter):
                 return False
             self.last[key] = now
             held = self.held.pop(key, 0)
-        text = record.getMessage() + (f": {type(exc).__name__}: {exc}" if exc else "")
+        text = record.getMessage().rstrip() + (f": {type(exc).__name__}: {exc}" if exc else "")
         if held:
             text += f" ({held} more like this held back)"
         record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = text, None, None, None, None
@@ -642,11 +653,17 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     return config
 
 
-def serve(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
-          access: Access | None = None, insecure: bool = False) -> None:
-    """Run the app under uvicorn. Listening on anything but loopback without an API key is refused (ValueError)
-    unless ``insecure``; then it goes on with a loud warning."""
+def serve(*args: Any, **kwargs: Any) -> None:
+    """Run the service under uvicorn (arguments as :func:`build_server`) until interrupted."""
+    build_server(*args, **kwargs).run()
+
+
+def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
+                 access: Access | None = None, insecure: bool = False) -> uvicorn.Server:
+    """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
+    unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
+    allow-list (but not a wildcard address: name the hosts with ``access``)."""
     access = access or Access()
     if access.api_key is None and not is_loopback(host):
         if not insecure:
@@ -654,11 +671,11 @@ def serve(bundle: Path | str, etiology: Path | str | None = None, host: str = "1
                              "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
         logger.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
                        host, port)
-    if host not in ("0.0.0.0", "::") and not is_loopback(host) and host not in access.allowed_hosts:
+    if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
     _raise_open_file_limit()
     config = server_config(create_app(bundle, etiology, max_upload_mb, backend, limits, access), host, port, limits)
-    uvicorn.Server(config).run()
+    return uvicorn.Server(config)
 
 
 def _raise_open_file_limit() -> None:
