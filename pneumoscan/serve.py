@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import h11
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
@@ -79,9 +80,9 @@ class Limits:
     ``max_queue``: prediction requests in the service at once (reading, decoding, waiting, classifying); it also
     bounds the memory held by uploads (``max_queue`` x the upload limit). ``heatmap_lane``: Grad-CAM overlays
     computed at once, on their own threads and their own copy of the model; at most ``4 x heatmap_lane`` heatmap
-    requests are in the service. ``body_timeout``: seconds for the whole upload to arrive. ``header_timeout``:
-    seconds for a request line and headers to arrive (also the grace for the rest of a body after an early
-    answer). ``keep_alive``: seconds an idle connection stays open."""
+    requests are in the service. ``body_timeout``: seconds for the whole upload to arrive (also the grace for
+    the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
+    headers to arrive. ``keep_alive``: seconds an idle connection stays open."""
 
     max_concurrent_decodes: int = max(1, min(4, os.cpu_count() or 1))
     max_queue: int = 32
@@ -336,6 +337,12 @@ async def _read_upload(request: Request, max_bytes: int, timeout: float) -> tupl
     return data, dicom
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed its connection (after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
     """Decoded the way the training cache decodes (JPEG draft-scaled towards ``size``), so inputs match training."""
     try:
@@ -490,13 +497,21 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         cam = explain_array(heat_predictor, image)
         return "data:image/png;base64," + base64.b64encode(overlay_png(image, cam)).decode("ascii")
 
-    async def in_lane(request: Request, slots: asyncio.Semaphore, pool: ThreadPoolExecutor,
+    async def in_lane(gone: asyncio.Future, slots: asyncio.Semaphore, pool: ThreadPoolExecutor,
                       fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on ``pool`` once a slot is free, unless the client has gone while it waited."""
-        async with slots:
-            if await request.is_disconnected():
-                raise _ClientGone()
+        """``fn(*args)`` on ``pool`` once a slot is free; a client that goes while waiting leaves the queue at
+        once (so its place, and its slot in the queue bound, go to someone still there)."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done():
+            if acquire.done() and not acquire.cancelled():
+                slots.release()
+            acquire.cancel()
+            raise _ClientGone()
+        try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        finally:
+            slots.release()
 
     def admit(lane: str, bound: int) -> None:
         if in_flight[lane] >= bound:
@@ -526,17 +541,21 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
 
     async def predict_admitted(request: Request, heatmap: bool) -> JSONResponse:
         data, dicom = await _read_upload(request, max_bytes, limits.body_timeout)
-        image = await in_lane(request, decode_slots, decoders, _decode, data, main.card.spec.decode_target, dicom)
-        if await request.is_disconnected():
-            raise _ClientGone()
-        result = await main.predict(image)
-        etiology_result = None
-        if second is not None and result.label == main.card.positive:
-            target = second.card.spec.decode_target
-            same = target == main.card.spec.decode_target
-            gray = image if same else await in_lane(request, decode_slots, decoders, _decode, data, target, dicom)
-            etiology_result = await second.predict(gray)
-        overlay = await in_lane(request, heatmap_slots, painters, heatmap_url, image) if heatmap else None
+        gone = asyncio.ensure_future(_disconnected(request))  # the body is in: what comes next is a disconnect
+        try:
+            image = await in_lane(gone, decode_slots, decoders, _decode, data, main.card.spec.decode_target, dicom)
+            if gone.done():
+                raise _ClientGone()
+            result = await main.predict(image)
+            etiology_result = None
+            if second is not None and result.label == main.card.positive:
+                target = second.card.spec.decode_target
+                same = target == main.card.spec.decode_target
+                gray = image if same else await in_lane(gone, decode_slots, decoders, _decode, data, target, dicom)
+                etiology_result = await second.predict(gray)
+            overlay = await in_lane(gone, heatmap_slots, painters, heatmap_url, image) if heatmap else None
+        finally:
+            gone.cancel()
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
@@ -563,14 +582,14 @@ class _GuardedH11(H11Protocol):
     connections, and any byte resets that timer: a client trickling its request line and headers, or the rest of
     a body after an early answer, held its connection (and a file descriptor) for ever."""
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = header_timeout
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
@@ -582,15 +601,18 @@ class _GuardedH11(H11Protocol):
         cycle = self.cycle
         super().on_response_complete()
         if self.cycle is cycle and not self.transport.is_closing():  # not already on a pipelined request
-            self._arm()
+            # an early answer (503, 401, 413) while the body still comes: uvicorn discards the rest, and the
+            # client reads the answer once it has sent it all, so it gets the body's time, not the head's
+            draining = self.conn.their_state is h11.SEND_BODY
+            self._arm(self.body_timeout if draining else self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float) -> None:
         self._disarm()
-        self.head_deadline = self.loop.call_later(self.header_timeout, self._expired)
+        self.head_deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         if self.head_deadline is not None:
@@ -643,7 +665,8 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     rate-limited failure logs."""
     limits = limits or Limits()
     config = uvicorn.Config(
-        app, host=host, port=port, http=functools.partial(_GuardedH11, header_timeout=limits.header_timeout),
+        app, host=host, port=port,
+        http=functools.partial(_GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
         timeout_keep_alive=limits.keep_alive, **kwargs,
     )  # fmt: skip
     for name in QUIET_LOGGERS:  # after Config, which configures logging

@@ -193,6 +193,30 @@ def test_stalled_or_trickling_head_is_closed(tiny_bundle: Path, opening: bytes) 
         assert httpx.get(f"{url}/healthz").status_code == 200  # a well-behaved client is unaffected
 
 
+def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: bytes,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 comes before the body is read; a client that sends its whole body before reading (as most do) must
+    still get it, and keep its connection, even when the rest takes longer than the head deadline."""
+    gate = Gate(serve_module._decode)
+    monkeypatch.setattr(serve_module, "_decode", gate)
+    limits = Limits(max_concurrent_decodes=1, max_queue=1, header_timeout=0.3)
+    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with in_background([post(url, xray)]) as held:
+            gate.wait_entered(1)
+            body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n\r\n' + xray + b"\r\n--b--\r\n"
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(multipart_head(len(body)) + body[:100])
+                time.sleep(0.8)  # longer than the head deadline
+                sock.sendall(body[100:])
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                answers, _ = read_until_closed(sock, timeout=10)
+            gate.open.set()
+        assert held[0].status_code == 200
+    assert answers.startswith(b"HTTP/1.1 503") and b"retry-after: 2" in answers.lower()
+    assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in answers  # the same connection goes on
+
+
 # ---------------------------------------------------------------- clients that have gone
 
 
@@ -215,6 +239,7 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
                 sock.sendall(multipart_head(len(body)) + body)
                 wait_for(lambda: app.state.in_flight["prediction"] == 2, "B admitted")
                 time.sleep(0.3)  # B's body is read; it waits for the decode slot
+            wait_for(lambda: app.state.in_flight["prediction"] == 1, "B leaving the queue while A still decodes")
             gate.open.set()
         assert first[0].status_code == 200
         wait_for(lambda: app.state.in_flight["prediction"] == 0, "B dropped")
