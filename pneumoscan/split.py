@@ -8,7 +8,8 @@ unknown) may fill up to ``round(val_fraction * its size)`` images and no further
 in its own stratum copes with the many Kermany patient ids that have both bacterial and viral films (808 of
 1,635 in train), which a "dominant subtype" stratification would misplace; small units then fill each stratum
 almost exactly (on the train folder, val subtype shares stay within 0.1 point of the whole for fractions 0.1-0.3).
-``StratifiedGroupKFold`` was not used: it only serves fractions of 1/k.
+``StratifiedGroupKFold`` was not used: it only serves fractions of 1/k. Cross-validation (:func:`patient_folds`)
+deals the same units into k folds, each unit to the fold that lacks most of its strata.
 """
 
 from __future__ import annotations
@@ -75,12 +76,42 @@ def patient_split(
     return [replace(r, split="val" if i in val else "train") for i, r in enumerate(records)]
 
 
-def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:
-    """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
+def patient_folds(
+    records: Sequence[Record], k: int, seed: int = 0, duplicate_groups: Sequence[Sequence[str]] | None = None
+) -> np.ndarray:
+    """The fold (0..k-1) of each record for k-fold cross-validation: no patient or duplicate group in two folds,
+    and each fold's class and subtype mix close to the whole. Units are dealt largest first (ties in a seeded
+    random order), each to the fold furthest below its share of the unit's strata."""
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    units = _units(records, duplicate_groups or [])
+    if len(units) < k:
+        raise ValueError(f"{len(units)} patients cannot fill {k} folds")
+    random.Random(seed).shuffle(units)
+    units.sort(key=len, reverse=True)  # stable: equal sizes keep the seeded order
+    share = {key: n / k for key, n in Counter(_stratum(r) for r in records).items()}
+    filled = [Counter() for _ in range(k)]
+    fold = np.zeros(len(records), dtype=np.int64)
+    for unit in units:
+        add = Counter(_stratum(records[i]) for i in unit)
+        f = min(range(k), key=lambda j: (sum((filled[j][key] - share[key]) / share[key] * n for key, n in add.items()), j))
+        filled[f].update(add)
+        fold[unit] = f
+    return fold
+
+
+def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
+    """Everything in DATA but its test split, and its exact-duplicate groups (which must stay together)."""
     pool = [r for r in discover(data).records if r.split != "test"]
     if not pool:
         raise ValueError(f"{data}: no images outside test/ to split")
-    return patient_split(pool, val_fraction, seed, exact_duplicate_groups([r.path for r in pool]))
+    return pool, exact_duplicate_groups([r.path for r in pool])
+
+
+def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:
+    """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
+    pool, duplicates = split_pool(data)
+    return patient_split(pool, val_fraction, seed, duplicates)
 
 
 def _tally(records: Sequence[Record], total: int) -> dict:

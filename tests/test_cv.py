@@ -1,0 +1,77 @@
+"""Cross-validation: patient-grouped folds of the real train/ folder, and k runs with out-of-fold scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan.audit import exact_duplicate_groups
+from pneumoscan.cli import main
+from pneumoscan.cv import fold_figures
+from pneumoscan.data import discover
+from pneumoscan.split import patient_folds
+
+
+def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:
+    records = discover(data_root / "train").records
+    groups = exact_duplicate_groups([r.path for r in records])
+    fold = patient_folds(records, 5, seed=1, duplicate_groups=groups)
+    assert sorted(set(fold.tolist())) == [0, 1, 2, 3, 4]
+    folds_of_patient: dict[str, set[int]] = {}
+    for r, f in zip(records, fold):
+        folds_of_patient.setdefault(r.patient, set()).add(int(f))
+    assert all(len(s) == 1 for s in folds_of_patient.values()), "a patient in two folds"
+    index = {r.path: i for i, r in enumerate(records)}
+    assert groups and all(len({int(fold[index[p]]) for p in g}) == 1 for g in groups)
+    whole = Counter(r.subtype for r in records)
+    for f in range(5):
+        part = Counter(r.subtype for r, g in zip(records, fold) if g == f)
+        n = sum(part.values())
+        assert abs(n - len(records) / 5) <= 0.01 * len(records), "folds of about equal size"
+        for subtype, count in whole.items():
+            assert abs(part[subtype] / n - count / len(records)) <= 0.01, (f, subtype)
+    assert (patient_folds(records, 5, 1, groups) == fold).all() and not (patient_folds(records, 5, 2, groups) == fold).all()
+
+
+def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
+    records = discover(tiny_dataset / "train").records[:3]
+    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+        patient_folds(records, 5)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        patient_folds(records, 1)
+
+
+def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.7, 0.9, 0.95])
+    figures = fold_figures(y, p, floor=0.75)  # 3 of 4 positives above 0.5: one normal (0.8) above too
+    assert figures["specificity_at_sensitivity_0.75"] == pytest.approx(0.75) and figures["n"] == 8
+    assert fold_figures(y, p, floor=1.0)["specificity_at_sensitivity_1"] == pytest.approx(0.75)
+
+
+def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    args = ["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
+            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+    assert main(args) == 0
+    result = json.loads((out / "cv.json").read_text())
+    with (out / "oof.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    pool = discover(tiny_dataset).split("train")
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(Path(r.path).name for r in pool), "each film once"
+    for k in range(2):
+        val = {Path(r.path).name for r in discover(out / f"split-fold-{k}.csv").split("val")}
+        assert {Path(r["path"]).name for r in rows if r["fold"] == str(k)} == val
+        assert (out / f"fold-{k}" / "bundle" / "bundle.json").exists()
+    assert [f["n"] for f in result["per_fold"]] == [sum(r["fold"] == str(k) for r in rows) for k in range(2)]
+    aucs = [f["auc"] for f in result["per_fold"]]
+    assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
+    assert result["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
+    stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0, "a finished cv runs again"
+    assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"

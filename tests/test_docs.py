@@ -1,0 +1,87 @@
+"""The user documentation: MkDocs builds it in strict mode (a broken link or anchor fails), and the README stays a
+short front page whose links work on a code host."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from markdown.extensions.toc import slugify
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+README_MAX_BYTES = 12 * 1024
+# A commit hash quoted in the text (`5f14974`), or named after the word commit: history, not documentation.
+COMMIT_HASH = re.compile(r"`[0-9a-f]{7,40}`|\bcommit [0-9a-f]{7,40}\b", re.IGNORECASE)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _mkdocs_build(project: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(project / "mkdocs.yml"),
+         "--site-dir", str(site)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _anchors(markdown_file: Path) -> set[str]:
+    """The heading ids MkDocs' toc extension gives a page (headings outside code fences)."""
+    text = re.sub(r"^```.*?^```", "", markdown_file.read_text(), flags=re.S | re.M)
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)
+    return {slugify(re.sub(r"[`*]", "", h), "-") for h in headings}
+
+
+def test_mkdocs_strict_build_succeeds(tmp_path: Path) -> None:
+    result = _mkdocs_build(ROOT, tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    nav = re.findall(r":\s*(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
+    assert nav, "mkdocs.yml lists no pages"
+    for page in nav:
+        built = tmp_path / "site" / ("index.html" if page == "index.md" else Path(page).stem + "/index.html")
+        assert built.is_file(), f"{page} was not built"
+
+
+def test_mkdocs_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
+    """The guard itself: the same configuration refuses a page with a dead link and a dead anchor."""
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    with (tmp_path / "docs" / "index.md").open("a") as f:
+        f.write("\n[gone](no-such-page.md) and [moved](results.md#no-such-heading)\n")
+    result = _mkdocs_build(tmp_path, tmp_path / "site")
+    assert result.returncode != 0
+    assert "no-such-page.md" in result.stderr and "no-such-heading" in result.stderr
+
+
+def test_readme_is_short_and_has_no_commit_hashes() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size:,} bytes; move detail into docs/ (limit {README_MAX_BYTES:,})"
+    assert not COMMIT_HASH.findall(README.read_text())
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_docs_have_no_commit_hashes(page: Path) -> None:
+    assert not COMMIT_HASH.findall(page.read_text())
+
+
+def test_readme_links_are_relative_and_resolve() -> None:
+    """README links into docs/ are relative paths (they work on a code host and in a clone), and each target file
+    and heading exists."""
+    local = [t for t in LINK.findall(README.read_text()) if not t.startswith(("http://", "https://"))]
+    assert any(t.startswith("docs/") for t in local), "README links to no docs page"
+    for target in local:
+        assert not target.startswith("/"), f"absolute link {target}"
+        path, _, anchor = target.partition("#")
+        assert (ROOT / path).is_file(), f"README links to a missing file: {target}"
+        if anchor:
+            assert anchor in _anchors(ROOT / path), f"README links to a missing heading: {target}"
+
+
+def test_anchor_helper_matches_mkdocs() -> None:
+    """_anchors must find headings MkDocs links to (a wrong helper would pass any README anchor check vacuously)."""
+    anchors = _anchors(ROOT / "docs" / "results.md")
+    assert {"official-test-split", "make-demo", "run-to-run-spread"} <= anchors
+    assert "no-such-heading" not in anchors

@@ -1,0 +1,77 @@
+"""INT8 export: a quantised graph calibrated on training films, scores near FP32's, and its own thresholds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from pneumoscan import cli
+from pneumoscan.dataset import binary_targets, get_task
+from pneumoscan.decode import read_gray
+from pneumoscan.evaluate import labelled_images
+from pneumoscan.export import INT8_NAME, spec_path
+from pneumoscan.metrics import choose_threshold
+from pneumoscan.predict import Predictor, predict_paths
+from tests.builders import SCORE_TOL
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bundle = tmp_path_factory.mktemp("int8") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    return bundle
+
+
+def test_int8_graph_is_quantised_and_scores_near_fp32(int8_bundle: Path, tiny_dataset: Path) -> None:
+    graph = onnx.load(str(int8_bundle / INT8_NAME))
+    onnx.checker.check_model(graph)
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    fp32, int8 = (Predictor(int8_bundle, backend=b) for b in ("onnx", "onnx-int8"))
+    files = sorted((tiny_dataset / "test").rglob("*.jpeg"))
+    images = fp32.preprocess([read_gray(f) for f in files])
+    p32, p8 = (p.positive(p.probabilities(images)) for p in (fp32, int8))
+    assert np.abs(p32 - p8).max() < 0.05, "INT8 approximates FP32"
+    assert not np.allclose(p32, p8, atol=1e-7), "the INT8 backend really runs the quantised graph"
+
+
+def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path, tiny_bundle: Path) -> None:
+    sidecar = json.loads(spec_path(int8_bundle / INT8_NAME).read_text())
+    int8 = Predictor(int8_bundle, backend="onnx-int8")
+    assert int8.card.threshold == sidecar["int8_threshold"] and int8.card.tta_threshold == sidecar["int8_tta_threshold"]
+    images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"), int8.card.spec)
+    y = binary_targets(targets)
+    floor = int8.card.train_config["target_sensitivity"]
+    expected = choose_threshold(y, int8.positive(int8.probabilities(images)), floor)
+    assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
+    assert sidecar["validation_images"] == len(y) and 0 <= sidecar["val_auc_int8"] <= 1
+    rows = predict_paths(int8_bundle, [tiny_bundle.parent.parent], backend="onnx-int8")
+    assert rows and all(r["threshold"] == sidecar["int8_threshold"] for r in rows if "error" not in r)
+
+
+def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_path: Path, capsys) -> None:
+    plain = tmp_path / "plain"
+    shutil.copytree(int8_bundle, plain, ignore=shutil.ignore_patterns("model.int8.onnx*"))
+    assert cli.main(["predict", str(plain), str(plain), "--backend", "onnx-int8"]) == 2
+    assert "has no validated model.int8.onnx" in capsys.readouterr().err
+    stale = tmp_path / "stale"
+    shutil.copytree(int8_bundle, stale)
+    sidecar = spec_path(stale / INT8_NAME)
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "weights_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="other weights"):
+        Predictor(stale, backend="onnx-int8")
+
+
+def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8"]) == 2
+    assert "--int8 needs --data" in capsys.readouterr().err
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_dataset / "test")]) == 2
+    assert "for split 'train'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
