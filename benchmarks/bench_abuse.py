@@ -1,7 +1,7 @@
 """Abuse test of `pneumoscan serve` on loopback: what 64 concurrent worst-case uploads do to the server's memory
 and to its health probe, and what 16 well-behaved clients get meanwhile-free.
 
-Run: ``python benchmarks/bench_abuse.py [BUNDLE] [--backend onnx] [-- serve options...]``. Without a bundle a
+Run: ``python benchmarks/bench_abuse.py [BUNDLE] [--backend onnx] [-- SERVE OPTIONS...]``. Without a bundle a
 tiny one is trained first (simple_cnn, 32 px, synthetic images: seconds); give a real one for real figures.
 Measured, per kind of upload (each just under the 20 MB upload limit, or at the decoder's pixel limit):
 
@@ -10,7 +10,9 @@ Measured, per kind of upload (each just under the 20 MB upload limit, or at the 
 * /healthz latency, probed every 50 ms during that load (goal: p99 under 1 s);
 * the answers: 200, 503 (load shed by the queue bound, with Retry-After), other 5xx (goal: 0), dropped.
 
-Then the throughput of ``--clients`` (16) clients posting real X-rays ($PNEUMOSCAN_DATA) for ``--seconds``.
+Before the floods, the throughput of ``--clients`` (16) clients posting real X-rays ($PNEUMOSCAN_DATA) for
+``--seconds`` (goal: no 5xx, nothing dropped); after them, how long a plain prediction then waits (the work the
+flood left behind: decodes already running finish, queued work whose client gave up is dropped).
 Everything is bounded in count and time; the server listens on 127.0.0.1 only. Exit status 1 when a goal is
 missed. Figures move with whatever else runs on the machine: the load average is printed.
 """
@@ -248,9 +250,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="duration of the steady-load phase")
     parser.add_argument("--max-requests", type=int, default=2000, help="cap on the steady-load phase")
     parser.add_argument("--timeout", type=float, default=180, help="per upload, in the flood phase")
-    parser.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: extra `pneumoscan serve` options")
-    args = parser.parse_args()
-    extra = [a for a in args.serve_args if a != "--"]
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: extra `pneumoscan serve` options
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(args.bundle) if args.bundle else tiny_bundle(Path(tmp))
@@ -268,6 +270,16 @@ def main() -> int:
                 httpx.post(f"{url}/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")}, timeout=120)
             idle_mb = status_kb(proc.pid, "VmRSS") / 1024
             print(f"idle RSS {idle_mb:.0f} MB   load average {os.getloadavg()[0]:.1f}", flush=True)
+            got = asyncio.run(steady(url, images, args.clients, args.seconds, args.max_requests))
+            lat = np.array(got["latencies"]) if got["latencies"] else np.array([np.nan])
+            counts = tally(got["statuses"])
+            rps = counts["200"] / got["seconds"]
+            results["steady"] = {"clients": args.clients, "rps": rps, "p50_s": float(np.percentile(lat, 50)),
+                                 "p95_s": float(np.percentile(lat, 95)), **counts}
+            print(f"{args.clients} clients, real X-rays: {rps:.1f} req/s, p50 {np.percentile(lat, 50) * 1e3:.0f} ms "
+                  f"p95 {np.percentile(lat, 95) * 1e3:.0f} ms; {counts}; load {os.getloadavg()[0]:.1f}", flush=True)
+            if any(counts[k] for k in ("other 5xx", "dropped", "503 shed")):
+                failures.append(f"steady load: {counts}")
             for kind, data in uploads.items():
                 with PeakRSS(proc.pid) as peak:
                     got = asyncio.run(flood(url, data, args.uploads, args.timeout))
@@ -286,16 +298,12 @@ def main() -> int:
                     failures.append(f"{kind}: /healthz p99 {p99:.2f} s (goal < {GOAL_HEALTH_P99_S:g})")
                 if counts["other 5xx"] or counts["dropped"]:
                     failures.append(f"{kind}: {counts['other 5xx']} 5xx other than 503, {counts['dropped']} dropped")
-            got = asyncio.run(steady(url, images, args.clients, args.seconds, args.max_requests))
-            lat = np.array(got["latencies"]) if got["latencies"] else np.array([np.nan])
-            counts = tally(got["statuses"])
-            rps = counts["200"] / got["seconds"]
-            results["steady"] = {"clients": args.clients, "rps": rps, "p50_s": float(np.percentile(lat, 50)),
-                                 "p95_s": float(np.percentile(lat, 95)), **counts}
-            print(f"{args.clients} clients, real X-rays: {rps:.1f} req/s, p50 {np.percentile(lat, 50) * 1e3:.0f} ms "
-                  f"p95 {np.percentile(lat, 95) * 1e3:.0f} ms; {counts}; load {os.getloadavg()[0]:.1f}", flush=True)
-            if any(counts[k] for k in ("other 5xx", "dropped", "503 shed")):
-                failures.append(f"steady load: {counts}")
+            # what the flood leaves behind: decodes already running finish, queued work of gone clients is dropped
+            start = time.perf_counter()
+            r = httpx.post(f"{url}/v1/predict", files={"file": ("x.jpeg", images[0], "image/jpeg")}, timeout=600)
+            recovery = time.perf_counter() - start
+            results["recovery_s"] = recovery
+            print(f"after the floods, a plain prediction was answered ({r.status_code}) in {recovery:.1f} s", flush=True)
             log_mb = log.stat().st_size / MB
             print(f"server log: {log_mb:.2f} MB, {sum(1 for _ in log.open('rb'))} lines, "
                   f"{log.read_text(errors='replace').count('Traceback')} tracebacks")
