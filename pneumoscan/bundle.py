@@ -2,13 +2,21 @@
 
     bundle/
       model.safetensors   weights
+      model.onnx          the same model for ONNX Runtime (pneumoscan export; training writes it)
       bundle.json         model name and kwargs, task and classes, preprocessing, threshold, temperature,
-                          training data fingerprint, validation metrics, package version
+                          training data fingerprint, validation metrics, package version, and the SHA-256
+                          of model.safetensors and model.onnx as written ("files")
+
+Every load checks the weights against the recorded SHA-256: damaged bytes of the same size load without error
+and give wrong or NaN scores, so a mismatch is refused (ValueError) rather than used. bundle.json itself is not
+covered: it is rewritten by design (the TTA threshold after export, a copied bundle with another threshold).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +30,10 @@ from .decode import PreprocessSpec
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +61,8 @@ class BundleCard:
     train_config: dict = field(default_factory=dict)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
+    # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -67,12 +80,23 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def file_sha256(path: Path | str) -> str:
+    """``sha256:HEX`` of a file's bytes, the form bundle.json records."""
+    with Path(path).open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard) -> Path:
-    """Write weights and card; each file lands atomically so a reader never sees half a bundle file."""
+    """Write weights and card; each file lands atomically so a reader never sees half a bundle file. The card
+    records the weights' SHA-256 (``card.files``) and drops any record of a model.onnx, which is of other
+    weights now (export records the new one)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    card.files = {WEIGHTS: file_sha256(tmp)}  # hashed before it takes the real name: what was written, not read back later
+    os.replace(tmp, directory / WEIGHTS)
     save_card(directory, card)
     return directory
 
@@ -84,6 +108,15 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     _atomic_write(Path(directory) / CARD, lambda p: p.write_text(text))
 
 
+def record_checksum(directory: Path | str, name: str, digest: str | None = None) -> None:
+    """Add the SHA-256 of BUNDLE/NAME (``digest`` when the caller hashed it as written) to bundle.json. A bundle
+    that records no checksum of its weights is left as it is: half a record would refuse its weights."""
+    card = load_card(directory)
+    if WEIGHTS in card.files:
+        card.files[name] = digest or file_sha256(Path(directory) / name)
+        save_card(directory, card)
+
+
 def load_card(directory: Path | str) -> BundleCard:
     data = json.loads((Path(directory) / CARD).read_text())
     if data.get("format_version") != FORMAT_VERSION:
@@ -91,8 +124,30 @@ def load_card(directory: Path | str) -> BundleCard:
     return BundleCard(**data)
 
 
-def _read_weights(directory: Path | str) -> dict[str, torch.Tensor]:
-    """The bundle's tensors; a damaged file is a wrong input (a reason and exit status 2), not a crash."""
+def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str = "restore the bundle from a good copy") -> None:
+    """Refuse (ValueError) a bundle file whose SHA-256 differs from the one recorded when it was written. A
+    bundle older than the record is accepted with a warning, since nothing says what its bytes should be."""
+    path = Path(directory) / name
+    expected = card.files.get(name)
+    if expected is None:
+        if not card.files:
+            logger.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
+                           "damaged files cannot be detected; train it again to get a checked bundle", directory)
+            return
+        raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing, but bundle.json lists it") from None
+    if actual != expected:
+        raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded {expected[7:19]}... "
+                         f"when it was written; {remedy}")
+
+
+def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Tensor]:
+    """The bundle's tensors, checked against the recorded SHA-256; a damaged file is a wrong input (a reason and
+    exit status 2), not a crash and not a model that answers."""
+    verify_file(directory, card, WEIGHTS)
     path = Path(directory) / WEIGHTS
     try:
         return load_file(str(path))
@@ -103,8 +158,9 @@ def _read_weights(directory: Path | str) -> dict[str, torch.Tensor]:
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, **card.model_kwargs)
-    model.load_state_dict(_read_weights(directory))
+    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, image_size=card.size,
+                          **card.model_kwargs)
+    model.load_state_dict(_read_weights(directory, card))
     return model.eval(), card
 
 
@@ -113,7 +169,7 @@ def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str
     new films or a related task. A classifier for another number of classes keeps its fresh weights; the names
     of those tensors are returned. Any other mismatch is an error, since the bundle is then another model."""
     card = load_card(directory)
-    weights = _read_weights(directory)
+    weights = _read_weights(directory, card)
     own = model.state_dict()
     classifier = {id(p) for p in model.get_classifier().parameters()}
     head = [name for name, p in model.named_parameters() if id(p) in classifier]

@@ -4,12 +4,16 @@ The cache is keyed by a fingerprint of the file list (path, size, mtime, ctime),
 decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
 chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
 build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
+The index records the SHA-256 of the pixel file as built; every open checks it (190 MB for the 5,216 training
+films at 192 px: 0.13 s on an idle core with SHA extensions, about 1 s on a loaded 2-core machine), so damaged
+bytes of the same size are rebuilt, with a warning, instead of being trained or evaluated on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import tempfile
@@ -28,10 +32,12 @@ from rich.progress import Progress
 from pneumoscan.data import Record, discover
 from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
 
-CACHE_VERSION = 3  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 4  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,11 +48,18 @@ class ImageCache:
     paths: list[str]  # row i holds paths[i]
     errors: list[dict[str, str]]  # [{"path", "reason"}] for files that could not be decoded
     spec: PreprocessSpec
-    fingerprint: str
+    fingerprint: str  # the key: file list, file stats, spec, decoder versions
+    checksum: str = ""  # SHA-256 of the pixels, recorded when built and checked when opened
     _row_of: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._row_of = {path: i for i, path in enumerate(self.paths)}
+
+    @property
+    def data_fingerprint(self) -> str:
+        """What a bundle records as the data it was trained on: the key and the pixels themselves, so images that
+        decode differently (another libjpeg build, say) are other training data."""
+        return hashlib.sha256(f"{self.fingerprint}:{self.checksum}".encode()).hexdigest()[:32]
 
     def rows(self, paths: Iterable[str]) -> np.ndarray:
         """Row indices of ``paths``; KeyError (with the decode reason when there is one) for a missing file."""
@@ -112,12 +125,15 @@ def build_cache(
             f.truncate(kept * row_bytes)
             f.flush()
             os.fsync(f.fileno())
+            f.seek(0)
+            checksum = hashlib.file_digest(f, "sha256").hexdigest()
         os.replace(tmp, cache_dir / f"{key}.u8")
         index = {
             "version": CACHE_VERSION,
             "fingerprint": key,
             "spec": spec.to_dict(),
             "shape": [kept, spec.size, spec.size],
+            "sha256": checksum,
             "paths": [p for i, p in enumerate(paths) if i not in bad],
             "errors": [{"path": paths[i], "reason": bad[i]} for i in sorted(bad)],
         }
@@ -230,18 +246,28 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
-    """The cache for ``key`` if its index exists and matches its array file, else None (rebuild)."""
+    """The cache for ``key`` if its index exists and its array file is the one the index describes (size and
+    SHA-256), else None (rebuild); a damaged cache is logged as a warning."""
     index_path, array_path = cache_dir / f"{key}.json", cache_dir / f"{key}.u8"
+    if not index_path.exists():
+        return None  # never built (or a killed build): nothing to report
     try:
         index = json.loads(index_path.read_text())
         shape = tuple(index["shape"])
-        if os.path.getsize(array_path) != int(np.prod(shape)) or shape[1:] != (spec.size, spec.size):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
+        checksum = index["sha256"]
+        if shape[1:] != (spec.size, spec.size):
+            raise ValueError(f"holds {shape[1:]} images, not {spec.size} px")
+        if os.path.getsize(array_path) != int(np.prod(shape)):
+            raise ValueError(f"{array_path.name} has {os.path.getsize(array_path):,} bytes, not {int(np.prod(shape)):,}")
+        with array_path.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != checksum:
+                raise ValueError(f"{array_path.name} is damaged: its SHA-256 differs from the one recorded when it was built")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("image cache %s in %s is unusable (%s): rebuilding it", key, cache_dir, e)
         return None
     if shape[0] == 0:
         images = np.zeros(shape, np.uint8)
         images.setflags(write=False)
     else:
         images = np.memmap(array_path, dtype=np.uint8, mode="r", shape=shape)
-    return ImageCache(images, index["paths"], index["errors"], spec, key)
+    return ImageCache(images, index["paths"], index["errors"], spec, key, checksum)

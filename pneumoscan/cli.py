@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -66,6 +67,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_config, train
+    from .transforms import Augment
 
     cfg = load_config(
         args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
@@ -74,6 +76,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.youden:
         cfg.target_sensitivity = None
+    augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
+               if v is not None}
+    if args.no_augment and augment:
+        raise ValueError(f"--no-augment turns augmentation off: drop {', '.join('--' + k.replace('_', '-') for k in augment)}")
+    cfg.augment = Augment.off() if args.no_augment else dataclasses.replace(cfg.augment, **augment)
     train(args.data, cfg, args.out, resume=args.resume)
     return 0
 
@@ -238,7 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights where the model has them (default); models without them "
+                        "always start from scratch")
+    p.add_argument("--zoom-range", type=float, metavar="Z", help="Keras-style zoom in and out: scale 1-Z to 1+Z")
+    p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None, help="random vertical flips")
+    p.add_argument("--fill-mode", choices=("constant", "nearest", "reflect"),
+                   help="how shifts, rotations and zooming out fill the border (default constant: black)")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.set_defaults(func=cmd_train)

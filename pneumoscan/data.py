@@ -1,8 +1,10 @@
 """Dataset discovery: turn a folder tree or a CSV manifest into image records.
 
 Labels come from folder names (``NORMAL`` / ``PNEUMONIA``, any case); the pneumonia subtype and the patient id
-come from the original Kermany file names (``person12_bacteria_45.jpeg``; normals name a study,
-``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``). Everything downstream works on :class:`Record` lists.
+come from the file names: the Kaggle/Kermany ones (``person12_bacteria_45.jpeg``; normals name a study,
+``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``) and the Mendeley release's (``BACTERIA-4038442-0001.jpeg``,
+``VIRUS-2040583-0001.jpeg``, ``NORMAL-2552119-0002.jpeg``: kind, patient, film), any case. Everything downstream
+works on :class:`Record` lists.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
 _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
+_MENDELEY = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+$", re.IGNORECASE)
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 
 
@@ -31,7 +34,7 @@ class Record:
     path: str
     label: str  # "NORMAL" | "PNEUMONIA"
     subtype: str  # "normal" | "bacteria" | "virus" | "" when a pneumonia file name does not say
-    patient: str  # patient (personN) or study (IM-NNNN) id; the file stem when neither is in the name
+    patient: str  # patient (personN, Mendeley's number) or study (IM-NNNN) id; the file stem when none is in the name
     split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
 
 
@@ -47,8 +50,15 @@ class Discovery:
 
 
 def parse_name(filename: str, label: str) -> tuple[str, str]:
-    """(subtype, patient id) from an original file name; unknown parts fall back to '' and the stem."""
+    """(subtype, patient id) from an original file name; unknown parts fall back to '' and the stem. The folder's
+    label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
     stem = Path(filename).stem
+    m = _MENDELEY.match(stem)
+    if m:
+        kind = m.group(1).lower()
+        if label == "NORMAL":
+            return "normal", m.group(2)
+        return ("" if kind == "normal" else kind), m.group(2)
     if label == "NORMAL":
         m = _STUDY.match(stem)
         return "normal", (m.group(1).upper() if m else stem)

@@ -3,13 +3,14 @@
 The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw ``logits`` (N, C); resizing,
 normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
 ONNX runtime can reproduce the bundle's probabilities. The spec also records the SHA-256 of the bundle's
-weights: a ``model.onnx`` left in a bundle whose weights later changed is detected and not used.
+weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` exported from other weights, or
+damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -19,10 +20,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from .bundle import WEIGHTS, load_bundle, load_card
+from .bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file
 from .metrics import softmax
 
-ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
+logger = logging.getLogger(__name__)
+# What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
+_LOAD_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.RuntimeException,
+)  # fmt: skip
 INT8_NAME = "model.int8.onnx"  # where `export --int8` (pneumoscan.quantize) writes and `--backend onnx-int8` looks
 INPUT, OUTPUT = "image", "logits"
 OPSET = 17
@@ -36,20 +43,23 @@ def spec_path(onnx_path: Path | str) -> Path:
 
 
 def weights_digest(bundle: Path | str) -> str:
-    digest = hashlib.sha256()
-    with (Path(bundle) / WEIGHTS).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of the bundle's weights file (the sidecar's ``weights_sha256``)."""
+    return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
 
 
 def session(model: Path | str | bytes, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with as many intra-op threads as torch uses, so both backends compete on equal terms."""
+    """A CPU session with as many intra-op threads as torch uses, so both backends compete on equal terms. A file
+    ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except _LOAD_ERRORS as e:
+        name = "the exported model" if isinstance(model, bytes) else str(model)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
 
 
 def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
@@ -57,10 +67,13 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
 
     Uses the TorchScript-based exporter (``dynamo=False``): it works offline for every registered model,
     including tf_efficientnet_lite0's TensorFlow-style 'same' padding. The result is checked against torch
-    on a small random batch (also proving the batch axis is dynamic); a mismatch raises RuntimeError.
+    on a small random batch (also proving the batch axis is dynamic); a mismatch or a non-finite output raises
+    ValueError. Written to BUNDLE/model.onnx, its SHA-256 is recorded in bundle.json (bundles that record the
+    weights' checksum).
     """
     model, card = load_bundle(bundle)
-    out = Path(out) if out else Path(bundle) / ONNX_NAME
+    own = Path(bundle) / ONNX_NAME
+    out = Path(out) if out else own
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 1, card.size, card.size)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -74,11 +87,14 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
             )  # fmt: skip
         _check_parity(model, session(tmp), card.size, card.temperature)
+        digest = file_sha256(tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     write_onnx_spec(bundle, out)
+    if out.resolve() == own.resolve():
+        record_checksum(bundle, ONNX_NAME, digest)
     return out
 
 
@@ -120,22 +136,49 @@ def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int,
     with torch.inference_mode():
         expected = softmax(model(x).numpy(), temperature)
     got = softmax(sess.run([OUTPUT], {INPUT: x.numpy()})[0], temperature)
-    diff = float(np.abs(expected - got).max())
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} in probability (> {PARITY_TOLERANCE})")
+    if not np.isfinite(expected).all():
+        raise ValueError("the model gives non-finite probabilities (NaN or infinity): its weights are unusable")
+    # allclose, not a max difference against the tolerance: NaN > tol is false, NaN is never close
+    if not np.allclose(got, expected, rtol=0.0, atol=PARITY_TOLERANCE, equal_nan=False):
+        diff = float(np.abs(expected - got).max())
+        raise ValueError(f"ONNX export differs from torch by {diff:.2e} in probability (> {PARITY_TOLERANCE})")
 
 
 def bundle_session(bundle: Path | str) -> ort.InferenceSession:
-    """Session on BUNDLE/model.onnx when it was exported from these exact weights, else on a fresh export."""
+    """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged; a
+    bundle without a model.onnx (nor a record of one) is exported to a temporary file first."""
+    card = load_card(bundle)
     existing = Path(bundle) / ONNX_NAME
+    if ONNX_NAME not in card.files and not existing.exists():
+        logger.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
+        with tempfile.TemporaryDirectory() as tmp:
+            return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
+    verify_onnx(bundle, card)
+    return session(existing)
+
+
+def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
+    """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
+    says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
+    remedy is the explicit ``pneumoscan export``."""
+    existing = Path(bundle) / ONNX_NAME
+    remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
+    if not existing.exists():
+        raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
     try:
-        current = json.loads(spec_path(existing).read_text())["weights_sha256"] == weights_digest(bundle)
-    except (OSError, ValueError, KeyError):
-        current = False
-    if current:
-        return session(existing)
-    with tempfile.TemporaryDirectory() as tmp:
-        return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
+        exported_from = json.loads(spec_path(existing).read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
+                         f"bundle's weights; {remedy}") from None
+    if exported_from != weights_digest(bundle):
+        raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
+                         f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
+    if not card.files:
+        return  # a bundle older than the record: load_bundle has warned that its files cannot be checked
+    if ONNX_NAME not in card.files:
+        raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
+                         f"there); {remedy}")
+    verify_file(bundle, card, ONNX_NAME, remedy)
 
 
 def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
@@ -150,4 +193,10 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
         raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
+    card = load_card(bundle)
+    if card.files:  # a bundle that records checksums: the INT8 file must be the one quantisation wrote
+        remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
+        if INT8_NAME not in card.files:
+            raise ValueError(f"{out}: bundle.json records no checksum for it; {remedy}")
+        verify_file(bundle, card, INT8_NAME, remedy)
     return session(out), sidecar

@@ -3,7 +3,8 @@
 :class:`Predictor` works on preprocessed uint8 batches (evaluation, the web service) with a torch or an ONNX
 Runtime backend; :func:`predict_paths` is the command-line flow over files and folders, with an optional
 bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read becomes a row with an
-``error`` instead of stopping the run.
+``error`` instead of stopping the run, and so does a film the model gives a NaN or infinite score: such a score
+is never turned into a label (:class:`NonFiniteScore`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,27 @@ TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
 )  # fmt: skip
+
+
+NON_FINITE = "the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no label is given"
+
+
+class NonFiniteScore(ValueError):
+    """The model gave NaN or infinity: a broken model (damaged or diverged weights), never a label. ``bad`` marks
+    the rows concerned."""
+
+    def __init__(self, bad: np.ndarray) -> None:
+        super().__init__(f"{NON_FINITE} ({int(bad.sum())} of {len(bad)} images)")
+        self.bad = bad
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """``scores`` (logits or probabilities) when every row is finite, else :class:`NonFiniteScore`: a NaN compares
+    false with the threshold and would read as the negative class."""
+    bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
+    if bad.any():
+        raise NonFiniteScore(bad)
+    return scores
 
 
 class Predictor:
@@ -95,13 +117,32 @@ class Predictor:
         with self.lock if self.backend == "torch" else contextlib.nullcontext():
             starts = range(0, len(images), self.batch_size)
             out = [self._run(self.inputs(images[i : i + self.batch_size])) for i in starts]
-        return np.concatenate(out) if out else np.zeros((0, len(self.card.classes)), np.float32)
+        return _finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
 
     def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Temperature-calibrated class probabilities (N, C); with ``tta`` the mean over :data:`TTA_VIEWS`."""
+        """Temperature-calibrated class probabilities (N, C); with ``tta`` the mean over :data:`TTA_VIEWS`.
+        :class:`NonFiniteScore` when any row is NaN or infinite."""
         if not tta:
-            return softmax(self.logits(images), self.card.temperature)
-        return np.mean([softmax(self.logits(view), self.card.temperature) for view in tta_views(images)], axis=0)
+            return _finite(softmax(self.logits(images), self.card.temperature))
+        return _finite(np.mean([softmax(self.logits(view), self.card.temperature) for view in tta_views(images)], axis=0))
+
+    def finite_probabilities(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, bad): :meth:`probabilities` for the rows with finite scores (NaN in the rows of ``bad``),
+        so one batch can answer its good images and refuse the others."""
+        bad = np.zeros(len(images), bool)
+        while True:  # each failure marks at least one more row, so this ends
+            keep = np.flatnonzero(~bad)
+            if not len(keep):
+                probs = np.zeros((0, len(self.card.classes)))
+                break
+            try:
+                probs = self.probabilities(images[keep], tta=tta)
+                break
+            except NonFiniteScore as e:
+                bad[keep[e.bad]] = True
+        out = np.full((len(images), len(self.card.classes)), np.nan)
+        out[keep] = probs
+        return out, bad
 
     def positive(self, probs: np.ndarray) -> np.ndarray:
         """P(positive class) per row (1 - P(normal) for the multiclass task)."""
@@ -120,6 +161,8 @@ class Predictor:
 
     def label(self, probability: float, tta: bool = False) -> str:
         """The positive class at or above the mode's threshold, else the negative (first) class."""
+        if not np.isfinite(probability):
+            raise NonFiniteScore(np.ones(1, bool))
         return self.card.positive if probability >= self.threshold(tta) else self.card.classes[0]
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
@@ -265,7 +308,7 @@ def predict_paths(
                     rows.append({"path": path, "error": gray})
                     continue
                 row = {"path": path, **next(results)}
-                if heatmap_dir is not None:
+                if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     png = overlay_png(gray, explain_array(predictor, gray))
                     row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
                 rows.append(row)
@@ -280,14 +323,17 @@ def _classify(
     calls positive, decoded again when its training decoded them at another size (as the web service does)."""
     if not grays:
         return []
+    probs, bad = first.finite_probabilities(first.preprocess(grays), tta=tta)
     rows = [
+        {"error": NON_FINITE} if broken else
         {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta)}
-        for p in first.positive(first.probabilities(first.preprocess(grays), tta=tta))
-    ]
+        for p, broken in zip(first.positive(probs), bad)
+    ]  # fmt: skip
     if second is not None:
-        called = [i for i, row in enumerate(rows) if row["label"] == first.card.positive]
+        called = [i for i, row in enumerate(rows) if row.get("label") == first.card.positive]
         for row in rows:
-            row.update(etiology_probability_virus=None, etiology_label=None)
+            if "label" in row:
+                row.update(etiology_probability_virus=None, etiology_label=None)
         if called:
             target = second.card.spec.decode_target
             same = target == first.card.spec.decode_target
@@ -297,9 +343,12 @@ def _classify(
                     rows[i]["error"] = f"etiology stage: {gray}"
             ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
             if ok:
-                virus = second.positive(second.probabilities(second.preprocess([picked[i] for i in ok]), tta=tta))
-                for i, p in zip(ok, virus):
-                    rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
+                probs, bad = second.finite_probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)
+                for i, p, broken in zip(ok, second.positive(probs), bad):
+                    if broken:
+                        rows[i]["error"] = f"etiology stage: {NON_FINITE}"
+                    else:
+                        rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
     return rows
 
 

@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from .bundle import BundleCard, load_card
+from .bundle import BundleCard, load_card, record_checksum
 from .dataset import binary_targets, get_task
 from .evaluate import labelled_images
 from .export import INPUT, INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
@@ -110,6 +110,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: in
                          f"{figures['val_auc_fp32']:.4f}: not written; serve this bundle with --backend onnx")
     sidecar = spec_path(out)
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **figures}, indent=2))
+    record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
     log.info("INT8 model %s: val AUC %.4f (FP32 %.4f), threshold %.4f", out, figures["val_auc_int8"],
              figures["val_auc_fp32"], figures["int8_threshold"])
     return out

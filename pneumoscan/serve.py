@@ -49,7 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .decode import DecodeError, read_gray
 from .explain import explain_array, overlay_png
 from .export import weights_digest
-from .predict import Predictor, check_stages
+from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,8 +177,9 @@ class ServiceInfo(ModelInfo):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or unhealthy once a model has produced a non-finite score")
     model_id: str
+    reason: str | None = Field(None, description="why the service is unhealthy")
 
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503)}
@@ -224,13 +225,20 @@ class _Batcher:
 
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         try:
-            probs = self.predictor.probabilities(self.predictor.preprocess([gray for gray, _ in batch]))
+            images = self.predictor.preprocess([gray for gray, _ in batch])
+            try:
+                probs, bad = self.predictor.probabilities(images), np.zeros(len(batch), bool)
+            except NonFiniteScore:  # rare: score the batch again without the broken rows, so only they fail
+                probs, bad = self.predictor.finite_probabilities(images)
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
             for _, future in batch:
                 future.set_exception(e)
             return
-        for (_, future), row in zip(batch, probs):
-            future.set_result(row)
+        for (_, future), row, broken in zip(batch, probs, bad):
+            if broken:  # that request only: the others in the batch got finite scores
+                future.set_exception(NonFiniteScore(np.ones(1, bool)))
+            else:
+                future.set_result(row)
 
 
 class _Stage:
@@ -451,6 +459,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
     decode_slots, heatmap_slots = asyncio.Semaphore(limits.max_concurrent_decodes), asyncio.Semaphore(limits.heatmap_lane)
     in_flight = Counter[str]()  # requests in the service per lane (also app.state.in_flight, for tests and probes)
+    faults: list[str] = []  # once a model gives a non-finite score it is broken: /healthz says so until a restart
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -487,6 +496,12 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(NonFiniteScore)
+    async def _non_finite(request: Request, exc: NonFiniteScore) -> JSONResponse:
+        if not faults:
+            faults.append(NON_FINITE)
+        return JSONResponse({"error": NON_FINITE}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -559,9 +574,12 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
+    async def healthz() -> Health | JSONResponse:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread
+        if faults:
+            body = Health(status="unhealthy", model_id=main.card.model_id, reason=faults[0])
+            return JSONResponse(body.model_dump(), status_code=503)
         return Health(status="ok", model_id=main.card.model_id)
 
     @app.get("/v1/model", response_model=ServiceInfo)

@@ -14,6 +14,7 @@ deals the same units into k folds, each unit to the fold that lacks most of its 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,13 +28,27 @@ from scipy.sparse.csgraph import connected_components
 from pneumoscan.audit import exact_duplicate_groups
 from pneumoscan.data import LABELS, Record, discover
 
+log = logging.getLogger(__name__)
+
 
 def _stratum(rec: Record) -> str:
     return rec.subtype or rec.label.lower()
 
 
+def _warn_unnamed(records: Sequence[Record]) -> None:
+    """Say when file names gave no patient id (the id is then the file's own stem): each such image is a group of
+    its own, so one child's films can land on both sides, and a user must know the split is by image there."""
+    unnamed = sum(r.patient == Path(r.path).stem for r in records)
+    if unnamed and unnamed == len(records):
+        log.warning("no patient ids in file names: %d images split as %d groups, one per image", unnamed, unnamed)
+    elif unnamed:
+        log.warning("no patient id in %d of %d file names: those images are split as %d groups, one per image",
+                    unnamed, len(records), unnamed)  # fmt: skip
+
+
 def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
     """Indices of records that must stay together: same patient, or same exact-duplicate group."""
+    _warn_unnamed(records)
     index = {r.path: i for i, r in enumerate(records)}
     linked: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(records):

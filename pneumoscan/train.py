@@ -97,8 +97,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
-        if "augment" in data:
-            data["augment"] = Augment(**data["augment"])
+        if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
+            data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
@@ -313,6 +313,13 @@ def train(
     run_dir = Path(run_dir)
     task = get_task(cfg.task)
     torch.manual_seed(cfg.seed)
+    # the model first: a wrong size or weights that cannot be had fail before the split and the cache are built
+    imagenet = cfg.pretrained and cfg.init is None and models.has_pretrained(cfg.model)
+    if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
+        console.print(f"{cfg.model} has no pretrained weights: trained from scratch")
+    transfer = imagenet or cfg.init is not None  # starts from learned features: warm start, partial fine-tuning
+    model = models.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
+                          **cfg.model_kwargs)  # fmt: skip
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
@@ -354,9 +361,6 @@ def train(
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
     loss_weights = weights if cfg.class_weights else None
 
-    transfer = cfg.pretrained or cfg.init is not None  # starts from learned features: warm start, partial fine-tuning
-    imagenet = cfg.pretrained and cfg.init is None
-    model = models.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, **cfg.model_kwargs)
     fresh = []  # classifier tensors that start untrained: a warm start fits them
     if cfg.init is not None:
         fresh = load_weights_into(model, cfg.init)
@@ -502,7 +506,7 @@ def train(
         raise ValueError(f"no epoch was validated: the train split has fewer images than one batch ({len(train_set)} "
                          f"for {global_batch}) or the time budget ran out first")
     bundle_dir = finalize(
-        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.fingerprint, len(history), best["epoch"]
+        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.data_fingerprint, len(history), best["epoch"]
     )
     if ctx.world > 1:
         dist.destroy_process_group()
@@ -535,6 +539,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages,
     # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
     predictor = Predictor(bundle_dir, cfg.eval_batch_size, backend="onnx")
     tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
+    card = predictor.card  # as export left it: bundle.json now records model.onnx's checksum too
     card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
     save_card(bundle_dir, card)
     write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)

@@ -59,23 +59,6 @@ def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_datas
         assert abs(a["probability"] - b["probability"]) <= PARITY
 
 
-def test_onnx_backend_ignores_an_export_of_other_weights(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    """A model.onnx left behind after the weights changed must not be used: the backend re-exports."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    model = models.create("simple_cnn")
-    torch.manual_seed(1)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    stale = save_bundle(tmp_path / "other", model, load_card(bundle))
-    export_onnx(stale, bundle / ONNX_NAME)
-    images = _real_images(tiny_dataset, load_card(bundle).size)
-    torch_p = Predictor(bundle).probabilities(images)
-    assert np.abs(torch_p - Predictor(bundle, backend="onnx").probabilities(images)).max() <= PARITY
-    assert np.abs(torch_p - Predictor(stale, backend="onnx").probabilities(images)).max() > 0.01  # the files differ
-
-
 def test_efficientnet_lite0_same_padding_exports_with_parity(tmp_path: Path) -> None:
     """The default model family: TensorFlow-style 'same' padding (asymmetric on odd feature maps: 72 px gives
     9 x 9 after three strides) must survive export."""

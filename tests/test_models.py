@@ -23,7 +23,7 @@ def lite(request: pytest.FixtureRequest) -> tuple[str, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("name", models.list_models())
 def test_registered_model_forward_backward_eval(name: str, num_classes: int) -> None:
-    model = models.create(name, num_classes=num_classes, in_chans=1)
+    model = models.create(name, num_classes=num_classes, in_chans=1, image_size=64)  # Flatten models need it
     x = torch.randn(2, 1, 64, 64)
     out = model(x)
     assert out.shape == (2, num_classes)
@@ -39,7 +39,10 @@ def test_registered_model_forward_backward_eval(name: str, num_classes: int) -> 
 
 
 def test_registry_lists_project_models() -> None:
-    assert set(models.list_models()) == {"mlp", "simple_cnn", "cnn5", "resnet50", "efficientnet_lite0", "efficientnet_lite2"}
+    assert set(models.list_models()) == {
+        "mlp", "simple_cnn", "cnn5", "resnet50", "efficientnet_lite0", "efficientnet_lite2", "resnet50v2", "seed_cnn1",
+        "seed_cnn5",
+    }  # fmt: skip
 
 
 def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,381 @@
+"""Integrity end to end: bundle files checked against the SHA-256 training recorded, non-finite scores never
+turned into labels, stale or damaged ONNX models refused, damaged image caches rebuilt, and a data fingerprint
+that covers the pixels."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import shutil
+import struct
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pneumoscan import cli, models
+from pneumoscan.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
+from pneumoscan.cache import build_cache, default_cache_dir
+from pneumoscan.decode import PreprocessSpec, preprocess
+from pneumoscan.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
+from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
+from pneumoscan.serve import _Batcher, create_app
+
+# ---------------------------------------------------------------- helpers
+
+
+def copy_bundle(bundle: Path, tmp_path: Path, name: str = "bundle") -> Path:
+    out = tmp_path / name
+    shutil.copytree(bundle, out)
+    return out
+
+
+def data_start(weights: Path) -> int:
+    """Offset of the first tensor byte in a safetensors file (8-byte header length, then the JSON header)."""
+    (header,) = struct.unpack("<Q", weights.read_bytes()[:8])
+    return 8 + header
+
+
+def damage_weights(bundle: Path) -> None:
+    """Every tensor byte set to 0xFF: the same size and a valid header, so it loads, but every float is NaN."""
+    path = bundle / WEIGHTS
+    raw = bytearray(path.read_bytes())
+    start = data_start(path)
+    raw[start:] = b"\xff" * (len(raw) - start)
+    path.write_bytes(bytes(raw))
+
+
+def flip_one_bit(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def nan_bundle(directory: Path) -> Path:
+    """A bundle written the normal way (checksums and all) of a model whose output is NaN: a diverged training."""
+    torch.manual_seed(0)
+    model = models.create("simple_cnn")
+    with torch.no_grad():
+        model.get_classifier().bias.fill_(float("nan"))
+    card = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    return save_bundle(directory, model, card)
+
+
+def png(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    path = tmp_path / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    return path
+
+
+def one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if "━" not in line)  # less progress bars
+    assert "Traceback" not in err and err.count("\n") == 1 and "error:" in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# ---------------------------------------------------------------- what training records
+
+
+def test_training_records_the_checksums_of_weights_and_onnx(tiny_bundle: Path) -> None:
+    files = json.loads((tiny_bundle / CARD).read_text())["files"]
+    assert files == {WEIGHTS: file_sha256(tiny_bundle / WEIGHTS), ONNX_NAME: file_sha256(tiny_bundle / ONNX_NAME)}
+    assert files[WEIGHTS] == "sha256:" + hashlib.sha256((tiny_bundle / WEIGHTS).read_bytes()).hexdigest()
+
+
+def test_an_edited_bundle_json_keeps_working(tiny_bundle: Path, tmp_path: Path, film: Path) -> None:
+    """The checksums cover the model files, not bundle.json: a copy with another threshold (the card rewritten
+    by hand or by save_card) still loads on both backends."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    card["threshold"] = 0.01
+    (bundle / CARD).write_text(json.dumps(card))
+    for backend in ("torch", "onnx"):
+        [row] = predict_paths(bundle, [film], backend=backend)
+        assert row["threshold"] == 0.01 and row["label"] == "PNEUMONIA"
+
+
+# ---------------------------------------------------------------- damaged weights
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cli_predict_refuses_damaged_weights_of_the_same_size(
+    tiny_bundle: Path, tmp_path: Path, film: Path, backend: str, capsys: pytest.CaptureFixture
+) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    size = (bundle / WEIGHTS).stat().st_size
+    damage_weights(bundle)
+    assert (bundle / WEIGHTS).stat().st_size == size
+    assert cli.main(["predict", str(bundle), str(film), "--backend", backend]) == 2
+    one_line_error(capsys, "model.safetensors is damaged")
+
+
+def test_evaluate_and_export_refuse_damaged_weights(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    damage_weights(bundle)
+    onnx_before = (bundle / ONNX_NAME).read_bytes()
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys, "damaged")
+    assert not (tmp_path / "e").exists()
+    assert cli.main(["export", str(bundle)]) == 2
+    one_line_error(capsys, "damaged")
+    assert (bundle / ONNX_NAME).read_bytes() == onnx_before  # nothing exported from the damaged weights
+
+
+def test_server_does_not_start_on_damaged_weights(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    damage_weights(bundle)
+    for backend in ("torch", "onnx"):
+        with pytest.raises(ValueError, match="model.safetensors is damaged"):
+            create_app(bundle, backend=backend)
+
+
+def test_one_flipped_bit_in_the_weights_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A change too small to give NaN (the lowest mantissa bit of one float) still gives other scores."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    flip_one_bit(bundle / WEIGHTS, data_start(bundle / WEIGHTS))
+    with pytest.raises(ValueError, match="model.safetensors is damaged"):
+        Predictor(bundle)
+    with pytest.raises(ValueError, match="damaged"):
+        load_bundle(bundle)
+
+
+def test_a_bundle_without_checksums_loads_with_a_warning(
+    tiny_bundle: Path, tmp_path: Path, film: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    del card["files"]
+    (bundle / CARD).write_text(json.dumps(card))
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.bundle"):
+        [row] = predict_paths(bundle, [film], backend="torch")
+    assert "label" in row
+    assert "records no checksums" in caplog.text and "cannot be detected" in caplog.text
+
+
+# ---------------------------------------------------------------- non-finite scores
+
+
+def test_nan_scores_are_error_rows_and_exit_1(tmp_path: Path, film: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = nan_bundle(tmp_path / "nan")
+    with pytest.raises(NonFiniteScore):
+        Predictor(bundle).probabilities(preprocess(film, 32)[None])
+    [row] = predict_paths(bundle, [film], backend="torch")
+    assert row.keys() == {"path", "error"} and "non-finite score" in row["error"]
+    out = tmp_path / "r.csv"
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "torch", "--out", str(out)]) == 1
+    assert "non-finite score" in capsys.readouterr().err
+    [written] = list(csv.DictReader(out.open()))
+    assert "non-finite score" in written["error"] and "label" not in written and "probability" not in written
+
+
+def test_server_answers_500_with_a_reason_and_turns_unhealthy(tmp_path: Path) -> None:
+    bundle = nan_bundle(tmp_path / "nan")
+    with TestClient(create_app(bundle, backend="torch")) as client:
+        assert client.get("/healthz").status_code == 200
+        r = client.post("/v1/predict", files={"file": ("x.png", png(np.zeros((40, 40), np.uint8)), "image/png")})
+        assert r.status_code == 500 and "non-finite score" in r.json()["error"]
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy" and "non-finite score" in health.json()["reason"]
+
+
+def test_parity_check_fails_on_nan(tiny_bundle: Path, tmp_path: Path) -> None:
+    """NaN > tolerance is false: the check must not pass a model whose outputs are NaN on either side."""
+    with pytest.raises(ValueError, match="non-finite"):
+        export_onnx(nan_bundle(tmp_path / "nan"))
+    good, card = load_bundle(tiny_bundle)
+    broken, _ = load_bundle(tmp_path / "nan")
+    path = tmp_path / "broken.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(broken, (torch.zeros(1, 1, 32, 32),), str(path), input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False)
+    with pytest.raises(ValueError, match="differs from torch"):
+        _check_parity(good, session(path), card.size, card.temperature)
+
+
+# ---------------------------------------------------------------- ONNX model
+
+
+def test_stale_onnx_is_refused_until_exported_again(
+    tiny_bundle: Path, tmp_path: Path, film: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model.onnx exported from other weights is refused with its reason, not re-exported behind the user's
+    back; `pneumoscan export` is the remedy."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    torch.manual_seed(1)
+    other = save_bundle(tmp_path / "other", models.create("simple_cnn"), load_card(bundle))
+    export_onnx(other, bundle / ONNX_NAME)
+    with pytest.raises(ValueError, match="stale: it was exported from other weights"):
+        Predictor(bundle, backend="onnx")
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 2
+    one_line_error(capsys, "stale", "pneumoscan export")
+    assert cli.main(["export", str(bundle)]) == 0
+    capsys.readouterr()
+    images = preprocess(film, 32)[None]
+    onnx_p = Predictor(bundle, backend="onnx").probabilities(images)
+    assert np.allclose(onnx_p, Predictor(bundle).probabilities(images), atol=1e-4, rtol=0)
+    assert load_card(bundle).files[ONNX_NAME] == file_sha256(bundle / ONNX_NAME)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one flipped bit", "missing"])
+def test_damaged_onnx_is_refused_with_a_reason(
+    tiny_bundle: Path, tmp_path: Path, film: Path, damage: str, capsys: pytest.CaptureFixture
+) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    path = bundle / ONNX_NAME
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "one flipped bit":
+        flip_one_bit(path, path.stat().st_size - 100)
+    else:
+        path.unlink()
+    with pytest.raises(ValueError, match="missing" if damage == "missing" else "model.onnx is damaged"):
+        Predictor(bundle, backend="onnx")
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 2
+    one_line_error(capsys, "model.onnx", "pneumoscan export")
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 0  # torch does not read it
+    capsys.readouterr()
+
+
+def test_truncated_onnx_outside_a_bundle_is_a_one_line_reason(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A file with no recorded checksum (an export to --out) that ONNX Runtime cannot parse."""
+    out = export_onnx(tiny_bundle, tmp_path / "elsewhere.onnx")
+    assert load_card(tiny_bundle).files[ONNX_NAME] == file_sha256(tiny_bundle / ONNX_NAME)  # its record untouched
+    assert json.loads(spec_path(out).read_text())["weights_sha256"]
+    out.write_bytes(out.read_bytes()[:500])
+    with pytest.raises(ValueError, match="is not a loadable ONNX model") as e:
+        session(out)
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- image cache
+
+
+@pytest.fixture
+def films(tmp_path: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        path = tmp_path / "films" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_damaged_cache_is_rebuilt_with_a_warning(films: list[str], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    spec, cache_dir = PreprocessSpec(16), tmp_path / "cache"
+    first = build_cache(films, spec, cache_dir=cache_dir, workers=1)
+    pixels = np.array(first.images)
+    array_file = cache_dir / f"{first.fingerprint}.u8"
+    raw = bytearray(array_file.read_bytes())
+    raw[100:120] = bytes(255 - b for b in raw[100:120])  # same size, other pixels
+    array_file.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.cache"):
+        again = build_cache(films, spec, cache_dir=cache_dir, workers=1)
+    assert "is damaged" in caplog.text and "rebuilding" in caplog.text
+    np.testing.assert_array_equal(again.images, pixels)
+    assert again.data_fingerprint == first.data_fingerprint
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.cache"):
+        build_cache(films, spec, cache_dir=cache_dir, workers=1)
+    assert caplog.text == ""  # a sound cache opens quietly
+
+
+def test_data_fingerprint_changes_when_the_pixels_change(films: list[str], tmp_path: Path) -> None:
+    """Same files, same stats, same spec (so the same cache key), other decoded pixels (another decoder build):
+    other training data, so another fingerprint."""
+    spec, cache_dir = PreprocessSpec(16), tmp_path / "cache"
+    first = build_cache(films, spec, cache_dir=cache_dir, workers=1)
+    array_file, index_file = cache_dir / f"{first.fingerprint}.u8", cache_dir / f"{first.fingerprint}.json"
+    other = 255 - np.array(first.images)
+    array_file.write_bytes(other.tobytes())
+    index = json.loads(index_file.read_text())
+    index["sha256"] = hashlib.sha256(other.tobytes()).hexdigest()
+    index_file.write_text(json.dumps(index))
+    second = build_cache(films, spec, cache_dir=cache_dir, workers=1)
+    np.testing.assert_array_equal(second.images, other)
+    assert second.fingerprint == first.fingerprint and second.data_fingerprint != first.data_fingerprint
+
+
+def test_evaluate_stops_on_nan_scores(tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = nan_bundle(tmp_path / "nan")
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys, "non-finite score")
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def bright_overflow_bundle(directory: Path) -> Path:
+    """A bundle whose model is finite on dark films and overflows to infinity on any bright one: the bad rows of
+    a batch must be refused without taking the good ones down."""
+    torch.manual_seed(0)
+    model = models.create("simple_cnn")
+    with torch.no_grad():
+        conv = model.features[0]
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[0, 0, 1, 1] = 1e30  # channel 0 = 1e30 x the normalised pixel, 0 after the ReLU when dark
+        model.head[0].weight[:, 0 : 16 * 16] = 1e30  # channel 0's features: 1e60 overflows to inf
+    card = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    return save_bundle(directory, model, card)
+
+
+def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> None:
+    bundle = bright_overflow_bundle(tmp_path / "b")
+    dark, bright = np.full((32, 32), 60, np.uint8), np.full((32, 32), 250, np.uint8)
+    predictor = Predictor(bundle)
+    alone = predictor.probabilities(dark[None])
+    probs, bad = predictor.finite_probabilities(np.stack([dark, bright, dark]))
+    assert bad.tolist() == [False, True, False]
+    assert np.allclose(probs[[0, 2]], alone, atol=1e-6) and np.isnan(probs[1]).all()
+    for name, gray in (("dark", dark), ("bright", bright)):
+        Image.fromarray(gray).save(tmp_path / f"{name}.png")
+    rows = predict_paths(bundle, [tmp_path / "dark.png", tmp_path / "bright.png"], backend="torch")
+    assert rows[0]["label"] in ("NORMAL", "PNEUMONIA") and "error" not in rows[0]
+    assert rows[1].keys() == {"path", "error"} and "non-finite score" in rows[1]["error"]
+    # the web service's batcher: one model call for both, each request hears its own outcome
+    futures = [Future(), Future()]
+    for f in futures:
+        f.set_running_or_notify_cancel()
+    _Batcher(predictor)._run([(dark, futures[0]), (bright, futures[1])])
+    assert np.allclose(futures[0].result(), alone[0], atol=1e-6)
+    with pytest.raises(NonFiniteScore):
+        futures[1].result()
+
+
+def test_int8_model_is_checked_against_its_recorded_checksum(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    assert load_card(bundle).files[INT8_NAME] == file_sha256(bundle / INT8_NAME)
+    Predictor(bundle, backend="onnx-int8")
+    flip_one_bit(bundle / INT8_NAME, (bundle / INT8_NAME).stat().st_size - 100)
+    with pytest.raises(ValueError, match="model.int8.onnx is damaged"):
+        Predictor(bundle, backend="onnx-int8")
+
+
+def test_training_records_the_fingerprint_that_covers_the_pixels(tiny_bundle: Path) -> None:
+    """The bundle's data fingerprint is the cache's key combined with the checksum of the pixels it trained on."""
+    indexes = [json.loads(p.read_text()) for p in default_cache_dir().glob("*.json")]
+    covering = {hashlib.sha256(f"{i['fingerprint']}:{i['sha256']}".encode()).hexdigest()[:32] for i in indexes}
+    assert load_card(tiny_bundle).data_fingerprint in covering
