@@ -6,14 +6,19 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from . import __version__
 from .names import shown
+
+if TYPE_CHECKING:
+    from .serve import Access, Limits
 
 console = Console()
 log = logging.getLogger("pneumoscan.cli")
@@ -137,10 +142,28 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
+    """The serve options as the library's limits and access rules (key from --api-key-file or PNEUMOSCAN_API_KEY)."""
+    from .serve import LOOPBACK_HOSTS, Access, Limits
+
+    if args.api_key_file:
+        key: str | None = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
+    else:
+        key = os.environ.get("PNEUMOSCAN_API_KEY") or None
+    hosts = tuple(h.strip() for item in args.allowed_hosts or [] for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
+    given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
+                                                    "body_timeout", "header_timeout")}
+    limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
+    return limits, Access(api_key=key, allowed_hosts=hosts, cors_origins=tuple(args.cors_origin or ()))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend)
+    limits, access = serve_settings(args)
+    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)
     return 0
 
 
@@ -355,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
     p.set_defaults(func=cmd_threshold)
 
-    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and web page at /")
+    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
     p.add_argument("bundle", help="bundle folder to serve")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
@@ -364,6 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
                         "(export --int8); Grad-CAM always runs in torch")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="file holding the API key that /v1/* requests must send (default: env PNEUMOSCAN_API_KEY; none)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without an API key (only behind a proxy that authenticates)")
+    p.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST]",
+                   help="Host header names served (default: localhost, 127.0.0.1, ::1 and the --host address); "
+                        "'*' allows any, '*.example.org' subdomains")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="let pages from this origin call the API from a browser (default: none)")
+    # defaults live in serve.Limits (not imported here: it pulls in torch)
+    p.add_argument("--max-concurrent-decodes", type=_positive(int), help="images decoded at once (default: cores, at most 4)")
+    p.add_argument("--max-queue", type=_positive(int),
+                   help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
+    p.add_argument("--heatmap-lane", type=_positive(int),
+                   help="Grad-CAM heatmaps computed at once, on their own threads; 4x as many may wait (default 1)")
+    p.add_argument("--body-timeout", type=_positive(float), help="seconds for a whole upload to arrive, else 408 (default 60)")
+    p.add_argument("--header-timeout", type=_positive(float),
+                   help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="probabilities and labels for image files and folders (CSV/JSON)")

@@ -3,22 +3,33 @@
 Privacy: uploads are parsed in memory only (never spooled to disk), and nothing here logs a file name, the
 image bytes or pixels. Robustness: every bad upload becomes a 4xx with ``{"error": "..."}``; the body is capped
 while it is read (Content-Length is not trusted), and the decompression-bomb guard lives in :mod:`decode`.
+Load: work is bounded (:class:`Limits`): a fixed number of decodes at once, a bounded number of requests in the
+service (more get 503 with Retry-After), Grad-CAM in its own lane, deadlines for request heads and bodies, and
+work for a client that has gone is dropped. Access (:class:`Access`): an optional API key for /v1/*, a Host
+allow-list against DNS rebinding, no CORS unless configured; see docs/deployment.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import hmac
+import ipaddress
+import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-import anyio
+import h11
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
@@ -30,6 +41,10 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .decode import DecodeError, read_dicom_header, read_gray, redact
 from .explain import explain_array, overlay_png
@@ -37,6 +52,9 @@ from .export import weights_digest
 from .model_card import card_summary
 from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
 from .scope import describe
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC = Path(__file__).parent / "static"
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
@@ -49,12 +67,71 @@ CSP = (
 )
 
 
-class Rejected(Exception):
-    """A bad request, answered as ``status`` with ``{"error": message}``."""
+# Sent with every response: no MIME sniffing of a JSON error into HTML, no URL (with its query) leaked onwards.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+RETRY_AFTER_S = 2
 
-    def __init__(self, status: int, message: str) -> None:
+
+@dataclass(frozen=True)
+class Limits:
+    """How much work the service takes on at once. Past a bound a request is refused at once (503 with
+    Retry-After) rather than queued without end: a queue that only grows serves every client late and none well.
+
+    ``max_concurrent_decodes``: images decoded at once (decoding a large film takes memory and a core).
+    ``max_queue``: prediction requests in the service at once (reading, decoding, waiting, classifying); it also
+    bounds the memory held by uploads (``max_queue`` x the upload limit). ``heatmap_lane``: Grad-CAM overlays
+    computed at once, on their own threads and their own copy of the model; at most ``4 x heatmap_lane`` heatmap
+    requests are in the service. ``body_timeout``: seconds for the whole upload to arrive (also the grace for
+    the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
+    headers to arrive. ``keep_alive``: seconds an idle connection stays open."""
+
+    max_concurrent_decodes: int = max(1, min(4, os.cpu_count() or 1))
+    max_queue: int = 32
+    heatmap_lane: int = 1
+    body_timeout: float = 60.0
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout", "keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def heatmap_queue(self) -> int:
+        return 4 * self.heatmap_lane
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the service. ``api_key``: when set, every /v1/* request must carry it (``Authorization:
+    Bearer KEY`` or ``X-API-Key: KEY``). ``allowed_hosts``: Host header values accepted (``*`` for any,
+    ``*.example.org`` for subdomains): a web page on another site that points its own DNS name at this server
+    (DNS rebinding) is refused. ``cors_origins``: origins whose pages may call the API from a browser (none by
+    default)."""
+
+    api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ValueError("the API key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if not self.allowed_hosts:
+            raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
+
+
+class Rejected(Exception):
+    """A bad request, answered as ``status`` with ``{"error": message}`` (and ``headers``)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
+
+
+class _ClientGone(Exception):
+    """The client closed its connection: its remaining work is dropped (and nobody hears the answer)."""
 
 
 class ErrorBody(BaseModel):
@@ -117,7 +194,7 @@ class Health(BaseModel):
     reason: str | None = Field(None, description="why the service is unhealthy")
 
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503)}
 
 
 class _Batcher:
@@ -246,16 +323,23 @@ def _check_type(media: str, data: bytes, dicom: bool) -> None:
     raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
 
 
-async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, bool]:
+async def _read_upload(request: Request, max_bytes: int, timeout: float) -> tuple[bytes, bool]:
     """The multipart field ``file``, read in memory under the cap and checked for an image content type, and
-    whether it was sent as DICOM (declared type or a .dcm name: files without the preamble have no magic)."""
+    whether it was sent as DICOM (declared type or a .dcm name: files without the preamble have no magic).
+    The whole body must arrive within ``timeout`` seconds: a client trickling bytes would otherwise hold a slot
+    of the queue, and its connection, for ever."""
     content_type = request.headers.get("content-type", "")
     if parse_options_header(content_type)[0] != b"multipart/form-data":
         raise Rejected(415, "expected multipart/form-data with the image in a field named 'file'")
     try:
-        form = await _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1).parse()
+        async with asyncio.timeout(timeout):
+            form = await _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1).parse()
     except MultiPartException as e:
         raise Rejected(400, f"malformed multipart upload: {e.message}") from None
+    except TimeoutError:
+        raise Rejected(408, f"the upload did not arrive within {timeout:g} s", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise _ClientGone() from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -271,6 +355,12 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[bytes, bool]:
         raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_mb(max_bytes)}")
     _check_type(media, data, dicom)
     return data, dicom
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed its connection (after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
@@ -305,17 +395,106 @@ def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None
                     media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
+class _Guard:
+    """ASGI middleware in front of everything: the Host allow-list, the API key for /v1/*, the security headers
+    on every response, and a JSON 500 for a bug (caught here, so the framework neither re-raises it, which closed
+    the connection and logged a traceback per request, nor answers in plain text). Pure ASGI, so request
+    bodies stream through untouched."""
+
+    def __init__(self, app: ASGIApp, access: Access | None) -> None:
+        self.app, self.access = app, access
+        self.key = access.api_key.encode() if access and access.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        problem = self._refusal(scope, headers)
+        if problem is not None:
+            status, text, extra = problem
+            response = JSONResponse({"error": text}, status_code=status, headers=extra)
+            return await response(scope, receive, send_with_headers)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:  # a bug: one log line (no upload data in it), a JSON 500, the connection kept
+            logger.error("internal error on %s %s", scope["method"], scope["path"], exc_info=e)
+            if started:
+                raise
+            await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        if self.access is None:
+            return None
+        if not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
+            return 400, "this host name is not served here (see --allowed-hosts)", {}
+        if self.key is not None and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode("latin-1"), self.key):
+                reason = "a valid API key is required" if given else "an API key is required"
+                return 401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"}
+        return None
+
+
+def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
+    """The Host header's name (port dropped, [IPv6] unbracketed) against the allow-list."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    for pattern in allowed:
+        pattern = pattern.lower().strip("[]")
+        if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the service on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = 20,
-               backend: str = "torch") -> FastAPI:
+               backend: str = "torch", limits: Limits | None = None, access: Access | None = None) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
-    requests are decoded in threads and classified together in batches (see :class:`_Batcher`)."""
+    requests are decoded in threads and classified together in batches (see :class:`_Batcher`), within
+    ``limits``. ``access`` None applies no key and no Host check (tests, or an app mounted behind another
+    guard); :func:`serve` always passes one. Security headers are always sent; /docs and /redoc are off (they
+    load scripts from a CDN), the schema is at /openapi.json."""
+    limits = limits or Limits()
     main = _Stage(bundle, backend)
     second = _Stage(etiology, backend) if etiology is not None else None
     if second is not None:
         check_stages(main.card.task, second.card.task)
     max_bytes = int(max_upload_mb * 2**20)
+    # Grad-CAM gets its own torch copy of the model, threads and bound: it never holds the prediction model's
+    # lock, a decode thread, or more than its share of the queue.
+    heat_predictor = Predictor(bundle, backend="torch")
+    decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
+    painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
+    decode_slots, heatmap_slots = asyncio.Semaphore(limits.max_concurrent_decodes), asyncio.Semaphore(limits.heatmap_lane)
+    in_flight = Counter[str]()  # requests in the service per lane (also app.state.in_flight, for tests and probes)
     faults: list[str] = []  # once a model gives a non-finite score it is broken: /healthz says so until a restart
 
     @asynccontextmanager
@@ -324,17 +503,31 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         for stage in (main, second):
             if stage is not None:
                 stage.batcher.close()
+        decoders.shutdown(cancel_futures=True)
+        painters.shutdown(cancel_futures=True)
 
     app = FastAPI(
         title="pneumoscan",
         summary="Pediatric chest X-ray classifier (normal vs pneumonia; bacterial vs viral). Research use only.",
         version=main.card.package_version,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    if access is not None and access.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key"], max_age=600)
+    app.add_middleware(_Guard, access=access)
+    app.state.in_flight = in_flight
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(_ClientGone)
+    async def _gone(request: Request, exc: _ClientGone) -> JSONResponse:
+        # 499 (nginx's "client closed request"): never delivered, but it marks the access log line
+        return JSONResponse({"error": "client closed the connection"}, status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -346,18 +539,35 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
             faults.append(NON_FINITE)
         return JSONResponse({"error": NON_FINITE}, status_code=500)
 
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        # still JSON for the client; the traceback goes to the server log (it holds no upload data)
-        return JSONResponse({"error": "internal error"}, status_code=500)
-
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
     def heatmap_png(image: np.ndarray) -> bytes:
-        return overlay_png(image, explain_array(main.predictor, image))  # torch, one at a time (the Predictor's lock)
+        return overlay_png(image, explain_array(heat_predictor, image))
+
+    async def in_lane(gone: asyncio.Future, slots: asyncio.Semaphore, pool: ThreadPoolExecutor,
+                      fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``pool`` once a slot is free; a client that goes while waiting leaves the queue at
+        once (so its place, and its slot in the queue bound, go to someone still there)."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done():
+            if acquire.done() and not acquire.cancelled():
+                slots.release()
+            acquire.cancel()
+            raise _ClientGone()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        finally:
+            slots.release()
+
+    def admit(lane: str, bound: int) -> None:
+        if in_flight[lane] >= bound:
+            raise Rejected(503, f"the service is busy ({bound} {lane} requests in progress): retry shortly",
+                           {"Retry-After": str(RETRY_AFTER_S)})
+        in_flight[lane] += 1
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=_ERRORS,
@@ -371,23 +581,42 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     ) -> Response:
         """Classify one uploaded X-ray (multipart field ``file``). ``format``: the JSON below; ``dicom-sr``, a DICOM
         Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related
-        body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation."""
-        data, dicom = await _read_upload(request, max_bytes)
-        image = await anyio.to_thread.run_sync(_decode, data, main.card.spec.decode_target, dicom)
-        scope = await anyio.to_thread.run_sync(describe, data, dicom)  # warnings and DICOM UIDs
-        if format == "dicom-sr" and "study_instance_uid" not in scope:
-            raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
-        result = await main.predict(image)
-        etiology_result = None
-        if second is not None and result.label == main.card.positive:
-            target = second.card.spec.decode_target
-            same = target == main.card.spec.decode_target
-            gray = image if same else await anyio.to_thread.run_sync(_decode, data, target, dicom)
-            etiology_result = await second.predict(gray)
-        png = await anyio.to_thread.run_sync(heatmap_png, image) if heatmap else None
+        body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation. 503 with
+        Retry-After when the service is full."""
+        lanes = [("prediction", limits.max_queue)] + ([("heatmap", limits.heatmap_queue)] if heatmap else [])
+        admitted: list[str] = []
+        try:
+            for lane, bound in lanes:
+                admit(lane, bound)
+                admitted.append(lane)
+            return await predict_admitted(request, heatmap, format)
+        finally:
+            for lane in admitted:
+                in_flight[lane] -= 1
+
+    async def predict_admitted(request: Request, heatmap: bool, format: str) -> Response:
+        data, dicom = await _read_upload(request, max_bytes, limits.body_timeout)
+        gone = asyncio.ensure_future(_disconnected(request))  # the body is in: what comes next is a disconnect
+        try:
+            image = await in_lane(gone, decode_slots, decoders, _decode, data, main.card.spec.decode_target, dicom)
+            scope = await in_lane(gone, decode_slots, decoders, describe, data, dicom)  # warnings and DICOM UIDs
+            if format == "dicom-sr" and "study_instance_uid" not in scope:
+                raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
+            if gone.done():
+                raise _ClientGone()
+            result = await main.predict(image)
+            etiology_result = None
+            if second is not None and result.label == main.card.positive:
+                target = second.card.spec.decode_target
+                same = target == main.card.spec.decode_target
+                gray = image if same else await in_lane(gone, decode_slots, decoders, _decode, data, target, dicom)
+                etiology_result = await second.predict(gray)
+            png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image) if heatmap else None
+        finally:
+            gone.cancel()
         if format != "json":
             reading = {**result.model_dump(), **scope}
-            return await anyio.to_thread.run_sync(
+            return await asyncio.to_thread(
                 _report, format, reading, data, dicom, png, main.card.model_id, main.version
             )  # fmt: skip
         overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
@@ -395,14 +624,15 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
-    def healthz() -> Health | JSONResponse:
+    async def healthz() -> Health | JSONResponse:
+        # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread
         if faults:
             body = Health(status="unhealthy", model_id=main.card.model_id, reason=faults[0])
             return JSONResponse(body.model_dump(), status_code=503)
         return Health(status="ok", model_id=main.card.model_id)
 
     @app.get("/v1/model", response_model=ServiceInfo)
-    def model_info() -> ServiceInfo:
+    async def model_info() -> ServiceInfo:
         """The model card: task, classes, threshold, validation metrics, training data fingerprint."""
         return ServiceInfo(**main.info().model_dump(), etiology=second.info() if second else None, max_upload_bytes=max_bytes)
 
@@ -414,7 +644,139 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     return app
 
 
-def serve(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = 20, backend: str = "torch") -> None:
-    """Run the app under uvicorn."""
-    uvicorn.run(create_app(bundle, etiology, max_upload_mb, backend), host=host, port=port)
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request head. uvicorn only times out idle keep-alive
+    connections, and any byte resets that timer: a client trickling its request line and headers, or the rest of
+    a body after an early answer, held its connection (and a file descriptor) for ever."""
+
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        self.head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # a whole request head arrived
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if self.cycle is cycle and not self.transport.is_closing():  # not already on a pipelined request
+            # an early answer (503, 401, 413) while the body still comes: uvicorn discards the rest, and the
+            # client reads the answer once it has sent it all, so it gets the body's time, not the head's
+            draining = self.conn.their_state is h11.SEND_BODY
+            self._arm(self.body_timeout if draining else self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.head_deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _expired(self) -> None:
+        self.head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class OneLineLog(logging.Filter):
+    """A failure's traceback becomes one line, and each kind of warning or error passes at most once every
+    ``interval`` seconds, with a count of those held back. At the open-file limit, or under a flood of failing
+    requests, the log must stay small and readable (it once grew by 88 MB in 45 s)."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last: dict[tuple[str, str], float] = {}
+        self.held: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        key = (record.name, f"{record.msg}|{type(exc).__name__ if exc else ''}")
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(key, -self.interval) < self.interval:
+                self.held[key] += 1
+                return False
+            self.last[key] = now
+            held = self.held.pop(key, 0)
+        text = record.getMessage().rstrip() + (f": {type(exc).__name__}: {exc}" if exc else "")
+        if held:
+            text += f" ({held} more like this held back)"
+        record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = text, None, None, None, None
+        return True
+
+
+QUIET_LOGGERS = ("uvicorn.error", "asyncio", __name__)
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+                  **kwargs: Any) -> uvicorn.Config:
+    """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, and one-line,
+    rate-limited failure logs."""
+    limits = limits or Limits()
+    config = uvicorn.Config(
+        app, host=host, port=port,
+        http=functools.partial(_GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
+        timeout_keep_alive=limits.keep_alive, **kwargs,
+    )  # fmt: skip
+    for name in QUIET_LOGGERS:  # after Config, which configures logging
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OneLineLog) for f in log.filters):
+            log.addFilter(OneLineLog())
+    return config
+
+
+def serve(*args: Any, **kwargs: Any) -> None:
+    """Run the service under uvicorn (arguments as :func:`build_server`) until interrupted."""
+    build_server(*args, **kwargs).run()
+
+
+def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
+                 access: Access | None = None, insecure: bool = False) -> uvicorn.Server:
+    """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
+    unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
+    allow-list (but not a wildcard address: name the hosts with ``access``)."""
+    access = access or Access()
+    if access.api_key is None and not is_loopback(host):
+        if not insecure:
+            raise ValueError(f"refusing to listen on {host} without an API key: set one (--api-key-file or "
+                             "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
+        logger.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
+                       host, port)
+    if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
+        access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
+    _raise_open_file_limit()
+    config = server_config(create_app(bundle, etiology, max_upload_mb, backend, limits, access), host, port, limits)
+    return uvicorn.Server(config)
+
+
+def _raise_open_file_limit() -> None:
+    """Soft open-file limit up to the hard one: idle and slow connections then meet the head deadline long
+    before the process runs out of descriptors."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 65536
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -162,3 +162,51 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
 def dicom_xray(jpeg: Path) -> bytes:
     """The X-ray as a 12-bit DICOM file."""
     return dicom_bytes(read_gray(jpeg).astype(np.uint16) * 16)
+
+
+@pytest.fixture(scope="module")
+def locked_server(tiny_bundle: Path) -> Iterator[str]:
+    """The app with an API key (and the default Host allow-list) under uvicorn on a free loopback port."""
+    from pneumoscan.serve import Access
+
+    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY)), host="127.0.0.1",
+                                        port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+PAGE_KEY = "page-key-0123456789abcdef"
+
+
+def test_page_works_with_an_api_key(locked_server: str, tiny_bundle: Path, data_root: Path) -> None:
+    """Without the key the page says what is wrong; typed into the field, it loads the card and analyses films."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(locked_server)
+            expect(page.locator("#error")).to_contain_text("an API key is required")
+            film = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+            page.set_input_files("#file", film)
+            expect(page.locator("#error")).to_contain_text("Rejected: an API key is required")
+            page.fill("#api-key", "wrong-key-0123456789")
+            page.dispatch_event("#api-key", "change")
+            expect(page.locator("#error")).to_contain_text("a valid API key is required")
+            page.fill("#api-key", PAGE_KEY)
+            page.dispatch_event("#api-key", "change")
+            expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
+            expect(page.locator("#error")).to_be_hidden()
+            page.set_input_files("#file", film)
+            expect(page.locator("#result")).to_be_visible()
+            assert page.locator("#label").inner_text() in load_card(tiny_bundle).classes
+        finally:
+            browser.close()

@@ -122,7 +122,7 @@ def test_openapi_schema_documents_the_api(client: TestClient) -> None:
     assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"200", "400", "413", "415", "422"} <= set(post["responses"])
     assert any(p["name"] == "heatmap" for p in post["parameters"])
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # off: Swagger UI loads from a CDN; the schema is served
 
 
 def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: Path, xray: bytes) -> None:

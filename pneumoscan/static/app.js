@@ -14,6 +14,12 @@ function mb(bytes) {
   return `${Number((bytes / 2 ** 20).toPrecision(3))} MB`;  // 20 MB, 0.5 MB: never rounded to 0 or 1
 }
 
+// The service may require an API key for /v1/*: sent from the field, never stored.
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = false;
@@ -123,7 +129,7 @@ async function analyse(file) {
   form.append("file", file);
   let response;
   try {
-    response = await fetch("/v1/predict?heatmap=true", { method: "POST", body: form });
+    response = await fetch("/v1/predict?heatmap=true", { method: "POST", body: form, headers: authHeaders() });
   } catch (err) {
     return showError(`The server could not be reached: ${err.message}`);
   }
@@ -156,7 +162,17 @@ drop.addEventListener("drop", (event) => {
   analyse(event.dataTransfer.files[0]);
 });
 
-fetch("/v1/model")
-  .then((r) => r.json())
-  .then(showCard)
-  .catch((err) => showError(`Could not load the model card: ${err.message}`));
+async function loadCard() {
+  try {
+    const response = await fetch("/v1/model", { headers: authHeaders() });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
+    $("error").hidden = true;
+    showCard(body);
+  } catch (err) {
+    showError(`Could not load the model card: ${err.message}`);
+  }
+}
+
+$("api-key").addEventListener("change", loadCard);
+loadCard();

@@ -1,0 +1,256 @@
+"""The service's locks: the API key for /v1/*, the Host allow-list (DNS rebinding), refusing a public bind
+without a key, the security headers on every answer, API docs that load nothing from a CDN, and CORS only when
+configured. The key file, the bind check and the locks over a socket are also proved through the command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from pneumoscan import cli
+from pneumoscan.serve import Access, Limits, build_server, create_app, is_loopback
+
+KEY = "k3y-" + "0123456789abcdef" * 2
+LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
+
+
+@pytest.fixture(scope="module")
+def xray(data_root: Path) -> bytes:
+    return sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def locked(tiny_bundle: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(tiny_bundle, access=Access(api_key=KEY)), base_url=LOCAL) as c:
+        yield c
+
+
+def predict(client: TestClient | httpx.Client, xray: bytes, **headers: str) -> httpx.Response:
+    return client.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}, headers=headers)
+
+
+# ---------------------------------------------------------------- the key
+
+
+@pytest.mark.parametrize("headers, words", [
+    ({}, "an API key is required"),
+    ({"Authorization": "Bearer wrong-key-of-some-length"}, "a valid API key is required"),
+    ({"X-API-Key": KEY[:-1]}, "a valid API key is required"),
+    ({"Authorization": KEY}, "an API key is required"),  # the key without the Bearer scheme
+])
+def test_missing_or_wrong_key_is_401(locked: TestClient, xray: bytes, headers: dict, words: str) -> None:
+    for r in (predict(locked, xray, **headers), locked.get("/v1/model", headers=headers)):
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert words in r.json()["error"]
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}])
+def test_right_key_opens_the_api(locked: TestClient, xray: bytes, headers: dict) -> None:
+    assert predict(locked, xray, **headers).status_code == 200
+    assert locked.get("/v1/model", headers=headers).status_code == 200
+
+
+def test_probe_and_page_need_no_key(locked: TestClient) -> None:
+    """Health probes and the page itself stay open; the page asks for the key and sends it."""
+    assert locked.get("/healthz").status_code == 200
+    page = locked.get("/")
+    assert page.status_code == 200 and 'id="api-key"' in page.text
+    assert "Authorization" in locked.get("/static/app.js").text
+
+
+def test_short_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        Access(api_key="secret")
+
+
+# ---------------------------------------------------------------- Host allow-list
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("127.0.0.1:8000", True), ("localhost", True), ("LOCALHOST:8000", True), ("[::1]:8000", True),
+    ("attacker.example", False), ("attacker.example:8000", False), ("127.0.0.1.attacker.example", False), ("", False),
+])
+def test_host_header_is_checked(tiny_bundle: Path, host: str, ok: bool) -> None:
+    with TestClient(create_app(tiny_bundle, access=Access()), base_url=LOCAL) as c:
+        r = c.get("/healthz", headers={"host": host})
+    if ok:
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 400 and "host name is not served here" in r.json()["error"]
+
+
+def test_allowed_hosts_take_names_and_subdomain_patterns(tiny_bundle: Path) -> None:
+    with TestClient(create_app(tiny_bundle, access=Access(allowed_hosts=("xray.hospital.org", "*.ward.org")))) as c:
+        assert c.get("/healthz", headers={"host": "xray.hospital.org:443"}).status_code == 200
+        assert c.get("/healthz", headers={"host": "ct.ward.org"}).status_code == 200
+        assert c.get("/healthz", headers={"host": "ward.org.evil.net"}).status_code == 400
+        assert c.get("/healthz", headers={"host": "localhost"}).status_code == 400  # replaced, not added to
+
+
+def test_loopback_addresses() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.4", "xray.hospital.org"]))
+
+
+# ---------------------------------------------------------------- headers, docs, CORS
+
+
+def test_security_headers_on_every_answer(locked: TestClient, xray: bytes) -> None:
+    auth = {"X-API-Key": KEY}
+    answers = {
+        "page": locked.get("/"), "asset": locked.get("/static/app.js"), "health": locked.get("/healthz"),
+        "schema": locked.get("/openapi.json"), "card": locked.get("/v1/model", headers=auth),
+        "prediction": predict(locked, xray, **auth), "401": predict(locked, xray),
+        "404": locked.get("/nope"), "413": predict(locked, xray + b"\0" * (21 * 2**20), **auth),
+        "415": locked.post("/v1/predict", json={}, headers=auth),
+        "400 host": locked.get("/healthz", headers={"host": "evil.example"}),
+    }
+    for name, r in answers.items():
+        assert r.headers.get("x-content-type-options") == "nosniff", name
+        assert r.headers.get("referrer-policy") == "no-referrer", name
+    assert answers["prediction"].status_code == 200 and answers["413"].status_code == 413
+
+
+def test_api_docs_load_nothing_from_outside(locked: TestClient) -> None:
+    """/docs and /redoc (Swagger UI, ReDoc) would pull scripts and fonts from a CDN: they are off; the schema is
+    served and is the documentation a client generator needs."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = locked.get(path)
+        assert r.status_code == 404 and "http" not in r.text
+    schema = locked.get("/openapi.json")
+    assert schema.status_code == 200 and "/v1/predict" in schema.json()["paths"]
+    assert not re.search(r"https?://", schema.text)
+    assert set(schema.json()["paths"]["/v1/predict"]["post"]["responses"]) >= {"401", "408", "503"}
+
+
+def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
+    origin = {"Origin": "https://other.example"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    with TestClient(create_app(tiny_bundle, access=Access()), base_url=LOCAL) as c:
+        assert "access-control-allow-origin" not in c.get("/healthz", headers=origin).headers
+        assert "access-control-allow-origin" not in c.options("/v1/predict", headers=preflight).headers
+    access = Access(api_key=KEY, cors_origins=("https://viewer.hospital.org",))
+    with TestClient(create_app(tiny_bundle, access=access), base_url=LOCAL) as c:
+        ok = c.options("/v1/predict", headers={**preflight, "Origin": "https://viewer.hospital.org"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://viewer.hospital.org"
+        assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+        other = c.options("/v1/predict", headers=preflight)
+        assert other.headers.get("access-control-allow-origin") != "https://other.example"
+        assert c.get("/v1/model", headers=origin).status_code == 401  # CORS does not replace the key
+
+
+# ---------------------------------------------------------------- through `pneumoscan serve`
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, f"server exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(KEY + "\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
+    proc = start([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
+                 tmp_path / "log", env)
+    try:
+        wait_healthy(proc, url, tmp_path / "log")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert predict(http, xray).status_code == 401
+            r = predict(http, xray, Authorization=f"Bearer {KEY}")
+            assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
+            assert http.get("/healthz", headers={"host": "rebound.attacker.example"}).status_code == 400
+            assert http.get("/docs").status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert KEY not in (tmp_path / "log").read_text()
+
+
+def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("PNEUMOSCAN_API_KEY", raising=False)
+    for host in ("0.0.0.0", "::", "192.168.1.4"):
+        assert cli.main(["serve", str(tiny_bundle), "--host", host, "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"refusing to listen on {host} without an API key" in err and "Traceback" not in err
+
+
+def test_insecure_public_bind_warns_and_serves(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "pneumoscan.serve"):
+        server = build_server(tiny_bundle, host="0.0.0.0", port=0, insecure=True)
+    assert "INSECURE: listening on 0.0.0.0 with NO API key" in caplog.text
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"host": "evil.example"}).status_code == 400
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:
+    server = build_server(tiny_bundle, host="127.0.0.2", port=0)
+    with TestClient(server.config.app, base_url="http://127.0.0.2:8000") as c:
+        assert c.get("/healthz").status_code == 200
+
+
+def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = cli.build_parser().parse_args
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
+    limits, access = cli.serve_settings(parse(["serve", "b"]))
+    assert access.api_key == KEY and access.allowed_hosts == ("localhost", "127.0.0.1", "::1") and not access.cors_origins
+    assert limits == Limits()
+    (tmp_path / "key").write_text("from-the-file-0123456789\n")
+    limits, access = cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "key"),
+                                               "--allowed-hosts", "a.org, b.org", "--allowed-hosts", "c.org",
+                                               "--cors-origin", "https://v.org", "--max-queue", "5",
+                                               "--body-timeout", "7.5"]))
+    assert access.api_key == "from-the-file-0123456789"  # the file wins, its newline dropped
+    assert access.allowed_hosts == ("a.org", "b.org", "c.org") and access.cors_origins == ("https://v.org",)
+    assert (limits.max_queue, limits.body_timeout, limits.heatmap_lane) == (5, 7.5, Limits().heatmap_lane)
+    monkeypatch.delenv("PNEUMOSCAN_API_KEY")
+    assert cli.serve_settings(parse(["serve", "b"]))[1].api_key is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "empty")]))
+    with pytest.raises(SystemExit):
+        parse(["serve", "b", "--max-queue", "0"])

@@ -1,0 +1,352 @@
+"""The service's bounds, over a real uvicorn server on a loopback port (in a thread, so the tests can hold a
+decode or a heatmap at a gate and count model calls): a full queue answers 503 with Retry-After, stalled
+heads and bodies are cut off, work for a client that has gone is not computed, /healthz answers while every
+decode slot is busy, heatmaps keep to their lane, and failures log one line each, rate-limited."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+import pneumoscan.serve as serve_module
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import Limits, OneLineLog, create_app, server_config
+
+GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
+
+
+@contextmanager
+def live(app: FastAPI, limits: Limits | None = None) -> Iterator[str]:
+    """``app`` under uvicorn with the service's own settings (:func:`server_config`) on a free loopback port."""
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class Gate:
+    """Wraps a real function so that each call waits until the gate opens, counting calls as they arrive."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.open, self.entered, self.lock = fn, threading.Event(), 0, threading.Lock()
+
+    def __call__(self, *args: object) -> object:
+        with self.lock:
+            self.entered += 1
+        assert self.open.wait(GATE_S), "the gate was never opened"
+        return self.fn(*args)
+
+    def wait_entered(self, n: int) -> None:
+        wait_for(lambda: self.entered >= n, f"{n} calls at the gate (got {self.entered})")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@contextmanager
+def in_background(calls: list[Callable[[], httpx.Response]]) -> Iterator[list[httpx.Response | Exception]]:
+    """Run each call in its own thread; the list fills with their answers (joined on exit)."""
+    results: list[httpx.Response | Exception] = []
+
+    def run(call: Callable[[], httpx.Response]) -> None:
+        try:
+            results.append(call())
+        except Exception as e:  # noqa: BLE001 - reported by the test's assertions
+            results.append(e)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for t in threads:
+        t.start()
+    try:
+        yield results
+    finally:
+        for t in threads:
+            t.join(timeout=GATE_S + 10)
+
+
+@pytest.fixture(scope="module")
+def xray(data_root: Path) -> bytes:
+    return sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+
+
+def post(url: str, xray: bytes, heatmap: bool = False) -> Callable[[], httpx.Response]:
+    query = "?heatmap=true" if heatmap else ""
+    return lambda: httpx.post(f"{url}/v1/predict{query}", files={"file": ("x.jpeg", xray, "image/jpeg")}, timeout=60)
+
+
+def multipart_head(length: int, boundary: str = "b") -> bytes:
+    return (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    start, data = time.monotonic(), b""
+    sock.settimeout(timeout)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - start
+
+
+# ---------------------------------------------------------------- queue bound
+
+
+def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(serve_module._decode)
+    monkeypatch.setattr(serve_module, "_decode", gate)
+    limits = Limits(max_concurrent_decodes=2, max_queue=2)
+    app = create_app(tiny_bundle, limits=limits)
+    with live(app, limits) as url:
+        with in_background([post(url, xray), post(url, xray)]) as held:
+            gate.wait_entered(2)  # both admitted requests are decoding (held at the gate)
+            start = time.monotonic()
+            r = post(url, xray)()
+            assert time.monotonic() - start < 5  # refused at once, not queued
+            assert r.status_code == 503 and r.headers["retry-after"] == "2"
+            assert "busy" in r.json()["error"]
+            gate.open.set()
+        assert sorted(x.status_code for x in held) == [200, 200]  # the admitted ones are served
+        assert post(url, xray)().status_code == 200  # and the slots are given back
+        assert app.state.in_flight["prediction"] == 0
+
+
+# ---------------------------------------------------------------- stalled connections
+
+
+def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
+    limits = Limits(body_timeout=1.0, header_timeout=1.0)
+    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(multipart_head(100_000) + b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n')
+            stop = threading.Event()
+
+            def trickle() -> None:  # a byte every 0.1 s: 100 KB would take hours
+                while not stop.is_set():
+                    try:
+                        sock.sendall(b"\0")
+                    except OSError:
+                        return
+                    time.sleep(0.1)
+
+            dripper = threading.Thread(target=trickle, daemon=True)
+            dripper.start()
+            answer, took = read_until_closed(sock, timeout=10)
+            stop.set()
+            dripper.join()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 1 s" in answer
+        assert took < 5  # closed after the deadline, although bytes kept coming
+
+
+@pytest.mark.parametrize("opening", [b"", b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
+def test_stalled_or_trickling_head_is_closed(tiny_bundle: Path, opening: bytes) -> None:
+    """A connection that sends nothing, or trickles its headers a byte at a time, is closed at the head deadline."""
+    limits = Limits(header_timeout=1.0, keep_alive=30)
+    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(opening)
+            start = time.monotonic()
+            closed = False
+            while time.monotonic() - start < 6:
+                try:
+                    sock.sendall(b"X")  # one more header byte every 0.1 s
+                    sock.settimeout(0.1)
+                    if sock.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:  # reset or broken pipe: closed by the server
+                    closed = True
+                    break
+            took = time.monotonic() - start
+        assert closed and took < 4, took
+        assert httpx.get(f"{url}/healthz").status_code == 200  # a well-behaved client is unaffected
+
+
+def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: bytes,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 comes before the body is read; a client that sends its whole body before reading (as most do) must
+    still get it, and keep its connection, even when the rest takes longer than the head deadline."""
+    gate = Gate(serve_module._decode)
+    monkeypatch.setattr(serve_module, "_decode", gate)
+    limits = Limits(max_concurrent_decodes=1, max_queue=1, header_timeout=0.3)
+    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with in_background([post(url, xray)]) as held:
+            gate.wait_entered(1)
+            body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n\r\n' + xray + b"\r\n--b--\r\n"
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(multipart_head(len(body)) + body[:100])
+                time.sleep(0.8)  # longer than the head deadline
+                sock.sendall(body[100:])
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                answers, _ = read_until_closed(sock, timeout=10)
+            gate.open.set()
+        assert held[0].status_code == 200
+    assert answers.startswith(b"HTTP/1.1 503") and b"retry-after: 2" in answers.lower()
+    assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in answers  # the same connection goes on
+
+
+# ---------------------------------------------------------------- clients that have gone
+
+
+def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, xray: bytes,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(serve_module._decode)
+    monkeypatch.setattr(serve_module, "_decode", gate)
+    model_calls = []
+    real = Predictor.probabilities
+    monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
+    limits = Limits(max_concurrent_decodes=1, max_queue=4)
+    app = create_app(tiny_bundle, limits=limits)
+    with live(app, limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with in_background([post(url, xray)]) as first:
+            gate.wait_entered(1)  # A holds the only decode slot
+            body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n'
+                    b"Content-Type: image/jpeg\r\n\r\n" + xray + b"\r\n--b--\r\n")
+            with socket.create_connection(("127.0.0.1", port)) as sock:  # B: sent whole, then gives up
+                sock.sendall(multipart_head(len(body)) + body)
+                wait_for(lambda: app.state.in_flight["prediction"] == 2, "B admitted")
+                time.sleep(0.3)  # B's body is read; it waits for the decode slot
+            wait_for(lambda: app.state.in_flight["prediction"] == 1, "B leaving the queue while A still decodes")
+            gate.open.set()
+        assert first[0].status_code == 200
+        wait_for(lambda: app.state.in_flight["prediction"] == 0, "B dropped")
+    assert gate.entered == 1, "B's image was decoded although its client had gone"
+    assert model_calls == [1], model_calls
+
+
+# ---------------------------------------------------------------- health and lanes under load
+
+
+def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path, xray: bytes,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(serve_module._decode)
+    monkeypatch.setattr(serve_module, "_decode", gate)
+    limits = Limits(max_concurrent_decodes=2, max_queue=6)
+    app = create_app(tiny_bundle, limits=limits)
+    with live(app, limits) as url:
+        with in_background([post(url, xray) for _ in range(6)]) as held:
+            gate.wait_entered(2)
+            wait_for(lambda: app.state.in_flight["prediction"] == 6, "a full queue")
+            times = []
+            with httpx.Client(base_url=url, timeout=10) as http:
+                for _ in range(20):
+                    start = time.monotonic()
+                    assert http.get("/healthz").status_code == 200
+                    times.append(time.monotonic() - start)
+                assert http.get("/v1/model").status_code == 200
+            gate.open.set()
+        assert [r.status_code for r in held] == [200] * 6
+    assert max(times) < 1.0 and float(np.median(times)) < 0.2, times
+
+
+def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
+    predictions are answered meanwhile."""
+    gate = Gate(serve_module.explain_array)
+    monkeypatch.setattr(serve_module, "explain_array", gate)
+    limits = Limits(max_queue=8, heatmap_lane=1)
+    app = create_app(tiny_bundle, limits=limits)
+    with live(app, limits) as url:
+        with in_background([post(url, xray, heatmap=True) for _ in range(6)]) as heatmaps:
+            gate.wait_entered(1)
+            wait_for(lambda: len(heatmaps) == 2, "the two heatmap requests over the lane's bound answered")
+            assert [r.status_code for r in heatmaps] == [503, 503]
+            assert app.state.in_flight["heatmap"] == 4
+            for _ in range(3):
+                start = time.monotonic()
+                r = post(url, xray)()
+                assert r.status_code == 200 and r.json()["heatmap"] is None
+                assert time.monotonic() - start < 3
+            assert gate.entered == 1  # one Grad-CAM at a time
+            gate.open.set()
+        assert sorted(r.status_code for r in heatmaps) == [200] * 4 + [503] * 2
+    assert gate.entered == 4
+
+
+# ---------------------------------------------------------------- logs
+
+
+def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty failing requests on one connection: each a JSON 500 (the connection kept), and the server log holds
+    one line, with no traceback."""
+    monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: 1 / 0)
+    app = create_app(tiny_bundle)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    with live(app) as url:
+        logs = [logging.getLogger(name) for name in serve_module.QUIET_LOGGERS]
+        for log in logs:
+            log.addHandler(handler)
+        try:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                answers = [http.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}) for _ in range(20)]
+        finally:
+            for log in logs:
+                log.removeHandler(handler)
+    assert [(r.status_code, r.json()) for r in answers] == [(500, {"error": "internal error"})] * 20
+    lines = stream.getvalue().splitlines()
+    assert "Traceback" not in stream.getvalue()
+    assert 1 <= len(lines) <= 2, lines
+    assert "ZeroDivisionError" in lines[0]
+
+
+def test_one_line_log_counts_what_it_held_back() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("pneumoscan.test-one-line")
+    log.propagate = False
+    handler = logging.StreamHandler(stream)
+    log.addHandler(handler)
+    log.addFilter(OneLineLog(interval=0.3))
+    try:
+        for i in range(500):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                log.exception("socket.accept() out of system resource")
+        log.warning("another kind of message")
+        time.sleep(0.35)
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError:
+            log.exception("socket.accept() out of system resource")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "socket.accept() out of system resource: OSError: [Errno 24] Too many open files",
+        "another kind of message",
+        "socket.accept() out of system resource: OSError: [Errno 24] Too many open files (499 more like this held back)",
+    ]
