@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,8 @@ from rich.console import Console
 
 from . import __version__
 from .names import shown
+from .options import BACKENDS, FILL_MODES, RESIZE_POLICIES, look_up_option
+from .tasks import list_tasks
 
 if TYPE_CHECKING:
     from .serve import Access, Limits
@@ -76,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .transforms import Augment
 
     cfg = load_config(
-        args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
+        args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
         target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init,
     )
@@ -87,6 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_augment and augment:
         raise ValueError(f"--no-augment turns augmentation off: drop {', '.join('--' + k.replace('_', '-') for k in augment)}")
     cfg.augment = Augment.off() if args.no_augment else dataclasses.replace(cfg.augment, **augment)
+    if args.print_config:
+        sys.stdout.write(cfg.to_yaml())
+        return 0
+    if not (args.data and args.out):
+        raise ValueError("train needs --data and --out")
     train(args.data, cfg, args.out, resume=args.resume)
     return 0
 
@@ -265,6 +272,21 @@ def _positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def _option(choices: Sequence[str], what: str) -> Callable[[str], str]:
+    """An argparse type that checks a name as the library does (:func:`options.look_up_option`: did you mean)."""
+    def parse(text: str) -> str:
+        try:
+            return look_up_option(text, choices, what)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str, **kwargs) -> None:
+    """An option taking one of the library's names (listed in --help, checked with a did-you-mean message)."""
+    parser.add_argument(flag, type=_option(choices, what), choices=choices, **kwargs)
+
+
 def _probability(text: str) -> float:
     """An argparse type for a rate in [0, 1]."""
     value = float(text)
@@ -305,14 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
     p.add_argument("--size", type=_positive(int), default=192,
                    help="without --bundle; train also records its files' source size, so only --bundle matches a run")
-    p.add_argument("--policy", default="squash", choices=("squash", "pad", "center-crop"), help="without --bundle")
+    _choice(p, "--policy", RESIZE_POLICIES, "resize policy", default="squash", help="without --bundle")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
-    p.add_argument("--data", required=True, help=DATA_HELP + " (its test split is never used)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
+    p.add_argument("--out", help="run directory; required unless --print-config")
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"), help="what to classify (default pneumonia)")
+    _choice(p, "--task", list_tasks(), "task", help="what to classify (default pneumonia)")
     p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
     p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
     p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
@@ -329,11 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "always start from scratch")
     p.add_argument("--zoom-range", type=float, metavar="Z", help="Keras-style zoom in and out: scale 1-Z to 1+Z")
     p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None, help="random vertical flips")
-    p.add_argument("--fill-mode", choices=("constant", "nearest", "reflect"),
+    _choice(p, "--fill-mode", FILL_MODES, "fill mode",
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
+                        "applied over --config, under the flags above)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (no training)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")
@@ -341,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
     p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    p.add_argument("--task", choices=("pneumonia", "etiology", "multiclass"), help="default pneumonia")
+    _choice(p, "--task", list_tasks(), "task", help="default pneumonia")
     p.add_argument("--model", help="registry name or any timm model")
     p.add_argument("--epochs", type=_positive(int), help="at most this many epochs per fold")
     p.add_argument("--time-budget", type=_positive(float), help="minutes per fold")
@@ -384,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
-    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+    _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
                         "(export --int8); Grad-CAM always runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
@@ -411,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
-    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+    _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="onnx (default) is 2-5x faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
@@ -429,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
     p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
     p.add_argument("--out", help="results JSON (default: stdout)")
-    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="onnx",
+    _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="as predict --backend (default onnx)")
     p.set_defaults(func=cmd_pacs)
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .names import file_kind
+from .options import look_up_option
 
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -74,8 +75,7 @@ def parse_name(filename: str, label: str) -> tuple[str, str]:
 
 def make_record(path: Path | str, label: str, split: str = "") -> Record:
     label = label.upper()
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r} (expected one of {LABELS})")
+    look_up_option(label, LABELS, "label")
     subtype, patient = parse_name(Path(path).name, label)
     return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
 

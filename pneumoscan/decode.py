@@ -27,6 +27,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
 from .names import file_kind
+from .options import RESIZE_POLICIES, look_up_option
 
 Source = str | Path | bytes
 
@@ -46,7 +47,6 @@ _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image uprig
     8: Image.Transpose.ROTATE_90,
 }  # fmt: skip
 _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic needs 8 MB, not 8 bytes a pixel
-RESIZE_POLICIES = ("squash", "pad", "center-crop")
 PIL_FORMATS = ("JPEG", "PNG")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
@@ -344,8 +344,7 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
     """``size x size`` uint8. squash: stretch to the square; pad: keep the aspect ratio and letterbox with
     black; center-crop: scale the short side to ``size`` and cut the middle square."""
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"unknown resize policy {policy!r} (expected one of {RESIZE_POLICIES})")
+    look_up_option(policy, RESIZE_POLICIES, "resize policy")
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} {gray.shape}")
     height, width = gray.shape
@@ -460,8 +459,7 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"size must be positive, got {self.size}")
-        if self.policy not in RESIZE_POLICIES:
-            raise ValueError(f"unknown resize policy {self.policy!r} (expected one of {RESIZE_POLICIES})")
+        look_up_option(self.policy, RESIZE_POLICIES, "resize policy")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,10 +19,10 @@ from PIL import Image
 from .bundle import BundleCard, load_card
 from .cache import cache_dataset
 from .data import Record
-from .dataset import Task, binary_targets, get_task, positive_probability, select
+from .tasks import Task, binary_targets, get_task, select
 from .decode import DecodeError, PreprocessSpec, read_gray
 from .export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
-from .metrics import binary_metrics, choose_threshold, evaluate_binary, evaluate_multiclass, jsonable
+from .metrics import binary_metrics, choose_threshold, evaluate_binary, jsonable
 from .model_card import add_evaluation, evaluation_record, today, update_card
 from .predict import TTA_VIEWS, Predictor
 from .report import write_report
@@ -39,12 +39,11 @@ THUMBNAIL = 256
 def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
     """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
     per-class block under ``multiclass``."""
-    y, prob = binary_targets(targets), positive_probability(probs, task)
+    y, prob = binary_targets(targets), task.positive_probability(probs)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
     metrics["positive_class"] = task.positive
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
-    if len(task.classes) > 2:
-        metrics["multiclass"] = evaluate_multiclass(targets, probs, task.classes)
+    metrics.update(task.extra_metrics(targets, probs))
     return metrics
 
 

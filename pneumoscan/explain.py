@@ -89,18 +89,17 @@ def to_image_frame(
         left, top = (out_w - side) // 2, (out_h - side) // 2
         out[top : top + side, left : left + side] = _resize_map(cam, side, side)
         return out
-    raise ValueError(f"unknown resize policy {policy!r}")
+    raise ValueError(f"resize policy {policy!r} has no inverse here")  # spec.geometry checked it: a new policy
 
 
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
     own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive
-    class: index 1 for binary tasks; for the multiclass task (positive = any pneumonia) the more probable
-    pneumonia class."""
+    class, as the task says (:meth:`Task.cam_class`)."""
     card = predictor.card
     images = predictor.preprocess([gray])
     if class_index is None:
-        class_index = 1 if len(card.classes) == 2 else 1 + int(np.argmax(predictor.logits(images)[0, 1:]))
+        class_index = predictor.task.cam_class(predictor.logits(images)[0])
     with predictor.lock:  # the hooks must see this forward pass only
         cam = gradcam(predictor.model, predictor.inputs(images), class_index)
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))

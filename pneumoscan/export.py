@@ -22,6 +22,7 @@ import torch
 from .atomic import write_atomic
 from .bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file
 from .metrics import softmax
+from .tasks import get_task
 
 logger = logging.getLogger(__name__)
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -102,7 +103,6 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
     """``out``'s sidecar: everything besides the graph that turns a film into the bundle's label. Training
     rewrites it once the TTA threshold is chosen, which needs the exported model first."""
     card = load_card(bundle)
-    multiclass = len(card.classes) > 2
     spec = {
         "input": INPUT,
         "input_layout": "float32 (batch, 1, size, size) = (uint8 grayscale / 255 - mean) / std",
@@ -118,7 +118,7 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
         "temperature": card.temperature,
         "classes": card.classes,
         "positive": card.positive,
-        "positive_probability": f"1 - P({card.classes[0]})" if multiclass else f"P({card.positive})",
+        "positive_probability": get_task(card.task).positive_formula,
         "threshold": card.threshold,
         "tta_threshold": card.tta_threshold,
         "tta_meaning": "for the mean probability over pneumoscan.predict.TTA_VIEWS (zoom, shift) views",

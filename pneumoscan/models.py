@@ -17,6 +17,8 @@ import torch
 from timm.models import adapt_input_conv, group_parameters, is_model_pretrained
 from torch import nn
 
+from .options import look_up_option
+
 Builder = Callable[..., nn.Module]
 
 
@@ -58,7 +60,7 @@ def has_pretrained(name: str) -> bool:
     if name in _REGISTRY:
         return _REGISTRY[name].weights
     if timm.get_pretrained_cfg(name) is None and name not in timm.list_models():
-        raise ValueError(f"unknown model {name!r}: not registered and not a timm model")
+        unknown_model(name)
     return is_model_pretrained(name)
 
 
@@ -86,6 +88,12 @@ def create(
     )
 
 
+def unknown_model(name: str) -> None:
+    """ValueError for a name neither registered nor in timm, with the closest names of both."""
+    look_up_option(name, [*_REGISTRY, *timm.list_models()], "model",
+                   hint="registered: pneumoscan models; or any timm model")
+
+
 def list_models() -> list[str]:
     """Registered names; ``create`` also accepts any other timm model name."""
     return sorted(_REGISTRY)
@@ -99,7 +107,7 @@ def normalization(name: str) -> tuple[float, float]:
         return entry.mean, entry.std
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
-        raise ValueError(f"unknown model {name!r}: not registered and not a timm model")
+        unknown_model(name)
     return sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)
 
 

@@ -28,15 +28,15 @@ from torchvision.transforms.v2 import functional as F
 from .atomic import write_atomic
 from .bundle import load_bundle
 from .data import walk
-from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
 from .logs import progress as progress_bar
 from .metrics import softmax
 from .names import path_text
+from .options import BACKENDS, look_up_option
 from .scope import describe
+from .tasks import get_task
 from .transforms import to_input
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 # Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
 # inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
@@ -80,8 +80,7 @@ class Predictor:
                  session: object | None = None) -> None:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
         fresh graph this way before that graph's thresholds exist)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r} (expected one of {BACKENDS})")
+        look_up_option(backend, BACKENDS, "backend")
         model, self.card = load_bundle(bundle)
         # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
         self.model = model.to(memory_format=torch.channels_last)
@@ -149,7 +148,7 @@ class Predictor:
 
     def positive(self, probs: np.ndarray) -> np.ndarray:
         """P(positive class) per row (1 - P(normal) for the multiclass task)."""
-        return positive_probability(probs, self.task)
+        return self.task.positive_probability(probs)
 
     def threshold(self, tta: bool = False) -> float:
         """The operating threshold chosen on validation for plain or for test-time-augmented scores. Averaging
@@ -260,11 +259,13 @@ def _write_new(folder: Path, stem: str, data: bytes) -> Path:
             n += 1
 
 
-def check_stages(first: str, second: str) -> None:
-    """The bacterial/viral stage reads the images the first stage calls pneumonia, so it needs a pneumonia (or
-    multiclass) bundle first and an etiology bundle second."""
-    if first not in ("pneumonia", "multiclass") or second != "etiology":
-        raise ValueError(f"--etiology needs a pneumonia bundle and an etiology bundle, got {first} and {second}")
+def check_stages(first: str, second: str) -> str:
+    """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia or
+    multiclass model calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`)."""
+    try:
+        return get_task(second).handoff(get_task(first))
+    except ValueError as e:
+        raise ValueError(f"--etiology: {e}") from None
 
 
 def predict_paths(
@@ -289,8 +290,7 @@ def predict_paths(
     """
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
-    if second is not None:
-        check_stages(predictor.card.task, second.card.task)
+    handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
     if heatmap_dir is not None:
@@ -308,7 +308,7 @@ def predict_paths(
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
             readable = [(path, gray) for path, gray in batch if not isinstance(gray, str)]
-            results = iter(_classify(predictor, second, [p for p, _ in readable], [g for _, g in readable], tta))
+            results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))
             for path, gray in batch:
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
@@ -325,10 +325,11 @@ def predict_paths(
 
 
 def _classify(
-    first: Predictor, second: Predictor | None, paths: Sequence[str], grays: Sequence[np.ndarray], tta: bool
+    first: Predictor, second: Predictor | None, handoff: str | None, paths: Sequence[str], grays: Sequence[np.ndarray],
+    tta: bool,
 ) -> list[dict]:
     """Result fields for images decoded for the first stage; the second stage runs only on the images the first
-    calls positive, decoded again when its training decoded them at another size (as the web service does)."""
+    labels ``handoff`` (:func:`check_stages`), decoded again when its training decoded them at another size (as the web service does)."""
     if not grays:
         return []
     probs, bad = first.finite_probabilities(first.preprocess(grays), tta=tta)
@@ -338,7 +339,7 @@ def _classify(
         for p, broken in zip(first.positive(probs), bad)
     ]  # fmt: skip
     if second is not None:
-        called = [i for i, row in enumerate(rows) if row.get("label") == first.card.positive]
+        called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
         for row in rows:
             if "label" in row:
                 row.update(etiology_probability_virus=None, etiology_label=None)
@@ -367,8 +368,7 @@ def format_results(rows: list[dict], fmt: str) -> str:
     rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
     if fmt == "json":
         return json.dumps(rows, indent=2, allow_nan=False)
-    if fmt != "csv":
-        raise ValueError(f"unknown results format {fmt!r} (expected csv or json)")
+    look_up_option(fmt, ("csv", "json"), "results format")
     fields = [f for f in RESULT_FIELDS if any(f in row for row in rows)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

@@ -485,8 +485,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     limits = limits or Limits()
     main = _Stage(bundle, backend)
     second = _Stage(etiology, backend) if etiology is not None else None
-    if second is not None:
-        check_stages(main.card.task, second.card.task)
+    handoff = check_stages(main.card.task, second.card.task) if second is not None else None
     max_bytes = int(max_upload_mb * 2**20)
     # Grad-CAM gets its own torch copy of the model, threads and bound: it never holds the prediction model's
     # lock, a decode thread, or more than its share of the queue.
@@ -606,7 +605,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
                 raise _ClientGone()
             result = await main.predict(image)
             etiology_result = None
-            if second is not None and result.label == main.card.positive:
+            if second is not None and result.label == handoff:
                 target = second.card.spec.decode_target
                 same = target == main.card.spec.decode_target
                 gray = image if same else await in_lane(gone, decode_slots, decoders, _decode, data, target, dicom)

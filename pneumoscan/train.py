@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +52,7 @@ from .logs import progress as progress_bar
 from .model_card import write_model_card
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .names import shown
+from .options import apply_settings, check_fields
 from .predict import Predictor
 from .report import plot_training_curves, write_report
 from .split import split_dataset
@@ -101,19 +102,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
+        check_fields(data, cls)
         if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
+            check_fields(data["augment"] or {}, Augment, "augment.")
             data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**data)
 
+    def to_yaml(self) -> str:
+        """The resolved settings as config.yaml holds them (``train --print-config``)."""
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
-def load_config(path: Path | str | None, **overrides) -> TrainConfig:
-    """A YAML file's settings, then command-line overrides (those not None) on top of the defaults."""
+
+def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
+    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
+    command-line overrides (those not None) on top of the defaults."""
     data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
+    data = apply_settings(data, settings)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data)
 
@@ -341,7 +347,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
             shutil.rmtree(run_dir / "best", ignore_errors=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     records = split_records(data, cfg)
     if ctx.main:

@@ -17,10 +17,11 @@ from functools import partial
 import torch
 from torchvision.transforms import v2
 
+from .options import FILL_MODES, look_up_option
+
 NOISE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # fractions of Augment.noise
 
 
-FILL_MODES = ("constant", "nearest", "reflect")  # Keras' names; torchvision's padding modes below
 _PAD_MODE = {"nearest": "edge", "reflect": "reflect"}
 
 
@@ -48,8 +49,7 @@ class Augment:
     fill_mode: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}, got {self.fill_mode!r}")
+        look_up_option(self.fill_mode, FILL_MODES, "fill_mode")
         if not 0 <= self.zoom_range < 1:
             raise ValueError(f"zoom_range must be in [0, 1), got {self.zoom_range}")
         if not 0 <= self.zoom < 1:

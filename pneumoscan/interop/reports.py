@@ -9,6 +9,7 @@ from pathlib import Path
 from ..bundle import load_card
 from ..decode import read_dicom_header, redact
 from ..export import weights_digest
+from ..tasks import get_task
 from . import fhir, sr
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 def check_reportable(bundle: Path | str) -> None:
     """Refuse before any film is read: SR and FHIR results state a pneumonia finding."""
     task = load_card(bundle).task
-    if task not in ("pneumonia", "multiclass"):
+    if not get_task(task).reports_pneumonia:
         raise ValueError(f"--dicom-sr and --fhir report pneumonia: {bundle} is a {task} model")
 
 

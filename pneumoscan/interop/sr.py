@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ..decode import keep_dicom_values_out_of_logs
+from ..tasks import get_task, list_tasks
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 MANUFACTURER = "pneumoscan"
@@ -51,7 +52,7 @@ def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a pneumonia or multiclass model."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
-    if result.get("task") not in ("pneumonia", "multiclass"):
+    if result.get("task") not in [name for name in list_tasks() if get_task(name).reports_pneumonia]:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
 
 
