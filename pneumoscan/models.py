@@ -83,6 +83,8 @@ def create(
                 raise ValueError(f"{name} flattens its feature map, so it is built for one input size: give image_size")
             kwargs["image_size"] = image_size
         return entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+    if ":" not in name and not timm.is_model(name):  # hf-hub:... names are timm's to resolve
+        unknown_model(name)
     return timm.create_model(
         name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs
     )

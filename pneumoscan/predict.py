@@ -265,7 +265,8 @@ def check_stages(first: str, second: str) -> str:
     try:
         return get_task(second).handoff(get_task(first))
     except ValueError as e:
-        raise ValueError(f"--etiology: {e}") from None
+        raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
+                         f"bundle, for instance): {e}") from None
 
 
 def predict_paths(

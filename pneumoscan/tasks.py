@@ -75,7 +75,7 @@ class Task:
         """The label of a ``first`` stage that hands a film to this task; ValueError when it does not follow it."""
         if first.name not in self.follows:
             after = ", ".join(self.follows) or "no other stage"
-            raise ValueError(f"a {self.name} stage follows {after}, not a {first.name} model")
+            raise ValueError(f"the {self.name} task follows {after}, not {first.name}")
         return self.follows[first.name]
 
 

@@ -189,7 +189,7 @@ def test_vertical_flip_flips_about_half_the_images() -> None:
 
 
 def test_augment_refuses_unknown_fill_and_bad_zoom() -> None:
-    with pytest.raises(ValueError, match="unknown fill_mode .wrap. \(choose from constant, nearest, reflect\)"):
+    with pytest.raises(ValueError, match=r"unknown fill_mode .wrap. \(choose from constant, nearest, reflect\)"):
         Augment(fill_mode="wrap")
     with pytest.raises(ValueError, match="zoom_range must be in"):
         Augment(zoom_range=1.0)

@@ -1,0 +1,94 @@
+"""Tasks are plugins: the built-in ones answer through their task object, and a task registered here, in the test
+file alone, trains, evaluates, predicts (also as a second stage) and is served without any change to the package."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pneumoscan import cli
+from pneumoscan.bundle import load_card
+from pneumoscan.data import Record
+from pneumoscan.evaluate import evaluate
+from pneumoscan.predict import check_stages, predict_paths
+from pneumoscan.serve import create_app
+from pneumoscan.tasks import Task, get_task, list_tasks, register_task
+
+TOY = "toy_viral"  # viral pneumonia vs every other film: a rule over the existing records
+
+
+@register_task(TOY, classes=("other", "viral"), positive="viral", follows={"pneumonia": "PNEUMONIA"})
+def _toy(r: Record) -> int:
+    return int(r.subtype == "virus")
+
+
+def test_built_in_tasks_answer_through_the_task_object() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    multiclass, etiology = get_task("multiclass"), get_task("etiology")
+    assert np.allclose(multiclass.positive_probability(probs), [0.3, 0.9])
+    assert np.allclose(etiology.positive_probability(probs[:, :2]), [0.2, 0.3])
+    assert [multiclass.cam_class(row) for row in np.log(probs)] == [1, 2] and etiology.cam_class(np.zeros(2)) == 1
+    assert (multiclass.positive_formula, etiology.positive_formula) == ("1 - P(normal)", "P(virus)")
+    assert set(multiclass.extra_metrics(np.array([0, 1, 2, 0, 1, 2]), np.tile(probs, (3, 1)))) == {"multiclass"}
+    assert etiology.extra_metrics(np.array([0, 1]), probs[:, :2]) == {}
+    assert [check_stages(first, "etiology") for first in ("pneumonia", "multiclass")] == ["PNEUMONIA", "pneumonia"]
+    with pytest.raises(ValueError, match="the etiology task follows pneumonia, multiclass, not etiology"):
+        check_stages("etiology", "etiology")
+    assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
+
+
+def test_registration_refuses_clashes_and_incoherent_tasks() -> None:
+    with pytest.raises(ValueError, match="task 'pneumonia' is already registered"):
+        register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)
+    with pytest.raises(ValueError, match="positive class is its second class"):
+        Task("bad", ("yes", "no"), "yes", _toy)
+    with pytest.raises(ValueError, match="two or more distinct classes"):
+        Task("bad", ("a", "a"), "a", _toy)
+
+
+@pytest.fixture(scope="module")
+def toy_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy task trained through the command line (its --task choices are read from the registry)."""
+    run = tmp_path_factory.mktemp("run-toy")
+    assert cli.main(["-q", "train", "--data", str(tiny_dataset), "--out", str(run), "--task", TOY, "--model",
+                     "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                     "--set", "val_fraction=0.25"]) == 0  # fmt: skip
+    return run / "bundle"
+
+
+def test_a_task_registered_outside_the_package_trains_evaluates_predicts_and_serves(
+    toy_bundle: Path, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    card = load_card(toy_bundle)
+    assert (card.task, card.classes, card.positive) == (TOY, ["other", "viral"], "viral")
+
+    metrics = evaluate(toy_bundle, tiny_dataset, "test", tmp_path / "eval")
+    test_films = sorted((tiny_dataset / "test").rglob("*.jpeg"))
+    n_viral = sum("_virus_" in p.name for p in test_films)
+    assert metrics["n"] == len(test_films) and metrics["n_positive"] == n_viral > 0  # every film is in the toy task
+    assert metrics["positive_class"] == "viral" and "multiclass" not in metrics
+
+    rows = predict_paths(toy_bundle, test_films[:4])
+    assert all(row["label"] in ("other", "viral") for row in rows)
+    assert all(row["label"] == ("viral" if row["probability"] >= card.threshold else "other") for row in rows)
+
+    # as a second stage: it reads the films the pneumonia model calls PNEUMONIA, as its `follows` says
+    chained = predict_paths(tiny_bundle, test_films, etiology=toy_bundle)
+    called = [row for row in chained if row["label"] == "PNEUMONIA"]
+    assert called and all(row["etiology_label"] in ("other", "viral") for row in called)
+    assert all(row["etiology_label"] is None for row in chained if row["label"] != "PNEUMONIA")
+    with pytest.raises(ValueError, match=f"the {TOY} task follows pneumonia, not etiology"):
+        check_stages("etiology", TOY)
+
+    buf = io.BytesIO()
+    Image.open(test_films[0]).save(buf, format="PNG")
+    with TestClient(create_app(toy_bundle)) as client:
+        info = client.get("/v1/model").json()
+        assert (info["task"], info["classes"], info["positive"]) == (TOY, ["other", "viral"], "viral")
+        body = client.post("/v1/predict", files={"file": ("x.png", buf.getvalue(), "image/png")}).json()
+        assert body["label"] in ("other", "viral") and set(body["probabilities"]) == {"other", "viral"}
