@@ -49,10 +49,12 @@ def _checked_source(source: Dataset) -> Dataset:
 
 
 def check_result(result: dict) -> None:
-    """A result SR and FHIR can report: a reading (not an error row) of a pneumonia or multiclass model."""
+    """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
+    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`)."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
-    if result.get("task") not in [name for name in list_tasks() if get_task(name).reports_pneumonia]:
+    task = result.get("task")
+    if task not in list_tasks() or not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
 
 
