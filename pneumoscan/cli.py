@@ -102,7 +102,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from .cv import cross_validate
     from .train import load_config
 
-    cfg = load_config(args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
+    cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
                       image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained)
     result = cross_validate(args.data, cfg, args.folds, args.out)
     for name, s in result["summary"].items():
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seeds the folds and every fold's run")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights (default for pretrained models)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, as train --set")
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")

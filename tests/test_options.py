@@ -101,6 +101,11 @@ def test_apply_settings_leaves_its_input_alone() -> None:
     assert apply_settings(data, ["augment.noise=0"]) == {"augment": {"noise": 0}} and data == {"augment": {"noise": 0.1}}
 
 
+def test_cv_takes_the_same_settings(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["cv", "--data", "d", "--out", "o", "--set", "augment.nosie=0.1"]) == 2  # refused before any work
+    assert "did you mean 'augment.noise'" in capsys.readouterr().err
+
+
 def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["train", "--set", "epochs=1"]) == 2
     assert "train needs --data and --out" in capsys.readouterr().err
