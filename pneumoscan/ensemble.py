@@ -22,7 +22,9 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from torch import nn
 from . import models
 from .bundle import BundleCard, load_bundle, load_card, save_bundle
 from .dataset import binary_targets, get_task, positive_probability
-from .evaluate import _policy, labelled_images
+from .data import Record, discover
+from .evaluate import _policy, labelled_images, labelled_records
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .model_card import update_card
 from .predict import tta_views
@@ -104,6 +107,27 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
             if getattr(card, name) != getattr(cards[0], name):
                 raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has {getattr(cards[0], name)!r}: "
                                  "members must read films alike (only the input size and normalisation may differ)")
+
+
+def _check_held_out(paths: Sequence[Path], records: Sequence[Record]) -> None:
+    """Refuse calibration films a member trained on (its run's split.csv, RUN/bundle's parent): their scores are
+    too good and would choose too high a threshold. A member without that record is trusted, with a warning."""
+    given = {os.path.realpath(r.path) for r in records}
+    for path in paths:
+        split = path.parent / "split.csv"
+        if not split.exists():
+            log.warning("%s: no %s beside it, so it cannot be checked that the calibration films are new to it",
+                        path, split)
+            continue
+        seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
+        trained = sorted(p for p in given if seen.get(p) == "train")
+        if trained:
+            raise ValueError(f"{len(trained)} of the calibration films were in {path}'s training split (e.g. "
+                             f"{trained[0]}): choose the ensemble's temperature and thresholds on films no member "
+                             "trained on (or use --cv)")
+        if any(seen.get(p) == "val" for p in given):
+            log.warning("some calibration films are %s's validation films, on which its own temperature and "
+                        "threshold were chosen: the ensemble's figures on them are optimistic", path)
 
 
 def _batched(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -179,7 +203,8 @@ def build_ensemble(
         logits, targets, views = _out_of_fold(net, Path(cv_dir), card)
         name = f"out-of-fold scores of {cv_dir} (each film scored by the one member that did not train on it)"
     else:
-        images, targets, errors = labelled_images(data, split, task, card.spec)
+        records, images, targets, _ = labelled_records(data, split, task, card.spec)
+        _check_held_out(paths, records)
         logits = _batched(net, images)
         views = [_batched(net, v) for v in tta_views(images)]
         name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
@@ -200,8 +225,14 @@ def build_ensemble(
         train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
                       "combination": "mean of members' logits / their own temperatures"},
     )  # fmt: skip
-    save_bundle(out, net, card)
-    update_card(out, load_card(out))
+    # built beside OUT and renamed into place: a failure leaves no half bundle
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_bundle(tmp, net, card)
+        update_card(tmp, load_card(tmp))
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
              at["sensitivity"], at["specificity"], y.size)

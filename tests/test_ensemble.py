@@ -132,6 +132,14 @@ def test_damaged_member_and_damaged_ensemble_are_refused(ensemble: Path, tiny_bu
         load_bundle(ens)
 
 
+def test_films_a_member_trained_on_are_refused_for_calibration(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="training split"):
+        main_raising(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "train",
+                      "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
+
+
 def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     other = shutil.copytree(member64, tmp_path / "pad")
