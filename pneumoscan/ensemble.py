@@ -38,6 +38,7 @@ from .bundle import BundleCard, load_bundle, load_card, save_bundle
 from .dataset import binary_targets, get_task, positive_probability
 from .data import Record, discover
 from .evaluate import _policy, labelled_images, labelled_records
+from .export import export_onnx
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .model_card import update_card
 from .predict import tta_views
@@ -229,6 +230,7 @@ def build_ensemble(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         save_bundle(tmp, net, card)
+        export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
         update_card(tmp, load_card(tmp))
         os.rename(tmp, out)
     finally:
