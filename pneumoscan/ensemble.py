@@ -230,7 +230,11 @@ def build_ensemble(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         save_bundle(tmp, net, card)
-        export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
+        try:
+            export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
+        except torch.onnx.OnnxExporterError as e:
+            raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
+                             f"{str(e).splitlines()[0]}") from None
         update_card(tmp, load_card(tmp))
         os.rename(tmp, out)
     finally:
