@@ -29,7 +29,8 @@ import pydicom
 
 from pneumoscan.atomic import write_atomic
 from pneumoscan.data import Record, discover
-from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
+from pneumoscan.decode import DecodeError
+from pneumoscan.preprocess import PreprocessSpec, preprocess
 from pneumoscan.logs import progress as progress_bar
 
 CACHE_VERSION = 4  # bump whenever decode/resize output changes, so old caches are not reused

@@ -46,7 +46,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .decode import DecodeError, read_dicom_header, read_gray, redact
+from .decode import DecodeError, read_dicom_header, read_gray
+from .readers.dicom import redact
 from .explain import explain_array, overlay_png
 from .export import weights_digest
 from .model_card import card_summary

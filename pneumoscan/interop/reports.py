@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from ..bundle import load_card
-from ..decode import read_dicom_header, redact
+from ..decode import read_dicom_header
+from ..readers.dicom import redact
 from ..export import weights_digest
 from . import fhir, sr
 
