@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import logging
 import os
 import re
 import stat
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from . import readers
 from .names import file_kind
+
+logger = logging.getLogger(__name__)
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
@@ -193,7 +196,7 @@ class ClassFolders(Layout):
     """``{train,val,test}/{NORMAL,PNEUMONIA}`` or ``{NORMAL,PNEUMONIA}`` alone (folder names in any case); the files
     below a class folder, at any depth, are its films (:func:`walk`)."""
 
-    splits = ("train", "val", "test")
+    splits = SPLITS
 
     def detect(self, root: Path) -> bool:
         if not root.is_dir():
@@ -264,8 +267,11 @@ class MendeleyLayout(ClassFolders):
         if not super().detect(root):
             return False
         for folder in self.class_folders(root):
-            with os.scandir(folder) as listing:
-                names = [e.name for _, e in zip(range(self._PEEK), listing)]
+            try:
+                with os.scandir(folder) as listing:
+                    names = [e.name for _, e in zip(range(self._PEEK), listing)]
+            except OSError:  # discovery reports the folder it cannot list
+                continue
             if any(self._NAME.match(Path(n).stem) for n in names):
                 return True
         return False
@@ -338,11 +344,12 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
         chosen = known[layout]
         if not chosen.detect(root):
             raise ValueError(f"{root}: not laid out as {layout} ({chosen.description})")
-        return chosen.discover(root)
-    chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
-    if chosen is None:
-        expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
-        raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
+    else:
+        chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
+        if chosen is None:
+            expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
+            raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
+    logger.info("%s: read as the %s layout", root, chosen.name)
     return chosen.discover(root)
 
 
