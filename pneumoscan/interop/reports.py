@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..bundle import load_card
 from ..decode import read_dicom_header
-from ..readers.dicom import redact
 from ..export import weights_digest
+from ..readers.dicom import redact
 from . import fhir, sr
 
 log = logging.getLogger(__name__)
