@@ -349,7 +349,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
         if chosen is None:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
-    logger.info("%s: read as the %s layout", root, chosen.name)
+    logger.debug("%s: read as the %s layout", root, chosen.name)
     return chosen.discover(root)
 
 

@@ -67,6 +67,7 @@ def unregister(name: str) -> None:
 
 
 def registered() -> tuple[Reader, ...]:
+    """The registered readers, in the order they are asked."""
     return tuple(_READERS)
 
 
