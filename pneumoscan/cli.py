@@ -62,7 +62,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from .bundle import load_card
     from .cache import cache_dataset
-    from .decode import PreprocessSpec
+    from .preprocess import PreprocessSpec
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)

@@ -19,8 +19,9 @@ from PIL import Image
 from .bundle import BundleCard, load_card
 from .cache import cache_dataset
 from .data import Record
+from .decode import DecodeError, read_gray
+from .preprocess import PreprocessSpec
 from .tasks import Task, binary_targets, get_task, select
-from .decode import DecodeError, PreprocessSpec, read_gray
 from .export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
 from .metrics import binary_metrics, choose_threshold, evaluate_binary, jsonable
 from .model_card import add_evaluation, evaluation_record, today, update_card

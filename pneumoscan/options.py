@@ -16,7 +16,7 @@ T = TypeVar("T")
 # (the tasks come from their registry).
 BACKENDS = ("torch", "onnx", "onnx-int8")  # predict.Predictor: torch, ONNX Runtime, the bundle's INT8 ONNX model
 FILL_MODES = ("constant", "nearest", "reflect")  # transforms.Augment.fill_mode: Keras' names
-RESIZE_POLICIES = ("squash", "pad", "center-crop")  # decode.resize: how a film becomes the model's square
+RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a film becomes the model's square
 LISTED = 20  # more known names than this are not all listed in the message
 
 

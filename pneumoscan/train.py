@@ -45,7 +45,7 @@ from .dataset import (
     positive_probability,
     select,
 )
-from .decode import PreprocessSpec, source_of
+from .preprocess import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
 from .export import ONNX_NAME, export_onnx, write_onnx_spec
 from .logs import progress as progress_bar
@@ -76,7 +76,7 @@ class TrainConfig:
     image_size: int = 192
     resize_policy: str = "squash"
     # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
-    # larger inputs (full-size originals) down the same way before resizing: decode.match_source
+    # larger inputs (full-size originals) down the same way before resizing: preprocess.match_source
     match_source: bool = True
     epochs: int = 6
     # minutes for warm start + training + validation; the LR schedule fits it. Training still ends after `epochs`

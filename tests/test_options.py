@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pneumoscan import cli, models
-from pneumoscan.data import make_record
-from pneumoscan.decode import PreprocessSpec, resize
+from pneumoscan.data import discover, make_record
+from pneumoscan.preprocess import PreprocessSpec, resize
 from pneumoscan.options import BACKENDS, FILL_MODES, RESIZE_POLICIES, apply_settings, look_up_option
 from pneumoscan.predict import Predictor, format_results
 from pneumoscan.tasks import get_task, list_tasks
@@ -41,6 +41,7 @@ def test_look_up_option_suggests_the_closest_names() -> None:
     (lambda: models.create("simple_cn"), "'simple_cnn'"),
     (lambda: models.normalization("resnet5O"), "'resnet50'"),
     (lambda: make_record("a.png", "NORMALL"), "'NORMAL'"),
+    (lambda: discover(".", layout="kagle"), "'kaggle'"),
     (lambda: TrainConfig.from_dict({"lrr": 0.1}), "'lr'"),
     (lambda: TrainConfig.from_dict({"augment": {"nosie": 0.1}}), "'augment.noise'"),
 ])  # fmt: skip
