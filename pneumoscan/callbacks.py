@@ -68,7 +68,7 @@ class ReduceOnPlateau(Callback):
     lower ``monitor`` (torch's scheduler, stepped on each epoch's validation figure)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, monitor: str = "val_loss", factor: float = 0.2,
-                 patience: int = 2, min_lr: float = 1e-6) -> None:
+                 patience: int = 2, min_lr: float = 0.0) -> None:
         self.monitor = monitor
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
