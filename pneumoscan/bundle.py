@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__, models
 from .atomic import write_atomic
-from .decode import PreprocessSpec
+from .preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -49,7 +49,7 @@ class BundleCard:
     resize_policy: str
     mean: float
     std: float
-    source_size: int | None = None  # the training files' side and JPEG quality (decode.match_source)
+    source_size: int | None = None  # the training files' side and JPEG quality (preprocess.match_source)
     source_quality: int | None = None
     threshold: float = 0.5
     threshold_policy: str = "fixed 0.5"
@@ -169,8 +169,13 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, image_size=card.size,
-                          **card.model_kwargs)
+    if card.model == "ensemble":  # several members in one bundle (ensemble.py)
+        from .ensemble import EnsembleNet
+
+        model = EnsembleNet.from_card(card)
+    else:
+        model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
+                              image_size=card.size, **card.model_kwargs)
     model.load_state_dict(_read_weights(directory, card))
     return model.eval(), card
 

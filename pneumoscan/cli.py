@@ -68,7 +68,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from .bundle import load_card
     from .cache import cache_dataset
-    from .decode import PreprocessSpec
+    from .preprocess import PreprocessSpec
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
-        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init,
+        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init, optimizer=args.optimizer,
     )
     if args.youden:
         cfg.target_sensitivity = None
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_augment and augment:
         raise ValueError(f"--no-augment turns augmentation off: drop {', '.join('--' + k.replace('_', '-') for k in augment)}")
     cfg.augment = Augment.off() if args.no_augment else dataclasses.replace(cfg.augment, **augment)
-    train(args.data, cfg, args.out, resume=args.resume)
+    train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     return 0
 
 
@@ -109,6 +109,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for name, s in result["summary"].items():
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
     console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
+
+    card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity, args.youden,
+                          args.max_false_positive_rate)
+    print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
+          f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
     return 0
 
 
@@ -357,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--optimizer", choices=("adamw-cosine", "adam-plateau"),
+                   help="adamw-cosine (default): AdamW, warm-up and cosine decay, early stopping on validation AUC; "
+                        "adam-plateau (Keras recipe): Adam, rate cut on a validation-loss plateau, early stopping on it")
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow"),
+                   help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
+                        "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
+    p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")
@@ -405,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--max-false-positive-rate", type=_probability,
                       help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
     p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("ensemble", help="one bundle averaging several bundles' calibrated logits, with its own "
+                                        "temperature and thresholds")
+    p.add_argument("bundles", nargs="*", help="member bundles (none with --cv)")
+    p.add_argument("--out", required=True, help="new ensemble bundle folder; must not exist")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP + ": labelled films none of the members trained on, to choose the "
+                                       "ensemble's temperature and thresholds")
+    source.add_argument("--cv", help="a `pneumoscan cv` output folder: its fold bundles are the members, and the "
+                                     "out-of-fold scores choose temperature and thresholds")
+    p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--target-sensitivity", type=_probability, help="threshold policy (default: the first member's)")
+    rule.add_argument("--youden", action="store_true", help="threshold maximising sensitivity + specificity - 1")
+    rule.add_argument("--max-false-positive-rate", type=_probability,
+                      help="the most sensitive threshold whose false-positive rate is at most this")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
     p.add_argument("bundle", help="bundle folder to serve")
