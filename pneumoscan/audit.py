@@ -31,7 +31,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.data import LABELS, SPLITS, SUBTYPES, Discovery, Record
-from pneumoscan.decode import DecodeError, image_info, read_gray, resize
+from pneumoscan.decode import DecodeError, image_info, read_gray
+from pneumoscan.preprocess import resize
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
 PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing

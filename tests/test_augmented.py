@@ -11,7 +11,8 @@ from scipy import ndimage
 from pneumoscan.audit import GUTTER, augmented_grid
 from pneumoscan.cli import main
 from pneumoscan.data import discover
-from pneumoscan.decode import read_gray, resize
+from pneumoscan.decode import read_gray
+from pneumoscan.preprocess import resize
 from pneumoscan.transforms import Augment
 
 
