@@ -43,6 +43,12 @@ def full_size(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small(data_root: Path) -> Path:
+    """A 224 px film: quick to upload and redraw where the film's size does not matter."""
+    return sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
 def tagged_dicom(full_size: Path) -> bytes:
     """A 12-bit DICOM of a real film with the tags the film panel shows, and a name and id it must not."""
     return dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **TAGS)
@@ -144,8 +150,8 @@ def drag(page: Page, dx: float, dy: float, shift: bool = False) -> None:
         page.keyboard.up("Shift")
 
 
-def test_window_level_invert_zoom_pan(page: Page, full_size: Path, tmp_path: Path) -> None:
-    upload_one(page, full_size)
+def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -> None:
+    upload_one(page, small)
     page.screenshot(path=tmp_path / "1-result.png", full_page=True)
     before = centre(page)
     assert before[0] == before[1] == before[2]  # gray: no heatmap drawn
@@ -182,7 +188,7 @@ def test_window_level_invert_zoom_pan(page: Page, full_size: Path, tmp_path: Pat
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
 
 
-def test_heatmap_only_on_request_in_viridis(page: Page, full_size: Path, tmp_path: Path) -> None:
+def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tmp_path: Path) -> None:
     calls: list[str] = []
     page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
     upload_one(page, full_size)
@@ -202,9 +208,24 @@ def test_heatmap_only_on_request_in_viridis(page: Page, full_size: Path, tmp_pat
     rgb = pixels.reshape(-1, 4)[:, :3]
     nearest = np.abs(rgb[:, None, :] - lut[None]).sum(axis=2).min(axis=1)
     assert nearest.max() <= 6, nearest.max()
+    page.locator("#opacity").fill("45")
+
+    # the print view: the reading, the film with its heatmap and legend, the intended use and the disclaimer
+    page.emulate_media(media="print")
+    page.screenshot(path=tmp_path / "5-print.png", full_page=True)
+    for hidden in ("#drop", ".toolbar >> nth=0", "#list", ".card", "#print"):
+        expect(page.locator(hidden)).to_be_hidden()
+    for shown in ("#label", "#view", "#legend", "#disclaimer", "#print-intended"):
+        expect(page.locator(shown)).to_be_visible()
+    expect(page.locator("#print-intended")).to_contain_text("aged 1 to 5")
+    expect(page.locator("#disclaimer")).to_contain_text("Not a diagnosis")
+    readout, disclaimer = page.locator(".readout").bounding_box(), page.locator("#disclaimer").bounding_box()
+    assert disclaimer["x"] > readout["x"] and abs(disclaimer["y"] - readout["y"]) < 50  # beside the result
+    page.emulate_media(media="screen")
+
     page.uncheck("#heatmap-toggle")
     assert centre(page) == gray and page.locator("#legend").is_hidden()
-    assert len(calls) == 2  # toggling and opacity are drawn here, not asked of the server
+    assert len(calls) == 2  # toggling, opacity and printing are drawn here, not asked of the server
 
 
 def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tmp_path: Path) -> None:
@@ -245,8 +266,8 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     expect(page.locator("#film-title")).to_have_text(f"Film: {paths[1].name}")
 
 
-def test_every_control_is_named_and_keyboard_operable(page: Page, full_size: Path) -> None:
-    upload_one(page, full_size)
+def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -> None:
+    upload_one(page, small)
     named = [("textbox", "API key"), ("button", "choose X-ray files"), ("combobox", "window preset"),
              ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
              ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
@@ -278,20 +299,3 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, full_size: Pat
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.input_value("#opacity") == "50"
-
-
-def test_print_view(page: Page, full_size: Path, tmp_path: Path) -> None:
-    upload_one(page, full_size)
-    page.click("#heatmap-button")
-    expect(page.locator("#legend")).to_be_visible()
-    page.emulate_media(media="print")
-    page.screenshot(path=tmp_path / "6-print.png", full_page=True)
-    for hidden in ("#drop", ".toolbar >> nth=0", "#list", ".card", "#print"):
-        expect(page.locator(hidden)).to_be_hidden()
-    for shown in ("#label", "#view", "#legend", "#disclaimer", "#print-intended"):
-        expect(page.locator(shown)).to_be_visible()
-    expect(page.locator("#print-intended")).to_contain_text("aged 1 to 5")
-    expect(page.locator("#disclaimer")).to_contain_text("Not a diagnosis")
-    # the disclaimer sits beside the result, not pages away
-    readout, disclaimer = page.locator(".readout").bounding_box(), page.locator("#disclaimer").bounding_box()
-    assert disclaimer["x"] > readout["x"] and abs(disclaimer["y"] - readout["y"]) < 50
