@@ -148,9 +148,10 @@ def film(ds: Dataset) -> dict[str, str | float | None]:
             "study_date": study.isoformat() if study else None}
 
 
-def describe(source: Source, dicom: bool = False) -> dict:
-    """The result fields for a decoded film: its UIDs when it is a DICOM, and ``warnings`` (a list, possibly
-    empty). The header is read again (header only, pixels left unread): cheap next to decoding the pixels."""
+def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
+    """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film`),
+    and ``warnings`` (a list, possibly empty). The header is read again (header only, pixels left unread): cheap
+    next to decoding the pixels."""
     try:
         ds = read_dicom_header(source, dicom)
         if ds is None:
@@ -160,5 +161,5 @@ def describe(source: Source, dicom: bool = False) -> dict:
             width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
         return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
-    found = {**identifiers(ds), **film(ds)} if ds is not None else {}
+    found = {**identifiers(ds), **(film(ds) if facts else {})} if ds is not None else {}
     return {**found, "warnings": scope_warnings(ds, width, height)}

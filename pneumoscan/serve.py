@@ -627,7 +627,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         gone = asyncio.ensure_future(_disconnected(request))  # the body is in: what comes next is a disconnect
         try:
             image = await in_lane(gone, decode_slots, decoders, _decode, data, main.card.spec.decode_target, dicom)
-            scope = await in_lane(gone, decode_slots, decoders, describe, data, dicom)  # warnings and DICOM UIDs
+            scope = await in_lane(gone, decode_slots, decoders, describe, data, dicom, True)  # warnings, UIDs, facts
             if format == "dicom-sr" and "study_instance_uid" not in scope:
                 raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
             if gone.done():
