@@ -169,8 +169,13 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False, image_size=card.size,
-                          **card.model_kwargs)
+    if card.model == "ensemble":  # several members in one bundle (ensemble.py)
+        from .ensemble import EnsembleNet
+
+        model = EnsembleNet.from_card(card)
+    else:
+        model = models.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
+                              image_size=card.size, **card.model_kwargs)
     model.load_state_dict(_read_weights(directory, card))
     return model.eval(), card
 

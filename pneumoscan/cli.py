@@ -104,6 +104,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import build_ensemble
+
+    card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity, args.youden,
+                          args.max_false_positive_rate)
+    print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
+          f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
+    return 0
+
+
 def _figure(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -377,6 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--max-false-positive-rate", type=_probability,
                       help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
     p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("ensemble", help="one bundle averaging several bundles' calibrated logits, with its own "
+                                        "temperature and thresholds")
+    p.add_argument("bundles", nargs="*", help="member bundles (none with --cv)")
+    p.add_argument("--out", required=True, help="new ensemble bundle folder; must not exist")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=DATA_HELP + ": labelled films none of the members trained on, to choose the "
+                                       "ensemble's temperature and thresholds")
+    source.add_argument("--cv", help="a `pneumoscan cv` output folder: its fold bundles are the members, and the "
+                                     "out-of-fold scores choose temperature and thresholds")
+    p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--target-sensitivity", type=_probability, help="threshold policy (default: the first member's)")
+    rule.add_argument("--youden", action="store_true", help="threshold maximising sensitivity + specificity - 1")
+    rule.add_argument("--max-false-positive-rate", type=_probability,
+                      help="the most sensitive threshold whose false-positive rate is at most this")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
     p.add_argument("bundle", help="bundle folder to serve")

@@ -639,7 +639,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
                 same = target == main.card.spec.decode_target
                 gray = image if same else await in_lane(gone, decode_slots, decoders, _decode, data, target, dicom)
                 etiology_result = await second.predict(gray)
-            raw = heatmap == "map"
+            raw = heatmap == "map" and format == "json"  # a report carries the overlay a reader can see
             png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image, raw) if heatmap else None
             # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
             shown = await in_lane(gone, decode_slots, decoders, _decode, data, MAX_PANEL, dicom) if want_image else None

@@ -1,0 +1,181 @@
+"""Ensembles as one bundle: two tiny simple_cnn members (32 px and 64 px; simple_cnn at 48 px cannot be exported: 24 is no multiple of its 16-cell pool) averaged, calibrated on held-out films."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from builders import SCORE_TOL
+from pneumoscan.bundle import ONNX_NAME, WEIGHTS, load_bundle, load_card
+from pneumoscan.cli import main
+from pneumoscan.data import discover, write_manifest
+from pneumoscan.dataset import binary_targets, get_task
+from pneumoscan.evaluate import evaluate, labelled_images
+from pneumoscan.explain import explain_array, gradcam
+from pneumoscan.metrics import choose_threshold, softmax
+from pneumoscan.predict import Predictor, predict_paths
+from pneumoscan.serve import create_app
+from pneumoscan.transforms import to_input
+
+
+@pytest.fixture(scope="module")
+def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pneumoscan.train import TrainConfig, train
+
+    cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
+                      val_fraction=0.25)
+    return train(tiny_dataset, cfg, tmp_path_factory.mktemp("run-64"))
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ens") / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "test",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _test_images(ens: Path, tiny_dataset: Path) -> tuple[np.ndarray, np.ndarray]:
+    card = load_card(ens)
+    images, targets, _ = labelled_images(tiny_dataset, "test", get_task(card.task), card.spec)
+    return images, binary_targets(targets)
+
+
+def test_probability_is_the_average_of_the_members(ensemble: Path, tiny_bundle: Path, member64: Path,
+                                                   tiny_dataset: Path) -> None:
+    card = load_card(ensemble)
+    assert card.model == "ensemble" and card.size == 64 and (card.mean, card.std) == (0.0, 1.0)
+    images, _ = _test_images(ensemble, tiny_dataset)
+    x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)
+    by_hand = []
+    for bundle in (tiny_bundle, member64):  # the members' own bundles, not the ensemble's copy of their weights
+        model, mc = load_bundle(bundle)
+        xm = F.interpolate(x, size=(mc.size, mc.size), mode="bilinear", align_corners=False, antialias=False)
+        with torch.inference_mode():
+            by_hand.append(model((xm - mc.mean) / mc.std).numpy() / mc.temperature)
+    expected = softmax(np.mean(by_hand, axis=0), card.temperature)
+    got = Predictor(ensemble).probabilities(images)
+    np.testing.assert_allclose(got, expected, atol=SCORE_TOL, rtol=0)
+
+
+def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path, tiny_dataset: Path) -> None:
+    card = load_card(ensemble)
+    images, y = _test_images(ensemble, tiny_dataset)
+    predictor = Predictor(ensemble)
+    target, _ = load_card(tiny_bundle).threshold_targets  # the first member's policy
+    plain = predictor.positive(predictor.probabilities(images))
+    tta = predictor.positive(predictor.probabilities(images, tta=True))
+    assert card.threshold == pytest.approx(choose_threshold(y, plain, target), abs=SCORE_TOL)
+    assert card.tta_threshold == pytest.approx(choose_threshold(y, tta, target), abs=SCORE_TOL)
+    assert card.val_metrics["n"] == len(y) == 16 and "test" in card.threshold_policy
+
+
+def test_evaluate_predict_and_serve_run_on_it(ensemble: Path, tiny_dataset: Path) -> None:
+    metrics = evaluate(ensemble, tiny_dataset, "test")
+    assert metrics["n"] == 16 and 0.0 <= metrics["auc"] <= 1.0
+    rows = predict_paths(ensemble, [tiny_dataset / "test" / "PNEUMONIA"])
+    assert len(rows) == 8 and all(r["label"] in ("NORMAL", "PNEUMONIA") for r in rows)
+    film = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    with TestClient(create_app(ensemble)) as client:
+        r = client.post("/v1/predict", files={"file": (film.name, film.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200
+    assert r.json()["probability"] == pytest.approx(predict_paths(ensemble, [film])[0]["probability"], abs=SCORE_TOL)
+
+
+def test_one_onnx_graph_with_parity(ensemble: Path, tiny_dataset: Path) -> None:
+    card = load_card(ensemble)
+    assert set(card.files) == {WEIGHTS, ONNX_NAME}  # built with its one graph, checksummed like the weights
+    images, _ = _test_images(ensemble, tiny_dataset)
+    onnx = Predictor(ensemble, backend="onnx").probabilities(images)
+    np.testing.assert_allclose(onnx, Predictor(ensemble).probabilities(images), atol=1e-4, rtol=0)
+
+
+def test_gradcam_is_the_mean_of_the_members_maps(ensemble: Path, tiny_dataset: Path) -> None:
+    predictor = Predictor(ensemble)
+    images, _ = _test_images(ensemble, tiny_dataset)
+    x = predictor.inputs(images[:1])
+    maps = [gradcam(net, xm, 1) for net, xm in predictor.model.member_inputs(x)]
+    assert [m.shape for m in maps] == [(32, 32), (64, 64)]  # each member at its own last conv and size
+    cam = gradcam(predictor.model, x, 1)
+    big = np.asarray(Image.fromarray(maps[0]).resize((64, 64), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(cam, (big + maps[1]) / 2, atol=1e-6)
+    film = next((tiny_dataset / "test" / "PNEUMONIA").iterdir())
+    overlay = explain_array(predictor, np.asarray(Image.open(film).convert("L")))
+    assert overlay.shape == (64, 64) and np.isfinite(overlay).all()
+
+
+def test_damaged_member_and_damaged_ensemble_are_refused(ensemble: Path, tiny_bundle: Path, member64: Path,
+                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+    bad = shutil.copytree(tiny_bundle, tmp_path / "bad")
+    data = bytearray((bad / WEIGHTS).read_bytes())
+    data[-5] ^= 0xFF
+    (bad / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        main_raising(["ensemble", str(bad), str(member64), "--data", str(tiny_dataset), "--split", "test",
+                      "--out", str(tmp_path / "e1")])
+    assert not (tmp_path / "e1").exists()
+    ens = shutil.copytree(ensemble, tmp_path / "ens")
+    data = bytearray((ens / WEIGHTS).read_bytes())
+    data[-5] ^= 0xFF
+    (ens / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged"):
+        load_bundle(ens)
+
+
+def test_films_a_member_trained_on_are_refused_for_calibration(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="training split"):
+        main_raising(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "train",
+                      "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
+
+
+def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = shutil.copytree(member64, tmp_path / "pad")
+    card = json.loads((other / "bundle.json").read_text())
+    card["resize_policy"] = "pad" if card["resize_policy"] != "pad" else "squash"
+    (other / "bundle.json").write_text(json.dumps(card))
+    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")]) == 2
+    assert "resize_policy" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    cv = tmp_path / "cv"
+    records = discover(tiny_dataset).split("test")
+    for k, bundle in enumerate((tiny_bundle, member64)):
+        shutil.copytree(bundle, cv / f"fold-{k}" / "bundle")
+        write_manifest([dataclasses.replace(r, split="val" if i % 2 == k else "train") for i, r in enumerate(records)],
+                       cv / f"split-fold-{k}.csv")
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
+    card = load_card(tmp_path / "ens")
+    assert "out-of-fold" in card.threshold_policy and "Youden" in card.threshold_policy
+    assert card.val_metrics["n"] == len(records)
+    # by hand: fold k's films scored by member k alone, on the ensemble's input
+    net, _ = load_bundle(tmp_path / "ens")
+    logits, ys = [], []
+    for k in range(2):
+        images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
+        with torch.inference_mode():
+            logits.append(net.members[k](to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)).numpy())
+        ys.append(binary_targets(targets))
+    y, p = np.concatenate(ys), softmax(np.concatenate(logits), card.temperature)[:, 1]
+    assert card.threshold == pytest.approx(choose_threshold(y, p, None), abs=SCORE_TOL)
+
+
+def main_raising(argv: list[str]) -> None:
+    """The library call behind ``main(argv)`` for the ensemble command, so the ValueError itself can be matched."""
+    from pneumoscan.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    args.func(args)
