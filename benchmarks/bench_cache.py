@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from pneumoscan.cache import build_cache  # noqa: E402
 from pneumoscan.data import discover  # noqa: E402
-from pneumoscan.decode import PreprocessSpec  # noqa: E402
+from pneumoscan.preprocess import PreprocessSpec  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources / full-size originals)

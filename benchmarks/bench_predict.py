@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from pneumoscan import models  # noqa: E402
 from pneumoscan.bundle import BundleCard, save_bundle  # noqa: E402
 from pneumoscan.data import discover  # noqa: E402
-from pneumoscan.decode import preprocess, read_gray  # noqa: E402
+from pneumoscan.decode import read_gray  # noqa: E402
+from pneumoscan.preprocess import preprocess  # noqa: E402
 from pneumoscan.export import export_onnx  # noqa: E402
 from pneumoscan.predict import Predictor, predict_paths  # noqa: E402
 

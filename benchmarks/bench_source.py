@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.decode import image_info, preprocess
+from pneumoscan.decode import image_info
+from pneumoscan.preprocess import preprocess
 from pneumoscan.predict import Predictor
 
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__, models
 from .atomic import write_atomic
-from .decode import PreprocessSpec
+from .preprocess import PreprocessSpec
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -49,7 +49,7 @@ class BundleCard:
     resize_policy: str
     mean: float
     std: float
-    source_size: int | None = None  # the training files' side and JPEG quality (decode.match_source)
+    source_size: int | None = None  # the training files' side and JPEG quality (preprocess.match_source)
     source_quality: int | None = None
     threshold: float = 0.5
     threshold_policy: str = "fixed 0.5"

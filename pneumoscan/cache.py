@@ -29,10 +29,11 @@ import pydicom
 
 from pneumoscan.atomic import write_atomic
 from pneumoscan.data import Record, discover
-from pneumoscan.decode import DecodeError, PreprocessSpec, preprocess
+from pneumoscan.decode import DecodeError
+from pneumoscan.preprocess import PreprocessSpec, preprocess
 from pneumoscan.logs import progress as progress_bar
 
-CACHE_VERSION = 4  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 5  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600

@@ -60,7 +60,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from .bundle import load_card
     from .cache import cache_dataset
-    from .decode import PreprocessSpec
+    from .preprocess import PreprocessSpec
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.config, task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
-        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init,
+        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init, optimizer=args.optimizer,
     )
     if args.youden:
         cfg.target_sensitivity = None
@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_augment and augment:
         raise ValueError(f"--no-augment turns augmentation off: drop {', '.join('--' + k.replace('_', '-') for k in augment)}")
     cfg.augment = Augment.off() if args.no_augment else dataclasses.replace(cfg.augment, **augment)
-    train(args.data, cfg, args.out, resume=args.resume)
+    train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     return 0
 
 
@@ -344,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--optimizer", choices=("adamw-cosine", "adam-plateau"),
+                   help="adamw-cosine (default): AdamW, warm-up and cosine decay, early stopping on validation AUC; "
+                        "adam-plateau (Keras recipe): Adam, rate cut on a validation-loss plateau, early stopping on it")
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow"),
+                   help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
+                        "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
+    p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")

@@ -1,33 +1,35 @@
 """Dataset discovery: turn a folder tree or a CSV manifest into image records.
 
-Labels come from folder names (``NORMAL`` / ``PNEUMONIA``, any case); the pneumonia subtype and the patient id
-come from the file names: the Kaggle/Kermany ones (``person12_bacteria_45.jpeg``; normals name a study,
-``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``) and the Mendeley release's (``BACTERIA-4038442-0001.jpeg``,
-``VIRUS-2040583-0001.jpeg``, ``NORMAL-2552119-0002.jpeg``: kind, patient, film), any case. Everything downstream
-works on :class:`Record` lists.
+A dataset's shape is a :class:`Layout`, chosen by :func:`discover` from the registered ones (or named): the
+Kaggle/Kermany folders (``{train,val,test}/{NORMAL,PNEUMONIA}``, films named ``person12_bacteria_45.jpeg`` and, for
+normals, after a study: ``IM-0115-0001.jpeg``), the Mendeley release (the same folders, films named
+``BACTERIA-4038442-0001.jpeg``: kind, patient, film) and a CSV manifest. Each layout owns its file-name rules, which
+give the pneumonia subtype and the patient id. Which files are images is the readers' say (:mod:`pneumoscan.readers`).
+Everything downstream works on :class:`Record` lists.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import logging
 import os
 import re
 import stat
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import readers
 from .names import file_kind
 
-IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".dcm"})
+logger = logging.getLogger(__name__)
+
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
-_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
-_STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
-_MENDELEY = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+$", re.IGNORECASE)
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 
 
@@ -48,35 +50,32 @@ class Discovery:
 
     records: list[Record] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    layout: str = ""  # the layout that read the dataset (:func:`discover`)
 
     def split(self, name: str) -> list[Record]:
         return [r for r in self.records if r.split == name]
 
 
-def parse_name(filename: str, label: str) -> tuple[str, str]:
-    """(subtype, patient id) from an original file name; unknown parts fall back to '' and the stem. The folder's
-    label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
+def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str]:
+    """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
+    first, then every registered one's: a site may have merged two releases); unknown parts fall back to '' and the
+    stem. The folder's label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no
+    known subtype."""
     stem = Path(filename).stem
-    m = _MENDELEY.match(stem)
-    if m:
-        kind = m.group(1).lower()
-        if label == "NORMAL":
-            return "normal", m.group(2)
-        return ("" if kind == "normal" else kind), m.group(2)
-    if label == "NORMAL":
-        m = _STUDY.match(stem)
-        return "normal", (m.group(1).upper() if m else stem)
-    m = _PERSON.match(stem)
-    if m:
-        return m.group(2).lower(), m.group(1).lower()
-    return "", stem
+    rules = [layout] if layout is not None else []
+    for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
+        parsed = candidate.parse_name(stem, label)
+        if parsed is not None:
+            return parsed
+    return ("normal" if label == "NORMAL" else ""), stem
 
 
-def make_record(path: Path | str, label: str, split: str = "") -> Record:
+def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None) -> Record:
+    """A record with the subtype and patient read from the file name (:func:`parse_name`)."""
     label = label.upper()
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r} (expected one of {LABELS})")
-    subtype, patient = parse_name(Path(path).name, label)
+    subtype, patient = parse_name(Path(path).name, label, layout)
     return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
 
 
@@ -89,7 +88,7 @@ def _is_junk(path: Path) -> str | None:
         return "system file"
     if name.startswith("."):
         return "hidden file"
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if path.suffix.lower() not in readers.suffixes():
         return f"not an image extension ({path.suffix or 'none'})"
     return None
 
@@ -159,7 +158,7 @@ def _classify(path: Path, relative: Path) -> tuple[str, str]:
         problem = {errno.ELOOP: "link loop", errno.ENOENT: "broken link"}.get(e.errno, f"cannot read: {e.strerror}")
     else:
         if stat.S_ISDIR(mode):
-            named = path.suffix.lower() in IMAGE_EXTENSIONS
+            named = path.suffix.lower() in readers.suffixes()
             return "folder", "folder named like an image (searched inside, not read)" if named else ""
         problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
     junk = _is_junk(relative)
@@ -169,40 +168,189 @@ def _classify(path: Path, relative: Path) -> tuple[str, str]:
     return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
 
 
-def _scan_class_folders(folder: Path, split: str, found: Discovery) -> None:
-    for class_dir in sorted(folder.iterdir()):
-        label = class_dir.name.upper()
-        if not class_dir.is_dir() or label not in LABELS:
-            _skip(class_dir, "class", found)
-            continue
-        for entry in walk(class_dir):
-            if entry.kind == "image":
-                found.records.append(make_record(entry.path, label, split))
-            else:
-                found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+# ---------------------------------------------------------------- layouts
 
 
-def discover(root: Path | str) -> Discovery:
-    """Records under a dataset root (``{train,val,test}/{NORMAL,PNEUMONIA}``), a single split folder
-    (``{NORMAL,PNEUMONIA}``), or a CSV manifest file."""
+class Layout(ABC):
+    """One way a dataset is laid out: how a root is recognised, where its films and their labels are, and the
+    file-name rules of its films. Registered with :func:`register_layout`; :func:`discover` picks one."""
+
+    name: str = ""  # what ``discover(layout=...)`` takes
+    description: str = ""  # one line: what a root laid out this way looks like
+
+    @abstractmethod
+    def detect(self, root: Path) -> bool:
+        """Whether ``root`` (a file or a folder) is laid out this way; cheap: lists folders, reads no image."""
+
+    @abstractmethod
+    def discover(self, root: Path) -> Discovery:
+        """Every record under ``root``, and every entry left out with its reason."""
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        """(subtype, patient id) when a file-name stem follows this layout's rules, else None (the default: a layout
+        without name rules). ``label`` is the folder's; a NORMAL film's subtype is "normal"."""
+        return None
+
+
+class ClassFolders(Layout):
+    """``{train,val,test}/{NORMAL,PNEUMONIA}`` or ``{NORMAL,PNEUMONIA}`` alone (folder names in any case); the files
+    below a class folder, at any depth, are its films (:func:`walk`)."""
+
+    splits = SPLITS
+
+    def detect(self, root: Path) -> bool:
+        if not root.is_dir():
+            return False
+        children = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+        return any(s in children for s in self.splits) or any(name.upper() in LABELS for name in children)
+
+    def discover(self, root: Path) -> Discovery:
+        found = Discovery(layout=self.name)
+        children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+        split_dirs = [children[s] for s in self.splits if s in children]
+        if split_dirs:
+            for entry in sorted(set(root.iterdir()) - set(split_dirs)):
+                _skip(entry, "split", found)
+            for folder in split_dirs:
+                self._scan(folder, folder.name.lower(), found)
+        else:
+            self._scan(root, "", found)
+        return found
+
+    def class_folders(self, root: Path) -> list[Path]:
+        """The class folders a detected root holds (under its split folders, or itself)."""
+        children = [p for p in root.iterdir() if p.is_dir()]
+        splits = [p for p in children if p.name.lower() in self.splits]
+        return [c for folder in splits or [root] for c in folder.iterdir() if c.name.upper() in LABELS and c.is_dir()]
+
+    def _scan(self, folder: Path, split: str, found: Discovery) -> None:
+        for class_dir in sorted(folder.iterdir()):
+            label = class_dir.name.upper()
+            if not class_dir.is_dir() or label not in LABELS:
+                _skip(class_dir, "class", found)
+                continue
+            for entry in walk(class_dir):
+                if entry.kind == "image":
+                    found.records.append(make_record(entry.path, label, split, self))
+                else:
+                    found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+
+
+class KaggleLayout(ClassFolders):
+    """The Kaggle (Kermany) release: films named ``person12_bacteria_45.jpeg`` (patient, kind) and, for normals,
+    after a study: ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``."""
+
+    name = "kaggle"
+    description = "{train,val,test}/{NORMAL,PNEUMONIA} folders; person12_bacteria_45.jpeg, IM-0115-0001.jpeg"
+    _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
+    _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        if label == "NORMAL":
+            m = self._STUDY.match(stem)
+            return ("normal", m.group(1).upper()) if m else None
+        m = self._PERSON.match(stem)
+        return (m.group(2).lower(), m.group(1).lower()) if m else None
+
+
+class MendeleyLayout(ClassFolders):
+    """The Mendeley release (Kermany et al. 2018, v2/v3): the same folders, films named kind-patient-film, any case:
+    ``BACTERIA-4038442-0001.jpeg``, ``VIRUS-2040583-0001.jpeg``, ``NORMAL-2552119-0002.jpeg``. Told from the Kaggle
+    release by the first few names in its class folders."""
+
+    name = "mendeley"
+    description = "{train,test}/{NORMAL,PNEUMONIA} folders; NORMAL-2552119-0002.jpeg, BACTERIA-4038442-0001.jpeg"
+    _NAME = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+$", re.IGNORECASE)
+    _PEEK = 8  # names looked at per class folder to recognise the release
+
+    def detect(self, root: Path) -> bool:
+        if not super().detect(root):
+            return False
+        for folder in self.class_folders(root):
+            try:
+                with os.scandir(folder) as listing:
+                    names = [e.name for _, e in zip(range(self._PEEK), listing)]
+            except OSError:  # discovery reports the folder it cannot list
+                continue
+            if any(self._NAME.match(Path(n).stem) for n in names):
+                return True
+        return False
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        m = self._NAME.match(stem)
+        if not m:
+            return None
+        kind = m.group(1).lower()
+        if label == "NORMAL":
+            return "normal", m.group(2)
+        return ("" if kind == "normal" else kind), m.group(2)
+
+
+class ManifestLayout(Layout):
+    """A CSV file: ``path,label[,subtype,patient,split]`` (:func:`read_manifest`)."""
+
+    name = "manifest"
+    description = "a CSV file with columns path,label[,subtype,patient,split]"
+
+    def detect(self, root: Path) -> bool:
+        return root.is_file()
+
+    def discover(self, root: Path) -> Discovery:
+        found = read_manifest(root)
+        found.layout = self.name
+        return found
+
+
+_LAYOUTS: list[Layout] = []
+
+
+def register_layout(layout: Layout, first: bool = False) -> Layout:
+    """Add ``layout`` (a second of the same name replaces the first). :func:`discover` tries layouts in this order,
+    so one whose folders look like another's (as Mendeley's look like Kaggle's) goes ``first``."""
+    if not layout.name:
+        raise ValueError(f"{type(layout).__name__}: a layout needs a name")
+    unregister_layout(layout.name)
+    _LAYOUTS.insert(0 if first else len(_LAYOUTS), layout)
+    return layout
+
+
+def unregister_layout(name: str) -> None:
+    """Remove the layout called ``name`` (a test's toy layout); nothing when none is."""
+    _LAYOUTS[:] = [known for known in _LAYOUTS if known.name != name]
+
+
+def layouts() -> dict[str, Layout]:
+    """The registered layouts by name, in the order :func:`discover` tries them."""
+    return {known.name: known for known in _LAYOUTS}
+
+
+# Most specific first: a manifest is a file; a Mendeley tree's folders are the Kaggle release's.
+register_layout(ManifestLayout())
+register_layout(MendeleyLayout())
+register_layout(KaggleLayout())
+
+
+def discover(root: Path | str, layout: str | None = None) -> Discovery:
+    """Records under a dataset root, read by ``layout`` (a registered name) or by the first registered layout that
+    recognises the root: ``{train,val,test}/{NORMAL,PNEUMONIA}``, a single split folder (``{NORMAL,PNEUMONIA}``), or a
+    CSV manifest file, as the built-in ones do."""
     root = Path(root)
-    if root.is_file():
-        return read_manifest(root)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"dataset not found: {root}")
-    found = Discovery()
-    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    split_dirs = [children[s] for s in SPLITS if s in children]
-    if split_dirs:
-        for entry in sorted(set(root.iterdir()) - set(split_dirs)):
-            _skip(entry, "split", found)
-        for folder in split_dirs:
-            _scan_class_folders(folder, folder.name.lower(), found)
-    elif any(name.upper() in LABELS for name in children):
-        _scan_class_folders(root, "", found)
+    known = layouts()
+    if layout is not None:
+        if layout not in known:
+            raise ValueError(f"unknown dataset layout {layout!r} (expected one of: {', '.join(known)})")
+        chosen = known[layout]
+        if not chosen.detect(root):
+            raise ValueError(f"{root}: not laid out as {layout} ({chosen.description})")
     else:
-        raise ValueError(f"{root}: expected {{train,val,test}}/{{NORMAL,PNEUMONIA}} or {{NORMAL,PNEUMONIA}} folders")
-    return found
+        chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
+        if chosen is None:
+            expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
+            raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
+    logger.debug("%s: read as the %s layout", root, chosen.name)
+    return chosen.discover(root)
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:

@@ -20,7 +20,8 @@ from .bundle import BundleCard, load_card
 from .cache import cache_dataset
 from .data import Record
 from .dataset import Task, binary_targets, get_task, positive_probability, select
-from .decode import DecodeError, PreprocessSpec, read_gray
+from .decode import DecodeError, read_gray
+from .preprocess import PreprocessSpec
 from .export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
 from .metrics import binary_metrics, choose_threshold, evaluate_binary, evaluate_multiclass, jsonable
 from .model_card import add_evaluation, evaluation_record, today, update_card

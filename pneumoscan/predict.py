@@ -30,6 +30,7 @@ from .bundle import load_bundle
 from .data import walk
 from .dataset import get_task, positive_probability
 from .decode import DecodeError, read_gray
+from .readers import formats
 from .logs import progress as progress_bar
 from .metrics import softmax
 from .names import path_text
@@ -219,7 +220,7 @@ def expand_paths(
         if skipped is not None:
             skipped.extend({"path": str(e.path), "reason": e.reason} for e in entries if e.kind == "skipped")
         if not films:
-            out.append((str(given), "folder holds no JPEG, PNG or DICOM files"))
+            out.append((str(given), f"folder holds no {formats()} files"))
     return out
 
 

@@ -48,11 +48,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .decode import DecodeError, read_dicom_header, read_gray, redact
+from . import readers
+from .decode import DecodeError, read_dicom_header, read_gray
 from .explain import MAX_PANEL, explain_array, overlay_png, panel_shape
 from .export import weights_digest
 from .model_card import card_summary
 from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
+from .readers.dicom import redact
 from .scope import describe
 
 logger = logging.getLogger(__name__)
@@ -311,24 +313,14 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:g} MB ({n:,} bytes)"
 
 
-def _sniff(data: bytes) -> str | None:
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[128:132] == b"DICM":
-        return "application/dicom"
-    return None
-
-
 def _check_type(media: str, data: bytes, dicom: bool) -> None:
     """Known image types and .dcm names pass (decoding decides); generic binary must look like an image;
     anything else is 415."""
     if media in ACCEPTED_TYPES or dicom:
         return
     if media in ("", "application/octet-stream"):
-        if _sniff(data) is None:
-            raise Rejected(415, "the file is not a JPEG, PNG or DICOM image")
+        if readers.reader_for(data[: readers.HEAD_BYTES]) is None:  # by magic bytes alone: bytes carry no name
+            raise Rejected(415, f"the file is not a {readers.formats()} image")
         return
     raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
 

@@ -17,7 +17,7 @@ from pneumoscan.cache import (
     default_cache_dir,
     fingerprint,
 )
-from pneumoscan.decode import PreprocessSpec, preprocess
+from pneumoscan.preprocess import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec(size=16)
 

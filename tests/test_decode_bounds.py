@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from pneumoscan import decode
-from pneumoscan.decode import MAX_DECODED_BYTES, DecodeError, PreprocessSpec, image_info, preprocess, read_gray
+from pneumoscan.decode import MAX_DECODED_BYTES, DecodeError, image_info, read_gray
+from pneumoscan.preprocess import PreprocessSpec, preprocess
 from pneumoscan.predict import Predictor
 from tests.builders import dicom_bytes, write_png
 

@@ -14,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 from pneumoscan import models
-from pneumoscan.decode import PreprocessSpec, read_gray
+from pneumoscan.decode import read_gray
+from pneumoscan.preprocess import PreprocessSpec
 from pneumoscan.explain import (
     MAX_PANEL,
     explain_array,

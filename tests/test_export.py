@@ -12,7 +12,7 @@ import torch
 
 from pneumoscan import cli, models
 from pneumoscan.bundle import BundleCard, load_card, save_bundle
-from pneumoscan.decode import preprocess
+from pneumoscan.preprocess import preprocess
 from pneumoscan.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, session, spec_path
 from pneumoscan.predict import Predictor, predict_paths
 

@@ -24,7 +24,7 @@ from PIL import Image
 from pneumoscan import cli, models
 from pneumoscan.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
 from pneumoscan.cache import build_cache, default_cache_dir
-from pneumoscan.decode import PreprocessSpec, preprocess
+from pneumoscan.preprocess import PreprocessSpec, preprocess
 from pneumoscan.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.serve import _Batcher, create_app

@@ -17,7 +17,8 @@ from PIL import Image
 
 from pneumoscan import cli, models
 from pneumoscan.bundle import BundleCard, load_card, save_bundle
-from pneumoscan.decode import preprocess, read_gray
+from pneumoscan.decode import read_gray
+from pneumoscan.preprocess import preprocess
 from pneumoscan.predict import (
     TTA_VIEWS,
     Predictor,

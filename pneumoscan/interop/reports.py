@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from ..bundle import load_card
-from ..decode import read_dicom_header, redact
+from ..decode import read_dicom_header
 from ..export import weights_digest
+from ..readers.dicom import redact
 from . import fhir, sr
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..decode import keep_dicom_values_out_of_logs
+from ..readers.dicom import keep_dicom_values_out_of_logs
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 MANUFACTURER = "pneumoscan"

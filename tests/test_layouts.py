@@ -1,0 +1,175 @@
+"""Dataset layouts: the built-in ones (Kaggle folders, the Mendeley release, a CSV manifest), how discover picks
+one or takes the one named, their file-name rules, and a toy layout registered in this file alone."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pneumoscan.data import (
+    Discovery,
+    KaggleLayout,
+    Layout,
+    MendeleyLayout,
+    Record,
+    discover,
+    layouts,
+    make_record,
+    parse_name,
+    read_manifest,
+    register_layout,
+    unregister_layout,
+    walk,
+    write_manifest,
+)
+
+
+def tree(root: Path, files: dict[str, list[str]]) -> Path:
+    """Empty files at ``split/CLASS/name``: discovery lists names, it opens no image."""
+    for folder, names in files.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            (root / folder / name).write_bytes(b"")
+    return root
+
+
+def by_name(found: Discovery) -> dict[str, tuple[str, str, str, str]]:
+    return {Path(r.path).name: (r.label, r.subtype, r.patient, r.split) for r in found.records}
+
+
+def test_built_in_layouts_in_the_order_discover_tries_them() -> None:
+    assert list(layouts()) == ["manifest", "mendeley", "kaggle"]
+    assert all(layout.description for layout in layouts().values())
+
+
+def test_kaggle_folders_and_names(tmp_path: Path) -> None:
+    root = tree(tmp_path / "chest_xray", {
+        "train/NORMAL": ["IM-0115-0001.jpeg", "NORMAL2-IM-0381-0001.jpeg"],
+        "train/PNEUMONIA": ["person12_bacteria_45.jpeg", "person3_virus_9.jpeg", "odd.jpeg"],
+        "val/normal": ["IM-0001-0001.jpeg"],
+    })  # fmt: skip
+    found = discover(root)
+    assert found.layout == "kaggle"
+    assert by_name(found) == {
+        "IM-0115-0001.jpeg": ("NORMAL", "normal", "IM-0115", "train"),
+        "NORMAL2-IM-0381-0001.jpeg": ("NORMAL", "normal", "NORMAL2-IM-0381", "train"),
+        "person12_bacteria_45.jpeg": ("PNEUMONIA", "bacteria", "person12", "train"),
+        "person3_virus_9.jpeg": ("PNEUMONIA", "virus", "person3", "train"),
+        "odd.jpeg": ("PNEUMONIA", "", "odd", "train"),  # no rule fits: subtype unknown, the stem as patient
+        "IM-0001-0001.jpeg": ("NORMAL", "normal", "IM-0001", "val"),
+    }
+    assert discover(root / "train").layout == "kaggle"  # a single split folder
+
+
+def test_mendeley_release_is_told_from_its_names(tmp_path: Path) -> None:
+    root = tree(tmp_path / "CellData" / "chest_xray", {
+        "train/NORMAL": ["NORMAL-2552119-0002.jpeg"],
+        "train/PNEUMONIA": ["BACTERIA-4038442-0001.jpeg", "virus-2040583-0001.jpeg", "NORMAL-7-0001.jpeg"],
+        "test/PNEUMONIA": ["person1_virus_1.jpeg"],  # a merged Kaggle film: its own release's rules still apply
+    })  # fmt: skip
+    found = discover(root)
+    assert found.layout == "mendeley"
+    assert by_name(found) == {
+        "NORMAL-2552119-0002.jpeg": ("NORMAL", "normal", "2552119", "train"),
+        "BACTERIA-4038442-0001.jpeg": ("PNEUMONIA", "bacteria", "4038442", "train"),
+        "virus-2040583-0001.jpeg": ("PNEUMONIA", "virus", "2040583", "train"),
+        "NORMAL-7-0001.jpeg": ("PNEUMONIA", "", "7", "train"),  # the folder's label wins, the kind is unknown
+        "person1_virus_1.jpeg": ("PNEUMONIA", "virus", "person1", "test"),
+    }
+
+
+def test_each_layout_owns_its_name_rules() -> None:
+    kaggle, mendeley = KaggleLayout(), MendeleyLayout()
+    assert kaggle.parse_name("person12_bacteria_45", "PNEUMONIA") == ("bacteria", "person12")
+    assert kaggle.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") is None
+    assert mendeley.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") == ("bacteria", "4038442")
+    assert mendeley.parse_name("IM-0115-0001", "NORMAL") is None
+    # parse_name tries the named layout first, then every registered one, then falls back to the stem
+    assert parse_name("IM-0115-0001.jpeg", "NORMAL", mendeley) == ("normal", "IM-0115")
+    assert parse_name("scan 7.png", "NORMAL") == ("normal", "scan 7")
+
+
+def test_manifest_is_a_layout(tmp_path: Path) -> None:
+    records = [make_record(tmp_path / "a" / "VIRUS-55-0001.jpeg", "PNEUMONIA", "train"),
+               make_record(tmp_path / "b.png", "NORMAL", "test")]
+    write_manifest(records, tmp_path / "list.csv")
+    found = discover(tmp_path / "list.csv")
+    assert found.layout == "manifest"
+    assert found.records == read_manifest(tmp_path / "list.csv").records
+    assert by_name(found)["VIRUS-55-0001.jpeg"] == ("PNEUMONIA", "virus", "55", "train")
+
+
+def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None:
+    root = tree(tmp_path / "ds", {"train/NORMAL": ["IM-0001-0001.jpeg"]})
+    assert discover(root, layout="kaggle").layout == "kaggle"
+    with pytest.raises(ValueError, match=r"not laid out as mendeley \(.*NORMAL-2552119"):
+        discover(root, layout="mendeley")
+    with pytest.raises(ValueError, match=r"unknown dataset layout 'kagle' \(expected one of: manifest, mendeley, "
+                                         r"kaggle\)"):
+        discover(root, layout="kagle")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no dataset layout recognises it .*kaggle: "):
+        discover(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="dataset not found"):
+        discover(tmp_path / "missing")
+
+
+class ToyLayout(Layout):
+    """A flat folder of Shenzhen-style names, ``CHNCXR_0001_1.png``: site, patient, and the label in the name
+    (0 normal, 1 pneumonia); no split. Recognised by a ``LAYOUT-toy`` marker file."""
+
+    name = "toy"
+    description = "a flat folder with LAYOUT-toy and CHNCXR_<patient>_<0|1>.png films"
+    _NAME = re.compile(r"^(CHNCXR_\d+)_([01])$")
+
+    def detect(self, root: Path) -> bool:
+        return (root / "LAYOUT-toy").is_file()
+
+    def discover(self, root: Path) -> Discovery:
+        found = Discovery(layout=self.name)
+        for entry in walk(root):
+            m = self._NAME.match(entry.path.stem)
+            if entry.kind == "image" and m:
+                found.records.append(make_record(entry.path, "PNEUMONIA" if m.group(2) == "1" else "NORMAL",
+                                                 layout=self))
+            else:
+                found.skipped.append({"path": str(entry.path), "reason": entry.reason or "not a CHNCXR name"})
+        return found
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        m = self._NAME.match(stem)
+        return None if m is None else ("normal" if label == "NORMAL" else "", m.group(1))
+
+
+@pytest.fixture
+def toy_layout() -> Iterator[ToyLayout]:
+    layout = register_layout(ToyLayout(), first=True)
+    try:
+        yield layout
+    finally:
+        unregister_layout(layout.name)
+
+
+def test_toy_layout_is_picked_and_its_name_rules_serve_manifests(toy_layout: ToyLayout, tmp_path: Path) -> None:
+    root = tree(tmp_path / "shenzhen", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png", "CHNCXR_0002_1.png"]})
+    assert list(layouts())[0] == "toy"
+    found = discover(root)
+    assert found.layout == "toy"
+    assert by_name(found) == {"CHNCXR_0001_0.png": ("NORMAL", "normal", "CHNCXR_0001", ""),
+                              "CHNCXR_0002_1.png": ("PNEUMONIA", "", "CHNCXR_0002", "")}
+    assert found.skipped == [{"path": str(root / "LAYOUT-toy"), "reason": "not an image extension (none)"}]
+    # a manifest row without a patient gets it from the registered layouts' name rules, the toy one's included
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,label\n{root / 'CHNCXR_0002_1.png'},PNEUMONIA\n")
+    assert discover(manifest).records == [Record(str(root / "CHNCXR_0002_1.png"), "PNEUMONIA", "", "CHNCXR_0002")]
+
+
+def test_without_the_toy_layout_its_folder_is_not_recognised(tmp_path: Path) -> None:
+    root = tree(tmp_path / "shenzhen", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png"]})
+    assert "toy" not in layouts()
+    with pytest.raises(ValueError, match="no dataset layout recognises it"):
+        discover(root)
+    assert parse_name("CHNCXR_0001_0.png", "NORMAL") == ("normal", "CHNCXR_0001_0")

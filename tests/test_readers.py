@@ -1,0 +1,159 @@
+"""The image reader registry: the built-in readers, how one is chosen, and a toy format registered in this file
+alone that discovery, decoding and prediction then read like any other."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import decode, readers
+from pneumoscan.data import discover
+from pneumoscan.decode import DecodeError, image_info, read_dicom_header, read_gray
+from pneumoscan.predict import expand_paths, predict_paths
+from tests.builders import SCORE_TOL, dicom_bytes
+
+
+class PgmReader(readers.Reader):
+    """Binary PGM ("P5", 8-bit): a format none of the built-in readers takes (Pillow's reader is limited to JPEG
+    and PNG), decoded here with numpy alone."""
+
+    name = "PGM"
+    formats = ("PGM",)
+    suffixes = frozenset({".pgm"})
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(b"P5\n")
+
+    def _parse(self, src: Path | bytes) -> tuple[int, int, bytes]:
+        data = src if isinstance(src, bytes) else src.read_bytes()
+        magic, size, maxval, pixels = data.split(b"\n", 3)
+        width, height = map(int, size.split())
+        if width * height > decode.MAX_PIXELS:
+            raise decode.too_large(width, height)
+        if maxval != b"255" or len(pixels) < width * height:
+            raise DecodeError("truncated PGM")
+        return width, height, pixels
+
+    def header(self, src: Path | bytes) -> dict:
+        width, height, _ = self._parse(src)
+        return {"width": width, "height": height, "mode": "L", "format": "PGM", "quality": None}
+
+    def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+        width, height, pixels = self._parse(src)
+        arr = np.frombuffer(pixels, np.uint8, width * height).reshape(height, width)
+        return np.asarray(decode.reduce(Image.fromarray(arr), target))
+
+
+def pgm(pixels: np.ndarray) -> bytes:
+    height, width = pixels.shape
+    return b"P5\n%d %d\n255\n" % (width, height) + pixels.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def pgm_reader() -> Iterator[PgmReader]:
+    reader = readers.register(PgmReader())
+    try:
+        yield reader
+    finally:
+        readers.unregister(reader.name)
+
+
+def film(height: int = 48, width: int = 40, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_built_in_readers_and_what_a_refusal_lists() -> None:
+    assert [r.name for r in readers.registered()] == ["Pillow", "DICOM"]
+    assert readers.formats() == "JPEG, PNG or DICOM"
+    assert readers.suffixes() == {".jpeg", ".jpg", ".png", ".dcm"}
+    with pytest.raises(DecodeError, match="^not a JPEG, PNG or DICOM image$"):
+        read_gray(b"GIF89a" + bytes(200))
+
+
+def test_magic_bytes_choose_the_reader_before_the_name(tmp_path: Path) -> None:
+    pixels = film()
+    (tmp_path / "png-named.dcm").write_bytes(png_bytes(pixels))  # a PNG saved under a DICOM name
+    (tmp_path / "bare.dcm").write_bytes(dicom_bytes(pixels, bits=8, preamble=False))  # no magic: the name decides
+    (tmp_path / "bare.bin").write_bytes(dicom_bytes(pixels, bits=8, preamble=False))
+    assert np.array_equal(read_gray(tmp_path / "png-named.dcm"), pixels)
+    assert image_info(tmp_path / "png-named.dcm")["format"] == "PNG"
+    assert read_dicom_header(tmp_path / "png-named.dcm") is None
+    assert image_info(tmp_path / "bare.dcm")["format"] == "DICOM"
+    with pytest.raises(DecodeError, match="not a JPEG, PNG or DICOM"):
+        read_gray(tmp_path / "bare.bin")
+    raw = (tmp_path / "bare.bin").read_bytes()
+    assert read_gray(raw, dicom=True).shape == pixels.shape  # an upload declared as DICOM
+
+
+def test_register_replaces_by_name_and_refuses_a_nameless_reader(pgm_reader: PgmReader) -> None:
+    again = readers.register(PgmReader())
+    assert [r for r in readers.registered() if r.name == "PGM"] == [again]
+
+    class Nameless(PgmReader):
+        name = ""
+
+    with pytest.raises(ValueError, match="needs a name"):
+        readers.register(Nameless())
+
+
+def test_toy_reader_decodes_through_the_registry(pgm_reader: PgmReader, tmp_path: Path) -> None:
+    pixels = film(300, 200)
+    path = tmp_path / "film.pgm"
+    path.write_bytes(pgm(pixels))
+    assert np.array_equal(read_gray(path), pixels)
+    assert np.array_equal(read_gray(pgm(pixels)), pixels)  # bytes: found by its magic
+    # the one reduction every format shares: the same as the same pixels as PNG
+    assert np.array_equal(read_gray(path, target=64), read_gray(png_bytes(pixels), target=64))
+    assert image_info(path) == {"width": 200, "height": 300, "mode": "L", "format": "PGM", "quality": None}
+    assert read_dicom_header(path) is None
+    assert readers.formats() == "JPEG, PNG, DICOM or PGM"
+    with pytest.raises(DecodeError, match="^not a JPEG, PNG, DICOM or PGM image$"):
+        read_gray(b"GIF89a" + bytes(200))
+    # the limits are the package's: a header past MAX_PIXELS is refused before any pixel is read
+    with pytest.raises(DecodeError, match="exceeds the limit"):
+        read_gray(b"P5\n20000 20000\n255\n" + bytes(10))
+
+
+def test_toy_reader_files_are_discovered_and_predicted(
+    pgm_reader: PgmReader, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "ds"
+    pixels = {"NORMAL": film(seed=1), "PNEUMONIA": film(seed=2)}
+    for label, arr in pixels.items():
+        (root / "test" / label).mkdir(parents=True)
+        (root / "test" / label / f"{label.lower()}.pgm").write_bytes(pgm(arr))
+        (root / "test" / label / f"{label.lower()}.png").write_bytes(png_bytes(arr))
+    found = discover(root)
+    assert sorted(Path(r.path).name for r in found.records) == ["normal.pgm", "normal.png", "pneumonia.pgm",
+                                                                "pneumonia.png"]
+    assert found.skipped == []
+    files = sorted(str(p) for p in root.rglob("*.*"))
+    assert [path for path, _ in expand_paths([root])] == files
+    rows = {Path(r["path"]).name: r for r in predict_paths(tiny_bundle, files)}
+    assert all("error" not in r for r in rows.values()), rows
+    for stem in ("normal", "pneumonia"):
+        assert rows[f"{stem}.pgm"]["probability"] == pytest.approx(rows[f"{stem}.png"]["probability"], abs=SCORE_TOL)
+
+
+def test_without_the_toy_reader_its_files_are_left_out_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "NORMAL").mkdir()
+    (tmp_path / "NORMAL" / "film.pgm").write_bytes(pgm(film()))
+    found = discover(tmp_path)
+    assert found.records == []
+    assert found.skipped == [{"path": str(tmp_path / "NORMAL" / "film.pgm"),
+                              "reason": "not an image extension (.pgm)"}]
+    with pytest.raises(DecodeError, match="not a JPEG, PNG or DICOM image"):
+        read_gray(tmp_path / "NORMAL" / "film.pgm")
+    assert expand_paths([tmp_path]) == [(str(tmp_path), "folder holds no JPEG, PNG or DICOM files")]
