@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 PNEUMOSCAN_DATA ?= data/chest_xray
 RUN_DIR ?= runs/demo
 DEMO_MINUTES ?= 11
+REFERENCE_MINUTES ?= 3
+REFERENCE_DIR ?= runs/reference
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo bench browser pacs-server docs clean
+.PHONY: env test demo demo-etiology reference bench browser pacs-server docs clean
 
 env: $(VENV)/.installed
 
@@ -45,6 +47,17 @@ demo: env
 demo-etiology: env
 	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task etiology --youden --time-budget $(DEMO_MINUTES) --out $(RUN_DIR)/etiology
 	$(BIN)/pneumoscan evaluate $(RUN_DIR)/etiology/bundle $(RUN_DIR)/etiology/split.csv --split val --out $(RUN_DIR)/etiology/eval-val
+
+# Every configs/reference/*.yaml trained for REFERENCE_MINUTES each into REFERENCE_DIR/NAME, then one table and
+# one ROC figure of their validation figures (REFERENCE_DIR/compare.csv, compare.png). A config that cannot train
+# (e.g. resnet50v2 without its ImageNet weights cached) is named at the end and the target fails after comparing the rest.
+reference: env
+	@failed=""; for cfg in configs/reference/*.yaml; do name=$$(basename $$cfg .yaml); \
+	  $(BIN)/pneumoscan train --config $$cfg --data "$(PNEUMOSCAN_DATA)" --time-budget $(REFERENCE_MINUTES) \
+	    --out $(REFERENCE_DIR)/$$name || failed="$$failed $$name"; done; \
+	runs=$$(for m in $(REFERENCE_DIR)/*/metrics.json; do [ -f "$$m" ] && dirname "$$m"; done); \
+	[ -z "$$runs" ] || $(BIN)/pneumoscan compare $$runs --out $(REFERENCE_DIR); \
+	if [ -n "$$failed" ]; then echo "not trained:$$failed" >&2; exit 1; fi
 
 bench: env
 	$(BIN)/python benchmarks/bench_resample.py

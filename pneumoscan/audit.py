@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import statistics
 import time
@@ -31,6 +32,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.data import LABELS, SPLITS, SUBTYPES, Discovery, Record
 from pneumoscan.decode import DecodeError, image_info, read_gray
+from pneumoscan.preprocess import resize
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
 PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
@@ -257,6 +259,44 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
                 cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
+
+
+def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment=None, policy: str = "squash",
+                   seed: int = 0) -> Path:
+    """A PNG grid of ``n`` training films as the model sees them after the training transform (``augment``, an
+    :class:`~pneumoscan.transforms.Augment`; the default recipe's when None; ``Augment.off()`` for the films as
+    cached): decoded, resized to ``size`` by ``policy``, augmented with a fixed ``seed``, shown on the [0, 1]
+    grey range before normalisation. Films are spread evenly over the training split (everything when DATA
+    has no splits); tiles sit on a red gutter, so the grid shows how strong the augmentation is at a glance."""
+    import torch
+
+    from pneumoscan.transforms import Augment, train_transform
+
+    if n < 1:
+        raise ValueError(f"--augmented needs at least one image, got {n}")
+    records = [r for r in discovery.records if r.split == "train"] or list(discovery.records)
+    picks = _sample(sorted(records, key=lambda r: r.path), n)
+    if len(picks) < n:  # the same films again: each pass draws new random changes
+        picks = [picks[i % len(picks)] for i in range(n)] if picks else []
+    if not picks:
+        raise ValueError("no images to draw augmented samples of")
+    transform = train_transform(size, 0.0, 1.0, augment if augment is not None else Augment())
+    cols = math.ceil(math.sqrt(n))
+    rows, gap = math.ceil(n / cols), max(2, size // 32)
+    grid = Image.new("RGB", (cols * (size + gap) + gap, rows * (size + gap) + gap), GUTTER)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, rec in enumerate(picks):
+            pixels = torch.from_numpy(resize(read_gray(rec.path, target=size), size, policy))[None]
+            shown = (transform(pixels)[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            grid.paste(Image.fromarray(shown).convert("RGB"), (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out_png)
+    return out_png
 
 
 def format_audit(report: dict):

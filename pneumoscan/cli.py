@@ -16,7 +16,7 @@ from rich.console import Console
 
 from . import __version__
 from .names import shown
-from .options import BACKENDS, FILL_MODES, RESIZE_POLICIES, look_up_option
+from .options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
 from .tasks import list_tasks
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         audit_figure(report, found, Path(args.figure))
+    if args.augmented:
+        from .audit import augmented_grid
+        from .train import load_config
+
+        cfg = load_config(args.config)
+        out = augmented_grid(found, args.augmented, Path(args.augmented_out), cfg.image_size, cfg.augment,
+                             cfg.resize_policy, cfg.seed)
+        log.info("wrote %d augmented training films (%s) to %s", args.augmented, args.config or "default recipe", out)
     if args.json:
         _print_json(report)
     else:
@@ -80,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(
         args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
-        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init,
+        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init, optimizer=args.optimizer,
     )
     if args.youden:
         cfg.target_sensitivity = None
@@ -94,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not (args.data and args.out):
         raise ValueError("train needs --data and --out")
-    train(args.data, cfg, args.out, resume=args.resume)
+    train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     return 0
 
 
@@ -144,6 +152,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {_figure(row['sensitivity'], 3):>12} {_figure(row['specificity'], 3):>12} "
               f"{_figure(row['precision'], 3):>10}  {row['rule']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, format_table
+
+    runs = compare_runs(args.runs, args.out)
+    print(format_table(runs))
+    if args.out:
+        print(f"\ntable: {Path(args.out) / 'compare.csv'}   figure: {Path(args.out) / 'compare.png'}")
     return 0
 
 
@@ -321,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--json-out", help="also write the JSON report to this file")
     p.add_argument("--figure", help="write class balance + sample grid PNG here")
+    p.add_argument("--augmented", type=_positive(int), metavar="N",
+                   help="also draw N training films after the training augmentation, as the model sees them")
+    p.add_argument("--augmented-out", default="augmented.png", help="with --augmented: the grid PNG (default augmented.png)")
+    p.add_argument("--config", help="with --augmented: a train YAML whose augment, image_size and seed to show "
+                                    "(default: the default recipe)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("split", help="patient-grouped train/val split of everything but test, as a CSV manifest")
@@ -366,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    _choice(p, "--optimizer", OPTIMIZERS, "optimizer",
+            help="adamw-cosine (default): AdamW, warm-up and cosine decay, early stopping on validation AUC; "
+                 "adam-plateau (Keras recipe): Adam, rate cut on a validation-loss plateau, early stopping on it")
+    _choice(p, "--log", TRACKERS, "tracker", action="append",
+            help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
+                 "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
+    p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
                         "applied over --config, under the flags above)")
@@ -400,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
     p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="runs side by side: one table of validation figures, ROC curves on one plot")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders (RUN/metrics.json) or evaluate folders")
+    p.add_argument("--out", help="folder for compare.csv and compare.png (default: print the table only)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("threshold", help="choose a new operating threshold on labelled data, written as a new bundle")
     p.add_argument("bundle", help="bundle folder to start from (never changed)")

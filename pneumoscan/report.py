@@ -157,13 +157,19 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], points: dict[str, tuple]) -> Figure:
+def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], points: dict[str, tuple],
+               curve_of_point: dict[str, str] | None = None) -> Figure:
+    """ROC curves (``curves[key]`` with fpr/tpr lists, labelled ``label_of[key]``) on one axes, with operating
+    points as dots (``points[label] = (fpr, tpr)``); a point named in ``curve_of_point`` takes its curve's colour."""
     fig, ax = _new_axes("ROC curve", "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1)
+    colour = {}
     for key, curve in curves.items():
-        ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label_of[key])
+        (line,) = ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label_of[key])
+        colour[key] = line.get_color()
     for label, (x, y) in points.items():
-        ax.plot([x], [y], "o", ms=7, label=label)
+        key = (curve_of_point or {}).get(label)
+        ax.plot([x], [y], "o", ms=7, label=label, **({"color": colour[key], "mec": "black"} if key else {}))
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -234,7 +240,7 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         }
         parts.append(
             _figure_html(
-                _roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
+                roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
                 "ROC curve; dots mark the operating points.", pngs, "roc",
             )
         )
@@ -315,7 +321,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             f'<h2>{section}Confusion matrix</h2><div class="row">',
             _confusion_table(m["confusion_matrix"], names, "Most probable class"),
             f'</div><h2>{section}Curves</h2><div class="row">',
-            _figure_html(_roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
+            _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
             _figure_html(
                 _reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
                 "Reliability diagram of the top class: accuracy per bin of confidence.", pngs, "reliability",

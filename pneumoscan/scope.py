@@ -138,9 +138,20 @@ def identifiers(ds: Dataset) -> dict[str, str | None]:
     return {field: _text(ds, keyword) or None for field, keyword in IDENTIFIERS.items()}
 
 
-def describe(source: Source, dicom: bool = False) -> dict:
-    """The result fields for a decoded film: its UIDs when it is a DICOM, and ``warnings`` (a list, possibly
-    empty). The header is read again (header only, pixels left unread): cheap next to decoding the pixels."""
+def film(ds: Dataset) -> dict[str, str | float | None]:
+    """What a reader checks before trusting a reading: age, sex, view, modality and study date (None where not
+    recorded). Never the patient's name or id: the page shows these, and a screen is seen by others."""
+    study = _date(_text(ds, "StudyDate"))
+    age = age_years(ds)
+    return {"age_years": None if age is None else round(age, 2), "sex": _text(ds, "PatientSex") or None,
+            "view": _view(ds)[1] or None, "modality": _text(ds, "Modality") or None,
+            "study_date": study.isoformat() if study else None}
+
+
+def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
+    """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film`),
+    and ``warnings`` (a list, possibly empty). The header is read again (header only, pixels left unread): cheap
+    next to decoding the pixels."""
     try:
         ds = read_dicom_header(source, dicom)
         if ds is None:
@@ -150,4 +161,5 @@ def describe(source: Source, dicom: bool = False) -> dict:
             width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
         return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
-    return {**(identifiers(ds) if ds is not None else {}), "warnings": scope_warnings(ds, width, height)}
+    found = {**identifiers(ds), **(film(ds) if facts else {})} if ds is not None else {}
+    return {**found, "warnings": scope_warnings(ds, width, height)}

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import functools
 import hmac
+import io
 import ipaddress
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any, Literal, TypeVar
 import h11
 import numpy as np
 import uvicorn
+from PIL import Image
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -48,7 +50,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from . import readers
 from .decode import DecodeError, read_dicom_header, read_gray
-from .explain import explain_array, overlay_png
+from .explain import MAX_PANEL, explain_array, overlay_png, panel_shape
 from .export import weights_digest
 from .model_card import card_summary
 from .predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
@@ -155,13 +157,21 @@ class Prediction(StageResult):
     etiology: StageResult | None = Field(
         None, description="bacterial vs viral: only when the service has an etiology model and the image reads as pneumonia"
     )
-    heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a data URL")
+    heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
+                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most weight)")
+    image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
+                              "(what a browser cannot show itself, e.g. DICOM), at most 1024 pixels a side")
     warnings: list[str] = Field(
         default_factory=list, description="why the film may be outside the model's scope (scored, but flagged)"
     )
     study_instance_uid: str | None = Field(None, description="DICOM uploads: the film's StudyInstanceUID")
     series_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SeriesInstanceUID")
     sop_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SOPInstanceUID")
+    age_years: float | None = Field(None, description="DICOM uploads: PatientAge (or from the birth date)")
+    sex: str | None = Field(None, description="DICOM uploads: PatientSex")
+    view: str | None = Field(None, description="DICOM uploads: ViewPosition (or the view code's meaning)")
+    modality: str | None = Field(None, description="DICOM uploads: Modality")
+    study_date: str | None = Field(None, description="DICOM uploads: StudyDate, ISO 8601")
 
 
 class ModelInfo(BaseModel):
@@ -363,6 +373,21 @@ def _decode(data: bytes, size: int, dicom: bool) -> np.ndarray:
         raise Rejected(422, f"cannot read the image: {e}") from None
 
 
+def _gray_png(gray: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG at the overlay's panel size (a full-size film shrunk, as the heatmap is)."""
+    height, width = panel_shape(*gray.shape)
+    picture = Image.fromarray(gray)
+    if gray.shape != (height, width):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def _report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str) -> Response:
     """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation."""
     from .interop import fhir, sr
@@ -535,8 +560,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
-    def heatmap_png(image: np.ndarray) -> bytes:
-        return overlay_png(image, explain_array(heat_predictor, image))
+    def heatmap_png(image: np.ndarray, raw: bool) -> bytes:
+        cam = explain_array(heat_predictor, image)
+        return _gray_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)) if raw else overlay_png(image, cam)
 
     async def in_lane(gone: asyncio.Future, slots: asyncio.Semaphore, pool: ThreadPoolExecutor,
                       fn: Callable[..., T], *args: Any) -> T:
@@ -568,29 +594,31 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         }}}}},
     )
     async def predict(
-        request: Request, heatmap: bool = False, format: Literal["json", "dicom-sr", "fhir"] = "json"
+        request: Request, heatmap: bool | Literal["map"] = False, image: bool = False,
+        format: Literal["json", "dicom-sr", "fhir"] = "json",
     ) -> Response:
         """Classify one uploaded X-ray (multipart field ``file``). ``format``: the JSON below; ``dicom-sr``, a DICOM
         Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related
         body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation. 503 with
-        Retry-After when the service is full."""
+        Retry-After when the service is full. ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
+        ``image=true`` the decoded film (the page shows DICOM films with it)."""
         lanes = [("prediction", limits.max_queue)] + ([("heatmap", limits.heatmap_queue)] if heatmap else [])
         admitted: list[str] = []
         try:
             for lane, bound in lanes:
                 admit(lane, bound)
                 admitted.append(lane)
-            return await predict_admitted(request, heatmap, format)
+            return await predict_admitted(request, heatmap, image, format)
         finally:
             for lane in admitted:
                 in_flight[lane] -= 1
 
-    async def predict_admitted(request: Request, heatmap: bool, format: str) -> Response:
+    async def predict_admitted(request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         data, dicom = await _read_upload(request, max_bytes, limits.body_timeout)
         gone = asyncio.ensure_future(_disconnected(request))  # the body is in: what comes next is a disconnect
         try:
             image = await in_lane(gone, decode_slots, decoders, _decode, data, main.card.spec.decode_target, dicom)
-            scope = await in_lane(gone, decode_slots, decoders, describe, data, dicom)  # warnings and DICOM UIDs
+            scope = await in_lane(gone, decode_slots, decoders, describe, data, dicom, True)  # warnings, UIDs, facts
             if format == "dicom-sr" and "study_instance_uid" not in scope:
                 raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
             if gone.done():
@@ -602,7 +630,10 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
                 same = target == main.card.spec.decode_target
                 gray = image if same else await in_lane(gone, decode_slots, decoders, _decode, data, target, dicom)
                 etiology_result = await second.predict(gray)
-            png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image) if heatmap else None
+            raw = heatmap == "map" and format == "json"  # a report carries the overlay a reader can see
+            png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image, raw) if heatmap else None
+            # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
+            shown = await in_lane(gone, decode_slots, decoders, _decode, data, MAX_PANEL, dicom) if want_image else None
         finally:
             gone.cancel()
         if format != "json":
@@ -610,8 +641,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
             return await asyncio.to_thread(
                 _report, format, reading, data, dicom, png, main.card.model_id, main.version
             )  # fmt: skip
-        overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
-        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=overlay, **scope)
+        film = _data_url(_gray_png(shown)) if shown is not None else None
+        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=_data_url(png) if png else None,
+                          image=film, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})

@@ -1,15 +1,14 @@
-"""Training: patient-grouped validation, class-weighted loss, warm start + partial fine-tuning, AdamW with
-warm-up and cosine decay, early stopping on validation AUC, atomic per-epoch checkpoints with exact resume,
-temperature and threshold chosen on validation, and the bundle. Runs alone or under torchrun (DDP)."""
+"""Training: patient-grouped validation, class-weighted loss, warm start + partial fine-tuning, then the epoch
+loop of :func:`pneumoscan.engine.fit` with the callbacks of :mod:`pneumoscan.callbacks` (the optimiser recipe's
+schedule, early stopping, best weights, atomic per-epoch checkpoints with exact resume, experiment tracking) and
+finalisation: temperature and threshold chosen on validation, and the bundle. Runs alone or under torchrun (DDP)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -23,12 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from rich.progress import (
-    BarColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -36,6 +29,18 @@ from . import models
 from .atomic import write_atomic
 from .bundle import BundleCard, load_bundle, load_weights_into, save_bundle, save_card
 from .cache import build_cache
+from .callbacks import (
+    BestWeights,
+    Checkpoint,
+    EarlyStopping,
+    EpochHook,
+    Finalize,
+    History,
+    ReduceOnPlateau,
+    TimeBudget,
+    cosine,
+    restore,
+)
 from .data import Record, discover, write_manifest
 from .dataset import (
     CachedImages,
@@ -48,14 +53,15 @@ from .dataset import (
 from .preprocess import PreprocessSpec, source_of
 from .evaluate import evaluate_probabilities
 from .export import ONNX_NAME, export_onnx, write_onnx_spec
-from .logs import progress as progress_bar
+from .engine import Callback, State, fit
 from .model_card import write_model_card
 from .metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from .names import shown
-from .options import apply_settings, check_fields
+from .options import OPTIMIZERS, apply_settings, check_fields, look_up_option
 from .predict import Predictor
-from .report import plot_training_curves, write_report
+from .report import write_report
 from .split import split_dataset
+from .tracking import make_trackers
 from .transforms import Augment, normalize, train_transform
 
 log = logging.getLogger(__name__)
@@ -89,7 +95,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
     trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
-    patience: int = 3  # epochs without a better validation AUC before stopping
+    # adamw-cosine: AdamW, warm-up and cosine decay, early stopping on validation AUC; adam-plateau (the Keras
+    # recipe): Adam at a constant rate times plateau_factor after plateau_patience epochs without a lower validation
+    # loss, early stopping on validation loss. The best weights are the best validation AUC's in both.
+    optimizer: str = "adamw-cosine"
+    plateau_factor: float = 0.2
+    plateau_patience: int = 2
+    patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
     val_fraction: float = 0.15
     split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
     seed: int = 0
@@ -106,6 +118,7 @@ class TrainConfig:
         if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
             check_fields(data["augment"] or {}, Augment, "augment.")
             data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
+        look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
         return cls(**data)
 
     def to_yaml(self) -> str:
@@ -201,24 +214,6 @@ def stream_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up then cosine decay to zero, as a function of the fraction of the schedule done."""
-    if progress < warmup:
-        return progress / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1.0 - warmup))))
-
-
-def schedule_done(step: int, total_steps: int, elapsed_s: float, warm_s: float, budget_s: float | None) -> float:
-    """The fraction of the learning-rate schedule done before this step: steps over the planned total or, under a
-    time budget, the time since the warm start over what the budget left after it, whichever is further on.
-    Counted from the run's start instead, a 2-minute warm start in an 11-minute budget skipped the warm-up and
-    began fine-tuning at 94 % of the peak rate."""
-    done = step / total_steps
-    if budget_s:
-        done = max(done, (elapsed_s - warm_s) / (budget_s - warm_s))
-    return done
-
-
 def freeze_frozen_norms(model: torch.nn.Module) -> None:
     """Keep BatchNorm statistics of frozen layers as pretrained: small CPU batches would only add noise."""
     for m in model.modules():
@@ -276,15 +271,6 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
     return best[1]
 
 
-def write_history(history: list[dict], run_dir: Path) -> None:
-    with (run_dir / "history.csv").open("w", newline="") as f:
-        # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
-        writer.writeheader()
-        writer.writerows(history)
-    plot_training_curves(history, run_dir / "curves.png")
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: a kill or a full disk keeps the previous checkpoint. Serialised in memory first: torch reports a
     failed file write as a RuntimeError with a C++ trace, the plain write an OSError that says why."""
@@ -321,34 +307,44 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
 # -- the run -----------------------------------------------------------------------------------------------
 
 
-def train(
-    data: Path | str,
-    cfg: TrainConfig,
-    run_dir: Path | str,
-    resume: bool = False,
-    on_epoch_end: Callable[[int], None] | None = None,
-) -> Path:
-    """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
+@dataclass
+class Data:
+    """The run's images: the cache, the train/val datasets and their loaders (each rank its share)."""
 
-    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
-    """
-    ctx = setup_distributed()
-    run_dir = Path(run_dir)
-    task = get_task(cfg.task)
-    torch.manual_seed(cfg.seed)
-    # the model first: a wrong size or weights that cannot be had fail before the split and the cache are built
+    spec: PreprocessSpec
+    fingerprint: str
+    train_set: CachedImages
+    val_set: CachedImages
+    val_rows: np.ndarray  # this rank's validation rows
+    val_loader: DataLoader
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
+    class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
+
+
+def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool]:
+    """The model first: a wrong size or weights that cannot be had fail before the split and the cache are built.
+    Returns the model and whether it starts from ImageNet weights."""
     imagenet = cfg.pretrained and cfg.init is None and models.has_pretrained(cfg.model)
     if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
         log.info("%s has no pretrained weights: trained from scratch", cfg.model)
-    transfer = imagenet or cfg.init is not None  # starts from learned features: warm start, partial fine-tuning
     model = models.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
                           **cfg.model_kwargs)  # fmt: skip
+    return model, imagenet
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
             shutil.rmtree(run_dir / "best", ignore_errors=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
+
+def load_data(data: Path | str, cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
+    """Split (RUN/split.csv), the training files' source, the image cache (built once per machine), datasets,
+    loaders and class weights."""
     records = split_records(data, cfg)
     if ctx.main:
         write_manifest(records, run_dir / "split.csv")
@@ -379,167 +375,133 @@ def train(
     # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
-
     counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
-    loss_weights = weights if cfg.class_weights else None
+    plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
+    return Data(spec, cache.data_fingerprint, train_set, val_set, val_rows, val_loader, sampler, train_loader, plain,
+                weights if cfg.class_weights else None)
 
-    fresh = []  # classifier tensors that start untrained: a warm start fits them
-    if cfg.init is not None:
-        fresh = load_weights_into(model, cfg.init)
-        if ctx.main:
-            log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+
+def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
+           budget_s: float | None) -> tuple[torch.optim.Optimizer, list[Callback]]:
+    """The optimiser and the callbacks that schedule its rate and stop training, per ``cfg.optimizer``:
+    adamw-cosine (warm-up and cosine decay over the steps or the time budget, early stopping on validation AUC) or
+    adam-plateau (the Keras recipe: Adam at a constant rate cut on a validation-loss plateau, early stopping on
+    validation loss). Both end at the time budget."""
+    if cfg.optimizer == "adamw-cosine":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return optimizer, [TimeBudget(total_steps, budget_s, cosine(cfg.warmup)),
+                           EarlyStopping("val_auc", "max", cfg.patience)]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    return optimizer, [TimeBudget(total_steps, budget_s), ReduceOnPlateau(optimizer, "val_loss", cfg.plateau_factor,
+                       cfg.plateau_patience), EarlyStopping("val_loss", "min", cfg.patience)]  # fmt: skip
+
+
+class Reshuffle(Callback):
+    """Each epoch's data order and augmentation draws, which depend only on (seed, epoch, rank): resume is exact.
+    Frozen layers keep their BatchNorm statistics."""
+
+    def __init__(self, model: torch.nn.Module, sampler: DistributedSampler, seed: int) -> None:
+        self.model, self.sampler, self.seed = model, sampler, seed
+
+    def on_epoch_start(self, state: State) -> None:
+        torch.manual_seed(stream_seed(self.seed, state.epoch, state.ctx.rank))
+        self.sampler.set_epoch(state.epoch)
+        freeze_frozen_norms(self.model)
+
+
+def warm_start(model: torch.nn.Module, d: Data, cfg: TrainConfig, ctx: Dist) -> None:
+    loaders = [DataLoader(part, cfg.eval_batch_size) for part in d.plain]
+    l2 = warm_start_head(model, *loaders, d.class_weights, ctx.device)
+    if ctx.main:
+        log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
+
+
+def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Callable[[State, np.ndarray, np.ndarray], dict]:
+    """The epoch's figures after the training loss and accuracy: training AUC and the validation figures."""
+
+    def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
+        index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
+        val = epoch_metrics(logits, d.val_set.targets[index], task, d.class_weights)
+        run_logits, run_targets = gather(ctx, run_logits, run_targets)
+        train_auc = roc_auc(binary_targets(run_targets), positive_probability(softmax(run_logits), task))
+        return {"train_auc": train_auc, **{f"val_{k}": v for k, v in val.items()}}
+
+    return validate
+
+
+def train(
+    data: Path | str,
+    cfg: TrainConfig,
+    run_dir: Path | str,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+    log_to: Sequence[str] = (),
+    tracking_uri: str | None = None,
+) -> Path:
+    """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
+
+    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
+    ``log_to`` names experiment trackers (:data:`pneumoscan.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
+    """
+    ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    model, imagenet = build_model(cfg, task, ctx)
+    trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []
+    prepare_run_dir(run_dir, cfg, resume, ctx)
+    d = load_data(data, cfg, task, ctx, run_dir)
+    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []  # classifier tensors that start untrained
+    if ctx.main and cfg.init is not None:
+        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model = model.to(ctx.device, memory_format=torch.channels_last)
     checkpoint_path = run_dir / "checkpoint.pt"
-    state = None
-    if resume and ctx.main:
-        state = load_checkpoint(checkpoint_path)
-    state = ctx.from_main(state)
+    resumed = ctx.from_main(load_checkpoint(checkpoint_path) if resume and ctx.main else None)
     t0 = time.perf_counter()  # the time budget covers the warm start too
-    head_is_new = imagenet or bool(fresh)  # a bundle's own trained head is kept, not refitted
-    if state is None and cfg.warm_start and head_is_new and hasattr(model, "forward_head"):
-        loaders = [DataLoader(CachedImages(cache.images, *parts[n], normalize(mean, std)), cfg.eval_batch_size) for n in ("train", "val")]
-        l2 = warm_start_head(model, *loaders, loss_weights, ctx.device)
-        if ctx.main:
-            log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
+    # a bundle's own trained head is kept, not refitted
+    if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
+        warm_start(model, d, cfg, ctx)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
-    warm_s = ctx.from_main(state.get("warm_s", 0.0) if state is not None else time.perf_counter() - t0)
+    warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
+    transfer = imagenet or cfg.init is not None
     models.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
-    global_batch = cfg.batch_size * ctx.world
-    lr = cfg.lr * ctx.world
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    steps_per_epoch = len(train_loader)
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    params, lr, global_batch = [p for p in model.parameters() if p.requires_grad], cfg.lr * ctx.world, cfg.batch_size * ctx.world
     budget_s = cfg.time_budget * 60 if cfg.time_budget else None
     if budget_s is not None and budget_s <= warm_s:
         raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
                          "nothing was left to train")
-
-    start_epoch, step = 0, 0
-    history: list[dict] = []
-    best = {"auc": -1.0, "epoch": -1, "stale": 0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        t0 -= state["elapsed"]
-        history, best = json.loads(state["history"]), json.loads(state["best"])
-        if best["stale"] >= cfg.patience:  # the crash came after early stopping had ended training
-            start_epoch = cfg.epochs
-        if ctx.main:
-            log.info("resuming after epoch %d (step %d) from %s", state["epoch"] + 1, step, shown(checkpoint_path))
+    optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
     if ctx.main:
         log.info(
-            f"{cfg.model} on {cfg.task}: {len(train_set)} train / {len(val_set)} val images, {ctx.world} process(es) on "
-            f"{ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
+            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} process(es) "
+            f"on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
             f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
         )
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    progress = progress_bar(
-        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=ctx.main,
-    )
-    stop = False
-    with progress:
-        bar = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, info="")
-        for epoch in range(start_epoch, cfg.epochs):
-            # each rank its own augmentation draws, which depend only on (seed, epoch, rank): resume is exact
-            torch.manual_seed(stream_seed(cfg.seed, epoch, ctx.rank))
-            sampler.set_epoch(epoch)
-            net.train()
-            freeze_frozen_norms(model)
-            progress.reset(bar, total=steps_per_epoch, epoch=epoch + 1, info="")
-            run_loss, run_correct, seen = 0.0, 0, 0
-            run_logits, run_targets = [], []  # for the training AUC: augmented images, weights changing as it goes
-            for x, y in train_loader:
-                done = schedule_done(step, total_steps, time.perf_counter() - t0, warm_s, budget_s)
-                if budget_s and ctx.world > 1:  # every rank must take the same number of steps
-                    t = torch.tensor([done], device=ctx.device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    done = float(t)
-                if done >= 1.0:
-                    stop = True
-                    break
-                for g in optimizer.param_groups:  # at least this step's own share, so the first step moves
-                    g["lr"] = lr * lr_factor(max(done, (step + 1) / total_steps), cfg.warmup)
-                x = x.to(ctx.device, non_blocking=True, memory_format=torch.channels_last)
-                y = y.to(ctx.device, non_blocking=True)
-                with amp:
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, weight=loss_weights, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                run_loss += loss.item() * len(y)
-                run_correct += int((logits.argmax(1) == y).sum())
-                run_logits.append(logits.detach().float().cpu().numpy())
-                run_targets.append(y.cpu().numpy())
-                seen += len(y)
-                progress.update(bar, advance=1, info=f"loss {run_loss / seen:.3f} acc {run_correct / seen:.3f} lr {optimizer.param_groups[0]['lr']:.2e}")
-
-            if ctx.world > 1:  # training loss and accuracy over every rank's images, not rank 0's share
-                sums = torch.tensor([run_loss, run_correct, seen], dtype=torch.float64, device=ctx.device)
-                dist.all_reduce(sums)
-                run_loss, run_correct, seen = sums.tolist()
-            if seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
-                break
-            index, logits_val = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
-            val = epoch_metrics(logits_val, val_set.targets[index], task, loss_weights)
-            run_logits, run_targets = gather(ctx, np.concatenate(run_logits), np.concatenate(run_targets))
-            train_auc = roc_auc(binary_targets(run_targets), positive_probability(softmax(run_logits), task))
-            row = {
-                "epoch": epoch + 1, "step": step, "train_loss": run_loss / max(seen, 1), "train_acc": run_correct / max(seen, 1),
-                "train_auc": train_auc,
-                "val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"], "val_sens": val["sens"],
-                "val_spec": val["spec"], "lr": optimizer.param_groups[0]["lr"], "minutes": (time.perf_counter() - t0) / 60,
-            }
-            history.append(row)
-            improved = val["auc"] > best["auc"]
-            best = {"auc": val["auc"], "epoch": epoch + 1, "stale": 0} if improved else {**best, "stale": best["stale"] + 1}
-            if ctx.main:
-                log.info(
-                    f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val loss "
-                    f"{val['loss']:.4f} acc {val['acc']:.3f} AUC {val['auc']:.4f} sens {val['sens']:.3f} spec {val['spec']:.3f}"
-                    + (" best" if improved else "")
-                )
-                if improved:
-                    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, spec.size, spec.policy, mean, std,
-                                      spec.source_size, spec.source_quality, model_kwargs=cfg.model_kwargs)
-                    save_bundle(run_dir / "best", model, card)
-                write_history(history, run_dir)
-                checkpoint = {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                    "elapsed": time.perf_counter() - t0, "warm_s": warm_s, "history": json.dumps(history),
-                    "best": json.dumps(best),
-                }
-                save_checkpoint(checkpoint_path, checkpoint)
-            ctx.barrier()
-            if on_epoch_end:
-                on_epoch_end(epoch)
-            if stop or best["stale"] >= cfg.patience:
-                break
-
-    if best["epoch"] < 0 and history:
-        raise ValueError("the validation AUC was undefined after every epoch: the validation split needs both classes")
-    if best["epoch"] < 0:
-        raise ValueError(f"no epoch was validated: the train split has fewer images than one batch ({len(train_set)} "
-                         f"for {global_batch}) or the time budget ran out first")
-    bundle_dir = finalize(
-        run_dir, cfg, task, val_set, val_rows, val_loader, ctx, cache.data_fingerprint, len(history), best["epoch"]
-    )
+    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
+                      *models.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
+    best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
+                       f"({len(d.train_set)} for {global_batch}) or the time budget ran out first")
+    stateful = [*schedule, best, *trackers]  # what a checkpoint keeps besides the model and the optimiser
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir),
+                 Checkpoint(checkpoint_path, stateful, save_checkpoint), *([EpochHook(on_epoch_end)] if on_epoch_end else []),
+                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr)
+    if resumed is not None:
+        restore(state, resumed, stateful, checkpoint_path)
+    fit(state, callbacks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
+                                                            label_smoothing=cfg.label_smoothing),
+        validation_row(model, d, task, ctx))
     if ctx.world > 1:
         dist.destroy_process_group()
-    return bundle_dir
+    return state.info["bundle"]
 
 
-def finalize(run_dir: Path, cfg: TrainConfig, task: Task, val_set: CachedImages, val_rows: np.ndarray,
-             val_loader: DataLoader, ctx: Dist, fingerprint: str, epochs: int, best_epoch: int) -> Path:
-    """Best weights -> temperature and threshold fitted on validation -> bundle and validation report."""
+def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
+    """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
+    report."""
+    val_set, val_rows, val_loader, fingerprint = d.val_set, d.val_rows, d.val_loader, d.fingerprint
     model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
     index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)

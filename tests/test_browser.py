@@ -1,5 +1,5 @@
 """The web page end to end in headless Chromium (Debian's package, driven by Playwright): upload and
-drag-and-drop real X-rays, read the result and the heatmap, see a clear message for rejected files, and
+drag-and-drop real X-rays, read the result, see the film and (on request) the heatmap, see a clear message for rejected files, and
 load nothing from outside the server. A missing browser fails the test; it is never skipped."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
+from fastapi import FastAPI
 from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.bundle import load_card
@@ -26,20 +28,23 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle: Path) -> Iterator[str]:
-    """The app under uvicorn in a background thread, on a free loopback port."""
-    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning"))
+def run_server(app: FastAPI) -> Iterator[str]:
+    """``app`` under uvicorn in a background thread, on a free loopback port, until the generator is closed."""
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
     srv.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path) -> Iterator[str]:
+    yield from run_server(create_app(tiny_bundle))
 
 
 @pytest.fixture
@@ -69,8 +74,10 @@ def drop_file(page: Page, data: bytes, name: str, mime: str) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
 
 
-def image_loaded(page: Page, selector: str) -> bool:
-    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+def film_shown(page: Page) -> tuple[int, int]:
+    """The (width, height) of the film in the viewer, once it is drawn."""
+    page.wait_for_function("() => view.gray !== null && /zoom/.test(document.getElementById('readout-wl').textContent)")
+    return tuple(page.evaluate("() => [view.w, view.h]"))
 
 
 def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle: Path, data_root: Path) -> None:
@@ -101,22 +108,15 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     fill = page.eval_on_selector("#bar-fill", "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
     mark = page.eval_on_selector("#bar-threshold", "e => parseFloat(e.style.left) / 100")
     assert fill == pytest.approx(probability, abs=0.01) and mark == pytest.approx(card.threshold, abs=0.001)
-    expect(page.locator("#image")).to_be_visible()
-    assert image_loaded(page, "#image")
-    expect(page.locator("#overlay")).to_be_hidden()
+    assert film_shown(page) == Image.open(original).size  # the browser's own decode, at full size
+    expect(page.locator("#legend")).to_be_hidden()
 
-    # the heatmap toggle swaps in the Grad-CAM overlay, and back
-    page.check("#heatmap-toggle")
-    expect(page.locator("#overlay")).to_be_visible()
-    expect(page.locator("#image")).to_be_hidden()
-    assert page.get_attribute("#overlay", "src").startswith("data:image/png;base64,")
-    page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0")
-    overlay_aspect = page.eval_on_selector("#overlay", "img => img.naturalWidth / img.naturalHeight")
-    image_aspect = page.eval_on_selector("#image", "img => img.naturalWidth / img.naturalHeight")
-    assert overlay_aspect == pytest.approx(3 * image_aspect, rel=0.03)  # original | heatmap | blend
+    # the heatmap is computed on request, and hidden again with its toggle
+    page.click("#heatmap-button")
+    expect(page.locator("#legend")).to_be_visible()
+    assert page.is_checked("#heatmap-toggle")
     page.uncheck("#heatmap-toggle")
-    expect(page.locator("#image")).to_be_visible()
-    expect(page.locator("#overlay")).to_be_hidden()
+    expect(page.locator("#legend")).to_be_hidden()
     expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
 
     # a rejected file gives a clear message and hides the old result
@@ -139,21 +139,19 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
     expect(page.locator("#result")).to_be_visible()
     expect(page.locator("#error")).to_be_hidden()
-    page.check("#heatmap-toggle")
-    expect(page.locator("#overlay")).to_be_visible()
-    page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0")
+    assert not page.is_checked("#heatmap-toggle") and page.is_disabled("#heatmap-toggle")  # a new film: no map yet
 
-    # a file the browser cannot display (DICOM): the overlay shows the decoded image instead
-    page.uncheck("#heatmap-toggle")
+    # a file the browser cannot display (DICOM): the viewer shows the service's decode of it
     drop_file(page, dicom_xray(dropped), "scan.dcm", "application/dicom")
     expect(page.locator("#caption")).to_contain_text("DICOM")
-    expect(page.locator("#overlay")).to_be_visible()
+    assert film_shown(page) == Image.open(dropped).size
     expect(page.locator("#warnings")).to_contain_text("Scope: BodyPartExamined not recorded")  # scored, but flagged
-    assert not page.is_checked("#heatmap-toggle"), "the reader's choice is kept for the next film"
     drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
-    expect(page.locator("#image")).to_be_visible()
-    expect(page.locator("#overlay")).to_be_hidden()
+    expect(page.locator("#caption")).to_be_empty()
     expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
+    # every film is listed, the refused ones with their reason
+    expect(page.locator("#films tbody tr")).to_have_count(8)
+    expect(page.locator("#films tbody tr", has_text="rejected: ")).to_have_count(4)
 
     assert not errors or all("Failed to load resource" in e for e in errors), errors
     assert requested and all(u.startswith(server) or u.startswith(("data:", "blob:")) for u in requested), requested
@@ -166,20 +164,10 @@ def dicom_xray(jpeg: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def locked_server(tiny_bundle: Path) -> Iterator[str]:
-    """The app with an API key (and the default Host allow-list) under uvicorn on a free loopback port."""
+    """The app with an API key (and the default Host allow-list)."""
     from pneumoscan.serve import Access
 
-    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY)), host="127.0.0.1",
-                                        port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    yield from run_server(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY)))
 
 
 PAGE_KEY = "page-key-0123456789abcdef"

@@ -18,6 +18,7 @@ from pneumoscan import models
 from pneumoscan import train as train_mod
 from pneumoscan.bundle import load_bundle, load_weights_into
 from pneumoscan.cache import build_cache
+from pneumoscan.callbacks import lr_factor, schedule_done
 from pneumoscan.cli import main
 from pneumoscan.data import discover
 from pneumoscan.dataset import binary_targets, select
@@ -28,8 +29,6 @@ from pneumoscan.train import (
     WARM_START_L2,
     TrainConfig,
     load_config,
-    lr_factor,
-    schedule_done,
     stream_seed,
     train,
     warm_start_head,

@@ -1,10 +1,21 @@
-// pneumoscan page: upload or drop an X-ray, show the reading against the threshold and the Grad-CAM overlay.
+// pneumoscan page: upload or drop X-rays, read each result against the threshold, look at the film (window/level,
+// zoom, pan, invert) and, only when asked, at its Grad-CAM map in a perceptually uniform colour scale.
 // Plain JS, no build step, nothing loaded from other origins. Server text is only ever set as textContent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
-let imageUrl = null;
+
+const films = [];  // {id, name, file, dicom, status, result, error, cam}
+let current = null;
+let sortKey = null;
+let sortAscending = true;
+
+// Window presets on the 8-bit film the page shows: [level, width]. A JPEG has no Hounsfield or detector units,
+// so these pick a band of gray levels, named for what usually falls in it.
+const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: [190, 110] };
+const view = { gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0, panY: 0 };
+const composed = document.createElement("canvas");
 
 function pct(p) {
   return `${(100 * p).toFixed(1)}%`;
@@ -47,7 +58,11 @@ function showCard(info) {
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
   $("intended-use").textContent = info.intended_use;
-  const list = $("card");
+  $("print-intended").textContent = `Intended use: ${info.intended_use}`;
+  fillList($("card"), rows);
+}
+
+function fillList(list, rows) {
   list.replaceChildren();
   for (const [name, value] of rows) {
     const dt = document.createElement("dt");
@@ -71,7 +86,24 @@ function showWarnings(warnings) {
   list.hidden = warnings.length === 0;
 }
 
-function showResult(file, r) {
+function showFilm(film) {
+  const r = film.result;
+  const missing = "not recorded";
+  const rows = !film.dicom
+    ? [["Format", "JPEG/PNG: no DICOM tags (age, sex, view not known)"]]
+    : [
+      ["Age", r.age_years == null ? missing : `${r.age_years} years`],
+      ["Sex", r.sex || missing],
+      ["View", r.view || missing],
+      ["Modality", r.modality || missing],
+      ["Study date", r.study_date || missing],
+      ["Study UID", r.study_instance_uid || missing],
+    ];
+  fillList($("film"), rows);
+}
+
+function showResult(film) {
+  const r = film.result;
   $("error").hidden = true;
   $("status").textContent = "";
   const positive = r.label === r.positive;
@@ -81,6 +113,7 @@ function showResult(file, r) {
   $("bar-fill").className = positive ? "fill positive" : "fill";
   $("bar-threshold").style.left = pct(r.threshold);
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
+  $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${r.probability.toFixed(3)}, threshold ${r.threshold.toFixed(3)}`);
   $("probability").textContent =
     `P(${r.positive}) = ${r.probability.toFixed(3)}; threshold ${r.threshold.toFixed(3)}; model ${r.model_id}`;
   const e = r.etiology;
@@ -89,49 +122,267 @@ function showResult(file, r) {
     $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${e.probability.toFixed(3)}, threshold ${e.threshold.toFixed(3)})`;
   }
   showWarnings(r.warnings || []);
-  if (imageUrl) URL.revokeObjectURL(imageUrl);
-  imageUrl = URL.createObjectURL(file);
-  $("image").dataset.broken = "0";
-  $("image").src = imageUrl;
-  if (r.heatmap) $("overlay").src = r.heatmap;
-  else $("overlay").removeAttribute("src");
-  $("caption").textContent = "";
+  showFilm(film);
+  $("film-title").textContent = `Film: ${film.name}`;
+  $("caption").textContent = film.dicom ? "DICOM film as decoded by the service (8-bit)." : "";
   $("result").hidden = false;
-  render();
+  current = film;
+  view.cam = null;
+  $("heatmap-toggle").checked = false;
+  heatControls();
+  loadFilm(film);
 }
 
-// The overlay replaces the image when toggled on; a DICOM file, which browsers cannot display, falls back to it
-// (without switching the toggle, so the next film shows as the reader left it).
-function render() {
-  const broken = $("image").dataset.broken === "1";
-  const overlay = ($("heatmap-toggle").checked || broken) && $("overlay").getAttribute("src");
-  $("overlay").hidden = !overlay;
-  $("image").hidden = Boolean(overlay) || broken;
+// ---- the viewer: the film's gray levels in memory, drawn through a window/level table, zoom and pan ----
+
+function grayOf(source) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => {
+      const c = document.createElement("canvas");
+      c.width = img.naturalWidth;
+      c.height = img.naturalHeight;
+      const ctx = c.getContext("2d");
+      ctx.drawImage(img, 0, 0);
+      const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+      const gray = new Uint8ClampedArray(c.width * c.height);
+      for (let i = 0; i < gray.length; i++) gray[i] = rgba[4 * i];
+      resolve({ gray, w: c.width, h: c.height, img });
+    };
+    img.onerror = () => reject(new Error("the browser cannot display this image"));
+    img.src = source;
+  });
 }
 
-$("image").addEventListener("load", () => { $("image").dataset.broken = "0"; render(); });
-$("image").addEventListener("error", () => {
-  if (!$("image").getAttribute("src")) return;
-  $("image").dataset.broken = "1";
-  $("caption").textContent = "This browser cannot display the file itself (DICOM); the overlay shows the decoded image.";
-  render();
-});
-$("heatmap-toggle").addEventListener("change", render);
-
-async function analyse(file) {
-  if (!file) return;
-  if (file.size === 0) return showError("Rejected: the file is empty (0 bytes).");
-  if (maxUploadBytes !== null && file.size > maxUploadBytes) {
-    return showError(`Rejected: the file is ${mb(file.size)}; the limit is ${mb(maxUploadBytes)}.`);
+async function loadFilm(film) {
+  const source = film.dicom ? film.result.image : URL.createObjectURL(film.file);
+  try {
+    const { gray, w, h } = await grayOf(source);
+    if (current !== film) return;
+    Object.assign(view, { gray, w, h, zoom: 1, panX: 0, panY: 0 });
+    if (film.cam) await loadCam(film.cam);
+    compose();
+  } catch (err) {
+    $("caption").textContent = `The film cannot be shown: ${err.message}.`;
+  } finally {
+    if (!film.dicom) URL.revokeObjectURL(source);
   }
-  $("status").textContent = "Analysing...";
+}
+
+// The Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the film, smoothed by the canvas.
+async function loadCam(url) {
+  const { img } = await grayOf(url);
+  const c = document.createElement("canvas");
+  c.width = view.w;
+  c.height = view.h;
+  const ctx = c.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(img, 0, 0, view.w, view.h);
+  const rgba = ctx.getImageData(0, 0, view.w, view.h).data;
+  view.cam = new Uint8ClampedArray(view.w * view.h);
+  for (let i = 0; i < view.cam.length; i++) view.cam[i] = rgba[4 * i];
+}
+
+const VIRIDIS = (() => {
+  const lut = new Uint8ClampedArray(256 * 3);
+  const n = VIRIDIS_STOPS.length - 1;
+  for (let v = 0; v < 256; v++) {
+    const x = (v / 255) * n;
+    const i = Math.min(n - 1, Math.floor(x));
+    const t = x - i;
+    for (let k = 0; k < 3; k++) lut[3 * v + k] = VIRIDIS_STOPS[i][k] * (1 - t) + VIRIDIS_STOPS[i + 1][k] * t;
+  }
+  return lut;
+})();
+
+// Pixel operations on the film: gray level -> window/level (-> inverted) -> blended with the coloured map.
+function compose() {
+  if (!view.gray) return;
+  const { w, h, level, width } = view;
+  const lut = new Uint8ClampedArray(256);
+  const low = level - width / 2;
+  for (let v = 0; v < 256; v++) {
+    const out = Math.round(((v - low) / width) * 255);
+    lut[v] = view.invert ? 255 - out : out;  // the array clamps to 0..255
+  }
+  composed.width = w;
+  composed.height = h;
+  const ctx = composed.getContext("2d");
+  const image = ctx.createImageData(w, h);
+  const px = image.data;
+  const cam = $("heatmap-toggle").checked ? view.cam : null;
+  const alpha = Number($("opacity").value) / 100;
+  for (let i = 0; i < w * h; i++) {
+    const g = lut[view.gray[i]];
+    let r = g, gr = g, b = g;
+    if (cam) {
+      const c = 3 * cam[i];
+      r = g * (1 - alpha) + VIRIDIS[c] * alpha;
+      gr = g * (1 - alpha) + VIRIDIS[c + 1] * alpha;
+      b = g * (1 - alpha) + VIRIDIS[c + 2] * alpha;
+    }
+    px[4 * i] = r;
+    px[4 * i + 1] = gr;
+    px[4 * i + 2] = b;
+    px[4 * i + 3] = 255;
+  }
+  ctx.putImageData(image, 0, 0);
+  $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
+    `${view.invert ? ", inverted" : ""}, zoom ${view.zoom.toFixed(2)}x`;
+  draw();
+}
+
+function draw() {
+  const canvas = $("view");
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (!view.gray) return;
+  const scale = Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;
+  ctx.setTransform(scale, 0, 0, scale, canvas.width / 2 + view.panX - (view.w * scale) / 2,
+    canvas.height / 2 + view.panY - (view.h * scale) / 2);
+  ctx.imageSmoothingEnabled = scale < 2;  // enlarged far, the reader sees the pixels themselves
+  ctx.drawImage(composed, 0, 0);
+}
+
+function setWindow(level, width) {
+  view.level = Math.max(0, Math.min(255, level));
+  view.width = Math.max(1, Math.min(255, width));
+  if (PRESETS[$("preset").value] && PRESETS[$("preset").value].join() !== [view.level, view.width].join()) {
+    $("preset").value = "custom";
+  }
+  $("level").value = view.level;
+  $("width").value = view.width;
+  compose();
+}
+
+function setZoom(zoom) {
+  view.zoom = Math.max(0.25, Math.min(16, zoom));
+  compose();
+}
+
+function pan(dx, dy) {
+  view.panX += dx;
+  view.panY += dy;
+  draw();
+}
+
+function reset() {
+  $("preset").value = "default";
+  Object.assign(view, { zoom: 1, panX: 0, panY: 0 });
+  setWindow(...PRESETS.default);
+}
+
+$("preset").addEventListener("change", () => setWindow(...PRESETS[$("preset").value]));
+$("level").addEventListener("input", () => setWindow(Number($("level").value), view.width));
+$("width").addEventListener("input", () => setWindow(view.level, Number($("width").value)));
+$("invert").addEventListener("change", () => { view.invert = $("invert").checked; compose(); });
+$("zoom-in").addEventListener("click", () => setZoom(view.zoom * 1.25));
+$("zoom-out").addEventListener("click", () => setZoom(view.zoom / 1.25));
+$("zoom-fit").addEventListener("click", reset);
+$("pan-mode").addEventListener("click", () => {
+  const on = $("pan-mode").getAttribute("aria-pressed") !== "true";
+  $("pan-mode").setAttribute("aria-pressed", String(on));
+  $("view").classList.toggle("panning", on);
+});
+
+// Drag: window/level (right = wider, down = brighter level), or pan with Shift or in pan mode.
+let dragging = null;
+$("view").addEventListener("pointerdown", (event) => {
+  dragging = { x: event.clientX, y: event.clientY,
+    panning: event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true" };
+  $("view").setPointerCapture(event.pointerId);
+  $("view").focus();
+});
+$("view").addEventListener("pointermove", (event) => {
+  if (!dragging) return;
+  const dx = event.clientX - dragging.x;
+  const dy = event.clientY - dragging.y;
+  dragging.x = event.clientX;
+  dragging.y = event.clientY;
+  if (dragging.panning) {
+    const k = $("view").width / $("view").getBoundingClientRect().width;
+    pan(dx * k, dy * k);
+  } else {
+    $("preset").value = "custom";
+    setWindow(view.level - dy, view.width + dx);
+  }
+});
+for (const type of ["pointerup", "pointercancel"]) $("view").addEventListener(type, () => { dragging = null; });
+$("view").addEventListener("wheel", (event) => {
+  event.preventDefault();
+  setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
+}, { passive: false });
+$("view").addEventListener("keydown", (event) => {
+  const step = 8;
+  const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  if (moves[event.key]) {
+    const [x, y] = moves[event.key];
+    if (event.shiftKey) pan(-x * step * 4, -y * step * 4);
+    else setWindow(view.level - y * step, view.width + x * step);  // up: darker level as in a drag upwards
+  } else if (event.key === "+" || event.key === "=") setZoom(view.zoom * 1.25);
+  else if (event.key === "-") setZoom(view.zoom / 1.25);
+  else if (event.key === "0") reset();
+  else if (event.key === "i") { $("invert").checked = !$("invert").checked; view.invert = $("invert").checked; compose(); }
+  else return;
+  event.preventDefault();
+});
+
+// ---- the heatmap: computed only when the reader asks, for the film on screen ----
+
+function heatControls() {
+  const have = Boolean(current && current.cam);
+  $("heatmap-toggle").disabled = !have;
+  $("opacity").disabled = !have;
+  $("heatmap-button").disabled = have;
+  $("legend").hidden = !(have && $("heatmap-toggle").checked);
+  $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
+    ? "Grad-CAM heatmap shown over the film in viridis: yellow where the model's weight is highest, dark purple lowest."
+    : "the film alone");
+}
+
+$("heatmap-button").addEventListener("click", async () => {
+  const film = current;
+  if (!film) return;
+  $("status").textContent = "Computing the heatmap...";
+  $("heatmap-button").disabled = true;
+  const body = await post(film.file, "heatmap=map");
+  if (!body.ok) {
+    $("heatmap-button").disabled = false;
+    return showError(`Rejected: ${body.error}`);
+  }
+  film.cam = body.result.heatmap;
+  $("status").textContent = "";
+  if (current !== film) return;
+  await loadCam(film.cam);
+  $("heatmap-toggle").checked = true;
+  heatControls();
+  compose();
+});
+$("heatmap-toggle").addEventListener("change", () => { heatControls(); compose(); });
+$("opacity").addEventListener("input", compose);
+
+function drawLegend() {
+  const c = $("legend-bar");
+  const ctx = c.getContext("2d");
+  for (let x = 0; x < c.width; x++) {
+    const v = 3 * Math.round((x / (c.width - 1)) * 255);
+    ctx.fillStyle = `rgb(${VIRIDIS[v]}, ${VIRIDIS[v + 1]}, ${VIRIDIS[v + 2]})`;
+    ctx.fillRect(x, 0, 1, c.height);
+  }
+}
+
+// ---- uploads: one request per film, in turn ----
+
+async function post(file, query) {
   const form = new FormData();
   form.append("file", file);
   let response;
   try {
-    response = await fetch("/v1/predict?heatmap=true", { method: "POST", body: form, headers: authHeaders() });
+    response = await fetch(`/v1/predict${query ? `?${query}` : ""}`, { method: "POST", body: form, headers: authHeaders() });
   } catch (err) {
-    return showError(`The server could not be reached: ${err.message}`);
+    return { ok: false, error: `the server could not be reached: ${err.message}` };
   }
   let body = null;
   try {
@@ -139,14 +390,136 @@ async function analyse(file) {
   } catch (err) {
     body = null;
   }
-  if (!response.ok) {
-    return showError(`Rejected: ${body && body.error ? body.error : `HTTP ${response.status}`}`);
-  }
-  showResult(file, body);
+  if (!response.ok) return { ok: false, error: body && body.error ? body.error : `HTTP ${response.status}` };
+  return { ok: true, result: body };
 }
 
+function isDicom(file) {
+  return file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
+}
+
+function check(file) {
+  if (file.size === 0) return "the file is empty (0 bytes).";
+  if (maxUploadBytes !== null && file.size > maxUploadBytes) {
+    return `the file is ${mb(file.size)}; the limit is ${mb(maxUploadBytes)}.`;
+  }
+  return null;
+}
+
+async function analyse(files) {
+  const batch = Array.from(files || []).map((file) => ({
+    id: films.length + Math.random(), name: file.name, file, dicom: isDicom(file), status: "waiting", result: null,
+    error: null, cam: null,
+  }));
+  if (!batch.length) return;
+  films.push(...batch);
+  renderList();
+  for (const [n, film] of batch.entries()) {
+    $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
+    const problem = check(film.file);
+    const body = problem ? { ok: false, error: problem } : await post(film.file, film.dicom ? "image=true" : "");
+    film.status = body.ok ? "done" : "rejected";
+    film.result = body.ok ? body.result : null;
+    film.error = body.ok ? null : body.error;
+    renderList();
+    if (body.ok) showResult(film);
+    else if (batch.length === 1) showError(`Rejected: ${film.error}`);
+  }
+  $("status").textContent = batch.length > 1 ? `${batch.length} films analysed.` : $("status").textContent;
+}
+
+// ---- the list of films: sortable, exportable ----
+
+function value(film, key) {
+  if (key === "name") return film.name.toLowerCase();
+  if (!film.result) return key === "probability" || key === "warnings" ? -1 : "";
+  if (key === "label") return film.result.label;
+  if (key === "probability") return film.result.probability;
+  return film.result.warnings.length;
+}
+
+function sorted() {
+  if (!sortKey) return films.slice();
+  return films.slice().sort((a, b) => {
+    const x = value(a, sortKey);
+    const y = value(b, sortKey);
+    return (x < y ? -1 : x > y ? 1 : 0) * (sortAscending ? 1 : -1);
+  });
+}
+
+function renderList() {
+  $("list").hidden = films.length === 0;
+  for (const th of $("films").querySelectorAll("th[aria-sort]")) {
+    const key = th.querySelector("button").dataset.key;
+    th.setAttribute("aria-sort", key === sortKey ? (sortAscending ? "ascending" : "descending") : "none");
+  }
+  const body = $("films").tBodies[0];
+  body.replaceChildren();
+  for (const film of sorted()) {
+    const row = body.insertRow();
+    const r = film.result;
+    const cells = [
+      film.name,
+      r ? r.label : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
+      r ? r.probability.toFixed(3) : "",
+      r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
+    ];
+    for (const text of cells) row.insertCell().textContent = text;
+    if (r) row.cells[1].className = r.label === r.positive ? "positive" : "negative";
+    const show = document.createElement("button");
+    show.type = "button";
+    show.textContent = "Show";
+    show.setAttribute("aria-label", `show ${film.name}`);
+    show.disabled = !r;
+    show.addEventListener("click", () => showResult(film));
+    row.insertCell().append(show);
+  }
+}
+
+for (const button of $("films").querySelectorAll("th button")) {
+  button.addEventListener("click", () => {
+    const key = button.dataset.key;
+    sortAscending = key === sortKey ? !sortAscending : true;
+    sortKey = key;
+    renderList();
+  });
+}
+
+// A spreadsheet runs a cell that starts with = + - @ as a formula: file names are written as text.
+function csvCell(text) {
+  const s = /^[=+\-@\t\r]/.test(text) ? `'${text}` : text;
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+function csv() {
+  const head = ["file", "reading", "probability", "positive", "threshold", "model", "warnings", "study_instance_uid"];
+  const lines = [head.join(",")];
+  for (const film of sorted()) {
+    const r = film.result;
+    const row = r
+      ? [film.name, r.label, r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id,
+        r.warnings.join("; "), r.study_instance_uid || ""]
+      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", "", "", ""];
+    lines.push(row.map((v) => csvCell(String(v))).join(","));
+  }
+  return `${lines.join("\r\n")}\r\n`;
+}
+
+$("export").addEventListener("click", () => {
+  const url = URL.createObjectURL(new Blob([csv()], { type: "text/csv" }));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = "pneumoscan-readings.csv";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+});
+
+$("print").addEventListener("click", () => window.print());
+
 $("file").addEventListener("change", () => {
-  analyse($("file").files[0]);
+  analyse($("file").files);
   $("file").value = "";  // choosing the same file again still triggers a change
 });
 
@@ -159,7 +532,7 @@ for (const type of ["dragleave", "drop"]) {
 }
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
-  analyse(event.dataTransfer.files[0]);
+  analyse(event.dataTransfer.files);
 });
 
 async function loadCard() {
@@ -175,4 +548,6 @@ async function loadCard() {
 }
 
 $("api-key").addEventListener("change", loadCard);
+drawLegend();
+draw();
 loadCard();

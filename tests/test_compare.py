@@ -1,0 +1,89 @@
+"""pneumoscan compare: one table and one ROC figure from several runs' validation figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from matplotlib.colors import to_rgba
+
+from pneumoscan.bundle import load_card
+from pneumoscan.cli import main
+from pneumoscan.compare import compare_runs, comparison_figure
+from pneumoscan.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the tiny training run and an evaluate folder of it (on the test split) beside its bundle."""
+    run = tmp_path_factory.mktemp("compare") / "tiny-run"
+    shutil.copytree(tiny_bundle.parent, run)
+    evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
+    return run, run / "eval-test"
+
+
+def _last_minutes(run: Path) -> float:
+    with (run / "history.csv").open() as f:
+        return float(list(csv.DictReader(f))[-1]["minutes"])
+
+
+def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    run, ev = two_runs
+    runs = compare_runs([run, ev], tmp_path / "out")
+    card = load_card(run / "bundle")
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["tiny-run", "eval-test"]
+    for row, folder in zip(rows, (run, ev)):
+        m = json.loads((folder / "metrics.json").read_text())
+        assert int(row["n"]) == m["n"]
+        for key in ("auc", "accuracy", "sensitivity", "specificity", "threshold"):
+            assert float(row[key]) == pytest.approx(m[key])
+        assert [float(row["auc_low"]), float(row["auc_high"])] == pytest.approx(m["ci"]["auc"])
+        assert (row["model"], row["task"], row["policy"]) == (card.model, card.task, card.threshold_policy)
+        assert float(row["minutes"]) == pytest.approx(_last_minutes(run))  # the evaluate folder's run's clock
+    assert rows[0]["n"] != rows[1]["n"]  # validation split vs test split: two different sets of films
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(runs) == 2
+
+
+def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_colour(two_runs: tuple[Path, Path]) -> None:
+    runs = compare_runs(list(two_runs))
+    ax = comparison_figure(runs).axes[0]
+    by_label = {line.get_label(): line for line in ax.lines}
+    for r in runs:
+        curve = by_label[f"{r.run} (AUC {r.auc:.3f})"]
+        assert list(curve.get_xdata()) == pytest.approx(r.roc["fpr"])
+        point = by_label[f"{r.run} at t = {r.threshold:.3g}"]
+        assert list(point.get_xdata()) == pytest.approx([1 - r.specificity])
+        assert list(point.get_ydata()) == pytest.approx([r.sensitivity])
+        assert to_rgba(point.get_color()) == to_rgba(curve.get_color())
+
+
+def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", *map(str, two_runs), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["run", "model", "task", "n"]
+    assert lines[1].startswith("tiny-run") and "simple_cnn" in lines[1] and "sensitivity >= 0.95" in lines[1]
+    assert lines[2].startswith("eval-test")
+    assert (tmp_path / "compare.csv").is_file() and (tmp_path / "compare.png").is_file()
+
+
+def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no metrics.json" in err[0]
+    other = tmp_path / "etiology-run"
+    shutil.copytree(two_runs[0], other)
+    card = json.loads((other / "bundle" / "bundle.json").read_text())
+    (other / "bundle" / "bundle.json").write_text(json.dumps({**card, "task": "etiology"}))
+    with pytest.raises(ValueError, match="different tasks"):
+        compare_runs([two_runs[0], other])
+    (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))
+    with pytest.raises(ValueError, match="no binary validation figures"):
+        compare_runs([other])

@@ -1,0 +1,209 @@
+"""The training engine: fit()'s hook order, and each callback on a stub state (milliseconds), then one tiny real
+run of the adam-plateau recipe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pneumoscan.callbacks import (
+    BestWeights,
+    Checkpoint,
+    EarlyStopping,
+    EpochHook,
+    Finalize,
+    ReduceOnPlateau,
+    TimeBudget,
+    cosine,
+    lr_factor,
+    restore,
+)
+from pneumoscan.cli import main
+from pneumoscan.engine import Callback, State, fit
+from pneumoscan.train import Dist, TrainConfig, load_checkpoint, save_checkpoint
+
+
+def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=lr)
+    loader = [(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(batches)]
+    return State(model, model, opt, loader, Dist(), epochs, time.perf_counter(), lr=lr)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str):
+        if name.startswith(("on_", "before_", "after_")):
+            return lambda state: self.calls.append(name)
+        return super().__getattribute__(name)
+
+
+def figures(values: list[float], key: str = "val_loss"):
+    """A validate() that hands out the given figures one epoch after another (a stub metric sequence)."""
+    it = iter(values)
+    return lambda state, logits, targets: {key: next(it)}
+
+
+def test_fit_calls_the_hooks_at_fixed_points_and_keeps_one_row_per_epoch() -> None:
+    rec = Recorder()
+    state = fit(stub_state(epochs=2, batches=2), [rec], torch.nn.functional.cross_entropy, figures([0.5, 0.4]))
+    epoch = ["on_epoch_start", *["before_step", "after_step"] * 2, "on_validation_end", "on_epoch_end"]
+    assert rec.calls == ["on_fit_start", *epoch, *epoch, "on_fit_end"]
+    assert state.step == 4 and state.epoch == 2
+    assert [r["epoch"] for r in state.history] == [1, 2] and [r["val_loss"] for r in state.history] == [0.5, 0.4]
+    assert {"step", "train_loss", "train_acc", "lr", "minutes"} <= set(state.history[0])
+
+
+def test_a_stop_ends_training_after_the_epoch_and_end_epoch_before_the_next_step() -> None:
+    class StopAtSecondStep(Callback):
+        def before_step(self, state: State) -> None:
+            if state.step == 1:
+                state.stop = state.end_epoch = True
+
+    state = fit(stub_state(epochs=3, batches=3), [StopAtSecondStep()], torch.nn.functional.cross_entropy, figures([1.0]))
+    assert state.step == 1 and len(state.history) == 1, "the step taken is validated, no further one is"
+
+
+def test_the_time_budget_stops_training_and_sets_the_cosine_rate() -> None:
+    state = stub_state(lr=0.1)
+    budget = TimeBudget(total_steps=100, budget_s=60.0, factor=cosine(0.05))
+    state.step = 10
+    budget.before_step(state)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(11 / 100, 0.05))
+    assert not state.stop
+    state.t0 -= 59.0  # most of the budget used: the time decides the schedule, not the steps
+    budget.before_step(state)
+    assert state.optimizer.param_groups[0]["lr"] < 0.1 * lr_factor(0.9, 0.05)
+    state.t0 -= 2.0
+    budget.before_step(state)
+    assert state.stop and state.end_epoch
+    plain = stub_state(lr=0.1)
+    TimeBudget(100, None).before_step(plain)  # no factor (adam-plateau): the rate is left alone
+    assert plain.optimizer.param_groups[0]["lr"] == 0.1 and not plain.stop
+
+
+def test_the_plateau_schedule_cuts_the_rate_after_patience_epochs_without_a_lower_loss() -> None:
+    state = stub_state(lr=1e-3, optimizer="adam")
+    plateau = ReduceOnPlateau(state.optimizer, "val_loss", factor=0.2, patience=2)
+    rates = []
+    for loss in (1.0, 0.8, 0.81, 0.85, 0.9, 0.7, 0.71, 0.72, 0.73):
+        state.row = {"val_loss": loss}
+        plateau.on_validation_end(state)
+        rates.append(state.optimizer.param_groups[0]["lr"])
+    # three epochs without a new low (patience 2) cut it: after the 5th and after the 9th
+    assert rates == pytest.approx([1e-3] * 4 + [2e-4] * 4 + [4e-5])
+    again = ReduceOnPlateau(stub_state(optimizer="adam").optimizer, "val_loss", factor=0.2, patience=2)
+    again.load_state_dict(json.loads(json.dumps(plateau.state_dict())))  # as a checkpoint keeps it
+    assert again.scheduler.best == 0.7 and again.scheduler.num_bad_epochs == 0
+
+
+@pytest.mark.parametrize("mode, values, stops_after", [
+    ("max", [0.6, 0.7, 0.7, 0.65, 0.9], 4), ("min", [1.0, 0.9, 0.95, 0.8, 0.85, 0.86], 6), ("max", [math.nan] * 3, 2),
+])
+def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str, values: list, stops_after: int) -> None:
+    state = stub_state(epochs=10)
+    stopper = EarlyStopping("val_x", mode, patience=2)
+    for epoch, value in enumerate(values, 1):
+        state.row, state.epoch = {"val_x": value}, epoch - 1
+        stopper.on_validation_end(state)
+        if state.stop:
+            break
+    assert state.stop and epoch == stops_after
+    resumed, again = stub_state(epochs=10), EarlyStopping("val_x", mode, patience=2)
+    again.load_state_dict(json.loads(json.dumps(stopper.state_dict())))
+    resumed.history = [{}] * epoch
+    again.on_fit_start(resumed)
+    assert resumed.stop, "a run resumed after early stopping trains no further"
+    fresh = stub_state()
+    EarlyStopping("val_x", mode, patience=0).on_fit_start(fresh)
+    assert not fresh.stop, "patience 0 still trains one epoch"
+
+
+def test_best_weights_are_saved_on_improvement_only_and_a_run_without_them_is_refused() -> None:
+    saved: list[int] = []
+    state = stub_state()
+    best = BestWeights(lambda m: saved.append(state.epoch), "too few images")
+    for epoch, auc in enumerate([0.7, math.nan, 0.9, 0.9, 0.8]):
+        state.row, state.epoch = {"val_auc": auc}, epoch
+        best.on_validation_end(state)
+        best.on_epoch_end(state)
+    assert saved == [0, 2] and best.state_dict() == {"value": 0.9, "epoch": 3}
+    best.on_fit_end(state)
+    assert state.info["best_epoch"] == 3
+    with pytest.raises(ValueError, match="no epoch was validated: too few images"):
+        BestWeights(lambda m: None, "too few images").on_fit_end(stub_state())
+    undefined = stub_state()
+    undefined.history = [{"val_auc": math.nan}]
+    with pytest.raises(ValueError, match="undefined after every epoch"):
+        BestWeights(lambda m: None, "").on_fit_end(undefined)
+
+
+def test_a_checkpoint_restores_the_model_optimizer_counters_and_callback_states(tmp_path: Path) -> None:
+    state = stub_state(optimizer="adam")
+    stopper, hooked = EarlyStopping("val_loss", "min", 3), []
+    fit(state, [stopper, Checkpoint(tmp_path / "c.pt", [stopper], save_checkpoint), EpochHook(hooked.append)],
+        torch.nn.functional.cross_entropy, figures([1.0, 0.5, 0.7]))
+    assert hooked == [0, 1, 2]
+    back, stopper2 = stub_state(optimizer="adam"), EarlyStopping("val_loss", "min", 3)
+    restore(back, load_checkpoint(tmp_path / "c.pt"), [stopper2], tmp_path / "c.pt")
+    assert (back.epoch, back.step, back.history) == (3, 6, json.loads(json.dumps(state.history)))
+    assert back.elapsed >= state.history[-1]["minutes"] * 60 - 1e-6
+    assert stopper2.state_dict() == {"best": 0.5, "stale": 1}
+    assert all(torch.equal(a, b) for a, b in zip(state.model.state_dict().values(), back.model.state_dict().values()))
+    assert back.optimizer.state_dict()["state"][0]["step"] == 6
+
+
+def test_a_checkpoint_from_before_the_engine_resumes_its_early_stopping_and_best_weights(tmp_path: Path) -> None:
+    state = stub_state()
+    old = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": 1, "step": 4,
+           "elapsed": 3.0, "warm_s": 0.0, "history": json.dumps([{"epoch": 1}, {"epoch": 2}]),
+           "best": json.dumps({"auc": 0.8, "epoch": 1, "stale": 1})}
+    stopper, best = EarlyStopping("val_auc", "max", 3), BestWeights(lambda m: None, "")
+    restore(stub_state(), old, [stopper, best], tmp_path / "c.pt")
+    assert stopper.state_dict() == {"best": 0.8, "stale": 1} and best.state_dict() == {"value": 0.8, "epoch": 1}
+
+
+def test_finalize_runs_after_training_and_hands_its_bundle_on() -> None:
+    seen: list[int] = []
+    final = Finalize(lambda state: seen.append(len(state.history)) or Path("run/bundle"))
+    state = fit(stub_state(epochs=2), [final], torch.nn.functional.cross_entropy, figures([1.0, 0.9]))
+    assert seen == [2] and state.info["bundle"] == Path("run/bundle")
+
+
+def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Adam at a constant rate (no warm-up, no decay) that patience 0 halves after any epoch without a new low of
+    the validation loss (the stub sequence above shows the cut itself; here the run's own losses decide)."""
+    config = tmp_path / "recipe.yaml"
+    config.write_text("plateau_patience: 0\nplateau_factor: 0.5\npatience: 10\nwarm_start: false\n")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--config", str(config), "--model",
+                 "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+                 "--lr", "1e-6", "--optimizer", "adam-plateau"]) == 0
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    expected, best = [1e-6], math.inf
+    for row in rows[:-1]:  # torch's rule: a new low is below the best by more than 1e-4 of it
+        loss = float(row["val_loss"])
+        expected.append(expected[-1] if loss < best * (1 - 1e-4) else expected[-1] / 2)
+        best = min(best, loss)
+    assert len(rows) == 2 and [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-9)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 0, "Adam, not AdamW"
+    plateau = json.loads(ckpt["callbacks"])["ReduceOnPlateau"]
+    assert plateau["best"] == pytest.approx(min(float(r["val_loss"]) for r in rows)) and plateau["patience"] == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"] == "adam-plateau"
+    assert (run / "bundle" / "model.onnx").is_file()
+
+
+def test_an_unknown_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="not one of adamw-cosine, adam-plateau"):
+        TrainConfig.from_dict({"optimizer": "sgd"})

@@ -1,0 +1,301 @@
+"""The reader's page: the API options it relies on (the raw Grad-CAM map, the decoded film, the DICOM facts
+without the patient's name or id), then the page itself in headless Chromium: window/level, invert and zoom as
+pixel operations, the heatmap only on request in viridis, the sortable list and its CSV, the print view, and a
+name for every control. Screenshots of each state go to the test's tmp folder."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from pneumoscan.bundle import load_card
+from pneumoscan.decode import read_gray
+from pneumoscan.explain import explain_array, panel_shape
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import create_app
+from tests.builders import dicom_bytes
+from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server
+
+PREFIX = "data:image/png;base64,"
+TAGS = dict(PatientAge="004Y", PatientSex="F", ViewPosition="PA", BodyPartExamined="CHEST", StudyDate="20240105",
+            PatientName="Doe^Jane", PatientID="MRN-4471", StudyInstanceUID="1.2.3.4")
+
+
+def png_of(url: str) -> Image.Image:
+    assert url.startswith(PREFIX)
+    return Image.open(io.BytesIO(base64.b64decode(url[len(PREFIX):])))
+
+
+@pytest.fixture(scope="module")
+def full_size(data_root: Path) -> Path:
+    return sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
+def small(data_root: Path) -> Path:
+    """A 224 px film: quick to upload and redraw where the film's size does not matter."""
+    return sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
+def tagged_dicom(full_size: Path) -> bytes:
+    """A 12-bit DICOM of a real film with the tags the film panel shows, and a name and id it must not."""
+    return dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **TAGS)
+
+
+# ---------------------------------------------------------------- the API options the page uses
+
+
+def test_heatmap_map_is_the_raw_gradcam(tiny_bundle: Path, full_size: Path) -> None:
+    data = full_size.read_bytes()
+    with TestClient(create_app(tiny_bundle)) as client:
+        r = client.post("/v1/predict", params={"heatmap": "map"}, files={"file": ("x.jpeg", data, "image/jpeg")})
+        plain = client.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")}).json()
+    assert r.status_code == 200, r.text
+    cam = png_of(r.json()["heatmap"])
+    predictor = Predictor(tiny_bundle)
+    gray = read_gray(data, target=predictor.card.spec.decode_target)
+    expected = np.round(explain_array(predictor, gray) * 255)
+    assert cam.mode == "L" and cam.size == panel_shape(*gray.shape)[::-1]
+    assert np.abs(np.asarray(cam, np.float32) - expected).max() <= 1  # the map itself, not a coloured overlay
+    assert r.json()["image"] is None and plain["heatmap"] is None  # neither computed unless asked
+    assert r.json()["probability"] == pytest.approx(plain["probability"], abs=1e-5)
+
+
+def test_image_and_film_facts_without_name_or_id(tiny_bundle: Path, tagged_dicom: bytes) -> None:
+    with TestClient(create_app(tiny_bundle)) as client:
+        r = client.post("/v1/predict", params={"image": "true"},
+                        files={"file": ("scan.dcm", tagged_dicom, "application/dicom")})
+        bad = client.post("/v1/predict", params={"heatmap": "colour"},
+                          files={"file": ("scan.dcm", tagged_dicom, "application/dicom")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    decoded = read_gray(tagged_dicom, dicom=True)  # the whole film, not the model's reduced copy
+    film = png_of(body["image"])
+    assert film.mode == "L" and film.size == panel_shape(*decoded.shape)[::-1] and body["heatmap"] is None
+    assert max(film.size) > 4 * load_card(tiny_bundle).size
+    small = Image.fromarray(decoded).resize(film.size, Image.Resampling.BILINEAR)
+    assert np.abs(np.asarray(film, np.int16) - np.asarray(small, np.int16)).mean() < 2
+    assert {k: body[k] for k in ("age_years", "sex", "view", "modality", "study_date")} == {
+        "age_years": 4.0, "sex": "F", "view": "PA", "modality": "DX", "study_date": "2024-01-05"}
+    text = json.dumps({k: v for k, v in body.items() if k != "image"})  # base64 may spell anything
+    assert "DOE" not in text.upper() and "MRN-4471" not in text and "patient" not in text.lower()
+    assert bad.status_code == 422 and "heatmap" in bad.json()["error"]
+
+
+# ---------------------------------------------------------------- the page in a browser
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path) -> Iterator[str]:
+    yield from run_server(create_app(tiny_bundle))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server)
+    expect(page.locator("#intended-use")).not_to_be_empty()
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def centre(page: Page) -> list[int]:
+    """The RGB of the viewer's centre pixel (what the reader sees there)."""
+    return page.evaluate("""() => { const c = document.getElementById('view');
+        return Array.from(c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data.slice(0, 3)); }""")
+
+
+def upload_one(page: Page, path: Path) -> None:
+    page.set_input_files("#file", path)
+    expect(page.locator("#result")).to_be_visible()
+    page.wait_for_function("() => /zoom/.test(document.getElementById('readout-wl').textContent)")
+
+
+def drag(page: Page, dx: float, dy: float, shift: bool = False) -> None:
+    box = page.locator("#view").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    if shift:
+        page.keyboard.down("Shift")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y + dy, steps=4)
+    page.mouse.up()
+    if shift:
+        page.keyboard.up("Shift")
+
+
+def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -> None:
+    upload_one(page, small)
+    page.screenshot(path=tmp_path / "1-result.png", full_page=True)
+    before = centre(page)
+    assert before[0] == before[1] == before[2]  # gray: no heatmap drawn
+    drag(page, 0, 60)  # down: the level drops, the film brightens
+    after = centre(page)
+    assert int(page.input_value("#level")) == 128 - 60 and after[0] > before[0], (before, after)
+    assert page.input_value("#preset") == "custom"
+    drag(page, -100, 0)  # left: a narrower window, more contrast
+    assert int(page.input_value("#width")) == 255 - 100
+    page.screenshot(path=tmp_path / "2-window.png")
+
+    page.select_option("#preset", "default")
+    plain = centre(page)
+    page.check("#invert")
+    inverted = centre(page)
+    assert abs(inverted[0] + plain[0] - 255) <= 1, (plain, inverted)
+    page.select_option("#preset", "bone")
+    assert (page.input_value("#level"), page.input_value("#width")) == ("190", "110")
+    page.uncheck("#invert")
+
+    page.locator("#view").hover()
+    page.mouse.wheel(0, -300)
+    expect(page.locator("#readout-wl")).to_contain_text("zoom 1.10x")
+    page.click("#zoom-in")
+    expect(page.locator("#readout-wl")).to_contain_text("zoom 1.38x")
+    level = page.input_value("#level")
+    shown = "() => document.getElementById('view').toDataURL()"
+    still = page.evaluate(shown)
+    drag(page, 150, 100, shift=True)  # pan: the film moves, the window stays
+    assert page.input_value("#level") == level and page.evaluate(shown) != still
+    assert page.evaluate("() => [view.panX, view.panY]") == pytest.approx([150 * 700 / 700, 100 * 700 / 700], rel=0.05)
+    page.screenshot(path=tmp_path / "3-zoom-pan.png")
+    page.click("#zoom-fit")
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
+
+
+def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tmp_path: Path) -> None:
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
+    upload_one(page, full_size)
+    assert calls == [""], calls  # the reading alone: no Grad-CAM computed
+    expect(page.locator("#legend")).to_be_hidden()
+    expect(page.locator("#heatmap-toggle")).to_be_disabled()
+    gray = centre(page)
+    page.click("#heatmap-button")
+    expect(page.locator("#legend")).to_be_visible()
+    assert calls == ["", "?heatmap=map"], calls
+    assert centre(page) != gray
+    page.screenshot(path=tmp_path / "4-heatmap.png", full_page=True)
+    page.locator("#opacity").fill("100")  # the map alone: every pixel is a viridis colour, never jet's
+    lut = np.array(page.evaluate("() => Array.from(VIRIDIS)")).reshape(256, 3)
+    pixels = np.array(page.evaluate("""() => { const c = document.getElementById('view');
+        return Array.from(c.getContext('2d').getImageData(c.width / 2 - 20, c.height / 2 - 20, 40, 40).data); }"""))
+    rgb = pixels.reshape(-1, 4)[:, :3]
+    nearest = np.abs(rgb[:, None, :] - lut[None]).sum(axis=2).min(axis=1)
+    assert nearest.max() <= 6, nearest.max()
+    page.locator("#opacity").fill("45")
+
+    # the print view: the reading, the film with its heatmap and legend, the intended use and the disclaimer
+    page.emulate_media(media="print")
+    page.screenshot(path=tmp_path / "5-print.png", full_page=True)
+    for hidden in ("#drop", ".toolbar >> nth=0", "#list", ".card", "#print"):
+        expect(page.locator(hidden)).to_be_hidden()
+    for shown in ("#label", "#view", "#legend", "#disclaimer", "#print-intended"):
+        expect(page.locator(shown)).to_be_visible()
+    expect(page.locator("#print-intended")).to_contain_text("aged 1 to 5")
+    expect(page.locator("#disclaimer")).to_contain_text("Not a diagnosis")
+    readout, disclaimer = page.locator(".readout").bounding_box(), page.locator("#disclaimer").bounding_box()
+    assert disclaimer["x"] > readout["x"] and abs(disclaimer["y"] - readout["y"]) < 50  # beside the result
+    page.emulate_media(media="screen")
+
+    page.uncheck("#heatmap-toggle")
+    assert centre(page) == gray and page.locator("#legend").is_hidden()
+    assert len(calls) == 2  # toggling, opacity and printing are drawn here, not asked of the server
+
+
+def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tmp_path: Path) -> None:
+    paths = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2] + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:1]
+    files = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in paths]
+    files[0]["name"] = "=cmd.jpeg"  # a spreadsheet would run it as a formula
+    page.set_input_files("#file", files=files)
+    expect(page.locator("#status")).to_have_text("3 films analysed.")
+    drop_file(page, tagged_dicom, "scan.dcm", "application/dicom")
+    expect(page.locator("#films tbody tr")).to_have_count(4)
+    expect(page.locator("#film")).to_contain_text("4 years")
+    for fact in ("Sex", "F", "PA", "DX", "2024-01-05", "1.2.3.4"):
+        expect(page.locator("#film")).to_contain_text(fact)
+    expect(page.locator("#result")).not_to_contain_text("Doe")
+    assert centre(page) != [0, 0, 0]  # the decoded DICOM is on the canvas
+
+    page.get_by_role("button", name="Probability").click()
+    expect(page.locator("th[aria-sort=ascending]")).to_have_text("Probability")
+    shown = [float(t) for t in page.locator("#films tbody td:nth-child(3)").all_inner_texts()]
+    assert shown == sorted(shown) and len(shown) == 4
+    page.get_by_role("button", name="Probability").click()
+    shown = [float(t) for t in page.locator("#films tbody td:nth-child(3)").all_inner_texts()]
+    assert shown == sorted(shown, reverse=True)
+    page.screenshot(path=tmp_path / "5-list.png", full_page=True)
+
+    with page.expect_download() as download:
+        page.click("#export")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [float(r["probability"]) for r in rows] == pytest.approx(shown, abs=1e-3)
+    names = page.locator("#films tbody td:nth-child(1)").all_inner_texts()
+    assert [r["file"] for r in rows] == [("'" + n if n.startswith("=") else n) for n in names]
+    labels = page.locator("#films tbody td:nth-child(2)").all_inner_texts()
+    assert [r["reading"] for r in rows] == labels
+    assert next(r for r in rows if r["file"] == "scan.dcm")["study_instance_uid"] == "1.2.3.4"
+
+    # the first film again, from the list
+    page.get_by_role("button", name=f"show {paths[1].name}").click()
+    expect(page.locator("#film-title")).to_have_text(f"Film: {paths[1].name}")
+
+
+def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -> None:
+    upload_one(page, small)
+    named = [("textbox", "API key"), ("button", "choose X-ray files"), ("combobox", "window preset"),
+             ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
+             ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
+             ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),
+             ("slider", "heatmap opacity"), ("button", "Print this reading"), ("button", "Export list as CSV"),
+             ("img", re.compile("^X-ray viewer")), ("meter", "probability")]
+    for role, name in named:
+        expect(page.get_by_role(role, name=name)).to_have_count(1)
+    tree = page.locator("body").aria_snapshot()
+    unnamed = [line for line in tree.splitlines()
+               if re.match(r"\s*- (button|checkbox|slider|combobox|textbox|img)\s*(\[.*\])?:?$", line)]
+    assert not unnamed, unnamed
+    # the reading's colour has words beside it: the label is text, the bar has a value text
+    assert page.get_attribute("#bar", "aria-valuetext").startswith(page.inner_text("#label"))
+
+    page.focus("#view")
+    before = centre(page)
+    page.keyboard.press("i")
+    assert page.is_checked("#invert") and centre(page) != before
+    page.keyboard.press("ArrowDown")
+    assert page.input_value("#level") == "120"
+    page.keyboard.press("+")
+    expect(page.locator("#readout-wl")).to_contain_text("zoom 1.25x")
+    page.keyboard.press("0")
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
+    page.focus("#heatmap-button")
+    page.keyboard.press("Enter")
+    expect(page.locator("#heatmap-toggle")).to_be_enabled()
+    page.focus("#opacity")
+    page.keyboard.press("ArrowRight")
+    assert page.input_value("#opacity") == "50"
