@@ -12,9 +12,18 @@ import yaml
 from pneumoscan import cli, models
 from pneumoscan.data import discover, make_record
 from pneumoscan.preprocess import PreprocessSpec, resize
-from pneumoscan.options import BACKENDS, FILL_MODES, RESIZE_POLICIES, apply_settings, look_up_option
+from pneumoscan.options import (
+    BACKENDS,
+    FILL_MODES,
+    OPTIMIZERS,
+    RESIZE_POLICIES,
+    TRACKERS,
+    apply_settings,
+    look_up_option,
+)
 from pneumoscan.predict import Predictor, format_results
 from pneumoscan.tasks import get_task, list_tasks
+from pneumoscan.tracking import make_trackers
 from pneumoscan.train import TrainConfig
 from pneumoscan.transforms import Augment
 
@@ -43,6 +52,8 @@ def test_look_up_option_suggests_the_closest_names() -> None:
     (lambda: make_record("a.png", "NORMALL"), "'NORMAL'"),
     (lambda: discover(".", layout="kagle"), "'kaggle'"),
     (lambda: TrainConfig.from_dict({"lrr": 0.1}), "'lr'"),
+    (lambda: TrainConfig.from_dict({"optimizer": "adam-plateu"}), "'adam-plateau'"),
+    (lambda: make_trackers(["tensorbord"], Path("."), {}), "'tensorboard'"),
     (lambda: TrainConfig.from_dict({"augment": {"nosie": 0.1}}), "'augment.noise'"),
 ])  # fmt: skip
 def test_every_choice_goes_through_the_one_check(call, guess: str) -> None:
@@ -62,6 +73,8 @@ def test_cli_choices_are_the_library_names(capsys: pytest.CaptureFixture) -> Non
         assert tuple(_option(parser, command, "--backend").choices) == BACKENDS
     assert tuple(_option(parser, "cache", "--policy").choices) == RESIZE_POLICIES
     assert tuple(_option(parser, "train", "--fill-mode").choices) == FILL_MODES
+    assert tuple(_option(parser, "train", "--optimizer").choices) == OPTIMIZERS
+    assert tuple(_option(parser, "train", "--log").choices) == TRACKERS
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["predict", "bundle", "x.png", "--backend", "onxx"])
     assert exit_info.value.code == 2 and "did you mean 'onnx'?" in capsys.readouterr().err
