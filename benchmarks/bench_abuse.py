@@ -27,8 +27,6 @@ import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.synchronize
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_serve import free_port, start_server  # noqa: E402  (this folder: the script's own path entry)
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 MB = 2**20
@@ -97,30 +97,6 @@ def xrays(n: int = 32) -> list[bytes]:
 
 
 # ---------------------------------------------------------------- the server and its memory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: Path, backend: str, port: int, extra: list[str], log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pneumoscan", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port),
-               "--backend", backend, *extra]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.3)
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -262,7 +238,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = Path(tmp) / "server.log"
-        proc = start_server(bundle, args.backend, port, extra, log)
+        proc = start_server(bundle, args.backend, port, log, extra)
         failures: list[str] = []
         results: dict[str, object] = {}
         try:

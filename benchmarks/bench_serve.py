@@ -50,11 +50,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, backend: str, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pneumoscan", "serve", str(bundle), "--port", str(port), "--backend", backend]
+def start_server(bundle: Path, backend: str, port: int, log: Path, extra: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
+    """`pneumoscan serve` of this checkout on 127.0.0.1 (``extra``: more serve options), once /healthz answers."""
+    command = [sys.executable, "-m", "pneumoscan", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port),
+               "--backend", backend, *extra]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

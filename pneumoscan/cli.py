@@ -21,6 +21,7 @@ from .tasks import list_tasks
 
 if TYPE_CHECKING:
     from .serve import Access, Limits
+    from .train import TrainConfig
 
 console = Console()
 log = logging.getLogger("pneumoscan.cli")
@@ -82,14 +83,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import load_config, train
+    from .train import train
     from .transforms import Augment
 
-    cfg = load_config(
-        args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
-        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_csv=args.split_csv,
-        target_sensitivity=args.target_sensitivity, pretrained=args.pretrained, init=args.init, optimizer=args.optimizer,
-    )
+    cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, target_sensitivity=args.target_sensitivity,
+                  init=args.init, optimizer=args.optimizer)
     if args.youden:
         cfg.target_sensitivity = None
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
@@ -108,10 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from .cv import cross_validate
-    from .train import load_config
 
-    cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs, time_budget=args.time_budget,
-                      image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, pretrained=args.pretrained)
+    cfg = _recipe(args)
     result = cross_validate(args.data, cfg, args.folds, args.out)
     for name, s in result["summary"].items():
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
@@ -326,6 +322,33 @@ def _probability(text: str) -> float:
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
 
 
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
+    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    _choice(p, "--task", list_tasks(), "task", help="what to classify (default pneumonia)")
+    p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
+    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
+    p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
+    p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
+    p.add_argument("--batch-size", type=_positive(int), help="per process")
+    p.add_argument("--seed", type=int, help="random seed of split, order and augmentation (default 0)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights where the model has them (default); models without them "
+                        "always start from scratch")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
+                        "applied over --config, under the other flags)")
+
+
+def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
+    """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
+    from .train import load_config
+
+    return load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
+                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
+                       seed=args.seed, pretrained=args.pretrained, **flags)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumoscan", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
@@ -366,22 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
     p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
     p.add_argument("--out", help="run directory; required unless --print-config")
-    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    _choice(p, "--task", list_tasks(), "task", help="what to classify (default pneumonia)")
-    p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
-    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
-    p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
-    p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
-    p.add_argument("--batch-size", type=_positive(int), help="per process")
+    _add_recipe_options(p)
     p.add_argument("--lr", type=float, help="peak learning rate for one process (default 0.001)")
-    p.add_argument("--seed", type=int, help="random seed of split, order and augmentation (default 0)")
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from ImageNet weights where the model has them (default); models without them "
-                        "always start from scratch")
     p.add_argument("--zoom-range", type=float, metavar="Z", help="Keras-style zoom in and out: scale 1-Z to 1+Z")
     p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None, help="random vertical flips")
     _choice(p, "--fill-mode", FILL_MODES, "fill mode",
@@ -396,9 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
             help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
                  "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
-                        "applied over --config, under the flags above)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (no training)")
     p.set_defaults(func=cmd_train)
 
@@ -406,17 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root (everything but test/ is divided into folds)")
     p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
     p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
-    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    _choice(p, "--task", list_tasks(), "task", help="default pneumonia")
-    p.add_argument("--model", help="registry name or any timm model")
-    p.add_argument("--epochs", type=_positive(int), help="at most this many epochs per fold")
-    p.add_argument("--time-budget", type=_positive(float), help="minutes per fold")
-    p.add_argument("--image-size", type=_positive(int), help="input side in pixels")
-    p.add_argument("--batch-size", type=_positive(int), help="training batch size")
-    p.add_argument("--seed", type=int, help="seeds the folds and every fold's run")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from ImageNet weights (default for pretrained models)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, as train --set")
+    _add_recipe_options(p)  # each fold's run; the seed also deals the folds
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")
