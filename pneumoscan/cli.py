@@ -86,8 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
     from .transforms import Augment
 
-    cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, target_sensitivity=args.target_sensitivity,
-                  init=args.init, optimizer=args.optimizer)
+    cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
+                  target_sensitivity=args.target_sensitivity, init=args.init, optimizer=args.optimizer)
     if args.youden:
         cfg.target_sensitivity = None
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(p)
     p.add_argument("--lr", type=float, help="peak learning rate for one process (default 0.001)")
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
+    p.add_argument("--val-folder", action="store_true", default=None,
+                   help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
+                        "folder (16 films in the Kaggle release: warns that they cannot rank recipes)")
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")

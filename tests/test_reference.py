@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -20,7 +21,7 @@ from pneumoscan.cli import main
 from pneumoscan.data import discover, parse_name
 from pneumoscan.dataset import get_task, select
 from pneumoscan.split import split_dataset, split_summary
-from pneumoscan.train import TrainConfig, load_config, train
+from pneumoscan.train import TrainConfig, load_config, split_records, train
 from pneumoscan.transforms import Augment, to_input, train_transform
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "reference"
@@ -329,3 +330,24 @@ def test_reference_configs_build_their_model_and_transform() -> None:
     recall = load_config(CONFIGS / "resnet50v2-recall95.yaml")
     assert recall.pretrained and recall.target_sensitivity == 0.95
     assert load_config(CONFIGS / "mlp-128.yaml").model_kwargs == {"side": 128}
+
+
+def test_reference_protocol_validates_on_the_val_folder_and_warns(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Train on all of train/, validate on DATA's own val/ folder (the reference projects' protocol), saying what a
+    handful of validation films cannot tell."""
+    data = tmp_path / "chest_xray"
+    shutil.copytree(tiny_dataset / "train", data / "train")
+    shutil.copytree(tiny_dataset / "test", data / "val")
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--model", "simple_cnn", "--image-size", "32",
+            "--epochs", "1", "--batch-size", "8", "--val-folder"]
+    with caplog.at_level(logging.WARNING, logger="pneumoscan"):
+        assert main(args) == 0
+    split = discover(run / "split.csv").records
+    assert sorted(Path(r.path).name for r in split if r.split == "val") == sorted(p.name for p in (data / "val").rglob("*.jpeg"))
+    assert sum(r.split == "train" for r in split) == len(list((data / "train").rglob("*.jpeg"))), "all of train/"
+    assert "validating on the val/ folder" in caplog.text and "12.5 points" in caplog.text  # 8 films a class
+    with pytest.raises(ValueError, match="give one"):
+        split_records(data, TrainConfig(split_csv=str(run / "split.csv"), validate_on_val_folder=True))
