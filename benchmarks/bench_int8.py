@@ -1,0 +1,69 @@
+"""Benchmark the INT8 model against FP32 ONNX for a trained bundle: images/s and validation quality.
+
+Run: ``python benchmarks/bench_int8.py RUN/bundle RUN/split.csv`` (after ``make demo``: runs/demo/pneumonia/...).
+Writes BUNDLE/model.int8.onnx first when it is missing (``pneumoscan export BUNDLE --int8 --data SPLIT``).
+
+Figures: batch images/s on the validation films (preprocessed uint8 batch -> calibrated probabilities, decode
+excluded; best of REPEATS passes, BATCH images a call, THREADS threads for both backends), validation AUC of
+both, and each backend's sensitivity and specificity at its own validation-chosen threshold.
+Goals (issue #18): INT8 at least 2x the FP32 images/s, AUC within 0.002 of FP32, sensitivity at the threshold kept.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumoscan.dataset import binary_targets, get_task  # noqa: E402
+from pneumoscan.evaluate import labelled_images  # noqa: E402
+from pneumoscan.export import INT8_NAME  # noqa: E402
+from pneumoscan.metrics import binary_metrics, roc_auc  # noqa: E402
+from pneumoscan.predict import Predictor  # noqa: E402
+from pneumoscan.quantize import quantize_bundle  # noqa: E402
+
+THREADS = 2
+BATCH = 32
+REPEATS = 3
+
+
+def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        predictor.probabilities(images)
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def main(bundle: Path, split_csv: Path) -> None:
+    torch.set_num_threads(THREADS)
+    if not (bundle / INT8_NAME).exists():
+        start = time.perf_counter()
+        quantize_bundle(bundle, split_csv)
+        print(f"export --int8: {time.perf_counter() - start:.0f} s")
+    fp32, int8 = (Predictor(bundle, BATCH, backend) for backend in ("onnx", "onnx-int8"))
+    images, targets, _ = labelled_images(split_csv, "val", get_task(fp32.card.task), fp32.card.spec)
+    y = binary_targets(targets)
+    print(f"{bundle}: {fp32.card.model} {fp32.card.size} px, {len(y)} validation films, {THREADS} threads, batch {BATCH}")
+    print(f"{'backend':<10} {'images/s':>9} {'val AUC':>8} {'threshold':>9} {'sens':>6} {'spec':>6}")
+    speed = {}
+    for name, predictor in (("onnx", fp32), ("onnx-int8", int8)):
+        speed[name] = images_per_second(predictor, images)
+        scores = predictor.positive(predictor.probabilities(images))
+        m = binary_metrics(y, scores, predictor.card.threshold)
+        print(f"{name:<10} {speed[name]:>9.1f} {roc_auc(y, scores):>8.4f} {predictor.card.threshold:>9.4f} "
+              f"{m['sensitivity']:>6.3f} {m['specificity']:>6.3f}")
+    print(f"INT8 speed-up: {speed['onnx-int8'] / speed['onnx']:.2f}x")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
