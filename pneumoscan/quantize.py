@@ -72,7 +72,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: in
     batches = (fp32.inputs(calib[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(calib), CALIBRATION_BATCH))
     if not (bundle / ONNX_NAME).exists():
         raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
-    out = Path(bundle) / INT8_NAME
+    out = bundle / INT8_NAME
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(bundle / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
@@ -100,6 +100,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: in
     }
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         out.unlink()
+        spec_path(out).unlink()
         raise ValueError(f"INT8 validation AUC {figures['val_auc_int8']:.4f} is more than 0.01 below FP32's "
                          f"{figures['val_auc_fp32']:.4f}: not written; serve this bundle with --backend onnx")
     sidecar = spec_path(out)
