@@ -5,8 +5,6 @@ load nothing from outside the server. A missing browser fails the test; it is ne
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from pneumoscan.bundle import load_card
 from pneumoscan.decode import read_gray
 from pneumoscan.serve import create_app
-from tests.builders import dicom_bytes
+from tests.builders import dicom_bytes, running
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,16 +28,8 @@ TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
 
 def run_server(app: FastAPI) -> Iterator[str]:
     """``app`` under uvicorn in a background thread, on a free loopback port, until the generator is closed."""
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with running(uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

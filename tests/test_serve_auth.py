@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from pneumoscan import cli
 from pneumoscan.serve import Access, Limits, build_server, create_app, is_loopback
+from tests.builders import running
 
 KEY = "k3y-" + "0123456789abcdef" * 2
 LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
@@ -212,19 +212,9 @@ def test_insecure_public_bind_warns_and_serves(tiny_bundle: Path, caplog: pytest
     with caplog.at_level(logging.WARNING, "pneumoscan.serve"):
         server = build_server(tiny_bundle, host="0.0.0.0", port=0, insecure=True)
     assert "INSECURE: listening on 0.0.0.0 with NO API key" in caplog.text
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"host": "evil.example"}).status_code == 400
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running(server) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/healthz", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,25 +23,14 @@ from fastapi import FastAPI
 import pneumoscan.serve as serve_module
 from pneumoscan.predict import Predictor
 from pneumoscan.serve import Limits, OneLineLog, create_app, server_config
+from tests.builders import running
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
 
 
-@contextmanager
-def live(app: FastAPI, limits: Limits | None = None) -> Iterator[str]:
+def live(app: FastAPI, limits: Limits | None = None) -> AbstractContextManager[str]:
     """``app`` under uvicorn with the service's own settings (:func:`server_config`) on a free loopback port."""
-    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return running(uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning")))
 
 
 class Gate:
