@@ -163,28 +163,20 @@ def locked_server(tiny_bundle: Path) -> Iterator[str]:
 PAGE_KEY = "page-key-0123456789abcdef"
 
 
-def test_page_works_with_an_api_key(locked_server: str, tiny_bundle: Path, data_root: Path) -> None:
+def test_page_works_with_an_api_key(page: Page, locked_server: str, tiny_bundle: Path, data_root: Path) -> None:
     """Without the key the page says what is wrong; typed into the field, it loads the card and analyses films."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(locked_server)
-            expect(page.locator("#error")).to_contain_text("an API key is required")
-            film = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
-            page.set_input_files("#file", film)
-            expect(page.locator("#error")).to_contain_text("Rejected: an API key is required")
-            page.fill("#api-key", "wrong-key-0123456789")
-            page.dispatch_event("#api-key", "change")
-            expect(page.locator("#error")).to_contain_text("a valid API key is required")
-            page.fill("#api-key", PAGE_KEY)
-            page.dispatch_event("#api-key", "change")
-            expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
-            expect(page.locator("#error")).to_be_hidden()
-            page.set_input_files("#file", film)
-            expect(page.locator("#result")).to_be_visible()
-            assert page.locator("#label").inner_text() in load_card(tiny_bundle).classes
-        finally:
-            browser.close()
+    page.goto(locked_server)
+    expect(page.locator("#error")).to_contain_text("an API key is required")
+    film = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+    page.set_input_files("#file", film)
+    expect(page.locator("#error")).to_contain_text("Rejected: an API key is required")
+    page.fill("#api-key", "wrong-key-0123456789")
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#error")).to_contain_text("a valid API key is required")
+    page.fill("#api-key", PAGE_KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
+    expect(page.locator("#error")).to_be_hidden()
+    page.set_input_files("#file", film)
+    expect(page.locator("#result")).to_be_visible()
+    assert page.locator("#label").inner_text() in load_card(tiny_bundle).classes
