@@ -551,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         print(f"pneumoscan {args.command}: error: {shown(str(e))}", file=sys.stderr)
-        return 2
+        models = sys.modules.get("pneumoscan.models")  # loaded if it raised; importing it here would cost torch
+        return 3 if models is not None and isinstance(e, models.WeightsUnavailable) else 2
 
 
 if __name__ == "__main__":

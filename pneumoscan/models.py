@@ -281,6 +281,11 @@ def seed_cnn5(num_classes: int, in_chans: int, pretrained: bool, image_size: int
     return _FlatNet("seed_cnn5", features, head, image_size)
 
 
+class WeightsUnavailable(OSError):
+    """Pretrained weights that can be neither read from the local cache nor downloaded: the CLI exits with status 3
+    for it alone, so a script (``make reference``) can train that run from scratch instead, under another name."""
+
+
 def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.Module:
     """timm's ``arch``; pretrained=True takes timm's usual ImageNet download (Hugging Face Hub, then its local cache).
     A download that cannot happen is one reason to act on, not the hub's generic retry message."""
@@ -291,7 +296,7 @@ def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.M
             raise
         cfg = timm.get_pretrained_cfg(arch)
         source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or arch
-        raise OSError(
+        raise WeightsUnavailable(
             f"{name}: the ImageNet weights ({source}) are neither in the local cache nor downloadable here ({e}); "
             "connect to the network once so timm can cache them, or train from scratch with --no-pretrained"
         ) from None

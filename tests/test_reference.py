@@ -127,6 +127,16 @@ def test_train_fails_before_split_and_cache_on_a_model_it_cannot_build(
         assert not run.exists()
 
 
+def test_cli_exits_3_for_unavailable_weights_alone(
+    tiny_dataset: Path, tmp_path: Path, offline_hub: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Status 3 lets a script (make reference) train that config from scratch; every other refusal stays 2."""
+    args = ["train", "--data", str(tiny_dataset), "--model", "resnet50v2", "--image-size", "32"]
+    assert main([*args, "--out", str(tmp_path / "imagenet")]) == 3
+    assert "neither in the local cache nor downloadable" in capsys.readouterr().err
+    assert main([*args, "--image-size", "16", "--model", "seed_cnn5", "--out", str(tmp_path / "small")]) == 2
+
+
 # --- augmentation -----------------------------------------------------------------------------------------
 
 
