@@ -52,7 +52,7 @@ GOAL_PEAK_MB, GOAL_HEALTH_P99_S = 2048, 1.0
 
 def tiny_bundle(directory: Path) -> Path:
     """A simple_cnn bundle trained for one epoch on 48 synthetic 64 px images."""
-    from pneumoscan.train import TrainConfig, train
+    from pneumoscan.training.train import TrainConfig, train
 
     rng = np.random.default_rng(0)
     for label in ("NORMAL", "PNEUMONIA"):
@@ -77,7 +77,7 @@ def worst_uploads(limit_mb: float) -> dict[str, bytes]:
     """Kinds of upload that cost the server most: the largest file (incompressible 8-bit noise PNG just under
     the limit, decoded at full size) and the largest decode the decoder accepts (a 16-bit PNG just under its
     pixel and decoded-byte limits, 2 bytes a pixel, that compresses to a few MB)."""
-    from pneumoscan.decode import MAX_DECODED_BYTES, MAX_PIXELS
+    from pneumoscan.data.decode import MAX_DECODED_BYTES, MAX_PIXELS
 
     rng = np.random.default_rng(1)
     side = int(np.sqrt(limit_mb * MB * 0.97))

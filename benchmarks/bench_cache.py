@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumoscan.cache import build_cache  # noqa: E402
-from pneumoscan.data import discover  # noqa: E402
-from pneumoscan.preprocess import PreprocessSpec  # noqa: E402
+from pneumoscan.data.cache import build_cache  # noqa: E402
+from pneumoscan.data.layouts import discover  # noqa: E402
+from pneumoscan.data.preprocess import PreprocessSpec  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources / full-size originals)

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom import uid
 
-from pneumoscan.decode import read_gray
+from pneumoscan.data.decode import read_gray
 from tests.builders import dicom_bytes
 
 

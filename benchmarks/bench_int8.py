@@ -21,12 +21,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumoscan.dataset import binary_targets, get_task  # noqa: E402
-from pneumoscan.evaluate import labelled_images  # noqa: E402
-from pneumoscan.export import INT8_NAME  # noqa: E402
-from pneumoscan.metrics import binary_metrics, roc_auc  # noqa: E402
-from pneumoscan.predict import Predictor  # noqa: E402
-from pneumoscan.quantize import quantize_bundle  # noqa: E402
+from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
+from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
+from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
+from pneumoscan.inference.export import INT8_NAME  # noqa: E402
+from pneumoscan.inference.predict import Predictor  # noqa: E402
+from pneumoscan.training.quantize import quantize_bundle  # noqa: E402
 
 THREADS = 2
 BATCH = 32

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pneumoscan import models
-from pneumoscan.bundle import load_bundle
-from pneumoscan.logs import configure
-from pneumoscan.train import TrainConfig, train
+from pneumoscan.core.logs import configure
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.training.train import TrainConfig, train
 
 
 def main() -> None:

@@ -32,13 +32,13 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumoscan import models  # noqa: E402
-from pneumoscan.bundle import BundleCard, save_bundle  # noqa: E402
-from pneumoscan.data import discover  # noqa: E402
-from pneumoscan.decode import read_gray  # noqa: E402
-from pneumoscan.preprocess import preprocess  # noqa: E402
-from pneumoscan.export import export_onnx  # noqa: E402
-from pneumoscan.predict import Predictor, predict_paths  # noqa: E402
+from pneumoscan.data.decode import read_gray  # noqa: E402
+from pneumoscan.data.layouts import discover  # noqa: E402
+from pneumoscan.data.preprocess import preprocess  # noqa: E402
+from pneumoscan.inference.export import export_onnx  # noqa: E402
+from pneumoscan.inference.predict import Predictor, predict_paths  # noqa: E402
+from pneumoscan.models import registry as models  # noqa: E402
+from pneumoscan.models.bundle import BundleCard, save_bundle  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 THREADS = 2

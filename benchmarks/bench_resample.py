@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.decode import read_gray
-from pneumoscan.preprocess import match_source
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.preprocess import match_source
 
 BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.25), (0.25, 0.3), (0.3, 0.35), (0.35, 0.4), (0.4, 0.45), (0.45, 0.5))
 REFERENCE = 1  # index of the band the others are relative to

@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumoscan import models  # noqa: E402
-from pneumoscan.bundle import BundleCard, save_bundle  # noqa: E402
-from pneumoscan.export import export_onnx  # noqa: E402
+from pneumoscan.inference.export import export_onnx  # noqa: E402
+from pneumoscan.models import registry as models  # noqa: E402
+from pneumoscan.models.bundle import BundleCard, save_bundle  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 MODEL = "efficientnet_lite0"

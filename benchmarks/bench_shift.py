@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.dataset import binary_targets
-from pneumoscan.evaluate import labelled_images
-from pneumoscan.metrics import binary_metrics
-from pneumoscan.predict import Predictor
+from pneumoscan.core.metrics import binary_metrics
+from pneumoscan.data.tasks import binary_targets
+from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.inference.predict import Predictor
 
 Change = Callable[[np.ndarray], np.ndarray]
 

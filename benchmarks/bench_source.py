@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.decode import image_info
-from pneumoscan.preprocess import preprocess
-from pneumoscan.predict import Predictor
+from pneumoscan.data.decode import image_info
+from pneumoscan.data.preprocess import preprocess
+from pneumoscan.inference.predict import Predictor
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from pneumoscan.core.names import shown
+from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
+from pneumoscan.data.tasks import list_tasks
 from . import __version__
-from .names import shown
-from .options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
-from .tasks import list_tasks
 
 if TYPE_CHECKING:
-    from .serve import Access, Limits
-    from .train import TrainConfig
+    from pneumoscan.serving.app import Access, Limits
+    from pneumoscan.training.train import TrainConfig
 
 console = Console()
 log = logging.getLogger("pneumoscan.cli")
@@ -32,8 +32,8 @@ def _print_json(data: dict) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, audit_figure, format_audit
-    from .data import discover
+    from pneumoscan.data.audit import audit, audit_figure, format_audit
+    from pneumoscan.data.layouts import discover
 
     found = discover(args.data)
     report = audit(found)
@@ -44,8 +44,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         audit_figure(report, found, Path(args.figure))
     if args.augmented:
-        from .audit import augmented_grid
-        from .train import load_config
+        from pneumoscan.data.audit import augmented_grid
+        from pneumoscan.training.train import load_config
 
         cfg = load_config(args.config)
         out = augmented_grid(found, args.augmented, Path(args.augmented_out), cfg.image_size, cfg.augment,
@@ -59,8 +59,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .data import write_manifest
-    from .split import split_dataset, split_summary
+    from pneumoscan.data.layouts import write_manifest
+    from pneumoscan.data.split import split_dataset, split_summary
 
     records = split_dataset(args.data, args.val_fraction, args.seed)
     write_manifest(records, args.out)
@@ -69,9 +69,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .bundle import load_card
-    from .cache import cache_dataset
-    from .preprocess import PreprocessSpec
+    from pneumoscan.models.bundle import load_card
+    from pneumoscan.data.cache import cache_dataset
+    from pneumoscan.data.preprocess import PreprocessSpec
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
@@ -83,8 +83,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-    from .transforms import Augment
+    from pneumoscan.training.train import train
+    from pneumoscan.data.transforms import Augment
 
     cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
                   target_sensitivity=args.target_sensitivity, init=args.init, optimizer=args.optimizer)
@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from .cv import cross_validate
+    from pneumoscan.training.cv import cross_validate
 
     cfg = _recipe(args)
     result = cross_validate(args.data, cfg, args.folds, args.out)
@@ -116,7 +116,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble import build_ensemble
+    from pneumoscan.training.ensemble import build_ensemble
 
     card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity, args.youden,
                           args.max_false_positive_rate)
@@ -130,7 +130,7 @@ def _figure(value: float | None, digits: int = 4) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from pneumoscan.evaluation.evaluate import evaluate
 
     suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "")
     out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{suffix}"
@@ -152,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, format_table
+    from pneumoscan.evaluation.compare import compare_runs, format_table
 
     runs = compare_runs(args.runs, args.out)
     print(format_table(runs))
@@ -162,7 +162,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
-    from .evaluate import rethreshold
+    from pneumoscan.evaluation.evaluate import rethreshold
 
     card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
                        args.max_false_positive_rate, args.data_name)
@@ -175,7 +175,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
     """The serve options as the library's limits and access rules (key from --api-key-file or PNEUMOSCAN_API_KEY)."""
-    from .serve import LOOPBACK_HOSTS, Access, Limits
+    from pneumoscan.serving.app import LOOPBACK_HOSTS, Access, Limits
 
     if args.api_key_file:
         key: str | None = Path(args.api_key_file).read_text().strip()
@@ -191,7 +191,7 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from pneumoscan.serving.app import serve
 
     limits, access = serve_settings(args)
     serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)
@@ -199,8 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .atomic import write_atomic
-    from .predict import format_results, predict_paths
+    from pneumoscan.core.atomic import write_atomic
+    from pneumoscan.inference.predict import format_results, predict_paths
 
     fmt = {".csv": "csv", ".json": "json"}.get(Path(args.out).suffix.lower()) if args.out else "csv"
     if fmt is None:
@@ -212,7 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise IsADirectoryError(f"--out {args.out} is a folder")
     skipped: list[dict[str, str]] = []
     if args.dicom_sr or args.fhir:
-        from .interop.reports import check_reportable
+        from pneumoscan.interop.reports import check_reportable
 
         check_reportable(args.bundle)
     rows = predict_paths(
@@ -220,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,
     )  # fmt: skip
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
-        from .interop.reports import write_reports
+        from pneumoscan.interop.reports import write_reports
 
         write_reports(rows, args.bundle, args.dicom_sr, args.fhir)
     failed = [row for row in rows if "error" in row]
@@ -242,8 +242,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
-    from .interop.dicomweb import predict_study
-    from .predict import format_results
+    from pneumoscan.interop.dicomweb import predict_study
+    from pneumoscan.inference.predict import format_results
 
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend)
@@ -262,10 +262,10 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx, spec_path
+    from pneumoscan.inference.export import export_onnx, spec_path
 
     if args.int8:
-        from .quantize import quantize_bundle
+        from pneumoscan.training.quantize import quantize_bundle
 
         if not args.data:
             raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv)")
@@ -280,7 +280,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from pneumoscan.models.registry import list_models
 
     print("\n".join(list_models()))
     return 0
@@ -342,7 +342,7 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
 
 def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
-    from .train import load_config
+    from pneumoscan.training.train import load_config
 
     return load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                        time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logs import configure
+    from pneumoscan.core.logs import configure
 
     args = build_parser().parse_args(argv)
     configure(quiet=args.quiet)
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         print(f"pneumoscan {args.command}: error: {shown(str(e))}", file=sys.stderr)
-        models = sys.modules.get("pneumoscan.models")  # loaded if it raised; importing it here would cost torch
+        models = sys.modules.get("pneumoscan.models.registry")  # loaded if it raised; importing it here would cost torch
         return 3 if models is not None and isinstance(e, models.WeightsUnavailable) else 2
 
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pneumoscan.audit import audit, audit_figure, exact_duplicate_groups, format_audit
-from pneumoscan.data import discover
+from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
+from pneumoscan.data.layouts import discover
 
 
 def _picture(seed: int, size: tuple[int, int]) -> Image.Image:

@@ -8,12 +8,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pneumoscan.audit import GUTTER, augmented_grid
 from pneumoscan.cli import main
-from pneumoscan.data import discover
-from pneumoscan.decode import read_gray
-from pneumoscan.preprocess import resize
-from pneumoscan.transforms import Augment
+from pneumoscan.data.audit import GUTTER, augmented_grid
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.layouts import discover
+from pneumoscan.data.preprocess import resize
+from pneumoscan.data.transforms import Augment
 
 
 def _tiles(png: Path) -> list[np.ndarray]:

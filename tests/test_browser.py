@@ -15,9 +15,9 @@ from PIL import Image
 from fastapi import FastAPI
 from playwright.sync_api import Page, expect, sync_playwright
 
-from pneumoscan.bundle import load_card
-from pneumoscan.decode import read_gray
-from pneumoscan.serve import create_app
+from pneumoscan.data.decode import read_gray
+from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes, running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -155,7 +155,7 @@ def dicom_xray(jpeg: Path) -> bytes:
 @pytest.fixture(scope="module")
 def locked_server(tiny_bundle: Path) -> Iterator[str]:
     """The app with an API key (and the default Host allow-list)."""
-    from pneumoscan.serve import Access
+    from pneumoscan.serving.app import Access
 
     yield from run_server(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY)))
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import cache as cache_mod
-from pneumoscan.cache import (
+from pneumoscan.data import cache as cache_mod
+from pneumoscan.data.cache import (
     ImageCache,
     build_cache,
     default_cache_dir,
     fingerprint,
 )
-from pneumoscan.preprocess import PreprocessSpec, preprocess
+from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec(size=16)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import __version__, cli
-from pneumoscan.evaluate import rethreshold
+from pneumoscan.evaluation.evaluate import rethreshold
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import to_rgba
 
-from pneumoscan.bundle import load_card
 from pneumoscan.cli import main
-from pneumoscan.compare import compare_runs, comparison_figure
-from pneumoscan.evaluate import evaluate
+from pneumoscan.evaluation.compare import compare_runs, comparison_figure
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.models.bundle import load_card
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan.audit import exact_duplicate_groups
 from pneumoscan.cli import main
-from pneumoscan.cv import fold_figures
-from pneumoscan.data import discover
-from pneumoscan.split import patient_folds
+from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.layouts import discover
+from pneumoscan.data.split import patient_folds
+from pneumoscan.training.cv import fold_figures
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:

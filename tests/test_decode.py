@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.decode import MAX_PIXELS, DecodeError, image_info, read_gray
-from pneumoscan.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
+from pneumoscan.data.decode import MAX_PIXELS, DecodeError, image_info, read_gray
+from pneumoscan.data.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
 from tests.builders import dicom_bytes
 
 RAMP12 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 8 x 256, values 0..4080

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import decode
-from pneumoscan.decode import MAX_DECODED_BYTES, DecodeError, image_info, read_gray
-from pneumoscan.preprocess import PreprocessSpec, preprocess
-from pneumoscan.predict import Predictor
+from pneumoscan.data import decode
+from pneumoscan.data.decode import MAX_DECODED_BYTES, DecodeError, image_info, read_gray
+from pneumoscan.data.preprocess import PreprocessSpec, preprocess
+from pneumoscan.inference.predict import Predictor
 from tests.builders import dicom_bytes, write_png
 
 PEAK = """
 import resource, sys
-from pneumoscan.decode import read_gray
+from pneumoscan.data.decode import read_gray
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 gray = read_gray(sys.argv[1], target=224)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

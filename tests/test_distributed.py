@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from tests.builders import SCORE_TOL, assert_close_report
-from pneumoscan.data import discover
-from pneumoscan.dataset import get_task
-from pneumoscan.evaluate import evaluate, labelled_images
-from pneumoscan.predict import Predictor
+from pneumoscan.data.layouts import discover
+from pneumoscan.data.tasks import get_task
+from pneumoscan.evaluation.evaluate import evaluate, labelled_images
+from pneumoscan.inference.predict import Predictor
 
 
 def torchrun_train(data: Path, run: Path, cache: Path, *extra: str) -> str:

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from pneumoscan.callbacks import (
+from pneumoscan.cli import main
+from pneumoscan.training.callbacks import (
     BestWeights,
     Checkpoint,
     EarlyStopping,
@@ -25,9 +26,8 @@ from pneumoscan.callbacks import (
     lr_factor,
     restore,
 )
-from pneumoscan.cli import main
-from pneumoscan.engine import Callback, State, fit
-from pneumoscan.train import Dist, TrainConfig, load_checkpoint, save_checkpoint
+from pneumoscan.training.engine import Callback, State, fit
+from pneumoscan.training.train import Dist, TrainConfig, load_checkpoint, save_checkpoint
 
 
 def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:

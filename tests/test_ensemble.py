@@ -15,21 +15,21 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from builders import SCORE_TOL
-from pneumoscan.bundle import ONNX_NAME, WEIGHTS, load_bundle, load_card
 from pneumoscan.cli import main
-from pneumoscan.data import discover, write_manifest
-from pneumoscan.dataset import binary_targets, get_task
-from pneumoscan.evaluate import evaluate, labelled_images
-from pneumoscan.explain import explain_array, gradcam
-from pneumoscan.metrics import choose_threshold, softmax
-from pneumoscan.predict import Predictor, predict_paths
-from pneumoscan.serve import create_app
-from pneumoscan.transforms import to_input
+from pneumoscan.core.metrics import choose_threshold, softmax
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.data.transforms import to_input
+from pneumoscan.evaluation.evaluate import evaluate, labelled_images
+from pneumoscan.inference.explain import explain_array, gradcam
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models.bundle import ONNX_NAME, WEIGHTS, load_bundle, load_card
+from pneumoscan.serving.app import create_app
 
 
 @pytest.fixture(scope="module")
 def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pneumoscan.train import TrainConfig, train
+    from pneumoscan.training.train import TrainConfig, train
 
     cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
                       val_fraction=0.25)

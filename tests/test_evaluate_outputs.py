@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from tests.builders import SCORE_TOL
-from pneumoscan.bundle import load_card, save_card
-from pneumoscan.dataset import binary_targets, get_task
-from pneumoscan.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
-from pneumoscan.predict import Predictor
+from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.bundle import load_card, save_card
 
 FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
 

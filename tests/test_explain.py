@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pneumoscan import models
-from pneumoscan.decode import read_gray
-from pneumoscan.preprocess import PreprocessSpec
-from pneumoscan.explain import (
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.inference.explain import (
     MAX_PANEL,
     explain_array,
     panel_shape,
@@ -25,7 +24,8 @@ from pneumoscan.explain import (
     target_layer,
     to_image_frame,
 )
-from pneumoscan.predict import Predictor, predict_paths
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models import registry as models
 from tests.builders import SCORE_TOL
 
 

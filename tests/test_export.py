@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import torch
 
-from pneumoscan import cli, models
-from pneumoscan.bundle import BundleCard, load_card, save_bundle
-from pneumoscan.preprocess import preprocess
-from pneumoscan.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, session, spec_path
-from pneumoscan.predict import Predictor, predict_paths
+from pneumoscan import cli
+from pneumoscan.data.preprocess import preprocess
+from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, session, spec_path
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import BundleCard, load_card, save_bundle
 
 PARITY = 1e-4
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from pneumoscan.cli import main
-from pneumoscan.data import discover
-from pneumoscan.names import path_text, shown
-from pneumoscan.predict import expand_paths, predict_paths
-from pneumoscan.train import save_checkpoint
+from pneumoscan.core.names import path_text, shown
+from pneumoscan.data.layouts import discover
+from pneumoscan.inference.predict import expand_paths, predict_paths
+from pneumoscan.training.train import save_checkpoint
 
 ROOT = Path(__file__).parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpeg")  # a name from an old Latin-1 zip: not UTF-8
@@ -87,7 +87,7 @@ def test_a_fifo_given_directly_is_refused_without_waiting(tmp_path: Path) -> Non
     """Opening a FIFO for reading waits for a writer forever (predict once hung on one); it is refused by its type.
     A child process, so that a hang fails the test instead of stopping the suite."""
     os.mkfifo(tmp_path / "film.jpeg")
-    code = "import sys; from pneumoscan.decode import DecodeError, read_gray\ntry: read_gray(sys.argv[1])\nexcept DecodeError as e: print(e)"
+    code = "import sys; from pneumoscan.data.decode import DecodeError, read_gray\ntry: read_gray(sys.argv[1])\nexcept DecodeError as e: print(e)"
     assert _run(code, str(tmp_path / "film.jpeg"), timeout=60).stdout.strip() == "not a regular file (FIFO)"
 
 
@@ -126,7 +126,7 @@ FAILED_WRITES = """
 import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
 from pneumoscan.cli import main
-from pneumoscan.train import save_checkpoint
+from pneumoscan.training.train import save_checkpoint
 bundle, films, out, maps, checkpoint = sys.argv[1:]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))

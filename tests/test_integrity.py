@@ -21,13 +21,14 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pneumoscan import cli, models
-from pneumoscan.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
-from pneumoscan.cache import build_cache, default_cache_dir
-from pneumoscan.preprocess import PreprocessSpec, preprocess
-from pneumoscan.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
-from pneumoscan.predict import NonFiniteScore, Predictor, predict_paths
-from pneumoscan.serve import _Batcher, create_app
+from pneumoscan import cli
+from pneumoscan.data.cache import build_cache, default_cache_dir
+from pneumoscan.data.preprocess import PreprocessSpec, preprocess
+from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
+from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
+from pneumoscan.serving.app import _Batcher, create_app
 
 # ---------------------------------------------------------------- helpers
 
@@ -165,7 +166,7 @@ def test_a_bundle_without_checksums_loads_with_a_warning(
     card = json.loads((bundle / CARD).read_text())
     del card["files"]
     (bundle / CARD).write_text(json.dumps(card))
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.bundle"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
         [row] = predict_paths(bundle, [film], backend="torch")
     assert "label" in row
     assert "records no checksums" in caplog.text and "cannot be detected" in caplog.text
@@ -292,13 +293,13 @@ def test_damaged_cache_is_rebuilt_with_a_warning(films: list[str], tmp_path: Pat
     raw = bytearray(array_file.read_bytes())
     raw[100:120] = bytes(255 - b for b in raw[100:120])  # same size, other pixels
     array_file.write_bytes(bytes(raw))
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.cache"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.cache"):
         again = build_cache(films, spec, cache_dir=cache_dir, workers=1)
     assert "is damaged" in caplog.text and "rebuilding" in caplog.text
     np.testing.assert_array_equal(again.images, pixels)
     assert again.data_fingerprint == first.data_fingerprint
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.cache"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.cache"):
         build_cache(films, spec, cache_dir=cache_dir, workers=1)
     assert caplog.text == ""  # a sound cache opens quietly
 

@@ -32,13 +32,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from pneumoscan import cli
-from pneumoscan.bundle import load_card
-from pneumoscan.decode import read_gray
-from pneumoscan.export import weights_digest
-from pneumoscan.scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.inference.export import weights_digest
+from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.fhir import build_observation
-from pneumoscan.predict import predict_paths
-from pneumoscan.serve import create_app
+from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
 
 NAME, PATIENT_ID = "Doe^Jane^Secret", "MRN-004217-X"

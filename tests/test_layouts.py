@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.data import (
+from pneumoscan.data.layouts import (
     Discovery,
     KaggleLayout,
     Layout,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import recall_score, roc_auc_score
 
-from pneumoscan import metrics
-from pneumoscan.metrics import (
+from pneumoscan.core import metrics
+from pneumoscan.core.metrics import (
     binary_metrics,
     calibration,
     choose_threshold,

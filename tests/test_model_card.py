@@ -11,9 +11,9 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.bundle import load_card
-from pneumoscan.model_card import INTENDED_USE, MODEL_CARD, render, today
-from pneumoscan.serve import create_app
+from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today
+from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import create_app
 
 
 def front_matter_and_body(text: str) -> tuple[dict, str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pneumoscan import models
+from pneumoscan.models import registry as models
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["lite0", "lite2"])

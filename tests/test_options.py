@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pneumoscan import cli, models
-from pneumoscan.data import discover, make_record
-from pneumoscan.preprocess import PreprocessSpec, resize
-from pneumoscan.options import (
+from pneumoscan import cli
+from pneumoscan.core.options import (
     BACKENDS,
     FILL_MODES,
     OPTIMIZERS,
@@ -21,11 +19,14 @@ from pneumoscan.options import (
     apply_settings,
     look_up_option,
 )
-from pneumoscan.predict import Predictor, format_results
-from pneumoscan.tasks import get_task, list_tasks
-from pneumoscan.tracking import make_trackers
-from pneumoscan.train import TrainConfig
-from pneumoscan.transforms import Augment
+from pneumoscan.data.layouts import discover, make_record
+from pneumoscan.data.preprocess import PreprocessSpec, resize
+from pneumoscan.data.tasks import get_task, list_tasks
+from pneumoscan.data.transforms import Augment
+from pneumoscan.inference.predict import Predictor, format_results
+from pneumoscan.models import registry as models
+from pneumoscan.training.tracking import make_trackers
+from pneumoscan.training.train import TrainConfig
 
 
 def test_look_up_option_suggests_the_closest_names() -> None:

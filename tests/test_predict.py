@@ -15,11 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumoscan import cli, models
-from pneumoscan.bundle import BundleCard, load_card, save_bundle
-from pneumoscan.decode import read_gray
-from pneumoscan.preprocess import preprocess
-from pneumoscan.predict import (
+from pneumoscan import cli
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.preprocess import preprocess
+from pneumoscan.inference.predict import (
     TTA_VIEWS,
     Predictor,
     expand_paths,
@@ -27,6 +26,8 @@ from pneumoscan.predict import (
     predict_paths,
     tta_views,
 )
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import BundleCard, load_card, save_bundle
 from tests.builders import SCORE_TOL, dicom_bytes
 
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.dataset import binary_targets, get_task
-from pneumoscan.decode import read_gray
-from pneumoscan.evaluate import labelled_images
-from pneumoscan.export import INT8_NAME, spec_path
-from pneumoscan.metrics import choose_threshold
-from pneumoscan.predict import Predictor, predict_paths
+from pneumoscan.core.metrics import choose_threshold
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.inference.export import INT8_NAME, spec_path
+from pneumoscan.inference.predict import Predictor, predict_paths
 from tests.builders import SCORE_TOL
 
 

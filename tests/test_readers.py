@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import decode, readers
-from pneumoscan.data import discover
-from pneumoscan.decode import DecodeError, image_info, read_dicom_header, read_gray
-from pneumoscan.predict import expand_paths, predict_paths
+from pneumoscan.data import decode, readers
+from pneumoscan.data.decode import DecodeError, image_info, read_dicom_header, read_gray
+from pneumoscan.data.layouts import discover
+from pneumoscan.inference.predict import expand_paths, predict_paths
 from tests.builders import SCORE_TOL, dicom_bytes
 
 

@@ -16,13 +16,13 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from pneumoscan import models
 from pneumoscan.cli import main
-from pneumoscan.data import discover, parse_name
-from pneumoscan.dataset import get_task, select
-from pneumoscan.split import split_dataset, split_summary
-from pneumoscan.train import TrainConfig, load_config, split_records, train
-from pneumoscan.transforms import Augment, to_input, train_transform
+from pneumoscan.data.layouts import discover, parse_name
+from pneumoscan.data.split import split_dataset, split_summary
+from pneumoscan.data.tasks import get_task, select
+from pneumoscan.data.transforms import Augment, to_input, train_transform
+from pneumoscan.models import registry as models
+from pneumoscan.training.train import TrainConfig, load_config, split_records, train
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "reference"
 NO_IDS = "no patient ids in file names: {n} images split as {n} groups, one per image"
@@ -272,7 +272,7 @@ def test_mendeley_names_give_subtypes_and_a_patient_grouped_split(mendeley: Path
     # the subtype tasks find every film they should: all three kinds for multiclass, the pneumonias for etiology
     assert len(select(records, get_task("multiclass"))[0]) == len(records)
     assert len(select(records, get_task("etiology"))[0]) == sum(r.label == "PNEUMONIA" for r in records) > 0
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.split"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
         split = split_dataset(mendeley, val_fraction=0.3, seed=0)
     assert not caplog.records  # every file name carries its patient
     summary = split_summary(split)
@@ -299,12 +299,12 @@ def test_names_without_patient_ids_are_split_one_group_per_image_and_said_so(tmp
     rng = np.random.default_rng(2)
     for i in range(10):
         _write(tmp_path / "data" / ("NORMAL", "PNEUMONIA")[i % 2] / f"scan{i}.png", 128, rng)
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.split"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
         assert main(["split", str(tmp_path / "data"), "--out", str(tmp_path / "split.csv"), "--val-fraction", "0.2"]) == 0
     assert [r.getMessage() for r in caplog.records] == [NO_IDS.format(n=10)]
     caplog.clear()
     _write(tmp_path / "data" / "PNEUMONIA" / "person3_virus_7.png", 128, rng)
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.split"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
         split_dataset(tmp_path / "data")
     assert [r.getMessage() for r in caplog.records] == [
         "no patient id in 10 of 11 file names: those images are split as 10 groups, one per image"

@@ -5,8 +5,8 @@ import re
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumoscan.metrics import evaluate_binary, evaluate_multiclass, softmax
-from pneumoscan.report import figure_to_data_url, plot_training_curves, write_report
+from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass, softmax
+from pneumoscan.evaluation.report import figure_to_data_url, plot_training_curves, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")

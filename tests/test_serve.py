@@ -27,10 +27,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pneumoscan.bundle import load_card
-from pneumoscan.decode import read_gray
-from pneumoscan.predict import Predictor, predict_paths
-from pneumoscan.serve import _Batcher, create_app
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import _Batcher, create_app
 from tests.builders import SCORE_TOL, dicom_bytes
 
 MB = 2**20

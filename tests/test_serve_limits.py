@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-import pneumoscan.serve as serve_module
-from pneumoscan.predict import Predictor
-from pneumoscan.serve import Limits, OneLineLog, create_app, server_config
+import pneumoscan.serving.app as serve_module
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.serving.app import Limits, OneLineLog, create_app, server_config
 from tests.builders import running
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang

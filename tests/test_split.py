@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.audit import exact_duplicate_groups
 from pneumoscan.cli import main
-from pneumoscan.data import Record, discover, make_record, read_manifest, write_manifest
-from pneumoscan.split import patient_split, split_summary
+from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
+from pneumoscan.data.split import patient_split, split_summary
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pneumoscan import cli
-from pneumoscan.bundle import load_card
-from pneumoscan.data import Record
-from pneumoscan.evaluate import evaluate
-from pneumoscan.predict import check_stages, predict_paths
-from pneumoscan.serve import create_app
-from pneumoscan.tasks import Task, get_task, list_tasks, register_task
+from pneumoscan.data.layouts import Record
+from pneumoscan.data.tasks import Task, get_task, list_tasks, register_task
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.inference.predict import check_stages, predict_paths
+from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import create_app
 
 TOY = "toy_viral"  # viral pneumonia vs every other film: a rule over the existing records
 

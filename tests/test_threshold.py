@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.bundle import load_card
-from pneumoscan.data import discover, make_record, write_manifest
-from pneumoscan.dataset import binary_targets, get_task
-from pneumoscan.evaluate import labelled_records
-from pneumoscan.export import INT8_NAME, ONNX_NAME, spec_path
-from pneumoscan.metrics import binary_metrics, choose_threshold
-from pneumoscan.model_card import MODEL_CARD
-from pneumoscan.predict import Predictor
+from pneumoscan.core.metrics import binary_metrics, choose_threshold
+from pneumoscan.data.layouts import discover, make_record, write_manifest
+from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.evaluate import labelled_records
+from pneumoscan.evaluation.model_card import MODEL_CARD
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.bundle import load_card
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -13,19 +13,19 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
-from pneumoscan import cache as cache_mod
-from pneumoscan import models
-from pneumoscan import train as train_mod
-from pneumoscan.bundle import load_bundle, load_weights_into
-from pneumoscan.cache import build_cache
-from pneumoscan.callbacks import lr_factor, schedule_done
 from pneumoscan.cli import main
-from pneumoscan.data import discover
-from pneumoscan.dataset import binary_targets, select
-from pneumoscan.evaluate import evaluate
-from pneumoscan.metrics import choose_threshold
-from pneumoscan.predict import Predictor
-from pneumoscan.train import (
+from pneumoscan.core.metrics import choose_threshold
+from pneumoscan.data import cache as cache_mod
+from pneumoscan.data.cache import build_cache
+from pneumoscan.data.layouts import discover
+from pneumoscan.data.tasks import binary_targets, select
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import load_bundle, load_weights_into
+from pneumoscan.training import train as train_mod
+from pneumoscan.training.callbacks import lr_factor, schedule_done
+from pneumoscan.training.train import (
     WARM_START_L2,
     TrainConfig,
     load_config,

@@ -1,6 +1,6 @@
 """``pneumoscan pacs``: read a study's films from a PACS over DICOMweb, score them, and store the results back.
 
-QIDO-RS finds the study's instances, WADO-RS retrieves them, :func:`~pneumoscan.predict.predict_paths` scores them
+QIDO-RS finds the study's instances, WADO-RS retrieves them, :func:`~pneumoscan.inference.predict.predict_paths` scores them
 (scope warnings and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM
 Secondary Capture when heatmaps are asked) into the same study. Retrieved films are written to a private temporary
 folder for the prediction run and deleted with it; they are named by their SOP Instance UID, never by patient.
@@ -16,7 +16,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from ..predict import predict_paths
+from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 from .sr import MANUFACTURER
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..bundle import load_card
-from ..decode import read_dicom_header
-from ..export import weights_digest
-from ..readers.dicom import redact
-from ..tasks import get_task
+from pneumoscan.data.decode import read_dicom_header
+from pneumoscan.data.readers.dicom import redact
+from pneumoscan.data.tasks import get_task
+from pneumoscan.inference.export import weights_digest
+from pneumoscan.models.bundle import load_card
 from . import fhir, sr
 
 log = logging.getLogger(__name__)

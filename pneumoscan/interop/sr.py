@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ..readers.dicom import keep_dicom_values_out_of_logs
-from ..tasks import get_task, list_tasks
+from pneumoscan.data.readers.dicom import keep_dicom_values_out_of_logs
+from pneumoscan.data.tasks import get_task, list_tasks
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 MANUFACTURER = "pneumoscan"

@@ -1,0 +1,2 @@
+"""Helpers every layer uses and that import nothing else of pneumoscan: atomic file writes, logging, option look-up,
+file names in messages, and the metrics (AUC, thresholds, calibration)."""

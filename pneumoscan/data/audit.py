@@ -1,0 +1,348 @@
+"""Dataset audit: what is in a dataset before anyone trains on it.
+
+Counts per split/class/subtype, image sizes and modes, unreadable files, exact duplicates (content hash),
+near duplicates (perceptual hash) and leakage across splits (the same patient, or the same picture, in two
+splits). One pass per file in a process pool reads everything, so the 5,216-image train folder takes seconds.
+
+Near duplicates use a 256-bit pHash (``imagehash.phash``, ``hash_size=16``) and link two images when their
+hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components). Measured on
+the Kermany train folder: distinct images are >= 40 bits apart, while an original and its 224 px JPEG copy are
+<= 6 bits apart. The default 64-bit pHash is too coarse for chest X-rays (different children's films were 2 bits
+apart), which is why the larger hash is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pneumoscan.data.decode import DecodeError, image_info, read_gray
+from pneumoscan.data.layouts import LABELS, SPLITS, SUBTYPES, Discovery, Record
+from pneumoscan.data.preprocess import resize
+
+PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
+PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
+NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
+ALL = "all"  # report key for the records of a single folder (split "")
+UNKNOWN = "unknown"  # report key for a pneumonia image whose file name does not give the subtype
+
+
+def _split_key(split: str) -> str:
+    return split or ALL
+
+
+def _subtype_key(subtype: str) -> str:
+    return subtype or UNKNOWN
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _scan(path: str) -> dict:
+    """Everything the audit needs from one file: content hash, header, perceptual hash (or why it failed).
+    The decoder gets the path, not the bytes, so a .dcm without the DICM preamble is still known by its name;
+    the re-reads come from the OS cache."""
+    out: dict = {"path": path}
+    try:
+        out["sha"] = _sha256(path)
+    except OSError as e:
+        out["error"] = f"cannot read file: {e.strerror or e}"
+        return out
+    try:
+        info = image_info(path)
+        gray = read_gray(path, target=PHASH_TARGET)
+        bits = imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE).hash
+    except DecodeError as e:  # the decoder turns every bad input into one, with the reason as its message
+        out["error"] = str(e)
+        return out
+    out.update(width=info["width"], height=info["height"], mode=info["mode"], phash=np.packbits(bits).tobytes())
+    return out
+
+
+def _groups(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Sorted groups (>= 2 paths) of paths that share a key."""
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for path, key in keys:
+        by_key[key].append(path)
+    return sorted(sorted(g) for g in by_key.values() if len(g) > 1)
+
+
+def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> list[list[str]]:
+    """Groups of files with identical bytes; a file that cannot be read is in none (the cache reports it).
+    Threads suffice: hashlib releases the GIL while hashing."""
+
+    def digest(path: str) -> str | None:
+        try:
+            return _sha256(path)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return _groups((p, h) for p, h in zip(paths, pool.map(digest, paths)) if h is not None)
+
+
+def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
+    """Component label per hash, linking hashes at most NEAR_DUPLICATE_BITS apart (row blocks bound memory)."""
+    n = len(hashes)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    words = np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(n, -1)
+    rows, cols = [], []
+    for start in range(0, n, 256):
+        block = words[start : start + 256]
+        dist = np.zeros((len(block), n), dtype=np.int32)
+        for k in range(words.shape[1]):  # one 64-bit word at a time keeps the XOR temporary small
+            dist += np.bitwise_count(block[:, k, None] ^ words[None, :, k])
+        i, j = np.nonzero(dist <= NEAR_DUPLICATE_BITS)
+        keep = start + i < j
+        rows.append(start + i[keep])
+        cols.append(j[keep])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _size_stats(values: list[int]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _patient_overlap(records: Sequence[Record]) -> dict[str, list[str]]:
+    patients: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        patients[rec.split].add(rec.patient)
+    present = [s for s in SPLITS if s in patients]
+    return {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(present, 2)}
+
+
+def audit(discovery: Discovery, workers: int | None = None) -> dict:
+    """A JSON-serialisable report on ``discovery`` (see the module docstring); bad files are listed, not raised."""
+    start = time.perf_counter()
+    records = discovery.records
+    paths = [r.path for r in records]
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        scans = list(pool.map(_scan, paths, chunksize=max(1, len(paths) // (workers * 8))))
+
+    counts: dict[str, dict[str, int]] = {}
+    subtypes: dict[str, dict[str, int]] = {}
+    for rec in records:
+        key = _split_key(rec.split)
+        counts.setdefault(key, dict.fromkeys(LABELS, 0))[rec.label] += 1
+        sub = subtypes.setdefault(key, dict.fromkeys(SUBTYPES, 0))
+        sub[_subtype_key(rec.subtype)] = sub.get(_subtype_key(rec.subtype), 0) + 1
+
+    widths: dict[str, list[int]] = defaultdict(list)
+    heights: dict[str, list[int]] = defaultdict(list)
+    modes: Counter[str] = Counter()
+    unreadable, hashed = [], []
+    for rec, scan in zip(records, scans):
+        if "error" in scan:
+            unreadable.append({"path": rec.path, "reason": scan["error"]})
+            continue
+        widths[_split_key(rec.split)].append(scan["width"])
+        heights[_split_key(rec.split)].append(scan["height"])
+        modes[scan["mode"]] += 1
+        hashed.append((rec, scan))
+
+    sha = {s["path"]: s["sha"] for s in scans if "sha" in s}
+    component = _near_duplicate_components([s["phash"] for _, s in hashed])
+    members: dict[int, list[Record]] = defaultdict(list)
+    for (rec, _), comp in zip(hashed, component):
+        members[int(comp)].append(rec)
+    near = sorted(
+        (
+            {
+                "paths": sorted(r.path for r in group),
+                "splits": sorted({_split_key(r.split) for r in group}),
+                "exact": len({sha[r.path] for r in group}) == 1,
+            }
+            for group in members.values()
+            if len(group) > 1
+        ),
+        key=lambda g: g["paths"],
+    )
+    return {
+        "n_images": len(records),
+        "counts": counts,
+        "subtypes": subtypes,
+        "sizes": {k: {"width": _size_stats(widths[k]), "height": _size_stats(heights[k])} for k in widths},
+        "modes": dict(modes),
+        "unreadable": unreadable,
+        "skipped": list(discovery.skipped),
+        "duplicate_groups": _groups(sha.items()),
+        "near_duplicate_groups": near,
+        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+        "patient_overlap": _patient_overlap(records),
+        "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _sample(records: Sequence[Record], n: int) -> list[Record]:
+    """n records spread evenly over the (sorted) list, so the grid shows different patients, not one."""
+    if len(records) <= n:
+        return list(records)
+    return [records[i] for i in np.linspace(0, len(records) - 1, n).round().astype(int)]
+
+
+def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: int = 6) -> None:
+    """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images,
+    one row of ``per_class`` images per class and subtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bad = {u["path"] for u in report["unreadable"]}
+    readable = sorted((r for r in discovery.records if r.path not in bad), key=lambda r: r.path)
+    rows = [
+        (label, sub, pool)
+        for label, subs in (("NORMAL", ("normal",)), ("PNEUMONIA", ("bacteria", "virus", "")))
+        for sub in subs
+        if (pool := [r for r in readable if r.label == label and r.subtype == sub])
+    ]
+    if not readable:
+        raise ValueError("no readable images to draw a figure of")
+    splits = list(report["counts"])
+    fig = plt.figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(rows), per_class, height_ratios=[2] + [1] * len(rows))
+
+    ax = fig.add_subplot(grid[0, :])
+    x = np.arange(len(splits))
+    width = 0.38
+    colors = {"normal": "#4c72b0", "bacteria": "#dd8452", "virus": "#c44e52", UNKNOWN: "#8c8c8c"}
+    tallest = max(max(c.values()) for c in report["counts"].values()) or 1
+    for offset, label in ((-width / 2, "NORMAL"), (width / 2, "PNEUMONIA")):
+        totals = np.array([report["counts"][s][label] for s in splits], dtype=float)
+        bottom = np.zeros(len(splits))
+        bars = None
+        for part in ["normal"] if label == "NORMAL" else ["bacteria", "virus", UNKNOWN]:
+            heights = np.array([report["subtypes"][s].get(part, 0) for s in splits], dtype=float)
+            if not heights.any():
+                continue
+            bars = ax.bar(x + offset, heights, width, bottom=bottom, color=colors[part], label=part)
+            # segment counts only where they add to the total and fit inside the bar
+            inner = [f"{h:.0f}" if 0.04 * tallest <= h < t else "" for h, t in zip(heights, totals)]
+            ax.bar_label(bars, labels=inner, label_type="center", fontsize=8)
+            bottom += heights
+        if bars is not None:  # the total goes on top of the stack
+            ax.bar_label(bars, labels=[f"{label} {t:.0f}" for t in totals], fontsize=8, padding=2)
+    ax.set_xticks(x, splits)
+    ax.set_ylabel("images")
+    ax.set_title("Class balance per split (pneumonia stacked by subtype)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.margins(y=0.15)
+
+    for row, (label, sub, pool) in enumerate(rows, start=1):
+        picks = _sample(pool, per_class)
+        for col in range(per_class):
+            cell = fig.add_subplot(grid[row, col])
+            cell.axis("off")
+            if col < len(picks):
+                rec = picks[col]
+                cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
+                cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
+
+
+def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment=None, policy: str = "squash",
+                   seed: int = 0) -> Path:
+    """A PNG grid of ``n`` training films as the model sees them after the training transform (``augment``, an
+    :class:`~pneumoscan.data.transforms.Augment`; the default recipe's when None; ``Augment.off()`` for the films as
+    cached): decoded, resized to ``size`` by ``policy``, augmented with a fixed ``seed``, shown on the [0, 1]
+    grey range before normalisation. Films are spread evenly over the training split (everything when DATA
+    has no splits); tiles sit on a red gutter, so the grid shows how strong the augmentation is at a glance."""
+    import torch
+
+    from pneumoscan.data.transforms import Augment, train_transform
+
+    if n < 1:
+        raise ValueError(f"--augmented needs at least one image, got {n}")
+    records = [r for r in discovery.records if r.split == "train"] or list(discovery.records)
+    picks = _sample(sorted(records, key=lambda r: r.path), n)
+    if len(picks) < n:  # the same films again: each pass draws new random changes
+        picks = [picks[i % len(picks)] for i in range(n)] if picks else []
+    if not picks:
+        raise ValueError("no images to draw augmented samples of")
+    transform = train_transform(size, 0.0, 1.0, augment if augment is not None else Augment())
+    cols = math.ceil(math.sqrt(n))
+    rows, gap = math.ceil(n / cols), max(2, size // 32)
+    grid = Image.new("RGB", (cols * (size + gap) + gap, rows * (size + gap) + gap), GUTTER)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, rec in enumerate(picks):
+            pixels = torch.from_numpy(resize(read_gray(rec.path, target=size), size, policy))[None]
+            shown = (transform(pixels)[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            grid.paste(Image.fromarray(shown).convert("RGB"), (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out_png)
+    return out_png
+
+
+def format_audit(report: dict):
+    """A rich renderable for the CLI: one table row per split, then one line per finding."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    subtype_cols = [s for s in (*SUBTYPES, UNKNOWN) if any(report["subtypes"][k].get(s) for k in report["subtypes"])]
+    table = Table(title=f"{report['n_images']} images audited in {report['seconds']:.1f} s")
+    table.add_column("split")
+    for col in (*LABELS, *subtype_cols, "width min/med/max", "height min/med/max"):
+        table.add_column(col, justify="right")
+    for split, counts in report["counts"].items():
+        size = report["sizes"].get(split)
+        dims = [
+            f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")
+        ]
+        table.add_row(
+            split,
+            *(str(counts[label]) for label in LABELS),
+            *(str(report["subtypes"][split].get(s, 0)) for s in subtype_cols),
+            *dims,
+        )
+
+    dup = report["duplicate_groups"]
+    near = report["near_duplicate_groups"]
+    n_exact_near = sum(g["exact"] for g in near)
+    cross = report["cross_split_near_duplicates"]
+    lines: list[tuple[str, bool]] = [  # (line, is it a finding to look at?)
+        (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
+        (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
+        (f"unreadable: {len(report['unreadable'])}", bool(report["unreadable"])),
+        *((f"  {u['path']}: {u['reason']}", True) for u in report["unreadable"]),
+        (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
+        (
+            (
+                f"near duplicates (pHash <= {report['near_duplicate_max_bits']} bits): {len(near)} groups "
+                f"({n_exact_near} exact, {len(near) - n_exact_near} re-encoded or edited)"
+            ),
+            bool(near),
+        ),
+    ]
+    for pair, ids in report["patient_overlap"].items():
+        shown = f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else ""
+        lines.append((f"patients in both {pair}: {len(ids)}{shown}", bool(ids)))
+    lines.append((f"images repeated across splits: {len(cross)} groups", bool(cross)))
+    lines += [(f"  {' | '.join(g['paths'])}", True) for g in cross[:10]]
+    return Group(table, *(Text(line, style="bold red" if warn else "") for line, warn in lines))

@@ -1,0 +1,256 @@
+"""Preprocessed-image cache: decode a dataset once into one uint8 file that every later run memory-maps.
+
+The cache is keyed by a fingerprint of the file list (path, size, mtime, ctime), the preprocessing spec and the
+decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
+chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
+build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
+The index records the SHA-256 of the pixel file as built; every open checks it (190 MB for the 5,216 training
+films at 192 px: 0.13 s on an idle core with SHA extensions, about 1 s on a loaded 2-core machine), so damaged
+bytes of the same size are rebuilt, with a warning, instead of being trained or evaluated on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL
+import pydicom
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.data.decode import DecodeError
+from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.preprocess import PreprocessSpec, preprocess
+
+CACHE_VERSION = 5  # bump whenever decode/resize output changes, so old caches are not reused
+CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
+# A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
+STALE_TMP_SECONDS = 3600
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageCache:
+    """Preprocessed images (read-only memmap) and which file each row holds."""
+
+    images: np.ndarray  # (N, size, size) uint8
+    paths: list[str]  # row i holds paths[i]
+    errors: list[dict[str, str]]  # [{"path", "reason"}] for files that could not be decoded
+    spec: PreprocessSpec
+    fingerprint: str  # the key: file list, file stats, spec, decoder versions
+    checksum: str = ""  # SHA-256 of the pixels, recorded when built and checked when opened
+    _row_of: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row_of = {path: i for i, path in enumerate(self.paths)}
+
+    @property
+    def data_fingerprint(self) -> str:
+        """What a bundle records as the data it was trained on: the key and the pixels themselves, so images that
+        decode differently (another libjpeg build, say) are other training data."""
+        return hashlib.sha256(f"{self.fingerprint}:{self.checksum}".encode()).hexdigest()[:32]
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Row indices of ``paths``; KeyError (with the decode reason when there is one) for a missing file."""
+        out = []
+        for path in paths:
+            row = self._row_of.get(str(path))
+            if row is None:
+                reason = next((e["reason"] for e in self.errors if e["path"] == str(path)), None)
+                raise KeyError(f"{path}: unreadable ({reason})" if reason else f"{path}: not in this cache")
+            out.append(row)
+        return np.asarray(out, dtype=np.int64)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PNEUMOSCAN_CACHE") or Path.home() / ".cache" / "pneumoscan")
+
+
+def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
+    """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec and the decoders'
+    versions: any change gives a new cache, so an error stored for an unreadable file does not outlive its cause
+    (a chmod changes only the ctime). The cache answers by the paths as given, so two spellings of one file are
+    two caches."""
+    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__]
+    digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        except OSError:
+            stamp = "missing"  # reported as an error by the build; a later appearance changes the key
+        digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
+    return digest.hexdigest()[:32]
+
+
+def build_cache(
+    paths: Sequence[str],
+    spec: PreprocessSpec = PreprocessSpec(),
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> ImageCache:
+    """Open the cache for ``paths`` or build it with ``workers`` processes (default: every core)."""
+    paths = [str(p) for p in paths]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = fingerprint(paths, spec)
+    cached = _load(cache_dir, key, spec)
+    if cached is not None:
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache_dir)
+    row_bytes = spec.size * spec.size
+    bad: dict[int, str] = {}
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
+    try:
+        with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
+            task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
+            # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
+            for start, (block, errors) in _decode_all(paths, spec, workers or os.cpu_count() or 1):
+                os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
+                bad.update((start + k, reason) for k, reason in errors)
+                bar.advance(task, len(block))
+            kept = _compact(f.fileno(), len(paths), sorted(bad), row_bytes)
+            f.truncate(kept * row_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+            f.seek(0)
+            checksum = hashlib.file_digest(f, "sha256").hexdigest()
+        os.replace(tmp, cache_dir / f"{key}.u8")
+        index = {
+            "version": CACHE_VERSION,
+            "fingerprint": key,
+            "spec": spec.to_dict(),
+            "shape": [kept, spec.size, spec.size],
+            "sha256": checksum,
+            "paths": [p for i, p in enumerate(paths) if i not in bad],
+            "errors": [{"path": paths[i], "reason": bad[i]} for i in sorted(bad)],
+        }
+        write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    loaded = _load(cache_dir, key, spec)
+    assert loaded is not None, "cache just written cannot be read back"
+    return loaded
+
+
+def _remove_stale_tmp(cache_dir: Path) -> None:
+    """Delete temporary files that a killed build (SIGKILL, power loss) could not clean up: a whole dataset's
+    worth of pixels each. Age, not a process id, decides, so a build running on another machine sharing the
+    folder is left alone."""
+    now = time.time()
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed it first
+            pass
+
+
+def cache_dataset(
+    data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False
+) -> tuple[list[Record], ImageCache]:
+    """DATA's records (a dataset root, a NORMAL/PNEUMONIA folder or a manifest; with ``split``, that split only)
+    and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache."""
+    found = discover(data)
+    records = found.split(split) if split else found.records
+    if not records:
+        raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
+    return records, build_cache([r.path for r in records], spec, progress=progress)
+
+
+def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Worker task: preprocessed images (zeros for unreadable ones) and (offset, reason) per failure."""
+    block = np.zeros((len(paths), spec.size, spec.size), np.uint8)
+    errors = []
+    for k, path in enumerate(paths):
+        try:
+            block[k] = preprocess(path, **spec.to_dict())
+        except DecodeError as e:
+            errors.append((k, str(e)))
+    return block, errors
+
+
+def _decode_all(
+    paths: list[str], spec: PreprocessSpec, workers: int
+) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str]]]]]:
+    """(first row, chunk result) in completion order, with at most 2 chunks per worker in flight."""
+    starts = range(0, len(paths), CHUNK)
+    workers = min(workers, len(starts))
+    if workers <= 1:  # starting processes costs more than it saves for a single chunk
+        for start in starts:
+            yield start, _decode_chunk(paths[start : start + CHUNK], spec)
+        return
+    # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        todo = iter(starts)
+        pending = {}
+
+        def submit() -> None:
+            start = next(todo, None)
+            if start is not None:
+                pending[pool.submit(_decode_chunk, paths[start : start + CHUNK], spec)] = start
+
+        for _ in range(2 * workers):
+            submit()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+                submit()
+
+
+def _compact(fd: int, n: int, bad_rows: list[int], row_bytes: int) -> int:
+    """Close the gaps left by unreadable files so rows follow the input order; returns the rows kept."""
+    if not bad_rows:
+        return n
+    skip = set(bad_rows)
+    dst = bad_rows[0]
+    for src in range(bad_rows[0], n):
+        if src in skip:
+            continue
+        if src != dst:
+            os.pwrite(fd, os.pread(fd, row_bytes, src * row_bytes), dst * row_bytes)
+        dst += 1
+    return dst
+
+
+def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
+    """The cache for ``key`` if its index exists and its array file is the one the index describes (size and
+    SHA-256), else None (rebuild); a damaged cache is logged as a warning."""
+    index_path, array_path = cache_dir / f"{key}.json", cache_dir / f"{key}.u8"
+    if not index_path.exists():
+        return None  # never built (or a killed build): nothing to report
+    try:
+        index = json.loads(index_path.read_text())
+        shape = tuple(index["shape"])
+        checksum = index["sha256"]
+        if shape[1:] != (spec.size, spec.size):
+            raise ValueError(f"holds {shape[1:]} images, not {spec.size} px")
+        if os.path.getsize(array_path) != int(np.prod(shape)):
+            raise ValueError(f"{array_path.name} has {os.path.getsize(array_path):,} bytes, not {int(np.prod(shape)):,}")
+        with array_path.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != checksum:
+                raise ValueError(f"{array_path.name} is damaged: its SHA-256 differs from the one recorded when it was built")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("image cache %s in %s is unusable (%s): rebuilding it", key, cache_dir, e)
+        return None
+    if shape[0] == 0:
+        images = np.zeros(shape, np.uint8)
+        images.setflags(write=False)
+    else:
+        images = np.memmap(array_path, dtype=np.uint8, mode="r", shape=shape)
+    return ImageCache(images, index["paths"], index["errors"], spec, key, checksum)

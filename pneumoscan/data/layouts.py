@@ -1,0 +1,398 @@
+"""Dataset discovery: turn a folder tree or a CSV manifest into image records.
+
+A dataset's shape is a :class:`Layout`, chosen by :func:`discover` from the registered ones (or named): the
+Kaggle/Kermany folders (``{train,val,test}/{NORMAL,PNEUMONIA}``, films named ``person12_bacteria_45.jpeg`` and, for
+normals, after a study: ``IM-0115-0001.jpeg``), the Mendeley release (the same folders, films named
+``BACTERIA-4038442-0001.jpeg``: kind, patient, film) and a CSV manifest. Each layout owns its file-name rules, which
+give the pneumonia subtype and the patient id. Which files are images is the readers' say (:mod:`pneumoscan.data.readers`).
+Everything downstream works on :class:`Record` lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import logging
+import os
+import re
+import stat
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pneumoscan.core.names import file_kind
+from pneumoscan.core.options import look_up_option
+from . import readers
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("NORMAL", "PNEUMONIA")
+SUBTYPES = ("normal", "bacteria", "virus")
+SPLITS = ("train", "val", "test")
+MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
+
+_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image: where it is, which split and class it belongs to, and whose it is."""
+
+    path: str
+    label: str  # "NORMAL" | "PNEUMONIA"
+    subtype: str  # "normal" | "bacteria" | "virus" | "" when a pneumonia file name does not say
+    patient: str  # patient (personN, Mendeley's number) or study (IM-NNNN) id; the file stem when none is in the name
+    split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
+
+
+@dataclass
+class Discovery:
+    """Records found, plus the files skipped on the way (path, reason) so a user can see what was left out."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    layout: str = ""  # the layout that read the dataset (:func:`discover`)
+
+    def split(self, name: str) -> list[Record]:
+        return [r for r in self.records if r.split == name]
+
+
+def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str]:
+    """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
+    first, then every registered one's: a site may have merged two releases); unknown parts fall back to '' and the
+    stem. The folder's label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no
+    known subtype."""
+    stem = Path(filename).stem
+    rules = [layout] if layout is not None else []
+    for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
+        parsed = candidate.parse_name(stem, label)
+        if parsed is not None:
+            return parsed
+    return ("normal" if label == "NORMAL" else ""), stem
+
+
+def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None) -> Record:
+    """A record with the subtype and patient read from the file name (:func:`parse_name`)."""
+    label = label.upper()
+    look_up_option(label, LABELS, "label")
+    subtype, patient = parse_name(Path(path).name, label, layout)
+    return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
+
+
+def _is_junk(path: Path) -> str | None:
+    """Reason to skip a file, or None if it looks like an image we should read."""
+    if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
+        return "hidden folder"
+    name = path.name.lower()
+    if name in _JUNK_NAMES or name.startswith("._"):
+        return "system file"
+    if name.startswith("."):
+        return "hidden file"
+    if path.suffix.lower() not in readers.suffixes():
+        return f"not an image extension ({path.suffix or 'none'})"
+    return None
+
+
+def _skip(entry: Path, kind: str, found: Discovery) -> None:
+    """Record an entry that is not a ``kind`` folder (split or class) with the reason it was left out."""
+    if entry.is_dir():
+        reason = "hidden folder" if entry.name.startswith(".") else f"not a {kind} folder"
+    else:
+        reason = _is_junk(Path(entry.name)) or f"outside the {kind} folders"
+    found.skipped.append({"path": str(entry), "reason": reason})
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry found below a folder: an ``image`` to read, an ``unreadable`` one (named like an image, but a
+    broken link, a link loop, a FIFO, ...; or a folder that cannot be listed), or ``skipped`` (junk, not an image,
+    a folder named like an image); every one but an image with its reason."""
+
+    path: Path
+    kind: str  # "image" | "unreadable" | "skipped"
+    reason: str = ""
+
+
+def walk(folder: Path, exclude: Path | None = None) -> list[Entry]:
+    """Every entry below ``folder`` in path order, each accounted for (:class:`Entry`); the one folder walk that
+    discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
+    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. Nothing is opened: a
+    FIFO is only named, never read, so the walk cannot hang."""
+    out: list[Entry] = []
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    seen: set[str] = set()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
+            out.append(Entry(current, "skipped", "output folder of this run (not searched)"))
+            continue
+        if real in seen:
+            out.append(Entry(current, "skipped", "folder already searched (a link back to it)"))
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(current) as listing:
+                names = [e.name for e in listing]
+        except OSError as e:
+            out.append(Entry(current, "unreadable", f"cannot list folder: {e.strerror or e}"))
+            continue
+        for name in names:
+            path = current / name
+            kind, reason = _classify(path, path.relative_to(folder))
+            if kind == "folder":
+                pending.append(path)
+                if reason:
+                    out.append(Entry(path, "skipped", reason))
+            else:
+                out.append(Entry(path, kind, reason))
+    return sorted(out, key=lambda e: e.path.parts)
+
+
+def _classify(path: Path, relative: Path) -> tuple[str, str]:
+    """(kind, reason) of one entry: "folder" (reason: why it is listed too), "image", "unreadable" or "skipped"."""
+    try:
+        mode = os.stat(path).st_mode  # through links
+    except OSError as e:
+        problem = {errno.ELOOP: "link loop", errno.ENOENT: "broken link"}.get(e.errno, f"cannot read: {e.strerror}")
+    else:
+        if stat.S_ISDIR(mode):
+            named = path.suffix.lower() in readers.suffixes()
+            return "folder", "folder named like an image (searched inside, not read)" if named else ""
+        problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
+    junk = _is_junk(relative)
+    if problem is None:
+        return ("skipped", junk) if junk else ("image", "")
+    # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
+    return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
+
+
+# ---------------------------------------------------------------- layouts
+
+
+class Layout(ABC):
+    """One way a dataset is laid out: how a root is recognised, where its films and their labels are, and the
+    file-name rules of its films. Registered with :func:`register_layout`; :func:`discover` picks one."""
+
+    name: str = ""  # what ``discover(layout=...)`` takes
+    description: str = ""  # one line: what a root laid out this way looks like
+
+    @abstractmethod
+    def detect(self, root: Path) -> bool:
+        """Whether ``root`` (a file or a folder) is laid out this way; cheap: lists folders, reads no image."""
+
+    @abstractmethod
+    def discover(self, root: Path) -> Discovery:
+        """Every record under ``root``, and every entry left out with its reason."""
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        """(subtype, patient id) when a file-name stem follows this layout's rules, else None (the default: a layout
+        without name rules). ``label`` is the folder's; a NORMAL film's subtype is "normal"."""
+        return None
+
+
+class ClassFolders(Layout):
+    """``{train,val,test}/{NORMAL,PNEUMONIA}`` or ``{NORMAL,PNEUMONIA}`` alone (folder names in any case); the files
+    below a class folder, at any depth, are its films (:func:`walk`)."""
+
+    splits = SPLITS
+
+    def detect(self, root: Path) -> bool:
+        if not root.is_dir():
+            return False
+        children = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+        return any(s in children for s in self.splits) or any(name.upper() in LABELS for name in children)
+
+    def discover(self, root: Path) -> Discovery:
+        found = Discovery(layout=self.name)
+        children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+        split_dirs = [children[s] for s in self.splits if s in children]
+        if split_dirs:
+            for entry in sorted(set(root.iterdir()) - set(split_dirs)):
+                _skip(entry, "split", found)
+            for folder in split_dirs:
+                self._scan(folder, folder.name.lower(), found)
+        else:
+            self._scan(root, "", found)
+        return found
+
+    def class_folders(self, root: Path) -> list[Path]:
+        """The class folders a detected root holds (under its split folders, or itself)."""
+        children = [p for p in root.iterdir() if p.is_dir()]
+        splits = [p for p in children if p.name.lower() in self.splits]
+        return [c for folder in splits or [root] for c in folder.iterdir() if c.name.upper() in LABELS and c.is_dir()]
+
+    def _scan(self, folder: Path, split: str, found: Discovery) -> None:
+        for class_dir in sorted(folder.iterdir()):
+            label = class_dir.name.upper()
+            if not class_dir.is_dir() or label not in LABELS:
+                _skip(class_dir, "class", found)
+                continue
+            for entry in walk(class_dir):
+                if entry.kind == "image":
+                    found.records.append(make_record(entry.path, label, split, self))
+                else:
+                    found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+
+
+class KaggleLayout(ClassFolders):
+    """The Kaggle (Kermany) release: films named ``person12_bacteria_45.jpeg`` (patient, kind) and, for normals,
+    after a study: ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``."""
+
+    name = "kaggle"
+    description = "{train,val,test}/{NORMAL,PNEUMONIA} folders; person12_bacteria_45.jpeg, IM-0115-0001.jpeg"
+    _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
+    _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        if label == "NORMAL":
+            m = self._STUDY.match(stem)
+            return ("normal", m.group(1).upper()) if m else None
+        m = self._PERSON.match(stem)
+        return (m.group(2).lower(), m.group(1).lower()) if m else None
+
+
+class MendeleyLayout(ClassFolders):
+    """The Mendeley release (Kermany et al. 2018, v2/v3): the same folders, films named kind-patient-film, any case:
+    ``BACTERIA-4038442-0001.jpeg``, ``VIRUS-2040583-0001.jpeg``, ``NORMAL-2552119-0002.jpeg``. Told from the Kaggle
+    release by the first few names in its class folders."""
+
+    name = "mendeley"
+    description = "{train,test}/{NORMAL,PNEUMONIA} folders; NORMAL-2552119-0002.jpeg, BACTERIA-4038442-0001.jpeg"
+    _NAME = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+$", re.IGNORECASE)
+    _PEEK = 8  # names looked at per class folder to recognise the release
+
+    def detect(self, root: Path) -> bool:
+        if not super().detect(root):
+            return False
+        for folder in self.class_folders(root):
+            try:
+                with os.scandir(folder) as listing:
+                    names = [e.name for _, e in zip(range(self._PEEK), listing)]
+            except OSError:  # discovery reports the folder it cannot list
+                continue
+            if any(self._NAME.match(Path(n).stem) for n in names):
+                return True
+        return False
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        m = self._NAME.match(stem)
+        if not m:
+            return None
+        kind = m.group(1).lower()
+        if label == "NORMAL":
+            return "normal", m.group(2)
+        return ("" if kind == "normal" else kind), m.group(2)
+
+
+class ManifestLayout(Layout):
+    """A CSV file: ``path,label[,subtype,patient,split]`` (:func:`read_manifest`)."""
+
+    name = "manifest"
+    description = "a CSV file with columns path,label[,subtype,patient,split]"
+
+    def detect(self, root: Path) -> bool:
+        return root.is_file()
+
+    def discover(self, root: Path) -> Discovery:
+        found = read_manifest(root)
+        found.layout = self.name
+        return found
+
+
+_LAYOUTS: list[Layout] = []
+
+
+def register_layout(layout: Layout, first: bool = False) -> Layout:
+    """Add ``layout`` (a second of the same name replaces the first). :func:`discover` tries layouts in this order,
+    so one whose folders look like another's (as Mendeley's look like Kaggle's) goes ``first``."""
+    if not layout.name:
+        raise ValueError(f"{type(layout).__name__}: a layout needs a name")
+    unregister_layout(layout.name)
+    _LAYOUTS.insert(0 if first else len(_LAYOUTS), layout)
+    return layout
+
+
+def unregister_layout(name: str) -> None:
+    """Remove the layout called ``name`` (a test's toy layout); nothing when none is."""
+    _LAYOUTS[:] = [known for known in _LAYOUTS if known.name != name]
+
+
+def layouts() -> dict[str, Layout]:
+    """The registered layouts by name, in the order :func:`discover` tries them."""
+    return {known.name: known for known in _LAYOUTS}
+
+
+# Most specific first: a manifest is a file; a Mendeley tree's folders are the Kaggle release's.
+register_layout(ManifestLayout())
+register_layout(MendeleyLayout())
+register_layout(KaggleLayout())
+
+
+def discover(root: Path | str, layout: str | None = None) -> Discovery:
+    """Records under a dataset root, read by ``layout`` (a registered name) or by the first registered layout that
+    recognises the root: ``{train,val,test}/{NORMAL,PNEUMONIA}``, a single split folder (``{NORMAL,PNEUMONIA}``), or a
+    CSV manifest file, as the built-in ones do."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset not found: {root}")
+    known = layouts()
+    if layout is not None:
+        chosen = known[look_up_option(layout, known, "dataset layout")]
+        if not chosen.detect(root):
+            raise ValueError(f"{root}: not laid out as {layout} ({chosen.description})")
+    else:
+        chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
+        if chosen is None:
+            expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
+            raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
+    logger.debug("%s: read as the %s layout", root, chosen.name)
+    return chosen.discover(root)
+
+
+def read_manifest(csv_path: Path | str) -> Discovery:
+    """Records from a CSV with columns ``path,label[,subtype,patient,split]``; relative paths are taken
+    relative to the CSV's folder. Missing subtype/patient are parsed from the file name."""
+    csv_path = Path(csv_path)
+    found = Discovery()
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark; surrogateescape: file names that are
+    # not UTF-8 (an old zip's) round-trip as write_manifest wrote them
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
+                             f"(columns: path,label[,subtype,patient,split])")
+        for line, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{csv_path}, line {line}: path and label must not be empty")
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            try:
+                rec = make_record(path, row["label"], (row.get("split") or "").lower())
+            except ValueError as e:
+                raise ValueError(f"{csv_path}, line {line}: {e}") from None
+            subtype, patient = (row.get("subtype") or rec.subtype).lower(), row.get("patient") or rec.patient
+            # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
+            if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
+                raise ValueError(f"{csv_path}, line {line}: subtype {subtype!r} does not fit label {rec.label}")
+            found.records.append(Record(str(path), rec.label, subtype, patient, rec.split))
+    return found
+
+
+def write_manifest(records: list[Record], csv_path: Path | str) -> None:
+    """Write records as a manifest that :func:`read_manifest` (and so every command) reads back. A relative path
+    is rewritten relative to the CSV's folder, which is how it is read back: between the two folders as they really
+    are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk)."""
+    csv_dir = os.path.realpath(Path(csv_path).parent)
+    with Path(csv_path).open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for rec in records:
+            path = rec.path
+            if not os.path.isabs(path):  # the folder resolved, the name kept (it may be a link with a meaning)
+                folder, name = os.path.split(path)
+                path = os.path.relpath(os.path.join(os.path.realpath(folder), name), csv_dir)
+            writer.writerow({**asdict(rec), "path": path})

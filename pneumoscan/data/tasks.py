@@ -1,0 +1,140 @@
+"""Classification tasks as plugins, registered by name as models are (:func:`register_task`).
+
+A task owns what the rest of pneumoscan asks about it: its classes (index = target; the first class is always the
+negative one), the rule that gives a record its class (None: the record is not in the task), the probability that
+is thresholded (its positive class), the metrics beyond the binary ones, the class Grad-CAM explains, and which
+first-stage label hands a film to it when it runs as a second stage (etiology reads the films a pneumonia model
+calls positive). Training, evaluation, export, explanation, prediction, serving and the CLI ask the task object,
+so a new task is one :func:`register_task` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pneumoscan.core.options import look_up_option
+from .layouts import Record
+
+TargetRule = Callable[[Record], "int | None"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task; see the module docstring. Subclass it to change a rule, register it with
+    :func:`register_task`."""
+
+    name: str
+    classes: tuple[str, ...]
+    positive: str  # the class whose probability is thresholded and reported (sensitivity is about this class)
+    target: TargetRule
+    # first-stage task name -> the label of that stage that hands a film to this one (this task as a second stage)
+    follows: Mapping[str, str] = field(default_factory=dict)
+    reports_pneumonia: bool = False  # the positive call states "pneumonia present" (DICOM SR and FHIR reports)
+
+    def __post_init__(self) -> None:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"task {self.name!r}: needs two or more distinct classes, got {self.classes}")
+        if not self.multiclass and self.positive != self.classes[1]:
+            raise ValueError(f"task {self.name!r}: a two-class task's positive class is its second class "
+                             f"({self.classes[1]!r}), got {self.positive!r}")
+        if self.multiclass and self.positive == self.classes[0]:
+            raise ValueError(f"task {self.name!r}: the first class {self.positive!r} is the negative one")
+
+    @property
+    def multiclass(self) -> bool:
+        """More than two classes: the positive call is "not the first class" (e.g. any pneumonia)."""
+        return len(self.classes) > 2
+
+    def positive_probability(self, probs: np.ndarray) -> np.ndarray:
+        """P(positive) from class probabilities (N, C): the second class for two classes, else 1 - P(first class).
+        Thresholds are chosen on these very numbers, so every path computes them this one way."""
+        return 1.0 - probs[:, 0] if self.multiclass else probs[:, 1]
+
+    @property
+    def positive_formula(self) -> str:
+        """:meth:`positive_probability` in words, for the ONNX sidecar."""
+        return f"1 - P({self.classes[0]})" if self.multiclass else f"P({self.positive})"
+
+    def extra_metrics(self, targets: np.ndarray, probs: np.ndarray) -> dict:
+        """Metrics beyond the binary ones: a per-class block for a multiclass task."""
+        if not self.multiclass:
+            return {}
+        from pneumoscan.core.metrics import evaluate_multiclass  # scipy/sklearn: only when evaluating
+
+        return {"multiclass": evaluate_multiclass(targets, probs, self.classes)}
+
+    def cam_class(self, logits: np.ndarray) -> int:
+        """The class Grad-CAM explains for one film's logits (C,): the positive class, or for a multiclass task the
+        most probable of the positive classes."""
+        return 1 + int(np.argmax(logits[1:])) if self.multiclass else 1
+
+    def handoff(self, first: Task) -> str:
+        """The label of a ``first`` stage that hands a film to this task; ValueError when it does not follow it."""
+        if first.name not in self.follows:
+            after = ", ".join(self.follows) or "no other stage"
+            raise ValueError(f"the {self.name} task follows {after}, not {first.name}")
+        return self.follows[first.name]
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(
+    name: str, *, classes: Sequence[str], positive: str, follows: Mapping[str, str] | None = None,
+    reports_pneumonia: bool = False, cls: type[Task] = Task,
+) -> Callable[[TargetRule], TargetRule]:
+    """Register the decorated ``rule(record) -> class index | None`` as task ``name`` (``cls``: a :class:`Task`
+    subclass with other rules)."""
+
+    def decorator(rule: TargetRule) -> TargetRule:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        _TASKS[name] = cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia)
+        return rule
+
+    return decorator
+
+
+def get_task(name: str) -> Task:
+    return _TASKS[look_up_option(name, _TASKS, "task")]
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def select(records: Sequence[Record], task: Task) -> tuple[list[Record], np.ndarray]:
+    """The records that belong to the task and their integer targets."""
+    kept = [(r, t) for r in records if (t := task.target(r)) is not None]
+    return [r for r, _ in kept], np.array([t for _, t in kept], dtype=np.int64)
+
+
+def positive_probability(probs: np.ndarray, task: Task) -> np.ndarray:
+    """:meth:`Task.positive_probability`."""
+    return task.positive_probability(probs)
+
+
+def binary_targets(targets: np.ndarray) -> np.ndarray:
+    """0/1 targets matching :meth:`Task.positive_probability`: every task's first class is negative, any other
+    class positive."""
+    return (targets > 0).astype(np.int64)
+
+
+@register_task("pneumonia", classes=("NORMAL", "PNEUMONIA"), positive="PNEUMONIA", reports_pneumonia=True)
+def _pneumonia(r: Record) -> int:
+    return int(r.label == "PNEUMONIA")
+
+
+@register_task("etiology", classes=("bacteria", "virus"), positive="virus",
+               follows={"pneumonia": "PNEUMONIA", "multiclass": "pneumonia"})
+def _etiology(r: Record) -> int | None:
+    return {"bacteria": 0, "virus": 1}.get(r.subtype) if r.label == "PNEUMONIA" else None
+
+
+# Thresholded as normal vs pneumonia: P(pneumonia) = 1 - P(normal).
+@register_task("multiclass", classes=("normal", "bacteria", "virus"), positive="pneumonia", reports_pneumonia=True)
+def _multiclass(r: Record) -> int | None:
+    return {"normal": 0, "bacteria": 1, "virus": 2}.get(r.subtype)

@@ -1,0 +1,134 @@
+"""Augmentation and normalisation as plain torchvision.transforms.v2 pipelines on cached uint8 images.
+
+The options follow Keras' ImageDataGenerator where the reference projects used it: ``zoom_range`` zooms in and
+out, ``fill_mode`` fills the border as constant, nearest or reflect, and flips are opt-in switches.
+
+Horizontal flips are off by default: a chest film has a side (heart on the left, stomach bubble, the L/R marker),
+and a flipped film is a different, rarer anatomy (situs inversus) rather than a harmless variant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torchvision.transforms import v2
+
+from pneumoscan.core.options import FILL_MODES, look_up_option
+
+NOISE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # fractions of Augment.noise
+
+
+_PAD_MODE = {"nearest": "edge", "reflect": "reflect"}
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random changes applied to each training image (the reference projects' set, made explicit)."""
+
+    zoom: float = 0.15  # random resized crop keeps between 1 - zoom and 1 of the area (zoom in only)
+    # Keras' zoom_range: the scale is drawn from [1 - zoom_range, 1 + zoom_range], zooming in AND out; zooming out
+    # leaves a border that fill_mode fills
+    zoom_range: float = 0.0
+    shift: float = 0.08  # fraction of the side
+    rotation: float = 10.0  # degrees either way
+    shear: float = 5.0  # degrees
+    brightness: float = 0.2
+    contrast: float = 0.2
+    # Largest Gaussian noise sigma (fraction of the grey range); half the images get one of NOISE_LEVELS of it, so
+    # the model meets faint and strong grain alike. Without it grain read as pneumonia: sigma 10/255 took the demo
+    # model's validation specificity from 0.990 to 0.554 (benchmarks/bench_shift.py). 0 turns it off.
+    noise: float = 0.04
+    hflip: bool = False
+    vflip: bool = False  # upside down: as with hflip, a film the clinic never sees; offered for the reference runs
+    # what fills the pixels that shifts, rotations, shears and zooming out bring in from outside the film:
+    # constant (black), nearest (the edge pixel repeated) or reflect (the film mirrored at its edge), as in Keras
+    fill_mode: str = "constant"
+
+    def __post_init__(self) -> None:
+        look_up_option(self.fill_mode, FILL_MODES, "fill_mode")
+        if not 0 <= self.zoom_range < 1:
+            raise ValueError(f"zoom_range must be in [0, 1), got {self.zoom_range}")
+        if not 0 <= self.zoom < 1:
+            raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
+
+    @classmethod
+    def off(cls) -> Augment:
+        """No random change at all: training sees the images as validation does (``--no-augment``)."""
+        return cls(zoom=0.0, shift=0.0, rotation=0.0, shear=0.0, brightness=0.0, contrast=0.0, noise=0.0)
+
+    @property
+    def geometric(self) -> bool:
+        """Whether the affine step moves pixels (and so brings some in from outside the film)."""
+        return bool(self.zoom_range or self.shift or self.rotation or self.shear)
+
+
+def add_grain(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 pixels plus Gaussian noise of ``sigma`` (a fraction of the grey range), rounded to the nearest grey
+    level. torchvision's GaussianNoise truncates a uint8 result towards zero, which weakened every level (1 % acted
+    like 0.86 %) and left about a third of the pixels unchanged at the faintest."""
+    noisy = pixels.float() + torch.randn(pixels.shape) * (sigma * 255.0)
+    return noisy.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def to_input(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 pixels -> the model's float input. The one formula used by training, validation, predict and export:
+    the threshold is one of the validation scores, so every path must compute it bit for bit alike."""
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def normalize(mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return partial(to_input, mean=mean, std=std)
+
+
+def _margin(size: int, augment: Augment) -> int:
+    """Pixels of border the affine step can reach outside a size x size film: how far along an axis an output
+    corner maps back, grown by the largest zoom-out, rotation (at most cos + sin of the angle) and shear, plus the
+    largest shift. Padding this much first (edge or mirror) lets torchvision's affine, which only fills with a
+    constant, fill the Keras ways; a tight margin keeps the padded image, and so the cost, small."""
+    turn = math.radians(min(abs(augment.rotation), 45.0))
+    corner = size / 2 / (1.0 - augment.zoom_range) * (math.cos(turn) + math.sin(turn))
+    corner *= 1 + math.tan(math.radians(abs(augment.shear)))
+    return max(0, math.ceil(corner + augment.shift * size - size / 2))
+
+
+def _affine(size: int, augment: Augment) -> list[v2.Transform]:
+    """Random rotation, shift, shear and Keras zoom in one affine step, filled per ``augment.fill_mode``."""
+    scale = (1.0 - augment.zoom_range, 1.0 + augment.zoom_range) if augment.zoom_range else None
+    if augment.fill_mode == "constant":
+        return [v2.RandomAffine(degrees=augment.rotation, translate=(augment.shift, augment.shift), scale=scale,
+                                shear=augment.shear)]  # fmt: skip
+    margin, side, pads = _margin(size, augment), size, []
+    while margin > 0:  # a mirror reaches at most one image width (less one pixel): mirror the mirrored image again
+        step = margin if augment.fill_mode == "nearest" else min(margin, side - 1)
+        pads.append(v2.Pad(step, padding_mode=_PAD_MODE[augment.fill_mode]))
+        margin, side = margin - step, side + 2 * step
+    shift = augment.shift * size / side  # torchvision's shift is a fraction of the padded side
+    return [
+        *pads,
+        v2.RandomAffine(degrees=augment.rotation, translate=(shift, shift), scale=scale, shear=augment.shear),
+        v2.CenterCrop(size),
+    ]
+
+
+def train_transform(size: int, mean: float, std: float, augment: Augment = Augment()) -> v2.Compose:
+    """Random zoom, shift, rotation, shear, brightness/contrast, noise and the flips asked for; the output stays
+    size x size. A range of zero adds no step, so ``Augment.off()`` leaves only the normalisation."""
+    steps: list[v2.Transform] = []
+    if augment.zoom:
+        steps.append(v2.RandomResizedCrop(size, scale=(1.0 - augment.zoom, 1.0), ratio=(0.9, 1.1), antialias=True))
+    if augment.geometric:
+        steps += _affine(size, augment)
+    if augment.brightness or augment.contrast:
+        steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+    if augment.noise:
+        levels = [partial(add_grain, sigma=augment.noise * k) for k in NOISE_LEVELS]
+        steps.append(v2.RandomApply([v2.RandomChoice(levels)], p=0.5))
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip())
+    return v2.Compose([*steps, normalize(mean, std)])

@@ -1,0 +1,141 @@
+"""Several runs side by side: one table of their validation figures and their ROC curves on one plot.
+
+A run is a training run folder (RUN/metrics.json is its validation report) or an evaluate folder (its
+metrics.json). Model, task and threshold policy come from the bundle next to it (RUN/bundle, or the evaluate
+folder's sibling bundle), training minutes from RUN/history.csv; what cannot be found is shown as n/a, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.models.bundle import CARD, load_card
+from .report import figure_png, roc_figure
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("run", "model", "task", "n", "auc", "auc_low", "auc_high", "accuracy", "sensitivity", "specificity",
+          "threshold", "policy", "minutes")
+
+
+@dataclass
+class RunSummary:
+    """One run's row of the comparison, with its ROC curve for the figure."""
+
+    run: str
+    model: str | None
+    task: str | None
+    n: int
+    auc: float | None
+    auc_ci: tuple[float | None, float | None]
+    accuracy: float | None
+    sensitivity: float | None
+    specificity: float | None
+    threshold: float
+    policy: str | None
+    minutes: float | None
+    roc: dict[str, list]
+
+    def row(self) -> dict[str, Any]:
+        return {"run": self.run, "model": self.model, "task": self.task, "n": self.n, "auc": self.auc,
+                "auc_low": self.auc_ci[0], "auc_high": self.auc_ci[1], "accuracy": self.accuracy,
+                "sensitivity": self.sensitivity, "specificity": self.specificity, "threshold": self.threshold,
+                "policy": self.policy, "minutes": self.minutes}
+
+
+def _training_minutes(folder: Path) -> float | None:
+    """The last epoch's elapsed minutes in history.csv (training's own clock), if the folder has one."""
+    path = folder / "history.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    value = rows[-1].get("minutes") if rows else None
+    return float(value) if value else None
+
+
+def load_run(path: Path | str) -> RunSummary:
+    """A run folder's (or evaluate folder's) validation figures; a folder without a binary metrics.json is refused."""
+    folder = Path(path)
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise ValueError(f"{folder}: no metrics.json (give a training run folder or an evaluate --out folder)")
+    try:
+        m = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("kind") != "binary" or "threshold" not in m:
+        raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
+    card = next((load_card(b) for b in (folder / "bundle", folder.parent / "bundle") if (b / CARD).is_file()), None)
+    minutes = _training_minutes(folder) if (folder / "bundle").is_dir() else _training_minutes(folder.parent)
+    ci = (m.get("ci") or {}).get("auc") or [None, None]
+    return RunSummary(
+        run=folder.name, model=card.model if card else None, task=card.task if card else None, n=int(m["n"]),
+        auc=m.get("auc"), auc_ci=(ci[0], ci[1]), accuracy=m.get("accuracy"), sensitivity=m.get("sensitivity"),
+        specificity=m.get("specificity"), threshold=float(m["threshold"]),
+        policy=card.threshold_policy if card else None, minutes=minutes,
+        roc=(m.get("curves") or {}).get("roc") or {"fpr": [], "tpr": []},
+    )
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(runs: list[RunSummary]) -> str:
+    """The comparison as aligned plain text (one line per run)."""
+    head = ("run", "model", "task", "n", "AUC (95% CI)", "acc", "sens", "spec", "threshold (policy)", "minutes")
+    lines = [head]
+    for r in runs:
+        ci = f" ({_fmt(r.auc_ci[0])}-{_fmt(r.auc_ci[1])})" if r.auc_ci[0] is not None else ""
+        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), _fmt(r.auc) + ci, _fmt(r.accuracy),
+                      _fmt(r.sensitivity), _fmt(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
+                      _fmt(r.minutes, 1)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> list[RunSummary]:
+    """Summaries of ``paths``; with ``out_dir``, also compare.csv (the table) and compare.png (ROC curves overlaid,
+    each run's operating point marked in its curve's colour). Runs of different tasks are refused: their curves
+    answer different questions."""
+    if not paths:
+        raise ValueError("no runs to compare")
+    runs = [load_run(p) for p in paths]
+    names = [r.run for r in runs]
+    if len(set(names)) < len(names):  # two RUN/eval-val folders: name them by their run as well
+        for r, p in zip(runs, paths):
+            r.run = f"{Path(p).parent.name}/{r.run}"
+    tasks = {r.task for r in runs if r.task}
+    if len(tasks) > 1:
+        raise ValueError(f"runs of different tasks ({', '.join(sorted(tasks))}) do not share one ROC plot")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(r.row() for r in runs)
+        write_atomic(out / "compare.csv", text.getvalue().encode())
+        write_atomic(out / "compare.png", figure_png(comparison_figure(runs)))
+        log.info("wrote %s and %s", out / "compare.csv", out / "compare.png")
+    return runs
+
+
+def comparison_figure(runs: list[RunSummary]):
+    """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot."""
+    curves = {r.run: r.roc for r in runs if r.roc["fpr"]}
+    labels = {r.run: f"{r.run} (AUC {_fmt(r.auc)})" for r in runs}
+    points, owner = {}, {}
+    for r in runs:
+        if r.run in curves and r.sensitivity is not None and r.specificity is not None:
+            label = f"{r.run} at t = {r.threshold:.3g}"
+            points[label], owner[label] = (1 - r.specificity, r.sensitivity), r.run
+    return roc_figure(curves, labels, points, owner)

@@ -1,0 +1,266 @@
+"""Evaluate a bundle on labelled images: metrics at the bundle's threshold and at 0.5, CIs, curves, report,
+per-image predictions, a sensitivity/specificity table over thresholds and the most confident errors; and choose
+a new operating threshold on labelled data as a new bundle (``pneumoscan threshold``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, evaluate_binary, jsonable
+from pneumoscan.data.cache import cache_dataset
+from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.layouts import Record
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.tasks import Task, binary_targets, get_task, select
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
+from pneumoscan.inference.predict import TTA_VIEWS, Predictor
+from pneumoscan.models.bundle import BundleCard, load_card
+from .model_card import add_evaluation, evaluation_record, today, update_card
+from .report import write_report
+
+log = logging.getLogger(__name__)
+PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
+TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
+GALLERY_SIZE = 8  # most confident false positives, and as many false negatives, in the report
+GALLERY_CAM_SECONDS = 60.0  # Grad-CAM for the gallery stops here (about a second a film for a large model on CPU)
+THUMBNAIL = 256
+
+
+def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
+    """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
+    per-class block under ``multiclass``."""
+    y, prob = binary_targets(targets), task.positive_probability(probs)
+    metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
+    metrics["positive_class"] = task.positive
+    metrics["threshold_table"] = threshold_table(y, prob, threshold)
+    metrics.update(task.extra_metrics(targets, probs))
+    return metrics
+
+
+def labelled_records(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
+    files that could not be read. With a dataset root, ``split`` picks train/val/test."""
+    records, cache = cache_dataset(data, spec, split, progress=True)
+    readable = set(cache.paths)
+    records, targets = select([r for r in records if r.path in readable], task)
+    return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+
+
+def labelled_images(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """:func:`labelled_records` without the records."""
+    return labelled_records(data, split, task, spec)[1:]
+
+
+def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
+    """Counts, sensitivity, specificity and precision at the bundle's threshold, at the most specific thresholds
+    that reach a few sensitivity targets on these images, and at fixed thresholds: the figures a user picks an
+    operating point from. Rows in increasing threshold; one row per threshold, its rules joined."""
+    rules: dict[float, list[str]] = {}
+    rules.setdefault(float(threshold), []).append("bundle threshold")
+    if 0 < int(y.sum()) < y.size:
+        for target in TABLE_SENSITIVITIES:
+            rules.setdefault(choose_threshold(y, scores, target), []).append(f"sensitivity >= {target:g}")
+    for t in TABLE_THRESHOLDS:
+        rules.setdefault(t, []).append("fixed")
+    rows = []
+    for t in sorted(rules):
+        m = binary_metrics(y, scores, t)
+        rows.append({"threshold": t, "rule": ", ".join(rules[t]), **{k: m[k] for k in (
+            "sensitivity", "specificity", "precision", "tp", "fp", "tn", "fn")}})
+    return jsonable(rows)  # an undefined rate (precision with nothing called positive) is None, not NaN
+
+
+def _write_csv(path: Path, fields: tuple[str, ...] | list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    """A PNG at most THUMBNAIL pixels high (three panels wide for an overlay), so sixteen keep the report small."""
+    image.thumbnail((3 * THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, scores: np.ndarray,
+                  threshold: float, size: int = GALLERY_SIZE,
+                  cam_seconds: float = GALLERY_CAM_SECONDS) -> dict[str, list[tuple[bytes, str]]]:
+    """The ``size`` most confident false positives (highest scores among negatives called positive) and false
+    negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
+    ``cam_seconds`` last and the model has a spatial feature map, plain films after that."""
+    from pneumoscan.inference.explain import explain_array, overlay_png
+
+    called = scores >= threshold
+    false_pos = np.flatnonzero((y == 0) & called)
+    false_neg = np.flatnonzero((y == 1) & ~called)
+    groups = {
+        f"False positives: called {predictor.card.positive}, truly {predictor.card.classes[0]} (highest scores first)":
+            false_pos[np.argsort(-scores[false_pos], kind="stable")][:size],
+        f"False negatives: called {predictor.card.classes[0]}, truly {predictor.card.positive} (lowest scores first)":
+            false_neg[np.argsort(scores[false_neg], kind="stable")][:size],
+    }
+    deadline = time.monotonic() + cam_seconds
+    cam = True
+    gallery: dict[str, list[tuple[bytes, str]]] = {}
+    for title, indices in groups.items():
+        items = []
+        for i in indices:
+            record = records[i]
+            try:
+                gray = read_gray(record.path, target=predictor.card.spec.decode_target)
+            except DecodeError as e:  # changed since the cache was built: say so, do not stop the report
+                log.warning("gallery: %s: %s", record.path, e)
+                continue
+            image = Image.fromarray(gray)
+            if cam and time.monotonic() < deadline:
+                try:
+                    image = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray))))
+                except ValueError as e:  # a model without a spatial feature map
+                    log.info("gallery without Grad-CAM: %s", e)
+                    cam = False
+            items.append((_thumbnail(image), f"{Path(record.path).name}  P = {scores[i]:.3f}"))
+        gallery[title] = items
+    return gallery
+
+
+def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
+             tta: bool = False, add_to_card: bool = False, data_name: str | None = None) -> dict:
+    """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
+    bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
+    views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
+    ``threshold_table`` (:func:`threshold_table`). With ``out_dir``: metrics.json, report.html (with the most
+    confident errors), its figures as PNG, predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
+    result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched)."""
+    predictor = Predictor(bundle)
+    card = predictor.card
+    threshold = predictor.threshold(tta)
+    task = get_task(card.task)
+    records, images, targets, errors = labelled_records(data, split, task, card.spec)
+    probs = predictor.probabilities(images, tta=tta)
+    scores, y = predictor.positive(probs), binary_targets(targets)
+    metrics = evaluate_probabilities(probs, targets, task, threshold)
+    metrics["unreadable"] = errors
+    mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
+    name = data_name or Path(data).name + (f"/{split}" if split else "")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        called = scores >= threshold
+        _write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS, [
+            {"path": r.path, "label": task.classes[t], "subtype": r.subtype, "patient": r.patient,
+             "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
+            for r, t, p, c, yy in zip(records, targets, scores, called, y)
+        ])
+        table = metrics["threshold_table"]
+        _write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
+        write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra={
+            "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
+            "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
+            "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
+        }, figures=True, gallery=error_gallery(predictor, records, y, scores, threshold))
+    if add_to_card:
+        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
+        log.info("recorded the evaluation on %s in %s", name, Path(bundle) / "MODEL_CARD.md")
+    return metrics
+
+
+def _policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
+    if target_sensitivity is not None:
+        return f"sensitivity >= {target_sensitivity:g}"
+    if max_false_positive_rate is not None:
+        return f"false-positive rate <= {max_false_positive_rate:g}"
+    return "Youden's J"
+
+
+def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_sensitivity: float | None,
+                max_false_positive_rate: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The policy's plain and TTA thresholds for one way of scoring, with the plain and TTA scores."""
+    plain = predictor.positive(predictor.probabilities(images))
+    tta = predictor.positive(predictor.probabilities(images, tta=True))
+    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
+    try:
+        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
+    except ValueError as e:
+        raise ValueError(f"with test-time augmentation: {e}") from None
+    return threshold, tta_threshold, plain, tta
+
+
+def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: str | None = None,
+                target_sensitivity: float | None = None, max_false_positive_rate: float | None = None,
+                data_name: str | None = None) -> BundleCard:
+    """A copy of BUNDLE at OUT with a threshold (and a TTA threshold, from TTA scores) chosen on DATA by one policy:
+    a sensitivity target, a false-positive-rate ceiling, or Youden's J when both are None (metrics.choose_threshold).
+    Only bundle.json, MODEL_CARD.md and the ONNX sidecars (which hold the thresholds) differ from BUNDLE; an INT8
+    model gets its own thresholds again, by the same policy on its own scores. BUNDLE is never changed. A policy
+    the data cannot meet is refused before anything is written."""
+    bundle, out = Path(bundle), Path(out)
+    load_card(bundle)  # a folder that is no bundle is refused before any scoring
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"--out {out} exists: the new bundle goes to a new folder")
+    if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} is inside the bundle {bundle}: the new bundle goes beside it")
+    predictor = Predictor(bundle)
+    card = predictor.card
+    records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
+    y = binary_targets(targets)
+    threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
+    int8 = None
+    if (bundle / INT8_NAME).exists():
+        quantized = Predictor(bundle, backend="onnx", session=session(bundle / INT8_NAME))
+        try:
+            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:2]
+        except ValueError as e:
+            raise ValueError(f"INT8 model: {e}") from None
+    name = data_name or Path(data).name + (f"/{split}" if split else "")
+    policy = f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}"
+    at, at_tta = binary_metrics(y, plain, threshold), binary_metrics(y, tta, tta_threshold)
+    record = {
+        "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
+        "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": len(errors),
+        "previous_threshold": card.threshold, "previous_tta_threshold": card.tta_threshold,
+        "previous_policy": card.threshold_policy, "threshold": threshold, "tta_threshold": tta_threshold,
+        "target_sensitivity": target_sensitivity, "max_false_positive_rate": max_false_positive_rate,
+        "sensitivity": at["sensitivity"], "specificity": at["specificity"],
+        "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
+        "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
+    }
+    card = load_card(bundle)
+    card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy
+    card.threshold_records.append(record)
+    # built beside OUT and renamed into place: a failure leaves no half bundle
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.copytree(bundle, tmp, symlinks=False)
+    try:
+        update_card(tmp, card)
+        if (tmp / ONNX_NAME).exists():
+            write_onnx_spec(tmp, tmp / ONNX_NAME)
+        if int8 is not None:
+            sidecar = spec_path(tmp / INT8_NAME)
+            figures = json.loads(sidecar.read_text())
+            figures.update(int8_threshold=int8[0], int8_tta_threshold=int8[1], threshold_policy=policy)
+            sidecar.write_text(json.dumps(figures, indent=2))
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
+             threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
+             y.size, out)
+    return card

@@ -1,0 +1,258 @@
+"""The model card: BUNDLE/MODEL_CARD.md in the Hugging Face layout (YAML front matter, then sections), written from
+the bundle's card (bundle.json), so the people who pick up a bundle read what it is for, what it was trained and
+validated on, and where it must not be used.
+
+bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from it whenever a record is added
+(an external evaluation, a new threshold), never edited by hand, and neither ever touches the weights.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.models.bundle import BundleCard, load_card, save_card
+
+MODEL_CARD = "MODEL_CARD.md"
+INTENDED_USE = (
+    "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
+    "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
+    "Guangzhou, China), and gives a calibrated probability of the positive class with a thresholded label."
+)
+OUT_OF_SCOPE = (
+    "Diagnosis, triage or any decision about a patient without a qualified reader: the label is a research output.",
+    "Adults, infants under 1 year, children over 5 years: the training films hold none.",
+    "Lateral films, CT, photographs or screenshots of films, and any other modality.",
+    "Films from other hospitals, scanners or processing pipelines until the model is evaluated on them "
+    "(`pneumoscan evaluate BUNDLE DATA --add-to-card`); scores shift with the source.",
+    "Other findings (tuberculosis, COVID-19, effusion, nodules, devices): the model knows only its classes.",
+)
+LIMITATIONS = (
+    "One centre, retrospective: the films come from one hospital's routine care; prevalence, equipment and "
+    "patients elsewhere differ.",
+    "Labels are expert gradings of the films (two physicians, a third checking the test set), not laboratory "
+    "confirmation; bacterial versus viral labels are the least certain.",
+    "The classes are unbalanced (about 3 pneumonia films per normal one in the training folder).",
+    "The threshold and the temperature were chosen on the validation films, so the validation figures at that "
+    "threshold are optimistic; figures on data the model has never seen are the ones to trust.",
+    "Grad-CAM heatmaps show where the score came from, not where the disease is.",
+)
+CITATION = """\
+The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
+Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution required).
+
+The paper: Kermany DS, Goldbaum M, Cai W, et al. Identifying Medical Diagnoses and Treatable Diseases by
+Image-Based Deep Learning. Cell 2018; 172(5): 1122-1131.e9. doi:10.1016/j.cell.2018.02.010.
+
+```bibtex
+@misc{kermany2018data,
+  author = {Kermany, Daniel and Zhang, Kang and Goldbaum, Michael},
+  title = {Labeled Optical Coherence Tomography ({OCT}) and Chest X-Ray Images for Classification},
+  year = {2018}, publisher = {Mendeley Data}, version = {2}, doi = {10.17632/rscbjbr9sj.2}
+}
+@article{kermany2018cell,
+  author = {Kermany, Daniel S. and Goldbaum, Michael and Cai, Wenjia and others},
+  title = {Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning},
+  journal = {Cell}, volume = {172}, number = {5}, pages = {1122--1131.e9}, year = {2018},
+  doi = {10.1016/j.cell.2018.02.010}
+}
+```
+"""
+DATASET = "Kermany et al. 2018, Labeled OCT and Chest X-Ray Images, Mendeley Data V2 (doi:10.17632/rscbjbr9sj.2)"
+# (key in a metrics block, metric type in the model index, name shown)
+CARD_METRICS = (
+    ("auc", "roc_auc", "ROC AUC"),
+    ("sensitivity", "recall", "Sensitivity"),
+    ("specificity", "specificity", "Specificity"),
+    ("precision", "precision", "Precision (PPV)"),
+    ("accuracy", "accuracy", "Accuracy"),
+    ("f1", "f1", "F1"),
+)
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(block: dict[str, Any], key: str) -> str:
+    """``0.912 (0.88-0.94)`` from an evaluation record's {key: {"value", "ci"}} metrics."""
+    entry = block.get(key) or {}
+    lo, hi = entry.get("ci") or (None, None)
+    return _num(entry.get("value")) + (f" ({_num(lo)}-{_num(hi)})" if lo is not None and hi is not None else "")
+
+
+def _model_index(card: BundleCard) -> list[dict[str, Any]]:
+    """The front matter's model-index: validation figures first, then every external evaluation."""
+    task = {"type": "image-classification", "name": f"{card.task}: {' vs '.join(card.classes)}"}
+    results = []
+    if card.val_metrics:
+        metrics = [{"type": kind, "name": f"{name} (validation, threshold chosen on it)", "value": card.val_metrics[key]}
+                   for key, kind, name in CARD_METRICS if card.val_metrics.get(key) is not None]
+        results.append({"task": task, "dataset": {"name": "validation split of the training data", "type": "kermany-chest-xray",
+                                                  "split": "validation"}, "metrics": metrics})
+    for record in card.external_evaluations:
+        metrics = [{"type": kind, "name": name, "value": record["metrics"][key]["value"]}
+                   for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None]
+        results.append({"task": task, "dataset": {"name": record["data"], "type": "external"}, "metrics": metrics})
+    return [{"name": card.model_id, "results": results}] if results else []
+
+
+def front_matter(card: BundleCard) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "license": "cc-by-4.0",
+        "library_name": "pneumoscan",
+        "pipeline_tag": "image-classification",
+        "tags": list(dict.fromkeys(["medical-imaging", "chest-x-ray", "radiology", "pediatric", "pneumonia", card.task,
+                                    card.model, "research-only"])),
+        "datasets": [DATASET],
+        "metrics": [kind for _, kind, _ in CARD_METRICS],
+    }
+    index = _model_index(card)
+    if index:
+        meta["model-index"] = index
+    return meta
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Safe YAML without anchors and aliases (the task block repeats per result): plainer for readers and parsers."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _bullets(items: tuple[str, ...]) -> str:
+    return "\n".join(f"- {item}" for item in items)
+
+
+def _validation_section(card: BundleCard) -> str:
+    m = card.val_metrics
+    if not m:
+        return "No validation figures were recorded for this bundle."
+    rows = "\n".join(f"| {name} | {_num(m.get(key), 4)} |" for key, _, name in CARD_METRICS)
+    policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
+    return (
+        f"On the validation films of training (n = {m.get('n')}), at the threshold training chose on them "
+        f"({_num(m.get('threshold'), 4)}, {policy}):\n\n"
+        f"| metric | value |\n| --- | --- |\n{rows}\n\n"
+        "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
+        "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
+        "films it has never seen (below, or `pneumoscan evaluate`)."
+    )
+
+
+def _external_section(card: BundleCard) -> str:
+    if not card.external_evaluations:
+        return ("None recorded. `pneumoscan evaluate BUNDLE DATA --add-to-card --data-name NAME` adds one here "
+                "(the weights are not touched).")
+    head = "| date | data | n (positive / negative) | scores, threshold | " + " | ".join(
+        name for _, _, name in CARD_METRICS[:3]) + " |\n|" + " --- |" * 7
+    rows = "\n".join(
+        f"| {r['date']} | {r['data']} | {r['n']} ({r['n_positive']} / {r['n_negative']}) | {r['scores']}, "
+        f"{_num(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
+        for r in card.external_evaluations
+    )
+    return f"{head}\n{rows}\n\nValues with 95% stratified bootstrap confidence intervals."
+
+
+def _threshold_section(card: BundleCard) -> str:
+    text = (f"In force: **{_num(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
+            f"(`--tta`): {_num(card.tta_threshold, 4)}. A film is called {card.positive} when "
+            f"P({card.positive}) is at or above the threshold.")
+    if not card.threshold_records:
+        return text
+    rows = "\n".join(
+        f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {_num(r['previous_threshold'], 4)} -> "
+        f"{_num(r['threshold'], 4)} | {_num(r['tta_threshold'], 4)} | {_num(r['sensitivity'])} / "
+        f"{_num(r['specificity'])} |"
+        for r in card.threshold_records
+    )
+    return (f"{text}\n\nThresholds chosen after training (`pneumoscan threshold`), newest last:\n\n"
+            "| date | policy | data | threshold | TTA threshold | sensitivity / specificity there |\n"
+            f"| --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
+            "The sensitivity and specificity of a record are measured on the data the threshold was chosen on, "
+            "so they are optimistic in the same way as the validation figures.")
+
+
+def render(card: BundleCard) -> str:
+    """The text of MODEL_CARD.md for a bundle's card."""
+    recipe = {k: card.train_config[k] for k in card.train_config if k not in ("split_csv",)}
+    source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
+              f"quality {card.source_quality}, as those were made" if card.source_size else "")
+    sections = [
+        f"# {card.model_id}\n\n{card.model} classifier for the `{card.task}` task ({' vs '.join(card.classes)}; "
+        f"positive class {card.positive}), made with pneumoscan {card.package_version}. "
+        "**Research use only; not a medical device.**",
+        f"## Intended use\n\n{INTENDED_USE}",
+        f"## Out of scope\n\n{_bullets(OUT_OF_SCOPE)}",
+        "## Training data\n\n"
+        f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
+        "data, so any use of them must credit the data as under *How to cite the data*. The films were split "
+        "by patient into training and validation.\n\n"
+        f"Data fingerprint (the exact files and how they were preprocessed): `{card.data_fingerprint or 'not recorded'}`.",
+        "## Recipe\n\n"
+        f"Model `{card.model}`{f' {card.model_kwargs}' if card.model_kwargs else ''}, grayscale input of "
+        f"{card.size} x {card.size} px ({card.resize_policy}{source}), normalised with mean {card.mean:g} and std "
+        f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on validation. Training configuration:\n\n"
+        "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```",
+        f"## Operating threshold\n\n{_threshold_section(card)}",
+        f"## Validation figures\n\n{_validation_section(card)}",
+        f"## Evaluations on other data\n\n{_external_section(card)}",
+        f"## Limitations\n\n{_bullets(LIMITATIONS)}",
+        f"## How to cite the data\n\n{CITATION}",
+    ]
+    meta = yaml.dump(front_matter(card), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{meta}---\n\n" + "\n\n".join(sections).rstrip() + "\n"
+
+
+def write_model_card(directory: Path | str, card: BundleCard | None = None) -> Path:
+    """(Re)write BUNDLE/MODEL_CARD.md from ``card`` (default: the bundle's bundle.json); atomic like bundle.json."""
+    path = Path(directory) / MODEL_CARD
+    text = render(card or load_card(directory))
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def update_card(directory: Path | str, card: BundleCard) -> None:
+    """Save bundle.json, then MODEL_CARD.md from it; the weights are never rewritten."""
+    save_card(directory, card)
+    write_model_card(directory, card)
+
+
+def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str) -> dict[str, Any]:
+    """What the card keeps of an evaluate result: the data's name, counts, threshold and metrics with CIs."""
+    return {
+        "data": data_name,
+        "date": today(),
+        "n": metrics["n"],
+        "n_positive": metrics["n_positive"],
+        "n_negative": metrics["n_negative"],
+        "scores": scores,
+        "threshold": metrics["threshold"],
+        "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
+    }
+
+
+def add_evaluation(directory: Path | str, record: dict[str, Any]) -> BundleCard:
+    """Append an external evaluation to the bundle's card and regenerate MODEL_CARD.md."""
+    card = load_card(directory)
+    card.external_evaluations.append(record)
+    update_card(directory, card)
+    return card
+
+
+def card_summary(card: BundleCard) -> dict[str, Any]:
+    """What the web service shows of the model card: intended use, out of scope, and the recorded figures."""
+    return {
+        "intended_use": INTENDED_USE,
+        "out_of_scope": list(OUT_OF_SCOPE),
+        "external_evaluations": card.external_evaluations,
+        "threshold_records": card.threshold_records,
+    }

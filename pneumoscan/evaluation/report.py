@@ -1,0 +1,398 @@
+"""Self-contained HTML evaluation reports and training-curve plots.
+
+One HTML file with inline CSS and plots embedded as base64 PNG data URLs, so a report can be mailed, archived
+next to a model bundle, or opened offline without missing pieces. Figures are built with
+``matplotlib.figure.Figure`` (Agg canvas) rather than pyplot: no global figure state, so it is safe inside a
+web server's threads and never needs a display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from pneumoscan.core.metrics import jsonable
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
+margin:0;padding:24px;line-height:1.45}
+main{max-width:1180px;margin:0 auto;background:#fff;border:1px solid #d5dbe3;border-radius:6px;padding:28px 36px}
+h1{font-size:1.6em;margin:0 0 4px;color:#0b3c5d}h2{font-size:1.2em;margin:30px 0 10px;color:#0b3c5d;
+border-bottom:2px solid #e3e8ee;padding-bottom:4px}.subtitle{color:#52606d;margin:0 0 16px}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:.95em}
+th,td{border:1px solid #c9d1db;padding:6px 12px;text-align:left}th{background:#eef2f6;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#52606d;font-size:.88em}
+.meta th{width:180px}.cm td{text-align:center;min-width:70px;font-variant-numeric:tabular-nums}
+.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px solid #e3e8ee}
+figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
+.cmblock{flex:0 1 auto}.cmblock h3{font-size:1em;margin:4px 0}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
+"""
+_PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "balanced_accuracy"}
+_BINARY_ROWS = (
+    ("auc", "ROC AUC"),
+    ("pr_auc", "PR AUC (average precision)"),
+    ("sensitivity", "Sensitivity (recall)"),
+    ("specificity", "Specificity"),
+    ("precision", "Precision (PPV)"),
+    ("accuracy", "Accuracy"),
+    ("f1", "F1"),
+    ("ece", "Expected calibration error"),
+)
+_MULTICLASS_ROWS = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced accuracy (mean sensitivity)"),
+    ("macro_auc", "Macro one-vs-rest ROC AUC"),
+    ("macro_f1", "Macro F1"),
+    ("ece", "Expected calibration error (top label)"),
+)
+
+
+def figure_png(fig: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes, rendered once for both the report and its PNG file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_to_data_url(fig: Figure) -> str:
+    """PNG ``data:`` URL of a matplotlib figure, for embedding in HTML without separate files."""
+    return png_data_url(figure_png(fig))
+
+
+def _fmt(value: Any, name: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    if name == "threshold":
+        return f"{value:.4g}"
+    return f"{100 * value:.1f}%" if name in _PROPORTIONS else f"{value:.3f}"
+
+
+def _value_cell(block: dict[str, Any], name: str) -> str:
+    cell = _fmt(block.get(name), name)
+    lo, hi = block.get("ci", {}).get(name, (None, None))
+    if lo is not None and hi is not None:
+        cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
+    return f'<td class="num">{cell}</td>'
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _meta_table(extra: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in extra.items())
+    return f'<table class="meta">{rows}</table>'
+
+
+def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> str:
+    """Counts with the row-normalised share beneath, shaded by that share so the diagonal stands out."""
+    head = "".join(f"<th>Pred. {_esc(n)}</th>" for n in names)
+    body = ""
+    for name, counts, shares in zip(names, cm["counts"], cm["normalized"]):
+        cells = ""
+        for count, share in zip(counts, shares):
+            alpha = 0.0 if share is None else 0.05 + 0.45 * share
+            pct = "n/a" if share is None else f"{100 * share:.1f}%"
+            cells += (
+                f'<td style="background:rgba(44,123,182,{alpha:.2f})">{count}<br><span class="ci">{pct}</span></td>'
+            )
+        body += f"<tr><th>True {_esc(name)}</th>{cells}</tr>"
+    return (
+        f'<div class="cmblock"><h3>{_esc(caption)}</h3><table class="cm"><tr><th></th>{head}</tr>{body}</table>'
+        '<div class="note">Counts; row-normalised share (of each true class) beneath.</div></div>'
+    )
+
+
+def _image_html(png: bytes, caption: str) -> str:
+    return f'<figure><img src="{png_data_url(png)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
+    """The figure as an inline image; with ``pngs``, its PNG is also kept there under ``name`` (for a file)."""
+    png = figure_png(fig)
+    if pngs is not None:
+        pngs[name] = png
+    return _image_html(png, caption)
+
+
+def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> Figure:
+    """The confusion matrix as a picture: row-normalised shading, counts and shares written in the cells."""
+    fig = Figure(figsize=(1.6 + 1.3 * len(names), 1.2 + 1.1 * len(names)))
+    ax = fig.add_subplot()
+    shares = [[math.nan if v is None else v for v in row] for row in cm["normalized"]]
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i, (counts, row) in enumerate(zip(cm["counts"], shares)):
+        for j, (count, share) in enumerate(zip(counts, row)):
+            text = f"{count}" + ("" if math.isnan(share) else f"\n{100 * share:.1f}%")
+            ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
+    ax.set(title=title, xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
+    ax.set_xticklabels(names)
+    ax.set_yticklabels(names)
+    return fig
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(4.2, 3.8))
+    ax = fig.add_subplot()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], points: dict[str, tuple],
+               curve_of_point: dict[str, str] | None = None) -> Figure:
+    """ROC curves (``curves[key]`` with fpr/tpr lists, labelled ``label_of[key]``) on one axes, with operating
+    points as dots (``points[label] = (fpr, tpr)``); a point named in ``curve_of_point`` takes its curve's colour."""
+    fig, ax = _new_axes("ROC curve", "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
+    ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1)
+    colour = {}
+    for key, curve in curves.items():
+        (line,) = ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label_of[key])
+        colour[key] = line.get_color()
+    for label, (x, y) in points.items():
+        key = (curve_of_point or {}).get(label)
+        ax.plot([x], [y], "o", ms=7, label=label, **({"color": colour[key], "mec": "black"} if key else {}))
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[str, tuple]) -> Figure:
+    fig, ax = _new_axes("Precision-recall curve", "Recall (sensitivity)", "Precision (PPV)")
+    ax.axhline(prevalence, ls="--", color="#9aa5b1", lw=1, label=f"prevalence = {prevalence:.2f}")
+    ax.plot(pr["recall"], pr["precision"], lw=2, label=label)
+    for point_label, (x, y) in points.items():
+        ax.plot([x], [y], "o", ms=7, label=point_label)
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
+    fig, ax = _new_axes(f"Reliability (ECE = {_fmt(cal['ece'])})", xlabel, "Observed frequency")
+    ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
+    filled = [(p, o) for p, o, c in zip(cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
+    if filled:
+        ax.plot(*zip(*filled), "o-", lw=2, label="model")
+    edges = cal["bin_edges"]
+    total = max(sum(cal["counts"]), 1)
+    ax.bar(
+        edges[:-1],
+        [c / total for c in cal["counts"]],
+        width=edges[1] - edges[0],
+        align="edge",
+        color="#0b3c5d",
+        alpha=0.15,
+        label="share of images",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
+    neg, pos = m.get("class_names", ("negative", "positive"))
+    low = m["at_0_5"]
+    head = (
+        f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th>"
+        f"<th>At threshold 0.500</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><th>{label}</th>{_value_cell(m, key)}{_value_cell(low, key)}</tr>" for key, label in _BINARY_ROWS
+    )
+    parts = [
+        "<h2>Summary</h2>",
+        (
+            f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
+            f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
+            "95% CIs: stratified percentile bootstrap.</p>"
+        ),
+        f"<table>{head}{rows}</table>",
+        '<h2>Confusion matrices</h2><div class="row">',
+        _confusion_table(m["confusion_matrix"], (neg, pos), f"At bundle threshold {_fmt(m['threshold'], 'threshold')}"),
+        _confusion_table(low["confusion_matrix"], (neg, pos), "At threshold 0.500"),
+        '</div><h2>Curves</h2><div class="row">',
+    ]
+    curves = m["curves"]
+    if curves["roc"]["fpr"]:
+        roc_points = {
+            f"t = {_fmt(b['threshold'], 'threshold')}": (1 - b["specificity"], b["sensitivity"]) for b in (m, low)
+        }
+        pr_points = {
+            f"t = {_fmt(b['threshold'], 'threshold')}": (b["sensitivity"], b["precision"])
+            for b in (m, low)
+            if b["precision"] is not None
+        }
+        parts.append(
+            _figure_html(
+                roc_figure({"roc": curves["roc"]}, {"roc": f"AUC = {_fmt(m['auc'])}"}, roc_points),
+                "ROC curve; dots mark the operating points.", pngs, "roc",
+            )
+        )
+        parts.append(
+            _figure_html(
+                _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["n_positive"] / m["n"], pr_points),
+                "Precision-recall curve; dashed line = a classifier without skill.", pngs, "pr",
+            )
+        )
+    else:
+        parts.append('<p class="note">ROC and PR curves are undefined: only one class is present.</p>')
+    parts.append(
+        _figure_html(
+            _reliability_figure(curves["calibration"], f"Predicted P({pos})"),
+            "Reliability diagram: observed frequency per bin of predicted probability.", pngs, "reliability",
+        )
+    )
+    parts.append("</div>")
+    if pngs is not None:
+        title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
+    if m.get("threshold_table"):
+        parts.append(_threshold_table_html(m["threshold_table"]))
+    return "".join(parts)
+
+
+def _threshold_table_html(rows: list[dict[str, Any]]) -> str:
+    """Sensitivity and specificity over a range of thresholds, for choosing an operating point."""
+    cells = "".join(
+        f"<tr><td>{_esc(r['rule'])}</td><td class=\"num\">{_fmt(r['threshold'], 'threshold')}</td>"
+        + "".join(f'<td class="num">{_fmt(r[k], k)}</td>' for k in ("sensitivity", "specificity", "precision"))
+        + "".join(f'<td class="num">{r[k]}</td>' for k in ("tp", "fp", "tn", "fn")) + "</tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Sensitivity and specificity by threshold</h2><p class=\"note\">Figures on these images; a threshold "
+        "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
+        "<table><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
+        f"<th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
+    )
+
+
+def _gallery_html(gallery: dict[str, list[tuple[bytes, str]]]) -> str:
+    """Titled rows of thumbnails (PNG bytes, caption), e.g. the most confident errors."""
+    parts = ["<h2>Most confident errors</h2>"]
+    for title, items in gallery.items():
+        parts.append(f"<h3>{_esc(title)}</h3>")
+        if not items:
+            parts.append('<p class="note">None.</p>')
+            continue
+        parts.append('<div class="gallery">' + "".join(_image_html(png, caption) for png, caption in items) + "</div>")
+    return "".join(parts)
+
+
+def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes] | None = None) -> str:
+    names = m["class_names"]
+    rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}</tr>" for key, label in _MULTICLASS_ROWS)
+    per_class = "".join(
+        f"<tr><th>{_esc(name)}</th>"
+        + "".join(_value_cell(c, k) for k in ("auc", "sensitivity", "precision", "f1"))
+        + f'<td class="num">{c["support"]}</td></tr>'
+        for name, c in m["per_class"].items()
+    )
+    if pngs is not None:
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], names, "Most probable class"))
+    curves = m["curves"]
+    roc = {name: curve for name, curve in curves["roc"].items() if curve["fpr"]}
+    labels = {name: f"{name} (AUC = {_fmt(m['per_class'][name]['auc'])})" for name in roc}
+    return "".join(
+        [
+            f"<h2>{section}Summary</h2>",
+            f'<p class="note">n = {m["n"]}; decision = most probable class. 95% CIs: stratified percentile bootstrap.</p>',
+            f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
+            (
+                f"<h2>{section}Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
+                f"<th>Precision</th><th>F1</th><th>Images</th></tr>{per_class}</table>"
+            ),
+            f'<h2>{section}Confusion matrix</h2><div class="row">',
+            _confusion_table(m["confusion_matrix"], names, "Most probable class"),
+            f'</div><h2>{section}Curves</h2><div class="row">',
+            _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
+            _figure_html(
+                _reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
+                "Reliability diagram of the top class: accuracy per bin of confidence.", pngs, "reliability",
+            ),
+            "</div>",
+        ]
+    )
+
+
+def write_report(
+    metrics: dict[str, Any], out_dir: Path, title: str, subtitle: str = "", extra: dict[str, Any] | None = None,
+    figures: bool = False, gallery: dict[str, list[tuple[bytes, str]]] | None = None,
+) -> Path:
+    """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
+    evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
+    evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part, and a
+    ``threshold_table`` list becomes a table. With ``figures``, the main figures are also written beside the report
+    (confusion_matrix.png, roc.png, pr.png, reliability.png: those the data defines); ``gallery`` adds titled
+    rows of thumbnails. Returns the HTML path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = jsonable(metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    pngs: dict[str, bytes] | None = {} if figures else None
+    if metrics.get("kind") == "multiclass":
+        body = _multiclass_body(metrics, pngs=pngs)
+    else:
+        body = _binary_body(metrics, pngs)
+        if metrics.get("multiclass"):
+            body += _multiclass_body(metrics["multiclass"], section="All classes: ")
+    if gallery:
+        body += _gallery_html(gallery)
+    for name, png in (pngs or {}).items():
+        (out_dir / f"{name}.png").write_bytes(png)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><main><h1>{_esc(title)}</h1>"
+        + (f'<p class="subtitle">{_esc(subtitle)}</p>' if subtitle else "")
+        + (_meta_table(extra) if extra else "")
+        + body
+        + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
+        "For research use; not a medical device.</p></main></body></html>"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
+    """Loss / accuracy / AUC per epoch, train vs validation, to spot over-fitting at a glance.
+    Series missing from the history are left out; a None value leaves a gap."""
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    panels = (
+        ("Loss", ("train_loss", "val_loss")),
+        ("Accuracy", ("train_acc", "val_acc")),
+        ("ROC AUC", ("train_auc", "val_auc")),
+    )
+    styles = {"train": ("train", "#1f77b4"), "val": ("validation", "#ff7f0e")}  # same colours in every panel
+    fig = Figure(figsize=(13, 3.8))
+    for ax, (title, series) in zip(fig.subplots(1, 3), panels):
+        for key in series:
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                label, color = styles[key.split("_")[0]]
+                ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)

@@ -1,0 +1,127 @@
+"""Grad-CAM heatmaps (pytorch-grad-cam) and the overlay PNG shown to a reader.
+
+Target layer, one rule for every model: the module that produces the LAST spatial feature map of a forward
+pass, i.e. the last module to finish whose output is (N, C, H, W) with H * W > 1. For timm models that is the
+output of ``forward_features`` (e.g. EfficientNet's conv_head + BN + activation, ResNet's layer4), for the
+scratch CNNs the last conv block or pooling before the dense head. It is found by probing one forward pass
+with hooks, so it needs no per-architecture table and stays right for any timm model.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from pneumoscan.data.preprocess import PreprocessSpec
+from .predict import Predictor
+
+MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
+
+
+def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """The module whose output is the last spatial feature map when ``model`` runs on ``x`` (see module doc)."""
+    finished: list[torch.nn.Module] = []
+
+    def record(module: torch.nn.Module, _inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1:
+            finished.append(module)
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not finished:
+        raise ValueError(f"{type(model).__name__} has no spatial feature map for Grad-CAM")
+    return finished[-1]
+
+
+def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
+    """Grad-CAM of ``class_index``'s logit for one normalised input (1, 1, S, S): (S, S) float32 in [0, 1]
+    (min-max scaled, as pytorch-grad-cam does). Works inside ``torch.inference_mode`` too. An ensemble
+    (ensemble.EnsembleNet): the mean of its members' maps, each at its own last conv and brought to the input size."""
+    if hasattr(model, "member_inputs"):
+        size = x.shape[-1]
+        return np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)], axis=0)
+    with torch.inference_mode(False), torch.enable_grad():
+        # a fresh leaf that requires grad: the map exists even when the model's weights are frozen
+        x = x.detach().clone().requires_grad_(True)
+        try:
+            with GradCAM(model, [target_layer(model, x)]) as cam:
+                return cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])[0]
+        finally:
+            model.zero_grad(set_to_none=True)
+
+
+def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def panel_shape(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of an overlay panel: the original's, shrunk to at most :data:`MAX_PANEL` a side."""
+    scale = MAX_PANEL / max(height, width)
+    return (height, width) if scale >= 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def to_image_frame(
+    cam: np.ndarray, height: int, width: int, spec: PreprocessSpec, frame: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Map a model-input cam (S, S) back onto the original image (height, width), undoing the spec's geometry:
+    squash stretches it back, pad drops the letterbox bars, center-crop puts it on the middle square
+    (the cut-off sides, which the model never saw, get 0). ``frame``: the (height, width) to draw it at, a
+    smaller one of the same aspect (the overlay panel), so a huge upload never needs a full-size float map."""
+    out_h, out_w = frame or (height, width)
+    size, policy = cam.shape[0], spec.geometry(height, width)
+    if policy == "squash":
+        return _resize_map(cam, out_w, out_h)
+    if policy == "pad":
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        left, top = (size - new_w) // 2, (size - new_h) // 2
+        return _resize_map(cam[top : top + new_h, left : left + new_w], out_w, out_h)
+    if policy == "center-crop":
+        side = min(out_w, out_h)
+        out = np.zeros((out_h, out_w), np.float32)
+        left, top = (out_w - side) // 2, (out_h - side) // 2
+        out[top : top + side, left : left + side] = _resize_map(cam, side, side)
+        return out
+    raise ValueError(f"resize policy {policy!r} has no inverse here")  # spec.geometry checked it: a new policy
+
+
+def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
+    """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
+    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive
+    class, as the task says (:meth:`Task.cam_class`)."""
+    card = predictor.card
+    images = predictor.preprocess([gray])
+    if class_index is None:
+        class_index = predictor.task.cam_class(predictor.logits(images)[0])
+    with predictor.lock:  # the hooks must see this forward pass only
+        cam = gradcam(predictor.model, predictor.inputs(images), class_index)
+    return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
+
+
+def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
+    """PNG of three panels side by side: the original, the heatmap, and the two blended. Panels keep the
+    original's aspect (shrunk to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them."""
+    height, width = panel_shape(*gray.shape)
+    if gray.shape != (height, width):
+        gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
+    if cam.shape != (height, width):
+        cam = _resize_map(cam, width, height)
+    cam = np.clip(cam, 0.0, 1.0)
+    original = np.repeat(gray[..., None], 3, axis=2)
+    rgb = original.astype(np.float32) / 255.0
+    heat = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.0)
+    blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
+    buf = io.BytesIO()
+    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,202 @@
+"""ONNX export of a bundle, and the ONNX Runtime session the ``onnx`` prediction backend runs.
+
+The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw ``logits`` (N, C); resizing,
+normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
+ONNX runtime can reproduce the bundle's probabilities. The spec also records the SHA-256 of the bundle's
+weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` exported from other weights, or
+damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.metrics import softmax
+from pneumoscan.data.tasks import get_task
+from pneumoscan.models.bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file
+
+logger = logging.getLogger(__name__)
+# What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
+_LOAD_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.RuntimeException,
+)  # fmt: skip
+INT8_NAME = "model.int8.onnx"  # where `export --int8` (pneumoscan.training.quantize) writes and `--backend onnx-int8` looks
+INPUT, OUTPUT = "image", "logits"
+OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max |P_torch - P_onnx| accepted by the self-check at export time
+
+
+def spec_path(onnx_path: Path | str) -> Path:
+    """The preprocessing spec that belongs to an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".json")
+
+
+def weights_digest(bundle: Path | str) -> str:
+    """Hex SHA-256 of the bundle's weights file (the sidecar's ``weights_sha256``)."""
+    return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
+
+
+def session(model: Path | str | bytes, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session with as many intra-op threads as torch uses, so both backends compete on equal terms. A file
+    ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except _LOAD_ERRORS as e:
+        name = "the exported model" if isinstance(model, bytes) else str(model)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
+
+
+def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
+    """Write the bundle's model as ONNX (dynamic batch axis) plus its spec; returns the ONNX path.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it works offline for every registered model,
+    including tf_efficientnet_lite0's TensorFlow-style 'same' padding. The result is checked against torch
+    on a small random batch (also proving the batch axis is dynamic); a mismatch or a non-finite output raises
+    ValueError. Written to BUNDLE/model.onnx, its SHA-256 is recorded in bundle.json (bundles that record the
+    weights' checksum).
+    """
+    model, card = load_bundle(bundle)
+    own = Path(bundle) / ONNX_NAME
+    out = Path(out) if out else own
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(1, 1, card.size, card.size)
+
+    digest = ""
+
+    def write(tmp: Path) -> None:
+        nonlocal digest
+        with warnings.catch_warnings():
+            # the TorchScript-based exporter is deprecated but still supported, and the one that works here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (example,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
+            )  # fmt: skip
+        _check_parity(model, session(tmp), card.size, card.temperature)
+        digest = file_sha256(tmp)  # what was written, before it takes the real name
+
+    write_atomic(out, write)
+    write_onnx_spec(bundle, out)
+    if out.resolve() == own.resolve():
+        record_checksum(bundle, ONNX_NAME, digest)
+    return out
+
+
+def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
+    """``out``'s sidecar: everything besides the graph that turns a film into the bundle's label. Training
+    rewrites it once the TTA threshold is chosen, which needs the exported model first."""
+    card = load_card(bundle)
+    spec = {
+        "input": INPUT,
+        "input_layout": "float32 (batch, 1, size, size) = (uint8 grayscale / 255 - mean) / std",
+        "output": OUTPUT,
+        "output_meaning": "raw logits; probabilities = softmax(logits / temperature)",
+        "size": card.size,
+        "resize_policy": card.resize_policy,
+        "source_size": card.source_size,
+        "source_quality": card.source_quality,
+        "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and JPEG-compressed at source_quality",
+        "mean": card.mean,
+        "std": card.std,
+        "temperature": card.temperature,
+        "classes": card.classes,
+        "positive": card.positive,
+        "positive_probability": get_task(card.task).positive_formula,
+        "threshold": card.threshold,
+        "tta_threshold": card.tta_threshold,
+        "tta_meaning": "for the mean probability over pneumoscan.inference.predict.TTA_VIEWS (zoom, shift) views",
+        "task": card.task,
+        "model": card.model,
+        "model_id": card.model_id,
+        "opset": OPSET,
+        "weights_sha256": weights_digest(bundle),
+    }
+    write_atomic(spec_path(out), json.dumps(spec, indent=2).encode())
+
+
+def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:
+    x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = softmax(model(x).numpy(), temperature)
+    got = softmax(sess.run([OUTPUT], {INPUT: x.numpy()})[0], temperature)
+    if not np.isfinite(expected).all():
+        raise ValueError("the model gives non-finite probabilities (NaN or infinity): its weights are unusable")
+    # allclose, not a max difference against the tolerance: NaN > tol is false, NaN is never close
+    if not np.allclose(got, expected, rtol=0.0, atol=PARITY_TOLERANCE, equal_nan=False):
+        diff = float(np.abs(expected - got).max())
+        raise ValueError(f"ONNX export differs from torch by {diff:.2e} in probability (> {PARITY_TOLERANCE})")
+
+
+def bundle_session(bundle: Path | str) -> ort.InferenceSession:
+    """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged; a
+    bundle without a model.onnx (nor a record of one) is exported to a temporary file first."""
+    card = load_card(bundle)
+    existing = Path(bundle) / ONNX_NAME
+    if ONNX_NAME not in card.files and not existing.exists():
+        logger.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
+        with tempfile.TemporaryDirectory() as tmp:
+            return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
+    verify_onnx(bundle, card)
+    return session(existing)
+
+
+def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
+    """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
+    says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
+    remedy is the explicit ``pneumoscan export``."""
+    existing = Path(bundle) / ONNX_NAME
+    remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
+    if not existing.exists():
+        raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
+    try:
+        exported_from = json.loads(spec_path(existing).read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
+                         f"bundle's weights; {remedy}") from None
+    if exported_from != weights_digest(bundle):
+        raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
+                         f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
+    if not card.files:
+        return  # a bundle older than the record: load_bundle has warned that its files cannot be checked
+    if ONNX_NAME not in card.files:
+        raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
+                         f"there); {remedy}")
+    verify_file(bundle, card, ONNX_NAME, remedy)
+
+
+def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
+    """The INT8 session and its sidecar (thresholds included); refused when the file is missing, was made from
+    other weights, or its thresholds were never chosen."""
+    out = Path(bundle) / INT8_NAME
+    try:
+        sidecar = json.loads(spec_path(out).read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    if not out.exists() or "int8_threshold" not in sidecar:
+        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
+    if sidecar.get("weights_sha256") != weights_digest(bundle):
+        raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
+    card = load_card(bundle)
+    if card.files:  # a bundle that records checksums: the INT8 file must be the one quantisation wrote
+        remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
+        if INT8_NAME not in card.files:
+            raise ValueError(f"{out}: bundle.json records no checksum for it; {remedy}")
+        verify_file(bundle, card, INT8_NAME, remedy)
+    return session(out), sidecar

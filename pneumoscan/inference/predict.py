@@ -1,0 +1,380 @@
+"""Inference from a bundle: images in, calibrated probabilities and thresholded labels out.
+
+:class:`Predictor` works on preprocessed uint8 batches (evaluation, the web service) with a torch or an ONNX
+Runtime backend; :func:`predict_paths` is the command-line flow over files and folders, with an optional
+bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read becomes a row with an
+``error`` instead of stopping the run, and so does a film the model gives a NaN or infinite score: such a score
+is never turned into a label (:class:`NonFiniteScore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import csv
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.core.metrics import softmax
+from pneumoscan.core.names import path_text
+from pneumoscan.core.options import BACKENDS, look_up_option
+from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.layouts import walk
+from pneumoscan.data.readers import formats
+from pneumoscan.data.scope import describe
+from pneumoscan.data.tasks import get_task
+from pneumoscan.data.transforms import to_input
+from pneumoscan.models.bundle import load_bundle
+
+# Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
+# inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
+TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
+RESULT_FIELDS = (
+    "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
+    "warnings", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
+)  # fmt: skip
+
+
+NON_FINITE = "the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no label is given"
+
+
+class NonFiniteScore(ValueError):
+    """The model gave NaN or infinity: a broken model (damaged or diverged weights), never a label. ``bad`` marks
+    the rows concerned."""
+
+    def __init__(self, bad: np.ndarray) -> None:
+        super().__init__(f"{NON_FINITE} ({int(bad.sum())} of {len(bad)} images)")
+        self.bad = bad
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """``scores`` (logits or probabilities) when every row is finite, else :class:`NonFiniteScore`: a NaN compares
+    false with the threshold and would read as the negative class."""
+    bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
+    if bad.any():
+        raise NonFiniteScore(bad)
+    return scores
+
+
+class Predictor:
+    """A bundle's model with its preprocessing, calibration and threshold.
+
+    Thread-safe: torch model calls are serialised by a lock, because Grad-CAM (explain.py) hooks the shared torch
+    model and would otherwise record activations of concurrent requests. The torch model is always loaded
+    (Grad-CAM needs it); with ``backend="onnx"`` probabilities come from ONNX Runtime, whose sessions may be run
+    from several threads, so they do not wait for a heatmap.
+    """
+
+    def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch",
+                 session: object | None = None) -> None:
+        """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
+        fresh graph this way before that graph's thresholds exist)."""
+        look_up_option(backend, BACKENDS, "backend")
+        model, self.card = load_bundle(bundle)
+        # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
+        self.model = model.to(memory_format=torch.channels_last)
+        self.task = get_task(self.card.task)
+        self.batch_size = batch_size
+        self.backend = backend
+        self.lock = threading.RLock()
+        if backend == "onnx-int8" and session is None:
+            from .export import int8_model
+
+            session, sidecar = int8_model(bundle)
+            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
+            self.card = dataclasses.replace(self.card, threshold=sidecar["int8_threshold"],
+                                            tta_threshold=sidecar["int8_tta_threshold"])
+        if backend != "torch":
+            from .export import INPUT, OUTPUT, bundle_session
+
+            self._session, self._io = session or bundle_session(bundle), (INPUT, OUTPUT)
+
+    def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
+        """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
+        return np.stack([self.card.spec.apply(g) for g in grays])
+
+    def inputs(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, S, S) -> normalised float (N, 1, S, S)."""
+        return to_input(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), self.card.mean, self.card.std)
+
+    def _run(self, x: torch.Tensor) -> np.ndarray:
+        if self.backend != "torch":
+            name_in, name_out = self._io
+            return self._session.run([name_out], {name_in: x.numpy()})[0]
+        return self.model(x).numpy()
+
+    @torch.inference_mode()
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        with self.lock if self.backend == "torch" else contextlib.nullcontext():
+            starts = range(0, len(images), self.batch_size)
+            out = [self._run(self.inputs(images[i : i + self.batch_size])) for i in starts]
+        return _finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
+
+    def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Temperature-calibrated class probabilities (N, C); with ``tta`` the mean over :data:`TTA_VIEWS`.
+        :class:`NonFiniteScore` when any row is NaN or infinite."""
+        if not tta:
+            return _finite(softmax(self.logits(images), self.card.temperature))
+        return _finite(np.mean([softmax(self.logits(view), self.card.temperature) for view in tta_views(images)], axis=0))
+
+    def finite_probabilities(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, bad): :meth:`probabilities` for the rows with finite scores (NaN in the rows of ``bad``),
+        so one batch can answer its good images and refuse the others."""
+        bad = np.zeros(len(images), bool)
+        while True:  # each failure marks at least one more row, so this ends
+            keep = np.flatnonzero(~bad)
+            if not len(keep):
+                probs = np.zeros((0, len(self.card.classes)))
+                break
+            try:
+                probs = self.probabilities(images[keep], tta=tta)
+                break
+            except NonFiniteScore as e:
+                bad[keep[e.bad]] = True
+        out = np.full((len(images), len(self.card.classes)), np.nan)
+        out[keep] = probs
+        return out, bad
+
+    def positive(self, probs: np.ndarray) -> np.ndarray:
+        """P(positive class) per row (1 - P(normal) for the multiclass task)."""
+        return self.task.positive_probability(probs)
+
+    def threshold(self, tta: bool = False) -> float:
+        """The operating threshold chosen on validation for plain or for test-time-augmented scores. Averaging
+        views shifts the scores (one etiology bundle's validation sensitivity at its plain threshold fell from
+        0.772 to 0.733 with TTA), so each mode keeps the operating point validated for it."""
+        if not tta:
+            return self.card.threshold
+        if self.card.tta_threshold is None:
+            raise ValueError("this bundle has no threshold validated for test-time augmentation (it was trained "
+                             "before pneumoscan chose one): predict without --tta, or train it again")
+        return self.card.tta_threshold
+
+    def label(self, probability: float, tta: bool = False) -> str:
+        """The positive class at or above the mode's threshold, else the negative (first) class."""
+        if not np.isfinite(probability):
+            raise NonFiniteScore(np.ones(1, bool))
+        return self.card.positive if probability >= self.threshold(tta) else self.card.classes[0]
+
+    def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
+        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
+        probs = self.probabilities(self.preprocess([gray]), tta=tta)
+        p = float(self.positive(probs)[0])
+        return {
+            "probability": p,
+            "label": self.label(p, tta),
+            "threshold": self.threshold(tta),
+            "probabilities": {c: float(v) for c, v in zip(self.card.classes, probs[0])},
+        }
+
+
+def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
+    """Each :data:`TTA_VIEWS` view of a uint8 (N, S, S) batch; areas moved in from outside are black."""
+    x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    size = images.shape[-1]
+    for zoom, shift in TTA_VIEWS:
+        if zoom == 1.0 and shift == 0.0:
+            yield images
+            continue
+        moved = round(shift * size)
+        view = F.affine(
+            x, angle=0.0, translate=[moved, moved], scale=zoom, shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+        )  # fmt: skip
+        yield view[:, 0].numpy()
+
+
+def expand_paths(
+    paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
+) -> list[tuple[str, str | None]]:
+    """(file, error) for every input: files as given, folders walked as discovery walks them (:func:`data.walk`):
+    their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
+    link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
+    folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images and
+    an empty path (which would mean the current folder) are error rows."""
+    out: list[tuple[str, str | None]] = []
+    for text in map(str, paths):
+        if not text:
+            out.append((text, "empty path"))
+            continue
+        given = Path(text)
+        if not given.is_dir():
+            out.append((str(given), None))  # decoding reports missing, unreadable or special files
+            continue
+        entries = walk(given, exclude)
+        films = [(str(e.path), e.reason or None) for e in entries if e.kind != "skipped"]
+        out.extend(films)
+        if skipped is not None:
+            skipped.extend({"path": str(e.path), "reason": e.reason} for e in entries if e.kind == "skipped")
+        if not films:
+            out.append((str(given), f"folder holds no {formats()} files"))
+    return out
+
+
+def _decode(path: str, target: int) -> np.ndarray | str:
+    """The decoded image, or the reason it cannot be read (worker thread: Pillow and pydicom release the GIL)."""
+    try:
+        return read_gray(path, target=target)
+    except DecodeError as e:
+        return str(e)
+
+
+def _decoded(
+    items: list[tuple[str, str | None]], target: int, batch_size: int
+) -> Iterator[list[tuple[str, np.ndarray | str]]]:
+    """Batches of (path, image or error); the next batch decodes in threads while the caller runs the model."""
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+
+        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str]]:
+            return [(path, error if error else pool.submit(_decode, path, target)) for path, error in batch]
+
+        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        pending = submit(batches[0]) if batches else []
+        for k in range(len(batches)):
+            current, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
+            yield [(path, job if isinstance(job, str) else job.result()) for path, job in current]
+
+
+def _write_new(folder: Path, stem: str, data: bytes) -> Path:
+    """Write ``folder/stem.png``, or ``stem-2.png``, ... when that name exists: a heatmap never replaces a file,
+    which may be an input film (``--heatmaps`` pointed at the films' own folder) or another image's heatmap. The file
+    appears whole or not at all (:func:`write_atomic`), so a full disk leaves no broken PNG behind."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            return write_atomic(path, data, exclusive=True)
+        except FileExistsError:
+            n += 1
+
+
+def check_stages(first: str, second: str) -> str:
+    """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia or
+    multiclass model calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`)."""
+    try:
+        return get_task(second).handoff(get_task(first))
+    except ValueError as e:
+        raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
+                         f"bundle, for instance): {e}") from None
+
+
+def predict_paths(
+    bundle: Path | str,
+    paths: Sequence[str | Path],
+    backend: str = "torch",
+    batch_size: int = 64,
+    tta: bool = False,
+    etiology: Path | str | None = None,
+    heatmap_dir: Path | str | None = None,
+    progress: bool = False,
+    skipped: list[dict[str, str]] | None = None,
+) -> list[dict]:
+    """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
+    checks of :mod:`.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
+    ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
+    positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
+    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
+
+    Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
+    overlays and a second stage that decodes to the same size reuse those pixels.
+    """
+    predictor = Predictor(bundle, batch_size, backend)
+    second = Predictor(etiology, batch_size, backend) if etiology else None
+    handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
+    for stage in filter(None, (predictor, second)):
+        stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
+    if heatmap_dir is not None:
+        from .explain import explain_array, overlay_png
+
+        heatmap_dir = Path(heatmap_dir)
+        searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
+        if heatmap_dir.resolve() in searched:
+            raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be read as "
+                             "films on the next run; choose another folder (one inside it is fine)")
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
+    rows: list[dict] = []
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
+        for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
+            readable = [(path, gray) for path, gray in batch if not isinstance(gray, str)]
+            results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))
+            for path, gray in batch:
+                if isinstance(gray, str):
+                    rows.append({"path": path, "error": gray})
+                    continue
+                row = {"path": path, **next(results)}
+                if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
+                    row.update(describe(path))
+                if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
+                    png = overlay_png(gray, explain_array(predictor, gray))
+                    row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
+                rows.append(row)
+            bar.advance(task, len(batch))
+    return rows
+
+
+def _classify(
+    first: Predictor, second: Predictor | None, handoff: str | None, paths: Sequence[str], grays: Sequence[np.ndarray],
+    tta: bool,
+) -> list[dict]:
+    """Result fields for images decoded for the first stage; the second stage runs only on the images the first
+    labels ``handoff`` (:func:`check_stages`), decoded again when its training decoded them at another size (as the web service does)."""
+    if not grays:
+        return []
+    probs, bad = first.finite_probabilities(first.preprocess(grays), tta=tta)
+    rows = [
+        {"error": NON_FINITE} if broken else
+        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta)}
+        for p, broken in zip(first.positive(probs), bad)
+    ]  # fmt: skip
+    if second is not None:
+        called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
+        for row in rows:
+            if "label" in row:
+                row.update(etiology_probability_virus=None, etiology_label=None)
+        if called:
+            target = second.card.spec.decode_target
+            same = target == first.card.spec.decode_target
+            picked = {i: grays[i] if same else _decode(paths[i], target) for i in called}
+            for i, gray in picked.items():
+                if isinstance(gray, str):  # readable a moment ago: changed or removed since
+                    rows[i]["error"] = f"etiology stage: {gray}"
+            ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
+            if ok:
+                probs, bad = second.finite_probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)
+                for i, p, broken in zip(ok, second.positive(probs), bad):
+                    if broken:
+                        rows[i]["error"] = f"etiology stage: {NON_FINITE}"
+                    else:
+                        rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
+    return rows
+
+
+def format_results(rows: list[dict], fmt: str) -> str:
+    """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order, only those that occur) or a ``json`` list. Paths are
+    written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot
+    lose every row."""
+    rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
+    if fmt == "json":
+        return json.dumps(rows, indent=2, allow_nan=False)
+    look_up_option(fmt, ("csv", "json"), "results format")
+    fields = [f for f in RESULT_FIELDS if any(f in row for row in rows)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    # a list (the scope warnings) is one cell, its items joined
+    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+    return buf.getvalue()

@@ -1,0 +1,68 @@
+"""The ensemble's network: several member models on one input, their calibrated logits averaged (built and
+calibrated by :mod:`pneumoscan.training.ensemble`, loaded by :func:`pneumoscan.models.bundle.load_bundle`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import registry
+
+if TYPE_CHECKING:
+    from .bundle import BundleCard
+
+ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
+
+
+class Member(nn.Module):
+    """One member on the ensemble's input: resize to its size, normalise as it was trained, its calibrated logits."""
+
+    def __init__(self, net: nn.Module, size: int, mean: float, std: float, temperature: float, input_size: int) -> None:
+        super().__init__()
+        self.net, self.size, self.mean, self.std, self.temperature = net, size, mean, std, temperature
+        # a constant scale, not a target size: the exported Resize then keeps static spatial sizes, which ONNX's
+        # adaptive pooling (simple_cnn) needs; nudged up so floor(S * scale) is exactly ``size``
+        self.scale = size / input_size
+        while math.floor(input_size * self.scale) < size:
+            self.scale = math.nextafter(self.scale, math.inf)
+        self.input_size = input_size
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] input (N, 1, S, S) -> this member's normalised input (N, 1, s, s)."""
+        if self.size != self.input_size:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False, antialias=False,
+                              recompute_scale_factor=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prepare(x)) / self.temperature
+
+
+class EnsembleNet(nn.Module):
+    """The mean of the members' calibrated logits (see the module doc)."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+    def member_inputs(self, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+        """(member network, its input) for each member: Grad-CAM explains each at its own last conv."""
+        return [(m.net, m.prepare(x)) for m in self.members]
+
+    @classmethod
+    def from_card(cls, card: BundleCard) -> EnsembleNet:
+        """The architecture bundle.json describes, with fresh weights (load_bundle then loads the saved ones)."""
+        return cls([
+            Member(registry.create(m["model"], num_classes=len(card.classes), in_chans=1, pretrained=False,
+                                   image_size=m["size"], **m["model_kwargs"]), m["size"], m["mean"], m["std"], m["temperature"],
+                   card.size)
+            for m in card.model_kwargs["members"]
+        ])  # fmt: skip

@@ -1,0 +1,246 @@
+"""The training engine's callbacks (:mod:`pneumoscan.training.engine`): the time budget and its learning-rate schedule,
+the plateau schedule, early stopping, best weights, history, checkpoints with exact resume, and a user hook."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pneumoscan.core.names import shown
+from pneumoscan.evaluation.report import plot_training_curves
+from .engine import Callback, State
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up then cosine decay to zero, as a function of the fraction of the schedule done."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1.0 - warmup))))
+
+
+def schedule_done(step: int, total_steps: int, elapsed_s: float, warm_s: float, budget_s: float | None) -> float:
+    """The fraction of the learning-rate schedule done before this step: steps over the planned total or, under a
+    time budget, the time since the warm start over what the budget left after it, whichever is further on.
+    Counted from the run's start instead, a 2-minute warm start in an 11-minute budget skipped the warm-up and
+    began fine-tuning at 94 % of the peak rate."""
+    done = step / total_steps
+    if budget_s:
+        done = max(done, (elapsed_s - warm_s) / (budget_s - warm_s))
+    return done
+
+
+class TimeBudget(Callback):
+    """Ends training when the schedule is done (the time budget spent) and, given ``factor``, sets each step's
+    learning rate to ``state.lr * factor(fraction done)``. Every rank takes the same number of steps."""
+
+    def __init__(self, total_steps: int, budget_s: float | None, factor: Callable[[float], float] | None = None) -> None:
+        self.total_steps, self.budget_s, self.factor = max(1, total_steps), budget_s, factor
+
+    def before_step(self, state: State) -> None:
+        done = schedule_done(state.step, self.total_steps, state.elapsed, state.warm_s, self.budget_s)
+        if self.budget_s and state.ctx.world > 1:
+            t = torch.tensor([done], device=state.ctx.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            done = float(t)
+        if done >= 1.0:
+            state.stop = state.end_epoch = True
+        elif self.factor is not None:  # at least this step's own share, so the first step moves
+            for g in state.optimizer.param_groups:
+                g["lr"] = state.lr * self.factor(max(done, (state.step + 1) / self.total_steps))
+
+
+def cosine(warmup: float) -> Callable[[float], float]:
+    """The adamw-cosine recipe's factor: linear warm-up over ``warmup`` of the schedule, then cosine decay."""
+    return lambda done: lr_factor(done, warmup)
+
+
+class ReduceOnPlateau(Callback):
+    """The Keras recipe's ReduceLROnPlateau: the learning rate times ``factor`` after ``patience`` epochs without a
+    lower ``monitor`` (torch's scheduler, stepped on each epoch's validation figure)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, monitor: str = "val_loss", factor: float = 0.2,
+                 patience: int = 2, min_lr: float = 0.0) -> None:
+        self.monitor = monitor
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
+
+    def on_validation_end(self, state: State) -> None:
+        before = state.optimizer.param_groups[0]["lr"]
+        self.scheduler.step(state.row[self.monitor])
+        after = state.optimizer.param_groups[0]["lr"]
+        if after < before and state.ctx.main:
+            log.info("%s has not improved for %d epochs: learning rate %.2e -> %.2e", self.monitor,
+                     self.scheduler.patience + 1, before, after)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, data: dict) -> None:
+        self.scheduler.load_state_dict(data)
+
+
+def better(value: float, best: float, mode: str) -> bool:
+    """A NaN (an undefined AUC) is never better."""
+    return value > best if mode == "max" else value < best
+
+
+class EarlyStopping(Callback):
+    """Ends training after ``patience`` epochs without a better ``monitor``; a run resumed after it stopped
+    trains no further."""
+
+    def __init__(self, monitor: str = "val_auc", mode: str = "max", patience: int = 3) -> None:
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.best, self.stale = (-math.inf if mode == "max" else math.inf), 0
+
+    def on_fit_start(self, state: State) -> None:
+        if self.stale >= self.patience and state.history:  # the crash came after early stopping had ended training
+            state.stop = True
+
+    def on_validation_end(self, state: State) -> None:
+        value = state.row[self.monitor]
+        if better(value, self.best, self.mode):
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        if self.stale >= self.patience:
+            state.stop = True
+            if state.ctx.main and state.epoch + 1 < state.epochs:
+                log.info("early stopping: no better %s for %d epoch(s)", self.monitor, self.stale)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.best, self.stale = data["best"], data["stale"]
+
+
+class BestWeights(Callback):
+    """Keeps the weights of the epoch with the highest ``monitor`` (``save(model)`` on rank 0, e.g. RUN/best) and
+    refuses a run in which no epoch was validated. ``no_epoch`` says why that can happen."""
+
+    def __init__(self, save: Callable[[torch.nn.Module], None], no_epoch: str, monitor: str = "val_auc") -> None:
+        self.save, self.no_epoch, self.monitor = save, no_epoch, monitor
+        self.value, self.epoch = -1.0, -1
+
+    def on_validation_end(self, state: State) -> None:
+        state.improved = better(state.row[self.monitor], self.value, "max")
+        if state.improved:
+            self.value, self.epoch = state.row[self.monitor], state.epoch + 1
+
+    def on_epoch_end(self, state: State) -> None:
+        if state.improved and state.ctx.main:
+            self.save(state.model)
+
+    def on_fit_end(self, state: State) -> None:
+        if self.epoch < 0 and state.history:
+            raise ValueError("the validation AUC was undefined after every epoch: the validation split needs both classes")
+        if self.epoch < 0:
+            raise ValueError(f"no epoch was validated: {self.no_epoch}")
+        state.info["best_epoch"] = self.epoch
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "epoch": self.epoch}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.value, self.epoch = data["value"], data["epoch"]
+
+
+def write_history(history: list[dict], run_dir: Path) -> None:
+    with (run_dir / "history.csv").open("w", newline="") as f:
+        # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+        writer.writeheader()
+        writer.writerows(history)
+    plot_training_curves(history, run_dir / "curves.png")
+
+
+class History(Callback):
+    """Rank 0: one log line per epoch, and RUN/history.csv with RUN/curves.png rewritten after it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, state: State) -> None:
+        if not state.ctx.main:
+            return
+        row = state.row
+        log.info(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val loss "
+            f"{row['val_loss']:.4f} acc {row['val_acc']:.3f} AUC {row['val_auc']:.4f} sens {row['val_sens']:.3f} "
+            f"spec {row['val_spec']:.3f}" + (" best" if state.improved else "")
+        )
+        write_history(state.history, self.run_dir)
+
+
+class Checkpoint(Callback):
+    """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history and best weights), with
+    the state of ``callbacks``; :func:`restore` takes it back."""
+
+    def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None]) -> None:
+        self.path, self.callbacks, self.save = path, callbacks, save
+
+    def on_epoch_end(self, state: State) -> None:
+        if state.ctx.main:
+            states = {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict() is not None}
+            self.save(self.path, {
+                "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
+                "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
+                "history": json.dumps(state.history), "callbacks": json.dumps(states),
+            })
+        state.ctx.barrier()
+
+
+def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> None:
+    """What ``--resume`` loaded, before :func:`~pneumoscan.training.engine.fit`: model, optimiser, counters, history and
+    every callback's state, so the run continues bit for bit where the crashed one left off."""
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
+    state.t0 -= ckpt["elapsed"]
+    state.history = json.loads(ckpt["history"])
+    saved = callback_states(ckpt)
+    for cb in callbacks:
+        if type(cb).__name__ in saved:
+            cb.load_state_dict(saved[type(cb).__name__])
+    if state.ctx.main:
+        log.info("resuming after epoch %d (step %d) from %s", ckpt["epoch"] + 1, state.step, shown(path))
+
+
+def callback_states(ckpt: dict) -> dict:
+    """Callback states by class name; a checkpoint written before the engine kept one ``best`` record for both
+    the best weights and early stopping on validation AUC."""
+    if "callbacks" in ckpt:
+        return json.loads(ckpt["callbacks"])
+    best = json.loads(ckpt["best"])
+    return {"BestWeights": {"value": best["auc"], "epoch": best["epoch"]},
+            "EarlyStopping": {"best": best["auc"], "stale": best["stale"]}}
+
+
+class EpochHook(Callback):
+    """``fn(epoch)`` after each epoch's checkpoint is safely written (tests use it to simulate a crash)."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, state: State) -> None:
+        self.fn(state.epoch)
+
+
+class Finalize(Callback):
+    """After training: ``fn(state)`` turns the best weights into the bundle (temperature, threshold, ONNX, report)
+    and returns its folder, kept in ``state.info['bundle']`` for the trackers that follow."""
+
+    def __init__(self, fn: Callable[[State], Path]) -> None:
+        self.fn = fn
+
+    def on_fit_end(self, state: State) -> None:
+        state.info["bundle"] = self.fn(state)

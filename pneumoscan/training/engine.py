@@ -1,0 +1,150 @@
+"""The training engine: :func:`fit` runs the epoch loop and calls :class:`Callback` hooks at fixed points.
+
+Everything a run does besides stepping the optimiser (the time budget and its learning-rate schedule, early
+stopping, best weights, history, checkpoints, resume, experiment tracking, finalisation) is a callback in
+:mod:`pneumoscan.training.callbacks` that reads and writes the shared :class:`State`. Hooks run in list order:
+
+    on_fit_start -> per epoch: on_epoch_start -> per batch: before_step, after_step -> on_validation_end
+    -> on_epoch_end -> ... -> on_fit_end
+
+A callback that carries state across a crash returns it from ``state_dict`` (JSON-able) and takes it back in
+``load_state_dict``; the checkpoint callback saves and restores them by class name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from pneumoscan.core.logs import progress as progress_bar
+
+if TYPE_CHECKING:
+    from .train import Dist
+
+
+@dataclass
+class State:
+    """What the loop and its callbacks share. ``stop`` ends training after this epoch; ``end_epoch`` also leaves
+    the current epoch before its next step (the time budget ran out)."""
+
+    model: torch.nn.Module  # the bare model: what is saved and restored
+    net: torch.nn.Module  # what a step calls (the model, or DDP around it)
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    ctx: Dist
+    epochs: int
+    t0: float  # perf_counter at the start of the run (moved back by what a resumed run had used)
+    warm_s: float = 0.0  # seconds the warm start took, before the first step
+    lr: float = 0.0  # the base learning rate (linearly scaled with the processes)
+    epoch: int = 0  # 0-based, the epoch running or next to run
+    step: int = 0  # optimiser steps taken over the whole run
+    history: list[dict] = field(default_factory=list)
+    row: dict = field(default_factory=dict)  # this epoch's figures, from on_validation_end on
+    improved: bool = False  # this epoch's validation beat every earlier one (best weights)
+    stop: bool = False
+    end_epoch: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # what finalisation produced, for the trackers
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+class Callback:
+    """Base class: override the hooks a callback needs; every hook runs on every rank."""
+
+    def on_fit_start(self, state: State) -> None: ...
+    def on_epoch_start(self, state: State) -> None: ...
+    def before_step(self, state: State) -> None: ...
+    def after_step(self, state: State) -> None: ...
+    def on_validation_end(self, state: State) -> None: ...
+    def on_epoch_end(self, state: State) -> None: ...
+    def on_fit_end(self, state: State) -> None: ...
+
+    def state_dict(self) -> dict | None:
+        """JSON-able state to keep in the checkpoint, or None when there is none."""
+        return None
+
+    def load_state_dict(self, data: dict) -> None: ...
+
+
+def _run(callbacks: list[Callback], hook: str, state: State) -> None:
+    for cb in callbacks:
+        getattr(cb, hook)(state)
+
+
+def fit(
+    state: State,
+    callbacks: list[Callback],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    validate: Callable[[State, np.ndarray, np.ndarray], dict],
+    before_epoch: Callable[[State], None] = lambda state: None,
+) -> State:
+    """Train from ``state.epoch`` to ``state.epochs`` unless a callback stops it; returns the state.
+
+    ``before_epoch`` seeds and reshuffles for the epoch (after ``net.train()``); ``loss_fn(logits, targets)`` is the training loss;
+    ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training logits are every
+    rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images."""
+    ctx = state.ctx
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    progress = progress_bar(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=ctx.main,
+    )
+    _run(callbacks, "on_fit_start", state)
+    steps_per_epoch = len(state.train_loader)
+    with progress:
+        bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch + 1, info="")
+        while state.epoch < state.epochs and not state.stop:
+            state.net.train()
+            before_epoch(state)
+            _run(callbacks, "on_epoch_start", state)
+            progress.reset(bar, total=steps_per_epoch, epoch=state.epoch + 1, info="")
+            run_loss, run_correct, seen = 0.0, 0, 0
+            run_logits, run_targets = [], []  # for the training AUC: augmented images, weights changing as it goes
+            for x, y in state.train_loader:
+                _run(callbacks, "before_step", state)
+                if state.end_epoch:
+                    break
+                x = x.to(ctx.device, non_blocking=True, memory_format=torch.channels_last)
+                y = y.to(ctx.device, non_blocking=True)
+                with amp:
+                    logits = state.net(x)
+                    loss = loss_fn(logits.float(), y)
+                state.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                state.optimizer.step()
+                state.step += 1
+                run_loss += loss.item() * len(y)
+                run_correct += int((logits.argmax(1) == y).sum())
+                run_logits.append(logits.detach().float().cpu().numpy())
+                run_targets.append(y.cpu().numpy())
+                seen += len(y)
+                _run(callbacks, "after_step", state)
+                lr = state.optimizer.param_groups[0]["lr"]
+                progress.update(bar, advance=1, info=f"loss {run_loss / seen:.3f} acc {run_correct / seen:.3f} lr {lr:.2e}")
+
+            if ctx.world > 1:  # training loss and accuracy over every rank's images, not rank 0's share
+                sums = torch.tensor([run_loss, run_correct, seen], dtype=torch.float64, device=ctx.device)
+                dist.all_reduce(sums)
+                run_loss, run_correct, seen = sums.tolist()
+            if seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
+                break
+            state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": run_loss / seen,
+                         "train_acc": run_correct / seen}
+            state.row.update(validate(state, np.concatenate(run_logits), np.concatenate(run_targets)))
+            state.row.update(lr=state.optimizer.param_groups[0]["lr"], minutes=state.elapsed / 60)
+            state.history.append(state.row)
+            _run(callbacks, "on_validation_end", state)
+            _run(callbacks, "on_epoch_end", state)
+            state.epoch += 1
+    _run(callbacks, "on_fit_end", state)
+    return state

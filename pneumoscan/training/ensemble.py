@@ -1,0 +1,194 @@
+"""Ensembles of bundles as one bundle: members' calibrated logits averaged, with the ensemble's own temperature and
+thresholds.
+
+Layout (one bundle = one folder with everything): ``model.safetensors`` holds every member's weights (keys
+``members.K.net.*``) under the bundle's one checksum; ``bundle.json`` says ``model: "ensemble"`` and lists the
+members (architecture, input size, normalisation, temperature, provenance) in ``model_kwargs["members"]``; so
+``load_bundle``, ``model.onnx`` (ONE graph), the INT8 path and every command read it as any other bundle.
+
+Input: the largest member size, normalised to [0, 1] (card mean 0, std 1). Each member resizes it to its own size
+(bilinear, ``antialias=False``: ONNX opset 17 has no antialiased resize) and normalises it as it was trained.
+Members must agree on everything else that turns a film into pixels (task, classes, resize policy, source size and
+quality), so one decode serves them all; anything else is refused.
+
+Combination: the mean of ``logits_m / T_m`` (each member's own calibration). This is the same as averaging
+calibrated log-probabilities: ``log_softmax`` differs from the scaled logits by one constant per row and member,
+which softmax cancels; logits are kept because they are what the graph already outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
+from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
+from pneumoscan.data.transforms import to_input
+from pneumoscan.evaluation.evaluate import _policy, labelled_images, labelled_records
+from pneumoscan.evaluation.model_card import update_card
+from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.predict import tta_views
+from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
+from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member
+
+SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
+log = logging.getLogger(__name__)
+
+
+def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
+    if len(cards) < 2:
+        raise ValueError("an ensemble needs at least two member bundles")
+    for card, path in zip(cards[1:], paths[1:]):
+        if card.model == ENSEMBLE or cards[0].model == ENSEMBLE:
+            raise ValueError(f"{path}: an ensemble cannot be a member; list its members instead")
+        for name in SHARED:
+            if getattr(card, name) != getattr(cards[0], name):
+                raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has {getattr(cards[0], name)!r}: "
+                                 "members must read films alike (only the input size and normalisation may differ)")
+
+
+def _check_held_out(paths: Sequence[Path], records: Sequence[Record]) -> None:
+    """Refuse calibration films a member trained on (its run's split.csv, RUN/bundle's parent): their scores are
+    too good and would choose too high a threshold. A member without that record is trusted, with a warning."""
+    given = {os.path.realpath(r.path) for r in records}
+    for path in paths:
+        split = path.parent / "split.csv"
+        if not split.exists():
+            log.warning("%s: no %s beside it, so it cannot be checked that the calibration films are new to it",
+                        path, split)
+            continue
+        seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
+        trained = sorted(p for p in given if seen.get(p) == "train")
+        if trained:
+            raise ValueError(f"{len(trained)} of the calibration films were in {path}'s training split (e.g. "
+                             f"{trained[0]}): choose the ensemble's temperature and thresholds on films no member "
+                             "trained on (or use --cv)")
+        if any(seen.get(p) == "val" for p in given):
+            log.warning("some calibration films are %s's validation films, on which its own temperature and "
+                        "threshold were chosen: the ensemble's figures on them are optimistic", path)
+
+
+def _batched(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits of ``model`` on uint8 (N, S, S) images read as [0, 1] input."""
+    with torch.inference_mode():
+        out = [model(to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1), 0.0, 1.0)).numpy()
+               for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+def _out_of_fold(net: EnsembleNet, cv_dir: Path, card: BundleCard) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(calibrated logits, targets, per-TTA-view logits) of every film of a cv run, each scored by the member that
+    did not train on it (fold K's validation films by member K), on the ensemble's input."""
+    task = get_task(card.task)
+    logits, targets, views = [], [], []
+    for k, member in enumerate(net.members):
+        images, y, _ = labelled_images(cv_dir / f"split-fold-{k}.csv", "val", task, card.spec)
+        logits.append(_batched(member, images))
+        targets.append(y)
+        views.append(np.stack([_batched(member, v) for v in tta_views(images)]))
+    return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
+
+
+def cv_members(cv_dir: Path | str) -> list[Path]:
+    """DIR/fold-K/bundle of a cv run, in fold order; refused when a fold has no bundle or the run has no split."""
+    cv_dir = Path(cv_dir)
+    folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
+    if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
+        raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
+    for k, path in folds:
+        if not (path / "bundle" / "bundle.json").exists() or not (cv_dir / f"split-fold-{k}.csv").exists():
+            raise ValueError(f"{cv_dir}: fold {k} has no bundle or no split-fold-{k}.csv; finish the cv run first")
+    return [p / "bundle" for _, p in folds]
+
+
+def build_ensemble(
+    members: Sequence[Path | str], out: Path | str, data: Path | str | None = None, split: str | None = None,
+    cv_dir: Path | str | None = None, target_sensitivity: float | None = None, youden: bool = False,
+    max_false_positive_rate: float | None = None,
+) -> BundleCard:
+    """Write the ensemble of ``members`` (or of a cv run's fold bundles) to OUT, its temperature and plain/TTA
+    thresholds chosen on labelled DATA none of the members trained on, or on a cv run's out-of-fold scores. The
+    threshold policy is the first member's unless one is given. Returns the card written."""
+    if (data is None) == (cv_dir is None):
+        raise ValueError("give labelled validation data (--data) or a cv run (--cv), not both and not neither")
+    if cv_dir is not None:
+        if members:
+            raise ValueError("with --cv the members are the run's fold bundles: give no member bundles")
+        members = cv_members(cv_dir)
+    out, paths = Path(out), [Path(p) for p in members]
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"--out {out} exists: the ensemble goes to a new folder")
+    loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
+    cards = [c for _, c in loaded]
+    _check_members(cards, paths)
+    first = cards[0]
+    if target_sensitivity is None and max_false_positive_rate is None and not youden:
+        target_sensitivity, max_false_positive_rate = first.threshold_targets
+    size = max(c.size for c in cards)
+    net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size) for m, c in loaded]).eval()
+    described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
+                  "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
+                  "weights": c.files.get("model.safetensors", "")} for c, p in zip(cards, paths)]
+    fingerprint = hashlib.sha256("".join(c.data_fingerprint for c in cards).encode()).hexdigest()
+    card = BundleCard(
+        model=ENSEMBLE, task=first.task, classes=first.classes, positive=first.positive,
+        size=size, resize_policy=first.resize_policy, mean=0.0, std=1.0,
+        source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
+        data_fingerprint=fingerprint,
+    )  # fmt: skip
+    task = get_task(card.task)
+    if cv_dir is not None:
+        logits, targets, views = _out_of_fold(net, Path(cv_dir), card)
+        name = f"out-of-fold scores of {cv_dir} (each film scored by the one member that did not train on it)"
+    else:
+        records, images, targets, _ = labelled_records(data, split, task, card.spec)
+        _check_held_out(paths, records)
+        logits = _batched(net, images)
+        views = [_batched(net, v) for v in tta_views(images)]
+        name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
+    y = binary_targets(targets)
+    temperature = fit_temperature(logits, targets)
+    plain = positive_probability(softmax(logits, temperature), task)
+    tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
+    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
+    try:
+        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
+    except ValueError as e:
+        raise ValueError(f"with test-time augmentation: {e}") from None
+    at = binary_metrics(y, plain, threshold)
+    card = dataclasses.replace(
+        card, temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
+        threshold_policy=f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}",
+        val_metrics={"auc": roc_auc(y, plain)} | {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "threshold", "n")},
+        train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
+                      "combination": "mean of members' logits / their own temperatures"},
+    )  # fmt: skip
+    # built beside OUT and renamed into place: a failure leaves no half bundle
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_bundle(tmp, net, card)
+        try:
+            export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
+        except torch.onnx.OnnxExporterError as e:
+            raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
+                             f"{str(e).splitlines()[0]}") from None
+        update_card(tmp, load_card(tmp))
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
+             "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
+             at["sensitivity"], at["specificity"], y.size)
+    return load_card(out)
+

@@ -1,0 +1,551 @@
+"""Training: patient-grouped validation, class-weighted loss, warm start + partial fine-tuning, then the epoch
+loop of :func:`pneumoscan.training.engine.fit` with the callbacks of :mod:`pneumoscan.training.callbacks` (the optimiser recipe's
+schedule, early stopping, best weights, atomic per-epoch checkpoints with exact resume, experiment tracking) and
+finalisation: temperature and threshold chosen on validation, and the bundle. Runs alone or under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
+from pneumoscan.core.names import shown
+from pneumoscan.core.options import OPTIMIZERS, apply_settings, check_fields, look_up_option
+from pneumoscan.data.cache import build_cache
+from pneumoscan.data.dataset import CachedImages
+from pneumoscan.data.layouts import Record, discover, write_manifest
+from pneumoscan.data.preprocess import PreprocessSpec, source_of
+from pneumoscan.data.split import split_dataset
+from pneumoscan.data.tasks import Task, binary_targets, get_task, positive_probability, select
+from pneumoscan.data.transforms import Augment, normalize, train_transform
+from pneumoscan.evaluation.evaluate import evaluate_probabilities
+from pneumoscan.evaluation.model_card import write_model_card
+from pneumoscan.evaluation.report import write_report
+from pneumoscan.inference.export import ONNX_NAME, export_onnx, write_onnx_spec
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models import registry
+from pneumoscan.models.bundle import BundleCard, load_bundle, load_weights_into, save_bundle, save_card
+from .callbacks import (
+    BestWeights,
+    Checkpoint,
+    EarlyStopping,
+    EpochHook,
+    Finalize,
+    History,
+    ReduceOnPlateau,
+    TimeBudget,
+    cosine,
+    restore,
+)
+from .engine import Callback, State, fit
+from .tracking import make_trackers
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml in the run directory."""
+
+    task: str = "pneumonia"
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
+    # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
+    model_kwargs: dict = field(default_factory=dict)
+    image_size: int = 192
+    resize_policy: str = "squash"
+    # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
+    # larger inputs (full-size originals) down the same way before resizing: preprocess.match_source
+    match_source: bool = True
+    epochs: int = 6
+    # minutes for warm start + training + validation; the LR schedule fits it. Training still ends after `epochs`
+    # if those come first (the schedule then follows the steps), so raise `epochs` for a long budget on a fast machine
+    time_budget: float | None = None
+    batch_size: int = 32  # per process
+    lr: float = 1e-3  # for one process; scaled linearly with the number of processes
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of the schedule
+    label_smoothing: float = 0.0
+    warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
+    trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
+    # adamw-cosine: AdamW, warm-up and cosine decay, early stopping on validation AUC; adam-plateau (the Keras
+    # recipe): Adam at a constant rate times plateau_factor after plateau_patience epochs without a lower validation
+    # loss, early stopping on validation loss. The best weights are the best validation AUC's in both.
+    optimizer: str = "adamw-cosine"
+    plateau_factor: float = 0.2
+    plateau_patience: int = 2
+    patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
+    val_fraction: float = 0.15
+    split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
+    # the reference projects' protocol: train on all of DATA's train/, validate on its own val/ folder (16 films in
+    # the Kaggle release: thresholds and early stopping then rest on a handful of films, so it warns)
+    validate_on_val_folder: bool = False
+    seed: int = 0
+    class_weights: bool = True  # weight the loss by inverse class frequency (the data is 3:1 pneumonia)
+    target_sensitivity: float | None = 0.95  # None: Youden's J
+    augment: Augment = field(default_factory=Augment)
+    workers: int = 0  # DataLoader workers; 0 keeps both cores for the model on a small CPU
+    eval_batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        check_fields(data, cls)
+        if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
+            check_fields(data["augment"] or {}, Augment, "augment.")
+            data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
+        look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        """The resolved settings as config.yaml holds them (``train --print-config``)."""
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
+    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
+    command-line overrides (those not None) on top of the defaults."""
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
+    data = apply_settings(data, settings)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+# -- distributed -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    local_rank: int = 0  # rank on this machine
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def from_main(self, obj: T) -> T:
+        """Rank 0's object on every rank, so that only rank 0 reads the run directory (it may be one machine's disk)."""
+        if self.world > 1:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            obj = box[0]
+        return obj
+
+
+def setup_distributed() -> Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)
+
+
+def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array joined over every rank's shard (in rank order)."""
+    if ctx.world == 1:
+        return arrays
+    shards: list = [None] * ctx.world
+    dist.all_gather_object(shards, arrays)
+    return tuple(np.concatenate(parts) for parts in zip(*shards))
+
+
+def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (index, logits) shard joined, in dataset order, so metrics see each image exactly once."""
+    index, logits = gather(ctx, index, logits)
+    order = np.argsort(index, kind="stable")
+    return index[order], logits[order]
+
+
+# -- pieces of a run -----------------------------------------------------------------------------------------
+
+
+def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
+    """Train/val records: the given split manifest, DATA's own train/ and val/ folders (the reference protocol), or
+    a patient-grouped split of everything but test."""
+    if cfg.split_csv and cfg.validate_on_val_folder:
+        raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
+    if cfg.split_csv:
+        records = discover(cfg.split_csv).records
+    elif cfg.validate_on_val_folder:
+        records = [r for r in discover(data).records if r.split in ("train", "val")]
+        per_class = Counter(r.label for r in records if r.split == "val")
+        if per_class and min(per_class.values()) < 50:
+            log.warning("validating on the val/ folder of %s: %d films. The threshold, the temperature and early "
+                        "stopping rest on them, and one film moves sensitivity or specificity by %.1f points; "
+                        "its figures cannot rank recipes (the patient-grouped split, the default, can).",
+                        data, sum(per_class.values()), 100 / min(per_class.values()))
+    else:
+        records = split_dataset(data, cfg.val_fraction, cfg.seed)
+    if not {"train", "val"} <= {r.split for r in records}:
+        raise ValueError("training needs records in both a 'train' and a 'val' split")
+    return [r for r in records if r.split in ("train", "val")]
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """An independent random stream per (seed, keys): ``seed + epoch`` would make seed 1's epoch 0 replay seed 0's
+    epoch 1, so runs with neighbouring seeds would share most of their data order and augmentation."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def freeze_frozen_norms(model: torch.nn.Module) -> None:
+    """Keep BatchNorm statistics of frozen layers as pretrained: small CPU batches would only add noise."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = [model(x.to(device, non_blocking=True, memory_format=torch.channels_last)).float().cpu() for x, _ in loader]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def pooled_features(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's pooled features (the classifier's input) and the targets, for every image."""
+    model.eval()
+    feats, ys = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            x = x.to(device, memory_format=torch.channels_last)
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+            ys.append(y.to(device))
+    return torch.cat(feats).clone(), torch.cat(ys).clone()
+
+
+def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+                    weights: torch.Tensor | None, device: torch.device) -> float:
+    """Fit the classifier on frozen pooled features (a linear probe) so fine-tuning starts from a sensible head
+    instead of pushing random-head gradients into pretrained layers. The L2 strength is the one of
+    :data:`WARM_START_L2` with the lowest validation loss: too weak a penalty (measured on the etiology task:
+    val loss 0.89 at 1e-4 against 0.54 at 1e-2 to 1e-1) gives an overconfident head that fine-tuning first has to
+    undo. Returns the strength chosen."""
+    x_train, y_train = pooled_features(model, train_loader, device)
+    x_val, y_val = pooled_features(model, val_loader, device)
+    head = model.get_classifier()
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    best: tuple[float, float, dict] | None = None
+    for l2 in WARM_START_L2:
+        head.load_state_dict(start)
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(head(x_train), y_train, weight=weights) + l2 * head.weight.square().sum()  # noqa: B023
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            val_loss = float(F.cross_entropy(head(x_val), y_val, weight=weights))
+        if best is None or val_loss < best[0]:
+            best = (val_loss, l2, {k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[2])
+    return best[1]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a kill or a full disk keeps the previous checkpoint. Serialised in memory first: torch reports a
+    failed file write as a RuntimeError with a C++ trace, the plain write an OSError that says why."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """What ``--resume`` found, said before training: the checkpoint's state, or None to start from scratch."""
+    if not path.exists():
+        log.info("no checkpoint at %s: starting from scratch", shown(path))
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: refuse rather than silently start over
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); delete it to start over") from None
+
+
+def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:
+    """Loss (class-weighted like the training loss, so the two curves share a scale), accuracy, AUC, sensitivity
+    and specificity at 0.5."""
+    probs = softmax(logits)
+    pos = positive_probability(probs, task)
+    y = binary_targets(targets)
+    m = binary_metrics(y, pos, 0.5)
+    auc = roc_auc(y, pos)
+    weight = None if weights is None else weights.cpu()
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item())
+    return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"], "spec": m["specificity"]}
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """The run's images: the cache, the train/val datasets and their loaders (each rank its share)."""
+
+    spec: PreprocessSpec
+    fingerprint: str
+    train_set: CachedImages
+    val_set: CachedImages
+    val_rows: np.ndarray  # this rank's validation rows
+    val_loader: DataLoader
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
+    class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
+
+
+def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool]:
+    """The model first: a wrong size or weights that cannot be had fail before the split and the cache are built.
+    Returns the model and whether it starts from ImageNet weights."""
+    imagenet = cfg.pretrained and cfg.init is None and registry.has_pretrained(cfg.model)
+    if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
+        log.info("%s has no pretrained weights: trained from scratch", cfg.model)
+    model = registry.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
+                          **cfg.model_kwargs)  # fmt: skip
+    return model, imagenet
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
+            shutil.rmtree(run_dir / "best", ignore_errors=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+
+def load_data(data: Path | str, cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
+    """Split (RUN/split.csv), the training files' source, the image cache (built once per machine), datasets,
+    loaders and class weights."""
+    records = split_records(data, cfg)
+    if ctx.main:
+        write_manifest(records, run_dir / "split.csv")
+    source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
+    spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
+    if ctx.main and spec.source_size:
+        log.info("training files: %s x %s JPEG, quality %s; larger inputs are brought down the same way first",
+                 spec.source_size, spec.source_size, spec.source_quality)
+    paths = [r.path for r in records]
+    if ctx.local_rank == 0:  # once per machine (the cache folder may be local); the others then open it read-only
+        cache = build_cache(paths, spec, progress=True)
+    ctx.barrier()
+    if ctx.local_rank != 0:
+        cache = build_cache(paths, spec)
+    for err in cache.errors if ctx.main else []:
+        log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
+    readable = set(cache.paths)
+    parts = {}
+    for name in ("train", "val"):
+        recs, targets = select([r for r in records if r.split == name and r.path in readable], task)
+        parts[name] = (cache.rows([r.path for r in recs]), targets)
+
+    mean, std = registry.normalization(cfg.model)
+    train_set = CachedImages(cache.images, *parts["train"], train_transform(cfg.image_size, mean, std, cfg.augment))
+    val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
+    val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
+    # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
+    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
+    weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
+    plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
+    return Data(spec, cache.data_fingerprint, train_set, val_set, val_rows, val_loader, sampler, train_loader, plain,
+                weights if cfg.class_weights else None)
+
+
+def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
+           budget_s: float | None) -> tuple[torch.optim.Optimizer, list[Callback]]:
+    """The optimiser and the callbacks that schedule its rate and stop training, per ``cfg.optimizer``:
+    adamw-cosine (warm-up and cosine decay over the steps or the time budget, early stopping on validation AUC) or
+    adam-plateau (the Keras recipe: Adam at a constant rate cut on a validation-loss plateau, early stopping on
+    validation loss). Both end at the time budget."""
+    if cfg.optimizer == "adamw-cosine":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return optimizer, [TimeBudget(total_steps, budget_s, cosine(cfg.warmup)),
+                           EarlyStopping("val_auc", "max", cfg.patience)]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    return optimizer, [TimeBudget(total_steps, budget_s), ReduceOnPlateau(optimizer, "val_loss", cfg.plateau_factor,
+                       cfg.plateau_patience), EarlyStopping("val_loss", "min", cfg.patience)]  # fmt: skip
+
+
+class Reshuffle(Callback):
+    """Each epoch's data order and augmentation draws, which depend only on (seed, epoch, rank): resume is exact.
+    Frozen layers keep their BatchNorm statistics."""
+
+    def __init__(self, model: torch.nn.Module, sampler: DistributedSampler, seed: int) -> None:
+        self.model, self.sampler, self.seed = model, sampler, seed
+
+    def on_epoch_start(self, state: State) -> None:
+        torch.manual_seed(stream_seed(self.seed, state.epoch, state.ctx.rank))
+        self.sampler.set_epoch(state.epoch)
+        freeze_frozen_norms(self.model)
+
+
+def warm_start(model: torch.nn.Module, d: Data, cfg: TrainConfig, ctx: Dist) -> None:
+    loaders = [DataLoader(part, cfg.eval_batch_size) for part in d.plain]
+    l2 = warm_start_head(model, *loaders, d.class_weights, ctx.device)
+    if ctx.main:
+        log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
+
+
+def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Callable[[State, np.ndarray, np.ndarray], dict]:
+    """The epoch's figures after the training loss and accuracy: training AUC and the validation figures."""
+
+    def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
+        index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
+        val = epoch_metrics(logits, d.val_set.targets[index], task, d.class_weights)
+        run_logits, run_targets = gather(ctx, run_logits, run_targets)
+        train_auc = roc_auc(binary_targets(run_targets), positive_probability(softmax(run_logits), task))
+        return {"train_auc": train_auc, **{f"val_{k}": v for k, v in val.items()}}
+
+    return validate
+
+
+def train(
+    data: Path | str,
+    cfg: TrainConfig,
+    run_dir: Path | str,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+    log_to: Sequence[str] = (),
+    tracking_uri: str | None = None,
+) -> Path:
+    """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
+
+    ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
+    ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
+    """
+    ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    model, imagenet = build_model(cfg, task, ctx)
+    trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []
+    prepare_run_dir(run_dir, cfg, resume, ctx)
+    d = load_data(data, cfg, task, ctx, run_dir)
+    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []  # classifier tensors that start untrained
+    if ctx.main and cfg.init is not None:
+        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+    # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
+    model = model.to(ctx.device, memory_format=torch.channels_last)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    resumed = ctx.from_main(load_checkpoint(checkpoint_path) if resume and ctx.main else None)
+    t0 = time.perf_counter()  # the time budget covers the warm start too
+    # a bundle's own trained head is kept, not refitted
+    if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
+        warm_start(model, d, cfg, ctx)
+    # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
+    warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
+    # from scratch, or a bundle of one of the small models (they have no stages): train it all
+    transfer = imagenet or cfg.init is not None
+    registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
+    params, lr, global_batch = [p for p in model.parameters() if p.requires_grad], cfg.lr * ctx.world, cfg.batch_size * ctx.world
+    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
+    if budget_s is not None and budget_s <= warm_s:
+        raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
+                         "nothing was left to train")
+    optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
+    if ctx.main:
+        log.info(
+            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} process(es) "
+            f"on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
+            f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
+        )
+    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
+                      *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
+    best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
+                       f"({len(d.train_set)} for {global_batch}) or the time budget ran out first")
+    stateful = [*schedule, best, *trackers]  # what a checkpoint keeps besides the model and the optimiser
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir),
+                 Checkpoint(checkpoint_path, stateful, save_checkpoint), *([EpochHook(on_epoch_end)] if on_epoch_end else []),
+                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
+    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr)
+    if resumed is not None:
+        restore(state, resumed, stateful, checkpoint_path)
+    fit(state, callbacks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
+                                                            label_smoothing=cfg.label_smoothing),
+        validation_row(model, d, task, ctx))
+    if ctx.world > 1:
+        dist.destroy_process_group()
+    return state.info["bundle"]
+
+
+def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
+    """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
+    report."""
+    val_set, val_rows, val_loader, fingerprint = d.val_set, d.val_rows, d.val_loader, d.fingerprint
+    model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
+    model.to(ctx.device, memory_format=torch.channels_last)
+    index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
+    bundle_dir = run_dir / "bundle"
+    if not ctx.main:
+        return bundle_dir
+    targets = val_set.targets[index]
+    temperature = fit_temperature(logits, targets)
+    probs = softmax(logits, temperature)
+    y = binary_targets(targets)
+    threshold = choose_threshold(y, positive_probability(probs, task), cfg.target_sensitivity)
+    policy = f"sensitivity >= {cfg.target_sensitivity:g} on validation" if cfg.target_sensitivity else "Youden's J on validation"
+    metrics = evaluate_probabilities(probs, targets, task, threshold)
+    card = dataclasses.replace(
+        card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
+        data_fingerprint=fingerprint, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+        val_metrics={k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n")},
+    )
+    save_bundle(bundle_dir, model, card)
+    export_onnx(bundle_dir)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
+    # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
+    predictor = Predictor(bundle_dir, cfg.eval_batch_size, backend="onnx")
+    tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
+    card = predictor.card  # as export left it: bundle.json now records model.onnx's checksum too
+    card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
+    save_card(bundle_dir, card)
+    write_model_card(bundle_dir, card)
+    write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)
+    write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
+        "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
+        "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
+    })
+    log.info(
+        f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
+        f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
+        f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"
+    )
+    return bundle_dir
