@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from pneumoscan import __version__
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
 from pneumoscan.data.tasks import list_tasks
-from . import __version__
 
 if TYPE_CHECKING:
-    from pneumoscan.serving.app import Access, Limits
+    from pneumoscan.serving.guard import Access
+    from pneumoscan.serving.limits import Limits
     from pneumoscan.training.train import TrainConfig
 
 console = Console()
@@ -175,7 +176,8 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
     """The serve options as the library's limits and access rules (key from --api-key-file or PNEUMOSCAN_API_KEY)."""
-    from pneumoscan.serving.app import LOOPBACK_HOSTS, Access, Limits
+    from pneumoscan.serving.guard import LOOPBACK_HOSTS, Access
+    from pneumoscan.serving.limits import Limits
 
     if args.api_key_file:
         key: str | None = Path(args.api_key_file).read_text().strip()
@@ -191,7 +193,7 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pneumoscan.serving.app import serve
+    from pneumoscan.serving.server import serve
 
     limits, access = serve_settings(args)
     serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)

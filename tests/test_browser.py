@@ -155,7 +155,7 @@ def dicom_xray(jpeg: Path) -> bytes:
 @pytest.fixture(scope="module")
 def locked_server(tiny_bundle: Path) -> Iterator[str]:
     """The app with an API key (and the default Host allow-list)."""
-    from pneumoscan.serving.app import Access
+    from pneumoscan.serving.guard import Access
 
     yield from run_server(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY)))
 

@@ -28,7 +28,8 @@ from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity,
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
-from pneumoscan.serving.app import _Batcher, create_app
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.batching import Batcher
 
 # ---------------------------------------------------------------- helpers
 
@@ -359,7 +360,7 @@ def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> No
     futures = [Future(), Future()]
     for f in futures:
         f.set_running_or_notify_cancel()
-    _Batcher(predictor)._run([(dark, futures[0]), (bright, futures[1])])
+    Batcher(predictor)._run([(dark, futures[0]), (bright, futures[1])])
     assert np.allclose(futures[0].result(), alone[0], atol=1e-6)
     with pytest.raises(NonFiniteScore):
         futures[1].result()

@@ -30,7 +30,8 @@ from PIL import Image
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.bundle import load_card
-from pneumoscan.serving.app import _Batcher, create_app
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.batching import Batcher
 from tests.builders import SCORE_TOL, dicom_bytes
 
 MB = 2**20
@@ -429,7 +430,7 @@ def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bun
         return Predictor.probabilities(predictor, images)
 
     predictor.probabilities = gated
-    batcher = _Batcher(predictor)
+    batcher = Batcher(predictor)
 
     async def main() -> list[np.ndarray]:
         tasks = [asyncio.create_task(batcher.probabilities(g)) for g in grays]

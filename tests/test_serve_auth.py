@@ -19,7 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.serving.app import Access, Limits, build_server, create_app, is_loopback
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.guard import Access, is_loopback
+from pneumoscan.serving.limits import Limits
+from pneumoscan.serving.server import build_server
 from tests.builders import running
 
 KEY = "k3y-" + "0123456789abcdef" * 2
@@ -209,7 +212,7 @@ def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: py
 
 
 def test_insecure_public_bind_warns_and_serves(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "pneumoscan.serving.app"):
+    with caplog.at_level(logging.WARNING, "pneumoscan.serving.server"):
         server = build_server(tiny_bundle, host="0.0.0.0", port=0, insecure=True)
     assert "INSECURE: listening on 0.0.0.0 with NO API key" in caplog.text
     with running(server) as url:

@@ -22,7 +22,9 @@ from fastapi import FastAPI
 
 import pneumoscan.serving.app as serve_module
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.serving.app import Limits, OneLineLog, create_app, server_config
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.limits import Limits
+from pneumoscan.serving.server import QUIET_LOGGERS, OneLineLog, server_config
 from tests.builders import running
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
@@ -108,8 +110,8 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
 
 
 def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module._decode)
-    monkeypatch.setattr(serve_module, "_decode", gate)
+    gate = Gate(serve_module.decode_upload)
+    monkeypatch.setattr(serve_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=2)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -186,8 +188,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A 503 comes before the body is read; a client that sends its whole body before reading (as most do) must
     still get it, and keep its connection, even when the rest takes longer than the head deadline."""
-    gate = Gate(serve_module._decode)
-    monkeypatch.setattr(serve_module, "_decode", gate)
+    gate = Gate(serve_module.decode_upload)
+    monkeypatch.setattr(serve_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=1, max_queue=1, header_timeout=0.3)
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -211,8 +213,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
 
 def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, xray: bytes,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module._decode)
-    monkeypatch.setattr(serve_module, "_decode", gate)
+    gate = Gate(serve_module.decode_upload)
+    monkeypatch.setattr(serve_module, "decode_upload", gate)
     model_calls = []
     real = Predictor.probabilities
     monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
@@ -241,8 +243,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
 
 def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path, xray: bytes,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module._decode)
-    monkeypatch.setattr(serve_module, "_decode", gate)
+    gate = Gate(serve_module.decode_upload)
+    monkeypatch.setattr(serve_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=6)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -296,7 +298,7 @@ def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes,
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     with live(app) as url:
-        logs = [logging.getLogger(name) for name in serve_module.QUIET_LOGGERS]
+        logs = [logging.getLogger(name) for name in QUIET_LOGGERS]
         for log in logs:
             log.addHandler(handler)
         try:

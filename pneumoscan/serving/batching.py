@@ -1,0 +1,102 @@
+"""The batching queue in front of each model (:class:`Batcher`) and the stage that pairs a bundle's Predictor with
+its batcher and the identity it reports (:class:`Stage`)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.evaluation.model_card import card_summary
+from pneumoscan.inference.export import weights_digest
+from pneumoscan.inference.predict import NonFiniteScore, Predictor
+
+from .formats import ModelInfo, StageResult
+
+
+class Batcher:
+    """Runs the model once for every image waiting at that moment. On a small CPU, sixteen single-image calls
+    side by side fight over the cores; one batch of sixteen does the same work several times faster, so the
+    latency under load stays close to one batch's time instead of growing with the queue of separate calls."""
+
+    def __init__(self, predictor: Predictor, max_batch: int = 32) -> None:
+        self.predictor, self.max_batch = predictor, max_batch
+        self.waiting: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    async def probabilities(self, gray: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities of one decoded image, computed in the next batch."""
+        if self.thread is None:  # started on first use, from the event loop's thread only
+            self.thread = threading.Thread(target=self._loop, name="pneumoscan-batcher", daemon=True)
+            self.thread.start()
+        future: Future = Future()
+        self.waiting.put((gray, future))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.waiting.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.waiting.get()]
+            while len(batch) < self.max_batch and not self.waiting.empty():
+                batch.append(self.waiting.get())
+            stop = None in batch
+            # a request whose client went away was cancelled: skip it
+            live = [item for item in batch if item is not None and item[1].set_running_or_notify_cancel()]
+            if live:
+                self._run(live)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+        try:
+            images = self.predictor.preprocess([gray for gray, _ in batch])
+            try:
+                probs, bad = self.predictor.probabilities(images), np.zeros(len(batch), bool)
+            except NonFiniteScore:  # rare: score the batch again without the broken rows, so only they fail
+                probs, bad = self.predictor.finite_probabilities(images)
+        except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
+            for _, future in batch:
+                future.set_exception(e)
+            return
+        for (_, future), row, broken in zip(batch, probs, bad):
+            if broken:  # that request only: the others in the batch got finite scores
+                future.set_exception(NonFiniteScore(np.ones(1, bool)))
+            else:
+                future.set_result(row)
+
+
+class Stage:
+    """One bundle: the identity it reports, its Predictor, and the batcher that feeds it."""
+
+    def __init__(self, bundle: Path | str, backend: str) -> None:
+        self.predictor = Predictor(bundle, backend=backend)
+        self.batcher = Batcher(self.predictor)
+        self.card = self.predictor.card
+        self.version = f"sha256:{weights_digest(bundle)[:12]}"
+
+    def info(self) -> ModelInfo:
+        c = self.card
+        return ModelInfo(
+            id=c.model_id, version=self.version, architecture=c.model, task=c.task, classes=c.classes,
+            positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy, temperature=c.temperature,
+            image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
+            data_fingerprint=c.data_fingerprint, package_version=c.package_version, **card_summary(c),
+        )
+
+    async def predict(self, gray: np.ndarray) -> StageResult:
+        probs = await self.batcher.probabilities(gray)
+        p = float(self.predictor.positive(probs[None])[0])
+        return StageResult(
+            model_id=self.card.model_id, model_version=self.version, task=self.card.task, probability=p,
+            positive=self.card.positive, label=self.predictor.label(p), threshold=float(self.card.threshold),
+            probabilities={c: float(v) for c, v in zip(self.card.classes, probs)},
+        )

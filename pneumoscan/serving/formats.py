@@ -1,0 +1,130 @@
+"""What the service answers: the JSON response models (also the OpenAPI schema), the PNG data URLs, and a reading
+as a DICOM SR (with the overlay as a Secondary Capture) or a FHIR Observation."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from pneumoscan.data.decode import read_dicom_header
+from pneumoscan.data.readers.dicom import redact
+from pneumoscan.inference.explain import panel_shape
+
+from .limits import Rejected
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong with the request")
+
+
+class StageResult(BaseModel):
+    model_id: str
+    model_version: str = Field(description="sha256 prefix of the bundle's weights")
+    task: str
+    probability: float = Field(description="calibrated probability of the positive class")
+    positive: str
+    label: str
+    threshold: float
+    probabilities: dict[str, float]
+
+
+class Prediction(StageResult):
+    etiology: StageResult | None = Field(
+        None, description="bacterial vs viral: only when the service has an etiology model and the image reads as pneumonia"
+    )
+    heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
+                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most weight)")
+    image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
+                              "(what a browser cannot show itself, e.g. DICOM), at most 1024 pixels a side")
+    warnings: list[str] = Field(
+        default_factory=list, description="why the film may be outside the model's scope (scored, but flagged)"
+    )
+    study_instance_uid: str | None = Field(None, description="DICOM uploads: the film's StudyInstanceUID")
+    series_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SeriesInstanceUID")
+    sop_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SOPInstanceUID")
+    age_years: float | None = Field(None, description="DICOM uploads: PatientAge (or from the birth date)")
+    sex: str | None = Field(None, description="DICOM uploads: PatientSex")
+    view: str | None = Field(None, description="DICOM uploads: ViewPosition (or the view code's meaning)")
+    modality: str | None = Field(None, description="DICOM uploads: Modality")
+    study_date: str | None = Field(None, description="DICOM uploads: StudyDate, ISO 8601")
+
+
+class ModelInfo(BaseModel):
+    id: str
+    version: str
+    architecture: str
+    task: str
+    classes: list[str]
+    positive: str
+    threshold: float
+    threshold_policy: str
+    temperature: float
+    image_size: int
+    resize_policy: str
+    val_metrics: dict[str, Any]
+    data_fingerprint: str
+    package_version: str
+    intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
+    out_of_scope: list[str] = Field(description="uses the model is not for")
+    external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card")
+    threshold_records: list[dict[str, Any]] = Field(description="thresholds chosen after training, newest last")
+
+
+class ServiceInfo(ModelInfo):
+    etiology: ModelInfo | None
+    max_upload_bytes: int
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or unhealthy once a model has produced a non-finite score")
+    model_id: str
+    reason: str | None = Field(None, description="why the service is unhealthy")
+
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503)}
+
+
+def gray_png(gray: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG at the overlay's panel size (a full-size film shrunk, as the heatmap is)."""
+    height, width = panel_shape(*gray.shape)
+    picture = Image.fromarray(gray)
+    if gray.shape != (height, width):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str) -> Response:
+    """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation."""
+    from pneumoscan.interop import fhir, sr
+
+    headers = {"Cache-Control": "no-store"}
+    try:
+        if fmt == "fhir":
+            return Response(fhir.observation_json(reading, model, version), media_type="application/fhir+json",
+                            headers=headers)
+        source = read_dicom_header(data, dicom)
+        parts = [sr.dicom_bytes(sr.build_sr(source, reading, model, version))]
+        if png is not None:
+            parts.append(sr.dicom_bytes(sr.build_heatmap_sc(source, png, model, version)))
+    except ValueError as e:  # a DecodeError, a source without its UIDs, a model that does not read pneumonia
+        raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
+    if len(parts) == 1:
+        return Response(parts[0], media_type="application/dicom", headers=headers)
+    boundary = f"pneumoscan-{os.urandom(12).hex()}"
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts)
+    return Response(body + f"--{boundary}--\r\n".encode(), headers=headers,
+                    media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')

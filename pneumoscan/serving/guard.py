@@ -1,0 +1,115 @@
+"""Who may use the service (:class:`Access`: API key, Host allow-list, CORS origins) and the ASGI guard in front
+of every request, which also adds the security headers and turns a bug into a JSON 500."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+# Sent with every response: no MIME sniffing of a JSON error into HTML, no URL (with its query) leaked onwards.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the service. ``api_key``: when set, every /v1/* request must carry it (``Authorization:
+    Bearer KEY`` or ``X-API-Key: KEY``). ``allowed_hosts``: Host header values accepted (``*`` for any,
+    ``*.example.org`` for subdomains): a web page on another site that points its own DNS name at this server
+    (DNS rebinding) is refused. ``cors_origins``: origins whose pages may call the API from a browser (none by
+    default)."""
+
+    api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ValueError("the API key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if not self.allowed_hosts:
+            raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
+
+
+class Guard:
+    """ASGI middleware in front of everything: the Host allow-list, the API key for /v1/*, the security headers
+    on every response, and a JSON 500 for a bug (caught here, so the framework neither re-raises it, which closed
+    the connection and logged a traceback per request, nor answers in plain text). Pure ASGI, so request
+    bodies stream through untouched."""
+
+    def __init__(self, app: ASGIApp, access: Access | None) -> None:
+        self.app, self.access = app, access
+        self.key = access.api_key.encode() if access and access.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        problem = self._refusal(scope, headers)
+        if problem is not None:
+            status, text, extra = problem
+            response = JSONResponse({"error": text}, status_code=status, headers=extra)
+            return await response(scope, receive, send_with_headers)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:  # a bug: one log line (no upload data in it), a JSON 500, the connection kept
+            logger.error("internal error on %s %s", scope["method"], scope["path"], exc_info=e)
+            if started:
+                raise
+            await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        if self.access is None:
+            return None
+        if not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
+            return 400, "this host name is not served here (see --allowed-hosts)", {}
+        if self.key is not None and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode("latin-1"), self.key):
+                reason = "a valid API key is required" if given else "an API key is required"
+                return 401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"}
+        return None
+
+
+def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
+    """The Host header's name (port dropped, [IPv6] unbracketed) against the allow-list."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    for pattern in allowed:
+        pattern = pattern.lower().strip("[]")
+        if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the service on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,50 @@
+"""How much work the service takes on at once (:class:`Limits`), and the refusals that end a request early."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much work the service takes on at once. Past a bound a request is refused at once (503 with
+    Retry-After) rather than queued without end: a queue that only grows serves every client late and none well.
+
+    ``max_concurrent_decodes``: images decoded at once (decoding a large film takes memory and a core).
+    ``max_queue``: prediction requests in the service at once (reading, decoding, waiting, classifying); it also
+    bounds the memory held by uploads (``max_queue`` x the upload limit). ``heatmap_lane``: Grad-CAM overlays
+    computed at once, on their own threads and their own copy of the model; at most ``4 x heatmap_lane`` heatmap
+    requests are in the service. ``body_timeout``: seconds for the whole upload to arrive (also the grace for
+    the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
+    headers to arrive. ``keep_alive``: seconds an idle connection stays open."""
+
+    max_concurrent_decodes: int = max(1, min(4, os.cpu_count() or 1))
+    max_queue: int = 32
+    heatmap_lane: int = 1
+    body_timeout: float = 60.0
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout", "keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def heatmap_queue(self) -> int:
+        return 4 * self.heatmap_lane
+
+
+class Rejected(Exception):
+    """A bad request, answered as ``status`` with ``{"error": message}`` (and ``headers``)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+class ClientGone(Exception):
+    """The client closed its connection: its remaining work is dropped (and nobody hears the answer)."""

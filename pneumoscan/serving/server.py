@@ -1,0 +1,163 @@
+"""Running the service under uvicorn: the request-head deadline, one-line rate-limited failure logs, the refusal to
+listen beyond loopback without an API key, and the open-file limit."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .app import create_app
+from .guard import Access, is_loopback
+from .limits import Limits
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request head. uvicorn only times out idle keep-alive
+    connections, and any byte resets that timer: a client trickling its request line and headers, or the rest of
+    a body after an early answer, held its connection (and a file descriptor) for ever."""
+
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        self.head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # a whole request head arrived
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if self.cycle is cycle and not self.transport.is_closing():  # not already on a pipelined request
+            # an early answer (503, 401, 413) while the body still comes: uvicorn discards the rest, and the
+            # client reads the answer once it has sent it all, so it gets the body's time, not the head's
+            draining = self.conn.their_state is h11.SEND_BODY
+            self._arm(self.body_timeout if draining else self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.head_deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _expired(self) -> None:
+        self.head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class OneLineLog(logging.Filter):
+    """A failure's traceback becomes one line, and each kind of warning or error passes at most once every
+    ``interval`` seconds, with a count of those held back. At the open-file limit, or under a flood of failing
+    requests, the log must stay small and readable (it once grew by 88 MB in 45 s)."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.last: dict[tuple[str, str], float] = {}
+        self.held: Counter[tuple[str, str]] = Counter()
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        key = (record.name, f"{record.msg}|{type(exc).__name__ if exc else ''}")
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(key, -self.interval) < self.interval:
+                self.held[key] += 1
+                return False
+            self.last[key] = now
+            held = self.held.pop(key, 0)
+        text = record.getMessage().rstrip() + (f": {type(exc).__name__}: {exc}" if exc else "")
+        if held:
+            text += f" ({held} more like this held back)"
+        record.msg, record.args, record.exc_info, record.exc_text, record.stack_info = text, None, None, None, None
+        return True
+
+
+# the loggers a failing request or a flood writes to: the guard's "internal error" and this module's warnings
+QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", __name__)
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+                  **kwargs: Any) -> uvicorn.Config:
+    """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, and one-line,
+    rate-limited failure logs."""
+    limits = limits or Limits()
+    config = uvicorn.Config(
+        app, host=host, port=port,
+        http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
+        timeout_keep_alive=limits.keep_alive, **kwargs,
+    )  # fmt: skip
+    for name in QUIET_LOGGERS:  # after Config, which configures logging
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OneLineLog) for f in log.filters):
+            log.addFilter(OneLineLog())
+    return config
+
+
+def serve(*args: Any, **kwargs: Any) -> None:
+    """Run the service under uvicorn (arguments as :func:`build_server`) until interrupted."""
+    build_server(*args, **kwargs).run()
+
+
+def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
+                 access: Access | None = None, insecure: bool = False) -> uvicorn.Server:
+    """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
+    unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
+    allow-list (but not a wildcard address: name the hosts with ``access``)."""
+    access = access or Access()
+    if access.api_key is None and not is_loopback(host):
+        if not insecure:
+            raise ValueError(f"refusing to listen on {host} without an API key: set one (--api-key-file or "
+                             "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
+        logger.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
+                       host, port)
+    if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
+        access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
+    _raise_open_file_limit()
+    config = server_config(create_app(bundle, etiology, max_upload_mb, backend, limits, access), host, port, limits)
+    return uvicorn.Server(config)
+
+
+def _raise_open_file_limit() -> None:
+    """Soft open-file limit up to the hard one: idle and slow connections then meet the head deadline long
+    before the process runs out of descriptors."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 65536
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,103 @@
+"""Reading an upload: the multipart body in memory only (never spooled to disk) under the size cap and the body
+deadline, the content-type check, and the decode the training cache does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from fastapi import Request
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from pneumoscan.data import readers
+from pneumoscan.data.decode import DecodeError, read_gray
+
+from .limits import ClientGone, Rejected
+
+ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
+# Room for the multipart envelope (boundaries, part headers) on top of the file itself.
+ENVELOPE_BYTES = 64 * 1024
+
+
+class _InMemoryParser(MultiPartParser):
+    # SpooledTemporaryFile(max_size=0) never rolls over: an upload is never written to disk.
+    spool_max_size = 0
+
+
+async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """The request body, refused as soon as it grows past the file limit plus the multipart envelope, whatever
+    Content-Length claimed (or without one: chunked uploads)."""
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > max_bytes + ENVELOPE_BYTES:
+            raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
+        yield chunk
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB ({n:,} bytes)"
+
+
+def _check_type(media: str, data: bytes, dicom: bool) -> None:
+    """Known image types and .dcm names pass (decoding decides); generic binary must look like an image;
+    anything else is 415."""
+    if media in ACCEPTED_TYPES or dicom:
+        return
+    if media in ("", "application/octet-stream"):
+        if readers.reader_for(data[: readers.HEAD_BYTES]) is None:  # by magic bytes alone: bytes carry no name
+            raise Rejected(415, f"the file is not a {readers.formats()} image")
+        return
+    raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
+
+
+async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple[bytes, bool]:
+    """The multipart field ``file``, read in memory under the cap and checked for an image content type, and
+    whether it was sent as DICOM (declared type or a .dcm name: files without the preamble have no magic).
+    The whole body must arrive within ``timeout`` seconds: a client trickling bytes would otherwise hold a slot
+    of the queue, and its connection, for ever."""
+    content_type = request.headers.get("content-type", "")
+    if parse_options_header(content_type)[0] != b"multipart/form-data":
+        raise Rejected(415, "expected multipart/form-data with the image in a field named 'file'")
+    try:
+        async with asyncio.timeout(timeout):
+            form = await _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1).parse()
+    except MultiPartException as e:
+        raise Rejected(400, f"malformed multipart upload: {e.message}") from None
+    except TimeoutError:
+        raise Rejected(408, f"the upload did not arrive within {timeout:g} s", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Rejected(400, "no file: send the image as multipart/form-data in a field named 'file'")
+        data = await upload.read()
+        media = (upload.content_type or "").split(";")[0].strip().lower()
+        dicom = media == "application/dicom" or (upload.filename or "").lower().endswith(".dcm")
+    finally:
+        await form.close()
+    if not data:
+        raise Rejected(400, "empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_mb(max_bytes)}")
+    _check_type(media, data, dicom)
+    return data, dicom
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has closed its connection (after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
+    """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match training."""
+    try:
+        return read_gray(data, target=size, dicom=dicom)
+    except DecodeError as e:
+        raise Rejected(422, f"cannot read the image: {e}") from None
