@@ -299,7 +299,8 @@ def _positive(kind: type) -> Callable[[str], int | float]:
 
 
 def _option(choices: Sequence[str], what: str) -> Callable[[str], str]:
-    """An argparse type that checks a name as the library does (:func:`options.look_up_option`: did you mean)."""
+    """An argparse type that checks a name as the library does (:func:`pneumoscan.core.options.look_up_option`:
+    did you mean)."""
     def parse(text: str) -> str:
         try:
             return look_up_option(text, choices, what)

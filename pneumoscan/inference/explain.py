@@ -47,7 +47,8 @@ def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
     """Grad-CAM of ``class_index``'s logit for one normalised input (1, 1, S, S): (S, S) float32 in [0, 1]
     (min-max scaled, as pytorch-grad-cam does). Works inside ``torch.inference_mode`` too. An ensemble
-    (ensemble.EnsembleNet): the mean of its members' maps, each at its own last conv and brought to the input size."""
+    (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): the mean of its members' maps, each at its own last
+    conv and brought to the input size."""
     if hasattr(model, "member_inputs"):
         size = x.shape[-1]
         return np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)], axis=0)

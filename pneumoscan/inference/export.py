@@ -22,7 +22,9 @@ import torch
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.bundle import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file
+from pneumoscan.models.bundle import (
+    ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file,
+)
 
 logger = logging.getLogger(__name__)
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)

@@ -199,7 +199,8 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
 def expand_paths(
     paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
 ) -> list[tuple[str, str | None]]:
-    """(file, error) for every input: files as given, folders walked as discovery walks them (:func:`data.walk`):
+    """(file, error) for every input: files as given, folders walked as discovery walks them
+    (:func:`pneumoscan.data.layouts.walk`):
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
     folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images and
@@ -282,7 +283,7 @@ def predict_paths(
     skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
     """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
-    checks of :mod:`.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
+    checks of :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
