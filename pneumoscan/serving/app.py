@@ -44,9 +44,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
-    requests are decoded in threads and classified together in batches (see :class:`Batcher`), within
+    requests are decoded in threads and classified together in batches (see :class:`.batching.Batcher`), within
     ``limits``. ``access`` None applies no key and no Host check (tests, or an app mounted behind another
-    guard); :func:`serve` always passes one. Security headers are always sent; /docs and /redoc are off (they
+    guard); :func:`.server.serve` always passes one. Security headers are always sent; /docs and /redoc are off (they
     load scripts from a CDN), the schema is at /openapi.json."""
     limits = limits or Limits()
     main = Stage(bundle, backend)
