@@ -107,3 +107,28 @@ def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_da
     assert false_pos == [] and len(false_neg) == 3
     for png, caption in false_neg:  # plain films (64 px squares), not three-panel overlays
         assert Image.open(io.BytesIO(png)).size == (64, 64) and caption.startswith("person")
+
+
+def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(tmp_path: Path) -> None:
+    """The 3-class report has two parts (pneumonia at the threshold, then the most probable of three classes);
+    each part's confusion matrix, ROC and reliability figures are files, the 3 x 3 ones named classes_*."""
+    from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass
+    from pneumoscan.evaluation.report import write_report
+
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, 90)
+    probs = rng.dirichlet(np.ones(3), 90)
+    probs[np.arange(90), classes] += 1.0  # mostly right, so every class has both kinds of call
+    probs /= probs.sum(1, keepdims=True)
+    metrics = evaluate_binary(classes > 0, 1 - probs[:, 0], 0.5, n_boot=20, class_names=("normal", "pneumonia"))
+    metrics["multiclass"] = evaluate_multiclass(classes, probs, ("normal", "bacteria", "virus"), n_boot=20)
+    out = tmp_path / "report"
+    write_report(metrics, out, "three classes", figures=True)
+
+    for name in (*FIGURES, "classes_confusion_matrix.png", "classes_roc.png", "classes_reliability.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+    three = Image.open(out / "classes_confusion_matrix.png")
+    two = Image.open(out / "confusion_matrix.png")
+    assert three.size[0] > two.size[0]  # three columns of cells, not two
+    counts = metrics["multiclass"]["confusion_matrix"]["counts"]
+    assert np.array(counts).shape == (3, 3) and np.array(counts).sum() == 90

@@ -339,7 +339,8 @@ def write_report(
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
     evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part, and a
     ``threshold_table`` list becomes a table. With ``figures``, the main figures are also written beside the report
-    (confusion_matrix.png, roc.png, pr.png, reliability.png: those the data defines); ``gallery`` adds titled
+    (confusion_matrix.png, roc.png, pr.png, reliability.png: those the data defines; the second part's as
+    classes_confusion_matrix.png, classes_roc.png, classes_reliability.png); ``gallery`` adds titled
     rows of thumbnails. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,8 +351,11 @@ def write_report(
         body = _multiclass_body(metrics, pngs=pngs)
     else:
         body = _binary_body(metrics, pngs)
-        if metrics.get("multiclass"):
-            body += _multiclass_body(metrics["multiclass"], section="All classes: ")
+        if metrics.get("multiclass"):  # the 3-class task: its own figures, as classes_*.png
+            class_pngs: dict[str, bytes] = {}
+            body += _multiclass_body(metrics["multiclass"], "All classes: ", class_pngs if pngs is not None else None)
+            if pngs is not None:
+                pngs.update({f"classes_{name}": png for name, png in class_pngs.items()})
     if gallery:
         body += _gallery_html(gallery)
     for name, png in (pngs or {}).items():
