@@ -77,7 +77,7 @@ def worst_uploads(limit_mb: float) -> dict[str, bytes]:
     """Kinds of upload that cost the server most: the largest file (incompressible 8-bit noise PNG just under
     the limit, decoded at full size) and the largest decode the decoder accepts (a 16-bit PNG just under its
     pixel and decoded-byte limits, 2 bytes a pixel, that compresses to a few MB)."""
-    from pneumoscan.data.decode import MAX_DECODED_BYTES, MAX_PIXELS
+    from pneumoscan.data.pixels import MAX_DECODED_BYTES, MAX_PIXELS
 
     rng = np.random.default_rng(1)
     side = int(np.sqrt(limit_mb * MB * 0.97))

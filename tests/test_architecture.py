@@ -1,6 +1,6 @@
 """The package layout is a contract: import-linter checks pyproject.toml's [tool.importlinter] contracts (each
-package imports only the packages below it; the web stack and the hospital-interop libraries stay in their
-package), and a copy of the package with one bad import written into it is refused."""
+package imports only the packages below it, no import cycle inside a package, the web stack and the
+hospital-interop libraries stay in their package), and a copy of the package with one bad import is refused."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def test_the_package_keeps_its_import_contracts() -> None:
     ("inference/export.py", "import fastapi", "pneumoscan.inference is not allowed to import fastapi"),
     ("models/bundle.py", "import highdicom", "pneumoscan.models is not allowed to import highdicom"),
     ("helpers.py", "X = 1", "The following modules are not listed as layers"),
-], ids=["upward", "upward-lazy", "web-outside-serving", "interop-lib-outside-interop", "module-outside-layers"])
+    ("data/pixels.py", "def late():\n    from pneumoscan.data import decode\n", "No cycles are allowed in pneumoscan.data"),
+], ids=["upward", "upward-lazy", "web-outside-serving", "interop-lib-outside-interop", "module-outside-layers", "cycle"])
 def test_a_bad_import_breaks_the_contract(tmp_path: Path, module: str, code: str, reported: str) -> None:
     shutil.copytree(ROOT / "pneumoscan", tmp_path / "pneumoscan", ignore=shutil.ignore_patterns("__pycache__", "static"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)

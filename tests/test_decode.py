@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.data.decode import MAX_PIXELS, DecodeError, image_info, read_gray
+from pneumoscan.data.decode import image_info, read_gray
+
+from pneumoscan.data.pixels import MAX_PIXELS, DecodeError
 from pneumoscan.data.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
 from tests.builders import dicom_bytes
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.data import decode
-from pneumoscan.data.decode import MAX_DECODED_BYTES, DecodeError, image_info, read_gray
+from pneumoscan.data import pixels
+from pneumoscan.data.decode import image_info, read_gray
+from pneumoscan.data.pixels import MAX_DECODED_BYTES, DecodeError
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.inference.predict import Predictor
 from tests.builders import dicom_bytes, write_png
@@ -49,7 +50,7 @@ def test_png_beyond_the_byte_limit_is_refused_from_its_header(
     tmp_path: Path, width: int, height: int, bits: int, color: int, what: str
 ) -> None:
     """Under MAX_PIXELS, but 16-bit or multi-channel pixels would take more than MAX_DECODED_BYTES to hold."""
-    assert width * height < decode.MAX_PIXELS
+    assert width * height < pixels.MAX_PIXELS
     path = write_png(tmp_path / "big.png", width, height, bits, color, rows=1)  # the pixels never get read
     start = time.perf_counter()
     for read in (read_gray, image_info):
@@ -73,9 +74,9 @@ def test_jpeg_beyond_the_byte_limit_is_decoded_smaller(monkeypatch: pytest.Monke
     jpeg, png = tmp_path / "wide.jpeg", tmp_path / "wide.png"
     Image.fromarray(ramp).convert("RGB").save(jpeg, quality=95)  # RGB: 4 bytes a pixel decoded
     Image.fromarray(ramp).convert("RGB").save(png)
-    monkeypatch.setattr(decode, "MAX_DECODED_BYTES", 2000 * 1600)  # luma only fits
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 2000 * 1600)  # luma only fits
     assert read_gray(jpeg).shape == (1600, 2000)
-    monkeypatch.setattr(decode, "MAX_DECODED_BYTES", 1000 * 800)  # so does half scale
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 1000 * 800)  # so does half scale
     half = read_gray(jpeg)
     assert half.shape == (800, 1000) and np.abs(half.astype(int) - ramp[::2, ::2]).mean() < 3
     with pytest.raises(DecodeError, match="too large to decode"):

@@ -13,7 +13,9 @@ from pydicom import uid
 from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 
-from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.decode import read_gray
+
+from pneumoscan.data.pixels import DecodeError
 from tests.builders import dicom_bytes
 
 # Every compressed syntax in the DICOM standard's image set that pydicom has a decoder for.

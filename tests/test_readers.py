@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.data import decode, readers
-from pneumoscan.data.decode import DecodeError, image_info, read_dicom_header, read_gray
+from pneumoscan.data import pixels as shared, readers
+from pneumoscan.data.decode import image_info, read_dicom_header, read_gray
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import discover
 from pneumoscan.inference.predict import expand_paths, predict_paths
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -33,8 +34,8 @@ class PgmReader(readers.Reader):
         data = src if isinstance(src, bytes) else src.read_bytes()
         magic, size, maxval, pixels = data.split(b"\n", 3)
         width, height = map(int, size.split())
-        if width * height > decode.MAX_PIXELS:
-            raise decode.too_large(width, height)
+        if width * height > shared.MAX_PIXELS:
+            raise shared.too_large(width, height)
         if maxval != b"255" or len(pixels) < width * height:
             raise DecodeError("truncated PGM")
         return width, height, pixels
@@ -46,7 +47,7 @@ class PgmReader(readers.Reader):
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         width, height, pixels = self._parse(src)
         arr = np.frombuffer(pixels, np.uint8, width * height).reshape(height, width)
-        return np.asarray(decode.reduce(Image.fromarray(arr), target))
+        return np.asarray(shared.reduce(Image.fromarray(arr), target))
 
 
 def pgm(pixels: np.ndarray) -> bytes:

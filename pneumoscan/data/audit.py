@@ -30,7 +30,9 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pneumoscan.data.decode import DecodeError, image_info, read_gray
+from pneumoscan.data.decode import image_info, read_gray
+
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import LABELS, SPLITS, SUBTYPES, Discovery, Record
 from pneumoscan.data.preprocess import resize
 

@@ -29,7 +29,7 @@ import pydicom
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.data.decode import DecodeError
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core.options import RESIZE_POLICIES, look_up_option
-from .decode import DecodeError, Source, image_info, read_gray
+from .decode import Source, image_info, read_gray
+from .pixels import DecodeError
 
 
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:

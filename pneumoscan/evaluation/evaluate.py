@@ -18,7 +18,8 @@ from PIL import Image
 
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, evaluate_binary, jsonable
 from pneumoscan.data.cache import cache_dataset
-from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select

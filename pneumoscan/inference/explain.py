@@ -10,6 +10,7 @@ with hooks, so it needs no per-architecture table and stays right for any timm m
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from pneumoscan.data.preprocess import PreprocessSpec
-from .predict import Predictor
+
+if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import back would be a cycle
+    from .predict import Predictor
 
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
 

@@ -30,7 +30,8 @@ from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text
 from pneumoscan.core.options import BACKENDS, look_up_option
-from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe

@@ -14,7 +14,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.data import readers
-from pneumoscan.data.decode import DecodeError, read_gray
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.pixels import DecodeError
 
 from .limits import ClientGone, Rejected
 

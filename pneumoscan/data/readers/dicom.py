@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
-from pneumoscan.data import decode
-from . import Reader
+from pneumoscan.data import pixels
+from .base import Reader
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
@@ -39,7 +39,7 @@ class DicomReader(Reader):
         return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM", "quality": None}
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        return np.asarray(decode.reduce(Image.fromarray(_gray(read_dataset(src, header_only=False))), target))
+        return np.asarray(pixels.reduce(Image.fromarray(_gray(read_dataset(src, header_only=False))), target))
 
 
 def redact(text: str) -> str:
@@ -75,9 +75,9 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
     """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) on disk."""
     try:
         # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
-        return pydicom.dcmread(decode.stream(src), force=True, defer_size="64 KB" if header_only else None)
+        return pydicom.dcmread(pixels.stream(src), force=True, defer_size="64 KB" if header_only else None)
     except Exception as e:
-        raise decode.DecodeError(f"not a readable DICOM file: {e}") from None
+        raise pixels.DecodeError(f"not a readable DICOM file: {e}") from None
 
 
 def _header(ds: Dataset) -> tuple[int, int, str, str]:
@@ -91,19 +91,19 @@ def _header(ds: Dataset) -> tuple[int, int, str, str]:
         bits = str(ds.get("BitsStored", "?"))
         samples = int(ds.get("SamplesPerPixel") or 1)
     except Exception as e:
-        raise decode.DecodeError(f"malformed DICOM header: {e}") from None
+        raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
     if not has_pixels:
-        raise decode.DecodeError("DICOM file has no pixel data (not an image object)")
+        raise pixels.DecodeError("DICOM file has no pixel data (not an image object)")
     if not rows or not cols:
-        raise decode.DecodeError("DICOM file has pixel data but no Rows/Columns")
+        raise pixels.DecodeError("DICOM file has pixel data but no Rows/Columns")
     if frames > 1:
-        raise decode.DecodeError(
+        raise pixels.DecodeError(
             f"multi-frame DICOM ({frames} frames) is not a single radiograph; export the frame to read"
         )
-    if rows * cols > decode.MAX_PIXELS:
-        raise decode.too_large(cols, rows)
-    if rows * cols * samples * 8 > decode.MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
-        raise decode.too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
+    if rows * cols > pixels.MAX_PIXELS:
+        raise pixels.too_large(cols, rows)
+    if rows * cols * samples * 8 > pixels.MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
+        raise pixels.too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
     return cols, rows, photometric, bits
 
 
@@ -133,14 +133,14 @@ def _gray(ds: Dataset) -> np.ndarray:
     except Exception as e:  # a damaged codestream, a syntax no installed plugin decodes, broken LUTs, short data...
         # pydicom lists each plugin's reason on its own line, under a heading that ends in ':'
         reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":; ", ": ")
-        raise decode.DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
+        raise pixels.DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
     if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
-        raise decode.DecodeError(f"unsupported DICOM pixel layout {arr.shape} ({photometric})")
+        raise pixels.DecodeError(f"unsupported DICOM pixel layout {arr.shape} ({photometric})")
     # After a window that clips both ends (every clinical chest window) min-max is the window itself; it also
     # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
-    gray = decode.minmax_u8(arr)
+    gray = pixels.minmax_u8(arr)
     return 255 - gray if photometric == "MONOCHROME1" else gray
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageChops
 
-from pneumoscan.data import decode
-from . import Reader, formats
+from pneumoscan.data import pixels
+from .base import Reader, formats
 
 PIL_FORMATS = ("JPEG", "PNG")
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
@@ -53,21 +53,21 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(decode.stream(src), formats=PIL_FORMATS)
+            im = Image.open(pixels.stream(src), formats=PIL_FORMATS)
     except Image.DecompressionBombError:
-        raise decode.DecodeError(
-            f"image too large: over {decode.MAX_PIXELS:,} pixels (refusing a possible decompression bomb)"
+        raise pixels.DecodeError(
+            f"image too large: over {pixels.MAX_PIXELS:,} pixels (refusing a possible decompression bomb)"
         ) from None
     except Image.UnidentifiedImageError:
-        raise decode.DecodeError(f"not a {formats()} image") from None
+        raise pixels.DecodeError(f"not a {formats()} image") from None
     except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
-        raise decode.DecodeError(f"corrupt image header: {e}") from None
+        raise pixels.DecodeError(f"corrupt image header: {e}") from None
     with im:
         width, height = im.size
-        if width * height > decode.MAX_PIXELS:
-            raise decode.too_large(width, height)
-        if _bytes(im) > decode.MAX_DECODED_BYTES and im.format != "JPEG":  # a JPEG can be decoded smaller
-            raise decode.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
+        if width * height > pixels.MAX_PIXELS:
+            raise pixels.too_large(width, height)
+        if _bytes(im) > pixels.MAX_DECODED_BYTES and im.format != "JPEG":  # a JPEG can be decoded smaller
+            raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
         yield im
 
 
@@ -76,18 +76,18 @@ def _bytes(im: Image.Image) -> int:
 
 
 def _gray(im: Image.Image, target: int | None) -> np.ndarray:
-    """Gray uint8 pixels, reduced (:func:`decode.reduce`) and upright. The decoded image is turned into an 8-bit one
+    """Gray uint8 pixels, reduced (:func:`pixels.reduce`) and upright. The decoded image is turned into an 8-bit one
     in place of a copy or a strip at a time, so decoding holds at most about 1.5 times its decoded bytes."""
     width, height = im.size
-    if _bytes(im) > decode.MAX_DECODED_BYTES:  # a JPEG (_open refuses the others):
+    if _bytes(im) > pixels.MAX_DECODED_BYTES:  # a JPEG (_open refuses the others):
         # libjpeg decodes the luma channel alone, and at 1/2, 1/4 or 1/8 scale (DCT scaling) when that is not enough
-        scale = next((s for s in (1, 2, 4, 8) if -(-width // s) * -(-height // s) <= decode.MAX_DECODED_BYTES), 8)
+        scale = next((s for s in (1, 2, 4, 8) if -(-width // s) * -(-height // s) <= pixels.MAX_DECODED_BYTES), 8)
         im.draft("L", (width // scale, height // scale))
     try:
         im.load()
         orientation = im.getexif().get(ExifTags.Base.Orientation)  # a PNG's may follow its pixels
     except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
-        raise decode.DecodeError(f"corrupt or truncated image data: {e}") from None
+        raise pixels.DecodeError(f"corrupt or truncated image data: {e}") from None
     if im.mode.startswith("I"):
         # 16-bit PNG, often a DICOM export holding 10- to 14-bit values: min-max, as a DICOM without a window
         # (scaling by 65535 made 12-bit data nearly black; Pillow's convert('L') would clip)
@@ -95,13 +95,13 @@ def _gray(im: Image.Image, target: int | None) -> np.ndarray:
         def strip(top: int, end: int) -> np.ndarray:  # np.asarray(im) would copy it all, twice (tobytes)
             return np.asarray(im.crop((0, top, width, end)))
 
-        gray = Image.fromarray(decode.stretch(strip, height, width, lo, hi))
+        gray = Image.fromarray(pixels.stretch(strip, height, width, lo, hi))
     elif im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         # X-ray background is black, so transparent areas become black like the padding does
         gray = ImageChops.multiply(*im.convert("LA").split())
     else:
         gray = im if im.mode == "L" else (im.convert("RGB") if im.mode == "CMYK" else im).convert("L")
-    gray = decode.reduce(gray, target)
+    gray = pixels.reduce(gray, target)
     if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
         gray = gray.transpose(_ORIENTATION[orientation])
     return np.asarray(gray)

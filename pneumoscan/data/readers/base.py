@@ -1,0 +1,85 @@
+"""The image reader interface (:class:`Reader`) and the registry of readers, which decoding and discovery ask."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+HEAD_BYTES = 132  # what a reader sees to recognise a file: DICOM's "DICM" magic sits at bytes 128-131
+
+
+class Reader(ABC):
+    """One file format's reader. ``src`` is a path to a regular, non-empty file or the uploaded bytes (checked by
+    :mod:`pneumoscan.data.decode` first); every bad input is a :class:`pneumoscan.data.pixels.DecodeError` with a reason, and
+    both methods refuse, from the header, an image beyond :data:`pneumoscan.data.pixels.MAX_PIXELS` or
+    :data:`pneumoscan.data.pixels.MAX_DECODED_BYTES`, before its pixels are decoded."""
+
+    name: str = ""  # what a caller may declare a file to be (an upload's type), e.g. "DICOM"
+    formats: tuple[str, ...] = ()  # the formats a refusal lists ("not a JPEG, PNG or DICOM image")
+    suffixes: frozenset[str] = frozenset()  # lower-case file-name endings discovery takes as this format's images
+
+    @abstractmethod
+    def sniff(self, head: bytes) -> bool:
+        """Whether the file's first :data:`HEAD_BYTES` bytes (fewer for a short file) mark this format."""
+
+    def can_read(self, head: bytes, suffix: str) -> bool:
+        """By magic bytes, else by the name's suffix (a DICOM without its preamble carries no magic)."""
+        return self.sniff(head) or suffix.lower() in self.suffixes
+
+    @abstractmethod
+    def header(self, src: Path | bytes) -> dict:
+        """From the header only, no pixel decoded: ``{"width", "height", "mode", "format", "quality"}``. mode is the
+        pixel kind with its bit depth (Pillow's mode: "L", "I;16", "RGB"; DICOM's photometric interpretation and bits
+        stored: "MONOCHROME2/12"); quality a JPEG's nearest libjpeg quality (1-100), else None."""
+
+    @abstractmethod
+    def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+        """uint8 H x W pixels, upright, reduced with :func:`pneumoscan.data.pixels.reduce` towards ``target``."""
+
+
+_READERS: list[Reader] = []
+
+
+def register(reader: Reader) -> Reader:
+    """Add ``reader`` (one of a name at most: a second replaces the first, so a site can swap a built-in)."""
+    if not reader.name:
+        raise ValueError(f"{type(reader).__name__}: a reader needs a name")
+    for i, known in enumerate(_READERS):
+        if known.name == reader.name:
+            _READERS[i] = reader
+            return reader
+    _READERS.append(reader)
+    return reader
+
+
+def unregister(name: str) -> None:
+    """Remove the reader called ``name`` (a test's toy reader); nothing when none is."""
+    _READERS[:] = [r for r in _READERS if r.name != name]
+
+
+def registered() -> tuple[Reader, ...]:
+    """The registered readers, in the order they are asked."""
+    return tuple(_READERS)
+
+
+def reader_for(head: bytes, suffix: str = "", declared: str | None = None) -> Reader | None:
+    """The reader for a file: the one ``declared`` (an upload's type) when given, else the first whose magic bytes
+    match, else the first claiming the suffix; None when no registered reader takes it."""
+    if declared is not None:
+        return next((r for r in _READERS if r.name == declared), None)
+    return next((r for r in _READERS if r.sniff(head)), None) or next(
+        (r for r in _READERS if r.can_read(b"", suffix)), None
+    )
+
+
+def formats() -> str:
+    """'JPEG, PNG or DICOM': the registered formats, for a reason that says what a file is not."""
+    names = [f for r in _READERS for f in r.formats]
+    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def suffixes() -> frozenset[str]:
+    """Every file-name ending some registered reader claims: what discovery and prediction take as images."""
+    return frozenset().union(*(r.suffixes for r in _READERS))
