@@ -61,6 +61,8 @@ def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_co
         assert list(point.get_xdata()) == pytest.approx([1 - r.specificity])
         assert list(point.get_ydata()) == pytest.approx([r.sensitivity])
         assert to_rgba(point.get_color()) == to_rgba(curve.get_color())
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == [f"{r.run} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
 
 
 def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -160,17 +160,25 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
 def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], points: dict[str, tuple],
                curve_of_point: dict[str, str] | None = None) -> Figure:
     """ROC curves (``curves[key]`` with fpr/tpr lists, labelled ``label_of[key]``) on one axes, with operating
-    points as dots (``points[label] = (fpr, tpr)``); a point named in ``curve_of_point`` takes its curve's colour."""
+    points as dots (``points[label] = (fpr, tpr)``); a point named in ``curve_of_point`` takes its curve's colour
+    and is told apart by it, so the legend lists the curves and only the points of no curve. A legend of more than
+    four entries goes beside the axes, where it hides no curve."""
     fig, ax = _new_axes("ROC curve", "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1)
-    colour = {}
+    colour, shown = {}, []
     for key, curve in curves.items():
         (line,) = ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label_of[key])
         colour[key] = line.get_color()
+        shown.append(line)
     for label, (x, y) in points.items():
         key = (curve_of_point or {}).get(label)
-        ax.plot([x], [y], "o", ms=7, label=label, **({"color": colour[key], "mec": "black"} if key else {}))
-    ax.legend(loc="lower right", fontsize=8)
+        (dot,) = ax.plot([x], [y], "o", ms=7, label=label, **({"color": colour[key], "mec": "black"} if key else {}))
+        if not key:
+            shown.append(dot)
+    if len(shown) > 4:
+        ax.legend(handles=shown, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    else:
+        ax.legend(handles=shown, loc="lower right", fontsize=8)
     return fig
 
 
