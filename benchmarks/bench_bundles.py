@@ -1,0 +1,52 @@
+"""Benchmark the inference speed of several bundles on the same films: a single model against an ensemble, or one
+recipe's candidates against each other.
+
+Run: ``python benchmarks/bench_bundles.py SPLIT_CSV BUNDLE [BUNDLE ...]`` (e.g. the fold bundles of a ``cv`` run
+and the ensemble built from them, with one fold's ``split-fold-K.csv``).
+
+Figures per bundle: batch images/s on the split's validation films with the ONNX Runtime backend (preprocessed
+uint8 batch -> calibrated probabilities, decode excluded; best of REPEATS passes, BATCH images a call, THREADS
+threads), and the model's input size. Each bundle's films are read at its own size, so bundles of different sizes
+are timed on the same films.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumoscan.data.tasks import get_task  # noqa: E402
+from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
+from pneumoscan.inference.predict import Predictor  # noqa: E402
+
+THREADS = 2
+BATCH = 32
+REPEATS = 3
+
+
+def main(split_csv: Path, bundles: list[Path]) -> None:
+    torch.set_num_threads(THREADS)
+    print(f"{THREADS} threads, batch {BATCH}, ONNX Runtime, decode excluded, best of {REPEATS} passes")
+    print(f"{'bundle':<50} {'model':<20} {'size':>5} {'films':>6} {'images/s':>9}")
+    for bundle in bundles:
+        predictor = Predictor(bundle, BATCH, backend="onnx")
+        images, _, _ = labelled_images(split_csv, "val", get_task(predictor.card.task), predictor.card.spec)
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            predictor.probabilities(images)
+            best = min(best, time.perf_counter() - start)
+        print(f"{str(bundle):<50} {predictor.card.model:<20} {predictor.card.size:>5} {len(images):>6} "
+              f"{len(images) / best:>9.1f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), [Path(b) for b in sys.argv[2:]])
