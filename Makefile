@@ -10,7 +10,7 @@ BEST_EPOCHS ?= 3
 REFERENCE_DIR ?= runs/reference
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server docs clean
+.PHONY: env test demo demo-etiology demo-best reference bench browser pacs-server docs clean
 
 env: $(VENV)/.installed
 
@@ -55,12 +55,6 @@ demo-etiology: env
 demo-best: env
 	$(BIN)/pneumoscan cv --data "$(PNEUMOSCAN_DATA)" --task pneumonia --folds 5 --epochs $(BEST_EPOCHS) --out $(RUN_DIR)/best/cv5
 	$(BIN)/pneumoscan ensemble --cv $(RUN_DIR)/best/cv5 --out $(RUN_DIR)/best/bundle
-
-# The same for bacterial vs viral pneumonia, with Youden's threshold as make demo-etiology (RUN_DIR/best-etiology/bundle).
-demo-best-etiology: env
-	$(BIN)/pneumoscan cv --data "$(PNEUMOSCAN_DATA)" --task etiology --set target_sensitivity=null --folds 5 \
-	  --epochs $(BEST_EPOCHS) --out $(RUN_DIR)/best-etiology/cv5
-	$(BIN)/pneumoscan ensemble --cv $(RUN_DIR)/best-etiology/cv5 --youden --out $(RUN_DIR)/best-etiology/bundle
 
 # Every configs/reference/*.yaml trained for REFERENCE_MINUTES each into REFERENCE_DIR/NAME, then one table and
 # one ROC figure of their validation figures (REFERENCE_DIR/compare.csv, compare.png). A config whose ImageNet
