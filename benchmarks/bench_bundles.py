@@ -13,7 +13,6 @@ are timed on the same films.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,10 +23,7 @@ sys.path.insert(0, str(ROOT))
 from pneumoscan.data.tasks import get_task  # noqa: E402
 from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
-
-THREADS = 2
-BATCH = 32
-REPEATS = 3
+from bench_int8 import BATCH, REPEATS, THREADS, images_per_second  # noqa: E402  (the same timing as INT8's)
 
 
 def main(split_csv: Path, bundles: list[Path]) -> None:
@@ -37,13 +33,8 @@ def main(split_csv: Path, bundles: list[Path]) -> None:
     for bundle in bundles:
         predictor = Predictor(bundle, BATCH, backend="onnx")
         images, _, _ = labelled_images(split_csv, "val", get_task(predictor.card.task), predictor.card.spec)
-        best = float("inf")
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            predictor.probabilities(images)
-            best = min(best, time.perf_counter() - start)
         print(f"{str(bundle):<50} {predictor.card.model:<20} {predictor.card.size:>5} {len(images):>6} "
-              f"{len(images) / best:>9.1f}")
+              f"{images_per_second(predictor, images):>9.1f}")
 
 
 if __name__ == "__main__":
