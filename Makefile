@@ -62,12 +62,11 @@ demo-best: env
 # REFERENCE_DIR/NAME-scratch, and said so; a config that cannot train at all is named at the end and the target
 # fails after comparing the rest.
 reference: env
-	@failed=""; for cfg in configs/reference/*.yaml; do name=$$(basename $$cfg .yaml); \
-	  $(BIN)/pneumoscan train --config $$cfg --data "$(PNEUMOSCAN_DATA)" --time-budget $(REFERENCE_MINUTES) \
-	    --out $(REFERENCE_DIR)/$$name; status=$$?; \
+	@train() { $(BIN)/pneumoscan train --config "$$cfg" --data "$(PNEUMOSCAN_DATA)" --time-budget $(REFERENCE_MINUTES) "$$@"; }; \
+	failed=""; for cfg in configs/reference/*.yaml; do name=$$(basename $$cfg .yaml); \
+	  train --out $(REFERENCE_DIR)/$$name; status=$$?; \
 	  if [ $$status -eq 3 ]; then echo "$$name: no ImageNet weights here; training it from scratch as $$name-scratch" >&2; \
-	    $(BIN)/pneumoscan train --config $$cfg --data "$(PNEUMOSCAN_DATA)" --time-budget $(REFERENCE_MINUTES) \
-	      --no-pretrained --out $(REFERENCE_DIR)/$$name-scratch; status=$$?; fi; \
+	    train --no-pretrained --out $(REFERENCE_DIR)/$$name-scratch; status=$$?; fi; \
 	  [ $$status -eq 0 ] || failed="$$failed $$name"; done; \
 	runs=$$(for m in $(REFERENCE_DIR)/*/metrics.json; do [ -f "$$m" ] && dirname "$$m"; done); \
 	[ -z "$$runs" ] || $(BIN)/pneumoscan compare $$runs --out $(REFERENCE_DIR); \
