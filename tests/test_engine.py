@@ -22,6 +22,7 @@ from pneumoscan.training.callbacks import (
     Finalize,
     ReduceOnPlateau,
     TimeBudget,
+    WeightAverage,
     cosine,
     lr_factor,
     restore,
@@ -56,7 +57,7 @@ def figures(values: list[float], key: str = "val_loss"):
 def test_fit_calls_the_hooks_at_fixed_points_and_keeps_one_row_per_epoch() -> None:
     rec = Recorder()
     state = fit(stub_state(epochs=2, batches=2), [rec], torch.nn.functional.cross_entropy, figures([0.5, 0.4]))
-    epoch = ["on_epoch_start", *["before_step", "after_step"] * 2, "on_validation_end", "on_epoch_end"]
+    epoch = ["on_epoch_start", *["before_step", "after_step"] * 2, "before_validation", "on_validation_end", "on_epoch_end"]
     assert rec.calls == ["on_fit_start", *epoch, *epoch, "on_fit_end"]
     assert state.step == 4 and state.epoch == 2
     assert [r["epoch"] for r in state.history] == [1, 2] and [r["val_loss"] for r in state.history] == [0.5, 0.4]
@@ -172,6 +173,52 @@ def test_a_checkpoint_from_before_the_engine_resumes_its_early_stopping_and_best
     assert stopper.state_dict() == {"best": 0.8, "stale": 1} and best.state_dict() == {"value": 0.8, "epoch": 1}
 
 
+class StepWeights(Callback):
+    """The live weights after every step, and the weights each validation saw."""
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+        self.validated: list[torch.Tensor] = []
+
+    def after_step(self, state: State) -> None:
+        self.steps.append(torch.nn.utils.parameters_to_vector(state.model.parameters()).detach().clone())
+
+    def on_validation_end(self, state: State) -> None:
+        self.validated.append(torch.nn.utils.parameters_to_vector(state.model.parameters()).detach().clone())
+
+
+def test_validation_sees_the_moving_average_and_training_goes_on_from_the_live_weights() -> None:
+    decay = 0.7
+    torch.manual_seed(0)
+    plain, seen = stub_state(epochs=2, batches=3), StepWeights()
+    fit(plain, [seen], torch.nn.functional.cross_entropy, figures([1.0, 0.9]))
+    torch.manual_seed(0)
+    state, averaged = stub_state(epochs=2, batches=3), StepWeights()
+    fit(state, [averaged, WeightAverage(state.model, decay)], torch.nn.functional.cross_entropy, figures([1.0, 0.9]))
+    # the same steps as without the average: each epoch trains on from the live weights, not the averaged ones
+    torch.testing.assert_close(torch.stack(averaged.steps), torch.stack(seen.steps))
+    ema, expected = averaged.steps[0], []
+    for i, w in enumerate(averaged.steps[1:], start=2):
+        ema = decay * ema + (1 - decay) * w
+        if i % 3 == 0:
+            expected.append(ema)
+    torch.testing.assert_close(torch.stack(averaged.validated), torch.stack(expected))
+    assert not torch.allclose(averaged.validated[-1], averaged.steps[-1])
+
+
+def test_the_moving_average_survives_a_checkpoint(tmp_path: Path) -> None:
+    state = stub_state(epochs=2)
+    average = WeightAverage(state.model, 0.9)
+    fit(state, [average, Checkpoint(tmp_path / "c.pt", [average], save_checkpoint)], torch.nn.functional.cross_entropy,
+        figures([1.0, 0.9]))
+    back = stub_state()
+    again = WeightAverage(back.model, 0.9)
+    restore(back, load_checkpoint(tmp_path / "c.pt"), [again], tmp_path / "c.pt")
+    for a, b in zip(average.average.state_dict().values(), again.average.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert int(again.average.n_averaged) == 4
+
+
 def test_finalize_runs_after_training_and_hands_its_bundle_on() -> None:
     seen: list[int] = []
     final = Finalize(lambda state: seen.append(len(state.history)) or Path("run/bundle"))
@@ -198,7 +245,7 @@ def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset
     assert len(rows) == 2 and [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-9)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 0, "Adam, not AdamW"
-    plateau = json.loads(ckpt["callbacks"])["ReduceOnPlateau"]
+    plateau = ckpt["callbacks"]["ReduceOnPlateau"]
     assert plateau["best"] == pytest.approx(min(float(r["val_loss"]) for r in rows)) and plateau["patience"] == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"] == "adam-plateau"
     assert (run / "bundle" / "model.onnx").is_file()

@@ -19,6 +19,7 @@ from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, select
+from pneumoscan.data.transforms import Augment
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
@@ -75,8 +76,9 @@ def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tm
     assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets), views, 0.9), abs=1e-4)
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 10})
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.8, "augment": Augment(mixup=0.4, cutmix=1.0)}], ids=["plain", "ema-mixing"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path, extra: dict) -> None:
+    cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 10, **extra})
     straight = train(tiny_dataset, cfg, tmp_path / "straight")
 
     def crash_after_first_epoch(epoch: int) -> None:
@@ -91,6 +93,15 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     assert len(history) == 1 + 3, "the finished epoch is kept, none is repeated or lost"
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, tmp_path: Path) -> None:
+    bundle = train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "ema_decay": 0.5}), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    average, live, shipped = ckpt["callbacks"]["WeightAverage"], ckpt["model"], load_file(str(bundle / "model.safetensors"))
+    assert int(average["n_averaged"]) == ckpt["step"] > 1
+    assert all(torch.equal(shipped[k], average[f"module.{k}"]) for k in shipped)
+    assert not all(torch.equal(shipped[k], live[k]) for k in shipped), "the last step's weights are not shipped"
 
 
 def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Training augmentation: output shape and normalisation, flips off by default, optional grain."""
+"""Training augmentation: output shape and normalisation, flips off by default, optional grain, batch mixing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from pneumoscan.data.transforms import NOISE_LEVELS, Augment, to_input, train_transform
+from pneumoscan.data.transforms import NOISE_LEVELS, Augment, batch_mixing, to_input, train_transform
 
 STILL = Augment(zoom=0.0, shift=0.0, rotation=0.0, shear=0.0, brightness=0.0, contrast=0.0, noise=0.0)
 
@@ -46,3 +46,23 @@ def test_grain_up_to_the_set_level_is_added_to_about_half_the_images(noise: floa
         nearest = np.array(NOISE_LEVELS)[np.abs(levels[:, None] - NOISE_LEVELS).argmin(axis=1)]
         np.testing.assert_allclose(levels, nearest, rtol=0.07)  # sampling: ~1.5 % per image
         assert set(nearest) == set(NOISE_LEVELS), "faint and strong grain all occur"
+
+
+@pytest.mark.parametrize("mix", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}])
+def test_batch_mixing_mixes_images_and_targets_in_the_same_proportion(mix: dict) -> None:
+    """Normal films all 0, pneumonia films all 1: after mixing, an image's mean is the share of pneumonia in it,
+    which must be its target's pneumonia probability (MixUp blends, CutMix pastes a box of the area it reports)."""
+    collate = batch_mixing(Augment(**mix), num_classes=2)
+    torch.manual_seed(0)
+    labels = [0, 1] * 8
+    x, y = collate([(torch.full((1, 16, 16), float(label)), label) for label in labels])
+    assert x.shape == (16, 1, 16, 16) and y.shape == (16, 2)
+    torch.testing.assert_close(y.sum(1), torch.ones(16))
+    torch.testing.assert_close(x.mean((1, 2, 3)), y[:, 1])
+    assert ((y > 0) & (y < 1)).any(), "some films are mixed"
+
+
+def test_batch_mixing_is_off_by_default_and_refuses_a_negative_alpha() -> None:
+    assert batch_mixing(Augment(), 2) is None
+    with pytest.raises(ValueError, match="mixup and cutmix are Beta alphas"):
+        Augment(mixup=-0.2)

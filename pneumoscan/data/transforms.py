@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from pneumoscan.core.options import FILL_MODES, look_up_option
@@ -47,6 +48,10 @@ class Augment:
     # what fills the pixels that shifts, rotations, shears and zooming out bring in from outside the film:
     # constant (black), nearest (the edge pixel repeated) or reflect (the film mirrored at its edge), as in Keras
     fill_mode: str = "constant"
+    # batch-level mixing (torchvision's MixUp and CutMix, Beta(alpha, alpha) mixing weights; 0 turns one off, both
+    # on picks one per batch): the targets become class probabilities, so the model is trained towards softer scores
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         look_up_option(self.fill_mode, FILL_MODES, "fill_mode")
@@ -54,6 +59,8 @@ class Augment:
             raise ValueError(f"zoom_range must be in [0, 1), got {self.zoom_range}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"mixup and cutmix are Beta alphas >= 0 (0: off), got {self.mixup} and {self.cutmix}")
 
     @classmethod
     def off(cls) -> Augment:
@@ -132,3 +139,17 @@ def train_transform(size: int, mean: float, std: float, augment: Augment = Augme
     if augment.vflip:
         steps.append(v2.RandomVerticalFlip())
     return v2.Compose([*steps, normalize(mean, std)])
+
+
+def _mixed(batch: list, mix: v2.Transform) -> tuple[torch.Tensor, torch.Tensor]:
+    return mix(*default_collate(batch))
+
+
+def batch_mixing(augment: Augment, num_classes: int) -> Callable[[list], tuple[torch.Tensor, torch.Tensor]] | None:
+    """A DataLoader ``collate_fn`` that mixes each training batch per ``augment.mixup``/``augment.cutmix`` and
+    returns class-probability targets, or None when both are off (hard targets, the default collate)."""
+    mixes = [cls(alpha=alpha, num_classes=num_classes)
+             for cls, alpha in ((v2.MixUp, augment.mixup), (v2.CutMix, augment.cutmix)) if alpha]  # fmt: skip
+    if not mixes:
+        return None
+    return partial(_mixed, mix=mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes))

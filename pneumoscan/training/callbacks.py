@@ -1,5 +1,6 @@
 """The training engine's callbacks (:mod:`pneumoscan.training.engine`): the time budget and its learning-rate schedule,
-the plateau schedule, early stopping, best weights, history, checkpoints with exact resume, and a user hook."""
+the plateau schedule, early stopping, best weights, a moving average of the weights, history, checkpoints with exact
+resume, and a user hook."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.names import shown
 from pneumoscan.evaluation.report import plot_training_curves
@@ -154,6 +156,35 @@ class BestWeights(Callback):
         self.value, self.epoch = data["value"], data["epoch"]
 
 
+class WeightAverage(Callback):
+    """An exponential moving average of the weights and BatchNorm statistics (torch's ``AveragedModel``), updated
+    after every step. Validation, and so the best weights and the bundle, see the average: it smooths the noise
+    of the last steps' small CPU batches. Training goes on from the live weights, which the checkpoint keeps along
+    with the average. Goes after :class:`BestWeights` and before :class:`Checkpoint` in the callback list."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.live: dict[str, torch.Tensor] | None = None
+
+    def after_step(self, state: State) -> None:
+        self.average.update_parameters(state.model)
+
+    def before_validation(self, state: State) -> None:
+        self.live = {k: v.clone() for k, v in state.model.state_dict().items()}
+        state.model.load_state_dict(self.average.module.state_dict())
+
+    def on_epoch_end(self, state: State) -> None:
+        if self.live is not None:
+            state.model.load_state_dict(self.live)
+            self.live = None
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() for k, v in self.average.state_dict().items()}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.average.load_state_dict(data)
+
+
 def write_history(history: list[dict], run_dir: Path) -> None:
     with (run_dir / "history.csv").open("w", newline="") as f:
         # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
@@ -190,11 +221,11 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state: State) -> None:
         if state.ctx.main:
-            states = {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict() is not None}
+            states = {type(cb).__name__: kept for cb in self.callbacks if (kept := cb.state_dict()) is not None}
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
-                "history": json.dumps(state.history), "callbacks": json.dumps(states),
+                "history": json.dumps(state.history), "callbacks": states,
             })
         state.ctx.barrier()
 
@@ -216,10 +247,11 @@ def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> 
 
 
 def callback_states(ckpt: dict) -> dict:
-    """Callback states by class name; a checkpoint written before the engine kept one ``best`` record for both
-    the best weights and early stopping on validation AUC."""
+    """Callback states by class name. Older checkpoints kept them as JSON text, and before that one ``best`` record
+    for both the best weights and early stopping on validation AUC."""
     if "callbacks" in ckpt:
-        return json.loads(ckpt["callbacks"])
+        states = ckpt["callbacks"]
+        return json.loads(states) if isinstance(states, str) else states
     best = json.loads(ckpt["best"])
     return {"BestWeights": {"value": best["auc"], "epoch": best["epoch"]},
             "EarlyStopping": {"best": best["auc"], "stale": best["stale"]}}

@@ -4,11 +4,11 @@ Everything a run does besides stepping the optimiser (the time budget and its le
 stopping, best weights, history, checkpoints, resume, experiment tracking, finalisation) is a callback in
 :mod:`pneumoscan.training.callbacks` that reads and writes the shared :class:`State`. Hooks run in list order:
 
-    on_fit_start -> per epoch: on_epoch_start -> per batch: before_step, after_step -> on_validation_end
-    -> on_epoch_end -> ... -> on_fit_end
+    on_fit_start -> per epoch: on_epoch_start -> per batch: before_step, after_step -> before_validation
+    -> on_validation_end -> on_epoch_end -> ... -> on_fit_end
 
-A callback that carries state across a crash returns it from ``state_dict`` (JSON-able) and takes it back in
-``load_state_dict``; the checkpoint callback saves and restores them by class name.
+A callback that carries state across a crash returns it from ``state_dict`` (plain values and tensors) and takes it
+back in ``load_state_dict``; the checkpoint callback saves and restores them by class name.
 """
 
 from __future__ import annotations
@@ -65,12 +65,13 @@ class Callback:
     def on_epoch_start(self, state: State) -> None: ...
     def before_step(self, state: State) -> None: ...
     def after_step(self, state: State) -> None: ...
+    def before_validation(self, state: State) -> None: ...
     def on_validation_end(self, state: State) -> None: ...
     def on_epoch_end(self, state: State) -> None: ...
     def on_fit_end(self, state: State) -> None: ...
 
     def state_dict(self) -> dict | None:
-        """JSON-able state to keep in the checkpoint, or None when there is none."""
+        """State to keep in the checkpoint (plain values and tensors), or None when there is none."""
         return None
 
     def load_state_dict(self, data: dict) -> None: ...
@@ -90,7 +91,8 @@ def fit(
 ) -> State:
     """Train from ``state.epoch`` to ``state.epochs`` unless a callback stops it; returns the state.
 
-    ``before_epoch`` seeds and reshuffles for the epoch (after ``net.train()``); ``loss_fn(logits, targets)`` is the training loss;
+    ``before_epoch`` seeds and reshuffles for the epoch (after ``net.train()``); ``loss_fn(logits, targets)`` is the
+    training loss, with targets as class indices or, from a mixing collate, class probabilities;
     ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training logits are every
     rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images."""
     ctx = state.ctx
@@ -123,10 +125,11 @@ def fit(
                 loss.backward()
                 state.optimizer.step()
                 state.step += 1
+                hard = y if y.ndim == 1 else y.argmax(1)  # a mixed image counts as its larger part's class
                 run_loss += loss.item() * len(y)
-                run_correct += int((logits.argmax(1) == y).sum())
+                run_correct += int((logits.argmax(1) == hard).sum())
                 run_logits.append(logits.detach().float().cpu().numpy())
-                run_targets.append(y.cpu().numpy())
+                run_targets.append(hard.cpu().numpy())
                 seen += len(y)
                 _run(callbacks, "after_step", state)
                 lr = state.optimizer.param_groups[0]["lr"]
@@ -138,6 +141,7 @@ def fit(
                 run_loss, run_correct, seen = sums.tolist()
             if seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
                 break
+            _run(callbacks, "before_validation", state)
             state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": run_loss / seen,
                          "train_acc": run_correct / seen}
             state.row.update(validate(state, np.concatenate(run_logits), np.concatenate(run_targets)))

@@ -36,7 +36,7 @@ from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, positive_probability, select
-from pneumoscan.data.transforms import Augment, normalize, train_transform
+from pneumoscan.data.transforms import Augment, batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import evaluate_probabilities
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.report import write_report
@@ -53,6 +53,7 @@ from .callbacks import (
     History,
     ReduceOnPlateau,
     TimeBudget,
+    WeightAverage,
     cosine,
     restore,
 )
@@ -88,6 +89,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05  # fraction of the schedule
     label_smoothing: float = 0.0
+    # validate and ship an exponential moving average of the weights with this decay per step (0.99: about the
+    # last 100 steps); None ships the last step's weights. callbacks.WeightAverage
+    ema_decay: float | None = None
     warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
     trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
     # adamw-cosine: AdamW, warm-up and cosine decay, early stopping on validation AUC; adam-plateau (the Keras
@@ -383,7 +387,8 @@ def load_data(data: Path | str, cfg: TrainConfig, task: Task, ctx: Dist, run_dir
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
     # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                              collate_fn=batch_mixing(cfg.augment, len(task.classes)))
     counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
     weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
@@ -491,8 +496,9 @@ def train(
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
     best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
                        f"({len(d.train_set)} for {global_batch}) or the time budget ran out first")
-    stateful = [*schedule, best, *trackers]  # what a checkpoint keeps besides the model and the optimiser
-    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir),
+    average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
+    stateful = [*schedule, best, *average, *trackers]  # what a checkpoint keeps besides the model and the optimiser
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
                  Checkpoint(checkpoint_path, stateful, save_checkpoint), *([EpochHook(on_epoch_end)] if on_epoch_end else []),
                  Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
