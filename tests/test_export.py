@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from pneumoscan import cli
 from pneumoscan.data.preprocess import preprocess
-from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, session, spec_path
+from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import BundleCard, load_card, save_bundle
@@ -78,3 +79,18 @@ def test_efficientnet_lite0_same_padding_exports_with_parity(tmp_path: Path) -> 
     assert np.abs(torch_p - onnx_p).max() <= PARITY
     torch_l, onnx_l = with_torch.logits(images), with_onnx.logits(images)
     assert np.abs(torch_l - onnx_l).max() <= 1e-4 * np.abs(torch_l).max()
+
+
+def test_a_module_session_scores_like_torch_and_refuses_non_finite_weights() -> None:
+    """The in-memory export behind the ensemble's calibration scores: torch's logits, or no session at all."""
+    torch.manual_seed(0)
+    model = models.create("simple_cnn", 2, in_chans=1, pretrained=False).eval()
+    x = torch.rand(5, 1, 32, 32)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = module_session(model, 32).run([OUTPUT], {INPUT: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        module_session(model, 32)

@@ -9,6 +9,7 @@ damaged since, is refused with its reason; exporting again is the explicit ``pne
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -78,19 +79,11 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     own = Path(bundle) / ONNX_NAME
     out = Path(out) if out else own
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, 1, card.size, card.size)
-
     digest = ""
 
     def write(tmp: Path) -> None:
         nonlocal digest
-        with warnings.catch_warnings():
-            # the TorchScript-based exporter is deprecated but still supported, and the one that works here
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model, (example,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
-            )  # fmt: skip
+        _to_onnx(model, card.size, str(tmp))
         _check_parity(model, session(tmp), card.size, card.temperature)
         digest = file_sha256(tmp)  # what was written, before it takes the real name
 
@@ -99,6 +92,28 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     if out.resolve() == own.resolve():
         record_checksum(bundle, ONNX_NAME, digest)
     return out
+
+
+def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
+    """``model`` as an ONNX graph from ``image`` (N, 1, size, size) to ``logits``, with a dynamic batch axis."""
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter is deprecated but still supported, and the one that works here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (torch.zeros(1, 1, size, size),), dest, input_names=[INPUT], output_names=[OUTPUT],
+            opset_version=OPSET, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+
+
+def module_session(model: torch.nn.Module, size: int) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``model`` exported in memory and checked against torch like a bundle's export:
+    for scoring many films several times faster than eager torch on a CPU without writing a bundle (the
+    ensemble's out-of-fold scores)."""
+    buf = io.BytesIO()
+    _to_onnx(model.eval(), size, buf)
+    sess = session(buf.getvalue())
+    _check_parity(model, sess, size, 1.0)
+    return sess
 
 
 def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:

@@ -14,6 +14,10 @@ quality), so one decode serves them all; anything else is refused.
 Combination: the mean of ``logits_m / T_m`` (each member's own calibration). This is the same as averaging
 calibrated log-probabilities: ``log_softmax`` differs from the scaled logits by one constant per row and member,
 which softmax cancels; logits are kept because they are what the graph already outputs.
+
+Calibration films are scored (each in the six TTA views too) by ONNX Runtime on the ensemble's or each member's
+graph, exported in memory and checked against torch as a bundle's export is: on this 2-core CPU that is about five
+times faster than eager torch, which took half an hour for a five-fold run's 5,232 films.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
-from torch import nn
 
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
 from pneumoscan.data.layouts import Record, discover
@@ -37,7 +41,7 @@ from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import _policy, labelled_images, labelled_records
 from pneumoscan.evaluation.model_card import update_card
-from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.export import INPUT, OUTPUT, export_onnx, module_session
 from pneumoscan.inference.predict import tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member
@@ -79,11 +83,11 @@ def _check_held_out(paths: Sequence[Path], records: Sequence[Record]) -> None:
                         "threshold were chosen: the ensemble's figures on them are optimistic", path)
 
 
-def _batched(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits of ``model`` on uint8 (N, S, S) images read as [0, 1] input."""
-    with torch.inference_mode():
-        out = [model(to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1), 0.0, 1.0)).numpy()
-               for i in range(0, len(images), batch_size)]
+def _batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input."""
+    out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1),
+                                               0.0, 1.0).numpy()})[0]
+           for i in range(0, len(images), batch_size)]  # fmt: skip
     return np.concatenate(out)
 
 
@@ -94,9 +98,10 @@ def _out_of_fold(net: EnsembleNet, cv_dir: Path, card: BundleCard) -> tuple[np.n
     logits, targets, views = [], [], []
     for k, member in enumerate(net.members):
         images, y, _ = labelled_images(cv_dir / f"split-fold-{k}.csv", "val", task, card.spec)
-        logits.append(_batched(member, images))
+        sess = module_session(member, card.size)
+        logits.append(_batched(sess, images))
         targets.append(y)
-        views.append(np.stack([_batched(member, v) for v in tta_views(images)]))
+        views.append(np.stack([_batched(sess, v) for v in tta_views(images)]))
     return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
 
 
@@ -154,8 +159,9 @@ def build_ensemble(
     else:
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
         _check_held_out(paths, records)
-        logits = _batched(net, images)
-        views = [_batched(net, v) for v in tta_views(images)]
+        sess = module_session(net, size)
+        logits = _batched(sess, images)
+        views = [_batched(sess, v) for v in tta_views(images)]
         name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
     y = binary_targets(targets)
     temperature = fit_temperature(logits, targets)
