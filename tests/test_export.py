@@ -63,7 +63,7 @@ def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_datas
 
 def test_efficientnet_lite0_same_padding_exports_with_parity(tmp_path: Path) -> None:
     """The default model family: TensorFlow-style 'same' padding (asymmetric on odd feature maps: 72 px gives
-    9 x 9 after three strides) must survive export."""
+    9 x 9 after three strides) must survive export, where it becomes constant padding."""
     torch.manual_seed(0)
     size = 72
     # Random weights give logits near +-50: a high temperature keeps the compared probabilities unsaturated.
@@ -79,6 +79,9 @@ def test_efficientnet_lite0_same_padding_exports_with_parity(tmp_path: Path) -> 
     assert np.abs(torch_p - onnx_p).max() <= PARITY
     torch_l, onnx_l = with_torch.logits(images), with_onnx.logits(images)
     assert np.abs(torch_l - onnx_l).max() <= 1e-4 * np.abs(torch_l).max()
+    # the padding is worked out once for the graph's fixed side, not from the input's shape on every call
+    ops = {node.op_type for node in onnx.load(export_onnx(bundle, tmp_path / "lite0.onnx")).graph.node}
+    assert "Pad" in ops and not ops & {"Shape", "Ceil", "Gather"}
 
 
 def test_a_module_session_scores_like_torch_and_refuses_non_finite_weights() -> None:

@@ -9,6 +9,7 @@ damaged since, is refused with its reason; exporting again is the explicit ``pne
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from timm.layers import Conv2dSame, get_same_padding
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import softmax
@@ -94,13 +96,41 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     return out
 
 
+def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """A copy of ``model`` for ``size`` x ``size`` inputs whose TensorFlow-style 'same' convolutions (timm's
+    ``Conv2dSame``, which works out its padding from the input's shape on every call) pad by constants instead.
+    The exported graph then has no shape arithmetic before those convolutions, ONNX Runtime folds the padding into
+    them, and the INT8 graph stays in one layout: the default recipe's model ran about 1.3x faster in FP32 and 1.6x
+    in INT8 (docs/results.md). The graph's input already has a fixed side, so nothing is lost."""
+    fixed = copy.deepcopy(model).eval()
+    same = {name: m for name, m in fixed.named_modules() if isinstance(m, Conv2dSame)}
+    if not same:
+        return fixed
+    sides: dict[str, torch.Size] = {}
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: sides.__setitem__(name, args[0].shape[-2:]))
+             for name, m in same.items()]  # fmt: skip
+    with torch.inference_mode():
+        fixed(torch.zeros(1, 1, size, size))
+    for hook in hooks:
+        hook.remove()
+    for name, conv in same.items():
+        ph, pw = (get_same_padding(side, k, s, d) for side, k, s, d in zip(sides[name], conv.kernel_size, conv.stride, conv.dilation))
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                                conv.groups, conv.bias is not None)  # fmt: skip
+        plain.load_state_dict(conv.state_dict())
+        parent, _, attr = name.rpartition(".")
+        pad = torch.nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # TensorFlow: the odd pixel after
+        setattr(fixed.get_submodule(parent), attr, torch.nn.Sequential(pad, plain))
+    return fixed
+
+
 def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
     """``model`` as an ONNX graph from ``image`` (N, 1, size, size) to ``logits``, with a dynamic batch axis."""
     with warnings.catch_warnings():
         # the TorchScript-based exporter is deprecated but still supported, and the one that works here
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (torch.zeros(1, 1, size, size),), dest, input_names=[INPUT], output_names=[OUTPUT],
+            _fixed_padding(model, size), (torch.zeros(1, 1, size, size),), dest, input_names=[INPUT], output_names=[OUTPUT],
             opset_version=OPSET, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
         )  # fmt: skip
 
