@@ -100,8 +100,8 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     """A copy of ``model`` for ``size`` x ``size`` inputs whose TensorFlow-style 'same' convolutions (timm's
     ``Conv2dSame``, which works out its padding from the input's shape on every call) pad by constants instead.
     The exported graph then has no shape arithmetic before those convolutions, ONNX Runtime folds the padding into
-    them: the default recipe's FP32 graph ran 1.42x faster, and its INT8 graph faster too (docs/results.md, INT8
-    export). The graph's input already has a fixed side, so nothing is lost."""
+    them: the default recipe's FP32 graph ran 1.42x faster, and its INT8 graph reached 2.1x that (docs/results.md,
+    INT8 export). The graph's input already has a fixed side, so nothing is lost."""
     fixed = copy.deepcopy(model).eval()
     same = {name: m for name, m in fixed.named_modules() if isinstance(m, Conv2dSame)}
     if not same:
