@@ -88,9 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumoscan.data.transforms import Augment
 
     cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
-                  target_sensitivity=args.target_sensitivity, init=args.init, optimizer=args.optimizer)
-    if args.youden:
-        cfg.target_sensitivity = None
+                  init=args.init, optimizer=args.optimizer)
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
                if v is not None}
     if args.no_augment and augment:
@@ -338,6 +336,11 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights where the model has them (default); models without them "
                         "always start from scratch")
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument("--target-sensitivity", type=_probability,
+                        help="threshold policy: the most specific threshold with at least this validation sensitivity "
+                             "(default 0.95)")
+    policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
                         "applied over --config, under the other flags)")
@@ -347,9 +350,12 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
     from pneumoscan.training.train import load_config
 
-    return load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
-                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
-                       seed=args.seed, pretrained=args.pretrained, **flags)
+    cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
+                      time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
+                      seed=args.seed, pretrained=args.pretrained, target_sensitivity=args.target_sensitivity, **flags)
+    if args.youden:
+        cfg.target_sensitivity = None
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,9 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
                         "folder (16 films in the Kaggle release: warns that they cannot rank recipes)")
-    policy = p.add_mutually_exclusive_group()
-    policy.add_argument("--target-sensitivity", type=float, help="threshold policy (default 0.95)")
-    policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
     p.add_argument("--zoom-range", type=float, metavar="Z", help="Keras-style zoom in and out: scale 1-Z to 1+Z")
     p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None, help="random vertical flips")
     _choice(p, "--fill-mode", FILL_MODES, "fill mode",

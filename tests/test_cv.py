@@ -14,6 +14,7 @@ from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.split import patient_folds
+from pneumoscan.models.bundle import load_card
 from pneumoscan.training.cv import fold_figures
 
 
@@ -57,7 +58,7 @@ def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule(
 def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "cv"
     args = ["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
-            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--youden"]
     assert main(args) == 0
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
@@ -67,7 +68,7 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     for k in range(2):
         val = {Path(r.path).name for r in discover(out / f"split-fold-{k}.csv").split("val")}
         assert {Path(r["path"]).name for r in rows if r["fold"] == str(k)} == val
-        assert (out / f"fold-{k}" / "bundle" / "bundle.json").exists()
+        assert load_card(out / f"fold-{k}" / "bundle").threshold_policy.startswith("Youden's J"), "cv takes train's policy"
     assert [f["n"] for f in result["per_fold"]] == [sum(r["fold"] == str(k) for r in rows) for k in range(2)]
     aucs = [f["auc"] for f in result["per_fold"]]
     assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
