@@ -11,7 +11,6 @@ Goals (issue #18): INT8 at least 2x the FP32 images/s, AUC within 0.002 of FP32,
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -32,7 +31,6 @@ from pneumoscan.inference.predict import Predictor  # noqa: E402
 THREADS = 2
 BATCH = 32
 REPEATS = 3
-SETTLE_S = 30
 
 
 def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
@@ -51,10 +49,6 @@ def main(bundle: Path, split_csv: Path) -> None:
         subprocess.run([sys.executable, "-m", "pneumoscan", "export", str(bundle), "--int8", "--data", str(split_csv)],
                        check=True)
         print(f"export --int8: {time.perf_counter() - start:.0f} s")
-        # timed straight after the export, INT8 ran at 370 images/s instead of 540-560 (three later runs): let what
-        # the export left behind (written files, its image cache) settle first
-        os.sync()
-        time.sleep(SETTLE_S)
     fp32, int8 = (Predictor(bundle, BATCH, backend) for backend in ("onnx", "onnx-int8"))
     images, targets, _ = labelled_images(split_csv, "val", get_task(fp32.card.task), fp32.card.spec)
     y = binary_targets(targets)
