@@ -51,10 +51,10 @@ demo-etiology: env
 	$(BIN)/pneumoscan train --data "$(PNEUMOSCAN_DATA)" --task etiology --youden --time-budget $(DEMO_MINUTES) --out $(RUN_DIR)/etiology
 	$(BIN)/pneumoscan evaluate $(RUN_DIR)/etiology/bundle $(RUN_DIR)/etiology/split.csv --split val --out $(RUN_DIR)/etiology/eval-val
 
-# The stronger pneumonia recipe (about 65 minutes on 2 cores): 5-fold patient-grouped cross-validation of `make demo`'s
-# recipe (BEST_SIZE px, at most BEST_EPOCHS epochs in DEMO_MINUTES a fold: a higher AUC than 3 epochs at 192 px or
-# 224 px on four of five folds, docs/results.md), then the five fold bundles averaged into one ensemble bundle whose
-# temperature and thresholds are fitted on the out-of-fold scores (RUN_DIR/best/bundle).
+# The stronger pneumonia recipe (about 65 minutes on 2 cores): 5-fold patient-grouped cross-validation of
+# `make demo`'s recipe (BEST_SIZE px, at most BEST_EPOCHS epochs in DEMO_MINUTES a fold: a higher AUC than 3 epochs
+# at 192 px or 224 px on four of five folds, docs/results.md), then the five fold bundles averaged into one ensemble
+# bundle whose temperature and thresholds are fitted on the out-of-fold scores (RUN_DIR/best/bundle).
 demo-best: env
 	$(BIN)/pneumoscan cv --data "$(PNEUMOSCAN_DATA)" --task pneumonia --folds 5 --epochs $(BEST_EPOCHS) --time-budget $(DEMO_MINUTES) --image-size $(BEST_SIZE) --out $(RUN_DIR)/best/cv5
 	$(BIN)/pneumoscan ensemble --cv $(RUN_DIR)/best/cv5 --out $(RUN_DIR)/best/bundle
