@@ -22,6 +22,7 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
+from pneumoscan.inference.export import spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.bundle import ONNX_NAME, WEIGHTS, load_bundle, load_card
 from pneumoscan.serving.app import create_app
@@ -94,6 +95,9 @@ def test_evaluate_predict_and_serve_run_on_it(ensemble: Path, tiny_dataset: Path
 def test_one_onnx_graph_with_parity(ensemble: Path, tiny_dataset: Path) -> None:
     card = load_card(ensemble)
     assert set(card.files) == {WEIGHTS, ONNX_NAME}  # built with its one graph, checksummed like the weights
+    sidecar = json.loads(spec_path(ensemble / ONNX_NAME).read_text())  # written before calibration, then updated
+    assert (sidecar["temperature"], sidecar["threshold"], sidecar["tta_threshold"]) == (
+        card.temperature, card.threshold, card.tta_threshold)
     images, _ = _test_images(ensemble, tiny_dataset)
     onnx = Predictor(ensemble, backend="onnx").probabilities(images)
     np.testing.assert_allclose(onnx, Predictor(ensemble).probabilities(images), atol=1e-4, rtol=0)

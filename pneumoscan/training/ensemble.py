@@ -15,9 +15,10 @@ Combination: the mean of ``logits_m / T_m`` (each member's own calibration). Thi
 calibrated log-probabilities: ``log_softmax`` differs from the scaled logits by one constant per row and member,
 which softmax cancels; logits are kept because they are what the graph already outputs.
 
-Calibration films are scored (each in the six TTA views too) by ONNX Runtime on the ensemble's or each member's
-graph, exported in memory and checked against torch as a bundle's export is: a five-fold run's 5,232 films took 3
-minutes on a 2-core CPU at 224 px, where eager torch had taken half an hour at 192 px (on a shared machine).
+Calibration films are scored (each in the six TTA views too) by ONNX Runtime: held-out data by the ensemble's
+shipped graph, a cv run's films by each member's graph exported in memory; both are checked against torch. A
+five-fold run's 5,232 films took 3 minutes on a 2-core CPU at 224 px, where eager torch had taken half an hour at
+192 px (on a shared machine).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import _policy, labelled_images, labelled_records
 from pneumoscan.evaluation.model_card import update_card
-from pneumoscan.inference.export import INPUT, OUTPUT, export_onnx, module_session
+from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
 from pneumoscan.inference.predict import tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member
@@ -153,33 +154,9 @@ def build_ensemble(
         data_fingerprint=fingerprint,
     )  # fmt: skip
     task = get_task(card.task)
-    if cv_dir is not None:
-        logits, targets, views = _out_of_fold(net, Path(cv_dir), card)
-        name = f"out-of-fold scores of {cv_dir} (each film scored by the one member that did not train on it)"
-    else:
+    if cv_dir is None:  # refused before anything is written when a member trained on these films
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
         _check_held_out(paths, records)
-        sess = module_session(net, size)
-        logits = _batched(sess, images)
-        views = [_batched(sess, v) for v in tta_views(images)]
-        name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
-    y = binary_targets(targets)
-    temperature = fit_temperature(logits, targets)
-    plain = positive_probability(softmax(logits, temperature), task)
-    tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
-    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
-    try:
-        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
-    except ValueError as e:
-        raise ValueError(f"with test-time augmentation: {e}") from None
-    at = binary_metrics(y, plain, threshold)
-    card = dataclasses.replace(
-        card, temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
-        threshold_policy=f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}",
-        val_metrics={"auc": roc_auc(y, plain)} | {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "threshold", "n")},
-        train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
-                      "combination": "mean of members' logits / their own temperatures"},
-    )  # fmt: skip
     # built beside OUT and renamed into place: a failure leaves no half bundle
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -189,7 +166,34 @@ def build_ensemble(
         except torch.onnx.OnnxExporterError as e:
             raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
                              f"{str(e).splitlines()[0]}") from None
-        update_card(tmp, load_card(tmp))
+        if cv_dir is not None:
+            logits, targets, views = _out_of_fold(net, Path(cv_dir), card)
+            name = f"out-of-fold scores of {cv_dir} (each film scored by the one member that did not train on it)"
+        else:  # scored by the graph just shipped, not a second export
+            sess = session(tmp / ONNX_NAME)
+            logits = _batched(sess, images)
+            views = [_batched(sess, v) for v in tta_views(images)]
+            name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
+        y = binary_targets(targets)
+        temperature = fit_temperature(logits, targets)
+        plain = positive_probability(softmax(logits, temperature), task)
+        tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
+        threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
+        try:
+            tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
+        except ValueError as e:
+            raise ValueError(f"with test-time augmentation: {e}") from None
+        at = binary_metrics(y, plain, threshold)
+        card = dataclasses.replace(
+            load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
+            temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
+            threshold_policy=f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}",
+            val_metrics={"auc": roc_auc(y, plain)} | {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "threshold", "n")},
+            train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
+                          "combination": "mean of members' logits / their own temperatures"},
+        )  # fmt: skip
+        update_card(tmp, card)
+        write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the temperature and thresholds chosen here
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
