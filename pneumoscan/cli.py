@@ -346,6 +346,17 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                         "applied over --config, under the other flags)")
 
 
+def _add_threshold_rule(p: argparse.ArgumentParser, required: bool, default: str = "") -> None:
+    """The threshold rules of commands that choose a threshold on labelled films they are given (one of three)."""
+    rule = p.add_mutually_exclusive_group(required=required)
+    rule.add_argument("--target-sensitivity", type=_probability,
+                      help="the most specific threshold whose sensitivity is at least this"
+                           + (f" (default: {default})" if default else ""))
+    rule.add_argument("--youden", action="store_true", help="the threshold maximising sensitivity + specificity - 1")
+    rule.add_argument("--max-false-positive-rate", type=_probability,
+                      help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
+
+
 def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
     from pneumoscan.training.train import load_config
@@ -451,12 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
     p.add_argument("--out", required=True, help="new bundle folder; must not exist")
     p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
-    rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--target-sensitivity", type=_probability,
-                      help="the most specific threshold whose sensitivity on DATA is at least this")
-    rule.add_argument("--youden", action="store_true", help="the threshold maximising sensitivity + specificity - 1")
-    rule.add_argument("--max-false-positive-rate", type=_probability,
-                      help="the most sensitive threshold whose false-positive rate (1 - specificity) is at most this")
+    _add_threshold_rule(p, required=True)
     p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("ensemble", help="one bundle averaging several bundles' calibrated logits, with its own "
@@ -469,11 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--cv", help="a `pneumoscan cv` output folder: its fold bundles are the members, and the "
                                      "out-of-fold scores choose temperature and thresholds")
     p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
-    rule = p.add_mutually_exclusive_group()
-    rule.add_argument("--target-sensitivity", type=_probability, help="threshold policy (default: the first member's)")
-    rule.add_argument("--youden", action="store_true", help="threshold maximising sensitivity + specificity - 1")
-    rule.add_argument("--max-false-positive-rate", type=_probability,
-                      help="the most sensitive threshold whose false-positive rate is at most this")
+    _add_threshold_rule(p, required=False, default="the first member's policy")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
