@@ -153,28 +153,58 @@ def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, memb
     assert "resize_policy" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
-def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
-                                                         tmp_path: Path) -> None:
-    cv = tmp_path / "cv"
+def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0) -> Path:
+    """A finished two-fold cv run made of ready bundles: fold k holds out the films i with (i + shift) % 2 == k."""
     records = discover(tiny_dataset).split("test")
-    for k, bundle in enumerate((tiny_bundle, member64)):
-        shutil.copytree(bundle, cv / f"fold-{k}" / "bundle")
-        write_manifest([dataclasses.replace(r, split="val" if i % 2 == k else "train") for i, r in enumerate(records)],
-                       cv / f"split-fold-{k}.csv")
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
-    card = load_card(tmp_path / "ens")
-    assert "out-of-fold" in card.threshold_policy and "Youden" in card.threshold_policy
-    assert card.val_metrics["n"] == len(records)
-    # by hand: fold k's films scored by member k alone, on the ensemble's input
-    net, _ = load_bundle(tmp_path / "ens")
+    for k, bundle in enumerate(bundles):
+        shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
+        write_manifest([dataclasses.replace(r, split="val" if (i + shift) % 2 == k else "train")
+                        for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
+    return folder
+
+
+def _by_hand_threshold(ens: Path, cv: Path, runs: int) -> float:
+    """The Youden threshold on fold k's films scored by the mean of the fold-k members' calibrated logits."""
+    card = load_card(ens)
+    net, _ = load_bundle(ens)
     logits, ys = [], []
     for k in range(2):
         images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
+        x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)
         with torch.inference_mode():
-            logits.append(net.members[k](to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)).numpy())
+            logits.append(np.mean([net.members[r * 2 + k](x).numpy() for r in range(runs)], axis=0))
         ys.append(binary_targets(targets))
     y, p = np.concatenate(ys), softmax(np.concatenate(logits), card.temperature)[:, 1]
-    assert card.threshold == pytest.approx(choose_threshold(y, p, None), abs=SCORE_TOL)
+    return choose_threshold(y, p, None)
+
+
+def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
+    card = load_card(tmp_path / "ens")
+    assert "out-of-fold" in card.threshold_policy and "Youden" in card.threshold_policy
+    assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))
+    # by hand: fold k's films scored by member k alone, on the ensemble's input
+    assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", cv, runs=1), abs=SCORE_TOL)
+
+
+def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    first = _cv_run(tmp_path / "a", (tiny_bundle, member64), tiny_dataset)
+    second = _cv_run(tmp_path / "b", (member64, tiny_bundle), tiny_dataset)
+    assert main(["ensemble", "--cv", str(first), str(second), "--youden", "--out", str(tmp_path / "ens")]) == 0
+    card = load_card(tmp_path / "ens")
+    assert [m["source"] for m in card.model_kwargs["members"]] == [
+        str(run / f"fold-{k}" / "bundle") for run in (first, second) for k in range(2)]
+    assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))  # each film once, not once a run
+    # fold k's films scored by the fold-k members of both runs, averaged
+    assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", first, runs=2), abs=SCORE_TOL)
+
+    other = _cv_run(tmp_path / "c", (tiny_bundle, member64), tiny_dataset, shift=1)  # the same films, other folds
+    with pytest.raises(ValueError, match="same folds"):
+        main_raising(["ensemble", "--cv", str(first), str(other), "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
 
 
 def main_raising(argv: list[str]) -> None:

@@ -92,46 +92,61 @@ def _batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 6
     return np.concatenate(out)
 
 
-def _out_of_fold(net: EnsembleNet, cv_dir: Path, card: BundleCard) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(calibrated logits, targets, per-TTA-view logits) of every film of a cv run, each scored by the member that
-    did not train on it (fold K's validation films by member K), on the ensemble's input."""
+def _out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(calibrated logits, targets, per-TTA-view logits) of every film of the cv runs, on the ensemble's input: fold
+    K's validation films scored by the members that did not train on them, fold K of every run (members are
+    run-major, as :func:`cv_members` lists them), their calibrated logits averaged as the ensemble averages them."""
     task = get_task(card.task)
+    folds = len(net.members) // len(cv_dirs)
     logits, targets, views = [], [], []
-    for k, member in enumerate(net.members):
-        images, y, _ = labelled_images(cv_dir / f"split-fold-{k}.csv", "val", task, card.spec)
-        sess = module_session(member, card.size)
-        logits.append(_batched(sess, images))
+    for k in range(folds):
+        images, y, _ = labelled_images(cv_dirs[0] / f"split-fold-{k}.csv", "val", task, card.spec)
+        sessions = [module_session(net.members[r * folds + k], card.size) for r in range(len(cv_dirs))]
+        logits.append(np.mean([_batched(sess, images) for sess in sessions], axis=0))
         targets.append(y)
-        views.append(np.stack([_batched(sess, v) for v in tta_views(images)]))
+        views.append(np.stack([np.mean([_batched(sess, v) for sess in sessions], axis=0) for v in tta_views(images)]))
     return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
 
 
-def cv_members(cv_dir: Path | str) -> list[Path]:
-    """DIR/fold-K/bundle of a cv run, in fold order; refused when a fold has no bundle or the run has no split."""
-    cv_dir = Path(cv_dir)
-    folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
-    if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
-        raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
-    for k, path in folds:
-        if not (path / "bundle" / "bundle.json").exists() or not (cv_dir / f"split-fold-{k}.csv").exists():
-            raise ValueError(f"{cv_dir}: fold {k} has no bundle or no split-fold-{k}.csv; finish the cv run first")
-    return [p / "bundle" for _, p in folds]
+def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
+    """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split, or
+    when the runs were not made on the same folds (same data and --seed), whose films then have no out-of-fold
+    score from every run."""
+    members: list[Path] = []
+    first_folds: list[set[str]] | None = None
+    for cv_dir in map(Path, cv_dirs):
+        folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
+        if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
+            raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
+        for k, path in folds:
+            if not (path / "bundle" / "bundle.json").exists() or not (cv_dir / f"split-fold-{k}.csv").exists():
+                raise ValueError(f"{cv_dir}: fold {k} has no bundle or no split-fold-{k}.csv; finish the cv run first")
+        held_out = [{os.path.realpath(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val")}
+                    for k, _ in folds]  # fmt: skip
+        if first_folds is None:
+            first_folds = held_out
+        elif held_out != first_folds:
+            raise ValueError(f"{cv_dir} and {Path(cv_dirs[0])} were not run on the same folds (the same data and "
+                             "--seed make the same folds): their films have no out-of-fold score from both")
+        members += [p / "bundle" for _, p in folds]
+    return members
 
 
 def build_ensemble(
     members: Sequence[Path | str], out: Path | str, data: Path | str | None = None, split: str | None = None,
-    cv_dir: Path | str | None = None, target_sensitivity: float | None = None, youden: bool = False,
+    cv_dirs: Sequence[Path | str] = (), target_sensitivity: float | None = None, youden: bool = False,
     max_false_positive_rate: float | None = None,
 ) -> BundleCard:
-    """Write the ensemble of ``members`` (or of a cv run's fold bundles) to OUT, its temperature and plain/TTA
-    thresholds chosen on labelled DATA none of the members trained on, or on a cv run's out-of-fold scores. The
-    threshold policy is the first member's unless one is given. Returns the card written."""
-    if (data is None) == (cv_dir is None):
-        raise ValueError("give labelled validation data (--data) or a cv run (--cv), not both and not neither")
-    if cv_dir is not None:
+    """Write the ensemble of ``members`` (or of the fold bundles of one or more cv runs on the same folds) to OUT,
+    its temperature and plain/TTA thresholds chosen on labelled DATA none of the members trained on, or on the runs'
+    out-of-fold scores. The threshold policy is the first member's unless one is given. Returns the card written."""
+    if (data is None) == (not cv_dirs):
+        raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
+    cv_dirs = [Path(d) for d in cv_dirs]
+    if cv_dirs:
         if members:
-            raise ValueError("with --cv the members are the run's fold bundles: give no member bundles")
-        members = cv_members(cv_dir)
+            raise ValueError("with --cv the members are the runs' fold bundles: give no member bundles")
+        members = cv_members(cv_dirs)
     out, paths = Path(out), [Path(p) for p in members]
     if out.exists() or out.is_symlink():
         raise ValueError(f"--out {out} exists: the ensemble goes to a new folder")
@@ -154,7 +169,7 @@ def build_ensemble(
         data_fingerprint=fingerprint,
     )  # fmt: skip
     task = get_task(card.task)
-    if cv_dir is None:  # refused before anything is written when a member trained on these films
+    if not cv_dirs:  # refused before anything is written when a member trained on these films
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
         _check_held_out(paths, records)
     # built beside OUT and renamed into place: a failure leaves no half bundle
@@ -166,9 +181,10 @@ def build_ensemble(
         except torch.onnx.OnnxExporterError as e:
             raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
                              f"{str(e).splitlines()[0]}") from None
-        if cv_dir is not None:
-            logits, targets, views = _out_of_fold(net, Path(cv_dir), card)
-            name = f"out-of-fold scores of {cv_dir} (each film scored by the one member that did not train on it)"
+        if cv_dirs:
+            logits, targets, views = _out_of_fold(net, cv_dirs, card)
+            name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
+                    f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         else:  # scored by the graph just shipped, not a second export
             sess = session(tmp / ONNX_NAME)
             logits = _batched(sess, images)
