@@ -2,9 +2,9 @@
 
 Run: ``python benchmarks/cv_candidates.py BASELINE_CV CANDIDATE_CV [CANDIDATE_CV ...]``, each a finished
 ``pneumoscan cv --out`` folder made with the same ``--folds`` and ``--seed`` (so fold K holds the same films in
-every run; anything else is refused). A candidate ``CV_A+CV_B`` is the pair as ``pneumoscan ensemble --cv CV_A
-CV_B`` scores it out of fold: each film's calibrated logit (from ``oof.csv``) averaged over the two runs, which
-says whether two recipes err on different films (its minutes are the two runs' added).
+every run; anything else is refused). A candidate ``CV_A+CV_B[+...]`` is those runs as ``pneumoscan ensemble --cv
+CV_A CV_B ...`` scores them out of fold: each film's calibrated logit (from ``oof.csv``) averaged over the runs,
+which says whether recipes err on different films (its minutes are the runs' added).
 
 Figures per run: mean (SD) over the folds of the AUC and of the specificity at sensitivity 0.97 (``cv.json``);
 for a candidate, the mean paired difference from the baseline, fold by fold, with its range and the number of
@@ -41,26 +41,25 @@ def load(cv_dir: Path) -> dict:
     return result
 
 
-def load_pair(first: Path, second: Path) -> dict:
-    """The figures of the two runs' out-of-fold calibrated logits averaged, film by film, fold by fold."""
-    runs = [load(first), load(second)]
-    if (runs[0]["folds"], runs[0]["seed"], runs[0]["members"]) != (runs[1]["folds"], runs[1]["seed"], runs[1]["members"]):
-        sys.exit(f"{first} and {second} were not run on the same folds")
+def load_mean(cv_dirs: list[Path]) -> dict:
+    """The figures of the runs' out-of-fold calibrated logits averaged, film by film, fold by fold."""
+    runs = [load(cv_dir) for cv_dir in cv_dirs]
+    if any((r["folds"], r["seed"], r["members"]) != (runs[0]["folds"], runs[0]["seed"], runs[0]["members"]) for r in runs):
+        sys.exit(f"{' and '.join(map(str, cv_dirs))} were not run on the same folds")
     task = get_task(runs[0]["task"])
     scores = []
-    for cv_dir in (first, second):
+    for cv_dir in cv_dirs:
         with (cv_dir / "oof.csv").open() as f:
             scores.append({row["path"]: float(row["probability"]) for row in csv.DictReader(f)})
     per_fold = []
     for k in range(runs[0]["folds"]):
-        records, targets = select(discover(first / f"split-fold-{k}.csv").split("val"), task)
+        records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
         kept = [i for i, r in enumerate(records) if all(r.path in s for s in scores)]  # unreadable films have none
         p = np.clip([[s[records[i].path] for i in kept] for s in scores], 1e-7, 1 - 1e-7)
         per_fold.append(fold_figures(binary_targets(targets[kept]), np.mean(np.log(p) - np.log1p(-p), axis=0)))
     summary = {key: {"mean": float(np.mean([f[key] for f in per_fold])), "std": float(np.std([f[key] for f in per_fold], ddof=1))}
                for key in ("auc", SPEC)}  # fmt: skip
-    return runs[0] | {"per_fold": per_fold, "summary": summary,
-                      "minutes": [a + b for a, b in zip(runs[0]["minutes"], runs[1]["minutes"])]}
+    return runs[0] | {"per_fold": per_fold, "summary": summary, "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
 
 
 def main(base_dir: Path, candidates: list[Path]) -> None:
@@ -68,11 +67,11 @@ def main(base_dir: Path, candidates: list[Path]) -> None:
     print(f"{'run':<32} {'AUC mean (SD)':>16} {'spec@0.97 mean (SD)':>20} {'dAUC (range) ahead':>30} "
           f"{'dSpec (range) ahead':>28} {'minutes/fold':>13}")
     for cv_dir in [base_dir, *candidates]:
-        pair = str(cv_dir).split("+")
-        run = base if cv_dir == base_dir else load_pair(*map(Path, pair)) if len(pair) == 2 else load(cv_dir)
+        parts = [Path(p) for p in str(cv_dir).split("+")]
+        run = base if cv_dir == base_dir else load_mean(parts) if len(parts) > 1 else load(cv_dir)
         if (run["folds"], run["seed"], run["members"]) != (base["folds"], base["seed"], base["members"]):
             sys.exit(f"{cv_dir}: not the baseline's folds (same --folds and --seed on the same data are needed)")
-        row = f"{'+'.join(Path(p).name for p in pair):<32}"
+        row = f"{'+'.join(p.name for p in parts):<32}"
         for key in ("auc", SPEC):
             s = run["summary"][key]
             row += f" {s['mean']:>10.4f} ({s['std']:.4f})"
