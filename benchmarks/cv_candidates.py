@@ -24,7 +24,7 @@ import numpy as np
 
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, select
-from pneumoscan.training.cv import fold_figures
+from pneumoscan.training.cv import fold_figures, fold_summary
 
 SPEC = "specificity_at_sensitivity_0.97"
 
@@ -57,9 +57,8 @@ def load_mean(cv_dirs: list[Path]) -> dict:
         kept = [i for i, r in enumerate(records) if all(r.path in s for s in scores)]  # unreadable films have none
         p = np.clip([[s[records[i].path] for i in kept] for s in scores], 1e-7, 1 - 1e-7)
         per_fold.append(fold_figures(binary_targets(targets[kept]), np.mean(np.log(p) - np.log1p(-p), axis=0)))
-    summary = {key: {"mean": float(np.mean([f[key] for f in per_fold])), "std": float(np.std([f[key] for f in per_fold], ddof=1))}
-               for key in ("auc", SPEC)}  # fmt: skip
-    return runs[0] | {"per_fold": per_fold, "summary": summary, "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
+    return runs[0] | {"per_fold": per_fold, "summary": fold_summary(per_fold),
+                      "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
 
 
 def main(base_dir: Path, candidates: list[Path]) -> None:

@@ -117,7 +117,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from pneumoscan.training.ensemble import build_ensemble
 
-    card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv or (), args.target_sensitivity,
+    card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity,
                           args.youden, args.max_false_positive_rate)
     print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
           f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help=DATA_HELP + ": labelled films none of the members trained on, to choose the "
                                        "ensemble's temperature and thresholds")
-    source.add_argument("--cv", nargs="+", metavar="DIR",
+    source.add_argument("--cv", nargs="+", default=(), metavar="DIR",
                         help="`pneumoscan cv` output folders (several: runs on the same folds, e.g. two input sizes): "
                              "their fold bundles are the members, and the out-of-fold scores choose temperature and "
                              "thresholds")

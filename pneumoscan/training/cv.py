@@ -36,7 +36,8 @@ def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_F
     return {"auc": roc_auc(y, scores), f"specificity_at_sensitivity_{floor:g}": at_floor["specificity"], "n": int(y.size)}
 
 
-def _summary(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+def fold_summary(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, SD, min and max over the folds of each :func:`fold_figures` figure."""
     names = [k for k in per_fold[0] if k != "n"]
     return {k: {"mean": float(np.mean([f[k] for f in per_fold])), "std": float(np.std([f[k] for f in per_fold], ddof=1)),
                 "min": float(min(f[k] for f in per_fold)), "max": float(max(f[k] for f in per_fold))} for k in names}
@@ -80,7 +81,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         writer.writerows(oof_rows)
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
-        "summary": _summary(per_fold), "pooled_out_of_fold": fold_figures(np.concatenate(all_y), np.concatenate(all_p)),
+        "summary": fold_summary(per_fold), "pooled_out_of_fold": fold_figures(np.concatenate(all_y), np.concatenate(all_p)),
         "config": dataclasses.asdict(cfg),
     }  # fmt: skip
     (out_dir / "cv.json").write_text(json.dumps(jsonable(result), indent=2))
