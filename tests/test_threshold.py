@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.core.metrics import binary_metrics, choose_threshold
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import labelled_records
@@ -59,6 +59,15 @@ def test_a_ceiling_no_useful_threshold_meets_is_refused() -> None:
     with pytest.raises(ValueError, match="not both"):
         choose_threshold(y, p, 0.9, max_false_positive_rate=0.5)
 
+
+
+def test_tta_scores_get_their_own_threshold_and_their_own_refusal() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    plain = np.array([0.1, 0.8, 0.7, 0.2, 0.6])
+    tta = np.array([0.9, 0.8, 0.7, 0.2, 0.6])  # averaging views lifted a negative above every positive
+    assert choose_thresholds(y, plain, plain * 0.5, None, 0.0) == (pytest.approx(0.4), pytest.approx(0.2))
+    with pytest.raises(ValueError, match="^with test-time augmentation: no threshold finds any positive case"):
+        choose_thresholds(y, plain, tta, None, max_false_positive_rate=0.0)
 
 @pytest.mark.parametrize(("flag", "kwargs", "policy"), [
     (["--target-sensitivity", "0.97"], {"target_sensitivity": 0.97}, "sensitivity >= 0.97"),

@@ -207,6 +207,27 @@ def choose_threshold(
     return float((thresholds[k] + lower) / 2)
 
 
+
+def choose_thresholds(
+    y_true: Any, plain: Any, tta: Any, target_sensitivity: float | None, max_false_positive_rate: float | None
+) -> tuple[float, float]:
+    """The plain and the TTA threshold by one policy (:func:`choose_threshold`): averaging views shifts the scores,
+    so TTA gets its own threshold from its own scores; a policy its scores cannot meet is refused as TTA's."""
+    threshold = choose_threshold(y_true, plain, target_sensitivity, max_false_positive_rate)
+    try:
+        return threshold, choose_threshold(y_true, tta, target_sensitivity, max_false_positive_rate)
+    except ValueError as e:
+        raise ValueError(f"with test-time augmentation: {e}") from None
+
+
+def describe_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
+    """How :func:`choose_threshold` chose, in the words the bundle card records."""
+    if target_sensitivity is not None:
+        return f"sensitivity >= {target_sensitivity:g}"
+    if max_false_positive_rate is not None:
+        return f"false-positive rate <= {max_false_positive_rate:g}"
+    return "Youden's J"
+
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident)."""
     return _softmax(np.asarray(logits, dtype=float) / temperature, axis=-1)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, evaluate_binary, jsonable
+from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
+                                     jsonable)
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
@@ -75,7 +76,7 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
     rules.setdefault(float(threshold), []).append("bundle threshold")
     if 0 < int(y.sum()) < y.size:
         for target in TABLE_SENSITIVITIES:
-            rules.setdefault(choose_threshold(y, scores, target), []).append(f"sensitivity >= {target:g}")
+            rules.setdefault(choose_threshold(y, scores, target), []).append(describe_policy(target, None))
     for t in TABLE_THRESHOLDS:
         rules.setdefault(t, []).append("fixed")
     rows = []
@@ -183,25 +184,12 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def _policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
-    if target_sensitivity is not None:
-        return f"sensitivity >= {target_sensitivity:g}"
-    if max_false_positive_rate is not None:
-        return f"false-positive rate <= {max_false_positive_rate:g}"
-    return "Youden's J"
-
-
 def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_sensitivity: float | None,
                 max_false_positive_rate: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """The policy's plain and TTA thresholds for one way of scoring, with the plain and TTA scores."""
     plain = predictor.positive(predictor.probabilities(images))
     tta = predictor.positive(predictor.probabilities(images, tta=True))
-    threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
-    try:
-        tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
-    except ValueError as e:
-        raise ValueError(f"with test-time augmentation: {e}") from None
-    return threshold, tta_threshold, plain, tta
+    return *choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate), plain, tta
 
 
 def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: str | None = None,
@@ -231,7 +219,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         except ValueError as e:
             raise ValueError(f"INT8 model: {e}") from None
     name = data_name or Path(data).name + (f"/{split}" if split else "")
-    policy = f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}"
+    policy = f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}"
     at, at_tta = binary_metrics(y, plain, threshold), binary_metrics(y, tta, tta_threshold)
     record = {
         "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),

@@ -36,11 +36,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
+from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
+                                     softmax)
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import _policy, labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
 from pneumoscan.evaluation.model_card import update_card
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
 from pneumoscan.inference.predict import tta_views
@@ -194,16 +195,12 @@ def build_ensemble(
         temperature = fit_temperature(logits, targets)
         plain = positive_probability(softmax(logits, temperature), task)
         tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
-        threshold = choose_threshold(y, plain, target_sensitivity, max_false_positive_rate)
-        try:
-            tta_threshold = choose_threshold(y, tta, target_sensitivity, max_false_positive_rate)
-        except ValueError as e:
-            raise ValueError(f"with test-time augmentation: {e}") from None
+        threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
         at = binary_metrics(y, plain, threshold)
         card = dataclasses.replace(
             load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
             temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
-            threshold_policy=f"{_policy(target_sensitivity, max_false_positive_rate)} on {name}",
+            threshold_policy=f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}",
             val_metrics={"auc": roc_auc(y, plain)} | {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "threshold", "n")},
             train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
                           "combination": "mean of members' logits / their own temperatures"},

@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import choose_threshold, roc_auc
+from pneumoscan.core.metrics import choose_thresholds, roc_auc
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
@@ -87,10 +87,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: in
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
     scores = {name: p.positive(p.probabilities(val_images)) for name, p in (("fp32", fp32), ("int8", int8))}
     tta = int8.positive(int8.probabilities(val_images, tta=True))
-    policy = card.threshold_targets
+    int8_threshold, int8_tta_threshold = choose_thresholds(y, scores["int8"], tta, *card.threshold_targets)
     figures = {
-        "int8_threshold": float(choose_threshold(y, scores["int8"], *policy)),
-        "int8_tta_threshold": float(choose_threshold(y, tta, *policy)),
+        "int8_threshold": int8_threshold,
+        "int8_tta_threshold": int8_tta_threshold,
         "threshold_policy": card.threshold_policy,
         "calibration_images": int(len(calib)),
         "validation_images": int(len(y)),

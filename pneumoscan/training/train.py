@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, fit_temperature, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import OPTIMIZERS, apply_settings, check_fields, look_up_option
 from pneumoscan.data.cache import build_cache
@@ -528,7 +528,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     probs = softmax(logits, temperature)
     y = binary_targets(targets)
     threshold = choose_threshold(y, positive_probability(probs, task), cfg.target_sensitivity)
-    policy = f"sensitivity >= {cfg.target_sensitivity:g} on validation" if cfg.target_sensitivity else "Youden's J on validation"
+    policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
     metrics = evaluate_probabilities(probs, targets, task, threshold)
     card = dataclasses.replace(
         card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
