@@ -207,7 +207,6 @@ def choose_threshold(
     return float((thresholds[k] + lower) / 2)
 
 
-
 def choose_thresholds(
     y_true: Any, plain: Any, tta: Any, target_sensitivity: float | None, max_false_positive_rate: float | None
 ) -> tuple[float, float]:
@@ -227,6 +226,7 @@ def describe_policy(target_sensitivity: float | None, max_false_positive_rate: f
     if max_false_positive_rate is not None:
         return f"false-positive rate <= {max_false_positive_rate:g}"
     return "Youden's J"
+
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident)."""
