@@ -60,7 +60,6 @@ def test_a_ceiling_no_useful_threshold_meets_is_refused() -> None:
         choose_threshold(y, p, 0.9, max_false_positive_rate=0.5)
 
 
-
 def test_tta_scores_get_their_own_threshold_and_their_own_refusal() -> None:
     y = np.array([0, 1, 1, 0, 1])
     plain = np.array([0.1, 0.8, 0.7, 0.2, 0.6])
@@ -68,6 +67,7 @@ def test_tta_scores_get_their_own_threshold_and_their_own_refusal() -> None:
     assert choose_thresholds(y, plain, plain * 0.5, None, 0.0) == (pytest.approx(0.4), pytest.approx(0.2))
     with pytest.raises(ValueError, match="^with test-time augmentation: no threshold finds any positive case"):
         choose_thresholds(y, plain, tta, None, max_false_positive_rate=0.0)
+
 
 @pytest.mark.parametrize(("flag", "kwargs", "policy"), [
     (["--target-sensitivity", "0.97"], {"target_sensitivity": 0.97}, "sensitivity >= 0.97"),
