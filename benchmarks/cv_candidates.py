@@ -41,10 +41,15 @@ def load(cv_dir: Path) -> dict:
     return result
 
 
+def folds_of(run: dict) -> tuple:
+    """What must match for two runs' fold K to hold the same films."""
+    return run["folds"], run["seed"], run["members"]
+
+
 def load_mean(cv_dirs: list[Path]) -> dict:
     """The figures of the runs' out-of-fold calibrated logits averaged, film by film, fold by fold."""
     runs = [load(cv_dir) for cv_dir in cv_dirs]
-    if any((r["folds"], r["seed"], r["members"]) != (runs[0]["folds"], runs[0]["seed"], runs[0]["members"]) for r in runs):
+    if any(folds_of(r) != folds_of(runs[0]) for r in runs):
         sys.exit(f"{' and '.join(map(str, cv_dirs))} were not run on the same folds")
     task = get_task(runs[0]["task"])
     scores = []
@@ -68,7 +73,7 @@ def main(base_dir: Path, candidates: list[Path]) -> None:
     for cv_dir in [base_dir, *candidates]:
         parts = [Path(p) for p in str(cv_dir).split("+")]
         run = base if cv_dir == base_dir else load_mean(parts) if len(parts) > 1 else load(cv_dir)
-        if (run["folds"], run["seed"], run["members"]) != (base["folds"], base["seed"], base["members"]):
+        if folds_of(run) != folds_of(base):
             sys.exit(f"{cv_dir}: not the baseline's folds (same --folds and --seed on the same data are needed)")
         row = f"{'+'.join(p.name for p in parts):<32}"
         for key in ("auc", SPEC):
