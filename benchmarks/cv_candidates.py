@@ -42,15 +42,15 @@ def load(cv_dir: Path) -> dict:
 
 
 def folds_of(run: dict) -> tuple:
-    """What must match for two runs' fold K to hold the same films."""
-    return run["folds"], run["seed"], run["members"]
+    """What must match for two runs' fold K to hold the same films, scored for the same task."""
+    return run["task"], run["folds"], run["seed"], run["members"]
 
 
 def load_mean(cv_dirs: list[Path]) -> dict:
     """The figures of the runs' out-of-fold calibrated logits averaged, film by film, fold by fold."""
     runs = [load(cv_dir) for cv_dir in cv_dirs]
     if any(folds_of(r) != folds_of(runs[0]) for r in runs):
-        sys.exit(f"{' and '.join(map(str, cv_dirs))} were not run on the same folds")
+        sys.exit(f"{' and '.join(map(str, cv_dirs))} were not run on the same task and folds")
     task = get_task(runs[0]["task"])
     scores = []
     for cv_dir in cv_dirs:
@@ -74,7 +74,7 @@ def main(base_dir: Path, candidates: list[Path]) -> None:
         parts = [Path(p) for p in str(cv_dir).split("+")]
         run = base if cv_dir == base_dir else load_mean(parts) if len(parts) > 1 else load(cv_dir)
         if folds_of(run) != folds_of(base):
-            sys.exit(f"{cv_dir}: not the baseline's folds (same --folds and --seed on the same data are needed)")
+            sys.exit(f"{cv_dir}: not the baseline's task and folds (same --task, --folds and --seed on the same data are needed)")
         row = f"{'+'.join(p.name for p in parts):<32}"
         for key in ("auc", SPEC):
             s = run["summary"][key]

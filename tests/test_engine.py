@@ -254,3 +254,22 @@ def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset
 def test_an_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown optimizer 'sgd' \(choose from adamw-cosine, adam-plateau\)"):
         TrainConfig.from_dict({"optimizer": "sgd"})
+
+
+@pytest.mark.parametrize("precision, step_dtype", [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_precision_sets_the_steps_arithmetic_and_the_weights_stay_fp32(precision: str, step_dtype: torch.dtype) -> None:
+    state = stub_state(epochs=1, batches=2)
+    state.precision = precision
+    before = [p.detach().clone() for p in state.model.parameters()]
+    seen: list[torch.dtype] = []
+    state.model[1].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    fit(state, [], torch.nn.functional.cross_entropy, figures([0.5]))
+    assert seen == [step_dtype, step_dtype], "auto is fp32 on CPU; bf16 asks for bf16 autocast on any device"
+    after = list(state.model.parameters())
+    assert all(p.dtype == torch.float32 for p in after)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after)), "the bf16 steps' gradients reach the fp32 weights"
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown precision 'fp16'; did you mean 'bf16'\? \(choose from auto, bf16, fp32\)"):
+        TrainConfig.from_dict({"precision": "fp16"})

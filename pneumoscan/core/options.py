@@ -18,6 +18,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")  # predict.Predictor: torch, ONNX Runt
 FILL_MODES = ("constant", "nearest", "reflect")  # transforms.Augment.fill_mode: Keras' names
 RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a film becomes the model's square
 OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # train.TrainConfig.optimizer
+PRECISIONS = ("auto", "bf16", "fp32")  # train.TrainConfig.precision
 TRACKERS = ("tensorboard", "mlflow")  # tracking.make_trackers: train --log
 LISTED = 20  # more known names than this are not all listed in the message
 

@@ -29,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
-from pneumoscan.core.options import OPTIMIZERS, apply_settings, check_fields, look_up_option
+from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.layouts import Record, discover, write_manifest
@@ -111,6 +111,10 @@ class TrainConfig:
     target_sensitivity: float | None = 0.95  # None: Youden's J
     augment: Augment = field(default_factory=Augment)
     workers: int = 0  # DataLoader workers; 0 keeps both cores for the model on a small CPU
+    # the training steps' arithmetic: bf16 autocast (weights, optimiser, validation and the bundle stay fp32), or
+    # fp32. auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster only where the CPU does bf16 natively
+    # (AVX512-BF16 or AMX): engine.autocast
+    precision: str = "auto"
     eval_batch_size: int = 64
 
     @classmethod
@@ -121,6 +125,7 @@ class TrainConfig:
             check_fields(data["augment"] or {}, Augment, "augment.")
             data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
         look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
+        look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
         return cls(**data)
 
     def to_yaml(self) -> str:
@@ -502,7 +507,7 @@ def train(
                  Checkpoint(checkpoint_path, stateful, save_checkpoint), *([EpochHook(on_epoch_end)] if on_epoch_end else []),
                  Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr)
+    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
     if resumed is not None:
         restore(state, resumed, stateful, checkpoint_path)
     fit(state, callbacks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
