@@ -2,8 +2,9 @@
 
     python benchmarks/bench_precision.py [--model efficientnet_lite0] [--image-size 192] [--steps 10] [--rounds 2]
 
-The step is training's: channels-last input, the last two stages and the head trainable, AdamW, one batch of 32
-random images (speed does not depend on the pixels). The two precisions alternate for ``--rounds`` rounds, each
+The step is training's, built as ``train`` builds it from the default ``TrainConfig`` (its model, trainable stages,
+optimiser and batch size; no ImageNet weights): channels-last input, one batch of random images (speed does not
+depend on the pixels). The two precisions alternate for ``--rounds`` rounds, each
 model fresh, and each round's first three steps are not timed. bf16 pays only on a CPU that does it natively
 (AVX512-BF16 or AMX: the flags printed first); elsewhere it is emulated and slower.
 """
@@ -17,8 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pneumoscan.data.tasks import get_task
 from pneumoscan.models import registry
 from pneumoscan.training.engine import autocast
+from pneumoscan.training.train import Dist, TrainConfig, build_model, recipe
 
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
@@ -32,13 +35,13 @@ def cpu_flags() -> list[str]:
 
 def step_ms(model_name: str, size: int, precision: str, steps: int) -> float:
     """Mean milliseconds of one training step after three untimed ones."""
-    model = registry.create(model_name, num_classes=2, in_chans=1, pretrained=False, image_size=size)
-    model = model.to(memory_format=torch.channels_last).train()
-    registry.set_trainable(model, 2)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
-    x = torch.randn(32, 1, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (32,))
-    amp = autocast(torch.device("cpu"), precision)
+    cfg = TrainConfig(model=model_name, image_size=size, pretrained=False, precision=precision)
+    model = build_model(cfg, get_task(cfg.task), Dist())[0].to(memory_format=torch.channels_last).train()
+    registry.set_trainable(model, cfg.trainable_stages)
+    optimizer = recipe(cfg, [p for p in model.parameters() if p.requires_grad], cfg.lr, steps, None)[0]
+    x = torch.randn(cfg.batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (cfg.batch_size,))
+    amp = autocast(torch.device("cpu"), cfg.precision)
 
     def step() -> None:
         with amp:
@@ -63,7 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"{args.model} at {args.image_size} px, batch 32, {torch.get_num_threads()} threads; "
+    print(f"{args.model} at {args.image_size} px, batch {TrainConfig.batch_size}, {torch.get_num_threads()} threads; "
           f"native bf16 flags: {', '.join(cpu_flags()) or 'none'}")
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for _ in range(args.rounds):

@@ -86,7 +86,7 @@ def _run(callbacks: list[Callback], hook: str, state: State) -> None:
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """The training step's autocast: bf16 where asked, or on CUDA by default ("auto"); otherwise off. bf16 keeps
     fp32's range, so no loss scaling; on CPUs with native bf16 (AVX512-BF16, AMX) a step of efficientnet_lite0 at
-    192 px is about 1.4x as fast as in fp32 (docs/results.md)."""
+    192 px is 1.2-1.4x as fast as in fp32 (docs/results.md)."""
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
