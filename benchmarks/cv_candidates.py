@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/cv_candidates.py BASELINE_CV CANDIDATE_CV [CANDIDATE_CV ...]``, each a finished
 ``pneumoscan cv --out`` folder made with the same ``--folds`` and ``--seed`` (so fold K holds the same films in
-every run; anything else is refused). A candidate ``CV_A+CV_B[+...]`` is those runs as ``pneumoscan ensemble --cv
+every run; anything else is refused). A baseline or candidate ``CV_A+CV_B[+...]`` is those runs as ``pneumoscan ensemble --cv
 CV_A CV_B ...`` scores them out of fold: each film's calibrated logit (from ``oof.csv``) averaged over the runs,
 which says whether recipes err on different films (its minutes are the runs' added).
 
@@ -66,16 +66,21 @@ def load_mean(cv_dirs: list[Path]) -> dict:
                       "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
 
 
-def main(base_dir: Path, candidates: list[Path]) -> None:
-    base = load(base_dir)
-    print(f"{'run':<32} {'AUC mean (SD)':>16} {'spec@0.97 mean (SD)':>20} {'dAUC (range) ahead':>30} "
+def load_run(spec: str) -> dict:
+    """One run (``CV``) or several averaged out of fold (``CV_A+CV_B``)."""
+    parts = [Path(p) for p in spec.split("+")]
+    return (load_mean(parts) if len(parts) > 1 else load(parts[0])) | {"name": "+".join(p.name for p in parts)}
+
+
+def main(base_spec: str, candidates: list[str]) -> None:
+    base = load_run(base_spec)
+    print(f"{'run':<44} {'AUC mean (SD)':>16} {'spec@0.97 mean (SD)':>20} {'dAUC (range) ahead':>30} "
           f"{'dSpec (range) ahead':>28} {'minutes/fold':>13}")
-    for cv_dir in [base_dir, *candidates]:
-        parts = [Path(p) for p in str(cv_dir).split("+")]
-        run = base if cv_dir == base_dir else load_mean(parts) if len(parts) > 1 else load(cv_dir)
+    for spec in [base_spec, *candidates]:
+        run = base if spec == base_spec else load_run(spec)
         if folds_of(run) != folds_of(base):
-            sys.exit(f"{cv_dir}: not the baseline's task and folds (same --task, --folds and --seed on the same data are needed)")
-        row = f"{'+'.join(p.name for p in parts):<32}"
+            sys.exit(f"{spec}: not the baseline's task and folds (same --task, --folds and --seed on the same data are needed)")
+        row = f"{run['name']:<44}"
         for key in ("auc", SPEC):
             s = run["summary"][key]
             row += f" {s['mean']:>10.4f} ({s['std']:.4f})"
@@ -89,4 +94,4 @@ def main(base_dir: Path, candidates: list[Path]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
+    main(sys.argv[1], sys.argv[2:])

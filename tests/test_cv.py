@@ -76,3 +76,28 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
     assert main(args) == 0, "a finished cv runs again"
     assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
+
+
+def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
+                 "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    assert "the most probable class: accuracy" in capsys.readouterr().out
+    result = json.loads((out / "cv.json").read_text())
+    with (out / "oof.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    classes = ("normal", "bacteria", "virus")
+    probs = np.array([[float(r[f"probability_{c}"]) for c in classes] for r in rows])
+    truth = np.array([0 if r["label"] == "NORMAL" else classes.index(r["subtype"]) for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], 1 - probs[:, 0], atol=1e-6,
+                               err_msg="the positive call is any pneumonia")
+    pooled = result["pooled_out_of_fold"]["multiclass"]
+    assert np.array(pooled["confusion_matrix"]["counts"]).tolist() == [
+        [int(np.sum((truth == t) & (probs.argmax(axis=1) == c))) for c in range(3)] for t in range(3)]
+    for k, fold in enumerate(result["per_fold"]):
+        mine = [i for i, r in enumerate(rows) if r["fold"] == str(k)]
+        assert fold["accuracy"] == pytest.approx(np.mean(probs[mine].argmax(axis=1) == truth[mine]))
+        assert {"auc", "balanced_accuracy", "macro_auc"} <= fold.keys()
+    assert result["summary"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in result["per_fold"]]))

@@ -4,6 +4,12 @@ One validation split of train/ is saturated for pneumonia (AUC ~0.998 leaves not
 and small for etiology; k folds score every film once, by a model that never saw its patient. Each fold is an
 ordinary run (``OUT/fold-K``, resumable: a fold whose bundle exists is not trained again); ``OUT/oof.csv``
 holds every film's out-of-fold probability and ``OUT/cv.json`` the per-fold and summary figures.
+
+Every task is scored as its positive call (AUC, specificity at sensitivity 0.97: pneumonia or not for the
+multiclass task). A multiclass task is also scored as its argmax decision, so three-class recipes are compared by
+the figure the three-class task is judged on: per fold accuracy, balanced accuracy and macro AUC, and pooled over
+the folds the three-class block `evaluate` writes (confusion matrix, CIs, curves); ``oof.csv`` then carries each
+class's probability too.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     task = get_task(cfg.task)
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
-    per_fold, oof_rows, all_y, all_p = [], [], [], []
+    class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
+    per_fold, oof_rows, all_targets, all_probs = [], [], [], []
     for k in range(folds):
         run = out_dir / f"fold-{k}"
         manifest = out_dir / f"split-fold-{k}.csv"
@@ -64,25 +71,29 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
             train(data, dataclasses.replace(cfg, split_csv=str(manifest)), run)
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
         images, targets, errors = labelled_images(manifest, "val", task, predictor.card.spec)
-        scores = predictor.positive(predictor.probabilities(images))
-        y = binary_targets(targets)
-        per_fold.append(fold_figures(y, scores))
-        all_y.append(y)
-        all_p.append(scores)
+        probs = predictor.probabilities(images)
+        scores = predictor.positive(probs)
+        decision = task.extra_metrics(targets, probs).get("multiclass", {})
+        per_fold.append(fold_figures(binary_targets(targets), scores)
+                        | {k: decision[k] for k in ("accuracy", "balanced_accuracy", "macro_auc") if decision})
+        all_targets.append(targets)
+        all_probs.append(probs)
         unreadable = {e["path"] for e in errors}
         val, _ = select([r for r in discover(manifest).split("val") if r.path not in unreadable], task)
         oof_rows += [{"path": r.path, "label": r.label, "subtype": r.subtype, "patient": r.patient, "fold": k,
-                      "probability": float(p)} for r, p in zip(val, scores, strict=True)]
+                      "probability": float(p)} | dict(zip(class_columns, map(float, row)))
+                     for r, p, row in zip(val, scores, probs, strict=True)]
         log.info("fold %d/%d: AUC %.4f, specificity at sensitivity %g: %.3f", k + 1, folds, per_fold[-1]["auc"],
                  SENSITIVITY_FLOOR, per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"])
     with (out_dir / "oof.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, OOF_FIELDS)
+        writer = csv.DictWriter(f, OOF_FIELDS + class_columns)
         writer.writeheader()
         writer.writerows(oof_rows)
+    targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
+    pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs)
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
-        "summary": fold_summary(per_fold), "pooled_out_of_fold": fold_figures(np.concatenate(all_y), np.concatenate(all_p)),
-        "config": dataclasses.asdict(cfg),
+        "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
     }  # fmt: skip
     (out_dir / "cv.json").write_text(json.dumps(jsonable(result), indent=2))
     return result
