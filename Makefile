@@ -65,7 +65,8 @@ demo-best: env
 # (validation loss rises after the third on this task) with Youden's J thresholds, twice on the same folds
 # (efficientnet_lite0 at 192 px, efficientnet_lite2 at 224 px), then one ensemble bundle of all ten fold bundles
 # calibrated on the out-of-fold scores (RUN_DIR/best-etiology/bundle): the two recipes err on different films
-# (averaged out of fold, they ranked better than either alone on every fold, docs/results.md).
+# (averaged out of fold, they ranked better than lite0 alone on every fold and than lite2 alone on four of five,
+# docs/results.md).
 demo-best-etiology: env
 	$(BIN)/pneumoscan cv --data "$(PNEUMOSCAN_DATA)" --task etiology --youden --folds 5 --epochs $(BEST_ETIOLOGY_EPOCHS) --out $(RUN_DIR)/best-etiology/cv5-lite0-192
 	$(BIN)/pneumoscan cv --data "$(PNEUMOSCAN_DATA)" --task etiology --youden --folds 5 --epochs $(BEST_ETIOLOGY_EPOCHS) --model efficientnet_lite2 --image-size 224 --out $(RUN_DIR)/best-etiology/cv5-lite2-224
