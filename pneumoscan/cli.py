@@ -110,11 +110,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     result = cross_validate(args.data, cfg, args.folds, args.out)
     for name, s in result["summary"].items():
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
-    if classes := result["pooled_out_of_fold"].get("multiclass"):
-        low, high = classes["ci"]["accuracy"]
-        console.print(f"pooled out of fold, the most probable class: accuracy {classes['accuracy']:.4f} "
-                      f"(95 % CI {low:.4f}-{high:.4f}), balanced accuracy {classes['balanced_accuracy']:.4f}, "
-                      f"confusion (rows true {', '.join(classes['class_names'])}): {classes['confusion_matrix']['counts']}")
+    if three_class := result["pooled_out_of_fold"].get("multiclass"):
+        low, high = three_class["ci"]["accuracy"]
+        console.print(f"pooled out of fold, the most probable class: accuracy {three_class['accuracy']:.4f} "
+                      f"(95 % CI {low:.4f}-{high:.4f}), balanced accuracy {three_class['balanced_accuracy']:.4f}, "
+                      f"confusion (rows true {', '.join(three_class['class_names'])}): "
+                      f"{three_class['confusion_matrix']['counts']}")
     console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
     return 0
 

@@ -43,7 +43,8 @@ def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_F
 
 
 def fold_summary(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, SD, min and max over the folds of each :func:`fold_figures` figure."""
+    """Mean, SD, min and max over the folds of each per-fold figure (:func:`fold_figures`, and a multiclass
+    task's three-class figures)."""
     names = [k for k in per_fold[0] if k != "n"]
     return {k: {"mean": float(np.mean([f[k] for f in per_fold])), "std": float(np.std([f[k] for f in per_fold], ddof=1)),
                 "min": float(min(f[k] for f in per_fold)), "max": float(max(f[k] for f in per_fold))} for k in names}
@@ -73,9 +74,10 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         images, targets, errors = labelled_images(manifest, "val", task, predictor.card.spec)
         probs = predictor.probabilities(images)
         scores = predictor.positive(probs)
-        decision = task.extra_metrics(targets, probs).get("multiclass", {})
-        per_fold.append(fold_figures(binary_targets(targets), scores)
-                        | {k: decision[k] for k in ("accuracy", "balanced_accuracy", "macro_auc") if decision})
+        figures = fold_figures(binary_targets(targets), scores)
+        if decision := task.extra_metrics(targets, probs).get("multiclass"):
+            figures |= {k: decision[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
+        per_fold.append(figures)
         all_targets.append(targets)
         all_probs.append(probs)
         unreadable = {e["path"] for e in errors}
