@@ -46,22 +46,30 @@ def folds_of(run: dict) -> tuple:
     return run["task"], run["folds"], run["seed"], run["members"]
 
 
+def oof_logits(cv_dirs: list[Path]) -> dict[str, float]:
+    """Each film's out-of-fold calibrated logit (``oof.csv``) averaged over the runs, as ``ensemble --cv`` averages
+    them; a film some run could not read has none."""
+    scores = []
+    for cv_dir in cv_dirs:
+        with (cv_dir / "oof.csv").open() as f:
+            scores.append({row["path"]: float(row["probability"]) for row in csv.DictReader(f)})
+    both = set.intersection(*map(set, scores))
+    p = {path: np.clip([s[path] for s in scores], 1e-7, 1 - 1e-7) for path in both}
+    return {path: float(np.mean(np.log(q) - np.log1p(-q))) for path, q in p.items()}
+
+
 def load_mean(cv_dirs: list[Path]) -> dict:
     """The figures of the runs' out-of-fold calibrated logits averaged, film by film, fold by fold."""
     runs = [load(cv_dir) for cv_dir in cv_dirs]
     if any(folds_of(r) != folds_of(runs[0]) for r in runs):
         sys.exit(f"{' and '.join(map(str, cv_dirs))} were not run on the same task and folds")
     task = get_task(runs[0]["task"])
-    scores = []
-    for cv_dir in cv_dirs:
-        with (cv_dir / "oof.csv").open() as f:
-            scores.append({row["path"]: float(row["probability"]) for row in csv.DictReader(f)})
+    logits = oof_logits(cv_dirs)
     per_fold = []
     for k in range(runs[0]["folds"]):
         records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
-        kept = [i for i, r in enumerate(records) if all(r.path in s for s in scores)]  # unreadable films have none
-        p = np.clip([[s[records[i].path] for i in kept] for s in scores], 1e-7, 1 - 1e-7)
-        per_fold.append(fold_figures(binary_targets(targets[kept]), np.mean(np.log(p) - np.log1p(-p), axis=0)))
+        kept = [i for i, r in enumerate(records) if r.path in logits]  # unreadable films have none
+        per_fold.append(fold_figures(binary_targets(targets[kept]), np.array([logits[records[i].path] for i in kept])))
     return runs[0] | {"per_fold": per_fold, "summary": fold_summary(per_fold),
                       "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
 

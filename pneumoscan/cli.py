@@ -111,11 +111,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for name, s in result["summary"].items():
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
-        low, high = three_class["ci"]["accuracy"]
-        console.print(f"pooled out of fold, the most probable class: accuracy {three_class['accuracy']:.4f} "
-                      f"(95 % CI {low:.4f}-{high:.4f}), balanced accuracy {three_class['balanced_accuracy']:.4f}, "
-                      f"confusion (rows true {', '.join(three_class['class_names'])}): "
-                      f"{three_class['confusion_matrix']['counts']}")
+        console.print(f"pooled out of fold, {_three_classes(three_class)}")
     console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
     return 0
 
@@ -134,13 +130,21 @@ def _figure(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _three_classes(block: dict) -> str:
+    """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion."""
+    low, high = block["ci"]["accuracy"]
+    return (f"{block['decision']}: accuracy {block['accuracy']:.4f} (95 % CI {low:.4f}-{high:.4f}), balanced accuracy "
+            f"{block['balanced_accuracy']:.4f}, confusion (rows true {', '.join(block['class_names'])}): "
+            f"{block['confusion_matrix']['counts']}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.evaluation.evaluate import evaluate
 
-    suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "")
+    suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "") + ("-two-stage" if args.etiology else "")
     out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{suffix}"
     metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
-                       data_name=args.data_name)
+                       data_name=args.data_name, etiology=args.etiology)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
@@ -153,6 +157,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {_figure(row['sensitivity'], 3):>12} {_figure(row['specificity'], 3):>12} "
               f"{_figure(row['precision'], 3):>10}  {row['rule']}")
+    for key in ("multiclass", "two_stage"):
+        if block := metrics.get(key):
+            print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
     return 0
 
 
@@ -455,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-to-card", action="store_true",
                    help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
     p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
+    p.add_argument("--etiology", help="bacteria-vs-virus bundle as predict --etiology runs it: also score the two "
+                                      "stages as normal / bacteria / virus")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="runs side by side: one table of validation figures, ROC curves on one plot")

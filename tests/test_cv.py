@@ -83,7 +83,7 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset:
     out = tmp_path / "cv"
     assert main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
                  "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
-    assert "the most probable class: accuracy" in capsys.readouterr().out
+    assert "pooled out of fold, most probable class: accuracy" in capsys.readouterr().out
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))

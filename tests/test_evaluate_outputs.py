@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.builders import SCORE_TOL
@@ -132,3 +133,80 @@ def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(t
     assert three.size[0] > two.size[0]  # three columns of cells, not two
     counts = metrics["multiclass"]["confusion_matrix"]["counts"]
     assert np.array(counts).shape == (3, 3) and np.array(counts).sum() == 90
+
+
+def test_two_stages_are_scored_as_the_three_classes_predict_calls(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """evaluate --etiology: every film's three-class call is the one `predict --etiology` makes (the second stage
+    decoding at its own size), the 3 x 3 confusion matrix counts those calls, and the report has the part."""
+    from pneumoscan.cli import main
+    from pneumoscan.inference.predict import predict_paths
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(tiny_bundle, first)
+    shutil.copytree(tiny_etiology_bundle, second)
+    # Thresholds at the median scores, so each stage makes both calls whatever the tiny models learnt; the second
+    # stage reads 40 px films (simple_cnn pools to a fixed size), so it is decoded apart from the first stage.
+    predictor = Predictor(first)
+    _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    save_card(first, dataclasses.replace(load_card(first), threshold=float(np.median(predictor.positive(predictor.probabilities(images))))))
+    save_card(second, dataclasses.replace(load_card(second), size=40))
+    etiology = Predictor(second)
+    _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), etiology.card.spec)
+    save_card(second, dataclasses.replace(load_card(second), threshold=float(np.median(etiology.positive(etiology.probabilities(images))))))
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology", str(second), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    block = metrics["two_stage"]
+    assert block["class_names"] == ["NORMAL", "bacteria", "virus"]
+
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == block["n"] == 16
+    predicted = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows])}
+    predicted_two = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows], etiology=second)}
+    names = block["class_names"]
+    counts = np.zeros((3, 3), int)
+    for row in rows:
+        expected = predicted_two[row["path"]]
+        assert row["two_stage_called"] == (expected["etiology_label"] or expected["label"]), row
+        if expected["etiology_probability_virus"] is not None:
+            assert float(row["etiology_probability"]) == pytest.approx(expected["etiology_probability_virus"], abs=1e-5)
+        assert float(row["probability"]) == pytest.approx(predicted[row["path"]]["probability"], abs=1e-5)
+        truth = "NORMAL" if row["subtype"] == "normal" else row["subtype"]
+        counts[names.index(truth), names.index(row["two_stage_called"])] += 1
+    assert counts.tolist() == block["confusion_matrix"]["counts"]
+    assert len({r["two_stage_called"] for r in rows}) >= 2
+    assert block["accuracy"] == pytest.approx(np.trace(counts) / 16)
+    assert f"accuracy {block['accuracy']:.4f}" in printed and "then virus at" in printed
+
+    html = (out / "report.html").read_text()
+    assert "Two stages: Confusion matrix" in html and block["decision"] in html
+    assert (out / "two_stage_confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+    with pytest.raises(ValueError, match="follows"):  # the stages the wrong way round
+        evaluate(second, tiny_dataset, "test", etiology=first)
+
+
+def test_two_stages_need_films_that_name_bacteria_or_virus(tiny_bundle: Path, tiny_etiology_bundle: Path,
+                                                           tiny_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "films"
+    for path in (tiny_dataset / "test").rglob("*.jpeg"):
+        name = path.name.replace("_bacteria_", "_").replace("_virus_", "_")
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / path.parent.name / name)
+    assert evaluate(tiny_bundle, data)["n"] == 16  # fine for the first stage alone
+    with pytest.raises(ValueError, match="8 pneumonia films .* bacterial or viral"):
+        evaluate(tiny_bundle, data, etiology=tiny_etiology_bundle)
+
+
+def test_two_stage_decision_thresholds_each_stage_at_or_above() -> None:
+    from pneumoscan.evaluation.evaluate import two_stage_decision
+
+    first = np.array([0.1, 0.5, 0.5, 0.9, 0.9])
+    second = np.array([0.9, 0.3, 0.4, 0.39, 0.8])
+    probs, called = two_stage_decision(first, second, 0.5, 0.4)
+    assert called.tolist() == [0, 2, 2, 1, 2][:1] + [1, 2, 1, 2]
+    assert np.allclose(probs.sum(axis=1), 1.0) and np.allclose(probs[:, 2], first * second)

@@ -361,11 +361,14 @@ def evaluate_binary(
 
 
 def evaluate_multiclass(
-    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0
+    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
+    predicted: Any = None, decision: str = "most probable class",
 ) -> dict[str, Any]:
-    """Metrics for the argmax decision: accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
+    """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
+    thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
     sensitivity / precision / f1 / AUC, confusion matrix, stratified bootstrap CIs for accuracy and macro AUC,
-    per-class ROC curves and a top-label reliability diagram (confidence vs correctness). NaN -> None."""
+    per-class ROC curves and a reliability diagram of the decided class (its probability vs correctness).
+    NaN -> None."""
     y = np.asarray(y_true).astype(int).ravel()
     P = np.asarray(probs, dtype=float)
     n_classes = len(class_names)
@@ -373,7 +376,9 @@ def evaluate_multiclass(
         raise ValueError(f"probs must be (N, {n_classes}) for N = {y.size} labels; got {P.shape}")
     if y.size and not np.isin(y, range(n_classes)).all():
         raise ValueError(f"y_true must contain class indices 0..{n_classes - 1}")
-    pred = P.argmax(axis=1)
+    pred = P.argmax(axis=1) if predicted is None else np.asarray(predicted).astype(int).ravel()
+    if pred.shape != y.shape or not np.isin(pred, range(n_classes)).all():
+        raise ValueError(f"predicted must be N = {y.size} class indices 0..{n_classes - 1}")
     counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
     per_class: dict[str, dict[str, Any]] = {}
     roc: dict[str, dict[str, list[float]]] = {}
@@ -395,10 +400,11 @@ def evaluate_multiclass(
     idx, labels = _stratified_bootstrap(y, n_boot, seed)
     boot_accuracy = (pred[idx] == labels).mean(axis=1)
     boot_macro_auc = np.mean([_auc_rows(P[idx, k], labels == k) for k in range(n_classes)], axis=0)
-    top_label = calibration(pred == y, P.max(axis=1))
+    top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
             "kind": "multiclass",
+            "decision": decision,
             "class_names": list(class_names),
             "n": int(y.size),
             "accuracy": _ratio(np.trace(counts), y.size),

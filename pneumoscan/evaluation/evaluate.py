@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
-                                     jsonable)
+                                     evaluate_multiclass, jsonable)
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
@@ -25,13 +25,14 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
-from pneumoscan.inference.predict import TTA_VIEWS, Predictor
+from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
 from .model_card import add_evaluation, evaluation_record, today, update_card
 from .report import write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
+TWO_STAGE_FIELDS = ("etiology_probability", "two_stage_called")  # predictions.csv with a second stage
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
 GALLERY_SIZE = 8  # most confident false positives, and as many false negatives, in the report
@@ -48,6 +49,46 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
     metrics.update(task.extra_metrics(targets, probs))
     return metrics
+
+
+def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: float,
+                       second_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Three-class probabilities (N, 3) and decisions (0 normal, 1 bacteria, 2 virus) of a pneumonia stage
+    (P(pneumonia) per film) followed by a bacteria-vs-virus stage (P(virus)), decided as ``predict --etiology``
+    decides: normal below the first threshold, else bacteria or virus at the second. The probabilities compose the
+    stages' calibrated ones, P(normal) = 1 - p1, P(bacteria) = p1 (1 - p2), P(virus) = p1 p2, for the AUCs and the
+    reliability diagram; the decision is the thresholds', not their argmax."""
+    first, second = np.asarray(first, float), np.asarray(second, float)
+    probs = np.stack([1.0 - first, first * (1.0 - second), first * second], axis=1)
+    return probs, np.where(first >= first_threshold, 1 + (second >= second_threshold), 0)
+
+
+def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
+               targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
+               tta: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
+    scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
+    call. Refused when a pneumonia film's record does not say bacteria or virus."""
+    second = Predictor(etiology)
+    check_stages(first.card.task, second.card.task)
+    if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
+        _, cache = cache_dataset(data, second.card.spec, split, progress=True)
+        images = cache.images[cache.rows([r.path for r in records])]
+    second_scores = second.positive(second.probabilities(images, tta=tta))
+    first_threshold, second_threshold = first.threshold(tta), second.threshold(tta)
+    probs, called = two_stage_decision(first_scores, second_scores, first_threshold, second_threshold)
+    subtypes = [second.task.target(r) for r in records]
+    unnamed = [r.path for r, t, s in zip(records, targets, subtypes) if t != 0 and s is None]
+    if unnamed:  # leaving them out would score the pipeline on other films than the first stage
+        raise ValueError(f"{len(unnamed)} pneumonia films of {data} do not say whether they are bacterial or viral "
+                         f"(e.g. {unnamed[0]}): the two stages can only be scored as three classes on films that do")
+    three = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
+    names = (first.card.classes[0], *second.card.classes)
+    metrics = evaluate_multiclass(three, probs, names, predicted=called,
+                                  decision=f"{first.card.positive} at {first_threshold:.4f}, then "
+                                           f"{second.card.positive} at {second_threshold:.4f}")
+    metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
+    return metrics, second_scores, np.array(names)[called]
 
 
 def labelled_records(
@@ -144,13 +185,16 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
 
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
-             tta: bool = False, add_to_card: bool = False, data_name: str | None = None) -> dict:
+             tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
+             etiology: Path | str | None = None) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
     ``threshold_table`` (:func:`threshold_table`). With ``out_dir``: metrics.json, report.html (with the most
     confident errors), its figures as PNG, predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
-    result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched)."""
+    result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched).
+    With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
+    normal / bacteria / virus under ``two_stage`` (:func:`two_stage_decision`)."""
     predictor = Predictor(bundle)
     card = predictor.card
     threshold = predictor.threshold(tta)
@@ -160,24 +204,29 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scores, y = predictor.positive(probs), binary_targets(targets)
     metrics = evaluate_probabilities(probs, targets, task, threshold)
     metrics["unreadable"] = errors
+    if etiology is not None:
+        metrics["two_stage"], second_scores, two_stage_called = _two_stage(
+            predictor, scores, records, images, targets, data, split, etiology, tta)
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     name = data_name or Path(data).name + (f"/{split}" if split else "")
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         called = scores >= threshold
-        _write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS, [
-            {"path": r.path, "label": task.classes[t], "subtype": r.subtype, "patient": r.patient,
-             "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
-            for r, t, p, c, yy in zip(records, targets, scores, called, y)
-        ])
+        rows = [{"path": r.path, "label": task.classes[t], "subtype": r.subtype, "patient": r.patient,
+                 "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
+                for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
+        if etiology is not None:
+            for row, p, c in zip(rows, second_scores, two_stage_called):
+                row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
+        _write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
         table = metrics["threshold_table"]
         _write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
         write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra={
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
             "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
             "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
-        }, figures=True, gallery=error_gallery(predictor, records, y, scores, threshold))
+        } | ({"etiology bundle": str(etiology)} if etiology else {}), figures=True, gallery=error_gallery(predictor, records, y, scores, threshold))
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / "MODEL_CARD.md")

@@ -312,31 +312,36 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
         + f'<td class="num">{c["support"]}</td></tr>'
         for name, c in m["per_class"].items()
     )
+    decision = m.get("decision", "most probable class")
     if pngs is not None:
-        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], names, "Most probable class"))
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], names, decision.capitalize()))
     curves = m["curves"]
     roc = {name: curve for name, curve in curves["roc"].items() if curve["fpr"]}
     labels = {name: f"{name} (AUC = {_fmt(m['per_class'][name]['auc'])})" for name in roc}
     return "".join(
         [
             f"<h2>{section}Summary</h2>",
-            f'<p class="note">n = {m["n"]}; decision = most probable class. 95% CIs: stratified percentile bootstrap.</p>',
+            f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. 95% CIs: stratified percentile bootstrap.</p>',
             f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
                 f"<h2>{section}Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
                 f"<th>Precision</th><th>F1</th><th>Images</th></tr>{per_class}</table>"
             ),
             f'<h2>{section}Confusion matrix</h2><div class="row">',
-            _confusion_table(m["confusion_matrix"], names, "Most probable class"),
+            _confusion_table(m["confusion_matrix"], names, decision.capitalize()),
             f'</div><h2>{section}Curves</h2><div class="row">',
             _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
             _figure_html(
-                _reliability_figure(curves["calibration"], "Confidence (top-class probability)"),
-                "Reliability diagram of the top class: accuracy per bin of confidence.", pngs, "reliability",
+                _reliability_figure(curves["calibration"], "Confidence (probability of the decided class)"),
+                "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs, "reliability",
             ),
             "</div>",
         ]
     )
+
+
+# parts of a binary result decided among three classes: (key, section title, figure file prefix)
+_CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two stages: ", "two_stage_"))
 
 
 def write_report(
@@ -345,10 +350,11 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/metrics.json`` and a self-contained ``out_dir/report.html`` for an evaluate_binary or
     evaluate_multiclass result; ``extra`` is shown as a key/value header table. A binary result carrying an
-    evaluate_multiclass block under ``multiclass`` (the 3-class task) gets that block as a second part, and a
-    ``threshold_table`` list becomes a table. With ``figures``, the main figures are also written beside the report
-    (confusion_matrix.png, roc.png, pr.png, reliability.png: those the data defines; the second part's as
-    classes_confusion_matrix.png, classes_roc.png, classes_reliability.png); ``gallery`` adds titled
+    evaluate_multiclass block under ``multiclass`` (the 3-class task) or ``two_stage`` (a pneumonia bundle followed
+    by an etiology bundle) gets that block as a further part, and a ``threshold_table`` list becomes a table. With
+    ``figures``, the main figures are also written beside the report (confusion_matrix.png, roc.png, pr.png,
+    reliability.png: those the data defines; a further part's as classes_*.png or two_stage_*.png: confusion_matrix,
+    roc, reliability); ``gallery`` adds titled
     rows of thumbnails. Returns the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,11 +365,12 @@ def write_report(
         body = _multiclass_body(metrics, pngs=pngs)
     else:
         body = _binary_body(metrics, pngs)
-        if metrics.get("multiclass"):  # the 3-class task: its own figures, as classes_*.png
-            class_pngs: dict[str, bytes] = {}
-            body += _multiclass_body(metrics["multiclass"], "All classes: ", class_pngs if pngs is not None else None)
-            if pngs is not None:
-                pngs.update({f"classes_{name}": png for name, png in class_pngs.items()})
+        for key, section, prefix in _CLASS_PARTS:
+            if metrics.get(key):
+                part_pngs: dict[str, bytes] = {}
+                body += _multiclass_body(metrics[key], section, part_pngs if pngs is not None else None)
+                if pngs is not None:
+                    pngs.update({f"{prefix}{name}": png for name, png in part_pngs.items()})
     if gallery:
         body += _gallery_html(gallery)
     for name, png in (pngs or {}).items():
