@@ -213,3 +213,33 @@ def main_raising(argv: list[str]) -> None:
 
     args = build_parser().parse_args(argv)
     args.func(args)
+
+
+def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Multiclass members (32 and 64 px) make a multiclass ensemble: its card records how often the most probable
+    of the three classes is right on the calibration films, as each member's card does on its validation films,
+    and predict still thresholds 1 - P(normal)."""
+    from pneumoscan.training.train import TrainConfig, train
+
+    members = []
+    for size in (32, 64):
+        cfg = TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=size, epochs=1,
+                          batch_size=8, val_fraction=0.25)
+        members.append(train(tiny_dataset, cfg, tmp_path / f"run-{size}"))
+        report = json.loads((tmp_path / f"run-{size}" / "metrics.json").read_text())["multiclass"]
+        figures = load_card(members[-1]).val_metrics
+        assert figures["three_class_accuracy"] == report["accuracy"]
+        assert figures["three_class_balanced_accuracy"] == report["balanced_accuracy"]
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", *map(str, members), "--data", str(tiny_dataset), "--split", "test", "--out", str(out)]) == 0
+    card = load_card(out)
+    assert card.task == "multiclass" and list(card.classes) == ["normal", "bacteria", "virus"]
+
+    predictor = Predictor(out)
+    images, targets, _ = labelled_images(tiny_dataset, "test", get_task("multiclass"), card.spec)
+    probs = predictor.probabilities(images)
+    assert card.val_metrics["three_class_accuracy"] == pytest.approx((probs.argmax(1) == targets).mean())
+    assert card.val_metrics["n"] == len(targets) == 16
+    assert "Accuracy, three classes" in (out / "MODEL_CARD.md").read_text()
+    row = predict_paths(out, [discover(tiny_dataset).split("test")[0].path])[0]
+    assert row["label"] in ("normal", "pneumonia") and 0.0 <= row["probability"] <= 1.0

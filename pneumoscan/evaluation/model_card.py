@@ -73,6 +73,23 @@ CARD_METRICS = (
     ("f1", "f1", "F1"),
 )
 
+# the figures a card keeps from a validation result (evaluate_probabilities); a multiclass task adds THREE_CLASS_FIGURES
+VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n")
+THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
+    ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
+    ("three_class_balanced_accuracy", "balanced_accuracy", "Balanced accuracy, three classes"),
+    ("three_class_macro_auc", "macro_auc", "Macro one-vs-rest ROC AUC, three classes"),
+)
+
+
+def validation_figures(metrics: dict) -> dict:
+    """What a bundle card records of its validation result: the positive call's figures at the threshold, and for a
+    multiclass task how often the most probable class is right (the card's reader asks both)."""
+    figures = {k: metrics[k] for k in VAL_FIGURES}
+    if block := metrics.get("multiclass"):
+        figures |= {key: block[source] for key, source, _ in THREE_CLASS_FIGURES}
+    return figures
+
 
 def today() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -136,7 +153,8 @@ def _validation_section(card: BundleCard) -> str:
     m = card.val_metrics
     if not m:
         return "No validation figures were recorded for this bundle."
-    rows = "\n".join(f"| {name} | {_num(m.get(key), 4)} |" for key, _, name in CARD_METRICS)
+    rows = "\n".join([f"| {name} | {_num(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
+                     + [f"| {name} | {_num(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m])
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
     return (
         f"On the validation films of training (n = {m.get('n')}), at the threshold training chose on them "

@@ -36,13 +36,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
-                                     softmax)
+from pneumoscan.core.metrics import choose_thresholds, describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
-from pneumoscan.evaluation.model_card import update_card
+from pneumoscan.evaluation.evaluate import evaluate_probabilities, labelled_images, labelled_records
+from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
 from pneumoscan.inference.predict import tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
@@ -193,15 +192,16 @@ def build_ensemble(
             name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
         y = binary_targets(targets)
         temperature = fit_temperature(logits, targets)
-        plain = positive_probability(softmax(logits, temperature), task)
+        probs = softmax(logits, temperature)
+        plain = positive_probability(probs, task)
         tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
         threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
-        at = binary_metrics(y, plain, threshold)
+        figures = evaluate_probabilities(probs, targets, task, threshold)
         card = dataclasses.replace(
             load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
             temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
             threshold_policy=f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}",
-            val_metrics={"auc": roc_auc(y, plain)} | {k: at[k] for k in ("accuracy", "sensitivity", "specificity", "threshold", "n")},
+            val_metrics=validation_figures(figures),
             train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
                           "combination": "mean of members' logits / their own temperatures"},
         )  # fmt: skip
@@ -212,6 +212,6 @@ def build_ensemble(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
-             at["sensitivity"], at["specificity"], y.size)
+             figures["sensitivity"], figures["specificity"], y.size)
     return load_card(out)
 

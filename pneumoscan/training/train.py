@@ -38,7 +38,7 @@ from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, positive_probability, select
 from pneumoscan.data.transforms import Augment, batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import evaluate_probabilities
-from pneumoscan.evaluation.model_card import write_model_card
+from pneumoscan.evaluation.model_card import validation_figures, write_model_card
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
@@ -538,7 +538,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     card = dataclasses.replace(
         card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
         data_fingerprint=fingerprint, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
-        val_metrics={k: metrics[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n")},
+        val_metrics=validation_figures(metrics),
     )
     save_bundle(bundle_dir, model, card)
     export_onnx(bundle_dir)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
