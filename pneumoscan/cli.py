@@ -131,11 +131,12 @@ def _figure(value: float | None, digits: int = 4) -> str:
 
 
 def _three_classes(block: dict) -> str:
-    """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion."""
-    low, high = block["ci"]["accuracy"]
-    return (f"{block['decision']}: accuracy {block['accuracy']:.4f} (95 % CI {low:.4f}-{high:.4f}), balanced accuracy "
-            f"{block['balanced_accuracy']:.4f}, confusion (rows true {', '.join(block['class_names'])}): "
-            f"{block['confusion_matrix']['counts']}")
+    """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion
+    (n/a where the films do not define a figure, e.g. no viral film)."""
+    low, high = block["ci"]["accuracy"] or (None, None)
+    return (f"{block['decision']}: accuracy {_figure(block['accuracy'])} (95 % CI {_figure(low)}-{_figure(high)}), "
+            f"balanced accuracy {_figure(block['balanced_accuracy'])}, confusion (rows true "
+            f"{', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

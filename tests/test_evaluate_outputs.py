@@ -202,6 +202,25 @@ def test_two_stages_need_films_that_name_bacteria_or_virus(tiny_bundle: Path, ti
         evaluate(tiny_bundle, data, etiology=tiny_etiology_bundle)
 
 
+def test_two_stages_on_films_without_a_viral_one_say_what_they_cannot_measure(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """As the official val split (8 normal, 8 bacterial films): the virus row is empty, so its sensitivity and
+    the balanced accuracy are undefined and printed as n/a, not as a number."""
+    from pneumoscan.cli import main
+
+    data = tmp_path / "films"
+    for path in (tiny_dataset / "test").rglob("*.jpeg"):
+        if "virus" not in path.name:
+            (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, data / path.parent.name / path.name)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_bundle), str(data), "--etiology", str(tiny_etiology_bundle), "--out", str(out)]) == 0
+    block = json.loads((out / "metrics.json").read_text())["two_stage"]
+    assert block["n"] == 12 and block["per_class"]["virus"]["support"] == 0
+    assert block["balanced_accuracy"] is None and "balanced accuracy n/a" in capsys.readouterr().out
+
+
 def test_two_stage_decision_thresholds_each_stage_at_or_above() -> None:
     from pneumoscan.evaluation.evaluate import two_stage_decision
 
