@@ -7,10 +7,14 @@ Figures: batch images/s on the validation films (preprocessed uint8 batch -> cal
 excluded; best of REPEATS passes, BATCH images a call, THREADS threads for both backends), validation AUC of
 both, and each backend's sensitivity and specificity at its own validation-chosen threshold.
 Goals (issue #18): INT8 at least 2x the FP32 images/s, AUC within 0.002 of FP32, sensitivity at the threshold kept.
+Also printed: the AUCs ``export --int8`` recorded where it chose the INT8 thresholds. For an ensemble of cv runs
+(``export --int8 --cv``), those are out of fold, while every film of SPLIT trained some member: time it there and
+read its quality from that line.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -25,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
 from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
 from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
-from pneumoscan.inference.export import INT8_NAME  # noqa: E402
+from pneumoscan.inference.export import INT8_NAME, spec_path  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 
 THREADS = 2
@@ -62,6 +66,9 @@ def main(bundle: Path, split_csv: Path) -> None:
         print(f"{name:<10} {speed[name]:>9.1f} {roc_auc(y, scores):>8.4f} {predictor.card.threshold:>9.4f} "
               f"{m['sensitivity']:>6.3f} {m['specificity']:>6.3f}")
     print(f"INT8 speed-up: {speed['onnx-int8'] / speed['onnx']:.2f}x")
+    sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
+    print(f"as export --int8 recorded: val AUC {sidecar['val_auc_int8']:.4f} (FP32 {sidecar['val_auc_fp32']:.4f}) on "
+          f"{sidecar.get('int8_thresholds_chosen_on', 'the val films')}")
 
 
 if __name__ == "__main__":

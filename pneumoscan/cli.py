@@ -281,9 +281,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         from pneumoscan.training.quantize import quantize_bundle
 
-        if not args.data:
-            raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv)")
-        out = quantize_bundle(args.bundle, args.data, args.calibration_images)
+        if not (args.data or args.cv):
+            raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv), "
+                             "or for an ensemble built with ensemble --cv, --cv and its runs")
+        out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = json.loads(spec_path(out).read_text())
         console.print(f"wrote {out}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
@@ -558,7 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
                         "train films, its thresholds chosen again on --data's val films")
-    p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits)")
+    p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits "
+                                  "whose val films the model did not train on)")
+    p.add_argument("--cv", nargs="+", metavar="DIR",
+                   help="with --int8, for an ensemble built by ensemble --cv DIR ...: the same runs; its INT8 "
+                        "thresholds are chosen on out-of-fold INT8 scores")
     p.add_argument("--calibration-images", type=_positive(int), default=256,
                    help="with --int8: training films that set the INT8 activation ranges")
     p.set_defaults(func=cmd_export)

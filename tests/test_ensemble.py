@@ -160,6 +160,7 @@ def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift:
         shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
         write_manifest([dataclasses.replace(r, split="val" if (i + shift) % 2 == k else "train")
                         for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
+        shutil.copy(folder / f"split-fold-{k}.csv", folder / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
     return folder
 
 
@@ -243,3 +244,61 @@ def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path
     assert "Accuracy, three classes" in (out / "MODEL_CARD.md").read_text()
     row = predict_paths(out, [discover(tiny_dataset).split("test")[0].path])[0]
     assert row["label"] in ("normal", "pneumonia") and 0.0 <= row["probability"] <= 1.0
+
+
+def test_int8_thresholds_of_an_ensemble_are_refused_on_films_a_member_trained_on(
+    ensemble: Path, member64: Path, tmp_path: Path
+) -> None:
+    bundle = shutil.copytree(ensemble, tmp_path / "ens")
+    swapped = [dataclasses.replace(r, split={"train": "val", "val": "train"}.get(r.split, r.split))
+               for r in discover(member64.parent / "split.csv").records]
+    write_manifest(swapped, tmp_path / "swapped.csv")
+    with pytest.raises(ValueError, match="INT8 thresholds were in .*'s training split") as refused:
+        main_raising(["export", str(bundle), "--int8", "--data", str(tmp_path / "swapped.csv")])
+    members = [m["source"] for m in load_card(bundle).model_kwargs["members"]]
+    assert any(f"were in {m}'s" in str(refused.value) for m in members)  # a member, named
+    assert not (bundle / "model.int8.onnx").exists()
+
+
+def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
+                                                                  tiny_dataset: Path, tmp_path: Path) -> None:
+    """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds
+    are chosen on fold k's films scored by fold k's member quantised alone (here by hand), and the shipped graph
+    stays near the mean of the members quantised alone."""
+    from pneumoscan.core.metrics import choose_threshold
+    from pneumoscan.inference.export import module_onnx
+    from pneumoscan.inference.export import session as onnx_session
+    from pneumoscan.training import quantize
+
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    with pytest.raises(ValueError, match="INT8 thresholds were in .*fold-1/bundle's training split"):
+        main_raising(["export", str(ens), "--int8", "--data", str(cv / "split-fold-0.csv")])
+    other = _cv_run(tmp_path / "other", (member64, tiny_bundle), tiny_dataset)
+    with pytest.raises(ValueError, match="is not the ensemble"):
+        main_raising(["export", str(ens), "--int8", "--cv", str(other)])
+    assert not (ens / "model.int8.onnx").exists()
+
+    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
+    sidecar = json.loads(spec_path(ens / "model.int8.onnx").read_text())
+    assert "out-of-fold INT8 scores" in sidecar["int8_thresholds_chosen_on"]
+    assert sidecar["validation_images"] == len(discover(tiny_dataset).split("test"))
+    assert sidecar["val_auc_fp32"] == load_card(ens).val_metrics["auc"]
+    assert sidecar["max_member_mean_change"] < 0.05
+
+    card = load_card(ens)
+    net, _ = load_bundle(ens)
+    pool, _, _ = labelled_images(cv / "split-fold-0.csv", None, get_task(card.task), card.spec)
+    calib = pool[quantize._sample(len(pool), quantize.CALIBRATION_IMAGES)]
+    batches = [to_input(torch.from_numpy(calib[i : i + 32]).unsqueeze(1), 0.0, 1.0).numpy() for i in range(0, len(calib), 32)]
+    ys, scores = [], []
+    for k in range(2):
+        member = onnx_session(quantize._int8_graph(module_onnx(net.members[k], card.size), batches))
+        images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
+        x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0).numpy()
+        scores.append(softmax(member.run(None, {"image": x})[0], card.temperature)[:, 1])
+        ys.append(binary_targets(targets))
+    expected = choose_threshold(np.concatenate(ys), np.concatenate(scores), None)
+    assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
+    assert Predictor(ens, backend="onnx-int8").threshold() == sidecar["int8_threshold"]

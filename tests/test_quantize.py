@@ -74,7 +74,7 @@ def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset
     assert cli.main(["export", str(bundle), "--int8"]) == 2
     assert "--int8 needs --data" in capsys.readouterr().err
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_dataset / "test")]) == 2
-    assert "for split 'train'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
+    assert "for split 'val'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
 
 
 def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -90,3 +90,20 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     images, targets, _ = labelled_images(split, "val", get_task("pneumonia"), int8.card.spec)
     expected = choose_threshold(binary_targets(targets), int8.positive(int8.probabilities(images)), None, 0.5)
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
+
+
+def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """A manifest whose val split is the run's training films would choose the INT8 threshold on scores that are
+    too good: refused before anything is quantised, naming a film."""
+    import dataclasses
+
+    from pneumoscan.data.layouts import discover, write_manifest
+
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")  # the bundle with its run's split.csv beside it
+    swapped = [dataclasses.replace(r, split={"train": "val", "val": "train"}.get(r.split, r.split))
+               for r in discover(run / "split.csv").records]
+    write_manifest(swapped, tmp_path / "swapped.csv")
+    assert cli.main(["-q", "export", str(run / "bundle"), "--int8", "--data", str(tmp_path / "swapped.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "films given to choose the INT8 thresholds were in" in err and "training split" in err, err
+    assert not (run / "bundle" / INT8_NAME).exists()

@@ -117,6 +117,7 @@ def test_threshold_refusals_are_one_line_and_write_nothing(
     cases = [
         ([str(tmp_path / "flipped.csv"), "--max-false-positive-rate", "0"], "no threshold finds any positive case"),
         ([str(tmp_path / "one-class.csv"), "--youden"], "needs both classes"),
+        ([str(tiny_dataset), "--split", "train", "--youden"], "were in"),  # films the bundle trained on
         ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tmp_path / "taken")], "exists"),
         ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tiny_bundle)], "exists"),
         ([str(tiny_dataset), "--split", "test", "--youden", "--out", str(tiny_bundle / "inner")], "inside the bundle"),

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,13 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_th
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import Record
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
+from pneumoscan.models.ensemble_net import ENSEMBLE
 from .model_card import add_evaluation, evaluation_record, today, update_card
 from .report import write_report
 
@@ -89,6 +91,36 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
                                            f"{second.card.positive} at {second_threshold:.4f}")
     metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
     return metrics, second_scores, np.array(names)[called]
+
+
+def _weight_sources(bundle: Path) -> list[Path]:
+    """The bundles whose training made BUNDLE's weights: itself, or an ensemble's members as recorded when it was
+    built."""
+    card = load_card(bundle)
+    return [Path(m["source"]) for m in card.model_kwargs["members"]] if card.model == ENSEMBLE else [bundle]
+
+
+def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
+                   validation_warning: bool = False) -> None:
+    """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
+    scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
+    those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
+    ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about."""
+    given = {os.path.realpath(r.path) for r in records}
+    for path in [source for bundle in bundles for source in _weight_sources(Path(bundle))]:
+        split = path.parent / "split.csv"
+        if not split.exists():
+            log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
+                        path, split, purpose)
+            continue
+        seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
+        trained = sorted(p for p in given if seen.get(p) == "train")
+        if trained:
+            raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split (e.g. "
+                             f"{trained[0]}): {purpose} on films it did not train on{hint}")
+        if validation_warning and any(seen.get(p) == "val" for p in given):
+            log.warning("some films given to %s are %s's validation films, on which its own temperature and "
+                        "threshold were chosen: the figures on them are optimistic", purpose, path)
 
 
 def labelled_records(
@@ -258,6 +290,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     predictor = Predictor(bundle)
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
+    check_held_out([bundle], records, "choose the threshold")
     y = binary_targets(targets)
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
     int8 = None

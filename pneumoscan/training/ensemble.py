@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,10 @@ import onnxruntime as ort
 import torch
 
 from pneumoscan.core.metrics import choose_thresholds, describe_policy, fit_temperature, softmax
-from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import evaluate_probabilities, labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import check_held_out, evaluate_probabilities, labelled_images, labelled_records
 from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
 from pneumoscan.inference.predict import tta_views
@@ -63,28 +63,7 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
                                  "members must read films alike (only the input size and normalisation may differ)")
 
 
-def _check_held_out(paths: Sequence[Path], records: Sequence[Record]) -> None:
-    """Refuse calibration films a member trained on (its run's split.csv, RUN/bundle's parent): their scores are
-    too good and would choose too high a threshold. A member without that record is trusted, with a warning."""
-    given = {os.path.realpath(r.path) for r in records}
-    for path in paths:
-        split = path.parent / "split.csv"
-        if not split.exists():
-            log.warning("%s: no %s beside it, so it cannot be checked that the calibration films are new to it",
-                        path, split)
-            continue
-        seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
-        trained = sorted(p for p in given if seen.get(p) == "train")
-        if trained:
-            raise ValueError(f"{len(trained)} of the calibration films were in {path}'s training split (e.g. "
-                             f"{trained[0]}): choose the ensemble's temperature and thresholds on films no member "
-                             "trained on (or use --cv)")
-        if any(seen.get(p) == "val" for p in given):
-            log.warning("some calibration films are %s's validation films, on which its own temperature and "
-                        "threshold were chosen: the ensemble's figures on them are optimistic", path)
-
-
-def _batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input."""
     out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1),
                                                0.0, 1.0).numpy()})[0]
@@ -92,19 +71,23 @@ def _batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 6
     return np.concatenate(out)
 
 
-def _out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
+                member_session: Callable[[int], ort.InferenceSession] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(calibrated logits, targets, per-TTA-view logits) of every film of the cv runs, on the ensemble's input: fold
     K's validation films scored by the members that did not train on them, fold K of every run (members are
-    run-major, as :func:`cv_members` lists them), their calibrated logits averaged as the ensemble averages them."""
+    run-major, as :func:`cv_members` lists them), their calibrated logits averaged as the ensemble averages them.
+    ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
     task = get_task(card.task)
     folds = len(net.members) // len(cv_dirs)
+    member_session = member_session or (lambda i: module_session(net.members[i], card.size))
     logits, targets, views = [], [], []
     for k in range(folds):
         images, y, _ = labelled_images(cv_dirs[0] / f"split-fold-{k}.csv", "val", task, card.spec)
-        sessions = [module_session(net.members[r * folds + k], card.size) for r in range(len(cv_dirs))]
-        logits.append(np.mean([_batched(sess, images) for sess in sessions], axis=0))
+        sessions = [member_session(r * folds + k) for r in range(len(cv_dirs))]
+        logits.append(np.mean([batched(sess, images) for sess in sessions], axis=0))
         targets.append(y)
-        views.append(np.stack([np.mean([_batched(sess, v) for sess in sessions], axis=0) for v in tta_views(images)]))
+        views.append(np.stack([np.mean([batched(sess, v) for sess in sessions], axis=0) for v in tta_views(images)]))
     return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
 
 
@@ -171,7 +154,8 @@ def build_ensemble(
     task = get_task(card.task)
     if not cv_dirs:  # refused before anything is written when a member trained on these films
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
-        _check_held_out(paths, records)
+        check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
+                       validation_warning=True)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -182,13 +166,13 @@ def build_ensemble(
             raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
                              f"{str(e).splitlines()[0]}") from None
         if cv_dirs:
-            logits, targets, views = _out_of_fold(net, cv_dirs, card)
+            logits, targets, views = out_of_fold(net, cv_dirs, card)
             name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
                     f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         else:  # scored by the graph just shipped, not a second export
             sess = session(tmp / ONNX_NAME)
-            logits = _batched(sess, images)
-            views = [_batched(sess, v) for v in tta_views(images)]
+            logits = batched(sess, images)
+            views = [batched(sess, v) for v in tta_views(images)]
             name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
         y = binary_targets(targets)
         temperature = fit_temperature(logits, targets)

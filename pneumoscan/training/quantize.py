@@ -1,7 +1,8 @@
 """INT8 ONNX model of a bundle for CPU serving: ONNX Runtime static quantisation, calibrated on training films.
 
 Quantising moves the scores, so the INT8 model gets its own operating point: its threshold (and TTA threshold)
-is chosen again on the INT8 scores of the validation films, with the bundle's own policy. Both live in the
+is chosen again on the INT8 scores of validation films that the model did not train on, with the bundle's own
+policy (for an ensemble of cv runs, on out-of-fold INT8 scores, as its FP32 thresholds were). Both live in the
 model's sidecar (``model.int8.onnx.json``), beside the validation AUC of the FP32 and INT8 models, so that
 ``predict``/``serve --backend onnx-int8`` read labels at the threshold validated for the scores they compute.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,14 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import choose_thresholds, roc_auc
+from pneumoscan.core.metrics import choose_thresholds, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import labelled_images
-from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
+from pneumoscan.evaluation.evaluate import check_held_out, labelled_images, labelled_records
+from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card, record_checksum
+from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
+from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet
+from .ensemble import batched, cv_members, out_of_fold
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 256  # training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
@@ -53,51 +57,106 @@ def _sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n_rows, size=min(n, n_rows), replace=False))
 
 
-def quantize_bundle(bundle: Path | str, data: Path | str, calibration_images: int = CALIBRATION_IMAGES) -> Path:
-    """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
-    split.csv): activations are calibrated on ``calibration_images`` of its training films, and the thresholds are
-    chosen on its validation films. Refuses an INT8 model whose validation AUC is more than 0.01 below FP32's."""
-    bundle = Path(bundle)
-    card = load_card(bundle)
-    task = get_task(card.task)
-    fp32 = Predictor(bundle, backend="onnx")
-    train_images, _, _ = labelled_images(data, "train", task, card.spec)
-    val_images, val_targets, _ = labelled_images(data, "val", task, card.spec)
-    if len(train_images) == 0 or len(val_images) == 0:
-        raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
-    y = binary_targets(val_targets)
-    if y.min() == y.max():
-        raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
-    calib = train_images[_sample(len(train_images), calibration_images)]
-    batches = (fp32.inputs(calib[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(calib), CALIBRATION_BATCH))
-    if not (bundle / ONNX_NAME).exists():
-        raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
-    out = bundle / INT8_NAME
+def _int8_graph(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
+    """ONNX Runtime static INT8 of an FP32 graph: QDQ, per-channel INT8 weights, UINT8 activations whose ranges are
+    the min and max over ``batches``."""
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(bundle / ONNX_NAME), str(prepared), skip_symbolic_shape=True)
-        quantized = Path(tmp) / INT8_NAME
+        source = Path(tmp) / "fp32.onnx"
+        source.write_bytes(fp32_graph if isinstance(fp32_graph, bytes) else Path(fp32_graph).read_bytes())
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / INT8_NAME
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(quantized), _Calibration(batches), quant_format=QuantFormat.QDQ,
+            str(prepared), str(quantized), _Calibration(iter(batches)), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )  # fmt: skip
-        write_atomic(out, quantized.read_bytes())  # the temporary folder may be on another file system
+        return quantized.read_bytes()
+
+
+def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
+    """The ensemble's network, refused unless ``ensemble --cv`` built it from exactly these runs' fold bundles (so
+    member i is the one :func:`out_of_fold` takes it for)."""
+    net, card = load_bundle(bundle)
+    runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
+    if card.model != ENSEMBLE or [os.path.realpath(m["source"]) for m in card.model_kwargs["members"]] != runs:
+        raise ValueError(f"{bundle} is not the ensemble `pneumoscan ensemble --cv {' '.join(map(str, cv_dirs))}` "
+                         "builds: --cv takes the runs it was built from, in the same order")
+    return net
+
+
+def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: BundleCard, batches: list[np.ndarray],
+                      calib: np.ndarray, int8: Predictor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(targets, plain and TTA INT8 scores) of every film of the cv runs, each scored by the members that did not
+    train on it, each member quantised alone with the ensemble's calibration batches (the shipped graph quantises
+    the same operations on the same inputs); and how far the shipped INT8 graph is from the mean of those members on
+    the calibration films."""
+    task = get_task(card.task)
+    graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
+    # a session (and its memory arena) per use, not one per member held all along
+    logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
+    plain = task.positive_probability(softmax(logits, card.temperature))
+    tta = task.positive_probability(np.mean([softmax(v, card.temperature) for v in views], axis=0))
+    mean = task.positive_probability(softmax(np.mean([batched(session(g), calib) for g in graphs], axis=0), card.temperature))
+    shipped = int8.positive(int8.probabilities(calib))
+    return binary_targets(targets), plain, tta, {"max_member_mean_change": float(np.abs(mean - shipped).max())}
+
+
+def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
+                    cv_dirs: Sequence[Path | str] = ()) -> Path:
+    """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
+    split.csv): activations are calibrated on ``calibration_images`` of its training films, and the thresholds are
+    chosen on its validation films, which the model must not have trained on. An ensemble built by ``ensemble --cv``
+    has no such films; with ``cv_dirs`` (the runs it was built from) its activations are calibrated on films of the
+    runs and its thresholds chosen on out-of-fold INT8 scores, as its FP32 thresholds were on out-of-fold scores.
+    Refuses an INT8 model whose validation AUC is more than 0.01 below FP32's."""
+    if (data is None) == (not cv_dirs):
+        raise ValueError("give labelled films with train and val splits (--data) or the cv runs the ensemble was "
+                         "built from (--cv), not both and not neither")
+    bundle = Path(bundle)
+    card = load_card(bundle)
+    task = get_task(card.task)
+    if not (bundle / ONNX_NAME).exists():
+        raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
+    fp32 = Predictor(bundle, backend="onnx")
+    if cv_dirs:
+        net = _cv_ensemble(bundle, cv_dirs)
+        pool, _, _ = labelled_images(Path(cv_dirs[0]) / "split-fold-0.csv", None, task, card.spec)  # all the runs' films
+    else:
+        val_records, val_images, val_targets, _ = labelled_records(data, "val", task, card.spec)
+        check_held_out([bundle], val_records, "choose the INT8 thresholds")
+        pool, _, _ = labelled_images(data, "train", task, card.spec)
+        if len(pool) == 0 or len(val_images) == 0:
+            raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
+        if np.ptp(binary_targets(val_targets)) == 0:
+            raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
+    calib = pool[_sample(len(pool), calibration_images)]
+    batches = [fp32.inputs(calib[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(calib), CALIBRATION_BATCH)]
+    out = bundle / INT8_NAME
+    write_atomic(out, _int8_graph(bundle / ONNX_NAME, batches))
     write_onnx_spec(bundle, out)
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
-    scores = {name: p.positive(p.probabilities(val_images)) for name, p in (("fp32", fp32), ("int8", int8))}
-    tta = int8.positive(int8.probabilities(val_images, tta=True))
-    int8_threshold, int8_tta_threshold = choose_thresholds(y, scores["int8"], tta, *card.threshold_targets)
+    if cv_dirs:
+        y, scores, tta, extra = _out_of_fold_int8(net, cv_dirs, card, batches, calib, int8)
+        fp32_auc, change_on = card.val_metrics["auc"], calib  # the FP32 out-of-fold AUC, recorded by ensemble --cv
+        chosen_on = f"out-of-fold INT8 scores of {', '.join(map(str, cv_dirs))} (each member quantised alone)"
+    else:
+        y, scores, tta, extra = (binary_targets(val_targets), int8.positive(int8.probabilities(val_images)),
+                                 int8.positive(int8.probabilities(val_images, tta=True)), {})  # fmt: skip
+        fp32_auc, change_on = roc_auc(y, fp32.positive(fp32.probabilities(val_images))), val_images
+        chosen_on = f"the val films of {data}"
+    int8_threshold, int8_tta_threshold = choose_thresholds(y, scores, tta, *card.threshold_targets)
+    change = np.abs(fp32.positive(fp32.probabilities(change_on)) - int8.positive(int8.probabilities(change_on)))
     figures = {
         "int8_threshold": int8_threshold,
         "int8_tta_threshold": int8_tta_threshold,
         "threshold_policy": card.threshold_policy,
+        "int8_thresholds_chosen_on": chosen_on,
         "calibration_images": int(len(calib)),
         "validation_images": int(len(y)),
-        "val_auc_fp32": roc_auc(y, scores["fp32"]),
-        "val_auc_int8": roc_auc(y, scores["int8"]),
-        "max_probability_change": float(np.abs(scores["fp32"] - scores["int8"]).max()),
-    }
+        "val_auc_fp32": fp32_auc,
+        "val_auc_int8": roc_auc(y, scores),
+        "max_probability_change": float(change.max()),
+    } | extra
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         out.unlink()
         spec_path(out).unlink()
