@@ -254,11 +254,13 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         _write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
         table = metrics["threshold_table"]
         _write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
-        write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra={
+        header = {
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
             "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
             "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
-        } | ({"etiology bundle": str(etiology)} if etiology else {}), figures=True, gallery=error_gallery(predictor, records, y, scores, threshold))
+        } | ({"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
+        write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra=header, figures=True,
+                     gallery=error_gallery(predictor, records, y, scores, threshold))
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / "MODEL_CARD.md")
