@@ -107,20 +107,23 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about."""
     given = {os.path.realpath(r.path) for r in records}
-    for path in [source for bundle in bundles for source in _weight_sources(Path(bundle))]:
-        split = path.parent / "split.csv"
-        if not split.exists():
-            log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
-                        path, split, purpose)
-            continue
-        seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
-        trained = sorted(p for p in given if seen.get(p) == "train")
-        if trained:
-            raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split (e.g. "
-                             f"{trained[0]}): {purpose} on films it did not train on{hint}")
-        if validation_warning and any(seen.get(p) == "val" for p in given):
-            log.warning("some films given to %s are %s's validation films, on which its own temperature and "
-                        "threshold were chosen: the figures on them are optimistic", purpose, path)
+    for bundle in map(Path, bundles):
+        for path in _weight_sources(bundle):
+            split = path.parent / "split.csv"
+            if not split.exists():
+                log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
+                            path, split, purpose)
+                continue
+            seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
+            trained = sorted(p for p in given if seen.get(p) == "train")
+            if trained:
+                member = (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
+                          "`export --int8 --cv` choose its thresholds on out-of-fold scores)") if path != bundle else ""
+                raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split "
+                                 f"(e.g. {trained[0]}): {purpose} on films it did not train on{hint}{member}")
+            if validation_warning and any(seen.get(p) == "val" for p in given):
+                log.warning("some films given to %s are %s's validation films, on which its own temperature and "
+                            "threshold were chosen: the figures on them are optimistic", purpose, path)
 
 
 def labelled_records(
