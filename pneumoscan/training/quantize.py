@@ -39,7 +39,7 @@ from .ensemble import batched, cv_members, out_of_fold
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 256  # training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
-# the films a call: 8 hold a ten-member ensemble's quantisation to 4 GB (32: 10 GB), and the ranges, min and max
+# the films per call: 8 hold a ten-member ensemble's quantisation to 4 GB (32: 10 GB), and the ranges, min and max
 # over the same films, come out the same
 CALIBRATION_BATCH = 8
 
