@@ -40,7 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_serve import free_port, start_server  # noqa: E402  (this folder: the script's own path entry)
+from bench_serve import free_port, post_xrays, start_server  # noqa: E402  (this folder: the script's own path entry)
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 MB = 2**20
@@ -181,29 +181,9 @@ async def flood(url: str, data: bytes, uploads: int, timeout: float) -> dict:
 
 
 async def steady(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
-    latencies: list[float] = []
-    statuses: list[int | str] = []
-    issued = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(http: httpx.AsyncClient, k: int) -> None:
-        nonlocal issued
-        while time.perf_counter() < deadline and issued < max_requests:
-            data = images[(issued + k) % len(images)]
-            issued += 1
-            start = time.perf_counter()
-            try:
-                r = await http.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")})
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - start)
-            except httpx.HTTPError as e:
-                statuses.append(type(e).__name__)
-
-    start = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients)) as http:
-        await asyncio.gather(*(client(http, k) for k in range(clients)))
-    return {"statuses": statuses, "latencies": latencies, "seconds": time.perf_counter() - start}
+        statuses, latencies, elapsed = await post_xrays(http, images, clients, seconds, max_requests)
+    return {"statuses": statuses, "latencies": latencies, "seconds": elapsed}
 
 
 def tally(statuses: list[int | str]) -> dict[str, int]:
