@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -12,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,6 +31,32 @@ from pydicom.uid import (
 # layout or the CPU's kernels differ (oneDNN picks its kernels per machine); 1e-5 is far above that and far below
 # any difference a user could see. Tests compare scores from different layouts with this, never with ==.
 SCORE_TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`pneumoscan serve ARGS` in a subprocess, its stdout and stderr into LOG (``env`` replaces variables)."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    """Until the server at URL answers /healthz; fails with its LOG when it exits or takes over 90 s."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, f"server exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
 
 
 def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:

@@ -8,12 +8,8 @@ import base64
 import hashlib
 import io
 import json
-import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +28,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.bundle import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
-from tests.builders import SCORE_TOL, dicom_bytes
+from tests.builders import SCORE_TOL, dicom_bytes, free_port, start_serve, wait_healthy
 
 MB = 2**20
 
@@ -346,26 +342,12 @@ def test_uploads_are_never_written_to_disk(client: TestClient, monkeypatch: pyte
 def live_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """`pneumoscan serve --max-upload-mb 5` in a subprocess on a free loopback port: (base URL, file with its
     stdout+stderr)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve-log") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port),
-                                 "--max-upload-mb", "5"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = start_serve([str(tiny_bundle), "--port", str(port), "--max-upload-mb", "5"], log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"server exited:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"server did not start:\n{log_path.read_text()}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_healthy(proc, url, log_path)
         yield url, log_path
     finally:
         proc.terminate()

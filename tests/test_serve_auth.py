@@ -7,10 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +19,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access, is_loopback
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import build_server
-from tests.builders import running
+from tests.builders import free_port, running, start_serve, wait_healthy
 
 KEY = "k3y-" + "0123456789abcdef" * 2
 LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
@@ -157,36 +153,12 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
 # ---------------------------------------------------------------- through `pneumoscan serve`
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, f"server exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-
-
 def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Path) -> None:
     (tmp_path / "key").write_text(KEY + "\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
-    proc = start([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
+    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
                  tmp_path / "log", env)
     try:
         wait_healthy(proc, url, tmp_path / "log")
