@@ -28,7 +28,7 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
-from pneumoscan.models.ensemble_net import ENSEMBLE
+from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
 from .model_card import add_evaluation, evaluation_record, today, update_card
 from .report import write_report
 
@@ -97,7 +97,7 @@ def _weight_sources(bundle: Path) -> list[Path]:
     """The bundles whose training made BUNDLE's weights: itself, or an ensemble's members as recorded when it was
     built."""
     card = load_card(bundle)
-    return [Path(m["source"]) for m in card.model_kwargs["members"]] if card.model == ENSEMBLE else [bundle]
+    return member_sources(card) if card.model == ENSEMBLE else [bundle]
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
     from .bundle import BundleCard
 
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
+
+
+def member_sources(card: BundleCard) -> list[Path]:
+    """The member bundles an ensemble was built from, in member order, as its card recorded them."""
+    return [Path(m["source"]) for m in card.model_kwargs["members"]]
 
 
 class Member(nn.Module):

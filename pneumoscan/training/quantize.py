@@ -33,7 +33,7 @@ from pneumoscan.evaluation.evaluate import check_held_out, labelled_images, labe
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
-from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet
+from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, member_sources
 from .ensemble import batched, cv_members, out_of_fold
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     member i is the one :func:`out_of_fold` takes it for)."""
     net, card = load_bundle(bundle)
     runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
-    if card.model != ENSEMBLE or [os.path.realpath(m["source"]) for m in card.model_kwargs["members"]] != runs:
+    if card.model != ENSEMBLE or [os.path.realpath(p) for p in member_sources(card)] != runs:
         raise ValueError(f"{bundle} is not the ensemble `pneumoscan ensemble --cv {' '.join(map(str, cv_dirs))}` "
                          "builds: --cv takes the runs it was built from, in the same order")
     return net
