@@ -88,11 +88,11 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
 
 
 def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: BundleCard, batches: list[np.ndarray],
-                      calib: np.ndarray, int8: Predictor) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                      calib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(targets, plain and TTA INT8 scores) of every film of the cv runs, each scored by the members that did not
     train on it, each member quantised alone with the ensemble's calibration batches (the shipped graph quantises
-    the same operations on the same inputs); and how far the shipped INT8 graph is from the mean of those members on
-    the calibration films."""
+    the same operations on the same inputs); and the mean of those members' scores on the calibration films, to
+    measure how far the shipped INT8 graph is from it."""
     task = get_task(card.task)
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
@@ -100,8 +100,7 @@ def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: Bun
     plain = task.positive_probability(softmax(logits, card.temperature))
     tta = task.positive_probability(np.mean([softmax(v, card.temperature) for v in views], axis=0))
     mean = task.positive_probability(softmax(np.mean([batched(session(g), calib) for g in graphs], axis=0), card.temperature))
-    shipped = int8.positive(int8.probabilities(calib))
-    return binary_targets(targets), plain, tta, {"max_member_mean_change": float(np.abs(mean - shipped).max())}
+    return binary_targets(targets), plain, tta, mean
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
@@ -138,17 +137,23 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     write_atomic(out, _int8_graph(bundle / ONNX_NAME, batches))
     write_onnx_spec(bundle, out)
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
+    # the shipped graphs score the films their change is measured on last: once run, their ONNX Runtime memory
+    # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
     if cv_dirs:
-        y, scores, tta, extra = _out_of_fold_int8(net, cv_dirs, card, batches, calib, int8)
-        fp32_auc, change_on = card.val_metrics["auc"], calib  # the FP32 out-of-fold AUC, recorded by ensemble --cv
-        chosen_on = f"out-of-fold INT8 scores of {', '.join(map(str, cv_dirs))} (each member quantised alone)"
+        y, scores, tta, members_mean = _out_of_fold_int8(net, cv_dirs, card, batches, calib)
+        runs = ", ".join(map(str, cv_dirs))
+        change_on, chosen_on = calib, f"out-of-fold INT8 scores of {runs} (each member quantised alone)"
     else:
-        y, scores, tta, extra = (binary_targets(val_targets), int8.positive(int8.probabilities(val_images)),
-                                 int8.positive(int8.probabilities(val_images, tta=True)), {})  # fmt: skip
-        fp32_auc, change_on = roc_auc(y, fp32.positive(fp32.probabilities(val_images))), val_images
-        chosen_on = f"the val films of {data}"
+        y, members_mean = binary_targets(val_targets), None
+        tta = int8.positive(int8.probabilities(val_images, tta=True))
+        change_on, chosen_on = val_images, f"the val films of {data}"
+    shipped, reference = (p.positive(p.probabilities(change_on)) for p in (int8, fp32))
+    if not cv_dirs:  # the val films' plain scores are the ones just computed
+        scores = shipped
+    # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
+    fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
     int8_threshold, int8_tta_threshold = choose_thresholds(y, scores, tta, *card.threshold_targets)
-    change = np.abs(fp32.positive(fp32.probabilities(change_on)) - int8.positive(int8.probabilities(change_on)))
+    change = np.abs(reference - shipped)
     figures = {
         "int8_threshold": int8_threshold,
         "int8_tta_threshold": int8_tta_threshold,
@@ -159,7 +164,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         "val_auc_fp32": fp32_auc,
         "val_auc_int8": roc_auc(y, scores),
         "max_probability_change": float(change.max()),
-    } | extra
+    }
+    if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
+        figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         out.unlink()
         spec_path(out).unlink()
