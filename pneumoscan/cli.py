@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +33,7 @@ def _print_json(data: dict) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from pneumoscan.core.atomic import write_atomic
     from pneumoscan.data.audit import audit, audit_figure, format_audit
     from pneumoscan.data.layouts import discover
 
@@ -40,7 +41,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit(found)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
+        write_atomic(args.json_out, json.dumps(report, indent=2).encode())
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         audit_figure(report, found, Path(args.figure))
@@ -126,24 +127,23 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def _figure(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
 
 def _three_classes(block: dict) -> str:
     """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion
     (n/a where the films do not define a figure, e.g. no viral film)."""
+    from pneumoscan.core.metrics import format_figure
+
     low, high = block["ci"]["accuracy"] or (None, None)
-    return (f"{block['decision']}: accuracy {_figure(block['accuracy'])} (95 % CI {_figure(low)}-{_figure(high)}), "
-            f"balanced accuracy {_figure(block['balanced_accuracy'])}, confusion (rows true "
-            f"{', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
+    return (f"{block['decision']}: accuracy {format_figure(block['accuracy'], 4)} (95 % CI {format_figure(low, 4)}-"
+            f"{format_figure(high, 4)}), balanced accuracy {format_figure(block['balanced_accuracy'], 4)}, confusion "
+            f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.evaluate import evaluate
+    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
 
-    suffix = ("-" + args.split if args.split else "") + ("-tta" if args.tta else "") + ("-two-stage" if args.etiology else "")
-    out = args.out or Path(args.bundle).parent / f"eval-{Path(args.data).stem}{suffix}"
+    out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None)
     metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                        data_name=args.data_name, etiology=args.etiology)
     if args.json:
@@ -152,12 +152,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
         lo, hi = metrics["ci"].get(name) or [None, None]
         ci = f"  (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
-        print(f"{name:>12}: {_figure(metrics[name])}{ci}")
+        print(f"{name:>12}: {format_figure(metrics[name], 4)}{ci}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
     for row in metrics["threshold_table"]:
-        print(f"{row['threshold']:>10.4f} {_figure(row['sensitivity'], 3):>12} {_figure(row['specificity'], 3):>12} "
-              f"{_figure(row['precision'], 3):>10}  {row['rule']}")
+        print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
+              f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10}  {row['rule']}")
     for key in ("multiclass", "two_stage"):
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")
@@ -175,33 +175,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
+    from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.evaluate import rethreshold
 
     card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
                        args.max_false_positive_rate, args.data_name)
     record = card.threshold_records[-1]
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
-          f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {_figure(record['sensitivity'], 3)}, "
-          f"specificity {_figure(record['specificity'], 3)} on {record['n']} images")
+          f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {format_figure(record['sensitivity'], 3)}, "
+          f"specificity {format_figure(record['specificity'], 3)} on {record['n']} images")
     return 0
 
 
 def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
-    """The serve options as the library's limits and access rules (key from --api-key-file or PNEUMOSCAN_API_KEY)."""
-    from pneumoscan.serving.guard import LOOPBACK_HOSTS, Access
+    """The serve options as the library's limits and access rules (:meth:`Access.from_options`)."""
+    from pneumoscan.serving.guard import Access
     from pneumoscan.serving.limits import Limits
 
-    if args.api_key_file:
-        key: str | None = Path(args.api_key_file).read_text().strip()
-        if not key:
-            raise ValueError(f"--api-key-file {args.api_key_file} is empty")
-    else:
-        key = os.environ.get("PNEUMOSCAN_API_KEY") or None
-    hosts = tuple(h.strip() for item in args.allowed_hosts or [] for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
     given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
                                                     "body_timeout", "header_timeout")}
     limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
-    return limits, Access(api_key=key, allowed_hosts=hosts, cors_origins=tuple(args.cors_origin or ()))
+    access = Access.from_options(args.api_key_file, args.allowed_hosts or (), args.cors_origin or ())
+    return limits, access
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -256,15 +251,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
+    from pneumoscan.core.atomic import write_atomic
     from pneumoscan.interop.dicomweb import predict_study
     from pneumoscan.inference.predict import format_results
 
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend)
     text = format_results(rows, "json")
-    if args.out:
+    if args.out:  # whole or not at all, as predict --out
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_atomic(args.out, text.encode())
     else:
         sys.stdout.write(text + "\n")
     failed = [row for row in rows if "error" in row]
@@ -302,13 +298,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type that refuses zero and negative values (a batch size of -1 silently predicted nothing)."""
+    """An argparse type that refuses zero, negative and non-finite values (a batch size of -1 silently predicted
+    nothing; --max-upload-mb inf ended in an OverflowError)."""
     def parse(text: str) -> int | float:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
         return value
     return parse
+
+
+def _port(text: str) -> int:
+    """An argparse type for a TCP port: 0 (any free port) to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got {text}")
+    return value
 
 
 def _option(choices: Sequence[str], what: str) -> Callable[[str], str]:
@@ -501,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle folder to serve")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "

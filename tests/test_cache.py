@@ -98,6 +98,30 @@ def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatc
     assert array_file.stat().st_mtime_ns == stamp
 
 
+def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(folder, tmp_path: Path, monkeypatch) -> None:
+    """An I/O error (a disk or network file system's hiccup) says nothing about the film: unlike a damaged file,
+    it is not kept in the cache, so the film is not left out of every later run."""
+    import errno
+
+    from pneumoscan.data import decode
+
+    paths, good, _ = folder
+    real_open, failing = os.open, good[2]
+
+    def eio_once(path, *args, **kwargs):
+        if str(path) == failing:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode.os, "open", eio_once)
+    first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    assert failing not in first.paths
+    assert {"path": failing, "reason": "cannot read file: Input/output error", "transient": True} in first.errors
+    monkeypatch.setattr(decode.os, "open", real_open)  # the disk is well again
+    second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
+    assert second.paths == good and not any(e.get("transient") for e in second.errors)
+
+
 def test_each_spelling_of_the_paths_is_answered_by_that_spelling(folder, tmp_path: Path, monkeypatch) -> None:
     """Evaluate reads a run's split.csv, whose paths are spelled from the run folder, after train cached the same
     files spelled from the working directory: each must find its own rows."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import __version__, cli
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.evaluate import rethreshold
 
 
@@ -54,11 +55,13 @@ def test_a_program_importing_pneumoscan_can_silence_it(
     monkeypatch.setattr(logger, "handlers", [])  # whatever an earlier CLI call attached
     original = logger.level
     request.addfinalizer(lambda: logger.setLevel(original))
+    site = tmp_path / "site.csv"  # a site's own labelled films: a threshold is never chosen on the test split
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
     for run in ("told", "silenced"):
         logger.setLevel(logging.INFO if run == "told" else logging.WARNING)
         caplog.clear()
         monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / f"cache-{run}"))  # a fresh cache: a progress bar
-        rethreshold(tiny_bundle, tiny_dataset, tmp_path / run, "test", target_sensitivity=0.9)
+        rethreshold(tiny_bundle, site, tmp_path / run, target_sensitivity=0.85)
         err = capsys.readouterr().err
         messages = [r.getMessage() for r in caplog.records if r.name.startswith("pneumoscan")]
         if run == "told":

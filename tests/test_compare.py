@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from matplotlib.colors import to_rgba
 from pneumoscan.cli import main
 from pneumoscan.evaluation.compare import compare_runs, comparison_figure
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.bundle import load_card, save_card
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,7 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     assert len(err) == 1 and "no metrics.json" in err[0]
     other = tmp_path / "etiology-run"
     shutil.copytree(two_runs[0], other)
-    card = json.loads((other / "bundle" / "bundle.json").read_text())
-    (other / "bundle" / "bundle.json").write_text(json.dumps({**card, "task": "etiology"}))
+    save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology"))
     with pytest.raises(ValueError, match="different tasks"):
         compare_runs([two_runs[0], other])
     (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))

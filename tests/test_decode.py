@@ -181,6 +181,17 @@ def test_dicom_window_is_applied(elements: dict) -> None:
     assert np.abs(gray[0, inside] - expected).max() <= 1.5
 
 
+def test_an_8bit_dicom_without_a_window_reads_as_the_same_pixels_in_a_png() -> None:
+    """A scanned film wrapped as DICOM (8 bits, nothing to map its values) is the film: the model sees what it
+    would see in a PNG, not a contrast-stretched copy. With a window, the window decides."""
+    film = np.tile(np.arange(40, 194, dtype=np.uint8), (3, 1))  # grey 40..193, as a faded scan
+    png = read_gray(encode(Image.fromarray(film), "PNG"))
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, bits=8)), png)
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, "MONOCHROME1", bits=8)), 255 - png)
+    windowed = read_gray(dicom_bytes(film, bits=8, WindowCenter=116, WindowWidth=154))
+    assert windowed.min() == 0 and windowed.max() == 255
+
+
 def test_dicom_16bit_spans_full_range() -> None:
     pixels = np.tile(np.linspace(1000, 60000, 64).astype(np.uint16), (2, 1))
     gray = read_gray(dicom_bytes(pixels, bits=16))

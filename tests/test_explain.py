@@ -58,6 +58,32 @@ def test_gradcam_points_at_each_class_evidence() -> None:
     assert rest[blob].mean() < 0.1 and rest[~blob].mean() > 0.9
 
 
+class _BothGrowNet(nn.Module):
+    """Both logits grow with the image's brightness, the first twice as fast: a bright blob argues for class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([2.0, 1.0]).view(2, 1, 1, 1))
+            self.features.bias.zero_()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def test_gradcam_explains_the_margin_the_threshold_reads() -> None:
+    """P(class 1) = sigmoid(z1 - z0) falls as the blob brightens, so the blob is no evidence for class 1 although
+    z1 alone rises with it: the map for class 1 must not light it up."""
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 4:12, 6:14] = 1.0
+    blob = x[0, 0].numpy() > 0.5
+    model = _BothGrowNet().eval()
+    assert gradcam(model, x, 0)[blob].mean() > 0.9
+    assert gradcam(model, x, 1)[blob].mean() < 0.1
+
+
 @pytest.mark.parametrize(
     "name, layer",
     [
@@ -79,8 +105,10 @@ def test_gradcam_changes_when_weights_are_randomised(tiny_bundle: Path, tiny_dat
     """Adebayo et al. (2018) model-randomisation check: a map that survives re-initialising the weights
     explains the input, not the model."""
     predictor = Predictor(tiny_bundle)
-    x = predictor.inputs(predictor.preprocess([_sick_image(tiny_dataset)]))
-    trained = gradcam(predictor.model, x, 1)
+    images = predictor.preprocess([_sick_image(tiny_dataset)])
+    x = predictor.inputs(images)
+    called = int(np.argmax(predictor.logits(images)[0]))  # a class the model argues against may have an empty map
+    trained = gradcam(predictor.model, x, called)
     assert trained.max() - trained.min() > 0.5  # a map with structure, not a constant
     for seed in range(3):
         randomised = copy.deepcopy(predictor.model)
@@ -88,8 +116,8 @@ def test_gradcam_changes_when_weights_are_randomised(tiny_bundle: Path, tiny_dat
         for module in randomised.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        assert np.abs(gradcam(randomised, x, 1) - trained).mean() > 0.1
-    np.testing.assert_allclose(gradcam(predictor.model, x, 1), trained, atol=SCORE_TOL)  # deterministic, model untouched
+        assert np.abs(gradcam(randomised, x, called) - trained).mean() > 0.1
+    np.testing.assert_allclose(gradcam(predictor.model, x, called), trained, atol=SCORE_TOL)  # deterministic, model untouched
 
 
 def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) -> None:

@@ -3,6 +3,8 @@ one or takes the one named, their file-name rules, and a toy layout registered i
 
 from __future__ import annotations
 
+import logging
+
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,26 @@ def test_kaggle_folders_and_names(tmp_path: Path) -> None:
         "IM-0001-0001.jpeg": ("NORMAL", "normal", "IM-0001", "val"),
     }
     assert discover(root / "train").layout == "kaggle"  # a single split folder
+
+
+def test_entries_that_may_hold_films_are_counted_in_one_warning(tmp_path: Path, caplog) -> None:
+    """A .tif, a broken link among the films and a folder no split is read as leave training and evaluation with a
+    warning; a .DS_Store and a README beside the split folders are only listed (audit)."""
+    root = tree(tmp_path / "chest_xray", {
+        "train/NORMAL": ["IM-0115-0001.jpeg", "IM-0116-0001.tif", ".DS_Store"],
+        "validation/NORMAL": ["IM-0117-0001.jpeg"],
+    })  # fmt: skip
+    (root / "README.md").write_text("where the films come from")
+    (root / "train" / "NORMAL" / "IM-0118-0001.jpeg").symlink_to(tmp_path / "gone.jpeg")
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        found = discover(root)
+    assert [Path(r.path).name for r in found.records] == ["IM-0115-0001.jpeg"]
+    assert len(found.skipped) == 5
+    [warning] = caplog.messages
+    assert "3 entries left out" in warning
+    for counted in ("not an image extension (.tif): 1", "broken link: 1", "not a split folder: 1"):
+        assert counted in warning
+    assert "README" not in warning and "system file" not in warning
 
 
 def test_mendeley_release_is_told_from_its_names(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pneumoscan.core.metrics import (
     evaluate_binary,
     evaluate_multiclass,
     fit_temperature,
+    roc_auc,
     softmax,
     threshold_metrics_ci,
 )
@@ -59,6 +60,19 @@ def test_binary_metrics_missing_class_gives_nan_without_warnings():
 def test_binary_metrics_rejects_non_binary_labels():
     with pytest.raises(ValueError):
         binary_metrics([0, 2], [0.1, 0.9], 0.5)
+    with pytest.raises(ValueError, match="only 0 and 1"):  # a cast would have read 0.9 as 0
+        roc_auc([0.9, 0.2, 1.0, 0.0], [0.8, 0.7, 0.9, 0.1])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_score_that_is_not_a_number_is_refused_not_called_negative(bad):
+    """A failed model's NaN must not count as a confident NORMAL call in any figure."""
+    for figure in (lambda: binary_metrics([0, 1, 1], [0.1, bad, 0.9], 0.5), lambda: calibration([0, 1], [bad, 0.9]),
+                   lambda: evaluate_binary([0, 1, 1, 0], [0.1, bad, 0.9, 0.2], 0.5, n_boot=10)):
+        with pytest.raises(ValueError, match="1 of .* scores are not finite"):
+            figure()
+    with pytest.raises(ValueError, match="not finite"):
+        evaluate_multiclass([0, 1, 2], np.array([[1, 0, 0], [0, bad, 0], [0, 0, 1.0]]), ["a", "b", "c"], n_boot=10)
 
 
 def _deciding_score(prob: np.ndarray, threshold: float) -> float:
@@ -152,6 +166,12 @@ def test_calibration_hand_checked():
     assert cal["mean_predicted"][9] == pytest.approx(0.975)
     assert math.isnan(cal["observed_frequency"][5])
     assert cal["ece"] == pytest.approx((0.05 + 0.85 + 2 * 0.025) / 4)
+
+
+def test_calibration_bins_are_closed_below_at_exact_edges():
+    cal = calibration([1, 1, 1, 0], [0.3, 0.6, 0.7, 0.29], n_bins=10)
+    assert cal["counts"][2:8] == [1, 1, 0, 0, 1, 1]  # 0.3 in [0.3, 0.4), not in the bin below
+    assert cal["bin_edges"][3] == 0.3
 
 
 def test_roc_auc_is_nan_for_one_class_and_sklearn_otherwise():

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass, softmax
-from pneumoscan.evaluation.report import figure_to_data_url, plot_training_curves, write_report
+from pneumoscan.evaluation.report import figure_png, plot_training_curves, png_data_url, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -78,10 +78,10 @@ def test_write_report_binary_with_multiclass_part(tmp_path):
     assert len(_embedded_pngs(page)) == 5  # binary ROC, PR, reliability + per-class ROC, top-label reliability
 
 
-def test_figure_to_data_url_is_png():
+def test_a_figure_embeds_as_a_png_data_url():
     fig = Figure(figsize=(2, 2))
     fig.add_subplot().plot([0, 1], [1, 0])
-    url = figure_to_data_url(fig)
+    url = png_data_url(figure_png(fig))
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]).startswith(PNG_SIGNATURE)
 

@@ -111,12 +111,29 @@ def test_manifest_under_a_linked_folder_reads_back(tmp_path: Path, monkeypatch) 
     ("file,label\na.png,NORMAL\n", "no path column"),
     ("path,label\na.png\n", "line 2: path and label must not be empty"),
     ("path,label\na.png,SICK\n", "line 2: unknown label"),
+    # a misspelt split or column would put a test film into the training pool
+    ("path,label,split\na.png,NORMAL,testing\n", "line 2: unknown split 'testing'; did you mean 'test'"),
+    ("path,label,splt\na.png,NORMAL,test\n", "unknown column in manifest .* 'splt'; did you mean 'split'"),
+    ("path,label\na.png,NORMAL\n./a.png,PNEUMONIA\n", "line 3: ./a.png is listed again \\(first on line 2\\)"),
+    ("path,label\na.png,NORMAL,test\n", "line 2: 3 values for 2 columns"),
+    ("path,label\n" + "a" * 200_000 + ",NORMAL\n", "line 2: not a readable CSV \\(field larger than field limit"),
 ])
 def test_a_malformed_manifest_is_refused_with_the_line(tmp_path: Path, text: str, reason: str) -> None:
     csv_path = tmp_path / "m.csv"
     csv_path.write_text(text)
     with pytest.raises(ValueError, match=reason):
         read_manifest(csv_path)
+
+
+def test_manifest_headers_values_and_patients_are_read_as_spelt_elsewhere(tmp_path: Path) -> None:
+    """Header case and padding do not matter, a split value is trimmed, and a patient spelt as the file name's
+    patient in another case is that patient: one child cannot sit on both sides of a split."""
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("Path, Label ,Patient,SPLIT\n"
+                        "person1000_bacteria_2931.jpeg,PNEUMONIA,Person1000, Test \n"
+                        "person1000_virus_1681.jpeg,PNEUMONIA,,train\n")
+    records = read_manifest(csv_path).records
+    assert [(r.patient, r.split) for r in records] == [("person1000", "test"), ("person1000", "train")]
 
 
 def test_a_spreadsheet_manifest_with_a_byte_order_mark_reads(tmp_path: Path) -> None:

@@ -42,6 +42,22 @@ def test_built_in_tasks_answer_through_the_task_object() -> None:
     assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
 
 
+class _FirstClassCam(Task):
+    def cam_class(self, logits: np.ndarray) -> int:
+        return 0
+
+
+@register_task("toy-first-class-cam", classes=("other", "viral"), positive="viral", cls=_FirstClassCam)
+def _toy_cam(record: Record) -> int | None:
+    return 1 if record.subtype == "virus" else 0
+
+
+def test_a_task_subclass_registered_with_cls_answers_with_its_own_rules() -> None:
+    task = get_task("toy-first-class-cam")
+    assert isinstance(task, _FirstClassCam) and task.cam_class(np.zeros(2)) == 0
+    assert get_task(TOY).cam_class(np.zeros(2)) == 1
+
+
 def test_registration_refuses_clashes_and_incoherent_tasks() -> None:
     with pytest.raises(ValueError, match="task 'pneumonia' is already registered"):
         register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)

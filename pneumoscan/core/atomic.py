@@ -1,17 +1,22 @@
 """Atomic file writes: a file appears under its final name whole or not at all.
 
-Every output the package writes (results, heatmaps, bundles, checkpoints, ONNX exports, cache indexes) goes
-through :func:`write_atomic`: the data lands in a temporary file in the same folder, is flushed to disk, and is
+Every output the package writes (results, reports, figures, manifests, heatmaps, checkpoints, ONNX exports, cache
+indexes) goes through :func:`write_atomic` (:func:`write_csv` for a table), and a bundle is built as a folder
+beside its final name (:func:`building`): the data lands in a temporary file in the same folder, is flushed to disk, and is
 renamed over the final name; the folder is then flushed too, so the rename survives a power cut. A full disk or a
 crash mid-write leaves the previous file (or none) under the final name, never a truncated one.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 Writer = Callable[[Path], object]
@@ -58,6 +63,36 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
         tmp.unlink(missing_ok=True)
     _fsync_path(path.parent, directory=True)
     return path
+
+
+def write_csv(path: Path | str, fields: Sequence[str], rows: Iterable[Mapping[str, object]],
+              errors: str = "strict") -> Path:
+    """A CSV with a header row and one row per mapping, written atomically; ``errors``: how characters UTF-8
+    cannot encode are written (``surrogateescape`` round-trips file names that are not UTF-8)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, text.getvalue().encode("utf-8", errors))
+
+
+@contextmanager
+def building(folder: Path | str) -> Iterator[Path]:
+    """A temporary folder path beside ``folder`` (the caller creates it) that takes ``folder``'s name only when the
+    block ends without an error: a bundle is whole under its name or absent, never half written. A folder already
+    under the name is moved aside first and deleted after, so at no moment is a half one there; a failed block
+    leaves the old one as it was."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    try:
+        yield tmp
+        if folder.exists():
+            os.rename(folder, aside)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _umask() -> int:

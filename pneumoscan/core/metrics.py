@@ -49,18 +49,33 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def format_figure(value: float | None, digits: int = 3) -> str:
+    """A figure for a table or a log line: ``digits`` decimals, "n/a" when undefined (None or NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
 
 
 def _as_binary(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).astype(int).ravel()
+    """Labels and scores checked before any figure is computed: a label of 0.9 would become 0 by a cast, and a
+    NaN score would count as a negative call (a failed model scored as a confident one)."""
+    labels = np.asarray(y_true).ravel()
     p = np.asarray(prob, dtype=float).ravel()
-    if y.shape != p.shape:
-        raise ValueError(f"y_true has {y.size} items but prob has {p.size}")
-    if not np.isin(y, (0, 1)).all():
+    if labels.shape != p.shape:
+        raise ValueError(f"y_true has {labels.size} items but prob has {p.size}")
+    if not np.isin(labels, (0, 1)).all():
         raise ValueError("y_true must contain only 0 and 1")
-    return y, p
+    _check_finite(p)
+    return labels.astype(int), p
+
+
+def _check_finite(prob: np.ndarray) -> None:
+    bad = int((~np.isfinite(prob)).sum())
+    if bad:
+        raise ValueError(f"{bad} of {prob.size} scores are not finite numbers (NaN or infinite): the model that "
+                         f"gave them has failed, and no figure is computed from them")
 
 
 def _has_both_classes(y: np.ndarray) -> bool:
@@ -265,8 +280,10 @@ def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
     ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0."""
     y, p = _as_binary(y_true, prob)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.digitize(p, edges[1:-1])  # [a, b) bins; 1.0 (and anything above) lands in the last bin
+    # [a, b) bins with edges k / n_bins exactly (np.linspace's 0.30000000000000004 put 0.3 in the bin below);
+    # 1.0 lands in the last bin
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    edges = np.arange(n_bins + 1) / n_bins
     counts = np.bincount(bins, minlength=n_bins)
     sum_pred = np.bincount(bins, weights=p, minlength=n_bins)
     sum_obs = np.bincount(bins, weights=y, minlength=n_bins)
@@ -369,13 +386,17 @@ def evaluate_multiclass(
     sensitivity / precision / f1 / AUC, confusion matrix, stratified bootstrap CIs for accuracy and macro AUC,
     per-class ROC curves and a reliability diagram of the decided class (its probability vs correctness).
     NaN -> None."""
-    y = np.asarray(y_true).astype(int).ravel()
+    labels = np.asarray(y_true).ravel()
     P = np.asarray(probs, dtype=float)
     n_classes = len(class_names)
-    if P.shape != (y.size, n_classes):
-        raise ValueError(f"probs must be (N, {n_classes}) for N = {y.size} labels; got {P.shape}")
-    if y.size and not np.isin(y, range(n_classes)).all():
+    if P.shape != (labels.size, n_classes):
+        raise ValueError(f"probs must be (N, {n_classes}) for N = {labels.size} labels; got {P.shape}")
+    if not labels.size:
+        raise ValueError("no labelled films to measure")
+    if not np.isin(labels, range(n_classes)).all():
         raise ValueError(f"y_true must contain class indices 0..{n_classes - 1}")
+    _check_finite(P)
+    y = labels.astype(int)
     pred = P.argmax(axis=1) if predicted is None else np.asarray(predicted).astype(int).ravel()
     if pred.shape != y.shape or not np.isin(pred, range(n_classes)).all():
         raise ValueError(f"predicted must be N = {y.size} class indices 0..{n_classes - 1}")
@@ -384,13 +405,13 @@ def evaluate_multiclass(
     roc: dict[str, dict[str, list[float]]] = {}
     for k, name in enumerate(class_names):
         is_k = y == k
-        tp, support, predicted = counts[k, k], counts[k].sum(), counts[:, k].sum()
+        tp, support, n_called = counts[k, k], counts[k].sum(), counts[:, k].sum()
         defined = _has_both_classes(is_k.astype(int))
         per_class[name] = {
             "auc": roc_auc(is_k, P[:, k]),
             "sensitivity": _ratio(tp, support),
-            "precision": _ratio(tp, predicted),
-            "f1": _ratio(2 * tp, support + predicted),
+            "precision": _ratio(tp, n_called),
+            "f1": _ratio(2 * tp, support + n_called),
             "support": int(support),
         }
         roc[name] = (

@@ -30,6 +30,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pneumoscan.core.atomic import write_atomic
 from pneumoscan.data.decode import image_info, read_gray
 
 from pneumoscan.data.pixels import DecodeError
@@ -123,11 +124,13 @@ def _size_stats(values: list[int]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def _patient_overlap(records: Sequence[Record]) -> dict[str, list[str]]:
+def shared_patients(records: Sequence[Record]) -> dict[str, list[str]]:
+    """The patients with films in two splits, for every pair of splits present ("train/test": [...], the splits
+    in train, val, test order, then any other): one child on both sides of a split leaks between them."""
     patients: dict[str, set[str]] = defaultdict(set)
     for rec in records:
         patients[rec.split].add(rec.patient)
-    present = [s for s in SPLITS if s in patients]
+    present = [s for s in SPLITS if s in patients] + sorted(set(patients) - set(SPLITS))
     return {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(present, 2)}
 
 
@@ -189,7 +192,7 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "duplicate_groups": _groups(sha.items()),
         "near_duplicate_groups": near,
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
-        "patient_overlap": _patient_overlap(records),
+        "patient_overlap": shared_patients(records),
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -259,7 +262,7 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
                 rec = picks[col]
                 cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
                 cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
-    fig.savefig(out_png, dpi=110)
+    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -297,7 +300,7 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
             grid.paste(Image.fromarray(shown).convert("RGB"), (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out_png)
+    write_atomic(out_png, lambda path: grid.save(path, format="PNG"))
     return out_png
 
 

@@ -29,11 +29,11 @@ import pydicom
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.pixels import DecodeError, TransientReadError
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
-CACHE_VERSION = 5  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 6  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600
@@ -47,7 +47,7 @@ class ImageCache:
 
     images: np.ndarray  # (N, size, size) uint8
     paths: list[str]  # row i holds paths[i]
-    errors: list[dict[str, str]]  # [{"path", "reason"}] for files that could not be decoded
+    errors: list[dict]  # [{"path", "reason"[, "transient": True]}] for files that could not be decoded
     spec: PreprocessSpec
     fingerprint: str  # the key: file list, file stats, spec, decoder versions
     checksum: str = ""  # SHA-256 of the pixels, recorded when built and checked when opened
@@ -108,11 +108,14 @@ def build_cache(
     key = fingerprint(paths, spec)
     cached = _load(cache_dir, key, spec)
     if cached is not None:
-        return cached
+        transient = sum(bool(e.get("transient")) for e in cached.errors)
+        if not transient:
+            return cached
+        logger.info("reading the cache's %d files again: their reads failed for a reason that may have passed", transient)
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
     row_bytes = spec.size * spec.size
-    bad: dict[int, str] = {}
+    bad: dict[int, tuple[str, bool]] = {}
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
     try:
         with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
@@ -120,7 +123,7 @@ def build_cache(
             # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
             for start, (block, errors) in _decode_all(paths, spec, workers or os.cpu_count() or 1):
                 os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
-                bad.update((start + k, reason) for k, reason in errors)
+                bad.update((start + k, (reason, transient)) for k, reason, transient in errors)
                 bar.advance(task, len(block))
             kept = _compact(f.fileno(), len(paths), sorted(bad), row_bytes)
             f.truncate(kept * row_bytes)
@@ -136,7 +139,8 @@ def build_cache(
             "shape": [kept, spec.size, spec.size],
             "sha256": checksum,
             "paths": [p for i, p in enumerate(paths) if i not in bad],
-            "errors": [{"path": paths[i], "reason": bad[i]} for i in sorted(bad)],
+            "errors": [{"path": paths[i], "reason": bad[i][0]} | ({"transient": True} if bad[i][1] else {})
+                       for i in sorted(bad)],
         }
         write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
     finally:
@@ -172,21 +176,21 @@ def cache_dataset(
     return records, build_cache([r.path for r in records], spec, progress=progress)
 
 
-def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Worker task: preprocessed images (zeros for unreadable ones) and (offset, reason) per failure."""
+def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str, bool]]]:
+    """Worker task: preprocessed images (zeros for unreadable ones) and (offset, reason, transient) per failure."""
     block = np.zeros((len(paths), spec.size, spec.size), np.uint8)
     errors = []
     for k, path in enumerate(paths):
         try:
             block[k] = preprocess(path, **spec.to_dict())
         except DecodeError as e:
-            errors.append((k, str(e)))
+            errors.append((k, str(e), isinstance(e, TransientReadError)))
     return block, errors
 
 
 def _decode_all(
     paths: list[str], spec: PreprocessSpec, workers: int
-) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str]]]]]:
+) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str, bool]]]]]:
     """(first row, chunk result) in completion order, with at most 2 chunks per worker in flight."""
     starts = range(0, len(paths), CHUNK)
     workers = min(workers, len(starts))

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import DecodeError
+from .pixels import TRANSIENT_ERRNOS, DecodeError, TransientReadError
 
 Source = str | Path | bytes
 
@@ -42,7 +42,8 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
         except FileNotFoundError:
             raise DecodeError("file not found") from None
         except OSError as e:
-            raise DecodeError(f"cannot read file: {e.strerror or e}") from None
+            kind = TransientReadError if e.errno in TRANSIENT_ERRNOS else DecodeError
+            raise kind(f"cannot read file: {e.strerror or e}") from None
         if not head:
             raise DecodeError("empty file (0 bytes)")
         suffix = src.suffix

@@ -17,9 +17,11 @@ import os
 import re
 import stat
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import file_kind
 from pneumoscan.core.options import look_up_option
 from . import readers
@@ -348,38 +350,92 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
     logger.debug("%s: read as the %s layout", root, chosen.name)
-    return chosen.discover(root)
+    found = chosen.discover(root)
+    _warn_left_out(root, found)
+    return found
+
+
+_QUIET_REASONS = ("hidden folder", "hidden file", "system file")  # never a film
+
+
+def _warn_left_out(root: Path, found: Discovery) -> None:
+    """One warning counting, by reason, what discovery left out inside the class folders and which folders it did
+    not search, so a film that is not read (a broken link, a .tif, a ``validation/`` folder) never leaves
+    training or evaluation silently. Hidden and system files, and loose files beside the split and class folders
+    (a README), are only listed by ``audit``."""
+    def may_hold_films(entry: dict[str, str]) -> bool:
+        path = Path(entry["path"])
+        try:
+            inside_a_class = any(part.upper() in LABELS for part in path.relative_to(root).parts[:-1])
+        except ValueError:  # not below the root: say so
+            inside_a_class = True
+        return entry["reason"] not in _QUIET_REASONS and (inside_a_class or path.is_dir())
+
+    reasons = Counter(entry["reason"] for entry in found.skipped if may_hold_films(entry))
+    if reasons:
+        counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
+        logger.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
+                       root, reasons.total(), counted, root)
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:
-    """Records from a CSV with columns ``path,label[,subtype,patient,split]``; relative paths are taken
-    relative to the CSV's folder. Missing subtype/patient are parsed from the file name."""
+    """Records from a CSV with columns ``path,label[,subtype,patient,split]`` (header names in any case); relative
+    paths are taken relative to the CSV's folder. Missing subtype/patient are parsed from the file name. Anything
+    that could move a film silently (an unknown column or split, the same file twice) is refused with its line: a
+    misspelt ``split`` value or column would otherwise put test films into the training pool."""
     csv_path = Path(csv_path)
     found = Discovery()
+    seen: dict[str, int] = {}
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark; surrogateescape: file names that are
     # not UTF-8 (an old zip's) round-trip as write_manifest wrote them
     with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
-                             f"(columns: path,label[,subtype,patient,split])")
-        for line, row in enumerate(reader, start=2):
-            if not row["path"] or not row["label"]:
-                raise ValueError(f"{csv_path}, line {line}: path and label must not be empty")
-            path = Path(row["path"])
-            if not path.is_absolute():
-                path = csv_path.parent / path
-            try:
-                rec = make_record(path, row["label"], (row.get("split") or "").lower())
-            except ValueError as e:
-                raise ValueError(f"{csv_path}, line {line}: {e}") from None
-            subtype, patient = (row.get("subtype") or rec.subtype).lower(), row.get("patient") or rec.patient
-            # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
-            if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
-                raise ValueError(f"{csv_path}, line {line}: subtype {subtype!r} does not fit label {rec.label}")
-            found.records.append(Record(str(path), rec.label, subtype, patient, rec.split))
+        reader = csv.reader(f)
+        try:
+            header = [name.strip().lower() for name in next(reader, [])]
+            missing = {"path", "label"} - set(header)
+            if missing:
+                raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
+                                 f"(columns: path,label[,subtype,patient,split])")
+            for name in header:
+                look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}")
+            if len(set(header)) < len(header):
+                raise ValueError(f"{csv_path}: a column is named twice ({','.join(header)})")
+            for values in reader:
+                line = reader.line_num
+                if len(values) > len(header):
+                    raise ValueError(f"{csv_path}, line {line}: {len(values)} values for {len(header)} columns")
+                row = {name: value.strip() for name, value in zip(header, values + [""] * len(header))}
+                found.records.append(_manifest_record(csv_path, row, line, seen))
+        except csv.Error as e:
+            raise ValueError(f"{csv_path}, line {reader.line_num}: not a readable CSV ({e})") from None
     return found
+
+
+def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[str, int]) -> Record:
+    """One manifest row as a record; ``seen`` (resolved path -> line) refuses a file listed twice."""
+    where = f"{csv_path}, line {line}"
+    if not row["path"] or not row["label"]:
+        raise ValueError(f"{where}: path and label must not be empty")
+    path = Path(row["path"])
+    if not path.is_absolute():
+        path = csv_path.parent / path
+    first = seen.setdefault(os.path.normpath(path), line)
+    if first != line:
+        raise ValueError(f"{where}: {row['path']} is listed again (first on line {first})")
+    try:
+        split = row.get("split", "").lower()
+        look_up_option(split, ("", *SPLITS), "split")
+        rec = make_record(path, row["label"], split)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    subtype = (row.get("subtype") or rec.subtype).lower()
+    patient = row.get("patient") or rec.patient
+    if patient.lower() == rec.patient.lower():  # spelt as the file name's patient, so one child is one patient
+        patient = rec.patient
+    # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
+    if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
+        raise ValueError(f"{where}: subtype {subtype!r} does not fit label {rec.label}")
+    return Record(str(path), rec.label, subtype, patient, rec.split)
 
 
 def write_manifest(records: list[Record], csv_path: Path | str) -> None:
@@ -387,12 +443,12 @@ def write_manifest(records: list[Record], csv_path: Path | str) -> None:
     is rewritten relative to the CSV's folder, which is how it is read back: between the two folders as they really
     are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk)."""
     csv_dir = os.path.realpath(Path(csv_path).parent)
-    with Path(csv_path).open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        for rec in records:
-            path = rec.path
-            if not os.path.isabs(path):  # the folder resolved, the name kept (it may be a link with a meaning)
-                folder, name = os.path.split(path)
-                path = os.path.relpath(os.path.join(os.path.realpath(folder), name), csv_dir)
-            writer.writerow({**asdict(rec), "path": path})
+
+    def row(rec: Record) -> dict[str, str]:
+        path = rec.path
+        if not os.path.isabs(path):  # the folder resolved, the name kept (it may be a link with a meaning)
+            folder, name = os.path.split(path)
+            path = os.path.relpath(os.path.join(os.path.realpath(folder), name), csv_dir)
+        return {**asdict(rec), "path": path}
+
+    write_csv(csv_path, MANIFEST_FIELDS, map(row, records), errors="surrogateescape")

@@ -7,6 +7,8 @@ one place; :mod:`pneumoscan.data.decode` picks the reader for a file.
 
 from __future__ import annotations
 
+import errno
+
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,15 @@ _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic
 
 class DecodeError(ValueError):
     """Raised with a human-readable reason (str(e)) when a file cannot be read as an X-ray."""
+
+
+class TransientReadError(DecodeError):
+    """A read that failed for a reason that may pass (an I/O error, a network file system's hiccup): a cache keeps
+    no such failure, so the film is read again next time instead of staying out of training for good."""
+
+
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.ENOMEM,
+                              errno.EBUSY})
 
 
 def too_large(width: int, height: int) -> DecodeError:

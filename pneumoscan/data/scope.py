@@ -15,6 +15,7 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import UID
 
 from .decode import Source, image_info, read_dicom_header
 
@@ -40,9 +41,9 @@ _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    """An element as stripped upper-case text; '' when absent, empty or unreadable (a damaged tag is 'not recorded',
-    and the decoder has already refused what it cannot read). Read as stored, without pydicom's conversion: its
+def _stored(ds: Dataset, keyword: str) -> str:
+    """An element as stripped text, as stored; '' when absent, empty or unreadable (a damaged tag is 'not
+    recorded', and the decoder has already refused what it cannot read). Read without pydicom's conversion: its
     warnings about a malformed value quote the value, and a birth date is the patient's."""
     try:
         element = ds.get_item(keyword)
@@ -51,7 +52,12 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = None if element is None else element.value
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    return "" if value is None else str(value).strip(" \x00").upper()
+    return "" if value is None else str(value).strip(" \x00")
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A coded element (modality, view, sex, ...) as stripped upper-case text: devices differ in case."""
+    return _stored(ds, keyword).upper()
 
 
 def _date(text: str) -> date | None:
@@ -133,9 +139,18 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
     return found
 
 
-def identifiers(ds: Dataset) -> dict[str, str | None]:
-    """The study, series and instance UIDs (None where the file lacks one): what links a result to its film."""
-    return {field: _text(ds, keyword) or None for field, keyword in IDENTIFIERS.items()}
+def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
+    """The study, series and instance UIDs, as stored (None where the file lacks one), and a warning for each that
+    is not a valid UID, which is left out (None) too: what links a result to its film, never a garbled link."""
+    found: dict[str, str | None] = {}
+    problems = []
+    for field, keyword in IDENTIFIERS.items():
+        value = _stored(ds, keyword)
+        if value and not UID(value).is_valid:
+            problems.append(f"{keyword} is not a valid DICOM UID: left out, so this result is not linked to its film")
+            value = ""
+        found[field] = value or None
+    return found, problems
 
 
 def film(ds: Dataset) -> dict[str, str | float | None]:
@@ -161,5 +176,7 @@ def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
             width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
         return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
-    found = {**identifiers(ds), **(film(ds) if facts else {})} if ds is not None else {}
-    return {**found, "warnings": scope_warnings(ds, width, height)}
+    if ds is None:
+        return {"warnings": scope_warnings(ds, width, height)}
+    uids, problems = identifiers(ds)
+    return {**uids, **(film(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems}

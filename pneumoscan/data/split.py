@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.audit import exact_duplicate_groups, shared_patients
 from pneumoscan.data.layouts import LABELS, Record, discover
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,10 @@ def _tally(records: Sequence[Record], total: int) -> dict:
 def split_summary(records: Sequence[Record]) -> dict:
     """Counts and shares per part (and for all records), plus the patients found in more than one part."""
     parts: dict[str, list[Record]] = defaultdict(list)
-    splits_of: dict[str, set[str]] = defaultdict(set)
     for rec in records:
         parts[rec.split].append(rec)
-        splits_of[rec.patient].add(rec.split)
     return {
         "all": _tally(records, len(records)),
         "parts": {name: _tally(part, len(records)) for name, part in sorted(parts.items())},
-        "shared_patients": sorted(p for p, s in splits_of.items() if len(s) > 1),
+        "shared_patients": sorted({p for ids in shared_patients(records).values() for p in ids}),
     }

@@ -112,11 +112,6 @@ def select(records: Sequence[Record], task: Task) -> tuple[list[Record], np.ndar
     return [r for r, _ in kept], np.array([t for _, t in kept], dtype=np.int64)
 
 
-def positive_probability(probs: np.ndarray, task: Task) -> np.ndarray:
-    """:meth:`Task.positive_probability`."""
-    return task.positive_probability(probs)
-
-
 def binary_targets(targets: np.ndarray) -> np.ndarray:
     """0/1 targets matching :meth:`Task.positive_probability`: every task's first class is negative, any other
     class positive."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.metrics import format_figure
 from pneumoscan.models.bundle import CARD, load_card
 from .report import figure_png, roc_figure
 
@@ -85,19 +86,16 @@ def load_run(path: Path | str) -> RunSummary:
     )
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
 
 def format_table(runs: list[RunSummary]) -> str:
     """The comparison as aligned plain text (one line per run)."""
     head = ("run", "model", "task", "n", "AUC (95% CI)", "acc", "sens", "spec", "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
-        ci = f" ({_fmt(r.auc_ci[0])}-{_fmt(r.auc_ci[1])})" if r.auc_ci[0] is not None else ""
-        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), _fmt(r.auc) + ci, _fmt(r.accuracy),
-                      _fmt(r.sensitivity), _fmt(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
-                      _fmt(r.minutes, 1)))
+        ci = f" ({format_figure(r.auc_ci[0])}-{format_figure(r.auc_ci[1])})" if r.auc_ci[0] is not None else ""
+        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), format_figure(r.auc) + ci, format_figure(r.accuracy),
+                      format_figure(r.sensitivity), format_figure(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
+                      format_figure(r.minutes, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -132,7 +130,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
 def comparison_figure(runs: list[RunSummary]):
     """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot."""
     curves = {r.run: r.roc for r in runs if r.roc["fpr"]}
-    labels = {r.run: f"{r.run} (AUC {_fmt(r.auc)})" for r in runs}
+    labels = {r.run: f"{r.run} (AUC {format_figure(r.auc)})" for r in runs}
     points, owner = {}, {}
     for r in runs:
         if r.run in curves and r.sensitivity is not None and r.specificity is not None:

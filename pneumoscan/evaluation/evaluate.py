@@ -4,10 +4,10 @@ a new operating threshold on labelled data as a new bundle (``pneumoscan thresho
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
                                      evaluate_multiclass, jsonable)
 from pneumoscan.data.cache import cache_dataset
@@ -25,7 +26,7 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_onnx_spec
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
 from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
@@ -101,11 +102,12 @@ def _weight_sources(bundle: Path) -> list[Path]:
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   validation_warning: bool = False) -> None:
+                   validation_warning: bool = False, refuse_validation: bool = False) -> None:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
-    ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about."""
+    ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
+    with ``refuse_validation``, refused too."""
     given = {os.path.realpath(r.path) for r in records}
     for bundle in map(Path, bundles):
         for path in _weight_sources(bundle):
@@ -121,7 +123,12 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                           "`export --int8 --cv` choose its thresholds on out-of-fold scores)") if path != bundle else ""
                 raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split "
                                  f"(e.g. {trained[0]}): {purpose} on films it did not train on{hint}{member}")
-            if validation_warning and any(seen.get(p) == "val" for p in given):
+            validation = sorted(p for p in given if seen.get(p) == "val")
+            if validation and refuse_validation:
+                raise ValueError(f"{len(validation)} of the films given to {purpose} are {path}'s validation films "
+                                 f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
+                                 f"{purpose} on films new to it{hint}")
+            if validation and validation_warning:
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
 
@@ -134,7 +141,16 @@ def labelled_records(
     records, cache = cache_dataset(data, spec, split, progress=True)
     readable = set(cache.paths)
     records, targets = select([r for r in records if r.path in readable], task)
+    if not records:
+        unreadable = "; ".join(f"{e['path']}: {e['reason']}" for e in cache.errors[:3])
+        raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
+                         + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
     return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+
+
+def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
+    """How a card and a report name the data a figure was measured on: ``data_name``, else DATA's name/split."""
+    return data_name or Path(data).name + (f"/{split}" if split else "")
 
 
 def labelled_images(
@@ -161,13 +177,6 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
         rows.append({"threshold": t, "rule": ", ".join(rules[t]), **{k: m[k] for k in (
             "sensitivity", "specificity", "precision", "tp", "fp", "tn", "fn")}})
     return jsonable(rows)  # an undefined rate (precision with nothing called positive) is None, not NaN
-
-
-def _write_csv(path: Path, fields: tuple[str, ...] | list[str], rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _thumbnail(image: Image.Image) -> bytes:
@@ -219,6 +228,13 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     return gallery
 
 
+def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool, two_stage: bool) -> Path:
+    """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage]/`` beside the
+    bundle, so evaluations of one bundle on different data or in different modes never overwrite each other."""
+    suffix = (f"-{split}" if split else "") + ("-tta" if tta else "") + ("-two-stage" if two_stage else "")
+    return Path(bundle).parent / f"eval-{Path(data).stem}{suffix}"
+
+
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
              etiology: Path | str | None = None) -> dict:
@@ -235,6 +251,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     threshold = predictor.threshold(tta)
     task = get_task(card.task)
     records, images, targets, errors = labelled_records(data, split, task, card.spec)
+    # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
+    check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
+                   "record an evaluation in the card" if add_to_card else "evaluate",
+                   validation_warning=True, refuse_validation=add_to_card)
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
     metrics = evaluate_probabilities(probs, targets, task, threshold)
@@ -243,7 +263,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         metrics["two_stage"], second_scores, two_stage_called = _two_stage(
             predictor, scores, records, images, targets, data, split, etiology, tta)
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
-    name = data_name or Path(data).name + (f"/{split}" if split else "")
+    name = data_label(data, split, data_name)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,9 +274,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         if etiology is not None:
             for row, p, c in zip(rows, second_scores, two_stage_called):
                 row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
-        _write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
+        write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
         table = metrics["threshold_table"]
-        _write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
+        write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
         header = {
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
             "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
@@ -278,6 +298,17 @@ def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_
     return *choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate), plain, tta
 
 
+def _warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> None:
+    """A sensitivity target is a statement about misses; with fewer than 1 / (1 - target) positives a single miss
+    is already below it, so the threshold met it on these films by chance as much as by design."""
+    if target_sensitivity is None or target_sensitivity >= 1:
+        return
+    needed = math.ceil(round(1 / (1 - target_sensitivity), 6))  # 1 / (1 - 0.9) is 10.000000000000002
+    if int(y.sum()) < needed:
+        log.warning("only %d positive films: a sensitivity of %.2f cannot be shown on fewer than %d, so this threshold "
+                    "is a guess; choose it on more labelled films", int(y.sum()), target_sensitivity, needed)
+
+
 def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: str | None = None,
                 target_sensitivity: float | None = None, max_false_positive_rate: float | None = None,
                 data_name: str | None = None) -> BundleCard:
@@ -295,8 +326,12 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     predictor = Predictor(bundle)
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
-    check_held_out([bundle], records, "choose the threshold")
+    if any(r.split == "test" for r in records):
+        raise ValueError(f"{data}: the test split measures a bundle and never chooses its threshold; choose it on "
+                         f"validation films (--split val, or a manifest of your own labelled films)")
+    check_held_out([bundle], records, "choose the threshold", validation_warning=True)
     y = binary_targets(targets)
+    _warn_if_too_few_positives(y, target_sensitivity)
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
     int8 = None
     if (bundle / INT8_NAME).exists():
@@ -305,7 +340,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
             int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:2]
         except ValueError as e:
             raise ValueError(f"INT8 model: {e}") from None
-    name = data_name or Path(data).name + (f"/{split}" if split else "")
+    name = data_label(data, split, data_name)
     policy = f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}"
     at, at_tta = binary_metrics(y, plain, threshold), binary_metrics(y, tta, tta_threshold)
     record = {
@@ -322,20 +357,15 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy
     card.threshold_records.append(record)
     # built beside OUT and renamed into place: a failure leaves no half bundle
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.copytree(bundle, tmp, symlinks=False)
-    try:
+    with building(out) as tmp:
+        shutil.copytree(bundle, tmp, symlinks=False)
         update_card(tmp, card)
         if (tmp / ONNX_NAME).exists():
             write_onnx_spec(tmp, tmp / ONNX_NAME)
         if int8 is not None:
-            sidecar = spec_path(tmp / INT8_NAME)
-            figures = json.loads(sidecar.read_text())
-            figures.update(int8_threshold=int8[0], int8_tta_threshold=int8[1], threshold_policy=policy)
-            sidecar.write_text(json.dumps(figures, indent=2))
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            figures = json.loads(spec_path(tmp / INT8_NAME).read_text())
+            write_int8_spec(tmp, figures | {"int8_threshold": int8[0], "int8_tta_threshold": int8[1],
+                                            "threshold_policy": policy})
     log.info("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
              y.size, out)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.metrics import format_figure
 from pneumoscan.models.bundle import BundleCard, load_card, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -95,15 +96,12 @@ def today() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
 
 def _with_ci(block: dict[str, Any], key: str) -> str:
     """``0.912 (0.88-0.94)`` from an evaluation record's {key: {"value", "ci"}} metrics."""
     entry = block.get(key) or {}
     lo, hi = entry.get("ci") or (None, None)
-    return _num(entry.get("value")) + (f" ({_num(lo)}-{_num(hi)})" if lo is not None and hi is not None else "")
+    return format_figure(entry.get("value")) + (f" ({format_figure(lo)}-{format_figure(hi)})" if lo is not None and hi is not None else "")
 
 
 def _model_index(card: BundleCard) -> list[dict[str, Any]]:
@@ -153,12 +151,12 @@ def _validation_section(card: BundleCard) -> str:
     m = card.val_metrics
     if not m:
         return "No validation figures were recorded for this bundle."
-    rows = "\n".join([f"| {name} | {_num(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
-                     + [f"| {name} | {_num(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m])
+    rows = "\n".join([f"| {name} | {format_figure(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
+                     + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m])
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
     return (
-        f"On the validation films of training (n = {m.get('n')}), at the threshold training chose on them "
-        f"({_num(m.get('threshold'), 4)}, {policy}):\n\n"
+        f"On the {m.get('n')} films the temperature and threshold were chosen on, at that threshold "
+        f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
         "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
@@ -174,22 +172,22 @@ def _external_section(card: BundleCard) -> str:
         name for _, _, name in CARD_METRICS[:3]) + " |\n|" + " --- |" * 7
     rows = "\n".join(
         f"| {r['date']} | {r['data']} | {r['n']} ({r['n_positive']} / {r['n_negative']}) | {r['scores']}, "
-        f"{_num(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
+        f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
         for r in card.external_evaluations
     )
     return f"{head}\n{rows}\n\nValues with 95% stratified bootstrap confidence intervals."
 
 
 def _threshold_section(card: BundleCard) -> str:
-    text = (f"In force: **{_num(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
-            f"(`--tta`): {_num(card.tta_threshold, 4)}. A film is called {card.positive} when "
+    text = (f"In force: **{format_figure(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
+            f"(`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
             f"P({card.positive}) is at or above the threshold.")
     if not card.threshold_records:
         return text
     rows = "\n".join(
-        f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {_num(r['previous_threshold'], 4)} -> "
-        f"{_num(r['threshold'], 4)} | {_num(r['tta_threshold'], 4)} | {_num(r['sensitivity'])} / "
-        f"{_num(r['specificity'])} |"
+        f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {format_figure(r['previous_threshold'], 4)} -> "
+        f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
+        f"{format_figure(r['specificity'])} |"
         for r in card.threshold_records
     )
     return (f"{text}\n\nThresholds chosen after training (`pneumoscan threshold`), newest last:\n\n"

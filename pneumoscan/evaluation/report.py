@@ -21,6 +21,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import jsonable
 
 _CSS = """
@@ -67,12 +68,8 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def png_data_url(png: bytes) -> str:
+    """PNG ``data:`` URL, for embedding a figure in HTML without separate files."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def figure_to_data_url(fig: Figure) -> str:
-    """PNG ``data:`` URL of a matplotlib figure, for embedding in HTML without separate files."""
-    return png_data_url(figure_png(fig))
 
 
 def _fmt(value: Any, name: str = "") -> str:
@@ -359,7 +356,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False).encode())
     pngs: dict[str, bytes] | None = {} if figures else None
     if metrics.get("kind") == "multiclass":
         body = _multiclass_body(metrics, pngs=pngs)
@@ -374,7 +371,7 @@ def write_report(
     if gallery:
         body += _gallery_html(gallery)
     for name, png in (pngs or {}).items():
-        (out_dir / f"{name}.png").write_bytes(png)
+        write_atomic(out_dir / f"{name}.png", png)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
@@ -385,9 +382,7 @@ def write_report(
         + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
         "For research use; not a medical device.</p></main></body></html>"
     )
-    path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_atomic(out_dir / "report.html", page.encode("utf-8"))
 
 
 def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
@@ -414,4 +409,4 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from pneumoscan.data.preprocess import PreprocessSpec
 
@@ -47,20 +46,38 @@ def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     return finished[-1]
 
 
+class LogOdds:
+    """Grad-CAM's target for class ``c``: its log-odds, ``z_c - logsumexp(z_other)``. For two classes that is
+    exactly the logit of the probability the threshold reads (softmax over two logits is the sigmoid of their
+    difference), so the map shows the evidence for the call, not for one logit alone: a region that raises both
+    logits, the other more, is no evidence for ``c``."""
+
+    def __init__(self, class_index: int) -> None:
+        self.class_index = class_index
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        others = torch.cat([output[..., : self.class_index], output[..., self.class_index + 1 :]], dim=-1)
+        return output[..., self.class_index] - torch.logsumexp(others, dim=-1)
+
+
 def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
-    """Grad-CAM of ``class_index``'s logit for one normalised input (1, 1, S, S): (S, S) float32 in [0, 1]
-    (min-max scaled, as pytorch-grad-cam does). Works inside ``torch.inference_mode`` too. An ensemble
-    (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): the mean of its members' maps, each at its own last
-    conv and brought to the input size."""
+    """Grad-CAM of ``class_index``'s log-odds (:class:`LogOdds`) for one normalised input (1, 1, S, S):
+    (S, S) float32 in [0, 1] (min-max scaled, as pytorch-grad-cam does). Works inside ``torch.inference_mode``
+    too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members' maps, each at its own last
+    conv and brought to the input size, averaged with equal weight (members' raw map scales differ by architecture)
+    and scaled to [0, 1] again, so its overlay reads on the same scale as one model's."""
     if hasattr(model, "member_inputs"):
         size = x.shape[-1]
-        return np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)], axis=0)
+        mean = np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)],
+                       axis=0)
+        low, high = float(mean.min()), float(mean.max())
+        return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
     with torch.inference_mode(False), torch.enable_grad():
         # a fresh leaf that requires grad: the map exists even when the model's weights are frozen
         x = x.detach().clone().requires_grad_(True)
         try:
             with GradCAM(model, [target_layer(model, x)]) as cam:
-                return cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])[0]
+                return cam(input_tensor=x, targets=[LogOdds(class_index)])[0]
         finally:
             model.zero_grad(set_to_none=True)
 

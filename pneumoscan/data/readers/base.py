@@ -24,10 +24,6 @@ class Reader(ABC):
     def sniff(self, head: bytes) -> bool:
         """Whether the file's first :data:`HEAD_BYTES` bytes (fewer for a short file) mark this format."""
 
-    def can_read(self, head: bytes, suffix: str) -> bool:
-        """By magic bytes, else by the name's suffix (a DICOM without its preamble carries no magic)."""
-        return self.sniff(head) or suffix.lower() in self.suffixes
-
     @abstractmethod
     def header(self, src: Path | bytes) -> dict:
         """From the header only, no pixel decoded: ``{"width", "height", "mode", "format", "quality"}``. mode is the
@@ -69,8 +65,9 @@ def reader_for(head: bytes, suffix: str = "", declared: str | None = None) -> Re
     match, else the first claiming the suffix; None when no registered reader takes it."""
     if declared is not None:
         return next((r for r in _READERS if r.name == declared), None)
+    # by suffix only when no magic matches: a DICOM without its preamble carries none
     return next((r for r in _READERS if r.sniff(head)), None) or next(
-        (r for r in _READERS if r.can_read(b"", suffix)), None
+        (r for r in _READERS if suffix.lower() in r.suffixes), None
     )
 
 

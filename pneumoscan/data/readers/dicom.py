@@ -2,6 +2,8 @@
 (the window) and MONOCHROME1's inversion, as a viewer shows the film.
 
 pydicom's messages quote element values (a patient's name, id or birth date), so its logs are redacted here.
+The reports and overlays this package writes are refused here too: they are in the film's study, and a second run
+over the same folder or PACS study must not score its own Grad-CAM overlay as a chest film.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from .base import Reader
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'"), and pairing
+# them one by one would leave the dates between the pairs in the clear.
+_QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+MANUFACTURER = "pneumoscan"  # the Manufacturer of every DICOM object this package writes (SR, Secondary Capture)
+OWN_OUTPUT = "a pneumoscan output (Grad-CAM Secondary Capture or DICOM SR), not a film"
 
 
 class DicomReader(Reader):
@@ -43,9 +49,19 @@ class DicomReader(Reader):
 
 
 def redact(text: str) -> str:
-    """``text`` with every quoted value replaced by ``'...'``: pydicom and highdicom quote element values in their
-    messages ("Invalid value for VR DA: '...'"), and the value may be a patient's name, id or birth date."""
+    """``text`` with everything from its first quote to its last replaced by ``'...'``: pydicom and highdicom
+    quote element values in their messages ("Invalid value for VR DA: '...'"), and the value may be a patient's
+    name, id or birth date."""
     return _QUOTED.sub("'...'", text)
+
+
+def is_own_output(ds: Dataset) -> bool:
+    """Whether this DICOM object is one pneumoscan wrote (its SR or Grad-CAM Secondary Capture): the one rule by
+    which decoding refuses it and a PACS study read leaves it out."""
+    try:
+        return str(ds.get("Manufacturer") or "").strip() == MANUFACTURER
+    except Exception:  # an unreadable Manufacturer is not ours: ours are written whole
+        return False
 
 
 class _RedactValues(logging.Filter):
@@ -83,6 +99,8 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
 def _header(ds: Dataset) -> tuple[int, int, str, str]:
     """(width, height, photometric interpretation, bits stored) of a single-frame image object. pydicom converts
     header values only when they are read, so every read happens here, where a damaged value becomes a reason."""
+    if is_own_output(ds):
+        raise pixels.DecodeError(OWN_OUTPUT)
     try:
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
@@ -121,9 +139,24 @@ def _pixels(ds: Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
+def _as_stored(ds: Dataset, photometric: str, bits: str) -> bool:
+    """Whether the stored values are display values already: unsigned 8-bit, with no rescale, modality LUT,
+    window or VOI LUT to map them (a scanned film or a secondary capture). Those are kept as a PNG's would be, so
+    the same pixels give the same score as DICOM, PNG or JPEG; a min-max stretch would raise their contrast."""
+    return (
+        bits == "8"
+        and int(ds.get("PixelRepresentation") or 0) == 0
+        and photometric != "PALETTE COLOR"
+        and float(ds.get("RescaleSlope", 1) or 1) == 1
+        and float(ds.get("RescaleIntercept", 0) or 0) == 0
+        and not any(k in ds for k in ("ModalityLUTSequence", "WindowCenter", "VOILUTSequence"))
+    )
+
+
 def _gray(ds: Dataset) -> np.ndarray:
-    photometric = _header(ds)[2]
+    _, _, photometric, bits = _header(ds)
     try:
+        as_stored = _as_stored(ds, photometric, bits)
         arr = _pixels(ds)
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
             # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
@@ -138,9 +171,12 @@ def _gray(ds: Dataset) -> np.ndarray:
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
         raise pixels.DecodeError(f"unsupported DICOM pixel layout {arr.shape} ({photometric})")
-    # After a window that clips both ends (every clinical chest window) min-max is the window itself; it also
-    # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
-    gray = pixels.minmax_u8(arr)
+    if as_stored:
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    else:
+        # After a window that clips both ends (every clinical chest window) min-max is the window itself; it also
+        # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
+        gray = pixels.minmax_u8(arr)
     return 255 - gray if photometric == "MONOCHROME1" else gray
 
 
