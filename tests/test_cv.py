@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import pytest
 
 from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
-from pneumoscan.data.layouts import discover
-from pneumoscan.data.split import patient_folds
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.bundle import load_card
-from pneumoscan.training.cv import fold_figures
+from pneumoscan.training.cv import cross_validate, fold_figures
+from pneumoscan.training.train import TrainConfig, train
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:
@@ -55,11 +58,18 @@ def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule(
     assert fold_figures(y, p, floor=1.0)["specificity_at_sensitivity_1"] == pytest.approx(0.75)
 
 
-def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cv"
+@pytest.fixture(scope="module")
+def finished_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A finished two-fold cv (its OUT) and the arguments that made it; tests run it again but change no fold run."""
+    out = tmp_path_factory.mktemp("finished") / "cv"
     args = ["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
             "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--youden"]
     assert main(args) == 0
+    return out, args
+
+
+def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path, finished_cv: tuple[Path, list[str]]) -> None:
+    out, args = finished_cv
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -101,3 +111,58 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset:
         assert fold["accuracy"] == pytest.approx(np.mean(probs[mine].argmax(axis=1) == truth[mine]))
         assert {"auc", "balanced_accuracy", "macro_auc"} <= fold.keys()
     assert result["summary"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in result["per_fold"]]))
+
+
+@pytest.mark.parametrize("change, said", [
+    (["--folds", "3"], "fold-0 was trained on another split ("),
+    (["--seed", "1"], "fold-0 was trained "),  # other folds, unless the seed happens to deal the same ones
+    (["--epochs", "2"], "fold-0 was trained with other settings (epochs 1 -> 2); use a new --out"),
+    (["--model", "cnn5", "--set", "augment.noise=0.1"],
+     'fold-0 was trained with other settings (model "simple_cnn" -> "cnn5", augment.noise 0.04 -> 0.1)'),
+])
+def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tuple[Path, list[str]], change: list[str],
+                                                               said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Scored as it stood, a fold trained on another split would score films it trained on as out of fold."""
+    out, args = finished_cv
+    before = {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")}
+    capsys.readouterr()
+    assert main([*args, *change]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.rstrip().endswith("use a new --out"), err
+    assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after_first_epoch(epoch: int) -> None:
+    if epoch == 0:
+        raise Crash
+
+
+def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_only(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, cfg = tmp_path / "cv", TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8,
+                                            patience=10)
+    pool, duplicates = split_pool(tiny_dataset)  # fold 1's manifest as cv writes it
+    fold_of = patient_folds(pool, 2, cfg.seed, duplicates)
+    out.mkdir()
+    manifest = out / "split-fold-1.csv"
+    write_manifest([dataclasses.replace(r, split="val" if f == 1 else "train") for r, f in zip(pool, fold_of)], manifest)
+    with pytest.raises(Crash):
+        train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(manifest)), out / "fold-1",
+              on_epoch_end=crash_after_first_epoch)
+    first = (out / "fold-1" / "history.csv").read_text().splitlines()
+    config_yaml = (out / "fold-1" / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\); use a new --out$"):
+        cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
+    assert not (out / "fold-0").exists(), "every fold is checked before any is trained"
+    assert (out / "fold-1" / "config.yaml").read_bytes() == config_yaml
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    cross_validate(tiny_dataset, cfg, 2, out)
+    assert "resuming after epoch 1" in caplog.text
+    history = (out / "fold-1" / "history.csv").read_text().splitlines()
+    assert history[:2] == first and len(history) == 1 + 2, "the interrupted fold's first epoch is kept, not trained again"
+    assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))

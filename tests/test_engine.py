@@ -6,12 +6,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
+import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from pneumoscan.cli import main
 from pneumoscan.training.callbacks import (
@@ -151,11 +156,14 @@ def test_best_weights_are_saved_on_improvement_only_and_a_run_without_them_is_re
 def test_a_checkpoint_restores_the_model_optimizer_counters_and_callback_states(tmp_path: Path) -> None:
     state = stub_state(optimizer="adam")
     stopper, hooked = EarlyStopping("val_loss", "min", 3), []
-    fit(state, [stopper, Checkpoint(tmp_path / "c.pt", [stopper], save_checkpoint), EpochHook(hooked.append)],
+    config = {"lr": 0.1, "augment": {"noise": 0.04}}
+    fit(state, [stopper, Checkpoint(tmp_path / "c.pt", [stopper], save_checkpoint, config), EpochHook(hooked.append)],
         torch.nn.functional.cross_entropy, figures([1.0, 0.5, 0.7]))
     assert hooked == [0, 1, 2]
     back, stopper2 = stub_state(optimizer="adam"), EarlyStopping("val_loss", "min", 3)
-    restore(back, load_checkpoint(tmp_path / "c.pt"), [stopper2], tmp_path / "c.pt")
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert ckpt["config"] == config, "the settings the run was made with, for --resume to check"
+    restore(back, ckpt, [stopper2], tmp_path / "c.pt")
     assert (back.epoch, back.step, back.history) == (3, 6, json.loads(json.dumps(state.history)))
     assert back.elapsed >= state.history[-1]["minutes"] * 60 - 1e-6
     assert stopper2.state_dict() == {"best": 0.5, "stale": 1}
@@ -209,7 +217,7 @@ def test_validation_sees_the_moving_average_and_training_goes_on_from_the_live_w
 def test_the_moving_average_survives_a_checkpoint(tmp_path: Path) -> None:
     state = stub_state(epochs=2)
     average = WeightAverage(state.model, 0.9)
-    fit(state, [average, Checkpoint(tmp_path / "c.pt", [average], save_checkpoint)], torch.nn.functional.cross_entropy,
+    fit(state, [average, Checkpoint(tmp_path / "c.pt", [average], save_checkpoint, {})], torch.nn.functional.cross_entropy,
         figures([1.0, 0.9]))
     back = stub_state()
     again = WeightAverage(back.model, 0.9)
@@ -217,6 +225,61 @@ def test_the_moving_average_survives_a_checkpoint(tmp_path: Path) -> None:
     for a, b in zip(average.average.state_dict().values(), again.average.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert int(again.average.n_averaged) == 4
+
+
+def test_a_diverging_run_is_refused_at_the_step_whose_loss_is_not_finite() -> None:
+    """A rate far too high: the loss overflows within the first epoch. The run stops there, naming the epoch and
+    step, before that step reaches the weights; before, it trained on and failed in sklearn at validation."""
+    torch.manual_seed(0)
+    state = stub_state(epochs=3, batches=3, lr=1e38)
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 1, step 3 \(loss inf\): lower the learning rate"):
+        fit(state, [], torch.nn.functional.cross_entropy, figures([1.0, 1.0, 1.0]))
+    assert state.step == 2 and not state.history
+    assert all(torch.isfinite(p).all() for p in state.model.parameters()), "the refused step changed no weight"
+
+
+def _rank_with_a_nan(rank: int, port: int, results: multiprocessing.Queue) -> None:
+    """One of two gloo processes training the stub model under DDP, where only rank 1's second loss is NaN: a bad
+    batch on one rank, which one rank's own check would refuse alone, leaving the other in the gradient all-reduce."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    torch.manual_seed(0)
+    state = stub_state(epochs=2, batches=3)
+    state.ctx, state.net = Dist(rank, 2), DistributedDataParallel(state.model)
+    losses: list[torch.Tensor] = []
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses.append(torch.nn.functional.cross_entropy(logits, y))
+        return losses[-1] * math.nan if rank == 1 and len(losses) == 2 else losses[-1]
+
+    try:
+        fit(state, [], loss_fn, figures([1.0, 1.0]))
+        results.put((rank, "trained on"))
+    except Exception as e:  # what each rank says, whatever it is
+        results.put((rank, f"{type(e).__name__}: {e}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_rank_with_a_nan, args=(rank, port, results)) for rank in range(2)]
+    for p in ranks:
+        p.start()
+    try:
+        said = dict(results.get(timeout=120) for _ in ranks)
+    finally:
+        for p in ranks:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert said[1] == "ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) and train again"
+    assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
+                       "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
 
 
 def test_finalize_runs_after_training_and_hands_its_bundle_on() -> None:

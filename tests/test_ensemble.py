@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,10 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
-from pneumoscan.inference.export import spec_path
-from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.models.bundle import ONNX_NAME, WEIGHTS, load_bundle, load_card
+from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
+from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
+from pneumoscan.models.bundle import CHECKSUM, ONNX_NAME, WEIGHTS, load_bundle, load_card, save_card
+from pneumoscan.training.ensemble import batched, out_of_fold
 from pneumoscan.serving.app import create_app
 
 
@@ -111,7 +115,8 @@ def test_gradcam_is_the_mean_of_the_members_maps(ensemble: Path, tiny_dataset: P
     assert [m.shape for m in maps] == [(32, 32), (64, 64)]  # each member at its own last conv and size
     cam = gradcam(predictor.model, x, 1)
     big = np.asarray(Image.fromarray(maps[0]).resize((64, 64), Image.Resampling.BILINEAR))
-    np.testing.assert_allclose(cam, (big + maps[1]) / 2, atol=1e-6)
+    mean = (big + maps[1]) / 2
+    np.testing.assert_allclose(cam, (mean - mean.min()) / (mean.max() - mean.min()), atol=1e-6)  # on one map's scale
     film = next((tiny_dataset / "test" / "PNEUMONIA").iterdir())
     overlay = explain_array(predictor, np.asarray(Image.open(film).convert("L")))
     assert overlay.shape == (64, 64) and np.isfinite(overlay).all()
@@ -146,11 +151,54 @@ def test_films_a_member_trained_on_are_refused_for_calibration(tiny_bundle: Path
 def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     other = shutil.copytree(member64, tmp_path / "pad")
-    card = json.loads((other / "bundle.json").read_text())
-    card["resize_policy"] = "pad" if card["resize_policy"] != "pad" else "squash"
-    (other / "bundle.json").write_text(json.dumps(card))
+    card = load_card(other)
+    save_card(other, dataclasses.replace(card, resize_policy="pad" if card.resize_policy != "pad" else "squash"))
     assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")]) == 2
     assert "resize_policy" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: Path) -> None:
+    """Each member's temperature, normalisation and size build the network: an edit is refused by the card's
+    checksum, and in a card without one a missing or mistyped entry is refused naming the member."""
+    card = json.loads((ensemble / "bundle.json").read_text())
+
+    def written(name: str, change, checksum: bool = True) -> Path:
+        bundle = shutil.copytree(ensemble, tmp_path / name)
+        data = copy.deepcopy(card) if checksum else {k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM}
+        change(data["model_kwargs"]["members"])
+        (bundle / "bundle.json").write_text(json.dumps(data, indent=2))
+        return bundle
+
+    with pytest.raises(ValueError, match="bundle.json is damaged"):
+        load_bundle(written("edited", lambda members: members[1].update(temperature=members[1]["temperature"] * 1.01)))
+    for i, (change, reason) in enumerate((
+        (lambda members: members[1].pop("temperature"), "model_kwargs.members: 1.temperature: field required"),
+        (lambda members: members[0].update(size="64"), "model_kwargs.members: 0.size: input should be a valid integer \\(found '64'\\)"),
+        (lambda members: members[0].update(std=0), "ensemble member 0: std is 0.0, not above 0"),
+        (lambda members: members.pop(), "must list at least two members"),
+    )):  # fmt: skip
+        with pytest.raises(ValueError, match=reason):
+            load_bundle(written(f"broken-{i}", change, checksum=False))
+
+
+def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_bundle: Path, member64: Path,
+                                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+    """The card records the ceiling, not only the (absent) sensitivity target, so export --int8 chooses the INT8
+    thresholds by it rather than by Youden's J under the ceiling's name."""
+    out = tmp_path / "fpr"
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "test",
+                 "--max-false-positive-rate", "0.5", "--out", str(out)]) == 0
+    card = load_card(out)
+    assert card.threshold_targets == (None, 0.5) and card.threshold_policy.startswith("false-positive rate <= 0.5")
+    split = tiny_bundle.parent / "split.csv"
+    assert main(["export", str(out), "--int8", "--data", str(split)]) == 0
+    int8 = Predictor(out, backend="onnx-int8")
+    images, targets, _ = labelled_images(split, "val", get_task(card.task), card.spec)
+    y, scores = binary_targets(targets), int8.positive(int8.probabilities(images))
+    expected = choose_threshold(y, scores, None, 0.5)
+    assert int8.threshold() == pytest.approx(expected, abs=SCORE_TOL)
+    assert expected != pytest.approx(choose_threshold(y, scores, None), abs=SCORE_TOL), "Youden's J differs here"
+    assert json.loads(spec_path(out / "model.int8.onnx").read_text())["threshold_policy"] == card.threshold_policy
 
 
 def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0) -> Path:
@@ -206,6 +254,61 @@ def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, 
     with pytest.raises(ValueError, match="same folds"):
         main_raising(["ensemble", "--cv", str(first), str(other), "--out", str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()
+
+
+def test_a_fold_bundle_trained_on_other_films_than_its_split_is_refused(tiny_bundle: Path, member64: Path,
+                                                                        tiny_dataset: Path, tmp_path: Path) -> None:
+    """Fold K's films are scored out of fold from split-fold-K.csv; the bundle's own run's split.csv says what it
+    trained on. Where they differ its scores could include films it trained on, so the run and fold are named."""
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    trained = cv / "fold-1" / "split.csv"
+    records = discover(trained).records
+    held_out = next(i for i, r in enumerate(records) if r.split == "val")
+    write_manifest([dataclasses.replace(r, split="train") if i == held_out else r for i, r in enumerate(records)], trained)
+    refused = rf"{cv} fold 1: its bundle was not trained on split-fold-1.csv \("
+    with pytest.raises(ValueError, match=refused + r".*validation films here were training films there"):
+        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "e")])
+    write_manifest(records[1:], trained)  # one film fewer: no leak, but not the split the manifest describes
+    with pytest.raises(ValueError, match=refused + r"1 film"):
+        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "e")])
+    trained.unlink()
+    with pytest.raises(ValueError, match=refused + r".*fold-1/split.csv is missing"):
+        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
+
+
+def _nan_when_bright(size: int) -> bytes:
+    """An ONNX graph whose logits are finite for a dark image and NaN for a bright one (the log of a negative)."""
+
+    class Bright(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = torch.log(0.2 - x.mean(dim=(1, 2, 3)))
+            return torch.stack([z, -z], dim=1)
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Bright(), (torch.zeros(1, 1, size, size),), buf, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False)
+    return buf.getvalue()
+
+
+def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_bundle: Path, member64: Path,
+                                                                          tiny_dataset: Path, tmp_path: Path) -> None:
+    """The ONNX scoring of ensemble calibration and of INT8 export refuses NaN as the Predictor does (a NaN would
+    fit a temperature and threshold on nothing), naming the member whose scores they are."""
+    nan = session(_nan_when_bright(64))
+    dark, bright = np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8)
+    with pytest.raises(NonFiniteScore) as refused:
+        batched(nan, np.stack([dark, bright, dark]))
+    assert refused.value.bad.tolist() == [False, True, False]
+    assert np.isfinite(batched(nan, dark[None])).all()
+
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
+    net, card = load_bundle(tmp_path / "ens")
+    with pytest.raises(ValueError, match=f"ensemble member {cv / 'fold-1' / 'bundle'}: the model produced a non-finite"):
+        out_of_fold(net, [cv], card, lambda i: nan if i == 1 else module_session(net.members[i], card.size))
 
 
 def main_raising(argv: list[str]) -> None:

@@ -1,14 +1,16 @@
-"""Integrity end to end: bundle files checked against the SHA-256 training recorded, non-finite scores never
-turned into labels, stale or damaged ONNX models refused, damaged image caches rebuilt, and a data fingerprint
-that covers the pixels."""
+"""Integrity end to end: bundle files and bundle.json itself checked against the SHA-256 training recorded, a
+card of the wrong shape refused with its reason, non-finite scores never turned into labels, stale or damaged ONNX
+models refused, damaged image caches rebuilt, and a data fingerprint that covers the pixels."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import logging
+import re
 import shutil
 import struct
 import warnings
@@ -23,11 +25,14 @@ from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.data.cache import build_cache, default_cache_dir
+from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import CARD, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle
+from pneumoscan.models.bundle import (
+    CARD, CHECKSUM, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, save_bundle, save_card,
+)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 
@@ -101,16 +106,107 @@ def test_training_records_the_checksums_of_weights_and_onnx(tiny_bundle: Path) -
     assert files[WEIGHTS] == "sha256:" + hashlib.sha256((tiny_bundle / WEIGHTS).read_bytes()).hexdigest()
 
 
-def test_an_edited_bundle_json_keeps_working(tiny_bundle: Path, tmp_path: Path, film: Path) -> None:
-    """The checksums cover the model files, not bundle.json: a copy with another threshold (the card rewritten
-    by hand or by save_card) still loads on both backends."""
+def test_a_card_rewritten_through_save_card_keeps_working(tiny_bundle: Path, tmp_path: Path, film: Path) -> None:
+    """A copy with another threshold, written the way pneumoscan writes cards, loads on both backends."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
-    card = json.loads((bundle / CARD).read_text())
-    card["threshold"] = 0.01
-    (bundle / CARD).write_text(json.dumps(card))
+    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.01))
     for backend in ("torch", "onnx"):
         [row] = predict_paths(bundle, [film], backend=backend)
         assert row["threshold"] == 0.01 and row["label"] == "PNEUMONIA"
+
+
+def edit_digit(bundle: Path, key: str) -> None:
+    """One digit of ``key``'s number in bundle.json changed by hand: the file stays valid JSON of the right shape."""
+    text = (bundle / CARD).read_text()
+    match = re.search(rf'"{key}": \d*\.\d*?([0-8])', text)
+    assert match, key
+    digit = match.start(1)
+    (bundle / CARD).write_text(text[:digit] + str(int(text[digit]) + 1) + text[digit + 1 :])
+
+
+@pytest.mark.parametrize("key", ["threshold", "tta_threshold", "temperature"])
+def test_one_edited_digit_in_bundle_json_is_refused_as_damaged(
+    tiny_bundle: Path, tmp_path: Path, film: Path, key: str, capsys: pytest.CaptureFixture
+) -> None:
+    """The card's threshold and temperature turn scores into labels: an edit would give confident wrong answers,
+    so bundle.json is checked against its own checksum as the weights are against theirs."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    before = getattr(load_card(bundle), key)
+    edit_digit(bundle, key)
+    assert json.loads((bundle / CARD).read_text())[key] != before
+    with pytest.raises(ValueError, match="bundle.json is damaged: the SHA-256 of its fields is"):
+        load_card(bundle)
+    for backend in ("torch", "onnx"):
+        assert cli.main(["predict", str(bundle), str(film), "--backend", backend]) == 2
+        one_line_error(capsys, "bundle.json is damaged", "pneumoscan threshold")
+    with pytest.raises(ValueError, match="bundle.json is damaged"):
+        create_app(bundle)
+
+
+def test_a_card_written_before_its_checksum_loads_with_a_warning(
+    tiny_bundle: Path, tmp_path: Path, film: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a bundle without checksums of its files: nothing says what it should hold, so it is used, with a warning."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM]
+    (bundle / CARD).write_text(json.dumps(card))
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
+        [row] = predict_paths(bundle, [film], backend="onnx")
+    assert "label" in row
+    assert "records no checksum of itself" in caplog.text and "cannot be detected" in caplog.text
+    assert caplog.text.count("records no checksum of itself") == 1, "said once, not at every read of the card"
+    save_card(bundle, load_card(bundle))  # rewritten by pneumoscan: checked from then on
+    assert CHECKSUM in json.loads((bundle / CARD).read_text())
+    edit_digit(bundle, "threshold")
+    with pytest.raises(ValueError, match="damaged"):
+        load_card(bundle)
+
+
+DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json -> words of the refusal
+    "a missing field": (lambda c: {k: v for k, v in c.items() if k != "task"}, "bundle.json: task: field required$"),
+    "a misspelt field": (lambda c: {**{k: v for k, v in c.items() if k != "threshold"}, "treshold": c["threshold"]},
+                         "unknown .*bundle.json field 'treshold'; did you mean 'threshold'"),
+    "a JSON list": (lambda c: [c], "holds a JSON list, not a bundle card"),
+    "a string for a number": (lambda c: {**c, "threshold": "0.2"}, "threshold: input should be a valid number \\(found '0.2'\\)"),
+    "a number for a string": (lambda c: {**c, "positive": 1}, "positive: input should be a valid string \\(found 1\\)"),
+    "a true for a number": (lambda c: {**c, "size": True}, "size: input should be a valid integer \\(found True\\)"),
+    "a null class list": (lambda c: {**c, "classes": None}, "classes: input should be a valid array \\(found None\\)"),
+    "a negative temperature": (lambda c: {**c, "temperature": -1.0}, "temperature is -1.0, not above 0"),
+    "a zero std": (lambda c: {**c, "std": 0}, "std is 0.0, not above 0"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CARDS)
+def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
+    tiny_bundle: Path, tmp_path: Path, film: Path, damage: str, capsys: pytest.CaptureFixture
+) -> None:
+    """BundleCard(**data) raised TypeError or AttributeError tracebacks, and a misspelt field silently took its
+    default; each is refused naming the field (here in a card without a checksum, which would refuse any edit)."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM]
+    change, reason = DAMAGED_CARDS[damage]
+    (bundle / CARD).write_text(json.dumps(change(card)))
+    with pytest.raises(ValueError, match=reason):
+        load_card(bundle)
+    assert cli.main(["predict", str(bundle), str(film)]) == 2
+    one_line_error(capsys, "bundle.json")
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda text: text[:-2], "is not a readable bundle card"),
+    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": NaN', text), "NaN is no number pneumoscan writes"),
+    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": 1e999', text), "temperature: input should be a finite number \\(found inf\\)"),
+    (lambda text: "\udcff" + text, "is not a readable bundle card"),
+], ids=["truncated", "NaN", "overflow", "not UTF-8"])
+def test_a_card_that_is_not_sound_json_is_a_one_line_reason(tiny_bundle: Path, tmp_path: Path, change, reason: str) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM]
+    (bundle / CARD).write_bytes(change(json.dumps(card)).encode("utf-8", "surrogateescape"))
+    with pytest.raises(ValueError, match=reason):
+        load_card(bundle)
 
 
 # ---------------------------------------------------------------- damaged weights
@@ -165,7 +261,7 @@ def test_a_bundle_without_checksums_loads_with_a_warning(
 ) -> None:
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
-    del card["files"]
+    del card["files"], card[CHECKSUM]  # as a bundle written before either was kept
     (bundle / CARD).write_text(json.dumps(card))
     with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
         [row] = predict_paths(bundle, [film], backend="torch")
@@ -322,7 +418,8 @@ def test_data_fingerprint_changes_when_the_pixels_change(films: list[str], tmp_p
 
 
 def test_evaluate_stops_on_nan_scores(tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
-    bundle = nan_bundle(tmp_path / "nan")
+    bundle = nan_bundle(tmp_path / "run" / "bundle")
+    write_manifest(discover(tiny_dataset).split("train"), tmp_path / "run" / "split.csv")  # test films are new to it
     assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e")]) == 2
     one_line_error(capsys, "non-finite score")
     assert not (tmp_path / "e" / "metrics.json").exists()
@@ -366,11 +463,36 @@ def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> No
         futures[1].result()
 
 
-def test_int8_model_is_checked_against_its_recorded_checksum(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The sidecar holds the thresholds INT8 scores are labelled at: checked like the model, and refused when it
+    was written before its checksum was kept (with the FP32 thresholds where a reader looks)."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
-    assert load_card(bundle).files[INT8_NAME] == file_sha256(bundle / INT8_NAME)
+    sidecar_path = spec_path(bundle / INT8_NAME)
+    files = load_card(bundle).files
+    assert files[INT8_NAME] == file_sha256(bundle / INT8_NAME) and files[sidecar_path.name] == file_sha256(sidecar_path)
     Predictor(bundle, backend="onnx-int8")
+
+    edited = copy_bundle(bundle, tmp_path, "edited")  # both INT8 thresholds moved alike: only the checksum can tell
+    sidecar = json.loads(sidecar_path.read_text())
+    moved = {k: sidecar[k] * 1.1 for k in ("threshold", "tta_threshold", "int8_threshold", "int8_tta_threshold")}
+    (edited / sidecar_path.name).write_text(json.dumps({**sidecar, **moved}, indent=2))
+    with pytest.raises(ValueError, match="model.int8.onnx.json is damaged"):
+        Predictor(edited, backend="onnx-int8")
+
+    unrecorded = copy_bundle(bundle, tmp_path, "unrecorded")  # as `export --int8` left it before the record
+    card = load_card(unrecorded)
+    save_card(unrecorded, dataclasses.replace(card, files={k: v for k, v in card.files.items() if k != sidecar_path.name}))
+    with pytest.raises(ValueError, match="model.int8.onnx.json: bundle.json records no checksum for it.*--int8"):
+        Predictor(unrecorded, backend="onnx-int8")
+
+    older = copy_bundle(bundle, tmp_path, "older")  # no checksums at all, FP32 thresholds under threshold
+    save_card(older, dataclasses.replace(load_card(older), files={}))
+    fp32 = {"threshold": card.threshold, "tta_threshold": card.tta_threshold}
+    (older / sidecar_path.name).write_text(json.dumps({**sidecar, **fp32}, indent=2))
+    with pytest.raises(ValueError, match="other thresholds under threshold and tta_threshold than its INT8 ones"):
+        Predictor(older, backend="onnx-int8")
+
     flip_one_bit(bundle / INT8_NAME, (bundle / INT8_NAME).stat().st_size - 100)
     with pytest.raises(ValueError, match="model.int8.onnx is damaged"):
         Predictor(bundle, backend="onnx-int8")

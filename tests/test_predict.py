@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -24,10 +25,12 @@ from pneumoscan.inference.predict import (
     expand_paths,
     format_results,
     predict_paths,
+    tta_probabilities,
     tta_views,
 )
+from pneumoscan.core.metrics import softmax
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import BundleCard, load_card, save_bundle
+from pneumoscan.models.bundle import BundleCard, load_card, save_bundle, save_card
 from tests.builders import SCORE_TOL, dicom_bytes
 
 
@@ -130,9 +133,7 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
     first = tmp_path / "first"
     shutil.copytree(tiny_bundle, first)
     scores = sorted(r["probability"] for r in predict_paths(first, files))
-    card = json.loads((first / "bundle.json").read_text())
-    card["threshold"] = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
-    (first / "bundle.json").write_text(json.dumps(card))
+    save_card(first, dataclasses.replace(load_card(first), threshold=(scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2))
 
     rows = predict_paths(first, files, etiology=tiny_etiology_bundle, batch_size=5)
     second = Predictor(tiny_etiology_bundle)
@@ -159,8 +160,7 @@ def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
     for src, dst, changes in ((tiny_bundle, first, {"threshold": 0.0, "source_size": None}),
                               (tiny_etiology_bundle, second, {"source_size": 700})):
         shutil.copytree(src, dst)
-        card = json.loads((dst / "bundle.json").read_text())
-        (dst / "bundle.json").write_text(json.dumps({**card, **changes}))
+        save_card(dst, dataclasses.replace(load_card(dst), **changes))
     film = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[-1]  # full size: draft decoding applies
     row = predict_paths(first, [film], etiology=second)[0]
     for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):
@@ -220,6 +220,17 @@ def test_tta_averages_deterministic_views_without_flips(tiny_bundle: Path) -> No
     np.testing.assert_allclose(tta, predictor.probabilities(images, tta=True))
     np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=SCORE_TOL)
     assert not np.allclose(tta, plain)
+    logits = [predictor.logits(v) for v in views]
+    np.testing.assert_allclose(tta, tta_probabilities(logits, predictor.card.temperature), atol=SCORE_TOL)
+
+
+def test_tta_probabilities_calibrate_each_view_then_average() -> None:
+    """The one TTA rule that training, ensembles, INT8 export and predict share: softmax of each view's logits at
+    the temperature, then the mean of the probabilities (not the softmax of the mean logits, which differs)."""
+    views = [np.array([[0.0, 6.0], [1.0, 0.0]]), np.array([[0.0, -2.0], [0.0, 3.0]])]
+    got = tta_probabilities(iter(views), 2.0)  # views may come one by one, as tta_views yields them
+    np.testing.assert_allclose(got, (softmax(views[0], 2.0) + softmax(views[1], 2.0)) / 2)
+    assert not np.allclose(got, softmax(np.mean(views, axis=0), 2.0))
 
 
 def test_cli_predict_writes_results_and_reports_failures(
@@ -276,7 +287,7 @@ def test_cli_predict_wrong_paths_and_settings_end_with_a_reason_and_status_2(
         assert cli.main(["predict", str(bundle), str(image), *extra]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and ("error:" in err), err
-    assert "must be positive" in err if problem == "batch size -1" else err.count("\n") == 1, err
+    assert "must be a positive" in err if problem == "batch size -1" else err.count("\n") == 1, err
 
 
 def test_format_results_csv_keeps_column_order_and_blanks() -> None:
@@ -291,13 +302,13 @@ def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(
 ) -> None:
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle, old)
-    card = json.loads((old / "bundle.json").read_text())
-    (old / "bundle.json").write_text(json.dumps({**card, "tta_threshold": None}))
+    card = load_card(old)
+    save_card(old, dataclasses.replace(card, tta_threshold=None))
     film = tmp_path / "film.png"
     Image.fromarray(_image(40, 40, 3)).save(film)
     with pytest.raises(ValueError, match="no threshold validated for test-time augmentation"):
         predict_paths(old, [film], tta=True)
-    assert predict_paths(old, [film])[0]["threshold"] == card["threshold"]
+    assert predict_paths(old, [film])[0]["threshold"] == card.threshold
     # the command line says why, on stderr, with exit status 2 rather than a traceback
     assert cli.main(["predict", str(old), str(film), "--tta"]) == 2
     assert "no threshold validated for test-time augmentation" in capsys.readouterr().err

@@ -15,8 +15,9 @@ from pneumoscan.core.metrics import choose_threshold
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import labelled_images
-from pneumoscan.inference.export import INT8_NAME, spec_path
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models.bundle import load_card
 from tests.builders import SCORE_TOL
 
 
@@ -53,6 +54,19 @@ def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path,
     assert sidecar["validation_images"] == len(y) and 0 <= sidecar["val_auc_int8"] <= 1
     rows = predict_paths(int8_bundle, [tiny_bundle.parent.parent], backend="onnx-int8")
     assert rows and all(r["threshold"] == sidecar["int8_threshold"] for r in rows if "error" not in r)
+
+
+def test_the_int8_sidecar_gives_the_int8_thresholds_where_onnx_users_read_them(int8_bundle: Path) -> None:
+    """An ONNX user reads ``threshold``: it must be the one validated for the INT8 scores, not FP32's, at which a film
+    between the two thresholds gets the other label."""
+    sidecar = json.loads(spec_path(int8_bundle / INT8_NAME).read_text())
+    card = load_card(int8_bundle)
+    assert (sidecar["threshold"], sidecar["tta_threshold"]) == (sidecar["int8_threshold"], sidecar["int8_tta_threshold"])
+    assert sidecar["threshold"] != card.threshold and sidecar["tta_threshold"] != card.tta_threshold
+    fp32 = json.loads(spec_path(int8_bundle / ONNX_NAME).read_text())
+    assert (fp32["threshold"], fp32["tta_threshold"]) == (card.threshold, card.tta_threshold)
+    int8 = Predictor(int8_bundle, backend="onnx-int8")
+    assert (int8.threshold(), int8.threshold(tta=True)) == (sidecar["threshold"], sidecar["tta_threshold"])
 
 
 def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_path: Path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold
 from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import build_cache
-from pneumoscan.data.layouts import discover
+from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.tasks import binary_targets, select
 from pneumoscan.data.transforms import Augment
 from pneumoscan.evaluation.evaluate import evaluate
@@ -81,10 +82,6 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 10, **extra})
     straight = train(tiny_dataset, cfg, tmp_path / "straight")
 
-    def crash_after_first_epoch(epoch: int) -> None:
-        if epoch == 0:
-            raise Crash
-
     with pytest.raises(Crash):
         train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch)
     assert not (tmp_path / "resumed" / "bundle").exists()
@@ -93,6 +90,105 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     assert len(history) == 1 + 3, "the finished epoch is kept, none is repeated or lost"
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def crash_after_first_epoch(epoch: int) -> None:
+    if epoch == 0:
+        raise Crash
+
+
+def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A changed model used to fail in load_state_dict with a RuntimeError, and a changed rate or seed went on
+    silently under a rewritten config.yaml."""
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "patience": 10})
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, run, on_epoch_end=crash_after_first_epoch)
+    config_yaml = (run / "config.yaml").read_bytes()
+    for change, said in (({"lr": 0.01}, "lr 0.003 -> 0.01"), ({"model": "cnn5"}, 'model "simple_cnn" -> "cnn5"'),
+                         ({"seed": 1, "augment": Augment(noise=0.1)}, "seed 0 -> 1, augment.noise 0.04 -> 0.1")):
+        with pytest.raises(ValueError, match=rf"it was made with other settings \({re.escape(said)}\); only epochs and "
+                                             r"time_budget may change on --resume"):
+            train(tiny_dataset, dataclasses.replace(cfg, **change), run, resume=True)
+        assert (run / "config.yaml").read_bytes() == config_yaml, "config.yaml still describes the checkpoint"
+    resumed = train(tiny_dataset, dataclasses.replace(cfg, epochs=3), run, resume=True)
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 3, "the finished epoch kept, two more trained"
+    assert load_bundle(resumed)[1].train_config["epochs"] == 3
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"] == dataclasses.asdict(dataclasses.replace(cfg, epochs=3))
+    del ckpt["config"]  # as an older version wrote it: the config.yaml its run began with speaks for it
+    train_mod.save_checkpoint(run / "checkpoint.pt", ckpt)
+    with pytest.raises(ValueError, match=r"other settings \(lr 0.003 -> 0.01\)"):
+        train(tiny_dataset, dataclasses.replace(cfg, epochs=3, lr=0.01), run, resume=True)
+    (run / "config.yaml").unlink()
+    with pytest.raises(ValueError, match="it records no training config and there is no config.yaml beside it"):
+        train(tiny_dataset, dataclasses.replace(cfg, epochs=3), run, resume=True)
+
+
+def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The same settings on other films: a manifest rewritten in place, or other data split the default way."""
+    manifest = tmp_path / "split.csv"
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    write_manifest(records, manifest)
+    cfg = TrainConfig(**{**TINY, "split_csv": str(manifest)})
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "manifest-run", on_epoch_end=crash_after_first_epoch)
+    n_val = sum(r.split == "val" for r in records)
+    moved = next(i for i, r in enumerate(records) if r.split == "train")
+    write_manifest([dataclasses.replace(r, split="val") if i == moved else r for i, r in enumerate(records)], manifest)
+    with pytest.raises(ValueError, match=rf"trained on another split \(1 film\(s\) .*; 1 of the {n_val + 1} validation "
+                                         r"films here were training films there\)"):
+        train(tiny_dataset, cfg, tmp_path / "manifest-run", resume=True)
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    with pytest.raises(Crash):
+        train(data, TrainConfig(**TINY), tmp_path / "run", on_epoch_end=crash_after_first_epoch)
+    next((data / "train" / "NORMAL").iterdir()).unlink()
+    with pytest.raises(ValueError, match=r"trained on another split \(\d+ film\(s\) "):
+        train(data, TrainConfig(**TINY), tmp_path / "run", resume=True)
+
+
+def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Validation would choose the threshold, the temperature and the epoch on a patient trained on."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    val = next(r for r in records if r.split == "val")
+    first_train = next(i for i, r in enumerate(records) if r.split == "train")
+    manifest, run = tmp_path / "split.csv", tmp_path / "run"
+    write_manifest([dataclasses.replace(r, patient=val.patient) if i == first_train else r
+                    for i, r in enumerate(records)], manifest)
+    with pytest.raises(ValueError, match=rf"1 patient\(s\) have films in both train and val \(e.g. {val.patient}\)"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), run)
+    assert not run.exists(), "refused before the run folder is made"
+    write_manifest(records, manifest)
+    assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records)
+
+
+def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_it(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle is built beside RUN/bundle and renamed into place: a finalisation killed or failed at its last
+    step leaves the earlier bundle (or none), never a half one that cv would count as a finished fold."""
+    def killed(*args) -> None:
+        raise Crash
+
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "patience": 10})
+    with pytest.raises(Crash):  # a fresh run, its last write before the bundle is complete failing
+        with monkeypatch.context() as patched:
+            patched.setattr(train_mod, "write_onnx_spec", killed)
+            train(tiny_dataset, cfg, run)
+    assert not (run / "bundle").exists() and not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    train(tiny_dataset, cfg, run, resume=True)
+    before = {p.name: p.read_bytes() for p in (run / "bundle").iterdir()}
+    longer = dataclasses.replace(cfg, epochs=2)
+    with pytest.raises(Crash):  # the run extended by an epoch, failing the same way
+        with monkeypatch.context() as patched:
+            patched.setattr(train_mod, "write_onnx_spec", killed)
+            train(tiny_dataset, longer, run, resume=True)
+    assert {p.name: p.read_bytes() for p in (run / "bundle").iterdir()} == before, "the earlier bundle, whole"
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-built bundle left beside it"
+    bundle = train(tiny_dataset, longer, run, resume=True)
+    assert load_bundle(bundle)[1].train_config["epochs"] == 2 and (bundle / "MODEL_CARD.md").is_file()
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 2, "nothing trained again, only finalised"
 
 
 def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -108,9 +204,6 @@ def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_p
     """A crash after the epoch that ended training (patience used up) must not let --resume train on."""
     cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 0})  # patience 0: stop after the first epoch
 
-    def crash_after_first_epoch(epoch: int) -> None:
-        raise Crash
-
     with pytest.raises(Crash):
         train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch)
     best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
@@ -123,11 +216,15 @@ def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_p
 def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
 ) -> None:
+    """An earlier run's best weights, bundle and checkpoint in the same folder: a new run that stops before its first
+    checkpoint must not leave them to be finalised, read beside its split.csv, or resumed under its config.yaml."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_bundle, run / "best")  # an earlier run's best weights in the same folder
+    for name in ("best", "bundle"):
+        shutil.copytree(tiny_bundle, run / name)
+    train_mod.save_checkpoint(run / "checkpoint.pt", {"epoch": 0})
     with pytest.raises(ValueError, match="fewer images than one batch"):
         train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
-    assert not (run / "best").exists() and not (run / "bundle").exists()
+    assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
 
 
 def test_the_warm_up_starts_when_the_warm_start_ends() -> None:

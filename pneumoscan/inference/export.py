@@ -4,12 +4,15 @@ The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw 
 normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
 ONNX runtime can reproduce the bundle's probabilities. The spec also records the SHA-256 of the bundle's
 weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` exported from other weights, or
-damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``.
+damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``. The INT8
+model's sidecar (``model.int8.onnx.json``) gives its own thresholds under the same keys, and bundle.json records
+the SHA-256 of both INT8 files.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -151,11 +154,9 @@ def module_session(model: torch.nn.Module, size: int) -> ort.InferenceSession:
     return session(module_onnx(model, size))
 
 
-def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
-    """``out``'s sidecar: everything besides the graph that turns a film into the bundle's label. Training
-    rewrites it once the TTA threshold is chosen, which needs the exported model first."""
-    card = load_card(bundle)
-    spec = {
+def _spec(bundle: Path | str, card: BundleCard) -> dict:
+    """Everything besides the graph that turns a film into the bundle's label, as an ONNX sidecar says it."""
+    return {
         "input": INPUT,
         "input_layout": "float32 (batch, 1, size, size) = (uint8 grayscale / 255 - mean) / std",
         "output": OUTPUT,
@@ -180,7 +181,25 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
         "opset": OPSET,
         "weights_sha256": weights_digest(bundle),
     }
-    write_atomic(spec_path(out), json.dumps(spec, indent=2).encode())
+
+
+def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
+    """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
+    which needs the exported model first."""
+    write_atomic(spec_path(out), json.dumps(_spec(bundle, load_card(bundle)), indent=2).encode())
+
+
+def write_int8_spec(bundle: Path | str, figures: dict) -> None:
+    """BUNDLE/model.int8.onnx.json: the bundle's spec with the INT8 thresholds (``figures["int8_threshold"]`` and
+    ``["int8_tta_threshold"]``) under ``threshold`` and ``tta_threshold``, the keys every reader of a sidecar reads
+    (quantisation moves the scores: at the FP32 thresholds the INT8 scores give other labels), and the rest of the
+    quantisation's ``figures``. predict and serve take their INT8 thresholds from it, so its SHA-256 goes into
+    bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
+    spec = {**figures, **_spec(bundle, load_card(bundle)), "threshold": figures["int8_threshold"],
+            "tta_threshold": figures["int8_tta_threshold"]}  # fmt: skip
+    data = json.dumps(spec, indent=2, allow_nan=False).encode()
+    path = write_atomic(spec_path(Path(bundle) / INT8_NAME), data)
+    record_checksum(bundle, path.name, "sha256:" + hashlib.sha256(data).hexdigest())
 
 
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:
@@ -235,10 +254,13 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
 
 def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     """The INT8 session and its sidecar (thresholds included); refused when the file is missing, was made from
-    other weights, or its thresholds were never chosen."""
+    other weights, its thresholds were never chosen, or either file differs from what ``export --int8`` wrote (the
+    checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels)."""
     out = Path(bundle) / INT8_NAME
+    sidecar_path = spec_path(out)
+    remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
     try:
-        sidecar = json.loads(spec_path(out).read_text())
+        sidecar = json.loads(sidecar_path.read_text())
     except (OSError, ValueError):
         sidecar = {}
     if not out.exists() or "int8_threshold" not in sidecar:
@@ -246,9 +268,13 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     if sidecar.get("weights_sha256") != weights_digest(bundle):
         raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
     card = load_card(bundle)
-    if card.files:  # a bundle that records checksums: the INT8 file must be the one quantisation wrote
-        remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
-        if INT8_NAME not in card.files:
-            raise ValueError(f"{out}: bundle.json records no checksum for it; {remedy}")
-        verify_file(bundle, card, INT8_NAME, remedy)
+    if card.files:  # a bundle that records checksums: both files must be the ones quantisation wrote
+        for name in (INT8_NAME, sidecar_path.name):
+            if name not in card.files:
+                raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
+            verify_file(bundle, card, name, remedy)
+    if [sidecar.get(k) for k in ("threshold", "tta_threshold")] != [sidecar.get(k) for k in ("int8_threshold", "int8_tta_threshold")]:
+        raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
+                         "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "
+                         f"would label INT8 scores at the FP32 thresholds; {remedy}")
     return session(out), sidecar

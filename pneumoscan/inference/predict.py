@@ -16,7 +16,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class NonFiniteScore(ValueError):
         self.bad = bad
 
 
-def _finite(scores: np.ndarray) -> np.ndarray:
+def require_finite(scores: np.ndarray) -> np.ndarray:
     """``scores`` (logits or probabilities) when every row is finite, else :class:`NonFiniteScore`: a NaN compares
     false with the threshold and would read as the negative class."""
     bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
@@ -94,9 +94,9 @@ class Predictor:
             from .export import int8_model
 
             session, sidecar = int8_model(bundle)
-            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
-            self.card = dataclasses.replace(self.card, threshold=sidecar["int8_threshold"],
-                                            tta_threshold=sidecar["int8_tta_threshold"])
+            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores, which
+            # the sidecar holds where any reader of it looks (int8_model checked them against its INT8 figures)
+            self.card = dataclasses.replace(self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"])
         if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session
 
@@ -121,14 +121,14 @@ class Predictor:
         with self.lock if self.backend == "torch" else contextlib.nullcontext():
             starts = range(0, len(images), self.batch_size)
             out = [self._run(self.inputs(images[i : i + self.batch_size])) for i in starts]
-        return _finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
+        return require_finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
 
     def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Temperature-calibrated class probabilities (N, C); with ``tta`` the mean over :data:`TTA_VIEWS`.
         :class:`NonFiniteScore` when any row is NaN or infinite."""
         if not tta:
-            return _finite(softmax(self.logits(images), self.card.temperature))
-        return _finite(np.mean([softmax(self.logits(view), self.card.temperature) for view in tta_views(images)], axis=0))
+            return require_finite(softmax(self.logits(images), self.card.temperature))
+        return require_finite(tta_probabilities((self.logits(view) for view in tta_views(images)), self.card.temperature))
 
     def finite_probabilities(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, bad): :meth:`probabilities` for the rows with finite scores (NaN in the rows of ``bad``),
@@ -195,6 +195,13 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
             interpolation=InterpolationMode.BILINEAR,
         )  # fmt: skip
         yield view[:, 0].numpy()
+
+
+def tta_probabilities(view_logits: Iterable[np.ndarray], temperature: float) -> np.ndarray:
+    """The test-time augmentation rule, written once: each view's logits calibrated (softmax at ``temperature``),
+    then the views' probabilities averaged. A TTA threshold holds only for scores computed this way, so training,
+    ensembles and INT8 export choose theirs on this, and predict and serve apply it."""
+    return np.mean([softmax(logits, temperature) for logits in view_logits], axis=0)
 
 
 def expand_paths(

@@ -4,7 +4,6 @@ resume, and a user hook."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import shown
 from pneumoscan.evaluation.report import plot_training_curves
 from .engine import Callback, State
@@ -186,11 +186,8 @@ class WeightAverage(Callback):
 
 
 def write_history(history: list[dict], run_dir: Path) -> None:
-    with (run_dir / "history.csv").open("w", newline="") as f:
-        # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
-        writer.writeheader()
-        writer.writerows(history)
+    # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
+    write_csv(run_dir / "history.csv", list(dict.fromkeys(k for row in history for k in row)), history)
     plot_training_curves(history, run_dir / "curves.png")
 
 
@@ -214,10 +211,11 @@ class History(Callback):
 
 class Checkpoint(Callback):
     """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history and best weights), with
-    the state of ``callbacks``; :func:`restore` takes it back."""
+    the state of ``callbacks`` and the run's ``config`` (its settings as plain values, which ``--resume`` checks);
+    :func:`restore` takes it back."""
 
-    def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None]) -> None:
-        self.path, self.callbacks, self.save = path, callbacks, save
+    def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None], config: dict) -> None:
+        self.path, self.callbacks, self.save, self.config = path, callbacks, save, config
 
     def on_epoch_end(self, state: State) -> None:
         if state.ctx.main:
@@ -225,7 +223,7 @@ class Checkpoint(Callback):
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
-                "history": json.dumps(state.history), "callbacks": states,
+                "history": json.dumps(state.history), "callbacks": states, "config": self.config,
             })
         state.ctx.barrier()
 

@@ -2,8 +2,9 @@
 
 One validation split of train/ is saturated for pneumonia (AUC ~0.998 leaves nothing to choose between recipes)
 and small for etiology; k folds score every film once, by a model that never saw its patient. Each fold is an
-ordinary run (``OUT/fold-K``, resumable: a fold whose bundle exists is not trained again); ``OUT/oof.csv``
-holds every film's out-of-fold probability and ``OUT/cv.json`` the per-fold and summary figures.
+ordinary run (``OUT/fold-K``, resumable: a fold whose bundle exists is not trained again, an interrupted one goes
+on from its checkpoint, and a fold run of another split or recipe is refused); ``OUT/oof.csv`` holds every film's
+out-of-fold probability and ``OUT/cv.json`` the per-fold and summary figures.
 
 Every task is scored as its positive call (AUC, specificity at sensitivity 0.97: pneumonia or not for the
 multiclass task). A multiclass task is also scored as its argmax decision, so three-class recipes are compared by
@@ -14,21 +15,23 @@ class's probability too.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, jsonable, roc_auc
-from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
-from .train import TrainConfig, train
+from pneumoscan.models.bundle import load_card
+from .train import TrainConfig, config_changes, split_change, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -50,6 +53,22 @@ def fold_summary(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]
                 "min": float(min(f[k] for f in per_fold)), "max": float(max(f[k] for f in per_fold))} for k in names}
 
 
+def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
+    """Refuse a fold run, finished or interrupted, that is not this cv's: trained on another split (another --seed or
+    --folds, other data), its "out-of-fold" films would include films it trained on; trained by another recipe, its
+    figures would be that recipe's. Only the manifest's own path (``split_csv``) may differ. A fold with neither a
+    bundle nor a checkpoint has trained nothing yet."""
+    finished = (run / "bundle" / "bundle.json").exists()
+    if not finished and not (run / "checkpoint.pt").exists():
+        return
+    if moved := split_change(run / "split.csv", planned):
+        raise ValueError(f"{run.name} was trained on another split ({moved}); use a new --out")
+    # a finished fold's bundle records what made it; an interrupted one's config.yaml (resume keeps it when refusing)
+    recorded = load_card(run / "bundle").train_config if finished else yaml.safe_load((run / "config.yaml").read_text())
+    if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
+        raise ValueError(f"{run.name} was trained with other settings ({', '.join(changes)}); use a new --out")
+
+
 def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str) -> dict:
     """Train ``folds`` runs of ``cfg``, each validated (and its threshold chosen) on one patient-grouped fold of
     everything in DATA but test/; score each fold's films with its own bundle. Returns the cv.json dict."""
@@ -59,17 +78,20 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
+    plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)] for k in range(folds)]
+    for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
+        check_fold_run(out_dir / f"fold-{k}", planned, cfg)
     per_fold, oof_rows, all_targets, all_probs = [], [], [], []
-    for k in range(folds):
+    for k, planned in enumerate(plans):
         run = out_dir / f"fold-{k}"
         manifest = out_dir / f"split-fold-{k}.csv"
-        write_manifest([dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)], manifest)
+        write_manifest(planned, manifest)
         bundle = run / "bundle"
-        if (bundle / "bundle.json").exists():
+        if (bundle / "bundle.json").exists():  # finalize renames a bundle into place whole: a finished fold
             log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
-        else:
+        else:  # an interrupted fold goes on from its last finished epoch; one never started starts from scratch
             log.info("fold %d/%d: training %s", k + 1, folds, run)
-            train(data, dataclasses.replace(cfg, split_csv=str(manifest)), run)
+            train(data, dataclasses.replace(cfg, split_csv=str(manifest)), run, resume=True)
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
         images, targets, errors = labelled_images(manifest, "val", task, predictor.card.spec)
         probs = predictor.probabilities(images)
@@ -87,15 +109,12 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
                      for r, p, row in zip(val, scores, probs, strict=True)]
         log.info("fold %d/%d: AUC %.4f, specificity at sensitivity %g: %.3f", k + 1, folds, per_fold[-1]["auc"],
                  SENSITIVITY_FLOOR, per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"])
-    with (out_dir / "oof.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, OOF_FIELDS + class_columns)
-        writer.writeheader()
-        writer.writerows(oof_rows)
+    write_csv(out_dir / "oof.csv", OOF_FIELDS + class_columns, oof_rows)
     targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
     pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs)
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
     }  # fmt: skip
-    (out_dir / "cv.json").write_text(json.dumps(jsonable(result), indent=2))
+    write_atomic(out_dir / "cv.json", json.dumps(jsonable(result), indent=2).encode())
     return result

@@ -13,6 +13,7 @@ back in ``load_state_dict``; the checkpoint callback saves and restores them by 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,19 +92,33 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def check_finite(loss: torch.Tensor, state: State) -> None:
+    """Refuse a step whose loss is not finite on any rank, before it reaches the weights: a diverged run otherwise
+    trains on NaN weights and only fails at validation, in sklearn's "Input contains NaN". Each rank computes its own
+    loss, so the verdict is all-reduced and every rank raises at the same step; one rank raising alone would leave
+    the others waiting in the gradient all-reduce of the step it never takes."""
+    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+    if state.ctx.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        value = float(loss.detach())
+        seen = f"loss {value:g}" if not math.isfinite(value) else "a loss that is not finite in another process"
+        raise ValueError(f"training diverged at epoch {state.epoch + 1}, step {state.step + 1} ({seen}): lower the "
+                         "learning rate (--lr) and train again")
+
+
 def fit(
     state: State,
     callbacks: list[Callback],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     validate: Callable[[State, np.ndarray, np.ndarray], dict],
-    before_epoch: Callable[[State], None] = lambda state: None,
 ) -> State:
     """Train from ``state.epoch`` to ``state.epochs`` unless a callback stops it; returns the state.
 
-    ``before_epoch`` seeds and reshuffles for the epoch (after ``net.train()``); ``loss_fn(logits, targets)`` is the
-    training loss, with targets as class indices or, from a mixing collate, class probabilities;
-    ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training logits are every
-    rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images."""
+    ``loss_fn(logits, targets)`` is the training loss, with targets as class indices or, from a mixing collate, class
+    probabilities; ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training
+    logits are every rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images.
+    A loss that is not finite on any rank is refused (:func:`check_finite`) before its step."""
     ctx = state.ctx
     amp = autocast(ctx.device, state.precision)
     progress = progress_bar(
@@ -116,7 +131,6 @@ def fit(
         bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch + 1, info="")
         while state.epoch < state.epochs and not state.stop:
             state.net.train()
-            before_epoch(state)
             _run(callbacks, "on_epoch_start", state)
             progress.reset(bar, total=steps_per_epoch, epoch=state.epoch + 1, info="")
             run_loss, run_correct, seen = 0.0, 0, 0
@@ -130,6 +144,7 @@ def fit(
                 with amp:
                     logits = state.net(x)
                     loss = loss_fn(logits.float(), y)
+                check_finite(loss, state)
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 state.optimizer.step()

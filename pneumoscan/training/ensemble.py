@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,16 +35,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import choose_thresholds, describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
-from pneumoscan.data.tasks import binary_targets, get_task, positive_probability
+from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import check_held_out, evaluate_probabilities, labelled_images, labelled_records
 from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
-from pneumoscan.inference.predict import tta_views
+from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
-from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member
+from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member, member_sources
+from .train import split_change
 
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
@@ -64,11 +65,24 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
 
 
 def batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input."""
+    """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input;
+    :class:`NonFiniteScore` when any is NaN or infinite, which would otherwise reach the temperature and
+    threshold fits."""
     out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1),
                                                0.0, 1.0).numpy()})[0]
            for i in range(0, len(images), batch_size)]  # fmt: skip
-    return np.concatenate(out)
+    return require_finite(np.concatenate(out))
+
+
+def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: np.ndarray) -> np.ndarray:
+    """The mean of the members' logits on ``images``; a member whose scores are not finite is named."""
+    logits = []
+    for source, sess in members:
+        try:
+            logits.append(batched(sess, images))
+        except NonFiniteScore as e:
+            raise ValueError(f"ensemble member {source}: {e}") from None
+    return np.mean(logits, axis=0)
 
 
 def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
@@ -81,31 +95,38 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
     task = get_task(card.task)
     folds = len(net.members) // len(cv_dirs)
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
+    sources = member_sources(card)
     logits, targets, views = [], [], []
     for k in range(folds):
         images, y, _ = labelled_images(cv_dirs[0] / f"split-fold-{k}.csv", "val", task, card.spec)
-        sessions = [member_session(r * folds + k) for r in range(len(cv_dirs))]
-        logits.append(np.mean([batched(sess, images) for sess in sessions], axis=0))
+        members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
+        logits.append(_mean_logits(members, images))
         targets.append(y)
-        views.append(np.stack([np.mean([batched(sess, v) for sess in sessions], axis=0) for v in tta_views(images)]))
+        views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
     return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
 
 
 def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
-    """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split, or
-    when the runs were not made on the same folds (same data and --seed), whose films then have no out-of-fold
-    score from every run."""
+    """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split,
+    when a fold's bundle was trained on other films than its split-fold-K.csv says (its run's split.csv records
+    what it trained on: its scores on the fold's films would then not all be out of fold), or when the runs were
+    not made on the same folds (same data and --seed), whose films then have no out-of-fold score from every run."""
     members: list[Path] = []
     first_folds: list[set[str]] | None = None
     for cv_dir in map(Path, cv_dirs):
         folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
         if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
             raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
+        held_out = []
         for k, path in folds:
-            if not (path / "bundle" / "bundle.json").exists() or not (cv_dir / f"split-fold-{k}.csv").exists():
-                raise ValueError(f"{cv_dir}: fold {k} has no bundle or no split-fold-{k}.csv; finish the cv run first")
-        held_out = [{os.path.realpath(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val")}
-                    for k, _ in folds]  # fmt: skip
+            manifest = cv_dir / f"split-fold-{k}.csv"
+            if not (path / "bundle" / "bundle.json").exists() or not manifest.exists():
+                raise ValueError(f"{cv_dir}: fold {k} has no bundle or no {manifest.name}; finish the cv run first")
+            planned = discover(manifest).records
+            if moved := split_change(path / "split.csv", planned):
+                raise ValueError(f"{cv_dir} fold {k}: its bundle was not trained on {manifest.name} ({moved}), so its "
+                                 "scores on the fold's films are not all out of fold; train the fold again")
+            held_out.append({os.path.realpath(r.path) for r in planned if r.split == "val"})
         if first_folds is None:
             first_folds = held_out
         elif held_out != first_folds:
@@ -157,8 +178,7 @@ def build_ensemble(
         check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
                        validation_warning=True)
     # built beside OUT and renamed into place: a failure leaves no half bundle
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with building(out) as tmp:
         save_bundle(tmp, net, card)
         try:
             export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
@@ -177,8 +197,8 @@ def build_ensemble(
         y = binary_targets(targets)
         temperature = fit_temperature(logits, targets)
         probs = softmax(logits, temperature)
-        plain = positive_probability(probs, task)
-        tta = positive_probability(np.mean([softmax(v, temperature) for v in views], axis=0), task)
+        plain = task.positive_probability(probs)
+        tta = task.positive_probability(tta_probabilities(views, temperature))
         threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
         figures = evaluate_probabilities(probs, targets, task, threshold)
         card = dataclasses.replace(
@@ -187,13 +207,11 @@ def build_ensemble(
             threshold_policy=f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}",
             val_metrics=validation_figures(figures),
             train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
+                          "max_false_positive_rate": max_false_positive_rate,
                           "combination": "mean of members' logits / their own temperatures"},
         )  # fmt: skip
         update_card(tmp, card)
         write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the temperature and thresholds chosen here
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
              figures["sensitivity"], figures["specificity"], y.size)

@@ -3,13 +3,13 @@
 Quantising moves the scores, so the INT8 model gets its own operating point: its threshold (and TTA threshold)
 is chosen again on the INT8 scores of validation films that the model did not train on, with the bundle's own
 policy (for an ensemble of cv runs, on out-of-fold INT8 scores, as its FP32 thresholds were). Both live in the
-model's sidecar (``model.int8.onnx.json``), beside the validation AUC of the FP32 and INT8 models, so that
-``predict``/``serve --backend onnx-int8`` read labels at the threshold validated for the scores they compute.
+model's sidecar (``model.int8.onnx.json``, under the keys any reader of a sidecar reads), beside the validation AUC
+of the FP32 and INT8 models, so that ``predict``/``serve --backend onnx-int8`` and other ONNX users read labels at
+the threshold validated for the scores they compute; bundle.json records the SHA-256 of the model and sidecar.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -30,8 +30,8 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import check_held_out, labelled_images, labelled_records
-from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_onnx_spec
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
+from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, member_sources
 from .ensemble import batched, cv_members, out_of_fold
@@ -98,7 +98,7 @@ def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: Bun
     # a session (and its memory arena) per use, not one per member held all along
     logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
     plain = task.positive_probability(softmax(logits, card.temperature))
-    tta = task.positive_probability(np.mean([softmax(v, card.temperature) for v in views], axis=0))
+    tta = task.positive_probability(tta_probabilities(views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([batched(session(g), calib) for g in graphs], axis=0), card.temperature))
     return binary_targets(targets), plain, tta, mean
 
@@ -135,7 +135,6 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     batches = [fp32.inputs(calib[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(calib), CALIBRATION_BATCH)]
     out = bundle / INT8_NAME
     write_atomic(out, _int8_graph(bundle / ONNX_NAME, batches))
-    write_onnx_spec(bundle, out)
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
     # the shipped graphs score the films their change is measured on last: once run, their ONNX Runtime memory
     # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
@@ -169,11 +168,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         out.unlink()
-        spec_path(out).unlink()
+        spec_path(out).unlink(missing_ok=True)  # an earlier export's, of the graph just removed
         raise ValueError(f"INT8 validation AUC {figures['val_auc_int8']:.4f} is more than 0.01 below FP32's "
                          f"{figures['val_auc_fp32']:.4f}: not written; serve this bundle with --backend onnx")
-    sidecar = spec_path(out)
-    write_atomic(sidecar, json.dumps({**json.loads(sidecar.read_text()), **figures}, indent=2).encode())
+    write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
     log.info("INT8 model %s: val AUC %.4f (FP32 %.4f), threshold %.4f", out, figures["val_auc_int8"],
              figures["val_auc_fp32"], figures["int8_threshold"])

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -26,24 +26,25 @@ import yaml
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, describe_policy, fit_temperature, roc_auc, softmax
+from pneumoscan.core.atomic import building, write_atomic
+from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
+from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
-from pneumoscan.data.tasks import Task, binary_targets, get_task, positive_probability, select
+from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.data.transforms import Augment, batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import evaluate_probabilities
-from pneumoscan.evaluation.model_card import validation_figures, write_model_card
+from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
-from pneumoscan.models.bundle import BundleCard, load_bundle, load_weights_into, save_bundle, save_card
+from pneumoscan.models.bundle import BundleCard, load_bundle, load_weights_into, save_bundle
 from .callbacks import (
     BestWeights,
     Checkpoint,
@@ -223,7 +224,14 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
         records = split_dataset(data, cfg.val_fraction, cfg.seed)
     if not {"train", "val"} <= {r.split for r in records}:
         raise ValueError("training needs records in both a 'train' and a 'val' split")
-    return [r for r in records if r.split in ("train", "val")]
+    records = [r for r in records if r.split in ("train", "val")]
+    # the threshold, the temperature and early stopping are chosen on val: on a patient trained on, they would
+    # rest on films the model has all but seen (the default split and cv's folds keep each patient on one side)
+    if cfg.split_csv and (shared := shared_patients(records)["train/val"]):
+        raise ValueError(f"{shown(cfg.split_csv)}: {len(shared)} patient(s) have films in both train and val (e.g. "
+                         f"{shown(shared[0])}), so validation would choose the threshold on patients trained on; "
+                         "keep each patient's films in one split (`pneumoscan split` writes such a manifest)")
+    return records
 
 
 def stream_seed(seed: int, *keys: int) -> int:
@@ -309,11 +317,83 @@ def load_checkpoint(path: Path) -> dict | None:
         raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); delete it to start over") from None
 
 
+_ABSENT = object()
+
+
+def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
+    """``cfg``'s settings that differ from a recorded config (``dataclasses.asdict`` of one, as a checkpoint,
+    bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
+    settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed."""
+    old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
+    return _changes({k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in new.items() if k not in ignore})
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changes = []
+    for key in dict.fromkeys([*old, *new]):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key} " + " -> ".join("unset" if v is _ABSENT else json.dumps(v) for v in (a, b)))
+    return changes
+
+
+def split_change(manifest: Path, records: Sequence[Record]) -> str | None:
+    """How the train and val films of ``records`` differ from those of a run's split.csv (``manifest``), or None
+    when they are the same films on the same sides. Paths are compared resolved: split.csv holds them relative to
+    the run's folder."""
+    if not manifest.is_file():
+        return f"{shown(manifest)} is missing, so nothing says which films it was trained on"
+
+    def sides(recs: Sequence[Record]) -> dict[str, str]:
+        return {os.path.realpath(r.path): r.split for r in recs if r.split in ("train", "val")}
+
+    old, new = sides(discover(manifest).records), sides(records)
+    if old == new:
+        return None
+    moved = sum(old.get(p) != new.get(p) for p in old.keys() | new.keys())
+    leaked = sum(old.get(p) == "train" for p, side in new.items() if side == "val")
+    seen = f"; {leaked} of the {sum(s == 'val' for s in new.values())} validation films here were training films there"
+    return f"{moved} film(s) on the other side or in only one of the two" + (seen if leaked else "")
+
+
+# what --resume may change: when the run ends, not what it learns from or how, so a run can be extended (more
+# epochs, a longer time budget). Any other change would go on training a run made one way as if it had been made
+# another, and its bundle and config.yaml would then describe neither.
+RESUMABLE = ("epochs", "time_budget")
+
+
+def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Dist) -> dict | None:
+    """The checkpoint ``--resume`` continues (None: start from scratch), refused when it was made by other
+    settings than ``cfg`` (besides :data:`RESUMABLE`) or on other films than ``records`` (RUN/split.csv, which
+    belongs to the checkpoint: :func:`prepare_run_dir`). Refused before the run folder is touched, so its
+    config.yaml stays that of the checkpoint; every rank gets rank 0's verdict, so all refuse together."""
+    ckpt = ctx.from_main(load_checkpoint(path) if ctx.main else None)
+    if ckpt is None:
+        return None
+    recorded = ckpt.get("config")
+    if recorded is None:  # an older version's checkpoint: the settings its run wrote to config.yaml when it began
+        config_yaml = path.parent / "config.yaml"
+        recorded = ctx.from_main(yaml.safe_load(config_yaml.read_text()) if ctx.main and config_yaml.is_file() else None)
+    if recorded is None:
+        raise ValueError(f"cannot resume from {shown(path)}: it records no training config and there is no "
+                         "config.yaml beside it, so nothing shows it was made with these settings; delete it to start over")
+    if changes := config_changes(recorded, cfg, RESUMABLE):
+        raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
+                         f"only {' and '.join(RESUMABLE)} may change on --resume: give its settings again, or train "
+                         "into a new --out")
+    if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
+        raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
+                         "data and split again, or train into a new --out")
+    return ckpt
+
+
 def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:
     """Loss (class-weighted like the training loss, so the two curves share a scale), accuracy, AUC, sensitivity
     and specificity at 0.5."""
     probs = softmax(logits)
-    pos = positive_probability(probs, task)
+    pos = task.positive_probability(probs)
     y = binary_targets(targets)
     m = binary_metrics(y, pos, 0.5)
     auc = roc_auc(y, pos)
@@ -353,17 +433,21 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
+    """A folder holds one run: a run that does not resume clears an earlier one's best weights, bundle and checkpoint,
+    which would otherwise be finalised, read beside this run's split.csv (the held-out checks, cv) or resumed under
+    this run's config.yaml and split.csv, should it stop before its first checkpoint."""
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (resume and (run_dir / "checkpoint.pt").exists()):  # another run's best weights must not be finalised
+        if not (resume and (run_dir / "checkpoint.pt").exists()):
             shutil.rmtree(run_dir / "best", ignore_errors=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            shutil.rmtree(run_dir / "bundle", ignore_errors=True)
+            (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
 
 
-def load_data(data: Path | str, cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
-    """Split (RUN/split.csv), the training files' source, the image cache (built once per machine), datasets,
-    loaders and class weights."""
-    records = split_records(data, cfg)
+def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
+    """The split's records (kept as RUN/split.csv), the training files' source, the image cache (built once per
+    machine), datasets, loaders and class weights."""
     if ctx.main:
         write_manifest(records, run_dir / "split.csv")
     source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
@@ -443,10 +527,70 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Ca
         index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
         val = epoch_metrics(logits, d.val_set.targets[index], task, d.class_weights)
         run_logits, run_targets = gather(ctx, run_logits, run_targets)
-        train_auc = roc_auc(binary_targets(run_targets), positive_probability(softmax(run_logits), task))
+        train_auc = roc_auc(binary_targets(run_targets), task.positive_probability(softmax(run_logits)))
         return {"train_auc": train_auc, **{f"val_{k}": v for k, v in val.items()}}
 
     return validate
+
+
+def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist, imagenet: bool,
+                    resumed: dict | None) -> tuple[float, float]:
+    """The weights training starts from: a bundle's (``cfg.init``), then on a fresh run the warm start of an ImageNet
+    or new classifier, then which layers train. Returns the run's start (``perf_counter``: the time budget covers
+    the warm start too) and the seconds the warm start took (a resumed run's own)."""
+    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []  # classifier tensors that start untrained
+    if ctx.main and cfg.init is not None:
+        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+    # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
+    model.to(ctx.device, memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    # a bundle's own trained head is kept, not refitted
+    if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
+        warm_start(model, d, cfg, ctx)
+    # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
+    warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
+    # from scratch, or a bundle of one of the small models (they have no stages): train it all
+    transfer = imagenet or cfg.init is not None
+    registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
+    return t0, warm_s
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
+                   warm_s: float) -> tuple[torch.optim.Optimizer, list[Callback], float]:
+    """The optimiser of the trainable layers and its schedule (:func:`recipe`), at the rate scaled linearly with the
+    processes, which it returns too; a time budget the warm start used up is refused."""
+    params, lr, global_batch = [p for p in model.parameters() if p.requires_grad], cfg.lr * ctx.world, cfg.batch_size * ctx.world
+    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
+    if budget_s is not None and budget_s <= warm_s:
+        raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
+                         "nothing was left to train")
+    optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
+    if ctx.main:
+        log.info(
+            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} process(es) "
+            f"on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
+            f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
+        )
+    return optimizer, schedule, lr
+
+
+def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, run_dir: Path,
+                   schedule: list[Callback], trackers: list[Callback],
+                   on_epoch_end: Callable[[int], None] | None) -> tuple[list[Callback], list[Callback]]:
+    """The run's callbacks in hook order (savers before :class:`Checkpoint`, trackers after :class:`Finalize`), and
+    those whose state a checkpoint keeps besides the model and the optimiser."""
+    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
+                      *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
+    best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
+                       f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first")
+    average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
+    stateful = [*schedule, best, *average, *trackers]
+    # the checkpoint keeps the settings too: --resume refuses to go on under others (resume_from)
+    checkpoint = Checkpoint(run_dir / "checkpoint.pt", stateful, save_checkpoint, dataclasses.asdict(cfg))
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average, checkpoint,
+                 *([EpochHook(on_epoch_end)] if on_epoch_end else []),
+                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
+    return callbacks, stateful
 
 
 def train(
@@ -460,52 +604,22 @@ def train(
 ) -> Path:
     """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
 
+    ``resume`` continues RUN_DIR/checkpoint.pt when there is one (:func:`resume_from`), else starts from scratch.
     ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
     ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
     """
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
     torch.manual_seed(cfg.seed)
     model, imagenet = build_model(cfg, task, ctx)
+    records = split_records(data, cfg)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    resumed = resume_from(checkpoint_path, cfg, records, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []
     prepare_run_dir(run_dir, cfg, resume, ctx)
-    d = load_data(data, cfg, task, ctx, run_dir)
-    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []  # classifier tensors that start untrained
-    if ctx.main and cfg.init is not None:
-        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
-    # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
-    model = model.to(ctx.device, memory_format=torch.channels_last)
-    checkpoint_path = run_dir / "checkpoint.pt"
-    resumed = ctx.from_main(load_checkpoint(checkpoint_path) if resume and ctx.main else None)
-    t0 = time.perf_counter()  # the time budget covers the warm start too
-    # a bundle's own trained head is kept, not refitted
-    if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
-        warm_start(model, d, cfg, ctx)
-    # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
-    warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
-    # from scratch, or a bundle of one of the small models (they have no stages): train it all
-    transfer = imagenet or cfg.init is not None
-    registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
-    params, lr, global_batch = [p for p in model.parameters() if p.requires_grad], cfg.lr * ctx.world, cfg.batch_size * ctx.world
-    budget_s = cfg.time_budget * 60 if cfg.time_budget else None
-    if budget_s is not None and budget_s <= warm_s:
-        raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
-                         "nothing was left to train")
-    optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
-    if ctx.main:
-        log.info(
-            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} process(es) "
-            f"on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
-            f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
-        )
-    card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
-                      *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
-    best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
-                       f"({len(d.train_set)} for {global_batch}) or the time budget ran out first")
-    average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
-    stateful = [*schedule, best, *average, *trackers]  # what a checkpoint keeps besides the model and the optimiser
-    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
-                 Checkpoint(checkpoint_path, stateful, save_checkpoint), *([EpochHook(on_epoch_end)] if on_epoch_end else []),
-                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
+    d = load_data(records, cfg, task, ctx, run_dir)
+    t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, resumed)
+    optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
+    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, on_epoch_end)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
     if resumed is not None:
@@ -520,7 +634,8 @@ def train(
 
 def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
-    report."""
+    report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
+    no half bundle, which cv would take for a finished fold."""
     val_set, val_rows, val_loader, fingerprint = d.val_set, d.val_rows, d.val_loader, d.fingerprint
     model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
@@ -532,24 +647,24 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     temperature = fit_temperature(logits, targets)
     probs = softmax(logits, temperature)
     y = binary_targets(targets)
-    threshold = choose_threshold(y, positive_probability(probs, task), cfg.target_sensitivity)
     policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
-    metrics = evaluate_probabilities(probs, targets, task, threshold)
-    card = dataclasses.replace(
-        card, threshold=float(threshold), threshold_policy=policy, temperature=float(temperature),
-        data_fingerprint=fingerprint, train_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
-        val_metrics=validation_figures(metrics),
-    )
-    save_bundle(bundle_dir, model, card)
-    export_onnx(bundle_dir)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
-    # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
-    predictor = Predictor(bundle_dir, cfg.eval_batch_size, backend="onnx")
-    tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
-    card = predictor.card  # as export left it: bundle.json now records model.onnx's checksum too
-    card.tta_threshold = choose_threshold(y, tta_scores, cfg.target_sensitivity)
-    save_card(bundle_dir, card)
-    write_model_card(bundle_dir, card)
-    write_onnx_spec(bundle_dir, bundle_dir / ONNX_NAME)
+    card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=fingerprint,
+                               train_config=json.loads(json.dumps(dataclasses.asdict(cfg))))
+    with building(bundle_dir) as tmp:
+        save_bundle(tmp, model, card)
+        export_onnx(tmp)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
+        # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
+        predictor = Predictor(tmp, cfg.eval_batch_size, backend="onnx")
+        tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
+        threshold, tta_threshold = choose_thresholds(y, task.positive_probability(probs), tta_scores,
+                                                     cfg.target_sensitivity, None)
+        metrics = evaluate_probabilities(probs, targets, task, threshold)
+        card = dataclasses.replace(  # as export left it: bundle.json now records model.onnx's checksum too
+            predictor.card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
+            val_metrics=validation_figures(metrics),
+        )
+        update_card(tmp, card)
+        write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the thresholds chosen here
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
         "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
@@ -557,6 +672,6 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     log.info(
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
         f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
-        f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {card.tta_threshold:.4f}"
+        f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {tta_threshold:.4f}"
     )
     return bundle_dir
