@@ -13,9 +13,13 @@ import socket
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import highdicom as hd
 import httpx
@@ -33,10 +37,12 @@ from pydicom.uid import generate_uid
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.fhir import build_observation
+from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.bundle import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -194,6 +200,55 @@ def test_pydicom_log_records_are_redacted(film: np.ndarray, caplog: pytest.LogCa
     assert "Invalid value for VR DA: '...'" in caplog.text and "Sekrit" not in caplog.text
 
 
+def test_redaction_hides_values_that_hold_quotes_themselves() -> None:
+    text = "Unable to convert '['20190317', '20190318']' to 'DA' object"  # highdicom on a two-valued birth date
+    assert "2019" not in redact(text) and redact(text).startswith("Unable to convert '...'")
+
+
+# A patient or study attribute a report copies, malformed: (changes, the keyword the refusal names, values that must
+# never appear in an answer, a warning or a results file).
+MALFORMED = {
+    "two birth dates": ({"PatientBirthDate": "20190317\\20190318"}, "PatientBirthDate", ("20190317", "20190318")),
+    "a birth date that is none": ({"PatientBirthDate": "19xx0317"}, "PatientBirthDate", ("19xx0317",)),
+    "two names": ({"PatientName": "Roewyn^Annika\\Poelle^Beatrix"}, "PatientName", ("Roewyn", "Poelle", "Beatrix")),
+    "two patient ids": ({"PatientID": "MRN-77\\MRN-88"}, "PatientID", ("MRN-77", "MRN-88")),
+    "two study dates": ({"StudyDate": "20210101\\20210102"}, "StudyDate", ("20210101", "20210102")),
+    "two referring physicians": ({"ReferringPhysicianName": "Quuxley^Al\\Zedmore^Bo"}, "ReferringPhysicianName",
+                                 ("Quuxley", "Zedmore")),
+    "a made-up SOP class": ({"SOPClassUID": "1.2.3"}, "SOPClassUID", ()),
+    "two study UIDs": ({"StudyInstanceUID": "1.2\\1.3"}, "StudyInstanceUID", ()),
+    "two series UIDs": ({"SeriesInstanceUID": "1.2\\1.3"}, "SeriesInstanceUID", ()),
+}  # fmt: skip
+
+
+def malformed_dicom(film: np.ndarray, case: str) -> bytes:
+    with pydicom.config.disable_value_validation():  # the values a damaged or careless system writes
+        return chest_dicom(film, **MALFORMED[case][0])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
+def test_predict_names_a_malformed_attribute_and_writes_the_other_reports(tiny_bundle: Path, film: np.ndarray,
+                                                                          tmp_path: Path) -> None:
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for i, case in enumerate(MALFORMED):
+        (folder / f"{i}.dcm").write_bytes(malformed_dicom(film, case))
+    (folder / "good.dcm").write_bytes(chest_dicom(film))
+    out = tmp_path / "r.csv"
+    args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--backend", "torch", "--heatmaps",
+            str(tmp_path / "h"), "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir")]
+    assert cli.main(args) == 0  # every film scored: a report that cannot be made is a warning, not a failure
+    rows = {Path(r["path"]).stem: r for r in csv.DictReader(out.open())}
+    for i, (case, (_, keyword, _)) in enumerate(MALFORMED.items()):
+        row = rows[str(i)]
+        assert not row["dicom_sr"] and row["fhir"] and row["probability"], case
+        assert f"no DICOM SR written: the source DICOM's {keyword} is malformed" in row["warnings"], case
+    assert rows["good"]["dicom_sr"] and rows["good"]["dicom_heatmap"]
+    written = [out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())]
+    for _, _, secrets in MALFORMED.values():
+        assert not any(secret in text for secret in secrets for text in written)
+
+
 def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Path, film: np.ndarray,
                                                                   tmp_path: Path) -> None:
     """pydicom and highdicom quote a malformed value in their warnings and logs; in a fresh process (its own
@@ -201,7 +256,7 @@ def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Pa
     secret = "Sekrit"
     with pydicom.config.disable_value_validation():  # write the malformed values a real file may hold
         # one component: highdicom warns that it is "unlikely to represent the intended person name", quoting it
-        bad_name = chest_dicom(film, PatientName=secret * 20, PatientID=secret * 20, PatientAge=secret)
+        bad_name = chest_dicom(film, PatientName=secret * 10, PatientID=secret * 10, PatientAge=secret)
         bad_date = chest_dicom(film, PatientName=secret + "^Jane", PatientBirthDate=secret)
     (tmp_path / "a.dcm").write_bytes(bad_name)
     (tmp_path / "b.dcm").write_bytes(bad_date)
@@ -214,7 +269,8 @@ def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Pa
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
-    assert rows["a.dcm"]["dicom_sr"] and "no DICOM SR written: Unable to convert '...'" in rows["b.dcm"]["warnings"]
+    assert rows["a.dcm"]["dicom_sr"]
+    assert "no DICOM SR written: the source DICOM's PatientBirthDate is malformed" in rows["b.dcm"]["warnings"]
     for text in (run.stdout, run.stderr, out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())):
         assert secret not in text
 
@@ -231,8 +287,9 @@ def _text_items(item: Dataset, meaning: str) -> list[str]:
     return [i.TextValue for i in item.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
 
 
-def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bundle: Path) -> None:
-    """Every field of the report against the source film and the reading."""
+def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bundle: Path,
+             warnings: list[str]) -> None:
+    """Every field of the report against the source film and the reading (``warnings``: its scope warnings)."""
     card = load_card(bundle)
     sr = hd.sr.ComprehensiveSR.from_dataset(sr_ds)
     assert sr.SOPClassUID == hd.sr.ComprehensiveSR.from_dataset(sr_ds).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
@@ -263,6 +320,7 @@ def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bu
         assert _text_items(item, "Algorithm Name") == [card.model_id]
         assert _text_items(item, "Algorithm Version") == [version]
     assert _text_items(sr_ds, "Device Observer Name") == [card.model_id]  # the observer is the model
+    assert _text_items(group_item, "Comment") == [f"scope warning: {w}" for w in warnings]  # beside the finding
     [image] = group.source_images
     assert image.referenced_sop_instance_uid == source.SOPInstanceUID
     assert image.referenced_sop_class_uid == source.SOPClassUID
@@ -278,7 +336,8 @@ def test_predict_writes_sr_and_heatmap_sc_in_the_films_study(
     rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     for key in ("in_scope", "lateral_adult"):
         row, source = rows[films[key].name], pydicom.dcmread(films[key])
-        check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle)
+        check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle,
+                 row["warnings"])
         sc = pydicom.dcmread(row["dicom_heatmap"])
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == source.StudyInstanceUID
         assert sc.PatientName == source.PatientName and sc.SeriesInstanceUID not in (
@@ -296,6 +355,36 @@ def test_sr_refuses_a_film_without_its_uids(tiny_bundle: Path, film: np.ndarray,
 
     write_reports([row], tiny_bundle, sr_dir=tmp_path / "sr")
     assert "dicom_sr" not in row and "no StudyInstanceUID: a report cannot reference it" in row["warnings"][-1]
+
+
+def test_a_row_that_cannot_be_reported_gets_the_reason_and_the_others_are_written(
+    tiny_bundle: Path, films: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = predict_paths(tiny_bundle, [films["in_scope"], films["lateral_adult"]])
+    failure = "etiology stage: file not found"  # what predict_paths records when the second stage cannot read it
+    rows[0]["error"] = failure
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    assert not {"fhir", "dicom_sr"} & rows[0].keys()
+    assert rows[0]["warnings"] == [f"no FHIR Observation written: no result to report: {failure}",
+                                   f"no DICOM SR written: no result to report: {failure}"]
+    assert Path(rows[1]["fhir"]).is_file() and Path(rows[1]["dicom_sr"]).is_file()
+
+
+def test_a_report_cut_short_leaves_no_file_behind(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:
+    """A write that fails part-way (a file-size limit standing in for a full disk) ends the run with its reason and
+    leaves nothing under a report's name for a PACS to import."""
+    script = ("import resource, signal, sys\n"
+              "from pneumoscan import cli\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # the write fails with EFBIG, as on a full disk
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    run = subprocess.run(
+        [sys.executable, "-c", script, "predict", str(tiny_bundle), str(films["in_scope"]), "--backend", "torch",
+         "--dicom-sr", str(tmp_path / "sr")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 2 and "File too large" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert list((tmp_path / "sr").iterdir()) == []
 
 
 def test_reports_are_refused_for_an_etiology_model(tiny_etiology_bundle: Path, films: dict, tmp_path: Path,
@@ -376,7 +465,7 @@ def test_api_dicom_sr(client: TestClient, film: np.ndarray, tiny_bundle: Path) -
     r = post(client, data, format="dicom-sr")
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
-             reading["label"], tiny_bundle)
+             reading["label"], tiny_bundle, reading["warnings"])
 
 
 def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.ndarray, tiny_bundle: Path) -> None:
@@ -390,6 +479,96 @@ def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.nda
     assert {p.StudyInstanceUID for p in parts} == {source.StudyInstanceUID}
     height, width = read_gray(data, target=load_card(tiny_bundle).spec.decode_target).shape  # as the model read it
     assert parts[1].pixel_array.shape == (height, 3 * width, 3)  # original | heatmap | blend
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_api_refuses_a_report_on_a_malformed_attribute_naming_it_never_quoting_it(
+    client: TestClient, film: np.ndarray, case: str
+) -> None:
+    _, keyword, secrets = MALFORMED[case]
+    data = malformed_dicom(film, case)
+    assert post(client, data).status_code == 200  # the reading itself stands
+    for heatmap in ("false", "true"):  # the Secondary Capture copies the same attributes
+        r = post(client, data, format="dicom-sr", heatmap=heatmap)
+        assert r.status_code == 422 and f"{keyword} is malformed" in r.json()["error"], r.text
+        assert not any(secret in r.text for secret in secrets)
+
+
+def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClient, film: np.ndarray,
+                                                                 tiny_bundle: Path) -> None:
+    data = chest_dicom(film, Modality="CT", BodyPartExamined="KNEE", ViewPosition="LL", PatientAge="035Y")
+    reading = post(client, data).json()
+    assert len(reading["warnings"]) == 4
+    r = post(client, data, format="dicom-sr")
+    check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
+             reading["label"], tiny_bundle, reading["warnings"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
+@pytest.mark.parametrize("uid", ["not a uid", "1.2." + "3" * 70, "1.2.03"])
+def test_an_invalid_uid_is_left_out_with_a_warning_and_no_sr_is_filed_with_it(client: TestClient, film: np.ndarray,
+                                                                              uid: str) -> None:
+    with pydicom.config.disable_value_validation():
+        data = chest_dicom(film, StudyInstanceUID=uid)
+    warning = "StudyInstanceUID is not a valid DICOM UID: left out, so this result is not linked to its film"
+    body = post(client, data).json()
+    assert body["study_instance_uid"] is None and body["warnings"] == [warning]
+    fhir = post(client, data, format="fhir").json()
+    assert "derivedFrom" not in fhir and [n["text"] for n in fhir["note"]] == [f"scope warning: {warning}"]
+    r = post(client, data, format="dicom-sr")
+    assert r.status_code == 422 and "StudyInstanceUID is malformed" in r.json()["error"]
+    for text in (json.dumps(body), json.dumps(fhir)):  # in no case, in no answer
+        assert uid.upper() not in text.upper()
+
+
+def test_a_uid_is_reported_as_stored(film: np.ndarray) -> None:
+    study = generate_uid()
+    with pydicom.config.disable_value_validation():
+        data = chest_dicom(film, StudyInstanceUID=study + " ")
+    found = describe(data)  # padded to an even length by some writers
+    assert found["study_instance_uid"] == study and found["warnings"] == []
+
+
+def test_a_header_highdicom_still_refuses_is_a_422_with_a_reason(client: TestClient, film: np.ndarray) -> None:
+    data = chest_dicom(film, SOPClassUID="1.2.840.10008.1.1")  # a SOP class, but no image's: highdicom has no IOD
+    r = post(client, data, format="dicom-sr")
+    assert r.status_code == 422 and "the DICOM report could not be built from this film's header" in r.json()["error"]
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"format": "fhir", "heatmap": "true"}, "heatmap=true goes with format=json or dicom-sr"),
+    ({"format": "fhir", "heatmap": "map"}, "heatmap=map goes with format=json"),
+    ({"format": "dicom-sr", "heatmap": "map"}, "heatmap=map goes with format=json"),
+    ({"format": "fhir", "image": "true"}, "image=true goes with format=json"),
+    ({"format": "dicom-sr", "image": "true", "heatmap": "true"}, "image=true goes with format=json"),
+])  # fmt: skip
+def test_api_refuses_options_the_answer_has_no_place_for(client: TestClient, film: np.ndarray, params: dict,
+                                                          words: str) -> None:
+    r = post(client, chest_dicom(film), **params)
+    assert r.status_code == 422 and words in r.json()["error"]
+
+
+def test_pneumoscan_outputs_are_refused_as_films(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path,
+                                                 client: TestClient) -> None:
+    """A second run over the films' folder finds the first run's reports and overlays there: it must neither score
+    its own Grad-CAM overlay as a chest film nor file a report on it."""
+    folder = films["in_scope"].parent
+    base = ["predict", str(tiny_bundle), str(folder), "--backend", "torch", "--dicom-sr", str(folder / "sr")]
+    assert cli.main([*base, "--heatmaps", str(tmp_path / "h1"), "--out", str(tmp_path / "r1.json")]) == 0
+    made = sorted(p.name for p in (folder / "sr").iterdir())
+    assert made == ["a_in_scope.heatmap.dcm", "a_in_scope.sr.dcm", "b_lateral_adult.heatmap.dcm",
+                    "b_lateral_adult.sr.dcm"]
+    assert cli.main([*base, "--heatmaps", str(tmp_path / "h2"), "--out", str(tmp_path / "r2.json")]) == 1
+    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "r2.json").read_text())}
+    assert {name: rows[name].get("error") for name in made} == dict.fromkeys(made, OWN_OUTPUT)
+    assert all("probability" not in rows[name] for name in made)
+    assert sorted(p.name for p in (folder / "sr").iterdir()) == sorted(
+        [*made, "a_in_scope-2.heatmap.dcm", "a_in_scope-2.sr.dcm", "b_lateral_adult-2.heatmap.dcm",
+         "b_lateral_adult-2.sr.dcm"])  # reports on the films only
+    for name in made:  # the service refuses them too
+        r = post(client, (folder / "sr" / name).read_bytes())
+        assert r.status_code == 422 and OWN_OUTPUT in r.json()["error"]
 
 
 def test_api_fhir(client: TestClient, film: np.ndarray, data_root: Path, tiny_bundle: Path) -> None:
@@ -502,12 +681,64 @@ def test_pacs_reads_a_study_and_stores_its_reports(
             0].ReferencedSOPInstanceUID
         row = rows[sop]
         assert sr_ds.SOPInstanceUID in row["stored"]
-        check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle)
+        check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle, row["warnings"])
     # a second run does not read the reports and overlays it stored as films
     assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json")]) == 0
     assert {r["sop_instance_uid"] for r in json.loads((tmp_path / "again.json").read_text())} == sources.keys()
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
+
+
+@contextmanager
+def paged_qido(upstream: str, page: int) -> Iterator[str]:
+    """A DICOMweb front on ``upstream`` that answers a QIDO-RS instance search ``page`` results at a time, with
+    the Warning header DICOM prescribes when more remain (as large archives do); other requests pass through."""
+
+    where = urlsplit(upstream)
+    root = f"{where.scheme}://{where.netloc}"
+
+    class Front(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            query = dict(parse_qsl(parts.query))
+            paged = parts.path.endswith("/instances")
+            if paged:
+                query["limit"] = str(min(page, int(query.get("limit", page))))
+            url = f"{root}{parts.path}" + (f"?{urlencode(query)}" if query else "")
+            answer = httpx.get(url, headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=30)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            if paged and len(answer.json() or []) == page:
+                self.send_header("Warning", "299 pneumoscan-test: there are additional results")
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{where.path}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path, film: np.ndarray,
+                                                 tmp_path: Path) -> None:
+    study = generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(5)]
+    for data in uploads:
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    with paged_qido(f"{orthanc}/dicom-web", page=2) as url:
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
+                         "--backend", "torch"]) == 0
+    assert {r["sop_instance_uid"] for r in json.loads(out.read_text())} == {
+        pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in uploads}
 
 
 def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
-import json
 import shutil
 import struct
 import tempfile
@@ -25,7 +25,7 @@ from PIL import Image
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.bundle import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.builders import SCORE_TOL, dicom_bytes, free_port, start_serve, wait_healthy
@@ -81,9 +81,7 @@ def upload(client: TestClient, data: bytes, content_type: str = "image/jpeg", na
 def with_threshold(bundle: Path, threshold: float, out: Path) -> Path:
     """A copy of ``bundle`` whose card says ``threshold`` (to force either branch of the second stage)."""
     shutil.copytree(bundle, out)
-    card = json.loads((out / "bundle.json").read_text())
-    card["threshold"] = threshold
-    (out / "bundle.json").write_text(json.dumps(card))
+    save_card(out, dataclasses.replace(load_card(out), threshold=threshold))  # as `pneumoscan threshold` does
     return out
 
 

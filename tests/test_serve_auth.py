@@ -219,3 +219,31 @@ def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkey
         cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "empty")]))
     with pytest.raises(SystemExit):
         parse(["serve", "b", "--max-queue", "0"])
+
+
+def test_access_rules_from_the_serve_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
+    (tmp_path / "key").write_text(" from-the-file-0123456789 \n")
+    assert Access.from_options(tmp_path / "key").api_key == "from-the-file-0123456789"  # the file wins
+    assert Access.from_options(None, ["a.org,b.org", " c.org "]) == Access(KEY, ("a.org", "b.org", "c.org"))
+    monkeypatch.delenv("PNEUMOSCAN_API_KEY")
+    assert Access.from_options() == Access()  # no key, loopback only
+    (tmp_path / "blank").write_text(" \n")
+    with pytest.raises(ValueError, match="is empty"):  # a blank key file must not mean "no key"
+        Access.from_options(tmp_path / "blank")
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--max-upload-mb", "inf"), ("--max-upload-mb", "nan"), ("--body-timeout", "inf"), ("--header-timeout", "-inf"),
+    ("--port", "65536"), ("--port", "-1"), ("--port", "http"),
+])  # fmt: skip
+def test_serve_refuses_numbers_it_cannot_use(option: str, value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["serve", "b", option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}" in err and "Traceback" not in err
+
+
+def test_serve_takes_any_port_from_0_to_65535() -> None:
+    parse = cli.build_parser().parse_args
+    assert [parse(["serve", "b", "--port", p]).port for p in ("0", "65535")] == [0, 65535]

@@ -16,9 +16,9 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from pneumoscan.data.readers.dicom import is_own_output
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
-from .sr import MANUFACTURER
 
 log = logging.getLogger(__name__)
 _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
@@ -27,6 +27,19 @@ _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
 def _value(item: dict, tag: str) -> str:
     values = item.get(tag, {}).get("Value") or [""]
     return str(values[0])
+
+
+def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
+    """Every instance of the study, page after page: a PACS may cap a QIDO-RS answer (a Warning header says more
+    remain) and give the rest from an offset. A page with no instance not seen before ends the search, so a server
+    that ignores the offset and repeats its answer cannot keep it going for ever."""
+    found: dict[str, dict] = {}
+    while True:
+        page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found))
+        new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
+        if not new:
+            return list(found.values())
+        found.update(new)
 
 
 def predict_study(
@@ -42,7 +55,7 @@ def predict_study(
     # a busy PACS (503, 429, ...) or a dropped connection is tried 3 times over ~3 s, not 5 times over ~30 s
     client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
     try:
-        found = client.search_for_instances(study_instance_uid=study_uid)
+        found = _instances(client, study_uid)
         if not found:
             raise ValueError(f"study {study_uid} not found at {url} (QIDO-RS returned no instances)")
         with tempfile.TemporaryDirectory(prefix="pneumoscan-pacs-") as tmp:
@@ -51,7 +64,7 @@ def predict_study(
             for item in found:
                 series, sop = _value(item, _SERIES), _value(item, _SOP)
                 ds = client.retrieve_instance(study_uid, series, sop)
-                if "PixelData" not in ds or ds.get("Manufacturer") == MANUFACTURER:  # reports, our own overlays
+                if "PixelData" not in ds or is_own_output(ds):  # reports, our own overlays: not films
                     continue
                 path = films / f"{sop}.dcm"
                 ds.save_as(path, enforce_file_format=True)

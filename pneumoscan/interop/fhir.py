@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from fhir.resources.R4B.observation import Observation
 
-from .sr import check_result, finding_present
+from .sr import check_result, finding_present, scope_notes
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
@@ -70,7 +70,7 @@ def build_observation(result: dict, model_name: str, model_version: str) -> Obse
     if derived:
         body["derivedFrom"] = derived
     if result.get("warnings"):
-        body["note"] = [{"text": f"scope warning: {w}"} for w in result["warnings"]]
+        body["note"] = [{"text": note} for note in scope_notes(result)]
     return Observation.model_validate(body)
 
 

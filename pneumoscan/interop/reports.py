@@ -1,36 +1,44 @@
 """``pneumoscan predict --dicom-sr DIR --fhir DIR``: each result row written as a DICOM SR (plus the Grad-CAM overlay
-as a Secondary Capture when heatmaps were made) and as a FHIR Observation, the file names recorded in the row."""
+as a Secondary Capture when heatmaps were made) and as a FHIR Observation, the file names recorded in the row.
+
+The report builders (:mod:`.sr`, :mod:`.fhir`) are imported when reports are written: the model's identity is also
+what the web service states, and it need not load highdicom and fhir.resources for it."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from pneumoscan.core.atomic import write_atomic
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.models.bundle import load_card
-from . import fhir, sr
 
 log = logging.getLogger(__name__)
 
 
+def model_version(bundle: Path | str) -> str:
+    """The version every result states (web answers, SR, FHIR): a prefix of the sha256 of the bundle's weights, so a
+    result can be traced to the bundle that made it."""
+    return f"sha256:{weights_digest(bundle)[:12]}"
+
+
 def model_identity(bundle: Path | str) -> tuple[str, str]:
-    """(name, version) as reports and the web service state them: the model id and its weights' sha256 prefix."""
-    return load_card(bundle).model_id, f"sha256:{weights_digest(bundle)[:12]}"
+    """(name, version) as reports and the web service state them: the model id and :func:`model_version`."""
+    return load_card(bundle).model_id, model_version(bundle)
 
 
 def _write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
     """``folder/stem+suffix``, or ``stem-2+suffix``...: a report never replaces a file (films of the same name may
-    come from different folders)."""
+    come from different folders), and appears whole or not at all (:func:`write_atomic`), so a full disk leaves no
+    truncated report for a PACS to import."""
     n = 1
     while True:
         path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
         try:
-            with path.open("xb") as f:
-                f.write(data)
-            return path
+            return write_atomic(path, data, exclusive=True)
         except FileExistsError:
             n += 1
 
@@ -45,9 +53,12 @@ def check_reportable(bundle: Path | str) -> None:
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None
 ) -> None:
-    """For every readable row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
+    """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
-    A JPEG/PNG has no study to file an SR in: it gets a warning instead."""
+    A row that cannot be reported (a JPEG/PNG has no study to file an SR in; a row with an ``error``; a malformed
+    header) gets a warning saying why instead, and the other rows are still written."""
+    from . import fhir, sr
+
     check_reportable(bundle)
     card = load_card(bundle)
     name, version = model_identity(bundle)
@@ -60,8 +71,11 @@ def write_reports(
         reading = {**row, "positive": card.positive, "task": card.task}
         stem = Path(row["path"]).stem
         if fhir_dir is not None:
-            text = fhir.observation_json(reading, name, version)
-            row["fhir"] = str(_write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
+            try:
+                text = fhir.observation_json(reading, name, version)
+                row["fhir"] = str(_write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
+            except ValueError as e:  # an error row, a result that fails FHIR validation
+                row.setdefault("warnings", []).append(f"no FHIR Observation written: {e}")
         if sr_dir is None:
             continue
         try:
@@ -69,12 +83,11 @@ def write_reports(
             if source is None:
                 row.setdefault("warnings", []).append("not a DICOM file: no DICOM SR written (it has no study to join)")
                 continue
-            row["dicom_sr"] = str(_write_new(Path(sr_dir), stem, ".sr.dcm",
-                                             sr.dicom_bytes(sr.build_sr(source, reading, name, version))))
-            if row.get("heatmap"):
-                png = Path(row["heatmap"]).read_bytes()
-                sc = sr.build_heatmap_sc(source, png, name, version)
-                row["dicom_heatmap"] = str(_write_new(Path(sr_dir), stem, ".heatmap.dcm", sr.dicom_bytes(sc)))
-        except ValueError as e:  # a DecodeError, a film without its UIDs, a malformed patient attribute, ...
+            png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
+            made = sr.report_files(source, reading, png, name, version)
+            row["dicom_sr"] = str(_write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
+            if len(made) > 1:
+                row["dicom_heatmap"] = str(_write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
+        except ValueError as e:  # a DecodeError, an error row, a film without its UIDs, a malformed attribute, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     log.info("wrote reports for %d results", sum("probability" in row for row in rows))

@@ -3,27 +3,38 @@ Capture image, both in the source film's study with its patient module, so a PAC
 
 The report says: finding "pneumonia" present or absent (the model's label at its threshold), the calibrated
 probability, the threshold, the model's name and version (the algorithm identification of every item), and the
-source image it was read from. It is written unverified and incomplete (``VerificationFlag UNVERIFIED``): a
-reading by software awaiting a radiologist.
+source image it was read from, and each scope warning as a TEXT item beside the finding. It is written unverified
+(``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist.
+
+The patient and study attributes copied into both objects are checked here first (one value, of the form their VR
+allows): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a ValueError.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import highdicom as hd
 import numpy as np
 from PIL import Image
+from pydicom import config
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import UID
+from pydicom.valuerep import validate_value
 
-from pneumoscan.data.readers.dicom import keep_dicom_values_out_of_logs
+from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.tasks import get_task, list_tasks
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
-MANUFACTURER = "pneumoscan"
+log = logging.getLogger(__name__)
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 THRESHOLD = Code("threshold", "99PNEUMOSCAN", "Decision threshold")  # no standard code: a private scheme
@@ -33,14 +44,52 @@ _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 # which real films (anonymised ones most of all) often lack.
 _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
+PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
+
+
+def _malformed(source: Dataset, keyword: str) -> str | None:
+    """Why ``keyword``'s value cannot be copied into a report (None when it can), in words that never quote the
+    value: it may be the patient's name or birth date, and the reason reaches an HTTP answer or a results file."""
+    try:
+        element = source[keyword] if keyword in source else None
+        value = None if element is None else element.value
+    except Exception:
+        return "unreadable"
+    if value is None or value == "":
+        return None
+    if element.VM > 1:
+        return "more than one value"
+    vr = dictionary_VR(keyword)
+    try:
+        validate_value(vr, str(value), config.RAISE)
+    except Exception:
+        return f"not a valid {vr} value"
+    text = str(value).strip()
+    if keyword == "SOPClassUID" and UID(text).type != "SOP Class":
+        return "not a DICOM SOP class"
+    if keyword == "PatientSex" and text not in PATIENT_SEXES:
+        return f"not one of {', '.join(PATIENT_SEXES)}"
+    return None
 
 
 def _checked_source(source: Dataset) -> Dataset:
     """The source header, refused when it does not say which study, series and instance it is (a report could not
-    be filed with it); a copy with absent type 2 patient/study attributes added empty, as the standard allows."""
+    be filed with it) or when an attribute the report copies is malformed (named, never quoted); a copy with absent
+    type 2 patient/study attributes added empty, as the standard allows."""
     missing = [k for k in _REFERENCE_KEYWORDS if not str(source.get(k, "") or "").strip()]
     if missing:
         raise ValueError(f"the source DICOM has no {', '.join(missing)}: a report cannot reference it")
+    for keyword in (*_REFERENCE_KEYWORDS, *_TYPE2_KEYWORDS):
+        why = _malformed(source, keyword)
+        if why is not None:
+            raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
+    try:
+        charsets = source.get("SpecificCharacterSet") or []
+        known = all(term in python_encoding for term in ([charsets] if isinstance(charsets, str) else charsets))
+    except Exception:
+        known = False
+    if not known:
+        raise ValueError("the source DICOM's SpecificCharacterSet names a character set DICOM does not define")
     source = copy.deepcopy(source)
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in source:
@@ -63,46 +112,74 @@ def finding_present(result: dict) -> bool:
     return result["label"] == result["positive"]
 
 
+def scope_notes(result: dict) -> list[str]:
+    """The result's scope warnings as every report states them (SR TEXT items, FHIR notes), so a reader of the
+    report sees each one the JSON answer lists."""
+    return [f"scope warning: {w}" for w in result.get("warnings") or []]
+
+
+@contextmanager
+def _library_refusal() -> Iterator[None]:
+    """highdicom's and pydicom's refusals as a ValueError that names no value. The source was checked before
+    (:func:`_checked_source`), so this is the last line: their TypeError, KeyError or ValueError would otherwise
+    end a request with a 500 or a whole predict run, and their messages quote patient values."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as e:
+        log.warning("the DICOM report could not be built: %s: %s", type(e).__name__, redact(str(e)))
+        raise ValueError(f"the DICOM report could not be built from this film's header (a {type(e).__name__} in "
+                         "highdicom or pydicom; its message, redacted, is in the log)") from None
+
+
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
-    task``) on ``source`` (the film's header; pixels are not needed)."""
+    task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed)."""
     source = _checked_source(source)
     check_result(result)
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
-    unit = codes.UCUM.NoUnits
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="pneumonia"),
-        finding_type=PNEUMONIA,
-        algorithm_id=algorithm,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Chest)],
-        measurements=[
-            hd.sr.Measurement(name=codes.DCM.Probability, value=float(result["probability"]), unit=unit,
-                              algorithm_id=algorithm),
-            hd.sr.Measurement(name=THRESHOLD, value=float(result["threshold"]), unit=unit, algorithm_id=algorithm),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=PNEUMONIA, value=codes.SCT.Present if finding_present(result) else codes.SCT.Absent
-            )
-        ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-    )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=model_name, manufacturer_name=MANUFACTURER, model_name=model_version
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=CHEST_XRAY,
-        imaging_measurements=[group],
-    )
-    return hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, series_description="pneumoscan",
-        is_complete=True, is_final=False, is_verified=False,
-    )  # fmt: skip
+    with _library_refusal():
+        algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
+        unit = codes.UCUM.NoUnits
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="pneumonia"),
+            finding_type=PNEUMONIA,
+            algorithm_id=algorithm,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Chest)],
+            measurements=[
+                hd.sr.Measurement(name=codes.DCM.Probability, value=float(result["probability"]), unit=unit,
+                                  algorithm_id=algorithm),
+                hd.sr.Measurement(name=THRESHOLD, value=float(result["threshold"]), unit=unit,
+                                  algorithm_id=algorithm),
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=PNEUMONIA, value=codes.SCT.Present if finding_present(result) else codes.SCT.Absent
+                )
+            ],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        )
+        # highdicom's TID 1501 takes coded evaluations only: each warning is a free-text Comment in the group,
+        # beside the finding it qualifies
+        group[0].ContentSequence.extend(
+            hd.sr.TextContentItem(name=codes.DCM.Comment, value=note,
+                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            for note in scope_notes(result)
+        )
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=hd.UID(), name=model_name, manufacturer_name=MANUFACTURER, model_name=model_version
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=CHEST_XRAY,
+            imaging_measurements=[group],
+        )
+        return hd.sr.ComprehensiveSR(
+            evidence=[source], content=report[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, series_description="pneumoscan",
+            is_complete=True, is_final=False, is_verified=False,
+        )  # fmt: skip
 
 
 def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str) -> hd.sc.SCImage:
@@ -111,17 +188,30 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     source = _checked_source(source)
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
-    return hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        patient_orientation=("L", "F"), series_description="pneumoscan Grad-CAM overlay",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-    )  # fmt: skip
+    with _library_refusal():
+        return hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+            patient_orientation=("L", "F"), series_description="pneumoscan Grad-CAM overlay",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )  # fmt: skip
 
 
 def dicom_bytes(ds: Dataset) -> bytes:
     """A DICOM object as a Part 10 file."""
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    with _library_refusal():
+        ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
+                 model_version: str) -> list[bytes]:
+    """The SR of one result, then with ``overlay_png`` its Secondary Capture, as Part 10 files: what the web service
+    answers and ``predict --dicom-sr`` writes. A ValueError with a reason that quotes no value when the film's
+    header cannot make a report."""
+    parts = [dicom_bytes(build_sr(source, result, model_name, model_version))]
+    if overlay_png is not None:
+        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version)))
+    return parts

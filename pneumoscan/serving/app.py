@@ -24,7 +24,7 @@ from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore, Predictor, check_stages
 
 from .batching import Stage
-from .formats import ERRORS, Health, Prediction, ServiceInfo, data_url, gray_png, report
+from .formats import ERRORS, Health, Prediction, ServiceInfo, check_options, data_url, gray_png, report
 from .guard import Access, Guard
 from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
@@ -150,7 +150,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related
         body of the SR and the overlay as a Secondary Capture; ``fhir``, a FHIR R4 Observation. 503 with
         Retry-After when the service is full. ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
-        ``image=true`` the decoded film (the page shows DICOM films with it)."""
+        ``image=true`` the decoded film (the page shows DICOM films with it); both only with the JSON answer
+        (422 otherwise)."""
+        check_options(format, heatmap, image)
         lanes = [("prediction", limits.max_queue)] + ([("heatmap", limits.heatmap_queue)] if heatmap else [])
         admitted: list[str] = []
         try:
@@ -179,8 +181,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
                 same = target == main.card.spec.decode_target
                 gray = image if same else await in_lane(gone, decode_slots, decoders, decode_upload, data, target, dicom)
                 etiology_result = await second.predict(gray)
-            raw = heatmap == "map" and format == "json"  # a report carries the overlay a reader can see
-            png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image, raw) if heatmap else None
+            png = await in_lane(gone, heatmap_slots, painters, heatmap_png, image, heatmap == "map") if heatmap else None
             # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
             shown = await in_lane(gone, decode_slots, decoders, decode_upload, data, MAX_PANEL, dicom) if want_image else None
         finally:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
-from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
+from pneumoscan.interop.reports import model_version
 
 from .formats import ModelInfo, StageResult
 
@@ -81,7 +81,7 @@ class Stage:
         self.predictor = Predictor(bundle, backend=backend)
         self.batcher = Batcher(self.predictor)
         self.card = self.predictor.card
-        self.version = f"sha256:{weights_digest(bundle)[:12]}"
+        self.version = model_version(bundle)
 
     def info(self) -> ModelInfo:
         c = self.card

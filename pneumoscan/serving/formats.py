@@ -106,6 +106,20 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def check_options(fmt: str, heatmap: bool | str, image: bool) -> None:
+    """Refuse an option the chosen format has no place for: it would cost a Grad-CAM or a decode and be dropped,
+    and the client would not know it was."""
+    if fmt == "json":
+        return
+    if image:
+        raise Rejected(422, f"image=true goes with format=json: a {fmt} answer carries no decoded film")
+    if heatmap == "map":
+        raise Rejected(422, "heatmap=map goes with format=json: a report carries the overlay a reader can see "
+                            "(format=dicom-sr&heatmap=true)")
+    if heatmap and fmt == "fhir":
+        raise Rejected(422, "heatmap=true goes with format=json or dicom-sr: a FHIR Observation carries no image")
+
+
 def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str) -> Response:
     """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation."""
     from pneumoscan.interop import fhir, sr
@@ -115,11 +129,9 @@ def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None,
         if fmt == "fhir":
             return Response(fhir.observation_json(reading, model, version), media_type="application/fhir+json",
                             headers=headers)
-        source = read_dicom_header(data, dicom)
-        parts = [sr.dicom_bytes(sr.build_sr(source, reading, model, version))]
-        if png is not None:
-            parts.append(sr.dicom_bytes(sr.build_heatmap_sc(source, png, model, version)))
-    except ValueError as e:  # a DecodeError, a source without its UIDs, a model that does not read pneumonia
+        parts = sr.report_files(read_dicom_header(data, dicom), reading, png, model, version)
+    except ValueError as e:  # a DecodeError, a source without its UIDs or with a malformed attribute, a model that
+        # does not read pneumonia, highdicom's refusal: each with a reason that quotes no patient value
         raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)

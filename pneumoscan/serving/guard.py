@@ -6,7 +6,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +19,7 @@ logger = logging.getLogger(__name__)
 # Sent with every response: no MIME sniffing of a JSON error into HTML, no URL (with its query) leaked onwards.
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+API_KEY_ENV = "PNEUMOSCAN_API_KEY"  # the key when no key file is named
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,22 @@ class Access:
             raise ValueError("the API key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
         if not self.allowed_hosts:
             raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
+
+    @classmethod
+    def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
+                     cors_origins: Sequence[str] = ()) -> Access:
+        """The rules as ``serve`` is given them. The key: ``api_key_file``'s text, stripped (an empty file is
+        refused: serving it would mean serving without a key while the operator believes one is set), else
+        ``$PNEUMOSCAN_API_KEY``, else none. ``allowed_hosts``: names, each item possibly a comma-separated list;
+        none given means loopback only."""
+        if api_key_file is not None:
+            key: str | None = Path(api_key_file).read_text().strip()
+            if not key:
+                raise ValueError(f"the API key file {api_key_file} is empty")
+        else:
+            key = os.environ.get(API_KEY_ENV) or None
+        hosts = tuple(h.strip() for item in allowed_hosts for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
+        return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins))
 
 
 class Guard:
