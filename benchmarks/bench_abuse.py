@@ -52,7 +52,8 @@ GOAL_PEAK_MB, GOAL_HEALTH_P99_S = 2048, 1.0
 
 def tiny_bundle(directory: Path) -> Path:
     """A simple_cnn bundle trained for one epoch on 48 synthetic 64 px images."""
-    from pneumoscan.training.train import TrainConfig, train
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
 
     rng = np.random.default_rng(0)
     for label in ("NORMAL", "PNEUMONIA"):

@@ -18,7 +18,8 @@ from pathlib import Path
 from pneumoscan.core.logs import configure
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.training.train import TrainConfig, train
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models import registry
 from pneumoscan.training.engine import autocast
-from pneumoscan.training.train import Dist, TrainConfig, build_model, recipe
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distributed import Dist
+from pneumoscan.training.train import build_model, recipe
 
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 

@@ -22,7 +22,7 @@ from pneumoscan.data.tasks import list_tasks
 if TYPE_CHECKING:
     from pneumoscan.serving.guard import Access
     from pneumoscan.serving.limits import Limits
-    from pneumoscan.training.train import TrainConfig
+    from pneumoscan.training.config import TrainConfig
 
 console = Console()
 log = logging.getLogger("pneumoscan.cli")
@@ -47,7 +47,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         audit_figure(report, found, Path(args.figure))
     if args.augmented:
         from pneumoscan.data.audit import augmented_grid
-        from pneumoscan.training.train import load_config
+        from pneumoscan.training.config import load_config
 
         cfg = load_config(args.config)
         out = augmented_grid(found, args.augmented, Path(args.augmented_out), cfg.image_size, cfg.augment,
@@ -379,7 +379,7 @@ def _add_threshold_rule(p: argparse.ArgumentParser, required: bool, default: str
 
 def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
-    from pneumoscan.training.train import load_config
+    from pneumoscan.training.config import load_config
 
     cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,

@@ -55,7 +55,8 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_bundle(root: Path, out: Path, task: str) -> Path:
-    from pneumoscan.training.train import TrainConfig, train
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
 
     cfg = TrainConfig(task=task, model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
     return train(root, cfg, out)

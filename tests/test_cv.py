@@ -18,7 +18,8 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.bundle import load_card
 from pneumoscan.training.cv import cross_validate, fold_figures
-from pneumoscan.training.train import TrainConfig, train
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
 def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:

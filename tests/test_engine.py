@@ -33,7 +33,9 @@ from pneumoscan.training.callbacks import (
     restore,
 )
 from pneumoscan.training.engine import Callback, State, fit
-from pneumoscan.training.train import Dist, TrainConfig, load_checkpoint, save_checkpoint
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distributed import Dist
+from pneumoscan.training.resume import load_checkpoint, save_checkpoint
 
 
 def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:

@@ -34,7 +34,8 @@ from pneumoscan.serving.app import create_app
 
 @pytest.fixture(scope="module")
 def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pneumoscan.training.train import TrainConfig, train
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
 
     cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
                       val_fraction=0.25)
@@ -323,7 +324,8 @@ def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path
     """Multiclass members (32 and 64 px) make a multiclass ensemble: its card records how often the most probable
     of the three classes is right on the calibration films, as each member's card does on its validation films,
     and predict still thresholds 1 - P(normal)."""
-    from pneumoscan.training.train import TrainConfig, train
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
 
     members = []
     for size in (32, 64):

@@ -17,7 +17,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.names import path_text, shown
 from pneumoscan.data.layouts import discover
 from pneumoscan.inference.predict import expand_paths, predict_paths
-from pneumoscan.training.train import save_checkpoint
+from pneumoscan.training.resume import save_checkpoint
 
 ROOT = Path(__file__).parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpeg")  # a name from an old Latin-1 zip: not UTF-8
@@ -126,7 +126,7 @@ FAILED_WRITES = """
 import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
 from pneumoscan.cli import main
-from pneumoscan.training.train import save_checkpoint
+from pneumoscan.training.resume import save_checkpoint
 bundle, films, out, maps, checkpoint = sys.argv[1:]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))

@@ -26,7 +26,7 @@ from pneumoscan.data.transforms import Augment
 from pneumoscan.inference.predict import Predictor, format_results
 from pneumoscan.models import registry as models
 from pneumoscan.training.tracking import make_trackers
-from pneumoscan.training.train import TrainConfig
+from pneumoscan.training.config import TrainConfig
 
 
 def test_look_up_option_suggests_the_closest_names() -> None:

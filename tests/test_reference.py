@@ -22,7 +22,8 @@ from pneumoscan.data.split import split_dataset, split_summary
 from pneumoscan.data.tasks import get_task, select
 from pneumoscan.data.transforms import Augment, to_input, train_transform
 from pneumoscan.models import registry as models
-from pneumoscan.training.train import TrainConfig, load_config, split_records, train
+from pneumoscan.training.config import load_config, TrainConfig
+from pneumoscan.training.train import split_records, train
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "reference"
 NO_IDS = "no patient ids in file names: {n} images split as {n} groups, one per image"

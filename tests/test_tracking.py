@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pneumoscan.training.tracking import make_trackers
-from pneumoscan.training.train import TrainConfig, train
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
 def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_dataset: Path, tmp_path: Path) -> None:

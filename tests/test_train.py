@@ -27,14 +27,9 @@ from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
-from pneumoscan.training.train import (
-    WARM_START_L2,
-    TrainConfig,
-    load_config,
-    stream_seed,
-    train,
-    warm_start_head,
-)
+from pneumoscan.training.config import load_config, TrainConfig
+from pneumoscan.training.train import stream_seed, train
+from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 

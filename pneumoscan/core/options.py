@@ -17,8 +17,8 @@ T = TypeVar("T")
 BACKENDS = ("torch", "onnx", "onnx-int8")  # predict.Predictor: torch, ONNX Runtime, the bundle's INT8 ONNX model
 FILL_MODES = ("constant", "nearest", "reflect")  # transforms.Augment.fill_mode: Keras' names
 RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a film becomes the model's square
-OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # train.TrainConfig.optimizer
-PRECISIONS = ("auto", "bf16", "fp32")  # train.TrainConfig.precision
+OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # config.TrainConfig.optimizer
+PRECISIONS = ("auto", "bf16", "fp32")  # config.TrainConfig.precision
 TRACKERS = ("tensorboard", "mlflow")  # tracking.make_trackers: train --log
 LISTED = 20  # more known names than this are not all listed in the message
 

@@ -31,7 +31,9 @@ from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
-from .train import TrainConfig, config_changes, split_change, train
+from .config import TrainConfig
+from .resume import config_changes, split_change
+from .train import train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")

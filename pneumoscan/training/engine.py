@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from pneumoscan.core.logs import progress as progress_bar
 
 if TYPE_CHECKING:
-    from .train import Dist
+    from .distributed import Dist
 
 
 @dataclass

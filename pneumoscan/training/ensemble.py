@@ -46,7 +46,7 @@ from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, m
 from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member, member_sources
-from .train import split_change
+from .resume import split_change
 
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)

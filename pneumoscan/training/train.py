@@ -6,30 +6,25 @@ finalisation: temperature and threshold chosen on validation, and the bundle. Ru
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import building, write_atomic
 from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
-from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
 from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.dataset import CachedImages
@@ -37,7 +32,7 @@ from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
-from pneumoscan.data.transforms import Augment, batch_mixing, normalize, train_transform
+from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import evaluate_probabilities
 from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.evaluation.report import write_report
@@ -58,148 +53,14 @@ from .callbacks import (
     cosine,
     restore,
 )
+from .config import TrainConfig
+from .distributed import Dist, gather, gather_rows, setup_distributed
 from .engine import Callback, State, fit
+from .resume import resume_from, save_checkpoint
 from .tracking import make_trackers
+from .warm_start import warm_start_head
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run; saved as config.yaml in the run directory."""
-
-    task: str = "pneumonia"
-    model: str = "efficientnet_lite0"
-    pretrained: bool = True
-    init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
-    # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
-    model_kwargs: dict = field(default_factory=dict)
-    image_size: int = 192
-    resize_policy: str = "squash"
-    # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
-    # larger inputs (full-size originals) down the same way before resizing: preprocess.match_source
-    match_source: bool = True
-    epochs: int = 6
-    # minutes for warm start + training + validation; the LR schedule fits it. Training still ends after `epochs`
-    # if those come first (the schedule then follows the steps), so raise `epochs` for a long budget on a fast machine
-    time_budget: float | None = None
-    batch_size: int = 32  # per process
-    lr: float = 1e-3  # for one process; scaled linearly with the number of processes
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of the schedule
-    label_smoothing: float = 0.0
-    # validate and ship an exponential moving average of the weights with this decay per step (0.99: about the
-    # last 100 steps); None ships the last step's weights. callbacks.WeightAverage
-    ema_decay: float | None = None
-    warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
-    trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
-    # adamw-cosine: AdamW, warm-up and cosine decay, early stopping on validation AUC; adam-plateau (the Keras
-    # recipe): Adam at a constant rate times plateau_factor after plateau_patience epochs without a lower validation
-    # loss, early stopping on validation loss. The best weights are the best validation AUC's in both.
-    optimizer: str = "adamw-cosine"
-    plateau_factor: float = 0.2
-    plateau_patience: int = 2
-    patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
-    val_fraction: float = 0.15
-    split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
-    # the reference projects' protocol: train on all of DATA's train/, validate on its own val/ folder (16 films in
-    # the Kaggle release: thresholds and early stopping then rest on a handful of films, so it warns)
-    validate_on_val_folder: bool = False
-    seed: int = 0
-    class_weights: bool = True  # weight the loss by inverse class frequency (the data is 3:1 pneumonia)
-    target_sensitivity: float | None = 0.95  # None: Youden's J
-    augment: Augment = field(default_factory=Augment)
-    workers: int = 0  # DataLoader workers; 0 keeps both cores for the model on a small CPU
-    # the training steps' arithmetic: bf16 autocast (weights, optimiser, validation and the bundle stay fp32), or
-    # fp32. auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster only where the CPU does bf16 natively
-    # (AVX512-BF16 or AMX): engine.autocast
-    precision: str = "auto"
-    eval_batch_size: int = 64
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        check_fields(data, cls)
-        if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
-            check_fields(data["augment"] or {}, Augment, "augment.")
-            data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
-        look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
-        look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
-        return cls(**data)
-
-    def to_yaml(self) -> str:
-        """The resolved settings as config.yaml holds them (``train --print-config``)."""
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
-
-
-def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
-    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
-    command-line overrides (those not None) on top of the defaults."""
-    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
-    data = apply_settings(data, settings)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data)
-
-
-# -- distributed -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-    local_rank: int = 0  # rank on this machine
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def from_main(self, obj: T) -> T:
-        """Rank 0's object on every rank, so that only rank 0 reads the run directory (it may be one machine's disk)."""
-        if self.world > 1:
-            box = [obj]
-            dist.broadcast_object_list(box, src=0)
-            obj = box[0]
-        return obj
-
-
-def setup_distributed() -> Dist:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cpu":  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)
-
-
-def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Each array joined over every rank's shard (in rank order)."""
-    if ctx.world == 1:
-        return arrays
-    shards: list = [None] * ctx.world
-    dist.all_gather_object(shards, arrays)
-    return tuple(np.concatenate(parts) for parts in zip(*shards))
-
-
-def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:
-    """Every rank's (index, logits) shard joined, in dataset order, so metrics see each image exactly once."""
-    index, logits = gather(ctx, index, logits)
-    order = np.argsort(index, kind="stable")
-    return index[order], logits[order]
 
 
 # -- pieces of a run -----------------------------------------------------------------------------------------
@@ -252,141 +113,6 @@ def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     model.eval()
     out = [model(x.to(device, non_blocking=True, memory_format=torch.channels_last)).float().cpu() for x, _ in loader]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def pooled_features(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen backbone's pooled features (the classifier's input) and the targets, for every image."""
-    model.eval()
-    feats, ys = [], []
-    with torch.inference_mode():
-        for x, y in loader:
-            x = x.to(device, memory_format=torch.channels_last)
-            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-            ys.append(y.to(device))
-    return torch.cat(feats).clone(), torch.cat(ys).clone()
-
-
-def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                    weights: torch.Tensor | None, device: torch.device) -> float:
-    """Fit the classifier on frozen pooled features (a linear probe) so fine-tuning starts from a sensible head
-    instead of pushing random-head gradients into pretrained layers. The L2 strength is the one of
-    :data:`WARM_START_L2` with the lowest validation loss: too weak a penalty (measured on the etiology task:
-    val loss 0.89 at 1e-4 against 0.54 at 1e-2 to 1e-1) gives an overconfident head that fine-tuning first has to
-    undo. Returns the strength chosen."""
-    x_train, y_train = pooled_features(model, train_loader, device)
-    x_val, y_val = pooled_features(model, val_loader, device)
-    head = model.get_classifier()
-    start = {k: v.clone() for k, v in head.state_dict().items()}
-    best: tuple[float, float, dict] | None = None
-    for l2 in WARM_START_L2:
-        head.load_state_dict(start)
-        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(head(x_train), y_train, weight=weights) + l2 * head.weight.square().sum()  # noqa: B023
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            val_loss = float(F.cross_entropy(head(x_val), y_val, weight=weights))
-        if best is None or val_loss < best[0]:
-            best = (val_loss, l2, {k: v.clone() for k, v in head.state_dict().items()})
-    head.load_state_dict(best[2])
-    return best[1]
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a kill or a full disk keeps the previous checkpoint. Serialised in memory first: torch reports a
-    failed file write as a RuntimeError with a C++ trace, the plain write an OSError that says why."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_atomic(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    """What ``--resume`` found, said before training: the checkpoint's state, or None to start from scratch."""
-    if not path.exists():
-        log.info("no checkpoint at %s: starting from scratch", shown(path))
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: refuse rather than silently start over
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); delete it to start over") from None
-
-
-_ABSENT = object()
-
-
-def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
-    """``cfg``'s settings that differ from a recorded config (``dataclasses.asdict`` of one, as a checkpoint,
-    bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
-    settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed."""
-    old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
-    return _changes({k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in new.items() if k not in ignore})
-
-
-def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    changes = []
-    for key in dict.fromkeys([*old, *new]):
-        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key} " + " -> ".join("unset" if v is _ABSENT else json.dumps(v) for v in (a, b)))
-    return changes
-
-
-def split_change(manifest: Path, records: Sequence[Record]) -> str | None:
-    """How the train and val films of ``records`` differ from those of a run's split.csv (``manifest``), or None
-    when they are the same films on the same sides. Paths are compared resolved: split.csv holds them relative to
-    the run's folder."""
-    if not manifest.is_file():
-        return f"{shown(manifest)} is missing, so nothing says which films it was trained on"
-
-    def sides(recs: Sequence[Record]) -> dict[str, str]:
-        return {os.path.realpath(r.path): r.split for r in recs if r.split in ("train", "val")}
-
-    old, new = sides(discover(manifest).records), sides(records)
-    if old == new:
-        return None
-    moved = sum(old.get(p) != new.get(p) for p in old.keys() | new.keys())
-    leaked = sum(old.get(p) == "train" for p, side in new.items() if side == "val")
-    seen = f"; {leaked} of the {sum(s == 'val' for s in new.values())} validation films here were training films there"
-    return f"{moved} film(s) on the other side or in only one of the two" + (seen if leaked else "")
-
-
-# what --resume may change: when the run ends, not what it learns from or how, so a run can be extended (more
-# epochs, a longer time budget). Any other change would go on training a run made one way as if it had been made
-# another, and its bundle and config.yaml would then describe neither.
-RESUMABLE = ("epochs", "time_budget")
-
-
-def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Dist) -> dict | None:
-    """The checkpoint ``--resume`` continues (None: start from scratch), refused when it was made by other
-    settings than ``cfg`` (besides :data:`RESUMABLE`) or on other films than ``records`` (RUN/split.csv, which
-    belongs to the checkpoint: :func:`prepare_run_dir`). Refused before the run folder is touched, so its
-    config.yaml stays that of the checkpoint; every rank gets rank 0's verdict, so all refuse together."""
-    ckpt = ctx.from_main(load_checkpoint(path) if ctx.main else None)
-    if ckpt is None:
-        return None
-    recorded = ckpt.get("config")
-    if recorded is None:  # an older version's checkpoint: the settings its run wrote to config.yaml when it began
-        config_yaml = path.parent / "config.yaml"
-        recorded = ctx.from_main(yaml.safe_load(config_yaml.read_text()) if ctx.main and config_yaml.is_file() else None)
-    if recorded is None:
-        raise ValueError(f"cannot resume from {shown(path)}: it records no training config and there is no "
-                         "config.yaml beside it, so nothing shows it was made with these settings; delete it to start over")
-    if changes := config_changes(recorded, cfg, RESUMABLE):
-        raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
-                         f"only {' and '.join(RESUMABLE)} may change on --resume: give its settings again, or train "
-                         "into a new --out")
-    if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
-        raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
-                         "data and split again, or train into a new --out")
-    return ckpt
 
 
 def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: torch.Tensor | None = None) -> dict:

@@ -1,0 +1,93 @@
+"""What decides a training run (:class:`TrainConfig`), read from YAML, ``--set key=value`` and flags; saved as
+RUN/config.yaml and in the checkpoint and bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
+from pneumoscan.data.transforms import Augment
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml in the run directory."""
+
+    task: str = "pneumonia"
+    model: str = "efficientnet_lite0"
+    pretrained: bool = True
+    init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
+    # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
+    model_kwargs: dict = field(default_factory=dict)
+    image_size: int = 192
+    resize_policy: str = "squash"
+    # when the training files were all made one way (train/ here: 224 x 224 JPEG, quality 75), record it and bring
+    # larger inputs (full-size originals) down the same way before resizing: preprocess.match_source
+    match_source: bool = True
+    epochs: int = 6
+    # minutes for warm start + training + validation; the LR schedule fits it. Training still ends after `epochs`
+    # if those come first (the schedule then follows the steps), so raise `epochs` for a long budget on a fast machine
+    time_budget: float | None = None
+    batch_size: int = 32  # per process
+    lr: float = 1e-3  # for one process; scaled linearly with the number of processes
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of the schedule
+    label_smoothing: float = 0.0
+    # validate and ship an exponential moving average of the weights with this decay per step (0.99: about the
+    # last 100 steps); None ships the last step's weights. callbacks.WeightAverage
+    ema_decay: float | None = None
+    warm_start: bool = True  # fit the head on frozen features before fine-tuning (pretrained models)
+    trainable_stages: int | None = 2  # pretrained models: fine-tune the last k stages and the head; None: all
+    # adamw-cosine: AdamW, warm-up and cosine decay, early stopping on validation AUC; adam-plateau (the Keras
+    # recipe): Adam at a constant rate times plateau_factor after plateau_patience epochs without a lower validation
+    # loss, early stopping on validation loss. The best weights are the best validation AUC's in both.
+    optimizer: str = "adamw-cosine"
+    plateau_factor: float = 0.2
+    plateau_patience: int = 2
+    patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
+    val_fraction: float = 0.15
+    split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
+    # the reference projects' protocol: train on all of DATA's train/, validate on its own val/ folder (16 films in
+    # the Kaggle release: thresholds and early stopping then rest on a handful of films, so it warns)
+    validate_on_val_folder: bool = False
+    seed: int = 0
+    class_weights: bool = True  # weight the loss by inverse class frequency (the data is 3:1 pneumonia)
+    target_sensitivity: float | None = 0.95  # None: Youden's J
+    augment: Augment = field(default_factory=Augment)
+    workers: int = 0  # DataLoader workers; 0 keeps both cores for the model on a small CPU
+    # the training steps' arithmetic: bf16 autocast (weights, optimiser, validation and the bundle stay fp32), or
+    # fp32. auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU is faster only where the CPU does bf16 natively
+    # (AVX512-BF16 or AMX): engine.autocast
+    precision: str = "auto"
+    eval_batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        check_fields(data, cls)
+        if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
+            check_fields(data["augment"] or {}, Augment, "augment.")
+            data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
+        look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
+        look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        """The resolved settings as config.yaml holds them (``train --print-config``)."""
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
+    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
+    command-line overrides (those not None) on top of the defaults."""
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
+    data = apply_settings(data, settings)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)
