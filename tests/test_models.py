@@ -77,6 +77,14 @@ def test_timm_passthrough() -> None:
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3)
 
 
+def test_a_timm_model_of_fixed_input_size_is_built_for_the_size_asked() -> None:
+    """A ViT's position embedding fixes its input size: built for 224, it failed at 192 with an assertion on the
+    first forward pass, after the cache was built."""
+    model = models.create("vit_tiny_patch16_224", num_classes=2, in_chans=1, image_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2)
+
+
 def test_scratch_models_refuse_pretrained() -> None:
     with pytest.raises(ValueError, match="from scratch"):
         models.create("cnn5", pretrained=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
+from timm.models import get_pretrained_cfg
 import torch
 from timm.models import adapt_input_conv, group_parameters, is_model_pretrained
 from torch import nn
@@ -73,7 +74,8 @@ def create(
     **kwargs,
 ) -> nn.Module:
     """Build a registered model, or any timm model by name. ``image_size`` is the side of the square input: a
-    fixed-size (Flatten) model is built for it and needs it; the others take any size and ignore it."""
+    fixed-size model (a Flatten head, a timm model whose pretrained config fixes its input size, such as a ViT's
+    position embedding) is built for it; the others take any size and ignore it."""
     if name in _REGISTRY:
         entry = _REGISTRY[name]
         if pretrained and not entry.weights:
@@ -85,6 +87,9 @@ def create(
         return entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
     if ":" not in name and not timm.is_model(name):  # hf-hub:... names are timm's to resolve
         unknown_model(name)
+    default = get_pretrained_cfg(name) if ":" not in name else None
+    if image_size is not None and default is not None and default.fixed_input_size:
+        kwargs.setdefault("img_size", image_size)  # built for any other size, it fails at its first forward pass
     return timm.create_model(
         name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs
     )
