@@ -144,6 +144,8 @@ def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: 
     audit_figure(report, discover(tree["root"]), out, per_class=3)
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 400 and img.height > 400
+    audit_figure(report, discover(tree["root"]), tmp_path / "audit.pdf", per_class=3)  # the format the name asks
+    assert (tmp_path / "audit.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_audit_real_train_folder(data_root: Path) -> None:

@@ -98,26 +98,38 @@ def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatc
     assert array_file.stat().st_mtime_ns == stamp
 
 
-def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(folder, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("when", ["opening the file", "reading its pixels"])
+def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(
+    folder, tmp_path: Path, monkeypatch, when: str
+) -> None:
     """An I/O error (a disk or network file system's hiccup) says nothing about the film: unlike a damaged file,
-    it is not kept in the cache, so the film is not left out of every later run."""
+    it is not kept in the cache, so the film is not left out of every later run, whenever the read failed."""
     import errno
+
+    from PIL import ImageFile
 
     from pneumoscan.data import decode
 
     paths, good, _ = folder
-    real_open, failing = os.open, good[2]
+    failing = good[2]
+    eio = OSError(errno.EIO, "Input/output error")
+    def failing_for_one_film(real, film_of):
+        def call(first, *args, **kwargs):
+            if film_of(first) == failing:
+                raise eio
+            return real(first, *args, **kwargs)
+        return call
 
-    def eio_once(path, *args, **kwargs):
-        if str(path) == failing:
-            raise OSError(errno.EIO, "Input/output error", path)
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(decode.os, "open", eio_once)
+    if when == "opening the file":
+        monkeypatch.setattr(decode.os, "open", failing_for_one_film(os.open, str))
+    else:
+        monkeypatch.setattr(ImageFile.ImageFile, "load", failing_for_one_film(
+            ImageFile.ImageFile.load, lambda im: str(getattr(im, "filename", ""))))
     first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
     assert failing not in first.paths
-    assert {"path": failing, "reason": "cannot read file: Input/output error", "transient": True} in first.errors
-    monkeypatch.setattr(decode.os, "open", real_open)  # the disk is well again
+    [error] = [e for e in first.errors if e["path"] == failing]
+    assert "Input/output error" in error["reason"] and error["transient"] is True
+    monkeypatch.undo()  # the disk is well again
     second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
     assert second.paths == good and not any(e.get("transient") for e in second.errors)
 

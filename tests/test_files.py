@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pneumoscan.cli import main
+from pneumoscan.core.atomic import building
 from pneumoscan.core.names import path_text, shown
 from pneumoscan.data.layouts import discover
 from pneumoscan.inference.predict import expand_paths, predict_paths
@@ -205,3 +206,21 @@ def test_train_and_cache_show_odd_names_and_resume_says_what_it_found(
     (run_dir / "checkpoint.pt").write_bytes(b"half a checkpoint")
     assert main(train) == 2
     assert "cannot resume from" in capsys.readouterr().err
+
+
+def test_a_folder_built_beside_its_name_replaces_the_old_one_whole_or_not_at_all(tmp_path: Path) -> None:
+    """building(): the old bundle stays under its name when the new one fails, and when the new one cannot take
+    the name; it goes only when the new one has it."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "old").write_text("old")
+    with pytest.raises(RuntimeError), building(bundle) as tmp:
+        tmp.mkdir()
+        raise RuntimeError("export failed")
+    with pytest.raises(FileNotFoundError), building(bundle):
+        pass  # nothing was built: the rename fails after the old folder was moved aside
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and (bundle / "old").read_text() == "old"
+    with building(bundle) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and [p.name for p in bundle.iterdir()] == ["new"]

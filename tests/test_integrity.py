@@ -109,7 +109,10 @@ def test_training_records_the_checksums_of_weights_and_onnx(tiny_bundle: Path) -
 def test_a_card_rewritten_through_save_card_keeps_working(tiny_bundle: Path, tmp_path: Path, film: Path) -> None:
     """A copy with another threshold, written the way pneumoscan writes cards, loads on both backends."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
-    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.01))
+    # number keys (2 before 10 as numbers, "10" before "2" as text) and a tuple: as JSON reads them back
+    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.01,
+                                          val_metrics={"per_bucket": {2: 1, 10: 3}, "pair": (1, 2)}))
+    assert load_card(bundle).val_metrics == {"per_bucket": {"2": 1, "10": 3}, "pair": [1, 2]}
     for backend in ("torch", "onnx"):
         [row] = predict_paths(bundle, [film], backend=backend)
         assert row["threshold"] == 0.01 and row["label"] == "PNEUMONIA"

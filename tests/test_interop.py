@@ -482,6 +482,21 @@ def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.nda
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
+@pytest.mark.parametrize("attribute, value", [("AccessionNumber", "A" * 20), ("PatientID", "P" * 70),
+                                              ("StudyDate", "2023.03.15")])
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+def test_values_real_films_hold_beyond_the_standard_still_get_a_report(
+    client: TestClient, film: np.ndarray, attribute: str, value: str
+) -> None:
+    """An over-long accession number or an old-style date is common in real films and breaks nothing: the report
+    is written, the value copied as the film holds it."""
+    with pydicom.config.disable_value_validation():
+        data = chest_dicom(film, **{attribute: value})
+    r = post(client, data, format="dicom-sr")
+    assert r.status_code == 200, r.text
+    assert str(pydicom.dcmread(io.BytesIO(r.content)).get(attribute)) == value
+
+
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_api_refuses_a_report_on_a_malformed_attribute_naming_it_never_quoting_it(
     client: TestClient, film: np.ndarray, case: str

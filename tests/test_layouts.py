@@ -74,11 +74,12 @@ def test_entries_that_may_hold_films_are_counted_in_one_warning(tmp_path: Path, 
         "validation/NORMAL": ["IM-0117-0001.jpeg"],
     })  # fmt: skip
     (root / "README.md").write_text("where the films come from")
+    (root / "__MACOSX" / "train").mkdir(parents=True)  # a Mac's resource forks, never films
     (root / "train" / "NORMAL" / "IM-0118-0001.jpeg").symlink_to(tmp_path / "gone.jpeg")
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
         found = discover(root)
     assert [Path(r.path).name for r in found.records] == ["IM-0115-0001.jpeg"]
-    assert len(found.skipped) == 5
+    assert len(found.skipped) == 6
     [warning] = caplog.messages
     assert "3 entries left out" in warning
     for counted in ("not an image extension (.tif): 1", "broken link: 1", "not a split folder: 1"):

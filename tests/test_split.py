@@ -136,6 +136,12 @@ def test_manifest_headers_values_and_patients_are_read_as_spelt_elsewhere(tmp_pa
     assert [(r.patient, r.split) for r in records] == [("person1000", "test"), ("person1000", "train")]
 
 
+def test_blank_lines_and_a_spreadsheets_empty_trailing_columns_are_read_past(tmp_path: Path) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label,\n\na.png,NORMAL,\n,,\nb.png,PNEUMONIA\n\n")
+    assert [r.label for r in read_manifest(csv_path).records] == ["NORMAL", "PNEUMONIA"]
+
+
 def test_a_spreadsheet_manifest_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
     csv_path = tmp_path / "m.csv"
     csv_path.write_bytes("path,label\na.png,NORMAL\n".encode("utf-8-sig"))

@@ -15,7 +15,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import labelled_records
+from pneumoscan.evaluation.evaluate import labelled_records, rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
@@ -165,3 +165,8 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
     assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on site.csv"
     assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
+    # an INT8 sidecar changed by hand is refused here as --backend onnx-int8 refuses it, not stamped anew
+    sidecar_path = spec_path(bundle / INT8_NAME)
+    sidecar_path.write_text(sidecar_path.read_text().replace('"threshold_policy": "', '"threshold_policy": "edited '))
+    with pytest.raises(ValueError, match="damaged"):
+        rethreshold(bundle, site, tmp_path / "again", target_sensitivity=None)

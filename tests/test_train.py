@@ -133,6 +133,10 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"trained on another split \(1 film\(s\) .*; 1 of the {n_val + 1} validation "
                                          r"films here were training films there\)"):
         train(tiny_dataset, cfg, tmp_path / "manifest-run", resume=True)
+    write_manifest(records, manifest)  # the same films, the manifest named another way: resumed
+    (tmp_path / "same-films.csv").symlink_to(manifest)
+    train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(tmp_path / "same-films.csv")), tmp_path / "manifest-run",
+          resume=True)
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -141,6 +145,14 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
     next((data / "train" / "NORMAL").iterdir()).unlink()
     with pytest.raises(ValueError, match=r"trained on another split \(\d+ film\(s\) "):
         train(data, TrainConfig(**TINY), tmp_path / "run", resume=True)
+
+
+def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_dataset: Path, tmp_path: Path) -> None:
+    """--init RUN/bundle --out RUN: the bundle is read before the run folder is cleared for the new run."""
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
+    first = load_bundle(train(tiny_dataset, cfg, run))[1].files
+    again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
+    assert load_bundle(again)[1].train_config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
 
 
 def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -89,10 +89,15 @@ def building(folder: Path | str) -> Iterator[Path]:
         yield tmp
         if folder.exists():
             os.rename(folder, aside)
-        os.rename(tmp, folder)
+        try:
+            os.rename(tmp, folder)
+        except BaseException:  # the new one could not take the name (or the user stopped it): the old one takes it back
+            if aside.exists() and not folder.exists():
+                os.rename(aside, folder)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _umask() -> int:

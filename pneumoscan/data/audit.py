@@ -262,7 +262,8 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
                 rec = picks[col]
                 cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
                 cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
-    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))
+    # the format the name asks for (audit.pdf, audit.svg): the temporary name has none
+    write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
     plt.close(fig)
 
 
@@ -300,7 +301,10 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
             grid.paste(Image.fromarray(shown).convert("RGB"), (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, lambda path: grid.save(path, format="PNG"))
+    image_format = Image.registered_extensions().get(out_png.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{out_png}: no image format has the ending {out_png.suffix!r} (use .png)")
+    write_atomic(out_png, lambda path: grid.save(path, format=image_format))
     return out_png
 
 

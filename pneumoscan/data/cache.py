@@ -29,7 +29,7 @@ import pydicom
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.data.pixels import DecodeError, TransientReadError
+from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
@@ -108,10 +108,11 @@ def build_cache(
     key = fingerprint(paths, spec)
     cached = _load(cache_dir, key, spec)
     if cached is not None:
-        transient = sum(bool(e.get("transient")) for e in cached.errors)
-        if not transient:
+        retry = sum(bool(e.get("transient")) for e in cached.errors)
+        if not retry:
             return cached
-        logger.info("reading the cache's %d files again: their reads failed for a reason that may have passed", transient)
+        logger.info("building the image cache again: %d files' reads failed for a reason that may have passed",
+                    retry)
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
     row_bytes = spec.size * spec.size
@@ -184,7 +185,7 @@ def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, l
         try:
             block[k] = preprocess(path, **spec.to_dict())
         except DecodeError as e:
-            errors.append((k, str(e), isinstance(e, TransientReadError)))
+            errors.append((k, str(e), transient(e)))
     return block, errors
 
 

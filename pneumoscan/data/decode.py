@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import TRANSIENT_ERRNOS, DecodeError, TransientReadError
+from .pixels import DecodeError
 
 Source = str | Path | bytes
 
@@ -42,8 +42,7 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
         except FileNotFoundError:
             raise DecodeError("file not found") from None
         except OSError as e:
-            kind = TransientReadError if e.errno in TRANSIENT_ERRNOS else DecodeError
-            raise kind(f"cannot read file: {e.strerror or e}") from None
+            raise DecodeError(f"cannot read file: {e.strerror or e}") from None
         if not head:
             raise DecodeError("empty file (0 bytes)")
         suffix = src.suffix

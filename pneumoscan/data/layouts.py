@@ -361,15 +361,17 @@ _QUIET_REASONS = ("hidden folder", "hidden file", "system file")  # never a film
 def _warn_left_out(root: Path, found: Discovery) -> None:
     """One warning counting, by reason, what discovery left out inside the class folders and which folders it did
     not search, so a film that is not read (a broken link, a .tif, a ``validation/`` folder) never leaves
-    training or evaluation silently. Hidden and system files, and loose files beside the split and class folders
-    (a README), are only listed by ``audit``."""
+    training or evaluation silently. Hidden and system files, a Mac's ``__MACOSX`` and loose files beside the split
+    and class folders (a README) are only listed by ``audit``."""
     def may_hold_films(entry: dict[str, str]) -> bool:
         path = Path(entry["path"])
         try:
             inside_a_class = any(part.upper() in LABELS for part in path.relative_to(root).parts[:-1])
         except ValueError:  # not below the root: say so
             inside_a_class = True
-        return entry["reason"] not in _QUIET_REASONS and (inside_a_class or path.is_dir())
+        if entry["reason"] in _QUIET_REASONS or path.name == "__MACOSX":  # a Mac's unpacked resource forks
+            return False
+        return inside_a_class or path.is_dir()
 
     reasons = Counter(entry["reason"] for entry in found.skipped if may_hold_films(entry))
     if reasons:
@@ -392,6 +394,8 @@ def read_manifest(csv_path: Path | str) -> Discovery:
         reader = csv.reader(f)
         try:
             header = [name.strip().lower() for name in next(reader, [])]
+            while header and not header[-1]:  # a spreadsheet's trailing empty columns
+                header.pop()
             missing = {"path", "label"} - set(header)
             if missing:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
@@ -402,6 +406,10 @@ def read_manifest(csv_path: Path | str) -> Discovery:
                 raise ValueError(f"{csv_path}: a column is named twice ({','.join(header)})")
             for values in reader:
                 line = reader.line_num
+                while len(values) > len(header) and not values[-1].strip():
+                    values.pop()
+                if not any(v.strip() for v in values):  # a blank line, as DictReader skips them
+                    continue
                 if len(values) > len(header):
                     raise ValueError(f"{csv_path}, line {line}: {len(values)} values for {len(header)} columns")
                 row = {name: value.strip() for name, value in zip(header, values + [""] * len(header))}

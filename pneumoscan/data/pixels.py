@@ -32,13 +32,23 @@ class DecodeError(ValueError):
     """Raised with a human-readable reason (str(e)) when a file cannot be read as an X-ray."""
 
 
-class TransientReadError(DecodeError):
-    """A read that failed for a reason that may pass (an I/O error, a network file system's hiccup): a cache keeps
-    no such failure, so the film is read again next time instead of staying out of training for good."""
-
-
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.ENOMEM,
                               errno.EBUSY})
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a read failed for a reason that may pass (an I/O error, a network file system's hiccup), whenever
+    it struck: an OSError of :data:`TRANSIENT_ERRNOS` anywhere in the error's chain (a reader raises its
+    DecodeError while the library's error, holding the system's, is being handled). A cache keeps no such failure,
+    so the film is read again next time instead of staying out of training for good."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in TRANSIENT_ERRNOS:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def too_large(width: int, height: int) -> DecodeError:

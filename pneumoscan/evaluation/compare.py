@@ -8,14 +8,13 @@ folder's sibling bundle), training minutes from RUN/history.csv; what cannot be 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.models.bundle import CARD, load_card
 from .report import figure_png, roc_figure
@@ -117,11 +116,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(r.row() for r in runs)
-        write_atomic(out / "compare.csv", text.getvalue().encode())
+        write_csv(out / "compare.csv", FIELDS, (r.row() for r in runs))
         write_atomic(out / "compare.png", figure_png(comparison_figure(runs)))
         log.info("wrote %s and %s", out / "compare.csv", out / "compare.png")
     return runs

@@ -26,7 +26,7 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, session, spec_path, write_int8_spec, write_onnx_spec
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
 from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
@@ -335,7 +335,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
     int8 = None
     if (bundle / INT8_NAME).exists():
-        quantized = Predictor(bundle, backend="onnx", session=session(bundle / INT8_NAME))
+        # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
+        quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
         try:
             int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:2]
         except ValueError as e:

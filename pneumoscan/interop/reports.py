@@ -68,7 +68,8 @@ def write_reports(
     for row in rows:
         if "probability" not in row:
             continue
-        reading = {**row, "positive": card.positive, "task": card.task}
+        # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
+        reading = {**row, "warnings": list(row.get("warnings") or []), "positive": card.positive, "task": card.task}
         stem = Path(row["path"]).stem
         if fhir_dir is not None:
             try:

@@ -6,8 +6,9 @@ probability, the threshold, the model's name and version (the algorithm identifi
 source image it was read from, and each scope warning as a TEXT item beside the finding. It is written unverified
 (``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist.
 
-The patient and study attributes copied into both objects are checked here first (one value, of the form their VR
-allows): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a ValueError.
+The patient and study attributes copied into both objects are checked here first (one value; valid UIDs; a sex and
+SOP class highdicom takes): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a
+ValueError.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from contextlib import contextmanager
 import highdicom as hd
 import numpy as np
 from PIL import Image
-from pydicom import config
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import UID
-from pydicom.valuerep import validate_value
+from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.tasks import get_task, list_tasks
@@ -44,6 +44,7 @@ _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 # which real films (anonymised ones most of all) often lack.
 _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
+_TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
 PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
 
 
@@ -59,12 +60,18 @@ def _malformed(source: Dataset, keyword: str) -> str | None:
         return None
     if element.VM > 1:
         return "more than one value"
-    vr = dictionary_VR(keyword)
-    try:
-        validate_value(vr, str(value), config.RAISE)
-    except Exception:
-        return f"not a valid {vr} value"
     text = str(value).strip()
+    # a UID a PACS files the report under must be one, and a date or time one pydicom reads (as highdicom will);
+    # other values are copied as the film holds them (an over-long accession number: common, and no reason to
+    # withhold the report)
+    vr = dictionary_VR(keyword)
+    if vr == "UI" and not UID(text).is_valid:
+        return "not a valid UID"
+    if vr in _TEMPORAL:
+        try:
+            _TEMPORAL[vr](text)
+        except ValueError:
+            return f"not a {vr} value pydicom reads"
     if keyword == "SOPClassUID" and UID(text).type != "SOP Class":
         return "not a DICOM SOP class"
     if keyword == "PatientSex" and text not in PATIENT_SEXES:

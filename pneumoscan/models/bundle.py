@@ -135,8 +135,8 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     """Rewrite bundle.json alone, with the checksum of what it now says: what is chosen after the weights are
     saved (the TTA threshold needs the exported model) must not rewrite the weights, and every legitimate change
     to the card goes through here, so any other change is refused at load."""
-    fields = asdict(card)
-    text = json.dumps({**fields, CHECKSUM: _card_digest(fields)}, indent=2, allow_nan=False)
+    fields = json.loads(json.dumps(asdict(card), allow_nan=False))  # as load_card will read them: keys as text
+    text = json.dumps({**fields, CHECKSUM: _card_digest(fields)}, indent=2)
     write_atomic(Path(directory) / CARD, text.encode())
 
 

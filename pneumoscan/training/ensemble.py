@@ -40,7 +40,13 @@ from pneumoscan.core.metrics import choose_thresholds, describe_policy, fit_temp
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import check_held_out, evaluate_probabilities, labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import (
+    check_held_out,
+    data_label,
+    evaluate_probabilities,
+    labelled_images,
+    labelled_records,
+)
 from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
 from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
@@ -193,7 +199,7 @@ def build_ensemble(
             sess = session(tmp / ONNX_NAME)
             logits = batched(sess, images)
             views = [batched(sess, v) for v in tta_views(images)]
-            name = f"{data}" + (f"/{split}" if split else "") + " (held-out data given to `pneumoscan ensemble`)"
+            name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
         y = binary_targets(targets)
         temperature = fit_temperature(logits, targets)
         probs = softmax(logits, temperature)

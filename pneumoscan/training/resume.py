@@ -52,6 +52,9 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
     bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
     settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed."""
     old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
+    for settings in (old, new):  # one bundle however its path is spelt (relative, absolute, through a link)
+        if settings.get("init"):
+            settings["init"] = os.path.realpath(settings["init"])
     return _changes({k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in new.items() if k not in ignore})
 
 
@@ -87,8 +90,9 @@ def split_change(manifest: Path, records: Sequence[Record]) -> str | None:
 
 # what --resume may change: when the run ends, not what it learns from or how, so a run can be extended (more
 # epochs, a longer time budget). Any other change would go on training a run made one way as if it had been made
-# another, and its bundle and config.yaml would then describe neither.
-RESUMABLE = ("epochs", "time_budget")
+# another, and its bundle and config.yaml would then describe neither. The split manifest's path may be spelt
+# otherwise too (cv writes it under --out as given): its films are compared instead (split_change).
+RESUMABLE = ("epochs", "time_budget", "split_csv")
 
 
 def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Dist) -> dict | None:
@@ -108,7 +112,7 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Di
                          "config.yaml beside it, so nothing shows it was made with these settings; delete it to start over")
     if changes := config_changes(recorded, cfg, RESUMABLE):
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
-                         f"only {' and '.join(RESUMABLE)} may change on --resume: give its settings again, or train "
+                         "only epochs and time_budget may change on --resume: give its settings again, or train "
                          "into a new --out")
     if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "

@@ -147,15 +147,20 @@ class Data:
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
 
 
-def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool]:
-    """The model first: a wrong size or weights that cannot be had fail before the split and the cache are built.
-    Returns the model and whether it starts from ImageNet weights."""
+def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool, list[str]]:
+    """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
+    split and the cache are built, and a ``cfg.init`` bundle inside the run folder (fine-tuning a run's own bundle)
+    is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, and the
+    classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained."""
     imagenet = cfg.pretrained and cfg.init is None and registry.has_pretrained(cfg.model)
     if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
         log.info("%s has no pretrained weights: trained from scratch", cfg.model)
     model = registry.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
                           **cfg.model_kwargs)  # fmt: skip
-    return model, imagenet
+    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []
+    if ctx.main and cfg.init is not None:
+        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+    return model, imagenet, fresh
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
@@ -259,14 +264,11 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Ca
     return validate
 
 
-def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist, imagenet: bool,
+def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist, imagenet: bool, fresh: list[str],
                     resumed: dict | None) -> tuple[float, float]:
-    """The weights training starts from: a bundle's (``cfg.init``), then on a fresh run the warm start of an ImageNet
-    or new classifier, then which layers train. Returns the run's start (``perf_counter``: the time budget covers
-    the warm start too) and the seconds the warm start took (a resumed run's own)."""
-    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []  # classifier tensors that start untrained
-    if ctx.main and cfg.init is not None:
-        log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+    """On a fresh run, the warm start of an ImageNet or new (``fresh``) classifier, then which layers train. Returns
+    the run's start (``perf_counter``: the time budget covers the warm start too) and the seconds the warm start
+    took (a resumed run's own)."""
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model.to(ctx.device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
@@ -336,14 +338,14 @@ def train(
     """
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
     torch.manual_seed(cfg.seed)
-    model, imagenet = build_model(cfg, task, ctx)
+    model, imagenet, fresh = build_model(cfg, task, ctx)
     records = split_records(data, cfg)
     checkpoint_path = run_dir / "checkpoint.pt"
     resumed = resume_from(checkpoint_path, cfg, records, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []
     prepare_run_dir(run_dir, cfg, resume, ctx)
     d = load_data(records, cfg, task, ctx, run_dir)
-    t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, resumed)
+    t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
     callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, on_epoch_end)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
