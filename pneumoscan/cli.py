@@ -89,7 +89,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pneumoscan.data.transforms import Augment
 
     cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
-                  init=args.init, optimizer=args.optimizer)
+                  init=args.init, optimizer=args.optimizer, teacher=args.teacher)
+    if args.distill_weight is not None and not cfg.teacher:
+        raise ValueError("--distill-weight is the teachers' share of the target: give --teacher")
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
                if v is not None}
     if args.no_augment and augment:
@@ -108,7 +110,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.training.cv import cross_validate
 
     cfg = _recipe(args)
-    result = cross_validate(args.data, cfg, args.folds, args.out)
+    if args.distill_weight is not None and not (cfg.teacher or args.teacher_cv):
+        raise ValueError("--distill-weight is the teachers' share of the target: give --teacher-cv")
+    result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
     for name, s in result["summary"].items():
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
@@ -361,6 +365,9 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                         help="threshold policy: the most specific threshold with at least this validation sensitivity "
                              "(default 0.95)")
     policy.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
+    p.add_argument("--distill-weight", type=_probability, metavar="W",
+                   help="with --teacher (train) or --teacher-cv (cv): the teachers' share of each training film's "
+                        "target, the label's the rest (default 0.5)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, repeatable: --set lr=3e-4 --set augment.noise=0.02 (values read as YAML; "
                         "applied over --config, under the other flags)")
@@ -380,12 +387,15 @@ def _add_threshold_rule(p: argparse.ArgumentParser, required: bool, default: str
 def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
     from pneumoscan.training.config import load_config
+    from pneumoscan.training.distill import teacher_paths
 
     cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
-                      seed=args.seed, pretrained=args.pretrained, target_sensitivity=args.target_sensitivity, **flags)
+                      seed=args.seed, pretrained=args.pretrained, target_sensitivity=args.target_sensitivity,
+                      distill_weight=args.distill_weight, **flags)
     if args.youden:
         cfg.target_sensitivity = None
+    cfg.teacher = teacher_paths(cfg.teacher)
     return cfg
 
 
@@ -441,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
+    p.add_argument("--teacher", action="append", metavar="BUNDLE",
+                   help="distil: also learn this bundle's calibrated probabilities (repeatable: their average; an "
+                        "ensemble bundle is one teacher); it must not have trained on the validation films")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     _choice(p, "--optimizer", OPTIMIZERS, "optimizer",
             help="adamw-cosine (default): AdamW, warm-up and cosine decay, early stopping on validation AUC; "
@@ -457,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
     p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
     _add_recipe_options(p)  # each fold's run; the seed also deals the folds
+    p.add_argument("--teacher-cv", action="append", metavar="RUN",
+                   help="distil: fold K's run also learns the calibrated probabilities of this cv run's fold-K bundle "
+                        "(repeatable: their average), made with the same --folds, --seed and data")
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")

@@ -224,3 +224,23 @@ def test_a_folder_built_beside_its_name_replaces_the_old_one_whole_or_not_at_all
         tmp.mkdir()
         (tmp / "new").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and [p.name for p in bundle.iterdir()] == ["new"]
+
+
+def test_a_killed_build_leaves_nothing_behind_the_next_one(tmp_path: Path) -> None:
+    """A build killed between its two renames left the old bundle aside and the name empty: the next build of that
+    folder gives the old one its name back before it starts, and deletes the half-built new one."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    bundle = tmp_path / "bundle"
+    for kind, name in (("old", "old"), ("tmp", "half")):
+        (tmp_path / f".bundle.{kind}-{gone.pid}").mkdir()
+        (tmp_path / f".bundle.{kind}-{gone.pid}" / name).write_text(name)
+    (tmp_path / f".bundle.tmp-{os.getpid()}-other").mkdir()  # not a pid: not ours to touch
+    with pytest.raises(RuntimeError), building(bundle):
+        raise RuntimeError("export failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".bundle.tmp-{os.getpid()}-other", "bundle"]
+    assert [p.name for p in bundle.iterdir()] == ["old"], "the old bundle is back under its name"
+    (tmp_path / f".bundle.old-{gone.pid}").mkdir()  # with the name taken, a folder moved aside is deleted
+    with building(bundle) as tmp:
+        tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".bundle.tmp-{os.getpid()}-other", "bundle"]

@@ -146,17 +146,24 @@ def test_one_edited_digit_in_bundle_json_is_refused_as_damaged(
         create_app(bundle)
 
 
+def predicts_without(bundle: Path, fields: tuple[str, ...], film: Path, backend: str,
+                     caplog: pytest.LogCaptureFixture) -> Path:
+    """BUNDLE with ``fields`` taken out of its card, as a bundle written before they were kept; it still predicts."""
+    card = json.loads((bundle / CARD).read_text())
+    for field in fields:
+        del card[field]
+    (bundle / CARD).write_text(json.dumps(card))
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
+        [row] = predict_paths(bundle, [film], backend=backend)
+    assert "label" in row
+    return bundle
+
+
 def test_a_card_written_before_its_checksum_loads_with_a_warning(
     tiny_bundle: Path, tmp_path: Path, film: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As a bundle without checksums of its files: nothing says what it should hold, so it is used, with a warning."""
-    bundle = copy_bundle(tiny_bundle, tmp_path)
-    card = json.loads((bundle / CARD).read_text())
-    del card[CHECKSUM]
-    (bundle / CARD).write_text(json.dumps(card))
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
-        [row] = predict_paths(bundle, [film], backend="onnx")
-    assert "label" in row
+    bundle = predicts_without(copy_bundle(tiny_bundle, tmp_path), (CHECKSUM,), film, "onnx", caplog)
     assert "records no checksum of itself" in caplog.text and "cannot be detected" in caplog.text
     assert caplog.text.count("records no checksum of itself") == 1, "said once, not at every read of the card"
     save_card(bundle, load_card(bundle))  # rewritten by pneumoscan: checked from then on
@@ -262,13 +269,7 @@ def test_one_flipped_bit_in_the_weights_is_refused(tiny_bundle: Path, tmp_path: 
 def test_a_bundle_without_checksums_loads_with_a_warning(
     tiny_bundle: Path, tmp_path: Path, film: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bundle = copy_bundle(tiny_bundle, tmp_path)
-    card = json.loads((bundle / CARD).read_text())
-    del card["files"], card[CHECKSUM]  # as a bundle written before either was kept
-    (bundle / CARD).write_text(json.dumps(card))
-    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.bundle"):
-        [row] = predict_paths(bundle, [film], backend="torch")
-    assert "label" in row
+    predicts_without(copy_bundle(tiny_bundle, tmp_path), ("files", CHECKSUM), film, "torch", caplog)
     assert "records no checksums" in caplog.text and "cannot be detected" in caplog.text
 
 

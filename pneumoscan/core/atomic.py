@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import io
 import os
 import shutil
@@ -76,13 +77,28 @@ def write_csv(path: Path | str, fields: Sequence[str], rows: Iterable[Mapping[st
     return write_atomic(path, text.getvalue().encode("utf-8", errors))
 
 
+def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """``folder/stem+suffix``, or ``stem-2+suffix``, ... when that name exists: a per-film output (heatmap, report)
+    never replaces a file, which may be an input film of the same name or another film's output (films of one name
+    come from different folders), and it appears whole or not at all (:func:`write_atomic`)."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            return write_atomic(path, data, exclusive=True)
+        except FileExistsError:
+            n += 1
+
+
 @contextmanager
 def building(folder: Path | str) -> Iterator[Path]:
     """A temporary folder path beside ``folder`` (the caller creates it) that takes ``folder``'s name only when the
     block ends without an error: a bundle is whole under its name or absent, never half written. A folder already
     under the name is moved aside first and deleted after, so at no moment is a half one there; a failed block
-    leaves the old one as it was."""
+    leaves the old one as it was. What a killed build of the same folder left beside it is cleared first
+    (:func:`_clear_leftovers`)."""
     folder = Path(folder)
+    _clear_leftovers(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     try:
@@ -98,6 +114,30 @@ def building(folder: Path | str) -> Iterator[Path]:
         shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """The folders a killed :func:`building` of ``folder`` left beside it (its process gone): a new one that never
+    took the name is deleted; an old one moved aside takes the name back when nothing has it, else is deleted."""
+    for path in sorted(folder.parent.glob(f".{glob.escape(folder.name)}.*-*")):
+        kind, _, pid = path.name[len(folder.name) + 2 :].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == "old" and not folder.exists():
+            os.rename(path, folder)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

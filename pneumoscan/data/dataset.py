@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 
 class CachedImages(Dataset):
-    """Rows of the uint8 cache (N, S, S) with targets; the transform turns a (1, S, S) uint8 tensor into model input."""
+    """Rows of the uint8 cache (N, S, S) with targets: class indices (N,), or class probabilities (N, C) for a
+    distilled model's training films. The transform turns a (1, S, S) uint8 tensor into model input."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, targets: np.ndarray, transform: Callable) -> None:
         self.images, self.rows, self.targets, self.transform = images, rows, targets, transform
@@ -18,6 +19,7 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         pixels = torch.from_numpy(np.array(self.images[self.rows[i]]))[None]
-        return self.transform(pixels), int(self.targets[i])
+        target = self.targets[i]
+        return self.transform(pixels), int(target) if np.ndim(target) == 0 else torch.from_numpy(target)

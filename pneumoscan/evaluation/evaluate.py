@@ -96,9 +96,17 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
 
 def _weight_sources(bundle: Path) -> list[Path]:
     """The bundles whose training made BUNDLE's weights: itself, or an ensemble's members as recorded when it was
-    built."""
+    built; and a distilled model's teachers (their training films' labels reached it through their probabilities).
+    A source that is gone is kept as a path, which :func:`check_held_out` then warns about."""
+
+    def sources(path: Path) -> list[Path]:
+        return _weight_sources(path) if (path / "bundle.json").exists() else [path]
+
     card = load_card(bundle)
-    return member_sources(card) if card.model == ENSEMBLE else [bundle]
+    if card.model == ENSEMBLE:
+        return [s for member in member_sources(card) for s in sources(member)]
+    teachers = [Path(t) for t in (card.train_config or {}).get("teacher") or []]
+    return [bundle, *(s for teacher in teachers for s in sources(teacher))]
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
@@ -119,8 +127,12 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
             trained = sorted(p for p in given if seen.get(p) == "train")
             if trained:
-                member = (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
-                          "`export --int8 --cv` choose its thresholds on out-of-fold scores)") if path != bundle else ""
+                member = ""
+                if path != bundle and load_card(bundle).model == ENSEMBLE:
+                    member = (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
+                              "`export --int8 --cv` choose its thresholds on out-of-fold scores)")
+                elif path != bundle:
+                    member = f" ({bundle} was distilled from it, so its training films count as {bundle}'s own)"
                 raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split "
                                  f"(e.g. {trained[0]}): {purpose} on films it did not train on{hint}{member}")
             validation = sorted(p for p in given if seen.get(p) == "val")

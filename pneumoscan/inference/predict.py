@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text
@@ -256,19 +256,6 @@ def _decoded(
             yield [(path, job if isinstance(job, str) else job.result()) for path, job in current]
 
 
-def _write_new(folder: Path, stem: str, data: bytes) -> Path:
-    """Write ``folder/stem.png``, or ``stem-2.png``, ... when that name exists: a heatmap never replaces a file,
-    which may be an input film (``--heatmaps`` pointed at the films' own folder) or another image's heatmap. The file
-    appears whole or not at all (:func:`write_atomic`), so a full disk leaves no broken PNG behind."""
-    n = 1
-    while True:
-        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
-        try:
-            return write_atomic(path, data, exclusive=True)
-        except FileExistsError:
-            n += 1
-
-
 def check_stages(first: str, second: str) -> str:
     """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia or
     multiclass model calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`)."""
@@ -329,7 +316,7 @@ def predict_paths(
                     row.update(describe(path))
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     png = overlay_png(gray, explain_array(predictor, gray))
-                    row["heatmap"] = str(_write_new(heatmap_dir, Path(path).stem, png))
+                    row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))
     return rows

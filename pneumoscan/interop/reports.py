@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.tasks import get_task
@@ -28,19 +28,6 @@ def model_version(bundle: Path | str) -> str:
 def model_identity(bundle: Path | str) -> tuple[str, str]:
     """(name, version) as reports and the web service state them: the model id and :func:`model_version`."""
     return load_card(bundle).model_id, model_version(bundle)
-
-
-def _write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
-    """``folder/stem+suffix``, or ``stem-2+suffix``...: a report never replaces a file (films of the same name may
-    come from different folders), and appears whole or not at all (:func:`write_atomic`), so a full disk leaves no
-    truncated report for a PACS to import."""
-    n = 1
-    while True:
-        path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
-        try:
-            return write_atomic(path, data, exclusive=True)
-        except FileExistsError:
-            n += 1
 
 
 def check_reportable(bundle: Path | str) -> None:
@@ -74,7 +61,7 @@ def write_reports(
         if fhir_dir is not None:
             try:
                 text = fhir.observation_json(reading, name, version)
-                row["fhir"] = str(_write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
+                row["fhir"] = str(write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
             except ValueError as e:  # an error row, a result that fails FHIR validation
                 row.setdefault("warnings", []).append(f"no FHIR Observation written: {e}")
         if sr_dir is None:
@@ -86,9 +73,9 @@ def write_reports(
                 continue
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
             made = sr.report_files(source, reading, png, name, version)
-            row["dicom_sr"] = str(_write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
+            row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
             if len(made) > 1:
-                row["dicom_heatmap"] = str(_write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
+                row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
         except ValueError as e:  # a DecodeError, an error row, a film without its UIDs, a malformed attribute, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     log.info("wrote reports for %d results", sum("probability" in row for row in rows))

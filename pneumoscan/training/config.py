@@ -22,6 +22,10 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     pretrained: bool = True
     init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
+    # knowledge distillation (training.distill): bundles whose averaged calibrated probabilities on each training film
+    # make up distill_weight of its target, the label the rest. None of them may have trained on a validation film
+    teacher: list[str] = field(default_factory=list)
+    distill_weight: float = 0.5
     # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
     model_kwargs: dict = field(default_factory=dict)
     image_size: int = 192

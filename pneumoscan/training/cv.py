@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
 from .config import TrainConfig
+from .distill import check_teachers, teacher_paths
 from .resume import config_changes, split_change
 from .train import train
 
@@ -71,9 +73,24 @@ def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
         raise ValueError(f"{run.name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
-def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str) -> dict:
+def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
+    """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
+    teachers = [Path(run) / f"fold-{k}" / "bundle" for run in teacher_cv]
+    for teacher in teachers:
+        if not (teacher / "bundle.json").exists():
+            raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
+                             "own cv command first")
+    return dataclasses.replace(cfg, split_csv=str(out_dir / f"split-fold-{k}.csv"),
+                               teacher=[*cfg.teacher, *teacher_paths(teachers)])
+
+
+def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str,
+                   teacher_cv: Sequence[Path | str] = ()) -> dict:
     """Train ``folds`` runs of ``cfg``, each validated (and its threshold chosen) on one patient-grouped fold of
-    everything in DATA but test/; score each fold's films with its own bundle. Returns the cv.json dict."""
+    everything in DATA but test/; score each fold's films with its own bundle. Returns the cv.json dict.
+
+    ``teacher_cv``: cv runs of the same folds whose fold-K bundles teach fold K's run (:mod:`.distill`); none of
+    them trained on fold K, so each film is still scored by models that never saw its patient."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task)
@@ -81,19 +98,21 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)] for k in range(folds)]
+    configs = [fold_config(cfg, out_dir, k, teacher_cv) for k in range(folds)]
     for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
-        check_fold_run(out_dir / f"fold-{k}", planned, cfg)
+        check_teachers(configs[k], planned, task)
+        check_fold_run(out_dir / f"fold-{k}", planned, configs[k])
     per_fold, oof_rows, all_targets, all_probs = [], [], [], []
     for k, planned in enumerate(plans):
         run = out_dir / f"fold-{k}"
-        manifest = out_dir / f"split-fold-{k}.csv"
+        manifest = Path(configs[k].split_csv)
         write_manifest(planned, manifest)
         bundle = run / "bundle"
         if (bundle / "bundle.json").exists():  # finalize renames a bundle into place whole: a finished fold
             log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
         else:  # an interrupted fold goes on from its last finished epoch; one never started starts from scratch
             log.info("fold %d/%d: training %s", k + 1, folds, run)
-            train(data, dataclasses.replace(cfg, split_csv=str(manifest)), run, resume=True)
+            train(data, configs[k], run, resume=True)
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
         images, targets, errors = labelled_images(manifest, "val", task, predictor.card.spec)
         probs = predictor.probabilities(images)
@@ -117,6 +136,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
+        "teacher_cv": teacher_paths(teacher_cv),
     }  # fmt: skip
     write_atomic(out_dir / "cv.json", json.dumps(jsonable(result), indent=2).encode())
     return result

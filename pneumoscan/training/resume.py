@@ -50,11 +50,16 @@ _ABSENT = object()
 def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
     """``cfg``'s settings that differ from a recorded config (``dataclasses.asdict`` of one, as a checkpoint,
     bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
-    settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed."""
+    settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed, unless
+    the recorded config predates it and ``cfg`` leaves it at its default (a run by an earlier version)."""
     old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
+    for key, default in json.loads(json.dumps(dataclasses.asdict(TrainConfig()))).items():
+        if key not in old and new.get(key) == default:
+            old[key] = default
     for settings in (old, new):  # one bundle however its path is spelt (relative, absolute, through a link)
         if settings.get("init"):
             settings["init"] = os.path.realpath(settings["init"])
+        settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     return _changes({k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in new.items() if k not in ignore})
 
 

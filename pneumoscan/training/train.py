@@ -54,6 +54,7 @@ from .callbacks import (
     restore,
 )
 from .config import TrainConfig
+from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_rows, setup_distributed
 from .engine import Callback, State, fit
 from .resume import resume_from, save_checkpoint
@@ -195,13 +196,17 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
     for err in cache.errors if ctx.main else []:
         log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
     readable = set(cache.paths)
-    parts = {}
-    for name in ("train", "val"):
-        recs, targets = select([r for r in records if r.split == name and r.path in readable], task)
-        parts[name] = (cache.rows([r.path for r in recs]), targets)
+    selected = {name: select([r for r in records if r.split == name and r.path in readable], task) for name in ("train", "val")}
+    parts = {name: (cache.rows([r.path for r in recs]), targets) for name, (recs, targets) in selected.items()}
+    train_targets = parts["train"][1]
+    if cfg.teacher:  # scored once, by rank 0
+        scored = [r.path for r in selected["train"][0]]
+        soft = ctx.from_main(teacher_probabilities(cfg.teacher, scored, paths, cfg.eval_batch_size) if ctx.main else None)
+        train_targets = distilled_targets(train_targets, soft, cfg.distill_weight)
 
     mean, std = registry.normalization(cfg.model)
-    train_set = CachedImages(cache.images, *parts["train"], train_transform(cfg.image_size, mean, std, cfg.augment))
+    train_set = CachedImages(cache.images, parts["train"][0], train_targets,
+                             train_transform(cfg.image_size, mean, std, cfg.augment))
     val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
     val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
@@ -340,6 +345,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model, imagenet, fresh = build_model(cfg, task, ctx)
     records = split_records(data, cfg)
+    check_teachers(cfg, records, task)
     checkpoint_path = run_dir / "checkpoint.pt"
     resumed = resume_from(checkpoint_path, cfg, records, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []

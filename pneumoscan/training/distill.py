@@ -1,0 +1,80 @@
+"""Knowledge distillation: a student learns its teachers' calibrated probabilities as well as the labels.
+
+An ensemble ranks films better than any of its members (docs/results.md) but costs all its members' time at every
+prediction. A student, one model the size of one member, learns on each training film the mixed target
+``(1 - distill_weight) * one_hot(label) + distill_weight * teachers``, where ``teachers`` is the softmax of the
+teachers' averaged calibrated logits (as an ensemble bundle averages its members), computed once on the unaugmented
+films (Hinton et al. 2015, offline). The class-weighted cross-entropy takes the mixed target as it takes a mixup one.
+
+A teacher that trained on the student's validation films would carry their labels into the student, whose
+threshold, temperature and best epoch are chosen on those films: such a teacher is refused. For the same reason
+evaluation counts the teachers' training films as the student's own (``evaluate.weight_sources``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.metrics import softmax
+from pneumoscan.data.cache import build_cache
+from pneumoscan.data.layouts import Record
+from pneumoscan.data.tasks import Task
+from pneumoscan.evaluation.evaluate import check_held_out
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.bundle import load_card
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def teacher_paths(bundles: Sequence[Path | str]) -> list[str]:
+    """Teacher bundles as a config records them: absolute, so evaluation finds them from any folder."""
+    return [os.path.abspath(b) for b in bundles]
+
+
+def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
+    """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one
+    that trained on any of the student's validation films, a weight outside (0, 1), or mixup/CutMix (they mix two
+    films, the teachers' targets belong to one)."""
+    if not cfg.teacher:
+        return
+    if not 0 < cfg.distill_weight < 1:
+        raise ValueError(f"distill_weight is the teachers' share of the target, between 0 and 1: got {cfg.distill_weight}")
+    if cfg.augment.mixup or cfg.augment.cutmix:
+        raise ValueError("distillation learns each film's own teacher probabilities; mixup and CutMix mix two films: "
+                         "turn them off (--set augment.mixup=0 --set augment.cutmix=0) or train without --teacher")
+    for teacher in cfg.teacher:
+        card = load_card(teacher)  # a damaged or edited teacher is refused here, by name
+        if card.task != task.name:
+            raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
+    check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validating a distilled model",
+                   hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
+
+
+def teacher_probabilities(teachers: Sequence[str], paths: Sequence[str], among: Sequence[str],
+                          batch_size: int) -> np.ndarray:
+    """The teachers' averaged calibrated probabilities (N, classes) on the films ``paths``: the softmax of the mean
+    of their calibrated logits. Each teacher reads them with its own preprocessing, from the cache of the films
+    ``among`` (the run's: the student's own cache when a teacher preprocesses as the student does)."""
+    calibrated = []
+    for teacher in teachers:
+        predictor = Predictor(teacher, batch_size, backend="onnx")
+        cache = build_cache(list(among), predictor.card.spec)
+        try:
+            rows = cache.rows(paths)
+        except KeyError as e:
+            raise ValueError(f"teacher {teacher} could not read a training film: {e.args[0]}") from None
+        calibrated.append(predictor.logits(cache.images[rows]) / predictor.card.temperature)
+        log.info("distillation: %s scored the %d training films", teacher, len(paths))
+    return softmax(np.mean(calibrated, axis=0))
+
+
+def distilled_targets(targets: np.ndarray, teacher_probs: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * one_hot(targets) + weight * teacher_probs``, float32 rows that sum to one."""
+    one_hot = np.eye(teacher_probs.shape[1], dtype=np.float32)[targets]
+    return ((1 - weight) * one_hot + weight * teacher_probs).astype(np.float32)

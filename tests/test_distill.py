@@ -1,0 +1,149 @@
+"""Knowledge distillation: students of a bundle or of cv runs' fold bundles, and the teachers they may not have."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan.cli import main
+from pneumoscan.core.metrics import softmax
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.preprocess import preprocess
+from pneumoscan.data.tasks import get_task
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.bundle import load_card
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distill import teacher_probabilities
+from pneumoscan.training.distributed import setup_distributed
+from pneumoscan.training.resume import config_changes
+from pneumoscan.training.train import load_data, split_records, train
+
+TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def teacher_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-fold cv whose fold bundles teach."""
+    out = tmp_path_factory.mktemp("teachers") / "cv"
+    assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2"]) == 0
+    return out
+
+
+def student_config(teacher_cv: Path, tmp_path: Path, **changes: object) -> TrainConfig:
+    """A student validated on the validation films of the teacher's fold 0, trained on its training films but four,
+    which only the teacher saw."""
+    records = discover(teacher_cv / "split-fold-0.csv").records
+    only_teacher = [r for r in records if r.split == "train"][:4]
+    write_manifest([r for r in records if r not in only_teacher], tmp_path / "split.csv")
+    write_manifest([dataclasses.replace(r, split="test") for r in only_teacher], tmp_path / "only-teacher.csv")
+    return TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8,
+                       split_csv=str(tmp_path / "split.csv"), teacher=[str(teacher_cv / "fold-0" / "bundle")],
+                       distill_weight=0.25, **changes)
+
+
+def test_the_teachers_target_is_the_softmax_of_their_mean_calibrated_logits(teacher_cv: Path) -> None:
+    teachers = [str(teacher_cv / f"fold-{k}" / "bundle") for k in range(2)]
+    paths = [r.path for r in discover(teacher_cv / "split-fold-0.csv").records]
+    predictors = [Predictor(t) for t in teachers]  # torch, on films read without the cache
+    probs = [p.probabilities(np.stack([preprocess(f, **p.card.spec.to_dict()) for f in paths])) for p in predictors]
+    np.testing.assert_allclose(teacher_probabilities(teachers[:1], paths, paths, 16), probs[0], atol=1e-5)
+    # averaging calibrated logits is averaging log-probabilities: each film's log-normaliser only shifts all classes
+    expected = softmax(np.mean([np.log(p[1:]) for p in probs], axis=0))
+    np.testing.assert_allclose(teacher_probabilities(teachers, paths[1:], paths, 16), expected, atol=1e-5)
+
+
+def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> None:
+    cfg = student_config(teacher_cv, tmp_path)
+    (tmp_path / "run").mkdir()
+    data = load_data(split_records(cfg.split_csv, cfg), cfg, get_task(cfg.task), setup_distributed(), tmp_path / "run")
+    rows = data.train_set.images[data.train_set.rows]
+    teacher = Predictor(cfg.teacher[0], backend="onnx").probabilities(rows)
+    hard = data.plain[0].targets
+    np.testing.assert_allclose(data.train_set.targets, 0.75 * np.eye(2)[hard] + 0.25 * teacher, atol=1e-5)
+    _, y = next(iter(data.train_loader))
+    assert y.dtype.is_floating_point and y.shape == (8, 2)
+    np.testing.assert_allclose(y.sum(1).numpy(), 1, atol=1e-6)
+    assert data.val_set.targets.ndim == 1, "validation keeps the labels"
+
+
+def test_a_students_teachers_training_films_are_its_own(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = train(tiny_dataset, student_config(teacher_cv, tmp_path), tmp_path / "student")
+    recorded = load_card(bundle).train_config
+    assert recorded["teacher"] == [str(teacher_cv / "fold-0" / "bundle")] and recorded["distill_weight"] == 0.25
+    capsys.readouterr()
+    assert main(["evaluate", str(bundle), str(tmp_path / "only-teacher.csv"), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert f"4 of the films given to evaluate were in {teacher_cv / 'fold-0' / 'bundle'}'s training split" in err, err
+    assert "was distilled from it" in err, err
+
+
+def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
+    tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "students"
+    args = ["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
+            "--teacher-cv", str(teacher_cv), "--distill-weight", "0.7"]
+    assert main(args) == 0
+    for k in range(2):
+        recorded = load_card(out / f"fold-{k}" / "bundle").train_config
+        assert recorded["teacher"] == [os.path.abspath(teacher_cv / f"fold-{k}" / "bundle")]
+        assert recorded["distill_weight"] == 0.7
+        assert (out / f"split-fold-{k}.csv").read_text() == (teacher_cv / f"split-fold-{k}.csv").read_text()
+    assert json.loads((out / "cv.json").read_text())["teacher_cv"] == [os.path.abspath(teacher_cv)]
+    stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(args[:-4]) == 2, "the same folds untaught are another recipe"
+    assert "fold-0 was trained with other settings (teacher [" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, said", [
+    (["--seed", "1"], "of the films given to validating a distilled model were in "),
+    (["--folds", "3"], "has no finished fold-2 bundle"),
+])
+def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, change: list[str],
+                                            said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A teacher that trained on a student's validation films would pass their labels on."""
+    out = tmp_path / "students"
+    assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
+                 "--teacher-cv", str(teacher_cv), *change]) == 2
+    assert said in capsys.readouterr().err
+    assert not (out / "fold-0").exists(), "refused before any fold trains"
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"split_csv": None}, "of the films given to validating a distilled model were in "),
+    ({"distill_weight": 1.0}, "between 0 and 1: got 1.0"),
+    ({"augment": {"mixup": 0.2}}, "mixup and CutMix mix two films"),
+])
+def test_train_refuses_a_distillation_its_validation_cannot_judge(tiny_dataset: Path, teacher_cv: Path,
+                                                                  tmp_path: Path, change: dict, said: str) -> None:
+    cfg = TrainConfig.from_dict(dataclasses.asdict(student_config(teacher_cv, tmp_path)) | change)
+    with pytest.raises(ValueError, match=said):
+        train(tiny_dataset, cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists(), "refused before the run folder is made"
+
+
+def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
+    tiny_dataset: Path, tiny_etiology_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["train", *TINY, "--data", str(tiny_dataset), "--out", str(tmp_path / "run")]
+    assert main([*base, "--teacher", str(tiny_etiology_bundle)]) == 2
+    assert "was trained for the etiology task, not pneumonia" in capsys.readouterr().err
+    assert main([*base, "--distill-weight", "0.3"]) == 2
+    assert "give --teacher" in capsys.readouterr().err
+
+
+def test_a_run_recorded_before_distillation_existed_is_the_same_recipe(tmp_path: Path) -> None:
+    cfg = TrainConfig(teacher=[str(tmp_path / "a" / ".." / "t")])
+    recorded = dataclasses.asdict(TrainConfig())
+    del recorded["teacher"], recorded["distill_weight"]
+    assert config_changes(recorded, TrainConfig()) == []
+    assert config_changes(recorded | {"teacher": [str(tmp_path / "t")]}, cfg) == [], "one teacher however spelt"
+    assert config_changes(recorded, cfg)[0].startswith("teacher [] -> [")
