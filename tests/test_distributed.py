@@ -87,3 +87,14 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
     assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
     assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
+
+
+def test_two_processes_learn_from_a_teacher_scored_once(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """Rank 0 scores the training films with the teacher and hands the targets to the other rank."""
+    run = tmp_path / "student"
+    log = torchrun_train(tiny_dataset, run, tmp_path / "cache", "--epochs", "1", "--teacher", str(tiny_bundle),
+                         "--split-csv", str(tiny_bundle.parent / "split.csv"))
+    n_train = sum(r.split == "train" for r in discover(tiny_bundle.parent / "split.csv").records)
+    assert log.count(f"scored the {n_train} training films") == 1, log
+    recorded = json.loads((run / "bundle" / "bundle.json").read_text())["train_config"]
+    assert recorded["teacher"] == [str(tiny_bundle)], recorded
