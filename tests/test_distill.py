@@ -17,7 +17,7 @@ from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distill import teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.resume import config_changes
@@ -138,6 +138,13 @@ def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
     assert "was trained for the etiology task, not pneumonia" in capsys.readouterr().err
     assert main([*base, "--distill-weight", "0.3"]) == 2
     assert "give --teacher" in capsys.readouterr().err
+
+
+def test_one_teacher_may_be_named_without_a_list(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("teacher: runs/a/bundle\n")
+    assert load_config(tmp_path / "cfg.yaml").teacher == ["runs/a/bundle"]
+    assert load_config(None, ["teacher=runs/b/bundle"]).teacher == ["runs/b/bundle"]
+    assert load_config(None, ["teacher=null"]).teacher == []
 
 
 def test_a_run_recorded_before_distillation_existed_is_the_same_recipe(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ class TrainConfig:
         if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
             check_fields(data["augment"] or {}, Augment, "augment.")
             data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
+        if "teacher" in data and not isinstance(data["teacher"], list):  # `teacher: runs/a/bundle` is one, null none
+            data["teacher"] = [data["teacher"]] if data["teacher"] else []
         look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
         look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
         return cls(**data)
