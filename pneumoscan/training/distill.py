@@ -8,7 +8,7 @@ films (Hinton et al. 2015, offline). The class-weighted cross-entropy takes the 
 
 A teacher that trained on the student's validation films would carry their labels into the student, whose
 threshold, temperature and best epoch are chosen on those films: such a teacher is refused. For the same reason
-evaluation counts the teachers' training films as the student's own (``evaluate.weight_sources``).
+evaluation counts the teachers' training films as the student's own (``evaluate.check_held_out``).
 """
 
 from __future__ import annotations
