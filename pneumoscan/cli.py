@@ -387,7 +387,6 @@ def _add_threshold_rule(p: argparse.ArgumentParser, required: bool, default: str
 def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     """The resolved training config: --config, then --set, then the recipe flags (and ``flags``) that were given."""
     from pneumoscan.training.config import load_config
-    from pneumoscan.training.distill import teacher_paths
 
     cfg = load_config(args.config, args.set or (), task=args.task, model=args.model, epochs=args.epochs,
                       time_budget=args.time_budget, image_size=args.image_size, batch_size=args.batch_size,
@@ -395,7 +394,6 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
                       distill_weight=args.distill_weight, **flags)
     if args.youden:
         cfg.target_sensitivity = None
-    cfg.teacher = teacher_paths(cfg.teacher)
     return cfg
 
 

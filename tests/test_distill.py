@@ -140,10 +140,10 @@ def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
     assert "give --teacher" in capsys.readouterr().err
 
 
-def test_one_teacher_may_be_named_without_a_list(tmp_path: Path) -> None:
+def test_one_teacher_may_be_named_without_a_list_and_is_recorded_absolute(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text("teacher: runs/a/bundle\n")
-    assert load_config(tmp_path / "cfg.yaml").teacher == ["runs/a/bundle"]
-    assert load_config(None, ["teacher=runs/b/bundle"]).teacher == ["runs/b/bundle"]
+    assert load_config(tmp_path / "cfg.yaml").teacher == [os.path.abspath("runs/a/bundle")]
+    assert load_config(None, ["teacher=runs/b/bundle"]).teacher == [os.path.abspath("runs/b/bundle")]
     assert load_config(None, ["teacher=null"]).teacher == []
 
 

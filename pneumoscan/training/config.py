@@ -4,6 +4,7 @@ RUN/config.yaml and in the checkpoint and bundle."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,12 @@ class TrainConfig:
     precision: str = "auto"
     eval_batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        # teachers as the run and its bundle record them: absolute, so evaluation finds them from any folder, however
+        # the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle` names one, null none
+        teachers = [self.teacher] if isinstance(self.teacher, str) else self.teacher or []
+        self.teacher = [os.path.abspath(t) for t in teachers]
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
@@ -77,8 +84,6 @@ class TrainConfig:
         if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
             check_fields(data["augment"] or {}, Augment, "augment.")
             data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
-        if "teacher" in data and not isinstance(data["teacher"], list):  # `teacher: runs/a/bundle` is one, null none
-            data["teacher"] = [data["teacher"]] if data["teacher"] else []
         look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
         look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
         return cls(**data)

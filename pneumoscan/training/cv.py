@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
 from .config import TrainConfig
-from .distill import check_teachers, teacher_paths
+from .distill import check_teachers
 from .resume import config_changes, split_change
 from .train import train
 
@@ -81,7 +82,7 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
             raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
                              "own cv command first")
     return dataclasses.replace(cfg, split_csv=str(out_dir / f"split-fold-{k}.csv"),
-                               teacher=[*cfg.teacher, *teacher_paths(teachers)])
+                               teacher=[*cfg.teacher, *map(str, teachers)])
 
 
 def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str,
@@ -136,7 +137,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
-        "teacher_cv": teacher_paths(teacher_cv),
+        "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
     }  # fmt: skip
     write_atomic(out_dir / "cv.json", json.dumps(jsonable(result), indent=2).encode())
     return result

@@ -14,9 +14,7 @@ evaluation counts the teachers' training films as the student's own (``evaluate.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -30,11 +28,6 @@ from pneumoscan.models.bundle import load_card
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-def teacher_paths(bundles: Sequence[Path | str]) -> list[str]:
-    """Teacher bundles as a config records them: absolute, so evaluation finds them from any folder."""
-    return [os.path.abspath(b) for b in bundles]
 
 
 def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
