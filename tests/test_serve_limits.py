@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-import pneumoscan.serving.app as serve_module
+import pneumoscan.serving.service as service_module
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
@@ -110,8 +110,8 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
 
 
 def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module.decode_upload)
-    monkeypatch.setattr(serve_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_upload)
+    monkeypatch.setattr(service_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=2)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -188,8 +188,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A 503 comes before the body is read; a client that sends its whole body before reading (as most do) must
     still get it, and keep its connection, even when the rest takes longer than the head deadline."""
-    gate = Gate(serve_module.decode_upload)
-    monkeypatch.setattr(serve_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_upload)
+    monkeypatch.setattr(service_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=1, max_queue=1, header_timeout=0.3)
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -213,8 +213,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
 
 def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, xray: bytes,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module.decode_upload)
-    monkeypatch.setattr(serve_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_upload)
+    monkeypatch.setattr(service_module, "decode_upload", gate)
     model_calls = []
     real = Predictor.probabilities
     monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
@@ -243,8 +243,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
 
 def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path, xray: bytes,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(serve_module.decode_upload)
-    monkeypatch.setattr(serve_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_upload)
+    monkeypatch.setattr(service_module, "decode_upload", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=6)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -266,8 +266,8 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
 def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
     predictions are answered meanwhile."""
-    gate = Gate(serve_module.explain_array)
-    monkeypatch.setattr(serve_module, "explain_array", gate)
+    gate = Gate(service_module.explain_array)
+    monkeypatch.setattr(service_module, "explain_array", gate)
     limits = Limits(max_queue=8, heatmap_lane=1)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:

@@ -1,0 +1,149 @@
+"""What the service does for one request, apart from HTTP: the stages (pneumonia, then optionally etiology), the
+lanes that bound the work (decodes, Grad-CAM, requests in the service) and the fault that marks a broken model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from pneumoscan.data.scope import describe
+from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png
+from pneumoscan.inference.predict import NON_FINITE, Predictor, check_stages
+
+from .batching import Stage
+from .formats import Health, Prediction, ServiceInfo, data_url, gray_png, report
+from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
+from .uploads import decode_upload, disconnected, read_upload
+
+T = TypeVar("T")
+
+
+class Service:
+    """A pneumonia (or any) bundle with an optional bacteria-vs-virus second stage, behind bounded lanes.
+    Concurrent requests are decoded in threads and classified together in batches (:class:`.batching.Batcher`)."""
+
+    def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
+                 limits: Limits) -> None:
+        self.limits = limits
+        self.main = Stage(bundle, backend)
+        self.second = Stage(etiology, backend) if etiology is not None else None
+        self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
+        self.max_bytes = int(max_upload_mb * 2**20)
+        # Grad-CAM gets its own torch copy of the model, threads and bound: it never holds the prediction model's
+        # lock, a decode thread, or more than its share of the queue.
+        self.heat_predictor = Predictor(bundle, backend="torch")
+        self.decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
+        self.painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
+        self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)
+        self.heatmap_slots = asyncio.Semaphore(limits.heatmap_lane)
+        self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests and probes)
+        self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
+
+    def close(self) -> None:
+        for stage in (self.main, self.second):
+            if stage is not None:
+                stage.batcher.close()
+        self.decoders.shutdown(cancel_futures=True)
+        self.painters.shutdown(cancel_futures=True)
+
+    def mark_broken(self) -> None:
+        """A model gave a non-finite score: /healthz reports it from now on."""
+        if not self.faults:
+            self.faults.append(NON_FINITE)
+
+    def health(self) -> Health:
+        model_id = self.main.card.model_id
+        if self.faults:
+            return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
+        return Health(status="ok", model_id=model_id)
+
+    def info(self) -> ServiceInfo:
+        etiology = self.second.info() if self.second else None
+        return ServiceInfo(**self.main.info().model_dump(), etiology=etiology, max_upload_bytes=self.max_bytes)
+
+    async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
+        """The answer to one upload, in its lanes: refused at once (503) when a lane is full."""
+        lanes = [("prediction", self.limits.max_queue)]
+        if heatmap:
+            lanes.append(("heatmap", self.limits.heatmap_queue))
+        admitted: list[str] = []
+        try:
+            for lane, bound in lanes:
+                self._admit(lane, bound)
+                admitted.append(lane)
+            return await self._predict_admitted(request, heatmap, want_image, format)
+        finally:
+            for lane in admitted:
+                self.in_flight[lane] -= 1
+
+    def _admit(self, lane: str, bound: int) -> None:
+        if self.in_flight[lane] >= bound:
+            raise Rejected(503, f"the service is busy ({bound} {lane} requests in progress): retry shortly",
+                           {"Retry-After": str(RETRY_AFTER_S)})
+        self.in_flight[lane] += 1
+
+    async def _in_lane(self, gone: asyncio.Future, slots: asyncio.Semaphore, pool: ThreadPoolExecutor,
+                       fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on ``pool`` once a slot is free; a client that goes while waiting leaves the queue at
+        once (so its place, and its slot in the queue bound, go to someone still there)."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done():
+            if acquire.done() and not acquire.cancelled():
+                slots.release()
+            acquire.cancel()
+            raise ClientGone()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        finally:
+            slots.release()
+
+    def _heatmap_png(self, image: np.ndarray, raw: bool) -> bytes:
+        cam = explain_array(self.heat_predictor, image)
+        return gray_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)) if raw else overlay_png(image, cam)
+
+    async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
+        main, second = self.main, self.second
+        data, dicom = await read_upload(request, self.max_bytes, self.limits.body_timeout)
+        gone = asyncio.ensure_future(disconnected(request))  # the body is in: what comes next is a disconnect
+
+        async def decoded(fn: Callable[..., T], *args: Any) -> T:
+            return await self._in_lane(gone, self.decode_slots, self.decoders, fn, data, *args)
+
+        try:
+            image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
+            scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
+            if format == "dicom-sr" and "study_instance_uid" not in scope:
+                raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
+            if gone.done():
+                raise ClientGone()
+            result = await main.predict(image)
+            etiology_result = None
+            if second is not None and result.label == self.handoff:
+                target = second.card.spec.decode_target
+                same = target == main.card.spec.decode_target
+                gray = image if same else await decoded(decode_upload, target, dicom)
+                etiology_result = await second.predict(gray)
+            png = None
+            if heatmap:
+                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
+                                          heatmap == "map")
+            # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
+            shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image else None
+        finally:
+            gone.cancel()
+        if format != "json":
+            reading = {**result.model_dump(), **scope}
+            return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version)
+        film = data_url(gray_png(shown)) if shown is not None else None
+        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=data_url(png) if png else None,
+                          image=film, **scope)
+        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
