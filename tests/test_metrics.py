@@ -152,6 +152,22 @@ def test_fit_temperature_warns_when_it_hits_a_bound():
     assert t == pytest.approx(metrics.TEMPERATURE_BOUNDS[1], rel=1e-2)
 
 
+def test_fit_temperature_keeps_one_when_validation_has_no_error():
+    # every film on its side: the NLL falls without end as T -> 0, and the bound would make a margin of 0.3 read
+    # as 0.9975; T = 1 keeps the model's own scale and says why
+    y = np.array([0, 1] * 8)
+    margin = np.linspace(0.3, 4.0, y.size) * (2 * y - 1)
+    separable = np.stack([-margin / 2, margin / 2], axis=1)
+    with pytest.warns(UserWarning, match="without a single error"):
+        t = fit_temperature(separable, y)
+    assert t == 1.0
+    one_error = separable.copy()
+    one_error[0] = one_error[0, ::-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one film on the wrong side gives the NLL a minimum inside the bounds
+        assert metrics.TEMPERATURE_BOUNDS[0] < fit_temperature(one_error, y) < metrics.TEMPERATURE_BOUNDS[1]
+
+
 def test_temperature_scaling_lowers_ece():
     logits, y = _overconfident_logits(2, seed=7)
     t = fit_temperature(logits, y)

@@ -360,3 +360,14 @@ def test_reference_protocol_validates_on_the_val_folder_and_warns(
     assert "validating on the val/ folder" in caplog.text and "12.5 points" in caplog.text  # 8 films a class
     with pytest.raises(ValueError, match="give one"):
         split_records(data, TrainConfig(split_csv=str(run / "split.csv"), validate_on_val_folder=True))
+
+
+def test_a_val_folder_sharing_a_patient_with_train_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """DATA's own val/ folder is checked as a manifest is: one patient on both sides is refused, not warned about."""
+    data = tmp_path / "chest_xray"
+    shutil.copytree(tiny_dataset / "train", data / "train")
+    shutil.copytree(tiny_dataset / "test", data / "val")
+    split_records(data, TrainConfig(validate_on_val_folder=True))  # no patient in both: accepted
+    shutil.copy(data / "train" / "PNEUMONIA" / "person3_bacteria_3.jpeg", data / "val" / "PNEUMONIA" / "person3_bacteria_99.jpeg")
+    with pytest.raises(ValueError, match=r"train/ and val/ folders: 1 patient\(s\) have films in both train and val \(e\.g\. person3\)"):
+        split_records(data, TrainConfig(validate_on_val_folder=True))

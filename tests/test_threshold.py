@@ -15,7 +15,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import labelled_records, rethreshold
+from pneumoscan.evaluation.evaluate import evaluate, labelled_records, rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
@@ -170,3 +170,28 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     sidecar_path.write_text(sidecar_path.read_text().replace('"threshold_policy": "', '"threshold_policy": "edited '))
     with pytest.raises(ValueError, match="damaged"):
         rethreshold(bundle, site, tmp_path / "again", target_sensitivity=None)
+
+
+def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
+    tiny_bundle: Path, tiny_dataset: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The new bundle has the run's weights but no run's split.csv beside it: the run's training films are still
+    refused, through a copy of a copy, and other files of its training patients are warned about."""
+    first, second = tmp_path / "retuned", tmp_path / "again"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(first)]) == 0
+    assert cli.main(["threshold", str(first), str(site), "--youden", "--out", str(second)]) == 0
+    assert [r["source_bundle"] for r in load_card(second).threshold_records] == [str(tiny_bundle.resolve()),
+                                                                                 str(first.resolve())]
+    for copy in (first, second):
+        with pytest.raises(ValueError, match=f"were in {tiny_bundle.resolve()}'s training split .* is a copy of it with a new threshold"):
+            evaluate(copy, tiny_dataset, split="train")
+    # the same patients' films under new names: not the run's files, so no refusal, but said
+    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
+    films = tmp_path / "films"
+    for r in trained[:3]:
+        name = Path(r.path).name.replace(".jpeg", "_again.jpeg").replace("-0001_again", "-0002")
+        (films / r.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.path, films / r.label / name)
+    caplog.clear()
+    evaluate(second, films)
+    assert "3 film(s) given to evaluate are other files of patients in" in caplog.text

@@ -267,10 +267,19 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
     t = float(math.exp(result.x))
-    if min(abs(result.x - lo), abs(result.x - hi)) < 1e-3:
+    if abs(result.x - lo) < 1e-3:
+        # every film on its side: the NLL only falls as T -> 0, and a T at the bound would make any score look certain
         warnings.warn(
-            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits are degenerate "
-            "(e.g. ranked the wrong way round), so the probabilities are not calibrated",
+            "the validation films are classified without a single error, so no temperature can be fitted on them "
+            f"(the fit ran to its bound {TEMPERATURE_BOUNDS[0]}): T = 1 is kept, and the probabilities are the "
+            "model's own, not calibrated; validate on more films",
+            stacklevel=2,
+        )
+        return 1.0
+    if abs(result.x - hi) < 1e-3:
+        warnings.warn(
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits carry no signal or "
+            "are ranked the wrong way round, so the probabilities are not calibrated",
             stacklevel=2,
         )
     return t

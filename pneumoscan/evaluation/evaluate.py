@@ -20,6 +20,7 @@ from PIL import Image
 from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
                                      evaluate_multiclass, jsonable)
+from pneumoscan.core.names import shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
@@ -94,19 +95,24 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     return metrics, second_scores, np.array(names)[called]
 
 
-def _weight_sources(bundle: Path) -> list[Path]:
-    """The bundles whose training made BUNDLE's weights: itself, or an ensemble's members as recorded when it was
-    built; and a distilled model's teachers (their training films' labels reached it through their probabilities).
-    A source that is gone is kept as a path, which :func:`check_held_out` then warns about."""
+def _weight_sources(bundle: Path) -> list[tuple[Path, str]]:
+    """The bundles whose training made BUNDLE's weights, each with how BUNDLE came by them: itself (""), an
+    ensemble's members as recorded when it was built ("member"), the bundle that ``threshold`` copied it from
+    ("copy": the same weights, but no run's split.csv beside the copy), and a distilled model's teachers ("teacher":
+    their training films' labels reached it through their probabilities). A source that is gone is kept as a path,
+    which :func:`check_held_out` then warns about."""
 
-    def sources(path: Path) -> list[Path]:
-        return _weight_sources(path) if (path / "bundle.json").exists() else [path]
+    def sources(path: Path, how: str) -> list[tuple[Path, str]]:
+        return [(p, how) for p, _ in _weight_sources(path)] if (path / "bundle.json").exists() else [(path, how)]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
-        return [s for member in member_sources(card) for s in sources(member)]
+        return [s for member in member_sources(card) for s in sources(member, "member")]
+    origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
+    if origin := next((o for o in origins if (o / "bundle.json").exists()), None):
+        return sources(origin, "copy")
     teachers = [Path(t) for t in (card.train_config or {}).get("teacher") or []]
-    return [bundle, *(s for teacher in teachers for s in sources(teacher))]
+    return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher"))]
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
@@ -118,21 +124,23 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     with ``refuse_validation``, refused too."""
     given = {os.path.realpath(r.path) for r in records}
     for bundle in map(Path, bundles):
-        for path in _weight_sources(bundle):
+        for path, how in _weight_sources(bundle):
             split = path.parent / "split.csv"
             if not split.exists():
                 log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
                             path, split, purpose)
                 continue
-            seen = {os.path.realpath(r.path): r.split for r in discover(split).records}
+            run = discover(split).records
+            seen = {os.path.realpath(r.path): r.split for r in run}
             trained = sorted(p for p in given if seen.get(p) == "train")
             if trained:
-                member = ""
-                if path != bundle and load_card(bundle).model == ENSEMBLE:
-                    member = (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
-                              "`export --int8 --cv` choose its thresholds on out-of-fold scores)")
-                elif path != bundle:
-                    member = f" ({bundle} was distilled from it, so its training films count as {bundle}'s own)"
+                member = {
+                    "": "",
+                    "member": (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
+                               "`export --int8 --cv` choose its thresholds on out-of-fold scores)"),
+                    "copy": f" ({bundle} is a copy of it with a new threshold, so its training films are {bundle}'s own)",
+                    "teacher": f" ({bundle} was distilled from it, so its training films count as {bundle}'s own)",
+                }[how]
                 raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split "
                                  f"(e.g. {trained[0]}): {purpose} on films it did not train on{hint}{member}")
             validation = sorted(p for p in given if seen.get(p) == "val")
@@ -143,6 +151,11 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             if validation and validation_warning:
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
+            patients = {r.patient for r in run if r.split == "train"}
+            if kin := [r.patient for r in records if r.patient in patients and os.path.realpath(r.path) not in seen]:
+                log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
+                            "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
+                            "are optimistic", len(kin), purpose, path, shown(kin[0]))
 
 
 def labelled_records(
@@ -365,6 +378,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "sensitivity": at["sensitivity"], "specificity": at["specificity"],
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
         "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
+        "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
     }
     card = load_card(bundle)
     card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy

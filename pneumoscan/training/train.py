@@ -89,8 +89,9 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     records = [r for r in records if r.split in ("train", "val")]
     # the threshold, the temperature and early stopping are chosen on val: on a patient trained on, they would
     # rest on films the model has all but seen (the default split and cv's folds keep each patient on one side)
-    if cfg.split_csv and (shared := shared_patients(records)["train/val"]):
-        raise ValueError(f"{shown(cfg.split_csv)}: {len(shared)} patient(s) have films in both train and val (e.g. "
+    if shared := shared_patients(records)["train/val"]:
+        source = shown(cfg.split_csv) if cfg.split_csv else f"{shown(data)}'s train/ and val/ folders"
+        raise ValueError(f"{source}: {len(shared)} patient(s) have films in both train and val (e.g. "
                          f"{shown(shared[0])}), so validation would choose the threshold on patients trained on; "
                          "keep each patient's films in one split (`pneumoscan split` writes such a manifest)")
     return records
