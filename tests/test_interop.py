@@ -42,7 +42,8 @@ from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.fhir import build_observation
-from pneumoscan.interop.reports import write_reports
+from pneumoscan.interop.reports import model_identity, write_reports
+from pneumoscan.interop.sr import build_sr, report_files
 from pneumoscan.models.bundle import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -287,6 +288,10 @@ def _text_items(item: Dataset, meaning: str) -> list[str]:
     return [i.TextValue for i in item.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
 
 
+def _device_uids(sr_ds: Dataset) -> list[str]:
+    return [i.UID for i in sr_ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Device Observer UID"]
+
+
 def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bundle: Path,
              warnings: list[str]) -> None:
     """Every field of the report against the source film and the reading (``warnings``: its scope warnings)."""
@@ -320,6 +325,7 @@ def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bu
         assert _text_items(item, "Algorithm Name") == [card.model_id]
         assert _text_items(item, "Algorithm Version") == [version]
     assert _text_items(sr_ds, "Device Observer Name") == [card.model_id]  # the observer is the model
+    assert _device_uids(sr_ds) == [generate_uid(entropy_srcs=[card.model_id, version])]  # as docs/dicom.md says
     assert _text_items(group_item, "Comment") == [f"scope warning: {w}" for w in warnings]  # beside the finding
     [image] = group.source_images
     assert image.referenced_sop_instance_uid == source.SOPInstanceUID
@@ -339,12 +345,58 @@ def test_predict_writes_sr_and_heatmap_sc_in_the_films_study(
         check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle,
                  row["warnings"])
         sc = pydicom.dcmread(row["dicom_heatmap"])
-        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == source.StudyInstanceUID
+        check_sc(sc, source, *model_identity(tiny_bundle), orientation=[])  # the films record no orientation
         assert sc.PatientName == source.PatientName and sc.SeriesInstanceUID not in (
             source.SeriesInstanceUID, pydicom.dcmread(row["dicom_sr"]).SeriesInstanceUID)
         np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(row["heatmap"]).convert("RGB")))
     jpeg = rows[films["jpeg"].name]
     assert "dicom_sr" not in jpeg and "no DICOM SR written" in jpeg["warnings"][-1]
+
+
+def check_sc(sc: Dataset, source: Dataset, name: str, version: str, orientation: list[str]) -> None:
+    """The overlay: a Secondary Capture in the film's study, derived from the film and saying by what, with the
+    film's patient orientation (``orientation``; empty when the film records none)."""
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.StudyInstanceUID == source.StudyInstanceUID
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
+    [film] = sc.SourceImageSequence
+    assert (film.ReferencedSOPClassUID, film.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
+    assert film.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"  # source image for image processing
+    assert sc.DerivationDescription == f"Grad-CAM overlay by pneumoscan model {name} ({version})"
+    assert "PatientOrientation" in sc and list(sc.get("PatientOrientation") or []) == orientation
+
+
+READING = {"probability": 0.7, "label": "PNEUMONIA", "positive": "PNEUMONIA", "threshold": 0.5, "task": "pneumonia"}
+
+
+def _overlay_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 96, 3), 128, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("recorded, kept", [
+    (["L", "F"], ["L", "F"]),  # PA: the patient's left on the right of the image, feet down
+    (["R", "F"], ["R", "F"]),  # AP: the other way round, which a stock ("L", "F") would contradict
+    (["LP", "F"], ["LP", "F"]),  # an oblique direction, which highdicom cannot write: copied as the film has it
+    (None, []),  # not recorded: none is made up
+    (["X", "F"], []),  # no patient direction
+    (["L"], []),  # one value of two
+])  # fmt: skip
+def test_the_overlay_keeps_the_films_orientation_and_references_the_film(film: np.ndarray, recorded: list | None,
+                                                                        kept: list[str]) -> None:
+    source = header(film, PatientOrientation=recorded)
+    _, overlay = report_files(source, READING, _overlay_png(), "m-1", "sha256:ab")
+    sc = pydicom.dcmread(io.BytesIO(overlay))
+    check_sc(sc, source, "m-1", "sha256:ab", kept)
+
+
+def test_the_device_observer_uid_is_the_models_own(film: np.ndarray) -> None:
+    """One model (name and weights' digest) is one device in every report; other weights another."""
+    first, second = (build_sr(header(film), READING, "m-1", "sha256:ab") for _ in range(2))  # two films
+    retrained = build_sr(header(film), READING, "m-1", "sha256:cd")
+    [uid] = _device_uids(first)
+    assert _device_uids(second) == [uid] != _device_uids(retrained)
+    assert pydicom.uid.UID(uid).is_valid and uid == generate_uid(entropy_srcs=["m-1", "sha256:ab"])
 
 
 def test_sr_refuses_a_film_without_its_uids(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
@@ -632,17 +684,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Orthanc with its DICOMweb plugin on a free port, its storage in a temporary folder; yields the HTTP root."""
+@contextmanager
+def running_orthanc(folder: Path, lua: str | None = None) -> Iterator[str]:
+    """Orthanc with its DICOMweb plugin on a free port, its storage in ``folder``, and ``lua`` as its Lua script
+    when given (Orthanc's own hooks on what it receives); yields the HTTP root."""
     assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
-    folder = tmp_path_factory.mktemp("orthanc")
+    folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = {
         "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }  # fmt: skip
+    if lua is not None:
+        (folder / "hooks.lua").write_text(lua)
+        config["LuaScripts"] = [str(folder / "hooks.lua")]
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = (folder / "orthanc.log").open("w")
     proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
@@ -662,6 +718,26 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+        yield url
+
+
+def _held(url: str, study: str) -> set[str]:
+    """The SOP Instance UIDs the PACS at ``url`` (its HTTP root) holds in ``study``, asked over QIDO-RS."""
+    found = DICOMwebClient(url=f"{url}/dicom-web").search_for_instances(study_instance_uid=study)
+    return {i["00080018"]["Value"][0] for i in found}
+
+
+def _pacs_store(bundle: Path, url: str, study: str, out: Path) -> dict:
+    """``pneumoscan pacs --store --heatmaps`` on a study of one film: its one row."""
+    assert cli.main(["pacs", str(bundle), "--url", url, "--study", study, "--store", "--heatmaps", "--out", str(out),
+                     "--backend", "torch"]) == 0
+    [row] = json.loads(out.read_text())
+    return row
 
 
 def test_pacs_reads_a_study_and_stores_its_reports(
@@ -695,13 +771,42 @@ def test_pacs_reads_a_study_and_stores_its_reports(
         sop = sr_ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
             0].ReferencedSOPInstanceUID
         row = rows[sop]
-        assert sr_ds.SOPInstanceUID in row["stored"]
+        [overlay] = [ds.SOPInstanceUID for ds in overlays if ds.SourceImageSequence[0].ReferencedSOPInstanceUID == sop]
+        assert row["stored"] == [sr_ds.SOPInstanceUID, overlay]  # the SR, then the overlay: both held
         check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle, row["warnings"])
     # a second run does not read the reports and overlays it stored as films
     assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json")]) == 0
     assert {r["sop_instance_uid"] for r in json.loads((tmp_path / "again.json").read_text())} == sources.keys()
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """``handler`` served on a free loopback port in a background thread; yields the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _pass_through(handler: BaseHTTPRequestHandler, url: str) -> httpx.Response:
+    """Send ``handler``'s GET on to ``url``, and the answer's status and headers back: the caller may add
+    headers, then ends them and writes the answer's body."""
+    answer = httpx.get(url, headers={"Accept": handler.headers.get("Accept", "*/*")}, timeout=30)
+    handler.send_response(answer.status_code)
+    handler.send_header("Content-Type", answer.headers.get("content-type", "application/octet-stream"))
+    handler.send_header("Content-Length", str(len(answer.content)))
+    return answer
 
 
 @contextmanager
@@ -712,34 +817,92 @@ def paged_qido(upstream: str, page: int) -> Iterator[str]:
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
 
-    class Front(BaseHTTPRequestHandler):
+    class Front(_Quiet):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             query = dict(parse_qsl(parts.query))
             paged = parts.path.endswith("/instances")
             if paged:
                 query["limit"] = str(min(page, int(query.get("limit", page))))
-            url = f"{root}{parts.path}" + (f"?{urlencode(query)}" if query else "")
-            answer = httpx.get(url, headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=30)
-            self.send_response(answer.status_code)
-            self.send_header("Content-Type", answer.headers.get("content-type", "application/octet-stream"))
-            self.send_header("Content-Length", str(len(answer.content)))
+            answer = _pass_through(self, f"{root}{parts.path}" + (f"?{urlencode(query)}" if query else ""))
             if paged and len(answer.json() or []) == page:
                 self.send_header("Warning", "299 pneumoscan-test: there are additional results")
             self.end_headers()
             self.wfile.write(answer.content)
 
-        def log_message(self, *args: object) -> None:
-            pass
+    with serving(Front) as port:
+        yield f"http://127.0.0.1:{port}{where.path}"
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}{where.path}"
-    finally:
-        server.shutdown()
-        server.server_close()
+
+def _request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The request's body, sent whole or in chunks (dicomweb-client chunks a STOW-RS message over 1 MB)."""
+    if handler.headers.get("Transfer-Encoding") != "chunked":
+        return handler.rfile.read(int(handler.headers["Content-Length"]))
+    body = b""
+    while size := int(handler.rfile.readline().split(b";")[0], 16):
+        body += handler.rfile.read(size)
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return body
+
+
+def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    """``parts`` as a STOW-RS request body, and its content type."""
+    boundary = f"pneumoscan-test-{os.urandom(8).hex()}"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+                    for part in parts)
+    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+@contextmanager
+def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[str, list[str]]]:
+    """A DICOMweb front on ``upstream`` whose STOW-RS fails the instances of ``modality`` as a PACS that stores
+    part of a request does: the others are stored upstream, and the answer is upstream's with the failed ones in
+    its FailedSOPSequence (FailureReason ``reason``), status 202. Orthanc (1.10, DICOMweb plugin 1.7) never answers
+    202: an instance it fails to store is left out of its answer (see the test after this one), and one of another
+    study turns the whole request into a 409. Other requests pass through. Yields the front's URL and a list that
+    gathers the SOP Instance UIDs it failed."""
+    where = urlsplit(upstream)
+    root = f"{where.scheme}://{where.netloc}"
+    failed_uids: list[str] = []
+
+    class Front(_Quiet):
+        def do_GET(self) -> None:
+            answer = _pass_through(self, f"{root}{self.path}")
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def do_POST(self) -> None:
+            boundary = self.headers.get_param("boundary")
+            body = b"\r\n" + _request_body(self)  # each part follows a CRLF, the first one too
+            kept, failed = [], []
+            for piece in body.split(f"\r\n--{boundary}".encode())[1:]:
+                if piece.startswith(b"--"):  # the closing delimiter
+                    break
+                part = piece.split(b"\r\n\r\n", 1)[1]
+                ds = pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True)
+                if ds.Modality != modality:
+                    kept.append(part)
+                    continue
+                failed_uids.append(ds.SOPInstanceUID)
+                failed.append({"00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
+                               "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+                               "00081197": {"vr": "US", "Value": [reason]}})  # fmt: skip
+            content, kind = _multipart(kept)
+            upstream_answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+                                         headers={"Content-Type": kind, "Accept": "application/dicom+json"})
+            assert upstream_answer.status_code == 200, upstream_answer.text
+            answer = upstream_answer.json()
+            answer["00081198"] = {"vr": "SQ", "Value": failed}  # FailedSOPSequence
+            payload = json.dumps(answer).encode()
+            self.send_response(202 if failed else 200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    with serving(Front) as port:
+        yield f"http://127.0.0.1:{port}{where.path}", failed_uids
 
 
 def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path, film: np.ndarray,
@@ -764,3 +927,51 @@ def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Pa
     assert cli.main(["pacs", str(tiny_bundle), "--url", dead, "--study", generate_uid()]) == 2
     err = capsys.readouterr().err
     assert f"DICOMweb at {dead}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """dicomweb-client raises nothing on a 202: the row must not claim the overlay the PACS failed to store."""
+    study = generate_uid()
+    upload = chest_dicom(film, StudyInstanceUID=study)
+    assert httpx.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
+    with partial_stow(f"{orthanc}/dicom-web", modality="OT", reason=0xA700) as (url, failed):
+        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
+    [overlay] = failed
+    held = _held(orthanc, study)
+    assert overlay not in held and len(held) == 2  # the film and its SR
+    assert row["stored"] == list(held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID})
+    assert row["warnings"] == [
+        f"the PACS refused the Grad-CAM Secondary Capture {overlay} (0xA700: out of resources): it is not stored"]
+
+
+# Orthanc's hook on every instance it receives: an error in it fails the store, here of every Secondary Capture
+# pneumoscan makes (Modality OT; the test films are DX)
+REFUSE_OVERLAYS = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  if dicom.Modality == 'OT' then
+    error('this archive takes no secondary captures')
+  end
+  return true
+end
+"""
+
+
+def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
+    tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A real Orthanc that fails to store the overlay answers 200 and leaves it out of its answer: the row lists the
+    SR alone as stored, and says the overlay was not confirmed."""
+    study = generate_uid()
+    upload = chest_dicom(film, StudyInstanceUID=study)
+    with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
+        assert httpx.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+        row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json")
+        held = _held(root, study)
+    [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
+    assert row["stored"] == [sr_uid]
+    [warning] = row["warnings"]
+    prefix, suffix = "the PACS did not confirm storing the Grad-CAM Secondary Capture ", ": it may not be stored"
+    assert warning.startswith(prefix) and warning.endswith(suffix)
+    assert warning[len(prefix):-len(suffix)] not in held

@@ -2,8 +2,10 @@
 
 QIDO-RS finds the study's instances, WADO-RS retrieves them, :func:`~pneumoscan.inference.predict.predict_paths` scores them
 (scope warnings and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM
-Secondary Capture when heatmaps are asked) into the same study. Retrieved films are written to a private temporary
-folder for the prediction run and deleted with it; they are named by their SOP Instance UID, never by patient.
+Secondary Capture when heatmaps are asked) into the same study. Only what the PACS's answer lists as stored is
+recorded as stored: a PACS may answer 202 with some instances failed, or leave one out of its answer. Retrieved
+films are written to a private temporary folder for the prediction run and deleted with it; they are named by their
+SOP Instance UID, never by patient.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
 
 from pneumoscan.data.readers.dicom import is_own_output
 from pneumoscan.inference.predict import predict_paths
@@ -22,6 +25,13 @@ from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
 _STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+_MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
+# STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
+_FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
+             0xA700: "out of resources", 0xA900: "data set does not match SOP class", 0xC000: "cannot understand",
+             0xC122: "transfer syntax not supported"}  # fmt: skip
+_WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
+             0xB007: "data set does not match SOP class"}  # fmt: skip
 
 
 def _value(item: dict, tag: str) -> str:
@@ -42,12 +52,44 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
         found.update(new)
 
 
+def _status(code: int | None, words: dict[int, str]) -> str:
+    """A STOW-RS status code in hex and, when known, in words: what a PACS's operator looks up."""
+    if code is None:
+        return "no reason given"
+    return f"0x{int(code):04X}" + (f": {words[code]}" if code in words else "")
+
+
+def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
+    """The SOP Instance UIDs of ``sent`` (UID: what it is) that the PACS's STOW-RS answer lists as stored (its
+    ReferencedSOPSequence), in the order sent. Each other one gets a warning in the row: refused, with the reason of
+    its FailedSOPSequence item (dicomweb-client raises nothing on a 202), or left out of the answer; and each one
+    stored with a warning reason (elements coerced or discarded) says so: a report is not filed unless the PACS
+    says it is."""
+    accepted = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("ReferencedSOPSequence") or []}
+    failed = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("FailedSOPSequence") or []}
+    notes = row.setdefault("warnings", [])
+    for uid, what in sent.items():
+        if uid in accepted and "WarningReason" in accepted[uid]:
+            notes.append(f"the PACS stored the {what} {uid} with a warning "
+                         f"({_status(accepted[uid].get('WarningReason'), _WARNINGS)})")
+        elif uid in failed:
+            notes.append(f"the PACS refused the {what} {uid} "
+                         f"({_status(failed[uid].get('FailureReason'), _FAILURES)}): it is not stored")
+        elif uid not in accepted:
+            notes.append(f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
+    stored = [uid for uid in sent if uid in accepted]
+    if len(stored) < len(sent):
+        log.warning("the PACS stored %d of the %d instances sent", len(stored), len(sent))
+    return stored
+
+
 def predict_study(
     bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
     backend: str = "onnx", timeout: float = 60,
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL); with ``store``
-    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap)."""
+    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap), and a warning names
+    each one it did not."""
     check_reportable(bundle)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
@@ -76,11 +118,11 @@ def predict_study(
             if store:
                 write_reports(rows, bundle, sr_dir=Path(tmp) / "sr")
                 for row in rows:
-                    made = [row.pop(key) for key in ("dicom_sr", "dicom_heatmap") if key in row]
+                    made = {_MADE[key]: pydicom.dcmread(row.pop(key)) for key in _MADE if key in row}
                     if made:
-                        stored = [pydicom.dcmread(p) for p in made]
-                        client.store_instances(stored, study_instance_uid=study_uid)
-                        row["stored"] = [str(ds.SOPInstanceUID) for ds in stored]
+                        answer = client.store_instances(list(made.values()), study_instance_uid=study_uid)
+                        sent = {str(ds.SOPInstanceUID): what for what, ds in made.items()}
+                        row["stored"] = _stored(answer, sent, row)
             for row in rows:
                 row["path"] = sources[row["path"]]
                 row.pop("heatmap", None)  # the temporary PNG is gone with the folder

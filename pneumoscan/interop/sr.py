@@ -4,7 +4,11 @@ Capture image, both in the source film's study with its patient module, so a PAC
 The report says: finding "pneumonia" present or absent (the model's label at its threshold), the calibrated
 probability, the threshold, the model's name and version (the algorithm identification of every item), and the
 source image it was read from, and each scope warning as a TEXT item beside the finding. It is written unverified
-(``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist.
+(``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist. Its observer is the model as a
+device whose UID follows from the model's name and version, so every report of one model names the same device.
+
+The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
+reader must not be shown left and right that the film did not record.
 
 The patient and study attributes copied into both objects are checked here first (one value; valid UIDs; a sex and
 SOP class highdicom takes): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,9 +30,10 @@ from PIL import Image
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
@@ -46,6 +52,8 @@ _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
 PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
+# a direction of PatientOrientation for a person (PS3.3 C.7.6.1.1.1): letters of A P R L H F, "LP" an oblique one
+_DIRECTION = re.compile(r"[APRLHF]+")
 
 
 def _malformed(source: Dataset, keyword: str) -> str | None:
@@ -102,6 +110,24 @@ def _checked_source(source: Dataset) -> Dataset:
         if keyword not in source:
             setattr(source, keyword, "")
     return source
+
+
+def _patient_orientation(source: Dataset) -> list[str]:
+    """The film's PatientOrientation (the patient directions of its rows and of its columns) when it records a
+    valid one, else empty: the overlay's panels are the film unflipped, and an orientation the film does not
+    state would put a left or right on it that nobody saw."""
+    try:
+        value = source.get("PatientOrientation")
+    except Exception:
+        return []
+    directions = [str(v).strip() for v in (value if isinstance(value, MultiValue) else [value])]
+    return directions if len(directions) == 2 and all(_DIRECTION.fullmatch(d) for d in directions) else []
+
+
+def _device_uid(model_name: str, model_version: str) -> UID:
+    """The Device Observer UID of a model: made from its name and version (its weights' digest), so a PACS sees one
+    device for every report of one model, and another for other weights."""
+    return generate_uid(entropy_srcs=[model_name, model_version])
 
 
 def check_result(result: dict) -> None:
@@ -174,7 +200,8 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str)
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=hd.UID(), name=model_name, manufacturer_name=MANUFACTURER, model_name=model_version
+                uid=_device_uid(model_name, model_version), name=model_name, manufacturer_name=MANUFACTURER,
+                model_name=model_version,
             ),
         )
         report = hd.sr.MeasurementReport(
@@ -191,18 +218,33 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str)
 
 def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str) -> hd.sc.SCImage:
     """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study,
-    with its patient module; derived-image wording so nobody takes it for a film."""
+    with its patient module; derived-image wording so nobody takes it for a film, and the film it was derived from
+    (SourceImageSequence) so a viewer can go back to it."""
     source = _checked_source(source)
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
+    orientation = _patient_orientation(source)
+    # highdicom requires an orientation of a patient image and takes one letter a direction: the film's own when it
+    # can, else a stand-in it accepts, replaced below by the film's compound value or by an empty one (not known,
+    # which DICOM allows: PatientOrientation is type 2C)
+    takes = len(orientation) == 2 and all(len(d) == 1 for d in orientation)
     with _library_refusal():
-        return hd.sc.SCImage.from_ref_dataset(
+        sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=SC_SERIES_NUMBER,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-            patient_orientation=("L", "F"), series_description="pneumoscan Grad-CAM overlay",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            patient_orientation=tuple(orientation) if takes else ("L", "F"),
+            series_description="pneumoscan Grad-CAM overlay", transfer_syntax_uid="1.2.840.10008.1.2.1",
         )  # fmt: skip
+        if not takes:
+            sc.PatientOrientation = orientation
+        film = Dataset()
+        film.ReferencedSOPClassUID, film.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+        purpose = hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+        film.PurposeOfReferenceCodeSequence = [purpose]
+        sc.SourceImageSequence = [film]
+        sc.DerivationDescription = f"Grad-CAM overlay by pneumoscan model {model_name} ({model_version})"
+    return sc
 
 
 def dicom_bytes(ds: Dataset) -> bytes:
