@@ -270,9 +270,13 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     failed = [row for row in rows if "error" in row]
     for row in failed:
         print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
+    unfiled = [row for row in rows if row.get("not_stored")]
+    for row in unfiled:  # a report the PACS did not take is a failure of the command, not a footnote
+        print(f"not stored: {len(row['not_stored'])} report(s) of {row['path']}: {'; '.join(row['warnings'])}",
+              file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
     log.info("%d predicted, %d unreadable, %d reports stored", len(rows) - len(failed), len(failed), stored)
-    return 1 if failed else 0
+    return 1 if failed or unfiled else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

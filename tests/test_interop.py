@@ -732,10 +732,11 @@ def _held(url: str, study: str) -> set[str]:
     return {i["00080018"]["Value"][0] for i in found}
 
 
-def _pacs_store(bundle: Path, url: str, study: str, out: Path) -> dict:
-    """``pneumoscan pacs --store --heatmaps`` on a study of one film: its one row."""
+def _pacs_store(bundle: Path, url: str, study: str, out: Path, status: int = 0) -> dict:
+    """``pneumoscan pacs --store --heatmaps`` on a study of one film, exiting with STATUS (1: a report not stored):
+    its one row."""
     assert cli.main(["pacs", str(bundle), "--url", url, "--study", study, "--store", "--heatmaps", "--out", str(out),
-                     "--backend", "torch"]) == 0
+                     "--backend", "torch"]) == status
     [row] = json.loads(out.read_text())
     return row
 
@@ -937,8 +938,9 @@ def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
     upload = chest_dicom(film, StudyInstanceUID=study)
     assert httpx.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
     with partial_stow(f"{orthanc}/dicom-web", modality="OT", reason=0xA700) as (url, failed):
-        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
+        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
     [overlay] = failed
+    assert row["not_stored"] == [overlay]
     held = _held(orthanc, study)
     assert overlay not in held and len(held) == 2  # the film and its SR
     assert row["stored"] == list(held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID})
@@ -967,10 +969,10 @@ def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
     upload = chest_dicom(film, StudyInstanceUID=study)
     with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
         assert httpx.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
-        row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json")
+        row = _pacs_store(tiny_bundle, f"{root}/dicom-web", study, tmp_path / "pacs.json", status=1)
         held = _held(root, study)
     [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
-    assert row["stored"] == [sr_uid]
+    assert row["stored"] == [sr_uid] and len(row["not_stored"]) == 1
     [warning] = row["warnings"]
     prefix, suffix = "the PACS did not confirm storing the Grad-CAM Secondary Capture ", ": it may not be stored"
     assert warning.startswith(prefix) and warning.endswith(suffix)

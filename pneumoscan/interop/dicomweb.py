@@ -80,6 +80,7 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
     stored = [uid for uid in sent if uid in accepted]
     if len(stored) < len(sent):
         log.warning("the PACS stored %d of the %d instances sent", len(stored), len(sent))
+        row["not_stored"] = [uid for uid in sent if uid not in accepted]
     return stored
 
 
@@ -88,8 +89,8 @@ def predict_study(
     backend: str = "onnx", timeout: float = 60,
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL); with ``store``
-    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap), and a warning names
-    each one it did not."""
+    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
+    others, each named in a warning."""
     check_reportable(bundle)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
