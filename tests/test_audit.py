@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +21,45 @@ from rich.console import Console
 
 from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
 from pneumoscan.data.layouts import discover
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_SECONDS = 120  # generous on a loaded machine; the work itself takes a few seconds
+# The child's command line, its memory capped: a regression reading /dev/zero to its end fails with a MemoryError
+# instead of filling this machine's memory.
+CLI = ("import resource, sys\n"
+       "resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))\n"
+       "from pneumoscan.cli import main\n"
+       "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+
+
+def run_cli_bounded(*args: str) -> subprocess.CompletedProcess:
+    """`pneumoscan ARGS` in a child process group of its own, bounded in time and memory: a regression that
+    waits on a FIFO for ever fails the test (the group, process-pool workers too, is killed) instead of hanging the
+    suite."""
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"})  # one log line each
+    try:
+        out, err = proc.communicate(timeout=CHILD_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"pneumoscan {' '.join(args)} still ran after {CHILD_SECONDS} s: it waited on a special file")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def special_file_manifest(films: list[Path], folder: Path) -> tuple[Path, dict[str, str]]:
+    """A manifest listing ``films`` and, among them, a FIFO (opening it for reading waits for a writer) and
+    /dev/zero (a read never ends); returns it and each special file's expected reason."""
+    fifo = folder / "person900_bacteria_1.jpeg"
+    os.mkfifo(fifo)
+    special = {str(fifo): "not a regular file (FIFO)", "/dev/zero": "not a regular file (character device)"}
+    rows = [f"{film},{'NORMAL' if 'NORMAL' in film.parts else 'PNEUMONIA'}" for film in films]
+    rows[1:1] = [f"{fifo},PNEUMONIA", "/dev/zero,NORMAL"]
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    return manifest, special
 
 
 def _picture(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -146,6 +189,19 @@ def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: 
         assert img.format == "PNG" and img.width > 400 and img.height > 400
     audit_figure(report, discover(tree["root"]), tmp_path / "audit.pdf", per_class=3)  # the format the name asks
     assert (tmp_path / "audit.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_a_fifo_or_device_in_a_manifest_is_listed_unreadable_not_waited_on(tiny_dataset: Path,
+                                                                            tmp_path: Path) -> None:
+    """Discovery never opens what a folder holds, but a manifest names its files: the content hash, the first
+    read of each, must not block on a FIFO or read /dev/zero for ever."""
+    films = sorted((tiny_dataset / "test").rglob("*.jpeg"))[:4]
+    manifest, special = special_file_manifest(films, tmp_path)
+    done = run_cli_bounded("audit", str(manifest), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {u["path"]: u["reason"] for u in report["unreadable"]} == special
+    assert report["n_images"] == len(films) + 2 and not any(set(g) & set(special) for g in report["duplicate_groups"])
 
 
 def test_audit_real_train_folder(data_root: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import struct
 import time
@@ -10,12 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from pneumoscan import cli
 from pneumoscan.data.decode import image_info, read_gray
 
-from pneumoscan.data.pixels import MAX_PIXELS, DecodeError
+from pneumoscan.data.pixels import BLANK, BLANK_IN_WINDOW, MAX_PIXELS, NOT_FINITE, DecodeError
 from pneumoscan.data.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
+from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
 
 RAMP12 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1))  # 8 x 256, values 0..4080
@@ -91,6 +97,127 @@ def test_image_info_refuses_bad_headers(case: str, tmp_path: Path) -> None:
     (tmp_path / name).write_bytes(data)
     with pytest.raises(DecodeError, match=reason):
         image_info(tmp_path / name)
+
+
+# ---------------------------------------------------------------- pixels that hold no picture
+
+
+def float_dicom(values: np.ndarray) -> bytes:
+    """A DICOM of 32-bit float pixel data (Float Pixel Data): the one kind whose values can be NaN or infinite."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+    ds.FloatPixelData = values.astype(np.float32).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def flat_rgba() -> Image.Image:
+    rgba = np.full((30, 40, 4), 200, np.uint8)
+    rgba[..., 3] = 0  # fully transparent: composited on black, nothing is left
+    return Image.fromarray(rgba, "RGBA")
+
+
+FLOAT_RAMP = np.tile(np.linspace(-1.5, 2.5, 16), (4, 1))
+BLANK_INPUTS = {  # case -> (file name, bytes, the whole reason)
+    "flat 8-bit PNG": ("grey.png", encode(Image.new("L", (40, 30), 128), "PNG"), BLANK),
+    "black JPEG": ("black.jpeg", encode(Image.new("RGB", (40, 30)), "JPEG"), BLANK),
+    "white JPEG": ("white.jpeg", encode(Image.new("L", (40, 30), 255), "JPEG"), BLANK),
+    "fully transparent PNG": ("clear.png", encode(flat_rgba(), "PNG"), BLANK),
+    "flat 16-bit PNG": ("deep.png", encode(Image.fromarray(np.full((8, 16), 1000, np.uint16)), "PNG"), BLANK),
+    "all-zero DICOM pixel data (a failed export)": ("zero.dcm", dicom_bytes(np.zeros((8, 16))), BLANK),
+    "flat 8-bit DICOM kept as stored": ("flat8.dcm", dicom_bytes(np.full((8, 16), 90), bits=8), BLANK),
+    # a window over a film with nothing in it: the film is blank, not its window
+    "all-zero DICOM with a window": ("zero-w.dcm", dicom_bytes(np.zeros((8, 16)), WindowCenter=1024, WindowWidth=512),
+                                     BLANK),
+    "DICOM window above its values": ("above.dcm", dicom_bytes(RAMP12, WindowCenter=60000, WindowWidth=400),
+                                      BLANK_IN_WINDOW),
+    "DICOM window below its values, MONOCHROME1": (
+        "below.dcm", dicom_bytes(RAMP12, "MONOCHROME1", WindowCenter=-500, WindowWidth=200), BLANK_IN_WINDOW,
+    ),
+    "DICOM window beyond its rescaled values": (
+        "rescaled.dcm", dicom_bytes(RAMP12, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=3500, WindowWidth=10),
+        BLANK_IN_WINDOW,
+    ),
+    "float DICOM holding a NaN": ("nan.dcm", float_dicom(np.where(FLOAT_RAMP > 2, np.nan, FLOAT_RAMP)), NOT_FINITE),
+    "float DICOM holding +infinity": ("inf.dcm", float_dicom(np.where(FLOAT_RAMP > 2, np.inf, FLOAT_RAMP)),
+                                      NOT_FINITE),
+    "float DICOM holding -infinity": ("-inf.dcm", float_dicom(np.where(FLOAT_RAMP < 0, -np.inf, FLOAT_RAMP)),
+                                      NOT_FINITE),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BLANK_INPUTS))
+def test_a_film_with_nothing_to_see_is_refused_not_scored(case: str, tmp_path: Path) -> None:
+    """A model shown a uniform square still answers with a probability: every reader's blank result (and float
+    pixel data that is not a number) is refused, with the reason, by path, as bytes and through preprocessing."""
+    name, data, reason = BLANK_INPUTS[case]
+    path = tmp_path / name
+    path.write_bytes(data)
+    for read in (lambda: read_gray(path, target=224), lambda: read_gray(data), lambda: preprocess(path, 32)):
+        with pytest.raises(DecodeError) as refused:
+            read()
+        assert str(refused.value) == reason
+
+
+@pytest.mark.parametrize("film", [
+    encode(Image.fromarray(np.pad(np.full((1, 1), 129, np.uint8), ((0, 29), (0, 39)), constant_values=128)), "PNG"),
+    encode(Image.fromarray(np.pad(np.full((1, 1), 1001, np.uint16), ((0, 7), (0, 15)), constant_values=1000)), "PNG"),
+    dicom_bytes(np.pad(np.ones((1, 1)), ((0, 7), (0, 15))), WindowCenter=1024, WindowWidth=4096),
+    float_dicom(FLOAT_RAMP),
+])  # fmt: skip
+def test_one_pixel_of_another_value_is_a_picture(film: bytes) -> None:
+    """The refusal is of one grey level only: a single differing pixel, in any format, still reads (the same
+    readers and builders as the refused cases, so those are refused for their flatness, not for the format)."""
+    gray = read_gray(film)
+    assert gray.min() < gray.max()
+
+
+def test_the_window_reason_names_the_window_only_when_the_film_has_values_outside_it() -> None:
+    inside = read_gray(dicom_bytes(RAMP12, WindowCenter=2000, WindowWidth=400))
+    assert inside.min() == 0 and inside.max() == 255  # the same film with a window over it reads
+    with pytest.raises(DecodeError) as refused:  # an upload declared as DICOM: the same reason from its bytes
+        read_gray(dicom_bytes(RAMP12, WindowCenter=60000, WindowWidth=400, preamble=False), dicom=True)
+    assert str(refused.value) == BLANK_IN_WINDOW
+
+
+def test_predict_refuses_a_blank_film_and_scores_the_rest(tiny_bundle: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """`pneumoscan predict`: the blank film is an error row with its reason and a line on stderr, never a
+    probability; the exit status says a film was refused."""
+    for case, name in (("black JPEG", "black.jpeg"), ("DICOM window above its values", "above.dcm")):
+        (tmp_path / name).write_bytes(BLANK_INPUTS[case][1])
+    film = tmp_path / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
+    out = tmp_path / "r.csv"
+    paths = [str(tmp_path / "black.jpeg"), str(tmp_path / "above.dcm"), str(film)]
+    assert cli.main(["predict", str(tiny_bundle), *paths, "--backend", "torch", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    for name, reason in (("black.jpeg", BLANK), ("above.dcm", BLANK_IN_WINDOW)):
+        assert rows[name]["error"] == reason and rows[name]["probability"] == "" and rows[name]["label"] == ""
+        assert f"{tmp_path / name}: {reason}" in err
+    assert rows["film.png"]["error"] == "" and 0 <= float(rows["film.png"]["probability"]) <= 1
+
+
+@pytest.mark.parametrize("case, content_type", [
+    ("flat 8-bit PNG", "image/png"), ("black JPEG", "image/jpeg"), ("flat 16-bit PNG", "image/png"),
+    ("all-zero DICOM pixel data (a failed export)", "application/dicom"),
+    ("DICOM window above its values", "application/dicom"), ("float DICOM holding a NaN", "application/dicom"),
+])  # fmt: skip
+def test_the_service_answers_a_blank_upload_with_422_and_the_reason(tiny_bundle: Path, case: str,
+                                                                    content_type: str) -> None:
+    name, data, reason = BLANK_INPUTS[case]
+    with TestClient(create_app(tiny_bundle)) as client:
+        r = client.post("/v1/predict", files={"file": (name, data, content_type)})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == f"cannot read the image: {reason}" and "probability" not in r.json()
 
 
 def test_bomb_is_refused_before_decoding() -> None:

@@ -293,7 +293,8 @@ def test_server_answers_500_with_a_reason_and_turns_unhealthy(tmp_path: Path) ->
     bundle = nan_bundle(tmp_path / "nan")
     with TestClient(create_app(bundle, backend="torch")) as client:
         assert client.get("/healthz").status_code == 200
-        r = client.post("/v1/predict", files={"file": ("x.png", png(np.zeros((40, 40), np.uint8)), "image/png")})
+        gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)  # a blank film is refused first
+        r = client.post("/v1/predict", files={"file": ("x.png", png(gray), "image/png")})
         assert r.status_code == 500 and "non-finite score" in r.json()["error"]
         health = client.get("/healthz")
         assert health.status_code == 503
@@ -446,7 +447,8 @@ def bright_overflow_bundle(directory: Path) -> Path:
 
 def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> None:
     bundle = bright_overflow_bundle(tmp_path / "b")
-    dark, bright = np.full((32, 32), 60, np.uint8), np.full((32, 32), 250, np.uint8)
+    # grey ramps, not flat squares: decoding refuses a blank film before the model sees it
+    dark, bright = (np.tile(np.linspace(lo, lo + 40, 32).astype(np.uint8), (32, 1)) for lo in (40, 210))
     predictor = Predictor(bundle)
     alone = predictor.probabilities(dark[None])
     probs, bad = predictor.finite_probabilities(np.stack([dark, bright, dark]))

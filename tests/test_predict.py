@@ -268,7 +268,7 @@ def test_cli_predict_wrong_paths_and_settings_end_with_a_reason_and_status_2(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture, problem: str
 ) -> None:
     image = tmp_path / "x.png"
-    Image.fromarray(np.zeros((40, 40), np.uint8)).save(image)
+    Image.fromarray(_image(40, 40, 0)).save(image)
     bundle, extra = tiny_bundle, []
     if problem == "out is a folder":
         (tmp_path / "r.csv").mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.data.split import patient_split, split_summary
+from tests.test_audit import run_cli_bounded, special_file_manifest
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +186,21 @@ def test_an_empty_dataset_gives_a_reason_not_an_empty_split(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "no images outside test/" in err and "no readable images" in err
     assert not (tmp_path / "split.csv").exists()
+
+
+def test_a_manifest_naming_a_fifo_or_a_device_is_split_and_cached_without_waiting(tiny_dataset: Path,
+                                                                                 tmp_path: Path) -> None:
+    """split hashes every file for exact duplicates and cache decodes them: a FIFO (which waits for a writer) or
+    /dev/zero (which never ends) in a manifest must not stop either. split keeps the row (it reads no pixels);
+    cache lists it as unreadable with its kind."""
+    films = sorted((tiny_dataset / "train").rglob("*.jpeg"))
+    manifest, special = special_file_manifest(films, tmp_path)
+    out = tmp_path / "split.csv"
+    done = run_cli_bounded("split", str(manifest), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["all"]["n"] == len(films) + 2
+    assert {r.path for r in read_manifest(out).records} >= set(special)
+    done = run_cli_bounded("cache", str(manifest), "--size", "16")
+    assert done.returncode == 0, done.stderr
+    for path, reason in special.items():
+        assert f"unreadable {path}: {reason}" in done.stderr

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import math
 import os
+import stat
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -31,6 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.names import file_kind
 from pneumoscan.data.decode import image_info, read_gray
 
 from pneumoscan.data.pixels import DecodeError
@@ -53,7 +55,15 @@ def _subtype_key(subtype: str) -> str:
 
 
 def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Hex SHA-256 of a regular file's bytes. Opened without blocking and checked from that handle, as decoding
+    does (:mod:`pneumoscan.data.decode`): a manifest may name a FIFO (whose open and read wait for a writer) or a
+    device (/dev/zero never ends), which would hang split and audit; DecodeError names what it is instead."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DecodeError(f"not a regular file ({file_kind(mode)})")
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _scan(path: str) -> dict:
@@ -65,6 +75,9 @@ def _scan(path: str) -> dict:
         out["sha"] = _sha256(path)
     except OSError as e:
         out["error"] = f"cannot read file: {e.strerror or e}"
+        return out
+    except DecodeError as e:
+        out["error"] = str(e)
         return out
     try:
         info = image_info(path)
@@ -92,7 +105,7 @@ def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> 
     def digest(path: str) -> str | None:
         try:
             return _sha256(path)
-        except OSError:
+        except (OSError, DecodeError):
             return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

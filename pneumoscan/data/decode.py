@@ -9,16 +9,20 @@ build can list the unreadable files and the web service can answer with a 4xx in
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import DecodeError
+from .pixels import BLANK, BLANK_IN_WINDOW, DecodeError
+
+logger = logging.getLogger(__name__)
 
 Source = str | Path | bytes
 
@@ -72,6 +76,29 @@ def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
     """Decode to a uint8 H x W grayscale array. With ``target`` a larger image is reduced (:func:`~pneumoscan.data.pixels.reduce`) to a
     short side still above target, the same way whatever its format, so the same pixels give the same score as
-    JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's magic (see :func:`_check_source`)."""
+    JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's magic (see :func:`_check_source`).
+
+    Every reader's pixels pass here, so this is where a blank image (one grey level: a failed export, all-zero
+    pixel data, a DICOM window beside the film's values) is refused: a model shown a uniform square still answers
+    with a probability."""
     src, reader = _check_source(source, dicom)
-    return reader.gray(src, target)
+    gray = reader.gray(src, target)
+    if not gray.size or gray.min() == gray.max():
+        reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src) else BLANK
+        raise DecodeError(reason)
+    return gray
+
+
+def _windowed_out(src: Path | bytes) -> bool:
+    """Whether a DICOM that decoded blank had differing values before its window (VOI LUT), so the window, not
+    the film, is what left nothing to see. Read again only on this refusal; any failure here keeps the plainer
+    reason, as the film was decoded a moment ago."""
+    try:
+        ds = readers.dicom.read_dataset(src, header_only=False)
+        if not any(k in ds for k in ("WindowCenter", "VOILUTSequence")):
+            return False
+        values = apply_modality_lut(ds.pixel_array, ds)
+    except Exception as e:  # a codec's own error types: the plainer reason is still true
+        logger.debug("cannot tell whether the window blanked the film: %s", readers.dicom.redact(str(e)))
+        return False
+    return bool(values.min() != values.max())

@@ -1,5 +1,6 @@
-"""What every image reader shares: the decode limits and their refusals (:class:`DecodeError`), the one reduction
-towards the model's size, and the stretch of any numbers to 8-bit grey.
+"""What every image reader shares: the decode limits and their refusals (:class:`DecodeError`), the reasons for
+pixels that hold no picture, the one reduction towards the model's size, and the stretch of any numbers to 8-bit
+grey.
 
 Readers (:mod:`pneumoscan.data.readers`) read the limits here when they decode, so a site (or a test) sets them in
 one place; :mod:`pneumoscan.data.decode` picks the reader for a file.
@@ -8,8 +9,8 @@ one place; :mod:`pneumoscan.data.decode` picks the reader for a file.
 from __future__ import annotations
 
 import errno
-
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,13 @@ _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic
 
 class DecodeError(ValueError):
     """Raised with a human-readable reason (str(e)) when a file cannot be read as an X-ray."""
+
+
+# The refusals of pixels that hold no picture, whatever the reader: a model given a black square still answers
+# with a probability, so a failed export or a window beside the film's values is refused, never scored.
+BLANK = "blank image: every pixel has the same value"
+BLANK_IN_WINDOW = "blank image: nothing of the film is inside its window"
+NOT_FINITE = "pixel data holds values that are not finite numbers (NaN or infinity)"
 
 
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.ENOMEM,
@@ -81,13 +89,17 @@ def reduce(gray: Image.Image, target: int | None) -> Image.Image:
 
 
 def minmax_u8(arr: np.ndarray) -> np.ndarray:
-    """A 2-D array of any numbers stretched from its minimum and maximum to uint8 0-255."""
+    """A 2-D array of any numbers stretched from its minimum and maximum to uint8 0-255 (see :func:`stretch`)."""
     return stretch(lambda top, end: arr[top:end], *arr.shape, float(arr.min()), float(arr.max()))
 
 
 def stretch(rows: Callable[[int, int], np.ndarray], height: int, width: int, lo: float, hi: float) -> np.ndarray:
     """Values ``lo..hi`` stretched to uint8 0-255, a block of ``rows(top, end)`` at a time: a whole float64 copy of a
-    12,000 x 12,000 film would be 1.1 GB."""
+    12,000 x 12,000 film would be 1.1 GB. A NaN or infinite bound (float pixel data; a minimum or maximum is NaN
+    when any value is) is refused: the arithmetic would turn it into arbitrary grey levels. Flat values
+    (``hi == lo``) come out black, which :func:`pneumoscan.data.decode.read_gray` refuses as a blank image."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise DecodeError(NOT_FINITE)
     out = np.zeros((height, width), np.uint8)
     if hi <= lo:
         return out
