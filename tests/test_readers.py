@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 from pneumoscan.data import pixels as shared, readers
+from pneumoscan.data.cache import CHUNK, build_cache
 from pneumoscan.data.decode import image_info, read_dicom_header, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.inference.predict import expand_paths, predict_paths
 from tests.builders import SCORE_TOL, dicom_bytes
 
@@ -158,3 +160,21 @@ def test_without_the_toy_reader_its_files_are_left_out_with_a_reason(tmp_path: P
     with pytest.raises(DecodeError, match="not a JPEG, PNG or DICOM image"):
         read_gray(tmp_path / "NORMAL" / "film.pgm")
     assert expand_paths([tmp_path]) == [(str(tmp_path), "folder holds no JPEG, PNG or DICOM files")]
+
+
+def test_cache_workers_decode_with_the_sites_readers_and_limits(
+    pgm_reader: PgmReader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enough files start a pool of fresh processes: they read with the readers and limits of the process that
+    built the cache, so the answer does not depend on how many files there are; both are part of the cache key."""
+    spec = PreprocessSpec(size=16)
+    paths = []
+    for i in range(CHUNK + 8):  # two chunks: a pool of two workers
+        paths.append(tmp_path / f"film-{i}.pgm")
+        paths[-1].write_bytes(pgm(film(seed=i)))
+    few, many = build_cache(paths[:4], spec, tmp_path / "cache", workers=2), build_cache(paths, spec, tmp_path / "cache", workers=2)
+    assert not few.errors and not many.errors and len(many.paths) == len(paths)
+    assert np.array_equal(many.images[:4], few.images)
+    monkeypatch.setattr(shared, "MAX_PIXELS", 100)  # smaller than a 48 x 40 film
+    refused = build_cache(paths, spec, tmp_path / "cache", workers=2)  # a new key: not the cache above
+    assert len(refused.errors) == len(paths) and all("image too large" in e["reason"] for e in refused.errors)

@@ -29,6 +29,7 @@ import pydicom
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
@@ -79,11 +80,12 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
-    """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec and the decoders'
-    versions: any change gives a new cache, so an error stored for an unreadable file does not outlive its cause
+    """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec, the decoders'
+    versions, the registered readers and the decode limits: any change gives a new cache, so an error stored for an unreadable file does not outlive its cause
     (a chmod changes only the ctime). The cache answers by the paths as given, so two spellings of one file are
     two caches."""
-    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__]
+    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__, _decoding()["limits"],
+                [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()]]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         try:
@@ -189,6 +191,22 @@ def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, l
     return block, errors
 
 
+def _decoding() -> dict:
+    """What decodes a file besides the spec: the registered readers, in the order they are asked, and the decode
+    limits, all of which a site may change at run time."""
+    return {"readers": readers.registered(), "limits": [pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES]}
+
+
+def _adopt(decoding: dict) -> None:
+    """Pool initializer: a worker starts from a fresh import, so it takes the parent's readers (a site's own
+    included) and limits; otherwise the same files would decode otherwise when enough of them start a pool."""
+    for reader in readers.registered():
+        readers.unregister(reader.name)
+    for reader in decoding["readers"]:
+        readers.register(reader)
+    pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES = decoding["limits"]
+
+
 def _decode_all(
     paths: list[str], spec: PreprocessSpec, workers: int
 ) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str, bool]]]]]:
@@ -200,7 +218,8 @@ def _decode_all(
             yield start, _decode_chunk(paths[start : start + CHUNK], spec)
         return
     # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_adopt,
+                             initargs=(_decoding(),)) as pool:
         todo = iter(starts)
         pending = {}
 
