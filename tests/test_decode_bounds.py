@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom import uid
 
 from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
@@ -19,26 +23,12 @@ from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.inference.predict import Predictor
 from tests.builders import dicom_bytes, write_png
 
-PEAK = """
-import resource, sys
-from pneumoscan.data.decode import read_gray
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-gray = read_gray(sys.argv[1], target=224)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(gray.shape, (after - before) * 1024)
-"""
-
-
 def test_decoding_a_large_16bit_png_holds_under_twice_its_decoded_bytes(tmp_path: Path) -> None:
     """A 6,000 x 6,000 16-bit PNG is 72 MB decoded; its float64 copies once took over 1 GB of memory."""
     path = write_png(tmp_path / "deep.png", 6000, 6000, bits=16)
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK, str(path)], capture_output=True, text=True, check=True, timeout=120,
-        cwd=Path(__file__).parents[1],
-    )  # fmt: skip
-    shape, added = out.stdout.rsplit(None, 1)
+    shape, added = _peak(path, MAX_DECODED_BYTES)
     decoded = 6000 * 6000 * 2
-    assert int(added) < 2 * decoded, f"decoding added {int(added) / 2**20:.0f} MiB of peak memory"
+    assert decoded < added < 2 * decoded, f"decoding added {added / 2**20:.0f} MiB of peak memory"
     assert shape == "(231, 231)"  # 26 x 26 blocks averaged: the short side stays above 224
 
 
@@ -114,3 +104,92 @@ def test_same_pixels_give_the_same_model_input_and_score_as_jpeg_png_or_dicom(
         for name, data in sources.items():
             other = predictor.predict_array(read_gray(data, target=predictor.card.spec.decode_target))["probability"]
             assert abs(other - score) <= 0.01, f"{film.name}: JPEG {score:.4f}, {name} {other:.4f}"
+
+
+PEAK_WITH_LIMIT = """
+import sys
+from pneumoscan.data import pixels
+from pneumoscan.data.decode import read_gray
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+pixels.MAX_DECODED_BYTES = int(sys.argv[2])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size starts again from the current one: ru_maxrss keeps the parent's peak
+before = status("VmRSS:")
+try:
+    print(read_gray(sys.argv[1], target=224).shape, end=" ")
+except pixels.DecodeError as e:
+    print(repr(str(e)), end=" ")
+print(status("VmHWM:") - before)
+"""
+
+
+def _peak(path: Path, limit: int) -> tuple[str, int]:
+    """What reading ``path`` in a fresh process with MAX_DECODED_BYTES = ``limit`` gave, and the peak memory added."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_WITH_LIMIT, str(path), str(limit)], capture_output=True, text=True, check=True,
+        timeout=120, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    result, added = out.stdout.rsplit(None, 1)
+    return result, int(added)
+
+
+def test_a_large_cmyk_jpeg_is_decoded_within_the_byte_limit(tmp_path: Path) -> None:
+    """A CMYK JPEG decodes at 4 bytes a pixel (libjpeg has no CMYK-to-grey conversion): its scale once assumed 1,
+    so a 4,000 x 4,000 one under a 32 MiB limit was decoded whole (64 MB), then copied to RGB (64 MB more)."""
+    ramp = np.add.outer(np.arange(4000) // 16, np.arange(4000) // 32).astype(np.uint8)
+    path = tmp_path / "cmyk.jpeg"
+    Image.fromarray(ramp).convert("CMYK").save(path, quality=90)
+    limit = 32 * 2**20
+    assert 4000 * 4000 <= limit < 4000 * 4000 * 4  # luma alone would fit at full size; CMYK does not
+    shape, added = _peak(path, limit)
+    assert added < 1.5 * limit, f"decoding added {added / 2**20:.0f} MiB of peak memory (limit {limit / 2**20:.0f} MiB)"
+    assert shape == "(250, 250)"  # decoded at 1/2 scale (2,000 px), then 8 x 8 blocks averaged (4,000 px: 17)
+
+
+def _deflated_dicom(trailing_zeros: int) -> bytes:
+    """A small deflated film followed by ``trailing_zeros`` bytes of Data Set Trailing Padding (FFFC,FFFC): a few
+    hundred KiB on disk that inflate to as much as asked, deflated a MiB at a time so the test never holds it."""
+    plain = dicom_bytes(np.tile(np.arange(64, dtype=np.uint16) * 64, (64, 1)))
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    deflated = buf.getvalue()
+    meta_end = 132 + 12 + struct.unpack_from("<I", deflated, 132 + 8)[0]  # after (0002,0000) UL and its group
+    dataset = plain[132 + 12 + struct.unpack_from("<I", plain, 132 + 8)[0] :]
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunks = [deflater.compress(dataset + b"\xfc\xff\xfc\xffOB\0\0" + struct.pack("<I", trailing_zeros))]
+    chunk = bytes(2**20)
+    for start in range(0, trailing_zeros, len(chunk)):
+        chunks.append(deflater.compress(chunk[: trailing_zeros - start]))
+    return deflated[:meta_end] + b"".join(chunks) + deflater.flush()
+
+
+def test_a_deflated_dicom_is_inflated_within_the_byte_limit(tmp_path: Path) -> None:
+    """pydicom inflated the whole dataset before any limit was checked: 400 MiB in memory (twice, with the parsed
+    value) from a file of about 400 KiB, and scored the film. The limit is now checked on a measuring inflate that
+    keeps nothing."""
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(_deflated_dicom(400 * 2**20))
+    assert path.stat().st_size < 500 * 2**10
+    reason, added = _peak(path, MAX_DECODED_BYTES)
+    assert "deflated DICOM dataset inflates to over 256 MiB" in reason
+    assert added < MAX_DECODED_BYTES / 4, f"reading added {added / 2**20:.0f} MiB of peak memory"
+    with pytest.raises(DecodeError, match="inflates to over 256 MiB"):
+        image_info(path)
+
+
+def test_a_deflated_dicom_within_the_limit_reads_and_one_past_it_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _deflated_dicom(2**20)  # inflates to 1 MiB and a few KiB
+    assert read_gray(data).shape == (64, 64) and image_info(data)["width"] == 64
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 2**20)
+    for read in (read_gray, image_info):
+        with pytest.raises(DecodeError, match="deflated DICOM dataset inflates to over 1 MiB"):
+            read(data)
+
+
+def test_a_truncated_deflated_dicom_is_refused() -> None:
+    data = _deflated_dicom(0)
+    with pytest.raises(DecodeError, match="deflated DICOM dataset is truncated"):
+        read_gray(data[:-200])

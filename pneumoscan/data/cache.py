@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import pydicom
+import simplejpeg
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
@@ -34,7 +35,7 @@ from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
-CACHE_VERSION = 6  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 7  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600
@@ -84,7 +85,7 @@ def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
     versions, the registered readers and the decode limits: any change gives a new cache, so an error stored for an unreadable file does not outlive its cause
     (a chmod changes only the ctime). The cache answers by the paths as given, so two spellings of one file are
     two caches."""
-    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__, _decoding()["limits"],
+    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__, simplejpeg.__version__, _decoding()["limits"],
                 [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()]]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:

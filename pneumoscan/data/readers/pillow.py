@@ -1,19 +1,29 @@
-"""JPEG and PNG through Pillow, header first: the size and memory limits are applied before any pixel is decoded."""
+"""JPEG and PNG, header first through Pillow: the size and memory limits are applied before any pixel is decoded.
+
+A JPEG's pixels are decoded by libjpeg-turbo through simplejpeg, which turns libjpeg's "corrupt data" warnings
+into errors: Pillow ignores them, so a film cut short (an EOI marker halfway) or with damaged entropy-coded data
+decoded to bands of flat grey and was scored.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import ExifTags, Image, ImageChops
+from PIL.JpegImagePlugin import JpegImageFile
 
 from pneumoscan.data import pixels
 from .base import Reader, formats
+
+log = logging.getLogger(__name__)
 
 PIL_FORMATS = ("JPEG", "PNG")
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
@@ -43,7 +53,7 @@ class PillowReader(Reader):
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         with _open(src) as im:
-            return _gray(im, target)
+            return _gray(im, src, target)
 
 
 @contextmanager
@@ -66,7 +76,7 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
         width, height = im.size
         if width * height > pixels.MAX_PIXELS:
             raise pixels.too_large(width, height)
-        if _bytes(im) > pixels.MAX_DECODED_BYTES and im.format != "JPEG":  # a JPEG can be decoded smaller
+        if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
             raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
         yield im
 
@@ -75,36 +85,69 @@ def _bytes(im: Image.Image) -> int:
     return im.width * im.height * _PILLOW_BYTES.get(im.mode, 4)
 
 
-def _gray(im: Image.Image, target: int | None) -> np.ndarray:
+def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     """Gray uint8 pixels, reduced (:func:`pixels.reduce`) and upright. The decoded image is turned into an 8-bit one
     in place of a copy or a strip at a time, so decoding holds at most about 1.5 times its decoded bytes."""
     width, height = im.size
-    if _bytes(im) > pixels.MAX_DECODED_BYTES:  # a JPEG (_open refuses the others):
-        # libjpeg decodes the luma channel alone, and at 1/2, 1/4 or 1/8 scale (DCT scaling) when that is not enough
-        scale = next((s for s in (1, 2, 4, 8) if -(-width // s) * -(-height // s) <= pixels.MAX_DECODED_BYTES), 8)
-        im.draft("L", (width // scale, height // scale))
     try:
-        im.load()
+        if isinstance(im, JpegImageFile):  # an MPO (a camera's multi-picture JPEG) too: its first picture
+            decoded = _jpeg_gray(im, src)
+        else:
+            im.load()
+            decoded = im
         orientation = im.getexif().get(ExifTags.Base.Orientation)  # a PNG's may follow its pixels
+    except pixels.DecodeError:
+        raise
     except Exception as e:  # truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False on purpose)
         raise pixels.DecodeError(f"corrupt or truncated image data: {e}") from None
-    if im.mode.startswith("I"):
+    if decoded.mode.startswith("I"):
         # 16-bit PNG, often a DICOM export holding 10- to 14-bit values: min-max, as a DICOM without a window
         # (scaling by 65535 made 12-bit data nearly black; Pillow's convert('L') would clip)
-        lo, hi = im.getextrema()
+        lo, hi = decoded.getextrema()
         def strip(top: int, end: int) -> np.ndarray:  # np.asarray(im) would copy it all, twice (tobytes)
-            return np.asarray(im.crop((0, top, width, end)))
+            return np.asarray(decoded.crop((0, top, width, end)))
 
         gray = Image.fromarray(pixels.stretch(strip, height, width, lo, hi))
-    elif im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+    elif decoded.mode in ("RGBA", "LA", "PA") or "transparency" in decoded.info:
         # X-ray background is black, so transparent areas become black like the padding does
-        gray = ImageChops.multiply(*im.convert("LA").split())
+        gray = ImageChops.multiply(*decoded.convert("LA").split())
     else:
-        gray = im if im.mode == "L" else (im.convert("RGB") if im.mode == "CMYK" else im).convert("L")
+        gray = decoded if decoded.mode == "L" else decoded.convert("L")
     gray = pixels.reduce(gray, target)
     if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
         gray = gray.transpose(_ORIENTATION[orientation])
     return np.asarray(gray)
+
+
+def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
+    """The JPEG's grey pixels, libjpeg's warnings (corrupt or missing entropy-coded data) raised as errors. Within
+    MAX_DECODED_BYTES they are the pixels Pillow gave (colour decoded, then its convert('L')); beyond it, the luma
+    channel alone, at the smallest of 1/2, 1/4 or 1/8 scale (DCT scaling) that fits, as Pillow's draft mode gave. A
+    CMYK JPEG decodes at 4 bytes a pixel whatever is asked (libjpeg has no CMYK-to-grey conversion), so its scale
+    is chosen for 4 bytes a pixel."""
+    try:
+        data = src if isinstance(src, bytes) else src.read_bytes()
+    except OSError as e:  # one that may pass (EIO, ESTALE) stays in the chain for pixels.transient
+        raise pixels.DecodeError(f"cannot read file: {e.strerror or e}") from None
+    width, height = im.size
+    if im.mode == "L" or (im.mode == "RGB" and _bytes(im) > pixels.MAX_DECODED_BYTES):
+        colorspace, per_pixel = "GRAY", 1
+    else:  # RGB within the limit (Pillow's pixels exactly), CMYK
+        colorspace, per_pixel = ("RGBX" if im.mode == "RGB" else im.mode), 4
+    fits = (s for s in (1, 2, 4, 8) if -(-width // s) * -(-height // s) * per_pixel <= pixels.MAX_DECODED_BYTES)
+    scale = next(fits, None)
+    if scale is None:
+        raise pixels.too_many_bytes(-(-width // 8), -(-height // 8), per_pixel, f"{im.mode} JPEG at 1/8 scale")
+    if scale > 1:
+        log.debug("decoding a %d x %d %s JPEG at 1/%d scale, within MAX_DECODED_BYTES", width, height, im.mode, scale)
+    arr = simplejpeg.decode_jpeg(data, colorspace, min_width=-(-width // scale), min_height=-(-height // scale),
+                                 min_factor=scale, strict=True)  # fmt: skip
+    size = arr.shape[1], arr.shape[0]
+    if colorspace == "GRAY":
+        return Image.frombuffer("L", size, arr, "raw", "L", 0, 1)
+    if im.mode == "CMYK":
+        np.invert(arr, out=arr)  # Adobe's inverted CMYK, as Pillow reads every CMYK JPEG ("CMYK;I")
+    return Image.frombuffer(colorspace, size, arr, "raw", colorspace, 0, 1).convert("L")
 
 
 @functools.cache

@@ -1,0 +1,138 @@
+"""A JPEG whose entropy-coded data is damaged is refused with a reason, never decoded and scored: Pillow ignores
+libjpeg's corrupt-data warnings, and half a real film followed by an EOI marker decoded with 808 of its 1416 rows
+flat grey. Intact films decode to the very pixels Pillow gave."""
+
+from __future__ import annotations
+
+import errno
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan.data import pixels
+from pneumoscan.data.decode import image_info, read_gray
+from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.preprocess import preprocess
+
+CORRUPT = r"(?i)corrupt JPEG data"
+
+
+def _cut_with_eoi(data: bytes) -> bytes:
+    """The first half of the file, then an End Of Image marker: a transfer cut short and 'repaired' by a tool."""
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def _noise_in_middle(data: bytes) -> bytes:
+    """Random bytes in place of the middle of the entropy-coded data (a damaged disk block, say): 2,000, or a
+    30th of a small file (more, and Pillow itself finds a 224 px file broken)."""
+    middle, size = len(data) // 2, min(2000, len(data) // 30)
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return data[:middle] + noise + data[middle + size :]
+
+
+DAMAGE = {"cut short, then EOI": _cut_with_eoi, "random bytes in the middle": _noise_in_middle}
+
+
+@pytest.fixture(scope="module")
+def val_film(data_root: Path) -> Path:
+    """A full-size grey original (1776 x 1416) from val/."""
+    return sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
+def train_film(data_root: Path) -> Path:
+    """A 224 px RGB training file."""
+    return sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+def _encode(im: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("which", ["val_film", "train_film"])
+def test_a_damaged_real_film_is_refused(which: str, damage: str, request: pytest.FixtureRequest,
+                                        tmp_path: Path) -> None:  # fmt: skip
+    data = DAMAGE[damage](request.getfixturevalue(which).read_bytes())
+    with Image.open(io.BytesIO(data)) as im:  # what the reader used to do: decoded, no error
+        im.load()
+    path = tmp_path / "damaged.jpeg"
+    path.write_bytes(data)
+    for source in (path, data):
+        with pytest.raises(DecodeError, match=CORRUPT):
+            read_gray(source)
+        with pytest.raises(DecodeError, match=CORRUPT):
+            preprocess(source, 224)
+    assert image_info(data)["width"] > 0  # the header is intact: only the pixels are refused
+
+
+def test_a_damaged_film_decoded_smaller_is_refused(val_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_DECODED_BYTES a JPEG is decoded at 1/2 to 1/8 scale: every coefficient is still read, and checked."""
+    data = _cut_with_eoi(val_film.read_bytes())
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 1776 * 1416 // 16)  # 1/4 scale fits
+    with pytest.raises(DecodeError, match=CORRUPT):
+        read_gray(data)
+    assert read_gray(val_film).shape == (354, 444)  # the intact film, at 1/4 scale
+
+
+def test_a_damaged_cmyk_jpeg_is_refused(val_film: Path) -> None:
+    with Image.open(val_film) as im:
+        data = _encode(im.convert("CMYK"), quality=90)
+    assert read_gray(data).shape == (1416, 1776)
+    with pytest.raises(DecodeError, match=CORRUPT):
+        read_gray(_cut_with_eoi(data))
+
+
+def test_intact_films_decode_to_pillows_pixels(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixels did not change with the decoder: every val/ original and every 40th training file, in full and,
+    beyond the byte limit, luma only at 1/2 scale as Pillow's draft mode decoded it."""
+    films = sorted((data_root / "val").rglob("*.jpeg")) + sorted((data_root / "train").rglob("*.jpeg"))[::40]
+    assert len(films) > 140
+    for film in films:
+        with Image.open(film) as im:
+            expected = np.asarray(im.convert("L"))
+        np.testing.assert_array_equal(read_gray(film), expected, err_msg=film.name)
+    with monkeypatch.context() as patch:
+        for film in films[:16] + films[-8:]:  # grey originals and RGB training files
+            with Image.open(film) as im:
+                patch.setattr(pixels, "MAX_DECODED_BYTES", -(-im.width // 2) * -(-im.height // 2))
+                im.draft("L", (im.width // 2, im.height // 2))
+                expected = np.asarray(im.convert("L"))
+            np.testing.assert_array_equal(read_gray(film), expected, err_msg=f"{film.name} at 1/2 scale")
+
+
+def test_cmyk_jpeg_gives_pillows_pixels(val_film: Path) -> None:
+    with Image.open(val_film) as im:
+        data = _encode(im.resize((444, 354)).convert("CMYK"), quality=90)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "CMYK"
+        expected = np.asarray(im.convert("L"))
+    np.testing.assert_array_equal(read_gray(data), expected)
+
+
+def test_a_jpeg_exif_orientation_is_applied(train_film: Path) -> None:
+    """A phone photo of a film: the pixels are decoded without Pillow, the orientation still read from its EXIF."""
+    with Image.open(train_film) as im:
+        exif = im.getexif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+        upright = read_gray(_encode(im.crop((0, 0, 224, 160)), quality=95))
+        turned = read_gray(_encode(im.crop((0, 0, 224, 160)), quality=95, exif=exif))
+    assert upright.shape == (160, 224) and turned.shape == (224, 160)
+    np.testing.assert_array_equal(turned, np.rot90(upright, -1))
+
+
+def test_an_io_error_reading_a_jpeg_is_a_transient_refusal(train_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JPEG's bytes are read by the reader now, not by Pillow: a disk's hiccup there must stay transient (the
+    cache keeps no such failure), not read as a damaged film."""
+    def failing(self: Path) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    with pytest.raises(DecodeError, match="cannot read file: Input/output error") as info:
+        read_gray(train_film)
+    assert pixels.transient(info.value)
