@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
                         "(export --int8); Grad-CAM always runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="file holding the API key that /v1/* requests must send (default: env PNEUMOSCAN_API_KEY; none)")
+                   help="file holding the API key that every request but the page, /healthz and /openapi.json must send "
+                        "(default: env PNEUMOSCAN_API_KEY; none)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without an API key (only behind a proxy that authenticates)")
     p.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST]",

@@ -152,6 +152,39 @@ def dicom_xray(jpeg: Path) -> bytes:
     return dicom_bytes(read_gray(jpeg).astype(np.uint16) * 16)
 
 
+CHEST_TAGS = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "003Y",
+              "PatientSex": "F", "StudyDate": "20230315"}
+
+
+@pytest.mark.parametrize("name", ["IM0001", "IM0001.dcm"], ids=["no-extension", "dcm"])
+def test_dicom_recognised_by_its_bytes(page: Page, server: str, data_root: Path, tmp_path: Path, name: str) -> None:
+    """A DICOM exported without an extension (as PACS often do: no name to go by, no type from the browser) is
+    recognised from its bytes like a .dcm one: its header facts are listed and the film is shown (the browser
+    cannot decode it: the page asks the service for its decode), and so is its heatmap."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    jpeg = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    path = tmp_path / name
+    path.write_bytes(dicom_bytes(read_gray(jpeg).astype(np.uint16) * 16, StudyInstanceUID=study, **CHEST_TAGS))
+    page.goto(server)
+    expect(page.locator("#card")).to_contain_text("AUC")
+    page.set_input_files("#file", path)
+    expect(page.locator("#result")).to_be_visible()
+    facts = page.locator("#film")
+    for text in ["3 years", "F", "PA", "DX", "2023-03-15", study]:
+        expect(facts).to_contain_text(text)
+    expect(facts).not_to_contain_text("no DICOM tags")
+    expect(page.locator("#warnings")).to_be_hidden()  # an in-scope pediatric frontal chest film
+    expect(page.locator("#caption")).to_have_text("DICOM film as decoded by the service (8-bit).")
+    assert film_shown(page) == Image.open(jpeg).size
+    page.click("#heatmap-button")
+    expect(page.locator("#legend")).to_be_visible()
+    assert page.evaluate("() => view.cam !== null && view.cam.length === view.w * view.h")
+    expect(page.locator("#caption")).not_to_contain_text("cannot be shown")
+    assert not errors, errors
+
+
 @pytest.fixture(scope="module")
 def locked_server(tiny_bundle: Path) -> Iterator[str]:
     """The app with an API key (and the default Host allow-list)."""

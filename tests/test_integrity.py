@@ -299,6 +299,9 @@ def test_server_answers_500_with_a_reason_and_turns_unhealthy(tmp_path: Path) ->
         health = client.get("/healthz")
         assert health.status_code == 503
         assert health.json()["status"] == "unhealthy" and "non-finite score" in health.json()["reason"]
+        # a model broken for one film is not trusted with the next, whatever it would score
+        again = client.post("/v1/predict", files={"file": ("x.png", png(gray), "image/png")})
+        assert again.status_code == 503 and "answers no more predictions" in again.json()["error"]
 
 
 def test_parity_check_fails_on_nan(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""The service's locks: the API key for /v1/*, the Host allow-list (DNS rebinding), refusing a public bind
-without a key, the security headers on every answer, API docs that load nothing from a CDN, and CORS only when
-configured. The key file, the bind check and the locks over a socket are also proved through the command."""
+"""The service's locks: the API key for all but the page, /healthz and the schema, the Host allow-list (DNS
+rebinding), refusing a public bind without a key, the security headers on every answer, API docs that load nothing
+from a CDN, and CORS only when configured. The key file, the bind check and the locks over a socket are also proved through the command."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from pneumoscan import cli
 from pneumoscan.serving.app import create_app
@@ -37,7 +39,11 @@ def locked(tiny_bundle: Path) -> Iterator[TestClient]:
 
 
 def predict(client: TestClient | httpx.Client, xray: bytes, **headers: str) -> httpx.Response:
-    return client.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}, headers=headers)
+    return predict_at(client, "/v1/predict", xray, **headers)
+
+
+def predict_at(client: TestClient | httpx.Client, path: str, xray: bytes, **headers: str) -> httpx.Response:
+    return client.post(path, files={"file": ("x.jpeg", xray, "image/jpeg")}, headers=headers)
 
 
 # ---------------------------------------------------------------- the key
@@ -116,17 +122,34 @@ def test_security_headers_on_every_answer(locked: TestClient, xray: bytes) -> No
         "415": locked.post("/v1/predict", json={}, headers=auth),
         "400 host": locked.get("/healthz", headers={"host": "evil.example"}),
     }
+    answers["page as a file"] = locked.get("/static/index.html")  # the same page: framed nowhere either
     for name, r in answers.items():
         assert r.headers.get("x-content-type-options") == "nosniff", name
         assert r.headers.get("referrer-policy") == "no-referrer", name
+        assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", ""), name
+        assert r.headers.get("x-frame-options") == "DENY", name
     assert answers["prediction"].status_code == 200 and answers["413"].status_code == 413
+    assert answers["page as a file"].status_code == 200 and 'id="api-key"' in answers["page as a file"].text
+    assert answers["404"].status_code == 401  # a path not served needs the key too: only the named ones are open
+
+
+def test_the_key_is_required_behind_a_path_prefix(tiny_bundle: Path, xray: bytes) -> None:
+    """Behind a proxy's prefix (uvicorn --root-path) or mounted under one, the request's path starts with the
+    prefix: the key is still asked for where the router finds /v1/."""
+    app = create_app(tiny_bundle, access=Access(api_key=KEY))
+    outer = Starlette(routes=[Mount("/ps", app=app)])
+    for client in (TestClient(app, base_url=LOCAL, root_path="/ps"), TestClient(outer, base_url=LOCAL)):
+        with client as c:
+            assert c.get("/ps/v1/model").status_code == 401 and predict_at(c, "/ps/v1/predict", xray).status_code == 401
+            assert c.get("/ps/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+            assert c.get("/ps/healthz").status_code == 200 and c.get("/ps/").status_code == 200
 
 
 def test_api_docs_load_nothing_from_outside(locked: TestClient) -> None:
     """/docs and /redoc (Swagger UI, ReDoc) would pull scripts and fonts from a CDN: they are off; the schema is
     served and is the documentation a client generator needs."""
     for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
-        r = locked.get(path)
+        r = locked.get(path, headers={"X-API-Key": KEY})
         assert r.status_code == 404 and "http" not in r.text
     schema = locked.get("/openapi.json")
     assert schema.status_code == 200 and "/v1/predict" in schema.json()["paths"]
@@ -148,6 +171,9 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
         other = c.options("/v1/predict", headers=preflight)
         assert other.headers.get("access-control-allow-origin") != "https://other.example"
         assert c.get("/v1/model", headers=origin).status_code == 401  # CORS does not replace the key
+        refused = c.get("/v1/model", headers={"Origin": "https://viewer.hospital.org"})
+        # the allowed page can read why it was refused
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://viewer.hospital.org"
 
 
 # ---------------------------------------------------------------- through `pneumoscan serve`
@@ -167,7 +193,7 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
             r = predict(http, xray, Authorization=f"Bearer {KEY}")
             assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
             assert http.get("/healthz", headers={"host": "rebound.attacker.example"}).status_code == 400
-            assert http.get("/docs").status_code == 404
+            assert http.get("/docs", headers={"X-API-Key": KEY}).status_code == 404
     finally:
         proc.terminate()
         proc.wait(timeout=30)

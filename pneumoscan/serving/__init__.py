@@ -7,8 +7,8 @@ while it is read (Content-Length is not trusted), and the decompression-bomb gua
 :mod:`pneumoscan.data.decode`. Load: work is bounded (:class:`.limits.Limits`): a fixed number of decodes at once,
 a bounded number of requests in the service (more get 503 with Retry-After), Grad-CAM in its own lane, deadlines
 for request heads and bodies, and work for a client that has gone is dropped. Access (:class:`.guard.Access`): an
-optional API key for /v1/*, a Host allow-list against DNS rebinding, no CORS unless configured; see
-docs/deployment.md.
+optional API key for all but the page, /healthz and the schema, a Host allow-list against DNS rebinding, no CORS
+unless configured; see docs/deployment.md.
 
 Modules, bottom to top: :mod:`.limits` (work bounds and refusals), :mod:`.guard` (access and security headers),
 :mod:`.uploads` (reading and decoding an upload), :mod:`.formats` (response models, SR and FHIR answers),

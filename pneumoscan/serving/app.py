@@ -23,11 +23,6 @@ from .limits import ClientGone, Limits, Rejected
 from .service import Service
 
 STATIC = Path(__file__).parent / "static"
-# The page loads nothing from other origins; the policy makes that a guarantee rather than a habit.
-CSP = (
-    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = 20,
@@ -54,10 +49,10 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         docs_url=None,
         redoc_url=None,
     )
-    if access is not None and access.cors_origins:
+    app.add_middleware(Guard, access=access)
+    if access is not None and access.cors_origins:  # added last, so outermost: the guard's refusals carry CORS too
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
-    app.add_middleware(Guard, access=access)
     app.state.in_flight = service.in_flight
     _add_error_handlers(app, service)
 
@@ -94,7 +89,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
+        return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -16,15 +16,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
+# The page loads nothing from other origins and no other site may frame it; the policy makes that a guarantee
+# rather than a habit. Sent with every response, so that the page is covered however it is reached (/ or
+# /static/index.html), as are any other files served.
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 # Sent with every response: no MIME sniffing of a JSON error into HTML, no URL (with its query) leaked onwards.
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
+# What needs no key: the page and its assets (a browser must load them to show the key field), the health probe
+# (load balancers) and the schema. Everything else, the API and any path not served, needs the key.
+PUBLIC_PATHS = ("/", "/healthz", "/openapi.json")
+PUBLIC_PREFIXES = ("/static/",)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "PNEUMOSCAN_API_KEY"  # the key when no key file is named
 
 
 @dataclass(frozen=True)
 class Access:
-    """Who may use the service. ``api_key``: when set, every /v1/* request must carry it (``Authorization:
+    """Who may use the service. ``api_key``: when set, every request but the page, its assets, /healthz and
+    /openapi.json must carry it (``Authorization:
     Bearer KEY`` or ``X-API-Key: KEY``). ``allowed_hosts``: Host header values accepted (``*`` for any,
     ``*.example.org`` for subdomains): a web page on another site that points its own DNS name at this server
     (DNS rebinding) is refused. ``cors_origins``: origins whose pages may call the API from a browser (none by
@@ -58,10 +71,10 @@ class Access:
 
 
 class Guard:
-    """ASGI middleware in front of everything: the Host allow-list, the API key for /v1/*, the security headers
-    on every response, and a JSON 500 for a bug (caught here, so the framework neither re-raises it, which closed
-    the connection and logged a traceback per request, nor answers in plain text). Pure ASGI, so request
-    bodies stream through untouched."""
+    """ASGI middleware in front of everything but CORS: the Host allow-list, the API key for all but the public
+    paths, the security headers on every response, and a JSON 500 for a bug (caught here, so the framework neither
+    re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Pure
+    ASGI, so request bodies stream through untouched."""
 
     def __init__(self, app: ASGIApp, access: Access | None) -> None:
         self.app, self.access = app, access
@@ -102,13 +115,24 @@ class Guard:
             return None
         if not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
             return 400, "this host name is not served here (see --allowed-hosts)", {}
-        if self.key is not None and scope["path"].startswith("/v1/") and scope["method"] != "OPTIONS":
+        if self.key is not None and not _public(_route_path(scope)) and scope["method"] != "OPTIONS":
             auth = headers.get("authorization", "")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode("latin-1"), self.key):
                 reason = "a valid API key is required" if given else "an API key is required"
                 return 401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"}
         return None
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: behind a proxy's prefix (uvicorn --root-path) or mounted under one, the request's
+    path starts with that prefix, and a check of the raw path would miss /v1/ while the router still finds it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:

@@ -70,7 +70,11 @@ class Service:
         return ServiceInfo(**self.main.info().model_dump(), etiology=etiology, max_upload_bytes=self.max_bytes)
 
     async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
-        """The answer to one upload, in its lanes: refused at once (503) when a lane is full."""
+        """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
+        model has given a non-finite score (a model that is broken for one film is not trusted with the next)."""
+        if self.faults:
+            raise Rejected(503, f"{self.faults[0]}: this service answers no more predictions; restart it with a "
+                                "good bundle")
         lanes = [("prediction", self.limits.max_queue)]
         if heatmap:
             lanes.append(("heatmap", self.limits.heatmap_queue))

@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
 
-const films = [];  // {id, name, file, dicom, status, result, error, cam}
+const films = [];  // {id, name, file, dicom, shown, status, result, error, cam}
 let current = null;
 let sortKey = null;
 let sortAscending = true;
@@ -25,7 +25,7 @@ function mb(bytes) {
   return `${Number((bytes / 2 ** 20).toPrecision(3))} MB`;  // 20 MB, 0.5 MB: never rounded to 0 or 1
 }
 
-// The service may require an API key for /v1/*: sent from the field, never stored.
+// The service may require an API key for its API: sent from the field, never stored.
 function authHeaders() {
   const key = $("api-key").value.trim();
   return key ? { Authorization: `Bearer ${key}` } : {};
@@ -124,7 +124,8 @@ function showResult(film) {
   showWarnings(r.warnings || []);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
-  $("caption").textContent = film.dicom ? "DICOM film as decoded by the service (8-bit)." : "";
+  $("caption").textContent = film.result.image
+    ? `${film.dicom ? "DICOM film" : "Film"} as decoded by the service (8-bit).` : "";
   $("result").hidden = false;
   current = film;
   view.cam = null;
@@ -155,7 +156,7 @@ function grayOf(source) {
 }
 
 async function loadFilm(film) {
-  const source = film.dicom ? film.result.image : URL.createObjectURL(film.file);
+  const source = film.result.image || URL.createObjectURL(film.file);
   try {
     const { gray, w, h } = await grayOf(source);
     if (current !== film) return;
@@ -165,7 +166,7 @@ async function loadFilm(film) {
   } catch (err) {
     $("caption").textContent = `The film cannot be shown: ${err.message}.`;
   } finally {
-    if (!film.dicom) URL.revokeObjectURL(source);
+    if (source.startsWith("blob:")) URL.revokeObjectURL(source);
   }
 }
 
@@ -394,8 +395,22 @@ async function post(file, query) {
   return { ok: true, result: body };
 }
 
-function isDicom(file) {
-  return file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
+// What a film is, from its first bytes: a DICOM exported from a PACS often has no extension ("IM0001") and so no
+// type in the browser. A DICOM carries "DICM" at byte 128; one without that preamble is read as DICOM by the
+// service when it is named *.dcm or sent as application/dicom, and so it is here. The browser shows a JPEG or PNG
+// itself; anything else (a DICOM) is shown from the service's decode (image=true).
+async function sniff(file) {
+  const named = file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
+  let head;
+  try {
+    head = new Uint8Array(await file.slice(0, 132).arrayBuffer());
+  } catch (err) {
+    return { dicom: named, shown: !named };  // unreadable here: the upload will say why
+  }
+  const starts = (bytes, at = 0) => bytes.every((b, i) => head[at + i] === b);
+  const dicom = named || starts([0x44, 0x49, 0x43, 0x4d], 128);  // "DICM"
+  const shown = !dicom && (starts([0xff, 0xd8, 0xff]) || starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+  return { dicom, shown };
 }
 
 function check(file) {
@@ -408,8 +423,8 @@ function check(file) {
 
 async function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
-    id: films.length + Math.random(), name: file.name, file, dicom: isDicom(file), status: "waiting", result: null,
-    error: null, cam: null,
+    id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
+    result: null, error: null, cam: null,
   }));
   if (!batch.length) return;
   films.push(...batch);
@@ -417,7 +432,8 @@ async function analyse(files) {
   for (const [n, film] of batch.entries()) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
-    const body = problem ? { ok: false, error: problem } : await post(film.file, film.dicom ? "image=true" : "");
+    if (!problem) Object.assign(film, await sniff(film.file));
+    const body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
     film.status = body.ok ? "done" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
