@@ -285,6 +285,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         from pneumoscan.training.quantize import quantize_bundle
 
+        if args.out:
+            raise ValueError("--out names a plain ONNX export's file; --int8 writes BUNDLE/model.int8.onnx, where "
+                             "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         if not (args.data or args.cv):
             raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv), "
                              "or for an ensemble built with ensemble --cv, --cv and its runs")

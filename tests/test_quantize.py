@@ -89,6 +89,10 @@ def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset
     assert "--int8 needs --data" in capsys.readouterr().err
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_dataset / "test")]) == 2
     assert "for split 'val'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
+    elsewhere = tmp_path / "model.int8.onnx"  # --out would be silently ignored: the INT8 model lives in the bundle
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv"), "--out", str(elsewhere)]) == 2
+    assert "--int8 writes BUNDLE/model.int8.onnx" in capsys.readouterr().err
+    assert not elsewhere.exists() and not (bundle / INT8_NAME).exists()
 
 
 def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path: Path) -> None:
