@@ -149,6 +149,11 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
         assert row["etiology_label"] == ("virus" if expected >= second.card.threshold else "bacteria")
     with pytest.raises(ValueError, match="etiology"):
         predict_paths(tiny_etiology_bundle, files[:1], etiology=first)
+    # run alone, the second stage answers bacteria or virus for a normal film too: every answer says so
+    alone = predict_paths(tiny_etiology_bundle, files)
+    assert {row["label"] for row in alone} <= {"bacteria", "virus"}
+    assert all(any("assumes the film shows pneumonia" in w for w in row["warnings"]) for row in alone)
+    assert not any("assumes" in w for row in rows for w in row["warnings"])
 
 
 def test_each_stage_reads_the_pixels_its_own_training_decode_gives(

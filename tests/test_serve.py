@@ -192,9 +192,13 @@ def test_etiology_runs_only_for_images_read_as_pneumonia(tiny_bundle: Path, tiny
         assert body["label"] == "NORMAL" and body["etiology"] is None
 
 
-def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path) -> None:
+def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray: bytes) -> None:
     with pytest.raises(ValueError, match="pneumonia bundle and an etiology bundle"):
         create_app(tiny_etiology_bundle, etiology=tiny_etiology_bundle)
+    with TestClient(create_app(tiny_etiology_bundle)) as c:  # served alone, it says what it cannot tell
+        body = upload(c, xray).json()
+        assert body["label"] in ("bacteria", "virus")
+        assert any("assumes the film shows pneumonia and cannot call it normal" in w for w in body["warnings"])
 
 
 def test_web_page_is_served_without_external_resources(client: TestClient) -> None:

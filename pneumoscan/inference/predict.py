@@ -14,6 +14,7 @@ import dataclasses
 import csv
 import io
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +39,8 @@ from pneumoscan.data.scope import describe
 from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.models.bundle import load_bundle
+
+log = logging.getLogger(__name__)
 
 # Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
 # inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
@@ -266,6 +269,16 @@ def check_stages(first: str, second: str) -> str:
                          f"bundle, for instance): {e}") from None
 
 
+def alone_warning(task: str) -> str | None:
+    """What every answer of a model run without the stage it follows must say: an etiology model alone answers
+    bacteria or virus for any film, a normal one included, as if it showed pneumonia."""
+    first = get_task(task).follows
+    if not first:
+        return None
+    return (f"this {task} model assumes the film shows pneumonia and cannot call it normal: run it as the second "
+            f"stage after a {' or '.join(first)} model (--etiology)")
+
+
 def predict_paths(
     bundle: Path | str,
     paths: Sequence[str | Path],
@@ -291,6 +304,8 @@ def predict_paths(
     handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
+    if alone := alone_warning(predictor.card.task):
+        log.warning("%s", alone)
     if heatmap_dir is not None:
         from .explain import explain_array, overlay_png
 
@@ -314,6 +329,7 @@ def predict_paths(
                 row = {"path": path, **next(results)}
                 if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
                     row.update(describe(path))
+                    row["warnings"] += [alone] if alone else []
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     png = overlay_png(gray, explain_array(predictor, gray))
                     row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))

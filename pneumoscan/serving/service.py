@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png
-from pneumoscan.inference.predict import NON_FINITE, Predictor, check_stages
+from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_stages
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, data_url, gray_png, report
@@ -36,6 +36,7 @@ class Service:
         self.main = Stage(bundle, backend)
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
+        self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
         self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own torch copy of the model, threads and bound: it never holds the prediction model's
         # lock, a decode thread, or more than its share of the queue.
@@ -125,6 +126,7 @@ class Service:
         try:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
             scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
+            scope["warnings"] += [self.alone] if self.alone else []
             if format == "dicom-sr" and "study_instance_uid" not in scope:
                 raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
             if gone.done():
