@@ -235,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
         from pneumoscan.interop.reports import write_reports
 
-        write_reports(rows, args.bundle, args.dicom_sr, args.fhir)
+        write_reports(rows, args.bundle, args.dicom_sr, args.fhir, backend=args.backend)
     failed = [row for row in rows if "error" in row]
     for row in failed:
         print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fastapi.testclient import TestClient
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import choose_threshold
@@ -17,7 +18,9 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.interop.reports import model_version, write_reports
 from pneumoscan.models.bundle import load_card
+from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL
 
 
@@ -125,3 +128,14 @@ def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: 
     err = capsys.readouterr().err
     assert "films given to choose the INT8 thresholds were in" in err and "training split" in err, err
     assert not (run / "bundle" / INT8_NAME).exists()
+
+
+def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """Its scores and thresholds are its own: a web answer and a report say which model made them."""
+    plain, int8 = model_version(int8_bundle), model_version(int8_bundle, "onnx-int8")
+    assert int8.startswith(plain + "+int8:") and len(int8) == len(plain) + len("+int8:") + 12
+    with TestClient(create_app(int8_bundle, backend="onnx-int8")) as client:
+        assert client.get("/v1/model").json()["version"] == int8
+    rows = predict_paths(int8_bundle, sorted((tiny_dataset / "test").rglob("*.jpeg"))[:1], backend="onnx-int8")
+    write_reports(rows, int8_bundle, fhir_dir=tmp_path / "fhir", backend="onnx-int8")
+    assert f'"{int8}"' in Path(rows[0]["fhir"]).read_text()

@@ -117,7 +117,7 @@ def predict_study(
             rows = predict_paths(bundle, list(sources), backend=backend,
                                  heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None)
             if store:
-                write_reports(rows, bundle, sr_dir=Path(tmp) / "sr")
+                write_reports(rows, bundle, sr_dir=Path(tmp) / "sr", backend=backend)
                 for row in rows:
                     made = {_MADE[key]: pydicom.dcmread(row.pop(key)) for key in _MADE if key in row}
                     if made:

@@ -13,21 +13,25 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.tasks import get_task
-from pneumoscan.inference.export import weights_digest
-from pneumoscan.models.bundle import load_card
+from pneumoscan.inference.export import INT8_NAME, weights_digest
+from pneumoscan.models.bundle import file_sha256, load_card
 
 log = logging.getLogger(__name__)
 
 
-def model_version(bundle: Path | str) -> str:
+def model_version(bundle: Path | str, backend: str = "torch") -> str:
     """The version every result states (web answers, SR, FHIR): a prefix of the sha256 of the bundle's weights, so a
-    result can be traced to the bundle that made it."""
-    return f"sha256:{weights_digest(bundle)[:12]}"
+    result can be traced to the bundle that made it. Read with the INT8 model (``onnx-int8``), whose scores and
+    thresholds are its own, the INT8 file's digest follows, so a result names the model whose threshold it states."""
+    version = f"sha256:{weights_digest(bundle)[:12]}"
+    if backend == "onnx-int8":
+        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
+    return version
 
 
-def model_identity(bundle: Path | str) -> tuple[str, str]:
+def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str]:
     """(name, version) as reports and the web service state them: the model id and :func:`model_version`."""
-    return load_card(bundle).model_id, model_version(bundle)
+    return load_card(bundle).model_id, model_version(bundle, backend)
 
 
 def check_reportable(bundle: Path | str) -> None:
@@ -38,7 +42,8 @@ def check_reportable(bundle: Path | str) -> None:
 
 
 def write_reports(
-    rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None
+    rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
+    backend: str = "torch",
 ) -> None:
     """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
@@ -48,7 +53,7 @@ def write_reports(
 
     check_reportable(bundle)
     card = load_card(bundle)
-    name, version = model_identity(bundle)
+    name, version = model_identity(bundle, backend)  # the backend that scored the rows
     folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

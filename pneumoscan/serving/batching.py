@@ -81,7 +81,7 @@ class Stage:
         self.predictor = Predictor(bundle, backend=backend)
         self.batcher = Batcher(self.predictor)
         self.card = self.predictor.card
-        self.version = model_version(bundle)
+        self.version = model_version(bundle, backend)
 
     def info(self) -> ModelInfo:
         c = self.card

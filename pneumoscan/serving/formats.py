@@ -26,7 +26,7 @@ class ErrorBody(BaseModel):
 
 class StageResult(BaseModel):
     model_id: str
-    model_version: str = Field(description="sha256 prefix of the bundle's weights")
+    model_version: str = Field(description="sha256 prefix of the bundle's weights (+int8: and of the INT8 model, with --backend onnx-int8)")
     task: str
     probability: float = Field(description="calibrated probability of the positive class")
     positive: str
