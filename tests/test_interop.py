@@ -811,9 +811,10 @@ def _pass_through(handler: BaseHTTPRequestHandler, url: str) -> httpx.Response:
 
 
 @contextmanager
-def paged_qido(upstream: str, page: int) -> Iterator[str]:
+def paged_qido(upstream: str, page: int, ignore_offset: bool = False) -> Iterator[str]:
     """A DICOMweb front on ``upstream`` that answers a QIDO-RS instance search ``page`` results at a time, with
-    the Warning header DICOM prescribes when more remain (as large archives do); other requests pass through."""
+    the Warning header DICOM prescribes when more remain (as large archives do), from the asked offset or, with
+    ``ignore_offset``, always from the first; other requests pass through."""
 
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
@@ -825,6 +826,8 @@ def paged_qido(upstream: str, page: int) -> Iterator[str]:
             paged = parts.path.endswith("/instances")
             if paged:
                 query["limit"] = str(min(page, int(query.get("limit", page))))
+                if ignore_offset:
+                    query.pop("offset", None)
             answer = _pass_through(self, f"{root}{parts.path}" + (f"?{urlencode(query)}" if query else ""))
             if paged and len(answer.json() or []) == page:
                 self.send_header("Warning", "299 pneumoscan-test: there are additional results")
@@ -907,7 +910,7 @@ def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[st
 
 
 def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path, film: np.ndarray,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     study = generate_uid()
     uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(5)]
     for data in uploads:
@@ -918,6 +921,11 @@ def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path
                          "--backend", "torch"]) == 0
     assert {r["sop_instance_uid"] for r in json.loads(out.read_text())} == {
         pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in uploads}
+    # a server that ignores the offset gives its first page again: part of the study is never scored as all of it
+    with paged_qido(f"{orthanc}/dicom-web", page=2, ignore_offset=True) as url:
+        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(tmp_path / "again.json"),
+                         "--backend", "torch"]) == 2
+    assert "it ignores the offset" in capsys.readouterr().err and not (tmp_path / "again.json").exists()
 
 
 def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,

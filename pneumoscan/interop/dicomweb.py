@@ -41,14 +41,19 @@ def _value(item: dict, tag: str) -> str:
 
 def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     """Every instance of the study, page after page: a PACS may cap a QIDO-RS answer (a Warning header says more
-    remain) and give the rest from an offset. A page with no instance not seen before ends the search, so a server
-    that ignores the offset and repeats its answer cannot keep it going for ever."""
+    remain) and give the rest from an offset. An empty page ends the search; a page of instances already given is
+    refused: the server ignores the offset, so whatever its cap left out cannot be listed, and scoring part of a
+    study as if it were all of it would be a silent gap."""
     found: dict[str, dict] = {}
     while True:
         page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found))
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
-        if not new:
+        if not page:
             return list(found.values())
+        if not new:
+            raise ValueError(f"the PACS answered the instance search from offset {len(found)} with instances it had "
+                             "already listed: it ignores the offset, so instances beyond its result limit cannot be "
+                             "listed; raise that limit (e.g. Orthanc's LimitFindInstances) or ask its administrator")
         found.update(new)
 
 
