@@ -83,6 +83,9 @@ def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path
     assert card.threshold == pytest.approx(choose_threshold(y, plain, target), abs=SCORE_TOL)
     assert card.tta_threshold == pytest.approx(choose_threshold(y, tta, target), abs=SCORE_TOL)
     assert card.val_metrics["n"] == len(y) == 16 and "test" in card.threshold_policy
+    # the films that chose it are recorded in the bundle: the card's evaluations on other data refuse them
+    with pytest.raises(ValueError, match="16 of the films given to record an evaluation in the card chose"):
+        evaluate(ensemble, tiny_dataset, "test", add_to_card=True, data_name="test")
 
 
 def test_evaluate_predict_and_serve_run_on_it(ensemble: Path, tiny_dataset: Path) -> None:

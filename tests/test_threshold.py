@@ -15,7 +15,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import evaluate, labelled_records, rethreshold
+from pneumoscan.evaluation.evaluate import CALIBRATION_FILMS, evaluate, labelled_records, rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
@@ -98,7 +98,8 @@ def test_threshold_writes_a_new_bundle_for_each_policy(
 
     after = digests(out)
     changed = {name for name in after if after[name] != before.get(name)}
-    assert set(after) == set(before) and changed == {"bundle.json", MODEL_CARD, spec_path(ONNX_NAME).name}
+    assert set(after) == set(before) | {CALIBRATION_FILMS}
+    assert changed == {"bundle.json", MODEL_CARD, spec_path(ONNX_NAME).name, CALIBRATION_FILMS}
 
     y, plain, tta = scores(tiny_bundle, site, None)
     card = load_card(out)
@@ -195,3 +196,23 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
     caplog.clear()
     evaluate(second, films)
     assert "3 film(s) given to evaluate are other files of patients in" in caplog.text
+
+
+def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
+    tiny_bundle: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """They are not its run's validation films, but the threshold was chosen on them as on those: figures on them
+    are optimistic (a warning), and the card's evaluations on other data refuse them."""
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)]) == 0
+    assert sorted(r.path for r in discover(out / CALIBRATION_FILMS).records) == sorted(
+        str(Path(r.path).resolve()) for r in discover(site).records)
+    caplog.clear()
+    evaluate(out, site)
+    assert f"16 film(s) given to evaluate chose {out}'s threshold" in caplog.text
+    with pytest.raises(ValueError, match=f"16 of the films given to record an evaluation in the card chose {out}'s threshold"):
+        evaluate(out, site, add_to_card=True, data_name="site")
+    assert load_card(out).external_evaluations == []
+    caplog.clear()
+    evaluate(tiny_bundle, site)  # the original's threshold was not chosen on them
+    assert "chose" not in caplog.text

@@ -4,6 +4,7 @@ a new operating threshold on labelled data as a new bundle (``pneumoscan thresho
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -24,7 +25,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
@@ -115,6 +116,24 @@ def _weight_sources(bundle: Path) -> list[tuple[Path, str]]:
     return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher"))]
 
 
+CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or threshold was chosen on other films
+
+
+def record_calibration_films(bundle: Path, records: Sequence[Record]) -> None:
+    """Write BUNDLE/calibration_films.csv: the films ``threshold`` or ``ensemble --data`` chose its threshold (and
+    temperature) on, which are not its run's validation films, so that :func:`check_held_out` knows them as it
+    knows those (absolute paths: the bundle may move)."""
+    write_manifest([dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records], bundle / CALIBRATION_FILMS)
+
+
+def _calibration_overlap(bundle: Path, given: set[str]) -> list[str]:
+    """The films of ``given`` on which BUNDLE's own temperature or threshold was chosen (calibration_films.csv)."""
+    chosen = bundle / CALIBRATION_FILMS
+    if not chosen.exists():
+        return []
+    return sorted(given & {os.path.realpath(r.path) for r in discover(chosen).records})
+
+
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
                    validation_warning: bool = False, refuse_validation: bool = False) -> None:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
@@ -124,6 +143,13 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     with ``refuse_validation``, refused too."""
     given = {os.path.realpath(r.path) for r in records}
     for bundle in map(Path, bundles):
+        if chosen := _calibration_overlap(bundle, given):
+            if refuse_validation:
+                raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
+                                 f"{chosen[0]}; {CALIBRATION_FILMS}): {purpose} on films new to it{hint}")
+            if validation_warning:
+                log.warning("%d film(s) given to %s chose %s's threshold (%s): the figures on them are optimistic",
+                            len(chosen), purpose, bundle, CALIBRATION_FILMS)
         for path, how in _weight_sources(bundle):
             split = path.parent / "split.csv"
             if not split.exists():
@@ -389,6 +415,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         update_card(tmp, card)
         if (tmp / ONNX_NAME).exists():
             write_onnx_spec(tmp, tmp / ONNX_NAME)
+        record_calibration_films(tmp, records)
         if int8 is not None:
             figures = json.loads(spec_path(tmp / INT8_NAME).read_text())
             write_int8_spec(tmp, figures | {"int8_threshold": int8[0], "int8_tta_threshold": int8[1],

@@ -46,6 +46,7 @@ from pneumoscan.evaluation.evaluate import (
     evaluate_probabilities,
     labelled_images,
     labelled_records,
+    record_calibration_films,
 )
 from pneumoscan.evaluation.model_card import update_card, validation_figures
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
@@ -196,6 +197,7 @@ def build_ensemble(
             name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
                     f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         else:  # scored by the graph just shipped, not a second export
+            record_calibration_films(tmp, records)
             sess = session(tmp / ONNX_NAME)
             logits = batched(sess, images)
             views = [batched(sess, v) for v in tta_views(images)]
