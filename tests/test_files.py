@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,12 @@ def test_a_killed_build_leaves_nothing_behind_the_next_one(tmp_path: Path) -> No
     with building(bundle) as tmp:
         tmp.mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".bundle.tmp-{os.getpid()}-other", "bundle"]
+
+
+def test_every_bundle_file_is_readable_as_the_umask_allows(tiny_bundle: Path) -> None:
+    """A service running as another user of the group must read the weights as it reads the card: a writer that
+    makes its own file (safetensors: mode 0600) gets the mode every other file gets."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tiny_bundle.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes

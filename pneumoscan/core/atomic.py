@@ -50,6 +50,7 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
         else:
             os.close(fd)
             data(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # the writer may have made a new file (safetensors does: mode 0600)
             _fsync_path(tmp)
         if exclusive:
             _link_new(tmp, path)
