@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.console import Console
 from pneumoscan import __version__
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
+from pneumoscan.data.layouts import SPLITS
 from pneumoscan.data.tasks import list_tasks
 
 if TYPE_CHECKING:
@@ -77,8 +79,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     spec = load_card(args.bundle).spec if args.bundle else PreprocessSpec(args.size, args.policy)
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
-    log.info("%d images cached as %s (%s); %d unreadable", len(cache.paths), cache.images.shape, cache.fingerprint,
-             len(cache.errors))
+    print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
     for err in cache.errors:
         log.warning("unreadable %s: %s", shown(err["path"]), err["reason"])
     return 0
@@ -102,8 +103,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not (args.data and args.out):
         raise ValueError("train needs --data and --out")
-    train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
+    bundle = train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun one line, from the process that wrote the bundle
+        print(_trained(bundle))
     return 0
+
+
+def _trained(bundle: Path) -> str:
+    """Train's result in one line: the bundle and what its card records of validation."""
+    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.models.bundle import load_card
+
+    card = load_card(bundle)
+    val = card.val_metrics
+    return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
+            f"({card.threshold_policy}): sensitivity {format_figure(val.get('sensitivity'))}, specificity "
+            f"{format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; with --tta "
+            f"{format_figure(card.tta_threshold, 4)}")
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
@@ -217,12 +233,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     fmt = {".csv": "csv", ".json": "json"}.get(Path(args.out).suffix.lower()) if args.out else "csv"
     if fmt is None:
-        print(f"--out must end in .csv or .json: {shown(args.out)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--out must end in .csv or .json: {args.out}")
     if args.out:  # a results file that cannot be written fails now, not after every image was read
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if Path(args.out).is_dir():
             raise IsADirectoryError(f"--out {args.out} is a folder")
+    if args.heatmaps and Path(args.heatmaps).exists() and not Path(args.heatmaps).is_dir():
+        raise ValueError(f"--heatmaps {args.heatmaps} is a file: name a folder")
     skipped: list[dict[str, str]] = []
     if args.dicom_sr or args.fhir:
         from pneumoscan.interop.reports import check_reportable
@@ -297,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
     out = export_onnx(args.bundle, args.out)
-    log.info("wrote %s and its preprocessing spec %s", out, spec_path(out))
+    print(f"wrote {shown(out)} and its preprocessing spec {shown(spec_path(out))}")
     return 0
 
 
@@ -358,11 +375,13 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
     _choice(p, "--task", list_tasks(), "task", help="what to classify (default pneumonia)")
-    p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them)")
+    p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them; default "
+                                   "efficientnet_lite0)")
     p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
-    p.add_argument("--time-budget", type=_positive(float), help="minutes; the learning-rate schedule is fitted to it")
+    p.add_argument("--time-budget", type=_positive(float),
+                   help="minutes; the learning-rate schedule is fitted to it (default: none, --epochs alone)")
     p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
-    p.add_argument("--batch-size", type=_positive(int), help="per process")
+    p.add_argument("--batch-size", type=_positive(int), help="per process (default 32)")
     p.add_argument("--seed", type=int, help="random seed of split, order and augmentation (default 0)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights where the model has them (default); models without them "
@@ -405,11 +424,15 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pneumoscan", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="pneumoscan", epilog="`pneumoscan COMMAND --help` lists a command's options.",
+        description="Train, evaluate, explain and serve models that read pediatric chest X-rays: normal vs pneumonia, "
+                    "bacterial vs viral pneumonia. Research use only: not a medical device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the version and exit")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only warnings and errors: no progress bars, no information messages (before the command)")
+                        help="only warnings and errors on stderr: no progress bars, no information messages; results "
+                             "are still printed (before the command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("audit", help="class balance, sizes, unreadable files, duplicates, patient overlap")
@@ -433,12 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of evaluate")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--split", help="only this split of a dataset root (train, val or test), as evaluate --split")
+    _choice(p, "--split", SPLITS, "split", help="only this split of a dataset root, as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
     p.add_argument("--size", type=_positive(int), default=192,
-                   help="without --bundle; train also records its files' source size, so only --bundle matches a run")
-    _choice(p, "--policy", RESIZE_POLICIES, "resize policy", default="squash", help="without --bundle")
+                   help="without --bundle (default 192); train also records its files' source size, so only --bundle "
+                        "matches a run")
+    _choice(p, "--policy", RESIZE_POLICIES, "resize policy", default="squash", help="without --bundle (default squash)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
@@ -450,8 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
                         "folder (16 films in the Kaggle release: warns that they cannot rank recipes)")
-    p.add_argument("--zoom-range", type=float, metavar="Z", help="Keras-style zoom in and out: scale 1-Z to 1+Z")
-    p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None, help="random vertical flips")
+    p.add_argument("--zoom-range", type=float, metavar="Z",
+                   help="Keras-style zoom in and out: scale 1-Z to 1+Z (default 0: off)")
+    p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random vertical flips (default: off)")
     _choice(p, "--fill-mode", FILL_MODES, "fill mode",
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
@@ -483,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")
     p.add_argument("bundle", help="bundle folder (RUN_DIR/bundle)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--split", help="train/val/test when DATA holds several")
+    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several")
     p.add_argument("--out", help="report folder (default: next to the bundle)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a summary")
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
@@ -502,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("threshold", help="choose a new operating threshold on labelled data, written as a new bundle")
     p.add_argument("bundle", help="bundle folder to start from (never changed)")
     p.add_argument("data", help=DATA_HELP + ", labelled, with both classes")
-    p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
+    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
     p.add_argument("--out", required=True, help="new bundle folder; must not exist")
     p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
     _add_threshold_rule(p, required=True)
@@ -519,16 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="`pneumoscan cv` output folders (several: runs on the same folds, e.g. two input sizes): "
                              "their fold bundles are the members, and the out-of-fold scores choose temperature and "
                              "thresholds")
-    p.add_argument("--split", help="train/val/test when DATA holds several (e.g. val)")
+    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
     _add_threshold_rule(p, required=False, default="the first member's policy")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
     p.add_argument("bundle", help="bundle folder to serve")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=20, help="larger uploads are refused with 413")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=20,
+                   help="larger uploads are refused with 413 (default 20)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
                         "(export --int8); Grad-CAM always runs in torch")
@@ -581,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default and only: onnx)")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
                    help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
@@ -592,12 +619,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --int8, for an ensemble built by ensemble --cv DIR ...: the same runs; its INT8 "
                         "thresholds are chosen on out-of-fold INT8 scores")
     p.add_argument("--calibration-images", type=_positive(int), default=256,
-                   help="with --int8: training films that set the INT8 activation ranges")
+                   help="with --int8: training films that set the INT8 activation ranges (default 256)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered model names")
     p.set_defaults(func=cmd_models)
     return parser
+
+
+def _reason(error: OSError | ValueError) -> str:
+    """What went wrong, as the error line says it: a system error as a sentence naming its file (``runs/r.csv: file
+    too large``) rather than Python's ``[Errno 27] File too large: 'runs/r.csv'``; any other error as it reads."""
+    if not (isinstance(error, OSError) and error.strerror):
+        return str(error)
+    text = error.strerror[0].lower() + error.strerror[1:]
+    names = [str(n) if isinstance(n, int) else os.fsdecode(n) for n in (error.filename, error.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {text}" if names else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -608,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
-        print(f"pneumoscan {args.command}: error: {shown(str(e))}", file=sys.stderr)
+        print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         models = sys.modules.get("pneumoscan.models.registry")  # loaded if it raised; importing it here would cost torch
         return 3 if models is not None and isinstance(e, models.WeightsUnavailable) else 2
 

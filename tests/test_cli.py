@@ -1,16 +1,43 @@
-"""Command-line habits: --version, help on every option, -q, and a library that reports through logging."""
+"""Command-line habits: --version, help on every option, -q, results printed once, one-line errors, and a library
+that reports through logging."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pneumoscan import __version__, cli
+from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.layouts import discover, make_record, write_manifest
+from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.evaluation.evaluate import rethreshold
+from pneumoscan.models.bundle import load_card
+from pneumoscan.training.config import TrainConfig
+
+
+def _flat(text: str) -> str:
+    """Output without its whitespace: rich wraps long log lines, inside a path too."""
+    return "".join(text.split())
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices
+
+
+def _site(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A site's own labelled films (the test films without their split): a threshold is never chosen on the test
+    split."""
+    site = tmp_path / "site.csv"
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
+    return site
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:
@@ -21,15 +48,37 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
 
 def test_every_option_of_every_command_has_help() -> None:
     parser = cli.build_parser()
-    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert {"evaluate", "threshold", "train", "predict", "serve"} <= set(commands.choices)
+    commands = _commands(parser)
+    assert {"evaluate", "threshold", "train", "predict", "serve"} <= set(commands)
     missing = [
         f"{name} {action.dest}"
-        for name, sub in [("pneumoscan", parser), *commands.choices.items()]
+        for name, sub in [("pneumoscan", parser), *commands.items()]
         for action in sub._actions
         if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help
     ]
     assert missing == []
+
+
+def test_help_is_for_users_and_gives_every_default() -> None:
+    """The description says what the tool does (the module docstring is for developers), and every option with a
+    default says it: argparse's own default, or for train and cv the recipe's (TrainConfig, its augment)."""
+    parser = cli.build_parser()
+    assert parser.description and "argparse" not in parser.description and "chest X-rays" in parser.description
+    recipe = dataclasses.asdict(TrainConfig())
+    recipe |= recipe.pop("augment")
+    unsaid = []
+    for name, sub in _commands(parser).items():
+        for action in sub._actions:
+            default = action.default
+            if default is None and name in ("train", "cv"):
+                default = recipe.get(action.dest)
+            none = default is None or default is False or default == argparse.SUPPRESS
+            if none or (isinstance(default, (list, tuple)) and not default):
+                continue
+            value = "" if default is True else f"{default:g}" if isinstance(default, float) else str(default)
+            if "default" not in action.help or value not in action.help:
+                unsaid.append(f"{name} {action.option_strings[0]} ({value}): {action.help}")
+    assert unsaid == []
 
 
 def test_quiet_silences_progress_and_information(
@@ -39,11 +88,121 @@ def test_quiet_silences_progress_and_information(
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "loud"))
     assert cli.main(args) == 0
     loud = capsys.readouterr()
-    assert "Preprocessing 16 images" in loud.err and "16 images cached" in loud.err
+    assert "Preprocessing 16 images" in loud.err and "images cached" not in loud.err
+    assert loud.out.startswith("16 images cached as (16, 24, 24)") and loud.out.count("\n") == 1, loud.out
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "quiet"))
     assert cli.main(["-q", *args]) == 0
-    assert capsys.readouterr() == ("", "")
+    assert capsys.readouterr() == (loud.out, ""), "the result is still printed; nothing else"
     assert len(list((tmp_path / "quiet").glob("*.u8"))) == 1, "the work was done, silently"
+
+
+@pytest.mark.parametrize("command", ["export", "train", "threshold", "ensemble"])
+def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
+    command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A command's result line goes to stdout, so -q keeps it, and is not logged as well (once, not twice)."""
+    site = _site(tiny_dataset, tmp_path)
+    for quiet in (False, True):
+        out = tmp_path / ("quiet" if quiet else "loud")
+        args = {
+            "export": ["export", str(tiny_bundle), "--out", f"{out}.onnx"],
+            "train": ["train", "--data", str(tiny_dataset), "--out", str(out), "--model", "simple_cnn", "--no-pretrained",
+                      "--image-size", "32", "--epochs", "1", "--batch-size", "8"],
+            "threshold": ["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)],
+            "ensemble": ["ensemble", str(tiny_bundle), str(tiny_bundle), "--data", str(site), "--out", str(out)],
+        }[command]
+        assert cli.main(["-q"] * quiet + args) == 0
+        printed, logged = capsys.readouterr()
+        # a piece of the result that a second report of it (the library's log line) would repeat
+        if command == "export":
+            said = f"wrote{out}.onnxanditspreprocessingspec"
+        elif command == "train":
+            said = f"threshold{load_card(out / 'bundle').threshold:.4f}"
+        elif command == "threshold":
+            said = f"threshold{load_card(out).threshold:.4f}(was"
+        else:
+            said = "ensembleof2members"
+        assert printed.count("\n") == 1 and said in _flat(printed), printed
+        assert said not in _flat(logged), logged
+        assert not (quiet and "INFO" in logged), logged
+
+
+def test_errors_are_one_sentence_with_status_2(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No `[Errno 2] No such file or directory: '...'`: a missing bundle, a file named as a folder, a system error
+    with its file first; the same `pneumoscan CMD: error:` line for every refusal."""
+    film = tmp_path / "film.png"
+    Image.new("L", (40, 40)).save(film)
+    results = tmp_path / "results.csv"
+    results.write_text("")
+    cases = [
+        (tmp_path / "nosuch", [], f"{tmp_path / 'nosuch'} is not a bundle folder (no bundle.json)"),
+        (film, [], f"{film} is not a bundle folder (no bundle.json)"),
+        (tiny_bundle.parent, [], f"{tiny_bundle.parent} is not a bundle folder (no bundle.json); did you mean {tiny_bundle}?"),
+        (tiny_bundle, ["--heatmaps", str(results)], f"--heatmaps {results} is a file: name a folder"),
+        (tiny_bundle, ["--heatmaps", str(results / "maps")], f"{results / 'maps'}: not a directory"),
+        (tiny_bundle, ["--out", str(tmp_path / "r.txt")], f"--out must end in .csv or .json: {tmp_path / 'r.txt'}"),
+    ]
+    for bundle, extra, reason in cases:
+        assert cli.main(["predict", str(bundle), str(film), *extra]) == 2, reason
+        assert capsys.readouterr().err == f"pneumoscan predict: error: {reason}\n"
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (OSError(errno.EFBIG, "File too large", "runs/r.csv"), "runs/r.csv: file too large"),
+    (OSError(errno.ENOTEMPTY, "Directory not empty", "a", None, "b"), "a -> b: directory not empty"),
+    (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "connection refused"),
+    (IsADirectoryError("--out runs is a folder"), "--out runs is a folder"),
+    (ValueError("unknown task 'x'"), "unknown task 'x'"),
+])
+def test_a_system_error_reads_as_a_sentence(error: OSError | ValueError, reason: str) -> None:
+    assert cli._reason(error) == reason
+
+
+@pytest.mark.parametrize("command", ["evaluate", "threshold", "cache", "ensemble"])
+def test_a_misspelt_split_is_named_as_a_typo(
+    command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = {
+        "evaluate": ["evaluate", str(tiny_bundle), str(tiny_dataset)],
+        "threshold": ["threshold", str(tiny_bundle), str(tiny_dataset), "--youden", "--out", str(tmp_path / "new")],
+        "cache": ["cache", str(tiny_dataset)],
+        "ensemble": ["ensemble", str(tiny_bundle), str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")],
+    }[command]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*args, "--split", "tset"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unknown split 'tset'; did you mean 'test'?" in err, err
+    assert not list(tmp_path.iterdir()), "refused before anything was written"
+
+
+def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset: Path) -> None:
+    spec = PreprocessSpec(24, "squash")
+    with pytest.raises(ValueError, match="unknown split 'tset'; did you mean 'test'"):
+        cache_dataset(tiny_dataset, spec, "tset")
+    with pytest.raises(ValueError, match="no images in .* for split 'val'"):  # real, but empty in this dataset
+        cache_dataset(tiny_dataset, spec, "val")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_python_warnings_are_one_log_line(
+    quiet: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Not `/path/train.py:382: UserWarning: ...` and the source line under it: the message, as any warning."""
+    def warn(args: argparse.Namespace) -> int:
+        warnings.warn(f"temperature 20 is at its bound ({quiet})", UserWarning)
+        warnings.warn(f"an overflow ({quiet})", RuntimeWarning)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_models", warn)
+    assert cli.main(["-q"] * quiet + ["models"]) == 0
+    printed, logged = capsys.readouterr()
+    assert printed == "" and logged.count("\n") == 2, logged
+    first, second = logged.splitlines()
+    assert "WARNING" in first and first.rstrip().endswith(f"temperature 20 is at its bound ({quiet})"), first
+    assert second.rstrip().endswith(f"RuntimeWarning: an overflow ({quiet})"), second
+    assert "UserWarning" not in logged and "test_cli.py" not in logged and "warnings.warn" not in logged
 
 
 def test_a_program_importing_pneumoscan_can_silence_it(
@@ -55,10 +214,9 @@ def test_a_program_importing_pneumoscan_can_silence_it(
     monkeypatch.setattr(logger, "handlers", [])  # whatever an earlier CLI call attached
     original = logger.level
     request.addfinalizer(lambda: logger.setLevel(original))
-    site = tmp_path / "site.csv"  # a site's own labelled films: a threshold is never chosen on the test split
-    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
+    site = _site(tiny_dataset, tmp_path)
     for run in ("told", "silenced"):
-        logger.setLevel(logging.INFO if run == "told" else logging.WARNING)
+        logger.setLevel(logging.DEBUG if run == "told" else logging.WARNING)
         caplog.clear()
         monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / f"cache-{run}"))  # a fresh cache: a progress bar
         rethreshold(tiny_bundle, site, tmp_path / run, target_sensitivity=0.85)

@@ -3,12 +3,15 @@
 The library reports through :mod:`logging` (logger ``pneumoscan`` and its children) and never configures it: a
 program that imports pneumoscan decides what it sees. Progress bars follow the same switch: they show only while
 the ``pneumoscan`` logger passes INFO, so ``logging.getLogger("pneumoscan").setLevel(logging.WARNING)`` silences
-both. The command line (:func:`configure`) shows INFO and above on stderr, or warnings alone with ``-q``.
+both. The command line (:func:`configure`) shows INFO and above on stderr, or warnings alone with ``-q``, and
+Python warnings among them as log lines.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from typing import TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,10 +28,18 @@ def progress(*columns: str | ProgressColumn, enabled: bool = True) -> Progress:
     return Progress(*columns, console=console, disable=not shown)
 
 
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """A Python warning (:func:`warnings.showwarning`'s arguments) as one log line: its text, and its kind unless
+    a plain UserWarning. The file, line number and source line Python adds speak to a developer, not a user."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    logging.getLogger(LOGGER).warning("%s%s", kind, message)
+
+
 def configure(quiet: bool = False) -> None:
     """The command line's logging: pneumoscan's messages on stderr through rich (markup off: file names are
-    printed as they are), INFO and above, WARNING and above with ``quiet``. Calling it again replaces the
-    handler it added before."""
+    printed as they are), INFO and above, WARNING and above with ``quiet``; Python warnings become such messages
+    too. Calling it again replaces the handler it added before."""
     logger = logging.getLogger(LOGGER)
     for handler in [h for h in logger.handlers if getattr(h, "_pneumoscan_cli", False)]:
         logger.removeHandler(handler)
@@ -36,3 +47,4 @@ def configure(quiet: bool = False) -> None:
     handler._pneumoscan_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    warnings.showwarning = _log_warning

@@ -30,9 +30,10 @@ import simplejpeg
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.core.options import look_up_option
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
-from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.layouts import SPLITS, Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
 CACHE_VERSION = 7  # bump whenever decode/resize output changes, so old caches are not reused
@@ -173,6 +174,8 @@ def cache_dataset(
 ) -> tuple[list[Record], ImageCache]:
     """DATA's records (a dataset root, a NORMAL/PNEUMONIA folder or a manifest; with ``split``, that split only)
     and the cache of all of them. Evaluate reads through this, so ``pneumoscan cache --bundle`` builds its cache."""
+    if split:  # a misspelt split would read as an empty one
+        look_up_option(split, SPLITS, "split")
     found = discover(data)
     records = found.split(split) if split else found.records
     if not records:

@@ -420,7 +420,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
             figures = json.loads(spec_path(tmp / INT8_NAME).read_text())
             write_int8_spec(tmp, figures | {"int8_threshold": int8[0], "int8_tta_threshold": int8[1],
                                             "threshold_policy": policy})
-    log.info("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
+    log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
              y.size, out)
     return card

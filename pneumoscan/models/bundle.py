@@ -162,6 +162,10 @@ def load_card(directory: Path | str) -> BundleCard:
     path = Path(directory) / CARD
     try:
         data = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
+        inner = Path(directory) / "bundle"
+        hint = f"; did you mean {inner}?" if (inner / CARD).is_file() else ""
+        raise FileNotFoundError(f"{directory} is not a bundle folder (no {CARD}){hint}") from None
     except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise ValueError(f"{path} is not a readable bundle card: {e}") from None
     if not isinstance(data, dict):

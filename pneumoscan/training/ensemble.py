@@ -220,7 +220,7 @@ def build_ensemble(
         )  # fmt: skip
         update_card(tmp, card)
         write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the temperature and thresholds chosen here
-    log.info("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
+    log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
              figures["sensitivity"], figures["specificity"], y.size)
     return load_card(out)

@@ -404,7 +404,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
-    log.info(
+    log.debug(  # the command prints its own line from the card
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
         f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
         f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {tta_threshold:.4f}"
