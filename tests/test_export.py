@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -45,6 +46,29 @@ def test_cli_export_writes_onnx_with_dynamic_batch_and_spec(tiny_bundle: Path, t
     sess = session(out)
     for n in (1, 5):  # any batch size runs
         assert sess.run([OUTPUT], {INPUT: np.zeros((n, 1, card.size, card.size), np.float32)})[0].shape == (n, 2)
+
+
+def test_the_sidecar_is_enough_to_score_a_film_without_pneumoscan(tiny_bundle: Path, data_root: Path) -> None:
+    """An integrator with Pillow and ONNX Runtime alone, following model.onnx.json, gets predict's probability, for
+    224 px training files and full-size originals (reduced first) alike."""
+    from PIL import Image
+
+    spec = json.loads(spec_path(tiny_bundle / ONNX_NAME).read_text())
+    assert spec["resize_policy"] == "squash" and "Image.reduce" in spec["preprocessing"]
+    sess = session(tiny_bundle / ONNX_NAME)
+    films = sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[:2] + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    for film, row in zip(films, predict_paths(tiny_bundle, films, backend="onnx")):
+        im = Image.open(film).convert("L")
+        n = (min(im.size) - 1) // spec["decode_target"]
+        im = im.reduce(n) if n >= 2 else im
+        if spec["source_size"] and max(im.size) > spec["source_size"]:  # as the training files were made
+            buf = io.BytesIO()
+            im.resize((spec["source_size"],) * 2, Image.Resampling.BILINEAR).save(buf, "JPEG", quality=spec["source_quality"])
+            im = Image.open(buf).convert("L")
+        x = np.asarray(im.resize((spec["size"],) * 2, Image.Resampling.BILINEAR), np.float32) / 255
+        logits = sess.run([OUTPUT], {INPUT: ((x - spec["mean"]) / spec["std"])[None, None]})[0][0] / spec["temperature"]
+        probability = float(np.exp(logits[1]) / np.exp(logits).sum())
+        assert probability == pytest.approx(row["probability"], abs=1e-5), film.name
 
 
 def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:

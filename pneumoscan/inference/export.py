@@ -166,6 +166,15 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "source_size": card.source_size,
         "source_quality": card.source_quality,
         "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and JPEG-compressed at source_quality",
+        "decode_target": card.spec.decode_target,
+        "preprocessing": (
+            "8-bit grayscale film (a DICOM windowed, a 16-bit PNG stretched from its minimum to its maximum); blocks of "
+            "n x n pixels averaged (Pillow's Image.reduce(n)), n = (short side - 1) // decode_target, when n >= 2; "
+            "then source_size and source_quality as source_meaning says; then resized to size x size with Pillow's "
+            "bilinear filter (antialiased when shrinking) by resize_policy: squash stretches to the square, pad keeps "
+            "the aspect ratio and letterboxes with black, center-crop scales the short side and cuts the middle "
+            "square (pneumoscan.data.preprocess.preprocess does all of it)"
+        ),
         "mean": card.mean,
         "std": card.std,
         "temperature": card.temperature,
