@@ -143,33 +143,19 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     with ``refuse_validation``, refused too."""
     given = {os.path.realpath(r.path) for r in records}
     for bundle in map(Path, bundles):
-        if chosen := _calibration_overlap(bundle, given):
-            if refuse_validation:
-                raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
-                                 f"{chosen[0]}; {CALIBRATION_FILMS}): {purpose} on films new to it{hint}")
-            if validation_warning:
-                log.warning("%d film(s) given to %s chose %s's threshold (%s): the figures on them are optimistic",
-                            len(chosen), purpose, bundle, CALIBRATION_FILMS)
-        for path, how in _weight_sources(bundle):
-            split = path.parent / "split.csv"
-            if not split.exists():
-                log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
-                            path, split, purpose)
-                continue
-            run = discover(split).records
-            seen = {os.path.realpath(r.path): r.split for r in run}
-            trained = sorted(p for p in given if seen.get(p) == "train")
-            if trained:
-                member = {
-                    "": "",
-                    "member": (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and "
-                               "`export --int8 --cv` choose its thresholds on out-of-fold scores)"),
-                    "copy": f" ({bundle} is a copy of it with a new threshold, so its training films are {bundle}'s own)",
-                    "teacher": f" ({bundle} was distilled from it, so its training films count as {bundle}'s own)",
-                }[how]
-                raise ValueError(f"{len(trained)} of the films given to {purpose} were in {path}'s training split "
-                                 f"(e.g. {trained[0]}): {purpose} on films it did not train on{hint}{member}")
-            validation = sorted(p for p in given if seen.get(p) == "val")
+        _check_calibration_films(bundle, given, purpose, hint, validation_warning, refuse_validation)
+        runs = [(path, how, run) for path, how in _weight_sources(bundle) if (run := _run_films(path, purpose))]
+        trained = [(path, how, films) for path, how, run in runs if (films := sorted(_films_in(run, "train") & given))]
+        if trained:
+            path, how, films = trained[0]
+            total = len(set().union(*(set(f) for _, _, f in trained)))
+            among = (f"; {total} counting the training splits of all {len(trained)} bundles its weights come from"
+                     if len(trained) > 1 else "")
+            raise ValueError(f"{len(films)} of the films given to {purpose} were in {path}'s training split "
+                             f"(e.g. {films[0]}{among}): {purpose} on films it did not train on{hint}"
+                             f"{_SOURCE_NOTES[how].format(bundle=bundle)}")
+        for path, _, run in runs:
+            validation = sorted(_films_in(run, "val") & given)
             if validation and refuse_validation:
                 raise ValueError(f"{len(validation)} of the films given to {purpose} are {path}'s validation films "
                                  f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
@@ -177,11 +163,49 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             if validation and validation_warning:
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
-            patients = {r.patient for r in run if r.split == "train"}
-            if kin := [r.patient for r in records if r.patient in patients and os.path.realpath(r.path) not in seen]:
+            listed, patients = _films_in(run), {r.patient for r in run if r.split == "train"}
+            if kin := [r.patient for r in records if r.patient in patients and os.path.realpath(r.path) not in listed]:
                 log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
                             "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
                             "are optimistic", len(kin), purpose, path, shown(kin[0]))
+
+
+# Why a source's training films are BUNDLE's own, by how BUNDLE came by its weights (:func:`_weight_sources`).
+_SOURCE_NOTES = {
+    "": "",
+    "member": (" (an ensemble of cv runs has no such film among its runs' films: `ensemble --cv` and `export --int8 "
+               "--cv` choose its thresholds on out-of-fold scores)"),
+    "copy": " ({bundle} is a copy of it with a new threshold, so its training films are {bundle}'s own)",
+    "teacher": " ({bundle} was distilled from it, so its training films count as {bundle}'s own)",
+}
+
+
+def _run_films(path: Path, purpose: str) -> list[Record]:
+    """The records of the split.csv beside a bundle (its run's films and their sides); none, with a warning, when
+    there is no such file to check against."""
+    split = path.parent / "split.csv"
+    if not split.exists():
+        log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
+                    path, split, purpose)
+        return []
+    return discover(split).records
+
+
+def _films_in(run: Sequence[Record], side: str | None = None) -> set[str]:
+    """The real paths of a run's films (on one side of its split, or all)."""
+    return {os.path.realpath(r.path) for r in run if side is None or r.split == side}
+
+
+def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, warn: bool, refuse: bool) -> None:
+    """Films given that chose BUNDLE's own threshold (calibration_films.csv), as its validation films are judged."""
+    if not (chosen := _calibration_overlap(bundle, given)):
+        return
+    if refuse:
+        raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
+                         f"{chosen[0]}; {CALIBRATION_FILMS}): {purpose} on films new to it{hint}")
+    if warn:
+        log.warning("%d film(s) given to %s chose %s's threshold (%s): the figures on them are optimistic",
+                    len(chosen), purpose, bundle, CALIBRATION_FILMS)
 
 
 def labelled_records(
