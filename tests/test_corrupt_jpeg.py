@@ -136,3 +136,32 @@ def test_an_io_error_reading_a_jpeg_is_a_transient_refusal(train_film: Path, mon
     with pytest.raises(DecodeError, match="cannot read file: Input/output error") as info:
         read_gray(train_film)
     assert pixels.transient(info.value)
+
+
+def _jfif_2(data: bytes) -> bytes:
+    """JFIF version 2.01 in the APP0 header: libjpeg warns of an unknown revision and reads the image as ever."""
+    at = data.index(b"JFIF\x00") + 5
+    return data[:at] + b"\x02" + data[at + 1 :]
+
+
+def _sos_spectral_end_0(data: bytes) -> bytes:
+    """The scan header's spectral-selection end set to 0, which a sequential JPEG ignores (libjpeg warns "Invalid
+    SOS parameters" and reads on): some cameras and encoders write it so."""
+    sos = data.index(b"\xff\xda")
+    se = sos + 4 + 1 + 2 * data[sos + 4] + 1  # length, component count, component pairs, Ss: then Se
+    return data[:se] + b"\x00" + data[se + 1 :]
+
+
+QUIRKS = {"JFIF 2.01": _jfif_2, "SOS parameters": _sos_spectral_end_0}
+
+
+@pytest.mark.parametrize("quirk", list(QUIRKS))
+def test_a_harmless_quirk_of_an_intact_film_is_read_and_damage_behind_it_is_not(quirk: str, train_film: Path) -> None:
+    """libjpeg's strict mode stops at its first warning of any kind: a harmless one must not refuse an intact film,
+    and must not hide damage further on (the Huffman codes are checked before the lenient decode)."""
+    data = train_film.read_bytes()
+    odd = QUIRKS[quirk](data)
+    assert odd != data
+    assert np.array_equal(read_gray(odd), read_gray(data))
+    with pytest.raises(DecodeError, match=CORRUPT):
+        read_gray(QUIRKS[quirk](_noise_in_middle(data)))

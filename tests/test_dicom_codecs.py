@@ -17,7 +17,7 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import get_decoder
 
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.readers import dicom as dicom_reader
+from pneumoscan.data.readers import jpeg as jpeg_reader
 
 from pneumoscan.data.pixels import DecodeError
 from tests.builders import dicom_bytes
@@ -213,6 +213,24 @@ def test_a_damaged_12bit_jpeg_extended_frame_is_refused(damage: str) -> None:
         read_gray(buf.getvalue())
 
 
+def test_the_12bit_check_is_no_stricter_than_libjpeg_about_padding() -> None:
+    """Up to three unused bytes before the marker that ends a scan are padding libjpeg reads past without a word
+    (some encoders write them): the frame is read; four are a warning of damage, and refused."""
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    end = frame.rindex(b"\xff\xd9")  # the frame's End Of Image (an odd-length frame is padded after it)
+    plain = read_gray(get_testdata_file("JPGExtended.dcm"))
+    for pad, ok in ((1, True), (3, True), (4, False)):
+        ds.PixelData = encapsulate([frame[:end] + bytes(pad) + frame[end:]])
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        if ok:
+            assert np.array_equal(read_gray(buf.getvalue()), plain), pad
+        else:
+            with pytest.raises(DecodeError, match="4 extraneous bytes before marker"):
+                read_gray(buf.getvalue())
+
+
 def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_root: Path) -> None:
     """The Python walk of a JPEG's Huffman codes (used for 12-bit frames) on 8-bit real films, where libjpeg can
     judge it: every intact film passes (restart intervals in val/, none in train/), and cut ones fail as libjpeg's
@@ -220,9 +238,9 @@ def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_
     films = sorted((data_root / "val").rglob("*.jpeg")) + sorted((data_root / "train").rglob("*.jpeg"))[::100]
     for film in films:
         frame = film.read_bytes()
-        dicom_reader._check_huffman_scans(frame)
+        jpeg_reader.check_huffman_scans(frame)
         for damaged in (_cut_with_eoi(frame), frame[: len(frame) // 2]):
             with pytest.raises(ValueError, match="(?i)corrupt JPEG data|premature end"):
                 simplejpeg.decode_jpeg(damaged, "GRAY", strict=True)
             with pytest.raises(ValueError, match="(?i)corrupt JPEG data|premature end"):
-                dicom_reader._check_huffman_scans(damaged)
+                jpeg_reader.check_huffman_scans(damaged)

@@ -926,6 +926,11 @@ def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path
         assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(tmp_path / "again.json"),
                          "--backend", "torch"]) == 2
     assert "it ignores the offset" in capsys.readouterr().err and not (tmp_path / "again.json").exists()
+    # ... but when its first answer held the whole study (its instance count says so), that is all there is
+    with paged_qido(f"{orthanc}/dicom-web", page=10, ignore_offset=True) as url:
+        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(tmp_path / "whole.json"),
+                         "--backend", "torch"]) == 0
+    assert len(json.loads((tmp_path / "whole.json").read_text())) == len(uploads)
 
 
 def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,

@@ -166,6 +166,12 @@ def test_fit_temperature_keeps_one_when_validation_has_no_error():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one film on the wrong side gives the NLL a minimum inside the bounds
         assert metrics.TEMPERATURE_BOUNDS[0] < fit_temperature(one_error, y) < metrics.TEMPERATURE_BOUNDS[1]
+    # errors, but logits too close together for any T to spread: the bound, said as such, not "no error"
+    rng = np.random.default_rng(0)
+    close = np.stack([np.zeros(1000), 0.02 * (2 * (y_many := rng.integers(0, 2, 1000)) - 1) + rng.normal(0, 0.01, 1000)], axis=1)
+    assert (close.argmax(axis=1) != y_many).any()
+    with pytest.warns(UserWarning, match="too close together"):
+        assert fit_temperature(close, y_many) == pytest.approx(metrics.TEMPERATURE_BOUNDS[0], rel=1e-2)
 
 
 def test_temperature_scaling_lowers_ece():

@@ -267,7 +267,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
     t = float(math.exp(result.x))
-    if abs(result.x - lo) < 1e-3:
+    if abs(result.x - lo) < 1e-3 and np.array_equal(z.argmax(axis=1), y):
         # every film on its side: the NLL only falls as T -> 0, and a T at the bound would make any score look certain
         warnings.warn(
             "the validation films are classified without a single error, so no temperature can be fitted on them "
@@ -280,6 +280,12 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
         warnings.warn(
             f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits carry no signal or "
             "are ranked the wrong way round, so the probabilities are not calibrated",
+            stacklevel=2,
+        )
+    elif abs(result.x - lo) < 1e-3:  # with errors: logits so close together that even T = 0.05 does not spread them
+        warnings.warn(
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits are too close together "
+            "to calibrate, so the probabilities are not calibrated",
             stacklevel=2,
         )
     return t

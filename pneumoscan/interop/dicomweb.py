@@ -11,6 +11,7 @@ SOP Instance UID, never by patient.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
-_STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+_STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
 _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
@@ -41,20 +42,31 @@ def _value(item: dict, tag: str) -> str:
 
 def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     """Every instance of the study, page after page: a PACS may cap a QIDO-RS answer (a Warning header says more
-    remain) and give the rest from an offset. An empty page ends the search; a page of instances already given is
-    refused: the server ignores the offset, so whatever its cap left out cannot be listed, and scoring part of a
-    study as if it were all of it would be a silent gap."""
+    remain) and give the rest from an offset. An empty page ends the search. A page of instances already given
+    means the server ignores the offset: what it listed is the whole study only if the study's instance count says
+    so; otherwise it is refused, since scoring part of a study as if it were all of it would be a silent gap."""
     found: dict[str, dict] = {}
     while True:
         page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found))
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
         if not page:
             return list(found.values())
-        if not new:
+        if not new:  # the offset was ignored: complete only if the first answer held the whole study
+            if len(found) >= _study_size(client, study_uid):
+                return list(found.values())
             raise ValueError(f"the PACS answered the instance search from offset {len(found)} with instances it had "
                              "already listed: it ignores the offset, so instances beyond its result limit cannot be "
                              "listed; raise that limit (e.g. Orthanc's LimitFindInstances) or ask its administrator")
         found.update(new)
+
+
+def _study_size(client: DICOMwebClient, study_uid: str) -> float:
+    """The study's NumberOfStudyRelatedInstances as the PACS reports it (infinite when it does not say, so that
+    nothing is taken as complete without its word)."""
+    [study] = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
+                                        fields=["NumberOfStudyRelatedInstances"]) or [{}]
+    value = _value(study, _COUNT)
+    return int(value) if value.isdigit() else math.inf
 
 
 def _status(code: int | None, words: dict[int, str]) -> str:

@@ -4,7 +4,7 @@
 file (by its first bytes, then by its name's suffix), and discovery takes a file as an image when a registered
 reader claims its suffix. A new format is one module with a :class:`Reader` subclass, registered with
 :func:`register` (a built-in one below; a site's where it is imported); the built-in ones are
-:mod:`.pillow` (JPEG, PNG) and :mod:`.dicom`.
+:mod:`.pillow` (JPEG, PNG) and :mod:`.dicom`, which share :mod:`.jpeg` (strict JPEG decoding).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """JPEG and PNG, header first through Pillow: the size and memory limits are applied before any pixel is decoded.
 
-A JPEG's pixels are decoded by libjpeg-turbo through simplejpeg, which turns libjpeg's "corrupt data" warnings
-into errors: Pillow ignores them, so a film cut short (an EOI marker halfway) or with damaged entropy-coded data
-decoded to bands of flat grey and was scored.
+A JPEG's pixels are decoded strictly (:mod:`.jpeg`: libjpeg's "corrupt data" warnings are errors): Pillow ignores
+them, so a film cut short (an EOI marker halfway) or with damaged entropy-coded data decoded to bands of flat grey
+and was scored.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 from PIL import ExifTags, Image, ImageChops
 from PIL.JpegImagePlugin import JpegImageFile
 
 from pneumoscan.data import pixels
+from . import jpeg
 from .base import Reader, formats
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,12 @@ def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
         raise pixels.too_many_bytes(-(-width // 8), -(-height // 8), per_pixel, f"{im.mode} JPEG at 1/8 scale")
     if scale > 1:
         log.debug("decoding a %d x %d %s JPEG at 1/%d scale, within MAX_DECODED_BYTES", width, height, im.mode, scale)
-    arr = simplejpeg.decode_jpeg(data, colorspace, min_width=-(-width // scale), min_height=-(-height // scale),
-                                 min_factor=scale, strict=True)  # fmt: skip
+    arr = jpeg.decode(data, colorspace, min_width=-(-width // scale), min_height=-(-height // scale),
+                      min_factor=scale)  # fmt: skip
+    if arr is None:  # intact, with a quirk libjpeg-turbo will not read past: Pillow's decode, which only warns
+        im.draft("L" if colorspace == "GRAY" else im.mode, (width // scale, height // scale))
+        im.load()
+        return im
     size = arr.shape[1], arr.shape[0]
     if colorspace == "GRAY":
         return Image.frombuffer("L", size, arr, "raw", "L", 0, 1)
