@@ -231,6 +231,18 @@ def test_the_12bit_check_is_no_stricter_than_libjpeg_about_padding() -> None:
                 read_gray(buf.getvalue())
 
 
+def test_the_huffman_walk_reads_past_a_restart_marker_after_the_last_interval(data_root: Path) -> None:
+    """Some encoders end the last restart interval with one more marker; libjpeg reads past it, and so does the
+    walk, when it carries the number due (another number is still out of order)."""
+    film = sorted((data_root / "val").rglob("*.jpeg"))[0].read_bytes()
+    end = film.rindex(b"\xff\xd9")
+    markers = len(re.findall(rb"\xff[\xd0-\xd7]", film[film.rindex(b"\xff\xda") : end]))  # in the last scan
+    assert markers, "a val/ original with restart intervals"
+    jpeg_reader.check_huffman_scans(film[:end] + bytes([0xFF, 0xD0 + markers % 8]) + film[end:])
+    with pytest.raises(ValueError, match="restart markers out of order"):
+        jpeg_reader.check_huffman_scans(film[:end] + bytes([0xFF, 0xD0 + (markers + 1) % 8]) + film[end:])
+
+
 def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_root: Path) -> None:
     """The Python walk of a JPEG's Huffman codes (used for 12-bit frames) on 8-bit real films, where libjpeg can
     judge it: every intact film passes (restart intervals in val/, none in train/), and cut ones fail as libjpeg's
