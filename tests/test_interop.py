@@ -435,7 +435,7 @@ def test_a_report_cut_short_leaves_no_file_behind(tiny_bundle: Path, films: dict
          "--dicom-sr", str(tmp_path / "sr")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
-    assert run.returncode == 2 and "File too large" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 2 and "a_in_scope.sr.dcm: file too large" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert list((tmp_path / "sr").iterdir()) == []
 
 
