@@ -143,3 +143,19 @@ def running(server: uvicorn.Server) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def cut_with_eoi(data: bytes) -> bytes:
+    """The first half of a JPEG, then an End Of Image marker: a transfer cut short and 'repaired' by a tool."""
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def noise_in_middle(data: bytes) -> bytes:
+    """Random bytes in place of the middle of a JPEG's entropy-coded data (a damaged disk block, say): 2,000, or a
+    30th of a small file (more, and Pillow itself finds a 224 px file broken)."""
+    middle, size = len(data) // 2, min(2000, len(data) // 30)
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return data[:middle] + noise + data[middle + size :]
+
+
+JPEG_DAMAGE = {"cut short, then EOI": cut_with_eoi, "random bytes in the middle": noise_in_middle}

@@ -16,24 +16,9 @@ from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import preprocess
+from tests.builders import JPEG_DAMAGE, cut_with_eoi, noise_in_middle
 
 CORRUPT = r"(?i)corrupt JPEG data"
-
-
-def _cut_with_eoi(data: bytes) -> bytes:
-    """The first half of the file, then an End Of Image marker: a transfer cut short and 'repaired' by a tool."""
-    return data[: len(data) // 2] + b"\xff\xd9"
-
-
-def _noise_in_middle(data: bytes) -> bytes:
-    """Random bytes in place of the middle of the entropy-coded data (a damaged disk block, say): 2,000, or a
-    30th of a small file (more, and Pillow itself finds a 224 px file broken)."""
-    middle, size = len(data) // 2, min(2000, len(data) // 30)
-    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
-    return data[:middle] + noise + data[middle + size :]
-
-
-DAMAGE = {"cut short, then EOI": _cut_with_eoi, "random bytes in the middle": _noise_in_middle}
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +39,11 @@ def _encode(im: Image.Image, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("damage", list(JPEG_DAMAGE))
 @pytest.mark.parametrize("which", ["val_film", "train_film"])
 def test_a_damaged_real_film_is_refused(which: str, damage: str, request: pytest.FixtureRequest,
                                         tmp_path: Path) -> None:  # fmt: skip
-    data = DAMAGE[damage](request.getfixturevalue(which).read_bytes())
+    data = JPEG_DAMAGE[damage](request.getfixturevalue(which).read_bytes())
     with Image.open(io.BytesIO(data)) as im:  # what the reader used to do: decoded, no error
         im.load()
     path = tmp_path / "damaged.jpeg"
@@ -73,7 +58,7 @@ def test_a_damaged_real_film_is_refused(which: str, damage: str, request: pytest
 
 def test_a_damaged_film_decoded_smaller_is_refused(val_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Beyond MAX_DECODED_BYTES a JPEG is decoded at 1/2 to 1/8 scale: every coefficient is still read, and checked."""
-    data = _cut_with_eoi(val_film.read_bytes())
+    data = cut_with_eoi(val_film.read_bytes())
     monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", 1776 * 1416 // 16)  # 1/4 scale fits
     with pytest.raises(DecodeError, match=CORRUPT):
         read_gray(data)
@@ -85,7 +70,7 @@ def test_a_damaged_cmyk_jpeg_is_refused(val_film: Path) -> None:
         data = _encode(im.convert("CMYK"), quality=90)
     assert read_gray(data).shape == (1416, 1776)
     with pytest.raises(DecodeError, match=CORRUPT):
-        read_gray(_cut_with_eoi(data))
+        read_gray(cut_with_eoi(data))
 
 
 def test_intact_films_decode_to_pillows_pixels(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,4 +149,4 @@ def test_a_harmless_quirk_of_an_intact_film_is_read_and_damage_behind_it_is_not(
     assert odd != data
     assert np.array_equal(read_gray(odd), read_gray(data))
     with pytest.raises(DecodeError, match=CORRUPT):
-        read_gray(QUIRKS[quirk](_noise_in_middle(data)))
+        read_gray(QUIRKS[quirk](noise_in_middle(data)))

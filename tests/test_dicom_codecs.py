@@ -20,7 +20,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers import jpeg as jpeg_reader
 
 from pneumoscan.data.pixels import DecodeError
-from tests.builders import dicom_bytes
+from tests.builders import JPEG_DAMAGE, cut_with_eoi, dicom_bytes
 
 # Every compressed syntax in the DICOM standard's image set that pydicom has a decoder for.
 DECODED_SYNTAXES = (
@@ -148,16 +148,6 @@ def _jpeg_dicom(frame: bytes, syntax: uid.UID, like: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _cut_with_eoi(frame: bytes) -> bytes:
-    return frame[: len(frame) // 2] + b"\xff\xd9"
-
-
-def _noise_in_middle(frame: bytes) -> bytes:
-    middle, size = len(frame) // 2, min(2000, len(frame) // 30)
-    return frame[:middle] + np.random.default_rng(0).integers(0, 256, size, np.uint8).tobytes() + frame[middle + size :]
-
-
-FRAME_DAMAGE = {"cut short, then EOI": _cut_with_eoi, "random bytes in the middle": _noise_in_middle}
 # libjpeg's reason: its corrupt-data warning, or, where the noise reads as a marker, what it found
 DAMAGED = r"(Corrupt JPEG data|Unsupported marker)"
 
@@ -176,19 +166,19 @@ def test_an_8bit_jpeg_frame_reads_like_the_jpeg_file(val_jpeg: tuple[bytes, np.n
     assert np.abs(read_gray(data).astype(int) - gray).max() <= 1  # pydicom's plugin: another IDCT's rounding
 
 
-@pytest.mark.parametrize("damage", list(FRAME_DAMAGE))
+@pytest.mark.parametrize("damage", list(JPEG_DAMAGE))
 @pytest.mark.parametrize("syntax", [uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit], ids=lambda s: s.name)
 def test_a_damaged_8bit_jpeg_frame_is_refused(val_jpeg: tuple[bytes, np.ndarray], syntax: uid.UID,
                                               damage: str) -> None:  # fmt: skip
     """pydicom's JPEG plugins (Pillow first) decoded the damaged frame, the missing rows flat grey."""
     frame, gray = val_jpeg
-    data = _jpeg_dicom(FRAME_DAMAGE[damage](frame), syntax, dicom_bytes(gray, bits=8))
+    data = _jpeg_dicom(JPEG_DAMAGE[damage](frame), syntax, dicom_bytes(gray, bits=8))
     with pytest.raises(DecodeError, match=rf"cannot decode DICOM pixel data \({re.escape(syntax.name)}\): "
                                           rf"{DAMAGED}"):  # fmt: skip
         read_gray(data)
 
 
-@pytest.mark.parametrize("damage", list(FRAME_DAMAGE))
+@pytest.mark.parametrize("damage", list(JPEG_DAMAGE))
 def test_a_damaged_colour_jpeg_frame_is_refused(data_root: Path, damage: str) -> None:
     """A colour (YBR_FULL_422) baseline frame: a 224 px training file, which has no restart intervals."""
     frame = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
@@ -196,17 +186,17 @@ def test_a_damaged_colour_jpeg_frame_is_refused(data_root: Path, damage: str) ->
                        PlanarConfiguration=0)  # fmt: skip (its pixels are replaced by the frame)
     assert read_gray(_jpeg_dicom(frame, uid.JPEGBaseline8Bit, like)).shape == (224, 224)
     with pytest.raises(DecodeError, match=rf"\(JPEG Baseline \(Process 1\)\): {DAMAGED}"):
-        read_gray(_jpeg_dicom(FRAME_DAMAGE[damage](frame), uid.JPEGBaseline8Bit, like))
+        read_gray(_jpeg_dicom(JPEG_DAMAGE[damage](frame), uid.JPEGBaseline8Bit, like))
 
 
-@pytest.mark.parametrize("damage", list(FRAME_DAMAGE))
+@pytest.mark.parametrize("damage", list(JPEG_DAMAGE))
 def test_a_damaged_12bit_jpeg_extended_frame_is_refused(damage: str) -> None:
     """simplejpeg decodes 8 bits only: a 12-bit frame's Huffman codes are walked in Python instead (pydicom's
     pylibjpeg decoded both damages, 712 of the 1024 rows flat)."""
     ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
     frame = get_frame(ds.PixelData, 0, number_of_frames=1)
     assert frame[frame.index(b"\xff\xc1") + 4] == 12  # SOF1, 12-bit samples
-    ds.PixelData = encapsulate([FRAME_DAMAGE[damage](frame)])
+    ds.PixelData = encapsulate([JPEG_DAMAGE[damage](frame)])
     buf = io.BytesIO()
     ds.save_as(buf)
     with pytest.raises(DecodeError, match=r"\(JPEG Extended \(Process 2 and 4\)\): Corrupt JPEG data"):
@@ -251,7 +241,7 @@ def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_
     for film in films:
         frame = film.read_bytes()
         jpeg_reader.check_huffman_scans(frame)
-        for damaged in (_cut_with_eoi(frame), frame[: len(frame) // 2]):
+        for damaged in (cut_with_eoi(frame), frame[: len(frame) // 2]):
             with pytest.raises(ValueError, match="(?i)corrupt JPEG data|premature end"):
                 simplejpeg.decode_jpeg(damaged, "GRAY", strict=True)
             with pytest.raises(ValueError, match="(?i)corrupt JPEG data|premature end"):

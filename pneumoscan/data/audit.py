@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import math
 import os
-import stat
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -32,8 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.names import file_kind
-from pneumoscan.data.decode import image_info, read_gray
+from pneumoscan.data.decode import image_info, open_regular, read_gray
 
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import LABELS, SPLITS, SUBTYPES, Discovery, Record
@@ -55,14 +53,9 @@ def _subtype_key(subtype: str) -> str:
 
 
 def _sha256(path: str) -> str:
-    """Hex SHA-256 of a regular file's bytes. Opened without blocking and checked from that handle, as decoding
-    does (:mod:`pneumoscan.data.decode`): a manifest may name a FIFO (whose open and read wait for a writer) or a
-    device (/dev/zero never ends), which would hang split and audit; DecodeError names what it is instead."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DecodeError(f"not a regular file ({file_kind(mode)})")
+    """Hex SHA-256 of a regular file's bytes, opened as decoding opens it (:func:`open_regular`): a manifest may
+    name a FIFO or a device, which would hang split and audit; DecodeError names what it is instead."""
+    with open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -27,6 +30,18 @@ logger = logging.getLogger(__name__)
 Source = str | Path | bytes
 
 
+@contextmanager
+def open_regular(path: Path | str) -> Iterator[BinaryIO]:
+    """A file opened for reading without blocking, refused (DecodeError) unless the handle opened is a regular file:
+    a FIFO would wait for a writer, a device such as /dev/zero never end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DecodeError(f"not a regular file ({file_kind(mode)})")
+        yield f
+
+
 def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, readers.Reader]:
     """(what the reader gets, the reader). ``dicom``: the caller knows it is one (an upload's declared type: bytes
     without the preamble carry no magic). A path is opened without blocking (a FIFO would wait for a writer)."""
@@ -37,11 +52,7 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
     else:
         src = Path(source)
         try:
-            fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as f:
-                mode = os.fstat(fd).st_mode
-                if not stat.S_ISREG(mode):
-                    raise DecodeError(f"not a regular file ({file_kind(mode)})")
+            with open_regular(src) as f:
                 head = f.read(readers.HEAD_BYTES)
         except FileNotFoundError:
             raise DecodeError("file not found") from None

@@ -126,14 +126,6 @@ def record_calibration_films(bundle: Path, records: Sequence[Record]) -> None:
     write_manifest([dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records], bundle / CALIBRATION_FILMS)
 
 
-def _calibration_overlap(bundle: Path, given: set[str]) -> list[str]:
-    """The films of ``given`` on which BUNDLE's own temperature or threshold was chosen (calibration_films.csv)."""
-    chosen = bundle / CALIBRATION_FILMS
-    if not chosen.exists():
-        return []
-    return sorted(given & {os.path.realpath(r.path) for r in discover(chosen).records})
-
-
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
                    validation_warning: bool = False, refuse_validation: bool = False) -> None:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
@@ -198,7 +190,8 @@ def _films_in(run: Sequence[Record], side: str | None = None) -> set[str]:
 
 def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, warn: bool, refuse: bool) -> None:
     """Films given that chose BUNDLE's own threshold (calibration_films.csv), as its validation films are judged."""
-    if not (chosen := _calibration_overlap(bundle, given)):
+    listed = bundle / CALIBRATION_FILMS
+    if not listed.exists() or not (chosen := sorted(_films_in(discover(listed).records) & given)):
         return
     if refuse:
         raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
