@@ -66,3 +66,31 @@ def test_batch_mixing_is_off_by_default_and_refuses_a_negative_alpha() -> None:
     assert batch_mixing(Augment(), 2) is None
     with pytest.raises(ValueError, match="mixup and cutmix are Beta alphas"):
         Augment(mixup=-0.2)
+
+
+def test_gamma_is_drawn_within_its_range_darker_and_brighter_alike() -> None:
+    """Each image's mid-grey maps as one gamma from [1 / 1.5, 1.5] would map it, and both directions occur."""
+    torch.manual_seed(0)
+    transform = train_transform(16, 0.0, 1.0, Augment(**{**vars(STILL), "gamma": 0.5}))
+    mid = torch.full((1, 16, 16), 128, dtype=torch.uint8)
+    out = np.array([float(transform(mid)[0, 0, 0]) for _ in range(200)])
+    gammas = np.log(out) / np.log(128 / 255)
+    assert gammas.min() >= 1 / 1.5 - 0.02 and gammas.max() <= 1.5 + 0.02
+    assert (gammas < 0.9).mean() > 0.25 and (gammas > 1.1).mean() > 0.25
+    assert float(train_transform(16, 0.0, 1.0, STILL)(mid)[0, 0, 0]) == pytest.approx(128 / 255)
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.5])
+def test_blur_softens_about_half_the_images(blur: float) -> None:
+    torch.manual_seed(0)
+    transform = train_transform(32, 0.0, 1.0, Augment(**{**vars(STILL), "blur": blur}))
+    stripes = torch.zeros((1, 32, 32), dtype=torch.uint8)
+    stripes[:, :, ::2] = 255
+    softened = np.array([float(transform(stripes).std()) < 0.49 for _ in range(200)])  # sharp stripes: std 0.5
+    assert softened.mean() == 0.0 if blur == 0.0 else 0.35 < softened.mean() < 0.65
+
+
+@pytest.mark.parametrize("field", ["gamma", "blur"])
+def test_a_negative_gamma_or_blur_range_is_refused(field: str) -> None:
+    with pytest.raises(ValueError, match="gamma and blur are ranges"):
+        Augment(**{field: -0.1})

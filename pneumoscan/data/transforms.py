@@ -43,6 +43,10 @@ class Augment:
     # the model meets faint and strong grain alike. Without it grain read as pneumonia: sigma 10/255 took the demo
     # model's validation specificity from 0.990 to 0.554 (benchmarks/bench_shift.py). 0 turns it off.
     noise: float = 0.04
+    # Exposure and sharpness of other machines: gamma is drawn log-uniformly from [1 / (1 + gamma), 1 + gamma],
+    # and half the images get a Gaussian blur of sigma up to ``blur`` pixels. 0 turns either off (the default).
+    gamma: float = 0.0
+    blur: float = 0.0
     hflip: bool = False
     vflip: bool = False  # upside down: as with hflip, a film the clinic never sees; offered for the reference runs
     # what fills the pixels that shifts, rotations, shears and zooming out bring in from outside the film:
@@ -59,6 +63,8 @@ class Augment:
             raise ValueError(f"zoom_range must be in [0, 1), got {self.zoom_range}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
+        if self.gamma < 0 or self.blur < 0:
+            raise ValueError(f"gamma and blur are ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError(f"mixup and cutmix are Beta alphas >= 0 (0: off), got {self.mixup} and {self.cutmix}")
 
@@ -79,6 +85,13 @@ def add_grain(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     like 0.86 %) and left about a third of the pixels unchanged at the faintest."""
     noisy = pixels.float() + torch.randn(pixels.shape) * (sigma * 255.0)
     return noisy.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_gamma(pixels: torch.Tensor, limit: float) -> torch.Tensor:
+    """uint8 pixels with a gamma drawn log-uniformly from [1 / (1 + limit), 1 + limit]: as often darker as
+    brighter mid-tones, the ends of the grey range kept (torchvision has no random gamma transform)."""
+    log_gamma = (torch.rand(()) * 2.0 - 1.0) * math.log1p(limit)
+    return v2.functional.adjust_gamma(pixels, math.exp(float(log_gamma)))
 
 
 def to_input(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -122,8 +135,8 @@ def _affine(size: int, augment: Augment) -> list[v2.Transform]:
 
 
 def train_transform(size: int, mean: float, std: float, augment: Augment = Augment()) -> v2.Compose:
-    """Random zoom, shift, rotation, shear, brightness/contrast, noise and the flips asked for; the output stays
-    size x size. A range of zero adds no step, so ``Augment.off()`` leaves only the normalisation."""
+    """Random zoom, shift, rotation, shear, brightness/contrast, gamma, blur, noise and the flips asked for; the
+    output stays size x size. A range of zero adds no step, so ``Augment.off()`` leaves only the normalisation."""
     steps: list[v2.Transform] = []
     if augment.zoom:
         steps.append(v2.RandomResizedCrop(size, scale=(1.0 - augment.zoom, 1.0), ratio=(0.9, 1.1), antialias=True))
@@ -131,6 +144,10 @@ def train_transform(size: int, mean: float, std: float, augment: Augment = Augme
         steps += _affine(size, augment)
     if augment.brightness or augment.contrast:
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+    if augment.gamma:
+        steps.append(partial(random_gamma, limit=augment.gamma))
+    if augment.blur:  # a kernel of 3 sigma either side; the sigma is drawn per image
+        steps.append(v2.RandomApply([v2.GaussianBlur(2 * math.ceil(3 * augment.blur) + 1, (0.1, augment.blur))], p=0.5))
     if augment.noise:
         levels = [partial(add_grain, sigma=augment.noise * k) for k in NOISE_LEVELS]
         steps.append(v2.RandomApply([v2.RandomChoice(levels)], p=0.5))
