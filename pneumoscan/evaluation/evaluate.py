@@ -133,7 +133,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
     with ``refuse_validation``, refused too."""
-    given = {os.path.realpath(r.path) for r in records}
+    real = {r.path: os.path.realpath(r.path) for r in records}
+    given = set(real.values())
     for bundle in map(Path, bundles):
         _check_calibration_films(bundle, given, purpose, hint, validation_warning, refuse_validation)
         runs = [(path, how, run) for path, how in _weight_sources(bundle) if (run := _run_films(path, purpose))]
@@ -156,7 +157,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
             listed, patients = _films_in(run), {r.patient for r in run if r.split == "train"}
-            if kin := [r.patient for r in records if r.patient in patients and os.path.realpath(r.path) not in listed]:
+            if kin := [r.patient for r in records if r.patient in patients and real[r.path] not in listed]:
                 log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
                             "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
                             "are optimistic", len(kin), purpose, path, shown(kin[0]))
