@@ -385,3 +385,44 @@ def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float
     model = _Probe(40)
     assert warm_start_head(model, loader(60), loader(400), None, torch.device("cpu")) == chosen
     assert model.fc.weight.abs().sum() > 0
+
+
+def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Class weights used to hide an empty class: a bundle was written for a class the model never saw."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    manifest = tmp_path / "split.csv"
+    write_manifest([r for r in records if not (r.split == "train" and r.label == "NORMAL")], manifest)
+    with pytest.raises(ValueError, match="no readable training film of class NORMAL"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), tmp_path / "run")
+
+
+def test_films_a_task_cannot_use_are_warned_about(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pneumonia films whose names give no type are left out of the three-class task, in training and in
+    evaluation: said, so that figures on the rest do not pass for figures on every film given."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for split, n in (("train", 3), ("test", 1)):
+        for i, path in enumerate(sorted((data / split / "PNEUMONIA").iterdir())[:n]):
+            path.rename(path.with_name(f"site_{i}.jpeg"))
+    with caplog.at_level("WARNING"):
+        bundle = train(data, TrainConfig(**{**TINY, "task": "multiclass", "epochs": 1}), tmp_path / "run")
+    assert "3 pneumonia film(s) given to training do not say bacteria or virus" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        metrics = evaluate(bundle, data, split="test")
+    assert "1 pneumonia film(s) given to evaluation do not say bacteria or virus" in caplog.text
+    assert metrics["n"] == 15
+
+
+def test_manifest_rows_in_no_split_are_warned_about(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    unsided = next(r.path for r in records if r.split == "train")
+    manifest = tmp_path / "split.csv"
+    write_manifest([dataclasses.replace(r, split="") if r.path == unsided else r for r in records], manifest)
+    with caplog.at_level("WARNING"):
+        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records) - 1
+    assert "1 film(s) of" in caplog.text and "are in no train, val or test split" in caplog.text

@@ -10,14 +10,17 @@ so a new task is one :func:`register_task` call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pneumoscan.core.options import look_up_option
+from pneumoscan.core.names import shown
 from .layouts import Record
 
+log = logging.getLogger(__name__)
 TargetRule = Callable[[Record], "int | None"]
 
 
@@ -110,6 +113,15 @@ def select(records: Sequence[Record], task: Task) -> tuple[list[Record], np.ndar
     """The records that belong to the task and their integer targets."""
     kept = [(r, t) for r in records if (t := task.target(r)) is not None]
     return [r for r, _ in kept], np.array([t for _, t in kept], dtype=np.int64)
+
+
+def warn_untyped(records: Sequence[Record], task: Task, purpose: str) -> None:
+    """Warn of pneumonia films a task needs the type of (bacteria or virus) whose names do not say it: the task
+    cannot use them, and figures on the rest would otherwise pass for figures on every film given."""
+    if untyped := [r for r in records if r.label == "PNEUMONIA" and task.target(r) is None]:
+        log.warning("%d pneumonia film(s) given to %s do not say bacteria or virus in their names (e.g. %s): the %s "
+                    "task cannot use them, so they are left out", len(untyped), purpose, shown(untyped[0].path),
+                    task.name)
 
 
 def binary_targets(targets: np.ndarray) -> np.ndarray:

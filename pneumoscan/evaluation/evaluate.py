@@ -27,7 +27,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.tasks import Task, binary_targets, get_task, select
+from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
@@ -208,8 +208,9 @@ def labelled_records(
     """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
     files that could not be read. With a dataset root, ``split`` picks train/val/test."""
     records, cache = cache_dataset(data, spec, split, progress=True)
-    readable = set(cache.paths)
-    records, targets = select([r for r in records if r.path in readable], task)
+    readable = [r for r in records if r.path in set(cache.paths)]
+    warn_untyped(readable, task, "evaluation")
+    records, targets = select(readable, task)
     if not records:
         unreadable = "; ".join(f"{e['path']}: {e['reason']}" for e in cache.errors[:3])
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"

@@ -31,7 +31,7 @@ from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
-from pneumoscan.data.tasks import Task, binary_targets, get_task, select
+from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import evaluate_probabilities
 from pneumoscan.evaluation.model_card import update_card, validation_figures
@@ -74,6 +74,9 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
         raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
     if cfg.split_csv:
         records = discover(cfg.split_csv).records
+        if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
+            log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
+                        len(unsided), shown(cfg.split_csv), shown(unsided[0].path), unsided[0].split)
     elif cfg.validate_on_val_folder:
         records = [r for r in discover(data).records if r.split in ("train", "val")]
         per_class = Counter(r.label for r in records if r.split == "val")
@@ -197,7 +200,13 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
     for err in cache.errors if ctx.main else []:
         log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
     readable = set(cache.paths)
+    if ctx.main:
+        warn_untyped([r for r in records if r.path in readable], task, "training")
     selected = {name: select([r for r in records if r.split == name and r.path in readable], task) for name in ("train", "val")}
+    counts = np.bincount(selected["train"][1], minlength=len(task.classes))
+    if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
+        raise ValueError(f"no readable training film of class {', '.join(missing)}: a model cannot learn a class it "
+                         "never sees, and its threshold would be meaningless")
     parts = {name: (cache.rows([r.path for r in recs]), targets) for name, (recs, targets) in selected.items()}
     train_targets = parts["train"][1]
     if cfg.teacher:  # scored once, by rank 0
@@ -215,8 +224,7 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
-    counts = np.bincount(parts["train"][1], minlength=len(task.classes)).astype(np.float64)
-    weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=ctx.device)
+    weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(spec, cache.data_fingerprint, train_set, val_set, val_rows, val_loader, sampler, train_loader, plain,
                 weights if cfg.class_weights else None)
