@@ -12,6 +12,7 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
+from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import compare_runs, comparison_figure
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.bundle import load_card, save_card
@@ -89,3 +90,26 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))
     with pytest.raises(ValueError, match="no binary validation figures"):
         compare_runs([other])
+
+
+def test_a_threshold_copy_beside_the_bundle_gets_its_own_evaluation_and_policy(
+    two_runs: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`threshold RUN/bundle ... --out RUN/bundle-site-b` then `evaluate` of each: the second evaluation went to the
+    first's folder (overwriting it), and compare stated RUN/bundle's policy beside the copy's threshold."""
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    site = tmp_path / "site.csv"  # a site's own labelled films
+    write_manifest([dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")], site)
+    assert main(["threshold", str(run / "bundle"), str(site), "--youden", "--out", str(run / "bundle-site-b")]) == 0
+    for bundle in ("bundle", "bundle-site-b"):
+        assert main(["evaluate", str(run / bundle), str(tiny_dataset), "--split", "test"]) == 0
+    folders = {"bundle": run / "eval-chest_xray-test", "bundle-site-b": run / "eval-bundle-site-b-chest_xray-test"}
+    capsys.readouterr()
+    assert main(["compare", *map(str, folders.values())]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line, (bundle, folder) in zip(lines[1:], folders.items()):
+        card = load_card(run / bundle)
+        assert json.loads((folder / "metrics.json").read_text())["threshold"] == pytest.approx(card.threshold)
+        assert f"({card.threshold_policy})" in line
+    assert "Youden" in lines[2] and "Youden" not in lines[1]

@@ -73,7 +73,9 @@ def load_run(path: Path | str) -> RunSummary:
         raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("kind") != "binary" or "threshold" not in m:
         raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
-    card = next((load_card(b) for b in (folder / "bundle", folder.parent / "bundle") if (b / CARD).is_file()), None)
+    # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
+    places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
+    card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
     minutes = _training_minutes(folder) if (folder / "bundle").is_dir() else _training_minutes(folder.parent)
     ci = (m.get("ci") or {}).get("auc") or [None, None]
     return RunSummary(

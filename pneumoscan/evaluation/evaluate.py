@@ -300,9 +300,12 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
 
 def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool, two_stage: bool) -> Path:
     """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage]/`` beside the
-    bundle, so evaluations of one bundle on different data or in different modes never overwrite each other."""
+    bundle, so evaluations of one bundle on different data or in different modes never overwrite each other. A
+    bundle folder named other than ``bundle`` (a ``threshold`` copy beside it) puts its name first
+    (``eval-<bundle name>-...``): the two bundles' evaluations must not overwrite each other either."""
     suffix = (f"-{split}" if split else "") + ("-tta" if tta else "") + ("-two-stage" if two_stage else "")
-    return Path(bundle).parent / f"eval-{Path(data).stem}{suffix}"
+    name = Path(os.path.realpath(bundle)).name
+    return Path(bundle).parent / f"eval-{'' if name == 'bundle' else name + '-'}{Path(data).stem}{suffix}"
 
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
@@ -329,6 +332,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scores, y = predictor.positive(probs), binary_targets(targets)
     metrics = evaluate_probabilities(probs, targets, task, threshold)
     metrics["unreadable"] = errors
+    metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     if etiology is not None:
         metrics["two_stage"], second_scores, two_stage_called = _two_stage(
             predictor, scores, records, images, targets, data, split, etiology, tta)
