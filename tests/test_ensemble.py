@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
@@ -83,6 +84,12 @@ def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path
     assert card.threshold == pytest.approx(choose_threshold(y, plain, target), abs=SCORE_TOL)
     assert card.tta_threshold == pytest.approx(choose_threshold(y, tta, target), abs=SCORE_TOL)
     assert card.val_metrics["n"] == len(y) == 16 and "test" in card.threshold_policy
+    # the card names the films its figures and temperature come from, not "the validation split"
+    text = (ensemble / "MODEL_CARD.md").read_text()
+    calibrated_on = card.train_config["calibrated_on"]
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["model-index"][0]["results"][0]["dataset"]["name"] == calibrated_on
+    assert f"fitted on {calibrated_on}" in text and "validation split of the training data" not in text
     # the films that chose it are recorded in the bundle: the card's evaluations on other data refuse them
     with pytest.raises(ValueError, match="16 of the films given to record an evaluation in the card chose"):
         evaluate(ensemble, tiny_dataset, "test", add_to_card=True, data_name="test")

@@ -111,8 +111,10 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     if card.val_metrics:
         metrics = [{"type": kind, "name": f"{name} (validation, threshold chosen on it)", "value": card.val_metrics[key]}
                    for key, kind, name in CARD_METRICS if card.val_metrics.get(key) is not None]
-        results.append({"task": task, "dataset": {"name": "validation split of the training data", "type": "kermany-chest-xray",
-                                                  "split": "validation"}, "metrics": metrics})
+        calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
+        dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
+                   {"name": "validation split of the training data", "type": "kermany-chest-xray", "split": "validation"})
+        results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
         metrics = [{"type": kind, "name": name, "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None]
@@ -216,7 +218,8 @@ def render(card: BundleCard) -> str:
         "## Recipe\n\n"
         f"Model `{card.model}`{f' {card.model_kwargs}' if card.model_kwargs else ''}, grayscale input of "
         f"{card.size} x {card.size} px ({card.resize_policy}{source}), normalised with mean {card.mean:g} and std "
-        f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on validation. Training configuration:\n\n"
+        f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on "
+        f"{card.train_config.get('calibrated_on') or 'validation'}. Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```",
         f"## Operating threshold\n\n{_threshold_section(card)}",
         f"## Validation figures\n\n{_validation_section(card)}",
