@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
@@ -165,6 +166,11 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     assert int8.threshold(tta=True) == choose_threshold(y, int8.positive(int8.probabilities(images, tta=True)), None)
     sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
     assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on site.csv"
+    # every figure about the films that chose the thresholds is about the site's films, none left from the export
+    fp32 = Predictor(out, backend="onnx").positive(Predictor(out, backend="onnx").probabilities(images))
+    assert sidecar["int8_thresholds_chosen_on"] == "site.csv" and sidecar["validation_images"] == len(y)
+    assert sidecar["val_auc_int8"] == pytest.approx(roc_auc_score(y, int8.positive(int8.probabilities(images))))
+    assert sidecar["val_auc_fp32"] == pytest.approx(roc_auc_score(y, fp32), abs=1e-6)
     assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
     # an INT8 sidecar changed by hand is refused here as --backend onnx-int8 refuses it, not stamped anew
     sidecar_path = spec_path(bundle / INT8_NAME)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
-                                     evaluate_multiclass, jsonable)
+                                     evaluate_multiclass, jsonable, roc_auc)
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
@@ -412,7 +412,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
         quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
         try:
-            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:2]
+            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:3]
         except ValueError as e:
             raise ValueError(f"INT8 model: {e}") from None
     name = data_label(data, split, data_name)
@@ -440,9 +440,14 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
             write_onnx_spec(tmp, tmp / ONNX_NAME)
         record_calibration_films(tmp, records)
         if int8 is not None:
-            figures = json.loads(spec_path(tmp / INT8_NAME).read_text())
-            write_int8_spec(tmp, figures | {"int8_threshold": int8[0], "int8_tta_threshold": int8[1],
-                                            "threshold_policy": policy})
+            # every figure of the sidecar about the films that chose the thresholds is now about these films
+            figures = json.loads(spec_path(tmp / INT8_NAME).read_text()) | {
+                "int8_threshold": int8[0], "int8_tta_threshold": int8[1], "threshold_policy": policy,
+                "int8_thresholds_chosen_on": name, "validation_images": int(y.size),
+                "val_auc_fp32": roc_auc(y, plain), "val_auc_int8": roc_auc(y, int8[2]),
+                "max_probability_change": float(np.abs(plain - int8[2]).max()),
+            }  # fmt: skip
+            write_int8_spec(tmp, figures)
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
              y.size, out)
