@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from sklearn.metrics import roc_auc_score
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.core.metrics import choose_threshold
+from pneumoscan.core.metrics import binary_metrics, choose_threshold
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.interop.reports import model_version, write_reports
@@ -130,12 +131,28 @@ def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: 
     assert not (run / "bundle" / INT8_NAME).exists()
 
 
-def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle: Path, tiny_dataset: Path,
+                                                  tmp_path: Path) -> None:
     """Its scores and thresholds are its own: a web answer and a report say which model made them."""
     plain, int8 = model_version(int8_bundle), model_version(int8_bundle, "onnx-int8")
     assert int8.startswith(plain + "+int8:") and len(int8) == len(plain) + len("+int8:") + 12
     with TestClient(create_app(int8_bundle, backend="onnx-int8")) as client:
-        assert client.get("/v1/model").json()["version"] == int8
+        info = client.get("/v1/model").json()
+    assert info["version"] == int8
+    # the figures beside its threshold are its own, at that threshold: not FP32's, at FP32's threshold
+    predictor = Predictor(int8_bundle, backend="onnx-int8")
+    images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"), predictor.card.spec)
+    y, scores = binary_targets(targets), predictor.positive(predictor.probabilities(images))
+    at = binary_metrics(y, scores, info["threshold"])
+    assert info["val_metrics"]["threshold"] == info["threshold"] != load_card(int8_bundle).threshold
+    for key in ("sensitivity", "specificity", "accuracy", "n"):
+        assert info["val_metrics"][key] == pytest.approx(at[key]), key
+    assert info["val_metrics"]["auc"] == pytest.approx(roc_auc_score(y, scores))
+    evaluated = tmp_path / "evaluated"
+    shutil.copytree(int8_bundle, evaluated)
+    evaluate(evaluated, tiny_dataset, "test", add_to_card=True, data_name="test")
+    assert load_card(evaluated).external_evaluations, "recorded for the FP32 model"
+    assert Predictor(evaluated, backend="onnx-int8").card.external_evaluations == [], "not shown as the INT8 model's"
     rows = predict_paths(int8_bundle, sorted((tiny_dataset / "test").rglob("*.jpeg"))[:1], backend="onnx-int8")
     write_reports(rows, int8_bundle, fhir_dir=tmp_path / "fhir", backend="onnx-int8")
     assert f'"{int8}"' in Path(rows[0]["fhir"]).read_text()

@@ -28,7 +28,8 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
+from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, int8_val_metrics, spec_path, write_int8_spec,
+                                         write_onnx_spec)
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
 from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
@@ -446,6 +447,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
                 "int8_thresholds_chosen_on": name, "validation_images": int(y.size),
                 "val_auc_fp32": roc_auc(y, plain), "val_auc_int8": roc_auc(y, int8[2]),
                 "max_probability_change": float(np.abs(plain - int8[2]).max()),
+                "int8_val_metrics": int8_val_metrics(y, int8[2], int8[0]),
             }  # fmt: skip
             write_int8_spec(tmp, figures)
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",

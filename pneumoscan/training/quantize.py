@@ -30,7 +30,8 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import check_held_out, labelled_images, labelled_records
-from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
+from pneumoscan.inference.export import (INPUT, INT8_NAME, ONNX_NAME, int8_val_metrics, module_onnx, session, spec_path,
+                                         write_int8_spec)
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, member_sources
@@ -163,6 +164,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         "val_auc_fp32": fp32_auc,
         "val_auc_int8": roc_auc(y, scores),
         "max_probability_change": float(change.max()),
+        "int8_val_metrics": int8_val_metrics(y, scores, int8_threshold),
     }
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
