@@ -153,10 +153,19 @@ def _three_classes(block: dict) -> str:
     (n/a where the films do not define a figure, e.g. no viral film)."""
     from pneumoscan.core.metrics import format_figure
 
-    low, high = block["ci"]["accuracy"] or (None, None)
-    return (f"{block['decision']}: accuracy {format_figure(block['accuracy'], 4)} (95 % CI {format_figure(low, 4)}-"
-            f"{format_figure(high, 4)}), balanced accuracy {format_figure(block['balanced_accuracy'], 4)}, confusion "
+    def with_ci(name: str) -> str:
+        return f"{name.replace('_', ' ')} {format_figure(block[name], 4)}{_ci_text(block['ci'].get(name), block[name])}"
+
+    return (f"{block['decision']}: {with_ci('accuracy')}, {with_ci('balanced_accuracy')}, confusion "
             f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
+
+
+def _ci_text(ci: list | None, value: float | None) -> str:
+    """`` (95% CI lo-hi)``; a defined figure without one says so, lest the bare value read as certain."""
+    lo, hi = ci or (None, None)
+    if lo is not None and hi is not None:
+        return f" (95% CI {lo:.3f}-{hi:.3f})"
+    return " (no 95% CI)" if value is not None else ""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -170,9 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-        lo, hi = metrics["ci"].get(name) or [None, None]
-        ci = f"  (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
-        print(f"{name:>12}: {format_figure(metrics[name], 4)}{ci}")
+        print(f"{name:>12}: {format_figure(metrics[name], 4)} {_ci_text(metrics['ci'].get(name), metrics[name])}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
     for row in metrics["threshold_table"]:

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.stats import beta, binomtest
 from sklearn.metrics import recall_score, roc_auc_score
 
 from pneumoscan.core import metrics
@@ -279,7 +280,64 @@ def test_evaluate_multiclass_three_classes():
     counts = np.array(result["confusion_matrix"]["counts"])
     assert counts.sum() == 600 and counts.trace() == (pred == y).sum()
     np.testing.assert_allclose(np.array(result["confusion_matrix"]["normalized"]).sum(axis=1), 1.0)
-    for name in ("accuracy", "macro_auc"):
+    for name in ("accuracy", "balanced_accuracy", "macro_auc"):
         lo, hi = result["ci"][name]
-        assert lo <= result[name] <= hi
+        assert lo < result[name] < hi, name
     assert set(result["curves"]["roc"]) == set(names)
+
+
+def _exact(k: int, n: int) -> list[float]:
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return [ci.low, ci.high]
+
+
+def test_proportions_get_exact_intervals_that_keep_width_at_a_rate_of_one():
+    """30 of 30 positives found: a bootstrap only resamples 30 of 30 and said [1, 1]; 30/30 allows 0.884."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30, int), np.zeros(300, int)]
+    prob = np.r_[rng.uniform(0.6, 1.0, 30), rng.uniform(0.0, 0.7, 300)]
+    ci = threshold_metrics_ci(y, prob, [0.55, 0.71], n_boot=200)
+    for block, threshold in zip(ci, (0.55, 0.71)):
+        m = binary_metrics(y, prob, threshold)
+        assert block["sensitivity"] == pytest.approx(_exact(m["tp"], 30))
+        assert block["specificity"] == pytest.approx(_exact(m["tn"], 300))
+        assert block["precision"] == pytest.approx(_exact(m["tp"], m["tp"] + m["fp"]))
+        assert block["accuracy"] == pytest.approx(_exact(m["tp"] + m["tn"], 330))
+    assert ci[0]["sensitivity"] == pytest.approx([beta.ppf(0.025, 30, 1), 1.0]) and ci[0]["sensitivity"][0] < 0.89
+    assert binary_metrics(y, prob, 0.71)["fp"] == 0 and ci[1]["specificity"][0] == pytest.approx(0.025 ** (1 / 300))
+    assert threshold_metrics_ci([1, 1, 1, 0], [0.9, 0.8, 0.2, 0.1], [0.5])[0]["sensitivity"] == pytest.approx(
+        [beta.ppf(0.025, 2, 2), beta.ppf(0.975, 3, 1)])  # 2 of 3: not a 3-point bootstrap distribution
+
+
+def test_a_bootstrap_without_spread_is_no_interval_and_a_perfect_auc_gets_an_exact_bound():
+    """Classes perfectly separated: every resample has AUC 1 and F1 1. The AUC's interval is the exact bound from
+    min(n_pos, n_neg) disjoint pairs all ordered rightly; F1 has none rather than [1, 1]."""
+    y = np.r_[np.ones(20, int), np.zeros(50, int)]
+    prob = np.r_[np.linspace(0.6, 0.9, 20), np.linspace(0.1, 0.4, 50)]
+    result = evaluate_binary(y, prob, 0.5, n_boot=200)
+    assert result["auc"] == 1.0 and result["ci"]["auc"] == pytest.approx([0.025 ** (1 / 20), 1.0])
+    assert result["f1"] == 1.0 and result["ci"]["f1"] == [None, None]
+    assert result["ci"]["sensitivity"] == pytest.approx(_exact(20, 20))
+    reversed_ci = threshold_metrics_ci(y, 1 - prob, [0.5], n_boot=200)[0]["auc"]
+    assert reversed_ci == pytest.approx([0.0, 1 - 0.025 ** (1 / 20)])
+    tied = threshold_metrics_ci(y, np.full(y.size, 0.5), [0.5], n_boot=200)[0]  # every score the same: AUC 0.5
+    assert all(math.isnan(v) for v in tied["auc"] + tied["f1"])
+    assert tied["sensitivity"] == pytest.approx(_exact(20, 20)) and tied["specificity"] == pytest.approx(_exact(0, 50))
+
+
+def test_multiclass_intervals_accuracy_exact_balanced_accuracy_bootstrapped_perfect_macro_auc_bounded():
+    y = np.repeat([0, 1, 2], [40, 30, 10])
+    probs = softmax(8 * np.eye(3)[y] + np.random.default_rng(1).normal(0, 0.1, (80, 3)))
+    result = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=200)
+    assert result["accuracy"] == 1.0 and result["ci"]["accuracy"] == pytest.approx(_exact(80, 80))
+    assert result["balanced_accuracy"] == 1.0 and result["ci"]["balanced_accuracy"] == [None, None]
+    # each one-vs-rest AUC is 1: its exact bound, Bonferroni over the three (2.5% / 3 each), averaged
+    bounds = [(0.025 / 3) ** (1 / min(n, 80 - n)) for n in (40, 30, 10)]
+    assert result["macro_auc"] == 1.0 and result["ci"]["macro_auc"] == pytest.approx([np.mean(bounds), 1.0])
+    called = y.copy()
+    called[[0, 1, 40, 70, 71]] = [1, 2, 0, 0, 1]  # errors: balanced accuracy now varies over the resamples
+    result = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=500, predicted=called)
+    lo, hi = result["ci"]["balanced_accuracy"]
+    assert result["balanced_accuracy"] == pytest.approx((38 / 40 + 29 / 30 + 8 / 10) / 3)
+    assert lo < result["balanced_accuracy"] < hi
+    assert result["ci"]["accuracy"] == pytest.approx(_exact(75, 80))

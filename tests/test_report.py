@@ -78,6 +78,38 @@ def test_write_report_binary_with_multiclass_part(tmp_path):
     assert len(_embedded_pngs(page)) == 5  # binary ROC, PR, reliability + per-class ROC, top-label reliability
 
 
+def _row(page: str, label: str) -> str:
+    """A summary row's text without tags, e.g. 'F1 0.912 (95% CI 0.88–0.94) ...'."""
+    return " ".join(re.sub("<[^>]+>", " ", re.search(rf"<tr><th>{re.escape(label)}.*?</tr>", page).group(0)).split())
+
+
+def test_report_shows_balanced_accuracy_with_its_ci_and_says_how_intervals_were_made(tmp_path):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=100, class_names=("normal", "pneumonia"))
+    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=100,
+                                               decision="two stages")
+    page = write_report(metrics, tmp_path, "Two stages").read_text()
+    lo, hi = metrics["two_stage"]["ci"]["balanced_accuracy"]
+    assert f"(95% CI {100 * lo:.1f}%–{100 * hi:.1f}%)" in _row(page, "Balanced accuracy")
+    assert page.count("exact Clopper-Pearson") == 2 and page.count("independent case") == 2
+    assert "no 95% CI" not in page and "exact one-sided bound" not in page
+
+
+def test_report_of_perfectly_separated_classes_shows_no_certain_interval(tmp_path):
+    """Every resample separates the classes: the AUC's interval is the exact bound (and the note says so), the
+    proportions' are exact, and F1, whose resamples are all 1, says it has no interval instead of [1, 1]."""
+    y = np.r_[np.ones(20, int), np.zeros(50, int)]
+    prob = np.r_[np.linspace(0.6, 0.9, 20), np.linspace(0.1, 0.4, 50)]
+    page = write_report(evaluate_binary(y, prob, 0.5, n_boot=100), tmp_path, "separated").read_text()
+    assert f"1.000 (95% CI {0.025 ** (1 / 20):.3f}–1.000)" in _row(page, "ROC AUC")
+    assert "(95% CI 83.2%–100.0%)" in _row(page, "Sensitivity")
+    assert "(no 95% CI: the bootstrap resamples gave one value)" in _row(page, "F1")
+    assert "exact one-sided bound from disjoint pairs of films" in page
+    assert "CI 100.0%–100.0%" not in page and "CI 1.000–1.000" not in page
+
+
 def test_a_figure_embeds_as_a_png_data_url():
     fig = Figure(figsize=(2, 2))
     fig.add_subplot().plot([0, 1], [1, 0])

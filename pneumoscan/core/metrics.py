@@ -1,4 +1,4 @@
-"""Evaluation metrics: operating-point metrics with bootstrap CIs, threshold choice, temperature scaling,
+"""Evaluation metrics: operating-point metrics with 95% CIs, threshold choice, temperature scaling,
 calibration, and the JSON-ready summaries that become ``metrics.json``.
 
 Binary tasks use ``y_true`` in {0, 1} and ``prob`` = P(positive) (PNEUMONIA for the pneumonia task, virus for
@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from scipy.special import softmax as _softmax
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -133,47 +133,82 @@ def _auc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> list[float]:
+    """Exact (Clopper-Pearson) interval of the proportion k / n, NaN when n = 0. Unlike a bootstrap it never has
+    zero width: a bootstrap of 30 detected out of 30 only ever resamples 30 of 30, yet 30/30 is compatible with a
+    true rate of 0.884."""
+    if not n:
+        return [math.nan, math.nan]
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def _percentile_ci(samples: np.ndarray, alpha: float) -> list[float]:
-    """Percentile interval over the resamples where the metric is defined (NaN when it never is)."""
+    """Percentile interval over the resamples where the metric is defined. NaN when it never is, and when the
+    interval has no width (the resamples gave one value): [x, x] would present x as certain."""
     defined = samples[~np.isnan(samples)]
     if not defined.size:
         return [math.nan, math.nan]
-    lo, hi = np.percentile(defined, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
+    lo, hi = (float(v) for v in np.percentile(defined, [100 * alpha / 2, 100 * (1 - alpha / 2)]))
+    return [lo, hi] if lo < hi else [math.nan, math.nan]
+
+
+def _auc_ci(rows: Sequence[np.ndarray], positives: Sequence[np.ndarray], alpha: float) -> list[float]:
+    """Bootstrap interval of the mean of one or more AUCs (the binary AUC, or one-vs-rest AUCs for the macro AUC)
+    from their resampled ``rows``; ``positives`` are each AUC's column masks.
+
+    When every AUC is 1 in every resample (the classes perfectly separated; or 0, in reverse) the bootstrap has no
+    spread, and the interval comes from an exact one-sided argument instead: m = min(positives, negatives) disjoint
+    positive-negative pairs are independent trials, each ordered rightly with a probability of at most the AUC, and
+    all m were; the Clopper-Pearson bound for m of m, (alpha / 2) ** (1 / m), then bounds the AUC from below
+    (Bonferroni over the AUCs of a mean). It ignores the other pairs, so it is conservative, never falsely certain.
+    """
+    ci = _percentile_ci(np.mean(rows, axis=0), alpha)
+    ends = [float(row[0]) for row in rows]
+    if not math.isnan(ci[0]) or not all(end in (0.0, 1.0) and (row == end).all() for row, end in zip(rows, ends)):
+        return ci
+    lows, highs = [], []
+    for end, positive in zip(ends, positives):
+        bound = (alpha / (2 * len(rows))) ** (1 / min(int(positive.sum()), int((~positive).sum())))
+        lows.append(bound if end == 1 else 0.0)
+        highs.append(1.0 if end == 1 else 1 - bound)
+    return [float(np.mean(lows)), float(np.mean(highs))]
 
 
 def threshold_metrics_ci(
     y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> list[dict[str, list[float]]]:
-    """Percentile bootstrap CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per
-    threshold. All thresholds share one set of resamples, so the threshold-free AUC is ranked once.
+    """CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per threshold.
 
-    Stratified resampling (within each class) keeps both classes in every resample. Resamples where a metric
-    is undefined (precision with no predicted positives) are left out of that metric's interval.
+    The proportions (accuracy, sensitivity, specificity, precision) get exact Clopper-Pearson intervals from the
+    counts, the standard of diagnostic-accuracy reporting (STARD), which stay honest at a rate of 0 or 1. AUC and
+    F1 are no such proportions and get a percentile bootstrap, stratified (each class resampled within itself) so
+    both classes are in every resample; all thresholds share one set of resamples, so the AUC is ranked once.
+    Resamples where F1 is undefined are left out of its interval. Every film counts as an independent case: with
+    several films of one patient the true uncertainty is larger.
     """
     y, p = _as_binary(y_true, prob)
     idx, labels = _stratified_bootstrap(y, n_boot, seed)
     positive = labels == 1
     n_pos = int(positive.sum())
-    n_neg = y.size - n_pos
     scores = p[idx]
-    auc = _percentile_ci(_auc_rows(scores, positive), alpha)
+    auc = _auc_ci([_auc_rows(scores, positive)], [positive], alpha)
     out = []
     for threshold in thresholds:
+        m = binary_metrics(y, p, threshold)
         pred = scores >= threshold
         tp = pred[:, positive].sum(axis=1)
         fp = pred[:, ~positive].sum(axis=1)
-        fn = n_pos - tp
-        tn = n_neg - fp
         with np.errstate(divide="ignore", invalid="ignore"):
-            samples = {
-                "accuracy": (tp + tn) / y.size,
-                "sensitivity": tp / n_pos,
-                "specificity": tn / n_neg,
-                "precision": tp / (tp + fp),
-                "f1": 2 * tp / (2 * tp + fp + fn),
-            }
-        out.append({"auc": auc} | {name: _percentile_ci(values.astype(float), alpha) for name, values in samples.items()})
+            f1 = 2 * tp / (tp + fp + n_pos)  # 2 tp / (2 tp + fp + fn), with fn = n_pos - tp
+        out.append({
+            "auc": auc,
+            "accuracy": clopper_pearson(m["tp"] + m["tn"], m["n"], alpha),
+            "sensitivity": clopper_pearson(m["tp"], m["tp"] + m["fn"], alpha),
+            "specificity": clopper_pearson(m["tn"], m["tn"] + m["fp"], alpha),
+            "precision": clopper_pearson(m["tp"], m["tp"] + m["fp"], alpha),
+            "f1": _percentile_ci(f1.astype(float), alpha),
+        })
     return out
 
 
@@ -398,9 +433,9 @@ def evaluate_multiclass(
 ) -> dict[str, Any]:
     """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
     thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
-    sensitivity / precision / f1 / AUC, confusion matrix, stratified bootstrap CIs for accuracy and macro AUC,
-    per-class ROC curves and a reliability diagram of the decided class (its probability vs correctness).
-    NaN -> None."""
+    sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
+    accuracy and macro AUC: bootstrap resampled within each class, as in :func:`threshold_metrics_ci`), per-class
+    ROC curves and a reliability diagram of the decided class (its probability vs correctness). NaN -> None."""
     labels = np.asarray(y_true).ravel()
     P = np.asarray(probs, dtype=float)
     n_classes = len(class_names)
@@ -434,8 +469,11 @@ def evaluate_multiclass(
         )
     rows = list(per_class.values())
     idx, labels = _stratified_bootstrap(y, n_boot, seed)
-    boot_accuracy = (pred[idx] == labels).mean(axis=1)
-    boot_macro_auc = np.mean([_auc_rows(P[idx, k], labels == k) for k in range(n_classes)], axis=0)
+    correct = pred[idx] == labels
+    in_class = [labels == k for k in range(n_classes)]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
+        boot_balanced = np.mean([correct[:, c].sum(axis=1) / c.sum() for c in in_class], axis=0)
+    auc_ci = _auc_ci([_auc_rows(P[idx, k], c) for k, c in enumerate(in_class)], in_class, 0.05)
     top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
@@ -450,7 +488,11 @@ def evaluate_multiclass(
             "ece": top_label["ece"],
             "per_class": per_class,
             "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
-            "ci": {"accuracy": _percentile_ci(boot_accuracy, 0.05), "macro_auc": _percentile_ci(boot_macro_auc, 0.05)},
+            "ci": {
+                "accuracy": clopper_pearson(np.trace(counts), y.size),
+                "balanced_accuracy": _percentile_ci(boot_balanced, 0.05),
+                "macro_auc": auc_ci,
+            },
             "curves": {"roc": roc, "calibration": top_label},
         }
     )

@@ -93,7 +93,8 @@ def format_table(runs: list[RunSummary]) -> str:
     head = ("run", "model", "task", "n", "AUC (95% CI)", "acc", "sens", "spec", "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
-        ci = f" ({format_figure(r.auc_ci[0])}-{format_figure(r.auc_ci[1])})" if r.auc_ci[0] is not None else ""
+        ci = (f" ({format_figure(r.auc_ci[0])}-{format_figure(r.auc_ci[1])})" if r.auc_ci[0] is not None else
+              " (no CI)" if r.auc is not None else "")  # a bare AUC would read as certain
         lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), format_figure(r.auc) + ci, format_figure(r.accuracy),
                       format_figure(r.sensitivity), format_figure(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
                       format_figure(r.minutes, 1)))

@@ -177,7 +177,9 @@ def _external_section(card: BundleCard) -> str:
         f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
         for r in card.external_evaluations
     )
-    return f"{head}\n{rows}\n\nValues with 95% stratified bootstrap confidence intervals."
+    return (f"{head}\n{rows}\n\n95% confidence intervals: exact (Clopper-Pearson) for proportions, a stratified "
+            "bootstrap of the films for AUC; films count as independent cases, so with several films per patient the "
+            "true uncertainty is larger.")
 
 
 def _threshold_section(card: BundleCard) -> str:

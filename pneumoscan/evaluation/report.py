@@ -72,8 +72,12 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _undefined(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: Any, name: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _undefined(value):
         return "n/a"
     if isinstance(value, int):
         return str(value)
@@ -83,11 +87,28 @@ def _fmt(value: Any, name: str = "") -> str:
 
 
 def _value_cell(block: dict[str, Any], name: str) -> str:
-    cell = _fmt(block.get(name), name)
-    lo, hi = block.get("ci", {}).get(name, (None, None))
+    """The figure with its CI; a defined figure whose CI is null says so, lest a bare 1.000 read as certain."""
+    value = block.get(name)
+    cell = _fmt(value, name)
+    cis = block.get("ci", {})
+    lo, hi = cis.get(name) or (None, None)
     if lo is not None and hi is not None:
         cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
+    elif name in cis and not _undefined(value):
+        cell += ' <span class="ci">(no 95% CI: the bootstrap resamples gave one value)</span>'
     return f'<td class="num">{cell}</td>'
+
+
+_FILMS_NOTE = ("Every film counts as an independent case: with several films of one patient the true uncertainty is "
+               "larger than these intervals show.")
+
+
+def _auc_bound_note(auc: Any, what: str) -> str:
+    """Why a perfect (or perfectly reversed) AUC still has an interval: it is the exact bound, not a bootstrap."""
+    if auc not in (0, 1):
+        return ""
+    return (f" Every resample ordered the classes {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s "
+            "interval is an exact one-sided bound from disjoint pairs of films instead.")
 
 
 def _esc(value: Any) -> str:
@@ -225,7 +246,9 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
             f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
-            "95% CIs: stratified percentile bootstrap.</p>"
+            "95% CIs: exact Clopper-Pearson for sensitivity, specificity, precision and accuracy; percentile "
+            "bootstrap of the films (resampled within each class) for ROC AUC and F1."
+            f"{_auc_bound_note(m['auc'], 'AUC')} {_FILMS_NOTE}</p>"
         ),
         f"<table>{head}{rows}</table>",
         '<h2>Confusion matrices</h2><div class="row">',
@@ -318,7 +341,11 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
     return "".join(
         [
             f"<h2>{section}Summary</h2>",
-            f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. 95% CIs: stratified percentile bootstrap.</p>',
+            (
+                f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. 95% CIs: exact Clopper-Pearson for '
+                "accuracy; percentile bootstrap of the films (resampled within each class) for balanced accuracy "
+                f"and macro AUC.{_auc_bound_note(m['macro_auc'], 'macro AUC')} {_FILMS_NOTE}</p>"
+            ),
             f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
                 f"<h2>{section}Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
