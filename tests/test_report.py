@@ -46,10 +46,15 @@ def test_write_report_binary(tmp_path):
 
 
 def test_write_report_binary_with_one_class(tmp_path):
-    path = write_report(_binary_metrics(labels=[1] * 20), tmp_path, "one class")
+    write_report(_binary_metrics(), tmp_path, "two classes", figures=True)
+    assert (tmp_path / "roc.png").exists() and (tmp_path / "pr.png").exists()
+    path = write_report(_binary_metrics(labels=[1] * 20), tmp_path, "one class", figures=True)
     page = path.read_text()
     assert "only one class is present" in page
     assert len(_embedded_pngs(page)) == 1  # the reliability diagram still exists
+    # the same folder again: the curves of the earlier data are gone, not left beside a report without them
+    assert not (tmp_path / "roc.png").exists() and not (tmp_path / "pr.png").exists()
+    assert (tmp_path / "reliability.png").exists() and (tmp_path / "confusion_matrix.png").exists()
 
 
 def test_write_report_multiclass(tmp_path):

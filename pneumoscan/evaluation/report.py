@@ -364,6 +364,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
     )
 
 
+_FIGURE_NAMES = ("confusion_matrix", "roc", "pr", "reliability")  # the figures a report writes as files
 # parts of a binary result decided among three classes: (key, section title, figure file prefix)
 _CLASS_PARTS = (("multiclass", "All classes: ", "classes_"), ("two_stage", "Two stages: ", "two_stage_"))
 
@@ -397,6 +398,10 @@ def write_report(
                     pngs.update({f"{prefix}{name}": png for name, png in part_pngs.items()})
     if gallery:
         body += _gallery_html(gallery)
+    if pngs is not None:  # a figure this data does not define must not survive from an earlier report here
+        figures = {f"{prefix}{name}" for prefix in ("", *(p for _, _, p in _CLASS_PARTS)) for name in _FIGURE_NAMES}
+        for stale in figures - set(pngs):
+            (out_dir / f"{stale}.png").unlink(missing_ok=True)
     for name, png in (pngs or {}).items():
         write_atomic(out_dir / f"{name}.png", png)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
