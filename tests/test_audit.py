@@ -226,3 +226,16 @@ def test_audit_real_train_folder(data_root: Path) -> None:
     # every exact group is also a near-duplicate group marked exact
     exact_near = [g["paths"] for g in rep["near_duplicate_groups"] if g["exact"]]
     assert all(g in exact_near for g in expected)
+
+
+def test_format_audit_escapes_names_and_an_empty_dataset_is_refused(report: dict, tmp_path: Path) -> None:
+    """A file name's escape sequence or newline reached the terminal raw (a colour change, a line split in two)."""
+    odd = tmp_path / "x\x1b[31mred\nsecond.jpeg"
+    unreadable = {**report, "unreadable": [{"path": str(odd), "reason": "truncated"}]}
+    console = Console(file=io.StringIO(), width=200)
+    console.print(format_audit(unreadable))
+    text = console.file.getvalue()
+    assert "\x1b[31m" not in text and "x\\x1b[31mred\\nsecond.jpeg: truncated" in text
+    (tmp_path / "empty" / "train" / "NORMAL").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images to audit"):
+        audit(discover(tmp_path / "empty"), workers=1)

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.names import shown
 from pneumoscan.data.decode import image_info, open_regular, read_gray
 
 from pneumoscan.data.pixels import DecodeError
@@ -144,6 +145,9 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
     """A JSON-serialisable report on ``discovery`` (see the module docstring); bad files are listed, not raised."""
     start = time.perf_counter()
     records = discovery.records
+    if not records:  # "0 images audited" would pass for a clean dataset
+        raise ValueError("no images to audit" + (f" ({len(discovery.skipped)} files skipped as no image)"
+                                                 if discovery.skipped else ""))
     paths = [r.path for r in records]
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -345,7 +349,7 @@ def format_audit(report: dict):
         (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
         (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
         (f"unreadable: {len(report['unreadable'])}", bool(report["unreadable"])),
-        *((f"  {u['path']}: {u['reason']}", True) for u in report["unreadable"]),
+        *((f"  {shown(u['path'])}: {u['reason']}", True) for u in report["unreadable"]),
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (
             (
@@ -356,8 +360,8 @@ def format_audit(report: dict):
         ),
     ]
     for pair, ids in report["patient_overlap"].items():
-        shown = f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else ""
-        lines.append((f"patients in both {pair}: {len(ids)}{shown}", bool(ids)))
+        some = f" ({', '.join(map(shown, ids[:10]))}{', ...' if len(ids) > 10 else ''})" if ids else ""
+        lines.append((f"patients in both {pair}: {len(ids)}{some}", bool(ids)))
     lines.append((f"images repeated across splits: {len(cross)} groups", bool(cross)))
-    lines += [(f"  {' | '.join(g['paths'])}", True) for g in cross[:10]]
+    lines += [(f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]]
     return Group(table, *(Text(line, style="bold red" if warn else "") for line, warn in lines))
