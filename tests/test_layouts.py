@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.layouts import (
     Discovery,
     KaggleLayout,
@@ -20,6 +21,7 @@ from pneumoscan.data.layouts import (
     discover,
     layouts,
     make_record,
+    own_patient,
     parse_name,
     read_manifest,
     register_layout,
@@ -60,7 +62,8 @@ def test_kaggle_folders_and_names(tmp_path: Path) -> None:
         "NORMAL2-IM-0381-0001.jpeg": ("NORMAL", "normal", "NORMAL2-IM-0381", "train"),
         "person12_bacteria_45.jpeg": ("PNEUMONIA", "bacteria", "person12", "train"),
         "person3_virus_9.jpeg": ("PNEUMONIA", "virus", "person3", "train"),
-        "odd.jpeg": ("PNEUMONIA", "", "odd", "train"),  # no rule fits: subtype unknown, the stem as patient
+        # no rule fits: subtype unknown, and the film is a patient of its own, named by its path in the dataset
+        "odd.jpeg": ("PNEUMONIA", "", "train/PNEUMONIA/odd.jpeg", "train"),
         "IM-0001-0001.jpeg": ("NORMAL", "normal", "IM-0001", "val"),
     }
     assert discover(root / "train").layout == "kaggle"  # a single split folder
@@ -87,6 +90,51 @@ def test_entries_that_may_hold_films_are_counted_in_one_warning(tmp_path: Path, 
     assert "README" not in warning and "system file" not in warning
 
 
+def test_films_loose_beside_the_class_folders_are_warned_of(tmp_path: Path, caplog) -> None:
+    """A film in train/ or test/ itself belongs to no class: it is left out, and said to be (a README is not)."""
+    root = tree(tmp_path / "chest_xray", {
+        "train": ["person70_bacteria_0.jpeg", "notes.txt"],
+        "train/NORMAL": ["IM-0115-0001.jpeg"],
+        "test": ["IM-0700-0001.jpeg"],
+    })  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        found = discover(root)
+    assert [Path(r.path).name for r in found.records] == ["IM-0115-0001.jpeg"]
+    [warning] = caplog.messages
+    assert "2 entries left out (outside the class folders: 2)" in warning
+
+
+def test_split_folders_spelt_twice_are_refused(tmp_path: Path) -> None:
+    """train/ and TRAIN/ (two archives unpacked side by side): keeping either would drop the other's films."""
+    root = tree(tmp_path / "chest_xray", {"train/NORMAL": ["IM-0001-0001.jpeg"], "TRAIN/NORMAL": ["IM-0002-0001.jpeg"],
+                                          "test/NORMAL": ["IM-0003-0001.jpeg"]})
+    with pytest.raises(ValueError) as caught:
+        discover(root)
+    assert str(caught.value) == (f"{root / 'TRAIN'} and {root / 'train'} are both the train split folder, as folder "
+                                 "names are matched in any case: merge them into one, or rename or move the other")
+
+
+def test_a_film_without_a_patient_id_is_a_patient_of_its_own(tmp_path: Path) -> None:
+    """0001.jpeg in every folder is a different film each time: its id is its path in the dataset, so no patient is
+    found in two splits through such names, while a named film keeps its patient."""
+    root = tree(tmp_path / "site", {folder: ["0001.jpeg", "0002.png"] for folder in (
+        "train/NORMAL", "train/PNEUMONIA", "val/NORMAL", "test/PNEUMONIA")})
+    (root / "train" / "PNEUMONIA" / "person3_virus_7.jpeg").write_bytes(b"")
+    records = discover(root).records
+    unnamed = [r for r in records if own_patient(r)]
+    assert len(unnamed) == 8 and len({r.patient for r in unnamed}) == 8
+    assert {r.patient for r in unnamed if r.split == "val"} == {"val/NORMAL/0001.jpeg", "val/NORMAL/0002.png"}
+    assert [r.patient for r in records if not own_patient(r)] == ["person3"]
+    assert all(not ids for ids in shared_patients(records).values())
+    # a manifest row without a patient is its own patient too, by its path as listed; a patient column names one
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,label,patient\n"
+                        "site/train/NORMAL/0001.jpeg,NORMAL,\nsite/val/NORMAL/0001.jpeg,NORMAL,P7\n")
+    listed = read_manifest(manifest).records
+    assert [(r.patient, own_patient(r)) for r in listed] == [("site/train/NORMAL/0001.jpeg", True), ("P7", False)]
+    assert make_record("/x/NORMAL/0001.jpeg", "NORMAL").patient == "/x/NORMAL/0001.jpeg"  # no root: the whole path
+
+
 def test_mendeley_release_is_told_from_its_names(tmp_path: Path) -> None:
     root = tree(tmp_path / "CellData" / "chest_xray", {
         "train/NORMAL": ["NORMAL-2552119-0002.jpeg"],
@@ -110,9 +158,9 @@ def test_each_layout_owns_its_name_rules() -> None:
     assert kaggle.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") is None
     assert mendeley.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") == ("bacteria", "4038442")
     assert mendeley.parse_name("IM-0115-0001", "NORMAL") is None
-    # parse_name tries the named layout first, then every registered one, then falls back to the stem
+    # parse_name tries the named layout first, then every registered one; None when no rules fit
     assert parse_name("IM-0115-0001.jpeg", "NORMAL", mendeley) == ("normal", "IM-0115")
-    assert parse_name("scan 7.png", "NORMAL") == ("normal", "scan 7")
+    assert parse_name("scan 7.png", "NORMAL") is None
 
 
 def test_manifest_is_a_layout(tmp_path: Path) -> None:
@@ -195,4 +243,4 @@ def test_without_the_toy_layout_its_folder_is_not_recognised(tmp_path: Path) -> 
     assert "toy" not in layouts()
     with pytest.raises(ValueError, match="no dataset layout recognises it"):
         discover(root)
-    assert parse_name("CHNCXR_0001_0.png", "NORMAL") == ("normal", "CHNCXR_0001_0")
+    assert parse_name("CHNCXR_0001_0.png", "NORMAL") is None

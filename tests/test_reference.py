@@ -235,12 +235,12 @@ def test_train_flags_reach_the_run_config(tmp_path: Path, tiny_dataset: Path, ca
         ("Bacteria-7-0001.jpg", "PNEUMONIA", ("bacteria", "7")),
         ("NORMAL-2552119-0002.jpeg", "PNEUMONIA", ("", "2552119")),  # the folder wins: subtype unknown
         ("BACTERIA-4038442-0001.jpeg", "NORMAL", ("normal", "4038442")),
-        ("BACTERIA-4038442.jpeg", "PNEUMONIA", ("", "BACTERIA-4038442")),  # not the pattern: the stem
+        ("BACTERIA-4038442.jpeg", "PNEUMONIA", None),  # not the pattern: no id (the film is a patient of its own)
         ("person12_bacteria_45.jpeg", "PNEUMONIA", ("bacteria", "person12")),  # Kermany names unchanged
         ("NORMAL2-IM-0381-0001.jpeg", "NORMAL", ("normal", "NORMAL2-IM-0381")),
     ],
 )
-def test_parse_mendeley_names(name: str, label: str, expected: tuple[str, str]) -> None:
+def test_parse_mendeley_names(name: str, label: str, expected: tuple[str, str] | None) -> None:
     assert parse_name(name, label) == expected
 
 

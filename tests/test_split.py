@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
-from pneumoscan.data.split import patient_split, split_summary
+from pneumoscan.data.split import patient_split, split_dataset, split_summary
 from tests.test_audit import run_cli_bounded, special_file_manifest
 
 
@@ -114,9 +116,12 @@ def test_manifest_under_a_linked_folder_reads_back(tmp_path: Path, monkeypatch) 
     ("path,label\na.png\n", "line 2: path and label must not be empty"),
     ("path,label\na.png,SICK\n", "line 2: unknown label"),
     # a misspelt split or column would put a test film into the training pool
-    ("path,label,split\na.png,NORMAL,testing\n", "line 2: unknown split 'testing'; did you mean 'test'"),
+    ("path,label,split\na.png,NORMAL,testing\n",
+     "line 2: unknown split 'testing'; did you mean 'test'\\? \\(choose from train, val, test, or leave it empty\\)"),
     ("path,label,splt\na.png,NORMAL,test\n", "unknown column in manifest .* 'splt'; did you mean 'split'"),
-    ("path,label\na.png,NORMAL\n./a.png,PNEUMONIA\n", "line 3: ./a.png is listed again \\(first on line 2\\)"),
+    ("path,label\na.png,NORMAL\n./a.png,PNEUMONIA\n",
+     "line 3: ./a.png is listed again \\(first on line 2, as a.png\\)"),
+    ("path,label\na.png,NORMAL\na.png,NORMAL\n", "line 3: a.png is listed again \\(first on line 2\\)$"),
     ("path,label\na.png,NORMAL,test\n", "line 2: 3 values for 2 columns"),
     ("path,label\n" + "a" * 200_000 + ",NORMAL\n", "line 2: not a readable CSV \\(field larger than field limit"),
 ])
@@ -184,7 +189,7 @@ def test_an_empty_dataset_gives_a_reason_not_an_empty_split(tmp_path: Path, caps
     assert main(["split", str(tmp_path), "--out", str(tmp_path / "split.csv")]) == 2
     assert main(["audit", str(tmp_path), "--figure", str(tmp_path / "audit.png")]) == 2
     err = capsys.readouterr().err
-    assert "no images outside test/" in err and "no readable images" in err
+    assert "no images outside test/" in err and "no images to audit" in err
     assert not (tmp_path / "split.csv").exists()
 
 
@@ -204,3 +209,96 @@ def test_a_manifest_naming_a_fifo_or_a_device_is_split_and_cached_without_waitin
     assert done.returncode == 0, done.stderr
     for path, reason in special.items():
         assert f"unreadable {path}: {reason}" in done.stderr
+
+
+@pytest.mark.parametrize("again", ["{root}/train/NORMAL/IM-0001-0001.jpeg", "alias/NORMAL/IM-0001-0001.jpeg"])
+def test_a_file_listed_again_under_another_spelling_is_refused(tmp_path: Path, again: str) -> None:
+    """Absolute after relative, or through a linked folder, is still one film: under two labels it would be trained
+    on as both, and the split.csv written from it would not read back."""
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "train" / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(b"x")
+    (tmp_path / "alias").symlink_to("train")
+    csv_path = tmp_path / "m.csv"
+    again = again.format(root=tmp_path)
+    csv_path.write_text(f"path,label\ntrain/NORMAL/IM-0001-0001.jpeg,NORMAL\n{again},PNEUMONIA\n")
+    with pytest.raises(ValueError) as caught:
+        read_manifest(csv_path)
+    assert str(caught.value) == (f"{csv_path}, line 3: {again} is listed again (first on line 2, as "
+                                 "train/NORMAL/IM-0001-0001.jpeg)")
+
+
+def test_films_without_patient_ids_are_split_one_group_per_film(tmp_path: Path, caplog) -> None:
+    """0001.jpeg, 0002.jpeg, ... in every folder: as many groups as films, as the warning says, and no patient on
+    both sides, so `train` accepts the split and the val/ folder alike."""
+    for folder in ("train/NORMAL", "train/PNEUMONIA", "val/NORMAL", "val/PNEUMONIA"):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(1, 9):
+            (tmp_path / folder / f"{i:04d}.jpeg").write_bytes(f"{folder}/{i}".encode())
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        records = split_dataset(tmp_path, val_fraction=0.25)
+    assert caplog.messages == ["no patient ids in file names: 32 images split as 32 groups, one per image"]
+    assert len({r.patient for r in records}) == 32
+    assert split_summary(records)["shared_patients"] == []
+    assert split_summary(discover(tmp_path).records)["shared_patients"] == []  # the val/ folder as validation
+
+
+def _records(groups: dict[str, list[int]]) -> list[Record]:
+    """Records of ``stratum: [films of patient 1, films of patient 2, ...]`` (normal, bacteria, virus), each
+    patient in one stratum."""
+    out = []
+    for s, (stratum, sizes) in enumerate(groups.items()):
+        for p, size in enumerate(sizes, start=100 * s):
+            for f in range(size):
+                name = f"IM-{p:04d}-{f:04d}.jpeg" if stratum == "normal" else f"person{p}_{stratum}_{f}.jpeg"
+                out.append(make_record(f"/x/{stratum}/{name}", "NORMAL" if stratum == "normal" else "PNEUMONIA"))
+    return out
+
+
+def test_a_class_no_validation_film_can_hold_is_warned_of(caplog) -> None:
+    """All NORMAL films one patient's: validation cannot hold one, its figures cannot be measured: said."""
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        out = patient_split(_records({"normal": [12], "bacteria": [1] * 12, "virus": [1] * 12}), 0.15)
+    assert {r.label for r in out if r.split == "val"} == {"PNEUMONIA"}
+    assert caplog.messages == [
+        "validation holds no NORMAL film: 15% of the 12 NORMAL films is 2, and none of their 1 patient group(s) "
+        "fitted in it (a patient's films stay on one side), so its AUC, sensitivity and specificity cannot be "
+        "measured; add NORMAL films of other patients or raise the validation fraction"]
+
+
+def test_a_stratum_left_short_by_large_patient_groups_is_warned_of(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
+        patient_split(_records({"normal": [1] * 20, "bacteria": [10, 10], "virus": [1] * 20}), 0.15)
+    assert caplog.messages == [
+        "validation is off the whole's mix by more than 2 points and more than one film, as patient groups too large "
+        "for the room left did not fit (a patient's films stay on one side): bacteria 0.0% against 33.3% (0 films "
+        "where 15% is 3)"]
+
+
+@pytest.mark.parametrize("groups, fraction, reason", [
+    ({"normal": [1] * 3, "virus": [2] * 3}, 0.15, "the split put no film in validation: none of the 6 patient "
+     "group\\(s\\) of the 9 films fits in 15% of its class and subtype"),
+    ({"normal": [1], "virus": [1] * 10}, 0.6, "the split left no NORMAL film for training: all 1 went to "
+     "validation at 60%"),
+])
+def test_a_split_that_cannot_be_trained_on_is_refused(groups: dict, fraction: float, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        patient_split(_records(groups), fraction)
+
+
+def test_a_manifest_keeps_names_that_are_not_utf8_and_reads_back_to_the_same_files(tmp_path: Path) -> None:
+    """An escaped name (caf\\xe9.jpeg) would name another file: the bytes are kept, so the round trip holds."""
+    folder = tmp_path / "data" / "NORMAL"
+    folder.mkdir(parents=True)
+    odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.jpeg"))
+    odd.write_bytes(b"x")
+    records = discover(tmp_path / "data").records
+    write_manifest(records, tmp_path / "split.csv")
+    assert b"caf\xe9.jpeg" in (tmp_path / "split.csv").read_bytes()
+    back = read_manifest(tmp_path / "split.csv").records
+    assert [(r.path, r.patient) for r in back] == [(str(odd), "NORMAL/" + odd.name)] and Path(back[0].path).is_file()
+
+
+def test_split_out_into_a_missing_folder_makes_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "runs" / "split.csv"
+    assert main(["split", str(tiny_dataset), "--out", str(out)]) == 0
+    assert len(read_manifest(out).records) == len(discover(tiny_dataset).split("train"))

@@ -17,12 +17,12 @@ import os
 import re
 import stat
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.atomic import write_csv
-from pneumoscan.core.names import file_kind
+from pneumoscan.core.names import file_kind, shown
 from pneumoscan.core.options import look_up_option
 from . import readers
 
@@ -43,7 +43,7 @@ class Record:
     path: str
     label: str  # "NORMAL" | "PNEUMONIA"
     subtype: str  # "normal" | "bacteria" | "virus" | "" when a pneumonia file name does not say
-    patient: str  # patient (personN, Mendeley's number) or study (IM-NNNN) id; the file stem when none is in the name
+    patient: str  # patient (personN, Mendeley's number) or study (IM-NNNN) id; else the film's own path (own_patient)
     split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
 
 
@@ -59,26 +59,38 @@ class Discovery:
         return [r for r in self.records if r.split == name]
 
 
-def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str]:
+def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str] | None:
     """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
-    first, then every registered one's: a site may have merged two releases); unknown parts fall back to '' and the
-    stem. The folder's label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no
-    known subtype."""
+    first, then every registered one's: a site may have merged two releases); None when no rules fit. The folder's
+    label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
     stem = Path(filename).stem
     rules = [layout] if layout is not None else []
     for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
         parsed = candidate.parse_name(stem, label)
         if parsed is not None:
             return parsed
-    return ("normal" if label == "NORMAL" else ""), stem
+    return None
 
 
-def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None) -> Record:
-    """A record with the subtype and patient read from the file name (:func:`parse_name`)."""
+def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None,
+                root: Path | str | None = None) -> Record:
+    """A record with the subtype and patient read from the file name (:func:`parse_name`). A film whose name follows
+    no rules has an unknown subtype and is a patient of its own: its id is its path, relative to ``root`` (the
+    dataset's folder) when below it, because a stem such as ``0001`` names a different film in every folder."""
     label = label.upper()
     look_up_option(label, LABELS, "label")
-    subtype, patient = parse_name(Path(path).name, label, layout)
+    parsed = parse_name(Path(path).name, label, layout)
+    if parsed is None:
+        below = root is not None and Path(path).is_relative_to(root)
+        parsed = ("normal" if label == "NORMAL" else ""), str(Path(path).relative_to(root) if below else path)
+    subtype, patient = parsed
     return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
+
+
+def own_patient(rec: Record) -> bool:
+    """Whether ``rec`` is a patient of its own: neither its file name nor a manifest gave a patient id, so its id is
+    its path (:func:`make_record`), and no other film is known to be the same child's."""
+    return os.path.basename(rec.patient) == os.path.basename(rec.path)
 
 
 def _is_junk(path: Path) -> str | None:
@@ -115,14 +127,19 @@ class Entry:
     reason: str = ""
 
 
-def walk(folder: Path, exclude: Path | None = None) -> list[Entry]:
+_SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
+
+
+def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None = None) -> list[Entry]:
     """Every entry below ``folder`` in path order, each accounted for (:class:`Entry`); the one folder walk that
     discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
-    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. Nothing is opened: a
-    FIFO is only named, never read, so the walk cannot hang."""
+    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. ``seen`` (real folder ->
+    the path it was first searched at; ``folder`` itself is searched if it is its own first path) can be shared by
+    the walks of one dataset, so that no real folder is searched twice in it. Nothing is opened: a FIFO is only
+    named, never read, so the walk cannot hang."""
     out: list[Entry] = []
     skip = os.path.realpath(exclude) if exclude is not None else None
-    seen: set[str] = set()
+    seen = {} if seen is None else seen
     pending = [folder]
     while pending:
         current = pending.pop()
@@ -130,10 +147,9 @@ def walk(folder: Path, exclude: Path | None = None) -> list[Entry]:
         if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
             out.append(Entry(current, "skipped", "output folder of this run (not searched)"))
             continue
-        if real in seen:
-            out.append(Entry(current, "skipped", "folder already searched (a link back to it)"))
+        if seen.setdefault(real, current) != current:
+            out.append(Entry(current, "skipped", _SEARCHED))
             continue
-        seen.add(real)
         try:
             with os.scandir(current) as listing:
                 names = [e.name for e in listing]
@@ -196,7 +212,9 @@ class Layout(ABC):
 
 class ClassFolders(Layout):
     """``{train,val,test}/{NORMAL,PNEUMONIA}`` or ``{NORMAL,PNEUMONIA}`` alone (folder names in any case); the files
-    below a class folder, at any depth, are its films (:func:`walk`)."""
+    below a class folder, at any depth, are its films (:func:`walk`). One real file is one film: it is read once, and
+    a dataset in which it would carry two labels or sit in two splits (a link to another class folder or back up to
+    the split folders) is refused."""
 
     splits = SPLITS
 
@@ -208,16 +226,39 @@ class ClassFolders(Layout):
 
     def discover(self, root: Path) -> Discovery:
         found = Discovery(layout=self.name)
-        children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-        split_dirs = [children[s] for s in self.splits if s in children]
+        split_dirs = self._split_folders(root)
         if split_dirs:
             for entry in sorted(set(root.iterdir()) - set(split_dirs)):
                 _skip(entry, "split", found)
-            for folder in split_dirs:
-                self._scan(folder, folder.name.lower(), found)
-        else:
-            self._scan(root, "", found)
+        # every class folder's split and label before any is searched: a link may lead from one to another
+        children = [(child, folder.name.lower() if split_dirs else "") for folder in split_dirs or [root]
+                    for child in sorted(folder.iterdir())]
+        places = {child: (split, child.name.upper()) for child, split in children
+                  if child.is_dir() and child.name.upper() in LABELS}
+        seen: dict[str, Path] = {}
+        for folder in [root, *split_dirs, *places]:
+            seen.setdefault(os.path.realpath(folder), folder)
+        films: dict[str, Path] = {}  # real file -> the path it was read at
+        for child, _ in children:
+            if child in places:
+                self._read(root, child, places, seen, films, found)
+            else:
+                _skip(child, "class", found)
         return found
+
+    def _split_folders(self, root: Path) -> list[Path]:
+        """The split folders of ``root``, in :attr:`splits` order. Two spellings of one (``train/`` and ``TRAIN/``, as
+        two archives unpacked side by side leave them) are refused: keeping either would drop the other's films."""
+        spellings: dict[str, list[Path]] = defaultdict(list)
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and child.name.lower() in self.splits:
+                spellings[child.name.lower()].append(child)
+        for split, folders in spellings.items():
+            if len(folders) > 1:
+                named = " and ".join(shown(folder) for folder in folders)
+                raise ValueError(f"{named} are both the {split} split folder, as folder names are matched in any "
+                                 "case: merge them into one, or rename or move the other")
+        return [spellings[s][0] for s in self.splits if s in spellings]
 
     def class_folders(self, root: Path) -> list[Path]:
         """The class folders a detected root holds (under its split folders, or itself)."""
@@ -225,17 +266,46 @@ class ClassFolders(Layout):
         splits = [p for p in children if p.name.lower() in self.splits]
         return [c for folder in splits or [root] for c in folder.iterdir() if c.name.upper() in LABELS and c.is_dir()]
 
-    def _scan(self, folder: Path, split: str, found: Discovery) -> None:
-        for class_dir in sorted(folder.iterdir()):
-            label = class_dir.name.upper()
-            if not class_dir.is_dir() or label not in LABELS:
-                _skip(class_dir, "class", found)
-                continue
-            for entry in walk(class_dir):
-                if entry.kind == "image":
-                    found.records.append(make_record(entry.path, label, split, self))
-                else:
-                    found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+    def _read(self, root: Path, class_dir: Path, places: dict[Path, tuple[str, str]], seen: dict[str, Path],
+              films: dict[str, Path], found: Discovery) -> None:
+        """The films of one class folder. The walks of a dataset share ``seen``, seeded with every class folder and
+        the folders holding them, so no link searches one of those again: one leading back into its own class
+        folder is listed, one leading to another class folder or above them is refused, since the films there would
+        be read under a label or a split not theirs. ``films`` (real file -> path read) reads a file reached twice
+        once, and refuses one reached from two class folders of different labels or splits."""
+        place = split, label = places[class_dir]
+        for entry in walk(class_dir, seen=seen):
+            if entry.kind == "image":
+                first = films.setdefault(os.path.realpath(entry.path), entry.path)
+                if first == entry.path:
+                    found.records.append(make_record(entry.path, label, split, self, root))
+                    continue
+                if (owner := _owner(first, places)) != place:
+                    raise ValueError(f"{shown(entry.path)} and {shown(first)} are one file (through a link): it "
+                                     f"would be read as {_place(*place)} and as {_place(*owner)}, and a film cannot "
+                                     "carry two labels or sit in two splits; remove the link")
+                entry = Entry(entry.path, "skipped", "film already read (a link to it)")
+            elif entry.reason == _SEARCHED:
+                first = seen[os.path.realpath(entry.path)]
+                if (owner := _owner(first, places)) is None:
+                    raise ValueError(f"{shown(entry.path)} leads back to {shown(first)}, which holds the class "
+                                     f"folders: the films below it would be read as {_place(*place)} too; remove "
+                                     "the link")
+                if owner != place:
+                    raise ValueError(f"{shown(entry.path)} leads to {shown(first)}, read as {_place(*owner)}: its "
+                                     f"films would also be read as {_place(*place)}, and a film cannot carry two "
+                                     "labels or sit in two splits; remove the link")
+            found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+
+
+def _owner(path: Path, places: dict[Path, tuple[str, str]]) -> tuple[str, str] | None:
+    """The (split, label) of the class folder ``path`` was walked from (it or one of its parents); None above them."""
+    return next((places[p] for p in (path, *path.parents) if p in places), None)
+
+
+def _place(split: str, label: str) -> str:
+    """Where a class folder's films belong, as messages name it: ``train/NORMAL``, or ``NORMAL`` without splits."""
+    return f"{split}/{label}" if split else label
 
 
 class KaggleLayout(ClassFolders):
@@ -361,8 +431,9 @@ _QUIET_REASONS = ("hidden folder", "hidden file", "system file")  # never a film
 def _warn_left_out(root: Path, found: Discovery) -> None:
     """One warning counting, by reason, what discovery left out inside the class folders and which folders it did
     not search, so a film that is not read (a broken link, a .tif, a ``validation/`` folder) never leaves
-    training or evaluation silently. Hidden and system files, a Mac's ``__MACOSX`` and loose files beside the split
-    and class folders (a README) are only listed by ``audit``."""
+    training or evaluation silently; so does a film loose beside them (``train/x.jpeg``), in no class folder. Hidden
+    and system files, a Mac's ``__MACOSX`` and other loose files beside the split and class folders (a README) are
+    only listed by ``audit``."""
     def may_hold_films(entry: dict[str, str]) -> bool:
         path = Path(entry["path"])
         try:
@@ -371,13 +442,13 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
             inside_a_class = True
         if entry["reason"] in _QUIET_REASONS or path.name == "__MACOSX":  # a Mac's unpacked resource forks
             return False
-        return inside_a_class or path.is_dir()
+        return inside_a_class or path.is_dir() or path.suffix.lower() in readers.suffixes()
 
     reasons = Counter(entry["reason"] for entry in found.skipped if may_hold_films(entry))
     if reasons:
         counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
         logger.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
-                       root, reasons.total(), counted, root)
+                       shown(root), reasons.total(), counted, shown(root))
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:
@@ -387,7 +458,7 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     misspelt ``split`` value or column would otherwise put test films into the training pool."""
     csv_path = Path(csv_path)
     found = Discovery()
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark; surrogateescape: file names that are
     # not UTF-8 (an old zip's) round-trip as write_manifest wrote them
     with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -419,21 +490,25 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     return found
 
 
-def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[str, int]) -> Record:
-    """One manifest row as a record; ``seen`` (resolved path -> line) refuses a file listed twice."""
+def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[str, tuple[int, str]]) -> Record:
+    """One manifest row as a record; ``seen`` (real path -> line and path as listed) refuses a file listed twice,
+    however spelt (relative and absolute, or through a linked folder): one film under two labels or in two splits
+    would be read twice, and a manifest pneumoscan wrote from it would not read back."""
     where = f"{csv_path}, line {line}"
     if not row["path"] or not row["label"]:
         raise ValueError(f"{where}: path and label must not be empty")
     path = Path(row["path"])
     if not path.is_absolute():
         path = csv_path.parent / path
-    first = seen.setdefault(os.path.normpath(path), line)
+    first, spelt = seen.setdefault(os.path.realpath(path), (line, row["path"]))
     if first != line:
-        raise ValueError(f"{where}: {row['path']} is listed again (first on line {first})")
+        raise ValueError(f"{where}: {shown(row['path'])} is listed again (first on line {first}"
+                         f"{'' if spelt == row['path'] else ', as ' + shown(spelt)})")
     try:
         split = row.get("split", "").lower()
-        look_up_option(split, ("", *SPLITS), "split")
-        rec = make_record(path, row["label"], split)
+        if split:
+            look_up_option(split, SPLITS, "split", hint=f"choose from {', '.join(SPLITS)}, or leave it empty")
+        rec = make_record(path, row["label"], split, root=csv_path.parent)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     subtype = (row.get("subtype") or rec.subtype).lower()
@@ -449,7 +524,10 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[
 def write_manifest(records: list[Record], csv_path: Path | str) -> None:
     """Write records as a manifest that :func:`read_manifest` (and so every command) reads back. A relative path
     is rewritten relative to the CSV's folder, which is how it is read back: between the two folders as they really
-    are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk)."""
+    are, because the system resolves a linked folder before the ``..`` read back (runs/ linked to a scratch disk).
+    A name's bytes are kept as they are, UTF-8 or not, so that each row names the very same file when read back. The
+    CSV's folder is made if missing."""
+    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
     csv_dir = os.path.realpath(Path(csv_path).parent)
 
     def row(rec: Record) -> dict[str, str]:

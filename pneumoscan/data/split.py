@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.data.audit import exact_duplicate_groups, shared_patients
-from pneumoscan.data.layouts import LABELS, Record, discover
+from pneumoscan.data.layouts import LABELS, Record, discover, own_patient
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,10 @@ def _stratum(rec: Record) -> str:
 
 
 def _warn_unnamed(records: Sequence[Record]) -> None:
-    """Say when file names gave no patient id (the id is then the file's own stem): each such image is a group of
-    its own, so one child's films can land on both sides, and a user must know the split is by image there."""
-    unnamed = sum(r.patient == Path(r.path).stem for r in records)
+    """Say when file names gave no patient id (the id is then the film's own path, :func:`own_patient`): each such
+    image is a group of its own, so one child's films can land on both sides, and a user must know the split is by
+    image there."""
+    unnamed = sum(map(own_patient, records))
     if unnamed and unnamed == len(records):
         log.warning("no patient ids in file names: %d images split as %d groups, one per image", unnamed, unnamed)
     elif unnamed:
@@ -75,7 +76,8 @@ def patient_split(
     duplicate_groups: Sequence[Sequence[str]] | None = None,
 ) -> list[Record]:
     """The same records (same order) with ``split`` set to "train" or "val"; no patient or duplicate group is
-    on both sides, and val's class and subtype mix follows the whole."""
+    on both sides, and val's class and subtype mix follows the whole, or a warning says where it cannot; a split
+    without validation films or a class without training films is refused (:func:`_check_sides`)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     units = _units(records, duplicate_groups or [])
@@ -88,7 +90,46 @@ def patient_split(
         if all(in_val[k] + n <= target[k] for k, n in add.items()):
             in_val.update(add)
             val.update(unit)
-    return [replace(r, split="val" if i in val else "train") for i, r in enumerate(records)]
+    split = [replace(r, split="val" if i in val else "train") for i, r in enumerate(records)]
+    _check_sides(split, units, target, val_fraction)
+    return split
+
+
+def _check_sides(split: Sequence[Record], units: Sequence[Sequence[int]], target: dict[str, int],
+                 val_fraction: float) -> None:
+    """Refuse a split that cannot be trained on (no validation film, a class without training films) and warn of
+    one that misses the whole's mix: a class without validation films (its figures cannot be measured), or a
+    stratum left short of its room by patient groups too large for it, off its share by more than 2 points and by
+    more than one film (on a small validation side one film is more than 2 points)."""
+    pct = f"{val_fraction:.0%}"
+    whole = Counter(_stratum(r) for r in split)
+    in_val = Counter(_stratum(r) for r in split if r.split == "val")
+    label_of = {_stratum(r): r.label for r in split}
+    labels = Counter(r.label for r in split)
+    sides = {side: Counter(r.label for r in split if r.split == side) for side in ("train", "val")}
+    if not in_val:
+        raise ValueError(f"the split put no film in validation: none of the {len(units)} patient group(s) of the "
+                         f"{len(split)} films fits in {pct} of its class and subtype (a patient's films stay on one "
+                         "side); add films or raise the validation fraction (--val-fraction)")
+    if short := [label for label in LABELS if labels[label] and not sides["train"][label]]:
+        raise ValueError(f"the split left no {short[0]} film for training: all {labels[short[0]]} went to "
+                         f"validation at {pct}; lower the validation fraction (--val-fraction) or add {short[0]} films")
+    missing = [label for label in LABELS if labels[label] and not sides["val"][label]]
+    for label in missing:
+        room = sum(target[k] for k in whole if label_of[k] == label)
+        groups = sum(any(split[i].label == label for i in unit) for unit in units)
+        log.warning("validation holds no %s film: %s of the %d %s films is %d, and none of their %d patient group(s) "
+                    "fitted in it (a patient's films stay on one side), so its AUC, sensitivity and specificity "
+                    "cannot be measured; add %s films of other patients or raise the validation fraction",
+                    label, pct, labels[label], label, room, groups, label)
+    n, n_val = len(split), sum(in_val.values())
+    off = [f"{k} {in_val[k] / n_val:.1%} against {whole[k] / n:.1%} ({in_val[k]} films where {pct} is {target[k]})"
+           for k in sorted(whole) if label_of[k] not in missing and in_val[k] < target[k]
+           and abs(in_val[k] / n_val - whole[k] / n) > max(0.02, 1 / n_val)]
+    if off:
+        log.warning("validation is off the whole's mix by more than 2 points and more than one film, as patient "
+                    "groups too large for the room left did not fit (a patient's films stay on one side): %s",
+                    "; ".join(off))
 
 
 def patient_folds(

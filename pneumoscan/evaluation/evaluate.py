@@ -25,7 +25,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import Record, discover, write_manifest
+from pneumoscan.data.layouts import Record, discover, own_patient, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, int8_val_metrics, spec_path, write_int8_spec,
@@ -158,7 +158,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
             listed, patients = _films_in(run), {r.patient for r in run if r.split == "train"}
-            if kin := [r.patient for r in records if r.patient in patients and real[r.path] not in listed]:
+            if kin := [r.patient for r in records if r.patient in patients and not own_patient(r) and real[r.path] not in listed]:
                 log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
                             "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
                             "are optimistic", len(kin), purpose, path, shown(kin[0]))
