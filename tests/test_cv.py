@@ -49,6 +49,13 @@ def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
         patient_folds(records, 5)
     with pytest.raises(ValueError, match="at least 2 folds"):
         patient_folds(records, 1)
+    # normal films of two patients cannot reach three folds: refused before any fold trains, not at the third
+    everything = discover(tiny_dataset / "train").records
+    two_normal = [r for r in everything if r.label == "PNEUMONIA"] + [
+        dataclasses.replace(r, patient=f"IM-{i % 2}") for i, r in enumerate(x for x in everything if x.label == "NORMAL")]
+    with pytest.raises(ValueError, match=r"fold \d of 3 holds no NORMAL film"):
+        patient_folds(two_normal, 3)
+    assert len(set(patient_folds(two_normal, 2))) == 2
 
 
 def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule() -> None:

@@ -153,6 +153,13 @@ def patient_folds(
         f = min(range(k), key=lambda j: (sum((filled[j][key] - share[key]) / share[key] * n for key, n in add.items()), j))
         filled[f].update(add)
         fold[unit] = f
+    labels = Counter(r.label for r in records)
+    for f in range(k):  # each fold validates one run: a class missing from it stops that run after the others
+        held = Counter(records[i].label for i in np.flatnonzero(fold == f))
+        if missing := [label for label in LABELS if labels[label] and not held[label]]:
+            raise ValueError(f"fold {f + 1} of {k} holds no {missing[0]} film (a patient's films stay in one fold, "
+                             f"and the {labels[missing[0]]} {missing[0]} films are in fewer patient groups than "
+                             "folds): its run could not be validated; use fewer folds or add films")
     return fold
 
 
