@@ -21,6 +21,7 @@ from pneumoscan.core.names import shown
 from .layouts import Record
 
 log = logging.getLogger(__name__)
+
 TargetRule = Callable[[Record], "int | None"]
 
 
