@@ -6,6 +6,8 @@ import csv
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -174,3 +176,17 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     history = (out / "fold-1" / "history.csv").read_text().splitlines()
     assert history[:2] == first and len(history) == 1 + 2, "the interrupted fold's first epoch is kept, not trained again"
     assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))
+
+
+def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path) -> None:
+    """oof.csv is a results file: a name that is not UTF-8 is written \\xNN (docs/limits.md), not a crash at the end
+    of the last fold."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    first = sorted((data / "train" / "NORMAL").iterdir())[0]
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-" + os.fsencode(first.name)))
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(data), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
+                 "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    text = (out / "oof.csv").read_bytes().decode("utf-8")  # strict
+    assert f"caf\\xe9-{first.name}" in text and len(text.splitlines()) == 1 + 48

@@ -27,6 +27,7 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, jsonable, roc_auc
+from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import binary_targets, get_task, select
@@ -126,8 +127,9 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         all_probs.append(probs)
         unreadable = {e["path"] for e in errors}
         val, _ = select([r for r in discover(manifest).split("val") if r.path not in unreadable], task)
-        oof_rows += [{"path": r.path, "label": r.label, "subtype": r.subtype, "patient": r.patient, "fold": k,
-                      "probability": float(p)} | dict(zip(class_columns, map(float, row)))
+        oof_rows += [{"path": path_text(r.path), "label": r.label, "subtype": r.subtype,  # a results file: UTF-8
+                      "patient": path_text(r.patient), "fold": k, "probability": float(p)}
+                     | dict(zip(class_columns, map(float, row)))
                      for r, p, row in zip(val, scores, probs, strict=True)]
         log.info("fold %d/%d: AUC %.4f, specificity at sensitivity %g: %.3f", k + 1, folds, per_fold[-1]["auc"],
                  SENSITIVITY_FLOOR, per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"])
