@@ -34,6 +34,20 @@ def _print_json(data: dict) -> None:
     print(json.dumps(data, indent=2, allow_nan=False, default=str))
 
 
+def _utf8(tree: object) -> object:
+    """A JSON tree whose strings are valid UTF-8 whatever the file names' bytes (``caf\\xe9.jpeg``), as every
+    results file is (docs/limits.md); json.dumps would write a lone surrogate (``\\udce9``)."""
+    from pneumoscan.core.names import path_text
+
+    if isinstance(tree, str):
+        return path_text(tree)
+    if isinstance(tree, dict):
+        return {_utf8(k): _utf8(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_utf8(v) for v in tree]
+    return tree
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from pneumoscan.core.atomic import write_atomic
     from pneumoscan.data.audit import audit, audit_figure, format_audit
@@ -43,7 +57,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit(found)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.json_out, json.dumps(report, indent=2).encode())
+        write_atomic(args.json_out, json.dumps(_utf8(report), indent=2).encode())
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         audit_figure(report, found, Path(args.figure))
@@ -56,7 +70,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              cfg.resize_policy, cfg.seed)
         log.info("wrote %d augmented training films (%s) to %s", args.augmented, args.config or "default recipe", out)
     if args.json:
-        _print_json(report)
+        _print_json(_utf8(report))
     else:
         console.print(format_audit(report))
     return 0

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from pneumoscan.cli import main
 from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
 from pneumoscan.data.layouts import discover
 
@@ -239,3 +240,16 @@ def test_format_audit_escapes_names_and_an_empty_dataset_is_refused(report: dict
     (tmp_path / "empty" / "train" / "NORMAL").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images to audit"):
         audit(discover(tmp_path / "empty"), workers=1)
+
+
+def test_audit_json_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A name that is not UTF-8 is written \\xNN in the JSON report (docs/limits.md), not as a lone surrogate."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    first = sorted((data / "train" / "NORMAL").iterdir())[0]
+    shutil.copy(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-" + os.fsencode(first.name)))  # a duplicate
+    assert main(["audit", str(data), "--json-out", str(tmp_path / "audit.json")]) == 0
+    text = (tmp_path / "audit.json").read_bytes().decode("utf-8")
+    duplicates = json.loads(text)["duplicate_groups"]
+    assert sorted(Path(p).name for p in duplicates[0]) == [first.name, f"caf\\xe9-{first.name}"]
+    assert "udce9" not in text
