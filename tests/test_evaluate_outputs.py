@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.builders import SCORE_TOL
+from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
 from pneumoscan.inference.predict import Predictor
@@ -97,6 +97,40 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', fp_part):
         width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
         assert width == 3 * height, "original | heatmap | blend"
+
+
+def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """The CIs evaluate records are threshold_metrics_ci's with the records' patients: by patient where a manifest
+    pairs the test films into patients, by film where every film is a patient of its own (the Kaggle names here)."""
+    from pneumoscan.core.metrics import jsonable, threshold_metrics_ci
+
+    task = get_task("pneumonia")
+    predictor = Predictor(tiny_bundle)
+    records, images, targets, _ = labelled_records(tiny_dataset, "test", task, predictor.card.spec)
+    alone = evaluate(tiny_bundle, tiny_dataset, "test")
+    film_ci = threshold_metrics_ci(binary_targets(targets), predictor.positive(predictor.probabilities(images)),
+                                   [alone["threshold"]])
+    assert alone["ci_unit"] == "film"
+    assert_close_report(alone["ci"], jsonable(film_ci)[0])
+
+    manifest = tmp_path / "paired.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient"])
+        for i, r in enumerate(sorted(records, key=lambda r: r.path)):  # 8 NORMAL films, then 8 PNEUMONIA ones
+            writer.writerow([r.path, r.label, f"patient{i // 2}"])
+    out = tmp_path / "eval"
+    evaluate(tiny_bundle, manifest, out_dir=out)
+    saved = json.loads((out / "metrics.json").read_text())
+    records, images, targets, _ = labelled_records(manifest, None, task, predictor.card.spec)
+    patients = [r.patient for r in records]
+    assert len(set(patients)) == 8 and saved["ci_unit"] == "patient"
+    assert "95% CIs count patients" in (out / "report.html").read_text()
+    y, scores = binary_targets(targets), predictor.positive(predictor.probabilities(images))
+    thresholds = (saved["threshold"], 0.5)
+    by_patient = jsonable(threshold_metrics_ci(y, scores, thresholds, groups=patients))
+    assert_close_report([saved["ci"], saved["at_0_5"]["ci"]], by_patient)
+    assert by_patient != jsonable(threshold_metrics_ci(y, scores, thresholds)), "patients are not films here"
 
 
 def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_dataset: Path) -> None:

@@ -202,12 +202,18 @@ def test_roc_auc_is_nan_for_one_class_and_sklearn_otherwise():
     assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8]) == roc_auc_score([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8])
 
 
-def test_vectorised_bootstrap_auc_matches_sklearn_with_ties():
+def test_vectorised_bootstrap_auc_matches_sklearn_on_the_resampled_films_with_ties():
+    """Each row of weights is a resample (how often each film is in it): its AUC is that of the films written out."""
     rng = np.random.default_rng(3)
-    scores = rng.integers(0, 5, size=(4, 30)).astype(float)
+    scores = rng.integers(0, 5, 30).astype(float)
     positive = np.arange(30) < 12
-    expected = [roc_auc_score(positive, row) for row in scores]
-    np.testing.assert_allclose(metrics._auc_rows(scores, positive), expected)
+    weights = rng.integers(0, 3, size=(6, 30)).astype(float)
+    weights[0, 12:] = 0  # no negative film drawn: undefined
+    copies = weights.astype(int)
+    expected = [roc_auc_score(np.repeat(positive, c), np.repeat(scores, c)) for c in copies[1:]]
+    rows = metrics._auc_rows(weights, scores, positive)
+    assert math.isnan(rows[0])
+    np.testing.assert_allclose(rows[1:], expected)
 
 
 def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
@@ -248,6 +254,7 @@ def test_evaluate_binary_structure_and_json():
         "ci",
     }
     assert block_keys <= result.keys() and block_keys == result["at_0_5"].keys()
+    assert result["ci_unit"] == "film"
     assert result["threshold"] == 0.3 and result["at_0_5"]["threshold"] == 0.5
     assert result["auc"] == pytest.approx(roc_auc_score(y, prob))
     assert result["sensitivity"] > result["at_0_5"]["sensitivity"]
@@ -341,3 +348,103 @@ def test_multiclass_intervals_accuracy_exact_balanced_accuracy_bootstrapped_perf
     assert result["balanced_accuracy"] == pytest.approx((38 / 40 + 29 / 30 + 8 / 10) / 3)
     assert lo < result["balanced_accuracy"] < hi
     assert result["ci"]["accuracy"] == pytest.approx(_exact(75, 80))
+
+
+def _patient_films(n_patients: int = 40, films: int = 3, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, probabilities and patient ids of ``n_patients`` patients (the first half pneumonia) whose ``films``
+    films each are copies of one another: one case each, written out ``films`` times."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n_patients) < n_patients // 2).astype(int)
+    prob = 1 / (1 + np.exp(-(rng.normal(size=n_patients) + 1.0 * (2 * y - 1))))
+    return np.repeat(y, films), np.repeat(prob, films), np.repeat([f"person{i}" for i in range(n_patients)], films)
+
+
+def test_without_shared_patients_the_intervals_are_the_film_intervals_exactly():
+    y, prob = synthetic_binary(300, seed=8)
+    films = threshold_metrics_ci(y, prob, [0.3, 0.5], n_boot=300, seed=2)
+    assert threshold_metrics_ci(y, prob, [0.3, 0.5], n_boot=300, seed=2, groups=None) == films
+    assert threshold_metrics_ci(y, prob, [0.3, 0.5], n_boot=300, seed=2, groups=[f"p{i}" for i in range(300)]) == films
+    assert evaluate_binary(y, prob, 0.3, n_boot=300, groups=np.arange(300)) == evaluate_binary(y, prob, 0.3, n_boot=300)
+    three = np.random.default_rng(8).integers(0, 3, 300)
+    probs = softmax(np.random.default_rng(9).normal(size=(300, 3)) + np.eye(3)[three])
+    multi = evaluate_multiclass(three, probs, ["a", "b", "c"], n_boot=300)
+    assert multi["ci_unit"] == "film" and evaluate_multiclass(three, probs, ["a", "b", "c"], n_boot=300,
+                                                              groups=np.arange(300)) == multi
+    with pytest.raises(ValueError, match="groups has 2 patient ids but there are 300 films"):
+        threshold_metrics_ci(y, prob, [0.5], groups=["a", "b"])
+
+
+def _beta_interval(x: float, n: float) -> list[float]:
+    """Clopper-Pearson's beta quantiles at a real-valued count x of n."""
+    return [beta.ppf(0.025, x, n - x + 1) if x else 0.0, beta.ppf(0.975, x + 1, n - x) if x < n else 1.0]
+
+
+def test_proportions_of_patients_whose_films_agree_count_patients_not_films():
+    """40 patients with 3 identical films each: the design effect of the patients' spread is 120 / 39, so the films
+    count as 39 cases (m - 1: the m / (m - 1) of the cluster variance), about one a patient; the interval is close
+    to Clopper-Pearson on the patient counts and much wider than the one on the films."""
+    y, prob, patient = _patient_films()
+    ci = threshold_metrics_ci(y, prob, [0.5], n_boot=300, groups=patient)[0]
+    films = threshold_metrics_ci(y, prob, [0.5], n_boot=300)[0]
+    m = binary_metrics(y, prob, 0.5)
+    tp, tn = m["tp"] // 3, m["tn"] // 3  # patients found, patients cleared (20 of each class)
+    assert 0 < tp < 20 and 0 < tn < 20
+    for name, k, n in (("sensitivity", tp, 20), ("specificity", tn, 20), ("accuracy", tp + tn, 40)):
+        assert ci[name] == pytest.approx(_beta_interval(k / n * (n - 1), n - 1)), name
+        assert ci[name] == pytest.approx(_exact(k, n), abs=0.015), name
+        assert ci[name][1] - ci[name][0] > 1.5 * (films[name][1] - films[name][0]), name
+    # rates of 0 and 1 have no spread to measure: one case a patient, 30 of 30 films of 10 patients is 10 of 10
+    hits = metrics.proportion_ci(np.ones(30, bool), np.repeat(np.arange(10), 3))
+    assert hits == pytest.approx(_exact(10, 10)) and metrics.proportion_ci(np.zeros(30, bool), np.repeat(
+        np.arange(10), 3)) == pytest.approx(_exact(0, 10))
+    # patients whose films disagree as often as independent films would: never more than the films' interval
+    mixed = np.tile([True, False], 20)
+    assert metrics.proportion_ci(mixed, np.repeat(np.arange(20), 2)) == pytest.approx(_exact(20, 40))
+    # one film a patient among the films counted (normals, when only pneumonia patients have several): exact
+    sick = y == 1
+    singles = threshold_metrics_ci(np.r_[y[sick], np.zeros(50, int)], np.r_[prob[sick], np.linspace(0, 0.6, 50)],
+                                   [0.5], n_boot=50, groups=np.r_[patient[sick], [f"normal{i}" for i in range(50)]])[0]
+    assert singles["specificity"] == _exact(41, 50)  # 41 of the 50 normal films are below 0.5
+    assert singles["sensitivity"] == ci["sensitivity"]
+
+
+def test_bootstrap_and_perfect_auc_bound_resample_patients():
+    y, prob, patient = _patient_films()
+    ci = threshold_metrics_ci(y, prob, [0.5], n_boot=500, groups=patient)[0]
+    films = threshold_metrics_ci(y, prob, [0.5], n_boot=500)[0]
+    for name in ("auc", "f1"):
+        assert ci[name][1] - ci[name][0] > 1.4 * (films[name][1] - films[name][0]), name
+    assert threshold_metrics_ci(y, prob, [0.5], n_boot=500, groups=patient)[0] == ci, "the same seed, the same CI"
+    assert threshold_metrics_ci(y, prob, [0.5], n_boot=500, seed=1, groups=patient)[0] != ci
+    # separated: the bound counts patients, 20 with a positive film and 20 with a negative one, not 60 films
+    separated = np.where(y == 1, 0.6 + prob / 10, prob / 10)
+    result = evaluate_binary(y, separated, 0.5, n_boot=200, groups=patient)
+    assert result["ci_unit"] == "patient" and result["ci"]["auc"] == pytest.approx([0.025 ** (1 / 20), 1.0])
+    assert result["ci"]["sensitivity"] == pytest.approx(_exact(20, 20))
+    # 3 + 3 patients: a resample lacks a class one time in 32, and is left out of the AUC's interval
+    few_y, few_patient = np.repeat([1, 1, 1, 0, 0, 0], 3), np.repeat(np.arange(6), 3)
+    few = threshold_metrics_ci(few_y, np.repeat([0.3, 0.6, 0.8, 0.2, 0.5, 0.7], 3), [0.5], n_boot=200,
+                               groups=few_patient)[0]
+    assert 0 <= few["auc"][0] < 6 / 9 < few["auc"][1] <= 1
+    apart = threshold_metrics_ci(few_y, np.repeat([0.6, 0.7, 0.8, 0.1, 0.2, 0.3], 3), [0.5], n_boot=200,
+                                 groups=few_patient)[0]
+    assert apart["auc"] == pytest.approx([0.025 ** (1 / 3), 1.0])
+
+
+def test_multiclass_intervals_count_patients():
+    rng = np.random.default_rng(10)
+    cls = np.repeat([0, 1, 2], [16, 14, 10])
+    probs = softmax(rng.normal(size=(40, 3)) + 1.5 * np.eye(3)[cls])
+    y, P, patient = np.repeat(cls, 3), np.repeat(probs, 3, axis=0), np.repeat(np.arange(40), 3)
+    names = ["normal", "bacteria", "virus"]
+    result = evaluate_multiclass(y, P, names, n_boot=300, groups=patient)
+    films = evaluate_multiclass(y, P, names, n_boot=300)
+    assert result["ci_unit"] == "patient" and films["ci_unit"] == "film"
+    correct = int((probs.argmax(axis=1) == cls).sum())
+    assert result["ci"]["accuracy"] == pytest.approx(_beta_interval(correct / 40 * 39, 39))
+    for name in ("accuracy", "balanced_accuracy", "macro_auc"):
+        lo, hi = result["ci"][name]
+        assert lo < result[name] < hi and hi - lo > 1.4 * (films["ci"][name][1] - films["ci"][name][0]), name
+    perfect = evaluate_multiclass(y, np.eye(3)[y] * 0.9 + 0.05, names, n_boot=100, groups=patient)
+    bounds = [(0.025 / 3) ** (1 / min(n, 40 - n)) for n in (16, 14, 10)]  # patients, not films
+    assert perfect["ci"]["macro_auc"] == pytest.approx([np.mean(bounds), 1.0])

@@ -102,6 +102,24 @@ def test_report_shows_balanced_accuracy_with_its_ci_and_says_how_intervals_were_
     assert "no 95% CI" not in page and "exact one-sided bound" not in page
 
 
+def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
+    rng = np.random.default_rng(4)
+    y = np.repeat(rng.integers(0, 3, 100), 3)  # 100 patients with 3 films each
+    patients = np.repeat(np.arange(100), 3)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=100, class_names=("normal", "pneumonia"),
+                              groups=patients)
+    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=100, groups=patients)
+    assert metrics["ci_unit"] == metrics["two_stage"]["ci_unit"] == "patient"
+    page = write_report(metrics, tmp_path, "By patient").read_text()
+    assert page.count("95% CIs count patients, not films") == 2 and page.count("Korn-Graubard") == 2
+    assert "bootstrap of the patients" in page and "independent case" not in page
+    separated = np.r_[np.linspace(0.6, 0.9, 20), np.linspace(0.1, 0.4, 50)]
+    page = write_report(evaluate_binary(np.r_[np.ones(20, int), np.zeros(50, int)], separated, 0.5, n_boot=100,
+                                        groups=np.arange(70) // 2), tmp_path, "separated").read_text()
+    assert "exact one-sided bound from disjoint pairs of patients" in page
+
+
 def test_report_of_perfectly_separated_classes_shows_no_certain_interval(tmp_path):
     """Every resample separates the classes: the AUC's interval is the exact bound (and the note says so), the
     proportions' are exact, and F1, whose resamples are all 1, says it has no interval instead of [1, 1]."""

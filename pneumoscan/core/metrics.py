@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from scipy.special import softmax as _softmax
-from scipy.stats import binomtest, rankdata
+from scipy.stats import beta, binomtest
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -109,28 +109,65 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     }
 
 
-def _stratified_bootstrap(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n_boot, n) resampled indices with each class resampled within itself, plus the label of each column.
+def _patient_codes(groups: Any, n: int) -> np.ndarray | None:
+    """Each film's patient as an index 0..m-1, or None when the film is the unit: no ids given, or no patient with
+    two films (then every figure is the film-level one, exactly)."""
+    if groups is None:
+        return None
+    ids = np.asarray(groups).ravel()
+    if ids.size != n:
+        raise ValueError(f"groups has {ids.size} patient ids but there are {n} films")
+    unique, codes = np.unique(ids, return_inverse=True)
+    return codes if unique.size < n else None
 
-    Columns are grouped by class, so every row has the same label layout: class sizes stay fixed, which keeps
-    AUC defined in every resample and lets the metrics be computed for all rows at once.
+
+def _unit(patients: np.ndarray | None) -> str:
+    """What the intervals count as a case, as metrics.json records it (``ci_unit``)."""
+    return "film" if patients is None else "patient"
+
+
+def _row_counts(draws: np.ndarray, size: int) -> np.ndarray:
+    """How often each of ``size`` units is drawn in each row of ``draws``, as floats (n_rows, size)."""
+    offsets = size * np.arange(draws.shape[0])[:, None]
+    counts = np.bincount((draws + offsets).ravel(), minlength=draws.shape[0] * size)
+    return counts.reshape(draws.shape[0], size).astype(float)
+
+
+def _bootstrap_weights(y: np.ndarray, patients: np.ndarray | None, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n): how many times each film is in each resample.
+
+    Without patients, films are resampled within their class, so class sizes stay fixed and AUC is defined in every
+    resample. With them, patients are resampled and all films of a patient come along: one patient's films are
+    scored alike, so they are one case, not several. Class sizes then vary, and a resample may lack a class.
     """
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
-    idx = np.concatenate([g[rng.integers(0, g.size, size=(n_boot, g.size))] for g in groups], axis=1)
-    labels = np.concatenate([np.full(g.size, y[g[0]]) for g in groups])
-    return idx, labels
+    if patients is None:
+        classes = [np.flatnonzero(y == c) for c in np.unique(y)]
+        draws = np.concatenate([g[rng.integers(0, g.size, size=(n_boot, g.size))] for g in classes], axis=1)
+        return _row_counts(draws, y.size)
+    m = int(patients.max()) + 1
+    return _row_counts(rng.integers(0, m, size=(n_boot, m)), m)[:, patients]
 
 
-def _auc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """ROC AUC of every row of ``scores`` (Mann-Whitney U from average ranks, so ties count half, as in
-    roc_auc_score); ``positive`` is the column mask of positives shared by all rows."""
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if not n_pos or not n_neg:
-        return np.full(scores.shape[0], np.nan)
-    ranks = rankdata(scores, axis=1)
-    return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+def _auc_rows(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """ROC AUC of each resample, given as a row of film ``weights``: the Mann-Whitney U over the weighted
+    positive-negative pairs, ties counting half as in roc_auc_score; NaN in a row that lacks a class. The sums are
+    whole or half numbers, so a row equals the AUC of its films written out, to the last bit."""
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # the first film of each distinct score
+    w = weights[:, order]
+    pos = np.add.reduceat(w * positive[order], starts, axis=1)
+    neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight scored strictly lower
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def _pairs(positive: np.ndarray, patients: np.ndarray | None) -> int:
+    """m of the perfect-AUC bound: the films, or the patients, on the smaller side (positive or not)."""
+    units = np.arange(positive.size) if patients is None else patients
+    return min(np.unique(units[positive]).size, np.unique(units[~positive]).size)
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> list[float]:
@@ -143,6 +180,36 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
+def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: float = 0.05) -> list[float]:
+    """Interval of the proportion of ``hits`` (one bool a film): Clopper-Pearson on the films, or, when films
+    cluster in ``patients``, Clopper-Pearson at an effective sample size (Korn & Graubard 1998, the survey-statistics
+    standard for clustered proportions).
+
+    One patient's films tend to be called alike, so k of n films carry less evidence than k of n patients would.
+    The patients' (linearisation) variance of p = k / n, v = m / (m - 1) * sum_c (k_c - p n_c)^2 / n^2, against the
+    binomial p (1 - p) / n gives the design effect d, and n_eff = n / max(d, 1) films are worth independent ones
+    (never more than n). At p = 0 or 1 (or with one patient) there is no spread to measure d from, and n_eff is the
+    number of patients, as if each patient's films agreed fully: 30 of 30 films of 10 patients gets the interval of
+    10 of 10. The beta quantiles take the real-valued x = p n_eff and n_eff. Films of as many patients (say, the
+    normal films when only pneumonia patients have several) are the cases themselves: exact Clopper-Pearson.
+    """
+    k, n = int(hits.sum()), hits.size
+    if patients is None or np.unique(patients).size == n:
+        return clopper_pearson(k, n, alpha)
+    codes = np.unique(patients, return_inverse=True)[1]
+    m = int(codes.max()) + 1
+    p = k / n
+    n_eff = float(m)
+    if 0 < p < 1 and m > 1:
+        spread = np.bincount(codes, weights=hits, minlength=m) - p * np.bincount(codes, minlength=m)
+        v = m / (m - 1) * float((spread**2).sum()) / n**2
+        n_eff = n / max(v / (p * (1 - p) / n), 1.0)
+    x = p * n_eff
+    low = float(beta.ppf(alpha / 2, x, n_eff - x + 1)) if x > 0 else 0.0
+    high = float(beta.ppf(1 - alpha / 2, x + 1, n_eff - x)) if x < n_eff else 1.0
+    return [low, high]
+
+
 def _percentile_ci(samples: np.ndarray, alpha: float) -> list[float]:
     """Percentile interval over the resamples where the metric is defined. NaN when it never is, and when the
     interval has no width (the resamples gave one value): [x, x] would present x as certain."""
@@ -153,61 +220,68 @@ def _percentile_ci(samples: np.ndarray, alpha: float) -> list[float]:
     return [lo, hi] if lo < hi else [math.nan, math.nan]
 
 
-def _auc_ci(rows: Sequence[np.ndarray], positives: Sequence[np.ndarray], alpha: float) -> list[float]:
+def _auc_ci(rows: Sequence[np.ndarray], pairs: Sequence[int], alpha: float) -> list[float]:
     """Bootstrap interval of the mean of one or more AUCs (the binary AUC, or one-vs-rest AUCs for the macro AUC)
-    from their resampled ``rows``; ``positives`` are each AUC's column masks.
+    from their resampled ``rows`` (resamples where one is undefined left out); ``pairs`` are each AUC's m below.
 
     When every AUC is 1 in every resample (the classes perfectly separated; or 0, in reverse) the bootstrap has no
     spread, and the interval comes from an exact one-sided argument instead: m = min(positives, negatives) disjoint
-    positive-negative pairs are independent trials, each ordered rightly with a probability of at most the AUC, and
-    all m were; the Clopper-Pearson bound for m of m, (alpha / 2) ** (1 / m), then bounds the AUC from below
-    (Bonferroni over the AUCs of a mean). It ignores the other pairs, so it is conservative, never falsely certain.
+    positive-negative pairs (of films, or of patients when films cluster in patients) are independent trials, each
+    ordered rightly with a probability of at most the AUC, and all m were; the Clopper-Pearson bound for m of m,
+    (alpha / 2) ** (1 / m), then bounds the AUC from below (Bonferroni over the AUCs of a mean). It ignores the
+    other pairs, so it is conservative, never falsely certain.
     """
     ci = _percentile_ci(np.mean(rows, axis=0), alpha)
-    ends = [float(row[0]) for row in rows]
-    if not math.isnan(ci[0]) or not all(end in (0.0, 1.0) and (row == end).all() for row, end in zip(rows, ends)):
+    ends = [np.unique(row[~np.isnan(row)]) for row in rows]
+    if not math.isnan(ci[0]) or not all(end.size == 1 and end[0] in (0.0, 1.0) for end in ends):
         return ci
     lows, highs = [], []
-    for end, positive in zip(ends, positives):
-        bound = (alpha / (2 * len(rows))) ** (1 / min(int(positive.sum()), int((~positive).sum())))
-        lows.append(bound if end == 1 else 0.0)
-        highs.append(1.0 if end == 1 else 1 - bound)
+    for end, m in zip(ends, pairs):
+        bound = (alpha / (2 * len(rows))) ** (1 / m)
+        lows.append(bound if end[0] == 1 else 0.0)
+        highs.append(1.0 if end[0] == 1 else 1 - bound)
     return [float(np.mean(lows)), float(np.mean(highs))]
 
 
 def threshold_metrics_ci(
-    y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    groups: Any = None,
 ) -> list[dict[str, list[float]]]:
     """CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per threshold.
 
     The proportions (accuracy, sensitivity, specificity, precision) get exact Clopper-Pearson intervals from the
     counts, the standard of diagnostic-accuracy reporting (STARD), which stay honest at a rate of 0 or 1. AUC and
-    F1 are no such proportions and get a percentile bootstrap, stratified (each class resampled within itself) so
-    both classes are in every resample; all thresholds share one set of resamples, so the AUC is ranked once.
-    Resamples where F1 is undefined are left out of its interval. Every film counts as an independent case: with
-    several films of one patient the true uncertainty is larger.
+    F1 are no such proportions and get a percentile bootstrap; all thresholds share one set of resamples.
+    Resamples where F1 or AUC is undefined are left out of its interval.
+
+    ``groups`` (one patient id per film) makes the patient the unit where some patient has several films, since
+    one patient's films are scored alike: the proportions take an effective sample size (:func:`proportion_ci`)
+    and the bootstrap resamples patients. Without ids, or with one film per patient, every film is an independent
+    case and the bootstrap is stratified (each class resampled within itself, so both are in every resample).
     """
     y, p = _as_binary(y_true, prob)
-    idx, labels = _stratified_bootstrap(y, n_boot, seed)
-    positive = labels == 1
-    n_pos = int(positive.sum())
-    scores = p[idx]
-    auc = _auc_ci([_auc_rows(scores, positive)], [positive], alpha)
+    patients = _patient_codes(groups, y.size)
+    weights = _bootstrap_weights(y, patients, n_boot, seed)
+    positive = y == 1
+    n_pos = weights @ positive
+    auc = _auc_ci([_auc_rows(weights, p, positive)], [_pairs(positive, patients)], alpha)
+
+    def among(hits: np.ndarray, films: np.ndarray) -> list[float]:
+        return proportion_ci(hits[films], None if patients is None else patients[films], alpha)
+
     out = []
     for threshold in thresholds:
-        m = binary_metrics(y, p, threshold)
-        pred = scores >= threshold
-        tp = pred[:, positive].sum(axis=1)
-        fp = pred[:, ~positive].sum(axis=1)
+        called = p >= threshold
+        tp, fp = weights @ (called & positive), weights @ (called & ~positive)
         with np.errstate(divide="ignore", invalid="ignore"):
             f1 = 2 * tp / (tp + fp + n_pos)  # 2 tp / (2 tp + fp + fn), with fn = n_pos - tp
         out.append({
             "auc": auc,
-            "accuracy": clopper_pearson(m["tp"] + m["tn"], m["n"], alpha),
-            "sensitivity": clopper_pearson(m["tp"], m["tp"] + m["fn"], alpha),
-            "specificity": clopper_pearson(m["tn"], m["tn"] + m["fp"], alpha),
-            "precision": clopper_pearson(m["tp"], m["tp"] + m["fp"], alpha),
-            "f1": _percentile_ci(f1.astype(float), alpha),
+            "accuracy": proportion_ci(called == positive, patients, alpha),
+            "sensitivity": among(called, positive),
+            "specificity": among(~called, ~positive),
+            "precision": among(positive, called),
+            "f1": _percentile_ci(f1, alpha),
         })
     return out
 
@@ -388,11 +462,14 @@ def evaluate_binary(
     n_boot: int = 1000,
     seed: int = 0,
     class_names: Sequence[str] = ("negative", "positive"),
+    groups: Any = None,
 ) -> dict[str, Any]:
     """The metrics.json dict: metrics at the bundle's ``threshold`` at the top level, the same block at 0.5
     under ``at_0_5``, and thinned ROC / PR / calibration curves. NaN (undefined) values become None.
 
     ``class_names`` (negative, positive) only label the report; confusion matrices are [[tn, fp], [fn, tp]].
+    ``groups`` (a patient id per film) makes the CIs count patients (:func:`threshold_metrics_ci`); ``ci_unit``
+    says whether they count patients or films.
     """
     y, p = _as_binary(y_true, prob)
     if len(class_names) != 2:
@@ -412,12 +489,13 @@ def evaluate_binary(
     }
     chosen, half = (
         _operating_point(y, p, t, free, ci)
-        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, seed))
+        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, seed, groups=groups))
     )
     return jsonable(
         {
             "kind": "binary",
             "class_names": list(class_names),
+            "ci_unit": _unit(_patient_codes(groups, y.size)),
             "n_positive": int(y.sum()),
             "n_negative": int(y.size - y.sum()),
             **chosen,
@@ -429,12 +507,12 @@ def evaluate_binary(
 
 def evaluate_multiclass(
     y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
-    predicted: Any = None, decision: str = "most probable class",
+    predicted: Any = None, decision: str = "most probable class", groups: Any = None,
 ) -> dict[str, Any]:
     """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
     thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
     sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
-    accuracy and macro AUC: bootstrap resampled within each class, as in :func:`threshold_metrics_ci`), per-class
+    accuracy and macro AUC: bootstrap; by patient with ``groups``, as in :func:`threshold_metrics_ci`), per-class
     ROC curves and a reliability diagram of the decided class (its probability vs correctness). NaN -> None."""
     labels = np.asarray(y_true).ravel()
     P = np.asarray(probs, dtype=float)
@@ -468,12 +546,13 @@ def evaluate_multiclass(
             dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
         )
     rows = list(per_class.values())
-    idx, labels = _stratified_bootstrap(y, n_boot, seed)
-    correct = pred[idx] == labels
-    in_class = [labels == k for k in range(n_classes)]
+    patients = _patient_codes(groups, y.size)
+    weights = _bootstrap_weights(y, patients, n_boot, seed)
+    in_class = [y == k for k in range(n_classes)]
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
-        boot_balanced = np.mean([correct[:, c].sum(axis=1) / c.sum() for c in in_class], axis=0)
-    auc_ci = _auc_ci([_auc_rows(P[idx, k], c) for k, c in enumerate(in_class)], in_class, 0.05)
+        boot_balanced = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
+    auc_ci = _auc_ci([_auc_rows(weights, P[:, k], c) for k, c in enumerate(in_class)],
+                     [_pairs(c, patients) for c in in_class], 0.05)
     top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
@@ -481,6 +560,7 @@ def evaluate_multiclass(
             "decision": decision,
             "class_names": list(class_names),
             "n": int(y.size),
+            "ci_unit": _unit(patients),
             "accuracy": _ratio(np.trace(counts), y.size),
             "balanced_accuracy": float(np.mean([r["sensitivity"] for r in rows])),
             "macro_auc": float(np.mean([r["auc"] for r in rows])),
@@ -489,7 +569,7 @@ def evaluate_multiclass(
             "per_class": per_class,
             "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
             "ci": {
-                "accuracy": clopper_pearson(np.trace(counts), y.size),
+                "accuracy": proportion_ci(pred == y, patients),
                 "balanced_accuracy": _percentile_ci(boot_balanced, 0.05),
                 "macro_auc": auc_ci,
             },

@@ -46,11 +46,12 @@ GALLERY_CAM_SECONDS = 60.0  # Grad-CAM for the gallery stops here (about a secon
 THUMBNAIL = 256
 
 
-def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float) -> dict:
+def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float,
+                           groups: Sequence[str] | None = None) -> dict:
     """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
-    per-class block under ``multiclass``."""
+    per-class block under ``multiclass``. ``groups`` (each film's patient) makes the CIs count patients."""
     y, prob = binary_targets(targets), task.positive_probability(probs)
-    metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive))
+    metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive), groups=groups)
     metrics["positive_class"] = task.positive
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
     metrics.update(task.extra_metrics(targets, probs))
@@ -90,7 +91,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
                          f"(e.g. {unnamed[0]}): the two stages can only be scored as three classes on films that do")
     three = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
     names = (first.card.classes[0], *second.card.classes)
-    metrics = evaluate_multiclass(three, probs, names, predicted=called,
+    metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=[r.patient for r in records],
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}")
     metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
@@ -331,7 +332,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                    validation_warning=True, refuse_validation=add_to_card)
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
-    metrics = evaluate_probabilities(probs, targets, task, threshold)
+    # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient)
+    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=[r.patient for r in records])
     metrics["unreadable"] = errors
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     if etiology is not None:

@@ -177,9 +177,12 @@ def _external_section(card: BundleCard) -> str:
         f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
         for r in card.external_evaluations
     )
-    return (f"{head}\n{rows}\n\n95% confidence intervals: exact (Clopper-Pearson) for proportions, a stratified "
-            "bootstrap of the films for AUC; films count as independent cases, so with several films per patient the "
-            "true uncertainty is larger.")
+    by_film = list(dict.fromkeys(r["data"] for r in card.external_evaluations if r.get("ci_unit") != "patient"))
+    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions and a bootstrap for AUC. "
+            "Where the films' patient ids are known, they count patients, since one patient's films are scored "
+            "alike (an effective sample size for proportions, patients resampled for AUC); otherwise films count "
+            "as independent cases, and with several films per patient the true uncertainty is larger"
+            + (f" (by film: {', '.join(by_film)})." if by_film else "."))
 
 
 def _threshold_section(card: BundleCard) -> str:
@@ -257,6 +260,7 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str) -> d
         "n_negative": metrics["n_negative"],
         "scores": scores,
         "threshold": metrics["threshold"],
+        "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
     }
 

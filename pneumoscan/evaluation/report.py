@@ -99,16 +99,25 @@ def _value_cell(block: dict[str, Any], name: str) -> str:
     return f'<td class="num">{cell}</td>'
 
 
-_FILMS_NOTE = ("Every film counts as an independent case: with several films of one patient the true uncertainty is "
-               "larger than these intervals show.")
+def _ci_note(m: dict[str, Any], proportions: str, bootstrapped: str, auc_key: str, auc_name: str) -> str:
+    """How a block's 95% CIs were made, by the unit its ``ci_unit`` records (a result without one: films)."""
+    if m.get("ci_unit") == "patient":
+        return ("95% CIs count patients, not films, since one patient's films are scored alike: Clopper-Pearson at the "
+                f"effective number of cases (Korn-Graubard) for {proportions}; percentile bootstrap of the patients "
+                f"(all films of a patient resampled together) for {bootstrapped}."
+                + _auc_bound_note(m[auc_key], auc_name, "patients"))
+    return (f"95% CIs: exact Clopper-Pearson for {proportions}; percentile bootstrap of the films (resampled within "
+            f"each class) for {bootstrapped}.{_auc_bound_note(m[auc_key], auc_name, 'films')} Every film counts as "
+            "an independent case (no patient ids, or one film per patient): with several films of one patient the "
+            "true uncertainty is larger than these intervals show.")
 
 
-def _auc_bound_note(auc: Any, what: str) -> str:
+def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
     """Why a perfect (or perfectly reversed) AUC still has an interval: it is the exact bound, not a bootstrap."""
     if auc not in (0, 1):
         return ""
     return (f" Every resample ordered the classes {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s "
-            "interval is an exact one-sided bound from disjoint pairs of films instead.")
+            f"interval is an exact one-sided bound from disjoint pairs of {unit} instead.")
 
 
 def _esc(value: Any) -> str:
@@ -246,9 +255,8 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
             f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
-            "95% CIs: exact Clopper-Pearson for sensitivity, specificity, precision and accuracy; percentile "
-            "bootstrap of the films (resampled within each class) for ROC AUC and F1."
-            f"{_auc_bound_note(m['auc'], 'AUC')} {_FILMS_NOTE}</p>"
+            + _ci_note(m, "sensitivity, specificity, precision and accuracy", "ROC AUC and F1", "auc", "AUC")
+            + "</p>"
         ),
         f"<table>{head}{rows}</table>",
         '<h2>Confusion matrices</h2><div class="row">',
@@ -342,9 +350,8 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
         [
             f"<h2>{section}Summary</h2>",
             (
-                f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. 95% CIs: exact Clopper-Pearson for '
-                "accuracy; percentile bootstrap of the films (resampled within each class) for balanced accuracy "
-                f"and macro AUC.{_auc_bound_note(m['macro_auc'], 'macro AUC')} {_FILMS_NOTE}</p>"
+                f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. '
+                + _ci_note(m, "accuracy", "balanced accuracy and macro AUC", "macro_auc", "macro AUC") + "</p>"
             ),
             f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
