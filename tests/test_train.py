@@ -426,3 +426,18 @@ def test_manifest_rows_in_no_split_are_warned_about(
     with caplog.at_level("WARNING"):
         assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records) - 1
     assert "1 film(s) of" in caplog.text and "are in no train, val or test split" in caplog.text
+
+
+def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The run's report counts patients in its CIs as `evaluate` does on the same films, where a patient has
+    several films (the three-class block too)."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    val = [i for i, r in enumerate(records) if r.split == "val"]
+    manifest = tmp_path / "split.csv"
+    write_manifest([dataclasses.replace(r, patient=f"pair-{val.index(i) // 2}") if i in val else r
+                    for i, r in enumerate(records)], manifest)
+    bundle = train(tiny_dataset, TrainConfig(**{**TINY, "task": "multiclass", "epochs": 1, "split_csv": str(manifest)}),
+                   tmp_path / "run")
+    reported = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert reported["ci_unit"] == reported["multiclass"]["ci_unit"] == "patient"
+    assert evaluate(bundle, manifest, split="val")["ci_unit"] == "patient"

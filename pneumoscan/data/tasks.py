@@ -62,13 +62,14 @@ class Task:
         """:meth:`positive_probability` in words, for the ONNX sidecar."""
         return f"1 - P({self.classes[0]})" if self.multiclass else f"P({self.positive})"
 
-    def extra_metrics(self, targets: np.ndarray, probs: np.ndarray) -> dict:
-        """Metrics beyond the binary ones: a per-class block for a multiclass task."""
+    def extra_metrics(self, targets: np.ndarray, probs: np.ndarray, groups: Sequence[str] | None = None) -> dict:
+        """Metrics beyond the binary ones: a per-class block for a multiclass task (``groups``, each film's
+        patient, makes its CIs count patients)."""
         if not self.multiclass:
             return {}
         from pneumoscan.core.metrics import evaluate_multiclass  # scipy/sklearn: only when evaluating
 
-        return {"multiclass": evaluate_multiclass(targets, probs, self.classes)}
+        return {"multiclass": evaluate_multiclass(targets, probs, self.classes, groups=groups)}
 
     def cam_class(self, logits: np.ndarray) -> int:
         """The class Grad-CAM explains for one film's logits (C,): the positive class, or for a multiclass task the

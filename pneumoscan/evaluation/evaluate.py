@@ -54,7 +54,7 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive), groups=groups)
     metrics["positive_class"] = task.positive
     metrics["threshold_table"] = threshold_table(y, prob, threshold)
-    metrics.update(task.extra_metrics(targets, probs))
+    metrics.update(task.extra_metrics(targets, probs, groups))
     return metrics
 
 

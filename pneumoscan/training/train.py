@@ -150,6 +150,7 @@ class Data:
     train_loader: DataLoader
     plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
+    val_patients: np.ndarray  # each validation film's patient, for the validation figures' CIs
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool, list[str]]:
@@ -227,7 +228,7 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
     weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(spec, cache.data_fingerprint, train_set, val_set, val_rows, val_loader, sampler, train_loader, plain,
-                weights if cfg.class_weights else None)
+                weights if cfg.class_weights else None, np.array([r.patient for r in selected["val"][0]]))
 
 
 def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
@@ -401,7 +402,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
         threshold, tta_threshold = choose_thresholds(y, task.positive_probability(probs), tta_scores,
                                                      cfg.target_sensitivity, None)
-        metrics = evaluate_probabilities(probs, targets, task, threshold)
+        metrics = evaluate_probabilities(probs, targets, task, threshold, groups=d.val_patients[index])
         card = dataclasses.replace(  # as export left it: bundle.json now records model.onnx's checksum too
             predictor.card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
             val_metrics=validation_figures(metrics),
