@@ -21,6 +21,8 @@ from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -222,3 +224,21 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
     caplog.clear()
     evaluate(tiny_bundle, site)  # the original's threshold was not chosen on them
     assert "chose" not in caplog.text
+
+
+def test_copies_of_training_films_under_other_names_are_warned_about(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A test film copied into train/ under another name escaped every check by path: its figures are optimistic."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for i, film in enumerate(sorted((data / "test" / "NORMAL").iterdir())):
+        shutil.copy(film, data / "train" / "NORMAL" / f"IM-{900 + i}-0001.jpeg")
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8, val_fraction=0.25)
+    bundle = train(data, cfg, tmp_path / "run")
+    copied = [r for r in discover(tmp_path / "run" / "split.csv").records
+              if r.split == "train" and Path(r.path).name.startswith("IM-9")]
+    assert copied, "some copies are training films"
+    with caplog.at_level("WARNING"):
+        evaluate(bundle, data, split="test")
+    assert f"{len(copied)} film(s) given to evaluate are byte-for-byte copies of training films" in caplog.text

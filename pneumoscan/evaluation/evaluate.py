@@ -22,6 +22,7 @@ from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
                                      evaluate_multiclass, jsonable, roc_auc)
 from pneumoscan.core.names import shown
+from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
@@ -137,6 +138,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     with ``refuse_validation``, refused too."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = set(real.values())
+    all_trained: set[str] = set()
     for bundle in map(Path, bundles):
         _check_calibration_films(bundle, given, purpose, hint, validation_warning, refuse_validation)
         runs = [(path, how, run) for path, how in _weight_sources(bundle) if (run := _run_films(path, purpose))]
@@ -159,10 +161,29 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
             listed, patients = _films_in(run), {r.patient for r in run if r.split == "train"}
-            if kin := [r.patient for r in records if r.patient in patients and not own_patient(r) and real[r.path] not in listed]:
+            all_trained |= _films_in(run, "train")
+            if kin := [r.patient for r in records
+                       if r.patient in patients and not own_patient(r) and real[r.path] not in listed]:
                 log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
                             "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
                             "are optimistic", len(kin), purpose, path, shown(kin[0]))
+    if copies := _copies(given, all_trained):
+        log.warning("%d film(s) given to %s are byte-for-byte copies of training films under other names (e.g. %s "
+                    "of %s): the figures on them are optimistic", len(copies), purpose, shown(copies[0][0]),
+                    shown(copies[0][1]))
+
+
+def _copies(given: set[str], trained: set[str]) -> list[tuple[str, str]]:
+    """(given film, the training film it is a copy of) for each given film whose bytes a training film has: a test
+    film copied into train/ under another name escapes every check by path. A warning, not a refusal: a public
+    dataset may hold the same film twice across its own splits, and its test figures must still be measurable."""
+    if not trained:
+        return []
+    copies = []
+    for group in exact_duplicate_groups(sorted(given | trained)):
+        if source := next((f for f in group if f in trained), None):
+            copies += [(f, source) for f in group if f in given and f not in trained]
+    return copies
 
 
 # Why a source's training films are BUNDLE's own, by how BUNDLE came by its weights (:func:`_weight_sources`).
