@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import re
+import os
 import shutil
 from pathlib import Path
 
@@ -267,3 +268,16 @@ def test_two_stage_decision_thresholds_each_stage_at_or_above() -> None:
     probs, called = two_stage_decision(first, second, 0.5, 0.4)
     assert called.tolist() == [0, 2, 2, 1, 2][:1] + [1, 2, 1, 2]
     assert np.allclose(probs.sum(axis=1), 1.0) and np.allclose(probs[:, 2], first * second)
+
+
+def test_results_are_valid_utf8_whatever_the_names_bytes(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """predictions.csv and report.html are results files: a name that is not UTF-8 is written \\xNN (docs/limits.md)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    first = sorted((data / "test" / "NORMAL").iterdir())[0]
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-" + os.fsencode(first.name)))
+    out = tmp_path / "eval"
+    evaluate(tiny_bundle, data, "test", out)
+    rows = (out / "predictions.csv").read_bytes().decode("utf-8").splitlines()
+    assert len(rows) == 17 and any(f"caf\\xe9-{first.name}" in row for row in rows)
+    (out / "report.html").read_bytes().decode("utf-8")

@@ -21,7 +21,7 @@ from PIL import Image
 from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
                                      evaluate_multiclass, jsonable, roc_auc)
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import path_text, shown
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
@@ -366,8 +366,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         called = scores >= threshold
-        rows = [{"path": r.path, "label": task.classes[t], "subtype": r.subtype, "patient": r.patient,
-                 "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
+        rows = [{"path": path_text(r.path), "label": task.classes[t], "subtype": r.subtype,  # a results file: UTF-8
+                 "patient": path_text(r.patient), "probability": f"{p:.6f}",
+                 "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
                 for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
         if etiology is not None:
             for row, p, c in zip(rows, second_scores, two_stage_called):
