@@ -186,9 +186,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
 
-    out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None)
+    out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
+                                      args.backend)
     metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
-                       data_name=args.data_name, etiology=args.etiology)
+                       data_name=args.data_name, etiology=args.etiology, backend=args.backend)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
@@ -539,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle as predict --etiology runs it: also score the two "
                                       "stages as normal / bacteria / virus")
+    _choice(p, "--backend", BACKENDS, "backend", default="torch",
+            help="torch (default), onnx, or onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="runs side by side: one table of validation figures, ROC curves on one plot")

@@ -156,3 +156,23 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     rows = predict_paths(int8_bundle, sorted((tiny_dataset / "test").rglob("*.jpeg"))[:1], backend="onnx-int8")
     write_reports(rows, int8_bundle, fhir_dir=tmp_path / "fhir", backend="onnx-int8")
     assert f'"{int8}"' in Path(rows[0]["fhir"]).read_text()
+
+
+def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, tiny_dataset: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`evaluate --backend onnx-int8` measures what `predict --backend onnx-int8` serves, in its own folder, and
+    never records it in the card (whose figures are the FP32 model's)."""
+    assert cli.main(["evaluate", str(int8_bundle), str(tiny_dataset), "--split", "test", "--backend", "onnx-int8"]) == 0
+    out = int8_bundle.parent / "eval-chest_xray-test-int8"
+    metrics = json.loads((out / "metrics.json").read_text())
+    int8 = Predictor(int8_bundle, backend="onnx-int8")
+    images, targets, _ = labelled_images(tiny_dataset, "test", get_task("pneumonia"), int8.card.spec)
+    y, scores = binary_targets(targets), int8.positive(int8.probabilities(images))
+    assert metrics["backend"] == "onnx-int8" and metrics["threshold"] == int8.threshold() != load_card(int8_bundle).threshold
+    assert metrics["auc"] == pytest.approx(roc_auc_score(y, scores))
+    at = binary_metrics(y, scores, int8.threshold())
+    assert [metrics[k] for k in ("sensitivity", "specificity")] == pytest.approx([at["sensitivity"], at["specificity"]])
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(int8_bundle), str(tiny_dataset), "--split", "test", "--backend", "onnx-int8",
+                     "--add-to-card"]) == 2
+    assert "FP32 model" in capsys.readouterr().err and not load_card(int8_bundle).external_evaluations

@@ -73,11 +73,11 @@ def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: f
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
-               tta: bool) -> tuple[dict, np.ndarray, np.ndarray]:
+               tta: bool, backend: str) -> tuple[dict, np.ndarray, np.ndarray]:
     """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
     scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
     call. Refused when a pneumonia film's record does not say bacteria or virus."""
-    second = Predictor(etiology)
+    second = Predictor(etiology, backend=backend)
     check_stages(first.card.task, second.card.task)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
@@ -321,19 +321,21 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     return gallery
 
 
-def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool, two_stage: bool) -> Path:
-    """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage]/`` beside the
+def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool, two_stage: bool,
+                    backend: str = "torch") -> Path:
+    """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage][-int8]/`` beside the
     bundle, so evaluations of one bundle on different data or in different modes never overwrite each other. A
     bundle folder named other than ``bundle`` (a ``threshold`` copy beside it) puts its name first
     (``eval-<bundle name>-...``): the two bundles' evaluations must not overwrite each other either."""
-    suffix = (f"-{split}" if split else "") + ("-tta" if tta else "") + ("-two-stage" if two_stage else "")
+    suffix = ((f"-{split}" if split else "") + ("-tta" if tta else "") + ("-two-stage" if two_stage else "")
+              + ("-int8" if backend == "onnx-int8" else ""))
     name = Path(os.path.realpath(bundle)).name
     return Path(bundle).parent / f"eval-{'' if name == 'bundle' else name + '-'}{Path(data).stem}{suffix}"
 
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
-             etiology: Path | str | None = None) -> dict:
+             etiology: Path | str | None = None, backend: str = "torch") -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -341,8 +343,12 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     confident errors), its figures as PNG, predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
     result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched).
     With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
-    normal / bacteria / virus under ``two_stage`` (:func:`two_stage_decision`)."""
-    predictor = Predictor(bundle)
+    normal / bacteria / virus under ``two_stage`` (:func:`two_stage_decision`). ``backend`` scores as ``predict
+    --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds."""
+    if backend == "onnx-int8" and add_to_card:
+        raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
+                         "the INT8 model's figures stay in the report")
+    predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
     task = get_task(card.task)
@@ -357,9 +363,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=[r.patient for r in records])
     metrics["unreadable"] = errors
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
+    metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
     if etiology is not None:
         metrics["two_stage"], second_scores, two_stage_called = _two_stage(
-            predictor, scores, records, images, targets, data, split, etiology, tta)
+            predictor, scores, records, images, targets, data, split, etiology, tta, backend)
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     name = data_label(data, split, data_name)
     if out_dir is not None:
@@ -379,7 +386,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         header = {
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
             "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
-            "temperature": f"{card.temperature:.3f}", "package version": card.package_version,
+            "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
         } | ({"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
         write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra=header, figures=True,
                      gallery=error_gallery(predictor, records, y, scores, threshold))
