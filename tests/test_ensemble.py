@@ -247,6 +247,12 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
     assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))
     # by hand: fold k's films scored by member k alone, on the ensemble's input
     assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", cv, runs=1), abs=SCORE_TOL)
+    # a cv run stopped between folds (a third fold planned, its run never made) is no finished cv run
+    shutil.copy(cv / "split-fold-0.csv", cv / "split-fold-2.csv")
+    for command in (["ensemble", "--cv", str(cv), "--out", str(tmp_path / "partial")],
+                    ["export", str(tmp_path / "ens"), "--int8", "--cv", str(cv)]):
+        with pytest.raises(ValueError, match=r"2 of its 3 folds were trained \(no fold-2\)"):
+            main_raising(command)
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,

@@ -124,6 +124,13 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
         folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
         if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
             raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
+        # cv writes every fold's manifest first: one without its fold is a run stopped between folds, whose
+        # missing fold's films would go uncounted in the out-of-fold scores
+        planned = sorted(int(m.group(1)) for p in cv_dir.glob("split-fold-*.csv")
+                         if (m := re.fullmatch(r"split-fold-(\d+)\.csv", p.name)))
+        if len(planned) > len(folds):
+            raise ValueError(f"{cv_dir} is not a finished cv run: {len(folds)} of its {len(planned)} folds were "
+                             f"trained (no fold-{len(folds)}); finish the cv run first")
         held_out = []
         for k, path in folds:
             manifest = cv_dir / f"split-fold-{k}.csv"
