@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,82 @@ def test_cv_takes_the_same_settings(capsys: pytest.CaptureFixture) -> None:
 def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["train", "--set", "epochs=1"]) == 2
     assert "train needs --data and --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"lr": "3e-4", "augment": {"noise": "4e-2"}, "weight_decay": "1E-2", "warmup": "5e-2"},
+     {"lr": 3e-4, "augment.noise": 0.04, "weight_decay": 0.01, "warmup": 0.05}),  # YAML 1.1 strings: no dot
+    ({"lr": "1.0e-3", "time_budget": "+1e1"}, {"lr": 1e-3, "time_budget": 10.0}),  # nor an exponent sign
+    ({"epochs": 3.0, "lr": 1, "target_sensitivity": None, "augment": False}, {"epochs": 3, "lr": 1, "augment.noise": 0.0}),
+    ({"teacher": None, "model_kwargs": {"drop_rate": 0.3}}, {"teacher": [], "model_kwargs": {"drop_rate": 0.3}}),
+])  # fmt: skip
+def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) -> None:
+    cfg = TrainConfig.from_dict(settings)
+    got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key) for key in expected}
+    assert got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("settings, reason", [
+    ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"seed": True}, "seed must be a whole number, got True"),
+    ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"lr": False}, "lr must be a number, got False"),
+    ({"pretrained": "false"}, "pretrained must be true or false, got 'false'"),
+    ({"pretrained": 1}, "pretrained must be true or false, got 1"),
+    ({"model": 5}, "model must be a string, got 5"),
+    ({"target_sensitivity": "high"}, "target_sensitivity must be a number or null, got 'high'"),
+    ({"init": 3}, "init must be a string or null, got 3"),
+    ({"model_kwargs": None}, "model_kwargs must be a mapping, got None"),
+    ({"teacher": [5]}, "teacher must be a list of strings, got [5]"),
+    ({"augment": None}, "augment must be a group of settings, got None"),
+    ({"augment": {"hflip": "yes"}}, "augment.hflip must be true or false, got 'yes'"),
+    ({"augment": {"noise": "4%"}}, "augment.noise must be a number, got '4%'"),
+    ({"target_sensitivity": 95}, "target_sensitivity must be in (0, 1], got 95"),
+    ({"target_sensitivity": 0}, "target_sensitivity must be in (0, 1], got 0"),
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"eval_batch_size": -1}, "eval_batch_size must be >= 1, got -1"),
+    ({"image_size": 4}, "image_size must be >= 8, got 4"),
+    ({"lr": -1e-3}, "lr must be >= 0, got -0.001"),
+    ({"lr": float("nan")}, "lr must be >= 0, got nan"),
+    ({"weight_decay": -0.01}, "weight_decay must be >= 0, got -0.01"),
+    ({"warmup": 5}, "warmup must be a fraction of the schedule in [0, 1), got 5"),
+    ({"time_budget": 0}, "time_budget must be > 0 minutes, got 0"),
+    ({"label_smoothing": 1.5}, "label_smoothing must be in [0, 1), got 1.5"),
+    ({"ema_decay": 1}, "ema_decay must be in [0, 1), got 1"),
+    ({"plateau_factor": 2}, "plateau_factor must be in (0, 1), got 2"),
+    ({"trainable_stages": -1}, "trainable_stages must be >= 0, got -1"),
+    ({"workers": -2}, "workers must be >= 0, got -2"),
+    ({"augment": {"shift": 1.5}}, "shift must be a fraction of the side in [0, 1), got 1.5"),
+    ({"augment": {"rotation": -10}}, "rotation is a range >= 0 (0: off), got -10"),
+])  # fmt: skip
+def test_settings_of_another_type_or_out_of_range_are_refused(settings: dict, reason: str) -> None:
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(settings)
+    assert str(e.value) == reason
+
+
+def test_a_wrong_setting_is_refused_before_the_run_folder_is_touched(tiny_dataset: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """The documented ``--set lr=3e-4`` (a string to YAML 1.1) trains at that rate; ``--set epochs=2.5`` and a
+    --config file's ``epochs: 2.5`` end with exit 2 and one line, leaving the earlier run's bundle, checkpoint and
+    config where they were (they were deleted before the run failed)."""
+    run = tmp_path / "run"
+    tiny = ["--data", str(tiny_dataset), "--out", str(run), "--model", "simple_cnn", "--no-pretrained", "--image-size",
+            "32", "--batch-size", "8", "--set", "val_fraction=0.25"]  # fmt: skip
+    assert cli.main(["train", *tiny, "--epochs", "1", "--optimizer", "adam-plateau", "--set", "warm_start=false",
+                     "--set", "lr=3e-4"]) == 0  # fmt: skip
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 3e-4
+    with (run / "history.csv").open() as f:
+        assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([3e-4])  # adam-plateau: constant
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 2.5\n")
+    capsys.readouterr()
+    for wrong in (["--set", "epochs=2.5"], ["--config", str(recipe)]):
+        assert cli.main(["train", *tiny, *wrong]) == 2
+        err = capsys.readouterr().err
+        assert "epochs must be a whole number, got 2.5" in err and "Traceback" not in err
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert (run / "bundle" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()

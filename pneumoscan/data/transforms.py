@@ -63,6 +63,11 @@ class Augment:
             raise ValueError(f"zoom_range must be in [0, 1), got {self.zoom_range}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
+        if not 0 <= self.shift < 1:  # torchvision refuses it only when the run's transforms are built
+            raise ValueError(f"shift must be a fraction of the side in [0, 1), got {self.shift}")
+        for name in ("rotation", "shear", "brightness", "contrast", "noise"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} is a range >= 0 (0: off), got {getattr(self, name)}")
         if self.gamma < 0 or self.blur < 0:
             raise ValueError(f"gamma and blur are ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
         if self.mixup < 0 or self.cutmix < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,28 @@ import yaml
 
 from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
 from pneumoscan.data.transforms import Augment
+
+# Settings that can only be mistakes outside these ranges, and would otherwise fail late (an optimiser, loader, loss
+# or threshold refusing them after the run folder was cleared, or after all the training) or quietly (a warm-up
+# past the end of the schedule); None, where a setting takes it, passes. lr 0 keeps the starting weights (--init)
+RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "image_size": (">= 8", lambda v: v >= 8),
+    "epochs": (">= 1", lambda v: v >= 1),
+    "time_budget": ("> 0 minutes", lambda v: v > 0),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "eval_batch_size": (">= 1", lambda v: v >= 1),
+    "lr": (">= 0", lambda v: v >= 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "warmup": ("a fraction of the schedule in [0, 1)", lambda v: 0 <= v < 1),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "ema_decay": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "trainable_stages": (">= 0", lambda v: v >= 0),
+    "plateau_factor": ("in (0, 1)", lambda v: 0 < v < 1),
+    "plateau_patience": (">= 0", lambda v: v >= 0),
+    "patience": (">= 0", lambda v: v >= 0),
+    "target_sensitivity": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "workers": (">= 0", lambda v: v >= 0),
+}
 
 
 @dataclass
@@ -76,14 +98,22 @@ class TrainConfig:
         # the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle` names one, null none
         teachers = [self.teacher] if isinstance(self.teacher, str) else self.teacher or []
         self.teacher = [os.path.abspath(t) for t in teachers]
+        for name, (expected, ok) in RANGES.items():
+            if (value := getattr(self, name)) is not None and not ok(value):
+                raise ValueError(f"{name} must be {expected}, got {value}")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """Settings (YAML, ``--set``, flags) as a config, each checked against its field's type and range first."""
         data = dict(data)
-        check_fields(data, cls)
-        if "augment" in data:  # false (YAML also reads `off`) turns every augmentation off
-            check_fields(data["augment"] or {}, Augment, "augment.")
-            data["augment"] = Augment(**data["augment"]) if data["augment"] is not False else Augment.off()
+        augment, teacher = data.get("augment"), data.get("teacher")
+        if augment is False:  # YAML also reads `off`: every augmentation off
+            data["augment"] = Augment.off()
+        elif isinstance(augment, dict):
+            data["augment"] = Augment(**check_fields(augment, Augment, "augment."))
+        if teacher is None or isinstance(teacher, str):  # `teacher: runs/a/bundle` names one, null none
+            data["teacher"] = [teacher] if teacher else []
+        data = check_fields(data, cls)
         look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
         look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
         return cls(**data)
