@@ -10,23 +10,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
-def torchrun_train(data: Path, run: Path, cache: Path, *extra: str) -> str:
-    """`torchrun --standalone --nproc_per_node 2 -m pneumoscan train ...` with this interpreter; returns the log."""
+# what torchrun_train gives every run, as the library takes it
+TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8)
+
+
+def torchrun_train(data: Path, run: Path, cache: Path, *extra: str, refused: bool = False) -> str:
+    """`torchrun --standalone --nproc_per_node 2 -m pneumoscan train ...` with this interpreter; returns the log.
+    ``refused``: the command is expected to fail."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pneumoscan",
            "train", "--data", str(data), "--out", str(run), "--model", "simple_cnn", "--no-pretrained",
            "--image-size", "32", "--batch-size", "8", *extra]
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     log = done.stdout + done.stderr
-    assert done.returncode == 0, log
+    assert (done.returncode != 0) == refused, log
     return " ".join(log.split())  # rich wraps long lines at the console width
 
 
@@ -56,7 +65,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
     reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "eval"))
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
-    assert again.pop("bundle") == str((run / "bundle").resolve())
+    assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
     card = json.loads((run / "bundle" / "bundle.json").read_text())
     assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, "the bundle carries the report's figures"
     # A film within SCORE_TOL of a threshold (the chosen threshold is itself a validation score) may land on either
@@ -79,8 +88,11 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
         b.pop("threshold_table")
     assert_close_report(reported, again)
 
+    assert card["train_config"]["processes"] == 2 and torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 2
     first = history(run)
     assert [r["epoch"] for r in first] == ["1"]
+    with pytest.raises(ValueError, match=r"it was made by 2 process\(es\) and this run has 1; "):
+        train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, resume=True)  # this process alone
     log = torchrun_train(tiny_dataset, run, cache, "--epochs", "2", "--resume")
     assert f"resuming after epoch 1 (step {first[0]['step']})" in log, log
     assert "Preprocessing" not in log, "the cache is reused"
@@ -88,6 +100,18 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
     assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
     assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
+
+
+def test_a_one_process_run_is_not_resumed_under_two(tiny_dataset: Path, tmp_path: Path) -> None:
+    """It was, silently: at lr 0.002 and global batch 16 over half the planned steps, stopping an epoch early, while
+    its card said lr 0.001. Refused before anything in RUN is rewritten."""
+    run = tmp_path / "run"
+    train(tiny_dataset, TrainConfig(epochs=1, **TINY), run)
+    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    log = torchrun_train(tiny_dataset, run, tmp_path / "cache", "--epochs", "2", "--resume", refused=True)
+    assert "it was made by 1 process(es) and this run has 2; " in log, log
+    assert "resume under 1, or train into a new --out" in log, log
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
 
 
 def test_two_processes_learn_from_a_teacher_scored_once(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:

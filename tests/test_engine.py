@@ -19,6 +19,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from pneumoscan.cli import main
+from pneumoscan.core.options import OPTIMIZERS
 from pneumoscan.training.callbacks import (
     BestWeights,
     Checkpoint,
@@ -36,6 +37,7 @@ from pneumoscan.training.engine import Callback, State, fit
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.distributed import Dist
 from pneumoscan.training.resume import load_checkpoint, save_checkpoint
+from pneumoscan.training.train import check_recipe, recipe
 
 
 def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:
@@ -136,17 +138,38 @@ def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str,
     assert not fresh.stop, "patience 0 still trains one epoch"
 
 
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def test_best_weights_are_saved_on_improvement_only_and_a_run_without_them_is_refused() -> None:
     saved: list[int] = []
     state = stub_state()
     best = BestWeights(lambda m: saved.append(state.epoch), "too few images")
     for epoch, auc in enumerate([0.7, math.nan, 0.9, 0.9, 0.8]):
         state.row, state.epoch = {"val_auc": auc}, epoch
+        with torch.no_grad():
+            state.model[1].weight += 1.0  # each epoch's own weights
+        if epoch == 2:
+            third = weights_of(state.model)
         best.on_validation_end(state)
         best.on_epoch_end(state)
-    assert saved == [0, 2] and best.state_dict() == {"value": 0.9, "epoch": 3}
+    kept = best.state_dict()
+    assert saved == [0, 2] and (kept["value"], kept["epoch"]) == (0.9, 3)
+    assert all(torch.equal(kept["weights"][k], third[k]) for k in third), "the checkpoint keeps the saved weights"
     best.on_fit_end(state)
     assert state.info["best_epoch"] == 3
+
+    # resumed: RUN/best is rewritten from the checkpoint's best weights, and training goes on from the live ones
+    rewritten: list[dict] = []
+    resumed, again = stub_state(), BestWeights(lambda m: rewritten.append(weights_of(m)), "")
+    again.load_state_dict(kept)
+    resumed.history, live = [{}] * 5, weights_of(resumed.model)
+    again.on_fit_start(resumed)
+    assert len(rewritten) == 1 and all(torch.equal(rewritten[0][k], third[k]) for k in third)
+    assert all(torch.equal(v, live[k]) for k, v in resumed.model.state_dict().items())
+    BestWeights(lambda m: rewritten.append(weights_of(m)), "").on_fit_start(stub_state())
+    assert len(rewritten) == 1, "a fresh run has nothing to rewrite"
     with pytest.raises(ValueError, match="no epoch was validated: too few images"):
         BestWeights(lambda m: None, "too few images").on_fit_end(stub_state())
     undefined = stub_state()
@@ -180,7 +203,8 @@ def test_a_checkpoint_from_before_the_engine_resumes_its_early_stopping_and_best
            "best": json.dumps({"auc": 0.8, "epoch": 1, "stale": 1})}
     stopper, best = EarlyStopping("val_auc", "max", 3), BestWeights(lambda m: None, "")
     restore(stub_state(), old, [stopper, best], tmp_path / "c.pt")
-    assert stopper.state_dict() == {"best": 0.8, "stale": 1} and best.state_dict() == {"value": 0.8, "epoch": 1}
+    assert stopper.state_dict() == {"best": 0.8, "stale": 1}
+    assert best.state_dict() == {"value": 0.8, "epoch": 1, "weights": None}, "no best weights: RUN/best is kept"
 
 
 class StepWeights(Callback):
@@ -295,7 +319,7 @@ def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset
     """Adam at a constant rate (no warm-up, no decay) that patience 0 halves after any epoch without a new low of
     the validation loss (the stub sequence above shows the cut itself; here the run's own losses decide)."""
     config = tmp_path / "recipe.yaml"
-    config.write_text("plateau_patience: 0\nplateau_factor: 0.5\npatience: 10\nwarm_start: false\n")
+    config.write_text("plateau_patience: 0\nplateau_factor: 0.5\npatience: 10\nwarm_start: false\nweight_decay: 0.3\n")
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--config", str(config), "--model",
                  "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
@@ -309,11 +333,36 @@ def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset
         best = min(best, loss)
     assert len(rows) == 2 and [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-9)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 0, "Adam, not AdamW"
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 0.3, "the weight decay the card records"
     plateau = ckpt["callbacks"]["ReduceOnPlateau"]
     assert plateau["best"] == pytest.approx(min(float(r["val_loss"]) for r in rows)) and plateau["patience"] == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"] == "adam-plateau"
     assert (run / "bundle" / "model.onnx").is_file()
+
+
+def test_both_recipes_decay_the_weights_decoupled_from_the_gradient() -> None:
+    """adam-plateau ignored weight_decay while its card recorded it. It now means what it means in adamw-cosine
+    (and Keras's weight_decay): with no gradient, a step shrinks each weight by lr x weight_decay."""
+    for optimizer in OPTIMIZERS:
+        weight = torch.nn.Parameter(torch.full((3,), 2.0))
+        opt, _ = recipe(TrainConfig(optimizer=optimizer, weight_decay=0.3), [weight], 0.1, 10, None)
+        weight.grad = torch.zeros(3)
+        opt.step()
+        assert weight.detach().tolist() == pytest.approx([2.0 * (1 - 0.1 * 0.3)] * 3), optimizer
+
+
+def test_adam_plateau_refuses_a_warm_up_it_would_not_apply(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """adam-plateau keeps a constant rate from the first step: a warm-up asked of it would be recorded in its
+    config.yaml and card and never applied. Its default, and 0, pass."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--out", str(run), "--optimizer", "adam-plateau",
+                 "--set", "warmup=0.2"]) == 2
+    assert ("error: warmup 0.2 is the adamw-cosine recipe's: adam-plateau starts at its full rate with no warm-up, "
+            "so drop the warmup setting or use --optimizer adamw-cosine") in capsys.readouterr().err
+    assert not run.exists(), "refused before the run folder is made"
+    for warmup in (TrainConfig.warmup, 0.0):
+        check_recipe(TrainConfig(optimizer="adam-plateau", warmup=warmup))
+    check_recipe(TrainConfig(warmup=0.2))
 
 
 def test_an_unknown_optimizer_is_refused() -> None:

@@ -11,9 +11,34 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pneumoscan.training import train as train_mod
 from pneumoscan.training.tracking import make_trackers
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.train import train
+
+TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, patience=10)
+BOTH = ("tensorboard", "mlflow")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after_first_epoch(epoch: int) -> None:
+    if epoch == 0:
+        raise Crash
+
+
+def tensorboard_steps(run: Path, tag: str = "val_auc") -> list[int]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def mlflow_run(run: Path):
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("pneumoscan").experiment_id])
+    return client, found
 
 
 def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -58,3 +83,58 @@ def test_tracking_options_are_checked_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="add --log mlflow"):
         make_trackers(["tensorboard"], tmp_path, {}, tracking_uri="http://localhost:5000")
     assert make_trackers([], tmp_path, {}) == [] and not list(tmp_path.iterdir()), "off by default, nothing written"
+
+
+def test_a_resumed_run_logs_every_epoch_and_the_settings_it_changed(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A crash after epoch 1's checkpoint, before the trackers came to that epoch, lost it for good (steps [2, 3]),
+    and MLflow kept the first --epochs as its only record. A fresh run into the folder then appended its events to
+    the earlier run's (steps [2, 3, 1])."""
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, on_epoch_end=crash_after_first_epoch, log_to=BOTH)
+    train(tiny_dataset, TrainConfig(epochs=3, **TINY), run, resume=True, log_to=BOTH)
+    with (run / "history.csv").open() as f:
+        history = [float(r["val_auc"]) for r in csv.DictReader(f)]
+
+    assert tensorboard_steps(run) == [1, 2, 3]
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    configs = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("config/text_summary")}
+    assert "epochs: 2" in configs[0] and "epochs: 3" in configs[1], "each config at the step it took effect"
+    client, found = mlflow_run(run)
+    steps = sorted(client.get_metric_history(found.info.run_id, "val_auc"), key=lambda m: m.step)
+    assert [m.step for m in steps] == [1, 2, 3] and [m.value for m in steps] == pytest.approx(history)
+    assert found.info.status == "FINISHED" and found.data.params["processes"] == "1"
+    assert found.data.params["epochs"] == "2", "MLflow keeps a parameter's first value"
+    assert found.data.tags["resumed.epochs"] == "3", "and the resume's as a tag"
+
+    train(tiny_dataset, TrainConfig(epochs=1, seed=7, **TINY), run, log_to=("tensorboard",))
+    assert tensorboard_steps(run) == [1], "a fresh run into the folder starts its own events"
+
+
+def test_an_epoch_logged_before_a_kill_in_its_checkpoint_write_is_logged_again_not_twice(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trackers log an epoch before its checkpoint, so a kill while it is written leaves that epoch logged and
+    the resumed run trains and logs it again: TensorBoard shows it once (the resumed run purges what came after
+    its checkpoint), MLflow has it twice at the same step, with the same figures (resume is exact)."""
+    real = train_mod.save_checkpoint
+
+    def killed_in_second(path: Path, state: dict) -> None:
+        if state["epoch"] == 1:
+            raise Crash
+        real(path, state)
+
+    run, cfg = tmp_path / "run", TrainConfig(epochs=2, **TINY)
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(train_mod, "save_checkpoint", killed_in_second)
+        train(tiny_dataset, cfg, run, log_to=BOTH)
+    assert tensorboard_steps(run) == [1, 2], "logged before the checkpoint"
+    train(tiny_dataset, cfg, run, resume=True, log_to=BOTH)
+    with (run / "history.csv").open() as f:
+        history = {int(r["epoch"]): float(r["val_auc"]) for r in csv.DictReader(f)}
+    assert tensorboard_steps(run) == [1, 2]
+    client, found = mlflow_run(run)
+    logged = client.get_metric_history(found.info.run_id, "val_auc")
+    assert sorted(m.step for m in logged) == [1, 2, 2]
+    assert all(m.value == pytest.approx(history[m.step]) for m in logged)

@@ -24,10 +24,11 @@ from pneumoscan.data.transforms import Augment
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import load_bundle, load_weights_into
+from pneumoscan.models.bundle import WEIGHTS, load_bundle, load_weights_into
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
+from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 
@@ -117,6 +118,71 @@ def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tm
     (run / "config.yaml").unlink()
     with pytest.raises(ValueError, match="it records no training config and there is no config.yaml beside it"):
         train(tiny_dataset, dataclasses.replace(cfg, epochs=3), run, resume=True)
+
+
+def test_resume_refuses_another_number_of_processes(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The global batch, the learning rate and the steps per epoch follow the processes: a 1-process checkpoint
+    resumed under 2 went on at twice the rate over half the steps while its card said otherwise (test_distributed
+    runs that under torchrun). Here a checkpoint that says 2 processes is resumed in 1."""
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "patience": 10})
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, run, on_epoch_end=crash_after_first_epoch)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["processes"] == 1
+    train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "processes": 2})
+    kept = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.yaml", "history.csv")}
+    with pytest.raises(ValueError, match=r"^cannot resume from .*checkpoint\.pt: it was made by 2 process\(es\) and "
+                                         r"this run has 1; .*: resume under 2, or train into a new --out$"):
+        train(tiny_dataset, cfg, run, resume=True)
+    assert {name: (run / name).read_bytes() for name in kept} == kept, "refused before anything in RUN is rewritten"
+
+    del ckpt["processes"]  # an earlier version's checkpoint: said, and resumed as before
+    train_mod.save_checkpoint(run / "checkpoint.pt", ckpt)
+    with caplog.at_level("WARNING"):
+        bundle = train(tiny_dataset, cfg, run, resume=True)
+    assert "records no number of processes (an earlier version's): resuming under 1" in caplog.text
+    card = load_bundle(bundle)[1]
+    assert card.train_config["processes"] == 1 and "processes: 1" in (bundle / "MODEL_CARD.md").read_text()
+    assert config_changes(card.train_config, cfg) == [], "a record, not a setting: cv still takes the run as its own"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 1
+
+
+def test_a_kill_while_the_checkpoint_is_written_never_ships_that_epochs_weights(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RUN/best took epoch 2's weights, then the run was killed while writing epoch 2's checkpoint. A resume that
+    trained no further finalised those weights (the card's AUC epoch 2's) while the report said best epoch 1, and
+    history.csv kept epoch 2's row."""
+    real_row = train_mod.validation_row
+
+    def rising(*args) -> object:  # every epoch better than the last: each one's weights go to RUN/best
+        validate = real_row(*args)
+        return lambda state, *rest: {**validate(state, *rest), "val_auc": 0.5 + 0.1 * state.epoch}
+
+    real_save, first_best = train_mod.save_checkpoint, {}
+
+    def killed_in_second(path: Path, state: dict) -> None:
+        if state["epoch"] == 1:
+            raise Crash
+        real_save(path, state)
+
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 3, "patience": 10})
+    monkeypatch.setattr(train_mod, "validation_row", rising)
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(train_mod, "save_checkpoint", killed_in_second)
+        train(tiny_dataset, cfg, run, on_epoch_end=lambda _: first_best.update(load_file(str(run / "best" / WEIGHTS))))
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 2
+    killed = load_file(str(run / "best" / WEIGHTS))
+    assert not all(torch.equal(killed[k], first_best[k]) for k in killed), "RUN/best holds the killed epoch's weights"
+
+    bundle = train(tiny_dataset, dataclasses.replace(cfg, epochs=1), run, resume=True)
+    for folder in (run / "best", bundle):
+        shipped = load_file(str(folder / WEIGHTS))
+        assert all(torch.equal(shipped[k], first_best[k]) for k in first_best), folder
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 1, "no row of an epoch the checkpoint lacks"
+    assert "<th>best epoch</th><td>1</td>" in (run / "report.html").read_text()
 
 
 def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:

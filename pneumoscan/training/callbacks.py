@@ -127,11 +127,28 @@ class EarlyStopping(Callback):
 
 class BestWeights(Callback):
     """Keeps the weights of the epoch with the highest ``monitor`` (``save(model)`` on rank 0, e.g. RUN/best) and
-    refuses a run in which no epoch was validated. ``no_epoch`` says why that can happen."""
+    refuses a run in which no epoch was validated. ``no_epoch`` says why that can happen.
+
+    The checkpoint keeps the best weights too, and a resumed run rewrites RUN/best from them: a run killed after
+    RUN/best took an epoch's weights but before that epoch's checkpoint was whole would otherwise finalise weights
+    that the checkpoint, the history and the report know nothing of."""
 
     def __init__(self, save: Callable[[torch.nn.Module], None], no_epoch: str, monitor: str = "val_auc") -> None:
         self.save, self.no_epoch, self.monitor = save, no_epoch, monitor
         self.value, self.epoch = -1.0, -1
+        self.weights: dict[str, torch.Tensor] | None = None  # rank 0: what ``save`` last saved, for the checkpoint
+
+    def on_fit_start(self, state: State) -> None:
+        if not (state.ctx.main and state.history and self.epoch > 0):  # only a resumed run with a best epoch
+            return
+        if self.weights is None:
+            log.warning("the checkpoint records no best weights (an earlier version's): RUN/best is kept as it is, "
+                        "though a run killed while writing its checkpoint may have left a later epoch's there")
+            return
+        live = {k: v.clone() for k, v in state.model.state_dict().items()}
+        state.model.load_state_dict(self.weights)
+        self.save(state.model)
+        state.model.load_state_dict(live)
 
     def on_validation_end(self, state: State) -> None:
         state.improved = better(state.row[self.monitor], self.value, "max")
@@ -140,6 +157,7 @@ class BestWeights(Callback):
 
     def on_epoch_end(self, state: State) -> None:
         if state.improved and state.ctx.main:
+            self.weights = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
             self.save(state.model)
 
     def on_fit_end(self, state: State) -> None:
@@ -150,10 +168,10 @@ class BestWeights(Callback):
         state.info["best_epoch"] = self.epoch
 
     def state_dict(self) -> dict:
-        return {"value": self.value, "epoch": self.epoch}
+        return {"value": self.value, "epoch": self.epoch, "weights": self.weights}
 
     def load_state_dict(self, data: dict) -> None:
-        self.value, self.epoch = data["value"], data["epoch"]
+        self.value, self.epoch, self.weights = data["value"], data["epoch"], data.get("weights")
 
 
 class WeightAverage(Callback):
@@ -192,10 +210,16 @@ def write_history(history: list[dict], run_dir: Path) -> None:
 
 
 class History(Callback):
-    """Rank 0: one log line per epoch, and RUN/history.csv with RUN/curves.png rewritten after it."""
+    """Rank 0: one log line per epoch, and RUN/history.csv with RUN/curves.png rewritten after it. A resumed run
+    rewrites them from the checkpoint's history first: a run killed while writing an epoch's checkpoint had already
+    written that epoch's row, which would otherwise stay however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+
+    def on_fit_start(self, state: State) -> None:
+        if state.ctx.main and state.history:
+            write_history(state.history, self.run_dir)
 
     def on_epoch_end(self, state: State) -> None:
         if not state.ctx.main:
@@ -210,9 +234,9 @@ class History(Callback):
 
 
 class Checkpoint(Callback):
-    """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history and best weights), with
-    the state of ``callbacks`` and the run's ``config`` (its settings as plain values, which ``--resume`` checks);
-    :func:`restore` takes it back."""
+    """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history, the best weights and the
+    trackers), with the state of ``callbacks``, the run's ``config`` (its settings as plain values) and its number
+    of processes, which ``--resume`` checks; :func:`restore` takes it back."""
 
     def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None], config: dict) -> None:
         self.path, self.callbacks, self.save, self.config = path, callbacks, save, config
@@ -224,6 +248,7 @@ class Checkpoint(Callback):
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
                 "history": json.dumps(state.history), "callbacks": states, "config": self.config,
+                "processes": state.ctx.world,
             })
         state.ctx.barrier()
 

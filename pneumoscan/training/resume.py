@@ -45,6 +45,9 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 _ABSENT = object()
+# what a bundle's train_config records beside the settings: how the run was made, not a setting, so no config has
+# it; --resume checks it on its own (resume_from)
+RECORDED = ("processes",)
 
 
 def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
@@ -60,7 +63,8 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
         if settings.get("init"):
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
-    return _changes({k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in new.items() if k not in ignore})
+    skip = {*ignore, *RECORDED}
+    return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -102,9 +106,10 @@ RESUMABLE = ("epochs", "time_budget", "split_csv")
 
 def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Dist) -> dict | None:
     """The checkpoint ``--resume`` continues (None: start from scratch), refused when it was made by other
-    settings than ``cfg`` (besides :data:`RESUMABLE`) or on other films than ``records`` (RUN/split.csv, which
-    belongs to the checkpoint: :func:`prepare_run_dir`). Refused before the run folder is touched, so its
-    config.yaml stays that of the checkpoint; every rank gets rank 0's verdict, so all refuse together."""
+    settings than ``cfg`` (besides :data:`RESUMABLE`), by another number of processes (:func:`check_processes`) or
+    on other films than ``records`` (RUN/split.csv, which belongs to the checkpoint: :func:`prepare_run_dir`).
+    Refused before the run folder is touched, so its config.yaml stays that of the checkpoint; every rank gets rank
+    0's verdict, so all refuse together."""
     ckpt = ctx.from_main(load_checkpoint(path) if ctx.main else None)
     if ckpt is None:
         return None
@@ -119,7 +124,24 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Di
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
                          "only epochs and time_budget may change on --resume: give its settings again, or train "
                          "into a new --out")
+    check_processes(ckpt, path, ctx)
     if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
                          "data and split again, or train into a new --out")
     return ckpt
+
+
+def check_processes(ckpt: dict, path: Path, ctx: Dist) -> None:
+    """Refuse to resume under another number of processes than the checkpoint's: the global batch, the learning
+    rate (scaled with the processes) and the steps per epoch, and so the schedule's total, all follow it, so the
+    run would go on as another recipe than its config.yaml and bundle describe. A checkpoint of an earlier version
+    records no number: said, and resumed as before."""
+    made_by = ckpt.get("processes")
+    if made_by is None:
+        if ctx.main:
+            log.warning("%s records no number of processes (an earlier version's): resuming under %d, which must be "
+                        "the number it was made with", shown(path), ctx.world)
+    elif made_by != ctx.world:
+        raise ValueError(f"cannot resume from {shown(path)}: it was made by {made_by} process(es) and this run has "
+                         f"{ctx.world}; the global batch, the learning rate and the steps per epoch follow the number "
+                         f"of processes: resume under {made_by}, or train into a new --out")

@@ -45,7 +45,11 @@ def final_figures(state: State) -> dict[str, float]:
 
 class TensorBoard(Callback):
     """RUN/tensorboard/: the config as text, each epoch's figures as scalars (step = epoch), the curves as an
-    image and the bundle's validation figures. View with ``tensorboard --logdir RUN/tensorboard``."""
+    image and the bundle's validation figures. View with ``tensorboard --logdir RUN/tensorboard``.
+
+    A resumed run purges what the crashed one logged after its checkpoint's last epoch (``purge_step``): an epoch
+    logged before a crash in its checkpoint write is trained and logged again. Its config goes in at the step it
+    took effect, so a resume that raised the epochs shows the new total."""
 
     def __init__(self, log_dir: Path, config: dict) -> None:
         try:
@@ -56,8 +60,9 @@ class TensorBoard(Callback):
         self.writer = None
 
     def on_fit_start(self, state: State) -> None:
-        self.writer = self.make(str(self.log_dir))
-        self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(self.config, sort_keys=False) + "```")
+        done = len(state.history)
+        self.writer = self.make(str(self.log_dir), purge_step=done + 1 if done else None)
+        self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(self.config, sort_keys=False) + "```", done)
 
     def on_epoch_end(self, state: State) -> None:
         for key, value in numbers(state.row).items():
@@ -77,7 +82,10 @@ class MLflow(Callback):
     """An MLflow run in experiment ``pneumoscan``: the config as parameters, each epoch's figures as metrics
     (step = epoch), the bundle's validation figures as ``bundle/...`` metrics, and curves.png, report.html,
     metrics.json and bundle.json as artifacts. The store is ``tracking_uri`` or, by default, a SQLite file in the
-    run folder (RUN/mlflow.db, artifacts in RUN/mlartifacts). A resumed run continues the same MLflow run."""
+    run folder (RUN/mlflow.db, artifacts in RUN/mlartifacts). A resumed run continues the same MLflow run; MLflow
+    refuses to log a parameter again with another value, so a setting the resume changed (``--epochs``) is logged
+    as the tag ``resumed.NAME`` with the value in force. An epoch logged before a crash in its checkpoint write is
+    logged again at the same step."""
 
     def __init__(self, run_dir: Path, config: dict, tracking_uri: str | None = None) -> None:
         try:
@@ -89,17 +97,26 @@ class MLflow(Callback):
         self.client, self.run_id = None, None
 
     def on_fit_start(self, state: State) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
         local = self.uri is None
         self.client = self.make("sqlite:///" + str(self.run_dir / "mlflow.db") if local else self.uri)
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         exp_id = experiment.experiment_id if experiment else self.client.create_experiment(
             EXPERIMENT, artifact_location=(self.run_dir / "mlartifacts").as_uri() if local else None)
+        params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
         if self.run_id is None:  # a fresh run; a resumed one logs on into the run its checkpoint named
             self.run_id = self.client.create_run(exp_id, run_name=self.run_dir.name).info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in flatten(self.config).items()]
-            self.client.log_batch(self.run_id, params=params)
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        else:  # a tag of an earlier resume is brought up to date even when this one set the original value again
+            logged = self.client.get_run(self.run_id).data
+            changed = {k: v for k, v in params.items()
+                       if k in logged.params and (v != logged.params[k] or f"resumed.{k}" in logged.tags)}
+            added = [Param(k, v) for k, v in params.items() if k not in logged.params]
+            self.client.log_batch(self.run_id, params=added, tags=[RunTag(f"resumed.{k}", v) for k, v in changed.items()])
+            if changed:
+                log.info("MLflow run %s resumed with %s (tags resumed.*: a parameter keeps its first value)",
+                         self.run_id, ", ".join(f"{k} {v}" for k, v in changed.items()))
         log.info("MLflow run %s in %s", self.run_id, self.client.tracking_uri)
 
     def _metrics(self, figures: dict[str, float], step: int) -> None:

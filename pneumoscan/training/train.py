@@ -172,12 +172,13 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
     """A folder holds one run: a run that does not resume clears an earlier one's best weights, bundle and checkpoint,
     which would otherwise be finalised, read beside this run's split.csv (the held-out checks, cv) or resumed under
-    this run's config.yaml and split.csv, should it stop before its first checkpoint."""
+    this run's config.yaml and split.csv, should it stop before its first checkpoint, and its TensorBoard events,
+    which TensorBoard would show mixed with this run's. An MLflow store keeps each run apart, so it is kept."""
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "checkpoint.pt").exists()):
-            shutil.rmtree(run_dir / "best", ignore_errors=True)
-            shutil.rmtree(run_dir / "bundle", ignore_errors=True)
+            for earlier in ("best", "bundle", "tensorboard"):
+                shutil.rmtree(run_dir / earlier, ignore_errors=True)
             (run_dir / "checkpoint.pt").unlink(missing_ok=True)
         write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
 
@@ -236,14 +237,30 @@ def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_
     """The optimiser and the callbacks that schedule its rate and stop training, per ``cfg.optimizer``:
     adamw-cosine (warm-up and cosine decay over the steps or the time budget, early stopping on validation AUC) or
     adam-plateau (the Keras recipe: Adam at a constant rate cut on a validation-loss plateau, early stopping on
-    validation loss). Both end at the time budget."""
+    validation loss). Both end at the time budget. Both decay the weights by ``cfg.weight_decay`` decoupled from
+    the gradient, as AdamW and Keras's ``weight_decay`` do, so the setting means one thing in both; 0 makes
+    adam-plateau Keras's plain Adam. adam-plateau has no warm-up (:func:`check_recipe`)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw-cosine":
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         return optimizer, [TimeBudget(total_steps, budget_s, cosine(cfg.warmup)),
                            EarlyStopping("val_auc", "max", cfg.patience)]
-    optimizer = torch.optim.Adam(params, lr=lr)
     return optimizer, [TimeBudget(total_steps, budget_s), ReduceOnPlateau(optimizer, "val_loss", cfg.plateau_factor,
                        cfg.plateau_patience), EarlyStopping("val_loss", "min", cfg.patience)]  # fmt: skip
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Refuse a warm-up the recipe would not apply, before the run folder is touched: adam-plateau keeps a constant
+    rate from the first step, and its config.yaml and card would record a warm-up that never happened. Its default
+    (``TrainConfig.warmup``) and 0 pass, so that a default config stays valid for both recipes."""
+    if cfg.optimizer == "adam-plateau" and cfg.warmup not in (0, TrainConfig.warmup):
+        raise ValueError(f"warmup {cfg.warmup:g} is the adamw-cosine recipe's: adam-plateau starts at its full rate "
+                         "with no warm-up, so drop the warmup setting or use --optimizer adamw-cosine")
+
+
+def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
+    """What made the run, as the card's train_config and the trackers record it: the settings and the number of
+    processes, which decides the global batch and the learning rate but is no setting (``resume.RECORDED``)."""
+    return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world}
 
 
 class Reshuffle(Callback):
@@ -320,8 +337,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
 def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, run_dir: Path,
                    schedule: list[Callback], trackers: list[Callback],
                    on_epoch_end: Callable[[int], None] | None) -> tuple[list[Callback], list[Callback]]:
-    """The run's callbacks in hook order (savers before :class:`Checkpoint`, trackers after :class:`Finalize`), and
-    those whose state a checkpoint keeps besides the model and the optimiser."""
+    """The run's callbacks in hook order, and those whose state a checkpoint keeps besides the model and the
+    optimiser. Savers and trackers go before :class:`Checkpoint`, so an epoch it records has been saved and logged
+    (a crash before it is whole makes the resumed run log that epoch again, at the same step); trackers go after
+    :class:`Finalize`, whose bundle they log."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
     best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
@@ -330,9 +349,9 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     stateful = [*schedule, best, *average, *trackers]
     # the checkpoint keeps the settings too: --resume refuses to go on under others (resume_from)
     checkpoint = Checkpoint(run_dir / "checkpoint.pt", stateful, save_checkpoint, dataclasses.asdict(cfg))
-    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average, checkpoint,
-                 *([EpochHook(on_epoch_end)] if on_epoch_end else []),
-                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])), *trackers]
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
+                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])),
+                 *trackers, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
 
 
@@ -351,6 +370,7 @@ def train(
     ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
     ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
     """
+    check_recipe(cfg)
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
     torch.manual_seed(cfg.seed)
     model, imagenet, fresh = build_model(cfg, task, ctx)
@@ -358,7 +378,7 @@ def train(
     check_teachers(cfg, records, task)
     checkpoint_path = run_dir / "checkpoint.pt"
     resumed = resume_from(checkpoint_path, cfg, records, ctx) if resume else None
-    trackers = make_trackers(log_to, run_dir, dataclasses.asdict(cfg), tracking_uri) if ctx.main else []
+    trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     prepare_run_dir(run_dir, cfg, resume, ctx)
     d = load_data(records, cfg, task, ctx, run_dir)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
@@ -393,7 +413,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     y = binary_targets(targets)
     policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
     card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=fingerprint,
-                               train_config=json.loads(json.dumps(dataclasses.asdict(cfg))))
+                               train_config=run_record(cfg, ctx))
     with building(bundle_dir) as tmp:
         save_bundle(tmp, model, card)
         export_onnx(tmp)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
@@ -410,7 +430,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         update_card(tmp, card)
         write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the thresholds chosen here
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
-        "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch,
+        "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch, "processes": ctx.world,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
     log.debug(  # the command prints its own line from the card
