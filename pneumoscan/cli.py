@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from pneumoscan import __version__
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import path_text, shown
 from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
 from pneumoscan.data.layouts import SPLITS
 from pneumoscan.data.tasks import list_tasks
@@ -37,8 +37,6 @@ def _print_json(data: dict) -> None:
 def _utf8(tree: object) -> object:
     """A JSON tree whose strings are valid UTF-8 whatever the file names' bytes (``caf\\xe9.jpeg``), as every
     results file is (docs/limits.md); json.dumps would write a lone surrogate (``\\udce9``)."""
-    from pneumoscan.core.names import path_text
-
     if isinstance(tree, str):
         return path_text(tree)
     if isinstance(tree, dict):

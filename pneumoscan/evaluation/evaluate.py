@@ -29,12 +29,11 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover, own_patient, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
-from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, int8_val_metrics, spec_path, write_int8_spec,
-                                         write_onnx_spec)
+from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.bundle import BundleCard, load_card
 from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
-from .model_card import add_evaluation, evaluation_record, today, update_card
+from .model_card import add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -141,8 +140,10 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     all_trained: set[str] = set()
     for bundle in map(Path, bundles):
         _check_calibration_films(bundle, given, purpose, hint, validation_warning, refuse_validation)
-        runs = [(path, how, run) for path, how in _weight_sources(bundle) if (run := _run_films(path, purpose))]
-        trained = [(path, how, films) for path, how, run in runs if (films := sorted(_films_in(run, "train") & given))]
+        # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
+        runs = [(path, how, run, _side(run, "train")) for path, how in _weight_sources(bundle)
+                if (run := _run_films(path, purpose))]
+        trained = [(path, how, films) for path, how, _, train in runs if (films := sorted(train & given))]
         if trained:
             path, how, films = trained[0]
             total = len(set().union(*(set(f) for _, _, f in trained)))
@@ -151,8 +152,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             raise ValueError(f"{len(films)} of the films given to {purpose} were in {path}'s training split "
                              f"(e.g. {films[0]}{among}): {purpose} on films it did not train on{hint}"
                              f"{_SOURCE_NOTES[how].format(bundle=bundle)}")
-        for path, _, run in runs:
-            validation = sorted(_films_in(run, "val") & given)
+        for path, _, run, train in runs:
+            validation = sorted(_side(run, "val") & given)
             if validation and refuse_validation:
                 raise ValueError(f"{len(validation)} of the films given to {purpose} are {path}'s validation films "
                                  f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
@@ -160,10 +161,10 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             if validation and validation_warning:
                 log.warning("some films given to %s are %s's validation films, on which its own temperature and "
                             "threshold were chosen: the figures on them are optimistic", purpose, path)
-            listed, patients = _films_in(run), {r.patient for r in run if r.split == "train"}
-            all_trained |= _films_in(run, "train")
+            all_trained |= train
+            patients = {r.patient for r in run.values() if r.split == "train"}
             if kin := [r.patient for r in records
-                       if r.patient in patients and not own_patient(r) and real[r.path] not in listed]:
+                       if r.patient in patients and not own_patient(r) and real[r.path] not in run]:
                 log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
                             "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
                             "are optimistic", len(kin), purpose, path, shown(kin[0]))
@@ -196,26 +197,28 @@ _SOURCE_NOTES = {
 }
 
 
-def _run_films(path: Path, purpose: str) -> list[Record]:
-    """The records of the split.csv beside a bundle (its run's films and their sides); none, with a warning, when
-    there is no such file to check against."""
+def _run_films(path: Path, purpose: str) -> dict[str, Record]:
+    """The films of the split.csv beside a bundle (its run's films and their sides) by real path; none, with a
+    warning, when there is no such file to check against."""
     split = path.parent / "split.csv"
     if not split.exists():
         log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
                     path, split, purpose)
-        return []
-    return discover(split).records
+        return {}
+    return {os.path.realpath(r.path): r for r in discover(split).records}
 
 
-def _films_in(run: Sequence[Record], side: str | None = None) -> set[str]:
-    """The real paths of a run's films (on one side of its split, or all)."""
-    return {os.path.realpath(r.path) for r in run if side is None or r.split == side}
+def _side(run: dict[str, Record], side: str) -> set[str]:
+    """The real paths of a run's films on one side of its split."""
+    return {path for path, r in run.items() if r.split == side}
 
 
 def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, warn: bool, refuse: bool) -> None:
     """Films given that chose BUNDLE's own threshold (calibration_films.csv), as its validation films are judged."""
     listed = bundle / CALIBRATION_FILMS
-    if not listed.exists() or not (chosen := sorted(_films_in(discover(listed).records) & given)):
+    if not listed.exists():
+        return
+    if not (chosen := sorted({os.path.realpath(r.path) for r in discover(listed).records} & given)):
         return
     if refuse:
         raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
@@ -231,7 +234,8 @@ def labelled_records(
     """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
     files that could not be read. With a dataset root, ``split`` picks train/val/test."""
     records, cache = cache_dataset(data, spec, split, progress=True)
-    readable = [r for r in records if r.path in set(cache.paths)]
+    read = set(cache.paths)
+    readable = [r for r in records if r.path in read]
     warn_untyped(readable, task, "evaluation")
     records, targets = select(readable, task)
     if not records:
@@ -396,6 +400,20 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
+def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, float], policy: str, chosen_on: str,
+                 fp32_auc: float, change: float) -> dict:
+    """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds, their policy
+    and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the INT8
+    model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export
+    --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
+    at = binary_metrics(y, scores, thresholds[0]) | {"auc": roc_auc(y, scores)}
+    return {
+        "int8_threshold": thresholds[0], "int8_tta_threshold": thresholds[1], "threshold_policy": policy,
+        "int8_thresholds_chosen_on": chosen_on, "validation_images": int(len(y)), "val_auc_fp32": fp32_auc,
+        "val_auc_int8": at["auc"], "max_probability_change": change, "int8_val_metrics": validation_figures(at),
+    }  # fmt: skip
+
+
 def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_sensitivity: float | None,
                 max_false_positive_rate: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
     """The policy's plain and TTA thresholds for one way of scoring, with the plain and TTA scores."""
@@ -473,14 +491,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         record_calibration_films(tmp, records)
         if int8 is not None:
             # every figure of the sidecar about the films that chose the thresholds is now about these films
-            figures = json.loads(spec_path(tmp / INT8_NAME).read_text()) | {
-                "int8_threshold": int8[0], "int8_tta_threshold": int8[1], "threshold_policy": policy,
-                "int8_thresholds_chosen_on": name, "validation_images": int(y.size),
-                "val_auc_fp32": roc_auc(y, plain), "val_auc_int8": roc_auc(y, int8[2]),
-                "max_probability_change": float(np.abs(plain - int8[2]).max()),
-                "int8_val_metrics": int8_val_metrics(y, int8[2], int8[0]),
-            }  # fmt: skip
-            write_int8_spec(tmp, figures)
+            write_int8_spec(tmp, json.loads(spec_path(tmp / INT8_NAME).read_text()) | int8_figures(
+                y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max())))
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
              y.size, out)

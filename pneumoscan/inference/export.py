@@ -26,7 +26,7 @@ import torch
 from timm.layers import Conv2dSame, get_same_padding
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import binary_metrics, roc_auc, softmax
+from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.bundle import (
     ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file,
@@ -196,14 +196,6 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
     """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
     which needs the exported model first."""
     write_atomic(spec_path(out), json.dumps(_spec(bundle, load_card(bundle)), indent=2).encode())
-
-
-def int8_val_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    """The INT8 model's figures on the films that chose its threshold, at that threshold, as a card's val_metrics
-    (the service shows them for ``--backend onnx-int8``: the card's are the FP32 model's at its own threshold)."""
-    figures = binary_metrics(y, scores, threshold) | {"auc": roc_auc(y, scores)}
-    return {key: figures[key] for key in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
-                                          "threshold", "n")}
 
 
 def write_int8_spec(bundle: Path | str, figures: dict) -> None:

@@ -29,9 +29,8 @@ from onnxruntime.quantization import (
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import check_held_out, labelled_images, labelled_records
-from pneumoscan.inference.export import (INPUT, INT8_NAME, ONNX_NAME, int8_val_metrics, module_onnx, session, spec_path,
-                                         write_int8_spec)
+from pneumoscan.evaluation.evaluate import check_held_out, int8_figures, labelled_images, labelled_records
+from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, member_sources
@@ -152,20 +151,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         scores = shipped
     # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
     fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
-    int8_threshold, int8_tta_threshold = choose_thresholds(y, scores, tta, *card.threshold_targets)
-    change = np.abs(reference - shipped)
-    figures = {
-        "int8_threshold": int8_threshold,
-        "int8_tta_threshold": int8_tta_threshold,
-        "threshold_policy": card.threshold_policy,
-        "int8_thresholds_chosen_on": chosen_on,
-        "calibration_images": int(len(calib)),
-        "validation_images": int(len(y)),
-        "val_auc_fp32": fp32_auc,
-        "val_auc_int8": roc_auc(y, scores),
-        "max_probability_change": float(change.max()),
-        "int8_val_metrics": int8_val_metrics(y, scores, int8_threshold),
-    }
+    thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
+    figures = {"calibration_images": int(len(calib)), **int8_figures(
+        y, scores, thresholds, card.threshold_policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()))}
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
