@@ -21,6 +21,7 @@ from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.bundle import load_card
 from pneumoscan.training.cv import cross_validate, fold_figures
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
 
 
@@ -140,6 +141,16 @@ def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tupl
     err = capsys.readouterr().err
     assert said in err and err.rstrip().endswith("use a new --out"), err
     assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
+
+
+def test_a_fold_recorded_before_a_nested_setting_existed_is_the_same_recipe() -> None:
+    """A run made before augment.gamma existed was made with gamma off, its default: cv and --resume after an
+    upgrade take it as their own, and still refuse it when the setting is now turned on."""
+    recorded = dataclasses.asdict(TrainConfig())
+    del recorded["augment"]["gamma"], recorded["augment"]["blur"]
+    assert config_changes(recorded, TrainConfig()) == []
+    on = TrainConfig(augment=dataclasses.replace(TrainConfig().augment, gamma=0.4))
+    assert config_changes(recorded, on) == ["augment.gamma unset -> 0.4"]
 
 
 class Crash(RuntimeError):

@@ -54,17 +54,25 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
     """``cfg``'s settings that differ from a recorded config (``dataclasses.asdict`` of one, as a checkpoint,
     bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
     settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed, unless
-    the recorded config predates it and ``cfg`` leaves it at its default (a run by an earlier version)."""
+    the recorded config predates it and ``cfg`` leaves it at its default (a run by an earlier version), at any depth."""
     old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
-    for key, default in json.loads(json.dumps(dataclasses.asdict(TrainConfig()))).items():
-        if key not in old and new.get(key) == default:
-            old[key] = default
+    _fill_defaults(old, new, json.loads(json.dumps(dataclasses.asdict(TrainConfig()))))
     for settings in (old, new):  # one bundle however its path is spelt (relative, absolute, through a link)
         if settings.get("init"):
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
     skip = {*ignore, *RECORDED}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
+
+
+def _fill_defaults(old: dict, new: dict, defaults: dict) -> None:
+    """Give ``old`` each setting it predates, at any depth (``augment.gamma`` came after ``augment``), where ``new``
+    leaves it at its default: a setting is added with the default that keeps the behaviour from before it."""
+    for key, default in defaults.items():
+        if isinstance(default, dict) and isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            _fill_defaults(old[key], new[key], default)
+        elif key not in old and new.get(key) == default:
+            old[key] = default
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
