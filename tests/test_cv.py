@@ -18,7 +18,7 @@ from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.bundle import load_card, save_card
 from pneumoscan.training.cv import cross_validate, fold_figures
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
@@ -151,6 +151,32 @@ def test_a_fold_recorded_before_a_nested_setting_existed_is_the_same_recipe() ->
     assert config_changes(recorded, TrainConfig()) == []
     on = TrainConfig(augment=dataclasses.replace(TrainConfig().augment, gamma=0.4))
     assert config_changes(recorded, on) == ["augment.gamma unset -> 0.4"]
+
+
+def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[Path, list[str]], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Folds trained by different numbers of processes are different recipes (global batch, learning rate); folds
+    all trained elsewhere by one number may still be scored here."""
+    finished, args = finished_cv
+    out = tmp_path / "cv"
+    shutil.copytree(finished, out)
+    args = [a if a != str(finished) else str(out) for a in args]
+
+    def made_by(k: int, n: int) -> None:
+        card = load_card(out / f"fold-{k}" / "bundle")
+        save_card(out / f"fold-{k}" / "bundle", dataclasses.replace(card, train_config=card.train_config | {"processes": n}))
+
+    made_by(0, 2)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "different numbers of processes (fold-0: 2, fold-1: 1); use a new --out" in capsys.readouterr().err
+    made_by(1, 2)
+    assert main(args) == 0, "every fold made by 2 processes: scored here by one"
+    shutil.rmtree(out / "fold-1")
+    capsys.readouterr()
+    assert main(args) == 2, "fold-1 would be trained by 1 process"
+    assert "trained by 2 process(es) and this cv has 1" in capsys.readouterr().err
+    assert not (out / "fold-1").exists()
 
 
 class Crash(RuntimeError):

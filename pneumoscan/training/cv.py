@@ -36,6 +36,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_card
 from .config import TrainConfig
 from .distill import check_teachers
+from .distributed import processes
 from .resume import config_changes, split_change
 from .train import train
 
@@ -75,6 +76,22 @@ def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
         raise ValueError(f"{run.name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
+def check_fold_processes(runs: Sequence[Path], world: int) -> None:
+    """Refuse folds made by different numbers of processes, or a fold still to train under another number than the
+    finished ones: the global batch, the learning rate and the schedule follow it, so the folds would be different
+    recipes. Folds all trained elsewhere (say by torchrun on a GPU machine) may still be scored here by one process.
+    An interrupted fold is checked by its own ``--resume``."""
+    made_by = {run.name: load_card(run / "bundle").train_config.get("processes")
+               for run in runs if (run / "bundle" / "bundle.json").exists()}
+    known = {n for n in made_by.values() if n is not None}  # None: a bundle of an earlier version, which records none
+    if len(known) > 1:
+        raise ValueError("the finished folds were trained by different numbers of processes ("
+                         + ", ".join(f"{name}: {n}" for name, n in made_by.items() if n is not None) + "); use a new --out")
+    if known and len(made_by) < len(runs) and world not in known:
+        raise ValueError(f"the finished folds were trained by {known.pop()} process(es) and this cv has {world}, so its "
+                         "folds still to train would be another recipe: run it under that number, or use a new --out")
+
+
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
     """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
     teachers = [Path(run) / f"fold-{k}" / "bundle" for run in teacher_cv]
@@ -104,6 +121,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
         check_teachers(configs[k], planned, task)
         check_fold_run(out_dir / f"fold-{k}", planned, configs[k])
+    check_fold_processes([out_dir / f"fold-{k}" for k in range(folds)], processes())
     per_fold, oof_rows, all_targets, all_probs = [], [], [], []
     for k, planned in enumerate(plans):
         run = out_dir / f"fold-{k}"
