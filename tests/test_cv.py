@@ -124,6 +124,17 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset:
     assert result["summary"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in result["per_fold"]]))
 
 
+@pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
+def test_cv_pooled_three_class_block_counts_patients(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Where patients have several films, the pooled out-of-fold three-class CIs count patients, as evaluate's do."""
+    records = discover(tiny_dataset).records
+    manifest = tmp_path / "pairs.csv"
+    write_manifest([dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)], manifest)
+    result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
+                                                  epochs=1, batch_size=8), 2, tmp_path / "cv")
+    assert result["pooled_out_of_fold"]["multiclass"]["ci_unit"] == "patient"
+
+
 @pytest.mark.parametrize("change, said", [
     (["--folds", "3"], "fold-0 was trained on another split ("),
     (["--seed", "1"], "fold-0 was trained "),  # other folds, unless the seed happens to deal the same ones

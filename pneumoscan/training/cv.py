@@ -122,7 +122,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         check_teachers(configs[k], planned, task)
         check_fold_run(out_dir / f"fold-{k}", planned, configs[k])
     check_fold_processes([out_dir / f"fold-{k}" for k in range(folds)], processes())
-    per_fold, oof_rows, all_targets, all_probs = [], [], [], []
+    per_fold, oof_rows, all_targets, all_probs, all_patients = [], [], [], [], []
     for k, planned in enumerate(plans):
         run = out_dir / f"fold-{k}"
         manifest = Path(configs[k].split_csv)
@@ -145,6 +145,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         all_probs.append(probs)
         unreadable = {e["path"] for e in errors}
         val, _ = select([r for r in discover(manifest).split("val") if r.path not in unreadable], task)
+        all_patients += [r.patient for r in val]
         oof_rows += [{"path": path_text(r.path), "label": r.label, "subtype": r.subtype,  # a results file: UTF-8
                       "patient": path_text(r.patient), "fold": k, "probability": float(p)}
                      | dict(zip(class_columns, map(float, row)))
@@ -153,7 +154,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
                  SENSITIVITY_FLOOR, per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"])
     write_csv(out_dir / "oof.csv", OOF_FIELDS + class_columns, oof_rows)
     targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
-    pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs)
+    pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs, all_patients)
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
