@@ -163,25 +163,17 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def _three_classes(block: dict) -> str:
     """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion
     (n/a where the films do not define a figure, e.g. no viral film)."""
-    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.core.metrics import with_ci
 
-    def with_ci(name: str) -> str:
-        return f"{name.replace('_', ' ')} {format_figure(block[name], 4)}{_ci_text(block['ci'].get(name), block[name])}"
+    def figure(name: str) -> str:
+        return f"{name.replace('_', ' ')} {with_ci(block[name], block['ci'].get(name), 4)}"
 
-    return (f"{block['decision']}: {with_ci('accuracy')}, {with_ci('balanced_accuracy')}, confusion "
+    return (f"{block['decision']}: {figure('accuracy')}, {figure('balanced_accuracy')}, confusion "
             f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
 
 
-def _ci_text(ci: list | None, value: float | None) -> str:
-    """`` (95% CI lo-hi)``; a defined figure without one says so, lest the bare value read as certain."""
-    lo, hi = ci or (None, None)
-    if lo is not None and hi is not None:
-        return f" (95% CI {lo:.3f}-{hi:.3f})"
-    return " (no 95% CI)" if value is not None else ""
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.core.metrics import format_figure, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
@@ -192,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-        print(f"{name:>12}: {format_figure(metrics[name], 4)} {_ci_text(metrics['ci'].get(name), metrics[name])}")
+        print(f"{name:>12}: {with_ci(metrics[name], metrics['ci'].get(name), 4)}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
     for row in metrics["threshold_table"]:

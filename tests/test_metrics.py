@@ -18,6 +18,7 @@ from pneumoscan.core.metrics import (
     roc_auc,
     softmax,
     threshold_metrics_ci,
+    with_ci,
 )
 
 # 4 positives, 6 negatives. At threshold 0.5 (positive when prob >= 0.5):
@@ -448,3 +449,10 @@ def test_multiclass_intervals_count_patients():
     perfect = evaluate_multiclass(y, np.eye(3)[y] * 0.9 + 0.05, names, n_boot=100, groups=patient)
     bounds = [(0.025 / 3) ** (1 / min(n, 40 - n)) for n in (16, 14, 10)]  # patients, not films
     assert perfect["ci"]["macro_auc"] == pytest.approx([np.mean(bounds), 1.0])
+
+
+def test_a_figure_with_its_interval_or_said_to_have_none() -> None:
+    assert with_ci(0.91234, [0.88, 0.94]) == "0.912 (95% CI 0.880-0.940)"
+    assert with_ci(0.91234, [0.88, 0.94], 4) == "0.9123 (95% CI 0.880-0.940)"
+    assert with_ci(1.0, None) == with_ci(1.0, [None, None]) == "1.000 (no 95% CI)"
+    assert with_ci(None, None) == with_ci(float("nan"), [None, None]) == "n/a"

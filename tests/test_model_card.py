@@ -3,6 +3,7 @@ weights, and shown by the web service."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -70,6 +71,11 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     assert "| synthetic test films | 16 (8 / 8) | plain," in body
     assert (bundle / MODEL_CARD).read_text() == render(card)
     assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
+    auc = first["metrics"]["auc"]["value"]
+    assert f"plain, {first['threshold']:.4f} | {auc:.3f} (95% CI " in body
+    no_ci = dataclasses.replace(card, external_evaluations=[
+        first | {"metrics": first["metrics"] | {"auc": {"value": auc, "ci": [None, None]}}}])
+    assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), "a bare figure reads as certain"
 
 
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:

@@ -54,6 +54,15 @@ def format_figure(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def with_ci(value: float | None, ci: Sequence[float | None] | None, digits: int = 3) -> str:
+    """``0.912 (95% CI 0.880-0.940)`` for plain text; a defined figure without an interval says so, lest the bare
+    value read as certain."""
+    lo, hi = ci or (None, None)
+    if lo is not None and hi is not None:
+        return f"{format_figure(value, digits)} (95% CI {format_figure(lo)}-{format_figure(hi)})"
+    return format_figure(value, digits) + (" (no 95% CI)" if value is not None and not math.isnan(value) else "")
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
 

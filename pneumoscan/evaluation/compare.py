@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
-from pneumoscan.core.metrics import format_figure
+from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.models.bundle import CARD, load_card
 from .report import figure_png, roc_figure
 
@@ -90,12 +90,10 @@ def load_run(path: Path | str) -> RunSummary:
 
 def format_table(runs: list[RunSummary]) -> str:
     """The comparison as aligned plain text (one line per run)."""
-    head = ("run", "model", "task", "n", "AUC (95% CI)", "acc", "sens", "spec", "threshold (policy)", "minutes")
+    head = ("run", "model", "task", "n", "AUC", "acc", "sens", "spec", "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
-        ci = (f" ({format_figure(r.auc_ci[0])}-{format_figure(r.auc_ci[1])})" if r.auc_ci[0] is not None else
-              " (no CI)" if r.auc is not None else "")  # a bare AUC would read as certain
-        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), format_figure(r.auc) + ci, format_figure(r.accuracy),
+        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), with_ci(r.auc, r.auc_ci), format_figure(r.accuracy),
                       format_figure(r.sensitivity), format_figure(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
                       format_figure(r.minutes, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import format_figure
+from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.models.bundle import BundleCard, load_card, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -98,10 +98,9 @@ def today() -> str:
 
 
 def _with_ci(block: dict[str, Any], key: str) -> str:
-    """``0.912 (0.88-0.94)`` from an evaluation record's {key: {"value", "ci"}} metrics."""
+    """An evaluation record's {key: {"value", "ci"}} figure with its interval (:func:`with_ci`)."""
     entry = block.get(key) or {}
-    lo, hi = entry.get("ci") or (None, None)
-    return format_figure(entry.get("value")) + (f" ({format_figure(lo)}-{format_figure(hi)})" if lo is not None and hi is not None else "")
+    return with_ci(entry.get("value"), entry.get("ci"))
 
 
 def _model_index(card: BundleCard) -> list[dict[str, Any]]:
