@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pneumoscan.serving.limits import Limits
     from pneumoscan.training.config import TrainConfig
 
-console = Console()
+console = Console(markup=False)  # user paths are printed through it: "[red]x" is a name, not markup
 log = logging.getLogger("pneumoscan.cli")
 
 
@@ -145,7 +145,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         console.print(f"pooled out of fold, {_three_classes(three_class)}")
-    console.print(f"out-of-fold scores: {Path(args.out) / 'oof.csv'}   figures: {Path(args.out) / 'cv.json'}")
+    console.print(f"out-of-fold scores: {shown(Path(args.out) / 'oof.csv')}   figures: {shown(Path(args.out) / 'cv.json')}")
     return 0
 
 
@@ -265,9 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pneumoscan.interop.reports import write_reports
 
         write_reports(rows, args.bundle, args.dicom_sr, args.fhir, backend=args.backend)
-    failed = [row for row in rows if "error" in row]
-    for row in failed:
-        print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
+    failed = _say_unreadable(rows)
     by_reason: dict[str, list[str]] = {}
     for entry in skipped:
         by_reason.setdefault(entry["reason"], []).append(entry["path"])
@@ -283,6 +281,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _say_unreadable(rows: list[dict]) -> list[dict]:
+    """The rows of films that could not be read, each said on stderr (names escaped: a PACS or a folder may hold
+    any bytes)."""
+    failed = [row for row in rows if "error" in row]
+    for row in failed:
+        print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
+    return failed
+
+
 def cmd_pacs(args: argparse.Namespace) -> int:
     from pneumoscan.core.atomic import write_atomic
     from pneumoscan.interop.dicomweb import predict_study
@@ -296,12 +303,10 @@ def cmd_pacs(args: argparse.Namespace) -> int:
         write_atomic(args.out, text.encode())
     else:
         sys.stdout.write(text + "\n")
-    failed = [row for row in rows if "error" in row]
-    for row in failed:
-        print(f"unreadable: {row['path']}: {row['error']}", file=sys.stderr)
+    failed = _say_unreadable(rows)
     unfiled = [row for row in rows if row.get("not_stored")]
     for row in unfiled:  # a report the PACS did not take is a failure of the command, not a footnote
-        print(f"not stored: {len(row['not_stored'])} report(s) of {row['path']}: {'; '.join(row['warnings'])}",
+        print(f"not stored: {len(row['not_stored'])} report(s) of {shown(row['path'])}: {shown('; '.join(row['warnings']))}",
               file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
     log.info("%d predicted, %d unreadable, %d reports stored", len(rows) - len(failed), len(failed), stored)
@@ -317,12 +322,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.out:
             raise ValueError("--out names a plain ONNX export's file; --int8 writes BUNDLE/model.int8.onnx, where "
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
-        if not (args.data or args.cv):
-            raise ValueError("--int8 needs --data: labelled films with train and val splits (the run's split.csv), "
-                             "or for an ensemble built with ensemble --cv, --cv and its runs")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = json.loads(spec_path(out).read_text())
-        console.print(f"wrote {out}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
+        console.print(f"wrote {shown(out)}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
     out = export_onnx(args.bundle, args.out)

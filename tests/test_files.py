@@ -255,3 +255,22 @@ def test_every_bundle_file_is_readable_as_the_umask_allows(tiny_bundle: Path) ->
     os.umask(umask)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tiny_bundle.iterdir() if p.is_file()}
     assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_unreadable_films_are_said_escaped_by_predict_and_pacs_alike(capsys: pytest.CaptureFixture) -> None:
+    """cmd_predict and cmd_pacs say unreadable films through one helper: a PACS's text is escaped as a folder's is."""
+    from pneumoscan.cli import _say_unreadable
+
+    rows = [{"path": "studies/1/instances/" + ANSI, "error": "bad \x1b]0;title\x07"}, {"path": "ok", "probability": 0.5}]
+    assert _say_unreadable(rows) == rows[:1]
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert err == "unreadable: studies/1/instances/\\x1b[31mred.jpeg: bad \\x1b]0;title\\x07\n"
+
+
+def test_the_command_line_prints_brackets_in_names_as_text(capsys: pytest.CaptureFixture) -> None:
+    """cv and export print their output paths through the CLI's rich console: "[red]x" is a folder's name."""
+    from pneumoscan.cli import console
+
+    console.print("out-of-fold scores: runs/[red]x[/red]/oof.csv")
+    assert capsys.readouterr().out.strip() == "out-of-fold scores: runs/[red]x[/red]/oof.csv"

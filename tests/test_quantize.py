@@ -90,7 +90,7 @@ def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)
     assert cli.main(["export", str(bundle), "--int8"]) == 2
-    assert "--int8 needs --data" in capsys.readouterr().err
+    assert "give labelled films with train and val splits (--data) or the cv runs" in capsys.readouterr().err
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_dataset / "test")]) == 2
     assert "for split 'val'" in capsys.readouterr().err and not (bundle / INT8_NAME).exists()
     elsewhere = tmp_path / "model.int8.onnx"  # --out would be silently ignored: the INT8 model lives in the bundle
