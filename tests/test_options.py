@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,16 @@ def test_settings_of_another_type_or_out_of_range_are_refused(settings: dict, re
     with pytest.raises(ValueError) as e:
         TrainConfig.from_dict(settings)
     assert str(e.value) == reason
+
+
+def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:
+    """``TrainConfig(...)`` in a notebook gets the checks ``--config`` and ``--set`` get, not a failure mid-run."""
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="adam-cosine")
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    assert TrainConfig(teacher="runs/a/bundle").teacher == [os.path.abspath("runs/a/bundle")]
+    assert TrainConfig(teacher=None).teacher == TrainConfig(teacher="").teacher == []
 
 
 def test_a_wrong_setting_is_refused_before_the_run_folder_is_touched(tiny_dataset: Path, tmp_path: Path,

@@ -96,11 +96,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # teachers as the run and its bundle record them: absolute, so evaluation finds them from any folder, however
         # the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle` names one, null none
-        teachers = [self.teacher] if isinstance(self.teacher, str) else self.teacher or []
-        self.teacher = [os.path.abspath(t) for t in teachers]
+        self.teacher = [os.path.abspath(t) for t in _teachers(self.teacher)]
         for name, (expected, ok) in RANGES.items():
             if (value := getattr(self, name)) is not None and not ok(value):
                 raise ValueError(f"{name} must be {expected}, got {value}")
+        look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
+        look_up_option(self.precision, PRECISIONS, "precision")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -111,16 +112,18 @@ class TrainConfig:
             data["augment"] = Augment.off()
         elif isinstance(augment, dict):
             data["augment"] = Augment(**check_fields(augment, Augment, "augment."))
-        if teacher is None or isinstance(teacher, str):  # `teacher: runs/a/bundle` names one, null none
-            data["teacher"] = [teacher] if teacher else []
-        data = check_fields(data, cls)
-        look_up_option(data.get("optimizer", OPTIMIZERS[0]), OPTIMIZERS, "optimizer")
-        look_up_option(data.get("precision", PRECISIONS[0]), PRECISIONS, "precision")
-        return cls(**data)
+        if teacher is None or isinstance(teacher, str):
+            data["teacher"] = _teachers(teacher)
+        return cls(**check_fields(data, cls))
 
     def to_yaml(self) -> str:
         """The resolved settings as config.yaml holds them (``train --print-config``)."""
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _teachers(value: str | list[str] | None) -> list[str]:
+    """``teacher`` as a list: ``teacher: runs/a/bundle`` names one, null (or nothing) none."""
+    return ([value] if value else []) if value is None or isinstance(value, str) else value
 
 
 def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
