@@ -624,7 +624,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default and only: onnx)")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
                    help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "

@@ -28,7 +28,7 @@ def _real_images(tiny_dataset: Path, size: int) -> np.ndarray:
 
 def test_cli_export_writes_onnx_with_dynamic_batch_and_spec(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "exported" / "model.onnx"
-    assert cli.main(["export", str(tiny_bundle), "--format", "onnx", "--out", str(out)]) == 0
+    assert cli.main(["export", str(tiny_bundle), "--out", str(out)]) == 0
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     [graph_input] = model.graph.input

@@ -84,6 +84,12 @@ def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_pa
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "weights_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="other weights"):
         Predictor(stale, backend="onnx-int8")
+    figureless = tmp_path / "figureless"  # no INT8 validation figures: the service would show the FP32 model's
+    shutil.copytree(int8_bundle, figureless)
+    sidecar = spec_path(figureless / INT8_NAME)
+    sidecar.write_text(json.dumps({k: v for k, v in json.loads(sidecar.read_text()).items() if k != "int8_val_metrics"}))
+    with pytest.raises(ValueError, match="has no validated model.int8.onnx"):
+        Predictor(figureless, backend="onnx-int8")
 
 
 def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:

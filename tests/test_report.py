@@ -6,7 +6,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass, softmax
-from pneumoscan.evaluation.report import figure_png, plot_training_curves, png_data_url, write_report
+from pneumoscan.evaluation.report import figure_png, plot_training_curves, write_report
+from pneumoscan.inference.explain import png_data_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")

@@ -408,10 +408,10 @@ def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bun
     expected = [predictor.probabilities(predictor.preprocess([g]))[0] for g in grays]
     gate, batch_sizes = threading.Event(), []
 
-    def gated(images: np.ndarray) -> np.ndarray:  # holds the first batch until every request is queued
+    def gated(images: np.ndarray, tta: bool = False) -> np.ndarray:  # holds the first batch until all are queued
         gate.wait(10)
         batch_sizes.append(len(images))
-        return Predictor.probabilities(predictor, images)
+        return Predictor.probabilities(predictor, images, tta)
 
     predictor.probabilities = gated
     batcher = Batcher(predictor)

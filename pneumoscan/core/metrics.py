@@ -28,6 +28,8 @@ from sklearn.metrics import (
 )
 
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
+ALPHA = 0.05  # every interval is a 95 % one
+BOOTSTRAP_SEED = 0  # the same films give the same intervals, run after run
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
 
 
@@ -179,7 +181,7 @@ def _pairs(positive: np.ndarray, patients: np.ndarray | None) -> int:
     return min(np.unique(units[positive]).size, np.unique(units[~positive]).size)
 
 
-def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> list[float]:
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> list[float]:
     """Exact (Clopper-Pearson) interval of the proportion k / n, NaN when n = 0. Unlike a bootstrap it never has
     zero width: a bootstrap of 30 detected out of 30 only ever resamples 30 of 30, yet 30/30 is compatible with a
     true rate of 0.884."""
@@ -189,7 +191,7 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
-def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: float = 0.05) -> list[float]:
+def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: float = ALPHA) -> list[float]:
     """Interval of the proportion of ``hits`` (one bool a film): Clopper-Pearson on the films, or, when films
     cluster in ``patients``, Clopper-Pearson at an effective sample size (Korn & Graubard 1998, the survey-statistics
     standard for clustered proportions).
@@ -253,7 +255,7 @@ def _auc_ci(rows: Sequence[np.ndarray], pairs: Sequence[int], alpha: float) -> l
 
 
 def threshold_metrics_ci(
-    y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
     groups: Any = None,
 ) -> list[dict[str, list[float]]]:
     """CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per threshold.
@@ -273,10 +275,10 @@ def threshold_metrics_ci(
     weights = _bootstrap_weights(y, patients, n_boot, seed)
     positive = y == 1
     n_pos = weights @ positive
-    auc = _auc_ci([_auc_rows(weights, p, positive)], [_pairs(positive, patients)], alpha)
+    auc = _auc_ci([_auc_rows(weights, p, positive)], [_pairs(positive, patients)], ALPHA)
 
     def among(hits: np.ndarray, films: np.ndarray) -> list[float]:
-        return proportion_ci(hits[films], None if patients is None else patients[films], alpha)
+        return proportion_ci(hits[films], None if patients is None else patients[films])
 
     out = []
     for threshold in thresholds:
@@ -286,11 +288,11 @@ def threshold_metrics_ci(
             f1 = 2 * tp / (tp + fp + n_pos)  # 2 tp / (2 tp + fp + fn), with fn = n_pos - tp
         out.append({
             "auc": auc,
-            "accuracy": proportion_ci(called == positive, patients, alpha),
+            "accuracy": proportion_ci(called == positive, patients),
             "sensitivity": among(called, positive),
             "specificity": among(~called, ~positive),
             "precision": among(positive, called),
-            "f1": _percentile_ci(f1, alpha),
+            "f1": _percentile_ci(f1, ALPHA),
         })
     return out
 
@@ -469,7 +471,6 @@ def evaluate_binary(
     prob: Any,
     threshold: float,
     n_boot: int = 1000,
-    seed: int = 0,
     class_names: Sequence[str] = ("negative", "positive"),
     groups: Any = None,
 ) -> dict[str, Any]:
@@ -498,7 +499,7 @@ def evaluate_binary(
     }
     chosen, half = (
         _operating_point(y, p, t, free, ci)
-        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, seed, groups=groups))
+        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, groups=groups))
     )
     return jsonable(
         {
@@ -515,7 +516,7 @@ def evaluate_binary(
 
 
 def evaluate_multiclass(
-    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
+    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000,
     predicted: Any = None, decision: str = "most probable class", groups: Any = None,
 ) -> dict[str, Any]:
     """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
@@ -556,12 +557,12 @@ def evaluate_multiclass(
         )
     rows = list(per_class.values())
     patients = _patient_codes(groups, y.size)
-    weights = _bootstrap_weights(y, patients, n_boot, seed)
+    weights = _bootstrap_weights(y, patients, n_boot, BOOTSTRAP_SEED)
     in_class = [y == k for k in range(n_classes)]
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
         boot_balanced = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
     auc_ci = _auc_ci([_auc_rows(weights, P[:, k], c) for k, c in enumerate(in_class)],
-                     [_pairs(c, patients) for c in in_class], 0.05)
+                     [_pairs(c, patients) for c in in_class], ALPHA)
     top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
@@ -579,7 +580,7 @@ def evaluate_multiclass(
             "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
             "ci": {
                 "accuracy": proportion_ci(pred == y, patients),
-                "balanced_accuracy": _percentile_ci(boot_balanced, 0.05),
+                "balanced_accuracy": _percentile_ci(boot_balanced, ALPHA),
                 "macro_auc": auc_ci,
             },
             "curves": {"roc": roc, "calibration": top_label},

@@ -18,6 +18,8 @@ from pneumoscan.core.options import RESIZE_POLICIES, look_up_option
 from .decode import Source, image_info, read_gray
 from .pixels import DecodeError
 
+AGREEMENT = 0.9  # the share of sampled training files that must have been made one way for source_of to name it
+
 
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
     """``size x size`` uint8. squash: stretch to the square; pad: keep the aspect ratio and letterbox with
@@ -72,11 +74,11 @@ def match_source(
 
 
 def source_of(
-    paths: Sequence[str | Path], sample: int = 64, agreement: float = 0.9
+    paths: Sequence[str | Path], sample: int = 64
 ) -> tuple[int | None, int | None]:
     """(side, JPEG quality) of a set of files that were made one way, as train/ here (originals squashed to
     224 x 224, JPEG quality 75): the most common (size, quality) among ``sample`` files evenly spread over the
-    sorted paths. (None, None) when fewer than ``agreement`` of the readable sample share it, or it is not square,
+    sorted paths. (None, None) when fewer than :data:`AGREEMENT` of the readable sample share it, or it is not square,
     or not JPEG. So a few odd files (the training pool here also holds val/'s 16 full-size originals) do not
     decide it, and neither does the order of a manifest's rows. Unreadable files are left to the cache to report."""
     ordered = sorted(map(str, paths))
@@ -92,7 +94,7 @@ def source_of(
     if not found:
         return None, None
     ((width, height), quality), count = Counter(found).most_common(1)[0]
-    if count < agreement * len(found) or width != height or quality is None:
+    if count < AGREEMENT * len(found) or width != height or quality is None:
         return None, None
     return width, quality
 

@@ -235,10 +235,10 @@ def render(card: BundleCard) -> str:
     return f"---\n{meta}---\n\n" + "\n\n".join(sections).rstrip() + "\n"
 
 
-def write_model_card(directory: Path | str, card: BundleCard | None = None) -> Path:
-    """(Re)write BUNDLE/MODEL_CARD.md from ``card`` (default: the bundle's bundle.json); atomic like bundle.json."""
+def write_model_card(directory: Path | str, card: BundleCard) -> Path:
+    """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
     path = Path(directory) / MODEL_CARD
-    text = render(card or load_card(directory))
+    text = render(card)
     write_atomic(path, text.encode("utf-8"))
     return path
 

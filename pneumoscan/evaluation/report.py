@@ -8,7 +8,6 @@ web server's threads and never needs a display.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import jsonable
+from pneumoscan.inference.explain import png_data_url
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
@@ -65,11 +65,6 @@ def figure_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
-
-
-def png_data_url(png: bytes) -> str:
-    """PNG ``data:`` URL, for embedding a figure in HTML without separate files."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _undefined(value: Any) -> bool:

@@ -9,6 +9,7 @@ with hooks, so it needs no per-architecture table and stays right for any timm m
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,11 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     with predictor.lock:  # the hooks must see this forward pass only
         cam = gradcam(predictor.model, predictor.inputs(images), class_index)
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
+
+
+def png_data_url(png: bytes) -> str:
+    """A PNG as a ``data:`` URL: a figure or heatmap inside an HTML page or a JSON answer, with no separate file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:

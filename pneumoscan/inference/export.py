@@ -56,11 +56,11 @@ def weights_digest(bundle: Path | str) -> str:
     return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
 
 
-def session(model: Path | str | bytes, threads: int | None = None) -> ort.InferenceSession:
+def session(model: Path | str | bytes) -> ort.InferenceSession:
     """A CPU session with as many intra-op threads as torch uses, so both backends compete on equal terms. A file
     ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else str(model)
     try:
@@ -272,7 +272,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
         sidecar = json.loads(sidecar_path.read_text())
     except (OSError, ValueError):
         sidecar = {}
-    if not out.exists() or "int8_threshold" not in sidecar:
+    if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
         raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")

@@ -100,12 +100,10 @@ class Predictor:
             # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores, which
             # the sidecar holds where any reader of it looks (int8_model checked them against its INT8 figures)
             # and its figures are the INT8 model's: the card's validation figures and evaluations are the FP32
-            # model's, at the FP32 threshold (a sidecar by an earlier pneumoscan has its AUC alone)
-            figures = sidecar.get("int8_val_metrics") or {
-                "auc": sidecar.get("val_auc_int8"), "threshold": sidecar["threshold"], "n": sidecar.get("validation_images")}
+            # model's, at the FP32 threshold
             self.card = dataclasses.replace(
-                self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"], val_metrics=figures,
-                external_evaluations=[])
+                self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"],
+                val_metrics=sidecar["int8_val_metrics"], external_evaluations=[])
         if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session
 

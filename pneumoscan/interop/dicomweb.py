@@ -25,6 +25,7 @@ from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
+TIMEOUT_S = 60  # one request to the PACS
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
@@ -103,7 +104,7 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
 
 def predict_study(
     bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
-    backend: str = "onnx", timeout: float = 60,
+    backend: str = "onnx",
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL); with ``store``
     the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
@@ -111,7 +112,7 @@ def predict_study(
     check_reportable(bundle)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
-    client = DICOMwebClient(url=url.rstrip("/"), timeout=timeout)
+    client = DICOMwebClient(url=url.rstrip("/"), timeout=TIMEOUT_S)
     # a busy PACS (503, 429, ...) or a dropped connection is tried 3 times over ~3 s, not 5 times over ~30 s
     client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
     try:

@@ -59,10 +59,7 @@ class Batcher:
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         try:
             images = self.predictor.preprocess([gray for gray, _ in batch])
-            try:
-                probs, bad = self.predictor.probabilities(images), np.zeros(len(batch), bool)
-            except NonFiniteScore:  # rare: score the batch again without the broken rows, so only they fail
-                probs, bad = self.predictor.finite_probabilities(images)
+            probs, bad = self.predictor.finite_probabilities(images)  # a broken row fails alone
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
             for _, future in batch:
                 future.set_exception(e)

@@ -3,7 +3,6 @@ as a DICOM SR (with the overlay as a Secondary Capture) or a FHIR Observation.""
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 from typing import Any
@@ -100,10 +99,6 @@ def gray_png(gray: np.ndarray) -> bytes:
     buf = io.BytesIO()
     picture.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def check_options(fmt: str, heatmap: bool | str, image: bool) -> None:

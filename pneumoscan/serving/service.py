@@ -15,11 +15,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.data.scope import describe
-from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png
+from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, png_data_url
 from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_stages
 
 from .batching import Stage
-from .formats import Health, Prediction, ServiceInfo, data_url, gray_png, report
+from .formats import Health, Prediction, ServiceInfo, gray_png, report
 from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
@@ -149,7 +149,7 @@ class Service:
         if format != "json":
             reading = {**result.model_dump(), **scope}
             return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version)
-        film = data_url(gray_png(shown)) if shown is not None else None
-        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=data_url(png) if png else None,
+        film = png_data_url(gray_png(shown)) if shown is not None else None
+        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
                           image=film, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})

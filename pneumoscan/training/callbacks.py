@@ -70,10 +70,9 @@ class ReduceOnPlateau(Callback):
     lower ``monitor`` (torch's scheduler, stepped on each epoch's validation figure)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, monitor: str = "val_loss", factor: float = 0.2,
-                 patience: int = 2, min_lr: float = 0.0) -> None:
+                 patience: int = 2) -> None:
         self.monitor = monitor
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
 
     def on_validation_end(self, state: State) -> None:
         before = state.optimizer.param_groups[0]["lr"]
@@ -270,11 +269,10 @@ def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> 
 
 
 def callback_states(ckpt: dict) -> dict:
-    """Callback states by class name. Older checkpoints kept them as JSON text, and before that one ``best`` record
-    for both the best weights and early stopping on validation AUC."""
+    """Callback states by class name. A checkpoint of pneumoscan 0.1.0 kept one ``best`` record for both the best
+    weights and early stopping on validation AUC."""
     if "callbacks" in ckpt:
-        states = ckpt["callbacks"]
-        return json.loads(states) if isinstance(states, str) else states
+        return ckpt["callbacks"]
     best = json.loads(ckpt["best"])
     return {"BestWeights": {"value": best["auc"], "epoch": best["epoch"]},
             "EarlyStopping": {"best": best["auc"], "stale": best["stale"]}}

@@ -55,6 +55,7 @@ from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bu
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member, member_sources
 from .resume import split_change
 
+BATCH = 64  # images one ONNX run scores
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,13 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
                                  "members must read films alike (only the input size and normalisation may differ)")
 
 
-def batched(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def batched(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input;
     :class:`NonFiniteScore` when any is NaN or infinite, which would otherwise reach the temperature and
     threshold fits."""
-    out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).unsqueeze(1),
+    out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH])).unsqueeze(1),
                                                0.0, 1.0).numpy()})[0]
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+           for i in range(0, len(images), BATCH)]  # fmt: skip
     return require_finite(np.concatenate(out))
 
 
