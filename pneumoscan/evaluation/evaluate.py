@@ -257,6 +257,25 @@ def labelled_images(
     return labelled_records(data, split, task, spec)[1:]
 
 
+def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta_scores: np.ndarray,
+                          targets: np.ndarray, target_sensitivity: float | None, max_false_positive_rate: float | None,
+                          policy: str, groups: Sequence[str] | None = None) -> tuple[BundleCard, dict]:
+    """Choose the plain and TTA thresholds by one policy on these films' calibrated ``probs`` and TTA scores, and
+    write them where every reader looks: ``card`` (temperature already set) with the thresholds, ``policy`` and
+    the validation figures, saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar. The one way a training
+    run and an ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained
+    on, so it writes its own). Returns the card written and the films' metrics."""
+    task = get_task(card.task)
+    threshold, tta_threshold = choose_thresholds(binary_targets(targets), task.positive_probability(probs), tta_scores,
+                                                 target_sensitivity, max_false_positive_rate)
+    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
+                               val_metrics=validation_figures(metrics))
+    update_card(bundle, card)
+    write_onnx_spec(bundle, bundle / ONNX_NAME)  # after the card: the sidecar copies its thresholds
+    return card, metrics
+
+
 def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
     """Counts, sensitivity, specificity and precision at the bundle's threshold, at the most specific thresholds
     that reach a few sensitivity targets on these images, and at fixed thresholds: the figures a user picks an

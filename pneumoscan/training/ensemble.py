@@ -36,20 +36,19 @@ import onnxruntime as ort
 import torch
 
 from pneumoscan.core.atomic import building
-from pneumoscan.core.metrics import choose_thresholds, describe_policy, fit_temperature, softmax
+from pneumoscan.core.metrics import describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
-from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import (
     check_held_out,
     data_label,
-    evaluate_probabilities,
     labelled_images,
     labelled_records,
     record_calibration_films,
+    write_operating_point,
 )
-from pneumoscan.evaluation.model_card import update_card, validation_figures
-from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, write_onnx_spec
+from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
 from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member, member_sources
@@ -202,6 +201,7 @@ def build_ensemble(
                              f"{str(e).splitlines()[0]}") from None
         if cv_dirs:
             logits, targets, views = out_of_fold(net, cv_dirs, card)
+            patients = None  # out-of-fold films: counted as films (the card keeps no intervals)
             name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
                     f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         else:  # scored by the graph just shipped, not a second export
@@ -209,27 +209,22 @@ def build_ensemble(
             sess = session(tmp / ONNX_NAME)
             logits = batched(sess, images)
             views = [batched(sess, v) for v in tta_views(images)]
+            patients = [r.patient for r in records]
             name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
-        y = binary_targets(targets)
         temperature = fit_temperature(logits, targets)
-        probs = softmax(logits, temperature)
-        plain = task.positive_probability(probs)
         tta = task.positive_probability(tta_probabilities(views, temperature))
-        threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
-        figures = evaluate_probabilities(probs, targets, task, threshold)
-        card = dataclasses.replace(
+        calibrated = dataclasses.replace(
             load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
-            temperature=temperature, threshold=threshold, tta_threshold=tta_threshold,
-            threshold_policy=f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}",
-            val_metrics=validation_figures(figures),
+            temperature=temperature,
             train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
                           "max_false_positive_rate": max_false_positive_rate,
                           "combination": "mean of members' logits / their own temperatures"},
         )  # fmt: skip
-        update_card(tmp, card)
-        write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the temperature and thresholds chosen here
+        card, figures = write_operating_point(
+            tmp, calibrated, softmax(logits, temperature), tta, targets, target_sensitivity, max_false_positive_rate,
+            f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}", patients)
     log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
-             "specificity %.3f on %d films", len(paths), out, temperature, threshold, tta_threshold,
-             figures["sensitivity"], figures["specificity"], y.size)
+             "specificity %.3f on %d films", len(paths), out, temperature, card.threshold, card.tta_threshold,
+             figures["sensitivity"], figures["specificity"], len(targets))
     return load_card(out)
 

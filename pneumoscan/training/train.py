@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import building, write_atomic
-from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.cache import build_cache
@@ -33,10 +33,9 @@ from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
-from pneumoscan.evaluation.evaluate import evaluate_probabilities
-from pneumoscan.evaluation.model_card import update_card, validation_figures
+from pneumoscan.evaluation.evaluate import write_operating_point
 from pneumoscan.evaluation.report import write_report
-from pneumoscan.inference.export import ONNX_NAME, export_onnx, write_onnx_spec
+from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import BundleCard, load_bundle, load_weights_into, save_bundle
@@ -409,8 +408,6 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         return bundle_dir
     targets = val_set.targets[index]
     temperature = fit_temperature(logits, targets)
-    probs = softmax(logits, temperature)
-    y = binary_targets(targets)
     policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
     card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=fingerprint,
                                train_config=run_record(cfg, ctx))
@@ -420,15 +417,10 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
         predictor = Predictor(tmp, cfg.eval_batch_size, backend="onnx")
         tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
-        threshold, tta_threshold = choose_thresholds(y, task.positive_probability(probs), tta_scores,
-                                                     cfg.target_sensitivity, None)
-        metrics = evaluate_probabilities(probs, targets, task, threshold, groups=d.val_patients[index])
-        card = dataclasses.replace(  # as export left it: bundle.json now records model.onnx's checksum too
-            predictor.card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
-            val_metrics=validation_figures(metrics),
-        )
-        update_card(tmp, card)
-        write_onnx_spec(tmp, tmp / ONNX_NAME)  # the sidecar carries the thresholds chosen here
+        # predictor.card is the card as export left it: bundle.json now records model.onnx's checksum too
+        card, metrics = write_operating_point(tmp, predictor.card, softmax(logits, temperature), tta_scores, targets,
+                                              cfg.target_sensitivity, None, policy, d.val_patients[index])
+    threshold, tta_threshold = card.threshold, card.tta_threshold
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
         "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch, "processes": ctx.world,
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
@@ -436,6 +428,6 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     log.debug(  # the command prints its own line from the card
         f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
         f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
-        f"val AUC {roc_auc(y, tta_scores):.4f}  threshold {tta_threshold:.4f}"
+        f"val AUC {roc_auc(binary_targets(targets), tta_scores):.4f}  threshold {tta_threshold:.4f}"
     )
     return bundle_dir
