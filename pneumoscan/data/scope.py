@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from .decode import Source, image_info, read_dicom_header
+from .readers.dicom import size_as_read
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
@@ -100,7 +101,8 @@ def _view(ds: Dataset) -> tuple[str, str]:
 
 def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
     """Why this film may be outside the model's scope (empty when every check passed). ``ds``: the DICOM header,
-    None for a JPEG/PNG; ``width`` x ``height``: the stored image's size (not a draft-scaled decode's)."""
+    None for a JPEG/PNG; ``width`` x ``height``: the film's size as read (a DICOM's pixels made square), not a
+    reduced decode's."""
     found: list[str] = []
     if ds is None:
         found.append(NO_TAGS)
@@ -173,7 +175,7 @@ def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
             info = image_info(source)
             width, height = info["width"], info["height"]
         else:
-            width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+            width, height = size_as_read(ds)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
         return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
     if ds is None:

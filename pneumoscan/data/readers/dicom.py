@@ -5,32 +5,41 @@ pydicom's messages quote element values (a patient's name, id or birth date), so
 The reports and overlays this package writes are refused here too: they are in the film's study, and a second run
 over the same folder or PACS study must not score its own Grad-CAM overlay as a chest film.
 
-Two faults pydicom lets through are stopped here: a deflated dataset is inflated within the decode limit (pydicom
-inflates all of it first), and a JPEG Baseline or Extended frame whose entropy-coded data is damaged is refused
-(pydicom's JPEG plugins ignore libjpeg's corrupt-data warnings and fill what is missing with flat grey).
+Faults pydicom lets through are stopped here: a deflated dataset is inflated within the decode limit (pydicom
+inflates all of it first); a JPEG Baseline, Extended or Lossless frame whose entropy-coded data is damaged is refused
+(pydicom's JPEG plugins ignore libjpeg's corrupt-data warnings and fill what is missing with flat grey or garbage);
+pixel data that holds more or less than the header describes is refused before it is decoded (pydicom would return
+the excess as extra frames, decoding them all); and any error a decoder raises, a Rust panic included, becomes a
+refusal.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import warnings
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom import filereader
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.encaps import get_frame
+from pydicom.encaps import generate_fragments, get_frame, parse_basic_offsets
 from pydicom.filebase import DicomBytesIO
 from pydicom.misc import size_in_bytes
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless,
+    UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    RLELossless,
 )  # fmt: skip
 
 from pneumoscan.data import pixels
@@ -39,7 +48,21 @@ from .base import Reader
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
-_JPEG_DCT = (JPEGBaseline8Bit, JPEGExtended12Bit)  # the lossy syntaxes whose frames jpeg.check_frame checks
+# the syntaxes whose frames jpeg.check_frame checks (Huffman-coded JPEG: lossy DCT and lossless process 14)
+_JPEG_CHECKED = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
+# (implicit VR, little endian) as pydicom detected them -> the transfer syntax of a file that records none
+_ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}  # fmt: skip
+# A fragment that begins a frame: JPEG and JPEG-LS start with SOI, JPEG 2000 with SOC then SIZ. Neither can begin a
+# fragment that continues a frame's entropy-coded data, where 0xFF is followed by a stuffed byte or a restart marker.
+_CODESTREAM_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51")
+_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+            "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}  # fmt: skip
+_POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Presentation LUT Shape each implies
+_SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
+_SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
+# what a decoder may raise that is no fault of the film, and must end the run as it would anywhere else
+_NOT_THE_FILM = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _DEFER_SIZE = "64 KB"  # a header-only read leaves values larger than this (the pixels) unread
 # From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'"), and pairing
 # them one by one would leave the dates between the pairs in the clear.
@@ -57,11 +80,18 @@ class DicomReader(Reader):
         return head[128:132] == b"DICM"
 
     def header(self, src: Path | bytes) -> dict:
-        width, height, photometric, bits = _header(read_dataset(src, header_only=True))
-        return {"width": width, "height": height, "mode": f"{photometric}/{bits}", "format": "DICOM", "quality": None}
+        film = _header(read_dataset(src, header_only=True))
+        return {"width": film.width, "height": film.height, "mode": f"{film.photometric}/{film.bits}",
+                "format": "DICOM", "quality": None}  # fmt: skip
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        return np.asarray(pixels.reduce(Image.fromarray(_gray(read_dataset(src, header_only=False))), target))
+        return np.asarray(pixels.reduce(_gray(read_dataset(src, header_only=False)), target))
+
+
+def size_as_read(ds: Dataset) -> tuple[int, int]:
+    """(width, height) of the film as it is read (square pixels), from its header."""
+    film = _header(ds)
+    return film.width, film.height
 
 
 def redact(text: str) -> str:
@@ -111,7 +141,11 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
         inflated = _inflated(src)
         if inflated is None:
             # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
-            return pydicom.dcmread(pixels.stream(src), force=True, defer_size=_DEFER_SIZE if header_only else None)
+            ds = pydicom.dcmread(pixels.stream(src), force=True, defer_size=_DEFER_SIZE if header_only else None)
+            if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _ENCODINGS:
+                # no File Meta (no preamble, no group 0002, as older modalities write): the encoding it was read in
+                ds.file_meta.TransferSyntaxUID = _ENCODINGS[ds.original_encoding]
+            return ds
         preamble, meta, data = inflated
         buffer = DicomBytesIO(data)
         # large values stay in the buffer (already in memory) until read: only the pixels are, not a padding's MiBs
@@ -155,22 +189,43 @@ def _inflate(deflated: bytes) -> bytes:
     return zlib.decompress(deflated, -zlib.MAX_WBITS, max(size, 1))
 
 
-def _header(ds: Dataset) -> tuple[int, int, str, str]:
-    """(width, height, photometric interpretation, bits stored) of a single-frame image object. pydicom converts
-    header values only when they are read, so every read happens here, where a damaged value becomes a reason."""
+class _Film(NamedTuple):
+    """What the header says of a single-frame image object. ``width`` x ``height``: the film as read, its pixels
+    made square (``cols`` x ``rows`` as stored when they are)."""
+
+    rows: int
+    cols: int
+    samples: int
+    photometric: str
+    bits: str
+    width: int
+    height: int
+
+
+def _header(ds: Dataset) -> _Film:
+    """The header of a single-frame image object, refused where it cannot describe the film unambiguously. pydicom
+    converts header values only when they are read, so every read happens here, where a damaged value becomes a
+    reason."""
     if is_own_output(ds):
         raise pixels.DecodeError(OWN_OUTPUT)
     try:
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
         frames = int(ds.get("NumberOfFrames") or 1)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        bits = str(ds.get("BitsStored", "?"))
+        photometric_value = ds.get("PhotometricInterpretation", "MONOCHROME2")
+        photometric = str(photometric_value).upper()
+        bits_stored, high_bit = ds.get("BitsStored"), ds.get("HighBit")
+        high_bit_wrong = None not in (bits_stored, high_bit) and int(high_bit) != int(bits_stored) - 1
         samples = int(ds.get("SamplesPerPixel") or 1)
+        lut_shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+        float_window = "PixelData" not in ds and _given(ds, "WindowCenter") and _given(ds, "WindowWidth")
+        height_over_width = _pixel_aspect(ds)
+    except pixels.DecodeError:
+        raise
     except Exception as e:
         raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
     if not has_pixels:
-        raise pixels.DecodeError("DICOM file has no pixel data (not an image object)")
+        raise pixels.DecodeError(_misencoded(ds) or "DICOM file has no pixel data (not an image object)")
     if not rows or not cols:
         raise pixels.DecodeError("DICOM file has pixel data but no Rows/Columns")
     if frames > 1:
@@ -181,23 +236,139 @@ def _header(ds: Dataset) -> tuple[int, int, str, str]:
         raise pixels.too_large(cols, rows)
     if rows * cols * samples * 8 > pixels.MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
         raise pixels.too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
-    return cols, rows, photometric, bits
+    if isinstance(photometric_value, MultiValue):
+        values = "\\".join(photometric_value)
+        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds {len(photometric_value)} "
+                                 f"values ({values}), where a film has one")  # fmt: skip
+    if _SAMPLES.get(photometric, samples) != samples:
+        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation {photometric} has "
+                                 f"{_SAMPLES[photometric]} sample(s) per pixel, but Samples per Pixel is {samples}")
+    if high_bit_wrong:
+        raise pixels.DecodeError(f"High Bit {high_bit} with Bits Stored {bits_stored}: the stored bits must end at bit "
+                                 f"{int(bits_stored) - 1} (High Bit = Bits Stored - 1); read otherwise, the values "
+                                 "would be taken from the wrong bits")  # fmt: skip
+    if _POLARITY.get(photometric, lut_shape) != lut_shape and lut_shape in _POLARITY.values():
+        raise pixels.DecodeError(f"ambiguous polarity: Photometric Interpretation {photometric} with Presentation "
+                                 f"LUT Shape {lut_shape} (each says the opposite of the other which grey is bone)")
+    if float_window:
+        raise pixels.DecodeError("float pixel data with a window (Window Center/Width): the window's output range "
+                                 "is set by Bits Stored, which float pixel data does not have")
+    width, height = cols, rows
+    if height_over_width > 1:  # tall pixels: the columns are finer, so the width shrinks
+        width = max(1, round(cols / height_over_width))
+    elif height_over_width < 1:
+        height = max(1, round(rows * height_over_width))
+    return _Film(rows, cols, samples, photometric, str(bits_stored if bits_stored is not None else "?"), width, height)
 
 
-def _pixels(ds: Dataset) -> np.ndarray:
-    """The stored pixel values (YBR converted to RGB), JPEG-LS through CharLS (pyjpegls) when it is installed: on a
-    1776 x 1416 12-bit film it decodes in 84 ms against pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and
-    pydicom would try pylibjpeg first. Every other syntax, and a JPEG-LS file CharLS refuses, gets pydicom's order."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax in _JPEG_DCT:
-        jpeg.check_frame(get_frame(ds.PixelData, 0, number_of_frames=1))
-    if syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins:
+def _given(ds: Dataset, keyword: str) -> bool:
+    """Whether an element holds a value: one written empty (type 2) counts as absent, as pydicom's LUTs take it."""
+    value = ds.get(keyword)
+    return value is not None and (not hasattr(value, "__len__") or len(value) > 0)
+
+
+def _pixel_aspect(ds: Dataset) -> float:
+    """A pixel's height over its width, from Pixel Spacing, else Imager Pixel Spacing, else Pixel Aspect Ratio; 1
+    when they give none or one within :data:`_SQUARE` of it. A value that is not two positive numbers is passed over
+    when it would leave the pixels square (one number, or two alike: "0\\0" written for unknown), and refused when it
+    would not ("0.1\\0"): the film's shape is then unknown."""
+    for keyword in _SPACINGS:
+        element = ds.get_item(keyword)
+        value = None if element is None else element.value
+        if isinstance(value, bytes):  # read as stored: pydicom's conversion raises on a value that is no number
+            value = value.decode("ascii", "replace").strip(" \x00").split("\\") if value.strip(b" \x00") else None
+        values = [str(v).strip(" \x00") for v in (value if isinstance(value, MultiValue | list) else [value])]
+        if value is None or len(values) != 2:
+            continue
         try:
-            ds.pixel_array_options(decoding_plugin="pyjpegls")
-            return ds.pixel_array
-        except Exception:  # fall through to every plugin, whose reasons say more
-            ds.pixel_array_options(decoding_plugin="")
+            vertical, horizontal = (float(v) for v in values)
+        except ValueError:
+            vertical = horizontal = math.nan
+        if min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal):
+            ratio = vertical / horizontal
+            return 1.0 if abs(ratio - 1) <= _SQUARE else ratio
+        if values[0] != values[1]:
+            shown = "\\".join(values)
+            raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
+                                     "shape of the film's pixels is unknown")
+    return 1.0
+
+
+def _misencoded(ds: Dataset) -> str | None:
+    """Why a file without pixel data may be an image after all: its File Meta names the other byte order than its
+    dataset is written in (read that way, it holds pixels). None when it does not, or cannot be read again."""
+    implicit, little = ds.original_encoding
+    source = getattr(ds, "filename", None) or getattr(ds, "buffer", None)
+    if implicit is not False or source is None:
+        return None
+    try:
+        with open(source, "rb") if isinstance(source, str | Path) else nullcontext(source) as fp:
+            fp.seek(0)
+            filereader.read_preamble(fp, force=True)
+            filereader._read_file_meta_info(fp)
+            other = filereader.read_dataset(fp, is_implicit_VR=False, is_little_endian=not little,
+                                            defer_size=size_in_bytes(_DEFER_SIZE))  # fmt: skip
+    except Exception:
+        return None
+    if not any(k in other for k in _PIXEL_KEYWORDS):
+        return None
+    said, found = ("little", "big") if little else ("big", "little")
+    return (f"the File Meta's transfer syntax ({_syntax(ds)}) says {said} endian, but the dataset is written "
+            f"{found} endian: the file is mislabelled")
+
+
+def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
+    """The stored pixel values (YBR converted to RGB) of pixel data that holds what the header describes, JPEG-LS
+    through CharLS (pyjpegls) when it is installed: on a 1776 x 1416 12-bit film it decodes in 84 ms against
+    pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and pydicom would try pylibjpeg first. A frame CharLS
+    refuses is refused: libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax
+    gets pydicom's order."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if isinstance(syntax, UID) and syntax.is_transfer_syntax:
+        _check_length(ds, syntax, film)
+    if syntax in _JPEG_CHECKED:
+        jpeg.check_frame(get_frame(ds.PixelData, 0, number_of_frames=1))
+    charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
+    ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False)
     return ds.pixel_array
+
+
+def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
+    """Refuse pixel data that holds more or less than the header's one frame, before it is decoded: pydicom reads
+    excess data as more frames (each decoded and put through the LUTs: the header's decode limit bounds nothing), a
+    shorter Rows or Columns shears the film, and either is a film read wrong. Trailing bytes short of one row are
+    padding (pydicom drops them)."""
+    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    data = ds[keyword].value
+    if syntax.is_encapsulated:
+        if (frames := _frames_held(data, ds.get("ExtendedOffsetTable"), syntax == RLELossless)) > 1:
+            raise pixels.DecodeError(f"pixel data holds {frames} frames; the header describes one (Number of Frames "
+                                     "missing or wrong): not a single radiograph")  # fmt: skip
+        return
+    try:
+        needed = get_expected_length(ds, "bytes")
+    except AttributeError:  # an element it needs is missing, which pydicom's decoder names in its refusal
+        return
+    row = needed // film.rows
+    # an odd length is padded to even; some writers pad further, by less than a row (so no Rows or Columns is wrong)
+    if not needed <= len(data) < needed + max(row, 2):
+        raise pixels.DecodeError(
+            f"pixel data holds {len(data):,} bytes; the header's {film.rows} rows x {film.cols} columns x "
+            f"{film.samples} sample(s) x {ds.get('BitsAllocated')} bits need {needed:,}: the header does not describe "
+            "the pixel data (wrong Rows, Columns or bits, or frames it does not count)"
+        )
+
+
+def _frames_held(data: bytes, extended: bytes | None, rle: bool) -> int:
+    """How many frames encapsulated pixel data holds: the entries of its Extended or Basic Offset Table, else its
+    fragments that begin a frame (for RLE every fragment: one a frame, PS3.5 A.4.2)."""
+    if extended:
+        return len(extended) // 8
+    buffer = io.BytesIO(data)
+    offsets = parse_basic_offsets(buffer)
+    if offsets:
+        return len(offsets)
+    return sum(rle or fragment.startswith(_CODESTREAM_STARTS) for fragment in generate_fragments(buffer))
 
 
 def _as_stored(ds: Dataset, photometric: str, bits: str) -> bool:
@@ -210,35 +381,67 @@ def _as_stored(ds: Dataset, photometric: str, bits: str) -> bool:
         and photometric != "PALETTE COLOR"
         and float(ds.get("RescaleSlope", 1) or 1) == 1
         and float(ds.get("RescaleIntercept", 0) or 0) == 0
-        and not any(k in ds for k in ("ModalityLUTSequence", "WindowCenter", "VOILUTSequence"))
+        and not any(_given(ds, k) for k in ("ModalityLUTSequence", "WindowCenter", "VOILUTSequence"))
     )
 
 
-def _gray(ds: Dataset) -> np.ndarray:
-    _, _, photometric, bits = _header(ds)
+def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where the stored values are padding (PS3.3 C.7.5.1.1.2: Pixel Padding Value, through Pixel Padding Range
+    Limit when given, in either order, inclusive), the area outside a shutter or collimator that is no image: left
+    out of the stretch, where a value far from the film's would squeeze the film into a few grey levels. None when
+    there is none; a film that is all padding is refused."""
+    if "PixelData" not in ds or not _given(ds, "PixelPaddingValue"):
+        return None
+    value = int(ds.PixelPaddingValue)
+    limit = int(ds.PixelPaddingRangeLimit) if _given(ds, "PixelPaddingRangeLimit") else value
+    low, high = sorted((value, limit))
+    padding = (stored >= low) & (stored <= high)
+    if padding.all():
+        raise pixels.DecodeError("blank image: every pixel is padding (Pixel Padding Value): the film holds no image")
+    return padding if padding.any() else None
+
+
+def _gray(ds: Dataset) -> Image.Image:
+    """The film as a viewer shows it, in 8-bit grey: bright bone, dark lungs, padding black, pixels square."""
+    film = _header(ds)
+    photometric, monochrome = film.photometric, film.photometric in _POLARITY
     try:
-        as_stored = _as_stored(ds, photometric, bits)
-        arr = _pixels(ds)
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        as_stored = _as_stored(ds, photometric, film.bits)
+        arr = _pixels(ds, film)
+        padding = _padding(ds, arr) if monochrome else None
+        if monochrome:
             # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
             arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
         elif photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
-    except Exception as e:  # a damaged codestream, a syntax no installed plugin decodes, broken LUTs, short data...
+    except (pixels.DecodeError, *_NOT_THE_FILM):
+        raise
+    except BaseException as e:  # a damaged codestream (a decoder's panic too), no plugin for the syntax, bad LUTs...
         # pydicom lists each plugin's reason on its own line, under a heading that ends in ':'
         reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":; ", ": ")
         raise pixels.DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
-    if arr.ndim == 3:  # RGB: same luma weights as Pillow's convert('L')
-        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if arr.ndim == 3 and film.samples == 3 and arr.shape[-1] == 3:  # RGB: same luma weights as Pillow's convert('L')
+        arr = arr @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
-        raise pixels.DecodeError(f"unsupported DICOM pixel layout {arr.shape} ({photometric})")
+        raise pixels.DecodeError(f"malformed DICOM pixel data: decoded as {' x '.join(map(str, arr.shape))} values "
+                                 f"where the header describes {film.rows} x {film.cols} x {film.samples} "
+                                 f"({photometric})")  # fmt: skip
+    if padding is not None:  # padding takes the film's lowest value, out of the stretch's way; painted black below
+        arr[padding] = arr.min(where=~padding, initial=arr.max())
     if as_stored:
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     else:
         # After a window that clips both ends (every clinical chest window) min-max is the window itself; it also
         # copes with VOI LUTs whose entries use fewer bits than their descriptor claims.
         gray = pixels.minmax_u8(arr)
-    return 255 - gray if photometric == "MONOCHROME1" else gray
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    if padding is not None:
+        gray[padding] = 0
+    image = Image.fromarray(gray)
+    if (film.width, film.height) != (film.cols, film.rows):  # shrink the finer axis (box filter: area average)
+        image = image.resize((film.width, film.height), Image.Resampling.BOX)
+    return image
 
 
 def _syntax(ds: Dataset) -> str:

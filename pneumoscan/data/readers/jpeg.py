@@ -2,8 +2,9 @@
 only warn fill what is missing with flat grey and a half film would be scored as a film. Its other warnings (an
 unknown JFIF version, SOS parameters a sequential JPEG ignores) are quirks of intact files, which are read.
 
-8-bit JPEG goes through libjpeg-turbo (simplejpeg, strict); a 12-bit frame of a JPEG Extended DICOM, which it does
-not decode, has its Huffman codes walked here before pydicom decodes it (:func:`check_huffman_scans`).
+8-bit JPEG goes through libjpeg-turbo (simplejpeg, strict); a 12-bit frame of a JPEG Extended DICOM and a JPEG
+Lossless (process 14) frame, which pydicom's libjpeg decodes even when damaged, have their Huffman codes walked here
+before pydicom decodes them (:func:`check_huffman_scans`).
 """
 
 from __future__ import annotations
@@ -48,24 +49,27 @@ def _is_damage(message: str) -> bool:
 
 
 def check_frame(frame: bytes) -> None:
-    """Raise ValueError ("Corrupt JPEG data: ...") when a lossy JPEG DICOM frame's entropy-coded data is damaged or
-    cut short: pydicom's plugins decode it anyway. An 8-bit frame is decoded by libjpeg-turbo at 1/8 scale for this,
-    which still reads every coefficient (about 3 ms for a 1776 x 1416 film, half the full decode); a 12-bit one
-    (JPEG Extended, process 4) is checked by :func:`check_huffman_scans` (0.1-0.4 s for a film of that size)."""
-    if _jpeg_precision(frame) == 8:
+    """Raise ValueError ("Corrupt JPEG data: ...") when a JPEG DICOM frame's entropy-coded data is damaged or cut
+    short: pydicom's plugins decode it anyway. An 8-bit DCT frame is decoded by libjpeg-turbo at 1/8 scale for this,
+    which still reads every coefficient (about 3 ms for a 1776 x 1416 film, half the full decode); a 12-bit one (JPEG
+    Extended, process 4) or a lossless one (process 14) is checked by :func:`check_huffman_scans` (0.1-0.4 s for a
+    12-bit DCT film of that size, about 1 s for a lossless one: every sample has its own code)."""
+    marker, precision = _frame_header(frame) or (None, None)
+    if precision == 8 and marker != 0xC3:  # libjpeg-turbo cannot scale a lossless frame: walked instead
         colorspace = "CMYK" if simplejpeg.decode_jpeg_header(frame)[2] in ("CMYK", "YCCK") else "GRAY"
         decode(frame, colorspace, min_factor=8)  # None (a harmless quirk): pydicom's plugins read it
     else:
         check_huffman_scans(frame)
 
 
-def _jpeg_precision(frame: bytes) -> int | None:
-    """The sample precision (bits) in a JPEG codestream's frame header; None when no frame header comes first."""
+def _frame_header(frame: bytes) -> tuple[int, int] | None:
+    """(SOF marker, sample precision in bits) of a JPEG codestream's frame header; None when no frame header comes
+    first."""
     pos = 2  # after SOI
     while pos + 5 <= len(frame) and frame[pos] == 0xFF:
         marker = frame[pos + 1]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT, JPG or DAC
-            return frame[pos + 4]
+            return marker, frame[pos + 4]
         if marker == 0xDA:  # a scan before any frame header
             return None
         pos += 1 if marker == 0xFF else 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")  # fill byte, segment
@@ -81,13 +85,15 @@ def check_huffman_scans(frame: bytes) -> None:
 
 
 def _walk_scans(frame: bytes) -> None:
-    """Walk a sequential Huffman-coded JPEG (baseline or extended, any precision) and raise ValueError where
-    libjpeg would warn of corrupt data: a code no table holds, a block of over 64 coefficients, a scan that ends
-    before its last MCU or goes on past it, restart markers missing or out of order. Only code lengths are read, no
-    coefficient is decoded. Progressive, lossless and arithmetic-coded frames are left to the decoder."""
+    """Walk a sequential Huffman-coded JPEG (baseline or extended DCT, or lossless; any precision) and raise
+    ValueError where libjpeg would warn of corrupt data: a code no table holds, a block of over 64 coefficients, a
+    scan that ends before its last sample or goes on past it, restart markers missing or out of order. Only code
+    lengths are read, no coefficient or sample is decoded. Progressive and arithmetic-coded frames are left to the
+    decoder."""
     tables: dict[tuple[int, int], list[int]] = {}
     components: dict[int, tuple[int, int]] = {}
     width = height = restart = scans = 0
+    lossless = False
     pos = 2  # after SOI
     while True:
         if pos + 2 > len(frame):
@@ -102,7 +108,8 @@ def _walk_scans(frame: bytes) -> None:
             break
         end = pos + 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
         segment = frame[pos + 4 : end]
-        if marker in (0xC0, 0xC1):  # SOF0, SOF1: sequential Huffman
+        if marker in (0xC0, 0xC1, 0xC3):  # SOF0, SOF1: sequential DCT; SOF3: lossless; all Huffman-coded
+            lossless = marker == 0xC3
             height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
             fields = [segment[6 + 3 * i : 9 + 3 * i] for i in range(segment[5])]  # id, H << 4 | V, table
             components = {c[0]: (c[1] >> 4, c[1] & 15) for c in fields}
@@ -120,7 +127,7 @@ def _walk_scans(frame: bytes) -> None:
         elif marker == 0xDA:  # SOS
             if not height:  # the height comes in a DNL marker after the scan
                 return
-            pos = _check_scan(frame, end, segment, components, tables, (width, height), restart)
+            pos = _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless)
             scans += 1
             continue
         pos = end
@@ -145,18 +152,32 @@ def _huffman_lookup(counts: bytes, symbols: bytes) -> list[int]:
 
 
 def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tuple[int, int]],
-                tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int) -> int:  # fmt: skip
-    """Check the entropy-coded data of the scan from ``start``; the position of the marker that ends it."""
+                tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int,
+                lossless: bool) -> int:  # fmt: skip
+    """Check the entropy-coded data of the scan from ``start``; the position of the marker that ends it. A DCT
+    scan codes 8 x 8 blocks (a DC code, then AC codes up to 64 coefficients), a lossless one each sample (a code
+    for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1."""
     (width, height), hmax, vmax = size, max(h for h, _ in components.values()), max(v for _, v in components.values())
     selected = [(sos[1 + 2 * i], sos[2 + 2 * i] >> 4, sos[2 + 2 * i] & 15) for i in range(sos[0])]
-    if len(selected) == 1:  # one component: one block an MCU, over the component's own size
+    side = 1 if lossless else 8  # pixels a unit spans each way
+    steps: dict[int, list[int]] = {}
+
+    def coding(dc: int, ac: int) -> tuple[list[int], list[int] | None]:
+        """(the bits a DC or lossless difference takes from each 16-bit window: its code, then its bits, 0 where
+        no code starts; the AC table, None for a lossless scan)."""
+        if dc not in steps:
+            steps[dc] = [0 if not e or e & 0xFF > 16 else (e >> 8) + (0 if lossless and e & 0xFF == 16 else e & 0xFF)
+                         for e in tables[0, dc]]  # fmt: skip
+        return steps[dc], None if lossless else tables[1, ac]
+
+    if len(selected) == 1:  # one component: one unit an MCU, over the component's own size
         (component, dc, ac) = selected[0]
         h, v = components[component]
-        mcus = -(-(-(-width * h // hmax)) // 8) * -(-(-(-height * v // vmax)) // 8)
-        blocks = [(tables[0, dc], tables[1, ac])]
-    else:  # interleaved: each component's h x v blocks an MCU
-        mcus = -(-width // (8 * hmax)) * -(-height // (8 * vmax))
-        blocks = [(tables[0, dc], tables[1, ac]) for c, dc, ac in selected for _ in range(math.prod(components[c]))]
+        mcus = -(-(-(-width * h // hmax)) // side) * -(-(-(-height * v // vmax)) // side)
+        units = [coding(dc, ac)]
+    else:  # interleaved: each component's h x v units an MCU
+        mcus = -(-width // (side * hmax)) * -(-height // (side * vmax))
+        units = [coding(dc, ac) for c, dc, ac in selected for _ in range(math.prod(components[c]))]
     found = _ENDS_SCAN.search(frame, start)
     if found is None:
         raise ValueError("Premature end of JPEG file")
@@ -172,12 +193,12 @@ def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tupl
         data = raw.rstrip(b"\xff").replace(b"\xff\x00", b"\xff")  # fill bytes, then byte stuffing
         bits, padded, at = len(data) * 8, data + bytes(4), 0
         for _ in range(min(restart, mcus - number * restart) if restart else mcus):
-            for dc, ac in blocks:
-                entry = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                if not entry or entry & 0xFF > 16:
+            for dc, ac in units:
+                step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+                if not step:
                     raise ValueError("Corrupt JPEG data: bad Huffman code")
-                at += (entry >> 8) + (entry & 0xFF)  # the code, then the DC difference's bits
-                k = 1
+                at += step
+                k = 64 if ac is None else 1
                 while k < 64:
                     entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
                     if not entry:
