@@ -9,7 +9,7 @@ Figures per size and backend:
     (train/) and on full-size originals (val/); the one-off model load is measured apart and subtracted;
     every images/s figure is timed per chunk of 64 images, twice over, and given as best (median) chunk;
   * single-image latency p50/p95: the model on one preprocessed image, and end to end (read + decode a
-    full-size JPEG + ``predict_array``), the web service's path;
+    full-size JPEG + ``predict_array``), one film at a time as a notebook or a single request scores it;
   * how close the batch figure is to what the FLOPs allow: FLOPs per image (torch FlopCounterMode: conv and
     matmul FLOPs, 2 per multiply-add; elementwise ops not counted) times images/s, as a fraction of the CPU's
     achievable GFLOP/s measured with a large float32 matmul on the same threads.

@@ -192,6 +192,19 @@ def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: 
     assert (tmp_path / "audit.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_audit_figure_leaves_the_callers_matplotlib_backend(report: dict, tree: dict[str, Path], tmp_path: Path) -> None:
+    """A notebook's backend stays its own: the figure is drawn without pyplot (it switched the process to Agg)."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        audit_figure(report, discover(tree["root"]), tmp_path / "audit.png", per_class=2)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
 def test_a_fifo_or_device_in_a_manifest_is_listed_unreadable_not_waited_on(tiny_dataset: Path,
                                                                             tmp_path: Path) -> None:
     """Discovery never opens what a folder holds, but a manifest names its files: the content hash, the first

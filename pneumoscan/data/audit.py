@@ -217,11 +217,9 @@ def _sample(records: Sequence[Record], n: int) -> list[Record]:
 
 def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: int = 6) -> None:
     """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images,
-    one row of ``per_class`` images per class and subtype."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    one row of ``per_class`` images per class and subtype. A plain Figure, as the report's: no pyplot state, no
+    backend switched for the caller's process."""
+    from matplotlib.figure import Figure
 
     bad = {u["path"] for u in report["unreadable"]}
     readable = sorted((r for r in discovery.records if r.path not in bad), key=lambda r: r.path)
@@ -234,7 +232,7 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     if not readable:
         raise ValueError("no readable images to draw a figure of")
     splits = list(report["counts"])
-    fig = plt.figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
     grid = fig.add_gridspec(1 + len(rows), per_class, height_ratios=[2] + [1] * len(rows))
 
     ax = fig.add_subplot(grid[0, :])
@@ -274,7 +272,6 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
                 cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
     # the format the name asks for (audit.pdf, audit.svg): the temporary name has none
     write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
-    plt.close(fig)
 
 
 GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
