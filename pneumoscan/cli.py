@@ -437,19 +437,7 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
     return cfg
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pneumoscan", epilog="`pneumoscan COMMAND --help` lists a command's options.",
-        description="Train, evaluate, explain and serve models that read pediatric chest X-rays: normal vs pneumonia, "
-                    "bacterial vs viral pneumonia. Research use only: not a medical device.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
-                        help="print the version and exit")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only warnings and errors on stderr: no progress bars, no information messages; results "
-                             "are still printed (before the command)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("audit", help="class balance, sizes, unreadable files, duplicates, patient overlap")
+def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--json-out", help="also write the JSON report to this file")
@@ -459,16 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmented-out", default="augmented.png", help="with --augmented: the grid PNG (default augmented.png)")
     p.add_argument("--config", help="with --augmented: a train YAML whose augment, image_size and seed to show "
                                     "(default: the default recipe)")
-    p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("split", help="patient-grouped train/val split of everything but test, as a CSV manifest")
+
+def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of patients for validation (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     p.add_argument("--out", default="split.csv", help="manifest to write (default split.csv)")
-    p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("cache", help="preprocess a dataset into the image cache ahead of evaluate")
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     _choice(p, "--split", SPLITS, "split", help="only this split of a dataset root, as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
@@ -477,9 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --bundle (default 192); train also records its files' source size, so only --bundle "
                         "matches a run")
     _choice(p, "--policy", RESIZE_POLICIES, "resize policy", default="squash", help="without --bundle (default squash)")
-    p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("train", help="train a model and write RUN_DIR/bundle")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
     p.add_argument("--out", help="run directory; required unless --print-config")
     _add_recipe_options(p)
@@ -508,9 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (no training)")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread")
+
+def _cv_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root (everything but test/ is divided into folds)")
     p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
     p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
@@ -518,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-cv", action="append", metavar="RUN",
                    help="distil: fold K's run also learns the calibrated probabilities of this cv run's fold-K bundle "
                         "(repeatable: their average), made with the same --folds, --seed and data")
-    p.set_defaults(func=cmd_cv)
 
-    p = sub.add_parser("evaluate", help="metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images")
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder (RUN_DIR/bundle)")
     p.add_argument("data", help=DATA_HELP)
     _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several")
@@ -534,24 +522,23 @@ def build_parser() -> argparse.ArgumentParser:
                                       "stages as normal / bacteria / virus")
     _choice(p, "--backend", BACKENDS, "backend", default="torch",
             help="torch (default), onnx, or onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="runs side by side: one table of validation figures, ROC curves on one plot")
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders (RUN/metrics.json) or evaluate folders")
     p.add_argument("--out", help="folder for compare.csv and compare.png (default: print the table only)")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("threshold", help="choose a new operating threshold on labelled data, written as a new bundle")
+
+def _threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to start from (never changed)")
     p.add_argument("data", help=DATA_HELP + ", labelled, with both classes")
     _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
     p.add_argument("--out", required=True, help="new bundle folder; must not exist")
     p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
     _add_threshold_rule(p, required=True)
-    p.set_defaults(func=cmd_threshold)
 
-    p = sub.add_parser("ensemble", help="one bundle averaging several bundles' calibrated logits, with its own "
-                                        "temperature and thresholds")
+
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="*", help="member bundles (none with --cv)")
     p.add_argument("--out", required=True, help="new ensemble bundle folder; must not exist")
     source = p.add_mutually_exclusive_group(required=True)
@@ -563,9 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "thresholds")
     _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
     _add_threshold_rule(p, required=False, default="the first member's policy")
-    p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /")
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to serve")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: loopback only)")
@@ -594,9 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=_positive(float), help="seconds for a whole upload to arrive, else 408 (default 60)")
     p.add_argument("--header-timeout", type=_positive(float),
                    help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("predict", help="probabilities and labels for image files and folders (CSV/JSON)")
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
@@ -609,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
                                                      "Secondary Capture with --heatmaps) in the film's study")
     p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("pacs", help="score a study's films from a PACS over DICOMweb; --store sends the SRs back")
+
+def _pacs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a pneumonia (or multiclass) bundle")
     p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host:8042/dicom-web")
     p.add_argument("--study", required=True, help="StudyInstanceUID")
@@ -620,9 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results JSON (default: stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="as predict --backend (default onnx)")
-    p.set_defaults(func=cmd_pacs)
 
-    p = sub.add_parser("export", help="export a bundle's model as ONNX, with its preprocessing spec beside it")
+
+def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
@@ -635,10 +622,50 @@ def build_parser() -> argparse.ArgumentParser:
                         "thresholds are chosen on out-of-fold INT8 scores")
     p.add_argument("--calibration-images", type=_positive(int), default=256,
                    help="with --int8: training films that set the INT8 activation ranges (default 256)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("models", help="list registered model names")
-    p.set_defaults(func=cmd_models)
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    """``models`` takes no options."""
+
+
+
+# each command: its name, its one-line help, the function that adds its options, the function that runs it
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]], ...] = (
+    ("audit", "class balance, sizes, unreadable files, duplicates, patient overlap", _audit_args, cmd_audit),
+    ("split", "patient-grouped train/val split of everything but test, as a CSV manifest", _split_args, cmd_split),
+    ("cache", "preprocess a dataset into the image cache ahead of evaluate", _cache_args, cmd_cache),
+    ("train", "train a model and write RUN_DIR/bundle", _train_args, cmd_train),
+    ("cv", "patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread", _cv_args, cmd_cv),
+    ("evaluate", "metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images",
+     _evaluate_args, cmd_evaluate),
+    ("compare", "runs side by side: one table of validation figures, ROC curves on one plot", _compare_args, cmd_compare),
+    ("threshold", "choose a new operating threshold on labelled data, written as a new bundle", _threshold_args,
+     cmd_threshold),
+    ("ensemble", "one bundle averaging several bundles' calibrated logits, with its own temperature and thresholds",
+     _ensemble_args, cmd_ensemble),
+    ("serve", "HTTP API (/v1/predict, /v1/model, /healthz, /openapi.json) and web page at /", _serve_args, cmd_serve),
+    ("predict", "probabilities and labels for image files and folders (CSV/JSON)", _predict_args, cmd_predict),
+    ("pacs", "score a study's films from a PACS over DICOMweb; --store sends the SRs back", _pacs_args, cmd_pacs),
+    ("export", "export a bundle's model as ONNX, with its preprocessing spec beside it", _export_args, cmd_export),
+    ("models", "list registered model names", _models_args, cmd_models),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumoscan", epilog="`pneumoscan COMMAND --help` lists a command's options.",
+        description="Train, evaluate, explain and serve models that read pediatric chest X-rays: normal vs pneumonia, "
+                    "bacterial vs viral pneumonia. Research use only: not a medical device.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors on stderr: no progress bars, no information messages; results "
+                             "are still printed (before the command)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, summary, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=summary)
+        add_args(p)
+        p.set_defaults(func=run)
     return parser
 
 
