@@ -26,7 +26,7 @@ from pneumoscan.core.atomic import building, write_atomic
 from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import shared_patients
-from pneumoscan.data.cache import build_cache
+from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
@@ -182,11 +182,9 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) ->
         write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
 
 
-def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
-    """The split's records (kept as RUN/split.csv), the training files' source, the image cache (built once per
-    machine), datasets, loaders and class weights."""
-    if ctx.main:
-        write_manifest(records, run_dir / "split.csv")
+def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> tuple[PreprocessSpec, ImageCache]:
+    """The run's preprocessing (with the training files' source, when they were all made one way) and the image
+    cache of every record, built once per machine; unreadable films are warned about and left out."""
     source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
     spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
     if ctx.main and spec.source_size:
@@ -200,6 +198,16 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
         cache = build_cache(paths, spec)
     for err in cache.errors if ctx.main else []:
         log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
+    return spec, cache
+
+
+def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
+    """The split's records (kept as RUN/split.csv), their preprocessed images (:func:`preprocessed`), datasets,
+    loaders and class weights."""
+    if ctx.main:
+        write_manifest(records, run_dir / "split.csv")
+    spec, cache = preprocessed(records, cfg, ctx)
+    paths = [r.path for r in records]
     readable = set(cache.paths)
     if ctx.main:
         warn_untyped([r for r in records if r.path in readable], task, "training")
