@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from pneumoscan import __version__
-from pneumoscan.core.names import path_text, shown
+from pneumoscan.core.names import shown, utf8_strings
 from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, TRACKERS, look_up_option
 from pneumoscan.data.layouts import SPLITS
 from pneumoscan.data.tasks import list_tasks
@@ -34,20 +34,8 @@ def _print_json(data: dict) -> None:
     print(json.dumps(data, indent=2, allow_nan=False, default=str))
 
 
-def _utf8(tree: object) -> object:
-    """A JSON tree whose strings are valid UTF-8 whatever the file names' bytes (``caf\\xe9.jpeg``), as every
-    results file is (docs/limits.md); json.dumps would write a lone surrogate (``\\udce9``)."""
-    if isinstance(tree, str):
-        return path_text(tree)
-    if isinstance(tree, dict):
-        return {_utf8(k): _utf8(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_utf8(v) for v in tree]
-    return tree
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    from pneumoscan.core.atomic import write_atomic
+    from pneumoscan.core.atomic import write_json
     from pneumoscan.data.audit import audit, audit_figure, format_audit
     from pneumoscan.data.layouts import discover
 
@@ -55,7 +43,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit(found)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.json_out, json.dumps(_utf8(report), indent=2).encode())
+        write_json(args.json_out, report)
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         audit_figure(report, found, Path(args.figure))
@@ -68,7 +56,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              cfg.resize_policy, cfg.seed)
         log.info("wrote %d augmented training films (%s) to %s", args.augmented, args.config or "default recipe", out)
     if args.json:
-        _print_json(_utf8(report))
+        _print_json(utf8_strings(report))
     else:
         console.print(format_audit(report))
     return 0

@@ -226,7 +226,7 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))
 
 
-def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """oof.csv is a results file: a name that is not UTF-8 is written \\xNN (docs/limits.md), not a crash at the end
     of the last fold."""
     data = tmp_path / "data"
@@ -238,3 +238,7 @@ def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path
                  "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
     text = (out / "oof.csv").read_bytes().decode("utf-8")  # strict
     assert f"caf\\xe9-{first.name}" in text and len(text.splitlines()) == 1 + 48
+    capsys.readouterr()
+    elsewhere = tmp_path / os.fsdecode(b"cv-caf\xe9")  # the folds' bundles would record their manifests under it
+    assert main(["cv", "--data", str(data), "--out", str(elsewhere), "--folds", "2", "--epochs", "1"]) == 2
+    assert "split_csv" in capsys.readouterr().err and not (elsewhere / "fold-0").exists(), "refused before training"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +276,36 @@ def test_the_command_line_prints_brackets_in_names_as_text(capsys: pytest.Captur
 
     console.print("out-of-fold scores: runs/[red]x[/red]/oof.csv")
     assert capsys.readouterr().out.strip() == "out-of-fold scores: runs/[red]x[/red]/oof.csv"
+
+
+def test_a_bundle_in_a_folder_whose_name_is_not_utf8_loads_and_scores(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The weights are read by Python (safetensors' own file functions refuse such a path); ONNX Runtime too."""
+    from pneumoscan.inference.predict import Predictor
+
+    bundle = tmp_path / LATIN1.replace(".jpeg", "")
+    shutil.copytree(tiny_bundle, bundle)
+    film = np.full((1, 32, 32), 90, np.uint8)
+    scores = [Predictor(bundle, backend=backend).probabilities(film) for backend in ("torch", "onnx")]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
+
+
+def test_a_card_that_would_record_a_name_not_utf8_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """bundle.json is UTF-8 text: a path it cannot hold is refused when written, not found unreadable later."""
+    from pneumoscan.models.bundle import load_card, save_card
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_card(bundle)
+    with pytest.raises(ValueError, match=r"bundle.json holds UTF-8 text only, and this bundle would record .*caf\\xe9"):
+        save_card(bundle, dataclasses.replace(card, train_config=card.train_config | {"calibrated_on": LATIN1}))
+    assert load_card(bundle) == card, "bundle.json as it was"
+
+
+def test_json_results_files_write_names_as_escapes_and_refuse_nan(tmp_path: Path) -> None:
+    from pneumoscan.core.atomic import write_json
+
+    text = write_json(tmp_path / "r.json", {"path": LATIN1, LATIN1: [1.5]}).read_bytes().decode("utf-8")
+    assert json.loads(text) == {"path": "caf\\xe9.jpeg", "caf\\xe9.jpeg": [1.5]}
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "nan.json", {"auc": float("nan")})
+    assert not (tmp_path / "nan.json").exists()

@@ -13,12 +13,15 @@ import csv
 import errno
 import glob
 import io
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from .names import utf8_strings
 
 Writer = Callable[[Path], object]
 
@@ -65,6 +68,13 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
         tmp.unlink(missing_ok=True)
     _fsync_path(path.parent, directory=True)
     return path
+
+
+def write_json(path: Path | str, tree: object) -> Path:
+    """A JSON results file, written atomically: indented, every string valid UTF-8 (:func:`names.utf8_strings`), and
+    a NaN or infinity refused rather than written as JSON no strict reader takes (``metrics.jsonable`` makes them
+    null first where a figure may be undefined)."""
+    return write_atomic(path, json.dumps(utf8_strings(tree), indent=2, allow_nan=False).encode())
 
 
 def write_csv(path: Path | str, fields: Sequence[str], rows: Iterable[Mapping[str, object]],

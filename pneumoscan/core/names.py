@@ -25,6 +25,28 @@ def shown(text: str | Path) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in path_text(text))
 
 
+def is_utf8(text: str | Path) -> bool:
+    """Whether a name is valid UTF-8 (a name of other bytes holds lone surrogates as Python reads it)."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def utf8_strings(tree: object) -> object:
+    """A JSON tree whose strings (keys too) are valid UTF-8 whatever the file names' bytes (:func:`path_text`:
+    ``caf\\xe9.jpeg``), as every results file is (docs/limits.md); json.dumps would write a lone surrogate
+    (``\\udce9``)."""
+    if isinstance(tree, str):
+        return path_text(tree)
+    if isinstance(tree, dict):
+        return {utf8_strings(k): utf8_strings(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [utf8_strings(v) for v in tree]
+    return tree
+
+
 def file_kind(mode: int) -> str:
     """What a file of ``st_mode`` is called in messages: "FIFO", "socket", "folder", ... ("file" when regular)."""
     kinds = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import jsonable
 from pneumoscan.inference.explain import png_data_url
 
@@ -386,7 +385,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False).encode())
+    write_json(out_dir / "metrics.json", metrics)
     pngs: dict[str, bytes] | None = {} if figures else None
     if metrics.get("kind") == "multiclass":
         body = _multiclass_body(metrics, pngs=pngs)

@@ -12,7 +12,6 @@ the SHA-256 of both INT8 files.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ import onnxruntime as ort
 import torch
 from timm.layers import Conv2dSame, get_same_padding
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.bundle import (
@@ -62,10 +61,11 @@ def session(model: Path | str | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
     try:
+        # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)
+        source = model if isinstance(model, bytes) else Path(model).read_bytes()
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except _LOAD_ERRORS as e:
+    except (*_LOAD_ERRORS, OSError) as e:
         name = "the exported model" if isinstance(model, bytes) else str(model)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
@@ -195,7 +195,7 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
 def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
     """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
     which needs the exported model first."""
-    write_atomic(spec_path(out), json.dumps(_spec(bundle, load_card(bundle)), indent=2).encode())
+    write_json(spec_path(out), _spec(bundle, load_card(bundle)))
 
 
 def write_int8_spec(bundle: Path | str, figures: dict) -> None:
@@ -206,9 +206,8 @@ def write_int8_spec(bundle: Path | str, figures: dict) -> None:
     bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
     spec = {**figures, **_spec(bundle, load_card(bundle)), "threshold": figures["int8_threshold"],
             "tta_threshold": figures["int8_tta_threshold"]}  # fmt: skip
-    data = json.dumps(spec, indent=2, allow_nan=False).encode()
-    path = write_atomic(spec_path(Path(bundle) / INT8_NAME), data)
-    record_checksum(bundle, path.name, "sha256:" + hashlib.sha256(data).hexdigest())
+    path = write_json(spec_path(Path(bundle) / INT8_NAME), spec)
+    record_checksum(bundle, path.name, file_sha256(path))
 
 
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:

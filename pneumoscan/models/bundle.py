@@ -22,17 +22,18 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.preprocess import PreprocessSpec
 from . import registry
@@ -113,13 +114,10 @@ def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard)
     weights now (export records the new one)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-    def write(tmp: Path) -> None:
-        save_file(state, str(tmp))
-        card.files = {WEIGHTS: file_sha256(tmp)}  # hashed before it takes the real name: what was written, not read back later
-
-    write_atomic(directory / WEIGHTS, write)
+    # serialised here and written by Python: safetensors' own file functions refuse a path that is not UTF-8
+    weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    card.files = {WEIGHTS: "sha256:" + hashlib.sha256(weights).hexdigest()}  # what is written, not read back later
+    write_atomic(directory / WEIGHTS, weights)
     save_card(directory, card)
     return directory
 
@@ -136,8 +134,23 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     saved (the TTA threshold needs the exported model) must not rewrite the weights, and every legitimate change
     to the card goes through here, so any other change is refused at load."""
     fields = json.loads(json.dumps(asdict(card), allow_nan=False))  # as load_card will read them: keys as text
+    if bad := next((s for s in _strings(fields) if not is_utf8(s)), None):  # load_card could not read it back
+        raise ValueError(f"bundle.json holds UTF-8 text only, and this bundle would record {shown(bad)}: rename it "
+                         "(or the folder it is in) to a UTF-8 name")
     text = json.dumps({**fields, CHECKSUM: _card_digest(fields)}, indent=2)
     write_atomic(Path(directory) / CARD, text.encode())
+
+
+def _strings(tree: object) -> Iterator[str]:
+    if isinstance(tree, str):
+        yield tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _strings(value)
 
 
 def record_checksum(directory: Path | str, name: str, digest: str | None = None) -> None:
@@ -252,7 +265,7 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
     verify_file(directory, card, WEIGHTS)
     path = Path(directory) / WEIGHTS
     try:
-        return load_file(str(path))
+        return load(path.read_bytes())  # read by Python, as save_bundle writes it
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
 

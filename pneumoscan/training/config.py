@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
 from pneumoscan.data.transforms import Augment
 
@@ -97,6 +98,10 @@ class TrainConfig:
         # teachers as the run and its bundle record them: absolute, so evaluation finds them from any folder, however
         # the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle` names one, null none
         self.teacher = [os.path.abspath(t) for t in _teachers(self.teacher)]
+        for name, path in (("split_csv", self.split_csv), ("init", self.init), *(("teacher", t) for t in self.teacher)):
+            if path is not None and not is_utf8(path):
+                raise ValueError(f"{name} {shown(path)}: a bundle records this path in bundle.json, which holds UTF-8 "
+                                 "text only: rename it (or the folder it is in) to a UTF-8 name")
         for name, (expected, ok) in RANGES.items():
             if (value := getattr(self, name)) is not None and not ok(value):
                 raise ValueError(f"{name} must be {expected}, got {value}")

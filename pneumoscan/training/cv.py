@@ -16,7 +16,6 @@ class's probability too.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pneumoscan.core.atomic import write_atomic, write_csv
+from pneumoscan.core.atomic import write_csv, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, jsonable, roc_auc
 from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import Record, discover, write_manifest
@@ -160,5 +159,5 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
         "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
     }  # fmt: skip
-    write_atomic(out_dir / "cv.json", json.dumps(jsonable(result), indent=2).encode())
+    write_json(out_dir / "cv.json", jsonable(result))
     return result
