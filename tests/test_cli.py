@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import errno
 import logging
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -226,3 +228,22 @@ def test_a_program_importing_pneumoscan_can_silence_it(
             assert "Preprocessing 16 images" in err and any(m.startswith("threshold ") for m in messages), messages
         else:
             assert err == "" and messages == []
+
+
+LOADED = """
+import sys
+from pneumoscan.cli import main
+{run}
+print(" ".join(m for m in ("torch", "torchvision", "timm", "pydicom", "onnxruntime") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("run, loaded", [
+    ("", ""),  # building the command line: every command's --help
+    ("assert main(['cache', sys.argv[1], '--size', '32']) == 0", "pydicom"),  # decoding films needs the readers only
+])  # fmt: skip
+def test_the_command_line_loads_only_what_a_command_needs(run: str, loaded: str, tiny_dataset: Path) -> None:
+    """`--help` imported pydicom (0.3 s), `cache` without --bundle all of torch (3 s, 800 MB) for nothing."""
+    done = subprocess.run([sys.executable, "-c", LOADED.format(run=run), str(tiny_dataset)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.splitlines()[-1] == loaded, done.stdout

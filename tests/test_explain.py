@@ -45,6 +45,16 @@ class _TwoEvidenceNet(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+def test_the_target_layer_is_found_once_per_model_and_input_shape() -> None:
+    """Finding it costs a forward pass; every heatmap of a film of the same size reuses it."""
+    model, passes = _TwoEvidenceNet().eval(), []
+    model.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape))
+    for _ in range(3):
+        assert target_layer(model, torch.zeros(1, 1, 32, 32)) is model.features
+    assert target_layer(model, torch.zeros(1, 1, 16, 16)) is model.features
+    assert passes == [(1, 1, 32, 32), (1, 1, 16, 16)]
+
+
 def test_gradcam_points_at_each_class_evidence() -> None:
     x = torch.zeros(1, 1, 32, 32)
     x[..., 4:12, 6:14] = 1.0  # a bright blob upper left

@@ -24,6 +24,7 @@ RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a f
 OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # config.TrainConfig.optimizer
 PRECISIONS = ("auto", "bf16", "fp32")  # config.TrainConfig.precision
 TRACKERS = ("tensorboard", "mlflow")  # tracking.make_trackers: train --log
+SPLITS = ("train", "val", "test")  # layouts: a dataset root's split folders, a manifest's split column
 LISTED = 20  # more known names than this are not all listed in the message
 # a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
 # string, so the float a setting means arrives as text

@@ -32,10 +32,10 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
+from pneumoscan.core.options import SPLITS
 from pneumoscan.data.decode import image_info, open_regular, read_gray
-
+from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Record
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import LABELS, SPLITS, SUBTYPES, Discovery, Record
 from pneumoscan.data.preprocess import resize
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8

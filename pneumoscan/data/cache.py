@@ -30,10 +30,10 @@ import simplejpeg
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.options import look_up_option
+from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
-from pneumoscan.data.layouts import SPLITS, Record, discover
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
 CACHE_VERSION = 7  # bump whenever decode/resize output changes, so old caches are not reused

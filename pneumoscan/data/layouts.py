@@ -23,14 +23,13 @@ from pathlib import Path
 
 from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import file_kind, shown
-from pneumoscan.core.options import look_up_option
+from pneumoscan.core.options import SPLITS, look_up_option
 from . import readers
 
 logger = logging.getLogger(__name__)
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
-SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})

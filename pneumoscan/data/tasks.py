@@ -13,16 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pneumoscan.core.options import look_up_option
 from pneumoscan.core.names import shown
-from .layouts import Record
+
+if TYPE_CHECKING:  # the layouts load the image readers (pydicom): the command line lists the tasks without them
+    from .layouts import Record
 
 log = logging.getLogger(__name__)
 
-TargetRule = Callable[[Record], "int | None"]
+TargetRule = Callable[["Record"], "int | None"]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,8 +28,22 @@ if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import 
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
 
 
+# (model -> input shape -> its target layer): finding the layer costs a forward pass, and it depends only on the
+# architecture and the input's shape (a map may shrink to 1 x 1 on a small input)
+_TARGET_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, ...], torch.nn.Module]] = (
+    weakref.WeakKeyDictionary())
+
+
 def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """The module whose output is the last spatial feature map when ``model`` runs on ``x`` (see module doc)."""
+    """The module whose output is the last spatial feature map when ``model`` runs on ``x`` (see module doc), found
+    once per model and input shape."""
+    known = _TARGET_LAYERS.setdefault(model, {})
+    if (shape := tuple(x.shape)) not in known:
+        known[shape] = _probe_target_layer(model, x)
+    return known[shape]
+
+
+def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     finished: list[torch.nn.Module] = []
 
     def record(module: torch.nn.Module, _inputs: tuple, output: object) -> None:
@@ -150,5 +165,6 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
     heat = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.0)
     blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
     buf = io.BytesIO()
-    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG")
+    # zlib level 1: a third of the default's encoding time for files about 14 % larger
+    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
