@@ -512,7 +512,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etiology", help="bacteria-vs-virus bundle as predict --etiology runs it: also score the two "
                                       "stages as normal / bacteria / virus")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
-            help="onnx (default: as predict and serve score, about 2.5x faster than torch on CPU), torch, or "
+            help="onnx (default: as predict and serve score, several times faster than torch on CPU), torch, or "
                  "onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
 
 
@@ -552,8 +552,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=_positive(float), default=20,
                    help="larger uploads are refused with 413 (default 20)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
-                   help="onnx (default): ONNX Runtime, 2-5x faster on CPU; onnx-int8: the bundle's INT8 model "
-                        "(export --int8); Grad-CAM always runs in torch")
+            help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
+                 "model (export --int8); Grad-CAM always runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must send "
                         "(default: env PNEUMOSCAN_API_KEY; none)")
@@ -564,7 +564,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "'*' allows any, '*.example.org' subdomains")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser (default: none)")
-    # defaults live in serve.Limits (not imported here: it pulls in torch)
+    # defaults live in serving.limits.Limits (not imported here: the serving package pulls in torch)
     p.add_argument("--max-concurrent-decodes", type=_positive(int), help="images decoded at once (default: cores, at most 4)")
     p.add_argument("--max-queue", type=_positive(int),
                    help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
@@ -580,7 +580,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
-                   help="onnx (default) is 2-5x faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
+                   help="onnx (default) is several times faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
