@@ -38,7 +38,8 @@ from pneumoscan.data.preprocess import preprocess  # noqa: E402
 from pneumoscan.inference.export import export_onnx  # noqa: E402
 from pneumoscan.inference.predict import Predictor, predict_paths  # noqa: E402
 from pneumoscan.models import registry as models  # noqa: E402
-from pneumoscan.models.bundle import BundleCard, save_bundle  # noqa: E402
+from pneumoscan.models.bundle import save_bundle  # noqa: E402
+from pneumoscan.models.card import BundleCard  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 THREADS = 2

@@ -29,7 +29,7 @@ from pneumoscan.data.cache import build_cache  # noqa: E402
 from pneumoscan.data.layouts import discover  # noqa: E402
 from pneumoscan.evaluation.evaluate import two_stage_decision  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
-from pneumoscan.models.bundle import BundleCard, load_card  # noqa: E402
+from pneumoscan.models.card import BundleCard, load_card  # noqa: E402
 
 
 def cv_runs(card: BundleCard, bundle: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.data.decode import read_gray
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes, running
 

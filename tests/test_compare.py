@@ -15,7 +15,7 @@ from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import compare_runs, comparison_figure
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.models.bundle import load_card, save_card
+from pneumoscan.models.card import load_card, save_card
 
 
 @pytest.fixture(scope="module")

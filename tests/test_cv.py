@@ -18,7 +18,7 @@ from pneumoscan.cli import main
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
-from pneumoscan.models.bundle import load_card, save_card
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.cv import cross_validate, fold_figures
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes

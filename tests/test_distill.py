@@ -16,7 +16,7 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distill import teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed

@@ -28,7 +28,8 @@ from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
-from pneumoscan.models.bundle import CHECKSUM, ONNX_NAME, WEIGHTS, load_bundle, load_card, save_card
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import batched, out_of_fold
 from pneumoscan.serving.app import create_app
 

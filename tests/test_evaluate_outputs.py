@@ -21,7 +21,7 @@ from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card, save_card
+from pneumoscan.models.card import load_card, save_card
 
 FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
 
@@ -192,7 +192,9 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     save_card(second, dataclasses.replace(load_card(second), threshold=float(np.median(etiology.positive(etiology.probabilities(images))))))
 
     out = tmp_path / "eval"
-    assert main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology", str(second), "--out", str(out)]) == 0
+    # torch: the card's edited size does not match the exported ONNX graph's fixed input
+    assert main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology", str(second), "--out", str(out),
+                 "--backend", "torch"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["two_stage"]

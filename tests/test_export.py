@@ -17,7 +17,8 @@ from pneumoscan.data.preprocess import preprocess
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import BundleCard, load_card, save_bundle
+from pneumoscan.models.bundle import save_bundle
+from pneumoscan.models.card import BundleCard, load_card
 
 PARITY = 1e-4
 

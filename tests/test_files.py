@@ -291,7 +291,7 @@ def test_a_bundle_in_a_folder_whose_name_is_not_utf8_loads_and_scores(tiny_bundl
 
 def test_a_card_that_would_record_a_name_not_utf8_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     """bundle.json is UTF-8 text: a path it cannot hold is refused when written, not found unreadable later."""
-    from pneumoscan.models.bundle import load_card, save_card
+    from pneumoscan.models.card import load_card, save_card
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -44,7 +44,7 @@ from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.interop.reports import model_identity, write_reports
 from pneumoscan.interop.sr import build_sr, report_files
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from pneumoscan import cli
 from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 
 

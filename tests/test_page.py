@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.explain import explain_array, panel_shape
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server

@@ -30,7 +30,8 @@ from pneumoscan.inference.predict import (
 )
 from pneumoscan.core.metrics import softmax
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import BundleCard, load_card, save_bundle, save_card
+from pneumoscan.models.bundle import save_bundle
+from pneumoscan.models.card import BundleCard, load_card, save_card
 from tests.builders import SCORE_TOL, dicom_bytes
 
 

@@ -20,7 +20,7 @@ from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.interop.reports import model_version, write_reports
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.models.bundle import load_card, save_card
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.builders import SCORE_TOL, dicom_bytes, free_port, start_serve, wait_healthy

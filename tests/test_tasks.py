@@ -16,7 +16,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task, get_task, list_tasks, register_task
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import check_stages, predict_paths
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 
 TOY = "toy_viral"  # viral pneumonia vs every other film: a rule over the existing records

@@ -20,7 +20,7 @@ from pneumoscan.evaluation.evaluate import CALIBRATION_FILMS, evaluate, labelled
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.train import train
 

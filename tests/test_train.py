@@ -25,7 +25,8 @@ import pneumoscan.evaluation.evaluate as evaluate_mod
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import WEIGHTS, load_bundle, load_weights_into
+from pneumoscan.models.bundle import load_bundle, load_weights_into
+from pneumoscan.models.card import WEIGHTS
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig

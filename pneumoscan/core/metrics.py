@@ -5,6 +5,9 @@ Binary tasks use ``y_true`` in {0, 1} and ``prob`` = P(positive) (PNEUMONIA for 
 etiology); a case is called positive when ``prob >= threshold``, the same rule scikit-learn's curves use.
 A screening report needs sensitivity and specificity at the threshold that will actually be deployed, with
 their uncertainty, so everything here is computed at an explicit threshold.
+
+scipy and scikit-learn are imported by the functions that use them: predicting and serving need only
+:func:`softmax` and the formatting helpers, and those imports took half a second of every start.
 """
 
 from __future__ import annotations
@@ -15,17 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
-from scipy.special import softmax as _softmax
-from scipy.stats import beta, binomtest
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
 
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
 ALPHA = 0.05  # every interval is a 95 % one
@@ -95,6 +87,7 @@ def _has_both_classes(y: np.ndarray) -> bool:
 
 def roc_auc(y_true: Any, prob: Any) -> float:
     """ROC AUC, or NaN when only one class is present: undefined there, which a summary reports, not an error."""
+    from sklearn.metrics import roc_auc_score
     y, p = _as_binary(y_true, prob)
     return float(roc_auc_score(y, p)) if _has_both_classes(y) else math.nan
 
@@ -102,6 +95,7 @@ def roc_auc(y_true: Any, prob: Any) -> float:
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     """Counts and rates at one threshold; a rate whose denominator is zero (e.g. sensitivity with no
     positives) is NaN rather than an error, so a one-class subset can still be summarised."""
+    from sklearn.metrics import confusion_matrix
     y, p = _as_binary(y_true, prob)
     pred = (p >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
@@ -185,6 +179,7 @@ def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> list[float]:
     """Exact (Clopper-Pearson) interval of the proportion k / n, NaN when n = 0. Unlike a bootstrap it never has
     zero width: a bootstrap of 30 detected out of 30 only ever resamples 30 of 30, yet 30/30 is compatible with a
     true rate of 0.884."""
+    from scipy.stats import binomtest
     if not n:
         return [math.nan, math.nan]
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="exact")
@@ -204,6 +199,7 @@ def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: f
     10 of 10. The beta quantiles take the real-valued x = p n_eff and n_eff. Films of as many patients (say, the
     normal films when only pneumonia patients have several) are the cases themselves: exact Clopper-Pearson.
     """
+    from scipy.stats import beta
     k, n = int(hits.sum()), hits.size
     if patients is None or np.unique(patients).size == n:
         return clopper_pearson(k, n, alpha)
@@ -311,6 +307,7 @@ def choose_threshold(
     sensitivity + specificity - 1; among tied maximisers the highest (most specific) threshold wins.
     Raises ValueError unless both classes are present.
     """
+    from sklearn.metrics import roc_curve
     y, p = _as_binary(y_true, prob)
     if not _has_both_classes(y):
         raise ValueError("choosing a threshold needs both classes in the labelled data")
@@ -364,8 +361,11 @@ def describe_policy(target_sensitivity: float | None, max_false_positive_rate: f
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident)."""
-    return _softmax(np.asarray(logits, dtype=float) / temperature, axis=-1)
+    """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident): scipy's
+    formula (shifted by the row maximum), in numpy alone."""
+    z = np.asarray(logits, dtype=float) / temperature
+    shifted = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
@@ -375,6 +375,8 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     and with two classes it keeps the order of P(positive), so accuracy and AUC are unchanged. With three classes
     the order of 1 - P(normal) can change, which is why the threshold is always chosen after calibration.
     """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
     z = np.asarray(logits, dtype=float)
     y = np.asarray(y_true).astype(int).ravel()
     if z.ndim != 2 or z.shape[0] != y.size:
@@ -481,6 +483,7 @@ def evaluate_binary(
     ``groups`` (a patient id per film) makes the CIs count patients (:func:`threshold_metrics_ci`); ``ci_unit``
     says whether they count patients or films.
     """
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
     y, p = _as_binary(y_true, prob)
     if len(class_names) != 2:
         raise ValueError("class_names must name (negative, positive)")
@@ -524,6 +527,7 @@ def evaluate_multiclass(
     sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
     accuracy and macro AUC: bootstrap; by patient with ``groups``, as in :func:`threshold_metrics_ci`), per-class
     ROC curves and a reliability diagram of the decided class (its probability vs correctness). NaN -> None."""
+    from sklearn.metrics import confusion_matrix, roc_curve
     labels = np.asarray(y_true).ravel()
     P = np.asarray(probs, dtype=float)
     n_classes = len(class_names)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.models.bundle import CARD, load_card
+from pneumoscan.models.card import CARD, load_card
 from .report import figure_png, roc_figure
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,7 @@ from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
-from pneumoscan.models.bundle import BundleCard, load_card
-from pneumoscan.models.ensemble_net import ENSEMBLE, member_sources
+from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources
 from .model_card import add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
 

@@ -16,7 +16,7 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.models.bundle import BundleCard, load_card, save_card
+from pneumoscan.models.card import BundleCard, load_card, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (

@@ -15,14 +15,15 @@ import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from pneumoscan.data.preprocess import PreprocessSpec
 
+# torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
+# its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
 if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import back would be a cycle
+    import torch
+
     from .predict import Predictor
 
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
@@ -44,6 +45,8 @@ def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 
 
 def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    import torch
+
     finished: list[torch.nn.Module] = []
 
     def record(module: torch.nn.Module, _inputs: tuple, output: object) -> None:
@@ -72,6 +75,8 @@ class LogOdds:
         self.class_index = class_index
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        import torch
+
         others = torch.cat([output[..., : self.class_index], output[..., self.class_index + 1 :]], dim=-1)
         return output[..., self.class_index] - torch.logsumexp(others, dim=-1)
 
@@ -82,6 +87,9 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.nda
     too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members' maps, each at its own last
     conv and brought to the input size, averaged with equal weight (members' raw map scales differ by architecture)
     and scaled to [0, 1] again, so its overlay reads on the same scale as one model's."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+
     if hasattr(model, "member_inputs"):
         size = x.shape[-1]
         mean = np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)],
@@ -162,6 +170,8 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
     cam = np.clip(cam, 0.0, 1.0)
     original = np.repeat(gray[..., None], 3, axis=2)
     rgb = original.astype(np.float32) / 255.0
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     heat = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.0)
     blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
     buf = io.BytesIO()

@@ -7,6 +7,9 @@ weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` expo
 damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``. The INT8
 model's sidecar (``model.int8.onnx.json``) gives its own thresholds under the same keys, and bundle.json records
 the SHA-256 of both INT8 files.
+
+Scoring needs no torch: the sessions, the sidecars and their checks import only ONNX Runtime, and torch and timm
+are imported by the functions that export (a bundle without a model.onnx is exported on first use).
 """
 
 from __future__ import annotations
@@ -15,21 +18,24 @@ import copy
 import io
 import json
 import logging
+import os
+import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from timm.layers import Conv2dSame, get_same_padding
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.bundle import (
-    ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_bundle, load_card, record_checksum, verify_file,
-)
+from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum, verify_file
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -55,11 +61,35 @@ def weights_digest(bundle: Path | str) -> str:
     return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
 
 
+def torch_threads() -> int:
+    """How many intra-op threads torch uses: its own count once it is loaded (``torch.set_num_threads`` included),
+    else the count it would start with, worked out as torch's MKL build does without loading torch (about 0.5 GB):
+    MKL_NUM_THREADS, else OMP_NUM_THREADS, at most one a physical core this process may run on."""
+    if (loaded := sys.modules.get("torch")) is not None:
+        return loaded.get_num_threads()
+    cores = _physical_cores()
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        # a count, or OpenMP's list of them for nested levels ("4,2": the first); anything else is passed over
+        if (found := re.fullmatch(r"\s*\+?(\d+)\s*(,.*)?", os.environ.get(name, ""))) and int(found[1]) > 0:
+            return min(int(found[1]), cores)
+    return cores
+
+
+def _physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads of one core count once)."""
+    cpus = os.sched_getaffinity(0)
+    try:
+        topology = [Path(f"/sys/devices/system/cpu/cpu{cpu}/topology") for cpu in cpus]
+        return len({((t / "physical_package_id").read_text(), (t / "core_id").read_text()) for t in topology})
+    except OSError:  # no sysfs topology (a restricted container): every CPU counts
+        return len(cpus)
+
+
 def session(model: Path | str | bytes) -> ort.InferenceSession:
-    """A CPU session with as many intra-op threads as torch uses, so both backends compete on equal terms. A file
-    ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
+    """A CPU session with as many intra-op threads as torch uses (:func:`torch_threads`), so both backends compete
+    on equal terms. A file ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = torch_threads()
     options.inter_op_num_threads = 1
     try:
         # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)
@@ -80,6 +110,8 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     ValueError. Written to BUNDLE/model.onnx, its SHA-256 is recorded in bundle.json (bundles that record the
     weights' checksum).
     """
+    from pneumoscan.models.bundle import load_bundle
+
     model, card = load_bundle(bundle)
     own = Path(bundle) / ONNX_NAME
     out = Path(out) if out else own
@@ -105,6 +137,9 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     The exported graph then has no shape arithmetic before those convolutions, ONNX Runtime folds the padding into
     them: the default recipe's FP32 graph ran 1.42x faster, and its INT8 graph reached 2.1x that (docs/results.md,
     INT8 export). The graph's input already has a fixed side, so nothing is lost."""
+    import torch
+    from timm.layers import Conv2dSame, get_same_padding
+
     fixed = copy.deepcopy(model).eval()
     same = {name: m for name, m in fixed.named_modules() if isinstance(m, Conv2dSame)}
     if not same:
@@ -129,6 +164,8 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
 
 def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
     """``model`` as an ONNX graph from ``image`` (N, 1, size, size) to ``logits``, with a dynamic batch axis."""
+    import torch
+
     with warnings.catch_warnings():
         # the TorchScript-based exporter is deprecated but still supported, and the one that works here
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -211,6 +248,8 @@ def write_int8_spec(bundle: Path | str, figures: dict) -> None:
 
 
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:
+    import torch
+
     x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = softmax(model(x).numpy(), temperature)

@@ -5,6 +5,9 @@ Runtime backend; :func:`predict_paths` is the command-line flow over files and f
 bacterial/viral second stage and Grad-CAM overlays. A file that cannot be read becomes a row with an
 ``error`` instead of stopping the run, and so does a film the model gives a NaN or infinite score: such a score
 is never turned into a label (:class:`NonFiniteScore`).
+
+With an ONNX backend, scoring imports no torch (seconds and most of a gigabyte at start-up): torch is loaded by
+what needs it, the torch backend, Grad-CAM (:attr:`Predictor.model`) and the test-time augmentation views.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
@@ -37,8 +38,10 @@ from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe
 from pneumoscan.data.tasks import get_task
-from pneumoscan.data.transforms import to_input
-from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.card import WEIGHTS, load_card, verify_file
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,9 @@ class Predictor:
     """A bundle's model with its preprocessing, calibration and threshold.
 
     Thread-safe: torch model calls are serialised by a lock, because Grad-CAM (explain.py) hooks the shared torch
-    model and would otherwise record activations of concurrent requests. The torch model is always loaded
-    (Grad-CAM needs it); with ``backend="onnx"`` probabilities come from ONNX Runtime, whose sessions may be run
-    from several threads, so they do not wait for a heatmap.
+    model and would otherwise record activations of concurrent requests. With ``backend="onnx"`` probabilities
+    come from ONNX Runtime, whose sessions may be run from several threads, so they do not wait for a heatmap, and
+    the torch model is built only when Grad-CAM first asks for it (:attr:`model`).
     """
 
     def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch",
@@ -86,13 +89,16 @@ class Predictor:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
         fresh graph this way before that graph's thresholds exist)."""
         look_up_option(backend, BACKENDS, "backend")
-        model, self.card = load_bundle(bundle)
-        # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
-        self.model = model.to(memory_format=torch.channels_last)
+        self.bundle = bundle
+        self.card = load_card(bundle)
         self.task = get_task(self.card.task)
         self.batch_size = batch_size
         self.backend = backend
         self.lock = threading.RLock()
+        # the torch backend builds its model now, so unusable weights are refused before any film is read
+        self._model = _torch_model(bundle) if backend == "torch" else None
+        if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
+            verify_file(bundle, self.card, WEIGHTS)
         if backend == "onnx-int8" and session is None:
             from .export import int8_model
 
@@ -109,25 +115,46 @@ class Predictor:
 
             self._session, self._io = session or bundle_session(bundle), (INPUT, OUTPUT)
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The bundle's torch model; an ONNX backend builds it when Grad-CAM first asks (under the lock, so once)."""
+        with self.lock:
+            if self._model is None:
+                self._model = _torch_model(self.bundle)
+            return self._model
+
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
         return np.stack([self.card.spec.apply(g) for g in grays])
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 (N, S, S) -> normalised float (N, 1, S, S)."""
+        """uint8 (N, S, S) -> normalised float (N, 1, S, S) for the torch model (its backend and Grad-CAM)."""
+        import torch
+
+        from pneumoscan.data.transforms import to_input
+
         return to_input(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), self.card.mean, self.card.std)
 
-    def _run(self, x: torch.Tensor) -> np.ndarray:
+    def onnx_inputs(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`inputs` for ONNX Runtime, in numpy: ``to_input``'s formula in float32, step for step, so both
+        backends read the same numbers (tests/test_startup.py holds them equal)."""
+        pixels = np.ascontiguousarray(images)[:, None].astype(np.float32)
+        return (pixels / np.float32(255.0) - np.float32(self.card.mean)) / np.float32(self.card.std)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits of one batch of uint8 (N, S, S) images."""
         if self.backend != "torch":
             name_in, name_out = self._io
-            return self._session.run([name_out], {name_in: x.numpy()})[0]
-        return self.model(x).numpy()
+            return self._session.run([name_out], {name_in: self.onnx_inputs(images)})[0]
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            return self.model(self.inputs(images)).numpy()
+
     def logits(self, images: np.ndarray) -> np.ndarray:
         with self.lock if self.backend == "torch" else contextlib.nullcontext():
             starts = range(0, len(images), self.batch_size)
-            out = [self._run(self.inputs(images[i : i + self.batch_size])) for i in starts]
+            out = [self._run(images[i : i + self.batch_size]) for i in starts]
         return require_finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
 
     def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -188,8 +215,24 @@ class Predictor:
         }
 
 
+def _torch_model(bundle: Path | str) -> torch.nn.Module:
+    """The bundle's model in torch, its weights checked against their SHA-256 (:func:`load_bundle`)."""
+    import torch
+
+    from pneumoscan.models.bundle import load_bundle
+
+    model, _ = load_bundle(bundle)
+    # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
+    return model.to(memory_format=torch.channels_last)
+
+
 def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
-    """Each :data:`TTA_VIEWS` view of a uint8 (N, S, S) batch; areas moved in from outside are black."""
+    """Each :data:`TTA_VIEWS` view of a uint8 (N, S, S) batch; areas moved in from outside are black. The warps
+    are torchvision's, so ``--tta`` loads torch whatever the backend."""
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
     size = images.shape[-1]
     for zoom, shift in TTA_VIEWS:

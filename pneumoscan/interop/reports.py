@@ -14,7 +14,7 @@ from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import INT8_NAME, weights_digest
-from pneumoscan.models.bundle import file_sha256, load_card
+from pneumoscan.models.card import file_sha256, load_card
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def check_reportable(bundle: Path | str) -> None:
     """Refuse before any film is read: SR and FHIR results state a pneumonia finding."""
     task = load_card(bundle).task
     if not get_task(task).reports_pneumonia:
-        raise ValueError(f"--dicom-sr and --fhir report pneumonia: {bundle} is a {task} model")
+        raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "
+                         "whose positive call is not pneumonia present: report with a pneumonia bundle")
 
 
 def write_reports(

@@ -5,38 +5,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, with_config
 from torch import nn
-from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from . import registry
 
 if TYPE_CHECKING:
-    from .bundle import BundleCard
-
-ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
-@with_config(ConfigDict(strict=True, allow_inf_nan=False))
-class MemberEntry(TypedDict):
-    """What the network (from_card) and member_sources read from each entry of bundle.json's
-    model_kwargs["members"]; load_card refuses an entry without them or of other types."""
-
-    model: str
-    model_kwargs: dict
-    size: int
-    mean: float
-    std: float
-    temperature: float
-    source: str
-
-
-def member_sources(card: BundleCard) -> list[Path]:
-    """The member bundles an ensemble was built from, in member order, as its card recorded them."""
-    return [Path(m["source"]) for m in card.model_kwargs["members"]]
+    from .card import BundleCard
 
 
 class Member(nn.Module):

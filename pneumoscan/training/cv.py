@@ -32,7 +32,7 @@ from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import processes

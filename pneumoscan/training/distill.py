@@ -24,7 +24,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.evaluate import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)

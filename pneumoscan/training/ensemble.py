@@ -15,7 +15,7 @@ Combination: the mean of ``logits_m / T_m`` (each member's own calibration). Thi
 calibrated log-probabilities: ``log_softmax`` differs from the scaled logits by one constant per row and member,
 which softmax cancels; logits are kept because they are what the graph already outputs.
 
-Calibration films are scored (each in the six TTA views too) by ONNX Runtime: held-out data by the ensemble's
+Calibration films are scored (each plain and in the five TTA views) by ONNX Runtime: held-out data by the ensemble's
 shipped graph, a cv run's films by each member's graph exported in memory; both are checked against torch. A
 five-fold run's 5,232 films took 3 minutes on a 2-core CPU at 224 px, where eager torch had taken half an hour at
 192 px (on a shared machine).
@@ -50,8 +50,9 @@ from pneumoscan.evaluation.evaluate import (
 )
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
-from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, save_bundle
-from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, Member, member_sources
+from pneumoscan.models.bundle import load_bundle, save_bundle
+from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources
+from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from .resume import split_change
 
 BATCH = 64  # images one ONNX run scores

@@ -32,8 +32,9 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import check_held_out, int8_figures, labelled_images, labelled_records
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
-from pneumoscan.models.bundle import BundleCard, load_bundle, load_card, record_checksum
-from pneumoscan.models.ensemble_net import ENSEMBLE, EnsembleNet, member_sources
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum
+from pneumoscan.models.ensemble_net import EnsembleNet
 from .ensemble import batched, cv_members, out_of_fold
 
 log = logging.getLogger(__name__)

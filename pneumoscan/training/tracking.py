@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pneumoscan.core.options import TRACKERS, look_up_option
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from .engine import Callback, State
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
-from pneumoscan.models.bundle import BundleCard, load_bundle, load_weights_into, save_bundle
+from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
+from pneumoscan.models.card import BundleCard
 from .callbacks import (
     BestWeights,
     Checkpoint,

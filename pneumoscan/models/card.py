@@ -1,0 +1,255 @@
+"""bundle.json, the bundle's card: what it says (:class:`BundleCard`), reading it with its checks
+(:func:`load_card`) and writing it with its checksum (:func:`save_card`), and the SHA-256 of the bundle's files it
+records (:func:`verify_file`). Free of torch: scoring with ONNX Runtime reads the card and checks the files without
+loading the torch model (:mod:`.bundle` does that).
+
+Every file is checked against the SHA-256 recorded when it was written: damaged bytes of the same size load without
+error and give wrong or NaN scores, so a mismatch is refused (ValueError) rather than used. bundle.json is checked
+the same way against its own checksum, since its threshold and temperatures turn those scores into labels: one
+edited digit gives confident wrong answers. It is rewritten only through :func:`save_card`, which records the
+checksum anew (the TTA threshold after export, `pneumoscan threshold`, an evaluation added to the card).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
+
+from pneumoscan import __version__
+from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.names import is_utf8, shown
+from pneumoscan.core.options import look_up_option
+from pneumoscan.data.preprocess import PreprocessSpec
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
+CARD = "bundle.json"
+CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
+ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
+POSITIVE = ("size", "std", "temperature")  # zero or below: no image, a division by zero, inverted probabilities
+
+logger = logging.getLogger(__name__)
+
+
+@with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))  # load_card checks bundle.json by it
+@dataclass
+class BundleCard:
+    """What a bundle says about its model; saved as bundle.json."""
+
+    model: str
+    task: str
+    classes: list[str]
+    positive: str
+    size: int
+    resize_policy: str
+    mean: float
+    std: float
+    source_size: int | None = None  # the training files' side and JPEG quality (preprocess.match_source)
+    source_quality: int | None = None
+    threshold: float = 0.5
+    threshold_policy: str = "fixed 0.5"
+    # test-time augmentation averages views and so shifts the scores: its own threshold, same policy (predict --tta)
+    tta_threshold: float | None = None
+    temperature: float = 1.0
+    model_kwargs: dict = field(default_factory=dict)
+    data_fingerprint: str = ""
+    val_metrics: dict = field(default_factory=dict)
+    train_config: dict = field(default_factory=dict)
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
+    files: dict[str, str] = field(default_factory=dict)
+    # records added after training, without touching the weights (model_card.py): `evaluate --add-to-card` on other
+    # data, and `threshold` choosing a new operating point (the newest record is the one in force)
+    external_evaluations: list[dict] = field(default_factory=list)
+    threshold_records: list[dict] = field(default_factory=list)
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        """How an image becomes this model's input: the same spec the training cache used."""
+        return PreprocessSpec(self.size, self.resize_policy, self.source_size, self.source_quality)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.model}-{self.task}-{self.data_fingerprint[:8] or 'untracked'}"
+
+    @property
+    def threshold_targets(self) -> tuple[float | None, float | None]:
+        """(target sensitivity, max false-positive rate) of the policy in force, as metrics.choose_threshold takes
+        them (both None: Youden's J): the newest `threshold` record's, else those training or the ensemble build
+        recorded. A model scored another way (INT8) chooses its own thresholds by the same policy."""
+        if self.threshold_records:
+            newest = self.threshold_records[-1]
+            return newest.get("target_sensitivity"), newest.get("max_false_positive_rate")
+        return self.train_config.get("target_sensitivity", 0.95), self.train_config.get("max_false_positive_rate")
+
+
+@with_config(ConfigDict(strict=True, allow_inf_nan=False))
+class MemberEntry(TypedDict):
+    """What the ensemble's network (:meth:`.ensemble_net.EnsembleNet.from_card`) and member_sources read from each
+    entry of bundle.json's model_kwargs["members"]; load_card refuses an entry without them or of other types."""
+
+    model: str
+    model_kwargs: dict
+    size: int
+    mean: float
+    std: float
+    temperature: float
+    source: str
+
+
+def member_sources(card: BundleCard) -> list[Path]:
+    """The member bundles an ensemble was built from, in member order, as its card recorded them."""
+    return [Path(m["source"]) for m in card.model_kwargs["members"]]
+
+
+def file_sha256(path: Path | str) -> str:
+    """``sha256:HEX`` of a file's bytes, the form bundle.json records."""
+    with Path(path).open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _card_digest(fields: Mapping[str, object]) -> str:
+    """``sha256:HEX`` of a card's fields (not its checksum) in one canonical spelling, so that the key order and
+    indentation of the file do not matter and every value does."""
+    canonical = json.dumps({k: v for k, v in fields.items() if k != CHECKSUM}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def save_card(directory: Path | str, card: BundleCard) -> None:
+    """Rewrite bundle.json alone, with the checksum of what it now says: what is chosen after the weights are
+    saved (the TTA threshold needs the exported model) must not rewrite the weights, and every legitimate change
+    to the card goes through here, so any other change is refused at load."""
+    fields = json.loads(json.dumps(asdict(card), allow_nan=False))  # as load_card will read them: keys as text
+    if bad := next((s for s in _strings(fields) if not is_utf8(s)), None):  # load_card could not read it back
+        raise ValueError(f"bundle.json holds UTF-8 text only, and this bundle would record {shown(bad)}: rename it "
+                         "(or the folder it is in) to a UTF-8 name")
+    text = json.dumps({**fields, CHECKSUM: _card_digest(fields)}, indent=2)
+    write_atomic(Path(directory) / CARD, text.encode())
+
+
+def _strings(tree: object) -> Iterator[str]:
+    if isinstance(tree, str):
+        yield tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _strings(value)
+
+
+def record_checksum(directory: Path | str, name: str, digest: str | None = None) -> None:
+    """Add the SHA-256 of BUNDLE/NAME (``digest`` when the caller hashed it as written) to bundle.json. A bundle
+    that records no checksum of its weights is left as it is: half a record would refuse its weights."""
+    card = load_card(directory)
+    if WEIGHTS in card.files:
+        card.files[name] = digest or file_sha256(Path(directory) / name)
+        save_card(directory, card)
+
+
+def _no_constant(name: str) -> None:
+    """json's hook for NaN and Infinity, which save_card never writes: a NaN threshold would call every film negative."""
+    raise ValueError(f"{name} is no number pneumoscan writes")
+
+
+def load_card(directory: Path | str) -> BundleCard:
+    """BUNDLE/bundle.json, refused (ValueError with the reason) when it is not JSON, not of this format, changed
+    since :func:`save_card` wrote it (its checksum), or when a field is missing, unknown (a misspelt one would
+    silently take its default) or of the wrong type. A card older than the checksum loads with a warning, as a
+    bundle older than the files' checksums does."""
+    path = Path(directory) / CARD
+    try:
+        data = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
+        inner = Path(directory) / "bundle"
+        hint = f"; did you mean {inner}?" if (inner / CARD).is_file() else ""
+        raise FileNotFoundError(f"{directory} is not a bundle folder (no {CARD}){hint}") from None
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
+        raise ValueError(f"{path} is not a readable bundle card: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a bundle card (an object of named fields)")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not {FORMAT_VERSION}")
+    recorded = data.pop(CHECKSUM, None)
+    if recorded is not None and recorded != (actual := _card_digest(data)):
+        raise ValueError(f"{path} is damaged: the SHA-256 of its fields is {actual[7:19]}..., it recorded "
+                         f"{str(recorded)[7:19]}... when it was written; restore the bundle from a good copy (a new "
+                         "threshold comes from `pneumoscan threshold`, never from editing bundle.json)")
+    card = _validated(path, data)
+    if recorded is None:
+        _warn_unsealed(str(path))
+    return card
+
+
+@functools.cache
+def _warn_unsealed(path: str) -> None:
+    """Once a process per card: every command reads the card several times."""
+    logger.warning("%s records no checksum of itself (a bundle written before pneumoscan kept one), so an edited "
+                   "threshold or temperature cannot be detected; train it again to get a checked bundle", path)
+
+
+_CARD_FIELDS = [f.name for f in fields(BundleCard)]
+_CARD = TypeAdapter(BundleCard)
+_MEMBERS = TypeAdapter(list[MemberEntry])
+
+
+def _validated(path: Path, data: dict) -> BundleCard:
+    """The card, or a refusal naming the field, when BundleCard(**data) would raise a TypeError traceback or
+    silently give wrong answers: an unknown (misspelt) field, a missing one, a value of the wrong type (pydantic,
+    strict: "0.2" is no number, true no size) or out of range; for an ensemble, the same for each member's entry
+    that its network is built from."""
+    for key in data:
+        look_up_option(key, _CARD_FIELDS, f"{path} field")
+    card = _parsed(_CARD, data, str(path))
+    entries = [(str(path), asdict(card))]
+    if card.model == ENSEMBLE:
+        members = _parsed(_MEMBERS, card.model_kwargs.get("members"), f"{path}: model_kwargs.members")
+        if len(members) < 2:
+            raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
+        entries += [(f"{path}: ensemble member {i}", dict(member)) for i, member in enumerate(members)]
+    for where, entry in entries:
+        for key in POSITIVE:
+            if not entry[key] > 0:
+                raise ValueError(f"{where}: {key} is {entry[key]!r}, not above 0")
+    return card
+
+
+def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - the adapter's type
+    try:
+        return adapter.validate_json(json.dumps(value))
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(map(str, error["loc"]))
+        found = "" if error["type"] == "missing" else f" (found {error['input']!r:.60})"
+        raise ValueError(f"{where}: {field + ': ' if field else ''}{error['msg'].lower()}{found}") from None
+
+
+def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str = "restore the bundle from a good copy") -> None:
+    """Refuse (ValueError) a bundle file whose SHA-256 differs from the one recorded when it was written. A
+    bundle older than the record is accepted with a warning, since nothing says what its bytes should be."""
+    path = Path(directory) / name
+    expected = card.files.get(name)
+    if expected is None:
+        if not card.files:
+            logger.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
+                           "damaged files cannot be detected; train it again to get a checked bundle", directory)
+            return
+        raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing, but bundle.json lists it") from None
+    if actual != expected:
+        raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded {expected[7:19]}... "
+                         f"when it was written; {remedy}")

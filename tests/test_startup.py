@@ -1,0 +1,180 @@
+"""Start-up cost: scoring with an ONNX backend (predict, the service's stages) imports no torch, torchvision or
+timm and builds no torch model; torch comes in for what needs it (the torch backend, Grad-CAM), with the same
+numbers and the same checks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.special
+from PIL import Image
+
+from pneumoscan import cli
+from pneumoscan.core.metrics import softmax
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.export import session
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.card import ONNX_NAME, WEIGHTS
+from pneumoscan.serving.limits import Limits
+from pneumoscan.serving.service import Service
+
+TORCH_STACK = ("torch", "torchvision", "timm")
+ROOT = Path(__file__).parents[1]
+
+
+def run_python(code: str, *args: str, **env: str) -> dict:
+    """``code`` in a fresh interpreter (this one has torch loaded long ago); it prints one JSON line last."""
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    path = tmp_path / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bundle = tmp_path_factory.mktemp("int8") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    return bundle
+
+
+PREDICT = f"""
+import json, sys
+from pneumoscan import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps({{"code": code, "loaded": [m for m in {TORCH_STACK!r} if m in sys.modules]}}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_onnx_predict_imports_no_torch_and_gives_the_same_probability(
+    int8_bundle: Path, film: Path, tmp_path: Path, backend: str
+) -> None:
+    out = tmp_path / "rows.json"
+    ran = run_python(PREDICT, "predict", str(int8_bundle), str(film), "--backend", backend, "--out", str(out))
+    assert ran == {"code": 0, "loaded": []}
+    [row] = json.loads(out.read_text())
+    predictor = Predictor(int8_bundle, backend=backend)
+    gray = read_gray(film, target=predictor.card.spec.decode_target)
+    [expected] = predictor.positive(predictor.probabilities(predictor.preprocess([gray])))
+    assert row["probability"] == expected  # the same session and numbers: bit for bit
+
+
+def test_torch_is_loaded_for_the_torch_backend_and_for_heatmaps(tiny_bundle: Path, film: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    for extra in (["--backend", "torch"], ["--backend", "onnx", "--heatmaps", str(tmp_path / "maps")]):
+        ran = run_python(PREDICT, "predict", str(tiny_bundle), str(film), "--out", str(out), *extra)
+        assert ran == {"code": 0, "loaded": list(TORCH_STACK)}, extra
+
+
+def test_the_onnx_backend_builds_the_torch_model_for_gradcam_only_and_checks_its_weights(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    assert Predictor(bundle, backend="torch")._model is not None  # built at once: bad weights refused up front
+    predictor = Predictor(bundle, backend="onnx")
+    predictor.probabilities(images)
+    assert predictor._model is None
+    raw = bytearray((bundle / WEIGHTS).read_bytes())
+    raw[-1] ^= 1  # the last byte of the last tensor: still loads, other numbers
+    (bundle / WEIGHTS).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="model.safetensors is damaged"):
+        predictor.model  # noqa: B018 - the property builds it
+
+
+def test_onnx_inputs_are_to_inputs_numbers(tiny_bundle: Path) -> None:
+    """The ONNX backend normalises in numpy, the torch backend with ``to_input``: the same float32 numbers."""
+    predictor = Predictor(tiny_bundle, backend="onnx")
+    every_level = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+    for mean, std in ((predictor.card.mean, predictor.card.std), (0.4823, 0.2369), (0.1, 3.7), (0.0, 1.0)):
+        predictor.card = dataclasses.replace(predictor.card, mean=mean, std=std)
+        for batch in (every_level, images):
+            got, expected = predictor.onnx_inputs(batch), predictor.inputs(batch).numpy()
+            assert got.dtype == expected.dtype == np.float32 and got.shape == expected.shape
+            assert np.array_equal(got, expected)
+
+
+def test_softmax_is_scipys_bit_for_bit() -> None:
+    logits = np.random.default_rng(0).normal(0, 30, (200, 3)).astype(np.float32)
+    for temperature in (1.0, 0.37, 2.5):
+        expected = scipy.special.softmax(logits.astype(float) / temperature, axis=-1)
+        assert np.array_equal(softmax(logits, temperature), expected)
+
+
+THREADS = """
+import json
+from pneumoscan.inference.export import torch_threads
+before = torch_threads()
+import torch
+print(json.dumps([before, torch.get_num_threads()]))
+"""
+
+
+@pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": ""}, {"OMP_NUM_THREADS": "64"},
+                                 {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1,1"}])
+def test_onnx_sessions_take_the_thread_count_torch_starts_with(env: dict[str, str]) -> None:
+    before, torch_count = run_python(THREADS, **env)
+    assert before == torch_count
+
+
+def test_onnx_sessions_follow_torchs_thread_count_once_it_is_loaded(tiny_bundle: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        options = session(tiny_bundle / ONNX_NAME).get_session_options()
+    finally:
+        torch.set_num_threads(threads)
+    assert options.intra_op_num_threads == 1
+
+
+def test_the_service_builds_a_torch_model_only_for_its_first_heatmap(tiny_bundle: Path) -> None:
+    service = Service(tiny_bundle, None, 20, "onnx", Limits())
+    try:
+        gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+        assert asyncio.run(service.main.predict(gray)).label
+        assert service.main.predictor._model is None and service._heat_predictor is None
+        service._heatmap_png(gray, raw=False)
+        assert service.heat_predictor().backend == "torch" and service.heat_predictor()._model is not None
+        assert service.heat_predictor() is service.heat_predictor()  # built once
+        assert service.main.predictor._model is None
+    finally:
+        service.close()
+
+
+SERVE = f"""
+import io, json, sys
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from pneumoscan.serving.app import create_app
+buf = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(buf, "PNG")
+with TestClient(create_app(sys.argv[1], backend="onnx")) as client:
+    answer = client.post("/v1/predict", files={{"file": ("film.png", buf.getvalue(), "image/png")}})
+print(json.dumps({{"status": answer.status_code, "loaded": [m for m in {TORCH_STACK!r} if m in sys.modules]}}))
+"""
+
+
+def test_the_services_onnx_scoring_imports_no_torch(tiny_bundle: Path) -> None:
+    assert run_python(SERVE, str(tiny_bundle)) == {"status": 200, "loaded": []}
