@@ -75,12 +75,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from pneumoscan.data.cache import cache_dataset
     from pneumoscan.data.preprocess import PreprocessSpec
 
-    if args.bundle:  # the bundle's module loads torch: only for a bundle's preprocessing (3 s and 800 MB otherwise)
-        from pneumoscan.models.bundle import load_card
+    if args.bundle:
+        from pneumoscan.models.card import load_card
 
+        if args.size or args.policy:
+            raise ValueError("--bundle preprocesses as the bundle does (its size and policy): give --bundle, or "
+                             "--size and --policy, not both")
         spec = load_card(args.bundle).spec
     else:
-        spec = PreprocessSpec(args.size, args.policy)
+        spec = PreprocessSpec(args.size or 192, args.policy or "squash")
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
     for err in cache.errors:
@@ -115,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _trained(bundle: Path) -> str:
     """Train's result in one line: the bundle and what its card records of validation."""
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.models.bundle import load_card
+    from pneumoscan.models.card import load_card
 
     card = load_card(bundle)
     val = card.val_metrics
@@ -452,10 +455,10 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--split", SPLITS, "split", help="only this split of a dataset root, as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
-    p.add_argument("--size", type=_positive(int), default=192,
+    p.add_argument("--size", type=_positive(int),
                    help="without --bundle (default 192); train also records its files' source size, so only --bundle "
                         "matches a run")
-    _choice(p, "--policy", RESIZE_POLICIES, "resize policy", default="squash", help="without --bundle (default squash)")
+    _choice(p, "--policy", RESIZE_POLICIES, "resize policy", help="without --bundle (default squash)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.evaluation.evaluate import rethreshold
-from pneumoscan.models.bundle import load_card
+from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
 
 
@@ -81,6 +81,13 @@ def test_help_is_for_users_and_gives_every_default() -> None:
             if "default" not in action.help or value not in action.help:
                 unsaid.append(f"{name} {action.option_strings[0]} ({value}): {action.help}")
     assert unsaid == []
+
+
+def test_cache_takes_a_bundles_preprocessing_or_a_size_not_both(tiny_bundle: Path, tiny_dataset: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """--size beside --bundle was silently ignored: the cache held the bundle's size, not the one asked for."""
+    assert cli.main(["cache", str(tiny_dataset / "test"), "--bundle", str(tiny_bundle), "--size", "64"]) == 2
+    assert "give --bundle, or --size and --policy, not both" in capsys.readouterr().err
 
 
 def test_quiet_silences_progress_and_information(

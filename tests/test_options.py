@@ -188,6 +188,10 @@ def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:
         TrainConfig(optimizer="adam-cosine")
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="unknown resize policy 'sqash'; did you mean 'squash'"):
+        TrainConfig.from_dict({"resize_policy": "sqash"})  # --set resize_policy=sqash: refused before the run folder
+    with pytest.raises(ValueError, match="unknown task 'pneumona'"):
+        TrainConfig.from_dict({"task": "pneumona"})
     assert TrainConfig(teacher="runs/a/bundle").teacher == [os.path.abspath("runs/a/bundle")]
     assert TrainConfig(teacher=None).teacher == TrainConfig(teacher="").teacher == []
 

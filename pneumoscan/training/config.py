@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from pneumoscan.core.names import is_utf8, shown
-from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, apply_settings, check_fields, look_up_option
+from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, apply_settings, check_fields, look_up_option
+from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import Augment
 
 # Settings that can only be mistakes outside these ranges, and would otherwise fail late (an optimiser, loader, loss
@@ -107,6 +108,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {expected}, got {value}")
         look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
         look_up_option(self.precision, PRECISIONS, "precision")
+        look_up_option(self.resize_policy, RESIZE_POLICIES, "resize policy")
+        get_task(self.task)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
