@@ -509,3 +509,18 @@ def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Pa
     reported = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert reported["ci_unit"] == reported["multiclass"]["ci_unit"] == "patient"
     assert evaluate(bundle, manifest, split="val")["ci_unit"] == "patient"
+
+
+def test_a_model_that_cannot_be_exported_at_its_size_is_refused_before_training(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """simple_cnn at 40 px pools 20 px maps to 16: it trained the whole run, then failed the ONNX export with a
+    traceback and left no bundle."""
+    from pneumoscan import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", str(tiny_dataset), "--out", str(run), "--model", "simple_cnn",
+                     "--no-pretrained", "--image-size", "40", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "simple_cnn at image_size 40 cannot be exported to ONNX" in err and "Traceback" not in err
+    assert not run.exists(), "refused before the split and the cache"

@@ -177,6 +177,22 @@ def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
         )  # fmt: skip
 
 
+def check_exportable(model: torch.nn.Module, size: int, name: str) -> None:
+    """Refuse a model that cannot become the ONNX graph predict and serve run, at its input ``size``, before it is
+    trained rather than at the end of training (a pooling to a size that does not divide the feature map's, for
+    one). A trial export in memory: 0.4 s for efficientnet_lite0 at 192 px."""
+    import torch
+
+    try:
+        _to_onnx(model.eval(), size, io.BytesIO())
+    except torch.onnx.OnnxExporterError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise ValueError(f"{name} at image_size {size} cannot be exported to ONNX, which predict and serve run "
+                         f"({reason}); choose another image size") from None
+    finally:
+        model.train()
+
+
 def module_onnx(model: torch.nn.Module, size: int) -> bytes:
     """``model`` exported in memory as an ONNX graph, checked against torch like a bundle's export."""
     buf = io.BytesIO()

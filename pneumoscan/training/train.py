@@ -35,7 +35,7 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_u
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import write_operating_point
 from pneumoscan.evaluation.report import write_report
-from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
@@ -163,6 +163,7 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
         log.info("%s has no pretrained weights: trained from scratch", cfg.model)
     model = registry.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
                           **cfg.model_kwargs)  # fmt: skip
+    check_exportable(model, cfg.image_size, cfg.model)
     fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []
     if ctx.main and cfg.init is not None:
         log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
