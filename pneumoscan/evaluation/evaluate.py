@@ -31,8 +31,8 @@ from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
-from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources
-from .model_card import add_evaluation, evaluation_record, today, update_card, validation_figures
+from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, member_sources
+from .model_card import MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,13 @@ def _weight_sources(bundle: Path) -> list[tuple[Path, str]]:
     which :func:`check_held_out` then warns about."""
 
     def sources(path: Path, how: str) -> list[tuple[Path, str]]:
-        return [(p, how) for p, _ in _weight_sources(path)] if (path / "bundle.json").exists() else [(path, how)]
+        return [(p, how) for p, _ in _weight_sources(path)] if (path / CARD).exists() else [(path, how)]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
         return [s for member in member_sources(card) for s in sources(member, "member")]
     origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
-    if origin := next((o for o in origins if (o / "bundle.json").exists()), None):
+    if origin := next((o for o in origins if (o / CARD).exists()), None):
         return sources(origin, "copy")
     teachers = [Path(t) for t in (card.train_config or {}).get("teacher") or []]
     return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher"))]
@@ -414,7 +414,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                      gallery=error_gallery(predictor, records, y, scores, threshold))
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
-        log.info("recorded the evaluation on %s in %s", name, Path(bundle) / "MODEL_CARD.md")
+        log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
 
 

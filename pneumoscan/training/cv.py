@@ -32,7 +32,7 @@ from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import CARD, load_card
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import processes
@@ -64,7 +64,7 @@ def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
     --folds, other data), its "out-of-fold" films would include films it trained on; trained by another recipe, its
     figures would be that recipe's. Only the manifest's own path (``split_csv``) may differ. A fold with neither a
     bundle nor a checkpoint has trained nothing yet."""
-    finished = (run / "bundle" / "bundle.json").exists()
+    finished = (run / "bundle" / CARD).exists()
     if not finished and not (run / "checkpoint.pt").exists():
         return
     if moved := split_change(run / "split.csv", planned):
@@ -81,7 +81,7 @@ def check_fold_processes(runs: Sequence[Path], world: int) -> None:
     recipes. Folds all trained elsewhere (say by torchrun on a GPU machine) may still be scored here by one process.
     An interrupted fold is checked by its own ``--resume``."""
     made_by = {run.name: load_card(run / "bundle").train_config.get("processes")
-               for run in runs if (run / "bundle" / "bundle.json").exists()}
+               for run in runs if (run / "bundle" / CARD).exists()}
     known = {n for n in made_by.values() if n is not None}  # None: a bundle of an earlier version, which records none
     if len(known) > 1:
         raise ValueError("the finished folds were trained by different numbers of processes ("
@@ -95,7 +95,7 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
     """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
     teachers = [Path(run) / f"fold-{k}" / "bundle" for run in teacher_cv]
     for teacher in teachers:
-        if not (teacher / "bundle.json").exists():
+        if not (teacher / CARD).exists():
             raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
                              "own cv command first")
     return dataclasses.replace(cfg, split_csv=str(out_dir / f"split-fold-{k}.csv"),
@@ -127,7 +127,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         manifest = Path(configs[k].split_csv)
         write_manifest(planned, manifest)
         bundle = run / "bundle"
-        if (bundle / "bundle.json").exists():  # finalize renames a bundle into place whole: a finished fold
+        if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
             log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
         else:  # an interrupted fold goes on from its last finished epoch; one never started starts from scratch
             log.info("fold %d/%d: training %s", k + 1, folds, run)

@@ -51,7 +51,7 @@ from pneumoscan.evaluation.evaluate import (
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources
+from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from .resume import split_change
 
@@ -135,7 +135,7 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
         held_out = []
         for k, path in folds:
             manifest = cv_dir / f"split-fold-{k}.csv"
-            if not (path / "bundle" / "bundle.json").exists() or not manifest.exists():
+            if not (path / "bundle" / CARD).exists() or not manifest.exists():
                 raise ValueError(f"{cv_dir}: fold {k} has no bundle or no {manifest.name}; finish the cv run first")
             planned = discover(manifest).records
             if moved := split_change(path / "split.csv", planned):
@@ -179,7 +179,7 @@ def build_ensemble(
     net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size) for m, c in loaded]).eval()
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
-                  "weights": c.files.get("model.safetensors", "")} for c, p in zip(cards, paths)]
+                  "weights": c.files.get(WEIGHTS, "")} for c, p in zip(cards, paths)]
     fingerprint = hashlib.sha256("".join(c.data_fingerprint for c in cards).encode()).hexdigest()
     card = BundleCard(
         model=ENSEMBLE, task=first.task, classes=first.classes, positive=first.positive,

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from pneumoscan.core.options import TRACKERS, look_up_option
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import CARD, load_card
 from .engine import Callback, State
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class MLflow(Callback):
         bundle = Path(state.info["bundle"])
         self._metrics(final_figures(state), len(state.history))
         for path in (bundle.parent / "curves.png", bundle.parent / "report.html", bundle.parent / "metrics.json",
-                     bundle / "bundle.json"):
+                     bundle / CARD):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
