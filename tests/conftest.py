@@ -72,3 +72,16 @@ def tiny_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_etiology_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained bacteria-vs-virus bundle for the second prediction stage."""
     return _tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("run-etiology"), "etiology")
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tiny_bundle with its INT8 model (export --int8), for the onnx-int8 backend's tests."""
+    import shutil
+
+    from pneumoscan import cli
+
+    bundle = tmp_path_factory.mktemp("int8") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+    return bundle

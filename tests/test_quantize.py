@@ -25,14 +25,6 @@ from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = tmp_path_factory.mktemp("int8") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
-    return bundle
-
-
 def test_int8_graph_is_quantised_and_scores_near_fp32(int8_bundle: Path, tiny_dataset: Path) -> None:
     graph = onnx.load(str(int8_bundle / INT8_NAME))
     onnx.checker.check_model(graph)

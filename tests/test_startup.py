@@ -18,7 +18,6 @@ import pytest
 import scipy.special
 from PIL import Image
 
-from pneumoscan import cli
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.export import session
@@ -44,14 +43,6 @@ def film(tmp_path: Path) -> Path:
     path = tmp_path / "film.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = tmp_path_factory.mktemp("int8") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
-    return bundle
 
 
 PREDICT = f"""
