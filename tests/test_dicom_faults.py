@@ -16,6 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate, generate_frames, get_frame
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.pixels import apply_color_lut
 from pydicom.tag import Tag
 
 from pneumoscan.data.decode import image_info, read_gray
@@ -203,15 +204,31 @@ def test_an_odd_length_padded_to_even_is_no_mismatch() -> None:
     np.testing.assert_array_equal(read_gray(dicom_bytes(film, bits=8)), film)
 
 
+def test_palette_colour_films_are_read_through_their_palette() -> None:
+    """pydicom's PALETTE COLOR example: one sample a pixel, three channels after the palette (it was refused)."""
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    expected = apply_color_lut(ds.pixel_array, ds) @ np.array([0.299, 0.587, 0.114])
+    gray = read_gray(get_testdata_file("examples_palette.dcm"))
+    assert gray.shape == expected.shape and np.corrcoef(gray.ravel(), expected.ravel())[0, 1] > 0.999
+
+
+@pytest.mark.filterwarnings("ignore:The pixel data is")  # pydicom says it drops the padding: expected
+def test_one_row_of_zeros_after_the_pixels_is_padding() -> None:
+    """pydicom's MR_small_padded.dcm: 128 zero bytes (one row) after a valid film; it reads as pydicom reads it."""
+    path = get_testdata_file("MR_small_padded.dcm")
+    assert read_gray(path).shape == pydicom.dcmread(path).pixel_array.shape
+
+
 @pytest.mark.filterwarnings("ignore:The pixel data is")  # pydicom says it drops the padding: expected
 def test_trailing_bytes_short_of_a_row_are_padding_and_a_whole_row_is_refused() -> None:
-    """Padding after the pixels (pydicom drops it) leaves the film as it is; a whole row more could be a wrong Rows."""
+    """Padding after the pixels (pydicom drops it) leaves the film as it is; a whole row of values more could be a
+    wrong Rows."""
     film = phantom(32, 32)
     stored = film.astype(np.uint16).tobytes()
     padded = rewritten(dicom_bytes(film), PixelData=stored + bytes(62))  # a row is 64 bytes
     np.testing.assert_array_equal(read_gray(padded), read_gray(dicom_bytes(film)))
     with pytest.raises(DecodeError, match=SIZE_MISMATCH.format(held="2,112", rows=32, cols=32, need="2,048")):
-        read_gray(rewritten(dicom_bytes(film), PixelData=stored + bytes(64)))
+        read_gray(rewritten(dicom_bytes(film), PixelData=stored + bytes([7]) * 64))  # a row of values: Rows wrong?
 
 
 @pytest.mark.parametrize("offsets", [True, False], ids=["basic offset table", "no offset table"])
@@ -327,6 +344,13 @@ def test_wide_pixels_are_made_square_by_shrinking_the_height() -> None:
     film = phantom(40, 40)
     data = dicom_bytes(np.repeat(film, 2, axis=0), PixelSpacing=[0.1, 0.2], ImagerPixelSpacing=[0.3, 0.3])
     np.testing.assert_array_equal(read_gray(data), read_gray(dicom_bytes(film)))
+
+
+def test_pixels_no_radiograph_has_are_refused_not_squashed() -> None:
+    """Pixel Spacing 0.1\\10 read a 512 x 512 film as 512 x 5 and scored it: a header fault, refused."""
+    data = dicom_bytes(phantom(40, 40), PixelSpacing=[0.1, 10])
+    with pytest.raises(DecodeError, match=r"PixelSpacing 0.1\\10 makes each pixel 100 times as tall as wide"):
+        read_gray(data)
 
 
 def test_the_scope_check_sees_the_size_as_read() -> None:

@@ -23,6 +23,7 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,20 +65,20 @@ def weights_digest(bundle: Path | str) -> str:
 def torch_threads() -> int:
     """How many intra-op threads torch uses: its own count once it is loaded (``torch.set_num_threads`` included),
     else the count it would start with, worked out as torch's MKL build does without loading torch (about 0.5 GB):
-    MKL_NUM_THREADS, else OMP_NUM_THREADS, at most one a physical core this process may run on."""
+    MKL_NUM_THREADS, else OMP_NUM_THREADS, at most one a physical core of the machine; without either, one a
+    physical core this process may run on (``taskset`` narrows that one, not a count given)."""
     if (loaded := sys.modules.get("torch")) is not None:
         return loaded.get_num_threads()
-    cores = _physical_cores()
     for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         # a count, or OpenMP's list of them for nested levels ("4,2": the first); anything else is passed over
         if (found := re.fullmatch(r"\s*\+?(\d+)\s*(,.*)?", os.environ.get(name, ""))) and int(found[1]) > 0:
-            return min(int(found[1]), cores)
-    return cores
+            return min(int(found[1]), _physical_cores(range(os.cpu_count() or 1)))
+    return _physical_cores(os.sched_getaffinity(0))
 
 
-def _physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-threads of one core count once)."""
-    cpus = os.sched_getaffinity(0)
+def _physical_cores(cpus: Iterable[int]) -> int:
+    """Physical cores among ``cpus`` (hyper-threads of one core count once)."""
+    cpus = list(cpus)
     try:
         topology = [Path(f"/sys/devices/system/cpu/cpu{cpu}/topology") for cpu in cpus]
         return len({((t / "physical_package_id").read_text(), (t / "core_id").read_text()) for t in topology})

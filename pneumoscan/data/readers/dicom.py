@@ -61,6 +61,7 @@ _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "Y
 _POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Presentation LUT Shape each implies
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
+_MAX_ASPECT = 3.0  # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
 # what a decoder may raise that is no fault of the film, and must end the run as it would anywhere else
 _NOT_THE_FILM = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _DEFER_SIZE = "64 KB"  # a header-only read leaves values larger than this (the pixels) unread
@@ -286,6 +287,10 @@ def _pixel_aspect(ds: Dataset) -> float:
             vertical = horizontal = math.nan
         if min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal):
             ratio = vertical / horizontal
+            if not 1 / _MAX_ASPECT <= ratio <= _MAX_ASPECT:  # no radiograph's detector: a header fault
+                raise pixels.DecodeError(f"malformed DICOM header: {keyword} {vertical:g}\\{horizontal:g} makes each "
+                                         f"pixel {max(ratio, 1 / ratio):.3g} times as tall as wide or as wide as tall; "
+                                         "no radiograph has such pixels")
             return 1.0 if abs(ratio - 1) <= _SQUARE else ratio
         if values[0] != values[1]:
             shown = "\\".join(values)
@@ -350,8 +355,11 @@ def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
     except AttributeError:  # an element it needs is missing, which pydicom's decoder names in its refusal
         return
     row = needed // film.rows
-    # an odd length is padded to even; some writers pad further, by less than a row (so no Rows or Columns is wrong)
-    if not needed <= len(data) < needed + max(row, 2):
+    # an odd length is padded to even; some writers pad further: by less than a row, or one row of zeros (pydicom's
+    # MR_small_padded.dcm), which cannot shear the film (Rows one short would lose a black row at most)
+    excess = len(data) - needed
+    padding = excess < max(row, 2) or (excess == row and not any(memoryview(data)[needed:]))
+    if excess < 0 or not padding:
         raise pixels.DecodeError(
             f"pixel data holds {len(data):,} bytes; the header's {film.rows} rows x {film.cols} columns x "
             f"{film.samples} sample(s) x {ds.get('BitsAllocated')} bits need {needed:,}: the header does not describe "
@@ -420,7 +428,8 @@ def _gray(ds: Dataset) -> Image.Image:
         # pydicom lists each plugin's reason on its own line, under a heading that ends in ':'
         reason = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()).replace(":; ", ": ")
         raise pixels.DecodeError(f"cannot decode DICOM pixel data ({_syntax(ds)}): {reason}") from None
-    if arr.ndim == 3 and film.samples == 3 and arr.shape[-1] == 3:  # RGB: same luma weights as Pillow's convert('L')
+    # RGB (three samples, or one through the palette): the same luma weights as Pillow's convert('L')
+    if arr.ndim == 3 and arr.shape[-1] == 3 and (film.samples == 3 or photometric == "PALETTE COLOR"):
         arr = arr @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2:
         raise pixels.DecodeError(f"malformed DICOM pixel data: decoded as {' x '.join(map(str, arr.shape))} values "
