@@ -148,13 +148,34 @@ def test_the_service_builds_a_torch_model_only_for_its_first_heatmap(tiny_bundle
     try:
         gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
         assert asyncio.run(service.main.predict(gray)).label
-        assert service.main.predictor._model is None and service._heat_predictor is None
-        service._heatmap_png(gray, raw=False)
-        assert service.heat_predictor().backend == "torch" and service.heat_predictor()._model is not None
-        assert service.heat_predictor() is service.heat_predictor()  # built once
         assert service.main.predictor._model is None
+        service._heatmap_png(gray, raw=False)
+        model = service.main.predictor._model
+        assert model is not None and service.heat_predictor is service.main.predictor
+        service._heatmap_png(gray, raw=True)
+        assert service.main.predictor._model is model, "built once"
     finally:
         service.close()
+
+
+def test_a_bundle_replaced_after_start_up_draws_no_heatmap_of_other_weights(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Scores from the weights loaded at start-up, a heatmap from those found later: refused with the reason."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from pneumoscan.models.bundle import load_bundle, save_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    predictor = Predictor(bundle, backend="onnx")
+    model, card = load_bundle(bundle)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_bundle(bundle, model, dataclasses.replace(card))  # another model under the same name
+    with pytest.raises(ValueError, match="its weights are not those it was loaded with"):
+        predictor.model
 
 
 SERVE = f"""

@@ -38,7 +38,7 @@ from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import WEIGHTS, load_card, verify_file
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, verify_file
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +96,7 @@ class Predictor:
         self.backend = backend
         self.lock = threading.RLock()
         # the torch backend builds its model now, so unusable weights are refused before any film is read
-        self._model = _torch_model(bundle) if backend == "torch" else None
+        self._model = _torch_model(bundle)[0] if backend == "torch" else None
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
             verify_file(bundle, self.card, WEIGHTS)
         if backend == "onnx-int8" and session is None:
@@ -120,7 +120,11 @@ class Predictor:
         """The bundle's torch model; an ONNX backend builds it when Grad-CAM first asks (under the lock, so once)."""
         with self.lock:
             if self._model is None:
-                self._model = _torch_model(self.bundle)
+                model, card = _torch_model(self.bundle)
+                if card.files.get(WEIGHTS) != self.card.files.get(WEIGHTS):  # the folder was replaced since
+                    raise ValueError(f"{self.bundle}: its weights are not those it was loaded with (the bundle was "
+                                     "replaced since): load it again, so that heatmaps and scores come from one model")
+                self._model = model
             return self._model
 
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
@@ -215,15 +219,16 @@ class Predictor:
         }
 
 
-def _torch_model(bundle: Path | str) -> torch.nn.Module:
-    """The bundle's model in torch, its weights checked against their SHA-256 (:func:`load_bundle`)."""
+def _torch_model(bundle: Path | str) -> tuple[torch.nn.Module, BundleCard]:
+    """The bundle's model in torch, its weights checked against their SHA-256 (:func:`load_bundle`), and the card
+    that recorded them."""
     import torch
 
     from pneumoscan.models.bundle import load_bundle
 
-    model, _ = load_bundle(bundle)
+    model, card = load_bundle(bundle)
     # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last), card
 
 
 def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:

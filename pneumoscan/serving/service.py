@@ -4,7 +4,6 @@ lanes that bound the work (decodes, Grad-CAM, requests in the service) and the f
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,12 +38,11 @@ class Service:
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
         self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
         self.max_bytes = int(max_upload_mb * 2**20)
-        # Grad-CAM gets its own torch copy of the model, threads and bound: it never holds the prediction model's
-        # lock, a decode thread, or more than its share of the queue. Built by the first heatmap request
-        # (:meth:`heat_predictor`), so a service that draws none never builds a torch model.
-        self.bundle = bundle
-        self._heat_predictor: Predictor | None = None
-        self._heat_lock = threading.Lock()
+        # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
+        # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
+        # builds (checked to be the weights the service started with), so a service that draws none never builds
+        # one; the torch backend scores under the model's lock, so Grad-CAM gets its own torch copy
+        self.heat_predictor = self.main.predictor if backend != "torch" else Predictor(bundle, backend="torch")
         self.decoders = ThreadPoolExecutor(limits.max_concurrent_decodes, thread_name_prefix="pneumoscan-decode")
         self.painters = ThreadPoolExecutor(limits.heatmap_lane, thread_name_prefix="pneumoscan-heatmap")
         self.decode_slots = asyncio.Semaphore(limits.max_concurrent_decodes)
@@ -115,16 +113,8 @@ class Service:
         finally:
             slots.release()
 
-    def heat_predictor(self) -> Predictor:
-        """Grad-CAM's torch Predictor, built on first use in the heatmap lane (the torch model takes seconds to
-        load: the request that needs it waits, not the service's start-up, its scoring or its memory)."""
-        with self._heat_lock:
-            if self._heat_predictor is None:
-                self._heat_predictor = Predictor(self.bundle, backend="torch")
-            return self._heat_predictor
-
     def _heatmap_png(self, image: np.ndarray, raw: bool) -> bytes:
-        cam = explain_array(self.heat_predictor(), image)
+        cam = explain_array(self.heat_predictor, image)
         return gray_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)) if raw else overlay_png(image, cam)
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
