@@ -122,3 +122,14 @@ def test_a_module_session_scores_like_torch_and_refuses_non_finite_weights() -> 
         next(model.parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="non-finite"):
         module_session(model, 32)
+
+
+def test_the_trial_export_before_training_leaves_each_part_in_its_mode() -> None:
+    """A model that keeps a part in eval (frozen norms) keeps it so after the check that it can be exported."""
+    from pneumoscan.inference.export import check_exportable
+    from pneumoscan.models import registry
+
+    model = registry.create("simple_cnn", 2, in_chans=1, pretrained=False, image_size=32)
+    model.features.eval()
+    check_exportable(model, 32, "simple_cnn")
+    assert model.training and not model.features.training and model.head.training

@@ -184,6 +184,7 @@ def check_exportable(model: torch.nn.Module, size: int, name: str) -> None:
     one). A trial export in memory: 0.4 s for efficientnet_lite0 at 192 px."""
     import torch
 
+    modes = {module: module.training for module in model.modules()}  # a part the model keeps in eval stays there
     try:
         _to_onnx(model.eval(), size, io.BytesIO())
     except torch.onnx.OnnxExporterError as e:
@@ -191,7 +192,8 @@ def check_exportable(model: torch.nn.Module, size: int, name: str) -> None:
         raise ValueError(f"{name} at image_size {size} cannot be exported to ONNX, which predict and serve run "
                          f"({reason}); choose another image size") from None
     finally:
-        model.train()
+        for module, training in modes.items():
+            module.train(training)
 
 
 def module_onnx(model: torch.nn.Module, size: int) -> bytes:
