@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
 from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
@@ -266,3 +268,31 @@ def test_audit_json_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, t
     duplicates = json.loads(text)["duplicate_groups"]
     assert sorted(Path(p).name for p in duplicates[0]) == [first.name, f"caf\\xe9-{first.name}"]
     assert "udce9" not in text
+
+
+def _components(labels: np.ndarray) -> set[frozenset[int]]:
+    groups: dict[int, set[int]] = defaultdict(set)
+    for index, label in enumerate(labels):
+        groups[int(label)].add(index)
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_near_duplicates_found_by_bands_are_those_every_pair_would_give() -> None:
+    """The band search (pigeonhole) links exactly the pairs at most NEAR_DUPLICATE_BITS apart: films 10 bits apart,
+    11 apart, chains, and a crowd of 600 copies of one film (more than one band group holds)."""
+    from pneumoscan.data.audit import NEAR_DUPLICATE_BITS, _near_duplicate_components
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, (300, 256), dtype=np.uint8)
+    flipped = []
+    for row in base[:150]:  # a neighbour 8 to 12 bits away from each of the first 150
+        twin = row.copy()
+        twin[rng.choice(256, int(rng.integers(8, 13)), replace=False)] ^= 1
+        flipped.append(twin)
+    crowd = np.repeat(base[:1], 600, axis=0)
+    bits = np.concatenate([base, np.array(flipped), crowd])
+    hashes = [np.packbits(row).tobytes() for row in bits]
+    distance = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    every_pair = connected_components(coo_matrix(distance <= NEAR_DUPLICATE_BITS), directed=False)[1]
+    assert _components(_near_duplicate_components(hashes)) == _components(every_pair)
+    assert len(_components(every_pair)) < len(hashes) - 600, "the films hold near pairs to find"

@@ -107,24 +107,56 @@ def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> 
 
 
 def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
-    """Component label per hash, linking hashes at most NEAR_DUPLICATE_BITS apart (row blocks bound memory)."""
+    """Component label per hash, linking hashes at most NEAR_DUPLICATE_BITS apart. Pigeonhole: two such hashes agree
+    exactly on at least one of NEAR_DUPLICATE_BITS + 1 bands of their bits, so only pairs that share a band are
+    measured (train/'s 5,216 films: about 4 thousand pairs instead of 13.6 million; comparing all pairs took 5 s at
+    20,000 films and grew with their square)."""
     n = len(hashes)
     if n == 0:
         return np.zeros(0, dtype=int)
-    words = np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(n, -1)
-    rows, cols = [], []
-    for start in range(0, n, 256):
-        block = words[start : start + 256]
-        dist = np.zeros((len(block), n), dtype=np.int32)
+    raw = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, -1)
+    words, bits = raw.view(np.uint64), np.unpackbits(raw, axis=1)
+    bands = np.array_split(np.arange(bits.shape[1]), NEAR_DUPLICATE_BITS + 1)
+    pairs = np.concatenate([_sharing(np.packbits(bits[:, band], axis=1), words) for band in bands], axis=1)
+    i, j = np.unique(pairs, axis=1) if pairs.size else pairs
+    near = np.bitwise_count(words[i] ^ words[j]).sum(axis=1) <= NEAR_DUPLICATE_BITS
+    graph = coo_matrix((np.ones(int(near.sum()), dtype=np.int8), (i[near], j[near])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _sharing(keys: np.ndarray, words: np.ndarray, crowd: int = 512) -> np.ndarray:
+    """(2, m) pairs i < j of rows whose ``keys`` (one band's bits) are equal. A group larger than ``crowd`` (many
+    copies of one film) gives only its pairs that are near in full (:func:`_near_among`), not every pair."""
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    order = np.argsort(group.ravel(), kind="stable")
+    sorted_group = group.ravel()[order]
+    sizes = np.bincount(sorted_group)
+    small = sizes[sorted_group] <= crowd
+    found = [np.zeros((2, 0), dtype=np.int64)]
+    for offset in range(1, min(int(sizes.max()), crowd)):  # row p of the sorted order with row p + offset
+        same = (sorted_group[:-offset] == sorted_group[offset:]) & small[:-offset]
+        p = np.flatnonzero(same)
+        found.append(np.sort(np.stack([order[p], order[p + offset]]), axis=0))
+    for g in np.flatnonzero(sizes > crowd):
+        found.append(_near_among(words, order[sorted_group == g]))
+    return np.concatenate(found, axis=1)
+
+
+def _near_among(words: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(2, m) pairs i < j of ``members`` at most NEAR_DUPLICATE_BITS apart, all pairs measured in row blocks (which
+    bound memory)."""
+    members = np.sort(members)
+    rows, cols = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(members), 256):
+        block = words[members[start : start + 256]]
+        dist = np.zeros((len(block), len(members)), dtype=np.int32)
         for k in range(words.shape[1]):  # one 64-bit word at a time keeps the XOR temporary small
-            dist += np.bitwise_count(block[:, k, None] ^ words[None, :, k])
+            dist += np.bitwise_count(block[:, k, None] ^ words[members][None, :, k])
         i, j = np.nonzero(dist <= NEAR_DUPLICATE_BITS)
         keep = start + i < j
-        rows.append(start + i[keep])
-        cols.append(j[keep])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+        rows.append(members[start + i[keep]])
+        cols.append(members[j[keep]])
+    return np.stack([np.concatenate(rows), np.concatenate(cols)])
 
 
 def _size_stats(values: list[int]) -> dict[str, float]:
