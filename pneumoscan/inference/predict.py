@@ -140,10 +140,8 @@ class Predictor:
         return to_input(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), self.card.mean, self.card.std)
 
     def onnx_inputs(self, images: np.ndarray) -> np.ndarray:
-        """:meth:`inputs` for ONNX Runtime, in numpy: ``to_input``'s formula in float32, step for step, so both
-        backends read the same numbers (tests/test_startup.py holds them equal)."""
-        pixels = np.ascontiguousarray(images)[:, None].astype(np.float32)
-        return (pixels / np.float32(255.0) - np.float32(self.card.mean)) / np.float32(self.card.std)
+        """:meth:`inputs` for ONNX Runtime (:func:`onnx_input`)."""
+        return onnx_input(images, self.card.mean, self.card.std)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         """Raw logits of one batch of uint8 (N, S, S) images."""
@@ -217,6 +215,13 @@ class Predictor:
             "threshold": self.threshold(tta),
             "probabilities": {c: float(v) for c, v in zip(self.card.classes, probs[0])},
         }
+
+
+def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 (N, S, S) -> the normalised float32 (N, 1, S, S) an ONNX graph reads, in numpy: ``to_input``'s formula,
+    step for step, so both backends read the same numbers (tests/test_startup.py holds them equal)."""
+    pixels = np.ascontiguousarray(images)[:, None].astype(np.float32)
+    return (pixels / np.float32(255.0) - np.float32(mean)) / np.float32(std)
 
 
 def _torch_model(bundle: Path | str) -> tuple[torch.nn.Module, BundleCard]:

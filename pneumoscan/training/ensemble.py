@@ -39,7 +39,6 @@ from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
-from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import (
     check_held_out,
     data_label,
@@ -49,7 +48,7 @@ from pneumoscan.evaluation.evaluate import (
     write_operating_point,
 )
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
-from pneumoscan.inference.predict import NonFiniteScore, require_finite, tta_probabilities, tta_views
+from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
@@ -76,9 +75,8 @@ def batched(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input;
     :class:`NonFiniteScore` when any is NaN or infinite, which would otherwise reach the temperature and
     threshold fits."""
-    out = [sess.run([OUTPUT], {INPUT: to_input(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH])).unsqueeze(1),
-                                               0.0, 1.0).numpy()})[0]
-           for i in range(0, len(images), BATCH)]  # fmt: skip
+    out = [sess.run([OUTPUT], {INPUT: onnx_input(images[i : i + BATCH], 0.0, 1.0)})[0]
+           for i in range(0, len(images), BATCH)]
     return require_finite(np.concatenate(out))
 
 

@@ -133,7 +133,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         if np.ptp(binary_targets(val_targets)) == 0:
             raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
     calib = pool[_sample(len(pool), calibration_images)]
-    batches = [fp32.inputs(calib[i : i + CALIBRATION_BATCH]).numpy() for i in range(0, len(calib), CALIBRATION_BATCH)]
+    batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     out = bundle / INT8_NAME
     write_atomic(out, _int8_graph(bundle / ONNX_NAME, batches))
     int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
