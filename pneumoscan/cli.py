@@ -567,7 +567,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "'*' allows any, '*.example.org' subdomains")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser (default: none)")
-    # defaults live in serving.limits.Limits (not imported here: the serving package pulls in torch)
+    # no defaults here: a flag not given leaves serving.limits.Limits' own (the help repeats them)
     p.add_argument("--max-concurrent-decodes", type=_positive(int), help="images decoded at once (default: cores, at most 4)")
     p.add_argument("--max-queue", type=_positive(int),
                    help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
