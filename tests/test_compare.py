@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.evaluation.compare import compare_runs, comparison_figure
+from pneumoscan.evaluation.compare import compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import load_card, save_card
 
@@ -44,7 +44,8 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
         assert int(row["n"]) == m["n"]
         for key in ("auc", "accuracy", "sensitivity", "specificity", "threshold"):
             assert float(row[key]) == pytest.approx(m[key])
-        assert [float(row["auc_low"]), float(row["auc_high"])] == pytest.approx(m["ci"]["auc"])
+        for key in ("auc", "accuracy", "sensitivity", "specificity"):  # each figure with its interval
+            assert [float(row[f"{key}_low"]), float(row[f"{key}_high"])] == pytest.approx(m["ci"][key])
         assert (row["model"], row["task"], row["policy"]) == (card.model, card.task, card.threshold_policy)
         assert float(row["minutes"]) == pytest.approx(_last_minutes(run))  # the evaluate folder's run's clock
     assert rows[0]["n"] != rows[1]["n"]  # validation split vs test split: two different sets of films
@@ -60,8 +61,8 @@ def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_co
         curve = by_label[f"{r.run} (AUC {r.auc:.3f})"]
         assert list(curve.get_xdata()) == pytest.approx(r.roc["fpr"])
         point = by_label[f"{r.run} at t = {r.threshold:.3g}"]
-        assert list(point.get_xdata()) == pytest.approx([1 - r.specificity])
-        assert list(point.get_ydata()) == pytest.approx([r.sensitivity])
+        assert list(point.get_xdata()) == pytest.approx([1 - r.figures["specificity"]])
+        assert list(point.get_ydata()) == pytest.approx([r.figures["sensitivity"]])
         assert to_rgba(point.get_color()) == to_rgba(curve.get_color())
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == [f"{r.run} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
@@ -113,3 +114,14 @@ def test_a_threshold_copy_beside_the_bundle_gets_its_own_evaluation_and_policy(
         assert json.loads((folder / "metrics.json").read_text())["threshold"] == pytest.approx(card.threshold)
         assert f"({card.threshold_policy})" in line
     assert "Youden" in lines[2] and "Youden" not in lines[1]
+
+
+def test_compare_never_shows_a_missed_film_as_perfect(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """One missed pneumonia in 2,500 is a sensitivity of 0.9996: the table shows 0.999 with its interval, not 1.000."""
+    ev = tmp_path / "eval-site"
+    shutil.copytree(two_runs[1], ev)
+    m = json.loads((ev / "metrics.json").read_text())
+    m["sensitivity"], m["ci"]["sensitivity"] = 0.9996, [0.9978, 1.0]
+    (ev / "metrics.json").write_text(json.dumps(m))
+    row = format_table(compare_runs([ev])).splitlines()[1]
+    assert "0.999 (95% CI 0.998-1.000)" in row  # the sens column; before, "1.000" with no interval

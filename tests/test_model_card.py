@@ -36,7 +36,9 @@ def test_training_writes_the_model_card(tiny_bundle: Path) -> None:
     sections = [line[3:] for line in body.splitlines() if line.startswith("## ")]
     assert sections == ["Intended use", "Out of scope", "Training data", "Recipe", "Operating threshold",
                         "Validation figures", "Evaluations on other data", "Limitations", "How to cite the data"]
+    assert card.data_checksum.startswith("sha256:") and card.versions["torch"]
     for needed in ("aged 1 to 5", "Guangzhou", "Research use only", "CC BY 4.0", card.data_fingerprint,
+                   card.data_checksum, f"torch {card.versions['torch']}",
                    f"model: {card.model}", f"{card.threshold:.4f}", "chosen on these", "Kermany D, Zhang K, Goldbaum M",
                    "Mendeley Data, V2", "Cell 2018", "10.1016/j.cell.2018.02.010"):
         assert needed in body, needed

@@ -129,7 +129,7 @@ def test_report_of_perfectly_separated_classes_shows_no_certain_interval(tmp_pat
     page = write_report(evaluate_binary(y, prob, 0.5, n_boot=100), tmp_path, "separated").read_text()
     assert f"1.000 (95% CI {0.025 ** (1 / 20):.3f}–1.000)" in _row(page, "ROC AUC")
     assert "(95% CI 83.2%–100.0%)" in _row(page, "Sensitivity")
-    assert "(no 95% CI: the bootstrap resamples gave one value)" in _row(page, "F1")
+    assert "(no 95% CI: too few patients or films, or no spread to measure)" in _row(page, "F1")
     assert "exact one-sided bound from disjoint pairs of films" in page
     assert "CI 100.0%–100.0%" not in page and "CI 1.000–1.000" not in page
 

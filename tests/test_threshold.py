@@ -16,6 +16,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.compare import compare_runs, format_table
 from pneumoscan.evaluation.evaluate import CALIBRATION_FILMS, evaluate, labelled_records, rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
@@ -216,13 +217,20 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
     assert sorted(r.path for r in discover(out / CALIBRATION_FILMS).records) == sorted(
         str(Path(r.path).resolve()) for r in discover(site).records)
     caplog.clear()
-    evaluate(out, site)
+    metrics = evaluate(out, site, out_dir=tmp_path / "eval")
     assert f"16 film(s) given to evaluate chose {out}'s threshold" in caplog.text
+    # the files outlive the terminal: they say it too, and compare marks the run
+    assert metrics["optimistic"] == [f"16 film(s) given to evaluate chose {out}'s threshold ({CALIBRATION_FILMS}): "
+                                     "the figures on them are optimistic"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["optimistic"] == metrics["optimistic"]
+    assert "Not an independent evaluation" in (tmp_path / "eval" / "report.html").read_text()
+    table = format_table(compare_runs([tmp_path / "eval"]))
+    assert "eval (optimistic *)" in table and table.endswith(f"* eval: {metrics['optimistic'][0]}")
     with pytest.raises(ValueError, match=f"16 of the films given to record an evaluation in the card chose {out}'s threshold"):
         evaluate(out, site, add_to_card=True, data_name="site")
     assert load_card(out).external_evaluations == []
     caplog.clear()
-    evaluate(tiny_bundle, site)  # the original's threshold was not chosen on them
+    assert evaluate(tiny_bundle, site)["optimistic"] == []  # the original's threshold was not chosen on them
     assert "chose" not in caplog.text
 
 

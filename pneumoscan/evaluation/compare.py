@@ -21,8 +21,9 @@ from .report import figure_png, roc_figure
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("run", "model", "task", "n", "auc", "auc_low", "auc_high", "accuracy", "sensitivity", "specificity",
-          "threshold", "policy", "minutes")
+FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
+FIELDS = ("run", "model", "task", "n", *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")),
+          "threshold", "policy", "minutes", "optimistic")
 
 
 @dataclass
@@ -33,21 +34,24 @@ class RunSummary:
     model: str | None
     task: str | None
     n: int
-    auc: float | None
-    auc_ci: tuple[float | None, float | None]
-    accuracy: float | None
-    sensitivity: float | None
-    specificity: float | None
+    figures: dict[str, float | None]  # FIGURES
+    cis: dict[str, tuple[float | None, float | None]]  # FIGURES' 95% CIs, (None, None) where there is none
     threshold: float
     policy: str | None
     minutes: float | None
     roc: dict[str, list]
+    optimistic: list[str]  # why the figures may flatter the model (evaluate's held-out check)
+
+    @property
+    def auc(self) -> float | None:
+        return self.figures["auc"]
 
     def row(self) -> dict[str, Any]:
-        return {"run": self.run, "model": self.model, "task": self.task, "n": self.n, "auc": self.auc,
-                "auc_low": self.auc_ci[0], "auc_high": self.auc_ci[1], "accuracy": self.accuracy,
-                "sensitivity": self.sensitivity, "specificity": self.specificity, "threshold": self.threshold,
-                "policy": self.policy, "minutes": self.minutes}
+        figures = {f"{name}{end}": value for name in FIGURES
+                   for end, value in (("", self.figures[name]), ("_low", self.cis[name][0]), ("_high", self.cis[name][1]))}
+        return {"run": self.run, "model": self.model, "task": self.task, "n": self.n, **figures,
+                "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
+                "optimistic": "; ".join(self.optimistic)}
 
 
 def _training_minutes(folder: Path) -> float | None:
@@ -77,27 +81,29 @@ def load_run(path: Path | str) -> RunSummary:
     places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
     minutes = _training_minutes(folder) if (folder / "bundle").is_dir() else _training_minutes(folder.parent)
-    ci = (m.get("ci") or {}).get("auc") or [None, None]
+    cis = m.get("ci") or {}
     return RunSummary(
         run=folder.name, model=card.model if card else None, task=card.task if card else None, n=int(m["n"]),
-        auc=m.get("auc"), auc_ci=(ci[0], ci[1]), accuracy=m.get("accuracy"), sensitivity=m.get("sensitivity"),
-        specificity=m.get("specificity"), threshold=float(m["threshold"]),
+        figures={name: m.get(name) for name in FIGURES},
+        cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
-        roc=(m.get("curves") or {}).get("roc") or {"fpr": [], "tpr": []},
+        roc=(m.get("curves") or {}).get("roc") or {"fpr": [], "tpr": []}, optimistic=list(m.get("optimistic") or []),
     )
 
 
 
 def format_table(runs: list[RunSummary]) -> str:
-    """The comparison as aligned plain text (one line per run)."""
+    """The comparison as aligned plain text (one line per run, each figure with its CI); a run whose figures are
+    on films the model chose its threshold on or trained on is marked, with the reasons beneath."""
     head = ("run", "model", "task", "n", "AUC", "acc", "sens", "spec", "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
-        lines.append((r.run, r.model or "n/a", r.task or "n/a", str(r.n), with_ci(r.auc, r.auc_ci), format_figure(r.accuracy),
-                      format_figure(r.sensitivity), format_figure(r.specificity), f"{r.threshold:.4f} ({r.policy or 'n/a'})",
-                      format_figure(r.minutes, 1)))
+        lines.append((r.run + (" (optimistic *)" if r.optimistic else ""), r.model or "n/a", r.task or "n/a", str(r.n),
+                      *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
+                      f"{r.threshold:.4f} ({r.policy or 'n/a'})", format_figure(r.minutes, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return table + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic)
 
 
 def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> list[RunSummary]:
@@ -129,7 +135,8 @@ def comparison_figure(runs: list[RunSummary]):
     labels = {r.run: f"{r.run} (AUC {format_figure(r.auc)})" for r in runs}
     points, owner = {}, {}
     for r in runs:
-        if r.run in curves and r.sensitivity is not None and r.specificity is not None:
+        sensitivity, specificity = r.figures["sensitivity"], r.figures["specificity"]
+        if r.run in curves and sensitivity is not None and specificity is not None:
             label = f"{r.run} at t = {r.threshold:.3g}"
-            points[label], owner[label] = (1 - r.specificity, r.sensitivity), r.run
+            points[label], owner[label] = (1 - specificity, sensitivity), r.run
     return roc_figure(curves, labels, points, owner)

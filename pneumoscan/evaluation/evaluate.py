@@ -128,17 +128,27 @@ def record_calibration_films(bundle: Path, records: Sequence[Record]) -> None:
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   validation_warning: bool = False, refuse_validation: bool = False) -> None:
+                   validation_warning: bool = False, refuse_validation: bool = False) -> list[str]:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
-    with ``refuse_validation``, refused too."""
+    with ``refuse_validation``, refused too. Returns the warnings (each also logged): why figures on these films
+    would be optimistic, for the reports made of them to say so."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = set(real.values())
     all_trained: set[str] = set()
+    caveats: list[str] = []
+
+    def warn(text: str) -> None:
+        log.warning("%s", text)
+        caveats.append(text)
+
     for bundle in map(Path, bundles):
-        _check_calibration_films(bundle, given, purpose, hint, validation_warning, refuse_validation)
+        if chosen := _check_calibration_films(bundle, given, purpose, hint, refuse_validation):
+            if validation_warning:
+                warn(f"{chosen} film(s) given to {purpose} chose {bundle}'s threshold ({CALIBRATION_FILMS}): the "
+                     "figures on them are optimistic")
         # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
         runs = [(path, how, run, _side(run, "train")) for path, how in _weight_sources(bundle)
                 if (run := _run_films(path, purpose))]
@@ -158,19 +168,19 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                                  f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
                                  f"{purpose} on films new to it{hint}")
             if validation and validation_warning:
-                log.warning("some films given to %s are %s's validation films, on which its own temperature and "
-                            "threshold were chosen: the figures on them are optimistic", purpose, path)
+                warn(f"{len(validation)} film(s) given to {purpose} are {path}'s validation films, on which its own "
+                     "temperature and threshold were chosen: the figures on them are optimistic")
             all_trained |= train
             patients = {r.patient for r in run.values() if r.split == "train"}
             if kin := [r.patient for r in records
                        if r.patient in patients and not own_patient(r) and real[r.path] not in run]:
-                log.warning("%d film(s) given to %s are other files of patients in %s's training split (by the "
-                            "patient ids in the file names, e.g. %s): if they are the same patients, the figures "
-                            "are optimistic", len(kin), purpose, path, shown(kin[0]))
+                warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s training split "
+                     f"(by the patient ids in the file names, e.g. {shown(kin[0])}): if they are the same patients, "
+                     "the figures are optimistic")
     if copies := _copies(given, all_trained):
-        log.warning("%d film(s) given to %s are byte-for-byte copies of training films under other names (e.g. %s "
-                    "of %s): the figures on them are optimistic", len(copies), purpose, shown(copies[0][0]),
-                    shown(copies[0][1]))
+        warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of training films under other names "
+             f"(e.g. {shown(copies[0][0])} of {shown(copies[0][1])}): the figures on them are optimistic")
+    return caveats
 
 
 def _copies(given: set[str], trained: set[str]) -> list[tuple[str, str]]:
@@ -212,19 +222,17 @@ def _side(run: dict[str, Record], side: str) -> set[str]:
     return {path for path, r in run.items() if r.split == side}
 
 
-def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, warn: bool, refuse: bool) -> None:
-    """Films given that chose BUNDLE's own threshold (calibration_films.csv), as its validation films are judged."""
+def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, refuse: bool) -> int:
+    """How many films given chose BUNDLE's own threshold (calibration_films.csv), judged as its validation films
+    are: refused with ``refuse``."""
     listed = bundle / CALIBRATION_FILMS
     if not listed.exists():
-        return
-    if not (chosen := sorted({os.path.realpath(r.path) for r in discover(listed).records} & given)):
-        return
-    if refuse:
+        return 0
+    chosen = sorted({os.path.realpath(r.path) for r in discover(listed).records} & given)
+    if chosen and refuse:
         raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
                          f"{chosen[0]}; {CALIBRATION_FILMS}): {purpose} on films new to it{hint}")
-    if warn:
-        log.warning("%d film(s) given to %s chose %s's threshold (%s): the figures on them are optimistic",
-                    len(chosen), purpose, bundle, CALIBRATION_FILMS)
+    return len(chosen)
 
 
 def labelled_records(
@@ -376,14 +384,15 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     task = get_task(card.task)
     records, images, targets, errors = labelled_records(data, split, task, card.spec)
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
-    check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
-                   "record an evaluation in the card" if add_to_card else "evaluate",
-                   validation_warning=True, refuse_validation=add_to_card)
+    caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
+                             "record an evaluation in the card" if add_to_card else "evaluate",
+                             validation_warning=True, refuse_validation=add_to_card)
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
     # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=[r.patient for r in records])
     metrics["unreadable"] = errors
+    metrics["optimistic"] = caveats  # why these figures may flatter the model (films it chose or trained on)
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
     if etiology is not None:

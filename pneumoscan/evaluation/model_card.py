@@ -218,13 +218,17 @@ def render(card: BundleCard) -> str:
         f"Pediatric chest X-ray films of {DATASET}, licensed CC BY 4.0: these weights are trained on CC BY 4.0 "
         "data, so any use of them must credit the data as under *How to cite the data*. The films were split "
         "by patient into training and validation.\n\n"
-        f"Data fingerprint (the exact files and how they were preprocessed): `{card.data_fingerprint or 'not recorded'}`.",
+        f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
+        f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
+        f"`{card.data_fingerprint or 'not recorded'}`.",
         "## Recipe\n\n"
         f"Model `{card.model}`{f' {card.model_kwargs}' if card.model_kwargs else ''}, grayscale input of "
         f"{card.size} x {card.size} px ({card.resize_policy}{source}), normalised with mean {card.mean:g} and std "
         f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on "
         f"{card.train_config.get('calibrated_on') or 'validation'}. Training configuration:\n\n"
-        "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```",
+        "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
+        + (f"Trained with {', '.join(f'{name} {v}' for name, v in card.versions.items())}."
+           if card.versions else "Library versions not recorded."),
         f"## Operating threshold\n\n{_threshold_section(card)}",
         f"## Validation figures\n\n{_validation_section(card)}",
         f"## Evaluations on other data\n\n{_external_section(card)}",

@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.metrics import jsonable
+from pneumoscan.core.metrics import format_figure, jsonable, short_of_one
 from pneumoscan.inference.explain import png_data_url
 
 _CSS = """
@@ -38,6 +38,7 @@ figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px 
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
 .cmblock{flex:0 1 auto}.cmblock h3{font-size:1em;margin:4px 0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
+.optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
 """
 _PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "balanced_accuracy"}
 _BINARY_ROWS = (
@@ -77,7 +78,7 @@ def _fmt(value: Any, name: str = "") -> str:
         return str(value)
     if name == "threshold":
         return f"{value:.4g}"
-    return f"{100 * value:.1f}%" if name in _PROPORTIONS else f"{value:.3f}"
+    return f"{100 * short_of_one(value, 3):.1f}%" if name in _PROPORTIONS else format_figure(value)
 
 
 def _value_cell(block: dict[str, Any], name: str) -> str:
@@ -89,29 +90,42 @@ def _value_cell(block: dict[str, Any], name: str) -> str:
     if lo is not None and hi is not None:
         cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
     elif name in cis and not _undefined(value):
-        cell += ' <span class="ci">(no 95% CI: the bootstrap resamples gave one value)</span>'
+        cell += ' <span class="ci">(no 95% CI: too few patients or films, or no spread to measure)</span>'
     return f'<td class="num">{cell}</td>'
 
 
-def _ci_note(m: dict[str, Any], proportions: str, bootstrapped: str, auc_key: str, auc_name: str) -> str:
-    """How a block's 95% CIs were made, by the unit its ``ci_unit`` records (a result without one: films)."""
+def _ci_note(m: dict[str, Any], proportions: str, others: dict[bool, str], auc_key: str, auc_name: str) -> str:
+    """How a block's 95% CIs were made, by the unit its ``ci_unit`` records (a result without one: films);
+    ``others``: how the other figures' intervals were, by patient (True) or by film (False)."""
     if m.get("ci_unit") == "patient":
         return ("95% CIs count patients, not films, since one patient's films are scored alike: Clopper-Pearson at the "
-                f"effective number of cases (Korn-Graubard) for {proportions}; percentile bootstrap of the patients "
-                f"(all films of a patient resampled together) for {bootstrapped}."
+                f"effective number of cases (Korn-Graubard) for {proportions}; {others[True]}."
                 + _auc_bound_note(m[auc_key], auc_name, "patients"))
-    return (f"95% CIs: exact Clopper-Pearson for {proportions}; percentile bootstrap of the films (resampled within "
-            f"each class) for {bootstrapped}.{_auc_bound_note(m[auc_key], auc_name, 'films')} Every film counts as "
-            "an independent case (no patient ids, or one film per patient): with several films of one patient the "
-            "true uncertainty is larger than these intervals show.")
+    return (f"95% CIs: exact Clopper-Pearson for {proportions}; {others[False]}."
+            f"{_auc_bound_note(m[auc_key], auc_name, 'films')} Every film counts as an independent case (no patient "
+            "ids, or one film per patient): with several films of one patient the true uncertainty is larger than "
+            "these intervals show.")
+
+
+_BINARY_CIS = {
+    True: "for ROC AUC, DeLong's variance summed by patient (Obuchowski) on the logit scale with a t quantile; for F1, "
+          "a BCa bootstrap of the patients (all films of a patient resampled together)",
+    False: "for ROC AUC, DeLong's variance on the logit scale with a t quantile; for F1, a BCa bootstrap of the films "
+           "(resampled within each class)",
+}
+_THREE_CLASS_CIS = {
+    True: "percentile bootstrap of the patients (all films of a patient resampled together) for balanced accuracy "
+          "and macro AUC",
+    False: "percentile bootstrap of the films (resampled within each class) for balanced accuracy and macro AUC",
+}
 
 
 def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
-    """Why a perfect (or perfectly reversed) AUC still has an interval: it is the exact bound, not a bootstrap."""
+    """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound."""
     if auc not in (0, 1):
         return ""
-    return (f" Every resample ordered the classes {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s "
-            f"interval is an exact one-sided bound from disjoint pairs of {unit} instead.")
+    return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is an "
+            f"exact one-sided bound from disjoint pairs of {unit}.")
 
 
 def _esc(value: Any) -> str:
@@ -249,7 +263,7 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
             f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
-            + _ci_note(m, "sensitivity, specificity, precision and accuracy", "ROC AUC and F1", "auc", "AUC")
+            + _ci_note(m, "sensitivity, specificity, precision and accuracy", _BINARY_CIS, "auc", "AUC")
             + "</p>"
         ),
         f"<table>{head}{rows}</table>",
@@ -345,7 +359,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             f"<h2>{section}Summary</h2>",
             (
                 f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. '
-                + _ci_note(m, "accuracy", "balanced accuracy and macro AUC", "macro_auc", "macro AUC") + "</p>"
+                + _ci_note(m, "accuracy", _THREE_CLASS_CIS, "macro_auc", "macro AUC") + "</p>"
             ),
             f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
@@ -411,11 +425,21 @@ def write_report(
         f"<style>{_CSS}</style></head><body><main><h1>{_esc(title)}</h1>"
         + (f'<p class="subtitle">{_esc(subtitle)}</p>' if subtitle else "")
         + (_meta_table(extra) if extra else "")
+        + _optimistic_html(metrics.get("optimistic"))
         + body
         + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
         "For research use; not a medical device.</p></main></body></html>"
     )
     return write_atomic(out_dir / "report.html", page.encode("utf-8"))
+
+
+def _optimistic_html(caveats: list[str] | None) -> str:
+    """The held-out check's warnings (:func:`pneumoscan.evaluation.evaluate.check_held_out`) above every figure:
+    a report read after the terminal is closed must not pass for an independent evaluation."""
+    if not caveats:
+        return ""
+    items = "".join(f"<li>{_esc(text)}</li>" for text in caveats)
+    return f'<div class="optimistic"><b>Not an independent evaluation.</b><ul>{items}</ul></div>'
 
 
 def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
