@@ -296,3 +296,71 @@ def test_near_duplicates_found_by_bands_are_those_every_pair_would_give() -> Non
     every_pair = connected_components(coo_matrix(distance <= NEAR_DUPLICATE_BITS), directed=False)[1]
     assert _components(_near_duplicate_components(hashes)) == _components(every_pair)
     assert len(_components(every_pair)) < len(hashes) - 600, "the films hold near pairs to find"
+
+
+@pytest.fixture(scope="module")
+def conflicted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A film whose name contradicts its folder, one picture filed as NORMAL and PNEUMONIA, two empty files of
+    different patients, names that are not UTF-8 or hold TeX, and a test split without PNEUMONIA films."""
+    root = tmp_path_factory.mktemp("conflicted") / "xray"
+    files = {
+        "normal": root / "train/NORMAL/IM-0001-0001.jpeg",
+        "copy": root / "train/PNEUMONIA/person9_bacteria_1.jpeg",
+        "misfiled": root / "train/NORMAL/person1_bacteria_9.jpeg",
+        "latin1": Path(os.fsdecode(os.fsencode(root) + b"/train/PNEUMONIA/person2_virus_\xe9.jpeg")),
+        "tex": root / "train/PNEUMONIA/person3_virus_$\\nonsense{$.jpeg",
+        "empty1": root / "train/NORMAL/IM-0003-0001.jpeg",
+        "empty2": root / "train/PNEUMONIA/person1000_bacteria_1.jpeg",
+        "test": root / "test/NORMAL/IM-0004-0001.jpeg",
+    }
+    for seed, path in enumerate(files.values()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _picture(seed, (64, 64)).save(path, quality=95)
+    shutil.copyfile(files["normal"], files["copy"])
+    files["empty1"].write_bytes(b"")
+    files["empty2"].write_bytes(b"")
+    return {"root": root, **files}
+
+
+@pytest.fixture(scope="module")
+def conflicts_report(conflicted: dict[str, Path]) -> dict:
+    return audit(discover(conflicted["root"]), workers=2)
+
+
+def test_label_conflicts_are_reported_and_highlighted(conflicts_report: dict, conflicted: dict[str, Path]) -> None:
+    """A name contradicting its folder and one picture under two labels were only counted as an ordinary duplicate
+    (or not at all); a class missing from a split was a plain 0."""
+    normal, copy, misfiled = (str(conflicted[k]) for k in ("normal", "copy", "misfiled"))
+    assert conflicts_report["label_conflicts"] == [
+        {"kind": "name", "paths": [misfiled], "labels": ["NORMAL"], "subtypes": ["normal"],
+         "reason": "named bacteria, labelled NORMAL"},
+        {"kind": "exact duplicate", "paths": [normal, copy], "labels": ["NORMAL", "PNEUMONIA"],
+         "subtypes": ["normal", "bacteria"], "reason": "one picture labelled NORMAL and PNEUMONIA bacteria"},
+    ]
+    console = Console(file=io.StringIO(), width=300, force_terminal=True)
+    console.print(format_audit(conflicts_report))
+    text = console.file.getvalue()
+    red = "\x1b[1;31m"
+    assert f"{red}label conflicts (a name or a duplicate contradicting a label): 2" in text
+    assert f"{red}  name: {misfiled}: named bacteria, labelled NORMAL" in text
+    assert f"{red}no PNEUMONIA film in test (1 films): the class is missing" in text
+    assert "no NORMAL film in" not in text and "no PNEUMONIA film in train" not in text
+
+
+def test_unreadable_files_are_in_no_duplicate_group(conflicts_report: dict, conflicted: dict[str, Path]) -> None:
+    """Two empty files were an exact duplicate group, and split tied their unrelated patients together."""
+    empty = [str(conflicted["empty1"]), str(conflicted["empty2"])]
+    assert {u["path"] for u in conflicts_report["unreadable"]} == set(empty)
+    assert conflicts_report["duplicate_groups"] == [sorted([str(conflicted["normal"]), str(conflicted["copy"])])]
+    assert exact_duplicate_groups([*empty, str(conflicted["normal"]), str(conflicted["copy"])], workers=2) == \
+        conflicts_report["duplicate_groups"]
+
+
+def test_audit_figure_shows_odd_names_escaped_and_never_as_tex(conflicts_report: dict, conflicted: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """A name that is not UTF-8 stopped the figure with a TypeError from the font engine; one holding $...$
+    was parsed as mathtext, and one that is not valid TeX raised."""
+    out = tmp_path / "audit.svg"
+    audit_figure(conflicts_report, discover(conflicted["root"]), out, per_class=6)
+    svg = out.read_text()
+    assert "person2_virus_\\xe9.jpeg" in svg and "person3_virus_$\\nonsense{$.jpeg" in svg

@@ -150,3 +150,19 @@ def test_a_harmless_quirk_of_an_intact_film_is_read_and_damage_behind_it_is_not(
     assert np.array_equal(read_gray(odd), read_gray(data))
     with pytest.raises(DecodeError, match=CORRUPT):
         read_gray(QUIRKS[quirk](noise_in_middle(data)))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_progressive_jpeg_cut_after_any_scan_is_refused(val_film: Path, mode: str) -> None:
+    """Closed with EOI after a scan, a progressive JPEG is well formed to libjpeg, which decoded the coarse scans
+    without a warning (after the first alone: a mosaic of 8 x 8 blocks, and a score). Intact, it reads as Pillow
+    reads it."""
+    with Image.open(val_film) as im:
+        data = _encode(im.convert(mode), quality=90, progressive=True)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    np.testing.assert_array_equal(read_gray(data), expected)
+    scans = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    assert len(scans) > 3
+    for start in scans[1:]:
+        with pytest.raises(DecodeError, match=r"(?i)corrupt JPEG data: a progressive JPEG that ends before its last"):
+            read_gray(data[:start] + b"\xff\xd9")

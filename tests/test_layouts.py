@@ -21,6 +21,7 @@ from pneumoscan.data.layouts import (
     discover,
     layouts,
     make_record,
+    name_conflict,
     own_patient,
     parse_name,
     read_manifest,
@@ -161,6 +162,33 @@ def test_each_layout_owns_its_name_rules() -> None:
     # parse_name tries the named layout first, then every registered one; None when no rules fit
     assert parse_name("IM-0115-0001.jpeg", "NORMAL", mendeley) == ("normal", "IM-0115")
     assert parse_name("scan 7.png", "NORMAL") is None
+
+
+@pytest.mark.parametrize("name, label, parsed, conflict", [
+    # the patient id in a name is kept whatever the folder, so the child's films stay on one side of a split
+    ("person1_bacteria_9.jpeg", "NORMAL", ("normal", "person1"), "named bacteria, labelled NORMAL"),
+    ("IM-0115-0001.jpeg", "PNEUMONIA", ("", "IM-0115"), "named normal, labelled PNEUMONIA"),
+    ("BACTERIA-1008087-0001.jpeg", "NORMAL", ("normal", "1008087"), "named bacteria, labelled NORMAL"),
+    ("person1_virus_3.jpeg", "PNEUMONIA", ("virus", "person1"), None),
+    ("NORMAL2-IM-0381-0001.jpeg", "NORMAL", ("normal", "NORMAL2-IM-0381"), None),
+    # the Mendeley rule takes a copy's suffix and a second counter, as the Kaggle rules do
+    ("BACTERIA-1008087-0001 (1).jpeg", "PNEUMONIA", ("bacteria", "1008087"), None),
+    ("NORMAL-1003233-0001-0002.jpeg", "NORMAL", ("normal", "1003233"), None),
+    ("scan 7.png", "NORMAL", None, None),
+])
+def test_a_name_keeps_its_patient_in_any_folder_and_a_contradiction_is_named(
+        name: str, label: str, parsed: tuple[str, str] | None, conflict: str | None) -> None:
+    assert parse_name(name, label) == parsed
+    rec = make_record(f"/x/{label}/{name}", label)
+    assert name_conflict(rec) == conflict
+    assert not own_patient(rec) if parsed else own_patient(rec)
+
+
+def test_a_manifest_subtype_contradicting_the_name_is_a_conflict(tmp_path: Path) -> None:
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label,subtype\nperson1_bacteria_9.jpeg,PNEUMONIA,virus\nperson2_virus_1.jpeg,PNEUMONIA,\n")
+    first, second = read_manifest(csv_path).records
+    assert name_conflict(first) == "named bacteria, labelled PNEUMONIA virus" and name_conflict(second) is None
 
 
 def test_manifest_is_a_layout(tmp_path: Path) -> None:

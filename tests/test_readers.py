@@ -13,10 +13,11 @@ from PIL import Image
 
 from pneumoscan.data import pixels as shared, readers
 from pneumoscan.data.cache import CHUNK, build_cache
-from pneumoscan.data.decode import image_info, read_dicom_header, read_gray
+from pneumoscan.data.decode import colour_spread, image_info, read_dicom_header, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.scope import COLOUR_TOLERANCE, NO_TAGS, describe
 from pneumoscan.inference.predict import expand_paths, predict_paths
 from tests.builders import SCORE_TOL, dicom_bytes
 
@@ -178,3 +179,27 @@ def test_cache_workers_decode_with_the_sites_readers_and_limits(
     monkeypatch.setattr(shared, "MAX_PIXELS", 100)  # smaller than a 48 x 40 film
     refused = build_cache(paths, spec, tmp_path / "cache", workers=2)  # a new key: not the cache above
     assert len(refused.errors) == len(paths) and all("image too large" in e["reason"] for e in refused.errors)
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_colour_image_gets_a_scope_warning_and_grey_stored_as_colour_does_not() -> None:
+    """A colour photograph was read as grey and scored with only "no DICOM tags"; a grey film stored as RGB (as
+    every film of the Kermany train/ folder is), or with some per-channel noise, is a radiograph."""
+    grey = np.asarray(Image.fromarray(film(seed=3)).resize((300, 240)))
+    noisy = np.clip(np.dstack([grey] * 3) + np.random.default_rng(0).integers(-6, 7, (240, 300, 3)), 0, 255)
+    tinted = np.dstack([grey, grey * 0.9, grey * 0.75])  # a sepia photograph of a film
+    for rgb in (np.dstack([grey] * 3), noisy):
+        assert describe(_jpeg(rgb.astype(np.uint8)))["warnings"] == [NO_TAGS]
+    [_, colour] = describe(_jpeg(tinted.astype(np.uint8)))["warnings"]
+    assert colour.startswith("colour image") and "a radiograph is grayscale" in colour
+
+
+def test_no_real_film_gets_the_colour_warning(data_root: Path) -> None:
+    """Every 25th film of train/ and val/ (the whole folders measure a channel spread of 0: docs/data.md)."""
+    films = sorted(data_root.glob("train/*/*.jpeg"))[::25] + sorted(data_root.glob("val/*/*.jpeg"))
+    assert films and all(colour_spread(f) <= COLOUR_TOLERANCE for f in films)

@@ -1,8 +1,9 @@
 """Dataset audit: what is in a dataset before anyone trains on it.
 
 Counts per split/class/subtype, image sizes and modes, unreadable files, exact duplicates (content hash),
-near duplicates (perceptual hash) and leakage across splits (the same patient, or the same picture, in two
-splits). One pass per file in a process pool reads everything, so the 5,216-image train folder takes seconds.
+near duplicates (perceptual hash), leakage across splits (the same patient, or the same picture, in two
+splits) and label conflicts (a file name, or a duplicate, contradicting a film's label: :func:`label_conflicts`).
+One pass per file in a process pool reads everything, so the 5,216-image train folder takes seconds.
 
 Near duplicates use a 256-bit pHash (``imagehash.phash``, ``hash_size=16``) and link two images when their
 hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components). Measured on
@@ -34,7 +35,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS
 from pneumoscan.data.decode import image_info, open_regular, read_gray
-from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Record
+from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import resize
 
@@ -93,8 +94,9 @@ def _groups(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
 
 
 def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> list[list[str]]:
-    """Groups of files with identical bytes; a file that cannot be read is in none (the cache reports it).
-    Threads suffice: hashlib releases the GIL while hashing."""
+    """Groups of files with identical bytes; a file that cannot be read or decoded is in none (the cache reports
+    it): two empty or cut-short files are not one picture, and would tie unrelated patients together in a split.
+    Threads suffice: hashlib releases the GIL while hashing; only the few files in a group are decoded."""
 
     def digest(path: str) -> str | None:
         try:
@@ -103,7 +105,18 @@ def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> 
             return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _groups((p, h) for p, h in zip(paths, pool.map(digest, paths)) if h is not None)
+        groups = _groups((p, h) for p, h in zip(paths, pool.map(digest, paths)) if h is not None)
+    readable = [[p for p in group if _decodes(p)] for group in groups]
+    return [group for group in readable if len(group) > 1]
+
+
+def _decodes(path: str) -> bool:
+    """Whether a film decodes, as :func:`_scan` decodes it for the audit."""
+    try:
+        read_gray(path, target=PHASH_TARGET)
+    except DecodeError:
+        return False
+    return True
 
 
 def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
@@ -206,7 +219,7 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         modes[scan["mode"]] += 1
         hashed.append((rec, scan))
 
-    sha = {s["path"]: s["sha"] for s in scans if "sha" in s}
+    sha = {s["path"]: s["sha"] for s in scans if "error" not in s}  # an unreadable file is in no duplicate group
     component = _near_duplicate_components([s["phash"] for _, s in hashed])
     members: dict[int, list[Record]] = defaultdict(list)
     for (rec, _), comp in zip(hashed, component):
@@ -223,6 +236,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         ),
         key=lambda g: g["paths"],
     )
+    conflicts = label_conflicts(records, [("exact duplicate" if g["exact"] else "near duplicate", g["paths"])
+                                          for g in near], layouts().get(discovery.layout))
     return {
         "n_images": len(records),
         "counts": counts,
@@ -236,8 +251,31 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
         "patient_overlap": shared_patients(records),
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
+        "label_conflicts": conflicts,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def label_conflicts(records: Sequence[Record], groups: Iterable[tuple[str, Sequence[str]]],
+                    layout: Layout | None = None) -> list[dict]:
+    """Films whose labels contradict their own names (:func:`~pneumoscan.data.layouts.name_conflict`) or each other:
+    a ``groups`` entry (kind, paths), a group of duplicates, whose members carry different labels or pneumonia
+    subtypes (an unknown subtype contradicts none), so the same picture would be taught or scored as both. Each is
+    ``{"kind", "paths", "labels", "subtypes", "reason"}`` (kind "name" or the group's). Reported, never resolved:
+    which label is right is for a person to tell."""
+    def conflict(kind: str, members: Sequence[Record], reason: str) -> dict:
+        return {"kind": kind, "paths": [r.path for r in members], "labels": [r.label for r in members],
+                "subtypes": [r.subtype for r in members], "reason": reason}
+
+    found = [conflict("name", [rec], reason) for rec in records if (reason := name_conflict(rec, layout))]
+    by_path = {r.path: r for r in records}
+    for kind, paths in groups:
+        members = [by_path[p] for p in paths if p in by_path]
+        if len({r.label for r in members}) > 1 or len({r.subtype for r in members if r.subtype}) > 1:
+            labelled = sorted({f"{r.label} {r.subtype}" if r.label == "PNEUMONIA" and r.subtype else r.label
+                               for r in members})
+            found.append(conflict(kind, members, f"one picture labelled {' and '.join(labelled)}"))
+    return found
 
 
 def _sample(records: Sequence[Record], n: int) -> list[Record]:
@@ -301,7 +339,9 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
             if col < len(picks):
                 rec = picks[col]
                 cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
-                cell.set_title(f"{label} {_subtype_key(sub)}\n{Path(rec.path).name}", fontsize=6)
+                # escaped (a name of other bytes than UTF-8 stops the font engine) and never read as TeX ($...$)
+                cell.set_title(f"{label} {_subtype_key(sub)}\n{shown(Path(rec.path).name)}", fontsize=6,
+                               parse_math=False, usetex=False)
     # the format the name asks for (audit.pdf, audit.svg): the temporary name has none
     write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
 
@@ -374,7 +414,13 @@ def format_audit(report: dict):
     near = report["near_duplicate_groups"]
     n_exact_near = sum(g["exact"] for g in near)
     cross = report["cross_split_near_duplicates"]
+    conflicts = report["label_conflicts"]
     lines: list[tuple[str, bool]] = [  # (line, is it a finding to look at?)
+        *((f"no {label} film in {split} ({sum(counts.values())} films): the class is missing", True)
+          for split, counts in report["counts"].items() if sum(counts.values()) for label in LABELS
+          if not counts[label]),
+        (f"label conflicts (a name or a duplicate contradicting a label): {len(conflicts)}", bool(conflicts)),
+        *((f"  {c['kind']}: {' | '.join(map(shown, c['paths']))}: {c['reason']}", True) for c in conflicts[:10]),
         (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
         (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
         (f"unreadable: {len(report['unreadable'])}", bool(report["unreadable"])),

@@ -62,12 +62,36 @@ def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple
     """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
     first, then every registered one's: a site may have merged two releases); None when no rules fit. The folder's
     label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
-    stem = Path(filename).stem
+    ruled = _ruled_by(Path(filename).stem, label, layout)
+    return None if ruled is None else ruled[1]
+
+
+def _ruled_by(stem: str, label: str, layout: Layout | None) -> tuple[Layout, tuple[str, str]] | None:
+    """The first layout whose name rules ``stem`` follows (``layout``'s first, then every registered one's), with
+    what it parsed; None when no rules fit."""
     rules = [layout] if layout is not None else []
     for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
         parsed = candidate.parse_name(stem, label)
         if parsed is not None:
-            return parsed
+            return candidate, parsed
+    return None
+
+
+def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
+    """How ``rec``'s file name contradicts its label or subtype (``person1_bacteria_9.jpeg`` in NORMAL/, a misfiled
+    or relabelled film: "named bacteria, labelled NORMAL"), by the rules :func:`parse_name` reads it by; None when
+    it agrees or states no kind. The label is kept (the folder's or the manifest's word), so this is reported, not
+    corrected: which of the two is wrong is for a person to tell."""
+    stem = Path(rec.path).stem
+    ruled = _ruled_by(stem, rec.label, layout)
+    said = ruled[0].name_says(stem) if ruled is not None else None
+    kind = said[0] if said is not None else ""
+    if not kind:
+        return None
+    if (kind == "normal") != (rec.label == "NORMAL"):
+        return f"named {kind}, labelled {rec.label}"
+    if kind != "normal" and rec.subtype and rec.subtype != kind:
+        return f"named {kind}, labelled {rec.label} {rec.subtype}"
     return None
 
 
@@ -203,10 +227,21 @@ class Layout(ABC):
     def discover(self, root: Path) -> Discovery:
         """Every record under ``root``, and every entry left out with its reason."""
 
-    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
-        """(subtype, patient id) when a file-name stem follows this layout's rules, else None (the default: a layout
-        without name rules). ``label`` is the folder's; a NORMAL film's subtype is "normal"."""
+    def name_says(self, stem: str) -> tuple[str, str] | None:
+        """(kind, patient id) as a file-name stem states them, whatever folder it is in: kind is "normal",
+        "bacteria", "virus", or "" when the name gives none; None when the stem follows no rule of this layout (the
+        default: a layout without name rules). What :meth:`parse_name` and :func:`name_conflict` read."""
         return None
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        """(subtype, patient id) when a file-name stem follows this layout's rules, else None. ``label`` is the
+        folder's and wins: a NORMAL film's subtype is "normal", a PNEUMONIA film named normal has none (""). The
+        patient id is kept whatever the folder, so a misfiled film stays with its child's other films in a split."""
+        said = self.name_says(stem)
+        if said is None:
+            return None
+        kind, patient = said
+        return ("normal" if label == "NORMAL" else "" if kind == "normal" else kind), patient
 
 
 class ClassFolders(Layout):
@@ -316,12 +351,12 @@ class KaggleLayout(ClassFolders):
     _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
     _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
 
-    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
-        if label == "NORMAL":
-            m = self._STUDY.match(stem)
-            return ("normal", m.group(1).upper()) if m else None
-        m = self._PERSON.match(stem)
-        return (m.group(2).lower(), m.group(1).lower()) if m else None
+    def name_says(self, stem: str) -> tuple[str, str] | None:
+        if m := self._PERSON.match(stem):
+            return m.group(2).lower(), m.group(1).lower()
+        if m := self._STUDY.match(stem):
+            return "normal", m.group(1).upper()
+        return None
 
 
 class MendeleyLayout(ClassFolders):
@@ -331,7 +366,9 @@ class MendeleyLayout(ClassFolders):
 
     name = "mendeley"
     description = "{train,test}/{NORMAL,PNEUMONIA} folders; NORMAL-2552119-0002.jpeg, BACTERIA-4038442-0001.jpeg"
-    _NAME = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+$", re.IGNORECASE)
+    # not anchored at the end, as the Kaggle rules are not: a copy's suffix ("... (1)") or a second counter
+    # ("-0001-0002") keeps the patient id
+    _NAME = re.compile(r"^(normal|bacteria|virus)-(\d+)-\d+", re.IGNORECASE)
     _PEEK = 8  # names looked at per class folder to recognise the release
 
     def detect(self, root: Path) -> bool:
@@ -347,14 +384,9 @@ class MendeleyLayout(ClassFolders):
                 return True
         return False
 
-    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+    def name_says(self, stem: str) -> tuple[str, str] | None:
         m = self._NAME.match(stem)
-        if not m:
-            return None
-        kind = m.group(1).lower()
-        if label == "NORMAL":
-            return "normal", m.group(2)
-        return ("" if kind == "normal" else kind), m.group(2)
+        return (m.group(1).lower(), m.group(2)) if m else None
 
 
 class ManifestLayout(Layout):

@@ -15,6 +15,7 @@ deals the same units into k folds, each unit to the fold that lacks most of its 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pneumoscan.data.audit import exact_duplicate_groups, shared_patients
-from pneumoscan.data.layouts import LABELS, Record, discover, own_patient
+from pneumoscan.core.names import shown
+from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
+from pneumoscan.data.layouts import LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,10 @@ def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]])
     units: dict[int, list[int]] = defaultdict(list)
     for i, comp in enumerate(labels):
         units[int(comp)].append(i)
-    return sorted(units.values())  # by first record index, so the shuffle below depends on the seed only
+    # by each unit's first film as it really is, not by where it was listed: the seeded shuffle then starts from the
+    # same order for the same films, so a manifest sorted otherwise (or the folders themselves) gives the same split
+    real = [os.path.realpath(r.path) for r in records]
+    return sorted(units.values(), key=lambda unit: min(real[i] for i in unit))
 
 
 def patient_split(
@@ -164,11 +169,39 @@ def patient_folds(
 
 
 def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
-    """Everything in DATA but its test split, and its exact-duplicate groups (which must stay together)."""
-    pool = [r for r in discover(data).records if r.split != "test"]
+    """Everything in DATA but its test split, and its exact-duplicate groups (which must stay together). A pool
+    without a film of each class is refused (:func:`_check_classes`); label conflicts in it are warned of."""
+    found = discover(data)
+    pool = [r for r in found.records if r.split != "test"]
     if not pool:
         raise ValueError(f"{data}: no images outside test/ to split")
-    return pool, exact_duplicate_groups([r.path for r in pool])
+    _check_classes(data, pool, found)
+    duplicates = exact_duplicate_groups([r.path for r in pool])
+    _warn_conflicts(label_conflicts(pool, [("exact duplicate", g) for g in duplicates], layouts().get(found.layout)))
+    return pool, duplicates
+
+
+def _check_classes(data: Path | str, pool: Sequence[Record], found: Discovery) -> None:
+    """Refuse a pool that lacks a class: a one-class manifest would pass for a split, and be handed to training
+    and other tools. The folders left out are named, as a re-packed dataset (``train/{NORMAL,BACTERIA,VIRUS}``)
+    loses a class to them."""
+    labels = Counter(r.label for r in pool)
+    if missing := [label for label in LABELS if not labels[label]]:
+        folders = [shown(e["path"]) for e in found.skipped
+                   if e["reason"] in ("not a class folder", "not a split folder")]
+        left = f"; left out as not class or split folders: {', '.join(folders)}" if folders else ""
+        raise ValueError(f"{shown(data)}: no {missing[0]} film outside test/ to split (its {len(pool)} films are "
+                         f"all {next(iter(labels))}); a split needs films of {' and '.join(LABELS)}{left}")
+
+
+def _warn_conflicts(conflicts: Sequence[dict]) -> None:
+    """Say when films' labels contradict their names or each other (:func:`label_conflicts`): they are split as
+    labelled, as the public dataset must stay usable, but a contradictory target harms training and validation."""
+    if conflicts:
+        first = conflicts[0]
+        log.warning("%d label conflict(s): a file name or an exact duplicate contradicts a label, e.g. %s (%s); "
+                    "kept as labelled: check them (`pneumoscan audit DATA` lists them all, near duplicates too)",
+                    len(conflicts), " | ".join(map(shown, first["paths"])), first["reason"])
 
 
 def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:

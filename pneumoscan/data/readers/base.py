@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 HEAD_BYTES = 132  # what a reader sees to recognise a file: DICOM's "DICM" magic sits at bytes 128-131
+SPREAD_SIDE = 64  # short side (px) of the reduced image :meth:`Reader.colour_spread` measures: enough to tell colour
 
 
 class Reader(ABC):
@@ -33,6 +34,20 @@ class Reader(ABC):
     @abstractmethod
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         """uint8 H x W pixels, upright, reduced with :func:`pneumoscan.data.pixels.reduce` towards ``target``."""
+
+    def colour_spread(self, src: Path | bytes) -> float:
+        """How far the image's colour channels differ (:func:`channel_spread` on it reduced to about
+        :data:`SPREAD_SIDE` px): a radiograph is grey, so a large spread marks a photograph or a coloured screen
+        capture (:mod:`pneumoscan.data.scope` warns). 0 here: a format whose pixels are grey, or whose colour its
+        header states (DICOM's PhotometricInterpretation)."""
+        return 0.0
+
+
+def channel_spread(rgb: np.ndarray) -> float:
+    """The 99th percentile over the pixels of an H x W x C array of each pixel's largest minus smallest channel: 0
+    for grey stored as colour; a few isolated coloured pixels (a marker, chroma bleeding at an edge) do not count."""
+    values = rgb.astype(np.int16)
+    return float(np.percentile(values.max(axis=2) - values.min(axis=2), 99))
 
 
 _READERS: list[Reader] = []

@@ -24,6 +24,7 @@ _HARMLESS = ("bad ICC marker",)
 _PADDING = 3  # unused bytes libjpeg accepts before the marker that ends a scan without a warning
 _ENDS_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the marker after a scan: not stuffing, a restart or fill
 _RESTART = re.compile(rb"\xff([\xd0-\xd7])")
+_PROGRESSIVE = (0xC2, 0xCA)  # SOF2, SOF10: progressive DCT, Huffman- or arithmetic-coded
 
 
 def decode(data: bytes, colorspace: str, **options: int) -> np.ndarray | None:
@@ -31,6 +32,8 @@ def decode(data: bytes, colorspace: str, **options: int) -> np.ndarray | None:
     as ValueError. A file with another warning is read leniently once its Huffman codes are checked (strict mode
     stops at the first warning, and damage further on must still be found); None when libjpeg-turbo will not read
     it even so (an unknown JFIF version), for the caller's lenient decoder."""
+    if (_frame_header(data) or (None,))[0] in _PROGRESSIVE:
+        check_progression(data)
     try:
         return simplejpeg.decode_jpeg(data, colorspace, strict=True, **options)
     except ValueError as e:
@@ -60,6 +63,40 @@ def check_frame(frame: bytes) -> None:
         decode(frame, colorspace, min_factor=8)  # None (a harmless quirk): pydicom's plugins read it
     else:
         check_huffman_scans(frame)
+
+
+def check_progression(data: bytes) -> None:
+    """Raise ValueError when a progressive JPEG ends (EOI) before its scans have coded every coefficient of every
+    component to full precision (successive approximation down to Al = 0). Cut after a scan and closed with EOI, it
+    is a well-formed file to libjpeg, which decodes the coarse scans it has (its first alone is an 8 x 8 block
+    mosaic) without a warning; a film is never scored from part of its progression. Only marker segments are read:
+    a scan's entropy-coded data is skipped to the marker that ends it."""
+    coded: dict[int, list[int | None]] = {}  # component id -> the Al each coefficient has been coded down to
+    pos = 2  # after SOI
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : end]
+        if marker in _PROGRESSIVE:
+            coded = {segment[6 + 3 * i]: [None] * 64 for i in range(segment[5])}
+        elif marker == 0xDA and coded:  # SOS: components, then Ss, Se, Ah << 4 | Al
+            n = segment[0]
+            first, last, al = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n] & 15
+            for component in segment[1 : 1 + 2 * n : 2]:
+                coded.get(component, [None] * 64)[first : last + 1] = [al] * (last + 1 - first)
+            if not (after := _ENDS_SCAN.search(data, end)):
+                return  # no marker after the scan: cut short, which the decoder reports as such
+            pos = after.start()
+            continue
+        pos = end
+    if short := sorted(c for c, levels in coded.items() if any(al != 0 for al in levels)):
+        raise ValueError(f"Corrupt JPEG data: a progressive JPEG that ends before its last scan (component(s) "
+                         f"{', '.join(map(str, short))} not coded in full): part of a film")
 
 
 def _frame_header(frame: bytes) -> tuple[int, int] | None:

@@ -16,14 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageChops
+from PIL import ExifTags, Image
 from PIL.JpegImagePlugin import JpegImageFile
 
 from pneumoscan.data import pixels
 from . import jpeg
-from .base import Reader, formats
+from .base import SPREAD_SIDE, Reader, channel_spread, formats
 
 log = logging.getLogger(__name__)
+
+# The JPEG and PNG modes whose pixels may hold colour (a palette's may be all grey); the grey and bilevel ones cannot.
+_COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
+TRANSPARENT = "image has transparent pixels (an alpha channel or a PNG transparency colour): a film has no grey " \
+              "value where it is see-through; export it without transparency"
 
 PIL_FORMATS = ("JPEG", "PNG")
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
@@ -54,6 +59,20 @@ class PillowReader(Reader):
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         with _open(src) as im:
             return _gray(im, src, target)
+
+    def colour_spread(self, src: Path | bytes) -> float:
+        """A colour JPEG is decoded at a reduced DCT scale (cheap), a PNG in full; both then block-averaged to about
+        :data:`~pneumoscan.data.readers.base.SPREAD_SIDE` px, which also evens out JPEG's chroma noise."""
+        with _open(src) as im:
+            if im.mode not in _COLOUR_MODES:
+                return 0.0
+            try:
+                if isinstance(im, JpegImageFile):
+                    im.draft("RGB", (SPREAD_SIDE, SPREAD_SIDE))
+                rgb = pixels.reduce(im.convert("RGB"), SPREAD_SIDE)
+            except Exception as e:  # decoded (strictly) a moment ago: changed since, or a quirk of the draft decode
+                raise pixels.DecodeError(f"corrupt or truncated image data: {e}") from None
+        return channel_spread(np.asarray(rgb))
 
 
 @contextmanager
@@ -107,16 +126,28 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
         def strip(top: int, end: int) -> np.ndarray:  # np.asarray(im) would copy it all, twice (tobytes)
             return np.asarray(decoded.crop((0, top, width, end)))
 
+        key = decoded.info.get("transparency")  # a tRNS grey value (convert('LA') ignores it in these modes)
+        if key is not None and any((strip(top, min(top + 256, height)) == key).any() for top in range(0, height, 256)):
+            raise pixels.DecodeError(TRANSPARENT)
         gray = Image.fromarray(pixels.stretch(strip, height, width, lo, hi))
-    elif decoded.mode in ("RGBA", "LA", "PA") or "transparency" in decoded.info:
-        # X-ray background is black, so transparent areas become black like the padding does
-        gray = ImageChops.multiply(*decoded.convert("LA").split())
     else:
+        _refuse_transparency(decoded)
         gray = decoded if decoded.mode == "L" else decoded.convert("L")
     gray = pixels.reduce(gray, target)
     if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
         gray = gray.transpose(_ORIENTATION[orientation])
     return np.asarray(gray)
+
+
+def _refuse_transparency(im: Image.Image) -> None:
+    """Refuse an image any pixel of which is not fully opaque (an alpha band below 255, or a PNG ``tRNS`` colour or
+    palette entry that a pixel uses): composited on black it was dimmed, and its white markers turned black, and
+    then scored as a film. A fully opaque one (an RGBA export) is read as its colours."""
+    if "A" not in im.getbands() and "transparency" not in im.info:
+        return
+    alpha = im.getchannel("A") if "A" in im.getbands() else im.convert("LA").getchannel("A")
+    if alpha.getextrema()[0] < 255:
+        raise pixels.DecodeError(TRANSPARENT)
 
 
 def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
