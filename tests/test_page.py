@@ -11,6 +11,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server
+from tests.test_serve import with_threshold
 
 PREFIX = "data:image/png;base64,"
 TAGS = dict(PatientAge="004Y", PatientSex="F", ViewPosition="PA", BodyPartExamined="CHEST", StudyDate="20240105",
@@ -299,3 +301,97 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.input_value("#opacity") == "50"
+
+
+def test_figures_short_of_one_never_read_as_one(page: Page) -> None:
+    """A probability or sensitivity of 0.9996 is not certainty: the page cuts it to 0.999, as the reports do."""
+    shown = page.evaluate("() => [figure(0.9996), figure(1), figure(0.12345), figure(0.0004), figure(null)]")
+    assert shown == ["0.999", "1.000", "0.123", "0.000", "n/a"]
+
+
+def test_a_16_bit_png_is_shown_as_the_model_reads_it(page: Page, small: Path, tmp_path: Path) -> None:
+    """12-bit values in a 16-bit PNG (the usual DICOM-to-PNG export): the browser keeps their high byte (0 to 15,
+    a black film); the page shows the service's decode instead, stretched from lowest to highest as the model
+    reads it."""
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
+    path = tmp_path / "film16.png"
+    Image.fromarray(read_gray(small).astype(np.uint16) * 16).save(path)
+    assert Image.open(path).mode == "I;16"
+    upload_one(page, path)
+    assert calls == ["?image=true"]
+    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
+    assert page.evaluate("() => view.gray.reduce((a, b) => Math.max(a, b), 0)") > 200
+    # what else the page reads from a film's first bytes: an alpha channel is the service's to lay on black, and
+    # a PNG's magic bytes win over a .dcm name, as for the service
+    kinds = page.evaluate("""async () => {
+        const png = (depth, colour) => Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13,
+            0x49, 0x48, 0x44, 0x52, 0, 0, 1, 0, 0, 0, 1, 0, depth, colour, 0, 0, 0]);
+        const files = [[png(8, 0), "a.png"], [png(8, 4), "b.png"], [png(8, 6), "c.png"], [png(8, 0), "d.dcm"]];
+        return Promise.all(files.map(([bytes, name]) => sniff(new File([bytes], name)))); }""")
+    assert kinds == [{"dicom": False, "shown": True}, {"dicom": False, "shown": False},
+                     {"dicom": False, "shown": False}, {"dicom": False, "shown": True}]
+
+
+def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, tiny_bundle: Path,
+                                                              tiny_etiology_bundle: Path, data_root: Path,
+                                                              tmp_path: Path) -> None:
+    """With an etiology stage the list and its CSV carry its reading (empty where it did not run). A heatmap the
+    service refuses (its weights damaged on disk since start-up) is said beside the reading, which stays."""
+    paths = [p for kind in ("NORMAL", "PNEUMONIA") for p in sorted((data_root / "train" / kind).glob("*.jpeg"))[:2]]
+    predictor = Predictor(tiny_bundle)
+    size = predictor.card.spec.decode_target
+    probabilities = sorted(predictor.predict_array(read_gray(p, target=size))["probability"] for p in paths)
+    assert probabilities[-1] - probabilities[0] > 1e-3
+    bundle = with_threshold(tiny_bundle, (probabilities[0] + probabilities[-1]) / 2, tmp_path / "bundle")
+    app = create_app(bundle, etiology=tiny_etiology_bundle, backend="onnx")
+    weights = bytearray((bundle / "model.safetensors").read_bytes())
+    weights[len(weights) // 2] ^= 0xFF
+    (bundle / "model.safetensors").write_bytes(bytes(weights))
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    errors: list[str] = []
+    try:
+        with contextmanager(run_server)(app) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            expect(page.locator("#card")).to_contain_text("bacteria / virus")
+            page.set_input_files("#file", paths)
+            expect(page.locator("#status")).to_have_text("4 films analysed.")
+            expect(page.locator("#etiology-column")).to_be_visible()
+            rows = [r.locator("td").all_inner_texts() for r in page.locator("#films tbody tr").all()]
+            assert {r[1] for r in rows} == {"NORMAL", "PNEUMONIA"}, rows
+            for row in rows:
+                assert (row[3] == "not run") == (row[1] == "NORMAL"), row
+                assert row[1] == "NORMAL" or re.fullmatch(r"(bacteria|virus) \(P\(virus\) = [01]\.\d{3}\)", row[3])
+            with page.expect_download() as download:
+                page.click("#export")
+            exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+            for line in exported:
+                if line["reading"] == "NORMAL":
+                    assert line["etiology"] == line["etiology_probability"] == "", line
+                else:
+                    assert line["etiology"] in ("bacteria", "virus") and line["etiology_positive"] == "virus", line
+                    assert 0 <= float(line["etiology_probability"]) <= 1
+
+            reading = page.locator("#label").inner_text()
+            page.click("#heatmap-button")
+            expect(page.locator("#error")).to_contain_text(
+                "Heatmap not computed: heatmaps unavailable: the bundle's weights on disk are no longer those")
+            expect(page.locator("#result")).to_be_visible()
+            assert page.locator("#label").inner_text() == reading and page.is_enabled("#heatmap-button")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_colour_file_is_shown_in_the_grey_the_model_reads(page: Page, small: Path, tmp_path: Path) -> None:
+    """The page drew a colour file's red channel; the service reads Pillow's luma of all three."""
+    gray = read_gray(small)
+    rgb = np.stack([gray, gray // 2, 255 - gray], axis=-1)
+    path = tmp_path / "colour.png"
+    Image.fromarray(rgb, "RGB").save(path)
+    upload_one(page, path)
+    shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.uint8).reshape(gray.shape)
+    np.testing.assert_array_equal(shown, np.asarray(Image.open(path).convert("L")))

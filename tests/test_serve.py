@@ -115,7 +115,7 @@ def test_openapi_schema_documents_the_api(client: TestClient) -> None:
     assert {"/v1/predict", "/v1/model", "/healthz"} <= set(schema["paths"])
     post = schema["paths"]["/v1/predict"]["post"]
     assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
-    assert {"200", "400", "413", "415", "422"} <= set(post["responses"])
+    assert {"200", "400", "413", "415", "422", "500", "503"} <= set(post["responses"])  # 500: a non-finite score
     assert any(p["name"] == "heatmap" for p in post["parameters"])
     assert client.get("/docs").status_code == 404  # off: Swagger UI loads from a CDN; the schema is served
 
@@ -138,7 +138,7 @@ def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: 
 @pytest.mark.parametrize("kind, content_type", [
     ("png", "image/png"), ("dicom", "application/dicom"),
     ("jpeg", "application/octet-stream"), ("png", "application/octet-stream"), ("dicom", "application/octet-stream"),
-    ("jpeg", "image/jpeg; charset=binary"),
+    ("jpeg", "image/jpeg; charset=binary"), ("jpeg", "image/jpg"),  # not a registered type, but commonly sent
 ])
 def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: str, content_type: str) -> None:
     gray = read_gray(xray)
@@ -160,6 +160,15 @@ def test_dicom_without_preamble_is_read_like_the_file_flow(
     (tmp_path / "scan.dcm").write_bytes(data)
     expected = predict_paths(tiny_bundle, [tmp_path / "scan.dcm"])[0]["probability"]
     assert r.json()["probability"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", "application/octet-stream"])
+def test_magic_bytes_win_over_a_dcm_name(client: TestClient, xray: bytes, content_type: str) -> None:
+    """A PNG named .dcm (even sent as DICOM) is read as the PNG its bytes say it is, as predict reads files, not
+    refused as 'a DICOM without pixel data'."""
+    r = upload(client, png(read_gray(xray)), content_type, "scan.dcm")
+    assert r.status_code == 200, r.text
+    assert r.json()["warnings"] == ["no DICOM tags: scope not checked"]
 
 
 @pytest.mark.parametrize("which", ["xray", "full_size_xray"])
@@ -199,6 +208,9 @@ def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray
         body = upload(c, xray).json()
         assert body["label"] in ("bacteria", "virus")
         assert any("assumes the film shows pneumonia and cannot call it normal" in w for w in body["warnings"])
+        for fmt in ("dicom-sr", "fhir"):  # a report codes a pneumonia finding: refused before the film is read
+            assert_error(upload(c, TEXT, format=fmt), 422, f"format={fmt} reports a pneumonia reading, and this "
+                         "service's model reads etiology (bacteria vs virus): ask for format=json")
 
 
 def test_web_page_is_served_without_external_resources(client: TestClient) -> None:
@@ -438,3 +450,28 @@ def test_onnx_backend_answers_like_torch(client: TestClient, tiny_bundle: Path, 
     expected = upload(client, xray).json()
     assert got["probability"] == pytest.approx(expected["probability"], abs=1e-4)
     assert got["label"] == expected["label"] and got["heatmap"].startswith("data:image/png;base64,")
+
+
+def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bundle: Path, xray: bytes,
+                                                                       tmp_path: Path) -> None:
+    """With ONNX Runtime scoring, Grad-CAM's torch model is built by the first heatmap, from the files on disk then.
+    Weights damaged since start-up: that heatmap and every later one get a 503 that says why (naming no path, no
+    Retry-After: retrying cannot help), /healthz says the service is degraded, and readings go on, the same, from
+    the session checked at start-up."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with TestClient(create_app(bundle, backend="onnx")) as c:
+        before = upload(c, xray).json()
+        weights = bytearray((bundle / "model.safetensors").read_bytes())
+        weights[len(weights) // 2] ^= 0xFF
+        (bundle / "model.safetensors").write_bytes(bytes(weights))
+        for heatmap in ("map", "true"):
+            r = upload(c, xray, heatmap=heatmap)
+            assert_error(r, 503, "heatmaps unavailable: the bundle's weights on disk are no longer those this service "
+                                 "started with (damaged or replaced since)")
+            assert str(tmp_path) not in r.text and "retry-after" not in r.headers
+        health = c.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert health.json()["reason"].startswith("heatmaps unavailable")
+        after = upload(c, xray)
+        assert after.status_code == 200 and after.json()["probability"] == before["probability"]

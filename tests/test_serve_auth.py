@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access, is_loopback
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import build_server
-from tests.builders import free_port, running, start_serve, wait_healthy
+from tests.builders import free_port, running, wait_healthy
 
 KEY = "k3y-" + "0123456789abcdef" * 2
 LOCAL = "http://127.0.0.1:8000"  # a Host the default allow-list accepts
@@ -180,12 +182,15 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
 
 
 def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Path) -> None:
+    """Quiet (``pneumoscan -q serve``), as well: no access log, no information messages."""
     (tmp_path / "key").write_text(KEY + "\n")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
-    proc = start_serve([str(tiny_bundle), "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
-                 tmp_path / "log", env)
+    with (tmp_path / "log").open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "serve", str(tiny_bundle), "--port", str(port),
+                                 "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
+                                stdout=out, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(proc, url, tmp_path / "log")
         with httpx.Client(base_url=url, timeout=30) as http:
@@ -197,7 +202,9 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert KEY not in (tmp_path / "log").read_text()
+    log = (tmp_path / "log").read_text()
+    assert KEY not in log
+    assert "/v1/predict" not in log and "/healthz" not in log and "INFO" not in log, log
 
 
 def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ import pneumoscan.serving.service as service_module
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
-from pneumoscan.serving.server import QUIET_LOGGERS, OneLineLog, server_config
+from pneumoscan.serving.server import ACCESS_LOGGER, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog, server_config
 from tests.builders import running
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
@@ -341,3 +342,62 @@ def test_one_line_log_counts_what_it_held_back() -> None:
         "another kind of message",
         "socket.accept() out of system resource: OSError: [Errno 24] Too many open files (499 more like this held back)",
     ]
+
+
+def test_a_flood_of_refused_requests_writes_a_few_access_lines(tiny_bundle: Path) -> None:
+    """Two hundred refused uploads on one connection (as fast as one client sends them): every one is answered, and
+    the access log, on at INFO, gets ten lines, not two hundred."""
+    log = logging.getLogger(ACCESS_LOGGER)
+    for old in [f for f in log.filters if isinstance(f, AccessLog)]:  # a fresh window, whatever ran before
+        log.removeFilter(old)
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append  # type: ignore[method-assign]
+    config = server_config(create_app(tiny_bundle), "127.0.0.1", 0, log_level="info")
+    log.addHandler(handler)
+    try:
+        with running(uvicorn.Server(config)) as url, httpx.Client(base_url=url, timeout=30) as http:
+            statuses = {http.post("/v1/predict", files={"file": ("x.txt", b"notes", "text/plain")}).status_code
+                        for _ in range(200)}
+    finally:
+        log.removeHandler(handler)
+    assert statuses == {415}
+    assert [record.args[4] for record in lines] == [415] * 10, [record.getMessage() for record in lines]
+
+
+def test_access_log_counts_what_it_held_back() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("pneumoscan.test-access-lines")
+    log.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    limit = AccessLog(lines=2, interval=0.3)
+    log.addFilter(limit)
+    request = ("127.0.0.1:5000", "POST", "/v1/predict", "1.1")
+    try:
+        for _ in range(50):
+            log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
+        log.info('%s - "%s %s HTTP/%s" %d', *request, 200)  # another status: its own count
+        time.sleep(0.35)
+        log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
+    finally:
+        log.removeHandler(handler)
+    line = '127.0.0.1:5000 - "POST /v1/predict HTTP/1.1" '
+    assert stream.getvalue().splitlines() == [
+        line + "415 Unsupported Media Type", line + "415 Unsupported Media Type", line + "200 OK",
+        line + "415 Unsupported Media Type (48 more like this held back)",
+    ]
+    assert all(limit.filter(logging.makeLogRecord({"msg": "not a request's line"})) for _ in range(5))
+
+
+def test_decodes_default_to_the_cores_this_process_may_use() -> None:
+    """``taskset -c 0`` leaves one core: one decode at a time, not one per core of the machine."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        assert Limits().max_concurrent_decodes == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert Limits().max_concurrent_decodes == min(4, len(cpus))

@@ -80,7 +80,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     async def healthz() -> Health | JSONResponse:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread
         health = service.health()
-        return health if health.status == "ok" else JSONResponse(health.model_dump(exclude_none=True), status_code=503)
+        if health.status != "unhealthy":  # degraded still answers predictions: a balancer keeps sending them
+            return health
+        return JSONResponse(health.model_dump(exclude_none=True), status_code=503)
 
     @app.get("/v1/model", response_model=ServiceInfo)
     async def model_info() -> ServiceInfo:

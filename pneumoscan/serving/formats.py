@@ -82,12 +82,14 @@ class ServiceInfo(ModelInfo):
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok, or unhealthy once a model has produced a non-finite score")
+    status: str = Field(description="ok; degraded (HTTP 200) once heatmaps are unavailable while predictions go on; "
+                        "unhealthy (HTTP 503) once a model has produced a non-finite score")
     model_id: str
-    reason: str | None = Field(None, description="why the service is unhealthy")
+    reason: str | None = Field(None, description="why the service is degraded or unhealthy")
 
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 503)}
+# 500: a non-finite score (docs/api.md), and a bug, which the guard answers as {"error": "internal error"}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
 
 
 def gray_png(gray: np.ndarray) -> bytes:
@@ -115,16 +117,20 @@ def check_options(fmt: str, heatmap: bool | str, image: bool) -> None:
         raise Rejected(422, "heatmap=true goes with format=json or dicom-sr: a FHIR Observation carries no image")
 
 
-def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str) -> Response:
-    """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation."""
+def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None, model: str, version: str,
+           mode: str) -> Response:
+    """The reading as a DICOM SR (plus the overlay as a Secondary Capture, multipart/related) or a FHIR Observation
+    (with the film's patient as its subject), identified as ``predict`` identifies them: the same film scored the
+    same way (``mode``: the backend) gets the same UIDs and identifier."""
     from pneumoscan.interop import fhir, sr
 
     headers = {"Cache-Control": "no-store"}
     try:
+        source = read_dicom_header(data, dicom)
         if fmt == "fhir":
-            return Response(fhir.observation_json(reading, model, version), media_type="application/fhir+json",
-                            headers=headers)
-        parts = sr.report_files(read_dicom_header(data, dicom), reading, png, model, version)
+            return Response(fhir.observation_json(reading, model, version, mode, source),
+                            media_type="application/fhir+json", headers=headers)
+        parts = sr.report_files(source, reading, png, model, version, mode)
     except ValueError as e:  # a DecodeError, a source without its UIDs or with a malformed attribute, a model that
         # does not read pneumonia, highdicom's refusal: each with a reason that quotes no patient value
         raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None

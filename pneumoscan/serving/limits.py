@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
+
+
+def _cores() -> int:
+    """The cores this process may run on (``taskset`` or a container's cpuset narrows them; ``os.cpu_count`` counts
+    the machine's), at most 4: one decode a core, as the docs promise."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, usable))
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,7 @@ class Limits:
     the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
     headers to arrive. ``keep_alive``: seconds an idle connection stays open."""
 
-    max_concurrent_decodes: int = max(1, min(4, os.cpu_count() or 1))
+    max_concurrent_decodes: int = field(default_factory=_cores)
     max_queue: int = 32
     heatmap_lane: int = 1
     body_timeout: float = 60.0

@@ -1,11 +1,13 @@
-"""Running the service under uvicorn: the request-head deadline, one-line rate-limited failure logs, the refusal to
-listen beyond loopback without an API key, and the open-file limit."""
+"""Running the service under uvicorn: the request-head deadline, one-line rate-limited failure logs, a rate-limited
+access log, the refusal to listen beyond loopback without an API key, and the open-file limit."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -15,6 +17,8 @@ from typing import Any
 import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
@@ -103,24 +107,72 @@ class OneLineLog(logging.Filter):
         return True
 
 
+class AccessLog(logging.Filter):
+    """uvicorn's access log, one INFO line a request, rate-limited as :class:`OneLineLog` limits failures: each
+    status code passes at most ``lines`` lines every ``interval`` seconds, and the next one to pass says how many
+    were held back (:class:`AccessLines` writes it). One client sending refused requests as fast as it can once
+    wrote 90 KB a second. Keyed by status alone: a client chooses the paths and methods, not the statuses."""
+
+    def __init__(self, lines: int = 10, interval: float = 10.0) -> None:
+        super().__init__()
+        self.lines, self.interval = lines, interval
+        self.windows: dict[int, tuple[float, int]] = {}  # status -> (when its window opened, lines passed in it)
+        self.held: Counter[int] = Counter()
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 5):  # not a request line (uvicorn's own format)
+            return True
+        status, now = int(args[4]), time.monotonic()
+        with self.lock:
+            opened, passed = self.windows.get(status, (-math.inf, 0))
+            if now - opened >= self.interval:
+                opened, passed = now, 0
+            if passed >= self.lines:
+                self.held[status] += 1
+                return False
+            self.windows[status] = (opened, passed + 1)
+            record.held_back = self.held.pop(status, 0)
+        return True
+
+
+class AccessLines(AccessFormatter):
+    """uvicorn's access line, and after it how many lines like it :class:`AccessLog` held back."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        held = getattr(record, "held_back", 0)
+        return f"{line} ({held} more like this held back)" if held else line
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's own logging settings, with :class:`AccessLines` writing the access log."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["access"]["()"] = AccessLines
+    return config
+
+
 # the loggers a failing request or a flood writes to: the guard's "internal error" and this module's warnings
 QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", __name__)
+ACCESS_LOGGER = "uvicorn.access"
 
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                   **kwargs: Any) -> uvicorn.Config:
-    """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, and one-line,
-    rate-limited failure logs."""
+    """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, one-line,
+    rate-limited failure logs and a rate-limited access log (``access_log=False`` turns it off)."""
     limits = limits or Limits()
+    kwargs.setdefault("log_config", _log_config())
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
         timeout_keep_alive=limits.keep_alive, **kwargs,
     )  # fmt: skip
-    for name in QUIET_LOGGERS:  # after Config, which configures logging
-        log = logging.getLogger(name)
-        if not any(isinstance(f, OneLineLog) for f in log.filters):
-            log.addFilter(OneLineLog())
+    for name, kind in [(name, OneLineLog) for name in QUIET_LOGGERS] + [(ACCESS_LOGGER, AccessLog)]:
+        log = logging.getLogger(name)  # after Config, which configures logging
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
     return config
 
 
@@ -131,10 +183,11 @@ def serve(*args: Any, **kwargs: Any) -> None:
 
 def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
-                 access: Access | None = None, insecure: bool = False) -> uvicorn.Server:
+                 access: Access | None = None, insecure: bool = False, quiet: bool = False) -> uvicorn.Server:
     """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
     unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
-    allow-list (but not a wildcard address: name the hosts with ``access``)."""
+    allow-list (but not a wildcard address: name the hosts with ``access``). ``quiet`` (``pneumoscan -q``): no
+    access log and no information messages from uvicorn, warnings and errors only."""
     access = access or Access()
     if access.api_key is None and not is_loopback(host):
         if not insecure:
@@ -145,7 +198,8 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
     _raise_open_file_limit()
-    config = server_config(create_app(bundle, etiology, max_upload_mb, backend, limits, access), host, port, limits)
+    app = create_app(bundle, etiology, max_upload_mb, backend, limits, access)
+    config = server_config(app, host, port, limits, **({"access_log": False, "log_level": "warning"} if quiet else {}))
     return uvicorn.Server(config)
 
 

@@ -4,6 +4,7 @@ lanes that bound the work (decodes, Grad-CAM, requests in the service) and the f
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,12 @@ from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+# Why heatmaps stopped: the torch model Grad-CAM needs is built from the bundle's files when the first heatmap is
+# asked for, and those files no longer hold the weights the service checked and scores with. Said without paths.
+HEATMAPS_LOST = ("heatmaps unavailable: the bundle's weights on disk are no longer those this service started with "
+                 "(damaged or replaced since), so a heatmap would not explain its readings; restart the service")
 
 
 class Service:
@@ -33,6 +40,7 @@ class Service:
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
+        self.backend = backend  # how readings are scored: part of every report's identity
         self.main = Stage(bundle, backend)
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
@@ -49,6 +57,7 @@ class Service:
         self.heatmap_slots = asyncio.Semaphore(limits.heatmap_lane)
         self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests and probes)
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
+        self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
 
     def close(self) -> None:
         for stage in (self.main, self.second):
@@ -63,9 +72,13 @@ class Service:
             self.faults.append(NON_FINITE)
 
     def health(self) -> Health:
+        """unhealthy (no more predictions) after a non-finite score; degraded when heatmaps are lost but the
+        predictions still come from the model checked at start-up."""
         model_id = self.main.card.model_id
         if self.faults:
             return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
+        if self.heatmap_fault:
+            return Health(status="degraded", model_id=model_id, reason=self.heatmap_fault)
         return Health(status="ok", model_id=model_id)
 
     def info(self) -> ServiceInfo:
@@ -74,10 +87,17 @@ class Service:
 
     async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
-        model has given a non-finite score (a model that is broken for one film is not trusted with the next)."""
+        model has given a non-finite score (a model that is broken for one film is not trusted with the next);
+        heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files."""
         if self.faults:
             raise Rejected(503, f"{self.faults[0]}: this service answers no more predictions; restart it with a "
                                 "good bundle")
+        if heatmap and self.heatmap_fault:
+            raise Rejected(503, self.heatmap_fault)
+        if format != "json" and not self.main.predictor.task.reports_pneumonia:
+            # refused before the upload is read: the SR and the Observation code a pneumonia finding
+            raise Rejected(422, f"format={format} reports a pneumonia reading, and this service's model reads "
+                                f"{self.main.card.task} ({' vs '.join(self.main.card.classes)}): ask for format=json")
         lanes = [("prediction", self.limits.max_queue)]
         if heatmap:
             lanes.append(("heatmap", self.limits.heatmap_queue))
@@ -114,6 +134,13 @@ class Service:
             slots.release()
 
     def _heatmap_png(self, image: np.ndarray, raw: bool) -> bytes:
+        try:
+            self.heat_predictor.model  # built by the first heatmap (ONNX backends), its weights checked on disk then
+        except (OSError, ValueError) as e:
+            if self.heatmap_fault is None:
+                logger.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
+            self.heatmap_fault = HEATMAPS_LOST
+            raise Rejected(503, HEATMAPS_LOST) from None
         cam = explain_array(self.heat_predictor, image)
         return gray_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)) if raw else overlay_png(image, cam)
 
@@ -129,8 +156,9 @@ class Service:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
             scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
             scope["warnings"] += [self.alone] if self.alone else []
-            if format == "dicom-sr" and "study_instance_uid" not in scope:
-                raise Rejected(422, "format=dicom-sr needs a DICOM upload: a report is filed in the film's study")
+            if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
+                # Observation is linked to its study and patient
+                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the film's study")
             if gone.done():
                 raise ClientGone()
             result = await main.predict(image)
@@ -150,7 +178,8 @@ class Service:
             gone.cancel()
         if format != "json":
             reading = {**result.model_dump(), **scope}
-            return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version)
+            return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version,
+                                           self.backend)
         film = png_data_url(gray_png(shown)) if shown is not None else None
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
                           image=film, **scope)

@@ -20,6 +20,8 @@ from pneumoscan.data.pixels import DecodeError
 from .limits import ClientGone, Rejected
 
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
+# A type some clients send for an accepted one (not registered, but common): read as that one.
+TYPE_ALIASES = {"image/jpg": "image/jpeg"}
 # Room for the multipart envelope (boundaries, part headers) on top of the file itself.
 ENVELOPE_BYTES = 64 * 1024
 
@@ -58,7 +60,9 @@ def _check_type(media: str, data: bytes, dicom: bool) -> None:
 
 async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple[bytes, bool]:
     """The multipart field ``file``, read in memory under the cap and checked for an image content type, and
-    whether it was sent as DICOM (declared type or a .dcm name: files without the preamble have no magic).
+    whether to read it as DICOM whatever its first bytes say: sent as DICOM (declared type or a .dcm name) and
+    with no format's magic bytes, as a DICOM without its preamble has none. Magic bytes win, as when ``predict``
+    reads a file: a PNG named .dcm is read as the PNG it is.
     The whole body must arrive within ``timeout`` seconds: a client trickling bytes would otherwise hold a slot
     of the queue, and its connection, for ever."""
     content_type = request.headers.get("content-type", "")
@@ -79,6 +83,7 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
             raise Rejected(400, "no file: send the image as multipart/form-data in a field named 'file'")
         data = await upload.read()
         media = (upload.content_type or "").split(";")[0].strip().lower()
+        media = TYPE_ALIASES.get(media, media)
         dicom = media == "application/dicom" or (upload.filename or "").lower().endswith(".dcm")
     finally:
         await form.close()
@@ -87,7 +92,7 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
     if len(data) > max_bytes:
         raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_mb(max_bytes)}")
     _check_type(media, data, dicom)
-    return data, dicom
+    return data, dicom and readers.reader_for(data[: readers.HEAD_BYTES]) is None
 
 
 async def disconnected(request: Request) -> None:

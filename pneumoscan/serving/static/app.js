@@ -5,6 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
+let secondStage = false;  // the service reads etiology too: the list and its CSV carry it
 
 const films = [];  // {id, name, file, dicom, shown, status, result, error, cam}
 let current = null;
@@ -16,6 +17,13 @@ let sortAscending = true;
 const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: [190, 110] };
 const view = { gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0, panY: 0 };
 const composed = document.createElement("canvas");
+
+// Three decimals, never rounded up to 1: a sensitivity that missed a film, or a probability short of certainty,
+// must not read as a perfect 1.000.
+function figure(v) {
+  if (typeof v !== "number") return "n/a";
+  return (v < 1 && v.toFixed(3) === "1.000" ? Math.floor(v * 1000) / 1000 : v).toFixed(3);
+}
 
 function pct(p) {
   return `${(100 * p).toFixed(1)}%`;
@@ -31,29 +39,32 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-function showError(message) {
+// A refused film hides the reading on screen (it is another film's); a refused heatmap leaves it (keepResult).
+function showError(message, keepResult = false) {
   $("error").textContent = message;
   $("error").hidden = false;
-  $("result").hidden = true;
+  $("result").hidden = !keepResult;
   $("status").textContent = "";
 }
 
 function showCard(info) {
   maxUploadBytes = info.max_upload_bytes;
+  secondStage = Boolean(info.etiology);
+  $("etiology-column").hidden = !secondStage;
+  renderList();
   const m = info.val_metrics || {};
-  const fmt = (v) => (typeof v === "number" ? v.toFixed(3) : "n/a");
   const rows = [
     ["Model", info.id],
     ["Version", info.version],
     ["Architecture", `${info.architecture}, ${info.image_size} px (${info.resize_policy})`],
     ["Task", `${info.task}: ${info.classes.join(" / ")}`],
-    ["Threshold", `${info.threshold.toFixed(3)} (${info.threshold_policy})`],
-    ["Validation", `AUC ${fmt(m.auc)}, sensitivity ${fmt(m.sensitivity)}, specificity ${fmt(m.specificity)}` +
+    ["Threshold", `${figure(info.threshold)} (${info.threshold_policy})`],
+    ["Validation", `AUC ${figure(m.auc)}, sensitivity ${figure(m.sensitivity)}, specificity ${figure(m.specificity)}` +
       (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
-      `AUC ${fmt(e.metrics.auc.value)}, sensitivity ${fmt(e.metrics.sensitivity.value)}, ` +
-      `specificity ${fmt(e.metrics.specificity.value)}, n = ${e.n} (${e.date})`]),
+      `AUC ${figure(e.metrics.auc.value)}, sensitivity ${figure(e.metrics.sensitivity.value)}, ` +
+      `specificity ${figure(e.metrics.specificity.value)}, n = ${e.n} (${e.date})`]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
@@ -113,13 +124,13 @@ function showResult(film) {
   $("bar-fill").className = positive ? "fill positive" : "fill";
   $("bar-threshold").style.left = pct(r.threshold);
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
-  $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${r.probability.toFixed(3)}, threshold ${r.threshold.toFixed(3)}`);
+  $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
   $("probability").textContent =
-    `P(${r.positive}) = ${r.probability.toFixed(3)}; threshold ${r.threshold.toFixed(3)}; model ${r.model_id}`;
+    `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
   const e = r.etiology;
   $("etiology").hidden = !e;
   if (e) {
-    $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${e.probability.toFixed(3)}, threshold ${e.threshold.toFixed(3)})`;
+    $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ${figure(e.threshold)})`;
   }
   showWarnings(r.warnings || []);
   showFilm(film);
@@ -147,7 +158,10 @@ function grayOf(source) {
       ctx.drawImage(img, 0, 0);
       const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
       const gray = new Uint8ClampedArray(c.width * c.height);
-      for (let i = 0; i < gray.length; i++) gray[i] = rgba[4 * i];
+      // Pillow's (ITU-R 601) luma, as the service reads a colour file; a grey one keeps its levels exactly
+      for (let i = 0; i < gray.length; i++) {
+        gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
+      }
       resolve({ gray, w: c.width, h: c.height, img });
     };
     img.onerror = () => reject(new Error("the browser cannot display this image"));
@@ -351,10 +365,11 @@ $("heatmap-button").addEventListener("click", async () => {
   const body = await post(film.file, "heatmap=map");
   if (!body.ok) {
     $("heatmap-button").disabled = false;
-    return showError(`Rejected: ${body.error}`);
+    return showError(`Heatmap not computed: ${body.error}`, true);
   }
   film.cam = body.result.heatmap;
   $("status").textContent = "";
+  $("error").hidden = true;
   if (current !== film) return;
   await loadCam(film.cam);
   $("heatmap-toggle").checked = true;
@@ -395,10 +410,13 @@ async function post(file, query) {
   return { ok: true, result: body };
 }
 
-// What a film is, from its first bytes: a DICOM exported from a PACS often has no extension ("IM0001") and so no
-// type in the browser. A DICOM carries "DICM" at byte 128; one without that preamble is read as DICOM by the
-// service when it is named *.dcm or sent as application/dicom, and so it is here. The browser shows a JPEG or PNG
-// itself; anything else (a DICOM) is shown from the service's decode (image=true).
+// What a film is, from its first bytes, as the service tells: a DICOM exported from a PACS often has no extension
+// ("IM0001") and so no type in the browser. A DICOM carries "DICM" at byte 128; one without that preamble is read
+// as DICOM by the service when it is named *.dcm or sent as application/dicom and its bytes name no other format,
+// and so it is here (a PNG named .dcm is a PNG). The browser shows a JPEG or an 8-bit PNG itself, as the model
+// reads it; anything else is shown from the service's decode (image=true): a DICOM, a 16-bit PNG (the service
+// stretches its values from lowest to highest, the browser keeps the high byte: 12-bit values look black) and a PNG
+// with an alpha channel (the service lays it on black, the canvas would drop the alpha).
 async function sniff(file) {
   const named = file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
   let head;
@@ -408,9 +426,12 @@ async function sniff(file) {
     return { dicom: named, shown: !named };  // unreadable here: the upload will say why
   }
   const starts = (bytes, at = 0) => bytes.every((b, i) => head[at + i] === b);
-  const dicom = named || starts([0x44, 0x49, 0x43, 0x4d], 128);  // "DICM"
-  const shown = !dicom && (starts([0xff, 0xd8, 0xff]) || starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
-  return { dicom, shown };
+  const jpeg = starts([0xff, 0xd8, 0xff]);
+  const png = starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  const dicom = !jpeg && !png && (named || starts([0x44, 0x49, 0x43, 0x4d], 128));  // "DICM"
+  // IHDR, the first chunk: bit depth at byte 24, colour type at 25 (4: grey + alpha, 6: RGB + alpha)
+  const asModelReads = jpeg || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6);
+  return { dicom, shown: asModelReads };
 }
 
 function check(file) {
@@ -448,10 +469,17 @@ async function analyse(files) {
 
 function value(film, key) {
   if (key === "name") return film.name.toLowerCase();
-  if (!film.result) return key === "probability" || key === "warnings" ? -1 : "";
+  if (!film.result) return key === "label" ? "" : -1;
   if (key === "label") return film.result.label;
   if (key === "probability") return film.result.probability;
+  if (key === "etiology") return film.result.etiology ? film.result.etiology.probability : -1;
   return film.result.warnings.length;
+}
+
+// The second stage's reading, as the result panel gives it; it runs only on films read as pneumonia.
+function etiologyText(r) {
+  const e = r.etiology;
+  return e ? `${e.label} (P(${e.positive}) = ${figure(e.probability)})` : "not run";
 }
 
 function sorted() {
@@ -477,7 +505,8 @@ function renderList() {
     const cells = [
       film.name,
       r ? r.label : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
-      r ? r.probability.toFixed(3) : "",
+      r ? figure(r.probability) : "",
+      ...(secondStage ? [r ? etiologyText(r) : ""] : []),
       r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
@@ -508,14 +537,19 @@ function csvCell(text) {
 }
 
 function csv() {
-  const head = ["file", "reading", "probability", "positive", "threshold", "model", "warnings", "study_instance_uid"];
+  const second = secondStage ? ["etiology", "etiology_probability", "etiology_positive", "etiology_threshold"] : [];
+  const head = ["file", "reading", "probability", "positive", "threshold", "model", ...second, "warnings",
+    "study_instance_uid"];
   const lines = [head.join(",")];
   for (const film of sorted()) {
     const r = film.result;
+    const e = r && r.etiology;  // empty where the second stage did not run (a film not read as pneumonia)
+    const etiology = !secondStage ? [] : e
+      ? [e.label, e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
-      ? [film.name, r.label, r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id,
+      ? [film.name, r.label, r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id, ...etiology,
         r.warnings.join("; "), r.study_instance_uid || ""]
-      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", "", "", ""];
+      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", "", ...etiology, "", ""];
     lines.push(row.map((v) => csvCell(String(v))).join(","));
   }
   return `${lines.join("\r\n")}\r\n`;
