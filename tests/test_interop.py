@@ -3,6 +3,7 @@ from `predict` and from the web service."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import email
 import io
@@ -43,8 +44,8 @@ from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.interop.reports import model_identity, write_reports
-from pneumoscan.interop.sr import build_sr, report_files
-from pneumoscan.models.card import load_card
+from pneumoscan.interop.sr import DISCLAIMER, build_sr, report_files
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
 
@@ -185,10 +186,14 @@ def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_resul
     assert rows[films["in_scope"].name]["sop_instance_uid"] == pydicom.dcmread(films["in_scope"]).SOPInstanceUID
     captured = capsys.readouterr()
     assert caplog.records, "logging was captured"  # the report writer logs: capture works
-    fhir_texts = [p.read_text() for p in (tmp_path / "fhir").iterdir()]
-    for text in (caplog.text, captured.out, captured.err, out.read_text(), *fhir_texts):
+    for text in (caplog.text, captured.out, captured.err, out.read_text()):
         for secret in (NAME, "Doe", PATIENT_ID):
             assert secret not in text
+    # the Observation names the patient by id (its subject), as the SR does: a receiver files it with the patient
+    for path in (tmp_path / "fhir").iterdir():
+        observation = json.loads(path.read_text())
+        assert observation.pop("subject") == {"type": "Patient", "identifier": {"value": PATIENT_ID}}
+        assert not any(secret in json.dumps(observation) for secret in (NAME, "Doe", PATIENT_ID))
     # the SR does hold the patient module: that is the report a PACS files with the patient
     assert any(str(pydicom.dcmread(p).PatientName) == NAME for p in (tmp_path / "sr").iterdir())
 
@@ -240,10 +245,13 @@ def test_predict_names_a_malformed_attribute_and_writes_the_other_reports(tiny_b
             str(tmp_path / "h"), "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir")]
     assert cli.main(args) == 0  # every film scored: a report that cannot be made is a warning, not a failure
     rows = {Path(r["path"]).stem: r for r in csv.DictReader(out.open())}
+    no_fhir = {"PatientID": "no FHIR Observation written: the source DICOM's PatientID is malformed",
+               "StudyInstanceUID": "no FHIR Observation written: the film has no valid DICOM study and instance UIDs"}
     for i, (case, (_, keyword, _)) in enumerate(MALFORMED.items()):
         row = rows[str(i)]
-        assert not row["dicom_sr"] and row["fhir"] and row["probability"], case
+        assert not row["dicom_sr"] and row["probability"], case
         assert f"no DICOM SR written: the source DICOM's {keyword} is malformed" in row["warnings"], case
+        assert (no_fhir[keyword] in row["warnings"]) if keyword in no_fhir else row["fhir"], case
     assert rows["good"]["dicom_sr"] and rows["good"]["dicom_heatmap"]
     written = [out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())]
     for _, _, secrets in MALFORMED.values():
@@ -272,7 +280,10 @@ def test_malformed_patient_values_stay_out_of_a_real_runs_stderr(tiny_bundle: Pa
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
     assert rows["a.dcm"]["dicom_sr"]
     assert "no DICOM SR written: the source DICOM's PatientBirthDate is malformed" in rows["b.dcm"]["warnings"]
-    for text in (run.stdout, run.stderr, out.read_text(), *(p.read_text() for p in (tmp_path / "fhir").iterdir())):
+    observations = [json.loads(p.read_text()) for p in (tmp_path / "fhir").iterdir()]
+    ids = sorted(o.pop("subject")["identifier"]["value"] for o in observations)  # each film's patient, by design
+    assert ids == sorted([secret * 10, PATIENT_ID])
+    for text in (run.stdout, run.stderr, out.read_text(), *map(json.dumps, observations)):
         assert secret not in text
 
 
@@ -326,7 +337,11 @@ def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bu
         assert _text_items(item, "Algorithm Version") == [version]
     assert _text_items(sr_ds, "Device Observer Name") == [card.model_id]  # the observer is the model
     assert _device_uids(sr_ds) == [generate_uid(entropy_srcs=[card.model_id, version])]  # as docs/dicom.md says
-    assert _text_items(group_item, "Comment") == [f"scope warning: {w}" for w in warnings]  # beside the finding
+    # what it is, then each scope warning, beside the finding; its series says it too, for viewers that show no items
+    assert _text_items(group_item, "Comment") == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings)]
+    assert "not a diagnosis" in sr_ds.SeriesDescription
+    [scheme] = sr_ds.CodingSchemeIdentificationSequence  # the private scheme of the threshold's code is declared
+    assert scheme.CodingSchemeDesignator == "99PNEUMOSCAN" and scheme.CodingSchemeName
     [image] = group.source_images
     assert image.referenced_sop_instance_uid == source.SOPInstanceUID
     assert image.referenced_sop_class_uid == source.SOPClassUID
@@ -362,6 +377,7 @@ def check_sc(sc: Dataset, source: Dataset, name: str, version: str, orientation:
     assert (film.ReferencedSOPClassUID, film.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
     assert film.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"  # source image for image processing
     assert sc.DerivationDescription == f"Grad-CAM overlay by pneumoscan model {name} ({version})"
+    assert "not for diagnosis" in sc.SeriesDescription and sc.get("BodyPartExamined") == source.get("BodyPartExamined")
     assert "PatientOrientation" in sc and list(sc.get("PatientOrientation") or []) == orientation
 
 
@@ -388,6 +404,13 @@ def test_the_overlay_keeps_the_films_orientation_and_references_the_film(film: n
     _, overlay = report_files(source, READING, _overlay_png(), "m-1", "sha256:ab")
     sc = pydicom.dcmread(io.BytesIO(overlay))
     check_sc(sc, source, "m-1", "sha256:ab", kept)
+
+
+def test_the_overlay_of_a_lossy_film_says_it_is_lossy(film: np.ndarray) -> None:
+    """PS3.3 C.7.6.1.1.5: once 01, an image derived from it must not say 00 or nothing."""
+    for lossy, kept in (("01", "01"), ("00", None)):
+        _, overlay = report_files(header(film, LossyImageCompression=lossy), READING, _overlay_png(), "m-1", "v")
+        assert pydicom.dcmread(io.BytesIO(overlay)).get("LossyImageCompression") == kept
 
 
 def test_the_device_observer_uid_is_the_models_own(film: np.ndarray) -> None:
@@ -465,22 +488,50 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
         assert obs.derivedFrom is None
     else:
         assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
-    assert [n.text for n in obs.note or []] == [f"scope warning: {w}" for w in warnings]
+    assert [n.text for n in obs.note] == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings)]
 
 
 def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "r.json"
+    """An Observation of a DICOM film names its patient and has an identifier a rerun keeps (a receiver creates it
+    conditionally, once); a JPEG, which has neither patient nor study, gets none."""
     folder = films["in_scope"].parent
-    args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--fhir", str(tmp_path / "f")]
-    assert cli.main(args) == 0
-    for row in json.loads(out.read_text()):
-        obs = Observation.model_validate_json(Path(row["fhir"]).read_text())  # R4B: refuses anything invalid
-        check_observation(obs, row["probability"], row["label"], tiny_bundle, row.get("study_instance_uid"),
-                          row["warnings"])
+    identifiers = []
+    for run in ("r1", "r2"):
+        out = tmp_path / f"{run}.json"
+        args = ["predict", str(tiny_bundle), str(folder), "--out", str(out), "--fhir", str(tmp_path / run)]
+        assert cli.main(args) == 0
+        rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+        jpeg = rows.pop(films["jpeg"].name)
+        assert "fhir" not in jpeg and jpeg["warnings"][-1].startswith("no FHIR Observation written: the film has no "
+                                                                       "valid DICOM study and instance UIDs")
+        assert len(list((tmp_path / run).iterdir())) == 2  # the two DICOM films'
+        for row in rows.values():
+            obs = Observation.model_validate_json(Path(row["fhir"]).read_text())  # R4B: refuses anything invalid
+            check_observation(obs, row["probability"], row["label"], tiny_bundle, row["study_instance_uid"],
+                              row["warnings"])
+            assert (obs.subject.type, obs.subject.identifier.value) == ("Patient", PATIENT_ID)
+            [identifier] = obs.identifier
+            identifiers.append((row["sop_instance_uid"], identifier.system, identifier.value))
+    assert len(set(identifiers)) == 2 and all(value.startswith("urn:uuid:") for _, _, value in identifiers)
+
+
+def test_the_fhir_subject_carries_the_issuer_of_the_patient_id(film: np.ndarray) -> None:
+    qualifiers = Dataset()
+    qualifiers.UniversalEntityID, qualifiers.UniversalEntityIDType = "1.2.3.4", "ISO"
+    source = header(film, IssuerOfPatientID="General Hospital", IssuerOfPatientIDQualifiersSequence=[qualifiers])
+    reading = {**READING, "sop_instance_uid": source.SOPInstanceUID, "study_instance_uid": source.StudyInstanceUID}
+    obs = build_observation(reading, "m", "v", "onnx", source)
+    identifier = obs.subject.identifier
+    assert (identifier.value, identifier.system, identifier.assigner.display) == (PATIENT_ID, "urn:oid:1.2.3.4",
+                                                                                  "General Hospital")
+    assert build_observation(reading, "m", "v", "onnx", header(film, PatientID=None)).subject is None
 
 
 def test_fhir_validation_is_real() -> None:
     reading = {"probability": 0.7, "label": "PNEUMONIA", "positive": "PNEUMONIA", "threshold": 0.5, "task": "pneumonia"}
+    with pytest.raises(ValueError, match="no valid DICOM study and instance UIDs"):  # an Observation linked to nothing
+        build_observation(reading, "m", "v")
+    reading |= {"study_instance_uid": "1.2.3", "sop_instance_uid": "1.2.3.4"}
     assert build_observation(reading, "m", "v").status == "preliminary"
     with pytest.raises(ValidationError):
         Observation.model_validate({"resourceType": "Observation", "status": "final"})  # no code
@@ -564,12 +615,32 @@ def test_api_refuses_a_report_on_a_malformed_attribute_naming_it_never_quoting_i
 
 def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClient, film: np.ndarray,
                                                                  tiny_bundle: Path) -> None:
-    data = chest_dicom(film, Modality="CT", BodyPartExamined="KNEE", ViewPosition="LL", PatientAge="035Y")
+    data = chest_dicom(film, BodyPartExamined="KNEE", ViewPosition="LL", PatientAge="035Y")
     reading = post(client, data).json()
-    assert len(reading["warnings"]) == 4
+    assert len(reading["warnings"]) == 3
     r = post(client, data, format="dicom-sr")
     check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
              reading["label"], tiny_bundle, reading["warnings"])
+
+
+def test_no_coded_finding_is_filed_for_an_object_that_is_not_a_radiograph(
+    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A scanned form or a CT is scored (the reader decides), but an SR or Observation saying "Pneumonia: Present"
+    on it would be filed in the record as a finding: refused, with the scope warning as the reason."""
+    data = chest_dicom(film, Modality="OT")
+    reason = "not a grayscale radiograph (Modality OT is not a radiograph (CR/DX)"
+    for fmt in ("dicom-sr", "fhir"):
+        r = post(client, data, format=fmt)
+        assert r.status_code == 422 and reason in r.json()["error"], r.text
+    path = tmp_path / "form.dcm"
+    path.write_bytes(data)
+    rows = predict_paths(tiny_bundle, [path])
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    [row] = rows
+    assert "probability" in row and not {"dicom_sr", "fhir"} & row.keys()
+    assert [w.split(": ")[0] for w in row["warnings"][1:]] == ["no FHIR Observation written", "no DICOM SR written"]
+    assert all(reason in w for w in row["warnings"][1:]) and not list((tmp_path / "sr").iterdir())
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
@@ -581,11 +652,11 @@ def test_an_invalid_uid_is_left_out_with_a_warning_and_no_sr_is_filed_with_it(cl
     warning = "StudyInstanceUID is not a valid DICOM UID: left out, so this result is not linked to its film"
     body = post(client, data).json()
     assert body["study_instance_uid"] is None and body["warnings"] == [warning]
-    fhir = post(client, data, format="fhir").json()
-    assert "derivedFrom" not in fhir and [n["text"] for n in fhir["note"]] == [f"scope warning: {warning}"]
+    fhir = post(client, data, format="fhir")  # an Observation linked to no study could not be told from a resend
+    assert fhir.status_code == 422 and "the film has no valid DICOM study and instance UIDs" in fhir.json()["error"]
     r = post(client, data, format="dicom-sr")
     assert r.status_code == 422 and "StudyInstanceUID is malformed" in r.json()["error"]
-    for text in (json.dumps(body), json.dumps(fhir)):  # in no case, in no answer
+    for text in (json.dumps(body), fhir.text, r.text):  # in no case, in no answer
         assert uid.upper() not in text.upper()
 
 
@@ -643,14 +714,14 @@ def test_api_fhir(client: TestClient, film: np.ndarray, data_root: Path, tiny_bu
     reading = post(client, data).json()
     r = post(client, data, format="fhir")
     assert r.status_code == 200 and r.headers["content-type"] == "application/fhir+json"
-    assert NAME not in r.text and PATIENT_ID not in r.text
     check_observation(Observation.model_validate_json(r.text), reading["probability"], reading["label"],
                       tiny_bundle, reading["study_instance_uid"], reading["warnings"])
+    # linked to its patient (the id, never the name) and identified as predict identifies it: a resend is the same
+    assert NAME not in r.text and r.json()["subject"]["identifier"]["value"] == PATIENT_ID
+    assert post(client, data, format="fhir").json()["identifier"] == r.json()["identifier"]
     jpeg = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
-    r = post(client, jpeg, "film.jpeg", "image/jpeg", format="fhir")
-    check_observation(Observation.model_validate_json(r.text), post(client, jpeg, "film.jpeg", "image/jpeg").json()[
-        "probability"], r.json()["valueCodeableConcept"]["text"] == "Present" and "PNEUMONIA" or "NORMAL",
-        tiny_bundle, None, [NO_TAGS])
+    r = post(client, jpeg, "film.jpeg", "image/jpeg", format="fhir")  # no study or patient to link it to
+    assert r.status_code == 422 and "format=fhir needs a DICOM upload" in r.json()["error"]
 
 
 def test_api_refuses_sr_for_a_jpeg_and_unknown_formats(client: TestClient, data_root: Path) -> None:
@@ -685,15 +756,17 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_orthanc(folder: Path, lua: str | None = None) -> Iterator[str]:
-    """Orthanc with its DICOMweb plugin on a free port, its storage in ``folder``, and ``lua`` as its Lua script
-    when given (Orthanc's own hooks on what it receives); yields the HTTP root."""
+def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] | None = None) -> Iterator[str]:
+    """Orthanc with its DICOMweb plugin on a free port, its storage in ``folder``, ``lua`` as its Lua script when
+    given (Orthanc's own hooks on what it receives), and with ``users`` (name: password) HTTP Basic authentication;
+    yields the HTTP root."""
     assert Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists(), "install orthanc and orthanc-dicomweb (make test)"
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = {
         "Name": "pneumoscan-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }  # fmt: skip
     if lua is not None:
@@ -703,13 +776,14 @@ def running_orthanc(folder: Path, lua: str | None = None) -> Iterator[str]:
     log = (folder / "orthanc.log").open("w")
     proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    login = next(iter((users or {}).items()), None)  # to ask whether it is up
     try:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, f"Orthanc exited:\n{(folder / 'orthanc.log').read_text()}"
             assert time.monotonic() < deadline, "Orthanc did not start"
             try:
-                if httpx.get(f"{url}/system", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/system", timeout=2, auth=login).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
@@ -741,22 +815,44 @@ def _pacs_store(bundle: Path, url: str, study: str, out: Path, status: int = 0) 
     return row
 
 
+def scanned_form(study: str) -> bytes:
+    """A scanned paper request form as a study holds one: an RGB Secondary Capture, Modality OT, mostly white with
+    dark lines (scored as a film, it came out PNEUMONIA 0.81)."""
+    page = np.full((400, 300, 3), 245, np.uint8)
+    page[40:360:20, 20:280] = 30
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(None, StudyInstanceUID=study, SeriesInstanceUID=generate_uid(),
+                                                Modality="OT", ConversionType="DF", PatientID=PATIENT_ID)))
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *page.shape[:2], 3, "RGB"
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 0, 8, 8, 7, 0
+    ds.PixelData = page.tobytes()
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def test_pacs_reads_a_study_and_stores_its_reports(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture,
 ) -> None:
+    """The films' reports are filed, once however often it runs; the scanned form beside them is said, not
+    scored, and gets no report."""
     caplog.set_level(logging.DEBUG)
     study = generate_uid()
     uploads = [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film[::-1], StudyInstanceUID=study,
                                                                          ViewPosition="LL")]
+    form = scanned_form(study)
     other = chest_dicom(film)  # another study on the same server: not read
-    for data in (*uploads, other):
+    for data in (*uploads, form, other):
         assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
     out = tmp_path / "pacs.json"
     args = ["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store", "--heatmaps",
             "--out", str(out), "--backend", "torch"]  # fmt: skip
     assert cli.main(args) == 0
     rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    form_row = rows.pop(pydicom.dcmread(io.BytesIO(form)).SOPInstanceUID)
+    assert form_row["not_scored"].startswith("Modality OT, Secondary Capture Image Storage: not a radiograph")
+    assert not {"probability", "stored", "not_stored"} & form_row.keys()
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads)}
     assert rows.keys() == sources.keys()
     assert all(r["path"].startswith(f"{orthanc}/dicom-web/studies/{study}/series/") for r in rows.values())
@@ -767,7 +863,7 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
     reports = [ds for ds in held if ds.Modality == "SR"]
     overlays = [ds for ds in held if ds.get("Manufacturer") == "pneumoscan" and ds.Modality == "OT"]
-    assert len(reports) == len(overlays) == 2 and len(held) == 6
+    assert len(reports) == len(overlays) == 2 and len(held) == 7
     for sr_ds in reports:
         sop = sr_ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
             0].ReferencedSOPInstanceUID
@@ -775,9 +871,13 @@ def test_pacs_reads_a_study_and_stores_its_reports(
         [overlay] = [ds.SOPInstanceUID for ds in overlays if ds.SourceImageSequence[0].ReferencedSOPInstanceUID == sop]
         assert row["stored"] == [sr_ds.SOPInstanceUID, overlay]  # the SR, then the overlay: both held
         check_sr(sr_ds, sources[sop], row["probability"], row["label"], tiny_bundle, row["warnings"])
-    # a second run does not read the reports and overlays it stored as films
-    assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json")]) == 0
-    assert {r["sop_instance_uid"] for r in json.loads((tmp_path / "again.json").read_text())} == sources.keys()
+    # a second run does not read the reports and overlays it stored as films, and re-sends the same objects (their
+    # UIDs follow from film, model and scoring mode): the PACS still holds one report and one overlay per film
+    assert cli.main([*args[:-4], "--out", str(tmp_path / "again.json"), "--backend", "torch"]) == 0
+    again = [r for r in json.loads((tmp_path / "again.json").read_text()) if "probability" in r]
+    assert {r["sop_instance_uid"] for r in again} == sources.keys()
+    assert {uid for r in again for uid in r["stored"]} == {uid for r in rows.values() for uid in r["stored"]}
+    assert _held(orthanc, study) == {ds.SOPInstanceUID for ds in held}
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
 
@@ -850,6 +950,24 @@ def _request_body(handler: BaseHTTPRequestHandler) -> bytes:
     return body
 
 
+def _stow_parts(handler: BaseHTTPRequestHandler) -> list[bytes]:
+    """The DICOM instances of ``handler``'s STOW-RS request."""
+    boundary = handler.headers.get_param("boundary")
+    body = b"\r\n" + _request_body(handler)  # each part follows a CRLF, the first one too
+    parts = []
+    for piece in body.split(f"\r\n--{boundary}".encode())[1:]:
+        if piece.startswith(b"--"):  # the closing delimiter
+            break
+        parts.append(piece.split(b"\r\n\r\n", 1)[1])
+    return parts
+
+
+def _failed_item(ds: Dataset, reason: int) -> dict:
+    """A FailedSOPSequence item (DICOM JSON) of ``ds``."""
+    return {"00081150": {"vr": "UI", "Value": [ds.SOPClassUID]}, "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+            "00081197": {"vr": "US", "Value": [reason]}}  # fmt: skip
+
+
 def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
     """``parts`` as a STOW-RS request body, and its content type."""
     boundary = f"pneumoscan-test-{os.urandom(8).hex()}"
@@ -877,21 +995,14 @@ def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[st
             self.wfile.write(answer.content)
 
         def do_POST(self) -> None:
-            boundary = self.headers.get_param("boundary")
-            body = b"\r\n" + _request_body(self)  # each part follows a CRLF, the first one too
             kept, failed = [], []
-            for piece in body.split(f"\r\n--{boundary}".encode())[1:]:
-                if piece.startswith(b"--"):  # the closing delimiter
-                    break
-                part = piece.split(b"\r\n\r\n", 1)[1]
+            for part in _stow_parts(self):
                 ds = pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True)
                 if ds.Modality != modality:
                     kept.append(part)
                     continue
                 failed_uids.append(ds.SOPInstanceUID)
-                failed.append({"00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
-                               "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
-                               "00081197": {"vr": "US", "Value": [reason]}})  # fmt: skip
+                failed.append(_failed_item(ds, reason))
             content, kind = _multipart(kept)
             upstream_answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
                                          headers={"Content-Type": kind, "Accept": "application/dicom+json"})
@@ -990,3 +1101,173 @@ def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
     prefix, suffix = "the PACS did not confirm storing the Grad-CAM Secondary Capture ", ": it may not be stored"
     assert warning.startswith(prefix) and warning.endswith(suffix)
     assert warning[len(prefix):-len(suffix)] not in held
+
+
+@contextmanager
+def refusing_front(upstream: str, refusals: dict[int, int], missing: str) -> Iterator[tuple[str, dict[int, list]]]:
+    """A DICOMweb front on ``upstream`` that answers STOW-RS request number N with the HTTP status ``refusals[N]``:
+    a 409 Conflict with a FailedSOPSequence naming each instance in it (reason 0xC000), as PS3.18 10.5.3 prescribes
+    when a PACS stores none of a request's instances, another status with no body; and WADO-RS of instance
+    ``missing`` with 404 (deleted since the search). Other requests pass through. Yields the front's URL and, by
+    request number, the SOP Instance UIDs it refused."""
+    where = urlsplit(upstream)
+    root = f"{where.scheme}://{where.netloc}"
+    refused: dict[int, list[str]] = {}
+    posts = []
+
+    class Front(_Quiet):
+        def do_GET(self) -> None:
+            if urlsplit(self.path).path.endswith(f"/instances/{missing}"):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            answer = _pass_through(self, f"{root}{self.path}")
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def do_POST(self) -> None:
+            parts = _stow_parts(self)
+            posts.append(parts)
+            status = refusals.get(len(posts))
+            if status is not None:
+                sent = [pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True) for part in parts]
+                refused[len(posts)] = [ds.SOPInstanceUID for ds in sent]
+                failed = {"00081198": {"vr": "SQ", "Value": [_failed_item(ds, 0xC000) for ds in sent]}}
+                payload = json.dumps(failed).encode() if status == 409 else b""
+            else:
+                content, kind = _multipart(parts)
+                answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+                                    headers={"Content-Type": kind, "Accept": "application/dicom+json"})
+                status, payload = answer.status_code, answer.content
+            self.send_response(status)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    with serving(Front) as port:
+        yield f"http://127.0.0.1:{port}{where.path}", refused
+
+
+def test_one_films_refusal_or_retrieval_error_marks_its_row_and_the_study_goes_on(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 409 for the second film's reports, a bodiless 500 for the third's and a 404 for the fourth film: every row
+    is written, the first film's reports are filed and recorded as stored, and the command exits 1 naming what
+    failed."""
+    study = generate_uid()
+    uploads = [chest_dicom(film, StudyInstanceUID=study) for _ in range(4)]
+    for data in uploads:
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    missing = pydicom.dcmread(io.BytesIO(uploads[3])).SOPInstanceUID
+    out = tmp_path / "pacs.json"
+    with refusing_front(f"{orthanc}/dicom-web", {2: 409, 3: 500}, missing=missing) as (url, refused):
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--store", "--out", str(out),
+                         "--backend", "torch"]) == 1
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4
+    [gone] = [r for r in rows if "error" in r]
+    assert gone["sop_instance_uid"] == missing and "WADO-RS could not retrieve it: 404" in gone["error"]
+    not_filed = {r["not_stored"][0]: r for r in rows if r.get("not_stored")}
+    [conflict], [server_error] = refused[2], refused[3]
+    assert not_filed.keys() == {conflict, server_error} and all(r["stored"] == [] for r in not_filed.values())
+    assert not_filed[conflict]["warnings"] == [
+        f"the PACS refused the DICOM SR {conflict} (0xC000: cannot understand; HTTP 409 Conflict): it is not stored"]
+    assert not_filed[server_error]["warnings"] == [f"the PACS refused the DICOM SR {server_error} (HTTP 500 "
+                                                   "Internal Server Error, no reason given): it is not stored"]
+    [filed] = [r for r in rows if r.get("stored")]
+    assert set(filed["stored"]) == _held(orthanc, study) - {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID
+                                                            for d in uploads}
+    err = capsys.readouterr().err
+    assert all(f"not stored: 1 report(s) of {r['path']}" in err for r in not_filed.values())
+    assert f"unreadable: {gone['path']}" in err
+
+
+def test_a_scored_film_without_a_filed_report_fails_the_command(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No SR could be made (a PatientSex highdicom refuses): nothing was sent, and that is no success."""
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    study = generate_uid()
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study, PatientSex="U"),
+                      timeout=30).status_code == 200
+    row = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "pacs.json", status=1)
+    assert "probability" in row and "stored" not in row and len(_held(orthanc, study)) == 1
+    assert f"no report filed for {row['path']}: no DICOM SR written: the source DICOM's PatientSex is malformed" in (
+        capsys.readouterr().err)
+    assert "reports of 0 of 1 films stored (0 objects)" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize("charset, name", [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # Japanese, as its modalities write it
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),  # Korean, which highdicom does not list
+    ("ISO_IR 6", "Doe^Jane"),  # the default repertoire, named
+])  # fmt: skip
+def test_a_film_in_a_character_set_highdicom_refuses_gets_its_reports_in_utf8(film: np.ndarray, charset: object,
+                                                                              name: str) -> None:
+    source = pydicom.dcmread(io.BytesIO(chest_dicom(film, SpecificCharacterSet=charset, PatientName=name)))
+    for part in report_files(source, READING, _overlay_png(), "m-1", "v"):
+        made = pydicom.dcmread(io.BytesIO(part))
+        assert (str(made.PatientName), made.SpecificCharacterSet) == (name, "ISO_IR 192")
+
+
+def test_report_uids_follow_from_film_model_and_scoring_mode(film: np.ndarray) -> None:
+    source = header(film)
+    uids = {mode: [pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID
+                   for p in report_files(source, READING, _overlay_png(), "m-1", "v", mode)]
+            for mode in ("onnx", "onnx+tta")}  # fmt: skip
+    again = [pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for p in report_files(source, READING, _overlay_png(),
+                                                                                 "m-1", "v", "onnx")]
+    assert again == uids["onnx"] and not set(uids["onnx"]) & set(uids["onnx+tta"])
+    other = report_files(source, {**READING, "threshold": 0.6}, None, "m-1", "v", "onnx")  # a new operating point
+    assert pydicom.dcmread(io.BytesIO(other[0])).SOPInstanceUID != uids["onnx"][0]
+
+
+def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """user:password in the URL is HTTP Basic, out of every row, message and log; --auth-file sends its header."""
+    caplog.set_level(logging.DEBUG)
+    password = "s3cret-pw"
+    study = generate_uid()
+    with running_orthanc(tmp_path / "orthanc", users={"alice": password}) as root:
+        data = chest_dicom(film, StudyInstanceUID=study)
+        assert httpx.post(f"{root}/instances", content=data, auth=("alice", password), timeout=30).status_code == 200
+        with_user = root.replace("http://", f"http://alice:{password}@") + "/dicom-web"
+        out = tmp_path / "pacs.json"
+        base = ["pacs", str(tiny_bundle), "--backend", "torch", "--study"]
+        assert cli.main([*base, study, "--url", with_user, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())[0]["path"].startswith(f"{root}/dicom-web/studies/{study}/")
+        assert cli.main([*base, generate_uid(), "--url", with_user]) == 2  # not found: the URL in the message
+        assert cli.main([*base, study, "--url", with_user.replace(password, "wr0ng-pw")]) == 2  # 401
+        token = base64.b64encode(f"alice:{password}".encode()).decode()
+        key = tmp_path / "auth"
+        key.write_text(f"Basic {token}\n")
+        assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key), "--out",
+                         str(tmp_path / "by-header.json")]) == 0
+        key.write_text("")
+        assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert "not found at" in err and "401" in err and "is empty" in err
+    for text in (out.read_text(), err, caplog.text):
+        assert not any(secret in text for secret in (password, "wr0ng-pw", token))
+
+
+def test_predict_tta_reports_are_other_reports_than_plain_ones(tiny_bundle: Path, film: np.ndarray,
+                                                               tmp_path: Path) -> None:
+    """`predict --tta` scores another way: its Observation is another one, even at the same threshold."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_card(bundle)
+    card.tta_threshold = card.threshold
+    save_card(bundle, card)
+    (tmp_path / "film.dcm").write_bytes(chest_dicom(film))
+    identifiers = []
+    for extra in ([], ["--tta"]):
+        out = tmp_path / f"fhir{len(extra)}"
+        assert cli.main(["predict", str(bundle), str(tmp_path / "film.dcm"), "--fhir", str(out), *extra,
+                         "--out", str(tmp_path / "r.csv")]) == 0
+        identifiers.append(json.loads(next(out.iterdir()).read_text())["identifier"])
+    assert identifiers[0] != identifiers[1]

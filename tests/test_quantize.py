@@ -11,6 +11,7 @@ import onnx
 import pytest
 from sklearn.metrics import roc_auc_score
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold
@@ -22,7 +23,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.interop.reports import model_version, write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
-from tests.builders import SCORE_TOL
+from tests.builders import SCORE_TOL, dicom_bytes
 
 
 def test_int8_graph_is_quantised_and_scores_near_fp32(int8_bundle: Path, tiny_dataset: Path) -> None:
@@ -130,7 +131,7 @@ def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: 
 
 
 def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle: Path, tiny_dataset: Path,
-                                                  tmp_path: Path) -> None:
+                                                  data_root: Path, tmp_path: Path) -> None:
     """Its scores and thresholds are its own: a web answer and a report say which model made them."""
     plain, int8 = model_version(int8_bundle), model_version(int8_bundle, "onnx-int8")
     assert int8.startswith(plain + "+int8:") and len(int8) == len(plain) + len("+int8:") + 12
@@ -151,7 +152,11 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     evaluate(evaluated, tiny_dataset, "test", add_to_card=True, data_name="test")
     assert load_card(evaluated).external_evaluations, "recorded for the FP32 model"
     assert Predictor(evaluated, backend="onnx-int8").card.external_evaluations == [], "not shown as the INT8 model's"
-    rows = predict_paths(int8_bundle, sorted((tiny_dataset / "test").rglob("*.jpeg"))[:1], backend="onnx-int8")
+    film = tmp_path / "film.dcm"  # a DICOM radiograph: an Observation needs the film's study and instance
+    gray = read_gray(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0])
+    film.write_bytes(dicom_bytes(gray.astype(np.uint16) * 16, StudyInstanceUID=generate_uid(),
+                                 SeriesInstanceUID=generate_uid(), PatientID="P1"))
+    rows = predict_paths(int8_bundle, [film], backend="onnx-int8")
     write_reports(rows, int8_bundle, fhir_dir=tmp_path / "fhir", backend="onnx-int8")
     assert f'"{int8}"' in Path(rows[0]["fhir"]).read_text()
 

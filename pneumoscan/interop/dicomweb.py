@@ -1,32 +1,47 @@
 """``pneumoscan pacs``: read a study's films from a PACS over DICOMweb, score them, and store the results back.
 
-QIDO-RS finds the study's instances, WADO-RS retrieves them, :func:`~pneumoscan.inference.predict.predict_paths` scores them
-(scope warnings and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM
-Secondary Capture when heatmaps are asked) into the same study. Only what the PACS's answer lists as stored is
-recorded as stored: a PACS may answer 202 with some instances failed, or leave one out of its answer. Retrieved
+QIDO-RS finds the study's instances, WADO-RS retrieves the radiographs among them (decided from the QIDO answer, so
+a CT series is never downloaded), :func:`~pneumoscan.inference.predict.predict_paths` scores them (scope warnings
+and UIDs included), and with ``store`` STOW-RS sends each film's DICOM SR (and its Grad-CAM Secondary Capture when
+heatmaps are asked) into the same study. Any other image in the study (a scanned form, a dose screen) gets a row
+saying why it was not scored, and no report. Only what the PACS's answer lists as stored is recorded as stored: a
+PACS may answer 202 with some instances failed, refuse one film's request with a 4xx/5xx, or leave one out of its
+answer; one film's refusal, or one instance that cannot be retrieved, marks its row and the others go on. Retrieved
 films are written to a private temporary folder for the prediction run and deleted with it; they are named by their
-SOP Instance UID, never by patient.
+SOP Instance UID, never by patient. Credentials (an Authorization header, or user:password in the URL, taken out of
+it) go to the HTTP session only: never into a row, a message or a log.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                         DigitalXRayImageStorageForProcessing)
 
-from pneumoscan.data.readers.dicom import is_own_output
+from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
+from pneumoscan.data.scope import RADIOGRAPHY
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 60  # one request to the PACS
+AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
+_MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070"
+# what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
+_FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer"]
+RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                                DigitalXRayImageStorageForProcessing})
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
 _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
@@ -48,7 +63,7 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     so; otherwise it is refused, since scoring part of a study as if it were all of it would be a silent gap."""
     found: dict[str, dict] = {}
     while True:
-        page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found))
+        page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found), fields=_FIELDS)
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
         if not page:
             return list(found.values())
@@ -77,12 +92,12 @@ def _status(code: int | None, words: dict[int, str]) -> str:
     return f"0x{int(code):04X}" + (f": {words[code]}" if code in words else "")
 
 
-def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
+def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | None = None) -> list[str]:
     """The SOP Instance UIDs of ``sent`` (UID: what it is) that the PACS's STOW-RS answer lists as stored (its
     ReferencedSOPSequence), in the order sent. Each other one gets a warning in the row: refused, with the reason of
-    its FailedSOPSequence item (dicomweb-client raises nothing on a 202), or left out of the answer; and each one
-    stored with a warning reason (elements coerced or discarded) says so: a report is not filed unless the PACS
-    says it is."""
+    its FailedSOPSequence item (dicomweb-client raises nothing on a 202) and the HTTP ``refusal`` (a 4xx/5xx) when
+    there was one, or left out of the answer; and each one stored with a warning reason (elements coerced or
+    discarded) says so: a report is not filed unless the PACS says it is."""
     accepted = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("ReferencedSOPSequence") or []}
     failed = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("FailedSOPSequence") or []}
     notes = row.setdefault("warnings", [])
@@ -91,8 +106,10 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
             notes.append(f"the PACS stored the {what} {uid} with a warning "
                          f"({_status(accepted[uid].get('WarningReason'), _WARNINGS)})")
         elif uid in failed:
-            notes.append(f"the PACS refused the {what} {uid} "
-                         f"({_status(failed[uid].get('FailureReason'), _FAILURES)}): it is not stored")
+            because = "; ".join(filter(None, (_status(failed[uid].get("FailureReason"), _FAILURES), refusal)))
+            notes.append(f"the PACS refused the {what} {uid} ({because}): it is not stored")
+        elif uid not in accepted and refusal is not None:
+            notes.append(f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
         elif uid not in accepted:
             notes.append(f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
     stored = [uid for uid in sent if uid in accepted]
@@ -102,50 +119,146 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict) -> list[str]:
     return stored
 
 
+def _refusal(error: requests.HTTPError) -> tuple[Dataset, str]:
+    """A STOW-RS answered with a 4xx/5xx: its Store Instances Response (PS3.18 10.5.3: a 409 or 400 carries the
+    FailedSOPSequence with each instance's reason; empty when the body is none) and the HTTP status in words."""
+    response = error.response
+    try:
+        answer = Dataset.from_json(response.json())
+    except (ValueError, TypeError, KeyError, AttributeError):  # no body, or not a DICOM JSON one
+        answer = Dataset()
+    return answer, f"HTTP {response.status_code} {response.reason}".strip()
+
+
+def _not_a_radiograph(item: dict) -> str | None:
+    """Why an instance of the QIDO-RS answer is not scored, None when it is a radiograph: Modality CR or DX (or the
+    "DR" some devices write), or a CR/DX SOP class. A scanned form, a dose screen or a CT is no chest film, and a
+    coded finding on it would be a confident answer about nothing the model reads."""
+    modality, sop_class = _value(item, _MODALITY).strip().upper(), _value(item, _CLASS).strip()
+    if modality in RADIOGRAPHY or sop_class in RADIOGRAPH_CLASSES:
+        return None
+    kind = UID(sop_class).name if sop_class else "SOP class not given"
+    return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest X-ray "
+            "films only")
+
+
+def read_authorization(auth_file: Path | str | None = None) -> str | None:
+    """The Authorization header value for the PACS (``Bearer ...``, ``Basic ...``): ``auth_file``'s text,
+    stripped (an empty file is refused: running without credentials while the operator believes some are set), else
+    ``$PNEUMOSCAN_PACS_AUTH``, else none, as ``serve --api-key-file`` reads its key."""
+    if auth_file is None:
+        return os.environ.get(AUTH_ENV) or None
+    value = Path(auth_file).read_text().strip()
+    if not value:
+        raise ValueError(f"the auth file {auth_file} is empty")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError(f"the auth file {auth_file} holds more than one line: it must hold one Authorization "
+                         "header value, such as 'Bearer TOKEN'")
+    return value
+
+
+def _session(url: str, authorization: str | None) -> tuple[str, requests.Session]:
+    """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and
+    log would show the password), and a session that authenticates: with them as HTTP Basic, or with the
+    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA)."""
+    parts = urlsplit(url.rstrip("/"))
+    session = requests.Session()
+    if "@" in parts.netloc:
+        if authorization is not None:
+            raise ValueError("credentials in the URL and an Authorization header (--auth-file or "
+                             f"{AUTH_ENV}): give one")
+        session.auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    elif authorization is not None:
+        session.headers["Authorization"] = authorization
+    return urlunsplit(parts), session
+
+
+def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: str,
+               films: Path) -> tuple[list[dict | str], dict[str, str]]:
+    """The study's instances in the QIDO-RS order, each a row already made (an image that is not a radiograph: not
+    scored; one WADO-RS could not retrieve: an error) or the path of a retrieved film to score; and each film's
+    WADO-RS URL by path. pneumoscan's own outputs and instances without pixel data are left out."""
+    entries: list[dict | str] = []
+    sources: dict[str, str] = {}
+    for item in found:
+        series, sop = _value(item, _SERIES), _value(item, _SOP)
+        where = f"{root}/studies/{study_uid}/series/{series}/instances/{sop}"
+        row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
+        if _value(item, _MAKER).strip() == MANUFACTURER:  # our reports and overlays: not films, no row
+            continue
+        why = _not_a_radiograph(item)
+        if why is not None:
+            if _ROWS in item:  # an image: said, not scored; a report or key object is no image at all
+                log.info("not scored: %s: %s", where, why)
+                entries.append({**row, "not_scored": why})
+            continue
+        try:
+            ds = client.retrieve_instance(study_uid, series, sop)
+        except requests.HTTPError as e:  # gone since the search, not acceptable, nearline: this one only
+            entries.append({**row, "error": f"WADO-RS could not retrieve it: {e}"})
+            continue
+        if "PixelData" not in ds or is_own_output(ds):
+            continue
+        path = films / f"{sop}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        sources[str(path)] = where
+        entries.append(str(path))
+    return entries, sources
+
+
+def _store(client: DICOMwebClient, study_uid: str, row: dict) -> None:
+    """STOW-RS the reports write_reports made for ``row``; ``stored`` (and ``not_stored``) as the PACS answered. A
+    4xx/5xx refuses this film's reports only."""
+    made = {_MADE[key]: pydicom.dcmread(row.pop(key)) for key in _MADE if key in row}
+    if not made:
+        return
+    sent = {str(ds.SOPInstanceUID): what for what, ds in made.items()}
+    try:
+        row["stored"] = _stored(client.store_instances(list(made.values()), study_instance_uid=study_uid), sent, row)
+    except requests.HTTPError as e:
+        answer, refusal = _refusal(e)
+        row["stored"] = _stored(answer, sent, row, refusal)
+
+
 def predict_study(
     bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
-    backend: str = "onnx",
+    backend: str = "onnx", authorization: str | None = None,
 ) -> list[dict]:
-    """One result row per image instance of the study (``path`` is the instance's WADO-RS URL); with ``store``
-    the rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
-    others, each named in a warning."""
+    """One result row per image instance of the study (``path`` is the instance's WADO-RS URL, without
+    credentials): a radiograph's reading, an error, or ``not_scored`` with the reason. With ``store`` the scored
+    rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
+    others, each named in a warning. ``authorization``: the Authorization header value (:func:`read_authorization`);
+    user:password in ``url`` is HTTP Basic instead."""
     check_reportable(bundle)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
-    client = DICOMwebClient(url=url.rstrip("/"), timeout=TIMEOUT_S)
+    root, session = _session(url, authorization)
+    client = DICOMwebClient(url=root, session=session, timeout=TIMEOUT_S)
     # a busy PACS (503, 429, ...) or a dropped connection is tried 3 times over ~3 s, not 5 times over ~30 s
     client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
     try:
         found = _instances(client, study_uid)
         if not found:
-            raise ValueError(f"study {study_uid} not found at {url} (QIDO-RS returned no instances)")
+            raise ValueError(f"study {study_uid} not found at {root} (QIDO-RS returned no instances)")
         with tempfile.TemporaryDirectory(prefix="pneumoscan-pacs-") as tmp:
-            films, sources = Path(tmp) / "films", {}
+            films = Path(tmp) / "films"
             films.mkdir()
-            for item in found:
-                series, sop = _value(item, _SERIES), _value(item, _SOP)
-                ds = client.retrieve_instance(study_uid, series, sop)
-                if "PixelData" not in ds or is_own_output(ds):  # reports, our own overlays: not films
-                    continue
-                path = films / f"{sop}.dcm"
-                ds.save_as(path, enforce_file_format=True)
-                sources[str(path)] = f"{url.rstrip('/')}/studies/{study_uid}/series/{series}/instances/{sop}"
-            if not sources:
+            entries, sources = _retrieved(client, study_uid, found, root, films)
+            if not entries:
                 raise ValueError(f"study {study_uid} holds no image instances to read")
-            rows = predict_paths(bundle, list(sources), backend=backend,
-                                 heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None)
+            scored = predict_paths(bundle, list(sources), backend=backend,
+                                   heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
             if store:
-                write_reports(rows, bundle, sr_dir=Path(tmp) / "sr", backend=backend)
-                for row in rows:
-                    made = {_MADE[key]: pydicom.dcmread(row.pop(key)) for key in _MADE if key in row}
-                    if made:
-                        answer = client.store_instances(list(made.values()), study_instance_uid=study_uid)
-                        sent = {str(ds.SOPInstanceUID): what for what, ds in made.items()}
-                        row["stored"] = _stored(answer, sent, row)
-            for row in rows:
+                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend)
+                for row in scored:
+                    _store(client, study_uid, row)
+            for row in scored:
                 row["path"] = sources[row["path"]]
                 row.pop("heatmap", None)  # the temporary PNG is gone with the folder
-    except requests.RequestException as e:  # unreachable, refused, 4xx/5xx: one line, not a traceback
-        raise OSError(f"DICOMweb at {url}: {e}") from None
-    log.info("scored %d instances of one study%s", len(rows), " and stored the reports" if store else "")
+            by_path = {row["path"]: row for row in scored}
+            rows = [by_path[sources[e]] if isinstance(e, str) else e for e in entries]
+    except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
+        raise OSError(f"DICOMweb at {root}: {e}") from None
+    log.info("scored %d of the study's %d instances", len(scored), len(found))
     return rows

@@ -3,8 +3,10 @@
 R4B is the release fhir.resources ships for R4 (the Observation resource is the same in R4 and R4B). The Observation
 is ``preliminary`` (software reading, no clinician has confirmed it), names the model as a contained Device, points
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
-the series and instance UIDs are in its display text), and carries the scope warnings as notes. It holds no
-patient name or id: the receiving system links it to the patient through the study.
+the series and instance UIDs are in its display text), and carries as notes that it is a research result, not a
+diagnosis, and each scope warning. Its ``identifier`` is derived from the film, the model and the scoring mode, as
+the SR's UIDs are, so a receiver can create it conditionally and a rerun updates instead of adding; its
+``subject`` is the patient by the film's PatientID (and issuer), as a logical reference. It holds no patient name.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import json
 from datetime import datetime, timezone
 
 from fhir.resources.R4B.observation import Observation
+from pydicom.dataset import Dataset
 
-from .sr import check_result, finding_present, scope_notes
+from .sr import DISCLAIMER, check_result, derived_uuid, finding_mode, finding_present, malformed_reason, scope_notes
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
 UCUM = "http://unitsofmeasure.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 LOCAL = "urn:pneumoscan"  # codes with no standard equivalent (the decision threshold)
+URI = "urn:ietf:rfc:3986"  # identifier system whose values are URIs (here urn:uuid:...)
+# IssuerOfPatientIDQualifiersSequence's UniversalEntityIDType, as the prefix that makes its id a FHIR system URI
+_ISSUER_SYSTEMS = {"ISO": "urn:oid:", "UUID": "urn:uuid:", "URI": ""}
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
 
 
@@ -32,20 +38,58 @@ def _ratio(value: float) -> dict:
     return {"value": float(value), "unit": "1", "system": UCUM, "code": "1"}
 
 
-def build_observation(result: dict, model_name: str, model_version: str) -> Observation:
+def _text(source: Dataset, keyword: str) -> str:
+    """One value of ``source`` as stripped text ('' when absent); a malformed one refused, named, never quoted."""
+    why = malformed_reason(source, keyword)
+    if why is not None:
+        raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a FHIR result cannot carry it")
+    return str(source.get(keyword) or "").strip()
+
+
+def subject(source: Dataset) -> dict | None:
+    """The patient as a logical reference (an identifier, no resource id: the Patient resource is the hospital's)
+    by the film's PatientID, with its issuer when the film records one (a URI system from
+    IssuerOfPatientIDQualifiersSequence's universal entity id, and IssuerOfPatientID as the assigner's name);
+    None when the film has no PatientID."""
+    patient = _text(source, "PatientID")
+    if not patient:
+        return None
+    identifier: dict = {"value": patient}
+    try:
+        qualifiers = (source.get("IssuerOfPatientIDQualifiersSequence") or [None])[0]
+    except Exception:
+        qualifiers = None
+    if qualifiers is not None:
+        kind = str(qualifiers.get("UniversalEntityIDType") or "").strip().upper()
+        entity = str(qualifiers.get("UniversalEntityID") or "").strip()
+        if entity and kind in _ISSUER_SYSTEMS:
+            identifier["system"] = _ISSUER_SYSTEMS[kind] + entity
+    if issuer := _text(source, "IssuerOfPatientID"):
+        identifier["assigner"] = {"display": issuer}
+    return {"type": "Patient", "identifier": identifier}
+
+
+def build_observation(result: dict, model_name: str, model_version: str, mode: str = "",
+                      source: Dataset | None = None) -> Observation:
     """The FHIR R4 Observation of one result (``probability, label, threshold, positive, task``, and the
-    ``*_instance_uid`` and ``warnings`` fields predict and serve add)."""
+    ``*_instance_uid`` and ``warnings`` fields predict and serve add), scored in ``mode`` (backend, TTA); with
+    ``source`` (the film's DICOM header) its patient as ``subject``. A result without the film's DICOM study and
+    instance UIDs (a JPEG or PNG has none) is refused: its Observation would be linked to no study and no patient,
+    and could not be told from a resend."""
     check_result(result)
+    if not (result.get("study_instance_uid") and result.get("sop_instance_uid")):
+        raise ValueError("the film has no valid DICOM study and instance UIDs (a JPEG or PNG has none): an "
+                         "Observation would be linked to no study and no patient")
+    patient = None if source is None else subject(source)
     present = PRESENT if finding_present(result) else ABSENT
-    derived = []
-    if result.get("study_instance_uid"):  # ImagingStudy found by its DICOM UID; series and instance said in words
-        read = ", ".join(f"{name} {result[field]}" for field, name in (
-            ("series_instance_uid", "series"), ("sop_instance_uid", "instance")) if result.get(field))
-        derived.append({
-            "type": "ImagingStudy",
-            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{result['study_instance_uid']}"},
-            "display": f"DICOM study read by pneumoscan ({read})" if read else "DICOM study read by pneumoscan",
-        })  # fmt: skip
+    # the ImagingStudy found by its DICOM UID; series and instance said in words
+    read = ", ".join(f"{name} {result[field]}" for field, name in (
+        ("series_instance_uid", "series"), ("sop_instance_uid", "instance")) if result.get(field))
+    derived = [{
+        "type": "ImagingStudy",
+        "identifier": {"system": DICOM_UID, "value": f"urn:oid:{result['study_instance_uid']}"},
+        "display": f"DICOM study read by pneumoscan ({read})",
+    }]  # fmt: skip
     body = {
         "resourceType": "Observation",
         "contained": [{
@@ -62,19 +106,22 @@ def build_observation(result: dict, model_name: str, model_version: str) -> Obse
         "valueCodeableConcept": _concept(SNOMED, *present),
         "method": {"text": f"pneumoscan model {model_name} ({model_version}), read at its validated threshold"},
         "device": {"reference": "#model"},
+        "derivedFrom": derived,
         "component": [
             {"code": {"text": "probability of pneumonia (calibrated)"}, "valueQuantity": _ratio(result["probability"])},
             {"code": _concept(LOCAL, "threshold", "decision threshold"), "valueQuantity": _ratio(result["threshold"])},
         ],
     }  # fmt: skip
-    if derived:
-        body["derivedFrom"] = derived
-    if result.get("warnings"):
-        body["note"] = [{"text": note} for note in scope_notes(result)]
+    key = derived_uuid(result["sop_instance_uid"], model_name, model_version, finding_mode(mode, result), "fhir")
+    body["identifier"] = [{"system": URI, "value": f"urn:uuid:{key}"}]
+    if patient is not None:
+        body["subject"] = patient
+    body["note"] = [{"text": note} for note in (DISCLAIMER, *scope_notes(result))]
     return Observation.model_validate(body)
 
 
-def observation_json(result: dict, model_name: str, model_version: str) -> str:
+def observation_json(result: dict, model_name: str, model_version: str, mode: str = "",
+                     source: Dataset | None = None) -> str:
     """The validated Observation as FHIR JSON."""
-    obs = build_observation(result, model_name, model_version)
+    obs = build_observation(result, model_name, model_version, mode, source)
     return json.dumps(json.loads(obs.model_dump_json(exclude_none=True)), indent=2)

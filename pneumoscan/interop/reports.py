@@ -42,19 +42,27 @@ def check_reportable(bundle: Path | str) -> None:
                          "whose positive call is not pneumonia present: report with a pneumonia bundle")
 
 
+def scoring_mode(backend: str, tta: bool = False) -> str:
+    """How the rows were scored, as the reports' identity states it (:func:`.sr.derived_uid`)."""
+    return f"{backend}+tta" if tta else backend
+
+
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
-    backend: str = "torch",
+    backend: str = "torch", tta: bool = False,
 ) -> None:
     """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
-    A row that cannot be reported (a JPEG/PNG has no study to file an SR in; a row with an ``error``; a malformed
-    header) gets a warning saying why instead, and the other rows are still written."""
+    A row that cannot be reported (a JPEG/PNG has no study to file an SR in nor a patient to link an Observation
+    to; a row with an ``error``; an object that is not a radiograph; a malformed header) gets a warning saying why
+    instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
+    report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier."""
     from . import fhir, sr
 
     check_reportable(bundle)
     card = load_card(bundle)
     name, version = model_identity(bundle, backend)  # the backend that scored the rows
+    mode = scoring_mode(backend, tta)
     folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,24 +72,31 @@ def write_reports(
         # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
         reading = {**row, "warnings": list(row.get("warnings") or []), "positive": card.positive, "task": card.task}
         stem = Path(row["path"]).stem
+        try:
+            sr.check_result(reading)  # an error row, an object that is no radiograph: neither report
+            source = read_dicom_header(row["path"])  # None: a JPEG/PNG
+        except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
+            for folder, what in ((fhir_dir, "FHIR Observation"), (sr_dir, "DICOM SR")):
+                if folder is not None:
+                    row.setdefault("warnings", []).append(f"no {what} written: {redact(str(e))}")
+            continue
         if fhir_dir is not None:
             try:
-                text = fhir.observation_json(reading, name, version)
+                text = fhir.observation_json(reading, name, version, mode, source)
                 row["fhir"] = str(write_new(Path(fhir_dir), stem, ".fhir.json", text.encode()))
-            except ValueError as e:  # an error row, a result that fails FHIR validation
+            except ValueError as e:  # a film without identity, a malformed PatientID, a failed FHIR validation
                 row.setdefault("warnings", []).append(f"no FHIR Observation written: {e}")
         if sr_dir is None:
             continue
         try:
-            source = read_dicom_header(row["path"])
             if source is None:
                 row.setdefault("warnings", []).append("not a DICOM file: no DICOM SR written (it has no study to join)")
                 continue
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
-            made = sr.report_files(source, reading, png, name, version)
+            made = sr.report_files(source, reading, png, name, version, mode)
             row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
             if len(made) > 1:
                 row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
-        except ValueError as e:  # a DecodeError, an error row, a film without its UIDs, a malformed attribute, ...
+        except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
     log.info("wrote reports for %d results", sum("probability" in row for row in rows))

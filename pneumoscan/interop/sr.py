@@ -4,8 +4,15 @@ Capture image, both in the source film's study with its patient module, so a PAC
 The report says: finding "pneumonia" present or absent (the model's label at its threshold), the calibrated
 probability, the threshold, the model's name and version (the algorithm identification of every item), and the
 source image it was read from, and each scope warning as a TEXT item beside the finding. It is written unverified
-(``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist. Its observer is the model as a
-device whose UID follows from the model's name and version, so every report of one model names the same device.
+(``VerificationFlag UNVERIFIED``): a reading by software awaiting a radiologist, and it says in words (a Comment
+item, its series description) that it is a computer-generated research result, not a diagnosis: once filed, it is
+read outside pneumoscan, in viewers that show no flags. Its observer is the model as a device whose UID follows from
+the model's name and version, so every report of one model names the same device.
+
+No coded finding is made for an object whose scope warnings say it is no grayscale radiograph at all (another
+modality, colour, a thumbnail): a scanned form's "Pneumonia: Present" filed in the patient's record would be a
+fault turned into a confident answer. Every UID of a report and overlay is derived from the film, the model and how
+it was scored (:func:`derived_uid`), so a rerun makes the same objects, which a PACS files once.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import io
+import uuid
 import logging
 import re
 from collections.abc import Iterator
@@ -44,6 +52,13 @@ log = logging.getLogger(__name__)
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 THRESHOLD = Code("threshold", "99PNEUMOSCAN", "Decision threshold")  # no standard code: a private scheme
+DISCLAIMER = ("computer-generated research result, not a diagnosis: pneumoscan is not a medical device, and this "
+              "result must be reviewed by a radiologist")
+SR_DESCRIPTION = "pneumoscan AI result - research, not a diagnosis"
+SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
+# the scope warnings (pneumoscan.data.scope) that say an object is no grayscale radiograph at all
+_NOT_A_RADIOGRAPH = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
+                               r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph")
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the modality's own series in a viewer
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
@@ -56,7 +71,7 @@ PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses
 _DIRECTION = re.compile(r"[APRLHF]+")
 
 
-def _malformed(source: Dataset, keyword: str) -> str | None:
+def malformed_reason(source: Dataset, keyword: str) -> str | None:
     """Why ``keyword``'s value cannot be copied into a report (None when it can), in words that never quote the
     value: it may be the patient's name or birth date, and the reason reaches an HTTP answer or a results file."""
     try:
@@ -95,7 +110,7 @@ def _checked_source(source: Dataset) -> Dataset:
     if missing:
         raise ValueError(f"the source DICOM has no {', '.join(missing)}: a report cannot reference it")
     for keyword in (*_REFERENCE_KEYWORDS, *_TYPE2_KEYWORDS):
-        why = _malformed(source, keyword)
+        why = malformed_reason(source, keyword)
         if why is not None:
             raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
     try:
@@ -106,10 +121,32 @@ def _checked_source(source: Dataset) -> Dataset:
     if not known:
         raise ValueError("the source DICOM's SpecificCharacterSet names a character set DICOM does not define")
     source = copy.deepcopy(source)
+    if not _highdicom_takes(charsets):
+        # ISO 2022 code extensions (Japanese, Korean: their sites' usual form), an explicit "ISO_IR 6", ...: the
+        # values are decoded as the film declares and written in UTF-8, which carries every repertoire
+        try:
+            source.decode()
+        except Exception:
+            raise ValueError("the source DICOM's SpecificCharacterSet does not decode its values: a report cannot "
+                             "carry them") from None
+        source.SpecificCharacterSet = "ISO_IR 192"
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in source:
             setattr(source, keyword, "")
     return source
+
+
+def _highdicom_takes(charsets: object) -> bool:
+    """Whether highdicom writes this SpecificCharacterSet as it is: absent, or one value of its enum that is no
+    ISO 2022 code extension (it refuses the multi-valued form with an empty first value, and 'ISO 2022 IR 149')."""
+    if not charsets:
+        return True
+    if not isinstance(charsets, str):
+        if len(charsets) != 1:
+            return False
+        [charsets] = charsets
+    known = {v.value for v in hd.SpecificCharacterSetValues}
+    return charsets in known and not charsets.startswith("ISO 2022")
 
 
 def _patient_orientation(source: Dataset) -> list[str]:
@@ -130,14 +167,36 @@ def _device_uid(model_name: str, model_version: str) -> UID:
     return generate_uid(entropy_srcs=[model_name, model_version])
 
 
+def derived_uid(film_uid: str, model_name: str, model_version: str, mode: str, kind: str) -> UID:
+    """The UID of one object made for a film (``kind``: the report, its series, the overlay, ...): the same for the
+    same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA), so a rerun re-sends the
+    objects a PACS already holds instead of filing new ones, and another model or mode files its own."""
+    return generate_uid(entropy_srcs=[str(film_uid), model_name, model_version, mode, kind])
+
+
+def derived_uuid(film_uid: str, model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
+    """:func:`derived_uid`'s identity as a UUID (version 5): a FHIR identifier that is stable in the same way."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, "|".join([str(film_uid), model_name, model_version, mode, kind]))
+
+
+def finding_mode(mode: str, result: dict) -> str:
+    """The scoring mode a finding depends on: ``mode`` and the threshold it was called at (a new operating point
+    chosen for the same weights calls the same probability anew)."""
+    return f"{mode};threshold={float(result['threshold'])!r}"
+
+
 def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
-    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`)."""
+    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of an object its scope warnings do not say is no
+    grayscale radiograph."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
     task = result.get("task")
     if task not in list_tasks() or not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
+    wrong = [w for w in result.get("warnings") or [] if _NOT_A_RADIOGRAPH.match(w)]
+    if wrong:
+        raise ValueError(f"not a grayscale radiograph ({'; '.join(wrong)}): no coded finding is filed for it")
 
 
 def finding_present(result: dict) -> bool:
@@ -164,16 +223,29 @@ def _library_refusal() -> Iterator[None]:
                          "highdicom or pydicom; its message, redacted, is in the log)") from None
 
 
-def build_sr(source: Dataset, result: dict, model_name: str, model_version: str) -> hd.sr.ComprehensiveSR:
+def _coding_scheme() -> Dataset:
+    """The CodingSchemeIdentificationSequence item of the private scheme the threshold's code is in."""
+    item = Dataset()
+    item.CodingSchemeDesignator = THRESHOLD.scheme_designator
+    item.CodingSchemeName = "pneumoscan local codes"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
+
+
+def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
+             mode: str = "") -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
-    task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed)."""
+    task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
+    (backend, TTA: part of its UIDs' identity)."""
     source = _checked_source(source)
     check_result(result)
+    film_uid, scored = source.SOPInstanceUID, finding_mode(mode, result)
     with _library_refusal():
         algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
         unit = codes.UCUM.NoUnits
+        tracking = derived_uid(film_uid, model_name, model_version, scored, "sr-tracking")
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="pneumonia"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking, identifier="pneumonia"),
             finding_type=PNEUMONIA,
             algorithm_id=algorithm,
             finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Chest)],
@@ -190,12 +262,12 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str)
             ],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         )
-        # highdicom's TID 1501 takes coded evaluations only: each warning is a free-text Comment in the group,
-        # beside the finding it qualifies
+        # highdicom's TID 1501 takes coded evaluations only: what the result is, then each warning, is a free-text
+        # Comment in the group, beside the finding it qualifies
         group[0].ContentSequence.extend(
             hd.sr.TextContentItem(name=codes.DCM.Comment, value=note,
                                   relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-            for note in scope_notes(result)
+            for note in (DISCLAIMER, *scope_notes(result))
         )
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
@@ -209,18 +281,25 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str)
             procedure_reported=CHEST_XRAY,
             imaging_measurements=[group],
         )
-        return hd.sr.ComprehensiveSR(
-            evidence=[source], content=report[0], series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, series_description="pneumoscan",
-            is_complete=True, is_final=False, is_verified=False,
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER,
+            series_instance_uid=derived_uid(film_uid, model_name, model_version, scored, "sr-series"),
+            sop_instance_uid=derived_uid(film_uid, model_name, model_version, scored, "sr"), instance_number=1,
+            manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
+            is_verified=False,
         )  # fmt: skip
+        sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
+    return sr
 
 
-def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str) -> hd.sc.SCImage:
+def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str,
+                     mode: str = "") -> hd.sc.SCImage:
     """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study,
     with its patient module; derived-image wording so nobody takes it for a film, and the film it was derived from
-    (SourceImageSequence) so a viewer can go back to it."""
+    (SourceImageSequence) so a viewer can go back to it. Its body part is the film's, and a film compressed lossily
+    keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
     source = _checked_source(source)
+    film_uid = source.SOPInstanceUID
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
     orientation = _patient_orientation(source)
@@ -231,10 +310,11 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     with _library_refusal():
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_instance_uid=hd.UID(), series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-            patient_orientation=tuple(orientation) if takes else ("L", "F"),
-            series_description="pneumoscan Grad-CAM overlay", transfer_syntax_uid="1.2.840.10008.1.2.1",
+            coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER,
+            series_instance_uid=derived_uid(film_uid, model_name, model_version, mode, "sc-series"),
+            sop_instance_uid=derived_uid(film_uid, model_name, model_version, mode, "sc"), instance_number=1,
+            manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
+            series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
         )  # fmt: skip
         if not takes:
             sc.PatientOrientation = orientation
@@ -244,6 +324,10 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         film.PurposeOfReferenceCodeSequence = [purpose]
         sc.SourceImageSequence = [film]
         sc.DerivationDescription = f"Grad-CAM overlay by pneumoscan model {model_name} ({model_version})"
+        if str(source.get("BodyPartExamined") or "").strip():
+            sc.BodyPartExamined = source.BodyPartExamined
+        if str(source.get("LossyImageCompression") or "").strip() == "01":
+            sc.LossyImageCompression = "01"
     return sc
 
 
@@ -256,11 +340,11 @@ def dicom_bytes(ds: Dataset) -> bytes:
 
 
 def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
-                 model_version: str) -> list[bytes]:
+                 model_version: str, mode: str = "") -> list[bytes]:
     """The SR of one result, then with ``overlay_png`` its Secondary Capture, as Part 10 files: what the web service
     answers and ``predict --dicom-sr`` writes. A ValueError with a reason that quotes no value when the film's
     header cannot make a report."""
-    parts = [dicom_bytes(build_sr(source, result, model_name, model_version))]
+    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode))]
     if overlay_png is not None:
-        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version)))
+        parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode)))
     return parts
