@@ -19,7 +19,7 @@ from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.card import load_card, save_card
-from pneumoscan.training.cv import cross_validate, fold_figures
+from pneumoscan.training.cv import cross_validate, fold_figures, fold_summary
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
@@ -218,6 +218,13 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
         cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
     assert not (out / "fold-0").exists(), "every fold is checked before any is trained"
     assert (out / "fold-1" / "config.yaml").read_bytes() == config_yaml
+    # a config.yaml that says otherwise than the checkpoint (edited by hand): the checkpoint decides, as the fold's
+    # --resume does, so cv refuses before fold 0 trains, not after it
+    (out / "fold-1" / "config.yaml").write_text(dataclasses.replace(cfg, lr=2e-3, split_csv=str(manifest)).to_yaml())
+    with pytest.raises(ValueError, match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\)"):
+        cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
+    assert not (out / "fold-0").exists(), "refused before any fold trains"
+    (out / "fold-1" / "config.yaml").write_bytes(config_yaml)
     caplog.set_level(logging.INFO, logger="pneumoscan")
     cross_validate(tiny_dataset, cfg, 2, out)
     assert "resuming after epoch 1" in caplog.text
@@ -242,3 +249,15 @@ def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path
     elsewhere = tmp_path / os.fsdecode(b"cv-caf\xe9")  # the folds' bundles would record their manifests under it
     assert main(["cv", "--data", str(data), "--out", str(elsewhere), "--folds", "2", "--epochs", "1"]) == 2
     assert "split_csv" in capsys.readouterr().err and not (elsewhere / "fold-0").exists(), "refused before training"
+
+
+def test_a_figure_some_folds_do_not_define_is_summarised_over_the_others() -> None:
+    """A fold without viral films has no three-class macro AUC (None in its figures): the summary ended the whole cv
+    with a TypeError after every fold had trained, and a rerun ended the same way."""
+    summary = fold_summary([{"auc": 0.9, "macro_auc": None, "n": 7}, {"auc": 0.8, "macro_auc": 0.7, "n": 7},
+                            {"auc": float("nan"), "macro_auc": 0.5, "n": 7}])
+    assert summary["macro_auc"] == {"mean": pytest.approx(0.6), "std": pytest.approx(np.std([0.7, 0.5], ddof=1)),
+                                    "min": 0.5, "max": 0.7, "folds": 2}
+    assert summary["auc"]["folds"] == 2 and summary["auc"]["mean"] == pytest.approx(0.85)
+    assert fold_summary([{"auc": None, "n": 3}])["auc"] == {"mean": None, "std": None, "min": None, "max": None,
+                                                            "folds": 0}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,12 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import CARD, load_card, save_card
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distill import teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.resume import config_changes
-from pneumoscan.training.train import load_data, split_records, train
+from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records, train
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -60,7 +62,9 @@ def test_the_teachers_target_is_the_softmax_of_their_mean_calibrated_logits(teac
 def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> None:
     cfg = student_config(teacher_cv, tmp_path)
     (tmp_path / "run").mkdir()
-    data = load_data(split_records(cfg.split_csv, cfg), cfg, get_task(cfg.task), setup_distributed(), tmp_path / "run")
+    records, ctx = split_records(cfg.split_csv, cfg), setup_distributed()
+    cache = preprocessed(records, cfg, ctx)
+    data = load_data(records, cache, data_checksum(cache, records), cfg, get_task(cfg.task), ctx, tmp_path / "run")
     rows = data.train_set.images[data.train_set.rows]
     teacher = Predictor(cfg.teacher[0], backend="onnx").probabilities(rows)
     hard = data.plain[0].targets
@@ -138,6 +142,9 @@ def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
     assert "was trained for the etiology task, not pneumonia" in capsys.readouterr().err
     assert main([*base, "--distill-weight", "0.3"]) == 2
     assert "give --teacher" in capsys.readouterr().err
+    assert main([*base, "--set", "distill_weight=0.3"]) == 2  # was recorded in config.yaml and the card
+    assert "distill_weight 0.3 is the teachers' share of the target: give a teacher" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_one_teacher_may_be_named_without_a_list_and_is_recorded_absolute(tmp_path: Path) -> None:
@@ -154,3 +161,26 @@ def test_a_run_recorded_before_distillation_existed_is_the_same_recipe(tmp_path:
     assert config_changes(recorded, TrainConfig()) == []
     assert config_changes(recorded | {"teacher": [str(tmp_path / "t")]}, cfg) == [], "one teacher however spelt"
     assert config_changes(recorded, cfg)[0].startswith("teacher [] -> [")
+
+
+def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path) -> None:
+    """--resume computed the soft targets again from whatever bundle was at the teacher's path, and the card named
+    only the path: the run's first epochs learnt from one teacher, its last from another."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_cv / "fold-0" / "bundle", teacher)
+    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)], epochs=2)
+
+    def crash(epoch: int) -> None:
+        if epoch == 0:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash)
+    card = (teacher / CARD).read_bytes()
+    save_card(teacher, dataclasses.replace(load_card(teacher), temperature=2 * load_card(teacher).temperature))
+    with pytest.raises(ValueError, match=rf"teacher {re.escape(str(teacher))} is not the bundle it was trained with "
+                                         r"\(its bundle.json changed since the checkpoint\)"):
+        train(tiny_dataset, cfg, tmp_path / "run", resume=True)
+    (teacher / CARD).write_bytes(card)  # the same teacher again: resumed
+    train(tiny_dataset, cfg, tmp_path / "run", resume=True)
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2

@@ -88,7 +88,7 @@ def test_the_time_budget_stops_training_and_sets_the_cosine_rate() -> None:
     budget = TimeBudget(total_steps=100, budget_s=60.0, factor=cosine(0.05))
     state.step = 10
     budget.before_step(state)
-    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(11 / 100, 0.05))
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(10.5 / 100, 0.05))
     assert not state.stop
     state.t0 -= 59.0  # most of the budget used: the time decides the schedule, not the steps
     budget.before_step(state)
@@ -134,8 +134,32 @@ def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str,
     again.on_fit_start(resumed)
     assert resumed.stop, "a run resumed after early stopping trains no further"
     fresh = stub_state()
-    EarlyStopping("val_x", mode, patience=0).on_fit_start(fresh)
-    assert not fresh.stop, "patience 0 still trains one epoch"
+    EarlyStopping("val_x", mode, patience=1).on_fit_start(fresh)
+    assert not fresh.stop, "a fresh run trains its first epoch"
+
+
+def test_patience_1_stops_at_the_first_epoch_without_improvement_and_0_is_refused() -> None:
+    """patience 0 stopped after the first epoch even when it had improved (Keras: at the first without)."""
+    with pytest.raises(ValueError, match=r"patience must be >= 1 \(1 stops at the first epoch without a better "
+                                         r"validation figure\), got 0"):
+        TrainConfig(patience=0)
+    state, stopper = stub_state(epochs=10), EarlyStopping("val_x", "max", patience=1)
+    for epoch, value in enumerate([0.6, 0.7, 0.8, 0.8]):
+        state.row, state.epoch = {"val_x": value}, epoch
+        stopper.on_validation_end(state)
+        assert state.stop == (epoch == 3), epoch
+
+
+def test_no_step_of_the_cosine_schedule_has_rate_0() -> None:
+    """Set at each step's end, the last step's rate was 0: a one-step run shipped its initial weights."""
+    for total in (1, 2, 7):
+        state, budget, rates = stub_state(lr=0.05), TimeBudget(total, None, cosine(0.05)), []
+        for step in range(total):
+            state.step = step
+            budget.before_step(state)
+            rates.append(state.optimizer.param_groups[0]["lr"])
+        assert min(rates) > 0 and not state.stop, (total, rates)
+        assert rates[-1] == pytest.approx(0.05 * lr_factor((total - 0.5) / total, 0.05)), "the last step's midpoint"
 
 
 def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -182,12 +206,13 @@ def test_a_checkpoint_restores_the_model_optimizer_counters_and_callback_states(
     state = stub_state(optimizer="adam")
     stopper, hooked = EarlyStopping("val_loss", "min", 3), []
     config = {"lr": 0.1, "augment": {"noise": 0.04}}
-    fit(state, [stopper, Checkpoint(tmp_path / "c.pt", [stopper], save_checkpoint, config), EpochHook(hooked.append)],
+    made = {"config": config, "processes": 1, "data": "sha256:0", "teachers": []}
+    fit(state, [stopper, Checkpoint(tmp_path / "c.pt", [stopper], save_checkpoint, made), EpochHook(hooked.append)],
         torch.nn.functional.cross_entropy, figures([1.0, 0.5, 0.7]))
     assert hooked == [0, 1, 2]
     back, stopper2 = stub_state(optimizer="adam"), EarlyStopping("val_loss", "min", 3)
     ckpt = load_checkpoint(tmp_path / "c.pt")
-    assert ckpt["config"] == config, "the settings the run was made with, for --resume to check"
+    assert {k: ckpt[k] for k in made} == made, "how the run was made, for --resume to check"
     restore(back, ckpt, [stopper2], tmp_path / "c.pt")
     assert (back.epoch, back.step, back.history) == (3, 6, json.loads(json.dumps(state.history)))
     assert back.elapsed >= state.history[-1]["minutes"] * 60 - 1e-6

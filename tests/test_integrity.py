@@ -172,6 +172,18 @@ def test_a_card_written_before_its_checksum_loads_with_a_warning(
         load_card(bundle)
 
 
+def test_a_card_written_before_the_data_checksum_and_versions_loads(
+    tiny_bundle: Path, tmp_path: Path, film: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bundles trained before the card recorded the data's pixel checksum and the libraries' versions still load and
+    predict; the card then says nothing of them."""
+    assert load_card(tiny_bundle).data_checksum and load_card(tiny_bundle).versions
+    bundle = predicts_without(copy_bundle(tiny_bundle, tmp_path), (CHECKSUM, "data_checksum", "versions"), film,
+                              "torch", caplog)
+    card = load_card(bundle)
+    assert card.data_checksum == "" and card.versions == {}
+
+
 DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json -> words of the refusal
     "a missing field": (lambda c: {k: v for k, v in c.items() if k != "task"}, "bundle.json: task: field required$"),
     "a misspelt field": (lambda c: {**{k: v for k, v in c.items() if k != "threshold"}, "treshold": c["threshold"]},

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
@@ -19,17 +23,18 @@ from pneumoscan.core.metrics import choose_threshold
 from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.data.tasks import binary_targets, select
+from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.data.transforms import Augment
 import pneumoscan.evaluation.evaluate as evaluate_mod
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
-from pneumoscan.models.bundle import load_bundle, load_weights_into
-from pneumoscan.models.card import WEIGHTS
+from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
+from pneumoscan.training.distributed import Dist
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
@@ -139,6 +144,12 @@ def test_resume_refuses_another_number_of_processes(
                                          r"this run has 1; .*: resume under 2, or train into a new --out$"):
         train(tiny_dataset, cfg, run, resume=True)
     assert {name: (run / name).read_bytes() for name in kept} == kept, "refused before anything in RUN is rewritten"
+    # precision auto is bf16 on CUDA: a checkpoint made there went on in fp32 on a CPU machine, unsaid
+    assert ckpt["resolved_precision"] == "fp32"
+    train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "resolved_precision": "bf16"})
+    with pytest.raises(ValueError, match=r"its steps computed in bf16 and this run's would compute in fp32 \(precision "
+                                         r"auto: auto is bf16 on CUDA, fp32 on CPU\)"):
+        train(tiny_dataset, cfg, run, resume=True)
 
     del ckpt["processes"]  # an earlier version's checkpoint: said, and resumed as before
     train_mod.save_checkpoint(run / "checkpoint.pt", ckpt)
@@ -275,15 +286,23 @@ def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, 
     assert not all(torch.equal(shipped[k], live[k]) for k in shipped), "the last step's weights are not shipped"
 
 
-def test_resume_after_early_stopping_trains_no_further(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_resume_after_early_stopping_trains_no_further(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash after the epoch that ended training (patience used up) must not let --resume train on."""
-    cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 0})  # patience 0: stop after the first epoch
+    real_row = train_mod.validation_row
 
+    def flat(*args) -> object:  # no epoch better than the first: patience 1 stops after the second
+        validate = real_row(*args)
+        return lambda state, *rest: {**validate(state, *rest), "val_auc": 0.6}
+
+    monkeypatch.setattr(train_mod, "validation_row", flat)
+    cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 1})
     with pytest.raises(Crash):
-        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch)
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=lambda epoch: crash_after_first_epoch(epoch - 1))
     best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     resumed = train(tiny_dataset, cfg, tmp_path / "run", resume=True)
-    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 1
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
     again = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(best[k], again[k]) for k in best)
 
@@ -297,9 +316,107 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     for name in ("best", "bundle"):
         shutil.copytree(tiny_bundle, run / name)
     train_mod.save_checkpoint(run / "checkpoint.pt", {"epoch": 0})
+    reports = ("history.csv", "metrics.json", "report.html", "curves.png")  # of the earlier run's bundle
+    for name in reports:
+        (run / name).write_text("the earlier run's")
     with pytest.raises(ValueError, match="fewer images than one batch"):
         train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
+    assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"
+
+
+def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is_touched(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """seed -1 and trainable_stages beyond the model's stages failed after an earlier run's bundle and checkpoint in
+    --out were deleted; model_kwargs the model does not take ended in a TypeError traceback; lr inf trained until
+    its first step diverged; a distill_weight without a teacher was recorded as if the run had one."""
+    for bad, said in (({"seed": -1}, "seed must be >= 0, got -1"), ({"lr": math.inf}, "lr must be finite and >= 0")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            TrainConfig(**{**TINY, **bad})
+    for flag, value in (("--lr", "inf"), ("--lr", "1e400"), ("--seed", "-1")):
+        with pytest.raises(SystemExit):
+            main(["train", flag, value, "--print-config"])
+        assert f"argument {flag}: must be a finite number >= 0, got {value}" in capsys.readouterr().err
+    task = get_task("pneumonia")
+    start = tmp_path / "resnet10t"  # a bundle to fine-tune, of a model with stages
+    save_bundle(start, models.create("resnet10t", 2, in_chans=1), BundleCard(
+        "resnet10t", task.name, list(task.classes), task.positive, 32, "squash", *models.normalization("resnet10t")))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent, run)  # a finished run: bundle, best weights, checkpoint, reports
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    for change, said in (({"model": "resnet10t", "init": str(start), "trainable_stages": 99}, r"has \d+ stages, asked for 99"),
+                         ({"model_kwargs": {"foo": 1}}, r"model_kwargs \{'foo': 1\} do not fit simple_cnn: .*'foo'"),
+                         ({"distill_weight": 0.3}, r"distill_weight 0.3 is the teachers' share of the target: give a teacher")):
+        with pytest.raises(ValueError, match=said):
+            train(tiny_dataset, TrainConfig(**{**TINY, **change}), run)
+        assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before, change
+
+
+def test_resume_refuses_films_whose_pixels_changed_since_the_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The same paths with other pixels (here a film mirrored in place): --resume trained on, and the bundle recorded
+    only the new data, although its first epoch was trained on the old."""
+    data, run, cfg = tmp_path / "data", tmp_path / "run", TrainConfig(**TINY)
+    shutil.copytree(tiny_dataset, data)
+    with pytest.raises(Crash):
+        train(data, cfg, run, on_epoch_end=crash_after_first_epoch)
+    kept = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.yaml", "split.csv", "history.csv")}
+    mirror(sorted((data / "train" / "NORMAL").iterdir())[0])
+    with pytest.raises(ValueError, match=r"^cannot resume from .*checkpoint\.pt: it was trained on other pixels or "
+                                         r"labels than these films hold now \(data checksum \w+\.\.\. -> \w+\.\.\.\)"):
+        train(data, cfg, run, resume=True)
+    assert {name: (run / name).read_bytes() for name in kept} == kept, "refused before anything in RUN is rewritten"
+
+
+def mirror(film: Path) -> None:
+    """Other pixels under the same name, a duplicate of no other film (the default split groups duplicates)."""
+    Image.open(film).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(film, quality=95)
+
+
+def test_the_bundle_records_a_data_identity_that_survives_touching_and_moving_the_films(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The bundle's data_fingerprint names the image cache, whose key holds the files' paths and times: the same
+    films touched or moved gave another one. data_checksum holds only their pixels and labels. The card also
+    records the libraries' versions and what the training steps computed in (precision auto: fp32 on CPU)."""
+    data, cfg = tmp_path / "data", TrainConfig(**{**TINY, "epochs": 1})
+    shutil.copytree(tiny_dataset, data)
+    card = load_card(train(data, cfg, tmp_path / "run"))
+    assert card.versions["torch"] == torch.__version__ and card.versions["numpy"] == np.__version__
+    assert {"timm", "onnxruntime"} <= card.versions.keys() and card.train_config["resolved_precision"] == "fp32"
+
+    def identity(root: Path) -> tuple[str, str]:
+        records = train_mod.split_records(root, cfg)
+        cache = train_mod.preprocessed(records, cfg, Dist())
+        return cache.data_fingerprint, train_mod.data_checksum(cache, records)
+
+    film = sorted((data / "train" / "NORMAL").iterdir())[0]
+    os.utime(film, (1, 1))
+    data.rename(tmp_path / "moved")
+    fingerprint, checksum = identity(tmp_path / "moved")
+    assert card.data_checksum.startswith("sha256:") and fingerprint != card.data_fingerprint, "the cache's key moved"
+    assert checksum == card.data_checksum, "the films did not"
+    mirror(tmp_path / "moved" / film.relative_to(data))
+    assert identity(tmp_path / "moved")[1] != card.data_checksum
+
+
+def test_a_one_step_run_trains_its_only_step(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The cosine schedule set each step's rate at the step's end, so every run's last step had rate 0: a run of
+    one step (a small split, a large batch) shipped its initial weights as a trained model."""
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "batch_size": 32})  # 36 training films: one step
+    torch.manual_seed(cfg.seed)
+    initial = models.create(cfg.model, 2, in_chans=1).state_dict()
+
+    def trained(lr: float) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        run = tmp_path / f"lr-{lr}"
+        bundle = train(tiny_dataset, dataclasses.replace(cfg, lr=lr), run)
+        return load_file(str(bundle / WEIGHTS)), list(csv.DictReader((run / "history.csv").open()))
+
+    kept, _ = trained(0.0)  # the start the comparison is with: lr 0 keeps it
+    assert all(torch.equal(kept[k], initial[k]) for k in initial)
+    shipped, history = trained(cfg.lr)
+    assert [row["step"] for row in history] == ["1"] and float(history[0]["lr"]) > 0
+    assert not all(torch.equal(shipped[k], initial[k]) for k in initial), "the only step moved the weights"
 
 
 def test_the_warm_up_starts_when_the_warm_start_ends() -> None:

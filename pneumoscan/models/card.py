@@ -16,6 +16,8 @@ import functools
 import hashlib
 import json
 import logging
+import sys
+from importlib import metadata
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -62,6 +64,12 @@ class BundleCard:
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
+    # "sha256:HEX" of the training data's pixels and labels (training.train.data_checksum): unlike data_fingerprint
+    # (which names the image cache: paths and file times too) the same films touched, copied or moved give the same
+    # value. Empty in bundles older than it and in ensembles whose members do not all record it
+    data_checksum: str = ""
+    # the versions of the libraries that trained (or built) the model (runtime_versions); empty in older bundles
+    versions: dict[str, str] = field(default_factory=dict)
     val_metrics: dict = field(default_factory=dict)
     train_config: dict = field(default_factory=dict)
     package_version: str = __version__
@@ -110,6 +118,22 @@ class MemberEntry(TypedDict):
 def member_sources(card: BundleCard) -> list[Path]:
     """The member bundles an ensemble was built from, in member order, as its card recorded them."""
     return [Path(m["source"]) for m in card.model_kwargs["members"]]
+
+
+RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")
+
+
+def runtime_versions() -> dict[str, str]:
+    """The versions of the libraries a model's numbers depend on (:data:`RECORDED_LIBRARIES`, those installed): an
+    imported module's own ``__version__`` (torch's names its build, such as +cu130, which its package metadata may
+    not), else the package metadata, so that recording them imports none of them."""
+    found = {}
+    for name in RECORDED_LIBRARIES:
+        try:
+            found[name] = str(getattr(sys.modules.get(name), "__version__", None) or metadata.version(name))
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def file_sha256(path: Path | str) -> str:

@@ -55,9 +55,10 @@ class TimeBudget(Callback):
             done = float(t)
         if done >= 1.0:
             state.stop = state.end_epoch = True
-        elif self.factor is not None:  # at least this step's own share, so the first step moves
+        elif self.factor is not None:  # the schedule at the step's midpoint: neither the first step nor the last
+            # has rate 0 (at the step's end, the last step's was 0, and a one-step run shipped its initial weights)
             for g in state.optimizer.param_groups:
-                g["lr"] = state.lr * self.factor(max(done, (state.step + 1) / self.total_steps))
+                g["lr"] = state.lr * self.factor(max(done, (state.step + 0.5) / self.total_steps))
 
 
 def cosine(warmup: float) -> Callable[[float], float]:
@@ -234,11 +235,12 @@ class History(Callback):
 
 class Checkpoint(Callback):
     """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history, the best weights and the
-    trackers), with the state of ``callbacks``, the run's ``config`` (its settings as plain values) and its number
-    of processes, which ``--resume`` checks; :func:`restore` takes it back."""
+    trackers), with the state of ``callbacks`` and ``made``: how the run is made (its settings as plain values, its
+    number of processes, data and teachers: :func:`pneumoscan.training.resume.made_by`), which ``--resume`` checks;
+    :func:`restore` takes it back."""
 
-    def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None], config: dict) -> None:
-        self.path, self.callbacks, self.save, self.config = path, callbacks, save, config
+    def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None], made: dict) -> None:
+        self.path, self.callbacks, self.save, self.made = path, callbacks, save, made
 
     def on_epoch_end(self, state: State) -> None:
         if state.ctx.main:
@@ -246,8 +248,7 @@ class Checkpoint(Callback):
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
-                "history": json.dumps(state.history), "callbacks": states, "config": self.config,
-                "processes": state.ctx.world,
+                "history": json.dumps(state.history), "callbacks": states, **self.made,
             })
         state.ctx.barrier()
 

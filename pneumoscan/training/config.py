@@ -4,6 +4,7 @@ RUN/config.yaml and in the checkpoint and bundle."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,14 +19,15 @@ from pneumoscan.data.transforms import Augment
 
 # Settings that can only be mistakes outside these ranges, and would otherwise fail late (an optimiser, loader, loss
 # or threshold refusing them after the run folder was cleared, or after all the training) or quietly (a warm-up
-# past the end of the schedule); None, where a setting takes it, passes. lr 0 keeps the starting weights (--init)
+# past the end of the schedule); None, where a setting takes it, passes. lr 0 keeps the starting weights (--init);
+# an infinite one trained until its first step diverged
 RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "image_size": (">= 8", lambda v: v >= 8),
     "epochs": (">= 1", lambda v: v >= 1),
     "time_budget": ("> 0 minutes", lambda v: v > 0),
     "batch_size": (">= 1", lambda v: v >= 1),
     "eval_batch_size": (">= 1", lambda v: v >= 1),
-    "lr": (">= 0", lambda v: v >= 0),
+    "lr": ("finite and >= 0", lambda v: math.isfinite(v) and v >= 0),
     "weight_decay": (">= 0", lambda v: v >= 0),
     "warmup": ("a fraction of the schedule in [0, 1)", lambda v: 0 <= v < 1),
     "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
@@ -33,7 +35,9 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "trainable_stages": (">= 0", lambda v: v >= 0),
     "plateau_factor": ("in (0, 1)", lambda v: 0 < v < 1),
     "plateau_patience": (">= 0", lambda v: v >= 0),
-    "patience": (">= 0", lambda v: v >= 0),
+    # 0 stopped after the first epoch even when it improved: 1 stops at the first epoch without improvement
+    "patience": (">= 1 (1 stops at the first epoch without a better validation figure)", lambda v: v >= 1),
+    "seed": (">= 0", lambda v: v >= 0),
     "target_sensitivity": ("in (0, 1]", lambda v: 0 < v <= 1),
     "workers": (">= 0", lambda v: v >= 0),
 }

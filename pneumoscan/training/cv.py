@@ -16,13 +16,13 @@ class's probability too.
 from __future__ import annotations
 
 import dataclasses
+import math
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pneumoscan.core.atomic import write_csv, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, jsonable, roc_auc
@@ -36,7 +36,7 @@ from pneumoscan.models.card import CARD, load_card
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import processes
-from .resume import config_changes, split_change
+from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,17 @@ def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_F
     return {"auc": roc_auc(y, scores), f"specificity_at_sensitivity_{floor:g}": at_floor["specificity"], "n": int(y.size)}
 
 
-def fold_summary(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, SD, min and max over the folds of each per-fold figure (:func:`fold_figures`, and a multiclass
-    task's three-class figures)."""
-    names = [k for k in per_fold[0] if k != "n"]
-    return {k: {"mean": float(np.mean([f[k] for f in per_fold])), "std": float(np.std([f[k] for f in per_fold], ddof=1)),
-                "min": float(min(f[k] for f in per_fold)), "max": float(max(f[k] for f in per_fold))} for k in names}
+def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, float | int | None]]:
+    """Mean, SD, min and max of each per-fold figure (:func:`fold_figures`, and a multiclass task's three-class
+    figures) over the folds that define it, and how many those are: a fold without one of the classes has no AUC
+    (None or NaN), which must neither end the run after every fold trained nor pass for a figure."""
+    summary = {}
+    for k in (k for k in per_fold[0] if k != "n"):
+        values = [float(f[k]) for f in per_fold if f[k] is not None and not math.isnan(f[k])]
+        summary[k] = {"mean": float(np.mean(values)) if values else None,
+                      "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                      "min": min(values, default=None), "max": max(values, default=None), "folds": len(values)}
+    return summary
 
 
 def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
@@ -69,8 +74,13 @@ def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
         return
     if moved := split_change(run / "split.csv", planned):
         raise ValueError(f"{run.name} was trained on another split ({moved}); use a new --out")
-    # a finished fold's bundle records what made it; an interrupted one's config.yaml (resume keeps it when refusing)
-    recorded = load_card(run / "bundle").train_config if finished else yaml.safe_load((run / "config.yaml").read_text())
+    # a finished fold's bundle records what made it; an interrupted one's checkpoint, which its --resume compares with
+    checkpoint = run / "checkpoint.pt"
+    recorded = (load_card(run / "bundle").train_config if finished
+                else checkpoint_config(load_checkpoint(checkpoint), checkpoint))
+    if recorded is None:
+        raise ValueError(f"{run.name}'s checkpoint records no settings and there is no config.yaml beside it, so "
+                         "nothing shows how it was made; use a new --out")
     if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
         raise ValueError(f"{run.name} was trained with other settings ({', '.join(changes)}); use a new --out")
 

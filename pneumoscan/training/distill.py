@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.evaluate import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import CARD, file_sha256, load_card
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
     """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one
     that trained on any of the student's validation films, a weight outside (0, 1), or mixup/CutMix (they mix two
-    films, the teachers' targets belong to one)."""
+    films, the teachers' targets belong to one). A distill_weight without teachers is refused too: config.yaml and
+    the card would record a distillation that never happened."""
     if not cfg.teacher:
+        if cfg.distill_weight != TrainConfig.distill_weight:
+            raise ValueError(f"distill_weight {cfg.distill_weight:g} is the teachers' share of the target: give a "
+                             "teacher (train --teacher, cv --teacher-cv) or drop the setting")
         return
     if not 0 < cfg.distill_weight < 1:
         raise ValueError(f"distill_weight is the teachers' share of the target, between 0 and 1: got {cfg.distill_weight}")
@@ -47,6 +52,12 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
             raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
     check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validating a distilled model",
                    hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
+
+
+def teacher_checksums(teachers: Sequence[str]) -> list[str]:
+    """Each teacher bundle's identity, as a checkpoint records it: the SHA-256 of its bundle.json, which records its
+    weights' checksums and its temperature, so another bundle put at the same path is told apart."""
+    return [file_sha256(Path(teacher) / CARD) for teacher in teachers]
 
 
 def teacher_probabilities(teachers: Sequence[str], paths: Sequence[str], among: Sequence[str],

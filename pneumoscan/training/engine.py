@@ -84,11 +84,17 @@ def _run(callbacks: list[Callback], hook: str, state: State) -> None:
         getattr(cb, hook)(state)
 
 
+def resolved_precision(device: torch.device, precision: str) -> str:
+    """What the training steps compute in, "bf16" or "fp32": bf16 where asked, or on CUDA by default ("auto"). The
+    bundle and the checkpoint record it, since "auto" alone does not say what a run did."""
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The training step's autocast: bf16 where asked, or on CUDA by default ("auto"); otherwise off. bf16 keeps
-    fp32's range, so no loss scaling; on CPUs with native bf16 (AVX512-BF16, AMX) a step of efficientnet_lite0 at
-    192 px is 1.2-1.4x as fast as in fp32 (docs/results.md)."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """The training step's autocast, bf16 as :func:`resolved_precision` decides; otherwise off. bf16 keeps fp32's
+    range, so no loss scaling; on CPUs with native bf16 (AVX512-BF16, AMX) a step of efficientnet_lite0 at 192 px is
+    1.2-1.4x as fast as in fp32 (docs/results.md)."""
+    bf16 = resolved_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.layouts import Record, discover
 from .config import TrainConfig
 from .distributed import Dist
+from .engine import resolved_precision
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def load_checkpoint(path: Path) -> dict | None:
 
 _ABSENT = object()
 # what a bundle's train_config records beside the settings: how the run was made, not a setting, so no config has
-# it; --resume checks it on its own (resume_from)
-RECORDED = ("processes",)
+# it; --resume checks them on their own (made_change)
+RECORDED = ("processes", "resolved_precision")
 
 
 def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
@@ -112,19 +113,44 @@ def split_change(manifest: Path, records: Sequence[Record]) -> str | None:
 RESUMABLE = ("epochs", "time_budget", "split_csv")
 
 
-def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Dist) -> dict | None:
+def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
+    """What made the run, as the card's train_config and the trackers record it: the settings, and what decides how
+    it trains but is no setting (:data:`RECORDED`): the number of processes (the global batch and the learning rate
+    follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU)."""
+    return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
+
+
+def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> dict:
+    """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
+    :func:`run_record` adds to them, the data (``data``: :func:`pneumoscan.training.train.data_checksum`, the pixels
+    and labels, not the files' paths or times) and each teacher's bundle.json checksum (``teachers``: another bundle
+    put at the same path)."""
+    record = run_record(cfg, ctx)
+    return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
+            "teachers": list(teachers)}
+
+
+def checkpoint_config(ckpt: dict, path: Path) -> dict | None:
+    """The settings the checkpoint at ``path`` was made with, which ``--resume`` and ``cv`` compare a run's with:
+    its own record or, for an earlier version's, the config.yaml its run wrote when it began; None: neither, so
+    nothing shows how it was made."""
+    recorded = ckpt.get("config")
+    if recorded is None and (path.parent / "config.yaml").is_file():
+        recorded = yaml.safe_load((path.parent / "config.yaml").read_text())
+    return recorded
+
+
+def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: dict, ctx: Dist) -> dict | None:
     """The checkpoint ``--resume`` continues (None: start from scratch), refused when it was made by other
-    settings than ``cfg`` (besides :data:`RESUMABLE`), by another number of processes (:func:`check_processes`) or
-    on other films than ``records`` (RUN/split.csv, which belongs to the checkpoint: :func:`prepare_run_dir`).
-    Refused before the run folder is touched, so its config.yaml stays that of the checkpoint; every rank gets rank
-    0's verdict, so all refuse together."""
+    settings than ``cfg`` (besides :data:`RESUMABLE`), on other films than ``records`` (RUN/split.csv, which belongs
+    to the checkpoint: :func:`prepare_run_dir`) or otherwise than ``made`` says (:func:`made_change`: processes,
+    precision, the films' pixels and labels, the teachers). Refused before the run folder is touched, so its
+    config.yaml stays that of the checkpoint; every rank gets rank 0's verdict, so all refuse together."""
     ckpt = ctx.from_main(load_checkpoint(path) if ctx.main else None)
     if ckpt is None:
         return None
-    recorded = ckpt.get("config")
-    if recorded is None:  # an older version's checkpoint: the settings its run wrote to config.yaml when it began
-        config_yaml = path.parent / "config.yaml"
-        recorded = ctx.from_main(yaml.safe_load(config_yaml.read_text()) if ctx.main and config_yaml.is_file() else None)
+    recorded = ctx.from_main(checkpoint_config(ckpt, path) if ctx.main else None)
     if recorded is None:
         raise ValueError(f"cannot resume from {shown(path)}: it records no training config and there is no "
                          "config.yaml beside it, so nothing shows it was made with these settings; delete it to start over")
@@ -132,24 +158,49 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], ctx: Di
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
                          "only epochs and time_budget may change on --resume: give its settings again, or train "
                          "into a new --out")
-    check_processes(ckpt, path, ctx)
     if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
                          "data and split again, or train into a new --out")
+    if reason := ctx.from_main(made_change(ckpt, path, made) if ctx.main else None):
+        raise ValueError(reason)
     return ckpt
 
 
-def check_processes(ckpt: dict, path: Path, ctx: Dist) -> None:
-    """Refuse to resume under another number of processes than the checkpoint's: the global batch, the learning
-    rate (scaled with the processes) and the steps per epoch, and so the schedule's total, all follow it, so the
-    run would go on as another recipe than its config.yaml and bundle describe. A checkpoint of an earlier version
-    records no number: said, and resumed as before."""
-    made_by = ckpt.get("processes")
-    if made_by is None:
-        if ctx.main:
-            log.warning("%s records no number of processes (an earlier version's): resuming under %d, which must be "
-                        "the number it was made with", shown(path), ctx.world)
-    elif made_by != ctx.world:
-        raise ValueError(f"cannot resume from {shown(path)}: it was made by {made_by} process(es) and this run has "
-                         f"{ctx.world}; the global batch, the learning rate and the steps per epoch follow the number "
-                         f"of processes: resume under {made_by}, or train into a new --out")
+def _teachers_changed(old: list[str], new: list[str], made: dict) -> str:
+    changed = [t for t, a, b in zip(made["config"]["teacher"], old, new, strict=True) if a != b]
+    return (f"teacher {shown(changed[0])} is not the bundle it was trained with (its bundle.json changed since the "
+            "checkpoint), so the soft targets would be another model's: put that bundle back, or train into a new --out")
+
+
+# what a checkpoint records of how its run was made besides its settings and split (made_by): what each is, as a
+# warning names it when an earlier version's checkpoint lacks it, and the refusal when this run differs. The global
+# batch, the learning rate and the steps per epoch follow the number of processes; the weights of a run resumed in
+# another precision, on other pixels or labels, or from another teacher would come from a run its bundle does not
+# describe
+_MADE: dict[str, tuple[str, Callable[[object, object, dict], str]]] = {
+    "processes": ("number of processes", lambda old, new, made: (
+        f"it was made by {old} process(es) and this run has {new}; the global batch, the learning rate and the steps "
+        f"per epoch follow the number of processes: resume under {old}, or train into a new --out")),
+    "resolved_precision": ("training precision", lambda old, new, made: (
+        f"its steps computed in {old} and this run's would compute in {new} (precision {made['config']['precision']}: "
+        f"auto is bf16 on CUDA, fp32 on CPU): resume where it computes in {old}, or train into a new --out")),
+    "data": ("data checksum", lambda old, new, made: (
+        f"it was trained on other pixels or labels than these films hold now (data checksum {str(old)[7:19]}... -> "
+        f"{str(new)[7:19]}...): files at its paths changed since; give its data again, or train into a new --out")),
+    "teachers": ("teachers' checksums", _teachers_changed),
+}
+
+
+def made_change(ckpt: dict, path: Path, made: dict) -> str | None:
+    """Why a checkpoint cannot be resumed as ``made`` (:func:`made_by`) besides its settings and split, or None: it
+    was made by another number of processes, in another precision, on films whose pixels or labels changed since, or
+    with another teacher at a teacher's path. An earlier version's checkpoint that lacks one of them is resumed as
+    before, with a warning."""
+    for key, (what, refusal) in _MADE.items():
+        old, new = ckpt.get(key), made[key]
+        if old is None and new != []:  # no teachers: nothing to say
+            log.warning("%s records no %s (an earlier version's): resuming under %s, which must be the one it was made "
+                        "with", shown(path), what, new if key in RECORDED else "this run's")
+        elif old != new:
+            return f"cannot resume from {shown(path)}: {refusal(old, new, made)}"
+    return None

@@ -6,6 +6,7 @@ finalisation: temperature and threshold chosen on validation, and the bundle. Ru
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -39,7 +40,7 @@ from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BundleCard
+from pneumoscan.models.card import BundleCard, runtime_versions
 from .callbacks import (
     BestWeights,
     Checkpoint,
@@ -54,10 +55,10 @@ from .callbacks import (
     restore,
 )
 from .config import TrainConfig
-from .distill import check_teachers, distilled_targets, teacher_probabilities
+from .distill import check_teachers, distilled_targets, teacher_checksums, teacher_probabilities
 from .distributed import Dist, gather, gather_rows, setup_distributed
 from .engine import Callback, State, fit
-from .resume import resume_from, save_checkpoint
+from .resume import made_by, resume_from, run_record, save_checkpoint
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -141,7 +142,8 @@ class Data:
     """The run's images: the cache, the train/val datasets and their loaders (each rank its share)."""
 
     spec: PreprocessSpec
-    fingerprint: str
+    fingerprint: str  # the image cache's key (ImageCache.data_fingerprint): paths and file times too
+    checksum: str  # the films' pixels and labels (data_checksum)
     train_set: CachedImages
     val_set: CachedImages
     val_rows: np.ndarray  # this rank's validation rows
@@ -157,36 +159,55 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
     """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
     split and the cache are built, and a ``cfg.init`` bundle inside the run folder (fine-tuning a run's own bundle)
     is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, and the
-    classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained."""
+    classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained. Which layers
+    train is set here too, so that ``trainable_stages`` beyond the model's stages is refused before the run folder
+    is cleared (the warm start fits the classifier, which always trains)."""
     imagenet = cfg.pretrained and cfg.init is None and registry.has_pretrained(cfg.model)
     if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
         log.info("%s has no pretrained weights: trained from scratch", cfg.model)
-    model = registry.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet, image_size=cfg.image_size,
-                          **cfg.model_kwargs)  # fmt: skip
+    try:
+        model = registry.create(cfg.model, len(task.classes), in_chans=1, pretrained=imagenet,
+                                image_size=cfg.image_size, **cfg.model_kwargs)
+    except TypeError as e:  # an argument the model's constructor does not take: a reason, not a traceback
+        if not cfg.model_kwargs:
+            raise
+        raise ValueError(f"model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
     check_exportable(model, cfg.image_size, cfg.model)
     fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []
     if ctx.main and cfg.init is not None:
         log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+    # from scratch, or a bundle of one of the small models (they have no stages): train it all
+    transfer = imagenet or cfg.init is not None
+    registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
     return model, imagenet, fresh
 
 
+# what a run writes in its folder besides config.yaml and split.csv (rewritten by every run) and an MLflow store
+# (which keeps each run apart): a run that does not resume clears an earlier run's
+RUN_FOLDERS = ("best", "bundle", "tensorboard")
+RUN_FILES = ("checkpoint.pt", "history.csv", "curves.png", "metrics.json", "report.html")
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
-    """A folder holds one run: a run that does not resume clears an earlier one's best weights, bundle and checkpoint,
-    which would otherwise be finalised, read beside this run's split.csv (the held-out checks, cv) or resumed under
-    this run's config.yaml and split.csv, should it stop before its first checkpoint, and its TensorBoard events,
-    which TensorBoard would show mixed with this run's. An MLflow store keeps each run apart, so it is kept."""
+    """A folder holds one run: a run that does not resume clears what an earlier one wrote (:data:`RUN_FOLDERS`,
+    :data:`RUN_FILES`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside this run's
+    split.csv (the held-out checks, cv) or resumed under this run's config.yaml and split.csv, should it stop before
+    its first checkpoint; its history, curves and report would describe a bundle that is no longer there beside
+    this run's config.yaml, and TensorBoard would show its events mixed with this run's."""
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and (run_dir / "checkpoint.pt").exists()):
-            for earlier in ("best", "bundle", "tensorboard"):
+            for earlier in RUN_FOLDERS:
                 shutil.rmtree(run_dir / earlier, ignore_errors=True)
-            (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+            for earlier in RUN_FILES:
+                (run_dir / earlier).unlink(missing_ok=True)
         write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
 
 
-def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> tuple[PreprocessSpec, ImageCache]:
-    """The run's preprocessing (with the training files' source, when they were all made one way) and the image
-    cache of every record, built once per machine; unreadable films are warned about and left out."""
+def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> ImageCache:
+    """The image cache of every record under the run's preprocessing (``cache.spec``: with the training files'
+    source, when they were all made one way), built once per machine; unreadable films are warned about and left
+    out."""
     source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
     spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
     if ctx.main and spec.source_size:
@@ -200,15 +221,26 @@ def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> tuple[Pr
         cache = build_cache(paths, spec)
     for err in cache.errors if ctx.main else []:
         log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
-    return spec, cache
+    return cache
 
 
-def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, run_dir: Path) -> Data:
-    """The split's records (kept as RUN/split.csv), their preprocessed images (:func:`preprocessed`), datasets,
-    loaders and class weights."""
+def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
+    """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
+    checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
+    holds no path or file time, unlike the cache's key, so the same films touched, copied or moved give the same
+    value, and a changed pixel, label or side another."""
+    record_of = {r.path: r for r in records}
+    labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
+    text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
+              run_dir: Path) -> Data:
+    """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
+    their :func:`data_checksum`) as datasets and loaders, with the class weights."""
     if ctx.main:
         write_manifest(records, run_dir / "split.csv")
-    spec, cache = preprocessed(records, cfg, ctx)
     paths = [r.path for r in records]
     readable = set(cache.paths)
     if ctx.main:
@@ -237,8 +269,9 @@ def load_data(records: list[Record], cfg: TrainConfig, task: Task, ctx: Dist, ru
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
     weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
-    return Data(spec, cache.data_fingerprint, train_set, val_set, val_rows, val_loader, sampler, train_loader, plain,
-                weights if cfg.class_weights else None, np.array([r.patient for r in selected["val"][0]]))
+    return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_rows, val_loader, sampler,
+                train_loader, plain, weights if cfg.class_weights else None,
+                np.array([r.patient for r in selected["val"][0]]))
 
 
 def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
@@ -264,12 +297,6 @@ def check_recipe(cfg: TrainConfig) -> None:
     if cfg.optimizer == "adam-plateau" and cfg.warmup not in (0, TrainConfig.warmup):
         raise ValueError(f"warmup {cfg.warmup:g} is the adamw-cosine recipe's: adam-plateau starts at its full rate "
                          "with no warm-up, so drop the warmup setting or use --optimizer adamw-cosine")
-
-
-def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
-    """What made the run, as the card's train_config and the trackers record it: the settings and the number of
-    processes, which decides the global batch and the learning rate but is no setting (``resume.RECORDED``)."""
-    return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world}
 
 
 class Reshuffle(Callback):
@@ -307,7 +334,8 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Ca
 
 def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist, imagenet: bool, fresh: list[str],
                     resumed: dict | None) -> tuple[float, float]:
-    """On a fresh run, the warm start of an ImageNet or new (``fresh``) classifier, then which layers train. Returns
+    """On a fresh run, the warm start of an ImageNet or new (``fresh``) classifier (which layers train was set by
+    :func:`build_model`). Returns
     the run's start (``perf_counter``: the time budget covers the warm start too) and the seconds the warm start
     took (a resumed run's own)."""
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
@@ -318,9 +346,6 @@ def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist
         warm_start(model, d, cfg, ctx)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
-    # from scratch, or a bundle of one of the small models (they have no stages): train it all
-    transfer = imagenet or cfg.init is not None
-    registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
     return t0, warm_s
 
 
@@ -344,7 +369,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
 
 
 def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, run_dir: Path,
-                   schedule: list[Callback], trackers: list[Callback],
+                   schedule: list[Callback], trackers: list[Callback], made: dict,
                    on_epoch_end: Callable[[int], None] | None) -> tuple[list[Callback], list[Callback]]:
     """The run's callbacks in hook order, and those whose state a checkpoint keeps besides the model and the
     optimiser. Savers and trackers go before :class:`Checkpoint`, so an epoch it records has been saved and logged
@@ -356,8 +381,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
                        f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
     stateful = [*schedule, best, *average, *trackers]
-    # the checkpoint keeps the settings too: --resume refuses to go on under others (resume_from)
-    checkpoint = Checkpoint(run_dir / "checkpoint.pt", stateful, save_checkpoint, dataclasses.asdict(cfg))
+    # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
+    checkpoint = Checkpoint(run_dir / "checkpoint.pt", stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
                  Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])),
                  *trackers, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
@@ -385,14 +410,17 @@ def train(
     model, imagenet, fresh = build_model(cfg, task, ctx)
     records = split_records(data, cfg)
     check_teachers(cfg, records, task)
+    # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
+    cache = preprocessed(records, cfg, ctx)
+    made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
     checkpoint_path = run_dir / "checkpoint.pt"
-    resumed = resume_from(checkpoint_path, cfg, records, ctx) if resume else None
+    resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     prepare_run_dir(run_dir, cfg, resume, ctx)
-    d = load_data(records, cfg, task, ctx, run_dir)
+    d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
-    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, on_epoch_end)
+    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
     if resumed is not None:
@@ -409,7 +437,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
     report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
     no half bundle, which cv would take for a finished fold."""
-    val_set, val_rows, val_loader, fingerprint = d.val_set, d.val_rows, d.val_loader, d.fingerprint
+    val_set, val_rows, val_loader = d.val_set, d.val_rows, d.val_loader
     model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
     index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
@@ -419,8 +447,8 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     targets = val_set.targets[index]
     temperature = fit_temperature(logits, targets)
     policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
-    card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=fingerprint,
-                               train_config=run_record(cfg, ctx))
+    card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=d.fingerprint,
+                               data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
     with building(bundle_dir) as tmp:
         save_bundle(tmp, model, card)
         export_onnx(tmp)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
