@@ -129,14 +129,18 @@ def _trained(bundle: Path) -> str:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    from pneumoscan.core.metrics import format_figure
     from pneumoscan.training.cv import cross_validate
 
     cfg = _recipe(args)
     if args.distill_weight is not None and not (cfg.teacher or args.teacher_cv):
         raise ValueError("--distill-weight is the teachers' share of the target: give --teacher-cv")
     result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
+    folds = len(result["per_fold"])
     for name, s in result["summary"].items():
-        console.print(f"{name:>32}: {s['mean']:.4f} +- {s['std']:.4f} (folds {s['min']:.4f}-{s['max']:.4f})")
+        mean, std, low, high = (format_figure(s[k], 4) for k in ("mean", "std", "min", "max"))
+        defined = "" if s["folds"] == folds else f"; defined on {s['folds']} of {folds} folds"
+        console.print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         console.print(f"pooled out of fold, {_three_classes(three_class)}")
     console.print(f"out-of-fold scores: {shown(Path(args.out) / 'oof.csv')}   figures: {shown(Path(args.out) / 'cv.json')}")
@@ -229,7 +233,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pneumoscan.serving.server import serve
 
     limits, access = serve_settings(args)
-    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure)
+    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure,
+          quiet=args.quiet)  # -q: no access log either
     return 0
 
 
@@ -258,7 +263,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.dicom_sr or args.fhir:  # after predicting, so a report's row says where its files went
         from pneumoscan.interop.reports import write_reports
 
-        write_reports(rows, args.bundle, args.dicom_sr, args.fhir, backend=args.backend)
+        write_reports(rows, args.bundle, args.dicom_sr, args.fhir, backend=args.backend, tta=args.tta)
     failed = _say_unreadable(rows)
     by_reason: dict[str, list[str]] = {}
     for entry in skipped:
@@ -286,11 +291,11 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 def cmd_pacs(args: argparse.Namespace) -> int:
     from pneumoscan.core.atomic import write_atomic
-    from pneumoscan.interop.dicomweb import predict_study
+    from pneumoscan.interop.dicomweb import predict_study, read_authorization
     from pneumoscan.inference.predict import format_results
 
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
-                         backend=args.backend)
+                         backend=args.backend, authorization=read_authorization(args.auth_file))
     text = format_results(rows, "json")
     if args.out:  # whole or not at all, as predict --out
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -298,12 +303,17 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text + "\n")
     failed = _say_unreadable(rows)
-    unfiled = [row for row in rows if row.get("not_stored")]
-    for row in unfiled:  # a report the PACS did not take is a failure of the command, not a footnote
-        print(f"not stored: {len(row['not_stored'])} report(s) of {shown(row['path'])}: {shown('; '.join(row['warnings']))}",
-              file=sys.stderr)
+    scored = [row for row in rows if "probability" in row]
+    # with --store, a scored film whose reports the PACS does not hold is a failure of the command, not a footnote:
+    # a report the PACS refused or did not confirm, or one that could not be made
+    unfiled = [row for row in scored if args.store and (row.get("not_stored") or not row.get("stored"))]
+    for row in unfiled:
+        what = f"not stored: {len(row['not_stored'])} report(s) of" if row.get("not_stored") else "no report filed for"
+        print(f"{what} {shown(row['path'])}: {shown('; '.join(row.get('warnings') or []))}", file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
-    log.info("%d predicted, %d unreadable, %d reports stored", len(rows) - len(failed), len(failed), stored)
+    filed = f"; reports of {len(scored) - len(unfiled)} of {len(scored)} films stored ({stored} objects)"
+    log.info("%d scored, %d not radiographs (not scored), %d unreadable%s", len(scored),
+             sum("not_scored" in row for row in rows), len(failed), filed if args.store else "")
     return 1 if failed or unfiled else 0
 
 
@@ -379,6 +389,17 @@ def _probability(text: str) -> float:
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
 
 
+def _not_negative(kind: type) -> Callable[[str], int | float]:
+    """An argparse type for a finite number >= 0: train's --lr (0 keeps the starting weights; inf trained until its
+    first step diverged) and the recipe's --seed (-1 failed only after the run folder was cleared)."""
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+        return value
+    return parse
+
+
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
@@ -390,7 +411,7 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                    help="minutes; the learning-rate schedule is fitted to it (default: none, --epochs alone)")
     p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
     p.add_argument("--batch-size", type=_positive(int), help="per process (default 32)")
-    p.add_argument("--seed", type=int, help="random seed of split, order and augmentation (default 0)")
+    p.add_argument("--seed", type=_not_negative(int), help="random seed of split, order and augmentation (default 0)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights where the model has them (default); models without them "
                         "always start from scratch")
@@ -445,7 +466,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of patients for validation (default 0.15)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of the films of each class and subtype that goes to validation, whole patients at a "
+                        "time (default 0.15)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     p.add_argument("--out", default="split.csv", help="manifest to write (default split.csv)")
 
@@ -465,7 +488,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
     p.add_argument("--out", help="run directory; required unless --print-config")
     _add_recipe_options(p)
-    p.add_argument("--lr", type=float, help="peak learning rate for one process (default 0.001)")
+    p.add_argument("--lr", type=_not_negative(float), help="peak learning rate for one process (default 0.001)")
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
@@ -568,7 +591,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser (default: none)")
     # no defaults here: a flag not given leaves serving.limits.Limits' own (the help repeats them)
-    p.add_argument("--max-concurrent-decodes", type=_positive(int), help="images decoded at once (default: cores, at most 4)")
+    p.add_argument("--max-concurrent-decodes", type=_positive(int),
+                   help="images decoded at once (default: the cores this process may run on, at most 4)")
     p.add_argument("--max-queue", type=_positive(int),
                    help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
     p.add_argument("--heatmap-lane", type=_positive(int),
@@ -602,6 +626,10 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="results JSON (default: stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="as predict --backend (default onnx)")
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="file holding the Authorization header value for the PACS, e.g. 'Bearer TOKEN' or 'Basic ...' "
+                        "(default: env PNEUMOSCAN_PACS_AUTH; none). user:password@ in --url is sent as HTTP Basic "
+                        "and never shown; a private CA: env REQUESTS_CA_BUNDLE")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
