@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records
+from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records, threshold_table
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card, save_card
 
@@ -283,3 +283,14 @@ def test_results_are_valid_utf8_whatever_the_names_bytes(tiny_bundle: Path, tiny
     rows = (out / "predictions.csv").read_bytes().decode("utf-8").splitlines()
     assert len(rows) == 17 and any(f"caf\\xe9-{first.name}" in row for row in rows)
     (out / "report.html").read_bytes().decode("utf-8")
+
+
+def test_the_threshold_table_gives_thresholds_that_call_alike_one_row() -> None:
+    """The bundle's threshold, chosen on torch scores, and the same rule's on ONNX scores differ in late digits: two
+    rows that read alike. Merged only while no film scores between them."""
+    y = np.array([0, 1] * 10)
+    scores = np.linspace(0.05, 0.95, y.size)
+    rows = threshold_table(y, scores, 0.5 + 1e-9)  # beside the fixed 0.5
+    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 1e-6] == ["bundle threshold, fixed"]
+    rows = threshold_table(np.append(y, 1), np.append(scores, 0.5 + 5e-10), 0.5 + 1e-9)  # a film between them
+    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 1e-6] == ["fixed", "bundle threshold"]

@@ -472,11 +472,12 @@ def test_reports_are_refused_for_an_etiology_model(tiny_etiology_bundle: Path, f
 # ---------------------------------------------------------------- FHIR
 
 
-def check_observation(obs: Observation, probability: float, label: str, bundle: Path, study_uid: str | None,
+def check_observation(obs: Observation, probability: float, label: str, bundle: Path, study_uid: str,
                       warnings: list[str]) -> None:
     card = load_card(bundle)
     assert obs.status == "preliminary" and obs.category[0].coding[0].code == "imaging"
     assert (obs.code.coding[0].system, obs.code.coding[0].code) == ("http://snomed.info/sct", "233604007")
+    assert obs.bodySite.coding[0].code == codes.SCT.Chest.value  # the SR's finding site
     assert obs.valueCodeableConcept.coding[0].code == ("52101004" if label == card.positive else "272519000")
     probability_given, threshold_given = (c.valueQuantity.value for c in obs.component)
     assert float(probability_given) == pytest.approx(probability, abs=SCORE_TOL)
@@ -484,10 +485,7 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
     [device] = obs.contained
     assert device.deviceName[0].name == card.model_id
     assert device.version[0].value == f"sha256:{weights_digest(bundle)[:12]}" and obs.device.reference == "#model"
-    if study_uid is None:
-        assert obs.derivedFrom is None
-    else:
-        assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
+    assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
     assert [n.text for n in obs.note] == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings)]
 
 

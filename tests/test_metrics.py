@@ -558,3 +558,10 @@ def test_bca_without_bias_or_skew_is_the_percentile_interval_and_the_f1_jackknif
     expected = [binary_metrics(positive[patient != c], called[patient != c].astype(float), 0.5)["f1"]
                 for c in range(4)]
     np.testing.assert_allclose(left, expected)
+
+
+def test_calibration_refuses_scores_that_are_no_probabilities_and_an_empty_set_is_said() -> None:
+    with pytest.raises(ValueError, match=r"calibration needs probabilities in \[0, 1\], got scores from -0.2 to 1.7"):
+        calibration([0, 1, 1], [-0.2, 0.5, 1.7])
+    with pytest.raises(ValueError, match="no labelled films to measure"):  # was numpy's "need at least one array"
+        evaluate_binary([], [], 0.5)

@@ -514,8 +514,11 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
 def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
-    ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0."""
+    ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0. Scores outside
+    [0, 1] are refused: they are no probabilities, and a bin would take them silently (-0.2 in the first)."""
     y, p = _as_binary(y_true, prob)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"calibration needs probabilities in [0, 1], got scores from {p.min():g} to {p.max():g}")
     # [a, b) bins with edges k / n_bins exactly (np.linspace's 0.30000000000000004 put 0.3 in the bin below);
     # 1.0 lands in the last bin
     bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
@@ -584,6 +587,8 @@ def evaluate_binary(
     """
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
     y, p = _as_binary(y_true, prob)
+    if not y.size:
+        raise ValueError("no labelled films to measure")
     if len(class_names) != 2:
         raise ValueError("class_names must name (negative, positive)")
     curves: dict[str, Any] = {"roc": {"fpr": [], "tpr": [], "thresholds": []}, "pr": {"precision": [], "recall": []}}

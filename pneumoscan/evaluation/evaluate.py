@@ -288,12 +288,20 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
     that reach a few sensitivity targets on these images, and at fixed thresholds: the figures a user picks an
     operating point from. Rows in increasing threshold; one row per threshold, its rules joined."""
     rules: dict[float, list[str]] = {}
-    rules.setdefault(float(threshold), []).append("bundle threshold")
+
+    def add(t: float, rule: str) -> None:
+        # one row for thresholds a millionth apart that call every film alike: the bundle's, chosen on torch
+        # scores, and the same rule's on ONNX scores here differ in late digits and read alike at four
+        same = next((known for known in rules if abs(known - t) < 1e-6
+                     and not ((scores >= min(known, t)) & (scores < max(known, t))).any()), float(t))
+        rules.setdefault(same, []).append(rule)
+
+    add(threshold, "bundle threshold")
     if 0 < int(y.sum()) < y.size:
         for target in TABLE_SENSITIVITIES:
-            rules.setdefault(choose_threshold(y, scores, target), []).append(describe_policy(target, None))
+            add(choose_threshold(y, scores, target), describe_policy(target, None))
     for t in TABLE_THRESHOLDS:
-        rules.setdefault(t, []).append("fixed")
+        add(t, "fixed")
     rows = []
     for t in sorted(rules):
         m = binary_metrics(y, scores, t)

@@ -101,7 +101,7 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
         "status": "preliminary",
         "category": [{"coding": [{"system": CATEGORY, "code": "imaging", "display": "Imaging"}]}],
         "code": _concept(SNOMED, "233604007", "Pneumonia"),
-        "bodySite": _concept(SNOMED, "51185008", "Thoracic structure"),
+        "bodySite": _concept(SNOMED, "816094009", "Chest"),  # the SR's finding site (codes.SCT.Chest)
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "valueCodeableConcept": _concept(SNOMED, *present),
         "method": {"text": f"pneumoscan model {model_name} ({model_version}), read at its validated threshold"},
