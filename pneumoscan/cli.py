@@ -318,6 +318,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pneumoscan.core.metrics import format_figure
     from pneumoscan.inference.export import export_onnx, spec_path
 
     if args.int8:
@@ -328,7 +329,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = json.loads(spec_path(out).read_text())
-        console.print(f"wrote {shown(out)}: validation AUC {figures['val_auc_int8']:.4f} (FP32 {figures['val_auc_fp32']:.4f}), "
+        console.print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} (FP32 {format_figure(figures['val_auc_fp32'], 4)}), "
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
     out = export_onnx(args.bundle, args.out)

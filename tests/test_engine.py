@@ -26,6 +26,7 @@ from pneumoscan.training.callbacks import (
     EarlyStopping,
     EpochHook,
     Finalize,
+    History,
     ReduceOnPlateau,
     TimeBudget,
     WeightAverage,
@@ -412,3 +413,14 @@ def test_the_precision_sets_the_steps_arithmetic_and_the_weights_stay_fp32(preci
 def test_an_unknown_precision_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown precision 'fp16'; did you mean 'bf16'\? \(choose from auto, bf16, fp32\)"):
         TrainConfig.from_dict({"precision": "fp16"})
+
+
+def test_the_epoch_line_never_shows_a_missed_film_as_perfect(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One pneumonia film missed in 2,500 is a sensitivity of 0.9996: the epoch's line says 0.999, not 1.000."""
+    state = stub_state()
+    state.row = {"epoch": 1, "train_loss": 0.1, "train_acc": 0.99, "val_loss": 0.1, "val_acc": 0.9999,
+                 "val_auc": 0.99996, "val_sens": 0.9996, "val_spec": 1.0}
+    state.history = [state.row]
+    with caplog.at_level("INFO"):
+        History(tmp_path).on_epoch_end(state)
+    assert "acc 0.999 AUC 0.9999 sens 0.999 spec 1.000" in caplog.text

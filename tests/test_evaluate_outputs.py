@@ -290,7 +290,7 @@ def test_the_threshold_table_gives_thresholds_that_call_alike_one_row() -> None:
     rows that read alike. Merged only while no film scores between them."""
     y = np.array([0, 1] * 10)
     scores = np.linspace(0.05, 0.95, y.size)
-    rows = threshold_table(y, scores, 0.5 + 1e-9)  # beside the fixed 0.5
-    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 1e-6] == ["bundle threshold, fixed"]
-    rows = threshold_table(np.append(y, 1), np.append(scores, 0.5 + 5e-10), 0.5 + 1e-9)  # a film between them
-    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 1e-6] == ["fixed", "bundle threshold"]
+    rows = threshold_table(y, scores, 0.5 + 2e-6)  # beside the fixed 0.5 (a real bundle's were 1.5e-6 apart)
+    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 5e-5] == ["bundle threshold, fixed"]
+    rows = threshold_table(np.append(y, 1), np.append(scores, 0.5 + 1e-6), 0.5 + 2e-6)  # a film between them
+    assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 5e-5] == ["fixed", "bundle threshold"]

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.atomic import write_csv
+from pneumoscan.core.metrics import format_figure
 from pneumoscan.core.names import shown
 from pneumoscan.evaluation.report import plot_training_curves
 from .engine import Callback, State
@@ -226,9 +227,9 @@ class History(Callback):
             return
         row = state.row
         log.info(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val loss "
-            f"{row['val_loss']:.4f} acc {row['val_acc']:.3f} AUC {row['val_auc']:.4f} sens {row['val_sens']:.3f} "
-            f"spec {row['val_spec']:.3f}" + (" best" if state.improved else "")
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {format_figure(row['train_acc'])} | val loss "
+            f"{row['val_loss']:.4f} acc {format_figure(row['val_acc'])} AUC {format_figure(row['val_auc'], 4)} sens "
+            f"{format_figure(row['val_sens'])} spec {format_figure(row['val_spec'])}" + (" best" if state.improved else "")
         )
         write_history(state.history, self.run_dir)
 

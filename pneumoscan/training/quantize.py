@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import choose_thresholds, roc_auc, softmax
+from pneumoscan.core.metrics import choose_thresholds, format_figure, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import check_held_out, int8_figures, labelled_images, labelled_records
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
@@ -160,8 +160,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         out.unlink()
         spec_path(out).unlink(missing_ok=True)  # an earlier export's, of the graph just removed
-        raise ValueError(f"INT8 validation AUC {figures['val_auc_int8']:.4f} is more than 0.01 below FP32's "
-                         f"{figures['val_auc_fp32']:.4f}: not written; serve this bundle with --backend onnx")
+        raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than 0.01 below "
+                         f"FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle with "
+                         "--backend onnx")
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
     log.info("INT8 model %s: val AUC %.4f (FP32 %.4f), threshold %.4f", out, figures["val_auc_int8"],

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import building, write_atomic
-from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.cache import ImageCache, build_cache
@@ -464,8 +464,9 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
     })
     log.debug(  # the command prints its own line from the card
-        f"bundle: {bundle_dir}  val AUC {metrics['auc']:.4f}  threshold {threshold:.4f} -> sens "
-        f"{metrics['sensitivity']:.3f} spec {metrics['specificity']:.3f} acc {metrics['accuracy']:.3f}; with --tta: "
-        f"val AUC {roc_auc(binary_targets(targets), tta_scores):.4f}  threshold {tta_threshold:.4f}"
+        f"bundle: {bundle_dir}  val AUC {format_figure(metrics['auc'], 4)}  threshold {threshold:.4f} -> sens "
+        f"{format_figure(metrics['sensitivity'])} spec {format_figure(metrics['specificity'])} acc "
+        f"{format_figure(metrics['accuracy'])}; with --tta: val AUC "
+        f"{format_figure(roc_auc(binary_targets(targets), tta_scores), 4)}  threshold {tta_threshold:.4f}"
     )
     return bundle_dir
