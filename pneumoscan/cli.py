@@ -615,7 +615,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=64, help="images per model call (default 64)")
     p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
                                                      "Secondary Capture with --heatmaps) in the film's study")
-    p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per film")
+    p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per DICOM film")
 
 
 def _pacs_args(p: argparse.ArgumentParser) -> None:

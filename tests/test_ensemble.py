@@ -62,6 +62,9 @@ def test_probability_is_the_average_of_the_members(ensemble: Path, tiny_bundle: 
                                                    tiny_dataset: Path) -> None:
     card = load_card(ensemble)
     assert card.model == "ensemble" and card.size == 64 and (card.mean, card.std) == (0.0, 1.0)
+    # what it was built with, and the data its members were trained on (each records its own)
+    assert card.versions["torch"] == torch.__version__ and card.data_checksum.startswith("sha256:")
+    assert all(load_card(m).data_checksum for m in (tiny_bundle, member64))
     images, _ = _test_images(ensemble, tiny_dataset)
     x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)
     by_hand = []

@@ -167,7 +167,11 @@ def test_each_layout_owns_its_name_rules() -> None:
 @pytest.mark.parametrize("name, label, parsed, conflict", [
     # the patient id in a name is kept whatever the folder, so the child's films stay on one side of a split
     ("person1_bacteria_9.jpeg", "NORMAL", ("normal", "person1"), "named bacteria, labelled NORMAL"),
-    ("IM-0115-0001.jpeg", "PNEUMONIA", ("", "IM-0115"), "named normal, labelled PNEUMONIA"),
+    ("NORMAL2-IM-0381-0001.jpeg", "PNEUMONIA", ("", "NORMAL2-IM-0381"), "named normal, labelled PNEUMONIA"),
+    # a bare IM- name is also what DICOM exporters (OsiriX, Horos) give any film: no kind, and outside NORMAL/ no
+    # patient (a series number would tie unrelated patients' films together)
+    ("IM-0115-0001.jpeg", "PNEUMONIA", None, None),
+    ("IM-0115-0001.jpeg", "NORMAL", ("normal", "IM-0115"), None),
     ("BACTERIA-1008087-0001.jpeg", "NORMAL", ("normal", "1008087"), "named bacteria, labelled NORMAL"),
     ("person1_virus_3.jpeg", "PNEUMONIA", ("virus", "person1"), None),
     ("NORMAL2-IM-0381-0001.jpeg", "NORMAL", ("normal", "NORMAL2-IM-0381"), None),

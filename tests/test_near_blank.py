@@ -62,3 +62,13 @@ def test_real_films_are_far_from_the_line(data_root: Path) -> None:
         counts = np.bincount(gray.ravel(), minlength=256)
         mode = int(counts.argmax())
         assert counts[max(0, mode - 2) : mode + 3].sum() / gray.size < NEAR_BLANK_SHARE / 2, film
+
+
+def test_a_nearly_blank_dicom_blames_its_window_only_when_the_window_is_what_hid_the_film() -> None:
+    marker = _black_with_marker(np.uint16, 4095)
+    with pytest.raises(DecodeError, match=NEAR_BLANK):  # a window over all its values: the film is empty, not hidden
+        read_gray(dicom_bytes(marker, WindowCenter=2048, WindowWidth=4096))
+    ramp = np.tile(np.linspace(0, 4000, 240), (300, 1))  # a film whose values a narrow window leaves nearly blank
+    ramp[:3] = 4095
+    with pytest.raises(DecodeError, match="nothing of the film is inside its window"):
+        read_gray(dicom_bytes(ramp, WindowCenter=4090, WindowWidth=4))

@@ -158,3 +158,13 @@ def test_plot_training_curves_writes_png(tmp_path):
     out = tmp_path / "plots" / "training.png"
     plot_training_curves(history, out)
     assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path) -> None:
+    """2,499 of 2,500 pneumonia films called is 99.96 %: the matrix's share says 99.9%, as the figures' row does."""
+    y = np.array([1] * 2500 + [0] * 20)
+    p = np.where(y == 1, 0.9, 0.1)
+    p[0] = 0.2  # the one missed pneumonia film
+    write_report(evaluate_binary(y, p, 0.5, n_boot=50), tmp_path, "t", figures=True)
+    page = (tmp_path / "report.html").read_text()
+    assert "99.9%" in page and "2499" in page and not re.search(r"2499\D{0,40}100\.0%", page)

@@ -106,7 +106,7 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
         reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src) else BLANK
         raise DecodeError(reason)
     if (share := _one_level_share(gray)) >= NEAR_BLANK_SHARE:
-        reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src) else (
+        reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src, nearly=True) else (
             f"blank image: {100 * share:.1f}% of the pixels are within {NEAR_BLANK_LEVELS} grey levels of one value "
             "(an empty film with a marker or label, say)")
         raise DecodeError(reason)
@@ -126,10 +126,11 @@ def _one_level_share(gray: np.ndarray) -> float:
     return float(counts[max(0, mode - NEAR_BLANK_LEVELS) : mode + NEAR_BLANK_LEVELS + 1].sum()) / gray.size
 
 
-def _windowed_out(src: Path | bytes) -> bool:
-    """Whether a DICOM that decoded blank had differing values before its window (VOI LUT), so the window, not
-    the film, is what left nothing to see. Read again only on this refusal; any failure here keeps the plainer
-    reason, as the film was decoded a moment ago."""
+def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
+    """Whether a DICOM that decoded blank (``nearly``: nearly blank) had differing values before its window (VOI
+    LUT) -- values that are not nearly blank themselves, stretched from lowest to highest, when ``nearly`` -- so the
+    window, not the film, is what left nothing to see. Read again only on this refusal; any failure here keeps the
+    plainer reason, as the film was decoded a moment ago."""
     try:
         ds = readers.dicom.read_dataset(src, header_only=False)
         if not any(k in ds for k in ("WindowCenter", "VOILUTSequence")):
@@ -138,4 +139,8 @@ def _windowed_out(src: Path | bytes) -> bool:
     except Exception as e:  # a codec's own error types: the plainer reason is still true
         logger.debug("cannot tell whether the window blanked the film: %s", readers.dicom.redact(str(e)))
         return False
-    return bool(values.min() != values.max())
+    low, high = float(values.min()), float(values.max())
+    if not nearly or low == high:
+        return low != high
+    stretched = np.round((values.astype(float) - low) * (255 / (high - low))).astype(np.uint8)
+    return _one_level_share(stretched) < NEAR_BLANK_SHARE

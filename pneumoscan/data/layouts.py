@@ -352,11 +352,21 @@ class KaggleLayout(ClassFolders):
     _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
 
     def name_says(self, stem: str) -> tuple[str, str] | None:
+        """A bare ``IM-0115-...`` states no kind: Kermany gives its normal films such names, but so do common DICOM
+        exporters (OsiriX, Horos) any film; ``NORMAL2-IM-...`` does state normal."""
         if m := self._PERSON.match(stem):
             return m.group(2).lower(), m.group(1).lower()
         if m := self._STUDY.match(stem):
-            return "normal", m.group(1).upper()
+            return ("normal" if m.group(1).upper().startswith("NORMAL") else ""), m.group(1).upper()
         return None
+
+    def parse_name(self, stem: str, label: str) -> tuple[str, str] | None:
+        """As every layout parses, but a bare ``IM-...`` name gives a patient (its study) in a NORMAL folder only:
+        elsewhere it is an exporter's series number, which would tie unrelated patients' films together."""
+        said = self.name_says(stem)
+        if said is not None and not said[0] and label != "NORMAL" and not self._PERSON.match(stem):
+            return None
+        return super().parse_name(stem, label)
 
 
 class MendeleyLayout(ClassFolders):

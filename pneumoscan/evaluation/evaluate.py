@@ -20,7 +20,7 @@ from PIL import Image
 
 from pneumoscan.core.atomic import building, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, choose_thresholds, describe_policy, evaluate_binary,
-                                     evaluate_multiclass, jsonable, roc_auc)
+                                     evaluate_multiclass, format_figure, jsonable, roc_auc)
 from pneumoscan.core.names import path_text, shown
 from pneumoscan.data.audit import exact_duplicate_groups
 from pneumoscan.data.cache import cache_dataset
@@ -354,7 +354,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
-            items.append((_thumbnail(image), f"{Path(record.path).name}  P = {scores[i]:.3f}"))
+            items.append((_thumbnail(image), f"{Path(record.path).name}  P = {format_figure(scores[i])}"))
         gallery[title] = items
     return gallery
 

@@ -78,7 +78,12 @@ def _fmt(value: Any, name: str = "") -> str:
         return str(value)
     if name == "threshold":
         return f"{value:.4g}"
-    return f"{100 * short_of_one(value, 3):.1f}%" if name in _PROPORTIONS else format_figure(value)
+    return _percent(value) if name in _PROPORTIONS else format_figure(value)
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage at one decimal, never rounded up to 100.0% (:func:`short_of_one`)."""
+    return f"{100 * short_of_one(share, 3):.1f}%"
 
 
 def _value_cell(block: dict[str, Any], name: str) -> str:
@@ -145,7 +150,7 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
         cells = ""
         for count, share in zip(counts, shares):
             alpha = 0.0 if share is None else 0.05 + 0.45 * share
-            pct = "n/a" if share is None else f"{100 * share:.1f}%"
+            pct = "n/a" if share is None else _percent(share)
             cells += (
                 f'<td style="background:rgba(44,123,182,{alpha:.2f})">{count}<br><span class="ci">{pct}</span></td>'
             )
@@ -176,7 +181,7 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
     ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for i, (counts, row) in enumerate(zip(cm["counts"], shares)):
         for j, (count, share) in enumerate(zip(counts, row)):
-            text = f"{count}" + ("" if math.isnan(share) else f"\n{100 * share:.1f}%")
+            text = f"{count}" + ("" if math.isnan(share) else f"\n{_percent(share)}")
             ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
     ax.set(title=title, xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
     ax.set_xticklabels(names)

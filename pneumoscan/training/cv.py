@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.atomic import write_csv, write_json
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, jsonable, roc_auc
+from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
@@ -159,8 +159,9 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
                       "patient": path_text(r.patient), "fold": k, "probability": float(p)}
                      | dict(zip(class_columns, map(float, row)))
                      for r, p, row in zip(val, scores, probs, strict=True)]
-        log.info("fold %d/%d: AUC %.4f, specificity at sensitivity %g: %.3f", k + 1, folds, per_fold[-1]["auc"],
-                 SENSITIVITY_FLOOR, per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"])
+        log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds,
+                 format_figure(per_fold[-1]["auc"], 4), SENSITIVITY_FLOOR,
+                 format_figure(per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
     write_csv(out_dir / "oof.csv", OOF_FIELDS + class_columns, oof_rows)
     targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
     pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs, all_patients)

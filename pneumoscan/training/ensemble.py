@@ -50,7 +50,7 @@ from pneumoscan.evaluation.evaluate import (
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources
+from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, runtime_versions
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from .resume import split_change
 
@@ -179,11 +179,14 @@ def build_ensemble(
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
                   "weights": c.files.get(WEIGHTS, "")} for c, p in zip(cards, paths)]
     fingerprint = hashlib.sha256("".join(c.data_fingerprint for c in cards).encode()).hexdigest()
+    # the members' data, when every member records its own: a member without one leaves the ensemble's unknown
+    checksum = ("sha256:" + hashlib.sha256("".join(c.data_checksum for c in cards).encode()).hexdigest()
+                if all(c.data_checksum for c in cards) else "")
     card = BundleCard(
         model=ENSEMBLE, task=first.task, classes=first.classes, positive=first.positive,
         size=size, resize_policy=first.resize_policy, mean=0.0, std=1.0,
         source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
-        data_fingerprint=fingerprint,
+        data_fingerprint=fingerprint, data_checksum=checksum, versions=runtime_versions(),
     )  # fmt: skip
     task = get_task(card.task)
     if not cv_dirs:  # refused before anything is written when a member trained on these films

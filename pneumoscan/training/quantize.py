@@ -165,6 +165,6 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
                          "--backend onnx")
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
-    log.info("INT8 model %s: val AUC %.4f (FP32 %.4f), threshold %.4f", out, figures["val_auc_int8"],
-             figures["val_auc_fp32"], figures["int8_threshold"])
+    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
+             format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
     return out

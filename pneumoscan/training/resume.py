@@ -185,8 +185,9 @@ _MADE: dict[str, tuple[str, Callable[[object, object, dict], str]]] = {
         f"its steps computed in {old} and this run's would compute in {new} (precision {made['config']['precision']}: "
         f"auto is bf16 on CUDA, fp32 on CPU): resume where it computes in {old}, or train into a new --out")),
     "data": ("data checksum", lambda old, new, made: (
-        f"it was trained on other pixels or labels than these films hold now (data checksum {str(old)[7:19]}... -> "
-        f"{str(new)[7:19]}...): files at its paths changed since; give its data again, or train into a new --out")),
+        f"it was trained on other pixels or labels than these films hold now, or on them listed in another order (data "
+        f"checksum {str(old)[7:19]}... -> {str(new)[7:19]}...; the order decides the batches): files at its paths "
+        "changed since, or the manifest was reordered; give its data again, or train into a new --out")),
     "teachers": ("teachers' checksums", _teachers_changed),
 }
 
@@ -198,9 +199,10 @@ def made_change(ckpt: dict, path: Path, made: dict) -> str | None:
     before, with a warning."""
     for key, (what, refusal) in _MADE.items():
         old, new = ckpt.get(key), made[key]
-        if old is None and new != []:  # no teachers: nothing to say
-            log.warning("%s records no %s (an earlier version's): resuming under %s, which must be the one it was made "
-                        "with", shown(path), what, new if key in RECORDED else "this run's")
+        if old is None:  # an earlier version's checkpoint: said (unless there is nothing to say: no teachers)
+            if new != []:
+                log.warning("%s records no %s (an earlier version's): resuming under %s, which must be the one it was "
+                            "made with", shown(path), what, new if key in RECORDED else "this run's")
         elif old != new:
             return f"cannot resume from {shown(path)}: {refusal(old, new, made)}"
     return None

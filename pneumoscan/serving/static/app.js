@@ -416,7 +416,7 @@ async function post(file, query) {
 // and so it is here (a PNG named .dcm is a PNG). The browser shows a JPEG or an 8-bit PNG itself, as the model
 // reads it; anything else is shown from the service's decode (image=true): a DICOM, a 16-bit PNG (the service
 // stretches its values from lowest to highest, the browser keeps the high byte: 12-bit values look black) and a PNG
-// with an alpha channel (the service lays it on black, the canvas would drop the alpha).
+// with an alpha channel (the service refuses one that is not fully opaque, so the film shown is one it read).
 async function sniff(file) {
   const named = file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
   let head;
