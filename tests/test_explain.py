@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.readers.pillow import OWN_OVERLAY
 from pneumoscan.inference.explain import (
     MAX_PANEL,
     explain_array,
@@ -26,6 +28,7 @@ from pneumoscan.inference.explain import (
 )
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
+from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL
 
 
@@ -203,9 +206,18 @@ def test_heatmaps_never_replace_a_file_nor_become_inputs(tiny_bundle: Path, tmp_
     [row] = predict_paths(tiny_bundle, [films / "a.png"], heatmap_dir=films)
     assert (films / "a.png").read_bytes() == original and row["heatmap"] == str(films / "a-2.png")
     (films / "a-2.png").unlink()
-    with pytest.raises(ValueError, match="read as films"):
+    with pytest.raises(ValueError, match="refused as films"):
         predict_paths(tiny_bundle, [films], heatmap_dir=films)
     for _ in range(2):
         rows = predict_paths(tiny_bundle, [films], heatmap_dir=films / "maps")
         assert [r["path"] for r in rows] == [str(films / "a.png")], "the overlays are not read back as films"
     assert sorted(p.name for p in (films / "maps").iterdir()) == ["a-2.png", "a.png"]
+    # a later run over the folder without --heatmaps: the overlays are refused, never scored (one of a NORMAL film
+    # was scored PNEUMONIA 0.996), here and by the service
+    rows = {str(Path(r["path"]).relative_to(films)): r for r in predict_paths(tiny_bundle, [films])}
+    assert sorted(rows) == ["a.png", "maps/a-2.png", "maps/a.png"] and rows["a.png"]["label"]
+    assert [rows[name].get("error") for name in ("maps/a-2.png", "maps/a.png")] == [OWN_OVERLAY] * 2
+    assert not any("probability" in rows[name] for name in ("maps/a-2.png", "maps/a.png"))
+    with TestClient(create_app(tiny_bundle)) as client:
+        r = client.post("/v1/predict", files={"file": ("a.png", (films / "maps" / "a.png").read_bytes(), "image/png")})
+    assert r.status_code == 422 and OWN_OVERLAY in r.json()["error"]

@@ -195,6 +195,17 @@ def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) 
     assert out["probabilities"]["PNEUMONIA"] == pytest.approx(out["probability"])
 
 
+def test_a_full_size_film_decoded_in_full_scores_as_predict_scores_it(tiny_bundle: Path, data_root: Path) -> None:
+    """docs/python.md decodes a film in full and hands it to predict_array: it skipped the reduction predict makes
+    on decoding, and a real bundle scored full-size originals up to 0.13 apart."""
+    films = sorted((data_root / "val").rglob("*.jpeg"))[:4]
+    predictor = Predictor(tiny_bundle)
+    rows = predict_paths(tiny_bundle, films, backend="torch")
+    for film, row in zip(films, rows):
+        assert min(read_gray(film).shape) > 2 * predictor.card.spec.decode_target  # one the reduction changes
+        assert predictor.predict_array(read_gray(film))["probability"] == pytest.approx(row["probability"], abs=1e-6)
+
+
 def test_full_size_input_is_preprocessed_like_the_training_cache(tiny_bundle: Path, data_root: Path) -> None:
     """A full-size original goes through the bundle's training-source step (64 px JPEG q95 for the tiny
     dataset) the same way in predict and serve as in the cache that evaluation reads."""

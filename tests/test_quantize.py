@@ -179,3 +179,17 @@ def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, 
     assert cli.main(["evaluate", str(int8_bundle), str(tiny_dataset), "--split", "test", "--backend", "onnx-int8",
                      "--add-to-card"]) == 2
     assert "FP32 model" in capsys.readouterr().err and not load_card(int8_bundle).external_evaluations
+
+
+def test_heatmaps_are_refused_with_the_int8_backend(int8_bundle: Path, data_root: Path, tmp_path: Path) -> None:
+    """Grad-CAM draws the FP32 model, which read a validation film NORMAL that the INT8 model read PNEUMONIA: a map
+    beside an INT8 reading would explain another model than the reading."""
+    film = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+    with pytest.raises(ValueError, match="heatmaps come from the FP32 model"):
+        predict_paths(int8_bundle, [film], backend="onnx-int8", heatmap_dir=tmp_path / "maps")
+    assert not (tmp_path / "maps").exists()
+    with TestClient(create_app(int8_bundle, backend="onnx-int8")) as client:
+        post = lambda **q: client.post("/v1/predict", params=q, files={"file": ("f.jpeg", film.read_bytes(), "image/jpeg")})
+        refused = post(heatmap="true")
+        assert refused.status_code == 422 and "heatmaps come from the FP32 model" in refused.json()["error"]
+        assert post().status_code == 200  # the reading itself is the INT8 model's, as ever

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.readers.pillow import overlay_info
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
 # its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
@@ -176,5 +177,6 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
     blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
     buf = io.BytesIO()
     # zlib level 1: a third of the default's encoding time for files about 14 % larger
-    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG", compress_level=1)
+    # marked as pneumoscan's, so that a later run over a folder holding it refuses it instead of scoring it
+    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG", compress_level=1, pnginfo=overlay_info())
     return buf.getvalue()

@@ -54,6 +54,10 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
+# Grad-CAM needs gradients, which the INT8 graph has not: its map would be the FP32 model's, beside a reading the
+# INT8 model made at its own thresholds (they disagreed on 3 of 210 validation films of one bundle)
+INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at its own thresholds: a map would "
+                 "explain another model than the reading; use the onnx (or torch) backend for heatmaps")
 NON_FINITE = "the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no label is given"
 
 
@@ -366,11 +370,14 @@ def predict_paths(
     if heatmap_dir is not None:
         from .explain import explain_array, overlay_png
 
+        if backend == "onnx-int8":
+            raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")
+
         heatmap_dir = Path(heatmap_dir)
         searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
         if heatmap_dir.resolve() in searched:
-            raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be read as "
-                             "films on the next run; choose another folder (one inside it is fine)")
+            raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be refused as "
+                             "films (pneumoscan outputs) on every later run; choose another folder")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, png_data_url
-from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_stages
+from pneumoscan.inference.predict import INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, gray_png, report
@@ -94,6 +94,8 @@ class Service:
                                 "good bundle")
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault)
+        if heatmap and self.backend == "onnx-int8":
+            raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}")
         if format != "json" and not self.main.predictor.task.reports_pneumonia:
             # refused before the upload is read: the SR and the Observation code a pneumonia finding
             raise Rejected(422, f"format={format} reports a pneumonia reading, and this service's model reads "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 from PIL.JpegImagePlugin import JpegImageFile
+from PIL.PngImagePlugin import PngInfo
 
 from pneumoscan.data import pixels
 from . import jpeg
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # The JPEG and PNG modes whose pixels may hold colour (a palette's may be all grey); the grey and bilevel ones cannot.
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
+# What every Grad-CAM overlay PNG this package writes says of itself (a tEXt chunk, :func:`overlay_info`), and the
+# refusal of one given as a film: an overlay was scored as a chest film (a NORMAL film's at PNEUMONIA 0.996)
+OVERLAY_SOFTWARE = "pneumoscan Grad-CAM overlay"
+OWN_OVERLAY = "a pneumoscan output (Grad-CAM overlay PNG), not a film"
 TRANSPARENT = "image has transparent pixels (an alpha channel or a PNG transparency colour): a film has no grey " \
               "value where it is see-through; export it without transparency"
 
@@ -58,6 +63,8 @@ class PillowReader(Reader):
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         with _open(src) as im:
+            if im.info.get("Software") == OVERLAY_SOFTWARE:
+                raise pixels.DecodeError(OWN_OVERLAY)
             return _gray(im, src, target)
 
     def colour_spread(self, src: Path | bytes) -> float:
@@ -98,6 +105,13 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
         if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
             raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
         yield im
+
+
+def overlay_info() -> PngInfo:
+    """The PNG text chunk that marks a file as a pneumoscan overlay, which :meth:`PillowReader.gray` refuses."""
+    info = PngInfo()
+    info.add_text("Software", OVERLAY_SOFTWARE)
+    return info
 
 
 def _bytes(im: Image.Image) -> int:
