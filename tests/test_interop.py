@@ -9,9 +9,9 @@ import email
 import io
 import json
 import logging
+import os
 import shutil
 import socket
-import os
 import subprocess
 import sys
 import threading

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import copy
 import io
-import uuid
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
