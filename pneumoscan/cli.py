@@ -344,13 +344,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type) -> Callable[[str], int | float]:
-    """An argparse type that refuses zero, negative and non-finite values (a batch size of -1 silently predicted
-    nothing; --max-upload-mb inf ended in an OverflowError)."""
+def _positive(kind: type, zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse type that refuses negative and non-finite values, and zero unless ``zero`` (a batch size of -1
+    silently predicted nothing; --max-upload-mb inf ended in an OverflowError; train's --lr takes 0, which keeps the
+    starting weights, and --lr inf trained until its first step diverged; --seed -1 failed only after the run
+    folder was cleared)."""
     def parse(text: str) -> int | float:
         value = kind(text)
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}" if zero else
+                                             f"must be a positive finite number, got {text}")
         return value
     return parse
 
@@ -390,17 +393,6 @@ def _probability(text: str) -> float:
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
 
 
-def _not_negative(kind: type) -> Callable[[str], int | float]:
-    """An argparse type for a finite number >= 0: train's --lr (0 keeps the starting weights; inf trained until its
-    first step diverged) and the recipe's --seed (-1 failed only after the run folder was cleared)."""
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-        return value
-    return parse
-
-
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
@@ -412,7 +404,8 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                    help="minutes; the learning-rate schedule is fitted to it (default: none, --epochs alone)")
     p.add_argument("--image-size", type=_positive(int), help="model input side in pixels (default 192)")
     p.add_argument("--batch-size", type=_positive(int), help="per process (default 32)")
-    p.add_argument("--seed", type=_not_negative(int), help="random seed of split, order and augmentation (default 0)")
+    p.add_argument("--seed", type=_positive(int, zero=True),
+                   help="random seed of split, order and augmentation (default 0)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights where the model has them (default); models without them "
                         "always start from scratch")
@@ -489,7 +482,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
     p.add_argument("--out", help="run directory; required unless --print-config")
     _add_recipe_options(p)
-    p.add_argument("--lr", type=_not_negative(float), help="peak learning rate for one process (default 0.001)")
+    p.add_argument("--lr", type=_positive(float, zero=True), help="peak learning rate for one process (default 0.001)")
     p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "

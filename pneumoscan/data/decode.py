@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import BLANK, BLANK_IN_WINDOW, DecodeError
+from .pixels import BLANK, BLANK_IN_WINDOW, DecodeError, minmax_u8
 
 logger = logging.getLogger(__name__)
 
@@ -142,5 +142,4 @@ def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
     low, high = float(values.min()), float(values.max())
     if not nearly or low == high:
         return low != high
-    stretched = np.round((values.astype(float) - low) * (255 / (high - low))).astype(np.uint8)
-    return _one_level_share(stretched) < NEAR_BLANK_SHARE
+    return _one_level_share(minmax_u8(values)) < NEAR_BLANK_SHARE

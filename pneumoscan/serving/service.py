@@ -40,7 +40,6 @@ class Service:
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
-        self.backend = backend  # how readings are scored: part of every report's identity
         self.main = Stage(bundle, backend)
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
@@ -94,7 +93,7 @@ class Service:
                                 "good bundle")
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault)
-        if heatmap and self.backend == "onnx-int8":
+        if heatmap and self.main.predictor.backend == "onnx-int8":
             raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}")
         if format != "json" and not self.main.predictor.task.reports_pneumonia:
             # refused before the upload is read: the SR and the Observation code a pneumonia finding
@@ -181,7 +180,7 @@ class Service:
         if format != "json":
             reading = {**result.model_dump(), **scope}
             return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version,
-                                           self.backend)
+                                           main.predictor.backend)  # how it was scored: the report's identity
         film = png_data_url(gray_png(shown)) if shown is not None else None
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
                           image=film, **scope)
