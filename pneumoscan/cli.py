@@ -30,7 +30,8 @@ log = logging.getLogger("pneumoscan.cli")
 
 
 def _print_json(data: dict) -> None:
-    print(json.dumps(data, indent=2, allow_nan=False, default=str))
+    """JSON on stdout with the strings of every results file (a name that is not UTF-8 as ``\\xNN``)."""
+    print(json.dumps(utf8_strings(data), indent=2, allow_nan=False, default=str))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -55,7 +56,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                              cfg.resize_policy, cfg.seed)
         log.info("wrote %d augmented training films (%s) to %s", args.augmented, args.config or "default recipe", out)
     if args.json:
-        _print_json(utf8_strings(report))
+        _print_json(report)
     else:
         console.print(format_audit(report))
     return 0
@@ -281,11 +282,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _say_unreadable(rows: list[dict]) -> list[dict]:
-    """The rows of films that could not be read, each said on stderr (names escaped: a PACS or a folder may hold
-    any bytes)."""
+    """The rows with an error, each said on stderr (names escaped: a PACS or a folder may hold any bytes): a film
+    that could not be read, or a reading whose second stage failed (``incomplete``: its first stage stands)."""
     failed = [row for row in rows if "error" in row]
     for row in failed:
-        print(f"unreadable: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
+        kind = "incomplete" if "label" in row else "unreadable"
+        print(f"{kind}: {shown(row['path'])}: {shown(row['error'])}", file=sys.stderr)
     return failed
 
 

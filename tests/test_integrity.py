@@ -27,6 +27,7 @@ from pneumoscan import cli
 from pneumoscan.data.cache import build_cache, default_cache_dir
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
+from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
@@ -34,6 +35,7 @@ from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
+from tests.test_serve import with_threshold
 
 # ---------------------------------------------------------------- helpers
 
@@ -65,13 +67,14 @@ def flip_one_bit(path: Path, offset: int) -> None:
     path.write_bytes(bytes(raw))
 
 
-def nan_bundle(directory: Path) -> Path:
+def nan_bundle(directory: Path, task: str = "pneumonia") -> Path:
     """A bundle written the normal way (checksums and all) of a model whose output is NaN: a diverged training."""
     torch.manual_seed(0)
     model = models.create("simple_cnn")
     with torch.no_grad():
         model.get_classifier().bias.fill_(float("nan"))
-    card = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    classes = get_task(task).classes
+    card = BundleCard("simple_cnn", task, list(classes), get_task(task).positive, 32, "squash", 0.5, 0.25)
     return save_bundle(directory, model, card)
 
 
@@ -298,6 +301,20 @@ def test_nan_scores_are_error_rows_and_exit_1(tmp_path: Path, film: Path, capsys
     assert "non-finite score" in capsys.readouterr().err
     [written] = list(csv.DictReader(out.open()))
     assert "non-finite score" in written["error"] and "label" not in written and "probability" not in written
+
+
+def test_a_failed_etiology_stage_keeps_the_reading_and_says_what_failed(
+    tiny_bundle: Path, film: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The pneumonia reading stands; the etiology is empty, never a number, and the line says the reading is
+    incomplete (not that the film was unreadable); the command fails."""
+    first = with_threshold(tiny_bundle, 0.0, tmp_path / "always")  # every film handed to the second stage
+    second = nan_bundle(tmp_path / "nan-etiology", "etiology")
+    [row] = predict_paths(first, [film], backend="torch", etiology=second)
+    assert row["label"] == "PNEUMONIA" and row["etiology_probability_virus"] is None and row["etiology_label"] is None
+    assert row["error"].startswith("etiology stage: ") and "non-finite score" in row["error"]
+    assert cli.main(["predict", str(first), str(film), "--etiology", str(second), "--backend", "torch"]) == 1
+    assert f"incomplete: {film}: etiology stage: " in capsys.readouterr().err
 
 
 def test_server_answers_500_with_a_reason_and_turns_unhealthy(tmp_path: Path) -> None:

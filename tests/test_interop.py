@@ -480,6 +480,8 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
     assert obs.bodySite.coding[0].code == codes.SCT.Chest.value  # the SR's finding site
     assert obs.valueCodeableConcept.coding[0].code == ("52101004" if label == card.positive else "272519000")
     probability_given, threshold_given = (c.valueQuantity.value for c in obs.component)
+    assert [(c.code.coding[0].system, c.code.coding[0].code) for c in obs.component] == [
+        ("urn:pneumoscan", "probability"), ("urn:pneumoscan", "threshold")]  # each component coded, as FHIR expects
     assert float(probability_given) == pytest.approx(probability, abs=SCORE_TOL)
     assert float(threshold_given) == pytest.approx(card.threshold, abs=1e-12)
     [device] = obs.contained

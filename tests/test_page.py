@@ -21,8 +21,9 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.readers.pillow import OWN_MAP
 from pneumoscan.inference.explain import explain_array, panel_shape
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
@@ -59,11 +60,18 @@ def tagged_dicom(full_size: Path) -> bytes:
 # ---------------------------------------------------------------- the API options the page uses
 
 
-def test_heatmap_map_is_the_raw_gradcam(tiny_bundle: Path, full_size: Path) -> None:
+def test_heatmap_map_is_the_raw_gradcam(tiny_bundle: Path, full_size: Path, tmp_path: Path) -> None:
+    """The raw map, and that a map saved and given back is refused as pneumoscan's output, never scored as a film
+    (one of a NORMAL film was scored PNEUMONIA 0.943)."""
     data = full_size.read_bytes()
     with TestClient(create_app(tiny_bundle)) as client:
         r = client.post("/v1/predict", params={"heatmap": "map"}, files={"file": ("x.jpeg", data, "image/jpeg")})
         plain = client.post("/v1/predict", files={"file": ("x.jpeg", data, "image/jpeg")}).json()
+        saved = base64.b64decode(r.json()["heatmap"].split(",", 1)[1])
+        again = client.post("/v1/predict", files={"file": ("map.png", saved, "image/png")})
+    assert again.status_code == 422 and again.json()["error"] == f"cannot read the image: {OWN_MAP}"
+    (tmp_path / "map.png").write_bytes(saved)
+    assert predict_paths(tiny_bundle, [tmp_path]) == [{"path": str(tmp_path / "map.png"), "error": OWN_MAP}]
     assert r.status_code == 200, r.text
     cam = png_of(r.json()["heatmap"])
     predictor = Predictor(tiny_bundle)

@@ -31,7 +31,9 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 def scores(bundle: Path, data: Path, split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    predictor = Predictor(bundle)
+    """The scores ``threshold`` chooses on: ONNX Runtime's, as predict and serve score (torch's differ in late
+    digits, which move a threshold chosen between two films' scores)."""
+    predictor = Predictor(bundle, backend="onnx")
     _, images, targets, _ = labelled_records(data, split, get_task("pneumonia"), predictor.card.spec)
     plain = predictor.positive(predictor.probabilities(images))
     return binary_targets(targets), plain, predictor.positive(predictor.probabilities(images, tta=True))
@@ -232,6 +234,25 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
     caplog.clear()
     assert evaluate(tiny_bundle, site)["optimistic"] == []  # the original's threshold was not chosen on them
     assert "chose" not in caplog.text
+
+
+def test_a_copy_of_a_copy_still_knows_the_films_that_chose_its_source(site: Path, tiny_bundle: Path,
+                                                                       tmp_path: Path) -> None:
+    """``threshold`` on a bundle whose numbers were chosen on other films (ensemble --data, threshold) keeps them
+    listed: the copy keeps their temperature, and figures on them are optimistic (they were reported as
+    independent)."""
+    films = discover(site).records
+    first_films, second_films = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_manifest(films[::2], first_films)
+    write_manifest(films[1::2], second_films)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli.main(["threshold", str(tiny_bundle), str(first_films), "--youden", "--out", str(first)]) == 0
+    assert cli.main(["threshold", str(first), str(second_films), "--youden", "--out", str(second)]) == 0
+    assert sorted(r.path for r in discover(second / CALIBRATION_FILMS).records) == sorted(
+        str(Path(r.path).resolve()) for r in films)
+    assert evaluate(second, first_films)["optimistic"] == [
+        f"{len(films[::2])} film(s) given to evaluate chose {second}'s threshold ({CALIBRATION_FILMS}): "
+        "the figures on them are optimistic"]
 
 
 def test_copies_of_training_films_under_other_names_are_warned_about(

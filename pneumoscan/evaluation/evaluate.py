@@ -121,10 +121,14 @@ CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or 
 
 
 def record_calibration_films(bundle: Path, records: Sequence[Record]) -> None:
-    """Write BUNDLE/calibration_films.csv: the films ``threshold`` or ``ensemble --data`` chose its threshold (and
+    """Add to BUNDLE/calibration_films.csv the films ``threshold`` or ``ensemble --data`` chose its threshold (and
     temperature) on, which are not its run's validation films, so that :func:`check_held_out` knows them as it
-    knows those (absolute paths: the bundle may move)."""
-    write_manifest([dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records], bundle / CALIBRATION_FILMS)
+    knows those (absolute paths: the bundle may move). Films already listed stay: a ``threshold`` copy keeps its
+    temperature, and so the films that chose it."""
+    listed = bundle / CALIBRATION_FILMS
+    films = {r.path: r for r in (discover(listed).records if listed.exists() else [])}
+    films |= {os.path.realpath(r.path): dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records}
+    write_manifest(list(films.values()), listed)
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
@@ -482,7 +486,9 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         raise ValueError(f"--out {out} exists: the new bundle goes to a new folder")
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
         raise ValueError(f"--out {out} is inside the bundle {bundle}: the new bundle goes beside it")
-    predictor = Predictor(bundle)
+    # scored as predict and serve score it (ONNX Runtime when the bundle ships model.onnx), as training and
+    # ensemble chose the thresholds this one replaces, and as the INT8 sidecar's FP32 figures are measured
+    predictor = Predictor(bundle, backend="onnx" if (bundle / ONNX_NAME).exists() else "torch")
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     if any(r.split == "test" for r in records):

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.readers.pillow import overlay_info
+from pneumoscan.data.readers.pillow import own_output_info
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
 # its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
@@ -175,8 +175,23 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
 
     heat = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.0)
     blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
+    return _png(Image.fromarray(np.hstack([original, heat, blend])), own="overlay")
+
+
+def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
+    """An 8-bit grayscale PNG at the overlay's panel size (a full-size film shrunk, as the heatmap is); ``own``
+    (``map``) marks it as a pneumoscan output, for a Grad-CAM map rather than the film itself."""
+    height, width = panel_shape(*gray.shape)
+    picture = Image.fromarray(gray)
+    if gray.shape != (height, width):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    return _png(picture, own)
+
+
+def _png(picture: Image.Image, own: str | None) -> bytes:
+    """PNG bytes at zlib level 1 (a third of the default's encoding time for files about 14 % larger); a Grad-CAM
+    image is marked as pneumoscan's (``own``), so that a later run over a folder holding it refuses it instead of
+    scoring it."""
     buf = io.BytesIO()
-    # zlib level 1: a third of the default's encoding time for files about 14 % larger
-    # marked as pneumoscan's, so that a later run over a folder holding it refuses it instead of scoring it
-    Image.fromarray(np.hstack([original, heat, blend])).save(buf, format="PNG", compress_level=1, pnginfo=overlay_info())
+    picture.save(buf, format="PNG", compress_level=1, pnginfo=own_output_info(own) if own else None)
     return buf.getvalue()

@@ -354,7 +354,8 @@ def predict_paths(
     """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
     checks of :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
-    positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read.
+    positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
+    reading whose etiology stage failed keeps its first stage's fields, with the etiology empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM

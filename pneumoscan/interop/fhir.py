@@ -23,7 +23,7 @@ SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
 UCUM = "http://unitsofmeasure.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-LOCAL = "urn:pneumoscan"  # codes with no standard equivalent (the decision threshold)
+LOCAL = "urn:pneumoscan"  # codes with no standard equivalent (the probability and the decision threshold)
 URI = "urn:ietf:rfc:3986"  # identifier system whose values are URIs (here urn:uuid:...)
 # IssuerOfPatientIDQualifiersSequence's UniversalEntityIDType, as the prefix that makes its id a FHIR system URI
 _ISSUER_SYSTEMS = {"ISO": "urn:oid:", "UUID": "urn:uuid:", "URI": ""}
@@ -108,7 +108,8 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
         "device": {"reference": "#model"},
         "derivedFrom": derived,
         "component": [
-            {"code": {"text": "probability of pneumonia (calibrated)"}, "valueQuantity": _ratio(result["probability"])},
+            {"code": _concept(LOCAL, "probability", "probability of pneumonia (calibrated)"),
+             "valueQuantity": _ratio(result["probability"])},
             {"code": _concept(LOCAL, "threshold", "decision threshold"), "valueQuantity": _ratio(result["threshold"])},
         ],
     }  # fmt: skip

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
-from timm.models import get_pretrained_cfg
 import torch
-from timm.models import adapt_input_conv, group_parameters, is_model_pretrained
+from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, is_model_pretrained
 from torch import nn
 
 from pneumoscan.core.options import look_up_option
@@ -60,7 +59,7 @@ def has_pretrained(name: str) -> bool:
     run can decide before any work whether it fine-tunes or starts from scratch."""
     if name in _REGISTRY:
         return _REGISTRY[name].weights
-    if timm.get_pretrained_cfg(name) is None and name not in timm.list_models():
+    if get_pretrained_cfg(name) is None and name not in timm.list_models():
         unknown_model(name)
     return is_model_pretrained(name)
 
@@ -85,9 +84,9 @@ def create(
                 raise ValueError(f"{name} flattens its feature map, so it is built for one input size: give image_size")
             kwargs["image_size"] = image_size
         return entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
-    if ":" not in name and not timm.is_model(name):  # hf-hub:... names are timm's to resolve
+    if not timm.is_model(name):
         unknown_model(name)
-    default = get_pretrained_cfg(name) if ":" not in name else None
+    default = get_pretrained_cfg(name)
     if image_size is not None and default is not None and default.fixed_input_size:
         kwargs.setdefault("img_size", image_size)  # built for any other size, it fails at its first forward pass
     return timm.create_model(
@@ -112,7 +111,7 @@ def normalization(name: str) -> tuple[float, float]:
     if name in _REGISTRY:
         entry = _REGISTRY[name]
         return entry.mean, entry.std
-    cfg = timm.get_pretrained_cfg(name)
+    cfg = get_pretrained_cfg(name)
     if cfg is None:
         unknown_model(name)
     return sum(cfg.mean) / len(cfg.mean), sum(cfg.std) / len(cfg.std)

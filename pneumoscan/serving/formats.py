@@ -1,20 +1,16 @@
-"""What the service answers: the JSON response models (also the OpenAPI schema), the PNG data URLs, and a reading
+"""What the service answers: the JSON response models (also the OpenAPI schema) and a reading
 as a DICOM SR (with the overlay as a Secondary Capture) or a FHIR Observation."""
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
-import numpy as np
-from PIL import Image
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
-from pneumoscan.inference.explain import panel_shape
 
 from .limits import Rejected
 
@@ -90,17 +86,6 @@ class Health(BaseModel):
 
 # 500: a non-finite score (docs/api.md), and a bug, which the guard answers as {"error": "internal error"}
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
-
-
-def gray_png(gray: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG at the overlay's panel size (a full-size film shrunk, as the heatmap is)."""
-    height, width = panel_shape(*gray.shape)
-    picture = Image.fromarray(gray)
-    if gray.shape != (height, width):
-        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def check_options(fmt: str, heatmap: bool | str, image: bool) -> None:

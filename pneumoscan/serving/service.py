@@ -16,11 +16,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.data.scope import describe
-from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, png_data_url
+from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages
 
 from .batching import Stage
-from .formats import Health, Prediction, ServiceInfo, gray_png, report
+from .formats import Health, Prediction, ServiceInfo, report
 from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
@@ -143,7 +143,9 @@ class Service:
             self.heatmap_fault = HEATMAPS_LOST
             raise Rejected(503, HEATMAPS_LOST) from None
         cam = explain_array(self.heat_predictor, image)
-        return gray_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)) if raw else overlay_png(image, cam)
+        if raw:
+            return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
+        return overlay_png(image, cam)
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         main, second = self.main, self.second
@@ -181,7 +183,7 @@ class Service:
             reading = {**result.model_dump(), **scope}
             return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version,
                                            main.predictor.backend)  # how it was scored: the report's identity
-        film = png_data_url(gray_png(shown)) if shown is not None else None
+        film = png_data_url(panel_png(shown)) if shown is not None else None
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
                           image=film, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})

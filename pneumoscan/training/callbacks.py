@@ -127,15 +127,15 @@ class EarlyStopping(Callback):
 
 
 class BestWeights(Callback):
-    """Keeps the weights of the epoch with the highest ``monitor`` (``save(model)`` on rank 0, e.g. RUN/best) and
+    """Keeps the weights of the epoch with the highest validation AUC (``save(model)`` on rank 0, e.g. RUN/best) and
     refuses a run in which no epoch was validated. ``no_epoch`` says why that can happen.
 
     The checkpoint keeps the best weights too, and a resumed run rewrites RUN/best from them: a run killed after
     RUN/best took an epoch's weights but before that epoch's checkpoint was whole would otherwise finalise weights
     that the checkpoint, the history and the report know nothing of."""
 
-    def __init__(self, save: Callable[[torch.nn.Module], None], no_epoch: str, monitor: str = "val_auc") -> None:
-        self.save, self.no_epoch, self.monitor = save, no_epoch, monitor
+    def __init__(self, save: Callable[[torch.nn.Module], None], no_epoch: str) -> None:
+        self.save, self.no_epoch = save, no_epoch
         self.value, self.epoch = -1.0, -1
         self.weights: dict[str, torch.Tensor] | None = None  # rank 0: what ``save`` last saved, for the checkpoint
 
@@ -152,9 +152,9 @@ class BestWeights(Callback):
         state.model.load_state_dict(live)
 
     def on_validation_end(self, state: State) -> None:
-        state.improved = better(state.row[self.monitor], self.value, "max")
+        state.improved = better(state.row["val_auc"], self.value, "max")
         if state.improved:
-            self.value, self.epoch = state.row[self.monitor], state.epoch + 1
+            self.value, self.epoch = state.row["val_auc"], state.epoch + 1
 
     def on_epoch_end(self, state: State) -> None:
         if state.improved and state.ctx.main:

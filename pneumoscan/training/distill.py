@@ -3,7 +3,8 @@
 An ensemble ranks films better than any of its members (docs/results.md) but costs all its members' time at every
 prediction. A student, one model the size of one member, learns on each training film the mixed target
 ``(1 - distill_weight) * one_hot(label) + distill_weight * teachers``, where ``teachers`` is the softmax of the
-teachers' averaged calibrated logits (as an ensemble bundle averages its members), computed once on the unaugmented
+teachers' averaged calibrated logits (the average an ensemble bundle takes of its members, without the ensemble's
+own temperature, which is fitted on held-out films these teachers have none of), computed once on the unaugmented
 films (Hinton et al. 2015, offline). The class-weighted cross-entropy takes the mixed target as it takes a mixup one.
 
 A teacher that trained on the student's validation films would carry their labels into the student, whose

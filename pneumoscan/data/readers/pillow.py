@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 
 # The JPEG and PNG modes whose pixels may hold colour (a palette's may be all grey); the grey and bilevel ones cannot.
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
-# What every Grad-CAM overlay PNG this package writes says of itself (a tEXt chunk, :func:`overlay_info`), and the
-# refusal of one given as a film: an overlay was scored as a chest film (a NORMAL film's at PNEUMONIA 0.996)
-OVERLAY_SOFTWARE = "pneumoscan Grad-CAM overlay"
+# What every Grad-CAM PNG this package writes says of itself (a tEXt chunk, :func:`own_output_info`), and the refusal
+# of one given as a film: an overlay was scored as a chest film (a NORMAL film's at PNEUMONIA 0.996), a bare map 0.943
+OWN_OUTPUT_SOFTWARE = {"overlay": "pneumoscan Grad-CAM overlay", "map": "pneumoscan Grad-CAM map"}
 OWN_OVERLAY = "a pneumoscan output (Grad-CAM overlay PNG), not a film"
+OWN_MAP = "a pneumoscan output (Grad-CAM heatmap PNG), not a film"
+_OWN_REFUSALS = {OWN_OUTPUT_SOFTWARE["overlay"]: OWN_OVERLAY, OWN_OUTPUT_SOFTWARE["map"]: OWN_MAP}
 TRANSPARENT = "image has transparent pixels (an alpha channel or a PNG transparency colour): a film has no grey " \
               "value where it is see-through; export it without transparency"
 
@@ -63,8 +65,9 @@ class PillowReader(Reader):
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
         with _open(src) as im:
-            if im.info.get("Software") == OVERLAY_SOFTWARE:
-                raise pixels.DecodeError(OWN_OVERLAY)
+            refusal = _OWN_REFUSALS.get(im.info.get("Software"))
+            if refusal:
+                raise pixels.DecodeError(refusal)
             return _gray(im, src, target)
 
     def colour_spread(self, src: Path | bytes) -> float:
@@ -107,10 +110,11 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
         yield im
 
 
-def overlay_info() -> PngInfo:
-    """The PNG text chunk that marks a file as a pneumoscan overlay, which :meth:`PillowReader.gray` refuses."""
+def own_output_info(kind: str) -> PngInfo:
+    """The PNG text chunk that marks a file as a pneumoscan Grad-CAM ``kind`` (``overlay`` or ``map``), which
+    :meth:`PillowReader.gray` refuses."""
     info = PngInfo()
-    info.add_text("Software", OVERLAY_SOFTWARE)
+    info.add_text("Software", OWN_OUTPUT_SOFTWARE[kind])
     return info
 
 
