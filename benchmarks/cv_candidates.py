@@ -16,12 +16,14 @@ its last epoch (``history.csv``: warm start and training, not the export).
 from __future__ import annotations
 
 import csv
+import os
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.training.cv import fold_figures, fold_summary
@@ -46,14 +48,21 @@ def folds_of(run: dict) -> tuple:
     return run["task"], run["folds"], run["seed"], run["members"]
 
 
+def film_key(path: str) -> str:
+    """A film as oof.csv names it, whatever folder the run was made or is read from: its real path, as text."""
+    return path_text(os.path.realpath(path))
+
+
 def oof_logits(cv_dirs: list[Path]) -> dict[str, float]:
     """Each film's out-of-fold calibrated logit (``oof.csv``) averaged over the runs, as ``ensemble --cv`` averages
     them; a film some run could not read has none."""
     scores = []
     for cv_dir in cv_dirs:
         with (cv_dir / "oof.csv").open() as f:
-            scores.append({row["path"]: float(row["probability"]) for row in csv.DictReader(f)})
+            scores.append({film_key(row["path"]): float(row["probability"]) for row in csv.DictReader(f)})
     both = set.intersection(*map(set, scores))
+    if not both:
+        sys.exit(f"{' and '.join(map(str, cv_dirs))} have no film in common in their oof.csv")
     p = {path: np.clip([s[path] for s in scores], 1e-7, 1 - 1e-7) for path in both}
     return {path: float(np.mean(np.log(q) - np.log1p(-q))) for path, q in p.items()}
 
@@ -68,8 +77,9 @@ def load_mean(cv_dirs: list[Path]) -> dict:
     per_fold = []
     for k in range(runs[0]["folds"]):
         records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
-        kept = [i for i, r in enumerate(records) if r.path in logits]  # unreadable films have none
-        per_fold.append(fold_figures(binary_targets(targets[kept]), np.array([logits[records[i].path] for i in kept])))
+        keys = [film_key(r.path) for r in records]
+        kept = [i for i, key in enumerate(keys) if key in logits]  # unreadable films have none
+        per_fold.append(fold_figures(binary_targets(targets[kept]), np.array([logits[keys[i]] for i in kept])))
     return runs[0] | {"per_fold": per_fold, "summary": fold_summary(per_fold),
                       "minutes": np.sum([r["minutes"] for r in runs], axis=0)}
 

@@ -3,6 +3,7 @@ data cannot meet are refused with a one-line reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -253,6 +254,23 @@ def test_a_copy_of_a_copy_still_knows_the_films_that_chose_its_source(site: Path
     assert evaluate(second, first_films)["optimistic"] == [
         f"{len(films[::2])} film(s) given to evaluate chose {second}'s threshold ({CALIBRATION_FILMS}): "
         "the figures on them are optimistic"]
+
+
+def test_a_run_whose_split_lists_no_film_where_it_is_cannot_be_checked_and_says_so(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run folder copied or moved away from the relative paths of its split.csv: no listed film is found, so no
+    film can be matched against it. That was taken as "none of the given films trained it" (thresholds were chosen
+    on its training films, with a warning that called them other files of the same patients)."""
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_bundle, run / "bundle")
+    records = discover(tiny_bundle.parent / "split.csv").records
+    write_manifest([dataclasses.replace(r, path=str(tmp_path / "gone" / Path(r.path).name)) for r in records],
+                   run / "split.csv")
+    caplog.clear()
+    evaluate(run / "bundle", tiny_dataset, split="train")
+    assert f"none of the films {run / 'split.csv'} lists is where it says (a run folder copied or moved?)" in caplog.text
+    assert "other files of patients" not in caplog.text
 
 
 def test_copies_of_training_films_under_other_names_are_warned_about(

@@ -30,7 +30,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, save_card
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
@@ -234,6 +234,25 @@ def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_dataset: Path, tmp_path: 
     first = load_bundle(train(tiny_dataset, cfg, run))[1].files
     again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
     assert load_bundle(again)[1].train_config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
+
+
+def test_a_start_from_a_bundle_that_trained_on_the_validation_films_is_refused(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    """Weights that learnt the validation films would choose the best epoch, temperature and threshold on films the
+    model has seen (a cv run started from a bundle of the whole pool scored 0.785 "out of fold" for 0.596); and
+    evaluation counts the starting bundle's training films as the new bundle's own."""
+    swapped = [dataclasses.replace(r, split={"train": "val", "val": "train"}.get(r.split, r.split))
+               for r in discover(tiny_bundle.parent / "split.csv").records]
+    manifest, run = tmp_path / "swapped.csv", tmp_path / "run"
+    write_manifest(swapped, manifest)
+    with pytest.raises(ValueError, match=r"validating a model started from .* were in .*'s training split"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest), "init": str(tiny_bundle)}), run)
+    assert not run.exists(), "refused before the run folder is made"
+    started = shutil.copytree(tiny_bundle, tmp_path / "started" / "bundle")  # as a run started from it records it
+    card = load_card(started)
+    save_card(started, dataclasses.replace(card, train_config=card.train_config | {"init": str(tiny_bundle)}))
+    with pytest.raises(ValueError, match=r"training split .*\(.*started from its weights"):
+        evaluate(started, tiny_dataset, split="train")
 
 
 def test_a_split_manifest_with_a_patient_on_both_sides_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:

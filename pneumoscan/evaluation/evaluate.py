@@ -31,7 +31,7 @@ from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
-from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, member_sources
+from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, member_sources, replaced_members
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
 
@@ -97,24 +97,33 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     return metrics, second_scores, np.array(names)[called]
 
 
-def _weight_sources(bundle: Path) -> list[tuple[Path, str]]:
+def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tuple[Path, str]]:
     """The bundles whose training made BUNDLE's weights, each with how BUNDLE came by them: itself (""), an
     ensemble's members as recorded when it was built ("member"), the bundle that ``threshold`` copied it from
-    ("copy": the same weights, but no run's split.csv beside the copy), and a distilled model's teachers ("teacher":
-    their training films' labels reached it through their probabilities). A source that is gone is kept as a path,
-    which :func:`check_held_out` then warns about."""
+    ("copy": the same weights, but no run's split.csv beside the copy), a distilled model's teachers ("teacher":
+    their training films' labels reached it through their probabilities), and the bundle it started from ("init":
+    its weights had learnt those films). A source that is gone, or was trained again since an ensemble recorded
+    it, is kept as a path, which :func:`check_held_out` then warns about."""
+    seen = seen | {os.path.realpath(bundle)}
 
     def sources(path: Path, how: str) -> list[tuple[Path, str]]:
-        return [(p, how) for p, _ in _weight_sources(path)] if (path / CARD).exists() else [(path, how)]
+        if os.path.realpath(path) in seen:  # a run fine-tuned from its own earlier bundle (--init RUN/bundle)
+            return []
+        return [(p, how) for p, _ in _weight_sources(path, seen)] if (path / CARD).exists() else [(path, how)]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
-        return [s for member in member_sources(card) for s in sources(member, "member")]
+        replaced = set(replaced_members(card))
+        return [s for member in member_sources(card)
+                for s in ([(member, "replaced")] if member in replaced else sources(member, "member"))]
     origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
     if origin := next((o for o in origins if (o / CARD).exists()), None):
         return sources(origin, "copy")
-    teachers = [Path(t) for t in (card.train_config or {}).get("teacher") or []]
-    return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher"))]
+    config = card.train_config or {}
+    teachers = [Path(t) for t in config.get("teacher") or []]
+    init = [Path(config["init"])] if config.get("init") else []
+    return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher")),
+            *(s for start in init for s in sources(start, "init"))]
 
 
 CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or threshold was chosen on other films
@@ -155,7 +164,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                      "figures on them are optimistic")
         # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
         runs = [(path, how, run, _side(run, "train")) for path, how in _weight_sources(bundle)
-                if (run := _run_films(path, purpose))]
+                if (run := _run_films(path, purpose, how))]
         trained = [(path, how, films) for path, how, _, train in runs if (films := sorted(train & given))]
         if trained:
             path, how, films = trained[0]
@@ -207,18 +216,28 @@ _SOURCE_NOTES = {
                "--cv` choose its thresholds on out-of-fold scores)"),
     "copy": " ({bundle} is a copy of it with a new threshold, so its training films are {bundle}'s own)",
     "teacher": " ({bundle} was distilled from it, so its training films count as {bundle}'s own)",
+    "init": " ({bundle} started from its weights, so its training films count as {bundle}'s own)",
 }
 
 
-def _run_films(path: Path, purpose: str) -> dict[str, Record]:
+def _run_films(path: Path, purpose: str, how: str) -> dict[str, Record]:
     """The films of the split.csv beside a bundle (its run's films and their sides) by real path; none, with a
-    warning, when there is no such file to check against."""
+    warning, when there is no such file to check against: none beside it, one whose films are all gone (a run
+    folder copied or moved away from relative paths), or another model's (an ensemble member trained again)."""
     split = path.parent / "split.csv"
-    if not split.exists():
-        log.warning("%s: no %s beside it, so it cannot be checked that the films given to %s are new to it",
-                    path, split, purpose)
+    cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
+    if how == "replaced":
+        log.warning("%s holds other weights than the ensemble recorded (trained again since?), %s", path, cannot)
         return {}
-    return {os.path.realpath(r.path): r for r in discover(split).records}
+    if not split.exists():
+        log.warning("%s: no %s beside it, %s", path, split, cannot)
+        return {}
+    films = {os.path.realpath(r.path): r for r in discover(split).records}
+    if films and not any(os.path.exists(f) for f in films):
+        log.warning("%s: none of the films %s lists is where it says (a run folder copied or moved?), %s", path,
+                    split, cannot)
+        return {}
+    return films
 
 
 def _side(run: dict[str, Record], side: str) -> set[str]:

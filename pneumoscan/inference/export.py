@@ -33,7 +33,7 @@ import onnxruntime as ort
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum, verify_file
+from pneumoscan.models.card import ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum, verify_file
 
 if TYPE_CHECKING:
     import torch
@@ -324,16 +324,20 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels)."""
     out = Path(bundle) / INT8_NAME
     sidecar_path = spec_path(out)
-    remedy = f"run `pneumoscan export {bundle} --int8 --data RUN/split.csv` again"
+    card = load_card(bundle)
+    # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
+    out_of_fold = card.model == ENSEMBLE and str((card.train_config or {}).get("calibrated_on", "")).startswith("out-of-fold")
+    command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
+                                                         else "--data RUN/split.csv")
+    remedy = f"run `{command}` again"
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except (OSError, ValueError):
         sidecar = {}
     if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():
-        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `pneumoscan export {bundle} --int8 --data RUN/split.csv`")
+        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
-        raise ValueError(f"{out} was made from other weights than {bundle}'s: run `pneumoscan export --int8` again")
-    card = load_card(bundle)
+        raise ValueError(f"{out} was made from other weights than {bundle}'s: {remedy}")
     if card.files:  # a bundle that records checksums: both files must be the ones quantisation wrote
         for name in (INT8_NAME, sidecar_path.name):
             if name not in card.files:

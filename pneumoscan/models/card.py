@@ -120,6 +120,16 @@ def member_sources(card: BundleCard) -> list[Path]:
     return [Path(m["source"]) for m in card.model_kwargs["members"]]
 
 
+def replaced_members(card: BundleCard) -> list[Path]:
+    """The member paths of an ensemble that now hold other weights than the ensemble was built from (a cv run
+    trained again in the same folder): their run's files describe another model's training."""
+    replaced = []
+    for member, path in zip(card.model_kwargs["members"], member_sources(card)):
+        if (path / CARD).exists() and member.get("weights") and load_card(path).files.get(WEIGHTS) != member["weights"]:
+            replaced.append(path)
+    return replaced
+
+
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")
 
 

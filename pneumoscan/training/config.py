@@ -100,9 +100,11 @@ class TrainConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        # teachers as the run and its bundle record them: absolute, so evaluation finds them from any folder, however
-        # the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle` names one, null none
+        # teachers and the starting bundle as the run and its bundle record them: absolute, so evaluation finds them
+        # from any folder, however the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle`
+        # names one, null none
         self.teacher = [os.path.abspath(t) for t in _teachers(self.teacher)]
+        self.init = os.path.abspath(self.init) if self.init else None
         for name, path in (("split_csv", self.split_csv), ("init", self.init), *(("teacher", t) for t in self.teacher)):
             if path is not None and not is_utf8(path):
                 raise ValueError(f"{name} {shown(path)}: a bundle records this path in bundle.json, which holds UTF-8 "

@@ -155,7 +155,9 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         unreadable = {e["path"] for e in errors}
         val, _ = select([r for r in discover(manifest).split("val") if r.path not in unreadable], task)
         all_patients += [r.patient for r in val]
-        oof_rows += [{"path": path_text(r.path), "label": r.label, "subtype": r.subtype,  # a results file: UTF-8
+        # each film by its real path (a results file: UTF-8), the same whatever --out and the folder cv ran in, so
+        # that runs on the same folds name the same films
+        oof_rows += [{"path": path_text(os.path.realpath(r.path)), "label": r.label, "subtype": r.subtype,
                       "patient": path_text(r.patient), "fold": k, "probability": float(p)}
                      | dict(zip(class_columns, map(float, row)))
                      for r, p, row in zip(val, scores, probs, strict=True)]

@@ -62,9 +62,10 @@ log = logging.getLogger(__name__)
 def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
     if len(cards) < 2:
         raise ValueError("an ensemble needs at least two member bundles")
-    for card, path in zip(cards[1:], paths[1:]):
-        if card.model == ENSEMBLE or cards[0].model == ENSEMBLE:
+    for card, path in zip(cards, paths):
+        if card.model == ENSEMBLE:
             raise ValueError(f"{path}: an ensemble cannot be a member; list its members instead")
+    for card, path in zip(cards[1:], paths[1:]):
         for name in SHARED:
             if getattr(card, name) != getattr(cards[0], name):
                 raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has {getattr(cards[0], name)!r}: "
@@ -164,9 +165,13 @@ def build_ensemble(
         if members:
             raise ValueError("with --cv the members are the runs' fold bundles: give no member bundles")
         members = cv_members(cv_dirs)
-    out, paths = Path(out), [Path(p) for p in members]
+    # recorded absolute, as teachers are: the training-film checks find the members' runs from any folder
+    out, paths = Path(out), [Path(os.path.abspath(p)) for p in members]
     if out.exists() or out.is_symlink():
         raise ValueError(f"--out {out} exists: the ensemble goes to a new folder")
+    real = [os.path.realpath(p) for p in paths]
+    if twice := next((p for i, p in enumerate(paths) if real[i] in real[:i]), None):
+        raise ValueError(f"{twice} is given twice (the same bundle as another member): each member counts once")
     loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
     cards = [c for _, c in loaded]
     _check_members(cards, paths)

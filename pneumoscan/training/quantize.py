@@ -33,7 +33,7 @@ from pneumoscan.evaluation.evaluate import check_held_out, int8_figures, labelle
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum
+from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum, replaced_members
 from pneumoscan.models.ensemble_net import EnsembleNet
 from .ensemble import batched, cv_members, out_of_fold
 
@@ -85,6 +85,9 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     if card.model != ENSEMBLE or [os.path.realpath(p) for p in member_sources(card)] != runs:
         raise ValueError(f"{bundle} is not the ensemble `pneumoscan ensemble --cv {' '.join(map(str, cv_dirs))}` "
                          "builds: --cv takes the runs it was built from, in the same order")
+    if replaced := replaced_members(card):
+        raise ValueError(f"{replaced[0]} holds other weights than {bundle} was built from (its cv run trained "
+                         "again since?): its fold's films are not out of fold for the ensemble's own member")
     return net
 
 

@@ -34,7 +34,7 @@ from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
-from pneumoscan.evaluation.evaluate import write_operating_point
+from pneumoscan.evaluation.evaluate import check_held_out, write_operating_point
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
@@ -410,6 +410,9 @@ def train(
     model, imagenet, fresh = build_model(cfg, task, ctx)
     records = split_records(data, cfg)
     check_teachers(cfg, records, task)
+    if cfg.init is not None:  # weights that learnt the validation films would choose the best epoch and threshold
+        check_held_out([cfg.init], [r for r in records if r.split == "val"], "validating a model started from "
+                       f"{cfg.init}", hint=" (start from a bundle trained on the same split, or on other films)")
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
