@@ -49,6 +49,9 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
         assert (row["model"], row["task"], row["policy"]) == (card.model, card.task, card.threshold_policy)
         assert float(row["minutes"]) == pytest.approx(_last_minutes(run))  # the evaluate folder's run's clock
     assert rows[0]["n"] != rows[1]["n"]  # validation split vs test split: two different sets of films
+    # and each row says which: a table of a run's own validation figures beside others' test figures ranks nothing
+    assert [r["data"] for r in rows] == ["validation (chose its threshold)", "chest_xray/test"]
+    assert "chest_xray/test" in format_table(runs).splitlines()[2]
     assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(runs) == 2
 
@@ -72,7 +75,7 @@ def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Pat
     assert main(["compare", *map(str, two_runs), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["run", "model", "task", "n"]
+    assert lines[0].split()[:5] == ["run", "model", "task", "data", "n"]
     assert lines[1].startswith("tiny-run") and "simple_cnn" in lines[1] and "sensitivity >= 0.95" in lines[1]
     assert lines[2].startswith("eval-test")
     assert (tmp_path / "compare.csv").is_file() and (tmp_path / "compare.png").is_file()

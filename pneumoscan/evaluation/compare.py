@@ -3,6 +3,7 @@
 A run is a training run folder (RUN/metrics.json is its validation report) or an evaluate folder (its
 metrics.json). Model, task and threshold policy come from the bundle next to it (RUN/bundle, or the evaluate
 folder's sibling bundle), training minutes from RUN/history.csv; what cannot be found is shown as n/a, never guessed.
+Each row says which films its figures are on: runs measured on different films are not ranked by one table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .report import figure_png, roc_figure
 log = logging.getLogger(__name__)
 
 FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
-FIELDS = ("run", "model", "task", "n", *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")),
+FIELDS = ("run", "model", "task", "data", "n", *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")),
           "threshold", "policy", "minutes", "optimistic")
 
 
@@ -33,6 +34,7 @@ class RunSummary:
     run: str
     model: str | None
     task: str | None
+    data: str | None  # the films the figures are on (evaluate's data label; a training run's validation split)
     n: int
     figures: dict[str, float | None]  # FIGURES
     cis: dict[str, tuple[float | None, float | None]]  # FIGURES' 95% CIs, (None, None) where there is none
@@ -49,7 +51,7 @@ class RunSummary:
     def row(self) -> dict[str, Any]:
         figures = {f"{name}{end}": value for name in FIGURES
                    for end, value in (("", self.figures[name]), ("_low", self.cis[name][0]), ("_high", self.cis[name][1]))}
-        return {"run": self.run, "model": self.model, "task": self.task, "n": self.n, **figures,
+        return {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n, **figures,
                 "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
                 "optimistic": "; ".join(self.optimistic)}
 
@@ -80,10 +82,12 @@ def load_run(path: Path | str) -> RunSummary:
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
-    minutes = _training_minutes(folder) if (folder / "bundle").is_dir() else _training_minutes(folder.parent)
+    training_run = (folder / "bundle").is_dir()
+    minutes = _training_minutes(folder) if training_run else _training_minutes(folder.parent)
     cis = m.get("ci") or {}
+    data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
     return RunSummary(
-        run=folder.name, model=card.model if card else None, task=card.task if card else None, n=int(m["n"]),
+        run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),
         figures={name: m.get(name) for name in FIGURES},
         cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
@@ -95,10 +99,11 @@ def load_run(path: Path | str) -> RunSummary:
 def format_table(runs: list[RunSummary]) -> str:
     """The comparison as aligned plain text (one line per run, each figure with its CI); a run whose figures are
     on films the model chose its threshold on or trained on is marked, with the reasons beneath."""
-    head = ("run", "model", "task", "n", "AUC", "acc", "sens", "spec", "threshold (policy)", "minutes")
+    head = ("run", "model", "task", "data", "n", "AUC", "acc", "sens", "spec", "threshold (policy)", "minutes")
     lines = [head]
     for r in runs:
-        lines.append((r.run + (" (optimistic *)" if r.optimistic else ""), r.model or "n/a", r.task or "n/a", str(r.n),
+        lines.append((r.run + (" (optimistic *)" if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
+                      r.data or "n/a", str(r.n),
                       *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
                       f"{r.threshold:.4f} ({r.policy or 'n/a'})", format_figure(r.minutes, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

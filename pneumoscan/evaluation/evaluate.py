@@ -426,6 +426,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics["optimistic"] = caveats  # why these figures may flatter the model (films it chose or trained on)
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
+    metrics["data"] = data_label(data, split, data_name)  # compare says which films each run's figures are on
     if etiology is not None:
         metrics["two_stage"], second_scores, two_stage_called = _two_stage(
             predictor, scores, records, images, targets, data, split, etiology, tta, backend)
