@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import shutil
 import subprocess
 import sys
 import warnings
@@ -111,6 +112,7 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
 ) -> None:
     """A command's result line goes to stdout, so -q keeps it, and is not logged as well (once, not twice)."""
     site = _site(tiny_dataset, tmp_path)
+    twin = shutil.copytree(tiny_bundle.parent, tmp_path / "twin") / "bundle"  # a bundle is one member once
     for quiet in (False, True):
         out = tmp_path / ("quiet" if quiet else "loud")
         args = {
@@ -118,7 +120,7 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
             "train": ["train", "--data", str(tiny_dataset), "--out", str(out), "--model", "simple_cnn", "--no-pretrained",
                       "--image-size", "32", "--epochs", "1", "--batch-size", "8"],
             "threshold": ["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)],
-            "ensemble": ["ensemble", str(tiny_bundle), str(tiny_bundle), "--data", str(site), "--out", str(out)],
+            "ensemble": ["ensemble", str(tiny_bundle), str(twin), "--data", str(site), "--out", str(out)],
         }[command]
         assert cli.main(["-q"] * quiet + args) == 0
         printed, logged = capsys.readouterr()

@@ -88,9 +88,21 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     assert len(err) == 1 and "no metrics.json" in err[0]
     other = tmp_path / "etiology-run"
     shutil.copytree(two_runs[0], other)
-    save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology"))
+    save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology",
+                                                    classes=["bacteria", "virus"], positive="virus"))
     with pytest.raises(ValueError, match="different tasks"):
         compare_runs([two_runs[0], other])
+    metrics = json.loads((other / "metrics.json").read_text())
+    # a damaged or edited figure is refused by name, never ranked (an AUC of 7.5 was printed) nor a traceback
+    for key, value, shown in (("auc", 7.5, "7.5"), ("auc", "0.99", "'0.99'"), ("threshold", None, None),
+                              ("n", 0, "0")):
+        (other / "metrics.json").write_text(json.dumps(metrics | {key: value}))
+        if shown is None:  # the threshold is required
+            with pytest.raises(ValueError, match="no binary validation figures"):
+                compare_runs([other])
+            continue
+        assert main(["compare", str(other)]) == 2
+        assert f"metrics.json: {key} is {shown}, not a " in capsys.readouterr().err
     (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))
     with pytest.raises(ValueError, match="no binary validation figures"):
         compare_runs([other])

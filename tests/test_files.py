@@ -301,10 +301,11 @@ def test_a_card_that_would_record_a_name_not_utf8_is_refused(tiny_bundle: Path, 
     assert load_card(bundle) == card, "bundle.json as it was"
 
 
-def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(tiny_bundle: Path, tiny_dataset: Path,
-                                                                       tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     """``--json`` output is a results file too: a lone surrogate (``\\udce9``) there is refused by strict UTF-8
-    readers (jq shows it as a replacement character)."""
+    readers (jq shows it as a replacement character). The film left out is said, not only counted in n."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     with open(os.path.join(os.fsencode(data / "test" / "NORMAL"), os.fsencode(LATIN1)), "wb") as f:
@@ -314,6 +315,7 @@ def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(tiny_bundl
     printed = json.loads(capsys.readouterr().out.encode("utf-8"))  # strict: no lone surrogate
     assert printed["unreadable"] == json.loads((out / "metrics.json").read_text())["unreadable"]
     assert [Path(e["path"]).name for e in printed["unreadable"]] == ["caf\\xe9.jpeg"]
+    assert "1 film(s) of " in caplog.text and "could not be read and are left out (" in caplog.text
 
 
 def test_json_results_files_write_names_as_escapes_and_refuse_nan(tmp_path: Path) -> None:

@@ -198,6 +198,17 @@ DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json ->
     "a null class list": (lambda c: {**c, "classes": None}, "classes: input should be a valid array \\(found None\\)"),
     "a negative temperature": (lambda c: {**c, "temperature": -1.0}, "temperature is -1.0, not above 0"),
     "a zero std": (lambda c: {**c, "std": 0}, "std is 0.0, not above 0"),
+    # each of these gave confident wrong labels with exit 0 (a card without its checksum loads with a warning)
+    "a threshold above 1": (lambda c: {**c, "threshold": 1.5}, "threshold is 1.5, not a probability in \\[0, 1\\]"),
+    "a negative TTA threshold": (lambda c: {**c, "tta_threshold": -0.2}, "tta_threshold is -0.2, not a probability"),
+    "no threshold": (lambda c: {k: v for k, v in c.items() if k != "threshold"}, "bundle.json: threshold is missing"),
+    "the other class positive": (lambda c: {**c, "positive": "NORMAL"},
+                                 "classes \\['NORMAL', 'PNEUMONIA'\\] and positive 'NORMAL' are not the pneumonia task's"),
+    "classes swapped": (lambda c: {**c, "classes": ["PNEUMONIA", "NORMAL"]}, "are not the pneumonia task's"),
+    "a mean beyond grey": (lambda c: {**c, "mean": 1e6}, "mean is 1000000.0, not a grey level in \\[0, 1\\]"),
+    "a size of 3": (lambda c: {**c, "size": 3}, "size is 3, not 8 to 2048 pixels"),
+    "a size of 100000": (lambda c: {**c, "size": 100000}, "size is 100000, not 8 to 2048 pixels"),
+    "a JPEG quality of 500": (lambda c: {**c, "source_quality": 500}, "source_quality must be a JPEG quality, 1 to 100"),
 }
 
 
@@ -246,6 +257,25 @@ def test_cli_predict_refuses_damaged_weights_of_the_same_size(
     assert (bundle / WEIGHTS).stat().st_size == size
     assert cli.main(["predict", str(bundle), str(film), "--backend", backend]) == 2
     one_line_error(capsys, "model.safetensors is damaged")
+
+
+def test_weights_of_another_architecture_are_a_reason_not_a_traceback(
+    tiny_bundle: Path, tmp_path: Path, film: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A bundle older than the files' checksums holding another model's weights (nothing says what they should
+    be): torch's hundreds of lines of missing and unexpected keys became one line and exit status 2."""
+    from safetensors.torch import save_file
+
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    save_file(models.create("resnet10t", 2, in_chans=1).state_dict(), bundle / WEIGHTS)
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM], card["files"]
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"its weights are not those of a simple_cnn \(Missing key\(s\) in state_dict"):
+        load_bundle(bundle)
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 2
+    err = capsys.readouterr().err  # after the warnings that the bundle records no checksums
+    assert "Traceback" not in err and "error: " in err and "its weights are not those of a simple_cnn" in err
 
 
 def test_evaluate_and_export_refuse_damaged_weights(

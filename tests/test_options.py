@@ -162,7 +162,8 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
     ({"epochs": 0}, "epochs must be >= 1, got 0"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
     ({"eval_batch_size": -1}, "eval_batch_size must be >= 1, got -1"),
-    ({"image_size": 4}, "image_size must be >= 8, got 4"),
+    ({"image_size": 4}, "image_size must be 8 to 2048 pixels, got 4"),
+    ({"image_size": 100000}, "image_size must be 8 to 2048 pixels, got 100000"),  # was killed for memory
     ({"lr": -1e-3}, "lr must be finite and >= 0, got -0.001"),
     ({"lr": float("nan")}, "lr must be finite and >= 0, got nan"),
     ({"lr": float("inf")}, "lr must be finite and >= 0, got inf"),
@@ -181,6 +182,18 @@ def test_settings_of_another_type_or_out_of_range_are_refused(settings: dict, re
     with pytest.raises(ValueError) as e:
         TrainConfig.from_dict(settings)
     assert str(e.value) == reason
+
+
+@pytest.mark.parametrize("text", ["epochs: [1\n", "epochs: !!python/object/apply:os.getcwd []\n"],
+                         ids=["syntax error", "python tag"])
+def test_a_config_file_that_is_not_yaml_is_a_one_line_reason(text: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """yaml's ParserError (or ConstructorError for a tag safe_load will not build) was a traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    assert cli.main(["train", "--config", str(config), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} is not a YAML config: " in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:

@@ -48,7 +48,8 @@ def test_grain_up_to_the_set_level_is_added_to_about_half_the_images(noise: floa
         assert set(nearest) == set(NOISE_LEVELS), "faint and strong grain all occur"
 
 
-@pytest.mark.parametrize("mix", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}])
+@pytest.mark.parametrize("mix", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0},
+                                 {"mixup": 1, "cutmix": 1}])  # an integer alpha (YAML's 1) failed in the first batch
 def test_batch_mixing_mixes_images_and_targets_in_the_same_proportion(mix: dict) -> None:
     """Normal films all 0, pneumonia films all 1: after mixing, an image's mean is the share of pneumonia in it,
     which must be its target's pneumonia probability (MixUp blends, CutMix pastes a box of the area it reports)."""

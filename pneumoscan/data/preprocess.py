@@ -19,6 +19,9 @@ from .decode import Source, image_info, read_gray
 from .pixels import DecodeError, reduce
 
 AGREEMENT = 0.9  # the share of sampled training files that must have been made one way for source_of to name it
+# The model input side: below 8 a network has nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048
+# a batch of inputs outgrows the memory of the machines this runs on (a size of 100000 was killed for memory)
+MIN_SIZE, MAX_SIZE = 8, 2048
 
 
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
@@ -128,8 +131,12 @@ class PreprocessSpec:
         return "squash" if _brought_to_source((height, width), self.source_size) else self.policy
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {self.size}")
+        if self.source_size is not None and not self.source_size >= 1:
+            raise ValueError(f"source_size must be positive, got {self.source_size}")
+        if self.source_quality is not None and not 1 <= self.source_quality <= 100:
+            raise ValueError(f"source_quality must be a JPEG quality, 1 to 100, got {self.source_quality}")
         look_up_option(self.policy, RESIZE_POLICIES, "resize policy")
 
     def to_dict(self) -> dict:

@@ -170,7 +170,9 @@ def _mixed(batch: list, mix: v2.Transform) -> tuple[torch.Tensor, torch.Tensor]:
 def batch_mixing(augment: Augment, num_classes: int) -> Callable[[list], tuple[torch.Tensor, torch.Tensor]] | None:
     """A DataLoader ``collate_fn`` that mixes each training batch per ``augment.mixup``/``augment.cutmix`` and
     returns class-probability targets, or None when both are off (hard targets, the default collate)."""
-    mixes = [cls(alpha=alpha, num_classes=num_classes)
+    # float: torchvision draws from Beta(alpha, alpha) in the alpha's dtype, and an integer alpha (mixup: 1) failed
+    # in the first batch, after all the preparation
+    mixes = [cls(alpha=float(alpha), num_classes=num_classes)
              for cls, alpha in ((v2.MixUp, augment.mixup), (v2.CutMix, augment.cutmix)) if alpha]  # fmt: skip
     if not mixes:
         return None

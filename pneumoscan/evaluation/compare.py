@@ -77,8 +77,15 @@ def load_run(path: Path | str) -> RunSummary:
         m = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
-    if not isinstance(m, dict) or m.get("kind") != "binary" or "threshold" not in m:
+    if not isinstance(m, dict) or m.get("kind") != "binary" or m.get("threshold") is None:
         raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
+    for key in (*FIGURES, "threshold"):  # a table must not rank an edited or damaged file's "AUC 7.5"
+        value = m.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value <= 1):
+            raise ValueError(f"{metrics_path}: {key} is {value!r:.40}, not a figure in [0, 1]")
+    if isinstance(m["n"], bool) or not isinstance(m["n"], int) or m["n"] < 1:
+        raise ValueError(f"{metrics_path}: n is {m['n']!r:.40}, not a count of films")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)

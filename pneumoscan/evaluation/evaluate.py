@@ -268,10 +268,13 @@ def labelled_records(
     readable = [r for r in records if r.path in read]
     warn_untyped(readable, task, "evaluation")
     records, targets = select(readable, task)
+    unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
     if not records:
-        unreadable = "; ".join(f"{e['path']}: {e['reason']}" for e in cache.errors[:3])
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
                          + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
+    if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
+        log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
+                    unreadable, "; ..." if len(cache.errors) > 3 else "")
     return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
 
 

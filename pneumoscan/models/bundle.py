@@ -61,7 +61,12 @@ def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     else:
         model = registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
                                 image_size=card.size, **card.model_kwargs)
-    model.load_state_dict(_read_weights(directory, card))
+    try:
+        model.load_state_dict(_read_weights(directory, card))
+    except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)
+        detail = " ".join(str(e).split("\n\t")[1:2])[:160]  # torch's first complaint, e.g. the unexpected keys
+        raise ValueError(f"{directory}: its weights are not those of a {card.model} ({detail}); restore the bundle "
+                         "from a good copy") from None
     return model.eval(), card
 
 

@@ -29,7 +29,8 @@ from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
-from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
+from pneumoscan.data.tasks import get_task, list_tasks
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -38,6 +39,7 @@ CARD = "bundle.json"
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "std", "temperature")  # zero or below: no image, a division by zero, inverted probabilities
+REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +247,8 @@ def _validated(path: Path, data: dict) -> BundleCard:
     that its network is built from."""
     for key in data:
         look_up_option(key, _CARD_FIELDS, f"{path} field")
+    if missing := [key for key in REQUIRED if key not in data]:  # a default would decide the label silently
+        raise ValueError(f"{path}: {missing[0]} is missing")
     card = _parsed(_CARD, data, str(path))
     entries = [(str(path), asdict(card))]
     if card.model == ENSEMBLE:
@@ -256,7 +260,31 @@ def _validated(path: Path, data: dict) -> BundleCard:
         for key in POSITIVE:
             if not entry[key] > 0:
                 raise ValueError(f"{where}: {key} is {entry[key]!r}, not above 0")
+        if not 0 <= entry["mean"] <= 1:  # inputs are [0, 1] grey levels: a mean of 1e6 called every film positive
+            raise ValueError(f"{where}: mean is {entry['mean']!r}, not a grey level in [0, 1]")
+        if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
+            raise ValueError(f"{where}: size is {entry['size']!r}, not {MIN_SIZE} to {MAX_SIZE} pixels")
+    for key in ("threshold", "tta_threshold"):  # 1.5 called a pneumonia film at 0.81 normal
+        if (value := getattr(card, key)) is not None and not 0 <= value <= 1:
+            raise ValueError(f"{path}: {key} is {value!r}, not a probability in [0, 1]")
+    _check_classes(path, card)
+    try:
+        card.spec  # noqa: B018 - its checks (source size and quality, resize policy)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return card
+
+
+def _check_classes(path: Path, card: BundleCard) -> None:
+    """The classes and positive class the card's task gives (a task registered in this process; else at least a
+    positive among the classes): names swapped or changed turned every label into another."""
+    if card.task in list_tasks():
+        task = get_task(card.task)
+        if card.classes != list(task.classes) or card.positive != task.positive:
+            raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
+                             f"task's {list(task.classes)} and {task.positive!r}")
+    elif card.positive not in card.classes:
+        raise ValueError(f"{path}: positive {card.positive!r} is not one of its classes {card.classes}")
 
 
 def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - the adapter's type

@@ -14,6 +14,7 @@ import yaml
 
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, apply_settings, check_fields, look_up_option
+from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import Augment
 
@@ -22,7 +23,7 @@ from pneumoscan.data.transforms import Augment
 # past the end of the schedule); None, where a setting takes it, passes. lr 0 keeps the starting weights (--init);
 # an infinite one trained until its first step diverged
 RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "image_size": (">= 8", lambda v: v >= 8),
+    "image_size": (f"{MIN_SIZE} to {MAX_SIZE} pixels", lambda v: MIN_SIZE <= v <= MAX_SIZE),
     "epochs": (">= 1", lambda v: v >= 1),
     "time_budget": ("> 0 minutes", lambda v: v > 0),
     "batch_size": (">= 1", lambda v: v >= 1),
@@ -143,7 +144,10 @@ def _teachers(value: str | list[str] | None) -> list[str]:
 def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
     """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
     command-line overrides (those not None) on top of the defaults."""
-    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    try:
+        data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    except yaml.YAMLError as e:  # a syntax error, or a tag safe_load refuses to build (!!python/object)
+        raise ValueError(f"{path} is not a YAML config: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
     data = apply_settings(data, settings)
