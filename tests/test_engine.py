@@ -58,6 +58,25 @@ class Recorder(Callback):
         return super().__getattribute__(name)
 
 
+def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """history.csv after every epoch; curves.png after an epoch only when the last draw is CURVES_EVERY_S old (a
+    second's epoch spent 0.4 s drawing), and at the end, so the file always shows the whole run."""
+    from pneumoscan.training import callbacks
+
+    drawn: list[int] = []
+    monkeypatch.setattr(callbacks, "plot_training_curves", lambda history, path: drawn.append(len(history)))
+    row = {"val_loss": 0.5, "val_acc": 0.5, "val_auc": 0.5, "val_sens": 0.5, "val_spec": 0.5}
+    for every, expected in ((3600.0, [3]), (0.0, [1, 2, 3])):
+        monkeypatch.setattr(callbacks, "CURVES_EVERY_S", every)
+        drawn.clear()
+        fit(stub_state(epochs=3), [History(tmp_path)], torch.nn.functional.cross_entropy, lambda *_: dict(row))
+        assert drawn == expected
+        with (tmp_path / "history.csv").open() as f:
+            assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
 def figures(values: list[float], key: str = "val_loss"):
     """A validate() that hands out the given figures one epoch after another (a stub metric sequence)."""
     it = iter(values)

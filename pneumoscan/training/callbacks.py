@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -204,23 +205,33 @@ class WeightAverage(Callback):
         self.average.load_state_dict(data)
 
 
-def write_history(history: list[dict], run_dir: Path) -> None:
-    # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
-    write_csv(run_dir / "history.csv", list(dict.fromkeys(k for row in history for k in row)), history)
-    plot_training_curves(history, run_dir / "curves.png")
+CURVES_EVERY_S = 30.0  # RUN/curves.png is redrawn at most this often while training (a draw takes about 0.4 s)
 
 
 class History(Callback):
-    """Rank 0: one log line per epoch, and RUN/history.csv with RUN/curves.png rewritten after it. A resumed run
-    rewrites them from the checkpoint's history first: a run killed while writing an epoch's checkpoint had already
-    written that epoch's row, which would otherwise stay however the resumed run ends."""
+    """Rank 0: one log line per epoch, and RUN/history.csv rewritten after it, with RUN/curves.png redrawn after it
+    too when the last draw is CURVES_EVERY_S old (every epoch of a real run; a test's epochs of a second each would
+    spend most of their time drawing) and at the end of the fit. A resumed run rewrites them from the checkpoint's
+    history first: a run killed while writing an epoch's checkpoint had already written that epoch's row, which
+    would otherwise stay however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self.drawn_at = time.monotonic()  # of the last draw (or the start)
+        self.behind = False  # a row not drawn yet
+
+    def write(self, history: list[dict], draw: bool) -> None:
+        # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
+        write_csv(self.run_dir / "history.csv", list(dict.fromkeys(k for row in history for k in row)), history)
+        self.behind = not (draw or time.monotonic() - self.drawn_at >= CURVES_EVERY_S)
+        if not self.behind:
+            plot_training_curves(history, self.run_dir / "curves.png")
+            self.drawn_at = time.monotonic()
 
     def on_fit_start(self, state: State) -> None:
+        self.drawn_at = time.monotonic()
         if state.ctx.main and state.history:
-            write_history(state.history, self.run_dir)
+            self.write(state.history, draw=True)
 
     def on_epoch_end(self, state: State) -> None:
         if not state.ctx.main:
@@ -231,7 +242,11 @@ class History(Callback):
             f"{row['val_loss']:.4f} acc {format_figure(row['val_acc'])} AUC {format_figure(row['val_auc'], 4)} sens "
             f"{format_figure(row['val_sens'])} spec {format_figure(row['val_spec'])}" + (" best" if state.improved else "")
         )
-        write_history(state.history, self.run_dir)
+        self.write(state.history, draw=False)
+
+    def on_fit_end(self, state: State) -> None:
+        if state.ctx.main and self.behind:
+            plot_training_curves(state.history, self.run_dir / "curves.png")
 
 
 class Checkpoint(Callback):
