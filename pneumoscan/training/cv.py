@@ -27,10 +27,10 @@ import numpy as np
 from pneumoscan.core.atomic import write_csv, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_text
-from pneumoscan.data.layouts import Record, discover, write_manifest
+from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
-from pneumoscan.data.tasks import binary_targets, get_task, select
-from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.evaluate import labelled_records
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card
 from .config import TrainConfig
@@ -143,7 +143,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
             log.info("fold %d/%d: training %s", k + 1, folds, run)
             train(data, configs[k], run, resume=True)
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
-        images, targets, errors = labelled_images(manifest, "val", task, predictor.card.spec)
+        val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
         probs = predictor.probabilities(images)
         scores = predictor.positive(probs)
         figures = fold_figures(binary_targets(targets), scores)
@@ -152,8 +152,6 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         per_fold.append(figures)
         all_targets.append(targets)
         all_probs.append(probs)
-        unreadable = {e["path"] for e in errors}
-        val, _ = select([r for r in discover(manifest).split("val") if r.path not in unreadable], task)
         all_patients += [r.patient for r in val]
         # each film by its real path (a results file: UTF-8), the same whatever --out and the folder cv ran in, so
         # that runs on the same folds name the same films
