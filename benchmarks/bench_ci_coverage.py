@@ -12,6 +12,10 @@ sensitivity = specificity = r = P(logit >= 0 | pneumonia); the classes have as m
 accuracy and F1 at 0.5 are r too; ROC AUC = Phi(2 * 1.2 / (sd * sqrt 2)). A 95% interval should cover them in
 about 95% of samples (+-0.02 at 400 samples). An interval that is not given (NaN: the AUC of perfectly separated
 classes gets a bound instead, F1 of a perfect call none) counts as not covering.
+
+A second table does the same for the three-class macro AUC of ``evaluate_multiclass``, by patient: each of
+``--patients`` patients a class has 1 to 4 films, whose three logits are the patient's (sd 1.0, shared) plus the
+film's (sd 0.3), with SEPARATION added to its class's; the truth is the macro AUC of 600,000 patients' single films.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from pneumoscan.core.metrics import threshold_metrics_ci
+from pneumoscan.core.metrics import evaluate_multiclass, softmax, threshold_metrics_ci
 
 MEAN, SD_PATIENT, SD_FILM = 1.2, 1.2, 0.3
 FIGURES = ("auc", "f1", "sensitivity", "specificity", "precision", "accuracy")
@@ -65,22 +69,59 @@ def coverage(patients: int, max_films: int, samples: int, boot: int) -> dict[str
             for unit in units}
 
 
+SEPARATIONS = (1.0, 2.5)  # macro AUC about 0.80 and 0.99
+
+
+def three_classes(rng: np.random.Generator, patients: int, separation: float,
+                  max_films: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classes, probabilities and patient ids of one three-class data set (see the module docstring)."""
+    films = rng.integers(1, max_films + 1, 3 * patients)
+    patient = np.repeat(np.arange(3 * patients), films)
+    cls = patient // patients
+    logits = (separation * np.eye(3)[cls] + rng.normal(0, 1.0, (3 * patients, 3))[patient]
+              + rng.normal(0, SD_FILM, (patient.size, 3)))
+    return cls, softmax(logits), patient
+
+
+def macro_coverage(patients: int, separation: float, samples: int, boot: int) -> tuple[float, float, float]:
+    """(truth, coverage, mean width) of the macro AUC's interval by patient."""
+    from sklearn.metrics import roc_auc_score
+
+    y, prob, _ = three_classes(np.random.default_rng(123), 200_000, separation, max_films=1)
+    truth = float(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+    rng, covered, widths = np.random.default_rng(0), 0, []
+    for _ in range(samples):
+        y, prob, patient = three_classes(rng, patients, separation)
+        lo, hi = evaluate_multiclass(y, prob, ["a", "b", "c"], n_boot=boot, groups=patient)["ci"]["macro_auc"]
+        covered += lo is not None and lo <= truth <= hi
+        widths.append(math.nan if lo is None else hi - lo)
+    return truth, covered / samples, float(np.nanmean(widths))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=400, help="simulated data sets per setting")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     parser.add_argument("--patients", type=int, nargs="+", default=[12, 30, 150], help="patients of each class")
+    parser.add_argument("--only", choices=("binary", "three-class"), help="one of the two tables")
     args = parser.parse_args()
-    print(f"{args.samples} samples a setting, {args.boot} resamples; nominal coverage 0.95; truths "
-          + ", ".join(f"{k} {v:.3f}" for k, v in truths().items() if k in ("auc", "f1")))
-    print("| patients | films each | unit | " + " | ".join(FIGURES) + " | AUC mean width |")
-    print("| --- " * (len(FIGURES) + 4) + "|")
-    for patients in args.patients:
-        for max_films in (4, 1):
-            for unit, (cov, width) in coverage(patients, max_films, args.samples, args.boot).items():
-                films = "1-4" if max_films > 1 else "1"
-                print(f"| {patients} + {patients} | {films} | {unit} | "
-                      + " | ".join(f"{cov[n]:.3f}" for n in FIGURES) + f" | {width:.3f} |", flush=True)
+    if args.only != "three-class":
+        print(f"{args.samples} samples a setting, {args.boot} resamples; nominal coverage 0.95; truths "
+              + ", ".join(f"{k} {v:.3f}" for k, v in truths().items() if k in ("auc", "f1")))
+        print("| patients | films each | unit | " + " | ".join(FIGURES) + " | AUC mean width |")
+        print("| --- " * (len(FIGURES) + 4) + "|")
+        for patients in args.patients:
+            for max_films in (4, 1):
+                for unit, (cov, width) in coverage(patients, max_films, args.samples, args.boot).items():
+                    films = "1-4" if max_films > 1 else "1"
+                    print(f"| {patients} + {patients} | {films} | {unit} | "
+                          + " | ".join(f"{cov[n]:.3f}" for n in FIGURES) + f" | {width:.3f} |", flush=True)
+    if args.only != "binary":
+        print("\n| patients a class | films each | macro AUC (truth) | coverage | mean width |\n| --- | --- | --- | --- | --- |")
+        for patients in args.patients:
+            for separation in SEPARATIONS:
+                truth, covered, width = macro_coverage(patients, separation, args.samples, args.boot)
+                print(f"| {patients} | 1-4 | {truth:.3f} | {covered:.3f} | {width:.3f} |", flush=True)
     y, prob, patient = sample(np.random.default_rng(1), 2000)
     y, prob, patient = y[:5000], prob[:5000], patient[:5000]
     for unit, groups in (("film", None), ("patient", patient)):

@@ -205,20 +205,6 @@ def test_roc_auc_is_nan_for_one_class_and_sklearn_otherwise():
     assert metrics.roc_auc([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8]) == roc_auc_score([0, 1, 0, 1], [0.1, 0.4, 0.35, 0.8])
 
 
-def test_vectorised_bootstrap_auc_matches_sklearn_on_the_resampled_films_with_ties():
-    """Each row of weights is a resample (how often each film is in it): its AUC is that of the films written out."""
-    rng = np.random.default_rng(3)
-    scores = rng.integers(0, 5, 30).astype(float)
-    positive = np.arange(30) < 12
-    weights = rng.integers(0, 3, size=(6, 30)).astype(float)
-    weights[0, 12:] = 0  # no negative film drawn: undefined
-    copies = weights.astype(int)
-    expected = [roc_auc_score(np.repeat(positive, c), np.repeat(scores, c)) for c in copies[1:]]
-    rows = metrics._auc_rows(weights, scores, positive)
-    assert math.isnan(rows[0])
-    np.testing.assert_allclose(rows[1:], expected)
-
-
 def test_bootstrap_ci_contains_estimate_narrows_and_is_deterministic():
     y, prob = synthetic_binary(200, seed=4)
     small = threshold_metrics_ci(y, prob, [0.5], n_boot=500, seed=0)[0]
@@ -520,6 +506,35 @@ def test_delong_auc_interval_is_obuchowskis_clustered_variance_on_the_logit_scal
     logit = math.log(auc / (1 - auc)) + np.array([-1, 1]) * student_t.ppf(0.975, min(i10, i01) - 1) * se
     ci = threshold_metrics_ci(positive.astype(int), scores, [4], n_boot=50, groups=patient)[0]["auc"]
     assert ci == pytest.approx(1 / (1 + np.exp(-logit)))
+
+
+def test_macro_auc_interval_is_the_clustered_delong_variance_of_the_mean_of_the_one_vs_rest_aucs():
+    """Against the formula written out pair by pair: each class's one-vs-rest placements from all its
+    positive-negative pairs (ties half), each film's influence on that AUC, averaged over the classes and summed by
+    patient (patients holding films of several classes), then the logit interval with a t quantile on the fewest
+    patients on a side of any class, minus one. It replaced a percentile bootstrap that covered the truth in 0.80 of
+    sets of 12 patients a class at a macro AUC of 0.99 (benchmarks/bench_ci_coverage.py)."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 45)
+    probs = softmax(rng.integers(0, 4, (45, 3)).astype(float))  # ties within each class's column
+    patient = rng.permutation(np.arange(45) % 15)
+    influence, aucs, sides = np.zeros(15), [], []
+    for k in range(3):
+        pos, neg = y == k, y != k
+        psi = (probs[pos, k][:, None] > probs[neg, k]) + 0.5 * (probs[pos, k][:, None] == probs[neg, k])
+        auc = psi.mean()
+        film = np.zeros(45)
+        film[pos] = (psi.mean(axis=1) - auc) / pos.sum()
+        film[neg] = (psi.mean(axis=0) - auc) / neg.sum()
+        influence += np.array([film[patient == c].sum() for c in range(15)]) / 3
+        aucs.append(auc)
+        sides.append(min(np.unique(patient[pos]).size, np.unique(patient[neg]).size))
+    macro = np.mean(aucs)
+    se = math.sqrt(15 / 14 * (influence**2).sum()) / (macro * (1 - macro))
+    logit = math.log(macro / (1 - macro)) + np.array([-1, 1]) * student_t.ppf(0.975, min(sides) - 1) * se
+    result = evaluate_multiclass(y, probs, ["a", "b", "c"], n_boot=50, groups=patient)
+    assert result["macro_auc"] == pytest.approx(macro)
+    assert result["ci"]["macro_auc"] == pytest.approx(1 / (1 + np.exp(-logit)))
 
 
 def test_auc_interval_degenerate_cases():

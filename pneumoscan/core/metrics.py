@@ -161,21 +161,6 @@ def _bootstrap_weights(y: np.ndarray, patients: np.ndarray | None, n_boot: int, 
     return _row_counts(rng.integers(0, m, size=(n_boot, m)), m)[:, patients]
 
 
-def _auc_rows(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """ROC AUC of each resample, given as a row of film ``weights``: the Mann-Whitney U over the weighted
-    positive-negative pairs, ties counting half as in roc_auc_score; NaN in a row that lacks a class. The sums are
-    whole or half numbers, so a row equals the AUC of its films written out, to the last bit."""
-    order = np.argsort(scores, kind="stable")
-    ordered = scores[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # the first film of each distinct score
-    w = weights[:, order]
-    pos = np.add.reduceat(w * positive[order], starts, axis=1)
-    neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negative weight scored strictly lower
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
-
-
 def _pairs(positive: np.ndarray, patients: np.ndarray | None) -> int:
     """m of the perfect-AUC bound: the films, or the patients, on the smaller side (positive or not)."""
     units = np.arange(positive.size) if patients is None else patients
@@ -276,15 +261,58 @@ def _separated_ci(aucs: Sequence[float], pairs: Sequence[int], alpha: float) -> 
     return [float(np.mean(lows)), float(np.mean(highs))]
 
 
-def _auc_ci(rows: Sequence[np.ndarray], pairs: Sequence[int], alpha: float) -> list[float]:
-    """Percentile bootstrap interval of the mean of one-vs-rest AUCs (the macro AUC) from their resampled ``rows``
-    (resamples where one is undefined left out); ``pairs`` are each AUC's m of :func:`_separated_ci`, which gives
-    the interval when every AUC is 1 (or 0) in every resample."""
-    ci = _percentile_ci(np.mean(rows, axis=0), alpha)
-    ends = [np.unique(row[~np.isnan(row)]) for row in rows]
-    if not math.isnan(ci[0]) or not all(end.size == 1 and end[0] in (0.0, 1.0) for end in ends):
-        return ci
-    return _separated_ci([float(end[0]) for end in ends], pairs, alpha)
+def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """DeLong's placements: for each positive film the negatives scored below it, for each negative the positives
+    scored above it (ties counting half), with the numbers of positives and negatives; None without both."""
+    order = np.argsort(scores, kind="stable")
+    ordered, pos_sorted = scores[order], positive[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts, block = np.flatnonzero(new), np.cumsum(new) - 1
+    pos = np.add.reduceat(pos_sorted.astype(float), starts)
+    neg = np.add.reduceat((~pos_sorted).astype(float), starts)
+    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+    if not n_pos or not n_neg:
+        return None
+    placed = np.empty(scores.size)
+    placed[order] = np.where(pos_sorted, (np.cumsum(neg) - neg / 2)[block], (n_pos - np.cumsum(pos) + pos / 2)[block])
+    return placed, n_pos, n_neg
+
+
+def _logit_interval(auc: float, variance: float, df: int, alpha: float) -> list[float]:
+    """``auc`` +- a t quantile on ``df`` degrees of freedom times its standard error, on the logit scale (the delta
+    method: the interval stays in (0, 1) and follows the AUC's skew near 1)."""
+    from scipy.stats import t
+
+    half = float(t.ppf(1 - alpha / 2, df)) * math.sqrt(variance) / (auc * (1 - auc))
+    logit = math.log(auc / (1 - auc))
+    return [1 / (1 + math.exp(half - logit)), 1 / (1 + math.exp(-half - logit))]
+
+
+def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: np.ndarray | None,
+                  alpha: float) -> list[float]:
+    """Interval of the macro (mean one-vs-rest) AUC, as :func:`_delong_auc_ci` gives the binary one: each AUC's
+    influence on each film from its DeLong placements, averaged over the classes and summed by patient (the
+    classes' AUCs share films, so their covariances count), on the logit scale with a t quantile on the fewest
+    patients on a side of any class, minus one. Every AUC exactly 1 (or 0): :func:`_separated_ci`'s bound; a class
+    without films, or fewer than two patients on a side: no interval (NaN)."""
+    units = np.arange(probs.shape[0]) if patients is None else patients
+    size = int(units.max()) + 1
+    influence, aucs, sides = np.zeros(size), [], []
+    for k, positive in enumerate(in_class):
+        if (placing := _placements(probs[:, k], positive)) is None:
+            return [math.nan, math.nan]
+        placed, n_pos, n_neg = placing
+        auc = float(placed[positive].sum() / (n_pos * n_neg))
+        films = np.where(positive, (placed / n_neg - auc) / n_pos, (placed / n_pos - auc) / n_neg)
+        influence += np.bincount(units, films, size) / len(in_class)
+        aucs.append(auc)
+        sides.append(min(np.unique(units[positive]).size, np.unique(units[~positive]).size))
+    if all(auc in (0.0, 1.0) for auc in aucs):
+        return _separated_ci(aucs, [_pairs(c, patients) for c in in_class], alpha)
+    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((influence**2).sum())
+    if min(sides) < 2 or not variance > 0 or macro in (0.0, 1.0):
+        return [math.nan, math.nan]
+    return _logit_interval(macro, variance, min(sides) - 1, alpha)
 
 
 def _delong_auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | None,
@@ -300,20 +328,10 @@ def _delong_auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarra
     exactly 1 or 0 gets the bound of :func:`_separated_ci`. With fewer than two patients (or films) on a side, the
     spread between them cannot be measured: no interval (NaN), as for a variance of zero (all scores tied).
     """
-    from scipy.stats import t
     units = np.arange(scores.size) if patients is None else patients
-    order = np.argsort(scores, kind="stable")
-    ordered, pos_sorted = scores[order], positive[order]
-    new = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts, block = np.flatnonzero(new), np.cumsum(new) - 1
-    pos = np.add.reduceat(pos_sorted.astype(float), starts)
-    neg = np.add.reduceat((~pos_sorted).astype(float), starts)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if not n_pos or not n_neg:
+    if (placing := _placements(scores, positive)) is None:
         return [math.nan, math.nan]
-    # each film's placement: for a positive, the negatives scored below it; for a negative, the positives above it
-    placed = np.empty(scores.size)
-    placed[order] = np.where(pos_sorted, (np.cumsum(neg) - neg / 2)[block], (n_pos - np.cumsum(pos) + pos / 2)[block])
+    placed, n_pos, n_neg = placing
     size = int(units.max()) + 1
     pos_placed, neg_placed = (np.bincount(units, placed * side, size) for side in (positive, ~positive))
     pos_films, neg_films = (np.bincount(units, side, size) for side in (positive, ~positive))
@@ -328,9 +346,7 @@ def _delong_auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarra
                 / n_neg**2 + 2 * size / (size - 1) * (d10 * d01).sum() / (n_pos * n_neg))
     if not variance > 0:
         return [math.nan, math.nan]
-    half = float(t.ppf(1 - alpha / 2, min(with_pos, with_neg) - 1)) * math.sqrt(variance) / (auc * (1 - auc))
-    logit = math.log(auc / (1 - auc))
-    return [1 / (1 + math.exp(half - logit)), 1 / (1 + math.exp(-half - logit))]
+    return _logit_interval(auc, variance, min(with_pos, with_neg) - 1, alpha)
 
 
 def _ratio_jackknife(num: np.ndarray, den: np.ndarray, units: np.ndarray) -> np.ndarray:
@@ -629,7 +645,8 @@ def evaluate_multiclass(
     """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
     thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
     sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
-    accuracy and macro AUC: bootstrap; by patient with ``groups``, as in :func:`threshold_metrics_ci`), per-class
+    accuracy: bootstrap; macro AUC: clustered DeLong on the logit scale, :func:`_macro_auc_ci`; by patient with
+    ``groups``, as in :func:`threshold_metrics_ci`), per-class
     ROC curves and a reliability diagram of the decided class (its probability vs correctness). NaN -> None."""
     from sklearn.metrics import confusion_matrix, roc_curve
     labels = np.asarray(y_true).ravel()
@@ -669,8 +686,7 @@ def evaluate_multiclass(
     in_class = [y == k for k in range(n_classes)]
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
         boot_balanced = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
-    auc_ci = _auc_ci([_auc_rows(weights, P[:, k], c) for k, c in enumerate(in_class)],
-                     [_pairs(c, patients) for c in in_class], ALPHA)
+    auc_ci = _macro_auc_ci(P, in_class, patients, ALPHA)
     top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
