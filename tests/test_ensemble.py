@@ -113,7 +113,8 @@ def test_evaluate_predict_and_serve_run_on_it(ensemble: Path, tiny_dataset: Path
 
 def test_one_onnx_graph_with_parity(ensemble: Path, tiny_dataset: Path) -> None:
     card = load_card(ensemble)
-    assert set(card.files) == {WEIGHTS, ONNX_NAME}  # built with its one graph, checksummed like the weights
+    # built with its one graph, checksummed like the weights, and its sidecar
+    assert set(card.files) == {WEIGHTS, ONNX_NAME, spec_path(ONNX_NAME).name}
     sidecar = json.loads(spec_path(ensemble / ONNX_NAME).read_text())  # written before calibration, then updated
     assert (sidecar["temperature"], sidecar["threshold"], sidecar["tta_threshold"]) == (
         card.temperature, card.threshold, card.tta_threshold)

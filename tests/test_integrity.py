@@ -104,7 +104,9 @@ def one_line_error(capsys: pytest.CaptureFixture, *words: str) -> str:
 
 def test_training_records_the_checksums_of_weights_and_onnx(tiny_bundle: Path) -> None:
     files = json.loads((tiny_bundle / CARD).read_text())["files"]
-    assert files == {WEIGHTS: file_sha256(tiny_bundle / WEIGHTS), ONNX_NAME: file_sha256(tiny_bundle / ONNX_NAME)}
+    sidecar = spec_path(ONNX_NAME).name  # it gives other ONNX runtimes the thresholds
+    assert files == {WEIGHTS: file_sha256(tiny_bundle / WEIGHTS), ONNX_NAME: file_sha256(tiny_bundle / ONNX_NAME),
+                     sidecar: file_sha256(tiny_bundle / sidecar)}
     assert files[WEIGHTS] == "sha256:" + hashlib.sha256((tiny_bundle / WEIGHTS).read_bytes()).hexdigest()
 
 
@@ -418,6 +420,20 @@ def test_damaged_onnx_is_refused_with_a_reason(
     assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 2
     one_line_error(capsys, "model.onnx", "pneumoscan export")
     assert cli.main(["predict", str(bundle), str(film), "--backend", "torch"]) == 0  # torch does not read it
+    capsys.readouterr()
+
+
+def test_an_edited_onnx_sidecar_is_refused(tiny_bundle: Path, tmp_path: Path, film: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """model.onnx.json gives any ONNX runtime the threshold and preprocessing: an edited threshold (0.99) went
+    unnoticed, pneumoscan's own answers being right while another runtime's would be wrong."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    sidecar = bundle / spec_path(ONNX_NAME).name
+    sidecar.write_text(json.dumps(json.loads(sidecar.read_text()) | {"threshold": 0.99}))
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 2
+    one_line_error(capsys, "model.onnx.json is damaged", "pneumoscan export")
+    assert cli.main(["export", str(bundle)]) == 0  # the remedy it names writes both again
+    assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 0
     capsys.readouterr()
 
 

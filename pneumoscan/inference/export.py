@@ -250,8 +250,11 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
 
 def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
     """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
-    which needs the exported model first."""
-    write_json(spec_path(out), _spec(bundle, load_card(bundle)))
+    which needs the exported model first. The bundle's own (BUNDLE/model.onnx.json) gets its SHA-256 in bundle.json:
+    it gives other ONNX runtimes the thresholds and preprocessing, so an edit is refused as the model's would be."""
+    path = write_json(spec_path(out), _spec(bundle, load_card(bundle)))
+    if path.resolve() == spec_path(Path(bundle) / ONNX_NAME).resolve():
+        record_checksum(bundle, path.name, file_sha256(path))
 
 
 def write_int8_spec(bundle: Path | str, figures: dict) -> None:
@@ -316,6 +319,8 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
         raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
                          f"there); {remedy}")
     verify_file(bundle, card, ONNX_NAME, remedy)
+    if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
+        verify_file(bundle, card, spec_path(existing).name, remedy)
 
 
 def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
