@@ -109,7 +109,9 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tu
     def sources(path: Path, how: str) -> list[tuple[Path, str]]:
         if os.path.realpath(path) in seen:  # a run fine-tuned from its own earlier bundle (--init RUN/bundle)
             return []
-        return [(p, how) for p, _ in _weight_sources(path, seen)] if (path / CARD).exists() else [(path, how)]
+        if not (path / CARD).exists():
+            return [(path, how)]
+        return [(p, "replaced" if inner == "replaced" else how) for p, inner in _weight_sources(path, seen)]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
