@@ -351,21 +351,25 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], int | float]:
     silently predicted nothing; --max-upload-mb inf ended in an OverflowError; train's --lr takes 0, which keeps the
     starting weights, and --lr inf trained until its first step diverged; --seed -1 failed only after the run
     folder was cleared)."""
+    number = "a whole number" if kind is int else "a finite number"
+
     def parse(text: str) -> int | float:
-        value = kind(text)
+        expected = f"must be {number} >= 0, got {text}" if zero else f"must be {number} above 0, got {text}"
+        try:
+            value = kind(text)
+        except ValueError:  # argparse would say "invalid parse value", naming this function
+            raise argparse.ArgumentTypeError(expected) from None
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}" if zero else
-                                             f"must be a positive finite number, got {text}")
+            raise argparse.ArgumentTypeError(expected)
         return value
     return parse
 
 
 def _port(text: str) -> int:
     """An argparse type for a TCP port: 0 (any free port) to 65535."""
-    value = int(text)
-    if not 0 <= value <= 65535:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, got {text}")
-    return value
+    return int(text)
 
 
 def _option(choices: Sequence[str], what: str) -> Callable[[str], str]:

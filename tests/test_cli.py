@@ -256,3 +256,11 @@ def test_the_command_line_loads_only_what_a_command_needs(run: str, loaded: str,
     done = subprocess.run([sys.executable, "-c", LOADED.format(run=run), str(tiny_dataset)], capture_output=True,
                           text=True, timeout=120, check=True)
     assert done.stdout.splitlines()[-1] == loaded, done.stdout
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "-1", "8.5"])
+def test_a_port_that_is_no_tcp_port_says_what_a_port_is(port: str, capsys: pytest.CaptureFixture) -> None:
+    """"invalid _port value: 'abc'" named a function, not what is wanted."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "BUNDLE", "--port", port])
+    assert f"argument --port: must be a TCP port, 0 to 65535, got {port}" in capsys.readouterr().err

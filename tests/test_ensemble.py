@@ -21,7 +21,7 @@ from PIL import Image
 from builders import SCORE_TOL
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax
-from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
@@ -45,9 +45,18 @@ def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def held_out(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labelled films no member trained on, as a site's own manifest: the dataset's test split itself measures a
+    bundle and never chooses its numbers."""
+    path = tmp_path_factory.mktemp("held-out") / "site.csv"
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_bundle: Path, member64: Path, held_out: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ens") / "ensemble"
-    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "test",
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
                  "--out", str(out)]) == 0
     return out
 
@@ -87,7 +96,7 @@ def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path
     tta = predictor.positive(predictor.probabilities(images, tta=True))
     assert card.threshold == pytest.approx(choose_threshold(y, plain, target), abs=SCORE_TOL)
     assert card.tta_threshold == pytest.approx(choose_threshold(y, tta, target), abs=SCORE_TOL)
-    assert card.val_metrics["n"] == len(y) == 16 and "test" in card.threshold_policy
+    assert card.val_metrics["n"] == len(y) == 16 and "site.csv" in card.threshold_policy
     # the card names the films its figures and temperature come from, not "the validation split"
     text = (ensemble / "MODEL_CARD.md").read_text()
     calibrated_on = card.train_config["calibrated_on"]
@@ -139,13 +148,13 @@ def test_gradcam_is_the_mean_of_the_members_maps(ensemble: Path, tiny_dataset: P
 
 
 def test_damaged_member_and_damaged_ensemble_are_refused(ensemble: Path, tiny_bundle: Path, member64: Path,
-                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+                                                         held_out: Path, tmp_path: Path) -> None:
     bad = shutil.copytree(tiny_bundle, tmp_path / "bad")
     data = bytearray((bad / WEIGHTS).read_bytes())
     data[-5] ^= 0xFF
     (bad / WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged"):
-        main_raising(["ensemble", str(bad), str(member64), "--data", str(tiny_dataset), "--split", "test",
+        main_raising(["ensemble", str(bad), str(member64), "--data", str(held_out),
                       "--out", str(tmp_path / "e1")])
     assert not (tmp_path / "e1").exists()
     ens = shutil.copytree(ensemble, tmp_path / "ens")
@@ -161,11 +170,17 @@ def test_films_a_member_trained_on_are_refused_for_calibration(tiny_bundle: Path
     with pytest.raises(ValueError, match="training split"):
         main_raising(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "train",
                       "--out", str(tmp_path / "e")])
+    # and the official test split, as `threshold` refuses it: it measures a bundle and never chooses its numbers
+    for split in (["--split", "test"], []):  # a dataset root without --split holds it too
+        with pytest.raises(ValueError, match="the test split measures a bundle and never chooses its temperature"):
+            main_raising(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), *split,
+                          "--out", str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()
 
 
 def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
-    tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, member64: Path, tiny_dataset: Path, held_out: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Members named relative to the folder `ensemble` ran in: recorded as they were typed, every training-film
     check looked for them elsewhere from another folder, found nothing and let the films through (AUC 0.85 on the
@@ -176,7 +191,7 @@ def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
     (work / "a").symlink_to(tiny_bundle.parent)
     (work / "b").symlink_to(member64.parent)
     monkeypatch.chdir(work)
-    test_split = ["--data", str(tiny_dataset), "--split", "test"]
+    test_split = ["--data", str(held_out)]
     assert main(["ensemble", "a/bundle", "b/bundle", *test_split, "--out", "ens"]) == 0
     card = load_card(work / "ens")
     assert [m["source"] for m in card.model_kwargs["members"]] == [str(work / "a" / "bundle"), str(work / "b" / "bundle")]
@@ -224,11 +239,11 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 
 
 def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_bundle: Path, member64: Path,
-                                                                         tiny_dataset: Path, tmp_path: Path) -> None:
+                                                                         held_out: Path, tmp_path: Path) -> None:
     """The card records the ceiling, not only the (absent) sensitivity target, so export --int8 chooses the INT8
     thresholds by it rather than by Youden's J under the ceiling's name."""
     out = tmp_path / "fpr"
-    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_dataset), "--split", "test",
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
                  "--max-false-positive-rate", "0.5", "--out", str(out)]) == 0
     card = load_card(out)
     assert card.threshold_targets == (None, 0.5) and card.threshold_policy.startswith("false-positive rate <= 0.5")
@@ -367,7 +382,8 @@ def main_raising(argv: list[str]) -> None:
     args.func(args)
 
 
-def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path, held_out: Path,
+                                                              tmp_path: Path) -> None:
     """Multiclass members (32 and 64 px) make a multiclass ensemble: its card records how often the most probable
     of the three classes is right on the calibration films, as each member's card does on its validation films,
     and predict still thresholds 1 - P(normal)."""
@@ -384,7 +400,7 @@ def test_a_three_class_ensemble_keeps_its_three_class_figures(tiny_dataset: Path
         assert figures["three_class_accuracy"] == report["accuracy"]
         assert figures["three_class_balanced_accuracy"] == report["balanced_accuracy"]
     out = tmp_path / "ensemble"
-    assert main(["ensemble", *map(str, members), "--data", str(tiny_dataset), "--split", "test", "--out", str(out)]) == 0
+    assert main(["ensemble", *map(str, members), "--data", str(held_out), "--out", str(out)]) == 0
     card = load_card(out)
     assert card.task == "multiclass" and list(card.classes) == ["normal", "bacteria", "virus"]
 

@@ -355,10 +355,12 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
     for bad, said in (({"seed": -1}, "seed must be >= 0, got -1"), ({"lr": math.inf}, "lr must be finite and >= 0")):
         with pytest.raises(ValueError, match=re.escape(said)):
             TrainConfig(**{**TINY, **bad})
-    for flag, value in (("--lr", "inf"), ("--lr", "1e400"), ("--seed", "-1")):
-        with pytest.raises(SystemExit):
+    for flag, value, expected in (("--lr", "inf", "a finite number >= 0"), ("--lr", "1e400", "a finite number >= 0"),
+                                  ("--seed", "-1", "a whole number >= 0"), ("--epochs", "2.5", "a whole number above 0"),
+                                  ("--batch-size", "eight", "a whole number above 0")):
+        with pytest.raises(SystemExit):  # not "invalid parse value", which named a function, not what is wanted
             main(["train", flag, value, "--print-config"])
-        assert f"argument {flag}: must be a finite number >= 0, got {value}" in capsys.readouterr().err
+        assert f"argument {flag}: must be {expected}, got {value}" in capsys.readouterr().err
     task = get_task("pneumonia")
     start = tmp_path / "resnet10t"  # a bundle to fine-tune, of a model with stages
     save_bundle(start, models.create("resnet10t", 2, in_chans=1), BundleCard(

@@ -280,6 +280,14 @@ def labelled_records(
     return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
 
 
+def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) -> None:
+    """Refuse test-split films for choosing a bundle's ``what`` (its threshold, its temperature): the test split
+    measures a bundle, and figures on films that chose its numbers are optimistic."""
+    if any(r.split == "test" for r in records):
+        raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; choose it on "
+                         f"validation films (--split val, or a manifest of your own labelled films)")
+
+
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
     """How a card and a report name the data a figure was measured on: ``data_name``, else DATA's name/split."""
     return data_name or Path(data).name + (f"/{split}" if split else "")
@@ -516,9 +524,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     predictor = Predictor(bundle, backend="onnx" if (bundle / ONNX_NAME).exists() else "torch")
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
-    if any(r.split == "test" for r in records):
-        raise ValueError(f"{data}: the test split measures a bundle and never chooses its threshold; choose it on "
-                         f"validation films (--split val, or a manifest of your own labelled films)")
+    refuse_test_films(records, data, "threshold")
     check_held_out([bundle], records, "choose the threshold", validation_warning=True)
     y = binary_targets(targets)
     _warn_if_too_few_positives(y, target_sensitivity)

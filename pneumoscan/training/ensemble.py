@@ -45,6 +45,7 @@ from pneumoscan.evaluation.evaluate import (
     labelled_images,
     labelled_records,
     record_calibration_films,
+    refuse_test_films,
     write_operating_point,
 )
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
@@ -196,6 +197,7 @@ def build_ensemble(
     task = get_task(card.task)
     if not cv_dirs:  # refused before anything is written when a member trained on these films
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
+        refuse_test_films(records, data, "temperature and thresholds")
         check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
                        validation_warning=True)
     # built beside OUT and renamed into place: a failure leaves no half bundle
