@@ -34,7 +34,9 @@ SPEC = "specificity_at_sensitivity_0.97"
 def load(cv_dir: Path) -> dict:
     result = json.loads((cv_dir / "cv.json").read_text())
     folds = result["folds"]
-    result["members"] = [(cv_dir / f"split-fold-{k}.csv").read_text() for k in range(folds)]
+    # each fold's validation films by real path: runs given the data by another path hold the same folds
+    result["members"] = [sorted(film_key(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val"))
+                         for k in range(folds)]
     minutes = []
     for k in range(folds):
         with (cv_dir / f"fold-{k}" / "history.csv").open() as f:
@@ -79,6 +81,10 @@ def load_mean(cv_dirs: list[Path]) -> dict:
         records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
         keys = [film_key(r.path) for r in records]
         kept = [i for i, key in enumerate(keys) if key in logits]  # unreadable films have none
+        if len(set(binary_targets(targets[kept]).tolist())) < 2:
+            sys.exit(f"fold {k} of {' and '.join(map(str, cv_dirs))}: its oof.csv scores no film of both classes "
+                     "(an oof.csv of an earlier version names films relative to the folder its cv ran in: read it "
+                     "from there)")
         per_fold.append(fold_figures(binary_targets(targets[kept]), np.array([logits[keys[i]] for i in kept])))
     return runs[0] | {"per_fold": per_fold, "summary": fold_summary(per_fold),
                       "minutes": np.sum([r["minutes"] for r in runs], axis=0)}

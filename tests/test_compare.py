@@ -94,15 +94,17 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
         compare_runs([two_runs[0], other])
     metrics = json.loads((other / "metrics.json").read_text())
     # a damaged or edited figure is refused by name, never ranked (an AUC of 7.5 was printed) nor a traceback
-    for key, value, shown in (("auc", 7.5, "7.5"), ("auc", "0.99", "'0.99'"), ("threshold", None, None),
-                              ("n", 0, "0")):
-        (other / "metrics.json").write_text(json.dumps(metrics | {key: value}))
-        if shown is None:  # the threshold is required
-            with pytest.raises(ValueError, match="no binary validation figures"):
-                compare_runs([other])
-            continue
+    without_n = {k: v for k, v in metrics.items() if k != "n"}
+    for edited, said in ((metrics | {"auc": 7.5}, "auc is 7.5, not a figure"),
+                         (metrics | {"auc": "0.99"}, "auc is '0.99', not a figure"),
+                         (metrics | {"ci": metrics["ci"] | {"auc": [0.1, 7.5]}}, "ci.auc is 7.5, not a figure"),
+                         (metrics | {"ci": metrics["ci"] | {"auc": ["a", "b"]}}, "ci.auc is 'a', not a figure"),
+                         (metrics | {"n": 0}, "n is 0, not a count"), (without_n, "n is None, not a count"),
+                         (metrics | {"threshold": None}, "holds no binary validation figures")):
+        (other / "metrics.json").write_text(json.dumps(edited))
         assert main(["compare", str(other)]) == 2
-        assert f"metrics.json: {key} is {shown}, not a " in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
     (other / "metrics.json").write_text(json.dumps({"kind": "multiclass"}))
     with pytest.raises(ValueError, match="no binary validation figures"):
         compare_runs([other])

@@ -448,7 +448,7 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
                                          r"training splits of all 2 bundles its weights come from\).*`ensemble --cv`"):
         main_raising(["threshold", str(ens), str(cv / "split-fold-0.csv"), "--youden", "--out", str(tmp_path / "t")])
     other = _cv_run(tmp_path / "other", (member64, tiny_bundle), tiny_dataset)
-    with pytest.raises(ValueError, match="is not the ensemble"):
+    with pytest.raises(ValueError, match=f"was built from the fold bundles of {cv}, not of {other}: --cv takes the runs"):
         main_raising(["export", str(ens), "--int8", "--cv", str(other)])
     # a fold trained again in the same folder (same films, other weights): its films are not out of fold for the
     # ensemble's own member, which it would score there (an INT8 AUC 0.674 for FP32 0.596)

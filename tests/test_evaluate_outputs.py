@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.builders import SCORE_TOL, assert_close_report
+from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records, threshold_table
 from pneumoscan.inference.predict import Predictor
@@ -96,8 +97,10 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     assert shown == [round(p, 3) for p in normals[:GALLERY_SIZE]]
     assert "None." in fn_part and "<img" not in fn_part
     for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', fp_part):
-        width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
-        assert width == 3 * height, "original | heatmap | blend"
+        overlay = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert overlay.size[0] == 3 * overlay.size[1], "original | heatmap | blend"
+        # marked as pneumoscan's, as a full-size overlay is: saved from the report, it is refused as a film
+        assert overlay.info.get("Software") == OWN_OUTPUT_SOFTWARE["overlay"]
 
 
 def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
@@ -141,8 +144,9 @@ def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_da
     gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold=1.1, size=3, cam_seconds=0)
     (false_pos, false_neg) = gallery.values()
     assert false_pos == [] and len(false_neg) == 3
-    for png, caption in false_neg:  # plain films (64 px squares), not three-panel overlays
-        assert Image.open(io.BytesIO(png)).size == (64, 64) and caption.startswith("person")
+    for png, caption in false_neg:  # plain films (64 px squares), not three-panel overlays, and not marked
+        film = Image.open(io.BytesIO(png))
+        assert film.size == (64, 64) and "Software" not in film.info and caption.startswith("person")
 
 
 def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(tmp_path: Path) -> None:

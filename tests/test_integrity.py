@@ -231,6 +231,25 @@ def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
     one_line_error(capsys, "bundle.json")
 
 
+def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A plugin's task not imported in this process: compare and the checks still read its card (a three-class
+    task names its positive call freely), while a two-class card whose first class is called positive is refused."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM]
+    for task, classes, positive, ok in (("tri", ["normal", "bacteria", "virus"], "sick", True),
+                                        ("duo", ["healthy", "ill"], "ill", True),
+                                        ("duo", ["healthy", "ill"], "healthy", False),
+                                        ("tri", ["normal", "bacteria", "virus"], "normal", False),
+                                        ("one", ["only"], "only", False)):
+        (bundle / CARD).write_text(json.dumps(card | {"task": task, "classes": classes, "positive": positive}))
+        if ok:
+            assert load_card(bundle).positive == positive
+        else:
+            with pytest.raises(ValueError, match="is not the positive call of its classes|two or more classes"):
+                load_card(bundle)
+
+
 @pytest.mark.parametrize("change, reason", [
     (lambda text: text[:-2], "is not a readable bundle card"),
     (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": NaN', text), "NaN is no number pneumoscan writes"),

@@ -67,6 +67,10 @@ def _training_minutes(folder: Path) -> float | None:
     return float(value) if value else None
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_run(path: Path | str) -> RunSummary:
     """A run folder's (or evaluate folder's) validation figures; a folder without a binary metrics.json is refused."""
     folder = Path(path)
@@ -79,19 +83,21 @@ def load_run(path: Path | str) -> RunSummary:
         raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("kind") != "binary" or m.get("threshold") is None:
         raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
-    for key in (*FIGURES, "threshold"):  # a table must not rank an edited or damaged file's "AUC 7.5"
-        value = m.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 <= value <= 1):
+    cis = m.get("ci") if isinstance(m.get("ci"), dict) else {}
+    # a table must not rank an edited or damaged file's "AUC 7.5", nor end in a traceback on a text figure
+    figures = [(key, m.get(key)) for key in (*FIGURES, "threshold")]
+    figures += [(f"ci.{key}", bound) for key in FIGURES
+                for bound in (cis.get(key) if isinstance(cis.get(key), list) and len(cis[key]) == 2 else [cis.get(key)])]
+    for key, value in figures:
+        if value is not None and not (_number(value) and 0 <= value <= 1):
             raise ValueError(f"{metrics_path}: {key} is {value!r:.40}, not a figure in [0, 1]")
-    if isinstance(m["n"], bool) or not isinstance(m["n"], int) or m["n"] < 1:
-        raise ValueError(f"{metrics_path}: n is {m['n']!r:.40}, not a count of films")
+    if not (_number(m.get("n")) and isinstance(m["n"], int) and m["n"] >= 1):
+        raise ValueError(f"{metrics_path}: n is {m.get('n')!r:.40}, not a count of films")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
     training_run = (folder / "bundle").is_dir()
     minutes = _training_minutes(folder) if training_run else _training_minutes(folder.parent)
-    cis = m.get("ci") or {}
     data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
     return RunSummary(
         run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),

@@ -346,12 +346,13 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
     return jsonable(rows)  # an undefined rate (precision with nothing called positive) is None, not NaN
 
 
-def _thumbnail(image: Image.Image) -> bytes:
-    """A PNG at most THUMBNAIL pixels high (three panels wide for an overlay), so sixteen keep the report small."""
+def _thumbnail(image: Image.Image, overlay: bool) -> bytes:
+    """A PNG at most THUMBNAIL pixels high (three panels wide for an overlay), so sixteen keep the report small; an
+    overlay's marked as pneumoscan output, as the full-size one is (saved from the report, it is refused as a film)."""
+    from pneumoscan.inference.explain import encode_png
+
     image.thumbnail((3 * THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_png(image, own="overlay" if overlay else None)
 
 
 def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, scores: np.ndarray,
@@ -383,14 +384,14 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             except DecodeError as e:  # changed since the cache was built: say so, do not stop the report
                 log.warning("gallery: %s: %s", record.path, e)
                 continue
-            image = Image.fromarray(gray)
+            image, overlay = Image.fromarray(gray), False
             if cam and time.monotonic() < deadline:
                 try:
-                    image = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray))))
+                    image, overlay = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray)))), True
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
-            items.append((_thumbnail(image), f"{Path(record.path).name}  P = {format_figure(scores[i])}"))
+            items.append((_thumbnail(image, overlay), f"{Path(record.path).name}  P = {format_figure(scores[i])}"))
         gallery[title] = items
     return gallery
 

@@ -82,9 +82,14 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     member i is the one :func:`out_of_fold` takes it for)."""
     net, card = load_bundle(bundle)
     runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
-    if card.model != ENSEMBLE or [os.path.realpath(p) for p in member_sources(card)] != runs:
-        raise ValueError(f"{bundle} is not the ensemble `pneumoscan ensemble --cv {' '.join(map(str, cv_dirs))}` "
-                         "builds: --cv takes the runs it was built from, in the same order")
+    if card.model != ENSEMBLE:
+        raise ValueError(f"{bundle} is not an ensemble: --cv is for one that `pneumoscan ensemble --cv` built")
+    recorded = member_sources(card)
+    if [os.path.realpath(p) for p in recorded] != runs:
+        built_from = ", ".join(dict.fromkeys(str(p.parent.parent) for p in recorded))
+        raise ValueError(f"{bundle} was built from the fold bundles of {built_from}, not of "
+                         f"{', '.join(map(str, cv_dirs))}: --cv takes the runs it was built from, where it recorded "
+                         "them (moved since? build it again there with `ensemble --cv`), in the same order")
     if replaced := replaced_members(card):
         raise ValueError(f"{replaced[0]} holds other weights than {bundle} was built from (its cv run trained "
                          "again since?): its fold's films are not out of fold for the ensemble's own member")
