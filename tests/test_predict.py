@@ -304,14 +304,18 @@ def test_cli_predict_wrong_paths_and_settings_end_with_a_reason_and_status_2(
         assert cli.main(["predict", str(bundle), str(image), *extra]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and ("error:" in err), err
-    assert "must be a positive" in err if problem == "batch size -1" else err.count("\n") == 1, err
+    assert "must be a whole number above 0" in err if problem == "batch size -1" else err.count("\n") == 1, err
 
 
 def test_format_results_csv_keeps_column_order_and_blanks() -> None:
     rows = [{"path": "a", "probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5}, {"path": "b", "error": "empty file (0 bytes)"}]
     lines = format_results(rows, "csv").splitlines()
-    assert lines == ["path,probability,label,threshold,error", "a,0.7,PNEUMONIA,0.5,", "b,,,,empty file (0 bytes)"]
+    assert lines == ["path,probability,label,threshold,error,warnings", "a,0.7,PNEUMONIA,0.5,,",
+                     "b,,,,empty file (0 bytes),"]
     assert json.loads(format_results(rows, "json")) == rows
+    # no film read at all (a mistyped folder): the columns a reader keys on are still there
+    nothing = format_results([{"path": "tset", "error": "file not found"}], "csv").splitlines()
+    assert nothing == ["path,probability,label,threshold,error,warnings", "tset,,,,file not found,"]
 
 
 def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(

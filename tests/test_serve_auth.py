@@ -106,6 +106,19 @@ def test_allowed_hosts_take_names_and_subdomain_patterns(tiny_bundle: Path) -> N
         assert c.get("/healthz", headers={"host": "localhost"}).status_code == 400  # replaced, not added to
 
 
+def test_an_app_made_in_python_with_a_key_in_the_environment_applies_it_or_is_refused(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``create_app(BUNDLE)`` for an ASGI server of one's own answered without the key PNEUMOSCAN_API_KEY set (and
+    without the Host check): refused, saying how to apply it."""
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
+    with pytest.raises(ValueError, match="PNEUMOSCAN_API_KEY is set, but this app was given no access rules"):
+        create_app(tiny_bundle)
+    with TestClient(create_app(tiny_bundle, access=Access.from_options()), base_url="http://127.0.0.1") as c:
+        assert c.get("/v1/model").status_code == 401
+        assert c.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
+
+
 def test_loopback_addresses() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.4", "xray.hospital.org"]))

@@ -340,7 +340,7 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     reports = ("history.csv", "metrics.json", "report.html", "curves.png")  # of the earlier run's bundle
     for name in reports:
         (run / name).write_text("the earlier run's")
-    with pytest.raises(ValueError, match="fewer images than one batch"):
+    with pytest.raises(ValueError, match="fewer images than one batch .*: lower --batch-size, add films or raise --time-budget"):
         train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
     assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
 # inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
 TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
+ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
     "warnings", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
@@ -441,14 +442,15 @@ def _classify(
 
 
 def format_results(rows: list[dict], fmt: str) -> str:
-    """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order, only those that occur) or a ``json`` list. Paths are
-    written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot
-    lose every row."""
+    """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order: ``path, probability, label, threshold, warnings``
+    always, so a reader keyed on them finds them even when no film was read; the others where they occur) or a
+    ``json`` list. Paths are written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``),
+    so one odd name cannot lose every row."""
     rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
     if fmt == "json":
         return json.dumps(rows, indent=2, allow_nan=False)
     look_up_option(fmt, ("csv", "json"), "results format")
-    fields = [f for f in RESULT_FIELDS if any(f in row for row in rows)]
+    fields = [f for f in RESULT_FIELDS if f in ALWAYS or any(f in row for row in rows)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 
 from .formats import ERRORS, Health, Prediction, ServiceInfo, check_options
-from .guard import Access, Guard
+from .guard import API_KEY_ENV, Access, Guard
 from .limits import ClientGone, Limits, Rejected
 from .service import Service
 
@@ -33,7 +34,12 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     requests are decoded in threads and classified together in batches, within ``limits``. ``access`` None applies
     no key and no Host check (tests, or an app mounted behind another guard); :func:`.server.serve` always passes
     one. Security headers are always sent; /docs and /redoc are off (they load scripts from a CDN), the schema is at
-    /openapi.json."""
+    /openapi.json. With ``$PNEUMOSCAN_API_KEY`` set and no ``access``, the app is refused: it would serve without
+    the key its operator set (``access=Access.from_options()`` applies it)."""
+    if access is None and os.environ.get(API_KEY_ENV):
+        raise ValueError(f"{API_KEY_ENV} is set, but this app was given no access rules, so it would serve without "
+                         "the key: pass access=Access.from_options() (the key, loopback hosts; allowed_hosts=... for "
+                         f"others), or unset {API_KEY_ENV}")
     service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits())
 
     @asynccontextmanager

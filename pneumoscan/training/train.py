@@ -378,7 +378,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
     best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
-                       f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first")
+                       f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first: "
+                       "lower --batch-size, add films or raise --time-budget")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
     stateful = [*schedule, best, *average, *trackers]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
