@@ -68,6 +68,7 @@ def _training_minutes(folder: Path) -> float | None:
 
 
 def _number(value: object) -> bool:
+    """A JSON number (true and false are ints to Python, not figures)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -91,7 +92,7 @@ def load_run(path: Path | str) -> RunSummary:
     for key, value in figures:
         if value is not None and not (_number(value) and 0 <= value <= 1):
             raise ValueError(f"{metrics_path}: {key} is {value!r:.40}, not a figure in [0, 1]")
-    if not (_number(m.get("n")) and isinstance(m["n"], int) and m["n"] >= 1):
+    if not (isinstance(m.get("n"), int) and _number(m["n"]) and m["n"] >= 1):
         raise ValueError(f"{metrics_path}: n is {m.get('n')!r:.40}, not a count of films")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]

@@ -520,8 +520,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         raise ValueError(f"--out {out} exists: the new bundle goes to a new folder")
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
         raise ValueError(f"--out {out} is inside the bundle {bundle}: the new bundle goes beside it")
-    # scored as predict and serve score it (ONNX Runtime when the bundle ships model.onnx), as training and
-    # ensemble chose the thresholds this one replaces, and as the INT8 sidecar's FP32 figures are measured
+    # scored as predict and serve score it (ONNX Runtime when the bundle ships model.onnx), as ensemble chooses
+    # its thresholds, and as the INT8 sidecar's FP32 figures are measured
     predictor = Predictor(bundle, backend="onnx" if (bundle / ONNX_NAME).exists() else "torch")
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
