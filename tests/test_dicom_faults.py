@@ -199,6 +199,44 @@ def test_rows_or_columns_smaller_than_the_pixel_data_are_refused(wrong: str) -> 
         read_gray(data)
 
 
+def test_columns_one_short_in_a_film_wider_than_tall_is_refused() -> None:
+    """The excess is a column's bytes, less than a row when the film is wider than tall: it was taken for padding
+    and every row read one pixel further along than the one above (a sheared film, scored)."""
+    data = rewritten(dicom_bytes(phantom(32, 64)), Columns=63)
+    with pytest.raises(DecodeError, match=SIZE_MISMATCH.format(held="4,096", rows=32, cols=63, need="4,032")):
+        read_gray(data)
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEG2000Lossless], ids=["JPEG-LS", "JPEG 2000"])
+def test_a_compressed_frame_of_another_size_than_the_header_is_refused(syntax: uid.UID) -> None:
+    """Rows and Columns swapped hold as many pixels: pydicom reshaped the decoded frame to the header's size, a
+    film of diagonal stripes that scored pneumonia 0.97 (the film 0.01). Another size: numpy's 'could not
+    broadcast'. The codestream says its own size, so both are refused by it."""
+    film = phantom(48, 64)
+    frame = compressed_frame(film, syntax)
+    np.testing.assert_array_equal(read_gray(encapsulated(dicom_bytes(film), [frame], syntax)),
+                                  read_gray(dicom_bytes(film)))  # the frame as it is: read
+    for rows, cols in ((64, 48), (48, 63)):
+        data = encapsulated(rewritten(dicom_bytes(film), Rows=rows, Columns=cols), [frame], syntax)
+        with pytest.raises(DecodeError, match=rf"the compressed frame is 64 x 48 pixels with 1 component\(s\); "
+                                              rf"the header says {cols} x {rows} with 1 sample\(s\)"):
+            read_gray(data)
+
+
+def test_values_above_high_bit_are_refused_unless_an_overlay_claims_them() -> None:
+    """14-bit values under a 12-bit header: pydicom masks the top bits, and the film wrapped into bands (0.09
+    correlation with itself) and was scored. Bits an overlay plane occupies are masked off, as they should be."""
+    film = phantom(48, 48, lo=3000, hi=16000)
+    with pytest.raises(DecodeError, match=r"pixel values use bits above High Bit 11 \(Bits Stored 12, largest "
+                                          r"value \d+\) and no overlay claims them"):
+        read_gray(dicom_bytes(film))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes((film & 0xFFF) | 0x1000)))  # an overlay plane in bit 12
+    ds.add_new(0x60000102, "US", 12)  # Overlay Bit Position
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    np.testing.assert_array_equal(read_gray(buf.getvalue()), read_gray(dicom_bytes(film & 0xFFF)))
+
+
 def test_an_odd_length_padded_to_even_is_no_mismatch() -> None:
     film = np.arange(15, dtype=np.uint8).reshape(3, 5) * 17
     np.testing.assert_array_equal(read_gray(dicom_bytes(film, bits=8)), film)

@@ -331,11 +331,54 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
+        if syntax.is_encapsulated and syntax != RLELossless:
+            _check_codestream_size(get_frame(ds.PixelData, 0, number_of_frames=1), film)
+        elif not syntax.is_encapsulated:
+            _check_high_bits(ds, syntax, film)
     if syntax in _JPEG_CHECKED:
         jpeg.check_frame(get_frame(ds.PixelData, 0, number_of_frames=1))
     charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
     ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False)
     return ds.pixel_array
+
+
+def _check_codestream_size(frame: bytes, film: _Film) -> None:
+    """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size is not the header's: pydicom reshapes the decoded
+    values to the header's Rows x Columns, so a header with the two swapped turned a film into diagonal stripes
+    (scored pneumonia 0.97, the film itself 0.01), and another size ended in numpy's "could not broadcast"."""
+    # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz)
+    siz = frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
+    if siz >= 0 and len(frame) >= siz + 44:
+        xsiz, ysiz, xosiz, yosiz = (int.from_bytes(frame[siz + i : siz + i + 4], "big") for i in (8, 12, 16, 20))
+        size: tuple[int, int, int] | None = (ysiz - yosiz, xsiz - xosiz, int.from_bytes(frame[siz + 40 : siz + 42], "big"))
+    else:
+        size = jpeg.frame_size(frame) if frame[:2] == b"\xff\xd8" else None
+    if size is not None and size != (film.rows, film.cols, film.samples):
+        rows, cols, components = size
+        raise pixels.DecodeError(
+            f"the compressed frame is {cols} x {rows} pixels with {components} component(s); the header says "
+            f"{film.cols} x {film.rows} with {film.samples} sample(s): the header does not describe the pixel data "
+            "(Rows and Columns swapped, or another image's frame)")
+
+
+def _check_high_bits(ds: Dataset, syntax: UID, film: _Film) -> None:
+    """Refuse unsigned stored values that use bits above High Bit when no overlay plane claims them: pydicom masks
+    them off, so 14-bit values under a 12-bit header wrapped into bands (0.09 correlation with the film) and were
+    scored. An overlay in the pixel data's high bits (60xx,0102 Overlay Bit Position) is masked off as it should be."""
+    allocated, high = ds.get("BitsAllocated"), ds.get("HighBit")
+    if ("PixelData" not in ds or ds.get("PixelRepresentation") != 0 or allocated not in (8, 16, 32)
+            or not isinstance(high, int) or high + 1 >= allocated):
+        return
+    if any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys()):
+        return
+    order = ">" if syntax == ExplicitVRBigEndian else "<"
+    values = np.frombuffer(ds.PixelData, f"{order}u{allocated // 8}",
+                           count=min(film.rows * film.cols * film.samples, len(ds.PixelData) * 8 // allocated))
+    if (values >> (high + 1)).any():
+        raise pixels.DecodeError(
+            f"pixel values use bits above High Bit {high} (Bits Stored {ds.get('BitsStored')}, largest value "
+            f"{int(values.max())}) and no overlay claims them: read as stored they would wrap into bands; the "
+            "header does not describe the pixel data (Bits Stored and High Bit too small)")
 
 
 def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
@@ -354,11 +397,13 @@ def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
         needed = get_expected_length(ds, "bytes")
     except AttributeError:  # an element it needs is missing, which pydicom's decoder names in its refusal
         return
-    row = needed // film.rows
-    # an odd length is padded to even; some writers pad further: by less than a row, or one row of zeros (pydicom's
-    # MR_small_padded.dcm), which cannot shear the film (Rows one short would lose a black row at most)
+    row, column = needed // film.rows, needed // film.cols
+    # an odd length is padded to even; some writers pad further: by less than a row and a column, or one row of
+    # zeros (pydicom's MR_small_padded.dcm), which cannot shear the film (Rows one short would lose a black row at
+    # most). Columns one short leaves a column's bytes over, less than a row in a film wider than tall: read so,
+    # every row shifts one pixel further than the one above (a sheared film was scored)
     excess = len(data) - needed
-    padding = excess < max(row, 2) or (excess == row and not any(memoryview(data)[needed:]))
+    padding = excess < max(min(row, column), 2) or (excess == row and not any(memoryview(data)[needed:]))
     if excess < 0 or not padding:
         raise pixels.DecodeError(
             f"pixel data holds {len(data):,} bytes; the header's {film.rows} rows x {film.cols} columns x "

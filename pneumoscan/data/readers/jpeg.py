@@ -113,6 +113,21 @@ def _frame_header(frame: bytes) -> tuple[int, int] | None:
     return None
 
 
+def frame_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a JPEG or JPEG-LS codestream's frame header (SOFn, or SOF55 for JPEG-LS) says;
+    None when no frame header comes before the first scan, or it defers its rows to a DNL marker (0)."""
+    pos = 2  # after SOI
+    while pos + 10 <= len(frame) and frame[pos] == 0xFF:
+        marker = frame[pos + 1]
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, SOF55
+            rows, cols = (int.from_bytes(frame[pos + i : pos + i + 2], "big") for i in (5, 7))
+            return (rows, cols, frame[pos + 9]) if rows else None
+        if marker == 0xDA:
+            return None
+        pos += 1 if marker == 0xFF else 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+    return None
+
+
 def check_huffman_scans(frame: bytes) -> None:
     """:func:`_walk_scans`, a segment shorter than its fields or a table or component never defined refused too."""
     try:
