@@ -15,6 +15,7 @@ from PIL import Image
 from fastapi import FastAPI
 from playwright.sync_api import Page, expect, sync_playwright
 
+from pneumoscan.core.metrics import format_figure
 from pneumoscan.data.decode import read_gray
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
@@ -81,6 +82,8 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     page.goto(server)
     expect(page.locator("#card")).to_contain_text(card.model_id)
     expect(page.locator("#card")).to_contain_text("AUC")
+    # the validation figures name the threshold they were measured at (after `threshold`, not the one in force)
+    expect(page.locator("#card")).to_contain_text(f"at threshold {format_figure(card.val_metrics['threshold'])}")
     expect(page.locator("#card")).to_contain_text(card.data_fingerprint)
     expect(page.locator("#intended-use")).to_contain_text("aged 1 to 5")
 

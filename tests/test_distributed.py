@@ -67,7 +67,8 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
     assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
-    assert again.pop("data") == "split.csv/val"
+    assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
+    assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"
     card = json.loads((run / "bundle" / "bundle.json").read_text())
     assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, "the bundle carries the report's figures"
     # A film within SCORE_TOL of a threshold (the chosen threshold is itself a validation score) may land on either

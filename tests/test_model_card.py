@@ -12,6 +12,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
@@ -69,8 +70,14 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     assert first["date"] == today()
 
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
-    assert [r["dataset"]["name"] for r in meta["model-index"][0]["results"]][1:] == ["synthetic test films", "chest_xray/test"]
+    results = meta["model-index"][0]["results"]
+    assert [r["dataset"]["name"] for r in results][1:] == ["synthetic test films", "chest_xray/test"]
+    # each figure says the threshold it was measured at (the TTA evaluation's is another than the plain one's)
+    assert [r["metrics"][0]["name"] for r in results] == [
+        f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
+        f"ROC AUC (at threshold {card.threshold:.4f})", f"ROC AUC (at threshold {card.tta_threshold:.4f})"]
     assert "| synthetic test films | 16 (8 / 8) | plain," in body
+    assert "for AUC DeLong's variance on the logit scale" in body and "bootstrap for AUC" not in body  # as computed
     assert (bundle / MODEL_CARD).read_text() == render(card)
     assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
     auc = first["metrics"]["auc"]["value"]
@@ -78,6 +85,23 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     no_ci = dataclasses.replace(card, external_evaluations=[
         first | {"metrics": first["metrics"] | {"auc": {"value": auc, "ci": [None, None]}}}])
     assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), "a bare figure reads as certain"
+
+
+def test_a_threshold_copy_says_where_the_threshold_in_force_was_chosen(tiny_bundle: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path) -> None:
+    """After `pneumoscan threshold` the validation figures are still those at the training threshold: the card
+    names that threshold beside them, and its limitations say where the threshold in force was chosen (they said
+    the validation films)."""
+    site = tmp_path / "site-b.csv"
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(tmp_path / "retuned")]) == 0
+    card = load_card(tmp_path / "retuned")
+    meta, body = front_matter_and_body((tmp_path / "retuned" / MODEL_CARD).read_text())
+    validation = meta["model-index"][0]["results"][0]["metrics"][0]["name"]
+    assert validation == f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})"
+    assert f"The threshold in force ({card.threshold:.4f}) was chosen on site-b.csv" in body
+    assert "The threshold and the temperature were chosen on the validation films" not in body
+    assert "The threshold and the temperature were chosen on the validation films" in render(load_card(tiny_bundle))
 
 
 def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:

@@ -113,6 +113,29 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
+def test_figures_on_the_films_that_chose_the_int8_thresholds_are_said_to_be_optimistic(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`export --int8 --data` on films the model never saw (the test films as its val side): the INT8 figures on
+    them were reported as independent (sensitivity exactly its target). The FP32 model's on them are not flagged."""
+    import dataclasses
+
+    from pneumoscan.data.layouts import discover, make_record, write_manifest
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
+    new = [make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")]
+    write_manifest([*trained, *(dataclasses.replace(r, split="val") for r in new)], tmp_path / "int8.csv")
+    write_manifest(new, tmp_path / "new.csv")
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tmp_path / "int8.csv")]) == 0
+    sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
+    assert sidecar["threshold_policy"].endswith(f"on the val films of {tmp_path / 'int8.csv'}")
+    int8 = evaluate(bundle, tmp_path / "new.csv", backend="onnx-int8")["optimistic"]
+    assert int8 == [f"16 film(s) given to evaluate chose {bundle}'s INT8 threshold (int8_calibration_films.csv): "
+                    "the figures on them are optimistic"]
+    assert evaluate(bundle, tmp_path / "new.csv", backend="onnx")["optimistic"] == []
+
+
 def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     """A manifest whose val split is the run's training films would choose the INT8 threshold on scores that are
     too good: refused before anything is quantised, naming a film."""

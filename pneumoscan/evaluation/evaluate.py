@@ -129,27 +129,30 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tu
 
 
 CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or threshold was chosen on other films
+INT8_CALIBRATION_FILMS = "int8_calibration_films.csv"  # the films `export --int8 --data` chose the INT8 thresholds on
 
 
-def record_calibration_films(bundle: Path, records: Sequence[Record]) -> None:
+def record_calibration_films(bundle: Path, records: Sequence[Record], name: str = CALIBRATION_FILMS) -> None:
     """Add to BUNDLE/calibration_films.csv the films ``threshold`` or ``ensemble --data`` chose its threshold (and
     temperature) on, which are not its run's validation films, so that :func:`check_held_out` knows them as it
-    knows those (absolute paths: the bundle may move). Films already listed stay: a ``threshold`` copy keeps its
-    temperature, and so the films that chose it."""
-    listed = bundle / CALIBRATION_FILMS
+    knows those (absolute paths: the bundle may move); ``name`` INT8_CALIBRATION_FILMS for those that chose the INT8
+    thresholds. Films already listed stay: a ``threshold`` copy keeps its temperature, and so the films that chose
+    it."""
+    listed = bundle / name
     films = {r.path: r for r in (discover(listed).records if listed.exists() else [])}
     films |= {os.path.realpath(r.path): dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records}
     write_manifest(list(films.values()), listed)
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   validation_warning: bool = False, refuse_validation: bool = False) -> list[str]:
+                   validation_warning: bool = False, refuse_validation: bool = False, int8: bool = False) -> list[str]:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
-    with ``refuse_validation``, refused too. Returns the warnings (each also logged): why figures on these films
-    would be optimistic, for the reports made of them to say so."""
+    with ``refuse_validation``, refused too; with ``int8`` (the INT8 model's scores), those that chose its INT8
+    thresholds as well. Returns the warnings (each also logged): why figures on these films would be optimistic, for
+    the reports made of them to say so."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = set(real.values())
     all_trained: set[str] = set()
@@ -159,11 +162,13 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
         log.warning("%s", text)
         caveats.append(text)
 
+    listed = [(CALIBRATION_FILMS, "threshold"), *([(INT8_CALIBRATION_FILMS, "INT8 threshold")] if int8 else [])]
     for bundle in map(Path, bundles):
-        if chosen := _check_calibration_films(bundle, given, purpose, hint, refuse_validation):
-            if validation_warning:
-                warn(f"{chosen} film(s) given to {purpose} chose {bundle}'s threshold ({CALIBRATION_FILMS}): the "
-                     "figures on them are optimistic")
+        for name, what in listed:
+            if (chosen := _check_calibration_films(bundle, given, purpose, hint, refuse_validation, name)) and \
+                    validation_warning:
+                warn(f"{chosen} film(s) given to {purpose} chose {bundle}'s {what} ({name}): the figures on them "
+                     "are optimistic")
         # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
         runs = [(path, how, run, _side(run, "train")) for path, how in _weight_sources(bundle)
                 if (run := _run_films(path, purpose, how))]
@@ -247,16 +252,17 @@ def _side(run: dict[str, Record], side: str) -> set[str]:
     return {path for path, r in run.items() if r.split == side}
 
 
-def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, refuse: bool) -> int:
-    """How many films given chose BUNDLE's own threshold (calibration_films.csv), judged as its validation films
-    are: refused with ``refuse``."""
-    listed = bundle / CALIBRATION_FILMS
+def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, refuse: bool,
+                             name: str = CALIBRATION_FILMS) -> int:
+    """How many films given chose BUNDLE's own threshold (calibration_films.csv, or ``name``), judged as its
+    validation films are: refused with ``refuse``."""
+    listed = bundle / name
     if not listed.exists():
         return 0
     chosen = sorted({os.path.realpath(r.path) for r in discover(listed).records} & given)
     if chosen and refuse:
         raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
-                         f"{chosen[0]}; {CALIBRATION_FILMS}): {purpose} on films new to it{hint}")
+                         f"{chosen[0]}; {name}): {purpose} on films new to it{hint}")
     return len(chosen)
 
 
@@ -431,7 +437,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                              "record an evaluation in the card" if add_to_card else "evaluate",
-                             validation_warning=True, refuse_validation=add_to_card)
+                             validation_warning=True, refuse_validation=add_to_card, int8=backend == "onnx-int8")
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
     # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient)

@@ -42,6 +42,19 @@ LIMITATIONS = (
     "threshold are optimistic; figures on data the model has never seen are the ones to trust.",
     "Grad-CAM heatmaps show where the score came from, not where the disease is.",
 )
+
+
+def _limitations(card: BundleCard) -> tuple[str, ...]:
+    """LIMITATIONS, with the threshold's line saying where the threshold in force was chosen when `pneumoscan
+    threshold` chose it on other films than the validation ones."""
+    if not card.threshold_records:
+        return LIMITATIONS
+    newest = card.threshold_records[-1]
+    chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {newest.get('data')} and the temperature "
+              "on the validation films: figures on either at the threshold that was chosen on them are optimistic; "
+              "the validation figures were measured at the earlier threshold; figures on data the model has never "
+              "seen are the ones to trust.")
+    return tuple(chosen if line.startswith("The threshold and the temperature") else line for line in LIMITATIONS)
 CITATION = """\
 The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution required).
@@ -108,14 +121,17 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     task = {"type": "image-classification", "name": f"{card.task}: {' vs '.join(card.classes)}"}
     results = []
     if card.val_metrics:
-        metrics = [{"type": kind, "name": f"{name} (validation, threshold chosen on it)", "value": card.val_metrics[key]}
+        # each figure names its threshold: after `pneumoscan threshold` the one in force is another
+        at = f", at threshold {card.val_metrics['threshold']:.4f}" if card.val_metrics.get("threshold") is not None else ""
+        metrics = [{"type": kind, "name": f"{name} (validation{at})", "value": card.val_metrics[key]}
                    for key, kind, name in CARD_METRICS if card.val_metrics.get(key) is not None]
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
         dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
                    {"name": "validation split of the training data", "type": "kermany-chest-xray", "split": "validation"})
         results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
-        metrics = [{"type": kind, "name": name, "value": record["metrics"][key]["value"]}
+        at = f" (at threshold {record['threshold']:.4f})" if record.get("threshold") is not None else ""
+        metrics = [{"type": kind, "name": f"{name}{at}", "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None]
         results.append({"task": task, "dataset": {"name": record["data"], "type": "external"}, "metrics": metrics})
     return [{"name": card.model_id, "results": results}] if results else []
@@ -177,9 +193,10 @@ def _external_section(card: BundleCard) -> str:
         for r in card.external_evaluations
     )
     by_film = list(dict.fromkeys(r["data"] for r in card.external_evaluations if r.get("ci_unit") != "patient"))
-    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions and a bootstrap for AUC. "
-            "Where the films' patient ids are known, they count patients, since one patient's films are scored "
-            "alike (an effective sample size for proportions, patients resampled for AUC); otherwise films count "
+    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions, and for AUC DeLong's "
+            "variance on the logit scale with a t quantile. Where the films' patient ids are known, they count "
+            "patients, since one patient's films are scored alike (an effective sample size for proportions, the "
+            "variance summed by patient for AUC); otherwise films count "
             "as independent cases, and with several films per patient the true uncertainty is larger"
             + (f" (by film: {', '.join(by_film)})." if by_film else "."))
 
@@ -232,7 +249,7 @@ def render(card: BundleCard) -> str:
         f"## Operating threshold\n\n{_threshold_section(card)}",
         f"## Validation figures\n\n{_validation_section(card)}",
         f"## Evaluations on other data\n\n{_external_section(card)}",
-        f"## Limitations\n\n{_bullets(LIMITATIONS)}",
+        f"## Limitations\n\n{_bullets(_limitations(card))}",
         f"## How to cite the data\n\n{CITATION}",
     ]
     meta = yaml.dump(front_matter(card), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=1000)

@@ -114,6 +114,7 @@ class Predictor:
             # model's, at the FP32 threshold
             self.card = dataclasses.replace(
                 self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"],
+                threshold_policy=sidecar.get("threshold_policy", self.card.threshold_policy),
                 val_metrics=sidecar["int8_val_metrics"], external_evaluations=[])
         if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session

@@ -27,9 +27,11 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import choose_thresholds, format_figure, roc_auc, softmax
+from pneumoscan.core.metrics import choose_thresholds, describe_policy, format_figure, roc_auc, softmax
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import check_held_out, int8_figures, labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import (
+    INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
+)
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
@@ -161,8 +163,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
     fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
     thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
+    policy = f"{describe_policy(*card.threshold_targets)} on {chosen_on}"  # the card's policy, on these films
     figures = {"calibration_images": int(len(calib)), **int8_figures(
-        y, scores, thresholds, card.threshold_policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()))}
+        y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()))}
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
@@ -173,6 +176,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
                          "--backend onnx")
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
+    (bundle / INT8_CALIBRATION_FILMS).unlink(missing_ok=True)  # an earlier export's films chose other thresholds
+    if not cv_dirs:  # evaluate --backend onnx-int8 on them says its figures are optimistic
+        record_calibration_films(bundle, val_records, INT8_CALIBRATION_FILMS)
     log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
              format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
     return out

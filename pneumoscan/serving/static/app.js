@@ -59,12 +59,15 @@ function showCard(info) {
     ["Architecture", `${info.architecture}, ${info.image_size} px (${info.resize_policy})`],
     ["Task", `${info.task}: ${info.classes.join(" / ")}`],
     ["Threshold", `${figure(info.threshold)} (${info.threshold_policy})`],
+    // each row says the threshold its sensitivity and specificity were measured at: after `pneumoscan threshold`
+    // the one in force is another
     ["Validation", `AUC ${figure(m.auc)}, sensitivity ${figure(m.sensitivity)}, specificity ${figure(m.specificity)}` +
-      (m.n ? `, n = ${m.n}` : "")],
+      (m.threshold != null ? ` at threshold ${figure(m.threshold)}` : "") + (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
       `AUC ${figure(e.metrics.auc.value)}, sensitivity ${figure(e.metrics.sensitivity.value)}, ` +
-      `specificity ${figure(e.metrics.specificity.value)}, n = ${e.n} (${e.date})`]),
+      `specificity ${figure(e.metrics.specificity.value)}` +
+      (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${e.n} (${e.date})`]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
