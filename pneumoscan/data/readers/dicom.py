@@ -332,11 +332,12 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
         if syntax.is_encapsulated and syntax != RLELossless:
-            _check_codestream_size(get_frame(ds.PixelData, 0, number_of_frames=1), film)
+            frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+            _check_codestream_size(frame, film)
+            if syntax in _JPEG_CHECKED:
+                jpeg.check_frame(frame)
         elif not syntax.is_encapsulated:
             _check_high_bits(ds, syntax, film)
-    if syntax in _JPEG_CHECKED:
-        jpeg.check_frame(get_frame(ds.PixelData, 0, number_of_frames=1))
     charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
     ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False)
     return ds.pixel_array

@@ -99,33 +99,38 @@ def check_progression(data: bytes) -> None:
                          f"{', '.join(map(str, short))} not coded in full): part of a film")
 
 
-def _frame_header(frame: bytes) -> tuple[int, int] | None:
-    """(SOF marker, sample precision in bits) of a JPEG codestream's frame header; None when no frame header comes
-    first."""
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn: not DHT, JPG or DAC
+_SOF55 = 0xF7  # JPEG-LS's frame header
+
+
+def _frame_header_at(frame: bytes, markers: frozenset[int]) -> int | None:
+    """Where a JPEG codestream's frame header (one of ``markers``) begins; None when a scan comes before it."""
     pos = 2  # after SOI
-    while pos + 5 <= len(frame) and frame[pos] == 0xFF:
+    while pos + 4 <= len(frame) and frame[pos] == 0xFF:
         marker = frame[pos + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT, JPG or DAC
-            return marker, frame[pos + 4]
+        if marker in markers:
+            return pos
         if marker == 0xDA:  # a scan before any frame header
             return None
         pos += 1 if marker == 0xFF else 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")  # fill byte, segment
     return None
 
 
+def _frame_header(frame: bytes) -> tuple[int, int] | None:
+    """(SOF marker, sample precision in bits) of a JPEG codestream's frame header; None when no frame header comes
+    first."""
+    pos = _frame_header_at(frame, _SOF)
+    return None if pos is None or pos + 5 > len(frame) else (frame[pos + 1], frame[pos + 4])
+
+
 def frame_size(frame: bytes) -> tuple[int, int, int] | None:
     """(rows, columns, components) a JPEG or JPEG-LS codestream's frame header (SOFn, or SOF55 for JPEG-LS) says;
     None when no frame header comes before the first scan, or it defers its rows to a DNL marker (0)."""
-    pos = 2  # after SOI
-    while pos + 10 <= len(frame) and frame[pos] == 0xFF:
-        marker = frame[pos + 1]
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:  # SOFn, SOF55
-            rows, cols = (int.from_bytes(frame[pos + i : pos + i + 2], "big") for i in (5, 7))
-            return (rows, cols, frame[pos + 9]) if rows else None
-        if marker == 0xDA:
-            return None
-        pos += 1 if marker == 0xFF else 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
-    return None
+    pos = _frame_header_at(frame, _SOF | {_SOF55})
+    if pos is None or pos + 10 > len(frame):
+        return None
+    rows, cols = (int.from_bytes(frame[pos + i : pos + i + 2], "big") for i in (5, 7))
+    return (rows, cols, frame[pos + 9]) if rows else None
 
 
 def check_huffman_scans(frame: bytes) -> None:
