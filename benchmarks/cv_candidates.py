@@ -16,17 +16,15 @@ its last epoch (``history.csv``: warm start and training, not the export).
 from __future__ import annotations
 
 import csv
-import os
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, select
-from pneumoscan.training.cv import fold_figures, fold_summary
+from pneumoscan.training.cv import fold_figures, fold_summary, oof_name
 
 SPEC = "specificity_at_sensitivity_0.97"
 
@@ -35,7 +33,7 @@ def load(cv_dir: Path) -> dict:
     result = json.loads((cv_dir / "cv.json").read_text())
     folds = result["folds"]
     # each fold's validation films by real path: runs given the data by another path hold the same folds
-    result["members"] = [sorted(film_key(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val"))
+    result["members"] = [sorted(oof_name(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val"))
                          for k in range(folds)]
     minutes = []
     for k in range(folds):
@@ -50,18 +48,13 @@ def folds_of(run: dict) -> tuple:
     return run["task"], run["folds"], run["seed"], run["members"]
 
 
-def film_key(path: str) -> str:
-    """A film as oof.csv names it, whatever folder the run was made or is read from: its real path, as text."""
-    return path_text(os.path.realpath(path))
-
-
 def oof_logits(cv_dirs: list[Path]) -> dict[str, float]:
     """Each film's out-of-fold calibrated logit (``oof.csv``) averaged over the runs, as ``ensemble --cv`` averages
     them; a film some run could not read has none."""
     scores = []
     for cv_dir in cv_dirs:
         with (cv_dir / "oof.csv").open() as f:
-            scores.append({film_key(row["path"]): float(row["probability"]) for row in csv.DictReader(f)})
+            scores.append({oof_name(row["path"]): float(row["probability"]) for row in csv.DictReader(f)})
     both = set.intersection(*map(set, scores))
     if not both:
         sys.exit(f"{' and '.join(map(str, cv_dirs))} have no film in common in their oof.csv")
@@ -79,7 +72,7 @@ def load_mean(cv_dirs: list[Path]) -> dict:
     per_fold = []
     for k in range(runs[0]["folds"]):
         records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
-        keys = [film_key(r.path) for r in records]
+        keys = [oof_name(r.path) for r in records]
         kept = [i for i, key in enumerate(keys) if key in logits]  # unreadable films have none
         if len(set(binary_targets(targets[kept]).tolist())) < 2:
             sys.exit(f"fold {k} of {' and '.join(map(str, cv_dirs))}: its oof.csv scores no film of both classes "

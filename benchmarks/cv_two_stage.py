@@ -23,13 +23,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cv_candidates import film_key, oof_logits  # noqa: E402
+from benchmarks.cv_candidates import oof_logits  # noqa: E402
 from pneumoscan.core.metrics import evaluate_multiclass  # noqa: E402
 from pneumoscan.data.cache import build_cache  # noqa: E402
 from pneumoscan.data.layouts import discover  # noqa: E402
 from pneumoscan.evaluation.evaluate import two_stage_decision  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 from pneumoscan.models.card import BundleCard, load_card  # noqa: E402
+from pneumoscan.training.cv import oof_name  # noqa: E402
 
 
 def cv_runs(card: BundleCard, bundle: Path) -> list[Path]:
@@ -46,13 +47,13 @@ def stage_probability(bundle: Path, paths: list[str]) -> np.ndarray:
     card = load_card(bundle)
     logits = oof_logits(cv_runs(card, bundle))
     probability = {key: 1.0 / (1.0 + np.exp(-z / card.temperature)) for key, z in logits.items()}
-    keys = [film_key(p) for p in paths]  # oof.csv names films by real path, whatever path the split gives
+    keys = [oof_name(p) for p in paths]  # oof.csv names films by real path, whatever path the split gives
     missing = [p for p, key in zip(paths, keys) if key not in probability]
     if missing:
         predictor = Predictor(bundle, backend="onnx")
         cache = build_cache(missing, card.spec, progress=True)
         scores = predictor.positive(predictor.probabilities(cache.images[cache.rows(missing)]))
-        probability |= zip(map(film_key, missing), scores)
+        probability |= zip(map(oof_name, missing), scores)
         print(f"{bundle}: {len(missing)} films not in its runs' folds, scored by the bundle itself")
     return np.array([probability[key] for key in keys])
 

@@ -112,6 +112,12 @@ def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Pa
                                teacher=[*cfg.teacher, *map(str, teachers)])
 
 
+def oof_name(path: str) -> str:
+    """A film as oof.csv names it: its real path, as text (a results file: UTF-8), the same whatever --out and the
+    folder cv ran in or is read from, so that runs on the same folds name the same films."""
+    return path_text(os.path.realpath(path))
+
+
 def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path | str,
                    teacher_cv: Sequence[Path | str] = ()) -> dict:
     """Train ``folds`` runs of ``cfg``, each validated (and its threshold chosen) on one patient-grouped fold of
@@ -153,9 +159,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         all_targets.append(targets)
         all_probs.append(probs)
         all_patients += [r.patient for r in val]
-        # each film by its real path (a results file: UTF-8), the same whatever --out and the folder cv ran in, so
-        # that runs on the same folds name the same films
-        oof_rows += [{"path": path_text(os.path.realpath(r.path)), "label": r.label, "subtype": r.subtype,
+        oof_rows += [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype,
                       "patient": path_text(r.patient), "fold": k, "probability": float(p)}
                      | dict(zip(class_columns, map(float, row)))
                      for r, p, row in zip(val, scores, probs, strict=True)]
