@@ -32,29 +32,19 @@ OUT_OF_SCOPE = (
     "(`pneumoscan evaluate BUNDLE DATA --add-to-card`); scores shift with the source.",
     "Other findings (tuberculosis, COVID-19, effusion, nodules, devices): the model knows only its classes.",
 )
+# the limitation of a bundle whose threshold training chose; a `threshold` copy's says where its own was chosen
+CHOSEN_ON_VALIDATION = ("The threshold and the temperature were chosen on the validation films, so the validation "
+                        "figures at that threshold are optimistic; figures on data the model has never seen are the "
+                        "ones to trust.")
 LIMITATIONS = (
     "One centre, retrospective: the films come from one hospital's routine care; prevalence, equipment and "
     "patients elsewhere differ.",
     "Labels are expert gradings of the films (two physicians, a third checking the test set), not laboratory "
     "confirmation; bacterial versus viral labels are the least certain.",
     "The classes are unbalanced (about 3 pneumonia films per normal one in the training folder).",
-    "The threshold and the temperature were chosen on the validation films, so the validation figures at that "
-    "threshold are optimistic; figures on data the model has never seen are the ones to trust.",
+    CHOSEN_ON_VALIDATION,
     "Grad-CAM heatmaps show where the score came from, not where the disease is.",
 )
-
-
-def _limitations(card: BundleCard) -> tuple[str, ...]:
-    """LIMITATIONS, with the threshold's line saying where the threshold in force was chosen when `pneumoscan
-    threshold` chose it on other films than the validation ones."""
-    if not card.threshold_records:
-        return LIMITATIONS
-    newest = card.threshold_records[-1]
-    chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {newest.get('data')} and the temperature "
-              "on the validation films: figures on either at the threshold that was chosen on them are optimistic; "
-              "the validation figures were measured at the earlier threshold; figures on data the model has never "
-              "seen are the ones to trust.")
-    return tuple(chosen if line.startswith("The threshold and the temperature") else line for line in LIMITATIONS)
 CITATION = """\
 The data: Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification. Mendeley Data, V2, 2018. doi:10.17632/rscbjbr9sj.2. Licence: CC BY 4.0 (attribution required).
@@ -114,6 +104,18 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
     """An evaluation record's {key: {"value", "ci"}} figure with its interval (:func:`with_ci`)."""
     entry = block.get(key) or {}
     return with_ci(entry.get("value"), entry.get("ci"))
+
+
+def _limitations(card: BundleCard) -> tuple[str, ...]:
+    """LIMITATIONS, with the threshold's line saying where the threshold in force was chosen when `pneumoscan
+    threshold` chose it on other films than the validation ones."""
+    if not card.threshold_records:
+        return LIMITATIONS
+    chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
+              "and the temperature on the validation films: figures on either at the threshold that was chosen on "
+              "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
+              "the model has never seen are the ones to trust.")
+    return tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
 
 
 def _model_index(card: BundleCard) -> list[dict[str, Any]]:
