@@ -87,3 +87,19 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(tiny_bundle, bundle)
     assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
     return bundle
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``make test`` runs ``pytest -n auto``: one worker per CPU this process may run on (``taskset`` counts, unlike
+    xdist's own count of the machine's cores), at most 4, since each worker holds torch and its own tiny bundles."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Workers share the CPUs: each trains and scores with its share of them, not with all (torch's default),
+    which would put two threads on a core in every in-process training test."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
