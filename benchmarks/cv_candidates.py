@@ -24,20 +24,22 @@ import numpy as np
 
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, select
+from pneumoscan.models.run_folder import CvFolder
 from pneumoscan.training.cv import fold_figures, fold_summary, oof_name
 
 SPEC = "specificity_at_sensitivity_0.97"
 
 
 def load(cv_dir: Path) -> dict:
-    result = json.loads((cv_dir / "cv.json").read_text())
+    cv = CvFolder(cv_dir)
+    result = json.loads(cv.summary.read_text())
     folds = result["folds"]
     # each fold's validation films by real path: runs given the data by another path hold the same folds
-    result["members"] = [sorted(oof_name(r.path) for r in discover(cv_dir / f"split-fold-{k}.csv").split("val"))
+    result["members"] = [sorted(oof_name(r.path) for r in discover(cv.split(k)).split("val"))
                          for k in range(folds)]
     minutes = []
     for k in range(folds):
-        with (cv_dir / f"fold-{k}" / "history.csv").open() as f:
+        with cv.fold(k).history.open() as f:
             minutes.append(float(list(csv.DictReader(f))[-1]["minutes"]))
     result["minutes"] = minutes
     return result
@@ -53,7 +55,7 @@ def oof_logits(cv_dirs: list[Path]) -> dict[str, float]:
     them; a film some run could not read has none."""
     scores = []
     for cv_dir in cv_dirs:
-        with (cv_dir / "oof.csv").open() as f:
+        with CvFolder(cv_dir).oof.open() as f:
             scores.append({oof_name(row["path"]): float(row["probability"]) for row in csv.DictReader(f)})
     both = set.intersection(*map(set, scores))
     if not both:
@@ -71,7 +73,7 @@ def load_mean(cv_dirs: list[Path]) -> dict:
     logits = oof_logits(cv_dirs)
     per_fold = []
     for k in range(runs[0]["folds"]):
-        records, targets = select(discover(cv_dirs[0] / f"split-fold-{k}.csv").split("val"), task)
+        records, targets = select(discover(CvFolder(cv_dirs[0]).split(k)).split("val"), task)
         keys = [oof_name(r.path) for r in records]
         kept = [i for i, key in enumerate(keys) if key in logits]  # unreadable films have none
         if len(set(binary_targets(targets[kept]).tolist())) < 2:

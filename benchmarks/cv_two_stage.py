@@ -30,6 +30,7 @@ from pneumoscan.data.layouts import discover  # noqa: E402
 from pneumoscan.evaluation.evaluate import two_stage_decision  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 from pneumoscan.models.card import BundleCard, load_card  # noqa: E402
+from pneumoscan.models.run_folder import CvFolder  # noqa: E402
 from pneumoscan.training.cv import oof_name  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def cv_runs(card: BundleCard, bundle: Path) -> list[Path]:
     """The cv runs an ensemble was calibrated on (its members are RUN/fold-K/bundle), in order."""
     members = [Path(m) for m in card.train_config.get("ensemble_of", [])]
     runs = list(dict.fromkeys(m.parent.parent for m in members))
-    if not runs or not all((r / "oof.csv").exists() for r in runs):
+    if not runs or not all(CvFolder(r).oof.exists() for r in runs):
         sys.exit(f"{bundle} is not an ensemble of cv runs (`pneumoscan ensemble --cv`) whose oof.csv is here")
     return runs
 
@@ -61,7 +62,7 @@ def stage_probability(bundle: Path, paths: list[str]) -> np.ndarray:
 def main(pneumonia: Path, etiology: Path) -> None:
     first, second = load_card(pneumonia), load_card(etiology)
     runs = cv_runs(first, pneumonia)
-    records = [r for r in discover(runs[0] / "split-fold-0.csv").records]
+    records = [r for r in discover(CvFolder(runs[0]).split(0)).records]
     classes = ("normal", "bacteria", "virus")
     records = [r for r in records if r.subtype in classes]
     paths = [r.path for r in records]

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from pneumoscan import __version__
 from pneumoscan.core.names import shown, utf8_strings
-from pneumoscan.core.options import BACKENDS, FILL_MODES, OPTIMIZERS, RESIZE_POLICIES, SPLITS, TRACKERS, look_up_option
+from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
+                                     RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
 
 if TYPE_CHECKING:
@@ -466,9 +467,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--val-fraction", type=float, default=0.15,
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
                    help="share of the films of each class and subtype that goes to validation, whole patients at a "
-                        "time (default 0.15)")
+                        f"time (default {VAL_FRACTION:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
     p.add_argument("--out", default="split.csv", help="manifest to write (default split.csv)")
 
@@ -575,8 +576,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=20,
-                   help="larger uploads are refused with 413 (default 20)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=MAX_UPLOAD_MB,
+                   help=f"larger uploads are refused with 413 (default {MAX_UPLOAD_MB})")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
                  "model (export --int8); Grad-CAM always runs in torch")
@@ -611,7 +612,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
-    p.add_argument("--batch-size", type=_positive(int), default=64, help="images per model call (default 64)")
+    p.add_argument("--batch-size", type=_positive(int), default=PREDICT_BATCH,
+                   help=f"images per model call (default {PREDICT_BATCH})")
     p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
                                                      "Secondary Capture with --heatmaps) in the film's study")
     p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per DICOM film")
@@ -643,8 +645,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv", nargs="+", metavar="DIR",
                    help="with --int8, for an ensemble built by ensemble --cv DIR ...: the same runs; its INT8 "
                         "thresholds are chosen on out-of-fold INT8 scores")
-    p.add_argument("--calibration-images", type=_positive(int), default=256,
-                   help="with --int8: training films that set the INT8 activation ranges (default 256)")
+    p.add_argument("--calibration-images", type=_positive(int), default=CALIBRATION_IMAGES,
+                   help=f"with --int8: training films that set the INT8 activation ranges (default {CALIBRATION_IMAGES})")
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,11 @@ OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # config.TrainConfig.optimizer
 PRECISIONS = ("auto", "bf16", "fp32")  # config.TrainConfig.precision
 TRACKERS = ("tensorboard", "mlflow")  # tracking.make_trackers: train --log
 SPLITS = ("train", "val", "test")  # layouts: a dataset root's split folders, a manifest's split column
+# Defaults the command line shows and the library takes, one number for both
+VAL_FRACTION = 0.15  # split.patient_split: the share of each class and subtype in validation
+PREDICT_BATCH = 64  # predict.Predictor: images per model call
+MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
+CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 LISTED = 20  # more known names than this are not all listed in the message
 # a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
 # string, so the float a setting means arrives as text

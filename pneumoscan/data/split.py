@@ -28,6 +28,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
+from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.layouts import LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]])
 
 def patient_split(
     records: Sequence[Record],
-    val_fraction: float = 0.15,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     duplicate_groups: Sequence[Sequence[str]] | None = None,
 ) -> list[Record]:
@@ -204,7 +205,7 @@ def _warn_conflicts(conflicts: Sequence[dict]) -> None:
                     len(conflicts), " | ".join(map(shown, first["paths"])), first["reason"])
 
 
-def split_dataset(data: Path | str, val_fraction: float = 0.15, seed: int = 0) -> list[Record]:
+def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0) -> list[Record]:
     """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
     pool, duplicates = split_pool(data)
     return patient_split(pool, val_fraction, seed, duplicates)

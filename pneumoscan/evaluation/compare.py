@@ -18,6 +18,7 @@ from typing import Any
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.models.card import CARD, load_card
+from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
 from .report import figure_png, roc_figure
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class RunSummary:
 
 def _training_minutes(folder: Path) -> float | None:
     """The last epoch's elapsed minutes in history.csv (training's own clock), if the folder has one."""
-    path = folder / "history.csv"
+    path = folder / HISTORY
     if not path.is_file():
         return None
     with path.open(newline="") as f:
@@ -75,9 +76,9 @@ def _number(value: object) -> bool:
 def load_run(path: Path | str) -> RunSummary:
     """A run folder's (or evaluate folder's) validation figures; a folder without a binary metrics.json is refused."""
     folder = Path(path)
-    metrics_path = folder / "metrics.json"
+    metrics_path = folder / METRICS
     if not metrics_path.is_file():
-        raise ValueError(f"{folder}: no metrics.json (give a training run folder or an evaluate --out folder)")
+        raise ValueError(f"{folder}: no {METRICS} (give a training run folder or an evaluate --out folder)")
     try:
         m = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as e:
@@ -95,9 +96,9 @@ def load_run(path: Path | str) -> RunSummary:
     if not (isinstance(m.get("n"), int) and _number(m["n"]) and m["n"] >= 1):
         raise ValueError(f"{metrics_path}: n is {m.get('n')!r:.40}, not a count of films")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
-    places = [Path(m["bundle"])] if m.get("bundle") else [folder / "bundle", folder.parent / "bundle"]
+    places = [Path(m["bundle"])] if m.get("bundle") else [RunFolder(folder).bundle, RunFolder(folder.parent).bundle]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
-    training_run = (folder / "bundle").is_dir()
+    training_run = RunFolder(folder).bundle.is_dir()
     minutes = _training_minutes(folder) if training_run else _training_minutes(folder.parent)
     data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
     return RunSummary(

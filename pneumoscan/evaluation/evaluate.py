@@ -32,6 +32,7 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_u
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, member_sources, replaced_members
+from pneumoscan.models.run_folder import RunFolder
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
 
@@ -231,7 +232,7 @@ def _run_films(path: Path, purpose: str, how: str) -> dict[str, Record]:
     """The films of the split.csv beside a bundle (its run's films and their sides) by real path; none, with a
     warning, when there is no such file to check against: none beside it, one whose films are all gone (a run
     folder copied or moved away from relative paths), or another model's (an ensemble member trained again)."""
-    split = path.parent / "split.csv"
+    split = RunFolder.of(path).split
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
         log.warning("%s holds other weights than the ensemble recorded (trained again since?), %s", path, cannot)

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import format_figure, jsonable, short_of_one
 from pneumoscan.inference.explain import png_data_url
+from pneumoscan.models.run_folder import METRICS, REPORT
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
@@ -404,7 +405,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(metrics)
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / METRICS, metrics)
     pngs: dict[str, bytes] | None = {} if figures else None
     if metrics.get("kind") == "multiclass":
         body = _multiclass_body(metrics, pngs=pngs)
@@ -435,7 +436,7 @@ def write_report(
         + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
         "For research use; not a medical device.</p></main></body></html>"
     )
-    return write_atomic(out_dir / "report.html", page.encode("utf-8"))
+    return write_atomic(out_dir / REPORT, page.encode("utf-8"))
 
 
 def _optimistic_html(caveats: list[str] | None) -> str:

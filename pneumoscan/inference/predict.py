@@ -31,7 +31,7 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text
-from pneumoscan.core.options import BACKENDS, look_up_option
+from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk
@@ -89,7 +89,7 @@ class Predictor:
     the torch model is built only when Grad-CAM first asks for it (:attr:`model`).
     """
 
-    def __init__(self, bundle: Path | str, batch_size: int = 64, backend: str = "torch",
+    def __init__(self, bundle: Path | str, batch_size: int = PREDICT_BATCH, backend: str = "torch",
                  session: object | None = None) -> None:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
         fresh graph this way before that graph's thresholds exist)."""
@@ -346,7 +346,7 @@ def predict_paths(
     bundle: Path | str,
     paths: Sequence[str | Path],
     backend: str = "torch",
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH,
     tta: bool = False,
     etiology: Path | str | None = None,
     heatmap_dir: Path | str | None = None,

@@ -31,6 +31,7 @@ from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
 from pneumoscan.data.tasks import get_task, list_tasks
+from .run_folder import RunFolder
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -208,7 +209,7 @@ def load_card(directory: Path | str) -> BundleCard:
     try:
         data = json.loads(path.read_text(), parse_constant=_no_constant)
     except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
-        inner = Path(directory) / "bundle"
+        inner = RunFolder(Path(directory)).bundle
         hint = f"; did you mean {inner}?" if (inner / CARD).is_file() else ""
         raise FileNotFoundError(f"{directory} is not a bundle folder (no {CARD}){hint}") from None
     except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 
 from .formats import ERRORS, Health, Prediction, ServiceInfo, check_options
@@ -26,7 +27,7 @@ from .service import Service
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = 20,
+def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                backend: str = "torch", limits: Limits | None = None, access: Access | None = None) -> FastAPI:
     """The service for a pneumonia (or any) bundle, with an optional bacteria-vs-virus second stage.
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the

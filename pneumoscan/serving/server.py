@@ -21,6 +21,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import create_app
 from .guard import Access, is_loopback
 from .limits import Limits
@@ -182,7 +183,7 @@ def serve(*args: Any, **kwargs: Any) -> None:
 
 
 def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                 max_upload_mb: float = 20, backend: str = "torch", limits: Limits | None = None,
+                 max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "torch", limits: Limits | None = None,
                  access: Access | None = None, insecure: bool = False, quiet: bool = False) -> uvicorn.Server:
     """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
     unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host

@@ -19,6 +19,7 @@ from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.core.names import shown
 from pneumoscan.evaluation.report import plot_training_curves
+from pneumoscan.models.run_folder import RunFolder
 from .engine import Callback, State
 
 log = logging.getLogger(__name__)
@@ -216,16 +217,16 @@ class History(Callback):
     would otherwise stay however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+        self.run = RunFolder(run_dir)
         self.drawn_at = time.monotonic()  # of the last draw (or the start)
         self.behind = False  # a row not drawn yet
 
     def write(self, history: list[dict], draw: bool) -> None:
         # every row's keys: a run resumed from an older version's checkpoint has rows without the newer columns
-        write_csv(self.run_dir / "history.csv", list(dict.fromkeys(k for row in history for k in row)), history)
+        write_csv(self.run.history, list(dict.fromkeys(k for row in history for k in row)), history)
         self.behind = not (draw or time.monotonic() - self.drawn_at >= CURVES_EVERY_S)
         if not self.behind:
-            plot_training_curves(history, self.run_dir / "curves.png")
+            plot_training_curves(history, self.run.curves)
             self.drawn_at = time.monotonic()
 
     def on_fit_start(self, state: State) -> None:
@@ -246,7 +247,7 @@ class History(Callback):
 
     def on_fit_end(self, state: State) -> None:
         if state.ctx.main and self.behind:
-            plot_training_curves(state.history, self.run_dir / "curves.png")
+            plot_training_curves(state.history, self.run.curves)
 
 
 class Checkpoint(Callback):

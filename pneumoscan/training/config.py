@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 from pneumoscan.core.names import is_utf8, shown
-from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, apply_settings, check_fields, look_up_option
+from pneumoscan.core.options import (OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION, apply_settings, check_fields,
+                                     look_up_option)
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import Augment
@@ -84,7 +85,7 @@ class TrainConfig:
     plateau_factor: float = 0.2
     plateau_patience: int = 2
     patience: int = 3  # epochs without a better validation AUC (adam-plateau: loss) before stopping
-    val_fraction: float = 0.15
+    val_fraction: float = VAL_FRACTION
     split_csv: str | None = None  # a manifest with a split column; default: patient-grouped split of train/
     # the reference projects' protocol: train on all of DATA's train/, validate on its own val/ folder (16 films in
     # the Kaggle release: thresholds and early stopping then rest on a handful of films, so it warns)

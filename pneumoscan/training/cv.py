@@ -33,6 +33,7 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import labelled_records
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card
+from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import processes
@@ -64,34 +65,33 @@ def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str,
     return summary
 
 
-def check_fold_run(run: Path, planned: list[Record], cfg: TrainConfig) -> None:
+def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> None:
     """Refuse a fold run, finished or interrupted, that is not this cv's: trained on another split (another --seed or
     --folds, other data), its "out-of-fold" films would include films it trained on; trained by another recipe, its
     figures would be that recipe's. Only the manifest's own path (``split_csv``) may differ. A fold with neither a
     bundle nor a checkpoint has trained nothing yet."""
-    finished = (run / "bundle" / CARD).exists()
-    if not finished and not (run / "checkpoint.pt").exists():
+    name, finished = run.root.name, (run.bundle / CARD).exists()
+    if not finished and not run.checkpoint.exists():
         return
-    if moved := split_change(run / "split.csv", planned):
-        raise ValueError(f"{run.name} was trained on another split ({moved}); use a new --out")
+    if moved := split_change(run.split, planned):
+        raise ValueError(f"{name} was trained on another split ({moved}); use a new --out")
     # a finished fold's bundle records what made it; an interrupted one's checkpoint, which its --resume compares with
-    checkpoint = run / "checkpoint.pt"
-    recorded = (load_card(run / "bundle").train_config if finished
-                else checkpoint_config(load_checkpoint(checkpoint), checkpoint))
+    recorded = (load_card(run.bundle).train_config if finished
+                else checkpoint_config(load_checkpoint(run.checkpoint), run.checkpoint))
     if recorded is None:
-        raise ValueError(f"{run.name}'s checkpoint records no settings and there is no config.yaml beside it, so "
+        raise ValueError(f"{name}'s checkpoint records no settings and there is no config.yaml beside it, so "
                          "nothing shows how it was made; use a new --out")
     if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
-        raise ValueError(f"{run.name} was trained with other settings ({', '.join(changes)}); use a new --out")
+        raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
-def check_fold_processes(runs: Sequence[Path], world: int) -> None:
+def check_fold_processes(runs: Sequence[RunFolder], world: int) -> None:
     """Refuse folds made by different numbers of processes, or a fold still to train under another number than the
     finished ones: the global batch, the learning rate and the schedule follow it, so the folds would be different
     recipes. Folds all trained elsewhere (say by torchrun on a GPU machine) may still be scored here by one process.
     An interrupted fold is checked by its own ``--resume``."""
-    made_by = {run.name: load_card(run / "bundle").train_config.get("processes")
-               for run in runs if (run / "bundle" / CARD).exists()}
+    made_by = {run.root.name: load_card(run.bundle).train_config.get("processes")
+               for run in runs if (run.bundle / CARD).exists()}
     known = {n for n in made_by.values() if n is not None}  # None: a bundle of an earlier version, which records none
     if len(known) > 1:
         raise ValueError("the finished folds were trained by different numbers of processes ("
@@ -103,12 +103,12 @@ def check_fold_processes(runs: Sequence[Path], world: int) -> None:
 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
     """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
-    teachers = [Path(run) / f"fold-{k}" / "bundle" for run in teacher_cv]
+    teachers = [CvFolder(Path(run)).fold(k).bundle for run in teacher_cv]
     for teacher in teachers:
         if not (teacher / CARD).exists():
             raise ValueError(f"teacher cv run {teacher.parents[1]} has no finished fold-{k} bundle: finish it with its "
                              "own cv command first")
-    return dataclasses.replace(cfg, split_csv=str(out_dir / f"split-fold-{k}.csv"),
+    return dataclasses.replace(cfg, split_csv=str(CvFolder(out_dir).split(k)),
                                teacher=[*cfg.teacher, *map(str, teachers)])
 
 
@@ -127,7 +127,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     them trained on fold K, so each film is still scored by models that never saw its patient."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.task)
+    cv_folder, task = CvFolder(out_dir), get_task(cfg.task)
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
@@ -135,19 +135,19 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     configs = [fold_config(cfg, out_dir, k, teacher_cv) for k in range(folds)]
     for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
         check_teachers(configs[k], planned, task)
-        check_fold_run(out_dir / f"fold-{k}", planned, configs[k])
-    check_fold_processes([out_dir / f"fold-{k}" for k in range(folds)], processes())
+        check_fold_run(cv_folder.fold(k), planned, configs[k])
+    check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
     per_fold, oof_rows, all_targets, all_probs, all_patients = [], [], [], [], []
     for k, planned in enumerate(plans):
-        run = out_dir / f"fold-{k}"
+        run = cv_folder.fold(k)
         manifest = Path(configs[k].split_csv)
         write_manifest(planned, manifest)
-        bundle = run / "bundle"
+        bundle = run.bundle
         if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
             log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
         else:  # an interrupted fold goes on from its last finished epoch; one never started starts from scratch
-            log.info("fold %d/%d: training %s", k + 1, folds, run)
-            train(data, configs[k], run, resume=True)
+            log.info("fold %d/%d: training %s", k + 1, folds, run.root)
+            train(data, configs[k], run.root, resume=True)
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
         val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
         probs = predictor.probabilities(images)
@@ -166,7 +166,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds,
                  format_figure(per_fold[-1]["auc"], 4), SENSITIVITY_FLOOR,
                  format_figure(per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
-    write_csv(out_dir / "oof.csv", OOF_FIELDS + class_columns, oof_rows)
+    write_csv(cv_folder.oof, OOF_FIELDS + class_columns, oof_rows)
     targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
     pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs, all_patients)
     result = {
@@ -174,5 +174,5 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
         "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
     }  # fmt: skip
-    write_json(out_dir / "cv.json", jsonable(result))
+    write_json(cv_folder.summary, jsonable(result))
     return result

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_fin
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, runtime_versions
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
+from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
 
 BATCH = 64  # images one ONNX run scores
@@ -106,7 +106,7 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
     sources = member_sources(card)
     logits, targets, views = [], [], []
     for k in range(folds):
-        images, y, _ = labelled_images(cv_dirs[0] / f"split-fold-{k}.csv", "val", task, card.spec)
+        images, y, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
         members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
         logits.append(_mean_logits(members, images))
         targets.append(y)
@@ -122,23 +122,22 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     members: list[Path] = []
     first_folds: list[set[str]] | None = None
     for cv_dir in map(Path, cv_dirs):
-        folds = sorted((int(m.group(1)), p) for p in cv_dir.glob("fold-*") if (m := re.fullmatch(r"fold-(\d+)", p.name)))
-        if [k for k, _ in folds] != list(range(len(folds))) or len(folds) < 2:
+        cv = CvFolder(cv_dir)
+        folds = cv.folds()
+        if folds != list(range(len(folds))) or len(folds) < 2:
             raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
         # cv writes every fold's manifest first: one without its fold is a run stopped between folds, whose
         # missing fold's films would go uncounted in the out-of-fold scores
-        planned = sorted(int(m.group(1)) for p in cv_dir.glob("split-fold-*.csv")
-                         if (m := re.fullmatch(r"split-fold-(\d+)\.csv", p.name)))
-        if len(planned) > len(folds):
-            raise ValueError(f"{cv_dir} is not a finished cv run: {len(folds)} of its {len(planned)} folds were "
+        if len(splits := cv.splits()) > len(folds):
+            raise ValueError(f"{cv_dir} is not a finished cv run: {len(folds)} of its {len(splits)} folds were "
                              f"trained (no fold-{len(folds)}); finish the cv run first")
         held_out = []
-        for k, path in folds:
-            manifest = cv_dir / f"split-fold-{k}.csv"
-            if not (path / "bundle" / CARD).exists() or not manifest.exists():
+        for k in folds:
+            run, manifest = cv.fold(k), cv.split(k)
+            if not (run.bundle / CARD).exists() or not manifest.exists():
                 raise ValueError(f"{cv_dir}: fold {k} has no bundle or no {manifest.name}; finish the cv run first")
             planned = discover(manifest).records
-            if moved := split_change(path / "split.csv", planned):
+            if moved := split_change(run.split, planned):
                 raise ValueError(f"{cv_dir} fold {k}: its bundle was not trained on {manifest.name} ({moved}), so its "
                                  "scores on the fold's films are not all out of fold; train the fold again")
             held_out.append({os.path.realpath(r.path) for r in planned if r.split == "val"})
@@ -147,7 +146,7 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
         elif held_out != first_folds:
             raise ValueError(f"{cv_dir} and {Path(cv_dirs[0])} were not run on the same folds (the same data and "
                              "--seed make the same folds): their films have no out-of-fold score from both")
-        members += [p / "bundle" for _, p in folds]
+        members += [cv.fold(k).bundle for k in folds]
     return members
 
 

@@ -28,6 +28,7 @@ from onnxruntime.quantization import (
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, describe_policy, format_figure, roc_auc, softmax
+from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import (
     INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
@@ -37,10 +38,10 @@ from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum, replaced_members
 from pneumoscan.models.ensemble_net import EnsembleNet
+from pneumoscan.models.run_folder import CvFolder
 from .ensemble import batched, cv_members, out_of_fold
 
 log = logging.getLogger(__name__)
-CALIBRATION_IMAGES = 256  # training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
 # the films per call: 8 hold a ten-member ensemble's quantisation to 4 GB (32: 10 GB), and the ranges, min and max
 # over the same films, come out the same
@@ -133,7 +134,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     fp32 = Predictor(bundle, backend="onnx")
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
-        pool, _, _ = labelled_images(Path(cv_dirs[0]) / "split-fold-0.csv", None, task, card.spec)  # all the runs' films
+        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, task, card.spec)  # all the runs' films
     else:
         val_records, val_images, val_targets, _ = labelled_records(data, "val", task, card.spec)
         check_held_out([bundle], val_records, "choose the INT8 thresholds")

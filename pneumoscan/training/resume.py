@@ -18,6 +18,7 @@ import yaml
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.data.layouts import Record, discover
+from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig
 from .distributed import Dist
 from .engine import resolved_precision
@@ -136,8 +137,8 @@ def checkpoint_config(ckpt: dict, path: Path) -> dict | None:
     its own record or, for an earlier version's, the config.yaml its run wrote when it began; None: neither, so
     nothing shows how it was made."""
     recorded = ckpt.get("config")
-    if recorded is None and (path.parent / "config.yaml").is_file():
-        recorded = yaml.safe_load((path.parent / "config.yaml").read_text())
+    if recorded is None and (config := RunFolder.of(path).config).is_file():
+        recorded = yaml.safe_load(config.read_text())
     return recorded
 
 
@@ -158,7 +159,7 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: d
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
                          "only epochs and time_budget may change on --resume: give its settings again, or train "
                          "into a new --out")
-    if moved := ctx.from_main(split_change(path.parent / "split.csv", records) if ctx.main else None):
+    if moved := ctx.from_main(split_change(RunFolder.of(path).split, records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
                          "data and split again, or train into a new --out")
     if reason := ctx.from_main(made_change(ckpt, path, made) if ctx.main else None):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pneumoscan.core.options import TRACKERS, look_up_option
 from pneumoscan.models.card import CARD, load_card
+from pneumoscan.models.run_folder import RunFolder
 from .engine import Callback, State
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_fit_end(self, state: State) -> None:
-        curves = Path(state.info["bundle"]).parent / "curves.png"
+        curves = RunFolder.of(state.info["bundle"]).curves
         if curves.is_file():
             self.writer.add_image("curves", np.asarray(Image.open(curves).convert("RGB")), dataformats="HWC")
         for key, value in final_figures(state).items():
@@ -129,10 +130,9 @@ class MLflow(Callback):
         self._metrics(numbers(state.row), state.row["epoch"])
 
     def on_fit_end(self, state: State) -> None:
-        bundle = Path(state.info["bundle"])
+        run = RunFolder.of(state.info["bundle"])
         self._metrics(final_figures(state), len(state.history))
-        for path in (bundle.parent / "curves.png", bundle.parent / "report.html", bundle.parent / "metrics.json",
-                     bundle / CARD):
+        for path in (run.curves, run.report, run.metrics, run.bundle / CARD):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -153,7 +153,7 @@ def make_trackers(names: list[str] | tuple[str, ...], run_dir: Path, config: dic
         raise ValueError("--tracking-uri is MLflow's store: add --log mlflow")
     made: list[Callback] = []
     if "tensorboard" in names:
-        made.append(TensorBoard(Path(run_dir) / "tensorboard", config))
+        made.append(TensorBoard(RunFolder(Path(run_dir)).tensorboard, config))
     if "mlflow" in names:
         made.append(MLflow(Path(run_dir), config, tracking_uri))
     return made

@@ -41,6 +41,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models.card import BundleCard, runtime_versions
+from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
     Checkpoint,
@@ -182,26 +183,22 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
     return model, imagenet, fresh
 
 
-# what a run writes in its folder besides config.yaml and split.csv (rewritten by every run) and an MLflow store
-# (which keeps each run apart): a run that does not resume clears an earlier run's
-RUN_FOLDERS = ("best", "bundle", "tensorboard")
-RUN_FILES = ("checkpoint.pt", "history.csv", "curves.png", "metrics.json", "report.html")
-
-
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
-    """A folder holds one run: a run that does not resume clears what an earlier one wrote (:data:`RUN_FOLDERS`,
-    :data:`RUN_FILES`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside this run's
+    """A folder holds one run: a run that does not resume clears what an earlier one wrote
+    (:meth:`RunFolder.outputs`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside this run's
     split.csv (the held-out checks, cv) or resumed under this run's config.yaml and split.csv, should it stop before
     its first checkpoint; its history, curves and report would describe a bundle that is no longer there beside
     this run's config.yaml, and TensorBoard would show its events mixed with this run's."""
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (resume and (run_dir / "checkpoint.pt").exists()):
-            for earlier in RUN_FOLDERS:
-                shutil.rmtree(run_dir / earlier, ignore_errors=True)
-            for earlier in RUN_FILES:
-                (run_dir / earlier).unlink(missing_ok=True)
-        write_atomic(run_dir / "config.yaml", cfg.to_yaml().encode())
+        run = RunFolder(run_dir)
+        if not (resume and run.checkpoint.exists()):
+            folders, files = run.outputs()
+            for earlier in folders:
+                shutil.rmtree(earlier, ignore_errors=True)
+            for earlier in files:
+                earlier.unlink(missing_ok=True)
+        write_atomic(run.config, cfg.to_yaml().encode())
 
 
 def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> ImageCache:
@@ -240,7 +237,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
     their :func:`data_checksum`) as datasets and loaders, with the class weights."""
     if ctx.main:
-        write_manifest(records, run_dir / "split.csv")
+        write_manifest(records, RunFolder(run_dir).split)
     paths = [r.path for r in records]
     readable = set(cache.paths)
     if ctx.main:
@@ -377,13 +374,14 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     :class:`Finalize`, whose bundle they log."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
-    best = BestWeights(lambda m: save_bundle(run_dir / "best", m, card), f"the train split has fewer images than one batch "
+    run = RunFolder(run_dir)
+    best = BestWeights(lambda m: save_bundle(run.best, m, card), f"the train split has fewer images than one batch "
                        f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first: "
                        "lower --batch-size, add films or raise --time-budget")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
     stateful = [*schedule, best, *average, *trackers]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
-    checkpoint = Checkpoint(run_dir / "checkpoint.pt", stateful, save_checkpoint, made)
+    checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
                  Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])),
                  *trackers, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
@@ -417,7 +415,7 @@ def train(
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
-    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_path = RunFolder(run_dir).checkpoint
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     prepare_run_dir(run_dir, cfg, resume, ctx)
@@ -442,10 +440,11 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
     no half bundle, which cv would take for a finished fold."""
     val_set, val_rows, val_loader = d.val_set, d.val_rows, d.val_loader
-    model, card = ctx.from_main(load_bundle(run_dir / "best") if ctx.main else None)
+    run = RunFolder(run_dir)
+    model, card = ctx.from_main(load_bundle(run.best) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
     index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
-    bundle_dir = run_dir / "bundle"
+    bundle_dir = run.bundle
     if not ctx.main:
         return bundle_dir
     targets = val_set.targets[index]

@@ -1,0 +1,86 @@
+"""The folders training writes, named in one place for the code that writes them and the code that reads a
+bundle's run (its split, its recipe, its history):
+
+    RUN/                   train --out RUN
+      bundle/              the trained model to use (:mod:`.bundle`)
+      best/                the best epoch's weights, kept while the run trains
+      split.csv            every film's side (train / val): the held-out checks read it beside the bundle
+      config.yaml          the recipe
+      checkpoint.pt        what --resume goes on from
+      history.csv, curves.png, metrics.json, report.html    the epochs and the validation figures
+      tensorboard/         with --log tensorboard
+    CV/                    cv --out CV
+      split-fold-K.csv     fold K's split, all written before the first fold trains
+      fold-K/              fold K's RUN
+      oof.csv, cv.json     every film's out-of-fold score, and the figures
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS = "metrics.json"  # written by evaluation's reports, in a run folder and in an evaluate --out folder
+REPORT = "report.html"
+HISTORY = "history.csv"
+_FOLD = re.compile(r"fold-(\d+)")
+_FOLD_SPLIT = re.compile(r"split-fold-(\d+)\.csv")
+
+
+def _entry(name: str) -> property:
+    """A path in the folder, as an attribute: ``RunFolder(RUN).split`` is RUN/split.csv."""
+    return property(lambda self: self.root / name, doc=name)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A training run's folder (``train --out``); :meth:`of` finds the run a bundle was trained in."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, path: Path | str) -> RunFolder:
+        """The run of one of its bundles or files (RUN/bundle, RUN/checkpoint.pt): the folder it sits in."""
+        return cls(Path(path).parent)
+
+    bundle = _entry("bundle")
+    best = _entry("best")
+    split = _entry("split.csv")
+    config = _entry("config.yaml")
+    checkpoint = _entry("checkpoint.pt")
+    history = _entry(HISTORY)
+    curves = _entry("curves.png")
+    metrics = _entry(METRICS)
+    report = _entry(REPORT)
+    tensorboard = _entry("tensorboard")
+
+    def outputs(self) -> tuple[list[Path], list[Path]]:
+        """The folders and files a run writes besides config.yaml and split.csv (every run rewrites those) and an
+        MLflow store (which keeps each run apart): what a run that does not resume clears of an earlier one's."""
+        return ([self.best, self.bundle, self.tensorboard],
+                [self.checkpoint, self.history, self.curves, self.metrics, self.report])
+
+
+@dataclass(frozen=True)
+class CvFolder:
+    """A cross-validation's folder (``cv --out``): one split and one :class:`RunFolder` a fold."""
+
+    root: Path
+
+    oof = _entry("oof.csv")
+    summary = _entry("cv.json")
+
+    def split(self, k: int) -> Path:
+        return self.root / f"split-fold-{k}.csv"
+
+    def fold(self, k: int) -> RunFolder:
+        return RunFolder(self.root / f"fold-{k}")
+
+    def folds(self) -> list[int]:
+        """The fold numbers with a run folder, in order."""
+        return sorted(int(m[1]) for p in self.root.glob("fold-*") if (m := _FOLD.fullmatch(p.name)))
+
+    def splits(self) -> list[int]:
+        """The fold numbers with a split, in order."""
+        return sorted(int(m[1]) for p in self.root.glob("split-fold-*.csv") if (m := _FOLD_SPLIT.fullmatch(p.name)))
