@@ -646,7 +646,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="with --int8, for an ensemble built by ensemble --cv DIR ...: the same runs; its INT8 "
                         "thresholds are chosen on out-of-fold INT8 scores")
     p.add_argument("--calibration-images", type=_positive(int), default=CALIBRATION_IMAGES,
-                   help=f"with --int8: training films that set the INT8 activation ranges (default {CALIBRATION_IMAGES})")
+                   help="with --int8: training films that set the INT8 activation ranges "
+                        f"(default {CALIBRATION_IMAGES})")
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:

@@ -185,10 +185,10 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
     """A folder holds one run: a run that does not resume clears what an earlier one wrote
-    (:meth:`RunFolder.outputs`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside this run's
-    split.csv (the held-out checks, cv) or resumed under this run's config.yaml and split.csv, should it stop before
-    its first checkpoint; its history, curves and report would describe a bundle that is no longer there beside
-    this run's config.yaml, and TensorBoard would show its events mixed with this run's."""
+    (:meth:`RunFolder.outputs`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside
+    this run's split.csv (the held-out checks, cv) or resumed under this run's config.yaml and split.csv, should it
+    stop before its first checkpoint; its history, curves and report would describe a bundle that is no longer there
+    beside this run's config.yaml, and TensorBoard would show its events mixed with this run's."""
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         run = RunFolder(run_dir)
