@@ -33,7 +33,7 @@ pacs-server:
 	@(command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc) && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)
 
-# One worker a CPU (tests/conftest.py); worksteal keeps both busy to the end though a few tests take 30 s.
+# Two workers a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
 test: env browser pacs-server
 	$(BIN)/pytest -q -n auto --dist worksteal
 

@@ -25,6 +25,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import ONNX_NAME, WEIGHTS
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.service import Service
+from tests.builders import SCORE_TOL
 
 TORCH_STACK = ("torch", "torchvision", "timm")
 ROOT = Path(__file__).parents[1]
@@ -66,7 +67,9 @@ def test_onnx_predict_imports_no_torch_and_gives_the_same_probability(
     predictor = Predictor(int8_bundle, backend=backend)
     gray = read_gray(film, target=predictor.card.spec.decode_target)
     [expected] = predictor.positive(predictor.probabilities(predictor.preprocess([gray])))
-    assert row["probability"] == expected  # the same session and numbers: bit for bit
+    # the same model and input numbers (test_onnx_inputs_are_to_inputs_numbers), scored in another process, whose
+    # thread count may differ from this one's (an xdist worker's): within SCORE_TOL, not bit for bit
+    assert row["probability"] == pytest.approx(expected, abs=SCORE_TOL)
 
 
 def test_torch_is_loaded_for_the_torch_backend_and_for_heatmaps(tiny_bundle: Path, film: Path, tmp_path: Path) -> None:
