@@ -89,6 +89,7 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return bundle
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist installed, the tests still run one at a time
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``make test`` runs ``pytest -n auto``: two workers per CPU this process may run on (``taskset`` counts, unlike
     xdist's own count of the machine's cores), since many tests wait on a server or a subprocess (on 2 cores the
