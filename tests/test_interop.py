@@ -615,7 +615,8 @@ def test_api_refuses_a_report_on_a_malformed_attribute_naming_it_never_quoting_i
 
 def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClient, film: np.ndarray,
                                                                  tiny_bundle: Path) -> None:
-    data = chest_dicom(film, BodyPartExamined="KNEE", ViewPosition="LL", PatientAge="035Y")
+    # warnings that leave it a frontal chest film, which is reported with them
+    data = chest_dicom(film, BodyPartExamined=None, ViewPosition=None, PatientAge="035Y")
     reading = post(client, data).json()
     assert len(reading["warnings"]) == 3
     r = post(client, data, format="dicom-sr")
@@ -623,13 +624,22 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
              reading["label"], tiny_bundle, reading["warnings"])
 
 
-def test_no_coded_finding_is_filed_for_an_object_that_is_not_a_radiograph(
-    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+@pytest.mark.parametrize("tags, warning", [
+    ({"Modality": "OT"}, "Modality OT is not a radiograph (CR/DX)"),
+    ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
+    ({"ViewPosition": "LL"}, "lateral view (LL)"),
+    ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)}, "lateral view (LEFT LATERAL)"),
+    ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
+], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view"])
+def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiograph(
+    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, tags: dict, warning: str
 ) -> None:
-    """A scanned form or a CT is scored (the reader decides), but an SR or Observation saying "Pneumonia: Present"
-    on it would be filed in the record as a finding: refused, with the scope warning as the reason."""
-    data = chest_dicom(film, Modality="OT")
-    reason = "not a grayscale radiograph (Modality OT is not a radiograph (CR/DX)"
+    """A scanned form, a knee film or the lateral film of a two-view study is scored (the reader decides), but an SR
+    or Observation saying "Pneumonia: Present, finding site Chest" on it would be filed in the record as a finding
+    the model cannot give: refused, with the scope warning as the reason."""
+    data = chest_dicom(film, **tags)
+    assert post(client, data).status_code == 200  # the reading itself stands
+    reason = f"not a frontal chest radiograph ({warning}"
     for fmt in ("dicom-sr", "fhir"):
         r = post(client, data, format=fmt)
         assert r.status_code == 422 and reason in r.json()["error"], r.text

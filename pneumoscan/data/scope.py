@@ -2,8 +2,10 @@
 
 The models are trained on frontal chest radiographs of children aged one to five (the Guangzhou pediatric set).
 A lateral view, an adult, a CT slice or a knee film is still scored -- refusing would hide the number from a reader
-who knows better -- but every such result carries a warning saying why it is outside that scope. A JPEG or PNG has no
-tags to check, which is said too, so no result is ever silently "in scope".
+who knows better -- but every such result carries a warning saying why it is outside that scope, and no coded
+finding is filed into a hospital's record for a film whose header says it is no frontal chest radiograph
+(:data:`NO_CODED_FINDING`). A JPEG or PNG has no tags to check, which is said too, so no result is ever silently
+"in scope".
 
 Nothing here reads or returns a patient's name or id: only UIDs, which identify the images, leave this module.
 """
@@ -43,6 +45,13 @@ IDENTIFIERS = {
     "series_instance_uid": "SeriesInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
+# The warnings of scope_warnings after which no coded finding is filed into a hospital's record (a DICOM SR, a FHIR
+# Observation): the object is no grayscale radiograph, or its own header records another body part or a view that
+# is not frontal. A film that merely lacks such a tag, or a child outside the age range, is still reported, with
+# its warnings; format=json and predict score every one of them.
+NO_CODED_FINDING = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
+                              r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph|"
+                              r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal")
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 

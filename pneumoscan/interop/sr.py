@@ -45,6 +45,7 @@ from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
+from pneumoscan.data.scope import NO_CODED_FINDING
 from pneumoscan.data.tasks import get_task, list_tasks
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
@@ -56,9 +57,6 @@ DISCLAIMER = ("computer-generated research result, not a diagnosis: pneumoscan i
               "result must be reviewed by a radiologist")
 SR_DESCRIPTION = "pneumoscan AI result - research, not a diagnosis"
 SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
-# the scope warnings (pneumoscan.data.scope) that say an object is no grayscale radiograph at all
-_NOT_A_RADIOGRAPH = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
-                               r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph")
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the modality's own series in a viewer
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
@@ -187,16 +185,17 @@ def finding_mode(mode: str, result: dict) -> str:
 
 def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
-    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of an object its scope warnings do not say is no
-    grayscale radiograph."""
+    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of a film its scope warnings do not say is no frontal
+    chest radiograph (:data:`pneumoscan.data.scope.NO_CODED_FINDING`: a lateral film of a two-view study is scored,
+    but "Pneumonia: Present, finding site Chest" filed on it would be a coded answer the model cannot give)."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
     task = result.get("task")
     if task not in list_tasks() or not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
-    wrong = [w for w in result.get("warnings") or [] if _NOT_A_RADIOGRAPH.match(w)]
+    wrong = [w for w in result.get("warnings") or [] if NO_CODED_FINDING.match(w)]
     if wrong:
-        raise ValueError(f"not a grayscale radiograph ({'; '.join(wrong)}): no coded finding is filed for it")
+        raise ValueError(f"not a frontal chest radiograph ({'; '.join(wrong)}): no coded finding is filed for it")
 
 
 def finding_present(result: dict) -> bool:
