@@ -82,6 +82,23 @@ def test_short_key_is_refused() -> None:
         Access(api_key="secret")
 
 
+def test_a_key_no_client_can_send_is_refused_and_the_environments_line_break_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service started with such a key passed its health checks and answered every request 401."""
+    for key in (KEY + "\nsecond-line-0123456789", KEY[:8] + " " + KEY[8:], KEY + "\t", KEY + "é"):
+        with pytest.raises(ValueError, match="no client can send in a header"):
+            Access(api_key=key)
+    (tmp_path / "key").write_text(f"{KEY}\nsecond-line-0123456789\n")
+    with pytest.raises(ValueError, match="no client can send"):
+        Access.from_options(tmp_path / "key")
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY + "\n")  # a secret made from a file, an env file written by echo
+    assert Access.from_options().api_key == KEY
+    monkeypatch.setenv("PNEUMOSCAN_API_KEY", " \n")
+    with pytest.raises(ValueError, match="PNEUMOSCAN_API_KEY holds only blanks"):
+        Access.from_options()
+
+
 # ---------------------------------------------------------------- Host allow-list
 
 

@@ -50,22 +50,29 @@ class Access:
     def __post_init__(self) -> None:
         if self.api_key is not None and len(self.api_key) < 16:
             raise ValueError("the API key is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if self.api_key is not None and not all(" " < c <= "~" for c in self.api_key):
+            # a service started with it would pass its health checks and answer every client 401
+            raise ValueError("the API key holds a character no client can send in a header (a line break, a space, "
+                             "a tab or a letter beyond ASCII): use printable ASCII (e.g. `openssl rand -hex 32`)")
         if not self.allowed_hosts:
             raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
 
     @classmethod
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
                      cors_origins: Sequence[str] = ()) -> Access:
-        """The rules as ``serve`` is given them. The key: ``api_key_file``'s text, stripped (an empty file is
-        refused: serving it would mean serving without a key while the operator believes one is set), else
-        ``$PNEUMOSCAN_API_KEY``, else none. ``allowed_hosts``: names, each item possibly a comma-separated list;
-        none given means loopback only."""
+        """The rules as ``serve`` is given them. The key: ``api_key_file``'s text, else ``$PNEUMOSCAN_API_KEY``'s,
+        stripped (the line break an env file or a secret made from a file ends in), else none; an empty file or a
+        variable of blanks is refused: serving it would mean serving without a key while the operator believes one
+        is set. ``allowed_hosts``: names, each item possibly a comma-separated list; none given means loopback
+        only."""
         if api_key_file is not None:
             key: str | None = Path(api_key_file).read_text().strip()
             if not key:
                 raise ValueError(f"the API key file {api_key_file} is empty")
         else:
             key = os.environ.get(API_KEY_ENV) or None
+            if key is not None and not (key := key.strip()):
+                raise ValueError(f"{API_KEY_ENV} holds only blanks: set it to the key, or unset it")
         hosts = tuple(h.strip() for item in allowed_hosts for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
         return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins))
 
