@@ -18,6 +18,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.pixels import apply_color_lut
 from pydicom.tag import Tag
+from PIL import Image
 
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
@@ -431,6 +432,27 @@ def test_a_panic_in_the_rle_decoder_is_a_refusal() -> None:
     data = encapsulated(dicom_bytes(film), [JPEG_DAMAGE["random bytes in the middle"](frame)], uid.RLELossless)
     with pytest.raises(DecodeError, match=r"cannot decode DICOM pixel data \(RLE Lossless\): index out of bounds"):
         read_gray(data)
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGBaseline8Bit, uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.RLELossless],
+                         ids=lambda s: s.name)
+def test_a_compressed_film_cut_short_is_refused_as_cut_short_not_as_no_image(syntax: uid.UID) -> None:
+    """pydicom reads a file that ends inside its encapsulated pixel data as an empty data set: it was refused as
+    'no pixel data (not an image object)', which reads as a report safely skipped, not a film to send again."""
+    if syntax == uid.JPEGBaseline8Bit:  # a JPEG's own codestream, as a modality wraps it
+        film = (phantom(64, 64) >> 4).astype(np.uint8)
+        frame = io.BytesIO()
+        Image.fromarray(film).save(frame, "JPEG", quality=90)
+        data = encapsulated(dicom_bytes(film, bits=8), [frame.getvalue()], syntax)
+    else:
+        film = phantom(64, 64)
+        data = encapsulated(dicom_bytes(film), [compressed_frame(film, syntax)], syntax)
+    read_gray(data)  # whole, it reads
+    cut = data[: len(data) * 2 // 3]
+    reason = rf"no data set could be read from this DICOM file \({re.escape(syntax.name)}\): it is cut short or damaged"
+    for read in (read_gray, image_info):  # the pixels, and the header alone (the scope checks, a folder's audit)
+        with pytest.raises(DecodeError, match=reason):
+            read(cut)
 
 
 # ------------------------------------------------------------------ 9. no File Meta

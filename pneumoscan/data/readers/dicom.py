@@ -225,6 +225,9 @@ def _header(ds: Dataset) -> _Film:
         raise
     except Exception as e:
         raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
+    if not has_pixels and not len(ds):  # pydicom reads a file that ends inside an element as no element at all
+        raise pixels.DecodeError(f"no data set could be read from this DICOM file ({_syntax(ds)}): it is cut short "
+                                 "or damaged (one that ends inside its pixel data reads as nothing); send it again")
     if not has_pixels:
         raise pixels.DecodeError(_misencoded(ds) or "DICOM file has no pixel data (not an image object)")
     if not rows or not cols:
