@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, generate_uid
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
@@ -407,10 +407,15 @@ def test_the_overlay_keeps_the_films_orientation_and_references_the_film(film: n
 
 
 def test_the_overlay_of_a_lossy_film_says_it_is_lossy(film: np.ndarray) -> None:
-    """PS3.3 C.7.6.1.1.5: once 01, an image derived from it must not say 00 or nothing."""
-    for lossy, kept in (("01", "01"), ("00", None)):
-        _, overlay = report_files(header(film, LossyImageCompression=lossy), READING, _overlay_png(), "m-1", "v")
-        assert pydicom.dcmread(io.BytesIO(overlay)).get("LossyImageCompression") == kept
+    """PS3.3 C.7.6.1.1.5: once 01, an image derived from it must not say 00 or nothing; a JPEG Baseline film was
+    lossily compressed whether or not it says so."""
+    for lossy, syntax, kept in (("01", None, "01"), ("00", None, None), (None, JPEGBaseline8Bit, "01"),
+                                (None, JPEGExtended12Bit, "01"), (None, JPEGLSLossless, None)):
+        source = header(film, LossyImageCompression=lossy)
+        if syntax is not None:
+            source.file_meta.TransferSyntaxUID = syntax
+        _, overlay = report_files(source, READING, _overlay_png(), "m-1", "v")
+        assert pydicom.dcmread(io.BytesIO(overlay)).get("LossyImageCompression") == kept, (lossy, syntax)
 
 
 def test_the_device_observer_uid_is_the_models_own(film: np.ndarray) -> None:

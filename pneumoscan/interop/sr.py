@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
@@ -57,6 +57,9 @@ DISCLAIMER = ("computer-generated research result, not a diagnosis: pneumoscan i
               "result must be reviewed by a radiologist")
 SR_DESCRIPTION = "pneumoscan AI result - research, not a diagnosis"
 SC_DESCRIPTION = "pneumoscan Grad-CAM overlay - research, not for diagnosis"
+# transfer syntaxes whose coding is lossy whatever its settings (DCT): a film stored so was lossily compressed,
+# whether or not it says so (JPEG-LS near-lossless and JPEG 2000 may be lossless, and then say nothing)
+_LOSSY_SYNTAXES = (JPEGBaseline8Bit, JPEGExtended12Bit)
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the modality's own series in a viewer
 _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies them from the source,
@@ -325,7 +328,8 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         sc.DerivationDescription = f"Grad-CAM overlay by pneumoscan model {model_name} ({model_version})"
         if str(source.get("BodyPartExamined") or "").strip():
             sc.BodyPartExamined = source.BodyPartExamined
-        if str(source.get("LossyImageCompression") or "").strip() == "01":
+        said = str(source.get("LossyImageCompression") or "").strip() == "01"
+        if said or getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
             sc.LossyImageCompression = "01"
     return sc
 
