@@ -148,22 +148,23 @@ def test_a_jpeg_says_its_scope_was_not_checked(data_root: Path) -> None:
 def films(film: np.ndarray, data_root: Path, tmp_path: Path) -> dict[str, Path]:
     folder = tmp_path / "films"
     folder.mkdir()
-    paths = {"in_scope": folder / "a_in_scope.dcm", "lateral_adult": folder / "b_lateral_adult.dcm",
+    paths = {"in_scope": folder / "a_in_scope.dcm", "adult": folder / "b_adult.dcm",
              "jpeg": folder / "c_film.jpeg"}  # fmt: skip
     paths["in_scope"].write_bytes(chest_dicom(film))
-    paths["lateral_adult"].write_bytes(chest_dicom(film, ViewPosition="LL", PatientAge="045Y"))
+    # out of scope but still a frontal chest film by its header (no view recorded, an adult): reported
+    paths["adult"].write_bytes(chest_dicom(film, ViewPosition=None, PatientAge="045Y"))
     paths["jpeg"].write_bytes(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes())
     return paths
 
 
 def test_predict_rows_carry_warnings_and_uids(tiny_bundle: Path, films: dict[str, Path]) -> None:
     rows = {Path(r["path"]).name: r for r in predict_paths(tiny_bundle, [films["in_scope"].parent])}
-    good, odd, jpeg = (rows[films[k].name] for k in ("in_scope", "lateral_adult", "jpeg"))
+    good, odd, jpeg = (rows[films[k].name] for k in ("in_scope", "adult", "jpeg"))
     ds = pydicom.dcmread(films["in_scope"])
     assert (good["study_instance_uid"], good["series_instance_uid"], good["sop_instance_uid"]) == (
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert good["warnings"] == []
-    assert [w.split(" ")[0] for w in odd["warnings"]] == ["lateral", "patient"]
+    assert [w.split(" ")[0] for w in odd["warnings"]] == ["view", "patient"]
     assert jpeg["warnings"] == [NO_TAGS] and "study_instance_uid" not in jpeg
     assert all(0 <= r["probability"] <= 1 for r in rows.values())  # scored, all three
 
@@ -180,8 +181,8 @@ def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_resul
             "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir"), "--heatmaps", str(tmp_path / "h")]
     assert cli.main(args) == 0
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
-    assert rows[films["lateral_adult"].name]["warnings"].count("; ") == 1  # two warnings, one cell
-    assert all(rows[films[k].name]["dicom_sr"] for k in ("in_scope", "lateral_adult"))
+    assert rows[films["adult"].name]["warnings"].count("; ") == 1  # two warnings, one cell
+    assert all(rows[films[k].name]["dicom_sr"] for k in ("in_scope", "adult"))
     assert rows[films["jpeg"].name]["warnings"].startswith(NO_TAGS)
     assert rows[films["in_scope"].name]["sop_instance_uid"] == pydicom.dcmread(films["in_scope"]).SOPInstanceUID
     captured = capsys.readouterr()
@@ -355,7 +356,7 @@ def test_predict_writes_sr_and_heatmap_sc_in_the_films_study(
             "--dicom-sr", str(tmp_path / "sr"), "--heatmaps", str(tmp_path / "h")]
     assert cli.main(args) == 0
     rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
-    for key in ("in_scope", "lateral_adult"):
+    for key in ("in_scope", "adult"):
         row, source = rows[films[key].name], pydicom.dcmread(films[key])
         check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle,
                  row["warnings"])
@@ -440,7 +441,7 @@ def test_sr_refuses_a_film_without_its_uids(tiny_bundle: Path, film: np.ndarray,
 def test_a_row_that_cannot_be_reported_gets_the_reason_and_the_others_are_written(
     tiny_bundle: Path, films: dict[str, Path], tmp_path: Path
 ) -> None:
-    rows = predict_paths(tiny_bundle, [films["in_scope"], films["lateral_adult"]])
+    rows = predict_paths(tiny_bundle, [films["in_scope"], films["adult"]])
     failure = "etiology stage: file not found"  # what predict_paths records when the second stage cannot read it
     rows[0]["error"] = failure
     write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
@@ -710,15 +711,15 @@ def test_pneumoscan_outputs_are_refused_as_films(tiny_bundle: Path, films: dict[
     base = ["predict", str(tiny_bundle), str(folder), "--backend", "torch", "--dicom-sr", str(folder / "sr")]
     assert cli.main([*base, "--heatmaps", str(tmp_path / "h1"), "--out", str(tmp_path / "r1.json")]) == 0
     made = sorted(p.name for p in (folder / "sr").iterdir())
-    assert made == ["a_in_scope.heatmap.dcm", "a_in_scope.sr.dcm", "b_lateral_adult.heatmap.dcm",
-                    "b_lateral_adult.sr.dcm"]
+    assert made == ["a_in_scope.heatmap.dcm", "a_in_scope.sr.dcm", "b_adult.heatmap.dcm",
+                    "b_adult.sr.dcm"]
     assert cli.main([*base, "--heatmaps", str(tmp_path / "h2"), "--out", str(tmp_path / "r2.json")]) == 1
     rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "r2.json").read_text())}
     assert {name: rows[name].get("error") for name in made} == dict.fromkeys(made, OWN_OUTPUT)
     assert all("probability" not in rows[name] for name in made)
     assert sorted(p.name for p in (folder / "sr").iterdir()) == sorted(
-        [*made, "a_in_scope-2.heatmap.dcm", "a_in_scope-2.sr.dcm", "b_lateral_adult-2.heatmap.dcm",
-         "b_lateral_adult-2.sr.dcm"])  # reports on the films only
+        [*made, "a_in_scope-2.heatmap.dcm", "a_in_scope-2.sr.dcm", "b_adult-2.heatmap.dcm",
+         "b_adult-2.sr.dcm"])  # reports on the films only
     for name in made:  # the service refuses them too
         r = post(client, (folder / "sr" / name).read_bytes())
         assert r.status_code == 422 and OWN_OUTPUT in r.json()["error"]
@@ -850,8 +851,8 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    """The films' reports are filed, once however often it runs; the scanned form beside them is said, not
-    scored, and gets no report."""
+    """The frontal film's reports are filed, once however often it runs; the scanned form and the lateral film
+    beside it (no coded finding could be filed on either) are said, not scored, and get no report."""
     caplog.set_level(logging.DEBUG)
     study = generate_uid()
     uploads = [chest_dicom(film, StudyInstanceUID=study), chest_dicom(film[::-1], StudyInstanceUID=study,
@@ -867,18 +868,21 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
     form_row = rows.pop(pydicom.dcmread(io.BytesIO(form)).SOPInstanceUID)
     assert form_row["not_scored"].startswith("Modality OT, Secondary Capture Image Storage: not a radiograph")
-    assert not {"probability", "stored", "not_stored"} & form_row.keys()
-    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads)}
+    lateral_row = rows.pop(pydicom.dcmread(io.BytesIO(uploads[1])).SOPInstanceUID)
+    assert lateral_row["not_scored"].startswith("lateral view (LL): the model was trained on frontal")
+    for row in (form_row, lateral_row):
+        assert not {"probability", "stored", "not_stored"} & row.keys()
+    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads[:1])}
     assert rows.keys() == sources.keys()
     assert all(r["path"].startswith(f"{orthanc}/dicom-web/studies/{study}/series/") for r in rows.values())
-    assert [w.split(" ")[0] for r in rows.values() for w in r["warnings"]] == ["lateral"]
+    assert [w for r in rows.values() for w in r["warnings"]] == []
     # what the PACS now holds, read back over DICOMweb
     client = DICOMwebClient(url=f"{orthanc}/dicom-web")
     found = client.search_for_instances(study_instance_uid=study)
     held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
     reports = [ds for ds in held if ds.Modality == "SR"]
     overlays = [ds for ds in held if ds.get("Manufacturer") == "pneumoscan" and ds.Modality == "OT"]
-    assert len(reports) == len(overlays) == 2 and len(held) == 7
+    assert len(reports) == len(overlays) == 1 and len(held) == 5
     for sr_ds in reports:
         sop = sr_ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[
             0].ReferencedSOPInstanceUID

@@ -29,7 +29,7 @@ from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageS
                          DigitalXRayImageStorageForProcessing)
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
-from pneumoscan.data.scope import RADIOGRAPHY
+from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 
@@ -38,8 +38,9 @@ TIMEOUT_S = 60  # one request to the PACS
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070"
+_BODY, _VIEW = "00180015", "00185101"  # BodyPartExamined, ViewPosition
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
-_FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer"]
+_FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition"]
 RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                                 DigitalXRayImageStorageForProcessing})
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
@@ -130,16 +131,21 @@ def _refusal(error: requests.HTTPError) -> tuple[Dataset, str]:
     return answer, f"HTTP {response.status_code} {response.reason}".strip()
 
 
-def _not_a_radiograph(item: dict) -> str | None:
-    """Why an instance of the QIDO-RS answer is not scored, None when it is a radiograph: Modality CR or DX (or the
-    "DR" some devices write), or a CR/DX SOP class. A scanned form, a dose screen or a CT is no chest film, and a
-    coded finding on it would be a confident answer about nothing the model reads."""
+def _not_scored(item: dict) -> str | None:
+    """Why an instance of the QIDO-RS answer is not scored, None when it is a radiograph (Modality CR or DX, or the
+    "DR" some devices write, or a CR/DX SOP class) that the answer does not record as another body part or a view
+    that is not frontal. A scanned form, a dose screen or a CT is no chest film, nor is the lateral film of a
+    two-view study a frontal one: a coded finding on it would be a confident answer the model cannot give
+    (:data:`~pneumoscan.data.scope.NO_CODED_FINDING`; a PACS that leaves those fields out of its answer has the
+    film scored, and its report refused, by the same rule)."""
     modality, sop_class = _value(item, _MODALITY).strip().upper(), _value(item, _CLASS).strip()
-    if modality in RADIOGRAPHY or sop_class in RADIOGRAPH_CLASSES:
-        return None
-    kind = UID(sop_class).name if sop_class else "SOP class not given"
-    return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest X-ray "
-            "films only")
+    if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
+        kind = UID(sop_class).name if sop_class else "SOP class not given"
+        return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
+                "X-ray films only")
+    recorded = Dataset.from_json({tag: item[tag] for tag in (_BODY, _VIEW) if tag in item})
+    # the size is not in the answer: given as large enough, so that only what the header records is checked
+    return "; ".join(w for w in scope_warnings(recorded, MIN_SIDE, MIN_SIDE) if NO_CODED_FINDING.match(w)) or None
 
 
 def read_authorization(auth_file: Path | str | None = None) -> str | None:
@@ -187,7 +193,7 @@ def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: 
         row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
         if _value(item, _MAKER).strip() == MANUFACTURER:  # our reports and overlays: not films, no row
             continue
-        why = _not_a_radiograph(item)
+        why = _not_scored(item)
         if why is not None:
             if _ROWS in item:  # an image: said, not scored; a report or key object is no image at all
                 log.info("not scored: %s: %s", where, why)
