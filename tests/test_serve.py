@@ -372,7 +372,8 @@ def test_logs_carry_no_file_names_or_pixels(live_server: tuple[str, Path], xray:
     url, log_path = live_server
     secret = "Jane-Doe-MRN-004217"
     truncated, content_type, _, _ = bad_cases["truncated JPEG"]
-    with httpx.Client(base_url=url, timeout=30) as http:
+    # the first heatmap loads torch into the server (seconds, and more on a machine busy with other tests)
+    with httpx.Client(base_url=url, timeout=120) as http:
         ok = http.post("/v1/predict?heatmap=true", files={"file": (f"{secret}.jpeg", xray, "image/jpeg")})
         bad = http.post("/v1/predict", files={"file": (f"{secret}-2.jpeg", truncated, content_type)})
         text = http.post("/v1/predict", files={"file": (f"{secret}.txt", TEXT, "text/plain")})

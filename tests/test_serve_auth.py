@@ -223,7 +223,7 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
                                 stdout=out, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(proc, url, tmp_path / "log")
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=120) as http:
             assert predict(http, xray).status_code == 401
             r = predict(http, xray, Authorization=f"Bearer {KEY}")
             assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
