@@ -268,9 +268,17 @@ def test_a_run_whose_split_lists_no_film_where_it_is_cannot_be_checked_and_says_
     write_manifest([dataclasses.replace(r, path=str(tmp_path / "gone" / Path(r.path).name)) for r in records],
                    run / "split.csv")
     caplog.clear()
-    evaluate(run / "bundle", tiny_dataset, split="train")
-    assert f"none of the films {run / 'split.csv'} lists is where it says (a run folder copied or moved?)" in caplog.text
+    figures = evaluate(run / "bundle", tiny_dataset, split="train", out_dir=tmp_path / "eval")
+    unchecked = f"none of the films {run / 'split.csv'} lists is where it says (a run folder copied or moved?)"
+    assert unchecked in caplog.text
     assert "other files of patients" not in caplog.text
+    # the figures say so themselves (metrics.json, the report's box, compare's mark), not only the log: they were
+    # saved as an independent evaluation, and --add-to-card filed them under "evaluations on other data"
+    [caveat] = figures["optimistic"]
+    assert unchecked in caveat and "they may be its training films" in caveat
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["optimistic"] == [caveat]
+    with pytest.raises(ValueError, match=r"they may be its training films; run it where the run's split.csv finds"):
+        evaluate(run / "bundle", tiny_dataset, split="train", add_to_card=True)
 
 
 def test_copies_of_training_films_under_other_names_are_warned_about(

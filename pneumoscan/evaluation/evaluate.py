@@ -146,14 +146,16 @@ def record_calibration_films(bundle: Path, records: Sequence[Record], name: str 
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   validation_warning: bool = False, refuse_validation: bool = False, int8: bool = False) -> list[str]:
+                   validation_warning: bool = False, refuse_validation: bool = False, int8: bool = False,
+                   refuse_unchecked: bool = False) -> list[str]:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
     with ``refuse_validation``, refused too; with ``int8`` (the INT8 model's scores), those that chose its INT8
-    thresholds as well. Returns the warnings (each also logged): why figures on these films would be optimistic, for
-    the reports made of them to say so."""
+    thresholds as well. A run whose split.csv lists no film where it says (moved) is a warning, refused with
+    ``refuse_unchecked``. Returns the warnings (each also logged): why figures on these films would be optimistic,
+    for the reports made of them to say so."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = set(real.values())
     all_trained: set[str] = set()
@@ -171,8 +173,15 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 warn(f"{chosen} film(s) given to {purpose} chose {bundle}'s {what} ({name}): the figures on them "
                      "are optimistic")
         # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
-        runs = [(path, how, run, _side(run, "train")) for path, how in _weight_sources(bundle)
-                if (run := _run_films(path, purpose, how))]
+        runs = []
+        for path, how in _weight_sources(bundle):
+            run, unresolved = _run_films(path, purpose, how)
+            if unresolved and refuse_unchecked:
+                raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
+            if unresolved:  # a run moved away from its split's paths: said with the figures, not only logged
+                warn(unresolved)
+            if run:
+                runs.append((path, how, run, _side(run, "train")))
         trained = [(path, how, films) for path, how, _, train in runs if (films := sorted(train & given))]
         if trained:
             path, how, films = trained[0]
@@ -228,24 +237,26 @@ _SOURCE_NOTES = {
 }
 
 
-def _run_films(path: Path, purpose: str, how: str) -> dict[str, Record]:
-    """The films of the split.csv beside a bundle (its run's films and their sides) by real path; none, with a
-    warning, when there is no such file to check against: none beside it, one whose films are all gone (a run
-    folder copied or moved away from relative paths), or another model's (an ensemble member trained again)."""
+def _run_films(path: Path, purpose: str, how: str) -> tuple[dict[str, Record], str | None]:
+    """The films of the split.csv beside a bundle (its run's films and their sides) by real path, or none and why
+    the films given cannot be checked when none is where the file says (a run folder copied or moved away from
+    relative paths: the films given may be those very films, so the reason goes with the figures, and their
+    patients are not matched, which would call them other files of the same patients). None, with a logged
+    warning only, when there is no such file to check against: none beside it (a bundle shipped alone), or another
+    model's (an ensemble member trained again)."""
     split = RunFolder.of(path).split
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
         log.warning("%s holds other weights than the ensemble recorded (trained again since?), %s", path, cannot)
-        return {}
+        return {}, None
     if not split.exists():
         log.warning("%s: no %s beside it, %s", path, split, cannot)
-        return {}
+        return {}, None
     films = {os.path.realpath(r.path): r for r in discover(split).records}
     if films and not any(os.path.exists(f) for f in films):
-        log.warning("%s: none of the films %s lists is where it says (a run folder copied or moved?), %s", path,
-                    split, cannot)
-        return {}
-    return films
+        return {}, (f"{path}: none of the films {split} lists is where it says (a run folder copied or moved?), "
+                    f"{cannot}: they may be its training films")
+    return films, None
 
 
 def _side(run: dict[str, Record], side: str) -> set[str]:
@@ -438,7 +449,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                              "record an evaluation in the card" if add_to_card else "evaluate",
-                             validation_warning=True, refuse_validation=add_to_card, int8=backend == "onnx-int8")
+                             validation_warning=True, refuse_validation=add_to_card, int8=backend == "onnx-int8",
+                             refuse_unchecked=add_to_card)
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
     # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient)
