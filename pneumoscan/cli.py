@@ -716,6 +716,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         models = sys.modules.get("pneumoscan.models.registry")  # loaded if it raised; importing it here would cost torch
         return 3 if models is not None and isinstance(e, models.WeightsUnavailable) else 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
+        goes_on = (" (`train --resume` goes on from the last finished epoch)" if args.command == "train" else
+                   " (the same `cv` command goes on from each fold's last finished epoch)" if args.command == "cv"
+                   else "")
+        print(f"pneumoscan {args.command}: interrupted{goes_on}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

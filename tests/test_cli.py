@@ -264,3 +264,26 @@ def test_a_port_that_is_no_tcp_port_says_what_a_port_is(port: str, capsys: pytes
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["serve", "BUNDLE", "--port", port])
     assert f"argument --port: must be a TCP port, 0 to 65535, got {port}" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_train_is_one_line_that_says_resume_goes_on(tiny_dataset: Path, tmp_path: Path) -> None:
+    """It ended in a 67-line KeyboardInterrupt traceback that never said the run can go on."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "train", "--data", str(tiny_dataset), "--out",
+                             str(run), "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs",
+                             "500", "--batch-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "history.csv").exists():  # an epoch is done: the run is in its loop
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("pneumoscan train: interrupted (`train --resume` goes on from the last "
+                                            "finished epoch)"), err
