@@ -252,7 +252,10 @@ def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path
     capsys.readouterr()
     elsewhere = tmp_path / os.fsdecode(b"cv-caf\xe9")  # the folds' bundles would record their manifests under it
     assert main(["cv", "--data", str(data), "--out", str(elsewhere), "--folds", "2", "--epochs", "1"]) == 2
-    assert "split_csv" in capsys.readouterr().err and not (elsewhere / "fold-0").exists(), "refused before training"
+    assert "split_csv" in capsys.readouterr().err and not elsewhere.exists(), "refused before anything is written"
+    few = tmp_path / "one-fold"
+    assert main(["cv", "--data", str(data), "--out", str(few), "--folds", "1", "--epochs", "1"]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err and not few.exists()
 
 
 def test_a_figure_some_folds_do_not_define_is_summarised_over_the_others() -> None:

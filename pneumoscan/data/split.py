@@ -116,10 +116,12 @@ def _check_sides(split: Sequence[Record], units: Sequence[Sequence[int]], target
     if not in_val:
         raise ValueError(f"the split put no film in validation: none of the {len(units)} patient group(s) of the "
                          f"{len(split)} films fits in {pct} of its class and subtype (a patient's films stay on one "
-                         "side); add films or raise the validation fraction (--val-fraction)")
+                         "side); add films or raise the validation fraction (split --val-fraction, train --set "
+                         "val_fraction=...)")
     if short := [label for label in LABELS if labels[label] and not sides["train"][label]]:
         raise ValueError(f"the split left no {short[0]} film for training: all {labels[short[0]]} went to "
-                         f"validation at {pct}; lower the validation fraction (--val-fraction) or add {short[0]} films")
+                         f"validation at {pct}; lower the validation fraction (split --val-fraction, "
+                         f"train --set val_fraction=...) or add {short[0]} films")
     missing = [label for label in LABELS if labels[label] and not sides["val"][label]]
     for label in missing:
         room = sum(target[k] for k in whole if label_of[k] == label)

@@ -126,7 +126,6 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     ``teacher_cv``: cv runs of the same folds whose fold-K bundles teach fold K's run (:mod:`.distill`); none of
     them trained on fold K, so each film is still scored by models that never saw its patient."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cv_folder, task = CvFolder(out_dir), get_task(cfg.task)
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
@@ -137,6 +136,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         check_teachers(configs[k], planned, task)
         check_fold_run(cv_folder.fold(k), planned, configs[k])
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
+    out_dir.mkdir(parents=True, exist_ok=True)  # once nothing is refused: a refused cv leaves no folder behind
     per_fold, oof_rows, all_targets, all_probs, all_patients = [], [], [], [], []
     for k, planned in enumerate(plans):
         run = cv_folder.fold(k)
