@@ -16,6 +16,8 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import load_card, save_card
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,22 @@ def test_compare_never_shows_a_missed_film_as_perfect(two_runs: tuple[Path, Path
     (ev / "metrics.json").write_text(json.dumps(m))
     row = format_table(compare_runs([ev])).splitlines()[1]
     assert "0.999 (95% CI 0.998-1.000)" in row  # the sens column; before, "1.000" with no interval
+
+
+def test_an_evaluation_of_a_bundle_trained_again_since_shows_no_card_of_the_new_one(
+    two_runs: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`train --out RUN` again keeps RUN/eval-*: compare showed the old figures and threshold beside the new bundle's
+    policy, model and minutes, read at the path metrics.json records."""
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[0], run)
+    evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
+    [before] = compare_runs([run / "eval-test"])
+    assert before.policy == load_card(run / "bundle").threshold_policy and before.minutes is not None
+    other = train(tiny_dataset, TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1,
+                                            batch_size=8, seed=7, target_sensitivity=0.8), tmp_path / "other")
+    shutil.rmtree(run / "bundle")
+    shutil.copytree(other, run / "bundle")  # as a run trained again in the same folder leaves it
+    [after] = compare_runs([run / "eval-test"])
+    assert (after.model, after.task, after.policy, after.minutes) == (None, None, None, None)
+    assert after.figures == before.figures and after.threshold == before.threshold  # its own figures, as measured

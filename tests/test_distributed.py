@@ -18,6 +18,7 @@ from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.train import train
 
@@ -66,6 +67,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "eval"))
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
     assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
+    assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"

@@ -17,7 +17,7 @@ from typing import Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.models.card import CARD, load_card
+from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
 from .report import figure_png, roc_figure
 
@@ -100,6 +100,11 @@ def load_run(path: Path | str) -> RunSummary:
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
     training_run = RunFolder(folder).bundle.is_dir()
     minutes = _training_minutes(folder) if training_run else _training_minutes(folder.parent)
+    if card is not None and m.get("bundle_weights") and card.files.get(WEIGHTS) != m["bundle_weights"]:
+        # a run trained again into the same folder: its card and clock are another model's than these figures'
+        log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
+                    "since?): its model, task, policy and minutes are not shown", folder, places[0])
+        card, minutes = None, None
     data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
     return RunSummary(
         run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),

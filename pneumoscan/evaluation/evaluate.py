@@ -31,7 +31,7 @@ from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
-from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, member_sources, replaced_members
+from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures
 from .report import write_report
@@ -458,6 +458,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics["unreadable"] = errors
     metrics["optimistic"] = caveats  # why these figures may flatter the model (films it chose or trained on)
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
+    metrics["bundle_weights"] = card.files.get(WEIGHTS, "")  # ... while it holds these weights (compare checks)
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
     metrics["data"] = data_label(data, split, data_name)  # compare says which films each run's figures are on
     if etiology is not None:
