@@ -176,7 +176,12 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
     ({"trainable_stages": -1}, "trainable_stages must be >= 0, got -1"),
     ({"workers": -2}, "workers must be >= 0, got -2"),
     ({"augment": {"shift": 1.5}}, "shift must be a fraction of the side in [0, 1), got 1.5"),
-    ({"augment": {"rotation": -10}}, "rotation is a range >= 0 (0: off), got -10"),
+    ({"augment": {"rotation": -10}}, "rotation is a range in [0, 180] degrees (0: off), got -10"),
+    ({"augment": {"rotation": 720}}, "rotation is a range in [0, 180] degrees (0: off), got 720"),
+    ({"augment": {"brightness": 5}}, "brightness is a range in [0, 1) (0: off), got 5"),
+    ({"augment": {"noise": 5}}, "noise is a range in [0, 1] of the grey range (0: off), got 5"),
+    ({"val_fraction": -0.1}, "val_fraction must be between 0 and 1, got -0.1"),  # --print-config printed it
+    ({"val_fraction": 1}, "val_fraction must be between 0 and 1, got 1"),
 ])  # fmt: skip
 def test_settings_of_another_type_or_out_of_range_are_refused(settings: dict, reason: str) -> None:
     with pytest.raises(ValueError) as e:

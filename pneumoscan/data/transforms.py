@@ -65,9 +65,16 @@ class Augment:
             raise ValueError(f"zoom must be in [0, 1), got {self.zoom}")
         if not 0 <= self.shift < 1:  # torchvision refuses it only when the run's transforms are built
             raise ValueError(f"shift must be a fraction of the side in [0, 1), got {self.shift}")
-        for name in ("rotation", "shear", "brightness", "contrast", "noise"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} is a range >= 0 (0: off), got {getattr(self, name)}")
+        # beyond these a change is no longer a variation of a film: a turn of more than half a circle, a shear
+        # that flattens it, a brightness or contrast factor that can reach 0 (a blank film trained as its label),
+        # grain wider than the grey range
+        bounds = {"rotation": ("[0, 180] degrees", 180, True), "shear": ("[0, 90) degrees", 90, False),
+                  "brightness": ("[0, 1)", 1, False), "contrast": ("[0, 1)", 1, False),
+                  "noise": ("[0, 1] of the grey range", 1, True)}
+        for name, (words, top, closed) in bounds.items():
+            value = getattr(self, name)
+            if not (0 <= value <= top if closed else 0 <= value < top):
+                raise ValueError(f"{name} is a range in {words} (0: off), got {value}")
         if self.gamma < 0 or self.blur < 0:
             raise ValueError(f"gamma and blur are ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
         if self.mixup < 0 or self.cutmix < 0:

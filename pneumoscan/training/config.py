@@ -41,6 +41,7 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "patience": (">= 1 (1 stops at the first epoch without a better validation figure)", lambda v: v >= 1),
     "seed": (">= 0", lambda v: v >= 0),
     "target_sensitivity": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "val_fraction": ("between 0 and 1", lambda v: 0 < v < 1),
     "workers": (">= 0", lambda v: v >= 0),
 }
 
