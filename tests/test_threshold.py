@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -297,3 +298,19 @@ def test_copies_of_training_films_under_other_names_are_warned_about(
     with caplog.at_level("WARNING"):
         evaluate(bundle, data, split="test")
     assert f"{len(copied)} film(s) given to evaluate are byte-for-byte copies of training films" in caplog.text
+
+
+def test_copies_of_validation_films_under_other_names_are_warned_about(tiny_bundle: Path, tiny_dataset: Path,
+                                                                       tmp_path: Path) -> None:
+    """A copy of a film that chose the threshold and temperature passed silently, while one of a training film was
+    named."""
+    val = next(r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "val")
+    copy = tmp_path / f"copy-{Path(val.path).name}"
+    shutil.copy(val.path, copy)
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    write_manifest([*films, dataclasses.replace(val, path=str(copy), split="")], tmp_path / "films.csv")
+    figures = evaluate(tiny_bundle, tmp_path / "films.csv")
+    assert [c for c in figures["optimistic"] if "copies of validation films" in c] == [
+        f"1 film(s) given to evaluate are byte-for-byte copies of validation films under other names (e.g. {copy} "
+        f"of {os.path.realpath(val.path)}), on which its own temperature and threshold were chosen: the figures on "
+        "them are optimistic"]

@@ -159,6 +159,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = set(real.values())
     all_trained: set[str] = set()
+    all_validation: set[str] = set()
     caveats: list[str] = []
 
     def warn(text: str) -> None:
@@ -201,6 +202,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 warn(f"{len(validation)} film(s) given to {purpose} are {path}'s validation films, on which its own "
                      "temperature and threshold were chosen: the figures on them are optimistic")
             all_trained |= train
+            all_validation |= _side(run, "val")
             patients = {r.patient for r in run.values() if r.split == "train"}
             if kin := [r.patient for r in records
                        if r.patient in patients and not own_patient(r) and real[r.path] not in run]:
@@ -210,6 +212,10 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     if copies := _copies(given, all_trained):
         warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of training films under other names "
              f"(e.g. {shown(copies[0][0])} of {shown(copies[0][1])}): the figures on them are optimistic")
+    if validation_warning and (copies := _copies(given, all_validation - all_trained)):
+        warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of validation films under other "
+             f"names (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}), on which its own temperature and "
+             "threshold were chosen: the figures on them are optimistic")
     return caveats
 
 
