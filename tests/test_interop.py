@@ -42,6 +42,7 @@ from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
+from pneumoscan.interop.dicomweb import _not_scored
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.interop.reports import model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_sr, report_files
@@ -1290,3 +1291,12 @@ def test_predict_tta_reports_are_other_reports_than_plain_ones(tiny_bundle: Path
                          "--out", str(tmp_path / "r.csv")]) == 0
         identifiers.append(json.loads(next(out.iterdir()).read_text())["identifier"])
     assert identifiers[0] != identifiers[1]
+
+
+@pytest.mark.parametrize("field", [{"vr": "CS", "Value": 5}, {"Value": ["LL"]}, "LL"],
+                         ids=["a value not a list", "no vr", "not an object"])
+def test_a_malformed_view_in_the_search_answer_leaves_the_decision_to_the_films_own_header(field: object) -> None:
+    """It ended `pacs` in a TypeError or KeyError traceback before any film was read."""
+    dx = {"00080060": {"vr": "CS", "Value": ["DX"]}}
+    assert _not_scored({**dx, "00185101": field}) is None  # retrieved; its own header's scope warnings then apply
+    assert _not_scored({**dx, "00185101": {"vr": "CS", "Value": ["LL"]}}).startswith("lateral view (LL)")

@@ -143,7 +143,10 @@ def _not_scored(item: dict) -> str | None:
         kind = UID(sop_class).name if sop_class else "SOP class not given"
         return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
                 "X-ray films only")
-    recorded = Dataset.from_json({tag: item[tag] for tag in (_BODY, _VIEW) if tag in item})
+    try:
+        recorded = Dataset.from_json({tag: item[tag] for tag in (_BODY, _VIEW) if tag in item})
+    except Exception:  # a malformed field of the answer: the film's own header decides once it is retrieved
+        return None
     # the size is not in the answer: given as large enough, so that only what the header records is checked
     return "; ".join(w for w in scope_warnings(recorded, MIN_SIDE, MIN_SIDE) if NO_CODED_FINDING.match(w)) or None
 
