@@ -274,7 +274,9 @@ def test_ctrl_c_during_train_is_one_line_that_says_resume_goes_on(tiny_dataset: 
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "train", "--data", str(tiny_dataset), "--out",
                              str(run), "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs",
-                             "500", "--batch-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "500", "--batch-size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # an xdist worker ignores SIGINT, and a child inherits that: Ctrl-C as a shell sends it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (run / "history.csv").exists():  # an epoch is done: the run is in its loop
