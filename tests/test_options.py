@@ -132,6 +132,7 @@ def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFix
     ({"lr": "3e-4", "augment": {"noise": "4e-2"}, "weight_decay": "1E-2", "warmup": "5e-2"},
      {"lr": 3e-4, "augment.noise": 0.04, "weight_decay": 0.01, "warmup": 0.05}),  # YAML 1.1 strings: no dot
     ({"lr": "1.0e-3", "time_budget": "+1e1"}, {"lr": 1e-3, "time_budget": 10.0}),  # nor an exponent sign
+    ({"seed": "1e9", "epochs": "2E0"}, {"seed": 10**9, "epochs": 2}),  # a whole number in scientific notation
     ({"epochs": 3.0, "lr": 1, "target_sensitivity": None, "augment": False}, {"epochs": 3, "lr": 1, "augment.noise": 0.0}),
     ({"teacher": None, "model_kwargs": {"drop_rate": 0.3}}, {"teacher": [], "model_kwargs": {"drop_rate": 0.3}}),
 ])  # fmt: skip
@@ -143,6 +144,7 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
 
 @pytest.mark.parametrize("settings, reason", [
     ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"epochs": "2.5e0"}, "epochs must be a whole number, got 2.5"),
     ({"seed": True}, "seed must be a whole number, got True"),
     ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
     ({"lr": "fast"}, "lr must be a number, got 'fast'"),

@@ -55,7 +55,8 @@ def check_fields(data: Mapping[str, object], cls: type, prefix: str = "") -> dic
     """``data`` as settings of dataclass ``cls``: every key names a field (``prefix``: the keys' path, as in
     ``augment.``) and every value has the field's type, so a wrong one is refused by name before a run starts
     rather than failing in it, or training 3 epochs for 2.5. A float field takes ints and reads a number in
-    scientific notation that YAML left a string (``3e-4``); an int field takes no bool, and a float only if whole.
+    scientific notation that YAML left a string (``3e-4``); an int field takes no bool, and a float (or such a
+    string: ``1e9``) only if whole.
     Returns ``data`` with those values converted."""
 
     def fits(value: object, kind: object) -> bool:
@@ -69,9 +70,9 @@ def check_fields(data: Mapping[str, object], cls: type, prefix: str = "") -> dic
         look_up_option(prefix + str(key), names, "config key")
         union = typing.get_origin(hints[key]) in (typing.Union, types.UnionType)  # X | None
         kinds = typing.get_args(hints[key]) if union else (hints[key],)
-        if float in kinds and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
-            value = float(value)
-        elif int in kinds and isinstance(value, float) and value.is_integer():
+        if (float in kinds or int in kinds) and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # an int field then takes it if whole, below (seed=1e9)
+        if int in kinds and float not in kinds and isinstance(value, float) and value.is_integer():
             value = int(value)
         if not any(fits(value, kind) for kind in kinds):
             expected = " or ".join(KINDS.get(kind, KINDS.get(typing.get_origin(kind), "a group of settings"))
