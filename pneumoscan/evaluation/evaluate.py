@@ -209,27 +209,31 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                 warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s training split "
                      f"(by the patient ids in the file names, e.g. {shown(kin[0])}): if they are the same patients, "
                      "the figures are optimistic")
-    if copies := _copies(given, all_trained):
-        warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of training films under other names "
-             f"(e.g. {shown(copies[0][0])} of {shown(copies[0][1])}): the figures on them are optimistic")
-    if validation_warning and (copies := _copies(given, all_validation - all_trained)):
-        warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of validation films under other "
-             f"names (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}), on which its own temperature and "
-             "threshold were chosen: the figures on them are optimistic")
+    # copies under other names, of training films and (with validation_warning) of the films that chose its numbers
+    sides = {"training": ("", all_trained)}
+    if validation_warning:
+        sides["validation"] = (", on which its own temperature and threshold were chosen", all_validation - all_trained)
+    for (side, (why, _)), copies in zip(sides.items(), _copies(given, [films for _, films in sides.values()])):
+        if copies:
+            warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of {side} films under other "
+                 f"names (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}){why}: the figures on them are "
+                 "optimistic")
     return caveats
 
 
-def _copies(given: set[str], trained: set[str]) -> list[tuple[str, str]]:
-    """(given film, the training film it is a copy of) for each given film whose bytes a training film has: a test
-    film copied into train/ under another name escapes every check by path. A warning, not a refusal: a public
-    dataset may hold the same film twice across its own splits, and its test figures must still be measurable."""
-    if not trained:
-        return []
-    copies = []
-    for group in exact_duplicate_groups(sorted(given | trained)):
-        if source := next((f for f in group if f in trained), None):
-            copies += [(f, source) for f in group if f in given and f not in trained]
-    return copies
+def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:
+    """For each side's films (training, validation), (given film, the film of that side it is a copy of) for each
+    given film whose bytes one of them has: a test film copied into train/ under another name escapes every check
+    by path. Every film is hashed once, whatever the number of sides. A warning, not a refusal: a public dataset may
+    hold the same film twice across its own splits, and its test figures must still be measurable."""
+    groups = exact_duplicate_groups(sorted(given.union(*sides))) if any(sides) else []
+    found: list[list[tuple[str, str]]] = []
+    for side in sides:
+        found.append([])
+        for group in groups:
+            if source := next((f for f in group if f in side), None):
+                found[-1] += [(f, source) for f in group if f in given and f not in side]
+    return found
 
 
 # Why a source's training films are BUNDLE's own, by how BUNDLE came by its weights (:func:`_weight_sources`).
