@@ -42,7 +42,7 @@ from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
-from pneumoscan.interop.dicomweb import _not_scored
+from pneumoscan.interop.dicomweb import _not_scored, read_authorization
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.interop.reports import model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_sr, report_files
@@ -1300,3 +1300,20 @@ def test_a_malformed_view_in_the_search_answer_leaves_the_decision_to_the_films_
     dx = {"00080060": {"vr": "CS", "Value": ["DX"]}}
     assert _not_scored({**dx, "00185101": field}) is None  # retrieved; its own header's scope warnings then apply
     assert _not_scored({**dx, "00185101": {"vr": "CS", "Value": ["LL"]}}).startswith("lateral view (LL)")
+
+
+def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PNEUMOSCAN_PACS_AUTH ending in a line break ended `pacs` in requests' refusal of the header, which printed
+    the credential; a file or a variable of two lines is refused without showing it."""
+    monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "Bearer t0ken-value\n")
+    assert read_authorization() == "Bearer t0ken-value"
+    for source in ("env", "file"):
+        (tmp_path / "auth").write_text("Bearer t0ken-value\nsecond line\n")
+        monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "Bearer t0ken-value\nsecond line")
+        with pytest.raises(ValueError, match="holds more than one line") as refused:
+            read_authorization(tmp_path / "auth" if source == "file" else None)
+        assert "t0ken" not in str(refused.value)
+    monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "")
+    assert read_authorization() is None

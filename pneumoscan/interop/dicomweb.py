@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -28,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing)
 
+from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
 from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
@@ -152,18 +152,10 @@ def _not_scored(item: dict) -> str | None:
 
 
 def read_authorization(auth_file: Path | str | None = None) -> str | None:
-    """The Authorization header value for the PACS (``Bearer ...``, ``Basic ...``): ``auth_file``'s text,
-    stripped (an empty file is refused: running without credentials while the operator believes some are set), else
-    ``$PNEUMOSCAN_PACS_AUTH``, else none, as ``serve --api-key-file`` reads its key."""
-    if auth_file is None:
-        return os.environ.get(AUTH_ENV) or None
-    value = Path(auth_file).read_text().strip()
-    if not value:
-        raise ValueError(f"the auth file {auth_file} is empty")
-    if any(ord(c) < 32 for c in value):
-        raise ValueError(f"the auth file {auth_file} holds more than one line: it must hold one Authorization "
-                         "header value, such as 'Bearer TOKEN'")
-    return value
+    """The Authorization header value for the PACS (``Bearer ...``, ``Basic ...``): ``auth_file``'s text, else
+    ``$PNEUMOSCAN_PACS_AUTH``'s, else none, read as ``serve`` reads its key (:func:`~pneumoscan.core.secrets.read_secret`:
+    a variable's line break had ended the command in requests' refusal, which printed the credential)."""
+    return read_secret(auth_file, AUTH_ENV, "auth")
 
 
 def _session(url: str, authorization: str | None) -> tuple[str, requests.Session]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumoscan.core.secrets import read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +62,10 @@ class Access:
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
                      cors_origins: Sequence[str] = ()) -> Access:
         """The rules as ``serve`` is given them. The key: ``api_key_file``'s text, else ``$PNEUMOSCAN_API_KEY``'s,
-        stripped (the line break an env file or a secret made from a file ends in), else none; an empty file or a
-        variable of blanks is refused: serving it would mean serving without a key while the operator believes one
-        is set. ``allowed_hosts``: names, each item possibly a comma-separated list; none given means loopback
+        else none (:func:`~pneumoscan.core.secrets.read_secret`: stripped; empty or blank, or of several lines,
+        refused). ``allowed_hosts``: names, each item possibly a comma-separated list; none given means loopback
         only."""
-        if api_key_file is not None:
-            key: str | None = Path(api_key_file).read_text().strip()
-            if not key:
-                raise ValueError(f"the API key file {api_key_file} is empty")
-        else:
-            key = os.environ.get(API_KEY_ENV) or None
-            if key is not None and not (key := key.strip()):
-                raise ValueError(f"{API_KEY_ENV} holds only blanks: set it to the key, or unset it")
+        key = read_secret(api_key_file, API_KEY_ENV, "API key")
         hosts = tuple(h.strip() for item in allowed_hosts for h in item.split(",") if h.strip()) or LOOPBACK_HOSTS
         return cls(api_key=key, allowed_hosts=hosts, cors_origins=tuple(cors_origins))
 

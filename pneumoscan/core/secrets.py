@@ -1,0 +1,29 @@
+"""Secrets a command is given (the service's API key, the PACS's Authorization header value), read one way from a
+file or an environment variable, so that no source accepts what another refuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
+    """``path``'s text, else ``$ENV``'s, without the blanks around it (the line break a file, an env file written by
+    ``echo`` or a secret mounted from a file ends in); None when neither is given. Refused with a reason that never
+    shows the value: an empty file or a variable of blanks (running without the secret while the operator believes
+    one is set), and a value with a line break or another control character, which no header carries (a service
+    started with it answered every client 401; requests refused it quoting the value)."""
+    if path is not None:
+        source, text = f"the {kind} file {path}", Path(path).read_text()
+    elif text := os.environ.get(env) or "":
+        source = env
+    else:
+        return None
+    value = text.strip()
+    if not value:
+        raise ValueError(f"the {kind} file {path} is empty" if path is not None else
+                         f"{env} holds only blanks: set it to the {kind}, or unset it")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{source} holds more than one line or a control character, which no client can send in a "
+                         f"header: it must hold one {kind} value")
+    return value
