@@ -27,8 +27,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.names import shown
-from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
 from pneumoscan.core.options import VAL_FRACTION
+from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
 from pneumoscan.data.layouts import LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)

@@ -68,12 +68,12 @@ class Augment:
         # beyond these a change is no longer a variation of a film: a turn of more than half a circle, a shear
         # that flattens it, a brightness or contrast factor that can reach 0 (a blank film trained as its label),
         # grain wider than the grey range
-        bounds = {"rotation": ("[0, 180] degrees", 180, True), "shear": ("[0, 90) degrees", 90, False),
-                  "brightness": ("[0, 1)", 1, False), "contrast": ("[0, 1)", 1, False),
-                  "noise": ("[0, 1] of the grey range", 1, True)}
-        for name, (words, top, closed) in bounds.items():
-            value = getattr(self, name)
-            if not (0 <= value <= top if closed else 0 <= value < top):
+        bounds = {"rotation": ("[0, 180] degrees", lambda v: 0 <= v <= 180),
+                  "shear": ("[0, 90) degrees", lambda v: 0 <= v < 90),
+                  "brightness": ("[0, 1)", lambda v: 0 <= v < 1), "contrast": ("[0, 1)", lambda v: 0 <= v < 1),
+                  "noise": ("[0, 1] of the grey range", lambda v: 0 <= v <= 1)}
+        for name, (words, ok) in bounds.items():
+            if not ok(value := getattr(self, name)):
                 raise ValueError(f"{name} is a range in {words} (0: off), got {value}")
         if self.gamma < 0 or self.blur < 0:
             raise ValueError(f"gamma and blur are ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
