@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.audit import exact_duplicate_groups, shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_summary
 from tests.test_audit import run_cli_bounded, special_file_manifest
@@ -145,6 +145,22 @@ def test_manifest_headers_values_and_patients_are_read_as_spelt_elsewhere(tmp_pa
                         "person1000_virus_1681.jpeg,PNEUMONIA,,train\n")
     records = read_manifest(csv_path).records
     assert [(r.patient, r.split) for r in records] == [("person1000", "test"), ("person1000", "train")]
+
+
+def test_one_patient_typed_in_any_case_is_one_patient_whatever_the_film_is_named(tmp_path: Path) -> None:
+    """A typed PERSON1000 beside a film named person1000_..., and MRN100 beside mrn100, had been two patients each:
+    split put such a child on both sides, and train --split-csv and audit saw no shared patient."""
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label,patient,split\n"
+                        "person1000_bacteria_2931.jpeg,PNEUMONIA,,train\n"
+                        "scan_0002.jpeg,PNEUMONIA,PERSON1000,val\n"
+                        "scan_0003.jpeg,NORMAL,MRN100,train\n"
+                        "scan_0004.jpeg,NORMAL,mrn100,val\n"
+                        "scan_0005.jpeg,NORMAL,,val\n")
+    records = read_manifest(csv_path).records
+    assert [r.patient for r in records[:4]] == ["person1000", "person1000", "MRN100", "MRN100"]
+    assert records[4].patient.endswith("scan_0005.jpeg")  # a patient of its own keeps its path
+    assert sorted(shared_patients(records)["train/val"]) == ["MRN100", "person1000"]
 
 
 def test_blank_lines_and_a_spreadsheets_empty_trailing_columns_are_read_past(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ Everything downstream works on :class:`Record` lists.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import logging
 import os
@@ -528,7 +529,20 @@ def read_manifest(csv_path: Path | str) -> Discovery:
                 found.records.append(_manifest_record(csv_path, row, line, seen))
         except csv.Error as e:
             raise ValueError(f"{csv_path}, line {reader.line_num}: not a readable CSV ({e})") from None
+    found.records = _one_spelling(found.records)
     return found
+
+
+def _one_spelling(records: list[Record]) -> list[Record]:
+    """One id per patient whatever its case: a typed ``PERSON1000`` beside a film named ``person1000_...``, or
+    ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split (the first spelling is
+    kept). Films that are patients of their own keep their path."""
+    first: dict[str, str] = {}
+    for rec in records:
+        if not own_patient(rec):
+            first.setdefault(rec.patient.casefold(), rec.patient)
+    return [rec if own_patient(rec) else dataclasses.replace(rec, patient=first[rec.patient.casefold()])
+            for rec in records]
 
 
 def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[str, tuple[int, str]]) -> Record:
