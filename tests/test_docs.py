@@ -98,4 +98,5 @@ def test_the_python_page_runs_as_written(tiny_dataset: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "validation AUC" in done.stdout and (tmp_path / "runs/python/eval-val/report.html").is_file()
     with Image.open(tmp_path / "runs/python/heatmap.png") as overlay:
-        assert overlay.width == 3 * overlay.height, "the film, the map, the two blended"
+        # the film, the map, the two blended (64 px squares), over the caption that says what the map shows
+        assert overlay.width == 3 * 64 and overlay.height > 64, overlay.size

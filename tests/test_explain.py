@@ -172,16 +172,38 @@ def test_overlay_png_has_three_panels_at_the_original_aspect() -> None:
     gray = rng.integers(0, 256, (90, 150), dtype=np.uint8)
     cam = np.zeros((32, 32), np.float32)
     cam[8:16, 8:16] = 1.0
-    im = Image.open(io.BytesIO(overlay_png(gray, cam)))
-    assert im.format == "PNG" and im.size == (3 * 150, 90)
-    panels = np.asarray(im.convert("RGB")).reshape(90, 3, 150, 3).transpose(1, 0, 2, 3)
+    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA")))
+    assert im.format == "PNG" and im.size[0] == 3 * 150 and im.size[1] > 90  # the panels over their caption
+    panels = np.asarray(im.convert("RGB"))[:90].reshape(90, 3, 150, 3).transpose(1, 0, 2, 3)
     np.testing.assert_array_equal(panels[0], np.repeat(gray[..., None], 3, axis=2))  # the original, untouched
-    hot, cold = panels[1][35, 40], panels[1][80, 140]  # inside / outside the cam's square
-    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet colormap: red where the cam is high, blue where low
     assert not np.array_equal(panels[2], panels[0]) and not np.array_equal(panels[2], panels[1])
 
     big = np.zeros((3000, 2000), np.uint8)
-    assert Image.open(io.BytesIO(overlay_png(big, cam))).size == (3 * round(2000 * MAX_PANEL / 3000), MAX_PANEL)
+    im = Image.open(io.BytesIO(overlay_png(big, cam, "PNEUMONIA")))
+    assert im.size[0] == 3 * round(2000 * MAX_PANEL / 3000) and MAX_PANEL < im.size[1] < 1.2 * MAX_PANEL
+
+
+def test_overlay_is_viridis_with_a_caption_that_says_what_it_shows() -> None:
+    """The file predict --heatmaps writes and ?heatmap=true returns was an unlabelled jet map: a reader saw a red
+    spot over a lung on a film read NORMAL, with nothing saying the map is scaled to the film's own maximum, nor
+    that it shows where the model looked, not where disease is. It is coloured as the web page colours it."""
+    from matplotlib import colormaps
+
+    viridis = np.round(colormaps["viridis"]([0.0, 1.0])[:, :3] * 255)
+    gray = np.full((300, 400), 128, np.uint8)
+    cam = np.zeros((300, 400), np.float32)
+    cam[50:150, 50:150] = 1.0
+    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA")))
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    np.testing.assert_array_equal(rgb[100, 400 + 100], viridis[1])  # the heatmap panel: yellow at the maximum
+    np.testing.assert_array_equal(rgb[250, 400 + 350], viridis[0])  # dark purple where the map is 0, never jet's blue
+    said = im.info["Description"]
+    assert said == ("Grad-CAM: evidence for PNEUMONIA, scaled to this film's maximum; where the model looked, not "
+                    "where disease is")
+    strip = rgb[300:]
+    assert (strip == 255).all(axis=2).mean() > 0.5 and (strip < 100).all(axis=2).any()  # white, with dark text
+    colours = {tuple(c) for c in strip.reshape(-1, 3)}
+    assert {tuple(c) for c in viridis.astype(int)} <= colours  # the scale, low to high, under the panels
 
 
 def test_predict_writes_one_overlay_per_readable_image(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -193,8 +215,23 @@ def test_predict_writes_one_overlay_per_readable_image(tiny_bundle: Path, tmp_pa
     rows = predict_paths(tiny_bundle, [tmp_path / "in"], heatmap_dir=tmp_path / "maps")
     heatmaps = [Path(r["heatmap"]) for r in rows if "heatmap" in r]
     assert [p.name for p in heatmaps] == ["wide.png", "wide-2.png"]  # same stem twice: no overwrite
-    assert [Image.open(p).size for p in heatmaps] == [(120, 70), (240, 50)]  # in/other/wide.png sorts first
+    # in/other/wide.png sorts first; each is its three panels over their caption
+    assert [Image.open(p).size[0] for p in heatmaps] == [120, 240]
+    assert [Image.open(p).size[1] > h for p, h in zip(heatmaps, (70, 50))] == [True, True]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["wide-2.png", "wide.png"]
+
+
+def test_predict_overlays_show_the_film_at_a_panels_size_and_name_the_class(tiny_bundle: Path, data_root: Path,
+                                                                            tmp_path: Path) -> None:
+    """The film panels were the model's small copy (318 x 260 for a 1272 x 1040 film), too small to check the map
+    against the anatomy; the web service shows the film decoded at a panel's size, and so do they now."""
+    film = next(p for p in sorted((data_root / "val" / "NORMAL").glob("*.jpeg")) if min(Image.open(p).size) > 600)
+    [row] = predict_paths(tiny_bundle, [film], heatmap_dir=tmp_path / "maps")
+    overlay = Image.open(row["heatmap"])
+    width, height = Image.open(film).size
+    panel = overlay.size[0] / 3  # three panels of the film as decoded for a reader's eyes, at most MAX_PANEL a side
+    assert min(width, MAX_PANEL) * 0.9 <= panel <= MAX_PANEL and panel > 2 * Predictor(tiny_bundle).card.spec.decode_target
+    assert overlay.info["Description"].startswith("Grad-CAM: evidence for PNEUMONIA,")
 
 
 def test_heatmaps_never_replace_a_file_nor_become_inputs(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -102,6 +103,42 @@ def test_image_and_film_facts_without_name_or_id(tiny_bundle: Path, tagged_dicom
     text = json.dumps({k: v for k, v in body.items() if k != "image"})  # base64 may spell anything
     assert "DOE" not in text.upper() and "MRN-4471" not in text and "patient" not in text.lower()
     assert bad.status_code == 422 and "heatmap" in bad.json()["error"]
+
+
+CT_TAGS = {**TAGS, "Modality": "CT", "SeriesInstanceUID": "1.2.3.4.5"}
+
+
+def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_dicom: bytes, full_size: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CT slice was read "PNEUMONIA 0.999" like any film while format=dicom-sr refused it: in_scope says the
+    reading does not apply, by the same rule (scope.NO_CODED_FINDING) on the answer's final warnings, so a kind of
+    warning added to both later counts too. A JPEG's "scope not checked" and an in-scope DICOM stay in scope."""
+    ct = dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS)
+    jpeg = full_size.read_bytes()
+    with TestClient(create_app(tiny_bundle)) as client:
+        def ask(data: bytes, name: str, **params: str) -> httpx.Response:
+            kind = "image/jpeg" if name.endswith(".jpeg") else "application/dicom"
+            return client.post("/v1/predict", params=params, files={"file": (name, data, kind)})
+
+        chest, slice_, photo = ask(tagged_dicom, "a.dcm").json(), ask(ct, "b.dcm").json(), ask(jpeg, "c.jpeg").json()
+        refused = ask(ct, "b.dcm", format="dicom-sr")
+    assert chest["in_scope"] is True
+    assert slice_["in_scope"] is False and slice_["probability"] >= 0 and slice_["label"]  # the number is kept
+    assert any(w.startswith("Modality CT is not a radiograph") for w in slice_["warnings"])
+    assert refused.status_code == 422 and "no coded finding" in refused.json()["error"]
+    assert photo["in_scope"] is True and "no DICOM tags: scope not checked" in photo["warnings"]
+
+    # a new kind of warning, added to the list and to the rule: out of scope without another change here
+    import pneumoscan.serving.service as service
+
+    new = "a kind of warning added later"
+    monkeypatch.setattr(service, "NO_CODED_FINDING", re.compile(f"{service.NO_CODED_FINDING.pattern}|{new}"))
+    described = service.describe
+    monkeypatch.setattr(service, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new]})(
+        described(*a)))
+    with TestClient(create_app(tiny_bundle)) as client:
+        body = ask(jpeg, "c.jpeg").json()
+    assert body["in_scope"] is False and new in body["warnings"]
 
 
 # ---------------------------------------------------------------- the page in a browser
@@ -210,6 +247,18 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     expect(page.locator("#legend")).to_be_visible()
     assert calls == ["", "?heatmap=map"], calls
     assert centre(page) != gray
+    # what the map is: a legend of "low ... high" alone let a bright spot on a film read NORMAL look like a finding
+    legend = page.locator("#legend")
+    for words in ("evidence for PNEUMONIA", "Grad-CAM", "where the model looked, not where disease is",
+                  "scaled to this film's own strongest value", "this film's maximum"):
+        expect(legend).to_contain_text(words)
+    negative = "This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
+    if page.inner_text("#label") == "NORMAL":
+        expect(legend).to_contain_text(negative)
+    else:
+        expect(legend).not_to_contain_text("read as negative")
+    assert page.evaluate("() => legendText({label: 'NORMAL', positive: 'PNEUMONIA'})").endswith(negative)
+    assert "evidence for PNEUMONIA" in page.get_attribute("#view", "aria-description")
     page.screenshot(path=tmp_path / "4-heatmap.png", full_page=True)
     page.locator("#opacity").fill("100")  # the map alone: every pixel is a viridis colour, never jet's
     lut = np.array(page.evaluate("() => Array.from(VIRIDIS)")).reshape(256, 3)
@@ -276,14 +325,42 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     expect(page.locator("#film-title")).to_have_text(f"Film: {paths[1].name}")
 
 
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two CSS rgb() colours."""
+    def luminance(colour: str) -> float:
+        channels = [int(v) / 255 for v in re.findall(r"\d+", colour)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -> None:
     upload_one(page, small)
+    # the reading is said in the polite live region: a screen reader heard "Analysing..." and then nothing
+    label, bar = page.inner_text("#label"), page.locator("#bar")
+    expect(page.locator("#status")).to_have_text(re.compile(
+        rf"^Reading: {label}, probability [01]\.\d{{3}}, threshold [01]\.\d{{3}}, [1-9] scope warnings?\.$"))
+    assert page.get_attribute("#status", "aria-live") == "polite"
+    assert bar.get_attribute("aria-valuetext").split(": probability ")[1] in page.inner_text("#status")
+    # the threshold mark stands out at 3:1 (WCAG 1.4.11) on either fill (the dark mark on red was 2.31:1), and on
+    # the empty bar: its white outline against the fills, its dark core against the empty bar
+    mark = page.evaluate("""() => { const s = getComputedStyle(document.getElementById('bar-threshold'));
+        return [s.backgroundColor, s.boxShadow]; }""")
+    outline = re.match(r"rgb\(\d+, \d+, \d+\)", mark[1]).group(0)
+    fills = page.evaluate("""() => ['fill', 'fill positive', 'fill negative', 'fill out-of-scope'].map((name) => {
+        const e = document.createElement('div'); e.className = name; document.body.append(e);
+        const colour = getComputedStyle(e).backgroundColor; e.remove(); return colour; })""")
+    track = page.evaluate("() => getComputedStyle(document.getElementById('bar')).backgroundColor")
+    assert all(contrast(outline, fill) >= 3 for fill in fills), (mark, fills)
+    assert contrast(mark[0], track) >= 3, (mark, track)
     named = [("textbox", "API key"), ("button", "choose X-ray files"), ("combobox", "window preset"),
              ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
              ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
              ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),
              ("slider", "heatmap opacity"), ("button", "Print this reading"), ("button", "Export list as CSV"),
-             ("img", re.compile("^X-ray viewer")), ("meter", "probability")]
+             ("img", re.compile("^X-ray viewer")), ("meter", "probability"), ("group", "heatmap")]
     for role, name in named:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     tree = page.locator("body").aria_snapshot()
@@ -306,6 +383,8 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     page.focus("#heatmap-button")
     page.keyboard.press("Enter")
     expect(page.locator("#heatmap-toggle")).to_be_enabled()
+    # the button disables itself: focus went to the page's start (BODY), a keyboard user had to start again
+    expect(page.locator("#heatmap-toggle")).to_be_focused()
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.input_value("#opacity") == "50"
@@ -403,3 +482,117 @@ def test_a_colour_file_is_shown_in_the_grey_the_model_reads(page: Page, small: P
     upload_one(page, path)
     shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.uint8).reshape(gray.shape)
     np.testing.assert_array_equal(shown, np.asarray(Image.open(path).convert("L")))
+
+
+def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes,
+                                                       tmp_path: Path) -> None:
+    """A CT slice was shown "Reading: PNEUMONIA" in bold red like any film, its reason a small bullet below the
+    numbers, and listed and exported as a plain reading. Now the notice and its reasons come first, in grey, the
+    label is greyed, and the list and CSV say "out of scope"; the probability stays for a reader who knows better.
+    The model card's out-of-scope uses are shown beside its intended use."""
+    card = page.locator(".card")
+    expect(card).to_contain_text("Not for")
+    items = page.locator("#out-of-scope-list li").all_inner_texts()
+    assert len(items) >= 2 and any("Lateral films" in i for i in items), items  # /v1/model's out_of_scope
+    drop_file(page, dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS), "ct.dcm", "application/dicom")
+    notice = page.locator("#scope-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("Outside the model's scope: this reading does not apply")
+    expect(notice.locator("#warnings")).to_contain_text("Scope: Modality CT is not a radiograph")
+    assert notice.bounding_box()["y"] < page.locator("#label").bounding_box()["y"]  # read before the label
+    label = page.locator("#label").inner_text()
+    colours = page.evaluate("""() => ['label', 'bar-fill', 'scope-notice'].map(
+        (id) => getComputedStyle(document.getElementById(id))[id === 'label' ? 'color' : 'backgroundColor'])""")
+    for colour in colours:  # grey: neither a finding's red nor no finding's green
+        r, g, b = map(int, re.findall(r"\d+", colour)[:3])
+        assert max(r, g, b) - min(r, g, b) < 40, colours
+    expect(page.locator("#probability")).to_contain_text("P(PNEUMONIA) = ")
+    expect(page.locator("#status")).to_contain_text("Outside the model's scope: this reading does not apply.")
+    page.screenshot(path=tmp_path / "out-of-scope.png", full_page=True)
+
+    drop_file(page, tagged_dicom, "chest.dcm", "application/dicom")
+    expect(page.locator("#film-title")).to_have_text("Film: chest.dcm")
+    expect(notice).to_be_hidden()
+    assert page.get_attribute("#label", "class") in ("positive", "negative")
+    assert page.evaluate("() => !document.getElementById('scope-notice').contains(document.getElementById('warnings'))")
+
+    cells = {r.locator("td").nth(0).inner_text(): r.locator("td").all_inner_texts()
+             for r in page.locator("#films tbody tr").all()}
+    assert cells["ct.dcm"][1] == f"out of scope ({label})" and float(cells["ct.dcm"][2]) >= 0
+    ct_reading = page.locator("#films tbody tr", has_text="ct.dcm").locator("td").nth(1)
+    assert ct_reading.get_attribute("class") == "out-of-scope"
+    assert not cells["chest.dcm"][1].startswith("out of scope")
+    with page.expect_download() as download:
+        page.click("#export")
+    rows = {r["file"]: r for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
+    assert rows["ct.dcm"]["reading"] == f"out of scope ({label})" and float(rows["ct.dcm"]["probability"]) >= 0
+    assert rows["chest.dcm"]["reading"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_a_late_heatmap_leaves_the_page_of_another_film_alone(page: Page, small: Path) -> None:
+    """A heatmap reply for a film no longer on screen erased the rejection shown since (no reading and no reason
+    left on the page), and a failed one would have put "Heatmap not computed" above another film's reading."""
+    held: list = []
+    page.route(re.compile(r".*/v1/predict\?heatmap=map$"), lambda route: held.append(route))
+    page.evaluate("""() => { const ask = post; window.replies = 0;
+        post = async (...args) => { const body = await ask(...args); window.replies += 1; return body; }; }""")
+    upload_one(page, small)
+    page.click("#heatmap-button")
+    page.wait_for_function("() => window.replies === 1")  # the reading; the heatmap request is held
+    page.set_input_files("#file", files=[{"name": "empty.jpeg", "mimeType": "image/jpeg", "buffer": b""}])
+    expect(page.locator("#error")).to_have_text("Rejected: the file is empty (0 bytes).")
+    while not held:
+        page.wait_for_timeout(50)
+    held.pop().continue_()
+    page.wait_for_function("() => window.replies === 2 && films[0].cam !== null")
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_have_text("Rejected: the file is empty (0 bytes).")
+
+    page.get_by_role("button", name=f"show {small.name}").click()  # its map came: shown with the film again
+    expect(page.locator("#heatmap-toggle")).to_be_enabled()
+
+    def read(n: int) -> None:
+        page.set_input_files("#file", small)
+        page.wait_for_function(f"() => films.length === {n} && current === films[{n - 1}]")
+
+    read(3)  # the same film again, read anew: a new entry without a map
+    page.click("#heatmap-button")
+    while not held:
+        page.wait_for_timeout(50)
+    read(4)  # and another while its map is computed
+    status = page.inner_text("#status")
+    assert status.startswith("Reading: ")
+    held.pop().fulfill(status=503, json={"error": "the service is busy"})
+    page.wait_for_function("() => window.replies === 5")
+    expect(page.locator("#error")).to_be_hidden()
+    assert page.inner_text("#status") == status and page.is_visible("#result")
+
+
+def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, small: Path, tmp_path: Path) -> None:
+    """A gAMA of 1.0 made Chromium draw a film 54 grey levels brighter than the model read it, with no caption;
+    a PNG with colour management (iCCP, cHRM, a gAMA other than sRGB's 45455) is shown from the service's decode."""
+    from PIL.PngImagePlugin import PngInfo
+
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
+    info = PngInfo()
+    info.add(b"gAMA", (100_000).to_bytes(4, "big"))
+    path = tmp_path / "gamma1.png"
+    Image.open(small).convert("L").save(path, pnginfo=info)
+    upload_one(page, path)
+    assert calls == ["?image=true"]
+    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
+    shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.int16)
+    assert np.abs(shown - np.asarray(Image.open(path), np.int16).ravel()).max() <= 1
+    kinds = page.evaluate("""async () => {
+        const chunk = (type, data) => [0, 0, 0, data.length, ...Array.from(type, (c) => c.charCodeAt(0)), ...data,
+            0, 0, 0, 0];
+        const png = (...chunks) => new File([Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a,
+            ...chunk("IHDR", [0, 0, 1, 0, 0, 0, 1, 0, 8, 0, 0, 0, 0]), ...chunks.flat(), ...chunk("IDAT", [0])])],
+            "f.png");
+        const gamma = (g) => chunk("gAMA", [g >>> 24, (g >>> 16) & 255, (g >>> 8) & 255, g & 255]);
+        const files = [png(), png(gamma(45455)), png(chunk("sRGB", [0]), gamma(45455)), png(gamma(70000)),
+            png(chunk("iCCP", [0x61, 0, 0, 1, 2, 3])), png(chunk("cHRM", new Array(32).fill(1))),
+            png(chunk("tEXt", [0x61, 0]), gamma(100000))];
+        return (await Promise.all(files.map(sniff))).map((kind) => kind.shown); }""")
+    assert kinds == [True, True, True, False, False, False, False]

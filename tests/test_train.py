@@ -605,6 +605,19 @@ def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: 
         train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), tmp_path / "run")
 
 
+def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tiny_dataset: Path, tmp_path: Path) -> None:
+    """It had trained every epoch, then refused (one class), or ended in numpy's "zero-size array" (no film)."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    manifest = tmp_path / "split.csv"
+    write_manifest([r for r in records if not (r.split == "val" and r.label == "PNEUMONIA")], manifest)
+    with pytest.raises(ValueError, match="no readable validation film of class PNEUMONIA for the pneumonia task"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    write_manifest([r for r in records if r.split == "train" or r.label == "NORMAL"], manifest)
+    with pytest.raises(ValueError, match="no readable validation film of class bacteria, virus for the etiology"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "task": "etiology", "split_csv": str(manifest)}), tmp_path / "run")
+
+
 def test_films_a_task_cannot_use_are_warned_about(
     tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

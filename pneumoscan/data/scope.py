@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
+from .appearance import WARNING as APPEARANCE_WARNING
 from .decode import Source, colour_spread, image_info, read_dicom_header
 from .readers.dicom import size_as_read
 
@@ -47,11 +48,13 @@ IDENTIFIERS = {
 }
 # The warnings of scope_warnings after which no coded finding is filed into a hospital's record (a DICOM SR, a FHIR
 # Observation): the object is no grayscale radiograph, or its own header records another body part or a view that
-# is not frontal. A film that merely lacks such a tag, or a child outside the age range, is still reported, with
-# its warnings; format=json and predict score every one of them.
+# is not frontal; or its pixels are unlike the model's training films (:mod:`.appearance`). A film that merely lacks
+# such a tag, or a child outside the age range, is still reported, with its warnings; format=json and predict
+# score every one of them.
 NO_CODED_FINDING = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
                               r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph|"
-                              r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal")
+                              r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal|"
+                              + re.escape(APPEARANCE_WARNING))
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 

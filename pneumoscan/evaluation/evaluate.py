@@ -415,7 +415,8 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             image, overlay = Image.fromarray(gray), False
             if cam and time.monotonic() < deadline:
                 try:
-                    image, overlay = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray)))), True
+                    image, overlay = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray),
+                                                                 predictor.card.positive))), True
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False

@@ -160,22 +160,71 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def overlay_png(gray: np.ndarray, cam: np.ndarray) -> bytes:
-    """PNG of three panels side by side: the original, the heatmap, and the two blended. Panels keep the
-    original's aspect (shrunk to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them."""
+def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str) -> bytes:
+    """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
+    page draws it), over a caption strip that says what the map shows (:func:`caption`), so a file copied out of
+    its folder or printed still says how to read it. Panels keep the original's aspect (shrunk to at most MAX_PANEL
+    pixels a side); ``cam`` of any shape is resized onto them. ``explains``: the class the map is evidence for."""
     height, width = panel_shape(*gray.shape)
     if gray.shape != (height, width):
         gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
     if cam.shape != (height, width):
         cam = _resize_map(cam, width, height)
-    cam = np.clip(cam, 0.0, 1.0)
     original = np.repeat(gray[..., None], 3, axis=2)
-    rgb = original.astype(np.float32) / 255.0
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    heat = viridis()[np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)]
+    blend = np.round((original.astype(np.float32) + heat) / 2).astype(np.uint8)
+    panels = Image.fromarray(np.hstack([original, heat, blend]))
+    text = caption(explains)
+    strip = _caption_strip(panels.width, height, text)
+    picture = Image.new("RGB", (panels.width, height + strip.height))
+    picture.paste(panels)
+    picture.paste(strip, (0, height))
+    return encode_png(picture, own="overlay", description=text)
 
-    heat = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.0)
-    blend = show_cam_on_image(rgb, cam, use_rgb=True, image_weight=0.5)
-    return encode_png(Image.fromarray(np.hstack([original, heat, blend])), own="overlay")
+
+def caption(explains: str) -> str:
+    """What an overlay shows, in the words of the web page's legend: the map is scaled to the film's own strongest
+    value, so a film with little evidence looks as bright as one with much."""
+    return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
+            "where the model looked, not where disease is")
+
+
+def viridis() -> np.ndarray:
+    """matplotlib's viridis as a (256, 3) uint8 table: perceptually uniform, unlike jet, whose bright bands read as
+    edges that are not in the map."""
+    from matplotlib import colormaps
+
+    return np.round(colormaps["viridis"](np.arange(256))[:, :3] * 255).astype(np.uint8)
+
+
+def _caption_strip(width: int, panel_height: int, text: str) -> Image.Image:
+    """A white strip ``width`` wide: the colour scale (low to this film's maximum), then ``text`` wrapped to fit."""
+    from PIL import ImageDraw, ImageFont
+
+    size = max(12, panel_height // 24)
+    font = ImageFont.load_default(size)
+    pad = max(4, size // 2)
+    words, lines = text.split(), [""]
+    for word in words:
+        wider = f"{lines[-1]} {word}".strip()
+        if lines[-1] and font.getlength(wider) > width - 2 * pad:
+            lines.append(word)
+        else:
+            lines[-1] = wider
+    line_height = round(size * 1.25)
+    strip = Image.new("RGB", (width, 2 * pad + line_height * (len(lines) + 1)), "white")
+    draw = ImageDraw.Draw(strip)
+    low, high = "low", "this film's maximum"
+    draw.text((pad, pad), low, fill=(29, 39, 51), font=font)
+    left = pad + round(font.getlength(low)) + pad
+    right = width - pad - round(font.getlength(high)) - pad
+    if right - left >= 16:  # the scale between its words; a panel too narrow for it keeps the caption alone
+        scale = viridis()[np.linspace(0, 255, right - left).round().astype(np.uint8)]
+        strip.paste(Image.fromarray(np.repeat(scale[None], size, axis=0)), (left, pad + (line_height - size) // 2))
+        draw.text((right + pad, pad), high, fill=(29, 39, 51), font=font)
+    for i, line in enumerate(lines, start=1):
+        draw.text((pad, pad + i * line_height), line, fill=(29, 39, 51), font=font)
+    return strip
 
 
 def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
@@ -188,10 +237,13 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
     return encode_png(picture, own)
 
 
-def encode_png(picture: Image.Image, own: str | None = None) -> bytes:
+def encode_png(picture: Image.Image, own: str | None = None, description: str | None = None) -> bytes:
     """PNG bytes at zlib level 1 (a third of the default's encoding time for files about 14 % larger); a Grad-CAM
     image is marked as pneumoscan's (``own``), so that a later run over a folder holding it refuses it instead of
-    scoring it."""
+    scoring it, and an overlay carries its caption as a PNG ``Description`` for a program that reads it."""
+    info = own_output_info(own) if own else None
+    if info is not None and description:
+        info.add_text("Description", description)
     buf = io.BytesIO()
-    picture.save(buf, format="PNG", compress_level=1, pnginfo=own_output_info(own) if own else None)
+    picture.save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()

@@ -32,13 +32,15 @@ from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
+from pneumoscan.core.names import shown
+from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, verify_file
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_appearance, load_card, verify_file
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +106,10 @@ class Predictor:
         self._model = _torch_model(bundle)[0] if backend == "torch" else None
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
             verify_file(bundle, self.card, WEIGHTS)
+        self.appearance = load_appearance(bundle, self.card)
+        if self.appearance is None:
+            log.debug("%s records no appearance of its training films (trained on fewer than %d, or before bundles "
+                      "kept one): films unlike them are not flagged", shown(bundle), MIN_FILMS)
         if backend == "onnx-int8" and session is None:
             from .export import int8_model
 
@@ -136,6 +142,11 @@ class Predictor:
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
         return np.stack([self.card.spec.apply(g) for g in grays])
+
+    def content_warnings(self, images: np.ndarray) -> list[list[str]]:
+        """Per film of a :meth:`preprocess` batch: why it does not look like the training films
+        (:mod:`pneumoscan.data.appearance`); none from a bundle that records no appearance (said once, at load)."""
+        return self.appearance.warnings(images) if self.appearance is not None else [[] for _ in images]
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, S, S) -> normalised float (N, 1, S, S) for the torch model (its backend and Grad-CAM)."""
@@ -371,7 +382,7 @@ def predict_paths(
     if alone := alone_warning(predictor.card.task):
         log.warning("%s", alone)
     if heatmap_dir is not None:
-        from .explain import explain_array, overlay_png
+        from .explain import MAX_PANEL, explain_array, overlay_png
 
         if backend == "onnx-int8":
             raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")
@@ -395,10 +406,14 @@ def predict_paths(
                     continue
                 row = {"path": path, **next(results)}
                 if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
-                    row.update(describe(path))
-                    row["warnings"] += [alone] if alone else []
+                    facts = describe(path)
+                    row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []))
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
-                    png = overlay_png(gray, explain_array(predictor, gray))
+                    # the panels show the film decoded again at a panel's size, as the web service shows it: the
+                    # model's copy (224 px a side, say) is too small to check the map against the anatomy
+                    film = _decode(path, MAX_PANEL)
+                    png = overlay_png(gray if isinstance(film, str) else film, explain_array(predictor, gray),
+                                      predictor.card.positive)
                     row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))
@@ -413,11 +428,12 @@ def _classify(
     labels ``handoff`` (:func:`check_stages`), decoded again when its training decoded them at another size (as the web service does)."""
     if not grays:
         return []
-    probs, bad = first.finite_probabilities(first.preprocess(grays), tta=tta)
+    images = first.preprocess(grays)
+    probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [
         {"error": NON_FINITE} if broken else
-        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta)}
-        for p, broken in zip(first.positive(probs), bad)
+        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta), "warnings": unlike}
+        for p, broken, unlike in zip(first.positive(probs), bad, first.content_warnings(images))
     ]  # fmt: skip
     if second is not None:
         called = [i for i, row in enumerate(rows) if row.get("label") == handoff]

@@ -23,12 +23,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
+from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
 from pneumoscan.data.tasks import get_task, list_tasks
 from .run_folder import RunFolder
@@ -37,6 +41,7 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
+APPEARANCE = "appearance.safetensors"  # what the training films look like (data.appearance), when they were enough
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "std", "temperature")  # zero or below: no image, a division by zero, inverted probabilities
@@ -193,6 +198,26 @@ def record_checksum(directory: Path | str, name: str, digest: str | None = None)
     if WEIGHTS in card.files:
         card.files[name] = digest or file_sha256(Path(directory) / name)
         save_card(directory, card)
+
+
+def save_appearance(directory: Path | str, appearance: Appearance) -> None:
+    """Write BUNDLE/appearance.safetensors and record its checksum (after save_bundle, which resets the record)."""
+    data = save_arrays(appearance.to_arrays())
+    write_atomic(Path(directory) / APPEARANCE, data)
+    record_checksum(directory, APPEARANCE, "sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def load_appearance(directory: Path | str, card: BundleCard) -> Appearance | None:
+    """The bundle's :class:`Appearance`, None when it records none (trained on too few films, or before bundles
+    kept one); a damaged file is refused, as damaged weights are."""
+    if APPEARANCE not in card.files:
+        return None
+    verify_file(directory, card, APPEARANCE)
+    path = Path(directory) / APPEARANCE
+    try:
+        return Appearance.from_arrays(load_arrays(path.read_bytes()))
+    except (SafetensorError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable appearance record: {e}") from None
 
 
 def _no_constant(name: str) -> None:

@@ -41,6 +41,9 @@ class Prediction(StageResult):
     warnings: list[str] = Field(
         default_factory=list, description="why the film may be outside the model's scope (scored, but flagged)"
     )
+    in_scope: bool = Field(description="false when a warning says the film is no frontal chest radiograph (the "
+                           "warnings for which format=dicom-sr and fhir answer 422): the reading does not apply, and "
+                           "its probability is kept for a reader who knows better")
     study_instance_uid: str | None = Field(None, description="DICOM uploads: the film's StudyInstanceUID")
     series_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SeriesInstanceUID")
     sop_instance_uid: str | None = Field(None, description="DICOM uploads: the film's SOPInstanceUID")

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from pneumoscan.data.scope import describe
+from pneumoscan.data.scope import NO_CODED_FINDING, describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages
 
@@ -145,7 +145,12 @@ class Service:
         cam = explain_array(self.heat_predictor, image)
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
-        return overlay_png(image, cam)
+        return overlay_png(image, cam, self.main.card.positive)
+
+    def _unlike(self, image: np.ndarray) -> list[str]:
+        """Why the decoded film does not look like the main model's training films (data.appearance)."""
+        predictor = self.main.predictor
+        return predictor.content_warnings(predictor.preprocess([image]))[0]
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         main, second = self.main, self.second
@@ -158,6 +163,7 @@ class Service:
         try:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
             scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
+            scope["warnings"] += await self._in_lane(gone, self.decode_slots, self.decoders, self._unlike, image)
             scope["warnings"] += [self.alone] if self.alone else []
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
@@ -184,6 +190,8 @@ class Service:
             return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version,
                                            main.predictor.backend)  # how it was scored: the report's identity
         film = png_data_url(panel_png(shown)) if shown is not None else None
+        # from the final list, by the rule that refuses a report: any warning added to it counts as well
+        in_scope = not any(NO_CODED_FINDING.match(w) for w in scope["warnings"])
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
-                          image=film, **scope)
+                          image=film, in_scope=in_scope, **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})

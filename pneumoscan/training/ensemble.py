@@ -50,7 +50,8 @@ from pneumoscan.evaluation.evaluate import (
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, runtime_versions
+from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, load_appearance, load_card, member_sources,
+                                   runtime_versions, save_appearance)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
@@ -207,6 +208,10 @@ def build_ensemble(
         except torch.onnx.OnnxExporterError as e:
             raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
                              f"{str(e).splitlines()[0]}") from None
+        # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
+        first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == size)
+        if (appearance := load_appearance(*first_of_size)) is not None:
+            save_appearance(tmp, appearance)
         if cv_dirs:
             logits, targets, views = out_of_fold(net, cv_dirs, card)
             patients = None  # out-of-fold films: counted as films (the card keeps no intervals)

@@ -26,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from pneumoscan.core.atomic import building, write_atomic
 from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
+from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.dataset import CachedImages
@@ -40,7 +41,7 @@ from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BundleCard, runtime_versions
+from pneumoscan.models.card import BundleCard, runtime_versions, save_appearance
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -247,6 +248,13 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
         raise ValueError(f"no readable training film of class {', '.join(missing)}: a model cannot learn a class it "
                          "never sees, and its threshold would be meaningless")
+    # known before the first step: the best epoch, the temperature and the threshold are chosen on these films
+    val_counts = np.bincount(selected["val"][1], minlength=len(task.classes))
+    if missing := [c for c, n in zip(task.classes, val_counts) if n == 0]:
+        raise ValueError(f"no readable validation film of class {', '.join(missing)} for the {task.name} task "
+                         f"({len(selected['val'][0])} usable validation films): the best epoch, the temperature and "
+                         "the threshold are chosen on validation films of every class; raise --set val_fraction=, "
+                         "or give a --split-csv whose val films hold every class")
     parts = {name: (cache.rows([r.path for r in recs]), targets) for name, (recs, targets) in selected.items()}
     train_targets = parts["train"][1]
     if cfg.teacher:  # scored once, by rank 0
@@ -435,6 +443,15 @@ def train(
     return state.info["bundle"]
 
 
+def record_appearance(bundle: Path, train_set: CachedImages) -> None:
+    """BUNDLE/appearance.safetensors from the training films (:mod:`pneumoscan.data.appearance`), so that a film
+    unlike them is flagged; a run on too few films records none (said in the log)."""
+    try:
+        save_appearance(bundle, Appearance.fit(train_set.images[train_set.rows]))
+    except ValueError as e:
+        log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
+
+
 def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
     report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
@@ -455,6 +472,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     with building(bundle_dir) as tmp:
         save_bundle(tmp, model, card)
         export_onnx(tmp)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
+        record_appearance(tmp, d.plain[0])
         # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
         predictor = Predictor(tmp, cfg.eval_batch_size, backend="onnx")
         tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))

@@ -39,12 +39,14 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-// A refused film hides the reading on screen (it is another film's); a refused heatmap leaves it (keepResult).
+// A refused film hides the reading on screen (it is another film's) and no film is current, so a late heatmap
+// reply for that film leaves the refusal alone; a refused heatmap leaves the reading (keepResult).
 function showError(message, keepResult = false) {
   $("error").textContent = message;
   $("error").hidden = false;
   $("result").hidden = !keepResult;
   $("status").textContent = "";
+  if (!keepResult) current = null;
 }
 
 function showCard(info) {
@@ -73,6 +75,14 @@ function showCard(info) {
   ];
   $("intended-use").textContent = info.intended_use;
   $("print-intended").textContent = `Intended use: ${info.intended_use}`;
+  // what the model is not for, beside what it is for: a reader of a lateral or adult film sees it at once
+  const notFor = info.out_of_scope || [];
+  $("out-of-scope-list").replaceChildren(...notFor.map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  $("out-of-scope").hidden = notFor.length === 0;
   fillList($("card"), rows);
 }
 
@@ -88,8 +98,9 @@ function fillList(list, rows) {
 }
 
 // Scope warnings (a lateral view, an adult, a CT slice, a JPEG without DICOM tags...): the reading is shown, and so
-// is why it may not apply.
-function showWarnings(warnings) {
+// is why it may not apply. Out of scope (a warning for which the service files no report), the warnings are the
+// reasons under the notice above the reading, so they are read first.
+function showWarnings(warnings, inScope) {
   const list = $("warnings");
   list.replaceChildren();
   for (const text of warnings) {
@@ -98,6 +109,29 @@ function showWarnings(warnings) {
     list.append(item);
   }
   list.hidden = warnings.length === 0;
+  if (inScope) $("etiology").after(list);
+  else $("scope-notice").append(list);
+  $("scope-notice").hidden = inScope;
+}
+
+// The reading as the list and its CSV give it: out of scope first, the label kept for a reader who knows better.
+function reading(r) {
+  return r.in_scope ? r.label : `out of scope (${r.label})`;
+}
+
+// Said in the polite live region when a reading arrives: the result panel itself is not announced.
+function announcement(r) {
+  const n = r.warnings.length;
+  return `${r.in_scope ? "" : "Outside the model's scope: this reading does not apply. "}Reading: ${r.label}, ` +
+    `probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ${n} scope warning${n === 1 ? "" : "s"}.`;
+}
+
+// What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py).
+function legendText(r) {
+  const what = `Grad-CAM: evidence for ${r.positive}, scaled to this film's own strongest value; where the model ` +
+    "looked, not where disease is.";
+  return r.label === r.positive ? what
+    : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
 }
 
 function showFilm(film) {
@@ -119,12 +153,13 @@ function showFilm(film) {
 function showResult(film) {
   const r = film.result;
   $("error").hidden = true;
-  $("status").textContent = "";
+  $("status").textContent = announcement(r);
   const positive = r.label === r.positive;
+  const look = !r.in_scope ? "out-of-scope" : positive ? "positive" : "negative";
   $("label").textContent = r.label;
-  $("label").className = positive ? "positive" : "negative";
+  $("label").className = look;
   $("bar-fill").style.width = pct(r.probability);
-  $("bar-fill").className = positive ? "fill positive" : "fill";
+  $("bar-fill").className = `fill ${look}`;
   $("bar-threshold").style.left = pct(r.threshold);
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
   $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
@@ -135,7 +170,8 @@ function showResult(film) {
   if (e) {
     $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ${figure(e.threshold)})`;
   }
-  showWarnings(r.warnings || []);
+  showWarnings(r.warnings, r.in_scope);
+  $("legend-text").textContent = legendText(r);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
   $("caption").textContent = film.result.image
@@ -356,7 +392,8 @@ function heatControls() {
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
   $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
-    ? "Grad-CAM heatmap shown over the film in viridis: yellow where the model's weight is highest, dark purple lowest."
+    ? `Grad-CAM heatmap shown over the film in viridis, yellow at this film's strongest value, dark purple lowest. ` +
+      $("legend-text").textContent
     : "the film alone");
 }
 
@@ -366,18 +403,22 @@ $("heatmap-button").addEventListener("click", async () => {
   $("status").textContent = "Computing the heatmap...";
   $("heatmap-button").disabled = true;
   const body = await post(film.file, "heatmap=map");
+  if (body.ok) film.cam = body.result.heatmap;
+  // another film (or a refusal) is on screen now: its status and error are not this reply's to change
+  if (current !== film) return;
   if (!body.ok) {
     $("heatmap-button").disabled = false;
+    $("heatmap-button").focus();
     return showError(`Heatmap not computed: ${body.error}`, true);
   }
-  film.cam = body.result.heatmap;
   $("status").textContent = "";
   $("error").hidden = true;
-  if (current !== film) return;
   await loadCam(film.cam);
+  if (current !== film) return;
   $("heatmap-toggle").checked = true;
   heatControls();
   compose();
+  $("heatmap-toggle").focus();  // the button disabled itself: focus would fall to the page's start
 });
 $("heatmap-toggle").addEventListener("change", () => { heatControls(); compose(); });
 $("opacity").addEventListener("input", compose);
@@ -419,7 +460,8 @@ async function post(file, query) {
 // and so it is here (a PNG named .dcm is a PNG). The browser shows a JPEG or an 8-bit PNG itself, as the model
 // reads it; anything else is shown from the service's decode (image=true): a DICOM, a 16-bit PNG (the service
 // stretches its values from lowest to highest, the browser keeps the high byte: 12-bit values look black) and a PNG
-// with an alpha channel (the service refuses one that is not fully opaque, so the film shown is one it read).
+// with an alpha channel (the service refuses one that is not fully opaque, so the film shown is one it read) or with
+// colour management the browser applies and the service does not (colourManaged).
 async function sniff(file) {
   const named = file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
   let head;
@@ -433,8 +475,23 @@ async function sniff(file) {
   const png = starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
   const dicom = !jpeg && !png && (named || starts([0x44, 0x49, 0x43, 0x4d], 128));  // "DICM"
   // IHDR, the first chunk: bit depth at byte 24, colour type at 25 (4: grey + alpha, 6: RGB + alpha)
-  const asModelReads = jpeg || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6);
+  const asModelReads = jpeg || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file));
   return { dicom, shown: asModelReads };
+}
+
+// A PNG whose chunks before its pixels (IDAT) hold an ICC profile (iCCP), chromaticities (cHRM) or a gamma other than
+// sRGB's (gAMA 45455): the browser corrects the grey levels by them (a gAMA of 1.0 showed a film 54 levels
+// brighter), the service reads the stored values.
+async function colourManaged(file) {
+  let at = 8;
+  for (let n = 0; n < 64 && at + 12 <= file.size; n++) {
+    const chunk = new DataView(await file.slice(at, at + 12).arrayBuffer());
+    const type = String.fromCharCode(...new Uint8Array(chunk.buffer, 4, 4));
+    if (type === "IDAT" || type === "IEND") return false;
+    if (type === "iCCP" || type === "cHRM" || (type === "gAMA" && chunk.getUint32(8) !== 45455)) return true;
+    at += chunk.getUint32(0) + 12;
+  }
+  return at + 12 <= file.size;  // 64 chunks and no pixels yet: not read on, the service's decode is shown
 }
 
 function check(file) {
@@ -473,7 +530,7 @@ async function analyse(files) {
 function value(film, key) {
   if (key === "name") return film.name.toLowerCase();
   if (!film.result) return key === "label" ? "" : -1;
-  if (key === "label") return film.result.label;
+  if (key === "label") return reading(film.result);
   if (key === "probability") return film.result.probability;
   if (key === "etiology") return film.result.etiology ? film.result.etiology.probability : -1;
   return film.result.warnings.length;
@@ -507,13 +564,13 @@ function renderList() {
     const r = film.result;
     const cells = [
       film.name,
-      r ? r.label : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
+      r ? reading(r) : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
       r ? figure(r.probability) : "",
       ...(secondStage ? [r ? etiologyText(r) : ""] : []),
       r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
-    if (r) row.cells[1].className = r.label === r.positive ? "positive" : "negative";
+    if (r) row.cells[1].className = !r.in_scope ? "out-of-scope" : r.label === r.positive ? "positive" : "negative";
     const show = document.createElement("button");
     show.type = "button";
     show.textContent = "Show";
@@ -550,7 +607,7 @@ function csv() {
     const etiology = !secondStage ? [] : e
       ? [e.label, e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
-      ? [film.name, r.label, r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id, ...etiology,
+      ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id, ...etiology,
         r.warnings.join("; "), r.study_instance_uid || ""]
       : [film.name, `rejected: ${film.error || film.status}`, "", "", "", "", ...etiology, "", ""];
     lines.push(row.map((v) => csvCell(String(v))).join(","));

@@ -1,0 +1,53 @@
+"""How often the appearance check (pneumoscan.data.appearance) flags films: held-out validation films as they are,
+changed as another machine or protocol might change them (bench_shift's changes: these should mostly pass), and
+faults that must not pass (turned, upside down, inverted, heavy blur, noise). The appearance is fitted on the run's
+training films at the bundle's preprocessing, as training records it.
+
+    python benchmarks/bench_appearance.py BUNDLE RUN/split.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from PIL import ImageFilter
+
+from bench_shift import CHANGES, Change, pillow
+from pneumoscan.data.appearance import Appearance
+from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.models.card import load_card
+from pneumoscan.data.tasks import get_task
+
+FAULTS: dict[str, Change] = {
+    "turned 90 degrees": np.rot90,
+    "upside down": np.flipud,
+    "inverted": lambda a: 255 - a,
+    "blur sigma 4 px": pillow(lambda im: im.filter(ImageFilter.GaussianBlur(4.0))),
+    "uniform noise": lambda a: np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", help="gives the preprocessing (size, source matching)")
+    parser.add_argument("data", help="the run's split.csv: its train films fit the appearance, its val films are scored")
+    args = parser.parse_args()
+    card = load_card(args.bundle)
+    task = get_task(card.task)
+    train, _, _ = labelled_images(args.data, "train", task, card.spec)
+    val, _, _ = labelled_images(args.data, "val", task, card.spec)
+    appearance = Appearance.fit(train)
+    print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
+    print("| films | flagged | by layout | by sharpness |")
+    print("|---|---|---|---|")
+    for name, change in {**CHANGES, **FAULTS}.items():
+        reasons = appearance.warnings(np.stack([np.ascontiguousarray(change(a)) for a in val]))
+        layout = np.mean([any("layout" in w for w in r) for r in reasons])
+        sharp = np.mean([any("blurrier" in w or "noise" in w for w in r) for r in reasons])
+        print(f"| {'fault: ' if name in FAULTS else ''}{name} | {np.mean([bool(r) for r in reasons]):.1%} | "
+              f"{layout:.1%} | {sharp:.1%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Whether a film looks like the films a model was trained on, from its pixels alone.
+
+A classifier answers for any picture: random noise tagged as a chest film, a scanned request form, a film turned on
+its side or inverted all read "pneumonia" at 0.94-0.997 with the DICOM header checks of :mod:`.scope` content. So a
+bundle records what its training films look like at the model's input, in two numbers a film:
+
+- its layout: the film shrunk to 6 x 6 and brought to zero mean and unit spread, compared with the training films'
+  by Mahalanobis distance (scikit-learn's Ledoit-Wolf covariance). Turned, inverted, cropped and non-chest images
+  are 1.2-3 times the limit, the training films' 99.9th percentile; real films of the same source up to 0.6 times.
+- its sharpness: the log of the mean absolute Laplacian over the spread, which blur lowers and noise raises; the
+  limits are the training films' 0.1th and 99.9th percentiles widened by :data:`SHARPNESS_MARGINS`, so that what a
+  model reads as well as its own films (blur of 1 px, 96 px and back, grain of 10 grey levels: bench_shift) passes,
+  and a blur of 4 px, noise or a typed page does not (benchmarks/bench_appearance.py).
+
+Out of either range, the film gets a warning that :data:`.scope.NO_CODED_FINDING` counts: it is still scored (a
+reader may know better), but no coded finding is filed for it. About one film in a thousand like the training films
+is flagged too: when in doubt, the tool says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from sklearn.covariance import LedoitWolf
+
+LAYOUT_SIDE = 6
+QUANTILE = 0.999
+SHARPNESS_MARGINS = (0.45, 1.5)  # below and above the training films' range, in log units
+MIN_FILMS = 100  # fewer training films describe too little of the source to flag others by
+WARNING = "image content: "  # every warning here starts so (scope.NO_CODED_FINDING matches it)
+
+
+def _layout(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N, 36): each film shrunk to 6 x 6 (area average), zero mean and unit spread."""
+    small = np.stack([np.asarray(Image.fromarray(x).resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.BOX), np.float64).ravel()
+                      for x in images])
+    small -= small.mean(axis=1, keepdims=True)
+    return small / np.maximum(small.std(axis=1, keepdims=True), 1e-6)
+
+
+def _sharpness(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N,): log of the mean absolute Laplacian over the film's spread."""
+    out = []
+    for x in images.astype(np.float32):
+        out.append(np.log(max(float(np.abs(ndimage.laplace(x)).mean()), 1e-6) / max(float(x.std()), 1e-6)))
+    return np.array(out)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The training films' layout (mean and precision of :func:`_layout`) and the limits a film must keep."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    layout_limit: float
+    sharpness: tuple[float, float]
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> Appearance:
+        """From the training films as the model reads them, (N, S, S) uint8; ValueError under :data:`MIN_FILMS`."""
+        if len(images) < MIN_FILMS:
+            raise ValueError(f"{len(images)} training films, fewer than {MIN_FILMS}")
+        layouts = _layout(images)
+        # the limit from distances of films the fit did not see (each half measured by the other's fit): a film's
+        # distance from a fit that included it is short, and a limit from those flagged 5 % of new films, not 0.1 %
+        halves = np.arange(len(layouts)) % 2 == 0
+        distance = np.concatenate([np.sqrt(LedoitWolf().fit(layouts[~half]).mahalanobis(layouts[half]))
+                                   for half in (halves, ~halves)])
+        fitted = LedoitWolf().fit(layouts)
+        sharp = _sharpness(images)
+        return cls(fitted.location_, fitted.precision_, float(np.quantile(distance, QUANTILE)),
+                   (float(np.quantile(sharp, 1 - QUANTILE)) - SHARPNESS_MARGINS[0],
+                    float(np.quantile(sharp, QUANTILE)) + SHARPNESS_MARGINS[1]))
+
+    def warnings(self, images: np.ndarray) -> list[list[str]]:
+        """Per film of (N, S, S) uint8 at the size the appearance was fitted at: why it does not look like the
+        training films (an empty list when it does)."""
+        centred = _layout(images) - self.mean
+        distances = np.sqrt(np.einsum("ij,jk,ik->i", centred, self.precision, centred))
+        low, high = self.sharpness
+        out = []
+        for distance, sharp in zip(distances, _sharpness(images)):
+            reasons = []
+            if distance > self.layout_limit:
+                reasons.append(f"{WARNING}its layout of light and dark is unlike the training films' "
+                               f"({distance / self.layout_limit:.1f} times the limit): another view or body part, a "
+                               "turned, inverted or cropped film, or no radiograph")
+            if sharp < low:
+                reasons.append(f"{WARNING}blurrier than the training films")
+            elif sharp > high:
+                reasons.append(f"{WARNING}more fine detail or noise than the training films")
+            out.append(reasons)
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "precision": self.precision,
+                "limits": np.array([self.layout_limit, *self.sharpness])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Appearance:
+        """As :meth:`to_arrays` wrote them; ValueError for arrays of other shapes."""
+        mean, precision, limits = arrays.get("mean"), arrays.get("precision"), arrays.get("limits")
+        n = LAYOUT_SIDE * LAYOUT_SIDE
+        if (mean is None or precision is None or limits is None or mean.shape != (n,) or precision.shape != (n, n)
+                or limits.shape != (3,) or not all(np.isfinite(a).all() for a in (mean, precision, limits))):
+            raise ValueError("not an appearance record of this version")
+        return cls(mean.astype(np.float64), precision.astype(np.float64), float(limits[0]),
+                   (float(limits[1]), float(limits[2])))

@@ -1,0 +1,138 @@
+"""Films unlike the training films are flagged from their pixels: random noise tagged as a chest DICOM, a scanned
+form, a turned, inverted or blurred film had read "pneumonia" at 0.94-0.997 with no warning, and a DICOM SR
+"Pneumonia: Present" was filed for the noise."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw, ImageFilter
+from pydicom.uid import generate_uid
+
+from pneumoscan.cli import main
+from pneumoscan.data.appearance import MIN_FILMS, WARNING, Appearance
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.layouts import make_record, write_manifest
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.scope import NO_CODED_FINDING
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models.card import APPEARANCE, load_card
+from pneumoscan.serving.app import create_app
+from tests.builders import dicom_bytes
+
+CHEST_TAGS = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "AP", "PatientAge": "003Y"}
+
+
+def _films(data_root: Path, label: str, start: int, n: int) -> list[Path]:
+    return sorted((data_root / "train" / label).glob("*.jpeg"))[start : start + n]
+
+
+def _read(paths: list[Path], size: int) -> np.ndarray:
+    spec = PreprocessSpec(size)
+    return np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in paths])
+
+
+def _odd_images(film: np.ndarray) -> dict[str, np.ndarray]:
+    """A real film turned, inverted and blurred; noise; a page of typed lines."""
+    rng = np.random.default_rng(0)
+    page = Image.new("L", film.shape[::-1], 235)
+    draw = ImageDraw.Draw(page)
+    for y in range(4, film.shape[0] - 4, 5):
+        draw.line((4, y, int(rng.integers(film.shape[1] // 2, film.shape[1] - 4)), y), fill=40)
+    return {
+        "turned": np.rot90(film).copy(),
+        "inverted": 255 - film,
+        "blurred": np.asarray(Image.fromarray(film).filter(ImageFilter.GaussianBlur(4))),
+        "noise": rng.integers(0, 256, film.shape, dtype=np.uint8),
+        "form": np.asarray(page),
+    }
+
+
+def test_films_unlike_the_training_films_are_flagged_and_like_ones_are_not(data_root: Path) -> None:
+    train = [p for label in ("NORMAL", "PNEUMONIA") for p in _films(data_root, label, 0, 150)]
+    others = [p for label in ("NORMAL", "PNEUMONIA") for p in _films(data_root, label, 150, 50)]
+    appearance = Appearance.fit(_read(train, 64))
+    unlike = appearance.warnings(_read(others, 64))
+    assert sum(map(bool, unlike)) <= 3, [w for w in unlike if w]  # about 1 in 1000 at the limit; 100 films here
+    odd = _odd_images(_read(others[:1], 64)[0])
+    flagged = dict(zip(odd, appearance.warnings(np.stack(list(odd.values())))))
+    assert all(flagged.values()), flagged
+    assert all(NO_CODED_FINDING.match(w) for reasons in flagged.values() for w in reasons)
+    assert any("blurrier" in w for w in flagged["blurred"]) and any("noise" in w for w in flagged["noise"])
+    assert any("layout of light and dark" in w for w in flagged["turned"] + flagged["inverted"])
+    # written and read back as the bundle keeps it
+    again = Appearance.from_arrays(appearance.to_arrays())
+    assert again.warnings(np.stack(list(odd.values()))) == list(flagged.values())
+
+
+def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
+    with pytest.raises(ValueError, match=f"fewer than {MIN_FILMS}"):
+        Appearance.fit(_read(_films(data_root, "NORMAL", 0, 20), 32))
+    with pytest.raises(ValueError, match="not an appearance record"):
+        Appearance.from_arrays({"mean": np.zeros(4), "precision": np.eye(4), "limits": np.zeros(3)})
+
+
+@pytest.fixture(scope="module")
+def real_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Two bundles trained on the same 160 real films (32 and 64 px), and a manifest of 40 films neither saw."""
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
+
+    root = tmp_path_factory.mktemp("real") / "chest_xray"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / "train" / label).mkdir(parents=True)
+        for film in _films(data_root, label, 0, 80):
+            (root / "train" / label / film.name).symlink_to(film)
+    held_out = root.parent / "held_out.csv"
+    write_manifest([make_record(p, label) for label in ("NORMAL", "PNEUMONIA")
+                    for p in _films(data_root, label, 80, 20)], held_out)
+    bundles = [train(root, TrainConfig(model="simple_cnn", pretrained=False, image_size=size, epochs=1, batch_size=16,
+                                       val_fraction=0.2, seed=seed), root.parent / f"run-{size}")
+               for size, seed in ((32, 0), (64, 1))]
+    return bundles[0], bundles[1], held_out
+
+
+def test_a_bundle_records_its_films_and_the_service_files_no_finding_for_noise(real_runs: tuple[Path, Path, Path],
+                                                                                  tmp_path: Path) -> None:
+    bundle = real_runs[0]
+    assert APPEARANCE in load_card(bundle).files
+    noise = np.random.default_rng(1).integers(0, 4096, (512, 512)).astype(np.uint16)
+    upload = dicom_bytes(noise, StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), **CHEST_TAGS)
+    client = TestClient(create_app(bundle))
+    body = client.post("/v1/predict", files={"file": ("noise.dcm", upload, "application/dicom")}).json()
+    assert any(w.startswith(WARNING) for w in body["warnings"]) and body["in_scope"] is False
+    r = client.post("/v1/predict?format=dicom-sr", files={"file": ("noise.dcm", upload, "application/dicom")})
+    assert r.status_code == 422 and "image content" in r.json()["error"], r.text
+    # predict's rows carry the same warning beside the header's checks
+    path = tmp_path / "noise.png"
+    Image.fromarray((noise >> 4).astype(np.uint8)).save(path)
+    [row] = predict_paths(bundle, [path])
+    assert any(w.startswith(WARNING) for w in row["warnings"]) and "no DICOM tags" in row["warnings"][0]
+
+
+def test_a_damaged_appearance_record_is_refused(real_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(real_runs[0], bundle)
+    record = bundle / APPEARANCE
+    record.write_bytes(record.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError, match="appearance.safetensors is damaged"):
+        Predictor(bundle)
+
+
+def test_an_ensemble_flags_as_its_member_of_its_input_size(real_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    small, large, held_out = real_runs
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(small), str(large), "--data", str(held_out), "--out", str(out)]) == 0
+    assert (out / APPEARANCE).read_bytes() == (large / APPEARANCE).read_bytes()
+    assert APPEARANCE in load_card(out).files
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 300), dtype=np.uint8)).save(buf, "PNG")
+    path = tmp_path / "noise.png"
+    path.write_bytes(buf.getvalue())
+    [row] = predict_paths(out, [path])
+    assert any(w.startswith(WARNING) for w in row["warnings"])
