@@ -61,6 +61,15 @@ def ensemble(tiny_bundle: Path, member64: Path, held_out: Path, tmp_path_factory
     return out
 
 
+def test_ensemble_thresholds_on_too_few_positives_are_said_to_be_guesses(
+        tiny_bundle: Path, member64: Path, held_out: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As `threshold` says it: a sensitivity of 0.95 cannot be shown on the 8 positive films held out here."""
+    with caplog.at_level("WARNING"):
+        assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
+                     "--out", str(tmp_path / "ens")]) == 0
+    assert "only 8 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20" in caplog.text
+
+
 def _test_images(ens: Path, tiny_dataset: Path) -> tuple[np.ndarray, np.ndarray]:
     card = load_card(ens)
     images, targets, _ = labelled_images(tiny_dataset, "test", get_task(card.task), card.spec)

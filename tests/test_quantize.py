@@ -113,6 +113,20 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
+def test_int8_thresholds_on_too_few_positives_are_said_to_be_guesses(
+        tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`threshold` warned that a sensitivity of 0.95 cannot be shown on fewer than 20 positive films; export --int8
+    chose the thresholds in force for onnx-int8 by the same policy on as few, and said nothing."""
+    split = tiny_bundle.parent / "split.csv"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    positives = sum(1 for line in split.read_text().splitlines() if ",PNEUMONIA," in line and line.endswith(",val"))
+    assert 0 < positives < 20
+    with caplog.at_level("WARNING"):
+        assert cli.main(["export", str(bundle), "--int8", "--data", str(split)]) == 0
+    assert f"only {positives} positive films: a sensitivity of 0.95 cannot be shown on fewer than 20" in caplog.text
+
+
 def test_figures_on_the_films_that_chose_the_int8_thresholds_are_said_to_be_optimistic(
     tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:

@@ -337,6 +337,7 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     run and an ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained
     on, so it writes its own). Returns the card written and the films' metrics."""
     task = get_task(card.task)
+    warn_if_too_few_positives(binary_targets(targets), target_sensitivity)
     threshold, tta_threshold = choose_thresholds(binary_targets(targets), task.positive_probability(probs), tta_scores,
                                                  target_sensitivity, max_false_positive_rate)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
@@ -526,9 +527,10 @@ def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_
     return *choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate), plain, tta
 
 
-def _warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> None:
+def warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> None:
     """A sensitivity target is a statement about misses; with fewer than 1 / (1 - target) positives a single miss
-    is already below it, so the threshold met it on these films by chance as much as by design."""
+    is already below it, so the threshold met it on these films by chance as much as by design. Said wherever a
+    threshold that will be used is chosen: training, ``ensemble``, ``threshold`` and ``export --int8``."""
     if target_sensitivity is None or target_sensitivity >= 1:
         return
     needed = math.ceil(round(1 / (1 - target_sensitivity), 6))  # 1 / (1 - 0.9) is 10.000000000000002
@@ -559,7 +561,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     refuse_test_films(records, data, "threshold")
     check_held_out([bundle], records, "choose the threshold", validation_warning=True)
     y = binary_targets(targets)
-    _warn_if_too_few_positives(y, target_sensitivity)
+    warn_if_too_few_positives(y, target_sensitivity)
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
     int8 = None
     if (bundle / INT8_NAME).exists():

@@ -32,6 +32,7 @@ from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import (
     INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
+    warn_if_too_few_positives,
 )
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
@@ -163,6 +164,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         scores = shipped
     # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
     fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
+    warn_if_too_few_positives(y, card.threshold_targets[0])
     thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
     policy = f"{describe_policy(*card.threshold_targets)} on {chosen_on}"  # the card's policy, on these films
     figures = {"calibration_images": int(len(calib)), **int8_figures(
