@@ -335,6 +335,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         console.print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} (FP32 {format_figure(figures['val_auc_fp32'], 4)}), "
                       f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
+    given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
+             ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]
+    if given:  # a forgotten --int8 had written the plain export and exited 0, with no INT8 model
+        raise ValueError(f"{', '.join(given)} only with --int8 (they choose the INT8 model's calibration and thresholds)")
     out = export_onnx(args.bundle, args.out)
     print(f"wrote {shown(out)} and its preprocessing spec {shown(spec_path(out))}")
     return 0

@@ -108,7 +108,7 @@ def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
 
 
 @pytest.mark.parametrize("change, said", [
-    (["--seed", "1"], "of the films given to validating a distilled model were in "),
+    (["--seed", "1"], "of the films given to validate the distilled model were in "),
     (["--folds", "3"], "has no finished fold-2 bundle"),
 ])
 def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, change: list[str],
@@ -122,7 +122,7 @@ def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path
 
 
 @pytest.mark.parametrize("change, said", [
-    ({"split_csv": None}, "of the films given to validating a distilled model were in "),
+    ({"split_csv": None}, "of the films given to validate the distilled model were in "),
     ({"distill_weight": 1.0}, "between 0 and 1: got 1.0"),
     ({"augment": {"mixup": 0.2}}, "mixup and CutMix mix two films"),
 ])

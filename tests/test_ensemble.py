@@ -28,7 +28,7 @@ from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
-from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import batched, out_of_fold
 from pneumoscan.serving.app import create_app
@@ -193,8 +193,9 @@ def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
 ) -> None:
     """Members named relative to the folder `ensemble` ran in: recorded as they were typed, every training-film
     check looked for them elsewhere from another folder, found nothing and let the films through (AUC 0.85 on the
-    members' own training films, reported as independent). A bundle given twice, or an ensemble given as the
-    first member, is refused by its own name."""
+    members' own training films, reported as independent). A bundle given twice (or a copy of its weights: the
+    ensemble had claimed two members and averaged one), or an ensemble given as the first member, is refused by its
+    own name."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "a").symlink_to(tiny_bundle.parent)
@@ -207,6 +208,9 @@ def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
     assert card.train_config["ensemble_of"] == [str(work / "a" / "bundle"), str(work / "b" / "bundle")]
     with pytest.raises(ValueError, match="a/bundle is given twice"):
         main_raising(["ensemble", "a/bundle", "./a/bundle", *test_split, "--out", "twice"])
+    (work / "c").symlink_to(shutil.copytree(tiny_bundle.parent, tmp_path / "copy"))  # the same weights, elsewhere
+    with pytest.raises(ValueError, match="c/bundle holds the same weights as .*a/bundle \\(a copy\\)"):
+        main_raising(["ensemble", "a/bundle", "c/bundle", *test_split, "--out", "copied"])
     with pytest.raises(ValueError, match="/work/ens: an ensemble cannot be a member"):
         main_raising(["ensemble", "ens", "b/bundle", *test_split, "--out", "nested"])
     monkeypatch.chdir(tmp_path)
@@ -270,11 +274,18 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
     assert int8.card.threshold_policy == sidecar["threshold_policy"]  # what /v1/model and the reports show
 
 
-def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0) -> Path:
-    """A finished two-fold cv run made of ready bundles: fold k holds out the films i with (i + shift) % 2 == k."""
+def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0, other_weights: bool = False
+            ) -> Path:
+    """A finished two-fold cv run made of ready bundles: fold k holds out the films i with (i + shift) % 2 == k.
+    ``other_weights``: each bundle's weights nudged, as a second run's would differ (ensemble refuses a copy)."""
     records = discover(tiny_dataset).split("test")
     for k, bundle in enumerate(bundles):
         shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
+        if other_weights:
+            model, card = load_bundle(bundle)
+            with torch.no_grad():
+                next(model.parameters()).mul_(1.001)
+            save_bundle(folder / f"fold-{k}" / "bundle", model, card)
         write_manifest([dataclasses.replace(r, split="val" if (i + shift) % 2 == k else "train")
                         for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
         shutil.copy(folder / f"split-fold-{k}.csv", folder / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
@@ -316,7 +327,7 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                              tmp_path: Path) -> None:
     first = _cv_run(tmp_path / "a", (tiny_bundle, member64), tiny_dataset)
-    second = _cv_run(tmp_path / "b", (member64, tiny_bundle), tiny_dataset)
+    second = _cv_run(tmp_path / "b", (member64, tiny_bundle), tiny_dataset, other_weights=True)
     assert main(["ensemble", "--cv", str(first), str(second), "--youden", "--out", str(tmp_path / "ens")]) == 0
     card = load_card(tmp_path / "ens")
     assert [m["source"] for m in card.model_kwargs["members"]] == [

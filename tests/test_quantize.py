@@ -113,6 +113,28 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
+def test_quantising_leaves_the_root_logger_as_it_was(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's quantiser gave the root logger a stderr handler of its own: with the command line's, every
+    message after quantisation was printed twice (pytest's own handlers hide it, so the root starts bare here)."""
+    import logging
+
+    from pneumoscan.training.quantize import _int8_graph
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    # activations this small make the quantiser widen bias scales, which it reports through logging.info()
+    batch = np.random.default_rng(0).normal(0, 1e-6, (4, 1, *[load_card(tiny_bundle).size] * 2)).astype(np.float32)
+    assert _int8_graph(tiny_bundle / ONNX_NAME, [batch])
+    assert logging.getLogger().handlers == []
+
+
+@pytest.mark.parametrize("flags", [["--data", "split.csv"], ["--cv", "cv"], ["--calibration-images", "50"]])
+def test_int8_settings_without_int8_are_refused(tiny_bundle: Path, flags: list[str], tmp_path: Path, capsys) -> None:
+    """They had been ignored: the plain export was written, exit 0, and no INT8 model."""
+    out = tmp_path / "unused.onnx"
+    assert cli.main(["export", str(tiny_bundle), *flags, "--out", str(out)]) == 2
+    assert f"{flags[0]} only with --int8" in capsys.readouterr().err and not out.exists()
+
+
 def test_int8_thresholds_on_too_few_positives_are_said_to_be_guesses(
         tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`threshold` warned that a sensitivity of 0.95 cannot be shown on fewer than 20 positive films; export --int8

@@ -245,7 +245,8 @@ def test_a_start_from_a_bundle_that_trained_on_the_validation_films_is_refused(t
                for r in discover(tiny_bundle.parent / "split.csv").records]
     manifest, run = tmp_path / "swapped.csv", tmp_path / "run"
     write_manifest(swapped, manifest)
-    with pytest.raises(ValueError, match=r"validating a model started from .* were in .*'s training split"):
+    with pytest.raises(ValueError, match=r"validate a model started from .* were in .*'s training split \(e\.g\. .*\): "
+                                         r"validate a model started from .* on films .*/bundle did not train on"):
         train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest), "init": str(tiny_bundle)}), run)
     assert not run.exists(), "refused before the run folder is made"
     started = shutil.copytree(tiny_bundle, tmp_path / "started" / "bundle")  # as a run started from it records it

@@ -190,7 +190,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             among = (f"; {total} counting the training splits of all {len(trained)} bundles its weights come from"
                      if len(trained) > 1 else "")
             raise ValueError(f"{len(films)} of the films given to {purpose} were in {path}'s training split "
-                             f"(e.g. {films[0]}{among}): {purpose} on films it did not train on{hint}"
+                             f"(e.g. {films[0]}{among}): {purpose} on films {path} did not train on{hint}"
                              f"{_SOURCE_NOTES[how].format(bundle=bundle)}")
         for path, _, run, train in runs:
             validation = sorted(_side(run, "val") & given)

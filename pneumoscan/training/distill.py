@@ -51,7 +51,7 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
         card = load_card(teacher)  # a damaged or edited teacher is refused here, by name
         if card.task != task.name:
             raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
-    check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validating a distilled model",
+    check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
                    hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
 
 

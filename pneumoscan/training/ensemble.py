@@ -176,6 +176,11 @@ def build_ensemble(
     loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
     cards = [c for _, c in loaded]
     _check_members(cards, paths)
+    weights = [c.files.get(WEIGHTS) for c in cards]
+    if same := next(((paths[weights.index(w)], p) for i, (w, p) in enumerate(zip(weights, paths))
+                     if w and w in weights[:i]), None):
+        raise ValueError(f"{same[1]} holds the same weights as {same[0]} (a copy): each model counts once, or the "
+                         "ensemble would claim members it does not have")
     first = cards[0]
     if target_sensitivity is None and max_false_positive_rate is None and not youden:
         target_sensitivity, max_false_positive_rate = first.threshold_targets

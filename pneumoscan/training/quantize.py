@@ -68,6 +68,17 @@ def _sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
 def _int8_graph(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
     """ONNX Runtime static INT8 of an FP32 graph: QDQ, per-channel INT8 weights, UINT8 activations whose ranges are
     the min and max over ``batches``."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        return _quantized(fp32_graph, batches)
+    finally:  # onnxruntime's quantiser logs through logging.info(), whose basicConfig gives the root logger a
+        # handler of its own: every later pneumoscan message was printed twice
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+
+
+def _quantized(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "fp32.onnx"
         source.write_bytes(fp32_graph if isinstance(fp32_graph, bytes) else Path(fp32_graph).read_bytes())

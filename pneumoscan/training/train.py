@@ -418,7 +418,7 @@ def train(
     records = split_records(data, cfg)
     check_teachers(cfg, records, task)
     if cfg.init is not None:  # weights that learnt the validation films would choose the best epoch and threshold
-        check_held_out([cfg.init], [r for r in records if r.split == "val"], "validating a model started from "
+        check_held_out([cfg.init], [r for r in records if r.split == "val"], "validate a model started from "
                        f"{cfg.init}", hint=" (start from a bundle trained on the same split, or on other films)")
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
