@@ -269,7 +269,7 @@ def test_cli_predict_writes_results_and_reports_failures(
     out_json = tmp_path / "r.json"
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
     [row] = json.loads(out_json.read_text())
-    assert row.keys() == {"path", "probability", "label", "threshold", "warnings"}
+    assert row.keys() == {"path", "probability", "label", "threshold", "warnings", "model_id", "model_version"}
     card = load_card(tiny_bundle)
     assert row["threshold"] == card.tta_threshold != card.threshold, "TTA scores are read at the TTA threshold"
     assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.tta_threshold else "NORMAL")

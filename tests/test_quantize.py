@@ -20,7 +20,8 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.interop.reports import model_version, write_reports
+from pneumoscan.inference.export import model_version
+from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -194,6 +195,11 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     """Its scores and thresholds are its own: a web answer and a report say which model made them."""
     plain, int8 = model_version(int8_bundle), model_version(int8_bundle, "onnx-int8")
     assert int8.startswith(plain + "+int8:") and len(int8) == len(plain) + len("+int8:") + 12
+    # predict's rows too: a results file parted from its command line still says which model scored it
+    film = next((data_root / "val" / "NORMAL").glob("*.jpeg"))
+    rows = [predict_paths(int8_bundle, [film], backend=b)[0] for b in ("onnx", "onnx-int8")]
+    assert [(r["model_id"], r["model_version"]) for r in rows] == [(load_card(int8_bundle).model_id, v)
+                                                                   for v in (plain, int8)]
     with TestClient(create_app(int8_bundle, backend="onnx-int8")) as client:
         info = client.get("/v1/model").json()
     assert info["version"] == int8

@@ -62,6 +62,17 @@ def weights_digest(bundle: Path | str) -> str:
     return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
 
 
+def model_version(bundle: Path | str, backend: str = "torch") -> str:
+    """The version every result states (predict's rows, web answers, SR, FHIR): a prefix of the sha256 of the
+    bundle's weights, so a result can be traced to the bundle that made it. Read with the INT8 model
+    (``onnx-int8``), whose scores and thresholds are its own, the INT8 file's digest follows, so a result names the
+    model whose threshold it states."""
+    version = f"sha256:{weights_digest(bundle)[:12]}"
+    if backend == "onnx-int8":
+        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
+    return version
+
+
 def torch_threads() -> int:
     """How many intra-op threads torch uses: its own count once it is loaded (``torch.set_num_threads`` included),
     else the count it would start with, worked out as torch's MKL build does without loading torch (about 0.5 GB):

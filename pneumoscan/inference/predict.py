@@ -53,7 +53,8 @@ TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
-    "warnings", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
+    "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+    "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 
@@ -393,6 +394,10 @@ def predict_paths(
             raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be refused as "
                              "films (pneumoscan outputs) on every later run; choose another folder")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
+    # every score names the model that made it, as the web service's answers do: FP32 and INT8 results differ
+    from .export import model_version
+
+    identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:
@@ -407,7 +412,8 @@ def predict_paths(
                 row = {"path": path, **next(results)}
                 if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
                     facts = describe(path)
-                    row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []))
+                    row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []),
+                               **identity)
                 if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     # the panels show the film decoded again at a panel's size, as the web service shows it: the
                     # model's copy (224 px a side, say) is too small to check the map against the anatomy

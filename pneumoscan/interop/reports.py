@@ -13,20 +13,10 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.tasks import get_task
-from pneumoscan.inference.export import INT8_NAME, weights_digest
-from pneumoscan.models.card import file_sha256, load_card
+from pneumoscan.inference.export import model_version
+from pneumoscan.models.card import load_card
 
 log = logging.getLogger(__name__)
-
-
-def model_version(bundle: Path | str, backend: str = "torch") -> str:
-    """The version every result states (web answers, SR, FHIR): a prefix of the sha256 of the bundle's weights, so a
-    result can be traced to the bundle that made it. Read with the INT8 model (``onnx-int8``), whose scores and
-    thresholds are its own, the INT8 file's digest follows, so a result names the model whose threshold it states."""
-    version = f"sha256:{weights_digest(bundle)[:12]}"
-    if backend == "onnx-int8":
-        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
-    return version
 
 
 def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str]:

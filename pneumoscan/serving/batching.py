@@ -13,7 +13,7 @@ import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
-from pneumoscan.interop.reports import model_version
+from pneumoscan.inference.export import model_version
 
 from .formats import ModelInfo, StageResult
 
