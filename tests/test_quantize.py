@@ -114,6 +114,20 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
+def test_the_model_card_gives_the_int8_models_own_thresholds(int8_bundle: Path, tiny_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    """MODEL_CARD.md had stayed byte for byte as before export --int8: "In force" named the FP32 threshold only,
+    while --backend onnx-int8 labelled at its own; `threshold` chooses both again, and the card follows."""
+    for bundle in (int8_bundle, tmp_path / "fpr"):
+        if bundle != int8_bundle:
+            assert cli.main(["threshold", str(int8_bundle), str(tiny_bundle.parent / "split.csv"), "--split", "val",
+                             "--max-false-positive-rate", "0.5", "--out", str(bundle)]) == 0
+        sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
+        card = (bundle / "MODEL_CARD.md").read_text()
+        assert "## INT8 model" in card and f"**{sidecar['threshold']:.4f}** ({sidecar['threshold_policy']})" in card
+    assert "false-positive rate <= 0.5" in sidecar["threshold_policy"]
+
+
 def test_quantising_leaves_the_root_logger_as_it_was(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime's quantiser gave the root logger a stderr handler of its own: with the command line's, every
     message after quantisation was printed twice (pytest's own handlers hide it, so the root starts bare here)."""

@@ -33,7 +33,8 @@ from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_p
 from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
 from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
-from .model_card import MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures
+from .model_card import (MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures,
+                         write_model_card)
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -599,6 +600,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
             # every figure of the sidecar about the films that chose the thresholds is now about these films
             write_int8_spec(tmp, json.loads(spec_path(tmp / INT8_NAME).read_text()) | int8_figures(
                 y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max())))
+            write_model_card(tmp, load_card(tmp))  # its INT8 section, from the sidecar just written
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
              y.size, out)

@@ -8,6 +8,7 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import format_figure, with_ci
+from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import BundleCard, load_card, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -222,8 +224,22 @@ def _threshold_section(card: BundleCard) -> str:
             "so they are optimistic in the same way as the validation figures.")
 
 
-def render(card: BundleCard) -> str:
-    """The text of MODEL_CARD.md for a bundle's card."""
+def _int8_section(figures: dict) -> str:
+    """What ``export --int8`` made, from its sidecar: the thresholds ``--backend onnx-int8`` labels at are its own."""
+    at = figures.get("int8_val_metrics") or {}
+    return (f"`{INT8_NAME}` (`pneumoscan export --int8`): ONNX Runtime static INT8, read by `--backend onnx-int8`. "
+            f"Quantisation moves the scores, so it labels at its own thresholds: **{format_figure(figures['threshold'], 4)}** "
+            f"({figures.get('threshold_policy', 'policy not recorded')}); with test-time augmentation "
+            f"{format_figure(figures.get('tta_threshold'), 4)}. On the {figures.get('validation_images', '?')} films that "
+            f"chose them: AUC {format_figure(figures.get('val_auc_int8'), 4)} (FP32 "
+            f"{format_figure(figures.get('val_auc_fp32'), 4)}), sensitivity {format_figure(at.get('sensitivity'))}, "
+            f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
+            f"{format_figure(figures.get('max_probability_change'), 3)} from FP32's. The other sections describe the "
+            "FP32 model.")
+
+
+def render(card: BundleCard, int8: dict | None = None) -> str:
+    """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has one."""
     recipe = {k: card.train_config[k] for k in card.train_config if k not in ("split_csv",)}
     source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
               f"quality {card.source_quality}, as those were made" if card.source_size else "")
@@ -249,6 +265,7 @@ def render(card: BundleCard) -> str:
         + (f"Trained with {', '.join(f'{name} {v}' for name, v in card.versions.items())}."
            if card.versions else "Library versions not recorded."),
         f"## Operating threshold\n\n{_threshold_section(card)}",
+        *([f"## INT8 model\n\n{_int8_section(int8)}"] if int8 else []),
         f"## Validation figures\n\n{_validation_section(card)}",
         f"## Evaluations on other data\n\n{_external_section(card)}",
         f"## Limitations\n\n{_bullets(_limitations(card))}",
@@ -261,7 +278,12 @@ def render(card: BundleCard) -> str:
 def write_model_card(directory: Path | str, card: BundleCard) -> Path:
     """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
     path = Path(directory) / MODEL_CARD
-    text = render(card)
+    quantized = Path(directory) / INT8_NAME
+    try:  # the INT8 model's own thresholds and figures, when export --int8 made one
+        int8 = json.loads(spec_path(quantized).read_text()) if quantized.exists() else None
+    except (OSError, ValueError):
+        int8 = None
+    text = render(card, int8)
     write_atomic(path, text.encode("utf-8"))
     return path
 

@@ -30,6 +30,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, describe_policy, format_figure, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import (
     INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
     warn_if_too_few_positives,
@@ -190,6 +191,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
                          "--backend onnx")
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
+    write_model_card(bundle, load_card(bundle))  # with its INT8 section: the thresholds onnx-int8 labels at
     (bundle / INT8_CALIBRATION_FILMS).unlink(missing_ok=True)  # an earlier export's films chose other thresholds
     if not cv_dirs:  # evaluate --backend onnx-int8 on them says its figures are optimistic
         record_calibration_films(bundle, val_records, INT8_CALIBRATION_FILMS)
