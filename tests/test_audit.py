@@ -24,6 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from pneumoscan.cli import main
 from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
 from pneumoscan.data.layouts import discover
+from tests.builders import dicom_bytes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,3 +365,21 @@ def test_audit_figure_shows_odd_names_escaped_and_never_as_tex(conflicts_report:
     audit_figure(conflicts_report, discover(conflicted["root"]), out, per_class=6)
     svg = out.read_text()
     assert "person2_virus_\\xe9.jpeg" in svg and "person3_virus_$\\nonsense{$.jpeg" in svg
+
+
+def test_audit_counts_dicom_patients_and_says_what_it_could_not_check(tmp_path: Path) -> None:
+    """Films named by UID share a patient through their DICOM header's PatientID; a film with no id anywhere is
+    counted as not checked, so "0 patients in both" is never read as a clean bill for films it could not check."""
+    root = tmp_path / "pacs"
+    for part, pid in (("train/NORMAL/1.2.3.1.dcm", "P1"), ("test/NORMAL/1.2.3.2.dcm", "P1"),
+                      ("test/PNEUMONIA/1.2.3.3.dcm", "P2")):
+        (root / part).parent.mkdir(parents=True, exist_ok=True)
+        (root / part).write_bytes(dicom_bytes(np.asarray(_picture(7, (32, 32))), bits=8, PatientID=pid))
+    _picture(8, (32, 32)).save(root / "test/PNEUMONIA/scan_0002.png")
+    report = audit(discover(root), workers=1)
+    assert len(report["patient_overlap"]["train/test"]) == 1 and report["without_patient_id"] == 1
+    console = Console(file=io.StringIO(), width=200)
+    console.print(format_audit(report))
+    text = console.file.getvalue()
+    assert "patients in both train/test: 1 (dicom-" in text and "P1" not in text
+    assert "not checked: 1 of 4 films carry no patient id" in text

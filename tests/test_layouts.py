@@ -9,8 +9,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pneumoscan.data import layouts as layouts_module
 from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.layouts import (
     Discovery,
@@ -30,6 +32,8 @@ from pneumoscan.data.layouts import (
     walk,
     write_manifest,
 )
+from pneumoscan.data.tasks import get_task, warn_untyped
+from tests.builders import dicom_bytes
 
 
 def tree(root: Path, files: dict[str, list[str]]) -> Path:
@@ -276,3 +280,111 @@ def test_without_the_toy_layout_its_folder_is_not_recognised(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="no dataset layout recognises it"):
         discover(root)
     assert parse_name("CHNCXR_0001_0.png", "NORMAL") is None
+
+
+def _dicom(path: Path, **elements: object) -> Path:
+    """A small DICOM film at ``path`` with the given header elements (PatientID, IssuerOfPatientID, ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8) * 60, **elements))
+    return path
+
+
+def test_a_dicom_film_without_a_name_id_is_its_header_patients(tmp_path: Path) -> None:
+    """PACS exports name films by UID: the header's PatientID (with its issuer) is what ties a patient's films, so
+    split keeps them together and audit sees one patient in two splits. The id is kept out of the record."""
+    root = tmp_path / "pacs"
+    first = _dicom(root / "train/NORMAL/1.2.826.0.1.1.dcm", PatientID="123", IssuerOfPatientID="HOSP_A")
+    again = _dicom(root / "test/NORMAL/1.2.826.0.1.2.dcm", PatientID="123", IssuerOfPatientID="HOSP_A")
+    other = _dicom(root / "test/PNEUMONIA/1.2.826.0.1.3.dcm", PatientID="123", IssuerOfPatientID="HOSP_B")
+    unnamed = _dicom(root / "test/PNEUMONIA/1.2.826.0.1.4.dcm")
+    patients = {Path(r.path): r.patient for r in discover(root).records}
+    assert patients[first] == patients[again] != patients[other]  # two hospitals' "123" are two patients
+    assert patients[first].startswith("dicom-") and "123" not in patients[first] + patients[other]
+    assert patients[unnamed] == "test/PNEUMONIA/1.2.826.0.1.4.dcm"  # no PatientID: a patient of its own
+    assert shared_patients(discover(root).records) == {"train/test": [patients[first]]}
+    # a manifest's patient column wins over the header, and one pneumoscan wrote reads back the same
+    (tmp_path / "typed.csv").write_text(f"path,label,patient\n{first},NORMAL,MRN9\n{again},NORMAL,\n")
+    assert [r.patient for r in read_manifest(tmp_path / "typed.csv").records] == ["MRN9", patients[again]]
+    write_manifest(discover(root).records, tmp_path / "split.csv")
+    assert read_manifest(tmp_path / "split.csv").records == discover(root).records
+
+
+def test_a_jpeg_dataset_reads_no_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a film whose ending no other format claims is read for a DICOM header: JPEG and PNG datasets without
+    ids in their names stay as quick to discover as before."""
+    def no_header(path: object, dicom: bool = False) -> None:
+        raise AssertionError(f"header read: {path}")
+
+    monkeypatch.setattr(layouts_module, "read_dicom_header", no_header)
+    root = tree(tmp_path / "own", {"NORMAL": ["0001.jpeg", "0002.JPG"], "PNEUMONIA": ["0001.png"]})
+    assert all(own_patient(r) for r in discover(root).records)
+
+
+@pytest.mark.parametrize("label", ["NORMAL", "PNEUMONIA"])
+def test_osirix_names_of_dicom_films_tie_no_patients_in_any_folder(tmp_path: Path, label: str) -> None:
+    """OsiriX and Horos number every patient's series IM-0001: in NORMAL/ as in PNEUMONIA/, the name gives a DICOM
+    film no patient (its header does), while a Kermany JPEG keeps its study in NORMAL/."""
+    assert parse_name("IM-0001-0002.dcm", label) is None
+    assert parse_name("IM-0115-0001.jpeg", label) == (("normal", "IM-0115") if label == "NORMAL" else None)
+    films = [_dicom(tmp_path / "osirix" / split / label / "IM-0001-0001.dcm", PatientID=f"P{split}")
+             for split in ("train", "test")]
+    records = discover(tmp_path / "osirix").records
+    assert {Path(r.path) for r in records} == set(films)
+    assert len({r.patient for r in records}) == 2 and shared_patients(records) == {"train/test": []}
+
+
+@pytest.mark.parametrize("name, subtype", [
+    ("child0_bacteria_0.jpeg", "bacteria"),
+    ("child10_virus_20.jpeg", "virus"),
+    ("Viral Pneumonia-12.png", "virus"),
+    ("2023-01-05.BACTERIAL.png", "bacteria"),
+    ("bacteria_or_virus_1.png", ""),  # both: unknown
+    ("nonbacterial_3.png", ""),  # inside another word
+    ("scan_0002.jpeg", ""),
+])  # fmt: skip
+def test_a_name_that_says_the_kind_as_a_word_gives_the_subtype(name: str, subtype: str) -> None:
+    rec = make_record(f"/x/PNEUMONIA/{name}", "PNEUMONIA")
+    assert rec.subtype == subtype and own_patient(rec)
+    # in NORMAL/ the folder wins, and the contradiction is reported
+    conflict = name_conflict(make_record(f"/x/NORMAL/{name}", "NORMAL"))
+    assert conflict == (f"named {subtype}, labelled NORMAL" if subtype else None)
+
+
+def test_a_manifest_subtype_may_be_bacterial_or_viral(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,label,subtype\na.png,PNEUMONIA,Bacterial\nb.png,PNEUMONIA,viral\n")
+    assert [r.subtype for r in read_manifest(tmp_path / "m.csv").records] == ["bacteria", "virus"]
+    (tmp_path / "bad.csv").write_text("path,label,subtype\na.png,PNEUMONIA,abnormal\n")
+    with pytest.raises(ValueError) as e:  # no guess: 'normal' is the opposite class
+        read_manifest(tmp_path / "bad.csv")
+    assert str(e.value).endswith("line 2: unknown subtype 'abnormal' (choose from normal, bacteria, virus, or leave "
+                                 "it empty for PNEUMONIA)")
+    (tmp_path / "misfit.csv").write_text("path,label,subtype\na.png,NORMAL,viral\n")
+    with pytest.raises(ValueError, match="line 2: subtype 'virus' does not fit label NORMAL"):
+        read_manifest(tmp_path / "misfit.csv")
+
+
+def test_a_dicom_file_without_a_dcm_ending_is_a_film_in_a_folder(tmp_path: Path) -> None:
+    """DICOM media name their files IM000001 (no ending) and PACS exports by UID: a walk reads them by their
+    DICM magic, as predict does a file named directly. Other files without an image ending stay skipped."""
+    folder = tmp_path / "NORMAL"
+    media = _dicom(folder / "IM000001", PatientID="7")
+    uid = _dicom(folder / "1.2.826.0.1.3680043.8.498.52", PatientID="7")
+    other = _dicom(folder / "film.dicom")
+    (folder / "README").write_text("films from the CD")
+    (folder / "._IM000001").write_bytes(media.read_bytes())  # a Mac's resource fork: never a film
+    entries = {e.path.name: (e.kind, e.reason) for e in walk(folder)}
+    assert entries == {"IM000001": ("image", ""), uid.name: ("image", ""), other.name: ("image", ""),
+                       "README": ("skipped", "not an image extension (none)"), "._IM000001": ("skipped", "system file")}
+    records = discover(tmp_path).records
+    assert len(records) == 3 and records[0].patient == records[1].patient != records[2].patient
+
+
+def test_untyped_pneumonia_films_are_warned_of_with_the_ways_to_type_them(caplog: pytest.LogCaptureFixture) -> None:
+    records = [make_record(f"/x/PNEUMONIA/{name}", "PNEUMONIA") for name in ("child0_bacteria_0.jpeg",
+                                                                             "scan_0002.jpeg")]
+    with caplog.at_level(logging.WARNING):
+        warn_untyped(records, get_task("etiology"), "training")
+    assert caplog.messages == [
+        "1 pneumonia film(s) given to training do not say bacteria or virus (e.g. /x/PNEUMONIA/scan_0002.jpeg): "
+        "neither their names (personN_bacteria_M, BACTERIA-N-M, or one of the two words in a name of your own) nor a "
+        "manifest's subtype column give it, so the etiology task cannot use them and they are left out"]

@@ -52,7 +52,6 @@ def test_look_up_option_suggests_the_closest_names() -> None:
     (lambda: Predictor("no-bundle-needed", backend="onnx_int8"), "'onnx-int8'"),
     (lambda: models.create("simple_cn"), "'simple_cnn'"),
     (lambda: models.normalization("resnet5O"), "'resnet50'"),
-    (lambda: make_record("a.png", "NORMALL"), "'NORMAL'"),
     (lambda: discover(".", layout="kagle"), "'kaggle'"),
     (lambda: TrainConfig.from_dict({"lrr": 0.1}), "'lr'"),
     (lambda: TrainConfig.from_dict({"optimizer": "adam-plateu"}), "'adam-plateau'"),
@@ -62,6 +61,17 @@ def test_look_up_option_suggests_the_closest_names() -> None:
 def test_every_choice_goes_through_the_one_check(call, guess: str) -> None:
     with pytest.raises(ValueError, match=f"did you mean {guess}"):
         call()
+
+
+@pytest.mark.parametrize("label", ["abnormal", "NORMALL", "pneumonial"])
+def test_a_label_gets_no_guess_that_could_flip_its_class(label: str) -> None:
+    """ABNORMAL is one letter from NORMAL: a guess by spelling would send an abnormal film to the opposite class,
+    so an unknown label is refused with the labels listed and no guess."""
+    with pytest.raises(ValueError) as e:
+        make_record("a.png", label)
+    assert str(e.value) == f"unknown label {label.upper()!r} (choose from NORMAL, PNEUMONIA)"
+    with pytest.raises(ValueError, match=r"unknown subtype 'abnormal' \(choose from normal, bacteria, virus"):
+        look_up_option("abnormal", ("normal", "bacteria", "virus"), "subtype", suggest=False)
 
 
 def _option(parser: argparse.ArgumentParser, command: str, flag: str) -> argparse.Action:

@@ -39,13 +39,16 @@ KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "
          list: "a list", list[str]: "a list of strings", tuple: "a list", dict: "a mapping"}
 
 
-def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: str | None = None) -> T:
+def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: str | None = None,
+                   suggest: bool = True) -> T:
     """``value`` when it is one of ``choices``; else ValueError ``unknown WHAT 'x'; did you mean 'y'? (choose from
-    ...)``. ``hint`` replaces the list of choices (for long ones, e.g. "see `pneumoscan models`")."""
+    ...)``. ``hint`` replaces the list of choices (for long ones, e.g. "see `pneumoscan models`"). ``suggest=False``
+    drops the "did you mean": for choices a near spelling of which may mean the opposite (``ABNORMAL`` is one letter
+    from ``NORMAL``), where a guess by spelling would point to the wrong class."""
     known = list(choices)
     if value in known:
         return value
-    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=3, cutoff=0.6) if suggest else []
     guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listed = hint or (f"choose from {', '.join(map(str, known))}" if len(known) <= LISTED else f"{len(known)} names")
     raise ValueError(f"unknown {what} {value!r}{guess} ({listed})")

@@ -35,7 +35,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS
 from pneumoscan.data.decode import image_info, open_regular, read_gray
-from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict
+from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict, own_patient
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import resize
 
@@ -250,6 +250,8 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "near_duplicate_groups": near,
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
         "patient_overlap": shared_patients(records),
+        # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
+        "without_patient_id": sum(map(own_patient, records)),
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
         "label_conflicts": conflicts,
         "seconds": round(time.perf_counter() - start, 2),
@@ -437,6 +439,9 @@ def format_audit(report: dict):
     for pair, ids in report["patient_overlap"].items():
         some = f" ({', '.join(map(shown, ids[:10]))}{', ...' if len(ids) > 10 else ''})" if ids else ""
         lines.append((f"patients in both {pair}: {len(ids)}{some}", bool(ids)))
+    if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
+        lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
+                      "names, a manifest's patient column or a DICOM header)", True))
     lines.append((f"images repeated across splits: {len(cross)} groups", bool(cross)))
     lines += [(f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]]
     return Group(table, *(Text(line, style="bold red" if warn else "") for line, warn in lines))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -26,6 +27,8 @@ from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import file_kind, shown
 from pneumoscan.core.options import SPLITS, look_up_option
 from . import readers
+from .decode import open_regular, read_dicom_header
+from .pixels import DecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# "bacteria" or "virus" said as a word in a name no layout's rules fit: child0_bacteria_0, Viral Pneumonia-12
+_KIND_WORD = re.compile(r"(?<![a-z])(bacteria|bacterial|virus|viral)(?![a-z])", re.IGNORECASE)
+SUBTYPE_WORDS = {"bacterial": "bacteria", "viral": "virus"}  # the adjectives, read as the subtypes they name
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,9 @@ class Record:
     path: str
     label: str  # "NORMAL" | "PNEUMONIA"
     subtype: str  # "normal" | "bacteria" | "virus" | "" when a pneumonia file name does not say
-    patient: str  # patient (personN, Mendeley's number) or study (IM-NNNN) id; else the film's own path (own_patient)
+    # patient (personN, Mendeley's number) or study (IM-NNNN) id, or a DICOM header's (dicom-...); else the film's
+    # own path (own_patient)
+    patient: str
     split: str = ""  # "train" | "val" | "test" | "" for a single folder or a manifest without splits
 
 
@@ -63,16 +71,16 @@ def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple
     """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
     first, then every registered one's: a site may have merged two releases); None when no rules fit. The folder's
     label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
-    ruled = _ruled_by(Path(filename).stem, label, layout)
+    ruled = _ruled_by(Path(filename).name, label, layout)
     return None if ruled is None else ruled[1]
 
 
-def _ruled_by(stem: str, label: str, layout: Layout | None) -> tuple[Layout, tuple[str, str]] | None:
-    """The first layout whose name rules ``stem`` follows (``layout``'s first, then every registered one's), with
-    what it parsed; None when no rules fit."""
+def _ruled_by(name: str, label: str, layout: Layout | None) -> tuple[Layout, tuple[str, str]] | None:
+    """The first layout whose name rules the file name ``name`` follows (``layout``'s first, then every registered
+    one's), with what it parsed; None when no rules fit."""
     rules = [layout] if layout is not None else []
     for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
-        parsed = candidate.parse_name(stem, label)
+        parsed = candidate.parse_file(name, label)
         if parsed is not None:
             return candidate, parsed
     return None
@@ -82,11 +90,15 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
     """How ``rec``'s file name contradicts its label or subtype (``person1_bacteria_9.jpeg`` in NORMAL/, a misfiled
     or relabelled film: "named bacteria, labelled NORMAL"), by the rules :func:`parse_name` reads it by; None when
     it agrees or states no kind. The label is kept (the folder's or the manifest's word), so this is reported, not
-    corrected: which of the two is wrong is for a person to tell."""
+    corrected: which of the two is wrong is for a person to tell. A name no layout's rules fit states the kind it
+    says as a word (:func:`kind_in_words`)."""
     stem = Path(rec.path).stem
-    ruled = _ruled_by(stem, rec.label, layout)
-    said = ruled[0].name_says(stem) if ruled is not None else None
-    kind = said[0] if said is not None else ""
+    ruled = _ruled_by(Path(rec.path).name, rec.label, layout)
+    if ruled is None:
+        kind = kind_in_words(stem)
+    else:
+        said = ruled[0].name_says(stem)
+        kind = said[0] if said is not None else ""
     if not kind:
         return None
     if (kind == "normal") != (rec.label == "NORMAL"):
@@ -97,18 +109,56 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
 
 
 def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None,
-                root: Path | str | None = None) -> Record:
-    """A record with the subtype and patient read from the file name (:func:`parse_name`). A film whose name follows
-    no rules has an unknown subtype and is a patient of its own: its id is its path, relative to ``root`` (the
-    dataset's folder) when below it, because a stem such as ``0001`` names a different film in every folder."""
+                root: Path | str | None = None, patient: str = "") -> Record:
+    """A record with the subtype and patient read from the file name (:func:`parse_name`); ``patient`` (a manifest's
+    column) wins over the name's, spelt as the name's when it is that id in another case. A pneumonia film whose
+    name follows no rules has the subtype it says as a word (:func:`kind_in_words`), else an unknown one. A film
+    with no patient from either takes its DICOM header's (:func:`header_patient`); else it is a patient of its own:
+    its id is its path, relative to ``root`` (the dataset's folder) when below it, because a stem such as ``0001``
+    names a different film in every folder."""
     label = label.upper()
-    look_up_option(label, LABELS, "label")
+    # no "did you mean": ABNORMAL is one letter from NORMAL, the opposite class
+    look_up_option(label, LABELS, "label", suggest=False)
     parsed = parse_name(Path(path).name, label, layout)
-    if parsed is None:
+    subtype, named = parsed or ("normal" if label == "NORMAL" else kind_in_words(Path(path).stem), "")
+    if patient.casefold() == named.casefold():  # spelt as the file name's patient, so one child is one patient
+        patient = named
+    patient = patient or named or header_patient(path)
+    if not patient:
         below = root is not None and Path(path).is_relative_to(root)
-        parsed = ("normal" if label == "NORMAL" else ""), str(Path(path).relative_to(root) if below else path)
-    subtype, patient = parsed
+        patient = str(Path(path).relative_to(root) if below else path)
     return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
+
+
+def kind_in_words(stem: str) -> str:
+    """"bacteria" or "virus" when a file-name stem says one of them (or "bacterial", "viral") as a word, not inside
+    another (``child0_bacteria_0``, ``Viral Pneumonia-12``), and not both; else "". For names no layout's rules
+    fit: a site's own names say the kind in their own way, and only the Kermany ``personN_`` one was read."""
+    kinds = {SUBTYPE_WORDS.get(word.lower(), word.lower()) for word in _KIND_WORD.findall(stem)}
+    return kinds.pop() if len(kinds) == 1 else ""
+
+
+def header_patient(path: Path | str) -> str:
+    """The patient of a DICOM film by its header: PatientID, with IssuerOfPatientID when recorded (two hospitals'
+    "123" are two patients), as ``dicom-`` and 16 hex digits of their SHA-256, so that the id groups a patient's
+    films in splits and audits while the id itself stays out of manifests, run folders and messages. Only the
+    header is read, and only for a file whose ending no other format claims (.dcm, none, a UID's): a JPEG or PNG
+    dataset is not opened here. "" for a film with no PatientID, or that is not DICOM or cannot be read (decoding
+    reports it)."""
+    suffix = Path(path).suffix.lower()
+    claims = [reader.name for reader in readers.registered() if suffix in reader.suffixes]
+    if claims and "DICOM" not in claims:
+        return ""
+    try:
+        header = read_dicom_header(path)
+        if header is None:  # not DICOM after all (a JPEG without an ending)
+            return ""
+        patient, issuer = (str(header.get(k) or "").strip() for k in ("PatientID", "IssuerOfPatientID"))
+    except Exception:  # unreadable, or a malformed value: no id here, and decoding reports what is wrong
+        return ""
+    if not patient:
+        return ""
+    return "dicom-" + hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest()[:16]
 
 
 def own_patient(rec: Record) -> bool:
@@ -119,6 +169,15 @@ def own_patient(rec: Record) -> bool:
 
 def _is_junk(path: Path) -> str | None:
     """Reason to skip a file, or None if it looks like an image we should read."""
+    if hidden := _is_hidden(path):
+        return hidden
+    if path.suffix.lower() not in readers.suffixes():
+        return f"not an image extension ({path.suffix or 'none'})"
+    return None
+
+
+def _is_hidden(path: Path) -> str | None:
+    """Reason to skip a hidden or system file (never a film, whatever it holds), or None."""
     if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
         return "hidden folder"
     name = path.name.lower()
@@ -126,9 +185,19 @@ def _is_junk(path: Path) -> str | None:
         return "system file"
     if name.startswith("."):
         return "hidden file"
-    if path.suffix.lower() not in readers.suffixes():
-        return f"not an image extension ({path.suffix or 'none'})"
     return None
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether a regular file starts as DICOM Part 10 does ("DICM" at byte 128): DICOM media name their files
+    without an ending (``IM000001``, as a DICOMDIR lists them), and PACS exports by a UID (``1.2.840....52``)."""
+    try:
+        with open_regular(path) as f:
+            head = f.read(readers.HEAD_BYTES)
+    except (OSError, DecodeError):  # unreadable: left out as not an image, as before
+        return False
+    reader = readers.reader_for(head)
+    return reader is not None and reader.name == "DICOM"
 
 
 def _skip(entry: Path, kind: str, found: Discovery) -> None:
@@ -159,7 +228,8 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
     discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
     a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. ``seen`` (real folder ->
     the path it was first searched at; ``folder`` itself is searched if it is its own first path) can be shared by
-    the walks of one dataset, so that no real folder is searched twice in it. Nothing is opened: a FIFO is only
+    the walks of one dataset, so that no real folder is searched twice in it. Only a regular file whose ending no
+    reader claims is opened, for its first bytes (a DICOM file without ``.dcm``, :func:`_is_dicom`): a FIFO is only
     named, never read, so the walk cannot hang."""
     out: list[Entry] = []
     skip = os.path.realpath(exclude) if exclude is not None else None
@@ -205,6 +275,8 @@ def _classify(path: Path, relative: Path) -> tuple[str, str]:
         problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
     junk = _is_junk(relative)
     if problem is None:
+        if junk and not _is_hidden(relative) and _is_dicom(path):
+            return "image", ""
         return ("skipped", junk) if junk else ("image", "")
     # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
     return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
@@ -243,6 +315,11 @@ class Layout(ABC):
             return None
         kind, patient = said
         return ("normal" if label == "NORMAL" else "" if kind == "normal" else kind), patient
+
+    def parse_file(self, name: str, label: str) -> tuple[str, str] | None:
+        """:meth:`parse_name` for a whole file name, its ending included (what discovery asks): the stem's by
+        default; a layout whose rules hold for some formats only overrides it."""
+        return self.parse_name(Path(name).stem, label)
 
 
 class ClassFolders(Layout):
@@ -343,6 +420,9 @@ def _place(split: str, label: str) -> str:
     return f"{split}/{label}" if split else label
 
 
+_KERMANY_SUFFIXES = (".jpeg", ".jpg")  # the Kermany release's films are JPEGs
+
+
 class KaggleLayout(ClassFolders):
     """The Kaggle (Kermany) release: films named ``person12_bacteria_45.jpeg`` (patient, kind) and, for normals,
     after a study: ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``."""
@@ -368,6 +448,15 @@ class KaggleLayout(ClassFolders):
         if said is not None and not said[0] and label != "NORMAL" and not self._PERSON.match(stem):
             return None
         return super().parse_name(stem, label)
+
+    def parse_file(self, name: str, label: str) -> tuple[str, str] | None:
+        """A bare ``IM-...`` name is a Kermany study only on a JPEG, as the release's films are: a DICOM film so named
+        (OsiriX, Horos) gives no patient in any folder (it takes its header's, :func:`make_record`), since the
+        exporter numbers every patient's series ``IM-0001`` and the number would tie them together."""
+        said = self.name_says(Path(name).stem)
+        if said is not None and not said[0] and Path(name).suffix.lower() not in _KERMANY_SUFFIXES:
+            return None
+        return super().parse_file(name, label)
 
 
 class MendeleyLayout(ClassFolders):
@@ -495,9 +584,10 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
 
 def read_manifest(csv_path: Path | str) -> Discovery:
     """Records from a CSV with columns ``path,label[,subtype,patient,split]`` (header names in any case); relative
-    paths are taken relative to the CSV's folder. Missing subtype/patient are parsed from the file name. Anything
-    that could move a film silently (an unknown column or split, the same file twice) is refused with its line: a
-    misspelt ``split`` value or column would otherwise put test films into the training pool."""
+    paths are taken relative to the CSV's folder. Missing subtype/patient are parsed from the file name (a patient
+    also from a DICOM film's header, :func:`make_record`). Anything that could move a film silently (an unknown
+    column or split, the same file twice) is refused with its line: a misspelt ``split`` value or column would
+    otherwise put test films into the training pool."""
     csv_path = Path(csv_path)
     found = Discovery()
     seen: dict[str, tuple[int, str]] = {}
@@ -563,17 +653,18 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[
         split = row.get("split", "").lower()
         if split:
             look_up_option(split, SPLITS, "split", hint=f"choose from {', '.join(SPLITS)}, or leave it empty")
-        rec = make_record(path, row["label"], split, root=csv_path.parent)
+        rec = make_record(path, row["label"], split, root=csv_path.parent, patient=row.get("patient", ""))
+        subtype = (row.get("subtype") or rec.subtype).lower()
+        subtype = SUBTYPE_WORDS.get(subtype, subtype)  # "bacterial", "viral": a site's spelling of the two
+        # no "did you mean": "abnormal" is one letter from "normal", the opposite class
+        look_up_option(subtype, (*SUBTYPES, ""), "subtype", hint=f"choose from {', '.join(SUBTYPES)}, or leave it "
+                       "empty for PNEUMONIA", suggest=False)  # fmt: skip
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    subtype = (row.get("subtype") or rec.subtype).lower()
-    patient = row.get("patient") or rec.patient
-    if patient.lower() == rec.patient.lower():  # spelt as the file name's patient, so one child is one patient
-        patient = rec.patient
     # the tasks read the subtype: a NORMAL image is "normal", a PNEUMONIA one bacteria, virus or unknown ("")
     if subtype not in (("normal",) if rec.label == "NORMAL" else ("bacteria", "virus", "")):
         raise ValueError(f"{where}: subtype {subtype!r} does not fit label {rec.label}")
-    return Record(str(path), rec.label, subtype, patient, rec.split)
+    return dataclasses.replace(rec, subtype=subtype)
 
 
 def write_manifest(records: list[Record], csv_path: Path | str) -> None:
