@@ -39,14 +39,14 @@ def main() -> None:
     val, _, _ = labelled_images(args.data, "val", task, card.spec)
     appearance = Appearance.fit(train)
     print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
-    print("| films | flagged | by layout | by sharpness |")
-    print("|---|---|---|---|")
+    print("| films | flagged | by layout | by orientation | by sharpness |")
+    print("|---|---|---|---|---|")
     for name, change in {**CHANGES, **FAULTS}.items():
         reasons = appearance.warnings(np.stack([np.ascontiguousarray(change(a)) for a in val]))
-        layout = np.mean([any("layout" in w for w in r) for r in reasons])
-        sharp = np.mean([any("blurrier" in w or "noise" in w for w in r) for r in reasons])
+        layout, turned, sharp = (np.mean([any(word in w for word in words for w in r) for r in reasons])
+                                 for words in (("layout of light",), ("upside down",), ("blurrier", "noise")))
         print(f"| {'fault: ' if name in FAULTS else ''}{name} | {np.mean([bool(r) for r in reasons]):.1%} | "
-              f"{layout:.1%} | {sharp:.1%} |")
+              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} |")
 
 
 if __name__ == "__main__":
