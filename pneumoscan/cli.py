@@ -377,20 +377,21 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _option(choices: Sequence[str], what: str) -> Callable[[str], str]:
+def _option(choices: Sequence[str], what: str, any_case: bool = False) -> Callable[[str], str]:
     """An argparse type that checks a name as the library does (:func:`pneumoscan.core.options.look_up_option`:
-    did you mean)."""
+    did you mean); ``any_case`` for names the data are read by in any case (split folders and manifest values)."""
     def parse(text: str) -> str:
         try:
-            return look_up_option(text, choices, what)
+            return look_up_option(text.lower() if any_case else text, choices, what)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 
-def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str, **kwargs) -> None:
+def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str, any_case: bool = False,
+            **kwargs) -> None:
     """An option taking one of the library's names (listed in --help, checked with a did-you-mean message)."""
-    parser.add_argument(flag, type=_option(choices, what), choices=choices, **kwargs)
+    parser.add_argument(flag, type=_option(choices, what, any_case), choices=choices, **kwargs)
 
 
 def _probability(text: str) -> float:
@@ -480,7 +481,7 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
-    _choice(p, "--split", SPLITS, "split", help="only this split of a dataset root, as evaluate --split")
+    _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split of a dataset root, as evaluate --split")
     p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
     p.add_argument("--size", type=_positive(int),
@@ -533,7 +534,7 @@ def _cv_args(p: argparse.ArgumentParser) -> None:
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder (RUN_DIR/bundle)")
     p.add_argument("data", help=DATA_HELP)
-    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several")
+    _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several")
     p.add_argument("--out", help="report folder (default: next to the bundle)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a summary")
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
@@ -555,7 +556,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 def _threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to start from (never changed)")
     p.add_argument("data", help=DATA_HELP + ", labelled, with both classes")
-    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
+    _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several (e.g. val)")
     p.add_argument("--out", required=True, help="new bundle folder; must not exist")
     p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
     _add_threshold_rule(p, required=True)
@@ -571,7 +572,7 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
                         help="`pneumoscan cv` output folders (several: runs on the same folds, e.g. two input sizes): "
                              "their fold bundles are the members, and the out-of-fold scores choose temperature and "
                              "thresholds")
-    _choice(p, "--split", SPLITS, "split", help="only this split, when DATA holds several (e.g. val)")
+    _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several (e.g. val)")
     _add_threshold_rule(p, required=False, default="the first member's policy")
 
 

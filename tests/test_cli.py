@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import logging
 import shutil
 import subprocess
@@ -192,6 +193,13 @@ def test_a_misspelt_split_is_named_as_a_typo(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "unknown split 'tset'; did you mean 'test'?" in err, err
     assert not list(tmp_path.iterdir()), "refused before anything was written"
+
+
+def test_a_split_is_named_in_any_case_as_folders_and_manifests_are_read(tiny_bundle: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path) -> None:
+    """`--split TEST` had been refused, though a TEST folder and a manifest's "Test" value are read as test."""
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "TEST", "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == len(discover(tiny_dataset).split("test"))
 
 
 def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset: Path) -> None:
