@@ -18,9 +18,8 @@ from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.preprocess import preprocess
+from pneumoscan.data.preprocess import TTA_VIEWS, preprocess
 from pneumoscan.inference.predict import (
-    TTA_VIEWS,
     Predictor,
     expand_paths,
     format_results,

@@ -18,6 +18,10 @@ from pneumoscan.core.options import RESIZE_POLICIES, look_up_option
 from .decode import Source, image_info, read_gray
 from .pixels import DecodeError, reduce
 
+# Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
+# inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
+# (inference.predict.tta_views makes them; the ONNX sidecar states them for users of the graph alone)
+TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 AGREEMENT = 0.9  # the share of sampled training files that must have been made one way for source_of to name it
 # The model input side: below 8 a network has nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048
 # a batch of inputs outgrows the memory of the machines this runs on (a size of 100000 was killed for memory)

@@ -27,10 +27,10 @@ from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record, discover, own_patient, write_manifest
-from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
-from pneumoscan.inference.predict import TTA_VIEWS, Predictor, check_stages
+from pneumoscan.inference.predict import Predictor, check_stages
 from pneumoscan.models.card import CARD, ENSEMBLE, WEIGHTS, BundleCard, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
 from .model_card import (MODEL_CARD, add_evaluation, evaluation_record, today, update_card, validation_figures,

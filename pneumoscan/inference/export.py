@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
+from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum, verify_file
 
@@ -232,7 +233,8 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "resize_policy": card.resize_policy,
         "source_size": card.source_size,
         "source_quality": card.source_quality,
-        "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and JPEG-compressed at source_quality",
+        "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and "
+                          "JPEG-compressed at source_quality; null: no such step",
         "decode_target": card.spec.decode_target,
         "preprocessing": (
             "8-bit grayscale film (a DICOM windowed, a 16-bit PNG stretched from its minimum to its maximum); blocks of "
@@ -250,7 +252,12 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "positive_probability": get_task(card.task).positive_formula,
         "threshold": card.threshold,
         "tta_threshold": card.tta_threshold,
-        "tta_meaning": "for the mean probability over pneumoscan.inference.predict.TTA_VIEWS (zoom, shift) views",
+        "tta_views": [{"zoom": zoom, "shift": shift} for zoom, shift in TTA_VIEWS],
+        "tta_meaning": "with test-time augmentation, each view is the size x size uint8 input scaled by zoom about its "
+                       "centre and moved round(shift x size) pixels right and down (bilinear, black where nothing "
+                       "moved in: torchvision's affine), each view's probabilities softmax(logits / temperature), "
+                       "their mean compared with tta_threshold",
+        "label_rule": "positive when positive_probability >= threshold (>= tta_threshold for the views' mean)",
         "task": card.task,
         "model": card.model,
         "model_id": card.model_id,

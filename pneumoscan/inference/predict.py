@@ -35,6 +35,7 @@ from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
@@ -47,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
-# inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
-TTA_VIEWS = ((1.0, 0.0), (1.1, 0.0), (0.9, 0.0), (1.0, 0.04), (1.0, -0.04))
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
