@@ -98,6 +98,16 @@ def test_the_sidecar_states_the_test_time_views(tiny_bundle: Path, data_root: Pa
     assert (row["label"] == "PNEUMONIA") == (row["probability"] >= spec["tta_threshold"])
 
 
+def test_an_export_into_another_bundle_is_refused(tiny_bundle: Path, tiny_etiology_bundle: Path, tmp_path: Path) -> None:
+    """A typo in --out had replaced another bundle's model.onnx and sidecar: that bundle then refused them as stale."""
+    other = shutil.copytree(tiny_etiology_bundle, tmp_path / "other")
+    before = (other / ONNX_NAME).read_bytes()
+    with pytest.raises(ValueError, match="is inside another bundle"):
+        export_onnx(tiny_bundle, other / ONNX_NAME)
+    assert (other / ONNX_NAME).read_bytes() == before
+    assert export_onnx(tiny_bundle, tmp_path / "elsewhere" / "m.onnx").exists()
+
+
 def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

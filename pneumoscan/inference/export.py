@@ -34,7 +34,8 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum, verify_file
+from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum,
+                                   verify_file)
 
 if TYPE_CHECKING:
     import torch
@@ -128,6 +129,9 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     model, card = load_bundle(bundle)
     own = Path(bundle) / ONNX_NAME
     out = Path(out) if out else own
+    if (out.parent / CARD).exists() and out.parent.resolve() != Path(bundle).resolve():
+        # that bundle's model.onnx (and sidecar) would be another model's: it would then refuse it as stale
+        raise ValueError(f"--out {out} is inside another bundle ({out.parent}): write the export elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = ""
 

@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import choose_thresholds, describe_policy, format_figure, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
+from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import (
@@ -149,6 +150,11 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         net = _cv_ensemble(bundle, cv_dirs)
         pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, task, card.spec)  # all the runs' films
     else:
+        if missing := {"train", "val"} - {r.split for r in discover(data).records}:
+            # said before any decoding: "no images in DATA for split 'val'" read as if the folder held no films
+            raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
+                             f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
+                             "split")
         val_records, val_images, val_targets, _ = labelled_records(data, "val", task, card.spec)
         check_held_out([bundle], val_records, "choose the INT8 thresholds")
         pool, _, _ = labelled_images(data, "train", task, card.spec)
