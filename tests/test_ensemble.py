@@ -308,9 +308,11 @@ def _by_hand_threshold(ens: Path, cv: Path, runs: int) -> float:
 
 
 def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
+    # minutes on a CPU for a real run: shown as it goes, not a silent wait
+    assert "Scoring 2 folds' films out of fold (plain and 5 views)" in capsys.readouterr().err
     card = load_card(tmp_path / "ens")
     assert "out-of-fold" in card.threshold_policy and "Youden" in card.threshold_policy
     assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))

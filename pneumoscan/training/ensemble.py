@@ -35,8 +35,10 @@ import onnxruntime as ort
 import torch
 
 from pneumoscan.core.atomic import building
+from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import (
     check_held_out,
@@ -106,12 +108,17 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
     sources = member_sources(card)
     logits, targets, views = [], [], []
-    for k in range(folds):
-        images, y, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
-        members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
-        logits.append(_mean_logits(members, images))
-        targets.append(y)
-        views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
+    # minutes for a five-fold run on a CPU, which had passed with nothing on screen
+    with progress_bar() as bar:
+        task_bar = bar.add_task(f"Scoring {folds} folds' films out of fold (plain and {len(TTA_VIEWS)} views)",
+                                total=folds)
+        for k in range(folds):
+            images, y, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
+            members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
+            logits.append(_mean_logits(members, images))
+            targets.append(y)
+            views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
+            bar.advance(task_bar)
     return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
 
 

@@ -120,6 +120,7 @@ def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: Bun
     the same operations on the same inputs); and the mean of those members' scores on the calibration films, to
     measure how far the shipped INT8 graph is from it."""
     task = get_task(card.task)
+    log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
     logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
