@@ -1,25 +1,24 @@
 """Whether a film looks like the films a model was trained on, from its pixels alone.
 
 A classifier answers for any picture: random noise tagged as a chest film, a scanned request form, a film turned on
-its side or inverted all read "pneumonia" at 0.94-0.997 with the DICOM header checks of :mod:`.scope` content. So a
-bundle records what its training films look like at the model's input, in two numbers a film:
+its side or inverted all read "pneumonia" at 0.94-0.997, while the DICOM header checks of :mod:`.scope` were content.
+So a bundle records what its training films look like at the model's input, and a film is checked three ways:
 
 - its layout: the film shrunk to 6 x 6 and brought to zero mean and unit spread, compared with the training films'
   by Mahalanobis distance (scikit-learn's Ledoit-Wolf covariance). Turned, inverted, cropped and non-chest images
   are 1.2-3 times the limit, the training films' 99.9th percentile; real films of the same source up to 0.6 times.
+- its orientation: a film that, turned a quarter, a half or three quarters or flipped top to bottom, comes
+  :data:`TURNED_RATIO` times closer to the training films' layout than as it is was most likely stored turned
+  (upside-down films keep most of their 6 x 6 statistics: the layout limit alone caught 18 % of them, both 91 %;
+  none of 1,047 real validation films is flagged by it).
 - its sharpness: the log of the mean absolute Laplacian over the spread, which blur lowers and noise raises; the
   limits are the training films' 0.1th and 99.9th percentiles widened by :data:`SHARPNESS_MARGINS`, so that what a
   model reads as well as its own films (blur of 1 px, 96 px and back, grain of 10 grey levels: bench_shift) passes,
   and a blur of 4 px, noise or a typed page does not (benchmarks/bench_appearance.py).
 
-- its orientation: a film that, turned a quarter, a half or three quarters or flipped top to bottom, comes
-  :data:`TURNED_RATIO` times closer to the training films' layout than as it is was most likely stored turned
-  (upside-down films keep most of their 6 x 6 statistics, so the layout limit alone caught 18 % of them; this
-  catches 90 %, and none of 1,047 real validation films).
-
 Out of any of these, the film gets a warning that :data:`.scope.NO_CODED_FINDING` counts: it is still scored (a
-reader may know better), but no coded finding is filed for it. About one film in a thousand like the training films
-is flagged too: when in doubt, the tool says so.
+reader may know better), but no coded finding is filed for it. About one film in three hundred like the training
+films is flagged too: when in doubt, the tool says so.
 """
 
 from __future__ import annotations
