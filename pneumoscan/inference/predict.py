@@ -30,9 +30,8 @@ import numpy as np
 from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import path_text
+from pneumoscan.core.names import path_text, shown
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
-from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
