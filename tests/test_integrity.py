@@ -409,7 +409,10 @@ def test_stale_onnx_is_refused_until_exported_again(
     bundle = copy_bundle(tiny_bundle, tmp_path)
     torch.manual_seed(1)
     other = save_bundle(tmp_path / "other", models.create("simple_cnn"), load_card(bundle))
-    export_onnx(other, bundle / ONNX_NAME)
+    # another model's export and sidecar copied in by hand (export itself refuses to write into another bundle)
+    stale = export_onnx(other, tmp_path / "stale.onnx")
+    for name, made in ((ONNX_NAME, stale), (spec_path(bundle / ONNX_NAME).name, spec_path(stale))):
+        (bundle / name).write_bytes(made.read_bytes())
     with pytest.raises(ValueError, match="stale: it was exported from other weights"):
         Predictor(bundle, backend="onnx")
     assert cli.main(["predict", str(bundle), str(film), "--backend", "onnx"]) == 2
