@@ -326,6 +326,8 @@ def test_osirix_names_of_dicom_films_tie_no_patients_in_any_folder(tmp_path: Pat
     film no patient (its header does), while a Kermany JPEG keeps its study in NORMAL/."""
     assert parse_name("IM-0001-0002.dcm", label) is None
     assert parse_name("IM-0115-0001.jpeg", label) == (("normal", "IM-0115") if label == "NORMAL" else None)
+    # a Kermany film converted to PNG keeps its study (only a DICOM film's IM- name is an exporter's number)
+    assert parse_name("IM-0115-0001.png", label) == parse_name("IM-0115-0001.jpeg", label)
     films = [_dicom(tmp_path / "osirix" / split / label / "IM-0001-0001.dcm", PatientID=f"P{split}")
              for split in ("train", "test")]
     records = discover(tmp_path / "osirix").records
@@ -340,6 +342,10 @@ def test_osirix_names_of_dicom_films_tie_no_patients_in_any_folder(tmp_path: Pat
     ("2023-01-05.BACTERIAL.png", "bacteria"),
     ("bacteria_or_virus_1.png", ""),  # both: unknown
     ("nonbacterial_3.png", ""),  # inside another word
+    ("non-viral_4.png", ""),  # negated: read as viral it would be the opposite label
+    ("not_viral_5.png", ""),
+    ("virus_negative_6.png", ""),
+    ("NON-BACTERIAL_1.png", ""),
     ("scan_0002.jpeg", ""),
 ])  # fmt: skip
 def test_a_name_that_says_the_kind_as_a_word_gives_the_subtype(name: str, subtype: str) -> None:
@@ -371,10 +377,12 @@ def test_a_dicom_file_without_a_dcm_ending_is_a_film_in_a_folder(tmp_path: Path)
     uid = _dicom(folder / "1.2.826.0.1.3680043.8.498.52", PatientID="7")
     other = _dicom(folder / "film.dicom")
     (folder / "README").write_text("films from the CD")
+    _dicom(folder / "DICOMDIR")  # the medium's index, DICM magic and all
     (folder / "._IM000001").write_bytes(media.read_bytes())  # a Mac's resource fork: never a film
     entries = {e.path.name: (e.kind, e.reason) for e in walk(folder)}
     assert entries == {"IM000001": ("image", ""), uid.name: ("image", ""), other.name: ("image", ""),
-                       "README": ("skipped", "not an image extension (none)"), "._IM000001": ("skipped", "system file")}
+                       "README": ("skipped", "not an image extension (none)"), "._IM000001": ("skipped", "system file"),
+                       "DICOMDIR": ("skipped", "DICOM media directory (DICOMDIR), not a film")}
     records = discover(tmp_path).records
     assert len(records) == 3 and records[0].patient == records[1].patient != records[2].patient
 

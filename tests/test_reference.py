@@ -306,7 +306,8 @@ def test_names_without_patient_ids_are_split_one_group_per_image_and_said_so(tmp
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
         split_dataset(tmp_path / "data")
     assert [r.getMessage() for r in caplog.records] == [
-        "no patient id in 10 of 11 file names: those images are split as 10 groups, one per image"
+        "no patient id in 10 of 11 films (their names, a manifest or a DICOM header): those images are split as 10 "
+        "groups, one per image"
     ]
 
 

@@ -163,6 +163,16 @@ def test_one_patient_typed_in_any_case_is_one_patient_whatever_the_film_is_named
     assert sorted(shared_patients(records)["train/val"]) == ["MRN100", "person1000"]
 
 
+def test_one_dicom_patient_id_over_many_films_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """An anonymiser that wrote one PatientID into every film makes them one patient, kept whole on one side (or the
+    split impossible): said, with the remedy."""
+    records = [Record(f"/x/{i}.dcm", "NORMAL" if i % 2 else "PNEUMONIA", "normal" if i % 2 else "",
+                      "dicom-0123456789abcdef" if i < 30 else f"/x/{i}.dcm") for i in range(60)]
+    with caplog.at_level(logging.WARNING):
+        patient_split(records, 0.2, 0)
+    assert any(m.startswith("30 of 60 films share one DICOM PatientID: an anonymiser") for m in caplog.messages)
+
+
 def test_blank_lines_and_a_spreadsheets_empty_trailing_columns_are_read_past(tmp_path: Path) -> None:
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("path,label,\n\na.png,NORMAL,\n,,\nb.png,PNEUMONIA\n\n")

@@ -37,8 +37,11 @@ SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+HEADER_PATIENT = "dicom-"  # the prefix of a patient id taken from a DICOM header (header_patient)
 # "bacteria" or "virus" said as a word in a name no layout's rules fit: child0_bacteria_0, Viral Pneumonia-12
 _KIND_WORD = re.compile(r"(?<![a-z])(bacteria|bacterial|virus|viral)(?![a-z])", re.IGNORECASE)
+# a name that negates a kind (non-viral, not_viral, virus_negative, no_bacteria) says nothing sure: no subtype
+_NEGATION = re.compile(r"(?<![a-z])(no|non|not|neg|negative|without|free|excluded|ruled)(?![a-z])", re.IGNORECASE)
 SUBTYPE_WORDS = {"bacterial": "bacteria", "viral": "virus"}  # the adjectives, read as the subtypes they name
 
 
@@ -132,8 +135,10 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
 
 def kind_in_words(stem: str) -> str:
     """"bacteria" or "virus" when a file-name stem says one of them (or "bacterial", "viral") as a word, not inside
-    another (``child0_bacteria_0``, ``Viral Pneumonia-12``), and not both; else "". For names no layout's rules
+    another (``child0_bacteria_0``, ``Viral Pneumonia-12``), not both, and not negated (``non-viral``); else "". For names no layout's rules
     fit: a site's own names say the kind in their own way, and only the Kermany ``personN_`` one was read."""
+    if _NEGATION.search(stem):  # "non-viral" read as viral would be the opposite label
+        return ""
     kinds = {SUBTYPE_WORDS.get(word.lower(), word.lower()) for word in _KIND_WORD.findall(stem)}
     return kinds.pop() if len(kinds) == 1 else ""
 
@@ -158,7 +163,7 @@ def header_patient(path: Path | str) -> str:
         return ""
     if not patient:
         return ""
-    return "dicom-" + hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest()[:16]
+    return HEADER_PATIENT + hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest()[:16]
 
 
 def own_patient(rec: Record) -> bool:
@@ -183,6 +188,8 @@ def _is_hidden(path: Path) -> str | None:
     name = path.name.lower()
     if name in _JUNK_NAMES or name.startswith("._"):
         return "system file"
+    if name == "dicomdir":  # every DICOM medium carries one: its index, DICM magic and all, never a film
+        return "DICOM media directory (DICOMDIR), not a film"
     if name.startswith("."):
         return "hidden file"
     return None
@@ -420,7 +427,11 @@ def _place(split: str, label: str) -> str:
     return f"{split}/{label}" if split else label
 
 
-_KERMANY_SUFFIXES = (".jpeg", ".jpg")  # the Kermany release's films are JPEGs
+def _dicom_named(name: str) -> bool:
+    """Whether a file name is a DICOM film's: a DICOM reader's ending, or none (as DICOM media name their files); a
+    Kermany film converted to PNG keeps its study name, which an exporter's IM- series number must not."""
+    suffix = Path(name).suffix.lower()
+    return not suffix or any(reader.name == "DICOM" and suffix in reader.suffixes for reader in readers.registered())
 
 
 class KaggleLayout(ClassFolders):
@@ -450,11 +461,11 @@ class KaggleLayout(ClassFolders):
         return super().parse_name(stem, label)
 
     def parse_file(self, name: str, label: str) -> tuple[str, str] | None:
-        """A bare ``IM-...`` name is a Kermany study only on a JPEG, as the release's films are: a DICOM film so named
+        """A bare ``IM-...`` name is a Kermany study except on a DICOM film (:func:`_dicom_named`): one so named
         (OsiriX, Horos) gives no patient in any folder (it takes its header's, :func:`make_record`), since the
         exporter numbers every patient's series ``IM-0001`` and the number would tie them together."""
         said = self.name_says(Path(name).stem)
-        if said is not None and not said[0] and Path(name).suffix.lower() not in _KERMANY_SUFFIXES:
+        if said is not None and not said[0] and _dicom_named(name):
             return None
         return super().parse_file(name, label)
 

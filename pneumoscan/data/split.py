@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
-from pneumoscan.data.layouts import LABELS, Discovery, Record, discover, layouts, own_patient
+from pneumoscan.data.layouts import HEADER_PATIENT, LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,13 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
     if unnamed and unnamed == len(records):
         log.warning("no patient ids in file names: %d images split as %d groups, one per image", unnamed, unnamed)
     elif unnamed:
-        log.warning("no patient id in %d of %d file names: those images are split as %d groups, one per image",
-                    unnamed, len(records), unnamed)  # fmt: skip
+        log.warning("no patient id in %d of %d films (their names, a manifest or a DICOM header): those images are "
+                    "split as %d groups, one per image", unnamed, len(records), unnamed)  # fmt: skip
+    films = Counter(r.patient for r in records if r.patient.startswith(HEADER_PATIENT))
+    if films and (top := films.most_common(1)[0])[1] > max(10, len(records) // 5):
+        log.warning("%d of %d films share one DICOM PatientID: an anonymiser that wrote one id into every film? They "
+                    "are kept together as one patient; give the real patients in a manifest's patient column",
+                    top[1], len(records))
 
 
 def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
