@@ -25,6 +25,8 @@ FAULTS: dict[str, Change] = {
     "inverted": lambda a: 255 - a,
     "blur sigma 4 px": pillow(lambda im: im.filter(ImageFilter.GaussianBlur(4.0))),
     "uniform noise": lambda a: np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8),
+    "contrast x0.3 (a window fault)": lambda a: np.round(a * 0.3 + 90).astype(np.uint8),
+    "contrast x0.1": lambda a: np.round(a * 0.1 + 10).astype(np.uint8),
 }
 
 
@@ -39,14 +41,15 @@ def main() -> None:
     val, _, _ = labelled_images(args.data, "val", task, card.spec)
     appearance = Appearance.fit(train)
     print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
-    print("| films | flagged | by layout | by orientation | by sharpness |")
-    print("|---|---|---|---|---|")
+    print("| films | flagged | by layout | by orientation | by sharpness | by contrast |")
+    print("|---|---|---|---|---|---|")
     for name, change in {**CHANGES, **FAULTS}.items():
         reasons = appearance.warnings(np.stack([np.ascontiguousarray(change(a)) for a in val]))
-        layout, turned, sharp = (np.mean([any(word in w for word in words for w in r) for r in reasons])
-                                 for words in (("layout of light",), ("upside down",), ("blurrier", "noise")))
+        layout, turned, sharp, flat = (np.mean([any(word in w for word in words for w in r) for r in reasons])
+                                       for words in (("layout of light",), ("upside down",), ("blurrier", "noise"),
+                                                     ("less contrast",)))
         print(f"| {'fault: ' if name in FAULTS else ''}{name} | {np.mean([bool(r) for r in reasons]):.1%} | "
-              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} |")
+              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} | {flat:.1%} |")
 
 
 if __name__ == "__main__":

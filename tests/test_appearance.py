@@ -50,6 +50,7 @@ def _odd_images(film: np.ndarray) -> dict[str, np.ndarray]:
         "inverted": 255 - film,
         "blurred": np.asarray(Image.fromarray(film).filter(ImageFilter.GaussianBlur(4))),
         "noise": rng.integers(0, 256, film.shape, dtype=np.uint8),
+        "flat": np.round(film * 0.1 + 200).astype(np.uint8),  # a window fault: washed out, every shape kept
         "form": np.asarray(page),
     }
 
@@ -67,6 +68,7 @@ def test_films_unlike_the_training_films_are_flagged_and_like_ones_are_not(data_
     assert any("blurrier" in w for w in flagged["blurred"]) and any("noise" in w for w in flagged["noise"])
     assert any("layout of light and dark" in w for w in flagged["turned"] + flagged["inverted"])
     assert any("upside down" in w for w in flagged["upside down"])  # its 6 x 6 layout alone passed 4 in 5 such
+    assert any("much less contrast" in w for w in flagged["flat"])  # a normal film so had read pneumonia at 0.996
     # written and read back as the bundle keeps it
     again = Appearance.from_arrays(appearance.to_arrays())
     assert again.warnings(np.stack(list(odd.values()))) == list(flagged.values())
@@ -77,6 +79,13 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
         Appearance.fit(_read(_films(data_root, "NORMAL", 0, 20), 32))
     with pytest.raises(ValueError, match="not an appearance record"):
         Appearance.from_arrays({"mean": np.zeros(4), "precision": np.eye(4), "limits": np.zeros(3)})
+    # right shapes, values no fit gives: they would flag every film, or none
+    good = {"mean": np.zeros(36), "precision": np.eye(36), "limits": np.array([10.0, -3.0, -1.0, 60.0])}
+    assert Appearance.from_arrays(good).layout_limit == 10.0
+    for name, value in (("precision", -np.eye(36)), ("limits", np.array([10.0, -1.0, -3.0, 60.0])),
+                        ("limits", np.array([-1.0, -3.0, -1.0, 60.0]))):
+        with pytest.raises(ValueError, match="positive definite|out of order"):
+            Appearance.from_arrays(good | {name: value})
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +115,12 @@ def test_a_bundle_records_its_films_and_the_service_files_no_finding_for_noise(r
     noise = np.random.default_rng(1).integers(0, 4096, (512, 512)).astype(np.uint16)
     upload = dicom_bytes(noise, StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), **CHEST_TAGS)
     client = TestClient(create_app(bundle))
+    assert client.get("/v1/model").json()["content_checked"] is True
     body = client.post("/v1/predict", files={"file": ("noise.dcm", upload, "application/dicom")}).json()
     assert any(w.startswith(WARNING) for w in body["warnings"]) and body["in_scope"] is False
     r = client.post("/v1/predict?format=dicom-sr", files={"file": ("noise.dcm", upload, "application/dicom")})
-    assert r.status_code == 422 and "image content" in r.json()["error"], r.text
+    assert r.status_code == 422 and "the film does not look like the films the model was trained on (image content:" in \
+        r.json()["error"], r.text
     # predict's rows carry the same warning beside the header's checks
     path = tmp_path / "noise.png"
     Image.fromarray((noise >> 4).astype(np.uint8)).save(path)

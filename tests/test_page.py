@@ -494,6 +494,9 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     expect(card).to_contain_text("Not for")
     items = page.locator("#out-of-scope-list li").all_inner_texts()
     assert len(items) >= 2 and any("Lateral films" in i for i in items), items  # /v1/model's out_of_scope
+    # a bundle with no appearance record flags no film that is no chest film: the card says the check is off
+    expect(page.locator("#card")).to_contain_text("Image content check")
+    expect(page.locator("#card")).to_contain_text("off: this bundle records no appearance of its training films")
     drop_file(page, dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS), "ct.dcm", "application/dicom")
     notice = page.locator("#scope-notice")
     expect(notice).to_be_visible()

@@ -2,11 +2,15 @@
 
 A classifier answers for any picture: random noise tagged as a chest film, a scanned request form, a film turned on
 its side or inverted all read "pneumonia" at 0.94-0.997, while the DICOM header checks of :mod:`.scope` were content.
-So a bundle records what its training films look like at the model's input, and a film is checked three ways:
+So a bundle records what its training films look like at the model's input, and a film is checked four ways:
 
+- its contrast: the grey levels between its 1st and 99th percentiles, at least :data:`CONTRAST_FACTOR` times the
+  training films' 0.1th percentile. The checks below see every film brought to unit spread, so a washed-out film
+  (stored in a narrow band of a 12-bit range, a window fault) passed them, and a normal one read pneumonia at 0.996.
 - its layout: the film shrunk to 6 x 6 and brought to zero mean and unit spread, compared with the training films'
-  by Mahalanobis distance (scikit-learn's Ledoit-Wolf covariance). Turned, inverted, cropped and non-chest images
-  are 1.2-3 times the limit, the training films' 99.9th percentile; real films of the same source up to 0.6 times.
+  by Mahalanobis distance (scikit-learn's Ledoit-Wolf covariance). Turned, inverted and non-chest images are
+  1.2-3 times the limit, the training films' 99.9th percentile; real films of the same source up to 0.6 times (a
+  crop of the chest is not caught).
 - its orientation: a film that, turned a quarter, a half or three quarters or flipped top to bottom, comes
   :data:`TURNED_RATIO` times closer to the training films' layout than as it is was most likely stored turned
   (upside-down films keep most of their 6 x 6 statistics: the layout limit alone caught 18 % of them, both 91 %;
@@ -35,6 +39,7 @@ QUANTILE = 0.999
 TURNED_RATIO = 1.5
 TURNS = (lambda x: np.rot90(x, 1), lambda x: np.rot90(x, 2), lambda x: np.rot90(x, 3), np.flipud)
 SHARPNESS_MARGINS = (0.45, 1.5)  # below and above the training films' range, in log units
+CONTRAST_FACTOR = 0.6  # of the training films' 0.1th percentile of contrast: below it, a window or export fault
 MIN_FILMS = 100  # fewer training films describe too little of the source to flag others by
 WARNING = "image content: "  # every warning here starts so (scope.NO_CODED_FINDING matches it)
 
@@ -55,6 +60,12 @@ def _sharpness(images: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+def _contrast(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N,): the grey levels between the 1st and 99th percentiles of each film."""
+    low, high = np.percentile(images.reshape(len(images), -1), (1, 99), axis=1)
+    return high - low
+
+
 @dataclass(frozen=True)
 class Appearance:
     """The training films' layout (mean and precision of :func:`_layout`) and the limits a film must keep."""
@@ -63,6 +74,7 @@ class Appearance:
     precision: np.ndarray
     layout_limit: float
     sharpness: tuple[float, float]
+    contrast: float  # the least a film may have (:func:`_contrast`)
 
     @classmethod
     def fit(cls, images: np.ndarray) -> Appearance:
@@ -79,7 +91,8 @@ class Appearance:
         sharp = _sharpness(images)
         return cls(fitted.location_, fitted.precision_, float(np.quantile(distance, QUANTILE)),
                    (float(np.quantile(sharp, 1 - QUANTILE)) - SHARPNESS_MARGINS[0],
-                    float(np.quantile(sharp, QUANTILE)) + SHARPNESS_MARGINS[1]))
+                    float(np.quantile(sharp, QUANTILE)) + SHARPNESS_MARGINS[1]),
+                   CONTRAST_FACTOR * float(np.quantile(_contrast(images), 1 - QUANTILE)))
 
     def _distances(self, images: np.ndarray) -> np.ndarray:
         centred = _layout(images) - self.mean
@@ -93,15 +106,19 @@ class Appearance:
                          for turn in TURNS], axis=0)
         low, high = self.sharpness
         out = []
-        for distance, closer, sharp in zip(distances, turned, _sharpness(images)):
+        for distance, closer, sharp, spread in zip(distances, turned, _sharpness(images), _contrast(images)):
             reasons = []
+            if spread < self.contrast:  # both tests below see a film brought to unit spread: a flat one looks fine
+                reasons.append(f"{WARNING}much less contrast than the training films ({spread:.0f} grey levels "
+                               f"between its 1st and 99th percentiles, the least allowed {self.contrast:.0f}): a "
+                               "window or export fault?")
             if distance > self.layout_limit:
-                reasons.append(f"{WARNING}its layout of light and dark is unlike the training films' "
+                reasons.append(f"{WARNING}its layout of light and dark is unlike that of the training films "
                                f"({distance / self.layout_limit:.1f} times the limit): another view or body part, a "
-                               "turned, inverted or cropped film, or no radiograph")
+                               "turned or inverted film, wide borders or padding, or no radiograph")
             elif closer * TURNED_RATIO < distance:
                 reasons.append(f"{WARNING}it reads as stored turned or upside down (turned, it is "
-                               f"{distance / closer:.1f} times closer to the training films' layout)")
+                               f"{distance / closer:.1f} times closer to the layout of the training films)")
             if sharp < low:
                 reasons.append(f"{WARNING}blurrier than the training films")
             elif sharp > high:
@@ -111,15 +128,22 @@ class Appearance:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "precision": self.precision,
-                "limits": np.array([self.layout_limit, *self.sharpness])}
+                "limits": np.array([self.layout_limit, *self.sharpness, self.contrast])}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Appearance:
-        """As :meth:`to_arrays` wrote them; ValueError for arrays of other shapes."""
+        """As :meth:`to_arrays` wrote them; ValueError for arrays of other shapes, or values no fit gives (a
+        precision that is not symmetric positive definite, limits out of order), which would flag every film or
+        none."""
         mean, precision, limits = arrays.get("mean"), arrays.get("precision"), arrays.get("limits")
         n = LAYOUT_SIDE * LAYOUT_SIDE
         if (mean is None or precision is None or limits is None or mean.shape != (n,) or precision.shape != (n, n)
-                or limits.shape != (3,) or not all(np.isfinite(a).all() for a in (mean, precision, limits))):
+                or limits.shape != (4,) or not all(np.isfinite(a).all() for a in (mean, precision, limits))):
             raise ValueError("not an appearance record of this version")
-        return cls(mean.astype(np.float64), precision.astype(np.float64), float(limits[0]),
-                   (float(limits[1]), float(limits[2])))
+        precision = precision.astype(np.float64)
+        if not np.allclose(precision, precision.T) or np.linalg.eigvalsh(precision).min() <= 0:
+            raise ValueError("its precision matrix is not symmetric positive definite")
+        if not (limits[0] > 0 and limits[1] < limits[2] and 0 <= limits[3] < 255):
+            raise ValueError(f"its limits {limits.tolist()} are out of order")
+        return cls(mean.astype(np.float64), precision, float(limits[0]), (float(limits[1]), float(limits[2])),
+                   float(limits[3]))

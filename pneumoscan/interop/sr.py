@@ -45,6 +45,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
+from pneumoscan.data.appearance import WARNING as CONTENT
 from pneumoscan.data.scope import NO_CODED_FINDING
 from pneumoscan.data.tasks import get_task, list_tasks
 
@@ -197,8 +198,11 @@ def check_result(result: dict) -> None:
     if task not in list_tasks() or not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
     wrong = [w for w in result.get("warnings") or [] if NO_CODED_FINDING.match(w)]
-    if wrong:
-        raise ValueError(f"not a frontal chest radiograph ({'; '.join(wrong)}): no coded finding is filed for it")
+    if wrong:  # the header's word, or the pixels' (a blurred chest film is still a chest film)
+        pixels_only = all(w.startswith(CONTENT) for w in wrong)
+        said = "the film does not look like the films the model was trained on" if pixels_only else \
+            "not a frontal chest radiograph"
+        raise ValueError(f"{said} ({'; '.join(wrong)}): no coded finding is filed for it")
 
 
 def finding_present(result: dict) -> bool:

@@ -69,6 +69,8 @@ class ModelInfo(BaseModel):
     val_metrics: dict[str, Any]
     data_fingerprint: str
     package_version: str
+    content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
+                                  "'image content' warning when unlike them); false for a bundle that records none")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
     out_of_scope: list[str] = Field(description="uses the model is not for")
     external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card")
