@@ -135,8 +135,9 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
 
 def kind_in_words(stem: str) -> str:
     """"bacteria" or "virus" when a file-name stem says one of them (or "bacterial", "viral") as a word, not inside
-    another (``child0_bacteria_0``, ``Viral Pneumonia-12``), not both, and not negated (``non-viral``); else "". For names no layout's rules
-    fit: a site's own names say the kind in their own way, and only the Kermany ``personN_`` one was read."""
+    another (``child0_bacteria_0``, ``Viral Pneumonia-12``), not both, and not negated (``non-viral``); else "".
+    For names no layout's rules fit: a site's own names say the kind in their own way, and only the Kermany
+    ``personN_`` one was read."""
     if _NEGATION.search(stem):  # "non-viral" read as viral would be the opposite label
         return ""
     kinds = {SUBTYPE_WORDS.get(word.lower(), word.lower()) for word in _KIND_WORD.findall(stem)}
@@ -150,9 +151,7 @@ def header_patient(path: Path | str) -> str:
     header is read, and only for a file whose ending no other format claims (.dcm, none, a UID's): a JPEG or PNG
     dataset is not opened here. "" for a film with no PatientID, or that is not DICOM or cannot be read (decoding
     reports it)."""
-    suffix = Path(path).suffix.lower()
-    claims = [reader.name for reader in readers.registered() if suffix in reader.suffixes]
-    if claims and "DICOM" not in claims:
+    if (claimant := readers.claiming(Path(path).suffix)) is not None and claimant.name != "DICOM":
         return ""
     try:
         header = read_dicom_header(path)
@@ -430,8 +429,8 @@ def _place(split: str, label: str) -> str:
 def _dicom_named(name: str) -> bool:
     """Whether a file name is a DICOM film's: a DICOM reader's ending, or none (as DICOM media name their files); a
     Kermany film converted to PNG keeps its study name, which an exporter's IM- series number must not."""
-    suffix = Path(name).suffix.lower()
-    return not suffix or any(reader.name == "DICOM" and suffix in reader.suffixes for reader in readers.registered())
+    suffix = Path(name).suffix
+    return not suffix or ((reader := readers.claiming(suffix)) is not None and reader.name == "DICOM")
 
 
 class KaggleLayout(ClassFolders):

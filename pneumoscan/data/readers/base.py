@@ -81,9 +81,12 @@ def reader_for(head: bytes, suffix: str = "", declared: str | None = None) -> Re
     if declared is not None:
         return next((r for r in _READERS if r.name == declared), None)
     # by suffix only when no magic matches: a DICOM without its preamble carries none
-    return next((r for r in _READERS if r.sniff(head)), None) or next(
-        (r for r in _READERS if suffix.lower() in r.suffixes), None
-    )
+    return next((r for r in _READERS if r.sniff(head)), None) or claiming(suffix)
+
+
+def claiming(suffix: str) -> Reader | None:
+    """The first registered reader that claims a file-name ending (``.dcm``), None when none does."""
+    return next((r for r in _READERS if suffix.lower() in r.suffixes), None)
 
 
 def formats() -> str:
