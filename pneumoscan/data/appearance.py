@@ -55,7 +55,8 @@ def _layout(images: np.ndarray) -> np.ndarray:
 def _sharpness(images: np.ndarray) -> np.ndarray:
     """(N, S, S) uint8 -> (N,): log of the mean absolute Laplacian over the film's spread."""
     out = []
-    for x in images.astype(np.float32):
+    for film in images:  # one film in float at a time: the training films' float copy would be 4 times the cache
+        x = film.astype(np.float32)
         out.append(np.log(max(float(np.abs(ndimage.laplace(x)).mean()), 1e-6) / max(float(x.std()), 1e-6)))
     return np.array(out)
 
