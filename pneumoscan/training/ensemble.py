@@ -183,11 +183,11 @@ def build_ensemble(
     loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
     cards = [c for _, c in loaded]
     _check_members(cards, paths)
-    weights = [c.files.get(WEIGHTS) for c in cards]
-    if same := next(((paths[weights.index(w)], p) for i, (w, p) in enumerate(zip(weights, paths))
-                     if w and w in weights[:i]), None):
-        raise ValueError(f"{same[1]} holds the same weights as {same[0]} (a copy): each model counts once, or the "
-                         "ensemble would claim members it does not have")
+    holder: dict[str, Path] = {}  # each member's weights checksum -> the first member holding them
+    for member, path in zip(cards, paths):
+        if (digest := member.files.get(WEIGHTS)) and (first_path := holder.setdefault(digest, path)) != path:
+            raise ValueError(f"{path} holds the same weights as {first_path} (a copy): each model counts once, or "
+                             "the ensemble would claim members it does not have")
     first = cards[0]
     if target_sensitivity is None and max_false_positive_rate is None and not youden:
         target_sensitivity, max_false_positive_rate = first.threshold_targets
@@ -220,7 +220,8 @@ def build_ensemble(
         except torch.onnx.OnnxExporterError as e:
             raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
                              f"{str(e).splitlines()[0]}") from None
-        # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
+        # a film unlike the training films is flagged as the first member that reads the ensemble's input size
+        # flags it
         first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == size)
         if (appearance := load_appearance(*first_of_size)) is not None:
             save_appearance(tmp, appearance)
