@@ -75,6 +75,19 @@ def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> No
         assert reported == again, where
 
 
+def nudge_weights(bundle: Path) -> None:
+    """Give a copied bundle weights of its own, a little off the original's, as a second run's would differ:
+    `ensemble` refuses a plain copy as the same model twice."""
+    import torch
+
+    from pneumoscan.models.bundle import load_bundle, save_bundle
+
+    model, card = load_bundle(bundle)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.001)
+    save_bundle(bundle, model, card)
+
+
 def dicom_bytes(
     pixels: np.ndarray | None,
     photometric: str = "MONOCHROME2",

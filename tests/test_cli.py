@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from pneumoscan import __version__, cli
@@ -23,9 +22,9 @@ from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.evaluation.evaluate import rethreshold
-from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
+from tests.builders import nudge_weights
 
 
 def _flat(text: str) -> str:
@@ -116,10 +115,7 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
     """A command's result line goes to stdout, so -q keeps it, and is not logged as well (once, not twice)."""
     site = _site(tiny_dataset, tmp_path)
     twin = shutil.copytree(tiny_bundle.parent, tmp_path / "twin") / "bundle"  # a bundle is one member once
-    model, card = load_bundle(twin)
-    with torch.no_grad():  # and a copy of its weights too: the twin's differ a little
-        next(model.parameters()).mul_(1.001)
-    save_bundle(twin, model, card)
+    nudge_weights(twin)  # and a copy of its weights too: the twin's differ a little
     for quiet in (False, True):
         out = tmp_path / ("quiet" if quiet else "loud")
         args = {

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from builders import SCORE_TOL
+from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax
 from pneumoscan.data.layouts import discover, make_record, write_manifest
@@ -28,7 +28,7 @@ from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
-from pneumoscan.models.bundle import load_bundle, save_bundle
+from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import batched, out_of_fold
 from pneumoscan.serving.app import create_app
@@ -282,10 +282,7 @@ def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift:
     for k, bundle in enumerate(bundles):
         shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
         if other_weights:
-            model, card = load_bundle(bundle)
-            with torch.no_grad():
-                next(model.parameters()).mul_(1.001)
-            save_bundle(folder / f"fold-{k}" / "bundle", model, card)
+            nudge_weights(folder / f"fold-{k}" / "bundle")
         write_manifest([dataclasses.replace(r, split="val" if (i + shift) % 2 == k else "train")
                         for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
         shutil.copy(folder / f"split-fold-{k}.csv", folder / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
