@@ -338,7 +338,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]
     if given:  # a forgotten --int8 had written the plain export and exited 0, with no INT8 model
-        raise ValueError(f"{', '.join(given)} only with --int8 (they choose the INT8 model's calibration and thresholds)")
+        raise ValueError(f"{', '.join(given)} only with --int8 (they choose the INT8 model's calibration and "
+                         "thresholds)")
     out = export_onnx(args.bundle, args.out)
     print(f"wrote {shown(out)} and its preprocessing spec {shown(spec_path(out))}")
     return 0

@@ -208,7 +208,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             if kin := [r.patient for r in records
                        if r.patient in patients and not own_patient(r) and real[r.path] not in run]:
                 warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s training split "
-                     f"(by their patient ids: file names, a manifest's patient column or DICOM headers; e.g. {shown(kin[0])}): if they are the same patients, "
+                     f"(by their patient ids: file names, a manifest's patient column or DICOM headers; e.g. "
+                     f"{shown(kin[0])}): if they are the same patients, "
                      "the figures are optimistic")
     # copies under other names, of training films and (with validation_warning) of the films that chose its numbers
     sides = {"training": ("", all_trained)}

@@ -34,8 +34,8 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, record_checksum,
-                                   verify_file)
+from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card,
+                                   record_checksum, verify_file)
 
 if TYPE_CHECKING:
     import torch

@@ -153,8 +153,9 @@ def _not_scored(item: dict) -> str | None:
 
 def read_authorization(auth_file: Path | str | None = None) -> str | None:
     """The Authorization header value for the PACS (``Bearer ...``, ``Basic ...``): ``auth_file``'s text, else
-    ``$PNEUMOSCAN_PACS_AUTH``'s, else none, read as ``serve`` reads its key (:func:`~pneumoscan.core.secrets.read_secret`:
-    a variable's line break had ended the command in requests' refusal, which printed the credential)."""
+    ``$PNEUMOSCAN_PACS_AUTH``'s, else none, read as ``serve`` reads its key
+    (:func:`~pneumoscan.core.secrets.read_secret`: a variable's line break had ended the command in requests'
+    refusal, which printed the credential)."""
     return read_secret(auth_file, AUTH_ENV, "auth")
 
 

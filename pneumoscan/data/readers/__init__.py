@@ -12,7 +12,8 @@ from __future__ import annotations
 from . import dicom, pillow
 from .base import HEAD_BYTES, Reader, claiming, formats, reader_for, register, registered, suffixes, unregister
 
-__all__ = ["HEAD_BYTES", "Reader", "claiming", "formats", "reader_for", "register", "registered", "suffixes", "unregister"]
+__all__ = ["HEAD_BYTES", "Reader", "claiming", "formats", "reader_for", "register", "registered", "suffixes",
+           "unregister"]
 
 # The built-in readers, registered in the order a refusal lists them.
 register(pillow.PillowReader())
