@@ -149,3 +149,18 @@ def test_an_ensemble_flags_as_its_member_of_its_input_size(real_runs: tuple[Path
     path.write_bytes(buf.getvalue())
     [row] = predict_paths(out, [path])
     assert any(w.startswith(WARNING) for w in row["warnings"])
+
+
+def test_predict_and_serve_say_once_when_a_bundle_checks_no_content(real_runs: tuple[Path, Path, Path],
+                                                                    tiny_bundle: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle without an appearance record (trained on too few films, or an older one) flags no noise or turned
+    film: predict's rows and the service's log had been silent about it, where only the page's card said so."""
+    path = tmp_path / "film.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
+    for bundle, unchecked in ((tiny_bundle, True), (real_runs[0], False)):
+        caplog.clear()
+        predict_paths(bundle, [path])
+        create_app(bundle)
+        said = [m for m in caplog.messages if "records no appearance of its training films" in m]
+        assert len(said) == (2 if unchecked else 0), caplog.messages

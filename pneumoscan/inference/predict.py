@@ -105,9 +105,6 @@ class Predictor:
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
             verify_file(bundle, self.card, WEIGHTS)
         self.appearance = load_appearance(bundle, self.card)
-        if self.appearance is None:
-            log.debug("%s records no appearance of its training films (trained on fewer than %d, or before bundles "
-                      "kept one): films unlike them are not flagged", shown(bundle), MIN_FILMS)
         if backend == "onnx-int8" and session is None:
             from .export import int8_model
 
@@ -140,6 +137,14 @@ class Predictor:
     def preprocess(self, grays: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
         return np.stack([self.card.spec.apply(g) for g in grays])
+
+    def content_unchecked(self) -> str | None:
+        """Why films are not checked against the training films' appearance, or None when they are: said once by
+        ``predict`` and ``serve``, whose readings would otherwise be silent about noise, a form or a turned film."""
+        if self.appearance is not None:
+            return None
+        return (f"{shown(self.bundle)} records no appearance of its training films (trained on fewer than {MIN_FILMS}, "
+                "or before bundles kept one): films unlike them (noise, a form, a turned film) are not flagged")
 
     def content_warnings(self, images: np.ndarray) -> list[list[str]]:
         """Per film of a :meth:`preprocess` batch: why it does not look like the training films
@@ -377,8 +382,10 @@ def predict_paths(
     handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
-    if alone := alone_warning(predictor.card.task):
-        log.warning("%s", alone)
+    alone = alone_warning(predictor.card.task)
+    for said in (alone, predictor.content_unchecked()):
+        if said:
+            log.warning("%s", said)
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, explain_array, overlay_png
 
