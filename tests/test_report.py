@@ -71,6 +71,8 @@ def test_write_report_multiclass(tmp_path):
     assert not EXTERNAL.search(page)
     for name in ("normal", "bacteria", "virus"):
         assert f"<th>True {name}</th>" in page and f"<th>{name}</th>" in page
+    # the page names the method that made each interval: macro AUC's is DeLong's (it had said a bootstrap)
+    assert "for macro AUC, DeLong's variance on the logit scale" in page and "and macro AUC" not in page
 
 
 def test_write_report_binary_with_multiclass_part(tmp_path):

@@ -120,9 +120,10 @@ _BINARY_CIS = {
            "(resampled within each class)",
 }
 _THREE_CLASS_CIS = {
-    True: "percentile bootstrap of the patients (all films of a patient resampled together) for balanced accuracy "
-          "and macro AUC",
-    False: "percentile bootstrap of the films (resampled within each class) for balanced accuracy and macro AUC",
+    True: "for balanced accuracy, a percentile bootstrap of the patients (all films of a patient resampled together); "
+          "for macro AUC, DeLong's variance summed by patient on the logit scale with a t quantile",
+    False: "for balanced accuracy, a percentile bootstrap of the films (resampled within each class); for macro AUC, "
+           "DeLong's variance on the logit scale with a t quantile",
 }
 
 
