@@ -275,3 +275,27 @@ def test_heatmaps_are_refused_with_the_int8_backend(int8_bundle: Path, data_root
         refused = post(heatmap="true")
         assert refused.status_code == 422 and "heatmaps come from the FP32 model" in refused.json()["error"]
         assert post().status_code == 200  # the reading itself is the INT8 model's, as ever
+
+
+def test_an_interrupted_int8_export_leaves_the_earlier_one_whole(int8_bundle: Path, tiny_bundle: Path,
+                                                                   tiny_dataset: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The INT8 graph had been written under its name before its thresholds were chosen or its AUC checked: an
+    interruption between the two left a graph no figure was measured on beside the earlier export's sidecar."""
+    from pneumoscan.training import quantize
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    before = {name: (bundle / name).read_bytes() for name in (INT8_NAME, spec_path(bundle / INT8_NAME).name)}
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "choose_thresholds", interrupted)  # Ctrl-C while the thresholds are chosen
+    with pytest.raises(KeyboardInterrupt):
+        # fewer calibration films than the earlier export: another graph, which must not replace that one
+        quantize.quantize_bundle(bundle, tiny_bundle.parent / "split.csv", calibration_images=4)
+    assert {name: (bundle / name).read_bytes() for name in before} == before
+    film = next((tiny_dataset / "test").rglob("*.jpeg"))
+    [row] = predict_paths(bundle, [film], backend="onnx-int8")  # the earlier export still reads
+    assert "label" in row, row

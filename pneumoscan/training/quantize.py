@@ -36,7 +36,7 @@ from pneumoscan.evaluation.evaluate import (
     INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
     warn_if_too_few_positives,
 )
-from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, spec_path, write_int8_spec
+from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum, replaced_members
@@ -165,9 +165,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
             raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
     calib = pool[_sample(len(pool), calibration_images)]
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
-    out = bundle / INT8_NAME
-    write_atomic(out, _int8_graph(bundle / ONNX_NAME, batches))
-    int8 = Predictor(bundle, backend="onnx", session=session(out))  # its thresholds are chosen below
+    # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
+    # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
+    graph = _int8_graph(bundle / ONNX_NAME, batches)
+    int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
     # the shipped graphs score the films their change is measured on last: once run, their ONNX Runtime memory
     # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
     if cv_dirs:
@@ -191,11 +192,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
-        out.unlink()
-        spec_path(out).unlink(missing_ok=True)  # an earlier export's, of the graph just removed
         raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than 0.01 below "
                          f"FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle with "
                          "--backend onnx")
+    out = write_atomic(bundle / INT8_NAME, graph)
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
     write_model_card(bundle, load_card(bundle))  # with its INT8 section: the thresholds onnx-int8 labels at
