@@ -225,16 +225,20 @@ class Predictor:
             raise NonFiniteScore(np.ones(1, bool))
         return self.card.positive if probability >= self.threshold(tta) else self.card.classes[0]
 
-    def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
-        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
-        probs = self.probabilities(self.preprocess([gray]), tta=tta)
-        p = float(self.positive(probs)[0])
+    def reading(self, probabilities: np.ndarray, tta: bool = False) -> dict:
+        """One film's class probabilities, (C,), as a reading: the positive class's probability, the label at the
+        mode's threshold, that threshold and the probability of each class (the service's batches read them so)."""
+        p = float(self.positive(probabilities[None])[0])
         return {
             "probability": p,
             "label": self.label(p, tta),
             "threshold": self.threshold(tta),
-            "probabilities": {c: float(v) for c, v in zip(self.card.classes, probs[0])},
+            "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)},
         }
+
+    def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
+        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
+        return self.reading(self.probabilities(self.preprocess([gray]), tta=tta)[0], tta)
 
 
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:

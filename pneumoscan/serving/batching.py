@@ -92,9 +92,5 @@ class Stage:
 
     async def predict(self, gray: np.ndarray) -> StageResult:
         probs = await self.batcher.probabilities(gray)
-        p = float(self.predictor.positive(probs[None])[0])
-        return StageResult(
-            model_id=self.card.model_id, model_version=self.version, task=self.card.task, probability=p,
-            positive=self.card.positive, label=self.predictor.label(p), threshold=float(self.card.threshold),
-            probabilities={c: float(v) for c, v in zip(self.card.classes, probs)},
-        )
+        return StageResult(model_id=self.card.model_id, model_version=self.version, task=self.card.task,
+                           positive=self.card.positive, **self.predictor.reading(probs))
