@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 
 def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
+    """Members that can be averaged: at least two, none an ensemble, reading films alike, no two the same weights."""
     if len(cards) < 2:
         raise ValueError("an ensemble needs at least two member bundles")
     for card, path in zip(cards, paths):
@@ -74,6 +75,11 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
             if getattr(card, name) != getattr(cards[0], name):
                 raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has {getattr(cards[0], name)!r}: "
                                  "members must read films alike (only the input size and normalisation may differ)")
+    holder: dict[str, Path] = {}  # each member's weights checksum -> the first member holding them
+    for member, path in zip(cards, paths):
+        if (digest := member.files.get(WEIGHTS)) and (first_path := holder.setdefault(digest, path)) != path:
+            raise ValueError(f"{path} holds the same weights as {first_path} (a copy): each model counts once, or "
+                             "the ensemble would claim members it does not have")
 
 
 def batched(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
@@ -158,40 +164,30 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     return members
 
 
-def build_ensemble(
-    members: Sequence[Path | str], out: Path | str, data: Path | str | None = None, split: str | None = None,
-    cv_dirs: Sequence[Path | str] = (), target_sensitivity: float | None = None, youden: bool = False,
-    max_false_positive_rate: float | None = None,
-) -> BundleCard:
-    """Write the ensemble of ``members`` (or of the fold bundles of one or more cv runs on the same folds) to OUT,
-    its temperature and plain/TTA thresholds chosen on labelled DATA none of the members trained on, or on the runs'
-    out-of-fold scores. The threshold policy is the first member's unless one is given. Returns the card written."""
-    if (data is None) == (not cv_dirs):
-        raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
-    cv_dirs = [Path(d) for d in cv_dirs]
+def _member_paths(members: Sequence[Path | str], cv_dirs: Sequence[Path], out: Path) -> list[Path]:
+    """The members' bundle folders, absolute (the training-film checks find the members' runs from any folder, as
+    they find teachers): those given, or the fold bundles of the cv runs; refused when OUT exists or a bundle is
+    given twice."""
     if cv_dirs:
         if members:
             raise ValueError("with --cv the members are the runs' fold bundles: give no member bundles")
         members = cv_members(cv_dirs)
-    # recorded absolute, as teachers are: the training-film checks find the members' runs from any folder
-    out, paths = Path(out), [Path(os.path.abspath(p)) for p in members]
     if out.exists() or out.is_symlink():
         raise ValueError(f"--out {out} exists: the ensemble goes to a new folder")
+    paths = [Path(os.path.abspath(p)) for p in members]
     real = [os.path.realpath(p) for p in paths]
     if twice := next((p for i, p in enumerate(paths) if real[i] in real[:i]), None):
         raise ValueError(f"{twice} is given twice (the same bundle as another member): each member counts once")
-    loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
+    return paths
+
+
+def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: Sequence[Path],
+                   ) -> tuple[EnsembleNet, BundleCard]:
+    """The network averaging the members at the largest member's input size, and its card before calibration: the
+    first member's task and preprocessing, each member described (architecture, size, normalisation, temperature,
+    source, weights checksum), the data fingerprints combined."""
     cards = [c for _, c in loaded]
-    _check_members(cards, paths)
-    holder: dict[str, Path] = {}  # each member's weights checksum -> the first member holding them
-    for member, path in zip(cards, paths):
-        if (digest := member.files.get(WEIGHTS)) and (first_path := holder.setdefault(digest, path)) != path:
-            raise ValueError(f"{path} holds the same weights as {first_path} (a copy): each model counts once, or "
-                             "the ensemble would claim members it does not have")
-    first = cards[0]
-    if target_sensitivity is None and max_false_positive_rate is None and not youden:
-        target_sensitivity, max_false_positive_rate = first.threshold_targets
-    size = max(c.size for c in cards)
+    first, size = cards[0], max(c.size for c in cards)
     net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size) for m, c in loaded]).eval()
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
@@ -206,11 +202,53 @@ def build_ensemble(
         source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
         data_fingerprint=fingerprint, data_checksum=checksum, versions=runtime_versions(),
     )  # fmt: skip
+    return net, card
+
+
+def _calibration_scores(
+    tmp: Path, net: EnsembleNet, card: BundleCard, cv_dirs: Sequence[Path], data: Path | str | None,
+    split: str | None, held_out: tuple[list, np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str] | None, str]:
+    """(logits, targets, TTA views' logits, patients, what they are) the temperature and thresholds are chosen on:
+    the cv runs' out-of-fold scores, or the held-out films' (records, images, targets) scored by the graph just
+    shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
+    if cv_dirs:
+        logits, targets, views = out_of_fold(net, cv_dirs, card)
+        name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
+                f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
+        return logits, targets, views, None, name  # out-of-fold films: counted as films (the card keeps no intervals)
+    records, images, targets = held_out
+    record_calibration_films(tmp, records)
+    sess = session(tmp / ONNX_NAME)
+    views = [batched(sess, v) for v in tta_views(images)]
+    name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
+    return batched(sess, images), targets, views, [r.patient for r in records], name
+
+
+def build_ensemble(
+    members: Sequence[Path | str], out: Path | str, data: Path | str | None = None, split: str | None = None,
+    cv_dirs: Sequence[Path | str] = (), target_sensitivity: float | None = None, youden: bool = False,
+    max_false_positive_rate: float | None = None,
+) -> BundleCard:
+    """Write the ensemble of ``members`` (or of the fold bundles of one or more cv runs on the same folds) to OUT,
+    its temperature and plain/TTA thresholds chosen on labelled DATA none of the members trained on, or on the runs'
+    out-of-fold scores. The threshold policy is the first member's unless one is given. Returns the card written."""
+    if (data is None) == (not cv_dirs):
+        raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
+    cv_dirs, out = [Path(d) for d in cv_dirs], Path(out)
+    paths = _member_paths(members, cv_dirs, out)
+    loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
+    cards = [c for _, c in loaded]
+    _check_members(cards, paths)
+    if target_sensitivity is None and max_false_positive_rate is None and not youden:
+        target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
+    net, card = _ensemble_card(loaded, paths)
     task = get_task(card.task)
+    held_out = None
     if not cv_dirs:  # refused before anything is written when a member trained on these films
-        records, images, targets, _ = labelled_records(data, split, task, card.spec)
-        refuse_test_films(records, data, "temperature and thresholds")
-        check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
+        held_out = labelled_records(data, split, task, card.spec)[:3]
+        refuse_test_films(held_out[0], data, "temperature and thresholds")
+        check_held_out(paths, held_out[0], "choose the ensemble's temperature and thresholds", " (or use --cv)",
                        validation_warning=True)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
@@ -222,21 +260,10 @@ def build_ensemble(
                              f"{str(e).splitlines()[0]}") from None
         # a film unlike the training films is flagged as the first member that reads the ensemble's input size
         # flags it
-        first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == size)
+        first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == card.size)
         if (appearance := load_appearance(*first_of_size)) is not None:
             save_appearance(tmp, appearance)
-        if cv_dirs:
-            logits, targets, views = out_of_fold(net, cv_dirs, card)
-            patients = None  # out-of-fold films: counted as films (the card keeps no intervals)
-            name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
-                    f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
-        else:  # scored by the graph just shipped, not a second export
-            record_calibration_films(tmp, records)
-            sess = session(tmp / ONNX_NAME)
-            logits = batched(sess, images)
-            views = [batched(sess, v) for v in tta_views(images)]
-            patients = [r.patient for r in records]
-            name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
+        logits, targets, views, patients, name = _calibration_scores(tmp, net, card, cv_dirs, data, split, held_out)
         temperature = fit_temperature(logits, targets)
         tta = task.positive_probability(tta_probabilities(views, temperature))
         calibrated = dataclasses.replace(
