@@ -25,7 +25,7 @@ from pneumoscan.data.layouts import (
     make_record,
     name_conflict,
     own_patient,
-    parse_name,
+    parse_any,
     read_manifest,
     register_layout,
     unregister_layout,
@@ -163,9 +163,9 @@ def test_each_layout_owns_its_name_rules() -> None:
     assert kaggle.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") is None
     assert mendeley.parse_name("BACTERIA-4038442-0001", "PNEUMONIA") == ("bacteria", "4038442")
     assert mendeley.parse_name("IM-0115-0001", "NORMAL") is None
-    # parse_name tries the named layout first, then every registered one; None when no rules fit
-    assert parse_name("IM-0115-0001.jpeg", "NORMAL", mendeley) == ("normal", "IM-0115")
-    assert parse_name("scan 7.png", "NORMAL") is None
+    # parse_any tries the named layout first, then every registered one; None when no rules fit
+    assert parse_any("IM-0115-0001.jpeg", "NORMAL", mendeley) == ("normal", "IM-0115")
+    assert parse_any("scan 7.png", "NORMAL") is None
 
 
 @pytest.mark.parametrize("name, label, parsed, conflict", [
@@ -186,7 +186,7 @@ def test_each_layout_owns_its_name_rules() -> None:
 ])
 def test_a_name_keeps_its_patient_in_any_folder_and_a_contradiction_is_named(
         name: str, label: str, parsed: tuple[str, str] | None, conflict: str | None) -> None:
-    assert parse_name(name, label) == parsed
+    assert parse_any(name, label) == parsed
     rec = make_record(f"/x/{label}/{name}", label)
     assert name_conflict(rec) == conflict
     assert not own_patient(rec) if parsed else own_patient(rec)
@@ -279,7 +279,7 @@ def test_without_the_toy_layout_its_folder_is_not_recognised(tmp_path: Path) -> 
     assert "toy" not in layouts()
     with pytest.raises(ValueError, match="no dataset layout recognises it"):
         discover(root)
-    assert parse_name("CHNCXR_0001_0.png", "NORMAL") is None
+    assert parse_any("CHNCXR_0001_0.png", "NORMAL") is None
 
 
 def _dicom(path: Path, **elements: object) -> Path:
@@ -324,10 +324,10 @@ def test_a_jpeg_dataset_reads_no_header(tmp_path: Path, monkeypatch: pytest.Monk
 def test_osirix_names_of_dicom_films_tie_no_patients_in_any_folder(tmp_path: Path, label: str) -> None:
     """OsiriX and Horos number every patient's series IM-0001: in NORMAL/ as in PNEUMONIA/, the name gives a DICOM
     film no patient (its header does), while a Kermany JPEG keeps its study in NORMAL/."""
-    assert parse_name("IM-0001-0002.dcm", label) is None
-    assert parse_name("IM-0115-0001.jpeg", label) == (("normal", "IM-0115") if label == "NORMAL" else None)
+    assert parse_any("IM-0001-0002.dcm", label) is None
+    assert parse_any("IM-0115-0001.jpeg", label) == (("normal", "IM-0115") if label == "NORMAL" else None)
     # a Kermany film converted to PNG keeps its study (only a DICOM film's IM- name is an exporter's number)
-    assert parse_name("IM-0115-0001.png", label) == parse_name("IM-0115-0001.jpeg", label)
+    assert parse_any("IM-0115-0001.png", label) == parse_any("IM-0115-0001.jpeg", label)
     films = [_dicom(tmp_path / "osirix" / split / label / "IM-0001-0001.dcm", PatientID=f"P{split}")
              for split in ("train", "test")]
     records = discover(tmp_path / "osirix").records

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from pneumoscan.cli import main
-from pneumoscan.data.layouts import discover, parse_name
+from pneumoscan.data.layouts import discover, parse_any
 from pneumoscan.data.split import split_dataset, split_summary
 from pneumoscan.data.tasks import get_task, select
 from pneumoscan.data.transforms import Augment, to_input, train_transform
@@ -241,7 +241,7 @@ def test_train_flags_reach_the_run_config(tmp_path: Path, tiny_dataset: Path, ca
     ],
 )
 def test_parse_mendeley_names(name: str, label: str, expected: tuple[str, str] | None) -> None:
-    assert parse_name(name, label) == expected
+    assert parse_any(name, label) == expected
 
 
 def _write(path: Path, value: int, rng: np.random.Generator) -> None:

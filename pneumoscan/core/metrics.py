@@ -306,9 +306,9 @@ def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: n
         films = np.where(positive, (placed / n_neg - auc) / n_pos, (placed / n_pos - auc) / n_neg)
         influence += np.bincount(units, films, size) / len(in_class)
         aucs.append(auc)
-        sides.append(min(np.unique(units[positive]).size, np.unique(units[~positive]).size))
+        sides.append(_pairs(positive, patients))
     if all(auc in (0.0, 1.0) for auc in aucs):
-        return _separated_ci(aucs, [_pairs(c, patients) for c in in_class], alpha)
+        return _separated_ci(aucs, sides, alpha)
     macro, variance = float(np.mean(aucs)), size / (size - 1) * float((influence**2).sum())
     if min(sides) < 2 or not variance > 0 or macro in (0.0, 1.0):
         return [math.nan, math.nan]

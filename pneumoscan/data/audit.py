@@ -37,7 +37,7 @@ from pneumoscan.core.options import SPLITS
 from pneumoscan.data.decode import image_info, open_regular, read_gray
 from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict, own_patient
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.preprocess import resize
+from pneumoscan.data.preprocess import resize, spread
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
 PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
@@ -280,13 +280,6 @@ def label_conflicts(records: Sequence[Record], groups: Iterable[tuple[str, Seque
     return found
 
 
-def _sample(records: Sequence[Record], n: int) -> list[Record]:
-    """n records spread evenly over the (sorted) list, so the grid shows different patients, not one."""
-    if len(records) <= n:
-        return list(records)
-    return [records[i] for i in np.linspace(0, len(records) - 1, n).round().astype(int)]
-
-
 def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: int = 6) -> None:
     """Class balance (bars per split and class, pneumonia stacked by subtype) above a grid of sample images,
     one row of ``per_class`` images per class and subtype. A plain Figure, as the report's: no pyplot state, no
@@ -334,7 +327,7 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     ax.margins(y=0.15)
 
     for row, (label, sub, pool) in enumerate(rows, start=1):
-        picks = _sample(pool, per_class)
+        picks = spread(pool, per_class)  # different patients, not one
         for col in range(per_class):
             cell = fig.add_subplot(grid[row, col])
             cell.axis("off")
@@ -365,7 +358,7 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
     if n < 1:
         raise ValueError(f"--augmented needs at least one image, got {n}")
     records = [r for r in discovery.records if r.split == "train"] or list(discovery.records)
-    picks = _sample(sorted(records, key=lambda r: r.path), n)
+    picks = spread(sorted(records, key=lambda r: r.path), n)
     if len(picks) < n:  # the same films again: each pass draws new random changes
         picks = [picks[i % len(picks)] for i in range(n)] if picks else []
     if not picks:

@@ -70,7 +70,7 @@ class Discovery:
         return [r for r in self.records if r.split == name]
 
 
-def parse_name(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str] | None:
+def parse_any(filename: str, label: str, layout: Layout | None = None) -> tuple[str, str] | None:
     """(subtype, patient id) from an original file name, by the first layout whose name rules it follows (``layout``'s
     first, then every registered one's: a site may have merged two releases); None when no rules fit. The folder's
     label wins: a NORMAL film's subtype is "normal", and a PNEUMONIA film named NORMAL-... has no known subtype."""
@@ -91,7 +91,7 @@ def _ruled_by(name: str, label: str, layout: Layout | None) -> tuple[Layout, tup
 
 def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
     """How ``rec``'s file name contradicts its label or subtype (``person1_bacteria_9.jpeg`` in NORMAL/, a misfiled
-    or relabelled film: "named bacteria, labelled NORMAL"), by the rules :func:`parse_name` reads it by; None when
+    or relabelled film: "named bacteria, labelled NORMAL"), by the rules :func:`parse_any` reads it by; None when
     it agrees or states no kind. The label is kept (the folder's or the manifest's word), so this is reported, not
     corrected: which of the two is wrong is for a person to tell. A name no layout's rules fit states the kind it
     says as a word (:func:`kind_in_words`)."""
@@ -113,7 +113,7 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
 
 def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None,
                 root: Path | str | None = None, patient: str = "") -> Record:
-    """A record with the subtype and patient read from the file name (:func:`parse_name`); ``patient`` (a manifest's
+    """A record with the subtype and patient read from the file name (:func:`parse_any`); ``patient`` (a manifest's
     column) wins over the name's, spelt as the name's when it is that id in another case. A pneumonia film whose
     name follows no rules has the subtype it says as a word (:func:`kind_in_words`), else an unknown one. A film
     with no patient from either takes its DICOM header's (:func:`header_patient`); else it is a patient of its own:
@@ -122,7 +122,7 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
     label = label.upper()
     # no "did you mean": ABNORMAL is one letter from NORMAL, the opposite class
     look_up_option(label, LABELS, "label", suggest=False)
-    parsed = parse_name(Path(path).name, label, layout)
+    parsed = parse_any(Path(path).name, label, layout)
     subtype, named = parsed or ("normal" if label == "NORMAL" else kind_in_words(Path(path).stem), "")
     if patient.casefold() == named.casefold():  # spelt as the file name's patient, so one child is one patient
         patient = named
@@ -171,16 +171,16 @@ def own_patient(rec: Record) -> bool:
     return os.path.basename(rec.patient) == os.path.basename(rec.path)
 
 
-def _is_junk(path: Path) -> str | None:
+def _junk_reason(path: Path) -> str | None:
     """Reason to skip a file, or None if it looks like an image we should read."""
-    if hidden := _is_hidden(path):
+    if hidden := _hidden_reason(path):
         return hidden
     if path.suffix.lower() not in readers.suffixes():
         return f"not an image extension ({path.suffix or 'none'})"
     return None
 
 
-def _is_hidden(path: Path) -> str | None:
+def _hidden_reason(path: Path) -> str | None:
     """Reason to skip a hidden or system file (never a film, whatever it holds), or None."""
     if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
         return "hidden folder"
@@ -211,7 +211,7 @@ def _skip(entry: Path, kind: str, found: Discovery) -> None:
     if entry.is_dir():
         reason = "hidden folder" if entry.name.startswith(".") else f"not a {kind} folder"
     else:
-        reason = _is_junk(Path(entry.name)) or f"outside the {kind} folders"
+        reason = _junk_reason(Path(entry.name)) or f"outside the {kind} folders"
     found.skipped.append({"path": str(entry), "reason": reason})
 
 
@@ -279,9 +279,9 @@ def _classify(path: Path, relative: Path) -> tuple[str, str]:
             named = path.suffix.lower() in readers.suffixes()
             return "folder", "folder named like an image (searched inside, not read)" if named else ""
         problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
-    junk = _is_junk(relative)
+    junk = _junk_reason(relative)
     if problem is None:
-        if junk and not _is_hidden(relative) and _is_dicom(path):
+        if junk and not _hidden_reason(relative) and _is_dicom(path):
             return "image", ""
         return ("skipped", junk) if junk else ("image", "")
     # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
@@ -379,10 +379,10 @@ class ClassFolders(Layout):
         return [spellings[s][0] for s in self.splits if s in spellings]
 
     def class_folders(self, root: Path) -> list[Path]:
-        """The class folders a detected root holds (under its split folders, or itself)."""
-        children = [p for p in root.iterdir() if p.is_dir()]
-        splits = [p for p in children if p.name.lower() in self.splits]
-        return [c for folder in splits or [root] for c in folder.iterdir() if c.name.upper() in LABELS and c.is_dir()]
+        """The class folders a detected root holds (under its split folders, found as :meth:`discover` finds them,
+        or itself)."""
+        return [child for folder in self._split_folders(root) or [root] for child in folder.iterdir()
+                if child.name.upper() in LABELS and child.is_dir()]
 
     def _read(self, root: Path, class_dir: Path, places: dict[Path, tuple[str, str]], seen: dict[str, Path],
               films: dict[str, Path], found: Discovery) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,15 @@ AGREEMENT = 0.9  # the share of sampled training files that must have been made 
 # The model input side: below 8 a network has nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048
 # a batch of inputs outgrows the memory of the machines this runs on (a size of 100000 was killed for memory)
 MIN_SIZE, MAX_SIZE = 8, 2048
+T = TypeVar("T")
+
+
+def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a ``height x width`` image scaled into its ``size x size`` letterbox (pad):
+    one formula for drawing the letterbox and for taking it off a heatmap, so the two cannot drift apart."""
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
 
 
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
@@ -46,10 +56,9 @@ def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
         left, top = (width - side) / 2, (height - side) / 2
         out = im.resize((size, size), bilinear, box=(left, top, left + side, top + side))
     else:
-        scale = size / max(width, height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        left, top, new_w, new_h = pad_box(height, width, size)
         out = Image.new("L", (size, size), 0)
-        out.paste(im.resize((new_w, new_h), bilinear), ((size - new_w) // 2, (size - new_h) // 2))
+        out.paste(im.resize((new_w, new_h), bilinear), (left, top))
     return np.array(out)
 
 
@@ -80,6 +89,14 @@ def match_source(
         return np.asarray(jpeg.convert("L"))
 
 
+def spread(items: Sequence[T], n: int) -> list[T]:
+    """``n`` of ``items`` evenly spaced from the first to the last (all of them when there are no more than ``n``):
+    over a sorted list a sample that does not hang on one patient or one corner of a folder."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
 def source_of(
     paths: Sequence[str | Path], sample: int = 64
 ) -> tuple[int | None, int | None]:
@@ -88,11 +105,8 @@ def source_of(
     sorted paths. (None, None) when fewer than :data:`AGREEMENT` of the readable sample share it, or it is not square,
     or not JPEG. So a few odd files (the training pool here also holds val/'s 16 full-size originals) do not
     decide it, and neither does the order of a manifest's rows. Unreadable files are left to the cache to report."""
-    ordered = sorted(map(str, paths))
-    spread = np.linspace(0, len(ordered) - 1, min(sample, len(ordered))).round().astype(int)
-    picked = [ordered[i] for i in np.unique(spread)]
     found = []
-    for path in picked:
+    for path in spread(sorted(map(str, paths)), sample):
         try:
             info = image_info(path)
         except DecodeError:

@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 TargetRule = Callable[["Record"], "int | None"]
 
 
+def check_classes(classes: Sequence[str], positive: str, where: str) -> None:
+    """The class rules every task keeps (index 0 is the negative class, so the positive call is never it): checked
+    when a task is registered and on the card of a task not registered in this process. ValueError names ``where``."""
+    if len(classes) < 2:
+        raise ValueError(f"{where}: classes {list(classes)}: a task tells two or more classes apart")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{where}: needs two or more distinct classes, got {list(classes)}")
+    if len(classes) == 2 and positive != classes[1]:
+        raise ValueError(f"{where}: positive {positive!r} is not the positive call of its classes {list(classes)}: "
+                         f"a two-class task's positive class is its second class ({classes[1]!r})")
+    if positive == classes[0]:
+        raise ValueError(f"{where}: positive {positive!r} is not the positive call of its classes {list(classes)}: "
+                         f"the first class is the negative one")
+
+
 @dataclass(frozen=True)
 class Task:
     """A classification task; see the module docstring. Subclass it to change a rule, register it with
@@ -42,13 +57,7 @@ class Task:
     reports_pneumonia: bool = False  # the positive call states "pneumonia present" (DICOM SR and FHIR reports)
 
     def __post_init__(self) -> None:
-        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"task {self.name!r}: needs two or more distinct classes, got {self.classes}")
-        if not self.multiclass and self.positive != self.classes[1]:
-            raise ValueError(f"task {self.name!r}: a two-class task's positive class is its second class "
-                             f"({self.classes[1]!r}), got {self.positive!r}")
-        if self.multiclass and self.positive == self.classes[0]:
-            raise ValueError(f"task {self.name!r}: the first class {self.positive!r} is the negative one")
+        check_classes(self.classes, self.positive, f"task {self.name!r}")
 
     @property
     def multiclass(self) -> bool:

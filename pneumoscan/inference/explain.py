@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
@@ -129,9 +129,7 @@ def to_image_frame(
     if policy == "squash":
         return _resize_map(cam, out_w, out_h)
     if policy == "pad":
-        scale = size / max(width, height)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        left, top = (size - new_w) // 2, (size - new_h) // 2
+        left, top, new_w, new_h = pad_box(height, width, size)
         return _resize_map(cam[top : top + new_h, left : left + new_w], out_w, out_h)
     if policy == "center-crop":
         side = min(out_w, out_h)

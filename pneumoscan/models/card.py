@@ -34,7 +34,7 @@ from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
-from pneumoscan.data.tasks import get_task, list_tasks
+from pneumoscan.data.tasks import check_classes, get_task, list_tasks
 from .run_folder import RunFolder
 
 FORMAT_VERSION = 1
@@ -304,17 +304,14 @@ def _validated(path: Path, data: dict) -> BundleCard:
 def _check_classes(path: Path, card: BundleCard) -> None:
     """The classes and positive class the card's task gives: names swapped or changed turned every label into
     another. A task not registered in this process (a plugin not imported) is held to what every task is
-    (:class:`~pneumoscan.data.tasks.Task`): two classes call their second positive, more call anything but the
-    first (which names its positive call freely)."""
-    if len(card.classes) < 2:
-        raise ValueError(f"{path}: classes {card.classes}: a model tells two or more classes apart")
-    if card.task in list_tasks():
-        task = get_task(card.task)
-        if card.classes != list(task.classes) or card.positive != task.positive:
-            raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
-                             f"task's {list(task.classes)} and {task.positive!r}")
-    elif card.positive == card.classes[0] or (len(card.classes) == 2 and card.positive != card.classes[1]):
-        raise ValueError(f"{path}: positive {card.positive!r} is not the positive call of its classes {card.classes}")
+    (:func:`~pneumoscan.data.tasks.check_classes`)."""
+    if card.task not in list_tasks():
+        check_classes(card.classes, card.positive, str(path))
+        return
+    task = get_task(card.task)
+    if card.classes != list(task.classes) or card.positive != task.positive:
+        raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
+                         f"task's {list(task.classes)} and {task.positive!r}")
 
 
 def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - the adapter's type

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import simplejpeg
@@ -65,6 +66,33 @@ def check_frame(frame: bytes) -> None:
         check_huffman_scans(frame)
 
 
+def _segments(data: bytes, strict: bool = False) -> Iterator[tuple[int, int, int, bytes]]:
+    """(marker, where its segment begins, where it ends, its fields) for each marker segment of a JPEG codestream
+    after SOI, fill bytes skipped, up to EOI: one walk for every reader here. After a scan (SOS) it goes on at the
+    marker that ends the entropy-coded data, and stops when none does. Where no marker is due (the data cut short, or
+    other bytes) it stops; ``strict``: with libjpeg's warning instead."""
+    pos = 2  # after SOI
+    while pos + 2 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI
+            return
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if pos + 4 > len(data) and not strict:  # no room for the segment's length
+            return
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        yield marker, pos, end, data[pos + 4 : end]
+        pos = end
+        if marker == 0xDA:  # SOS: its entropy-coded data runs to the next marker that is not a restart
+            if not (after := _ENDS_SCAN.search(data, end)):
+                return
+            pos = after.start()
+    if strict:
+        raise ValueError("Premature end of JPEG file" if pos + 2 > len(data) else
+                         "Corrupt JPEG data: no marker where one is due")
+
+
 def check_progression(data: bytes) -> None:
     """Raise ValueError when a progressive JPEG ends (EOI) before its scans have coded every coefficient of every
     component to full precision (successive approximation down to Al = 0). Cut after a scan and closed with EOI, it
@@ -72,16 +100,7 @@ def check_progression(data: bytes) -> None:
     mosaic) without a warning; a film is never scored from part of its progression. Only marker segments are read:
     a scan's entropy-coded data is skipped to the marker that ends it."""
     coded: dict[int, list[int | None]] = {}  # component id -> the Al each coefficient has been coded down to
-    pos = 2  # after SOI
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # EOI
-            break
-        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        segment = data[pos + 4 : end]
+    for marker, _, end, segment in _segments(data):
         if marker in _PROGRESSIVE:
             coded = {segment[6 + 3 * i]: [None] * 64 for i in range(segment[5])}
         elif marker == 0xDA and coded:  # SOS: components, then Ss, Se, Ah << 4 | Al
@@ -89,30 +108,25 @@ def check_progression(data: bytes) -> None:
             first, last, al = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n] & 15
             for component in segment[1 : 1 + 2 * n : 2]:
                 coded.get(component, [None] * 64)[first : last + 1] = [al] * (last + 1 - first)
-            if not (after := _ENDS_SCAN.search(data, end)):
+            if not _ENDS_SCAN.search(data, end):
                 return  # no marker after the scan: cut short, which the decoder reports as such
-            pos = after.start()
-            continue
-        pos = end
     if short := sorted(c for c, levels in coded.items() if any(al != 0 for al in levels)):
         raise ValueError(f"Corrupt JPEG data: a progressive JPEG that ends before its last scan (component(s) "
                          f"{', '.join(map(str, short))} not coded in full): part of a film")
 
 
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn: not DHT, JPG or DAC
+_HUFFMAN_SEQUENTIAL = frozenset({0xC0, 0xC1, 0xC3})  # SOF0, SOF1: sequential DCT; SOF3: lossless
 _SOF55 = 0xF7  # JPEG-LS's frame header
 
 
 def _frame_header_at(frame: bytes, markers: frozenset[int]) -> int | None:
     """Where a JPEG codestream's frame header (one of ``markers``) begins; None when a scan comes before it."""
-    pos = 2  # after SOI
-    while pos + 4 <= len(frame) and frame[pos] == 0xFF:
-        marker = frame[pos + 1]
+    for marker, pos, _, _ in _segments(frame):
         if marker in markers:
             return pos
         if marker == 0xDA:  # a scan before any frame header
             return None
-        pos += 1 if marker == 0xFF else 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")  # fill byte, segment
     return None
 
 
@@ -151,26 +165,13 @@ def _walk_scans(frame: bytes) -> None:
     components: dict[int, tuple[int, int]] = {}
     width = height = restart = scans = 0
     lossless = False
-    pos = 2  # after SOI
-    while True:
-        if pos + 2 > len(frame):
-            raise ValueError("Premature end of JPEG file")
-        if frame[pos] != 0xFF:
-            raise ValueError("Corrupt JPEG data: no marker where one is due")
-        marker = frame[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # EOI
-            break
-        end = pos + 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
-        segment = frame[pos + 4 : end]
-        if marker in (0xC0, 0xC1, 0xC3):  # SOF0, SOF1: sequential DCT; SOF3: lossless; all Huffman-coded
+    for marker, _, end, segment in _segments(frame, strict=True):
+        if marker in _HUFFMAN_SEQUENTIAL:  # SOF0, SOF1: sequential DCT; SOF3: lossless; all Huffman-coded
             lossless = marker == 0xC3
             height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
             fields = [segment[6 + 3 * i : 9 + 3 * i] for i in range(segment[5])]  # id, H << 4 | V, table
             components = {c[0]: (c[1] >> 4, c[1] & 15) for c in fields}
-        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        elif marker in _SOF:  # progressive or arithmetic-coded: left to the decoder
             return
         elif marker == 0xC4:  # DHT: one or more tables
             at = 0
@@ -184,10 +185,8 @@ def _walk_scans(frame: bytes) -> None:
         elif marker == 0xDA:  # SOS
             if not height:  # the height comes in a DNL marker after the scan
                 return
-            pos = _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless)
+            _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless)
             scans += 1
-            continue
-        pos = end
     if not scans:
         raise ValueError("JPEG datastream contains no image")
 
@@ -210,8 +209,8 @@ def _huffman_lookup(counts: bytes, symbols: bytes) -> list[int]:
 
 def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tuple[int, int]],
                 tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int,
-                lossless: bool) -> int:  # fmt: skip
-    """Check the entropy-coded data of the scan from ``start``; the position of the marker that ends it. A DCT
+                lossless: bool) -> None:  # fmt: skip
+    """Check the entropy-coded data of the scan from ``start``, up to the marker that ends it. A DCT
     scan codes 8 x 8 blocks (a DC code, then AC codes up to 64 coefficients), a lossless one each sample (a code
     for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1."""
     (width, height), hmax, vmax = size, max(h for h, _ in components.values()), max(v for _, v in components.values())
@@ -274,4 +273,3 @@ def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tupl
                 raise ValueError("Corrupt JPEG data: premature end of data segment")
         if (extra := len(data) - -(-at // 8)) > _PADDING:
             raise ValueError(f"Corrupt JPEG data: {extra} extraneous bytes before marker")
-    return found.start()

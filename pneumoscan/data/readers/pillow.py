@@ -49,7 +49,7 @@ _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image uprig
 
 class PillowReader(Reader):
     name = "Pillow"
-    formats = ("JPEG", "PNG")
+    formats = PIL_FORMATS
     suffixes = frozenset({".jpeg", ".jpg", ".png"})
 
     def sniff(self, head: bytes) -> bool:
