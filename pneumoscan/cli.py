@@ -225,7 +225,7 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
     from pneumoscan.serving.limits import Limits
 
     given = {name: getattr(args, name) for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane",
-                                                    "body_timeout", "header_timeout")}
+                                                    "body_timeout", "header_timeout", "shutdown_grace")}
     limits = Limits(**{name: value for name, value in given.items() if value is not None})  # None: Limits' default
     access = Access.from_options(args.api_key_file, args.allowed_hosts or (), args.cors_origin or ())
     return limits, access
@@ -607,6 +607,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-timeout", type=_positive(float), help="seconds for a whole upload to arrive, else 408 (default 60)")
     p.add_argument("--header-timeout", type=_positive(float),
                    help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
+    p.add_argument("--shutdown-grace", type=_positive(float),
+                   help="seconds requests in progress get to finish after SIGTERM or Ctrl-C (default 20)")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:

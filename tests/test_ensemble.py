@@ -270,7 +270,7 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
     assert expected != pytest.approx(choose_threshold(y, scores, None), abs=SCORE_TOL), "Youden's J differs here"
     # the card's policy, on the films that chose the INT8 thresholds (it named the ensemble's own films)
     sidecar = json.loads(spec_path(out / "model.int8.onnx").read_text())
-    assert sidecar["threshold_policy"] == f"false-positive rate <= 0.5 on the val films of {split}"
+    assert sidecar["threshold_policy"] == f"false-positive rate <= 0.5 on the val films of {Path(split).name}"
     assert int8.card.threshold_policy == sidecar["threshold_policy"]  # what /v1/model and the reports show
 
 

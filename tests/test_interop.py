@@ -698,6 +698,9 @@ def test_a_header_highdicom_still_refuses_is_a_422_with_a_reason(client: TestCli
     ({"format": "dicom-sr", "heatmap": "map"}, "heatmap=map goes with format=json"),
     ({"format": "fhir", "image": "true"}, "image=true goes with format=json"),
     ({"format": "dicom-sr", "image": "true", "heatmap": "true"}, "image=true goes with format=json"),
+    # a misspelt or foreign parameter had been dropped: no heatmap, and no word of why
+    ({"heatmaps": "true"}, "unknown query parameter(s) heatmaps: /v1/predict takes heatmap, image, format"),
+    ({"format": "json", "patient": "Doe^Jane"}, "unknown query parameter(s) patient"),
 ])  # fmt: skip
 def test_api_refuses_options_the_answer_has_no_place_for(client: TestClient, film: np.ndarray, params: dict,
                                                           words: str) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def test_a_key_no_client_can_send_is_refused_and_the_environments_line_break_is_
 ])
 def test_host_header_is_checked(tiny_bundle: Path, host: str, ok: bool) -> None:
     with TestClient(create_app(tiny_bundle, access=Access()), base_url=LOCAL) as c:
-        r = c.get("/healthz", headers={"host": host})
+        r = c.get("/v1/model", headers={"host": host})
     if ok:
         assert r.status_code == 200
     else:
@@ -117,10 +119,28 @@ def test_host_header_is_checked(tiny_bundle: Path, host: str, ok: bool) -> None:
 
 def test_allowed_hosts_take_names_and_subdomain_patterns(tiny_bundle: Path) -> None:
     with TestClient(create_app(tiny_bundle, access=Access(allowed_hosts=("xray.hospital.org", "*.ward.org")))) as c:
-        assert c.get("/healthz", headers={"host": "xray.hospital.org:443"}).status_code == 200
-        assert c.get("/healthz", headers={"host": "ct.ward.org"}).status_code == 200
-        assert c.get("/healthz", headers={"host": "ward.org.evil.net"}).status_code == 400
-        assert c.get("/healthz", headers={"host": "localhost"}).status_code == 400  # replaced, not added to
+        assert c.get("/", headers={"host": "xray.hospital.org:443"}).status_code == 200
+        assert c.get("/", headers={"host": "ct.ward.org"}).status_code == 200
+        assert c.get("/", headers={"host": "ward.org.evil.net"}).status_code == 400
+        assert c.get("/", headers={"host": "localhost"}).status_code == 400  # replaced, not added to
+
+
+def test_the_health_probe_answers_whatever_the_host(tiny_bundle: Path) -> None:
+    """A load balancer's or an orchestrator's probe names the instance by its address or localhost: behind
+    --allowed-hosts it had got 400, and every instance was taken out of rotation."""
+    with TestClient(create_app(tiny_bundle, access=Access(api_key=KEY, allowed_hosts=("xray.hospital.org",)))) as c:
+        for host in ("10.1.2.3:8000", "localhost", "xray.hospital.org"):
+            r = c.get("/healthz", headers={"host": host})
+            assert r.status_code == 200 and r.json()["status"] == "ok", (host, r.text)
+        assert c.get("/v1/model", headers={"host": "10.1.2.3:8000", "X-API-Key": KEY}).status_code == 400
+
+
+def test_an_options_request_needs_the_key_as_any_other(locked: TestClient) -> None:
+    """Only a CORS preflight may go without it, and with --cors-origin that is answered before the key is asked
+    for: an OPTIONS for an unknown path had answered 404 (a 401 elsewhere), telling which paths exist."""
+    for path in ("/nope", "/v1/model"):
+        r = locked.options(path)
+        assert r.status_code == 401, (path, r.status_code)
 
 
 def test_an_app_made_in_python_with_a_key_in_the_environment_applies_it_or_is_refused(
@@ -152,7 +172,7 @@ def test_security_headers_on_every_answer(locked: TestClient, xray: bytes) -> No
         "prediction": predict(locked, xray, **auth), "401": predict(locked, xray),
         "404": locked.get("/nope"), "413": predict(locked, xray + b"\0" * (21 * 2**20), **auth),
         "415": locked.post("/v1/predict", json={}, headers=auth),
-        "400 host": locked.get("/healthz", headers={"host": "evil.example"}),
+        "400 host": locked.get("/", headers={"host": "evil.example"}),
     }
     answers["page as a file"] = locked.get("/static/index.html")  # the same page: framed nowhere either
     for name, r in answers.items():
@@ -161,6 +181,7 @@ def test_security_headers_on_every_answer(locked: TestClient, xray: bytes) -> No
         assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", ""), name
         assert r.headers.get("x-frame-options") == "DENY", name
     assert answers["prediction"].status_code == 200 and answers["413"].status_code == 413
+    assert answers["400 host"].status_code == 400
     assert answers["page as a file"].status_code == 200 and 'id="api-key"' in answers["page as a file"].text
     assert answers["404"].status_code == 401  # a path not served needs the key too: only the named ones are open
 
@@ -227,7 +248,7 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
             assert predict(http, xray).status_code == 401
             r = predict(http, xray, Authorization=f"Bearer {KEY}")
             assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
-            assert http.get("/healthz", headers={"host": "rebound.attacker.example"}).status_code == 400
+            assert http.get("/v1/model", headers={"host": "rebound.attacker.example", "X-API-Key": KEY}).status_code == 400
             assert http.get("/docs", headers={"X-API-Key": KEY}).status_code == 404
     finally:
         proc.terminate()
@@ -235,6 +256,31 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
     log = (tmp_path / "log").read_text()
     assert KEY not in log
     assert "/v1/predict" not in log and "/healthz" not in log and "INFO" not in log, log
+
+
+def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGTERM closes the listener at once; one client trickling an upload held the exit until its 408 (60 s by
+    default), past an orchestrator's grace (Kubernetes: SIGKILL after 30 s)."""
+    port = free_port()
+    with (tmp_path / "log").open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port),
+                                 "--shutdown-grace", "1", "--body-timeout", "60"],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "log")
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            time.sleep(0.5)  # the request is in the service, its body still coming
+            proc.terminate()
+            start = time.monotonic()
+            proc.wait(timeout=30)
+            took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert took < 10, f"exit {took:.1f} s after SIGTERM with a grace of 1 s"
 
 
 def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
@@ -251,8 +297,8 @@ def test_insecure_public_bind_warns_and_serves(tiny_bundle: Path, caplog: pytest
         server = build_server(tiny_bundle, host="0.0.0.0", port=0, insecure=True)
     assert "INSECURE: listening on 0.0.0.0 with NO API key" in caplog.text
     with running(server) as url:
-        assert httpx.get(f"{url}/healthz").status_code == 200
-        assert httpx.get(f"{url}/healthz", headers={"host": "evil.example"}).status_code == 400
+        assert httpx.get(f"{url}/v1/model").status_code == 200
+        assert httpx.get(f"{url}/v1/model", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:

@@ -392,6 +392,29 @@ def test_access_log_counts_what_it_held_back() -> None:
     assert all(limit.filter(logging.makeLogRecord({"msg": "not a request's line"})) for _ in range(5))
 
 
+def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
+    """A client that tags its requests ?patient=... had its patient data written to the access log word for word."""
+    stream = io.StringIO()
+    log = logging.getLogger("pneumoscan.test-access-query")
+    log.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for path in ("/v1/predict?heatmap=true&patient=Doe%5EJane&accession=ACC12345&format=json", "/healthz",
+                     "/v1/predict?Doe%5EJane"):
+            log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", path, "1.1", 200)
+    finally:
+        log.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        '127.0.0.1:5000 - "POST /v1/predict?heatmap=true&format=json [2 other query parameter(s) not logged] '
+        'HTTP/1.1" 200 OK',
+        '127.0.0.1:5000 - "POST /healthz HTTP/1.1" 200 OK',
+        '127.0.0.1:5000 - "POST /v1/predict [1 other query parameter(s) not logged] HTTP/1.1" 200 OK',
+    ]
+
+
 def test_decodes_default_to_the_cores_this_process_may_use() -> None:
     """``taskset -c 0`` leaves one core: one decode at a time, not one per core of the machine."""
     cpus = os.sched_getaffinity(0)

@@ -196,6 +196,13 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
     assert cli.main(["threshold", str(first), str(site), "--youden", "--out", str(second)]) == 0
     assert [r["source_bundle"] for r in load_card(second).threshold_records] == [str(tiny_bundle.resolve()),
                                                                                  str(first.resolve())]
+    # the service shows the records without those paths: its clients are not to learn this machine's folders
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.app import create_app
+
+    shown = TestClient(create_app(second)).get("/v1/model").json()
+    assert len(shown["threshold_records"]) == 2 and str(tmp_path) not in json.dumps(shown)
     for copy in (first, second):
         with pytest.raises(ValueError, match=f"were in {tiny_bundle.resolve()}'s training split .* is a copy of it with a new threshold"):
             evaluate(copy, tiny_dataset, split="train")

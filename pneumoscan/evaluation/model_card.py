@@ -323,5 +323,6 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
         "intended_use": INTENDED_USE,
         "out_of_scope": list(OUT_OF_SCOPE),
         "external_evaluations": card.external_evaluations,
-        "threshold_records": card.threshold_records,
+        # without the bundle each threshold was chosen for: a path on the machine that chose it
+        "threshold_records": [{k: v for k, v in r.items() if k != "source_bundle"} for r in card.threshold_records],
     }

@@ -80,7 +80,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         Retry-After when the service is full. ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
         ``image=true`` the decoded film (the page shows DICOM films with it); both only with the JSON answer
         (422 otherwise)."""
-        check_options(format, heatmap, image)
+        check_options(format, heatmap, image, request.query_params.keys())
         return await service.predict(request, heatmap, image, format)
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})

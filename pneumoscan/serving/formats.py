@@ -4,6 +4,7 @@ as a DICOM SR (with the overlay as a Secondary Capture) or a FHIR Observation.""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi.responses import Response
@@ -93,9 +94,16 @@ class Health(BaseModel):
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
 
 
-def check_options(fmt: str, heatmap: bool | str, image: bool) -> None:
-    """Refuse an option the chosen format has no place for: it would cost a Grad-CAM or a decode and be dropped,
-    and the client would not know it was."""
+PREDICT_OPTIONS = ("heatmap", "image", "format")  # /v1/predict's query parameters, the only ones the access log keeps
+
+
+def check_options(fmt: str, heatmap: bool | str, image: bool, given: Iterable[str] = ()) -> None:
+    """Refuse a query parameter ``/v1/predict`` does not know (``given``: the names sent; ``heatmaps=true`` would
+    be dropped, and the client would not know it was), and an option the chosen format has no place for: it would
+    cost a Grad-CAM or a decode and be dropped."""
+    if unknown := sorted(set(given) - set(PREDICT_OPTIONS)):
+        raise Rejected(422, f"unknown query parameter(s) {', '.join(unknown)}: /v1/predict takes "
+                            f"{', '.join(PREDICT_OPTIONS)}")
     if fmt == "json":
         return
     if image:

@@ -29,7 +29,8 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
                     (b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
 # What needs no key: the page and its assets (a browser must load them to show the key field), the health probe
 # (load balancers) and the schema. Everything else, the API and any path not served, needs the key.
-PUBLIC_PATHS = ("/", "/healthz", "/openapi.json")
+HEALTH_PATH = "/healthz"
+PUBLIC_PATHS = ("/", HEALTH_PATH, "/openapi.json")
 PUBLIC_PREFIXES = ("/static/",)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "PNEUMOSCAN_API_KEY"  # the key when no key file is named
@@ -113,9 +114,14 @@ class Guard:
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         if self.access is None:
             return None
-        if not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
+        path = _route_path(scope)
+        # the health probe answers any Host: a load balancer's or an orchestrator's probe names the instance by its
+        # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
+        if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
             return 400, "this host name is not served here (see --allowed-hosts)", {}
-        if self.key is not None and not _public(_route_path(scope)) and scope["method"] != "OPTIONS":
+        # no method is exempt: a browser's CORS preflight is answered before the guard (CORSMiddleware is outside
+        # it, and only with --cors-origin), so an OPTIONS that reaches here needs the key as any other request
+        if self.key is not None and not _public(path):
             auth = headers.get("authorization", "")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode("latin-1"), self.key):

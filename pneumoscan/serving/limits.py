@@ -26,7 +26,9 @@ class Limits:
     computed at once, on their own threads and their own copy of the model; at most ``4 x heatmap_lane`` heatmap
     requests are in the service. ``body_timeout``: seconds for the whole upload to arrive (also the grace for
     the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
-    headers to arrive. ``keep_alive``: seconds an idle connection stays open."""
+    headers to arrive. ``keep_alive``: seconds an idle connection stays open. ``shutdown_grace``: seconds requests
+    in progress get to finish after SIGTERM or Ctrl-C, under an orchestrator's own grace (Kubernetes: 30 s); without
+    it one slow upload held the exit for up to ``body_timeout``."""
 
     max_concurrent_decodes: int = field(default_factory=_cores)
     max_queue: int = 32
@@ -34,9 +36,11 @@ class Limits:
     body_timeout: float = 60.0
     header_timeout: float = 10.0
     keep_alive: float = 5.0
+    shutdown_grace: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout", "keep_alive"):
+        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout", "keep_alive",
+                     "shutdown_grace"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import h11
 import uvicorn
@@ -23,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import create_app
+from .formats import PREDICT_OPTIONS
 from .guard import Access, is_loopback
 from .limits import Limits
 
@@ -139,9 +141,20 @@ class AccessLog(logging.Filter):
 
 
 class AccessLines(AccessFormatter):
-    """uvicorn's access line, and after it how many lines like it :class:`AccessLog` held back."""
+    """uvicorn's access line, with only the query parameters of :data:`.formats.PREDICT_OPTIONS` (a client that
+    tags its requests ``?patient=...`` would put patient data in the log), and after it how many lines like it
+    :class:`AccessLog` held back."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        client, method, full_path, version, status = record.args  # type: ignore[misc]
+        path, _, query = str(full_path).partition("?")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if kept := [(k, v) for k, v in pairs if k in PREDICT_OPTIONS]:
+            path += "?" + urlencode(kept)
+        if dropped := len(pairs) - len(kept):
+            path += f" [{dropped} other query parameter(s) not logged]"
+        record = copy.copy(record)
+        record.args = (client, method, path, version, status)
         line = super().formatMessage(record)
         held = getattr(record, "held_back", 0)
         return f"{line} ({held} more like this held back)" if held else line
@@ -168,7 +181,7 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
-        timeout_keep_alive=limits.keep_alive, **kwargs,
+        timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, **kwargs,
     )  # fmt: skip
     for name, kind in [(name, OneLineLog) for name in QUIET_LOGGERS] + [(ACCESS_LOGGER, AccessLog)]:
         log = logging.getLogger(name)  # after Config, which configures logging

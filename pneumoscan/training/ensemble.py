@@ -214,7 +214,8 @@ def _calibration_scores(
     shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
     if cv_dirs:
         logits, targets, views = out_of_fold(net, cv_dirs, card)
-        name = (f"out-of-fold scores of {', '.join(map(str, cv_dirs))} (each film scored by the "
+        # the runs by name (their paths are in ensemble_of): the policy made of it is shown to the service's clients
+        name = (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         return logits, targets, views, None, name  # out-of-fold films: counted as films (the card keeps no intervals)
     records, images, targets = held_out

@@ -173,12 +173,14 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
     if cv_dirs:
         y, scores, tta, members_mean = _out_of_fold_int8(net, cv_dirs, card, batches, calib)
-        runs = ", ".join(map(str, cv_dirs))
+        runs, names = (", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs))
         change_on, chosen_on = calib, f"out-of-fold INT8 scores of {runs} (each member quantised alone)"
+        named_on = f"out-of-fold INT8 scores of {names}"
     else:
         y, members_mean = binary_targets(val_targets), None
         tta = int8.positive(int8.probabilities(val_images, tta=True))
         change_on, chosen_on = val_images, f"the val films of {data}"
+        named_on = f"the val films of {Path(data).name}"
     shipped, reference = (p.positive(p.probabilities(change_on)) for p in (int8, fp32))
     if not cv_dirs:  # the val films' plain scores are the ones just computed
         scores = shipped
@@ -186,7 +188,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
     warn_if_too_few_positives(y, card.threshold_targets[0])
     thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
-    policy = f"{describe_policy(*card.threshold_targets)} on {chosen_on}"  # the card's policy, on these films
+    # the card's policy, on these films, named without the folders above them: the service shows the policy to its
+    # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
+    policy = f"{describe_policy(*card.threshold_targets)} on {named_on}"
     figures = {"calibration_images": int(len(calib)), **int8_figures(
         y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()))}
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
