@@ -268,3 +268,29 @@ def test_a_figure_some_folds_do_not_define_is_summarised_over_the_others() -> No
     assert summary["auc"]["folds"] == 2 and summary["auc"]["mean"] == pytest.approx(0.85)
     assert fold_summary([{"auc": None, "n": 3}])["auc"] == {"mean": None, "std": None, "min": None, "max": None,
                                                             "folds": 0}
+
+
+def test_a_cv_stopped_between_folds_is_not_taken_as_finished(tiny_dataset: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """Each fold's manifest had been written just before its fold trained: a three-fold cv stopped after its second
+    fold held two folds and two manifests, and `ensemble --cv` shipped it as a finished two-fold run (two of three
+    members, calibrated on two thirds of the films)."""
+    import pneumoscan.training.cv as cv_module
+
+    real_predictor = cv_module.Predictor
+
+    def stopped_while_scoring_the_second(bundle: Path, *args: object, **kwargs: object) -> object:
+        if Path(bundle).parent.name == "fold-1":
+            raise KeyboardInterrupt  # Ctrl-C once the second fold's bundle is written, while its films are scored
+        return real_predictor(bundle, *args, **kwargs)
+
+    monkeypatch.setattr(cv_module, "Predictor", stopped_while_scoring_the_second)
+    out = tmp_path / "cv"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(tiny_dataset, cfg, 3, out)
+    assert sorted(p.name for p in out.glob("split-fold-*.csv")) == [f"split-fold-{k}.csv" for k in range(3)]
+    assert main(["ensemble", "--cv", str(out), "--out", str(tmp_path / "ensemble")]) == 2
+    assert "not a finished cv run: 2 of its 3 folds were trained" in capsys.readouterr().err
+    assert not (tmp_path / "ensemble").exists()

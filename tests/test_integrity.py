@@ -611,3 +611,15 @@ def test_training_records_the_fingerprint_that_covers_the_pixels(tiny_bundle: Pa
     indexes = [json.loads(p.read_text()) for p in default_cache_dir().glob("*.json")]
     covering = {hashlib.sha256(f"{i['fingerprint']}:{i['sha256']}".encode()).hexdigest()[:32] for i in indexes}
     assert load_card(tiny_bundle).data_fingerprint in covering
+
+
+@pytest.mark.parametrize("name", [WEIGHTS, ONNX_NAME])
+def test_a_bundle_file_that_is_a_device_is_refused_not_read_without_end(tiny_bundle: Path, tmp_path: Path,
+                                                                        name: str) -> None:
+    """A bundle file linked to /dev/zero had been hashed for ever: predict and serve hung instead of refusing."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / name).unlink()
+    (bundle / name).symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=f"{name} is not a regular file"):
+        Predictor(bundle, backend="onnx")

@@ -335,10 +335,12 @@ def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str 
                            "damaged files cannot be detected; train it again to get a checked bundle", directory)
             return
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
-    try:
-        actual = file_sha256(path)
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing, but bundle.json lists it") from None
+    if not path.exists():
+        raise ValueError(f"{path} is missing, but bundle.json lists it")
+    if not path.is_file():  # a device or a pipe (a link to /dev/zero) would be read without end
+        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe), so it is not the file "
+                         f"bundle.json lists; {remedy}")
+    actual = file_sha256(path)
     if actual != expected:
         raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded {expected[7:19]}... "
                          f"when it was written; {remedy}")

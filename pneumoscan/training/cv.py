@@ -137,11 +137,14 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         check_fold_run(cv_folder.fold(k), planned, configs[k])
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
     out_dir.mkdir(parents=True, exist_ok=True)  # once nothing is refused: a refused cv leaves no folder behind
+    # every fold's manifest before any fold is trained: a run stopped between folds then has a manifest without its
+    # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
+    for k, planned in enumerate(plans):
+        write_manifest(planned, Path(configs[k].split_csv))
     per_fold, oof_rows, all_targets, all_probs, all_patients = [], [], [], [], []
     for k, planned in enumerate(plans):
         run = cv_folder.fold(k)
         manifest = Path(configs[k].split_csv)
-        write_manifest(planned, manifest)
         bundle = run.bundle
         if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
             log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
