@@ -184,3 +184,17 @@ def test_resume_refuses_a_teacher_replaced_at_its_path(tiny_dataset: Path, teach
     (teacher / CARD).write_bytes(card)  # the same teacher again: resumed
     train(tiny_dataset, cfg, tmp_path / "run", resume=True)
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_a_teacher_whose_training_films_are_unknown_is_refused(tiny_dataset: Path, teacher_cv: Path,
+                                                               tmp_path: Path) -> None:
+    """A teacher copied out of its run folder had been taken with a warning: the student's threshold and figures
+    were chosen on validation films the teacher may have trained on (here it did: the same teacher in its run folder
+    is refused for them), and nothing in the student's bundle said so."""
+    copy = tmp_path / "elsewhere" / "teacher-copy"
+    shutil.copytree(teacher_cv / "fold-1" / "bundle", copy)
+    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(copy)])
+    with pytest.raises(ValueError, match=r"teacher-copy: its weights come from .*teacher-copy \(no split.csv of its "
+                                         r"run beside it: copied out of its run folder, or made elsewhere\?\)"):
+        train(tiny_dataset, cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -223,6 +223,23 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     return caveats
 
 
+def check_sources_known(bundles: Sequence[Path | str], purpose: str) -> None:
+    """Refuse bundles whose weights come (:func:`_weight_sources`) from a run whose training films are unknown
+    here: no run's split.csv beside it (a bundle copied out of its run folder, or made on another machine), or an
+    ensemble member trained again since. For distillation teachers: their probabilities carry what they learnt of
+    their training films into every film the student learns from, so a teacher that may have trained on the
+    validation films flatters the student's threshold and figures, where :func:`check_held_out` only warns."""
+    for bundle in map(Path, bundles):
+        for path, how in _weight_sources(bundle):
+            split = RunFolder.of(path).split
+            if how == "replaced" or not split.exists():
+                why = ("it was trained again since the ensemble recorded it" if how == "replaced" else
+                       f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
+                raise ValueError(f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it "
+                                 f"never trained on the films given to {purpose}; give it in its run folder "
+                                 f"(RUN/bundle beside RUN/{split.name})")
+
+
 def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:
     """For each side's films (training, validation), (given film, the film of that side it is a copy of) for each
     given film whose bytes one of them has: a test film copied into train/ under another name escapes every check

@@ -24,7 +24,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
-from pneumoscan.evaluation.evaluate import check_held_out
+from pneumoscan.evaluation.evaluate import check_held_out, check_sources_known
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, file_sha256, load_card
 from .config import TrainConfig
@@ -51,6 +51,7 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
         card = load_card(teacher)  # a damaged or edited teacher is refused here, by name
         if card.task != task.name:
             raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
+    check_sources_known(cfg.teacher, "validate the distilled model")
     check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
                    hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
 
