@@ -73,6 +73,9 @@ CHANGES: dict[str, Change] = {
     "grain sigma 10": grain(10.0),
     "JPEG q30": jpeg(30),
     "96 px and back": low_resolution(96),
+    # a viewer's or PACS's flip: the model is not trained on mirrored films (augment hflip is off), and the image
+    # content check does not flag them, so how well it reads them is worth knowing
+    "mirrored left to right": np.fliplr,
 }
 
 
