@@ -156,6 +156,7 @@ def predicts_without(bundle: Path, fields: tuple[str, ...], film: Path, backend:
     card = json.loads((bundle / CARD).read_text())
     for field in fields:
         del card[field]
+    card["format_version"] = 1  # format 2 cards always hold their checksums
     (bundle / CARD).write_text(json.dumps(card))
     with caplog.at_level(logging.WARNING, logger="pneumoscan.models.card"):
         [row] = predict_paths(bundle, [film], backend=backend)
@@ -223,6 +224,7 @@ def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
+    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
     change, reason = DAMAGED_CARDS[damage]
     (bundle / CARD).write_text(json.dumps(change(card)))
     with pytest.raises(ValueError, match=reason):
@@ -237,6 +239,7 @@ def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
+    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
     for task, classes, positive, ok in (("tri", ["normal", "bacteria", "virus"], "sick", True),
                                         ("duo", ["healthy", "ill"], "ill", True),
                                         ("duo", ["healthy", "ill"], "healthy", False),
@@ -260,6 +263,7 @@ def test_a_card_that_is_not_sound_json_is_a_one_line_reason(tiny_bundle: Path, t
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
+    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
     (bundle / CARD).write_bytes(change(json.dumps(card)).encode("utf-8", "surrogateescape"))
     with pytest.raises(ValueError, match=reason):
         load_card(bundle)
@@ -291,6 +295,7 @@ def test_weights_of_another_architecture_are_a_reason_not_a_traceback(
     save_file(models.create("resnet10t", 2, in_chans=1).state_dict(), bundle / WEIGHTS)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM], card["files"]
+    card["format_version"] = 1  # written before cards kept checksums
     (bundle / CARD).write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"its weights are not those of a simple_cnn \(Missing key\(s\) in state_dict"):
         load_bundle(bundle)
@@ -595,7 +600,7 @@ def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums
         Predictor(unrecorded, backend="onnx-int8")
 
     older = copy_bundle(bundle, tmp_path, "older")  # no checksums at all, FP32 thresholds under threshold
-    save_card(older, dataclasses.replace(load_card(older), files={}))
+    save_card(older, dataclasses.replace(load_card(older), files={}, format_version=1))
     fp32 = {"threshold": card.threshold, "tta_threshold": card.tta_threshold}
     (older / sidecar_path.name).write_text(json.dumps({**sidecar, **fp32}, indent=2))
     with pytest.raises(ValueError, match="other thresholds under threshold and tta_threshold than its INT8 ones"):
@@ -623,3 +628,23 @@ def test_a_bundle_file_that_is_a_device_is_refused_not_read_without_end(tiny_bun
     (bundle / name).symlink_to("/dev/zero")
     with pytest.raises(ValueError, match=f"{name} is not a regular file"):
         Predictor(bundle, backend="onnx")
+
+
+@pytest.mark.parametrize("removed", [(CHECKSUM,), ("files",), (CHECKSUM, "files")])
+def test_a_current_card_without_its_checksums_is_refused_as_edited(tiny_bundle: Path, tmp_path: Path, film: Path,
+                                                                   removed: tuple[str, ...],
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Deleting the checksum line that a "damaged" refusal names had turned an edited threshold into a bundle that
+    loads with a warning (and without "files", the INT8 sidecar and the image content record went unchecked); a
+    card of this format always holds both, so one without them was edited."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = json.loads((bundle / CARD).read_text())
+    assert card["format_version"] == 2
+    card["threshold"] = 0.99
+    for field in removed:
+        del card[field]
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="records no .*, which every card of format 2 holds: it was edited"):
+        load_card(bundle)
+    assert cli.main(["predict", str(bundle), str(film)]) == 2
+    one_line_error(capsys, "it was edited")

@@ -37,7 +37,10 @@ from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
 from pneumoscan.data.tasks import check_classes, get_task, list_tasks
 from .run_folder import RunFolder
 
-FORMAT_VERSION = 1
+# 2: every card records its own checksum and its files' (format 1 cards may lack them: written before they were
+# kept, so they load with a warning; a format 2 card without them was edited, and is refused)
+FORMAT_VERSION = 2
+FORMATS = (1, FORMAT_VERSION)  # what this pneumoscan reads
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
@@ -241,9 +244,16 @@ def load_card(directory: Path | str) -> BundleCard:
         raise ValueError(f"{path} is not a readable bundle card: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a bundle card (an object of named fields)")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not {FORMAT_VERSION}")
+    if data.get("format_version") not in FORMATS:
+        raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not one this pneumoscan "
+                         f"reads ({', '.join(map(str, FORMATS))})")
     recorded = data.pop(CHECKSUM, None)
+    if data["format_version"] == FORMAT_VERSION and (recorded is None or not data.get("files")):
+        # deleting the line a "damaged" refusal names must not turn an edit into a bundle that loads
+        missing = "checksum of itself" if recorded is None else "checksums of its files"
+        raise ValueError(f"{path} records no {missing}, which every card of format {FORMAT_VERSION} holds: it was "
+                         "edited; restore the bundle from a good copy (a new threshold comes from `pneumoscan "
+                         "threshold`, never from editing bundle.json)")
     if recorded is not None and recorded != (actual := _card_digest(data)):
         raise ValueError(f"{path} is damaged: the SHA-256 of its fields is {actual[7:19]}..., it recorded "
                          f"{str(recorded)[7:19]}... when it was written; restore the bundle from a good copy (a new "
