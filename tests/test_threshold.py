@@ -321,3 +321,19 @@ def test_copies_of_validation_films_under_other_names_are_warned_about(tiny_bund
         f"1 film(s) given to evaluate are byte-for-byte copies of validation films under other names (e.g. {copy} "
         f"of {os.path.realpath(val.path)}), on which its own temperature and threshold were chosen: the figures on "
         "them are optimistic"]
+
+
+def test_what_the_threshold_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, site: Path,
+                                                                      tmp_path: Path) -> None:
+    """Films that chose the bundle's own threshold (its validation films) given to `threshold` again are warned of;
+    the warning had been logged only, and the new bundle's card did not say its threshold's figures flatter it."""
+    records = discover(tiny_bundle.parent / "split.csv").records
+    mixed = tmp_path / "mixed.csv"
+    write_manifest([make_record(r.path, r.label) for r in records if r.split == "val"] + discover(site).records, mixed)
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(mixed), "--youden", "--out", str(out)]) == 0
+    [record] = load_card(out).threshold_records
+    assert len(record["caveats"]) == 1 and "validation films, on which its own" in record["caveats"][0]
+    card = (out / MODEL_CARD).read_text()
+    assert "What could not be checked, or was found, when they were chosen:" in card
+    assert record["caveats"][0] in card

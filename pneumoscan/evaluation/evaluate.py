@@ -578,7 +578,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     refuse_test_films(records, data, "threshold")
-    check_held_out([bundle], records, "choose the threshold", validation_warning=True)
+    caveats = check_held_out([bundle], records, "choose the threshold", validation_warning=True)
     y = binary_targets(targets)
     warn_if_too_few_positives(y, target_sensitivity)
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
@@ -603,6 +603,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
         "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
+        "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
     }
     card = load_card(bundle)
     card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy

@@ -217,11 +217,14 @@ def _threshold_section(card: BundleCard) -> str:
         f"{format_figure(r['specificity'])} |"
         for r in card.threshold_records
     )
+    caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.threshold_records
+                      for caveat in r.get("caveats", []))  # records older than them have none
     return (f"{text}\n\nThresholds chosen after training (`pneumoscan threshold`), newest last:\n\n"
             "| date | policy | data | threshold | TTA threshold | sensitivity / specificity there |\n"
             f"| --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
             "The sensitivity and specificity of a record are measured on the data the threshold was chosen on, "
-            "so they are optimistic in the same way as the validation figures.")
+            "so they are optimistic in the same way as the validation figures."
+            + (f"\n\nWhat could not be checked, or was found, when they were chosen:\n{caveats}" if caveats else ""))
 
 
 def _int8_section(figures: dict) -> str:
@@ -323,6 +326,8 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
         "intended_use": INTENDED_USE,
         "out_of_scope": list(OUT_OF_SCOPE),
         "external_evaluations": card.external_evaluations,
-        # without the bundle each threshold was chosen for: a path on the machine that chose it
-        "threshold_records": [{k: v for k, v in r.items() if k != "source_bundle"} for r in card.threshold_records],
+        # without the bundle each threshold was chosen for and the caveats of its check: paths on the machine that
+        # chose it (MODEL_CARD.md, beside the weights, says the caveats)
+        "threshold_records": [{k: v for k, v in r.items() if k not in ("source_bundle", "caveats")}
+                              for r in card.threshold_records],
     }
