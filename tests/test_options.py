@@ -20,6 +20,7 @@ from pneumoscan.core.options import (
     TRACKERS,
     apply_settings,
     look_up_option,
+    usable_cores,
 )
 from pneumoscan.data.layouts import discover, make_record
 from pneumoscan.data.preprocess import PreprocessSpec, resize
@@ -250,3 +251,15 @@ def test_a_wrong_setting_is_refused_before_the_run_folder_is_touched(tiny_datase
         assert "epochs must be a whole number, got 2.5" in err and "Traceback" not in err
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert (run / "bundle" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+
+
+def test_worker_pools_are_sized_by_the_cores_this_process_may_use() -> None:
+    """``taskset -c 0`` (or a container's cpuset) leaves one core: predict's decoding threads, the cache's and the
+    audit's processes had been sized by the machine's count (64 decoders in a 2-core container)."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert usable_cores() == len(cpus)

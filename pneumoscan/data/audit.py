@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -33,7 +32,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
-from pneumoscan.core.options import SPLITS
+from pneumoscan.core.options import SPLITS, usable_cores
 from pneumoscan.data.decode import image_info, open_regular, read_gray
 from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict, own_patient
 from pneumoscan.data.pixels import DecodeError
@@ -194,7 +193,7 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         raise ValueError("no images to audit" + (f" ({len(discovery.skipped)} files skipped as no image)"
                                                  if discovery.skipped else ""))
     paths = [r.path for r in records]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         scans = list(pool.map(_scan, paths, chunksize=max(1, len(paths) // (workers * 8))))
 

@@ -30,7 +30,7 @@ import simplejpeg
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.options import SPLITS, look_up_option
+from pneumoscan.core.options import SPLITS, look_up_option, usable_cores
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
@@ -126,7 +126,7 @@ def build_cache(
         with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
             # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
-            for start, (block, errors) in _decode_all(paths, spec, workers or os.cpu_count() or 1):
+            for start, (block, errors) in _decode_all(paths, spec, workers or usable_cores()):
                 os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
                 bad.update((start + k, (reason, transient)) for k, reason, transient in errors)
                 bar.advance(task, len(block))

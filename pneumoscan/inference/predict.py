@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +30,7 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text, shown
-from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
+from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
@@ -328,7 +327,7 @@ def _decoded(
     items: list[tuple[str, str | None]], target: int, batch_size: int
 ) -> Iterator[list[tuple[str, np.ndarray | str]]]:
     """Batches of (path, image or error); the next batch decodes in threads while the caller runs the model."""
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
 
         def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str]]:
             return [(path, error if error else pool.submit(_decode, path, target)) for path, error in batch]
@@ -386,10 +385,8 @@ def predict_paths(
     handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
-    alone = alone_warning(predictor.card.task)
-    for said in (alone, predictor.content_unchecked()):
-        if said:
-            log.warning("%s", said)
+    if alone := alone_warning(predictor.card.task):
+        log.warning("%s", alone)
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, explain_array, overlay_png
 
@@ -406,6 +403,8 @@ def predict_paths(
     from .export import model_version
 
     identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
+    if unchecked := predictor.content_unchecked():  # once the options are sound: said of readings to come
+        log.warning("%s", unchecked)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+
+from pneumoscan.core.options import usable_cores
 
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
 
 
 def _cores() -> int:
-    """The cores this process may run on (``taskset`` or a container's cpuset narrows them; ``os.cpu_count`` counts
-    the machine's), at most 4: one decode a core, as the docs promise."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, usable))
+    """The cores this process may run on (:func:`~pneumoscan.core.options.usable_cores`), at most 4: one decode a
+    core, as the docs promise."""
+    return max(1, min(4, usable_cores()))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pneumoscan.core.options import usable_cores
+
 T = TypeVar("T")
 
 
@@ -53,7 +55,7 @@ def setup_distributed() -> Dist:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cpu":  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+            torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)
 
 
