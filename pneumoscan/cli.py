@@ -132,6 +132,7 @@ def _trained(bundle: Path) -> str:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
+    from pneumoscan.models.run_folder import CvFolder
     from pneumoscan.training.cv import cross_validate
 
     cfg = _recipe(args)
@@ -145,7 +146,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         console.print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         console.print(f"pooled out of fold, {_three_classes(three_class)}")
-    console.print(f"out-of-fold scores: {shown(Path(args.out) / 'oof.csv')}   figures: {shown(Path(args.out) / 'cv.json')}")
+    console.print(f"out-of-fold scores: {shown(CvFolder(args.out).oof)}   figures: {shown(CvFolder(args.out).summary)}")
     return 0
 
 
@@ -175,6 +176,7 @@ def _three_classes(block: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
+    from pneumoscan.models.run_folder import REPORT
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
                                       args.backend)
@@ -185,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
         print(f"{name:>12}: {with_ci(metrics[name], metrics['ci'].get(name), 4)}")
-    print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {out}/report.html")
+    print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {Path(out) / REPORT}")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
@@ -197,12 +199,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.compare import compare_runs, format_table
+    from pneumoscan.evaluation.compare import FIGURE, TABLE, compare_runs, format_table
 
     runs = compare_runs(args.runs, args.out)
     print(format_table(runs))
     if args.out:
-        print(f"\ntable: {Path(args.out) / 'compare.csv'}   figure: {Path(args.out) / 'compare.png'}")
+        print(f"\ntable: {Path(args.out) / TABLE}   figure: {Path(args.out) / FIGURE}")
     return 0
 
 

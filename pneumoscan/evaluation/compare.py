@@ -131,6 +131,9 @@ def format_table(runs: list[RunSummary]) -> str:
     return table + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic)
 
 
+TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its out_dir
+
+
 def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> list[RunSummary]:
     """Summaries of ``paths``; with ``out_dir``, also compare.csv (the table) and compare.png (ROC curves overlaid,
     each run's operating point marked in its curve's colour). Runs of different tasks are refused: their curves
@@ -148,9 +151,9 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / "compare.csv", FIELDS, (r.row() for r in runs))
-        write_atomic(out / "compare.png", figure_png(comparison_figure(runs)))
-        log.info("wrote %s and %s", out / "compare.csv", out / "compare.png")
+        write_csv(out / TABLE, FIELDS, (r.row() for r in runs))
+        write_atomic(out / FIGURE, figure_png(comparison_figure(runs)))
+        log.info("wrote %s and %s", out / TABLE, out / FIGURE)
     return runs
 
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str]:
-    """(name, version) as reports and the web service state them: the model id and :func:`model_version`."""
+    """(name, version) as reports state them: the model id and :func:`model_version`, the pair predict's rows and
+    the web service's answers also carry."""
     return load_card(bundle).model_id, model_version(bundle, backend)
 
 

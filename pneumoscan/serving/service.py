@@ -1,5 +1,6 @@
-"""What the service does for one request, apart from HTTP: the stages (pneumonia, then optionally etiology), the
-lanes that bound the work (decodes, Grad-CAM, requests in the service) and the fault that marks a broken model."""
+"""What the service does for one routed request: reading its upload, the stages (pneumonia, then optionally
+etiology), the lanes that bound the work (decodes, Grad-CAM, requests in the service), the answer in its format, and
+the fault that marks a broken model. The routes, middleware and error handlers are in :mod:`.app`."""
 
 from __future__ import annotations
 
