@@ -146,7 +146,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         console.print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         console.print(f"pooled out of fold, {_three_classes(three_class)}")
-    console.print(f"out-of-fold scores: {shown(CvFolder(args.out).oof)}   figures: {shown(CvFolder(args.out).summary)}")
+    cv = CvFolder(Path(args.out))
+    console.print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
     return 0
 
 
@@ -210,7 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_threshold(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.evaluation.evaluate import rethreshold
+    from pneumoscan.evaluation.operating_point import rethreshold
 
     card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
                        args.max_false_positive_rate, args.data_name)

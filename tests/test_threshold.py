@@ -19,7 +19,9 @@ from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thr
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table
-from pneumoscan.evaluation.evaluate import CALIBRATION_FILMS, evaluate, labelled_records, rethreshold
+from pneumoscan.evaluation.evaluate import evaluate, labelled_records
+from pneumoscan.evaluation.held_out import CALIBRATION_FILMS
+from pneumoscan.evaluation.operating_point import rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor

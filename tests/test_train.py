@@ -25,7 +25,7 @@ from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task, select
 from pneumoscan.data.transforms import Augment
-import pneumoscan.evaluation.evaluate as evaluate_mod
+import pneumoscan.evaluation.operating_point as operating_point
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
@@ -282,7 +282,7 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "patience": 10})
     with pytest.raises(Crash):  # a fresh run, its last write before the bundle is complete failing
         with monkeypatch.context() as patched:
-            patched.setattr(evaluate_mod, "write_onnx_spec", killed)  # the bundle's last write
+            patched.setattr(operating_point, "write_onnx_spec", killed)  # the bundle's last write
             train(tiny_dataset, cfg, run)
     assert not (run / "bundle").exists() and not [p.name for p in run.iterdir() if p.name.startswith(".")]
     train(tiny_dataset, cfg, run, resume=True)
@@ -290,7 +290,7 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
     longer = dataclasses.replace(cfg, epochs=2)
     with pytest.raises(Crash):  # the run extended by an epoch, failing the same way
         with monkeypatch.context() as patched:
-            patched.setattr(evaluate_mod, "write_onnx_spec", killed)  # the bundle's last write
+            patched.setattr(operating_point, "write_onnx_spec", killed)  # the bundle's last write
             train(tiny_dataset, longer, run, resume=True)
     assert {p.name: p.read_bytes() for p in (run / "bundle").iterdir()} == before, "the earlier bundle, whole"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-built bundle left beside it"

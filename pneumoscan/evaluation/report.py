@@ -441,7 +441,7 @@ def write_report(
 
 
 def _optimistic_html(caveats: list[str] | None) -> str:
-    """The held-out check's warnings (:func:`pneumoscan.evaluation.evaluate.check_held_out`) above every figure:
+    """The held-out check's warnings (:func:`pneumoscan.evaluation.held_out.check_held_out`) above every figure:
     a report read after the terminal is closed must not pass for an independent evaluation."""
     if not caveats:
         return ""

@@ -9,7 +9,7 @@ films (Hinton et al. 2015, offline). The class-weighted cross-entropy takes the 
 
 A teacher that trained on the student's validation films would carry their labels into the student, whose
 threshold, temperature and best epoch are chosen on those films: such a teacher is refused. For the same reason
-evaluation counts the teachers' training films as the student's own (``evaluate.check_held_out``).
+evaluation counts the teachers' training films as the student's own (``held_out.check_held_out``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
-from pneumoscan.evaluation.evaluate import check_held_out, check_sources_known
+from pneumoscan.evaluation.held_out import check_held_out, check_sources_known
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, file_sha256, load_card
 from .config import TrainConfig

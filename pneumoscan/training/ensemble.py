@@ -40,15 +40,9 @@ from pneumoscan.core.metrics import describe_policy, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
-from pneumoscan.evaluation.evaluate import (
-    check_held_out,
-    data_label,
-    labelled_images,
-    labelled_records,
-    record_calibration_films,
-    refuse_test_films,
-    write_operating_point,
-)
+from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
+from pneumoscan.evaluation.held_out import check_held_out, record_calibration_films, refuse_test_films
+from pneumoscan.evaluation.operating_point import write_operating_point
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle

@@ -32,10 +32,9 @@ from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.model_card import write_model_card
-from pneumoscan.evaluation.evaluate import (
-    INT8_CALIBRATION_FILMS, check_held_out, int8_figures, labelled_images, labelled_records, record_calibration_films,
-    warn_if_too_few_positives,
-)
+from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
+from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
+from pneumoscan.evaluation.operating_point import int8_figures, warn_if_too_few_positives
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle

@@ -35,7 +35,8 @@ from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
-from pneumoscan.evaluation.evaluate import check_held_out, write_operating_point
+from pneumoscan.evaluation.held_out import check_held_out
+from pneumoscan.evaluation.operating_point import write_operating_point
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
