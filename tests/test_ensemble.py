@@ -508,3 +508,20 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
     expected = choose_threshold(np.concatenate(ys), np.concatenate(scores), None)
     assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
     assert Predictor(ens, backend="onnx-int8").threshold() == sidecar["int8_threshold"]
+
+
+def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, member64: Path,
+                                                                        held_out: Path, tmp_path: Path) -> None:
+    """Films that chose the members' own thresholds (their validation films) given to choose the ensemble's are
+    warned of; the warning had been logged only, and the ensemble's card did not say its figures flatter it."""
+    sides = [{r.path: r for r in discover(run.parent / "split.csv").records if r.split == "val"}
+             for run in (tiny_bundle, member64)]
+    both = [make_record(path, rec.label) for path, rec in sides[0].items() if path in sides[1]]
+    assert both, "the two runs share no validation film: the test needs one"
+    given = tmp_path / "given.csv"
+    write_manifest(discover(held_out).records + both, given)
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(given), "--out", str(out)]) == 0
+    caveats = load_card(out).train_config["calibration_caveats"]
+    assert len(caveats) == 2 and all("validation films, on which its own" in c for c in caveats)
+    assert "calibration_caveats" in (out / "MODEL_CARD.md").read_text()

@@ -239,12 +239,12 @@ def build_ensemble(
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
     task = get_task(card.task)
-    held_out = None
+    held_out, caveats = None, []
     if not cv_dirs:  # refused before anything is written when a member trained on these films
         held_out = labelled_records(data, split, task, card.spec)[:3]
         refuse_test_films(held_out[0], data, "temperature and thresholds")
-        check_held_out(paths, held_out[0], "choose the ensemble's temperature and thresholds", " (or use --cv)",
-                       validation_warning=True)
+        caveats = check_held_out(paths, held_out[0], "choose the ensemble's temperature and thresholds",
+                                 " (or use --cv)", validation_warning=True)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         save_bundle(tmp, net, card)
@@ -266,7 +266,9 @@ def build_ensemble(
             temperature=temperature,
             train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
                           "max_false_positive_rate": max_false_positive_rate,
-                          "combination": "mean of members' logits / their own temperatures"},
+                          "combination": "mean of members' logits / their own temperatures",
+                          # what the check of the films warned of: MODEL_CARD.md's recipe says it with the figures
+                          **({"calibration_caveats": caveats} if caveats else {})},
         )  # fmt: skip
         card, figures = write_operating_point(
             tmp, calibrated, softmax(logits, temperature), tta, targets, target_sensitivity, max_false_positive_rate,
