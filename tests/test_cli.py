@@ -202,8 +202,12 @@ def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset:
     spec = PreprocessSpec(24, "squash")
     with pytest.raises(ValueError, match="unknown split 'tset'; did you mean 'test'"):
         cache_dataset(tiny_dataset, spec, "tset")
-    with pytest.raises(ValueError, match="no images in .* for split 'val'"):  # real, but empty in this dataset
+    # real, but empty in this dataset: said with the splits it has ("no images" read as if the folder held none)
+    with pytest.raises(ValueError, match="no images in .* for split 'val': it holds 64 films, and they are in the "
+                                         "test, train splits"):
         cache_dataset(tiny_dataset, spec, "val")
+    with pytest.raises(ValueError, match="none has a split .*: give no --split"):
+        cache_dataset(tiny_dataset / "train", spec, "val")
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -178,6 +178,11 @@ def cache_dataset(
         look_up_option(split, SPLITS, "split")
     found = discover(data)
     records = found.split(split) if split else found.records
+    if not records and found.records:  # "no images" of a folder full of films read as if it held none
+        sides = sorted({r.split for r in found.records} - {""})
+        where = (f"they are in the {', '.join(sides)} split{'s' if len(sides) > 1 else ''}" if sides else
+                 "none has a split (a folder of class folders, or a manifest without a split column): give no --split")
+        raise ValueError(f"no images in {data} for split {split!r}: it holds {len(found.records)} films, and {where}")
     if not records:
         raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
     return records, build_cache([r.path for r in records], spec, progress=progress)

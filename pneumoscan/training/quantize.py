@@ -151,7 +151,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, task, card.spec)  # all the runs' films
     else:
         if missing := {"train", "val"} - {r.split for r in discover(data).records}:
-            # said before any decoding: "no images in DATA for split 'val'" read as if the folder held no films
+            # said before any film is decoded (the val films are read before the train films are looked for)
             raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
                              f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                              "split")
