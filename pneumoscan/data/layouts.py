@@ -114,7 +114,7 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
 def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None,
                 root: Path | str | None = None, patient: str = "") -> Record:
     """A record with the subtype and patient read from the file name (:func:`parse_any`); ``patient`` (a manifest's
-    column) wins over the name's, spelt as the name's when it is that id in another case. A pneumonia film whose
+    column) wins over the name's (:func:`read_manifest` then keeps one spelling per patient). A pneumonia film whose
     name follows no rules has the subtype it says as a word (:func:`kind_in_words`), else an unknown one. A film
     with no patient from either takes its DICOM header's (:func:`header_patient`); else it is a patient of its own:
     its id is its path, relative to ``root`` (the dataset's folder) when below it, because a stem such as ``0001``
@@ -124,8 +124,6 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
     look_up_option(label, LABELS, "label", suggest=False)
     parsed = parse_any(Path(path).name, label, layout)
     subtype, named = parsed or ("normal" if label == "NORMAL" else kind_in_words(Path(path).stem), "")
-    if patient.casefold() == named.casefold():  # spelt as the file name's patient, so one child is one patient
-        patient = named
     patient = patient or named or header_patient(path)
     if not patient:
         below = root is not None and Path(path).is_relative_to(root)
@@ -635,13 +633,18 @@ def read_manifest(csv_path: Path | str) -> Discovery:
 
 def _one_spelling(records: list[Record]) -> list[Record]:
     """One id per patient whatever its case: a typed ``PERSON1000`` beside a film named ``person1000_...``, or
-    ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split (the first spelling is
-    kept). Films that are patients of their own keep their path."""
+    ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split. The spelling kept is a
+    film name's (``person1000``, as a folder of those films gives it), else the first. Films that are patients of
+    their own keep their path."""
     first: dict[str, str] = {}
+    named: dict[str, str] = {}  # a file name's spelling wins over a typed one
     for rec in records:
         if not own_patient(rec):
             first.setdefault(rec.patient.casefold(), rec.patient)
-    return [rec if own_patient(rec) else dataclasses.replace(rec, patient=first[rec.patient.casefold()])
+        if parsed := parse_any(Path(rec.path).name, rec.label):
+            named.setdefault(parsed[1].casefold(), parsed[1])
+    spelling = {key: named.get(key, spelt) for key, spelt in first.items()}
+    return [rec if own_patient(rec) else dataclasses.replace(rec, patient=spelling[rec.patient.casefold()])
             for rec in records]
 
 
