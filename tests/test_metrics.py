@@ -19,6 +19,7 @@ from pneumoscan.core.metrics import (
     format_figure,
     roc_auc,
     softmax,
+    threshold_interval,
     threshold_metrics_ci,
     with_ci,
 )
@@ -580,3 +581,35 @@ def test_calibration_refuses_scores_that_are_no_probabilities_and_an_empty_set_i
         calibration([0, 1, 1], [-0.2, 0.5, 1.7])
     with pytest.raises(ValueError, match="no labelled films to measure"):  # was numpy's "need at least one array"
         evaluate_binary([], [], 0.5)
+
+
+def test_the_threshold_interval_narrows_with_more_films_and_holds_the_threshold() -> None:
+    """Where the policy's threshold falls on other films like these (a bootstrap of them): around the threshold the
+    films chose, narrower on ten times as many, the same on a rerun, and by patient when patients are given."""
+    rng = np.random.default_rng(5)
+
+    def films(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, n)
+        return y, 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 2.5 * (2 * y - 1))))
+
+    widths = []
+    for n in (200, 2000):
+        y, p = films(n)
+        low, high = threshold_interval(y, p, 0.95, None)
+        assert low <= choose_threshold(y, p, 0.95) <= high
+        assert threshold_interval(y, p, 0.95, None) == [low, high]
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+    y, p = films(300)
+    patients = np.repeat(np.arange(100), 3)  # three films a patient, each patient's alike: fewer independent cases
+    y, p = np.repeat(y[:100], 3), np.repeat(p[:100], 3)
+    by_film, by_patient = threshold_interval(y, p, None, 0.1), threshold_interval(y, p, None, 0.1, patients)
+    assert by_patient[1] - by_patient[0] > by_film[1] - by_film[0]
+
+
+def test_no_threshold_interval_when_most_resamples_cannot_meet_the_policy() -> None:
+    """One negative film among many positives: a false-positive ceiling of 0 holds in no resample that draws that
+    film above every positive, so no interval is given rather than one from the few resamples that could."""
+    y = np.r_[np.ones(40, int), 0]
+    p = np.r_[np.linspace(0.1, 0.9, 40), 0.95]  # the negative film scores highest: no positive found under a 0 ceiling
+    assert threshold_interval(y, p, None, 0.0) == []

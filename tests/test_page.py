@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
 from pneumoscan.inference.explain import explain_array, panel_shape
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server
@@ -599,3 +601,30 @@ def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, sma
             png(chunk("tEXt", [0x61, 0]), gamma(100000))];
         return (await Promise.all(files.map(sniff))).map((kind) => kind.shown); }""")
     assert kinds == [True, True, True, False, False, False, False]
+
+
+def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Browser, tiny_bundle: Path, small: Path,
+                                                                    tmp_path: Path) -> None:
+    """The bar shows where a threshold chosen on other validation films would fall, and a reading inside that range
+    says it could have been read either way (the list and its CSV too)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    save_card(bundle, dataclasses.replace(load_card(bundle), threshold_interval=[0.0, 1.0]))
+    server = run_server(create_app(bundle))
+    url = next(server)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        expect(page.locator("#intended-use")).not_to_be_empty()
+        page.set_input_files("#file", small)
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.locator("#near")).to_be_visible()
+        expect(page.locator("#near")).to_contain_text("Near the threshold: a threshold chosen on other validation "
+                                                      "films like the model's could lie anywhere from 0.000 to 1.000")
+        expect(page.locator("#bar-band")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("near the threshold")
+        context.close()
+    finally:
+        server.close()

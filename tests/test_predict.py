@@ -268,7 +268,7 @@ def test_cli_predict_writes_results_and_reports_failures(
     out_json = tmp_path / "r.json"
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
     [row] = json.loads(out_json.read_text())
-    assert row.keys() == {"path", "probability", "label", "threshold", "warnings", "model_id", "model_version"}
+    assert row.keys() == {"path", "probability", "label", "threshold", "near_threshold", "warnings", "model_id", "model_version"}
     card = load_card(tiny_bundle)
     assert row["threshold"] == card.tta_threshold != card.threshold, "TTA scores are read at the TTA threshold"
     assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.tta_threshold else "NORMAL")
@@ -347,3 +347,30 @@ def test_only_the_torch_backend_waits_while_a_heatmap_holds_the_model(tiny_bundl
         assert done.wait(timeout=1.0 if waits else 30.0) is not waits
     worker.join(timeout=30.0)
     assert done.is_set()
+
+
+def test_a_reading_inside_the_threshold_interval_is_near_the_threshold(tiny_bundle: Path, tiny_dataset: Path,
+                                                                        tmp_path: Path) -> None:
+    """Training records where its threshold would fall on other validation films; a reading inside that range could
+    have been called either way: predict's rows, the CSV, the service's answer and its card say so."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.app import create_app
+
+    card = load_card(tiny_bundle)
+    assert len(card.threshold_interval) == 2 and card.threshold_interval[0] <= card.threshold_interval[1]
+    film = next((tiny_dataset / "test" / "PNEUMONIA").iterdir())
+    [row] = predict_paths(tiny_bundle, [film])
+    p = row["probability"]
+    for name, interval, near in (("around", [max(0.0, p - 0.01), min(1.0, p + 0.01)], True),
+                                 ("apart", [0.0, p - 0.01] if p > 0.5 else [p + 0.01, 1.0], False)):
+        bundle = tmp_path / name
+        shutil.copytree(tiny_bundle, bundle)
+        save_card(bundle, dataclasses.replace(load_card(bundle), threshold_interval=interval))
+        [row] = predict_paths(bundle, [film])
+        assert row["near_threshold"] is near
+        assert f"{row['near_threshold']}" in format_results([row], "csv").splitlines()[1]
+        with TestClient(create_app(bundle)) as client:
+            assert client.get("/v1/model").json()["threshold_interval"] == interval
+            answer = client.post("/v1/predict", files={"file": (film.name, film.read_bytes(), "image/jpeg")}).json()
+        assert answer["near_threshold"] is near

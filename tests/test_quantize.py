@@ -52,6 +52,10 @@ def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path,
     assert sidecar["validation_images"] == len(y) and 0 <= sidecar["val_auc_int8"] <= 1
     rows = predict_paths(int8_bundle, [tiny_bundle.parent.parent], backend="onnx-int8")
     assert rows and all(r["threshold"] == sidecar["int8_threshold"] for r in rows if "error" not in r)
+    # its readings are near its own threshold by its own interval, from the INT8 scores too
+    low, high = sidecar["int8_threshold_interval"]
+    assert int8.card.threshold_interval == [low, high] and 0 <= low <= high <= 1
+    assert all(r["near_threshold"] is (low <= r["probability"] <= high) for r in rows if "error" not in r)
 
 
 def test_the_int8_sidecar_gives_the_int8_thresholds_where_onnx_users_read_them(int8_bundle: Path) -> None:

@@ -466,6 +466,27 @@ def choose_thresholds(
         raise ValueError(f"with test-time augmentation: {e}") from None
 
 
+def threshold_interval(
+    y_true: Any, prob: Any, target_sensitivity: float | None, max_false_positive_rate: float | None,
+    groups: Any = None, n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
+) -> list[float]:
+    """The 95 % percentile-bootstrap interval of the threshold :func:`choose_threshold` chooses by this policy, the
+    films resampled within their class (or, with ``groups``, the patients whole): a threshold chosen on other films
+    like these would fall in it, so a reading inside it could have been called either way, and is near the
+    threshold. Resamples the policy cannot be met on (one class only) are skipped; [] when half of them are."""
+    y, p = _as_binary(y_true, prob)
+    found = []
+    for counts in _bootstrap_weights(y, _patient_codes(groups, y.size), n_boot, seed):
+        films = np.repeat(np.arange(y.size), counts.astype(int))
+        try:
+            found.append(choose_threshold(y[films], p[films], target_sensitivity, max_false_positive_rate))
+        except ValueError:  # a resample without both classes, or one the ceiling cannot be kept on
+            continue
+    if len(found) < n_boot / 2:
+        return []
+    return [float(v) for v in np.percentile(found, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])]
+
+
 def describe_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
     """How :func:`choose_threshold` chose, in the words the bundle card records."""
     if target_sensitivity is not None:

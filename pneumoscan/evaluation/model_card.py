@@ -209,6 +209,11 @@ def _threshold_section(card: BundleCard) -> str:
     text = (f"In force: **{format_figure(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
             f"(`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
             f"P({card.positive}) is at or above the threshold.")
+    if card.threshold_interval:
+        low, high = (format_figure(v, 4) for v in card.threshold_interval)
+        text += (f" The same policy on other films like those it was chosen on would put the threshold between {low} "
+                 f"and {high} (95 %, a bootstrap of those films): a reading in that range could have been called "
+                 "either way, and predictions mark it as near the threshold.")
     if not card.threshold_records:
         return text
     rows = "\n".join(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.atomic import building
-from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, roc_auc
+from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, roc_auc, threshold_interval
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
@@ -35,19 +35,31 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     run and an ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained
     on, so it writes its own). Returns the card written and the films' metrics."""
     task = get_task(card.task)
-    warn_if_too_few_positives(binary_targets(targets), target_sensitivity)
-    threshold, tta_threshold = choose_thresholds(binary_targets(targets), task.positive_probability(probs), tta_scores,
-                                                 target_sensitivity, max_false_positive_rate)
+    y, plain = binary_targets(targets), task.positive_probability(probs)
+    warn_if_too_few_positives(y, target_sensitivity)
+    threshold, tta_threshold = choose_thresholds(y, plain, tta_scores, target_sensitivity, max_false_positive_rate)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
-                               val_metrics=validation_figures(metrics))
+                               val_metrics=validation_figures(metrics),
+                               **threshold_intervals(y, plain, tta_scores, target_sensitivity, max_false_positive_rate,
+                                                     groups))
     update_card(bundle, card)
     write_onnx_spec(bundle, bundle / ONNX_NAME)  # after the card: the sidecar copies its thresholds
     return card, metrics
 
 
+def threshold_intervals(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,
+                        max_false_positive_rate: float | None, groups: Sequence[str] | None = None,
+                        ) -> dict[str, list[float]]:
+    """Where the plain and the TTA threshold chosen by this policy on other films like these would fall
+    (:func:`~pneumoscan.core.metrics.threshold_interval`), under the card's names: a reading inside is near its
+    threshold."""
+    return {"threshold_interval": threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
+            "tta_threshold_interval": threshold_interval(y, tta, target_sensitivity, max_false_positive_rate, groups)}
+
+
 def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, float], policy: str, chosen_on: str,
-                 fp32_auc: float, change: float) -> dict:
+                 fp32_auc: float, change: float, intervals: dict[str, list[float]]) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds, their policy
     and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the INT8
     model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export
@@ -55,6 +67,7 @@ def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, flo
     at = binary_metrics(y, scores, thresholds[0]) | {"auc": roc_auc(y, scores)}
     return {
         "int8_threshold": thresholds[0], "int8_tta_threshold": thresholds[1], "threshold_policy": policy,
+        **{f"int8_{name}": interval for name, interval in intervals.items()},
         "int8_thresholds_chosen_on": chosen_on, "validation_images": int(len(y)), "val_auc_fp32": fp32_auc,
         "val_auc_int8": at["auc"], "max_probability_change": change, "int8_val_metrics": validation_figures(at),
     }  # fmt: skip
@@ -109,7 +122,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
         quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
         try:
-            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)[:3]
+            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)
         except ValueError as e:
             raise ValueError(f"INT8 model: {e}") from None
     name = data_label(data, split, data_name)
@@ -127,8 +140,10 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
         "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
     }
-    card = load_card(bundle)
-    card.threshold, card.tta_threshold, card.threshold_policy = threshold, tta_threshold, policy
+    patients = [r.patient for r in records]
+    card = dataclasses.replace(load_card(bundle), threshold=threshold, tta_threshold=tta_threshold,
+                               threshold_policy=policy, **threshold_intervals(y, plain, tta, target_sensitivity,
+                                                                              max_false_positive_rate, patients))
     card.threshold_records.append(record)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
@@ -140,7 +155,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         if int8 is not None:
             # every figure of the sidecar about the films that chose the thresholds is now about these films
             write_int8_spec(tmp, json.loads(spec_path(tmp / INT8_NAME).read_text()) | int8_figures(
-                y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max())))
+                y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max()),
+                threshold_intervals(y, int8[2], int8[3], target_sensitivity, max_false_positive_rate, patients)))
             write_model_card(tmp, load_card(tmp))  # its INT8 section, from the sidecar just written
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],

@@ -256,6 +256,11 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "positive_probability": get_task(card.task).positive_formula,
         "threshold": card.threshold,
         "tta_threshold": card.tta_threshold,
+        "threshold_interval": card.threshold_interval,
+        "tta_threshold_interval": card.tta_threshold_interval,
+        "threshold_interval_meaning": "where the threshold chosen by the same policy on other films like those it was "
+                                      "chosen on would fall (95 %, bootstrap): a reading inside it could have been "
+                                      "called either way; empty when not recorded",
         "tta_views": [{"zoom": zoom, "shift": shift} for zoom, shift in TTA_VIEWS],
         "tta_meaning": "with test-time augmentation, each view is the size x size uint8 input scaled by zoom about its "
                        "centre and moved round(shift x size) pixels right and down (bilinear, black where nothing "

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
-    "path", "probability", "label", "threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
+    "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
     "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
     "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
@@ -115,7 +115,9 @@ class Predictor:
             self.card = dataclasses.replace(
                 self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"],
                 threshold_policy=sidecar.get("threshold_policy", self.card.threshold_policy),
-                val_metrics=sidecar["int8_val_metrics"], external_evaluations=[])
+                val_metrics=sidecar["int8_val_metrics"], external_evaluations=[],
+                threshold_interval=sidecar.get("int8_threshold_interval", []),
+                tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []))
         if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session
 
@@ -224,14 +226,23 @@ class Predictor:
             raise NonFiniteScore(np.ones(1, bool))
         return self.card.positive if probability >= self.threshold(tta) else self.card.classes[0]
 
+    def near_threshold(self, probability: float, tta: bool = False) -> bool | None:
+        """Whether a reading lies where a threshold chosen on other validation films like the bundle's would fall
+        (:attr:`BundleCard.threshold_interval`): it could have been called either way. None when the bundle records
+        no such interval (an older bundle, a fixed threshold)."""
+        interval = self.card.tta_threshold_interval if tta else self.card.threshold_interval
+        return bool(interval[0] <= probability <= interval[1]) if interval else None
+
     def reading(self, probabilities: np.ndarray, tta: bool = False) -> dict:
         """One film's class probabilities, (C,), as a reading: the positive class's probability, the label at the
-        mode's threshold, that threshold and the probability of each class (the service's batches read them so)."""
+        mode's threshold, that threshold, whether the reading is near it, and the probability of each class (the
+        service's batches read them so)."""
         p = float(self.positive(probabilities[None])[0])
         return {
             "probability": p,
             "label": self.label(p, tta),
             "threshold": self.threshold(tta),
+            "near_threshold": self.near_threshold(p, tta),
             "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)},
         }
 
@@ -445,7 +456,8 @@ def _classify(
     probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [
         {"error": NON_FINITE} if broken else
-        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta), "warnings": unlike}
+        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta),
+         "near_threshold": first.near_threshold(p, tta), "warnings": unlike}
         for p, broken, unlike in zip(first.positive(probs), bad, first.content_warnings(images))
     ]  # fmt: skip
     if second is not None:

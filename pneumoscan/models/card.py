@@ -72,6 +72,10 @@ class BundleCard:
     threshold_policy: str = "fixed 0.5"
     # test-time augmentation averages views and so shifts the scores: its own threshold, same policy (predict --tta)
     tta_threshold: float | None = None
+    # where a threshold chosen on other films like those would fall (95 %, metrics.threshold_interval): a reading
+    # inside it is near the threshold. Empty when not recorded (older bundles, a fixed threshold)
+    threshold_interval: list[float] = field(default_factory=list)
+    tta_threshold_interval: list[float] = field(default_factory=list)
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
@@ -303,6 +307,9 @@ def _validated(path: Path, data: dict) -> BundleCard:
     for key in ("threshold", "tta_threshold"):  # 1.5 called a pneumonia film at 0.81 normal
         if (value := getattr(card, key)) is not None and not 0 <= value <= 1:
             raise ValueError(f"{path}: {key} is {value!r}, not a probability in [0, 1]")
+    for key in ("threshold_interval", "tta_threshold_interval"):
+        if (interval := getattr(card, key)) and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
+            raise ValueError(f"{path}: {key} is {interval!r}, not two probabilities in order")
     _check_classes(path, card)
     try:
         card.spec  # noqa: B018 - its checks (source size and quality, resize policy)

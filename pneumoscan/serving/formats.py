@@ -28,6 +28,10 @@ class StageResult(BaseModel):
     positive: str
     label: str
     threshold: float
+    near_threshold: bool | None = Field(
+        None, description="whether the probability lies where a threshold chosen on other validation films like the "
+        "model's would fall (threshold_interval of /v1/model): the film could have been called either way; null when "
+        "the model records no such interval")
     probabilities: dict[str, float]
 
 
@@ -64,6 +68,9 @@ class ModelInfo(BaseModel):
     positive: str
     threshold: float
     threshold_policy: str
+    threshold_interval: list[float] = Field(description="where a threshold chosen on other validation films like the "
+                                            "model's would fall (95 %); a reading inside it is near the threshold; "
+                                            "empty when not recorded")
     temperature: float
     image_size: int
     resize_policy: str

@@ -34,7 +34,7 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
-from pneumoscan.evaluation.operating_point import int8_figures, warn_if_too_few_positives
+from pneumoscan.evaluation.operating_point import int8_figures, threshold_intervals, warn_if_too_few_positives
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
 from pneumoscan.inference.predict import Predictor, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
@@ -170,13 +170,14 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
     # the shipped graphs score the films their change is measured on last: once run, their ONNX Runtime memory
     # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
+    patients = None  # out-of-fold films are counted as films, as the ensemble's own thresholds were
     if cv_dirs:
         y, scores, tta, members_mean = _out_of_fold_int8(net, cv_dirs, card, batches, calib)
         runs, names = (", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs))
         change_on, chosen_on = calib, f"out-of-fold INT8 scores of {runs} (each member quantised alone)"
         named_on = f"out-of-fold INT8 scores of {names}"
     else:
-        y, members_mean = binary_targets(val_targets), None
+        y, members_mean, patients = binary_targets(val_targets), None, [r.patient for r in val_records]
         tta = int8.positive(int8.probabilities(val_images, tta=True))
         change_on, chosen_on = val_images, f"the val films of {data}"
         named_on = f"the val films of {Path(data).name}"
@@ -191,7 +192,8 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = f"{describe_policy(*card.threshold_targets)} on {named_on}"
     figures = {"calibration_images": int(len(calib)), **int8_figures(
-        y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()))}
+        y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()),
+        threshold_intervals(y, scores, tta, *card.threshold_targets, patients))}
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:

@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
 let secondStage = false;  // the service reads etiology too: the list and its CSV carry it
+let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
 
 const films = [];  // {id, name, file, dicom, shown, status, result, error, cam}
 let current = null;
@@ -52,6 +53,7 @@ function showError(message, keepResult = false) {
 function showCard(info) {
   maxUploadBytes = info.max_upload_bytes;
   secondStage = Boolean(info.etiology);
+  thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   $("etiology-column").hidden = !secondStage;
   renderList();
   const m = info.val_metrics || {};
@@ -118,14 +120,24 @@ function showWarnings(warnings, inScope) {
 
 // The reading as the list and its CSV give it: out of scope first, the label kept for a reader who knows better.
 function reading(r) {
-  return r.in_scope ? r.label : `out of scope (${r.label})`;
+  if (!r.in_scope) return `out of scope (${r.label})`;
+  return r.near_threshold ? `${r.label} (near the threshold)` : r.label;
+}
+
+// Why a reading is near the threshold, in numbers when the card gives them.
+function nearText() {
+  const where = thresholdInterval
+    ? ` could lie anywhere from ${figure(thresholdInterval[0])} to ${figure(thresholdInterval[1])}` : " could differ";
+  return `Near the threshold: a threshold chosen on other validation films like the model's${where}, so this film ` +
+    "could have been read either way.";
 }
 
 // Said in the polite live region when a reading arrives: the result panel itself is not announced.
 function announcement(r) {
   const n = r.warnings.length;
   return `${r.in_scope ? "" : "Outside the model's scope: this reading does not apply. "}Reading: ${r.label}, ` +
-    `probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ${n} scope warning${n === 1 ? "" : "s"}.`;
+    `probability ${figure(r.probability)}, threshold ${figure(r.threshold)}` +
+    `${r.near_threshold ? ", near the threshold" : ""}, ${n} scope warning${n === 1 ? "" : "s"}.`;
 }
 
 // What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py).
@@ -163,6 +175,13 @@ function showResult(film) {
   $("bar-fill").style.width = pct(r.probability);
   $("bar-fill").className = `fill ${look}`;
   $("bar-threshold").style.left = pct(r.threshold);
+  $("bar-band").hidden = !thresholdInterval;
+  if (thresholdInterval) {
+    $("bar-band").style.left = pct(thresholdInterval[0]);
+    $("bar-band").style.width = pct(thresholdInterval[1] - thresholdInterval[0]);
+  }
+  $("near").hidden = !r.near_threshold;
+  $("near").textContent = r.near_threshold ? nearText() : "";
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
   $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
   $("probability").textContent =
