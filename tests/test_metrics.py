@@ -166,6 +166,11 @@ def test_fit_temperature_keeps_one_when_validation_has_no_error():
     with pytest.warns(UserWarning, match="without a single error"):
         t = fit_temperature(separable, y)
     assert t == 1.0
+    # wide margins: the NLL underflows to a constant and the search stopped short of its bound, at T ~ 0.07 with no
+    # warning, so a later film with a logit gap of 1 read as certain
+    wide = np.random.default_rng(2).uniform(2, 8, y.size) * (2 * y - 1)
+    with pytest.warns(UserWarning, match="without a single error"):
+        assert fit_temperature(np.stack([-wide / 2, wide / 2], axis=1), y) == 1.0
     one_error = separable.copy()
     one_error[0] = one_error[0, ::-1]
     with warnings.catch_warnings():
@@ -369,10 +374,16 @@ def _beta_interval(x: float, n: float) -> list[float]:
     return [beta.ppf(0.025, x, n - x + 1) if x else 0.0, beta.ppf(0.975, x + 1, n - x) if x < n else 1.0]
 
 
+def _kg(films: int, patients: int) -> float:
+    """Korn and Graubard's degrees-of-freedom factor on the effective sample size: (t_{films-1} / t_{patients-1})^2."""
+    return (student_t.ppf(0.975, films - 1) / student_t.ppf(0.975, patients - 1)) ** 2
+
+
 def test_proportions_of_patients_whose_films_agree_count_patients_not_films():
     """40 patients with 3 identical films each: the design effect of the patients' spread is 120 / 39, so the films
-    count as 39 cases (m - 1: the m / (m - 1) of the cluster variance), about one a patient; the interval is close
-    to Clopper-Pearson on the patient counts and much wider than the one on the films."""
+    count as 39 cases (m - 1: the m / (m - 1) of the cluster variance), about one a patient, fewer still by Korn and
+    Graubard's degrees of freedom; the interval holds Clopper-Pearson's on the patient counts and is much wider
+    than the one on the films."""
     y, prob, patient = _patient_films()
     ci = threshold_metrics_ci(y, prob, [0.5], n_boot=300, groups=patient)[0]
     films = threshold_metrics_ci(y, prob, [0.5], n_boot=300)[0]
@@ -380,16 +391,28 @@ def test_proportions_of_patients_whose_films_agree_count_patients_not_films():
     tp, tn = m["tp"] // 3, m["tn"] // 3  # patients found, patients cleared (20 of each class)
     assert 0 < tp < 20 and 0 < tn < 20
     for name, k, n in (("sensitivity", tp, 20), ("specificity", tn, 20), ("accuracy", tp + tn, 40)):
-        assert ci[name] == pytest.approx(_beta_interval(k / n * (n - 1), n - 1)), name
-        assert ci[name] == pytest.approx(_exact(k, n), abs=0.015), name
+        n_eff = (n - 1) * _kg(3 * n, n)
+        assert ci[name] == pytest.approx(_beta_interval(k / n * n_eff, n_eff)), name
+        exact = _exact(k, n)
+        assert ci[name][0] <= exact[0] + 1e-9 and ci[name][1] >= exact[1] - 1e-9, name
         assert ci[name][1] - ci[name][0] > 1.5 * (films[name][1] - films[name][0]), name
-    # rates of 0 and 1 have no spread to measure: one case a patient, 30 of 30 films of 10 patients is 10 of 10
+    # rates of 0 and 1 have no spread to measure: one case a patient, 30 of 30 films of 10 patients is 10 of 10, at
+    # the degrees of freedom of 10 patients
+    n_eff = 10 * _kg(30, 10)
     hits = metrics.proportion_ci(np.ones(30, bool), np.repeat(np.arange(10), 3))
-    assert hits == pytest.approx(_exact(10, 10)) and metrics.proportion_ci(np.zeros(30, bool), np.repeat(
-        np.arange(10), 3)) == pytest.approx(_exact(0, 10))
-    # patients whose films disagree as often as independent films would: never more than the films' interval
+    assert hits == pytest.approx(_beta_interval(n_eff, n_eff)) and metrics.proportion_ci(np.zeros(30, bool), np.repeat(
+        np.arange(10), 3)) == pytest.approx(_beta_interval(0, n_eff))
+    # one missed film never reads better than none: the effective size near a rate of 1 is capped at the patients
+    # (a design effect measured on the one patient with a miss read about 1, and 29 of 30 got a higher lower bound)
+    missed = np.r_[False, np.ones(29, bool)]
+    assert metrics.proportion_ci(missed, np.repeat(np.arange(10), 3))[0] < hits[0]
+    many = np.repeat(np.arange(150), 2)[:299]
+    assert metrics.proportion_ci(np.r_[False, np.ones(298, bool)], many)[0] < metrics.proportion_ci(
+        np.ones(299, bool), many)[0]
+    # patients whose films disagree as often as independent films would: counted as patients all the same
     mixed = np.tile([True, False], 20)
-    assert metrics.proportion_ci(mixed, np.repeat(np.arange(20), 2)) == pytest.approx(_exact(20, 40))
+    n_eff = 20 * _kg(40, 20)
+    assert metrics.proportion_ci(mixed, np.repeat(np.arange(20), 2)) == pytest.approx(_beta_interval(n_eff / 2, n_eff))
     # one film a patient among the films counted (normals, when only pneumonia patients have several): exact
     sick = y == 1
     singles = threshold_metrics_ci(np.r_[y[sick], np.zeros(50, int)], np.r_[prob[sick], np.linspace(0, 0.6, 50)],
@@ -410,7 +433,8 @@ def test_bootstrap_and_perfect_auc_bound_resample_patients():
     separated = np.where(y == 1, 0.6 + prob / 10, prob / 10)
     result = evaluate_binary(y, separated, 0.5, n_boot=200, groups=patient)
     assert result["ci_unit"] == "patient" and result["ci"]["auc"] == pytest.approx([0.025 ** (1 / 20), 1.0])
-    assert result["ci"]["sensitivity"] == pytest.approx(_exact(20, 20))
+    n_eff = 20 * _kg(int((y == 1).sum()), 20)
+    assert result["ci"]["sensitivity"] == pytest.approx(_beta_interval(n_eff, n_eff))
     # 3 + 3 patients: a resample lacks a class one time in 32, and is left out of the AUC's interval
     few_y, few_patient = np.repeat([1, 1, 1, 0, 0, 0], 3), np.repeat(np.arange(6), 3)
     few = threshold_metrics_ci(few_y, np.repeat([0.3, 0.6, 0.8, 0.2, 0.5, 0.7], 3), [0.5], n_boot=200,
@@ -431,7 +455,8 @@ def test_multiclass_intervals_count_patients():
     films = evaluate_multiclass(y, P, names, n_boot=300)
     assert result["ci_unit"] == "patient" and films["ci_unit"] == "film"
     correct = int((probs.argmax(axis=1) == cls).sum())
-    assert result["ci"]["accuracy"] == pytest.approx(_beta_interval(correct / 40 * 39, 39))
+    n_eff = 39 * _kg(120, 40)
+    assert result["ci"]["accuracy"] == pytest.approx(_beta_interval(correct / 40 * n_eff, n_eff))
     for name in ("accuracy", "balanced_accuracy", "macro_auc"):
         lo, hi = result["ci"][name]
         assert lo < result[name] < hi and hi - lo > 1.4 * (films["ci"][name][1] - films["ci"][name][0]), name
@@ -565,7 +590,7 @@ def test_auc_interval_degenerate_cases():
 
 def test_bca_without_bias_or_skew_is_the_percentile_interval_and_the_f1_jackknife_leaves_patients_out():
     samples = np.r_[np.linspace(0.2, 0.8, 401), math.nan]
-    assert metrics._bca_ci(samples, 0.5, np.full(10, 0.5), 0.05) == metrics._percentile_ci(samples, 0.05)
+    assert metrics._bca_ci(samples, 0.5, np.full(10, 0.5), 0.05) == pytest.approx(np.percentile(samples[:-1], [2.5, 97.5]))
     assert all(math.isnan(v) for v in metrics._bca_ci(samples, 0.9, np.full(10, 0.5), 0.05))  # beyond every one
     called = np.array([1, 1, 0, 1, 0, 0, 1], bool)
     positive = np.array([1, 1, 1, 0, 0, 1, 0], bool)
@@ -613,3 +638,36 @@ def test_no_threshold_interval_when_most_resamples_cannot_meet_the_policy() -> N
     y = np.r_[np.ones(40, int), 0]
     p = np.r_[np.linspace(0.1, 0.9, 40), 0.95]  # the negative film scores highest: no positive found under a 0 ceiling
     assert threshold_interval(y, p, None, 0.0) == []
+
+
+def test_f1_is_left_out_of_resamples_without_a_positive_film() -> None:
+    """3 positive films of 2 patients among 12 negatives: a resample of patients without a positive film had counted
+    F1 as 0 after a false positive, pulling the interval's lower end to 0 though F1 is undefined there."""
+    y = np.r_[1, 1, 1, np.zeros(12, int)]
+    prob = np.r_[0.9, 0.8, 0.7, 0.6, np.linspace(0.05, 0.4, 11)]  # one negative above 0.5
+    patients = np.r_[0, 0, 1, np.arange(2, 14)]
+    lo, hi = threshold_metrics_ci(y, prob, [0.5], n_boot=1000, groups=patients)[0]["f1"]
+    assert lo > 0.3 and hi == pytest.approx(1.0)
+
+
+def test_the_logit_interval_of_an_auc_near_one_does_not_overflow() -> None:
+    lo, hi = metrics._logit_interval(0.9999, 0.01, 30, 0.05)
+    assert 0 <= lo < 0.9999 < hi <= 1  # math.exp had raised OverflowError
+
+
+def test_the_balanced_accuracy_interval_is_bca_over_patients() -> None:
+    """Its percentile interval covered 0.79-0.93 of simulated sets: BCa, with the leave-one-patient-out jackknife
+    of the classes' recalls, as F1's."""
+    rng = np.random.default_rng(11)
+    cls = np.repeat([0, 1, 2], 14)
+    probs = softmax(rng.normal(size=(42, 3)) + 3.0 * np.eye(3)[cls])
+    y, P, patient = np.repeat(cls, 2), np.repeat(probs, 2, axis=0), np.repeat(np.arange(42), 2)
+    result = evaluate_multiclass(y, P, ["a", "b", "c"], n_boot=500, groups=patient)
+    correct, weights = P.argmax(axis=1) == y, metrics._bootstrap_weights(y, patient, 500, metrics.BOOTSTRAP_SEED)
+    in_class = [y == k for k in range(3)]
+    resampled = np.mean([weights @ (c & correct) / (weights @ c) for c in in_class], axis=0)
+    jackknife = np.mean([[(correct & c & (patient != u)).sum() / (c & (patient != u)).sum() for u in range(42)]
+                         for c in in_class], axis=0)
+    expected = metrics._bca_ci(resampled, result["balanced_accuracy"], jackknife, 0.05)
+    assert result["ci"]["balanced_accuracy"] == pytest.approx(expected)
+    assert expected != pytest.approx(list(np.percentile(resampled, [2.5, 97.5])))

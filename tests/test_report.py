@@ -170,3 +170,16 @@ def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path)
     write_report(evaluate_binary(y, p, 0.5, n_boot=50), tmp_path, "t", figures=True)
     page = (tmp_path / "report.html").read_text()
     assert "99.9%" in page and "2499" in page and not re.search(r"2499\D{0,40}100\.0%", page)
+
+
+def test_an_auc_close_to_one_is_said_to_have_too_narrow_an_interval(tmp_path):
+    """Near an AUC of 1 the logit DeLong interval covered the truth in 0.90-0.92 of simulated sets, most misses a
+    lower bound above it: the report says so beside such an AUC, and not beside a lower one."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 400)
+    for spread, said in ((2.8, True), (1.0, False)):
+        p = 1 / (1 + np.exp(-(rng.normal(0, 1, 400) + spread * (2 * y - 1))))
+        metrics = evaluate_binary(y, p, 0.5, n_boot=100)
+        assert (metrics["auc"] >= 0.99) is said
+        page = write_report(metrics, tmp_path / str(spread), "near one").read_text()
+        assert ("Close to 1 the AUC's interval is too narrow" in page) is said

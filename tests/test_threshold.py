@@ -339,3 +339,37 @@ def test_what_the_threshold_check_warned_of_is_kept_in_the_model_card(tiny_bundl
     card = (out / MODEL_CARD).read_text()
     assert "What could not be checked, or was found, when they were chosen:" in card
     assert record["caveats"][0] in card
+
+
+def test_a_guessed_threshold_and_an_uncalibrated_temperature_are_kept_where_the_bundle_is_used(
+        tiny_bundle: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training on 6 positive validation films warned that a sensitivity of 0.95 cannot be shown on them, and a
+    temperature fitted on no error warned that the probabilities are not calibrated: both only in the run's log,
+    while the card, MODEL_CARD.md, the service and predict looked confident."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.inference.predict import predict_paths
+    from pneumoscan.serving.app import create_app
+
+    card = load_card(tiny_bundle)
+    assert "so this threshold is a guess" in card.threshold_caveat
+    assert f"**Caveat:** {card.threshold_caveat}" in (tiny_bundle / MODEL_CARD).read_text()
+    with TestClient(create_app(tiny_bundle)) as client:
+        assert client.get("/v1/model").json()["caveats"] == card.caveats
+    film = next(iter(discover(site).records)).path
+    caplog.clear()
+    predict_paths(tiny_bundle, [film])
+    assert any(m.endswith(card.threshold_caveat) for m in caplog.messages)
+    # a threshold chosen again is the one the caveat is about; a temperature without error to fit is said too
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--target-sensitivity", "0.95", "--out", str(out)]) == 0
+    retuned = load_card(out)
+    assert "only 8 positive films" in retuned.threshold_caveat
+    assert retuned.threshold_records[-1]["caveats"] == [retuned.threshold_caveat]
+    from pneumoscan.evaluation.model_card import render
+    from pneumoscan.evaluation.operating_point import calibrated_temperature
+
+    logits = np.array([[2.0, -2.0], [-3.0, 3.0], [1.5, -1.5]])  # every film on its side
+    temperature, said = calibrated_temperature(logits, np.array([0, 1, 0]))
+    assert temperature == 1.0 and "without a single error" in said
+    assert f"(**the probabilities are not calibrated:** {said})" in render(dataclasses.replace(card, temperature_caveat=said))

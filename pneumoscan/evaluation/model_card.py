@@ -209,6 +209,8 @@ def _threshold_section(card: BundleCard) -> str:
     text = (f"In force: **{format_figure(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
             f"(`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
             f"P({card.positive}) is at or above the threshold.")
+    if card.threshold_caveat:
+        text += f" **Caveat:** {card.threshold_caveat}."
     if card.threshold_interval:
         low, high = (format_figure(v, 4) for v in card.threshold_interval)
         text += (f" The same policy on other films like those it was chosen on would put the threshold between {low} "
@@ -268,7 +270,9 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"Model `{card.model}`{f' {card.model_kwargs}' if card.model_kwargs else ''}, grayscale input of "
         f"{card.size} x {card.size} px ({card.resize_policy}{source}), normalised with mean {card.mean:g} and std "
         f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on "
-        f"{card.train_config.get('calibrated_on') or 'validation'}. Training configuration:\n\n"
+        f"{card.train_config.get('calibrated_on') or 'validation'}"
+        + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat else "")
+        + ". Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
         + (f"Trained with {', '.join(f'{name} {v}' for name, v in card.versions.items())}."
            if card.versions else "Library versions not recorded."),

@@ -8,13 +8,15 @@ import json
 import logging
 import math
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.core.atomic import building
-from pneumoscan.core.metrics import binary_metrics, choose_thresholds, describe_policy, roc_auc, threshold_interval
+from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
+                                     threshold_interval)
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
 from pneumoscan.inference.predict import Predictor
@@ -28,19 +30,22 @@ log = logging.getLogger(__name__)
 
 def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta_scores: np.ndarray,
                           targets: np.ndarray, target_sensitivity: float | None, max_false_positive_rate: float | None,
-                          policy: str, groups: Sequence[str] | None = None) -> tuple[BundleCard, dict]:
+                          policy: str, groups: Sequence[str] | None = None, temperature_caveat: str = "",
+                          ) -> tuple[BundleCard, dict]:
     """Choose the plain and TTA thresholds by one policy on these films' calibrated ``probs`` and TTA scores, and
     write them where every reader looks: ``card`` (temperature already set) with the thresholds, ``policy`` and
-    the validation figures, saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar. The one way a training
-    run and an ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained
-    on, so it writes its own). Returns the card written and the films' metrics."""
+    the validation figures and the caveats of both (``temperature_caveat``: :func:`calibrated_temperature`'s),
+    saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar. The one way a training run and an ensemble finish
+    their bundle (``threshold`` keeps the validation figures of the films it trained on, so it writes its own).
+    Returns the card written and the films' metrics."""
     task = get_task(card.task)
     y, plain = binary_targets(targets), task.positive_probability(probs)
-    warn_if_too_few_positives(y, target_sensitivity)
+    guess = warn_if_too_few_positives(y, target_sensitivity)
     threshold, tta_threshold = choose_thresholds(y, plain, tta_scores, target_sensitivity, max_false_positive_rate)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
-                               val_metrics=validation_figures(metrics),
+                               val_metrics=validation_figures(metrics), threshold_caveat=guess,
+                               temperature_caveat=temperature_caveat,
                                **threshold_intervals(y, plain, tta_scores, target_sensitivity, max_false_positive_rate,
                                                      groups))
     update_card(bundle, card)
@@ -59,7 +64,7 @@ def threshold_intervals(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, targe
 
 
 def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, float], policy: str, chosen_on: str,
-                 fp32_auc: float, change: float, intervals: dict[str, list[float]]) -> dict:
+                 fp32_auc: float, change: float, intervals: dict[str, list[float]], caveat: str) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds, their policy
     and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the INT8
     model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export
@@ -67,7 +72,7 @@ def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, flo
     at = binary_metrics(y, scores, thresholds[0]) | {"auc": roc_auc(y, scores)}
     return {
         "int8_threshold": thresholds[0], "int8_tta_threshold": thresholds[1], "threshold_policy": policy,
-        **{f"int8_{name}": interval for name, interval in intervals.items()},
+        **{f"int8_{name}": interval for name, interval in intervals.items()}, "int8_threshold_caveat": caveat,
         "int8_thresholds_chosen_on": chosen_on, "validation_images": int(len(y)), "val_auc_fp32": fp32_auc,
         "val_auc_int8": at["auc"], "max_probability_change": change, "int8_val_metrics": validation_figures(at),
     }  # fmt: skip
@@ -81,16 +86,32 @@ def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_
     return *choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate), plain, tta
 
 
-def warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> None:
+def warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> str:
     """A sensitivity target is a statement about misses; with fewer than 1 / (1 - target) positives a single miss
     is already below it, so the threshold met it on these films by chance as much as by design. Said wherever a
-    threshold that will be used is chosen: training, ``ensemble``, ``threshold`` and ``export --int8``."""
+    threshold that will be used is chosen (training, ``ensemble``, ``threshold`` and ``export --int8``), and
+    returned for the bundle to keep (:attr:`BundleCard.threshold_caveat`); "" when the films are enough."""
     if target_sensitivity is None or target_sensitivity >= 1:
-        return
+        return ""
     needed = math.ceil(round(1 / (1 - target_sensitivity), 6))  # 1 / (1 - 0.9) is 10.000000000000002
-    if int(y.sum()) < needed:
-        log.warning("only %d positive films: a sensitivity of %.2f cannot be shown on fewer than %d, so this threshold "
-                    "is a guess; choose it on more labelled films", int(y.sum()), target_sensitivity, needed)
+    if int(y.sum()) >= needed:
+        return ""
+    said = (f"only {int(y.sum())} positive films: a sensitivity of {target_sensitivity:.2f} cannot be shown on fewer "
+            f"than {needed}, so this threshold is a guess; choose it on more labelled films")
+    log.warning("%s", said)
+    return said
+
+
+def calibrated_temperature(logits: np.ndarray, targets: np.ndarray) -> tuple[float, str]:
+    """:func:`~pneumoscan.core.metrics.fit_temperature`, and what it warned of (no error to fit on, a bound
+    reached), for the bundle to keep (:attr:`BundleCard.temperature_caveat`) as well as the run's log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        temperature = fit_temperature(logits, targets)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    for text in said:
+        log.warning("%s", text)
+    return temperature, "; ".join(said)
 
 
 def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: str | None = None,
@@ -115,7 +136,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     refuse_test_films(records, data, "threshold")
     caveats = check_held_out([bundle], records, "choose the threshold", validation_warning=True)
     y = binary_targets(targets)
-    warn_if_too_few_positives(y, target_sensitivity)
+    if guess := warn_if_too_few_positives(y, target_sensitivity):
+        caveats.append(guess)
     threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
     int8 = None
     if (bundle / INT8_NAME).exists():
@@ -142,8 +164,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     }
     patients = [r.patient for r in records]
     card = dataclasses.replace(load_card(bundle), threshold=threshold, tta_threshold=tta_threshold,
-                               threshold_policy=policy, **threshold_intervals(y, plain, tta, target_sensitivity,
-                                                                              max_false_positive_rate, patients))
+                               threshold_policy=policy, threshold_caveat=guess,
+                               **threshold_intervals(y, plain, tta, target_sensitivity, max_false_positive_rate, patients))
     card.threshold_records.append(record)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
@@ -156,7 +178,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
             # every figure of the sidecar about the films that chose the thresholds is now about these films
             write_int8_spec(tmp, json.loads(spec_path(tmp / INT8_NAME).read_text()) | int8_figures(
                 y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max()),
-                threshold_intervals(y, int8[2], int8[3], target_sensitivity, max_false_positive_rate, patients)))
+                threshold_intervals(y, int8[2], int8[3], target_sensitivity, max_false_positive_rate, patients),
+                guess))
             write_model_card(tmp, load_card(tmp))  # its INT8 section, from the sidecar just written
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
              threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],

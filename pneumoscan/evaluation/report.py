@@ -120,19 +120,27 @@ _BINARY_CIS = {
            "(resampled within each class)",
 }
 _THREE_CLASS_CIS = {
-    True: "for balanced accuracy, a percentile bootstrap of the patients (all films of a patient resampled together); "
-          "for macro AUC, DeLong's variance summed by patient on the logit scale with a t quantile",
-    False: "for balanced accuracy, a percentile bootstrap of the films (resampled within each class); for macro AUC, "
+    True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together); for "
+          "macro AUC, DeLong's variance summed by patient on the logit scale with a t quantile",
+    False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class); for macro AUC, "
            "DeLong's variance on the logit scale with a t quantile",
 }
 
 
+NEAR_ONE = 0.99  # above it, the AUC's interval covered the truth in 0.90-0.92 of simulated sets, not 0.95
+
+
 def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
-    """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound."""
-    if auc not in (0, 1):
-        return ""
-    return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is an "
-            f"exact one-sided bound from disjoint pairs of {unit}.")
+    """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound; and that near 1 the
+    interval is too narrow (benchmarks/bench_ci_coverage.py), its lower bound read as more than it is."""
+    if auc in (0, 1):
+        return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is "
+                f"an exact one-sided bound from disjoint pairs of {unit}.")
+    if auc is not None and auc >= NEAR_ONE:
+        return (f" Close to 1 the {what}'s interval is too narrow: in simulated sets of 30 or 150 patients a class "
+                "near an AUC of 1 it held the true value 90-92% of the time, not 95%, most misses a lower bound above "
+                "the truth; read the lower bound as optimistic.")
+    return ""
 
 
 def _esc(value: Any) -> str:

@@ -117,7 +117,8 @@ class Predictor:
                 threshold_policy=sidecar.get("threshold_policy", self.card.threshold_policy),
                 val_metrics=sidecar["int8_val_metrics"], external_evaluations=[],
                 threshold_interval=sidecar.get("int8_threshold_interval", []),
-                tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []))
+                tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []),
+                threshold_caveat=sidecar.get("int8_threshold_caveat", ""))
         if backend != "torch":
             from .export import INPUT, OUTPUT, bundle_session
 
@@ -414,8 +415,11 @@ def predict_paths(
     from .export import model_version
 
     identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
-    if unchecked := predictor.content_unchecked():  # once the options are sound: said of readings to come
+    # once the options are sound: said of the readings to come
+    if unchecked := predictor.content_unchecked():
         log.warning("%s", unchecked)
+    for caveat in predictor.card.caveats:
+        log.warning("%s: %s", shown(bundle), caveat)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:

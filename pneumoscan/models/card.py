@@ -76,6 +76,11 @@ class BundleCard:
     # inside it is near the threshold. Empty when not recorded (older bundles, a fixed threshold)
     threshold_interval: list[float] = field(default_factory=list)
     tta_threshold_interval: list[float] = field(default_factory=list)
+    # why the threshold in force may not hold (too few positive films to show its sensitivity target), and why the
+    # temperature may not calibrate (no error to fit it on, or at its bound): said where the bundle is used, not only
+    # in the log of the run that chose them. Empty when there is nothing to say
+    threshold_caveat: str = ""
+    temperature_caveat: str = ""
     temperature: float = 1.0
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
@@ -100,6 +105,11 @@ class BundleCard:
     def spec(self) -> PreprocessSpec:
         """How an image becomes this model's input: the same spec the training cache used."""
         return PreprocessSpec(self.size, self.resize_policy, self.source_size, self.source_quality)
+
+    @property
+    def caveats(self) -> list[str]:
+        """What a user of the bundle must know of its temperature and threshold (:attr:`threshold_caveat`, ...)."""
+        return [text for text in (self.temperature_caveat, self.threshold_caveat) if text]
 
     @property
     def model_id(self) -> str:

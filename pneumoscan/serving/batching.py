@@ -85,7 +85,7 @@ class Stage:
         return ModelInfo(
             id=c.model_id, version=self.version, architecture=c.model, task=c.task, classes=c.classes,
             positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy,
-            threshold_interval=c.threshold_interval, temperature=c.temperature,
+            threshold_interval=c.threshold_interval, caveats=c.caveats, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
             content_checked=self.predictor.appearance is not None, **card_summary(c),

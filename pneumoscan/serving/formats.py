@@ -77,6 +77,9 @@ class ModelInfo(BaseModel):
     val_metrics: dict[str, Any]
     data_fingerprint: str
     package_version: str
+    caveats: list[str] = Field(description="why the threshold or the probabilities may not hold (too few positive "
+                               "films to show the threshold's sensitivity target, a temperature that could not be "
+                               "fitted): said when they were chosen, kept by the bundle")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")

@@ -36,13 +36,13 @@ import torch
 
 from pneumoscan.core.atomic import building
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.metrics import describe_policy, fit_temperature, softmax
+from pneumoscan.core.metrics import describe_policy, softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import check_held_out, record_calibration_films, refuse_test_films
-from pneumoscan.evaluation.operating_point import write_operating_point
+from pneumoscan.evaluation.operating_point import calibrated_temperature, write_operating_point
 from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
@@ -259,7 +259,7 @@ def build_ensemble(
         if (appearance := load_appearance(*first_of_size)) is not None:
             save_appearance(tmp, appearance)
         logits, targets, views, patients, name = _calibration_scores(tmp, net, card, cv_dirs, data, split, held_out)
-        temperature = fit_temperature(logits, targets)
+        temperature, temperature_caveat = calibrated_temperature(logits, targets)
         tta = task.positive_probability(tta_probabilities(views, temperature))
         calibrated = dataclasses.replace(
             load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
@@ -272,7 +272,7 @@ def build_ensemble(
         )  # fmt: skip
         card, figures = write_operating_point(
             tmp, calibrated, softmax(logits, temperature), tta, targets, target_sensitivity, max_false_positive_rate,
-            f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}", patients)
+            f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}", patients, temperature_caveat)
     log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, card.threshold, card.tta_threshold,
              figures["sensitivity"], figures["specificity"], len(targets))

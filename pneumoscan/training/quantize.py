@@ -186,14 +186,14 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         scores = shipped
     # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
     fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
-    warn_if_too_few_positives(y, card.threshold_targets[0])
+    guess = warn_if_too_few_positives(y, card.threshold_targets[0])
     thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = f"{describe_policy(*card.threshold_targets)} on {named_on}"
     figures = {"calibration_images": int(len(calib)), **int8_figures(
         y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()),
-        threshold_intervals(y, scores, tta, *card.threshold_targets, patients))}
+        threshold_intervals(y, scores, tta, *card.threshold_targets, patients), guess)}
     if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
         figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:

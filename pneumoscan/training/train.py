@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import building, write_atomic
-from pneumoscan.core.metrics import binary_metrics, describe_policy, fit_temperature, format_figure, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, describe_policy, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.audit import shared_patients
@@ -36,7 +36,7 @@ from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.held_out import check_held_out
-from pneumoscan.evaluation.operating_point import write_operating_point
+from pneumoscan.evaluation.operating_point import calibrated_temperature, write_operating_point
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
@@ -466,7 +466,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
     if not ctx.main:
         return bundle_dir
     targets = val_set.targets[index]
-    temperature = fit_temperature(logits, targets)
+    temperature, temperature_caveat = calibrated_temperature(logits, targets)
     policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
     card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=d.fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
@@ -479,7 +479,8 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
         # predictor.card is the card as export left it: bundle.json now records model.onnx's checksum too
         card, metrics = write_operating_point(tmp, predictor.card, softmax(logits, temperature), tta_scores, targets,
-                                              cfg.target_sensitivity, None, policy, d.val_patients[index])
+                                              cfg.target_sensitivity, None, policy, d.val_patients[index],
+                                              temperature_caveat)
     threshold, tta_threshold = card.threshold, card.tta_threshold
     # the films that chose the threshold, the temperature and the best epoch: the report and compare say so
     metrics["data"] = "validation (chose its threshold)"

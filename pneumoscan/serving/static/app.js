@@ -68,6 +68,7 @@ function showCard(info) {
     ["Validation", `AUC ${figure(m.auc)}, sensitivity ${figure(m.sensitivity)}, specificity ${figure(m.specificity)}` +
       (m.threshold != null ? ` at threshold ${figure(m.threshold)}` : "") + (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
+    ...(info.caveats || []).map((text) => ["Caveat", text]),
     ["Image content check", info.content_checked ? "on: films unlike the training films are flagged"
       : "off: this bundle records no appearance of its training films, so nothing flags a film that is no chest film"],
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
