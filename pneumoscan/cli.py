@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pneumoscan.serving.limits import Limits
     from pneumoscan.training.config import TrainConfig
 
+# audit's tables alone; a result line a script may read is print()ed, never wrapped at the terminal's width.
 console = Console(markup=False)  # user paths are printed through it: "[red]x" is a name, not markup
 log = logging.getLogger("pneumoscan.cli")
 
@@ -143,11 +144,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for name, s in result["summary"].items():
         mean, std, low, high = (format_figure(s[k], 4) for k in ("mean", "std", "min", "max"))
         defined = "" if s["folds"] == folds else f"; defined on {s['folds']} of {folds} folds"
-        console.print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
+        print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
-        console.print(f"pooled out of fold, {_three_classes(three_class)}")
+        print(f"pooled out of fold, {_three_classes(three_class)}")
     cv = CvFolder(Path(args.out))
-    console.print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
+    print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
     return 0
 
 
@@ -335,8 +336,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = json.loads(spec_path(out).read_text())
-        console.print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} (FP32 {format_figure(figures['val_auc_fp32'], 4)}), "
-                      f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
+        print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} "
+              f"(FP32 {format_figure(figures['val_auc_fp32'], 4)}), threshold {figures['int8_threshold']:.4f} chosen "
+              f"on the INT8 scores ({figures['threshold_policy']})")
         return 0
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]
@@ -695,12 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "bacterial vs viral pneumonia. Research use only: not a medical device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the version and exit")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only warnings and errors on stderr: no progress bars, no information messages; results "
-                             "are still printed (before the command)")
+    quiet = ("only warnings and errors on stderr: no progress bars, no information messages; results are still "
+             "printed")
+    parser.add_argument("-q", "--quiet", action="store_true", help=f"before or after the command: {quiet}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, summary, add_args, run in COMMANDS:
         p = sub.add_parser(name, help=summary)
+        # the same switch after the command too (`pneumoscan predict -q ...`); SUPPRESS keeps a -q given before it
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet)
         add_args(p)
         p.set_defaults(func=run)
     return parser

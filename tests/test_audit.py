@@ -186,6 +186,19 @@ def test_format_audit_names_the_findings(report: dict, tree: dict[str, Path]) ->
     assert "images repeated across splits: 2 groups" in text
 
 
+def test_format_audit_cuts_no_value_at_80_columns(report: dict) -> None:
+    """At 80 columns (a pipe, a file, a plain terminal) the table cut its cells: `PNEUMON…`, `968/1280…`, the
+    largest width and height lost."""
+    big = {"width": {"min": 968, "median": 1281.5, "max": 12000}, "height": {"min": 592, "median": 996, "max": 11416}}
+    wide = {**report, "sizes": {split: big for split in report["counts"]},
+            "subtypes": {split: {**sub, "unknown": 1} for split, sub in report["subtypes"].items()}}
+    console = Console(file=io.StringIO(), width=80)
+    console.print(format_audit(wide))
+    text = console.file.getvalue()
+    assert "…" not in text and "PNEUMONIA" in text and "unknown" in text
+    assert text.count("968/1281.5/12000") == text.count("592/996/11416") == len(report["counts"]), text
+
+
 def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "audit.png"
     audit_figure(report, discover(tree["root"]), out, per_class=3)

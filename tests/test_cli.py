@@ -108,7 +108,7 @@ def test_quiet_silences_progress_and_information(
     assert len(list((tmp_path / "quiet").glob("*.u8"))) == 1, "the work was done, silently"
 
 
-@pytest.mark.parametrize("command", ["export", "train", "threshold", "ensemble"])
+@pytest.mark.parametrize("command", ["export", "export-int8", "train", "threshold", "ensemble"])
 def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
     command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -120,16 +120,23 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
         out = tmp_path / ("quiet" if quiet else "loud")
         args = {
             "export": ["export", str(tiny_bundle), "--out", f"{out}.onnx"],
+            # a long path, as a real one: the result line was hard-wrapped at 80 columns over three lines
+            "export-int8": ["export", str(out / ("a-long-folder-name-" * 4) / "bundle"), "--int8", "--data",
+                            str(tiny_bundle.parent / "split.csv"), "--calibration-images", "8"],
             "train": ["train", "--data", str(tiny_dataset), "--out", str(out), "--model", "simple_cnn", "--no-pretrained",
                       "--image-size", "32", "--epochs", "1", "--batch-size", "8"],
             "threshold": ["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)],
             "ensemble": ["ensemble", str(tiny_bundle), str(twin), "--data", str(site), "--out", str(out)],
         }[command]
+        if command == "export-int8":  # it writes into the bundle: a copy of it
+            shutil.copytree(tiny_bundle, args[1])
         assert cli.main(["-q"] * quiet + args) == 0
         printed, logged = capsys.readouterr()
         # a piece of the result that a second report of it (the library's log line) would repeat
         if command == "export":
             said = f"wrote{out}.onnxanditspreprocessingspec"
+        elif command == "export-int8":
+            said = "chosenontheINT8scores"
         elif command == "train":
             said = f"threshold{load_card(out / 'bundle').threshold:.4f}"
         elif command == "threshold":
@@ -139,6 +146,51 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
         assert printed.count("\n") == 1 and said in _flat(printed), printed
         assert said not in _flat(logged), logged
         assert not (quiet and "INFO" in logged), logged
+
+
+def test_cv_prints_each_result_on_one_line(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """cv's result lines are read by scripts: printed whole, never wrapped at the terminal's (or a pipe's 80)
+    columns."""
+    import pneumoscan.training.cv
+
+    summary = {"folds": 2, "mean": 0.91234, "std": 0.01234, "min": 0.9, "max": 0.92468}
+    result = {"summary": {"auc": summary, "balanced_accuracy_at_the_chosen_threshold": summary},
+              "per_fold": [{}, {}], "pooled_out_of_fold": {}}
+    monkeypatch.setattr(pneumoscan.training.cv, "cross_validate", lambda *args: result)
+    out = tmp_path / ("a-long-folder-name-" * 4) / "cv"
+    assert cli.main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[-1] == f"out-of-fold scores: {out / 'oof.csv'}   figures: {out / 'cv.json'}", lines
+    assert lines[1].endswith("balanced_accuracy_at_the_chosen_threshold: 0.9123 +- 0.0123 (folds 0.9000-0.9247)")
+
+
+@pytest.mark.parametrize("where", ["before", "after", "at the end"])
+def test_quiet_goes_before_or_after_the_command(where: str, tiny_dataset: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`pneumoscan cache -q ...` was refused with "unrecognized arguments: -q": it means what `-q cache` means."""
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    args = ["cache", str(tiny_dataset / "test"), "--size", "24"]
+    argv = {"before": ["-q", *args], "after": [args[0], "-q", *args[1:]], "at the end": [*args, "--quiet"]}[where]
+    assert cli.main(argv) == 0
+    printed, logged = capsys.readouterr()
+    assert printed.startswith("16 images cached") and logged == ""
+    assert cli.build_parser().parse_args(["serve", "--quiet", "b"]).quiet, "serve's access log follows it too"
+    assert not cli.build_parser().parse_args(args).quiet
+
+
+def test_the_test_split_refusal_points_to_films_the_bundle_never_saw(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The hint said `--split val`, which for a dataset root is mostly the bundle's training films (train splits
+    train/ and val/ together): following it led to a second refusal."""
+    args = ["threshold", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--youden",
+            "--out", str(tmp_path / "t")]
+    assert cli.main(args) == 2
+    said = capsys.readouterr().err
+    assert "choose it on films the bundle never saw (a folder or manifest of your own labelled films; " in said
+    assert "RUN/split.csv --split val, the run's validation split, is accepted with a warning" in said
+    assert "(--split val, or" not in said
 
 
 def test_errors_are_one_sentence_with_status_2(

@@ -17,6 +17,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 README_MAX_BYTES = 12 * 1024
+README_MAX_LINES = 120  # about two screens
 # A commit hash quoted in the text (`5f14974`), or named after the word commit: history, not documentation.
 COMMIT_HASH = re.compile(r"`[0-9a-f]{7,40}`|\bcommit [0-9a-f]{7,40}\b", re.IGNORECASE)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -61,7 +62,25 @@ def test_mkdocs_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
 def test_readme_is_short_and_has_no_commit_hashes() -> None:
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size:,} bytes; move detail into docs/ (limit {README_MAX_BYTES:,})"
+    lines = README.read_text().count("\n")
+    assert lines <= README_MAX_LINES, f"README.md is {lines} lines; move detail into docs/ (limit {README_MAX_LINES})"
     assert not COMMIT_HASH.findall(README.read_text())
+
+
+@pytest.mark.parametrize("page", [README, ROOT / "docs" / "index.md"], ids=lambda p: p.name)
+def test_the_front_pages_say_how_to_install_and_run_the_tests(page: Path) -> None:
+    """`make test` read as a bare command failed for a newcomer: its data path defaults to data/chest_xray, and it
+    installs chromium and orthanc with apt-get (root). The MkDocs site had no install steps at all."""
+    text = page.read_text()
+    assert "make env" in text and "pip install -e ." in text
+    (test_line,) = [line for line in text.splitlines() if "make test" in line and line.startswith("PNEUMOSCAN_DATA=")]
+    assert "apt-get" in test_line
+    assert "root, Debian" in text and "data/chest_xray" in text
+
+
+def test_the_readme_links_every_page_through_the_index_and_the_ensembles_page() -> None:
+    links = set(LINK.findall(README.read_text()))
+    assert {"docs/index.md", "docs/ensembles.md", "docs/results.md"} <= links
 
 
 @pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)

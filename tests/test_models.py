@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from pathlib import Path
 
+import huggingface_hub
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from pneumoscan.models import registry as models
 
@@ -83,6 +89,39 @@ def test_a_timm_model_of_fixed_input_size_is_built_for_the_size_asked() -> None:
     model = models.create("vit_tiny_patch16_224", num_classes=2, in_chans=1, image_size=64).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 2)
+
+
+def test_missing_weights_offline_fail_at_once_without_the_hubs_retry_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No network and nothing cached (offline mode not set): huggingface_hub's retries with backoff took about a
+    minute and logged a dozen retry lines before the one-line reason. The Hub is a closed port here, so the test
+    is offline on any machine."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    start = time.monotonic()
+    reason = r"resnetv2_50.*neither in the local cache.*--no-pretrained"
+    with caplog.at_level(logging.DEBUG), pytest.raises(models.WeightsUnavailable, match=reason):
+        models.create("resnet50v2", pretrained=True)
+    assert time.monotonic() - start < 5
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub") and r.levelno >= logging.WARNING]
+    assert "Retry" not in capfd.readouterr().err
+
+
+def test_cached_weights_load_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights in the local Hugging Face cache are read from it first, without a request to the Hub."""
+    cfg = timm.get_pretrained_cfg("resnetv2_50")
+    snapshot = tmp_path / "hub" / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    weights = timm.create_model("resnetv2_50").state_dict()
+    weights["stages.0.blocks.0.conv1.weight"].fill_(0.125)
+    save_file(weights, snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = models.create("resnet50v2", num_classes=2, in_chans=1, pretrained=True)
+    assert torch.all(model.stages[0].blocks[0].conv1.weight == 0.125)
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE  # the offline switch for the cache look-up is put back
 
 
 def test_scratch_models_refuse_pretrained() -> None:

@@ -382,27 +382,32 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
 
 
 def format_audit(report: dict):
-    """A rich renderable for the CLI: one table row per split, then one line per finding."""
+    """A rich renderable for the CLI: one table row per split for the counts, one for the image sizes, then one
+    line per finding. Two narrow tables fit an 80-column terminal or pipe, and a cell that still does not fit
+    folds onto a second line rather than losing its end."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     subtype_cols = [s for s in (*SUBTYPES, UNKNOWN) if any(report["subtypes"][k].get(s) for k in report["subtypes"])]
     table = Table(title=f"{report['n_images']} images audited in {report['seconds']:.1f} s")
-    table.add_column("split")
-    for col in (*LABELS, *subtype_cols, "width min/med/max", "height min/med/max"):
-        table.add_column(col, justify="right")
+    sizes = Table(title="image sizes in pixels")
+    for t in (table, sizes):
+        t.add_column("split", overflow="fold")
+    for col in (*LABELS, *subtype_cols):
+        table.add_column(col, justify="right", overflow="fold")
+    for col in ("width min/median/max", "height min/median/max"):
+        sizes.add_column(col, justify="right", overflow="fold")
     for split, counts in report["counts"].items():
-        size = report["sizes"].get(split)
-        dims = [
-            f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")
-        ]
         table.add_row(
             split,
             *(str(counts[label]) for label in LABELS),
             *(str(report["subtypes"][split].get(s, 0)) for s in subtype_cols),
-            *dims,
         )
+        size = report["sizes"].get(split)
+        sizes.add_row(split, *(
+            f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")
+        ))
 
     dup = report["duplicate_groups"]
     near = report["near_duplicate_groups"]
@@ -436,4 +441,4 @@ def format_audit(report: dict):
                       "names, a manifest's patient column or a DICOM header)", True))
     lines.append((f"images repeated across splits: {len(cross)} groups", bool(cross)))
     lines += [(f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]]
-    return Group(table, *(Text(line, style="bold red" if warn else "") for line, warn in lines))
+    return Group(table, sizes, *(Text(line, style="bold red" if warn else "") for line, warn in lines))

@@ -237,4 +237,5 @@ def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) ->
     measures a bundle, and figures on films that chose its numbers are optimistic."""
     if any(r.split == "test" for r in records):
         raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; choose it on "
-                         f"validation films (--split val, or a manifest of your own labelled films)")
+                         "films the bundle never saw (a folder or manifest of your own labelled films; "
+                         "RUN/split.csv --split val, the run's validation split, is accepted with a warning)")

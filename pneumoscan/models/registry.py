@@ -8,8 +8,10 @@ All models take (B, in_chans, H, W) normalised floats and return raw logits (B, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import timm
@@ -20,6 +22,7 @@ from torch import nn
 from pneumoscan.core.options import look_up_option
 
 Builder = Callable[..., nn.Module]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -290,16 +293,61 @@ class WeightsUnavailable(OSError):
     for it alone, so a script (``make reference``) can train that run from scratch instead, under another name."""
 
 
-def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.Module:
-    """timm's ``arch``; pretrained=True takes timm's usual ImageNet download (Hugging Face Hub, then its local cache).
-    A download that cannot happen is one reason to act on, not the hub's generic retry message."""
+@contextlib.contextmanager
+def _hub(offline: bool) -> Iterator[None]:
+    """huggingface_hub without its retry and warning lines (a missing download is said once, by us); ``offline``
+    keeps it to the local cache, without a network request."""
+    from huggingface_hub import constants
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level, was_offline = hub_log.level, constants.HF_HUB_OFFLINE
+    hub_log.setLevel(logging.ERROR)
+    constants.HF_HUB_OFFLINE = was_offline or offline
     try:
-        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+        yield
+    finally:
+        hub_log.setLevel(level)
+        constants.HF_HUB_OFFLINE = was_offline
+
+
+def _hub_unreachable(hf_hub_id: str) -> Exception | None:
+    """Why the Hub cannot be reached, from one request without retries, or None when it answers (any HTTP status):
+    offline, huggingface_hub's own retries wait about a minute before the same failure."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo, _, revision = hf_hub_id.partition("@")
+    try:
+        with _hub(offline=False):
+            get_hf_file_metadata(hf_hub_url(repo, "config.json", revision=revision or None), timeout=10)
+    except HfHubHTTPError:
+        return None  # it answered; the download says what is wrong with the file
+    except Exception as e:  # no DNS, no route, a proxy or TLS failure, HF_HUB_OFFLINE=1: nothing to download
+        return e
+    return None
+
+
+def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.Module:
+    """timm's ``arch``; pretrained=True reads timm's ImageNet weights from the local cache first, without network,
+    then downloads them from the Hugging Face Hub only if one request reaches it. A download that cannot happen
+    is one reason to act on, in well under a second, not a minute of the hub's retry messages."""
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    cfg = timm.get_pretrained_cfg(arch)
+    hf_hub_id = getattr(cfg, "hf_hub_id", None)
+    source = hf_hub_id or getattr(cfg, "url", None) or arch
+    try:
+        if hf_hub_id:
+            try:
+                with _hub(offline=True):
+                    return timm.create_model(arch, pretrained=True, **kwargs)
+            except OSError as e:  # not cached: huggingface_hub's LocalEntryNotFoundError
+                log.debug("%s: %s is not in the local cache (%s)", name, source, e)
+            if (unreachable := _hub_unreachable(hf_hub_id)) is not None:
+                raise OSError(str(unreachable)) from unreachable
+        with _hub(offline=False):
+            return timm.create_model(arch, pretrained=True, **kwargs)
     except OSError as e:  # huggingface_hub's LocalEntryNotFoundError and connection errors are OSErrors
-        if not pretrained:
-            raise
-        cfg = timm.get_pretrained_cfg(arch)
-        source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or arch
         raise WeightsUnavailable(
             f"{name}: the ImageNet weights ({source}) are neither in the local cache nor downloadable here ({e}); "
             "connect to the network once so timm can cache them, or train from scratch with --no-pretrained"
