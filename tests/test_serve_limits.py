@@ -365,25 +365,32 @@ def test_a_flood_of_refused_requests_writes_a_few_access_lines(tiny_bundle: Path
     assert [record.args[4] for record in lines] == [415] * 10, [record.getMessage() for record in lines]
 
 
-def test_access_log_counts_what_it_held_back() -> None:
+@contextmanager
+def access_lines(name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own writing uvicorn's access lines through :class:`AccessLines` into a string."""
     stream = io.StringIO()
-    log = logging.getLogger("pneumoscan.test-access-lines")
+    log = logging.getLogger(name)
     log.propagate = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    limit = AccessLog(lines=2, interval=0.3)
-    log.addFilter(limit)
-    request = ("127.0.0.1:5000", "POST", "/v1/predict", "1.1")
     try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+
+
+def test_access_log_counts_what_it_held_back() -> None:
+    limit = AccessLog(lines=2, interval=0.3)
+    request = ("127.0.0.1:5000", "POST", "/v1/predict", "1.1")
+    with access_lines("pneumoscan.test-access-lines") as (log, stream):
+        log.addFilter(limit)
         for _ in range(50):
             log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
         log.info('%s - "%s %s HTTP/%s" %d', *request, 200)  # another status: its own count
         time.sleep(0.35)
         log.info('%s - "%s %s HTTP/%s" %d', *request, 415)
-    finally:
-        log.removeHandler(handler)
     line = '127.0.0.1:5000 - "POST /v1/predict HTTP/1.1" '
     assert stream.getvalue().splitlines() == [
         line + "415 Unsupported Media Type", line + "415 Unsupported Media Type", line + "200 OK",
@@ -394,19 +401,10 @@ def test_access_log_counts_what_it_held_back() -> None:
 
 def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
     """A client that tags its requests ?patient=... had its patient data written to the access log word for word."""
-    stream = io.StringIO()
-    log = logging.getLogger("pneumoscan.test-access-query")
-    log.propagate = False
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
+    with access_lines("pneumoscan.test-access-query") as (log, stream):
         for path in ("/v1/predict?heatmap=true&patient=Doe%5EJane&accession=ACC12345&format=json", "/healthz",
                      "/v1/predict?Doe%5EJane"):
             log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", path, "1.1", 200)
-    finally:
-        log.removeHandler(handler)
     assert stream.getvalue().splitlines() == [
         '127.0.0.1:5000 - "POST /v1/predict?heatmap=true&format=json [2 other query parameter(s) not logged] '
         'HTTP/1.1" 200 OK',

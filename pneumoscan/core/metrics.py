@@ -277,9 +277,8 @@ def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, f
 def _logit_interval(auc: float, variance: float, df: int, alpha: float) -> list[float]:
     """``auc`` +- a t quantile on ``df`` degrees of freedom times its standard error, on the logit scale (the delta
     method: the interval stays in (0, 1) and follows the AUC's skew near 1)."""
-    from scipy.stats import t
-
     from scipy.special import expit, logit
+    from scipy.stats import t
 
     half = float(t.ppf(1 - alpha / 2, df)) * math.sqrt(variance) / (auc * (1 - auc))
     return [float(expit(logit(auc) - half)), float(expit(logit(auc) + half))]  # expit: no overflow far from 0.5
@@ -705,7 +704,8 @@ def evaluate_multiclass(
     in_class = [y == k for k in range(n_classes)]
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
         boot_balanced = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
-    # BCa, as F1's: the percentile interval covered 0.79-0.93 of simulated sets (benchmarks/bench_ci_coverage.py)
+    # BCa, as F1's: at a balanced accuracy of 0.984 the percentile interval covered 0.81 of simulated sets of 30
+    # patients a class, BCa 0.92 (benchmarks/bench_ci_coverage.py)
     units = np.arange(y.size) if patients is None else patients
     balanced_jackknife = np.mean([_ratio_jackknife((c & (pred == y)).astype(float), c.astype(float), units)
                                   for c in in_class], axis=0)

@@ -31,12 +31,6 @@ VAL_FRACTION = 0.15  # split.patient_split: the share of each class and subtype 
 PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on, which every pool of workers is sized by: ``taskset`` or a container's
-    cpuset narrows them, while ``os.cpu_count`` counts the machine's (64 decoding processes in a 2-core container)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 LISTED = 20  # more known names than this are not all listed in the message
 # a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
 # string, so the float a setting means arrives as text
@@ -44,6 +38,12 @@ SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 # how a setting's expected type reads in a message
 KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null",
          list: "a list", list[str]: "a list of strings", tuple: "a list", dict: "a mapping"}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on, which every pool of workers is sized by: ``taskset`` or a container's
+    cpuset narrows them, while ``os.cpu_count`` counts the machine's (64 decoding processes in a 2-core container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: str | None = None,

@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
-    "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label", "heatmap", "error",
-    "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
-    "dicom_sr", "dicom_heatmap", "fhir",
+    "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label",
+    "heatmap", "error", "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
+    "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 
