@@ -211,7 +211,7 @@ def _calibration_scores(
         # the runs by name (their paths are in ensemble_of): the policy made of it is shown to the service's clients
         name = (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
-        return logits, targets, views, None, name  # out-of-fold films: counted as films (the card keeps no intervals)
+        return logits, targets, views, None, name  # out-of-fold films, counted as films (no patient ids come with them)
     records, images, targets = held_out
     record_calibration_films(tmp, records)
     sess = session(tmp / ONNX_NAME)
