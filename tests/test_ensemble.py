@@ -29,7 +29,7 @@ from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
+from pneumoscan.models.card import CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import batched, out_of_fold
 from pneumoscan.serving.app import create_app
 
@@ -234,8 +234,8 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 
     def written(name: str, change, checksum: bool = True) -> Path:
         bundle = shutil.copytree(ensemble, tmp_path / name)
-        data = copy.deepcopy(card) if checksum else {k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM} | {
-            "format_version": 1}  # a card written before cards kept checksums: loaded to its fields
+        data = copy.deepcopy(card) if checksum else {  # a card written before cards kept checksums: loaded to its fields
+            k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM and k not in SEALED_ERA} | {"format_version": 1}
         change(data["model_kwargs"]["members"])
         (bundle / "bundle.json").write_text(json.dumps(data, indent=2))
         return bundle

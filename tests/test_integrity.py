@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import logging
 import re
 import shutil
@@ -32,7 +33,8 @@ from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity,
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, save_card
+from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, BundleCard, file_sha256, load_card,
+                                    save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.test_serve import with_threshold
@@ -150,13 +152,22 @@ def test_one_edited_digit_in_bundle_json_is_refused_as_damaged(
         create_app(bundle)
 
 
+def written_before_checksums(card: dict) -> dict:
+    """``card`` as a pneumoscan that kept no checksums wrote it: format 1, without the fields only sealing
+    versions write (a card holding one is held to format 2); its fields are then checked one by one."""
+    for field in SEALED_ERA:
+        card.pop(field, None)
+    card["format_version"] = 1
+    return card
+
+
 def predicts_without(bundle: Path, fields: tuple[str, ...], film: Path, backend: str,
                      caplog: pytest.LogCaptureFixture) -> Path:
     """BUNDLE with ``fields`` taken out of its card, as a bundle written before they were kept; it still predicts."""
     card = json.loads((bundle / CARD).read_text())
     for field in fields:
         del card[field]
-    card["format_version"] = 1  # format 2 cards always hold their checksums
+    written_before_checksums(card)
     (bundle / CARD).write_text(json.dumps(card))
     with caplog.at_level(logging.WARNING, logger="pneumoscan.models.card"):
         [row] = predict_paths(bundle, [film], backend=backend)
@@ -224,7 +235,7 @@ def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
-    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
+    written_before_checksums(card)
     change, reason = DAMAGED_CARDS[damage]
     (bundle / CARD).write_text(json.dumps(change(card)))
     with pytest.raises(ValueError, match=reason):
@@ -239,7 +250,7 @@ def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
-    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
+    written_before_checksums(card)
     for task, classes, positive, ok in (("tri", ["normal", "bacteria", "virus"], "sick", True),
                                         ("duo", ["healthy", "ill"], "ill", True),
                                         ("duo", ["healthy", "ill"], "healthy", False),
@@ -263,7 +274,7 @@ def test_a_card_that_is_not_sound_json_is_a_one_line_reason(tiny_bundle: Path, t
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
-    card["format_version"] = 1  # a card written before cards kept checksums: loaded to its fields
+    written_before_checksums(card)
     (bundle / CARD).write_bytes(change(json.dumps(card)).encode("utf-8", "surrogateescape"))
     with pytest.raises(ValueError, match=reason):
         load_card(bundle)
@@ -295,7 +306,7 @@ def test_weights_of_another_architecture_are_a_reason_not_a_traceback(
     save_file(models.create("resnet10t", 2, in_chans=1).state_dict(), bundle / WEIGHTS)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM], card["files"]
-    card["format_version"] = 1  # written before cards kept checksums
+    written_before_checksums(card)
     (bundle / CARD).write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"its weights are not those of a simple_cnn \(Missing key\(s\) in state_dict"):
         load_bundle(bundle)
@@ -600,7 +611,9 @@ def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums
         Predictor(unrecorded, backend="onnx-int8")
 
     older = copy_bundle(bundle, tmp_path, "older")  # no checksums at all, FP32 thresholds under threshold
-    save_card(older, dataclasses.replace(load_card(older), files={}, format_version=1))
+    card_text = json.loads((older / CARD).read_text())
+    (older / CARD).write_text(json.dumps(written_before_checksums({k: v for k, v in card_text.items()
+                                                                   if k not in (CHECKSUM, "files")})))
     fp32 = {"threshold": card.threshold, "tta_threshold": card.tta_threshold}
     (older / sidecar_path.name).write_text(json.dumps({**sidecar, **fp32}, indent=2))
     with pytest.raises(ValueError, match="other thresholds under threshold and tta_threshold than its INT8 ones"):
@@ -646,5 +659,26 @@ def test_a_current_card_without_its_checksums_is_refused_as_edited(tiny_bundle: 
     (bundle / CARD).write_text(json.dumps(card))
     with pytest.raises(ValueError, match="records no .*, which every card of format 2 holds: it was edited"):
         load_card(bundle)
+    card["format_version"] = 1  # claimed as a card written before checksums: its fields say otherwise
+    (bundle / CARD).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="records no .*, which every card of format 2 holds: it was edited"):
+        load_card(bundle)
+    # a sealed card of format 1 (runs made before format 2) rewritten by pneumoscan (threshold, --add-to-card) is
+    # format 2 from then on, so its checksum cannot be deleted either
+    older = copy_bundle(tiny_bundle, tmp_path, "older")
+    save_card(older, dataclasses.replace(load_card(older), format_version=1))
+    assert load_card(older).format_version == 2
     assert cli.main(["predict", str(bundle), str(film)]) == 2
     one_line_error(capsys, "it was edited")
+
+
+@pytest.mark.parametrize("name", [CARD, "model.onnx.json"])
+def test_a_bundle_text_file_that_is_a_pipe_is_refused_not_read_without_end(tiny_bundle: Path, tmp_path: Path,
+                                                                          name: str) -> None:
+    """The card and the ONNX sidecar were read before any check that they are files: a pipe in their place hung
+    predict and serve."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)
+    with pytest.raises(ValueError, match="not a regular file|missing or unreadable"):
+        Predictor(bundle, backend="onnx")

@@ -1321,3 +1321,17 @@ def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key
         assert "t0ken" not in str(refused.value)
     monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "")
     assert read_authorization() is None
+
+
+def test_a_reading_near_the_threshold_is_said_so_in_the_sr_and_the_fhir_notes(film: np.ndarray) -> None:
+    """A film called present 0.0003 above the threshold had been filed as "Pneumonia: Present" with no word that it
+    could have been called either way (the JSON answer, predict's rows and the page say it)."""
+    from pneumoscan.interop.sr import NEAR_THRESHOLD
+
+    source = header(film)
+    reading = {**READING, "sop_instance_uid": source.SOPInstanceUID, "study_instance_uid": source.StudyInstanceUID}
+    for near in (True, False):
+        result = {**reading, "near_threshold": near}
+        notes = [n.text for n in build_observation(result, "m", "v", "onnx", source).note]
+        texts = [str(e.value) for e in build_sr(source, result, "m", "v").iterall() if e.keyword == "TextValue"]
+        assert (NEAR_THRESHOLD in notes) is near and (NEAR_THRESHOLD in texts) is near

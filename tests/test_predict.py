@@ -374,3 +374,19 @@ def test_a_reading_inside_the_threshold_interval_is_near_the_threshold(tiny_bund
             assert client.get("/v1/model").json()["threshold_interval"] == interval
             answer = client.post("/v1/predict", files={"file": (film.name, film.read_bytes(), "image/jpeg")}).json()
         assert answer["near_threshold"] is near
+
+
+def test_the_second_stage_says_its_caveats_and_marks_its_readings_near_its_threshold(
+        tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The etiology stage's guessed threshold was never said by predict, and its near-threshold mark was lost in the
+    rows (the service's answer had it)."""
+    second = load_card(tiny_etiology_bundle)
+    assert second.caveats and len(second.threshold_interval) == 2
+    caplog.clear()
+    rows = predict_paths(tiny_bundle, [tiny_dataset / "test" / "PNEUMONIA"], etiology=tiny_etiology_bundle)
+    assert any(m.endswith(second.caveats[0]) for m in caplog.messages)
+    low, high = second.threshold_interval
+    called = [r for r in rows if r.get("etiology_label")]
+    assert called and all(r["etiology_near_threshold"] is (low <= r["etiology_probability_virus"] <= high)
+                          for r in called)
+    assert all(r["etiology_near_threshold"] is None for r in rows if "label" in r and not r.get("etiology_label"))

@@ -56,6 +56,11 @@ def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path,
     low, high = sidecar["int8_threshold_interval"]
     assert int8.card.threshold_interval == [low, high] and 0 <= low <= high <= 1
     assert all(r["near_threshold"] is (low <= r["probability"] <= high) for r in rows if "error" not in r)
+    # where a reader of the sidecar reads them, and in MODEL_CARD.md's INT8 section: the INT8 intervals, not FP32's
+    assert sidecar["threshold_interval"] == [low, high]
+    assert sidecar["tta_threshold_interval"] == sidecar["int8_tta_threshold_interval"]
+    int8_section = (int8_bundle / "MODEL_CARD.md").read_text().split("## INT8 model")[1].split("\n## ")[0]
+    assert f"between {low:.4f} and {high:.4f}" in int8_section
 
 
 def test_the_int8_sidecar_gives_the_int8_thresholds_where_onnx_users_read_them(int8_bundle: Path) -> None:

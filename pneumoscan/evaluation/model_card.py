@@ -211,11 +211,7 @@ def _threshold_section(card: BundleCard) -> str:
             f"P({card.positive}) is at or above the threshold.")
     if card.threshold_caveat:
         text += f" **Caveat:** {card.threshold_caveat}."
-    if card.threshold_interval:
-        low, high = (format_figure(v, 4) for v in card.threshold_interval)
-        text += (f" The same policy on other films like those it was chosen on would put the threshold between {low} "
-                 f"and {high} (95 %, a bootstrap of those films): a reading in that range could have been called "
-                 "either way, and predictions mark it as near the threshold.")
+    text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval)
     if not card.threshold_records:
         return text
     rows = "\n".join(
@@ -244,8 +240,22 @@ def _int8_section(figures: dict) -> str:
             f"{figures.get('validation_images', '?')} films that chose them: AUC {format_figure(figures.get('val_auc_int8'), 4)} (FP32 "
             f"{format_figure(figures.get('val_auc_fp32'), 4)}), sensitivity {format_figure(at.get('sensitivity'))}, "
             f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
-            f"{format_figure(figures.get('max_probability_change'), 3)} from FP32's. The other sections describe the "
-            "FP32 model.")
+            f"{format_figure(figures.get('max_probability_change'), 3)} from FP32's."
+            + _interval_sentence(figures.get("int8_threshold_interval"), figures.get("int8_tta_threshold_interval"))
+            + (f" **Caveat:** {caveat}." if (caveat := figures.get("int8_threshold_caveat")) else "")
+            + " The other sections describe the FP32 model.")
+
+
+def _interval_sentence(interval: list[float] | None, tta_interval: list[float] | None) -> str:
+    """Where the thresholds would fall on other films like those that chose them (metrics.threshold_interval)."""
+    if not interval:
+        return ""
+    low, high = (format_figure(v, 4) for v in interval)
+    tta = (f" (with test-time augmentation between {format_figure(tta_interval[0], 4)} and "
+           f"{format_figure(tta_interval[1], 4)})" if tta_interval else "")
+    return (f" The same policy on other films like those it was chosen on would put the threshold between {low} and "
+            f"{high}{tta} (95 %, a bootstrap of those films): a reading in that range could have been called either "
+            "way, and predictions mark it as near the threshold.")
 
 
 def render(card: BundleCard, int8: dict | None = None) -> str:

@@ -35,7 +35,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card,
-                                   record_checksum, verify_file)
+                                   read_bundle_text, record_checksum, verify_file)
 
 if TYPE_CHECKING:
     import torch
@@ -291,7 +291,10 @@ def write_int8_spec(bundle: Path | str, figures: dict) -> None:
     quantisation's ``figures``. predict and serve take their INT8 thresholds from it, so its SHA-256 goes into
     bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
     spec = {**figures, **_spec(bundle, load_card(bundle)), "threshold": figures["int8_threshold"],
-            "tta_threshold": figures["int8_tta_threshold"]}  # fmt: skip
+            "tta_threshold": figures["int8_tta_threshold"],
+            # the INT8 thresholds' own intervals where a reader of a sidecar reads them, not the FP32 ones
+            "threshold_interval": figures.get("int8_threshold_interval", []),
+            "tta_threshold_interval": figures.get("int8_tta_threshold_interval", [])}  # fmt: skip
     path = write_json(spec_path(Path(bundle) / INT8_NAME), spec)
     record_checksum(bundle, path.name, file_sha256(path))
 
@@ -333,7 +336,7 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     if not existing.exists():
         raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
     try:
-        exported_from = json.loads(spec_path(existing).read_text())["weights_sha256"]
+        exported_from = json.loads(read_bundle_text(spec_path(existing)))["weights_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
                          f"bundle's weights; {remedy}") from None
@@ -363,7 +366,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
                                                          else "--data RUN/split.csv")
     remedy = f"run `{command}` again"
     try:
-        sidecar = json.loads(sidecar_path.read_text())
+        sidecar = json.loads(read_bundle_text(sidecar_path))
     except (OSError, ValueError):
         sidecar = {}
     if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label",
-    "heatmap", "error", "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
+    "etiology_near_threshold", "heatmap", "error", "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
     "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
@@ -416,10 +416,11 @@ def predict_paths(
 
     identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
     # once the options are sound: said of the readings to come
-    if unchecked := predictor.content_unchecked():
+    if unchecked := predictor.content_unchecked():  # the first stage's record checks the films
         log.warning("%s", unchecked)
-    for caveat in predictor.card.caveats:
-        log.warning("%s: %s", shown(bundle), caveat)
+    for stage in filter(None, (predictor, second)):
+        for caveat in stage.card.caveats:
+            log.warning("%s: %s", shown(stage.bundle), caveat)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:
@@ -468,7 +469,7 @@ def _classify(
         called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
         for row in rows:
             if "label" in row:
-                row.update(etiology_probability_virus=None, etiology_label=None)
+                row.update(etiology_probability_virus=None, etiology_label=None, etiology_near_threshold=None)
         if called:
             target = second.card.spec.decode_target
             same = target == first.card.spec.decode_target
@@ -483,7 +484,8 @@ def _classify(
                     if broken:
                         rows[i]["error"] = f"etiology stage: {NON_FINITE}"
                     else:
-                        rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta))
+                        rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta),
+                                       etiology_near_threshold=second.near_threshold(p, tta))
     return rows
 
 

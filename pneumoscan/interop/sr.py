@@ -210,10 +210,16 @@ def finding_present(result: dict) -> bool:
     return result["label"] == result["positive"]
 
 
+NEAR_THRESHOLD = ("near the threshold: a threshold chosen on other validation films like the model's could fall on "
+                  "either side of this probability, so the finding could have been called either way")
+
+
 def scope_notes(result: dict) -> list[str]:
     """The result's scope warnings as every report states them (SR TEXT items, FHIR notes), so a reader of the
-    report sees each one the JSON answer lists."""
-    return [f"scope warning: {w}" for w in result.get("warnings") or []]
+    report sees each one the JSON answer lists; and that the reading is near the threshold when it is, since the
+    coded finding (present or absent) says nothing of how close it was."""
+    near = [NEAR_THRESHOLD] if result.get("near_threshold") else []
+    return [*near, *(f"scope warning: {w}" for w in result.get("warnings") or [])]
 
 
 @contextmanager

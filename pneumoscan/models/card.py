@@ -41,6 +41,8 @@ from .run_folder import RunFolder
 # kept, so they load with a warning; a format 2 card without them was edited, and is refused)
 FORMAT_VERSION = 2
 FORMATS = (1, FORMAT_VERSION)  # what this pneumoscan reads
+# fields only a pneumoscan that seals every card writes: a card holding one is held to format 2, whatever it says
+SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat")
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
@@ -177,6 +179,15 @@ def file_sha256(path: Path | str) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def read_bundle_text(path: Path) -> str:
+    """A bundle's text file (its card, a sidecar), refused (ValueError) when it is not a regular file: a pipe or a
+    device in its place would be read without end. FileNotFoundError when it is missing, as ``read_text``."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe); restore the bundle from a "
+                         "good copy")
+    return path.read_text()
+
+
 def _card_digest(fields: Mapping[str, object]) -> str:
     """``sha256:HEX`` of a card's fields (not its checksum) in one canonical spelling, so that the key order and
     indentation of the file do not matter and every value does."""
@@ -189,6 +200,8 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     saved (the TTA threshold needs the exported model) must not rewrite the weights, and every legitimate change
     to the card goes through here, so any other change is refused at load."""
     fields = json.loads(json.dumps(asdict(card), allow_nan=False))  # as load_card will read them: keys as text
+    if card.files:  # sealed as every card of this format is: a format-1 card rewritten here becomes one
+        fields["format_version"] = FORMAT_VERSION
     if bad := next((s for s in _strings(fields) if not is_utf8(s)), None):  # load_card could not read it back
         raise ValueError(f"bundle.json holds UTF-8 text only, and this bundle would record {shown(bad)}: rename it "
                          "(or the folder it is in) to a UTF-8 name")
@@ -249,7 +262,7 @@ def load_card(directory: Path | str) -> BundleCard:
     bundle older than the files' checksums does."""
     path = Path(directory) / CARD
     try:
-        data = json.loads(path.read_text(), parse_constant=_no_constant)
+        data = json.loads(read_bundle_text(path), parse_constant=_no_constant)
     except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
         inner = RunFolder(Path(directory)).bundle
         hint = f"; did you mean {inner}?" if (inner / CARD).is_file() else ""
@@ -262,7 +275,8 @@ def load_card(directory: Path | str) -> BundleCard:
         raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not one this pneumoscan "
                          f"reads ({', '.join(map(str, FORMATS))})")
     recorded = data.pop(CHECKSUM, None)
-    if data["format_version"] == FORMAT_VERSION and (recorded is None or not data.get("files")):
+    sealed = data["format_version"] == FORMAT_VERSION or any(key in data for key in SEALED_ERA)
+    if sealed and (recorded is None or not data.get("files")):
         # deleting the line a "damaged" refusal names must not turn an edit into a bundle that loads
         missing = "checksum of itself" if recorded is None else "checksums of its files"
         raise ValueError(f"{path} records no {missing}, which every card of format {FORMAT_VERSION} holds: it was "

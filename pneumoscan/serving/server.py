@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import h11
 import uvicorn
@@ -140,6 +140,10 @@ class AccessLog(logging.Filter):
         return True
 
 
+# the values of /v1/predict's parameters the access log writes; any other is written as "(not logged)"
+LOGGED_VALUES = ("true", "false", "1", "0", "yes", "no", "on", "off", "map", "json", "dicom-sr", "fhir")
+
+
 class AccessLines(AccessFormatter):
     """uvicorn's access line, with only the query parameters of :data:`.formats.PREDICT_OPTIONS` (a client that
     tags its requests ``?patient=...`` would put patient data in the log), and after it how many lines like it
@@ -149,8 +153,10 @@ class AccessLines(AccessFormatter):
         client, method, full_path, version, status = record.args  # type: ignore[misc]
         path, _, query = str(full_path).partition("?")
         pairs = parse_qsl(query, keep_blank_values=True)
-        if kept := [(k, v) for k, v in pairs if k in PREDICT_OPTIONS]:
-            path += "?" + urlencode(kept)
+        # a known parameter's value too only when it is one the API takes: ?format=Jane+Doe is refused, and not logged
+        kept = [f"{k}={v if v.lower() in LOGGED_VALUES else '(not logged)'}" for k, v in pairs if k in PREDICT_OPTIONS]
+        if kept:
+            path += "?" + "&".join(kept)
         if dropped := len(pairs) - len(kept):
             path += f" [{dropped} other query parameter(s) not logged]"
         record = copy.copy(record)

@@ -45,11 +45,11 @@ class Service:
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
         self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
-        # the page's model card says these too
-        if unchecked := self.main.predictor.content_unchecked():
+        if unchecked := self.main.predictor.content_unchecked():  # the first stage's record checks the films
             logger.warning("%s", unchecked)
-        for caveat in self.main.card.caveats:
-            logger.warning("%s: %s", bundle, caveat)
+        for stage in filter(None, (self.main, self.second)):  # the page's model card says these too
+            for caveat in stage.card.caveats:
+                logger.warning("%s: %s", stage.predictor.bundle, caveat)
         self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap

@@ -69,6 +69,7 @@ function showCard(info) {
       (m.threshold != null ? ` at threshold ${figure(m.threshold)}` : "") + (m.n ? `, n = ${m.n}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
     ...(info.caveats || []).map((text) => ["Caveat", text]),
+    ...(info.etiology ? info.etiology.caveats || [] : []).map((text) => ["Second stage caveat", text]),
     ["Image content check", info.content_checked ? "on: films unlike the training films are flagged"
       : "off: this bundle records no appearance of its training films, so nothing flags a film that is no chest film"],
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
@@ -190,7 +191,8 @@ function showResult(film) {
   const e = r.etiology;
   $("etiology").hidden = !e;
   if (e) {
-    $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ${figure(e.threshold)})`;
+    $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
+      `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
   }
   showWarnings(r.warnings, r.in_scope);
   $("legend-text").textContent = legendText(r);
