@@ -41,7 +41,7 @@ from .run_folder import RunFolder
 # kept, so they load with a warning; a format 2 card without them was edited, and is refused)
 FORMAT_VERSION = 2
 FORMATS = (1, FORMAT_VERSION)  # what this pneumoscan reads
-# fields only a pneumoscan that seals every card writes: a card holding one is held to format 2, whatever it says
+# fields only a pneumoscan that writes every card's checksum writes: a card holding one must have its checksum
 SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat")
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
@@ -275,9 +275,11 @@ def load_card(directory: Path | str) -> BundleCard:
         raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not one this pneumoscan "
                          f"reads ({', '.join(map(str, FORMATS))})")
     recorded = data.pop(CHECKSUM, None)
-    sealed = data["format_version"] == FORMAT_VERSION or any(key in data for key in SEALED_ERA)
-    if sealed and (recorded is None or not data.get("files")):
-        # deleting the line a "damaged" refusal names must not turn an edit into a bundle that loads
+    # deleting the line a "damaged" refusal names must not turn an edit into a bundle that loads. A card claiming
+    # format 1 with fields only this version writes was written by it, which always writes the checksum (its files'
+    # too, unless it rewrote a card of a bundle older than them)
+    current = data["format_version"] == FORMAT_VERSION
+    if (current or any(key in data for key in SEALED_ERA)) and (recorded is None or current and not data.get("files")):
         missing = "checksum of itself" if recorded is None else "checksums of its files"
         raise ValueError(f"{path} records no {missing}, which every card of format {FORMAT_VERSION} holds: it was "
                          "edited; restore the bundle from a good copy (a new threshold comes from `pneumoscan "
