@@ -140,17 +140,10 @@ class Predictor:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
         return np.stack([self.card.spec.apply(g) for g in grays])
 
-    def content_unchecked(self) -> str | None:
-        """Why films are not checked against the training films' appearance, or None when they are: said once by
-        ``predict`` and ``serve``, whose readings would otherwise be silent about noise, a form or a turned film."""
-        if self.appearance is not None:
-            return None
-        return (f"{shown(self.bundle)} records no appearance of its training films (trained on fewer than {MIN_FILMS}, "
-                "or before bundles kept one): films unlike them (noise, a form, a turned film) are not flagged")
-
     def content_warnings(self, images: np.ndarray) -> list[list[str]]:
         """Per film of a :meth:`preprocess` batch: why it does not look like the training films
-        (:mod:`pneumoscan.data.appearance`); none from a bundle that records no appearance (said once, at load)."""
+        (:mod:`pneumoscan.data.appearance`); none from a bundle that records no appearance (said once, by
+        :func:`said_at_start`)."""
         return self.appearance.warnings(images) if self.appearance is not None else [[] for _ in images]
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
@@ -361,6 +354,18 @@ def check_stages(first: str, second: str) -> str:
                          f"bundle, for instance): {e}") from None
 
 
+def said_at_start(first: Predictor, second: Predictor | None = None) -> list[str]:
+    """What ``predict`` and ``serve`` say once, before any reading, whose readings would otherwise be silent about
+    it: that films are not checked against the training films' appearance (the first stage's record is the one they
+    are checked against), and each stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an uncalibrated
+    temperature)."""
+    unchecked = [] if first.appearance is not None else [
+        f"{shown(first.bundle)} records no appearance of its training films (trained on fewer than {MIN_FILMS}, or "
+        "before bundles kept one): films unlike them (noise, a form, a turned film) are not flagged"]
+    return unchecked + [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (first, second))
+                        for caveat in stage.card.caveats]
+
+
 def alone_warning(task: str) -> str | None:
     """What every answer of a model run without the stage it follows must say: an etiology model alone answers
     bacteria or virus for any film, a normal one included, as if it showed pneumonia."""
@@ -415,12 +420,8 @@ def predict_paths(
     from .export import model_version
 
     identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
-    # once the options are sound: said of the readings to come
-    if unchecked := predictor.content_unchecked():  # the first stage's record checks the films
-        log.warning("%s", unchecked)
-    for stage in filter(None, (predictor, second)):
-        for caveat in stage.card.caveats:
-            log.warning("%s: %s", shown(stage.bundle), caveat)
+    for said in said_at_start(predictor, second):  # once the options are sound: of the readings to come
+        log.warning("%s", said)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.data.scope import NO_CODED_FINDING, describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
-from pneumoscan.inference.predict import INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages
+from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
+                                          said_at_start)
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, report
@@ -45,11 +46,8 @@ class Service:
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
         self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
-        if unchecked := self.main.predictor.content_unchecked():  # the first stage's record checks the films
-            logger.warning("%s", unchecked)
-        for stage in filter(None, (self.main, self.second)):  # the page's model card says these too
-            for caveat in stage.card.caveats:
-                logger.warning("%s: %s", stage.predictor.bundle, caveat)
+        for said in said_at_start(self.main.predictor, self.second.predictor if self.second else None):
+            logger.warning("%s", said)  # the page's model card says these too
         self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
