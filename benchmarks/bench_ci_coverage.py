@@ -11,8 +11,8 @@ films), plus the film's own (sd 0.3): a patient's films are scored alike, as in 
 truths follow from the model in closed form: each class's logit is normal with sd hypot(1.2, 0.3), so
 sensitivity = specificity = r = P(logit >= 0 | pneumonia); the classes have as many films on average, so precision,
 accuracy and F1 at 0.5 are r too; ROC AUC = Phi(2 * 1.2 / (sd * sqrt 2)). A 95% interval should cover them in
-about 95% of samples (+-0.02 at 400 samples). An interval that is not given (NaN: the AUC of perfectly separated
-classes gets a bound instead, F1 of a perfect call none) counts as not covering.
+about 95% of samples (+-0.02 at 400 samples). An interval that is not given (NaN; perfectly separated classes
+and a perfect call get bounds instead) counts as not covering.
 
 A second table does the same for the three-class macro AUC and balanced accuracy of ``evaluate_multiclass``, by
 patient: each of

@@ -12,6 +12,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
+from pneumoscan.core.metrics import AUC_INTERVAL
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today
 from pneumoscan.models.card import load_card
@@ -77,7 +78,7 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
         f"ROC AUC (at threshold {card.threshold:.4f})", f"ROC AUC (at threshold {card.tta_threshold:.4f})"]
     assert "| synthetic test films | 16 (8 / 8) | plain," in body
-    assert "for AUC DeLong's variance on the logit scale" in body and "bootstrap for AUC" not in body  # as computed
+    assert f"for AUC {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
     assert (bundle / MODEL_CARD).read_text() == render(card)
     assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
     auc = first["metrics"]["auc"]["value"]

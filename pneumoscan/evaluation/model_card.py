@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import format_figure, with_ci
+from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, with_ci
 from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import BundleCard, load_card, save_card
 
@@ -197,8 +197,8 @@ def _external_section(card: BundleCard) -> str:
         for r in card.external_evaluations
     )
     by_film = list(dict.fromkeys(r["data"] for r in card.external_evaluations if r.get("ci_unit") != "patient"))
-    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions, and for AUC DeLong's "
-            "variance on the logit scale with a t quantile. Where the films' patient ids are known, they count "
+    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions, and for AUC "
+            f"{AUC_INTERVAL}, with a t quantile. Where the films' patient ids are known, they count "
             "patients, since one patient's films are scored alike (an effective sample size for proportions, the "
             "variance summed by patient for AUC); otherwise films count "
             "as independent cases, and with several films per patient the true uncertainty is larger"

@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.metrics import format_figure, jsonable, short_of_one
+from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, jsonable, short_of_one
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -113,33 +113,28 @@ def _ci_note(m: dict[str, Any], proportions: str, others: dict[bool, str], auc_k
             "these intervals show.")
 
 
+_ONE_VALUE = "where every resample gives one value, the Bonferroni bound from"
 _BINARY_CIS = {
-    True: "for ROC AUC, DeLong's variance summed by patient (Obuchowski) on the logit scale with a t quantile; for F1, "
-          "a BCa bootstrap of the patients (all films of a patient resampled together)",
-    False: "for ROC AUC, DeLong's variance on the logit scale with a t quantile; for F1, a BCa bootstrap of the films "
-           "(resampled within each class)",
+    True: f"for ROC AUC, {AUC_INTERVAL} summed by patient (Obuchowski), with a t quantile; for F1, a BCa bootstrap of "
+          f"the patients (all films of a patient resampled together), or, {_ONE_VALUE} recall's and precision's "
+          "intervals",
+    False: f"for ROC AUC, {AUC_INTERVAL}, with a t quantile; for F1, a BCa bootstrap of the films (resampled within "
+           f"each class), or, {_ONE_VALUE} recall's and precision's intervals",
 }
 _THREE_CLASS_CIS = {
-    True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together); for "
-          "macro AUC, DeLong's variance summed by patient on the logit scale with a t quantile",
-    False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class); for macro AUC, "
-           "DeLong's variance on the logit scale with a t quantile",
+    True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together), or, "
+          f"{_ONE_VALUE} the classes' recall intervals; for macro AUC, {AUC_INTERVAL} summed by patient, with a t "
+          "quantile",
+    False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class), or, "
+           f"{_ONE_VALUE} the classes' recall intervals; for macro AUC, {AUC_INTERVAL}, with a t quantile",
 }
-
-
-NEAR_ONE = 0.99  # above it, the AUC's interval covered the truth in 0.90-0.92 of simulated sets, not 0.95
 
 
 def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
-    """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound; and that near 1 the
-    interval is too narrow (benchmarks/bench_ci_coverage.py), its lower bound read as more than it is."""
+    """Why a perfect (or perfectly reversed) AUC still has an interval: it is an exact bound."""
     if auc in (0, 1):
         return (f" The classes are ordered {'perfectly' if auc == 1 else 'in reverse'}, so the {what}'s interval is "
                 f"an exact one-sided bound from disjoint pairs of {unit}.")
-    if auc is not None and auc >= NEAR_ONE:
-        return (f" Close to 1 the {what}'s interval is too narrow: in simulated sets of 30 or 150 patients a class "
-                "near an AUC of 1 it held the true value 90-92% of the time, not 95%, most misses a lower bound above "
-                "the truth; read the lower bound as optimistic.")
     return ""
 
 
