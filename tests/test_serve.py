@@ -432,7 +432,7 @@ def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bun
     batcher = Batcher(predictor)
 
     async def main() -> list[np.ndarray]:
-        tasks = [asyncio.create_task(batcher.probabilities(g)) for g in grays]
+        tasks = [asyncio.create_task(batcher.probabilities(predictor.preprocess([g])[0])) for g in grays]
         await asyncio.sleep(0)  # every task runs up to its wait, so all eight are queued
         gate.set()
         return await asyncio.gather(*tasks)

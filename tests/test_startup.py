@@ -150,7 +150,7 @@ def test_the_service_builds_a_torch_model_only_for_its_first_heatmap(tiny_bundle
     service = Service(tiny_bundle, None, 20, "onnx", Limits())
     try:
         gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
-        assert asyncio.run(service.main.predict(gray)).label
+        assert asyncio.run(service.main.predict(service.main.prepare(gray))).label
         assert service.main.predictor._model is None
         service._heatmap_png(gray, raw=False)
         model = service.main.predictor._model

@@ -163,10 +163,11 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
         "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
     }
     patients = [r.patient for r in records]
-    card = dataclasses.replace(load_card(bundle), threshold=threshold, tta_threshold=tta_threshold,
-                               threshold_policy=policy, threshold_caveat=guess,
+    # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
+    # that card is left as it was
+    card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
+                               threshold_caveat=guess, threshold_records=[*card.threshold_records, record],
                                **threshold_intervals(y, plain, tta, target_sensitivity, max_false_positive_rate, patients))
-    card.threshold_records.append(record)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         shutil.copytree(bundle, tmp, symlinks=False)

@@ -42,6 +42,7 @@ from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_appearance, load_card, verify_file
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
     import torch
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ RESULT_FIELDS = (
     "etiology_near_threshold", "heatmap", "error", "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
     "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
+
+# a second stage's reading (:meth:`Predictor.reading_fields`) as a row's etiology fields, in this order
+ETIOLOGY = {"probability": "etiology_probability_virus", "label": "etiology_label",
+            "near_threshold": "etiology_near_threshold"}
 
 
 # Grad-CAM needs gradients, which the INT8 graph has not: its map would be the FP32 model's, beside a reading the
@@ -120,9 +125,9 @@ class Predictor:
                 tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []),
                 threshold_caveat=sidecar.get("int8_threshold_caveat", ""))
         if backend != "torch":
-            from .export import INPUT, OUTPUT, bundle_session
+            from .export import bundle_session
 
-            self._session, self._io = session or bundle_session(bundle), (INPUT, OUTPUT)
+            self._session = session or bundle_session(bundle)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -161,8 +166,7 @@ class Predictor:
     def _run(self, images: np.ndarray) -> np.ndarray:
         """Raw logits of one batch of uint8 (N, S, S) images."""
         if self.backend != "torch":
-            name_in, name_out = self._io
-            return self._session.run([name_out], {name_in: self.onnx_inputs(images)})[0]
+            return onnx_logits(self._session, images, self.card.mean, self.card.std)
         import torch
 
         with torch.inference_mode():
@@ -227,18 +231,21 @@ class Predictor:
         interval = self.card.tta_threshold_interval if tta else self.card.threshold_interval
         return bool(interval[0] <= probability <= interval[1]) if interval else None
 
-    def reading(self, probabilities: np.ndarray, tta: bool = False) -> dict:
-        """One film's class probabilities, (C,), as a reading: the positive class's probability, the label at the
-        mode's threshold, that threshold, whether the reading is near it, and the probability of each class (the
-        service's batches read them so)."""
-        p = float(self.positive(probabilities[None])[0])
+    def reading_fields(self, probability: float, tta: bool = False) -> dict:
+        """A positive-class probability as the fields of a reading, built here only: the probability, the label at
+        the mode's threshold, that threshold, and whether the reading is near it."""
         return {
-            "probability": p,
-            "label": self.label(p, tta),
+            "probability": probability,
+            "label": self.label(probability, tta),
             "threshold": self.threshold(tta),
-            "near_threshold": self.near_threshold(p, tta),
-            "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)},
+            "near_threshold": self.near_threshold(probability, tta),
         }
+
+    def reading(self, probabilities: np.ndarray, tta: bool = False) -> dict:
+        """One film's class probabilities, (C,), as a reading: :meth:`reading_fields` and the probability of each class
+        (the service's batches read them so)."""
+        return {**self.reading_fields(float(self.positive(probabilities[None])[0]), tta),
+                "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)}}
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
         """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
@@ -250,6 +257,14 @@ def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     step for step, so both backends read the same numbers (tests/test_startup.py holds them equal)."""
     pixels = np.ascontiguousarray(images)[:, None].astype(np.float32)
     return (pixels / np.float32(255.0) - np.float32(mean)) / np.float32(std)
+
+
+def onnx_logits(sess: ort.InferenceSession, images: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Raw logits of one of pneumoscan's ONNX graphs (a bundle's, an ensemble member's) on one batch of uint8
+    (N, S, S) images: the one place that feeds such a graph (its input and output names, :func:`onnx_input`)."""
+    from .export import INPUT, OUTPUT
+
+    return sess.run([OUTPUT], {INPUT: onnx_input(images, mean, std)})[0]
 
 
 def _torch_model(bundle: Path | str) -> tuple[torch.nn.Module, BundleCard]:
@@ -460,17 +475,13 @@ def _classify(
         return []
     images = first.preprocess(grays)
     probs, bad = first.finite_probabilities(images, tta=tta)
-    rows = [
-        {"error": NON_FINITE} if broken else
-        {"probability": float(p), "label": first.label(p, tta), "threshold": first.threshold(tta),
-         "near_threshold": first.near_threshold(p, tta), "warnings": unlike}
-        for p, broken, unlike in zip(first.positive(probs), bad, first.content_warnings(images))
-    ]  # fmt: skip
+    rows = [{"error": NON_FINITE} if broken else {**first.reading_fields(float(p), tta), "warnings": unlike}
+            for p, broken, unlike in zip(first.positive(probs), bad, first.content_warnings(images))]
     if second is not None:
         called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
         for row in rows:
             if "label" in row:
-                row.update(etiology_probability_virus=None, etiology_label=None, etiology_near_threshold=None)
+                row.update(dict.fromkeys(ETIOLOGY.values()))
         if called:
             target = second.card.spec.decode_target
             same = target == first.card.spec.decode_target
@@ -485,8 +496,8 @@ def _classify(
                     if broken:
                         rows[i]["error"] = f"etiology stage: {NON_FINITE}"
                     else:
-                        rows[i].update(etiology_probability_virus=float(p), etiology_label=second.label(p, tta),
-                                       etiology_near_threshold=second.near_threshold(p, tta))
+                        reading = second.reading_fields(float(p), tta)
+                        rows[i].update({field: reading[key] for key, field in ETIOLOGY.items()})
     return rows
 
 

@@ -179,12 +179,17 @@ def file_sha256(path: Path | str) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_bundle_text(path: Path) -> str:
-    """A bundle's text file (its card, a sidecar), refused (ValueError) when it is not a regular file: a pipe or a
-    device in its place would be read without end. FileNotFoundError when it is missing, as ``read_text``."""
+def _refuse_special(path: Path, why: str = "", remedy: str = "restore the bundle from a good copy") -> None:
+    """Refuse (ValueError) a bundle file that exists but is not a regular file: a pipe or a device in its place (a
+    link to /dev/zero) would be read without end. ``why`` says what that means to the caller."""
     if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe); restore the bundle from a "
-                         "good copy")
+        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe){why}; {remedy}")
+
+
+def read_bundle_text(path: Path) -> str:
+    """A bundle's text file (its card, a sidecar), refused when it is not a regular file (:func:`_refuse_special`).
+    FileNotFoundError when it is missing, as ``read_text``."""
+    _refuse_special(path)
     return path.read_text()
 
 
@@ -380,9 +385,7 @@ def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str 
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
     if not path.exists():
         raise ValueError(f"{path} is missing, but bundle.json lists it")
-    if not path.is_file():  # a device or a pipe (a link to /dev/zero) would be read without end
-        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe), so it is not the file "
-                         f"bundle.json lists; {remedy}")
+    _refuse_special(path, ", so it is not the file bundle.json lists", remedy)
     actual = file_sha256(path)
     if actual != expected:
         raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded {expected[7:19]}... "

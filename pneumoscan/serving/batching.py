@@ -28,13 +28,14 @@ class Batcher:
         self.waiting: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
-    async def probabilities(self, gray: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities of one decoded image, computed in the next batch."""
+    async def probabilities(self, film: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities of one film as the model reads it (a :meth:`Predictor.preprocess` row,
+        made by the caller: the service checks the same pixels' content), computed in the next batch."""
         if self.thread is None:  # started on first use, from the event loop's thread only
             self.thread = threading.Thread(target=self._loop, name="pneumoscan-batcher", daemon=True)
             self.thread.start()
         future: Future = Future()
-        self.waiting.put((gray, future))
+        self.waiting.put((film, future))
         return await asyncio.wrap_future(future)
 
     def close(self) -> None:
@@ -58,7 +59,7 @@ class Batcher:
 
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         try:
-            images = self.predictor.preprocess([gray for gray, _ in batch])
+            images = np.stack([film for film, _ in batch])
             probs, bad = self.predictor.finite_probabilities(images)  # a broken row fails alone
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
             for _, future in batch:
@@ -91,7 +92,12 @@ class Stage:
             content_checked=self.predictor.appearance is not None, **card_summary(c),
         )
 
-    async def predict(self, gray: np.ndarray) -> StageResult:
-        probs = await self.batcher.probabilities(gray)
+    def prepare(self, gray: np.ndarray) -> np.ndarray:
+        """One decoded film as this stage's model reads it (the service makes it in its decode lane)."""
+        return self.predictor.preprocess([gray])[0]
+
+    async def predict(self, film: np.ndarray) -> StageResult:
+        """The reading of one film as :meth:`prepare` makes it, scored in the batcher's next batch."""
+        probs = await self.batcher.probabilities(film)
         return StageResult(model_id=self.card.model_id, model_version=self.version, task=self.card.task,
                            positive=self.card.positive, **self.predictor.reading(probs))

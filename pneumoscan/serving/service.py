@@ -151,10 +151,11 @@ class Service:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
         return overlay_png(image, cam, self.main.card.positive)
 
-    def _unlike(self, image: np.ndarray) -> list[str]:
-        """Why the decoded film does not look like the main model's training films (data.appearance)."""
-        predictor = self.main.predictor
-        return predictor.content_warnings(predictor.preprocess([image]))[0]
+    def _prepared(self, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The decoded film as the main model reads it, and why it does not look like that model's training films
+        (data.appearance): one preprocessing serves the content check and the score."""
+        film = self.main.prepare(image)
+        return film, self.main.predictor.content_warnings(film[None])[0]
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         main, second = self.main, self.second
@@ -167,20 +168,22 @@ class Service:
         try:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
             scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
-            scope["warnings"] += await self._in_lane(gone, self.decode_slots, self.decoders, self._unlike, image)
+            film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, image)
+            scope["warnings"] += unlike
             scope["warnings"] += [self.alone] if self.alone else []
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
                 raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the film's study")
             if gone.done():
                 raise ClientGone()
-            result = await main.predict(image)
+            result = await main.predict(film)
             etiology_result = None
             if second is not None and result.label == self.handoff:
                 target = second.card.spec.decode_target
                 same = target == main.card.spec.decode_target
                 gray = image if same else await decoded(decode_upload, target, dicom)
-                etiology_result = await second.predict(gray)
+                etiology_result = await second.predict(
+                    await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
             png = None
             if heatmap:
                 png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,

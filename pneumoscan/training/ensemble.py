@@ -43,8 +43,8 @@ from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.evaluation.operating_point import calibrated_temperature, write_operating_point
-from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session
-from pneumoscan.inference.predict import NonFiniteScore, onnx_input, require_finite, tta_probabilities, tta_views
+from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
+from pneumoscan.inference.predict import NonFiniteScore, onnx_logits, require_finite, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, load_appearance, load_card, member_sources,
                                    runtime_versions, save_appearance)
@@ -80,8 +80,7 @@ def batched(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input;
     :class:`NonFiniteScore` when any is NaN or infinite, which would otherwise reach the temperature and
     threshold fits."""
-    out = [sess.run([OUTPUT], {INPUT: onnx_input(images[i : i + BATCH], 0.0, 1.0)})[0]
-           for i in range(0, len(images), BATCH)]
+    out = [onnx_logits(sess, images[i : i + BATCH], 0.0, 1.0) for i in range(0, len(images), BATCH)]
     return require_finite(np.concatenate(out))
 
 
