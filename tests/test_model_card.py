@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import yaml
@@ -14,7 +16,8 @@ from fastapi.testclient import TestClient
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today
+from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today, write_model_card
+from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 
@@ -116,3 +119,17 @@ def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny
     assert any("Adults" in line for line in info["out_of_scope"])
     assert info["external_evaluations"] == load_card(bundle).external_evaluations
     assert info["external_evaluations"][0]["data"] == "site B"
+
+
+def test_a_pipe_in_place_of_the_int8_sidecar_does_not_hold_the_model_card(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The INT8 section is read from model.int8.onnx.json; a pipe there had been opened and waited on for ever (as
+    bundle.json and the sidecars are refused when they are not regular files): the card is written without it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / INT8_NAME).write_bytes(b"not a model")
+    os.mkfifo(spec_path(bundle / INT8_NAME))
+    writer = threading.Thread(target=write_model_card, args=(bundle, load_card(bundle)), daemon=True)
+    writer.start()
+    writer.join(timeout=20)
+    assert not writer.is_alive(), "write_model_card waited on the pipe"
+    assert "## INT8 model" not in (bundle / MODEL_CARD).read_text()

@@ -93,6 +93,11 @@ def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_pa
     sidecar.write_text(json.dumps({k: v for k, v in json.loads(sidecar.read_text()).items() if k != "int8_val_metrics"}))
     with pytest.raises(ValueError, match="has no validated model.int8.onnx"):
         Predictor(figureless, backend="onnx-int8")
+    listed = tmp_path / "listed"  # a sidecar that is JSON but not an object had crashed with an AttributeError
+    shutil.copytree(int8_bundle, listed)
+    spec_path(listed / INT8_NAME).write_text("[]")
+    with pytest.raises(ValueError, match="has no validated model.int8.onnx"):
+        Predictor(listed, backend="onnx-int8")
 
 
 def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ import yaml
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, with_ci
 from pneumoscan.inference.export import INT8_NAME, spec_path
-from pneumoscan.models.card import BundleCard, load_card, save_card
+from pneumoscan.models.card import BundleCard, load_card, read_bundle_text, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
@@ -302,7 +302,7 @@ def write_model_card(directory: Path | str, card: BundleCard) -> Path:
     path = Path(directory) / MODEL_CARD
     quantized = Path(directory) / INT8_NAME
     try:  # the INT8 model's own thresholds and figures, when export --int8 made one
-        int8 = json.loads(spec_path(quantized).read_text()) if quantized.exists() else None
+        int8 = json.loads(read_bundle_text(spec_path(quantized))) if quantized.exists() else None
     except (OSError, ValueError):
         int8 = None
     text = render(card, int8)

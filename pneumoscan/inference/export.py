@@ -327,6 +327,17 @@ def bundle_session(bundle: Path | str) -> ort.InferenceSession:
     return session(existing)
 
 
+def _sidecar(model: Path) -> dict:
+    """The JSON object of ``model``'s sidecar, read one way for the FP32 and the INT8 model's checks (the weights it
+    was made from, its thresholds): empty when it is missing, unreadable or not an object, which each check refuses
+    with its own remedy."""
+    try:
+        sidecar = json.loads(read_bundle_text(spec_path(model)))
+    except (OSError, ValueError):
+        return {}
+    return sidecar if isinstance(sidecar, dict) else {}
+
+
 def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
     says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
@@ -335,12 +346,11 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
     if not existing.exists():
         raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
-    try:
-        exported_from = json.loads(read_bundle_text(spec_path(existing)))["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    sidecar = _sidecar(existing)
+    if "weights_sha256" not in sidecar:
         raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
-                         f"bundle's weights; {remedy}") from None
-    if exported_from != weights_digest(bundle):
+                         f"bundle's weights; {remedy}")
+    if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
         raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
                          f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
     if not card.files:
@@ -365,10 +375,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
                                                          else "--data RUN/split.csv")
     remedy = f"run `{command}` again"
-    try:
-        sidecar = json.loads(read_bundle_text(sidecar_path))
-    except (OSError, ValueError):
-        sidecar = {}
+    sidecar = _sidecar(out)
     if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):
