@@ -3,6 +3,7 @@ one film per patient and with several (counted by film, the patient ids ignored,
 call takes.
 
     python benchmarks/bench_ci_coverage.py [--samples 400] [--boot 1000] [--patients 12 30 150] [--mean 1.2]
+    python benchmarks/bench_ci_coverage.py --only regimes [--samples 300]
 
 Each sample draws ``--patients`` pneumonia and as many normal patients, with 1 to 4 films each ("1-4 films") or
 one ("1 film"). A film's logit is its class's mean (+-``--mean``: 1.2 gives AUC 0.915, 2.32 gives AUC 0.996 and
@@ -13,6 +14,12 @@ sensitivity = specificity = r = P(logit >= 0 | pneumonia); the classes have as m
 accuracy and F1 at 0.5 are r too; ROC AUC = Phi(2 * 1.2 / (sd * sqrt 2)). A 95% interval should cover them in
 about 95% of samples (+-0.02 at 400 samples). An interval that is not given (NaN; perfectly separated classes
 and a perfect call get bounds instead) counts as not covering.
+
+``--only regimes``: the AUC's interval alone where the binary tables do not look: unequal classes (30 + 300 and
+300 + 30 patients, 12 + 120), films of a patient scored nearly independently (patient sd 0.3, film sd 1.2),
+unequal spreads (positives' twice or half the negatives'), heavy tails (Student t, 2 df), a mixture (30 % of
+pneumonia patients scored as normal ones), and beta-distributed scores; each at AUCs of 0.75 to 0.99, truths from
+600,000 single films.
 
 A second table does the same for the three-class macro AUC and balanced accuracy of ``evaluate_multiclass``, by
 patient: each of
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import norm
@@ -104,15 +112,95 @@ def macro_coverage(patients: int, separation: float, samples: int, boot: int) ->
     return {name: (truth[name], covered[name] / samples, float(np.nanmean(widths[name]))) for name in truth}
 
 
+def _binormal(sd_patient: float, sd_film: float, positive_scale: float = 1.0) -> Callable:
+    def scores(rng: np.random.Generator, positive: bool, shift: float, patient: np.ndarray) -> np.ndarray:
+        scale = positive_scale if positive else 1.0
+        patients = patient.max() + 1
+        return (positive * shift + scale * (rng.normal(0, sd_patient, patients)[patient]
+                                            + rng.normal(0, sd_film, patient.size)))
+    return scores
+
+
+def _heavy(df: float) -> Callable:
+    def scores(rng: np.random.Generator, positive: bool, shift: float, patient: np.ndarray) -> np.ndarray:
+        own = SD_FILM * rng.standard_t(df, patient.size)
+        return positive * shift + rng.standard_t(df, patient.max() + 1)[patient] + own
+    return scores
+
+
+def _mixture(hard: float) -> Callable:
+    def scores(rng: np.random.Generator, positive: bool, shift: float, patient: np.ndarray) -> np.ndarray:
+        patients = patient.max() + 1
+        easy = rng.random(patients) > hard
+        return (positive * shift * easy[patient] + rng.normal(0, 1.0, patients)[patient]
+                + rng.normal(0, SD_FILM, patient.size))
+    return scores
+
+
+def _beta(positive_ab: tuple[float, float], negative_ab: tuple[float, float]) -> Callable:
+    """Class-specific beta scores through a Gaussian copula of the patient's and the film's effects."""
+    from scipy.stats import beta
+
+    def scores(rng: np.random.Generator, positive: bool, shift: float, patient: np.ndarray) -> np.ndarray:
+        z = rng.normal(0, 1.0, patient.max() + 1)[patient] + rng.normal(0, SD_FILM, patient.size)
+        return beta.ppf(norm.cdf(z / math.hypot(1.0, SD_FILM)), *(positive_ab if positive else negative_ab))
+    return scores
+
+
+def _true_auc(scores: Callable, shift: float, films: int = 600_000) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    rng, each = np.random.default_rng(99), np.arange(films // 2)
+    y = np.r_[np.ones(each.size), np.zeros(each.size)]
+    return float(roc_auc_score(y, np.r_[scores(rng, True, shift, each), scores(rng, False, shift, each)]))
+
+
+def regimes(samples: int) -> None:
+    """The AUC interval's coverage and mean width by patient in the settings of ``--only regimes``."""
+    from scipy.optimize import brentq
+
+    from pneumoscan.core.metrics import _auc_ci
+
+    shifted = {"binormal, films of a patient alike": _binormal(SD_PATIENT, SD_FILM),
+               "binormal, films nearly independent": _binormal(SD_FILM, SD_PATIENT),
+               "positives' spread x2": _binormal(SD_PATIENT, SD_FILM, 2.0),
+               "positives' spread x0.5": _binormal(SD_PATIENT, SD_FILM, 0.5),
+               "Student t, 2 df": _heavy(2), "30 % of pneumonia scored as normal": _mixture(0.3)}
+    settings = [(name, scores, brentq(lambda s: _true_auc(scores, s, 100_000) - target, 0.0, 20.0, xtol=1e-3))
+                for name, scores in shifted.items() for target in (0.75, 0.9, 0.99)
+                if _true_auc(scores, 20.0, 100_000) > target]  # a mixture's AUC stays below 1 - its hard share
+    settings += [(f"beta{a} vs beta{b}", _beta(a, b), 0.0) for a, b in (((5, 2), (2, 5)), ((20, 1), (1, 1)))]
+    print("| scores | true AUC | patients | films each | coverage | mean width |")
+    print("| --- " * 6 + "|")
+    for name, scores, shift in settings:
+        truth = _true_auc(scores, shift)
+        for positives, negatives, max_films in ((30, 300, 4), (300, 30, 4), (12, 120, 4), (30, 30, 4), (150, 150, 4)):
+            rng, covered, widths = np.random.default_rng(0), 0, []
+            for _ in range(samples):
+                films = rng.integers(1, max_films + 1, positives + negatives)
+                patient = np.repeat(np.arange(positives + negatives), films)
+                positive = patient < positives
+                score = np.empty(patient.size)
+                score[positive] = scores(rng, True, shift, patient[positive])
+                score[~positive] = scores(rng, False, shift, patient[~positive] - positives)
+                lo, hi = _auc_ci(score, positive, patient, 0.05)
+                covered += bool(lo <= truth <= hi)
+                widths.append(hi - lo)
+            print(f"| {name} | {truth:.3f} | {positives} + {negatives} | 1-{max_films} | {covered / samples:.3f} | "
+                  f"{np.nanmean(widths):.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=400, help="simulated data sets per setting")
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     parser.add_argument("--patients", type=int, nargs="+", default=[12, 30, 150], help="patients of each class")
-    parser.add_argument("--only", choices=("binary", "three-class"), help="one of the two tables")
+    parser.add_argument("--only", choices=("binary", "three-class", "regimes"), help="one of the tables")
     parser.add_argument("--mean", type=float, default=1.2, help="the binary classes' mean logit, +-")
     parser.add_argument("--separations", type=float, nargs="+", default=SEPARATIONS, help="three-class settings")
     args = parser.parse_args()
+    if args.only == "regimes":
+        return regimes(args.samples)
     if args.only != "three-class":
         print(f"{args.samples} samples a setting, {args.boot} resamples; nominal coverage 0.95; truths "
               + ", ".join(f"{k} {v:.4f}" for k, v in truths(args.mean).items() if k in ("auc", "f1")))

@@ -516,11 +516,19 @@ def test_auc_and_f1_intervals_cover_about_95_percent_at_12_and_12_patients():
     assert 0.92 <= covered["f1"] / draws <= 0.99
 
 
-def _hanley_mcneil(theta: float, n_pos: int, n_neg: int) -> float:
-    """Hanley & McNeil 1982 as they wrote it: (A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)) / (n_pos
-    n_neg), Q1 = A / (2 - A), Q2 = 2 A^2 / (1 + A)."""
-    q1, q2 = theta / (2 - theta), 2 * theta**2 / (1 + theta)
-    return (theta * (1 - theta) + (n_pos - 1) * (q1 - theta**2) + (n_neg - 1) * (q2 - theta**2)) / (n_pos * n_neg)
+def _newcombe(theta: float, n_pos: float, n_neg: float) -> float:
+    """Hanley & McNeil 1982 as they wrote it, (A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)) / (n_pos
+    n_neg), Q1 = A / (2 - A), Q2 = 2 A^2 / (1 + A), with both n - 1 replaced by N* = (n_pos + n_neg) / 2 - 1 as
+    Newcombe (2006) does."""
+    q1, q2, n_star = theta / (2 - theta), 2 * theta**2 / (1 + theta), (n_pos + n_neg) / 2 - 1
+    return (theta * (1 - theta) + n_star * (q1 - theta**2) + n_star * (q2 - theta**2)) / (n_pos * n_neg)
+
+
+def _worth(films: tuple[int, int], patients: tuple[int, int], by_patient: float, by_film: float) -> tuple[float, ...]:
+    """Each side's films over the design effect by_patient / by_film (at least 1), between its patients and its
+    films."""
+    d = max(by_patient / by_film, 1.0)
+    return tuple(min(max(n / d, m), n) for n, m in zip(films, patients))
 
 
 def _score_set(estimate: float, variance_at, measured: float, df: int) -> list[float]:
@@ -532,10 +540,11 @@ def _score_set(estimate: float, variance_at, measured: float, df: int) -> list[f
     return [inside.min(), inside.max()]
 
 
-def test_auc_interval_is_the_score_interval_of_hanley_mcneil_never_below_obuchowskis_clustered_delong():
+def test_auc_interval_is_newcombes_score_interval_at_the_units_the_films_are_worth():
     """Against the formulas written out pair by pair: placements V10 / V01 from all positive-negative pairs (ties
     half), summed by patient, Obuchowski's S10, S01 and S11 (patients holding films of both classes) for the
-    measured variance; Hanley-McNeil's at the patients on each side for V(theta); the interval from a grid."""
+    measured variance; the same by film for the design effect; Newcombe's variance at each side's films over the
+    design effect (between its patients and its films) for V(theta); the interval from a grid."""
     rng = np.random.default_rng(5)
     scores = rng.integers(0, 8, 40).astype(float)
     positive = rng.random(40) < 0.5
@@ -551,23 +560,41 @@ def test_auc_interval_is_the_score_interval_of_hanley_mcneil_never_below_obuchow
     s01 = i01 / ((i01 - 1) * n_neg) * ((v01 - m01 * auc) ** 2).sum()
     s11 = 12 / 11 * ((v10 - m10 * auc) * (v01 - m01 * auc)).sum()
     measured = s10 / n_pos + s01 / n_neg + 2 * s11 / (n_pos * n_neg)
-    expected = _score_set(auc, lambda theta: _hanley_mcneil(theta, i10, i01), measured, min(i10, i01) - 1)
+    by_film = (((psi.mean(axis=1) - auc) ** 2).sum() / ((n_pos - 1) * n_pos)
+               + ((psi.mean(axis=0) - auc) ** 2).sum() / ((n_neg - 1) * n_neg))
+    sizes = _worth((n_pos, n_neg), (i10, i01), measured, by_film)
+    assert sizes != (i10, i01)  # the design effect is measured here, not taken as the patients
+    expected = _score_set(auc, lambda theta: _newcombe(theta, *sizes), measured, min(i10, i01) - 1)
     ci = threshold_metrics_ci(positive.astype(int), scores, [4], n_boot=50, groups=patient)[0]["auc"]
     assert ci == pytest.approx(expected, abs=2e-6)
     assert ci[0] < auc < ci[1]
 
 
+def test_the_auc_interval_does_not_depend_on_which_class_is_called_positive() -> None:
+    """Hanley-McNeil's variance with n_pos - 1 and n_neg - 1 is small when negatives are few: the same films with
+    the classes swapped (and the scores negated, the same AUC) had [0.930, 0.9998] one way, [0.985, 0.999] the
+    other. Newcombe's N* for both makes it one interval."""
+    rng = np.random.default_rng(3)
+    films = rng.integers(1, 5, 330)
+    patient = np.repeat(np.arange(330), films)
+    y = (patient < 300).astype(int)  # 300 positive patients, 30 negative
+    score = 2.9 * y + rng.normal(0, 1.2, 330)[patient] + rng.normal(0, 0.3, patient.size)
+    one = metrics._auc_ci(score, y == 1, patient, 0.05)
+    other = metrics._auc_ci(-score, y == 0, patient, 0.05)
+    assert one == pytest.approx(other, abs=1e-9) and one[0] < roc_auc_score(y, score) < one[1]
+
+
 def test_macro_auc_interval_is_the_score_interval_of_the_mean_of_the_one_vs_rest_aucs():
     """Against the formula written out pair by pair: each class's one-vs-rest placements from all its
     positive-negative pairs (ties half), each film's influence on that AUC, averaged over the classes and summed by
-    patient (patients holding films of several classes) for the measured variance; V(theta) the mean of the
-    classes' Hanley-McNeil variances at their patients on each side, over 3; a t quantile on the fewest patients on
-    a side of any class, minus one; the interval from a grid."""
+    patient (patients holding films of several classes) for the measured variance, by film for the design effect;
+    V(theta) the mean of the classes' Newcombe variances at the units their films are worth, over 3; a t quantile
+    on the fewest patients on a side of any class, minus one; the interval from a grid."""
     rng = np.random.default_rng(6)
     y = rng.integers(0, 3, 45)
     probs = softmax(rng.integers(0, 4, (45, 3)).astype(float))  # ties within each class's column
     patient = rng.permutation(np.arange(45) % 15)
-    influence, aucs, sides = np.zeros(15), [], []
+    influence, per_film, aucs, films, sides = np.zeros(15), np.zeros(45), [], [], []
     for k in range(3):
         pos, neg = y == k, y != k
         psi = (probs[pos, k][:, None] > probs[neg, k]) + 0.5 * (probs[pos, k][:, None] == probs[neg, k])
@@ -576,11 +603,14 @@ def test_macro_auc_interval_is_the_score_interval_of_the_mean_of_the_one_vs_rest
         film[pos] = (psi.mean(axis=1) - auc) / pos.sum()
         film[neg] = (psi.mean(axis=0) - auc) / neg.sum()
         influence += np.array([film[patient == c].sum() for c in range(15)]) / 3
+        per_film += film / 3
         aucs.append(auc)
+        films.append((pos.sum(), neg.sum()))
         sides.append((np.unique(patient[pos]).size, np.unique(patient[neg]).size))
-    macro = np.mean(aucs)
-    expected = _score_set(macro, lambda theta: sum(_hanley_mcneil(theta, *side) for side in sides) / 9,
-                          15 / 14 * (influence**2).sum(), min(min(side) for side in sides) - 1)
+    macro, measured = np.mean(aucs), 15 / 14 * (influence**2).sum()
+    sizes = [_worth(n, m, measured, 45 / 44 * (per_film**2).sum()) for n, m in zip(films, sides)]
+    expected = _score_set(macro, lambda theta: sum(_newcombe(theta, *size) for size in sizes) / 9, measured,
+                          min(min(side) for side in sides) - 1)
     result = evaluate_multiclass(y, probs, ["a", "b", "c"], n_boot=50, groups=patient)
     assert result["macro_auc"] == pytest.approx(macro)
     assert result["ci"]["macro_auc"] == pytest.approx(expected, abs=2e-6)

@@ -24,7 +24,7 @@ ALPHA = 0.05  # every interval is a 95 % one
 BOOTSTRAP_SEED = 0  # the same films give the same intervals, run after run
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
 # how :func:`_auc_ci` and :func:`_macro_auc_ci` make an AUC's interval, as reports and model cards name it
-AUC_INTERVAL = "a score-type interval (Newcombe) on Hanley-McNeil's variance, never narrower than DeLong's"
+AUC_INTERVAL = "Newcombe's score-type interval, its variance at the estimate never below DeLong's"
 
 
 def jsonable(obj: Any) -> Any:
@@ -217,6 +217,12 @@ def proportion_ci(hits: np.ndarray, patients: np.ndarray | None = None, alpha: f
     return [low, high]
 
 
+def _one_value(samples: np.ndarray) -> bool:
+    """Whether every defined resample gave the same value: a bootstrap that shows no spread, so no interval."""
+    defined = samples[~np.isnan(samples)]
+    return bool(defined.size) and float(defined.max() - defined.min()) == 0.0
+
+
 def _bca_ci(samples: np.ndarray, estimate: float, jackknife: np.ndarray, alpha: float) -> list[float]:
     """Bias-corrected and accelerated (BCa) bootstrap interval (Efron 1987, JASA 82:171; Efron & Tibshirani 1993,
     ch. 14): the percentile interval taken at levels moved by the bias z0 (where ``estimate`` falls among the
@@ -277,25 +283,39 @@ def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, f
     return placed, n_pos, n_neg
 
 
-def _hanley_mcneil_variance(auc: float, n_pos: float, n_neg: float) -> float:
-    """Hanley & McNeil's (1982, Radiology 143:29) variance of an AUC from ``n_pos`` positive and ``n_neg`` negative
-    independent units, as a function of the AUC alone: Q1 - A^2 = A (1 - A)^2 / (2 - A), Q2 - A^2 = A^2 (1 - A) /
-    (1 + A)."""
-    return auc * (1 - auc) * (1 + (n_pos - 1) * (1 - auc) / (2 - auc) + (n_neg - 1) * auc / (1 + auc)) / (n_pos * n_neg)
+def _newcombe_variance(auc: float, n_pos: float, n_neg: float) -> float:
+    """The variance of an AUC from ``n_pos`` positive and ``n_neg`` negative independent units, as a function of
+    the AUC alone: Hanley & McNeil's (1982, Radiology 143:29; Q1 - A^2 = A (1 - A)^2 / (2 - A), Q2 - A^2 = A^2
+    (1 - A) / (1 + A)) with both n_pos - 1 and n_neg - 1 replaced by N* = (n_pos + n_neg) / 2 - 1, as Newcombe
+    (2006) does so that the interval does not depend on which class is called positive: unmodified, it was small
+    when negatives are few and under-covered there (0.78-0.89 at 300 + 30 patients near an AUC of 1)."""
+    n_star = (n_pos + n_neg) / 2 - 1
+    return auc * (1 - auc) * (1 + n_star * ((1 - auc) / (2 - auc) + auc / (1 + auc))) / (n_pos * n_neg)
+
+
+def _effective_sizes(films: tuple[float, float], patients: tuple[int, int], by_patient: float,
+                     by_film: float) -> tuple[float, float]:
+    """The independent units a side's films are worth: its films over the design effect d (the AUC's variance
+    summed by patient over the same with every film its own unit), never fewer than its patients nor more than its
+    films. Films of one patient scored alike count about once (d near films per patient); films scored
+    independently count each (d near 1), where counting patients had made the interval 3-5 times too wide. With no
+    spread by film (d unknown), the patients."""
+    d = by_patient / by_film if by_film > 0 else math.inf
+    return tuple(min(max(n / max(d, 1.0), m), n) for n, m in zip(films, patients))  # type: ignore[return-value]
 
 
 def _score_interval(estimate: float, variance_at: Callable[[float], float], measured: float, df: int,
                     alpha: float) -> list[float]:
     """The AUCs theta with (estimate - theta)^2 <= q^2 c V(theta): a score-type interval (Newcombe 2006, Stat Med
     25:559, his method 5), q a t quantile on ``df`` degrees of freedom, V the variance an AUC of theta would have
-    (``variance_at``, Hanley-McNeil's), c = max(measured / V(estimate), 1) with ``measured`` the variance seen in
-    the data (DeLong's, summed by patient).
+    (``variance_at``, :func:`_newcombe_variance`), c = max(measured / V(estimate), 1) with ``measured`` the variance
+    seen in the data (DeLong's, summed by patient).
 
     Why not the estimate +- q times the measured standard error (a Wald interval, even on the logit scale): near an
     AUC of 1 a set whose AUC comes out high also measures a small variance, and that interval covered the truth in
     0.90-0.92 of simulated sets of 30 or 150 patients a class at AUC 0.996, most misses a lower bound above it.
     Taking V at each candidate theta, not at the estimate, removes that link; c keeps what the data show when it
-    is more (films of a patient scored alike, AUCs of a macro mean that move together). Both ends stay in (0, 1).
+    is more (films of a patient scored alike, AUCs of a macro mean that move together). Both ends are in [0, 1].
     """
     from scipy.optimize import brentq
     from scipy.stats import t
@@ -311,69 +331,81 @@ def _score_interval(estimate: float, variance_at: Callable[[float], float], meas
 def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: np.ndarray | None,
                   alpha: float) -> list[float]:
     """Interval of the macro (mean one-vs-rest) AUC, as :func:`_auc_ci` gives the binary one: the score-type
-    interval of :func:`_score_interval`, V(theta) the mean of the classes' Hanley-McNeil variances at theta over
-    the number of classes, the measured variance from each AUC's DeLong influence on each film, averaged over the
-    classes and summed by patient (the classes' AUCs share films, so their covariances count), with a t quantile
-    on the fewest patients on a side of any class, minus one. Every AUC exactly 1 (or 0): :func:`_separated_ci`'s
-    bound; a class without films, fewer than two patients on a side, or no variance (all scores tied): no interval
-    (NaN)."""
+    interval of :func:`_score_interval`, V(theta) the mean of the classes' :func:`_newcombe_variance` at theta
+    (at :func:`_effective_sizes`) over the number of classes, the measured variance from each AUC's DeLong
+    influence on each film, averaged over the classes and summed by patient (the classes' AUCs share films, so
+    their covariances count), with a t quantile on the fewest patients on a side of any class, minus one. Every
+    AUC exactly 1 (or 0): :func:`_separated_ci`'s bound; a class without films, fewer than two patients on a side,
+    or no variance (all scores tied): no interval (NaN)."""
     units = np.arange(probs.shape[0]) if patients is None else patients
     size = int(units.max()) + 1
-    influence, aucs, sides = np.zeros(size), [], []
+    influence, aucs, films, sides = np.zeros(probs.shape[0]), [], [], []
     for k, positive in enumerate(in_class):
         if (placing := _placements(probs[:, k], positive)) is None:
             return [math.nan, math.nan]
         placed, n_pos, n_neg = placing
         auc = float(placed[positive].sum() / (n_pos * n_neg))
-        films = np.where(positive, (placed / n_neg - auc) / n_pos, (placed / n_pos - auc) / n_neg)
-        influence += np.bincount(units, films, size) / len(in_class)
+        influence += np.where(positive, (placed / n_neg - auc) / n_pos, (placed / n_pos - auc) / n_neg) / len(in_class)
         aucs.append(auc)
+        films.append((n_pos, n_neg))
         sides.append(_sides(positive, patients))
     if all(auc in (0.0, 1.0) for auc in aucs):
         return _separated_ci(aucs, [min(side) for side in sides], alpha)
-    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((influence**2).sum())
+    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((np.bincount(units, influence, size)**2).sum())
     fewest = min(min(side) for side in sides)
     if fewest < 2 or not variance > 0 or macro in (0.0, 1.0):
         return [math.nan, math.nan]
+    by_film = influence.size / (influence.size - 1) * float((influence**2).sum())
+    sizes = [_effective_sizes(n, m, variance, by_film) for n, m in zip(films, sides)]
 
     def variance_at(theta: float) -> float:
-        return sum(_hanley_mcneil_variance(theta, *side) for side in sides) / len(sides) ** 2
+        return sum(_newcombe_variance(theta, *side) for side in sizes) / len(sizes) ** 2
 
     return _score_interval(macro, variance_at, variance, fewest - 1, alpha)
 
 
+def _delong_variance(placed: np.ndarray, positive: np.ndarray, units: np.ndarray, auc: float) -> float:
+    """DeLong's variance of the AUC (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837) from its
+    :func:`_placements`, summed by ``units`` as Obuchowski (1997, Biometrics 53:567) does for clustered data
+    (patients holding films of both classes count their covariance). Needs two units on each side."""
+    n_pos, n_neg = float(positive.sum()), float((~positive).sum())
+    size = int(units.max()) + 1
+    pos_placed, neg_placed = (np.bincount(units, placed * side, size) for side in (positive, ~positive))
+    pos_films, neg_films = (np.bincount(units, side, size) for side in (positive, ~positive))
+    with_pos, with_neg = int((pos_films > 0).sum()), int((neg_films > 0).sum())
+    d10, d01 = pos_placed / n_neg - pos_films * auc, neg_placed / n_pos - neg_films * auc
+    return (with_pos / (with_pos - 1) * (d10**2).sum() / n_pos**2 + with_neg / (with_neg - 1) * (d01**2).sum()
+            / n_neg**2 + 2 * size / (size - 1) * (d10 * d01).sum() / (n_pos * n_neg))
+
+
 def _auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | None, alpha: float) -> list[float]:
-    """Interval of the binary ROC AUC: the score-type interval of :func:`_score_interval`, V(theta) Hanley and
-    McNeil's at the patients (or films) with a positive film and with a negative one, never below the variance the
-    data show: DeLong's (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837) summed by patient as Obuchowski
-    (1997, Biometrics 53:567) does for clustered data; a t quantile on min(positive, negative patients) - 1
-    degrees of freedom.
+    """Interval of the binary ROC AUC: the score-type interval of :func:`_score_interval`, V(theta)
+    :func:`_newcombe_variance` at the independent units each class's films are worth (:func:`_effective_sizes`),
+    the measured variance :func:`_delong_variance` summed by patient, a t quantile on min(positive, negative
+    patients) - 1 degrees of freedom.
 
     The unit is the patient, or each film when ``patients`` is None. It covered the truth in 0.96-0.98 of simulated
     sets of 12, 30 or 150 patients a class at an AUC of 0.915 and 0.97-0.995 at 0.996, where DeLong's logit
-    interval alone covered 0.90-0.92 at 30 and 150 (benchmarks/bench_ci_coverage.py). An AUC of exactly 1 or 0 gets the bound of
-    :func:`_separated_ci`. With fewer than two patients (or films) on a side, the spread between them cannot be
-    measured: no interval (NaN), as for a variance of zero (all scores tied).
+    interval alone covered 0.90-0.92 at 30 and 150 (benchmarks/bench_ci_coverage.py). An AUC of exactly 1 or 0
+    gets the bound of :func:`_separated_ci`. With fewer than two patients (or films) on a side, the spread between
+    them cannot be measured: no interval (NaN), as for a variance of zero (all scores tied).
     """
     units = np.arange(scores.size) if patients is None else patients
     if (placing := _placements(scores, positive)) is None:
         return [math.nan, math.nan]
     placed, n_pos, n_neg = placing
-    size = int(units.max()) + 1
-    pos_placed, neg_placed = (np.bincount(units, placed * side, size) for side in (positive, ~positive))
-    pos_films, neg_films = (np.bincount(units, side, size) for side in (positive, ~positive))
-    auc = float(pos_placed.sum() / (n_pos * n_neg))
-    with_pos, with_neg = int((pos_films > 0).sum()), int((neg_films > 0).sum())
+    auc = float(placed[positive].sum() / (n_pos * n_neg))
+    with_pos, with_neg = _sides(positive, patients)
     if auc in (0.0, 1.0):
         return _separated_ci([auc], [min(with_pos, with_neg)], alpha)
     if min(with_pos, with_neg) < 2:
         return [math.nan, math.nan]
-    d10, d01 = pos_placed / n_neg - pos_films * auc, neg_placed / n_pos - neg_films * auc
-    variance = (with_pos / (with_pos - 1) * (d10**2).sum() / n_pos**2 + with_neg / (with_neg - 1) * (d01**2).sum()
-                / n_neg**2 + 2 * size / (size - 1) * (d10 * d01).sum() / (n_pos * n_neg))
+    variance = _delong_variance(placed, positive, units, auc)
     if not variance > 0:
         return [math.nan, math.nan]
-    return _score_interval(auc, lambda theta: _hanley_mcneil_variance(theta, with_pos, with_neg), variance,
+    by_film = variance if patients is None else _delong_variance(placed, positive, np.arange(scores.size), auc)
+    sizes = _effective_sizes((n_pos, n_neg), (with_pos, with_neg), variance, by_film)
+    return _score_interval(auc, lambda theta: _newcombe_variance(theta, *sizes), variance,
                            min(with_pos, with_neg) - 1, alpha)
 
 
@@ -426,7 +458,7 @@ def threshold_metrics_ci(
             f1 = np.where(n_pos > 0, 2 * tp / (tp + fp + n_pos), np.nan)
         num, den = 2.0 * (called & positive), called + positive.astype(float)  # per film
         f1_ci = _bca_ci(f1, _ratio(num.sum(), den.sum()), _ratio_jackknife(num, den, units), ALPHA)
-        if math.isnan(f1_ci[0]) and called.any() and positive.any():
+        if _one_value(f1) and called.any() and positive.any():
             # every resample gave one value (a perfect call, say): F1 = 2 P R / (P + R) grows with precision P and
             # recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
             ends = zip(among(called, positive, ALPHA / 2), among(positive, called, ALPHA / 2))
@@ -749,7 +781,7 @@ def evaluate_multiclass(
                                   for c in in_class], axis=0)
     balanced = float(np.mean([r["sensitivity"] for r in rows]))
     balanced_ci = _bca_ci(boot_balanced, balanced, balanced_jackknife, ALPHA)
-    if math.isnan(balanced_ci[0]) and all(c.any() for c in in_class):
+    if _one_value(boot_balanced) and all(c.any() for c in in_class):
         # every resample gave one value: the mean of the classes' exact recall intervals at alpha / k (Bonferroni)
         recalls = [proportion_ci((pred == y)[c], None if patients is None else patients[c], ALPHA / n_classes)
                    for c in in_class]
