@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,8 +43,8 @@ from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
-from pneumoscan.interop.dicomweb import _not_scored, read_authorization
-from pneumoscan.interop.fhir import build_observation
+from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization
+from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_sr, report_files
 from pneumoscan.models.card import load_card, save_card
@@ -488,7 +489,7 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
     assert obs.valueCodeableConcept.coding[0].code == ("52101004" if label == card.positive else "272519000")
     probability_given, threshold_given = (c.valueQuantity.value for c in obs.component)
     assert [(c.code.coding[0].system, c.code.coding[0].code) for c in obs.component] == [
-        ("urn:pneumoscan", "probability"), ("urn:pneumoscan", "threshold")]  # each component coded, as FHIR expects
+        (CODE_SYSTEM, "probability"), (CODE_SYSTEM, "threshold")]  # each component coded, as FHIR expects
     assert float(probability_given) == pytest.approx(probability, abs=SCORE_TOL)
     assert float(threshold_given) == pytest.approx(card.threshold, abs=1e-12)
     [device] = obs.contained
@@ -532,6 +533,30 @@ def test_the_fhir_subject_carries_the_issuer_of_the_patient_id(film: np.ndarray)
     assert (identifier.value, identifier.system, identifier.assigner.display) == (PATIENT_ID, "urn:oid:1.2.3.4",
                                                                                   "General Hospital")
     assert build_observation(reading, "m", "v", "onnx", header(film, PatientID=None)).subject is None
+
+
+@pytest.mark.parametrize("when, effective", [
+    ({"TimezoneOffsetFromUTC": "+0100"}, "2023-03-15T10:15:00+01:00"),
+    ({"StudyTime": "101500.25", "TimezoneOffsetFromUTC": "-0530"}, "2023-03-15T10:15:00.250000-05:30"),
+    ({}, "2023-03-15"),  # no offset: FHIR takes a time with an offset only, so the date alone
+    ({"StudyTime": None, "TimezoneOffsetFromUTC": "+0100"}, "2023-03-15"),
+    ({"TimezoneOffsetFromUTC": "0100"}, "2023-03-15"),  # no offset DICOM defines
+    ({"StudyDate": None}, None),  # not recorded: none is made up
+    ({"StudyDate": "2023xx15"}, None),  # not a date
+])  # fmt: skip
+def test_the_observation_says_when_the_film_was_taken_and_codes_its_components_in_a_valid_uri(
+    film: np.ndarray, when: dict, effective: str | None
+) -> None:
+    """It had no effective time (a receiver filed it at the time it was sent) and coded its components in
+    'urn:pneumoscan', no valid URI for a code system."""
+    with pydicom.config.disable_value_validation():
+        source = header(film, **when)  # StudyDate 20230315, StudyTime 101500 unless changed
+    reading = {**READING, "sop_instance_uid": source.SOPInstanceUID, "study_instance_uid": source.StudyInstanceUID}
+    observation = json.loads(observation_json(reading, "m", "v", "onnx", source))  # validated with R4B
+    assert observation.get("effectiveDateTime") == effective
+    assert {c["code"]["coding"][0]["system"] for c in observation["component"]} == {CODE_SYSTEM}
+    assert re.fullmatch(r"urn:oid:2\.25\.(0|[1-9]\d*)", CODE_SYSTEM)  # an OID made from a UUID (X.667)
+    assert int(CODE_SYSTEM.rsplit(".", 1)[1]) < 2**128
 
 
 def test_fhir_validation_is_real() -> None:
@@ -1127,13 +1152,19 @@ def test_an_instance_a_real_pacs_failed_to_store_is_not_recorded_as_stored(
     assert warning[len(prefix):-len(suffix)] not in held
 
 
+NO_ANSWER = 0  # a refusing_front "status": the request is passed through, and the connection closed unanswered
+
+
 @contextmanager
-def refusing_front(upstream: str, refusals: dict[int, int], missing: str) -> Iterator[tuple[str, dict[int, list]]]:
+def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
+                   answer_type: str = "application/dicom+json") -> Iterator[tuple[str, dict[int, list]]]:
     """A DICOMweb front on ``upstream`` that answers STOW-RS request number N with the HTTP status ``refusals[N]``:
     a 409 Conflict with a FailedSOPSequence naming each instance in it (reason 0xC000), as PS3.18 10.5.3 prescribes
-    when a PACS stores none of a request's instances, another status with no body; and WADO-RS of instance
-    ``missing`` with 404 (deleted since the search). Other requests pass through. Yields the front's URL and, by
-    request number, the SOP Instance UIDs it refused."""
+    when a PACS stores none of a request's instances, another status with no body, and :data:`NO_ANSWER` by storing
+    it upstream and closing the connection without an answer (a PACS that stored, then timed out or crashed); and
+    WADO-RS of instance ``missing`` with 404 (deleted since the search). Other requests pass through; STOW-RS
+    answers say they are ``answer_type``. Yields the front's URL and, by request number, the SOP Instance UIDs it
+    refused."""
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
     refused: dict[int, list[str]] = {}
@@ -1154,18 +1185,20 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str) -> Ite
             parts = _stow_parts(self)
             posts.append(parts)
             status = refusals.get(len(posts))
-            if status is not None:
+            if status in (None, NO_ANSWER):
+                content, kind = _multipart(parts)
+                answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+                                    headers={"Content-Type": kind, "Accept": "application/dicom+json"})
+                if status == NO_ANSWER:
+                    return  # one request a connection (HTTP/1.0): it closes with no answer
+                status, payload = answer.status_code, answer.content
+            else:
                 sent = [pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True) for part in parts]
                 refused[len(posts)] = [ds.SOPInstanceUID for ds in sent]
                 failed = {"00081198": {"vr": "SQ", "Value": [_failed_item(ds, 0xC000) for ds in sent]}}
                 payload = json.dumps(failed).encode() if status == 409 else b""
-            else:
-                content, kind = _multipart(parts)
-                answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
-                                    headers={"Content-Type": kind, "Accept": "application/dicom+json"})
-                status, payload = answer.status_code, answer.content
             self.send_response(status)
-            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Type", answer_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -1206,6 +1239,57 @@ def test_one_films_refusal_or_retrieval_error_marks_its_row_and_the_study_goes_o
     err = capsys.readouterr().err
     assert all(f"not stored: 1 report(s) of {r['path']}" in err for r in not_filed.values())
     assert f"unreadable: {gone['path']}" in err
+
+
+def test_a_store_tried_again_after_a_503_sends_the_whole_message(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A busy PACS (503) answered the first try of a STOW-RS of over 1 MB (an SR with its overlay): dicomweb-client
+    streamed the message from a generator, its retry sent nothing, and the reports were counted refused."""
+    study = generate_uid()
+    upload = chest_dicom(np.kron(film, np.ones((2, 2), film.dtype)), StudyInstanceUID=study)  # 448 px a side
+    assert httpx.post(f"{orthanc}/instances", content=upload, timeout=30).status_code == 200
+    with refusing_front(f"{orthanc}/dicom-web", {1: 503}) as (url, refused):
+        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
+    assert row["stored"] == refused[1] and len(row["stored"]) == 2 and row["warnings"] == []
+    assert set(row["stored"]) <= _held(orthanc, study)
+    [overlay] = [i for i in DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(
+        study_instance_uid=study, fields=["Rows", "Columns"]) if i["00080018"]["Value"][0] == row["stored"][1]]
+    assert overlay["00280010"]["Value"][0] * overlay["00280011"]["Value"][0] * 3 > 10**6  # a message over 1 MB
+
+
+def test_a_store_left_unanswered_marks_its_film_and_the_study_goes_on(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The PACS stored the first film's reports and closed the connection unanswered, on every try: the run had
+    ended in exit status 2 with no results. Now that film is marked, the second film's reports are stored, and the
+    command exits 1."""
+    study = generate_uid()
+    for _ in range(2):
+        assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+                          timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    with refusing_front(f"{orthanc}/dicom-web", dict.fromkeys((1, 2, 3), NO_ANSWER)) as (url, _):
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--store", "--out", str(out),
+                         "--backend", "torch"]) == 1
+    unanswered, filed = sorted(json.loads(out.read_text()), key=lambda r: len(r["stored"]))
+    [sr_uid] = unanswered["not_stored"]
+    assert unanswered["stored"] == [] and unanswered["warnings"] == [
+        f"no answer from the PACS to storing the DICOM SR {sr_uid} (ConnectionError): it may or may not have stored it"]
+    assert len(filed["stored"]) == 1 and "not_stored" not in filed and set(filed["stored"]) <= _held(orthanc, study)
+    assert f"not stored: 1 report(s) of {unanswered['path']}" in capsys.readouterr().err
+
+
+def test_a_store_answer_with_a_charset_parameter_is_read(orthanc: str, tiny_bundle: Path, film: np.ndarray,
+                                                        tmp_path: Path) -> None:
+    """A PACS (or its proxy) answering 'application/dicom+json; charset=utf-8' had its answer dropped by
+    dicomweb-client's exact media-type match: every report stored was counted unconfirmed, exit status 1."""
+    study = generate_uid()
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+                      timeout=30).status_code == 200
+    with refusing_front(f"{orthanc}/dicom-web", {}, answer_type="application/dicom+json; charset=utf-8") as (url, _):
+        row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
+    assert len(row["stored"]) == 2 and set(row["stored"]) <= _held(orthanc, study) and row["warnings"] == []
 
 
 def test_a_scored_film_without_a_filed_report_fails_the_command(
@@ -1249,6 +1333,49 @@ def test_report_uids_follow_from_film_model_and_scoring_mode(film: np.ndarray) -
     assert pydicom.dcmread(io.BytesIO(other[0])).SOPInstanceUID != uids["onnx"][0]
 
 
+def _made_uids(source: Dataset) -> set[str]:
+    """Every UID made for ``source``'s reading: the SR's instance, series and tracking UIDs, the overlay's instance
+    and series UIDs, and the FHIR Observation's identifier."""
+    sr_part, sc_part = (pydicom.dcmread(io.BytesIO(p)) for p in report_files(source, READING, _overlay_png(), "m-1",
+                                                                               "v", "onnx"))
+    reading = {**READING, "study_instance_uid": source.StudyInstanceUID,
+               "series_instance_uid": source.SeriesInstanceUID, "sop_instance_uid": source.SOPInstanceUID}
+    [identifier] = build_observation(reading, "m-1", "v", "onnx", source).identifier
+    tracking = _group(hd.sr.ComprehensiveSR.from_dataset(sr_part)).tracking_uid
+    return {sr_part.SOPInstanceUID, sr_part.SeriesInstanceUID, tracking, sc_part.SOPInstanceUID,
+            sc_part.SeriesInstanceUID, identifier.value}
+
+
+def test_films_that_share_a_sop_instance_uid_get_report_uids_of_their_own(film: np.ndarray) -> None:
+    """Two patients' films with one SOP Instance UID (a modality or re-import fault) had the same report UIDs: a
+    PACS filed the second patient's report in place of the first's. The same film still gets the same UIDs."""
+    sop, study, series = generate_uid(), generate_uid(), generate_uid()
+    film_of = {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": sop}
+    first = _made_uids(header(film, **film_of))
+    assert len(first) == 6 and _made_uids(header(film, **film_of)) == first  # a rerun: the same objects
+    others = {"another study and series": header(film, SOPInstanceUID=sop),
+              "another patient": header(film, **film_of, PatientID="MRN-1"),
+              "another issuer of the patient id": header(film, **film_of, IssuerOfPatientID="Other Hospital")}
+    for case, source in others.items():
+        assert not _made_uids(source) & first, case
+
+
+def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(film: np.ndarray) -> None:
+    """The Secondary Capture had the patient id without its issuer, other ids, the accession number's issuer, the
+    study description and the patient's age: a PACS that keys on the issuer filed it apart from its SR."""
+    qualifiers, other_id, accession_issuer = Dataset(), Dataset(), Dataset()
+    qualifiers.UniversalEntityID, qualifiers.UniversalEntityIDType = "1.2.3.4", "ISO"
+    other_id.PatientID, other_id.IssuerOfPatientID, other_id.TypeOfPatientID = "OTHER-9", "HOSP2", "TEXT"
+    accession_issuer.LocalNamespaceEntityID = "RIS"
+    identity = {"IssuerOfPatientID": "General Hospital", "IssuerOfPatientIDQualifiersSequence": [qualifiers],
+                "OtherPatientIDsSequence": [other_id], "IssuerOfAccessionNumberSequence": [accession_issuer],
+                "StudyDescription": "XR CHEST PA"}
+    source = header(film, **identity)
+    sr_ds, sc = (pydicom.dcmread(io.BytesIO(p)) for p in report_files(source, READING, _overlay_png(), "m-1", "v"))
+    for keyword in (*identity, "PatientAge", "PatientID", "PatientName", "AccessionNumber", "StudyID"):
+        assert keyword in sc and sc[keyword].value == sr_ds[keyword].value == source[keyword].value, keyword
+
+
 def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture,
                                                    caplog: pytest.LogCaptureFixture) -> None:
@@ -1277,6 +1404,29 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
     assert "not found at" in err and "401" in err and "is empty" in err
     for text in (out.read_text(), err, caplog.text):
         assert not any(secret in text for secret in (password, "wr0ng-pw", token))
+
+
+def test_a_pacs_url_with_a_query_or_fragment_is_refused_and_plain_http_credentials_are_warned_of(
+    orthanc: str, tiny_bundle: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token in the URL (?token=...) was shown in the error message and made every request's URL a broken one."""
+    for url in (f"{orthanc}/dicom-web?token=t0ken-value", f"{orthanc}/dicom-web#t0ken-value"):
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", generate_uid()]) == 2
+        err = capsys.readouterr().err
+        assert "query string or a fragment" in err and "--auth-file" in err and "t0ken" not in err
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    cases = {("http://alice:pw@pacs.hospital.test/dicom-web", None): True,
+             ("http://pacs.hospital.test/dicom-web", "Bearer t0ken"): True,
+             ("https://alice:pw@pacs.hospital.test/dicom-web", None): False,  # encrypted
+             ("http://pacs.hospital.test/dicom-web", None): False,  # no credentials
+             ("http://alice:pw@127.0.0.1:8042/dicom-web", None): False,  # this machine
+             ("http://localhost:8042/dicom-web", "Bearer t0ken"): False,
+             ("http://[::1]:8042/dicom-web", "Bearer t0ken"): False}  # fmt: skip
+    for (url, authorization), warned in cases.items():
+        caplog.clear()
+        _session(url, authorization)
+        assert ("over plain http" in caplog.text) is warned, url
+        assert "t0ken" not in caplog.text and ":pw" not in caplog.text
 
 
 def test_predict_tta_reports_are_other_reports_than_plain_ones(tiny_bundle: Path, film: np.ndarray,
@@ -1335,3 +1485,43 @@ def test_a_reading_near_the_threshold_is_said_so_in_the_sr_and_the_fhir_notes(fi
         notes = [n.text for n in build_observation(result, "m", "v", "onnx", source).note]
         texts = [str(e.value) for e in build_sr(source, result, "m", "v").iterall() if e.keyword == "TextValue"]
         assert (NEAR_THRESHOLD in notes) is near and (NEAR_THRESHOLD in texts) is near
+
+
+def test_a_film_replaced_after_it_was_scored_gets_no_report(tiny_bundle: Path, film: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    """A drop folder that reuses names: the file scored, then another patient's film under its name before the
+    reports were written. Its header had been read again for the reports, and the first film's reading was filed
+    under the second film's patient and study (SR, Secondary Capture and FHIR Observation alike)."""
+    path = tmp_path / "drop" / "film.dcm"
+    path.parent.mkdir()
+    path.write_bytes(chest_dicom(film))
+    [row] = predict_paths(tiny_bundle, [path])
+    control = dict(row, warnings=list(row["warnings"]))
+    write_reports([control], tiny_bundle, sr_dir=tmp_path / "control", fhir_dir=tmp_path / "control")
+    assert {"dicom_sr", "fhir"} <= control.keys(), "the film as scored is reportable"
+    path.write_bytes(chest_dicom(film, PatientID="OTHER-PATIENT"))  # its own study, series and instance
+    write_reports([row], tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    assert not {"dicom_sr", "fhir"} & row.keys()
+    assert [w.split(":")[0] for w in row["warnings"][-2:]] == ["no FHIR Observation written", "no DICOM SR written"]
+    assert all("not the film that was scored" in w for w in row["warnings"][-2:])
+    assert not [*(tmp_path / "sr").iterdir(), *(tmp_path / "fhir").iterdir()]
+
+
+def test_a_film_replaced_while_it_is_read_gets_no_reading(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixels are read, then the header (its UIDs, the scope checks), then the panel for the overlay: another
+    film put under the name between those reads would have given one film's reading with another's identity."""
+    from pneumoscan.inference import predict
+
+    path = tmp_path / "film.dcm"
+    path.write_bytes(chest_dicom(film))
+    read_header = predict.describe
+
+    def replaced_first(source: str, *args: object) -> dict:
+        Path(source).write_bytes(chest_dicom(film, PatientID="OTHER-PATIENT"))  # the next film, same name
+        return read_header(source, *args)
+
+    monkeypatch.setattr(predict, "describe", replaced_first)
+    [row] = predict_paths(tiny_bundle, [path], heatmap_dir=tmp_path / "heat")
+    assert row["error"] == predict.CHANGED and "probability" not in row
+    assert not list((tmp_path / "heat").iterdir())

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +64,9 @@ ETIOLOGY = {"probability": "etiology_probability_virus", "label": "etiology_labe
 # INT8 model made at its own thresholds (they disagreed on 3 of 210 validation films of one bundle)
 INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at its own thresholds: a map would "
                  "explain another model than the reading; use the onnx (or torch) backend for heatmaps")
+# a film whose file changed between the reads of one prediction (a drop folder reusing names): its pixels, header and
+# overlay could be two films', so it gets no reading
+CHANGED = "the file changed while it was being read (replaced or rewritten): not scored; run again on the settled file"
 NON_FINITE = "the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no label is given"
 
 
@@ -343,20 +347,32 @@ def _decode(path: str, target: int) -> np.ndarray | str:
         return str(e)
 
 
+def file_key(path: str) -> tuple[int, ...] | None:
+    """What tells one file at ``path`` from another put there later: device, inode, size and modification time
+    (None when it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _decoded(
     items: list[tuple[str, str | None]], target: int, batch_size: int
-) -> Iterator[list[tuple[str, np.ndarray | str]]]:
-    """Batches of (path, image or error); the next batch decodes in threads while the caller runs the model."""
+) -> Iterator[list[tuple[str, np.ndarray | str, tuple[int, ...] | None]]]:
+    """Batches of (path, image or error, :func:`file_key` taken before the image was read); the next batch decodes
+    in threads while the caller runs the model."""
     with ThreadPoolExecutor(usable_cores()) as pool:
 
-        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str]]:
-            return [(path, error if error else pool.submit(_decode, path, target)) for path, error in batch]
+        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str, tuple[int, ...] | None]]:
+            return [(path, error, None) if error else (path, pool.submit(_decode, path, target), file_key(path))
+                    for path, error in batch]
 
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         pending = submit(batches[0]) if batches else []
         for k in range(len(batches)):
             current, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
-            yield [(path, job if isinstance(job, str) else job.result()) for path, job in current]
+            yield [(path, job if isinstance(job, str) else job.result(), key) for path, job, key in current]
 
 
 def check_stages(first: str, second: str) -> str:
@@ -442,9 +458,9 @@ def predict_paths(
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
-            readable = [(path, gray) for path, gray in batch if not isinstance(gray, str)]
+            readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
             results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))
-            for path, gray in batch:
+            for path, gray, key in batch:
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
                     continue
@@ -453,13 +469,15 @@ def predict_paths(
                     facts = describe(path)
                     row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []),
                                **identity)
-                if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
                     # the panels show the film decoded again at a panel's size, as the web service shows it: the
                     # model's copy (224 px a side, say) is too small to check the map against the anatomy
-                    film = _decode(path, MAX_PANEL)
-                    png = overlay_png(gray if isinstance(film, str) else film, explain_array(predictor, gray),
-                                      predictor.card.positive)
-                    row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
+                    film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
+                    if file_key(path) != key:  # the pixels, the header (its UIDs) and the panel: one file's
+                        row = {"path": path, "error": CHANGED}
+                    elif heatmap_dir is not None:  # no overlay of a model that gave no score
+                        png = overlay_png(gray if film is None or isinstance(film, str) else film,
+                                          explain_array(predictor, gray), predictor.card.positive)
+                        row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))
     return rows

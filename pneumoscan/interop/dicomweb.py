@@ -9,16 +9,23 @@ PACS may answer 202 with some instances failed, refuse one film's request with a
 answer; one film's refusal, or one instance that cannot be retrieved, marks its row and the others go on. Retrieved
 films are written to a private temporary folder for the prediction run and deleted with it; they are named by their
 SOP Instance UID, never by patient. Credentials (an Authorization header, or user:password in the URL, taken out of
-it) go to the HTTP session only: never into a row, a message or a log.
+it) go to the HTTP session only: never into a row, a message or a log; a URL with a query string or a fragment (a
+token there would be shown, and broke every request's URL) is refused. STOW-RS requests are sent here, not by
+dicomweb-client, so that a retry sends the whole message again and an answer is read whatever parameters its media
+type carries; a film whose request gets no answer at all is marked, and the others go on.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import logging
 import math
 import tempfile
+import time
+import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import pydicom
 import requests
@@ -35,6 +42,10 @@ from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 60  # one request to the PACS
+# a busy PACS (these statuses) or a dropped connection is tried 3 times over ~3 s (waits of 1 s, then 2 s), not
+# dicomweb-client's 5 times over ~30 s; a read timeout is not tried again: the PACS had TIMEOUT_S to answer
+ATTEMPTS, FIRST_WAIT_S = 3, 1.0
+_BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070"
@@ -93,12 +104,14 @@ def _status(code: int | None, words: dict[int, str]) -> str:
     return f"0x{int(code):04X}" + (f": {words[code]}" if code in words else "")
 
 
-def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | None = None) -> list[str]:
+def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | None = None,
+            silence: str | None = None) -> list[str]:
     """The SOP Instance UIDs of ``sent`` (UID: what it is) that the PACS's STOW-RS answer lists as stored (its
     ReferencedSOPSequence), in the order sent. Each other one gets a warning in the row: refused, with the reason of
-    its FailedSOPSequence item (dicomweb-client raises nothing on a 202) and the HTTP ``refusal`` (a 4xx/5xx) when
-    there was one, or left out of the answer; and each one stored with a warning reason (elements coerced or
-    discarded) says so: a report is not filed unless the PACS says it is."""
+    its FailedSOPSequence item (a 202 is no error) and the HTTP ``refusal`` (a 4xx/5xx) when there was one, left out
+    of the answer, or not answered at all (``silence``: why, a read timeout, a connection reset); and each one stored
+    with a warning reason (elements coerced or discarded) says so: a report is not filed unless the PACS says it
+    is."""
     accepted = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("ReferencedSOPSequence") or []}
     failed = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("FailedSOPSequence") or []}
     notes = row.setdefault("warnings", [])
@@ -111,6 +124,9 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
             notes.append(f"the PACS refused the {what} {uid} ({because}): it is not stored")
         elif uid not in accepted and refusal is not None:
             notes.append(f"the PACS refused the {what} {uid} ({refusal}, no reason given): it is not stored")
+        elif silence is not None:
+            notes.append(f"no answer from the PACS to storing the {what} {uid} ({silence}): it may or may not have "
+                         "stored it")
         elif uid not in accepted:
             notes.append(f"the PACS did not confirm storing the {what} {uid}: it may not be stored")
     stored = [uid for uid in sent if uid in accepted]
@@ -120,15 +136,43 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
     return stored
 
 
-def _refusal(error: requests.HTTPError) -> tuple[Dataset, str]:
-    """A STOW-RS answered with a 4xx/5xx: its Store Instances Response (PS3.18 10.5.3: a 409 or 400 carries the
-    FailedSOPSequence with each instance's reason; empty when the body is none) and the HTTP status in words."""
-    response = error.response
+def _answer(response: requests.Response) -> Dataset:
+    """A STOW-RS answer's Store Instances Response (PS3.18 10.5.3: a 409 or 400 carries the FailedSOPSequence with
+    each instance's reason), read as the DICOM JSON it was asked for whatever its Content-Type's parameters say
+    (dicomweb-client matched the media type exactly, and dropped an ``application/dicom+json; charset=utf-8``
+    answer: every report stored was counted unconfirmed); empty when the body is none or no DICOM JSON."""
     try:
-        answer = Dataset.from_json(response.json())
+        return Dataset.from_json(response.json())
     except (ValueError, TypeError, KeyError, AttributeError):  # no body, or not a DICOM JSON one
-        answer = Dataset()
-    return answer, f"HTTP {response.status_code} {response.reason}".strip()
+        return Dataset()
+
+
+def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.Response:
+    """One STOW-RS request of ``parts`` (Part 10 files), its body built whole, so that each try sends all of it
+    (dicomweb-client streams a message over 1 MB from a generator, which its first try spends: its retry after a 503
+    had sent nothing); tried again when the PACS is busy or the connection drops (:data:`ATTEMPTS`). A refusal
+    raises ``requests.HTTPError``, no answer at all another ``requests.RequestException``."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+                    for part in parts) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    attempt = 1
+    while True:
+        try:
+            response = session.post(url, data=body, headers=headers, timeout=TIMEOUT_S)
+            if attempt == ATTEMPTS or response.status_code not in _BUSY:
+                response.raise_for_status()
+                return response
+            why = f"HTTP {response.status_code}"
+        except requests.ConnectionError as e:
+            if attempt == ATTEMPTS:
+                raise
+            why = type(e).__name__
+        wait = FIRST_WAIT_S * 2 ** (attempt - 1)
+        log.warning("STOW-RS try %d of %d: %s; tried again in %g s", attempt, ATTEMPTS, why, wait)
+        time.sleep(wait)
+        attempt += 1
 
 
 def _not_scored(item: dict) -> str | None:
@@ -162,8 +206,18 @@ def read_authorization(auth_file: Path | str | None = None) -> str | None:
 def _session(url: str, authorization: str | None) -> tuple[str, requests.Session]:
     """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and
     log would show the password), and a session that authenticates: with them as HTTP Basic, or with the
-    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA)."""
+    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA). A URL
+    with a query string or a fragment is refused, unquoted: a ``?token=...`` was shown in every message and row,
+    and every request's path was appended after it. Credentials sent in the clear to another machine are warned
+    of."""
     parts = urlsplit(url.rstrip("/"))
+    if parts.query or parts.fragment:
+        raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
+                         "none of; give credentials such as a token with --auth-file (or the environment variable "
+                         f"{AUTH_ENV}), never in the URL")
+    if parts.scheme == "http" and ("@" in parts.netloc or authorization is not None) and not _loopback(parts):
+        log.warning("credentials go to %s over plain http, readable by anyone on the network between: use https",
+                    parts.hostname)
     session = requests.Session()
     if "@" in parts.netloc:
         if authorization is not None:
@@ -174,6 +228,14 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
     elif authorization is not None:
         session.headers["Authorization"] = authorization
     return urlunsplit(parts), session
+
+
+def _loopback(parts: SplitResult) -> bool:
+    """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1): plain http to it crosses no network."""
+    try:
+        return parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: str,
@@ -209,18 +271,24 @@ def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: 
     return entries, sources
 
 
-def _store(client: DICOMwebClient, study_uid: str, row: dict) -> None:
+def _store(session: requests.Session, root: str, study_uid: str, row: dict) -> None:
     """STOW-RS the reports write_reports made for ``row``; ``stored`` (and ``not_stored``) as the PACS answered. A
-    4xx/5xx refuses this film's reports only."""
-    made = {_MADE[key]: pydicom.dcmread(row.pop(key)) for key in _MADE if key in row}
+    4xx/5xx, or no answer at all (a read timeout, a connection reset: it may have stored them), is this film's
+    only: it had ended the whole study in exit status 2, with no results, though earlier films' reports were
+    stored."""
+    made = {_MADE[key]: Path(row.pop(key)).read_bytes() for key in _MADE if key in row}
     if not made:
         return
-    sent = {str(ds.SOPInstanceUID): what for what, ds in made.items()}
+    sent = {str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID): what
+            for what, data in made.items()}
+    url = f"{root}/studies/{study_uid}"
     try:
-        row["stored"] = _stored(client.store_instances(list(made.values()), study_instance_uid=study_uid), sent, row)
+        row["stored"] = _stored(_answer(_post(session, url, list(made.values()))), sent, row)
     except requests.HTTPError as e:
-        answer, refusal = _refusal(e)
-        row["stored"] = _stored(answer, sent, row, refusal)
+        refusal = f"HTTP {e.response.status_code} {e.response.reason}".strip()
+        row["stored"] = _stored(_answer(e.response), sent, row, refusal)
+    except requests.RequestException as e:
+        row["stored"] = _stored(Dataset(), sent, row, silence=type(e).__name__)
 
 
 def predict_study(
@@ -237,8 +305,9 @@ def predict_study(
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
     root, session = _session(url, authorization)
     client = DICOMwebClient(url=root, session=session, timeout=TIMEOUT_S)
-    # a busy PACS (503, 429, ...) or a dropped connection is tried 3 times over ~3 s, not 5 times over ~30 s
-    client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
+    # its searches and retrievals are tried as STOW-RS is (_post): dicomweb-client waits 2**n * 500 ms
+    client.set_http_retry_params(max_attempts=ATTEMPTS, wait_exponential_multiplier=round(FIRST_WAIT_S * 500),
+                                 retriable_error_codes=_BUSY)
     try:
         found = _instances(client, study_uid)
         if not found:
@@ -254,7 +323,7 @@ def predict_study(
             if store:
                 write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend)
                 for row in scored:
-                    _store(client, study_uid, row)
+                    _store(session, root, study_uid, row)
             for row in scored:
                 row["path"] = sources[row["path"]]
                 row.pop("heatmap", None)  # the temporary PNG is gone with the folder

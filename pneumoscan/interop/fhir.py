@@ -4,30 +4,38 @@ R4B is the release fhir.resources ships for R4 (the Observation resource is the 
 is ``preliminary`` (software reading, no clinician has confirmed it), names the model as a contained Device, points
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
 the series and instance UIDs are in its display text), and carries as notes that it is a research result, not a
-diagnosis, and each scope warning. Its ``identifier`` is derived from the film, the model and the scoring mode, as
-the SR's UIDs are, so a receiver can create it conditionally and a rerun updates instead of adding; its
-``subject`` is the patient by the film's PatientID (and issuer), as a logical reference. It holds no patient name.
+diagnosis, and each scope warning. Its ``identifier`` is derived from the film (study, series and instance UIDs,
+patient), the model and the scoring mode, as the SR's UIDs are, so a receiver can create it conditionally and a
+rerun updates instead of adding; its ``subject`` is the patient by the film's PatientID (and issuer), as a logical
+reference; its ``effectiveDateTime`` the study's date and time. It holds no patient name.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
-from .sr import DISCLAIMER, check_result, derived_uuid, finding_mode, finding_present, malformed_reason, scope_notes
+from .sr import (DISCLAIMER, check_result, derived_uuid, film_identity, finding_mode, finding_present, malformed_reason,
+                 scope_notes)
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
 UCUM = "http://unitsofmeasure.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-LOCAL = "urn:pneumoscan"  # codes with no standard equivalent (the probability and the decision threshold)
+# the code system of pneumoscan's own codes, those with no standard equivalent (the probability and the decision
+# threshold): a FHIR code system is an absolute URI. The project holds no web domain to name it by a URL, so it is an
+# OID under 2.25, the arc of OIDs made from a UUID (ITU-T X.667), which needs no registration and is no one else's
+CODE_SYSTEM = "urn:oid:2.25.11301222716731653561214844916586144303"
 URI = "urn:ietf:rfc:3986"  # identifier system whose values are URIs (here urn:uuid:...)
 # IssuerOfPatientIDQualifiersSequence's UniversalEntityIDType, as the prefix that makes its id a FHIR system URI
 _ISSUER_SYSTEMS = {"ISO": "urn:oid:", "UUID": "urn:uuid:", "URI": ""}
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
+_OFFSET = re.compile(r"([+-])(0\d|1[0-4])([0-5]\d)")  # TimezoneOffsetFromUTC, e.g. +0100 (at most 14 hours)
 
 
 def _concept(system: str, code: str, display: str) -> dict:
@@ -69,13 +77,29 @@ def subject(source: Dataset) -> dict | None:
     return {"type": "Patient", "identifier": identifier}
 
 
+def effective(source: Dataset) -> str | None:
+    """When the film was taken, as a FHIR dateTime: StudyDate with StudyTime and the film's TimezoneOffsetFromUTC
+    (FHIR requires an offset with a time), the date alone when the film records no valid offset or time, None when
+    it records no date pydicom reads (a wrong date is worse than none)."""
+    if malformed_reason(source, "StudyDate") is not None or not str(source.get("StudyDate") or "").strip():
+        return None
+    date = DA(str(source.StudyDate).strip())
+    offset = _OFFSET.fullmatch(str(source.get("TimezoneOffsetFromUTC") or "").strip())
+    time = str(source.get("StudyTime") or "").strip()
+    if offset is None or not time or malformed_reason(source, "StudyTime") is not None:
+        return date.isoformat()
+    sign, hours, minutes = offset.groups()
+    zone = timezone((-1 if sign == "-" else 1) * timedelta(hours=int(hours), minutes=int(minutes)))
+    return datetime.combine(date, TM(time), tzinfo=zone).isoformat()
+
+
 def build_observation(result: dict, model_name: str, model_version: str, mode: str = "",
                       source: Dataset | None = None) -> Observation:
     """The FHIR R4 Observation of one result (``probability, label, threshold, positive, task``, and the
     ``*_instance_uid`` and ``warnings`` fields predict and serve add), scored in ``mode`` (backend, TTA); with
-    ``source`` (the film's DICOM header) its patient as ``subject``. A result without the film's DICOM study and
-    instance UIDs (a JPEG or PNG has none) is refused: its Observation would be linked to no study and no patient,
-    and could not be told from a resend."""
+    ``source`` (the film's DICOM header) its patient as ``subject`` and the study's date as ``effectiveDateTime``. A
+    result without the film's DICOM study and instance UIDs (a JPEG or PNG has none) is refused: its Observation
+    would be linked to no study and no patient, and could not be told from a resend."""
     check_result(result)
     if not (result.get("study_instance_uid") and result.get("sop_instance_uid")):
         raise ValueError("the film has no valid DICOM study and instance UIDs (a JPEG or PNG has none): an "
@@ -108,15 +132,20 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
         "device": {"reference": "#model"},
         "derivedFrom": derived,
         "component": [
-            {"code": _concept(LOCAL, "probability", "probability of pneumonia (calibrated)"),
+            {"code": _concept(CODE_SYSTEM, "probability", "probability of pneumonia (calibrated)"),
              "valueQuantity": _ratio(result["probability"])},
-            {"code": _concept(LOCAL, "threshold", "decision threshold"), "valueQuantity": _ratio(result["threshold"])},
+            {"code": _concept(CODE_SYSTEM, "threshold", "decision threshold"),
+             "valueQuantity": _ratio(result["threshold"])},
         ],
     }  # fmt: skip
-    key = derived_uuid(result["sop_instance_uid"], model_name, model_version, finding_mode(mode, result), "fhir")
+    film = film_identity(result["study_instance_uid"], result.get("series_instance_uid") or "",
+                         result["sop_instance_uid"], source)
+    key = derived_uuid(film, model_name, model_version, finding_mode(mode, result), "fhir")
     body["identifier"] = [{"system": URI, "value": f"urn:uuid:{key}"}]
     if patient is not None:
         body["subject"] = patient
+    if source is not None and (when := effective(source)) is not None:
+        body["effectiveDateTime"] = when
     body["note"] = [{"text": note} for note in (DISCLAIMER, *scope_notes(result))]
     return Observation.model_validate(body)
 

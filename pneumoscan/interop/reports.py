@@ -12,6 +12,7 @@ from pathlib import Path
 from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
+from pneumoscan.data.scope import IDENTIFIERS, identifiers
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import model_version
 from pneumoscan.models.card import load_card
@@ -66,6 +67,9 @@ def write_reports(
         try:
             sr.check_result(reading)  # an error row, an object that is no radiograph: neither report
             source = read_dicom_header(row["path"])  # None: a JPEG/PNG
+            if (identifiers(source)[0] if source is not None else {}) != {k: row[k] for k in IDENTIFIERS if k in row}:
+                raise ValueError("the file is not the film that was scored: its UIDs changed since (replaced or "
+                                 "rewritten), so this reading would be filed under another film")
         except ValueError as e:  # ... or a DecodeError: changed or removed since it was scored
             for folder, what in ((fhir_dir, "FHIR Observation"), (sr_dir, "DICOM SR")):
                 if folder is not None:

@@ -11,13 +11,15 @@ the model's name and version, so every report of one model names the same device
 
 No coded finding is made for an object whose scope warnings say it is no grayscale radiograph at all (another
 modality, colour, a thumbnail): a scanned form's "Pneumonia: Present" filed in the patient's record would be a
-fault turned into a confident answer. Every UID of a report and overlay is derived from the film, the model and how
-it was scored (:func:`derived_uid`), so a rerun makes the same objects, which a PACS files once.
+fault turned into a confident answer. Every UID of a report and overlay is derived from the film (its study, series
+and instance UIDs and its patient), the model and how it was scored (:func:`derived_uid`), so a rerun makes the same
+objects, which a PACS files once, and films of two patients that share a SOP Instance UID get objects of their own.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record.
 
-The patient and study attributes copied into both objects are checked here first (one value; valid UIDs; a sex and
+Both objects carry the same patient and study attributes of the film (highdicom's copy of the Patient and Study
+modules, the SR's own), which are checked here first (one value; valid UIDs; a sex and
 SOP class highdicom takes): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a
 ValueError.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import re
 import uuid
@@ -169,16 +172,37 @@ def _device_uid(model_name: str, model_version: str) -> UID:
     return generate_uid(entropy_srcs=[model_name, model_version])
 
 
-def derived_uid(film_uid: str, model_name: str, model_version: str, mode: str, kind: str) -> UID:
-    """The UID of one object made for a film (``kind``: the report, its series, the overlay, ...): the same for the
-    same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA), so a rerun re-sends the
-    objects a PACS already holds instead of filing new ones, and another model or mode files its own."""
-    return generate_uid(entropy_srcs=[str(film_uid), model_name, model_version, mode, kind])
+def film_identity(study_uid: str, series_uid: str, sop_uid: str, source: Dataset | None) -> list[str]:
+    """What tells a film from every other, for the UIDs of what is made of it: its study, series and instance UIDs
+    and, from ``source`` (its header), its patient (PatientID, IssuerOfPatientID). A SOP Instance UID alone is not
+    enough: a modality or a re-import that repeats one gave films of two patients the same report UIDs, so a PACS
+    filed one patient's report in place of the other's."""
+    patient = [] if source is None else [str(source.get(k) or "").strip() for k in ("PatientID", "IssuerOfPatientID")]
+    return [str(study_uid), str(series_uid), str(sop_uid), *patient]
 
 
-def derived_uuid(film_uid: str, model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
+def _derivation(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> str:
+    """The identity of one object made for a film, as one text in which no two identities read alike (pydicom joins
+    entropy sources with nothing between them: patient "A" of issuer "BC" would be patient "AB" of issuer "C")."""
+    return json.dumps([*film, model_name, model_version, mode, kind])
+
+
+def derived_uid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> UID:
+    """The UID of one object made for a film (``film``: :func:`film_identity`; ``kind``: the report, its series, the
+    overlay, ...): the same for the same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA),
+    so a rerun re-sends the objects a PACS already holds instead of filing new ones, and another film, model or mode
+    files its own."""
+    return generate_uid(entropy_srcs=[_derivation(film, model_name, model_version, mode, kind)])
+
+
+def derived_uuid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
     """:func:`derived_uid`'s identity as a UUID (version 5): a FHIR identifier that is stable in the same way."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, "|".join([str(film_uid), model_name, model_version, mode, kind]))
+    return uuid.uuid5(uuid.NAMESPACE_OID, _derivation(film, model_name, model_version, mode, kind))
+
+
+def _source_identity(source: Dataset) -> list[str]:
+    """:func:`film_identity` of a checked source header."""
+    return film_identity(source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID, source)
 
 
 def finding_mode(mode: str, result: dict) -> str:
@@ -251,11 +275,11 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
     (backend, TTA: part of its UIDs' identity)."""
     source = _checked_source(source)
     check_result(result)
-    film_uid, scored = source.SOPInstanceUID, finding_mode(mode, result)
+    identity, scored = _source_identity(source), finding_mode(mode, result)
     with _library_refusal():
         algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
         unit = codes.UCUM.NoUnits
-        tracking = derived_uid(film_uid, model_name, model_version, scored, "sr-tracking")
+        tracking = derived_uid(identity, model_name, model_version, scored, "sr-tracking")
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking, identifier="pneumonia"),
             finding_type=PNEUMONIA,
@@ -295,8 +319,8 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
         )
         sr = hd.sr.ComprehensiveSR(
             evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER,
-            series_instance_uid=derived_uid(film_uid, model_name, model_version, scored, "sr-series"),
-            sop_instance_uid=derived_uid(film_uid, model_name, model_version, scored, "sr"), instance_number=1,
+            series_instance_uid=derived_uid(identity, model_name, model_version, scored, "sr-series"),
+            sop_instance_uid=derived_uid(identity, model_name, model_version, scored, "sr"), instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
             is_verified=False,
         )  # fmt: skip
@@ -306,12 +330,12 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
 
 def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model_version: str,
                      mode: str = "") -> hd.sc.SCImage:
-    """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study,
-    with its patient module; derived-image wording so nobody takes it for a film, and the film it was derived from
-    (SourceImageSequence) so a viewer can go back to it. Its body part is the film's, and a film compressed lossily
-    keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
+    """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study, with
+    the patient and study attributes the SR copies; derived-image wording so nobody takes it for a film, and the
+    film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's, and a
+    film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
     source = _checked_source(source)
-    film_uid = source.SOPInstanceUID
+    identity = _source_identity(source)
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
     orientation = _patient_orientation(source)
@@ -323,11 +347,15 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER,
-            series_instance_uid=derived_uid(film_uid, model_name, model_version, mode, "sc-series"),
-            sop_instance_uid=derived_uid(film_uid, model_name, model_version, mode, "sc"), instance_number=1,
+            series_instance_uid=derived_uid(identity, model_name, model_version, mode, "sc-series"),
+            sop_instance_uid=derived_uid(identity, model_name, model_version, mode, "sc"), instance_number=1,
             manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
             series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
         )  # fmt: skip
+        # highdicom's SCImage copies a few patient and study attributes; the SR copies every one of the Patient
+        # and Study modules (its evidence's): the overlay gets that same copy, so both are filed under one patient
+        # and study (the issuer of the patient id, other patient ids, the accession number's issuer, ...)
+        sc.copy_patient_and_study_information(source)
         if not takes:
             sc.PatientOrientation = orientation
         film = Dataset()
