@@ -41,6 +41,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization
@@ -612,7 +613,9 @@ def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.nda
     parts = [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in message.get_payload()]
     assert [p.Modality for p in parts] == ["SR", "OT"]
     assert {p.StudyInstanceUID for p in parts} == {source.StudyInstanceUID}
-    height, width = read_gray(data, target=load_card(tiny_bundle).spec.decode_target).shape  # as the model read it
+    # at a panel's size, as predict's overlay (it had been the model's 32 px copy: too small to read in a PACS)
+    height, width = read_gray(data, target=MAX_PANEL).shape
+    assert width > load_card(tiny_bundle).spec.decode_target
     rows, columns, samples = parts[1].pixel_array.shape  # original | heatmap | blend, over their caption
     assert (columns, samples) == (3 * width, 3) and rows > height
 

@@ -138,7 +138,9 @@ class Service:
         finally:
             slots.release()
 
-    def _heatmap_png(self, image: np.ndarray, raw: bool) -> bytes:
+    def _heatmap_png(self, image: np.ndarray, shown: np.ndarray, raw: bool) -> bytes:
+        """Grad-CAM of ``image`` (the film as the model read it), drawn over ``shown`` (that film at the size the
+        overlay is for), or the bare map with ``raw``."""
         try:
             self.heat_predictor.model  # built by the first heatmap (ONNX backends), its weights checked on disk then
         except (OSError, ValueError) as e:
@@ -149,7 +151,7 @@ class Service:
         cam = explain_array(self.heat_predictor, image)
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
-        return overlay_png(image, cam, self.main.card.positive)
+        return overlay_png(shown, cam, self.main.card.positive)
 
     def _prepared(self, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The decoded film as the main model reads it, and why it does not look like that model's training films
@@ -186,7 +188,10 @@ class Service:
                     await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
             png = None
             if heatmap:
-                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
+                # filed in a PACS, the overlay is read beside the film: at a panel's size, as predict makes it (the
+                # page's, at the model's size, stays light to send)
+                shown = await decoded(decode_upload, MAX_PANEL, dicom) if format == "dicom-sr" else image
+                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image, shown,
                                           heatmap == "map")
             # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
             shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image else None
