@@ -294,14 +294,14 @@ def _newcombe_variance(auc: float, n_pos: float, n_neg: float) -> float:
 
 
 def _effective_sizes(films: tuple[float, float], patients: tuple[int, int], by_patient: float,
-                     by_film: float) -> tuple[float, float]:
+                     by_film: float) -> tuple[float, ...]:
     """The independent units a side's films are worth: its films over the design effect d (the AUC's variance
     summed by patient over the same with every film its own unit), never fewer than its patients nor more than its
     films. Films of one patient scored alike count about once (d near films per patient); films scored
     independently count each (d near 1), where counting patients had made the interval 3-5 times too wide. With no
     spread by film (d unknown), the patients."""
     d = by_patient / by_film if by_film > 0 else math.inf
-    return tuple(min(max(n / max(d, 1.0), m), n) for n, m in zip(films, patients))  # type: ignore[return-value]
+    return tuple(min(max(n / max(d, 1.0), m), n) for n, m in zip(films, patients))
 
 
 def _score_interval(estimate: float, variance_at: Callable[[float], float], measured: float, df: int,
@@ -427,7 +427,8 @@ def threshold_metrics_ci(
 
     The proportions (accuracy, sensitivity, specificity, precision) get exact Clopper-Pearson intervals from the
     counts, the standard of diagnostic-accuracy reporting (STARD), which stay honest at a rate of 0 or 1. AUC and
-    F1 are no such proportions. AUC gets a score-type interval that counts patients (:func:`_auc_ci`).
+    F1 are no such proportions. AUC gets a score-type interval with its films counted as the independent cases
+    they are worth (:func:`_auc_ci`).
     F1 gets a BCa bootstrap (:func:`_bca_ci`), all thresholds sharing one set of resamples; resamples where F1 is
     undefined are left out. A plain percentile bootstrap covered only 0.86-0.89 (AUC) and 0.90-0.93 (F1) at
     12 + 12 patients.
