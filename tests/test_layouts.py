@@ -74,6 +74,20 @@ def test_kaggle_folders_and_names(tmp_path: Path) -> None:
     assert discover(root / "train").layout == "kaggle"  # a single split folder
 
 
+@pytest.mark.parametrize("folder, other", [("NORMAL", "NORMAL"), ("normal cases", "NORMAL"), ("2019/Normal", "NORMAL")])
+def test_a_film_in_a_folder_named_for_the_other_class_is_refused(tmp_path: Path, folder: str, other: str) -> None:
+    """A NORMAL/ folder filed inside PNEUMONIA/ had its films read as pneumonia, with no conflict and no warning:
+    trained and measured under the wrong label."""
+    root = tree(tmp_path / "chest_xray", {"train/NORMAL": ["IM-0115-0001.jpeg"],
+                                          f"train/PNEUMONIA/{folder}": ["IM-0116-0001.jpeg"],
+                                          "train/PNEUMONIA/bacteria": ["person12_bacteria_45.jpeg"]})
+    with pytest.raises(ValueError, match=f"is below the PNEUMONIA folder but in .*named for {other} films: it would "
+                                         "be read as PNEUMONIA; move it to its class folder"):
+        discover(root)
+    (root / "train" / "PNEUMONIA" / folder / "IM-0116-0001.jpeg").unlink()
+    assert len(discover(root).records) == 2  # a subtype's folder, or any other, is no class's
+
+
 def test_entries_that_may_hold_films_are_counted_in_one_warning(tmp_path: Path, caplog) -> None:
     """A .tif, a broken link among the films and a folder no split is read as leave training and evaluation with a
     warning; a .DS_Store and a README beside the split folders are only listed (audit)."""

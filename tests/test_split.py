@@ -156,11 +156,14 @@ def test_one_patient_typed_in_any_case_is_one_patient_whatever_the_film_is_named
                         "scan_0002.jpeg,PNEUMONIA,PERSON1000,val\n"
                         "scan_0003.jpeg,NORMAL,MRN100,train\n"
                         "scan_0004.jpeg,NORMAL,mrn100,val\n"
-                        "scan_0005.jpeg,NORMAL,,val\n")
+                        "scan_0005.jpeg,NORMAL,,val\n"
+                        "scan_0006.jpeg,NORMAL,Jos\u00e9,train\n"  # composed
+                        "scan_0007.jpeg,NORMAL,JOSE\u0301,val\n")  # decomposed, as another system writes it
     records = read_manifest(csv_path).records
     assert [r.patient for r in records[:4]] == ["person1000", "person1000", "MRN100", "MRN100"]
     assert records[4].patient.endswith("scan_0005.jpeg")  # a patient of its own keeps its path
-    assert sorted(shared_patients(records)["train/val"]) == ["MRN100", "person1000"]
+    assert records[5].patient == records[6].patient == "Jos\u00e9"
+    assert sorted(shared_patients(records)["train/val"]) == ["Jos\u00e9", "MRN100", "person1000"]
 
 
 def test_one_dicom_patient_id_over_many_films_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:

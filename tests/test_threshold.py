@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from pneumoscan import cli
@@ -373,3 +374,28 @@ def test_a_guessed_threshold_and_an_uncalibrated_temperature_are_kept_where_the_
     temperature, said = calibrated_temperature(logits, np.array([0, 1, 0]))
     assert temperature == 1.0 and "without a single error" in said
     assert f"(**the probabilities are not calibrated:** {said})" in render(dataclasses.replace(card, temperature_caveat=said))
+
+
+def test_other_films_of_a_runs_patients_are_said_whatever_the_spelling_of_their_ids(
+    tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site's manifest typed by another hand (PERSON3 for the training films' person3):
+    their patients had been matched case by case, so no warning; and other films of the validation patients, whose
+    films chose the temperature and threshold, had not been looked for at all."""
+    run = [r for r in discover(tiny_bundle.parent / "split.csv").records if not r.path.endswith("-0001.jpeg")]
+    picked = {split: next(r for r in run if r.split == split) for split in ("train", "val")}
+    films = tmp_path / "site"
+    films.mkdir()
+    records = []
+    for split, r in picked.items():
+        copy = films / f"new_{split}.jpeg"  # a name that gives no patient: the manifest's column does
+        Image.open(r.path).save(copy, quality=90)  # the film again, encoded anew: not a byte copy
+        records.append(make_record(copy, r.label, patient=r.patient.upper()))
+    write_manifest(records, films / "site.csv")
+    caplog.clear()
+    figures = evaluate(tiny_bundle, films / "site.csv")
+    said = "1 film(s) given to evaluate are other files of patients in "
+    assert f"{said}{tiny_bundle}'s training split (" in caplog.text
+    assert f"{said}{tiny_bundle}'s validation split, whose films chose its temperature and threshold" in caplog.text
+    assert "byte-for-byte" not in caplog.text
+    assert len([c for c in figures["optimistic"] if c.startswith(said)]) == 2

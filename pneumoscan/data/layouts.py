@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,12 @@ def header_patient(path: Path | str) -> str:
     if not patient:
         return ""
     return HEADER_PATIENT + hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest()[:16]
+
+
+def patient_key(patient: str) -> str:
+    """What makes two spellings of a patient id one patient: case (a typed ``PERSON1000`` beside a film named
+    ``person1000_...``, ``MRN100`` beside ``mrn100``) and Unicode form (``José`` composed or decomposed) aside."""
+    return unicodedata.normalize("NFC", patient).casefold()
 
 
 def own_patient(rec: Record) -> bool:
@@ -392,6 +399,7 @@ class ClassFolders(Layout):
         place = split, label = places[class_dir]
         for entry in walk(class_dir, seen=seen):
             if entry.kind == "image":
+                _check_no_other_class(entry.path, class_dir, label)
                 first = films.setdefault(os.path.realpath(entry.path), entry.path)
                 if first == entry.path:
                     found.records.append(make_record(entry.path, label, split, self, root))
@@ -412,6 +420,17 @@ class ClassFolders(Layout):
                                      f"films would also be read as {_place(*place)}, and a film cannot carry two "
                                      "labels or sit in two splits; remove the link")
             found.skipped.append({"path": str(entry.path), "reason": entry.reason})
+
+
+def _check_no_other_class(path: Path, class_dir: Path, label: str) -> None:
+    """Refuse a film below its class folder in a folder named for another class (``PNEUMONIA/NORMAL/``,
+    ``PNEUMONIA/normal cases/``): it would be read as ``label``, and it is more likely a film of the other class
+    filed one level too deep than one of this class (it had been trained and measured as this class, unsaid)."""
+    for folder in path.relative_to(class_dir).parent.parts:
+        if others := {word.upper() for word in re.findall(r"[a-z]+", folder.lower())} & (set(LABELS) - {label}):
+            raise ValueError(f"{shown(path)} is below the {class_dir.name} folder but in {shown(folder)}, named for "
+                             f"{' and '.join(sorted(others))} films: it would be read as {label}; move it to its "
+                             f"class folder, or rename the folder if its films are {label}")
 
 
 def _owner(path: Path, places: dict[Path, tuple[str, str]]) -> tuple[str, str] | None:
@@ -632,19 +651,19 @@ def read_manifest(csv_path: Path | str) -> Discovery:
 
 
 def _one_spelling(records: list[Record]) -> list[Record]:
-    """One id per patient whatever its case: a typed ``PERSON1000`` beside a film named ``person1000_...``, or
-    ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split. The spelling kept is a
-    film name's (``person1000``, as a folder of those films gives it), else the first. Films that are patients of
-    their own keep their path."""
+    """One id per patient whatever its spelling (:func:`patient_key`): a typed ``PERSON1000`` beside a film named
+    ``person1000_...``, or ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split.
+    The spelling kept is a film name's (``person1000``, as a folder of those films gives it), else the first. Films
+    that are patients of their own keep their path."""
     first: dict[str, str] = {}
     named: dict[str, str] = {}  # a file name's spelling wins over a typed one
     for rec in records:
         if not own_patient(rec):
-            first.setdefault(rec.patient.casefold(), rec.patient)
+            first.setdefault(patient_key(rec.patient), rec.patient)
         if parsed := parse_any(Path(rec.path).name, rec.label):
-            named.setdefault(parsed[1].casefold(), parsed[1])
+            named.setdefault(patient_key(parsed[1]), parsed[1])
     spelling = {key: named.get(key, spelt) for key, spelt in first.items()}
-    return [rec if own_patient(rec) else dataclasses.replace(rec, patient=spelling[rec.patient.casefold()])
+    return [rec if own_patient(rec) else dataclasses.replace(rec, patient=spelling[patient_key(rec.patient)])
             for rec in records]
 
 

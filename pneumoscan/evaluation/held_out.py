@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import exact_duplicate_groups
-from pneumoscan.data.layouts import Record, discover, own_patient, write_manifest
+from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import CARD, ENSEMBLE, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
 
@@ -129,13 +129,20 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
                      "temperature and threshold were chosen: the figures on them are optimistic")
             all_trained |= train
             all_validation |= _side(run, "val")
-            patients = {r.patient for r in run.values() if r.split == "train"}
-            if kin := [r.patient for r in records
-                       if r.patient in patients and not own_patient(r) and real[r.path] not in run]:
-                warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s training split "
-                     f"(by their patient ids: file names, a manifest's patient column or DICOM headers; e.g. "
-                     f"{shown(kin[0])}): if they are the same patients, "
-                     "the figures are optimistic")
+            # other films of the run's patients (ids compared as one patient's spellings: a manifest typed by
+            # another hand writes Person1000 for the training films' person1000)
+            patients = {split: {patient_key(r.patient) for r in run.values() if r.split == split and not own_patient(r)}
+                        for split in ("train", "val")}
+            sides = [("training split", "", patients["train"])]
+            if validation_warning:
+                sides.append(("validation split", ", whose films chose its temperature and threshold",
+                              patients["val"] - patients["train"]))
+            for side, why, known in sides:
+                if kin := [r.patient for r in records if patient_key(r.patient) in known and not own_patient(r)
+                           and real[r.path] not in run]:
+                    warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s {side}{why} "
+                         f"(by their patient ids: file names, a manifest's patient column or DICOM headers; e.g. "
+                         f"{shown(kin[0])}): if they are the same patients, the figures are optimistic")
     # copies under other names, of training films and (with validation_warning) of the films that chose its numbers
     sides = {"training": ("", all_trained)}
     if validation_warning:
