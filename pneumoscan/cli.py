@@ -190,6 +190,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
         print(f"{name:>12}: {with_ci(metrics[name], metrics['ci'].get(name), 4)}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {Path(out) / REPORT}")
+    if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it
+        print("   intervals count each film as an independent case: no two films share a patient id (file names, a "
+              "manifest's patient column or DICOM headers), so films of one patient would make them too narrow")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "

@@ -18,6 +18,8 @@ import pytest
 from PIL import Image
 
 from tests.builders import SCORE_TOL, assert_close_report
+from pneumoscan import cli
+from pneumoscan.data.layouts import discover
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records, threshold_table
@@ -298,3 +300,19 @@ def test_the_threshold_table_gives_thresholds_that_call_alike_one_row() -> None:
     assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 5e-5] == ["bundle threshold, fixed"]
     rows = threshold_table(np.append(y, 1), np.append(scores, 0.5 + 1e-6), 0.5 + 2e-6)  # a film between them
     assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 5e-5] == ["fixed", "bundle threshold"]
+
+
+def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Path, tiny_dataset: Path,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Films with no shared patient id get intervals by film, which films of one patient would make too narrow: the
+    report said so, the screen a reader may look at alone did not."""
+    said = "intervals count each film as an independent case"
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out",
+                     str(tmp_path / "films")]) == 0
+    assert said in capsys.readouterr().out
+    manifest = tmp_path / "paired.csv"
+    records = [r for r in discover(tiny_dataset).records if r.split == "test"]
+    manifest.write_text("path,label,patient\n" + "".join(f"{r.path},{r.label},p{i // 2}\n"
+                                                          for i, r in enumerate(sorted(records, key=lambda r: r.path))))
+    assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(tmp_path / "patients")]) == 0
+    assert said not in capsys.readouterr().out
