@@ -33,6 +33,7 @@ from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.options import SPLITS, look_up_option, usable_cores
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
+from pneumoscan.data.decode import file_stamp
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
@@ -90,11 +91,7 @@ def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
                 [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()]]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
-        try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-        except OSError:
-            stamp = "missing"  # reported as an error by the build; a later appearance changes the key
+        stamp = file_stamp(path) or "missing"  # reported as an error by the build; an appearance changes the key
         digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
     return digest.hexdigest()[:32]
 

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_text, shown
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
-from pneumoscan.data.decode import read_gray
+from pneumoscan.data.decode import file_stamp, read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk
@@ -347,32 +346,22 @@ def _decode(path: str, target: int) -> np.ndarray | str:
         return str(e)
 
 
-def file_key(path: str) -> tuple[int, ...] | None:
-    """What tells one file at ``path`` from another put there later: device, inode, size and modification time
-    (None when it cannot be read)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def _decoded(
     items: list[tuple[str, str | None]], target: int, batch_size: int
-) -> Iterator[list[tuple[str, np.ndarray | str, tuple[int, ...] | None]]]:
-    """Batches of (path, image or error, :func:`file_key` taken before the image was read); the next batch decodes
+) -> Iterator[list[tuple[str, np.ndarray | str, str | None]]]:
+    """Batches of (path, image or error, its :func:`.file_stamp` taken before it was read); the next batch decodes
     in threads while the caller runs the model."""
     with ThreadPoolExecutor(usable_cores()) as pool:
 
-        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str, tuple[int, ...] | None]]:
-            return [(path, error, None) if error else (path, pool.submit(_decode, path, target), file_key(path))
+        def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str, str | None]]:
+            return [(path, error, None) if error else (path, pool.submit(_decode, path, target), file_stamp(path))
                     for path, error in batch]
 
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         pending = submit(batches[0]) if batches else []
         for k in range(len(batches)):
             current, pending = pending, submit(batches[k + 1]) if k + 1 < len(batches) else []
-            yield [(path, job if isinstance(job, str) else job.result(), key) for path, job, key in current]
+            yield [(path, job if isinstance(job, str) else job.result(), stamp) for path, job, stamp in current]
 
 
 def check_stages(first: str, second: str) -> str:
@@ -460,7 +449,7 @@ def predict_paths(
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
             readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
             results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))
-            for path, gray, key in batch:
+            for path, gray, stamp in batch:
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
                     continue
@@ -472,7 +461,7 @@ def predict_paths(
                     # the panels show the film decoded again at a panel's size, as the web service shows it: the
                     # model's copy (224 px a side, say) is too small to check the map against the anatomy
                     film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
-                    if file_key(path) != key:  # the pixels, the header (its UIDs) and the panel: one file's
+                    if file_stamp(path) != stamp:  # the pixels, the header (its UIDs) and the panel: one file's
                         row = {"path": path, "error": CHANGED}
                     elif heatmap_dir is not None:  # no overlay of a model that gave no score
                         png = overlay_png(gray if film is None or isinstance(film, str) else film,
