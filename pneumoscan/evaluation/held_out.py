@@ -133,11 +133,11 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             # another hand writes Person1000 for the training films' person1000)
             patients = {split: {patient_key(r.patient) for r in run.values() if r.split == split and not own_patient(r)}
                         for split in ("train", "val")}
-            sides = [("training split", "", patients["train"])]
+            of_patients = [("training split", "", patients["train"])]
             if validation_warning:
-                sides.append(("validation split", ", whose films chose its temperature and threshold",
+                of_patients.append(("validation split", ", whose films chose its temperature and threshold",
                               patients["val"] - patients["train"]))
-            for side, why, known in sides:
+            for side, why, known in of_patients:
                 if kin := [r.patient for r in records if patient_key(r.patient) in known and not own_patient(r)
                            and real[r.path] not in run]:
                     warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s {side}{why} "

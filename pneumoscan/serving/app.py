@@ -7,7 +7,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
 
-from .formats import ERRORS, Health, Prediction, ServiceInfo, check_options
+from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, Access, Guard
 from .limits import ClientGone, Limits, Rejected
 from .service import Service
@@ -71,8 +70,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         }}}}},
     )
     async def predict(
-        request: Request, heatmap: bool | Literal["map"] = False, image: bool = False,
-        format: Literal["json", "dicom-sr", "fhir"] = "json",
+        request: Request, heatmap: bool | HeatmapWord = False, image: bool = False, format: ReportFormat = "json",
     ) -> Response:
         """Classify one uploaded X-ray (multipart field ``file``). ``format``: the JSON below; ``dicom-sr``, a DICOM
         Comprehensive SR (TID 1500) in the uploaded film's study -- with ``heatmap=true`` a multipart/related

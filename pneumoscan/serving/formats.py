@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -105,6 +105,8 @@ ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 
 
 
 PREDICT_OPTIONS = ("heatmap", "image", "format")  # /v1/predict's query parameters, the only ones the access log keeps
+ReportFormat = Literal["json", "dicom-sr", "fhir"]  # its format's values
+HeatmapWord = Literal["map"]  # its heatmap's value besides a boolean
 
 
 def check_options(fmt: str, heatmap: bool | str, image: bool, given: Iterable[str] = ()) -> None:

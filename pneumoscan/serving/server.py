@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import parse_qsl
 
 import h11
@@ -24,7 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import create_app
-from .formats import PREDICT_OPTIONS
+from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
 from .guard import Access, is_loopback
 from .limits import Limits
 
@@ -140,8 +140,9 @@ class AccessLog(logging.Filter):
         return True
 
 
-# the values of /v1/predict's parameters the access log writes; any other is written as "(not logged)"
-LOGGED_VALUES = ("true", "false", "1", "0", "yes", "no", "on", "off", "map", "json", "dicom-sr", "fhir")
+# the values of /v1/predict's parameters the access log writes (booleans as a query spells them, and the route's
+# words); any other is written as "(not logged)"
+LOGGED_VALUES = ("true", "false", "1", "0", "yes", "no", "on", "off", *get_args(HeatmapWord), *get_args(ReportFormat))
 
 
 class AccessLines(AccessFormatter):

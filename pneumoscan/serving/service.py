@@ -186,15 +186,15 @@ class Service:
                 gray = image if same else await decoded(decode_upload, target, dicom)
                 etiology_result = await second.predict(
                     await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
+            # the film for a reader's eyes, decoded again larger than the model's copy (at most a panel's size): on the
+            # page, and under an overlay filed in a PACS, as predict draws it (the page's overlay, at the model's size,
+            # stays light to send)
+            under_report = bool(heatmap) and format == "dicom-sr"
+            shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image or under_report else None
             png = None
             if heatmap:
-                # filed in a PACS, the overlay is read beside the film: at a panel's size, as predict makes it (the
-                # page's, at the model's size, stays light to send)
-                shown = await decoded(decode_upload, MAX_PANEL, dicom) if format == "dicom-sr" else image
-                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image, shown,
-                                          heatmap == "map")
-            # the film for a reader's eyes: decoded again, larger than the model's copy (at most a panel's size)
-            shown = await decoded(decode_upload, MAX_PANEL, dicom) if want_image else None
+                png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
+                                          shown if under_report else image, heatmap == "map")
         finally:
             gone.cancel()
         if format != "json":
