@@ -22,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import audit, audit_figure, exact_duplicate_groups, format_audit
+from pneumoscan.data.audit import EXACT, NEAR, audit, audit_figure, format_audit, picture_groups
 from pneumoscan.data.layouts import discover
 from tests.builders import dicom_bytes
 
@@ -162,12 +162,15 @@ def test_audit_finds_duplicates_and_leakage(report: dict, tree: dict[str, Path])
     assert report["patient_overlap"] == {"train/test": ["IM-0001"]}
 
 
-def test_exact_duplicate_groups_matches_audit(report: dict, tree: dict[str, Path]) -> None:
+def test_picture_groups_are_the_audits_duplicates(report: dict, tree: dict[str, Path]) -> None:
+    """split and evaluate group films by picture_groups: the audit's byte copies and re-encoded copies alike."""
     paths = [r.path for r in discover(tree["root"]).records]
-    assert exact_duplicate_groups(paths, workers=2) == report["duplicate_groups"]
+    expected = [(EXACT if g["exact"] else NEAR, g["paths"]) for g in report["near_duplicate_groups"]]
+    assert picture_groups(paths, workers=2) == expected
+    assert {kind for kind, _ in expected} == {EXACT, NEAR}
     # a file that vanished (or cannot be read) is left out instead of stopping train or split
     gone = str(tree["root"] / "train" / "NORMAL" / "deleted-meanwhile.jpeg")
-    assert exact_duplicate_groups([*paths, gone], workers=2) == report["duplicate_groups"]
+    assert picture_groups([*paths, gone], workers=2) == expected
 
 
 def test_single_folder_reports_under_all(tree: dict[str, Path]) -> None:
@@ -366,8 +369,8 @@ def test_unreadable_files_are_in_no_duplicate_group(conflicts_report: dict, conf
     empty = [str(conflicted["empty1"]), str(conflicted["empty2"])]
     assert {u["path"] for u in conflicts_report["unreadable"]} == set(empty)
     assert conflicts_report["duplicate_groups"] == [sorted([str(conflicted["normal"]), str(conflicted["copy"])])]
-    assert exact_duplicate_groups([*empty, str(conflicted["normal"]), str(conflicted["copy"])], workers=2) == \
-        conflicts_report["duplicate_groups"]
+    assert picture_groups([*empty, str(conflicted["normal"]), str(conflicted["copy"])], workers=2) == \
+        [(EXACT, paths) for paths in conflicts_report["duplicate_groups"]]
 
 
 def test_audit_figure_shows_odd_names_escaped_and_never_as_tex(conflicts_report: dict, conflicted: dict[str, Path],

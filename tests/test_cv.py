@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.card import load_card, save_card
@@ -27,7 +27,7 @@ from pneumoscan.training.train import train
 
 def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:
     records = discover(data_root / "train").records
-    groups = exact_duplicate_groups([r.path for r in records])
+    groups = [paths for _, paths in picture_groups([r.path for r in records])]
     fold = patient_folds(records, 5, seed=1, duplicate_groups=groups)
     assert sorted(set(fold.tolist())) == [0, 1, 2, 3, 4]
     folds_of_patient: dict[str, set[int]] = {}

@@ -14,16 +14,16 @@ import pytest
 from PIL import Image
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import exact_duplicate_groups, shared_patients
+from pneumoscan.data.audit import picture_groups, shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
-from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_summary
+from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_pool, split_summary
 from tests.test_audit import run_cli_bounded, special_file_manifest
 
 
 @pytest.fixture(scope="module")
 def train(data_root: Path) -> tuple[list[Record], list[list[str]]]:
     records = discover(data_root / "train").records
-    return records, exact_duplicate_groups([r.path for r in records])
+    return records, [paths for _, paths in picture_groups([r.path for r in records])]
 
 
 def _val_paths(records: list[Record]) -> set[str]:
@@ -370,7 +370,7 @@ def test_a_misfiled_film_stays_with_its_patient_and_label_conflicts_are_warned_o
             sides.add(out[min(person1)])
     assert sides == {"train", "val"}
     warning = caplog.messages[0]
-    assert warning.startswith("2 label conflict(s): a file name or an exact duplicate contradicts a label, e.g. ")
+    assert warning.startswith("2 label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. ")
     assert "person1_bacteria_9.jpeg (named bacteria, labelled NORMAL)" in warning
 
 
@@ -404,3 +404,30 @@ def test_split_help_says_what_the_validation_fraction_is_a_share_of(capsys) -> N
     with pytest.raises(SystemExit):
         main(["split", "--help"])
     assert "share of the films of each class and subtype" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_reencoded_copy_under_another_patient_stays_with_its_original(data_root: Path, tmp_path: Path) -> None:
+    """A film saved again as a smaller PNG under another child's name is the same picture: split and the folds of
+    cv keep it on its original's side (byte copies alone were grouped, and this one landed apart in about half the
+    seeds)."""
+    root = tmp_path / "xray" / "train"
+    normals = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:16]
+    sick = sorted((data_root / "train" / "PNEUMONIA").glob("*bacteria*.jpeg"))[:16]
+    for folder, films in (("NORMAL", normals), ("PNEUMONIA", sick)):
+        (root / folder).mkdir(parents=True)
+        for film in films:
+            shutil.copyfile(film, root / folder / film.name)
+    original = root / "NORMAL" / normals[0].name
+    copy = root / "NORMAL" / "IM-9999-0001.png"  # another patient id
+    Image.open(original).resize((180, 180)).save(copy)
+    sides = set()
+    for seed in range(8):
+        out = {Path(r.path).name: r.split for r in split_dataset(root.parent, val_fraction=0.5, seed=seed)}
+        assert out[copy.name] == out[original.name], seed
+        sides.add(out[copy.name])
+    assert sides == {"train", "val"}  # the pair moves, always together
+    pool, groups = split_pool(root.parent)
+    assert groups == [sorted([str(original), str(copy)])]
+    fold = patient_folds(pool, 4, seed=0, duplicate_groups=groups)
+    index = {Path(r.path).name: i for i, r in enumerate(pool)}
+    assert fold[index[copy.name]] == fold[index[original.name]]

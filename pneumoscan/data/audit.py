@@ -92,30 +92,29 @@ def _groups(keys: Iterable[tuple[str, str]]) -> list[list[str]]:
     return sorted(sorted(g) for g in by_key.values() if len(g) > 1)
 
 
-def exact_duplicate_groups(paths: Sequence[str], workers: int | None = None) -> list[list[str]]:
-    """Groups of files with identical bytes; a file that cannot be read or decoded is in none (the cache reports
-    it): two empty or cut-short files are not one picture, and would tie unrelated patients together in a split.
-    Threads suffice: hashlib releases the GIL while hashing; only the few files in a group are decoded."""
-
-    def digest(path: str) -> str | None:
-        try:
-            return _sha256(path)
-        except (OSError, DecodeError):
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        groups = _groups((p, h) for p, h in zip(paths, pool.map(digest, paths)) if h is not None)
-    readable = [[p for p in group if _decodes(p)] for group in groups]
-    return [group for group in readable if len(group) > 1]
+EXACT, NEAR = "exact duplicate", "near duplicate"  # the kinds of a picture group (and of a label conflict)
 
 
-def _decodes(path: str) -> bool:
-    """Whether a film decodes, as :func:`_scan` decodes it for the audit."""
-    try:
-        read_gray(path, target=PHASH_TARGET)
-    except DecodeError:
-        return False
-    return True
+def picture_groups(paths: Sequence[str], workers: int | None = None) -> list[tuple[str, list[str]]]:
+    """Groups (>= 2 paths) of films that are one picture, each as (:data:`EXACT` when all share their bytes, else
+    :data:`NEAR`, sorted paths): a copy re-encoded, resized or converted (PNG of a JPEG) is as much the same child's
+    film as a byte copy, and would leak across a split just the same. A file that cannot be read or decoded is in
+    none (two empty or cut-short files are not one picture, and would tie unrelated patients together in a split).
+    Threads, not the audit's processes: decoding and hashing release the GIL for most of their time, and split
+    and evaluate run it in a process that holds torch's threads, where forking is unsafe."""
+    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
+        scans = list(pool.map(_scan, paths))
+    return _picture_groups([s for s in scans if "error" not in s])
+
+
+def _picture_groups(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    """:func:`picture_groups` of the files :func:`_scan` read."""
+    members: dict[int, list[dict]] = defaultdict(list)
+    for scan, component in zip(scans, _near_duplicate_components([s["phash"] for s in scans])):
+        members[int(component)].append(scan)
+    groups = [(EXACT if len({s["sha"] for s in group}) == 1 else NEAR, sorted(s["path"] for s in group))
+              for group in members.values() if len(group) > 1]
+    return sorted(groups, key=lambda g: g[1])
 
 
 def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
@@ -218,25 +217,14 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         modes[scan["mode"]] += 1
         hashed.append((rec, scan))
 
-    sha = {s["path"]: s["sha"] for s in scans if "error" not in s}  # an unreadable file is in no duplicate group
-    component = _near_duplicate_components([s["phash"] for _, s in hashed])
-    members: dict[int, list[Record]] = defaultdict(list)
-    for (rec, _), comp in zip(hashed, component):
-        members[int(comp)].append(rec)
-    near = sorted(
-        (
-            {
-                "paths": sorted(r.path for r in group),
-                "splits": sorted({_split_key(r.split) for r in group}),
-                "exact": len({sha[r.path] for r in group}) == 1,
-            }
-            for group in members.values()
-            if len(group) > 1
-        ),
-        key=lambda g: g["paths"],
-    )
-    conflicts = label_conflicts(records, [("exact duplicate" if g["exact"] else "near duplicate", g["paths"])
-                                          for g in near], layouts().get(discovery.layout))
+    sha = {s["path"]: s["sha"] for _, s in hashed}  # an unreadable file is in no duplicate group
+    splits: dict[str, set[str]] = defaultdict(set)
+    for rec, _ in hashed:
+        splits[rec.path].add(_split_key(rec.split))
+    groups = _picture_groups([s for _, s in hashed])
+    near = [{"paths": paths, "splits": sorted(set().union(*(splits[p] for p in paths))), "exact": kind == EXACT}
+            for kind, paths in groups]
+    conflicts = label_conflicts(records, groups, layouts().get(discovery.layout))
     return {
         "n_images": len(records),
         "counts": counts,

@@ -1,8 +1,9 @@
 """Patient-level train/val split.
 
 The shipped Kermany val folder has 16 images, too few to select a model on, and a random image split leaks:
-one child's films (and exact duplicate files) would land on both sides. Here the unit of assignment is a
-connected component of records that share a patient id or an exact-duplicate group. Units are visited in a
+one child's films (and copies of one film under other names) would land on both sides. Here the unit of assignment
+is a connected component of records that share a patient id or a picture group (byte copies, and near duplicates by
+pHash: a film re-encoded or resized, :func:`~pneumoscan.data.audit.picture_groups`). Units are visited in a
 seeded random order and go to val while they fit: every stratum (subtype, or the label when the subtype is
 unknown) may fill up to ``round(val_fraction * its size)`` images and no further. Counting each record of a unit
 in its own stratum copes with the many Kermany patient ids that have both bacterial and viral films (808 of
@@ -28,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import VAL_FRACTION
-from pneumoscan.data.audit import exact_duplicate_groups, label_conflicts, shared_patients
+from pneumoscan.data.audit import label_conflicts, picture_groups, shared_patients
 from pneumoscan.data.layouts import HEADER_PATIENT, LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
 
 
 def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Indices of records that must stay together: same patient, or same exact-duplicate group."""
+    """Indices of records that must stay together: same patient, or same picture group."""
     _warn_unnamed(records)
     index = {r.path: i for i, r in enumerate(records)}
     linked: dict[str, list[int]] = defaultdict(list)
@@ -177,16 +178,17 @@ def patient_folds(
 
 
 def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
-    """Everything in DATA but its test split, and its exact-duplicate groups (which must stay together). A pool
-    without a film of each class is refused (:func:`_check_classes`); label conflicts in it are warned of."""
+    """Everything in DATA but its test split, and its picture groups (copies of one film, which must stay
+    together). A pool without a film of each class is refused (:func:`_check_classes`); label conflicts in it are
+    warned of."""
     found = discover(data)
     pool = [r for r in found.records if r.split != "test"]
     if not pool:
         raise ValueError(f"{data}: no images outside test/ to split")
     _check_classes(data, pool, found)
-    duplicates = exact_duplicate_groups([r.path for r in pool])
-    _warn_conflicts(label_conflicts(pool, [("exact duplicate", g) for g in duplicates], layouts().get(found.layout)))
-    return pool, duplicates
+    groups = picture_groups([r.path for r in pool])
+    _warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))
+    return pool, [paths for _, paths in groups]
 
 
 def _check_classes(data: Path | str, pool: Sequence[Record], found: Discovery) -> None:
@@ -207,13 +209,13 @@ def _warn_conflicts(conflicts: Sequence[dict]) -> None:
     labelled, as the public dataset must stay usable, but a contradictory target harms training and validation."""
     if conflicts:
         first = conflicts[0]
-        log.warning("%d label conflict(s): a file name or an exact duplicate contradicts a label, e.g. %s (%s); "
-                    "kept as labelled: check them (`pneumoscan audit DATA` lists them all, near duplicates too)",
+        log.warning("%d label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. %s (%s); "
+                    "kept as labelled: check them (`pneumoscan audit DATA` lists them all)",
                     len(conflicts), " | ".join(map(shown, first["paths"])), first["reason"])
 
 
 def split_dataset(data: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0) -> list[Record]:
-    """Everything in DATA but its test split, divided by patient into train and val (exact duplicates together)."""
+    """Everything in DATA but its test split, divided by patient into train and val (copies of a film together)."""
     pool, duplicates = split_pool(data)
     return patient_split(pool, val_fraction, seed, duplicates)
 

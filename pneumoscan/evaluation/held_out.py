@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from pneumoscan.core.names import shown
-from pneumoscan.data.audit import exact_duplicate_groups
+from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import CARD, ENSEMBLE, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
@@ -149,9 +149,9 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
         sides["validation"] = (", on which its own temperature and threshold were chosen", all_validation - all_trained)
     for (side, (why, _)), copies in zip(sides.items(), _copies(given, [films for _, films in sides.values()])):
         if copies:
-            warn(f"{len(copies)} film(s) given to {purpose} are byte-for-byte copies of {side} films under other "
-                 f"names (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}){why}: the figures on them are "
-                 "optimistic")
+            warn(f"{len(copies)} film(s) given to {purpose} are copies of {side} films under other names, byte for "
+                 f"byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of {shown(copies[0][1])})"
+                 f"{why}: the figures on them are optimistic")
     return caveats
 
 
@@ -174,10 +174,11 @@ def check_sources_known(bundles: Sequence[Path | str], purpose: str) -> None:
 
 def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:
     """For each side's films (training, validation), (given film, the film of that side it is a copy of) for each
-    given film whose bytes one of them has: a test film copied into train/ under another name escapes every check
-    by path. Every film is hashed once, whatever the number of sides. A warning, not a refusal: a public dataset may
+    given film that is one picture with one of them (:func:`~pneumoscan.data.audit.picture_groups`): a test film
+    copied into train/ under another name, or saved again as PNG, escapes every check by path. Every film is read
+    once, whatever the number of sides. A warning, not a refusal: a public dataset may
     hold the same film twice across its own splits, and its test figures must still be measurable."""
-    groups = exact_duplicate_groups(sorted(given.union(*sides))) if any(sides) else []
+    groups = [paths for _, paths in picture_groups(sorted(given.union(*sides)))] if any(sides) else []
     found: list[list[tuple[str, str]]] = []
     for side in sides:
         found.append([])
