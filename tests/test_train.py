@@ -651,6 +651,27 @@ def test_manifest_rows_in_no_split_are_warned_about(
     assert "1 film(s) of" in caplog.text and "are in no train, val or test split" in caplog.text
 
 
+def test_a_manifest_with_training_patients_in_its_test_split_is_warned_about(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test rows are left out of training, and their patients had not been compared with the training ones: the
+    leak was said only when the test split was evaluated, after the run."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    trained = next(r for r in records if r.split == "train")
+    test = [r for r in discover(tiny_dataset).records if r.split == "test"][:3]
+    manifest = tmp_path / "split.csv"
+    write_manifest([*records, dataclasses.replace(test[0], patient=trained.patient), *test[1:]], manifest)
+    with caplog.at_level("WARNING"):
+        assert len(train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))) == len(records)
+    assert (f"1 patient(s) have films in its test split and in train or val (e.g. {trained.patient}): figures on "
+            "that test split would be optimistic") in caplog.text
+    caplog.clear()
+    write_manifest([*records, *test], manifest)
+    with caplog.at_level("WARNING"):
+        train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))
+    assert "test split" not in caplog.text
+
+
 def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Path, tmp_path: Path) -> None:
     """The run's report counts patients in its CIs as `evaluate` does on the same films, where a patient has
     several films (the three-class block too)."""

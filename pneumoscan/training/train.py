@@ -93,10 +93,15 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
         records = split_dataset(data, cfg.val_fraction, cfg.seed)
     if not {"train", "val"} <= {r.split for r in records}:
         raise ValueError("training needs records in both a 'train' and a 'val' split")
+    overlap = shared_patients(records)
+    if tested := sorted({p for pair in ("train/test", "val/test") for p in overlap.get(pair, [])}):
+        log.warning("%s: %d patient(s) have films in its test split and in train or val (e.g. %s): figures on that "
+                    "test split would be optimistic (evaluate warns of them again); keep each patient's films in one "
+                    "split", shown(cfg.split_csv), len(tested), shown(tested[0]))
     records = [r for r in records if r.split in ("train", "val")]
     # the threshold, the temperature and early stopping are chosen on val: on a patient trained on, they would
     # rest on films the model has all but seen (the default split and cv's folds keep each patient on one side)
-    if shared := shared_patients(records)["train/val"]:
+    if shared := overlap["train/val"]:
         source = shown(cfg.split_csv) if cfg.split_csv else f"{shown(data)}'s train/ and val/ folders"
         raise ValueError(f"{source}: {len(shared)} patient(s) have films in both train and val (e.g. "
                          f"{shown(shared[0])}), so validation would choose the threshold on patients trained on; "
