@@ -160,6 +160,7 @@ def test_audit_finds_duplicates_and_leakage(report: dict, tree: dict[str, Path])
     assert [g["paths"] for g in report["cross_split_near_duplicates"]] == sorted([copy_group, reencoded_group])
     assert all(g["splits"] == ["test", "train"] for g in report["cross_split_near_duplicates"])
     assert report["patient_overlap"] == {"train/test": ["IM-0001"]}
+    assert list(report["patient_examples"]) == ["IM-0001"] and len(report["patient_examples"]["IM-0001"]) == 2
 
 
 def test_picture_groups_are_the_audits_duplicates(report: dict, tree: dict[str, Path]) -> None:
@@ -394,8 +395,13 @@ def test_audit_counts_dicom_patients_and_says_what_it_could_not_check(tmp_path: 
     _picture(8, (32, 32)).save(root / "test/PNEUMONIA/scan_0002.png")
     report = audit(discover(root), workers=1)
     assert len(report["patient_overlap"]["train/test"]) == 1 and report["without_patient_id"] == 1
-    console = Console(file=io.StringIO(), width=200)
+    console = Console(file=io.StringIO(), width=400)  # long temporary paths on one line
     console.print(format_audit(report))
     text = console.file.getvalue()
     assert "patients in both train/test: 1 (dicom-" in text and "P1" not in text
+    # the digest names no file: a film of the patient on each side is shown, as the JSON gives them
+    examples = {report["patient_overlap"]["train/test"][0]: [str(root / "test/NORMAL/1.2.3.2.dcm"),
+                                                             str(root / "train/NORMAL/1.2.3.1.dcm")]}
+    assert report["patient_examples"] == examples
+    assert f"  {next(iter(examples))}: {root / 'test/NORMAL/1.2.3.2.dcm'} | {root / 'train/NORMAL/1.2.3.1.dcm'}" in text
     assert "not checked: 1 of 4 films carry no patient id" in text

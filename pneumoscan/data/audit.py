@@ -34,7 +34,8 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS, usable_cores
 from pneumoscan.data.decode import image_info, open_regular, read_gray
-from pneumoscan.data.layouts import LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict, own_patient
+from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, layouts, name_conflict,
+                                     own_patient)
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import resize, spread
 
@@ -184,6 +185,17 @@ def shared_patients(records: Sequence[Record]) -> dict[str, list[str]]:
     return {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(present, 2)}
 
 
+def _patient_examples(records: Sequence[Record], overlap: dict[str, list[str]]) -> dict[str, list[str]]:
+    """For each patient in two splits, their first film (by path) in each split they are in: an id from a DICOM
+    header is a digest (:func:`~pneumoscan.data.layouts.header_patient`), which names no file to look at."""
+    shared = {p for ids in overlap.values() for p in ids}
+    first: dict[str, dict[str, str]] = defaultdict(dict)
+    for rec in sorted(records, key=lambda r: r.path):
+        if rec.patient in shared:
+            first[rec.patient].setdefault(rec.split, rec.path)
+    return {p: list(films.values()) for p, films in sorted(first.items())}
+
+
 def audit(discovery: Discovery, workers: int | None = None) -> dict:
     """A JSON-serialisable report on ``discovery`` (see the module docstring); bad files are listed, not raised."""
     start = time.perf_counter()
@@ -236,7 +248,9 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "duplicate_groups": _groups(sha.items()),
         "near_duplicate_groups": near,
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
-        "patient_overlap": shared_patients(records),
+        "patient_overlap": (overlap := shared_patients(records)),
+        # a film of each such patient in each of its splits: a DICOM header's id is shown only as its digest
+        "patient_examples": _patient_examples(records, overlap),
         # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
         "without_patient_id": sum(map(own_patient, records)),
         "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
@@ -424,6 +438,8 @@ def format_audit(report: dict):
     for pair, ids in report["patient_overlap"].items():
         some = f" ({', '.join(map(shown, ids[:10]))}{', ...' if len(ids) > 10 else ''})" if ids else ""
         lines.append((f"patients in both {pair}: {len(ids)}{some}", bool(ids)))
+        lines += [(f"  {shown(p)}: {' | '.join(map(shown, report['patient_examples'][p]))}", True)
+                  for p in ids[:10] if p.startswith(HEADER_PATIENT)]
     if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
         lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
                       "names, a manifest's patient column or a DICOM header)", True))
