@@ -241,6 +241,21 @@ def test_a_checkpoint_restores_the_model_optimizer_counters_and_callback_states(
     assert back.optimizer.state_dict()["state"][0]["step"] == 6
 
 
+def test_two_callbacks_of_one_class_keep_their_own_states_across_a_checkpoint(tmp_path: Path) -> None:
+    """Callback states were keyed by class name: early stopping on the AUC and on the loss in one run shared a key,
+    and after --resume both held the loss's."""
+    state = stub_state(optimizer="adam")
+    on_auc, on_loss = EarlyStopping("val_auc", "max", 5), EarlyStopping("val_loss", "min", 5)
+    rows = iter([{"val_auc": 0.7, "val_loss": 1.0}, {"val_auc": 0.9, "val_loss": 0.5}, {"val_auc": 0.8, "val_loss": 0.7}])
+    fit(state, [on_auc, on_loss, Checkpoint(tmp_path / "c.pt", [on_auc, on_loss], save_checkpoint, {})],
+        torch.nn.functional.cross_entropy, lambda state, logits, targets: next(rows))
+    kept = (on_auc.state_dict(), on_loss.state_dict())
+    assert kept[0] != kept[1]
+    again = (EarlyStopping("val_auc", "max", 5), EarlyStopping("val_loss", "min", 5))
+    restore(stub_state(optimizer="adam"), load_checkpoint(tmp_path / "c.pt"), list(again), tmp_path / "c.pt")
+    assert (again[0].state_dict(), again[1].state_dict()) == kept
+
+
 def test_a_checkpoint_from_before_the_engine_resumes_its_early_stopping_and_best_weights(tmp_path: Path) -> None:
     state = stub_state()
     old = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": 1, "step": 4,

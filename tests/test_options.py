@@ -148,9 +148,9 @@ def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFix
     ({"teacher": None, "model_kwargs": {"drop_rate": 0.3}}, {"teacher": [], "model_kwargs": {"drop_rate": 0.3}}),
 ])  # fmt: skip
 def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) -> None:
-    cfg = TrainConfig.from_dict(settings)
-    got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key) for key in expected}
-    assert got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
+    for cfg in (TrainConfig.from_dict(settings), TrainConfig(**settings)):  # YAML and flags, or the library
+        got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key) for key in expected}
+        assert got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
 
 
 @pytest.mark.parametrize("settings, reason", [
@@ -197,9 +197,13 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
     ({"val_fraction": 1}, "val_fraction must be between 0 and 1, got 1"),
 ])  # fmt: skip
 def test_settings_of_another_type_or_out_of_range_are_refused(settings: dict, reason: str) -> None:
-    with pytest.raises(ValueError) as e:
-        TrainConfig.from_dict(settings)
-    assert str(e.value) == reason
+    """The same reasons for a config made in Python (``TrainConfig(batch_size="8")``, ``augment={...}``): its types
+    had been checked only when read from YAML or flags, and a wrong one failed mid-run, after the run folder was
+    cleared."""
+    for make in (TrainConfig.from_dict, lambda s: TrainConfig(**s)):
+        with pytest.raises(ValueError) as e:
+            make(settings)
+        assert str(e.value) == reason
 
 
 @pytest.mark.parametrize("text", ["epochs: [1\n", "epochs: !!python/object/apply:os.getcwd []\n"],

@@ -36,6 +36,7 @@ from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.distributed import Dist
 from pneumoscan.training.resume import config_changes
+from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 
@@ -98,6 +99,38 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
 def crash_after_first_epoch(epoch: int) -> None:
     if epoch == 0:
         raise Crash
+
+
+class StopAfter(Callback):
+    """A user's callback with state: ends training after ``epochs`` validations, counting across a resume."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.seen = epochs, []
+
+    def on_validation_end(self, state: State) -> None:
+        self.seen.append(state.row["val_auc"])
+        state.stop = state.stop or len(self.seen) >= self.epochs
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.seen = list(data["seen"])
+
+
+def test_a_users_callbacks_run_in_the_loop_and_keep_their_state_across_a_resume(tiny_dataset: Path,
+                                                                              tmp_path: Path) -> None:
+    """train() took no callbacks of the caller's: adding one meant editing the library (its make_callbacks)."""
+    cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 10})
+    stopper = StopAfter(2)
+    train(tiny_dataset, cfg, tmp_path / "run", callbacks=[stopper])
+    assert len(stopper.seen) == 2 and len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
+    with pytest.raises(Crash):
+        train(tiny_dataset, cfg, tmp_path / "resumed", on_epoch_end=crash_after_first_epoch, callbacks=[StopAfter(2)])
+    again = StopAfter(2)
+    train(tiny_dataset, cfg, tmp_path / "resumed", resume=True, callbacks=[again])
+    assert len(again.seen) == 2, "the first epoch's validation came back with the checkpoint"
+    assert len((tmp_path / "resumed" / "history.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_resume_refuses_other_settings_but_may_add_epochs(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -700,3 +733,27 @@ def test_a_model_that_cannot_be_exported_at_its_size_is_refused_before_training(
     err = capsys.readouterr().err
     assert "simple_cnn at image_size 40 cannot be exported to ONNX" in err and "Traceback" not in err
     assert not run.exists(), "refused before the split and the cache"
+
+
+def _pooled_linear(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> torch.nn.Module:
+    """A model of a user's own, as simple as one can be: no timm head (no get_classifier)."""
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(in_chans, num_classes))
+
+
+def test_a_bundle_of_a_model_not_registered_here_or_without_a_head_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A bundle of a model registered in a notebook, loaded in a fresh process, was refused as "unknown model"
+    with the nearest timm names; starting from it a model without timm's get_classifier failed with an
+    AttributeError."""
+    name = "test_pooled_linear"
+    models.register(name, mean=0.5, std=0.25)(_pooled_linear)
+    try:
+        model = models.create(name)
+        save_bundle(tmp_path / "bundle", model, BundleCard(name, "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32,
+                                                           "squash", 0.5, 0.25))
+        with pytest.raises(ValueError, match=r"Sequential has no get_classifier\(\) \(timm's name for a model's head\)"):
+            load_weights_into(models.create(name), tmp_path / "bundle")
+    finally:
+        models._REGISTRY.pop(name)
+    with pytest.raises(ValueError, match=f"its model '{name}' is not registered in this process: import the module "
+                                         "that registers it first"):
+        load_bundle(tmp_path / "bundle")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
@@ -59,6 +60,10 @@ def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     if card.model == ENSEMBLE:  # several members in one bundle
         model = EnsembleNet.from_card(card)
     else:
+        if card.model not in registry.list_models() and not timm.is_model(card.model):
+            raise ValueError(f"{directory}: its model {card.model!r} is not registered in this process: import the "
+                             "module that registers it first (a model of your own: docs/development.md, Adding a "
+                             "model)")
         model = registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
                                 image_size=card.size, **card.model_kwargs)
     try:
@@ -77,6 +82,10 @@ def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str
     card = load_card(directory)
     weights = _read_weights(directory, card)
     own = model.state_dict()
+    if not callable(getattr(model, "get_classifier", None)):
+        raise ValueError(f"{type(model).__name__} has no get_classifier() (timm's name for a model's head), which "
+                         f"starting from {directory} needs, to tell a head for another number of classes from the "
+                         "rest: give the model one that returns its last layer")
     classifier = {id(p) for p in model.get_classifier().parameters()}
     head = [name for name, p in model.named_parameters() if id(p) in classifier]
     fresh = [k for k in head if k in weights and weights[k].shape != own[k].shape]

@@ -8,7 +8,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -261,7 +262,8 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state: State) -> None:
         if state.ctx.main:
-            states = {type(cb).__name__: kept for cb in self.callbacks if (kept := cb.state_dict()) is not None}
+            states = {key: kept for key, cb in zip(state_keys(self.callbacks), self.callbacks)
+                      if (kept := cb.state_dict()) is not None}
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
@@ -279,15 +281,28 @@ def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> 
     state.t0 -= ckpt["elapsed"]
     state.history = json.loads(ckpt["history"])
     saved = callback_states(ckpt)
-    for cb in callbacks:
-        if type(cb).__name__ in saved:
-            cb.load_state_dict(saved[type(cb).__name__])
+    for key, cb in zip(state_keys(callbacks), callbacks):
+        if key in saved:
+            cb.load_state_dict(saved[key])
     if state.ctx.main:
         log.info("resuming after epoch %d (step %d) from %s", ckpt["epoch"] + 1, state.step, shown(path))
 
 
+def state_keys(callbacks: Sequence[Callback]) -> list[str]:
+    """Each callback's key in a checkpoint: its class name, with ``#2``, ``#3``, ... for the second and later of one
+    class (two early stoppings on different figures had shared one key, and a resumed run gave both the last's
+    state)."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        seen[name] += 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
 def callback_states(ckpt: dict) -> dict:
-    """Callback states by class name. A checkpoint of pneumoscan 0.1.0 kept one ``best`` record for both the best
+    """Callback states by :func:`state_keys`. A checkpoint of pneumoscan 0.1.0 kept one ``best`` record for both the best
     weights and early stopping on validation AUC."""
     if "callbacks" in ckpt:
         return ckpt["callbacks"]

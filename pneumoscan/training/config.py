@@ -103,10 +103,20 @@ class TrainConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        # every value checked against its field's type here, not only where YAML and flags are read (from_dict): a
+        # config made in Python with batch_size=2.5 or augment={...} failed in the run, after its folder was cleared
+        if self.augment is False:  # YAML also reads `off`: every augmentation off
+            self.augment = Augment.off()
+        elif isinstance(self.augment, dict):
+            self.augment = Augment(**check_fields(self.augment, Augment, "augment."))
+        self.teacher = _teachers(self.teacher)
+        for name, value in check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                                        type(self)).items():
+            setattr(self, name, value)
         # teachers and the starting bundle as the run and its bundle record them: absolute, so evaluation finds them
         # from any folder, however the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle`
         # names one, null none
-        self.teacher = [os.path.abspath(t) for t in _teachers(self.teacher)]
+        self.teacher = [os.path.abspath(t) for t in self.teacher]
         self.init = os.path.abspath(self.init) if self.init else None
         for name, path in (("split_csv", self.split_csv), ("init", self.init), *(("teacher", t) for t in self.teacher)):
             if path is not None and not is_utf8(path):
@@ -122,16 +132,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        """Settings (YAML, ``--set``, flags) as a config, each checked against its field's type and range first."""
-        data = dict(data)
-        augment, teacher = data.get("augment"), data.get("teacher")
-        if augment is False:  # YAML also reads `off`: every augmentation off
-            data["augment"] = Augment.off()
-        elif isinstance(augment, dict):
-            data["augment"] = Augment(**check_fields(augment, Augment, "augment."))
-        if teacher is None or isinstance(teacher, str):
-            data["teacher"] = _teachers(teacher)
-        return cls(**check_fields(data, cls))
+        """Settings (YAML, ``--set``, flags) as a config: a key that names no setting is refused with the nearest
+        that does (Python's own error names no alternative); values are checked where the config is made."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            look_up_option(str(key), names, "config key")
+        return cls(**data)
 
     def to_yaml(self) -> str:
         """The resolved settings as config.yaml holds them (``train --print-config``)."""

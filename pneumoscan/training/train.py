@@ -381,11 +381,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
 
 def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, run_dir: Path,
                    schedule: list[Callback], trackers: list[Callback], made: dict,
-                   on_epoch_end: Callable[[int], None] | None) -> tuple[list[Callback], list[Callback]]:
+                   on_epoch_end: Callable[[int], None] | None,
+                   extra: Sequence[Callback] = ()) -> tuple[list[Callback], list[Callback]]:
     """The run's callbacks in hook order, and those whose state a checkpoint keeps besides the model and the
     optimiser. Savers and trackers go before :class:`Checkpoint`, so an epoch it records has been saved and logged
     (a crash before it is whole makes the resumed run log that epoch again, at the same step); trackers go after
-    :class:`Finalize`, whose bundle they log."""
+    :class:`Finalize`, whose bundle they log; the caller's ``extra`` ones after those, before the checkpoint, which
+    keeps their state too."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
     run = RunFolder(run_dir)
@@ -393,12 +395,12 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
                        f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first: "
                        "lower --batch-size, add films or raise --time-budget")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
-    stateful = [*schedule, best, *average, *trackers]
+    stateful = [*schedule, best, *average, *trackers, *extra]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
     checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
                  Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])),
-                 *trackers, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
+                 *trackers, *extra, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
 
 
@@ -410,12 +412,16 @@ def train(
     on_epoch_end: Callable[[int], None] | None = None,
     log_to: Sequence[str] = (),
     tracking_uri: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train, choose temperature and threshold on validation, and write RUN_DIR/bundle. Returns the bundle path.
 
     ``resume`` continues RUN_DIR/checkpoint.pt when there is one (:func:`resume_from`), else starts from scratch.
     ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
     ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
+    ``callbacks``: your own :class:`~pneumoscan.training.engine.Callback` objects, called after the built-in ones at
+    each hook (set ``state.stop`` to end training); a checkpoint keeps the state of those whose ``state_dict``
+    returns one, and ``resume`` gives it back to the callbacks passed then.
     """
     check_recipe(cfg)
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
@@ -436,7 +442,8 @@ def train(
     d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
-    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end)
+    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
+                                         callbacks)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
     if resumed is not None:
