@@ -274,6 +274,16 @@ def toy_layout() -> Iterator[ToyLayout]:
         unregister_layout(layout.name)
 
 
+def test_a_second_layout_of_a_name_replaces_it_with_a_warning(
+    toy_layout: ToyLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As every registry does: a notebook cell that registers a layout runs again, and says it replaced one."""
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        again = register_layout(ToyLayout(), first=True)
+    assert caplog.messages == ["layout 'toy' was already registered: this registration replaces it"]
+    assert list(layouts().values())[0] is again and list(layouts()).count("toy") == 1
+
+
 def test_toy_layout_is_picked_and_its_name_rules_serve_manifests(toy_layout: ToyLayout, tmp_path: Path) -> None:
     root = tree(tmp_path / "shenzhen", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png", "CHNCXR_0002_1.png"]})
     assert list(layouts())[0] == "toy"

@@ -51,7 +51,10 @@ def test_registry_lists_project_models() -> None:
     }  # fmt: skip
 
 
-def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_adds_a_model_and_a_second_of_its_name_replaces_it_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As timm does: a notebook cell that registers a model runs again (it raised "already registered")."""
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
 
     @models.register("tiny", mean=0.4, std=0.2)
@@ -61,8 +64,10 @@ def test_register_adds_model_and_rejects_duplicates(monkeypatch: pytest.MonkeyPa
     assert "tiny" in models.list_models()
     assert models.normalization("tiny") == (0.4, 0.2)
     assert models.create("tiny", num_classes=3)(torch.randn(2, 1, 8, 8)).shape == (2, 3)
-    with pytest.raises(ValueError, match="already registered"):
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.registry"):
         models.register("tiny", mean=0.5, std=0.5)(tiny)
+    assert caplog.messages == ["model 'tiny' was already registered: this registration replaces it"]
+    assert models.normalization("tiny") == (0.5, 0.5) and models.list_models().count("tiny") == 1
 
 
 def test_normalization() -> None:

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.preprocess import TTA_VIEWS, preprocess
+from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec, preprocess
 from pneumoscan.inference.predict import (
     Predictor,
     expand_paths,
@@ -28,6 +29,7 @@ from pneumoscan.inference.predict import (
     tta_views,
 )
 from pneumoscan.core.metrics import softmax
+from pneumoscan.inference.explain import explain_array
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import BundleCard, load_card, save_card
@@ -182,6 +184,24 @@ def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None
     assert sum(out["probabilities"].values()) == pytest.approx(1.0)
     assert out["label"] == ("pneumonia" if out["probability"] >= 0.3 else "normal")
     assert out["threshold"] == 0.3
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros((100, 80), np.uint16),  # a 16-bit film: Pillow said "image has wrong mode"
+    np.zeros((1, 60, 45), np.uint8),  # a channel axis first: "Cannot handle this data type"
+    np.zeros((100, 80), np.float32),  # reported as (50, 40), after the reduction towards the model input
+    np.zeros((600, 450, 3), np.uint8),  # colour: reported as (43, 33, 3)
+], ids=["uint16", "1xHxW", "float32", "rgb"])
+def test_an_array_other_than_2d_uint8_is_refused_with_its_own_shape_and_dtype(
+    array: np.ndarray, tmp_path: Path
+) -> None:
+    predictor = Predictor(make_bundle(tmp_path / "b"))
+    said = re.escape(f"expected a grayscale image as a 2-D uint8 array (height x width, 0-255), got a {array.dtype} "
+                     f"array of shape {array.shape}")
+    for call in (predictor.predict_array, lambda a: explain_array(predictor, a), PreprocessSpec(32).apply):
+        with pytest.raises(ValueError, match=f"^{said}"):
+            call(array)
+    assert predictor.predict_array(_image(60, 45, 1))["label"] in ("NORMAL", "PNEUMONIA")  # 2-D uint8: as before
 
 
 def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) -> None:

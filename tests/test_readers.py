@@ -4,6 +4,8 @@ alone that discovery, decoding and prediction then read like any other."""
 from __future__ import annotations
 
 import io
+import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from pneumoscan.data.cache import CHUNK, build_cache
 from pneumoscan.data.decode import colour_spread, image_info, read_dicom_header, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import discover
-from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.data.scope import COLOUR_TOLERANCE, NO_TAGS, describe
 from pneumoscan.inference.predict import expand_paths, predict_paths
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -101,9 +103,13 @@ def test_magic_bytes_choose_the_reader_before_the_name(tmp_path: Path) -> None:
     assert read_gray(raw, dicom=True).shape == pixels.shape  # an upload declared as DICOM
 
 
-def test_register_replaces_by_name_and_refuses_a_nameless_reader(pgm_reader: PgmReader) -> None:
-    again = readers.register(PgmReader())
+def test_register_replaces_by_name_with_a_warning_and_refuses_a_nameless_reader(
+    pgm_reader: PgmReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.readers.base"):
+        again = readers.register(PgmReader())
     assert [r for r in readers.registered() if r.name == "PGM"] == [again]
+    assert caplog.messages == ["reader 'PGM' was already registered: this registration replaces it"]
 
     class Nameless(PgmReader):
         name = ""
@@ -179,6 +185,40 @@ def test_cache_workers_decode_with_the_sites_readers_and_limits(
     monkeypatch.setattr(shared, "MAX_PIXELS", 100)  # smaller than a 48 x 40 film
     refused = build_cache(paths, spec, tmp_path / "cache", workers=2)  # a new key: not the cache above
     assert len(refused.errors) == len(paths) and all("image too large" in e["reason"] for e in refused.errors)
+
+
+@pytest.mark.parametrize("defined_in", ["__main__", "a function"])
+def test_cache_of_a_reader_workers_cannot_load_decodes_in_this_process(
+    defined_in: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader class defined in a notebook cell or in ``python -c`` lives in a __main__ that a worker process does
+    not share (the pool broke: BrokenProcessPool), and one defined in a function cannot be pickled at all: the
+    cache decodes with it here, says why, and holds the pixels the reader gives."""
+    if defined_in == "__main__":  # pickled by reference here, not found in a worker: as in a notebook
+        cls = type("NotebookPgmReader", (PgmReader,), {"__module__": "__main__"})
+        monkeypatch.setattr(sys.modules["__main__"], cls.__name__, cls, raising=False)
+    else:
+        class LocalPgmReader(PgmReader):
+            pass
+
+        cls = LocalPgmReader
+    spec = PreprocessSpec(size=16)
+    paths = []
+    for i in range(CHUNK + 8):  # two chunks: a pool of two workers
+        paths.append(tmp_path / f"film-{i}.pgm")
+        paths[-1].write_bytes(pgm(film(seed=i)))
+    readers.register(cls())
+    try:
+        with caplog.at_level(logging.WARNING, logger="pneumoscan.data.cache"):
+            cache = build_cache(paths, spec, tmp_path / "cache", workers=2)
+        expected = np.stack([preprocess(path, **spec.to_dict()) for path in paths])
+    finally:
+        readers.unregister("PGM")
+    assert not cache.errors and cache.paths == [str(p) for p in paths]
+    assert np.array_equal(cache.images, expected)
+    [warning] = caplog.messages
+    assert warning.startswith("the image cache decodes in this process, without worker processes: the reader "
+                              f"'PGM' ({cls.__module__}.{cls.__qualname__}) cannot be ")
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -4,6 +4,7 @@ file alone, trains, evaluates, predicts (also as a second stage) and is served w
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pneumoscan import cli
+from pneumoscan.data import tasks as tasks_module
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task, get_task, list_tasks, register_task
 from pneumoscan.evaluation.evaluate import evaluate
@@ -58,9 +60,19 @@ def test_a_task_subclass_registered_with_cls_answers_with_its_own_rules() -> Non
     assert get_task(TOY).cam_class(np.zeros(2)) == 1
 
 
-def test_registration_refuses_clashes_and_incoherent_tasks() -> None:
-    with pytest.raises(ValueError, match="task 'pneumonia' is already registered"):
+def test_a_second_task_of_a_name_replaces_it_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a model does (timm's way): a notebook cell that registers a task runs again; it raised "already
+    registered". The built-in task replaced here is put back when the test ends."""
+    monkeypatch.setitem(tasks_module._TASKS, "pneumonia", get_task("pneumonia"))
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.tasks"):
         register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)
+    assert caplog.messages == ["task 'pneumonia' was already registered: this registration replaces it"]
+    assert get_task("pneumonia").classes == ("a", "b") and list_tasks().count("pneumonia") == 1
+
+
+def test_registration_refuses_incoherent_tasks() -> None:
     with pytest.raises(ValueError, match="positive class is its second class"):
         Task("bad", ("yes", "no"), "yes", _toy)
     with pytest.raises(ValueError, match="two or more distinct classes"):

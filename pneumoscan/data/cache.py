@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,36 +204,89 @@ def _decoding() -> dict:
     return {"readers": readers.registered(), "limits": [pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES]}
 
 
+class _WorkersCannotRead(Exception):
+    """Why worker processes cannot decode with this process's readers; the files are then decoded here."""
+
+
+_CANNOT_ADOPT: str | None = None  # in a worker process: why it could not take the parent's readers (_adopt)
+
+
+def _for_workers() -> dict:
+    """:func:`_decoding` with each reader pickled on its own, so that a worker can name the one it cannot load;
+    _WorkersCannotRead naming the first one that cannot even be pickled here (a class defined in a function)."""
+    decoding = _decoding()
+    pickled = []
+    for reader in decoding["readers"]:
+        who = f"the reader {reader.name!r} ({type(reader).__module__}.{type(reader).__qualname__})"
+        try:
+            pickled.append((who, pickle.dumps(reader)))
+        except Exception as e:  # whatever the reader's own pickling raises
+            raise _WorkersCannotRead(f"{who} cannot be pickled ({type(e).__name__}: {e})") from None
+    return decoding | {"readers": pickled}
+
+
 def _adopt(decoding: dict) -> None:
     """Pool initializer: a worker starts from a fresh import, so it takes the parent's readers (a site's own
-    included) and limits; otherwise the same files would decode otherwise when enough of them start a pool."""
+    included) and limits; otherwise the same files would decode otherwise when enough of them start a pool. A
+    reader class that a fresh process cannot import (one defined in a notebook cell or in ``python -c``, whose
+    __main__ a worker does not share) would break the pool if raised here, so it is kept for every task to raise."""
+    global _CANNOT_ADOPT
+    loaded = []
+    for who, blob in decoding["readers"]:
+        try:
+            loaded.append(pickle.loads(blob))
+        except Exception as e:  # whatever importing the class or the reader's own unpickling raises
+            _CANNOT_ADOPT = f"{who} cannot be loaded in a worker process ({type(e).__name__}: {e})"
+            return
     for reader in readers.registered():
         readers.unregister(reader.name)
-    for reader in decoding["readers"]:
+    for reader in loaded:
         readers.register(reader)
     pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES = decoding["limits"]
+
+
+def _decode_in_worker(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str, bool]]]:
+    """Pool task: :func:`_decode_chunk`, or _WorkersCannotRead when this worker could not take the readers."""
+    if _CANNOT_ADOPT is not None:
+        raise _WorkersCannotRead(_CANNOT_ADOPT)
+    return _decode_chunk(paths, spec)
 
 
 def _decode_all(
     paths: list[str], spec: PreprocessSpec, workers: int
 ) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str, bool]]]]]:
-    """(first row, chunk result) in completion order, with at most 2 chunks per worker in flight."""
+    """(first row, chunk result) in completion order: from worker processes when there is more than one chunk,
+    else (or when they cannot decode with this process's readers) from this process."""
     starts = range(0, len(paths), CHUNK)
     workers = min(workers, len(starts))
-    if workers <= 1:  # starting processes costs more than it saves for a single chunk
-        for start in starts:
+    done: set[int] = set()
+    if workers > 1:  # starting processes costs more than it saves for a single chunk
+        try:
+            for start, result in _decode_in_pool(paths, spec, workers, _for_workers()):
+                done.add(start)
+                yield start, result
+        except _WorkersCannotRead as e:
+            logger.warning("the image cache decodes in this process, without worker processes: %s; a reader class "
+                           "defined at the top level of an importable module decodes in them", e)
+    for start in starts:
+        if start not in done:
             yield start, _decode_chunk(paths[start : start + CHUNK], spec)
-        return
+
+
+def _decode_in_pool(
+    paths: list[str], spec: PreprocessSpec, workers: int, decoding: dict
+) -> Iterator[tuple[int, tuple[np.ndarray, list[tuple[int, str, bool]]]]]:
+    """:func:`_decode_all` by ``workers`` processes, with at most 2 chunks per worker in flight."""
     # forkserver: safe when the caller already runs threads (torch, uvicorn), unlike fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_adopt,
-                             initargs=(_decoding(),)) as pool:
-        todo = iter(starts)
+                             initargs=(decoding,)) as pool:
+        todo = iter(range(0, len(paths), CHUNK))
         pending = {}
 
         def submit() -> None:
             start = next(todo, None)
             if start is not None:
-                pending[pool.submit(_decode_chunk, paths[start : start + CHUNK], spec)] = start
+                pending[pool.submit(_decode_in_worker, paths[start : start + CHUNK], spec)] = start
 
         for _ in range(2 * workers):
             submit()

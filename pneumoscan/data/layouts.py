@@ -535,10 +535,13 @@ _LAYOUTS: list[Layout] = []
 
 
 def register_layout(layout: Layout, first: bool = False) -> Layout:
-    """Add ``layout`` (a second of the same name replaces the first). :func:`discover` tries layouts in this order,
-    so one whose folders look like another's (as Mendeley's look like Kaggle's) goes ``first``."""
+    """Add ``layout`` (a second of the same name replaces the first, with a warning, as every registry does).
+    :func:`discover` tries layouts in this order, so one whose folders look like another's (as Mendeley's look
+    like Kaggle's) goes ``first``."""
     if not layout.name:
         raise ValueError(f"{type(layout).__name__}: a layout needs a name")
+    if layout.name in layouts():
+        logger.warning("layout %r was already registered: this registration replaces it", layout.name)
     unregister_layout(layout.name)
     _LAYOUTS.insert(0 if first else len(_LAYOUTS), layout)
     return layout

@@ -38,12 +38,22 @@ def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
 
 
+def _check_gray(gray: object) -> None:
+    """ValueError unless ``gray`` is what preprocessing takes, a 2-D uint8 array, saying what was given before
+    Pillow sees it: Pillow refuses other arrays with its own words (image has wrong mode, cannot handle this data
+    type), or takes a colour one and leaves a reduced shape to report."""
+    if isinstance(gray, np.ndarray) and gray.ndim == 2 and gray.dtype == np.uint8:
+        return
+    given = f"a {gray.dtype} array of shape {gray.shape}" if isinstance(gray, np.ndarray) else type(gray).__name__
+    raise ValueError(f"expected a grayscale image as a 2-D uint8 array (height x width, 0-255), got {given}: "
+                     "pneumoscan.data.decode.read_gray decodes a file to one")
+
+
 def resize(gray: np.ndarray, size: int, policy: str = "squash") -> np.ndarray:
     """``size x size`` uint8. squash: stretch to the square; pad: keep the aspect ratio and letterbox with
     black; center-crop: scale the short side to ``size`` and cut the middle square."""
     look_up_option(policy, RESIZE_POLICIES, "resize policy")
-    if gray.ndim != 2 or gray.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 array, got {gray.dtype} {gray.shape}")
+    _check_gray(gray)
     height, width = gray.shape
     if (height, width) == (size, size):
         return gray.copy()
@@ -140,6 +150,7 @@ class PreprocessSpec:
         :attr:`decode_target` as :func:`read_gray` reduces on decoding (a no-op for an image decoded so), then
         :func:`match_source`, then resize. A film decoded in full (``read_gray(path)``, as the Python API is shown
         used) so gets the very input ``predict`` and the service give it; it scored up to 0.13 apart."""
+        _check_gray(gray)
         reduced = np.asarray(reduce(Image.fromarray(gray), self.decode_target))
         return resize(match_source(reduced, self.source_size, self.source_quality), self.size, self.policy)
 

@@ -104,11 +104,11 @@ def register_task(
     reports_pneumonia: bool = False, cls: type[Task] = Task,
 ) -> Callable[[TargetRule], TargetRule]:
     """Register the decorated ``rule(record) -> class index | None`` as task ``name`` (``cls``: a :class:`Task`
-    subclass with other rules)."""
+    subclass with other rules); a name registered before is replaced, with a warning, as a model's is."""
 
     def decorator(rule: TargetRule) -> TargetRule:
         if name in _TASKS:
-            raise ValueError(f"task {name!r} is already registered")
+            log.warning("task %r was already registered: this registration replaces it", name)
         _TASKS[name] = cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia)
         return rule
 

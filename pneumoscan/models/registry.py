@@ -40,7 +40,8 @@ _REGISTRY: dict[str, _Entry] = {}
 def register(
     name: str, *, mean: float, std: float, weights: bool = False, fixed_size: bool = False
 ) -> Callable[[Builder], Builder]:
-    """Register ``fn(num_classes, in_chans, pretrained, **kw) -> nn.Module`` under ``name``.
+    """Register ``fn(num_classes, in_chans, pretrained, **kw) -> nn.Module`` under ``name``; a name registered
+    before is replaced, with a warning, as timm does, so a notebook cell that registers a model can run again.
 
     ``mean``/``std`` normalise [0, 1] grayscale input the way the model (or its pretrained
     weights) expects, so the data pipeline can ask the registry instead of hard-coding it.
@@ -50,7 +51,7 @@ def register(
 
     def decorator(fn: Builder) -> Builder:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
+            log.warning("model %r was already registered: this registration replaces it", name)
         _REGISTRY[name] = _Entry(fn, mean, std, weights, fixed_size)
         return fn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 
 HEAD_BYTES = 132  # what a reader sees to recognise a file: DICOM's "DICM" magic sits at bytes 128-131
 SPREAD_SIDE = 64  # short side (px) of the reduced image :meth:`Reader.colour_spread` measures: enough to tell colour
+
+logger = logging.getLogger(__name__)
 
 
 class Reader(ABC):
@@ -54,11 +57,13 @@ _READERS: list[Reader] = []
 
 
 def register(reader: Reader) -> Reader:
-    """Add ``reader`` (one of a name at most: a second replaces the first, so a site can swap a built-in)."""
+    """Add ``reader`` (one of a name at most: a second replaces the first in its place, with a warning, so a site
+    can swap a built-in and a notebook cell that registers one can run again)."""
     if not reader.name:
         raise ValueError(f"{type(reader).__name__}: a reader needs a name")
     for i, known in enumerate(_READERS):
         if known.name == reader.name:
+            logger.warning("reader %r was already registered: this registration replaces it", reader.name)
             _READERS[i] = reader
             return reader
     _READERS.append(reader)
