@@ -21,10 +21,11 @@ def data_root() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     """Keep every test's preprocessing cache out of the user's home (session-wide, before other fixtures), and a
-    service key set in the shell out of the tests (those of the key set their own)."""
+    service key and a UID root set in the shell out of the tests (those of the key or the root set their own)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         mp.delenv("PNEUMOSCAN_API_KEY", raising=False)
+        mp.delenv("PNEUMOSCAN_UID_ROOT", raising=False)  # the tests that set a root set their own
         yield
 
 

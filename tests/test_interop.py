@@ -47,7 +47,8 @@ from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import model_identity, write_reports
-from pneumoscan.interop.sr import DISCLAIMER, build_sr, report_files
+from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
+from pneumoscan.interop.uids import UID_ROOT_ENV
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
@@ -383,6 +384,7 @@ def check_sc(sc: Dataset, source: Dataset, name: str, version: str, orientation:
     assert sc.DerivationDescription == f"Grad-CAM overlay by pneumoscan model {name} ({version})"
     assert "not for diagnosis" in sc.SeriesDescription and sc.get("BodyPartExamined") == source.get("BodyPartExamined")
     assert "PatientOrientation" in sc and list(sc.get("PatientOrientation") or []) == orientation
+    assert sc.ConversionType == "WSD"  # drawn by software at a workstation, not a modality's image (DI) taken in
 
 
 READING = {"probability": 0.7, "label": "PNEUMONIA", "positive": "PNEUMONIA", "threshold": 0.5, "task": "pneumonia"}
@@ -602,6 +604,21 @@ def test_api_dicom_sr(client: TestClient, film: np.ndarray, tiny_bundle: Path) -
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
              reading["label"], tiny_bundle, reading["warnings"])
+
+
+def test_api_refuses_a_report_under_an_invalid_uid_root(client: TestClient, film: np.ndarray,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(UID_ROOT_ENV, "1.2.840.x")
+    r = post(client, chest_dicom(film), format="dicom-sr")
+    assert r.status_code == 422 and "is not a valid UID root: it holds characters other than digits" in r.text
+
+
+def test_a_service_under_an_invalid_uid_root_does_not_start(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with a wrong root, the service had answered every report request with a 422, which blames the
+    client for the operator's setting."""
+    monkeypatch.setenv(UID_ROOT_ENV, "1.2.0840")
+    with pytest.raises(ValueError, match="is not a valid UID root: its component 0840 has a leading zero"):
+        create_app(tiny_bundle)
 
 
 def test_api_dicom_sr_with_heatmap_is_multipart(client: TestClient, film: np.ndarray, tiny_bundle: Path) -> None:
@@ -1361,6 +1378,81 @@ def test_films_that_share_a_sop_instance_uid_get_report_uids_of_their_own(film: 
               "another issuer of the patient id": header(film, **film_of, IssuerOfPatientID="Other Hospital")}
     for case, source in others.items():
         assert not _made_uids(source) & first, case
+
+
+ROOT = "1.2.826.0.1.3680043.10.99"  # a root of 25 characters, given without its final dot
+
+
+def _uids(ds: Dataset) -> set[str]:
+    """Every UID value in ``ds``, its File Meta and its sequences, however deep."""
+    found: set[str] = set()
+    for element in [*getattr(ds, "file_meta", Dataset()), *ds]:
+        if element.VR == "SQ":
+            found.update(*(_uids(item) for item in element.value))
+        elif element.VR == "UI" and element.value:
+            found.add(str(element.value))
+    return found
+
+
+def test_every_uid_pneumoscan_derives_is_under_the_organisations_root(film: np.ndarray,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PNEUMOSCAN_UID_ROOT set, every UID of the SR and the overlay that is not the film's, a standard one or
+    highdicom's implementation class is made under it (instance, series, tracking, device), the same on a resend;
+    the FHIR identifier, a UUID (which has no root), stays as it is without one."""
+    source = header(film)
+    unset = _made_uids(source)
+    monkeypatch.setenv(UID_ROOT_ENV, ROOT)
+    made = _made_uids(source)
+    assert made == _made_uids(source)  # a resend: the same objects
+    [identifier] = [u for u in made if u.startswith("urn:uuid:")]
+    assert made & unset == {identifier}  # a UUID is unique without a root, and a receiver keeps finding it by it
+    sr_ds, sc = (pydicom.dcmread(io.BytesIO(p)) for p in report_files(source, READING, _overlay_png(), "m-1", "v",
+                                                                        "onnx"))
+    film_uids = {source[k].value for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+    for ds, count in ((sr_ds, 4), (sc, 2)):
+        derived = {u for u in _uids(ds) - film_uids - {ds.file_meta.ImplementationClassUID}
+                   if not u.startswith("1.2.840.10008.")}
+        assert len(derived) == count and all(u.startswith(ROOT + ".") and pydicom.uid.UID(u).is_valid
+                                             and len(u) <= 64 for u in derived), derived
+    assert _device_uids(sr_ds) == [generate_uid(prefix=ROOT + ".", entropy_srcs=["m-1", "v"])]
+    monkeypatch.setenv(UID_ROOT_ENV, f" {ROOT}.\n")  # with its final dot, and a line end from a file
+    assert _made_uids(source) == made
+
+
+@pytest.mark.parametrize("root, reason", [
+    ("1.2.826.0.1.3680043.10.x", "characters other than digits and dots"),
+    ("1.2.840.0113619", "component 0113619 has a leading zero"),
+    ("1.3.6.1.4.1.99999.1.2.3.4.5.6.7.8.9", "36 characters with its final dot; at most 34 leave each UID 30 digits"),
+    ("1.2..3", "an empty component"),
+    ("3.1.4", "first component is not 0, 1 or 2"),
+    ("2.25", "2.25 is the arc of UUIDs"),
+    (" ", "is set but blank"),
+])  # fmt: skip
+def test_an_invalid_uid_root_is_refused_with_its_reason(film: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+                                                        root: str, reason: str) -> None:
+    """A root set wrong is refused with why, never replaced by pydicom's root (the reports would go out under an
+    arc the hospital did not choose); one at the longest length is taken."""
+    source = header(film)
+    monkeypatch.setenv(UID_ROOT_ENV, root)
+    for build in (lambda: build_sr(source, READING, "m-1", "v"),
+                  lambda: build_heatmap_sc(source, _overlay_png(), "m-1", "v")):
+        with pytest.raises(ValueError, match=f"^{UID_ROOT_ENV} .*{re.escape(reason)}"):
+            build()
+    longest = "1.3.6.1.4.1.99999.1.2.3.4.5.6.7.8"  # 34 characters with its final dot
+    monkeypatch.setenv(UID_ROOT_ENV, longest)
+    assert build_sr(source, READING, "m-1", "v").SOPInstanceUID.startswith(longest + ".")
+
+
+def test_predict_refuses_an_invalid_uid_root_before_reading_a_film(tiny_bundle: Path, films: dict[str, Path],
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Otherwise every film would be scored, and each report refused after it."""
+    monkeypatch.setenv(UID_ROOT_ENV, "1.2.840.0113619")
+    args = ["predict", str(tiny_bundle), str(films["in_scope"]), "--dicom-sr", str(tmp_path / "sr")]
+    assert cli.main(args) == 2
+    reason = f"{UID_ROOT_ENV} is not a valid UID root: its component 0113619 has a leading zero"
+    assert reason in capsys.readouterr().err
+    assert not (tmp_path / "sr").exists()
 
 
 def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(film: np.ndarray) -> None:

@@ -17,6 +17,8 @@ from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import model_version
 from pneumoscan.models.card import load_card
 
+from .uids import uid_root
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,9 @@ def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str
 
 
 def check_reportable(bundle: Path | str) -> None:
-    """Refuse before any film is read: SR and FHIR results state a pneumonia finding."""
+    """Refuse before any film is read: SR and FHIR results state a pneumonia finding, and an organisation's UID root
+    that is none (``$PNEUMOSCAN_UID_ROOT``) would refuse every report only once every film was scored."""
+    uid_root()
     task = load_card(bundle).task
     if not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "

@@ -13,10 +13,12 @@ No coded finding is made for an object whose scope warnings say it is no graysca
 modality, colour, a thumbnail): a scanned form's "Pneumonia: Present" filed in the patient's record would be a
 fault turned into a confident answer. Every UID of a report and overlay is derived from the film (its study, series
 and instance UIDs and its patient), the model and how it was scored (:func:`derived_uid`), so a rerun makes the same
-objects, which a PACS files once, and films of two patients that share a SOP Instance UID get objects of their own.
+objects, which a PACS files once, and films of two patients that share a SOP Instance UID get objects of their own;
+each under the organisation's UID root when one is set (:mod:`.uids`).
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
-reader must not be shown left and right that the film did not record.
+reader must not be shown left and right that the film did not record. It is a workstation's image (ConversionType
+WSD), drawn by software over the film, not a film digitized.
 
 Both objects carry the same patient and study attributes of the film (highdicom's copy of the Patient and Study
 modules, the SR's own), which are checked here first (one value; valid UIDs; a sex and
@@ -44,13 +46,15 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.appearance import WARNING as CONTENT
 from pneumoscan.data.scope import NO_CODED_FINDING
 from pneumoscan.data.tasks import get_task, list_tasks
+
+from .uids import derive_uid
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 log = logging.getLogger(__name__)
@@ -169,7 +173,7 @@ def _patient_orientation(source: Dataset) -> list[str]:
 def _device_uid(model_name: str, model_version: str) -> UID:
     """The Device Observer UID of a model: made from its name and version (its weights' digest), so a PACS sees one
     device for every report of one model, and another for other weights."""
-    return generate_uid(entropy_srcs=[model_name, model_version])
+    return derive_uid([model_name, model_version])
 
 
 def film_identity(study_uid: str, series_uid: str, sop_uid: str, source: Dataset | None) -> list[str]:
@@ -192,7 +196,7 @@ def derived_uid(film: list[str], model_name: str, model_version: str, mode: str,
     overlay, ...): the same for the same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA),
     so a rerun re-sends the objects a PACS already holds instead of filing new ones, and another film, model or mode
     files its own."""
-    return generate_uid(entropy_srcs=[_derivation(film, model_name, model_version, mode, kind)])
+    return derive_uid([_derivation(film, model_name, model_version, mode, kind)])
 
 
 def derived_uuid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
@@ -276,10 +280,13 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
     source = _checked_source(source)
     check_result(result)
     identity, scored = _source_identity(source), finding_mode(mode, result)
+    # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
+    tracking, series, instance = (derived_uid(identity, model_name, model_version, scored, kind)
+                                  for kind in ("sr-tracking", "sr-series", "sr"))
+    device = _device_uid(model_name, model_version)
     with _library_refusal():
         algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
         unit = codes.UCUM.NoUnits
-        tracking = derived_uid(identity, model_name, model_version, scored, "sr-tracking")
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking, identifier="pneumonia"),
             finding_type=PNEUMONIA,
@@ -308,8 +315,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=_device_uid(model_name, model_version), name=model_name, manufacturer_name=MANUFACTURER,
-                model_name=model_version,
+                uid=device, name=model_name, manufacturer_name=MANUFACTURER, model_name=model_version,
             ),
         )
         report = hd.sr.MeasurementReport(
@@ -319,8 +325,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
         )
         sr = hd.sr.ComprehensiveSR(
             evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER,
-            series_instance_uid=derived_uid(identity, model_name, model_version, scored, "sr-series"),
-            sop_instance_uid=derived_uid(identity, model_name, model_version, scored, "sr"), instance_number=1,
+            series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
             is_verified=False,
         )  # fmt: skip
@@ -336,6 +341,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
     source = _checked_source(source)
     identity = _source_identity(source)
+    series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
     with Image.open(io.BytesIO(overlay_png)) as im:
         rgb = np.asarray(im.convert("RGB"))
     orientation = _patient_orientation(source)
@@ -347,8 +353,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_number=SC_SERIES_NUMBER,
-            series_instance_uid=derived_uid(identity, model_name, model_version, mode, "sc-series"),
-            sop_instance_uid=derived_uid(identity, model_name, model_version, mode, "sc"), instance_number=1,
+            series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, patient_orientation=tuple(orientation) if takes else ("L", "F"),
             series_description=SC_DESCRIPTION, transfer_syntax_uid="1.2.840.10008.1.2.1",
         )  # fmt: skip
@@ -356,6 +361,8 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         # and Study modules (its evidence's): the overlay gets that same copy, so both are filed under one patient
         # and study (the issuer of the patient id, other patient ids, the accession number's issuer, ...)
         sc.copy_patient_and_study_information(source)
+        # highdicom writes DI (digital interface: a modality's image taken in); the overlay is drawn by software
+        sc.ConversionType = hd.sc.ConversionTypeValues.WSD.value
         if not takes:
             sc.PatientOrientation = orientation
         film = Dataset()

@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
+from pneumoscan.interop.uids import uid_root
 
 from .formats import ERRORS, Health, HeatmapWord, Prediction, ReportFormat, ServiceInfo, check_options
 from .guard import API_KEY_ENV, Access, Guard
@@ -40,6 +41,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         raise ValueError(f"{API_KEY_ENV} is set, but this app was given no access rules, so it would serve without "
                          "the key: pass access=Access.from_options() (the key, loopback hosts; allowed_hosts=... for "
                          f"others), or unset {API_KEY_ENV}")
+    uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
     service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits())
 
     @asynccontextmanager
