@@ -403,7 +403,7 @@ def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
     """A client that tags its requests ?patient=... had its patient data written to the access log word for word."""
     with access_lines("pneumoscan.test-access-query") as (log, stream):
         for path in ("/v1/predict?heatmap=true&patient=Doe%5EJane&accession=ACC12345&format=json", "/healthz",
-                     "/v1/predict?Doe%5EJane", "/v1/predict?format=Jane+Doe+1990-01-02"):
+                     "/v1/predict?Doe%5EJane", "/v1/predict?format=Jane+Doe+1990-01-02", "/v1/predict?heatmap=y&image=F"):
             log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", path, "1.1", 200)
     assert stream.getvalue().splitlines() == [
         '127.0.0.1:5000 - "POST /v1/predict?heatmap=true&format=json [2 other query parameter(s) not logged] '
@@ -412,6 +412,8 @@ def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
         '127.0.0.1:5000 - "POST /v1/predict [1 other query parameter(s) not logged] HTTP/1.1" 200 OK',
         # a known parameter with a value the API does not take (refused with 422): its value is not logged either
         '127.0.0.1:5000 - "POST /v1/predict?format=(not logged) HTTP/1.1" 200 OK',
+        # booleans as pydantic also reads them (y, F): values the API takes, logged as given
+        '127.0.0.1:5000 - "POST /v1/predict?heatmap=y&image=F HTTP/1.1" 200 OK',
     ]
 
 

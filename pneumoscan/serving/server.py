@@ -140,9 +140,10 @@ class AccessLog(logging.Filter):
         return True
 
 
-# the values of /v1/predict's parameters the access log writes (booleans as a query spells them, and the route's
-# words); any other is written as "(not logged)"
-LOGGED_VALUES = ("true", "false", "1", "0", "yes", "no", "on", "off", *get_args(HeatmapWord), *get_args(ReportFormat))
+# the values of /v1/predict's parameters the access log writes (booleans as a query spells them, every spelling
+# pydantic takes, and the route's words); any other is written as "(not logged)"
+LOGGED_VALUES = ("true", "false", "t", "f", "1", "0", "yes", "no", "y", "n", "on", "off", *get_args(HeatmapWord),
+                 *get_args(ReportFormat))
 
 
 class AccessLines(AccessFormatter):
