@@ -242,7 +242,7 @@ def bad_uploads(xray: bytes) -> dict[str, tuple[bytes, str, int, str]]:
         "truncated JPEG": (xray[: len(xray) // 2], "image/jpeg", 422, "truncated"),
         "truncated PNG": (png(gray)[:2000], "image/png", 422, "cannot read the image"),
         "empty upload": (b"", "image/jpeg", 400, "empty file"),
-        "decompression bomb": (png_bomb(), "image/png", 422, "too large"),
+        "decompression bomb": (png_bomb(), "image/png", 422, "pixels, over the 150,000,000 that can be read safely"),
         "DICOM without pixels": (dicom_bytes(None), "application/dicom", 422, "no pixel data"),
     }
 

@@ -60,10 +60,11 @@ def transient(error: BaseException) -> bool:
 
 
 def too_large(width: int, height: int) -> DecodeError:
-    """The refusal of an image over :data:`MAX_PIXELS` (a possible decompression bomb)."""
+    """The refusal of an image over :data:`MAX_PIXELS` (a possible decompression bomb: a small file that decodes to
+    a huge image), in words a reader of films follows."""
     return DecodeError(
-        f"image too large: {width} x {height} = {width * height:,} pixels exceeds the limit of "
-        f"{MAX_PIXELS:,} (refusing a possible decompression bomb)"
+        f"image too large: {width} x {height} = {width * height:,} pixels, over the {MAX_PIXELS:,} that can be "
+        "read safely"
     )
 
 

@@ -185,7 +185,7 @@ def _inflate(deflated: bytes) -> bytes:
         if size > pixels.MAX_DECODED_BYTES:
             raise pixels.DecodeError(
                 f"deflated DICOM dataset inflates to over {pixels.MAX_DECODED_BYTES / 2**20:,.0f} MiB from "
-                f"{len(deflated) / 2**10:,.0f} KiB (refusing a possible decompression bomb)"
+                f"{len(deflated) / 2**10:,.0f} KiB, more than can be read safely"
             )
     return zlib.decompress(deflated, -zlib.MAX_WBITS, max(size, 1))
 

@@ -95,7 +95,7 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
             im = Image.open(pixels.stream(src), formats=PIL_FORMATS)
     except Image.DecompressionBombError:
         raise pixels.DecodeError(
-            f"image too large: over {pixels.MAX_PIXELS:,} pixels (refusing a possible decompression bomb)"
+            f"image too large: over {pixels.MAX_PIXELS:,} pixels, more than can be read safely"
         ) from None
     except Image.UnidentifiedImageError:
         raise pixels.DecodeError(f"not a {formats()} image") from None
