@@ -355,3 +355,12 @@ def test_ctrl_c_during_train_is_one_line_that_says_resume_goes_on(tiny_dataset: 
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("pneumoscan train: interrupted (`train --resume` goes on from the last "
                                             "finished epoch)"), err
+
+
+def test_a_message_to_a_journal_or_a_pipe_is_one_line() -> None:
+    """rich wrapped each message at its 80 columns with trailing blanks when stderr was no terminal: a service's
+    journal or a log collector took every piece of one warning for a message of its own."""
+    script = ("import logging; from pneumoscan.core import logs; logs.configure(); "
+              "logging.getLogger('pneumoscan.x').warning('heatmaps are off until a restart: ' + 'x' * 200 + ' end')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stderr == f"WARNING  heatmaps are off until a restart: {'x' * 200} end\n"

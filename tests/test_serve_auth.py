@@ -65,7 +65,13 @@ def test_missing_or_wrong_key_is_401(locked: TestClient, xray: bytes, headers: d
         assert words in r.json()["error"]
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}])
+@pytest.mark.parametrize("headers", [
+    {"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"X-API-Key": KEY},
+    # a proxy adds the key and passes on the client's Bearer token of a hospital sign-on: the token had been checked
+    # instead of the key, and every such client refused
+    {"Authorization": "Bearer sso-token-from-the-hospital-idp", "X-API-Key": KEY},
+    {"Authorization": f"Bearer {KEY}", "X-API-Key": "another-header-of-the-proxy"},
+])  # fmt: skip
 def test_right_key_opens_the_api(locked: TestClient, xray: bytes, headers: dict) -> None:
     assert predict(locked, xray, **headers).status_code == 200
     assert locked.get("/v1/model", headers=headers).status_code == 200
@@ -96,9 +102,10 @@ def test_a_key_no_client_can_send_is_refused_and_the_environments_line_break_is_
         Access.from_options(tmp_path / "key")
     monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY + "\n")  # a secret made from a file, an env file written by echo
     assert Access.from_options().api_key == KEY
-    monkeypatch.setenv("PNEUMOSCAN_API_KEY", " \n")
-    with pytest.raises(ValueError, match="PNEUMOSCAN_API_KEY holds only blanks"):
-        Access.from_options()
+    for blank in (" \n", ""):  # PNEUMOSCAN_API_KEY= in a unit file had meant no key, with no word said
+        monkeypatch.setenv("PNEUMOSCAN_API_KEY", blank)
+        with pytest.raises(ValueError, match="PNEUMOSCAN_API_KEY is set but empty or only blanks"):
+            Access.from_options()
 
 
 # ---------------------------------------------------------------- Host allow-list

@@ -10,6 +10,7 @@ Python warnings among them as log lines.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from typing import TextIO
 
@@ -36,14 +37,32 @@ def _log_warning(message: Warning | str, category: type[Warning], filename: str,
     logging.getLogger(LOGGER).warning("%s%s", kind, message)
 
 
+class _Lines(logging.Handler):
+    """Each message as one line on ``sys.stderr`` as it is when the message comes (as rich's console writes), not
+    the stream it was at :func:`configure`, which a caller that captures stderr may since have closed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging's own rule: a message that cannot be written never stops the program
+            self.handleError(record)
+
+
 def configure(quiet: bool = False) -> None:
-    """The command line's logging: pneumoscan's messages on stderr through rich (markup off: file names are
-    printed as they are), INFO and above, WARNING and above with ``quiet``; Python warnings become such messages
-    too. Calling it again replaces the handler it added before."""
+    """The command line's logging: pneumoscan's messages on stderr, INFO and above, WARNING and above with
+    ``quiet``; Python warnings become such messages too. On a terminal through rich (markup off: file names are
+    printed as they are); elsewhere (a service's journal, a pipe, a file) one plain line a message, as rich wraps
+    at its 80 columns there and a log collector takes each piece for a message of its own. Calling it again
+    replaces the handler it added before."""
     logger = logging.getLogger(LOGGER)
     for handler in [h for h in logger.handlers if getattr(h, "_pneumoscan_cli", False)]:
         logger.removeHandler(handler)
-    handler = RichHandler(console=console, markup=False, show_time=False, show_path=False, rich_tracebacks=False)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, markup=False, show_time=False, show_path=False, rich_tracebacks=False)
+    else:
+        handler = _Lines()
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     handler._pneumoscan_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)

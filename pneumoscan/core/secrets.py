@@ -15,14 +15,14 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     started with it answered every client 401; requests refused it quoting the value)."""
     if path is not None:
         source, text = f"the {kind} file {path}", Path(path).read_text()
-    elif text := os.environ.get(env) or "":
+    elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
         source = env
     else:
         return None
     value = text.strip()
     if not value:
         raise ValueError(f"the {kind} file {path} is empty" if path is not None else
-                         f"{env} holds only blanks: set it to the {kind}, or unset it")
+                         f"{env} is set but empty or only blanks: set it to the {kind}, or unset it")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{source} holds more than one line or a control character, which no client can send in a "
                          f"header: it must hold one {kind} value")

@@ -122,9 +122,12 @@ class Guard:
         # no method is exempt: a browser's CORS preflight is answered before the guard (CORSMiddleware is outside
         # it, and only with --cors-origin), so an OPTIONS that reaches here needs the key as any other request
         if self.key is not None and not _public(path):
+            # either header may hold the key: a proxy that adds X-API-Key passes the client's own Bearer token of a
+            # hospital sign-on on, which had been checked instead and refused every such client
             auth = headers.get("authorization", "")
-            given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode("latin-1"), self.key):
+            given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "", headers.get("x-api-key", ""))
+                     if k]
+            if not any([hmac.compare_digest(k.encode("latin-1"), self.key) for k in given]):
                 reason = "a valid API key is required" if given else "an API key is required"
                 return 401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"}
         return None
