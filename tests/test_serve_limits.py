@@ -25,7 +25,8 @@ import pneumoscan.serving.service as service_module
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
-from pneumoscan.serving.server import ACCESS_LOGGER, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog, server_config
+from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog,
+                                       served_paths, server_config)
 from tests.builders import running
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
@@ -372,7 +373,8 @@ def access_lines(name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
     log = logging.getLogger(name)
     log.propagate = False
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    handler.setFormatter(AccessLines('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False,
+                                     served=("/healthz", "/v1/predict")))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
@@ -414,6 +416,23 @@ def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
         '127.0.0.1:5000 - "POST /v1/predict?format=(not logged) HTTP/1.1" 200 OK',
         # booleans as pydantic also reads them (y, F): values the API takes, logged as given
         '127.0.0.1:5000 - "POST /v1/predict?heatmap=y&image=F HTTP/1.1" 200 OK',
+    ]
+
+
+def test_the_access_log_writes_only_the_paths_the_service_answers(tiny_bundle: Path) -> None:
+    """A request for /Doe/MRN7734219 (a scanner, a mistyped link) was logged with its path as sent; the paths the
+    app answers, the page's files among them, are logged as they are."""
+    served = served_paths(create_app(tiny_bundle))
+    assert {"/", "/healthz", "/v1/predict", "/v1/model", "/static/app.js", "/static/style.css"} <= set(served)
+    config = server_config(create_app(tiny_bundle), limits=Limits())
+    assert config.log_config["formatters"]["access"]["served"] == served
+    with access_lines("pneumoscan.test-access-paths") as (log, stream):
+        for path in ("/Doe/MRN7734219", "/static/MRN7734219.png?x=1", "/healthz"):
+            log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 404)
+    assert stream.getvalue().splitlines() == [
+        f'127.0.0.1:5000 - "GET {NOT_SERVED} HTTP/1.1" 404 Not Found',
+        f'127.0.0.1:5000 - "GET {NOT_SERVED} [1 other query parameter(s) not logged] HTTP/1.1" 404 Not Found',
+        '127.0.0.1:5000 - "GET /healthz HTTP/1.1" 404 Not Found',
     ]
 
 

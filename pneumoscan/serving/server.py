@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import parse_qsl
@@ -18,6 +19,8 @@ from urllib.parse import parse_qsl
 import h11
 import uvicorn
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -146,14 +149,34 @@ LOGGED_VALUES = ("true", "false", "t", "f", "1", "0", "yes", "no", "y", "n", "on
                  *get_args(ReportFormat))
 
 
+NOT_SERVED = "(a path not served)"  # what the access log writes for a path the app does not answer
+
+
+def served_paths(app: FastAPI) -> list[str]:
+    """The paths ``app`` answers: its routes' and, under a mount of static files, each file's."""
+    paths = []
+    for route in app.routes:
+        if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            paths += [f"{route.path}/{f.name}" for f in sorted(Path(str(route.app.directory)).iterdir()) if f.is_file()]
+        else:
+            paths.append(getattr(route, "path", ""))
+    return paths
+
+
 class AccessLines(AccessFormatter):
-    """uvicorn's access line, with only the query parameters of :data:`.formats.PREDICT_OPTIONS` (a client that
-    tags its requests ``?patient=...`` would put patient data in the log), and after it how many lines like it
-    :class:`AccessLog` held back."""
+    """uvicorn's access line, with only the paths the app answers (``served``, :func:`served_paths`; any other as
+    :data:`NOT_SERVED`) and the query parameters of :data:`.formats.PREDICT_OPTIONS`: a client that tags its
+    requests ``?patient=...``, or a scanner or a mistyped link with a patient's number in the path, would put
+    patient data in the log. After the line, how many lines like it :class:`AccessLog` held back."""
+
+    def __init__(self, *args: Any, served: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.served = frozenset(served)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         client, method, full_path, version, status = record.args  # type: ignore[misc]
         path, _, query = str(full_path).partition("?")
+        path = path if path in self.served else NOT_SERVED
         pairs = parse_qsl(query, keep_blank_values=True)
         # a known parameter's value too only when it is one the API takes: ?format=Jane+Doe is refused, and not logged
         kept = [f"{k}={v if v.lower() in LOGGED_VALUES else '(not logged)'}" for k, v in pairs if k in PREDICT_OPTIONS]
@@ -168,10 +191,10 @@ class AccessLines(AccessFormatter):
         return f"{line} ({held} more like this held back)" if held else line
 
 
-def _log_config() -> dict[str, Any]:
-    """uvicorn's own logging settings, with :class:`AccessLines` writing the access log."""
+def _log_config(app: FastAPI) -> dict[str, Any]:
+    """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["access"]["()"] = AccessLines
+    config["formatters"]["access"].update({"()": AccessLines, "served": served_paths(app)})
     return config
 
 
@@ -185,7 +208,7 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, one-line,
     rate-limited failure logs and a rate-limited access log (``access_log=False`` turns it off)."""
     limits = limits or Limits()
-    kwargs.setdefault("log_config", _log_config())
+    kwargs.setdefault("log_config", _log_config(app))
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
