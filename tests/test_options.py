@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pneumoscan import cli
+from pneumoscan.core import options
 from pneumoscan.core.options import (
     BACKENDS,
     FILL_MODES,
@@ -267,3 +268,24 @@ def test_worker_pools_are_sized_by_the_cores_this_process_may_use() -> None:
     finally:
         os.sched_setaffinity(0, cpus)
     assert usable_cores() == len(cpus)
+
+
+@pytest.mark.parametrize("files, quota, cap", [
+    ({"cpu.max": "150000 100000\n"}, 1.5, 2),  # cgroup v2, docker --cpus 1.5: two decoders, not one per core
+    ({"cpu.max": "max 100000\n"}, None, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5, 1),  # cgroup v1, half a core
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, None),
+    ({"cpu.max": "garbled\n"}, None, None),
+    ({}, None, None),
+])  # fmt: skip
+def test_a_containers_cpu_quota_sizes_the_worker_pools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict,
+                                                     quota: float | None, cap: int | None) -> None:
+    """A Kubernetes CPU limit (a cgroup quota) was not seen: only the cpuset narrowed the pools, so a pod limited to
+    half a core on a 64-core node ran 64 decoders."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(options, "CGROUP", tmp_path)
+    assert options.cpu_quota() == quota
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores() == (min(cores, cap) if cap else cores)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import yaml
@@ -40,10 +42,32 @@ KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "
          list: "a list", list[str]: "a list of strings", tuple: "a list", dict: "a mapping"}
 
 
+CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup (its namespace's root), where its CPU quota is set
+
+
 def usable_cores() -> int:
-    """The cores this process may run on, which every pool of workers is sized by: ``taskset`` or a container's
-    cpuset narrows them, while ``os.cpu_count`` counts the machine's (64 decoding processes in a 2-core container)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use, which every pool of workers is sized by: ``taskset`` or a container's
+    cpuset narrows them, and so does a CPU quota (a Kubernetes CPU limit, ``docker --cpus``: :func:`cpu_quota`,
+    rounded up), while ``os.cpu_count`` counts the machine's (64 decoding processes in a 2-core container)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cpu_quota(root: Path | None = None) -> float | None:
+    """The CPUs' worth of time the cgroup at ``root`` (:data:`CGROUP`) may use (cgroup v2's cpu.max, v1's cpu.cfs_quota_us over
+    cpu.cfs_period_us), or None when it sets no quota or none can be read."""
+    root = root or CGROUP
+    try:
+        if (v2 := root / "cpu.max").exists():
+            quota, period = v2.read_text().split()[:2]
+        else:
+            quota, period = ((root / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        if quota in ("max", "-1") or float(period) <= 0:
+            return None
+        return float(quota) / float(period)
+    except (OSError, ValueError):  # no cgroup file system, or a value not as the kernel writes it
+        return None
 
 
 def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: str | None = None,
