@@ -28,6 +28,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
+from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED
 from tests.builders import SCORE_TOL, dicom_bytes, free_port, start_serve, wait_healthy
 
 MB = 2**20
@@ -453,6 +454,36 @@ def test_onnx_backend_answers_like_torch(client: TestClient, tiny_bundle: Path, 
     expected = upload(client, xray).json()
     assert got["probability"] == pytest.approx(expected["probability"], abs=1e-4)
     assert got["label"] == expected["label"] and got["heatmap"].startswith("data:image/png;base64,")
+
+
+def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny_bundle: Path, xray: bytes,
+                                                                            tmp_path: Path) -> None:
+    """/healthz said ok while the bundle's files were damaged or deleted under the running service, until a restart
+    was refused (a restart loop under an orchestrator); a bundle replaced by another was not said either. Readings
+    go on from the model checked at start; a file touched, or put back, is ok again."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with TestClient(create_app(bundle, backend="onnx")) as c:
+        before = upload(c, xray).json()
+        assert c.get("/healthz").json() == {"status": "ok", "model_id": before["model_id"]}
+        weights = (bundle / "model.safetensors").read_bytes()
+        damaged = bytearray(weights)
+        damaged[len(damaged) // 2] ^= 0xFF
+        (bundle / "model.safetensors").write_bytes(bytes(damaged))
+        health = c.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert health.json()["reason"] == BUNDLE_DAMAGED and str(tmp_path) not in health.text
+        assert upload(c, xray).json()["probability"] == before["probability"]
+        (bundle / "model.safetensors").write_bytes(weights)  # put back
+        assert c.get("/healthz").json()["status"] == "ok"
+        (bundle / "model.onnx").unlink()
+        assert c.get("/healthz").json()["reason"] == BUNDLE_DAMAGED
+        shutil.rmtree(bundle)
+        shutil.copytree(tiny_bundle, bundle)
+        assert c.get("/healthz").json()["status"] == "ok"
+        card = load_card(bundle)
+        save_card(bundle, dataclasses.replace(card, threshold=card.threshold / 2))  # another valid bundle
+        assert c.get("/healthz").json()["reason"] == BUNDLE_REPLACED
 
 
 def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bundle: Path, xray: bytes,

@@ -94,8 +94,9 @@ class ServiceInfo(ModelInfo):
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok; degraded (HTTP 200) once heatmaps are unavailable while predictions go on; "
-                        "unhealthy (HTTP 503) once a model has produced a non-finite score")
+    status: str = Field(description="ok; degraded (HTTP 200) while predictions go on, once heatmaps are unavailable "
+                        "or a bundle's files on disk changed; unhealthy (HTTP 503) once a model has produced a "
+                        "non-finite score")
     model_id: str
     reason: str | None = Field(None, description="why the service is degraded or unhealthy")
 

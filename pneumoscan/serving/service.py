@@ -16,10 +16,12 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from pneumoscan.data.decode import file_stamp
 from pneumoscan.data.scope import NO_CODED_FINDING, describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
                                           said_at_start)
+from pneumoscan.models.card import CARD, BundleCard, load_card, verify_file
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, report
@@ -33,6 +35,48 @@ logger = logging.getLogger(__name__)
 # asked for, and those files no longer hold the weights the service checked and scores with. Said without paths.
 HEATMAPS_LOST = ("heatmaps unavailable: the bundle's weights on disk are no longer those this service started with "
                  "(damaged or replaced since), so a heatmap would not explain its readings; restart the service")
+
+
+# Why /healthz says degraded when a bundle's files changed on disk after the start. Said without paths (the probe
+# needs no key); the log names the file and what is wrong with it.
+BUNDLE_DAMAGED = ("a bundle's files on disk are damaged or missing since this service started: its readings still "
+                  "come from the model checked then, but a restart would be refused; restore the bundle")
+BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: its readings still come from the model "
+                   "it started with; restart it to serve the new one")
+
+
+class OnDisk:
+    """Whether a bundle's files on disk are still those the service checked at start. Damage or a removal after the
+    start went unnoticed until a restart was refused (a restart loop under an orchestrator), and a replaced bundle
+    until a restart served other weights. Each probe stats the files; they are read again only when one changed."""
+
+    def __init__(self, directory: Path | str, card: BundleCard) -> None:
+        self.directory, self.card = Path(directory), card
+        self.names = [CARD, *card.files]
+        self.seen = self._stamps()
+        self.change: str | None = None
+
+    def _stamps(self) -> tuple[str | None, ...]:
+        return tuple(file_stamp(self.directory / name) for name in self.names)
+
+    def check(self) -> str | None:
+        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...)."""
+        if (stamps := self._stamps()) != self.seen:
+            self.seen, self.change = stamps, self._changed()
+        return self.change
+
+    def _changed(self) -> str | None:
+        try:
+            card = load_card(self.directory)
+            for name in card.files:
+                verify_file(self.directory, card, name)
+        except (ValueError, OSError) as e:
+            logger.warning("%s: %s", BUNDLE_DAMAGED, e)
+            return BUNDLE_DAMAGED
+        if card != self.card:
+            logger.warning("%s (%s)", BUNDLE_REPLACED, self.directory)
+            return BUNDLE_REPLACED
+        return None  # touched, or put back as it was
 
 
 class Service:
@@ -61,6 +105,7 @@ class Service:
         self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests and probes)
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
+        self.on_disk = [OnDisk(bundle, self.main.card), *([OnDisk(etiology, self.second.card)] if self.second else [])]
 
     def close(self) -> None:
         for stage in (self.main, self.second):
@@ -75,13 +120,13 @@ class Service:
             self.faults.append(NON_FINITE)
 
     def health(self) -> Health:
-        """unhealthy (no more predictions) after a non-finite score; degraded when heatmaps are lost but the
-        predictions still come from the model checked at start-up."""
+        """unhealthy (no more predictions) after a non-finite score; degraded when heatmaps are lost, or a bundle's
+        files on disk changed (:class:`OnDisk`), but the predictions still come from the model checked at start-up."""
         model_id = self.main.card.model_id
         if self.faults:
             return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
-        if self.heatmap_fault:
-            return Health(status="degraded", model_id=model_id, reason=self.heatmap_fault)
+        if reason := self.heatmap_fault or next(filter(None, (disk.check() for disk in self.on_disk)), None):
+            return Health(status="degraded", model_id=model_id, reason=reason)
         return Health(status="ok", model_id=model_id)
 
     def info(self) -> ServiceInfo:
