@@ -187,6 +187,8 @@ def upload_one(page: Page, path: Path) -> None:
 
 
 def drag(page: Page, dx: float, dy: float, shift: bool = False) -> None:
+    """Drag from the film's centre, scrolled into view as a reader would (the mouse reaches no further)."""
+    page.locator("#view").evaluate("e => e.scrollIntoView({block: 'center'})")
     box = page.locator("#view").bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     if shift:
@@ -261,6 +263,9 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
         expect(legend).not_to_contain_text("read as negative")
     assert page.evaluate("() => legendText({label: 'NORMAL', positive: 'PNEUMONIA'})").endswith(negative)
     assert "evidence for PNEUMONIA" in page.get_attribute("#view", "aria-description")
+    # and said once in the polite region as it appears: the legend's caveat was never announced
+    expect(page.locator("#status")).to_have_text(f"Heatmap shown: {page.inner_text('#legend-text')}")
+    expect(page.locator("#status")).to_contain_text("where the model looked, not where disease is")
     page.screenshot(path=tmp_path / "4-heatmap.png", full_page=True)
     page.locator("#opacity").fill("100")  # the map alone: every pixel is a viridis colour, never jet's
     lut = np.array(page.evaluate("() => Array.from(VIRIDIS)")).reshape(256, 3)
@@ -294,7 +299,8 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     files = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in paths]
     files[0]["name"] = "=cmd.jpeg"  # a spreadsheet would run it as a formula
     page.set_input_files("#file", files=files)
-    expect(page.locator("#status")).to_have_text("3 films analysed.")
+    expect(page.locator("#status")).to_have_text("3 films: 3 read, 0 rejected.")
+    expect(page.locator("#error")).to_be_hidden()
     drop_file(page, tagged_dicom, "scan.dcm", "application/dicom")
     expect(page.locator("#films tbody tr")).to_have_count(4)
     expect(page.locator("#film")).to_contain_text("4 years")
@@ -351,13 +357,28 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     mark = page.evaluate("""() => { const s = getComputedStyle(document.getElementById('bar-threshold'));
         return [s.backgroundColor, s.boxShadow]; }""")
     outline = re.match(r"rgb\(\d+, \d+, \d+\)", mark[1]).group(0)
-    fills = page.evaluate("""() => ['fill', 'fill positive', 'fill negative', 'fill out-of-scope'].map((name) => {
+    fills = page.evaluate("""() => ['fill', 'fill positive', 'fill negative', 'fill out-of-scope',
+        'fill indeterminate'].map((name) => {
         const e = document.createElement('div'); e.className = name; document.body.append(e);
         const colour = getComputedStyle(e).backgroundColor; e.remove(); return colour; })""")
     track = page.evaluate("() => getComputedStyle(document.getElementById('bar')).backgroundColor")
     assert all(contrast(outline, fill) >= 3 for fill in fills), (mark, fills)
     assert contrast(mark[0], track) >= 3, (mark, track)
-    named = [("textbox", "API key"), ("button", "choose X-ray files"), ("combobox", "window preset"),
+    # the empty track itself was 1.23:1 against the panel: its border marks where the bar ends (1.4.11)
+    border, panel = page.evaluate("""() => [getComputedStyle(document.getElementById('bar')),
+        getComputedStyle(document.getElementById('result'))].map((s, i) => i ? s.backgroundColor
+        : [s.borderTopWidth, s.borderTopStyle, s.borderTopColor])""")
+    assert border[0] == "1px" and border[1] == "solid" and contrast(border[2], panel) >= 3, (border, panel)
+    # the file control's name starts with the words it shows ("Choose Files"), so a speech command finds it (2.5.3)
+    expect(page.get_by_role("button", name=re.compile(r"^Choose Files\b"))).to_have_count(1)
+    # every landmark is told apart by its name: the work area and the list were "films" and "Films"
+    expect(page.get_by_role("region", name="films")).to_have_count(1)
+    names = page.evaluate("""() => [...document.querySelectorAll('section[aria-label], section[aria-labelledby]')]
+        .map((e) => (e.getAttribute('aria-label') || document.getElementById(e.getAttribute('aria-labelledby'))
+        .textContent).trim().toLowerCase())""")
+    assert len(names) == len(set(names)) >= 2, names
+    named = [("textbox", "API key"), ("button", "Choose Files: chest X-rays"), ("region", "Upload and reading"),
+             ("combobox", "window preset"),
              ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
              ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
              ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),
@@ -447,7 +468,7 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
             page.goto(url)
             expect(page.locator("#card")).to_contain_text("bacteria / virus")
             page.set_input_files("#file", paths)
-            expect(page.locator("#status")).to_have_text("4 films analysed.")
+            expect(page.locator("#status")).to_have_text("4 films: 4 read, 0 rejected.")
             expect(page.locator("#etiology-column")).to_be_visible()
             rows = [r.locator("td").all_inner_texts() for r in page.locator("#films tbody tr").all()]
             assert {r[1] for r in rows} == {"NORMAL", "PNEUMONIA"}, rows
@@ -512,7 +533,11 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
         r, g, b = map(int, re.findall(r"\d+", colour)[:3])
         assert max(r, g, b) - min(r, g, b) < 40, colours
     expect(page.locator("#probability")).to_contain_text("P(PNEUMONIA) = ")
-    expect(page.locator("#status")).to_contain_text("Outside the model's scope: this reading does not apply.")
+    # announced without the label and probability: said aloud they sounded as if they applied
+    n = len(page.locator("#warnings li").all())
+    said = f"{n} scope warning{'s say' if n > 1 else ' says'} why."
+    expect(page.locator("#status")).to_have_text(f"Outside the model's scope: this reading does not apply. {said}")
+    assert label not in page.inner_text("#status") and "probability" not in page.inner_text("#status")
     page.screenshot(path=tmp_path / "out-of-scope.png", full_page=True)
 
     drop_file(page, tagged_dicom, "chest.dcm", "application/dicom")
@@ -606,10 +631,13 @@ def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, sma
 def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Browser, tiny_bundle: Path, small: Path,
                                                                     tmp_path: Path) -> None:
     """The bar shows where a threshold chosen on other validation films would fall, and a reading inside that range
-    says it could have been read either way (the list and its CSV too)."""
+    says it could have been read either way (the list and its CSV too). The reading itself says so, in neither red
+    nor green (a bold red PNEUMONIA inside the band looked as sure as a clear one, an amber line below its only
+    qualifier), and so does its announcement; a key under the bar says in words what its mark and hatching are."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     save_card(bundle, dataclasses.replace(load_card(bundle), threshold_interval=[0.0, 1.0]))
+    threshold = load_card(bundle).threshold
     server = run_server(create_app(bundle))
     url = next(server)
     try:
@@ -621,10 +649,82 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
         page.set_input_files("#file", small)
         expect(page.locator("#result")).to_be_visible()
         expect(page.locator("#near")).to_be_visible()
-        expect(page.locator("#near")).to_contain_text("Near the threshold: a threshold chosen on other validation "
-                                                      "films like the model's could lie anywhere from 0.000 to 1.000")
+        expect(page.locator("#near")).to_have_text("Too close to the threshold to call: treat as indeterminate. A "
+                                                   "threshold chosen on other validation films could lie anywhere "
+                                                   "from 0.000 to 1.000.")
         expect(page.locator("#bar-band")).to_be_visible()
-        expect(page.locator("#status")).to_contain_text("near the threshold")
+        label = page.evaluate("() => current.result.label")
+        expect(page.locator("#label")).to_have_text(f"{label}, near the threshold: indeterminate")
+        colours = page.evaluate("""() => [getComputedStyle(document.getElementById('label')).color,
+            getComputedStyle(document.getElementById('label')).fontWeight,
+            getComputedStyle(document.getElementById('bar-fill')).backgroundColor]""")
+        for colour in (colours[0], colours[2]):  # neutral: neither a finding's red nor no finding's green
+            r, g, b = map(int, re.findall(r"\d+", colour)[:3])
+            assert max(r, g, b) - min(r, g, b) < 40, colours
+        assert int(colours[1]) < 700, colours  # not bold as a clear reading is
+        expect(page.locator("#status")).to_have_text(re.compile(
+            rf"^Reading: {label}, near the threshold: indeterminate, probability [01]\.\d{{3}}, threshold "))
+        assert page.get_attribute("#bar", "aria-valuetext").startswith(page.inner_text("#label"))
+        expect(page.locator("#films tbody td").nth(1)).to_have_text(f"{label} (near the threshold)")
+        # the key: the mark and the hatching had their meaning only in tooltips
+        expect(page.locator("#bar-key")).to_be_visible()
+        expect(page.locator("#bar-key")).to_have_text(f"threshold {threshold:.3f}; hatched: where a threshold chosen "
+                                                      "on other films could fall, 0.000 to 1.000")
+        # without a band there is nothing to key: the threshold is in the numbers below the bar
+        page.evaluate("() => { thresholdInterval = null; showResult(current); }")
+        expect(page.locator("#bar-key")).to_be_hidden()
+        expect(page.locator("#bar-band")).to_be_hidden()
         context.close()
     finally:
         server.close()
+
+
+def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: Path, tmp_path: Path) -> None:
+    """At 375 and 320 px the page scrolled sideways after an upload (the films table held the column wide) and the
+    reading was cut off at the right (WCAG 1.4.10): the column narrows, the table scrolls inside its panel."""
+    context = browser.new_context(viewport={"width": 375, "height": 812})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        expect(page.locator("#intended-use")).not_to_be_empty()
+        upload_one(page, full_size)
+        expect(page.locator("#list")).to_be_visible()
+        for width in (375, 320):
+            page.set_viewport_size({"width": width, "height": 812})
+            page.wait_for_function(f"() => document.documentElement.clientWidth === {width}")
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+            for selector in ("#result", ".readout", "#label", "#bar", "#list", "#drop"):
+                box = page.locator(selector).bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, selector, box)
+            # and nothing in the reading runs past its own box (a long file name in the film's title did)
+            spilled = page.evaluate("""() => [...document.querySelectorAll('#result *')]
+                .filter((e) => e.clientWidth && e.scrollWidth > e.clientWidth + 1).map((e) => e.id || e.tagName)""")
+            assert not spilled, (width, spilled)
+            page.screenshot(path=tmp_path / f"w{width}.png", full_page=True)
+    finally:
+        context.close()
+
+
+def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
+    """Three films at once, two refused: each reading's announcement was overtaken by the next "Analysing 2 of 3",
+    the refusals were only rows of the list, and "3 films analysed." read as three readings. The last word counts
+    them, and with a refusal it is an alert."""
+    page.set_input_files("#file", files=[
+        {"name": small.name, "mimeType": "image/jpeg", "buffer": small.read_bytes()},
+        {"name": "report.png", "mimeType": "image/png", "buffer": b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n" * 20},
+        {"name": "empty.png", "mimeType": "image/png", "buffer": b""},
+    ])
+    alert = page.get_by_role("alert")
+    expect(alert).to_have_text("3 films: 1 read, 2 rejected: see the list.")
+    expect(page.locator("#status")).to_be_empty()  # said once, as the alert
+    expect(page.locator("#result")).to_be_visible()  # the film read stays on screen
+    expect(page.locator("#films tbody tr", has_text="rejected: ")).to_have_count(2)
+    # a batch all read is said in the polite region, and the alert goes
+    page.set_input_files("#file", [small, small])
+    expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    expect(page.locator("#error")).to_be_hidden()
+    # a film read outside the model's scope is counted apart: its reading does not apply
+    page.evaluate("() => batchSummary(4, { read: 1, outside: 2, rejected: 1 })")
+    expect(alert).to_have_text("4 films: 3 read (2 outside the model's scope: their readings do not apply), "
+                               "1 rejected: see the list.")

@@ -129,17 +129,27 @@ function reading(r) {
 // Why a reading is near the threshold, in numbers when the card gives them.
 function nearText() {
   const where = thresholdInterval
-    ? ` could lie anywhere from ${figure(thresholdInterval[0])} to ${figure(thresholdInterval[1])}` : " could differ";
-  return `Near the threshold: a threshold chosen on other validation films like the model's${where}, so this film ` +
-    "could have been read either way.";
+    ? ` A threshold chosen on other validation films could lie anywhere from ${figure(thresholdInterval[0])} to ` +
+      `${figure(thresholdInterval[1])}.` : "";
+  return `Too close to the threshold to call: treat as indeterminate.${where}`;
 }
 
-// Said in the polite live region when a reading arrives: the result panel itself is not announced.
+// The reading as the result panel says it: a label near the threshold is qualified in its own words, not only
+// in the paragraph below.
+function labelText(r) {
+  return r.in_scope && r.near_threshold ? `${r.label}, near the threshold: indeterminate` : r.label;
+}
+
+// Said in the polite live region when a reading arrives: the result panel itself is not announced. Out of scope,
+// the label and probability are left out: they do not apply, and said aloud they sound as if they did.
 function announcement(r) {
   const n = r.warnings.length;
-  return `${r.in_scope ? "" : "Outside the model's scope: this reading does not apply. "}Reading: ${r.label}, ` +
-    `probability ${figure(r.probability)}, threshold ${figure(r.threshold)}` +
-    `${r.near_threshold ? ", near the threshold" : ""}, ${n} scope warning${n === 1 ? "" : "s"}.`;
+  const warnings = `${n} scope warning${n === 1 ? "" : "s"}`;
+  if (!r.in_scope) {
+    return `Outside the model's scope: this reading does not apply. ${warnings} say${n === 1 ? "s" : ""} why.`;
+  }
+  return `Reading: ${labelText(r)}, probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ` +
+    `${warnings}.`;
 }
 
 // What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py).
@@ -171,21 +181,25 @@ function showResult(film) {
   $("error").hidden = true;
   $("status").textContent = announcement(r);
   const positive = r.label === r.positive;
-  const look = !r.in_scope ? "out-of-scope" : positive ? "positive" : "negative";
-  $("label").textContent = r.label;
+  const look = !r.in_scope ? "out-of-scope" : r.near_threshold ? "indeterminate" : positive ? "positive" : "negative";
+  $("label").textContent = labelText(r);
   $("label").className = look;
   $("bar-fill").style.width = pct(r.probability);
   $("bar-fill").className = `fill ${look}`;
   $("bar-threshold").style.left = pct(r.threshold);
   $("bar-band").hidden = !thresholdInterval;
+  $("bar-key").hidden = !thresholdInterval;  // without a band the mark is the threshold the numbers below give
   if (thresholdInterval) {
     $("bar-band").style.left = pct(thresholdInterval[0]);
     $("bar-band").style.width = pct(thresholdInterval[1] - thresholdInterval[0]);
+    $("key-threshold").textContent = figure(r.threshold);
+    $("key-band").textContent = `${figure(thresholdInterval[0])} to ${figure(thresholdInterval[1])}`;
   }
   $("near").hidden = !r.near_threshold;
   $("near").textContent = r.near_threshold ? nearText() : "";
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
-  $("bar").setAttribute("aria-valuetext", `${r.label}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
+  $("bar").setAttribute("aria-valuetext",
+    `${labelText(r)}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
   $("probability").textContent =
     `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
   const e = r.etiology;
@@ -442,6 +456,8 @@ $("heatmap-button").addEventListener("click", async () => {
   $("heatmap-toggle").checked = true;
   heatControls();
   compose();
+  // what the map is, said once as it appears: the legend beside it is not announced
+  $("status").textContent = `Heatmap shown: ${$("legend-text").textContent}`;
   $("heatmap-toggle").focus();  // the button disabled itself: focus would fall to the page's start
 });
 $("heatmap-toggle").addEventListener("change", () => { heatControls(); compose(); });
@@ -534,6 +550,7 @@ async function analyse(files) {
   if (!batch.length) return;
   films.push(...batch);
   renderList();
+  const outcome = { read: 0, outside: 0, rejected: 0 };
   for (const [n, film] of batch.entries()) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
@@ -543,10 +560,28 @@ async function analyse(files) {
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
     renderList();
+    outcome[!body.ok ? "rejected" : body.result.in_scope ? "read" : "outside"] += 1;
     if (body.ok) showResult(film);
     else if (batch.length === 1) showError(`Rejected: ${film.error}`);
   }
-  $("status").textContent = batch.length > 1 ? `${batch.length} films analysed.` : $("status").textContent;
+  if (batch.length > 1) batchSummary(batch.length, outcome);
+}
+
+// After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
+// and a refusal is only a row of the list. With a refusal it is said as an alert (the error box); the film on
+// screen, if any, stays.
+function batchSummary(count, { read, outside, rejected }) {
+  const apart = outside === 1 ? "its reading does not apply" : "their readings do not apply";
+  const message = `${count} films: ${read + outside} read` +
+    `${outside ? ` (${outside} outside the model's scope: ${apart})` : ""}, ${rejected} rejected` +
+    `${rejected ? ": see the list" : ""}.`;
+  if (!rejected) {
+    $("status").textContent = message;
+    return;
+  }
+  $("status").textContent = "";
+  $("error").textContent = message;
+  $("error").hidden = false;
 }
 
 // ---- the list of films: sortable, exportable ----
