@@ -110,7 +110,7 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     assert page.is_checked("#heatmap-toggle")
     page.uncheck("#heatmap-toggle")
     expect(page.locator("#legend")).to_be_hidden()
-    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
+    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
 
     # a rejected file gives a clear message and hides the old result
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an X-ray\n" * 10}])
@@ -141,7 +141,7 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     expect(page.locator("#warnings")).to_contain_text("Scope: BodyPartExamined not recorded")  # scored, but flagged
     drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
     expect(page.locator("#caption")).to_be_empty()
-    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: scope not checked"])
+    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
     # every film is listed, the refused ones with their reason
     expect(page.locator("#films tbody tr")).to_have_count(8)
     expect(page.locator("#films tbody tr", has_text="rejected: ")).to_have_count(4)

@@ -1564,7 +1564,10 @@ def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key
         with pytest.raises(ValueError, match="holds more than one line") as refused:
             read_authorization(tmp_path / "auth" if source == "file" else None)
         assert "t0ken" not in str(refused.value)
-    monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "")
+    monkeypatch.setenv("PNEUMOSCAN_PACS_AUTH", "")  # set but empty, as a unit file writes it: refused as the key is
+    with pytest.raises(ValueError, match="PNEUMOSCAN_PACS_AUTH is set but empty or only blanks"):
+        read_authorization()
+    monkeypatch.delenv("PNEUMOSCAN_PACS_AUTH")
     assert read_authorization() is None
 
 

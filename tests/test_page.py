@@ -114,7 +114,7 @@ def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_di
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A CT slice was read "PNEUMONIA 0.999" like any film while format=dicom-sr refused it: in_scope says the
     reading does not apply, by the same rule (scope.NO_CODED_FINDING) on the answer's final warnings, so a kind of
-    warning added to both later counts too. A JPEG's "scope not checked" and an in-scope DICOM stay in scope."""
+    warning added to both later counts too. A JPEG's "no DICOM tags" and an in-scope DICOM stay in scope."""
     ct = dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS)
     jpeg = full_size.read_bytes()
     with TestClient(create_app(tiny_bundle)) as client:
@@ -128,7 +128,7 @@ def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_di
     assert slice_["in_scope"] is False and slice_["probability"] >= 0 and slice_["label"]  # the number is kept
     assert any(w.startswith("Modality CT is not a radiograph") for w in slice_["warnings"])
     assert refused.status_code == 422 and "no coded finding" in refused.json()["error"]
-    assert photo["in_scope"] is True and "no DICOM tags: scope not checked" in photo["warnings"]
+    assert photo["in_scope"] is True and "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years" in photo["warnings"]
 
     # a new kind of warning, added to the list and to the rule: out of scope without another change here
     import pneumoscan.serving.service as service

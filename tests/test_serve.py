@@ -170,7 +170,7 @@ def test_magic_bytes_win_over_a_dcm_name(client: TestClient, xray: bytes, conten
     refused as 'a DICOM without pixel data'."""
     r = upload(client, png(read_gray(xray)), content_type, "scan.dcm")
     assert r.status_code == 200, r.text
-    assert r.json()["warnings"] == ["no DICOM tags: scope not checked"]
+    assert r.json()["warnings"] == ["no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"]
 
 
 @pytest.mark.parametrize("which", ["xray", "full_size_xray"])

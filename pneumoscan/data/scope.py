@@ -35,7 +35,9 @@ AGE_RANGE_YEARS = (0.5, 6.0)
 # The films on disk in train/ are 224 px; an image with a shorter side than that is enlarged, not reduced, and is
 # more likely a thumbnail or a screen grab than a radiograph.
 MIN_SIDE = 224
-NO_TAGS = "no DICOM tags: scope not checked"
+# a JPEG's or PNG's warning: modality, body part, view and age, which a DICOM film's tags are checked for, said in
+# words a reader of films takes in at once ("scope not checked" had left them to guess what was not checked)
+NO_TAGS = "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"
 # Grey levels (of 255) by which a JPEG's or PNG's colour channels may differ (Reader.colour_spread: 99th percentile
 # on the image block-averaged to 64 px) and it still be taken for a grey film. The 5,216 films of the Kermany
 # train/ folder, all stored as RGB JPEGs, measure 0 (val/'s 16 are grey JPEGs); JPEG's chroma noise on grey
