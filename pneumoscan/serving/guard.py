@@ -122,8 +122,8 @@ class Guard:
         # no method is exempt: a browser's CORS preflight is answered before the guard (CORSMiddleware is outside
         # it, and only with --cors-origin), so an OPTIONS that reaches here needs the key as any other request
         if self.key is not None and not _public(path):
-            # either header may hold the key: a proxy that adds X-API-Key passes the client's own Bearer token of a
-            # hospital sign-on on, which had been checked instead and refused every such client
+            # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
+            # hospital sign-on's) on beside it
             auth = headers.get("authorization", "")
             given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "", headers.get("x-api-key", ""))
                      if k]
