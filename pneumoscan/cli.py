@@ -264,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.dicom_sr or args.fhir:
         from pneumoscan.interop.reports import check_reportable
 
-        check_reportable(args.bundle)
+        check_reportable(args.bundle, dicom=bool(args.dicom_sr))
     rows = predict_paths(
         args.bundle, args.paths, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
         etiology=args.etiology, heatmap_dir=args.heatmaps, progress=True, skipped=skipped,

@@ -1453,6 +1453,9 @@ def test_predict_refuses_an_invalid_uid_root_before_reading_a_film(tiny_bundle: 
     reason = f"{UID_ROOT_ENV} is not a valid UID root: its component 0113619 has a leading zero"
     assert reason in capsys.readouterr().err
     assert not (tmp_path / "sr").exists()
+    # FHIR alone derives no UID (its identifier is a UUID): a wrong root does not stop it
+    assert cli.main(["predict", str(tiny_bundle), str(films["in_scope"]), "--fhir", str(tmp_path / "fhir")]) == 0
+    assert len(list((tmp_path / "fhir").glob("*.fhir.json"))) == 1
 
 
 def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(film: np.ndarray) -> None:

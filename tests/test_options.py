@@ -231,6 +231,13 @@ def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:
         TrainConfig.from_dict({"task": "pneumona"})
     assert TrainConfig(teacher="runs/a/bundle").teacher == [os.path.abspath("runs/a/bundle")]
     assert TrainConfig(teacher=None).teacher == TrainConfig(teacher="").teacher == []
+    # paths and a tuple, as Python callers give them, are the text YAML holds (not refused as another type)
+    cfg = TrainConfig(init=Path("runs/a/bundle"), teacher=(Path("runs/t/bundle"), "runs/u/bundle"),
+                      split_csv=Path("runs/a/split.csv"))
+    assert (cfg.init, cfg.teacher, cfg.split_csv) == (os.path.abspath("runs/a/bundle"),
+                                                     [os.path.abspath("runs/t/bundle"), os.path.abspath("runs/u/bundle")],
+                                                     "runs/a/split.csv")
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
 def test_a_wrong_setting_is_refused_before_the_run_folder_is_touched(tiny_dataset: Path, tmp_path: Path,
@@ -289,3 +296,24 @@ def test_a_containers_cpu_quota_sizes_the_worker_pools(tmp_path: Path, monkeypat
     assert options.cpu_quota() == quota
     cores = len(os.sched_getaffinity(0))
     assert usable_cores() == (min(cores, cap) if cap else cores)
+
+
+def test_the_quota_of_a_systemd_units_own_cgroup_is_read(tmp_path: Path) -> None:
+    """A unit's CPUQuota= sets cpu.max in its own cgroup below the root, which /proc/self/cgroup names; only the
+    root's (a container's) had been read."""
+    unit = tmp_path / "system.slice" / "pneumoscan.service"
+    unit.mkdir(parents=True)
+    (unit / "cpu.max").write_text("50000 100000\n")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/system.slice/pneumoscan.service\n")
+    assert options.cpu_quota(tmp_path, membership) == 0.5
+    membership.write_text("0::/\n")  # a container's namespace: its own cgroup is the root
+    assert options.cpu_quota(tmp_path, membership) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "system.slice").mkdir(parents=True)
+    for folder, quota in ((v1 / "cpu", "-1"), (v1 / "cpu" / "system.slice", "150000")):
+        (folder / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        (folder / "cpu.cfs_period_us").write_text("100000\n")
+    membership.write_text("9:name=systemd:/\n4:cpu,cpuacct:/system.slice\n")
+    assert options.cpu_quota(v1, membership) == 1.5

@@ -314,3 +314,15 @@ def test_an_interrupted_int8_export_leaves_the_earlier_one_whole(int8_bundle: Pa
     film = next((tiny_dataset / "test").rglob("*.jpeg"))
     [row] = predict_paths(bundle, [film], backend="onnx-int8")  # the earlier export still reads
     assert "label" in row, row
+
+
+def test_a_touched_int8_bundle_stays_ok_in_the_health_probe(int8_bundle: Path, tmp_path: Path) -> None:
+    """/healthz compared the card on disk with the one the INT8 Predictor carries (the sidecar's threshold and
+    figures), so a chmod or a backup tool's touch of bundle.json read as a bundle replaced."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    with TestClient(create_app(bundle, backend="onnx-int8")) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        (bundle / "bundle.json").chmod(0o600)
+        (bundle / "bundle.json").touch()
+        assert client.get("/healthz").json()["status"] == "ok"

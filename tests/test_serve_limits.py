@@ -426,6 +426,9 @@ def test_the_access_log_writes_only_the_paths_the_service_answers(tiny_bundle: P
     assert {"/", "/healthz", "/v1/predict", "/v1/model", "/static/app.js", "/static/style.css"} <= set(served)
     config = server_config(create_app(tiny_bundle), limits=Limits())
     assert config.log_config["formatters"]["access"]["served"] == served
+    # served under a root path (uvicorn's root_path), as uvicorn then logs every path
+    config = server_config(create_app(tiny_bundle), limits=Limits(), root_path="/ai")
+    assert config.log_config["formatters"]["access"]["served"] == ["/ai" + path for path in served]
     with access_lines("pneumoscan.test-access-paths") as (log, stream):
         for path in ("/Doe/MRN7734219", "/static/MRN7734219.png?x=1", "/healthz"):
             log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 404)

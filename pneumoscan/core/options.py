@@ -12,7 +12,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,19 +54,40 @@ def usable_cores() -> int:
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
 
-def cpu_quota(root: Path | None = None) -> float | None:
-    """The CPUs' worth of time the cgroup at ``root`` (:data:`CGROUP`) may use (cgroup v2's cpu.max, v1's cpu.cfs_quota_us over
-    cpu.cfs_period_us), or None when it sets no quota or none can be read."""
+def cpu_quota(root: Path | None = None, membership: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPUs' worth of time this process's cgroup may use: cgroup v2's cpu.max, or v1's cpu.cfs_quota_us over
+    cpu.cfs_period_us, in the cgroup ``membership`` names under ``root`` (:data:`CGROUP`; a systemd unit's
+    ``CPUQuota=`` on the host), else at ``root`` itself (a container's namespace shows its own cgroup there). None
+    when no quota is set or none can be read."""
     root = root or CGROUP
+    own = {"v2": "", "v1": ""}  # this process's cgroup path in each hierarchy, from /proc/self/cgroup
     try:
-        if (v2 := root / "cpu.max").exists():
-            quota, period = v2.read_text().split()[:2]
-        else:
-            quota, period = ((root / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        for line in membership.read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                own["v2"] = path.lstrip("/")
+            elif "cpu" in controllers.split(","):
+                own["v1"] = path.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    for v2 in dict.fromkeys([root / own["v2"] / "cpu.max", root / "cpu.max"]):
+        if v2.exists():
+            return _quota(lambda: v2.read_text().split()[:2])
+    for v1 in dict.fromkeys([root / "cpu" / own["v1"], root / "cpu"]):
+        if (v1 / "cpu.cfs_quota_us").exists():
+            return _quota(lambda: [(v1 / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")])
+    return None
+
+
+def _quota(read: Callable[[], list[str]]) -> float | None:
+    """quota / period from ``read()``'s two texts; None for no quota ("max", -1) or values not as the kernel
+    writes them."""
+    try:
+        quota, period = read()
         if quota in ("max", "-1") or float(period) <= 0:
             return None
         return float(quota) / float(period)
-    except (OSError, ValueError):  # no cgroup file system, or a value not as the kernel writes it
+    except (OSError, ValueError):
         return None
 
 

@@ -300,7 +300,7 @@ def predict_study(
     rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
     others, each named in a warning. ``authorization``: the Authorization header value (:func:`read_authorization`);
     user:password in ``url`` is HTTP Basic instead."""
-    check_reportable(bundle)
+    check_reportable(bundle, dicom=store)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
     root, session = _session(url, authorization)

@@ -28,10 +28,12 @@ def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str
     return load_card(bundle).model_id, model_version(bundle, backend)
 
 
-def check_reportable(bundle: Path | str) -> None:
-    """Refuse before any film is read: SR and FHIR results state a pneumonia finding, and an organisation's UID root
-    that is none (``$PNEUMOSCAN_UID_ROOT``) would refuse every report only once every film was scored."""
-    uid_root()
+def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
+    """Refuse before any film is read: SR and FHIR results state a pneumonia finding, and, for ``dicom`` objects, an
+    organisation's UID root that is none (``$PNEUMOSCAN_UID_ROOT``) would refuse every one only once every film was
+    scored (a FHIR Observation's identifier is a UUID, under no root)."""
+    if dicom:
+        uid_root()
     task = load_card(bundle).task
     if not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "
@@ -55,7 +57,7 @@ def write_reports(
     report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier."""
     from . import fhir, sr
 
-    check_reportable(bundle)
+    check_reportable(bundle, dicom=sr_dir is not None)
     card = load_card(bundle)
     name, version = model_identity(bundle, backend)  # the backend that scored the rows
     mode = scoring_mode(backend, tta)

@@ -37,7 +37,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     one. Security headers are always sent; /docs and /redoc are off (they load scripts from a CDN), the schema is at
     /openapi.json. With ``$PNEUMOSCAN_API_KEY`` set and no ``access``, the app is refused: it would serve without
     the key its operator set (``access=Access.from_options()`` applies it)."""
-    if access is None and os.environ.get(API_KEY_ENV):
+    if access is None and os.environ.get(API_KEY_ENV) is not None:  # set, even empty: Access refuses an empty one
         raise ValueError(f"{API_KEY_ENV} is set, but this app was given no access rules, so it would serve without "
                          "the key: pass access=Access.from_options() (the key, loopback hosts; allowed_hosts=... for "
                          f"others), or unset {API_KEY_ENV}")
@@ -85,8 +85,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
     async def healthz() -> Health | JSONResponse:
-        # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread
-        health = service.health()
+        # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (a
+        # bundle changed on disk is read in a thread of its own: OnDisk)
+        health = await service.health()
         if health.status != "unhealthy":  # degraded still answers predictions: a balancer keeps sending them
             return health
         return JSONResponse(health.model_dump(exclude_none=True), status_code=503)

@@ -191,10 +191,12 @@ class AccessLines(AccessFormatter):
         return f"{line} ({held} more like this held back)" if held else line
 
 
-def _log_config(app: FastAPI) -> dict[str, Any]:
-    """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log."""
+def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
+    """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log; uvicorn logs a path
+    with the ``root_path`` it is served under (as the guard strips it before routing)."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["access"].update({"()": AccessLines, "served": served_paths(app)})
+    served = [root_path.rstrip("/") + path for path in served_paths(app)]
+    config["formatters"]["access"].update({"()": AccessLines, "served": served})
     return config
 
 
@@ -208,7 +210,7 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, one-line,
     rate-limited failure logs and a rate-limited access log (``access_log=False`` turns it off)."""
     limits = limits or Limits()
-    kwargs.setdefault("log_config", _log_config(app))
+    kwargs.setdefault("log_config", _log_config(app, kwargs.get("root_path", "")))
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),

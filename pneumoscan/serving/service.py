@@ -21,7 +21,7 @@ from pneumoscan.data.scope import NO_CODED_FINDING, describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
                                           said_at_start)
-from pneumoscan.models.card import CARD, BundleCard, load_card, verify_file
+from pneumoscan.models.card import CARD, load_card, verify_file
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, report
@@ -50,19 +50,21 @@ class OnDisk:
     start went unnoticed until a restart was refused (a restart loop under an orchestrator), and a replaced bundle
     until a restart served other weights. Each probe stats the files; they are read again only when one changed."""
 
-    def __init__(self, directory: Path | str, card: BundleCard) -> None:
-        self.directory, self.card = Path(directory), card
-        self.names = [CARD, *card.files]
+    def __init__(self, directory: Path | str) -> None:
+        # the card as the files hold it (a Predictor's may carry the INT8 sidecar's threshold and figures instead)
+        self.directory, self.card = Path(directory), load_card(directory)
+        self.names = [CARD, *self.card.files]
         self.seen = self._stamps()
         self.change: str | None = None
 
     def _stamps(self) -> tuple[str | None, ...]:
         return tuple(file_stamp(self.directory / name) for name in self.names)
 
-    def check(self) -> str | None:
-        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...)."""
+    async def check(self) -> str | None:
+        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...). The
+        files are read in a thread: a probe's event loop must not wait on hashing a large bundle."""
         if (stamps := self._stamps()) != self.seen:
-            self.seen, self.change = stamps, self._changed()
+            self.seen, self.change = stamps, await asyncio.to_thread(self._changed)
         return self.change
 
     def _changed(self) -> str | None:
@@ -105,7 +107,7 @@ class Service:
         self.in_flight = Counter[str]()  # requests in the service per lane (also read by tests and probes)
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
-        self.on_disk = [OnDisk(bundle, self.main.card), *([OnDisk(etiology, self.second.card)] if self.second else [])]
+        self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
 
     def close(self) -> None:
         for stage in (self.main, self.second):
@@ -119,13 +121,14 @@ class Service:
         if not self.faults:
             self.faults.append(NON_FINITE)
 
-    def health(self) -> Health:
+    async def health(self) -> Health:
         """unhealthy (no more predictions) after a non-finite score; degraded when heatmaps are lost, or a bundle's
         files on disk changed (:class:`OnDisk`), but the predictions still come from the model checked at start-up."""
         model_id = self.main.card.model_id
         if self.faults:
             return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
-        if reason := self.heatmap_fault or next(filter(None, (disk.check() for disk in self.on_disk)), None):
+        changes = [change for disk in self.on_disk if (change := await disk.check())]
+        if reason := self.heatmap_fault or next(iter(changes), None):
             return Health(status="degraded", model_id=model_id, reason=reason)
         return Health(status="ok", model_id=model_id)
 

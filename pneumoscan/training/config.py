@@ -109,7 +109,9 @@ class TrainConfig:
             self.augment = Augment.off()
         elif isinstance(self.augment, dict):
             self.augment = Augment(**check_fields(self.augment, Augment, "augment."))
-        self.teacher = _teachers(self.teacher)
+        # a tuple of teachers, or pathlib paths, as the library's callers give them: the text YAML reads
+        self.teacher = [_text(t) for t in _teachers(self.teacher)]
+        self.init, self.split_csv = _text(self.init), _text(self.split_csv)
         for name, value in check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
                                         type(self)).items():
             setattr(self, name, value)
@@ -144,9 +146,16 @@ class TrainConfig:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
 
-def _teachers(value: str | list[str] | None) -> list[str]:
-    """``teacher`` as a list: ``teacher: runs/a/bundle`` names one, null (or nothing) none."""
-    return ([value] if value else []) if value is None or isinstance(value, str) else value
+def _text(value: object) -> object:
+    """A path (``pathlib.Path``) as the text a config holds; any other value as it is, for check_fields to judge."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _teachers(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list:
+    """``teacher`` as a list: ``teacher: runs/a/bundle`` (or a path) names one, null (or nothing) none."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return [value] if value else []
+    return list(value)
 
 
 def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
