@@ -168,6 +168,7 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
     ({"init": 3}, "init must be a string or null, got 3"),
     ({"model_kwargs": None}, "model_kwargs must be a mapping, got None"),
     ({"teacher": [5]}, "teacher must be a list of strings, got [5]"),
+    ({"teacher": 5}, "teacher must be a list of strings, got 5"),
     ({"augment": None}, "augment must be a group of settings, got None"),
     ({"augment": {"hflip": "yes"}}, "augment.hflip must be true or false, got 'yes'"),
     ({"augment": {"noise": "4%"}}, "augment.noise must be a number, got '4%'"),

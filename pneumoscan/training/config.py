@@ -110,7 +110,7 @@ class TrainConfig:
         elif isinstance(self.augment, dict):
             self.augment = Augment(**check_fields(self.augment, Augment, "augment."))
         # a tuple of teachers, or pathlib paths, as the library's callers give them: the text YAML reads
-        self.teacher = [_text(t) for t in _teachers(self.teacher)]
+        self.teacher = _teachers(self.teacher)
         self.init, self.split_csv = _text(self.init), _text(self.split_csv)
         for name, value in check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
                                         type(self)).items():
@@ -151,11 +151,12 @@ def _text(value: object) -> object:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _teachers(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list:
-    """``teacher`` as a list: ``teacher: runs/a/bundle`` (or a path) names one, null (or nothing) none."""
+def _teachers(value: object) -> object:
+    """``teacher`` as a list of texts: ``teacher: runs/a/bundle`` (or a path) names one, null (or nothing) none, a
+    tuple is a list; any other value as it is, for check_fields to refuse by name."""
     if value is None or isinstance(value, (str, os.PathLike)):
-        return [value] if value else []
-    return list(value)
+        value = [value] if value else []
+    return [_text(t) for t in value] if isinstance(value, (list, tuple)) else value
 
 
 def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
