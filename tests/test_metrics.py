@@ -240,6 +240,7 @@ def test_evaluate_binary_structure_and_json():
         "sensitivity",
         "specificity",
         "precision",
+        "npv",
         "f1",
         "threshold",
         "n",
@@ -257,7 +258,7 @@ def test_evaluate_binary_structure_and_json():
     m = binary_metrics(y, prob, 0.3)
     assert result["confusion_matrix"]["counts"] == [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
     assert result["confusion_matrix"]["normalized"][1][1] == pytest.approx(m["sensitivity"])
-    assert set(result["ci"]) == {"auc", "accuracy", "sensitivity", "specificity", "precision", "f1"}
+    assert set(result["ci"]) == {"auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"}
     roc, pr = result["curves"]["roc"], result["curves"]["pr"]
     assert 2 < len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) <= metrics.CURVE_POINTS
     assert len(pr["precision"]) == len(pr["recall"]) == metrics.CURVE_POINTS  # 500 distinct scores, thinned
@@ -738,3 +739,35 @@ def test_the_balanced_accuracy_interval_is_bca_over_patients() -> None:
     expected = metrics._bca_ci(resampled, result["balanced_accuracy"], jackknife, 0.05)
     assert result["ci"]["balanced_accuracy"] == pytest.approx(expected)
     assert expected != pytest.approx(list(np.percentile(resampled, [2.5, 97.5])))
+
+
+def test_npv_prevalence_and_patients_are_reported_beside_precision_and_the_films() -> None:
+    """A researcher publishing the figures needs the NPV (it was nowhere), the prevalence PPV and NPV hold at, and
+    how many patients the patient-counted intervals rest on (every n counted films)."""
+    y = np.r_[np.zeros(40), np.ones(30)]
+    p = np.r_[np.linspace(0.0, 0.6, 40), np.linspace(0.3, 1.0, 30)]
+    groups = [f"n{i // 2}" for i in range(40)] + [f"p{i // 3}" for i in range(30)]
+    m = metrics.evaluate_binary(y, p, 0.5, groups=groups)
+    called = p >= 0.5
+    tn, fn = int((~called & (y == 0)).sum()), int((~called & (y == 1)).sum())
+    assert m["npv"] == pytest.approx(tn / (tn + fn)) and m["at_0_5"]["npv"] == m["npv"]
+    low, high = m["ci"]["npv"]
+    assert low < m["npv"] < high <= 1
+    assert m["prevalence"] == pytest.approx(30 / 70)
+    assert m["patients"] == {"positive": 10, "negative": 20, "all": 30} and m["ci_unit"] == "patient"
+    assert metrics.evaluate_binary(y, p, 0.5)["patients"] is None  # films are the unit: no patients to count
+
+
+def test_f1_of_one_positive_patient_gets_the_bound_not_a_bootstrap() -> None:
+    """Three films of one child among 69 normal ones: resamples without the child were left out, so every resample
+    kept had the child's recall, and F1's interval (0.44-0.86) was narrower than recall's and precision's allow."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(69), np.ones(3)]
+    p = np.r_[rng.uniform(0.0, 0.6, 69), [0.7, 0.8, 0.9]]
+    groups = [f"n{i}" for i in range(69)] + ["child"] * 3
+    m = metrics.evaluate_binary(y, p, 0.5, groups=groups)
+    recall, precision = (metrics.proportion_ci(hits, units, metrics.ALPHA / 2) for hits, units in (
+        (p[y == 1] >= 0.5, np.zeros(3)), (y[p >= 0.5] == 1, np.asarray(groups)[p >= 0.5])))
+    low = 2 * recall[0] * precision[0] / (recall[0] + precision[0])
+    assert m["ci"]["f1"] == pytest.approx([low, 2 * recall[1] * precision[1] / (recall[1] + precision[1])])
+    assert m["ci"]["f1"][0] < 0.05 and m["ci"]["f1"][0] <= m["f1"] <= m["ci"]["f1"][1]

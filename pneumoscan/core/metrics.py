@@ -111,6 +111,7 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     return {
         "accuracy": _ratio(tp + tn, y.size),
         "precision": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
@@ -423,9 +424,9 @@ def threshold_metrics_ci(
     y_true: Any, prob: Any, thresholds: Sequence[float], n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
     groups: Any = None,
 ) -> list[dict[str, list[float]]]:
-    """CIs for auc, accuracy, sensitivity, specificity, precision and f1, one dict per threshold.
+    """CIs for auc, accuracy, sensitivity, specificity, precision, npv and f1, one dict per threshold.
 
-    The proportions (accuracy, sensitivity, specificity, precision) get exact Clopper-Pearson intervals from the
+    The proportions (accuracy, sensitivity, specificity, precision, npv) get exact Clopper-Pearson intervals from the
     counts, the standard of diagnostic-accuracy reporting (STARD), which stay honest at a rate of 0 or 1. AUC and
     F1 are no such proportions. AUC gets a score-type interval with its films counted as the independent cases
     they are worth (:func:`_auc_ci`).
@@ -459,9 +460,10 @@ def threshold_metrics_ci(
             f1 = np.where(n_pos > 0, 2 * tp / (tp + fp + n_pos), np.nan)
         num, den = 2.0 * (called & positive), called + positive.astype(float)  # per film
         f1_ci = _bca_ci(f1, _ratio(num.sum(), den.sum()), _ratio_jackknife(num, den, units), ALPHA)
-        if _one_value(f1) and called.any() and positive.any():
-            # every resample gave one value (a perfect call, say): F1 = 2 P R / (P + R) grows with precision P and
-            # recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
+        if (_one_value(f1) or len(np.unique(units[positive])) < 2) and called.any() and positive.any():
+            # every resample gave one value (a perfect call, say), or the positives are one patient's (resamples
+            # without them are left out, so every resample kept had that patient's recall): F1 = 2 P R / (P + R)
+            # grows with precision P and recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
             ends = zip(among(called, positive, ALPHA / 2), among(positive, called, ALPHA / 2))
             f1_ci = [_ratio(2 * recall * precision, recall + precision) if recall + precision else 0.0
                      for recall, precision in ends]
@@ -471,6 +473,7 @@ def threshold_metrics_ci(
             "sensitivity": among(called, positive),
             "specificity": among(~called, ~positive),
             "precision": among(positive, called),
+            "npv": among(~positive, ~called),
             "f1": f1_ci,
         })
     return out
@@ -665,6 +668,7 @@ def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, free: dict,
         "sensitivity": m["sensitivity"],
         "specificity": m["specificity"],
         "precision": m["precision"],
+        "npv": m["npv"],
         "f1": m["f1"],
         "threshold": m["threshold"],
         "n": m["n"],
@@ -717,9 +721,16 @@ def evaluate_binary(
         {
             "kind": "binary",
             "class_names": list(class_names),
-            "ci_unit": _unit(_patient_codes(groups, y.size)),
+            "ci_unit": _unit(codes := _patient_codes(groups, y.size)),
             "n_positive": int(y.sum()),
             "n_negative": int(y.size - y.sum()),
+            # the share of positive films, which precision and npv depend on: at another prevalence they differ
+            "prevalence": _ratio(int(y.sum()), y.size),
+            # patients a class, beside the films, when the intervals count patients (a patient may have films of
+            # both classes, so the two may add up to more than the patients)
+            "patients": None if codes is None else {"positive": int(np.unique(codes[y == 1]).size),
+                                                    "negative": int(np.unique(codes[y == 0]).size),
+                                                    "all": int(np.unique(codes).size)},
             **chosen,
             "at_0_5": half,
             "curves": curves,

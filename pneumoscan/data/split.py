@@ -57,8 +57,14 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
 
 
 def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Indices of records that must stay together: same patient, or same picture group."""
+    """Indices of records that must stay together (:func:`patient_units`), having said where patients are unknown."""
     _warn_unnamed(records)
+    return patient_units(records, duplicate_groups)
+
+
+def patient_units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Indices of records that are one patient's as far as can be told: the same patient id, or films of one
+    picture group (copies of one film under two ids are one child's), joined transitively."""
     index = {r.path: i for i, r in enumerate(records)}
     linked: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(records):

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, jsonable)
 from pneumoscan.core.names import path_text, shown
+from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
+from pneumoscan.data.split import patient_units
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.predict import Predictor, check_stages
 from pneumoscan.models.card import WEIGHTS
@@ -66,10 +69,11 @@ def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: f
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
-               tta: bool, backend: str) -> tuple[dict, np.ndarray, np.ndarray]:
+               tta: bool, backend: str, groups: Sequence[str]) -> tuple[dict, np.ndarray, np.ndarray]:
     """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
     scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
-    call. Refused when a pneumonia film's record does not say bacteria or virus."""
+    call; ``groups`` as :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not
+    say bacteria or virus."""
     second = Predictor(etiology, backend=backend)
     check_stages(first.card.task, second.card.task)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
@@ -85,7 +89,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
                          f"(e.g. {unnamed[0]}): the two stages can only be scored as three classes on films that do")
     three = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
     names = (first.card.classes[0], *second.card.classes)
-    metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=[r.patient for r in records],
+    metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=groups,
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}")
     metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
@@ -102,14 +106,30 @@ def labelled_records(
     readable = [r for r in records if r.path in read]
     warn_untyped(readable, task, "evaluation")
     records, targets = select(readable, task)
+    # films of a class the task does not read (NORMAL for etiology): left out, and said, as the figures are of the rest
+    outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
+    beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
     unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
     if not records:
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
+                         + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})" if outside else "")
                          + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
+    if outside:
+        log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
+                    beyond, shown(str(data)), task.name, ", ".join(task.classes), len(records))
     if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
         log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
                     unreadable, "; ..." if len(cache.errors) > 3 else "")
     return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+
+
+def _unit_of(units: Sequence[Sequence[int]], n: int) -> list[int]:
+    """Each of ``n`` films' unit number, from the units' lists of film indices."""
+    of = [0] * n
+    for k, unit in enumerate(units):
+        for i in unit:
+            of[i] = k
+    return of
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -239,19 +259,31 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                              "record an evaluation in the card" if add_to_card else "evaluate",
                              validation_warning=True, refuse_validation=add_to_card, int8=backend == "onnx-int8",
                              refuse_unchecked=add_to_card)
+    if add_to_card and len(set(binary_targets(targets).tolist())) < 2:
+        raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
+                         "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
     probs = predictor.probabilities(images, tta=tta)
     scores, y = predictor.positive(probs), binary_targets(targets)
-    # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient)
-    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=[r.patient for r in records])
+    # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient),
+    # and so are copies of one film under other names (one child's, filed twice)
+    copies = [paths for _, paths in picture_groups([r.path for r in records])]
+    if copies:
+        log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
+                    "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
+                    "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
+    groups = [f"unit{k}" for k in _unit_of(patient_units(records, copies), len(records))]
+    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    metrics["copies"] = copies
     metrics["unreadable"] = errors
     metrics["optimistic"] = caveats  # why these figures may flatter the model (films it chose or trained on)
+    metrics["caveats"] = card.caveats  # what the card says of its threshold and temperature (a guess, not fitted)
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["bundle_weights"] = card.files.get(WEIGHTS, "")  # ... while it holds these weights (compare checks)
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
     metrics["data"] = data_label(data, split, data_name)  # compare says which films each run's figures are on
     if etiology is not None:
         metrics["two_stage"], second_scores, two_stage_called = _two_stage(
-            predictor, scores, records, images, targets, data, split, etiology, tta, backend)
+            predictor, scores, records, images, targets, data, split, etiology, tta, backend, groups)
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     name = data_label(data, split, data_name)
     if out_dir is not None:
@@ -268,11 +300,14 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
         table = metrics["threshold_table"]
         write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
+        chosen_on = f"; chosen on {card.val_metrics['n']} films" if card.val_metrics.get("n") else ""
         header = {
             "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
-            "unreadable": len(errors), "scores": mode, "threshold": f"{threshold:.4f} ({card.threshold_policy})",
+            "unreadable": len(errors), "scores": mode,
+            "threshold": f"{threshold:.4f} ({card.threshold_policy}{chosen_on})",
             "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
-        } | ({"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
+        } | ({"caveats": " ".join(card.caveats)} if card.caveats else {}) | (
+            {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
         write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra=header, figures=True,
                      gallery=error_gallery(predictor, records, y, scores, threshold))
     if add_to_card:

@@ -1,0 +1,80 @@
+"""What evaluate makes of the set it is given: films outside the task, copies of one film, one class only, and what
+the card says of its threshold."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.models.card import load_card, save_card
+
+
+def test_an_etiology_bundle_on_normal_films_says_what_it_left_out(tiny_etiology_bundle: Path, tiny_dataset: Path,
+                                                                  tmp_path: Path, caplog) -> None:
+    """The etiology task reads pneumonia films only: a set's NORMAL films were left out without a word (a report
+    of 8 films on a set of 16), and a set of NORMAL films alone was refused as having no readable film."""
+    with caplog.at_level("WARNING"):
+        metrics = evaluate(tiny_etiology_bundle, tiny_dataset, split="test")
+    assert metrics["n"] == 8
+    assert f"8 NORMAL film(s) of {tiny_dataset} are outside the etiology task (bacteria, virus) and are left out: " \
+           "the figures are of the other 8" in caplog.text
+    normal = [r for r in discover(tiny_dataset).split("test") if r.label == "NORMAL"]
+    write_manifest(normal, tmp_path / "normal.csv")
+    with pytest.raises(ValueError, match=r"for the etiology task: 8 NORMAL film\(s\), which it does not read "
+                                         r"\(bacteria, virus\)"):
+        evaluate(tiny_etiology_bundle, tmp_path / "normal.csv")
+
+
+def test_copies_of_one_film_in_the_set_count_as_one_patient_in_the_intervals(tiny_bundle: Path, tiny_dataset: Path,
+                                                                             tmp_path: Path, caplog) -> None:
+    """The same films again under other names (no patient id) doubled n and narrowed every interval, with no
+    word said; audit found them at once."""
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    copies = []
+    for r in films:
+        copy = tmp_path / "copies" / f"copy-{Path(r.path).name}"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(r.path, copy)
+        copies.append(dataclasses.replace(r, path=str(copy), patient=str(copy)))
+    write_manifest(films, tmp_path / "films.csv")
+    write_manifest(films + copies, tmp_path / "twice.csv")
+    once = evaluate(tiny_bundle, tmp_path / "films.csv")
+    with caplog.at_level("WARNING"):
+        twice = evaluate(tiny_bundle, tmp_path / "twice.csv")
+    assert f"32 film(s) of {tmp_path / 'twice.csv'} are copies of others in it under other names" in caplog.text
+    assert len(twice["copies"]) == 16 and twice["n"] == 32
+    assert twice["ci_unit"] == "patient" and twice["patients"]["all"] == 16
+    for name in ("sensitivity", "specificity", "auc"):  # at least as wide as on the films once, not narrower
+        assert twice["ci"][name][0] <= once["ci"][name][0] and twice["ci"][name][1] >= once["ci"][name][1], name
+
+
+def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """On pneumonia films alone the card had recorded a precision of 1.0 and an F1 beside no AUC."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    sick = [r for r in discover(tiny_dataset).split("test") if r.label == "PNEUMONIA"]
+    write_manifest(sick, tmp_path / "sick.csv")
+    with pytest.raises(ValueError, match=r"--add-to-card needs films of both classes \(NORMAL and PNEUMONIA\)"):
+        evaluate(bundle, tmp_path / "sick.csv", add_to_card=True)
+    assert load_card(bundle).external_evaluations == load_card(tiny_bundle).external_evaluations
+    assert evaluate(bundle, tmp_path / "sick.csv")["n"] == len(sick)  # the report itself is still made
+
+
+def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, tiny_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    """A threshold the card calls a guess (chosen on too few positives) was reported as a plain policy, and the
+    films that chose it were not counted."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_card(bundle)
+    guess = "only 4 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20, so this threshold is a guess"
+    save_card(bundle, dataclasses.replace(card, threshold_caveat=guess))
+    metrics = evaluate(bundle, tiny_dataset, split="test", out_dir=tmp_path / "eval")
+    assert metrics["caveats"] == [guess]
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert guess in html and f"chosen on {card.val_metrics['n']} films" in html
