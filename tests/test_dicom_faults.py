@@ -516,3 +516,47 @@ def test_an_empty_window_center_counts_as_absent() -> None:
     film = phantom(lo=50, hi=200)
     data = dicom_bytes(film, bits=8, WindowCenter="", WindowWidth="")
     np.testing.assert_array_equal(read_gray(data), film)
+
+
+def _nested_private(depth: int) -> pydicom.Dataset:
+    """A private sequence nested ``depth`` deep, as a vendor's header (or an attacker) may hold."""
+    inner = pydicom.Dataset()
+    inner.add_new(0x00091001, "LO", "bottom")
+    for _ in range(depth):
+        outer = pydicom.Dataset()
+        outer.add_new(0x00090010, "LO", "VENDOR")
+        outer.add_new(0x00091002, "SQ", pydicom.Sequence([inner]))
+        outer[0x00091002].is_undefined_length = True  # read back whole, as a delimited sequence must be
+        inner.is_undefined_length_sequence_item = True
+        inner = outer
+    return inner
+
+
+def test_a_film_whose_sequences_nest_too_deep_for_a_report_is_refused_with_a_reason(tiny_bundle, data_root,
+                                                                                   tmp_path) -> None:
+    """A private sequence nested 100 deep made copying the header for the SR a RecursionError: the service
+    answered 500 (bad input never gets a 5xx), and predict --dicom-sr stopped with a traceback, losing every other
+    film's result."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan import cli
+    from pneumoscan.serving.app import create_app
+    from tests.test_interop import chest_dicom
+
+    film = read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]).astype(np.uint16) * 16
+    deep = pydicom.dcmread(io.BytesIO(chest_dicom(film)))
+    for element in _nested_private(100):
+        deep.add(element)
+    folder = tmp_path / "films"
+    folder.mkdir()
+    deep.save_as(folder / "deep.dcm")
+    (folder / "good.dcm").write_bytes(chest_dicom(film))
+    reason = "the source DICOM nests its sequences too deeply to be copied: a report cannot carry it"
+    with TestClient(create_app(tiny_bundle)) as client:
+        r = client.post("/v1/predict", files={"file": ("deep.dcm", (folder / "deep.dcm").read_bytes(),
+                                                       "application/dicom")}, params={"format": "dicom-sr"})
+    assert r.status_code == 422 and reason in r.json()["error"]
+    out = tmp_path / "results.csv"
+    assert cli.main(["predict", str(tiny_bundle), str(folder), "--dicom-sr", str(tmp_path / "sr"), "--out", str(out)]) == 0
+    assert [p.name for p in (tmp_path / "sr").iterdir()] == ["good.sr.dcm"]
+    assert reason in out.read_text()

@@ -129,7 +129,11 @@ def _checked_source(source: Dataset) -> Dataset:
         known = False
     if not known:
         raise ValueError("the source DICOM's SpecificCharacterSet names a character set DICOM does not define")
-    source = copy.deepcopy(source)
+    try:
+        source = copy.deepcopy(source)
+    except RecursionError:  # sequences nested some 80 deep (a private one, say): no report attribute is that deep
+        raise ValueError("the source DICOM nests its sequences too deeply to be copied: a report cannot carry "
+                         "it") from None
     if not _highdicom_takes(charsets):
         # ISO 2022 code extensions (Japanese, Korean: their sites' usual form), an explicit "ISO_IR 6", ...: the
         # values are decoded as the film declares and written in UTF-8, which carries every repertoire
