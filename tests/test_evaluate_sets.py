@@ -78,3 +78,22 @@ def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, 
     assert metrics["caveats"] == [guess]
     html = (tmp_path / "eval" / "report.html").read_text()
     assert guess in html and f"chosen on {card.val_metrics['n']} films" in html
+
+
+def test_a_results_file_never_hands_a_spreadsheet_a_formula(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A film given as =HYPERLINK(...).jpeg, or a manifest's patient @SUM(1+5), was written as the first characters
+    of a cell of predict's results and of predictions.csv, which a spreadsheet runs as a formula."""
+    from pneumoscan import cli
+
+    film = next(r for r in discover(tiny_dataset).split("test") if r.label == "NORMAL")
+    name = '=HYPERLINK("evil.example","open").jpeg'
+    (tmp_path / "films").mkdir()
+    shutil.copyfile(film.path, tmp_path / "films" / name)
+    monkeypatch.chdir(tmp_path / "films")
+    assert cli.main(["predict", str(tiny_bundle), name, "--out", str(tmp_path / "rows.csv")]) == 0
+    assert (tmp_path / "rows.csv").read_text().splitlines()[1].startswith('"\'=HYPERLINK(""evil.example""')
+    write_manifest([dataclasses.replace(film, patient="@SUM(1+5)", split="")], tmp_path / "m.csv")
+    evaluate(tiny_bundle, tmp_path / "m.csv", out_dir=tmp_path / "eval")
+    assert ",'@SUM(1+5)," in (tmp_path / "eval" / "predictions.csv").read_text()
+    assert discover(tmp_path / "m.csv").records[0].patient == "@SUM(1+5)"  # a manifest reads back as written

@@ -17,6 +17,16 @@ def path_text(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads a cell as a formula by (OWASP)
+
+
+def cell_text(value: object) -> object:
+    """A results file's cell as a spreadsheet shows it, never runs it: text that starts as a formula does
+    (``=HYPERLINK(...)`` in a file name, a manifest's patient column) gets a leading apostrophe, which spreadsheets
+    read as "text" and do not show. Results files only: a manifest must read back as it was written."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def shown(text: str | Path) -> str:
     """A path (or a message holding one) for display: :func:`path_text`, with every control or invisible character
     (ANSI escape, newline, bidi override) written as its escape (``\\x1b``), so it stays one line and prints

@@ -18,7 +18,7 @@ from PIL import Image
 from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, jsonable)
-from pneumoscan.core.names import path_text, shown
+from pneumoscan.core.names import cell_text, path_text, shown
 from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
@@ -112,7 +112,8 @@ def labelled_records(
     unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
     if not records:
         raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
-                         + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})" if outside else "")
+                         + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
+                            if outside else "")
                          + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
     if outside:
         log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
@@ -290,8 +291,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         called = scores >= threshold
-        rows = [{"path": path_text(r.path), "label": task.classes[t], "subtype": r.subtype,  # a results file: UTF-8
-                 "patient": path_text(r.patient), "probability": f"{p:.6f}",
+        rows = [{"path": cell_text(path_text(r.path)), "label": task.classes[t], "subtype": r.subtype,  # UTF-8, and
+                 "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
                  "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
                 for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
         if etiology is not None:

@@ -29,7 +29,7 @@ import numpy as np
 from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import path_text, shown
+from pneumoscan.core.names import cell_text, path_text, shown
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import file_stamp, read_gray
@@ -522,5 +522,5 @@ def format_results(rows: list[dict], fmt: str) -> str:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     # a list (the scope warnings) is one cell, its items joined
-    writer.writerows({k: "; ".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+    writer.writerows({k: cell_text("; ".join(v) if isinstance(v, list) else v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
