@@ -1626,3 +1626,188 @@ def test_a_film_replaced_while_it_is_read_gets_no_reading(tiny_bundle: Path, fil
     [row] = predict_paths(tiny_bundle, [path], heatmap_dir=tmp_path / "heat")
     assert row["error"] == predict.CHANGED and "probability" not in row
     assert not list((tmp_path / "heat").iterdir())
+
+
+# a hostile PACS: what pacs does with answers that are malformed, another film's, redirected, huge or endless
+
+
+@contextmanager
+def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: list[dict] | None = None,
+                  redirect: dict[str, str] | None = None) -> Iterator[str]:
+    """A DICOMweb front on ``upstream`` that answers WADO-RS of instance UID with ``wado[UID](handler)``, adds the
+    ``extra`` items to its QIDO-RS instance search, and answers a method (``GET`` for the searches, ``POST``) with
+    a 307 to ``redirect[method]``; the rest passes through. Yields the front's URL."""
+    where = urlsplit(upstream)
+    root = f"{where.scheme}://{where.netloc}"
+
+    class Front(_Quiet):
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if "GET" in (redirect or {}) and "/series/" not in path:
+                self.send_response(302)
+                self.send_header("Location", f"{redirect['GET']}{self.path}")
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
+            answer = (wado or {}).get(path.rpartition("/")[2]) if "/series/" in path else None
+            if answer is not None:
+                return answer(self)
+            if path.endswith("/instances") and extra:
+                found = httpx.get(f"{root}{self.path}", timeout=30).json()
+                body = json.dumps(found + extra if found else []).encode()  # the offset page after them: empty
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                return self.wfile.write(body)
+            answer = _pass_through(self, f"{root}{self.path}")
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def do_POST(self) -> None:
+            parts = _stow_parts(self)
+            if "POST" in (redirect or {}):
+                self.send_response(307)
+                self.send_header("Location", f"{redirect['POST']}{self.path}")
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
+            content, kind = _multipart(parts)
+            answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
+                                headers={"Content-Type": kind, "Accept": "application/dicom+json"})
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+    with serving(Front) as port:
+        yield f"http://127.0.0.1:{port}{where.path}"
+
+
+def _wado_answer(body: bytes, kind: str = "application/dicom", length: int | None = None,
+                 drip_s: float = 0.0) -> object:
+    """A WADO-RS answer of one ``kind`` part holding ``body``: with Content-Length ``length`` when given (else
+    none, the body ending with the connection), a byte every ``drip_s`` seconds when given."""
+    boundary = "hostile"
+    message = f"--{boundary}\r\nContent-Type: {kind}\r\n\r\n".encode() + body + f"\r\n--{boundary}--\r\n".encode()
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", f'multipart/related; type="{kind}"; boundary={boundary}')
+        if length is not None:
+            handler.send_header("Content-Length", str(length))
+        handler.end_headers()
+        try:
+            if not drip_s:
+                return handler.wfile.write(message)
+            for byte in message[:40]:  # the reader gives up long before
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(drip_s)
+        except OSError:  # it hung up: what is asked of it
+            pass
+
+    return answer
+
+
+def _upload(orthanc: str, data: bytes) -> Dataset:
+    assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+
+def test_a_malformed_answer_or_uid_is_that_instances_error_and_the_other_films_are_scored(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """An HTML page for one film's WADO-RS had ended `pacs` in an InvalidDicomError traceback, with no results; a
+    path for a UID in the search answer, in exit status 2."""
+    study = generate_uid()
+    good, html = (_upload(orthanc, chest_dicom(film, StudyInstanceUID=study)) for _ in range(2))
+    bad_uid = {"0020000D": {"vr": "UI", "Value": [study]}, "0020000E": {"vr": "UI", "Value": [good.SeriesInstanceUID]},
+               "00080018": {"vr": "UI", "Value": ["../../../../tmp/pwned"]}, "00080060": {"vr": "CS", "Value": ["DX"]},
+               "00280010": {"vr": "US", "Value": [256]}}  # fmt: skip
+    out = tmp_path / "pacs.json"
+    page = _wado_answer(b"<html><body>Session expired</body></html>", kind="text/html")
+    with hostile_front(f"{orthanc}/dicom-web", wado={html.SOPInstanceUID: page}, extra=[bad_uid]) as url:
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
+                         "--backend", "torch"]) == 1
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    assert "probability" in rows[good.SOPInstanceUID]
+    assert rows[html.SOPInstanceUID]["error"] == ("WADO-RS could not retrieve it: its answer's part is text/html, not "
+                                                  "application/dicom")
+    assert rows["../../../../tmp/pwned"]["error"].startswith("the PACS's search answer gives it an invalid UID")
+    assert not Path("/tmp/pwned.dcm").exists()
+
+
+def test_another_instance_than_asked_for_is_not_scored_nor_reported(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """Asked for one film, a PACS returned another study's: it was scored, and its SR filed in the study asked
+    for, the row mixing the URL of one with the UIDs of the other."""
+    study = generate_uid()
+    asked = _upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+    other = chest_dicom(film[::-1])  # another study's film, not on the PACS
+    out = tmp_path / "pacs.json"
+    with hostile_front(f"{orthanc}/dicom-web", wado={asked.SOPInstanceUID: _wado_answer(other)}) as url:
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--store", "--out", str(out),
+                         "--backend", "torch"]) == 1
+    [row] = json.loads(out.read_text())
+    assert row["sop_instance_uid"] == asked.SOPInstanceUID and "probability" not in row and "stored" not in row
+    assert row["error"] == ("WADO-RS could not retrieve it: the PACS returned another instance than asked for: not "
+                            "scored")
+    assert _held(orthanc, study) == {asked.SOPInstanceUID}  # no report filed
+
+
+def test_a_redirect_is_refused_naming_its_host_and_nothing_is_sent_there(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 307 on STOW-RS had sent the SR, patient name and ID in it, to another host; a 302 on the search was
+    followed too."""
+    study = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+    received = []
+
+    class Sink(_Quiet):
+        def do_GET(self) -> None:
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        do_POST = do_GET
+
+    with serving(Sink) as sink:
+        elsewhere = f"http://localhost:{sink}"
+        with hostile_front(f"{orthanc}/dicom-web", redirect={"POST": elsewhere}) as url:
+            row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
+        with hostile_front(f"{orthanc}/dicom-web", redirect={"GET": elsewhere}) as url:
+            assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--backend", "torch"]) == 2
+    assert received == []
+    assert row["stored"] == [] and len(row["not_stored"]) == 2
+    assert all("(HTTP 307 Temporary Redirect: the PACS redirected to localhost; redirects are not followed" in w
+               for w in row["warnings"])
+    assert "the PACS redirected to localhost; redirects are not followed" in capsys.readouterr().err
+
+
+def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 GiB WADO-RS body had grown the process to 4.4 GB, and a byte every 5 s kept it reading for ever (the
+    timeout bounds each read only). Here with a cap of 1 MiB and a deadline of 1 s."""
+    monkeypatch.setattr("pneumoscan.interop.dicomweb.MAX_INSTANCE_BYTES", 2**20)
+    monkeypatch.setattr("pneumoscan.interop.dicomweb.RETRIEVE_S", 1)
+    study = generate_uid()
+    good, declared, endless, slow = (_upload(orthanc, chest_dicom(film, StudyInstanceUID=study)) for _ in range(4))
+    answers = {declared.SOPInstanceUID: _wado_answer(b"", length=2**30),
+               endless.SOPInstanceUID: _wado_answer(bytes(2 * 2**20)),  # no length: till the connection ends
+               slow.SOPInstanceUID: _wado_answer(b"", drip_s=0.2)}
+    out = tmp_path / "pacs.json"
+    with hostile_front(f"{orthanc}/dicom-web", wado=answers) as url:
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
+                         "--backend", "torch"]) == 1
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    assert "probability" in rows[good.SOPInstanceUID]
+    assert rows[declared.SOPInstanceUID]["error"].endswith(f"its answer of {2**30} bytes is over the {2**20} a film "
+                                                           "may take")
+    assert rows[endless.SOPInstanceUID]["error"].endswith(f"its answer passed the {2**20} bytes a film may take; "
+                                                          "cut off")
+    assert "its answer took over 1 s; cut off after" in rows[slow.SOPInstanceUID]["error"]

@@ -12,7 +12,10 @@ SOP Instance UID, never by patient. Credentials (an Authorization header, or use
 it) go to the HTTP session only: never into a row, a message or a log; a URL with a query string or a fragment (a
 token there would be shown, and broke every request's URL) is refused. STOW-RS requests are sent here, not by
 dicomweb-client, so that a retry sends the whole message again and an answer is read whatever parameters its media
-type carries; a film whose request gets no answer at all is marked, and the others go on.
+type carries; a film whose request gets no answer at all is marked, and the others go on. WADO-RS is requested here
+too, so that a film's answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time (:data:`RETRIEVE_S`), checked
+to be the instance asked for, and, when it is none or malformed, that instance's error only. No redirect is
+followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and all, to another host).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import io
 import ipaddress
 import logging
 import math
+import struct
 import tempfile
 import time
 import uuid
@@ -29,19 +33,32 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import pydicom
 import requests
+import urllib3
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing)
 
 from pneumoscan.core.secrets import read_secret
+from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
 from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, write_reports
 
 log = logging.getLogger(__name__)
-TIMEOUT_S = 60  # one request to the PACS
+TIMEOUT_S = 60  # one request to the PACS: each socket read, not the whole answer
+# one film's WADO-RS answer: a film whose pixels decode to more than MAX_DECODED_BYTES is refused by the decoder,
+# and its uncompressed pixel data is that size (a compressed film's is smaller); 16 MiB more is room for the header
+# and the multipart framing. A larger answer is refused at its Content-Length, or cut off when it passes the cap
+# (a 1 GiB body had grown the process to 4.4 GB)
+MAX_INSTANCE_BYTES = MAX_DECODED_BYTES + 16 * 2**20
+RETRIEVE_S = 600  # one film's whole retrieval (a byte every 5 s had kept it going for ever): 272 MiB at ~4 Mbit/s
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+# what a malformed answer raises when read as DICOM (pydicom reads what it is given as far as it can)
+_MALFORMED = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, IndexError, struct.error,
+              urllib3.exceptions.HTTPError)
 # a busy PACS (these statuses) or a dropped connection is tried 3 times over ~3 s (waits of 1 s, then 2 s), not
 # dicomweb-client's 5 times over ~30 s; a read timeout is not tried again: the PACS had TIMEOUT_S to answer
 ATTEMPTS, FIRST_WAIT_S = 3, 1.0
@@ -150,29 +167,80 @@ def _answer(response: requests.Response) -> Dataset:
 def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.Response:
     """One STOW-RS request of ``parts`` (Part 10 files), its body built whole, so that each try sends all of it
     (dicomweb-client streams a message over 1 MB from a generator, which its first try spends: its retry after a 503
-    had sent nothing); tried again when the PACS is busy or the connection drops (:data:`ATTEMPTS`). A refusal
-    raises ``requests.HTTPError``, no answer at all another ``requests.RequestException``."""
+    had sent nothing). A refusal raises ``requests.HTTPError``, no answer at all another
+    ``requests.RequestException``."""
     boundary = uuid.uuid4().hex
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
                     for part in parts) + f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                "Accept": "application/dicom+json"}
+    return _request(session, "STOW-RS", "POST", url, data=body, headers=headers)
+
+
+def _request(session: requests.Session, what: str, method: str, url: str, **kwargs: object) -> requests.Response:
+    """``session.request``, tried again when the PACS is busy or the connection drops (:data:`ATTEMPTS`); a refusal
+    raises ``requests.HTTPError``."""
     attempt = 1
     while True:
         try:
-            response = session.post(url, data=body, headers=headers, timeout=TIMEOUT_S)
+            response = session.request(method, url, timeout=TIMEOUT_S, **kwargs)
             if attempt == ATTEMPTS or response.status_code not in _BUSY:
                 response.raise_for_status()
                 return response
+            response.close()
             why = f"HTTP {response.status_code}"
         except requests.ConnectionError as e:
             if attempt == ATTEMPTS:
                 raise
             why = type(e).__name__
         wait = FIRST_WAIT_S * 2 ** (attempt - 1)
-        log.warning("STOW-RS try %d of %d: %s; tried again in %g s", attempt, ATTEMPTS, why, wait)
+        log.warning("%s try %d of %d: %s; tried again in %g s", what, attempt, ATTEMPTS, why, wait)
         time.sleep(wait)
         attempt += 1
+
+
+def _retrieve(session: requests.Session, url: str) -> Dataset:
+    """The instance at ``url`` (WADO-RS), read within :data:`MAX_INSTANCE_BYTES` and :data:`RETRIEVE_S`
+    (dicomweb-client read any body whole, for as long as it trickled in). A refusal raises ``requests.HTTPError``;
+    an answer too large, too slow, or not one DICOM part, ``ValueError``; one that is not DICOM, another of
+    :data:`_MALFORMED`."""
+    deadline = time.monotonic() + RETRIEVE_S
+    with _request(session, "WADO-RS", "GET", url, headers={"Accept": WADO_ACCEPT}, stream=True) as response:
+        size = response.headers.get("Content-Length", "")
+        if size.isdigit() and int(size) > MAX_INSTANCE_BYTES:
+            raise ValueError(f"its answer of {int(size)} bytes is over the {MAX_INSTANCE_BYTES} a film may take")
+        body = bytearray()
+        while chunk := response.raw.read1(2**20, decode_content=True):
+            body += chunk
+            if len(body) > MAX_INSTANCE_BYTES:
+                raise ValueError(f"its answer passed the {MAX_INSTANCE_BYTES} bytes a film may take; cut off")
+            if time.monotonic() > deadline:
+                raise ValueError(f"its answer took over {RETRIEVE_S} s; cut off after {len(body)} bytes")
+        return pydicom.dcmread(io.BytesIO(_only_part(bytes(body), response.headers.get("Content-Type", ""))))
+
+
+def _media(header: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type header's media type (lower case) and its parameters (names in lower case, values unquoted)."""
+    media, *params = (p.strip() for p in header.split(";"))
+    pairs = (p.partition("=") for p in params)
+    return media.lower(), {k.strip().lower(): v.strip().strip('"') for k, _, v in pairs}
+
+
+def _only_part(body: bytes, content_type: str) -> bytes:
+    """The one application/dicom part of a WADO-RS multipart answer; ``ValueError`` for anything else (an HTML
+    page, several parts), so that a malformed answer is named as such."""
+    media, params = _media(content_type)
+    if media != "multipart/related" or not params.get("boundary"):
+        raise ValueError(f"its answer is {media or 'untyped'}, not multipart/related with a boundary")
+    parts = body.split(b"--" + params["boundary"].encode())[1:-1]  # between the preamble and the closing "--"
+    if len(parts) != 1:
+        raise ValueError(f"its answer holds {len(parts)} parts, not one")
+    head, blank, content = parts[0].partition(b"\r\n\r\n")
+    part_type = next((line.partition(b":")[2].decode("latin-1") for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-type:")), "")
+    if not blank or _media(part_type)[0] != "application/dicom":
+        raise ValueError(f"its answer's part is {_media(part_type)[0] or 'untyped'}, not application/dicom")
+    return content.removesuffix(b"\r\n")
 
 
 def _not_scored(item: dict) -> str | None:
@@ -209,7 +277,7 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
     ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA). A URL
     with a query string or a fragment is refused, unquoted: a ``?token=...`` was shown in every message and row,
     and every request's path was appended after it. Credentials sent in the clear to another machine are warned
-    of."""
+    of. No redirect is followed (:func:`_no_redirect`)."""
     parts = urlsplit(url.rstrip("/"))
     if parts.query or parts.fragment:
         raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
@@ -219,6 +287,7 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
         log.warning("credentials go to %s over plain http, readable by anyone on the network between: use https",
                     parts.hostname)
     session = requests.Session()
+    session.hooks["response"].append(_no_redirect)
     if "@" in parts.netloc:
         if authorization is not None:
             raise ValueError("credentials in the URL and an Authorization header (--auth-file or "
@@ -230,6 +299,18 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
     return urlunsplit(parts), session
 
 
+def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """Refuse a 3xx answer, naming where it pointed: requests would have followed it to any host, sending a report
+    (patient name and ID in it) or a search there. It is a session hook, so it runs on every request, dicomweb-client's
+    searches included, before a redirect would be followed."""
+    if 300 <= response.status_code < 400:
+        host = urlsplit(response.headers.get("Location", "")).hostname or "the same host"
+        response.close()
+        raise requests.HTTPError(f"HTTP {response.status_code} {response.reason}: the PACS redirected to {host}; "
+                                 "redirects are not followed: give --url the PACS's own DICOMweb root",
+                                 response=response)
+
+
 def _loopback(parts: SplitResult) -> bool:
     """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1): plain http to it crosses no network."""
     try:
@@ -238,11 +319,13 @@ def _loopback(parts: SplitResult) -> bool:
         return False
 
 
-def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: str,
+def _retrieved(session: requests.Session, study_uid: str, found: list[dict], root: str,
                films: Path) -> tuple[list[dict | str], dict[str, str]]:
     """The study's instances in the QIDO-RS order, each a row already made (an image that is not a radiograph: not
-    scored; one WADO-RS could not retrieve: an error) or the path of a retrieved film to score; and each film's
-    WADO-RS URL by path. pneumoscan's own outputs and instances without pixel data are left out."""
+    scored; one with an invalid UID in the search answer, or that WADO-RS could not retrieve, answered malformed, or
+    with another instance than asked for: an error) or the path of a retrieved film to score; and each film's WADO-RS
+    URL by path. pneumoscan's own outputs and instances without pixel data are left out. One instance's fault had
+    ended the study, with no results."""
     entries: list[dict | str] = []
     sources: dict[str, str] = {}
     for item in found:
@@ -257,15 +340,25 @@ def _retrieved(client: DICOMwebClient, study_uid: str, found: list[dict], root: 
                 log.info("not scored: %s: %s", where, why)
                 entries.append({**row, "not_scored": why})
             continue
+        if not UID(series).is_valid or not UID(sop).is_valid:  # never put in a URL, nor in the film's file name
+            entries.append({**row, "error": "the PACS's search answer gives it an invalid UID: not retrieved"})
+            continue
         try:
-            ds = client.retrieve_instance(study_uid, series, sop)
-        except requests.HTTPError as e:  # gone since the search, not acceptable, nearline: this one only
+            ds = _retrieve(session, where)
+            asked = (study_uid, series, sop)
+            if tuple(str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")) != asked:
+                raise ValueError("the PACS returned another instance than asked for: not scored")
+            if "PixelData" not in ds or is_own_output(ds):
+                continue
+            path = films / f"{sop}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+        except requests.HTTPError as e:  # gone since the search, not acceptable, nearline, redirected: this one only
             entries.append({**row, "error": f"WADO-RS could not retrieve it: {e}"})
             continue
-        if "PixelData" not in ds or is_own_output(ds):
+        except _MALFORMED as e:  # an HTML page, a truncated or foreign file, another instance: this one only
+            log.warning("WADO-RS answer for %s refused: %s", where, e)
+            entries.append({**row, "error": f"WADO-RS could not retrieve it: {e}"})
             continue
-        path = films / f"{sop}.dcm"
-        ds.save_as(path, enforce_file_format=True)
         sources[str(path)] = where
         entries.append(str(path))
     return entries, sources
@@ -286,6 +379,8 @@ def _store(session: requests.Session, root: str, study_uid: str, row: dict) -> N
         row["stored"] = _stored(_answer(_post(session, url, list(made.values()))), sent, row)
     except requests.HTTPError as e:
         refusal = f"HTTP {e.response.status_code} {e.response.reason}".strip()
+        if e.response.is_redirect:  # where it pointed, as _no_redirect says
+            refusal = str(e)
         row["stored"] = _stored(_answer(e.response), sent, row, refusal)
     except requests.RequestException as e:
         row["stored"] = _stored(Dataset(), sent, row, silence=type(e).__name__)
@@ -315,7 +410,7 @@ def predict_study(
         with tempfile.TemporaryDirectory(prefix="pneumoscan-pacs-") as tmp:
             films = Path(tmp) / "films"
             films.mkdir()
-            entries, sources = _retrieved(client, study_uid, found, root, films)
+            entries, sources = _retrieved(session, study_uid, found, root, films)
             if not entries:
                 raise ValueError(f"study {study_uid} holds no image instances to read")
             scored = predict_paths(bundle, list(sources), backend=backend,
