@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom import uid
+from pydicom.encaps import encapsulate
 
 from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
@@ -193,3 +194,80 @@ def test_a_truncated_deflated_dicom_is_refused() -> None:
     data = _deflated_dicom(0)
     with pytest.raises(DecodeError, match="deflated DICOM dataset is truncated"):
         read_gray(data[:-200])
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def _lossless_dicom(side: int) -> bytes:
+    """A JPEG Lossless DICOM of ``side`` x ``side`` whose every sample is a 1-bit Huffman code: the most codes
+    the Python walk reads for the fewest bytes."""
+    frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
+             + _segment(0xC4, bytes([0, 2] + [0] * 15 + [0, 1])) + _segment(0xDA, bytes([1, 1, 0, 1, 0, 0]))
+             + bytes(-(-side * side // 8)) + b"\xff\xd9")  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint8), bits=8)))
+    ds.file_meta.TransferSyntaxUID = uid.JPEGLosslessSV1
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_a_frame_with_more_huffman_codes_than_the_cap_is_refused_before_its_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A 4 MB JPEG Lossless upload of 1-bit codes kept the Python walk busy for 10 s; one over the cap is refused
+    from its frame header and its size, one within it is walked (and read: here, a blank film)."""
+    data = _lossless_dicom(64)
+    with pytest.raises(DecodeError, match="blank image"):
+        read_gray(data)
+    monkeypatch.setattr(pixels, "MAX_HUFFMAN_CODES", 64 * 64 - 1)
+    with pytest.raises(DecodeError, match=r"^JPEG scan too costly to check: up to 4,096 Huffman codes \(64 x 64\), "
+                                          r"over the 4,095 that are checked$"):
+        read_gray(data)
+
+
+def test_a_jpeg_with_a_harmless_warning_is_walked_within_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain JPEG reaches the same walk when libjpeg warns of a quirk (an unknown JFIF version here)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    data[data.index(b"JFIF\0") + 5] = 9  # JFIF version 9.x: a warning, no damage
+    assert read_gray(bytes(data)).shape == (64, 64)
+    monkeypatch.setattr(pixels, "MAX_HUFFMAN_CODES", 10)
+    with pytest.raises(DecodeError, match="JPEG scan too costly to check"):
+        read_gray(bytes(data))
+
+
+def _with_empty_pieces(kind: str, count: int) -> bytes:
+    """A small film with ``count`` empty DICOM fragments, JPEG comments or private PNG chunks."""
+    film = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(film).save(buf, "PNG" if kind == "PNG" else "JPEG")
+    if kind == "dicom":
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film, bits=8)))
+        ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+        ds.PixelData = encapsulate([buf.getvalue()]) + b"\xfe\xff\x00\xe0\0\0\0\0" * count
+        ds["PixelData"].VR = "OB"
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+    data = buf.getvalue()
+    if kind == "JPEG":
+        return data[:2] + _segment(0xFE, b"") * count + data[2:]
+    chunk = struct.pack(">I4sI", 0, b"prVt", zlib.crc32(b"prVt"))
+    return data[:33] + chunk * count + data[33:]
+
+
+@pytest.mark.parametrize(("kind", "what"), [("dicom", "pixel-data fragments"), ("JPEG", "JPEG marker segments"),
+                                            ("PNG", "PNG chunks")])  # fmt: skip
+def test_a_file_of_more_segments_than_any_film_is_refused_from_a_count(monkeypatch: pytest.MonkeyPatch, kind: str,
+                                                                       what: str) -> None:  # fmt: skip
+    """Millions of empty fragments, comments or chunks (19 MB) cost 9-10 s of Python each in pydicom or Pillow:
+    refused from a count of the bytes that stops at MAX_SEGMENTS; a film with as many as the limit is read."""
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 50)
+    assert read_gray(_with_empty_pieces(kind, 40)).shape == (64, 64)
+    with pytest.raises(DecodeError, match=f"^malformed file: at least 51 {what} \\(limit 50\\), far more than any "
+                                          "film holds$"):
+        read_gray(_with_empty_pieces(kind, 60))

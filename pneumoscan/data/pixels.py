@@ -26,6 +26,19 @@ MAX_PIXELS = 150_000_000
 # 1/4 or 1/8 scale) to fit. Decoding holds at most about 1.5 times this per image. Readers read both limits here
 # when they decode.
 MAX_DECODED_BYTES = 256 * 2**20
+# A JPEG Lossless or 12-bit DICOM frame, and a JPEG with a warning that is no damage, has its Huffman codes walked
+# in Python (readers/jpeg.py) at about 4.4 million codes a second (one a sample for a lossless frame: a 3,000 x 3,000
+# 12-bit film took 2.0 s of CPU). A scan that may hold more codes (one a sample, 65 an 8 x 8 block, never more than
+# one a bit of its data) is refused before it is walked: a 4 MB upload of 1-bit codes held 33.5 million and cost 10
+# s. The cap is a whole adult-size detector's film (43 x 43 cm at 0.1 mm: 4,300 x 4,300, about 4 s), as children are
+# often filmed on one; an 8-bit JPEG of any size within MAX_PIXELS holds far fewer (12,000 x 12,000 in 1.7 MB: 1.2 s).
+MAX_HUFFMAN_CODES = 18_500_000
+# Each DICOM pixel-data fragment, JPEG marker segment and PNG chunk costs a library a step in Python before (or
+# instead of) decoding: 2.4 million empty fragments took 8.8 s, 4.8 million empty JPEG comments 9.9 s. Real films
+# hold a few (a JPEG about 10 segments, a DICOM 1 fragment a frame or one every 64 KiB); the most is a PNG's
+# IDAT chunks at libpng's 8 KiB each: 32,768 of them hold 256 MiB (MAX_DECODED_BYTES). A file with more is refused
+# from a count of its bytes, which stops at the limit.
+MAX_SEGMENTS = 32_768
 _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic needs 8 MB, not 8 bytes a pixel
 
 
@@ -74,6 +87,13 @@ def too_many_bytes(width: int, height: int, per_pixel: int, what: str) -> Decode
         f"image too large to decode: {width} x {height} {what} needs {width * height * per_pixel / 2**20:,.0f} MiB "
         f"(limit {MAX_DECODED_BYTES / 2**20:,.0f} MiB)"
     )
+
+
+def too_many_segments(what: str) -> DecodeError:
+    """The refusal of a file holding over :data:`MAX_SEGMENTS` ``what`` (fragments, segments, chunks): each is a step
+    in Python for the library that reads it, and no film holds so many. Counting stops at the limit plus one."""
+    return DecodeError(f"malformed file: at least {MAX_SEGMENTS + 1:,} {what} (limit {MAX_SEGMENTS:,}), far more "
+                       "than any film holds")
 
 
 def stream(src: Path | bytes) -> Path | io.BytesIO:

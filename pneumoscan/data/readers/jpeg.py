@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import simplejpeg
 
+from pneumoscan.data import pixels
+
 log = logging.getLogger(__name__)
 
 # libjpeg's warnings that mean damaged data (jerror.h); a bad ICC marker is colour metadata, not the image
@@ -26,6 +28,7 @@ _PADDING = 3  # unused bytes libjpeg accepts before the marker that ends a scan 
 _ENDS_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the marker after a scan: not stuffing, a restart or fill
 _RESTART = re.compile(rb"\xff([\xd0-\xd7])")
 _PROGRESSIVE = (0xC2, 0xCA)  # SOF2, SOF10: progressive DCT, Huffman- or arithmetic-coded
+_CUT_SHORT = "Corrupt JPEG data: premature end of data segment"
 
 
 def decode(data: bytes, colorspace: str, **options: int) -> np.ndarray | None:
@@ -57,7 +60,8 @@ def check_frame(frame: bytes) -> None:
     short: pydicom's plugins decode it anyway. An 8-bit DCT frame is decoded by libjpeg-turbo at 1/8 scale for this,
     which still reads every coefficient (about 3 ms for a 1776 x 1416 film, half the full decode); a 12-bit one (JPEG
     Extended, process 4) or a lossless one (process 14) is checked by :func:`check_huffman_scans` (0.1-0.4 s for a
-    12-bit DCT film of that size, about 1 s for a lossless one: every sample has its own code)."""
+    12-bit DCT film of that size, about 0.6 s for a lossless one: every sample has its own code; refused over
+    MAX_HUFFMAN_CODES)."""
     marker, precision = _frame_header(frame) or (None, None)
     if precision == 8 and marker != 0xC3:  # libjpeg-turbo cannot scale a lossless frame: walked instead
         colorspace = "CMYK" if simplejpeg.decode_jpeg_header(frame)[2] in ("CMYK", "YCCK") else "GRAY"
@@ -237,6 +241,10 @@ def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tupl
     found = _ENDS_SCAN.search(frame, start)
     if found is None:
         raise ValueError("Premature end of JPEG file")
+    codes = min(mcus * len(units) * (1 if lossless else 65), 8 * (found.start() - start))  # each code takes a bit
+    if codes > pixels.MAX_HUFFMAN_CODES:
+        raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes ({width} x {height}), "
+                                 f"over the {pixels.MAX_HUFFMAN_CODES:,} that are checked")
     pieces = _RESTART.split(frame[start : found.start()]) if restart else [frame[start : found.start()]]
     if any(index[0] != 0xD0 + number % 8 for number, index in enumerate(pieces[1::2])):
         raise ValueError("Corrupt JPEG data: restart markers out of order")
@@ -248,28 +256,45 @@ def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tupl
     for number, raw in enumerate(intervals):
         data = raw.rstrip(b"\xff").replace(b"\xff\x00", b"\xff")  # fill bytes, then byte stuffing
         bits, padded, at = len(data) * 8, data + bytes(4), 0
-        for _ in range(min(restart, mcus - number * restart) if restart else mcus):
-            for dc, ac in units:
-                step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                if not step:
-                    raise ValueError("Corrupt JPEG data: bad Huffman code")
-                at += step
-                k = 64 if ac is None else 1
-                while k < 64:
-                    entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                    if not entry:
+        count = min(restart, mcus - number * restart) if restart else mcus
+        if lossless and len(units) == 1:  # one code a sample: the walk below less its DCT steps, 1.35 times as fast
+            if (at := _walk_samples(padded, units[0][0], count)) > bits:
+                raise ValueError(_CUT_SHORT)
+        else:
+            for _ in range(count):
+                for dc, ac in units:
+                    step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+                    if not step:
                         raise ValueError("Corrupt JPEG data: bad Huffman code")
-                    run, bits_of_value = entry >> 4 & 15, entry & 15
-                    at += (entry >> 8) + bits_of_value
-                    if bits_of_value:
-                        k += run + 1
-                    elif run == 15:  # ZRL: 16 zeros
-                        k += 16
-                    else:  # EOB
-                        break
-                if k > 64:
-                    raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
-            if at > bits:
-                raise ValueError("Corrupt JPEG data: premature end of data segment")
+                    at += step
+                    k = 64 if ac is None else 1
+                    while k < 64:
+                        entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+                        if not entry:
+                            raise ValueError("Corrupt JPEG data: bad Huffman code")
+                        run, bits_of_value = entry >> 4 & 15, entry & 15
+                        at += (entry >> 8) + bits_of_value
+                        if bits_of_value:
+                            k += run + 1
+                        elif run == 15:  # ZRL: 16 zeros
+                            k += 16
+                        else:  # EOB
+                            break
+                    if k > 64:
+                        raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
+                if at > bits:
+                    raise ValueError(_CUT_SHORT)
         if (extra := len(data) - -(-at // 8)) > _PADDING:
             raise ValueError(f"Corrupt JPEG data: {extra} extraneous bytes before marker")
+
+
+def _walk_samples(padded: bytes, steps: list[int], count: int) -> int:
+    """The bit after ``count`` codes of a one-component lossless scan from its start (``steps``: see
+    :func:`_check_scan`'s coding)."""
+    at = 0
+    for _ in range(count):
+        step = steps[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+        if not step:
+            raise ValueError("Corrupt JPEG data: bad Huffman code")
+        at += step
+    return at
