@@ -690,3 +690,14 @@ def test_a_bundle_text_file_that_is_a_pipe_is_refused_not_read_without_end(tiny_
     os.mkfifo(bundle / name)
     with pytest.raises(ValueError, match="not a regular file|missing or unreadable"):
         Predictor(bundle, backend="onnx")
+
+
+@pytest.mark.parametrize("name", ["../../outside.bin", "/dev/zero", "sub/model.safetensors", ".."])
+def test_a_card_that_records_a_file_outside_its_folder_is_refused(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
+    """A crafted bundle.json (resealed, so its checksum holds) named any path in its files: that file was hashed at
+    every load and every health probe after a change."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, files={**card.files, name: "sha256:" + "0" * 64}))
+    with pytest.raises(ValueError, match=f"files names {re.escape(repr(name))}, not a file of the bundle's own folder"):
+        load_card(bundle)

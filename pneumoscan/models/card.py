@@ -341,6 +341,10 @@ def _validated(path: Path, data: dict) -> BundleCard:
     for key in ("threshold_interval", "tta_threshold_interval"):
         if (interval := getattr(card, key)) and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
             raise ValueError(f"{path}: {key} is {interval!r}, not two probabilities in order")
+    # a file the card records is one of the bundle's own: a name with a folder in it (../../etc/shadow, /dev/zero)
+    # would have any file hashed at every load and health probe
+    if odd := next((name for name in card.files if Path(name).name != name or name in ("", ".", "..")), None):
+        raise ValueError(f"{path}: files names {odd!r}, not a file of the bundle's own folder")
     _check_classes(path, card)
     try:
         card.spec  # noqa: B018 - its checks (source size and quality, resize policy)
