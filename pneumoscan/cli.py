@@ -178,6 +178,7 @@ def _three_classes(block: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
+    from pneumoscan.evaluation.model_card import film_counts
     from pneumoscan.models.run_folder import REPORT
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
@@ -187,9 +188,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
-    for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
         print(f"{name:>12}: {with_ci(metrics[name], metrics['ci'].get(name), 4)}")
-    print(f"   threshold: {metrics['threshold']:.4f}   n = {metrics['n']}   report: {Path(out) / REPORT}")
+    print(f"   threshold: {metrics['threshold']:.4f}   n = {film_counts(metrics, metrics['class_names'])}   "
+          f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
     if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it
         print("   intervals count each film as an independent case: no two films share a patient id (file names, a "
               "manifest's patient column or DICOM headers), so films of one patient would make them too narrow")

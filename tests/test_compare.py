@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -59,18 +60,23 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
 
 
 def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_colour(two_runs: tuple[Path, Path]) -> None:
+    """A run the table marks optimistic (the training run: its figures are on the films that chose its threshold)
+    carries the same mark in the figure's legend: compare.png travels without the table."""
     runs = compare_runs(list(two_runs))
+    assert [bool(r.optimistic) for r in runs] == [True, False]
+    assert format_table(runs).splitlines()[1].startswith("tiny-run (optimistic *)")
     ax = comparison_figure(runs).axes[0]
     by_label = {line.get_label(): line for line in ax.lines}
+    names = {"tiny-run": "tiny-run (optimistic *)", "eval-test": "eval-test"}
     for r in runs:
-        curve = by_label[f"{r.run} (AUC {r.auc:.3f})"]
+        curve = by_label[f"{names[r.run]} (AUC {r.auc:.3f})"]
         assert list(curve.get_xdata()) == pytest.approx(r.roc["fpr"])
         point = by_label[f"{r.run} at t = {r.threshold:.3g}"]
         assert list(point.get_xdata()) == pytest.approx([1 - r.figures["specificity"]])
         assert list(point.get_ydata()) == pytest.approx([r.figures["sensitivity"]])
         assert to_rgba(point.get_color()) == to_rgba(curve.get_color())
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend == [f"{r.run} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
+    assert legend == [f"{names[r.run]} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
 
 
 def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -163,3 +169,29 @@ def test_an_evaluation_of_a_bundle_trained_again_since_shows_no_card_of_the_new_
     [after] = compare_runs([run / "eval-test"])
     assert (after.model, after.task, after.policy, after.minutes) == (None, None, None, None)
     assert after.figures == before.figures and after.threshold == before.threshold  # its own figures, as measured
+
+
+def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_count(two_runs: tuple[Path, Path],
+                                                                                   tmp_path: Path) -> None:
+    """n counted films while a run's intervals might count patients, and nothing said which: the table and
+    compare.csv give the patients beside the films and a unit column, "patient" or "film"."""
+    ev = tmp_path / "eval-site"
+    shutil.copytree(two_runs[1], ev)
+    m = json.loads((ev / "metrics.json").read_text())
+    assert (m["ci_unit"], m["patients"]) == ("film", None)
+    by_patient = m | {"ci_unit": "patient", "patients": {"positive": 5, "negative": 4, "all": 9}}
+    (ev / "metrics.json").write_text(json.dumps(by_patient))
+    runs = compare_runs([two_runs[1], ev], tmp_path / "out")
+    head, *lines = format_table(runs).splitlines()
+    assert re.split(r"\s{2,}", head)[4:6] == ["n", "CI unit"]
+    assert [re.split(r"\s{2,}", line)[4:6] for line in lines] == [["16 films", "film"],
+                                                                  ["16 films of 9 patients", "patient"]]
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["n"], r["patients"], r["ci_unit"]) for r in rows] == [("16", "", "film"), ("16", "9", "patient")]
+    for edited, said in ((by_patient | {"ci_unit": "cluster"}, "ci_unit is 'cluster', not patient or film"),
+                         (by_patient | {"patients": {"all": "9"}}, "patients is {'all': '9'}, not counts of patients"),
+                         (by_patient | {"patients": 9}, "patients is 9, not counts of patients")):
+        (ev / "metrics.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match=re.escape(said)):
+            compare_runs([ev])

@@ -315,4 +315,29 @@ def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Pat
     manifest.write_text("path,label,patient\n" + "".join(f"{r.path},{r.label},p{i // 2}\n"
                                                           for i, r in enumerate(sorted(records, key=lambda r: r.path))))
     assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(tmp_path / "patients")]) == 0
-    assert said not in capsys.readouterr().out
+    screen = capsys.readouterr().out
+    assert said not in screen
+    # the screen names the patients beside the films, the NPV beside precision, and the prevalence both depend on
+    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)   prevalence 0.500" in screen
+    assert "         npv: " in screen
+
+
+def test_evaluate_names_the_patients_beside_the_films_in_the_report_and_the_card(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Films paired into patients: the report's n and the card's evaluation row give the films with their patients,
+    each table says its intervals count patients, and NPV stands beside precision."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    records = sorted(discover(tiny_dataset).split("test"), key=lambda r: r.path)  # 8 NORMAL films, then 8 PNEUMONIA
+    manifest = tmp_path / "paired.csv"
+    manifest.write_text("path,label,patient\n"
+                        + "".join(f"{r.path},{r.label},p{i // 2}\n" for i, r in enumerate(records)))
+    out = tmp_path / "eval"
+    metrics = evaluate(bundle, manifest, out_dir=out, add_to_card=True, data_name="paired")
+    assert metrics["patients"] == {"positive": 4, "negative": 4, "all": 8}
+    page = (out / "report.html").read_text()
+    assert "n = 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4)." in page
+    assert "<caption>95% CIs count patients.</caption>" in page
+    assert "<th>Negative predictive value (NPV) †</th>" in page
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "| paired | 16 films of 8 patients (8 PNEUMONIA films of 4 patients, 8 NORMAL of 4) | patients |" in card

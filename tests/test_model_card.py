@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation.model_card import INTENDED_USE, MODEL_CARD, render, today, write_model_card
+from pneumoscan.evaluation.model_card import CARD_METRICS, INTENDED_USE, MODEL_CARD, render, today, write_model_card
 from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
@@ -69,8 +69,9 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         "synthetic test films", "plain", "chest_xray/test", "tta")
     assert second["n"] == reported["n"] == 16 and (second["n_positive"], second["n_negative"]) == (8, 8)
     assert second["threshold"] == reported["threshold"] == card.tta_threshold and first["threshold"] == card.threshold
-    for key in ("auc", "sensitivity", "specificity", "precision", "accuracy", "f1"):
+    for key in ("auc", "sensitivity", "specificity", "precision", "npv", "accuracy", "f1"):
         assert second["metrics"][key] == {"value": reported[key], "ci": reported["ci"][key]}, key
+    assert (second["patients"], second["prevalence"]) == (reported["patients"], reported["prevalence"])
     assert first["date"] == today()
 
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
@@ -80,7 +81,7 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     assert [r["metrics"][0]["name"] for r in results] == [
         f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
         f"ROC AUC (at threshold {card.threshold:.4f})", f"ROC AUC (at threshold {card.tta_threshold:.4f})"]
-    assert "| synthetic test films | 16 (8 / 8) | plain," in body
+    assert "| synthetic test films | 16 films (8 PNEUMONIA, 8 NORMAL) | films | plain," in body
     assert f"for AUC {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
     assert (bundle / MODEL_CARD).read_text() == render(card)
     assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
@@ -133,3 +134,46 @@ def test_a_pipe_in_place_of_the_int8_sidecar_does_not_hold_the_model_card(tiny_b
     writer.join(timeout=20)
     assert not writer.is_alive(), "write_model_card waited on the pipe"
     assert "## INT8 model" not in (bundle / MODEL_CARD).read_text()
+
+
+def test_the_card_shows_npv_beside_precision_at_the_validation_films_prevalence(tiny_bundle: Path) -> None:
+    """Training records NPV and the prevalence with the validation figures; the card shows NPV below precision,
+    both marked as holding at that prevalence only, in the table and in the model-index, and the patients beside
+    the films."""
+    card = load_card(tiny_bundle)
+    assert {"npv", "prevalence", "patients"} <= card.val_metrics.keys()
+    val = card.val_metrics | {"precision": 0.9, "npv": 0.8125, "prevalence": 0.74, "patients": None}
+    meta, body = front_matter_and_body(render(dataclasses.replace(card, val_metrics=val)))
+    assert "| Precision (PPV) † | 0.9000 |\n| Negative predictive value (NPV) † | 0.8125 |" in body
+    assert "† At this set's prevalence of 74.0% (PNEUMONIA films): at another, PPV and NPV differ." in body
+    names = {m["type"]: m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    at = f"validation, at threshold {val['threshold']:.4f}"
+    assert names["npv"] == f"Negative predictive value (NPV) ({at}, at prevalence 74.0%)"
+    assert names["recall"] == f"Sensitivity ({at})" and "npv" in meta["metrics"]
+    assert f"On the {val['n']} films the temperature" in body
+    patients = val | {"patients": {"positive": 3, "negative": 4, "all": 7}}
+    body = render(dataclasses.replace(card, val_metrics=patients))
+    assert f"On the {val['n']} films of 7 patients the temperature" in body
+
+
+def test_the_cards_evaluations_name_their_patients_and_unit_and_no_precision_of_one_class(tiny_bundle: Path) -> None:
+    """Each recorded evaluation's n names its patients where its intervals count them, a column says what they
+    count, and on films of one class precision, NPV and F1 (1.0 with no negative film) are left out of the index."""
+    card = load_card(tiny_bundle)
+    figures = {key: {"value": 0.9, "ci": [0.8, 0.95]} for key, _, _ in CARD_METRICS}
+    base = {"date": "2026-01-01", "scores": "plain", "threshold": 0.06274311513819045, "metrics": figures}
+    site = base | {"data": "site B", "n": 322, "n_positive": 253, "n_negative": 69, "ci_unit": "patient",
+                   "patients": {"positive": 108, "negative": 64, "all": 172}, "prevalence": 253 / 322}
+    only = base | {"data": "pneumonia only", "n": 253, "n_positive": 253, "n_negative": 0, "ci_unit": "film",
+                   "patients": None, "prevalence": 1.0,
+                   "metrics": figures | {"auc": {"value": None, "ci": None}, "specificity": {"value": None, "ci": None},
+                                         "precision": {"value": 1.0, "ci": [0.98, 1.0]}}}
+    meta, body = front_matter_and_body(render(dataclasses.replace(card, external_evaluations=[site, only])))
+    assert "| date | data | n | 95% CIs count | scores, threshold |" in body
+    assert ("| 2026-01-01 | site B | 322 films of 172 patients (253 PNEUMONIA films of 108 patients, 69 NORMAL of 64) "
+            "| patients | plain, 0.0627 |") in body
+    assert "| pneumonia only | 253 films (253 PNEUMONIA, 0 NORMAL) | films | plain, 0.0627 |" in body
+    on_site, on_one = meta["model-index"][0]["results"][1:]
+    assert [m["type"] for m in on_site["metrics"]] == [kind for _, kind, _ in CARD_METRICS]
+    assert on_site["metrics"][3]["name"] == "Precision (PPV) (at threshold 0.0627, at prevalence 78.6%)"
+    assert [m["type"] for m in on_one["metrics"]] == ["recall", "accuracy"]

@@ -1,8 +1,10 @@
 import base64
+import html
 import json
 import re
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
 from pneumoscan.core.metrics import AUC_INTERVAL, evaluate_binary, evaluate_multiclass, softmax
@@ -42,7 +44,7 @@ def test_write_report_binary(tmp_path):
     assert not EXTERNAL.search(page)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "resnet18 &amp; friends" in page
-    assert "At threshold 0.500" in page and "At bundle threshold 0.35" in page
+    assert "At threshold 0.5000" in page and "At bundle threshold 0.3500" in page
     assert "95% CI" in page and "PNEUMONIA" in page
 
 
@@ -102,7 +104,8 @@ def test_report_shows_balanced_accuracy_with_its_ci_and_says_how_intervals_were_
     lo, hi = metrics["two_stage"]["ci"]["balanced_accuracy"]
     assert f"(95% CI {100 * lo:.1f}%–{100 * hi:.1f}%)" in _row(page, "Balanced accuracy")
     assert page.count("exact Clopper-Pearson") == 2 and page.count("independent case") == 2
-    assert "no 95% CI" not in page and "exact one-sided bound" not in page
+    summaries = page.split("Per class")[0]  # the per-class figures have no intervals by design
+    assert "no 95% CI" not in summaries and "exact one-sided bound" not in page
 
 
 def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
@@ -171,3 +174,108 @@ def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path)
     write_report(evaluate_binary(y, p, 0.5, n_boot=50), tmp_path, "t", figures=True)
     page = (tmp_path / "report.html").read_text()
     assert "99.9%" in page and "2499" in page and not re.search(r"2499\D{0,40}100\.0%", page)
+
+
+def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tmp_path) -> None:
+    """n counted films while the intervals counted patients, and no table said which: the summary names both, as
+    "n = 300 films of 100 patients (...)", and each table of intervals says what they count."""
+    rng = np.random.default_rng(5)
+    y = np.repeat(rng.integers(0, 3, 100), 3)  # 100 patients with 3 films each
+    patients = np.repeat(np.arange(100), 3)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=50, class_names=("normal", "pneumonia"),
+                              groups=patients)
+    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50, groups=patients)
+    page = write_report(metrics, tmp_path, "by patient").read_text()
+    counts = metrics["patients"]
+    assert (f"n = 300 films of 100 patients ({metrics['n_positive']} pneumonia films of {counts['positive']} patients, "
+            f"{metrics['n_negative']} normal of {counts['negative']}).") in page
+    assert page.count("<caption>95% CIs count patients.</caption>") == 2 and "n = 300 films;" in page
+    page = write_report(_binary_metrics(), tmp_path, "by film").read_text()
+    assert "n = 300 films (" in page and "<caption>95% CIs count films.</caption>" in page
+
+
+def test_the_summary_shows_npv_with_its_interval_and_the_prevalence_ppv_and_npv_hold_at(tmp_path) -> None:
+    metrics = _binary_metrics()
+    page = write_report(metrics, tmp_path, "npv").read_text()
+    lo, hi = metrics["ci"]["npv"]
+    row = _row(page, "Negative predictive value (NPV)")
+    assert f"{100 * metrics['npv']:.1f}% (95% CI {100 * lo:.1f}%–{100 * hi:.1f}%)" in row
+    assert _row(page, "Precision (PPV)").startswith("Precision (PPV) †")
+    assert row.startswith("Negative predictive value (NPV) †")
+    assert (f"† At this set's prevalence of {100 * metrics['prevalence']:.1f}% (PNEUMONIA films): at another, PPV and "
+            "NPV differ.") in html.unescape(page)
+
+
+def test_on_films_of_one_class_ppv_npv_and_f1_are_not_applicable(tmp_path) -> None:
+    """With pneumonia films only, every film called positive is right: precision read 100.0% with an interval,
+    a figure of the data, not of the model. It and NPV and F1 (which depend on the absent class) are n/a, saying why."""
+    metrics = _binary_metrics(labels=[1] * 40)
+    metrics["threshold_table"] = [{"rule": "fixed", "threshold": 0.5, "sensitivity": 0.9, "specificity": None,
+                                   "precision": 1.0, "tp": 36, "fp": 0, "tn": 0, "fn": 4}]
+    page = write_report(metrics, tmp_path, "one class").read_text()
+    assert metrics["precision"] == 1.0
+    for label in ("Precision (PPV)", "Negative predictive value (NPV)", "F1"):
+        row = _row(page, label)
+        assert row.count("n/a (no NORMAL films: it depends on both classes)") == 2 and "%" not in row, row
+    assert "prevalence" not in page  # no PPV or NPV to hold at it
+    assert "<td class=\"num\">100.0%</td>" not in page and "Precision is n/a: there are no NORMAL films" in page
+    page = write_report(_binary_metrics(labels=[0] * 40), tmp_path, "normal only").read_text()
+    assert "n/a (no PNEUMONIA films" in _row(page, "Negative predictive value (NPV)")
+
+
+def test_the_reliability_diagram_shows_each_bins_films_and_exact_interval(tmp_path) -> None:
+    """Each filled bin: its count written on its bar, a Clopper-Pearson 95% interval, hollow when it holds fewer
+    than 10 films (and the caption says how many do), and a legend outside the axes, over no point."""
+    from matplotlib.container import ErrorbarContainer
+
+    from pneumoscan.core.metrics import calibration, clopper_pearson
+    from pneumoscan.evaluation.report import _reliability_figure
+
+    rng = np.random.default_rng(6)
+    prob = np.r_[rng.uniform(0.0, 0.1, 200), rng.uniform(0.5, 0.6, 4), rng.uniform(0.9, 1.0, 100)]
+    y = (rng.uniform(size=prob.size) < prob).astype(int)
+    cal = calibration(y, prob)
+    fig = _reliability_figure(cal, "P")
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    filled = [(o, c) for o, c in zip(cal["observed_frequency"], cal["counts"]) if c]
+    segments = bars.lines[2][0].get_segments()  # one vertical bar a filled bin: [(x, low), (x, high)]
+    assert len(segments) == len(filled) == 3
+    for (o, c), ((_, low), (_, high)) in zip(filled, segments):
+        assert [low, high] == pytest.approx(clopper_pearson(round(o * c), c))
+    assert {t.get_text() for t in ax.texts} == {str(c) for c in cal["counts"] if c}
+    assert any(line.get_label() == "bin of fewer than 10 films" for line in ax.lines)
+    fig.canvas.draw()
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+    page = write_report(evaluate_binary(y, prob, 0.5, n_boot=50), tmp_path, "sparse").read_text()
+    assert "1 bin(s) hold fewer than 10 films (hollow)" in page
+    page = write_report(_binary_metrics(n=2000), tmp_path, "full").read_text()
+    assert "fewer than 10 films" not in page and "the number on each bar counts its films" in page
+
+
+def test_per_class_figures_say_they_have_no_interval(tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 300)
+    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
+    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=50, class_names=("normal", "pneumonia"))
+    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50)
+    page = write_report(metrics, tmp_path, "per class").read_text()
+    per_class = page.split("Two stages: Per class")[1].split("</table>")[0]
+    assert "<caption>No 95% CIs: per-class figures are point estimates" in per_class
+    for name in ("normal", "bacteria", "virus"):
+        assert _row(per_class, name).count("(no 95% CI)") == 4, name  # AUC, sensitivity, precision, F1
+
+
+def test_thresholds_read_alike_everywhere_in_the_report(tmp_path) -> None:
+    """The header said 0.0627 (4 decimals), the table and captions 0.06274 (4 significant digits): 4 decimals all."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 200)
+    prob = 1 / (1 + np.exp(-(rng.normal(size=200) + 1.5 * (2 * y - 1))))
+    metrics = evaluate_binary(y, prob, 0.06274311513819045, n_boot=50)
+    metrics["threshold_table"] = [{"rule": "bundle threshold", "threshold": 0.06274311513819045, "sensitivity": 1.0,
+                                   "specificity": 0.1, "precision": 0.5, "tp": 1, "fp": 1, "tn": 1, "fn": 0}]
+    write_report(metrics, tmp_path, "thresholds", figures=True)
+    page = (tmp_path / "report.html").read_text()
+    assert "0.06274" not in page and page.count("0.0627") == 3  # the table's head, the confusion caption, the table
+    assert "At threshold 0.5000" in page and "0.500<" not in page

@@ -24,8 +24,10 @@ from .report import figure_png, roc_figure
 log = logging.getLogger(__name__)
 
 FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
-FIELDS = ("run", "model", "task", "data", "n", *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")),
-          "threshold", "policy", "minutes", "optimistic")
+FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
+          *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "minutes",
+          "optimistic")
+OPTIMISTIC = " (optimistic *)"  # a run's mark, in the table and the figure alike, for the reasons beneath the table
 
 
 @dataclass
@@ -36,7 +38,9 @@ class RunSummary:
     model: str | None
     task: str | None
     data: str | None  # the films the figures are on (evaluate's data label; a training run's validation split)
-    n: int
+    n: int  # films
+    patients: int | None  # the patients of those films where the intervals count patients, else None
+    ci_unit: str  # what the intervals count: "patient" or "film"
     figures: dict[str, float | None]  # FIGURES
     cis: dict[str, tuple[float | None, float | None]]  # FIGURES' 95% CIs, (None, None) where there is none
     threshold: float
@@ -52,7 +56,8 @@ class RunSummary:
     def row(self) -> dict[str, Any]:
         figures = {f"{name}{end}": value for name in FIGURES
                    for end, value in (("", self.figures[name]), ("_low", self.cis[name][0]), ("_high", self.cis[name][1]))}
-        return {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n, **figures,
+        return {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n,
+                "patients": self.patients, "ci_unit": self.ci_unit, **figures,
                 "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
                 "optimistic": "; ".join(self.optimistic)}
 
@@ -95,6 +100,13 @@ def load_run(path: Path | str) -> RunSummary:
             raise ValueError(f"{metrics_path}: {key} is {value!r:.40}, not a figure in [0, 1]")
     if not (isinstance(m.get("n"), int) and _number(m["n"]) and m["n"] >= 1):
         raise ValueError(f"{metrics_path}: n is {m.get('n')!r:.40}, not a count of films")
+    ci_unit = m.get("ci_unit") or "film"  # a result without one counted films
+    if ci_unit not in ("patient", "film"):
+        raise ValueError(f"{metrics_path}: ci_unit is {ci_unit!r:.40}, not patient or film")
+    counts = m.get("patients")  # {"positive", "negative", "all"}; None where the intervals count films
+    patients = counts.get("all") if isinstance(counts, dict) else None
+    if counts is not None and not (isinstance(patients, int) and _number(patients) and patients >= 1):
+        raise ValueError(f"{metrics_path}: patients is {counts!r:.40}, not counts of patients")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [RunFolder(folder).bundle, RunFolder(folder.parent).bundle]
     card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
@@ -108,6 +120,7 @@ def load_run(path: Path | str) -> RunSummary:
     data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
     return RunSummary(
         run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),
+        patients=patients, ci_unit=ci_unit,
         figures={name: m.get(name) for name in FIGURES},
         cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
@@ -119,11 +132,12 @@ def load_run(path: Path | str) -> RunSummary:
 def format_table(runs: list[RunSummary]) -> str:
     """The comparison as aligned plain text (one line per run, each figure with its CI); a run whose figures are
     on films the model chose its threshold on or trained on is marked, with the reasons beneath."""
-    head = ("run", "model", "task", "data", "n", "AUC", "acc", "sens", "spec", "threshold (policy)", "minutes")
+    head = ("run", "model", "task", "data", "n", "CI unit", "AUC", "acc", "sens", "spec", "threshold (policy)",
+            "minutes")
     lines = [head]
     for r in runs:
-        lines.append((r.run + (" (optimistic *)" if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
-                      r.data or "n/a", str(r.n),
+        lines.append((r.run + (OPTIMISTIC if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
+                      r.data or "n/a", f"{r.n} films" + (f" of {r.patients} patients" if r.patients else ""), r.ci_unit,
                       *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
                       f"{r.threshold:.4f} ({r.policy or 'n/a'})", format_figure(r.minutes, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -160,7 +174,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
 def comparison_figure(runs: list[RunSummary]):
     """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot."""
     curves = {r.run: r.roc for r in runs if r.roc["fpr"]}
-    labels = {r.run: f"{r.run} (AUC {format_figure(r.auc)})" for r in runs}
+    labels = {r.run: f"{r.run}{OPTIMISTIC if r.optimistic else ''} (AUC {format_figure(r.auc)})" for r in runs}
     points, owner = {}, {}
     for r in runs:
         sensitivity, specificity = r.figures["sensitivity"], r.figures["specificity"]

@@ -9,6 +9,7 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, with_ci
+from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, short_of_one, with_ci
 from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import BundleCard, load_card, read_bundle_text, save_card
 
@@ -75,12 +76,18 @@ CARD_METRICS = (
     ("sensitivity", "recall", "Sensitivity"),
     ("specificity", "specificity", "Specificity"),
     ("precision", "precision", "Precision (PPV)"),
+    ("npv", "npv", "Negative predictive value (NPV)"),
     ("accuracy", "accuracy", "Accuracy"),
     ("f1", "f1", "F1"),
 )
 
 # the figures a card keeps from a validation result (evaluate_probabilities); a multiclass task adds THREE_CLASS_FIGURES
-VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "n")
+VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "threshold", "n")
+# what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not)
+VAL_COUNTS = ("prevalence", "patients")
+# figures that say nothing of the model on films of one class: they depend on the absent class too
+BOTH_CLASSES = ("precision", "npv", "f1")
+PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
     ("three_class_balanced_accuracy", "balanced_accuracy", "Balanced accuracy, three classes"),
@@ -91,7 +98,7 @@ THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
 def validation_figures(metrics: dict) -> dict:
     """What a bundle card records of its validation result: the positive call's figures at the threshold, and for a
     multiclass task how often the most probable class is right (the card's reader asks both)."""
-    figures = {k: metrics[k] for k in VAL_FIGURES}
+    figures = {k: metrics[k] for k in VAL_FIGURES} | {k: metrics[k] for k in VAL_COUNTS if k in metrics}
     if block := metrics.get("multiclass"):
         figures |= {key: block[source] for key, source, _ in THREE_CLASS_FIGURES}
     return figures
@@ -99,6 +106,27 @@ def validation_figures(metrics: dict) -> dict:
 
 def today() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def film_counts(m: dict[str, Any], names: Sequence[str]) -> str:
+    """"322 films of 172 patients (253 PNEUMONIA films of 108 patients, 69 NORMAL of 64)": every n counts films, so
+    where the intervals count patients (``patients`` given) those are named beside them, lest a reader take the films
+    for the cases the intervals rest on. ``m``: a binary result or an evaluation record; ``names``: (negative,
+    positive)."""
+    neg, pos = names
+    patients = m.get("patients")
+    if not patients:
+        return f"{m['n']} films ({m['n_positive']} {pos}, {m['n_negative']} {neg})"
+    return (f"{m['n']} films of {patients['all']} patients ({m['n_positive']} {pos} films of {patients['positive']} "
+            f"patients, {m['n_negative']} {neg} of {patients['negative']})")
+
+
+def one_class(m: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The class a binary result (or record) has no film of, if any: precision, NPV and F1 (:data:`BOTH_CLASSES`)
+    then say nothing of the model (every film called positive is right when there is no negative one: 100 %), so
+    they are shown as n/a, or left out."""
+    neg, pos = names
+    return pos if m["n_positive"] == 0 else neg if m["n_negative"] == 0 else None
 
 
 
@@ -120,23 +148,35 @@ def _limitations(card: BundleCard) -> tuple[str, ...]:
     return tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
 
 
+def _index_name(name: str, key: str, where: list[str], prevalence: float | None) -> str:
+    """A model-index figure's name with where it was measured: its threshold, and for PPV and NPV the prevalence
+    they hold at (at another they differ)."""
+    if key in PREVALENCE_BOUND and prevalence is not None:
+        where = [*where, f"at prevalence {_percent(prevalence)}"]
+    return f"{name} ({', '.join(where)})" if where else name
+
+
 def _model_index(card: BundleCard) -> list[dict[str, Any]]:
     """The front matter's model-index: validation figures first, then every external evaluation."""
     task = {"type": "image-classification", "name": f"{card.task}: {' vs '.join(card.classes)}"}
     results = []
     if card.val_metrics:
         # each figure names its threshold: after `pneumoscan threshold` the one in force is another
-        at = f", at threshold {card.val_metrics['threshold']:.4f}" if card.val_metrics.get("threshold") is not None else ""
-        metrics = [{"type": kind, "name": f"{name} (validation{at})", "value": card.val_metrics[key]}
-                   for key, kind, name in CARD_METRICS if card.val_metrics.get(key) is not None]
+        val = card.val_metrics
+        where = ["validation", *([f"at threshold {val['threshold']:.4f}"] if val.get("threshold") is not None else [])]
+        metrics = [{"type": kind, "name": _index_name(name, key, where, val.get("prevalence")), "value": val[key]}
+                   for key, kind, name in CARD_METRICS if val.get(key) is not None]
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
         dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
                    {"name": "validation split of the training data", "type": "kermany-chest-xray", "split": "validation"})
         results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
-        at = f" (at threshold {record['threshold']:.4f})" if record.get("threshold") is not None else ""
-        metrics = [{"type": kind, "name": f"{name}{at}", "value": record["metrics"][key]["value"]}
-                   for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None]
+        where = [f"at threshold {record['threshold']:.4f}"] if record.get("threshold") is not None else []
+        absent = one_class(record, (card.classes[0], card.positive))  # its 1.0 precision would read as a figure
+        metrics = [{"type": kind, "name": _index_name(name, key, where, record.get("prevalence")),
+                    "value": record["metrics"][key]["value"]}
+                   for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None
+                   and not (absent and key in BOTH_CLASSES)]
         results.append({"task": task, "dataset": {"name": record["data"], "type": "external"}, "metrics": metrics})
     return [{"name": card.model_id, "results": results}] if results else []
 
@@ -168,17 +208,31 @@ def _bullets(items: tuple[str, ...]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
+def _percent(share: float) -> str:
+    return f"{100 * short_of_one(share, 3):.1f}%"
+
+
+def prevalence_note(prevalence: float, positive: str, mark: str = "") -> str:
+    """Why PPV and NPV are no property of the model alone: they hold at the prevalence of the films measured."""
+    return (f"{mark}At this set's prevalence of {_percent(prevalence)} ({positive} films): at another, PPV and NPV "
+            "differ.")
+
+
 def _validation_section(card: BundleCard) -> str:
     m = card.val_metrics
     if not m:
         return "No validation figures were recorded for this bundle."
-    rows = "\n".join([f"| {name} | {format_figure(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
+    marked = m.get("prevalence") is not None  # a card written before prevalence was recorded has none to name
+    rows = "\n".join([f"| {name}{' †' if marked and key in PREVALENCE_BOUND else ''} | "
+                      f"{format_figure(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
                      + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m])
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
+    patients = f" of {m['patients']['all']} patients" if m.get("patients") else ""
     return (
-        f"On the {m.get('n')} films the temperature and threshold were chosen on, at that threshold "
+        f"On the {m.get('n')} films{patients} the temperature and threshold were chosen on, at that threshold "
         f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
+        + (prevalence_note(m["prevalence"], card.positive, "† ") + "\n\n" if marked else "") +
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
         "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
         "films it has never seen (below, or `pneumoscan evaluate`)."
@@ -189,10 +243,11 @@ def _external_section(card: BundleCard) -> str:
     if not card.external_evaluations:
         return ("None recorded. `pneumoscan evaluate BUNDLE DATA --add-to-card --data-name NAME` adds one here "
                 "(the weights are not touched).")
-    head = "| date | data | n (positive / negative) | scores, threshold | " + " | ".join(
-        name for _, _, name in CARD_METRICS[:3]) + " |\n|" + " --- |" * 7
+    names = (card.classes[0], card.positive)
+    head = "| date | data | n | 95% CIs count | scores, threshold | " + " | ".join(
+        name for _, _, name in CARD_METRICS[:3]) + " |\n|" + " --- |" * 8
     rows = "\n".join(
-        f"| {r['date']} | {r['data']} | {r['n']} ({r['n_positive']} / {r['n_negative']}) | {r['scores']}, "
+        f"| {r['date']} | {r['data']} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
         f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
         for r in card.external_evaluations
     )
@@ -324,6 +379,8 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str) -> d
         "n": metrics["n"],
         "n_positive": metrics["n_positive"],
         "n_negative": metrics["n_negative"],
+        "patients": metrics["patients"],
+        "prevalence": metrics["prevalence"],
         "scores": scores,
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),

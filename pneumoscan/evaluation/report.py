@@ -20,9 +20,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, jsonable, short_of_one
+from pneumoscan.core.metrics import AUC_INTERVAL, clopper_pearson, format_figure, jsonable, short_of_one
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
+
+from .model_card import BOTH_CLASSES, PREVALENCE_BOUND, film_counts, one_class, prevalence_note
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
@@ -39,15 +41,17 @@ figure{margin:0;flex:1 1 320px;max-width:380px}figure img{width:100%;border:1px 
 figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font-size:.9em}
 .cmblock{flex:0 1 auto}.cmblock h3{font-size:1em;margin:4px 0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
+caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
 """
-_PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "balanced_accuracy"}
+_PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "npv", "balanced_accuracy"}
 _BINARY_ROWS = (
     ("auc", "ROC AUC"),
     ("pr_auc", "PR AUC (average precision)"),
     ("sensitivity", "Sensitivity (recall)"),
     ("specificity", "Specificity"),
     ("precision", "Precision (PPV)"),
+    ("npv", "Negative predictive value (NPV)"),
     ("accuracy", "Accuracy"),
     ("f1", "F1"),
     ("ece", "Expected calibration error"),
@@ -77,8 +81,8 @@ def _fmt(value: Any, name: str = "") -> str:
         return "n/a"
     if isinstance(value, int):
         return str(value)
-    if name == "threshold":
-        return f"{value:.4g}"
+    if name == "threshold":  # 4 decimals wherever a threshold is shown: the header's, a caption's, a table's alike
+        return f"{value:.4f}"
     return _percent(value) if name in _PROPORTIONS else format_figure(value)
 
 
@@ -87,17 +91,29 @@ def _percent(share: float) -> str:
     return f"{100 * short_of_one(share, 3):.1f}%"
 
 
-def _value_cell(block: dict[str, Any], name: str) -> str:
-    """The figure with its CI; a defined figure whose CI is null says so, lest a bare 1.000 read as certain."""
+def _value_cell(block: dict[str, Any], name: str, absent: str | None = None, intervals: bool = True) -> str:
+    """The figure with its CI; a defined figure without one says so, lest a bare 1.000 read as certain: one whose
+    CI is null, and any of a block that computes none (``intervals`` False: the per-class figures). On films of one
+    class (``absent``, the class without films) precision, NPV and F1 are n/a, saying why, not a 100 % that
+    describes no model."""
+    if absent and name in BOTH_CLASSES:
+        return f'<td class="num">n/a <span class="ci">(no {_esc(absent)} films: it depends on both classes)</span></td>'
     value = block.get(name)
     cell = _fmt(value, name)
     cis = block.get("ci", {})
     lo, hi = cis.get(name) or (None, None)
     if lo is not None and hi is not None:
         cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
+    elif not _undefined(value) and not intervals:
+        cell += ' <span class="ci">(no 95% CI)</span>'
     elif name in cis and not _undefined(value):
         cell += ' <span class="ci">(no 95% CI: too few patients or films, or no spread to measure)</span>'
     return f'<td class="num">{cell}</td>'
+
+
+def _ci_caption(m: dict[str, Any]) -> str:
+    """The unit the table's intervals count, on the table itself: its n counts films either way."""
+    return f'<caption>95% CIs count {"patients" if m.get("ci_unit") == "patient" else "films"}.</caption>'
 
 
 def _ci_note(m: dict[str, Any], proportions: str, others: dict[bool, str], auc_key: str, auc_name: str) -> str:
@@ -237,49 +253,71 @@ def _pr_figure(pr: dict[str, list], label: str, prevalence: float, points: dict[
     return fig
 
 
+_SPARSE_BIN = 10  # a bin of fewer films has an observed frequency too uncertain to read without its interval
+
+
 def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
+    """Observed frequency per bin of predicted probability with its exact 95% interval (Clopper-Pearson, films)
+    and its number of films written on its bar, lest a bin of 3 films read as firmly as one of 300; bins of fewer
+    than _SPARSE_BIN films are hollow. The legend goes below the axes, where it covers no point."""
     fig, ax = _new_axes(f"Reliability (ECE = {_fmt(cal['ece'])})", xlabel, "Observed frequency")
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
-    filled = [(p, o) for p, o, c in zip(cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
+    filled = [(p, o, c) for p, o, c in zip(cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
     if filled:
-        ax.plot(*zip(*filled), "o-", lw=2, label="model")
+        ends = [clopper_pearson(round(o * c), c) for _, o, c in filled]
+        errors = [[o - lo for (_, o, _), (lo, _) in zip(filled, ends)],
+                  [hi - o for (_, o, _), (_, hi) in zip(filled, ends)]]
+        bars = ax.errorbar([p for p, _, _ in filled], [o for _, o, _ in filled], yerr=errors, fmt="o-", lw=2,
+                           capsize=3, label="model, 95% CI (Clopper-Pearson)")
+        sparse = [(p, o) for p, o, c in filled if c < _SPARSE_BIN]
+        if sparse:
+            ax.plot(*zip(*sparse), "o", mfc="white", color=bars.lines[0].get_color(),
+                    label=f"bin of fewer than {_SPARSE_BIN} films")
     edges = cal["bin_edges"]
     total = max(sum(cal["counts"]), 1)
-    ax.bar(
-        edges[:-1],
-        [c / total for c in cal["counts"]],
-        width=edges[1] - edges[0],
-        align="edge",
-        color="#0b3c5d",
-        alpha=0.15,
-        label="share of images",
-    )
-    ax.legend(loc="upper left", fontsize=8)
+    shares = [c / total for c in cal["counts"]]
+    ax.bar(edges[:-1], shares, width=edges[1] - edges[0], align="edge", color="#0b3c5d", alpha=0.15,
+           label="share of films (count on the bar)")
+    for left, share, count in zip(edges, shares, cal["counts"]):
+        if count:
+            ax.text(left + (edges[1] - edges[0]) / 2, share + 0.01, str(count), ha="center", va="bottom", fontsize=7,
+                    color="#0b3c5d")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
     return fig
+
+
+def _reliability_html(cal: dict[str, Any], xlabel: str, caption: str, pngs: dict[str, bytes] | None) -> str:
+    """The reliability diagram with a caption that says how far to trust its bins."""
+    sparse = sum(0 < c < _SPARSE_BIN for c in cal["counts"])
+    caption += (" 95% CIs by film (Clopper-Pearson); the number on each bar counts its films."
+                + (f" {sparse} bin(s) hold fewer than {_SPARSE_BIN} films (hollow): their observed frequency is "
+                   "uncertain, as their intervals show." if sparse else ""))
+    return _figure_html(_reliability_figure(cal, xlabel), caption, pngs, "reliability")
 
 
 def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
     neg, pos = m.get("class_names", ("negative", "positive"))
     low = m["at_0_5"]
-    head = (
-        f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th>"
-        f"<th>At threshold 0.500</th></tr>"
-    )
+    absent = one_class(m, (neg, pos))
+    at_low = f"At threshold {_fmt(low['threshold'], 'threshold')}"
+    head = f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th><th>{at_low}</th></tr>"
     rows = "".join(
-        f"<tr><th>{label}</th>{_value_cell(m, key)}{_value_cell(low, key)}</tr>" for key, label in _BINARY_ROWS
+        f"<tr><th>{label}{' †' if key in PREVALENCE_BOUND and not absent else ''}</th>"
+        f"{_value_cell(m, key, absent)}{_value_cell(low, key, absent)}</tr>" for key, label in _BINARY_ROWS
     )
     parts = [
         "<h2>Summary</h2>",
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
-            f"n = {m['n']} ({m['n_positive']} {_esc(pos)}, {m['n_negative']} {_esc(neg)}). "
-            + _ci_note(m, "sensitivity, specificity, precision and accuracy", _BINARY_CIS, "auc", "AUC")
+            f"n = {_esc(film_counts(m, (neg, pos)))}. "
+            + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", _BINARY_CIS, "auc", "AUC")
             + "</p>"
         ),
-        f"<table>{head}{rows}</table>",
+        f"<table>{_ci_caption(m)}{head}{rows}</table>",
+        "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}</p>',
         '<h2>Confusion matrices</h2><div class="row">',
         _confusion_table(m["confusion_matrix"], (neg, pos), f"At bundle threshold {_fmt(m['threshold'], 'threshold')}"),
-        _confusion_table(low["confusion_matrix"], (neg, pos), "At threshold 0.500"),
+        _confusion_table(low["confusion_matrix"], (neg, pos), at_low),
         '</div><h2>Curves</h2><div class="row">',
     ]
     curves = m["curves"]
@@ -300,32 +338,30 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         )
         parts.append(
             _figure_html(
-                _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["n_positive"] / m["n"], pr_points),
+                _pr_figure(curves["pr"], f"PR AUC = {_fmt(m['pr_auc'])}", m["prevalence"], pr_points),
                 "Precision-recall curve; dashed line = a classifier without skill.", pngs, "pr",
             )
         )
     else:
         parts.append('<p class="note">ROC and PR curves are undefined: only one class is present.</p>')
-    parts.append(
-        _figure_html(
-            _reliability_figure(curves["calibration"], f"Predicted P({pos})"),
-            "Reliability diagram: observed frequency per bin of predicted probability.", pngs, "reliability",
-        )
-    )
+    parts.append(_reliability_html(curves["calibration"], f"Predicted P({pos})",
+                                   "Reliability diagram: observed frequency per bin of predicted probability.", pngs))
     parts.append("</div>")
     if pngs is not None:
         title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
         pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
     if m.get("threshold_table"):
-        parts.append(_threshold_table_html(m["threshold_table"]))
+        parts.append(_threshold_table_html(m["threshold_table"], absent))
     return "".join(parts)
 
 
-def _threshold_table_html(rows: list[dict[str, Any]]) -> str:
-    """Sensitivity and specificity over a range of thresholds, for choosing an operating point."""
+def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str:
+    """Sensitivity and specificity over a range of thresholds, for choosing an operating point (precision n/a on
+    films of one class, as in the summary)."""
     cells = "".join(
         f"<tr><td>{_esc(r['rule'])}</td><td class=\"num\">{_fmt(r['threshold'], 'threshold')}</td>"
-        + "".join(f'<td class="num">{_fmt(r[k], k)}</td>' for k in ("sensitivity", "specificity", "precision"))
+        + "".join(f'<td class="num">{"n/a" if absent and k in BOTH_CLASSES else _fmt(r[k], k)}</td>'
+                  for k in ("sensitivity", "specificity", "precision"))
         + "".join(f'<td class="num">{r[k]}</td>' for k in ("tp", "fp", "tn", "fn")) + "</tr>"
         for r in rows
     )
@@ -334,6 +370,8 @@ def _threshold_table_html(rows: list[dict[str, Any]]) -> str:
         "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
         "<table><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
         f"<th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
+        + (f'<p class="note">Precision is n/a: there are no {_esc(absent)} films, and it depends on both classes.</p>'
+           if absent else "")
     )
 
 
@@ -354,7 +392,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
     rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}</tr>" for key, label in _MULTICLASS_ROWS)
     per_class = "".join(
         f"<tr><th>{_esc(name)}</th>"
-        + "".join(_value_cell(c, k) for k in ("auc", "sensitivity", "precision", "f1"))
+        + "".join(_value_cell(c, k, intervals=False) for k in ("auc", "sensitivity", "precision", "f1"))
         + f'<td class="num">{c["support"]}</td></tr>'
         for name, c in m["per_class"].items()
     )
@@ -368,22 +406,22 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
         [
             f"<h2>{section}Summary</h2>",
             (
-                f'<p class="note">n = {m["n"]}; decision = {_esc(decision)}. '
+                f'<p class="note">n = {m["n"]} films; decision = {_esc(decision)}. '
                 + _ci_note(m, "accuracy", _THREE_CLASS_CIS, "macro_auc", "macro AUC") + "</p>"
             ),
-            f"<table><tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
+            f"<table>{_ci_caption(m)}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (
-                f"<h2>{section}Per class</h2><table><tr><th>Class</th><th>ROC AUC (one vs rest)</th><th>Sensitivity (recall)</th>"
-                f"<th>Precision</th><th>F1</th><th>Images</th></tr>{per_class}</table>"
+                f"<h2>{section}Per class</h2><table><caption>No 95% CIs: per-class figures are point estimates, and on "
+                "a class of few films they can be far from the truth.</caption><tr><th>Class</th><th>ROC AUC (one vs "
+                "rest)</th><th>Sensitivity (recall)</th><th>Precision</th><th>F1</th><th>Films</th></tr>"
+                f"{per_class}</table>"
             ),
             f'<h2>{section}Confusion matrix</h2><div class="row">',
             _confusion_table(m["confusion_matrix"], names, decision.capitalize()),
             f'</div><h2>{section}Curves</h2><div class="row">',
             _figure_html(roc_figure(roc, labels, {}), "One-vs-rest ROC curve per class.", pngs, "roc") if roc else "",
-            _figure_html(
-                _reliability_figure(curves["calibration"], "Confidence (probability of the decided class)"),
-                "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs, "reliability",
-            ),
+            _reliability_html(curves["calibration"], "Confidence (probability of the decided class)",
+                              "Reliability diagram of the decided class: accuracy per bin of confidence.", pngs),
             "</div>",
         ]
     )
