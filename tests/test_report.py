@@ -108,14 +108,21 @@ def test_report_shows_balanced_accuracy_with_its_ci_and_says_how_intervals_were_
     assert "no 95% CI" not in summaries and "exact one-sided bound" not in page
 
 
-def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
-    rng = np.random.default_rng(4)
-    y = np.repeat(rng.integers(0, 3, 100), 3)  # 100 patients with 3 films each
+def _by_patient(seed: int, n_boot: int) -> dict:
+    """Binary figures of 100 patients with 3 films each, with a three-class block, their intervals by patient."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(rng.integers(0, 3, 100), 3)
     patients = np.repeat(np.arange(100), 3)
     probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
-    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=100, class_names=("normal", "pneumonia"),
+    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=n_boot, class_names=("normal", "pneumonia"),
                               groups=patients)
-    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=100, groups=patients)
+    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=n_boot,
+                                               groups=patients)
+    return metrics
+
+
+def test_report_says_the_intervals_count_patients_when_they_do(tmp_path):
+    metrics = _by_patient(4, 100)
     assert metrics["ci_unit"] == metrics["two_stage"]["ci_unit"] == "patient"
     page = write_report(metrics, tmp_path, "By patient").read_text()
     assert page.count("95% CIs count patients, not films") == 2 and page.count("Korn-Graubard") == 2
@@ -179,13 +186,7 @@ def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path)
 def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tmp_path) -> None:
     """n counted films while the intervals counted patients, and no table said which: the summary names both, as
     "n = 300 films of 100 patients (...)", and each table of intervals says what they count."""
-    rng = np.random.default_rng(5)
-    y = np.repeat(rng.integers(0, 3, 100), 3)  # 100 patients with 3 films each
-    patients = np.repeat(np.arange(100), 3)
-    probs = softmax(rng.normal(size=(300, 3)) + 2 * np.eye(3)[y])
-    metrics = evaluate_binary(y > 0, 1 - probs[:, 0], 0.5, n_boot=50, class_names=("normal", "pneumonia"),
-                              groups=patients)
-    metrics["two_stage"] = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50, groups=patients)
+    metrics = _by_patient(5, 50)
     page = write_report(metrics, tmp_path, "by patient").read_text()
     counts = metrics["patients"]
     assert (f"n = 300 films of 100 patients ({metrics['n_positive']} pneumonia films of {counts['positive']} patients, "
