@@ -1811,3 +1811,23 @@ def test_a_huge_or_endless_answer_is_cut_off_and_the_other_films_are_scored(
     assert rows[endless.SOPInstanceUID]["error"].endswith(f"its answer passed the {2**20} bytes a film may take; "
                                                           "cut off")
     assert "its answer took over 1 s; cut off after" in rows[slow.SOPInstanceUID]["error"]
+
+
+def test_an_instance_that_gets_no_answer_is_that_instances_error(orthanc: str, tiny_bundle: Path, film: np.ndarray,
+                                                                tmp_path: Path) -> None:
+    """A PACS that dropped the connection on one film's WADO-RS (after the tries) had ended the run with status 2
+    and no results for the films it did send."""
+    study = generate_uid()
+    good, dropped = (_upload(orthanc, chest_dicom(film, StudyInstanceUID=study)) for _ in range(2))
+
+    def drop(handler) -> None:
+        handler.close_connection = True  # no answer at all
+
+    out = tmp_path / "pacs.json"
+    with hostile_front(f"{orthanc}/dicom-web", wado={dropped.SOPInstanceUID: drop}) as url:
+        assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(out),
+                         "--backend", "torch"]) == 1
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    assert "probability" in rows[good.SOPInstanceUID]
+    assert rows[dropped.SOPInstanceUID]["error"] == "WADO-RS got no answer for it (ConnectionError), after 3 tries"
+

@@ -359,6 +359,11 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
             log.warning("WADO-RS answer for %s refused: %s", where, e)
             entries.append({**row, "error": f"WADO-RS could not retrieve it: {e}"})
             continue
+        except requests.RequestException as e:  # no answer, after the tries (:data:`ATTEMPTS`): this one only
+            log.warning("WADO-RS got no answer for %s: %s", where, type(e).__name__)
+            entries.append({**row, "error": f"WADO-RS got no answer for it ({type(e).__name__}), after {ATTEMPTS} "
+                                            "tries"})
+            continue
         sources[str(path)] = where
         entries.append(str(path))
     return entries, sources
