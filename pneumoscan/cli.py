@@ -195,10 +195,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it
         print("   intervals count each film as an independent case: no two films share a patient id (file names, a "
               "manifest's patient column or DICOM headers), so films of one patient would make them too narrow")
-    print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10}  rule")
+    print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
-              f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10}  {row['rule']}")
+              f"{format_figure(row['specificity'], 3):>12} {format_figure(row['precision'], 3):>10} "
+              f"{format_figure(row['npv'], 3):>6}  {row['rule']}")
     for key in ("multiclass", "two_stage"):
         if block := metrics.get(key):
             print(f"\n{len(block['class_names'])} classes, {_three_classes(block)}")

@@ -74,6 +74,8 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     for row in table:
         called = p >= float(row["threshold"])
         assert float(row["sensitivity"]) == called[y].mean() and float(row["specificity"]) == (~called[~y]).mean()
+        if (~called).any():  # the NPV too (it was nowhere in the table)
+            assert float(row["npv"]) == (~y[~called]).mean()
         assert int(row["tp"]) + int(row["fn"]) == 8
         if "sensitivity >= 0.95" in row["rule"]:
             assert float(row["sensitivity"]) >= 0.95

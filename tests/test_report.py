@@ -213,14 +213,16 @@ def test_on_films_of_one_class_ppv_npv_and_f1_are_not_applicable(tmp_path) -> No
     a figure of the data, not of the model. It and NPV and F1 (which depend on the absent class) are n/a, saying why."""
     metrics = _binary_metrics(labels=[1] * 40)
     metrics["threshold_table"] = [{"rule": "fixed", "threshold": 0.5, "sensitivity": 0.9, "specificity": None,
-                                   "precision": 1.0, "tp": 36, "fp": 0, "tn": 0, "fn": 4}]
+                                   "precision": 1.0, "npv": 0.0, "tp": 36, "fp": 0, "tn": 0, "fn": 4}]
     page = write_report(metrics, tmp_path, "one class").read_text()
     assert metrics["precision"] == 1.0
     for label in ("Precision (PPV)", "Negative predictive value (NPV)", "F1"):
         row = _row(page, label)
         assert row.count("n/a (no NORMAL films: it depends on both classes)") == 2 and "%" not in row, row
     assert "prevalence" not in page  # no PPV or NPV to hold at it
-    assert "<td class=\"num\">100.0%</td>" not in page and "Precision is n/a: there are no NORMAL films" in page
+    assert "<td class=\"num\">100.0%</td>" not in page
+    assert "Precision and NPV are n/a: there are no NORMAL films" in page
+    assert "<td class=\"num\">0.0%</td>" not in page  # the table's NPV too
     page = write_report(_binary_metrics(labels=[0] * 40), tmp_path, "normal only").read_text()
     assert "n/a (no PNEUMONIA films" in _row(page, "Negative predictive value (NPV)")
 
@@ -275,7 +277,8 @@ def test_thresholds_read_alike_everywhere_in_the_report(tmp_path) -> None:
     prob = 1 / (1 + np.exp(-(rng.normal(size=200) + 1.5 * (2 * y - 1))))
     metrics = evaluate_binary(y, prob, 0.06274311513819045, n_boot=50)
     metrics["threshold_table"] = [{"rule": "bundle threshold", "threshold": 0.06274311513819045, "sensitivity": 1.0,
-                                   "specificity": 0.1, "precision": 0.5, "tp": 1, "fp": 1, "tn": 1, "fn": 0}]
+                                   "specificity": 0.1, "precision": 0.5, "npv": 1.0, "tp": 1, "fp": 1, "tn": 1,
+                                   "fn": 0}]
     write_report(metrics, tmp_path, "thresholds", figures=True)
     page = (tmp_path / "report.html").read_text()
     assert "0.06274" not in page and page.count("0.0627") == 3  # the table's head, the confusion caption, the table

@@ -146,7 +146,7 @@ def labelled_images(
 
 
 def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
-    """Counts, sensitivity, specificity and precision at the bundle's threshold, at the most specific thresholds
+    """Counts, sensitivity, specificity, precision and NPV at the bundle's threshold, at the most specific thresholds
     that reach a few sensitivity targets on these images, and at fixed thresholds: the figures a user picks an
     operating point from. Rows in increasing threshold; one row per threshold, its rules joined."""
     rules: dict[float, list[str]] = {}
@@ -168,7 +168,7 @@ def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list
     for t in sorted(rules):
         m = binary_metrics(y, scores, t)
         rows.append({"threshold": t, "rule": ", ".join(rules[t]), **{k: m[k] for k in (
-            "sensitivity", "specificity", "precision", "tp", "fp", "tn", "fn")}})
+            "sensitivity", "specificity", "precision", "npv", "tp", "fp", "tn", "fn")}})
     return jsonable(rows)  # an undefined rate (precision with nothing called positive) is None, not NaN
 
 

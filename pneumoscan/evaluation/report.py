@@ -356,12 +356,12 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
 
 
 def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str:
-    """Sensitivity and specificity over a range of thresholds, for choosing an operating point (precision n/a on
-    films of one class, as in the summary)."""
+    """Sensitivity and specificity over a range of thresholds, for choosing an operating point (precision and NPV
+    n/a on films of one class, as in the summary)."""
     cells = "".join(
         f"<tr><td>{_esc(r['rule'])}</td><td class=\"num\">{_fmt(r['threshold'], 'threshold')}</td>"
         + "".join(f'<td class="num">{"n/a" if absent and k in BOTH_CLASSES else _fmt(r[k], k)}</td>'
-                  for k in ("sensitivity", "specificity", "precision"))
+                  for k in ("sensitivity", "specificity", "precision", "npv"))
         + "".join(f'<td class="num">{r[k]}</td>' for k in ("tp", "fp", "tn", "fn")) + "</tr>"
         for r in rows
     )
@@ -369,8 +369,9 @@ def _threshold_table_html(rows: list[dict[str, Any]], absent: str | None) -> str
         "<h2>Sensitivity and specificity by threshold</h2><p class=\"note\">Figures on these images; a threshold "
         "picked from this table and judged on the same images is optimistic (pneumoscan threshold).</p>"
         "<table><tr><th>Rule</th><th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Precision</th>"
-        f"<th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
-        + (f'<p class="note">Precision is n/a: there are no {_esc(absent)} films, and it depends on both classes.</p>'
+        f"<th>NPV</th><th>TP</th><th>FP</th><th>TN</th><th>FN</th></tr>{cells}</table>"
+        + (f'<p class="note">Precision and NPV are n/a: there are no {_esc(absent)} films, and they depend on both '
+           'classes.</p>'
            if absent else "")
     )
 
