@@ -57,6 +57,11 @@ def format_figure(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{short_of_one(value, digits):.{digits}f}"
 
 
+def format_percent(share: float) -> str:
+    """A share as a percentage at one decimal, never rounded up to 100.0% (:func:`short_of_one`)."""
+    return f"{100 * short_of_one(share, 3):.1f}%"
+
+
 def with_ci(value: float | None, ci: Sequence[float | None] | None, digits: int = 3) -> str:
     """``0.912 (95% CI 0.880-0.940)`` for plain text, the bounds at the value's decimals; a defined figure without
     an interval says so, lest the bare value read as certain."""

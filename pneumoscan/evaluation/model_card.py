@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, short_of_one, with_ci
+from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, format_percent, with_ci
 from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import BundleCard, load_card, read_bundle_text, save_card
 
@@ -152,7 +152,7 @@ def _index_name(name: str, key: str, where: list[str], prevalence: float | None)
     """A model-index figure's name with where it was measured: its threshold, and for PPV and NPV the prevalence
     they hold at (at another they differ)."""
     if key in PREVALENCE_BOUND and prevalence is not None:
-        where = [*where, f"at prevalence {_percent(prevalence)}"]
+        where = [*where, f"at prevalence {format_percent(prevalence)}"]
     return f"{name} ({', '.join(where)})" if where else name
 
 
@@ -208,14 +208,10 @@ def _bullets(items: tuple[str, ...]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def _percent(share: float) -> str:
-    return f"{100 * short_of_one(share, 3):.1f}%"
-
-
 def prevalence_note(prevalence: float, positive: str, mark: str = "") -> str:
     """Why PPV and NPV are no property of the model alone: they hold at the prevalence of the films measured."""
-    return (f"{mark}At this set's prevalence of {_percent(prevalence)} ({positive} films): at another, PPV and NPV "
-            "differ.")
+    return (f"{mark}At this set's prevalence of {format_percent(prevalence)} ({positive} films): at another, PPV "
+            "and NPV differ.")
 
 
 def _validation_section(card: BundleCard) -> str:

@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.metrics import AUC_INTERVAL, clopper_pearson, format_figure, jsonable, short_of_one
+from pneumoscan.core.metrics import AUC_INTERVAL, clopper_pearson, format_figure, format_percent, jsonable
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -83,12 +83,7 @@ def _fmt(value: Any, name: str = "") -> str:
         return str(value)
     if name == "threshold":  # 4 decimals wherever a threshold is shown: the header's, a caption's, a table's alike
         return f"{value:.4f}"
-    return _percent(value) if name in _PROPORTIONS else format_figure(value)
-
-
-def _percent(share: float) -> str:
-    """A share as a percentage at one decimal, never rounded up to 100.0% (:func:`short_of_one`)."""
-    return f"{100 * short_of_one(share, 3):.1f}%"
+    return format_percent(value) if name in _PROPORTIONS else format_figure(value)
 
 
 def _value_cell(block: dict[str, Any], name: str, absent: str | None = None, intervals: bool = True) -> str:
@@ -171,7 +166,7 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
         cells = ""
         for count, share in zip(counts, shares):
             alpha = 0.0 if share is None else 0.05 + 0.45 * share
-            pct = "n/a" if share is None else _percent(share)
+            pct = "n/a" if share is None else format_percent(share)
             cells += (
                 f'<td style="background:rgba(44,123,182,{alpha:.2f})">{count}<br><span class="ci">{pct}</span></td>'
             )
@@ -202,7 +197,7 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
     ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for i, (counts, row) in enumerate(zip(cm["counts"], shares)):
         for j, (count, share) in enumerate(zip(counts, row)):
-            text = f"{count}" + ("" if math.isnan(share) else f"\n{_percent(share)}")
+            text = f"{count}" + ("" if math.isnan(share) else f"\n{format_percent(share)}")
             ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
     ax.set(title=title, xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
     ax.set_xticklabels(names)
