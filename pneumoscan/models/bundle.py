@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
@@ -60,7 +59,7 @@ def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     if card.model == ENSEMBLE:  # several members in one bundle
         model = EnsembleNet.from_card(card)
     else:
-        if card.model not in registry.list_models() and not timm.is_model(card.model):
+        if not registry.known(card.model):
             raise ValueError(f"{directory}: its model {card.model!r} is not registered in this process: import the "
                              "module that registers it first (a model of your own: docs/development.md, Adding a "
                              "model)")

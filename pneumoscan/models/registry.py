@@ -88,7 +88,7 @@ def create(
                 raise ValueError(f"{name} flattens its feature map, so it is built for one input size: give image_size")
             kwargs["image_size"] = image_size
         return entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
-    if not timm.is_model(name):
+    if not known(name):
         unknown_model(name)
     default = get_pretrained_cfg(name)
     if image_size is not None and default is not None and default.fixed_input_size:
@@ -96,6 +96,11 @@ def create(
     return timm.create_model(
         name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs
     )
+
+
+def known(name: str) -> bool:
+    """Whether :func:`create` can build ``name`` in this process: registered here, or a timm model."""
+    return name in _REGISTRY or timm.is_model(name)
 
 
 def unknown_model(name: str) -> None:
