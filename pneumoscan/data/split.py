@@ -57,14 +57,22 @@ def _warn_unnamed(records: Sequence[Record]) -> None:
 
 
 def _units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Indices of records that must stay together (:func:`patient_units`), having said where patients are unknown."""
+    """Indices of records that must stay together (:func:`patient_units`), having said where patients are unknown,
+    in the order of each unit's first film as it really is, not by where it was listed: the seeded shuffle then
+    starts from the same order for the same films, so a manifest sorted otherwise (or the folders themselves) gives
+    the same split."""
     _warn_unnamed(records)
-    return patient_units(records, duplicate_groups)
+    units: dict[int, list[int]] = defaultdict(list)
+    for i, unit in enumerate(patient_units(records, duplicate_groups)):
+        units[int(unit)].append(i)
+    real = [os.path.realpath(r.path) for r in records]
+    return sorted(units.values(), key=lambda unit: min(real[i] for i in unit))
 
 
-def patient_units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Indices of records that are one patient's as far as can be told: the same patient id, or films of one
-    picture group (copies of one film under two ids are one child's), joined transitively."""
+def patient_units(records: Sequence[Record], duplicate_groups: Sequence[Sequence[str]]) -> np.ndarray:
+    """Each record's unit number: records share one when they are one patient's as far as can be told, the same
+    patient id, or films of one picture group (copies of one film under two ids are one child's), joined
+    transitively."""
     index = {r.path: i for i, r in enumerate(records)}
     linked: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(records):
@@ -77,14 +85,7 @@ def patient_units(records: Sequence[Record], duplicate_groups: Sequence[Sequence
         cols += members[1:]
     n = len(records)
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
-    labels = connected_components(graph, directed=False)[1]
-    units: dict[int, list[int]] = defaultdict(list)
-    for i, comp in enumerate(labels):
-        units[int(comp)].append(i)
-    # by each unit's first film as it really is, not by where it was listed: the seeded shuffle then starts from the
-    # same order for the same films, so a manifest sorted otherwise (or the folders themselves) gives the same split
-    real = [os.path.realpath(r.path) for r in records]
-    return sorted(units.values(), key=lambda unit: min(real[i] for i in unit))
+    return connected_components(graph, directed=False)[1]
 
 
 def patient_split(

@@ -44,9 +44,10 @@ THUMBNAIL = 256
 
 
 def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float,
-                           groups: Sequence[str] | None = None) -> dict:
+                           groups: Sequence[str] | np.ndarray | None = None) -> dict:
     """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
-    per-class block under ``multiclass``. ``groups`` (each film's patient) makes the CIs count patients."""
+    per-class block under ``multiclass``. ``groups`` (each film's patient, or its unit: :func:`patient_units`)
+    makes the CIs count patients."""
     y, prob = binary_targets(targets), task.positive_probability(probs)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive), groups=groups)
     metrics["positive_class"] = task.positive
@@ -69,7 +70,7 @@ def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: f
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
-               tta: bool, backend: str, groups: Sequence[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+               tta: bool, backend: str, groups: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
     """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
     scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
     call; ``groups`` as :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not
@@ -122,15 +123,6 @@ def labelled_records(
         log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
                     unreadable, "; ..." if len(cache.errors) > 3 else "")
     return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
-
-
-def _unit_of(units: Sequence[Sequence[int]], n: int) -> list[int]:
-    """Each of ``n`` films' unit number, from the units' lists of film indices."""
-    of = [0] * n
-    for k, unit in enumerate(units):
-        for i in unit:
-            of[i] = k
-    return of
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -272,7 +264,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
                     "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
                     "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
-    groups = [f"unit{k}" for k in _unit_of(patient_units(records, copies), len(records))]
+    groups = patient_units(records, copies)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     metrics["copies"] = copies
     metrics["unreadable"] = errors
