@@ -442,13 +442,13 @@ def train(
     d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
-    callbacks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
-                                         callbacks)
+    hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
+                                     callbacks)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
     if resumed is not None:
         restore(state, resumed, stateful, checkpoint_path)
-    fit(state, callbacks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
+    fit(state, hooks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
                                                             label_smoothing=cfg.label_smoothing),
         validation_row(model, d, task, ctx))
     if ctx.world > 1:
