@@ -27,7 +27,6 @@ import math
 import struct
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -45,7 +44,7 @@ from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
 from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
-from .reports import check_reportable, write_reports
+from .reports import check_reportable, dicom_multipart, write_reports
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 60  # one request to the PACS: each socket read, not the whole answer
@@ -169,11 +168,8 @@ def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.R
     (dicomweb-client streams a message over 1 MB from a generator, which its first try spends: its retry after a 503
     had sent nothing). A refusal raises ``requests.HTTPError``, no answer at all another
     ``requests.RequestException``."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-                    for part in parts) + f"--{boundary}--\r\n".encode()
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-               "Accept": "application/dicom+json"}
+    body, content_type = dicom_multipart(parts)
+    headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
     return _request(session, "STOW-RS", "POST", url, data=body, headers=headers)
 
 

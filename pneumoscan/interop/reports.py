@@ -7,6 +7,7 @@ what the web service states, and it need not load highdicom and fhir.resources f
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 from pneumoscan.core.atomic import write_new
@@ -38,6 +39,15 @@ def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
     if not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "
                          "whose positive call is not pneumonia present: report with a pneumonia bundle")
+
+
+def dicom_multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    """Part 10 files as one multipart/related body and its Content-Type: what STOW-RS takes, and what the service
+    answers for a report sent with its overlay."""
+    boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def scoring_mode(backend: str, tta: bool = False) -> str:

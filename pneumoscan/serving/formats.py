@@ -3,7 +3,6 @@ as a DICOM SR (with the overlay as a Secondary Capture) or a FHIR Observation.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -134,6 +133,7 @@ def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None,
     (with the film's patient as its subject), identified as ``predict`` identifies them: the same film scored the
     same way (``mode``: the backend) gets the same UIDs and identifier."""
     from pneumoscan.interop import fhir, sr
+    from pneumoscan.interop.reports import dicom_multipart
 
     headers = {"Cache-Control": "no-store"}
     try:
@@ -147,8 +147,5 @@ def report(fmt: str, reading: dict, data: bytes, dicom: bool, png: bytes | None,
         raise Rejected(422, f"cannot report this reading: {redact(str(e))}") from None
     if len(parts) == 1:
         return Response(parts[0], media_type="application/dicom", headers=headers)
-    boundary = f"pneumoscan-{os.urandom(12).hex()}"
-    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    body = b"".join(head + part + b"\r\n" for part in parts)
-    return Response(body + f"--{boundary}--\r\n".encode(), headers=headers,
-                    media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    body, content_type = dicom_multipart(parts)
+    return Response(body, headers=headers, media_type=content_type)
