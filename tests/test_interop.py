@@ -46,7 +46,7 @@ from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
-from pneumoscan.interop.reports import model_identity, write_reports
+from pneumoscan.interop.reports import dicom_multipart, model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV
 from pneumoscan.models.card import load_card, save_card
@@ -1037,14 +1037,6 @@ def _failed_item(ds: Dataset, reason: int) -> dict:
             "00081197": {"vr": "US", "Value": [reason]}}  # fmt: skip
 
 
-def _multipart(parts: list[bytes]) -> tuple[bytes, str]:
-    """``parts`` as a STOW-RS request body, and its content type."""
-    boundary = f"pneumoscan-test-{os.urandom(8).hex()}"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-                    for part in parts)
-    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 @contextmanager
 def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[str, list[str]]]:
     """A DICOMweb front on ``upstream`` whose STOW-RS fails the instances of ``modality`` as a PACS that stores
@@ -1072,7 +1064,7 @@ def partial_stow(upstream: str, modality: str, reason: int) -> Iterator[tuple[st
                     continue
                 failed_uids.append(ds.SOPInstanceUID)
                 failed.append(_failed_item(ds, reason))
-            content, kind = _multipart(kept)
+            content, kind = dicom_multipart(kept)
             upstream_answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
                                          headers={"Content-Type": kind, "Accept": "application/dicom+json"})
             assert upstream_answer.status_code == 200, upstream_answer.text
@@ -1206,7 +1198,7 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
             posts.append(parts)
             status = refusals.get(len(posts))
             if status in (None, NO_ANSWER):
-                content, kind = _multipart(parts)
+                content, kind = dicom_multipart(parts)
                 answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
                                     headers={"Content-Type": kind, "Accept": "application/dicom+json"})
                 if status == NO_ANSWER:
@@ -1670,7 +1662,7 @@ def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: l
                 self.send_header("Location", f"{redirect['POST']}{self.path}")
                 self.send_header("Content-Length", "0")
                 return self.end_headers()
-            content, kind = _multipart(parts)
+            content, kind = dicom_multipart(parts)
             answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
                                 headers={"Content-Type": kind, "Accept": "application/dicom+json"})
             self.send_response(answer.status_code)
