@@ -22,6 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
+import pneumoscan.data.audit as audit_module
 from pneumoscan.data.audit import EXACT, NEAR, audit, audit_figure, format_audit, picture_groups
 from pneumoscan.data.layouts import discover
 from tests.builders import dicom_bytes
@@ -172,6 +173,26 @@ def test_picture_groups_are_the_audits_duplicates(report: dict, tree: dict[str, 
     # a file that vanished (or cannot be read) is left out instead of stopping train or split
     gone = str(tree["root"] / "train" / "NORMAL" / "deleted-meanwhile.jpeg")
     assert picture_groups([*paths, gone], workers=2) == expected
+
+
+def test_picture_groups_read_a_film_once_while_it_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate groups its films twice (with the training films, then among themselves): each is decoded once, and a
+    film written again since is read again."""
+    films = [tmp_path / f"film{i}.png" for i in range(3)]
+    _picture(11, (96, 80)).save(films[0])
+    _picture(12, (96, 80)).save(films[1])
+    shutil.copyfile(films[0], films[2])
+    read: list[str] = []
+    scan = audit_module._scan
+    monkeypatch.setattr(audit_module, "_scan", lambda path: read.append(path) or scan(path))
+    paths = list(map(str, films))
+    assert picture_groups(paths, workers=2) == [(EXACT, [paths[0], paths[2]])]
+    assert picture_groups(paths[:2], workers=2) == []
+    assert sorted(read) == paths
+    _picture(11, (96, 80)).resize((90, 75)).save(films[1])  # now a resized copy of film0
+    os.utime(films[1], ns=(films[1].stat().st_atime_ns, films[1].stat().st_mtime_ns + 10**9))
+    assert picture_groups(paths, workers=2) == [(NEAR, paths)]
+    assert sorted(read) == sorted([*paths, paths[1]])
 
 
 def test_single_folder_reports_under_all(tree: dict[str, Path]) -> None:
