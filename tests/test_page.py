@@ -507,6 +507,28 @@ def test_a_colour_file_is_shown_in_the_grey_the_model_reads(page: Page, small: P
     np.testing.assert_array_equal(shown, np.asarray(Image.open(path).convert("L")))
 
 
+def test_the_card_gives_the_patients_beside_the_films(browser: Browser, tiny_bundle: Path, tmp_path: Path) -> None:
+    """One child's films are scored alike: where the card counts patients, the validation row names them beside its
+    films."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_card(bundle)
+    n = card.val_metrics["n"]
+    save_card(bundle, dataclasses.replace(card, val_metrics={**card.val_metrics, "patients": {
+        "all": n - 3, "positive": n - 3 - card.val_metrics.get("n_negative", 0), "negative": 5}}))
+    server = run_server(create_app(bundle))
+    url = next(server)
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        expect(page.locator("#card")).to_contain_text(f"n = {n} films of {n - 3} patients")
+        context.close()
+    finally:
+        server.close()
+
+
 def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes,
                                                        tmp_path: Path) -> None:
     """A CT slice was shown "Reading: PNEUMONIA" in bold red like any film, its reason a small bullet below the

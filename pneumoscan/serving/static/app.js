@@ -66,7 +66,7 @@ function showCard(info) {
     // each row says the threshold its sensitivity and specificity were measured at: after `pneumoscan threshold`
     // the one in force is another
     ["Validation", `AUC ${figure(m.auc)}, sensitivity ${figure(m.sensitivity)}, specificity ${figure(m.specificity)}` +
-      (m.threshold != null ? ` at threshold ${figure(m.threshold)}` : "") + (m.n ? `, n = ${m.n}` : "")],
+      (m.threshold != null ? ` at threshold ${figure(m.threshold)}` : "") + (m.n ? `, n = ${filmsOf(m)}` : "")],
     ["Training data", info.data_fingerprint || "not recorded"],
     ...(info.caveats || []).map((text) => ["Caveat", text]),
     ...(info.etiology ? info.etiology.caveats || [] : []).map((text) => ["Second stage caveat", text]),
@@ -75,7 +75,7 @@ function showCard(info) {
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
       `AUC ${figure(e.metrics.auc.value)}, sensitivity ${figure(e.metrics.sensitivity.value)}, ` +
       `specificity ${figure(e.metrics.specificity.value)}` +
-      (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${e.n} (${e.date})`]),
+      (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${filmsOf(e)} (${e.date})`]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
@@ -90,6 +90,13 @@ function showCard(info) {
   }));
   $("out-of-scope").hidden = notFor.length === 0;
   fillList($("card"), rows);
+}
+
+// "322 films of 172 patients": one child's films are scored alike, so the patients, where the card counts them, say
+// how much evidence the figures rest on
+function filmsOf(counts) {
+  const patients = counts.patients && counts.patients.all;
+  return patients ? `${counts.n} films of ${patients} patients` : `${counts.n} films`;
 }
 
 function fillList(list, rows) {
