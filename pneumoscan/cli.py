@@ -20,6 +20,7 @@ from pneumoscan.core.names import shown, utf8_strings
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
+from pneumoscan.models import WeightsUnavailable
 
 if TYPE_CHECKING:
     from pneumoscan.serving.guard import Access
@@ -242,11 +243,12 @@ def serve_settings(args: argparse.Namespace) -> tuple[Limits, Access]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pneumoscan.serving.server import serve
+    from pneumoscan.serving.server import build_server
 
     limits, access = serve_settings(args)
-    serve(args.bundle, args.etiology, args.host, args.port, args.max_upload_mb, args.backend, limits, access, args.insecure,
-          quiet=args.quiet)  # -q: no access log either
+    build_server(args.bundle, etiology=args.etiology, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+                 backend=args.backend, limits=limits, access=access, insecure=args.insecure,
+                 quiet=args.quiet).run()  # -q: no access log either
     return 0
 
 
@@ -735,8 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
-        models = sys.modules.get("pneumoscan.models.registry")  # loaded if it raised; importing it here would cost torch
-        return 3 if models is not None and isinstance(e, models.WeightsUnavailable) else 2
+        return 3 if isinstance(e, WeightsUnavailable) else 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
         goes_on = (" (`train --resume` goes on from the last finished epoch)" if args.command == "train" else
                    " (the same `cv` command goes on from each fold's last finished epoch)" if args.command == "cv"

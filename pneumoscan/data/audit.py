@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import imagehash
 import numpy as np
@@ -40,6 +41,11 @@ from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery
                                      own_patient)
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import resize, spread
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from pneumoscan.data.transforms import Augment
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
 PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
@@ -364,8 +370,8 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
 GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
 
 
-def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment=None, policy: str = "squash",
-                   seed: int = 0) -> Path:
+def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment: Augment | None = None,
+                   policy: str = "squash", seed: int = 0) -> Path:
     """A PNG grid of ``n`` training films as the model sees them after the training transform (``augment``, an
     :class:`~pneumoscan.data.transforms.Augment`; the default recipe's when None; ``Augment.off()`` for the films as
     cached): decoded, resized to ``size`` by ``policy``, augmented with a fixed ``seed``, shown on the [0, 1]
@@ -402,7 +408,7 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
     return out_png
 
 
-def format_audit(report: dict):
+def format_audit(report: dict) -> Group:
     """A rich renderable for the CLI: one table row per split for the counts, one for the image sizes, then one
     line per finding. Two narrow tables fit an 80-column terminal or pipe, and a cell that still does not fit
     folds onto a second line rather than losing its end."""

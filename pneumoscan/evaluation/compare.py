@@ -13,13 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
 from .report import figure_png, roc_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     return runs
 
 
-def comparison_figure(runs: list[RunSummary]):
+def comparison_figure(runs: list[RunSummary]) -> Figure:
     """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot."""
     curves = {r.run: r.roc for r in runs if r.roc["fpr"]}
     labels = {r.run: f"{r.run}{OPTIMISTIC if r.optimistic else ''} (AUC {format_figure(r.auc)})" for r in runs}

