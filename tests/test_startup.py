@@ -28,6 +28,8 @@ from pneumoscan.serving.service import Service
 from tests.builders import SCORE_TOL
 
 TORCH_STACK = ("torch", "torchvision", "timm")
+# and scikit-learn, which only training needs (the content check's fit): 0.8 s and 70 MB a scoring process
+HEAVY = (*TORCH_STACK, "sklearn")
 ROOT = Path(__file__).parents[1]
 
 
@@ -52,7 +54,7 @@ PREDICT = f"""
 import json, sys
 from pneumoscan import cli
 code = cli.main(sys.argv[1:])
-print(json.dumps({{"code": code, "loaded": [m for m in {TORCH_STACK!r} if m in sys.modules]}}))
+print(json.dumps({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
 
 
@@ -76,7 +78,7 @@ def test_torch_is_loaded_for_the_torch_backend_and_for_heatmaps(tiny_bundle: Pat
     out = tmp_path / "rows.json"
     for extra in (["--backend", "torch"], ["--backend", "onnx", "--heatmaps", str(tmp_path / "maps")]):
         ran = run_python(PREDICT, "predict", str(tiny_bundle), str(film), "--out", str(out), *extra)
-        assert ran == {"code": 0, "loaded": list(TORCH_STACK)}, extra
+        assert ran["code"] == 0 and set(TORCH_STACK) <= set(ran["loaded"]), extra  # Grad-CAM's library loads sklearn
 
 
 def test_the_onnx_backend_builds_the_torch_model_for_gradcam_only_and_checks_its_weights(
@@ -191,7 +193,7 @@ buf = io.BytesIO()
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(buf, "PNG")
 with TestClient(create_app(sys.argv[1], backend="onnx")) as client:
     answer = client.post("/v1/predict", files={{"file": ("film.png", buf.getvalue(), "image/png")}})
-print(json.dumps({{"status": answer.status_code, "loaded": [m for m in {TORCH_STACK!r} if m in sys.modules]}}))
+print(json.dumps({{"status": answer.status_code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
 
 
