@@ -21,6 +21,19 @@ README_MAX_LINES = 120  # about two screens
 # A commit hash quoted in the text (`5f14974`), or named after the word commit: history, not documentation.
 COMMIT_HASH = re.compile(r"`[0-9a-f]{7,40}`|\bcommit [0-9a-f]{7,40}\b", re.IGNORECASE)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# The past told in a user page ("written by an earlier pneumoscan", "Earlier, N tests passed", "the current recipe"):
+# history belongs in CHANGELOG.md; a page names what a reader can observe (a field, a format, a file) instead.
+HISTORY = re.compile(
+    r"\b(?:earlier|older|later|newer|previous) (?:pneumoscan|versions?|releases?)\b"
+    r"|\bbefore pneumoscan (?:kept|wrote|recorded|checked|had)\b"
+    r"|\bpneumoscan (?:now|no longer|used to)\b"
+    r"|\b(?:writes|records|checks|refuses|accepts) now\b"
+    r"|\bthe current (?:recipe|version|release|export|code)\b"
+    r"|(?:^|[.;:] )Earlier, "
+    r"|\bpreviously\b"
+    r"|\bby pneumoscan \d+\.\d+",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def _mkdocs_build(project: Path, site: Path) -> subprocess.CompletedProcess:
@@ -88,6 +101,36 @@ def test_docs_have_no_commit_hashes(page: Path) -> None:
     assert not COMMIT_HASH.findall(page.read_text())
 
 
+@pytest.mark.parametrize("page", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_user_pages_tell_no_history(page: Path) -> None:
+    found = [m.group(0).strip() for m in HISTORY.finditer(page.read_text())]
+    assert not found, f"{page.name} tells history (CHANGELOG.md's job): {found}"
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under a ``## heading``, up to the next ``## `` heading."""
+    return re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M).group(1)
+
+
+def test_the_site_carries_the_readme_quick_start() -> None:
+    """A reader of the built site alone (the README is not part of it) gets the same quick start, command for
+    command."""
+    readme = re.findall(r"```bash\n(.*?)```", _section(README.read_text(), "Quick start"), re.S)
+    site = re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / "quickstart.md").read_text(), re.S)
+    assert len(readme) == 1 and site, "no quick-start command block"
+    assert site[0] == readme[0], "docs/quickstart.md's first command block differs from README.md's quick start"
+    assert "quickstart.md" in (ROOT / "mkdocs.yml").read_text()
+
+
+def test_readme_headline_figures_are_those_of_the_results_page() -> None:
+    """The README keeps the headline figures; docs/results.md holds them with the command that made them."""
+    results = (ROOT / "docs" / "results.md").read_text()
+    rows = [line for line in _section(README.read_text(), "Results").splitlines() if line.startswith("| ")]
+    assert len(rows) >= 8, "the README's result tables are gone"
+    missing = [row for row in rows if row not in results.splitlines()]
+    assert not missing, f"README rows not in docs/results.md: {missing}"
+
+
 def test_readme_links_are_relative_and_resolve() -> None:
     """README links into docs/ are relative paths (they work on a code host and in a clone), and each target file
     and heading exists."""
@@ -109,10 +152,14 @@ def test_anchor_helper_matches_mkdocs() -> None:
 
 
 def test_the_python_page_runs_as_written(tiny_dataset: Path, tmp_path: Path) -> None:
-    """docs/python.md's example is the library's front door: it must run as it stands, on any dataset root."""
+    """docs/python.md's example is the library's front door: it must run as it stands, on any dataset root, saved
+    as a script. Run as a file, not with ``python -c``: the image cache decodes in worker processes that import the
+    script again (where the machine has more than one core), which only a ``__main__`` guard survives."""
     page = (ROOT / "docs" / "python.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", page, re.DOTALL))
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    assert 'if __name__ == "__main__":' in code, "a script without the guard fails where the cache starts workers"
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PNEUMOSCAN_DATA": str(tiny_dataset), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "validation AUC" in done.stdout and (tmp_path / "runs/python/eval-val/report.html").is_file()
