@@ -184,7 +184,7 @@ def test_picture_groups_read_a_film_once_while_it_is_unchanged(tmp_path: Path, m
     shutil.copyfile(films[0], films[2])
     read: list[str] = []
     scan = audit_module._scan
-    monkeypatch.setattr(audit_module, "_scan", lambda path: read.append(path) or scan(path))
+    monkeypatch.setattr(audit_module, "_scan", lambda path, **kw: read.append(path) or scan(path, **kw))
     paths = list(map(str, films))
     assert picture_groups(paths, workers=2) == [(EXACT, [paths[0], paths[2]])]
     assert picture_groups(paths[:2], workers=2) == []

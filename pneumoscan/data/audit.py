@@ -69,10 +69,11 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _scan(path: str) -> dict:
-    """Everything the audit needs from one file: content hash, header, perceptual hash (or why it failed).
-    The decoder gets the path, not the bytes, so a .dcm without the DICM preamble is still known by its name;
-    the re-reads come from the OS cache."""
+def _scan(path: str, header: bool = True) -> dict:
+    """Everything the audit needs from one file: content hash, header (unless not ``header``: grouping copies needs
+    none, and reading it is a sixth of a 224 px film's scan), perceptual hash (or why it failed). The decoder gets
+    the path, not the bytes, so a .dcm without the DICM preamble is still known by its name; the re-reads come from
+    the OS cache."""
     out: dict = {"path": path}
     try:
         out["sha"] = _sha256(path)
@@ -83,13 +84,15 @@ def _scan(path: str) -> dict:
         out["error"] = str(e)
         return out
     try:
-        info = image_info(path)
+        if header:
+            info = image_info(path)
+            out.update(width=info["width"], height=info["height"], mode=info["mode"])
         gray = read_gray(path, target=PHASH_TARGET)
         bits = imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE).hash
     except DecodeError as e:  # the decoder turns every bad input into one, with the reason as its message
         out["error"] = str(e)
         return out
-    out.update(width=info["width"], height=info["height"], mode=info["mode"], phash=np.packbits(bits).tobytes())
+    out["phash"] = np.packbits(bits).tobytes()
     return out
 
 
@@ -123,14 +126,14 @@ def _scan_unchanged(path: str) -> dict:
     try:
         stat = os.stat(path)
     except OSError:
-        return _scan(path)  # which says why
+        return _scan(path, header=False)  # which says why
     return _scan_of(path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=2**17)  # a scan is a few hundred bytes: 131,072 films in about 40 MB
 def _scan_of(path: str, device: int, inode: int, size: int, modified_ns: int) -> dict:
-    """:func:`_scan`, kept for one version of one file (:func:`_scan_unchanged`)."""
-    return _scan(path)
+    """:func:`_scan` without the header, kept for one version of one file (:func:`_scan_unchanged`)."""
+    return _scan(path, header=False)
 
 
 def _picture_groups(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:
