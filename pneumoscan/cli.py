@@ -177,7 +177,7 @@ def _three_classes(block: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import format_figure, with_ci
+    from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, format_figure, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts
     from pneumoscan.models.run_folder import REPORT
@@ -194,8 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"   threshold: {metrics['threshold']:.4f}   n = {film_counts(metrics, metrics['class_names'])}   "
           f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
     if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it
-        print("   intervals count each film as an independent case: no two films share a patient id (file names, a "
-              "manifest's patient column or DICOM headers), so films of one patient would make them too narrow")
+        print(f"   {FILM_UNIT_CAVEAT}")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "
@@ -334,7 +333,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.inference.export import export_onnx, spec_path
+    from pneumoscan.inference.export import export_onnx, read_sidecar, spec_path
 
     if args.int8:
         from pneumoscan.training.quantize import quantize_bundle
@@ -343,7 +342,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ValueError("--out names a plain ONNX export's file; --int8 writes BUNDLE/model.int8.onnx, where "
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
-        figures = json.loads(spec_path(out).read_text())
+        figures = read_sidecar(out, strict=True)
         print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} "
               f"(FP32 {format_figure(figures['val_auc_fp32'], 4)}), threshold {figures['int8_threshold']:.4f} chosen "
               f"on the INT8 scores ({figures['threshold_policy']})")

@@ -27,10 +27,10 @@ from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
-from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
+from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
-from pneumoscan.training.ensemble import batched, out_of_fold
+from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
 
 
@@ -386,9 +386,9 @@ def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_b
     nan = session(_nan_when_bright(64))
     dark, bright = np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8)
     with pytest.raises(NonFiniteScore) as refused:
-        batched(nan, np.stack([dark, bright, dark]))
+        session_logits(nan, np.stack([dark, bright, dark]))
     assert refused.value.bad.tolist() == [False, True, False]
-    assert np.isfinite(batched(nan, dark[None])).all()
+    assert np.isfinite(session_logits(nan, dark[None])).all()
 
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0

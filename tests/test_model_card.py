@@ -14,7 +14,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.core.metrics import AUC_INTERVAL
+from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import CARD_METRICS, INTENDED_USE, MODEL_CARD, render, today, write_model_card
 from pneumoscan.inference.export import INT8_NAME, spec_path
@@ -82,7 +82,11 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
         f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
         f"ROC AUC (at threshold {card.threshold:.4f})", f"ROC AUC (at threshold {card.tta_threshold:.4f})"]
     assert "| synthetic test films | 16 films (8 PNEUMONIA, 8 NORMAL) | films | plain," in body
-    assert f"for AUC {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
+    assert f"for ROC AUC, {AUC_INTERVAL}" in body and "bootstrap for AUC" not in body  # as computed
+    assert FILM_UNIT_CAVEAT in body  # one film a patient: as the report and the screen say it
+    mixed = render(dataclasses.replace(card, external_evaluations=[first | {"ci_unit": "patient"}, second]))
+    assert ("95% CIs of synthetic test films count patients, not films" in mixed and "(Korn-Graubard)" in mixed
+            and "95% CIs of chest_xray/test: exact Clopper-Pearson" in mixed), "each data under the unit it counts"
     assert (bundle / MODEL_CARD).read_text() == render(card)
     assert load_card(tiny_bundle).external_evaluations == [], "the copy was recorded in, not the original"
     auc = first["metrics"]["auc"]["value"]

@@ -306,7 +306,7 @@ def test_an_interrupted_int8_export_leaves_the_earlier_one_whole(int8_bundle: Pa
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quantize, "choose_thresholds", interrupted)  # Ctrl-C while the thresholds are chosen
+    monkeypatch.setattr(quantize, "choose_operating_point", interrupted)  # Ctrl-C while the thresholds are chosen
     with pytest.raises(KeyboardInterrupt):
         # fewer calibration films than the earlier export: another graph, which must not replace that one
         quantize.quantize_bundle(bundle, tiny_bundle.parent / "split.csv", calibration_images=4)

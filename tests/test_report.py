@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from pneumoscan.core.metrics import AUC_INTERVAL, evaluate_binary, evaluate_multiclass, softmax
+from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_binary, evaluate_multiclass, softmax
 from pneumoscan.evaluation.report import figure_png, plot_training_curves, write_report
 from pneumoscan.inference.explain import png_data_url
 
@@ -103,7 +103,7 @@ def test_report_shows_balanced_accuracy_with_its_ci_and_says_how_intervals_were_
     page = write_report(metrics, tmp_path, "Two stages").read_text()
     lo, hi = metrics["two_stage"]["ci"]["balanced_accuracy"]
     assert f"(95% CI {100 * lo:.1f}%–{100 * hi:.1f}%)" in _row(page, "Balanced accuracy")
-    assert page.count("exact Clopper-Pearson") == 2 and page.count("independent case") == 2
+    assert page.count("exact Clopper-Pearson") == 2 and page.count(FILM_UNIT_CAVEAT) == 2  # the CLI's and card's words
     summaries = page.split("Per class")[0]  # the per-class figures have no intervals by design
     assert "no 95% CI" not in summaries and "exact one-sided bound" not in page
 

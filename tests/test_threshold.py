@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,38 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     sidecar_path.write_text(sidecar_path.read_text().replace('"threshold_policy": "', '"threshold_policy": "edited '))
     with pytest.raises(ValueError, match="damaged"):
         rethreshold(bundle, site, tmp_path / "again", target_sensitivity=None)
+
+
+def test_a_pipe_in_place_of_the_copys_int8_sidecar_is_refused_not_waited_on(
+    int8_bundle: Path, site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's INT8 sidecar is read back to get the new thresholds; it had been read with read_text, which waits
+    for ever on a pipe (bundle files are refused when they are not regular files): a pipe put there once the copy
+    is made (bundle files replaced while threshold runs) now stops it with its reason, and leaves no bundle."""
+    from pneumoscan.evaluation import operating_point
+
+    record = operating_point.record_calibration_films
+
+    def then_a_pipe(folder: Path, *args: object) -> None:  # called on the copy just before its sidecar is read
+        record(folder, *args)
+        spec_path(folder / INT8_NAME).unlink()
+        os.mkfifo(spec_path(folder / INT8_NAME))
+
+    monkeypatch.setattr(operating_point, "record_calibration_films", then_a_pipe)
+    refused: list[str] = []
+
+    def run() -> None:
+        try:
+            rethreshold(int8_bundle, site, tmp_path / "new")
+        except ValueError as e:
+            refused.append(str(e))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "threshold waited on the pipe"
+    assert refused and "is not a regular file (a folder, a device or a pipe)" in refused[0], refused
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(

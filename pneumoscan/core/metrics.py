@@ -25,6 +25,41 @@ BOOTSTRAP_SEED = 0  # the same films give the same intervals, run after run
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
 # how :func:`_auc_ci` and :func:`_macro_auc_ci` make an AUC's interval, as reports and model cards name it
 AUC_INTERVAL = "Newcombe's score-type interval, its variance at the estimate never below DeLong's"
+# how each figure's interval is made (:func:`threshold_metrics_ci`, :func:`evaluate_multiclass`), by whether the
+# intervals count patients (True) or films (False), for :func:`ci_method_sentence`
+_CI_METHODS = {
+    "auc": {True: f"for ROC AUC, {AUC_INTERVAL} summed by patient (Obuchowski), with a t quantile",
+            False: f"for ROC AUC, {AUC_INTERVAL}, with a t quantile"},
+    "f1": {True: "for F1, a BCa bootstrap of the patients (all films of a patient resampled together), or, where "
+                 "every resample gives one value or the positive films are all one patient's, the Bonferroni bound "
+                 "from recall's and precision's intervals",
+           False: "for F1, a BCa bootstrap of the films (resampled within each class), or, where every resample gives "
+                  "one value or only one film is positive, the Bonferroni bound from recall's and precision's "
+                  "intervals"},
+    "balanced_accuracy": {
+        True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together), "
+              "or, where every resample gives one value, the Bonferroni bound from the classes' recall intervals",
+        False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class), or, where every "
+               "resample gives one value, the Bonferroni bound from the classes' recall intervals"},
+    "macro_auc": {True: f"for macro AUC, {AUC_INTERVAL} summed by patient, with a t quantile",
+                  False: f"for macro AUC, {AUC_INTERVAL}, with a t quantile"},
+}
+# what intervals that count films (``ci_unit`` "film") leave out, wherever figures with them are shown
+FILM_UNIT_CAVEAT = ("The intervals count each film as an independent case: no two films share a patient id (from file "
+                    "names, a manifest's patient column or DICOM headers), so with several films of one patient the "
+                    "true uncertainty is larger than they show.")
+
+
+def ci_method_sentence(unit: str, proportions: str, others: Sequence[str], of: str = "") -> str:
+    """How 95% CIs that count ``unit`` ("patient" or "film", as ``ci_unit`` records it) were made: Clopper-Pearson
+    for the PROPORTIONS named (by patient at an effective sample size, :func:`proportion_ci`), and for each of the
+    OTHERS ("auc", "f1", "balanced_accuracy", "macro_auc") its own method; ``of`` (" of DATA") says whose. One
+    wording for reports and model cards, so that none drifts from what this module computes."""
+    how = "; ".join(_CI_METHODS[key][unit == "patient"] for key in others)
+    if unit == "patient":
+        return (f"95% CIs{of} count patients, not films, since one patient's films are scored alike: Clopper-Pearson "
+                f"at the effective number of cases (Korn-Graubard) for {proportions}; {how}.")
+    return f"95% CIs{of}: exact Clopper-Pearson for {proportions}; {how}."
 
 
 def jsonable(obj: Any) -> Any:
@@ -743,20 +778,12 @@ def evaluate_binary(
     )
 
 
-def evaluate_multiclass(
-    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000,
-    predicted: Any = None, decision: str = "most probable class", groups: Any = None,
-) -> dict[str, Any]:
-    """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
-    thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
-    sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
-    accuracy: bootstrap; macro AUC: score-type, :func:`_macro_auc_ci`; by patient with
-    ``groups``, as in :func:`threshold_metrics_ci`), per-class
-    ROC curves and a reliability diagram of the decided class (its probability vs correctness). NaN -> None."""
-    from sklearn.metrics import confusion_matrix, roc_curve
+def _as_multiclass(y_true: Any, probs: Any, n_classes: int,
+                   predicted: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, probabilities (N, n_classes) and decided classes, checked before any figure is computed, as
+    :func:`_as_binary` checks a binary task's."""
     labels = np.asarray(y_true).ravel()
     P = np.asarray(probs, dtype=float)
-    n_classes = len(class_names)
     if P.shape != (labels.size, n_classes):
         raise ValueError(f"probs must be (N, {n_classes}) for N = {labels.size} labels; got {P.shape}")
     if not labels.size:
@@ -768,7 +795,14 @@ def evaluate_multiclass(
     pred = P.argmax(axis=1) if predicted is None else np.asarray(predicted).astype(int).ravel()
     if pred.shape != y.shape or not np.isin(pred, range(n_classes)).all():
         raise ValueError(f"predicted must be N = {y.size} class indices 0..{n_classes - 1}")
-    counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
+    return y, P, pred
+
+
+def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Sequence[str]
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Each class's one-vs-rest AUC, sensitivity, precision, f1 and support (from the confusion ``counts``), and its
+    thinned ROC curve (none for a class without films, or with every film)."""
+    from sklearn.metrics import roc_curve
     per_class: dict[str, dict[str, Any]] = {}
     roc: dict[str, dict[str, list[float]]] = {}
     for k, name in enumerate(class_names):
@@ -785,25 +819,48 @@ def evaluate_multiclass(
         roc[name] = (
             dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
         )
+    return per_class, roc
+
+
+def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np.ndarray],
+                          patients: np.ndarray | None, balanced: float, n_boot: int) -> list[float]:
+    """Interval of the balanced accuracy (the mean of the classes' recalls, ``balanced``): a BCa bootstrap of the
+    films, or of the patients with ``patients``, as F1's (:func:`threshold_metrics_ci`): at a balanced accuracy of
+    0.984 the percentile interval covered 0.81 of simulated sets of 30 patients a class, BCa 0.92
+    (benchmarks/bench_ci_coverage.py). Where every resample gives one value, the mean of the classes' exact recall
+    intervals at alpha / k (Bonferroni)."""
+    weights = _bootstrap_weights(y, patients, n_boot, BOOTSTRAP_SEED)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
+        boot = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
+    units = np.arange(y.size) if patients is None else patients
+    jackknife = np.mean([_ratio_jackknife((c & (pred == y)).astype(float), c.astype(float), units)
+                         for c in in_class], axis=0)
+    if _one_value(boot) and all(c.any() for c in in_class):
+        recalls = [proportion_ci((pred == y)[c], None if patients is None else patients[c], ALPHA / len(in_class))
+                   for c in in_class]
+        return [float(end) for end in np.mean(recalls, axis=0)]
+    return _bca_ci(boot, balanced, jackknife, ALPHA)
+
+
+def evaluate_multiclass(
+    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000,
+    predicted: Any = None, decision: str = "most probable class", groups: Any = None,
+) -> dict[str, Any]:
+    """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
+    thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
+    sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
+    accuracy: BCa bootstrap, :func:`_balanced_accuracy_ci`; macro AUC: score-type, :func:`_macro_auc_ci`; by patient
+    with ``groups``, as in :func:`threshold_metrics_ci`), per-class ROC curves and a reliability diagram of the
+    decided class (its probability vs correctness). NaN -> None."""
+    from sklearn.metrics import confusion_matrix
+    n_classes = len(class_names)
+    y, P, pred = _as_multiclass(y_true, probs, n_classes, predicted)
+    counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
+    per_class, roc = _per_class(y, P, counts, class_names)
     rows = list(per_class.values())
     patients = _patient_codes(groups, y.size)
-    weights = _bootstrap_weights(y, patients, n_boot, BOOTSTRAP_SEED)
     in_class = [y == k for k in range(n_classes)]
-    with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
-        boot_balanced = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
-    # BCa, as F1's: at a balanced accuracy of 0.984 the percentile interval covered 0.81 of simulated sets of 30
-    # patients a class, BCa 0.92 (benchmarks/bench_ci_coverage.py)
-    units = np.arange(y.size) if patients is None else patients
-    balanced_jackknife = np.mean([_ratio_jackknife((c & (pred == y)).astype(float), c.astype(float), units)
-                                  for c in in_class], axis=0)
     balanced = float(np.mean([r["sensitivity"] for r in rows]))
-    balanced_ci = _bca_ci(boot_balanced, balanced, balanced_jackknife, ALPHA)
-    if _one_value(boot_balanced) and all(c.any() for c in in_class):
-        # every resample gave one value: the mean of the classes' exact recall intervals at alpha / k (Bonferroni)
-        recalls = [proportion_ci((pred == y)[c], None if patients is None else patients[c], ALPHA / n_classes)
-                   for c in in_class]
-        balanced_ci = [float(end) for end in np.mean(recalls, axis=0)]
-    auc_ci = _macro_auc_ci(P, in_class, patients, ALPHA)
     top_label = calibration(pred == y, P[np.arange(y.size), pred])
     return jsonable(
         {
@@ -821,8 +878,8 @@ def evaluate_multiclass(
             "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
             "ci": {
                 "accuracy": proportion_ci(pred == y, patients),
-                "balanced_accuracy": balanced_ci,
-                "macro_auc": auc_ci,
+                "balanced_accuracy": _balanced_accuracy_ci(y, pred, in_class, patients, balanced, n_boot),
+                "macro_auc": _macro_auc_ci(P, in_class, patients, ALPHA),
             },
             "curves": {"roc": roc, "calibration": top_label},
         }

@@ -28,7 +28,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
 from pneumoscan.data.split import patient_units
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.inference.predict import Predictor, check_stages
-from pneumoscan.models.card import WEIGHTS
+from pneumoscan.models.card import WEIGHTS, BundleCard
 from .held_out import check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
 from .report import write_report
@@ -246,6 +246,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     card = predictor.card
     threshold = predictor.threshold(tta)
     task = get_task(card.task)
+    name = data_label(data, split, data_name)
     records, images, targets, errors = labelled_records(data, split, task, card.spec)
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
@@ -256,16 +257,41 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
     probs = predictor.probabilities(images, tta=tta)
-    scores, y = predictor.positive(probs), binary_targets(targets)
-    # the CIs count patients: one patient's films are scored alike (a film without a patient id is its own patient),
-    # and so are copies of one film under other names (one child's, filed twice)
+    scores = predictor.positive(probs)
+    copies, groups = _patient_groups(records, data)
+    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    _annotate(metrics, bundle, card, backend, name, copies, errors, caveats)
+    second: tuple[np.ndarray, np.ndarray] | None = None  # the second stage's P(virus) and call of each film
+    if etiology is not None:
+        metrics["two_stage"], second_scores, second_called = _two_stage(
+            predictor, scores, records, images, targets, data, split, etiology, tta, backend, groups)
+        second = (second_scores, second_called)
+    if out_dir is not None:
+        header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
+        _write_outputs(Path(out_dir), predictor, records, targets, scores, threshold, metrics,
+                       f"{card.model} · {card.task} · {name}", header, second)
+    if add_to_card:
+        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
+        log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
+    return metrics
+
+
+def _patient_groups(records: list[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray]:
+    """The copies of one film under other names among RECORDS (warned of), and each film's patient unit
+    (:func:`patient_units`). The CIs count patients: one patient's films are scored alike (a film without a patient
+    id is its own patient), and so are copies of one film under other names (one child's, filed twice)."""
     copies = [paths for _, paths in picture_groups([r.path for r in records])]
     if copies:
         log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
                     "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
                     "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
-    groups = patient_units(records, copies)
-    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
+    return copies, patient_units(records, copies)
+
+
+def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, name: str,
+              copies: list[list[str]], errors: list[dict[str, str]], caveats: list[str]) -> None:
+    """Add to METRICS what its figures are of and what may flatter them: the report shows these, and ``compare``
+    checks that runs it sets side by side are of one bundle's weights and say on which films."""
     metrics["copies"] = copies
     metrics["unreadable"] = errors
     metrics["optimistic"] = caveats  # why these figures may flatter the model (films it chose or trained on)
@@ -273,39 +299,43 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["bundle_weights"] = card.files.get(WEIGHTS, "")  # ... while it holds these weights (compare checks)
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
-    metrics["data"] = data_label(data, split, data_name)  # compare says which films each run's figures are on
-    if etiology is not None:
-        metrics["two_stage"], second_scores, two_stage_called = _two_stage(
-            predictor, scores, records, images, targets, data, split, etiology, tta, backend, groups)
+    metrics["data"] = name  # compare says which films each run's figures are on
+
+
+def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, threshold: float, images: int,
+                   unreadable: int, tta: bool, backend: str, etiology: Path | str | None) -> dict[str, object]:
+    """The report's table of what was measured, and how: which bundle and model, on which data, at which threshold
+    (and where it was chosen), with the card's caveats about it."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
-    name = data_label(data, split, data_name)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        called = scores >= threshold
-        rows = [{"path": cell_text(path_text(r.path)), "label": task.classes[t], "subtype": r.subtype,  # UTF-8, and
-                 "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
-                 "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
-                for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
-        if etiology is not None:
-            for row, p, c in zip(rows, second_scores, two_stage_called):
-                row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
-        write_csv(out_dir / "predictions.csv", PREDICTION_FIELDS + (TWO_STAGE_FIELDS if etiology else ()), rows)
-        table = metrics["threshold_table"]
-        write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
-        chosen_on = f"; chosen on {card.val_metrics['n']} films" if card.val_metrics.get("n") else ""
-        header = {
-            "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": len(targets),
-            "unreadable": len(errors), "scores": mode,
-            "threshold": f"{threshold:.4f} ({card.threshold_policy}{chosen_on})",
-            "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
-        } | ({"caveats": " ".join(card.caveats)} if card.caveats else {}) | (
-            {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
-        write_report(metrics, out_dir, f"{card.model} · {card.task} · {name}", extra=header, figures=True,
-                     gallery=error_gallery(predictor, records, y, scores, threshold))
-    if add_to_card:
-        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
-        log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
-    return metrics
+    chosen_on = f"; chosen on {card.val_metrics['n']} films" if card.val_metrics.get("n") else ""
+    return {
+        "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": images,
+        "unreadable": unreadable, "scores": mode,
+        "threshold": f"{threshold:.4f} ({card.threshold_policy}{chosen_on})",
+        "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
+    } | ({"caveats": " ".join(card.caveats)} if card.caveats else {}) | (
+        {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
 
 
+def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
+                   scores: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
+                   second: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """predictions.csv (with each film's P and call of the second stage, when there is one: ``second``),
+    sensitivity_table.csv, and the report with its figures and the most confident errors."""
+    card, classes = predictor.card, predictor.task.classes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y = binary_targets(targets)
+    called = scores >= threshold
+    rows = [{"path": cell_text(path_text(r.path)), "label": classes[t], "subtype": r.subtype,  # UTF-8, and
+             "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
+             "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
+            for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
+    if second is not None:
+        for row, p, c in zip(rows, *second):
+            row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
+    fields = PREDICTION_FIELDS + (TWO_STAGE_FIELDS if second is not None else ())
+    write_csv(out_dir / "predictions.csv", fields, rows)
+    table = metrics["threshold_table"]
+    write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
+    write_report(metrics, out_dir, title, extra=header, figures=True,
+                 gallery=error_gallery(predictor, records, y, scores, threshold))

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
+from typing import NamedTuple
 
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import picture_groups
@@ -71,6 +71,52 @@ def record_calibration_films(bundle: Path, records: Sequence[Record], name: str 
     write_manifest(list(films.values()), listed)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutPolicy:
+    """What :func:`check_held_out` does beyond refusing films a bundle trained on, by what the films are for. Films
+    that chose the bundle's own temperature and threshold (its run's validation films, its calibration lists)
+    flatter it less than its training films do: warned of with ``validation_warning`` (measuring it, choosing a new
+    threshold), refused with ``refuse_validation`` (a card's record must be of other data). ``int8``: the scores are
+    the INT8 model's, whose own thresholds were chosen on the films of its INT8 list. ``refuse_unchecked``: a run
+    whose split.csv lists no film where it says (moved) is refused, not only warned of."""
+
+    validation_warning: bool = False
+    refuse_validation: bool = False
+    int8: bool = False
+    refuse_unchecked: bool = False
+
+    def calibration_lists(self) -> list[tuple[str, str]]:
+        """A bundle's lists of films that chose its numbers (file name, what they chose) that apply to its scores."""
+        return [(CALIBRATION_FILMS, "threshold"), *([(INT8_CALIBRATION_FILMS, "INT8 threshold")] if self.int8 else [])]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Given:
+    """The films given to one :func:`check_held_out` call, what for, and the warnings said of them so far (each
+    also logged), which the caller's reports repeat."""
+
+    records: Sequence[Record]
+    purpose: str
+    hint: str
+    policy: HeldOutPolicy
+    real: dict[str, str]  # each film's real path, by its path: a film reached through a link is the same film
+    paths: set[str]  # their real paths
+    caveats: list[str] = dataclasses.field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        log.warning("%s", text)
+        self.caveats.append(text)
+
+
+class _Run(NamedTuple):
+    """A source of a bundle's weights (:func:`_weight_sources`) with its run's films by real path."""
+
+    path: Path
+    how: str
+    films: dict[str, Record]
+    train: set[str]
+
+
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
                    validation_warning: bool = False, refuse_validation: bool = False, int8: bool = False,
                    refuse_unchecked: bool = False) -> list[str]:
@@ -80,79 +126,114 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
     with ``refuse_validation``, refused too; with ``int8`` (the INT8 model's scores), those that chose its INT8
     thresholds as well. A run whose split.csv lists no film where it says (moved) is a warning, refused with
-    ``refuse_unchecked``. Returns the warnings (each also logged): why figures on these films would be optimistic,
-    for the reports made of them to say so."""
+    ``refuse_unchecked`` (:class:`HeldOutPolicy`). Returns the warnings (each also logged): why figures on these
+    films would be optimistic, for the reports made of them to say so."""
+    policy = HeldOutPolicy(validation_warning, refuse_validation, int8, refuse_unchecked)
     real = {r.path: os.path.realpath(r.path) for r in records}
-    given = set(real.values())
-    all_trained: set[str] = set()
-    all_validation: set[str] = set()
-    caveats: list[str] = []
-
-    def warn(text: str) -> None:
-        log.warning("%s", text)
-        caveats.append(text)
-
-    listed = [(CALIBRATION_FILMS, "threshold"), *([(INT8_CALIBRATION_FILMS, "INT8 threshold")] if int8 else [])]
+    given = _Given(records, purpose, hint, policy, real, set(real.values()))
+    trained: set[str] = set()
+    validation: set[str] = set()
     for bundle in map(Path, bundles):
-        for name, what in listed:
-            if (chosen := _check_calibration_films(bundle, given, purpose, hint, refuse_validation, name)) and \
-                    validation_warning:
-                warn(f"{chosen} film(s) given to {purpose} chose {bundle}'s {what} ({name}): the figures on them "
-                     "are optimistic")
-        # (source, how BUNDLE has its weights, its run's films by real path, their training films among them)
-        runs = []
-        for path, how in _weight_sources(bundle):
-            run, unresolved = _run_films(path, purpose, how)
-            if unresolved and refuse_unchecked:
-                raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
-            if unresolved:  # a run moved away from its split's paths: said with the figures, not only logged
-                warn(unresolved)
-            if run:
-                runs.append((path, how, run, _side(run, "train")))
-        trained = [(path, how, films) for path, how, _, train in runs if (films := sorted(train & given))]
-        if trained:
-            path, how, films = trained[0]
-            total = len(set().union(*(set(f) for _, _, f in trained)))
-            among = (f"; {total} counting the training splits of all {len(trained)} bundles its weights come from"
-                     if len(trained) > 1 else "")
-            raise ValueError(f"{len(films)} of the films given to {purpose} were in {path}'s training split "
-                             f"(e.g. {films[0]}{among}): {purpose} on films {path} did not train on{hint}"
-                             f"{_SOURCE_NOTES[how].format(bundle=bundle)}")
-        for path, _, run, train in runs:
-            validation = sorted(_side(run, "val") & given)
-            if validation and refuse_validation:
-                raise ValueError(f"{len(validation)} of the films given to {purpose} are {path}'s validation films "
-                                 f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
-                                 f"{purpose} on films new to it{hint}")
-            if validation and validation_warning:
-                warn(f"{len(validation)} film(s) given to {purpose} are {path}'s validation films, on which its own "
-                     "temperature and threshold were chosen: the figures on them are optimistic")
-            all_trained |= train
-            all_validation |= _side(run, "val")
-            # other films of the run's patients (ids compared as one patient's spellings: a manifest typed by
-            # another hand writes Person1000 for the training films' person1000)
-            patients = {split: {patient_key(r.patient) for r in run.values() if r.split == split and not own_patient(r)}
-                        for split in ("train", "val")}
-            of_patients = [("training split", "", patients["train"])]
-            if validation_warning:
-                of_patients.append(("validation split", ", whose films chose its temperature and threshold",
-                              patients["val"] - patients["train"]))
-            for side, why, known in of_patients:
-                if kin := [r.patient for r in records if patient_key(r.patient) in known and not own_patient(r)
-                           and real[r.path] not in run]:
-                    warn(f"{len(kin)} film(s) given to {purpose} are other files of patients in {path}'s {side}{why} "
-                         f"(by their patient ids: file names, a manifest's patient column or DICOM headers; e.g. "
-                         f"{shown(kin[0])}): if they are the same patients, the figures are optimistic")
-    # copies under other names, of training films and (with validation_warning) of the films that chose its numbers
-    sides = {"training": ("", all_trained)}
-    if validation_warning:
-        sides["validation"] = (", on which its own temperature and threshold were chosen", all_validation - all_trained)
-    for (side, (why, _)), copies in zip(sides.items(), _copies(given, [films for _, films in sides.values()])):
+        _check_calibration_films(given, bundle)
+        runs = _weight_runs(given, bundle)
+        _refuse_trained(given, bundle, runs)
+        for run in runs:
+            _check_validation(given, run)
+            _warn_same_patients(given, run)
+            trained |= run.train
+            validation |= _side(run.films, "val")
+    _warn_copies(given, trained, validation - trained)
+    return given.caveats
+
+
+def _check_calibration_films(given: _Given, bundle: Path) -> None:
+    """Films given that chose BUNDLE's own threshold (its lists of calibration films), judged as its validation
+    films are (:func:`_check_validation`)."""
+    for name, what in given.policy.calibration_lists():
+        listed = bundle / name
+        if not listed.exists():
+            continue
+        chosen = sorted({os.path.realpath(r.path) for r in discover(listed).records} & given.paths)
+        if chosen and given.policy.refuse_validation:
+            raise ValueError(f"{len(chosen)} of the films given to {given.purpose} chose {bundle}'s threshold (e.g. "
+                             f"{chosen[0]}; {name}): {given.purpose} on films new to it{given.hint}")
+        if chosen and given.policy.validation_warning:
+            given.warn(f"{len(chosen)} film(s) given to {given.purpose} chose {bundle}'s {what} ({name}): the figures "
+                       "on them are optimistic")
+
+
+def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
+    """The runs BUNDLE's weights come from whose films are known here; a run whose films cannot be found is said
+    with the figures (not only logged), or refused with ``refuse_unchecked``."""
+    runs = []
+    for path, how in _weight_sources(bundle):
+        films, unresolved = _run_films(path, given.purpose, how)
+        if unresolved and given.policy.refuse_unchecked:
+            raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
+        if unresolved:
+            given.warn(unresolved)
+        if films:
+            runs.append(_Run(path, how, films, _side(films, "train")))
+    return runs
+
+
+def _refuse_trained(given: _Given, bundle: Path, runs: Sequence[_Run]) -> None:
+    """Refuse films given that any of BUNDLE's weight sources trained on, naming the first such source and how
+    BUNDLE came by its weights, and counting them over all sources."""
+    trained = [(run, films) for run in runs if (films := sorted(run.train & given.paths))]
+    if not trained:
+        return
+    (run, films), purpose = trained[0], given.purpose
+    total = len(set().union(*(set(f) for _, f in trained)))
+    among = (f"; {total} counting the training splits of all {len(trained)} bundles its weights come from"
+             if len(trained) > 1 else "")
+    raise ValueError(f"{len(films)} of the films given to {purpose} were in {run.path}'s training split "
+                     f"(e.g. {films[0]}{among}): {purpose} on films {run.path} did not train on{given.hint}"
+                     f"{_SOURCE_NOTES[run.how].format(bundle=bundle)}")
+
+
+def _check_validation(given: _Given, run: _Run) -> None:
+    """Films given that are RUN's validation films, which chose its temperature and threshold: refused or warned of
+    by the policy."""
+    validation = sorted(_side(run.films, "val") & given.paths)
+    if validation and given.policy.refuse_validation:
+        raise ValueError(f"{len(validation)} of the films given to {given.purpose} are {run.path}'s validation films "
+                         f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
+                         f"{given.purpose} on films new to it{given.hint}")
+    if validation and given.policy.validation_warning:
+        given.warn(f"{len(validation)} film(s) given to {given.purpose} are {run.path}'s validation films, on which "
+                   "its own temperature and threshold were chosen: the figures on them are optimistic")
+
+
+def _warn_same_patients(given: _Given, run: _Run) -> None:
+    """Warn of other files of the patients of RUN's training split (and, with ``validation_warning``, of its
+    validation split) among the films given: other names escape the checks by path. Ids are compared as one
+    patient's spellings: a manifest typed by another hand writes Person1000 for the training films' person1000."""
+    patients = {split: {patient_key(r.patient) for r in run.films.values() if r.split == split and not own_patient(r)}
+                for split in ("train", "val")}
+    of_patients = [("training split", "", patients["train"])]
+    if given.policy.validation_warning:
+        of_patients.append(("validation split", ", whose films chose its temperature and threshold",
+                            patients["val"] - patients["train"]))
+    for side, why, known in of_patients:
+        if kin := [r.patient for r in given.records if patient_key(r.patient) in known and not own_patient(r)
+                   and given.real[r.path] not in run.films]:
+            given.warn(f"{len(kin)} film(s) given to {given.purpose} are other files of patients in {run.path}'s "
+                       f"{side}{why} (by their patient ids: file names, a manifest's patient column or DICOM headers; "
+                       f"e.g. {shown(kin[0])}): if they are the same patients, the figures are optimistic")
+
+
+def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None:
+    """Warn of copies under other names among the films given: of the runs' training films, and (with
+    ``validation_warning``) of their other validation films (:func:`_copies`)."""
+    sides = {"training": ("", trained)}
+    if given.policy.validation_warning:
+        sides["validation"] = (", on which its own temperature and threshold were chosen", validation)
+    for (side, (why, _)), copies in zip(sides.items(), _copies(given.paths, [films for _, films in sides.values()])):
         if copies:
-            warn(f"{len(copies)} film(s) given to {purpose} are copies of {side} films under other names, byte for "
-                 f"byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of {shown(copies[0][1])})"
-                 f"{why}: the figures on them are optimistic")
-    return caveats
+            given.warn(f"{len(copies)} film(s) given to {given.purpose} are copies of {side} films under other names, "
+                       f"byte for byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of "
+                       f"{shown(copies[0][1])}){why}: the figures on them are optimistic")
 
 
 def check_sources_known(bundles: Sequence[Path | str], purpose: str) -> None:
@@ -224,20 +305,6 @@ def _run_films(path: Path, purpose: str, how: str) -> tuple[dict[str, Record], s
 def _side(run: dict[str, Record], side: str) -> set[str]:
     """The real paths of a run's films on one side of its split."""
     return {path for path, r in run.items() if r.split == side}
-
-
-def _check_calibration_films(bundle: Path, given: set[str], purpose: str, hint: str, refuse: bool,
-                             name: str = CALIBRATION_FILMS) -> int:
-    """How many films given chose BUNDLE's own threshold (calibration_films.csv, or ``name``), judged as its
-    validation films are: refused with ``refuse``."""
-    listed = bundle / name
-    if not listed.exists():
-        return 0
-    chosen = sorted({os.path.realpath(r.path) for r in discover(listed).records} & given)
-    if chosen and refuse:
-        raise ValueError(f"{len(chosen)} of the films given to {purpose} chose {bundle}'s threshold (e.g. "
-                         f"{chosen[0]}; {name}): {purpose} on films new to it{hint}")
-    return len(chosen)
 
 
 def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) -> None:

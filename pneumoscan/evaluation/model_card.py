@@ -8,7 +8,6 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import AUC_INTERVAL, format_figure, format_percent, with_ci
-from pneumoscan.inference.export import INT8_NAME, spec_path
-from pneumoscan.models.card import BundleCard, load_card, read_bundle_text, save_card
+from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, with_ci
+from pneumoscan.inference.export import INT8_NAME, read_sidecar
+from pneumoscan.models.card import BundleCard, load_card, save_card
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
@@ -247,13 +246,12 @@ def _external_section(card: BundleCard) -> str:
         f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
         for r in card.external_evaluations
     )
-    by_film = list(dict.fromkeys(r["data"] for r in card.external_evaluations if r.get("ci_unit") != "patient"))
-    return (f"{head}\n{rows}\n\n95% confidence intervals: Clopper-Pearson for proportions, and for AUC "
-            f"{AUC_INTERVAL}, with a t quantile. Where the films' patient ids are known, they count "
-            "patients, since one patient's films are scored alike (an effective sample size for proportions, the "
-            "variance summed by patient for AUC); otherwise films count "
-            "as independent cases, and with several films per patient the true uncertainty is larger"
-            + (f" (by film: {', '.join(by_film)})." if by_film else "."))
+    # how the intervals were made, by the unit they count, naming the data of each (the table's "95% CIs count")
+    by_unit = {unit: list(dict.fromkeys(r["data"] for r in card.external_evaluations
+                                        if r.get("ci_unit", "film") == unit)) for unit in ("patient", "film")}
+    notes = [ci_method_sentence(unit, "sensitivity and specificity", ("auc",), f" of {', '.join(data)}")
+             for unit, data in by_unit.items() if data]
+    return f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else []))
 
 
 def _threshold_section(card: BundleCard) -> str:
@@ -352,10 +350,8 @@ def write_model_card(directory: Path | str, card: BundleCard) -> Path:
     """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
     path = Path(directory) / MODEL_CARD
     quantized = Path(directory) / INT8_NAME
-    try:  # the INT8 model's own thresholds and figures, when export --int8 made one
-        int8 = json.loads(read_bundle_text(spec_path(quantized))) if quantized.exists() else None
-    except (OSError, ValueError):
-        int8 = None
+    # the INT8 model's own thresholds and figures, when export --int8 made one
+    int8 = (read_sidecar(quantized) or None) if quantized.exists() else None
     text = render(card, int8)
     write_atomic(path, text.encode("utf-8"))
     return path

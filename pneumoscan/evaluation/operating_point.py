@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -17,8 +16,10 @@ import numpy as np
 from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
                                      threshold_interval)
+from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, spec_path, write_int8_spec, write_onnx_spec
+from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, read_sidecar, write_int8_spec,
+                                         write_onnx_spec)
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label, evaluate_probabilities, labelled_records
@@ -26,6 +27,46 @@ from .held_out import check_held_out, record_calibration_films, refuse_test_film
 from .model_card import today, update_card, validation_figures, write_model_card
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    """The plain and TTA thresholds one policy chose on some films, where the same policy on other films like them
+    would put each (:func:`~pneumoscan.core.metrics.threshold_interval`: a reading inside is near its threshold),
+    and why the films may be too few to show the policy (:func:`warn_if_too_few_positives`; "" when they are not).
+    Named as the card's fields, so every bundle records the same rule the same way."""
+
+    threshold: float
+    tta_threshold: float
+    threshold_interval: list[float]
+    tta_threshold_interval: list[float]
+    threshold_caveat: str
+
+    def card_fields(self) -> dict:
+        """The :class:`BundleCard` fields this operating point sets."""
+        return dataclasses.asdict(self)
+
+
+def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,
+                           max_false_positive_rate: float | None, groups: Sequence[str] | None = None,
+                           caveat: str | None = None) -> OperatingPoint:
+    """The rule that decides every label a bundle gives, written once for training, ``ensemble``, ``threshold`` and
+    ``export --int8``: the plain and TTA thresholds by one policy on these films' binary targets ``y`` and positive
+    scores (:func:`~pneumoscan.core.metrics.choose_thresholds`, which refuses a policy the scores cannot meet), their
+    intervals (``groups``: the films' patients, resampled whole; None: films counted alone) and the caveat.
+    ``caveat``: that of an operating point already chosen on the same films (an INT8 model's beside its FP32
+    one's), not said twice; None: said here."""
+    if caveat is None:
+        caveat = warn_if_too_few_positives(y, target_sensitivity)
+    threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
+    return OperatingPoint(
+        threshold, tta_threshold, threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
+        threshold_interval(y, tta, target_sensitivity, max_false_positive_rate, groups), caveat)
+
+
+def policy_text(target_sensitivity: float | None, max_false_positive_rate: float | None, on: str) -> str:
+    """The policy a card records (:attr:`BundleCard.threshold_policy`): the rule, and the films it chose on."""
+    return f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {on}"
 
 
 def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta_scores: np.ndarray,
@@ -40,50 +81,36 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     Returns the card written and the films' metrics."""
     task = get_task(card.task)
     y, plain = binary_targets(targets), task.positive_probability(probs)
-    guess = warn_if_too_few_positives(y, target_sensitivity)
-    threshold, tta_threshold = choose_thresholds(y, plain, tta_scores, target_sensitivity, max_false_positive_rate)
-    metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
-                               val_metrics=validation_figures(metrics), threshold_caveat=guess,
-                               temperature_caveat=temperature_caveat,
-                               **threshold_intervals(y, plain, tta_scores, target_sensitivity, max_false_positive_rate,
-                                                     groups))
+    point = choose_operating_point(y, plain, tta_scores, target_sensitivity, max_false_positive_rate, groups)
+    metrics = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
+    card = dataclasses.replace(card, threshold_policy=policy, val_metrics=validation_figures(metrics),
+                               temperature_caveat=temperature_caveat, **point.card_fields())
     update_card(bundle, card)
     write_onnx_spec(bundle, bundle / ONNX_NAME)  # after the card: the sidecar copies its thresholds
     return card, metrics
 
 
-def threshold_intervals(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,
-                        max_false_positive_rate: float | None, groups: Sequence[str] | None = None,
-                        ) -> dict[str, list[float]]:
-    """Where the plain and the TTA threshold chosen by this policy on other films like these would fall
-    (:func:`~pneumoscan.core.metrics.threshold_interval`), under the card's names: a reading inside is near its
-    threshold."""
-    return {"threshold_interval": threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
-            "tta_threshold_interval": threshold_interval(y, tta, target_sensitivity, max_false_positive_rate, groups)}
-
-
-def int8_figures(y: np.ndarray, scores: np.ndarray, thresholds: tuple[float, float], policy: str, chosen_on: str,
-                 fp32_auc: float, change: float, intervals: dict[str, list[float]], caveat: str) -> dict:
-    """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds, their policy
-    and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the INT8
-    model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export
-    --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
-    at = binary_metrics(y, scores, thresholds[0]) | {"auc": roc_auc(y, scores)}
+def int8_figures(y: np.ndarray, scores: np.ndarray, point: OperatingPoint, policy: str, chosen_on: str,
+                 fp32_auc: float, change: float) -> dict:
+    """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds of ``point``
+    (its operating point on its plain ``scores``), their intervals and caveat, their policy and films, the FP32 and
+    INT8 AUC on them, the largest change in probability quantisation made, and the INT8 model's figures at its
+    threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export --int8`` and ``threshold``
+    both write them, so that neither leaves one about other films."""
+    at = binary_metrics(y, scores, point.threshold) | {"auc": roc_auc(y, scores)}
     return {
-        "int8_threshold": thresholds[0], "int8_tta_threshold": thresholds[1], "threshold_policy": policy,
-        **{f"int8_{name}": interval for name, interval in intervals.items()}, "int8_threshold_caveat": caveat,
+        "int8_threshold": point.threshold, "int8_tta_threshold": point.tta_threshold, "threshold_policy": policy,
+        "int8_threshold_interval": point.threshold_interval,
+        "int8_tta_threshold_interval": point.tta_threshold_interval, "int8_threshold_caveat": point.threshold_caveat,
         "int8_thresholds_chosen_on": chosen_on, "validation_images": int(len(y)), "val_auc_fp32": fp32_auc,
         "val_auc_int8": at["auc"], "max_probability_change": change, "int8_val_metrics": validation_figures(at),
     }  # fmt: skip
 
 
-def _thresholds(predictor: Predictor, images: np.ndarray, y: np.ndarray, target_sensitivity: float | None,
-                max_false_positive_rate: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """The policy's plain and TTA thresholds for one way of scoring, with the plain and TTA scores."""
+def _scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plain and TTA positive scores of one way of scoring."""
     plain = predictor.positive(predictor.probabilities(images))
-    tta = predictor.positive(predictor.probabilities(images, tta=True))
-    return *choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate), plain, tta
+    return plain, predictor.positive(predictor.probabilities(images, tta=True))
 
 
 def warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> str:
@@ -135,54 +162,77 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     refuse_test_films(records, data, "threshold")
     caveats = check_held_out([bundle], records, "choose the threshold", validation_warning=True)
-    y = binary_targets(targets)
-    if guess := warn_if_too_few_positives(y, target_sensitivity):
-        caveats.append(guess)
-    threshold, tta_threshold, plain, tta = _thresholds(predictor, images, y, target_sensitivity, max_false_positive_rate)
-    int8 = None
-    if (bundle / INT8_NAME).exists():
-        # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
-        quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
-        try:
-            int8 = _thresholds(quantized, images, y, target_sensitivity, max_false_positive_rate)
-        except ValueError as e:
-            raise ValueError(f"INT8 model: {e}") from None
+    y, patients = binary_targets(targets), [r.patient for r in records]
+    policy_targets = (target_sensitivity, max_false_positive_rate)
+    plain, tta = _scores(predictor, images)
+    point = choose_operating_point(y, plain, tta, *policy_targets, patients)
+    if point.threshold_caveat:
+        caveats.append(point.threshold_caveat)
+    int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.threshold_caveat)
     name = data_label(data, split, data_name)
-    policy = f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}"
-    at, at_tta = binary_metrics(y, plain, threshold), binary_metrics(y, tta, tta_threshold)
-    record = {
-        "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
-        "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": len(errors),
-        "previous_threshold": card.threshold, "previous_tta_threshold": card.tta_threshold,
-        "previous_policy": card.threshold_policy, "threshold": threshold, "tta_threshold": tta_threshold,
-        "target_sensitivity": target_sensitivity, "max_false_positive_rate": max_false_positive_rate,
-        "sensitivity": at["sensitivity"], "specificity": at["specificity"],
-        "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
-        "int8_threshold": int8[0] if int8 else None, "int8_tta_threshold": int8[1] if int8 else None,
-        "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
-        "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
-    }
-    patients = [r.patient for r in records]
+    policy = policy_text(*policy_targets, name)
+    record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
+                               int8[1] if int8 else None, len(errors), caveats)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
-    card = dataclasses.replace(card, threshold=threshold, tta_threshold=tta_threshold, threshold_policy=policy,
-                               threshold_caveat=guess, threshold_records=[*card.threshold_records, record],
-                               **threshold_intervals(y, plain, tta, target_sensitivity, max_false_positive_rate, patients))
+    card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
+                               **point.card_fields())
+    # every figure of the sidecar about the films that chose the thresholds is now about these films
+    figures = None if int8 is None else int8_figures(y, int8[0], int8[1], policy, name, roc_auc(y, plain),
+                                                     float(np.abs(plain - int8[0]).max()))
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
-        shutil.copytree(bundle, tmp, symlinks=False)
-        update_card(tmp, card)
-        if (tmp / ONNX_NAME).exists():
-            write_onnx_spec(tmp, tmp / ONNX_NAME)
-        record_calibration_films(tmp, records)
-        if int8 is not None:
-            # every figure of the sidecar about the films that chose the thresholds is now about these films
-            write_int8_spec(tmp, json.loads(spec_path(tmp / INT8_NAME).read_text()) | int8_figures(
-                y, int8[2], int8[:2], policy, name, roc_auc(y, plain), float(np.abs(plain - int8[2]).max()),
-                threshold_intervals(y, int8[2], int8[3], target_sensitivity, max_false_positive_rate, patients),
-                guess))
-            write_model_card(tmp, load_card(tmp))  # its INT8 section, from the sidecar just written
+        _write_copy(bundle, tmp, card, records, figures)
     log.debug("threshold %.4f (was %.4f), with --tta %.4f: %s; sensitivity %.3f, specificity %.3f on %d images -> %s",
-             threshold, record["previous_threshold"], tta_threshold, policy, at["sensitivity"], at["specificity"],
-             y.size, out)
+             point.threshold, record["previous_threshold"], point.tta_threshold, policy, record["sensitivity"],
+             record["specificity"], y.size, out)
     return card
+
+
+def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],
+                   patients: Sequence[str], caveat: str) -> tuple[np.ndarray, OperatingPoint] | None:
+    """BUNDLE's INT8 model's plain scores on the films, and its own operating point on them by the same policy
+    (``caveat``: the FP32 one's, on the same films); None when the bundle has no INT8 model."""
+    if not (bundle / INT8_NAME).exists():
+        return None
+    # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
+    quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
+    try:
+        plain, tta = _scores(quantized, images)
+        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat)
+    except ValueError as e:
+        raise ValueError(f"INT8 model: {e}") from None
+
+
+def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
+                      policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
+                      tta: np.ndarray, point: OperatingPoint, int8: OperatingPoint | None, unreadable: int,
+                      caveats: list[str]) -> dict:
+    """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
+    policy, the thresholds before and after (the INT8 ones too), the figures at them, and the caveats."""
+    at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)
+    return {
+        "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
+        "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": unreadable,
+        "previous_threshold": card.threshold, "previous_tta_threshold": card.tta_threshold,
+        "previous_policy": card.threshold_policy, "threshold": point.threshold, "tta_threshold": point.tta_threshold,
+        "target_sensitivity": policy_targets[0], "max_false_positive_rate": policy_targets[1],
+        "sensitivity": at["sensitivity"], "specificity": at["specificity"],
+        "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
+        "int8_threshold": int8.threshold if int8 else None, "int8_tta_threshold": int8.tta_threshold if int8 else None,
+        "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
+        "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
+    }  # fmt: skip
+
+
+def _write_copy(bundle: Path, tmp: Path, card: BundleCard, records: Sequence[Record], int8: dict | None) -> None:
+    """BUNDLE copied to ``tmp`` with ``card`` (bundle.json, MODEL_CARD.md, the ONNX sidecar), the films that chose
+    its thresholds, and the INT8 sidecar's figures about them (``int8``: :func:`int8_figures`, when it has one)."""
+    shutil.copytree(bundle, tmp, symlinks=False)
+    update_card(tmp, card)
+    if (tmp / ONNX_NAME).exists():
+        write_onnx_spec(tmp, tmp / ONNX_NAME)
+    record_calibration_films(tmp, records)
+    if int8 is not None:
+        write_int8_spec(tmp, read_sidecar(tmp / INT8_NAME, strict=True) | int8)
+        write_model_card(tmp, load_card(tmp))  # its INT8 section, from the sidecar just written

@@ -20,7 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.metrics import AUC_INTERVAL, clopper_pearson, format_figure, format_percent, jsonable
+from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson, format_figure,
+                                     format_percent, jsonable)
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -111,34 +112,13 @@ def _ci_caption(m: dict[str, Any]) -> str:
     return f'<caption>95% CIs count {"patients" if m.get("ci_unit") == "patient" else "films"}.</caption>'
 
 
-def _ci_note(m: dict[str, Any], proportions: str, others: dict[bool, str], auc_key: str, auc_name: str) -> str:
-    """How a block's 95% CIs were made, by the unit its ``ci_unit`` records (a result without one: films);
-    ``others``: how the other figures' intervals were, by patient (True) or by film (False)."""
-    if m.get("ci_unit") == "patient":
-        return ("95% CIs count patients, not films, since one patient's films are scored alike: Clopper-Pearson at the "
-                f"effective number of cases (Korn-Graubard) for {proportions}; {others[True]}."
-                + _auc_bound_note(m[auc_key], auc_name, "patients"))
-    return (f"95% CIs: exact Clopper-Pearson for {proportions}; {others[False]}."
-            f"{_auc_bound_note(m[auc_key], auc_name, 'films')} Every film counts as an independent case (no patient "
-            "ids, or one film per patient): with several films of one patient the true uncertainty is larger than "
-            "these intervals show.")
-
-
-_ONE_VALUE = "where every resample gives one value, the Bonferroni bound from"
-_BINARY_CIS = {
-    True: f"for ROC AUC, {AUC_INTERVAL} summed by patient (Obuchowski), with a t quantile; for F1, a BCa bootstrap of "
-          f"the patients (all films of a patient resampled together), or, {_ONE_VALUE} recall's and precision's "
-          "intervals",
-    False: f"for ROC AUC, {AUC_INTERVAL}, with a t quantile; for F1, a BCa bootstrap of the films (resampled within "
-           f"each class), or, {_ONE_VALUE} recall's and precision's intervals",
-}
-_THREE_CLASS_CIS = {
-    True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together), or, "
-          f"{_ONE_VALUE} the classes' recall intervals; for macro AUC, {AUC_INTERVAL} summed by patient, with a t "
-          "quantile",
-    False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class), or, "
-           f"{_ONE_VALUE} the classes' recall intervals; for macro AUC, {AUC_INTERVAL}, with a t quantile",
-}
+def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key: str, auc_name: str) -> str:
+    """How a block's 95% CIs were made (:func:`~pneumoscan.core.metrics.ci_method_sentence`), by the unit its
+    ``ci_unit`` records (a result without one: films); ``others``: the figures with other intervals than the
+    PROPORTIONS'."""
+    unit = "patient" if m.get("ci_unit") == "patient" else "film"
+    note = ci_method_sentence(unit, proportions, others) + _auc_bound_note(m[auc_key], auc_name, f"{unit}s")
+    return note if unit == "patient" else f"{note} {FILM_UNIT_CAVEAT}"
 
 
 def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
@@ -305,7 +285,7 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
             f"n = {_esc(film_counts(m, (neg, pos)))}. "
-            + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", _BINARY_CIS, "auc", "AUC")
+            + _ci_note(m, "sensitivity, specificity, precision, NPV and accuracy", ("auc", "f1"), "auc", "AUC")
             + "</p>"
         ),
         f"<table>{_ci_caption(m)}{head}{rows}</table>",
@@ -403,7 +383,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
             f"<h2>{section}Summary</h2>",
             (
                 f'<p class="note">n = {m["n"]} films; decision = {_esc(decision)}. '
-                + _ci_note(m, "accuracy", _THREE_CLASS_CIS, "macro_auc", "macro AUC") + "</p>"
+                + _ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
             ),
             f"<table>{_ci_caption(m)}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",
             (

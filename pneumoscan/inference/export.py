@@ -327,15 +327,24 @@ def bundle_session(bundle: Path | str) -> ort.InferenceSession:
     return session(existing)
 
 
-def _sidecar(model: Path) -> dict:
-    """The JSON object of ``model``'s sidecar, read one way for the FP32 and the INT8 model's checks (the weights it
-    was made from, its thresholds): empty when it is missing, unreadable or not an object, which each check refuses
-    with its own remedy."""
+def read_sidecar(model: Path | str, strict: bool = False) -> dict:
+    """The JSON object of ``model``'s sidecar, read one way wherever one is read (the FP32 and INT8 models' checks,
+    the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_text`, so a pipe or a device in
+    its place is refused instead of read without end. When missing, unreadable or not an object: empty, for the
+    checks that refuse that with their own remedy, or with ``strict`` the error saying why, for a reader that
+    needs the figures."""
+    path = spec_path(model)
     try:
-        sidecar = json.loads(read_bundle_text(spec_path(model)))
+        sidecar = json.loads(read_bundle_text(path))
     except (OSError, ValueError):
-        return {}
-    return sidecar if isinstance(sidecar, dict) else {}
+        if strict:
+            raise
+        sidecar = None
+    if isinstance(sidecar, dict):
+        return sidecar
+    if strict:
+        raise ValueError(f"{path} holds no JSON object")
+    return {}
 
 
 def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
@@ -346,7 +355,7 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
     if not existing.exists():
         raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
-    sidecar = _sidecar(existing)
+    sidecar = read_sidecar(existing)
     if "weights_sha256" not in sidecar:
         raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
                          f"bundle's weights; {remedy}")
@@ -375,7 +384,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
                                                          else "--data RUN/split.csv")
     remedy = f"run `{command}` again"
-    sidecar = _sidecar(out)
+    sidecar = read_sidecar(out)
     if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):

@@ -12,7 +12,6 @@ what needs it, the torch backend, Grad-CAM (:attr:`Predictor.model`) and the tes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import csv
 import io
@@ -148,6 +147,11 @@ class Predictor:
         """Decoded uint8 images of any size -> the uint8 (N, S, S) batch the model reads (bundle size and policy)."""
         return np.stack([self.card.spec.apply(g) for g in grays])
 
+    def decodes_like(self, other: Predictor) -> bool:
+        """Whether a film decoded for ``other`` is decoded as this model reads it (the same reduction on decoding),
+        so that a second stage reuses the first stage's pixels instead of decoding the file again (predict, serve)."""
+        return self.card.spec.decode_target == other.card.spec.decode_target
+
     def content_warnings(self, images: np.ndarray) -> list[list[str]]:
         """Per film of a :meth:`preprocess` batch: why it does not look like the training films
         (:mod:`pneumoscan.data.appearance`); none from a bundle that records no appearance (said once, by
@@ -166,20 +170,19 @@ class Predictor:
         """:meth:`inputs` for ONNX Runtime (:func:`onnx_input`)."""
         return onnx_input(images, self.card.mean, self.card.std)
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
-        """Raw logits of one batch of uint8 (N, S, S) images."""
-        if self.backend != "torch":
-            return onnx_logits(self._session, images, self.card.mean, self.card.std)
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits (N, C) of uint8 (N, S, S) images, ``batch_size`` a model call; :class:`NonFiniteScore` when any
+        row is NaN or infinite."""
+        if not len(images):
+            return np.zeros((0, len(self.card.classes)), np.float32)
+        if self.backend != "torch":  # ONNX Runtime sessions may run in several threads at once: no lock
+            return session_logits(self._session, images, self.card.mean, self.card.std, self.batch_size)
         import torch
 
-        with torch.inference_mode():
-            return self.model(self.inputs(images)).numpy()
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        with self.lock if self.backend == "torch" else contextlib.nullcontext():
-            starts = range(0, len(images), self.batch_size)
-            out = [self._run(images[i : i + self.batch_size]) for i in starts]
-        return require_finite(np.concatenate(out)) if out else np.zeros((0, len(self.card.classes)), np.float32)
+        with self.lock, torch.inference_mode():
+            out = [self.model(self.inputs(images[i : i + self.batch_size])).numpy()
+                   for i in range(0, len(images), self.batch_size)]
+        return require_finite(np.concatenate(out))
 
     def probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Temperature-calibrated class probabilities (N, C); with ``tta`` the mean over :data:`TTA_VIEWS`.
@@ -262,12 +265,18 @@ def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (pixels / np.float32(255.0) - np.float32(mean)) / np.float32(std)
 
 
-def onnx_logits(sess: ort.InferenceSession, images: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """Raw logits of one of pneumoscan's ONNX graphs (a bundle's, an ensemble member's) on one batch of uint8
-    (N, S, S) images: the one place that feeds such a graph (its input and output names, :func:`onnx_input`)."""
+def session_logits(sess: ort.InferenceSession, images: np.ndarray, mean: float = 0.0, std: float = 1.0,
+                   batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Raw logits of one of pneumoscan's ONNX graphs (a bundle's, an ensemble member's, an INT8 one) on uint8
+    (N, S, S) images, ``batch_size`` a run: the one place that feeds such a graph (its input and output names,
+    :func:`onnx_input`), for the Predictor's ONNX backends, ensemble calibration and INT8 export alike. The defaults
+    read the images as an ensemble's input, [0, 1]. :class:`NonFiniteScore` when any row is NaN or infinite, which
+    would otherwise reach a label or the temperature and threshold fits."""
     from .export import INPUT, OUTPUT
 
-    return sess.run([OUTPUT], {INPUT: onnx_input(images, mean, std)})[0]
+    out = [sess.run([OUTPUT], {INPUT: onnx_input(images[i : i + batch_size], mean, std)})[0]
+           for i in range(0, len(images), batch_size)]
+    return require_finite(np.concatenate(out))
 
 
 def _torch_model(bundle: Path | str) -> tuple[torch.nn.Module, BundleCard]:
@@ -490,9 +499,8 @@ def _classify(
             if "label" in row:
                 row.update(dict.fromkeys(ETIOLOGY.values()))
         if called:
-            target = second.card.spec.decode_target
-            same = target == first.card.spec.decode_target
-            picked = {i: grays[i] if same else _decode(paths[i], target) for i in called}
+            same = second.decodes_like(first)
+            picked = {i: grays[i] if same else _decode(paths[i], second.card.spec.decode_target) for i in called}
             for i, gray in picked.items():
                 if isinstance(gray, str):  # readable a moment ago: changed or removed since
                     rows[i]["error"] = f"etiology stage: {gray}"

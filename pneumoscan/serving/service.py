@@ -229,9 +229,8 @@ class Service:
             result = await main.predict(film)
             etiology_result = None
             if second is not None and result.label == self.handoff:
-                target = second.card.spec.decode_target
-                same = target == main.card.spec.decode_target
-                gray = image if same else await decoded(decode_upload, target, dicom)
+                gray = (image if second.predictor.decodes_like(main.predictor)
+                        else await decoded(decode_upload, second.card.spec.decode_target, dicom))
                 etiology_result = await second.predict(
                     await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
             # the film for a reader's eyes, decoded again larger than the model's copy (at most a panel's size): on the

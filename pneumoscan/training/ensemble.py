@@ -36,15 +36,15 @@ import torch
 
 from pneumoscan.core.atomic import building
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.metrics import describe_policy, softmax
+from pneumoscan.core.metrics import softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import check_held_out, record_calibration_films, refuse_test_films
-from pneumoscan.evaluation.operating_point import calibrated_temperature, write_operating_point
+from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
-from pneumoscan.inference.predict import NonFiniteScore, onnx_logits, require_finite, tta_probabilities, tta_views
+from pneumoscan.inference.predict import NonFiniteScore, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, load_appearance, load_card, member_sources,
                                    runtime_versions, save_appearance)
@@ -52,7 +52,6 @@ from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
 
-BATCH = 64  # images one ONNX run scores
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
 
@@ -76,20 +75,12 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
                              "the ensemble would claim members it does not have")
 
 
-def batched(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    """Logits of an ONNX session (:func:`module_session`) on uint8 (N, S, S) images read as [0, 1] input;
-    :class:`NonFiniteScore` when any is NaN or infinite, which would otherwise reach the temperature and
-    threshold fits."""
-    out = [onnx_logits(sess, images[i : i + BATCH], 0.0, 1.0) for i in range(0, len(images), BATCH)]
-    return require_finite(np.concatenate(out))
-
-
 def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: np.ndarray) -> np.ndarray:
     """The mean of the members' logits on ``images``; a member whose scores are not finite is named."""
     logits = []
     for source, sess in members:
         try:
-            logits.append(batched(sess, images))
+            logits.append(session_logits(sess, images))
         except NonFiniteScore as e:
             raise ValueError(f"ensemble member {source}: {e}") from None
     return np.mean(logits, axis=0)
@@ -214,9 +205,9 @@ def _calibration_scores(
     records, images, targets = held_out
     record_calibration_films(tmp, records)
     sess = session(tmp / ONNX_NAME)
-    views = [batched(sess, v) for v in tta_views(images)]
+    views = [session_logits(sess, v) for v in tta_views(images)]
     name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
-    return batched(sess, images), targets, views, [r.patient for r in records], name
+    return session_logits(sess, images), targets, views, [r.patient for r in records], name
 
 
 def build_ensemble(
@@ -271,7 +262,7 @@ def build_ensemble(
         )  # fmt: skip
         card, figures = write_operating_point(
             tmp, calibrated, softmax(logits, temperature), tta, targets, target_sensitivity, max_false_positive_rate,
-            f"{describe_policy(target_sensitivity, max_false_positive_rate)} on {name}", patients, temperature_caveat)
+            policy_text(target_sensitivity, max_false_positive_rate, name), patients, temperature_caveat)
     log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
              "specificity %.3f on %d films", len(paths), out, temperature, card.threshold, card.tta_threshold,
              figures["sensitivity"], figures["specificity"], len(targets))

@@ -10,6 +10,7 @@ the threshold validated for the scores they compute; bundle.json records the SHA
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -27,21 +28,21 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import choose_thresholds, describe_policy, format_figure, roc_auc, softmax
+from pneumoscan.core.metrics import format_figure, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
-from pneumoscan.data.layouts import discover
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
-from pneumoscan.evaluation.operating_point import int8_figures, threshold_intervals, warn_if_too_few_positives
+from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
-from pneumoscan.inference.predict import Predictor, tta_probabilities
+from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum, replaced_members
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder
-from .ensemble import batched, cv_members, out_of_fold
+from .ensemble import cv_members, out_of_fold
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -61,9 +62,9 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT: batch}
 
 
-def _sample(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_rows, size=min(n, n_rows), replace=False))
+def _sample(n_rows: int, n: int) -> np.ndarray:
+    """Sorted row numbers of ``n`` of ``n_rows`` films, the same ones on every export (a fixed seed)."""
+    return np.sort(np.random.default_rng(0).choice(n_rows, size=min(n, n_rows), replace=False))
 
 
 def _int8_graph(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
@@ -112,12 +113,53 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     return net
 
 
-def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: BundleCard, batches: list[np.ndarray],
-                      calib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(targets, plain and TTA INT8 scores) of every film of the cv runs, each scored by the members that did not
-    train on it, each member quantised alone with the ensemble's calibration batches (the shipped graph quantises
-    the same operations on the same inputs); and the mean of those members' scores on the calibration films, to
-    measure how far the shipped INT8 graph is from it."""
+@dataclasses.dataclass(frozen=True)
+class Int8Scores:
+    """The shipped INT8 graph's scores on the films its thresholds are chosen on, and what its sidecar says of them:
+    the binary targets, plain and TTA scores, the films' patients (None: out-of-fold films, counted as films, as the
+    ensemble's own thresholds were), the films as the sidecar (``chosen_on``) and as the policy (``named_on``, without
+    this machine's folders) name them, the FP32 AUC on them, the largest change in probability quantisation made,
+    the same against the members quantised alone (out of fold only), and the films to record as its calibration
+    films (None: none, for out-of-fold films)."""
+
+    y: np.ndarray
+    plain: np.ndarray
+    tta: np.ndarray
+    patients: list[str] | None
+    chosen_on: str
+    named_on: str
+    fp32_auc: float
+    change: float
+    member_mean_change: float | None
+    calibration_records: list[Record] | None
+
+
+def _shipped_and_fp32(int8: Predictor, fp32: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plain scores of the shipped INT8 graph and of the FP32 model on the films the change is measured on.
+    Scored last: once run, the graphs' ONNX Runtime memory arenas stay, and would add to the peak of the
+    out-of-fold scoring or of the TTA views."""
+    return int8.positive(int8.probabilities(images)), fp32.positive(fp32.probabilities(images))
+
+
+def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
+                        val: tuple[list[Record], np.ndarray, np.ndarray]) -> Int8Scores:
+    """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets)."""
+    records, images, targets = val
+    tta = int8.positive(int8.probabilities(images, tta=True))
+    shipped, reference = _shipped_and_fp32(int8, fp32, images)
+    y = binary_targets(targets)
+    return Int8Scores(y, shipped, tta, [r.patient for r in records], f"the val films of {data}",
+                      f"the val films of {Path(data).name}", roc_auc(y, reference),
+                      float(np.abs(reference - shipped).max()), None, records)
+
+
+def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet, cv_dirs: Sequence[Path | str],
+                             batches: list[np.ndarray], calib: np.ndarray) -> Int8Scores:
+    """:class:`Int8Scores` on every film of the cv runs, each scored by the members that did not train on it, each
+    member quantised alone with the ensemble's calibration batches (the shipped graph quantises the same operations
+    on the same inputs); the change is measured on the calibration films, against the FP32 model and against the
+    mean of those members' scores. The FP32 AUC is the out-of-fold one ``ensemble --cv`` recorded."""
+    card = fp32.card
     task = get_task(card.task)
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
@@ -125,8 +167,34 @@ def _out_of_fold_int8(net: EnsembleNet, cv_dirs: Sequence[Path | str], card: Bun
     logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
     plain = task.positive_probability(softmax(logits, card.temperature))
     tta = task.positive_probability(tta_probabilities(views, card.temperature))
-    mean = task.positive_probability(softmax(np.mean([batched(session(g), calib) for g in graphs], axis=0), card.temperature))
-    return binary_targets(targets), plain, tta, mean
+    mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
+                                             card.temperature))
+    shipped, reference = _shipped_and_fp32(int8, fp32, calib)
+    runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
+    return Int8Scores(binary_targets(targets), plain, tta, None,
+                      f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
+                      f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
+                      float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None)
+
+
+def _val_films(bundle: Path, data: Path | str, card: BundleCard,
+               ) -> tuple[np.ndarray, tuple[list[Record], np.ndarray, np.ndarray]]:
+    """DATA's training films (the calibration pool) and its validation films' (records, images, targets); refused
+    when DATA lacks either split, when the model trained on a validation film, or when they are all one class."""
+    task = get_task(card.task)
+    if missing := {"train", "val"} - {r.split for r in discover(data).records}:
+        # said before any film is decoded (the val films are read before the train films are looked for)
+        raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
+                         f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
+                         "split")
+    records, images, targets, _ = labelled_records(data, "val", task, card.spec)
+    check_held_out([bundle], records, "choose the INT8 thresholds")
+    pool, _, _ = labelled_images(data, "train", task, card.spec)
+    if len(pool) == 0 or len(images) == 0:
+        raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
+    if np.ptp(binary_targets(targets)) == 0:
+        raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
+    return pool, (records, images, targets)
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
@@ -142,71 +210,49 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
                          "built from (--cv), not both and not neither")
     bundle = Path(bundle)
     card = load_card(bundle)
-    task = get_task(card.task)
     if not (bundle / ONNX_NAME).exists():
         raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
     fp32 = Predictor(bundle, backend="onnx")
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
-        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, task, card.spec)  # all the runs' films
+        # all the runs' films
+        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, get_task(card.task), card.spec)
     else:
-        if missing := {"train", "val"} - {r.split for r in discover(data).records}:
-            # said before any film is decoded (the val films are read before the train films are looked for)
-            raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
-                             f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
-                             "split")
-        val_records, val_images, val_targets, _ = labelled_records(data, "val", task, card.spec)
-        check_held_out([bundle], val_records, "choose the INT8 thresholds")
-        pool, _, _ = labelled_images(data, "train", task, card.spec)
-        if len(pool) == 0 or len(val_images) == 0:
-            raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
-        if np.ptp(binary_targets(val_targets)) == 0:
-            raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
+        pool, val = _val_films(bundle, data, card)
     calib = pool[_sample(len(pool), calibration_images)]
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
     # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
     graph = _int8_graph(bundle / ONNX_NAME, batches)
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
-    # the shipped graphs score the films their change is measured on last: once run, their ONNX Runtime memory
-    # arenas stay, and would add to the peak of the out-of-fold scoring or of the TTA views
-    patients = None  # out-of-fold films are counted as films, as the ensemble's own thresholds were
-    if cv_dirs:
-        y, scores, tta, members_mean = _out_of_fold_int8(net, cv_dirs, card, batches, calib)
-        runs, names = (", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs))
-        change_on, chosen_on = calib, f"out-of-fold INT8 scores of {runs} (each member quantised alone)"
-        named_on = f"out-of-fold INT8 scores of {names}"
-    else:
-        y, members_mean, patients = binary_targets(val_targets), None, [r.patient for r in val_records]
-        tta = int8.positive(int8.probabilities(val_images, tta=True))
-        change_on, chosen_on = val_images, f"the val films of {data}"
-        named_on = f"the val films of {Path(data).name}"
-    shipped, reference = (p.positive(p.probabilities(change_on)) for p in (int8, fp32))
-    if not cv_dirs:  # the val films' plain scores are the ones just computed
-        scores = shipped
-    # a cv ensemble's FP32 AUC is the out-of-fold one ensemble --cv recorded
-    fp32_auc = card.val_metrics["auc"] if cv_dirs else roc_auc(y, reference)
-    guess = warn_if_too_few_positives(y, card.threshold_targets[0])
-    thresholds = choose_thresholds(y, scores, tta, *card.threshold_targets)
+    scored = (_int8_scores_out_of_fold(int8, fp32, net, cv_dirs, batches, calib) if cv_dirs
+              else _int8_scores_on_val(int8, fp32, data, val))
+    point = choose_operating_point(scored.y, scored.plain, scored.tta, *card.threshold_targets, scored.patients)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
-    policy = f"{describe_policy(*card.threshold_targets)} on {named_on}"
+    policy = policy_text(*card.threshold_targets, scored.named_on)
     figures = {"calibration_images": int(len(calib)), **int8_figures(
-        y, scores, thresholds, policy, chosen_on, fp32_auc, float(np.abs(reference - shipped).max()),
-        threshold_intervals(y, scores, tta, *card.threshold_targets, patients), guess)}
-    if members_mean is not None:  # the shipped graph against the members quantised alone, on the calibration films
-        figures["max_member_mean_change"] = float(np.abs(members_mean - shipped).max())
+        scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change)}
+    if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
+        figures["max_member_mean_change"] = scored.member_mean_change
     if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
         raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than 0.01 below "
                          f"FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle with "
                          "--backend onnx")
+    out = _write_int8(bundle, graph, figures, scored.calibration_records)
+    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
+             format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
+    return out
+
+
+def _write_int8(bundle: Path, graph: bytes, figures: dict, calibration_records: list[Record] | None) -> Path:
+    """The INT8 graph and its sidecar, their checksums in bundle.json, the model card with its INT8 section, and
+    the films that chose its thresholds (``calibration_records``; None: out-of-fold films, which are not listed)."""
     out = write_atomic(bundle / INT8_NAME, graph)
     write_int8_spec(bundle, figures)
     record_checksum(bundle, INT8_NAME)  # the backend refuses a file that differs from the one written here
     write_model_card(bundle, load_card(bundle))  # with its INT8 section: the thresholds onnx-int8 labels at
     (bundle / INT8_CALIBRATION_FILMS).unlink(missing_ok=True)  # an earlier export's films chose other thresholds
-    if not cv_dirs:  # evaluate --backend onnx-int8 on them says its figures are optimistic
-        record_calibration_films(bundle, val_records, INT8_CALIBRATION_FILMS)
-    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
-             format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
+    if calibration_records is not None:  # evaluate --backend onnx-int8 on them says its figures are optimistic
+        record_calibration_films(bundle, calibration_records, INT8_CALIBRATION_FILMS)
     return out

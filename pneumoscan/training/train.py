@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import building, write_atomic
-from pneumoscan.core.metrics import binary_metrics, describe_policy, format_figure, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.audit import shared_patients
@@ -36,7 +36,7 @@ from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.held_out import check_held_out
-from pneumoscan.evaluation.operating_point import calibrated_temperature, write_operating_point
+from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable, export_onnx
 from pneumoscan.inference.predict import Predictor
@@ -399,7 +399,7 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
     checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
-                 Finalize(lambda s: finalize(run_dir, cfg, task, d, ctx, len(s.history), s.info["best_epoch"])),
+                 Finalize(lambda s: finalize(run_dir, cfg, d, ctx, len(s.history), s.info["best_epoch"])),
                  *trackers, *extra, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
 
@@ -465,7 +465,7 @@ def record_appearance(bundle: Path, train_set: CachedImages) -> None:
         log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
 
 
-def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
+def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
     report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
     no half bundle, which cv would take for a finished fold."""
@@ -479,7 +479,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, task: Task, d: Data, ctx: Dist, ep
         return bundle_dir
     targets = val_set.targets[index]
     temperature, temperature_caveat = calibrated_temperature(logits, targets)
-    policy = f"{describe_policy(cfg.target_sensitivity, None)} on validation"
+    policy = policy_text(cfg.target_sensitivity, None, "validation")
     card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=d.fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
     with building(bundle_dir) as tmp:
