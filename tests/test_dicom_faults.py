@@ -294,6 +294,74 @@ def test_high_bit_other_than_bits_stored_minus_one_is_refused() -> None:
         image_info(data)
 
 
+HIGH_BITS = r"pixel values use bits above High Bit {high} \(Bits Stored {stored}, largest value \d+\) and no overlay"
+WRAPS = r"read as stored they would wrap into bands; the header does not describe the pixel data"
+
+
+def compressed_with_header(pixels: np.ndarray, syntax: uid.UID, bits: int, **header: int) -> bytes:
+    """``pixels`` compressed in ``syntax`` as ``bits``-bit values, then the header's bit depth set to ``header``
+    (BitsAllocated, BitsStored, HighBit), as a faulty export writes it."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, bits=bits)))
+    ds.compress(syntax)
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless], ids=lambda s: s.name)
+def test_compressed_values_above_high_bit_are_refused_as_uncompressed_ones_are(syntax: uid.UID) -> None:
+    """14-bit values under a 12-bit header: refused uncompressed, but RLE's were masked into bands and scored
+    (pneumonia 0.72 for a normal film), JPEG-LS's and JPEG 2000's read or not by their decoder's whim."""
+    film = phantom(48, 48, lo=3000, hi=16000)
+    data = compressed_with_header(film, syntax, 16, BitsStored=12, HighBit=11)
+    with pytest.raises(DecodeError, match=HIGH_BITS.format(high=11, stored=12) + r".*" + WRAPS):
+        read_gray(data)
+    within = compressed_with_header(film >> 2, syntax, 16, BitsStored=12, HighBit=11)  # 12-bit values: read
+    np.testing.assert_array_equal(read_gray(within), read_gray(dicom_bytes(film >> 2)))
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEG2000Lossless], ids=lambda s: s.name)
+def test_a_codestream_wider_than_the_header_is_refused(syntax: uid.UID) -> None:
+    """12-bit values compressed, the header then saying 8 bits (allocated and stored): the decoded values were cut
+    to 8 bits, a normal film read as banded noise and filed as pneumonia 0.88."""
+    data = compressed_with_header(phantom(), syntax, 12, BitsAllocated=8, BitsStored=8, HighBit=7)
+    with pytest.raises(DecodeError, match=r"the compressed frame's samples are 12-bit, wider than Bits Allocated 8 "
+                                          r"\(High Bit 7, Bits Stored 8\): " + WRAPS):
+        read_gray(data)
+
+
+def test_an_rle_frame_wider_than_the_header_is_refused_by_its_values() -> None:
+    """RLE records no precision: its decoded values, unmasked, show the 12 bits under an 8-bit header."""
+    data = compressed_with_header(phantom(), uid.RLELossless, 12, BitsStored=8, HighBit=7)
+    with pytest.raises(DecodeError, match=HIGH_BITS.format(high=7, stored=8) + r".*" + WRAPS):
+        read_gray(data)
+
+
+@pytest.mark.parametrize("allocated", [8, 16])
+def test_a_12bit_jpeg_frame_under_an_8bit_header_is_refused(allocated: int) -> None:
+    """JPEG (SOF precision 12, JPEG Extended) under Bits Stored 8: refused from the codestream where the words
+    cannot hold it, from its decoded values where they can."""
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, 8, 7
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    reason = (r"the compressed frame's samples are 12-bit, wider than Bits Allocated 8" if allocated == 8
+              else HIGH_BITS.format(high=7, stored=8))
+    with pytest.raises(DecodeError, match=reason + r".*" + WRAPS):
+        read_gray(buf.getvalue())
+
+
+def test_a_codestream_narrower_than_bits_stored_is_refused() -> None:
+    """8-bit samples under a 12-bit header are not the values its window and rescale are for."""
+    data = compressed_with_header(phantom(lo=0, hi=255), uid.JPEG2000Lossless, 8, BitsAllocated=16, BitsStored=12,
+                                  HighBit=11)
+    with pytest.raises(DecodeError, match=r"the compressed frame's samples are 8-bit, below Bits Stored 12: .*the "
+                                          r"header does not describe the pixel data"):
+        read_gray(data)
+
+
 # ------------------------------------------------------------------ 5. Pixel Padding Value
 
 

@@ -99,8 +99,9 @@ OUT_OF_SCOPE = {
     "oblique view": ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
     "CT slice": ({"Modality": "CT"}, "Modality CT is not a radiograph"),
     "knee": ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
-    "adult": ({"PatientAge": "034Y"}, "patient age 34.0 years is outside the training population"),
-    "six-year-old": ({"PatientAge": "006Y"}, "patient age 6.0 years is outside"),
+    "adult": ({"PatientAge": "034Y", "PatientBirthDate": None}, "patient age 34.0 years is outside the training "
+                                                                "population"),
+    "six-year-old": ({"PatientAge": "006Y", "PatientBirthDate": None}, "patient age 6.0 years is outside"),
     "newborn by birth date": ({"PatientAge": None, "PatientBirthDate": "20230101", "StudyDate": "20230301"},
                               "patient age 0.2 years is outside"),
     "no age": ({"PatientAge": None, "PatientBirthDate": None}, "patient age not recorded"),
@@ -121,7 +122,7 @@ def test_out_of_scope_films_are_flagged(film: np.ndarray, case: str) -> None:
 @pytest.mark.parametrize("age, accepted", [("006M", True), ("005M", False), ("012M", True), ("005Y", True),
                                            ("104W", True), ("020D", False)])
 def test_age_margin(film: np.ndarray, age: str, accepted: bool) -> None:
-    found = scope_warnings(header(film, PatientAge=age), 224, 224)
+    found = scope_warnings(header(film, PatientAge=age, PatientBirthDate=None), 224, 224)
     assert (found == []) == accepted, found
 
 
@@ -156,7 +157,8 @@ def films(film: np.ndarray, data_root: Path, tmp_path: Path) -> dict[str, Path]:
              "jpeg": folder / "c_film.jpeg"}  # fmt: skip
     paths["in_scope"].write_bytes(chest_dicom(film))
     # out of scope but still a frontal chest film by its header (no view recorded, an adult): reported
-    paths["adult"].write_bytes(chest_dicom(film, ViewPosition=None, PatientAge="045Y"))
+    paths["adult"].write_bytes(chest_dicom(film, ViewPosition=None, PatientAge="045Y",
+                                           PatientBirthDate="19780101"))
     paths["jpeg"].write_bytes(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes())
     return paths
 
@@ -223,7 +225,7 @@ MALFORMED = {
     "a birth date that is none": ({"PatientBirthDate": "19xx0317"}, "PatientBirthDate", ("19xx0317",)),
     "two names": ({"PatientName": "Roewyn^Annika\\Poelle^Beatrix"}, "PatientName", ("Roewyn", "Poelle", "Beatrix")),
     "two patient ids": ({"PatientID": "MRN-77\\MRN-88"}, "PatientID", ("MRN-77", "MRN-88")),
-    "two study dates": ({"StudyDate": "20210101\\20210102"}, "StudyDate", ("20210101", "20210102")),
+    "two study dates": ({"StudyDate": "20230601\\20230602"}, "StudyDate", ("20230601", "20230602")),
     "two referring physicians": ({"ReferringPhysicianName": "Quuxley^Al\\Zedmore^Bo"}, "ReferringPhysicianName",
                                  ("Quuxley", "Zedmore")),
     "a made-up SOP class": ({"SOPClassUID": "1.2.3"}, "SOPClassUID", ()),
@@ -669,7 +671,8 @@ def test_api_refuses_a_report_on_a_malformed_attribute_naming_it_never_quoting_i
 def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClient, film: np.ndarray,
                                                                  tiny_bundle: Path) -> None:
     # warnings that leave it a frontal chest film, which is reported with them
-    data = chest_dicom(film, BodyPartExamined=None, ViewPosition=None, PatientAge="035Y")
+    data = chest_dicom(film, BodyPartExamined=None, ViewPosition=None, PatientAge="035Y",
+                       PatientBirthDate="19880101")
     reading = post(client, data).json()
     assert len(reading["warnings"]) == 3
     r = post(client, data, format="dicom-sr")
@@ -776,7 +779,7 @@ def test_pneumoscan_outputs_are_refused_as_films(tiny_bundle: Path, films: dict[
 
 
 def test_api_fhir(client: TestClient, film: np.ndarray, data_root: Path, tiny_bundle: Path) -> None:
-    data = chest_dicom(film, PatientAge="040Y")
+    data = chest_dicom(film, PatientAge="040Y", PatientBirthDate="19830101")
     reading = post(client, data).json()
     r = post(client, data, format="fhir")
     assert r.status_code == 200 and r.headers["content-type"] == "application/fhir+json"

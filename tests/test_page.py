@@ -650,6 +650,37 @@ def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, sma
     assert kinds == [True, True, True, False, False, False, False]
 
 
+def test_a_colour_managed_jpeg_is_shown_as_the_service_decodes_it(page: Page, small: Path, tmp_path: Path) -> None:
+    """Chromium draws a JPEG through its ICC profile (val/NORMAL's films 11-19 grey levels off, a gamma-1.0 profile
+    54 brighter) where the model reads the stored values: one with a profile (APP2 ICC_PROFILE), an Adobe YCCK
+    transform or four components (CMYK) is shown from the service's decode, as a colour-managed PNG is."""
+    from PIL import ImageCms
+
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
+    path = tmp_path / "profiled.jpeg"
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(small).convert("L").save(path, quality=95, icc_profile=profile)
+    upload_one(page, path)
+    assert calls == ["?image=true"]
+    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
+    shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.int16)
+    assert np.abs(shown - np.asarray(Image.open(path), np.int16).ravel()).max() <= 1
+    kinds = page.evaluate("""async () => {
+        const segment = (marker, data) => [0xff, marker, (data.length + 2) >> 8, (data.length + 2) & 255, ...data];
+        const text = (s) => Array.from(s, (c) => c.charCodeAt(0));
+        const sof = (components) => segment(0xc0, [8, 0, 1, 0, 1, components, ...new Array(3 * components).fill(1)]);
+        const jpeg = (...segments) => new File([Uint8Array.from([0xff, 0xd8, ...segments.flat(),
+            ...segment(0xda, [1, 1, 0, 0, 63, 0]), 0, 0xff, 0xd9])], "f.jpeg");
+        const adobe = (transform) => segment(0xee, [...text("Adobe"), 0, 100, 0, 0, 0, 0, transform]);
+        const files = [jpeg(sof(1)), jpeg(segment(0xe0, [...text("JFIF"), 0, 1, 1, 0, 0, 1, 0, 1, 0, 0]), sof(3)),
+            jpeg(segment(0xe2, [...text("MPF"), 0, 1, 2]), sof(1)), jpeg(adobe(1), sof(3)),
+            jpeg(segment(0xe2, [...text("ICC_PROFILE"), 0, 1, 1, 2, 3]), sof(1)), jpeg(adobe(2), sof(4)),
+            jpeg(sof(4)), jpeg(0xff, segment(0xe2, [...text("ICC_PROFILE"), 0, 1, 1]), sof(1))];
+        return (await Promise.all(files.map(sniff))).map((kind) => kind.shown); }""")
+    assert kinds == [True, True, True, True, False, False, False, False]
+
+
 def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Browser, tiny_bundle: Path, small: Path,
                                                                     tmp_path: Path) -> None:
     """The bar shows where a threshold chosen on other validation films would fall, and a reading inside that range

@@ -23,7 +23,9 @@ from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import BLANK, BLANK_IN_WINDOW, DecodeError, minmax_u8
+from .pixels import (
+    BLANK, BLANK_IN_WINDOW, NEAR_BLANK_LEVELS, NEAR_BLANK_SHARE, DecodeError, minmax_u8, one_level_share,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -110,31 +112,20 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     Every reader's pixels pass here, so this is where a blank image (one grey level: a failed export, all-zero
     pixel data, a DICOM window beside the film's values) is refused: a model shown a uniform square still answers
     with a probability (about 0.7 for pneumonia, for a black film with a burned-in marker). So is a nearly blank
-    one, with :data:`NEAR_BLANK_SHARE` of its pixels within :data:`NEAR_BLANK_LEVELS` grey levels of one value."""
+    one, with :data:`NEAR_BLANK_SHARE` of its pixels within :data:`NEAR_BLANK_LEVELS` grey levels of one value.
+    A film of a few grey levels more (a thresholded or posterised picture) is refused by the reader, which counts
+    them at full size (:func:`~pneumoscan.data.pixels.check_grey_levels`), before the reduction blends them."""
     src, reader = _check_source(source, dicom)
     gray = reader.gray(src, target)
     if not gray.size or gray.min() == gray.max():
         reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src) else BLANK
         raise DecodeError(reason)
-    if (share := _one_level_share(gray)) >= NEAR_BLANK_SHARE:
+    if (share := one_level_share(np.bincount(gray.ravel(), minlength=256))) >= NEAR_BLANK_SHARE:
         reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src, nearly=True) else (
             f"blank image: {100 * share:.1f}% of the pixels are within {NEAR_BLANK_LEVELS} grey levels of one value "
             "(an empty film with a marker or label, say)")
         raise DecodeError(reason)
     return gray
-
-
-# A nearly blank image: at least this share of its pixels within NEAR_BLANK_LEVELS of its commonest grey level. On
-# the 5,232 films of train/ and val/ (read at 224 px) the largest share is 0.33 (99th percentile 0.20).
-NEAR_BLANK_SHARE = 0.95
-NEAR_BLANK_LEVELS = 2
-
-
-def _one_level_share(gray: np.ndarray) -> float:
-    """The share of the pixels within NEAR_BLANK_LEVELS grey levels of the commonest one."""
-    counts = np.bincount(gray.ravel(), minlength=256)
-    mode = int(counts.argmax())
-    return float(counts[max(0, mode - NEAR_BLANK_LEVELS) : mode + NEAR_BLANK_LEVELS + 1].sum()) / gray.size
 
 
 def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
@@ -153,4 +144,4 @@ def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
     low, high = float(values.min()), float(values.max())
     if not nearly or low == high:
         return low != high
-    return _one_level_share(minmax_u8(values)) < NEAR_BLANK_SHARE
+    return one_level_share(np.bincount(minmax_u8(values).ravel(), minlength=256)) < NEAR_BLANK_SHARE

@@ -48,6 +48,14 @@ IDENTIFIERS = {
     "series_instance_uid": "SeriesInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
+# Every warning about two tags that contradict each other starts so: which of them is true cannot be known, and a
+# header resolved silently in favour of "in scope" had a lateral film, a 44-year-old or a CT object filed as a
+# child's frontal chest film. No coded finding is filed for such a film (NO_CODED_FINDING).
+CONFLICT = "conflicting tags: "
+# The SOP classes a radiograph is stored in: CR, DX, and Secondary Capture (a digitised or exported film). Another
+# image storage class the standard names (CT, MR, US, ...) under Modality CR/DX is a header that contradicts itself.
+_RADIOGRAPH_CLASSES = ("ComputedRadiographyImageStorage", "DigitalXRayImageStorage", "SecondaryCaptureImageStorage")
+AGE_CONFLICT_YEARS = 1.0  # PatientAge and the age from the dates may differ by rounding (a "004Y" is 4.0-4.99)
 # The warnings of scope_warnings after which no coded finding is filed into a hospital's record (a DICOM SR, a FHIR
 # Observation): the object is no grayscale radiograph, or its own header records another body part or a view that
 # is not frontal; or its pixels are unlike the model's training films (:mod:`.appearance`). A film that merely lacks
@@ -56,7 +64,7 @@ IDENTIFIERS = {
 NO_CODED_FINDING = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
                               r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph|"
                               r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal|"
-                              + re.escape(APPEARANCE_WARNING))
+                              + re.escape(APPEARANCE_WARNING) + "|" + re.escape(CONFLICT))
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
@@ -90,23 +98,25 @@ def _date(text: str) -> date | None:
 def age_years(ds: Dataset) -> float | None:
     """PatientAge ('004Y', '018M', ...) or, without it, PatientBirthDate against the study (or series,
     acquisition, content) date; None when neither gives an age."""
+    stated, dated = _ages(ds)
+    return dated if stated is None else stated
+
+
+def _ages(ds: Dataset) -> tuple[float | None, float | None]:
+    """(the age PatientAge states, the age PatientBirthDate gives against the study, series, acquisition or
+    content date), each None when not recorded."""
     match = _AGE.match(_text(ds, "PatientAge"))
-    if match:
-        return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
+    stated = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)] if match else None
     born = _date(_text(ds, "PatientBirthDate"))
     dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))
     taken = next(filter(None, dates), None)
     if born is None or taken is None or taken < born:
-        return None
-    return (taken - born).days / 365.25
+        return stated, None
+    return stated, (taken - born).days / 365.25
 
 
-def _view(ds: Dataset) -> tuple[str, str]:
-    """(kind, as recorded): kind is 'frontal', 'lateral', 'other' or '' when the view is not recorded."""
-    position = _text(ds, "ViewPosition")
-    if position:
-        kind = "frontal" if position in FRONTAL_VIEWS else "lateral" if position in LATERAL_VIEWS else "other"
-        return kind, position
+def _view_code(ds: Dataset) -> tuple[str, str]:
+    """(kind, as recorded) of the first ViewCodeSequence item, ('', '') when there is none (see :func:`_view`)."""
     try:
         item = (ds.get("ViewCodeSequence") or [None])[0]
     except Exception:
@@ -116,6 +126,34 @@ def _view(ds: Dataset) -> tuple[str, str]:
     value, meaning = _text(item, "CodeValue"), _text(item, "CodeMeaning")
     kind = "frontal" if value in _FRONTAL_CODES else "lateral" if value in _LATERAL_CODES else "other"
     return kind, meaning or value
+
+
+def _view(ds: Dataset) -> tuple[str, str]:
+    """(kind, as recorded): kind is 'frontal', 'lateral', 'other' or '' when the view is not recorded."""
+    position = _text(ds, "ViewPosition")
+    if position:
+        kind = "frontal" if position in FRONTAL_VIEWS else "lateral" if position in LATERAL_VIEWS else "other"
+        return kind, position
+    return _view_code(ds)
+
+
+def _conflicts(ds: Dataset, modality: str) -> list[str]:
+    """A warning for each pair of tags that contradict each other on the view, the age or the kind of object."""
+    found = []
+    position, (code_kind, code) = _text(ds, "ViewPosition"), _view_code(ds)
+    if position and code_kind and _view(ds)[0] != code_kind:
+        found.append(f"{CONFLICT}ViewPosition {position} but ViewCodeSequence {code} ({code_kind} view): which "
+                     "view the film is cannot be known")
+    stated, dated = _ages(ds)
+    if stated is not None and dated is not None and abs(stated - dated) > AGE_CONFLICT_YEARS:
+        found.append(f"{CONFLICT}PatientAge {_text(ds, 'PatientAge')} ({stated:.1f} years) but PatientBirthDate and "
+                     f"the study date give {dated:.1f} years: the patient's age cannot be known")
+    sop_class = UID(_stored(ds, "SOPClassUID"))
+    if (modality in RADIOGRAPHY and sop_class.type == "SOP Class" and sop_class.keyword.endswith("Storage")
+            and not sop_class.keyword.startswith(_RADIOGRAPH_CLASSES)):
+        found.append(f"{CONFLICT}SOPClassUID {sop_class.name} but Modality {modality}: the object may be no "
+                     "radiograph")
+    return found
 
 
 def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
@@ -151,6 +189,7 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
         elif not low <= age < high:
             found.append(f"patient age {age:.1f} years is outside the training population (1-5 years, accepted "
                          f"{low:g} to under {high:g})")
+        found += _conflicts(ds, modality)
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
             found.append(f"PhotometricInterpretation {photometric}: a radiograph is grayscale (MONOCHROME1/2)")

@@ -68,6 +68,9 @@ _DEFER_SIZE = "64 KB"  # a header-only read leaves values larger than this (the 
 # From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'"), and pairing
 # them one by one would leave the dates between the pairs in the clear.
 _QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+# why stored values wider than the header's bits are refused, whether the decoded values or a codestream show it
+_WRAPS = ("read as stored they would wrap into bands; the header does not describe the pixel data (Bits Stored and "
+          "High Bit too small)")
 MANUFACTURER = "pneumoscan"  # the Manufacturer of every DICOM object this package writes (SR, Secondary Capture)
 OWN_OUTPUT = "a pneumoscan output (Grad-CAM Secondary Capture or DICOM SR), not a film"
 
@@ -86,7 +89,9 @@ class DicomReader(Reader):
                 "format": "DICOM", "quality": None}  # fmt: skip
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        return np.asarray(pixels.reduce(_gray(read_dataset(src, header_only=False)), target))
+        gray = _gray(read_dataset(src, header_only=False))
+        pixels.check_grey_levels(gray)
+        return np.asarray(pixels.reduce(gray, target))
 
 
 def size_as_read(ds: Dataset) -> tuple[int, int]:
@@ -251,6 +256,8 @@ def _header(ds: Dataset) -> _Film:
         raise pixels.DecodeError(f"High Bit {high_bit} with Bits Stored {bits_stored}: the stored bits must end at bit "
                                  f"{int(bits_stored) - 1} (High Bit = Bits Stored - 1); read otherwise, the values "
                                  "would be taken from the wrong bits")  # fmt: skip
+    if isinstance(bits_stored, int) and bits_stored < 8:  # a 1-bit (Bits Allocated 1) or posterised object
+        raise pixels.too_few_levels(f"Bits Stored {bits_stored} holds at most {2**bits_stored}")
     if _POLARITY.get(photometric, lut_shape) != lut_shape and lut_shape in _POLARITY.values():
         raise pixels.DecodeError(f"ambiguous polarity: Photometric Interpretation {photometric} with Presentation "
                                  f"LUT Shape {lut_shape} (each says the opposite of the other which grey is bone)")
@@ -330,59 +337,82 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
     through CharLS (pyjpegls) when it is installed: on a 1776 x 1416 12-bit film it decodes in 84 ms against
     pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and pydicom would try pylibjpeg first. A frame CharLS
     refuses is refused: libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax
-    gets pydicom's order."""
+    gets pydicom's order. Values :func:`_high_bits_checked` are decoded unmasked and checked, in every syntax."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
         if syntax.is_encapsulated and syntax != RLELossless:
             frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-            _check_codestream_size(frame, film)
+            _check_codestream(frame, ds, film)
             if syntax in _JPEG_CHECKED:
                 jpeg.check_frame(frame)
-        elif not syntax.is_encapsulated:
-            _check_high_bits(ds, syntax, film)
+    checked = _high_bits_checked(ds)
     charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
-    ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False)
-    return ds.pixel_array
+    ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False,
+                           correct_unused_bits=not checked)  # fmt: skip
+    arr = ds.pixel_array
+    if checked:
+        _check_high_bits(ds, arr)
+    return arr
 
 
-def _check_codestream_size(frame: bytes, film: _Film) -> None:
-    """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size is not the header's: pydicom reshapes the decoded
-    values to the header's Rows x Columns, so a header with the two swapped turned a film into diagonal stripes
-    (scored pneumonia 0.97, the film itself 0.01), and another size ended in numpy's "could not broadcast"."""
-    # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz)
+def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> None:
+    """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size or sample precision is not the header's. pydicom
+    reshapes the decoded values to the header's Rows x Columns, so a header with the two swapped turned a film into
+    diagonal stripes (scored pneumonia 0.97, the film itself 0.01), and another size ended in numpy's "could not
+    broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded (12-bit
+    values under an 8-bit header read as banded noise, filed as pneumonia 0.88), and fewer bits than Bits Stored
+    are not the values the header describes. More bits than Bits Stored is how JPEG stores, say, 10-bit values
+    (in a 12-bit process): those are decoded unmasked and checked (:func:`_check_high_bits`)."""
+    # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz, then
+    # each component's Ssiz: its precision less one, the top bit its sign)
     siz = frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
-    if siz >= 0 and len(frame) >= siz + 44:
+    components = int.from_bytes(frame[siz + 40 : siz + 42], "big") if siz >= 0 else 0
+    if components and len(frame) >= siz + 42 + 3 * components:
         xsiz, ysiz, xosiz, yosiz = (int.from_bytes(frame[siz + i : siz + i + 4], "big") for i in (8, 12, 16, 20))
-        size: tuple[int, int, int] | None = (ysiz - yosiz, xsiz - xosiz, int.from_bytes(frame[siz + 40 : siz + 42], "big"))
+        precision = max((frame[siz + 42 + 3 * i] & 0x7F) + 1 for i in range(components))
+        info: tuple[int, int, int, int] | None = (ysiz - yosiz, xsiz - xosiz, components, precision)
     else:
-        size = jpeg.frame_size(frame) if frame[:2] == b"\xff\xd8" else None
-    if size is not None and size != (film.rows, film.cols, film.samples):
-        rows, cols, components = size
+        info = jpeg.frame_info(frame) if frame[:2] == b"\xff\xd8" else None
+    if info is None:
+        return
+    rows, cols, components, precision = info
+    if (rows, cols, components) != (film.rows, film.cols, film.samples):
         raise pixels.DecodeError(
             f"the compressed frame is {cols} x {rows} pixels with {components} component(s); the header says "
             f"{film.cols} x {film.rows} with {film.samples} sample(s): the header does not describe the pixel data "
             "(Rows and Columns swapped, or another image's frame)")
+    allocated, stored = ds.get("BitsAllocated"), ds.get("BitsStored")
+    if isinstance(allocated, int) and precision > allocated:
+        raise pixels.DecodeError(f"the compressed frame's samples are {precision}-bit, wider than Bits Allocated "
+                                 f"{allocated} (High Bit {ds.get('HighBit')}, Bits Stored {stored}): {_WRAPS}")
+    if isinstance(stored, int) and precision < stored:
+        raise pixels.DecodeError(
+            f"the compressed frame's samples are {precision}-bit, below Bits Stored {stored}: they are not the "
+            "values the header describes (its window and rescale are for other values); the header does not "
+            "describe the pixel data (Bits Stored and High Bit too large)")
 
 
-def _check_high_bits(ds: Dataset, syntax: UID, film: _Film) -> None:
-    """Refuse unsigned stored values that use bits above High Bit when no overlay plane claims them: pydicom masks
-    them off, so 14-bit values under a 12-bit header wrapped into bands (0.09 correlation with the film) and were
-    scored. An overlay in the pixel data's high bits (60xx,0102 Overlay Bit Position) is masked off as it should be."""
+def _high_bits_checked(ds: Dataset) -> bool:
+    """Whether the stored values must be checked for bits above High Bit (:func:`_check_high_bits`): unsigned,
+    in words wider than Bits Stored, with no overlay plane (60xx,0102 Overlay Bit Position) claiming the high bits,
+    which are masked off as they should be. Signed values are sign-extended from High Bit (pydicom's masking)."""
     allocated, high = ds.get("BitsAllocated"), ds.get("HighBit")
     if ("PixelData" not in ds or ds.get("PixelRepresentation") != 0 or allocated not in (8, 16, 32)
             or not isinstance(high, int) or high + 1 >= allocated):
-        return
-    if any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys()):
-        return
-    order = ">" if syntax == ExplicitVRBigEndian else "<"
-    values = np.frombuffer(ds.PixelData, f"{order}u{allocated // 8}",
-                           count=min(film.rows * film.cols * film.samples, len(ds.PixelData) * 8 // allocated))
-    if (values >> (high + 1)).any():
+        return False
+    return not any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys())
+
+
+def _check_high_bits(ds: Dataset, values: np.ndarray) -> None:
+    """Refuse decoded (unmasked) stored values that use bits above High Bit, whatever the transfer syntax: pydicom
+    masks them off, so 14-bit values under a 12-bit header wrapped into bands (0.09 correlation with the film) and
+    were scored, uncompressed or RLE alike."""
+    high, largest = ds.HighBit, int(values.max(initial=0))
+    if largest >> (high + 1):
         raise pixels.DecodeError(
             f"pixel values use bits above High Bit {high} (Bits Stored {ds.get('BitsStored')}, largest value "
-            f"{int(values.max())}) and no overlay claims them: read as stored they would wrap into bands; the "
-            "header does not describe the pixel data (Bits Stored and High Bit too small)")
+            f"{largest}) and no overlay claims them: {_WRAPS}")
 
 
 def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:

@@ -141,14 +141,15 @@ def _frame_header(frame: bytes) -> tuple[int, int] | None:
     return None if pos is None or pos + 5 > len(frame) else (frame[pos + 1], frame[pos + 4])
 
 
-def frame_size(frame: bytes) -> tuple[int, int, int] | None:
-    """(rows, columns, components) a JPEG or JPEG-LS codestream's frame header (SOFn, or SOF55 for JPEG-LS) says;
-    None when no frame header comes before the first scan, or it defers its rows to a DNL marker (0)."""
+def frame_info(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, sample precision in bits) a JPEG or JPEG-LS codestream's frame header (SOFn, or
+    SOF55 for JPEG-LS) says; None when no frame header comes before the first scan, or it defers its rows to a DNL
+    marker (0)."""
     pos = _frame_header_at(frame, _SOF | {_SOF55})
     if pos is None or pos + 10 > len(frame):
         return None
     rows, cols = (int.from_bytes(frame[pos + i : pos + i + 2], "big") for i in (5, 7))
-    return (rows, cols, frame[pos + 9]) if rows else None
+    return (rows, cols, frame[pos + 9], frame[pos + 4]) if rows else None
 
 
 def check_huffman_scans(frame: bytes) -> None:

@@ -68,6 +68,7 @@ class PillowReader(Reader):
             refusal = _OWN_REFUSALS.get(im.info.get("Software"))
             if refusal:
                 raise pixels.DecodeError(refusal)
+            _refuse_frames(im)
             return _gray(im, src, target)
 
     def colour_spread(self, src: Path | bytes) -> float:
@@ -157,7 +158,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     in place of a copy or a strip at a time, so decoding holds at most about 1.5 times its decoded bytes."""
     width, height = im.size
     try:
-        if isinstance(im, JpegImageFile):  # an MPO (a camera's multi-picture JPEG) too: its first picture
+        if isinstance(im, JpegImageFile):  # an MPO of one picture too (one of more is refused)
             decoded = _jpeg_gray(im, src)
         else:
             im.load()
@@ -180,11 +181,25 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
         gray = Image.fromarray(pixels.stretch(strip, height, width, lo, hi))
     else:
         _refuse_transparency(decoded)
+        if decoded.mode == "1":  # however small: a bilevel picture is never a radiograph
+            raise pixels.too_few_levels('a bilevel (1-bit, mode "1") image holds 2')
         gray = decoded if decoded.mode == "L" else decoded.convert("L")
+    pixels.check_grey_levels(gray)
     gray = pixels.reduce(gray, target)
     if orientation in _ORIENTATION:  # a phone photo of a film: upright as every viewer shows it
         gray = gray.transpose(_ORIENTATION[orientation])
     return np.asarray(gray)
+
+
+def _refuse_frames(im: Image.Image) -> None:
+    """Refuse an animated PNG (APNG) or a multi-picture JPEG (MPO) of more than one image, as multi-frame DICOM is:
+    Pillow reads the PNG's default image, which a browser (the service's page) does not show when it is no part of
+    the animation (a NORMAL film scored, the pneumonia film beside it on screen), and either holds several
+    pictures of which the file does not say which is the film."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        what = "animated PNG (APNG" if im.format == "PNG" else "multi-picture JPEG (MPO"
+        raise pixels.DecodeError(f"{what}, {frames} images) is not a single radiograph; export the film to read")
 
 
 def _refuse_transparency(im: Image.Image) -> None:

@@ -506,9 +506,9 @@ async function post(file, query) {
 // as DICOM by the service when it is named *.dcm or sent as application/dicom and its bytes name no other format,
 // and so it is here (a PNG named .dcm is a PNG). The browser shows a JPEG or an 8-bit PNG itself, as the model
 // reads it; anything else is shown from the service's decode (image=true): a DICOM, a 16-bit PNG (the service
-// stretches its values from lowest to highest, the browser keeps the high byte: 12-bit values look black) and a PNG
-// with an alpha channel (the service refuses one that is not fully opaque, so the film shown is one it read) or with
-// colour management the browser applies and the service does not (colourManaged).
+// stretches its values from lowest to highest, the browser keeps the high byte: 12-bit values look black), a PNG
+// with an alpha channel (the service refuses one that is not fully opaque, so the film shown is one it read), and a
+// PNG or JPEG with colour management the browser applies and the service does not (colourManaged).
 async function sniff(file) {
   const named = file.type === "application/dicom" || file.name.toLowerCase().endsWith(".dcm");
   let head;
@@ -522,7 +522,8 @@ async function sniff(file) {
   const png = starts([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
   const dicom = !jpeg && !png && (named || starts([0x44, 0x49, 0x43, 0x4d], 128));  // "DICM"
   // IHDR, the first chunk: bit depth at byte 24, colour type at 25 (4: grey + alpha, 6: RGB + alpha)
-  const asModelReads = jpeg || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file));
+  const asModelReads = (jpeg && !await jpegColourManaged(file))
+    || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file));
   return { dicom, shown: asModelReads };
 }
 
@@ -539,6 +540,28 @@ async function colourManaged(file) {
     at += chunk.getUint32(0) + 12;
   }
   return at + 12 <= file.size;  // 64 chunks and no pixels yet: not read on, the service's decode is shown
+}
+
+// A JPEG whose marker segments before its first scan (SOS) hold an ICC profile (APP2 "ICC_PROFILE"), an Adobe
+// APP14 YCCK transform or four components (CMYK): the browser converts its grey levels by them (all of val/NORMAL's
+// films carry a profile, drawn 11 to 19 levels off; a gamma-1.0 one 54 brighter), the service reads the stored values.
+async function jpegColourManaged(file) {
+  const text = (bytes, at, s) => Array.from(s).every((c, i) => bytes[at + i] === c.charCodeAt(0));
+  let at = 2;
+  for (let n = 0; n < 64 && at + 4 <= file.size; n++) {
+    const head = new Uint8Array(await file.slice(at, at + 4).arrayBuffer());
+    if (head[0] !== 0xff) return true;  // no marker where one is due: not read on, the service's decode is shown
+    if (head[1] === 0xff) { at += 1; continue; }  // a fill byte
+    if (head[1] === 0xda || head[1] === 0xd9) return false;  // SOS or EOI: no colour management before the pixels
+    const length = (head[2] << 8) | head[3];
+    const body = new Uint8Array(await file.slice(at + 4, at + 2 + Math.min(length, 18)).arrayBuffer());
+    if (head[1] === 0xe2 && text(body, 0, "ICC_PROFILE\0")) return true;
+    if (head[1] === 0xee && text(body, 0, "Adobe") && body[11] === 2) return true;
+    // SOFn (not DHT C4, JPG C8, DAC CC): precision, rows, columns, then the number of components
+    if (head[1] >= 0xc0 && head[1] <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(head[1]) && body[5] === 4) return true;
+    at += 2 + length;
+  }
+  return at + 4 <= file.size;  // 64 segments and no scan yet: not read on, the service's decode is shown
 }
 
 function check(file) {

@@ -1,0 +1,50 @@
+"""A PNG or JPEG of several pictures (an animated PNG, a camera's multi-picture JPEG) is refused as multi-frame DICOM
+is: Pillow read an APNG's default image while the browser behind the service's page showed its animation, another
+film, beside the first one's score."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.pixels import DecodeError
+
+
+@pytest.fixture(scope="module")
+def films(data_root: Path) -> tuple[Image.Image, Image.Image]:
+    """Two real films of the same size: one normal, one pneumonia."""
+    normal, pneumonia = (sorted((data_root / "train" / kind).glob("*.jpeg"))[0] for kind in ("NORMAL", "PNEUMONIA"))
+    first = Image.open(normal).convert("L")
+    return first, Image.open(pneumonia).convert("L").resize(first.size)
+
+
+def saved(first: Image.Image, others: list[Image.Image], kind: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    first.save(buf, kind, save_all=True, append_images=others, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("hidden", [True, False], ids=["default image hidden", "default image the first frame"])
+def test_an_animated_png_is_not_a_single_radiograph(films: tuple[Image.Image, Image.Image], hidden: bool) -> None:
+    normal, pneumonia = films
+    data = saved(normal, [pneumonia], "PNG", default_image=hidden)
+    with pytest.raises(DecodeError, match=r"animated PNG \(APNG, \d images\) is not a single radiograph"):
+        read_gray(data)
+
+
+def test_a_multi_picture_jpeg_is_not_a_single_radiograph(films: tuple[Image.Image, Image.Image]) -> None:
+    normal, pneumonia = films
+    with pytest.raises(DecodeError, match=r"multi-picture JPEG \(MPO, 2 images\) is not a single radiograph"):
+        read_gray(saved(normal, [pneumonia], "MPO"))
+
+
+def test_one_picture_is_read(films: tuple[Image.Image, Image.Image]) -> None:
+    normal, _ = films
+    buf = io.BytesIO()
+    normal.save(buf, "PNG")
+    np.testing.assert_array_equal(read_gray(saved(normal, [], "PNG")), read_gray(buf.getvalue()))

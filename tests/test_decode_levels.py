@@ -1,0 +1,82 @@
+"""Films of a few grey levels (thresholded, posterised, bilevel) are refused: no radiograph looks so, and the score
+of a thresholded film flipped with the threshold (a pneumonia film read NORMAL at 160, PNEUMONIA at 100)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.pixels import pack_bits
+
+from pneumoscan.data.decode import read_gray
+from pneumoscan.data.pixels import MIN_GREY_LEVELS, DecodeError
+from tests.builders import dicom_bytes
+
+FEW_LEVELS = r"too few grey levels: .*: a thresholded, posterised or bilevel picture, not a radiograph"
+
+
+@pytest.fixture(scope="module")
+def film(data_root: Path) -> np.ndarray:
+    """A real training film (224 px a side), 8-bit."""
+    return read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0])
+
+
+def png(pixels: np.ndarray | Image.Image) -> bytes:
+    buf = io.BytesIO()
+    (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def posterised(film: np.ndarray, levels: int) -> np.ndarray:
+    return (np.floor(film / 256 * levels) * (255 // (levels - 1))).astype(np.uint8)
+
+
+def bilevel_dicom(film: np.ndarray) -> bytes:
+    """The film thresholded and stored as a 1-bit DICOM (Bits Allocated 1, packed)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film, bits=8)))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pack_bits((film > 128).astype(np.uint8))
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["mode 1 PNG", "3 levels", f"{MIN_GREY_LEVELS - 1} levels", "1-bit DICOM",
+                                  "6-bit DICOM", "posterised 12-bit DICOM"])
+def test_a_film_of_few_grey_levels_is_refused(film: np.ndarray, case: str) -> None:
+    data = {
+        "mode 1 PNG": lambda: png(Image.fromarray(film).point(lambda v: 255 if v > 128 else 0).convert("1")),
+        "3 levels": lambda: png(posterised(film, 3)),
+        f"{MIN_GREY_LEVELS - 1} levels": lambda: png(posterised(film, MIN_GREY_LEVELS - 1)),
+        "1-bit DICOM": lambda: bilevel_dicom(film),
+        "6-bit DICOM": lambda: dicom_bytes(film >> 2, bits=6),
+        "posterised 12-bit DICOM": lambda: dicom_bytes(posterised(film, 4).astype(np.uint16) * 16),
+    }[case]()
+    with pytest.raises(DecodeError, match=FEW_LEVELS):
+        read_gray(data, 224)
+
+
+def test_the_levels_are_counted_before_the_reduction_blends_them(film: np.ndarray) -> None:
+    """A bilevel film four times the model's size, reduced, holds levels in between: counted at full size."""
+    big = np.kron(np.where(film > 128, 255, 0).astype(np.uint8), np.ones((4, 4), np.uint8))
+    with pytest.raises(DecodeError, match=r"too few grey levels: the film holds 2"):
+        read_gray(png(big), 224)
+
+
+def test_enough_levels_and_small_images_are_read(film: np.ndarray) -> None:
+    """16 levels pass; a thumbnail of two levels is left to the scope check's thumbnail warning."""
+    sixteen = (np.add.outer(np.arange(224), np.arange(224)) % MIN_GREY_LEVELS * 17).astype(np.uint8)
+    assert read_gray(png(sixteen), 224).shape == (224, 224)
+    assert read_gray(png(np.kron([[0, 255], [255, 0]], np.ones((40, 50))).astype(np.uint8))).shape == (80, 100)
+    assert read_gray(dicom_bytes(film, bits=8)).shape == film.shape
+
+
+def test_real_films_hold_many_levels(data_root: Path) -> None:
+    """Every film of train/ and val/ holds at least 113 grey levels at full size (a sample of them here)."""
+    paths = sorted((data_root / "val").glob("*/*.jpeg")) + sorted((data_root / "train").glob("*/*.jpeg"))[::400]
+    for path in paths:
+        assert len(np.unique(read_gray(path))) >= 100, path

@@ -1,0 +1,70 @@
+"""Tags that contradict each other on the view, the age or the kind of object: warned, and no coded finding is
+filed, where only the first tag read had decided (a lateral film, a 44-year-old, a CT object filed as a child's
+frontal chest film)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation
+
+from pneumoscan.data.scope import CONFLICT, NO_CODED_FINDING, scope_warnings
+from pneumoscan.interop.sr import check_result
+from tests.builders import dicom_bytes
+
+IN_SCOPE = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "004Y",
+            "PatientBirthDate": "20191001", "StudyDate": "20240101"}  # fmt: skip
+
+
+def view_code(code: pydicom.sr.coding.Code) -> list[Dataset]:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    return [item]
+
+
+def header(**changes: object) -> Dataset:
+    tags = {**IN_SCOPE, **changes}
+    data = dicom_bytes(np.zeros((4, 4)), **{k: v for k, v in tags.items() if v is not None})
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+CONFLICTING = {
+    "PA, coded right lateral": ({"ViewCodeSequence": view_code(codes.SCT.RightLateral)},
+                                "ViewPosition PA but ViewCodeSequence RIGHT LATERAL (lateral view)"),
+    "lateral, coded AP": ({"ViewPosition": "LL", "ViewCodeSequence": view_code(codes.SCT.AnteroPosterior)},
+                          "ViewPosition LL but ViewCodeSequence"),
+    "age against the dates": ({"PatientBirthDate": "19800101"},
+                              "PatientAge 004Y (4.0 years) but PatientBirthDate and the study date give 44.0 years"),
+    "CT object as CR": ({"Modality": "CR", "SOPClassUID": CTImageStorage},
+                        "SOPClassUID CT Image Storage but Modality CR: the object may be no radiograph"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CONFLICTING))
+def test_contradicting_tags_are_warned_and_file_no_finding(case: str) -> None:
+    changes, words = CONFLICTING[case]
+    found = [w for w in scope_warnings(header(**changes), 224, 224) if w.startswith(CONFLICT)]
+    assert len(found) == 1 and words in found[0], found
+    assert NO_CODED_FINDING.match(found[0])
+    with pytest.raises(ValueError, match="not a frontal chest radiograph .*conflicting tags: .*no coded finding"):
+        check_result({"task": "pneumonia", "warnings": found})
+
+
+AGREEING = {
+    "PA, coded PA": {"ViewCodeSequence": view_code(codes.SCT.PosteroAnterior)},
+    "age within a year of the dates": {"PatientBirthDate": "20190115"},  # 4.96 years: "004Y" until the fifth birthday
+    "CR object": {"Modality": "CR", "SOPClassUID": ComputedRadiographyImageStorage},
+    "DX object": {"SOPClassUID": DigitalXRayImageStorageForPresentation},
+    "secondary capture of a film": {},  # the builder's SOP class
+    "an unknown (private) SOP class": {"SOPClassUID": "1.2.3.4.5"},
+}
+
+
+@pytest.mark.parametrize("case", list(AGREEING))
+def test_tags_that_agree_are_no_conflict(case: str) -> None:
+    assert scope_warnings(header(**AGREEING[case]), 224, 224) == []
