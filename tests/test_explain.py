@@ -17,6 +17,7 @@ from torch import nn
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.readers.pillow import OWN_OVERLAY
+import pneumoscan.inference.explain as explain_module
 from pneumoscan.inference.explain import (
     MAX_PANEL,
     explain_array,
@@ -131,6 +132,26 @@ def test_gradcam_changes_when_weights_are_randomised(tiny_bundle: Path, tiny_dat
                 module.reset_parameters()
         assert np.abs(gradcam(randomised, x, called) - trained).mean() > 0.1
     np.testing.assert_allclose(gradcam(predictor.model, x, called), trained, atol=SCORE_TOL)  # deterministic, model untouched
+
+
+def test_one_films_gradcam_runs_on_one_thread_and_gives_the_others_back(
+    tiny_bundle: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two torch threads waiting on each other beside the decode threads or another process took 0.7-3 s a film
+    where one thread took 0.13 s: one film's map is drawn on one, and the caller's setting is left as it was."""
+    predictor = Predictor(tiny_bundle)
+    gray = _sick_image(tiny_dataset)
+    during: list[int] = []
+    draw = explain_module.gradcam
+    monkeypatch.setattr(explain_module, "gradcam", lambda *a: during.append(torch.get_num_threads()) or draw(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cam = explain_array(predictor, gray)
+        assert during == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(cam, explain_array(predictor, gray), atol=SCORE_TOL)
 
 
 def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) -> None:

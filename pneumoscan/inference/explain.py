@@ -10,8 +10,10 @@ with hooks, so it needs no per-architecture table and stays right for any timm m
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -148,9 +150,25 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     images = predictor.preprocess([gray])
     if class_index is None:
         class_index = predictor.task.cam_class(predictor.logits(images)[0])
-    with predictor.lock:  # the hooks must see this forward pass only
+    with predictor.lock, _one_thread():  # the hooks must see this forward pass only
         cam = gradcam(predictor.model, predictor.inputs(images), class_index)
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread for one film's Grad-CAM, in the calling thread only (an OpenMP setting is a thread's
+    own): beside the decode threads, ONNX Runtime or another process, two threads waiting on each other at every
+    layer took 0.7-3 s a film where one took 0.13 s (efficientnet_lite0, 192 px, a 2-core machine), and one film's
+    backward pass gains little from a second thread when the CPU is free."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def png_data_url(png: bytes) -> str:
