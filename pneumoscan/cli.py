@@ -96,13 +96,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pneumoscan.training.distributed import is_main_process
     from pneumoscan.training.train import train
     from pneumoscan.data.transforms import Augment
 
     cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
                   init=args.init, optimizer=args.optimizer, teacher=args.teacher)
-    if args.distill_weight is not None and not cfg.teacher:
-        raise ValueError("--distill-weight is the teachers' share of the target: give --teacher")
+    cfg.check_distill_weight()  # --print-config too: it shows a run train would make
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
                if v is not None}
     if args.no_augment and augment:
@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (args.data and args.out):
         raise ValueError("train needs --data and --out")
     bundle = train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun one line, from the process that wrote the bundle
+    if is_main_process():  # under torchrun one line, from the process that wrote the bundle
         print(_trained(bundle))
     return 0
 
@@ -138,8 +138,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.training.cv import cross_validate
 
     cfg = _recipe(args)
-    if args.distill_weight is not None and not (cfg.teacher or args.teacher_cv):
-        raise ValueError("--distill-weight is the teachers' share of the target: give --teacher-cv")
     result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
     folds = len(result["per_fold"])
     for name, s in result["summary"].items():
@@ -305,7 +303,7 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 def cmd_pacs(args: argparse.Namespace) -> int:
     from pneumoscan.core.atomic import write_atomic
-    from pneumoscan.interop.dicomweb import predict_study, read_authorization
+    from pneumoscan.interop.dicomweb import predict_study, read_authorization, unfiled
     from pneumoscan.inference.predict import format_results
 
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
@@ -318,17 +316,14 @@ def cmd_pacs(args: argparse.Namespace) -> int:
         sys.stdout.write(text + "\n")
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]
-    # with --store, a scored film whose reports the PACS does not hold is a failure of the command, not a footnote:
-    # a report the PACS refused or did not confirm, or one that could not be made
-    unfiled = [row for row in scored if args.store and (row.get("not_stored") or not row.get("stored"))]
-    for row in unfiled:
-        what = f"not stored: {len(row['not_stored'])} report(s) of" if row.get("not_stored") else "no report filed for"
-        print(f"{what} {shown(row['path'])}: {shown('; '.join(row.get('warnings') or []))}", file=sys.stderr)
+    unstored = unfiled(rows) if args.store else []  # films whose reports the PACS does not hold: the run failed
+    for _, line in unstored:
+        print(line, file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
-    filed = f"; reports of {len(scored) - len(unfiled)} of {len(scored)} films stored ({stored} objects)"
+    filed = f"; reports of {len(scored) - len(unstored)} of {len(scored)} films stored ({stored} objects)"
     log.info("%d scored, %d not radiographs (not scored), %d unreadable%s", len(scored),
              sum("not_scored" in row for row in rows), len(failed), filed if args.store else "")
-    return 1 if failed or unfiled else 0
+    return 1 if failed or unstored else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

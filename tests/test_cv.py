@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -156,6 +157,23 @@ def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tupl
     err = capsys.readouterr().err
     assert said in err and err.rstrip().endswith("use a new --out"), err
     assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"validate_on_val_folder": True}, "split_csv and validate_on_val_folder both choose the validation films"),
+    ({"distill_weight": 0.5}, "distill_weight 0.5 is the teachers' share of the target: give a teacher"),
+])
+def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anything(tiny_dataset: Path,
+                                                                                      tmp_path: Path, change: dict,
+                                                                                      said: str) -> None:
+    """cross_validate(data, TrainConfig(...)): validate_on_val_folder was refused by fold 0's training, after OUT and
+    every fold's manifest were written; a distill_weight of 0.5 without --teacher-cv was taken for the default and
+    ignored (only the CLI refused its flag)."""
+    out = tmp_path / "cv"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8, **change)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        cross_validate(tiny_dataset, cfg, 2, out)
+    assert not out.exists()
 
 
 def test_a_fold_recorded_before_a_nested_setting_existed_is_the_same_recipe() -> None:

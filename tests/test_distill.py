@@ -140,8 +140,10 @@ def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
     base = ["train", *TINY, "--data", str(tiny_dataset), "--out", str(tmp_path / "run")]
     assert main([*base, "--teacher", str(tiny_etiology_bundle)]) == 2
     assert "was trained for the etiology task, not pneumonia" in capsys.readouterr().err
-    assert main([*base, "--distill-weight", "0.3"]) == 2
-    assert "give --teacher" in capsys.readouterr().err
+    assert main([*base, "--distill-weight", "0.3"]) == 2  # the config's refusal, as a library caller's
+    assert "distill_weight 0.3 is the teachers' share of the target: give a teacher" in capsys.readouterr().err
+    assert main([*base, "--distill-weight", "0.5", "--print-config"]) == 2, "the weight given, not the default"
+    assert "distill_weight 0.5 is the teachers' share of the target: give a teacher" in capsys.readouterr().err
     assert main([*base, "--set", "distill_weight=0.3"]) == 2  # was recorded in config.yaml and the card
     assert "distill_weight 0.3 is the teachers' share of the target: give a teacher" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

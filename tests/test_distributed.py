@@ -20,6 +20,7 @@ from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distributed import is_main_process
 from pneumoscan.training.train import train
 
 
@@ -50,6 +51,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     log = torchrun_train(tiny_dataset, run, cache, "--epochs", "1")
 
     assert "2 process(es) on cpu" in log and "global batch 16 (8 x 2)" in log, log
+    assert log.count(f"{run / 'bundle'}: validation AUC") == 1, "train's result line, from rank 0 alone"
     assert "lr 0.002 (= 0.001 x 2, linear scaling)" in log, log
     assert log.count("Preprocessing") == 1, "rank 0 alone builds the cache"
     assert len(list(cache.glob("*.u8"))) == 1 and len(list(cache.glob("*.json"))) == 1
@@ -106,6 +108,17 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
     assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
     assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
+
+
+@pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("1", False)])
+def test_the_main_process_is_rank_0_or_the_only_one(rank: str | None, main: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI asks before printing a result once under torchrun; train() has left the process group by then."""
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert is_main_process() is main
 
 
 def test_a_one_process_run_is_not_resumed_under_two(tiny_dataset: Path, tmp_path: Path) -> None:

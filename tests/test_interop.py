@@ -44,7 +44,7 @@ from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
-from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization
+from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization, unfiled
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
@@ -1318,9 +1318,25 @@ def test_a_scored_film_without_a_filed_report_fails_the_command(
                       timeout=30).status_code == 200
     row = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "pacs.json", status=1)
     assert "probability" in row and "stored" not in row and len(_held(orthanc, study)) == 1
-    assert f"no report filed for {row['path']}: no DICOM SR written: the source DICOM's PatientSex is malformed" in (
-        capsys.readouterr().err)
+    said = f"no report filed for {row['path']}: no DICOM SR written: the source DICOM's PatientSex is malformed"
+    err = capsys.readouterr().err
+    [(_, line)] = unfiled([row])
+    assert line.startswith(said) and f"{line}\n" in err, "a Python caller learns it as the command says it"
     assert "reports of 0 of 1 films stored (0 objects)" in caplog.records[-1].getMessage()
+
+
+def test_a_python_caller_learns_which_scored_films_the_pacs_holds_no_reports_of() -> None:
+    """The rule `pacs --store` fails by, in the library: a scored film with a report refused or unconfirmed, or with
+    none made; a film not scored, or unreadable, has no report to file (its row says why)."""
+    rows = [{"path": "wado/1", "probability": 0.9, "stored": ["1.2.1", "1.2.2"], "warnings": []},
+            {"path": "wado/2", "probability": 0.8, "stored": ["1.2.3"], "not_stored": ["1.2.4"],
+             "warnings": ["the PACS refused the DICOM SR 1.2.4 (HTTP 409 Conflict): it is not stored"]},
+            {"path": "wado/3\x1b[2J", "probability": 0.1, "warnings": ["no DICOM SR written: PatientSex is malformed"]},
+            {"path": "wado/4", "not_scored": "not a radiograph (CT)"}, {"path": "wado/5", "error": "unreadable"}]
+    assert unfiled(rows) == [
+        (rows[1], "not stored: 1 report(s) of wado/2: the PACS refused the DICOM SR 1.2.4 (HTTP 409 Conflict): it "
+                  "is not stored"),
+        (rows[2], "no report filed for wado/3\\x1b[2J: no DICOM SR written: PatientSex is malformed")]
 
 
 @pytest.mark.parametrize("charset, name", [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.data.layouts import discover, read_manifest, write_manifest
+from pneumoscan.data.layouts import discover, read_manifest, walk, write_manifest
 
 
 def films(root: Path, names: dict[str, list[str]]) -> Path:
@@ -112,3 +112,15 @@ def test_a_second_way_into_a_class_folders_own_films_reads_each_once(kaggle: Pat
     assert "4 entries left out" in warning
     write_manifest(found.records, tmp_path / "split.csv")
     assert [os.path.realpath(r.path) for r in read_manifest(tmp_path / "split.csv").records] == reals
+
+
+def test_walk_gives_each_film_its_real_path_through_linked_files_and_folders(kaggle: Path, tmp_path: Path) -> None:
+    """walk derives an image's real path from its folder's and calls realpath only for a link (discovery keys films
+    by it): it must be os.path.realpath's, whether the film, a folder above it or the walked folder is a link."""
+    outside = films(tmp_path / "site", {"scans": ["IM-0301-0001.jpeg"], "loose": ["IM-0302-0001.jpeg"]})
+    (kaggle / "train/NORMAL/linked").symlink_to(outside / "scans")
+    (kaggle / "train/NORMAL/IM-0302-0001.jpeg").symlink_to(outside / "loose/IM-0302-0001.jpeg")
+    (tmp_path / "through").symlink_to(kaggle)
+    entries = [e for e in walk(tmp_path / "through" / "train") if e.kind == "image"]
+    assert len(entries) == 6
+    assert all(e.real == os.path.realpath(e.path) for e in entries)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
@@ -37,6 +38,7 @@ from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.distributed import Dist
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.engine import Callback, State
+from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 
@@ -404,7 +406,9 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     for change, said in (({"model": "resnet10t", "init": str(start), "trainable_stages": 99}, r"has \d+ stages, asked for 99"),
                          ({"model_kwargs": {"foo": 1}}, r"model_kwargs \{'foo': 1\} do not fit simple_cnn: .*'foo'"),
-                         ({"distill_weight": 0.3}, r"distill_weight 0.3 is the teachers' share of the target: give a teacher")):
+                         ({"distill_weight": 0.3}, r"distill_weight 0.3 is the teachers' share of the target: give a"),
+                         # a library caller's 0.5 was taken for the default, trained on and recorded
+                         ({"distill_weight": 0.5}, r"distill_weight 0.5 is the teachers' share of the target: give a")):
         with pytest.raises(ValueError, match=said):
             train(tiny_dataset, TrainConfig(**{**TINY, **change}), run)
         assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before, change
@@ -757,3 +761,88 @@ def test_a_bundle_of_a_model_not_registered_here_or_without_a_head_is_refused_wi
     with pytest.raises(ValueError, match=f"its model '{name}' is not registered in this process: import the module "
                                          "that registers it first"):
         load_bundle(tmp_path / "bundle")
+
+
+# config.yaml as `train` wrote it (and --print-config printed it) before distill_weight could be left unset: every run
+# without teachers recorded 0.5
+EARLIER_CONFIG = """\
+task: pneumonia
+model: efficientnet_lite0
+pretrained: true
+init: null
+teacher: []
+distill_weight: 0.5
+model_kwargs: {}
+image_size: 192
+resize_policy: squash
+match_source: true
+epochs: 6
+time_budget: null
+batch_size: 32
+lr: 0.001
+weight_decay: 0.01
+warmup: 0.05
+label_smoothing: 0.0
+ema_decay: null
+warm_start: true
+trainable_stages: 2
+optimizer: adamw-cosine
+plateau_factor: 0.2
+plateau_patience: 2
+patience: 3
+val_fraction: 0.15
+split_csv: null
+validate_on_val_folder: false
+seed: 0
+class_weights: true
+target_sensitivity: 0.95
+augment:
+  zoom: 0.15
+  zoom_range: 0.0
+  shift: 0.08
+  rotation: 10.0
+  shear: 5.0
+  brightness: 0.2
+  contrast: 0.2
+  noise: 0.04
+  gamma: 0.0
+  blur: 0.0
+  hflip: false
+  vflip: false
+  fill_mode: constant
+  mixup: 0.0
+  cutmix: 0.0
+workers: 0
+precision: auto
+eval_batch_size: 64
+"""
+
+
+def test_an_earlier_versions_config_yaml_loads_and_is_the_same_recipe(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """distill_weight is None (not set) unless given or there are teachers: a run recorded with the 0.5 that meant
+    "no distillation" must still load (train --config RUN/config.yaml) and still be this version's recipe for
+    --resume and cv, and --print-config changes only where the setting is unset."""
+    (tmp_path / "config.yaml").write_text(EARLIER_CONFIG)
+    recorded = yaml.safe_load(EARLIER_CONFIG)
+    assert load_config(tmp_path / "config.yaml") == TrainConfig() and TrainConfig().distill_weight is None
+    assert config_changes(recorded, TrainConfig()) == []
+    taught_now = TrainConfig(teacher=["/t"])
+    assert config_changes(recorded, taught_now) == ['teacher [] -> ["/t"]', "distill_weight null -> 0.5"]
+    taught = load_config(tmp_path / "config.yaml", teacher=["/t"])
+    assert taught.distill_weight == 0.5 and config_changes(recorded | {"teacher": ["/t"]}, taught) == []
+    assert main(["train", "--print-config"]) == 0
+    assert capsys.readouterr().out == EARLIER_CONFIG.replace("distill_weight: 0.5", "distill_weight: null")
+    assert main(["train", "--print-config", "--teacher", "/t"]) == 0
+    assert capsys.readouterr().out == EARLIER_CONFIG.replace("teacher: []", "teacher:\n- /t")
+
+
+@pytest.mark.parametrize("task", ["pneumonia", "etiology"])
+def test_the_loss_weights_each_class_by_its_inverse_frequency(tiny_dataset: Path, tmp_path: Path, task: str) -> None:
+    """scikit-learn's "balanced" weights are the formula the loss was weighted by: films / (classes x class films)."""
+    cfg, ctx = TrainConfig(**TINY, task=task), setup_distributed()
+    records = train_mod.split_records(tiny_dataset, cfg)
+    cache = train_mod.preprocessed(records, cfg, ctx)
+    d = train_mod.load_data(records, cache, "", cfg, get_task(task), ctx, tmp_path)
+    counts = np.bincount(d.plain[0].targets, minlength=len(get_task(task).classes))
+    assert d.class_weights.tolist() == torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32).tolist()

@@ -123,12 +123,13 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
     label = label.upper()
     # no "did you mean": ABNORMAL is one letter from NORMAL, the opposite class
     look_up_option(label, LABELS, "label", suggest=False)
-    parsed = parse_any(Path(path).name, label, layout)
-    subtype, named = parsed or ("normal" if label == "NORMAL" else kind_in_words(Path(path).stem), "")
+    film = Path(path)  # once: discovery makes a record of every film of a dataset
+    ruled = _ruled_by(film.name, label, layout)
+    subtype, named = ruled[1] if ruled else ("normal" if label == "NORMAL" else kind_in_words(film.stem), "")
     patient = patient or named or header_patient(path)
     if not patient:
-        below = root is not None and Path(path).is_relative_to(root)
-        patient = str(Path(path).relative_to(root) if below else path)
+        below = root is not None and film.is_relative_to(root)
+        patient = str(film.relative_to(root) if below else path)
     return Record(path=str(path), label=label, subtype=subtype, patient=patient, split=split)
 
 
@@ -229,6 +230,9 @@ class Entry:
     path: Path
     kind: str  # "image" | "unreadable" | "skipped"
     reason: str = ""
+    # an image's os.path.realpath, which discovery keys films by: walk knows it from its folder's, so only a link
+    # costs a realpath of its own (an lstat per part of the path, for every film of a dataset)
+    real: str = ""
 
 
 _SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
@@ -257,19 +261,22 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
             continue
         try:
             with os.scandir(current) as listing:
-                names = [e.name for e in listing]
+                names = [(e.name, e.is_symlink()) for e in listing]
         except OSError as e:
             out.append(Entry(current, "unreadable", f"cannot list folder: {e.strerror or e}"))
             continue
-        for name in names:
+        below = current.relative_to(folder)
+        for name, link in names:
             path = current / name
-            kind, reason = _classify(path, path.relative_to(folder))
+            kind, reason = _classify(path, below / name)
             if kind == "folder":
                 pending.append(path)
                 if reason:
                     out.append(Entry(path, "skipped", reason))
-            else:
+            elif kind != "image":
                 out.append(Entry(path, kind, reason))
+            else:
+                out.append(Entry(path, kind, reason, os.path.realpath(path) if link else os.path.join(real, name)))
     return sorted(out, key=lambda e: e.path.parts)
 
 
@@ -400,7 +407,7 @@ class ClassFolders(Layout):
         for entry in walk(class_dir, seen=seen):
             if entry.kind == "image":
                 _check_no_other_class(entry.path, class_dir, label)
-                first = films.setdefault(os.path.realpath(entry.path), entry.path)
+                first = films.setdefault(entry.real, entry.path)
                 if first == entry.path:
                     found.records.append(make_record(entry.path, label, split, self, root))
                     continue
@@ -426,7 +433,7 @@ def _check_no_other_class(path: Path, class_dir: Path, label: str) -> None:
     """Refuse a film below its class folder in a folder named for another class (``PNEUMONIA/NORMAL/``,
     ``PNEUMONIA/normal cases/``): it would be read as ``label``, and it is more likely a film of the other class
     filed one level too deep than one of this class (it had been trained and measured as this class, unsaid)."""
-    for folder in path.relative_to(class_dir).parent.parts:
+    for folder in path.parent.relative_to(class_dir).parts if path.parent != class_dir else ():
         if others := {word.upper() for word in re.findall(r"[a-z]+", folder.lower())} & (set(LABELS) - {label}):
             raise ValueError(f"{shown(path)} is below the {class_dir.name} folder but in {shown(folder)}, named for "
                              f"{' and '.join(sorted(others))} films: it would be read as {label}; move it to its "

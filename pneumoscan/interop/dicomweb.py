@@ -27,6 +27,7 @@ import math
 import struct
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -39,6 +40,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing)
 
+from pneumoscan.core.names import shown
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
@@ -429,3 +431,18 @@ def predict_study(
         raise OSError(f"DICOMweb at {root}: {e}") from None
     log.info("scored %d of the study's %d instances", len(scored), len(found))
     return rows
+
+
+def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
+    """The scored films of a :func:`predict_study` run with ``store`` whose reports the PACS does not hold, each with
+    a line saying so (names escaped: a PACS may hold any bytes): reports it refused or did not confirm
+    (``not_stored``), or none filed, since none could be made (the row's warnings say why). Such a film fails the
+    run, not a footnote: its reading reached no one who reads the study in the PACS."""
+    failed = []
+    for row in rows:
+        if "probability" not in row or (row.get("stored") and not row.get("not_stored")):
+            continue
+        refused = row.get("not_stored")
+        what = f"not stored: {len(refused)} report(s) of" if refused else "no report filed for"
+        failed.append((row, f"{what} {shown(row['path'])}: {shown('; '.join(row.get('warnings') or []))}"))
+    return failed

@@ -45,6 +45,8 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "val_fraction": ("between 0 and 1", lambda v: 0 < v < 1),
     "workers": (">= 0", lambda v: v >= 0),
 }
+# the teachers' share of each training film's target when distill_weight is not set
+DISTILL_WEIGHT = 0.5
 
 
 @dataclass
@@ -56,9 +58,10 @@ class TrainConfig:
     pretrained: bool = True
     init: str | None = None  # a bundle of the same model to start from (bundle.load_weights_into), not ImageNet
     # knowledge distillation (training.distill): bundles whose averaged calibrated probabilities on each training film
-    # make up distill_weight of its target, the label the rest. None of them may have trained on a validation film
+    # make up distill_weight of its target, the label the rest. None of them may have trained on a validation film.
+    # None: not set, DISTILL_WEIGHT once there are teachers; so a weight given without a teacher is told from none
     teacher: list[str] = field(default_factory=list)
-    distill_weight: float = 0.5
+    distill_weight: float | None = None
     # extra constructor arguments, e.g. {drop_rate: 0.3, drop_path_rate: 0.1} for a timm model; kept in the bundle
     model_kwargs: dict = field(default_factory=dict)
     image_size: int = 192
@@ -132,6 +135,25 @@ class TrainConfig:
         look_up_option(self.precision, PRECISIONS, "precision")
         look_up_option(self.resize_policy, RESIZE_POLICIES, "resize policy")
         get_task(self.task)
+        # settings that contradict each other, refused here too, so that a library caller's config fails where it is
+        # made, as one from flags does, and not after the run folder was cleared (or, for cv, after its folds'
+        # manifests were written). adam-plateau keeps a constant rate from the first step: config.yaml and the card
+        # would record a warm-up that never happened. Its default and 0 pass, so a default config suits both recipes
+        if self.optimizer == "adam-plateau" and self.warmup not in (0, TrainConfig.warmup):
+            raise ValueError(f"warmup {self.warmup:g} is the adamw-cosine recipe's: adam-plateau starts at its full "
+                             "rate with no warm-up, so drop the warmup setting or use --optimizer adamw-cosine")
+        if self.split_csv and self.validate_on_val_folder:
+            raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
+        if self.teacher and self.distill_weight is None:  # recorded as used, in config.yaml and the card
+            self.distill_weight = DISTILL_WEIGHT
+
+    def check_distill_weight(self) -> None:
+        """Refuse a distill_weight without a teacher: config.yaml and the card would record a distillation that never
+        happened. Called where a run's teachers are final (train, each cv fold), not in __post_init__: a cv recipe
+        carries the weight of the teachers ``--teacher-cv`` gives each fold's config."""
+        if not self.teacher and self.distill_weight is not None:
+            raise ValueError(f"distill_weight {self.distill_weight:g} is the teachers' share of the target: give a "
+                             "teacher (train --teacher, cv --teacher-cv) or drop the setting")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -145,6 +167,16 @@ class TrainConfig:
     def to_yaml(self) -> str:
         """The resolved settings as config.yaml holds them (``train --print-config``)."""
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def recorded_settings(data: dict) -> dict:
+    """Recorded settings (a run's config.yaml, a checkpoint's or bundle's ``train_config``) as this version reads
+    them: an earlier one recorded ``distill_weight: 0.5`` for every run without teachers, which means not set now
+    (None), so that such a run compares as the same recipe and its config.yaml still loads; one that predates the
+    setting distilled at :data:`DISTILL_WEIGHT`, as this version's config does when teachers leave it unset."""
+    if data.get("teacher"):
+        return data if "distill_weight" in data else {**data, "distill_weight": DISTILL_WEIGHT}
+    return {**data, "distill_weight": None} if data.get("distill_weight") == DISTILL_WEIGHT else data
 
 
 def _text(value: object) -> object:
@@ -169,6 +201,6 @@ def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrid
         raise ValueError(f"{path} is not a YAML config: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
-    data = apply_settings(data, settings)
+    data = apply_settings(recorded_settings(data), settings)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data)

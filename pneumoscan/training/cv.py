@@ -133,6 +133,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)] for k in range(folds)]
     configs = [fold_config(cfg, out_dir, k, teacher_cv) for k in range(folds)]
     for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
+        configs[k].check_distill_weight()
         check_teachers(configs[k], planned, task)
         check_fold_run(cv_folder.fold(k), planned, configs[k])
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())

@@ -35,15 +35,13 @@ log = logging.getLogger(__name__)
 def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
     """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one
     that trained on any of the student's validation films, a weight outside (0, 1), or mixup/CutMix (they mix two
-    films, the teachers' targets belong to one). A distill_weight without teachers is refused too: config.yaml and
-    the card would record a distillation that never happened."""
+    films, the teachers' targets belong to one). A distill_weight without teachers is the config's to refuse
+    (:meth:`TrainConfig.check_distill_weight`)."""
     if not cfg.teacher:
-        if cfg.distill_weight != TrainConfig.distill_weight:
-            raise ValueError(f"distill_weight {cfg.distill_weight:g} is the teachers' share of the target: give a "
-                             "teacher (train --teacher, cv --teacher-cv) or drop the setting")
         return
-    if not 0 < cfg.distill_weight < 1:
-        raise ValueError(f"distill_weight is the teachers' share of the target, between 0 and 1: got {cfg.distill_weight}")
+    if cfg.distill_weight is None or not 0 < cfg.distill_weight < 1:  # None: teachers set after the config was made
+        raise ValueError("distill_weight is the teachers' share of the target, between 0 and 1: got "
+                         f"{cfg.distill_weight}")
     if cfg.augment.mixup or cfg.augment.cutmix:
         raise ValueError("distillation learns each film's own teacher probabilities; mixup and CutMix mix two films: "
                          "turn them off (--set augment.mixup=0 --set augment.cutmix=0) or train without --teacher")

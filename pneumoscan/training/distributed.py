@@ -45,6 +45,12 @@ def processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Whether this process is torchrun's rank 0, or runs alone: the one that writes a run's outputs, and so the one
+    that says its result. Read as torchrun sets it, since train() has left the process group when it returns."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_distributed() -> Dist:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
     world = processes()

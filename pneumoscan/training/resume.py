@@ -19,7 +19,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.models.run_folder import RunFolder
-from .config import TrainConfig
+from .config import TrainConfig, recorded_settings
 from .distributed import Dist
 from .engine import resolved_precision
 
@@ -56,8 +56,9 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
     """``cfg``'s settings that differ from a recorded config (``dataclasses.asdict`` of one, as a checkpoint,
     bundle.json's ``train_config`` or config.yaml hold it), each as ``key old -> new`` with dotted keys inside nested
     settings. ``ignore`` names top-level settings that may differ; a setting one side lacks counts as changed, unless
-    the recorded config predates it and ``cfg`` leaves it at its default (a run by an earlier version), at any depth."""
-    old, new = (json.loads(json.dumps(c)) for c in (recorded, dataclasses.asdict(cfg)))  # as JSON: tuples are lists
+    the recorded config predates it and ``cfg`` leaves it at its default (a run by an earlier version), at any depth.
+    A value an earlier version recorded for a setting left unset is read as unset (:func:`recorded_settings`)."""
+    old, new = (json.loads(json.dumps(c)) for c in (recorded_settings(recorded), dataclasses.asdict(cfg)))  # as JSON
     _fill_defaults(old, new, json.loads(json.dumps(dataclasses.asdict(TrainConfig()))))
     for settings in (old, new):  # one bundle however its path is spelt (relative, absolute, through a link)
         if settings.get("init"):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -73,9 +74,7 @@ log = logging.getLogger(__name__)
 
 def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     """Train/val records: the given split manifest, DATA's own train/ and val/ folders (the reference protocol), or
-    a patient-grouped split of everything but test."""
-    if cfg.split_csv and cfg.validate_on_val_folder:
-        raise ValueError("split_csv and validate_on_val_folder both choose the validation films: give one")
+    a patient-grouped split of everything but test (the config refuses both of the first two)."""
     if cfg.split_csv:
         records = discover(cfg.split_csv).records
         if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
@@ -278,7 +277,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
-    weights = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=ctx.device)
+    weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(counts)), y=selected["train"][1]),
+                           dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_rows, val_loader, sampler,
                 train_loader, plain, weights if cfg.class_weights else None,
@@ -292,22 +292,13 @@ def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_
     adam-plateau (the Keras recipe: Adam at a constant rate cut on a validation-loss plateau, early stopping on
     validation loss). Both end at the time budget. Both decay the weights by ``cfg.weight_decay`` decoupled from
     the gradient, as AdamW and Keras's ``weight_decay`` do, so the setting means one thing in both; 0 makes
-    adam-plateau Keras's plain Adam. adam-plateau has no warm-up (:func:`check_recipe`)."""
+    adam-plateau Keras's plain Adam. adam-plateau has no warm-up (the config refuses one)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw-cosine":
         return optimizer, [TimeBudget(total_steps, budget_s, cosine(cfg.warmup)),
                            EarlyStopping("val_auc", "max", cfg.patience)]
     return optimizer, [TimeBudget(total_steps, budget_s), ReduceOnPlateau(optimizer, "val_loss", cfg.plateau_factor,
                        cfg.plateau_patience), EarlyStopping("val_loss", "min", cfg.patience)]  # fmt: skip
-
-
-def check_recipe(cfg: TrainConfig) -> None:
-    """Refuse a warm-up the recipe would not apply, before the run folder is touched: adam-plateau keeps a constant
-    rate from the first step, and its config.yaml and card would record a warm-up that never happened. Its default
-    (``TrainConfig.warmup``) and 0 pass, so that a default config stays valid for both recipes."""
-    if cfg.optimizer == "adam-plateau" and cfg.warmup not in (0, TrainConfig.warmup):
-        raise ValueError(f"warmup {cfg.warmup:g} is the adamw-cosine recipe's: adam-plateau starts at its full rate "
-                         "with no warm-up, so drop the warmup setting or use --optimizer adamw-cosine")
 
 
 class Reshuffle(Callback):
@@ -423,7 +414,7 @@ def train(
     each hook (set ``state.stop`` to end training); a checkpoint keeps the state of those whose ``state_dict``
     returns one, and ``resume`` gives it back to the callbacks passed then.
     """
-    check_recipe(cfg)
+    cfg.check_distill_weight()  # before the model is built: its weights may have to be fetched
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
     torch.manual_seed(cfg.seed)
     model, imagenet, fresh = build_model(cfg, task, ctx)
