@@ -195,6 +195,19 @@ def test_picture_groups_read_a_film_once_while_it_is_unchanged(tmp_path: Path, m
     assert sorted(read) == sorted([*paths, paths[1]])
 
 
+def test_a_film_that_could_not_be_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A passing fault (an I/O error) is not kept: the next grouping reads the film again and finds its copy."""
+    films = [tmp_path / "a.png", tmp_path / "b.png"]
+    _picture(13, (96, 80)).save(films[0])
+    shutil.copyfile(films[0], films[1])
+    paths = list(map(str, films))
+    scan, faults = audit_module._scan, [paths[1]]
+    monkeypatch.setattr(audit_module, "_scan", lambda path, **kw: {"path": path, "error": "I/O error"}
+                        if path in faults and not faults.remove(path) else scan(path, **kw))
+    assert picture_groups(paths, workers=1) == []
+    assert picture_groups(paths, workers=1) == [(EXACT, paths)]
+
+
 def test_single_folder_reports_under_all(tree: dict[str, Path]) -> None:
     rep = audit(discover(tree["root"] / "train"), workers=1)
     assert rep["counts"] == {"all": {"NORMAL": 2, "PNEUMONIA": 3}}

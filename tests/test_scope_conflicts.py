@@ -11,7 +11,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation
+from pydicom.sr.coding import Code
+from pydicom.uid import (ComputedRadiographyImageStorage, CTImageStorage, DigitalXRayImageStorageForPresentation,
+                         MultiFrameGrayscaleWordSecondaryCaptureImageStorage)
 
 from pneumoscan.data.scope import CONFLICT, NO_CODED_FINDING, scope_warnings
 from pneumoscan.interop.sr import check_result
@@ -38,6 +40,8 @@ CONFLICTING = {
                                 "ViewPosition PA but ViewCodeSequence RIGHT LATERAL (lateral view)"),
     "lateral, coded AP": ({"ViewPosition": "LL", "ViewCodeSequence": view_code(codes.SCT.AnteroPosterior)},
                           "ViewPosition LL but ViewCodeSequence"),
+    "PA, coded left lateral in SNOMED RT": ({"ViewCodeSequence": view_code(Code("R-10236", "SRT", "left lateral"))},
+                                            "ViewPosition PA but ViewCodeSequence LEFT LATERAL (lateral view)"),
     "age against the dates": ({"PatientBirthDate": "19800101"},
                               "PatientAge 004Y (4.0 years) but PatientBirthDate and the study date give 44.0 years"),
     "CT object as CR": ({"Modality": "CR", "SOPClassUID": CTImageStorage},
@@ -57,6 +61,19 @@ def test_contradicting_tags_are_warned_and_file_no_finding(case: str) -> None:
 
 AGREEING = {
     "PA, coded PA": {"ViewCodeSequence": view_code(codes.SCT.PosteroAnterior)},
+    # the SNOMED RT codes many devices write: postero-anterior and antero-posterior are frontal views
+    "PA, coded PA in SNOMED RT": {"ViewCodeSequence": view_code(Code("R-10214", "SRT", "postero-anterior"))},
+    "AP, coded AP in SNOMED RT": {"ViewPosition": "AP",
+                                  "ViewCodeSequence": view_code(Code("R-10206", "SRT", "antero-posterior"))},
+    "no ViewPosition, coded PA in SNOMED RT": {"ViewPosition": None,
+                                               "ViewCodeSequence": view_code(Code("R-10214", "SRT", "postero-anterior"))},
+    "PA, a view code not known here": {"ViewCodeSequence": view_code(Code("99-LOCAL", "99LOCAL", "chest PA"))},
+    # de-identified birth dates: a placeholder, and one cut to the first of January of its year (5.9 years by the
+    # dates for a "004Y" a month before the fifth birthday)
+    "a placeholder birth date": {"PatientBirthDate": "19000101"},
+    "a birth date cut to its year": {"PatientBirthDate": "20180101", "StudyDate": "20231201"},
+    "a digitised film as multi-frame secondary capture": {
+        "SOPClassUID": MultiFrameGrayscaleWordSecondaryCaptureImageStorage},
     "age within a year of the dates": {"PatientBirthDate": "20190115"},  # 4.96 years: "004Y" until the fifth birthday
     "CR object": {"Modality": "CR", "SOPClassUID": ComputedRadiographyImageStorage},
     "DX object": {"SOPClassUID": DigitalXRayImageStorageForPresentation},

@@ -125,15 +125,28 @@ def _scan_unchanged(path: str) -> dict:
     its copies, and a full-size test split's decoding is most of that time."""
     try:
         stat = os.stat(path)
+        return _scan_of(path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     except OSError:
         return _scan(path, header=False)  # which says why
-    return _scan_of(path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except _Unread as e:
+        return e.scan
+
+
+class _Unread(Exception):
+    """A file :func:`_scan_of` could not read, raised so that it is not kept: the fault may pass (an I/O error)."""
+
+    def __init__(self, scan: dict) -> None:
+        super().__init__(scan["error"])
+        self.scan = scan
 
 
 @functools.lru_cache(maxsize=2**17)  # a scan is a few hundred bytes: 131,072 films in about 40 MB
 def _scan_of(path: str, device: int, inode: int, size: int, modified_ns: int) -> dict:
     """:func:`_scan` without the header, kept for one version of one file (:func:`_scan_unchanged`)."""
-    return _scan(path, header=False)
+    scan = _scan(path, header=False)
+    if "error" in scan:
+        raise _Unread(scan)
+    return scan
 
 
 def _picture_groups(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:

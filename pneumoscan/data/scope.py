@@ -26,8 +26,10 @@ from .readers.dicom import size_as_read
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
-_FRONTAL_CODES = {codes.SCT.PosteroAnterior.value, codes.SCT.AnteroPosterior.value}
-_LATERAL_CODES = {codes.SCT.Lateral.value, codes.SCT.LeftLateral.value, codes.SCT.RightLateral.value}
+# ViewCodeSequence values (DICOM CID 4010), in SNOMED CT and in the SNOMED RT codes many devices still write
+_FRONTAL_CODES = {codes.SCT.PosteroAnterior.value, codes.SCT.AnteroPosterior.value, "R-10214", "R-40888", "R-10206"}
+_LATERAL_CODES = {codes.SCT.Lateral.value, codes.SCT.LeftLateral.value, codes.SCT.RightLateral.value, "G-A104",
+                  "R-10232", "R-10236"}
 # Training population: 1 to 5 years, where "5" lasts until the sixth birthday. Six months of margin below it: an
 # infant of 6-11 months is anatomically close to a one-year-old, a newborn is not. Nothing above: at 6 the chest
 # is already growing out of the training distribution.
@@ -48,14 +50,20 @@ IDENTIFIERS = {
     "series_instance_uid": "SeriesInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
-# Every warning about two tags that contradict each other starts so: which of them is true cannot be known, and a
-# header resolved silently in favour of "in scope" had a lateral film, a 44-year-old or a CT object filed as a
-# child's frontal chest film. No coded finding is filed for such a film (NO_CODED_FINDING).
+# Every warning about two tags that contradict each other starts so: which of them is true cannot be known, and
+# taking the one that puts the film in scope would file a lateral film, a 44-year-old or a CT object as a child's
+# frontal chest film. No coded finding is filed for such a film (NO_CODED_FINDING).
 CONFLICT = "conflicting tags: "
 # The SOP classes a radiograph is stored in: CR, DX, and Secondary Capture (a digitised or exported film). Another
 # image storage class the standard names (CT, MR, US, ...) under Modality CR/DX is a header that contradicts itself.
-_RADIOGRAPH_CLASSES = ("ComputedRadiographyImageStorage", "DigitalXRayImageStorage", "SecondaryCaptureImageStorage")
-AGE_CONFLICT_YEARS = 1.0  # PatientAge and the age from the dates may differ by rounding (a "004Y" is 4.0-4.99)
+_RADIOGRAPH_CLASSES = ("ComputedRadiographyImageStorage", "DigitalXRayImageStorage", "SecondaryCaptureImageStorage",
+                       "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+                       "MultiFrameGrayscaleWordSecondaryCaptureImageStorage")
+# PatientAge and the age from the dates may differ by rounding (a "004Y" is 4.0-4.99) and by a de-identified birth
+# date cut to the first of January of its year (up to a year older): beyond both, the two disagree
+AGE_CONFLICT_YEARS = 2.0
+# an age from the dates above this is a placeholder birth date (19000101), not a recorded one
+PLACEHOLDER_AGE_YEARS = 120.0
 # The warnings of scope_warnings after which no coded finding is filed into a hospital's record (a DICOM SR, a FHIR
 # Observation): the object is no grayscale radiograph, or its own header records another body part or a view that
 # is not frontal; or its pixels are unlike the model's training films (:mod:`.appearance`). A film that merely lacks
@@ -141,11 +149,12 @@ def _conflicts(ds: Dataset, modality: str) -> list[str]:
     """A warning for each pair of tags that contradict each other on the view, the age or the kind of object."""
     found = []
     position, (code_kind, code) = _text(ds, "ViewPosition"), _view_code(ds)
-    if position and code_kind and _view(ds)[0] != code_kind:
+    if position and {_view(ds)[0], code_kind} == {"frontal", "lateral"}:  # a code not known here is no conflict
         found.append(f"{CONFLICT}ViewPosition {position} but ViewCodeSequence {code} ({code_kind} view): which "
                      "view the film is cannot be known")
     stated, dated = _ages(ds)
-    if stated is not None and dated is not None and abs(stated - dated) > AGE_CONFLICT_YEARS:
+    if stated is not None and dated is not None and AGE_CONFLICT_YEARS < abs(stated - dated) and \
+            dated <= PLACEHOLDER_AGE_YEARS:
         found.append(f"{CONFLICT}PatientAge {_text(ds, 'PatientAge')} ({stated:.1f} years) but PatientBirthDate and "
                      f"the study date give {dated:.1f} years: the patient's age cannot be known")
     sop_class = UID(_stored(ds, "SOPClassUID"))

@@ -159,8 +159,8 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
 def _one_thread() -> Iterator[None]:
     """torch on one thread for one film's Grad-CAM, in the calling thread only (an OpenMP setting is a thread's
     own): beside the decode threads, ONNX Runtime or another process, two threads waiting on each other at every
-    layer took 0.7-3 s a film where one took 0.13 s (efficientnet_lite0, 192 px, a 2-core machine), and one film's
-    backward pass gains little from a second thread when the CPU is free."""
+    layer took 0.6-3.3 s a film where one took 0.11-0.32 s (efficientnet_lite0, 192 px, a 2-core machine), and
+    one film's backward pass gains little from a second thread when the CPU is free."""
     import torch
 
     before = torch.get_num_threads()
