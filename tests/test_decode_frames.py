@@ -1,6 +1,6 @@
-"""A PNG or JPEG of several pictures (an animated PNG, a camera's multi-picture JPEG) is refused as multi-frame DICOM
-is: Pillow read an APNG's default image while the browser behind the service's page showed its animation, another
-film, beside the first one's score."""
+"""An animated PNG is refused as multi-frame DICOM is: Pillow read an APNG's default image while the browser behind
+the service's page showed its animation, another film, beside the first one's score. A multi-picture JPEG (a phone's
+Ultra HDR photo, a camera's JPEG with a preview) is read as its first picture, the one a browser shows."""
 
 from __future__ import annotations
 
@@ -37,10 +37,14 @@ def test_an_animated_png_is_not_a_single_radiograph(films: tuple[Image.Image, Im
         read_gray(data)
 
 
-def test_a_multi_picture_jpeg_is_not_a_single_radiograph(films: tuple[Image.Image, Image.Image]) -> None:
+def test_a_multi_picture_jpeg_is_read_as_its_first_picture(films: tuple[Image.Image, Image.Image]) -> None:
+    """An Ultra HDR photo's gain map, or a camera's preview, is its second picture; the film is the first."""
     normal, pneumonia = films
-    with pytest.raises(DecodeError, match=r"multi-picture JPEG \(MPO, 2 images\) is not a single radiograph"):
-        read_gray(saved(normal, [pneumonia], "MPO"))
+    data = saved(normal, [pneumonia.resize((normal.width // 4, normal.height // 4))], "MPO")
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    first = io.BytesIO()
+    normal.save(first, "JPEG")
+    np.testing.assert_array_equal(read_gray(data), read_gray(first.getvalue()))
 
 
 def test_one_picture_is_read(films: tuple[Image.Image, Image.Image]) -> None:

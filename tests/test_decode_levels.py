@@ -80,3 +80,40 @@ def test_real_films_hold_many_levels(data_root: Path) -> None:
     paths = sorted((data_root / "val").glob("*/*.jpeg")) + sorted((data_root / "train").glob("*/*.jpeg"))[::400]
     for path in paths:
         assert len(np.unique(read_gray(path))) >= 100, path
+
+
+@pytest.mark.parametrize("case", ["12-bit, width 12", "8-bit, width 10", "VOI LUT"])
+def test_a_window_that_leaves_too_few_levels_is_named_not_the_film(film: np.ndarray, case: str) -> None:
+    """A DICOM whose own window is narrower than its film's values shows a few grey levels of a real film: the
+    refusal names the window, as a window that leaves nothing is named, not the film as thresholded."""
+    twelve = film.astype(np.uint16) * 16
+    data, window = {
+        "12-bit, width 12": (dicom_bytes(twelve, WindowCenter=int(np.median(twelve)), WindowWidth=12),
+                             rf"its window \(WindowCenter {int(np.median(twelve))}, WindowWidth 12\)"),
+        "8-bit, width 10": (dicom_bytes(film, bits=8, WindowCenter=int(np.median(film)), WindowWidth=10),
+                            rf"its window \(WindowCenter {int(np.median(film))}, WindowWidth 10\)"),
+        "VOI LUT": (voi_lut_dicom(twelve, np.repeat(np.arange(4) * 85, 1024)), "its VOI LUT"),
+    }[case]
+    with pytest.raises(DecodeError, match=rf"too few grey levels after {window}: the film holds \d+ inside it, "
+                                          r".*the window is too narrow for the film's values"):
+        read_gray(data, 224)
+
+
+def test_a_posterised_film_under_a_window_is_still_the_film_refused(film: np.ndarray) -> None:
+    """Four stored values under a wide window: the film itself holds too few levels, whatever its window."""
+    four = posterised(film, 4).astype(np.uint16) * 16
+    with pytest.raises(DecodeError, match=FEW_LEVELS):
+        read_gray(dicom_bytes(four, WindowCenter=2048, WindowWidth=4096), 224)
+
+
+def voi_lut_dicom(pixels: np.ndarray, lut: np.ndarray) -> bytes:
+    """A 12-bit film with a VOI LUT Sequence of one LUT, ``lut`` (from stored value 0, 16-bit entries)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels)))
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [len(lut), 0, 16]
+    item.LUTData = lut.astype(np.uint16).tobytes()
+    item["LUTData"].VR = "OW"
+    ds.VOILUTSequence = [item]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()

@@ -339,18 +339,86 @@ def test_an_rle_frame_wider_than_the_header_is_refused_by_its_values() -> None:
         read_gray(data)
 
 
-@pytest.mark.parametrize("allocated", [8, 16])
-def test_a_12bit_jpeg_frame_under_an_8bit_header_is_refused(allocated: int) -> None:
-    """JPEG (SOF precision 12, JPEG Extended) under Bits Stored 8: refused from the codestream where the words
-    cannot hold it, from its decoded values where they can."""
+def test_a_12bit_jpeg_frame_under_an_8bit_header_is_refused_where_its_words_cannot_hold_it() -> None:
+    """JPEG (SOF precision 12, JPEG Extended) under Bits Allocated and Stored 8: refused from the codestream."""
     ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, 8, 7
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     buf = io.BytesIO()
     ds.save_as(buf)
-    reason = (r"the compressed frame's samples are 12-bit, wider than Bits Allocated 8" if allocated == 8
-              else HIGH_BITS.format(high=7, stored=8))
-    with pytest.raises(DecodeError, match=reason + r".*" + WRAPS):
+    with pytest.raises(DecodeError, match=r"the compressed frame's samples are 12-bit, wider than Bits Allocated 8"
+                                          r".*" + WRAPS):
         read_gray(buf.getvalue())
+
+
+def test_a_12bit_jpeg_frame_of_8bit_values_is_read_with_its_overshoot_clipped() -> None:
+    """The same frame under Bits Allocated 16 and Bits Stored 8, as JPEG Extended stores 8-bit values: its two
+    values past 255 (of 262,144; the largest 264) are a lossy codec's overshoot, clipped to 255."""
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 8, 7
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.PixelData = np.clip(pydicom.dcmread(get_testdata_file("JPGExtended.dcm")).pixel_array, 0, 255).astype(
+        np.uint16).tobytes()
+    clipped = io.BytesIO()
+    ds.save_as(clipped)
+    np.testing.assert_array_equal(read_gray(buf.getvalue()), read_gray(clipped.getvalue()))
+
+
+def saturated(n: int = 64, top: int = 1023) -> np.ndarray:
+    """A film whose spine and collimator band are at the stored range's top, beside darker body and lungs: where
+    a lossy codec overshoots the range (ringing, JPEG-LS's NEAR error)."""
+    y, x = np.mgrid[0:n, 0:n]
+    film = np.full((n, n), 0.6 * top)
+    film[((x - n * 0.3) / (n * 0.15)) ** 2 + ((y - n * 0.5) / (n * 0.3)) ** 2 < 1] = 0.15 * top
+    film[:, int(n * 0.47) : int(n * 0.53)] = top
+    film[: n // 8], film[-n // 8 :] = top, 0
+    film += np.random.default_rng(0).normal(0, 0.02 * top, (n, n))
+    return np.clip(np.rint(film), 0, top).astype(np.int64)
+
+
+def lossy_with_header(film: np.ndarray, syntax: uid.UID, bits: int, options: dict, **header: int) -> bytes:
+    """As :func:`compressed_with_header`, with the codec's ``options`` (its loss)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film, bits=bits)))
+    ds.compress(syntax, **options)
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("syntax, options", [(uid.JPEGLSNearLossless, {"jls_error": 3}),
+                                             (uid.JPEG2000, {"j2k_cr": [20]})], ids=["JPEG-LS NEAR 3", "JPEG 2000 20:1"])
+def test_a_lossy_frame_wider_than_bits_stored_is_read_with_its_overshoot_clipped(syntax: uid.UID,
+                                                                                 options: dict) -> None:
+    """10-bit values in a 12-bit lossy frame (as JPEG stores them): the codec overshoots 1023 beside the saturated
+    band, which is no header that says too few bits; masked, the overshoot would wrap bright to dark."""
+    film = saturated()
+    data = lossy_with_header(film, syntax, 12, options, BitsStored=10, HighBit=9)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.pixel_array_options(correct_unused_bits=False)
+    assert ds.pixel_array.max() > 1023  # the codec did overshoot
+    gray, reference = read_gray(data).astype(int), read_gray(dicom_bytes(film, bits=10)).astype(int)
+    assert gray[: 64 // 8].min() >= 200  # the saturated band stays white, no pixel of it wrapped to dark
+    assert np.abs(gray - reference).mean() < 10
+
+
+def test_a_lossless_frame_wider_than_bits_stored_is_refused_however_little_it_exceeds() -> None:
+    """A lossless codec never overshoots: a value above High Bit, however close, is the header's fault."""
+    film = saturated()
+    film[5, 5] = 1025
+    data = compressed_with_header(film, uid.JPEGLSLossless, 12, BitsStored=10, HighBit=9)
+    with pytest.raises(DecodeError, match=HIGH_BITS.format(high=9, stored=10) + r".*" + WRAPS):
+        read_gray(data)
+
+
+def test_a_lossy_frame_far_beyond_bits_stored_is_refused_not_clipped() -> None:
+    """12-bit values in a lossy frame under Bits Stored 8: no codec overshoots so far; it is a header that says too
+    few bits, refused as the lossless frame is."""
+    data = lossy_with_header(saturated(top=4095), uid.JPEG2000, 16, {"j2k_cr": [20]}, BitsStored=8, HighBit=7)
+    with pytest.raises(DecodeError, match=HIGH_BITS.format(high=7, stored=8) + r".*" + WRAPS):
+        read_gray(data)
 
 
 def test_a_codestream_narrower_than_bits_stored_is_refused() -> None:

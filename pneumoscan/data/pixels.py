@@ -77,16 +77,31 @@ def one_level_share(counts: np.ndarray) -> float:
     return float(counts[max(0, mode - NEAR_BLANK_LEVELS) : mode + NEAR_BLANK_LEVELS + 1].sum()) / max(1, counts.sum())
 
 
-def check_grey_levels(gray: Image.Image) -> None:
-    """Refuse an 8-bit film of 2 to MIN_GREY_LEVELS - 1 grey levels, counted at full size, before :func:`reduce`
-    averages blocks into levels in between (a bilevel film reduced 4 times holds 17). One level, or nearly one
-    (:data:`NEAR_BLANK_SHARE`), is left to :func:`pneumoscan.data.decode.read_gray`, whose blank refusals say more
-    (a DICOM's window that hid the film, say)."""
+def too_few_levels_in_window(window: str, levels: int) -> DecodeError:
+    """The refusal of a DICOM whose own window (or VOI LUT), narrower than the film's values, leaves it fewer than
+    :data:`MIN_GREY_LEVELS` grey levels: the window is at fault, not the film (as :data:`BLANK_IN_WINDOW` says of a
+    window that leaves nothing). ``window``: which, as "its window (WindowCenter 40, WindowWidth 12)"."""
+    return DecodeError(f"too few grey levels after {window}: the film holds {levels} inside it, where a radiograph "
+                       "has hundreds; the window is too narrow for the film's values (check the window, or export "
+                       "the original film)")
+
+
+def few_grey_levels(gray: Image.Image) -> int | None:
+    """How many grey levels an 8-bit film holds when they are too few for a radiograph (2 to MIN_GREY_LEVELS - 1,
+    counted at full size, before :func:`reduce` averages blocks into levels in between: a bilevel film reduced 4
+    times holds 17); None when they are enough, or the film too small to tell (:data:`LEVELS_MIN_SIDE`). One level,
+    or nearly one (:data:`NEAR_BLANK_SHARE`), is left to :func:`pneumoscan.data.decode.read_gray`, whose blank
+    refusals say more (a DICOM's window that hid the film, say)."""
     if min(gray.size) < LEVELS_MIN_SIDE:
-        return
+        return None
     counts = np.array(gray.histogram())
     levels = int(np.count_nonzero(counts))
-    if 1 < levels < MIN_GREY_LEVELS and one_level_share(counts) < NEAR_BLANK_SHARE:
+    return levels if 1 < levels < MIN_GREY_LEVELS and one_level_share(counts) < NEAR_BLANK_SHARE else None
+
+
+def check_grey_levels(gray: Image.Image) -> None:
+    """Refuse an 8-bit film of too few grey levels (:func:`few_grey_levels`)."""
+    if (levels := few_grey_levels(gray)) is not None:
         raise too_few_levels(f"the film holds {levels}")
 
 
@@ -141,7 +156,7 @@ def stream(src: Path | bytes) -> Path | io.BytesIO:
 def reduce(gray: Image.Image, target: int | None) -> Image.Image:
     """The same reduction for every format: average blocks of n x n pixels, n the largest whole number that keeps
     the short side above ``target``, so a film bigger than the model's input stays bigger. A JPEG is decoded in full
-    for this (its DCT-scaled draft decode gave other pixels than the same film as PNG or DICOM, and other scores)."""
+    for this (its DCT-scaled draft decode gives other pixels than the same film as PNG or DICOM, and other scores)."""
     factor = (min(gray.size) - 1) // target if target else 1
     return gray.reduce(factor) if factor >= 2 else gray
 

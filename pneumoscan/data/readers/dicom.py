@@ -71,6 +71,10 @@ _QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
 # why stored values wider than the header's bits are refused, whether the decoded values or a codestream show it
 _WRAPS = ("read as stored they would wrap into bands; the header does not describe the pixel data (Bits Stored and "
           "High Bit too small)")
+# How far past the stored range a lossy frame's values may lie and be clipped, as a share of the range: ringing
+# past a step is about 9% of its height (Gibbs); an extra stored bit the header leaves out doubles the range.
+_OVERSHOOT = 0.25
+_LOSSLESS = re.compile(r"(?<!near-)lossless", re.IGNORECASE)  # in a transfer syntax's name: not near-lossless
 MANUFACTURER = "pneumoscan"  # the Manufacturer of every DICOM object this package writes (SR, Secondary Capture)
 OWN_OUTPUT = "a pneumoscan output (Grad-CAM Secondary Capture or DICOM SR), not a film"
 
@@ -89,8 +93,14 @@ class DicomReader(Reader):
                 "format": "DICOM", "quality": None}  # fmt: skip
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        gray = _gray(read_dataset(src, header_only=False))
-        pixels.check_grey_levels(gray)
+        ds = read_dataset(src, header_only=False)
+        gray, before_window = _gray(ds)
+        levels = pixels.few_grey_levels(gray)
+        if levels is not None:
+            # a window narrower than the film's values posterises a film that is none: the window is at fault
+            if before_window is not None and _distinct(before_window) >= pixels.MIN_GREY_LEVELS:
+                raise pixels.too_few_levels_in_window(_window_words(ds), levels)
+            raise pixels.too_few_levels(f"the film holds {levels}")
         return np.asarray(pixels.reduce(gray, target))
 
 
@@ -337,33 +347,43 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
     through CharLS (pyjpegls) when it is installed: on a 1776 x 1416 12-bit film it decodes in 84 ms against
     pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and pydicom would try pylibjpeg first. A frame CharLS
     refuses is refused: libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax
-    gets pydicom's order. Values :func:`_high_bits_checked` are decoded unmasked and checked, in every syntax."""
+    gets pydicom's order. Bits above High Bit are masked, checked or clipped as :func:`_unused_bits` says."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
+    precision = None
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
         if syntax.is_encapsulated and syntax != RLELossless:
             frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-            _check_codestream(frame, ds, film)
+            precision = _check_codestream(frame, ds, film)
             if syntax in _JPEG_CHECKED:
                 jpeg.check_frame(frame)
-    checked = _high_bits_checked(ds)
+    unused = _unused_bits(ds, syntax, precision)
     charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
     ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False,
-                           correct_unused_bits=not checked)  # fmt: skip
+                           correct_unused_bits=unused == "mask")  # fmt: skip
     arr = ds.pixel_array
-    if checked:
+    if unused == "check":
         _check_high_bits(ds, arr)
+    elif unused == "clip":
+        arr = _clipped(ds, arr)
     return arr
 
 
-def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> None:
+def _lossy(syntax: object) -> bool:
+    """Whether a transfer syntax may compress with loss: every encapsulated one pydicom does not name lossless
+    (JPEG Baseline and Extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that are not "Lossless Only")."""
+    return isinstance(syntax, UID) and syntax.is_encapsulated and not _LOSSLESS.search(syntax.name)
+
+
+def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> int | None:
     """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size or sample precision is not the header's. pydicom
-    reshapes the decoded values to the header's Rows x Columns, so a header with the two swapped turned a film into
-    diagonal stripes (scored pneumonia 0.97, the film itself 0.01), and another size ended in numpy's "could not
-    broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded (12-bit
-    values under an 8-bit header read as banded noise, filed as pneumonia 0.88), and fewer bits than Bits Stored
+    reshapes the decoded values to the header's Rows x Columns, so a header with the two swapped turns a film into
+    diagonal stripes (which score pneumonia 0.97, the film itself 0.01), and another size ends in numpy's "could
+    not broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded
+    (12-bit values under an 8-bit header read as banded noise, which scores pneumonia 0.88), and fewer bits than Bits Stored
     are not the values the header describes. More bits than Bits Stored is how JPEG stores, say, 10-bit values
-    (in a 12-bit process): those are decoded unmasked and checked (:func:`_check_high_bits`)."""
+    (in a 12-bit process): those are decoded unmasked, then checked or clipped (:func:`_unused_bits`). Returns the
+    frame's precision, None when the frame does not say it."""
     # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz, then
     # each component's Ssiz: its precision less one, the top bit its sign)
     siz = frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
@@ -375,7 +395,7 @@ def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> None:
     else:
         info = jpeg.frame_info(frame) if frame[:2] == b"\xff\xd8" else None
     if info is None:
-        return
+        return None
     rows, cols, components, precision = info
     if (rows, cols, components) != (film.rows, film.cols, film.samples):
         raise pixels.DecodeError(
@@ -391,28 +411,53 @@ def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> None:
             f"the compressed frame's samples are {precision}-bit, below Bits Stored {stored}: they are not the "
             "values the header describes (its window and rescale are for other values); the header does not "
             "describe the pixel data (Bits Stored and High Bit too large)")
+    return precision
 
 
-def _high_bits_checked(ds: Dataset) -> bool:
-    """Whether the stored values must be checked for bits above High Bit (:func:`_check_high_bits`): unsigned,
-    in words wider than Bits Stored, with no overlay plane (60xx,0102 Overlay Bit Position) claiming the high bits,
-    which are masked off as they should be. Signed values are sign-extended from High Bit (pydicom's masking)."""
-    allocated, high = ds.get("BitsAllocated"), ds.get("HighBit")
-    if ("PixelData" not in ds or ds.get("PixelRepresentation") != 0 or allocated not in (8, 16, 32)
-            or not isinstance(high, int) or high + 1 >= allocated):
-        return False
-    return not any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys())
+def _unused_bits(ds: Dataset, syntax: object, precision: int | None) -> str:
+    """What is done with stored values' bits above High Bit, in words wider than Bits Stored: ``"mask"`` them off
+    (pydicom's way: where an overlay plane, 60xx,0102 Overlay Bit Position, claims them, and for signed values,
+    sign-extended from High Bit), ``"check"`` that none is set (:func:`_check_high_bits`: unsigned values), or
+    ``"clip"`` values past the stored range (:func:`_clipped`: a lossy frame of more bits than Bits Stored, whose
+    codec overshoots the range near saturated edges: ringing, or JPEG-LS's NEAR error)."""
+    allocated, high, stored = ds.get("BitsAllocated"), ds.get("HighBit"), ds.get("BitsStored")
+    if ("PixelData" not in ds or allocated not in (8, 16, 32) or not isinstance(high, int) or high + 1 >= allocated
+            or any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys())):
+        return "mask"
+    if _lossy(syntax) and isinstance(precision, int) and isinstance(stored, int) and precision > stored:
+        return "clip"
+    return "check" if ds.get("PixelRepresentation") == 0 else "mask"
 
 
 def _check_high_bits(ds: Dataset, values: np.ndarray) -> None:
-    """Refuse decoded (unmasked) stored values that use bits above High Bit, whatever the transfer syntax: pydicom
-    masks them off, so 14-bit values under a 12-bit header wrapped into bands (0.09 correlation with the film) and
-    were scored, uncompressed or RLE alike."""
+    """Refuse decoded (unmasked) stored values that use bits above High Bit, whatever the transfer syntax: masked
+    off, 14-bit values under a 12-bit header wrap into bands (0.09 correlation with the film), and a lossless codec
+    never overshoots, so such values are the header's fault, not the codec's."""
     high, largest = ds.HighBit, int(values.max(initial=0))
     if largest >> (high + 1):
         raise pixels.DecodeError(
             f"pixel values use bits above High Bit {high} (Bits Stored {ds.get('BitsStored')}, largest value "
             f"{largest}) and no overlay claims them: {_WRAPS}")
+
+
+def _clipped(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """A lossy frame's decoded values clipped to the stored range (0 to 2**BitsStored - 1, or the signed range):
+    a codec's overshoot near a saturated edge (a NEAR 5 JPEG-LS frame's 1028 over 10 bits, a 40:1 JPEG 2000
+    frame's 4219 over 12) is the brightest or darkest value, where masking would wrap a bright pixel to dark.
+    Values further out than :data:`_OVERSHOOT` of the range are no overshoot but a header that says too few bits
+    (12-bit values under Bits Stored 8), refused as uncompressed ones are."""
+    stored = ds.BitsStored
+    signed = ds.get("PixelRepresentation") == 1
+    low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    slack = math.ceil((1 << stored) * _OVERSHOOT)
+    smallest, largest = int(values.min(initial=0)), int(values.max(initial=0))
+    if not signed and largest > high + slack:
+        _check_high_bits(ds, values)
+    if smallest < low - slack or largest > high + slack:
+        raise pixels.DecodeError(
+            f"pixel values lie beyond Bits Stored {stored} (High Bit {ds.HighBit}, values {smallest} to {largest}), "
+            f"further than a lossy codec overshoots: {_WRAPS}")
+    return np.clip(values, low, high)
 
 
 def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
@@ -436,7 +481,7 @@ def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
     # an odd length is padded to even; some writers pad further: by less than a row and a column, or one row of
     # zeros (pydicom's MR_small_padded.dcm), which cannot shear the film (Rows one short would lose a black row at
     # most). Columns one short leaves a column's bytes over, less than a row in a film wider than tall: read so,
-    # every row shifts one pixel further than the one above (a sheared film was scored)
+    # every row shifts one pixel further than the one above (a sheared film, which would be scored)
     excess = len(data) - needed
     padding = excess < max(min(row, column), 2) or (excess == row and not any(memoryview(data)[needed:]))
     if excess < 0 or not padding:
@@ -500,17 +545,23 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     return padding if padding.any() else None
 
 
-def _gray(ds: Dataset) -> Image.Image:
-    """The film as a viewer shows it, in 8-bit grey: bright bone, dark lungs, padding black, pixels square."""
+def _gray(ds: Dataset) -> tuple[Image.Image, np.ndarray | None]:
+    """The film as a viewer shows it, in 8-bit grey: bright bone, dark lungs, padding black, pixels square; and the
+    film's values (padding left out) before its window or VOI LUT, None when it has none, so a refusal can tell
+    whether the window is what left too little of the film."""
     film = _header(ds)
     photometric, monochrome = film.photometric, film.photometric in _POLARITY
+    before_window = None
     try:
         as_stored = _as_stored(ds, photometric, film.bits)
         arr = _pixels(ds, film)
         padding = _padding(ds, arr) if monochrome else None
         if monochrome:
             # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
-            arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+            physical = apply_modality_lut(arr, ds)
+            arr = apply_voi_lut(physical, ds)
+            if arr is not physical and (_given(ds, "VOILUTSequence") or _given(ds, "WindowCenter")):
+                before_window = physical if padding is None else physical[~padding]
         elif photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)
     except (pixels.DecodeError, *_NOT_THE_FILM):
@@ -541,7 +592,21 @@ def _gray(ds: Dataset) -> Image.Image:
     image = Image.fromarray(gray)
     if (film.width, film.height) != (film.cols, film.rows):  # shrink the finer axis (box filter: area average)
         image = image.resize((film.width, film.height), Image.Resampling.BOX)
-    return image
+    return image, before_window
+
+
+def _distinct(values: np.ndarray) -> int:
+    """How many different values ``values`` holds."""
+    return len(np.unique(values))
+
+
+def _window_words(ds: Dataset) -> str:
+    """The VOI transform a film was shown through, in words: its VOI LUT (which pydicom applies in preference), or
+    its window's first Window Center and Width (the one applied)."""
+    if _given(ds, "VOILUTSequence"):
+        return "its VOI LUT"
+    center, width = (v[0] if isinstance(v, MultiValue) else v for v in (ds.WindowCenter, ds.WindowWidth))
+    return f"its window (WindowCenter {float(center):g}, WindowWidth {float(width):g})"
 
 
 def _syntax(ds: Dataset) -> str:

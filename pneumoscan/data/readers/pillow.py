@@ -1,8 +1,8 @@
 """JPEG and PNG, header first through Pillow: the size and memory limits are applied before any pixel is decoded.
 
 A JPEG's pixels are decoded strictly (:mod:`.jpeg`: libjpeg's "corrupt data" warnings are errors): Pillow ignores
-them, so a film cut short (an EOI marker halfway) or with damaged entropy-coded data decoded to bands of flat grey
-and was scored.
+them, so a film cut short (an EOI marker halfway) or with damaged entropy-coded data decodes to bands of flat grey
+that would be scored.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # The JPEG and PNG modes whose pixels may hold colour (a palette's may be all grey); the grey and bilevel ones cannot.
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
 # What every Grad-CAM PNG this package writes says of itself (a tEXt chunk, :func:`own_output_info`), and the refusal
-# of one given as a film: an overlay was scored as a chest film (a NORMAL film's at PNEUMONIA 0.996), a bare map 0.943
+# of one given as a film: an overlay scores as a chest film (a NORMAL film's at PNEUMONIA 0.996), a bare map 0.943
 OWN_OUTPUT_SOFTWARE = {"overlay": "pneumoscan Grad-CAM overlay", "map": "pneumoscan Grad-CAM map"}
 OWN_OVERLAY = "a pneumoscan output (Grad-CAM overlay PNG), not a film"
 OWN_MAP = "a pneumoscan output (Grad-CAM heatmap PNG), not a film"
@@ -158,7 +158,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     in place of a copy or a strip at a time, so decoding holds at most about 1.5 times its decoded bytes."""
     width, height = im.size
     try:
-        if isinstance(im, JpegImageFile):  # an MPO of one picture too (one of more is refused)
+        if isinstance(im, JpegImageFile):  # an MPO too: its first picture, the one a browser shows
             decoded = _jpeg_gray(im, src)
         else:
             im.load()
@@ -170,7 +170,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
         raise pixels.DecodeError(f"corrupt or truncated image data: {e}") from None
     if decoded.mode.startswith("I"):
         # 16-bit PNG, often a DICOM export holding 10- to 14-bit values: min-max, as a DICOM without a window
-        # (scaling by 65535 made 12-bit data nearly black; Pillow's convert('L') would clip)
+        # (scaling by 65535 would make 12-bit data nearly black; Pillow's convert('L') would clip)
         lo, hi = decoded.getextrema()
         def strip(top: int, end: int) -> np.ndarray:  # np.asarray(im) would copy it all, twice (tobytes)
             return np.asarray(decoded.crop((0, top, width, end)))
@@ -192,20 +192,21 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
 
 
 def _refuse_frames(im: Image.Image) -> None:
-    """Refuse an animated PNG (APNG) or a multi-picture JPEG (MPO) of more than one image, as multi-frame DICOM is:
-    Pillow reads the PNG's default image, which a browser (the service's page) does not show when it is no part of
-    the animation (a NORMAL film scored, the pneumonia film beside it on screen), and either holds several
-    pictures of which the file does not say which is the film."""
+    """Refuse an animated PNG (APNG) of more than one frame, as multi-frame DICOM is: Pillow reads the PNG's default
+    image, which a browser (the service's page) does not show when it is no part of the animation (a NORMAL film
+    scored, the pneumonia film beside it on screen), and the file does not say which frame is the film. A
+    multi-picture JPEG (MPO: a phone's Ultra HDR photo, whose second picture is a gain map; a camera's, with a
+    preview) is read as its first picture, the primary one, which a browser shows too."""
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
-        what = "animated PNG (APNG" if im.format == "PNG" else "multi-picture JPEG (MPO"
-        raise pixels.DecodeError(f"{what}, {frames} images) is not a single radiograph; export the film to read")
+    if im.format == "PNG" and frames > 1:
+        raise pixels.DecodeError(f"animated PNG (APNG, {frames} images) is not a single radiograph; export the film "
+                                 "to read")
 
 
 def _refuse_transparency(im: Image.Image) -> None:
     """Refuse an image any pixel of which is not fully opaque (an alpha band below 255, or a PNG ``tRNS`` colour or
-    palette entry that a pixel uses): composited on black it was dimmed, and its white markers turned black, and
-    then scored as a film. A fully opaque one (an RGBA export) is read as its colours."""
+    palette entry that a pixel uses): composited on black it is dimmed and its white markers turn black, and it
+    would be scored as a film. A fully opaque one (an RGBA export) is read as its colours."""
     if "A" not in im.getbands() and "transparency" not in im.info:
         return
     alpha = im.getchannel("A") if "A" in im.getbands() else im.convert("LA").getchannel("A")
