@@ -179,6 +179,37 @@ def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(t
     assert np.array(counts).shape == (3, 3) and np.array(counts).sum() == 90
 
 
+def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The three-class figures are of the most probable class, where ``called`` is normal vs pneumonia at the
+    threshold: predictions.csv carries each class's probability and that class, so the 3 x 3 matrix (or a
+    subgroup's) can be rebuilt from the file."""
+    import torch
+
+    from pneumoscan.models import registry as models
+    from pneumoscan.models.bundle import save_bundle
+    from pneumoscan.models.card import BundleCard
+
+    torch.manual_seed(0)
+    card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
+                      0.25, threshold=0.3)
+    bundle = save_bundle(tmp_path / "bundle", models.create("simple_cnn", num_classes=3), card)
+    out = tmp_path / "eval"
+    metrics = evaluate(bundle, tiny_dataset, "test", out)
+
+    rows = read_csv(out / "predictions.csv")
+    classes = ["normal", "bacteria", "virus"]
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
+                             "probability_normal", "probability_bacteria", "probability_virus", "most_probable"]
+    counts = np.zeros((3, 3), int)
+    for row in rows:
+        probs = [float(row[f"probability_{c}"]) for c in classes]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["probability"]) == pytest.approx(1.0 - probs[0], abs=1e-5)
+        assert row["most_probable"] == classes[int(np.argmax(probs))]
+        counts[classes.index(row["label"]), classes.index(row["most_probable"])] += 1
+    assert counts.tolist() == metrics["multiclass"]["confusion_matrix"]["counts"]
+
+
 def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys
 ) -> None:
@@ -238,6 +269,22 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
 
     with pytest.raises(ValueError, match="follows"):  # the stages the wrong way round
         evaluate(second, tiny_dataset, "test", etiology=first)
+
+
+def test_only_the_films_the_etiology_stage_validated_on_are_said_to_have_chosen_its_threshold(
+    tiny_etiology_bundle: Path
+) -> None:
+    """An etiology run's split.csv lists the normal films too, but its temperature and threshold were chosen on its
+    validation pneumonia films alone: the warning counts those, not every validation film given."""
+    from pneumoscan.evaluation.held_out import check_held_out
+
+    validation = [r for r in discover(tiny_etiology_bundle.parent / "split.csv").records if r.split == "val"]
+    chose = [r for r in validation if r.label == "PNEUMONIA"]
+    assert 0 < len(chose) < len(validation)  # normal validation films too, which chose nothing
+    caveats = check_held_out([tiny_etiology_bundle], validation, "evaluate", validation_warning=True)
+    assert [c for c in caveats if "validation films" in c] == [
+        f"{len(chose)} film(s) given to evaluate are {tiny_etiology_bundle}'s validation films, on which its own "
+        "temperature and threshold were chosen: the figures on them are optimistic"]
 
 
 def test_two_stages_need_films_that_name_bacteria_or_virus(tiny_bundle: Path, tiny_etiology_bundle: Path,

@@ -166,6 +166,47 @@ def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) 
     assert explain_array(predictor, big).shape == panel_shape(3000, 2000) == (MAX_PANEL, round(2000 * MAX_PANEL / 3000))
 
 
+def _multiclass_predictor(directory: Path) -> Predictor:
+    """An untrained normal / bacteria / virus simple_cnn whose head leans to bacteria over virus, so a film's most
+    probable positive class is bacteria."""
+    from pneumoscan.models.bundle import save_bundle
+    from pneumoscan.models.card import BundleCard
+
+    torch.manual_seed(1)  # weights under which both maps below have structure
+    model = models.create("simple_cnn", num_classes=3)
+    with torch.no_grad():
+        model.get_classifier().bias.copy_(torch.tensor([0.0, 1.5, 0.0]))
+    card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
+                      0.25, threshold=0.3)
+    return Predictor(save_bundle(directory, model, card))
+
+
+def test_a_multiclass_map_explains_the_pneumonia_log_odds_the_label_reads(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The label of a three-class bundle is 1 - P(normal) at its threshold, and the caption says "evidence for
+    pneumonia": the default map is the Grad-CAM of log(P(bacteria) + P(virus)) - log P(normal), not of the most
+    probable positive class against the other two (bacteria against normal and virus together)."""
+    predictor = _multiclass_predictor(tmp_path / "mc")
+    gray = _sick_image(tiny_dataset)
+    images = predictor.preprocess([gray])
+    logits = predictor.logits(images)[0]
+    assert logits[1] > logits[2]  # bacteria is this film's most probable positive class
+
+    def drawn(target) -> np.ndarray:
+        """Grad-CAM of ``target`` (logits -> score) in the image's frame, as explain_array draws it."""
+        from pytorch_grad_cam import GradCAM
+
+        x = predictor.inputs(images).detach().clone().requires_grad_(True)
+        with GradCAM(predictor.model, [target_layer(predictor.model, x)]) as cam:
+            raw = cam(input_tensor=x, targets=[target])[0]
+        return to_image_frame(raw, *gray.shape, predictor.card.spec, panel_shape(*gray.shape))
+
+    pneumonia = drawn(lambda z: torch.logsumexp(z[1:], dim=-1) - z[0])
+    bacteria = drawn(lambda z: z[1] - torch.logsumexp(z[[0, 2]], dim=-1))
+    assert pneumonia.max() - pneumonia.min() > 0.5 and np.abs(pneumonia - bacteria).mean() > 0.05
+    np.testing.assert_allclose(explain_array(predictor, gray), pneumonia, atol=1e-5)
+    np.testing.assert_allclose(explain_array(predictor, gray, 1), bacteria, atol=1e-5)  # an explicit class: vs the rest
+
+
 @pytest.mark.parametrize("policy", ["squash", "pad", "center-crop"])
 def test_cam_maps_back_onto_the_original_frame(policy: str) -> None:
     height, width, size = 60, 100, 40

@@ -186,6 +186,32 @@ def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None
     assert out["threshold"] == 0.3
 
 
+def test_a_multiclass_bundles_rows_carry_each_class_probability(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A three-class bundle's label is normal vs pneumonia only: its rows carry the class probabilities the service's
+    ``probabilities`` gives, so the most probable class (or bacteria vs virus) can be read from the results file.
+    A two-class bundle's columns stay as they are."""
+    films = []
+    for seed in range(3):
+        films.append(tmp_path / f"film{seed}.png")
+        Image.fromarray(_image(50, 70, seed)).save(films[-1])
+    three = make_bundle(tmp_path / "mc", "multiclass", ("normal", "bacteria", "virus"), "pneumonia", threshold=0.3)
+    rows = predict_paths(three, films)
+    predictor = Predictor(three)
+    for film, row in zip(films, rows):
+        expected = predictor.predict_array(read_gray(film))["probabilities"]
+        assert {c: row[f"probability_{c}"] for c in expected} == pytest.approx(expected, abs=SCORE_TOL)
+        assert row["probability"] == pytest.approx(1.0 - row["probability_normal"], abs=SCORE_TOL)
+    assert json.loads(format_results(rows, "json"))[0]["probability_virus"] == rows[0]["probability_virus"]
+    assert cli.main(["predict", str(three), *map(str, films)]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(table[0])[:8] == ["path", "probability", "label", "threshold", "near_threshold", "probability_normal",
+                                  "probability_bacteria", "probability_virus"]
+    assert [float(r["probability_bacteria"]) for r in table] == pytest.approx([r["probability_bacteria"] for r in rows])
+    assert cli.main(["predict", str(make_bundle(tmp_path / "two")), *map(str, films)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == ("path,probability,label,threshold,near_threshold,warnings,"
+                                                       "model_id,model_version")
+
+
 @pytest.mark.parametrize("array", [
     np.zeros((100, 80), np.uint16),  # a 16-bit film: Pillow said "image has wrong mode"
     np.zeros((1, 60, 45), np.uint8),  # a channel axis first: "Cannot handle this data type"

@@ -2,7 +2,7 @@
 
 A task owns what the rest of pneumoscan asks about it: its classes (index = target; the first class is always the
 negative one), the rule that gives a record its class (None: the record is not in the task), the probability that
-is thresholded (its positive class), the metrics beyond the binary ones, the class Grad-CAM explains, and which
+is thresholded (its positive class), the metrics beyond the binary ones, the classes Grad-CAM explains, and which
 first-stage label hands a film to it when it runs as a second stage (etiology reads the films a pneumonia model
 calls positive). Training, evaluation, export, explanation, prediction, serving and the CLI ask the task object,
 so a new task is one :func:`register_task` call.
@@ -83,10 +83,12 @@ class Task:
 
         return {"multiclass": evaluate_multiclass(targets, probs, self.classes, groups=groups)}
 
-    def cam_class(self, logits: np.ndarray) -> int:
-        """The class Grad-CAM explains for one film's logits (C,): the positive class, or for a multiclass task the
-        most probable of the positive classes."""
-        return 1 + int(np.argmax(logits[1:])) if self.multiclass else 1
+    @property
+    def cam_classes(self) -> tuple[int, ...]:
+        """The classes whose log-odds against the rest Grad-CAM explains by default: those the thresholded
+        probability sums (:meth:`positive_probability`: every class but the first), so the map is evidence for the
+        call the label makes (for three classes, log(P(bacteria) + P(virus)) - log P(normal))."""
+        return tuple(range(1, len(self.classes)))
 
     def handoff(self, first: Task) -> str:
         """The label of a ``first`` stage that hands a film to this task; ValueError when it does not follow it."""

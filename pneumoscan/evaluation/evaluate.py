@@ -36,6 +36,7 @@ from .report import write_report
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
 TWO_STAGE_FIELDS = ("etiology_probability", "two_stage_called")  # predictions.csv with a second stage
+MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
 GALLERY_SIZE = 8  # most confident false positives, and as many false negatives, in the report
@@ -268,7 +269,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         second = (second_scores, second_called)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
-        _write_outputs(Path(out_dir), predictor, records, targets, scores, threshold, metrics,
+        _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                        f"{card.model} · {card.task} · {name}", header, second)
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
@@ -318,11 +319,14 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
 
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
-                   scores: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
+                   probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
                    second: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """predictions.csv (with each film's P and call of the second stage, when there is one: ``second``),
-    sensitivity_table.csv, and the report with its figures and the most confident errors."""
-    card, classes = predictor.card, predictor.task.classes
+    """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
+    decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
+    each film's P and call of the second stage, when there is one: ``second``), sensitivity_table.csv, and the
+    report with its figures and the most confident errors."""
+    card, task = predictor.card, predictor.task
+    classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
     y = binary_targets(targets)
     called = scores >= threshold
@@ -330,10 +334,16 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
              "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
              "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
             for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
+    class_fields: tuple[str, ...] = ()
+    if task.multiclass:
+        class_fields = (*(f"probability_{c}" for c in classes), MOST_PROBABLE)
+        for row, film in zip(rows, probs):
+            row |= {f"probability_{c}": f"{v:.6f}" for c, v in zip(classes, film)}
+            row[MOST_PROBABLE] = classes[int(np.argmax(film))]
     if second is not None:
         for row, p, c in zip(rows, *second):
             row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
-    fields = PREDICTION_FIELDS + (TWO_STAGE_FIELDS if second is not None else ())
+    fields = PREDICTION_FIELDS + class_fields + (TWO_STAGE_FIELDS if second is not None else ())
     write_csv(out_dir / "predictions.csv", fields, rows)
     table = metrics["threshold_table"]
     write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
+from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import CARD, ENSEMBLE, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
 
@@ -115,6 +116,7 @@ class _Run(NamedTuple):
     how: str
     films: dict[str, Record]
     train: set[str]
+    val: set[str]  # the validation films its task reads: those that chose its temperature and threshold
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
@@ -141,7 +143,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             _check_validation(given, run)
             _warn_same_patients(given, run)
             trained |= run.train
-            validation |= _side(run.films, "val")
+            validation |= run.val
     _warn_copies(given, trained, validation - trained)
     return given.caveats
 
@@ -173,8 +175,19 @@ def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
         if unresolved:
             given.warn(unresolved)
         if films:
-            runs.append(_Run(path, how, films, _side(films, "train")))
+            runs.append(_Run(path, how, films, _side(films, "train"), _validated(path, films)))
     return runs
+
+
+def _validated(bundle: Path, films: dict[str, Record]) -> set[str]:
+    """The real paths of the validation films of a run's split.csv that its bundle's task reads: an etiology run's
+    split lists the normal films too, and they chose none of its numbers. All of them when the bundle has no card
+    to name its task."""
+    validation = {path: r for path, r in films.items() if r.split == "val"}
+    if not (bundle / CARD).exists():
+        return set(validation)
+    task = get_task(load_card(bundle).task)
+    return {path for path, r in validation.items() if task.target(r) is not None}
 
 
 def _refuse_trained(given: _Given, bundle: Path, runs: Sequence[_Run]) -> None:
@@ -195,7 +208,7 @@ def _refuse_trained(given: _Given, bundle: Path, runs: Sequence[_Run]) -> None:
 def _check_validation(given: _Given, run: _Run) -> None:
     """Films given that are RUN's validation films, which chose its temperature and threshold: refused or warned of
     by the policy."""
-    validation = sorted(_side(run.films, "val") & given.paths)
+    validation = sorted(run.val & given.paths)
     if validation and given.policy.refuse_validation:
         raise ValueError(f"{len(validation)} of the films given to {given.purpose} are {run.path}'s validation films "
                          f"(e.g. {validation[0]}), on which its own temperature and threshold were chosen: "
@@ -209,8 +222,8 @@ def _warn_same_patients(given: _Given, run: _Run) -> None:
     """Warn of other files of the patients of RUN's training split (and, with ``validation_warning``, of its
     validation split) among the films given: other names escape the checks by path. Ids are compared as one
     patient's spellings: a manifest typed by another hand writes Person1000 for the training films' person1000."""
-    patients = {split: {patient_key(r.patient) for r in run.films.values() if r.split == split and not own_patient(r)}
-                for split in ("train", "val")}
+    patients = {split: {patient_key(run.films[p].patient) for p in paths if not own_patient(run.films[p])}
+                for split, paths in (("train", run.train), ("val", run.val))}
     of_patients = [("training split", "", patients["train"])]
     if given.policy.validation_warning:
         of_patients.append(("validation split", ", whose films chose its temperature and threshold",

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import io
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,25 +69,27 @@ def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Mod
 
 
 class LogOdds:
-    """Grad-CAM's target for class ``c``: its log-odds, ``z_c - logsumexp(z_other)``. For two classes that is
-    exactly the logit of the probability the threshold reads (softmax over two logits is the sigmoid of their
-    difference), so the map shows the evidence for the call, not for one logit alone: a region that raises both
-    logits, the other more, is no evidence for ``c``."""
+    """Grad-CAM's target for a set of classes S: their log-odds against the rest, ``logsumexp(z_S) -
+    logsumexp(z_other)``, i.e. log(P(S) / (1 - P(S))). With S the classes the thresholded probability sums (the
+    positive class of two, bacteria and virus of normal / bacteria / virus), that is the logit of the very
+    probability the threshold reads, so the map shows the evidence for the call, not for one logit alone: a region
+    that raises both sides, the other more, is no evidence for S. One class index is the set of that class alone."""
 
-    def __init__(self, class_index: int) -> None:
-        self.class_index = class_index
+    def __init__(self, classes: int | Sequence[int]) -> None:
+        self.classes = tuple(int(c) for c in np.atleast_1d(classes))  # a NumPy index too
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         import torch
 
-        others = torch.cat([output[..., : self.class_index], output[..., self.class_index + 1 :]], dim=-1)
-        return output[..., self.class_index] - torch.logsumexp(others, dim=-1)
+        inside = torch.zeros(output.shape[-1], dtype=torch.bool, device=output.device)
+        inside[list(self.classes)] = True
+        return torch.logsumexp(output[..., inside], dim=-1) - torch.logsumexp(output[..., ~inside], dim=-1)
 
 
-def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
-    """Grad-CAM of ``class_index``'s log-odds (:class:`LogOdds`) for one normalised input (1, 1, S, S):
-    (S, S) float32 in [0, 1] (min-max scaled, as pytorch-grad-cam does). Works inside ``torch.inference_mode``
-    too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members' maps, each at its own last
+def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> np.ndarray:
+    """Grad-CAM of the log-odds of ``classes`` (one index or several: :class:`LogOdds`) for one normalised input
+    (1, 1, S, S): (S, S) float32 in [0, 1] (min-max scaled, as pytorch-grad-cam does). Works inside
+    ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members' maps, each at its own last
     conv and brought to the input size, averaged with equal weight (members' raw map scales differ by architecture)
     and scaled to [0, 1] again, so its overlay reads on the same scale as one model's."""
     import torch
@@ -95,7 +97,7 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.nda
 
     if hasattr(model, "member_inputs"):
         size = x.shape[-1]
-        mean = np.mean([_resize_map(gradcam(net, xm, class_index), size, size) for net, xm in model.member_inputs(x)],
+        mean = np.mean([_resize_map(gradcam(net, xm, classes), size, size) for net, xm in model.member_inputs(x)],
                        axis=0)
         low, high = float(mean.min()), float(mean.max())
         return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
@@ -104,7 +106,7 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.nda
         x = x.detach().clone().requires_grad_(True)
         try:
             with GradCAM(model, [target_layer(model, x)]) as cam:
-                return cam(input_tensor=x, targets=[LogOdds(class_index)])[0]
+                return cam(input_tensor=x, targets=[LogOdds(classes)])[0]
         finally:
             model.zero_grad(set_to_none=True)
 
@@ -144,14 +146,14 @@ def to_image_frame(
 
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
-    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the positive
-    class, as the task says (:meth:`Task.cam_class`)."""
+    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the call's
+    evidence: the log-odds of the classes the thresholded probability sums (:attr:`Task.cam_classes`), which is
+    what the label reads; an index, that class against the rest."""
     card = predictor.card
     images = predictor.preprocess([gray])
-    if class_index is None:
-        class_index = predictor.task.cam_class(predictor.logits(images)[0])
+    classes = predictor.task.cam_classes if class_index is None else class_index
     with predictor.lock, _one_thread():  # the hooks must see this forward pass only
-        cam = gradcam(predictor.model, predictor.inputs(images), class_index)
+        cam = gradcam(predictor.model, predictor.inputs(images), classes)
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
 
 

@@ -53,6 +53,8 @@ RESULT_FIELDS = (
     "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
+CLASS_FIELD = "probability_"  # + a class: a multiclass bundle's probability of that class (Predictor.class_fields)
+
 # a second stage's reading (:meth:`Predictor.reading_fields`) as a row's etiology fields, in this order
 ETIOLOGY = {"probability": "etiology_probability_virus", "label": "etiology_label",
             "near_threshold": "etiology_near_threshold"}
@@ -253,6 +255,15 @@ class Predictor:
         return {**self.reading_fields(float(self.positive(probabilities[None])[0]), tta),
                 "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)}}
 
+    def class_fields(self, probabilities: np.ndarray) -> dict[str, float]:
+        """One film's class probabilities, (C,), as ``probability_<class>`` columns for a multiclass bundle (the
+        numbers of :meth:`reading`'s ``probabilities``): its label is only normal vs pneumonia, and these give the
+        most probable class, or bacteria vs virus, to a reader of the results file. Empty for two classes, whose
+        ``probability`` says it all."""
+        if not self.task.multiclass:
+            return {}
+        return {f"{CLASS_FIELD}{c}": float(v) for c, v in zip(self.card.classes, probabilities)}
+
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
         """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
         return self.reading(self.probabilities(self.preprocess([gray]), tta=tta)[0], tta)
@@ -417,7 +428,8 @@ def predict_paths(
     skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
     """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
-    checks of :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields) (plus
+    checks of :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields; a multiclass bundle's
+    also ``probability_<class>``: :meth:`Predictor.class_fields`) (plus
     ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
     positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose etiology stage failed keeps its first stage's fields, with the etiology empty and an ``error``.
@@ -491,8 +503,9 @@ def _classify(
         return []
     images = first.preprocess(grays)
     probs, bad = first.finite_probabilities(images, tta=tta)
-    rows = [{"error": NON_FINITE} if broken else {**first.reading_fields(float(p), tta), "warnings": unlike}
-            for p, broken, unlike in zip(first.positive(probs), bad, first.content_warnings(images))]
+    rows = [{"error": NON_FINITE} if broken else
+            {**first.reading_fields(float(p), tta), **first.class_fields(row), "warnings": unlike}
+            for p, row, broken, unlike in zip(first.positive(probs), probs, bad, first.content_warnings(images))]
     if second is not None:
         called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
         for row in rows:
@@ -518,7 +531,8 @@ def _classify(
 
 def format_results(rows: list[dict], fmt: str) -> str:
     """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order: ``path, probability, label, threshold, warnings``
-    always, so a reader keyed on them finds them even when no film was read; the others where they occur) or a
+    always, so a reader keyed on them finds them even when no film was read; the others, and a multiclass bundle's
+    ``probability_<class>`` after the first stage's reading, where they occur) or a
     ``json`` list. Paths are written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``),
     so one odd name cannot lose every row."""
     rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
@@ -526,6 +540,10 @@ def format_results(rows: list[dict], fmt: str) -> str:
         return json.dumps(rows, indent=2, allow_nan=False)
     look_up_option(fmt, ("csv", "json"), "results format")
     fields = [f for f in RESULT_FIELDS if f in ALWAYS or any(f in row for row in rows)]
+    # a multiclass bundle's class probabilities, in its class order, after the reading they belong to
+    classes = list(dict.fromkeys(k for row in rows for k in row if k.startswith(CLASS_FIELD)))
+    at = fields.index("near_threshold" if "near_threshold" in fields else "threshold") + 1
+    fields[at:at] = classes
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
