@@ -163,14 +163,15 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _three_classes(block: dict) -> str:
-    """One line for an evaluate_multiclass block: its decision, accuracy with CI, balanced accuracy, confusion
-    (n/a where the films do not define a figure, e.g. no viral film)."""
+    """One line for an evaluate_multiclass block: its decision, accuracy, balanced accuracy and macro one-vs-rest AUC
+    with their CIs, confusion (n/a where the films do not define a figure, e.g. no viral film)."""
     from pneumoscan.core.metrics import with_ci
 
-    def figure(name: str) -> str:
-        return f"{name.replace('_', ' ')} {with_ci(block[name], block['ci'].get(name), 4)}"
+    def figure(name: str, shown_as: str) -> str:
+        return f"{shown_as} {with_ci(block[name], block['ci'].get(name), 4)}"
 
-    return (f"{block['decision']}: {figure('accuracy')}, {figure('balanced_accuracy')}, confusion "
+    return (f"{block['decision']}: {figure('accuracy', 'accuracy')}, "
+            f"{figure('balanced_accuracy', 'balanced accuracy')}, {figure('macro_auc', 'macro AUC')}, confusion "
             f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
 
 

@@ -259,6 +259,7 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     assert block["accuracy"] == pytest.approx(np.trace(counts) / 16)
     assert f"accuracy {block['accuracy']:.4f}" in printed and "then virus at" in printed
     assert f"balanced accuracy {block['balanced_accuracy']:.4f} (" in printed, "with its CI, or saying it has none"
+    assert f"macro AUC {block['macro_auc']:.4f} (" in printed, "as the report and metrics.json give it"
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):  # no bare figure reads as certain
         line = next(line for line in printed.splitlines() if line.strip().startswith(f"{name}:"))
         assert "(95% CI " in line or "(no 95% CI)" in line, line
