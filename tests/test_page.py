@@ -607,22 +607,28 @@ def test_a_late_heatmap_leaves_the_page_of_another_film_alone(page: Page, small:
     assert page.inner_text("#status") == status and page.is_visible("#result")
 
 
-def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, small: Path, tmp_path: Path) -> None:
-    """A gAMA of 1.0 made Chromium draw a film 54 grey levels brighter than the model read it, with no caption;
-    a PNG with colour management (iCCP, cHRM, a gAMA other than sRGB's 45455) is shown from the service's decode."""
-    from PIL.PngImagePlugin import PngInfo
-
+def shown_as_the_service_decodes_it(page: Page, path: Path) -> None:
+    """Upload ``path``: the page asks the service for its decode (one ``?image=true`` request), captions it so, and
+    shows the grey levels the model read."""
     calls: list[str] = []
     page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
-    info = PngInfo()
-    info.add(b"gAMA", (100_000).to_bytes(4, "big"))
-    path = tmp_path / "gamma1.png"
-    Image.open(small).convert("L").save(path, pnginfo=info)
     upload_one(page, path)
     assert calls == ["?image=true"]
     expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
     shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.int16)
     assert np.abs(shown - np.asarray(Image.open(path), np.int16).ravel()).max() <= 1
+
+
+def test_a_colour_managed_png_is_shown_as_the_service_decodes_it(page: Page, small: Path, tmp_path: Path) -> None:
+    """A gAMA of 1.0 made Chromium draw a film 54 grey levels brighter than the model read it, with no caption;
+    a PNG with colour management (iCCP, cHRM, a gAMA other than sRGB's 45455) is shown from the service's decode."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add(b"gAMA", (100_000).to_bytes(4, "big"))
+    path = tmp_path / "gamma1.png"
+    Image.open(small).convert("L").save(path, pnginfo=info)
+    shown_as_the_service_decodes_it(page, path)
     kinds = page.evaluate("""async () => {
         const chunk = (type, data) => [0, 0, 0, data.length, ...Array.from(type, (c) => c.charCodeAt(0)), ...data,
             0, 0, 0, 0];
@@ -643,16 +649,10 @@ def test_a_colour_managed_jpeg_is_shown_as_the_service_decodes_it(page: Page, sm
     transform or four components (CMYK) is shown from the service's decode, as a colour-managed PNG is."""
     from PIL import ImageCms
 
-    calls: list[str] = []
-    page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
     path = tmp_path / "profiled.jpeg"
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     Image.open(small).convert("L").save(path, quality=95, icc_profile=profile)
-    upload_one(page, path)
-    assert calls == ["?image=true"]
-    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
-    shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.int16)
-    assert np.abs(shown - np.asarray(Image.open(path), np.int16).ravel()).max() <= 1
+    shown_as_the_service_decodes_it(page, path)
     kinds = page.evaluate("""async () => {
         const segment = (marker, data) => [0xff, marker, (data.length + 2) >> 8, (data.length + 2) & 255, ...data];
         const text = (s) => Array.from(s, (c) => c.charCodeAt(0));
