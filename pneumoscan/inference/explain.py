@@ -89,9 +89,10 @@ class LogOdds:
 def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> np.ndarray:
     """Grad-CAM of the log-odds of ``classes`` (one index or several: :class:`LogOdds`) for one normalised input
     (1, 1, S, S): (S, S) float32 in [0, 1] (min-max scaled, as pytorch-grad-cam does). Works inside
-    ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members' maps, each at its own last
-    conv and brought to the input size, averaged with equal weight (members' raw map scales differ by architecture)
-    and scaled to [0, 1] again, so its overlay reads on the same scale as one model's."""
+    ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members'
+    maps, each at its own last conv and brought to the input size, averaged with equal weight (members' raw map
+    scales differ by architecture) and scaled to [0, 1] again, so its overlay reads on the same scale as one
+    model's."""
     import torch
     from pytorch_grad_cam import GradCAM
 

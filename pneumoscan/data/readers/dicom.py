@@ -378,12 +378,12 @@ def _lossy(syntax: object) -> bool:
 def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> int | None:
     """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size or sample precision is not the header's. pydicom
     reshapes the decoded values to the header's Rows x Columns, so a header with the two swapped turns a film into
-    diagonal stripes (which score pneumonia 0.97, the film itself 0.01), and another size ends in numpy's "could
-    not broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded
-    (12-bit values under an 8-bit header read as banded noise, which scores pneumonia 0.88), and fewer bits than Bits Stored
-    are not the values the header describes. More bits than Bits Stored is how JPEG stores, say, 10-bit values
-    (in a 12-bit process): those are decoded unmasked, then checked or clipped (:func:`_unused_bits`). Returns the
-    frame's precision, None when the frame does not say it."""
+    diagonal stripes (which score pneumonia 0.97, the film itself 0.01), and another size ends in numpy's "could not
+    broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded (12-bit
+    values under an 8-bit header read as banded noise, which scores pneumonia 0.88), and fewer bits than Bits Stored
+    are not the values the header describes. More bits than Bits Stored is how JPEG stores, say, 10-bit values (in a
+    12-bit process): those are decoded unmasked, then checked or clipped (:func:`_unused_bits`). Returns the frame's
+    precision, None when the frame does not say it."""
     # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz, then
     # each component's Ssiz: its precision less one, the top bit its sign)
     siz = frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
