@@ -75,7 +75,8 @@ def cpu_quota(root: Path | None = None, membership: Path = Path("/proc/self/cgro
             return _quota(lambda: v2.read_text().split()[:2])
     for v1 in dict.fromkeys([root / "cpu" / own["v1"], root / "cpu"]):
         if (v1 / "cpu.cfs_quota_us").exists():
-            return _quota(lambda: [(v1 / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")])
+            names = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            return _quota(lambda: [(v1 / name).read_text().strip() for name in names])
     return None
 
 

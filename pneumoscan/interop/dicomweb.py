@@ -322,8 +322,8 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
     """The study's instances in the QIDO-RS order, each a row already made (an image that is not a radiograph: not
     scored; one with an invalid UID in the search answer, or that WADO-RS could not retrieve, answered malformed, or
     with another instance than asked for: an error) or the path of a retrieved film to score; and each film's WADO-RS
-    URL by path. pneumoscan's own outputs and instances without pixel data are left out. One instance's fault had
-    ended the study, with no results."""
+    URL by path. pneumoscan's own outputs and instances without pixel data are left out. One instance's fault is
+    that instance's error only: the study's other films are still scored."""
     entries: list[dict | str] = []
     sources: dict[str, str] = {}
     for item in found:
