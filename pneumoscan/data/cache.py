@@ -36,7 +36,7 @@ from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.decode import file_stamp
 from pneumoscan.data.layouts import Record, discover
-from pneumoscan.data.preprocess import PreprocessSpec, preprocess
+from pneumoscan.data.preprocess import PreprocessSpec
 
 CACHE_VERSION = 7  # bump whenever decode/resize output changes, so old caches are not reused
 CHUNK = 32  # images per worker task; a pool is only started when there is more than one chunk
@@ -192,7 +192,7 @@ def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, l
     errors = []
     for k, path in enumerate(paths):
         try:
-            block[k] = preprocess(path, **spec.to_dict())
+            block[k] = spec.read(path)
         except DecodeError as e:
             errors.append((k, str(e), transient(e)))
     return block, errors

@@ -154,6 +154,11 @@ class PreprocessSpec:
         reduced = np.asarray(reduce(Image.fromarray(gray), self.decode_target))
         return resize(match_source(reduced, self.source_size, self.source_quality), self.size, self.policy)
 
+    def read(self, source: Source) -> np.ndarray:
+        """The model input for one file: decoded reduced towards :attr:`decode_target` (no full-size decode of a
+        large film), then :meth:`apply`."""
+        return self.apply(read_gray(source, target=self.decode_target))
+
     def geometry(self, height: int, width: int) -> str:
         """The resize policy an image of this shape really gets: :func:`match_source` squashes a larger one to the
         training files' square first, so pad and center-crop then have nothing left to pad or cut."""
@@ -178,7 +183,5 @@ class PreprocessSpec:
 
 def preprocess(source: Source, size: int = 224, policy: str = "squash", source_size: int | None = None,
                source_quality: int | None = None) -> np.ndarray:
-    """The model input for one file: decode (reduced towards the spec's decode target), then
-    :meth:`PreprocessSpec.apply`."""
-    spec = PreprocessSpec(size, policy, source_size, source_quality)
-    return spec.apply(read_gray(source, target=spec.decode_target))
+    """The model input for one file under the spec these arguments make (:meth:`PreprocessSpec.read`)."""
+    return PreprocessSpec(size, policy, source_size, source_quality).read(source)
