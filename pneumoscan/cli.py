@@ -251,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pneumoscan.core.atomic import write_atomic
+    from pneumoscan.core.atomic import file_stamp, write_unchanged
     from pneumoscan.inference.predict import format_results, predict_paths
 
     fmt = {".csv": "csv", ".json": "json"}.get(Path(args.out).suffix.lower()) if args.out else "csv"
@@ -261,6 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if Path(args.out).is_dir():
             raise IsADirectoryError(f"--out {args.out} is a folder")
+    results = file_stamp(args.out) if args.out else None  # what this run may replace: no other run's results
     if args.heatmaps and Path(args.heatmaps).exists() and not Path(args.heatmaps).is_dir():
         raise ValueError(f"--heatmaps {args.heatmaps} is a file: name a folder")
     skipped: list[dict[str, str]] = []
@@ -285,7 +286,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"skipped ({shown(reason)}): {shown(paths[0])}{more}", file=sys.stderr)
     text = format_results(rows, fmt)
     if args.out:  # whole or not at all: a full disk leaves no results file cut mid-line
-        write_atomic(args.out, text.encode())
+        write_unchanged(args.out, text.encode(), results)
     else:
         sys.stdout.write(text)
     log.info("%d predicted, %d unreadable, %d skipped", len(rows) - len(failed), len(failed), len(skipped))
@@ -303,16 +304,17 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
-    from pneumoscan.core.atomic import write_atomic
+    from pneumoscan.core.atomic import file_stamp, write_unchanged
     from pneumoscan.interop.dicomweb import predict_study, read_authorization, unfiled
     from pneumoscan.inference.predict import format_results
 
+    results = file_stamp(args.out) if args.out else None  # what this run may replace, as predict --out
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend, authorization=read_authorization(args.auth_file))
     text = format_results(rows, "json")
     if args.out:  # whole or not at all, as predict --out
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, text.encode())
+        write_unchanged(args.out, text.encode(), results)
     else:
         sys.stdout.write(text + "\n")
     failed = _say_unreadable(rows)
@@ -339,9 +341,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = read_sidecar(out, strict=True)
+        classes = figures.get("int8_three_class")  # a task of more than two classes: its macro AUC, checked too
         print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} "
-              f"(FP32 {format_figure(figures['val_auc_fp32'], 4)}), threshold {figures['int8_threshold']:.4f} chosen "
-              f"on the INT8 scores ({figures['threshold_policy']})")
+              f"(FP32 {format_figure(figures['val_auc_fp32'], 4)}), "
+              + (f"macro AUC {format_figure(classes['macro_auc_int8'], 4)} (FP32 "
+                 f"{format_figure(classes['macro_auc_fp32'], 4)}), " if classes else "")
+              + f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
         return 0
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]

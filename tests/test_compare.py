@@ -13,8 +13,9 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from pneumoscan.cli import main
+from pneumoscan.core.metrics import with_ci
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.evaluation.compare import compare_runs, comparison_figure, format_table
+from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.config import TrainConfig
@@ -98,7 +99,8 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     shutil.copytree(two_runs[0], other)
     save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology",
                                                     classes=["bacteria", "virus"], positive="virus"))
-    with pytest.raises(ValueError, match="different tasks"):
+    with pytest.raises(ValueError, match=r"answer different questions \(pneumonia: NORMAL vs PNEUMONIA; etiology: "
+                                         r"bacteria vs virus\)"):
         compare_runs([two_runs[0], other])
     metrics = json.loads((other / "metrics.json").read_text())
     # a damaged or edited figure is refused by name, never ranked (an AUC of 7.5 was printed) nor a traceback
@@ -195,3 +197,79 @@ def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_coun
         (ev / "metrics.json").write_text(json.dumps(edited))
         with pytest.raises(ValueError, match=re.escape(said)):
             compare_runs([ev])
+
+
+@pytest.fixture(scope="module")
+def three_class_runs(tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The two three-class routes evaluated on the test split: a multiclass bundle (simple_cnn, weights as built),
+    and the pneumonia bundle followed by the etiology bundle (evaluate --etiology)."""
+    import torch
+
+    from pneumoscan.models import registry as models
+    from pneumoscan.models.bundle import save_bundle
+    from pneumoscan.models.card import BundleCard
+
+    folder = tmp_path_factory.mktemp("three-class")
+    torch.manual_seed(0)
+    card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
+                      0.25, threshold=0.3)
+    bundle = save_bundle(folder / "bundle", models.create("simple_cnn", num_classes=3), card)
+    evaluate(bundle, tiny_dataset, "test", folder / "eval-multiclass")
+    evaluate(tiny_bundle, tiny_dataset, "test", folder / "eval-two-stage", etiology=tiny_etiology_bundle)
+    return folder / "eval-multiclass", folder / "eval-two-stage"
+
+
+THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")
+
+
+def test_compare_sets_a_multiclass_evaluation_beside_a_two_stage_one(three_class_runs: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """The two routes to normal / bacteria / virus answer one question, pneumonia or not, on the same films: compare
+    had refused them as runs of different tasks, and showed no three-class figure of any run."""
+    runs = compare_runs(list(three_class_runs), tmp_path / "out")
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["task"]) for r in rows] == [("eval-multiclass", "multiclass"), ("eval-two-stage", "pneumonia")]
+    table = format_table(runs).split("\n\n")[1].splitlines()
+    assert re.split(r"\s{2,}", table[0]) == ["run", "three-class decision", "classes", "CI unit", "accuracy",
+                                             "balanced accuracy", "macro AUC"]
+    for row, line, folder, key in zip(rows, table[1:], three_class_runs, ("multiclass", "two_stage")):
+        m = json.loads((folder / "metrics.json").read_text())
+        block = m[key]
+        # one set of class names for both routes, each decision named, each figure with its interval and unit
+        assert (row["three_class_decision"], row["three_class_classes"], row["three_class_ci_unit"]) == (
+            block["decision"], "normal, bacteria, virus", block["ci_unit"])
+        for name in THREE_CLASS:
+            assert float(row[f"three_class_{name}"]) == pytest.approx(block[name])
+            bounds = [float(row[f"three_class_{name}_low"]), float(row[f"three_class_{name}_high"])]
+            assert bounds == pytest.approx(block["ci"][name])
+        assert re.split(r"\s{2,}", line) == [folder.name + (OPTIMISTIC if m["optimistic"] else ""), block["decision"],
+                                             "normal, bacteria, virus", block["ci_unit"],
+                                             *(with_ci(block[name], block["ci"][name]) for name in THREE_CLASS)]
+    assert rows[1]["three_class_decision"].startswith("PNEUMONIA at ")  # the two stages' thresholds
+
+
+def test_compare_refuses_three_class_figures_of_other_classes_and_shows_each_decision(
+        three_class_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    multiclass, two_stage = three_class_runs
+    other = shutil.copytree(two_stage, tmp_path / "eval-other")
+    m = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(json.dumps(m | {"two_stage": m["two_stage"] | {
+        "class_names": ["normal", "other", "viral"]}}))
+    with pytest.raises(ValueError, match=r"three-class figures are of different classes \(eval-multiclass: normal, "
+                                         r"bacteria, virus; eval-other: normal, other, viral\)"):
+        compare_runs([multiclass, other])
+    (other / "metrics.json").write_text(json.dumps(m | {"two_stage": m["two_stage"] | {"macro_auc": 7.5}}))
+    with pytest.raises(ValueError, match="two_stage.macro_auc is 7.5, not a figure in"):
+        compare_runs([other])
+    # a result with both decisions (the most probable class and two stages): a line and a compare.csv row for each
+    both = shutil.copytree(multiclass, tmp_path / "eval-both")
+    mc = json.loads((both / "metrics.json").read_text())
+    (both / "metrics.json").write_text(json.dumps(mc | {"two_stage": m["two_stage"]}))
+    runs = compare_runs([both], tmp_path / "out")
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["three_class_decision"]) for r in rows] == [
+        ("eval-both", "most probable class"), ("eval-both", m["two_stage"]["decision"])]
+    assert rows[0]["auc"] == rows[1]["auc"] and len(format_table(runs).split("\n\n")[1].splitlines()) == 3

@@ -8,15 +8,11 @@ import json
 import math
 import multiprocessing
 import socket
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
-from torch.nn.parallel import DistributedDataParallel
 
 from pneumoscan.cli import main
 from pneumoscan.core.options import OPTIMIZERS
@@ -32,20 +28,14 @@ from pneumoscan.training.callbacks import (
     WeightAverage,
     cosine,
     lr_factor,
+    plot_training_curves,
     restore,
 )
 from pneumoscan.training.engine import Callback, State, fit
 from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.distributed import Dist
 from pneumoscan.training.resume import load_checkpoint, save_checkpoint
 from pneumoscan.training.train import recipe
-
-
-def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=lr)
-    loader = [(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(batches)]
-    return State(model, model, opt, loader, Dist(), epochs, time.perf_counter(), lr=lr)
+from tests.engine_stubs import figures, rank_with_a_nan, stub_state
 
 
 class Recorder(Callback):
@@ -56,6 +46,24 @@ class Recorder(Callback):
         if name.startswith(("on_", "before_", "after_")):
             return lambda state: self.calls.append(name)
         return super().__getattribute__(name)
+
+
+def test_plot_training_curves_writes_png(tmp_path: Path) -> None:
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "train_acc": 1 - 1 / (e + 1),
+            "val_acc": 0.9 - 1 / (e + 2),
+            "val_auc": None if e == 1 else 0.8 + 0.02 * e,
+            "lr": 1e-3,
+        }
+        for e in range(1, 6)
+    ]
+    out = tmp_path / "plots" / "training.png"
+    plot_training_curves(history, out)
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
@@ -75,12 +83,6 @@ def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
         assert drawn == expected
         with (tmp_path / "history.csv").open() as f:
             assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
-
-
-def figures(values: list[float], key: str = "val_loss"):
-    """A validate() that hands out the given figures one epoch after another (a stub metric sequence)."""
-    it = iter(values)
-    return lambda state, logits, targets: {key: next(it)}
 
 
 def test_fit_calls_the_hooks_at_fixed_points_and_keeps_one_row_per_epoch() -> None:
@@ -324,36 +326,14 @@ def test_a_diverging_run_is_refused_at_the_step_whose_loss_is_not_finite() -> No
     assert all(torch.isfinite(p).all() for p in state.model.parameters()), "the refused step changed no weight"
 
 
-def _rank_with_a_nan(rank: int, port: int, results: multiprocessing.Queue) -> None:
-    """One of two gloo processes training the stub model under DDP, where only rank 1's second loss is NaN: a bad
-    batch on one rank, which one rank's own check would refuse alone, leaving the other in the gradient all-reduce."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=30))
-    torch.manual_seed(0)
-    state = stub_state(epochs=2, batches=3)
-    state.ctx, state.net = Dist(rank, 2), DistributedDataParallel(state.model)
-    losses: list[torch.Tensor] = []
-
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        losses.append(torch.nn.functional.cross_entropy(logits, y))
-        return losses[-1] * math.nan if rank == 1 and len(losses) == 2 else losses[-1]
-
-    try:
-        fit(state, [], loss_fn, figures([1.0, 1.0]))
-        results.put((rank, "trained on"))
-    except Exception as e:  # what each rank says, whatever it is
-        results.put((rank, f"{type(e).__name__}: {e}"))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    ranks = [context.Process(target=_rank_with_a_nan, args=(rank, port, results)) for rank in range(2)]
+    # the ranks import engine_stubs alone (the target's module), not this module's training stack
+    ranks = [context.Process(target=rank_with_a_nan, args=(rank, port, results)) for rank in range(2)]
     for p in ranks:
         p.start()
     try:

@@ -238,22 +238,24 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["two_stage"]
-    assert block["class_names"] == ["NORMAL", "bacteria", "virus"]
+    # named as the multiclass task names them: the two routes' figures and calls sit side by side under one set
+    names = ["normal", "bacteria", "virus"]
+    assert block["class_names"] == names == list(get_task("multiclass").classes)
+    assert f"(rows true {', '.join(names)})" in printed
 
     rows = read_csv(out / "predictions.csv")
     assert len(rows) == block["n"] == 16
     predicted = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows])}
     predicted_two = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows], etiology=second)}
-    names = block["class_names"]
     counts = np.zeros((3, 3), int)
     for row in rows:
         expected = predicted_two[row["path"]]
-        assert row["two_stage_called"] == (expected["etiology_label"] or expected["label"]), row
+        # predict's first stage says NORMAL (the pneumonia task's name); the three classes' name for it is normal
+        assert row["two_stage_called"] == (expected["etiology_label"] or {"NORMAL": "normal"}[expected["label"]]), row
         if expected["etiology_probability_virus"] is not None:
             assert float(row["etiology_probability"]) == pytest.approx(expected["etiology_probability_virus"], abs=1e-5)
         assert float(row["probability"]) == pytest.approx(predicted[row["path"]]["probability"], abs=1e-5)
-        truth = "NORMAL" if row["subtype"] == "normal" else row["subtype"]
-        counts[names.index(truth), names.index(row["two_stage_called"])] += 1
+        counts[names.index(row["subtype"]), names.index(row["two_stage_called"])] += 1
     assert counts.tolist() == block["confusion_matrix"]["counts"]
     assert len({r["two_stage_called"] for r in rows}) >= 2
     assert block["accuracy"] == pytest.approx(np.trace(counts) / 16)
@@ -272,17 +274,31 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
         evaluate(second, tiny_dataset, "test", etiology=first)
 
 
+def test_two_stages_name_their_classes_as_the_task_of_the_same_classes_does() -> None:
+    """The pneumonia task's NORMAL then etiology's bacteria and virus are the multiclass task's normal, bacteria and
+    virus: its spelling, or a two-stage evaluation's 3 x 3 matrix and calls read NORMAL beside a multiclass
+    evaluation's normal. A second stage whose classes no task has keeps the stages' names."""
+    from pneumoscan.data.tasks import Task
+    from pneumoscan.evaluation.evaluate import three_class_names
+
+    pneumonia, etiology = get_task("pneumonia"), get_task("etiology")
+    assert three_class_names(pneumonia, etiology) == get_task("multiclass").classes == ("normal", "bacteria", "virus")
+    viral = Task("viral", ("other", "viral"), "viral", lambda r: None, {"pneumonia": "PNEUMONIA"})
+    assert three_class_names(pneumonia, viral) == ("NORMAL", "other", "viral")
+
+
 def test_only_the_films_the_etiology_stage_validated_on_are_said_to_have_chosen_its_threshold(
     tiny_etiology_bundle: Path
 ) -> None:
     """An etiology run's split.csv lists the normal films too, but its temperature and threshold were chosen on its
     validation pneumonia films alone: the warning counts those, not every validation film given."""
-    from pneumoscan.evaluation.held_out import check_held_out
+    from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out
 
     validation = [r for r in discover(tiny_etiology_bundle.parent / "split.csv").records if r.split == "val"]
     chose = [r for r in validation if r.label == "PNEUMONIA"]
     assert 0 < len(chose) < len(validation)  # normal validation films too, which chose nothing
-    caveats = check_held_out([tiny_etiology_bundle], validation, "evaluate", validation_warning=True)
+    caveats = check_held_out([tiny_etiology_bundle], validation, "evaluate",
+                             policy=HeldOutPolicy(validation_warning=True))
     assert [c for c in caveats if "validation films" in c] == [
         f"{len(chose)} film(s) given to evaluate are {tiny_etiology_bundle}'s validation films, on which its own "
         "temperature and threshold were chosen: the figures on them are optimistic"]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +21,10 @@ import pytest
 import torch
 
 from pneumoscan.cli import main
-from pneumoscan.core.atomic import building
+from pneumoscan.core.atomic import building, file_stamp, write_unchanged
 from pneumoscan.core.names import path_text, shown
 from pneumoscan.data.layouts import discover
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, predict_paths
 from pneumoscan.training.resume import save_checkpoint
 
@@ -177,6 +182,80 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(failed_writes: tuple[d
     assert torch.load(folder / "checkpoint.pt")["epoch"] == 1
     # nothing half-written anywhere, no temporary file left behind
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "maps", "r.csv"]
+
+
+def test_two_runs_given_one_results_file_lose_neither_results(tmp_path: Path) -> None:
+    """Two writers that began before either wrote: one writes the file, the other finds it there and leaves it,
+    its own results beside it under a new name (an atomic rename had kept the last and dropped the first)."""
+    out = tmp_path / "rows.csv"
+    both_began = threading.Barrier(2)
+    said: dict[str, Path | FileExistsError] = {}
+
+    def run(name: str) -> None:
+        began = file_stamp(out)
+        both_began.wait()
+        try:
+            said[name] = write_unchanged(out, f"{name}\n".encode(), began)
+        except FileExistsError as e:
+            said[name] = e
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=10)
+    [written] = [name for name, result in said.items() if result == out]
+    [refused] = [result for result in said.values() if isinstance(result, FileExistsError)]
+    kept = tmp_path / "rows-2.csv"
+    assert out.read_text() == f"{written}\n" and {out.read_text(), kept.read_text()} == {"a\n", "b\n"}
+    assert str(refused) == (f"{out} appeared while this run was working (another run's results?): nothing was "
+                            f"written over it; this run's results are in {kept}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows-2.csv", "rows.csv"]  # no temporary file left
+
+
+@contextmanager
+def another_run_writes(path: Path, data: bytes) -> Iterator[None]:
+    """Another run's results written to PATH while a run in the block works: at each record pneumoscan logs after
+    the run began (predict says the tiny bundle records no appearance of its training films; evaluate, of a bundle
+    without its run folder, that its films cannot be checked against the training films)."""
+    class OtherRun(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+
+    logger, handler = logging.getLogger("pneumoscan"), OtherRun()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_predict_leaves_results_written_while_it_ran_and_says_where_its_own_went(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, other = tmp_path / "rows.csv", b"path,probability\nanother run's film.jpeg,0.5\n"
+    out.write_text("an earlier run's results\n")  # replaced by a run that began after it, as ever
+    film = str(sorted((tiny_dataset / "test" / "NORMAL").iterdir())[0])
+    assert main(["predict", str(tiny_bundle), film, "--out", str(out)]) == 0 and film in out.read_text()
+    with another_run_writes(out, other):
+        code = main(["predict", str(tiny_bundle), film, "--out", str(out)])
+    kept = tmp_path / "rows-2.csv"
+    assert code == 2 and out.read_bytes() == other and film in kept.read_text()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pneumoscan predict: error: {out} changed while this run was working (another run's results?): nothing was "
+        f"written over it; this run's results are in {kept}")
+
+
+def test_evaluate_writes_nothing_into_a_folder_another_run_wrote_meanwhile(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Two evaluations into one folder had left one's metrics.json beside the other's predictions and report."""
+    report, bundle = tmp_path / "eval" / "metrics.json", shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    report.parent.mkdir()
+    with another_run_writes(report, b"{}"), pytest.raises(FileExistsError, match="appeared while this run was working"):
+        evaluate(bundle, tiny_dataset, "test", report.parent)
+    assert [p.name for p in report.parent.iterdir()] == ["metrics.json"] and report.read_bytes() == b"{}"
 
 
 def _flat(text: str) -> str:

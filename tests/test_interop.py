@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.observation import Observation
@@ -39,12 +40,13 @@ from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, gen
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import weights_digest
 from pneumoscan.inference.predict import predict_paths
-from pneumoscan.interop.dicomweb import _not_scored, _session, read_authorization, unfiled
+from pneumoscan.interop.dicomweb import _not_scored, _only_part, _post, _session, read_authorization, unfiled
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, model_identity, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
@@ -1115,7 +1117,9 @@ def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Pa
     dead = f"http://127.0.0.1:{_free_port()}/dicom-web"
     assert cli.main(["pacs", str(tiny_bundle), "--url", dead, "--study", generate_uid()]) == 2
     err = capsys.readouterr().err
-    assert f"DICOMweb at {dead}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    *tries, line = err.strip().splitlines()  # the search is tried 3 times, with a warning before each try again
+    assert f"DICOMweb at {dead}" in line and "Traceback" not in err
+    assert len(tries) == 2 and all("NewConnectionError; tried again in" in t for t in tries)
 
 
 def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
@@ -1842,3 +1846,116 @@ def test_an_instance_that_gets_no_answer_is_that_instances_error(orthanc: str, t
     assert "probability" in rows[good.SOPInstanceUID]
     assert rows[dropped.SOPInstanceUID]["error"] == "WADO-RS got no answer for it (ConnectionError), after 3 tries"
 
+
+
+def test_the_pacs_is_tried_again_when_busy_or_dropped_with_a_warning_each_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request of `pacs` (the searches too) goes through the session's tries: a busy answer or a dropped
+    connection is tried ATTEMPTS times, a warning each time, the last busy answer a requests.HTTPError that carries
+    it (a STOW-RS refusal is read from it); the answer's Retry-After is the wait (up to TIMEOUT_S), a malformed one
+    the usual wait; a read timeout, a 413 with a Retry-After and other refusals are not tried again."""
+    monkeypatch.setattr("pneumoscan.interop.dicomweb.FIRST_WAIT_S", 0.01)
+    monkeypatch.setattr("pneumoscan.interop.dicomweb.TIMEOUT_S", 1)  # the longest Retry-After obeyed
+    answers = {"/busy-then-ok": [503, 503, 200], "/busy": [503] * 4, "/drop": [NO_ANSWER] * 4,
+               "/after": [(503, "3600"), 200], "/bad-after": [(429, "soon"), 200], "/too-large": [(413, "1"), 200],
+               "/slow": ["slow", 200]}  # fmt: skip
+    asked: list[str] = []
+
+    class Pacs(_Quiet):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            answer = answers[self.path][asked.count(self.path) - 1]
+            if answer == NO_ANSWER:
+                return  # HTTP/1.0: the connection closes unanswered
+            if answer == "slow":
+                time.sleep(0.5)
+            status, after = answer if isinstance(answer, tuple) else (200 if answer == "slow" else answer, None)
+            self.send_response(status)
+            if after is not None:
+                self.send_header("Retry-After", after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            _request_body(self)
+            self.do_GET()
+
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    with serving(Pacs) as port:
+        root, session = _session(f"http://127.0.0.1:{port}", None)
+        assert session.get(f"{root}/busy-then-ok", timeout=5).status_code == 200
+        with pytest.raises(requests.HTTPError) as busy:
+            _post(session, f"{root}/busy", [b"DICM"])
+        assert busy.value.response.status_code == 503
+        with pytest.raises(requests.ConnectionError):
+            _post(session, f"{root}/drop", [b"DICM"])
+        started = time.monotonic()
+        assert session.get(f"{root}/after", timeout=5).status_code == 200
+        assert time.monotonic() - started >= 1
+        assert session.get(f"{root}/bad-after", timeout=5).status_code == 200
+        assert session.get(f"{root}/too-large", timeout=5).status_code == 413
+        with pytest.raises(requests.ReadTimeout):
+            session.get(f"{root}/slow", timeout=0.2)
+    assert [asked.count(path) for path in answers] == [3, 3, 3, 2, 2, 1, 1]
+    first, second = "tried again in 0.01 s", "tried again in 0.02 s"
+    assert [r.getMessage() for r in caplog.records if r.name == "pneumoscan.interop.dicomweb"] == [
+        f"GET /busy-then-ok try 1 of 3: HTTP 503; {first}", f"GET /busy-then-ok try 2 of 3: HTTP 503; {second}",
+        f"POST /busy try 1 of 3: HTTP 503; {first}", f"POST /busy try 2 of 3: HTTP 503; {second}",
+        f"POST /drop try 1 of 3: ProtocolError; {first}", f"POST /drop try 2 of 3: ProtocolError; {second}",
+        "GET /after try 1 of 3: HTTP 503; tried again in 1 s", f"GET /bad-after try 1 of 3: HTTP 429; {first}"]
+
+
+def test_the_dicom_part_of_a_wado_answer_is_taken_byte_for_byte_and_anything_else_is_refused() -> None:
+    """A film's bytes hold line breaks of every kind and "--" runs, and end in CRLF: the part is the file as it was
+    sent, whatever the answer's framing (the project's own, or a preamble, quoted parameters and an epilogue)."""
+    pixels = np.frombuffer(b"\n\n\r--\r\n\r\n--\n--\r\n" * 16, np.uint8).reshape(16, 16)
+    data = dicom_bytes(pixels, bits=8)
+    assert data.endswith(b"\r\n") and all(seq in data for seq in (b"\r\n", b"\n\n", b"\r--", b"\r\n\r\n--"))
+    body, kind = dicom_multipart([data])
+    assert _only_part(body, kind) == data
+    framed = b"a preamble\r\n--b0und\r\nContent-Type: Application/DICOM; transfer-syntax=1.2.840.10008.1.2.1\r\n\r\n"
+    assert _only_part(framed + data + b"\r\n--b0und--\r\nan epilogue",
+                      'Multipart/Related; type="application/dicom; x=1"; boundary="b0und"') == data
+    assert np.array_equal(pydicom.dcmread(io.BytesIO(_only_part(body, kind))).pixel_array, pixels)
+    part = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+    refused = {("text/html", body): "its answer is text/html, not multipart/related with a boundary",
+               ("multipart/related", body): "its answer is multipart/related, not multipart/related with a boundary",
+               ("", body): "its answer is untyped, not multipart/related with a boundary",
+               ("multipart/related; boundary=b", part * 2 + b"--b--"): "its answer holds 2 parts, not one",
+               ("multipart/related; boundary=b", part): "its answer holds 0 parts, not one",
+               ("multipart/related; boundary=b", part.replace(b"application/dicom", b"text/html") + b"--b--"):
+                   "its answer's part is text/html, not application/dicom",
+               ("multipart/related; boundary=b", b"--b\r\n\r\n" + data + b"\r\n--b--"):
+                   "its answer's part is untyped, not application/dicom"}  # fmt: skip
+    for (content_type, answer), message in refused.items():
+        with pytest.raises(ValueError) as e:
+            _only_part(answer, content_type)
+        assert str(e.value) == message
+
+
+def test_a_report_at_a_new_threshold_names_the_report_it_replaces(
+    tiny_bundle: Path, tiny_dataset: Path, films: dict[str, Path], tmp_path: Path
+) -> None:
+    """`pneumoscan threshold` reads the same weights at another threshold, so a film's report is another object (it
+    may say Absent where the first said Present): written where the earlier one is, it names that one in its
+    PredecessorDocumentsSequence, and the earlier one is kept beside it."""
+    site = tmp_path / "site.csv"
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
+    retuned = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(retuned)]) == 0
+    assert load_card(retuned).threshold != load_card(tiny_bundle).threshold
+    sr_dir, film = tmp_path / "sr", str(films["in_scope"])
+    for bundle in (tiny_bundle, retuned):
+        assert cli.main(["predict", str(bundle), film, "--backend", "torch", "--dicom-sr", str(sr_dir)]) == 0
+    earlier, now = (pydicom.dcmread(sr_dir / name) for name in ("a_in_scope.sr.dcm", "a_in_scope-2.sr.dcm"))
+    assert now.SOPInstanceUID != earlier.SOPInstanceUID and "PredecessorDocumentsSequence" not in earlier
+    [study] = now.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    [report] = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID, report.ReferencedSOPInstanceUID,
+            report.ReferencedSOPClassUID) == (earlier.StudyInstanceUID, earlier.SeriesInstanceUID,
+                                              earlier.SOPInstanceUID, earlier.SOPClassUID)
+    # read in another mode (TTA: its own thresholds, its own reports) the film has no earlier report here
+    assert cli.main(["predict", str(retuned), film, "--tta", "--dicom-sr", str(sr_dir)]) == 0
+    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(sr_dir / "a_in_scope-3.sr.dcm")

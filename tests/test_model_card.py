@@ -18,7 +18,7 @@ from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import CARD_METRICS, INTENDED_USE, MODEL_CARD, render, today, write_model_card
 from pneumoscan.inference.export import INT8_NAME, spec_path
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 
 
@@ -76,7 +76,12 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
 
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
     results = meta["model-index"][0]["results"]
-    assert [r["dataset"]["name"] for r in results][1:] == ["synthetic test films", "chest_xray/test"]
+    # the bundle was given alone (no run's split.csv beside it): its films could not be checked to be new to it
+    assert [r["dataset"]["name"] for r in results][1:] == [
+        f"{name} (films not checked against its training films)" for name in ("synthetic test films", "chest_xray/test")]
+    assert first["films_checked"] is second["films_checked"] is False
+    assert "no split.csv of its run beside it" in first["caveats"][0]
+    assert "| **not checked** |" in body and f"- {today()}, on synthetic test films: {first['caveats'][0]}" in body
     # each figure says the threshold it was measured at (the TTA evaluation's is another than the plain one's)
     assert [r["metrics"][0]["name"] for r in results] == [
         f"ROC AUC (validation, at threshold {card.val_metrics['threshold']:.4f})",
@@ -94,6 +99,28 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     no_ci = dataclasses.replace(card, external_evaluations=[
         first | {"metrics": first["metrics"] | {"auc": {"value": auc, "ci": [None, None]}}}])
     assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), "a bare figure reads as certain"
+
+
+def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_as_not_recorded(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A bundle beside its run's split.csv has its films checked against its training films, and its record says
+    so; a record written before the check was recorded loads and reads as not recorded, never as checked."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    shutil.copy(tiny_bundle.parent / "split.csv", tmp_path / "run")
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
+                     "--add-to-card", "--data-name", "site C"]) == 0
+    card = load_card(bundle)
+    [record] = card.external_evaluations
+    assert record["films_checked"] is True and record["caveats"] == []
+    meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
+    assert meta["model-index"][0]["results"][1]["dataset"]["name"] == "site C"
+    assert body.count("| checked |") == 1 and "not checked |" not in body
+    old = {k: v for k, v in record.items() if k not in ("films_checked", "caveats")}
+    older = dataclasses.replace(card, external_evaluations=[old])
+    save_card(bundle, older)
+    assert load_card(bundle).external_evaluations == [old]
+    assert "| not recorded |" in render(older) and "| checked |" not in render(older)
 
 
 def test_a_threshold_copy_says_where_the_threshold_in_force_was_chosen(tiny_bundle: Path, tiny_dataset: Path,
@@ -122,8 +149,11 @@ def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny
         info = client.get("/v1/model").json()
     assert info["intended_use"] == INTENDED_USE and "aged 1 to 5" in info["intended_use"]
     assert any("Adults" in line for line in info["out_of_scope"])
-    assert info["external_evaluations"] == load_card(bundle).external_evaluations
-    assert info["external_evaluations"][0]["data"] == "site B"
+    recorded = load_card(bundle).external_evaluations
+    # without the caveats, which name paths of the machine that evaluated; with whether the films were checked
+    assert info["external_evaluations"] == [{k: v for k, v in r.items() if k != "caveats"} for r in recorded]
+    assert info["external_evaluations"][0]["data"] == "site B" and recorded[0]["caveats"]
+    assert info["external_evaluations"][0]["films_checked"] is False, "a bundle given alone: not checked"
 
 
 def test_a_pipe_in_place_of_the_int8_sidecar_does_not_hold_the_model_card(tiny_bundle: Path, tmp_path: Path) -> None:

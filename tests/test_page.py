@@ -327,6 +327,8 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     labels = page.locator("#films tbody td:nth-child(2)").all_inner_texts()
     assert [r["reading"] for r in rows] == labels
     assert next(r for r in rows if r["file"] == "scan.dcm")["study_instance_uid"] == "1.2.3.4"
+    # a two-class model's probability says it all: no class columns, no class line (a three-class one: below)
+    assert not [k for k in rows[0] if k.startswith("probability_")] and page.locator("#classes").is_hidden()
 
     # the first film again, from the list
     page.get_by_role("button", name=f"show {paths[1].name}").click()
@@ -768,3 +770,43 @@ def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     page.evaluate("() => batchSummary(4, { read: 1, outside: 2, rejected: 1 })")
     expect(alert).to_have_text("4 films: 3 read (2 outside the model's scope: their readings do not apply), "
                                "1 rejected: see the list.")
+
+
+def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: Browser, small: Path,
+                                                                       tmp_path: Path) -> None:
+    """A multiclass model's label is normal vs pneumonia at its threshold; the JSON answer had each class's
+    probability, the page and its CSV none. The panel gives them with the most probable class (a rule of its own,
+    said as such), and the CSV carries them under the column names of predict's results, with predict's numbers."""
+    from pneumoscan.core.metrics import format_figure
+    from pneumoscan.inference.predict import format_results
+    from tests.builders import SCORE_TOL
+    from tests.test_predict import make_bundle
+
+    classes = ["normal", "bacteria", "virus"]
+    bundle = make_bundle(tmp_path / "mc", "multiclass", tuple(classes), "pneumonia", threshold=0.3)
+    row = predict_paths(bundle, [small])[0]
+    predicted = next(csv.DictReader(io.StringIO(format_results([row], "csv"))))
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        with contextmanager(run_server)(create_app(bundle)) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#card")).to_contain_text("multiclass: normal / bacteria / virus")
+            page.set_input_files("#file", small)
+            expect(page.locator("#classes")).to_be_visible()
+            shown = page.evaluate("() => current.result.probabilities")
+            assert list(shown) == classes  # in the model's class order
+            assert shown == pytest.approx({c: row[f"probability_{c}"] for c in classes}, abs=SCORE_TOL)
+            top = max(classes, key=lambda c: shown[c])
+            expect(page.locator("#classes")).to_have_text(
+                f"Most probable class: {top} ({', '.join(f'P({c}) = {format_figure(shown[c])}' for c in classes)}); "
+                "the reading is normal vs pneumonia at the threshold, not the most probable class.")
+            with page.expect_download() as download:
+                page.click("#export")
+            exported = next(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    finally:
+        context.close()
+    columns = [k for k in predicted if k.startswith("probability_")]
+    assert columns == [k for k in exported if k.startswith("probability_")] == [f"probability_{c}" for c in classes]
+    assert [float(exported[k]) for k in columns] == pytest.approx([row[k] for k in columns], abs=SCORE_TOL)

@@ -25,6 +25,7 @@ from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
+from tests.conftest import _xray_like
 
 
 def test_int8_graph_is_quantised_and_scores_near_fp32(int8_bundle: Path, tiny_dataset: Path) -> None:
@@ -326,3 +327,87 @@ def test_a_touched_int8_bundle_stays_ok_in_the_health_probe(int8_bundle: Path, t
         (bundle / "bundle.json").chmod(0o600)
         (bundle / "bundle.json").touch()
         assert client.get("/healthz").json()["status"] == "ok"
+
+
+def _typed_chest(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """tiny_dataset's synthetic chest, with consolidation in the left lung for bacteria and in the right for virus:
+    tiny_dataset's pneumonia films differ in neither, so a model of it cannot tell them apart at all, and an INT8
+    model that swaps the two would lose nothing that a macro AUC could see."""
+    img = _xray_like(rng, 64, sick=False) / 255.0
+    if kind != "normal":
+        yy, xx = np.mgrid[0:64, 0:64] / 64
+        low, high = (0.22, 0.42) if kind == "bacteria" else (0.58, 0.78)
+        for _ in range(3):
+            cx, cy = rng.uniform(low, high), rng.uniform(0.35, 0.65)
+            img += 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def multiclass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multiclass run (simple_cnn, 32 px, 4 epochs) on films whose bacteria and virus differ."""
+    from PIL import Image
+
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
+
+    root = tmp_path_factory.mktemp("typed") / "chest_xray"
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        kind = "bacteria" if i % 2 else "virus"
+        for folder, name, film in (("NORMAL", f"IM-{i:04d}-0001.jpeg", "normal"),
+                                   ("PNEUMONIA", f"person{i}_{kind}_{i}.jpeg", kind)):
+            (root / "train" / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_typed_chest(rng, film)).save(root / "train" / folder / name, quality=95)
+    config = TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32, epochs=4,
+                         batch_size=8, val_fraction=0.25)
+    return train(root, config, tmp_path_factory.mktemp("run-multiclass") / "run").parent
+
+
+def _swap_bacteria_and_virus(graph: bytes) -> bytes:
+    """The graph with its bacteria and virus outputs exchanged: P(normal), and so the AUC of pneumonia against
+    normal, stay as they were."""
+    model = onnx.load_from_string(graph)
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{out}_unswapped" if name == out else name for name in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 2, 1], np.int64), "swapped_classes"))
+    model.graph.node.append(onnx.helper.make_node("Gather", [f"{out}_unswapped", "swapped_classes"], [out], axis=1))
+    return model.SerializeToString()
+
+
+def test_a_multiclass_int8_model_is_checked_on_its_macro_auc_too(multiclass_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """The sidecar holds the FP32 and INT8 macro AUC of the three classes on the val films, as evaluate measures
+    it, and the command prints it beside the AUC of pneumonia against normal."""
+    from sklearn.metrics import roc_auc_score
+
+    run = shutil.copytree(multiclass_run, tmp_path / "run")
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 0
+    sidecar = json.loads(spec_path(run / "bundle" / INT8_NAME).read_text())
+    three = sidecar["int8_three_class"]
+    fp32, int8 = (Predictor(run / "bundle", backend=b) for b in ("onnx", "onnx-int8"))
+    images, targets, _ = labelled_images(run / "split.csv", "val", get_task("multiclass"), fp32.card.spec)
+    expected = [roc_auc_score(targets, p.probabilities(images), multi_class="ovr", average="macro")
+                for p in (fp32, int8)]
+    assert [three["macro_auc_fp32"], three["macro_auc_int8"]] == pytest.approx(expected, abs=SCORE_TOL)
+    assert (three["n"], three["films"]) == (sidecar["validation_images"], f"the val films of {run / 'split.csv'}")
+    assert (f"macro AUC {three['macro_auc_int8']:.4f} (FP32 {three['macro_auc_fp32']:.4f})"
+            in capsys.readouterr().out)
+
+
+def test_an_int8_model_that_mixes_up_bacteria_and_virus_is_refused(multiclass_run: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """A damaged INT8 graph that swaps bacteria and virus keeps the AUC of pneumonia against normal, which was all
+    export --int8 checked: it was written, and onnx-int8 would have served its swapped classes."""
+    from pneumoscan.training import quantize
+
+    run = shutil.copytree(multiclass_run, tmp_path / "run")
+    quantized = quantize._int8_graph
+    monkeypatch.setattr(quantize, "_int8_graph", lambda *args: _swap_bacteria_and_virus(quantized(*args)))
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 2
+    err = capsys.readouterr().err
+    # the AUC of pneumonia against normal, checked first, let it through: the three classes' macro AUC did not
+    assert "INT8 validation macro AUC (normal, bacteria, virus) " in err and "below FP32's" in err, err
+    assert "--backend onnx" in err and not (run / "bundle" / INT8_NAME).exists()

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_binary, evaluate_multiclass, softmax
-from pneumoscan.evaluation.report import figure_png, plot_training_curves, write_report
+from pneumoscan.evaluation.report import figure_png, write_report
 from pneumoscan.inference.explain import png_data_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -153,24 +153,6 @@ def test_a_figure_embeds_as_a_png_data_url():
     url = png_data_url(figure_png(fig))
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]).startswith(PNG_SIGNATURE)
-
-
-def test_plot_training_curves_writes_png(tmp_path):
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 1 / e,
-            "val_loss": 1.2 / e,
-            "train_acc": 1 - 1 / (e + 1),
-            "val_acc": 0.9 - 1 / (e + 2),
-            "val_auc": None if e == 1 else 0.8 + 0.02 * e,
-            "lr": 1e-3,
-        }
-        for e in range(1, 6)
-    ]
-    out = tmp_path / "plots" / "training.png"
-    plot_training_curves(history, out)
-    assert out.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_the_confusion_matrix_never_shows_a_missed_film_as_100_percent(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pneumoscan.data import tasks as tasks_module
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task, get_task, list_tasks, register_task
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.inference.predict import check_stages, predict_paths
+from pneumoscan.inference.predict import alone_warning, check_stages, predict_paths
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 
@@ -38,10 +39,39 @@ def test_built_in_tasks_answer_through_the_task_object() -> None:
     assert (multiclass.positive_formula, etiology.positive_formula) == ("1 - P(normal)", "P(virus)")
     assert set(multiclass.extra_metrics(np.array([0, 1, 2, 0, 1, 2]), np.tile(probs, (3, 1)))) == {"multiclass"}
     assert etiology.extra_metrics(np.array([0, 1]), probs[:, :2]) == {}
-    assert [check_stages(first, "etiology") for first in ("pneumonia", "multiclass")] == ["PNEUMONIA", "pneumonia"]
-    with pytest.raises(ValueError, match="the etiology task follows pneumonia, multiclass, not etiology"):
+    assert check_stages("pneumonia", "etiology") == "PNEUMONIA"
+    with pytest.raises(ValueError, match="the etiology task follows pneumonia, not etiology"):
         check_stages("etiology", "etiology")
     assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
+
+
+MULTICLASS_THEN_ETIOLOGY = ("--etiology after a multiclass bundle: a multiclass model already tells bacteria and virus "
+                            "apart, and a second stage would add another answer to its own; use a pneumonia bundle "
+                            "as the first stage, or the multiclass bundle alone")
+
+
+def test_a_multiclass_first_stage_with_an_etiology_second_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A multiclass answer carries its own P(bacteria) and P(virus): an etiology stage after it gave a second,
+    possibly contrary, etiology in the same answer (the page showed the second's). predict and serve refuse the pair
+    before any film is read, with one line that says why and what to do; an etiology model alone is told to follow a
+    pneumonia model only."""
+    from tests.test_predict import make_bundle
+
+    three = make_bundle(tmp_path / "mc", "multiclass", ("normal", "bacteria", "virus"), "pneumonia")
+    second = make_bundle(tmp_path / "et", "etiology", ("bacteria", "virus"), "virus")
+    with pytest.raises(ValueError) as refused:
+        check_stages("multiclass", "etiology")
+    assert str(refused.value) == MULTICLASS_THEN_ETIOLOGY
+    film = tmp_path / "film.png"  # not there, and never looked for: the pair is refused first
+    assert cli.main(["predict", str(three), str(film), "--etiology", str(second)]) == 2
+    assert capsys.readouterr().err == f"pneumoscan predict: error: {MULTICLASS_THEN_ETIOLOGY}\n"
+    caplog.set_level(logging.INFO, logger="pneumoscan")
+    with pytest.raises(ValueError, match=f"^{re.escape(MULTICLASS_THEN_ETIOLOGY)}$"):
+        create_app(three, etiology=second, backend="onnx")
+    assert not [m for m in caplog.messages if "exporting" in m]  # refused before either model was built
+    assert alone_warning("etiology").endswith("run it as the second stage after a pneumonia model (--etiology)")
 
 
 class _FirstClassCam(Task):

@@ -23,7 +23,7 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table
 from pneumoscan.evaluation.evaluate import evaluate, labelled_records
 from pneumoscan.evaluation.held_out import CALIBRATION_FILMS
-from pneumoscan.evaluation.operating_point import rethreshold
+from pneumoscan.evaluation.operating_point import OperatingPoint, int8_figures, rethreshold
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
@@ -52,6 +52,15 @@ def site(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("site") / "site.csv"
     write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], path)
     return path
+
+
+def test_a_threshold_that_calls_every_film_positive_records_its_undefined_npv_as_none() -> None:
+    # no film is called negative, so the NPV is undefined: the sidecar and card must still be JSON, NaN-free
+    y, scores = np.array([0, 0, 1, 1, 1]), np.array([0.6, 0.7, 0.8, 0.9, 0.95])
+    figures = int8_figures(y, scores, OperatingPoint(0.5, 0.5, [0.4, 0.6], [0.4, 0.6], ""), "youden", "films", 1.0, 0.0)
+    assert figures["int8_val_metrics"]["npv"] is None
+    assert figures["int8_val_metrics"]["specificity"] == 0.0
+    json.dumps(figures, allow_nan=False)
 
 
 def test_max_false_positive_rate_is_the_most_sensitive_threshold_within_the_ceiling() -> None:

@@ -5,12 +5,17 @@ indexes) goes through :func:`write_atomic` (:func:`write_csv` for a table), and 
 beside its final name (:func:`building`): the data lands in a temporary file in the same folder, is flushed to disk, and is
 renamed over the final name; the folder is then flushed too, so the rename survives a power cut. A full disk or a
 crash mid-write leaves the previous file (or none) under the final name, never a truncated one.
+
+A results file that a run replaces is first checked to be the one that was there when the run began
+(:func:`write_unchanged`): of two runs given one file, the one that finished first would otherwise lose its results
+without a word.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import glob
 import io
 import json
@@ -99,6 +104,61 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
             return write_atomic(path, data, exclusive=True)
         except FileExistsError:
             n += 1
+
+
+Stamp = tuple[int, ...]
+
+
+def file_stamp(path: Path | str) -> Stamp | None:
+    """What tells the file under ``path`` from any other that takes its name (device, inode, size, modification and
+    change times), or None when there is none: taken when a run begins, for :func:`unchanged`."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@contextmanager
+def unchanged(path: Path | str, stamp: Stamp | None) -> Iterator[None]:
+    """Run the block, which writes ``path`` (and its folder's other outputs), only if ``path`` is still the file
+    ``stamp`` (:func:`file_stamp`) found, or is gone; otherwise FileExistsError says that another writer changed it
+    and that it was left as it is. The folder, made if missing, is locked (flock) for the check and the block, so
+    that of two runs that take the lock one writes and the other finds its file changed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        except OSError:  # a file system without locks (some network ones): the check alone
+            pass
+        now = file_stamp(path)
+        if now is not None and now != stamp:
+            raise _changed(path, appeared=stamp is None)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _changed(path: Path, appeared: bool) -> FileExistsError:
+    return FileExistsError(f"{path} {'appeared' if appeared else 'changed'} while this run was working (another "
+                           "run's results?): nothing was written over it")
+
+
+def write_unchanged(path: Path | str, data: bytes, stamp: Stamp | None) -> Path:
+    """:func:`write_atomic` of a results file that replaces only the file ``stamp`` found when the run began
+    (:func:`unchanged`). When another writer changed it since, ``data`` goes under a new name beside it
+    (:func:`write_new`) and FileExistsError says where: the other results stay, and this run's are not lost."""
+    path = Path(path)
+    try:
+        with unchanged(path, stamp):
+            # exclusive where the name is free: a file a writer without the lock puts there now is kept too
+            return write_atomic(path, data, exclusive=file_stamp(path) is None)
+    except FileExistsError as e:  # unchanged's, or write_atomic's (errno EEXIST) for a file put there just now
+        reason = e if e.errno is None else _changed(path, appeared=True)
+    kept = write_new(path.parent, path.stem, path.suffix, data)
+    raise FileExistsError(f"{reason}; this run's results are in {kept}")
 
 
 @contextmanager

@@ -153,8 +153,8 @@ def _pneumonia(r: Record) -> int:
     return int(r.label == "PNEUMONIA")
 
 
-@register_task("etiology", classes=("bacteria", "virus"), positive="virus",
-               follows={"pneumonia": "PNEUMONIA", "multiclass": "pneumonia"})
+# not after multiclass: that model tells bacteria from virus itself (inference.predict.check_stages says so)
+@register_task("etiology", classes=("bacteria", "virus"), positive="virus", follows={"pneumonia": "PNEUMONIA"})
 def _etiology(r: Record) -> int | None:
     return {"bacteria": 0, "virus": 1}.get(r.subtype) if r.label == "PNEUMONIA" else None
 

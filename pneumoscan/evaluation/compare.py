@@ -4,6 +4,9 @@ A run is a training run folder (RUN/metrics.json is its validation report) or an
 metrics.json). Model, task and threshold policy come from the bundle next to it (RUN/bundle, or the evaluate
 folder's sibling bundle), training minutes from RUN/history.csv; what cannot be found is shown as n/a, never guessed.
 Each row says which films its figures are on: runs measured on different films are not ranked by one table.
+Runs with figures of a decision among the classes (a multiclass task's most probable class, ``evaluate --etiology``'s
+two stages) get a second table of those, so the two three-class routes sit side by side. Runs whose figures answer
+different questions (pneumonia or not against bacteria or virus; three-class figures of other classes) are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +31,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95% CI
+THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")  # a decision among the classes: each with its 95% CI
+THREE_CLASS_BLOCKS = ("multiclass", "two_stage")  # metrics.json's: the most probable class; evaluate --etiology's
 FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
           *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "minutes",
-          "optimistic")
+          "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
+          *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
 OPTIMISTIC = " (optimistic *)"  # a run's mark, in the table and the figure alike, for the reasons beneath the table
+
+
+def _with_bounds(prefix: str, figures: dict[str, float | None],
+                 cis: dict[str, tuple[float | None, float | None]]) -> dict[str, float | None]:
+    """compare.csv's cells of FIGURES: each figure, then its CI's ends (``_low``, ``_high``)."""
+    return {f"{prefix}{name}{end}": value for name in figures
+            for end, value in (("", figures[name]), ("_low", cis[name][0]), ("_high", cis[name][1]))}
+
+
+@dataclass
+class ThreeClass:
+    """A run's figures of one decision among the classes: metrics.json's ``multiclass`` or ``two_stage`` block."""
+
+    decision: str  # "most probable class", or the two stages' thresholds
+    classes: list[str]
+    ci_unit: str  # what the intervals count: "patient" or "film"
+    figures: dict[str, float | None]  # THREE_CLASS
+    cis: dict[str, tuple[float | None, float | None]]  # THREE_CLASS's 95% CIs, (None, None) where there is none
+
+    def row(self) -> dict[str, Any]:
+        return {"three_class_decision": self.decision, "three_class_classes": ", ".join(self.classes),
+                "three_class_ci_unit": self.ci_unit, **_with_bounds("three_class_", self.figures, self.cis)}
 
 
 @dataclass
@@ -51,18 +80,20 @@ class RunSummary:
     minutes: float | None
     roc: dict[str, list]
     optimistic: list[str]  # why the figures may flatter the model (evaluate's held-out check)
+    question: tuple[str, str] | None  # the binary figures' (negative, positive) classes; None where unknown
+    three_class: list[ThreeClass]  # its decisions among the classes (none for a two-class task alone)
 
     @property
     def auc(self) -> float | None:
         return self.figures["auc"]
 
-    def row(self) -> dict[str, Any]:
-        figures = {f"{name}{end}": value for name in FIGURES
-                   for end, value in (("", self.figures[name]), ("_low", self.cis[name][0]), ("_high", self.cis[name][1]))}
-        return {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n,
-                "patients": self.patients, "ci_unit": self.ci_unit, **figures,
-                "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
-                "optimistic": "; ".join(self.optimistic)}
+    def rows(self) -> list[dict[str, Any]]:
+        """compare.csv's rows of the run: one per decision among the classes (one row when it has none)."""
+        row = {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n,
+               "patients": self.patients, "ci_unit": self.ci_unit, **_with_bounds("", self.figures, self.cis),
+               "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
+               "optimistic": "; ".join(self.optimistic)}
+        return [row | (decision.row() if decision else {}) for decision in (self.three_class or [None])]
 
 
 def _training_minutes(folder: Path) -> float | None:
@@ -81,6 +112,49 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _checked_cis(metrics_path: Path, block: dict, names: Sequence[str], where: str = "") -> dict:
+    """BLOCK's ``ci`` after checking that each of NAMES and its bounds is a figure in [0, 1] or absent: a table must
+    not rank an edited or damaged file's "AUC 7.5", nor end in a traceback on a text figure."""
+    cis = block.get("ci") if isinstance(block.get("ci"), dict) else {}
+    figures = [(key, block.get(key)) for key in names]
+    figures += [(f"ci.{key}", bound) for key in names for bound in (
+        cis.get(key) if isinstance(cis.get(key), list) and len(cis[key]) == 2 else [cis.get(key)])]
+    for key, value in figures:
+        if value is not None and not (_number(value) and 0 <= value <= 1):
+            raise ValueError(f"{metrics_path}: {where}{key} is {value!r:.40}, not a figure in [0, 1]")
+    return cis
+
+
+def _ci_unit(metrics_path: Path, block: dict, where: str = "") -> str:
+    unit = block.get("ci_unit") or "film"  # a result without one counted films
+    if unit not in ("patient", "film"):
+        raise ValueError(f"{metrics_path}: {where}ci_unit is {unit!r:.40}, not patient or film")
+    return unit
+
+
+def _names(value: object, count: int | None = None) -> bool:
+    """A list of class names (of ``count`` of them)."""
+    return (isinstance(value, list) and len(value) >= 2 and all(isinstance(v, str) and v for v in value)
+            and count in (None, len(value)))
+
+
+def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
+    """The run's decisions among the classes (the most probable class; two stages), checked as its binary figures
+    are."""
+    decisions = []
+    for key in THREE_CLASS_BLOCKS:
+        if (block := m.get(key)) is None:
+            continue
+        if not isinstance(block, dict) or not _names(block.get("class_names")):
+            raise ValueError(f"{metrics_path}: {key} holds no figures of a decision among named classes")
+        cis = _checked_cis(metrics_path, block, THREE_CLASS, f"{key}.")
+        decisions.append(ThreeClass(
+            decision=str(block.get("decision") or key), classes=list(block["class_names"]),
+            ci_unit=_ci_unit(metrics_path, block, f"{key}."), figures={name: block.get(name) for name in THREE_CLASS},
+            cis={name: tuple(cis.get(name) or (None, None)) for name in THREE_CLASS}))
+    return decisions
+
+
 def load_run(path: Path | str) -> RunSummary:
     """A run folder's (or evaluate folder's) validation figures; a folder without a binary metrics.json is refused."""
     folder = Path(path)
@@ -93,19 +167,10 @@ def load_run(path: Path | str) -> RunSummary:
         raise ValueError(f"{metrics_path} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("kind") != "binary" or m.get("threshold") is None:
         raise ValueError(f"{metrics_path} holds no binary validation figures (a pneumoscan metrics.json)")
-    cis = m.get("ci") if isinstance(m.get("ci"), dict) else {}
-    # a table must not rank an edited or damaged file's "AUC 7.5", nor end in a traceback on a text figure
-    figures = [(key, m.get(key)) for key in (*FIGURES, "threshold")]
-    figures += [(f"ci.{key}", bound) for key in FIGURES
-                for bound in (cis.get(key) if isinstance(cis.get(key), list) and len(cis[key]) == 2 else [cis.get(key)])]
-    for key, value in figures:
-        if value is not None and not (_number(value) and 0 <= value <= 1):
-            raise ValueError(f"{metrics_path}: {key} is {value!r:.40}, not a figure in [0, 1]")
+    cis = _checked_cis(metrics_path, m, (*FIGURES, "threshold"))
     if not (isinstance(m.get("n"), int) and _number(m["n"]) and m["n"] >= 1):
         raise ValueError(f"{metrics_path}: n is {m.get('n')!r:.40}, not a count of films")
-    ci_unit = m.get("ci_unit") or "film"  # a result without one counted films
-    if ci_unit not in ("patient", "film"):
-        raise ValueError(f"{metrics_path}: ci_unit is {ci_unit!r:.40}, not patient or film")
+    ci_unit = _ci_unit(metrics_path, m)
     counts = m.get("patients")  # {"positive", "negative", "all"}; None where the intervals count films
     patients = counts.get("all") if isinstance(counts, dict) else None
     if counts is not None and not (isinstance(patients, int) and _number(patients) and patients >= 1):
@@ -121,6 +186,9 @@ def load_run(path: Path | str) -> RunSummary:
                     "since?): its model, task, policy and minutes are not shown", folder, places[0])
         card, minutes = None, None
     data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
+    # what the binary figures answer: the card's negative class and positive call, else the figures' own names
+    question = ((card.classes[0], card.positive) if card and card.classes
+                else tuple(m["class_names"]) if _names(m.get("class_names"), 2) else None)
     return RunSummary(
         run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),
         patients=patients, ci_unit=ci_unit,
@@ -128,6 +196,7 @@ def load_run(path: Path | str) -> RunSummary:
         cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
         roc=(m.get("curves") or {}).get("roc") or {"fpr": [], "tpr": []}, optimistic=list(m.get("optimistic") or []),
+        question=question, three_class=_three_class(metrics_path, m),
     )
 
 
@@ -143,9 +212,20 @@ def format_table(runs: list[RunSummary]) -> str:
                       r.data or "n/a", f"{r.n} films" + (f" of {r.patients} patients" if r.patients else ""), r.ci_unit,
                       *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
                       f"{r.threshold:.4f} ({r.policy or 'n/a'})", format_figure(r.minutes, 1)))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    table = _aligned(lines)
+    decisions = [(r, decision) for r in runs for decision in r.three_class]
+    if decisions:  # the same films' figures of a decision among the classes, one line per decision
+        table += "\n\n" + _aligned([("run", "three-class decision", "classes", "CI unit", "accuracy",
+                                      "balanced accuracy", "macro AUC")] + [
+            (r.run + (OPTIMISTIC if r.optimistic else ""), d.decision, ", ".join(d.classes), d.ci_unit,
+             *(with_ci(d.figures[name], d.cis[name]) for name in THREE_CLASS)) for r, d in decisions])
     return table + "".join(f"\n* {r.run}: {reason}" for r in runs for reason in r.optimistic)
+
+
+def _aligned(lines: list[tuple[str, ...]]) -> str:
+    """Rows of cells as columns, two spaces apart."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
 TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its out_dir
@@ -153,8 +233,9 @@ TABLE, FIGURE = "compare.csv", "compare.png"  # what compare_runs writes in its 
 
 def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> list[RunSummary]:
     """Summaries of ``paths``; with ``out_dir``, also compare.csv (the table) and compare.png (ROC curves overlaid,
-    each run's operating point marked in its curve's colour). Runs of different tasks are refused: their curves
-    answer different questions."""
+    each run's operating point marked in its curve's colour). Runs whose binary figures answer different questions
+    are refused (a two-class and a three-class pneumonia task answer one, normal or pneumonia), as are runs whose
+    figures among the classes are of different classes."""
     if not paths:
         raise ValueError("no runs to compare")
     runs = [load_run(p) for p in paths]
@@ -162,16 +243,27 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     if len(set(names)) < len(names):  # two RUN/eval-val folders: name them by their run as well
         for r, p in zip(runs, paths):
             r.run = f"{Path(p).parent.name}/{r.run}"
-    tasks = {r.task for r in runs if r.task}
-    if len(tasks) > 1:
-        raise ValueError(f"runs of different tasks ({', '.join(sorted(tasks))}) do not share one ROC plot")
+    _check_comparable(runs)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / TABLE, FIELDS, (r.row() for r in runs))
+        write_csv(out / TABLE, FIELDS, (row for r in runs for row in r.rows()))
         write_atomic(out / FIGURE, figure_png(comparison_figure(runs)))
         log.info("wrote %s and %s", out / TABLE, out / FIGURE)
     return runs
+
+
+def _check_comparable(runs: list[RunSummary]) -> None:
+    """Refuse runs whose curves answer different questions (the classes compared, in any case: the pneumonia task's
+    NORMAL and PNEUMONIA are the multiclass task's normal and pneumonia), and runs whose decisions among the
+    classes are among different classes."""
+    if len({tuple(c.casefold() for c in r.question) for r in runs if r.question}) > 1:
+        said = "; ".join(dict.fromkeys(f"{r.task or r.run}: {' vs '.join(r.question)}" for r in runs if r.question))
+        raise ValueError(f"runs whose figures answer different questions ({said}) do not share one table or ROC plot")
+    decisions = [(r, d) for r in runs for d in r.three_class]
+    if len({tuple(c.casefold() for c in d.classes) for _, d in decisions}) > 1:
+        said = "; ".join(dict.fromkeys(f"{r.run}: {', '.join(d.classes)}" for r, d in decisions))
+        raise ValueError(f"runs whose three-class figures are of different classes ({said}) do not share one table")
 
 
 def comparison_figure(runs: list[RunSummary]) -> Figure:

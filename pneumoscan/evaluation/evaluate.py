@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.atomic import write_csv
+from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, jsonable)
 from pneumoscan.core.names import cell_text, path_text, shown
@@ -26,12 +26,12 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
 from pneumoscan.data.split import patient_units
-from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
+from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks, select, warn_untyped
 from pneumoscan.inference.predict import Predictor, check_stages
 from pneumoscan.models.card import WEIGHTS, BundleCard
-from .held_out import check_held_out
+from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
-from .report import write_report
+from .report import METRICS, write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
@@ -69,6 +69,17 @@ def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: f
     return probs, np.where(first >= first_threshold, 1 + (second >= second_threshold), 0)
 
 
+def three_class_names(first: Task, second: Task) -> tuple[str, ...]:
+    """The names of a two-stage route's classes (the first stage's negative class, then the second stage's), as a
+    registered task with those classes spells them (the pneumonia task's NORMAL then etiology's bacteria and virus:
+    the multiclass task's normal, bacteria, virus), so that the route's figures and calls sit beside that task's
+    under one set of names; as the stages name them when no task has those classes."""
+    composed = (first.classes[0], *second.classes)
+    folded = [c.casefold() for c in composed]
+    same = (get_task(name).classes for name in (first.name, *list_tasks()))
+    return next((classes for classes in same if [c.casefold() for c in classes] == folded), composed)
+
+
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
                tta: bool, backend: str, groups: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -90,7 +101,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
         raise ValueError(f"{len(unnamed)} pneumonia films of {data} do not say whether they are bacterial or viral "
                          f"(e.g. {unnamed[0]}): the two stages can only be scored as three classes on films that do")
     three = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
-    names = (first.card.classes[0], *second.card.classes)
+    names = three_class_names(first.task, second.task)
     metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=groups,
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}")
@@ -243,6 +254,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
+    # the report this run may replace: another run's, written into the same folder meanwhile, is not
+    results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
@@ -252,8 +265,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                              "record an evaluation in the card" if add_to_card else "evaluate",
-                             validation_warning=True, refuse_validation=add_to_card, int8=backend == "onnx-int8",
-                             refuse_unchecked=add_to_card)
+                             policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
+                                                  int8=backend == "onnx-int8", refuse_unchecked=add_to_card))
     if add_to_card and len(set(binary_targets(targets).tolist())) < 2:
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
@@ -269,10 +282,11 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         second = (second_scores, second_called)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
-        _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
-                       f"{card.model} · {card.task} · {name}", header, second)
+        with unchanged(Path(out_dir) / METRICS, results):
+            _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
+                           f"{card.model} · {card.task} · {name}", header, second)
     if add_to_card:
-        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain"))
+        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
 

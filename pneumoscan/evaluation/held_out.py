@@ -120,17 +120,14 @@ class _Run(NamedTuple):
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   validation_warning: bool = False, refuse_validation: bool = False, int8: bool = False,
-                   refuse_unchecked: bool = False) -> list[str]:
+                   policy: HeldOutPolicy = HeldOutPolicy()) -> list[str]:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
-    those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. With
-    ``validation_warning``, films on which a bundle's own temperature and threshold were chosen are warned about;
-    with ``refuse_validation``, refused too; with ``int8`` (the INT8 model's scores), those that chose its INT8
-    thresholds as well. A run whose split.csv lists no film where it says (moved) is a warning, refused with
-    ``refuse_unchecked`` (:class:`HeldOutPolicy`). Returns the warnings (each also logged): why figures on these
-    films would be optimistic, for the reports made of them to say so."""
-    policy = HeldOutPolicy(validation_warning, refuse_validation, int8, refuse_unchecked)
+    those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
+    warned of or refused is the ``policy``'s (:class:`HeldOutPolicy`): films that chose a bundle's own temperature and
+    threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
+    (moved). Returns the warnings (each also logged): why figures on these films would be optimistic, for the reports
+    made of them to say so."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: set[str] = set()

@@ -16,9 +16,11 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, with_ci
+from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, jsonable,
+                                     with_ci)
 from pneumoscan.inference.export import INT8_NAME, read_sidecar
 from pneumoscan.models.card import BundleCard, load_card, save_card
+from .held_out import check_sources_known
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
@@ -68,6 +70,9 @@ Image-Based Deep Learning. Cell 2018; 172(5): 1122-1131.e9. doi:10.1016/j.cell.2
 }
 ```
 """
+# an evaluation record's films_checked, in the card's table: False when the bundle's training films were not known
+# where it was evaluated (its run's split.csv not beside it), so the films may be ones it trained on
+FILMS_CHECKED = {True: "checked", False: "**not checked**", None: "not recorded"}  # None: a record older than it
 DATASET = "Kermany et al. 2018, Labeled OCT and Chest X-Ray Images, Mendeley Data V2 (doi:10.17632/rscbjbr9sj.2)"
 # (key in a metrics block, metric type in the model index, name shown)
 CARD_METRICS = (
@@ -96,11 +101,12 @@ THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
 
 def validation_figures(metrics: dict) -> dict:
     """What a bundle card records of its validation result: the positive call's figures at the threshold, and for a
-    multiclass task how often the most probable class is right (the card's reader asks both)."""
+    multiclass task how often the most probable class is right (the card's reader asks both). A figure the films
+    leave undefined (the NPV of a threshold that calls every film positive) is None: a card holds no NaN."""
     figures = {k: metrics[k] for k in VAL_FIGURES} | {k: metrics[k] for k in VAL_COUNTS if k in metrics}
     if block := metrics.get("multiclass"):
         figures |= {key: block[source] for key, source, _ in THREE_CLASS_FIGURES}
-    return figures
+    return jsonable(figures)
 
 
 def today() -> str:
@@ -176,7 +182,9 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
                     "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None
                    and not (absent and key in BOTH_CLASSES)]
-        results.append({"task": task, "dataset": {"name": record["data"], "type": "external"}, "metrics": metrics})
+        unchecked = " (films not checked against its training films)" if record.get("films_checked") is False else ""
+        results.append({"task": task, "dataset": {"name": record["data"] + unchecked, "type": "external"},
+                        "metrics": metrics})
     return [{"name": card.model_id, "results": results}] if results else []
 
 
@@ -240,10 +248,12 @@ def _external_section(card: BundleCard) -> str:
                 "(the weights are not touched).")
     names = (card.classes[0], card.positive)
     head = "| date | data | n | 95% CIs count | scores, threshold | " + " | ".join(
-        name for _, _, name in CARD_METRICS[:3]) + " |\n|" + " --- |" * 8
+        name for _, _, name in CARD_METRICS[:3]) + " | films new to it |\n|" + " --- |" * 9
     rows = "\n".join(
         f"| {r['date']} | {r['data']} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
-        f"{format_figure(r['threshold'], 4)} | " + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3]) + " |"
+        f"{format_figure(r['threshold'], 4)} | "
+        + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3])
+        + f" | {FILMS_CHECKED.get(r.get('films_checked'), 'not recorded')} |"
         for r in card.external_evaluations
     )
     # how the intervals were made, by the unit they count, naming the data of each (the table's "95% CIs count")
@@ -251,7 +261,13 @@ def _external_section(card: BundleCard) -> str:
                                         if r.get("ci_unit", "film") == unit)) for unit in ("patient", "film")}
     notes = [ci_method_sentence(unit, "sensitivity and specificity", ("auc",), f" of {', '.join(data)}")
              for unit, data in by_unit.items() if data]
-    return f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else []))
+    checked = ("\n\nFilms new to it: whether the films were checked not to be the training or validation films of the "
+               "runs the weights come from (their split.csv, beside the bundle where it was evaluated). Figures on "
+               "films it trained on are optimistic; those \"not checked\" may be such figures.")
+    caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.external_evaluations
+                      for caveat in r.get("caveats", []))  # records older than them have none
+    return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + checked
+            + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
 
 
 def _threshold_section(card: BundleCard) -> str:
@@ -363,8 +379,12 @@ def update_card(directory: Path | str, card: BundleCard) -> None:
     write_model_card(directory, card)
 
 
-def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str) -> dict[str, Any]:
-    """What the card keeps of an evaluate result: the data's name, counts, threshold and metrics with CIs."""
+def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bundle: Path | str) -> dict[str, Any]:
+    """What the card keeps of an evaluate result: the data's name, counts, threshold and metrics with CIs, and
+    whether the films were checked to be new to BUNDLE (``films_checked``) with what that check could not check or
+    found (``caveats``): a bundle given without its run's split.csv (shipped alone) is evaluated with a logged
+    warning only, and its card must not show figures on what may be its training films as other data's."""
+    unchecked = _sources_unknown(bundle)
     return {
         "data": data_name,
         "date": today(),
@@ -377,7 +397,20 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str) -> d
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
+        "films_checked": unchecked is None,
+        # why the films could not be checked, then held_out.check_held_out's warnings (evaluate's "optimistic")
+        "caveats": [*([unchecked] if unchecked else []), *metrics.get("optimistic", [])],
     }
+
+
+def _sources_unknown(bundle: Path | str) -> str | None:
+    """Why the films given to BUNDLE could not be checked against the training films of the runs its weights come
+    from (None when they could): check_held_out passes over such a run with a logged warning, on the same test."""
+    try:
+        check_sources_known([bundle], "this evaluation")
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def add_evaluation(directory: Path | str, record: dict[str, Any]) -> BundleCard:
@@ -393,7 +426,8 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
     return {
         "intended_use": INTENDED_USE,
         "out_of_scope": list(OUT_OF_SCOPE),
-        "external_evaluations": card.external_evaluations,
+        # each with films_checked, without the caveats of its films' check (paths on the machine that evaluated)
+        "external_evaluations": [{k: v for k, v in r.items() if k != "caveats"} for r in card.external_evaluations],
         # without the bundle each threshold was chosen for and the caveats of its check: paths on the machine that
         # chose it (MODEL_CARD.md, beside the weights, says the caveats)
         "threshold_records": [{k: v for k, v in r.items() if k not in ("source_bundle", "caveats")}

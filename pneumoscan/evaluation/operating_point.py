@@ -23,7 +23,7 @@ from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, read_
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label, evaluate_probabilities, labelled_records
-from .held_out import check_held_out, record_calibration_films, refuse_test_films
+from .held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from .model_card import today, update_card, validation_figures, write_model_card
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     refuse_test_films(records, data, "threshold")
-    caveats = check_held_out([bundle], records, "choose the threshold", validation_warning=True)
+    caveats = check_held_out([bundle], records, "choose the threshold", policy=HeldOutPolicy(validation_warning=True))
     y, patients = binary_targets(targets), [r.patient for r in records]
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)

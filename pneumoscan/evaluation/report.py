@@ -1,4 +1,4 @@
-"""Self-contained HTML evaluation reports and training-curve plots.
+"""Self-contained HTML evaluation reports.
 
 One HTML file with inline CSS and plots embedded as base64 PNG data URLs, so a report can be mailed, archived
 next to a model bundle, or opened offline without missing pieces. Figures are built with
@@ -464,30 +464,3 @@ def _optimistic_html(caveats: list[str] | None) -> str:
         return ""
     items = "".join(f"<li>{_esc(text)}</li>" for text in caveats)
     return f'<div class="optimistic"><b>Not an independent evaluation.</b><ul>{items}</ul></div>'
-
-
-def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
-    """Loss / accuracy / AUC per epoch, train vs validation, to spot over-fitting at a glance.
-    Series missing from the history are left out; a None value leaves a gap."""
-    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    panels = (
-        ("Loss", ("train_loss", "val_loss")),
-        ("Accuracy", ("train_acc", "val_acc")),
-        ("ROC AUC", ("train_auc", "val_auc")),
-    )
-    styles = {"train": ("train", "#1f77b4"), "val": ("validation", "#ff7f0e")}  # same colours in every panel
-    fig = Figure(figsize=(13, 3.8))
-    for ax, (title, series) in zip(fig.subplots(1, 3), panels):
-        for key in series:
-            values = [row.get(key) for row in history]
-            if any(v is not None for v in values):
-                label, color = styles[key.split("_")[0]]
-                ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))

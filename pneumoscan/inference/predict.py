@@ -385,10 +385,17 @@ def _decoded(
 
 
 def check_stages(first: str, second: str) -> str:
-    """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia or
-    multiclass model calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`)."""
+    """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia model
+    calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`). A first stage whose classes
+    hold the second's (a multiclass model gives P(bacteria) and P(virus)) is refused with that reason: the answer
+    would carry two etiologies, the first model's and the second's, which may disagree."""
+    task, then = get_task(first), get_task(second)
+    if task.multiclass and then.follows and set(then.classes) < set(task.classes):
+        raise ValueError(f"--etiology after a {first} bundle: a {first} model already tells "
+                         f"{' and '.join(then.classes)} apart, and a second stage would add another answer to its own; "
+                         f"use a {' or '.join(then.follows)} bundle as the first stage, or the {first} bundle alone")
     try:
-        return get_task(second).handoff(get_task(first))
+        return then.handoff(task)
     except ValueError as e:
         raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
                          f"bundle, for instance): {e}") from None
@@ -438,9 +445,10 @@ def predict_paths(
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
     """
+    # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
+    handoff = check_stages(load_card(bundle).task, load_card(etiology).task) if etiology else None
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
-    handoff = check_stages(predictor.card.task, second.card.task) if second is not None else None
     for stage in filter(None, (predictor, second)):
         stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
     if alone := alone_warning(predictor.card.task):

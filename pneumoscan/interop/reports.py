@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
@@ -16,7 +19,7 @@ from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import model_version
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import BundleCard, load_card
 
 from .uids import uid_root
 
@@ -55,6 +58,44 @@ def scoring_mode(backend: str, tta: bool = False) -> str:
     return f"{backend}+tta" if tta else backend
 
 
+def earlier_thresholds(card: BundleCard, backend: str, tta: bool = False) -> list[float]:
+    """The thresholds the bundle's weights were read at before the one in force, oldest first (``pneumoscan
+    threshold`` records each one it replaced), for plain or TTA scores: a report made at one of them is replaced by
+    this bundle's. Empty for the INT8 model, whose earlier thresholds no record keeps."""
+    if backend == "onnx-int8":
+        return []
+    key = "previous_tta_threshold" if tta else "previous_threshold"
+    return [r[key] for r in card.threshold_records if r.get(key) is not None]
+
+
+def issued_reports(folder: Path) -> dict[str, Dataset]:
+    """The headers of the DICOM SRs in FOLDER (``*.sr.dcm``, as :func:`write_reports` names them) by SOP Instance
+    UID: the reports a new one of the same film may replace. A file that is no readable DICOM is passed over."""
+    found = {}
+    for path in sorted(folder.glob("*.sr.dcm")):
+        try:
+            header = read_dicom_header(path, dicom=True)
+        except (OSError, ValueError) as e:  # a DecodeError: not DICOM, cut short, not a regular file
+            log.debug("%s: not read as an earlier report: %s", path, e)
+            continue
+        if header is not None and "SOPInstanceUID" in header:
+            found[str(header.SOPInstanceUID)] = header
+    return found
+
+
+def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset], earlier: Sequence[float],
+                     name: str, version: str, mode: str) -> list[Dataset]:
+    """Of the ``issued`` reports, those this model made of the film at an ``earlier`` threshold, in the same
+    scoring ``mode``: by their derived UIDs (:func:`.sr.report_uid`), which are theirs alone."""
+    from . import sr
+
+    if not issued:
+        return []
+    own = sr.report_uid(source, reading, name, version, mode)
+    uids = dict.fromkeys(sr.report_uid(source, {**reading, "threshold": t}, name, version, mode) for t in earlier)
+    return [issued[uid] for uid in uids if uid in issued and uid != own]
+
+
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
     backend: str = "torch", tta: bool = False,
@@ -64,7 +105,9 @@ def write_reports(
     A row that cannot be reported (a JPEG/PNG has no study to file an SR in nor a patient to link an Observation
     to; a row with an ``error``; an object that is not a radiograph; a malformed header) gets a warning saying why
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
-    report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier."""
+    report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier. A film's SR
+    that ``sr_dir`` holds from an earlier threshold of these weights (:func:`earlier_thresholds`) is named as the
+    predecessor of the one written now, which is written beside it."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -74,6 +117,8 @@ def write_reports(
     folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
+    issued = issued_reports(Path(sr_dir)) if earlier else {}
     for row in rows:
         if "probability" not in row:
             continue
@@ -104,7 +149,8 @@ def write_reports(
                 row.setdefault("warnings", []).append("not a DICOM file: no DICOM SR written (it has no study to join)")
                 continue
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
-            made = sr.report_files(source, reading, png, name, version, mode)
+            previous = replaced_reports(source, reading, issued, earlier, name, version, mode)
+            made = sr.report_files(source, reading, png, name, version, mode, previous)
             row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
             if len(made) > 1:
                 row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))

@@ -14,7 +14,8 @@ modality, colour, a thumbnail): a scanned form's "Pneumonia: Present" filed in t
 fault turned into a confident answer. Every UID of a report and overlay is derived from the film (its study, series
 and instance UIDs and its patient), the model and how it was scored (:func:`derived_uid`), so a rerun makes the same
 objects, which a PACS files once, and films of two patients that share a SOP Instance UID get objects of their own;
-each under the organisation's UID root when one is set (:mod:`.uids`).
+each under the organisation's UID root when one is set (:mod:`.uids`). A report read at a new threshold of the same
+weights is another object: it names the report it replaces, when known (:func:`report_uid`), as its predecessor.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record. It is a workstation's image (ConversionType
@@ -34,7 +35,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import highdicom as hd
@@ -219,6 +220,20 @@ def finding_mode(mode: str, result: dict) -> str:
     return f"{mode};threshold={float(result['threshold'])!r}"
 
 
+def _report_uids(identity: list[str], result: dict, model_name: str, model_version: str, mode: str) -> list[UID]:
+    """The tracking, series and SOP instance UIDs of the report of ``result`` on the film of ``identity``."""
+    scored = finding_mode(mode, result)
+    return [derived_uid(identity, model_name, model_version, scored, kind)
+            for kind in ("sr-tracking", "sr-series", "sr")]
+
+
+def report_uid(source: Dataset, result: dict, model_name: str, model_version: str, mode: str = "") -> UID:
+    """The SOP Instance UID of :func:`build_sr`'s report of ``result`` on ``source``. With a threshold in force
+    before (``pneumoscan threshold`` records them), the UID of the report the same weights made at it, which a
+    report at the threshold in force replaces."""
+    return _report_uids(_source_identity(_checked_source(source)), result, model_name, model_version, mode)[2]
+
+
 def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
     (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of a film its scope warnings do not say is no frontal
@@ -277,16 +292,16 @@ def _coding_scheme() -> Dataset:
 
 
 def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
-             mode: str = "") -> hd.sr.ComprehensiveSR:
+             mode: str = "", previous: Sequence[Dataset] = ()) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR holding a TID 1500 report of one result (``probability, label, threshold, positive,
     task``, and its ``warnings``) on ``source`` (the film's header; pixels are not needed), scored in ``mode``
-    (backend, TTA: part of its UIDs' identity)."""
+    (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
+    weights' at an earlier threshold: :func:`report_uid`), named in its PredecessorDocumentsSequence, so that a
+    reader of the study sees which of two findings on the film is in force."""
     source = _checked_source(source)
     check_result(result)
-    identity, scored = _source_identity(source), finding_mode(mode, result)
     # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
-    tracking, series, instance = (derived_uid(identity, model_name, model_version, scored, kind)
-                                  for kind in ("sr-tracking", "sr-series", "sr"))
+    tracking, series, instance = _report_uids(_source_identity(source), result, model_name, model_version, mode)
     device = _device_uid(model_name, model_version)
     with _library_refusal():
         algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)
@@ -331,7 +346,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
             evidence=[source], content=report[0], series_number=SR_SERIES_NUMBER,
             series_instance_uid=series, sop_instance_uid=instance, instance_number=1,
             manufacturer=MANUFACTURER, series_description=SR_DESCRIPTION, is_complete=True, is_final=False,
-            is_verified=False,
+            is_verified=False, previous_versions=list(previous) or None,
         )  # fmt: skip
         sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
     return sr
@@ -392,11 +407,11 @@ def dicom_bytes(ds: Dataset) -> bytes:
 
 
 def report_files(source: Dataset, result: dict, overlay_png: bytes | None, model_name: str,
-                 model_version: str, mode: str = "") -> list[bytes]:
-    """The SR of one result, then with ``overlay_png`` its Secondary Capture, as Part 10 files: what the web service
-    answers and ``predict --dicom-sr`` writes. A ValueError with a reason that quotes no value when the film's
-    header cannot make a report."""
-    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode))]
+                 model_version: str, mode: str = "", previous: Sequence[Dataset] = ()) -> list[bytes]:
+    """The SR of one result (replacing the reports ``previous``: :func:`build_sr`), then with ``overlay_png`` its
+    Secondary Capture, as Part 10 files: what the web service answers and ``predict --dicom-sr`` writes. A
+    ValueError with a reason that quotes no value when the film's header cannot make a report."""
+    parts = [dicom_bytes(build_sr(source, result, model_name, model_version, mode, previous))]
     if overlay_png is not None:
         parts.append(dicom_bytes(build_heatmap_sc(source, overlay_png, model_name, model_version, mode)))
     return parts

@@ -99,7 +99,8 @@ class BundleCard:
     # "sha256:HEX" of each model file as written ({WEIGHTS: ..., ONNX_NAME: ...}); empty in bundles older than it
     files: dict[str, str] = field(default_factory=dict)
     # records added after training, without touching the weights (model_card.py): `evaluate --add-to-card` on other
-    # data, and `threshold` choosing a new operating point (the newest record is the one in force)
+    # data (films_checked: whether its films could be checked not to be training films; absent in older records),
+    # and `threshold` choosing a new operating point (the newest record is the one in force)
     external_evaluations: list[dict] = field(default_factory=list)
     threshold_records: list[dict] = field(default_factory=list)
 

@@ -88,9 +88,10 @@ class Service:
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
+        # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
+        self.handoff = check_stages(load_card(bundle).task, load_card(etiology).task) if etiology is not None else None
         self.main = Stage(bundle, backend)
         self.second = Stage(etiology, backend) if etiology is not None else None
-        self.handoff = check_stages(self.main.card.task, self.second.card.task) if self.second is not None else None
         self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
         for said in said_at_start(self.main.predictor, self.second.predictor if self.second else None):
             logger.warning("%s", said)  # the page's model card says these too

@@ -1,6 +1,6 @@
 """The training engine's callbacks (:mod:`pneumoscan.training.engine`): the time budget and its learning-rate schedule,
-the plateau schedule, early stopping, best weights, a moving average of the weights, history, checkpoints with exact
-resume, and a user hook."""
+the plateau schedule, early stopping, best weights, a moving average of the weights, history and its curves plot,
+checkpoints with exact resume, and a user hook."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pneumoscan.core.atomic import write_csv
+from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.core.names import shown
-from pneumoscan.evaluation.report import plot_training_curves
 from pneumoscan.models.run_folder import RunFolder
 from .engine import Callback, State
 
@@ -205,6 +206,33 @@ class WeightAverage(Callback):
 
     def load_state_dict(self, data: dict) -> None:
         self.average.load_state_dict(data)
+
+
+def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
+    """Loss / accuracy / AUC per epoch, train vs validation, to spot over-fitting at a glance.
+    Series missing from the history are left out; a None value leaves a gap."""
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    panels = (
+        ("Loss", ("train_loss", "val_loss")),
+        ("Accuracy", ("train_acc", "val_acc")),
+        ("ROC AUC", ("train_auc", "val_auc")),
+    )
+    styles = {"train": ("train", "#1f77b4"), "val": ("validation", "#ff7f0e")}  # same colours in every panel
+    fig = Figure(figsize=(13, 3.8))
+    for ax, (title, series) in zip(fig.subplots(1, 3), panels):
+        for key in series:
+            values = [row.get(key) for row in history]
+            if any(v is not None for v in values):
+                label, color = styles[key.split("_")[0]]
+                ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))
 
 
 CURVES_EVERY_S = 30.0  # RUN/curves.png is redrawn at most this often while training (a draw takes about 0.4 s)

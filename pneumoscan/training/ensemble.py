@@ -41,7 +41,7 @@ from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
 from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
-from pneumoscan.evaluation.held_out import check_held_out, record_calibration_films, refuse_test_films
+from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, session_logits, tta_probabilities, tta_views
@@ -234,7 +234,7 @@ def build_ensemble(
         held_out = labelled_records(data, split, task, card.spec)[:3]
         refuse_test_films(held_out[0], data, "temperature and thresholds")
         caveats = check_held_out(paths, held_out[0], "choose the ensemble's temperature and thresholds",
-                                 " (or use --cv)", validation_warning=True)
+                                 " (or use --cv)", policy=HeldOutPolicy(validation_warning=True))
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         save_bundle(tmp, net, card)

@@ -4,8 +4,9 @@ Quantising moves the scores, so the INT8 model gets its own operating point: its
 is chosen again on the INT8 scores of validation films that the model did not train on, with the bundle's own
 policy (for an ensemble of cv runs, on out-of-fold INT8 scores, as its FP32 thresholds were). Both live in the
 model's sidecar (``model.int8.onnx.json``, under the keys any reader of a sidecar reads), beside the validation AUC
-of the FP32 and INT8 models, so that ``predict``/``serve --backend onnx-int8`` and other ONNX users read labels at
-the threshold validated for the scores they compute; bundle.json records the SHA-256 of the model and sidecar.
+of the FP32 and INT8 models (for a task of more than two classes their macro AUC too), so that
+``predict``/``serve --backend onnx-int8`` and other ONNX users read labels at the threshold validated for the scores
+they compute; bundle.json records the SHA-256 of the model and sidecar.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import format_figure, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
-from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.data.tasks import Task, binary_targets, get_task
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 # the films per call: 8 hold a ten-member ensemble's quantisation to 4 GB (32: 10 GB), and the ranges, min and max
 # over the same films, come out the same
 CALIBRATION_BATCH = 8
+# an INT8 model whose validation AUC falls further below FP32's is not written; for a task of more than two classes
+# its macro AUC too, which sees what the AUC of the positive call cannot: bacteria and virus told apart
+MAX_AUC_DROP = 0.01
 
 
 class _Calibration(CalibrationDataReader):
@@ -119,8 +123,9 @@ class Int8Scores:
     the binary targets, plain and TTA scores, the films' patients (None: out-of-fold films, counted as films, as the
     ensemble's own thresholds were), the films as the sidecar (``chosen_on``) and as the policy (``named_on``, without
     this machine's folders) name them, the FP32 AUC on them, the largest change in probability quantisation made,
-    the same against the members quantised alone (out of fold only), and the films to record as its calibration
-    films (None: none, for out-of-fold films)."""
+    the same against the members quantised alone (out of fold only), the films to record as its calibration films
+    (None: none, for out-of-fold films), and for a task of more than two classes the FP32 and INT8 macro AUC on
+    them (:func:`_macro_aucs`)."""
 
     y: np.ndarray
     plain: np.ndarray
@@ -132,13 +137,28 @@ class Int8Scores:
     change: float
     member_mean_change: float | None
     calibration_records: list[Record] | None
+    macro_auc: tuple[float | None, float | None] | None
+
+
+def _macro_aucs(task: Task, targets: np.ndarray, fp32: np.ndarray | float | None,
+                int8: np.ndarray) -> tuple[float | None, float | None] | None:
+    """The FP32 and INT8 macro (mean one-vs-rest) AUC of a task of more than two classes on the films of
+    ``targets``, as ``evaluate`` reports it, from the models' class probabilities (``fp32``: or the figure recorded on
+    those films); None for a two-class task, whose AUC is the positive call's."""
+    if not task.multiclass:
+        return None
+
+    def macro(probs: np.ndarray) -> float | None:
+        return task.extra_metrics(targets, probs)["multiclass"]["macro_auc"]
+
+    return macro(fp32) if isinstance(fp32, np.ndarray) else fp32, macro(int8)
 
 
 def _shipped_and_fp32(int8: Predictor, fp32: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The plain scores of the shipped INT8 graph and of the FP32 model on the films the change is measured on.
-    Scored last: once run, the graphs' ONNX Runtime memory arenas stay, and would add to the peak of the
+    """The plain class probabilities of the shipped INT8 graph and of the FP32 model on the films the change is
+    measured on. Scored last: once run, the graphs' ONNX Runtime memory arenas stay, and would add to the peak of the
     out-of-fold scoring or of the TTA views."""
-    return int8.positive(int8.probabilities(images)), fp32.positive(fp32.probabilities(images))
+    return int8.probabilities(images), fp32.probabilities(images)
 
 
 def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
@@ -146,11 +166,13 @@ def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
     """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets)."""
     records, images, targets = val
     tta = int8.positive(int8.probabilities(images, tta=True))
-    shipped, reference = _shipped_and_fp32(int8, fp32, images)
+    shipped_probs, reference_probs = _shipped_and_fp32(int8, fp32, images)
+    shipped, reference = int8.positive(shipped_probs), fp32.positive(reference_probs)
     y = binary_targets(targets)
     return Int8Scores(y, shipped, tta, [r.patient for r in records], f"the val films of {data}",
                       f"the val films of {Path(data).name}", roc_auc(y, reference),
-                      float(np.abs(reference - shipped).max()), None, records)
+                      float(np.abs(reference - shipped).max()), None, records,
+                      _macro_aucs(int8.task, targets, reference_probs, shipped_probs))
 
 
 def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet, cv_dirs: Sequence[Path | str],
@@ -158,23 +180,25 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     """:class:`Int8Scores` on every film of the cv runs, each scored by the members that did not train on it, each
     member quantised alone with the ensemble's calibration batches (the shipped graph quantises the same operations
     on the same inputs); the change is measured on the calibration films, against the FP32 model and against the
-    mean of those members' scores. The FP32 AUC is the out-of-fold one ``ensemble --cv`` recorded."""
+    mean of those members' scores. The FP32 AUC (and macro AUC) is the out-of-fold one ``ensemble --cv`` recorded."""
     card = fp32.card
     task = get_task(card.task)
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
     logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
-    plain = task.positive_probability(softmax(logits, card.temperature))
+    probs = softmax(logits, card.temperature)
+    plain = task.positive_probability(probs)
     tta = task.positive_probability(tta_probabilities(views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
-    shipped, reference = _shipped_and_fp32(int8, fp32, calib)
+    shipped, reference = (p.positive(scored) for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
     return Int8Scores(binary_targets(targets), plain, tta, None,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
-                      float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None)
+                      float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
+                      _macro_aucs(task, targets, card.val_metrics.get("three_class_macro_auc"), probs))
 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard,
@@ -194,6 +218,9 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard,
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
     if np.ptp(binary_targets(targets)) == 0:
         raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
+    if task.multiclass and (absent := [c for k, c in enumerate(task.classes) if not (targets == k).any()]):
+        raise ValueError(f"the val films of {data} hold no {' or '.join(absent)} film: the INT8 model's macro AUC "
+                         f"of the {len(task.classes)} classes cannot be checked against FP32's on them")
     return pool, (records, images, targets)
 
 
@@ -204,7 +231,8 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     chosen on its validation films, which the model must not have trained on. An ensemble built by ``ensemble --cv``
     has no such films; with ``cv_dirs`` (the runs it was built from) its activations are calibrated on films of the
     runs and its thresholds chosen on out-of-fold INT8 scores, as its FP32 thresholds were on out-of-fold scores.
-    Refuses an INT8 model whose validation AUC is more than 0.01 below FP32's."""
+    Refuses an INT8 model whose validation AUC is more than MAX_AUC_DROP below FP32's, and for a task of more than
+    two classes one whose macro AUC is (its classes told apart worse, which the AUC of the positive call misses)."""
     if (data is None) == (not cv_dirs):
         raise ValueError("give labelled films with train and val splits (--data) or the cv runs the ensemble was "
                          "built from (--cv), not both and not neither")
@@ -235,14 +263,31 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures["max_member_mean_change"] = scored.member_mean_change
-    if figures["val_auc_int8"] < figures["val_auc_fp32"] - 0.01:
-        raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than 0.01 below "
-                         f"FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle with "
-                         "--backend onnx")
+    if figures["val_auc_int8"] < figures["val_auc_fp32"] - MAX_AUC_DROP:
+        raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than {MAX_AUC_DROP} "
+                         f"below FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle "
+                         "with --backend onnx")
+    if scored.macro_auc is not None:
+        figures["int8_three_class"] = _three_class_gate(get_task(card.task), scored)
     out = _write_int8(bundle, graph, figures, scored.calibration_records)
     log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
              format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
     return out
+
+
+def _three_class_gate(task: Task, scored: Int8Scores) -> dict:
+    """The sidecar's figures of the classes (the FP32 and INT8 macro AUC on the films they name), after refusing an
+    INT8 model whose macro AUC falls more than MAX_AUC_DROP below FP32's or cannot be measured."""
+    fp32, int8 = scored.macro_auc or (None, None)
+    classes = ", ".join(task.classes)
+    if fp32 is None or int8 is None:
+        raise ValueError(f"no macro AUC ({classes}) of the FP32 and INT8 models on {scored.chosen_on} (a class without "
+                         "films there, or an ensemble whose card records none: build it again with `ensemble --cv`): "
+                         "the INT8 model's class scores cannot be checked; not written")
+    if int8 < fp32 - MAX_AUC_DROP:
+        raise ValueError(f"INT8 validation macro AUC ({classes}) {format_figure(int8, 4)} is more than {MAX_AUC_DROP} "
+                         f"below FP32's {format_figure(fp32, 4)}: not written; serve this bundle with --backend onnx")
+    return {"macro_auc_fp32": fp32, "macro_auc_int8": int8, "films": scored.chosen_on, "n": int(len(scored.y))}
 
 
 def _write_int8(bundle: Path, graph: bytes, figures: dict, calibration_records: list[Record] | None) -> Path:

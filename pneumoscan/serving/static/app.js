@@ -7,6 +7,8 @@ const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
 let secondStage = false;  // the service reads etiology too: the list and its CSV carry it
 let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
+let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
+const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
 const films = [];  // {id, name, file, dicom, shown, status, result, error, cam}
 let current = null;
@@ -54,6 +56,7 @@ function showCard(info) {
   maxUploadBytes = info.max_upload_bytes;
   secondStage = Boolean(info.etiology);
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
+  classColumns = info.classes.length > 2 ? info.classes : [];
   $("etiology-column").hidden = !secondStage;
   renderList();
   const m = info.val_metrics || {};
@@ -75,7 +78,8 @@ function showCard(info) {
     ...(info.external_evaluations || []).map((e) => [`Evaluated on ${e.data}`,
       `AUC ${figure(e.metrics.auc.value)}, sensitivity ${figure(e.metrics.sensitivity.value)}, ` +
       `specificity ${figure(e.metrics.specificity.value)}` +
-      (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${filmsOf(e)} (${e.date})`]),
+      (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${filmsOf(e)} (${e.date})` +
+      (e.films_checked === false ? "; films not checked against its training films" : "")]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
@@ -159,6 +163,15 @@ function announcement(r) {
     `${warnings}.`;
 }
 
+// A model of more than two classes labels its first class against the rest at the threshold (normal vs pneumonia):
+// each class's probability and the most probable one, a rule of its own that can name another class, are said beside.
+function classesText(r) {
+  const p = r.probabilities;
+  const top = classColumns.reduce((best, c) => (p[c] > p[best] ? c : best));
+  return `Most probable class: ${top} (${classColumns.map((c) => `P(${c}) = ${figure(p[c])}`).join(", ")}); the ` +
+    `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
+}
+
 // What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py).
 function legendText(r) {
   const what = `Grad-CAM: evidence for ${r.positive}, scaled to this film's own strongest value; where the model ` +
@@ -209,6 +222,8 @@ function showResult(film) {
     `${labelText(r)}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
   $("probability").textContent =
     `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
+  $("classes").hidden = classColumns.length === 0;
+  $("classes").textContent = classColumns.length ? classesText(r) : "";
   const e = r.etiology;
   $("etiology").hidden = !e;
   if (e) {
@@ -687,7 +702,8 @@ function csvCell(text) {
 
 function csv() {
   const second = secondStage ? ["etiology", "etiology_probability", "etiology_positive", "etiology_threshold"] : [];
-  const head = ["file", "reading", "probability", "positive", "threshold", "model", ...second, "warnings",
+  const classes = classColumns.map((c) => CLASS_FIELD + c);
+  const head = ["file", "reading", "probability", "positive", "threshold", ...classes, "model", ...second, "warnings",
     "study_instance_uid"];
   const lines = [head.join(",")];
   for (const film of sorted()) {
@@ -696,9 +712,11 @@ function csv() {
     const etiology = !secondStage ? [] : e
       ? [e.label, e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
-      ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6), r.model_id, ...etiology,
-        r.warnings.join("; "), r.study_instance_uid || ""]
-      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", "", ...etiology, "", ""];
+      ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
+        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...etiology, r.warnings.join("; "),
+        r.study_instance_uid || ""]
+      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", ...classes.map(() => ""), "", ...etiology,
+        "", ""];
     lines.push(row.map((v) => csvCell(String(v))).join(","));
   }
   return `${lines.join("\r\n")}\r\n`;
