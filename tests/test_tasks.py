@@ -71,6 +71,8 @@ def test_a_multiclass_first_stage_with_an_etiology_second_is_refused_at_start(
     with pytest.raises(ValueError, match=f"^{re.escape(MULTICLASS_THEN_ETIOLOGY)}$"):
         create_app(three, etiology=second, backend="onnx")
     assert not [m for m in caplog.messages if "exporting" in m]  # refused before either model was built
+    with pytest.raises(ValueError, match=f"^{re.escape(MULTICLASS_THEN_ETIOLOGY)}$"):
+        evaluate(three, tmp_path / "no-such-data", etiology=second)  # refused before its films are looked for
     assert alone_warning("etiology").endswith("run it as the second stage after a pneumonia model (--etiology)")
 
 

@@ -28,7 +28,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
 from pneumoscan.data.split import patient_units
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks, select, warn_untyped
 from pneumoscan.inference.predict import Predictor, check_stages
-from pneumoscan.models.card import WEIGHTS, BundleCard
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
 from .report import METRICS, write_report
@@ -87,8 +87,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
     call; ``groups`` as :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not
     say bacteria or virus."""
-    second = Predictor(etiology, backend=backend)
-    check_stages(first.card.task, second.card.task)
+    second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
         images = cache.images[cache.rows([r.path for r in records])]
@@ -256,6 +255,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                          "the INT8 model's figures stay in the report")
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
+    if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
+        check_stages(load_card(bundle).task, load_card(etiology).task)
     predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
