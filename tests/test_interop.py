@@ -36,7 +36,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, generate_uid
+from pydicom.uid import ComprehensiveSRStorage, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, generate_uid
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
@@ -954,6 +954,38 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert _held(orthanc, study) == {ds.SOPInstanceUID for ds in held}
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
+
+
+def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
+    orthanc: str, tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """pacs --store after `pneumoscan threshold` files another report of the film (it may say Absent where the first
+    said Present): it names the report the study holds from the earlier threshold as its predecessor."""
+    study = generate_uid()
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, StudyInstanceUID=study),
+                      timeout=30).status_code == 200
+    site = tmp_path / "site.csv"
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], site)
+    retuned = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(retuned)]) == 0
+    stored = []
+    for bundle in (tiny_bundle, retuned):
+        out = tmp_path / f"{bundle.name}.json"
+        assert cli.main(["pacs", str(bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                         "--out", str(out), "--backend", "torch"]) == 0
+        [row] = [r for r in json.loads(out.read_text()) if "probability" in r]
+        stored.append(row["stored"][0])
+    client = DICOMwebClient(url=f"{orthanc}/dicom-web")
+    reports = {i["00080018"]["Value"][0]: i["0020000E"]["Value"][0] for i in client.search_for_instances(study)
+               if i["00080016"]["Value"][0] == ComprehensiveSRStorage}
+    assert reports.keys() == set(stored) and stored[0] != stored[1]
+    earlier, now = (client.retrieve_instance(study, reports[uid], uid) for uid in stored)
+    assert "PredecessorDocumentsSequence" not in earlier
+    [held] = now.PredecessorDocumentsSequence
+    [series] = held.ReferencedSeriesSequence
+    [report] = series.ReferencedSOPSequence
+    assert (held.StudyInstanceUID, series.SeriesInstanceUID, report.ReferencedSOPInstanceUID,
+            report.ReferencedSOPClassUID) == (study, earlier.SeriesInstanceUID, stored[0], ComprehensiveSRStorage)
 
 
 class _Quiet(BaseHTTPRequestHandler):

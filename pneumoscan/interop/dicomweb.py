@@ -37,8 +37,8 @@ import urllib3
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                         DigitalXRayImageStorageForProcessing)
+from pydicom.uid import (UID, ComprehensiveSRStorage, ComputedRadiographyImageStorage,
+                         DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
 from python_multipart.multipart import parse_options_header
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
@@ -244,6 +244,18 @@ def _not_scored(item: dict) -> str | None:
     return "; ".join(w for w in scope_warnings(recorded, MIN_SIDE, MIN_SIDE) if NO_CODED_FINDING.match(w)) or None
 
 
+def _issued_reports(found: list[dict]) -> dict[str, Dataset]:
+    """The study's Comprehensive SRs as its QIDO-RS answer lists them (study, series, SOP instance and class UIDs),
+    by SOP Instance UID: a report this run files at a new threshold names the one it replaces among them
+    (:func:`~pneumoscan.interop.reports.write_reports`). An item without all four is passed over."""
+    reports = {}
+    for item in found:
+        keys = (_STUDY, _SERIES, _SOP, _CLASS)
+        if _value(item, _CLASS) == ComprehensiveSRStorage and all(_value(item, k) for k in keys):
+            reports[_value(item, _SOP)] = Dataset.from_json({k: item[k] for k in keys})
+    return reports
+
+
 def read_authorization(auth_file: Path | str | None = None) -> str | None:
     """The Authorization header value for the PACS (``Bearer ...``, ``Basic ...``): ``auth_file``'s text, else
     ``$PNEUMOSCAN_PACS_AUTH``'s, else none, read as ``serve`` reads its key
@@ -438,7 +450,7 @@ def predict_study(
             scored = predict_paths(bundle, list(sources), backend=backend,
                                    heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
             if store:
-                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend)
+                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend, issued=_issued_reports(found))
                 for row in scored:
                     _store(session, root, study_uid, row)
             for row in scored:

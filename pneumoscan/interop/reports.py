@@ -98,7 +98,7 @@ def replaced_reports(source: Dataset, reading: dict, issued: dict[str, Dataset],
 
 def write_reports(
     rows: list[dict], bundle: Path | str, sr_dir: Path | str | None = None, fhir_dir: Path | str | None = None,
-    backend: str = "torch", tta: bool = False,
+    backend: str = "torch", tta: bool = False, issued: dict[str, Dataset] | None = None,
 ) -> None:
     """For every scored row: ``STEM.sr.dcm`` (and ``STEM.heatmap.dcm`` when the row has a heatmap) in ``sr_dir``,
     ``STEM.fhir.json`` in ``fhir_dir``; their paths go into the row's ``dicom_sr``, ``dicom_heatmap`` and ``fhir``.
@@ -107,7 +107,8 @@ def write_reports(
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
     report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier. A film's SR
     that ``sr_dir`` holds from an earlier threshold of these weights (:func:`earlier_thresholds`) is named as the
-    predecessor of the one written now, which is written beside it."""
+    predecessor of the one written now, which is written beside it; ``issued``, the reports held elsewhere (a PACS's
+    study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
@@ -118,7 +119,7 @@ def write_reports(
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     earlier = earlier_thresholds(card, backend, tta) if sr_dir is not None else []
-    issued = issued_reports(Path(sr_dir)) if earlier else {}
+    known = (issued_reports(Path(sr_dir)) if issued is None else issued) if earlier else {}
     for row in rows:
         if "probability" not in row:
             continue
@@ -149,7 +150,7 @@ def write_reports(
                 row.setdefault("warnings", []).append("not a DICOM file: no DICOM SR written (it has no study to join)")
                 continue
             png = Path(row["heatmap"]).read_bytes() if row.get("heatmap") else None
-            previous = replaced_reports(source, reading, issued, earlier, name, version, mode)
+            previous = replaced_reports(source, reading, known, earlier, name, version, mode)
             made = sr.report_files(source, reading, png, name, version, mode, previous)
             row["dicom_sr"] = str(write_new(Path(sr_dir), stem, ".sr.dcm", made[0]))
             if len(made) > 1:
