@@ -106,21 +106,20 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
             n += 1
 
 
-Stamp = tuple[int, ...]
-
-
-def file_stamp(path: Path | str) -> Stamp | None:
-    """What tells the file under ``path`` from any other that takes its name (device, inode, size, modification and
-    change times), or None when there is none: taken when a run begins, for :func:`unchanged`."""
+def file_stamp(path: str | Path) -> str | None:
+    """What changes when the file at ``path`` does: its size and its modification and status-change times (a
+    rewrite, another file put there by copy or rename, a chmod); None when it cannot be stat'ed. The image cache is
+    keyed on it, ``predict`` checks by it that its reads of a film were all of one file, and a results file is
+    replaced only while it is the one a run found when it began (:func:`unchanged`)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 @contextmanager
-def unchanged(path: Path | str, stamp: Stamp | None) -> Iterator[None]:
+def unchanged(path: Path | str, stamp: str | None) -> Iterator[None]:
     """Run the block, which writes ``path`` (and its folder's other outputs), only if ``path`` is still the file
     ``stamp`` (:func:`file_stamp`) found, or is gone; otherwise FileExistsError says that another writer changed it
     and that it was left as it is. The folder, made if missing, is locked (flock) for the check and the block, so
@@ -146,7 +145,7 @@ def _changed(path: Path, appeared: bool) -> FileExistsError:
                            "run's results?): nothing was written over it")
 
 
-def write_unchanged(path: Path | str, data: bytes, stamp: Stamp | None) -> Path:
+def write_unchanged(path: Path | str, data: bytes, stamp: str | None) -> Path:
     """:func:`write_atomic` of a results file that replaces only the file ``stamp`` found when the run began
     (:func:`unchanged`). When another writer changed it since, ``data`` goes under a new name beside it
     (:func:`write_new`) and FileExistsError says where: the other results stay, and this run's are not lost."""

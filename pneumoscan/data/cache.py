@@ -29,12 +29,11 @@ import PIL
 import pydicom
 import simplejpeg
 
-from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.atomic import file_stamp, write_atomic
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.options import SPLITS, look_up_option, usable_cores
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
-from pneumoscan.data.decode import file_stamp
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 

@@ -32,17 +32,6 @@ logger = logging.getLogger(__name__)
 Source = str | Path | bytes
 
 
-def file_stamp(path: str | Path) -> str | None:
-    """What changes when the file at ``path`` does: its size and its modification and status-change times (a
-    rewrite, another file put there by copy or rename, a chmod); None when it cannot be stat'ed. The cache is keyed
-    on it, and ``predict`` checks by it that its reads of a film were all of one file."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-
-
 @contextmanager
 def open_regular(path: Path | str) -> Iterator[BinaryIO]:
     """A file opened for reading without blocking, refused (DecodeError) unless the handle opened is a regular file:

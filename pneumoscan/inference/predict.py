@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pneumoscan.core.atomic import write_new
+from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import cell_text, path_text, shown
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
-from pneumoscan.data.decode import file_stamp, read_gray
+from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import walk

@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from pneumoscan.data.decode import file_stamp
+from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import NO_CODED_FINDING, describe
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
