@@ -258,6 +258,35 @@ def test_evaluate_writes_nothing_into_a_folder_another_run_wrote_meanwhile(
     assert [p.name for p in report.parent.iterdir()] == ["metrics.json"] and report.read_bytes() == b"{}"
 
 
+def test_evaluate_makes_its_error_gallery_before_it_locks_its_folder(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gallery's Grad-CAMs take up to a minute: made under the folder's lock, a second evaluation into the
+    folder waited that long only to be refused. The real gallery runs; whether the lock was free is noted."""
+    import fcntl
+
+    from pneumoscan.evaluation import evaluate as module
+
+    out, lock_free = tmp_path / "eval", []
+    real = module.error_gallery
+
+    def noting_the_lock(*args: object, **kwargs: object) -> dict:
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_free.append(True)
+        except BlockingIOError:
+            lock_free.append(False)
+        finally:
+            os.close(fd)
+        return real(*args, **kwargs)
+
+    out.mkdir()
+    monkeypatch.setattr(module, "error_gallery", noting_the_lock)
+    evaluate(tiny_bundle, tiny_dataset, "test", out)
+    assert lock_free == [True] and (out / "report.html").is_file()
+
+
 def _flat(text: str) -> str:
     """Console output without its whitespace: rich wraps long lines, inside a long path too."""
     return "".join(text.split())

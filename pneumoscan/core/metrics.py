@@ -831,6 +831,13 @@ def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Se
     return per_class, roc
 
 
+def macro_auc(y_true: Any, probs: Any) -> float:
+    """The macro (mean one-vs-rest) ROC AUC of class probabilities (N, C), as :func:`evaluate_multiclass` reports
+    it, without the intervals, bootstrap and curves that come with it there; NaN when a class has no film."""
+    y, P, _ = _as_multiclass(y_true, probs, np.shape(probs)[-1], None)
+    return float(np.mean([roc_auc(y == k, P[:, k]) for k in range(P.shape[1])]))
+
+
 def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np.ndarray],
                           patients: np.ndarray | None, balanced: float, n_boot: int) -> list[float]:
     """Interval of the balanced accuracy (the mean of the classes' recalls, ``balanced``): a BCa bootstrap of the
@@ -880,7 +887,7 @@ def evaluate_multiclass(
             "ci_unit": _unit(patients),
             "accuracy": _ratio(np.trace(counts), y.size),
             "balanced_accuracy": balanced,
-            "macro_auc": float(np.mean([r["auc"] for r in rows])),
+            "macro_auc": macro_auc(y, P),
             "macro_f1": float(np.mean([r["f1"] for r in rows])),
             "ece": top_label["ece"],
             "per_class": per_class,

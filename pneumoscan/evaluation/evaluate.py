@@ -283,9 +283,11 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         second = (second_scores, second_called)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
+        # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
+        gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold)
         with unchanged(Path(out_dir) / METRICS, results):
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
-                           f"{card.model} · {card.task} · {name}", header, second)
+                           f"{card.model} · {card.task} · {name}", header, second, gallery)
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
@@ -335,11 +337,11 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
                    probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
-                   second: tuple[np.ndarray, np.ndarray] | None) -> None:
+                   second: tuple[np.ndarray, np.ndarray] | None, gallery: dict[str, list[tuple[bytes, str]]]) -> None:
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
     each film's P and call of the second stage, when there is one: ``second``), sensitivity_table.csv, and the
-    report with its figures and the most confident errors."""
+    report with its figures and the most confident errors (``gallery``: :func:`error_gallery`)."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -362,5 +364,4 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     write_csv(out_dir / "predictions.csv", fields, rows)
     table = metrics["threshold_table"]
     write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
-    write_report(metrics, out_dir, title, extra=header, figures=True,
-                 gallery=error_gallery(predictor, records, y, scores, threshold))
+    write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)
