@@ -507,8 +507,8 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
 
 
 def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:
-    """An Observation of a DICOM film names its patient and has an identifier a rerun keeps (a receiver creates it
-    conditionally, once); a JPEG, which has neither patient nor study, gets none."""
+    """An Observation of a DICOM film names its patient and has an identifier a rerun keeps (a receiver updates it
+    conditionally); a JPEG, which has neither patient nor study, gets none."""
     folder = films["in_scope"].parent
     identifiers = []
     for run in ("r1", "r2"):

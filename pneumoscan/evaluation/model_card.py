@@ -282,16 +282,19 @@ def _threshold_section(card: BundleCard) -> str:
     rows = "\n".join(
         f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {format_figure(r['previous_threshold'], 4)} -> "
         f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
-        f"{format_figure(r['specificity'])} |"
+        f"{format_figure(r['specificity'])} | {FILMS_CHECKED.get(r.get('films_checked'), 'not recorded')} |"
         for r in card.threshold_records
     )
     caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.threshold_records
                       for caveat in r.get("caveats", []))  # records older than them have none
     return (f"{text}\n\nThresholds chosen after training (`pneumoscan threshold`), newest last:\n\n"
-            "| date | policy | data | threshold | TTA threshold | sensitivity / specificity there |\n"
-            f"| --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
+            "| date | policy | data | threshold | TTA threshold | sensitivity / specificity there | films new to it |\n"
+            f"| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
             "The sensitivity and specificity of a record are measured on the data the threshold was chosen on, "
-            "so they are optimistic in the same way as the validation figures."
+            "so they are optimistic in the same way as the validation figures. Films new to it: whether the films "
+            "were checked not to be the training or validation films of the runs the weights come from; a threshold "
+            "chosen on films it trained on comes out too high for a sensitivity target, and those \"not checked\" "
+            "may be such films."
             + (f"\n\nWhat could not be checked, or was found, when they were chosen:\n{caveats}" if caveats else ""))
 
 
@@ -384,7 +387,6 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
     whether the films were checked to be new to BUNDLE (``films_checked``) with what that check could not check or
     found (``caveats``): a bundle given without its run's split.csv (shipped alone) is evaluated with a logged
     warning only, and its card must not show figures on what may be its training films as other data's."""
-    unchecked = _sources_unknown(bundle)
     return {
         "data": data_name,
         "date": today(),
@@ -397,20 +399,21 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
-        "films_checked": unchecked is None,
-        # why the films could not be checked, then held_out.check_held_out's warnings (evaluate's "optimistic")
-        "caveats": [*([unchecked] if unchecked else []), *metrics.get("optimistic", [])],
+        # held_out.check_held_out's warnings: evaluate's "optimistic"
+        **films_record(bundle, metrics.get("optimistic", []), "this evaluation"),
     }
 
 
-def _sources_unknown(bundle: Path | str) -> str | None:
-    """Why the films given to BUNDLE could not be checked against the training films of the runs its weights come
-    from (None when they could): check_held_out passes over such a run with a logged warning, on the same test."""
+def films_record(bundle: Path | str, found: Sequence[str], purpose: str) -> dict[str, Any]:
+    """What a card's record (an evaluation, a threshold) says of the films it was made on: ``films_checked``,
+    whether they could be checked against the training films of the runs BUNDLE's weights come from
+    (check_held_out passes over a run it cannot look at with a logged warning, on the same test), and ``caveats``:
+    why not, then what the check ``found`` that flatters figures on them (its warnings)."""
     try:
-        check_sources_known([bundle], "this evaluation")
+        check_sources_known([bundle], purpose)
     except ValueError as e:
-        return str(e)
-    return None
+        return {"films_checked": False, "caveats": [str(e), *found]}
+    return {"films_checked": True, "caveats": list(found)}
 
 
 def add_evaluation(directory: Path | str, record: dict[str, Any]) -> BundleCard:

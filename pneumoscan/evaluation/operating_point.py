@@ -24,7 +24,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label, evaluate_probabilities, labelled_records
 from .held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
-from .model_card import today, update_card, validation_figures, write_model_card
+from .model_card import films_record, today, update_card, validation_figures, write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,10 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = predictor.card
     records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
     refuse_test_films(records, data, "threshold")
-    caveats = check_held_out([bundle], records, "choose the threshold", policy=HeldOutPolicy(validation_warning=True))
+    # checked as evaluate --add-to-card checks the films its record keeps: a run whose split.csv finds none of its
+    # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
+    caveats = check_held_out([bundle], records, "choose the threshold",
+                             policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
     y, patients = binary_targets(targets), [r.patient for r in records]
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)
@@ -172,7 +175,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     name = data_label(data, split, data_name)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
-                               int8[1] if int8 else None, len(errors), caveats)
+                               int8[1:] if int8 else None, len(errors), caveats)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
@@ -190,27 +193,32 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
 
 
 def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],
-                   patients: Sequence[str], caveat: str) -> tuple[np.ndarray, OperatingPoint] | None:
-    """BUNDLE's INT8 model's plain scores on the films, and its own operating point on them by the same policy
-    (``caveat``: the FP32 one's, on the same films); None when the bundle has no INT8 model."""
+                   patients: Sequence[str], caveat: str) -> tuple[np.ndarray, OperatingPoint, dict] | None:
+    """BUNDLE's INT8 model's plain scores on the films, its own operating point on them by the same policy
+    (``caveat``: the FP32 one's, on the same films), and its sidecar (the thresholds it replaces); None when the
+    bundle has no INT8 model."""
     if not (bundle / INT8_NAME).exists():
         return None
     # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
-    quantized = Predictor(bundle, backend="onnx", session=int8_model(bundle)[0])
+    session, sidecar = int8_model(bundle)
+    quantized = Predictor(bundle, backend="onnx", session=session)
     try:
         plain, tta = _scores(quantized, images)
-        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat)
+        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat), sidecar
     except ValueError as e:
         raise ValueError(f"INT8 model: {e}") from None
 
 
 def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
                       policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
-                      tta: np.ndarray, point: OperatingPoint, int8: OperatingPoint | None, unreadable: int,
-                      caveats: list[str]) -> dict:
+                      tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, dict] | None,
+                      unreadable: int, caveats: list[str]) -> dict:
     """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
-    policy, the thresholds before and after (the INT8 ones too), the figures at them, and the caveats."""
+    policy, the thresholds before and after (``int8``: the INT8 model's operating point and the sidecar it
+    replaces), the figures at them, whether the films could be checked to be new to BUNDLE, and the caveats. A
+    report of the new bundle names the one read at a threshold before as its predecessor."""
     at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)
+    int8_point, int8_before = int8 or (None, {})
     return {
         "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
         "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": unreadable,
@@ -219,9 +227,13 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
         "target_sensitivity": policy_targets[0], "max_false_positive_rate": policy_targets[1],
         "sensitivity": at["sensitivity"], "specificity": at["specificity"],
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
-        "int8_threshold": int8.threshold if int8 else None, "int8_tta_threshold": int8.tta_threshold if int8 else None,
+        "previous_int8_threshold": int8_before.get("int8_threshold"),
+        "previous_int8_tta_threshold": int8_before.get("int8_tta_threshold"),
+        "int8_threshold": int8_point.threshold if int8_point else None,
+        "int8_tta_threshold": int8_point.tta_threshold if int8_point else None,
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
-        "caveats": caveats,  # why the figures on these films may flatter the model (MODEL_CARD.md says them)
+        # films_checked, and caveats: why the figures on these films may flatter the model (MODEL_CARD.md says them)
+        **films_record(bundle, caveats, "choose the threshold"),
     }  # fmt: skip
 
 

@@ -5,9 +5,14 @@ is ``preliminary`` (software reading, no clinician has confirmed it), names the 
 at the imaging study by its DICOM UID (``derivedFrom`` by identifier: the ImagingStudy resource is the hospital's;
 the series and instance UIDs are in its display text), and carries as notes that it is a research result, not a
 diagnosis, and each scope warning. Its ``identifier`` is derived from the film (study, series and instance UIDs,
-patient), the model and the scoring mode, as the SR's UIDs are, so a receiver can create it conditionally and a
-rerun updates instead of adding; its ``subject`` is the patient by the film's PatientID (and issuer), as a logical
-reference; its ``effectiveDateTime`` the study's date and time. It holds no patient name.
+patient), the model and the scoring mode, as the SR's UIDs are, but not from the threshold:
+FHIR keeps one resource of one reading and updates it in place, so a receiver updates conditionally on the
+identifier, a rerun replaces the Observation instead of adding one, and so does a reading of the same weights at a
+threshold ``pneumoscan threshold`` chose anew (the server's version history keeps the earlier finding), where two
+Observations would state "absent" and "present" of one film by one model; the threshold is a component. Its status
+stays ``preliminary`` then: R4's ``amended`` follows a ``final`` result, which no clinician made of it. Its
+``subject`` is the patient by the film's PatientID (and issuer), as a logical reference; its ``effectiveDateTime``
+the study's date and time. It holds no patient name.
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
-from .sr import (DISCLAIMER, check_result, derived_uuid, film_identity, finding_mode, finding_present, malformed_reason,
-                 scope_notes)
+from .sr import DISCLAIMER, check_result, derived_uuid, film_identity, finding_present, malformed_reason, scope_notes
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)
@@ -140,7 +144,8 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
     }  # fmt: skip
     film = film_identity(result["study_instance_uid"], result.get("series_instance_uid") or "",
                          result["sop_instance_uid"], source)
-    key = derived_uuid(film, model_name, model_version, finding_mode(mode, result), "fhir")
+    # not the threshold (the SR's finding_mode): the same weights read at another threshold update this reading
+    key = derived_uuid(film, model_name, model_version, mode, "fhir")
     body["identifier"] = [{"system": URI, "value": f"urn:uuid:{key}"}]
     if patient is not None:
         body["subject"] = patient

@@ -61,11 +61,12 @@ def scoring_mode(backend: str, tta: bool = False) -> str:
 def earlier_thresholds(card: BundleCard, backend: str, tta: bool = False) -> list[float]:
     """The thresholds the bundle's weights were read at before the one in force, oldest first (``pneumoscan
     threshold`` records each one it replaced), for plain or TTA scores: a report made at one of them is replaced by
-    this bundle's. Empty for the INT8 model, whose earlier thresholds no record keeps."""
-    if backend == "onnx-int8":
-        return []
-    key = "previous_tta_threshold" if tta else "previous_threshold"
-    return [r[key] for r in card.threshold_records if r.get(key) is not None]
+    this bundle's. For the INT8 model, its own: those each record replaced and those it chose, which an ``export
+    --int8`` of the copy may have replaced since (the INT8 file's digest is part of the reports' identity, so one
+    made by another INT8 model is never taken for this one's)."""
+    kind = "tta_threshold" if tta else "threshold"
+    keys = (f"previous_int8_{kind}", f"int8_{kind}") if backend == "onnx-int8" else (f"previous_{kind}",)
+    return list(dict.fromkeys(r[k] for r in card.threshold_records for k in keys if r.get(k) is not None))
 
 
 def issued_reports(folder: Path) -> dict[str, Dataset]:
@@ -105,10 +106,11 @@ def write_reports(
     A row that cannot be reported (a JPEG/PNG has no study to file an SR in nor a patient to link an Observation
     to; a row with an ``error``; an object that is not a radiograph; a malformed header) gets a warning saying why
     instead, and the other rows are still written. ``backend`` and ``tta``: how the rows were scored, part of every
-    report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier. A film's SR
-    that ``sr_dir`` holds from an earlier threshold of these weights (:func:`earlier_thresholds`) is named as the
-    predecessor of the one written now, which is written beside it; ``issued``, the reports held elsewhere (a PACS's
-    study, by SOP Instance UID: study, series, SOP instance and class), are looked in instead."""
+    report's identity, so the same film scored the same way gets the same UIDs and FHIR identifier (the identifier
+    whatever the threshold: :mod:`.fhir`). A film's SR that ``sr_dir`` holds from an earlier threshold of these
+    weights (:func:`earlier_thresholds`) is named as the predecessor of the one written now, which is written beside
+    it; ``issued``, the reports held elsewhere (a PACS's study, by SOP Instance UID: study, series, SOP instance and
+    class), are looked in instead."""
     from . import fhir, sr
 
     check_reportable(bundle, dicom=sr_dir is not None)
