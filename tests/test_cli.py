@@ -250,7 +250,7 @@ def test_a_split_is_named_in_any_case_as_folders_and_manifests_are_read(tiny_bun
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == len(discover(tiny_dataset).split("test"))
 
 
-def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset: Path) -> None:
+def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset: Path, tmp_path: Path) -> None:
     spec = PreprocessSpec(24, "squash")
     with pytest.raises(ValueError, match="unknown split 'tset'; did you mean 'test'"):
         cache_dataset(tiny_dataset, spec, "tset")
@@ -260,6 +260,12 @@ def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset:
         cache_dataset(tiny_dataset, spec, "val")
     with pytest.raises(ValueError, match="none has a split .*: give no --split"):
         cache_dataset(tiny_dataset / "train", spec, "val")
+    # the quick start's step 3 on the Kermany release without its test/ folder: what to measure on instead
+    shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train")
+    with pytest.raises(ValueError, match="for split 'test': it holds 48 films, and they are in the train split; "
+                                         "without a test split, measure a bundle on its run's validation films: "
+                                         r"RUN/split.csv --split val \(optimistic figures\)$"):
+        cache_dataset(tmp_path / "no_test", spec, "test")
 
 
 @pytest.mark.parametrize("quiet", [False, True])

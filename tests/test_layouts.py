@@ -232,8 +232,11 @@ def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None
                                          r"manifest, mendeley, kaggle\)"):
         discover(root, layout="kagle")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no dataset layout recognises it .*kaggle: "):
+    with pytest.raises(ValueError, match="no dataset layout recognises it: it is an empty folder .*kaggle: "):
         discover(tmp_path / "empty")
+    with pytest.raises(ValueError, match=f"recognises it: it is one class's folder; give the folder that holds NORMAL "
+                                         rf"and PNEUMONIA \({root / 'train'}\) \(expected "):
+        discover(root / "train" / "NORMAL")
     with pytest.raises(FileNotFoundError, match="dataset not found"):
         discover(tmp_path / "missing")
 

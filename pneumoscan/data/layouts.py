@@ -586,11 +586,23 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
         chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
         if chosen is None:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
-            raise ValueError(f"{root}: no dataset layout recognises it (expected {expected})")
+            raise ValueError(f"{root}: no dataset layout recognises it{_unrecognised(root)} (expected {expected})")
     logger.debug("%s: read as the %s layout", root, chosen.name)
     found = chosen.discover(root)
     _warn_left_out(root, found)
     return found
+
+
+def _unrecognised(root: Path) -> str:
+    """What a root no layout recognises most likely is, said before the list of layouts: one class's folder (given
+    for the folder that holds both) or an empty folder."""
+    if not root.is_dir():
+        return ""
+    if root.name.upper() in LABELS:
+        return f": it is one class's folder; give the folder that holds {' and '.join(LABELS)} ({shown(root.parent)})"
+    if next(root.iterdir(), None) is None:
+        return ": it is an empty folder"
+    return ""
 
 
 _QUIET_REASONS = ("hidden folder", "hidden file", "system file")  # never a film
