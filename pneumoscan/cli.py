@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
@@ -416,6 +416,14 @@ def _probability(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, as every other error of the command line is: the reason and
+    where the options are listed, without the usage (up to 15 lines, which buried a did-you-mean)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
 
 
@@ -524,13 +532,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", action="append", metavar="BUNDLE",
                    help="distil: also learn this bundle's calibrated probabilities (repeatable: their average; an "
                         "ensemble bundle is one teacher); it must not have trained on the validation films")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     _choice(p, "--optimizer", OPTIMIZERS, "optimizer",
             help="adamw-cosine (default): AdamW, warm-up and cosine decay, early stopping on validation AUC; "
                  "adam-plateau (Keras recipe): Adam, rate cut on a validation-loss plateau, early stopping on it")
     _choice(p, "--log", TRACKERS, "tracker", action="append",
             help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
-                 "RUN_DIR/tensorboard, or an MLflow run (RUN_DIR/mlflow.db unless --tracking-uri)")
+                 "RUN/tensorboard, or an MLflow run (RUN/mlflow.db unless --tracking-uri)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (no training)")
 
@@ -546,7 +554,7 @@ def _cv_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="bundle folder (RUN_DIR/bundle)")
+    p.add_argument("bundle", help="bundle folder (RUN/bundle)")
     p.add_argument("data", help=DATA_HELP)
     _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several")
     p.add_argument("--out", help="report folder (default: next to the bundle)")
@@ -681,7 +689,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Calla
     ("audit", "class balance, sizes, unreadable files, duplicates, patient overlap", _audit_args, cmd_audit),
     ("split", "patient-grouped train/val split of everything but test, as a CSV manifest", _split_args, cmd_split),
     ("cache", "preprocess a dataset into the image cache ahead of evaluate", _cache_args, cmd_cache),
-    ("train", "train a model and write RUN_DIR/bundle", _train_args, cmd_train),
+    ("train", "train a model and write RUN/bundle", _train_args, cmd_train),
     ("cv", "patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread", _cv_args, cmd_cv),
     ("evaluate", "metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images",
      _evaluate_args, cmd_evaluate),
@@ -699,7 +707,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Calla
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pneumoscan", epilog="`pneumoscan COMMAND --help` lists a command's options.",
         description="Train, evaluate, explain and serve models that read pediatric chest X-rays: normal vs pneumonia, "
                     "bacterial vs viral pneumonia. Research use only: not a medical device.")

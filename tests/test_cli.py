@@ -239,7 +239,9 @@ def test_a_misspelt_split_is_named_as_a_typo(
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*args, "--split", "tset"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "unknown split 'tset'; did you mean 'test'?" in err, err
+    assert exit_info.value.code == 2 and err == (
+        f"pneumoscan {command}: error: argument --split: unknown split 'tset'; did you mean 'test'? (choose from "
+        f"train, val, test) (`pneumoscan {command} --help` lists the options)\n")  # one line: no usage above it
     assert not list(tmp_path.iterdir()), "refused before anything was written"
 
 

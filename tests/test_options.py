@@ -114,7 +114,8 @@ def test_set_reaches_any_field_and_print_config_shows_it(tmp_path: Path, capsys:
 
 @pytest.mark.parametrize("setting, reason", [
     ("augment.nosie=0.1", "unknown config key 'augment.nosie'; did you mean 'augment.noise'"),
-    ("epoch=2", "unknown config key 'epoch'; did you mean 'epochs'"),
+    ("epoch=2", "unknown config key 'epoch'; did you mean 'epochs'? (`pneumoscan train --print-config` lists the "
+                "settings)"),  # not "(34 names)": where to find them
     ("lr", "--set 'lr': expected key=value"),
     ("epochs.x=1", "epochs is 6, not a group of settings"),
     ("lr=[1", "the value is not YAML"),

@@ -491,6 +491,14 @@ def test_the_warm_up_starts_when_the_warm_start_ends() -> None:
     assert 0 < lr_factor(1 / 1000, 0.05) < 0.05
 
 
+def test_a_budget_the_warm_start_used_up_is_refused_with_what_to_give() -> None:
+    cfg = TrainConfig(time_budget=0.5)
+    with pytest.raises(ValueError, match=r"the warm start took 1.1 min of the 0.5 min time budget; nothing was left "
+                                         r"to train: give a --time-budget well above 1.1 min, or --set "
+                                         r"warm_start=false$"):
+        train_mod.make_optimizer(torch.nn.Linear(2, 2), cfg, None, Dist(), warm_s=66.0)  # refused before the data
+
+
 def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
     """With seed + epoch, seed 1's first epoch replayed seed 0's second one."""
     def order(seed: int, epoch: int) -> list[int]:

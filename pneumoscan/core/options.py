@@ -34,6 +34,7 @@ PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 LISTED = 20  # more known names than this are not all listed in the message
+SETTINGS_HINT = "`pneumoscan train --print-config` lists the settings"  # where a misspelt config key's list is
 # a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
 # string, so the float a setting means arrives as text
 SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -123,7 +124,7 @@ def check_fields(data: Mapping[str, object], cls: type, prefix: str = "") -> dic
 
     names, hints, checked = [prefix + f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls), dict(data)
     for key, value in data.items():
-        look_up_option(prefix + str(key), names, "config key")
+        look_up_option(prefix + str(key), names, "config key", hint=SETTINGS_HINT)
         union = typing.get_origin(hints[key]) in (typing.Union, types.UnionType)  # X | None
         kinds = typing.get_args(hints[key]) if union else (hints[key],)
         if (float in kinds or int in kinds) and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):

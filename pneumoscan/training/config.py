@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.names import is_utf8, shown
-from pneumoscan.core.options import (OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION, apply_settings, check_fields,
-                                     look_up_option)
+from pneumoscan.core.options import (OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, SETTINGS_HINT, VAL_FRACTION,
+                                     apply_settings, check_fields, look_up_option)
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import get_task
 from pneumoscan.data.transforms import Augment
@@ -161,7 +161,7 @@ class TrainConfig:
         that does (Python's own error names no alternative); values are checked where the config is made."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
-            look_up_option(str(key), names, "config key")
+            look_up_option(str(key), names, "config key", hint=SETTINGS_HINT)
         return cls(**data)
 
     def to_yaml(self) -> str:

@@ -359,7 +359,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
     budget_s = cfg.time_budget * 60 if cfg.time_budget else None
     if budget_s is not None and budget_s <= warm_s:
         raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
-                         "nothing was left to train")
+                         f"nothing was left to train: give a --time-budget well above {warm_s / 60:.1f} min, or "
+                         "--set warm_start=false")
     optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
     if ctx.main:
         log.info(
