@@ -95,7 +95,7 @@ def test_a_window_that_leaves_too_few_levels_is_named_not_the_film(film: np.ndar
         "VOI LUT": (voi_lut_dicom(twelve, np.repeat(np.arange(4) * 85, 1024)), "its VOI LUT"),
     }[case]
     with pytest.raises(DecodeError, match=rf"too few grey levels after {window}: the film holds \d+ inside it, "
-                                          r".*the window is too narrow for the film's values"):
+                                          r".*the window is too narrow for the values of the film"):
         read_gray(data, 224)
 
 

@@ -212,8 +212,8 @@ def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray
         assert body["label"] in ("bacteria", "virus")
         assert any("assumes the film shows pneumonia and cannot call it normal" in w for w in body["warnings"])
         for fmt in ("dicom-sr", "fhir"):  # a report codes a pneumonia finding: refused before the film is read
-            assert_error(upload(c, TEXT, format=fmt), 422, f"format={fmt} reports a pneumonia reading, and this "
-                         "service's model reads etiology (bacteria vs virus): ask for format=json")
+            assert_error(upload(c, TEXT, format=fmt), 422, f"format={fmt} reports a pneumonia reading, and the "
+                         "model of this service reads etiology (bacteria vs virus): ask for format=json")
 
 
 def test_web_page_is_served_without_external_resources(client: TestClient) -> None:

@@ -23,9 +23,7 @@ from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import (
-    BLANK, BLANK_IN_WINDOW, NEAR_BLANK_LEVELS, NEAR_BLANK_SHARE, DecodeError, minmax_u8, one_level_share,
-)  # fmt: skip
+from .pixels import BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, DecodeError, blank_reason, minmax_u8, one_level_share
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +104,9 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     them at full size (:func:`~pneumoscan.data.pixels.check_grey_levels`), before the reduction blends them."""
     src, reader = _check_source(source, dicom)
     gray = reader.gray(src, target)
-    if not gray.size or gray.min() == gray.max():
-        reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src) else BLANK
-        raise DecodeError(reason)
-    if (share := one_level_share(np.bincount(gray.ravel(), minlength=256))) >= NEAR_BLANK_SHARE:
-        reason = BLANK_IN_WINDOW if reader.name == "DICOM" and _windowed_out(src, nearly=True) else (
-            f"blank image: {100 * share:.1f}% of the pixels are within {NEAR_BLANK_LEVELS} grey levels of one value "
-            "(an empty film with a marker or label, say)")
-        raise DecodeError(reason)
+    if reason := blank_reason(gray):
+        window = reader.name == "DICOM" and _windowed_out(src, nearly=reason != BLANK)
+        raise DecodeError(BLANK_IN_WINDOW if window else reason)
     return gray
 
 

@@ -65,6 +65,17 @@ NEAR_BLANK_SHARE = 0.95
 NEAR_BLANK_LEVELS = 2
 
 
+def blank_reason(gray: np.ndarray) -> str | None:
+    """Why 8-bit pixels hold nothing to see (none at all, one grey level, or nearly one), None when they hold a
+    picture: a model shown a uniform square still answers with a probability."""
+    if not gray.size or gray.min() == gray.max():
+        return BLANK
+    if (share := one_level_share(np.bincount(gray.ravel(), minlength=256))) >= NEAR_BLANK_SHARE:
+        return (f"blank image: {100 * share:.1f}% of the pixels are within {NEAR_BLANK_LEVELS} grey levels of one "
+                "value (an empty film with a marker or label, say)")
+    return None
+
+
 def too_few_levels(what: str) -> DecodeError:
     """The refusal of a film with fewer than :data:`MIN_GREY_LEVELS` grey levels; ``what`` says how it is known."""
     return DecodeError(f"too few grey levels: {what}, where a radiograph has hundreds: {NOT_A_RADIOGRAPH}")
@@ -82,7 +93,7 @@ def too_few_levels_in_window(window: str, levels: int) -> DecodeError:
     :data:`MIN_GREY_LEVELS` grey levels: the window is at fault, not the film (as :data:`BLANK_IN_WINDOW` says of a
     window that leaves nothing). ``window``: which, as "its window (WindowCenter 40, WindowWidth 12)"."""
     return DecodeError(f"too few grey levels after {window}: the film holds {levels} inside it, where a radiograph "
-                       "has hundreds; the window is too narrow for the film's values (check the window, or export "
+                       "has hundreds; the window is too narrow for the values of the film (check the window, or export "
                        "the original film)")
 
 

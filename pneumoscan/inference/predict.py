@@ -33,12 +33,12 @@ from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usa
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.pixels import DecodeError, blank_reason
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe
 from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_appearance, load_card, verify_file
+from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, load_appearance, load_card, verify_file
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -102,6 +102,7 @@ class Predictor:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
         fresh graph this way before that graph's thresholds exist)."""
         look_up_option(backend, BACKENDS, "backend")
+        given = session is not None  # int8_model's session below is the bundle's own
         self.bundle = bundle
         self.card = load_card(bundle)
         self.task = get_task(self.card.task)
@@ -129,9 +130,20 @@ class Predictor:
                 tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []),
                 threshold_caveat=sidecar.get("int8_threshold_caveat", ""))
         if backend != "torch":
-            from .export import bundle_session
+            from .export import INT8_NAME, bundle_session
 
             self._session = session or bundle_session(bundle)
+            own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
+            self._check_input_size("the ONNX model given" if given else f"its {own}")
+
+    def _check_input_size(self, what: str) -> None:
+        """Refuse an ONNX graph built for another input size than the card's: every film would be prepared at the
+        card's size, and ONNX Runtime would fail on the first one with its own error instead of a reason."""
+        side = self._session.get_inputs()[0].shape[-2:]
+        if all(isinstance(n, int) for n in side) and list(side) != [self.card.size] * 2:
+            raise ValueError(f"{self.bundle}: {what} reads {side[0]} x {side[1]} images, and bundle.json says "
+                             f"{self.card.size} (the size films are prepared at), so the card does not describe this "
+                             "model; restore the bundle from a good copy")
 
     @property
     def model(self) -> torch.nn.Module:
@@ -265,8 +277,13 @@ class Predictor:
         return {f"{CLASS_FIELD}{c}": float(v) for c, v in zip(self.card.classes, probabilities)}
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
-        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says."""
-        return self.reading(self.probabilities(self.preprocess([gray]), tta=tta)[0], tta)
+        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says. A blank one (no pixels,
+        or one grey level, or nearly) is refused with :class:`DecodeError`, as :func:`read_gray` refuses such a film:
+        an array made another way (Pillow's convert, a viewer's export) has not passed that check."""
+        images = self.preprocess([gray])  # its shape and type checked first
+        if reason := blank_reason(gray):
+            raise DecodeError(reason)
+        return self.reading(self.probabilities(images, tta=tta)[0], tta)
 
 
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -373,9 +390,12 @@ def _decoded(
     in threads while the caller runs the model."""
     with ThreadPoolExecutor(usable_cores()) as pool:
 
+        def read(path: str) -> tuple[str, Future, str | None]:
+            stamp = file_stamp(path)  # before the read starts: one taken after could see the file already removed
+            return path, pool.submit(_decode, path, target), stamp
+
         def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str, str | None]]:
-            return [(path, error, None) if error else (path, pool.submit(_decode, path, target), file_stamp(path))
-                    for path, error in batch]
+            return [(path, error, None) if error else read(path) for path, error in batch]
 
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         pending = submit(batches[0]) if batches else []

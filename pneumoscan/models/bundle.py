@@ -56,15 +56,18 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    if card.model == ENSEMBLE:  # several members in one bundle
-        model = EnsembleNet.from_card(card)
-    else:
-        if not registry.known(card.model):
-            raise ValueError(f"{directory}: its model {card.model!r} is not registered in this process: import the "
-                             "module that registers it first (a model of your own: docs/development.md, Adding a "
-                             "model)")
-        model = registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
-                                image_size=card.size, **card.model_kwargs)
+    if card.model != ENSEMBLE and not registry.known(card.model):
+        raise ValueError(f"{directory}: its model {card.model!r} is not registered in this process: import the "
+                         "module that registers it first (a model of your own: docs/development.md, Adding a model)")
+    try:
+        if card.model == ENSEMBLE:  # several members in one bundle
+            model = EnsembleNet.from_card(card)
+        else:
+            model = registry.create(card.model, num_classes=len(card.classes), in_chans=1, pretrained=False,
+                                    image_size=card.size, **card.model_kwargs)
+    except TypeError as e:  # a setting the builder does not take: a card edited, or of another version of the model
+        raise ValueError(f"{directory}: its model_kwargs do not fit the model {card.model!r} ({e}); restore the "
+                         "bundle from a good copy") from None
     try:
         model.load_state_dict(_read_weights(directory, card))
     except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)

@@ -129,4 +129,5 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = problems.replace("'", "")  # pydantic quotes what it expects ('json'): 422 bodies hold no apostrophes
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)

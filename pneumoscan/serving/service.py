@@ -150,7 +150,7 @@ class Service:
             raise Rejected(422, f"heatmap with the onnx-int8 backend: {INT8_HEATMAPS}")
         if format != "json" and not self.main.predictor.task.reports_pneumonia:
             # refused before the upload is read: the SR and the Observation code a pneumonia finding
-            raise Rejected(422, f"format={format} reports a pneumonia reading, and this service's model reads "
+            raise Rejected(422, f"format={format} reports a pneumonia reading, and the model of this service reads "
                                 f"{self.main.card.task} ({' vs '.join(self.main.card.classes)}): ask for format=json")
         lanes = [("prediction", self.limits.max_queue)]
         if heatmap:
@@ -224,7 +224,7 @@ class Service:
             scope["warnings"] += [self.alone] if self.alone else []
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
-                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the film's study")
+                raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film")
             if gone.done():
                 raise ClientGone()
             result = await main.predict(film)
