@@ -205,6 +205,8 @@ def test_errors_are_one_sentence_with_status_2(
     cases = [
         (tmp_path / "nosuch", [], f"{tmp_path / 'nosuch'} is not a bundle folder (no bundle.json)"),
         (film, [], f"{film} is not a bundle folder (no bundle.json)"),
+        (tiny_bundle / "bundle.json", [], f"{tiny_bundle / 'bundle.json'} is not a bundle folder (no bundle.json): it "
+                                          f"is a file of the bundle {tiny_bundle}; give that folder"),
         (tiny_bundle.parent, [], f"{tiny_bundle.parent} is not a bundle folder (no bundle.json); did you mean {tiny_bundle}?"),
         (tiny_bundle, ["--heatmaps", str(results)], f"--heatmaps {results} is a file: name a folder"),
         (tiny_bundle, ["--heatmaps", str(results / "maps")], f"{results / 'maps'}: not a directory"),

@@ -40,8 +40,12 @@ def test_built_in_tasks_answer_through_the_task_object() -> None:
     assert set(multiclass.extra_metrics(np.array([0, 1, 2, 0, 1, 2]), np.tile(probs, (3, 1)))) == {"multiclass"}
     assert etiology.extra_metrics(np.array([0, 1]), probs[:, :2]) == {}
     assert check_stages("pneumonia", "etiology") == "PNEUMONIA"
-    with pytest.raises(ValueError, match="the etiology task follows pneumonia, not etiology"):
+    with pytest.raises(ValueError, match="the etiology task follows pneumonia, not etiology$"):
         check_stages("etiology", "etiology")
+    with pytest.raises(ValueError, match="the pneumonia task follows no other stage, not etiology; the bundles look "
+                                         "swapped: give the pneumonia bundle first and the etiology bundle with "
+                                         "--etiology$"):
+        check_stages("etiology", "pneumonia")
     assert {"pneumonia", "etiology", "multiclass", TOY} <= set(list_tasks())
 
 

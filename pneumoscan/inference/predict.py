@@ -417,8 +417,10 @@ def check_stages(first: str, second: str) -> str:
     try:
         return then.handoff(task)
     except ValueError as e:
+        swapped = (f"; the bundles look swapped: give the {second} bundle first and the {first} bundle with --etiology"
+                   if second in task.follows else "")
         raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
-                         f"bundle, for instance): {e}") from None
+                         f"bundle, for instance): {e}{swapped}") from None
 
 
 def said_at_start(first: Predictor, second: Predictor | None = None) -> list[str]:
@@ -494,7 +496,7 @@ def predict_paths(
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
     with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"Predicting {len(items)} images", total=len(items))
+        task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
             readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
             results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))

@@ -270,8 +270,10 @@ def load_card(directory: Path | str) -> BundleCard:
     try:
         data = json.loads(read_bundle_text(path), parse_constant=_no_constant)
     except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
-        inner = RunFolder(Path(directory)).bundle
-        hint = f"; did you mean {inner}?" if (inner / CARD).is_file() else ""
+        inner, given = RunFolder(Path(directory)).bundle, Path(directory)
+        hint = (f"; did you mean {inner}?" if (inner / CARD).is_file() else
+                f": it is a file of the bundle {given.parent}; give that folder" if given.is_file()
+                and (given.parent / CARD).is_file() else "")
         raise FileNotFoundError(f"{directory} is not a bundle folder (no {CARD}){hint}") from None
     except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
         raise ValueError(f"{path} is not a readable bundle card: {e}") from None
