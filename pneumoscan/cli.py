@@ -324,7 +324,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     stored = sum(len(row.get("stored", [])) for row in rows)
     filed = f"; reports of {len(scored) - len(unstored)} of {len(scored)} films stored ({stored} objects)"
-    log.info("%d scored, %d not radiographs (not scored), %d unreadable%s", len(scored),
+    log.info("%d scored, %d not scored (no frontal chest film to read: see not_scored), %d unreadable%s", len(scored),
              sum("not_scored" in row for row in rows), len(failed), filed if args.store else "")
     return 1 if failed or unstored else 0
 

@@ -322,6 +322,59 @@ def test_compressed_values_above_high_bit_are_refused_as_uncompressed_ones_are(s
     np.testing.assert_array_equal(read_gray(within), read_gray(dicom_bytes(film >> 2)))
 
 
+@pytest.mark.parametrize("syntax", [uid.ExplicitVRLittleEndian, uid.RLELossless], ids=lambda s: s.name)
+def test_signed_values_above_high_bit_are_refused_and_their_sign_bits_read_either_way(syntax: uid.UID) -> None:
+    """14-bit signed values under a 12-bit header were masked and sign-extended into bands (0.12 correlation with
+    the film) and scored, pneumonia 0.04 with no warning. 12-bit signed values read as the same values unsigned,
+    whether the bits above High Bit hold their sign or are left clear."""
+    def signed(values: np.ndarray) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(values, PixelRepresentation=1)))
+        if syntax.is_encapsulated:
+            ds.compress(syntax)
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        return buf.getvalue()
+
+    film = phantom(48, 48, lo=3000, hi=16000) - 8192  # 14-bit signed values
+    with pytest.raises(DecodeError, match=r"signed pixel values use bits above High Bit 11 for more than their "
+                                          r"sign \(Bits Stored 12, values -\d+ to \d+\).*" + WRAPS):
+        read_gray(signed(film))
+    values = film >> 2  # 12-bit signed values
+    expected = read_gray(dicom_bytes(values + 2048))
+    np.testing.assert_array_equal(read_gray(signed(values)), expected)  # sign-extended
+    np.testing.assert_array_equal(read_gray(signed(values & 0xFFF)), expected)  # bits above High Bit clear
+
+
+@pytest.mark.parametrize("intent", [{"PresentationIntentType": "FOR PROCESSING"},
+                                    {"SOPClassUID": uid.DigitalXRayImageStorageForProcessing}], ids=["intent", "class"])
+def test_an_xray_image_for_processing_is_refused(intent: dict) -> None:
+    """The detector's raw values, which a modality may archive beside the film of the same exposure: stretched to
+    8-bit grey and scored, they were a second reading of that exposure from values no one reads."""
+    film = phantom()
+    for read in (read_gray, image_info):
+        with pytest.raises(DecodeError, match=r"^an X-ray image For Processing: raw detector values, .*read its For "
+                                              r"Presentation image$"):
+            read(dicom_bytes(film, **intent))
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, PresentationIntentType="FOR PRESENTATION")),
+                                  read_gray(dicom_bytes(film)))
+
+
+def test_an_object_without_pixel_data_is_named_by_its_sop_class() -> None:
+    """A presentation state given as a film, a film whose pixels an export left out, and a disc's DICOMDIR were each
+    refused as 'no pixel data (not an image object)', which did not say what the file is, nor which to send."""
+    state = dicom_bytes(None, SOPClassUID=uid.GrayscaleSoftcopyPresentationStateStorage)
+    with pytest.raises(DecodeError, match=r"^DICOM file has no pixel data \(not an image object: Grayscale Softcopy "
+                                          r"Presentation State Storage\)$"):
+        read_gray(state)
+    stripped = dicom_bytes(None, SOPClassUID=uid.DigitalXRayImageStorageForPresentation)
+    with pytest.raises(DecodeError, match=r"^DICOM file has no pixel data: a Digital X-Ray Image Storage - For "
+                                          r"Presentation object without its pixels .*; send the whole file$"):
+        read_gray(stripped)
+    with pytest.raises(DecodeError, match=r"^DICOM file has no pixel data: a DICOMDIR, the index of a DICOM disc or "
+                                          r"folder, not an image; read the image files it lists$"):
+        image_info(get_testdata_file("DICOMDIR"))
+
+
 @pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEG2000Lossless], ids=lambda s: s.name)
 def test_a_codestream_wider_than_the_header_is_refused(syntax: uid.UID) -> None:
     """12-bit values compressed, the header then saying 8 bits (allocated and stored): the decoded values were cut
@@ -652,6 +705,20 @@ def test_an_empty_window_center_counts_as_absent() -> None:
     film = phantom(lo=50, hi=200)
     data = dicom_bytes(film, bits=8, WindowCenter="", WindowWidth="")
     np.testing.assert_array_equal(read_gray(data), film)
+
+
+def test_a_grey_mapping_that_is_no_number_is_refused_naming_it_and_a_blank_one_is_absent() -> None:
+    """A Window Center of letters failed in pydicom's arithmetic ("cannot decode DICOM pixel data ...: unsupported
+    operand type(s) for -=: 'str' and 'float'"), naming neither the element nor the fault; one of spaces only, as a
+    writer pads an empty value, was refused the same way, where an empty one counts as absent."""
+    film = phantom()
+    for keyword, other in (("WindowCenter", {"WindowWidth": "400"}), ("RescaleSlope", {"RescaleIntercept": "0"})):
+        data = dicom_bytes(film, **{keyword: "1234.5"}, **other)
+        for read in (read_gray, image_info):
+            with pytest.raises(DecodeError, match=rf"^malformed DICOM header: {keyword} is not a number, so the "
+                                                  r"film's grey levels cannot be known$"):
+                read(data.replace(b"1234.5", b"abcdef"))
+        np.testing.assert_array_equal(read_gray(data.replace(b"1234.5", b"      ")), read_gray(dicom_bytes(film)))
 
 
 def _nested_private(depth: int) -> pydicom.Dataset:

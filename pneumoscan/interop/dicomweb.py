@@ -38,7 +38,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (UID, ComprehensiveSRStorage, ComputedRadiographyImageStorage,
-                         DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
+                         DigitalXRayImageStorageForPresentation)
 from python_multipart.multipart import parse_options_header
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
@@ -46,7 +46,7 @@ from urllib3.util import Retry
 from pneumoscan.core.names import shown
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
-from pneumoscan.data.readers.dicom import MANUFACTURER, is_own_output
+from pneumoscan.data.readers.dicom import FOR_PROCESSING, FOR_PROCESSING_CLASSES, MANUFACTURER, is_own_output
 from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
@@ -74,8 +74,7 @@ _MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070
 _BODY, _VIEW = "00180015", "00185101"  # BodyPartExamined, ViewPosition
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition"]
-RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                                DigitalXRayImageStorageForProcessing})
+RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation})
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
 _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
@@ -232,6 +231,8 @@ def _not_scored(item: dict) -> str | None:
     (:data:`~pneumoscan.data.scope.NO_CODED_FINDING`; a PACS that leaves those fields out of its answer has the
     film scored, and its report refused, by the same rule)."""
     modality, sop_class = _value(item, _MODALITY).strip().upper(), _value(item, _CLASS).strip()
+    if sop_class in FOR_PROCESSING_CLASSES:  # the raw values of an exposure whose For Presentation image is the film
+        return f"{UID(sop_class).name}: {FOR_PROCESSING}"
     if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
         kind = UID(sop_class).name if sop_class else "SOP class not given"
         return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
@@ -351,14 +352,15 @@ def _loopback(parts: SplitResult) -> bool:
 
 
 def _retrieved(session: requests.Session, study_uid: str, found: list[dict], root: str,
-               films: Path) -> tuple[list[dict | str], dict[str, str]]:
+               films: Path) -> tuple[list[dict | str], dict[str, dict]]:
     """The study's instances in the QIDO-RS order, each a row already made (an image that is not a radiograph: not
     scored; one with an invalid UID in the search answer, or that WADO-RS could not retrieve, answered malformed, or
-    with another instance than asked for: an error) or the path of a retrieved film to score; and each film's WADO-RS
-    URL by path. pneumoscan's own outputs and instances without pixel data are left out. One instance's fault is
-    that instance's error only: the study's other films are still scored."""
+    with another instance than asked for: an error) or the path of a retrieved film to score; and by path, each
+    film's row as asked for (its WADO-RS URL and UIDs, which the row of a film that cannot be decoded keeps).
+    pneumoscan's own outputs and instances without pixel data are left out. One instance's fault is that instance's
+    error only: the study's other films are still scored."""
     entries: list[dict | str] = []
-    sources: dict[str, str] = {}
+    sources: dict[str, dict] = {}
     for item in found:
         series, sop = _value(item, _SERIES), _value(item, _SOP)
         where = f"{root}/studies/{study_uid}/series/{series}/instances/{sop}"
@@ -379,8 +381,10 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
             asked = (study_uid, series, sop)
             if tuple(str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")) != asked:
                 raise ValueError("the PACS returned another instance than asked for: not scored")
-            if "PixelData" not in ds or is_own_output(ds):
+            if is_own_output(ds) or ("PixelData" not in ds and _ROWS not in item):  # not an image: no row
                 continue
+            if "PixelData" not in ds:  # an image in the search (Rows), but retrieved without its pixels
+                raise ValueError("its answer holds no pixel data, where the search lists an image: not scored")
             path = films / f"{sop}.dcm"
             ds.save_as(path, enforce_file_format=True)
         except requests.HTTPError as e:  # gone since the search, not acceptable, nearline, redirected: this one only
@@ -395,7 +399,7 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
             entries.append({**row, "error": f"WADO-RS got no answer for it ({type(e).__name__}), after {ATTEMPTS} "
                                             "tries"})
             continue
-        sources[str(path)] = where
+        sources[str(path)] = row
         entries.append(str(path))
     return entries, sources
 
@@ -454,10 +458,13 @@ def predict_study(
                 for row in scored:
                     _store(session, root, study_uid, row)
             for row in scored:
-                row["path"] = sources[row["path"]]
+                asked = sources[row["path"]]
+                row["path"] = asked["path"]
+                for key, value in asked.items():  # an error row, not decoded, has no UIDs of its own
+                    row.setdefault(key, value)
                 row.pop("heatmap", None)  # the temporary PNG is gone with the folder
             by_path = {row["path"]: row for row in scored}
-            rows = [by_path[sources[e]] if isinstance(e, str) else e for e in entries]
+            rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
         raise OSError(f"DICOMweb at {root}: {e}") from None
     log.info("scored %d of the study's %d instances", len(scored), len(found))

@@ -37,9 +37,10 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
-    UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-    RLELossless,
+    UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, MediaStorageDirectoryStorage, RLELossless,
 )  # fmt: skip
 
 from pneumoscan.data import pixels
@@ -60,6 +61,7 @@ _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "Y
             "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}  # fmt: skip
 _POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Presentation LUT Shape each implies
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
+_GREY_NUMBERS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")  # what maps values to grey
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
 _MAX_ASPECT = 3.0  # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
 # what a decoder may raise that is no fault of the film, and must end the run as it would anywhere else
@@ -77,6 +79,13 @@ _OVERSHOOT = 0.25
 _LOSSLESS = re.compile(r"(?<!near-)lossless", re.IGNORECASE)  # in a transfer syntax's name: not near-lossless
 MANUFACTURER = "pneumoscan"  # the Manufacturer of every DICOM object this package writes (SR, Secondary Capture)
 OWN_OUTPUT = "a pneumoscan output (Grad-CAM Secondary Capture or DICOM SR), not a film"
+# X-ray images For Processing (PS3.3 C.8.11.1.1.1): the detector's raw values, which the modality's image processing
+# turns into the For Presentation image a reader sees (the DX IOD asks a VOI LUT or window of that image only)
+FOR_PROCESSING_CLASSES = frozenset({DigitalXRayImageStorageForProcessing,
+                                    DigitalMammographyXRayImageStorageForProcessing,
+                                    DigitalIntraOralXRayImageStorageForProcessing})
+FOR_PROCESSING = ("raw detector values, before the image processing that makes them a film to read; read its For "
+                  "Presentation image")
 
 
 class DicomReader(Reader):
@@ -123,6 +132,17 @@ def is_own_output(ds: Dataset) -> bool:
     try:
         return str(ds.get("Manufacturer") or "").strip() == MANUFACTURER
     except Exception:  # an unreadable Manufacturer is not ours: ours are written whole
+        return False
+
+
+def is_for_processing(ds: Dataset) -> bool:
+    """Whether this is an X-ray image For Processing (its SOP class, or Presentation Intent Type): a modality may
+    archive it beside the For Presentation image of the same exposure, and scored it would be a second, meaningless
+    reading of that exposure."""
+    try:
+        intent = str(ds.get("PresentationIntentType") or "").strip().upper()
+        return intent == "FOR PROCESSING" or str(ds.get("SOPClassUID") or "").strip() in FOR_PROCESSING_CLASSES
+    except Exception:  # a damaged value: the checks that read it for the film say so
         return False
 
 
@@ -224,6 +244,8 @@ def _header(ds: Dataset) -> _Film:
     reason."""
     if is_own_output(ds):
         raise pixels.DecodeError(OWN_OUTPUT)
+    if is_for_processing(ds):
+        raise pixels.DecodeError(f"an X-ray image For Processing: {FOR_PROCESSING}")
     try:
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
@@ -236,15 +258,20 @@ def _header(ds: Dataset) -> _Film:
         lut_shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
         float_window = "PixelData" not in ds and _given(ds, "WindowCenter") and _given(ds, "WindowWidth")
         height_over_width = _pixel_aspect(ds)
+        no_numbers = [k for k in _GREY_NUMBERS if _given(ds, k) and not _numbers(ds.get(k))]
     except pixels.DecodeError:
         raise
     except Exception as e:
         raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
+    if no_numbers:  # pydicom keeps such a value as text, and its LUT arithmetic fails on it with a type error
+        said = "is not a number" if len(no_numbers) == 1 else "are not numbers"
+        raise pixels.DecodeError(f"malformed DICOM header: {' and '.join(no_numbers)} {said}, so the film's grey "
+                                 "levels cannot be known")
     if not has_pixels and not len(ds):  # pydicom reads a file that ends inside an element as no element at all
         raise pixels.DecodeError(f"no data set could be read from this DICOM file ({_syntax(ds)}): it is cut short "
                                  "or damaged (one that ends inside its pixel data reads as nothing); send it again")
     if not has_pixels:
-        raise pixels.DecodeError(_misencoded(ds) or "DICOM file has no pixel data (not an image object)")
+        raise pixels.DecodeError(_misencoded(ds) or _no_image(ds))
     if not rows or not cols:
         raise pixels.DecodeError("DICOM file has pixel data but no Rows/Columns")
     if frames > 1:
@@ -288,6 +315,12 @@ def _given(ds: Dataset, keyword: str) -> bool:
     return value is not None and (not hasattr(value, "__len__") or len(value) > 0)
 
 
+def _numbers(value: object) -> bool:
+    """Whether a DS or IS element's value (one or several) is finite numbers, as pydicom converts valid ones."""
+    values = value if isinstance(value, MultiValue) else [value]
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
 def _pixel_aspect(ds: Dataset) -> float:
     """A pixel's height over its width, from Pixel Spacing, else Imager Pixel Spacing, else Pixel Aspect Ratio; 1
     when they give none or one within :data:`_SQUARE` of it. A value that is not two positive numbers is passed over
@@ -317,6 +350,24 @@ def _pixel_aspect(ds: Dataset) -> float:
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
                                      "shape of the film's pixels is unknown")
     return 1.0
+
+
+def _no_image(ds: Dataset) -> str:
+    """Why a file without pixel data is no film, naming what it is by its SOP class (a report, a presentation
+    state, a DICOMDIR), so that whoever sent it knows which file to send instead."""
+    try:
+        sop_class = UID(str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "").strip())
+    except Exception:  # a damaged value: said without it
+        sop_class = UID("")
+    if sop_class == MediaStorageDirectoryStorage:
+        return ("DICOM file has no pixel data: a DICOMDIR, the index of a DICOM disc or folder, not an image; read the "
+                "image files it lists")
+    if sop_class.type != "SOP Class":
+        return "DICOM file has no pixel data (not an image object)"
+    if "ImageStorage" in sop_class.keyword:  # an image stripped of its pixels, by an export or a metadata request
+        return (f"DICOM file has no pixel data: a {sop_class.name} object without its pixels (left out by an export "
+                "or a PACS); send the whole file")
+    return f"DICOM file has no pixel data (not an image object: {sop_class.name})"
 
 
 def _misencoded(ds: Dataset) -> str | None:
@@ -363,7 +414,7 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
                            correct_unused_bits=unused == "mask")  # fmt: skip
     arr = ds.pixel_array
     if unused == "check":
-        _check_high_bits(ds, arr)
+        arr = _check_high_bits(ds, arr)
     elif unused == "clip":
         arr = _clipped(ds, arr)
     return arr
@@ -416,8 +467,8 @@ def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> int | None:
 
 def _unused_bits(ds: Dataset, syntax: object, precision: int | None) -> str:
     """What is done with stored values' bits above High Bit, in words wider than Bits Stored: ``"mask"`` them off
-    (pydicom's way: where an overlay plane, 60xx,0102 Overlay Bit Position, claims them, and for signed values,
-    sign-extended from High Bit), ``"check"`` that none is set (:func:`_check_high_bits`: unsigned values), or
+    (pydicom's way, sign-extending signed values from High Bit: where an overlay plane, 60xx,0102 Overlay Bit
+    Position, claims them), ``"check"`` that none is set but a signed value's sign (:func:`_check_high_bits`), or
     ``"clip"`` values past the stored range (:func:`_clipped`: a lossy frame of more bits than Bits Stored, whose
     codec overshoots the range near saturated edges: ringing, or JPEG-LS's NEAR error)."""
     allocated, high, stored = ds.get("BitsAllocated"), ds.get("HighBit"), ds.get("BitsStored")
@@ -426,18 +477,31 @@ def _unused_bits(ds: Dataset, syntax: object, precision: int | None) -> str:
         return "mask"
     if _lossy(syntax) and isinstance(precision, int) and isinstance(stored, int) and precision > stored:
         return "clip"
-    return "check" if ds.get("PixelRepresentation") == 0 else "mask"
+    return "check" if ds.get("PixelRepresentation") in (0, 1) else "mask"
 
 
-def _check_high_bits(ds: Dataset, values: np.ndarray) -> None:
-    """Refuse decoded (unmasked) stored values that use bits above High Bit, whatever the transfer syntax: masked
-    off, 14-bit values under a 12-bit header wrap into bands (0.09 correlation with the film), and a lossless codec
-    never overshoots, so such values are the header's fault, not the codec's."""
+def _check_high_bits(ds: Dataset, values: np.ndarray) -> np.ndarray:
+    """Decoded (unmasked) stored values, refused when they use bits above High Bit, whatever the transfer syntax:
+    masked off, 14-bit values under a 12-bit header wrap into bands (0.09 correlation with the film; signed, 0.12,
+    scored 0.04 with no warning), and a lossless codec never overshoots, so such values are the header's fault, not
+    the codec's. Signed values may fill those bits with their sign (sign-extended) or leave them clear, one way
+    for the whole film (returned sign-extended); any other use of them is refused."""
     high, largest = ds.HighBit, int(values.max(initial=0))
-    if largest >> (high + 1):
+    if ds.get("PixelRepresentation") != 1:
+        if largest >> (high + 1):
+            raise pixels.DecodeError(
+                f"pixel values use bits above High Bit {high} (Bits Stored {ds.get('BitsStored')}, largest value "
+                f"{largest}) and no overlay claims them: {_WRAPS}")
+        return values
+    sign, smallest = 1 << high, int(values.min(initial=0))
+    # sign-extended: -sign to sign - 1; bits above clear: 0 to 2 * sign - 1 (a negative value at sign or more)
+    if smallest < -sign or largest >= 2 * sign or (smallest < 0 and largest >= sign):
         raise pixels.DecodeError(
-            f"pixel values use bits above High Bit {high} (Bits Stored {ds.get('BitsStored')}, largest value "
-            f"{largest}) and no overlay claims them: {_WRAPS}")
+            f"signed pixel values use bits above High Bit {high} for more than their sign (Bits Stored "
+            f"{ds.get('BitsStored')}, values {smallest} to {largest}) and no overlay claims them: {_WRAPS}")
+    if largest >= sign:  # bits above clear: set them where the sign bit is (in place: no copy of a large film)
+        np.bitwise_or(values, -2 * sign, out=values, where=values >= sign)
+    return values
 
 
 def _clipped(ds: Dataset, values: np.ndarray) -> np.ndarray:
@@ -552,6 +616,9 @@ def _gray(ds: Dataset) -> tuple[Image.Image, np.ndarray | None]:
     film = _header(ds)
     photometric, monochrome = film.photometric, film.photometric in _POLARITY
     before_window = None
+    for keyword in _GREY_NUMBERS:  # written blank (spaces only): absent, as an empty element is to pydicom's LUTs
+        if keyword in ds and not _given(ds, keyword):
+            del ds[keyword]
     try:
         as_stored = _as_stored(ds, photometric, film.bits)
         arr = _pixels(ds, film)
