@@ -45,7 +45,7 @@ from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import weights_digest
-from pneumoscan.inference.predict import predict_paths
+from pneumoscan.inference.predict import format_results, predict_paths
 from pneumoscan.interop.dicomweb import _not_scored, _only_part, _post, _session, read_authorization, unfiled
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, model_identity, write_reports
@@ -175,6 +175,18 @@ def test_predict_rows_carry_warnings_and_uids(tiny_bundle: Path, films: dict[str
     assert [w.split(" ")[0] for w in odd["warnings"]] == ["view", "patient"]
     assert jpeg["warnings"] == [NO_TAGS] and "study_instance_uid" not in jpeg
     assert all(0 <= r["probability"] <= 1 for r in rows.values())  # scored, all three
+    assert good["in_scope"] and odd["in_scope"] and jpeg["in_scope"]  # reported: a frontal chest film, or not known
+
+
+def test_predict_rows_say_when_the_film_is_no_frontal_chest_radiograph(tiny_bundle: Path, film: np.ndarray,
+                                                                      tmp_path: Path) -> None:
+    """As the service's answers say it (``in_scope``): a reader of the results file need not match the warnings'
+    wording to know that a lateral film's or a CT slice's label does not apply."""
+    for name, changes in (("lateral", {"ViewPosition": "LL"}), ("ct", {"Modality": "CT"})):
+        (tmp_path / f"{name}.dcm").write_bytes(chest_dicom(film, **changes))
+    rows = predict_paths(tiny_bundle, [tmp_path])
+    assert [r["in_scope"] for r in rows] == [False, False] and all("label" in r for r in rows)
+    assert [r["in_scope"] for r in csv.DictReader(io.StringIO(format_results(rows, "csv")))] == ["False", "False"]
 
 
 def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_results(

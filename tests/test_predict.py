@@ -209,7 +209,7 @@ def test_a_multiclass_bundles_rows_carry_each_class_probability(tmp_path: Path, 
     assert [float(r["probability_bacteria"]) for r in table] == pytest.approx([r["probability_bacteria"] for r in rows])
     assert cli.main(["predict", str(make_bundle(tmp_path / "two")), *map(str, films)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == ("path,probability,label,threshold,near_threshold,warnings,"
-                                                       "model_id,model_version")
+                                                       "in_scope,model_id,model_version")
 
 
 @pytest.mark.parametrize("array", [
@@ -314,7 +314,8 @@ def test_cli_predict_writes_results_and_reports_failures(
     out_json = tmp_path / "r.json"
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
     [row] = json.loads(out_json.read_text())
-    assert row.keys() == {"path", "probability", "label", "threshold", "near_threshold", "warnings", "model_id", "model_version"}
+    assert row.keys() == {"path", "probability", "label", "threshold", "near_threshold", "warnings", "in_scope", "model_id",
+                          "model_version"}
     card = load_card(tiny_bundle)
     assert row["threshold"] == card.tta_threshold != card.threshold, "TTA scores are read at the TTA threshold"
     assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.tta_threshold else "NORMAL")

@@ -73,6 +73,15 @@ NO_CODED_FINDING = re.compile(r"Modality .+ is not a radiograph|PhotometricInter
                               r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph|"
                               r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal|"
                               + re.escape(APPEARANCE_WARNING) + "|" + re.escape(CONFLICT))
+
+
+def in_scope(warnings: list[str]) -> bool:
+    """False when a warning says the film is no frontal chest radiograph (:data:`NO_CODED_FINDING`): the reading
+    does not apply, though its probability is kept for a reader who knows better. ``predict``'s rows and the
+    service's answers carry it, so that no reader has to match the warnings' wording to know."""
+    return not any(NO_CODED_FINDING.match(w) for w in warnings)
+
+
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 

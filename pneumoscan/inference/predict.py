@@ -36,7 +36,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blank_reason
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
-from pneumoscan.data.scope import describe
+from pneumoscan.data.scope import describe, in_scope
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, load_appearance, load_card, verify_file
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label",
-    "etiology_near_threshold", "heatmap", "error", "warnings", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
+    "etiology_near_threshold", "heatmap", "error", "warnings", "in_scope", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
     "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
@@ -509,6 +509,7 @@ def predict_paths(
                     facts = describe(path)
                     row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []),
                                **identity)
+                    row["in_scope"] = in_scope(row["warnings"])
                     # the panels show the film decoded again at a panel's size, as the web service shows it: the
                     # model's copy (224 px a side, say) is too small to check the map against the anatomy
                     film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
