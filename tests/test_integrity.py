@@ -211,6 +211,9 @@ DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json ->
     "a true for a number": (lambda c: {**c, "size": True}, "size: input should be a valid integer \\(found True\\)"),
     "a null class list": (lambda c: {**c, "classes": None}, "classes: input should be a valid array \\(found None\\)"),
     "a negative temperature": (lambda c: {**c, "temperature": -1.0}, "temperature is -1.0, not above 0"),
+    "a temperature of 1e-300": (lambda c: {**c, "temperature": 1e-300}, "temperature is 1e-300, outside 0.05 to 20, "
+                                "the range temperatures are fitted in; restore the bundle from a good copy$"),
+    "a temperature of 1e300": (lambda c: {**c, "temperature": 1e300}, "temperature is 1e\\+300, outside 0.05 to 20"),
     "a zero std": (lambda c: {**c, "std": 0}, "std is 0.0, not above 0"),
     # each of these gave confident wrong labels with exit 0 (a card without its checksum loads with a warning)
     "a threshold above 1": (lambda c: {**c, "threshold": 1.5}, "threshold is 1.5, not a probability in \\[0, 1\\]"),

@@ -30,6 +30,7 @@ from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only 
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
@@ -334,6 +335,10 @@ def _validated(path: Path, data: dict) -> BundleCard:
         for key in POSITIVE:
             if not entry[key] > 0:
                 raise ValueError(f"{where}: {key} is {entry[key]!r}, not above 0")
+        low, high = TEMPERATURE_BOUNDS  # fit_temperature searches within them: 1e-300 called every film positive
+        if not low * (1 - 1e-9) <= entry["temperature"] <= high * (1 + 1e-9):
+            raise ValueError(f"{where}: temperature is {entry['temperature']!r}, outside {low:g} to {high:g}, the "
+                             "range temperatures are fitted in; restore the bundle from a good copy")
         if not 0 <= entry["mean"] <= 1:  # inputs are [0, 1] grey levels: a mean of 1e6 called every film positive
             raise ValueError(f"{where}: mean is {entry['mean']!r}, not a grey level in [0, 1]")
         if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
