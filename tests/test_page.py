@@ -131,10 +131,11 @@ def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_di
     assert photo["in_scope"] is True and "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years" in photo["warnings"]
 
     # a new kind of warning, added to the list and to the rule: out of scope without another change here
+    import pneumoscan.data.scope as scope
     import pneumoscan.serving.service as service
 
     new = "a kind of warning added later"
-    monkeypatch.setattr(service, "NO_CODED_FINDING", re.compile(f"{service.NO_CODED_FINDING.pattern}|{new}"))
+    monkeypatch.setattr(scope, "NO_CODED_FINDING", re.compile(f"{scope.NO_CODED_FINDING.pattern}|{new}"))
     described = service.describe
     monkeypatch.setattr(service, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new]})(
         described(*a)))
@@ -490,7 +491,7 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
             reading = page.locator("#label").inner_text()
             page.click("#heatmap-button")
             expect(page.locator("#error")).to_contain_text(
-                "Heatmap not computed: heatmaps unavailable: the bundle's weights on disk are no longer those")
+                "Heatmap not computed: heatmaps unavailable: the weights of the bundle on disk are no longer those")
             expect(page.locator("#result")).to_be_visible()
             assert page.locator("#label").inner_text() == reading and page.is_enabled("#heatmap-button")
     finally:
@@ -516,6 +517,33 @@ def test_the_card_gives_the_patients_beside_the_films(page: Page, tiny_bundle: P
     expect(page.locator("#card")).to_contain_text(f"n = {n} films")
     assert page.evaluate("() => [filmsOf({n: 322, patients: {all: 172, positive: 108, negative: 64}}), "
                          "filmsOf({n: 40, patients: null})]") == ["322 films of 172 patients", "40 films"]
+
+
+def test_the_card_says_of_each_recorded_threshold_and_evaluation_whether_its_films_were_checked(page: Page) -> None:
+    """Thresholds chosen after training (`pneumoscan threshold`) were not on the page at all, so neither was that
+    one was chosen on films not checked against the training films (it may then be too high). Each is a row, with
+    the films_checked of /v1/model said as for an evaluation; a record older than the check says it is not recorded."""
+    record = {"date": "2026-11-02", "policy": "sensitivity >= 0.95", "data": "site.csv", "n": 40, "n_positive": 20,
+              "n_negative": 20, "previous_threshold": 0.5, "threshold": 0.25, "tta_threshold": 0.3,
+              "sensitivity": 0.95, "specificity": 0.6}
+    evaluation = {"date": "2026-11-01", "data": "other.csv", "n": 50, "threshold": 0.5, "metrics": {
+        key: {"value": 0.8} for key in ("auc", "sensitivity", "specificity")}}
+    checked = [True, False, None]
+    rows = page.evaluate("""async ([records, evaluations]) => {
+        const info = await (await fetch('/v1/model')).json();
+        showCard({...info, threshold_records: records, external_evaluations: evaluations});
+        const names = [...document.querySelectorAll('#card dt')].map((e) => e.textContent);
+        return names.map((name, i) => [name, document.querySelectorAll('#card dd')[i].textContent])
+            .filter(([name]) => name.startsWith('Threshold chosen') || name.startsWith('Evaluated')); }""",
+                         [[{**record, "films_checked": c} for c in checked],
+                          [{**evaluation, "films_checked": c} for c in checked]])
+    unchecked = "; films not checked against its training films"
+    unknown = "; whether its films were checked against its training films is not recorded"
+    line = ("0.500 to 0.250 (sensitivity >= 0.95): sensitivity 0.950, specificity 0.600 on those films, n = 40 films "
+            "(2026-11-02)")
+    assert rows[3:] == [["Threshold chosen on site.csv", line + note] for note in ("", unchecked, unknown)]
+    evaluated = "AUC 0.800, sensitivity 0.800, specificity 0.800 at threshold 0.500, n = 50 films (2026-11-01)"
+    assert rows[:3] == [["Evaluated on other.csv", evaluated + note] for note in ("", unchecked, unknown)]
 
 
 def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes,

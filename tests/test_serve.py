@@ -501,11 +501,29 @@ def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bun
         (bundle / "model.safetensors").write_bytes(bytes(weights))
         for heatmap in ("map", "true"):
             r = upload(c, xray, heatmap=heatmap)
-            assert_error(r, 503, "heatmaps unavailable: the bundle's weights on disk are no longer those this service "
-                                 "started with (damaged or replaced since)")
-            assert str(tmp_path) not in r.text and "retry-after" not in r.headers
+            assert_error(r, 503, "heatmaps unavailable: the weights of the bundle on disk are no longer those this "
+                                 "service started with (damaged or replaced since)")
+            assert str(tmp_path) not in r.text and "'" not in r.text and "retry-after" not in r.headers
         health = c.get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "degraded"
         assert health.json()["reason"].startswith("heatmaps unavailable")
         after = upload(c, xray)
         assert after.status_code == 200 and after.json()["probability"] == before["probability"]
+
+
+def test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason(tiny_bundle: Path, xray: bytes,
+                                                                           tmp_path: Path) -> None:
+    """A card whose model_kwargs the model does not take scores with ONNX Runtime, but Grad-CAM's torch model cannot
+    be built from it: the 503 said the weights on disk had changed since start-up (they had not, and a restart would
+    not help). It says the reason (without the bundle's path, or apostrophes), and so does /healthz."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    save_card(bundle, dataclasses.replace(load_card(bundle), model_kwargs={"widht": 8}))
+    with TestClient(create_app(bundle, backend="onnx")) as c:
+        assert upload(c, xray).status_code == 200
+        for heatmap in ("true", "map"):  # the reason is kept for the later ones
+            r = upload(c, xray, heatmap=heatmap)
+            assert_error(r, 503, "heatmaps unavailable until a restart: the torch model Grad-CAM needs cannot be built "
+                                 "from the bundle: its model_kwargs do not fit the model simple_cnn (")
+            assert "widht" in r.text and str(tmp_path) not in r.text and "'" not in r.text
+        assert c.get("/healthz").json()["reason"] == r.json()["error"]

@@ -1,13 +1,17 @@
-"""Running the service under uvicorn: the request-head deadline, one-line rate-limited failure logs, a rate-limited
-access log, the refusal to listen beyond loopback without an API key, and the open-file limit."""
+"""Running the service under uvicorn: the port taken before the model loads, the request-head deadline, one-line
+rate-limited failure logs, a rate-limited access log, the refusal to listen beyond loopback without an API key, and
+the open-file limit."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import functools
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -225,11 +229,12 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
 
 def build_server(bundle: Path | str, etiology: Path | str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "torch", limits: Limits | None = None,
-                 access: Access | None = None, insecure: bool = False, quiet: bool = False) -> uvicorn.Server:
+                 access: Access | None = None, insecure: bool = False, quiet: bool = False) -> ListeningServer:
     """The service, ready to run. Listening on anything but loopback without an API key is refused (ValueError)
     unless ``insecure``; then it goes on with a loud warning. The address being served is added to the Host
-    allow-list (but not a wildcard address: name the hosts with ``access``). ``quiet`` (``pneumoscan -q``): no
-    access log and no information messages from uvicorn, warnings and errors only."""
+    allow-list (but not a wildcard address: name the hosts with ``access``). The port is taken before the model
+    loads (:func:`listen`: OSError when it cannot be). ``quiet`` (``pneumoscan -q``): no access log and no
+    information messages from uvicorn, warnings and errors only."""
     access = access or Access()
     if access.api_key is None and not is_loopback(host):
         if not insecure:
@@ -240,9 +245,75 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
     _raise_open_file_limit()
-    app = create_app(bundle, etiology, max_upload_mb, backend, limits, access)
-    config = server_config(app, host, port, limits, **({"access_log": False, "log_level": "warning"} if quiet else {}))
-    return uvicorn.Server(config)
+    sockets = listen(host, port)  # before the model loads: a port in use ends the start at once
+    try:
+        app = create_app(bundle, etiology, max_upload_mb, backend, limits, access)
+        config = server_config(app, host, port, limits,
+                               **({"access_log": False, "log_level": "warning"} if quiet else {}))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return ListeningServer(config, sockets)
+
+
+class ListeningServer(uvicorn.Server):
+    """uvicorn serving on the sockets :func:`listen` opened (``run()`` and ``serve()`` take them by default)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config)
+        self.sockets = sockets
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().serve(self.sockets if sockets is None else sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # uvicorn says where it listens only on sockets it opened itself
+            self._log_started_message(sockets or self.sockets)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening at ``port`` on every address ``host`` names, as uvicorn (asyncio's create_server) would
+    open them. Opened before the model loads and handed to uvicorn, so that a port in use, an address not of this
+    machine or a port that needs privileges ends the start at once with one line (OSError: exit status 2), not with
+    uvicorn's log lines and exit status 3 after the load; and nothing can take the port between this check and the
+    serving, which a bind tried and let go would allow. Listening, not only bound: on Linux another server that sets
+    SO_REUSEADDR (as uvicorn does) may bind a port until one listens on it. A connection made while the model loads
+    waits for it."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(e.errno, f"cannot listen on {where}: {host} is no address this machine knows ({e.strerror}): "
+                               "check --host") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(infos):
+            try:
+                sockets.append(socket.create_server(address, family=family))  # SO_REUSEADDR, IPv6 only on IPv6
+            except OSError as e:
+                if e.errno != errno.EAFNOSUPPORT:  # a family this machine lacks (IPv6 off): passed over, as by asyncio
+                    raise
+        if not sockets:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise OSError(e.errno, _cannot_listen(where, port, e.errno)) from None
+    return sockets
+
+
+def _cannot_listen(where: str, port: int, code: int | None) -> str:
+    """Why the service cannot listen at ``where``, and what to do, in one line."""
+    if code == errno.EADDRINUSE:
+        return f"{where} is in use (another service?): choose another --port"
+    if code == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: that address is not one of this machine: choose another --host"
+    if code == errno.EACCES and port < 1024:
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges): choose a higher --port"
+    reason = os.strerror(code).lower() if code else "unknown error"
+    return f"cannot listen on {where}: {reason}: check --host and --port"
 
 
 def _raise_open_file_limit() -> None:

@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
-from pneumoscan.data.scope import NO_CODED_FINDING, describe
+from pneumoscan.data.scope import describe, in_scope
 from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
 from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
                                           said_at_start)
@@ -32,9 +32,12 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 # Why heatmaps stopped: the torch model Grad-CAM needs is built from the bundle's files when the first heatmap is
-# asked for, and those files no longer hold the weights the service checked and scores with. Said without paths.
-HEATMAPS_LOST = ("heatmaps unavailable: the bundle's weights on disk are no longer those this service started with "
-                 "(damaged or replaced since), so a heatmap would not explain its readings; restart the service")
+# asked for, and those files no longer hold the weights the service checked and scores with, or that model cannot be
+# built from them at all (HEATMAPS_UNBUILT, with the reason). Said without paths or apostrophes, as every refusal.
+HEATMAPS_LOST = ("heatmaps unavailable: the weights of the bundle on disk are no longer those this service started "
+                 "with (damaged or replaced since), so a heatmap would not explain its readings; restart the service")
+HEATMAPS_UNBUILT = ("heatmaps unavailable until a restart: the torch model Grad-CAM needs cannot be built from the "
+                    "bundle")
 
 
 # Why /healthz says degraded when a bundle's files changed on disk after the start. Said without paths (the probe
@@ -64,10 +67,11 @@ class OnDisk:
         """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...). The
         files are read in a thread: a probe's event loop must not wait on hashing a large bundle."""
         if (stamps := self._stamps()) != self.seen:
-            self.seen, self.change = stamps, await asyncio.to_thread(self._changed)
+            self.seen, self.change = stamps, await asyncio.to_thread(self.changed)
         return self.change
 
-    def _changed(self) -> str | None:
+    def changed(self) -> str | None:
+        """:meth:`check` by reading the files whatever their stamps say."""
         try:
             card = load_card(self.directory)
             for name in card.files:
@@ -195,12 +199,23 @@ class Service:
         except (OSError, ValueError) as e:
             if self.heatmap_fault is None:
                 logger.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
-            self.heatmap_fault = HEATMAPS_LOST
-            raise Rejected(503, HEATMAPS_LOST) from None
+                self.heatmap_fault = self._heatmaps_off(e)
+            raise Rejected(503, self.heatmap_fault) from None
         cam = explain_array(self.heat_predictor, image)
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
         return overlay_png(shown, cam, self.main.card.positive)
+
+    def _heatmaps_off(self, error: OSError | ValueError) -> str:
+        """Why Grad-CAM's model could not be built, for the 503 and /healthz (which needs no key): the bundle changed
+        on disk since the start (:class:`OnDisk`), else the reason the model cannot be built from it (model_kwargs
+        the model does not take, a model not registered here), its folder said as "the bundle"."""
+        if self.on_disk[0].changed() is not None:
+            return HEATMAPS_LOST
+        reason, folder = str(error), self.heat_predictor.bundle
+        for form in sorted({str(folder), str(Path(folder)), str(Path(folder).resolve())}, key=len, reverse=True):
+            reason = reason.removeprefix(f"{form}: ").replace(form, "the bundle")
+        return f"{HEATMAPS_UNBUILT}: {reason}".replace("'", "")  # the quotes of a repr and of Python's own messages
 
     def _prepared(self, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """The decoded film as the main model reads it, and why it does not look like that model's training films
@@ -251,7 +266,6 @@ class Service:
                                            main.predictor.backend)  # how it was scored: the report's identity
         film = png_data_url(panel_png(shown)) if shown is not None else None
         # from the final list, by the rule that refuses a report: any warning added to it counts as well
-        in_scope = not any(NO_CODED_FINDING.match(w) for w in scope["warnings"])
         body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
-                          image=film, in_scope=in_scope, **scope)
+                          image=film, in_scope=in_scope(scope["warnings"]), **scope)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})

@@ -79,7 +79,12 @@ function showCard(info) {
       `AUC ${figure(e.metrics.auc.value)}, sensitivity ${figure(e.metrics.sensitivity.value)}, ` +
       `specificity ${figure(e.metrics.specificity.value)}` +
       (e.threshold != null ? ` at threshold ${figure(e.threshold)}` : "") + `, n = ${filmsOf(e)} (${e.date})` +
-      (e.films_checked === false ? "; films not checked against its training films" : "")]),
+      filmsNote(e)]),
+    // newest last, as the card records them (`pneumoscan threshold`)
+    ...(info.threshold_records || []).map((r) => [`Threshold chosen on ${r.data}`,
+      `${figure(r.previous_threshold)} to ${figure(r.threshold)} (${r.policy}): ` +
+      `sensitivity ${figure(r.sensitivity)}, specificity ${figure(r.specificity)} on those films, ` +
+      `n = ${filmsOf(r)} (${r.date})` + filmsNote(r)]),
     ["Second stage", info.etiology ? `${info.etiology.id} (${info.etiology.classes.join(" / ")})` : "none"],
     ["Upload limit", mb(info.max_upload_bytes)],
   ];
@@ -101,6 +106,15 @@ function showCard(info) {
 function filmsOf(counts) {
   const patients = counts.patients && counts.patients.all;
   return patients ? `${counts.n} films of ${patients} patients` : `${counts.n} films`;
+}
+
+// Whether the films of a record (an evaluation, a threshold) were checked not to be the training films of the model:
+// figures on films it trained on flatter it, and a threshold chosen on them for a sensitivity target comes out too
+// high; a record older than the check does not say
+function filmsNote(record) {
+  if (record.films_checked === false) return "; films not checked against its training films";
+  const unknown = "; whether its films were checked against its training films is not recorded";
+  return record.films_checked == null ? unknown : "";
 }
 
 function fillList(list, rows) {
