@@ -320,3 +320,12 @@ def test_heatmaps_never_replace_a_file_nor_become_inputs(tiny_bundle: Path, tmp_
     with TestClient(create_app(tiny_bundle)) as client:
         r = client.post("/v1/predict", files={"file": ("a.png", (films / "maps" / "a.png").read_bytes(), "image/png")})
     assert r.status_code == 422 and OWN_OVERLAY in r.json()["error"]
+
+
+def test_the_int8_models_predictor_is_refused_a_map_of_another_model(int8_bundle: Path, tiny_dataset: Path) -> None:
+    """Grad-CAM runs on the FP32 model: asked of the INT8 predictor, from Python, it had returned that model's map
+    beside the INT8 model's reading without a word (predict --heatmaps and the service refuse it as well)."""
+    gray = read_gray(next((tiny_dataset / "test" / "PNEUMONIA").iterdir()))
+    with pytest.raises(ValueError, match="heatmaps come from the FP32 model, and the INT8 model reads at its own"):
+        explain_array(Predictor(int8_bundle, backend="onnx-int8"), gray)
+    assert explain_array(Predictor(int8_bundle, backend="onnx"), gray).shape == panel_shape(*gray.shape)

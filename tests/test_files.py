@@ -22,7 +22,7 @@ import torch
 
 from pneumoscan.cli import main
 from pneumoscan.core.atomic import building, file_stamp, write_unchanged
-from pneumoscan.core.names import path_text, shown
+from pneumoscan.core.names import path_list, path_text, shown
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, predict_paths
@@ -434,3 +434,9 @@ def test_json_results_files_write_names_as_escapes_and_refuse_nan(tmp_path: Path
     with pytest.raises(ValueError):
         write_json(tmp_path / "nan.json", {"auc": float("nan")})
     assert not (tmp_path / "nan.json").exists()
+
+
+def test_one_path_given_where_several_are_taken_is_one_path() -> None:
+    """A str is a sequence of characters: ``quantize_bundle(b, cv_dirs="runs/cv")`` had looked for runs "r", "u", ..."""
+    assert path_list("runs/cv") == ["runs/cv"] and path_list(Path("a")) == [Path("a")] and path_list(b"a") == [b"a"]
+    assert path_list(["a", Path("b")]) == ["a", Path("b")] and path_list(("a",)) == ["a"] and path_list([]) == []

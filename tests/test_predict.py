@@ -437,3 +437,16 @@ def test_the_second_stage_says_its_caveats_and_marks_its_readings_near_its_thres
     assert called and all(r["etiology_near_threshold"] is (low <= r["etiology_probability_virus"] <= high)
                           for r in called)
     assert all(r["etiology_near_threshold"] is None for r in rows if "label" in r and not r.get("etiology_label"))
+
+
+def test_one_path_given_alone_is_one_path_not_its_characters(tiny_bundle: Path, tiny_dataset: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``predict_paths(bundle, "film.jpeg")`` had read the string as a sequence of paths, one a character: "/" and
+    "." among them, a search of the whole disk (43,637 rows from one folder's name)."""
+    film = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    monkeypatch.chdir(tiny_dataset)
+    for given in (str(film), film, "test/NORMAL"):
+        rows = predict_paths(tiny_bundle, given)
+        assert [r["path"] for r in rows] == ([str(film)] if given != "test/NORMAL" else
+                                             sorted(str(p) for p in Path("test/NORMAL").iterdir()))
+        assert all("probability" in r for r in rows)

@@ -3,9 +3,11 @@ file alone, trains, evaluates, predicts (also as a second stage) and is served w
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,8 @@ from pneumoscan.data import tasks as tasks_module
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task, get_task, list_tasks, register_task
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.inference.predict import alone_warning, check_stages, predict_paths
-from pneumoscan.models.card import load_card
+from pneumoscan.inference.predict import Predictor, alone_warning, check_stages, predict_paths
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 
 TOY = "toy_viral"  # viral pneumonia vs every other film: a rule over the existing records
@@ -157,3 +159,13 @@ def test_a_task_registered_outside_the_package_trains_evaluates_predicts_and_ser
         assert (info["task"], info["classes"], info["positive"]) == (TOY, ["other", "viral"], "viral")
         body = client.post("/v1/predict", files={"file": ("x.png", buf.getvalue(), "image/png")}).json()
         assert body["label"] in ("other", "viral") and set(body["probabilities"]) == {"other", "viral"}
+
+
+def test_a_bundle_of_a_task_not_registered_here_says_what_to_import(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A fresh `predict` on a bundle of a task registered in a notebook said "unknown task 'viral' (choose from
+    ...)", as if the user had misspelt an option they never gave."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    save_card(bundle, dataclasses.replace(load_card(bundle), task="viral_of_a_notebook"))
+    with pytest.raises(ValueError, match=f"^{bundle}: its task 'viral_of_a_notebook' is not registered in this "
+                                         r"process: import the module that registers it first \(a task of your own"):
+        Predictor(bundle, backend="onnx")

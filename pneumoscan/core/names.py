@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -62,3 +63,9 @@ def file_kind(mode: int) -> str:
     kinds = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
              (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "link"))  # fmt: skip
     return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def path_list(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """Paths given to a function that takes several, as a list: one path given alone is one path, not a sequence of
+    characters each read as a path (``"/"`` and ``"."`` among them: a search of the whole disk)."""
+    return [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)

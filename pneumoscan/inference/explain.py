@@ -145,11 +145,20 @@ def to_image_frame(
     raise ValueError(f"resize policy {policy!r} has no inverse here")  # spec.geometry checked it: a new policy
 
 
+# Grad-CAM needs gradients, which the INT8 graph has not: its map would be the FP32 model's, beside a reading the
+# INT8 model made at its own thresholds (they disagreed on 3 of 210 validation films of one bundle)
+INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at its own thresholds: a map would "
+                 "explain another model than the reading; use the onnx (or torch) backend for heatmaps")
+
+
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
     own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the call's
     evidence: the log-odds of the classes the thresholded probability sums (:attr:`Task.cam_classes`), which is
-    what the label reads; an index, that class against the rest."""
+    what the label reads; an index, that class against the rest. A predictor of the INT8 model is refused
+    (ValueError, :data:`INT8_HEATMAPS`)."""
+    if predictor.backend == "onnx-int8":
+        raise ValueError(INT8_HEATMAPS)
     card = predictor.card
     images = predictor.preprocess([gray])
     classes = predictor.task.cam_classes if class_index is None else class_index

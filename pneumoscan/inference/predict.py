@@ -28,7 +28,7 @@ import numpy as np
 from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import cell_text, path_text, shown
+from pneumoscan.core.names import cell_text, path_list, path_text, shown
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
@@ -37,7 +37,7 @@ from pneumoscan.data.pixels import DecodeError, blank_reason
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe, in_scope
-from pneumoscan.data.tasks import get_task
+from pneumoscan.data.tasks import get_task, list_tasks
 from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, load_appearance, load_card, verify_file
 
 if TYPE_CHECKING:
@@ -60,10 +60,6 @@ ETIOLOGY = {"probability": "etiology_probability_virus", "label": "etiology_labe
             "near_threshold": "etiology_near_threshold"}
 
 
-# Grad-CAM needs gradients, which the INT8 graph has not: its map would be the FP32 model's, beside a reading the
-# INT8 model made at its own thresholds (they disagreed on 3 of 210 validation films of one bundle)
-INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at its own thresholds: a map would "
-                 "explain another model than the reading; use the onnx (or torch) backend for heatmaps")
 # a film whose file changed between the reads of one prediction (a drop folder reusing names): its pixels, header and
 # overlay could be two films', so it gets no reading
 CHANGED = "the file changed while it was being read (replaced or rewritten): not scored; run again on the settled file"
@@ -105,6 +101,9 @@ class Predictor:
         given = session is not None  # int8_model's session below is the bundle's own
         self.bundle = bundle
         self.card = load_card(bundle)
+        if self.card.task not in list_tasks():  # "unknown task" would read as a typo of an option never given
+            raise ValueError(f"{bundle}: its task {self.card.task!r} is not registered in this process: import the "
+                             "module that registers it first (a task of your own: docs/development.md, Adding a task)")
         self.task = get_task(self.card.task)
         self.batch_size = batch_size
         self.backend = backend
@@ -447,7 +446,7 @@ def alone_warning(task: str) -> str | None:
 
 def predict_paths(
     bundle: Path | str,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path] | str | Path,
     backend: str = "torch",
     batch_size: int = PREDICT_BATCH,
     tta: bool = False,
@@ -456,17 +455,19 @@ def predict_paths(
     progress: bool = False,
     skipped: list[dict[str, str]] | None = None,
 ) -> list[dict]:
-    """One row per input image, in input order: ``path, probability, label, threshold, warnings`` (the scope
-    checks of :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields; a multiclass bundle's
-    also ``probability_<class>``: :meth:`Predictor.class_fields`) (plus
-    ``etiology_probability_virus, etiology_label`` with ``etiology`` -- filled only for images called
-    positive -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
+    """One row per input image (``paths``: files and folders, or one path), in input order: ``path, probability,
+    label, threshold, near_threshold, warnings, in_scope, model_id, model_version`` (the scope checks of
+    :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields; a multiclass bundle's also
+    ``probability_<class>``: :meth:`Predictor.class_fields`) (plus ``etiology_probability_virus, etiology_label,
+    etiology_near_threshold`` with ``etiology`` -- filled only for images called positive -- and ``heatmap`` with
+    ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose etiology stage failed keeps its first stage's fields, with the etiology empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
     """
+    paths = path_list(paths)  # one path given alone, not its characters
     # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
     handoff = check_stages(load_card(bundle).task, load_card(etiology).task) if etiology else None
     predictor = Predictor(bundle, batch_size, backend)
@@ -476,7 +477,7 @@ def predict_paths(
     if alone := alone_warning(predictor.card.task):
         log.warning("%s", alone)
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, explain_array, overlay_png
+        from .explain import INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png
 
         if backend == "onnx-int8":
             raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")

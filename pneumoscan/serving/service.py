@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe, in_scope
-from pneumoscan.inference.explain import MAX_PANEL, explain_array, overlay_png, panel_png, png_data_url
-from pneumoscan.inference.predict import (INT8_HEATMAPS, NON_FINITE, Predictor, alone_warning, check_stages,
-                                          said_at_start)
+from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png, panel_png,
+                                         png_data_url)
+from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_stages, said_at_start
 from pneumoscan.models.card import CARD, load_card, verify_file
 
 from .batching import Stage

@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 )
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.names import path_list
 from pneumoscan.core.metrics import format_figure, jsonable, macro_auc, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
@@ -225,7 +226,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard,
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
-                    cv_dirs: Sequence[Path | str] = ()) -> Path:
+                    cv_dirs: Sequence[Path | str] | Path | str = ()) -> Path:
     """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
     split.csv): activations are calibrated on ``calibration_images`` of its training films, and the thresholds are
     chosen on its validation films, which the model must not have trained on. An ensemble built by ``ensemble --cv``
@@ -233,6 +234,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     runs and its thresholds chosen on out-of-fold INT8 scores, as its FP32 thresholds were on out-of-fold scores.
     Refuses an INT8 model whose validation AUC is more than MAX_AUC_DROP below FP32's, and for a task of more than
     two classes one whose macro AUC is (its classes told apart worse, which the AUC of the positive call misses)."""
+    cv_dirs = path_list(cv_dirs)  # one run given alone, not its characters
     if (data is None) == (not cv_dirs):
         raise ValueError("give labelled films with train and val splits (--data) or the cv runs the ensemble was "
                          "built from (--cv), not both and not neither")
