@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
+
+if TYPE_CHECKING:
+    from pneumoscan.data.layouts import Record
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +37,23 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+@pytest.fixture(scope="session")
+def real_train(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Record], list[list[str]]]:
+    """The records of data_root's train/ and its groups of films that are one picture, for the split and fold tests
+    on real data: finding the groups decodes all 5,216 films (7 s of CPU), once a run."""
+    from pneumoscan.data.audit import picture_groups
+    from pneumoscan.data.layouts import discover
+
+    records = discover(data_root / "train").records
+
+    def find(folder: Path) -> Path:
+        groups = [paths for _, paths in picture_groups([r.path for r in records])]
+        (folder / "groups.json").write_text(json.dumps(groups))
+        return folder / "groups.json"
+
+    return records, json.loads(_once_per_run(tmp_path_factory, "real_train", find).read_text())
+
+
 def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
     """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them."""
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -41,12 +66,61 @@ def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+# What the shared fixtures below were built into and what each held then ({fixture: (folder, state)})
+_SHARED: dict[str, tuple[Path, dict[str, tuple[int, int, int, int]]]] = {}
+
+
+def _state(folder: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Each file and folder under ``folder``: its size, mode, mtime and ctime (a write, a chmod or a new link)."""
+    return {str(p.relative_to(folder)): (s.st_size, s.st_mode, s.st_mtime_ns, s.st_ctime_ns)
+            for p in folder.rglob("*") for s in [p.lstat()]}
+
+
+def _once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """The fixture ``name``: ``build(folder)``'s result, built once per run: under pytest-xdist the first worker to
+    ask builds it in the run's temporary folder, holding a lock, and the others wait for it (a tiny bundle trains in
+    5-10 s a worker). The tests share it across workers, so none may change it: :func:`_shared_left_as_built`."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        built = build(folder)
+    else:
+        run = tmp_path_factory.getbasetemp().parent  # pytest-N/, whose popen-gwK/ are the workers' own
+        with FileLock(run / f"{name}.lock"):
+            made = run / f"{name}.built"
+            if not made.exists():  # a worker whose build failed left no .built: the next one builds afresh
+                folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=run))
+                made.write_text(f"{folder}\n{build(folder)}")
+            folder, built = map(Path, made.read_text().splitlines())
+    _SHARED[name] = folder, _state(folder)
+    return built
+
+
+@pytest.fixture(autouse=True)
+def _shared_left_as_built(request: pytest.FixtureRequest):
+    """A test that changed a shared fixture would change what the tests after it read, in every worker: it fails
+    instead, naming what changed (a test that changes a bundle or a dataset works on its own copy)."""
+    yield
+    for name in _SHARED.keys() & set(request.fixturenames):
+        folder, before = _SHARED[name]
+        after = _state(folder)
+        if after != before:
+            _SHARED[name] = folder, after  # one failure, not one for every later test
+            changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+            pytest.fail(f"the shared {name} in {folder} changed during this test (or, under xdist, one running "
+                        f"beside it): {', '.join(changed[:5])}; change a copy in tmp_path instead", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset root in the Kermany layout with a few dozen synthetic 64 px images, named like the originals."""
-    root = tmp_path_factory.mktemp("tiny") / "chest_xray"
+    return _once_per_run(tmp_path_factory, "tiny_dataset", _write_tiny_dataset)
+
+
+def _write_tiny_dataset(folder: Path, train: int = 24) -> Path:
+    """The tiny dataset's films, ``train`` a class in train/ and 8 in test/."""
+    root = folder / "chest_xray"
     rng = np.random.default_rng(0)
-    for split, first, n in (("train", 0, 24), ("test", 100, 8)):
+    for split, first, n in (("train", 0, train), ("test", 100, 8)):
         for i in range(first, first + n):
             normal = root / split / "NORMAL" / f"IM-{i:04d}-0001.jpeg"
             kind = "bacteria" if i % 2 else "virus"
@@ -68,13 +142,14 @@ def _tiny_bundle(root: Path, out: Path, task: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained pneumonia bundle (simple_cnn, 32 px) for predict/explain/export/serve tests."""
-    return _tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("run-pneumonia"), "pneumonia")
+    return _once_per_run(tmp_path_factory, "tiny_bundle", lambda run: _tiny_bundle(tiny_dataset, run, "pneumonia"))
 
 
 @pytest.fixture(scope="session")
 def tiny_etiology_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained bacteria-vs-virus bundle for the second prediction stage."""
-    return _tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("run-etiology"), "etiology")
+    return _once_per_run(tmp_path_factory, "tiny_etiology_bundle",
+                         lambda run: _tiny_bundle(tiny_dataset, run, "etiology"))
 
 
 @pytest.fixture(scope="session")
@@ -84,18 +159,20 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     from pneumoscan import cli
 
-    bundle = tmp_path_factory.mktemp("int8") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
-    return bundle
+    def export(folder: Path) -> Path:
+        bundle = folder / "bundle"
+        shutil.copytree(tiny_bundle, bundle)
+        assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 0
+        return bundle
+
+    return _once_per_run(tmp_path_factory, "int8_bundle", export)
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist installed, the tests still run one at a time
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``make test`` runs ``pytest -n auto``: two workers per CPU this process may run on (``taskset`` counts, unlike
     xdist's own count of the machine's cores), since many tests wait on a server or a subprocess (on 2 cores the
-    suite took 5 min 25 s in 2 workers, 4 min 42 s in 4); at most 8, since each worker holds torch and its own tiny
-    bundles."""
+    suite took 5 min 25 s in 2 workers, 4 min 42 s in 4); at most 8, since each worker holds torch."""
     return min(8, 2 * len(os.sched_getaffinity(0)))
 
 

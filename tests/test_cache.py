@@ -227,16 +227,22 @@ def test_array_without_index_is_rebuilt(folder, tmp_path: Path) -> None:
     np.testing.assert_array_equal(c.images[0], preprocess(good[0], 16))
 
 
-def test_two_workers_give_the_same_cache_as_one(tmp_path: Path, monkeypatch) -> None:
-    paths, good, bad = write_folder(tmp_path / "images", n_good=70)  # 73 files: 3 chunks of 32
-    pools = []
+@pytest.fixture
+def pools(monkeypatch) -> list[tuple]:
+    """The worker pools that builds start, by their positional arguments (the number of workers)."""
+    started = []
 
     class RecordingPool(cache_mod.ProcessPoolExecutor):
         def __init__(self, *args, **kwargs):
-            pools.append(args)
+            started.append(args)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", RecordingPool)
+    return started
+
+
+def test_two_workers_give_the_same_cache_as_one(tmp_path: Path, pools: list[tuple]) -> None:
+    paths, good, bad = write_folder(tmp_path / "images", n_good=70)  # 73 files: 3 chunks of 32
     serial = build_cache(paths, SPEC, cache_dir=tmp_path / "one", workers=1)
     assert pools == []
     parallel = build_cache(paths, SPEC, cache_dir=tmp_path / "two", workers=2)
@@ -244,6 +250,23 @@ def test_two_workers_give_the_same_cache_as_one(tmp_path: Path, monkeypatch) -> 
     assert parallel.paths == serial.paths == good
     assert parallel.errors == serial.errors and [e["path"] for e in parallel.errors] == bad
     np.testing.assert_array_equal(parallel.images, serial.images)
+
+
+def test_films_a_pool_cannot_pay_for_decode_here_into_the_cache_a_pool_builds(
+    tmp_path: Path, pools: list[tuple], monkeypatch
+) -> None:
+    """Starting worker processes costs more than decoding a few dozen films: up to IN_PROCESS_FILMS of them decode
+    in this process, over several chunks too, and the cache holds what a pool would have put there."""
+    paths, good, bad = write_folder(tmp_path / "images", n_good=cache_mod.IN_PROCESS_FILMS - 3)
+    assert len(paths) == cache_mod.IN_PROCESS_FILMS > cache_mod.CHUNK
+    here = build_cache(paths, SPEC, cache_dir=tmp_path / "here", workers=2)
+    assert pools == []
+    monkeypatch.setattr(cache_mod, "IN_PROCESS_FILMS", len(paths) - 1)
+    pooled = build_cache(paths, SPEC, cache_dir=tmp_path / "pool", workers=2)
+    assert pools == [(2,)]
+    assert here.paths == pooled.paths == good and here.errors == pooled.errors and len(here.errors) == len(bad)
+    np.testing.assert_array_equal(here.images, pooled.images)
+    assert here.checksum == pooled.checksum and here.data_fingerprint == pooled.data_fingerprint
 
 
 def test_empty_and_all_bad_lists(tmp_path: Path) -> None:

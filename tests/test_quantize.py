@@ -259,10 +259,11 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     assert f'"{int8}"' in Path(rows[0]["fhir"]).read_text()
 
 
-def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, tiny_dataset: Path,
+def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, tiny_dataset: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     """`evaluate --backend onnx-int8` measures what `predict --backend onnx-int8` serves, in its own folder, and
     never records it in the card (whose figures are the FP32 model's)."""
+    int8_bundle = shutil.copytree(int8_bundle, tmp_path / "bundle")  # evaluate writes its folder beside the bundle
     assert cli.main(["evaluate", str(int8_bundle), str(tiny_dataset), "--split", "test", "--backend", "onnx-int8"]) == 0
     out = int8_bundle.parent / "eval-chest_xray-test-int8"
     metrics = json.loads((out / "metrics.json").read_text())

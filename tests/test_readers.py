@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan.data import pixels as shared, readers
-from pneumoscan.data.cache import CHUNK, build_cache
+from pneumoscan.data.cache import IN_PROCESS_FILMS, build_cache
 from pneumoscan.data.decode import colour_spread, image_info, read_dicom_header, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import discover
@@ -176,7 +176,7 @@ def test_cache_workers_decode_with_the_sites_readers_and_limits(
     built the cache, so the answer does not depend on how many files there are; both are part of the cache key."""
     spec = PreprocessSpec(size=16)
     paths = []
-    for i in range(CHUNK + 8):  # two chunks: a pool of two workers
+    for i in range(IN_PROCESS_FILMS + 8):  # more films than decode in this process: a pool of two workers
         paths.append(tmp_path / f"film-{i}.pgm")
         paths[-1].write_bytes(pgm(film(seed=i)))
     few, many = build_cache(paths[:4], spec, tmp_path / "cache", workers=2), build_cache(paths, spec, tmp_path / "cache", workers=2)
@@ -204,7 +204,7 @@ def test_cache_of_a_reader_workers_cannot_load_decodes_in_this_process(
         cls = LocalPgmReader
     spec = PreprocessSpec(size=16)
     paths = []
-    for i in range(CHUNK + 8):  # two chunks: a pool of two workers
+    for i in range(IN_PROCESS_FILMS + 8):  # more films than decode in this process: a pool of two workers
         paths.append(tmp_path / f"film-{i}.pgm")
         paths[-1].write_bytes(pgm(film(seed=i)))
     readers.register(cls())

@@ -14,16 +14,10 @@ import pytest
 from PIL import Image
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import picture_groups, shared_patients
+from pneumoscan.data.audit import shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_pool, split_summary
 from tests.test_audit import run_cli_bounded, special_file_manifest
-
-
-@pytest.fixture(scope="module")
-def train(data_root: Path) -> tuple[list[Record], list[list[str]]]:
-    records = discover(data_root / "train").records
-    return records, [paths for _, paths in picture_groups([r.path for r in records])]
 
 
 def _val_paths(records: list[Record]) -> set[str]:
@@ -31,8 +25,8 @@ def _val_paths(records: list[Record]) -> set[str]:
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.15, 0.3])
-def test_real_split_keeps_patients_duplicates_and_mix(train, fraction: float) -> None:
-    records, groups = train
+def test_real_split_keeps_patients_duplicates_and_mix(real_train, fraction: float) -> None:
+    records, groups = real_train
     out = patient_split(records, val_fraction=fraction, seed=3, duplicate_groups=groups)
     assert [r.path for r in out] == [r.path for r in records]
     assert {r.split for r in out} == {"train", "val"}
@@ -47,8 +41,8 @@ def test_real_split_keeps_patients_duplicates_and_mix(train, fraction: float) ->
             assert abs(part[key].get(name, 0.0) - share) <= 0.02, (key, name)
 
 
-def test_real_split_is_deterministic_and_seed_dependent(train) -> None:
-    records, groups = train
+def test_real_split_is_deterministic_and_seed_dependent(real_train) -> None:
+    records, groups = real_train
     first = _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
     assert first == _val_paths(patient_split(records, seed=7, duplicate_groups=groups))
     assert first != _val_paths(patient_split(records, seed=8, duplicate_groups=groups))
