@@ -120,6 +120,21 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
         compare_runs([other])
 
 
+def test_a_damaged_roc_curve_is_refused_by_its_file(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A curve of rates out of [0, 1] was drawn as the run's; one of two lengths ended compare.png in matplotlib's
+    "x and y must have same first dimension", naming no file."""
+    run = tmp_path / "damaged"
+    shutil.copytree(two_runs[1], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    roc = metrics["curves"]["roc"]
+    for damaged in (roc | {"tpr": [7.5] * len(roc["tpr"])}, roc | {"fpr": roc["fpr"][:-1]}, roc | {"fpr": "0, 1"}):
+        (run / "metrics.json").write_text(json.dumps(metrics | {"curves": metrics["curves"] | {"roc": damaged}}))
+        with pytest.raises(ValueError, match=re.escape(f"{run / 'metrics.json'}: curves.roc is not two lists of rates "
+                                                       "in [0, 1] of one length")):
+            compare_runs([two_runs[1], run], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_threshold_copy_beside_the_bundle_gets_its_own_evaluation_and_policy(
     two_runs: tuple[Path, Path], tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.models.card import load_card, save_card
@@ -26,9 +25,8 @@ from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import train
 
 
-def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:
-    records = discover(data_root / "train").records
-    groups = [paths for _, paths in picture_groups([r.path for r in records])]
+def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:
+    records, groups = real_train
     fold = patient_folds(records, 5, seed=1, duplicate_groups=groups)
     assert sorted(set(fold.tolist())) == [0, 1, 2, 3, 4]
     folds_of_patient: dict[str, set[int]] = {}
@@ -49,7 +47,8 @@ def test_real_folds_keep_patients_duplicates_and_mix(data_root: Path) -> None:
 
 def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
     records = discover(tiny_dataset / "train").records[:3]
-    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+    with pytest.raises(ValueError, match=r"3 patients \(copies of one film count as one\) cannot fill 5 folds: "
+                                         "give --folds 3 or fewer"):
         patient_folds(records, 5)
     with pytest.raises(ValueError, match="at least 2 folds"):
         patient_folds(records, 1)

@@ -525,3 +525,20 @@ def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bun
     caveats = load_card(out).train_config["calibration_caveats"]
     assert len(caveats) == 2 and all("validation films, on which its own" in c for c in caveats)
     assert "calibration_caveats" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_a_picture_given_twice_under_two_labels_is_said_and_counted_once(tiny_bundle: Path, member64: Path,
+                                                                         held_out: Path, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A NORMAL film copied in as PNEUMONIA chose the ensemble's temperature and thresholds without a word, and
+    counted as two patients in the threshold's interval (evaluate warned of both)."""
+    films = discover(held_out).records
+    normal = next(r for r in films if r.label == "NORMAL")
+    shutil.copyfile(normal.path, tmp_path / "copy.jpeg")
+    given = tmp_path / "given.csv"
+    write_manifest(films + [make_record(tmp_path / "copy.jpeg", "PNEUMONIA")], given)
+    with caplog.at_level("WARNING"):
+        assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(given),
+                     "--out", str(tmp_path / "ens")]) == 0
+    assert "are copies of others in it under other names" in caplog.text
+    assert "1 label conflict(s): a file name or a duplicate (exact or near) contradicts a label" in caplog.text

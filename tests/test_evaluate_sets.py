@@ -53,6 +53,26 @@ def test_copies_of_one_film_in_the_set_count_as_one_patient_in_the_intervals(tin
         assert twice["ci"][name][0] <= once["ci"][name][0] and twice["ci"][name][1] >= once["ci"][name][1], name
 
 
+def test_a_picture_scored_under_two_labels_or_against_its_name_is_warned_of(tiny_bundle: Path, tiny_dataset: Path,
+                                                                             tmp_path: Path, caplog) -> None:
+    """A NORMAL film copied in as PNEUMONIA (one of the two is scored against a wrong label), or a film named bacteria
+    listed as virus, was scored as listed without a word, as split and train warn of them."""
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    normal = next(r for r in films if r.label == "NORMAL")
+    shutil.copyfile(normal.path, tmp_path / "copy.jpeg")
+    bacterial = next(r for r in films if r.subtype == "bacteria")
+    listed = [dataclasses.replace(r, subtype="virus") if r is bacterial else r for r in films]
+    write_manifest([*listed, dataclasses.replace(normal, path=str(tmp_path / "copy.jpeg"), label="PNEUMONIA",
+                                                 subtype="", patient="")], tmp_path / "films.csv")
+    with caplog.at_level("WARNING"):
+        metrics = evaluate(tiny_bundle, tmp_path / "films.csv")
+    assert "2 label conflict(s): a file name or a duplicate (exact or near) contradicts a label" in caplog.text
+    assert sorted((c["kind"], c["reason"]) for c in metrics["label_conflicts"]) == [
+        ("exact duplicate", "one picture labelled NORMAL and PNEUMONIA"),
+        ("name", "named bacteria, labelled PNEUMONIA virus")]
+    assert evaluate(tiny_bundle, tiny_dataset, split="test")["label_conflicts"] == []
+
+
 def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     """On pneumonia films alone the card had recorded a precision of 1.0 and an F1 beside no AUC."""
     bundle = tmp_path / "bundle"

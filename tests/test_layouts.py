@@ -123,6 +123,26 @@ def test_films_loose_beside_the_class_folders_are_warned_of(tmp_path: Path, capl
     assert "2 entries left out (outside the class folders: 2)" in warning
 
 
+def test_a_class_lost_to_folders_left_out_is_named(tmp_path: Path, caplog) -> None:
+    """A re-pack as test/{NORMAL,BACTERIA,VIRUS} was read as NORMAL films alone, which evaluate scored, saying only
+    "2 entries left out (not a class folder: 2)"; a folder beside both classes (COVID/) stays a count."""
+    root = tree(tmp_path / "repack", {
+        "test/NORMAL": ["IM-0115-0001.jpeg"], "test/BACTERIA": ["person1_bacteria_1.jpeg"],
+        "test/VIRUS": ["person2_virus_2.jpeg"], "train/NORMAL": ["IM-0116-0001.jpeg"],
+        "train/PNEUMONIA": ["person3_virus_3.jpeg"], "train/COVID": ["covid-1.jpeg"],
+    })  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        discover(root)
+    assert caplog.messages[1:] == [
+        f"{root}: no PNEUMONIA film in its test split, while BACTERIA, VIRUS beside its class folders were left out (a "
+        "class folder is named NORMAL or PNEUMONIA): if they hold PNEUMONIA films, rename them, or list the films in a "
+        "manifest"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        discover(root / "train")
+    assert [m for m in caplog.messages if "beside its class folders" in m] == []
+
+
 def test_split_folders_spelt_twice_are_refused(tmp_path: Path) -> None:
     """train/ and TRAIN/ (two archives unpacked side by side): keeping either would drop the other's films."""
     root = tree(tmp_path / "chest_xray", {"train/NORMAL": ["IM-0001-0001.jpeg"], "TRAIN/NORMAL": ["IM-0002-0001.jpeg"],

@@ -590,6 +590,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
     logger.debug("%s: read as the %s layout", root, chosen.name)
     found = chosen.discover(root)
     _warn_left_out(root, found)
+    _warn_class_left_out(root, found)
     return found
 
 
@@ -629,6 +630,25 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
         counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
         logger.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
                        shown(root), reasons.total(), counted, shown(root))
+
+
+def _warn_class_left_out(root: Path, found: Discovery) -> None:
+    """Say when a split (or a folder without splits) holds no film of a class while folders beside its class folders
+    were left out: a re-pack as ``{NORMAL,BACTERIA,VIRUS}`` loses its pneumonia films to them, and evaluate would
+    report figures of the normal films alone, with only a count of entries left out to say why."""
+    beside: dict[str, list[str]] = defaultdict(list)
+    for entry in found.skipped:
+        if entry["reason"] == "not a class folder":
+            parent = Path(entry["path"]).parent
+            beside["" if parent == root else parent.name.lower()].append(Path(entry["path"]).name)
+    for split, folders in beside.items():
+        labels = {r.label for r in found.records if r.split == split}
+        if missing := [label for label in LABELS if label not in labels]:
+            logger.warning("%s: no %s film%s, while %s beside its class folders %s left out (a class folder is "
+                           "named %s): if they hold %s films, rename them, or list the films in a manifest",
+                           shown(root), " or ".join(missing), f" in its {split} split" if split else "",
+                           ", ".join(sorted(folders)), "was" if len(folders) == 1 else "were", " or ".join(LABELS),
+                           " or ".join(missing))
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:

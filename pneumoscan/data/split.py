@@ -163,7 +163,8 @@ def patient_folds(
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     units = _units(records, duplicate_groups or [])
     if len(units) < k:
-        raise ValueError(f"{len(units)} patients cannot fill {k} folds")
+        raise ValueError(f"{len(units)} patients (copies of one film count as one) cannot fill {k} folds: give --folds "
+                         f"{len(units)} or fewer, or add films of other patients")
     random.Random(seed).shuffle(units)
     units.sort(key=len, reverse=True)  # stable: equal sizes keep the seeded order
     share = {key: n / k for key, n in Counter(_stratum(r) for r in records).items()}
@@ -194,7 +195,7 @@ def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
         raise ValueError(f"{data}: no images outside test/ to split")
     _check_classes(data, pool, found)
     groups = picture_groups([r.path for r in pool])
-    _warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))
+    warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))
     return pool, [paths for _, paths in groups]
 
 
@@ -211,9 +212,10 @@ def _check_classes(data: Path | str, pool: Sequence[Record], found: Discovery) -
                          f"all {next(iter(labels))}); a split needs films of {' and '.join(LABELS)}{left}")
 
 
-def _warn_conflicts(conflicts: Sequence[dict]) -> None:
-    """Say when films' labels contradict their names or each other (:func:`label_conflicts`): they are split as
-    labelled, as the public dataset must stay usable, but a contradictory target harms training and validation."""
+def warn_conflicts(conflicts: Sequence[dict]) -> None:
+    """Say when films' labels contradict their names or each other (:func:`label_conflicts`): they are split (or
+    scored) as labelled, as the public dataset must stay usable, but a contradictory target harms training and
+    validation, and a figure on it scores the model against a label that may be wrong."""
     if conflicts:
         first = conflicts[0]
         log.warning("%d label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. %s (%s); "

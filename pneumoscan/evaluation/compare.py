@@ -132,6 +132,19 @@ def _ci_unit(metrics_path: Path, block: dict, where: str = "") -> str:
     return unit
 
 
+def _checked_roc(metrics_path: Path, m: dict) -> dict[str, list]:
+    """The ROC curve of metrics.json (none: empty) after checking that its false- and true-positive rates are two
+    lists of figures in [0, 1] of one length: a damaged curve would be drawn as the run's, or end the figure in a
+    plotting error that names no file."""
+    curves = m.get("curves") if isinstance(m.get("curves"), dict) else {}
+    roc = curves.get("roc") or {"fpr": [], "tpr": []}
+    rates = [roc.get(key) for key in ("fpr", "tpr")] if isinstance(roc, dict) else [None, None]
+    if not (all(isinstance(r, list) and all(_number(v) and 0 <= v <= 1 for v in r) for r in rates)
+            and len(rates[0]) == len(rates[1])):
+        raise ValueError(f"{metrics_path}: curves.roc is not two lists of rates in [0, 1] of one length (fpr, tpr)")
+    return roc
+
+
 def _names(value: object, count: int | None = None) -> bool:
     """A list of class names (of ``count`` of them)."""
     return (isinstance(value, list) and len(value) >= 2 and all(isinstance(v, str) and v for v in value)
@@ -195,7 +208,7 @@ def load_run(path: Path | str) -> RunSummary:
         figures={name: m.get(name) for name in FIGURES},
         cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
-        roc=(m.get("curves") or {}).get("roc") or {"fpr": [], "tpr": []}, optimistic=list(m.get("optimistic") or []),
+        roc=_checked_roc(metrics_path, m), optimistic=list(m.get("optimistic") or []),
         question=question, three_class=_three_class(metrics_path, m),
     )
 

@@ -19,13 +19,13 @@ from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, jsonable)
 from pneumoscan.core.names import cell_text, path_text, shown
-from pneumoscan.data.audit import picture_groups
+from pneumoscan.data.audit import label_conflicts, picture_groups
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
-from pneumoscan.data.split import patient_units
+from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks, select, warn_untyped
 from pneumoscan.inference.predict import Predictor, check_stages
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card
@@ -273,9 +273,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive(probs)
-    copies, groups = _patient_groups(records, data)
+    copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, caveats)
+    metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
     second: tuple[np.ndarray, np.ndarray] | None = None  # the second stage's P(virus) and call of each film
     if etiology is not None:
         metrics["two_stage"], second_scores, second_called = _two_stage(
@@ -294,16 +295,20 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def _patient_groups(records: list[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray]:
-    """The copies of one film under other names among RECORDS (warned of), and each film's patient unit
-    (:func:`patient_units`). The CIs count patients: one patient's films are scored alike (a film without a patient
-    id is its own patient), and so are copies of one film under other names (one child's, filed twice)."""
-    copies = [paths for _, paths in picture_groups([r.path for r in records])]
+def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray, list[dict]]:
+    """The copies of one film under other names among RECORDS (warned of), each film's patient unit
+    (:func:`patient_units`), and the label conflicts among them (warned of: a picture labelled NORMAL and PNEUMONIA
+    is scored wrong under one of them, a name saying bacteria beside a virus label may be a misfiled film). The CIs
+    count patients: one patient's films are scored alike (a film without a patient id is its own patient), and so
+    are copies of one film under other names (one child's, filed twice)."""
+    pictures = picture_groups([r.path for r in records])
+    copies = [paths for _, paths in pictures]
     if copies:
         log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
                     "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
                     "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
-    return copies, patient_units(records, copies)
+    warn_conflicts(conflicts := label_conflicts(records, pictures))
+    return copies, patient_units(records, copies), conflicts
 
 
 def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, name: str,

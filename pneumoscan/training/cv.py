@@ -29,7 +29,7 @@ from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_fig
 from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
-from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.evaluation.evaluate import labelled_records
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card
@@ -85,6 +85,20 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
+def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
+    """Refuse folds of which one holds no film of one of the task's classes on a side (the fold itself, or the
+    others that train its run), before any fold trains: :func:`~pneumoscan.data.split.patient_folds` deals the
+    labels, not a task's classes (an etiology run's few virus patients), and training refused that fold's run only
+    after the folds before it had trained, advising a validation fraction that cv does not have."""
+    for k, planned in enumerate(plans):
+        for side, what in (("val", "validation"), ("train", "training")):
+            counts = np.bincount(select([r for r in planned if r.split == side], task)[1], minlength=len(task.classes))
+            if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
+                raise ValueError(f"fold {k + 1} of {len(plans)} has no {missing[0]} {what} film for the {task.name} "
+                                 "task (a patient's films stay in one fold): its run could not be trained and "
+                                 f"validated; use fewer --folds or add {missing[0]} films of other patients")
+
+
 def check_fold_processes(runs: Sequence[RunFolder], world: int) -> None:
     """Refuse folds made by different numbers of processes, or a fold still to train under another number than the
     finished ones: the global batch, the learning rate and the schedule follow it, so the folds would be different
@@ -132,6 +146,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)] for k in range(folds)]
     configs = [fold_config(cfg, out_dir, k, teacher_cv) for k in range(folds)]
+    check_fold_classes(plans, task)
     for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
         configs[k].check_distill_weight()
         check_teachers(configs[k], planned, task)

@@ -40,7 +40,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
-from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records, patient_groups
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
@@ -191,23 +191,23 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
 
 def _calibration_scores(
     tmp: Path, net: EnsembleNet, card: BundleCard, cv_dirs: Sequence[Path], data: Path | str | None,
-    split: str | None, held_out: tuple[list, np.ndarray, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str] | None, str]:
+    split: str | None, held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray | None, str]:
     """(logits, targets, TTA views' logits, patients, what they are) the temperature and thresholds are chosen on:
-    the cv runs' out-of-fold scores, or the held-out films' (records, images, targets) scored by the graph just
-    shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
+    the cv runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units) scored by the
+    graph just shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
     if cv_dirs:
         logits, targets, views = out_of_fold(net, cv_dirs, card)
         # the runs by name (their paths are in ensemble_of): the policy made of it is shown to the service's clients
         name = (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
         return logits, targets, views, None, name  # out-of-fold films, counted as films (no patient ids come with them)
-    records, images, targets = held_out
+    records, images, targets, patients = held_out
     record_calibration_films(tmp, records)
     sess = session(tmp / ONNX_NAME)
     views = [session_logits(sess, v) for v in tta_views(images)]
     name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
-    return session_logits(sess, images), targets, views, [r.patient for r in records], name
+    return session_logits(sess, images), targets, views, patients, name
 
 
 def build_ensemble(
@@ -231,10 +231,12 @@ def build_ensemble(
     task = get_task(card.task)
     held_out, caveats = None, []
     if not cv_dirs:  # refused before anything is written when a member trained on these films
-        held_out = labelled_records(data, split, task, card.spec)[:3]
-        refuse_test_films(held_out[0], data, "temperature and thresholds")
-        caveats = check_held_out(paths, held_out[0], "choose the ensemble's temperature and thresholds",
+        records, images, targets, _ = labelled_records(data, split, task, card.spec)
+        refuse_test_films(records, data, "temperature and thresholds")
+        caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds",
                                  " (or use --cv)", policy=HeldOutPolicy(validation_warning=True))
+        # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
+        held_out = (records, images, targets, patient_groups(records, data)[1])
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         save_bundle(tmp, net, card)
