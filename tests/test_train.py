@@ -717,6 +717,20 @@ def test_a_manifest_with_training_patients_in_its_test_split_is_warned_about(
     assert "test split" not in caplog.text
 
 
+def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A training film copied into val under another name and patient id escaped the patient check: with a manifest
+    (or --val-folder) validation chose the threshold on a film trained on. The default split keeps copies together."""
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    trained = next(r for r in records if r.split == "train")
+    copy = tmp_path / "IM-9999-0001.jpeg"
+    shutil.copy(trained.path, copy)
+    manifest = tmp_path / "split.csv"
+    write_manifest([*records, dataclasses.replace(trained, path=str(copy), patient="IM-9999", split="val")], manifest)
+    with pytest.raises(ValueError, match=rf"1 film\(s\) are in both train and val under other names \(byte for "
+                                         rf"byte or re-encoded; e.g. {copy} in val, {trained.path} in train\)"):
+        train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))
+
+
 def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Path, tmp_path: Path) -> None:
     """The run's report counts patients in its CIs as `evaluate` does on the same films, where a patient has
     several films (the three-class block too)."""

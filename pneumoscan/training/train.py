@@ -28,7 +28,7 @@ from pneumoscan.core.atomic import building, write_atomic
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.audit import shared_patients
+from pneumoscan.data.audit import picture_groups, shared_patients
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.layouts import Record, discover, write_manifest
@@ -100,12 +100,29 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     records = [r for r in records if r.split in ("train", "val")]
     # the threshold, the temperature and early stopping are chosen on val: on a patient trained on, they would
     # rest on films the model has all but seen (the default split and cv's folds keep each patient on one side)
+    source = shown(cfg.split_csv) if cfg.split_csv else f"{shown(data)}'s train/ and val/ folders"
     if shared := overlap["train/val"]:
-        source = shown(cfg.split_csv) if cfg.split_csv else f"{shown(data)}'s train/ and val/ folders"
         raise ValueError(f"{source}: {len(shared)} patient(s) have films in both train and val (e.g. "
                          f"{shown(shared[0])}), so validation would choose the threshold on patients trained on; "
                          "keep each patient's films in one split (`pneumoscan split` writes such a manifest)")
+    if cfg.split_csv or cfg.validate_on_val_folder:  # the default split keeps copies on one side itself
+        _refuse_copies_across(records, source)
     return records
+
+
+def _refuse_copies_across(records: Sequence[Record], source: str) -> None:
+    """Refuse a split with copies of one film (byte for byte, re-encoded or resized: :func:`picture_groups`) on
+    both sides: one child's film under two names and patient ids escapes the patient check, and validation would
+    choose the threshold on a film trained on."""
+    side = {r.path: r.split for r in records}
+    across = [paths for _, paths in picture_groups(list(side)) if len({side[p] for p in paths}) > 1]
+    if across:
+        val = next(p for p in across[0] if side[p] == "val")
+        train = next(p for p in across[0] if side[p] == "train")
+        raise ValueError(f"{source}: {len(across)} film(s) are in both train and val under other names (byte for "
+                         f"byte or re-encoded; e.g. {shown(val)} in val, {shown(train)} in train), so validation would "
+                         "choose the threshold on films trained on; keep copies of one film in one split (`pneumoscan "
+                         "split` writes such a manifest)")
 
 
 def stream_seed(seed: int, *keys: int) -> int:
