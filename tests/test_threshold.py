@@ -142,9 +142,12 @@ def test_threshold_refusals_are_one_line_and_write_nothing(
 ) -> None:
     y, plain, _ = scores(tiny_bundle, site, None)
     records = discover(site).records
-    # a manifest whose highest-scored film is labelled normal: no threshold finds a positive at FPR 0
+    # a manifest whose highest-scored film is labelled normal: no threshold finds a positive at FPR 0 (under a name
+    # that does not say pneumonia, which would be warned of as a label conflict)
     top = int(np.argmax(plain))
-    flipped = [make_record(r.path, "NORMAL" if i == top else r.label) for i, r in enumerate(records)]
+    renamed = tmp_path.parent / f"{tmp_path.name}-IM-0999-0001.jpeg"
+    shutil.copy(records[top].path, renamed)
+    flipped = [make_record(renamed, "NORMAL") if i == top else make_record(r.path, r.label) for i, r in enumerate(records)]
     write_manifest(flipped, tmp_path / "flipped.csv")
     write_manifest([r for r in records if r.label == "PNEUMONIA"], tmp_path / "one-class.csv")
     (tmp_path / "taken").mkdir()
@@ -445,3 +448,20 @@ def test_other_films_of_a_runs_patients_are_said_whatever_the_spelling_of_their_
         assert f"1 film(s) given to evaluate are copies of {side} films under other names, byte for byte or the " \
                "picture re-encoded or resized" in caplog.text
     assert len([c for c in figures["optimistic"] if c.startswith(said)]) == 2
+
+
+def test_a_film_listed_under_both_labels_is_warned_of_and_its_copies_are_one_patient(
+    tiny_bundle: Path, site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A picture listed as NORMAL and, copied under another name, as PNEUMONIA chose a threshold without a word, and
+    counted as two patients in its interval, as evaluate and ensemble no longer do."""
+    records = discover(site).records
+    normal = next(r for r in records if r.label == "NORMAL")
+    copy = tmp_path / "person999_bacteria_1.jpeg"
+    shutil.copy(normal.path, copy)
+    both = tmp_path / "both.csv"
+    write_manifest([*records, make_record(copy, "PNEUMONIA")], both)
+    with caplog.at_level("WARNING"):
+        rethreshold(tiny_bundle, both, tmp_path / "new", target_sensitivity=None)
+    assert "2 film(s) of" in caplog.text and "are copies of others in it under other names" in caplog.text
+    assert "label conflict(s): a file name or a duplicate (exact or near) contradicts a label" in caplog.text

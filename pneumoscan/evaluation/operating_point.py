@@ -22,7 +22,7 @@ from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, read_
                                          write_onnx_spec)
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
-from .evaluate import data_label, evaluate_probabilities, labelled_records
+from .evaluate import data_label, evaluate_probabilities, labelled_records, patient_groups
 from .held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from .model_card import films_record, today, update_card, validation_figures, write_model_card
 
@@ -48,7 +48,7 @@ class OperatingPoint:
 
 
 def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,
-                           max_false_positive_rate: float | None, groups: Sequence[str] | None = None,
+                           max_false_positive_rate: float | None, groups: Sequence[str] | np.ndarray | None = None,
                            caveat: str | None = None) -> OperatingPoint:
     """The rule that decides every label a bundle gives, written once for training, ``ensemble``, ``threshold`` and
     ``export --int8``: the plain and TTA thresholds by one policy on these films' binary targets ``y`` and positive
@@ -165,7 +165,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
     caveats = check_held_out([bundle], records, "choose the threshold",
                              policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
-    y, patients = binary_targets(targets), [r.patient for r in records]
+    # copies of one film under other names are one patient in the intervals; label conflicts are warned of
+    y, patients = binary_targets(targets), patient_groups(records, data)[1]
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
@@ -193,7 +194,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
 
 
 def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],
-                   patients: Sequence[str], caveat: str) -> tuple[np.ndarray, OperatingPoint, dict] | None:
+                   patients: Sequence[str] | np.ndarray, caveat: str) -> tuple[np.ndarray, OperatingPoint, dict] | None:
     """BUNDLE's INT8 model's plain scores on the films, its own operating point on them by the same policy
     (``caveat``: the FP32 one's, on the same films), and its sidecar (the thresholds it replaces); None when the
     bundle has no INT8 model."""
