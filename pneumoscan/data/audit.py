@@ -379,7 +379,9 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
                 # escaped (a name of other bytes than UTF-8 stops the font engine) and never read as TeX ($...$)
                 cell.set_title(f"{label} {_subtype_key(sub)}\n{shown(Path(rec.path).name)}", fontsize=6,
                                parse_math=False, usetex=False)
-    # the format the name asks for (audit.pdf, audit.svg): the temporary name has none
+    # the format the name asks for (audit.pdf, audit.svg): the temporary name has none; its folder made, as
+    # augmented_grid's and evaluate's are
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
 
 

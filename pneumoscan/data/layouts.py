@@ -61,7 +61,8 @@ class Record:
 
 @dataclass
 class Discovery:
-    """Records found, plus the files skipped on the way (path, reason) so a user can see what was left out."""
+    """Records found, plus the files skipped on the way (``{"path", "reason"}`` dicts) so a user can see what was
+    left out."""
 
     records: list[Record] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)

@@ -37,6 +37,7 @@ import torch
 from pneumoscan.core.atomic import building
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
+from pneumoscan.core.names import path_list
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import get_task
@@ -211,13 +212,14 @@ def _calibration_scores(
 
 
 def build_ensemble(
-    members: Sequence[Path | str], out: Path | str, data: Path | str | None = None, split: str | None = None,
-    cv_dirs: Sequence[Path | str] = (), target_sensitivity: float | None = None, youden: bool = False,
+    members: Sequence[Path | str] | Path | str, out: Path | str, data: Path | str | None = None, split: str | None = None,
+    cv_dirs: Sequence[Path | str] | Path | str = (), target_sensitivity: float | None = None, youden: bool = False,
     max_false_positive_rate: float | None = None,
 ) -> BundleCard:
     """Write the ensemble of ``members`` (or of the fold bundles of one or more cv runs on the same folds) to OUT,
     its temperature and plain/TTA thresholds chosen on labelled DATA none of the members trained on, or on the runs'
     out-of-fold scores. The threshold policy is the first member's unless one is given. Returns the card written."""
+    members, cv_dirs = path_list(members), path_list(cv_dirs)  # one path given alone, not its characters
     if (data is None) == (not cv_dirs):
         raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
     cv_dirs, out = [Path(d) for d in cv_dirs], Path(out)
