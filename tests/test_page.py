@@ -546,6 +546,9 @@ def test_the_card_says_of_each_recorded_threshold_and_evaluation_whether_its_fil
     assert rows[:3] == [["Evaluated on other.csv", evaluated + note] for note in ("", unchecked, unknown)]
 
 
+NOTICE = "Outside the model's scope: this reading does not apply"
+
+
 def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: Path, tagged_dicom: bytes,
                                                        tmp_path: Path) -> None:
     """A CT slice was shown "Reading: PNEUMONIA" in bold red like any film, its reason a small bullet below the
@@ -562,10 +565,13 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     drop_file(page, dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS), "ct.dcm", "application/dicom")
     notice = page.locator("#scope-notice")
     expect(notice).to_be_visible()
-    expect(notice).to_contain_text("Outside the model's scope: this reading does not apply")
+    expect(notice).to_contain_text(NOTICE)
     expect(notice.locator("#warnings")).to_contain_text("Scope: Modality CT is not a radiograph")
     assert notice.bounding_box()["y"] < page.locator("#label").bounding_box()["y"]  # read before the label
     label = page.locator("#label").inner_text()
+    # the notice and the reading are headings: a screen reader's heading keys went from the page's title to the film
+    headings = page.get_by_role("heading", level=2).all_inner_texts()
+    assert headings[:3] == [NOTICE, f"Reading: {label}", "Film: ct.dcm"], headings
     colours = page.evaluate("""() => ['label', 'bar-fill', 'scope-notice'].map(
         (id) => getComputedStyle(document.getElementById(id))[id === 'label' ? 'color' : 'backgroundColor'])""")
     for colour in colours:  # grey: neither a finding's red nor no finding's green
@@ -582,6 +588,8 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     drop_file(page, tagged_dicom, "chest.dcm", "application/dicom")
     expect(page.locator("#film-title")).to_have_text("Film: chest.dcm")
     expect(notice).to_be_hidden()
+    assert page.get_by_role("heading", level=2).all_inner_texts()[:2] == [f"Reading: {page.inner_text('#label')}",
+                                                                          "Film: chest.dcm"]
     assert page.get_attribute("#label", "class") in ("positive", "negative")
     assert page.evaluate("() => !document.getElementById('scope-notice').contains(document.getElementById('warnings'))")
 
@@ -749,6 +757,28 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
         server.close()
 
 
+def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
+    """A reading near the threshold was uncoloured in the panel but bold red (or green) in the list, "PNEUMONIA (near
+    the threshold)" looking as sure as a clear call: the list styles each reading as the panel does."""
+    shown = page.evaluate("""() => {
+        const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
+            probability: 0.6, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
+        films.push(...[['clear', r('PNEUMONIA', true, false)], ['near', r('PNEUMONIA', true, true)],
+            ['near normal', r('NORMAL', true, true)], ['lateral', r('PNEUMONIA', false, true)]]
+            .map(([name, result]) => ({ name, result, status: 'done' })));
+        renderList();
+        return [...document.querySelectorAll('#films tbody tr')].map((row) => {
+            const cell = row.cells[1], style = getComputedStyle(cell);
+            return [row.cells[0].textContent, cell.className, style.color, style.fontWeight]; });
+    }""")
+    looks = {name: (look, colour, weight) for name, look, colour, weight in shown}
+    assert looks["clear"][0] == "positive" and int(looks["clear"][2]) == 700  # the panel's red
+    assert looks["near"][0] == looks["near normal"][0] == "indeterminate" and looks["lateral"][0] == "out-of-scope"
+    for name in ("near", "near normal", "lateral"):  # neither red nor green, not bold
+        r, g, b = map(int, re.findall(r"\d+", looks[name][1])[:3])
+        assert max(r, g, b) - min(r, g, b) < 40 and int(looks[name][2]) < 700, shown
+
+
 def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: Path, tmp_path: Path) -> None:
     """At 375 and 320 px the page scrolled sideways after an upload (the films table held the column wide) and the
     reading was cut off at the right (WCAG 1.4.10): the column narrows, the table scrolls inside its panel."""
@@ -771,6 +801,15 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
             spilled = page.evaluate("""() => [...document.querySelectorAll('#result *')]
                 .filter((e) => e.clientWidth && e.scrollWidth > e.clientWidth + 1).map((e) => e.id || e.tagName)""")
             assert not spilled, (width, spilled)
+            # nor is a word of the film panel cut where it fits on a line ("age, se" / "x, view" did)
+            cut = page.evaluate("""() => [...document.querySelectorAll('#film dd')].flatMap((dd) => {
+                const text = dd.firstChild;
+                return [...text.data.matchAll(/[A-Za-z]+/g)].filter((m) => {
+                    const range = document.createRange();
+                    range.setStart(text, m.index);
+                    range.setEnd(text, m.index + m[0].length);
+                    return range.getClientRects().length > 1; }).map((m) => m[0]); })""")
+            assert not cut, (width, cut)
             page.screenshot(path=tmp_path / f"w{width}.png", full_page=True)
     finally:
         context.close()

@@ -165,6 +165,14 @@ function labelText(r) {
   return r.in_scope && r.near_threshold ? `${r.label}, near the threshold: indeterminate` : r.label;
 }
 
+// The reading's style, the same in the panel and the list: red or green only for a clear call; grey out of scope,
+// uncoloured near the threshold (a bold red "PNEUMONIA (near the threshold)" in the list looked as sure as any).
+function lookOf(r) {
+  if (!r.in_scope) return "out-of-scope";
+  if (r.near_threshold) return "indeterminate";
+  return r.label === r.positive ? "positive" : "negative";
+}
+
 // Said in the polite live region when a reading arrives: the result panel itself is not announced. Out of scope,
 // the label and probability are left out: they do not apply, and said aloud they sound as if they did.
 function announcement(r) {
@@ -214,8 +222,7 @@ function showResult(film) {
   const r = film.result;
   $("error").hidden = true;
   $("status").textContent = announcement(r);
-  const positive = r.label === r.positive;
-  const look = !r.in_scope ? "out-of-scope" : r.near_threshold ? "indeterminate" : positive ? "positive" : "negative";
+  const look = lookOf(r);
   $("label").textContent = labelText(r);
   $("label").className = look;
   $("bar-fill").style.width = pct(r.probability);
@@ -688,7 +695,7 @@ function renderList() {
       r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
-    if (r) row.cells[1].className = !r.in_scope ? "out-of-scope" : r.label === r.positive ? "positive" : "negative";
+    if (r) row.cells[1].className = lookOf(r);
     const show = document.createElement("button");
     show.type = "button";
     show.textContent = "Show";
