@@ -607,7 +607,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help=f"larger uploads are refused with 413 (default {MAX_UPLOAD_MB})")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
-                 "model (export --int8); Grad-CAM always runs in torch")
+                 "model (export --int8), which answers no heatmaps (422); Grad-CAM runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must send "
                         "(default: env PNEUMOSCAN_API_KEY; none)")

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import hashlib
 import io
+import logging
 import shutil
 import struct
 import tempfile
@@ -93,6 +94,10 @@ def test_healthz(client: TestClient, tiny_bundle: Path) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id}
+    # some load balancers probe with HEAD: answered as GET, without a body (FastAPI had answered 405)
+    for path in ("/healthz", "/"):
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
 
 
 def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
@@ -305,6 +310,19 @@ def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xra
 ])
 def test_malformed_requests_are_4xx(client: TestClient, case: str, request_kwargs: dict, status: int, words: str) -> None:
     assert_error(client.post("/v1/predict", **request_kwargs), status, words)
+
+
+def test_a_malformed_body_is_said_by_the_400_not_by_a_library_line_a_request(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-multipart logged every malformed body as a bare stderr line quoting a byte of it, never rate-limited:
+    30 such requests, 30 lines."""
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            r = client.post("/v1/predict", content=b"--xyz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--xyz--\r\n",
+                            headers={"content-type": "multipart/form-data; boundary=abc"})
+            assert r.status_code == 400
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart") and r.levelno >= logging.WARNING]
 
 
 def test_framework_errors_are_json_too(client: TestClient, xray: bytes) -> None:

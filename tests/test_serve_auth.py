@@ -336,7 +336,8 @@ def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:
         sock.close()
 
 
-def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
     parse = cli.build_parser().parse_args
     monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
     limits, access = cli.serve_settings(parse(["serve", "b"]))
@@ -355,6 +356,10 @@ def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkey
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValueError, match="is empty"):
         cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "empty")]))
+    # a bare "permission denied" (or "is a directory") named no key file nor who must read it
+    assert cli.main(["serve", "b", "--api-key-file", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"pneumoscan serve: error: the API key file {tmp_path} cannot be read (is a "
+                                       "directory): it must be a file the user running pneumoscan can read\n")
     with pytest.raises(SystemExit):
         parse(["serve", "b", "--max-queue", "0"])
 

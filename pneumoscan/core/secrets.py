@@ -14,7 +14,12 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     one is set), and a value with a line break or another control character, which no header carries (a service
     started with it answered every client 401; requests refused it quoting the value)."""
     if path is not None:
-        source, text = f"the {kind} file {path}", Path(path).read_text()
+        source = f"the {kind} file {path}"
+        try:
+            text = Path(path).read_text()
+        except OSError as e:  # a bare "permission denied" named no key file nor who must read it
+            raise OSError(e.errno, f"{source} cannot be read ({(e.strerror or str(e)).lower()}): it must be a file "
+                                   "the user running pneumoscan can read") from None
     elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
         source = env
     else:

@@ -83,7 +83,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         check_options(format, heatmap, image, request.query_params.keys())
         return await service.predict(request, heatmap, image, format)
 
-    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
+    # HEAD too, for the /healthz and / the probes of some load balancers send (FastAPI answers GET routes' HEAD 405)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, response_model_exclude_none=True,
+                   responses={503: {"model": Health}})
     async def healthz() -> Health | JSONResponse:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (a
         # bundle changed on disk is read in a thread of its own: OnDisk)
@@ -97,7 +99,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         """The model card: task, classes, threshold, validation metrics, training data fingerprint."""
         return service.info()
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
 

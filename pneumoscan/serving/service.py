@@ -171,7 +171,8 @@ class Service:
 
     def _admit(self, lane: str, bound: int) -> None:
         if self.in_flight[lane] >= bound:
-            raise Rejected(503, f"the service is busy ({bound} {lane} requests in progress): retry shortly",
+            raise Rejected(503, f"the service is busy ({bound} {lane} request{'s' if bound != 1 else ''} in progress): "
+                                "retry shortly",
                            {"Retry-After": str(RETRY_AFTER_S)})
         self.in_flight[lane] += 1
 

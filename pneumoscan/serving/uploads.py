@@ -4,6 +4,7 @@ deadline, the content-type check, and the decode the training cache does."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -18,6 +19,11 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 
 from .limits import ClientGone, Rejected
+
+# python-multipart logs each malformed body as a warning of its own, once a request and quoting a byte of it, with
+# no handler (Python's last resort prints it bare on stderr): the 400 carries the reason, and the service's own
+# failure log, rate-limited, says it
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
 # A type some clients send for an accepted one (not registered, but common): read as that one.
