@@ -524,9 +524,14 @@ def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bun
             assert str(tmp_path) not in r.text and "'" not in r.text and "retry-after" not in r.headers
         health = c.get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "degraded"
-        assert health.json()["reason"].startswith("heatmaps unavailable")
+        # the files first (a restart would be refused: the heatmaps' "restart the service" alone had hidden it)
+        assert health.json()["reason"].startswith("a bundle's files on disk are damaged or missing since this service "
+                                                  "started") and "; heatmaps unavailable: " in health.json()["reason"]
         after = upload(c, xray)
         assert after.status_code == 200 and after.json()["probability"] == before["probability"]
+        weights[len(weights) // 2] ^= 0xFF  # restored: heatmaps stay off until a restart, which would now work
+        (bundle / "model.safetensors").write_bytes(bytes(weights))
+        assert c.get("/healthz").json()["reason"].startswith("heatmaps unavailable")
 
 
 def test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason(tiny_bundle: Path, xray: bytes,

@@ -133,8 +133,9 @@ class Service:
         if self.faults:
             return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
         changes = [change for disk in self.on_disk if (change := await disk.check())]
-        if reason := self.heatmap_fault or next(iter(changes), None):
-            return Health(status="degraded", model_id=model_id, reason=reason)
+        # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
+        if reasons := [*changes[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
+            return Health(status="degraded", model_id=model_id, reason="; ".join(reasons))
         return Health(status="ok", model_id=model_id)
 
     def info(self) -> ServiceInfo:
