@@ -3,6 +3,7 @@ of every request, which also adds the security headers and turns a bug into a JS
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -34,6 +35,8 @@ PUBLIC_PATHS = ("/", HEALTH_PATH, "/openapi.json")
 PUBLIC_PREFIXES = ("/static/",)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "PNEUMOSCAN_API_KEY"  # the key when no key file is named
+# the answer to a request still in progress when the shutdown's grace ran out (--shutdown-grace)
+SHUTTING_DOWN = "the service is shutting down: send the request again (to another instance, or once it is back)"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,11 @@ class Guard:
 
         try:
             await self.app(scope, receive, send_tracked)
+        except asyncio.CancelledError:  # the shutdown's grace ran out with this request in progress: uvicorn
+            if started:  # cancels it, and answered a request not yet answered 500 with an "Exception" logged
+                raise
+            await JSONResponse({"error": SHUTTING_DOWN}, status_code=503, headers={"Connection": "close"})(
+                scope, receive, send_with_headers)
         except Exception as e:  # a bug: one log line (no upload data in it), a JSON 500, the connection kept
             logger.error("internal error on %s %s", scope["method"], scope["path"], exc_info=e)
             if started:
