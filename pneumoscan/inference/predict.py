@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
 RESULT_FIELDS = (
     "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label",
-    "etiology_near_threshold", "heatmap", "error", "warnings", "in_scope", "model_id", "model_version", "study_instance_uid", "series_instance_uid",
-    "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
+    "etiology_near_threshold", "heatmap", "error", "warnings", "in_scope", "model_id", "model_version",
+    "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 CLASS_FIELD = "probability_"  # + a class: a multiclass bundle's probability of that class (Predictor.class_fields)

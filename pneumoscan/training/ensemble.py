@@ -212,9 +212,9 @@ def _calibration_scores(
 
 
 def build_ensemble(
-    members: Sequence[Path | str] | Path | str, out: Path | str, data: Path | str | None = None, split: str | None = None,
-    cv_dirs: Sequence[Path | str] | Path | str = (), target_sensitivity: float | None = None, youden: bool = False,
-    max_false_positive_rate: float | None = None,
+    members: Sequence[Path | str] | Path | str, out: Path | str, data: Path | str | None = None,
+    split: str | None = None, cv_dirs: Sequence[Path | str] | Path | str = (), target_sensitivity: float | None = None,
+    youden: bool = False, max_false_positive_rate: float | None = None,
 ) -> BundleCard:
     """Write the ensemble of ``members`` (or of the fold bundles of one or more cv runs on the same folds) to OUT,
     its temperature and plain/TTA thresholds chosen on labelled DATA none of the members trained on, or on the runs'
