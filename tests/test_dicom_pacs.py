@@ -40,14 +40,20 @@ def test_a_for_processing_image_is_not_scored_and_an_undecodable_film_keeps_its_
     uploads = {"film": chest_dicom(film, StudyInstanceUID=study),
                "raw": chest_dicom(4095 - film, StudyInstanceUID=study, SOPClassUID=DigitalXRayImageStorageForProcessing,
                                   PresentationIntentType="FOR PROCESSING"),
-               "frames": chest_dicom(np.stack([film, film]), StudyInstanceUID=study, NumberOfFrames=2)}
+               "frames": chest_dicom(np.stack([film, film]), StudyInstanceUID=study, NumberOfFrames=2),
+               # a For Presentation class whose header says FOR PROCESSING: retrieved, then refused by the reader
+               "raw_by_intent": chest_dicom(4095 - film, StudyInstanceUID=study,
+                                            PresentationIntentType="FOR PROCESSING")}
     sops = {}
     for name, data in uploads.items():
         assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
         sops[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID] = name
     rows = {sops[r["sop_instance_uid"]]: r for r in predict_study(tiny_bundle, f"{orthanc}/dicom-web", study,
                                                                      backend="torch")}
-    assert rows.keys() == {"film", "raw", "frames"}
+    assert rows.keys() == {"film", "raw", "frames", "raw_by_intent"}
+    assert rows["raw_by_intent"]["not_scored"].endswith("of intent FOR PROCESSING: raw detector values, before the "
+                                                      "image processing that makes them a film to read; read its For "
+                                                      "Presentation image")
     assert "probability" in rows["film"]
     assert rows["raw"]["not_scored"].startswith("Digital X-Ray Image Storage - For Processing: raw detector values")
     assert "probability" not in rows["raw"]

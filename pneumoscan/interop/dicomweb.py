@@ -71,9 +71,10 @@ _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070"
-_BODY, _VIEW = "00180015", "00185101"  # BodyPartExamined, ViewPosition
+_BODY, _VIEW, _INTENT = "00180015", "00185101", "00080068"  # BodyPartExamined, ViewPosition, PresentationIntentType
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
-_FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition"]
+_FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
+           "PresentationIntentType"]
 RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation})
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
@@ -233,6 +234,8 @@ def _not_scored(item: dict) -> str | None:
     modality, sop_class = _value(item, _MODALITY).strip().upper(), _value(item, _CLASS).strip()
     if sop_class in FOR_PROCESSING_CLASSES:  # the raw values of an exposure whose For Presentation image is the film
         return f"{UID(sop_class).name}: {FOR_PROCESSING}"
+    if _value(item, _INTENT).strip().upper() == "FOR PROCESSING":  # the same, under a class of either intent
+        return f"{UID(sop_class).name if sop_class else 'an image'} of intent FOR PROCESSING: {FOR_PROCESSING}"
     if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
         kind = UID(sop_class).name if sop_class else "SOP class not given"
         return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
