@@ -356,6 +356,17 @@ def test_a_dicom_film_without_a_name_id_is_its_header_patients(tmp_path: Path) -
     assert read_manifest(tmp_path / "split.csv").records == discover(root).records
 
 
+def test_a_header_patient_id_is_one_patient_in_any_case(tmp_path: Path) -> None:
+    """Two systems of one site may write a child's PatientID as MRN100 and mrn100 (and the issuer likewise): one
+    patient, as a manifest's ids are (patient_key), so the split cannot put the child on both sides."""
+    root = tmp_path / "pacs"
+    upper = _dicom(root / "train/NORMAL/1.2.826.0.2.1.dcm", PatientID="MRN100", IssuerOfPatientID="HOSP_A")
+    lower = _dicom(root / "train/NORMAL/1.2.826.0.2.2.dcm", PatientID="mrn100", IssuerOfPatientID="hosp_a")
+    other = _dicom(root / "train/NORMAL/1.2.826.0.2.3.dcm", PatientID="MRN101", IssuerOfPatientID="HOSP_A")
+    patients = {Path(r.path): r.patient for r in discover(root).records}
+    assert patients[upper] == patients[lower] != patients[other]
+
+
 def test_a_jpeg_dataset_reads_no_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a film whose ending no other format claims is read for a DICOM header: JPEG and PNG datasets without
     ids in their names stay as quick to discover as before."""

@@ -163,7 +163,8 @@ def header_patient(path: Path | str) -> str:
         return ""
     if not patient:
         return ""
-    return HEADER_PATIENT + hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest()[:16]
+    # spelled as patient_key reads a typed id: a site whose systems write MRN100 here and mrn100 there keeps one child
+    return HEADER_PATIENT + hashlib.sha256(f"{patient_key(issuer)}\0{patient_key(patient)}".encode()).hexdigest()[:16]
 
 
 def patient_key(patient: str) -> str:
