@@ -12,7 +12,7 @@ BEST_ETIOLOGY_EPOCHS ?= 3
 REFERENCE_DIR ?= runs/reference
 export PNEUMOSCAN_DATA
 
-.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server docs clean
+.PHONY: env test demo demo-etiology demo-best demo-best-etiology reference bench browser pacs-server dicom-tools docs clean
 
 env: $(VENV)/.installed
 
@@ -33,8 +33,14 @@ pacs-server:
 	@(command -v Orthanc >/dev/null || test -x /usr/sbin/Orthanc) && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null)
 
+# The DICOM conformance test validates every object pneumoscan writes with dicom3tools' dciodvfy and dcmtk's dsrdump;
+# a missing validator is a test failure, so install them here.
+dicom-tools:
+	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null)
+
 # Two workers a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
-test: env browser pacs-server
+test: env browser pacs-server dicom-tools
 	$(BIN)/pytest -q -n auto --dist worksteal
 
 # audit -> train the default recipe -> evaluate on the patient-grouped validation split -> HTML report;

@@ -79,6 +79,9 @@ _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads 
 PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
 # a direction of PatientOrientation for a person (PS3.3 C.7.6.1.1.1): letters of A P R L H F, "LP" an oblique one
 _DIRECTION = re.compile(r"[APRLHF]+")
+# ACR-NEMA's date form (2023.03.15): pydicom reads it and real films hold it, but DICOM no longer writes it (PS3.5
+# 6.2: a DA is YYYYMMDD), and a report that copied it would be an invalid object
+_OLD_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")
 
 
 def malformed_reason(source: Dataset, keyword: str) -> str | None:
@@ -115,7 +118,7 @@ def malformed_reason(source: Dataset, keyword: str) -> str | None:
 def _checked_source(source: Dataset) -> Dataset:
     """The source header, refused when it does not say which study, series and instance it is (a report could not
     be filed with it) or when an attribute the report copies is malformed (named, never quoted); a copy with absent
-    type 2 patient/study attributes added empty, as the standard allows."""
+    type 2 patient/study attributes added empty, as the standard allows, and their dates in DICOM's form."""
     missing = [k for k in _REFERENCE_KEYWORDS if not str(source.get(k, "") or "").strip()]
     if missing:
         raise ValueError(f"the source DICOM has no {', '.join(missing)}: a report cannot reference it")
@@ -147,6 +150,8 @@ def _checked_source(source: Dataset) -> Dataset:
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in source:
             setattr(source, keyword, "")
+        elif dictionary_VR(keyword) == "DA" and _OLD_DATE.fullmatch(text := str(source[keyword].value).strip()):
+            source[keyword].value = text.replace(".", "")  # the same date in the form DICOM writes
     return source
 
 
@@ -356,8 +361,9 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
                      mode: str = "") -> hd.sc.SCImage:
     """The Grad-CAM overlay PNG (original | heatmap | blend) as an RGB Secondary Capture in the source's study, with
     the patient and study attributes the SR copies; derived-image wording so nobody takes it for a film, and the
-    film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's, and a
-    film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
+    film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
+    none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), and
+    a film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
     source = _checked_source(source)
     identity = _source_identity(source)
     series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
@@ -390,8 +396,13 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         film.PurposeOfReferenceCodeSequence = [purpose]
         sc.SourceImageSequence = [film]
         sc.DerivationDescription = f"Grad-CAM overlay by pneumoscan model {model_name} ({model_version})"
-        if str(source.get("BodyPartExamined") or "").strip():
-            sc.BodyPartExamined = source.BodyPartExamined
+        # a code string as the scope check reads it (devices write "chest" too, which no CS may hold)
+        body_part = str(source.get("BodyPartExamined") or "").strip().upper()
+        if body_part:
+            sc.BodyPartExamined = body_part
+        else:  # Laterality (type 2C) is required while the body part may be a paired one: the film's, or unknown
+            laterality = str(source.get("Laterality") or "").strip().upper()
+            sc.Laterality = laterality if laterality in ("R", "L") else ""
         said = str(source.get("LossyImageCompression") or "").strip() == "01"
         if said or getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
             sc.LossyImageCompression = "01"
