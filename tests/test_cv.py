@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from pneumoscan.cli import main
+from pneumoscan.core.metrics import evaluate_multiclass
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
+from pneumoscan.evaluation.evaluate import patient_groups
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.cv import cross_validate, fold_figures, fold_summary
 from pneumoscan.training.config import TrainConfig
@@ -137,6 +139,35 @@ def test_cv_pooled_three_class_block_counts_patients(tiny_dataset: Path, tmp_pat
     result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
                                                   epochs=1, batch_size=8), 2, tmp_path / "cv")
     assert result["pooled_out_of_fold"]["multiclass"]["ci_unit"] == "patient"
+
+
+@pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
+def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A film filed twice under two patient ids is one child's: the pooled out-of-fold three-class CIs count the
+    copies as one patient, by evaluate's grouping (patient_groups), not as two patients of a film each."""
+    records = discover(tiny_dataset).split("train")
+    original = next(r for r in records if r.subtype == "bacteria")
+    copy = tmp_path / "elsewhere" / "person999_bacteria_999.jpeg"
+    copy.parent.mkdir()
+    shutil.copyfile(original.path, copy)
+    manifest = tmp_path / "with-copy.csv"
+    write_manifest([*records, dataclasses.replace(original, path=str(copy), patient="person999")], manifest)
+    assert len({r.patient for r in discover(manifest).records}) == len(records) + 1, "no patient id has two films"
+    cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
+                                         epochs=1, batch_size=8), 2, tmp_path / "cv")
+    pooled = json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled_out_of_fold"]["multiclass"]
+    assert pooled["ci_unit"] == "patient"
+    with (tmp_path / "cv" / "oof.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    by_path = {os.path.realpath(r.path): r for r in discover(manifest).records}
+    copies, units, _ = patient_groups([by_path[row["path"]] for row in rows], manifest)
+    assert [{Path(p).name for p in group} for group in copies] == [{Path(original.path).name, copy.name}]
+    classes = pooled["class_names"]
+    probs = np.array([[float(row[f"probability_{c}"]) for c in classes] for row in rows])
+    truth = [0 if row["label"] == "NORMAL" else classes.index(row["subtype"]) for row in rows]
+    again = evaluate_multiclass(truth, probs, classes, groups=units)
+    for name, ci in again["ci"].items():
+        assert pooled["ci"][name] == pytest.approx(ci), name
 
 
 @pytest.mark.parametrize("change, said", [

@@ -291,6 +291,25 @@ def test_evaluate_multiclass_three_classes():
     assert set(result["curves"]["roc"]) == set(names)
 
 
+def test_the_three_class_block_computes_each_class_auc_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The macro AUC is the mean of the per-class AUCs the block reports, each computed once, not again for the
+    macro figure, and stays the figure macro_auc gives alone."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 90)
+    probs = softmax(rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[y])
+    computed = []
+
+    def counted(y_true, prob):  # the real AUC, counted
+        computed.append(1)
+        return roc_auc(y_true, prob)
+
+    monkeypatch.setattr(metrics, "roc_auc", counted)
+    result = evaluate_multiclass(y, probs, ["normal", "bacteria", "virus"], n_boot=50)
+    assert len(computed) == 3, "one AUC a class"
+    assert result["macro_auc"] == pytest.approx(np.mean([c["auc"] for c in result["per_class"].values()]))
+    assert macro_auc(y, probs) == result["macro_auc"]
+
+
 def _exact(k: int, n: int, level: float = 0.95) -> list[float]:
     ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
     return [ci.low, ci.high]

@@ -10,13 +10,16 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation.model_card import CARD_METRICS, INTENDED_USE, MODEL_CARD, render, today, write_model_card
+from pneumoscan.evaluation import held_out
+from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, card_summary, render, today,
+                                              write_model_card)
 from pneumoscan.inference.export import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
@@ -102,14 +105,24 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
 
 
 def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_as_not_recorded(
-    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bundle beside its run's split.csv has its films checked against its training films, and its record says
-    so; a record written before the check was recorded loads and reads as not recorded, never as checked."""
+    so from that one check (the bundle's weight sources looked up once, not again for the record); a record
+    written before the check was recorded loads and reads as not recorded, never as checked."""
     bundle = shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
     shutil.copy(tiny_bundle.parent / "split.csv", tmp_path / "run")
+    looked_up = []
+
+    def weight_sources(of: Path, *args):  # the real lookup, counted
+        looked_up.append(os.path.realpath(of))
+        return real_weight_sources(of, *args)
+
+    real_weight_sources = held_out._weight_sources
+    monkeypatch.setattr(held_out, "_weight_sources", weight_sources)
     assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
                      "--add-to-card", "--data-name", "site C"]) == 0
+    assert looked_up == [os.path.realpath(bundle)]
     card = load_card(bundle)
     [record] = card.external_evaluations
     assert record["films_checked"] is True and record["caveats"] == []
@@ -121,6 +134,33 @@ def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_
     save_card(bundle, older)
     assert load_card(bundle).external_evaluations == [old]
     assert "| not recorded |" in render(older) and "| checked |" not in render(older)
+
+
+def test_an_evaluations_label_conflicts_are_in_its_card_record_and_model_card(tiny_bundle: Path, tiny_dataset: Path,
+                                                                               tmp_path: Path) -> None:
+    """Films whose labels their names or a copy contradict are listed in evaluate's metrics.json; the card's record
+    of the evaluation keeps the same list, MODEL_CARD.md says so among the record's caveats, and the service, which
+    shows no paths of the machine that evaluated, leaves it out."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    films = discover(tiny_dataset).split("test")
+    sick = next(r for r in films if "bacteria" in Path(r.path).name)
+    misfiled = tmp_path / "misfiled" / Path(sick.path).name  # a bacteria film, listed as NORMAL too
+    misfiled.parent.mkdir()
+    shutil.copyfile(sick.path, misfiled)
+    site = tmp_path / "site.csv"
+    write_manifest([make_record(r.path, r.label) for r in films] + [make_record(str(misfiled), "NORMAL")], site)
+    assert cli.main(["evaluate", str(bundle), str(site), "--out", str(tmp_path / "e"), "--add-to-card",
+                     "--data-name", "site D"]) == 0
+    conflicts = json.loads((tmp_path / "e" / "metrics.json").read_text())["label_conflicts"]
+    assert {c["reason"] for c in conflicts} == {"named bacteria, labelled NORMAL",
+                                                "one picture labelled NORMAL and PNEUMONIA bacteria"}
+    [record] = load_card(bundle).external_evaluations
+    assert record["label_conflicts"] == conflicts
+    body = (bundle / MODEL_CARD).read_text()
+    assert f"- {today()}, on site D: 2 label conflict(s) among the films, scored as labelled" in body
+    assert "label_conflicts" not in card_summary(load_card(bundle))["external_evaluations"][0]
+    clean = dataclasses.replace(load_card(bundle), external_evaluations=[record | {"label_conflicts": []}])
+    assert "label conflict" not in render(clean)
 
 
 def test_a_threshold_copy_says_where_the_threshold_in_force_was_chosen(tiny_bundle: Path, tiny_dataset: Path,
@@ -151,7 +191,8 @@ def test_the_service_shows_intended_use_and_card_figures(tiny_bundle: Path, tiny
     assert any("Adults" in line for line in info["out_of_scope"])
     recorded = load_card(bundle).external_evaluations
     # without the caveats, which name paths of the machine that evaluated; with whether the films were checked
-    assert info["external_evaluations"] == [{k: v for k, v in r.items() if k != "caveats"} for r in recorded]
+    assert info["external_evaluations"] == [{k: v for k, v in r.items() if k not in ("caveats", "label_conflicts")}
+                                            for r in recorded]
     assert info["external_evaluations"][0]["data"] == "site B" and recorded[0]["caveats"]
     assert info["external_evaluations"][0]["films_checked"] is False, "a bundle given alone: not checked"
 

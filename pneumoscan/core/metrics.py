@@ -807,10 +807,21 @@ def _as_multiclass(y_true: Any, probs: Any, n_classes: int,
     return y, P, pred
 
 
-def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Sequence[str]
-               ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """Each class's one-vs-rest AUC, sensitivity, precision, f1 and support (from the confusion ``counts``), and its
-    thinned ROC curve (none for a class without films, or with every film)."""
+def _class_aucs(y: np.ndarray, P: np.ndarray) -> list[float]:
+    """Each class's one-vs-rest ROC AUC (NaN for a class without films, or with every film)."""
+    return [roc_auc(y == k, P[:, k]) for k in range(P.shape[1])]
+
+
+def _mean_auc(class_aucs: Sequence[float]) -> float:
+    """The macro AUC: the mean of the classes' one-vs-rest AUCs (:func:`_class_aucs`), NaN when one is undefined."""
+    return float(np.mean(class_aucs))
+
+
+def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
+               class_aucs: Sequence[float]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Each class's one-vs-rest AUC (``class_aucs``: :func:`_class_aucs`, which the macro AUC is the mean of),
+    sensitivity, precision, f1 and support (from the confusion ``counts``), and its thinned ROC curve (none for a
+    class without films, or with every film)."""
     from sklearn.metrics import roc_curve
     per_class: dict[str, dict[str, Any]] = {}
     roc: dict[str, dict[str, list[float]]] = {}
@@ -819,7 +830,7 @@ def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Se
         tp, support, n_called = counts[k, k], counts[k].sum(), counts[:, k].sum()
         defined = _has_both_classes(is_k.astype(int))
         per_class[name] = {
-            "auc": roc_auc(is_k, P[:, k]),
+            "auc": class_aucs[k],
             "sensitivity": _ratio(tp, support),
             "precision": _ratio(tp, n_called),
             "f1": _ratio(2 * tp, support + n_called),
@@ -835,7 +846,7 @@ def macro_auc(y_true: Any, probs: Any) -> float:
     """The macro (mean one-vs-rest) ROC AUC of class probabilities (N, C), as :func:`evaluate_multiclass` reports
     it, without the intervals, bootstrap and curves that come with it there; NaN when a class has no film."""
     y, P, _ = _as_multiclass(y_true, probs, np.shape(probs)[-1], None)
-    return float(np.mean([roc_auc(y == k, P[:, k]) for k in range(P.shape[1])]))
+    return _mean_auc(_class_aucs(y, P))
 
 
 def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np.ndarray],
@@ -872,7 +883,8 @@ def evaluate_multiclass(
     n_classes = len(class_names)
     y, P, pred = _as_multiclass(y_true, probs, n_classes, predicted)
     counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
-    per_class, roc = _per_class(y, P, counts, class_names)
+    class_aucs = _class_aucs(y, P)
+    per_class, roc = _per_class(y, P, counts, class_names, class_aucs)
     rows = list(per_class.values())
     patients = _patient_codes(groups, y.size)
     in_class = [y == k for k in range(n_classes)]
@@ -887,7 +899,7 @@ def evaluate_multiclass(
             "ci_unit": _unit(patients),
             "accuracy": _ratio(np.trace(counts), y.size),
             "balanced_accuracy": balanced,
-            "macro_auc": macro_auc(y, P),
+            "macro_auc": _mean_auc(class_aucs),
             "macro_f1": float(np.mean([r["f1"] for r in rows])),
             "ece": top_label["ece"],
             "per_class": per_class,

@@ -264,10 +264,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     name = data_label(data, split, data_name)
     records, images, targets, errors = labelled_records(data, split, task, card.spec)
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
-    caveats = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
-                             "record an evaluation in the card" if add_to_card else "evaluate",
-                             policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
-                                                  int8=backend == "onnx-int8", refuse_unchecked=add_to_card))
+    held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
+                              "record an evaluation in the card" if add_to_card else "evaluate",
+                              policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
+                                                   int8=backend == "onnx-int8", refuse_unchecked=add_to_card))
     if add_to_card and len(set(binary_targets(targets).tolist())) < 2:
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
@@ -275,7 +275,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scores = predictor.positive(probs)
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    _annotate(metrics, bundle, card, backend, name, copies, errors, caveats)
+    _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
     second: tuple[np.ndarray, np.ndarray] | None = None  # the second stage's P(virus) and call of each film
     if etiology is not None:
@@ -290,7 +290,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                            f"{card.model} · {card.task} · {name}", header, second, gallery)
     if add_to_card:
-        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle))
+        add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
 

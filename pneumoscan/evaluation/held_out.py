@@ -103,10 +103,27 @@ class _Given:
     real: dict[str, str]  # each film's real path, by its path: a film reached through a link is the same film
     paths: set[str]  # their real paths
     caveats: list[str] = dataclasses.field(default_factory=list)
+    unknown: dict[str, str] = dataclasses.field(default_factory=dict)  # HeldOutFindings.unknown_sources
 
     def warn(self, text: str) -> None:
         log.warning("%s", text)
         self.caveats.append(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutFindings:
+    """What :func:`check_held_out` found of the films given: its warnings (``caveats``: why figures on them would
+    be optimistic, for the reports made of them to say so), and, by the real path of each bundle given whose
+    weights come from a run whose training films are unknown here, why (``unknown_sources``, worded as
+    :func:`check_sources_known` refuses it): a card's record says whether its films could be checked
+    (``model_card.films_record``) from what this one check saw."""
+
+    caveats: list[str]
+    unknown_sources: dict[str, str]
+
+    def unknown_source(self, bundle: Path | str) -> str | None:
+        """Why BUNDLE's training films could not be checked here; None when every source of its weights was."""
+        return self.unknown_sources.get(os.path.realpath(bundle))
 
 
 class _Run(NamedTuple):
@@ -120,14 +137,14 @@ class _Run(NamedTuple):
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   policy: HeldOutPolicy = HeldOutPolicy()) -> list[str]:
+                   policy: HeldOutPolicy = HeldOutPolicy()) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
     warned of or refused is the ``policy``'s (:class:`HeldOutPolicy`): films that chose a bundle's own temperature and
     threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
-    (moved). Returns the warnings (each also logged): why figures on these films would be optimistic, for the reports
-    made of them to say so."""
+    (moved). Returns the warnings (each also logged) and the bundles whose training films are unknown here
+    (:class:`HeldOutFindings`)."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: set[str] = set()
@@ -142,7 +159,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             trained |= run.train
             validation |= run.val
     _warn_copies(given, trained, validation - trained)
-    return given.caveats
+    return HeldOutFindings(given.caveats, given.unknown)
 
 
 def _check_calibration_films(given: _Given, bundle: Path) -> None:
@@ -163,9 +180,12 @@ def _check_calibration_films(given: _Given, bundle: Path) -> None:
 
 def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
     """The runs BUNDLE's weights come from whose films are known here; a run whose films cannot be found is said
-    with the figures (not only logged), or refused with ``refuse_unchecked``."""
+    with the figures (not only logged), or refused with ``refuse_unchecked``; the first source with no films to
+    check against is kept in ``given.unknown`` (:func:`_unknown_source`)."""
     runs = []
     for path, how in _weight_sources(bundle):
+        if (why := _unknown_source(bundle, path, how, given.purpose)) is not None:
+            given.unknown.setdefault(os.path.realpath(bundle), why)
         films, unresolved = _run_films(path, given.purpose, how)
         if unresolved and given.policy.refuse_unchecked:
             raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
@@ -254,13 +274,20 @@ def check_sources_known(bundles: Sequence[Path | str], purpose: str) -> None:
     validation films flatters the student's threshold and figures, where :func:`check_held_out` only warns."""
     for bundle in map(Path, bundles):
         for path, how in _weight_sources(bundle):
-            split = RunFolder.of(path).split
-            if how == "replaced" or not split.exists():
-                why = ("it was trained again since the ensemble recorded it" if how == "replaced" else
-                       f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
-                raise ValueError(f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it "
-                                 f"never trained on the films given to {purpose}; give it in its run folder "
-                                 f"(RUN/bundle beside RUN/{split.name})")
+            if (why := _unknown_source(bundle, path, how, purpose)) is not None:
+                raise ValueError(why)
+
+
+def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | None:
+    """Why the training films of PATH, a source of BUNDLE's weights (:func:`_weight_sources`), are unknown here:
+    no run's split.csv beside it, or an ensemble member trained again since; None when its split.csv is there."""
+    split = RunFolder.of(path).split
+    if how != "replaced" and split.exists():
+        return None
+    why = ("it was trained again since the ensemble recorded it" if how == "replaced" else
+           f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
+    return (f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it never trained on the "
+            f"films given to {purpose}; give it in its run folder (RUN/bundle beside RUN/{split.name})")
 
 
 def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:

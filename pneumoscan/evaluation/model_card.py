@@ -18,9 +18,10 @@ import yaml
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, jsonable,
                                      with_ci)
+from pneumoscan.core.names import shown
 from pneumoscan.inference.export import INT8_NAME, read_sidecar
 from pneumoscan.models.card import BundleCard, load_card, save_card
-from .held_out import check_sources_known
+from .held_out import HeldOutFindings
 
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
@@ -265,9 +266,20 @@ def _external_section(card: BundleCard) -> str:
                "runs the weights come from (their split.csv, beside the bundle where it was evaluated). Figures on "
                "films it trained on are optimistic; those \"not checked\" may be such figures.")
     caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.external_evaluations
-                      for caveat in r.get("caveats", []))  # records older than them have none
+                      for caveat in [*r.get("caveats", []), *_conflicts_caveat(r.get("label_conflicts", []))])
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
+
+
+def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
+    """What a card says of an evaluation's label conflicts (``data.audit.label_conflicts``, evaluate's
+    ``label_conflicts``): none, or one line with the first; a record older than them has none."""
+    if not conflicts:
+        return []
+    first = conflicts[0]
+    return [f"{len(conflicts)} label conflict(s) among the films, scored as labelled: a file name or a copy "
+            f"contradicts a label (e.g. {' | '.join(map(shown, first['paths']))}: {first['reason']}), so figures on "
+            "them may score the model against a wrong label"]
 
 
 def _threshold_section(card: BundleCard) -> str:
@@ -382,11 +394,14 @@ def update_card(directory: Path | str, card: BundleCard) -> None:
     write_model_card(directory, card)
 
 
-def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bundle: Path | str) -> dict[str, Any]:
-    """What the card keeps of an evaluate result: the data's name, counts, threshold and metrics with CIs, and
-    whether the films were checked to be new to BUNDLE (``films_checked``) with what that check could not check or
-    found (``caveats``): a bundle given without its run's split.csv (shipped alone) is evaluated with a logged
-    warning only, and its card must not show figures on what may be its training films as other data's."""
+def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bundle: Path | str,
+                      held_out: HeldOutFindings) -> dict[str, Any]:
+    """What the card keeps of an evaluate result: the data's name, counts, threshold and metrics with CIs, the
+    films whose labels their names or copies contradict (``label_conflicts``, as metrics.json lists them: figures
+    on them may score the model against a wrong label), and whether the films were checked to be new to BUNDLE
+    (``films_checked``) with what that check (``held_out``, evaluate's) could not check or found (``caveats``): a
+    bundle given without its run's split.csv (shipped alone) is evaluated with a logged warning only, and its card
+    must not show figures on what may be its training films as other data's."""
     return {
         "data": data_name,
         "date": today(),
@@ -399,21 +414,20 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
-        # held_out.check_held_out's warnings: evaluate's "optimistic"
-        **films_record(bundle, metrics.get("optimistic", []), "this evaluation"),
+        "label_conflicts": metrics["label_conflicts"],
+        **films_record(bundle, held_out),
     }
 
 
-def films_record(bundle: Path | str, found: Sequence[str], purpose: str) -> dict[str, Any]:
+def films_record(bundle: Path | str, held_out: HeldOutFindings, more: Sequence[str] = ()) -> dict[str, Any]:
     """What a card's record (an evaluation, a threshold) says of the films it was made on: ``films_checked``,
-    whether they could be checked against the training films of the runs BUNDLE's weights come from
-    (check_held_out passes over a run it cannot look at with a logged warning, on the same test), and ``caveats``:
-    why not, then what the check ``found`` that flatters figures on them (its warnings)."""
-    try:
-        check_sources_known([bundle], purpose)
-    except ValueError as e:
-        return {"films_checked": False, "caveats": [str(e), *found]}
-    return {"films_checked": True, "caveats": list(found)}
+    whether they could be checked against the training films of the runs BUNDLE's weights come from (check_held_out
+    passes over a run it cannot look at with a logged warning, and says which in ``held_out``), and ``caveats``:
+    why not, then what the check found that flatters figures on them (its warnings), then ``more`` of the kind."""
+    found = [*held_out.caveats, *more]
+    if (unknown := held_out.unknown_source(bundle)) is not None:
+        return {"films_checked": False, "caveats": [unknown, *found]}
+    return {"films_checked": True, "caveats": found}
 
 
 def add_evaluation(directory: Path | str, record: dict[str, Any]) -> BundleCard:
@@ -429,8 +443,10 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
     return {
         "intended_use": INTENDED_USE,
         "out_of_scope": list(OUT_OF_SCOPE),
-        # each with films_checked, without the caveats of its films' check (paths on the machine that evaluated)
-        "external_evaluations": [{k: v for k, v in r.items() if k != "caveats"} for r in card.external_evaluations],
+        # each with films_checked, without the caveats of its films' check and its label conflicts (paths on the
+        # machine that evaluated)
+        "external_evaluations": [{k: v for k, v in r.items() if k not in ("caveats", "label_conflicts")}
+                                 for r in card.external_evaluations],
         # without the bundle each threshold was chosen for and the caveats of its check: paths on the machine that
         # chose it (MODEL_CARD.md, beside the weights, says the caveats)
         "threshold_records": [{k: v for k, v in r.items() if k not in ("source_bundle", "caveats")}

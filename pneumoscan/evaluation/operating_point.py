@@ -23,7 +23,8 @@ from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, read_
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label, evaluate_probabilities, labelled_records, patient_groups
-from .held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
+from .held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
+                       refuse_test_films)
 from .model_card import films_record, today, update_card, validation_figures, write_model_card
 
 log = logging.getLogger(__name__)
@@ -163,20 +164,18 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     refuse_test_films(records, data, "threshold")
     # checked as evaluate --add-to-card checks the films its record keeps: a run whose split.csv finds none of its
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
-    caveats = check_held_out([bundle], records, "choose the threshold",
-                             policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
+    held_out = check_held_out([bundle], records, "choose the threshold",
+                              policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
     # copies of one film under other names are one patient in the intervals; label conflicts are warned of
     y, patients = binary_targets(targets), patient_groups(records, data)[1]
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
-    if point.threshold_caveat:
-        caveats.append(point.threshold_caveat)
     int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.threshold_caveat)
     name = data_label(data, split, data_name)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
-                               int8[1:] if int8 else None, len(errors), caveats)
+                               int8[1:] if int8 else None, len(errors), held_out)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
@@ -213,11 +212,12 @@ def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targe
 def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
                       policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
                       tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, dict] | None,
-                      unreadable: int, caveats: list[str]) -> dict:
+                      unreadable: int, held_out: HeldOutFindings) -> dict:
     """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
     policy, the thresholds before and after (``int8``: the INT8 model's operating point and the sidecar it
-    replaces), the figures at them, whether the films could be checked to be new to BUNDLE, and the caveats. A
-    report of the new bundle names the one read at a threshold before as its predecessor."""
+    replaces), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
+    check of the films), and the caveats, the threshold's own last. A report of the new bundle names the one read
+    at a threshold before as its predecessor."""
     at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)
     int8_point, int8_before = int8 or (None, {})
     return {
@@ -234,7 +234,7 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
         "int8_tta_threshold": int8_point.tta_threshold if int8_point else None,
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
         # films_checked, and caveats: why the figures on these films may flatter the model (MODEL_CARD.md says them)
-        **films_record(bundle, caveats, "choose the threshold"),
+        **films_record(bundle, held_out, [point.threshold_caveat] if point.threshold_caveat else []),
     }  # fmt: skip
 
 

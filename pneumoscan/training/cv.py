@@ -30,7 +30,7 @@ from pneumoscan.core.names import path_text
 from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
-from pneumoscan.evaluation.evaluate import labelled_records
+from pneumoscan.evaluation.evaluate import labelled_records, patient_groups
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
@@ -157,7 +157,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
     for k, planned in enumerate(plans):
         write_manifest(planned, Path(configs[k].split_csv))
-    per_fold, oof_rows, all_targets, all_probs, all_patients = [], [], [], [], []
+    per_fold, oof_rows, all_targets, all_probs, all_val = [], [], [], [], []
     for k, planned in enumerate(plans):
         run = cv_folder.fold(k)
         manifest = Path(configs[k].split_csv)
@@ -177,7 +177,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         per_fold.append(figures)
         all_targets.append(targets)
         all_probs.append(probs)
-        all_patients += [r.patient for r in val]
+        all_val += val
         oof_rows += [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype,
                       "patient": path_text(r.patient), "fold": k, "probability": float(p)}
                      | dict(zip(class_columns, map(float, row)))
@@ -187,7 +187,10 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
                  format_figure(per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
     write_csv(cv_folder.oof, OOF_FIELDS + class_columns, oof_rows)
     targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
-    pooled = fold_figures(binary_targets(targets), task.positive_probability(probs)) | task.extra_metrics(targets, probs, all_patients)
+    # the pooled intervals count patients as evaluate's do: copies of one film under other names are one patient
+    units = patient_groups(all_val, data)[1]
+    pooled = (fold_figures(binary_targets(targets), task.positive_probability(probs))
+              | task.extra_metrics(targets, probs, units))
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
