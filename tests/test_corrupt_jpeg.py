@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,36 @@ def test_a_progressive_jpeg_cut_after_any_scan_is_refused(val_film: Path, mode: 
     for start in scans[1:]:
         with pytest.raises(DecodeError, match=r"(?i)corrupt JPEG data: a progressive JPEG that ends before its last"):
             read_gray(data[:start] + b"\xff\xd9")
+
+
+def frame_header(data: bytes) -> tuple[int, int]:
+    """Where a JPEG's frame header (SOF0) begins and ends."""
+    start = data.index(b"\xff\xc0")
+    return start, start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")
+
+
+def swapped_frame_header(data: bytes) -> bytes:
+    """A JPEG's frame header with its rows and columns swapped."""
+    start, end = frame_header(data)
+    return data[start : start + 5] + data[start + 7 : start + 9] + data[start + 5 : start + 7] + data[start + 9 : end]
+
+
+def _second_frame_header(data: bytes) -> bytes:
+    """A second frame header before the scan, of rows and columns swapped: which one a decoder uses is its choice."""
+    end = frame_header(data)[1]
+    return data[:end] + swapped_frame_header(data) + data[end:]
+
+
+def _second_soi(data: bytes) -> bytes:
+    """Another file's start (SOI) before the frame header, as two files pasted one into the other leave."""
+    start = frame_header(data)[0]
+    return data[:start] + b"\xff\xd8" + data[start:]
+
+
+@pytest.mark.parametrize("fault, reason", [(_second_frame_header, "two SOF markers"), (_second_soi, "two SOI markers")],
+                         ids=["two frame headers", "two SOI markers"])
+def test_a_jpeg_of_two_frame_headers_or_two_starts_is_refused_saying_so(
+        train_film: Path, fault: Callable[[bytes], bytes], reason: str) -> None:  # fmt: skip
+    """Refused, with libjpeg's words: 'broken data stream when reading image file', 'Premature end of JPEG file'."""
+    with pytest.raises(DecodeError, match=rf"^corrupt or truncated image data: Invalid JPEG file structure: {reason}$"):
+        read_gray(fault(train_film.read_bytes()))

@@ -271,3 +271,44 @@ def test_a_file_of_more_segments_than_any_film_is_refused_from_a_count(monkeypat
     with pytest.raises(DecodeError, match=f"^malformed file: at least 51 {what} \\(limit 50\\), far more than any "
                                           "film holds$"):
         read_gray(_with_empty_pieces(kind, 60))
+
+
+# What else Pillow's JPEG parser reads a step at a time before the first scan: a marker without a segment (RSTn,
+# SOI), an escaped 0xFF00, a segment whose length is under 2 (none read); and the piece a JPEG holds without error
+PARSER_STEPS = {"RST0 markers": (b"\xff\xd0", True), "SOI markers": (b"\xff\xd8", False),
+                "escaped 0xFF00": (b"\xff\x00", False), "APP0 segments of length 0": (b"\xff\xe0\x00\x00", True)}
+
+
+@pytest.mark.parametrize("kind", list(PARSER_STEPS))
+def test_a_jpeg_header_of_more_parser_steps_than_any_film_is_refused_from_a_count(monkeypatch: pytest.MonkeyPatch,
+                                                                                 kind: str) -> None:  # fmt: skip
+    """The count of segments read each of these as a segment's length and skipped up to 64 KB ahead, or stopped at
+    the first: 2 million RST0 markers (4 MB) kept Pillow's parser busy 0.75 s, a million empty APP0 segments 0.8 s,
+    and a larger upload longer, all uncounted."""
+    piece, readable = PARSER_STEPS[kind]
+    film = _with_empty_pieces("JPEG", 0)
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 50)
+    if readable:  # a film with as many as the limit allows is read, as it is without them
+        np.testing.assert_array_equal(read_gray(film[:2] + piece * 40 + film[2:]), read_gray(film))
+    with pytest.raises(DecodeError, match=r"^malformed file: at least 51 JPEG marker segments \(limit 50\)"):
+        read_gray(film[:2] + piece * 60 + film[2:])
+
+
+def test_a_dicom_jpeg_frame_of_more_marker_segments_than_any_film_is_refused_from_a_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Walked in Python to find its frame header and check its scans, 4 MB of empty comments in one frame took 2.7 s
+    (any number went; the pixel data's fragments were counted, not the segments inside one)."""
+    def dicom(comments: int) -> bytes:
+        film = _with_empty_pieces("JPEG", comments)
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((64, 64), np.uint8), bits=8)))
+        ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+        ds.PixelData = encapsulate([film])
+        ds["PixelData"].VR = "OB"
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 50)
+    assert read_gray(dicom(30)).shape == (64, 64)  # with its own dozen or so (APP0, DQT, SOF, DHT, SOS)
+    with pytest.raises(DecodeError, match=r"^malformed file: at least 51 JPEG marker segments \(limit 50\)"):
+        read_gray(dicom(60))

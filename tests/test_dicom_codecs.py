@@ -21,6 +21,7 @@ from pneumoscan.data.readers import jpeg as jpeg_reader
 
 from pneumoscan.data.pixels import DecodeError
 from tests.builders import JPEG_DAMAGE, cut_with_eoi, dicom_bytes
+from tests.test_corrupt_jpeg import frame_header, swapped_frame_header
 
 # Every compressed syntax in the DICOM standard's image set that pydicom has a decoder for.
 DECODED_SYNTAXES = (
@@ -246,3 +247,65 @@ def test_the_huffman_walk_accepts_every_real_film_and_refuses_their_damage(data_
                 simplejpeg.decode_jpeg(damaged, "GRAY", strict=True)
             with pytest.raises(ValueError, match="(?i)corrupt JPEG data|premature end"):
                 jpeg_reader.check_huffman_scans(damaged)
+
+
+def _at_frame_header(frame: bytes, piece: bytes) -> bytes:
+    """``frame`` with ``piece`` before its frame header (SOF0, SOF1 or SOF3)."""
+    start = re.search(rb"\xff[\xc0\xc1\xc3]", frame).start()
+    return frame[:start] + piece + frame[start:]
+
+
+def _extended_frame() -> tuple[bytes, bytes]:
+    """pydicom's 12-bit JPEG Extended file, and its one frame."""
+    data = Path(get_testdata_file("JPGExtended.dcm")).read_bytes()
+    return data, get_frame(pydicom.dcmread(io.BytesIO(data)).PixelData, 0, number_of_frames=1)
+
+
+@pytest.mark.parametrize("marker", [b"\xff\x01", b"\xff\xd0"], ids=["TEM", "RST0"])
+def test_a_marker_without_a_segment_before_the_frame_header_is_read_past(val_jpeg: tuple[bytes, np.ndarray],
+                                                                         marker: bytes) -> None:  # fmt: skip
+    """libjpeg reads past TEM and RSTn markers anywhere (they have no length); the walk took the next two bytes for
+    one and refused the frame as 'Premature end of JPEG file'."""
+    frame, gray = val_jpeg
+    like = dicom_bytes(gray, bits=8)
+    np.testing.assert_array_equal(read_gray(_jpeg_dicom(_at_frame_header(frame, marker), uid.JPEGBaseline8Bit, like)),
+                                  read_gray(_jpeg_dicom(frame, uid.JPEGBaseline8Bit, like)))  # fmt: skip
+    data, frame = _extended_frame()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = encapsulate([_at_frame_header(frame, marker)])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    np.testing.assert_array_equal(read_gray(buf.getvalue()), read_gray(data))
+
+
+def test_a_jpeg_frame_that_leaves_its_rows_to_a_dnl_marker_is_refused() -> None:
+    """A frame header of 0 rows, the height in a DNL marker after the first scan (T.81 B.2.5): pylibjpeg read an
+    intact 12-bit one with values to 2048 where the film's end at 264, and one cut short used over 2.8 GB before
+    it was stopped. Neither reached a check: the frame header's size and the Huffman walk were passed over."""
+    data, frame = _extended_frame()
+    start = frame.index(b"\xff\xc1")
+    rows = frame[start + 5 : start + 7]
+    end = frame.rindex(b"\xff\xd9")
+    deferred = frame[: start + 5] + b"\x00\x00" + frame[start + 7 : end] + b"\xff\xdc\x00\x04" + rows + frame[end:]
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = encapsulate([deferred])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(DecodeError, match=r"^the compressed frame's header gives it 0 rows, leaving its height to a "
+                                          r"DNL marker after its first scan"):  # fmt: skip
+        read_gray(buf.getvalue())
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit], ids=lambda s: s.name)
+def test_a_jpeg_frame_of_two_frame_headers_is_refused_saying_so(val_jpeg: tuple[bytes, np.ndarray],
+                                                                syntax: uid.UID) -> None:  # fmt: skip
+    """The size check read the first frame header, a decoder may use the other: with the first of rows and columns
+    swapped, the refusal blamed the DICOM header ('Rows and Columns swapped'), and with a second the decoder's
+    words said nothing ('Could not determine subsampling level of JPEG image')."""
+    frame, gray = val_jpeg
+    (start, end), swapped = frame_header(frame), swapped_frame_header(frame)
+    like = dicom_bytes(gray, bits=8)
+    for twice in (frame[:start] + swapped + frame[start:], frame[:end] + swapped + frame[end:]):
+        with pytest.raises(DecodeError, match=rf"\({re.escape(syntax.name)}\): Invalid JPEG file structure: two SOF "
+                                              "markers$"):  # fmt: skip
+            read_gray(_jpeg_dicom(twice, syntax, like))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -17,6 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames, get_frame
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.pixels import apply_color_lut
+from pydicom.pixels.processing import convert_color_space
 from pydicom.tag import Tag
 from PIL import Image
 
@@ -442,7 +444,8 @@ def lossy_with_header(film: np.ndarray, syntax: uid.UID, bits: int, options: dic
 
 
 @pytest.mark.parametrize("syntax, options", [(uid.JPEGLSNearLossless, {"jls_error": 3}),
-                                             (uid.JPEG2000, {"j2k_cr": [20]})], ids=["JPEG-LS NEAR 3", "JPEG 2000 20:1"])
+                                             (uid.JPEG2000, {"j2k_cr": [20]})],
+                         ids=["JPEG-LS NEAR 3", "JPEG 2000 20:1"])
 def test_a_lossy_frame_wider_than_bits_stored_is_read_with_its_overshoot_clipped(syntax: uid.UID,
                                                                                  options: dict) -> None:
     """10-bit values in a 12-bit lossy frame (as JPEG stores them): the codec overshoots 1023 beside the saturated
@@ -526,6 +529,68 @@ def test_padding_is_painted_black_under_a_window_too() -> None:
 def test_a_film_that_is_all_padding_is_refused() -> None:
     data = dicom_bytes(np.full((32, 32), 7), bits=12, PixelPaddingValue=0, PixelPaddingRangeLimit=100)
     with pytest.raises(DecodeError, match="every pixel is padding"):
+        read_gray(data)
+
+
+def with_element(data: bytes, keyword: str, vr: str, value: object, syntax: uid.UID | None = None,
+                 pixels: bytes | None = None) -> bytes:
+    """The DICOM file ``data`` with ``keyword`` written in ``vr`` (whatever its dictionary's), re-encoded in
+    ``syntax`` with ``pixels`` as its pixel data when given."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(Tag(keyword), vr, value)
+    if syntax is not None:
+        ds.file_meta.TransferSyntaxUID = syntax
+    if pixels is not None:
+        ds.PixelData = pixels
+        ds["PixelData"].VR = "OW"
+    buf = io.BytesIO()
+    little = ds.file_meta.TransferSyntaxUID.is_little_endian
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=little, force_encoding=not little)
+    return buf.getvalue()
+
+
+SIGNED = dict(bits=16, PixelRepresentation=1)
+# (pixels' offset, padding value, elements, how the padding is written: VR, value, syntax when not little endian)
+WRONG_VR = {
+    "signed pixels, padding 0x8000 written US (32768)": (-2000, -32768, SIGNED, ("US", 32768, None)),
+    "unsigned pixels, padding 0xFFFF written SS (-1)": (0, 65535, dict(bits=16), ("SS", -1, None)),
+    "signed pixels, padding written OB": (-2000, -32768, SIGNED, ("OB", b"\x00\x80", None)),
+    "signed pixels, padding written OB, big endian": (-2000, -32768, SIGNED,
+                                                      ("OB", b"\x80\x00", uid.ExplicitVRBigEndian)),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_VR))
+def test_a_padding_value_written_in_the_wrong_vr_is_read_as_the_pixels_are(case: str) -> None:
+    """PS3.3 C.7.5.1.1.2: Pixel Padding Value is US or SS as Pixel Representation says. Written US under signed
+    pixels, 0x8000 was read as 32768, which matched no pixel: the padding stayed in the stretch and squeezed the
+    film into a few grey levels; written OB, the reader refused it with 'invalid literal for int()'."""
+    offset, value, elements, (vr, written, syntax) = WRONG_VR[case]
+    film = phantom(48, 48) + offset
+    big = syntax == uid.ExplicitVRBigEndian
+    stored = padded(film, value).astype(">i2" if big else "<i2").tobytes()
+    data = with_element(dicom_bytes(padded(film, value), **elements), "PixelPaddingValue", vr, written, syntax,
+                        stored if big else None)  # fmt: skip
+    gray = read_gray(data)
+    np.testing.assert_array_equal(gray[6:, 6:], read_gray(dicom_bytes(film[6:, 6:], **elements)))
+    assert not gray[:6].any() and not gray[:, :6].any()
+
+
+def test_a_padding_range_whose_value_is_written_in_the_wrong_vr_leaves_the_film_out_of_it() -> None:
+    """0xFFFF written SS read as -1: with a Pixel Padding Range Limit of 60000 the range ran from -1 to 60000, over
+    every value of the film, and the film was taken for padding."""
+    film = phantom(48, 48)
+    data = with_element(dicom_bytes(padded(film, 65535), bits=16, PixelPaddingRangeLimit=60000), "PixelPaddingValue",
+                        "SS", -1)  # fmt: skip
+    gray = read_gray(data)
+    np.testing.assert_array_equal(gray[6:, 6:], read_gray(dicom_bytes(film[6:, 6:], bits=16)))
+    assert not gray[:6].any()
+
+
+def test_a_padding_value_of_other_than_two_bytes_is_refused_naming_it() -> None:
+    data = with_element(dicom_bytes(padded(phantom(48, 48), 65535), bits=16), "PixelPaddingValue", "OB", bytes(4))
+    with pytest.raises(DecodeError, match=r"^malformed DICOM header: PixelPaddingValue is 4 bytes \(VR OB\), where "
+                                          r"it is one 16-bit value$"):  # fmt: skip
         read_gray(data)
 
 
@@ -760,6 +825,84 @@ def test_a_film_whose_sequences_nest_too_deep_for_a_report_is_refused_with_a_rea
                                                        "application/dicom")}, params={"format": "dicom-sr"})
     assert r.status_code == 422 and reason in r.json()["error"]
     out = tmp_path / "results.csv"
-    assert cli.main(["predict", str(tiny_bundle), str(folder), "--dicom-sr", str(tmp_path / "sr"), "--out", str(out)]) == 0
+    args = ["predict", str(tiny_bundle), str(folder), "--dicom-sr", str(tmp_path / "sr"), "--out", str(out)]
+    assert cli.main(args) == 0
     assert [p.name for p in (tmp_path / "sr").iterdir()] == ["good.sr.dcm"]
     assert reason in out.read_text()
+
+
+# ------------------------------------------------------------------ 12. Planar Configuration
+
+
+LAYOUTS = {0: "color-by-pixel", 1: "color-by-plane"}
+
+
+def colour_dicom(samples: np.ndarray, photometric: str, stored: int, stated: int, bits: int = 8) -> bytes:
+    """A DICOM file of rows x columns x 3 ``samples`` (in ``photometric``'s colour space) stored color-by-pixel
+    (``stored`` 0) or color-by-plane (1), its Planar Configuration ``stated``. YBR_FULL_422 keeps each pair's two
+    Y, then its Cb and Cr (color-by-pixel only)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(None)))
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = *samples.shape[:2], 3, photometric
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit = stated, 16 if bits > 8 else 8, bits, bits - 1
+    ds.PixelRepresentation = 0
+    values = samples.astype(np.uint16 if bits > 8 else np.uint8)
+    if photometric == "YBR_FULL_422":
+        values = np.concatenate([values[:, 0::2, :1], values[:, 1::2, :1], values[:, 0::2, 1:]], axis=2)
+    ds.PixelData = (values if stored == 0 else values.transpose(2, 0, 1)).tobytes()
+    ds["PixelData"].VR = "OW" if bits > 8 else "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def colour_films(data_root) -> dict[str, np.ndarray]:
+    """A real training film as decoded (an RGB JPEG of a grey film: its channels agree), and the same under a
+    colour heatmap, as a Grad-CAM overlay is (its channels do not)."""
+    grey = np.asarray(Image.open(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]).convert("RGB"))
+    heat = np.linspace(0, 1, grey.shape[1])[None, :, None] * np.array([255, 140, 0])
+    return {"grey film": grey, "film under a heatmap": np.rint(0.5 * grey + 0.5 * heat).astype(np.uint8)}
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL", "YBR_FULL_422", "RGB, 12 bits"])
+@pytest.mark.parametrize("kind", ["grey film", "film under a heatmap"])
+def test_colour_pixel_data_that_planar_configuration_mislabels_is_refused(colour_films, kind: str,
+                                                                         photometric: str) -> None:
+    """Read as its Planar Configuration said, color-by-plane data made a 3 x 3 mosaic of shrunken films, and
+    color-by-pixel data three parts of the film in each pixel; either was scored. Labelled right, either layout
+    reads as the film."""
+    rgb = colour_films[kind]
+    space, _, depth = photometric.partition(", ")
+    bits = int(depth.split()[0]) if depth else 8
+    samples = rgb.astype(np.uint16) * 16 if bits == 12 else rgb
+    if space.startswith("YBR"):
+        samples = convert_color_space(rgb, "RGB", "YBR_FULL")
+    want = read_gray(colour_dicom(samples, space, 0, 0, bits))
+    assert np.corrcoef(want.ravel(), (rgb @ np.array([0.299, 0.587, 0.114])).ravel())[0, 1] > 0.99  # the film
+    for stored in (0, 1) if space != "YBR_FULL_422" else (0,):
+        np.testing.assert_array_equal(read_gray(colour_dicom(samples, space, stored, stored, bits)), want)
+        wrong = 1 - stored
+        with pytest.raises(DecodeError, match=rf"^Planar Configuration \(0028,0006\) is {wrong} \({LAYOUTS[wrong]}\), "
+                                              rf"but the pixel data is stored {LAYOUTS[stored]} \(.+\): read as the "
+                                              "header says, the film would be garbled"):  # fmt: skip
+            read_gray(colour_dicom(samples, space, stored, wrong, bits))
+
+
+@pytest.mark.parametrize("name", ["ExplVR_BigEnd.dcm", "examples_rgb_color.dcm", "SC_ybr_full_422_uncompressed.dcm"])
+def test_pydicoms_uncompressed_colour_files_are_read_and_refused_once_mislabelled(name: str) -> None:
+    """A photograph (an ultrasound screen), a colour test card stored color-by-plane, big endian, and YBR_FULL_422."""
+    data = Path(get_testdata_file(name)).read_bytes()
+    stated = pydicom.dcmread(io.BytesIO(data)).PlanarConfiguration
+    assert read_gray(data).size
+    with pytest.raises(DecodeError, match=rf"^Planar Configuration \(0028,0006\) is {1 - stated} "):
+        read_gray(rewritten(data, PlanarConfiguration=1 - stated))
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_gdcm.dcm", "SC_rgb_gdcm_KY.dcm", "SC_rgb_dcmtk_+eb+cr.dcm",
+                                  "SC_rgb_jpeg_dcmtk.dcm"])  # fmt: skip
+def test_a_compressed_colour_frame_is_read_as_its_codec_lays_it_out_whatever_planar_configuration_says(
+        name: str) -> None:  # fmt: skip
+    """PS3.5 8.2: Planar Configuration is irrelevant to JPEG and JPEG 2000 data. pydicom reshaped libjpeg's and
+    OpenJPEG's color-by-pixel output color-by-plane when the element said 1: a mosaic, scored."""
+    data = Path(get_testdata_file(name)).read_bytes()
+    np.testing.assert_array_equal(read_gray(rewritten(data, PlanarConfiguration=1)), read_gray(data))

@@ -11,10 +11,14 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import DigitalXRayImageStorageForProcessing, generate_uid
+from pydicom.tag import Tag
+from pydicom.uid import (DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForPresentation,
+                         DigitalXRayImageStorageForProcessing, generate_uid)
 
 from pneumoscan.data.decode import read_gray
-from pneumoscan.interop.dicomweb import predict_study
+from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.readers.dicom import FOR_PROCESSING
+from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, predict_study
 from tests.test_interop import _wado_answer, chest_dicom, hostile_front, running_orthanc
 
 
@@ -79,3 +83,44 @@ def test_a_film_retrieved_without_its_pixel_data_is_an_error_not_left_out(
     assert row["sop_instance_uid"] == ds.SOPInstanceUID and "probability" not in row
     assert row["error"] == ("WADO-RS could not retrieve it: its answer holds no pixel data, where the search lists an "
                             "image: not scored")
+
+
+def search_answer(data: bytes) -> dict:
+    """What a PACS's QIDO-RS answer says of the DICOM file ``data``: the fields pacs asks for, as DICOM JSON."""
+    fields = {f"{Tag(keyword):08X}" for keyword in _FIELDS}
+    return {tag: field for tag, field in pydicom.dcmread(io.BytesIO(data)).to_json_dict().items() if tag in fields}
+
+
+HEADERS = {
+    "DX For Processing": dict(SOPClassUID=DigitalXRayImageStorageForProcessing),
+    "mammography For Processing": dict(SOPClassUID=DigitalMammographyXRayImageStorageForProcessing),
+    "DX For Presentation, intent FOR PROCESSING": dict(SOPClassUID=DigitalXRayImageStorageForPresentation,
+                                                       PresentationIntentType="FOR PROCESSING"),
+    "no class, intent written loosely": dict(SOPClassUID=None, PresentationIntentType="for processing "),
+    "DX For Presentation": dict(SOPClassUID=DigitalXRayImageStorageForPresentation,
+                                PresentationIntentType="FOR PRESENTATION"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # the loosely written intent: as some modalities do
+@pytest.mark.parametrize("case", list(HEADERS))
+def test_the_search_answer_and_the_films_header_are_judged_for_processing_by_one_rule(film: np.ndarray,
+                                                                                     case: str) -> None:  # fmt: skip
+    """What the search answer says keeps an image For Processing from being retrieved, and what its header says
+    refuses it once read: the same rule on the same fields, so that neither lets through what the other stops."""
+    data, for_processing = chest_dicom(film, **HEADERS[case]), case != "DX For Presentation"
+    why = _not_scored(search_answer(data))
+    assert (why is not None and why.endswith(f": {FOR_PROCESSING}")) == for_processing
+    if for_processing:
+        with pytest.raises(DecodeError, match=f"^an X-ray image For Processing: {FOR_PROCESSING}$"):
+            read_gray(data)
+    else:
+        assert read_gray(data).shape == film.shape
+
+
+@pytest.mark.parametrize("tag", ["00080016", "00080068"], ids=["SOPClassUID", "PresentationIntentType"])
+def test_a_malformed_class_or_intent_in_the_search_answer_leaves_the_decision_to_the_films_own_header(
+        film: np.ndarray, tag: str) -> None:  # fmt: skip
+    """A field that is no DICOM JSON object ended `pacs` in an AttributeError traceback before any film was read."""
+    answer = {**search_answer(chest_dicom(film)), tag: "FOR PROCESSING"}
+    assert _not_scored(answer) is None  # retrieved: its own header decides

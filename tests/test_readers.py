@@ -179,7 +179,8 @@ def test_cache_workers_decode_with_the_sites_readers_and_limits(
     for i in range(IN_PROCESS_FILMS + 8):  # more films than decode in this process: a pool of two workers
         paths.append(tmp_path / f"film-{i}.pgm")
         paths[-1].write_bytes(pgm(film(seed=i)))
-    few, many = build_cache(paths[:4], spec, tmp_path / "cache", workers=2), build_cache(paths, spec, tmp_path / "cache", workers=2)
+    few = build_cache(paths[:4], spec, tmp_path / "cache", workers=2)
+    many = build_cache(paths, spec, tmp_path / "cache", workers=2)
     assert not few.errors and not many.errors and len(many.paths) == len(paths)
     assert np.array_equal(many.images[:4], few.images)
     monkeypatch.setattr(shared, "MAX_PIXELS", 100)  # smaller than a 48 x 40 film

@@ -27,7 +27,7 @@ import math
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -46,7 +46,7 @@ from urllib3.util import Retry
 from pneumoscan.core.names import shown
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
-from pneumoscan.data.readers.dicom import FOR_PROCESSING, FOR_PROCESSING_CLASSES, MANUFACTURER, is_own_output
+from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
 from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
@@ -70,8 +70,7 @@ ATTEMPTS, FIRST_WAIT_S = 3, 1.0
 _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
-_MODALITY, _CLASS, _ROWS, _MAKER = "00080060", "00080016", "00280010", "00080070"
-_BODY, _VIEW, _INTENT = "00180015", "00185101", "00080068"  # BodyPartExamined, ViewPosition, PresentationIntentType
+_CLASS, _ROWS, _BODY, _VIEW = "00080016", "00280010", "00180015", "00185101"  # SOPClassUID, Rows, body part, view
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
@@ -224,28 +223,38 @@ def _only_part(body: bytes, content_type: str) -> bytes:
     return content.removesuffix(b"\r\n")
 
 
+def _recorded(item: dict, tags: Iterable[str] | None = None) -> Dataset:
+    """An instance of the QIDO-RS answer (its fields of ``tags``, else all of them) as a dataset, so that the rules by
+    which a film's own header is read decide on it the same way. A field DICOM JSON cannot read is left out: the
+    film's header decides on it once retrieved."""
+    recorded = Dataset()
+    for tag in item if tags is None else [t for t in tags if t in item]:
+        try:
+            recorded.update(Dataset.from_json({tag: item[tag]}))
+        except Exception:  # a malformed field: pydicom raises whatever its parsing meets
+            log.debug("field %s of the search answer is malformed: left to the film's own header", tag)
+    return recorded
+
+
 def _not_scored(item: dict) -> str | None:
     """Why an instance of the QIDO-RS answer is not scored, None when it is a radiograph (Modality CR or DX, or the
-    "DR" some devices write, or a CR/DX SOP class) that the answer does not record as another body part or a view
-    that is not frontal. A scanned form, a dose screen or a CT is no chest film, nor is the lateral film of a
-    two-view study a frontal one: a coded finding on it would be a confident answer the model cannot give
+    "DR" some devices write, or a CR/DX SOP class) that the answer does not record as For Processing, another body
+    part or a view that is not frontal. A scanned form, a dose screen or a CT is no chest film, nor is the lateral
+    film of a two-view study a frontal one: a coded finding on it would be a confident answer the model cannot give
     (:data:`~pneumoscan.data.scope.NO_CODED_FINDING`; a PACS that leaves those fields out of its answer has the
     film scored, and its report refused, by the same rule)."""
-    modality, sop_class = _value(item, _MODALITY).strip().upper(), _value(item, _CLASS).strip()
-    if sop_class in FOR_PROCESSING_CLASSES:  # the raw values of an exposure whose For Presentation image is the film
-        return f"{UID(sop_class).name}: {FOR_PROCESSING}"
-    if _value(item, _INTENT).strip().upper() == "FOR PROCESSING":  # the same, under a class of either intent
-        return f"{UID(sop_class).name if sop_class else 'an image'} of intent FOR PROCESSING: {FOR_PROCESSING}"
+    recorded = _recorded(item)
+    if (marked := for_processing(recorded)) is not None:  # the raw values of an exposure whose film is another image
+        return f"{marked}: {FOR_PROCESSING}"
+    modality = str(recorded.get("Modality") or "").strip().upper()
+    sop_class = str(recorded.get("SOPClassUID") or "").strip()
     if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
         kind = UID(sop_class).name if sop_class else "SOP class not given"
         return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
                 "X-ray films only")
-    try:
-        recorded = Dataset.from_json({tag: item[tag] for tag in (_BODY, _VIEW) if tag in item})
-    except Exception:  # a malformed field of the answer: the film's own header decides once it is retrieved
-        return None
     # the size is not in the answer: given as large enough, so that only what the header records is checked
-    return "; ".join(w for w in scope_warnings(recorded, MIN_SIDE, MIN_SIDE) if NO_CODED_FINDING.match(w)) or None
+    warnings = scope_warnings(_recorded(item, (_BODY, _VIEW)), MIN_SIDE, MIN_SIDE)
+    return "; ".join(w for w in warnings if NO_CODED_FINDING.match(w)) or None
 
 
 def _issued_reports(found: list[dict]) -> dict[str, Dataset]:
@@ -368,7 +377,7 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
         series, sop = _value(item, _SERIES), _value(item, _SOP)
         where = f"{root}/studies/{study_uid}/series/{series}/instances/{sop}"
         row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
-        if _value(item, _MAKER).strip() == MANUFACTURER:  # our reports and overlays: not films, no row
+        if is_own_output(_recorded(item)):  # our reports and overlays: not films, no row
             continue
         why = _not_scored(item)
         if why is not None:

@@ -1,7 +1,7 @@
 """Image readers: one module a file format, each a :class:`Reader` in the registry here.
 
-:func:`pneumoscan.data.decode.read_gray` and :func:`pneumoscan.data.decode.image_info` ask the registry which reader takes a
-file (by its first bytes, then by its name's suffix), and discovery takes a file as an image when a registered
+:func:`pneumoscan.data.decode.read_gray` and :func:`pneumoscan.data.decode.image_info` ask the registry which reader
+takes a file (by its first bytes, then by its name's suffix), and discovery takes a file as an image when a registered
 reader claims its suffix. A new format is one module with a :class:`Reader` subclass, registered with
 :func:`register` (a built-in one below; a site's where it is imported); the built-in ones are
 :mod:`.pillow` (JPEG, PNG) and :mod:`.dicom`, which share :mod:`.jpeg` (strict JPEG decoding).

@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 
 class Reader(ABC):
     """One file format's reader. ``src`` is a path to a regular, non-empty file or the uploaded bytes (checked by
-    :mod:`pneumoscan.data.decode` first); every bad input is a :class:`pneumoscan.data.pixels.DecodeError` with a reason, and
-    both methods refuse, from the header, an image beyond :data:`pneumoscan.data.pixels.MAX_PIXELS` or
+    :mod:`pneumoscan.data.decode` first); every bad input is a :class:`pneumoscan.data.pixels.DecodeError` with a
+    reason, and both methods refuse, from the header, an image beyond :data:`pneumoscan.data.pixels.MAX_PIXELS` or
     :data:`pneumoscan.data.pixels.MAX_DECODED_BYTES`, before its pixels are decoded."""
 
     name: str = ""  # what a caller may declare a file to be (an upload's type), e.g. "DICOM"

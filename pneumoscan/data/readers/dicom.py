@@ -9,8 +9,9 @@ Faults pydicom lets through are stopped here: a deflated dataset is inflated wit
 inflates all of it first); a JPEG Baseline, Extended or Lossless frame whose entropy-coded data is damaged is refused
 (pydicom's JPEG plugins ignore libjpeg's corrupt-data warnings and fill what is missing with flat grey or garbage);
 pixel data that holds more or less than the header describes is refused before it is decoded (pydicom would return
-the excess as extra frames, decoding them all); and any error a decoder raises, a Rust panic included, becomes a
-refusal.
+the excess as extra frames, decoding them all); uncompressed colour pixel data that Planar Configuration mislabels is
+refused (pydicom reshapes it as the element says: a mosaic), and a compressed frame's colours are read as its codec
+lays them out, whatever the element says; and any error a decoder raises, a Rust panic included, becomes a refusal.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ _POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Present
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
 _GREY_NUMBERS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")  # what maps values to grey
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
-_MAX_ASPECT = 3.0  # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
+# Planar Configuration's values (PS3.3 C.7.6.3.1.3): how three-sample pixel data lays out its samples
+_LAYOUTS = {0: "color-by-pixel", 1: "color-by-plane"}
+_LAYOUT_MIN_SIDE = 8  # a smaller image holds too few neighbouring pixels to tell its layout by (a 3 x 3 one cannot)
+_LAYOUT_ROWS = 128  # pairs of rows whose neighbouring pixels tell the layout: enough, and cheap on any film
+# non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
+_MAX_ASPECT = 3.0
 # what a decoder may raise that is no fault of the film, and must end the run as it would anywhere else
 _NOT_THE_FILM = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _DEFER_SIZE = "64 KB"  # a header-only read leaves values larger than this (the pixels) unread
@@ -135,15 +141,20 @@ def is_own_output(ds: Dataset) -> bool:
         return False
 
 
-def is_for_processing(ds: Dataset) -> bool:
-    """Whether this is an X-ray image For Processing (its SOP class, or Presentation Intent Type): a modality may
-    archive it beside the For Presentation image of the same exposure, and scored it would be a second, meaningless
-    reading of that exposure."""
+def for_processing(ds: Dataset) -> str | None:
+    """What makes this an X-ray image For Processing (its SOP class's name, or its Presentation Intent Type under a
+    class of either intent), None when nothing does: a modality may archive it beside the For Presentation image of
+    the same exposure, and scored it would be a second, meaningless reading of that exposure. The one rule by which
+    decoding refuses it and a PACS study read does not retrieve it (from the fields of its search answer)."""
     try:
-        intent = str(ds.get("PresentationIntentType") or "").strip().upper()
-        return intent == "FOR PROCESSING" or str(ds.get("SOPClassUID") or "").strip() in FOR_PROCESSING_CLASSES
+        sop_class = UID(str(ds.get("SOPClassUID") or "").strip())
+        if sop_class in FOR_PROCESSING_CLASSES:
+            return sop_class.name
+        if str(ds.get("PresentationIntentType") or "").strip().upper() == "FOR PROCESSING":
+            return f"{sop_class.name if sop_class else 'an image'} of intent FOR PROCESSING"
     except Exception:  # a damaged value: the checks that read it for the film say so
-        return False
+        return None
+    return None
 
 
 class _RedactValues(logging.Filter):
@@ -244,7 +255,7 @@ def _header(ds: Dataset) -> _Film:
     reason."""
     if is_own_output(ds):
         raise pixels.DecodeError(OWN_OUTPUT)
-    if is_for_processing(ds):
+    if for_processing(ds) is not None:
         raise pixels.DecodeError(f"an X-ray image For Processing: {FOR_PROCESSING}")
     try:
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
@@ -394,11 +405,12 @@ def _misencoded(ds: Dataset) -> str | None:
 
 
 def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
-    """The stored pixel values (YBR converted to RGB) of pixel data that holds what the header describes, JPEG-LS
-    through CharLS (pyjpegls) when it is installed: on a 1776 x 1416 12-bit film it decodes in 84 ms against
-    pylibjpeg-libjpeg's 358 ms (benchmarks/bench_dicom.py), and pydicom would try pylibjpeg first. A frame CharLS
-    refuses is refused: libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax
-    gets pydicom's order. Bits above High Bit are masked, checked or clipped as :func:`_unused_bits` says."""
+    """The stored pixel values (YBR converted to RGB) of pixel data that holds what the header describes (colour
+    samples laid out as Planar Configuration says: :func:`_check_planar_configuration`), JPEG-LS through CharLS
+    (pyjpegls) when it is installed: on a 1776 x 1416 12-bit film it decodes in 84 ms against pylibjpeg-libjpeg's
+    358 ms (benchmarks/bench_dicom.py), and pydicom would try pylibjpeg first. A frame CharLS refuses is refused:
+    libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax gets pydicom's order.
+    Bits above High Bit are masked, checked or clipped as :func:`_unused_bits` says."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     precision = None
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
@@ -408,10 +420,16 @@ def _pixels(ds: Dataset, film: _Film) -> np.ndarray:
             precision = _check_codestream(frame, ds, film)
             if syntax in _JPEG_CHECKED:
                 jpeg.check_frame(frame)
+        elif film.samples == 3:
+            _check_planar_configuration(ds, syntax, film)
     unused = _unused_bits(ds, syntax, precision)
     charls = syntax in _JPEG_LS and "pyjpegls" in get_decoder(syntax).available_plugins
+    # A codec fixes the layout of the colours it decodes (PS3.5 8.2: Planar Configuration is irrelevant to JPEG, JPEG-LS
+    # and JPEG 2000 data); pydicom reshaped libjpeg's and OpenJPEG's color-by-pixel output as the element says, a
+    # 1 turning the film into a mosaic. RLE's and JPEG-LS's plugins set the layout of their own output over this.
+    codec_layout = {"planar_configuration": 0} if isinstance(syntax, UID) and syntax.is_encapsulated else {}
     ds.pixel_array_options(decoding_plugin="pyjpegls" if charls else "", allow_excess_frames=False,
-                           correct_unused_bits=unused == "mask")  # fmt: skip
+                           correct_unused_bits=unused == "mask", **codec_layout)  # fmt: skip
     arr = ds.pixel_array
     if unused == "check":
         arr = _check_high_bits(ds, arr)
@@ -433,7 +451,9 @@ def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> int | None:
     broadcast". Samples of more bits than Bits Allocated are cut to the header's bits as they are decoded (12-bit
     values under an 8-bit header read as banded noise, which scores pneumonia 0.88), and fewer bits than Bits Stored
     are not the values the header describes. More bits than Bits Stored is how JPEG stores, say, 10-bit values (in a
-    12-bit process): those are decoded unmasked, then checked or clipped (:func:`_unused_bits`). Returns the frame's
+    12-bit process): those are decoded unmasked, then checked or clipped (:func:`_unused_bits`). A JPEG frame of 0
+    rows, its height left to a DNL marker, is refused: pylibjpeg read an intact 12-bit one wrong (values to 2048 where
+    the film's end at 264), and ran out of memory on a damaged one (2.8 GB, then killed). Returns the frame's
     precision, None when the frame does not say it."""
     # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz, then
     # each component's Ssiz: its precision less one, the top bit its sign)
@@ -448,6 +468,9 @@ def _check_codestream(frame: bytes, ds: Dataset, film: _Film) -> int | None:
     if info is None:
         return None
     rows, cols, components, precision = info
+    if not rows and frame[:2] == b"\xff\xd8":
+        raise pixels.DecodeError("the compressed frame's header gives it 0 rows, leaving its height to a DNL marker "
+                                 "after its first scan, which the JPEG decoders here misread: export the film again")
     if (rows, cols, components) != (film.rows, film.cols, film.samples):
         raise pixels.DecodeError(
             f"the compressed frame is {cols} x {rows} pixels with {components} component(s); the header says "
@@ -556,6 +579,60 @@ def _check_length(ds: Dataset, syntax: UID, film: _Film) -> None:
         )
 
 
+def _check_planar_configuration(ds: Dataset, syntax: UID, film: _Film) -> None:
+    """Refuse uncompressed colour pixel data that Planar Configuration mislabels: color-by-plane samples read
+    color-by-pixel make a 3 x 3 mosaic of shrunken films, and color-by-pixel ones read color-by-plane mix three
+    parts of the film into each pixel; either would be scored. The pixel data is read both ways
+    (:func:`_picture_layout` says which is a picture) and the stated way must be it. An image under
+    :data:`_LAYOUT_MIN_SIDE` is read as stated, and a missing or invalid value is left to pydicom, whose refusal
+    names it."""
+    stated = ds.get("PlanarConfiguration")
+    if stated not in (0, 1) or min(film.rows, film.cols) < _LAYOUT_MIN_SIDE:
+        return
+    # the samples in the order stored (YBR_FULL_422's expanded to three a pixel, as pydicom reads them), unconverted
+    stored = get_decoder(syntax).as_array(ds, index=0, raw=True, as_writeable=False, planar_configuration=0)[0]
+    readings = {0: stored, 1: stored.reshape(3, film.rows, film.cols).transpose(1, 2, 0)}
+    layout, evidence = _picture_layout(readings, film.photometric, ds.get("BitsStored"))
+    if layout is not None and layout != stated:
+        raise pixels.DecodeError(
+            f"Planar Configuration (0028,0006) is {stated} ({_LAYOUTS[stated]}), but the pixel data is stored "
+            f"{_LAYOUTS[layout]} ({evidence}): read as the header says, the film would be garbled; the header does "
+            "not describe the pixel data")
+
+
+def _picture_layout(readings: dict[int, np.ndarray], photometric: str, bits_stored: object) -> tuple[int | None, str]:
+    """Which reading of three-sample pixel data (Planar Configuration value -> rows x columns x samples) is a
+    picture, and why; None when they cannot be told apart. A film stored as colour is grey: its channels agree (RGB
+    equal, or YBR's chroma at its midpoint) read the right way, and only by chance the wrong way. Else the smoother
+    one: a picture's neighbouring pixels are alike, and the wrong reading sets side by side pixels three apart, or a
+    third of a row apart, in the picture (the two signs dcm4che's planarconfig tool reads). Both are read on
+    :data:`_LAYOUT_ROWS` pairs of rows spread over the image."""
+    rows = readings[0].shape[0]
+    at = np.unique(np.linspace(0, rows - 2, min(_LAYOUT_ROWS, rows - 1)).round().astype(np.intp))
+    pairs = {p: (a[at].astype(np.float64), a[at + 1].astype(np.float64)) for p, a in readings.items()}
+    grey = {p: all(_grey(part, photometric, bits_stored) for part in pair) for p, pair in pairs.items()}
+    if grey[0] != grey[1]:
+        layout = 0 if grey[0] else 1
+        return layout, (f"its colour channels agree read {_LAYOUTS[layout]}, a grey film stored as colour, and not "
+                        f"read {_LAYOUTS[1 - layout]}")
+    rough = {p: float(np.abs(below - top).mean() + np.abs(np.diff(top, axis=1)).mean())
+             for p, (top, below) in pairs.items()}
+    if rough[0] == rough[1]:
+        return None, ""
+    layout = 0 if rough[0] < rough[1] else 1
+    if not rough[layout]:
+        return layout, f"its neighbouring pixels are alike read {_LAYOUTS[layout]}, and not read {_LAYOUTS[1 - layout]}"
+    return layout, (f"its neighbouring pixels differ {rough[1 - layout] / rough[layout]:.3g} times as much read "
+                    f"{_LAYOUTS[1 - layout]} as read {_LAYOUTS[layout]}")
+
+
+def _grey(samples: np.ndarray, photometric: str, bits_stored: object) -> bool:
+    """Whether rows x columns x 3 samples are grey: RGB's three equal, or YBR's chroma (Cb, Cr) at its midpoint."""
+    if photometric.startswith("YBR") and isinstance(bits_stored, int):
+        return bool((samples[..., 1:] == 1 << (bits_stored - 1)).all())
+    return photometric == "RGB" and bool((samples[..., :1] == samples[..., 1:]).all())
+
+
 def _count_fragments(data: bytes) -> None:
     """Refuse encapsulated pixel data of over :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` items (the offset table,
     then the fragments), counted from their lengths before pydicom walks them in Python (2.4 million empty fragments
@@ -600,13 +677,34 @@ def _padding(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     there is none; a film that is all padding is refused."""
     if "PixelData" not in ds or not _given(ds, "PixelPaddingValue"):
         return None
-    value = int(ds.PixelPaddingValue)
-    limit = int(ds.PixelPaddingRangeLimit) if _given(ds, "PixelPaddingRangeLimit") else value
+    value = _as_pixel_value(ds, "PixelPaddingValue")
+    limit = _as_pixel_value(ds, "PixelPaddingRangeLimit") if _given(ds, "PixelPaddingRangeLimit") else value
     low, high = sorted((value, limit))
     padding = (stored >= low) & (stored <= high)
     if padding.all():
         raise pixels.DecodeError("blank image: every pixel is padding (Pixel Padding Value): the film holds no image")
     return padding if padding.any() else None
+
+
+def _as_pixel_value(ds: Dataset, keyword: str) -> int:
+    """A padding element's value as the stored pixel values are (PS3.3 C.7.5.1.1.2: its VR is US or SS as Pixel
+    Representation says), whatever VR the file gives it: 0x8000 written US under signed pixels is -32768 (read as
+    32768 it matched no pixel, and the padding squeezed the film into a few grey levels), 0xFFFF written SS under
+    unsigned ones 65535 (read as -1 with a range limit of 60000, the film became padding). Written as bytes (OB, OW),
+    its two bytes are read in the file's byte order. A value beyond 16 bits is taken as it is."""
+    value = ds[keyword].value
+    if isinstance(value, bytes):
+        if len(value) != 2:
+            raise pixels.DecodeError(f"malformed DICOM header: {keyword} is {len(value)} bytes (VR {ds[keyword].VR}), "
+                                     "where it is one 16-bit value")  # fmt: skip
+        little = ds.original_encoding[1] is not False
+        value = int.from_bytes(value, "little" if little else "big")
+    if isinstance(value, MultiValue) or not isinstance(value, int):
+        raise pixels.DecodeError(f"malformed DICOM header: {keyword} is not one whole number ({ds[keyword].VR})")
+    if not -0x8000 <= value <= 0xFFFF:
+        return value
+    bits = value & 0xFFFF
+    return bits - 0x10000 if ds.get("PixelRepresentation") == 1 and bits & 0x8000 else bits
 
 
 def _gray(ds: Dataset) -> tuple[Image.Image, np.ndarray | None]:

@@ -29,6 +29,7 @@ _ENDS_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the marker after a scan
 _RESTART = re.compile(rb"\xff([\xd0-\xd7])")
 _PROGRESSIVE = (0xC2, 0xCA)  # SOF2, SOF10: progressive DCT, Huffman- or arithmetic-coded
 _CUT_SHORT = "Corrupt JPEG data: premature end of data segment"
+_ALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-RST7: markers without a segment (T.81 B.1.1.3)
 
 
 def decode(data: bytes, colorspace: str, **options: int) -> np.ndarray | None:
@@ -72,17 +73,28 @@ def check_frame(frame: bytes) -> None:
 
 def _segments(data: bytes, strict: bool = False) -> Iterator[tuple[int, int, int, bytes]]:
     """(marker, where its segment begins, where it ends, its fields) for each marker segment of a JPEG codestream
-    after SOI, fill bytes skipped, up to EOI: one walk for every reader here. After a scan (SOS) it goes on at the
-    marker that ends the entropy-coded data, and stops when none does. Where no marker is due (the data cut short, or
-    other bytes) it stops; ``strict``: with libjpeg's warning instead."""
-    pos = 2  # after SOI
+    after SOI, fill bytes and markers without a segment (TEM, RSTn) skipped, up to EOI: one walk for every reader
+    here. After a scan (SOS) it goes on at the marker that ends the entropy-coded data, and stops when none does.
+    Where no marker is due (the data cut short, or other bytes), or at a second SOI, it stops; ``strict``: with
+    libjpeg's warning or error instead. Over :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` markers and fill bytes are
+    refused (4 MB of empty comments in a DICOM frame took 2.7 s to walk)."""
+    pos, count = 2, 0  # after SOI
     while pos + 2 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
         if marker == 0xD9:  # EOI
             return
+        if (count := count + 1) > pixels.MAX_SEGMENTS:
+            raise pixels.too_many_segments("JPEG marker segments")
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        if marker in _ALONE:
+            pos += 2
+            continue
+        if marker == 0xD8:
+            if strict:
+                raise ValueError("Invalid JPEG file structure: two SOI markers")
+            return
         if pos + 4 > len(data) and not strict:  # no room for the segment's length
             return
         end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
@@ -125,13 +137,17 @@ _SOF55 = 0xF7  # JPEG-LS's frame header
 
 
 def _frame_header_at(frame: bytes, markers: frozenset[int]) -> int | None:
-    """Where a JPEG codestream's frame header (one of ``markers``) begins; None when a scan comes before it."""
+    """Where a JPEG codestream's frame header (one of ``markers``) begins; None when a scan comes before it. A second
+    one before the first scan is refused (libjpeg's error): which of the two a decoder reads is its own choice."""
+    found = None
     for marker, pos, _, _ in _segments(frame):
+        if marker == 0xDA:  # the first scan
+            break
         if marker in markers:
-            return pos
-        if marker == 0xDA:  # a scan before any frame header
-            return None
-    return None
+            if found is not None:
+                raise ValueError("Invalid JPEG file structure: two SOF markers")
+            found = pos
+    return found
 
 
 def _frame_header(frame: bytes) -> tuple[int, int] | None:
@@ -143,13 +159,13 @@ def _frame_header(frame: bytes) -> tuple[int, int] | None:
 
 def frame_info(frame: bytes) -> tuple[int, int, int, int] | None:
     """(rows, columns, components, sample precision in bits) a JPEG or JPEG-LS codestream's frame header (SOFn, or
-    SOF55 for JPEG-LS) says; None when no frame header comes before the first scan, or it defers its rows to a DNL
-    marker (0)."""
+    SOF55 for JPEG-LS) says, rows 0 when it defers them to a DNL marker; None when no frame header comes before the
+    first scan."""
     pos = _frame_header_at(frame, _SOF | {_SOF55})
     if pos is None or pos + 10 > len(frame):
         return None
     rows, cols = (int.from_bytes(frame[pos + i : pos + i + 2], "big") for i in (5, 7))
-    return (rows, cols, frame[pos + 9], frame[pos + 4]) if rows else None
+    return rows, cols, frame[pos + 9], frame[pos + 4]
 
 
 def check_huffman_scans(frame: bytes) -> None:
