@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from pneumoscan.core.names import shown, utf8_strings
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
-from pneumoscan.models import WeightsUnavailable
+from pneumoscan.models import PLUGINS_ENV, WeightsUnavailable, or_your_own
 
 if TYPE_CHECKING:
     from pneumoscan.serving.guard import Access
@@ -391,21 +392,23 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _option(choices: Sequence[str], what: str, any_case: bool = False) -> Callable[[str], str]:
+def _option(choices: Sequence[str], what: str, any_case: bool = False, hint: str | None = None,
+            ) -> Callable[[str], str]:
     """An argparse type that checks a name as the library does (:func:`pneumoscan.core.options.look_up_option`:
-    did you mean); ``any_case`` for names the data are read by in any case (split folders and manifest values)."""
+    did you mean); ``any_case`` for names the data are read by in any case (split folders and manifest values);
+    ``hint`` says what the refusal lists instead of the choices."""
     def parse(text: str) -> str:
         try:
-            return look_up_option(text.lower() if any_case else text, choices, what)
+            return look_up_option(text.lower() if any_case else text, choices, what, hint)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 
 def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str, any_case: bool = False,
-            **kwargs) -> None:
+            hint: str | None = None, **kwargs) -> None:
     """An option taking one of the library's names (listed in --help, checked with a did-you-mean message)."""
-    parser.add_argument(flag, type=_option(choices, what, any_case), choices=choices, **kwargs)
+    parser.add_argument(flag, type=_option(choices, what, any_case, hint), choices=choices, **kwargs)
 
 
 def _probability(text: str) -> float:
@@ -430,7 +433,8 @@ DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, o
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
     p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    _choice(p, "--task", list_tasks(), "task", help="what to classify (default pneumonia)")
+    _choice(p, "--task", list_tasks(), "task", hint=or_your_own(f"choose from {', '.join(list_tasks())}"),
+            help="what to classify (default pneumonia)")
     p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them; default "
                                    "efficientnet_lite0)")
     p.add_argument("--epochs", type=_positive(int), help="at most this many epochs (default 6), also under a budget")
@@ -563,8 +567,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--add-to-card", action="store_true",
                    help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
     p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
-    p.add_argument("--etiology", help="bacteria-vs-virus bundle as predict --etiology runs it: also score the two "
-                                      "stages as normal / bacteria / virus")
+    p.add_argument("--etiology", help="second-stage bundle as predict --etiology runs it: also score the two stages "
+                                      "as three classes (normal / bacteria / virus with an etiology bundle)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default: as predict and serve score, several times faster than torch on CPU), torch, or "
                  "onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
@@ -600,7 +604,8 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to serve")
-    p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images read as pneumonia")
+    p.add_argument("--etiology", help="second-stage bundle (bacteria vs virus, or a task of your own that follows the "
+                                      "first), applied to images read as the label it follows (pneumonia)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=MAX_UPLOAD_MB,
@@ -640,7 +645,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help="onnx (default) is several times faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
-    p.add_argument("--etiology", help="bacteria-vs-virus bundle, applied to images called pneumonia")
+    p.add_argument("--etiology", help="second-stage bundle (bacteria vs virus, or a task of your own that follows the "
+                                      "first), applied to images called the label it follows (pneumonia); its columns "
+                                      "are named from its task (etiology_label, ...)")
     p.add_argument("--batch-size", type=_positive(int), default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
     p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
@@ -708,7 +715,8 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Calla
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="pneumoscan", epilog="`pneumoscan COMMAND --help` lists a command's options.",
+        prog="pneumoscan", epilog=f"`pneumoscan COMMAND --help` lists a command's options. Tasks, models, readers and "
+                                  f"layouts of your own: {PLUGINS_ENV}=MODULE[,MODULE] imports their modules first.",
         description="Train, evaluate, explain and serve models that read pediatric chest X-rays: normal vs pneumonia, "
                     "bacterial vs viral pneumonia. Research use only: not a medical device.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
@@ -736,9 +744,27 @@ def _reason(error: OSError | ValueError) -> str:
     return f"{' -> '.join(names)}: {text}" if names else text
 
 
+def import_plugins(names: str) -> None:
+    """Import the modules ``names`` lists (:data:`PLUGINS_ENV`'s comma-separated value): a task, model, reader or
+    layout of one's own registers itself when its module is imported, and a command has no other import of it. A
+    module that cannot be imported is refused (ValueError) naming it and why: a bundle of its task would otherwise be
+    refused later, as if nothing had been asked for."""
+    for name in filter(None, (part.strip() for part in names.split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # the module's own code may raise anything: said in one line, not a traceback
+            raise ValueError(f"{PLUGINS_ENV} names {name!r}, which cannot be imported: {type(e).__name__}: "
+                             f"{e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from pneumoscan.core.logs import configure
 
+    try:  # before the parser: its --task choices are the registered tasks
+        import_plugins(os.environ.get(PLUGINS_ENV, ""))
+    except ValueError as e:
+        print(f"pneumoscan: error: {shown(str(e))}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     configure(quiet=args.quiet)
     try:

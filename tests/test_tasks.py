@@ -144,11 +144,12 @@ def test_a_task_registered_outside_the_package_trains_evaluates_predicts_and_ser
     assert all(row["label"] in ("other", "viral") for row in rows)
     assert all(row["label"] == ("viral" if row["probability"] >= card.threshold else "other") for row in rows)
 
-    # as a second stage: it reads the films the pneumonia model calls PNEUMONIA, as its `follows` says
+    # as a second stage: it reads the films the pneumonia model calls PNEUMONIA, as its `follows` says, reported under
+    # its own name
     chained = predict_paths(tiny_bundle, test_films, etiology=toy_bundle)
     called = [row for row in chained if row["label"] == "PNEUMONIA"]
-    assert called and all(row["etiology_label"] in ("other", "viral") for row in called)
-    assert all(row["etiology_label"] is None for row in chained if row["label"] != "PNEUMONIA")
+    assert called and all(row[f"{TOY}_label"] in ("other", "viral") for row in called)
+    assert all(row[f"{TOY}_label"] is None for row in chained if row["label"] != "PNEUMONIA")
     with pytest.raises(ValueError, match=f"the {TOY} task follows pneumonia, not etiology"):
         check_stages("etiology", TOY)
 

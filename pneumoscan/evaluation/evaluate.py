@@ -27,8 +27,8 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
 from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks, select, warn_untyped
-from pneumoscan.inference.predict import Predictor, check_stages
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card
+from pneumoscan.inference.predict import Predictor, check_bundle_stages
+from pneumoscan.models.card import WEIGHTS, BundleCard
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
 from .report import METRICS, write_report
@@ -256,11 +256,11 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
-        check_stages(load_card(bundle).task, load_card(etiology).task)
+        check_bundle_stages(bundle, etiology)
     predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
-    task = get_task(card.task)
+    task = predictor.task
     name = data_label(data, split, data_name)
     records, images, targets, errors = labelled_records(data, split, task, card.spec)
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films

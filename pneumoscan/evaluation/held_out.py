@@ -16,8 +16,7 @@ from typing import NamedTuple
 from pneumoscan.core.names import shown
 from pneumoscan.data.audit import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
-from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import CARD, ENSEMBLE, load_card, member_sources, replaced_members
+from pneumoscan.models.card import CARD, ENSEMBLE, card_task, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def _validated(bundle: Path, films: dict[str, Record]) -> set[str]:
     validation = {path: r for path, r in films.items() if r.split == "val"}
     if not (bundle / CARD).exists():
         return set(validation)
-    task = get_task(load_card(bundle).task)
+    task = card_task(load_card(bundle), bundle)
     return {path for path, r in validation.items() if task.target(r) is not None}
 
 

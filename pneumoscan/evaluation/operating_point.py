@@ -17,11 +17,11 @@ from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
                                      threshold_interval)
 from pneumoscan.data.layouts import Record
-from pneumoscan.data.tasks import binary_targets, get_task
+from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import (INT8_NAME, ONNX_NAME, int8_model, read_sidecar, write_int8_spec,
                                          write_onnx_spec)
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import BundleCard, load_card
+from pneumoscan.models.card import BundleCard, card_task, load_card
 from .evaluate import data_label, evaluate_probabilities, labelled_records, patient_groups
 from .held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                        refuse_test_films)
@@ -80,7 +80,7 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar. The one way a training run and an ensemble finish
     their bundle (``threshold`` keeps the validation figures of the films it trained on, so it writes its own).
     Returns the card written and the films' metrics."""
-    task = get_task(card.task)
+    task = card_task(card, bundle)
     y, plain = binary_targets(targets), task.positive_probability(probs)
     point = choose_operating_point(y, plain, tta_scores, target_sensitivity, max_false_positive_rate, groups)
     metrics = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)

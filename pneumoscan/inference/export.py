@@ -33,8 +33,7 @@ import onnxruntime as ort
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.tasks import get_task
-from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card,
+from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, card_task, file_sha256, load_card,
                                    read_bundle_text, record_checksum, verify_file)
 
 if TYPE_CHECKING:
@@ -127,6 +126,7 @@ def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
     from pneumoscan.models.bundle import load_bundle
 
     model, card = load_bundle(bundle)
+    card_task(card, bundle)  # the sidecar states its rule: a task not registered here is refused before any writing
     own = Path(bundle) / ONNX_NAME
     out = Path(out) if out else own
     if (out.parent / CARD).exists() and out.parent.resolve() != Path(bundle).resolve():
@@ -253,7 +253,7 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "temperature": card.temperature,
         "classes": card.classes,
         "positive": card.positive,
-        "positive_probability": get_task(card.task).positive_formula,
+        "positive_probability": card_task(card, bundle).positive_formula,
         "threshold": card.threshold,
         "tta_threshold": card.tta_threshold,
         "threshold_interval": card.threshold_interval,

@@ -37,8 +37,9 @@ from pneumoscan.data.pixels import DecodeError, blank_reason
 from pneumoscan.data.layouts import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe, in_scope
-from pneumoscan.data.tasks import get_task, list_tasks
-from pneumoscan.models.card import ONNX_NAME, WEIGHTS, BundleCard, load_appearance, load_card, verify_file
+from pneumoscan.data.tasks import Task, get_task
+from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
+                                   verify_file)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -47,17 +48,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALWAYS = ("path", "probability", "label", "threshold", "warnings")  # every results CSV's columns
+# the columns of every bundle; those named from a task (a multiclass bundle's class probabilities, a second stage's
+# reading) follow the first stage's reading (:func:`format_results`)
 RESULT_FIELDS = (
-    "path", "probability", "label", "threshold", "near_threshold", "etiology_probability_virus", "etiology_label",
-    "etiology_near_threshold", "heatmap", "error", "warnings", "in_scope", "model_id", "model_version",
-    "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr", "dicom_heatmap", "fhir",
+    "path", "probability", "label", "threshold", "near_threshold", "heatmap", "error", "warnings", "in_scope",
+    "model_id", "model_version", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "dicom_sr",
+    "dicom_heatmap", "fhir",
 )  # fmt: skip
 
 CLASS_FIELD = "probability_"  # + a class: a multiclass bundle's probability of that class (Predictor.class_fields)
 
-# a second stage's reading (:meth:`Predictor.reading_fields`) as a row's etiology fields, in this order
-ETIOLOGY = {"probability": "etiology_probability_virus", "label": "etiology_label",
-            "near_threshold": "etiology_near_threshold"}
+
+def stage_fields(task: Task) -> dict[str, str]:
+    """A second stage's reading (:meth:`Predictor.reading_fields`) as a row's fields, named from its task, in this
+    order: ``TASK_probability_POSITIVE``, ``TASK_label``, ``TASK_near_threshold`` (the etiology task's
+    ``etiology_probability_virus``, ``etiology_label``, ``etiology_near_threshold``), so that a second stage of
+    one's own is not reported as P(virus)."""
+    return {"probability": f"{task.name}_probability_{task.positive}", "label": f"{task.name}_label",
+            "near_threshold": f"{task.name}_near_threshold"}
 
 
 # a film whose file changed between the reads of one prediction (a drop folder reusing names): its pixels, header and
@@ -101,10 +109,7 @@ class Predictor:
         given = session is not None  # int8_model's session below is the bundle's own
         self.bundle = bundle
         self.card = load_card(bundle)
-        if self.card.task not in list_tasks():  # "unknown task" would read as a typo of an option never given
-            raise ValueError(f"{bundle}: its task {self.card.task!r} is not registered in this process: import the "
-                             "module that registers it first (a task of your own: docs/development.md, Adding a task)")
-        self.task = get_task(self.card.task)
+        self.task = card_task(self.card, bundle)
         self.batch_size = batch_size
         self.backend = backend
         self.lock = threading.RLock()
@@ -422,6 +427,13 @@ def check_stages(first: str, second: str) -> str:
                          f"bundle, for instance): {e}{swapped}") from None
 
 
+def check_bundle_stages(bundle: Path | str, etiology: Path | str) -> str:
+    """:func:`check_stages` of two bundles, from their cards, before either model is built: a bundle whose task is
+    not registered in this process is refused with what to import (:func:`card_task`)."""
+    first, second = (card_task(load_card(b), b) for b in (bundle, etiology))
+    return check_stages(first.name, second.name)
+
+
 def said_at_start(first: Predictor, second: Predictor | None = None) -> list[str]:
     """What ``predict`` and ``serve`` say once, before any reading, whose readings would otherwise be silent about
     it: that films are not checked against the training films' appearance (the first stage's record is the one they
@@ -458,10 +470,11 @@ def predict_paths(
     """One row per input image (``paths``: files and folders, or one path), in input order: ``path, probability,
     label, threshold, near_threshold, warnings, in_scope, model_id, model_version`` (the scope checks of
     :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields; a multiclass bundle's also
-    ``probability_<class>``: :meth:`Predictor.class_fields`) (plus ``etiology_probability_virus, etiology_label,
-    etiology_near_threshold`` with ``etiology`` -- filled only for images called positive -- and ``heatmap`` with
-    ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
-    reading whose etiology stage failed keeps its first stage's fields, with the etiology empty and an ``error``.
+    ``probability_<class>``: :meth:`Predictor.class_fields`) (plus the second stage's reading with ``etiology``, a
+    bundle whose task follows this one's, named from its task (:func:`stage_fields`: ``etiology_probability_virus,
+    etiology_label, etiology_near_threshold`` for an etiology bundle) -- filled only for the images the first stage
+    hands over -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
+    reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
@@ -469,7 +482,7 @@ def predict_paths(
     """
     paths = path_list(paths)  # one path given alone, not its characters
     # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
-    handoff = check_stages(load_card(bundle).task, load_card(etiology).task) if etiology else None
+    handoff = check_bundle_stages(bundle, etiology) if etiology else None
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
     for stage in filter(None, (predictor, second)):
@@ -540,42 +553,45 @@ def _classify(
             for p, row, broken, unlike in zip(first.positive(probs), probs, bad, first.content_warnings(images))]
     if second is not None:
         called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
+        fields, stage = stage_fields(second.task), f"{second.task.name} stage"
         for row in rows:
             if "label" in row:
-                row.update(dict.fromkeys(ETIOLOGY.values()))
+                row.update(dict.fromkeys(fields.values()))
         if called:
             same = second.decodes_like(first)
             picked = {i: grays[i] if same else _decode(paths[i], second.card.spec.decode_target) for i in called}
             for i, gray in picked.items():
                 if isinstance(gray, str):  # readable a moment ago: changed or removed since
-                    rows[i]["error"] = f"etiology stage: {gray}"
+                    rows[i]["error"] = f"{stage}: {gray}"
             ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
             if ok:
                 probs, bad = second.finite_probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)
                 for i, p, broken in zip(ok, second.positive(probs), bad):
                     if broken:
-                        rows[i]["error"] = f"etiology stage: {NON_FINITE}"
+                        rows[i]["error"] = f"{stage}: {NON_FINITE}"
                     else:
                         reading = second.reading_fields(float(p), tta)
-                        rows[i].update({field: reading[key] for key, field in ETIOLOGY.items()})
+                        rows[i].update({field: reading[key] for key, field in fields.items()})
     return rows
 
 
 def format_results(rows: list[dict], fmt: str) -> str:
     """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order: ``path, probability, label, threshold, warnings``
-    always, so a reader keyed on them finds them even when no film was read; the others, and a multiclass bundle's
-    ``probability_<class>`` after the first stage's reading, where they occur) or a
-    ``json`` list. Paths are written as valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``),
-    so one odd name cannot lose every row."""
+    always, so a reader keyed on them finds them even when no film was read; the others where they occur, and the
+    fields named from a task after the first stage's reading, in the rows' order: a multiclass bundle's
+    ``probability_<class>``, then a second stage's :func:`stage_fields`) or a ``json`` list. Paths are written as
+    valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot lose every
+    row."""
     rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
     if fmt == "json":
         return json.dumps(rows, indent=2, allow_nan=False)
     look_up_option(fmt, ("csv", "json"), "results format")
     fields = [f for f in RESULT_FIELDS if f in ALWAYS or any(f in row for row in rows)]
-    # a multiclass bundle's class probabilities, in its class order, after the reading they belong to
-    classes = list(dict.fromkeys(k for row in rows for k in row if k.startswith(CLASS_FIELD)))
+    # a multiclass bundle's class probabilities (in its class order) and a second stage's reading, as the rows hold
+    # them, after the reading they follow
+    named = list(dict.fromkeys(k for row in rows for k in row if k not in RESULT_FIELDS))
     at = fields.index("near_threshold" if "near_threshold" in fields else "threshold") + 1
-    fields[at:at] = classes
+    fields[at:at] = named
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

@@ -17,9 +17,8 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
-from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import model_version
-from pneumoscan.models.card import BundleCard, load_card
+from pneumoscan.models.card import BundleCard, card_task, load_card
 
 from .uids import uid_root
 
@@ -38,8 +37,9 @@ def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
     scored (a FHIR Observation's identifier is a UUID, under no root)."""
     if dicom:
         uid_root()
-    task = load_card(bundle).task
-    if not get_task(task).reports_pneumonia:
+    card = load_card(bundle)
+    task = card.task
+    if not card_task(card, bundle).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, and {bundle} is a model of the {task} task, "
                          "whose positive call is not pneumonia present: report with a pneumonia bundle")
 

@@ -6,3 +6,22 @@ class WeightsUnavailable(OSError):
     """Pretrained weights that can be neither read from the local cache nor downloaded: the CLI exits with status 3
     for it alone, so a script (``make reference``) can train that run from scratch instead, under another name.
     Here, free of torch, so that the CLI catches it without loading torch."""
+
+
+# The command line imports the modules this environment variable names (comma-separated) before it reads its
+# arguments: how a task, model, reader or layout of one's own reaches `pneumoscan`, as an import does in a script.
+# Here, free of torch, for the CLI and for the refusals that say how to register what a bundle names.
+PLUGINS_ENV = "PNEUMOSCAN_PLUGINS"
+
+
+def or_your_own(listed: str) -> str:
+    """The end of a refusal of an unknown task or model name: what is registered (``listed``), and how one of one's
+    own gets there, since a module not imported is the likely cause of a name that is not a typo."""
+    return f"{listed}; or one of your own, its module imported first: on the command line, {PLUGINS_ENV}=MODULE"
+
+
+def register_first(kind: str) -> str:
+    """What to do about a bundle whose ``kind`` ("task" or "model") is not registered in this process (its module
+    not imported): said by every refusal of one, so that none reads as a misspelt option the user never gave."""
+    return (f"import the module that registers it first (a {kind} of your own: docs/development.md, Adding a {kind}; "
+            f"on the command line, {PLUGINS_ENV}=MODULE)")

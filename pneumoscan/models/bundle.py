@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from pneumoscan.core.atomic import write_atomic
-from . import registry
+from . import register_first, registry
 from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, save_card, verify_file
 from .ensemble_net import EnsembleNet
 
@@ -56,9 +56,11 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    if card.model != ENSEMBLE and not registry.known(card.model):
-        raise ValueError(f"{directory}: its model {card.model!r} is not registered in this process: import the "
-                         "module that registers it first (a model of your own: docs/development.md, Adding a model)")
+    architectures = [m["model"] for m in card.model_kwargs["members"]] if card.model == ENSEMBLE else [card.model]
+    if unknown := next((name for name in architectures if not registry.known(name)), None):
+        whose = "its model" if card.model != ENSEMBLE else "an ensemble member's model"
+        raise ValueError(f"{directory}: {whose} {unknown!r} is not registered in this process: "
+                         f"{register_first('model')}")
     try:
         if card.model == ENSEMBLE:  # several members in one bundle
             model = EnsembleNet.from_card(card)

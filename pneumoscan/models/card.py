@@ -35,7 +35,8 @@ from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
-from pneumoscan.data.tasks import check_classes, get_task, list_tasks
+from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
+from . import register_first
 from .run_folder import RunFolder
 
 # 2: every card records its own checksum and its files' (format 1 cards may lack them: written before they were
@@ -359,6 +360,17 @@ def _validated(path: Path, data: dict) -> BundleCard:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return card
+
+
+def card_task(card: BundleCard, bundle: Path | str) -> Task:
+    """The task BUNDLE's card names, as this process registered it: the one lookup of a card's task. A task not
+    registered here (the module of a task of one's own not imported) is refused with what to import, where the
+    registry's own lookup said "unknown task ...; did you mean" another task, as if the user had misspelt an option
+    never given."""
+    if card.task not in list_tasks():
+        raise ValueError(f"{bundle}: its task {card.task!r} is not registered in this process: "
+                         f"{register_first('task')}")
+    return get_task(card.task)
 
 
 def _check_classes(path: Path, card: BundleCard) -> None:

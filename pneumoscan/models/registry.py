@@ -21,7 +21,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, 
 from torch import nn
 
 from pneumoscan.core.options import look_up_option
-from pneumoscan.models import WeightsUnavailable
+from pneumoscan.models import WeightsUnavailable, or_your_own
 
 Builder = Callable[..., nn.Module]
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def known(name: str) -> bool:
 def unknown_model(name: str) -> None:
     """ValueError for a name neither registered nor in timm, with the closest names of both."""
     look_up_option(name, [*_REGISTRY, *timm.list_models()], "model",
-                   hint="registered: pneumoscan models; or any timm model")
+                   hint=or_your_own("registered: pneumoscan models; or any timm model"))
 
 
 def list_models() -> list[str]:

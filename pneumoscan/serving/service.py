@@ -20,7 +20,7 @@ from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe, in_scope
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png, panel_png,
                                          png_data_url)
-from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_stages, said_at_start
+from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_bundle_stages, said_at_start
 from pneumoscan.models.card import CARD, load_card, verify_file
 
 from .batching import Stage
@@ -93,7 +93,7 @@ class Service:
                  limits: Limits) -> None:
         self.limits = limits
         # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
-        self.handoff = check_stages(load_card(bundle).task, load_card(etiology).task) if etiology is not None else None
+        self.handoff = check_bundle_stages(bundle, etiology) if etiology is not None else None
         self.main = Stage(bundle, backend)
         self.second = Stage(etiology, backend) if etiology is not None else None
         self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone

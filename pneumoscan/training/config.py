@@ -17,8 +17,9 @@ from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import (OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, SETTINGS_HINT, VAL_FRACTION,
                                      apply_settings, check_fields, look_up_option)
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
-from pneumoscan.data.tasks import get_task
+from pneumoscan.data.tasks import list_tasks
 from pneumoscan.data.transforms import Augment
+from pneumoscan.models import or_your_own
 
 # Settings that can only be mistakes outside these ranges, and would otherwise fail late (an optimiser, loader, loss
 # or threshold refusing them after the run folder was cleared, or after all the training) or quietly (a warm-up
@@ -134,7 +135,7 @@ class TrainConfig:
         look_up_option(self.optimizer, OPTIMIZERS, "optimizer")
         look_up_option(self.precision, PRECISIONS, "precision")
         look_up_option(self.resize_policy, RESIZE_POLICIES, "resize policy")
-        get_task(self.task)
+        look_up_option(self.task, list_tasks(), "task", hint=or_your_own(f"choose from {', '.join(list_tasks())}"))
         # settings that contradict each other, refused here too, so that a library caller's config fails where it is
         # made, as one from flags does, and not after the run folder was cleared (or, for cv, after its folds'
         # manifests were written). adam-plateau keeps a constant rate from the first step: config.yaml and the card

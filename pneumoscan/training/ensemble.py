@@ -40,15 +40,15 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_list
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.tasks import get_task
+from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records, patient_groups
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
 from pneumoscan.inference.predict import NonFiniteScore, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, load_appearance, load_card, member_sources,
-                                   runtime_versions, save_appearance)
+from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
+                                   member_sources, runtime_versions, save_appearance)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
@@ -87,14 +87,13 @@ def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: n
     return np.mean(logits, axis=0)
 
 
-def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard,
+def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, task: Task,
                 member_session: Callable[[int], ort.InferenceSession] | None = None,
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(calibrated logits, targets, per-TTA-view logits) of every film of the cv runs, on the ensemble's input: fold
     K's validation films scored by the members that did not train on them, fold K of every run (members are
     run-major, as :func:`cv_members` lists them), their calibrated logits averaged as the ensemble averages them.
     ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
-    task = get_task(card.task)
     folds = len(net.members) // len(cv_dirs)
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
     sources = member_sources(card)
@@ -191,14 +190,14 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
 
 
 def _calibration_scores(
-    tmp: Path, net: EnsembleNet, card: BundleCard, cv_dirs: Sequence[Path], data: Path | str | None,
+    tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path], data: Path | str | None,
     split: str | None, held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray | None, str]:
     """(logits, targets, TTA views' logits, patients, what they are) the temperature and thresholds are chosen on:
     the cv runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units) scored by the
     graph just shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
     if cv_dirs:
-        logits, targets, views = out_of_fold(net, cv_dirs, card)
+        logits, targets, views = out_of_fold(net, cv_dirs, card, task)
         # the runs by name (their paths are in ensemble_of): the policy made of it is shown to the service's clients
         name = (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
@@ -226,17 +225,17 @@ def build_ensemble(
     paths = _member_paths(members, cv_dirs, out)
     loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
     cards = [c for _, c in loaded]
+    task = card_task(cards[0], paths[0])  # a task not registered here is said as such, before the members are compared
     _check_members(cards, paths)
     if target_sensitivity is None and max_false_positive_rate is None and not youden:
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
-    task = get_task(card.task)
     held_out, caveats = None, []
     if not cv_dirs:  # refused before anything is written when a member trained on these films
         records, images, targets, _ = labelled_records(data, split, task, card.spec)
         refuse_test_films(records, data, "temperature and thresholds")
         caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds",
-                                 " (or use --cv)", policy=HeldOutPolicy(validation_warning=True))
+                                 " (or use --cv)", policy=HeldOutPolicy(validation_warning=True)).caveats
         # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
         held_out = (records, images, targets, patient_groups(records, data)[1])
     # built beside OUT and renamed into place: a failure leaves no half bundle
@@ -252,7 +251,8 @@ def build_ensemble(
         first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == card.size)
         if (appearance := load_appearance(*first_of_size)) is not None:
             save_appearance(tmp, appearance)
-        logits, targets, views, patients, name = _calibration_scores(tmp, net, card, cv_dirs, data, split, held_out)
+        logits, targets, views, patients, name = _calibration_scores(tmp, net, card, task, cv_dirs, data, split,
+                                                                     held_out)
         temperature, temperature_caveat = calibrated_temperature(logits, targets)
         tta = task.positive_probability(tta_probabilities(views, temperature))
         calibrated = dataclasses.replace(

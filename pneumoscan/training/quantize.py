@@ -33,7 +33,7 @@ from pneumoscan.core.names import path_list
 from pneumoscan.core.metrics import format_figure, jsonable, macro_auc, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
-from pneumoscan.data.tasks import Task, binary_targets, get_task
+from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
@@ -182,12 +182,11 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     member quantised alone with the ensemble's calibration batches (the shipped graph quantises the same operations
     on the same inputs); the change is measured on the calibration films, against the FP32 model and against the
     mean of those members' scores. The FP32 AUC (and macro AUC) is the out-of-fold one ``ensemble --cv`` recorded."""
-    card = fp32.card
-    task = get_task(card.task)
+    card, task = fp32.card, fp32.task
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
-    logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, lambda i: session(graphs[i]))
+    logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
     probs = softmax(logits, card.temperature)
     plain = task.positive_probability(probs)
     tta = task.positive_probability(tta_probabilities(views, card.temperature))
@@ -202,11 +201,10 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
                       _macro_aucs(task, targets, card.val_metrics.get("three_class_macro_auc"), probs))
 
 
-def _val_films(bundle: Path, data: Path | str, card: BundleCard,
+def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
                ) -> tuple[np.ndarray, tuple[list[Record], np.ndarray, np.ndarray]]:
     """DATA's training films (the calibration pool) and its validation films' (records, images, targets); refused
     when DATA lacks either split, when the model trained on a validation film, or when they are all one class."""
-    task = get_task(card.task)
     if missing := {"train", "val"} - {r.split for r in discover(data).records}:
         # said before any film is decoded (the val films are read before the train films are looked for)
         raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
@@ -246,9 +244,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
         # all the runs' films
-        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, get_task(card.task), card.spec)
+        pool, _, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(0), None, fp32.task, card.spec)
     else:
-        pool, val = _val_films(bundle, data, card)
+        pool, val = _val_films(bundle, data, card, fp32.task)
     calib = pool[_sample(len(pool), calibration_images)]
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
@@ -270,7 +268,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
                          f"below FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle "
                          "with --backend onnx")
     if scored.macro_auc is not None:
-        figures["int8_three_class"] = _three_class_gate(get_task(card.task), scored)
+        figures["int8_three_class"] = _three_class_gate(fp32.task, scored)
     out = _write_int8(bundle, graph, figures, scored.calibration_records)
     log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
              format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
