@@ -708,7 +708,10 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
     ({"ViewPosition": "LL"}, "lateral view (LL)"),
     ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)}, "lateral view (LEFT LATERAL)"),
     ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
-], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view"])
+    ({"Modality": "C\nT"}, "Modality C\nT is not a radiograph (CR/DX)"),
+    ({"BodyPartExamined": "KNEE\nLEFT"}, "BodyPartExamined KNEE\nLEFT is not CHEST"),
+], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view",
+        "a CT slice, a line break in its Modality", "a knee film, a line break in its body part"])
 def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiograph(
     client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, tags: dict, warning: str
 ) -> None:

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+import pneumoscan.data.scope as scope
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
 from pneumoscan.inference.explain import explain_array, panel_shape
@@ -113,7 +114,7 @@ CT_TAGS = {**TAGS, "Modality": "CT", "SeriesInstanceUID": "1.2.3.4.5"}
 def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_dicom: bytes, full_size: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A CT slice was read "PNEUMONIA 0.999" like any film while format=dicom-sr refused it: in_scope says the
-    reading does not apply, by the same rule (scope.NO_CODED_FINDING) on the answer's final warnings, so a kind of
+    reading does not apply, by the same rule (scope.outside_scope) on the answer's final warnings, so a kind of
     warning added to both later counts too. A JPEG's "no DICOM tags" and an in-scope DICOM stay in scope."""
     ct = dicom_bytes(read_gray(full_size).astype(np.uint16) * 16, **CT_TAGS)
     jpeg = full_size.read_bytes()
@@ -128,20 +129,19 @@ def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_di
     assert slice_["in_scope"] is False and slice_["probability"] >= 0 and slice_["label"]  # the number is kept
     assert any(w.startswith("Modality CT is not a radiograph") for w in slice_["warnings"])
     assert refused.status_code == 422 and "no coded finding" in refused.json()["error"]
-    assert photo["in_scope"] is True and "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years" in photo["warnings"]
+    assert photo["in_scope"] is True and scope.NO_TAGS in photo["warnings"]
 
-    # a new kind of warning, added to the list and to the rule: out of scope without another change here
-    import pneumoscan.data.scope as scope
+    # a new kind of warning, added to the kinds and to the answer's warnings: out of scope with no change here
     import pneumoscan.serving.service as service
 
-    new = "a kind of warning added later"
-    monkeypatch.setattr(scope, "NO_CODED_FINDING", re.compile(f"{scope.NO_CODED_FINDING.pattern}|{new}"))
+    new = scope.WarningKind("a kind of warning added later", out_of_scope=True)
+    monkeypatch.setattr(scope, "KINDS", (new, *scope.KINDS))
     described = service.describe
-    monkeypatch.setattr(service, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new]})(
+    monkeypatch.setattr(service, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new.text()]})(
         described(*a)))
     with TestClient(create_app(tiny_bundle)) as client:
         body = ask(jpeg, "c.jpeg").json()
-    assert body["in_scope"] is False and new in body["warnings"]
+    assert body["in_scope"] is False and new.text() in body["warnings"]
 
 
 # ---------------------------------------------------------------- the page in a browser

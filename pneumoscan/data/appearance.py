@@ -20,9 +20,9 @@ So a bundle records what its training films look like at the model's input, and 
   model reads as well as its own films (blur of 1 px, 96 px and back, grain of 10 grey levels: bench_shift) passes,
   and a blur of 4 px, noise or a typed page does not (benchmarks/bench_appearance.py).
 
-Out of any of these, the film gets a warning that :data:`.scope.NO_CODED_FINDING` counts: it is still scored (a
-reader may know better), but no coded finding is filed for it. About one film in three hundred like the training
-films is flagged too: when in doubt, the tool says so.
+Out of any of these, the film gets a warning of a kind that puts it out of scope (:class:`.scope.WarningKind`): it is
+still scored (a reader may know better), but no coded finding is filed for it. About one film in three hundred like
+the training films is flagged too: when in doubt, the tool says so.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .scope import BLURRED, LOW_CONTRAST, NOISY, TURNED, UNLIKE_LAYOUT
+
 LAYOUT_SIDE = 6
 QUANTILE = 0.999
 TURNED_RATIO = 1.5
@@ -39,7 +41,6 @@ TURNS = (lambda x: np.rot90(x, 1), lambda x: np.rot90(x, 2), lambda x: np.rot90(
 SHARPNESS_MARGINS = (0.45, 1.5)  # below and above the training films' range, in log units
 CONTRAST_FACTOR = 0.6  # of the training films' 0.1th percentile of contrast: below it, a window or export fault
 MIN_FILMS = 100  # fewer training films describe too little of the source to flag others by
-WARNING = "image content: "  # every warning here starts so (scope.NO_CODED_FINDING matches it)
 
 
 def _layout(images: np.ndarray) -> np.ndarray:
@@ -117,20 +118,15 @@ class Appearance:
         for distance, closer, sharp, spread in zip(distances, turned, _sharpness(images), _contrast(images)):
             reasons = []
             if spread < self.contrast:  # both tests below see a film brought to unit spread: a flat one looks fine
-                reasons.append(f"{WARNING}much less contrast than the training films ({spread:.0f} grey levels "
-                               f"between its 1st and 99th percentiles, the least allowed {self.contrast:.0f}): a "
-                               "window or export fault?")
+                reasons.append(LOW_CONTRAST.text(spread=spread, least=self.contrast))
             if distance > self.layout_limit:
-                reasons.append(f"{WARNING}its layout of light and dark is unlike that of the training films "
-                               f"({distance / self.layout_limit:.1f} times the limit): another view or body part, a "
-                               "turned or inverted film, wide borders or padding, or no radiograph")
+                reasons.append(UNLIKE_LAYOUT.text(times=distance / self.layout_limit))
             elif closer * TURNED_RATIO < distance:
-                reasons.append(f"{WARNING}it reads as stored turned or upside down (turned, it is "
-                               f"{distance / closer:.1f} times closer to the layout of the training films)")
+                reasons.append(TURNED.text(closer=distance / closer))
             if sharp < low:
-                reasons.append(f"{WARNING}blurrier than the training films")
+                reasons.append(BLURRED.text())
             elif sharp > high:
-                reasons.append(f"{WARNING}more fine detail or noise than the training films")
+                reasons.append(NOISY.text())
             out.append(reasons)
         return out
 

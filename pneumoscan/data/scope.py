@@ -2,10 +2,13 @@
 
 The models are trained on frontal chest radiographs of children aged one to five (the Guangzhou pediatric set).
 A lateral view, an adult, a CT slice or a knee film is still scored -- refusing would hide the number from a reader
-who knows better -- but every such result carries a warning saying why it is outside that scope, and no coded
-finding is filed into a hospital's record for a film whose header says it is no frontal chest radiograph
-(:data:`NO_CODED_FINDING`). A JPEG or PNG has no tags to check, which is said too, so no result is ever silently
-"in scope".
+who knows better -- but every such result carries a warning saying why it is outside that scope, and where a
+warning says the film is no frontal chest radiograph, or not like the training films, the reading does not apply
+(:func:`in_scope`): no coded finding is filed into a hospital's record for it. A JPEG or PNG has no tags to check,
+which is said too, so no result is ever silently "in scope".
+
+Every warning is written by its :class:`WarningKind`, which also says whether it puts the film out of scope, and
+:func:`in_scope` knows a warning by that same kind: the words a reader sees and the decision cannot drift apart.
 
 Nothing here reads or returns a patient's name or id: only UIDs, which identify the images, leave this module.
 """
@@ -13,13 +16,18 @@ Nothing here reads or returns a patient's name or id: only UIDs, which identify 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
+from string import Formatter
+from typing import Literal
 
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID
+from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                         DigitalXRayImageStorageForProcessing, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+                         MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage)
 
-from .appearance import WARNING as APPEARANCE_WARNING
 from .decode import Source, colour_spread, image_info, read_dicom_header
 from .readers.dicom import size_as_read
 
@@ -37,9 +45,6 @@ AGE_RANGE_YEARS = (0.5, 6.0)
 # The films on disk in train/ are 224 px; an image with a shorter side than that is enlarged, not reduced, and is
 # more likely a thumbnail or a screen grab than a radiograph.
 MIN_SIDE = 224
-# a JPEG's or PNG's warning: modality, body part, view and age, which a DICOM film's tags are checked for, said in
-# words a reader of films takes in at once ("scope not checked" had left them to guess what was not checked)
-NO_TAGS = "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"
 # Grey levels (of 255) by which a JPEG's or PNG's colour channels may differ (Reader.colour_spread: 99th percentile
 # on the image block-averaged to 64 px) and it still be taken for a grey film. The 5,216 films of the Kermany
 # train/ folder, all stored as RGB JPEGs, measure 0 (val/'s 16 are grey JPEGs); JPEG's chroma noise on grey
@@ -50,36 +55,129 @@ IDENTIFIERS = {
     "series_instance_uid": "SeriesInstanceUID",
     "sop_instance_uid": "SOPInstanceUID",
 }
-# Every warning about two tags that contradict each other starts so: which of them is true cannot be known, and
-# taking the one that puts the film in scope would file a lateral film, a 44-year-old or a CT object as a child's
-# frontal chest film. No coded finding is filed for such a film (NO_CODED_FINDING).
-CONFLICT = "conflicting tags: "
-# The SOP classes a radiograph is stored in: CR, DX, and Secondary Capture (a digitised or exported film). Another
-# image storage class the standard names (CT, MR, US, ...) under Modality CR/DX is a header that contradicts itself.
-_RADIOGRAPH_CLASSES = ("ComputedRadiographyImageStorage", "DigitalXRayImageStorage", "SecondaryCaptureImageStorage",
-                       "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
-                       "MultiFrameGrayscaleWordSecondaryCaptureImageStorage")
+# The SOP classes of radiographs: CR and DX. An object of one is a radiograph whatever its Modality says, so `pacs`
+# retrieves it to be scored (unless it is For Processing: readers.dicom.for_processing).
+RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                                DigitalXRayImageStorageForProcessing})
+# The classes a radiograph may also be stored in: Secondary Capture (a digitised or exported film). A scanned form or
+# a dose screen is stored so too, so the class alone makes no object a radiograph; but under Modality CR/DX, any
+# other image storage class the standard names (CT, MR, US, ...) is a header that contradicts itself.
+CAPTURE_CLASSES = frozenset({SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+                             MultiFrameGrayscaleWordSecondaryCaptureImageStorage})
 # PatientAge and the age from the dates may differ by rounding (a "004Y" is 4.0-4.99) and by a de-identified birth
 # date cut to the first of January of its year (up to a year older): beyond both, the two disagree
 AGE_CONFLICT_YEARS = 2.0
 # an age from the dates above this is a placeholder birth date (19000101), not a recorded one
 PLACEHOLDER_AGE_YEARS = 120.0
-# The warnings of scope_warnings after which no coded finding is filed into a hospital's record (a DICOM SR, a FHIR
-# Observation): the object is no grayscale radiograph, or its own header records another body part or a view that
-# is not frontal; or its pixels are unlike the model's training films (:mod:`.appearance`). A film that merely lacks
-# such a tag, or a child outside the age range, is still reported, with its warnings; format=json and predict
-# score every one of them.
-NO_CODED_FINDING = re.compile(r"Modality .+ is not a radiograph|PhotometricInterpretation .+: a radiograph is "
-                              r"grayscale|image is .+ pixels, smaller than .+: a thumbnail, not a radiograph|"
-                              r"BodyPartExamined .+ is not CHEST|lateral view \(|view .+ is not frontal|"
-                              + re.escape(APPEARANCE_WARNING) + "|" + re.escape(CONFLICT))
+
+
+@dataclass(frozen=True)
+class WarningKind:
+    """One kind of warning: its words, with :meth:`str.format` fields for what the film records (``template``);
+    whether it puts the film outside the model's scope (``out_of_scope``: the film is no frontal chest radiograph,
+    its tags contradict each other, or its pixels are unlike the training films), where its reading does not apply
+    and no coded finding is filed for it; and what says so (``source``: the header, or the pixels). A warning is
+    written by :meth:`text` and known by :meth:`wrote`, from the same template: a regex that restated the words would
+    let a reworded warning leave a lateral film or a CT "in scope", with "Pneumonia: Present" filed on it."""
+
+    template: str
+    out_of_scope: bool
+    source: Literal["header", "pixels"] = "header"
+
+    def text(self, **values: object) -> str:
+        """The warning, its fields filled in (numbers formatted as the template says)."""
+        return self.template.format(**values)
+
+    @cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        """The template's words, each field any text (a film's value may hold any character)."""
+        return re.compile("".join(re.escape(words) + ("" if field is None else ".*?")
+                                  for words, field, _, _ in Formatter().parse(self.template)), re.DOTALL)
+
+    def wrote(self, warning: str) -> bool:
+        """Whether ``warning`` is one that :meth:`text` of this kind writes."""
+        return self._pattern.fullmatch(warning) is not None
+
+
+# Every warning about two tags that contradict each other starts so: which of them is true cannot be known, and
+# taking the one that puts the film in scope would file a lateral film, a 44-year-old or a CT object as a child's
+# frontal chest film: such a film is out of scope.
+CONFLICT = "conflicting tags: "
+CONTENT = "image content: "  # every warning of :mod:`.appearance` starts so: what the pixels say
+# a JPEG's or PNG's warning: modality, body part, view and age, which a DICOM film's tags are checked for, said in
+# words a reader of films takes in at once ("scope not checked" had left them to guess what was not checked)
+UNTAGGED = WarningKind("no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years",
+                       out_of_scope=False)
+NO_TAGS = UNTAGGED.text()
+# Out of scope: the object is no grayscale radiograph, or its own header records another body part or a view that
+# is not frontal, or two of its tags contradict each other. In scope, with its warnings: a film that merely lacks
+# such a tag, or a child outside the age range, is still a frontal chest film by its header.
+NO_MODALITY = WarningKind("Modality not recorded: not checked to be a radiograph (CR/DX)", out_of_scope=False)
+NOT_RADIOGRAPH = WarningKind("Modality {modality} is not a radiograph (CR/DX): the model reads chest X-ray films only",
+                             out_of_scope=True)
+NO_BODY_PART = WarningKind("BodyPartExamined not recorded: not checked to be a chest film", out_of_scope=False)
+NOT_CHEST = WarningKind("BodyPartExamined {body} is not CHEST: the model reads chest films only", out_of_scope=True)
+NO_VIEW = WarningKind("view (ViewPosition) not recorded: not checked to be frontal", out_of_scope=False)
+LATERAL = WarningKind("lateral view ({view}): the model was trained on frontal (PA/AP) films only", out_of_scope=True)
+NOT_FRONTAL = WarningKind("view {view} is not frontal (PA/AP): the model was trained on frontal films only",
+                          out_of_scope=True)
+NO_AGE = WarningKind("patient age not recorded (PatientAge, PatientBirthDate): not checked against the training "
+                     "population (1-5 years)", out_of_scope=False)
+AGE_OUTSIDE = WarningKind("patient age {age:.1f} years is outside the training population (1-5 years, accepted "
+                          "{low:g} to under {high:g})", out_of_scope=False)
+VIEW_CONFLICT = WarningKind(CONFLICT + "ViewPosition {position} but ViewCodeSequence {code} ({kind} view): which view "
+                            "the film is cannot be known", out_of_scope=True)
+AGE_CONFLICT = WarningKind(CONFLICT + "PatientAge {recorded} ({stated:.1f} years) but PatientBirthDate and the study "
+                           "date give {dated:.1f} years: the patient's age cannot be known", out_of_scope=True)
+CLASS_CONFLICT = WarningKind(CONFLICT + "SOPClassUID {sop_class} but Modality {modality}: the object may be no "
+                             "radiograph", out_of_scope=True)
+NOT_GRAYSCALE = WarningKind("PhotometricInterpretation {photometric}: a radiograph is grayscale (MONOCHROME1/2)",
+                            out_of_scope=True)
+THUMBNAIL = WarningKind("image is {width} x {height} pixels, smaller than {least} px on a side: a thumbnail, not a "
+                        "radiograph", out_of_scope=True)
+# a JPEG or PNG in colour, read as grey (none is ever reported: it has no study to file a finding in)
+COLOUR = WarningKind("colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, "
+                     "beyond {tolerance}): a radiograph is grayscale; it was read as grey, and may be a photograph or "
+                     "a coloured screen capture", out_of_scope=False)
+INVALID_UID = WarningKind("{keyword} is not a valid DICOM UID: left out, so this result is not linked to its film",
+                          out_of_scope=False)
+UNREAD = WarningKind("header could not be read again for the scope checks: {reason}", out_of_scope=False)
+# what :mod:`.appearance` finds from the pixels: a blurred chest film is still a chest film, but not like the films
+# the model was trained on
+LOW_CONTRAST = WarningKind(CONTENT + "much less contrast than the training films ({spread:.0f} grey levels between "
+                           "its 1st and 99th percentiles, the least allowed {least:.0f}): a window or export fault?",
+                           out_of_scope=True, source="pixels")
+UNLIKE_LAYOUT = WarningKind(CONTENT + "its layout of light and dark is unlike that of the training films ({times:.1f} "
+                            "times the limit): another view or body part, a turned or inverted film, wide borders or "
+                            "padding, or no radiograph", out_of_scope=True, source="pixels")
+TURNED = WarningKind(CONTENT + "it reads as stored turned or upside down (turned, it is {closer:.1f} times closer to "
+                     "the layout of the training films)", out_of_scope=True, source="pixels")
+BLURRED = WarningKind(CONTENT + "blurrier than the training films", out_of_scope=True, source="pixels")
+NOISY = WarningKind(CONTENT + "more fine detail or noise than the training films", out_of_scope=True, source="pixels")
+# every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
+# warning two kinds could have written counts against the film
+KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
+         THUMBNAIL, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
+         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_OUTSIDE, COLOUR, INVALID_UID, UNREAD)
+
+
+def kind_of(warning: str) -> WarningKind | None:
+    """The kind that wrote ``warning`` (:data:`KINDS`); None for one no scope check wrote (a second stage's caveat,
+    a report that could not be written)."""
+    return next((kind for kind in KINDS if kind.wrote(warning)), None)
+
+
+def outside_scope(warnings: list[str]) -> list[tuple[str, WarningKind]]:
+    """The warnings that put the film outside the model's scope, each with its kind (:attr:`WarningKind.source`
+    says whether its header or its pixels said so)."""
+    return [(w, kind) for w in warnings if (kind := kind_of(w)) is not None and kind.out_of_scope]
 
 
 def in_scope(warnings: list[str]) -> bool:
-    """False when a warning says the film is no frontal chest radiograph (:data:`NO_CODED_FINDING`): the reading
+    """False when a warning puts the film outside the model's scope (:attr:`WarningKind.out_of_scope`): the reading
     does not apply, though its probability is kept for a reader who knows better. ``predict``'s rows and the
     service's answers carry it, so that no reader has to match the warnings' wording to know."""
-    return not any(NO_CODED_FINDING.match(w) for w in warnings)
+    return not outside_scope(warnings)
 
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
@@ -159,18 +257,15 @@ def _conflicts(ds: Dataset, modality: str) -> list[str]:
     found = []
     position, (code_kind, code) = _text(ds, "ViewPosition"), _view_code(ds)
     if position and {_view(ds)[0], code_kind} == {"frontal", "lateral"}:  # a code not known here is no conflict
-        found.append(f"{CONFLICT}ViewPosition {position} but ViewCodeSequence {code} ({code_kind} view): which "
-                     "view the film is cannot be known")
+        found.append(VIEW_CONFLICT.text(position=position, code=code, kind=code_kind))
     stated, dated = _ages(ds)
     if stated is not None and dated is not None and AGE_CONFLICT_YEARS < abs(stated - dated) and \
             dated <= PLACEHOLDER_AGE_YEARS:
-        found.append(f"{CONFLICT}PatientAge {_text(ds, 'PatientAge')} ({stated:.1f} years) but PatientBirthDate and "
-                     f"the study date give {dated:.1f} years: the patient's age cannot be known")
+        found.append(AGE_CONFLICT.text(recorded=_text(ds, "PatientAge"), stated=stated, dated=dated))
     sop_class = UID(_stored(ds, "SOPClassUID"))
     if (modality in RADIOGRAPHY and sop_class.type == "SOP Class" and sop_class.keyword.endswith("Storage")
-            and not sop_class.keyword.startswith(_RADIOGRAPH_CLASSES)):
-        found.append(f"{CONFLICT}SOPClassUID {sop_class.name} but Modality {modality}: the object may be no "
-                     "radiograph")
+            and sop_class not in RADIOGRAPH_CLASSES | CAPTURE_CLASSES):
+        found.append(CLASS_CONFLICT.text(sop_class=sop_class.name, modality=modality))
     return found
 
 
@@ -184,36 +279,33 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
     else:
         modality = _text(ds, "Modality")
         if not modality:
-            found.append("Modality not recorded: not checked to be a radiograph (CR/DX)")
+            found.append(NO_MODALITY.text())
         elif modality not in RADIOGRAPHY:
-            found.append(f"Modality {modality} is not a radiograph (CR/DX): the model reads chest X-ray films only")
+            found.append(NOT_RADIOGRAPH.text(modality=modality))
         body = _text(ds, "BodyPartExamined")
         if not body:
-            found.append("BodyPartExamined not recorded: not checked to be a chest film")
+            found.append(NO_BODY_PART.text())
         elif body != "CHEST":
-            found.append(f"BodyPartExamined {body} is not CHEST: the model reads chest films only")
+            found.append(NOT_CHEST.text(body=body))
         kind, view = _view(ds)
         if not kind:
-            found.append("view (ViewPosition) not recorded: not checked to be frontal")
+            found.append(NO_VIEW.text())
         elif kind == "lateral":
-            found.append(f"lateral view ({view}): the model was trained on frontal (PA/AP) films only")
+            found.append(LATERAL.text(view=view))
         elif kind == "other":
-            found.append(f"view {view} is not frontal (PA/AP): the model was trained on frontal films only")
+            found.append(NOT_FRONTAL.text(view=view))
         age = age_years(ds)
         low, high = AGE_RANGE_YEARS
         if age is None:
-            found.append("patient age not recorded (PatientAge, PatientBirthDate): not checked against the "
-                         "training population (1-5 years)")
+            found.append(NO_AGE.text())
         elif not low <= age < high:
-            found.append(f"patient age {age:.1f} years is outside the training population (1-5 years, accepted "
-                         f"{low:g} to under {high:g})")
+            found.append(AGE_OUTSIDE.text(age=age, low=low, high=high))
         found += _conflicts(ds, modality)
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            found.append(f"PhotometricInterpretation {photometric}: a radiograph is grayscale (MONOCHROME1/2)")
+            found.append(NOT_GRAYSCALE.text(photometric=photometric))
     if min(height, width) < MIN_SIDE:
-        found.append(f"image is {width} x {height} pixels, smaller than {MIN_SIDE} px on a side: a thumbnail, "
-                     "not a radiograph")
+        found.append(THUMBNAIL.text(width=width, height=height, least=MIN_SIDE))
     return found
 
 
@@ -224,9 +316,7 @@ def colour_warnings(source: Source) -> list[str]:
     spread = colour_spread(source)
     if spread <= COLOUR_TOLERANCE:
         return []
-    return [f"colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, beyond "
-            f"{COLOUR_TOLERANCE}): a radiograph is grayscale; it was read as grey, and may be a photograph or a "
-            "coloured screen capture"]
+    return [COLOUR.text(spread=spread, tolerance=COLOUR_TOLERANCE)]
 
 
 def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
@@ -237,7 +327,7 @@ def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
     for field, keyword in IDENTIFIERS.items():
         value = _stored(ds, keyword)
         if value and not UID(value).is_valid:
-            problems.append(f"{keyword} is not a valid DICOM UID: left out, so this result is not linked to its film")
+            problems.append(INVALID_UID.text(keyword=keyword))
             value = ""
         found[field] = value or None
     return found, problems
@@ -266,7 +356,7 @@ def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
         else:
             width, height = size_as_read(ds)
     except (ValueError, TypeError) as e:  # a DecodeError too: decoded a moment ago, changed or removed since
-        return {"warnings": [f"header could not be read again for the scope checks: {e}"]}
+        return {"warnings": [UNREAD.text(reason=e)]}
     if ds is None:
         return {"warnings": scope_warnings(ds, width, height) + colour}
     uids, problems = identifiers(ds)

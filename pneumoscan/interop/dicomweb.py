@@ -37,8 +37,7 @@ import urllib3
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import (UID, ComprehensiveSRStorage, ComputedRadiographyImageStorage,
-                         DigitalXRayImageStorageForPresentation)
+from pydicom.uid import UID, ComprehensiveSRStorage
 from python_multipart.multipart import parse_options_header
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
@@ -47,7 +46,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
-from pneumoscan.data.scope import MIN_SIDE, NO_CODED_FINDING, RADIOGRAPHY, scope_warnings
+from pneumoscan.data.scope import MIN_SIDE, RADIOGRAPH_CLASSES, RADIOGRAPHY, outside_scope, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
 
@@ -74,7 +73,6 @@ _CLASS, _ROWS, _BODY, _VIEW = "00080016", "00280010", "00180015", "00185101"  # 
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
-RADIOGRAPH_CLASSES = frozenset({ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation})
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
 _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
@@ -241,8 +239,8 @@ def _not_scored(item: dict) -> str | None:
     "DR" some devices write, or a CR/DX SOP class) that the answer does not record as For Processing, another body
     part or a view that is not frontal. A scanned form, a dose screen or a CT is no chest film, nor is the lateral
     film of a two-view study a frontal one: a coded finding on it would be a confident answer the model cannot give
-    (:data:`~pneumoscan.data.scope.NO_CODED_FINDING`; a PACS that leaves those fields out of its answer has the
-    film scored, and its report refused, by the same rule)."""
+    (:func:`~pneumoscan.data.scope.outside_scope`; a PACS that leaves those fields out of its answer has the film
+    scored, and its report refused, by the same rule)."""
     recorded = _recorded(item)
     if (marked := for_processing(recorded)) is not None:  # the raw values of an exposure whose film is another image
         return f"{marked}: {FOR_PROCESSING}"
@@ -254,7 +252,7 @@ def _not_scored(item: dict) -> str | None:
                 "X-ray films only")
     # the size is not in the answer: given as large enough, so that only what the header records is checked
     warnings = scope_warnings(_recorded(item, (_BODY, _VIEW)), MIN_SIDE, MIN_SIDE)
-    return "; ".join(w for w in warnings if NO_CODED_FINDING.match(w)) or None
+    return "; ".join(w for w, _ in outside_scope(warnings)) or None
 
 
 def _issued_reports(found: list[dict]) -> dict[str, Dataset]:

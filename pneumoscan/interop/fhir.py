@@ -25,6 +25,8 @@ from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
+from pneumoscan.data.readers.dicom import MANUFACTURER
+
 from .sr import DISCLAIMER, check_result, derived_uuid, film_identity, finding_present, malformed_reason, scope_notes
 
 SNOMED = "http://snomed.info/sct"
@@ -124,7 +126,7 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
             "resourceType": "Device", "id": "model",
             "deviceName": [{"name": model_name, "type": "model-name"}],
             "version": [{"value": model_version}],
-            "manufacturer": "pneumoscan",
+            "manufacturer": MANUFACTURER,
         }],
         "status": "preliminary",
         "category": [{"coding": [{"system": CATEGORY, "code": "imaging", "display": "Imaging"}]}],

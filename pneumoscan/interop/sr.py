@@ -9,13 +9,14 @@ item, its series description) that it is a computer-generated research result, n
 read outside pneumoscan, in viewers that show no flags. Its observer is the model as a device whose UID follows from
 the model's name and version, so every report of one model names the same device.
 
-No coded finding is made for an object whose scope warnings say it is no grayscale radiograph at all (another
-modality, colour, a thumbnail): a scanned form's "Pneumonia: Present" filed in the patient's record would be a
-fault turned into a confident answer. Every UID of a report and overlay is derived from the film (its study, series
-and instance UIDs and its patient), the model and how it was scored (:func:`derived_uid`), so a rerun makes the same
-objects, which a PACS files once, and films of two patients that share a SOP Instance UID get objects of their own;
-each under the organisation's UID root when one is set (:mod:`.uids`). A report read at a new threshold of the same
-weights is another object: it names the report it replaces, when known (:func:`report_uid`), as its predecessor.
+No coded finding is made for a film whose scope warnings put it outside the model's scope (another modality, colour,
+a thumbnail, a lateral view, tags that contradict each other, pixels unlike the training films): a scanned form's
+"Pneumonia: Present" filed in the patient's record would be a fault turned into a confident answer. Every UID of a
+report and overlay is derived from the film (its study, series and instance UIDs and its patient), the model and how
+it was scored (:func:`derived_uid`), so a rerun makes the same objects, which a PACS files once, and films of two
+patients that share a SOP Instance UID get objects of their own; each under the organisation's UID root when one is
+set (:mod:`.uids`). A report read at a new threshold of the same weights is another object: it names the report it
+replaces, when known (:func:`report_uid`), as its predecessor.
 
 The overlay references the film it was derived from and keeps the film's patient orientation (or states none): a
 reader must not be shown left and right that the film did not record. It is a workstation's image (ConversionType
@@ -51,8 +52,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
-from pneumoscan.data.appearance import WARNING as CONTENT
-from pneumoscan.data.scope import NO_CODED_FINDING
+from pneumoscan.data.scope import outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
 from .uids import derive_uid
@@ -241,20 +241,21 @@ def report_uid(source: Dataset, result: dict, model_name: str, model_version: st
 
 def check_result(result: dict) -> None:
     """A result SR and FHIR can report: a reading (not an error row) of a model whose task reports pneumonia
-    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of a film its scope warnings do not say is no frontal
-    chest radiograph (:data:`pneumoscan.data.scope.NO_CODED_FINDING`: a lateral film of a two-view study is scored,
-    but "Pneumonia: Present, finding site Chest" filed on it would be a coded answer the model cannot give)."""
+    (pneumonia, multiclass: :attr:`Task.reports_pneumonia`), of a film no scope warning puts outside the model's scope
+    (:func:`pneumoscan.data.scope.outside_scope`, the rule of the rows' ``in_scope``: a lateral film of a two-view
+    study is scored, but "Pneumonia: Present, finding site Chest" filed on it would be a coded answer the model
+    cannot give)."""
     if "error" in result:
         raise ValueError(f"no result to report: {result['error']}")
     task = result.get("task")
     if task not in list_tasks() or not get_task(task).reports_pneumonia:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
-    wrong = [w for w in result.get("warnings") or [] if NO_CODED_FINDING.match(w)]
+    wrong = outside_scope(result.get("warnings") or [])
     if wrong:  # the header's word, or the pixels' (a blurred chest film is still a chest film)
-        pixels_only = all(w.startswith(CONTENT) for w in wrong)
+        pixels_only = all(kind.source == "pixels" for _, kind in wrong)
         said = "the film does not look like the films the model was trained on" if pixels_only else \
             "not a frontal chest radiograph"
-        raise ValueError(f"{said} ({'; '.join(wrong)}): no coded finding is filed for it")
+        raise ValueError(f"{said} ({'; '.join(w for w, _ in wrong)}): no coded finding is filed for it")
 
 
 def finding_present(result: dict) -> bool:
