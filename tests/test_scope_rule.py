@@ -71,6 +71,7 @@ def _content_warnings(appearance: Appearance) -> dict[str, tuple[list[str], Warn
 def _out_of_scope_warnings(appearance: Appearance) -> dict[str, tuple[list[str], WarningKind]]:
     found = {case: (scope_warnings(header(**tags), 224, 224), kind) for case, (tags, kind) in HEADERS.items()}
     found["a thumbnail"] = (scope_warnings(header(), 150, 100), scope.THUMBNAIL)
+    found["a colour photograph"] = (describe(_sepia_jpeg())["warnings"], scope.COLOUR)
     return found | _content_warnings(appearance)
 
 
@@ -94,6 +95,14 @@ def test_a_film_with_warnings_of_its_header_and_of_its_pixels_is_refused_as_no_f
     assert {kind.source for _, kind in outside_scope(both)} == {"header", "pixels"}
     with pytest.raises(ValueError, match=r"^not a frontal chest radiograph \(lateral view \(LL\).*image content: "):
         check_result({"task": "pneumonia", "warnings": both})
+
+
+def _sepia_jpeg() -> bytes:
+    """A sepia photograph of a film as a JPEG: in colour, so no radiograph, whatever its grey would score."""
+    grey = np.repeat(np.repeat(_film(np.random.default_rng(2)), 8, axis=0), 8, axis=1).astype(np.float64)
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([grey, grey * 0.9, grey * 0.75]).astype(np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
 
 
 def _png(width: int, height: int) -> bytes:

@@ -135,10 +135,10 @@ NOT_GRAYSCALE = WarningKind("PhotometricInterpretation {photometric}: a radiogra
                             out_of_scope=True)
 THUMBNAIL = WarningKind("image is {width} x {height} pixels, smaller than {least} px on a side: a thumbnail, not a "
                         "radiograph", out_of_scope=True)
-# a JPEG or PNG in colour, read as grey (none is ever reported: it has no study to file a finding in)
+# a JPEG or PNG in colour, read as grey: out of scope as a DICOM object in colour is (NOT_GRAYSCALE), by its pixels
 COLOUR = WarningKind("colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, "
                      "beyond {tolerance}): a radiograph is grayscale; it was read as grey, and may be a photograph or "
-                     "a coloured screen capture", out_of_scope=False)
+                     "a coloured screen capture", out_of_scope=True, source="pixels")
 INVALID_UID = WarningKind("{keyword} is not a valid DICOM UID: left out, so this result is not linked to its film",
                           out_of_scope=False)
 UNREAD = WarningKind("header could not be read again for the scope checks: {reason}", out_of_scope=False)
@@ -157,8 +157,8 @@ NOISY = WarningKind(CONTENT + "more fine detail or noise than the training films
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
 # warning two kinds could have written counts against the film
 KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
-         THUMBNAIL, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
-         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_OUTSIDE, COLOUR, INVALID_UID, UNREAD)
+         THUMBNAIL, COLOUR, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
+         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_OUTSIDE, INVALID_UID, UNREAD)
 
 
 def kind_of(warning: str) -> WarningKind | None:
