@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import logging
 import math
 import os
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 
 from pneumoscan import __version__
-from pneumoscan.core.names import shown, utf8_strings
+from pneumoscan.core.atomic import file_stamp, write_unchanged
+from pneumoscan.core.names import json_text, shown
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
@@ -34,8 +34,41 @@ log = logging.getLogger("pneumoscan.cli")
 
 
 def _print_json(data: dict) -> None:
-    """JSON on stdout with the strings of every results file (a name that is not UTF-8 as ``\\xNN``)."""
-    print(json.dumps(utf8_strings(data), indent=2, allow_nan=False, default=str))
+    """JSON on stdout as every results file is written (:func:`json_text`: a name that is not UTF-8 as ``\\xNN``)."""
+    print(json_text(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultsTarget:
+    """Where a command's results go: the file ``out`` (None: stdout) in ``fmt``, which may replace only the file
+    ``stamp`` found there when the run began (:func:`file_stamp`), so no other run's results."""
+
+    out: str | None
+    fmt: str
+    stamp: str | None
+
+    @classmethod
+    def check(cls, out: str | None, formats: Sequence[str]) -> ResultsTarget:
+        """``--out`` checked before any work, so that a results file that cannot be written fails now, not after
+        every film was read (or, for ``pacs``, after its reports were stored in the PACS): its suffix one of
+        ``formats`` (the first one is stdout's), its folder made, a folder given as ``--out`` refused."""
+        if not out:
+            return cls(None, formats[0], None)
+        fmt = Path(out).suffix.lower().removeprefix(".")
+        if fmt not in formats:
+            raise ValueError(f"--out must end in {' or '.join('.' + f for f in formats)}: {out}")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        if Path(out).is_dir():
+            raise IsADirectoryError(f"--out {out} is a folder")
+        return cls(out, fmt, file_stamp(out))
+
+    def write(self, text: str) -> None:
+        """``text`` to the file, whole or not at all (a full disk leaves no results file cut mid-line) and over
+        nothing but the file the run found (:func:`write_unchanged`); else to stdout."""
+        if self.out:
+            write_unchanged(self.out, text.encode(), self.stamp)
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -252,19 +285,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pneumoscan.core.atomic import file_stamp, write_unchanged
     from pneumoscan.inference.predict import format_results, predict_paths
 
-    fmt = {".csv": "csv", ".json": "json"}.get(Path(args.out).suffix.lower()) if args.out else "csv"
-    if fmt is None:
-        raise ValueError(f"--out must end in .csv or .json: {args.out}")
-    if args.out:  # a results file that cannot be written fails now, not after every image was read
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        if Path(args.out).is_dir():
-            raise IsADirectoryError(f"--out {args.out} is a folder")
-    results = file_stamp(args.out) if args.out else None  # what this run may replace: no other run's results
-    if args.heatmaps and Path(args.heatmaps).exists() and not Path(args.heatmaps).is_dir():
-        raise ValueError(f"--heatmaps {args.heatmaps} is a file: name a folder")
+    results = ResultsTarget.check(args.out, ("csv", "json"))
     skipped: list[dict[str, str]] = []
     if args.dicom_sr or args.fhir:
         from pneumoscan.interop.reports import check_reportable
@@ -285,11 +308,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for reason, paths in by_reason.items():
         more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
         print(f"skipped ({shown(reason)}): {shown(paths[0])}{more}", file=sys.stderr)
-    text = format_results(rows, fmt)
-    if args.out:  # whole or not at all: a full disk leaves no results file cut mid-line
-        write_unchanged(args.out, text.encode(), results)
-    else:
-        sys.stdout.write(text)
+    results.write(format_results(rows, results.fmt))
     log.info("%d predicted, %d unreadable, %d skipped", len(rows) - len(failed), len(failed), len(skipped))
     return 1 if failed else 0
 
@@ -305,19 +324,13 @@ def _say_unreadable(rows: list[dict]) -> list[dict]:
 
 
 def cmd_pacs(args: argparse.Namespace) -> int:
-    from pneumoscan.core.atomic import file_stamp, write_unchanged
     from pneumoscan.interop.dicomweb import predict_study, read_authorization, unfiled
     from pneumoscan.inference.predict import format_results
 
-    results = file_stamp(args.out) if args.out else None  # what this run may replace, as predict --out
+    results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
                          backend=args.backend, authorization=read_authorization(args.auth_file))
-    text = format_results(rows, "json")
-    if args.out:  # whole or not at all, as predict --out
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_unchanged(args.out, text.encode(), results)
-    else:
-        sys.stdout.write(text + "\n")
+    results.write(format_results(rows, results.fmt))
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]
     unstored = unfiled(rows) if args.store else []  # films whose reports the PACS does not hold: the run failed

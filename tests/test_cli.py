@@ -11,7 +11,9 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -215,6 +217,42 @@ def test_errors_are_one_sentence_with_status_2(
     for bundle, extra, reason in cases:
         assert cli.main(["predict", str(bundle), str(film), *extra]) == 2, reason
         assert capsys.readouterr().err == f"pneumoscan predict: error: {reason}\n"
+
+
+def test_pacs_refuses_a_results_file_it_cannot_write_before_asking_the_pacs_anything(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``pacs --store --out DIR`` had read the whole study and stored its reports in the PACS, then exited 2 without
+    its results file: ``--out`` is checked as predict checks it, before the first request. A loopback server
+    stands in for the PACS and records what it is asked."""
+    asked: list[str] = []
+
+    class Pacs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folder = tmp_path / "results.json"
+    folder.mkdir()
+    try:
+        pacs = ["pacs", str(tiny_bundle), "--url", f"http://127.0.0.1:{server.server_port}/dicom-web", "--study",
+                "1.2.826.0.1.3680043.8.498.1", "--store", "--out"]
+        for out, reason in ((folder, f"--out {folder} is a folder"),
+                            (tmp_path / "r.csv", f"--out must end in .json: {tmp_path / 'r.csv'}")):
+            assert cli.main([*pacs, str(out)]) == 2
+            assert capsys.readouterr().err == f"pneumoscan pacs: error: {reason}\n"
+        assert asked == [], "refused before any request"
+        assert cli.main([*pacs, str(tmp_path / "r.json")]) == 2  # a results file it can write: the PACS is asked
+        assert asked and "DICOMweb at" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(("error", "reason"), [

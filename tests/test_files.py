@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -20,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan.cli import main
-from pneumoscan.core.atomic import building, file_stamp, write_unchanged
+from pneumoscan.cli import ResultsTarget, _print_json, main
+from pneumoscan.core.atomic import building, file_stamp, write_json, write_unchanged
 from pneumoscan.core.names import path_list, path_text, shown
 from pneumoscan.data.layouts import discover
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.inference.predict import expand_paths, predict_paths
+from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
 from pneumoscan.training.resume import save_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -134,7 +136,7 @@ def test_predict_keeps_every_row_whatever_the_name(
 FAILED_WRITES = """
 import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
-from pneumoscan.cli import main
+from pneumoscan.cli import ResultsTarget, _print_json, main
 from pneumoscan.training.resume import save_checkpoint
 bundle, films, out, maps, checkpoint = sys.argv[1:]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
@@ -427,13 +429,33 @@ def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(
 
 
 def test_json_results_files_write_names_as_escapes_and_refuse_nan(tmp_path: Path) -> None:
-    from pneumoscan.core.atomic import write_json
-
     text = write_json(tmp_path / "r.json", {"path": LATIN1, LATIN1: [1.5]}).read_bytes().decode("utf-8")
     assert json.loads(text) == {"path": "caf\\xe9.jpeg", "caf\\xe9.jpeg": [1.5]}
     with pytest.raises(ValueError):
         write_json(tmp_path / "nan.json", {"auc": float("nan")})
     assert not (tmp_path / "nan.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_name_not_utf8_inside_a_list_of_a_row_is_written_as_its_escape(
+    fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only a row's top-level strings had been made UTF-8: a warning naming a file, inside the row's list, made the
+    CSV unencodable (UnicodeEncodeError: the whole results file lost) and the JSON carry ``\\udce9``. The same
+    tree through the command line's JSON printing and write_json gives the same text."""
+    rows = [{"path": LATIN1, "probability": 0.75, "label": "PNEUMONIA", "threshold": 0.5,
+             "warnings": [f"the same pixels as {LATIN1}", "a JPEG or PNG: scope not checked"]}]
+    results = tmp_path / f"r.{fmt}"
+    ResultsTarget.check(str(results), (fmt,)).write(format_results(rows, fmt))
+    text = results.read_bytes().decode("utf-8")  # strict: no lone surrogate
+    if fmt == "csv":
+        [row] = csv.DictReader(io.StringIO(text))
+        assert row["warnings"] == "the same pixels as caf\\xe9.jpeg; a JPEG or PNG: scope not checked"
+    else:
+        assert json.loads(text)[0]["warnings"][0] == "the same pixels as caf\\xe9.jpeg" and "\\udc" not in text
+        _print_json({"rows": rows})
+        assert json.loads(capsys.readouterr().out.encode("utf-8"))["rows"] == json.loads(text)
+        assert json.loads(write_json(tmp_path / "w.json", rows).read_bytes().decode("utf-8")) == json.loads(text)
 
 
 def test_one_path_given_where_several_are_taken_is_one_path() -> None:

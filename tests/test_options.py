@@ -300,6 +300,31 @@ def test_a_containers_cpu_quota_sizes_the_worker_pools(tmp_path: Path, monkeypat
     assert usable_cores() == (min(cores, cap) if cap else cores)
 
 
+def test_a_cpu_quota_caps_torchs_threads_and_every_onnx_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half a CPU's quota (a Kubernetes limit of 500m): every model run takes one thread, torch's lowered where a
+    model is loaded (and said), while a count below the cap (torch.set_num_threads) stays as it was."""
+    import torch
+
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    monkeypatch.setattr(options, "CGROUP", tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert options.model_threads() == 1, "an ONNX Runtime session is sized by it"
+        with caplog.at_level("INFO", logger="pneumoscan"):
+            options.cap_torch_threads()
+        assert torch.get_num_threads() == 1
+        assert "torch's 2 intra-op threads capped at the 1 cores this process may use" in caplog.text
+        monkeypatch.setattr(options, "CGROUP", tmp_path / "nosuch")  # no quota: the cores of the affinity
+        torch.set_num_threads(1)
+        options.cap_torch_threads()
+        assert torch.get_num_threads() == options.model_threads() == 1, "a lower count stays"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_quota_of_a_systemd_units_own_cgroup_is_read(tmp_path: Path) -> None:
     """A unit's CPUQuota= sets cpu.max in its own cgroup below the root, which /proc/self/cgroup names; only the
     root's (a container's) had been read."""

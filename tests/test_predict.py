@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import re
 import shutil
 import threading
@@ -351,6 +352,22 @@ def test_cli_predict_wrong_paths_and_settings_end_with_a_reason_and_status_2(
     err = capsys.readouterr().err
     assert "Traceback" not in err and ("error:" in err), err
     assert "must be a whole number above 0" in err if problem == "batch size -1" else err.count("\n") == 1, err
+
+
+def test_predict_paths_refuses_heatmaps_given_a_file_as_the_command_does(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A Python caller had got mkdir's bare FileExistsError; the same one line as ``predict --heatmaps FILE``, and
+    a FIFO named as such."""
+    film = tmp_path / "film.png"
+    Image.fromarray(_image(40, 40, 0)).save(film)
+    taken = tmp_path / "maps.png"
+    taken.write_bytes(b"a file")
+    fifo = tmp_path / "maps"
+    os.mkfifo(fifo)
+    for where, kind in ((taken, "file"), (fifo, "FIFO")):
+        with pytest.raises(ValueError) as refused:
+            predict_paths(tiny_bundle, [film], heatmap_dir=where)
+        assert str(refused.value) == f"--heatmaps {where} is a {kind}: name a folder"
+    assert taken.read_bytes() == b"a file"
 
 
 def test_format_results_csv_keeps_column_order_and_blanks() -> None:

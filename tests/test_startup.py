@@ -119,21 +119,56 @@ def test_softmax_is_scipys_bit_for_bit() -> None:
 
 
 THREADS = """
-import json
-from pneumoscan.inference.export import torch_threads
-before = torch_threads()
+import json, logging, math, os, sys
+from pathlib import Path
+from pneumoscan.core import options
+if sys.argv[2]:
+    options.CGROUP = Path(sys.argv[2])  # a container's CPU quota, as its own cgroup folder shows it
+said = []
+class Kept(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("pneumoscan").addHandler(Kept())
+logging.getLogger("pneumoscan").setLevel(logging.INFO)
+from pneumoscan.inference.export import session
+from pneumoscan.inference.predict import Predictor
+before = options.model_threads()  # torch not loaded yet: worked out
 import torch
-print(json.dumps([before, torch.get_num_threads()]))
+start = torch.get_num_threads()  # what torch alone would run
+Predictor(sys.argv[1], backend="torch")  # predict and serve load their torch model so
+onnx = session(Path(sys.argv[1]) / "model.onnx").get_session_options().intra_op_num_threads
+quota = options.cpu_quota()
+cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
+print(json.dumps({"before": before, "start": start, "torch": torch.get_num_threads(), "onnx": onnx, "cores": cores,
+                  "said": said}))
 """
 
 
-@pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": ""}, {"OMP_NUM_THREADS": "64"},
-                                 {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1,1"}])
-@pytest.mark.parametrize("one_cpu", [False, True], ids=["all CPUs", "taskset to one"])
-def test_onnx_sessions_take_the_thread_count_torch_starts_with(env: dict[str, str], one_cpu: bool) -> None:
-    """A count given is capped by the machine's cores, not by the CPUs taskset leaves (torch's MKL rule)."""
-    before, torch_count = run_python(THREADS, affinity={min(os.sched_getaffinity(0))} if one_cpu else None, **env)
-    assert before == torch_count
+@pytest.mark.parametrize("env, one_cpu, quota", [
+    ({"OMP_NUM_THREADS": "1"}, False, None),  # a count given below the cap is honoured
+    ({"OMP_NUM_THREADS": ""}, False, None),  # one a physical core
+    ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, False, None),  # MKL's count wins
+    ({"OMP_NUM_THREADS": "1,1"}, False, None),  # OpenMP's nested levels: the first
+    ({"OMP_NUM_THREADS": "64"}, True, None),  # taskset to one CPU: torch alone runs one a physical core of the machine
+    ({"OMP_NUM_THREADS": ""}, False, "100000 100000"),  # docker --cpus 1: torch alone counts the machine's cores
+])  # fmt: skip
+def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may_use(
+    tiny_bundle: Path, tmp_path: Path, env: dict[str, str], one_cpu: bool, quota: str | None
+) -> None:
+    """One rule for torch and every ONNX Runtime session: torch's own count (MKL_NUM_THREADS, OMP_NUM_THREADS, the
+    physical cores), never more than the cores taskset or a CPU quota leave; in a pod limited to 2 CPUs on a 32-core
+    node each session and the torch backend had run 16 threads. Worked out before torch is loaded, it is the count
+    torch runs once predict or serve has loaded a model."""
+    cgroup = ""
+    if quota:
+        (tmp_path / "cpu.max").write_text(quota + "\n")
+        cgroup = str(tmp_path)
+    ran = run_python(THREADS, str(tiny_bundle), cgroup, affinity={min(os.sched_getaffinity(0))} if one_cpu else None,
+                     **env)
+    assert ran["before"] == ran["torch"] == ran["onnx"] == min(ran["start"], ran["cores"]), ran
+    capped = [line for line in ran["said"] if "intra-op threads capped" in line]
+    assert capped == ([f"torch's {ran['start']} intra-op threads capped at the {ran['cores']} cores this process may "
+                       "use (affinity, CPU quota)"] if ran["start"] > ran["cores"] else []), ran
 
 
 def test_onnx_sessions_follow_torchs_thread_count_once_it_is_loaded(tiny_bundle: Path) -> None:

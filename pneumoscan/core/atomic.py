@@ -18,7 +18,6 @@ import errno
 import fcntl
 import glob
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .names import utf8_strings
+from .names import json_text
 
 Writer = Callable[[Path], object]
 
@@ -76,10 +75,10 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
 
 
 def write_json(path: Path | str, tree: object) -> Path:
-    """A JSON results file, written atomically: indented, every string valid UTF-8 (:func:`names.utf8_strings`), and
-    a NaN or infinity refused rather than written as JSON no strict reader takes (``metrics.jsonable`` makes them
-    null first where a figure may be undefined)."""
-    return write_atomic(path, json.dumps(utf8_strings(tree), indent=2, allow_nan=False).encode())
+    """A JSON results file, written atomically as :func:`names.json_text` writes every one: indented, every string
+    valid UTF-8, and a NaN or infinity refused (``metrics.jsonable`` makes them null first where a figure may be
+    undefined)."""
+    return write_atomic(path, json_text(tree).encode())
 
 
 def write_csv(path: Path | str, fields: Sequence[str], rows: Iterable[Mapping[str, object]],

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .names import json_ready
+
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
 ALPHA = 0.05  # every interval is a 95 % one
 BOOTSTRAP_SEED = 0  # the same films give the same intervals, run after run
@@ -63,21 +65,9 @@ def ci_method_sentence(unit: str, proportions: str, others: Sequence[str], of: s
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain Python types for json.dumps: numpy scalars/arrays converted, NaN and infinities -> None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    return obj
+    """A tree of figures for json.dumps (:func:`~pneumoscan.core.names.json_ready`: numpy as Python, strings valid
+    UTF-8), an undefined figure (NaN, an infinity) as None."""
+    return json_ready(obj, undefined_as_null=True)
 
 
 def short_of_one(value: float, digits: int) -> float:

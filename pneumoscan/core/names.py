@@ -1,4 +1,5 @@
-"""File names as text: in output files (valid UTF-8 whatever the name's bytes) and in messages (one safe line).
+"""File names as text: in output files (valid UTF-8 whatever the name's bytes; every JSON or CSV results file is
+written from :func:`json_ready`'s tree) and in messages (one safe line).
 
 Linux file names are bytes; Python keeps those that are not UTF-8 as lone surrogates ("surrogateescape"), which
 cannot be written as UTF-8 and made a whole results file fail. A name may also hold control characters (an ANSI
@@ -7,10 +8,14 @@ escape, a newline) or rich markup (``[/x]``), which must never reach a terminal 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 
 def path_text(path: str | Path) -> str:
@@ -45,17 +50,35 @@ def is_utf8(text: str | Path) -> bool:
     return True
 
 
-def utf8_strings(tree: object) -> object:
-    """A JSON tree whose strings (keys too) are valid UTF-8 whatever the file names' bytes (:func:`path_text`:
-    ``caf\\xe9.jpeg``), as every results file is (docs/limits.md); json.dumps would write a lone surrogate
-    (``\\udce9``)."""
-    if isinstance(tree, str):
+def json_ready(tree: object, undefined_as_null: bool = False) -> object:
+    """``tree`` as json.dumps writes every results file (docs/limits.md), at every depth (a name inside a list of
+    warnings too): each string, keys included, valid UTF-8 whatever a file name's bytes (:func:`path_text`:
+    ``caf\\xe9.jpeg``, where json.dumps would write a lone surrogate, ``\\udce9``, and a CSV could not be encoded at
+    all), a path as its text, numpy scalars and arrays as Python's. ``undefined_as_null``: NaN and infinities become
+    None (a figure the films do not define); else they stay, for :func:`json_text` to refuse."""
+    if isinstance(tree, (str, os.PathLike)):
         return path_text(tree)
     if isinstance(tree, dict):
-        return {utf8_strings(k): utf8_strings(v) for k, v in tree.items()}
+        return {path_text(str(k)): json_ready(v, undefined_as_null) for k, v in tree.items()}
+    if isinstance(tree, np.ndarray):
+        return json_ready(tree.tolist(), undefined_as_null)
     if isinstance(tree, (list, tuple)):
-        return [utf8_strings(v) for v in tree]
+        return [json_ready(v, undefined_as_null) for v in tree]
+    if isinstance(tree, (bool, np.bool_)):  # before int: a bool is an int
+        return bool(tree)
+    if isinstance(tree, (int, np.integer)):
+        return int(tree)
+    if isinstance(tree, (float, np.floating)):
+        value = float(tree)
+        return None if undefined_as_null and not math.isfinite(value) else value
     return tree
+
+
+def json_text(tree: object) -> str:
+    """The JSON text of a results tree (predict's and pacs' results, every JSON file, what ``--json`` prints):
+    :func:`json_ready`, indented, and a NaN or infinity refused (ValueError) rather than written as JSON no strict
+    reader takes."""
+    return json.dumps(json_ready(tree), indent=2, allow_nan=False)
 
 
 def file_kind(mode: int) -> str:

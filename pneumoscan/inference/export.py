@@ -18,12 +18,8 @@ import copy
 import io
 import json
 import logging
-import os
-import re
-import sys
 import tempfile
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +28,7 @@ import onnxruntime as ort
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
+from pneumoscan.core.options import model_threads
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, card_task, file_sha256, load_card,
                                    read_bundle_text, record_checksum, verify_file)
@@ -74,35 +71,12 @@ def model_version(bundle: Path | str, backend: str = "torch") -> str:
     return version
 
 
-def torch_threads() -> int:
-    """How many intra-op threads torch uses: its own count once it is loaded (``torch.set_num_threads`` included),
-    else the count it would start with, worked out as torch's MKL build does without loading torch (about 0.5 GB):
-    MKL_NUM_THREADS, else OMP_NUM_THREADS, at most one a physical core of the machine; without either, one a
-    physical core this process may run on (``taskset`` narrows that one, not a count given)."""
-    if (loaded := sys.modules.get("torch")) is not None:
-        return loaded.get_num_threads()
-    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        # a count, or OpenMP's list of them for nested levels ("4,2": the first); anything else is passed over
-        if (found := re.fullmatch(r"\s*\+?(\d+)\s*(,.*)?", os.environ.get(name, ""))) and int(found[1]) > 0:
-            return min(int(found[1]), _physical_cores(range(os.cpu_count() or 1)))
-    return _physical_cores(os.sched_getaffinity(0))
-
-
-def _physical_cores(cpus: Iterable[int]) -> int:
-    """Physical cores among ``cpus`` (hyper-threads of one core count once)."""
-    cpus = list(cpus)
-    try:
-        topology = [Path(f"/sys/devices/system/cpu/cpu{cpu}/topology") for cpu in cpus]
-        return len({((t / "physical_package_id").read_text(), (t / "core_id").read_text()) for t in topology})
-    except OSError:  # no sysfs topology (a restricted container): every CPU counts
-        return len(cpus)
-
-
 def session(model: Path | str | bytes) -> ort.InferenceSession:
-    """A CPU session with as many intra-op threads as torch uses (:func:`torch_threads`), so both backends compete
-    on equal terms. A file ONNX Runtime cannot load (truncated, not ONNX) is a ValueError with its reason."""
+    """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.options.model_threads`:
+    never more than the cores this process may use), so both backends compete on equal terms. A file ONNX Runtime
+    cannot load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch_threads()
+    options.intra_op_num_threads = model_threads()
     options.inter_op_num_threads = 1
     try:
         # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import csv
 import io
-import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,8 +27,8 @@ import numpy as np
 from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import cell_text, path_list, path_text, shown
-from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option, usable_cores
+from pneumoscan.core.names import cell_text, file_kind, json_ready, json_text, path_list, shown
+from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, cap_torch_threads, look_up_option, usable_cores
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
@@ -313,11 +312,12 @@ def session_logits(sess: ort.InferenceSession, images: np.ndarray, mean: float =
 
 def _torch_model(bundle: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The bundle's model in torch, its weights checked against their SHA-256 (:func:`load_bundle`), and the card
-    that recorded them."""
+    that recorded them. torch runs no more threads than this process may use (:func:`cap_torch_threads`)."""
     import torch
 
     from pneumoscan.models.bundle import load_bundle
 
+    cap_torch_threads()
     model, card = load_bundle(bundle)
     # NHWC: oneDNN's depthwise convolutions run ~1.5x faster (EfficientNet-Lite0, 2 cores); same logits to ~1e-5
     return model.to(memory_format=torch.channels_last), card
@@ -330,6 +330,7 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
+    cap_torch_threads()
     x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
     size = images.shape[-1]
     for zoom, shift in TTA_VIEWS:
@@ -483,6 +484,7 @@ def predict_paths(
     paths = path_list(paths)  # one path given alone, not its characters
     # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
     handoff = check_bundle_stages(bundle, etiology) if etiology else None
+    heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
     predictor = Predictor(bundle, batch_size, backend)
     second = Predictor(etiology, batch_size, backend) if etiology else None
     for stage in filter(None, (predictor, second)):
@@ -490,16 +492,8 @@ def predict_paths(
     if alone := alone_warning(predictor.card.task):
         log.warning("%s", alone)
     if heatmap_dir is not None:
-        from .explain import INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png
+        from .explain import MAX_PANEL, explain_array, overlay_png
 
-        if backend == "onnx-int8":
-            raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")
-
-        heatmap_dir = Path(heatmap_dir)
-        searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
-        if heatmap_dir.resolve() in searched:
-            raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be refused as "
-                             "films (pneumoscan outputs) on every later run; choose another folder")
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     # every score names the model that made it, as the web service's answers do: FP32 and INT8 results differ
     from .export import model_version
@@ -536,6 +530,25 @@ def predict_paths(
                 rows.append(row)
             bar.advance(task, len(batch))
     return rows
+
+
+def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backend: str) -> Path:
+    """The folder the overlays go to, checked before any model is built, and refused with the reason (a library
+    caller gets the command's line) when it is no folder (a file: ``mkdir`` would say only "File exists"), is one
+    of the folders predicted (its overlays would be refused as films on every later run), or the backend draws no
+    heatmap."""
+    from .explain import INT8_HEATMAPS
+
+    if backend == "onnx-int8":
+        raise ValueError(f"--heatmaps with --backend onnx-int8: {INT8_HEATMAPS}")
+    heatmap_dir = Path(heatmap_dir)
+    if heatmap_dir.exists() and not heatmap_dir.is_dir():
+        raise ValueError(f"--heatmaps {heatmap_dir} is a {file_kind(heatmap_dir.stat().st_mode)}: name a folder")
+    searched = {Path(text).resolve() for text in map(str, paths) if text and Path(text).is_dir()}
+    if heatmap_dir.resolve() in searched:
+        raise ValueError(f"--heatmaps {heatmap_dir} is a folder being predicted: its overlays would be refused as "
+                         "films (pneumoscan outputs) on every later run; choose another folder")
+    return heatmap_dir
 
 
 def _classify(
@@ -579,13 +592,13 @@ def format_results(rows: list[dict], fmt: str) -> str:
     """Rows as ``csv`` (columns in :data:`RESULT_FIELDS` order: ``path, probability, label, threshold, warnings``
     always, so a reader keyed on them finds them even when no film was read; the others where they occur, and the
     fields named from a task after the first stage's reading, in the rows' order: a multiclass bundle's
-    ``probability_<class>``, then a second stage's :func:`stage_fields`) or a ``json`` list. Paths are written as
-    valid UTF-8 whatever their bytes (:func:`path_text`: ``caf\\xe9.jpeg``), so one odd name cannot lose every
-    row."""
-    rows = [{k: path_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]  # reasons too
+    ``probability_<class>``, then a second stage's :func:`stage_fields`) or a ``json`` list. Every string, a name
+    inside a list of warnings too, is written as valid UTF-8 whatever its bytes (:func:`json_ready`:
+    ``caf\\xe9.jpeg``), so one odd name cannot lose every row."""
     if fmt == "json":
-        return json.dumps(rows, indent=2, allow_nan=False)
+        return json_text(rows)
     look_up_option(fmt, ("csv", "json"), "results format")
+    rows = json_ready(rows)
     fields = [f for f in RESULT_FIELDS if f in ALWAYS or any(f in row for row in rows)]
     # a multiclass bundle's class probabilities (in its class order) and a second stage's reading, as the rows hold
     # them, after the reading they follow
