@@ -20,11 +20,11 @@ from PIL import Image
 
 from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
-from pneumoscan.core.metrics import choose_threshold, softmax
-from pneumoscan.data.layouts import discover, make_record, write_manifest
+from pneumoscan.core.metrics import choose_threshold, softmax, threshold_interval
+from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import evaluate, labelled_images
+from pneumoscan.evaluation.evaluate import evaluate, labelled_images, labelled_records, patient_groups
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
@@ -275,34 +275,70 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
     assert int8.card.threshold_policy == sidecar["threshold_policy"]  # what /v1/model and the reports show
 
 
-def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0, other_weights: bool = False
-            ) -> Path:
+def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0, other_weights: bool = False,
+            filed_again: bool = False) -> Path:
     """A finished two-fold cv run made of ready bundles: fold k holds out the films i with (i + shift) % 2 == k.
-    ``other_weights``: each bundle's weights nudged, as a second run's would differ (ensemble refuses a copy)."""
+    ``other_weights``: each bundle's weights nudged, as a second run's would differ (ensemble refuses a copy).
+    ``filed_again``: each film copied under another name and patient id, in the film's fold."""
     records = discover(tiny_dataset).split("test")
+    fold_of = [(i + shift) % 2 for i in range(len(records))]
+    if filed_again:
+        (folder / "again").mkdir(parents=True)
+        records += [dataclasses.replace(r, patient=f"again-{i}", path=str(
+            shutil.copyfile(r.path, folder / "again" / f"{i}-{Path(r.path).name}"))) for i, r in enumerate(records)]
+        fold_of += fold_of
     for k, bundle in enumerate(bundles):
         shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
         if other_weights:
             nudge_weights(folder / f"fold-{k}" / "bundle")
-        write_manifest([dataclasses.replace(r, split="val" if (i + shift) % 2 == k else "train")
+        write_manifest([dataclasses.replace(r, split="val" if fold_of[i] == k else "train")
                         for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
         shutil.copy(folder / f"split-fold-{k}.csv", folder / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
     return folder
 
 
-def _by_hand_threshold(ens: Path, cv: Path, runs: int) -> float:
-    """The Youden threshold on fold k's films scored by the mean of the fold-k members' calibrated logits."""
+def _by_hand_out_of_fold(ens: Path, cv: Path, runs: int) -> tuple[list[Record], np.ndarray, np.ndarray]:
+    """The films of the folds, their binary targets and P(positive): fold k's films scored by the mean of the
+    fold-k members' calibrated logits, at the ensemble's temperature."""
     card = load_card(ens)
     net, _ = load_bundle(ens)
-    logits, ys = [], []
+    films, logits, ys = [], [], []
     for k in range(2):
-        images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
+        fold, images, targets, _ = labelled_records(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
         x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0)
         with torch.inference_mode():
             logits.append(np.mean([net.members[r * 2 + k](x).numpy() for r in range(runs)], axis=0))
+        films += fold
         ys.append(binary_targets(targets))
-    y, p = np.concatenate(ys), softmax(np.concatenate(logits), card.temperature)[:, 1]
-    return choose_threshold(y, p, None)
+    return films, np.concatenate(ys), softmax(np.concatenate(logits), card.temperature)[:, 1]
+
+
+def _by_hand_threshold(ens: Path, cv: Path, runs: int) -> float:
+    """The Youden threshold on the films scored out of fold by hand (:func:`_by_hand_out_of_fold`)."""
+    return choose_threshold(*_by_hand_out_of_fold(ens, cv, runs)[1:], None)
+
+
+def _by_hand_int8_out_of_fold(ens: Path, cv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The binary targets and INT8 P(positive) of fold k's films scored by fold k's member quantised alone, with the
+    calibration batches `export --int8 --cv` takes."""
+    from pneumoscan.inference.export import module_onnx
+    from pneumoscan.inference.export import session as onnx_session
+    from pneumoscan.training import quantize
+
+    card = load_card(ens)
+    net, _ = load_bundle(ens)
+    pool, _, _ = labelled_images(cv / "split-fold-0.csv", None, get_task(card.task), card.spec)
+    calib = pool[quantize._sample(len(pool), quantize.CALIBRATION_IMAGES)]
+    batches = [to_input(torch.from_numpy(calib[i : i + 32]).unsqueeze(1), 0.0, 1.0).numpy()
+               for i in range(0, len(calib), 32)]
+    ys, scores = [], []
+    for k in range(2):
+        member = onnx_session(quantize._int8_graph(module_onnx(net.members[k], card.size), batches))
+        images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
+        x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0).numpy()
+        scores.append(softmax(member.run(None, {"image": x})[0], card.temperature)[:, 1])
+        ys.append(binary_targets(targets))
+    return np.concatenate(ys), np.concatenate(scores)
 
 
 def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
@@ -322,6 +358,28 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
                     ["export", str(tmp_path / "ens"), "--int8", "--cv", str(cv)]):
         with pytest.raises(ValueError, match=r"2 of its 3 folds were trained \(no fold-2\)"):
             main_raising(command)
+
+
+def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
+        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """The folds' manifests say each film's patient (as oof.csv does): the ensemble's card figures and threshold
+    interval, and the INT8 thresholds' intervals chosen out of fold, count patients, a film and its copy under
+    another patient id as one (they counted films, the copy apart)."""
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    card = load_card(ens)
+    films, y, p = _by_hand_out_of_fold(ens, cv, runs=1)
+    units = patient_groups(films, cv)[1]
+    assert len(set(units)) == len(films) // 2 == len(discover(tiny_dataset).split("test"))
+    assert (card.val_metrics["patients"] or {}).get("all") == len(films) // 2
+    assert card.threshold_interval == pytest.approx(threshold_interval(y, p, None, None, units), abs=SCORE_TOL)
+    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
+    chosen = json.loads(spec_path(ens / "model.int8.onnx").read_text())["int8_threshold_interval"]
+    y8, p8 = _by_hand_int8_out_of_fold(ens, cv)
+    assert chosen == pytest.approx(threshold_interval(y8, p8, None, None, units), abs=SCORE_TOL)
+    # the films counted alone give another interval here: the test tells the two apart
+    assert chosen != pytest.approx(threshold_interval(y8, p8, None, None), abs=SCORE_TOL)
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
@@ -457,11 +515,6 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
     """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds
     are chosen on fold k's films scored by fold k's member quantised alone (here by hand), and the shipped graph
     stays near the mean of the members quantised alone."""
-    from pneumoscan.core.metrics import choose_threshold
-    from pneumoscan.inference.export import module_onnx
-    from pneumoscan.inference.export import session as onnx_session
-    from pneumoscan.training import quantize
-
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     ens = tmp_path / "ens"
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
@@ -494,19 +547,7 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
     assert sidecar["val_auc_fp32"] == load_card(ens).val_metrics["auc"]
     assert sidecar["max_member_mean_change"] < 0.05
 
-    card = load_card(ens)
-    net, _ = load_bundle(ens)
-    pool, _, _ = labelled_images(cv / "split-fold-0.csv", None, get_task(card.task), card.spec)
-    calib = pool[quantize._sample(len(pool), quantize.CALIBRATION_IMAGES)]
-    batches = [to_input(torch.from_numpy(calib[i : i + 32]).unsqueeze(1), 0.0, 1.0).numpy() for i in range(0, len(calib), 32)]
-    ys, scores = [], []
-    for k in range(2):
-        member = onnx_session(quantize._int8_graph(module_onnx(net.members[k], card.size), batches))
-        images, targets, _ = labelled_images(cv / f"split-fold-{k}.csv", "val", get_task(card.task), card.spec)
-        x = to_input(torch.from_numpy(images).unsqueeze(1), 0.0, 1.0).numpy()
-        scores.append(softmax(member.run(None, {"image": x})[0], card.temperature)[:, 1])
-        ys.append(binary_targets(targets))
-    expected = choose_threshold(np.concatenate(ys), np.concatenate(scores), None)
+    expected = choose_threshold(*_by_hand_int8_out_of_fold(ens, cv), None)
     assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
     assert Predictor(ens, backend="onnx-int8").threshold() == sidecar["int8_threshold"]
 

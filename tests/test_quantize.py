@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydicom.uid import generate_uid
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import evaluate, labelled_images
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
@@ -412,3 +414,30 @@ def test_an_int8_model_that_mixes_up_bacteria_and_virus_is_refused(multiclass_ru
     # the AUC of pneumonia against normal, checked first, let it through: the three classes' macro AUC did not
     assert "INT8 validation macro AUC (normal, bacteria, virus) " in err and "below FP32's" in err, err
     assert "--backend onnx" in err and not (run / "bundle" / INT8_NAME).exists()
+
+
+def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Validation films filed again under other patient ids are one child's each: the INT8 thresholds' intervals
+    count a film and its copy as one patient, as the FP32 thresholds' do (they counted two)."""
+    from pneumoscan.core.metrics import threshold_interval
+    from pneumoscan.evaluation.evaluate import labelled_records, patient_groups
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    records = discover(tiny_bundle.parent / "split.csv").records
+    (tmp_path / "again").mkdir()
+    again = []
+    for i, film in enumerate(r for r in records if r.split == "val"):
+        copy = shutil.copyfile(film.path, tmp_path / "again" / f"{i}-{Path(film.path).name}")
+        again.append(dataclasses.replace(film, path=str(copy), patient=f"again-{i}"))
+    manifest = tmp_path / "split.csv"
+    write_manifest([*records, *again], manifest)
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(manifest)]) == 0
+    chosen = json.loads(spec_path(bundle / INT8_NAME).read_text())["int8_threshold_interval"]
+    int8 = Predictor(bundle, backend="onnx-int8")
+    films, images, targets, _ = labelled_records(manifest, "val", int8.task, int8.card.spec)
+    y, scores, policy = binary_targets(targets), int8.positive(int8.probabilities(images)), int8.card.threshold_targets
+    units = patient_groups(films, manifest)[1]
+    assert len(set(units)) == len(films) // 2 == len(again)
+    assert chosen == pytest.approx(threshold_interval(y, scores, *policy, units), abs=SCORE_TOL)
+    # the films counted alone give another interval here: the test tells the two apart
+    assert chosen != pytest.approx(threshold_interval(y, scores, *policy, [r.patient for r in films]), abs=SCORE_TOL)

@@ -18,7 +18,7 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation import held_out
-from pneumoscan.evaluation.model_card import MODEL_CARD, render
+from pneumoscan.evaluation.model_card import MODEL_CARD, card_summary, render, today
 from pneumoscan.evaluation.operating_point import rethreshold
 from pneumoscan.inference.export import INT8_NAME, read_sidecar
 from pneumoscan.interop.reports import earlier_thresholds
@@ -116,3 +116,28 @@ def test_a_run_whose_split_lists_no_film_where_it_is_is_refused_for_a_threshold(
     with pytest.raises(ValueError, match=r"is where it says .* run it where the run's split.csv finds its films"):
         rethreshold(run / "bundle", site, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_the_threshold_record_keeps_its_label_conflicts_as_an_evaluation_record_does(
+    tiny_bundle: Path, site: Path, tmp_path: Path
+) -> None:
+    """A threshold chosen on films whose labels their names or a copy contradict was chosen against those labels:
+    its record lists them as `evaluate --add-to-card`'s does, MODEL_CARD.md says so among the record's caveats, and
+    the service, which shows no paths of the machine that chose it, leaves them out (they were only logged)."""
+    films = discover(site).records
+    sick = next(r for r in films if "bacteria" in Path(r.path).name)
+    misfiled = tmp_path / "misfiled" / Path(sick.path).name  # a bacteria film, listed as NORMAL too
+    misfiled.parent.mkdir()
+    shutil.copyfile(sick.path, misfiled)
+    given = tmp_path / "given.csv"
+    write_manifest([*films, make_record(str(misfiled), "NORMAL")], given)
+    rethreshold(tiny_bundle, given, tmp_path / "new", target_sensitivity=None, data_name="site E")
+    card = load_card(tmp_path / "new")
+    [record] = card.threshold_records
+    assert {c["reason"] for c in record["label_conflicts"]} == {"named bacteria, labelled NORMAL",
+                                                                "one picture labelled NORMAL and PNEUMONIA bacteria"}
+    body = (tmp_path / "new" / MODEL_CARD).read_text()
+    assert f"- {today()}, on site E: 2 label conflict(s) among the films, scored as labelled" in body
+    assert "label_conflicts" not in card_summary(card)["threshold_records"][0]
+    clean = dataclasses.replace(card, threshold_records=[record | {"label_conflicts": []}])
+    assert "label conflict" not in render(clean)

@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
+from builders import SCORE_TOL
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold
 from pneumoscan.data import cache as cache_mod
@@ -744,6 +745,34 @@ def test_validation_figures_count_patients_when_films_share_one(tiny_dataset: Pa
     reported = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert reported["ci_unit"] == reported["multiclass"]["ci_unit"] == "patient"
     assert evaluate(bundle, manifest, split="val")["ci_unit"] == "patient"
+
+
+def test_validation_figures_and_threshold_interval_count_copies_of_a_film_as_one_patient(tiny_dataset: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A validation film filed again under another patient id is one child's: the run's validation figures, its
+    card's and its threshold's interval count the two as one patient, as `evaluate` does (they counted two)."""
+    from pneumoscan.core.metrics import threshold_interval
+    from pneumoscan.evaluation.evaluate import labelled_records, patient_groups
+
+    records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
+    film = next(r for r in records if r.split == "val")
+    copy = tmp_path / "filed-again" / Path(film.path).name
+    copy.parent.mkdir()
+    shutil.copyfile(film.path, copy)
+    manifest = tmp_path / "split.csv"
+    write_manifest([*records, dataclasses.replace(film, path=str(copy), patient="filed-again")], manifest)
+    bundle = train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "split_csv": str(manifest)}), tmp_path / "run")
+    card = load_card(bundle)
+    val, images, targets, _ = labelled_records(manifest, "val", get_task(card.task), card.spec)
+    assert len({r.patient for r in val}) == len(val), "a patient id a film: only the copy joins two films"
+    reported = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert reported["ci_unit"] == "patient" and reported["patients"]["all"] == len(val) - 1
+    assert card.val_metrics["patients"]["all"] == len(val) - 1
+    predictor = Predictor(bundle)
+    scores = predictor.positive(predictor.probabilities(images))
+    expected = threshold_interval(binary_targets(targets), scores, *card.threshold_targets,
+                                  patient_groups(val, manifest)[1])
+    assert card.threshold_interval == pytest.approx(expected, abs=SCORE_TOL)
 
 
 def test_a_model_that_cannot_be_exported_at_its_size_is_refused_before_training(

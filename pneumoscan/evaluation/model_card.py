@@ -174,7 +174,8 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
                    for key, kind, name in CARD_METRICS if val.get(key) is not None]
         calibrated_on = card.train_config.get("calibrated_on")  # an ensemble's: held-out or out-of-fold films
         dataset = ({"name": calibrated_on, "type": "calibration"} if calibrated_on else
-                   {"name": "validation split of the training data", "type": "kermany-chest-xray", "split": "validation"})
+                   {"name": "validation split of the training data", "type": "kermany-chest-xray",
+                    "split": "validation"})
         results.append({"task": task, "dataset": dataset, "metrics": metrics})
     for record in card.external_evaluations:
         where = [f"at threshold {record['threshold']:.4f}"] if record.get("threshold") is not None else []
@@ -265,15 +266,21 @@ def _external_section(card: BundleCard) -> str:
     checked = ("\n\nFilms new to it: whether the films were checked not to be the training or validation films of the "
                "runs the weights come from (their split.csv, beside the bundle where it was evaluated). Figures on "
                "films it trained on are optimistic; those \"not checked\" may be such figures.")
-    caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.external_evaluations
-                      for caveat in [*r.get("caveats", []), *_conflicts_caveat(r.get("label_conflicts", []))])
+    caveats = _caveat_lines(card.external_evaluations)
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
 
 
+def _caveat_lines(records: Sequence[dict[str, Any]]) -> str:
+    """The caveats of a card's records (evaluations, thresholds), then what their label conflicts say
+    (:func:`_conflicts_caveat`), a line each, with the record's date and data; a record older than either has none."""
+    return "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in records
+                   for caveat in [*r.get("caveats", []), *_conflicts_caveat(r.get("label_conflicts", []))])
+
+
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
-    """What a card says of an evaluation's label conflicts (``data.audit.label_conflicts``, evaluate's
-    ``label_conflicts``): none, or one line with the first; a record older than them has none."""
+    """What a card says of a record's label conflicts (``data.audit.label_conflicts``, as evaluate's and threshold's
+    records keep them): none, or one line with the first; a record older than them has none."""
     if not conflicts:
         return []
     first = conflicts[0]
@@ -293,12 +300,12 @@ def _threshold_section(card: BundleCard) -> str:
         return text
     rows = "\n".join(
         f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {format_figure(r['previous_threshold'], 4)} -> "
-        f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
+        f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | "
+        f"{format_figure(r['sensitivity'])} / "
         f"{format_figure(r['specificity'])} | {FILMS_CHECKED.get(r.get('films_checked'), 'not recorded')} |"
         for r in card.threshold_records
     )
-    caveats = "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in card.threshold_records
-                      for caveat in r.get("caveats", []))  # records older than them have none
+    caveats = _caveat_lines(card.threshold_records)
     return (f"{text}\n\nThresholds chosen after training (`pneumoscan threshold`), newest last:\n\n"
             "| date | policy | data | threshold | TTA threshold | sensitivity / specificity there | films new to it |\n"
             f"| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\n"
@@ -317,7 +324,8 @@ def _int8_section(figures: dict) -> str:
             "Quantisation moves the scores, so it labels at its own thresholds: "
             f"**{format_figure(figures['threshold'], 4)}** ({figures.get('threshold_policy', 'policy not recorded')}); "
             f"with test-time augmentation {format_figure(figures.get('tta_threshold'), 4)}. On the "
-            f"{figures.get('validation_images', '?')} films that chose them: AUC {format_figure(figures.get('val_auc_int8'), 4)} (FP32 "
+            f"{figures.get('validation_images', '?')} films that chose them: AUC "
+            f"{format_figure(figures.get('val_auc_int8'), 4)} (FP32 "
             f"{format_figure(figures.get('val_auc_fp32'), 4)}), sensitivity {format_figure(at.get('sensitivity'))}, "
             f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
             f"{format_figure(figures.get('max_probability_change'), 3)} from FP32's."
@@ -413,7 +421,8 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "scores": scores,
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),
-        "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)} for key, _, _ in CARD_METRICS},
+        "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
+                    for key, _, _ in CARD_METRICS},
         "label_conflicts": metrics["label_conflicts"],
         **films_record(bundle, held_out),
     }
@@ -447,8 +456,8 @@ def card_summary(card: BundleCard) -> dict[str, Any]:
         # machine that evaluated)
         "external_evaluations": [{k: v for k, v in r.items() if k not in ("caveats", "label_conflicts")}
                                  for r in card.external_evaluations],
-        # without the bundle each threshold was chosen for and the caveats of its check: paths on the machine that
-        # chose it (MODEL_CARD.md, beside the weights, says the caveats)
-        "threshold_records": [{k: v for k, v in r.items() if k not in ("source_bundle", "caveats")}
+        # without the bundle each threshold was chosen for, the caveats of its check and its label conflicts: paths
+        # on the machine that chose it (MODEL_CARD.md, beside the weights, says the caveats and conflicts)
+        "threshold_records": [{k: v for k, v in r.items() if k not in ("source_bundle", "caveats", "label_conflicts")}
                               for r in card.threshold_records],
     }

@@ -166,8 +166,9 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
     held_out = check_held_out([bundle], records, "choose the threshold",
                               policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
-    # copies of one film under other names are one patient in the intervals; label conflicts are warned of
-    y, patients = binary_targets(targets), patient_groups(records, data)[1]
+    # copies of one film under other names are one patient in the intervals; label conflicts are warned of, and
+    # recorded as evaluate --add-to-card records them
+    y, (_, patients, conflicts) = binary_targets(targets), patient_groups(records, data)
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
@@ -175,7 +176,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     name = data_label(data, split, data_name)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
-                               int8[1:] if int8 else None, len(errors), held_out)
+                               int8[1:] if int8 else None, len(errors), held_out, conflicts)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
@@ -212,12 +213,14 @@ def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targe
 def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
                       policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
                       tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, dict] | None,
-                      unreadable: int, held_out: HeldOutFindings) -> dict:
+                      unreadable: int, held_out: HeldOutFindings, conflicts: list[dict]) -> dict:
     """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
     policy, the thresholds before and after (``int8``: the INT8 model's operating point and the sidecar it
     replaces), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
-    check of the films), and the caveats, the threshold's own last. A report of the new bundle names the one read
-    at a threshold before as its predecessor."""
+    check of the films), the caveats, the threshold's own last, and the films whose labels their names or copies
+    contradict (``conflicts``: :func:`~pneumoscan.evaluation.evaluate.patient_groups`'), as an evaluation's record
+    keeps them: the threshold was chosen against those labels. A report of the new bundle names the one read at a
+    threshold before as its predecessor."""
     at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)
     int8_point, int8_before = int8 or (None, {})
     return {
@@ -233,6 +236,7 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
         "int8_threshold": int8_point.threshold if int8_point else None,
         "int8_tta_threshold": int8_point.tta_threshold if int8_point else None,
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
+        "label_conflicts": conflicts,  # MODEL_CARD.md says them among the record's caveats
         # films_checked, and caveats: why the figures on these films may flatter the model (MODEL_CARD.md says them)
         **films_record(bundle, held_out, [point.threshold_caveat] if point.threshold_caveat else []),
     }  # fmt: skip

@@ -24,6 +24,7 @@ five-fold run's 5,232 films took 3 minutes on a 2-core CPU at 224 px, where eage
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -34,24 +35,22 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pneumoscan.core.atomic import building
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import path_list
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task
-from pneumoscan.evaluation.evaluate import data_label, labelled_images, labelled_records, patient_groups
+from pneumoscan.evaluation.evaluate import data_label, labelled_records, patient_groups
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
-from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
-from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session, session
-from pneumoscan.inference.predict import NonFiniteScore, session_logits, tta_probabilities, tta_views
-from pneumoscan.models.bundle import load_bundle, save_bundle
+from pneumoscan.inference.export import module_session
+from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
+from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
-                                   member_sources, runtime_versions, save_appearance)
+                                   member_sources, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
+from .train import ScoredFilms, finish_bundle
 
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
@@ -67,7 +66,8 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
     for card, path in zip(cards[1:], paths[1:]):
         for name in SHARED:
             if getattr(card, name) != getattr(cards[0], name):
-                raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has {getattr(cards[0], name)!r}: "
+                raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has "
+                                 f"{getattr(cards[0], name)!r}: "
                                  "members must read films alike (only the input size and normalisation may differ)")
     holder: dict[str, Path] = {}  # each member's weights checksum -> the first member holding them
     for member, path in zip(cards, paths):
@@ -88,28 +88,30 @@ def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: n
 
 
 def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, task: Task,
-                member_session: Callable[[int], ort.InferenceSession] | None = None,
-                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(calibrated logits, targets, per-TTA-view logits) of every film of the cv runs, on the ensemble's input: fold
-    K's validation films scored by the members that did not train on them, fold K of every run (members are
-    run-major, as :func:`cv_members` lists them), their calibrated logits averaged as the ensemble averages them.
+                member_session: Callable[[int], ort.InferenceSession] | None = None) -> ScoredFilms:
+    """Every film of the cv runs scored on the ensemble's input: fold K's validation films by the members that did
+    not train on them, fold K of every run (members are run-major, as :func:`cv_members` lists them), their
+    calibrated logits averaged as the ensemble averages them, each film's patient unit from the folds' manifests
+    (copies of one film under other names are one patient, as in cv's pooled figures).
     ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
     folds = len(net.members) // len(cv_dirs)
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
     sources = member_sources(card)
-    logits, targets, views = [], [], []
+    logits, targets, views, records = [], [], [], []
     # minutes for a five-fold run on a CPU, which had passed with nothing on screen
     with progress_bar() as bar:
         task_bar = bar.add_task(f"Scoring {folds} folds' films out of fold (plain and {len(TTA_VIEWS)} views)",
                                 total=folds)
         for k in range(folds):
-            images, y, _ = labelled_images(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
+            fold, images, y, _ = labelled_records(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
             members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
             logits.append(_mean_logits(members, images))
             targets.append(y)
+            records += fold
             views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
             bar.advance(task_bar)
-    return np.concatenate(logits), np.concatenate(targets), list(np.concatenate(views, axis=1))
+    return ScoredFilms(np.concatenate(logits), list(np.concatenate(views, axis=1)), np.concatenate(targets),
+                       patient_groups(records, cv_dirs[0])[1])
 
 
 def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
@@ -189,25 +191,39 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
     return net, card
 
 
-def _calibration_scores(
-    tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path], data: Path | str | None,
-    split: str | None, held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray | None, str]:
-    """(logits, targets, TTA views' logits, patients, what they are) the temperature and thresholds are chosen on:
-    the cv runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units) scored by the
-    graph just shipped in ``tmp`` (not a second export), those films recorded as the calibration films."""
+def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, task: Task, card: BundleCard,
+                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str]]:
+    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), and what
+    the check that they are new to every member warned of; refused, before anything is written, when a member
+    trained on them or they are test films."""
+    records, images, targets, _ = labelled_records(data, split, task, card.spec)
+    refuse_test_films(records, data, "temperature and thresholds")
+    caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
+                             policy=HeldOutPolicy(validation_warning=True)).caveats
+    # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
+    return (records, images, targets, patient_groups(records, data)[1]), caveats
+
+
+def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: str | None) -> str:
+    """What the card calls the films the temperature and thresholds are chosen on; the cv runs by name (their paths
+    are in ensemble_of): the policy made of it is shown to the service's clients."""
     if cv_dirs:
-        logits, targets, views = out_of_fold(net, cv_dirs, card, task)
-        # the runs by name (their paths are in ensemble_of): the policy made of it is shown to the service's clients
-        name = (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
+        return (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
-        return logits, targets, views, None, name  # out-of-fold films, counted as films (no patient ids come with them)
-    records, images, targets, patients = held_out
+    return f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
+
+
+def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path],
+                        held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None) -> ScoredFilms:
+    """The films the temperature and thresholds are chosen on, scored: the cv runs' out-of-fold scores, or the
+    held-out films' (records, images, targets, patient units) scored by the graph just shipped in ``tmp`` (not a
+    second export), those films recorded as the calibration films."""
+    if cv_dirs:
+        return out_of_fold(net, cv_dirs, card, task)
+    records, images, targets, groups = held_out
     record_calibration_films(tmp, records)
-    sess = session(tmp / ONNX_NAME)
-    views = [session_logits(sess, v) for v in tta_views(images)]
-    name = f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
-    return session_logits(sess, images), targets, views, patients, name
+    shipped = Predictor(tmp, backend="onnx")
+    return ScoredFilms(shipped.logits(images), [shipped.logits(v) for v in tta_views(images)], targets, groups)
 
 
 def build_ensemble(
@@ -230,45 +246,21 @@ def build_ensemble(
     if target_sensitivity is None and max_false_positive_rate is None and not youden:
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
-    held_out, caveats = None, []
-    if not cv_dirs:  # refused before anything is written when a member trained on these films
-        records, images, targets, _ = labelled_records(data, split, task, card.spec)
-        refuse_test_films(records, data, "temperature and thresholds")
-        caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds",
-                                 " (or use --cv)", policy=HeldOutPolicy(validation_warning=True)).caveats
-        # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
-        held_out = (records, images, targets, patient_groups(records, data)[1])
-    # built beside OUT and renamed into place: a failure leaves no half bundle
-    with building(out) as tmp:
-        save_bundle(tmp, net, card)
-        try:
-            export_onnx(tmp)  # ships model.onnx, one graph checked against torch, as training does
-        except torch.onnx.OnnxExporterError as e:
-            raise ValueError(f"the ensemble cannot be exported to ONNX, so it is not written: "
-                             f"{str(e).splitlines()[0]}") from None
-        # a film unlike the training films is flagged as the first member that reads the ensemble's input size
-        # flags it
-        first_of_size = next((p, c) for c, p in zip(cards, paths) if c.size == card.size)
-        if (appearance := load_appearance(*first_of_size)) is not None:
-            save_appearance(tmp, appearance)
-        logits, targets, views, patients, name = _calibration_scores(tmp, net, card, task, cv_dirs, data, split,
-                                                                     held_out)
-        temperature, temperature_caveat = calibrated_temperature(logits, targets)
-        tta = task.positive_probability(tta_probabilities(views, temperature))
-        calibrated = dataclasses.replace(
-            load_card(tmp),  # as export left it: bundle.json records model.onnx's checksum too
-            temperature=temperature,
-            train_config={"ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
-                          "max_false_positive_rate": max_false_positive_rate,
-                          "combination": "mean of members' logits / their own temperatures",
-                          # what the check of the films warned of: MODEL_CARD.md's recipe says it with the figures
-                          **({"calibration_caveats": caveats} if caveats else {})},
-        )  # fmt: skip
-        card, figures = write_operating_point(
-            tmp, calibrated, softmax(logits, temperature), tta, targets, target_sensitivity, max_false_positive_rate,
-            policy_text(target_sensitivity, max_false_positive_rate, name), patients, temperature_caveat)
+    # refused before anything is written when a member trained on these films
+    held_out, caveats = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [])
+    name = _calibration_name(cv_dirs, data, split)
+    card = dataclasses.replace(card, train_config={
+        "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
+        "max_false_positive_rate": max_false_positive_rate,
+        "combination": "mean of members' logits / their own temperatures",
+        # what the check of the films warned of: MODEL_CARD.md's recipe says it with the figures
+        **({"calibration_caveats": caveats} if caveats else {})})
+    # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
+    appearance = load_appearance(*next((p, c) for c, p in zip(cards, paths) if c.size == card.size))
+    score = functools.partial(_calibration_scores, net=net, card=card, task=task, cv_dirs=cv_dirs, held_out=held_out)
+    card, figures, _ = finish_bundle(out, net, card, appearance, score, (target_sensitivity, max_false_positive_rate),
+                                     name)
     log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "
-             "specificity %.3f on %d films", len(paths), out, temperature, card.threshold, card.tta_threshold,
-             figures["sensitivity"], figures["specificity"], len(targets))
+              "specificity %.3f on %d films", len(paths), out, card.temperature, card.threshold, card.tta_threshold,
+              figures["sensitivity"], figures["specificity"], figures["n"])
     return load_card(out)
-

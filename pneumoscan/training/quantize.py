@@ -35,7 +35,7 @@ from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
-from pneumoscan.evaluation.evaluate import labelled_images, labelled_records
+from pneumoscan.evaluation.evaluate import labelled_images, labelled_records, patient_groups
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
@@ -121,17 +121,17 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
 @dataclasses.dataclass(frozen=True)
 class Int8Scores:
     """The shipped INT8 graph's scores on the films its thresholds are chosen on, and what its sidecar says of them:
-    the binary targets, plain and TTA scores, the films' patients (None: out-of-fold films, counted as films, as the
-    ensemble's own thresholds were), the films as the sidecar (``chosen_on``) and as the policy (``named_on``, without
-    this machine's folders) name them, the FP32 AUC on them, the largest change in probability quantisation made,
-    the same against the members quantised alone (out of fold only), the films to record as its calibration films
-    (None: none, for out-of-fold films), and for a task of more than two classes the FP32 and INT8 macro AUC on
-    them (:func:`_macro_aucs`)."""
+    the binary targets, plain and TTA scores, each film's patient unit for the thresholds' intervals (copies of one
+    film under other names are one patient, as the FP32 thresholds' intervals count them), the films as the sidecar
+    (``chosen_on``) and as the policy (``named_on``, without this machine's folders) name them, the FP32 AUC on them,
+    the largest change in probability quantisation made, the same against the members quantised alone (out of fold
+    only), the films to record as its calibration films (None: none, for out-of-fold films), and for a task of more
+    than two classes the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
 
     y: np.ndarray
     plain: np.ndarray
     tta: np.ndarray
-    patients: list[str] | None
+    groups: np.ndarray
     chosen_on: str
     named_on: str
     fp32_auc: float
@@ -170,7 +170,7 @@ def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
     shipped_probs, reference_probs = _shipped_and_fp32(int8, fp32, images)
     shipped, reference = int8.positive(shipped_probs), fp32.positive(reference_probs)
     y = binary_targets(targets)
-    return Int8Scores(y, shipped, tta, [r.patient for r in records], f"the val films of {data}",
+    return Int8Scores(y, shipped, tta, patient_groups(records, data)[1], f"the val films of {data}",
                       f"the val films of {Path(data).name}", roc_auc(y, reference),
                       float(np.abs(reference - shipped).max()), None, records,
                       _macro_aucs(int8.task, targets, reference_probs, shipped_probs))
@@ -186,19 +186,19 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
-    logits, targets, views = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
-    probs = softmax(logits, card.temperature)
+    oof = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
+    probs = softmax(oof.logits, card.temperature)
     plain = task.positive_probability(probs)
-    tta = task.positive_probability(tta_probabilities(views, card.temperature))
+    tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
     shipped, reference = (p.positive(scored) for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
-    return Int8Scores(binary_targets(targets), plain, tta, None,
+    return Int8Scores(binary_targets(oof.targets), plain, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
-                      _macro_aucs(task, targets, card.val_metrics.get("three_class_macro_auc"), probs))
+                      _macro_aucs(task, oof.targets, card.val_metrics.get("three_class_macro_auc"), probs))
 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
@@ -255,7 +255,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
     scored = (_int8_scores_out_of_fold(int8, fp32, net, cv_dirs, batches, calib) if cv_dirs
               else _int8_scores_on_val(int8, fp32, data, val))
-    point = choose_operating_point(scored.y, scored.plain, scored.tta, *card.threshold_targets, scored.patients)
+    point = choose_operating_point(scored.y, scored.plain, scored.tta, *card.threshold_targets, scored.groups)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)

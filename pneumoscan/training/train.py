@@ -1,7 +1,8 @@
 """Training: patient-grouped validation, class-weighted loss, warm start + partial fine-tuning, then the epoch
-loop of :func:`pneumoscan.training.engine.fit` with the callbacks of :mod:`pneumoscan.training.callbacks` (the optimiser recipe's
-schedule, early stopping, best weights, atomic per-epoch checkpoints with exact resume, experiment tracking) and
-finalisation: temperature and threshold chosen on validation, and the bundle. Runs alone or under torchrun (DDP)."""
+loop of :func:`pneumoscan.training.engine.fit` with the callbacks of :mod:`pneumoscan.training.callbacks` (the
+optimiser recipe's schedule, early stopping, best weights, atomic per-epoch checkpoints with exact resume,
+experiment tracking) and finalisation: temperature and threshold chosen on validation, and the bundle
+(:func:`finish_bundle`, which ``ensemble`` finishes its bundle with too). Runs alone or under torchrun (DDP)."""
 
 from __future__ import annotations
 
@@ -36,14 +37,15 @@ from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
+from pneumoscan.evaluation.evaluate import patient_groups
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable, export_onnx
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.predict import Predictor, tta_probabilities, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BundleCard, runtime_versions, save_appearance
+from pneumoscan.models.card import ENSEMBLE, BundleCard, card_task, load_card, runtime_versions, save_appearance
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -155,7 +157,8 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
     auc = roc_auc(y, pos)
     weight = None if weights is None else weights.cpu()
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item())
-    return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"], "spec": m["specificity"]}
+    return {"loss": loss, "acc": float((probs.argmax(1) == targets).mean()), "auc": auc, "sens": m["sensitivity"],
+            "spec": m["specificity"]}
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -176,7 +179,20 @@ class Data:
     train_loader: DataLoader
     plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
-    val_patients: np.ndarray  # each validation film's patient, for the validation figures' CIs
+    val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
+
+
+@dataclass(frozen=True)
+class ScoredFilms:
+    """The films a bundle's temperature and thresholds are chosen on, as the bundle scores them: the plain logits
+    (N, C), each test-time-augmentation view's logits, the targets, and each film's patient unit, which the
+    thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
+    patient: :func:`~pneumoscan.evaluation.evaluate.patient_groups`)."""
+
+    logits: np.ndarray
+    views: list[np.ndarray]
+    targets: np.ndarray
+    groups: np.ndarray
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool, list[str]]:
@@ -228,7 +244,8 @@ def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> ImageCac
     """The image cache of every record under the run's preprocessing (``cache.spec``: with the training files'
     source, when they were all made one way), built once per machine; unreadable films are warned about and left
     out."""
-    source = source_of([r.path for r in records if r.split == "train"]) if cfg.match_source and ctx.main else (None, None)
+    trained = [r.path for r in records if r.split == "train"]
+    source = source_of(trained) if cfg.match_source and ctx.main else (None, None)
     spec = PreprocessSpec(cfg.image_size, cfg.resize_policy, *ctx.from_main(source))
     if ctx.main and spec.source_size:
         log.info("training files: %s x %s JPEG, quality %s; larger inputs are brought down the same way first",
@@ -265,7 +282,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     readable = set(cache.paths)
     if ctx.main:
         warn_untyped([r for r in records if r.path in readable], task, "training")
-    selected = {name: select([r for r in records if r.split == name and r.path in readable], task) for name in ("train", "val")}
+    selected = {name: select([r for r in records if r.split == name and r.path in readable], task)
+                for name in ("train", "val")}
     counts = np.bincount(selected["train"][1], minlength=len(task.classes))
     if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
         raise ValueError(f"no readable training film of class {', '.join(missing)}: a model cannot learn a class it "
@@ -281,7 +299,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     train_targets = parts["train"][1]
     if cfg.teacher:  # scored once, by rank 0
         scored = [r.path for r in selected["train"][0]]
-        soft = ctx.from_main(teacher_probabilities(cfg.teacher, scored, paths, cfg.eval_batch_size) if ctx.main else None)
+        soft = ctx.from_main(teacher_probabilities(cfg.teacher, scored, paths, cfg.eval_batch_size) if ctx.main
+                             else None)
         train_targets = distilled_targets(train_targets, soft, cfg.distill_weight)
 
     mean, std = registry.normalization(cfg.model)
@@ -291,15 +310,15 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
     # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
-    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed), drop_last=True)
+    sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed),
+                                 drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
     weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(counts)), y=selected["train"][1]),
                            dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_rows, val_loader, sampler,
-                train_loader, plain, weights if cfg.class_weights else None,
-                np.array([r.patient for r in selected["val"][0]]))
+                train_loader, plain, weights if cfg.class_weights else None, selected["val"][0])
 
 
 def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
@@ -338,7 +357,8 @@ def warm_start(model: torch.nn.Module, d: Data, cfg: TrainConfig, ctx: Dist) -> 
         log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
 
 
-def validation_row(model: torch.nn.Module, d: Data, task: Task, ctx: Dist) -> Callable[[State, np.ndarray, np.ndarray], dict]:
+def validation_row(model: torch.nn.Module, d: Data, task: Task,
+                   ctx: Dist) -> Callable[[State, np.ndarray, np.ndarray], dict]:
     """The epoch's figures after the training loss and accuracy: training AUC and the validation figures."""
 
     def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
@@ -372,7 +392,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
                    warm_s: float) -> tuple[torch.optim.Optimizer, list[Callback], float]:
     """The optimiser of the trainable layers and its schedule (:func:`recipe`), at the rate scaled linearly with the
     processes, which it returns too; a time budget the warm start used up is refused."""
-    params, lr, global_batch = [p for p in model.parameters() if p.requires_grad], cfg.lr * ctx.world, cfg.batch_size * ctx.world
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, global_batch = cfg.lr * ctx.world, cfg.batch_size * ctx.world
     budget_s = cfg.time_budget * 60 if cfg.time_budget else None
     if budget_s is not None and budget_s <= warm_s:
         raise ValueError(f"the warm start took {warm_s / 60:.1f} min of the {cfg.time_budget:g} min time budget; "
@@ -381,9 +402,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
     optimizer, schedule = recipe(cfg, params, lr, cfg.epochs * len(d.train_loader), budget_s)
     if ctx.main:
         log.info(
-            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} process(es) "
-            f"on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), lr {lr:g} "
-            f"(= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable parameters"
+            f"{cfg.model} on {cfg.task}: {len(d.train_set)} train / {len(d.val_set)} val images, {ctx.world} "
+            f"process(es) on {ctx.device.type}, global batch {global_batch} ({cfg.batch_size} x {ctx.world}), "
+            f"lr {lr:g} (= {cfg.lr:g} x {ctx.world}, linear scaling), {sum(p.numel() for p in params):,} trainable "
+            "parameters"
         )
     return optimizer, schedule, lr
 
@@ -398,7 +420,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     :class:`Finalize`, whose bundle they log; the caller's ``extra`` ones after those, before the checkpoint, which
     keeps their state too."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
-                      *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality, model_kwargs=cfg.model_kwargs)
+                      *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
+                      model_kwargs=cfg.model_kwargs)
     run = RunFolder(run_dir)
     best = BestWeights(lambda m: save_bundle(run.best, m, card), f"the train split has fewer images than one batch "
                        f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first: "
@@ -427,7 +450,8 @@ def train(
 
     ``resume`` continues RUN_DIR/checkpoint.pt when there is one (:func:`resume_from`), else starts from scratch.
     ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is safely written (tests use it to simulate a crash).
-    ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's store.
+    ``log_to`` names experiment trackers (:data:`pneumoscan.training.tracking.TRACKERS`); ``tracking_uri`` is MLflow's
+    store.
     ``callbacks``: your own :class:`~pneumoscan.training.engine.Callback` objects, called after the built-in ones at
     each hook (set ``state.stop`` to end training); a checkpoint keeps the state of those whose ``state_dict``
     returns one, and ``resume`` gives it back to the callbacks passed then.
@@ -465,56 +489,90 @@ def train(
     return state.info["bundle"]
 
 
-def record_appearance(bundle: Path, train_set: CachedImages) -> None:
-    """BUNDLE/appearance.safetensors from the training films (:mod:`pneumoscan.data.appearance`), so that a film
-    unlike them is flagged; a run on too few films records none (said in the log)."""
+def training_appearance(train_set: CachedImages) -> Appearance | None:
+    """The appearance of the training films (:mod:`pneumoscan.data.appearance`), which the bundle keeps so that a
+    film unlike them is flagged; None for a run on too few films (said in the log)."""
     try:
-        save_appearance(bundle, Appearance.fit(train_set.images[train_set.rows]))
+        return Appearance.fit(train_set.images[train_set.rows])
     except ValueError as e:
         log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
+        return None
+
+
+def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,
+                  score: Callable[[Path], ScoredFilms], policy_targets: tuple[float | None, float | None],
+                  chosen_on: str, temperature: tuple[float, str] | None = None) -> tuple[BundleCard, dict, np.ndarray]:
+    """Write the bundle OUT as a training run and ``ensemble`` finish theirs: ``model`` saved with ``card``, its ONNX
+    graph (checked against torch: predict and serve start on ONNX Runtime at once), ``appearance`` (None: none
+    recorded), then the temperature and the plain and TTA thresholds, chosen by one policy (``policy_targets``: a
+    sensitivity target, a false-positive-rate ceiling, or Youden's J; on the films named ``chosen_on``) on the films
+    ``score(folder)`` scores once the graph is in the folder (:func:`write_operating_point`, which writes the card and
+    its validation figures). ``temperature``: (T, caveat) fitted already, on logits scored before the export (a
+    training run's, by torch) and set in ``card``, so the export's check runs at it; None: fitted here on the scored
+    logits. Built beside OUT and renamed into place whole: a failure leaves no half bundle, which cv would take for a
+    finished fold. Returns the card written, the figures on the films, and their TTA scores."""
+    with building(out) as tmp:
+        save_bundle(tmp, model, card)
+        try:
+            export_onnx(tmp)
+        except torch.onnx.OnnxExporterError as e:
+            what = "the ensemble" if card.model == ENSEMBLE else f"the {card.model} model"
+            raise ValueError(f"{what} cannot be exported to ONNX, so it is not written: "
+                             f"{str(e).splitlines()[0]}") from None
+        if appearance is not None:
+            save_appearance(tmp, appearance)
+        scored = score(tmp)
+        fitted, caveat = temperature or calibrated_temperature(scored.logits, scored.targets)
+        # predict --tta averages views, which shifts the scores: its own threshold, same policy, same films
+        tta = card_task(card, out).positive_probability(tta_probabilities(scored.views, fitted))
+        # the card as export left it: bundle.json records model.onnx's checksum too
+        card, metrics = write_operating_point(
+            tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), softmax(scored.logits, fitted), tta,
+            scored.targets, *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
+    return card, metrics, tta
 
 
 def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
-    """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card and validation
-    report. The bundle is built beside RUN/bundle and renamed into place whole: a run killed or failed here leaves
-    no half bundle, which cv would take for a finished fold."""
-    val_set, val_rows, val_loader = d.val_set, d.val_rows, d.val_loader
+    """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card
+    (:func:`finish_bundle`) and validation report."""
     run = RunFolder(run_dir)
     model, card = ctx.from_main(load_bundle(run.best) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
-    index, logits = gather_rows(val_rows, predict_logits(model, val_loader, ctx.device), ctx)
-    bundle_dir = run.bundle
+    index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
     if not ctx.main:
-        return bundle_dir
-    targets = val_set.targets[index]
-    temperature, temperature_caveat = calibrated_temperature(logits, targets)
-    policy = policy_text(cfg.target_sensitivity, None, "validation")
-    card = dataclasses.replace(card, temperature=float(temperature), data_fingerprint=d.fingerprint,
+        return run.bundle
+    targets, images = d.val_set.targets[index], d.val_set.images[d.val_set.rows[index]]
+    # the intervals count patients, copies of one film under other names as one (their scans are this process's)
+    groups = patient_groups(d.val_records, run.split)[1][index]
+    temperature = calibrated_temperature(logits, targets)
+    card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
-    with building(bundle_dir) as tmp:
-        save_bundle(tmp, model, card)
-        export_onnx(tmp)  # ships BUNDLE/model.onnx, so predict and serve start on ONNX Runtime at once
-        record_appearance(tmp, d.plain[0])
-        # predict --tta averages views, which shifts the scores: its own threshold, same policy, same validation images
-        predictor = Predictor(tmp, cfg.eval_batch_size, backend="onnx")
-        tta_scores = predictor.positive(predictor.probabilities(val_set.images[val_set.rows[index]], tta=True))
-        # predictor.card is the card as export left it: bundle.json now records model.onnx's checksum too
-        card, metrics = write_operating_point(tmp, predictor.card, softmax(logits, temperature), tta_scores, targets,
-                                              cfg.target_sensitivity, None, policy, d.val_patients[index],
-                                              temperature_caveat)
-    threshold, tta_threshold = card.threshold, card.tta_threshold
-    # the films that chose the threshold, the temperature and the best epoch: the report and compare say so
-    metrics["data"] = "validation (chose its threshold)"
-    metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {len(targets)} "
-                             "validation films: the figures on them are optimistic"]
-    write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
-        "bundle": str(bundle_dir), "epochs": epochs, "best epoch": best_epoch, "processes": ctx.world,
-        "temperature": f"{temperature:.3f}", "threshold": f"{threshold:.4f} ({policy})",
-    })
+
+    def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
+        predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
+        return ScoredFilms(logits, [predictor.logits(view) for view in tta_views(images)], targets, groups)
+
+    card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
+                                       (cfg.target_sensitivity, None), "validation", temperature)
+    _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch))
     log.debug(  # the command prints its own line from the card
-        f"bundle: {bundle_dir}  val AUC {format_figure(metrics['auc'], 4)}  threshold {threshold:.4f} -> sens "
+        f"bundle: {run.bundle}  val AUC {format_figure(metrics['auc'], 4)}  threshold {card.threshold:.4f} -> sens "
         f"{format_figure(metrics['sensitivity'])} spec {format_figure(metrics['specificity'])} acc "
         f"{format_figure(metrics['accuracy'])}; with --tta: val AUC "
-        f"{format_figure(roc_auc(binary_targets(targets), tta_scores), 4)}  threshold {tta_threshold:.4f}"
+        f"{format_figure(roc_auc(binary_targets(targets), tta), 4)}  threshold {card.tta_threshold:.4f}"
     )
-    return bundle_dir
+    return run.bundle
+
+
+def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleCard, metrics: dict,
+                       epochs: tuple[int, int]) -> None:
+    """RUN/report.html and metrics.json of the validation films, which chose the threshold, the temperature and the
+    best epoch (``epochs``: the epochs run and the best): the report and compare say so."""
+    metrics["data"] = "validation (chose its threshold)"
+    metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
+                             "validation films: the figures on them are optimistic"]
+    write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
+        "bundle": str(RunFolder(run_dir).bundle), "epochs": epochs[0], "best epoch": epochs[1],
+        "processes": ctx.world, "temperature": f"{card.temperature:.3f}",
+        "threshold": f"{card.threshold:.4f} ({card.threshold_policy})",
+    })
