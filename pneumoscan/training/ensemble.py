@@ -50,7 +50,7 @@ from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_ta
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
-from .train import ScoredFilms, finish_bundle
+from .finish import ScoredFilms, finish_bundle
 
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 loop of :func:`pneumoscan.training.engine.fit` with the callbacks of :mod:`pneumoscan.training.callbacks` (the
 optimiser recipe's schedule, early stopping, best weights, atomic per-epoch checkpoints with exact resume,
 experiment tracking) and finalisation: temperature and threshold chosen on validation, and the bundle
-(:func:`finish_bundle`, which ``ensemble`` finishes its bundle with too). Runs alone or under torchrun (DDP)."""
+(:func:`~pneumoscan.training.finish.finish_bundle`, as ``ensemble`` finishes its bundle). Runs alone or under torchrun
+(DDP)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from pneumoscan.core.atomic import building, write_atomic
+from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
@@ -39,13 +40,13 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_u
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.evaluate import patient_groups
 from pneumoscan.evaluation.held_out import check_held_out
-from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
+from pneumoscan.evaluation.operating_point import calibrated_temperature
 from pneumoscan.evaluation.report import write_report
-from pneumoscan.inference.export import check_exportable, export_onnx
-from pneumoscan.inference.predict import Predictor, tta_probabilities, tta_views
+from pneumoscan.inference.export import check_exportable
+from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import ENSEMBLE, BundleCard, card_task, load_card, runtime_versions, save_appearance
+from pneumoscan.models.card import BundleCard, runtime_versions
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -64,6 +65,7 @@ from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_checksums, teacher_probabilities
 from .distributed import Dist, gather, gather_rows, setup_distributed
 from .engine import Callback, State, fit
+from .finish import ScoredFilms, finish_bundle
 from .resume import made_by, resume_from, run_record, save_checkpoint
 from .tracking import make_trackers
 from .warm_start import warm_start_head
@@ -180,19 +182,6 @@ class Data:
     plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
-
-
-@dataclass(frozen=True)
-class ScoredFilms:
-    """The films a bundle's temperature and thresholds are chosen on, as the bundle scores them: the plain logits
-    (N, C), each test-time-augmentation view's logits, the targets, and each film's patient unit, which the
-    thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
-    patient: :func:`~pneumoscan.evaluation.evaluate.patient_groups`)."""
-
-    logits: np.ndarray
-    views: list[np.ndarray]
-    targets: np.ndarray
-    groups: np.ndarray
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool, list[str]]:
@@ -497,39 +486,6 @@ def training_appearance(train_set: CachedImages) -> Appearance | None:
     except ValueError as e:
         log.info("no appearance of the training films recorded (%s): films unlike them will not be flagged", e)
         return None
-
-
-def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,
-                  score: Callable[[Path], ScoredFilms], policy_targets: tuple[float | None, float | None],
-                  chosen_on: str, temperature: tuple[float, str] | None = None) -> tuple[BundleCard, dict, np.ndarray]:
-    """Write the bundle OUT as a training run and ``ensemble`` finish theirs: ``model`` saved with ``card``, its ONNX
-    graph (checked against torch: predict and serve start on ONNX Runtime at once), ``appearance`` (None: none
-    recorded), then the temperature and the plain and TTA thresholds, chosen by one policy (``policy_targets``: a
-    sensitivity target, a false-positive-rate ceiling, or Youden's J; on the films named ``chosen_on``) on the films
-    ``score(folder)`` scores once the graph is in the folder (:func:`write_operating_point`, which writes the card and
-    its validation figures). ``temperature``: (T, caveat) fitted already, on logits scored before the export (a
-    training run's, by torch) and set in ``card``, so the export's check runs at it; None: fitted here on the scored
-    logits. Built beside OUT and renamed into place whole: a failure leaves no half bundle, which cv would take for a
-    finished fold. Returns the card written, the figures on the films, and their TTA scores."""
-    with building(out) as tmp:
-        save_bundle(tmp, model, card)
-        try:
-            export_onnx(tmp)
-        except torch.onnx.OnnxExporterError as e:
-            what = "the ensemble" if card.model == ENSEMBLE else f"the {card.model} model"
-            raise ValueError(f"{what} cannot be exported to ONNX, so it is not written: "
-                             f"{str(e).splitlines()[0]}") from None
-        if appearance is not None:
-            save_appearance(tmp, appearance)
-        scored = score(tmp)
-        fitted, caveat = temperature or calibrated_temperature(scored.logits, scored.targets)
-        # predict --tta averages views, which shifts the scores: its own threshold, same policy, same films
-        tta = card_task(card, out).positive_probability(tta_probabilities(scored.views, fitted))
-        # the card as export left it: bundle.json records model.onnx's checksum too
-        card, metrics = write_operating_point(
-            tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), softmax(scored.logits, fitted), tta,
-            scored.targets, *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
-    return card, metrics, tta
 
 
 def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:

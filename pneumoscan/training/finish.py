@@ -1,0 +1,67 @@
+"""Finishing a bundle, as a training run and ``ensemble`` both do: the weights saved, the ONNX graph, the
+appearance of the training films, then the temperature and thresholds chosen on the films the bundle scores."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumoscan.core.atomic import building
+from pneumoscan.core.metrics import softmax
+from pneumoscan.data.appearance import Appearance
+from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
+from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.predict import tta_probabilities
+from pneumoscan.models.bundle import save_bundle
+from pneumoscan.models.card import ENSEMBLE, BundleCard, card_task, load_card, save_appearance
+
+
+@dataclass(frozen=True)
+class ScoredFilms:
+    """The films a bundle's temperature and thresholds are chosen on, as the bundle scores them: the plain logits
+    (N, C), each test-time-augmentation view's logits, the targets, and each film's patient unit, which the
+    thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
+    patient: :func:`~pneumoscan.evaluation.evaluate.patient_groups`)."""
+
+    logits: np.ndarray
+    views: list[np.ndarray]
+    targets: np.ndarray
+    groups: np.ndarray
+
+
+def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,
+                  score: Callable[[Path], ScoredFilms], policy_targets: tuple[float | None, float | None],
+                  chosen_on: str, temperature: tuple[float, str] | None = None) -> tuple[BundleCard, dict, np.ndarray]:
+    """Write the bundle OUT as a training run and ``ensemble`` finish theirs: ``model`` saved with ``card``, its ONNX
+    graph (checked against torch: predict and serve start on ONNX Runtime at once), ``appearance`` (None: none
+    recorded), then the temperature and the plain and TTA thresholds, chosen by one policy (``policy_targets``: a
+    sensitivity target, a false-positive-rate ceiling, or Youden's J; on the films named ``chosen_on``) on the films
+    ``score(folder)`` scores once the graph is in the folder (:func:`write_operating_point`, which writes the card and
+    its validation figures). ``temperature``: (T, caveat) fitted already, on logits scored before the export (a
+    training run's, by torch) and set in ``card``, so the export's check runs at it; None: fitted here on the scored
+    logits. Built beside OUT and renamed into place whole: a failure leaves no half bundle, which cv would take for a
+    finished fold. Returns the card written, the figures on the films, and their TTA scores."""
+    with building(out) as tmp:
+        save_bundle(tmp, model, card)
+        try:
+            export_onnx(tmp)
+        except torch.onnx.OnnxExporterError as e:
+            what = "the ensemble" if card.model == ENSEMBLE else f"the {card.model} model"
+            raise ValueError(f"{what} cannot be exported to ONNX, so it is not written: "
+                             f"{str(e).splitlines()[0]}") from None
+        if appearance is not None:
+            save_appearance(tmp, appearance)
+        scored = score(tmp)
+        fitted, caveat = temperature or calibrated_temperature(scored.logits, scored.targets)
+        # predict --tta averages views, which shifts the scores: its own threshold, same policy, same films
+        tta = card_task(card, out).positive_probability(tta_probabilities(scored.views, fitted))
+        # the card as export left it: bundle.json records model.onnx's checksum too
+        card, metrics = write_operating_point(
+            tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), softmax(scored.logits, fitted), tta,
+            scored.targets, *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
+    return card, metrics, tta
