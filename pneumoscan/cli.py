@@ -251,7 +251,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_threshold(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.evaluation.operating_point import rethreshold
+    from pneumoscan.evaluation.rethreshold import rethreshold
 
     card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
                        args.max_false_positive_rate, args.data_name)

@@ -23,7 +23,7 @@ from pneumoscan import __version__, cli
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.evaluation.operating_point import rethreshold
+from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
 from tests.builders import nudge_weights

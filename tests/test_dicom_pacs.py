@@ -4,6 +4,7 @@ the raw For Processing image of an exposure and a film that cannot be decoded.""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pydicom.uid import (DigitalMammographyXRayImageStorageForProcessing, Digita
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import FOR_PROCESSING
-from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, predict_study
+from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, _session, predict_study
 from tests.test_interop import _wado_answer, chest_dicom, hostile_front, running_orthanc
 
 
@@ -124,3 +125,17 @@ def test_a_malformed_class_or_intent_in_the_search_answer_leaves_the_decision_to
     """A field that is no DICOM JSON object ended `pacs` in an AttributeError traceback before any film was read."""
     answer = {**search_answer(chest_dicom(film)), tag: "FOR PROCESSING"}
     assert _not_scored(answer) is None  # retrieved: its own header decides
+
+
+@pytest.mark.parametrize(("host", "warned"), [
+    ("LOCALHOST", False), ("[::1]", False), ("127.0.0.5", False),  # this machine, in a URL's spellings
+    ("localhost.", True), ("localhost.hospital.test", True), ("0.0.0.0", True),  # resolved, or not this machine
+])  # fmt: skip
+def test_plain_http_credentials_are_warned_of_unless_the_url_names_this_machine(
+        host: str, warned: bool, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """The URL's host is judged by the rule ``serve`` binds by (:func:`~pneumoscan.core.network.is_loopback`), once
+    the URL has given it up: a name in capitals and an IPv6 address in brackets are this machine too."""
+    caplog.set_level(logging.WARNING, logger="pneumoscan")
+    _session(f"http://{host}:8042/dicom-web", "Bearer t0ken")
+    assert ("over plain http" in caplog.text) is warned
+    assert "t0ken" not in caplog.text

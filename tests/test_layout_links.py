@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.data.layouts import discover, read_manifest, walk, write_manifest
+from pneumoscan.data.layouts import discover, read_manifest, write_manifest
+from pneumoscan.data.walk import walk
 
 
 def films(root: Path, names: dict[str, list[str]]) -> Path:

@@ -29,9 +29,9 @@ from pneumoscan.data.layouts import (
     read_manifest,
     register_layout,
     unregister_layout,
-    walk,
     write_manifest,
 )
+from pneumoscan.data.walk import walk
 from pneumoscan.data.tasks import get_task, warn_untyped
 from tests.builders import dicom_bytes
 

@@ -26,7 +26,7 @@ from pneumoscan import cli
 from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.evaluation.evaluate import evaluate
-from pneumoscan.evaluation.operating_point import rethreshold
+from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.explain import explain_array
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, export_onnx, read_sidecar
 from pneumoscan.inference.predict import Predictor, predict_paths

@@ -22,7 +22,7 @@ from starlette.routing import Mount
 
 from pneumoscan import cli
 from pneumoscan.serving.app import create_app
-from pneumoscan.serving.guard import Access, is_loopback
+from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import build_server
 from tests.builders import free_port, running, wait_healthy
@@ -163,11 +163,6 @@ def test_an_app_made_in_python_with_a_key_in_the_environment_applies_it_or_is_re
         assert c.get("/v1/model", headers={"X-API-Key": KEY}).status_code == 200
 
 
-def test_loopback_addresses() -> None:
-    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]))
-    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.4", "xray.hospital.org"]))
-
-
 # ---------------------------------------------------------------- headers, docs, CORS
 
 
@@ -298,7 +293,7 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
 def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
     monkeypatch.delenv("PNEUMOSCAN_API_KEY", raising=False)
-    for host in ("0.0.0.0", "::", "192.168.1.4"):
+    for host in ("0.0.0.0", "::", "192.168.1.4", "localhost."):  # localhost. is resolved, so may be elsewhere
         assert cli.main(["serve", str(tiny_bundle), "--host", host, "--port", "1"]) == 2
         err = capsys.readouterr().err
         assert f"refusing to listen on {host} without an API key" in err and "Traceback" not in err

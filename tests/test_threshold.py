@@ -23,8 +23,9 @@ from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table
 from pneumoscan.evaluation.evaluate import evaluate, labelled_records
 from pneumoscan.evaluation.held_out import CALIBRATION_FILMS
-from pneumoscan.evaluation.operating_point import OperatingPoint, int8_figures, rethreshold
+from pneumoscan.evaluation.operating_point import OperatingPoint, int8_figures
 from pneumoscan.evaluation.model_card import MODEL_CARD
+from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
@@ -208,16 +209,16 @@ def test_a_pipe_in_place_of_the_copys_int8_sidecar_is_refused_not_waited_on(
     """The copy's INT8 sidecar is read back to get the new thresholds; it had been read with read_text, which waits
     for ever on a pipe (bundle files are refused when they are not regular files): a pipe put there once the copy
     is made (bundle files replaced while threshold runs) now stops it with its reason, and leaves no bundle."""
-    from pneumoscan.evaluation import operating_point
+    from pneumoscan.evaluation import rethreshold as command
 
-    record = operating_point.record_calibration_films
+    record = command.record_calibration_films
 
     def then_a_pipe(folder: Path, *args: object) -> None:  # called on the copy just before its sidecar is read
         record(folder, *args)
         spec_path(folder / INT8_NAME).unlink()
         os.mkfifo(spec_path(folder / INT8_NAME))
 
-    monkeypatch.setattr(operating_point, "record_calibration_films", then_a_pipe)
+    monkeypatch.setattr(command, "record_calibration_films", then_a_pipe)
     refused: list[str] = []
 
     def run() -> None:

@@ -4,7 +4,8 @@ A dataset's shape is a :class:`Layout`, chosen by :func:`discover` from the regi
 Kaggle/Kermany folders (``{train,val,test}/{NORMAL,PNEUMONIA}``, films named ``person12_bacteria_45.jpeg`` and, for
 normals, after a study: ``IM-0115-0001.jpeg``), the Mendeley release (the same folders, films named
 ``BACTERIA-4038442-0001.jpeg``: kind, patient, film) and a CSV manifest. Each layout owns its file-name rules, which
-give the pneumonia subtype and the patient id. Which files are images is the readers' say (:mod:`pneumoscan.data.readers`).
+give the pneumonia subtype and the patient id. Which files are images is the readers' say
+(:mod:`pneumoscan.data.readers`), and a layout lists its folders with the one folder walk (:mod:`.walk`).
 Everything downstream works on :class:`Record` lists.
 """
 
@@ -12,12 +13,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
 import re
-import stat
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
@@ -25,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.atomic import write_csv
-from pneumoscan.core.names import file_kind, shown
+from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS, look_up_option
 from . import readers
-from .decode import open_regular, read_dicom_header
-from .pixels import DecodeError
+from .decode import read_dicom_header
+from .walk import ALREADY_SEARCHED, Entry, junk_reason, walk
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 MANIFEST_FIELDS = ("path", "label", "subtype", "patient", "split")
 
-_JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 HEADER_PATIENT = "dicom-"  # the prefix of a patient id taken from a DICOM header (header_patient)
 # "bacteria" or "virus" said as a word in a name no layout's rules fit: child0_bacteria_0, Viral Pneumonia-12
 _KIND_WORD = re.compile(r"(?<![a-z])(bacteria|bacterial|virus|viral)(?![a-z])", re.IGNORECASE)
@@ -179,127 +177,13 @@ def own_patient(rec: Record) -> bool:
     return os.path.basename(rec.patient) == os.path.basename(rec.path)
 
 
-def _junk_reason(path: Path) -> str | None:
-    """Reason to skip a file, or None if it looks like an image we should read."""
-    if hidden := _hidden_reason(path):
-        return hidden
-    if path.suffix.lower() not in readers.suffixes():
-        return f"not an image extension ({path.suffix or 'none'})"
-    return None
-
-
-def _hidden_reason(path: Path) -> str | None:
-    """Reason to skip a hidden or system file (never a film, whatever it holds), or None."""
-    if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
-        return "hidden folder"
-    name = path.name.lower()
-    if name in _JUNK_NAMES or name.startswith("._"):
-        return "system file"
-    if name == "dicomdir":  # every DICOM medium carries one: its index, DICM magic and all, never a film
-        return "DICOM media directory (DICOMDIR), not a film"
-    if name.startswith("."):
-        return "hidden file"
-    return None
-
-
-def _is_dicom(path: Path) -> bool:
-    """Whether a regular file starts as DICOM Part 10 does ("DICM" at byte 128): DICOM media name their files
-    without an ending (``IM000001``, as a DICOMDIR lists them), and PACS exports by a UID (``1.2.840....52``)."""
-    try:
-        with open_regular(path) as f:
-            head = f.read(readers.HEAD_BYTES)
-    except (OSError, DecodeError):  # unreadable: left out as not an image, as before
-        return False
-    reader = readers.reader_for(head)
-    return reader is not None and reader.name == "DICOM"
-
-
 def _skip(entry: Path, kind: str, found: Discovery) -> None:
     """Record an entry that is not a ``kind`` folder (split or class) with the reason it was left out."""
     if entry.is_dir():
         reason = "hidden folder" if entry.name.startswith(".") else f"not a {kind} folder"
     else:
-        reason = _junk_reason(Path(entry.name)) or f"outside the {kind} folders"
+        reason = junk_reason(Path(entry.name)) or f"outside the {kind} folders"
     found.skipped.append({"path": str(entry), "reason": reason})
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One entry found below a folder: an ``image`` to read, an ``unreadable`` one (named like an image, but a
-    broken link, a link loop, a FIFO, ...; or a folder that cannot be listed), or ``skipped`` (junk, not an image,
-    a folder named like an image); every one but an image with its reason."""
-
-    path: Path
-    kind: str  # "image" | "unreadable" | "skipped"
-    reason: str = ""
-    # an image's os.path.realpath, which discovery keys films by: walk knows it from its folder's, so only a link
-    # costs a realpath of its own (an lstat per part of the path, for every film of a dataset)
-    real: str = ""
-
-
-_SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
-
-
-def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None = None) -> list[Entry]:
-    """Every entry below ``folder`` in path order, each accounted for (:class:`Entry`); the one folder walk that
-    discovery and prediction share. Linked folders are followed (a site's films linked in), each real folder once, so
-    a link to an ancestor cannot loop; ``exclude`` (an output folder inside) is not searched. ``seen`` (real folder ->
-    the path it was first searched at; ``folder`` itself is searched if it is its own first path) can be shared by
-    the walks of one dataset, so that no real folder is searched twice in it. Only a regular file whose ending no
-    reader claims is opened, for its first bytes (a DICOM file without ``.dcm``, :func:`_is_dicom`): a FIFO is only
-    named, never read, so the walk cannot hang."""
-    out: list[Entry] = []
-    skip = os.path.realpath(exclude) if exclude is not None else None
-    seen = {} if seen is None else seen
-    pending = [folder]
-    while pending:
-        current = pending.pop()
-        real = os.path.realpath(current)
-        if real == skip or (skip is not None and real.startswith(skip.rstrip(os.sep) + os.sep)):
-            out.append(Entry(current, "skipped", "output folder of this run (not searched)"))
-            continue
-        if seen.setdefault(real, current) != current:
-            out.append(Entry(current, "skipped", _SEARCHED))
-            continue
-        try:
-            with os.scandir(current) as listing:
-                names = [(e.name, e.is_symlink()) for e in listing]
-        except OSError as e:
-            out.append(Entry(current, "unreadable", f"cannot list folder: {e.strerror or e}"))
-            continue
-        below = current.relative_to(folder)
-        for name, link in names:
-            path = current / name
-            kind, reason = _classify(path, below / name)
-            if kind == "folder":
-                pending.append(path)
-                if reason:
-                    out.append(Entry(path, "skipped", reason))
-            elif kind != "image":
-                out.append(Entry(path, kind, reason))
-            else:
-                out.append(Entry(path, kind, reason, os.path.realpath(path) if link else os.path.join(real, name)))
-    return sorted(out, key=lambda e: e.path.parts)
-
-
-def _classify(path: Path, relative: Path) -> tuple[str, str]:
-    """(kind, reason) of one entry: "folder" (reason: why it is listed too), "image", "unreadable" or "skipped"."""
-    try:
-        mode = os.stat(path).st_mode  # through links
-    except OSError as e:
-        problem = {errno.ELOOP: "link loop", errno.ENOENT: "broken link"}.get(e.errno, f"cannot read: {e.strerror}")
-    else:
-        if stat.S_ISDIR(mode):
-            named = path.suffix.lower() in readers.suffixes()
-            return "folder", "folder named like an image (searched inside, not read)" if named else ""
-        problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
-    junk = _junk_reason(relative)
-    if problem is None:
-        if junk and not _hidden_reason(relative) and _is_dicom(path):
-            return "image", ""
-        return ("skipped", junk) if junk else ("image", "")
-    # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
-    return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
 
 
 # ---------------------------------------------------------------- layouts
@@ -418,7 +302,7 @@ class ClassFolders(Layout):
                                      f"would be read as {_place(*place)} and as {_place(*owner)}, and a film cannot "
                                      "carry two labels or sit in two splits; remove the link")
                 entry = Entry(entry.path, "skipped", "film already read (a link to it)")
-            elif entry.reason == _SEARCHED:
+            elif entry.reason == ALREADY_SEARCHED:
                 first = seen[os.path.realpath(entry.path)]
                 if (owner := _owner(first, places)) is None:
                     raise ValueError(f"{shown(entry.path)} leads back to {shown(first)}, which holds the class "

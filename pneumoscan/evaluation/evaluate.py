@@ -1,6 +1,7 @@
 """Evaluate a bundle on labelled images: metrics at the bundle's threshold and at 0.5, CIs, curves, report,
 per-image predictions, a sensitivity/specificity table over thresholds and the most confident errors. Whether the
-films are new to the bundle is :mod:`.held_out`'s to say; a new threshold is :mod:`.operating_point`'s."""
+films are new to the bundle is :mod:`.held_out`'s to say; a new threshold is :mod:`.operating_point`'s (the
+``threshold`` command is :mod:`.rethreshold`)."""
 
 from __future__ import annotations
 

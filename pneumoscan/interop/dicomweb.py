@@ -21,7 +21,6 @@ followed: a 3xx is an error naming where it pointed (a 307 had sent a report, pa
 from __future__ import annotations
 
 import io
-import ipaddress
 import logging
 import math
 import struct
@@ -29,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydicom
 import requests
@@ -43,6 +42,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from pneumoscan.core.names import shown
+from pneumoscan.core.network import is_loopback
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
@@ -321,7 +321,8 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
         raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
                          "none of; give credentials such as a token with --auth-file (or the environment variable "
                          f"{AUTH_ENV}), never in the URL")
-    if parts.scheme == "http" and ("@" in parts.netloc or authorization is not None) and not _loopback(parts):
+    crosses_network = not is_loopback(parts.hostname or "")  # hostname: lowercased, an IPv6 address unbracketed
+    if parts.scheme == "http" and ("@" in parts.netloc or authorization is not None) and crosses_network:
         log.warning("credentials go to %s over plain http, readable by anyone on the network between: use https",
                     parts.hostname)
     session = requests.Session()
@@ -351,14 +352,6 @@ def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -
         raise requests.HTTPError(f"HTTP {response.status_code} {response.reason}: the PACS redirected to {host}; "
                                  "redirects are not followed: give --url the PACS's own DICOMweb root",
                                  response=response)
-
-
-def _loopback(parts: SplitResult) -> bool:
-    """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1): plain http to it crosses no network."""
-    try:
-        return parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:  # a host name
-        return False
 
 
 def _retrieved(session: requests.Session, study_uid: str, found: list[dict], root: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,13 +163,3 @@ def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
         if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
             return True
     return False
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the service on this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -29,10 +29,11 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.logging import AccessFormatter
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
-from .guard import Access, is_loopback
+from .guard import Access
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
