@@ -19,7 +19,6 @@ from pneumoscan.core.options import (
     OPTIMIZERS,
     RESIZE_POLICIES,
     TRACKERS,
-    apply_settings,
     look_up_option,
     usable_cores,
 )
@@ -30,7 +29,7 @@ from pneumoscan.data.transforms import Augment
 from pneumoscan.inference.predict import Predictor, format_results
 from pneumoscan.models import registry as models
 from pneumoscan.training.tracking import make_trackers
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.config import TrainConfig, apply_settings
 
 
 def test_look_up_option_suggests_the_closest_names() -> None:
@@ -153,6 +152,15 @@ def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) 
     for cfg in (TrainConfig.from_dict(settings), TrainConfig(**settings)):  # YAML and flags, or the library
         got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key) for key in expected}
         assert got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
+
+
+def test_a_numpy_number_is_a_setting_config_yaml_can_hold() -> None:
+    """A learning rate from ``np.logspace`` (a notebook's grid search) was kept as numpy's float64, and the run then
+    failed writing config.yaml with yaml's RepresenterError traceback; numpy's float32 was refused as no number."""
+    for lr in np.logspace(-4, -2, 3):
+        cfg = TrainConfig(lr=lr, augment={"noise": np.float32(0.25)})
+        assert type(cfg.lr) is float and type(cfg.augment.noise) is float
+        assert yaml.safe_load(cfg.to_yaml())["lr"] == lr and cfg.augment.noise == 0.25
 
 
 @pytest.mark.parametrize("settings, reason", [

@@ -1,25 +1,18 @@
 """One check for every named choice (task, model, backend, resize policy, fill mode, format, config key): an
 unknown name is refused with the closest known ones, as MONAI's ``look_up_option`` does, so a typo reads as a typo.
-Config settings (``--set``, YAML) are checked here too: their keys so, their values against the fields' types.
 How many cores this process may use, and so how many threads a model run takes, is worked out here, once."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import difflib
 import logging
 import math
 import os
 import re
 import sys
-import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
-
-import yaml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,13 +31,6 @@ PREDICT_BATCH = 64  # predict.Predictor: images per model call
 MAX_UPLOAD_MB = 20  # serving.app.create_app: larger uploads are refused
 CALIBRATION_IMAGES = 256  # quantize: training films whose activations set the INT8 ranges (more changed AUC by < 0.001)
 LISTED = 20  # more known names than this are not all listed in the message
-SETTINGS_HINT = "`pneumoscan train --print-config` lists the settings"  # where a misspelt config key's list is
-# a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
-# string, so the float a setting means arrives as text
-SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-# how a setting's expected type reads in a message
-KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null",
-         list: "a list", list[str]: "a list of strings", tuple: "a list", dict: "a mapping"}
 
 
 CGROUP = Path("/sys/fs/cgroup")  # a container's own cgroup (its namespace's root), where its CPU quota is set
@@ -149,57 +135,3 @@ def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: s
     guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listed = hint or (f"choose from {', '.join(map(str, known))}" if len(known) <= LISTED else f"{len(known)} names")
     raise ValueError(f"unknown {what} {value!r}{guess} ({listed})")
-
-
-def check_fields(data: Mapping[str, object], cls: type, prefix: str = "") -> dict:
-    """``data`` as settings of dataclass ``cls``: every key names a field (``prefix``: the keys' path, as in
-    ``augment.``) and every value has the field's type, so a wrong one is refused by name before a run starts
-    rather than failing in it, or training 3 epochs for 2.5. A float field takes ints and reads a number in
-    scientific notation that YAML left a string (``3e-4``); an int field takes no bool, and a float (or such a
-    string: ``1e9``) only if whole.
-    Returns ``data`` with those values converted."""
-
-    def fits(value: object, kind: object) -> bool:
-        origin = typing.get_origin(kind) or kind
-        if origin in (int, float):  # a bool is no number; a float field takes ints too
-            return not isinstance(value, bool) and isinstance(value, int if origin is int else (int, float))
-        return isinstance(value, origin) and (origin is not list or all(fits(v, *typing.get_args(kind)) for v in value))
-
-    names, hints, checked = [prefix + f.name for f in dataclasses.fields(cls)], typing.get_type_hints(cls), dict(data)
-    for key, value in data.items():
-        look_up_option(prefix + str(key), names, "config key", hint=SETTINGS_HINT)
-        union = typing.get_origin(hints[key]) in (typing.Union, types.UnionType)  # X | None
-        kinds = typing.get_args(hints[key]) if union else (hints[key],)
-        if (float in kinds or int in kinds) and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
-            value = float(value)  # an int field then takes it if whole, below (seed=1e9)
-        if int in kinds and float not in kinds and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not any(fits(value, kind) for kind in kinds):
-            expected = " or ".join(KINDS.get(kind, KINDS.get(typing.get_origin(kind), "a group of settings"))
-                                   for kind in kinds)  # fmt: skip
-            raise ValueError(f"{prefix}{key} must be {expected}, got {value!r}")
-        checked[key] = value
-    return checked
-
-
-def apply_settings(data: dict, settings: Sequence[str]) -> dict:
-    """``data`` with each ``key=value`` of ``settings`` set on it (``--set``): a dotted key reaches into a nested
-    mapping (``augment.noise=0.04``), the value is read as a YAML scalar (``0.04``, ``true``, ``null``, ``[1, 2]``).
-    Keys and values are checked where the mapping becomes a config (:func:`check_fields`)."""
-    data = copy.deepcopy(data)
-    for setting in settings:
-        key, sep, text = setting.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {setting!r}: expected key=value, e.g. epochs=3 or augment.noise=0.04")
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for depth, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"--set {setting!r}: {'.'.join(parents[: depth + 1])} is {child!r}, not a group of settings")
-            node = child
-        try:
-            node[leaf] = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {setting!r}: the value is not YAML: {str(e).splitlines()[0]}") from None
-    return data

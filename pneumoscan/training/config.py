@@ -3,19 +3,25 @@ RUN/config.yaml and in the checkpoint and bundle."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from pneumoscan.core.names import is_utf8, shown
-from pneumoscan.core.options import (OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, SETTINGS_HINT, VAL_FRACTION,
-                                     apply_settings, check_fields, look_up_option)
+from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION, look_up_option
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.data.transforms import Augment
@@ -48,6 +54,13 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
 }
 # the teachers' share of each training film's target when distill_weight is not set
 DISTILL_WEIGHT = 0.5
+SETTINGS_HINT = "`pneumoscan train --print-config` lists the settings"  # where a misspelt config key's list is
+# a number in scientific notation: YAML 1.1 reads one without a dot (3e-4) or without an exponent sign (1.0e5) as a
+# string, so the float a setting means arrives as text
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# how a setting's expected type reads in a message; any other (Augment) is a group of settings
+KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null",
+         list[str]: "a list of strings", dict: "a mapping"}
 
 
 @dataclass
@@ -113,12 +126,12 @@ class TrainConfig:
         if self.augment is False:  # YAML also reads `off`: every augmentation off
             self.augment = Augment.off()
         elif isinstance(self.augment, dict):
-            self.augment = Augment(**check_fields(self.augment, Augment, "augment."))
+            self.augment = Augment(**_checked_settings(self.augment, Augment, "augment."))
         # a tuple of teachers, or pathlib paths, as the library's callers give them: the text YAML reads
         self.teacher = _teachers(self.teacher)
         self.init, self.split_csv = _text(self.init), _text(self.split_csv)
-        for name, value in check_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                                        type(self)).items():
+        for name, value in _checked_settings({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                                             type(self)).items():
             setattr(self, name, value)
         # teachers and the starting bundle as the run and its bundle record them: absolute, so evaluation finds them
         # from any folder, however the config was made (flags, YAML, --set, the library); `teacher: runs/a/bundle`
@@ -181,20 +194,91 @@ def recorded_settings(data: dict) -> dict:
 
 
 def _text(value: object) -> object:
-    """A path (``pathlib.Path``) as the text a config holds; any other value as it is, for check_fields to judge."""
+    """A path (``pathlib.Path``) as the text a config holds; any other value as it is, for its type to judge."""
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _teachers(value: object) -> object:
     """``teacher`` as a list of texts: ``teacher: runs/a/bundle`` (or a path) names one, null (or nothing) none, a
-    tuple is a list; any other value as it is, for check_fields to refuse by name."""
+    tuple is a list; any other value as it is, for _checked_settings to refuse by name."""
     if value is None or isinstance(value, (str, os.PathLike)):
         value = [value] if value else []
     return [_text(t) for t in value] if isinstance(value, (list, tuple)) else value
 
 
+def _checked_settings(data: Mapping[str, object], cls: type, prefix: str = "") -> dict:
+    """``data`` as settings of dataclass ``cls``, so that a wrong one is refused by name before a run starts rather
+    than failing in it, or training 3 epochs for 2.5: every key names a field (``prefix``: the keys' path, as in
+    ``augment.``), else the nearest are named; every value has the field's type (pydantic, strict: "8" is no number,
+    1 no boolean), else the first wrong one is named with its type in words, in one line rather than pydantic's
+    report. Returns ``data`` with pydantic's values: numbers read as :func:`_number` reads them, and any other
+    number a float field takes (numpy's, ``Decimal``) a Python float, which config.yaml can hold."""
+    adapter, hints = _settings_adapter(cls)
+    for key in data:
+        look_up_option(prefix + str(key), [prefix + name for name in hints], "config key", hint=SETTINGS_HINT)
+    checked = {key: _number(value, hints[key]) for key, value in data.items()}
+    try:
+        return adapter.validate_python(checked)
+    except ValidationError as e:
+        key = e.errors()[0]["loc"][0]
+        expected = " or ".join(KINDS.get(kind, "a group of settings") for kind in _kinds(hints[key]))
+        raise ValueError(f"{prefix}{key} must be {expected}, got {checked[key]!r}") from None
+
+
+@functools.cache
+def _settings_adapter(cls: type) -> tuple[TypeAdapter, dict[str, object]]:
+    """A strict pydantic check of the fields of dataclass ``cls``, and their types. It checks a TypedDict of the
+    fields, not ``cls``: that would build a ``cls``, and a TrainConfig checks itself as it is built."""
+    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    # a float field keeps an int as the int it is, so that a refusal of `ema_decay: 1` says "got 1", not "got 1.0"
+    taken = {name: int | hint if float in _kinds(hint) else hint for name, hint in hints.items()}
+    settings = TypedDict(f"{cls.__name__}Settings", taken, total=False)  # type: ignore[misc]
+    return TypeAdapter(with_config(ConfigDict(strict=True, extra="forbid"))(settings)), hints
+
+
+def _kinds(hint: object) -> tuple:
+    """The types a field takes: each of a union's (``float | None``), else the one."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _number(value: object, hint: object) -> object:
+    """``value`` as a field of type ``hint`` reads it: for a number field, scientific notation that YAML 1.1 left a
+    string (:data:`SCIENTIFIC`: ``3e-4``) as the float it means; for an int field, a whole float (``3.0``, ``seed:
+    1e9``) as the int it is, which strict pydantic would refuse. Any other value as it is, for the type to judge."""
+    kinds = _kinds(hint)
+    if (float in kinds or int in kinds) and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)
+    if int in kinds and float not in kinds and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
+def apply_settings(data: dict, settings: Sequence[str]) -> dict:
+    """``data`` with each ``key=value`` of ``settings`` set on it (``--set``): a dotted key reaches into a nested
+    mapping (``augment.noise=0.04``), the value is read as a YAML scalar (``0.04``, ``true``, ``null``, ``[1, 2]``).
+    Keys and values are checked where the mapping becomes a config (:func:`_checked_settings`)."""
+    data = copy.deepcopy(data)
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {setting!r}: expected key=value, e.g. epochs=3 or augment.noise=0.04")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {setting!r}: {'.'.join(parents[: depth + 1])} is {child!r}, not a group of "
+                                 "settings")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {setting!r}: the value is not YAML: {str(e).splitlines()[0]}") from None
+    return data
+
+
 def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrides: Any) -> TrainConfig:
-    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`options.apply_settings`), then
+    """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`apply_settings`), then
     command-line overrides (those not None) on top of the defaults."""
     try:
         data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}

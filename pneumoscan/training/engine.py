@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from pneumoscan.core.logs import progress as progress_bar
@@ -113,6 +113,18 @@ def check_finite(loss: torch.Tensor, state: State) -> None:
                          "learning rate (--lr) and train again")
 
 
+@dataclass
+class _EpochTotals:
+    """What an epoch's steps add up to: the sums behind its training loss and accuracy, and its logits and targets
+    for the training AUC (augmented images, scored by weights that changed as the epoch went)."""
+
+    loss: float = 0.0  # summed over the images
+    correct: float = 0  # images whose class (a mixed image's larger part) the logits' larger one named
+    seen: float = 0  # images; floats once summed over the ranks
+    logits: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+
+
 def fit(
     state: State,
     callbacks: list[Callback],
@@ -125,11 +137,10 @@ def fit(
     probabilities; ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training
     logits are every rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images.
     A loss that is not finite on any rank is refused (:func:`check_finite`) before its step."""
-    ctx = state.ctx
-    amp = autocast(ctx.device, state.precision)
+    amp = autocast(state.ctx.device, state.precision)
     progress = progress_bar(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=ctx.main,
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=state.ctx.main,
     )
     _run(callbacks, "on_fit_start", state)
     steps_per_epoch = len(state.train_loader)
@@ -139,42 +150,13 @@ def fit(
             state.net.train()
             _run(callbacks, "on_epoch_start", state)
             progress.reset(bar, total=steps_per_epoch, epoch=state.epoch + 1, info="")
-            run_loss, run_correct, seen = 0.0, 0, 0
-            run_logits, run_targets = [], []  # for the training AUC: augmented images, weights changing as it goes
-            for x, y in state.train_loader:
-                _run(callbacks, "before_step", state)
-                if state.end_epoch:
-                    break
-                x = x.to(ctx.device, non_blocking=True, memory_format=torch.channels_last)
-                y = y.to(ctx.device, non_blocking=True)
-                with amp:
-                    logits = state.net(x)
-                    loss = loss_fn(logits.float(), y)
-                check_finite(loss, state)
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                state.optimizer.step()
-                state.step += 1
-                hard = y if y.ndim == 1 else y.argmax(1)  # a mixed image counts as its larger part's class
-                run_loss += loss.item() * len(y)
-                run_correct += int((logits.argmax(1) == hard).sum())
-                run_logits.append(logits.detach().float().cpu().numpy())
-                run_targets.append(hard.cpu().numpy())
-                seen += len(y)
-                _run(callbacks, "after_step", state)
-                lr = state.optimizer.param_groups[0]["lr"]
-                progress.update(bar, advance=1, info=f"loss {run_loss / seen:.3f} acc {run_correct / seen:.3f} lr {lr:.2e}")
-
-            if ctx.world > 1:  # training loss and accuracy over every rank's images, not rank 0's share
-                sums = torch.tensor([run_loss, run_correct, seen], dtype=torch.float64, device=ctx.device)
-                dist.all_reduce(sums)
-                run_loss, run_correct, seen = sums.tolist()
-            if seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
+            totals = _summed_over_ranks(state.ctx, _train_epoch(state, callbacks, loss_fn, amp, progress, bar))
+            if totals.seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
                 break
             _run(callbacks, "before_validation", state)
-            state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": run_loss / seen,
-                         "train_acc": run_correct / seen}
-            state.row.update(validate(state, np.concatenate(run_logits), np.concatenate(run_targets)))
+            state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": totals.loss / totals.seen,
+                         "train_acc": totals.correct / totals.seen}
+            state.row.update(validate(state, np.concatenate(totals.logits), np.concatenate(totals.targets)))
             state.row.update(lr=state.optimizer.param_groups[0]["lr"], minutes=state.elapsed / 60)
             state.history.append(state.row)
             _run(callbacks, "on_validation_end", state)
@@ -182,3 +164,67 @@ def fit(
             state.epoch += 1
     _run(callbacks, "on_fit_end", state)
     return state
+
+
+def _train_epoch(
+    state: State,
+    callbacks: list[Callback],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    amp: torch.autocast,
+    progress: Progress,
+    bar: TaskID,
+) -> _EpochTotals:
+    """One pass over this rank's training batches, one step each, with the hooks around every step; ends early when
+    a ``before_step`` hook sets ``state.end_epoch`` (the time budget). Returns this rank's totals, for the epoch's
+    row, and shows them as it goes."""
+    totals = _EpochTotals()
+    for x, y in state.train_loader:
+        _run(callbacks, "before_step", state)
+        if state.end_epoch:
+            break
+        x = x.to(state.ctx.device, non_blocking=True, memory_format=torch.channels_last)
+        y = y.to(state.ctx.device, non_blocking=True)
+        logits, loss = _step(state, x, y, loss_fn, amp)
+        hard = y if y.ndim == 1 else y.argmax(1)  # a mixed image counts as its larger part's class
+        totals.loss += loss.item() * len(y)
+        totals.correct += int((logits.argmax(1) == hard).sum())
+        totals.logits.append(logits.detach().float().cpu().numpy())
+        totals.targets.append(hard.cpu().numpy())
+        totals.seen += len(y)
+        _run(callbacks, "after_step", state)
+        lr = state.optimizer.param_groups[0]["lr"]
+        progress.update(bar, advance=1,
+                        info=f"loss {totals.loss / totals.seen:.3f} acc {totals.correct / totals.seen:.3f} lr {lr:.2e}")
+    return totals
+
+
+def _step(
+    state: State,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    amp: torch.autocast,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch already on the run's device: the forward pass under the run's autocast, the
+    loss in fp32, refused on every rank when it is not finite (:func:`check_finite`) before it reaches the weights.
+    Returns the logits and the loss, which the epoch's tallies and progress bar read."""
+    with amp:
+        logits = state.net(x)
+        loss = loss_fn(logits.float(), y)
+    check_finite(loss, state)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    return logits, loss
+
+
+def _summed_over_ranks(ctx: Dist, totals: _EpochTotals) -> _EpochTotals:
+    """``totals`` with the training loss, accuracy and image count summed over every rank, so that the epoch's row
+    covers every rank's images, not rank 0's share; the logits stay this rank's (``validate`` joins them)."""
+    if ctx.world > 1:
+        sums = torch.tensor([totals.loss, totals.correct, totals.seen], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(sums)
+        totals.loss, totals.correct, totals.seen = sums.tolist()
+    return totals
+
