@@ -43,7 +43,9 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.preprocess import resize, spread
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from rich.console import Group
+    from rich.table import Table
 
     from pneumoscan.data.transforms import Augment
 
@@ -244,11 +246,42 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
     if not records:  # "0 images audited" would pass for a clean dataset
         raise ValueError("no images to audit" + (f" ({len(discovery.skipped)} files skipped as no image)"
                                                  if discovery.skipped else ""))
-    paths = [r.path for r in records]
-    workers = workers or usable_cores()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        scans = list(pool.map(_scan, paths, chunksize=max(1, len(paths) // (workers * 8))))
+    scans = _scan_files([r.path for r in records], workers or usable_cores())
+    counts, subtypes = _class_counts(records)
+    sizes, modes, unreadable, hashed = _image_stats(records, scans)
+    exact, near, conflicts = _duplicate_findings(records, hashed, layouts().get(discovery.layout))
+    return {
+        "n_images": len(records),
+        "counts": counts,
+        "subtypes": subtypes,
+        "sizes": sizes,
+        "modes": modes,
+        "unreadable": unreadable,
+        "skipped": list(discovery.skipped),
+        "duplicate_groups": exact,
+        "near_duplicate_groups": near,
+        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+        "patient_overlap": (overlap := shared_patients(records)),
+        # a film of each such patient in each of its splits: a DICOM header's id is shown only as its digest
+        "patient_examples": _patient_examples(records, overlap),
+        # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
+        "without_patient_id": sum(map(own_patient, records)),
+        "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
+        "label_conflicts": conflicts,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
+
+def _scan_files(paths: list[str], workers: int) -> list[dict]:
+    """:func:`_scan` of every file, in order, by ``workers`` processes: one pass a file reads all the audit needs,
+    and chunks of about an eighth of a worker's share keep the pool busy to the end."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_scan, paths, chunksize=max(1, len(paths) // (workers * 8))))
+
+
+def _class_counts(records: Sequence[Record]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(films per split and label, films per split and pneumonia subtype): the report's class balance, every label
+    and subtype present in each split, at 0 when it has none."""
     counts: dict[str, dict[str, int]] = {}
     subtypes: dict[str, dict[str, int]] = {}
     for rec in records:
@@ -256,7 +289,14 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         counts.setdefault(key, dict.fromkeys(LABELS, 0))[rec.label] += 1
         sub = subtypes.setdefault(key, dict.fromkeys(SUBTYPES, 0))
         sub[_subtype_key(rec.subtype)] = sub.get(_subtype_key(rec.subtype), 0) + 1
+    return counts, subtypes
 
+
+def _image_stats(
+    records: Sequence[Record], scans: Sequence[dict]
+) -> tuple[dict[str, dict], dict[str, int], list[dict], list[tuple[Record, dict]]]:
+    """(sizes per split, films per image mode, the unreadable files with their reasons, (record, scan) of every
+    readable film): an unreadable file counts in no size or mode, and in no duplicate group."""
     widths: dict[str, list[int]] = defaultdict(list)
     heights: dict[str, list[int]] = defaultdict(list)
     modes: Counter[str] = Counter()
@@ -269,35 +309,22 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         heights[_split_key(rec.split)].append(scan["height"])
         modes[scan["mode"]] += 1
         hashed.append((rec, scan))
+    sizes = {k: {"width": _size_stats(widths[k]), "height": _size_stats(heights[k])} for k in widths}
+    return sizes, dict(modes), unreadable, hashed
 
-    sha = {s["path"]: s["sha"] for _, s in hashed}  # an unreadable file is in no duplicate group
+
+def _duplicate_findings(records: Sequence[Record], hashed: Sequence[tuple[Record, dict]],
+                        layout: Layout | None) -> tuple[list[list[str]], list[dict], list[dict]]:
+    """(groups of byte-identical files, picture groups with the splits they span, label conflicts) among the
+    readable films of ``hashed``; the labels of all ``records`` are weighed for the conflicts."""
+    sha = {s["path"]: s["sha"] for _, s in hashed}
     splits: dict[str, set[str]] = defaultdict(set)
     for rec, _ in hashed:
         splits[rec.path].add(_split_key(rec.split))
     groups = _picture_groups([s for _, s in hashed])
     near = [{"paths": paths, "splits": sorted(set().union(*(splits[p] for p in paths))), "exact": kind == EXACT}
             for kind, paths in groups]
-    conflicts = label_conflicts(records, groups, layouts().get(discovery.layout))
-    return {
-        "n_images": len(records),
-        "counts": counts,
-        "subtypes": subtypes,
-        "sizes": {k: {"width": _size_stats(widths[k]), "height": _size_stats(heights[k])} for k in widths},
-        "modes": dict(modes),
-        "unreadable": unreadable,
-        "skipped": list(discovery.skipped),
-        "duplicate_groups": _groups(sha.items()),
-        "near_duplicate_groups": near,
-        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
-        "patient_overlap": (overlap := shared_patients(records)),
-        # a film of each such patient in each of its splits: a DICOM header's id is shown only as its digest
-        "patient_examples": _patient_examples(records, overlap),
-        # films whose patient nothing names (file name, manifest, DICOM header): the overlap cannot count them
-        "without_patient_id": sum(map(own_patient, records)),
-        "cross_split_near_duplicates": [g for g in near if len(g["splits"]) > 1],
-        "label_conflicts": conflicts,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    return _groups(sha.items()), near, label_conflicts(records, groups, layout)
 
 
 def label_conflicts(records: Sequence[Record], groups: Iterable[tuple[str, Sequence[str]]],
@@ -338,11 +365,21 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     ]
     if not readable:
         raise ValueError("no readable images to draw a figure of")
-    splits = list(report["counts"])
     fig = Figure(figsize=(max(8, 1.6 * per_class), 3.5 + 1.8 * len(rows)), layout="constrained")
     grid = fig.add_gridspec(1 + len(rows), per_class, height_ratios=[2] + [1] * len(rows))
+    _draw_class_balance(fig.add_subplot(grid[0, :]), report)
+    for row, (label, sub, pool) in enumerate(rows, start=1):
+        _draw_samples([fig.add_subplot(grid[row, col]) for col in range(per_class)], label, sub, pool)
+    # the format the name asks for (audit.pdf, audit.svg): the temporary name has none; its folder made, as
+    # augmented_grid's and evaluate's are
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
 
-    ax = fig.add_subplot(grid[0, :])
+
+def _draw_class_balance(ax: Axes, report: dict) -> None:
+    """The figure's bar chart: per split, a bar for each class, pneumonia stacked by subtype, each segment counted
+    where it fits and each stack's total on top, so an imbalance and its size read at a glance."""
+    splits = list(report["counts"])
     x = np.arange(len(splits))
     width = 0.38
     colors = {"normal": "#4c72b0", "bacteria": "#dd8452", "virus": "#c44e52", UNKNOWN: "#8c8c8c"}
@@ -368,21 +405,19 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     ax.legend(loc="upper right", fontsize=8)
     ax.margins(y=0.15)
 
-    for row, (label, sub, pool) in enumerate(rows, start=1):
-        picks = spread(pool, per_class)  # different patients, not one
-        for col in range(per_class):
-            cell = fig.add_subplot(grid[row, col])
-            cell.axis("off")
-            if col < len(picks):
-                rec = picks[col]
-                cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
-                # escaped (a name of other bytes than UTF-8 stops the font engine) and never read as TeX ($...$)
-                cell.set_title(f"{label} {_subtype_key(sub)}\n{shown(Path(rec.path).name)}", fontsize=6,
-                               parse_math=False, usetex=False)
-    # the format the name asks for (audit.pdf, audit.svg): the temporary name has none; its folder made, as
-    # augmented_grid's and evaluate's are
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
+
+def _draw_samples(cells: Sequence[Axes], label: str, sub: str, pool: Sequence[Record]) -> None:
+    """One row of the figure: films of one class and subtype spread over ``pool`` (different patients, not one),
+    each titled with its name; cells beyond the pool's films stay blank."""
+    picks = spread(pool, len(cells))
+    for col, cell in enumerate(cells):
+        cell.axis("off")
+        if col < len(picks):
+            rec = picks[col]
+            cell.imshow(read_gray(rec.path, target=256), cmap="gray", vmin=0, vmax=255)
+            # escaped (a name of other bytes than UTF-8 stops the font engine) and never read as TeX ($...$)
+            cell.set_title(f"{label} {_subtype_key(sub)}\n{shown(Path(rec.path).name)}", fontsize=6,
+                           parse_math=False, usetex=False)
 
 
 GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each tile stands out from it
@@ -431,8 +466,16 @@ def format_audit(report: dict) -> Group:
     line per finding. Two narrow tables fit an 80-column terminal or pipe, and a cell that still does not fit
     folds onto a second line rather than losing its end."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
+
+    return Group(*_count_tables(report),
+                 *(Text(line, style="bold red" if warn else "") for line, warn in _finding_lines(report)))
+
+
+def _count_tables(report: dict) -> tuple[Table, Table]:
+    """(films per split by label and subtype, image sizes per split): the two tables above the findings, a subtype
+    column only where some split has films of it."""
+    from rich.table import Table
 
     subtype_cols = [s for s in (*SUBTYPES, UNKNOWN) if any(report["subtypes"][k].get(s) for k in report["subtypes"])]
     table = Table(title=f"{report['n_images']} images audited in {report['seconds']:.1f} s")
@@ -453,13 +496,18 @@ def format_audit(report: dict) -> Group:
         sizes.add_row(split, *(
             f"{size[d]['min']}/{size[d]['median']:g}/{size[d]['max']}" if size else "-" for d in ("width", "height")
         ))
+    return table, sizes
 
+
+def _finding_lines(report: dict) -> list[tuple[str, bool]]:
+    """(line, whether it is a finding to look at) for each line under the tables: what is missing, conflicting,
+    unreadable or repeated, the first ten of each listed."""
     dup = report["duplicate_groups"]
     near = report["near_duplicate_groups"]
     n_exact_near = sum(g["exact"] for g in near)
     cross = report["cross_split_near_duplicates"]
     conflicts = report["label_conflicts"]
-    lines: list[tuple[str, bool]] = [  # (line, is it a finding to look at?)
+    return [
         *((f"no {label} film in {split} ({sum(counts.values())} films): the class is missing", True)
           for split, counts in report["counts"].items() if sum(counts.values()) for label in LABELS
           if not counts[label]),
@@ -477,7 +525,16 @@ def format_audit(report: dict) -> Group:
             ),
             bool(near),
         ),
+        *_patient_lines(report),
+        (f"images repeated across splits: {len(cross)} groups", bool(cross)),
+        *((f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]),
     ]
+
+
+def _patient_lines(report: dict) -> list[tuple[str, bool]]:
+    """:func:`_finding_lines`' patients shared between splits: the count and first ten ids of each pair of splits,
+    a film of each patient whose id is a DICOM header's digest (which names no file), and the films not checked."""
+    lines: list[tuple[str, bool]] = []
     for pair, ids in report["patient_overlap"].items():
         some = f" ({', '.join(map(shown, ids[:10]))}{', ...' if len(ids) > 10 else ''})" if ids else ""
         lines.append((f"patients in both {pair}: {len(ids)}{some}", bool(ids)))
@@ -486,6 +543,4 @@ def format_audit(report: dict) -> Group:
     if report["patient_overlap"] and (unnamed := report["without_patient_id"]):
         lines.append((f"  not checked: {unnamed} of {report['n_images']} films carry no patient id (in their "
                       "names, a manifest's patient column or a DICOM header)", True))
-    lines.append((f"images repeated across splits: {len(cross)} groups", bool(cross)))
-    lines += [(f"  {' | '.join(map(shown, g['paths']))}", True) for g in cross[:10]]
-    return Group(table, sizes, *(Text(line, style="bold red" if warn else "") for line, warn in lines))
+    return lines

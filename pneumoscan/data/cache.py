@@ -112,50 +112,76 @@ def build_cache(
     paths = [str(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = fingerprint(paths, spec)
-    cached = _load(cache_dir, key, spec)
+    cached = _reusable(cache_dir, key, spec)
     if cached is not None:
-        retry = sum(bool(e.get("transient")) for e in cached.errors)
-        if not retry:
-            return cached
-        logger.info("building the image cache again: %d files' reads failed for a reason that may have passed",
-                    retry)
+        return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
-    row_bytes = spec.size * spec.size
-    bad: dict[int, tuple[str, bool]] = {}
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
     try:
-        with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
-            task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
-            # Each chunk lands in its own rows as soon as it arrives; only a few chunks are ever in memory.
-            for start, (block, errors) in _decode_all(paths, spec, workers or usable_cores()):
-                os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
-                bad.update((start + k, (reason, transient)) for k, reason, transient in errors)
-                bar.advance(task, len(block))
-            kept = _compact(f.fileno(), len(paths), sorted(bad), row_bytes)
-            f.truncate(kept * row_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-            f.seek(0)
-            checksum = hashlib.file_digest(f, "sha256").hexdigest()
+        kept, bad, checksum = _write_pixels(fd, paths, spec, workers or usable_cores(), progress)
         os.replace(tmp, cache_dir / f"{key}.u8")
-        index = {
-            "version": CACHE_VERSION,
-            "fingerprint": key,
-            "spec": spec.to_dict(),
-            "shape": [kept, spec.size, spec.size],
-            "sha256": checksum,
-            "paths": [p for i, p in enumerate(paths) if i not in bad],
-            "errors": [{"path": paths[i], "reason": bad[i][0]} | ({"transient": True} if bad[i][1] else {})
-                       for i in sorted(bad)],
-        }
-        write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
+        _write_index(cache_dir, key, spec, paths, kept, bad, checksum)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     loaded = _load(cache_dir, key, spec)
     assert loaded is not None, "cache just written cannot be read back"
     return loaded
+
+
+def _reusable(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
+    """The cache for ``key`` when it is intact and none of its files failed for a reason that may have passed (an
+    I/O error, say): such a file is read again, so a cache is never stuck with a passing fault."""
+    cached = _load(cache_dir, key, spec)
+    if cached is None:
+        return None
+    retry = sum(bool(e.get("transient")) for e in cached.errors)
+    if not retry:
+        return cached
+    logger.info("building the image cache again: %d files' reads failed for a reason that may have passed", retry)
+    return None
+
+
+def _write_pixels(
+    fd: int, paths: list[str], spec: PreprocessSpec, workers: int, progress: bool
+) -> tuple[int, dict[int, tuple[str, bool]], str]:
+    """Decode ``paths`` into the open file ``fd`` (closed on return), one row a readable film in their order;
+    returns (rows kept, {row: (reason, transient)} of the files that could not be read, SHA-256 of the rows),
+    the file flushed to disk. Each chunk lands in its own rows as soon as it arrives: only a few chunks are ever
+    in memory."""
+    row_bytes = spec.size * spec.size
+    bad: dict[int, tuple[str, bool]] = {}
+    with os.fdopen(fd, "r+b") as f, progress_bar(enabled=progress) as bar:
+        task = bar.add_task(f"Preprocessing {len(paths)} images", total=len(paths))
+        for start, (block, errors) in _decode_all(paths, spec, workers):
+            os.pwrite(f.fileno(), block.tobytes(), start * row_bytes)
+            bad.update((start + k, (reason, transient)) for k, reason, transient in errors)
+            bar.advance(task, len(block))
+        kept = _compact(f.fileno(), len(paths), sorted(bad), row_bytes)
+        f.truncate(kept * row_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+        f.seek(0)
+        return kept, bad, hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_index(cache_dir: Path, key: str, spec: PreprocessSpec, paths: list[str], kept: int,
+                 bad: dict[int, tuple[str, bool]], checksum: str) -> None:
+    """The index of the pixel file just renamed into place, written last: until it exists, no build looks
+    finished. It records which file each row holds, why each file left out was left out, and the pixels'
+    SHA-256, which every open checks."""
+    index = {
+        "version": CACHE_VERSION,
+        "fingerprint": key,
+        "spec": spec.to_dict(),
+        "shape": [kept, spec.size, spec.size],
+        "sha256": checksum,
+        "paths": [p for i, p in enumerate(paths) if i not in bad],
+        "errors": [{"path": paths[i], "reason": bad[i][0]} | ({"transient": True} if bad[i][1] else {})
+                   for i in sorted(bad)],
+    }
+    write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
 
 
 def _remove_stale_tmp(cache_dir: Path) -> None:

@@ -271,16 +271,44 @@ def _reliability_html(cal: dict[str, Any], xlabel: str, caption: str, pngs: dict
 
 
 def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str:
+    """A binary result's part of the report: its figures and confusion matrix at the bundle's threshold beside
+    the same at 0.5 (the default a reader compares against), its curves, and its threshold table if it has one;
+    the figures it defines put in ``pngs`` when given."""
     neg, pos = m.get("class_names", ("negative", "positive"))
     low = m["at_0_5"]
     absent = one_class(m, (neg, pos))
+    at_bundle = f"At bundle threshold {_fmt(m['threshold'], 'threshold')}"
     at_low = f"At threshold {_fmt(low['threshold'], 'threshold')}"
-    head = f"<tr><th>Metric</th><th>At bundle threshold {_fmt(m['threshold'], 'threshold')}</th><th>{at_low}</th></tr>"
+    parts = [
+        _binary_summary(m, (neg, pos), absent, at_bundle, at_low),
+        '<h2>Confusion matrices</h2><div class="row">',
+        _confusion_table(m["confusion_matrix"], (neg, pos), at_bundle),
+        _confusion_table(low["confusion_matrix"], (neg, pos), at_low),
+        '</div><h2>Curves</h2><div class="row">',
+        _binary_curves(m, pos, pngs),
+        "</div>",
+    ]
+    if pngs is not None:
+        title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
+        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
+    if m.get("threshold_table"):
+        parts.append(_threshold_table_html(m["threshold_table"], absent))
+    return "".join(parts)
+
+
+def _binary_summary(m: dict[str, Any], names: tuple[str, str], absent: str | None, at_bundle: str,
+                    at_low: str) -> str:
+    """The summary: which class is positive, the films of each, every figure with its CI in a column per
+    threshold, and the note that marks (†) the figures the test set's prevalence sets, which a population with
+    another prevalence would not see."""
+    neg, pos = names
+    low = m["at_0_5"]
+    head = f"<tr><th>Metric</th><th>{at_bundle}</th><th>{at_low}</th></tr>"
     rows = "".join(
         f"<tr><th>{label}{' †' if key in PREVALENCE_BOUND and not absent else ''}</th>"
         f"{_value_cell(m, key, absent)}{_value_cell(low, key, absent)}</tr>" for key, label in _BINARY_ROWS
     )
-    parts = [
+    return "".join([
         "<h2>Summary</h2>",
         (
             f'<p class="note">Positive class: <b>{_esc(pos)}</b> (called positive when P({_esc(pos)}) &ge; threshold). '
@@ -290,12 +318,14 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         ),
         f"<table>{_ci_caption(m)}{head}{rows}</table>",
         "" if absent else f'<p class="note">{_esc(prevalence_note(m["prevalence"], pos, "† "))}</p>',
-        '<h2>Confusion matrices</h2><div class="row">',
-        _confusion_table(m["confusion_matrix"], (neg, pos), f"At bundle threshold {_fmt(m['threshold'], 'threshold')}"),
-        _confusion_table(low["confusion_matrix"], (neg, pos), at_low),
-        '</div><h2>Curves</h2><div class="row">',
-    ]
-    curves = m["curves"]
+    ])  # fmt: skip
+
+
+def _binary_curves(m: dict[str, Any], pos: str, pngs: dict[str, bytes] | None) -> str:
+    """The ROC and precision-recall curves with both operating points marked (a note instead where only one class
+    is present, which defines neither), and the reliability diagram of P(``pos``)."""
+    curves, low = m["curves"], m["at_0_5"]
+    parts: list[str] = []
     if curves["roc"]["fpr"]:
         roc_points = {
             f"t = {_fmt(b['threshold'], 'threshold')}": (1 - b["specificity"], b["sensitivity"]) for b in (m, low)
@@ -321,12 +351,6 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
         parts.append('<p class="note">ROC and PR curves are undefined: only one class is present.</p>')
     parts.append(_reliability_html(curves["calibration"], f"Predicted P({pos})",
                                    "Reliability diagram: observed frequency per bin of predicted probability.", pngs))
-    parts.append("</div>")
-    if pngs is not None:
-        title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
-        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
-    if m.get("threshold_table"):
-        parts.append(_threshold_table_html(m["threshold_table"], absent))
     return "".join(parts)
 
 

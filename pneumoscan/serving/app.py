@@ -37,10 +37,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     one. Security headers are always sent; /docs and /redoc are off (they load scripts from a CDN), the schema is at
     /openapi.json. With ``$PNEUMOSCAN_API_KEY`` set and no ``access``, the app is refused: it would serve without
     the key its operator set (``access=Access.from_options()`` applies it)."""
-    if access is None and os.environ.get(API_KEY_ENV) is not None:  # set, even empty: Access refuses an empty one
-        raise ValueError(f"{API_KEY_ENV} is set, but this app was given no access rules, so it would serve without "
-                         "the key: pass access=Access.from_options() (the key, loopback hosts; allowed_hosts=... for "
-                         f"others), or unset {API_KEY_ENV}")
+    _refuse_unguarded_key(access)
     uid_root()  # a wrong $PNEUMOSCAN_UID_ROOT stops the start, not every report later as the client's fault (422)
     service = Service(bundle, etiology, max_upload_mb, backend, limits or Limits())
 
@@ -57,12 +54,32 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         docs_url=None,
         redoc_url=None,
     )
+    _add_middleware(app, access)
+    app.state.in_flight = service.in_flight
+    _add_error_handlers(app, service)
+    _add_routes(app, service)
+    return app
+
+
+def _refuse_unguarded_key(access: Access | None) -> None:
+    """Refuse an app without access rules while ``$PNEUMOSCAN_API_KEY`` is set: the operator asked for a key, and
+    the app would serve without it."""
+    if access is None and os.environ.get(API_KEY_ENV) is not None:  # set, even empty: Access refuses an empty one
+        raise ValueError(f"{API_KEY_ENV} is set, but this app was given no access rules, so it would serve without "
+                         "the key: pass access=Access.from_options() (the key, loopback hosts; allowed_hosts=... for "
+                         f"others), or unset {API_KEY_ENV}")
+
+
+def _add_middleware(app: FastAPI, access: Access | None) -> None:
+    """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows."""
     app.add_middleware(Guard, access=access)
     if access is not None and access.cors_origins:  # added last, so outermost: the guard's refusals carry CORS too
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
-    app.state.in_flight = service.in_flight
-    _add_error_handlers(app, service)
+
+
+def _add_routes(app: FastAPI, service: Service) -> None:
+    """The API (/v1/predict, /v1/model, /healthz) and the page (/ and /static), each answered by ``service``."""
 
     @app.post(
         "/v1/predict", response_model=Prediction, responses=ERRORS,
@@ -104,7 +121,6 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         return FileResponse(STATIC / "index.html")  # with the guard's Content-Security-Policy, as every response
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _add_error_handlers(app: FastAPI, service: Service) -> None:

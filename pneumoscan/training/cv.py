@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -141,56 +142,22 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     them trained on fold K, so each film is still scored by models that never saw its patient."""
     out_dir = Path(out_dir)
     cv_folder, task = CvFolder(out_dir), get_task(cfg.task)
-    pool, duplicates = split_pool(data)
-    fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
-    class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
-    plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)] for k in range(folds)]
-    configs = [fold_config(cfg, out_dir, k, teacher_cv) for k in range(folds)]
-    check_fold_classes(plans, task)
-    for k, planned in enumerate(plans):  # every fold before any is trained or rewritten: a refusal leaves OUT as it was
-        configs[k].check_distill_weight()
-        check_teachers(configs[k], planned, task)
-        check_fold_run(cv_folder.fold(k), planned, configs[k])
-    check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
+    plans, configs = _plan_folds(data, cfg, folds, cv_folder, teacher_cv, task)
     out_dir.mkdir(parents=True, exist_ok=True)  # once nothing is refused: a refused cv leaves no folder behind
     # every fold's manifest before any fold is trained: a run stopped between folds then has a manifest without its
     # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
     for k, planned in enumerate(plans):
         write_manifest(planned, Path(configs[k].split_csv))
-    per_fold, oof_rows, all_targets, all_probs, all_val = [], [], [], [], []
-    for k, planned in enumerate(plans):
-        run = cv_folder.fold(k)
-        manifest = Path(configs[k].split_csv)
-        bundle = run.bundle
-        if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
-            log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
-        else:  # an interrupted fold goes on from its last finished epoch; one never started starts from scratch
-            log.info("fold %d/%d: training %s", k + 1, folds, run.root)
-            train(data, configs[k], run.root, resume=True)
-        predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
-        val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
-        probs = predictor.probabilities(images)
-        scores = predictor.positive(probs)
-        figures = fold_figures(binary_targets(targets), scores)
-        if decision := task.extra_metrics(targets, probs).get("multiclass"):
-            figures |= {k: decision[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
-        per_fold.append(figures)
-        all_targets.append(targets)
-        all_probs.append(probs)
-        all_val += val
-        oof_rows += [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype,
-                      "patient": path_text(r.patient), "fold": k, "probability": float(p)}
-                     | dict(zip(class_columns, map(float, row)))
-                     for r, p, row in zip(val, scores, probs, strict=True)]
-        log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds,
-                 format_figure(per_fold[-1]["auc"], 4), SENSITIVITY_FLOOR,
-                 format_figure(per_fold[-1][f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
-    write_csv(cv_folder.oof, OOF_FIELDS + class_columns, oof_rows)
-    targets, probs = np.concatenate(all_targets), np.concatenate(all_probs)
+    class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
+    results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task, class_columns)
+               for k in range(folds)]
+    write_csv(cv_folder.oof, OOF_FIELDS + class_columns, [row for fold in results for row in fold.oof_rows])
+    targets, probs = np.concatenate([f.targets for f in results]), np.concatenate([f.probs for f in results])
     # the pooled intervals count patients as evaluate's do: copies of one film under other names are one patient
-    units = patient_groups(all_val, data)[1]
+    units = patient_groups([r for f in results for r in f.val], data)[1]
     pooled = (fold_figures(binary_targets(targets), task.positive_probability(probs))
               | task.extra_metrics(targets, probs, units))
+    per_fold = [f.figures for f in results]
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
@@ -198,3 +165,59 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     }  # fmt: skip
     write_json(cv_folder.summary, jsonable(result))
     return result
+
+
+def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFolder,
+                teacher_cv: Sequence[Path | str], task: Task) -> tuple[list[list[Record]], list[TrainConfig]]:
+    """(each fold's films, each marked "val" in its own fold and "train" in the others; each fold's recipe), once
+    every fold is checked: everything a fold's run would refuse, and any earlier run in OUT that is not this cv's,
+    is refused before any fold is trained or rewritten, so that a refusal leaves OUT as it was."""
+    pool, duplicates = split_pool(data)
+    fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
+    plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)]
+             for k in range(folds)]  # fmt: skip
+    configs = [fold_config(cfg, cv_folder.root, k, teacher_cv) for k in range(folds)]
+    check_fold_classes(plans, task)
+    for k, planned in enumerate(plans):
+        configs[k].check_distill_weight()
+        check_teachers(configs[k], planned, task)
+        check_fold_run(cv_folder.fold(k), planned, configs[k])
+    check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
+    return plans, configs
+
+
+class _FoldResult(NamedTuple):
+    """What one fold adds to the pooled figures, oof.csv and cv.json."""
+
+    val: list[Record]  # its validation films, in the order of the rows below
+    targets: np.ndarray
+    probs: np.ndarray  # each film's class probabilities
+    figures: dict[str, float]  # :func:`fold_figures`, and a multiclass task's three-class decision figures
+    oof_rows: list[dict]
+
+
+def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: RunFolder, batch_size: int,
+              task: Task, class_columns: tuple[str, ...]) -> _FoldResult:
+    """Fold K trained (unless its bundle is finished; an interrupted one goes on from its last finished epoch, one
+    never started starts from scratch), then its validation films scored by its own bundle through ONNX Runtime,
+    as a user's predictions would be."""
+    manifest = Path(config.split_csv)
+    bundle = run.bundle
+    if (bundle / CARD).exists():  # finalize renames a bundle into place whole: a finished fold
+        log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
+    else:
+        log.info("fold %d/%d: training %s", k + 1, folds, run.root)
+        train(data, config, run.root, resume=True)
+    predictor = Predictor(bundle, batch_size, backend="onnx")
+    val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
+    probs = predictor.probabilities(images)
+    scores = predictor.positive(probs)
+    figures = fold_figures(binary_targets(targets), scores)
+    if decision := task.extra_metrics(targets, probs).get("multiclass"):
+        figures |= {key: decision[key] for key in ("accuracy", "balanced_accuracy", "macro_auc")}
+    oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
+                 "fold": k, "probability": float(p)} | dict(zip(class_columns, map(float, row)))
+                for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
+    log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds, format_figure(figures["auc"], 4),
+             SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
+    return _FoldResult(val, targets, probs, figures, oof_rows)

@@ -257,6 +257,36 @@ def _header(ds: Dataset) -> _Film:
         raise pixels.DecodeError(OWN_OUTPUT)
     if for_processing(ds) is not None:
         raise pixels.DecodeError(f"an X-ray image For Processing: {FOR_PROCESSING}")
+    values = _header_values(ds)
+    _refuse_unreadable(ds, values)
+    _refuse_ambiguous(values)
+    width, height = _square_size(values.rows, values.cols, values.height_over_width)
+    bits = str(values.bits_stored if values.bits_stored is not None else "?")
+    return _Film(values.rows, values.cols, values.samples, values.photometric, bits, width, height)
+
+
+class _HeaderValues(NamedTuple):
+    """The header's values as :func:`_header_values` read them, for the refusals that weigh them."""
+
+    has_pixels: bool
+    rows: int
+    cols: int
+    frames: int
+    photometric_value: object  # as stored: a multi-valued one is refused
+    photometric: str
+    bits_stored: object
+    high_bit: object
+    high_bit_wrong: bool
+    samples: int
+    lut_shape: str
+    float_window: bool
+    height_over_width: float
+    no_numbers: list[str]  # the grey-level elements whose values are not numbers
+
+
+def _header_values(ds: Dataset) -> _HeaderValues:
+    """Every header value :func:`_header` weighs, each read once, in one place where pydicom's conversion of a
+    damaged value (it converts on reading) becomes "malformed DICOM header"."""
     try:
         has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
         rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
@@ -274,50 +304,69 @@ def _header(ds: Dataset) -> _Film:
         raise
     except Exception as e:
         raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
-    if no_numbers:  # pydicom keeps such a value as text, and its LUT arithmetic fails on it with a type error
-        said = "is not a number" if len(no_numbers) == 1 else "are not numbers"
-        raise pixels.DecodeError(f"malformed DICOM header: {' and '.join(no_numbers)} {said}, so the film's grey "
-                                 "levels cannot be known")
-    if not has_pixels and not len(ds):  # pydicom reads a file that ends inside an element as no element at all
+    return _HeaderValues(has_pixels, rows, cols, frames, photometric_value, photometric, bits_stored, high_bit,
+                         high_bit_wrong, samples, lut_shape, float_window, height_over_width, no_numbers)
+
+
+def _refuse_unreadable(ds: Dataset, values: _HeaderValues) -> None:
+    """Refuse a header from which no single film can be read: grey levels that cannot be known, no pixels, no
+    size, several frames, or more pixels or bytes than the decode limits."""
+    if values.no_numbers:  # pydicom keeps such a value as text, and its LUT arithmetic fails on it with a type error
+        said = "is not a number" if len(values.no_numbers) == 1 else "are not numbers"
+        raise pixels.DecodeError(f"malformed DICOM header: {' and '.join(values.no_numbers)} {said}, so the film's "
+                                 "grey levels cannot be known")
+    if not values.has_pixels and not len(ds):  # pydicom reads a file that ends inside an element as no element at all
         raise pixels.DecodeError(f"no data set could be read from this DICOM file ({_syntax(ds)}): it is cut short "
                                  "or damaged (one that ends inside its pixel data reads as nothing); send it again")
-    if not has_pixels:
+    if not values.has_pixels:
         raise pixels.DecodeError(_misencoded(ds) or _no_image(ds))
+    rows, cols, samples = values.rows, values.cols, values.samples
     if not rows or not cols:
         raise pixels.DecodeError("DICOM file has pixel data but no Rows/Columns")
-    if frames > 1:
+    if values.frames > 1:
         raise pixels.DecodeError(
-            f"multi-frame DICOM ({frames} frames) is not a single radiograph; export the frame to read"
+            f"multi-frame DICOM ({values.frames} frames) is not a single radiograph; export the frame to read"
         )
     if rows * cols > pixels.MAX_PIXELS:
         raise pixels.too_large(cols, rows)
     if rows * cols * samples * 8 > pixels.MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
         raise pixels.too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
-    if isinstance(photometric_value, MultiValue):
-        values = "\\".join(photometric_value)
-        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds {len(photometric_value)} "
-                                 f"values ({values}), where a film has one")  # fmt: skip
-    if _SAMPLES.get(photometric, samples) != samples:
+
+
+def _refuse_ambiguous(values: _HeaderValues) -> None:
+    """Refuse a header whose elements contradict each other or the pixel data's kind, so that which grey is
+    bone, or which bits hold the values, would be a guess; and one whose stored bits hold too few grey levels."""
+    photometric, bits_stored, lut_shape = values.photometric, values.bits_stored, values.lut_shape
+    if isinstance(values.photometric_value, MultiValue):
+        held = "\\".join(values.photometric_value)
+        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds "
+                                 f"{len(values.photometric_value)} values ({held}), where a film has one")
+    if _SAMPLES.get(photometric, values.samples) != values.samples:
         raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation {photometric} has "
-                                 f"{_SAMPLES[photometric]} sample(s) per pixel, but Samples per Pixel is {samples}")
-    if high_bit_wrong:
-        raise pixels.DecodeError(f"High Bit {high_bit} with Bits Stored {bits_stored}: the stored bits must end at bit "
-                                 f"{int(bits_stored) - 1} (High Bit = Bits Stored - 1); read otherwise, the values "
-                                 "would be taken from the wrong bits")  # fmt: skip
+                                 f"{_SAMPLES[photometric]} sample(s) per pixel, but Samples per Pixel is "
+                                 f"{values.samples}")  # fmt: skip
+    if values.high_bit_wrong:
+        raise pixels.DecodeError(f"High Bit {values.high_bit} with Bits Stored {bits_stored}: the stored bits must "
+                                 f"end at bit {int(bits_stored) - 1} (High Bit = Bits Stored - 1); read otherwise, the "
+                                 "values would be taken from the wrong bits")  # fmt: skip
     if isinstance(bits_stored, int) and bits_stored < 8:  # a 1-bit (Bits Allocated 1) or posterised object
         raise pixels.too_few_levels(f"Bits Stored {bits_stored} holds at most {2**bits_stored}")
     if _POLARITY.get(photometric, lut_shape) != lut_shape and lut_shape in _POLARITY.values():
         raise pixels.DecodeError(f"ambiguous polarity: Photometric Interpretation {photometric} with Presentation "
                                  f"LUT Shape {lut_shape} (each says the opposite of the other which grey is bone)")
-    if float_window:
+    if values.float_window:
         raise pixels.DecodeError("float pixel data with a window (Window Center/Width): the window's output range "
                                  "is set by Bits Stored, which float pixel data does not have")
-    width, height = cols, rows
+
+
+def _square_size(rows: int, cols: int, height_over_width: float) -> tuple[int, int]:
+    """(width, height) of the film as read: non-square pixels are resampled to square ones by shrinking the side
+    whose pixels are finer, so no detail is invented."""
     if height_over_width > 1:  # tall pixels: the columns are finer, so the width shrinks
-        width = max(1, round(cols / height_over_width))
-    elif height_over_width < 1:
-        height = max(1, round(rows * height_over_width))
-    return _Film(rows, cols, samples, photometric, str(bits_stored if bits_stored is not None else "?"), width, height)
+        return max(1, round(cols / height_over_width)), rows
+    if height_over_width < 1:
+        return cols, max(1, round(rows * height_over_width))
+    return cols, rows
 
 
 def _given(ds: Dataset, keyword: str) -> bool:

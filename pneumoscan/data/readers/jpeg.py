@@ -228,86 +228,116 @@ def _huffman_lookup(counts: bytes, symbols: bytes) -> list[int]:
     return lookup
 
 
+# A unit's coding in a scan: (its DC or lossless differences' :func:`_dc_steps`, its AC table; None in a lossless scan)
+_Coding = tuple[list[int], list[int] | None]
+
+
 def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tuple[int, int]],
                 tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int,
                 lossless: bool) -> None:  # fmt: skip
     """Check the entropy-coded data of the scan from ``start``, up to the marker that ends it. A DCT
     scan codes 8 x 8 blocks (a DC code, then AC codes up to 64 coefficients), a lossless one each sample (a code
-    for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1."""
-    (width, height), hmax, vmax = size, max(h for h, _ in components.values()), max(v for _, v in components.values())
-    selected = [(sos[1 + 2 * i], sos[2 + 2 * i] >> 4, sos[2 + 2 * i] & 15) for i in range(sos[0])]
-    side = 1 if lossless else 8  # pixels a unit spans each way
-    steps: dict[int, list[int]] = {}
-
-    def coding(dc: int, ac: int) -> tuple[list[int], list[int] | None]:
-        """(the bits a DC or lossless difference takes from each 16-bit window: its code, then its bits, 0 where
-        no code starts; the AC table, None for a lossless scan)."""
-        if dc not in steps:
-            steps[dc] = [0 if not e or e & 0xFF > 16 else (e >> 8) + (0 if lossless and e & 0xFF == 16 else e & 0xFF)
-                         for e in tables[0, dc]]  # fmt: skip
-        return steps[dc], None if lossless else tables[1, ac]
-
-    if len(selected) == 1:  # one component: one unit an MCU, over the component's own size
-        (component, dc, ac) = selected[0]
-        h, v = components[component]
-        mcus = -(-(-(-width * h // hmax)) // side) * -(-(-(-height * v // vmax)) // side)
-        units = [coding(dc, ac)]
-    else:  # interleaved: each component's h x v units an MCU
-        mcus = -(-width // (side * hmax)) * -(-height // (side * vmax))
-        units = [coding(dc, ac) for c, dc, ac in selected for _ in range(math.prod(components[c]))]
+    for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1.
+    Refused over MAX_HUFFMAN_CODES before any code is read."""
+    mcus, units = _scan_units(sos, components, tables, size, lossless)
     found = _ENDS_SCAN.search(frame, start)
     if found is None:
         raise ValueError("Premature end of JPEG file")
     codes = min(mcus * len(units) * (1 if lossless else 65), 8 * (found.start() - start))  # each code takes a bit
     if codes > pixels.MAX_HUFFMAN_CODES:
-        raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes ({width} x {height}), "
-                                 f"over the {pixels.MAX_HUFFMAN_CODES:,} that are checked")
-    pieces = _RESTART.split(frame[start : found.start()]) if restart else [frame[start : found.start()]]
+        raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes "
+                                 f"({size[0]} x {size[1]}), over the {pixels.MAX_HUFFMAN_CODES:,} that are checked")
+    for number, interval in enumerate(_restart_intervals(frame[start : found.start()], restart, mcus)):
+        _check_interval(interval, units, min(restart, mcus - number * restart) if restart else mcus, lossless)
+
+
+def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict[tuple[int, int], list[int]],
+                size: tuple[int, int], lossless: bool) -> tuple[int, list[_Coding]]:
+    """(MCUs in the scan, the coding of each unit of an MCU in order), by the geometry of T.81 A.2: the cost guard
+    and every walk of the scan's intervals start from them."""
+    (width, height), hmax, vmax = size, max(h for h, _ in components.values()), max(v for _, v in components.values())
+    selected = [(sos[1 + 2 * i], sos[2 + 2 * i] >> 4, sos[2 + 2 * i] & 15) for i in range(sos[0])]
+    side = 1 if lossless else 8  # pixels a unit spans each way
+    steps = {dc: _dc_steps(tables[0, dc], lossless) for dc in {dc for _, dc, _ in selected}}  # once a table
+    codings = [(steps[dc], None if lossless else tables[1, ac]) for _, dc, ac in selected]
+    if len(selected) == 1:  # one component: one unit an MCU, over the component's own size
+        h, v = components[selected[0][0]]
+        return -(-(-(-width * h // hmax)) // side) * -(-(-(-height * v // vmax)) // side), codings
+    mcus = -(-width // (side * hmax)) * -(-height // (side * vmax))  # interleaved: each component's h x v units an MCU
+    return mcus, [coding for (c, _, _), coding in zip(selected, codings) for _ in range(math.prod(components[c]))]
+
+
+def _dc_steps(table: list[int], lossless: bool) -> list[int]:
+    """The bits a DC difference (or a lossless one) takes from each 16-bit window of ``table``
+    (:func:`_huffman_lookup`): its code, then the bits its size says, so that one lookup reads it whole; 0 where
+    no code starts or the size is over 16. A lossless difference of size 16 has no bits (T.81 H.1.2.2)."""
+    return [0 if not e or e & 0xFF > 16 else (e >> 8) + (0 if lossless and e & 0xFF == 16 else e & 0xFF)
+            for e in table]  # fmt: skip
+
+
+def _restart_intervals(data: bytes, restart: int, mcus: int) -> list[bytes]:
+    """A scan's entropy-coded ``data`` cut at its restart markers (``restart`` MCUs apart; 0: none), refused
+    where the markers are out of order or their count is not the one ``mcus`` asks. A marker after the last
+    interval, as some encoders write, is dropped: libjpeg reads on."""
+    pieces = _RESTART.split(data) if restart else [data]
     if any(index[0] != 0xD0 + number % 8 for number, index in enumerate(pieces[1::2])):
         raise ValueError("Corrupt JPEG data: restart markers out of order")
     intervals, due = pieces[0::2], -(-mcus // restart) if restart else 1
     if len(intervals) == due + 1 and not intervals[-1].strip(b"\xff"):
-        intervals = intervals[:-1]  # a restart marker after the last interval, as some encoders write: libjpeg reads on
+        intervals = intervals[:-1]
     if len(intervals) != due:
         raise ValueError(f"Corrupt JPEG data: {len(intervals)} restart intervals where {due} are due")
-    for number, raw in enumerate(intervals):
-        data = raw.rstrip(b"\xff").replace(b"\xff\x00", b"\xff")  # fill bytes, then byte stuffing
-        bits, padded, at = len(data) * 8, data + bytes(4), 0
-        count = min(restart, mcus - number * restart) if restart else mcus
-        if lossless and len(units) == 1:  # one code a sample: the walk below less its DCT steps, 1.35 times as fast
-            if (at := _walk_samples(padded, units[0][0], count)) > bits:
-                raise ValueError(_CUT_SHORT)
-        else:
-            for _ in range(count):
-                for dc, ac in units:
-                    step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                    if not step:
-                        raise ValueError("Corrupt JPEG data: bad Huffman code")
-                    at += step
-                    k = 64 if ac is None else 1
-                    while k < 64:
-                        entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
-                        if not entry:
-                            raise ValueError("Corrupt JPEG data: bad Huffman code")
-                        run, bits_of_value = entry >> 4 & 15, entry & 15
-                        at += (entry >> 8) + bits_of_value
-                        if bits_of_value:
-                            k += run + 1
-                        elif run == 15:  # ZRL: 16 zeros
-                            k += 16
-                        else:  # EOB
-                            break
-                    if k > 64:
-                        raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
-                if at > bits:
-                    raise ValueError(_CUT_SHORT)
-        if (extra := len(data) - -(-at // 8)) > _PADDING:
-            raise ValueError(f"Corrupt JPEG data: {extra} extraneous bytes before marker")
+    return intervals
+
+
+def _check_interval(raw: bytes, units: list[_Coding], count: int, lossless: bool) -> None:
+    """Walk the ``count`` MCUs of one restart interval (or of a scan without them) as it is stored, refused where
+    its codes run past its end or leave more than :data:`_PADDING` bytes unread."""
+    data = raw.rstrip(b"\xff").replace(b"\xff\x00", b"\xff")  # fill bytes, then byte stuffing
+    bits, padded = len(data) * 8, data + bytes(4)
+    if lossless and len(units) == 1:  # one code a sample: _walk_mcus less its DCT steps, 1.35 times as fast
+        if (at := _walk_samples(padded, units[0][0], count)) > bits:
+            raise ValueError(_CUT_SHORT)
+    else:
+        at = _walk_mcus(padded, bits, units, count)
+    if (extra := len(data) - -(-at // 8)) > _PADDING:
+        raise ValueError(f"Corrupt JPEG data: {extra} extraneous bytes before marker")
+
+
+def _walk_mcus(padded: bytes, bits: int, units: list[_Coding], count: int) -> int:
+    """The bit after ``count`` MCUs of ``units`` from the start of ``padded`` (``bits`` of data, then zeros),
+    refused at the first MCU that ends past ``bits``: codes read from the zeros after the data would be no
+    reason to give."""
+    at = 0
+    for _ in range(count):
+        for dc, ac in units:
+            step = dc[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+            if not step:
+                raise ValueError("Corrupt JPEG data: bad Huffman code")
+            at += step
+            k = 64 if ac is None else 1
+            while k < 64:
+                entry = ac[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+                if not entry:
+                    raise ValueError("Corrupt JPEG data: bad Huffman code")
+                run, bits_of_value = entry >> 4 & 15, entry & 15
+                at += (entry >> 8) + bits_of_value
+                if bits_of_value:
+                    k += run + 1
+                elif run == 15:  # ZRL: 16 zeros
+                    k += 16
+                else:  # EOB
+                    break
+            if k > 64:
+                raise ValueError("Corrupt JPEG data: a block of more than 64 coefficients")
+        if at > bits:
+            raise ValueError(_CUT_SHORT)
+    return at
 
 
 def _walk_samples(padded: bytes, steps: list[int], count: int) -> int:
     """The bit after ``count`` codes of a one-component lossless scan from its start (``steps``: see
-    :func:`_check_scan`'s coding)."""
+    :func:`_dc_steps`)."""
     at = 0
     for _ in range(count):
         step = steps[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
