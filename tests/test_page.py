@@ -24,6 +24,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import pneumoscan.data.scope as scope
+from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
 from pneumoscan.inference.explain import explain_array, panel_shape
@@ -472,7 +473,7 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
             expect(page.locator("#card")).to_contain_text("bacteria / virus")
             page.set_input_files("#file", paths)
             expect(page.locator("#status")).to_have_text("4 films: 4 read, 0 rejected.")
-            expect(page.locator("#etiology-column")).to_be_visible()
+            expect(page.locator("#etiology-column")).to_have_text("Etiology")  # titled from its task
             rows = [r.locator("td").all_inner_texts() for r in page.locator("#films tbody tr").all()]
             assert {r[1] for r in rows} == {"NORMAL", "PNEUMONIA"}, rows
             for row in rows:
@@ -497,6 +498,39 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
     finally:
         context.close()
     assert not errors, errors
+
+
+def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, tiny_bundle: Path, small: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page titled every second stage "Etiology" (its line under the reading, the list's column) and named its CSV
+    columns etiology_*: a site's stage telling typical from atypical pneumonia read as an etiology. Each is named from
+    the stage's task, as predict's columns are (etiology's stay as they were: the test above)."""
+    from tests.test_predict import make_bundle
+
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    tasks.register_task("typicality", classes=("typical", "atypical"), positive="atypical",
+                        follows={"pneumonia": "PNEUMONIA"})(len)
+    second = make_bundle(tmp_path / "typicality", "typicality", ("typical", "atypical"), "atypical")
+    first = with_threshold(tiny_bundle, 0.0, tmp_path / "first")  # every film is handed to the second stage
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        with contextmanager(run_server)(create_app(first, etiology=second)) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#card")).to_contain_text("typical / atypical")
+            page.set_input_files("#file", small)
+            expect(page.locator("#etiology")).to_have_text(
+                re.compile(r"^Typicality: (typical|atypical) \(P\(atypical\) = [01]\.\d{3}, threshold 0\.500\)$"))
+            expect(page.locator("#etiology-column")).to_have_text("Typicality")
+            with page.expect_download() as download:
+                page.click("#export")
+            exported = next(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    finally:
+        context.close()
+    assert exported["typicality"] in ("typical", "atypical") and exported["typicality_positive"] == "atypical"
+    assert 0 <= float(exported["typicality_probability"]) <= 1 and float(exported["typicality_threshold"]) == 0.5
+    assert not any(column.startswith("etiology") for column in exported)
 
 
 def test_a_colour_file_is_shown_in_the_grey_the_model_reads(page: Page, small: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.explain import explain_array
 from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, export_onnx, read_sidecar
-from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models import PLUGINS_ENV, registry
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import BundleCard, load_card
@@ -166,6 +166,31 @@ def test_a_plugin_second_stage_is_reported_under_its_own_names(
     assert all((stage["task"], stage["positive"]) == ("typicality", "atypical") for stage in stages)
     assert all(stage["label"] in ("typical", "atypical") and set(stage["probabilities"]) == {"typical", "atypical"}
                for stage in stages)
+
+
+def test_a_plugin_second_stage_alone_says_what_it_assumes_in_the_words_of_the_stages_it_follows(
+    typicality_bundle: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every second stage run alone warned that it "assumes the film shows pneumonia and cannot call it normal",
+    whatever stages it follows: a stage after the plugin's opacity model too. The warning is worded from the task's
+    follows and those stages' calls, in predict's rows and the service's answers; a first stage whose task is not
+    registered here is named without the call it cannot give (etiology's words: tests/test_tasks.py)."""
+    said = ("this typicality model assumes the film shows pneumonia or opacity and cannot call it normal or clear: run "
+            "it as the second stage after a pneumonia or opacity model (--etiology)")
+    assert alone_warning("typicality") == said
+    films = sorted((tiny_dataset / "test" / "NORMAL").iterdir())[:2]
+    assert [row["warnings"][-1] for row in predict_paths(typicality_bundle, films)] == [said, said]
+    with TestClient(create_app(typicality_bundle, backend="onnx")) as client:
+        body = client.post("/v1/predict", files={"file": ("x.jpeg", films[0].read_bytes(), "image/jpeg")}).json()
+    assert body["warnings"][-1] == said
+
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    tasks.register_task("extent", classes=("focal", "diffuse"), positive="diffuse", follows={"opacity": "opacity"})(len)
+    assert alone_warning("extent") == ("this extent model assumes the film shows opacity and cannot call it clear: "
+                                       "run it as the second stage after an opacity model (--etiology)")
+    _unregistered(monkeypatch, "opacity")
+    assert alone_warning("extent") == ("this extent model assumes the film shows opacity: run it as the second stage "
+                                       "after an opacity model (--etiology)")
 
 
 def test_a_plugin_task_and_model_go_through_every_python_route(

@@ -13,6 +13,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import warnings
 import time
 import zlib
 from collections.abc import Iterator
@@ -98,6 +99,17 @@ def test_healthz(client: TestClient, tiny_bundle: Path) -> None:
     for path in ("/healthz", "/"):
         head = client.head(path)
         assert head.status_code == 200 and head.content == b"", path
+
+
+def test_the_api_schema_names_each_operation_once(client: TestClient) -> None:
+    """HEAD /healthz is answered, but only GET is in the schema: one operation a method and path, so a client
+    generated from it has no two operations of one id (FastAPI warned "Duplicate Operation ID" for both)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]["/healthz"]) == {"get"}
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), ids
 
 
 def test_model_card(client: TestClient, tiny_bundle: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import csv
+import functools
 import io
 import logging
 import threading
@@ -33,10 +34,10 @@ from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blank_reason
-from pneumoscan.data.layouts import walk
+from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe, in_scope
-from pneumoscan.data.tasks import Task, get_task
+from pneumoscan.data.tasks import Task, get_task, list_tasks
 from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    verify_file)
 
@@ -147,6 +148,12 @@ class Predictor:
             raise ValueError(f"{self.bundle}: {what} reads {side[0]} x {side[1]} images, and bundle.json says "
                              f"{self.card.size} (the size films are prepared at), so the card does not describe this "
                              "model; restore the bundle from a good copy")
+
+    @functools.cached_property
+    def identity(self) -> dict[str, str]:
+        """The model this predictor's scores name (:func:`identity_fields`), taken when first asked: ``predict`` and
+        the service ask as they load the model, so that a bundle replaced on disk later is not the one they name."""
+        return identity_fields(self.bundle, self.backend, self.card)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -289,6 +296,15 @@ class Predictor:
         return self.reading(self.probabilities(images, tta=tta)[0], tta)
 
 
+def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> dict[str, str]:
+    """``model_id`` and ``model_version`` (:func:`.export.model_version`): the model every score names, in predict's
+    rows, the web service's answers and the SR and FHIR reports, built here only. ``backend`` is part of it: FP32
+    and INT8 results differ. ``card``: the bundle's card when already loaded."""
+    from .export import model_version
+
+    return {"model_id": (card or load_card(bundle)).model_id, "model_version": model_version(bundle, backend)}
+
+
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
     """uint8 (N, S, S) -> the normalised float32 (N, 1, S, S) an ONNX graph reads, in numpy: ``to_input``'s formula,
     step for step, so both backends read the same numbers (tests/test_startup.py holds them equal)."""
@@ -356,7 +372,7 @@ def expand_paths(
     paths: Sequence[str | Path], exclude: Path | None = None, skipped: list[dict[str, str]] | None = None
 ) -> list[tuple[str, str | None]]:
     """(file, error) for every input: files as given, folders walked as discovery walks them
-    (:func:`pneumoscan.data.layouts.walk`):
+    (:func:`pneumoscan.data.walk.walk`):
     their JPEG/PNG/DICOM files, and an error for each entry named like one that cannot be read (a broken link, a
     link loop, a FIFO). What a folder holds besides (hidden and system files, other extensions, the ``exclude``
     folder, such as the heatmaps) is appended to ``skipped`` as ``{"path", "reason"}``. A folder without images and
@@ -435,26 +451,81 @@ def check_bundle_stages(bundle: Path | str, etiology: Path | str) -> str:
     return check_stages(first.name, second.name)
 
 
-def said_at_start(first: Predictor, second: Predictor | None = None) -> list[str]:
-    """What ``predict`` and ``serve`` say once, before any reading, whose readings would otherwise be silent about
-    it: that films are not checked against the training films' appearance (the first stage's record is the one they
-    are checked against), and each stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an uncalibrated
-    temperature)."""
-    unchecked = [] if first.appearance is not None else [
-        f"{shown(first.bundle)} records no appearance of its training films (trained on fewer than {MIN_FILMS}, or "
-        "before bundles kept one): films unlike them (noise, a form, a turned film) are not flagged"]
-    return unchecked + [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (first, second))
-                        for caveat in stage.card.caveats]
-
-
 def alone_warning(task: str) -> str | None:
-    """What every answer of a model run without the stage it follows must say: an etiology model alone answers
-    bacteria or virus for any film, a normal one included, as if it showed pneumonia."""
-    first = get_task(task).follows
-    if not first:
+    """What every answer of a model run without the stage it follows must say, in the words of the stages it follows
+    (:attr:`Task.follows`): it assumes a film shows the call that hands a film over, and cannot give those stages'
+    other call (an etiology model alone answers bacteria or virus for any film, a normal one included, as if it
+    showed pneumonia). A first stage whose task is not registered in this process is named without its other call."""
+    follows = get_task(task).follows
+    if not follows:
         return None
-    return (f"this {task} model assumes the film shows pneumonia and cannot call it normal: run it as the second "
-            f"stage after a {' or '.join(first)} model (--etiology)")
+    # a first stage calls its positive class or its first class (Predictor.label): the other call than the handoff
+    firsts = [get_task(name) for name in follows if name in list_tasks()]
+    others = [first.positive if follows[first.name] == first.classes[0] else first.classes[0] for first in firsts]
+    assumed = " or ".join(dict.fromkeys(label.lower() for label in follows.values()))
+    cannot = f" and cannot call it {' or '.join(dict.fromkeys(c.lower() for c in others))}" if others else ""
+    after = " or ".join(follows)
+    return (f"this {task} model assumes the film shows {assumed}{cannot}: run it as the second stage after "
+            f"{'an' if after[0].lower() in 'aeiou' else 'a'} {after} model (--etiology)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """The models that read a film and the rules that join them into one reading, written once for ``predict``
+    (:func:`predict_paths`) and the web service, which the docs say give the same answer: which call of the first
+    stage hands a film to the second (:meth:`hands_over`), which pixels the second reads (:attr:`second_target`),
+    and the fields every reading of a film carries besides the stages' own (:meth:`scoped`). The two differ only in
+    how films reach the models: files in batches, or uploads through the service's lanes and batcher."""
+
+    first: Predictor
+    second: Predictor | None = None
+    handoff: str | None = None  # the first stage's call that hands a film to the second (check_stages)
+    alone: str | None = None  # said with every reading of a second stage run alone (alone_warning)
+
+    @classmethod
+    def load(cls, bundle: Path | str, etiology: Path | str | None = None, backend: str = "torch",
+             batch_size: int = PREDICT_BATCH, tta: bool = False) -> Stages:
+        """``bundle``'s model, then ``etiology``'s (a bundle whose task follows ``bundle``'s) when given. A pair that
+        does not chain is refused from the cards, before either model is built (or exported), and a bundle without
+        a threshold validated for ``tta`` before any film is read."""
+        handoff = check_bundle_stages(bundle, etiology) if etiology is not None else None
+        first = Predictor(bundle, batch_size, backend)
+        second = Predictor(etiology, batch_size, backend) if etiology is not None else None
+        for stage in filter(None, (first, second)):
+            stage.threshold(tta)
+        return cls(first, second, handoff, alone_warning(first.card.task))
+
+    def said_at_start(self) -> list[str]:
+        """What ``predict`` and ``serve`` say once, before any reading, whose readings would otherwise be silent
+        about it: that films are not checked against the training films' appearance (the first stage's record is
+        the one they are checked against), and each stage's caveats (:attr:`BundleCard.caveats`: a guessed
+        threshold, an uncalibrated temperature)."""
+        unchecked = [] if self.first.appearance is not None else [
+            f"{shown(self.first.bundle)} records no appearance of its training films (trained on fewer than "
+            f"{MIN_FILMS}, or before bundles kept one): films unlike them (noise, a form, a turned film) are not "
+            "flagged"]
+        return unchecked + [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (self.first, self.second))
+                            for caveat in stage.card.caveats]
+
+    def hands_over(self, label: str | None) -> bool:
+        """Whether the second stage reads a film the first stage called ``label``."""
+        return self.second is not None and label == self.handoff
+
+    @property
+    def second_target(self) -> int | None:
+        """The decode target the second stage reads a film at, None when the first stage's decode serves it
+        (:meth:`Predictor.decodes_like`): a film is decoded again only for a second stage trained on another size."""
+        if self.second is None or self.second.decodes_like(self.first):
+            return None
+        return self.second.card.spec.decode_target
+
+    def scoped(self, described: dict, content: Sequence[str]) -> dict:
+        """A film's fields besides the stages' readings: what :func:`describe` found (its UIDs, its facts), its
+        warnings in their one order (the header's, then the pixels' ``content``: :meth:`Predictor.content_warnings`,
+        then :attr:`alone`), the first model's identity, and ``in_scope`` judged on that final list, by the rule that
+        refuses a report (so any warning added to it counts)."""
+        warnings = [*described["warnings"], *content, *([self.alone] if self.alone else [])]
+        return {**described, "warnings": warnings, **self.first.identity, "in_scope": in_scope(warnings)}
 
 
 def predict_paths(
@@ -476,30 +547,23 @@ def predict_paths(
     etiology_label, etiology_near_threshold`` for an etiology bundle) -- filled only for the images the first stage
     hands over -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
-    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`).
+    What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). The
+    reading's rules are the web service's (:class:`Stages`).
 
     Images are decoded once (reduced towards the model size, as in training's cache); the Grad-CAM
     overlays and a second stage that decodes to the same size reuse those pixels.
     """
     paths = path_list(paths)  # one path given alone, not its characters
-    # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
-    handoff = check_bundle_stages(bundle, etiology) if etiology else None
     heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
-    predictor = Predictor(bundle, batch_size, backend)
-    second = Predictor(etiology, batch_size, backend) if etiology else None
-    for stage in filter(None, (predictor, second)):
-        stage.threshold(tta)  # a bundle without a TTA threshold is refused before any decoding
-    if alone := alone_warning(predictor.card.task):
-        log.warning("%s", alone)
+    stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
+    predictor = stages.first
+    if stages.alone:
+        log.warning("%s", stages.alone)
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, explain_array, overlay_png
 
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    # every score names the model that made it, as the web service's answers do: FP32 and INT8 results differ
-    from .export import model_version
-
-    identity = {"model_id": predictor.card.model_id, "model_version": model_version(bundle, backend)}
-    for said in said_at_start(predictor, second):  # once the options are sound: of the readings to come
+    for said in stages.said_at_start():  # once the options are sound: of the readings to come
         log.warning("%s", said)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
@@ -507,17 +571,15 @@ def predict_paths(
         task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
         for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
             readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
-            results = iter(_classify(predictor, second, handoff, [p for p, _ in readable], [g for _, g in readable], tta))
+            results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
             for path, gray, stamp in batch:
                 if isinstance(gray, str):
                     rows.append({"path": path, "error": gray})
                     continue
                 row = {"path": path, **next(results)}
-                if "label" in row:  # a score carries its scope warnings and DICOM UIDs; an error row stays path, error
-                    facts = describe(path)
-                    row.update(facts, warnings=facts["warnings"] + row["warnings"] + ([alone] if alone else []),
-                               **identity)
-                    row["in_scope"] = in_scope(row["warnings"])
+                if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row stays
+                    # path, error; the warnings so far are the pixels' (_classify)
+                    row.update(stages.scoped(describe(path), row["warnings"]))
                     # the panels show the film decoded again at a panel's size, as the web service shows it: the
                     # model's copy (224 px a side, say) is too small to check the map against the anatomy
                     film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
@@ -551,28 +613,27 @@ def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backen
     return heatmap_dir
 
 
-def _classify(
-    first: Predictor, second: Predictor | None, handoff: str | None, paths: Sequence[str], grays: Sequence[np.ndarray],
-    tta: bool,
-) -> list[dict]:
-    """Result fields for images decoded for the first stage; the second stage runs only on the images the first
-    labels ``handoff`` (:func:`check_stages`), decoded again when its training decoded them at another size (as the web service does)."""
+def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray], tta: bool) -> list[dict]:
+    """Result fields for images decoded for the first stage, ``warnings`` the pixels' (the content check); the second
+    stage reads only the images the first hands over (:meth:`Stages.hands_over`), decoded again when its training
+    decoded them at another size (:attr:`Stages.second_target`)."""
     if not grays:
         return []
+    first, second = stages.first, stages.second
     images = first.preprocess(grays)
     probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [{"error": NON_FINITE} if broken else
             {**first.reading_fields(float(p), tta), **first.class_fields(row), "warnings": unlike}
             for p, row, broken, unlike in zip(first.positive(probs), probs, bad, first.content_warnings(images))]
     if second is not None:
-        called = [i for i, row in enumerate(rows) if row.get("label") == handoff]
+        called = [i for i, row in enumerate(rows) if stages.hands_over(row.get("label"))]
         fields, stage = stage_fields(second.task), f"{second.task.name} stage"
         for row in rows:
             if "label" in row:
                 row.update(dict.fromkeys(fields.values()))
         if called:
-            same = second.decodes_like(first)
-            picked = {i: grays[i] if same else _decode(paths[i], second.card.spec.decode_target) for i in called}
+            target = stages.second_target
+            picked = {i: grays[i] if target is None else _decode(paths[i], target) for i in called}
             for i, gray in picked.items():
                 if isinstance(gray, str):  # readable a moment ago: changed or removed since
                     rows[i]["error"] = f"{stage}: {gray}"

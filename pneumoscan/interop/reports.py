@@ -17,7 +17,7 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
-from pneumoscan.inference.export import model_version
+from pneumoscan.inference.predict import identity_fields
 from pneumoscan.models.card import BundleCard, card_task, load_card
 
 from .uids import uid_root
@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str]:
-    """(name, version) as reports state them: the model id and :func:`model_version`, the pair predict's rows and
-    the web service's answers also carry."""
-    return load_card(bundle).model_id, model_version(bundle, backend)
+    """(name, version) as reports state them: the pair predict's rows and the web service's answers carry
+    (:func:`~pneumoscan.inference.predict.identity_fields`)."""
+    identity = identity_fields(bundle, backend)
+    return identity["model_id"], identity["model_version"]
 
 
 def check_reportable(bundle: Path | str, dicom: bool = True) -> None:

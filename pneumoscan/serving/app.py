@@ -100,9 +100,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         check_options(format, heatmap, image, request.query_params.keys())
         return await service.predict(request, heatmap, image, format)
 
-    # HEAD too, for the /healthz and / the probes of some load balancers send (FastAPI answers GET routes' HEAD 405)
-    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, response_model_exclude_none=True,
-                   responses={503: {"model": Health}})
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
     async def healthz() -> Health | JSONResponse:
         # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (a
         # bundle changed on disk is read in a thread of its own: OnDisk)
@@ -110,6 +108,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         if health.status != "unhealthy":  # degraded still answers predictions: a balancer keeps sending them
             return health
         return JSONResponse(health.model_dump(exclude_none=True), status_code=503)
+
+    # HEAD too, for the /healthz and / the probes of some load balancers send (FastAPI answers GET routes' HEAD 405):
+    # a route of its own, out of the schema, where one method and path is one operation (one id)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], response_model=Health, response_model_exclude_none=True,
+                      include_in_schema=False)
 
     @app.get("/v1/model", response_model=ServiceInfo)
     async def model_info() -> ServiceInfo:

@@ -1,5 +1,5 @@
-"""The batching queue in front of each model (:class:`Batcher`) and the stage that pairs a bundle's Predictor with
-its batcher and the identity it reports (:class:`Stage`)."""
+"""The batching queue in front of each model (:class:`Batcher`) and the stage that pairs a Predictor with its batcher
+and the identity it reports (:class:`Stage`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
-from pneumoscan.inference.export import model_version
 
 from .formats import ModelInfo, StageResult
 
@@ -73,19 +71,21 @@ class Batcher:
 
 
 class Stage:
-    """One bundle: the identity it reports, its Predictor, and the batcher that feeds it."""
+    """One stage of the service's reading (:class:`~pneumoscan.inference.predict.Stages`): its Predictor, the
+    batcher that feeds it, and the identity it reports."""
 
-    def __init__(self, bundle: Path | str, backend: str) -> None:
-        self.predictor = Predictor(bundle, backend=backend)
-        self.batcher = Batcher(self.predictor)
-        self.card = self.predictor.card
-        self.version = model_version(bundle, backend)
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.batcher = Batcher(predictor)
+        self.card = predictor.card
+        # taken at start: the weights the service checked and scores with, whatever the bundle on disk holds later
+        self.identity = predictor.identity
 
     def info(self) -> ModelInfo:
         c = self.card
         return ModelInfo(
-            id=c.model_id, version=self.version, architecture=c.model, task=c.task, classes=c.classes,
-            positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy,
+            id=self.identity["model_id"], version=self.identity["model_version"], architecture=c.model, task=c.task,
+            classes=c.classes, positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy,
             threshold_interval=c.threshold_interval, caveats=c.caveats, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
@@ -99,5 +99,5 @@ class Stage:
     async def predict(self, film: np.ndarray) -> StageResult:
         """The reading of one film as :meth:`prepare` makes it, scored in the batcher's next batch."""
         probs = await self.batcher.probabilities(film)
-        return StageResult(model_id=self.card.model_id, model_version=self.version, task=self.card.task,
-                           positive=self.card.positive, **self.predictor.reading(probs))
+        return StageResult(**self.identity, task=self.card.task, positive=self.card.positive,
+                           **self.predictor.reading(probs))

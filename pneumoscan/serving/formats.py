@@ -36,8 +36,8 @@ class StageResult(BaseModel):
 
 class Prediction(StageResult):
     etiology: StageResult | None = Field(
-        None, description="bacterial vs viral: only when the service has an etiology model and the image reads as pneumonia"
-    )
+        None, description="the second stage's reading, its task named in it (etiology: bacteria vs virus): only when "
+        "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology)")
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
                                 "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most weight)")
     image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
@@ -88,7 +88,8 @@ class ModelInfo(BaseModel):
 
 
 class ServiceInfo(ModelInfo):
-    etiology: ModelInfo | None
+    etiology: ModelInfo | None = Field(description="the second stage's card (its task: etiology, or one of your own); "
+                                       "null when the service has none")
     max_upload_bytes: int
 
 

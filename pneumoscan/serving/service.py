@@ -1,6 +1,7 @@
 """What the service does for one routed request: reading its upload, the stages (pneumonia, then optionally
-etiology), the lanes that bound the work (decodes, Grad-CAM, requests in the service), the answer in its format, and
-the fault that marks a broken model. The routes, middleware and error handlers are in :mod:`.app`."""
+etiology, joined by the rules ``predict`` follows: :class:`~pneumoscan.inference.predict.Stages`), the lanes that
+bound the work (decodes, Grad-CAM, requests in the service), the answer in its format, and the fault that marks a
+broken model. The routes, middleware and error handlers are in :mod:`.app`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
-from pneumoscan.data.scope import describe, in_scope
+from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png, panel_png,
                                          png_data_url)
-from pneumoscan.inference.predict import NON_FINITE, Predictor, alone_warning, check_bundle_stages, said_at_start
+from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, load_card, verify_file
 
 from .batching import Stage
@@ -86,18 +87,17 @@ class OnDisk:
 
 
 class Service:
-    """A pneumonia (or any) bundle with an optional bacteria-vs-virus second stage, behind bounded lanes.
-    Concurrent requests are decoded in threads and classified together in batches (:class:`.batching.Batcher`)."""
+    """A pneumonia (or any) bundle with an optional second stage (bacteria vs virus, or a task of one's own), behind
+    bounded lanes. Concurrent requests are decoded in threads and classified together in batches
+    (:class:`.batching.Batcher`)."""
 
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
-        # a pair of bundles that do not chain is refused from their cards, before either model is built (or exported)
-        self.handoff = check_bundle_stages(bundle, etiology) if etiology is not None else None
-        self.main = Stage(bundle, backend)
-        self.second = Stage(etiology, backend) if etiology is not None else None
-        self.alone = alone_warning(self.main.card.task)  # said with every answer of a second stage served alone
-        for said in said_at_start(self.main.predictor, self.second.predictor if self.second else None):
+        self.stages = Stages.load(bundle, etiology, backend)  # a pair that does not chain: refused from the cards
+        self.main = Stage(self.stages.first)
+        self.second = Stage(self.stages.second) if self.stages.second is not None else None
+        for said in self.stages.said_at_start():
             logger.warning("%s", said)  # the page's model card says these too
         self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
@@ -226,7 +226,9 @@ class Service:
         return film, self.main.predictor.content_warnings(film[None])[0]
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
-        main, second = self.main, self.second
+        """One upload's reading, by the rules ``predict`` follows (:class:`Stages`): the same fields, warnings and
+        second stage for the same film."""
+        main, second, stages = self.main, self.second, self.stages
         data, dicom = await read_upload(request, self.max_bytes, self.limits.body_timeout)
         gone = asyncio.ensure_future(disconnected(request))  # the body is in: what comes next is a disconnect
 
@@ -235,21 +237,20 @@ class Service:
 
         try:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
-            scope = await decoded(describe, dicom, True)  # warnings, UIDs, facts
+            described = await decoded(describe, dicom, True)  # warnings, UIDs, facts
             film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, image)
-            scope["warnings"] += unlike
-            scope["warnings"] += [self.alone] if self.alone else []
+            scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
                 raise Rejected(422, f"format={format} needs a DICOM upload: a report belongs to the study of the film")
             if gone.done():
                 raise ClientGone()
             result = await main.predict(film)
-            etiology_result = None
-            if second is not None and result.label == self.handoff:
-                gray = (image if second.predictor.decodes_like(main.predictor)
-                        else await decoded(decode_upload, second.card.spec.decode_target, dicom))
-                etiology_result = await second.predict(
+            second_result = None
+            if stages.hands_over(result.label):  # so there is a second stage
+                target = stages.second_target
+                gray = image if target is None else await decoded(decode_upload, target, dicom)
+                second_result = await second.predict(
                     await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
             # the film for a reader's eyes, decoded again larger than the model's copy (at most a panel's size): on the
             # page, and under an overlay filed in a PACS, as predict draws it (the page's overlay, at the model's size,
@@ -262,12 +263,10 @@ class Service:
                                           shown if under_report else image, heatmap == "map")
         finally:
             gone.cancel()
+        reading = {**result.model_dump(), **scope}
         if format != "json":
-            reading = {**result.model_dump(), **scope}
-            return await asyncio.to_thread(report, format, reading, data, dicom, png, main.card.model_id, main.version,
-                                           main.predictor.backend)  # how it was scored: the report's identity
+            return await asyncio.to_thread(report, format, reading, data, dicom, png, scope["model_id"],
+                                           scope["model_version"], main.predictor.backend)  # the backend: identity too
         film = png_data_url(panel_png(shown)) if shown is not None else None
-        # from the final list, by the rule that refuses a report: any warning added to it counts as well
-        body = Prediction(**result.model_dump(), etiology=etiology_result, heatmap=png_data_url(png) if png else None,
-                          image=film, in_scope=in_scope(scope["warnings"]), **scope)
+        body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})

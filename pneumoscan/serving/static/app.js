@@ -5,7 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
-let secondStage = false;  // the service reads etiology too: the list and its CSV carry it
+// the task of the service's second stage (etiology, or one of a site's own), null without one: the list and its CSV
+// carry its reading, under its name
+let secondTask = null;
 let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
@@ -26,6 +28,11 @@ const composed = document.createElement("canvas");
 function figure(v) {
   if (typeof v !== "number") return "n/a";
   return (v < 1 && v.toFixed(3) === "1.000" ? Math.floor(v * 1000) / 1000 : v).toFixed(3);
+}
+
+// A task's name as the title of its reading (etiology: "Etiology"), so a second stage of one's own is not called one
+function taskTitle(task) {
+  return task.charAt(0).toUpperCase() + task.slice(1);
 }
 
 function pct(p) {
@@ -54,10 +61,11 @@ function showError(message, keepResult = false) {
 
 function showCard(info) {
   maxUploadBytes = info.max_upload_bytes;
-  secondStage = Boolean(info.etiology);
+  secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
-  $("etiology-column").hidden = !secondStage;
+  $("etiology-column").hidden = !secondTask;
+  if (secondTask) $("etiology-column").querySelector("button").textContent = taskTitle(secondTask);
   renderList();
   const m = info.val_metrics || {};
   const rows = [
@@ -248,8 +256,8 @@ function showResult(film) {
   const e = r.etiology;
   $("etiology").hidden = !e;
   if (e) {
-    $("etiology").textContent = `Etiology: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
-      `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
+    $("etiology").textContent = `${taskTitle(e.task)}: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, ` +
+      `threshold ${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
   }
   showWarnings(r.warnings, r.in_scope);
   $("legend-text").textContent = legendText(r);
@@ -661,8 +669,9 @@ function value(film, key) {
   return film.result.warnings.length;
 }
 
-// The second stage's reading, as the result panel gives it; it runs only on films read as pneumonia.
-function etiologyText(r) {
+// The second stage's reading, as the result panel gives it; it runs only on the films the first stage hands over
+// (read as pneumonia, for etiology).
+function secondText(r) {
   const e = r.etiology;
   return e ? `${e.label} (P(${e.positive}) = ${figure(e.probability)})` : "not run";
 }
@@ -691,7 +700,7 @@ function renderList() {
       film.name,
       r ? reading(r) : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
       r ? figure(r.probability) : "",
-      ...(secondStage ? [r ? etiologyText(r) : ""] : []),
+      ...(secondTask ? [r ? secondText(r) : ""] : []),
       r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
@@ -722,21 +731,22 @@ function csvCell(text) {
 }
 
 function csv() {
-  const second = secondStage ? ["etiology", "etiology_probability", "etiology_positive", "etiology_threshold"] : [];
+  // named from the second stage's task: etiology, etiology_probability, etiology_positive, etiology_threshold
+  const second = secondTask ? ["", "_probability", "_positive", "_threshold"].map((end) => secondTask + end) : [];
   const classes = classColumns.map((c) => CLASS_FIELD + c);
   const head = ["file", "reading", "probability", "positive", "threshold", ...classes, "model", ...second, "warnings",
     "study_instance_uid"];
   const lines = [head.join(",")];
   for (const film of sorted()) {
     const r = film.result;
-    const e = r && r.etiology;  // empty where the second stage did not run (a film not read as pneumonia)
-    const etiology = !secondStage ? [] : e
+    const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
+    const stage = !secondTask ? [] : e
       ? [e.label, e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
       ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
-        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...etiology, r.warnings.join("; "),
+        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, r.warnings.join("; "),
         r.study_instance_uid || ""]
-      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", ...classes.map(() => ""), "", ...etiology,
+      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", ...classes.map(() => ""), "", ...stage,
         "", ""];
     lines.push(row.map((v) => csvCell(String(v))).join(","));
   }
