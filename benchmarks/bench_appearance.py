@@ -15,7 +15,7 @@ from PIL import ImageFilter
 
 from bench_shift import CHANGES, Change, pillow
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.evaluation.evaluate import labelled_images
+from pneumoscan.data.labelled import labelled_images
 from pneumoscan.models.card import load_card
 from pneumoscan.data.tasks import get_task
 

@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pneumoscan.data.labelled import labelled_images  # noqa: E402
 from pneumoscan.data.tasks import get_task  # noqa: E402
-from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 from bench_int8 import BATCH, REPEATS, THREADS, images_per_second  # noqa: E402  (the same timing as INT8's)
 

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
+from pneumoscan.data.labelled import labelled_images  # noqa: E402
 from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
-from pneumoscan.evaluation.evaluate import labelled_images  # noqa: E402
-from pneumoscan.inference.export import INT8_NAME, spec_path  # noqa: E402
+from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 
 THREADS = 2

@@ -17,8 +17,8 @@ from PIL import Image, ImageFilter, ImageOps
 from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import binary_metrics
+from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.tasks import binary_targets
-from pneumoscan.evaluation.evaluate import labelled_images
 from pneumoscan.inference.predict import Predictor
 
 Change = Callable[[np.ndarray], np.ndarray]

@@ -345,7 +345,8 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.inference.export import export_onnx, read_sidecar, spec_path
+    from pneumoscan.inference.export import export_onnx
+    from pneumoscan.inference.onnx_runtime import read_sidecar, spec_path
 
     if args.int8:
         from pneumoscan.training.quantize import quantize_bundle

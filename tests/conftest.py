@@ -41,7 +41,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 def real_train(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Record], list[list[str]]]:
     """The records of data_root's train/ and its groups of films that are one picture, for the split and fold tests
     on real data: finding the groups decodes all 5,216 films (7 s of CPU), once a run."""
-    from pneumoscan.data.audit import picture_groups
+    from pneumoscan.data.copies import picture_groups
     from pneumoscan.data.layouts import discover
 
     records = discover(data_root / "train").records

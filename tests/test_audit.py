@@ -23,7 +23,8 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
 import pneumoscan.data.audit as audit_module
-from pneumoscan.data.audit import EXACT, NEAR, audit, audit_figure, format_audit, picture_groups
+from pneumoscan.data.audit import audit, audit_figure, format_audit
+from pneumoscan.data.copies import EXACT, NEAR, picture_groups
 from pneumoscan.data.layouts import discover
 from tests.builders import dicom_bytes
 
@@ -333,7 +334,7 @@ def _components(labels: np.ndarray) -> set[frozenset[int]]:
 def test_near_duplicates_found_by_bands_are_those_every_pair_would_give() -> None:
     """The band search (pigeonhole) links exactly the pairs at most NEAR_DUPLICATE_BITS apart: films 10 bits apart,
     11 apart, chains, and a crowd of 600 copies of one film (more than one band group holds)."""
-    from pneumoscan.data.audit import NEAR_DUPLICATE_BITS, _near_duplicate_components
+    from pneumoscan.data.copies import NEAR_DUPLICATE_BITS, _near_duplicate_components
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2, (300, 256), dtype=np.uint8)

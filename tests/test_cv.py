@@ -17,9 +17,9 @@ import pytest
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import evaluate_multiclass
+from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
-from pneumoscan.evaluation.evaluate import patient_groups
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.cv import cross_validate, fold_figures, fold_summary
 from pneumoscan.training.config import TrainConfig

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from tests.builders import SCORE_TOL, assert_close_report
+from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
-from pneumoscan.evaluation.evaluate import evaluate, labelled_images
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig

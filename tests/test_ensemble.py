@@ -21,12 +21,14 @@ from PIL import Image
 from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax, threshold_interval
+from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
-from pneumoscan.evaluation.evaluate import evaluate, labelled_images, labelled_records, patient_groups
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.explain import explain_array, gradcam
-from pneumoscan.inference.export import INPUT, OUTPUT, module_session, session, spec_path
+from pneumoscan.inference.export import module_session
+from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
@@ -322,7 +324,7 @@ def _by_hand_int8_out_of_fold(ens: Path, cv: Path) -> tuple[np.ndarray, np.ndarr
     """The binary targets and INT8 P(positive) of fold k's films scored by fold k's member quantised alone, with the
     calibration batches `export --int8 --cv` takes."""
     from pneumoscan.inference.export import module_onnx
-    from pneumoscan.inference.export import session as onnx_session
+    from pneumoscan.inference.onnx_runtime import session as onnx_session
     from pneumoscan.training import quantize
 
     card = load_card(ens)

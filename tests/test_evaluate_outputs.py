@@ -20,10 +20,11 @@ from PIL import Image
 from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
+from pneumoscan.data.labelled import labelled_records
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, labelled_records, threshold_table
+from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card, save_card
 

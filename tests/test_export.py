@@ -15,7 +15,8 @@ import torch
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import preprocess
-from pneumoscan.inference.export import INPUT, ONNX_NAME, OUTPUT, export_onnx, module_session, session, spec_path
+from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session
+from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle

@@ -29,7 +29,8 @@ from pneumoscan.data.cache import build_cache, default_cache_dir
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.data.tasks import get_task
-from pneumoscan.inference.export import INPUT, INT8_NAME, OUTPUT, _check_parity, export_onnx, session, spec_path
+from pneumoscan.inference.export import _check_parity, export_onnx
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle

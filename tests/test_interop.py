@@ -39,12 +39,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, generate_uid
 
 from pneumoscan import cli
+from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.data.readers.dicom import OWN_OUTPUT, redact
+from pneumoscan.data.readers.dicom import OWN_OUTPUT
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
-from pneumoscan.inference.export import weights_digest
+from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, predict_paths
 from pneumoscan.interop.dicomweb import _not_scored, _only_part, _post, _session, read_authorization, unfiled
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.data import layouts as layouts_module
-from pneumoscan.data.audit import shared_patients
+from pneumoscan.data.copies import shared_patients
 from pneumoscan.data.layouts import (
     Discovery,
     KaggleLayout,

@@ -20,7 +20,7 @@ from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, card_summary, render, today,
                                               write_model_card)
-from pneumoscan.inference.export import INT8_NAME, spec_path
+from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 

@@ -28,7 +28,8 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.explain import explain_array
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, export_onnx, read_sidecar
+from pneumoscan.inference.export import ONNX_NAME, export_onnx
+from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models import PLUGINS_ENV, registry
 from pneumoscan.models.bundle import load_bundle, save_bundle

@@ -17,12 +17,13 @@ from pydicom.uid import generate_uid
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
-from pneumoscan.evaluation.evaluate import evaluate, labelled_images
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.inference.export import ONNX_NAME
+from pneumoscan.inference.onnx_runtime import INT8_NAME, model_version, spec_path
 from pneumoscan.inference.predict import Predictor, predict_paths
-from pneumoscan.inference.export import model_version
 from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
@@ -420,7 +421,7 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bun
     """Validation films filed again under other patient ids are one child's each: the INT8 thresholds' intervals
     count a film and its copy as one patient, as the FP32 thresholds' do (they counted two)."""
     from pneumoscan.core.metrics import threshold_interval
-    from pneumoscan.evaluation.evaluate import labelled_records, patient_groups
+    from pneumoscan.data.labelled import labelled_records, patient_groups
 
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     records = discover(tiny_bundle.parent / "split.csv").records

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan.cli import main
-from pneumoscan.data.audit import shared_patients
+from pneumoscan.data.copies import shared_patients
 from pneumoscan.data.layouts import Record, discover, make_record, read_manifest, write_manifest
 from pneumoscan.data.split import patient_folds, patient_split, split_dataset, split_pool, split_summary
 from tests.test_audit import run_cli_bounded, special_file_manifest

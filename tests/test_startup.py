@@ -20,7 +20,7 @@ from PIL import Image
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.export import session
+from pneumoscan.inference.onnx_runtime import session
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import ONNX_NAME, WEIGHTS
 from pneumoscan.serving.limits import Limits
@@ -130,7 +130,7 @@ class Kept(logging.Handler):
         said.append(record.getMessage())
 logging.getLogger("pneumoscan").addHandler(Kept())
 logging.getLogger("pneumoscan").setLevel(logging.INFO)
-from pneumoscan.inference.export import session
+from pneumoscan.inference.onnx_runtime import session
 from pneumoscan.inference.predict import Predictor
 before = options.model_threads()  # torch not loaded yet: worked out
 import torch

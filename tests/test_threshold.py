@@ -18,15 +18,17 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, choose_thresholds
+from pneumoscan.data.labelled import labelled_records
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.compare import compare_runs, format_table
-from pneumoscan.evaluation.evaluate import evaluate, labelled_records
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.held_out import CALIBRATION_FILMS
 from pneumoscan.evaluation.operating_point import OperatingPoint, int8_figures
 from pneumoscan.evaluation.model_card import MODEL_CARD
 from pneumoscan.evaluation.rethreshold import rethreshold
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, spec_path
+from pneumoscan.inference.export import ONNX_NAME
+from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig

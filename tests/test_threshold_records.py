@@ -20,7 +20,7 @@ from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.model_card import MODEL_CARD, card_summary, render, today
 from pneumoscan.evaluation.rethreshold import rethreshold
-from pneumoscan.inference.export import INT8_NAME, read_sidecar
+from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
 from pneumoscan.interop.reports import earlier_thresholds
 from pneumoscan.models.card import load_card
 from tests.builders import dicom_bytes

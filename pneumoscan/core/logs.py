@@ -1,32 +1,50 @@
-"""Progress bars and log output of the library.
+"""Progress bars and log output of the library, and the redaction of values other libraries' logs quote.
 
 The library reports through :mod:`logging` (logger ``pneumoscan`` and its children) and never configures it: a
 program that imports pneumoscan decides what it sees. Progress bars follow the same switch: they show only while
 the ``pneumoscan`` logger passes INFO, so ``logging.getLogger("pneumoscan").setLevel(logging.WARNING)`` silences
 both. The command line (:func:`configure`) shows INFO and above on stderr, or warnings alone with ``-q``, and
 Python warnings among them as log lines.
+
+pydicom and highdicom quote DICOM element values (a patient's name, id or birth date) in their log records and
+warnings: :func:`keep_dicom_values_out_of_logs` redacts them (:func:`redact`), by logger name, for the modules that
+use those libraries. The DICOM reader imports this module, so it loads neither of them, nor rich before a bar or the
+command line's log needs it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 import warnings
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import Progress, ProgressColumn
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
 LOGGER = "pneumoscan"
-# one console for the log and the bars, so a message logged while a bar runs is printed above it
-console = Console(stderr=True)
+# From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'"), and pairing
+# them one by one would leave the dates between the pairs in the clear.
+_QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+
+
+@functools.cache
+def _console() -> Console:
+    """The one console for the log and the bars, so a message logged while a bar runs is printed above it."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def progress(*columns: str | ProgressColumn, enabled: bool = True) -> Progress:
     """A rich progress bar on stderr, shown when ``enabled`` and the pneumoscan logger passes INFO."""
+    from rich.progress import Progress
+
     shown = enabled and logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
-    return Progress(*columns, console=console, disable=not shown)
+    return Progress(*columns, console=_console(), disable=not shown)
 
 
 def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -58,8 +76,11 @@ def configure(quiet: bool = False) -> None:
     for handler in [h for h in logger.handlers if getattr(h, "_pneumoscan_cli", False)]:
         logger.removeHandler(handler)
     handler: logging.Handler
-    if console.is_terminal:
-        handler = RichHandler(console=console, markup=False, show_time=False, show_path=False, rich_tracebacks=False)
+    if _console().is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=_console(), markup=False, show_time=False, show_path=False,
+                              rich_tracebacks=False)
     else:
         handler = _Lines()
         handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
@@ -67,3 +88,30 @@ def configure(quiet: bool = False) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     warnings.showwarning = _log_warning
+
+
+def redact(text: str) -> str:
+    """``text`` with everything from its first quote to its last replaced by ``'...'``: pydicom and highdicom
+    quote element values in their messages ("Invalid value for VR DA: '...'"), and the value may be a patient's
+    name, id or birth date."""
+    return _QUOTED.sub("'...'", text)
+
+
+class _RedactValues(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
+def keep_dicom_values_out_of_logs(*packages: str) -> None:
+    """Redact the log records of these packages' loggers (those that exist now and the package's own), and silence
+    their UserWarnings, which repeat the same messages unredacted on stderr (pydicom logs each one as well, so the
+    redacted record is still there). Per logger and filter rather than a ``catch_warnings`` block, because decoding
+    runs in threads and ``catch_warnings`` swaps process-wide state."""
+    for package in packages:
+        names = [n for n in logging.root.manager.loggerDict if n == package or n.startswith(package + ".")]
+        for name in {package, *names}:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _RedactValues) for f in logger.filters):
+                logger.addFilter(_RedactValues())
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{re.escape(package)}(\.|$)")

@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
+from pneumoscan.core.logs import redact
 from pneumoscan.core.names import file_kind
 from . import readers
 from .pixels import BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, DecodeError, blank_reason, minmax_u8, one_level_share
@@ -121,7 +122,7 @@ def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
             return False
         values = apply_modality_lut(ds.pixel_array, ds)
     except Exception as e:  # a codec's own error types: the plainer reason is still true
-        logger.debug("cannot tell whether the window blanked the film: %s", readers.dicom.redact(str(e)))
+        logger.debug("cannot tell whether the window blanked the film: %s", redact(str(e)))
         return False
     low, high = float(values.min()), float(values.max())
     if not nearly or low == high:

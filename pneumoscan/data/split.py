@@ -3,7 +3,7 @@
 The shipped Kermany val folder has 16 images, too few to select a model on, and a random image split leaks:
 one child's films (and copies of one film under other names) would land on both sides. Here the unit of assignment
 is a connected component of records that share a patient id or a picture group (byte copies, and near duplicates by
-pHash: a film re-encoded or resized, :func:`~pneumoscan.data.audit.picture_groups`). Units are visited in a
+pHash: a film re-encoded or resized, :func:`~pneumoscan.data.copies.picture_groups`). Units are visited in a
 seeded random order and go to val while they fit: every stratum (subtype, or the label when the subtype is
 unknown) may fill up to ``round(val_fraction * its size)`` images and no further. Counting each record of a unit
 in its own stratum copes with the many Kermany patient ids that have both bacterial and viral films (808 of
@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import VAL_FRACTION
-from pneumoscan.data.audit import label_conflicts, picture_groups, shared_patients
+from pneumoscan.data.copies import label_conflicts, picture_groups, shared_patients
 from pneumoscan.data.layouts import HEADER_PATIENT, LABELS, Discovery, Record, discover, layouts, own_patient
 
 log = logging.getLogger(__name__)

@@ -70,6 +70,13 @@ class Task:
         return 1.0 - probs[:, 0] if self.multiclass else probs[:, 1]
 
     @property
+    def class_columns(self) -> tuple[str, ...]:
+        """The results files' column of each class's probability, ``probability_<class>`` in class order, named
+        here only so predict's rows, evaluate's predictions.csv and cv's oof.csv agree: for a task of more than two
+        classes, whose positive probability does not give them; empty for two classes."""
+        return tuple(f"probability_{c}" for c in self.classes) if self.multiclass else ()
+
+    @property
     def positive_formula(self) -> str:
         """:meth:`positive_probability` in words, for the ONNX sidecar."""
         return f"1 - P({self.classes[0]})" if self.multiclass else f"P({self.positive})"

@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,15 +18,14 @@ from PIL import Image
 from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, jsonable)
-from pneumoscan.core.names import cell_text, path_text, shown
-from pneumoscan.data.audit import label_conflicts, picture_groups
+from pneumoscan.core.names import cell_text, path_text
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
-from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec
-from pneumoscan.data.split import patient_units, warn_conflicts
-from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks, select, warn_untyped
+from pneumoscan.data.preprocess import TTA_VIEWS
+from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.predict import Predictor, check_bundle_stages
 from pneumoscan.models.card import WEIGHTS, BundleCard
 from .held_out import HeldOutPolicy, check_held_out
@@ -48,8 +46,8 @@ THUMBNAIL = 256
 def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, threshold: float,
                            groups: Sequence[str] | np.ndarray | None = None) -> dict:
     """Binary metrics for the task's positive class with a :func:`threshold_table`; multiclass tasks add a
-    per-class block under ``multiclass``. ``groups`` (each film's patient, or its unit: :func:`patient_units`)
-    makes the CIs count patients."""
+    per-class block under ``multiclass``. ``groups`` (each film's patient, or its unit:
+    :func:`~pneumoscan.data.labelled.patient_groups`) makes the CIs count patients."""
     y, prob = binary_targets(targets), task.positive_probability(probs)
     metrics = evaluate_binary(y, prob, threshold, class_names=(task.classes[0], task.positive), groups=groups)
     metrics["positive_class"] = task.positive
@@ -109,44 +107,9 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     return metrics, second_scores, np.array(names)[called]
 
 
-def labelled_records(
-    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
-) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
-    files that could not be read. With a dataset root, ``split`` picks train/val/test."""
-    records, cache = cache_dataset(data, spec, split, progress=True)
-    read = set(cache.paths)
-    readable = [r for r in records if r.path in read]
-    warn_untyped(readable, task, "evaluation")
-    records, targets = select(readable, task)
-    # films of a class the task does not read (NORMAL for etiology): left out, and said, as the figures are of the rest
-    outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
-    beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
-    unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
-    if not records:
-        raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
-                         + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
-                            if outside else "")
-                         + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
-    if outside:
-        log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
-                    beyond, shown(str(data)), task.name, ", ".join(task.classes), len(records))
-    if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
-        log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
-                    unreadable, "; ..." if len(cache.errors) > 3 else "")
-    return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
-
-
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
     """How a card and a report name the data a figure was measured on: ``data_name``, else DATA's name/split."""
     return data_name or Path(data).name + (f"/{split}" if split else "")
-
-
-def labelled_images(
-    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """:func:`labelled_records` without the records."""
-    return labelled_records(data, split, task, spec)[1:]
 
 
 def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
@@ -296,22 +259,6 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray, list[dict]]:
-    """The copies of one film under other names among RECORDS (warned of), each film's patient unit
-    (:func:`patient_units`), and the label conflicts among them (warned of: a picture labelled NORMAL and PNEUMONIA
-    is scored wrong under one of them, a name saying bacteria beside a virus label may be a misfiled film). The CIs
-    count patients: one patient's films are scored alike (a film without a patient id is its own patient), and so
-    are copies of one film under other names (one child's, filed twice)."""
-    pictures = picture_groups([r.path for r in records])
-    copies = [paths for _, paths in pictures]
-    if copies:
-        log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
-                    "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
-                    "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
-    warn_conflicts(conflicts := label_conflicts(records, pictures))
-    return copies, patient_units(records, copies), conflicts
-
-
 def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, name: str,
               copies: list[list[str]], errors: list[dict[str, str]], caveats: list[str]) -> None:
     """Add to METRICS what its figures are of and what may flatter them: the report shows these, and ``compare``
@@ -359,9 +306,9 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
             for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:
-        class_fields = (*(f"probability_{c}" for c in classes), MOST_PROBABLE)
+        class_fields = (*task.class_columns, MOST_PROBABLE)
         for row, film in zip(rows, probs):
-            row |= {f"probability_{c}": f"{v:.6f}" for c, v in zip(classes, film)}
+            row |= {column: f"{v:.6f}" for column, v in zip(task.class_columns, film)}
             row[MOST_PROBABLE] = classes[int(np.argmax(film))]
     if second is not None:
         for row, p, c in zip(rows, *second):

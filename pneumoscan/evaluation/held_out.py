@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pneumoscan.core.names import shown
-from pneumoscan.data.audit import picture_groups
+from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import CARD, ENSEMBLE, card_task, load_card, member_sources, replaced_members
 from pneumoscan.models.run_folder import RunFolder
@@ -291,7 +291,7 @@ def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | N
 
 def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, str]]]:
     """For each side's films (training, validation), (given film, the film of that side it is a copy of) for each
-    given film that is one picture with one of them (:func:`~pneumoscan.data.audit.picture_groups`): a test film
+    given film that is one picture with one of them (:func:`~pneumoscan.data.copies.picture_groups`): a test film
     copied into train/ under another name, or saved again as PNG, escapes every check by path. Every film is read
     once, whatever the number of sides. A warning, not a refusal: a public dataset may
     hold the same film twice across its own splits, and its test figures must still be measurable."""

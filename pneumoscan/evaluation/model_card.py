@@ -19,7 +19,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, jsonable,
                                      with_ci)
 from pneumoscan.core.names import shown
-from pneumoscan.inference.export import INT8_NAME, read_sidecar
+from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
 from pneumoscan.models.card import BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 

@@ -13,12 +13,14 @@ import numpy as np
 
 from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import binary_metrics, roc_auc
+from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import binary_targets
-from pneumoscan.inference.export import INT8_NAME, ONNX_NAME, int8_model, read_sidecar, write_int8_spec, write_onnx_spec
+from pneumoscan.inference.export import ONNX_NAME, write_int8_spec, write_onnx_spec
+from pneumoscan.inference.onnx_runtime import INT8_NAME, int8_model, read_sidecar
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
-from .evaluate import data_label, labelled_records, patient_groups
+from .evaluate import data_label
 from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from .model_card import films_record, today, update_card, write_model_card
 from .operating_point import OperatingPoint, choose_operating_point, int8_figures, policy_text

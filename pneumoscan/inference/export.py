@@ -1,4 +1,5 @@
-"""ONNX export of a bundle, and the ONNX Runtime session the ``onnx`` prediction backend runs.
+"""ONNX export of a bundle: the graph, its sidecars, the check against torch, and the session on a bundle's
+model.onnx that exports it on first use (:func:`bundle_session`). Running what is exported is :mod:`.onnx_runtime`'s.
 
 The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw ``logits`` (N, C); resizing,
 normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
@@ -8,15 +9,13 @@ damaged since, is refused with its reason; exporting again is the explicit ``pne
 model's sidecar (``model.int8.onnx.json``) gives its own thresholds under the same keys, and bundle.json records
 the SHA-256 of both INT8 files.
 
-Scoring needs no torch: the sessions, the sidecars and their checks import only ONNX Runtime, and torch and timm
-are imported by the functions that export (a bundle without a model.onnx is exported on first use).
+torch and timm are imported by the functions that export, so an ONNX backend's start-up loads neither.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import tempfile
 import warnings
@@ -28,64 +27,17 @@ import onnxruntime as ort
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.options import model_threads
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.models.card import (CARD, ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, card_task, file_sha256, load_card,
-                                   read_bundle_text, record_checksum, verify_file)
+from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, file_sha256, load_card, record_checksum
+from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, session, spec_path, verify_onnx,
+                           weights_digest)
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-# What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
-_LOAD_ERRORS = (
-    ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-    ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-    ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.RuntimeException,
-)  # fmt: skip
-INT8_NAME = "model.int8.onnx"  # where `export --int8` (pneumoscan.training.quantize) writes and `--backend onnx-int8` looks
-INPUT, OUTPUT = "image", "logits"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |P_torch - P_onnx| accepted by the self-check at export time
-
-
-def spec_path(onnx_path: Path | str) -> Path:
-    """The preprocessing spec that belongs to an exported model: ``model.onnx`` -> ``model.onnx.json``."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(onnx_path.name + ".json")
-
-
-def weights_digest(bundle: Path | str) -> str:
-    """Hex SHA-256 of the bundle's weights file (the sidecar's ``weights_sha256``)."""
-    return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
-
-
-def model_version(bundle: Path | str, backend: str = "torch") -> str:
-    """The version every result states (predict's rows, web answers, SR, FHIR): a prefix of the sha256 of the
-    bundle's weights, so a result can be traced to the bundle that made it. Read with the INT8 model
-    (``onnx-int8``), whose scores and thresholds are its own, the INT8 file's digest follows, so a result names the
-    model whose threshold it states."""
-    version = f"sha256:{weights_digest(bundle)[:12]}"
-    if backend == "onnx-int8":
-        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
-    return version
-
-
-def session(model: Path | str | bytes) -> ort.InferenceSession:
-    """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.options.model_threads`:
-    never more than the cores this process may use), so both backends compete on equal terms. A file ONNX Runtime
-    cannot load (truncated, not ONNX) is a ValueError with its reason."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = model_threads()
-    options.inter_op_num_threads = 1
-    try:
-        # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)
-        source = model if isinstance(model, bytes) else Path(model).read_bytes()
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except (*_LOAD_ERRORS, OSError) as e:
-        name = "the exported model" if isinstance(model, bytes) else str(model)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
 
 
 def export_onnx(bundle: Path | str, out: Path | str | None = None) -> Path:
@@ -259,16 +211,12 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
 
 
 def write_int8_spec(bundle: Path | str, figures: dict) -> None:
-    """BUNDLE/model.int8.onnx.json: the bundle's spec with the INT8 thresholds (``figures["int8_threshold"]`` and
-    ``["int8_tta_threshold"]``) under ``threshold`` and ``tta_threshold``, the keys every reader of a sidecar reads
-    (quantisation moves the scores: at the FP32 thresholds the INT8 scores give other labels), and the rest of the
-    quantisation's ``figures``. predict and serve take their INT8 thresholds from it, so its SHA-256 goes into
-    bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
-    spec = {**figures, **_spec(bundle, load_card(bundle)), "threshold": figures["int8_threshold"],
-            "tta_threshold": figures["int8_tta_threshold"],
-            # the INT8 thresholds' own intervals where a reader of a sidecar reads them, not the FP32 ones
-            "threshold_interval": figures.get("int8_threshold_interval", []),
-            "tta_threshold_interval": figures.get("int8_tta_threshold_interval", [])}  # fmt: skip
+    """BUNDLE/model.int8.onnx.json: the bundle's spec with the INT8 thresholds and their intervals (``figures``'
+    :class:`Int8Operating`) under ``threshold``, ``tta_threshold`` and their ``*_interval``, the keys every reader of
+    a sidecar reads (quantisation moves the scores: at the FP32 thresholds the INT8 scores give other labels), and
+    the rest of the quantisation's ``figures``. predict and serve take their INT8 thresholds from it, so its SHA-256
+    goes into bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
+    spec = {**figures, **_spec(bundle, load_card(bundle)), **Int8Operating.from_figures(figures).sidecar_fields()}
     path = write_json(spec_path(Path(bundle) / INT8_NAME), spec)
     record_checksum(bundle, path.name, file_sha256(path))
 
@@ -299,77 +247,3 @@ def bundle_session(bundle: Path | str) -> ort.InferenceSession:
             return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
     verify_onnx(bundle, card)
     return session(existing)
-
-
-def read_sidecar(model: Path | str, strict: bool = False) -> dict:
-    """The JSON object of ``model``'s sidecar, read one way wherever one is read (the FP32 and INT8 models' checks,
-    the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_text`, so a pipe or a device in
-    its place is refused instead of read without end. When missing, unreadable or not an object: empty, for the
-    checks that refuse that with their own remedy, or with ``strict`` the error saying why, for a reader that
-    needs the figures."""
-    path = spec_path(model)
-    try:
-        sidecar = json.loads(read_bundle_text(path))
-    except (OSError, ValueError):
-        if strict:
-            raise
-        sidecar = None
-    if isinstance(sidecar, dict):
-        return sidecar
-    if strict:
-        raise ValueError(f"{path} holds no JSON object")
-    return {}
-
-
-def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
-    """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
-    says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
-    remedy is the explicit ``pneumoscan export``."""
-    existing = Path(bundle) / ONNX_NAME
-    remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
-    if not existing.exists():
-        raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
-    sidecar = read_sidecar(existing)
-    if "weights_sha256" not in sidecar:
-        raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
-                         f"bundle's weights; {remedy}")
-    if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
-        raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
-                         f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
-    if not card.files:
-        return  # a bundle older than the record: load_bundle has warned that its files cannot be checked
-    if ONNX_NAME not in card.files:
-        raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
-                         f"there); {remedy}")
-    verify_file(bundle, card, ONNX_NAME, remedy)
-    if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
-        verify_file(bundle, card, spec_path(existing).name, remedy)
-
-
-def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
-    """The INT8 session and its sidecar (thresholds included); refused when the file is missing, was made from
-    other weights, its thresholds were never chosen, or either file differs from what ``export --int8`` wrote (the
-    checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels)."""
-    out = Path(bundle) / INT8_NAME
-    sidecar_path = spec_path(out)
-    card = load_card(bundle)
-    # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
-    out_of_fold = card.model == ENSEMBLE and str((card.train_config or {}).get("calibrated_on", "")).startswith("out-of-fold")
-    command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
-                                                         else "--data RUN/split.csv")
-    remedy = f"run `{command}` again"
-    sidecar = read_sidecar(out)
-    if not out.exists() or not {"int8_threshold", "int8_val_metrics"} <= sidecar.keys():
-        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
-    if sidecar.get("weights_sha256") != weights_digest(bundle):
-        raise ValueError(f"{out} was made from other weights than {bundle}'s: {remedy}")
-    if card.files:  # a bundle that records checksums: both files must be the ones quantisation wrote
-        for name in (INT8_NAME, sidecar_path.name):
-            if name not in card.files:
-                raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
-            verify_file(bundle, card, name, remedy)
-    if [sidecar.get(k) for k in ("threshold", "tta_threshold")] != [sidecar.get(k) for k in ("int8_threshold", "int8_tta_threshold")]:
-        raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
-                         "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "
-                         f"would label INT8 scores at the FP32 thresholds; {remedy}")
-    return session(out), sidecar

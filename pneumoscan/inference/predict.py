@@ -56,8 +56,6 @@ RESULT_FIELDS = (
     "dicom_heatmap", "fhir",
 )  # fmt: skip
 
-CLASS_FIELD = "probability_"  # + a class: a multiclass bundle's probability of that class (Predictor.class_fields)
-
 
 def stage_fields(task: Task) -> dict[str, str]:
     """A second stage's reading (:meth:`Predictor.reading_fields`) as a row's fields, named from its task, in this
@@ -119,22 +117,16 @@ class Predictor:
             verify_file(bundle, self.card, WEIGHTS)
         self.appearance = load_appearance(bundle, self.card)
         if backend == "onnx-int8" and session is None:
-            from .export import int8_model
+            from .onnx_runtime import Int8Operating, int8_model
 
             session, sidecar = int8_model(bundle)
-            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores, which
-            # the sidecar holds where any reader of it looks (int8_model checked them against its INT8 figures)
-            # and its figures are the INT8 model's: the card's validation figures and evaluations are the FP32
-            # model's, at the FP32 threshold
-            self.card = dataclasses.replace(
-                self.card, threshold=sidecar["threshold"], tta_threshold=sidecar["tta_threshold"],
-                threshold_policy=sidecar.get("threshold_policy", self.card.threshold_policy),
-                val_metrics=sidecar["int8_val_metrics"], external_evaluations=[],
-                threshold_interval=sidecar.get("int8_threshold_interval", []),
-                tta_threshold_interval=sidecar.get("int8_tta_threshold_interval", []),
-                threshold_caveat=sidecar.get("int8_threshold_caveat", ""))
+            # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
+            # (int8_model checked that the sidecar holds them where any reader of it looks), and its figures are the
+            # INT8 model's: the card's validation figures and evaluations are the FP32 model's, at the FP32 threshold
+            self.card = dataclasses.replace(self.card, **Int8Operating.from_figures(sidecar).card_fields())
         if backend != "torch":
-            from .export import INT8_NAME, bundle_session
+            from .export import bundle_session
+            from .onnx_runtime import INT8_NAME
 
             self._session = session or bundle_session(bundle)
             own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
@@ -278,13 +270,11 @@ class Predictor:
                 "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)}}
 
     def class_fields(self, probabilities: np.ndarray) -> dict[str, float]:
-        """One film's class probabilities, (C,), as ``probability_<class>`` columns for a multiclass bundle (the
-        numbers of :meth:`reading`'s ``probabilities``): its label is only normal vs pneumonia, and these give the
-        most probable class, or bacteria vs virus, to a reader of the results file. Empty for two classes, whose
-        ``probability`` says it all."""
-        if not self.task.multiclass:
-            return {}
-        return {f"{CLASS_FIELD}{c}": float(v) for c, v in zip(self.card.classes, probabilities)}
+        """One film's class probabilities, (C,), as ``probability_<class>`` columns for a multiclass bundle
+        (:attr:`Task.class_columns`; the numbers of :meth:`reading`'s ``probabilities``): its label is only normal vs
+        pneumonia, and these give the most probable class, or bacteria vs virus, to a reader of the results file.
+        Empty for two classes, whose ``probability`` says it all."""
+        return {column: float(v) for column, v in zip(self.task.class_columns, probabilities)}
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
         """One decoded uint8 grayscale image of any size, preprocessed as the bundle says. A blank one (no pixels,
@@ -297,10 +287,10 @@ class Predictor:
 
 
 def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> dict[str, str]:
-    """``model_id`` and ``model_version`` (:func:`.export.model_version`): the model every score names, in predict's
-    rows, the web service's answers and the SR and FHIR reports, built here only. ``backend`` is part of it: FP32
-    and INT8 results differ. ``card``: the bundle's card when already loaded."""
-    from .export import model_version
+    """``model_id`` and ``model_version`` (:func:`.onnx_runtime.model_version`): the model every score names, in
+    predict's rows, the web service's answers and the SR and FHIR reports, built here only. ``backend`` is part of
+    it: FP32 and INT8 results differ. ``card``: the bundle's card when already loaded."""
+    from .onnx_runtime import model_version
 
     return {"model_id": (card or load_card(bundle)).model_id, "model_version": model_version(bundle, backend)}
 
@@ -319,7 +309,7 @@ def session_logits(sess: ort.InferenceSession, images: np.ndarray, mean: float =
     :func:`onnx_input`), for the Predictor's ONNX backends, ensemble calibration and INT8 export alike. The defaults
     read the images as an ensemble's input, [0, 1]. :class:`NonFiniteScore` when any row is NaN or infinite, which
     would otherwise reach a label or the temperature and threshold fits."""
-    from .export import INPUT, OUTPUT
+    from .onnx_runtime import INPUT, OUTPUT
 
     out = [sess.run([OUTPUT], {INPUT: onnx_input(images[i : i + batch_size], mean, std)})[0]
            for i in range(0, len(images), batch_size)]

@@ -14,8 +14,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from pneumoscan.core.atomic import write_new
+from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
-from pneumoscan.data.readers.dicom import redact
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
 from pneumoscan.inference.predict import identity_fields
 from pneumoscan.models.card import BundleCard, card_task, load_card

@@ -51,7 +51,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
-from pneumoscan.data.readers.dicom import MANUFACTURER, keep_dicom_values_out_of_logs, redact
+from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
+from pneumoscan.data.readers.dicom import MANUFACTURER
 from pneumoscan.data.scope import outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
-from pneumoscan.data.readers.dicom import redact
 
 from .limits import Rejected
 

@@ -28,10 +28,10 @@ import numpy as np
 from pneumoscan.core.atomic import write_csv, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_text
+from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
-from pneumoscan.evaluation.evaluate import labelled_records, patient_groups
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
@@ -148,10 +148,9 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     # fold, which `ensemble --cv` and `export --int8 --cv` refuse (with one manifest a fold, it passed as finished)
     for k, planned in enumerate(plans):
         write_manifest(planned, Path(configs[k].split_csv))
-    class_columns = tuple(f"probability_{c}" for c in task.classes) if task.multiclass else ()
-    results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task, class_columns)
+    results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task)
                for k in range(folds)]
-    write_csv(cv_folder.oof, OOF_FIELDS + class_columns, [row for fold in results for row in fold.oof_rows])
+    write_csv(cv_folder.oof, OOF_FIELDS + task.class_columns, [row for fold in results for row in fold.oof_rows])
     targets, probs = np.concatenate([f.targets for f in results]), np.concatenate([f.probs for f in results])
     # the pooled intervals count patients as evaluate's do: copies of one film under other names are one patient
     units = patient_groups([r for f in results for r in f.val], data)[1]
@@ -197,7 +196,7 @@ class _FoldResult(NamedTuple):
 
 
 def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: RunFolder, batch_size: int,
-              task: Task, class_columns: tuple[str, ...]) -> _FoldResult:
+              task: Task) -> _FoldResult:
     """Fold K trained (unless its bundle is finished; an interrupted one goes on from its last finished epoch, one
     never started starts from scratch), then its validation films scored by its own bundle through ONNX Runtime,
     as a user's predictions would be."""
@@ -216,7 +215,7 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     if decision := task.extra_metrics(targets, probs).get("multiclass"):
         figures |= {key: decision[key] for key in ("accuracy", "balanced_accuracy", "macro_auc")}
     oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
-                 "fold": k, "probability": float(p)} | dict(zip(class_columns, map(float, row)))
+                 "fold": k, "probability": float(p)} | predictor.class_fields(row)
                 for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
     log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds, format_figure(figures["auc"], 4),
              SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))

@@ -37,10 +37,11 @@ import torch
 
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.names import path_list
+from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task
-from pneumoscan.evaluation.evaluate import data_label, labelled_records, patient_groups
+from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views

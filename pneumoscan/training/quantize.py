@@ -35,13 +35,15 @@ from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
-from pneumoscan.evaluation.evaluate import labelled_images, labelled_records, patient_groups
+from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
-from pneumoscan.inference.export import INPUT, INT8_NAME, ONNX_NAME, module_onnx, session, write_int8_spec
+from pneumoscan.inference.export import module_onnx, write_int8_spec
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import ENSEMBLE, BundleCard, load_card, member_sources, record_checksum, replaced_members
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, member_sources, record_checksum,
+                                   replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder
 from .ensemble import cv_members, out_of_fold
@@ -271,7 +273,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         figures["int8_three_class"] = _three_class_gate(fp32.task, scored)
     out = _write_int8(bundle, graph, figures, scored.calibration_records)
     log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
-             format_figure(figures["val_auc_fp32"], 4), figures["int8_threshold"])
+             format_figure(figures["val_auc_fp32"], 4), point.threshold)
     return out
 
 

@@ -30,15 +30,15 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.audit import picture_groups, shared_patients
 from pneumoscan.data.cache import ImageCache, build_cache
+from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
+from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
-from pneumoscan.evaluation.evaluate import patient_groups
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.evaluation.operating_point import calibrated_temperature
 from pneumoscan.evaluation.report import write_report

@@ -1,0 +1,213 @@
+"""One child's films on both sides of a split: the files that are one picture (byte for byte, or re-encoded, resized
+or converted: :func:`picture_groups`), the patients that two splits share (:func:`shared_patients`), and the labels
+that copies of a film, or a film's own name, contradict (:func:`label_conflicts`).
+
+Split, train, evaluate and its held-out check group films by :func:`picture_groups`, so that copies of a film stay
+on one side of a split and count as one patient; the audit reads each file once for its report (:func:`scan_file`)
+and groups those scans by the same rule (:func:`picture_groups_of_scans`).
+
+Near duplicates use a 256-bit pHash (``imagehash.phash``, ``hash_size=16``) and link two images when their
+hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components). Measured on
+the Kermany train folder: distinct images are >= 40 bits apart, while an original and its 224 px JPEG copy are
+<= 6 bits apart. The default 64-bit pHash is too coarse for chest X-rays (different children's films were 2 bits
+apart), which is why the larger hash is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pneumoscan.core.options import SPLITS, usable_cores
+from pneumoscan.data.decode import image_info, open_regular, read_gray
+from pneumoscan.data.layouts import Layout, Record, name_conflict
+from pneumoscan.data.pixels import DecodeError
+
+PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
+PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
+NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
+
+
+def _sha256(path: str) -> str:
+    """Hex SHA-256 of a regular file's bytes, opened as decoding opens it (:func:`open_regular`): a manifest may
+    name a FIFO or a device, which would hang split and audit; DecodeError names what it is instead."""
+    with open_regular(path) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def scan_file(path: str, header: bool = True) -> dict:
+    """Everything the audit needs from one file: content hash, header (unless not ``header``: grouping copies needs
+    none, and reading it is a sixth of a 224 px film's scan), perceptual hash (or why it failed). The decoder gets
+    the path, not the bytes, so a .dcm without the DICM preamble is still known by its name; the re-reads come from
+    the OS cache."""
+    out: dict = {"path": path}
+    try:
+        out["sha"] = _sha256(path)
+    except OSError as e:
+        out["error"] = f"cannot read file: {e.strerror or e}"
+        return out
+    except DecodeError as e:
+        out["error"] = str(e)
+        return out
+    try:
+        if header:
+            info = image_info(path)
+            out.update(width=info["width"], height=info["height"], mode=info["mode"])
+        gray = read_gray(path, target=PHASH_TARGET)
+        bits = imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE).hash
+    except DecodeError as e:  # the decoder turns every bad input into one, with the reason as its message
+        out["error"] = str(e)
+        return out
+    out["phash"] = np.packbits(bits).tobytes()
+    return out
+
+
+EXACT, NEAR = "exact duplicate", "near duplicate"  # the kinds of a picture group (and of a label conflict)
+
+
+def picture_groups(paths: Sequence[str], workers: int | None = None) -> list[tuple[str, list[str]]]:
+    """Groups (>= 2 paths) of films that are one picture, each as (:data:`EXACT` when all share their bytes, else
+    :data:`NEAR`, sorted paths): a copy re-encoded, resized or converted (PNG of a JPEG) is as much the same child's
+    film as a byte copy, and would leak across a split just the same. A file that cannot be read or decoded is in
+    none (two empty or cut-short files are not one picture, and would tie unrelated patients together in a split).
+    Threads, not the audit's processes: decoding and hashing release the GIL for most of their time, and split
+    and evaluate run it in a process that holds torch's threads, where forking is unsafe."""
+    with ThreadPoolExecutor(max_workers=workers or usable_cores()) as pool:
+        scans = list(pool.map(_scan_unchanged, paths))
+    return picture_groups_of_scans([s for s in scans if "error" not in s])
+
+
+def _scan_unchanged(path: str) -> dict:
+    """:func:`scan_file` of a file, read once a process while it is unchanged (the same inode, size and modification
+    time): evaluate groups its films twice, with the training films for its held-out check and among themselves for
+    its copies, and a full-size test split's decoding is most of that time."""
+    try:
+        stat = os.stat(path)
+        return _scan_of(path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return scan_file(path, header=False)  # which says why
+    except _Unread as e:
+        return e.scan
+
+
+class _Unread(Exception):
+    """A file :func:`_scan_of` could not read, raised so that it is not kept: the fault may pass (an I/O error)."""
+
+    def __init__(self, scan: dict) -> None:
+        super().__init__(scan["error"])
+        self.scan = scan
+
+
+@functools.lru_cache(maxsize=2**17)  # a scan is a few hundred bytes: 131,072 films in about 40 MB
+def _scan_of(path: str, device: int, inode: int, size: int, modified_ns: int) -> dict:
+    """:func:`scan_file` without the header, kept for one version of one file (:func:`_scan_unchanged`)."""
+    scan = scan_file(path, header=False)
+    if "error" in scan:
+        raise _Unread(scan)
+    return scan
+
+
+def picture_groups_of_scans(scans: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    """:func:`picture_groups` of the files :func:`scan_file` read."""
+    members: dict[int, list[dict]] = defaultdict(list)
+    for scan, component in zip(scans, _near_duplicate_components([s["phash"] for s in scans])):
+        members[int(component)].append(scan)
+    groups = [(EXACT if len({s["sha"] for s in group}) == 1 else NEAR, sorted(s["path"] for s in group))
+              for group in members.values() if len(group) > 1]
+    return sorted(groups, key=lambda g: g[1])
+
+
+def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
+    """Component label per hash, linking hashes at most NEAR_DUPLICATE_BITS apart. Pigeonhole: two such hashes agree
+    exactly on at least one of NEAR_DUPLICATE_BITS + 1 bands of their bits, so only pairs that share a band are
+    measured (train/'s 5,216 films: about 4 thousand pairs instead of 13.6 million; comparing all pairs took 5 s at
+    20,000 films and grew with their square)."""
+    n = len(hashes)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    raw = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, -1)
+    words, bits = raw.view(np.uint64), np.unpackbits(raw, axis=1)
+    bands = np.array_split(np.arange(bits.shape[1]), NEAR_DUPLICATE_BITS + 1)
+    pairs = np.concatenate([_sharing(np.packbits(bits[:, band], axis=1), words) for band in bands], axis=1)
+    i, j = np.unique(pairs, axis=1) if pairs.size else pairs
+    near = np.bitwise_count(words[i] ^ words[j]).sum(axis=1) <= NEAR_DUPLICATE_BITS
+    graph = coo_matrix((np.ones(int(near.sum()), dtype=np.int8), (i[near], j[near])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _sharing(keys: np.ndarray, words: np.ndarray, crowd: int = 512) -> np.ndarray:
+    """(2, m) pairs i < j of rows whose ``keys`` (one band's bits) are equal. A group larger than ``crowd`` (many
+    copies of one film) gives only its pairs that are near in full (:func:`_near_among`), not every pair."""
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    order = np.argsort(group.ravel(), kind="stable")
+    sorted_group = group.ravel()[order]
+    sizes = np.bincount(sorted_group)
+    small = sizes[sorted_group] <= crowd
+    found = [np.zeros((2, 0), dtype=np.int64)]
+    for offset in range(1, min(int(sizes.max()), crowd)):  # row p of the sorted order with row p + offset
+        same = (sorted_group[:-offset] == sorted_group[offset:]) & small[:-offset]
+        p = np.flatnonzero(same)
+        found.append(np.sort(np.stack([order[p], order[p + offset]]), axis=0))
+    for g in np.flatnonzero(sizes > crowd):
+        found.append(_near_among(words, order[sorted_group == g]))
+    return np.concatenate(found, axis=1)
+
+
+def _near_among(words: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(2, m) pairs i < j of ``members`` at most NEAR_DUPLICATE_BITS apart, all pairs measured in row blocks (which
+    bound memory)."""
+    members = np.sort(members)
+    rows, cols = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(members), 256):
+        block = words[members[start : start + 256]]
+        dist = np.zeros((len(block), len(members)), dtype=np.int32)
+        for k in range(words.shape[1]):  # one 64-bit word at a time keeps the XOR temporary small
+            dist += np.bitwise_count(block[:, k, None] ^ words[members][None, :, k])
+        i, j = np.nonzero(dist <= NEAR_DUPLICATE_BITS)
+        keep = start + i < j
+        rows.append(members[start + i[keep]])
+        cols.append(members[j[keep]])
+    return np.stack([np.concatenate(rows), np.concatenate(cols)])
+
+
+def label_conflicts(records: Sequence[Record], groups: Iterable[tuple[str, Sequence[str]]],
+                    layout: Layout | None = None) -> list[dict]:
+    """Films whose labels contradict their own names (:func:`~pneumoscan.data.layouts.name_conflict`) or each other:
+    a ``groups`` entry (kind, paths), a group of duplicates, whose members carry different labels or pneumonia
+    subtypes (an unknown subtype contradicts none), so the same picture would be taught or scored as both. Each is
+    ``{"kind", "paths", "labels", "subtypes", "reason"}`` (kind "name" or the group's). Reported, never resolved:
+    which label is right is for a person to tell."""
+    def conflict(kind: str, members: Sequence[Record], reason: str) -> dict:
+        return {"kind": kind, "paths": [r.path for r in members], "labels": [r.label for r in members],
+                "subtypes": [r.subtype for r in members], "reason": reason}
+
+    found = [conflict("name", [rec], reason) for rec in records if (reason := name_conflict(rec, layout))]
+    by_path = {r.path: r for r in records}
+    for kind, paths in groups:
+        members = [by_path[p] for p in paths if p in by_path]
+        if len({r.label for r in members}) > 1 or len({r.subtype for r in members if r.subtype}) > 1:
+            labelled = sorted({f"{r.label} {r.subtype}" if r.label == "PNEUMONIA" and r.subtype else r.label
+                               for r in members})
+            found.append(conflict(kind, members, f"one picture labelled {' and '.join(labelled)}"))
+    return found
+
+
+def shared_patients(records: Sequence[Record]) -> dict[str, list[str]]:
+    """The patients with films in two splits, for every pair of splits present ("train/test": [...], the splits
+    in train, val, test order, then any other): one child on both sides of a split leaks between them."""
+    patients: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        patients[rec.split].add(rec.patient)
+    present = [s for s in SPLITS if s in patients] + sorted(set(patients) - set(SPLITS))
+    return {f"{a}/{b}": sorted(patients[a] & patients[b]) for a, b in itertools.combinations(present, 2)}

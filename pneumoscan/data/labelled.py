@@ -1,0 +1,75 @@
+"""Labelled films as figures are measured on them: a task's readable films of a dataset with their cached,
+preprocessed images and targets (:func:`labelled_records`), and the patients their confidence intervals count, copies
+of one film under other names as one (:func:`patient_groups`). Evaluation and the threshold command load their films
+here, and so do training's validation, cross-validation, ensembles and the INT8 model's calibration and check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.names import shown
+from pneumoscan.data.cache import cache_dataset
+from pneumoscan.data.copies import label_conflicts, picture_groups
+from pneumoscan.data.layouts import Record
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.split import patient_units, warn_conflicts
+from pneumoscan.data.tasks import Task, select, warn_untyped
+
+log = logging.getLogger(__name__)
+
+
+def labelled_records(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
+    files that could not be read. With a dataset root, ``split`` picks train/val/test."""
+    records, cache = cache_dataset(data, spec, split, progress=True)
+    read = set(cache.paths)
+    readable = [r for r in records if r.path in read]
+    warn_untyped(readable, task, "evaluation")
+    records, targets = select(readable, task)
+    # films of a class the task does not read (NORMAL for etiology): left out, and said, as the figures are of the rest
+    outside = Counter(r.label for r in readable if r.label != "PNEUMONIA" and task.target(r) is None)
+    beyond = ", ".join(f"{n} {label}" for label, n in sorted(outside.items()))
+    unreadable = "; ".join(f"{shown(e['path'])}: {shown(e['reason'])}" for e in cache.errors[:3])
+    if not records:
+        raise ValueError(f"no readable film of {data}" + (f" ({split})" if split else "") + f" for the {task.name} task"
+                         + (f": {beyond} film(s), which it does not read ({', '.join(task.classes)})"
+                            if outside else "")
+                         + (f": {len(cache.errors)} could not be read ({unreadable})" if cache.errors else ""))
+    if outside:
+        log.warning("%s film(s) of %s are outside the %s task (%s) and are left out: the figures are of the other %d",
+                    beyond, shown(str(data)), task.name, ", ".join(task.classes), len(records))
+    if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
+        log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
+                    unreadable, "; ..." if len(cache.errors) > 3 else "")
+    return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+
+
+def labelled_images(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """:func:`labelled_records` without the records."""
+    return labelled_records(data, split, task, spec)[1:]
+
+
+def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[list[str]], np.ndarray, list[dict]]:
+    """The copies of one film under other names among RECORDS (warned of), each film's patient unit
+    (:func:`patient_units`), and the label conflicts among them (warned of: a picture labelled NORMAL and PNEUMONIA
+    is scored wrong under one of them, a name saying bacteria beside a virus label may be a misfiled film). The CIs
+    count patients: one patient's films are scored alike (a film without a patient id is its own patient), and so
+    are copies of one film under other names (one child's, filed twice)."""
+    pictures = picture_groups([r.path for r in records])
+    copies = [paths for _, paths in pictures]
+    if copies:
+        log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
+                    "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
+                    "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
+    warn_conflicts(conflicts := label_conflicts(records, pictures))
+    return copies, patient_units(records, copies), conflicts

@@ -1,0 +1,189 @@
+"""Running a bundle's exported ONNX models with ONNX Runtime: the sessions, the graphs' input and output names, the
+sidecars (``model.onnx.json``, ``model.int8.onnx.json``) and the checks that an exported file is the one its bundle
+recorded. Writing those files is :mod:`.export`'s.
+
+Scoring needs no torch: this module imports only ONNX Runtime and the bundle's card, so ``--backend onnx`` starts
+without loading torch (tests/test_startup.py holds it so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from pneumoscan.core.options import model_threads
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, read_bundle_text,
+                                   verify_file)
+
+# What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
+_LOAD_ERRORS = (
+    ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+    ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.RuntimeException,
+)  # fmt: skip
+# where `export --int8` (pneumoscan.training.quantize) writes and `--backend onnx-int8` looks
+INT8_NAME = "model.int8.onnx"
+INPUT, OUTPUT = "image", "logits"
+
+
+def spec_path(onnx_path: Path | str) -> Path:
+    """The preprocessing spec that belongs to an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".json")
+
+
+def weights_digest(bundle: Path | str) -> str:
+    """Hex SHA-256 of the bundle's weights file (the sidecar's ``weights_sha256``)."""
+    return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
+
+
+def model_version(bundle: Path | str, backend: str = "torch") -> str:
+    """The version every result states (predict's rows, web answers, SR, FHIR): a prefix of the sha256 of the
+    bundle's weights, so a result can be traced to the bundle that made it. Read with the INT8 model
+    (``onnx-int8``), whose scores and thresholds are its own, the INT8 file's digest follows, so a result names the
+    model whose threshold it states."""
+    version = f"sha256:{weights_digest(bundle)[:12]}"
+    if backend == "onnx-int8":
+        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
+    return version
+
+
+def session(model: Path | str | bytes) -> ort.InferenceSession:
+    """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.options.model_threads`:
+    never more than the cores this process may use), so both backends compete on equal terms. A file ONNX Runtime
+    cannot load (truncated, not ONNX) is a ValueError with its reason."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = model_threads()
+    options.inter_op_num_threads = 1
+    try:
+        # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)
+        source = model if isinstance(model, bytes) else Path(model).read_bytes()
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except (*_LOAD_ERRORS, OSError) as e:
+        name = "the exported model" if isinstance(model, bytes) else str(model)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
+
+
+def read_sidecar(model: Path | str, strict: bool = False) -> dict:
+    """The JSON object of ``model``'s sidecar, read one way wherever one is read (the FP32 and INT8 models' checks,
+    the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_text`, so a pipe or a device in
+    its place is refused instead of read without end. When missing, unreadable or not an object: empty, for the
+    checks that refuse that with their own remedy, or with ``strict`` the error saying why, for a reader that
+    needs the figures."""
+    path = spec_path(model)
+    try:
+        sidecar = json.loads(read_bundle_text(path))
+    except (OSError, ValueError):
+        if strict:
+            raise
+        sidecar = None
+    if isinstance(sidecar, dict):
+        return sidecar
+    if strict:
+        raise ValueError(f"{path} holds no JSON object")
+    return {}
+
+
+def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
+    """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
+    says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
+    remedy is the explicit ``pneumoscan export``."""
+    existing = Path(bundle) / ONNX_NAME
+    remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
+    if not existing.exists():
+        raise ValueError(f"{existing} is missing, but bundle.json lists it; {remedy}")
+    sidecar = read_sidecar(existing)
+    if "weights_sha256" not in sidecar:
+        raise ValueError(f"{spec_path(existing)} is missing or unreadable, so nothing ties {existing} to the "
+                         f"bundle's weights; {remedy}")
+    if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
+        raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
+                         f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
+    if not card.files:
+        return  # a bundle older than the record: load_bundle has warned that its files cannot be checked
+    if ONNX_NAME not in card.files:
+        raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
+                         f"there); {remedy}")
+    verify_file(bundle, card, ONNX_NAME, remedy)
+    if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
+        verify_file(bundle, card, spec_path(existing).name, remedy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Operating:
+    """The INT8 model's own operating point, which its sidecar keeps under the ``int8_*`` keys (written from
+    :func:`~pneumoscan.evaluation.operating_point.int8_figures` by ``export --int8`` and ``threshold``): quantisation
+    moves the scores, so ``--backend onnx-int8`` labels at these, never at the card's FP32 ones. The one reading of
+    those keys, for the sidecar's writer (:func:`~.export.write_int8_spec`) and its readers (:func:`int8_model`, the
+    Predictor)."""
+
+    threshold: float
+    tta_threshold: float | None
+    threshold_interval: list[float]
+    tta_threshold_interval: list[float]
+    threshold_caveat: str
+    threshold_policy: str | None
+    val_metrics: dict
+
+    @classmethod
+    def from_figures(cls, figures: Mapping[str, Any]) -> Int8Operating:
+        """Read from the ``int8_*`` figures (a sidecar, or what :func:`int8_figures` gives); KeyError without the
+        threshold or the validation figures, which make the INT8 thresholds validated ones."""
+        return cls(figures["int8_threshold"], figures.get("int8_tta_threshold"),
+                   figures.get("int8_threshold_interval", []), figures.get("int8_tta_threshold_interval", []),
+                   figures.get("int8_threshold_caveat", ""), figures.get("threshold_policy"),
+                   figures["int8_val_metrics"])  # fmt: skip
+
+    def sidecar_fields(self) -> dict:
+        """The thresholds and their intervals under the keys every reader of a sidecar reads (an FP32 model's too),
+        so another ONNX runtime labels INT8 scores at the INT8 thresholds."""
+        return {"threshold": self.threshold, "tta_threshold": self.tta_threshold,
+                "threshold_interval": self.threshold_interval, "tta_threshold_interval": self.tta_threshold_interval}
+
+    def card_fields(self) -> dict:
+        """The :class:`BundleCard` fields the INT8 model replaces when it is the one read: its thresholds, their
+        intervals, caveat and policy, and its validation figures; the card's evaluations are the FP32 model's, at
+        the FP32 threshold, so none is kept."""
+        policy = {} if self.threshold_policy is None else {"threshold_policy": self.threshold_policy}
+        return {**self.sidecar_fields(), **policy, "threshold_caveat": self.threshold_caveat,
+                "val_metrics": self.val_metrics, "external_evaluations": []}
+
+
+def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
+    """The INT8 session and its sidecar (thresholds included: :class:`Int8Operating`); refused when the file is
+    missing, was made from other weights, its thresholds were never chosen, or either file differs from what
+    ``export --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels)."""
+    out = Path(bundle) / INT8_NAME
+    sidecar_path = spec_path(out)
+    card = load_card(bundle)
+    # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
+    calibrated_on = str((card.train_config or {}).get("calibrated_on", ""))
+    out_of_fold = card.model == ENSEMBLE and calibrated_on.startswith("out-of-fold")
+    command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
+                                                         else "--data RUN/split.csv")
+    remedy = f"run `{command}` again"
+    sidecar = read_sidecar(out)
+    try:
+        chosen = Int8Operating.from_figures(sidecar)
+    except KeyError:
+        chosen = None
+    if not out.exists() or chosen is None:
+        raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
+    if sidecar.get("weights_sha256") != weights_digest(bundle):
+        raise ValueError(f"{out} was made from other weights than {bundle}'s: {remedy}")
+    if card.files:  # a bundle that records checksums: both files must be the ones quantisation wrote
+        for name in (INT8_NAME, sidecar_path.name):
+            if name not in card.files:
+                raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
+            verify_file(bundle, card, name, remedy)
+    if [sidecar.get("threshold"), sidecar.get("tta_threshold")] != [chosen.threshold, chosen.tta_threshold]:
+        raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
+                         "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "
+                         f"would label INT8 scores at the FP32 thresholds; {remedy}")
+    return session(out), sidecar
