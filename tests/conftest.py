@@ -184,3 +184,20 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
+@pytest.fixture
+def weight_sources_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bundles (real paths) whose weight sources the held-out check looks up, in order: the real lookup, counted,
+    for the tests that a record's check runs once."""
+    from pneumoscan.evaluation import held_out
+
+    looked_up: list[str] = []
+    real = held_out._weight_sources
+
+    def counted(of: Path, *args: object) -> object:
+        looked_up.append(os.path.realpath(of))
+        return real(of, *args)
+
+    monkeypatch.setattr(held_out, "_weight_sources", counted)
+    return looked_up

@@ -206,8 +206,13 @@ def _lossless_dicom(side: int) -> bytes:
     frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
              + _segment(0xC4, bytes([0, 2] + [0] * 15 + [0, 1])) + _segment(0xDA, bytes([1, 1, 0, 1, 0, 0]))
              + bytes(-(-side * side // 8)) + b"\xff\xd9")  # fmt: skip
+    return _jpeg_dicom(frame, uid.JPEGLosslessSV1, side)
+
+
+def _jpeg_dicom(frame: bytes, syntax: uid.UID, side: int) -> bytes:
+    """An 8-bit DICOM of ``side`` x ``side`` whose one frame is ``frame``, encapsulated under ``syntax``."""
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint8), bits=8)))
-    ds.file_meta.TransferSyntaxUID = uid.JPEGLosslessSV1
+    ds.file_meta.TransferSyntaxUID = syntax
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     buf = io.BytesIO()
@@ -299,14 +304,7 @@ def test_a_dicom_jpeg_frame_of_more_marker_segments_than_any_film_is_refused_fro
     """Walked in Python to find its frame header and check its scans, 4 MB of empty comments in one frame took 2.7 s
     (any number went; the pixel data's fragments were counted, not the segments inside one)."""
     def dicom(comments: int) -> bytes:
-        film = _with_empty_pieces("JPEG", comments)
-        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((64, 64), np.uint8), bits=8)))
-        ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
-        ds.PixelData = encapsulate([film])
-        ds["PixelData"].VR = "OB"
-        out = io.BytesIO()
-        ds.save_as(out)
-        return out.getvalue()
+        return _jpeg_dicom(_with_empty_pieces("JPEG", comments), uid.JPEGBaseline8Bit, 64)
 
     monkeypatch.setattr(pixels, "MAX_SEGMENTS", 50)
     assert read_gray(dicom(30)).shape == (64, 64)  # with its own dozen or so (APP0, DQT, SOF, DHT, SOS)

@@ -10,14 +10,12 @@ import shutil
 import threading
 from pathlib import Path
 
-import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, card_summary, render, today,
                                               write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
@@ -105,24 +103,16 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
 
 
 def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_as_not_recorded(
-    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, weight_sources_looked_up: list[str]
 ) -> None:
     """A bundle beside its run's split.csv has its films checked against its training films, and its record says
     so from that one check (the bundle's weight sources looked up once, not again for the record); a record
     written before the check was recorded loads and reads as not recorded, never as checked."""
     bundle = shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
     shutil.copy(tiny_bundle.parent / "split.csv", tmp_path / "run")
-    looked_up = []
-
-    def weight_sources(of: Path, *args):  # the real lookup, counted
-        looked_up.append(os.path.realpath(of))
-        return real_weight_sources(of, *args)
-
-    real_weight_sources = held_out._weight_sources
-    monkeypatch.setattr(held_out, "_weight_sources", weight_sources)
     assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "e"),
                      "--add-to-card", "--data-name", "site C"]) == 0
-    assert looked_up == [os.path.realpath(bundle)]
+    assert weight_sources_looked_up == [os.path.realpath(bundle)]
     card = load_card(bundle)
     [record] = card.external_evaluations
     assert record["films_checked"] is True and record["caveats"] == []

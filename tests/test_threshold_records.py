@@ -17,7 +17,6 @@ from pydicom.uid import generate_uid
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.model_card import MODEL_CARD, card_summary, render, today
 from pneumoscan.evaluation.rethreshold import rethreshold
 from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
@@ -69,22 +68,14 @@ def test_an_int8_report_at_a_new_threshold_names_the_report_it_replaces(
 
 
 def test_the_threshold_record_says_whether_its_films_were_checked_to_be_new_to_the_bundle(
-    tiny_bundle: Path, site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bundle: Path, site: Path, tmp_path: Path, weight_sources_looked_up: list[str]
 ) -> None:
     """As an evaluation --add-to-card records: a bundle in its run folder has the films checked against its
     training films, and its record says so from that one check (the bundle's weight sources looked up once); one
     given alone (no run's split.csv beside it) cannot, which its record and MODEL_CARD.md say (the threshold may be
     one chosen on films it trained on)."""
-    looked_up = []
-
-    def weight_sources(of: Path, *args):  # the real lookup, counted
-        looked_up.append(os.path.realpath(of))
-        return real_weight_sources(of, *args)
-
-    real_weight_sources = held_out._weight_sources
-    monkeypatch.setattr(held_out, "_weight_sources", weight_sources)
     rethreshold(tiny_bundle, site, tmp_path / "checked")
-    assert looked_up == [os.path.realpath(tiny_bundle)]
+    assert weight_sources_looked_up == [os.path.realpath(tiny_bundle)]
     [record] = load_card(tmp_path / "checked").threshold_records
     assert record["films_checked"] is True and record["caveats"] == []
     assert "| checked |" in (tmp_path / "checked" / MODEL_CARD).read_text()

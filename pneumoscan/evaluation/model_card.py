@@ -279,7 +279,7 @@ def _caveat_lines(records: Sequence[dict[str, Any]]) -> str:
 
 
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
-    """What a card says of a record's label conflicts (``data.audit.label_conflicts``, as evaluate's and threshold's
+    """What a card says of a record's label conflicts (``data.copies.label_conflicts``, as evaluate's and threshold's
     records keep them): none, or one line with the first; a record older than them has none."""
     if not conflicts:
         return []

@@ -110,7 +110,7 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
     policy, the thresholds before and after (``int8``: the INT8 model's operating point and the sidecar it
     replaces), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
     check of the films), the caveats, the threshold's own last, and the films whose labels their names or copies
-    contradict (``conflicts``: :func:`~pneumoscan.evaluation.evaluate.patient_groups`'), as an evaluation's record
+    contradict (``conflicts``: :func:`~pneumoscan.data.labelled.patient_groups`'), as an evaluation's record
     keeps them: the threshold was chosen against those labels. A report of the new bundle names the one read at a
     threshold before as its predecessor."""
     at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)

@@ -26,7 +26,7 @@ class ScoredFilms:
     """The films a bundle's temperature and thresholds are chosen on, as the bundle scores them: the plain logits
     (N, C), each test-time-augmentation view's logits, the targets, and each film's patient unit, which the
     thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
-    patient: :func:`~pneumoscan.evaluation.evaluate.patient_groups`)."""
+    patient: :func:`~pneumoscan.data.labelled.patient_groups`)."""
 
     logits: np.ndarray
     views: list[np.ndarray]
