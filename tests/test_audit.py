@@ -22,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.cli import main
-import pneumoscan.data.audit as audit_module
+import pneumoscan.data.copies as copies
 from pneumoscan.data.audit import audit, audit_figure, format_audit
 from pneumoscan.data.copies import EXACT, NEAR, picture_groups
 from pneumoscan.data.layouts import discover
@@ -184,8 +184,8 @@ def test_picture_groups_read_a_film_once_while_it_is_unchanged(tmp_path: Path, m
     _picture(12, (96, 80)).save(films[1])
     shutil.copyfile(films[0], films[2])
     read: list[str] = []
-    scan = audit_module._scan
-    monkeypatch.setattr(audit_module, "_scan", lambda path, **kw: read.append(path) or scan(path, **kw))
+    scan = copies.scan_file
+    monkeypatch.setattr(copies, "scan_file", lambda path, **kw: read.append(path) or scan(path, **kw))
     paths = list(map(str, films))
     assert picture_groups(paths, workers=2) == [(EXACT, [paths[0], paths[2]])]
     assert picture_groups(paths[:2], workers=2) == []
@@ -202,8 +202,8 @@ def test_a_film_that_could_not_be_read_is_read_again(tmp_path: Path, monkeypatch
     _picture(13, (96, 80)).save(films[0])
     shutil.copyfile(films[0], films[1])
     paths = list(map(str, films))
-    scan, faults = audit_module._scan, [paths[1]]
-    monkeypatch.setattr(audit_module, "_scan", lambda path, **kw: {"path": path, "error": "I/O error"}
+    scan, faults = copies.scan_file, [paths[1]]
+    monkeypatch.setattr(copies, "scan_file", lambda path, **kw: {"path": path, "error": "I/O error"}
                         if path in faults and not faults.remove(path) else scan(path, **kw))
     assert picture_groups(paths, workers=1) == []
     assert picture_groups(paths, workers=1) == [(EXACT, paths)]
