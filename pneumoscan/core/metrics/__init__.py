@@ -1,0 +1,35 @@
+"""Evaluation metrics: operating-point metrics with 95% CIs, threshold choice, temperature scaling,
+calibration, and the JSON-ready summaries that become ``metrics.json``.
+
+Binary tasks use ``y_true`` in {0, 1} and ``prob`` = P(positive) (PNEUMONIA for the pneumonia task, virus for
+etiology); a case is called positive when ``prob >= threshold``, the same rule scikit-learn's curves use.
+A screening report needs sensitivity and specificity at the threshold that will actually be deployed, with
+their uncertainty, so everything here is computed at an explicit threshold.
+
+One module a subject, each importing only the ones before it: :mod:`.inputs` (labels, scores and patient ids,
+checked), :mod:`.formatting` (figures as text and JSON), :mod:`.auc_intervals` (an AUC's interval),
+:mod:`.intervals` (the other intervals and the sentences naming their methods), :mod:`.thresholds` (threshold
+choice), :mod:`.probabilities` (softmax, temperature scaling, calibration) and :mod:`.summaries` (``metrics.json``).
+
+scipy and scikit-learn are imported by the functions that use them: predicting and serving need only
+:func:`~pneumoscan.core.metrics.probabilities.softmax` and the formatting helpers, and those imports took half a
+second of every start.
+"""
+
+from __future__ import annotations
+
+from .auc_intervals import AUC_INTERVAL, _auc_ci
+from .formatting import format_figure, format_percent, jsonable, short_of_one, with_ci
+from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
+                        ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci)
+from .probabilities import TEMPERATURE_BOUNDS, calibration, fit_temperature, softmax
+from .summaries import CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc, roc_auc
+from .thresholds import choose_threshold, choose_thresholds, describe_policy, threshold_interval
+
+__all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "CURVE_POINTS", "FILM_UNIT_CAVEAT", "TEMPERATURE_BOUNDS",
+           "binary_metrics", "calibration", "choose_threshold", "choose_thresholds", "ci_method_sentence",
+           "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass", "fit_temperature",
+           "format_figure", "format_percent", "jsonable", "macro_auc", "proportion_ci", "roc_auc", "short_of_one",
+           "softmax", "threshold_interval", "threshold_metrics_ci", "with_ci",
+           # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package
+           "_auc_ci", "_bca_ci", "_bootstrap_weights", "_ratio_jackknife"]

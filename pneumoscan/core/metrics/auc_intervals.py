@@ -1,0 +1,180 @@
+"""The 95% interval of a ROC AUC, binary or macro (one-vs-rest): DeLong's placements and variance (summed by
+patient), Newcombe's score-type interval, and the exact bound where the classes are perfectly separated."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# how :func:`_auc_ci` and :func:`_macro_auc_ci` make an AUC's interval, as reports and model cards name it
+AUC_INTERVAL = "Newcombe's score-type interval, its variance at the estimate never below DeLong's"
+
+
+def _sides(positive: np.ndarray, patients: np.ndarray | None) -> tuple[int, int]:
+    """The units (films, or patients) with a positive film and those with a negative one: the sizes an AUC's
+    interval counts, and the smaller is m of the perfect-AUC bound."""
+    units = np.arange(positive.size) if patients is None else patients
+    return np.unique(units[positive]).size, np.unique(units[~positive]).size
+
+
+def _separated_ci(aucs: Sequence[float], pairs: Sequence[int], alpha: float) -> list[float]:
+    """Interval of the mean of AUCs that are each exactly 1 or 0 (classes perfectly separated, or in reverse).
+
+    No spread is seen there (every resample, every placement is perfect), and [1, 1] would present 1 as certain,
+    so the interval comes from an exact one-sided argument instead: m = min(positives, negatives) disjoint
+    positive-negative pairs (of films, or of patients when films cluster in patients) are independent trials, each
+    ordered rightly with a probability of at most the AUC, and all m were; the Clopper-Pearson bound for m of m,
+    (alpha / 2) ** (1 / m), then bounds the AUC from below (Bonferroni over the AUCs of a mean). It ignores the
+    other pairs, so it is conservative, never falsely certain.
+    """
+    lows, highs = [], []
+    for auc, m in zip(aucs, pairs):
+        bound = (alpha / (2 * len(aucs))) ** (1 / m)
+        lows.append(bound if auc == 1 else 0.0)
+        highs.append(1.0 if auc == 1 else 1 - bound)
+    return [float(np.mean(lows)), float(np.mean(highs))]
+
+
+def _placements(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """DeLong's placements: for each positive film the negatives scored below it, for each negative the positives
+    scored above it (ties counting half), with the numbers of positives and negatives; None without both."""
+    order = np.argsort(scores, kind="stable")
+    ordered, pos_sorted = scores[order], positive[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts, block = np.flatnonzero(new), np.cumsum(new) - 1
+    pos = np.add.reduceat(pos_sorted.astype(float), starts)
+    neg = np.add.reduceat((~pos_sorted).astype(float), starts)
+    n_pos, n_neg = float(pos.sum()), float(neg.sum())
+    if not n_pos or not n_neg:
+        return None
+    placed = np.empty(scores.size)
+    placed[order] = np.where(pos_sorted, (np.cumsum(neg) - neg / 2)[block], (n_pos - np.cumsum(pos) + pos / 2)[block])
+    return placed, n_pos, n_neg
+
+
+def _newcombe_variance(auc: float, n_pos: float, n_neg: float) -> float:
+    """The variance of an AUC from ``n_pos`` positive and ``n_neg`` negative independent units, as a function of
+    the AUC alone: Hanley & McNeil's (1982, Radiology 143:29; Q1 - A^2 = A (1 - A)^2 / (2 - A), Q2 - A^2 = A^2
+    (1 - A) / (1 + A)) with both n_pos - 1 and n_neg - 1 replaced by N* = (n_pos + n_neg) / 2 - 1, as Newcombe
+    (2006) does so that the interval does not depend on which class is called positive: unmodified, it was small
+    when negatives are few and under-covered there (0.78-0.89 at 300 + 30 patients near an AUC of 1)."""
+    n_star = (n_pos + n_neg) / 2 - 1
+    return auc * (1 - auc) * (1 + n_star * ((1 - auc) / (2 - auc) + auc / (1 + auc))) / (n_pos * n_neg)
+
+
+def _effective_sizes(films: tuple[float, float], patients: tuple[int, int], by_patient: float,
+                     by_film: float) -> tuple[float, ...]:
+    """The independent units a side's films are worth: its films over the design effect d (the AUC's variance
+    summed by patient over the same with every film its own unit), never fewer than its patients nor more than its
+    films. Films of one patient scored alike count about once (d near films per patient); films scored
+    independently count each (d near 1), where counting patients had made the interval 3-5 times too wide. With no
+    spread by film (d unknown), the patients."""
+    d = by_patient / by_film if by_film > 0 else math.inf
+    return tuple(min(max(n / max(d, 1.0), m), n) for n, m in zip(films, patients))
+
+
+def _score_interval(estimate: float, variance_at: Callable[[float], float], measured: float, df: int,
+                    alpha: float) -> list[float]:
+    """The AUCs theta with (estimate - theta)^2 <= q^2 c V(theta): a score-type interval (Newcombe 2006, Stat Med
+    25:559, his method 5), q a t quantile on ``df`` degrees of freedom, V the variance an AUC of theta would have
+    (``variance_at``, :func:`_newcombe_variance`), c = max(measured / V(estimate), 1) with ``measured`` the variance
+    seen in the data (DeLong's, summed by patient).
+
+    Why not the estimate +- q times the measured standard error (a Wald interval, even on the logit scale): near an
+    AUC of 1 a set whose AUC comes out high also measures a small variance, and that interval covered the truth in
+    0.90-0.92 of simulated sets of 30 or 150 patients a class at AUC 0.996, most misses a lower bound above it.
+    Taking V at each candidate theta, not at the estimate, removes that link; c keeps what the data show when it
+    is more (films of a patient scored alike, AUCs of a macro mean that move together). Both ends are in [0, 1].
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import t
+
+    q2c = float(t.ppf(1 - alpha / 2, df)) ** 2 * max(measured / variance_at(estimate), 1.0)
+
+    def gap(theta: float) -> float:  # > 0 outside the interval; V(0) = V(1) = 0, so it is > 0 at 0 and 1
+        return (estimate - theta) ** 2 - q2c * variance_at(theta)
+
+    return [float(brentq(gap, 0.0, estimate)), float(brentq(gap, estimate, 1.0))]
+
+
+def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: np.ndarray | None,
+                  alpha: float) -> list[float]:
+    """Interval of the macro (mean one-vs-rest) AUC, as :func:`_auc_ci` gives the binary one: the score-type
+    interval of :func:`_score_interval`, V(theta) the mean of the classes' :func:`_newcombe_variance` at theta
+    (at :func:`_effective_sizes`) over the number of classes, the measured variance from each AUC's DeLong
+    influence on each film, averaged over the classes and summed by patient (the classes' AUCs share films, so
+    their covariances count), with a t quantile on the fewest patients on a side of any class, minus one. Every
+    AUC exactly 1 (or 0): :func:`_separated_ci`'s bound; a class without films, fewer than two patients on a side,
+    or no variance (all scores tied): no interval (NaN)."""
+    units = np.arange(probs.shape[0]) if patients is None else patients
+    size = int(units.max()) + 1
+    influence, aucs, films, sides = np.zeros(probs.shape[0]), [], [], []
+    for k, positive in enumerate(in_class):
+        if (placing := _placements(probs[:, k], positive)) is None:
+            return [math.nan, math.nan]
+        placed, n_pos, n_neg = placing
+        auc = float(placed[positive].sum() / (n_pos * n_neg))
+        influence += np.where(positive, (placed / n_neg - auc) / n_pos, (placed / n_pos - auc) / n_neg) / len(in_class)
+        aucs.append(auc)
+        films.append((n_pos, n_neg))
+        sides.append(_sides(positive, patients))
+    if all(auc in (0.0, 1.0) for auc in aucs):
+        return _separated_ci(aucs, [min(side) for side in sides], alpha)
+    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((np.bincount(units, influence, size)**2).sum())
+    fewest = min(min(side) for side in sides)
+    if fewest < 2 or not variance > 0 or macro in (0.0, 1.0):
+        return [math.nan, math.nan]
+    by_film = influence.size / (influence.size - 1) * float((influence**2).sum())
+    sizes = [_effective_sizes(n, m, variance, by_film) for n, m in zip(films, sides)]
+
+    def variance_at(theta: float) -> float:
+        return sum(_newcombe_variance(theta, *side) for side in sizes) / len(sizes) ** 2
+
+    return _score_interval(macro, variance_at, variance, fewest - 1, alpha)
+
+
+def _delong_variance(placed: np.ndarray, positive: np.ndarray, units: np.ndarray, auc: float) -> float:
+    """DeLong's variance of the AUC (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44:837) from its
+    :func:`_placements`, summed by ``units`` as Obuchowski (1997, Biometrics 53:567) does for clustered data
+    (patients holding films of both classes count their covariance). Needs two units on each side."""
+    n_pos, n_neg = float(positive.sum()), float((~positive).sum())
+    size = int(units.max()) + 1
+    pos_placed, neg_placed = (np.bincount(units, placed * side, size) for side in (positive, ~positive))
+    pos_films, neg_films = (np.bincount(units, side, size) for side in (positive, ~positive))
+    with_pos, with_neg = int((pos_films > 0).sum()), int((neg_films > 0).sum())
+    d10, d01 = pos_placed / n_neg - pos_films * auc, neg_placed / n_pos - neg_films * auc
+    return (with_pos / (with_pos - 1) * (d10**2).sum() / n_pos**2 + with_neg / (with_neg - 1) * (d01**2).sum()
+            / n_neg**2 + 2 * size / (size - 1) * (d10 * d01).sum() / (n_pos * n_neg))
+
+
+def _auc_ci(scores: np.ndarray, positive: np.ndarray, patients: np.ndarray | None, alpha: float) -> list[float]:
+    """Interval of the binary ROC AUC: the score-type interval of :func:`_score_interval`, V(theta)
+    :func:`_newcombe_variance` at the independent units each class's films are worth (:func:`_effective_sizes`),
+    the measured variance :func:`_delong_variance` summed by patient, a t quantile on min(positive, negative
+    patients) - 1 degrees of freedom.
+
+    The unit is the patient, or each film when ``patients`` is None. It covered the truth in 0.96-0.98 of simulated
+    sets of 12, 30 or 150 patients a class at an AUC of 0.915 and 0.97-0.995 at 0.996, where DeLong's logit
+    interval alone covered 0.90-0.92 at 30 and 150 (benchmarks/bench_ci_coverage.py). An AUC of exactly 1 or 0
+    gets the bound of :func:`_separated_ci`. With fewer than two patients (or films) on a side, the spread between
+    them cannot be measured: no interval (NaN), as for a variance of zero (all scores tied).
+    """
+    units = np.arange(scores.size) if patients is None else patients
+    if (placing := _placements(scores, positive)) is None:
+        return [math.nan, math.nan]
+    placed, n_pos, n_neg = placing
+    auc = float(placed[positive].sum() / (n_pos * n_neg))
+    with_pos, with_neg = _sides(positive, patients)
+    if auc in (0.0, 1.0):
+        return _separated_ci([auc], [min(with_pos, with_neg)], alpha)
+    if min(with_pos, with_neg) < 2:
+        return [math.nan, math.nan]
+    variance = _delong_variance(placed, positive, units, auc)
+    if not variance > 0:
+        return [math.nan, math.nan]
+    by_film = variance if patients is None else _delong_variance(placed, positive, np.arange(scores.size), auc)
+    sizes = _effective_sizes((n_pos, n_neg), (with_pos, with_neg), variance, by_film)
+    return _score_interval(auc, lambda theta: _newcombe_variance(theta, *sizes), variance,
+                           min(with_pos, with_neg) - 1, alpha)

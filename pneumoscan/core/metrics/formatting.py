@@ -1,0 +1,43 @@
+"""Figures as a report, a log line or metrics.json shows them: never rounded up to a perfect 1.000 (or
+100.0%), "n/a" when undefined, an interval beside its value, NaN as JSON null. No scipy or scikit-learn, so
+predicting and serving can use them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..names import json_ready
+
+
+def jsonable(obj: Any) -> Any:
+    """A tree of figures for json.dumps (:func:`~pneumoscan.core.names.json_ready`: numpy as Python, strings valid
+    UTF-8), an undefined figure (NaN, an infinity) as None."""
+    return json_ready(obj, undefined_as_null=True)
+
+
+def short_of_one(value: float, digits: int) -> float:
+    """``value`` as it may be shown at ``digits`` decimals: one that is not 1 but would round to it is cut down
+    (0.9996 -> 0.999), so a sensitivity that missed a film never reads as a perfect 1.000 (or 100.0%)."""
+    return math.floor(value * 10**digits) / 10**digits if value < 1 <= round(value, digits) else value
+
+
+def format_figure(value: float | None, digits: int = 3) -> str:
+    """A figure for a table or a log line: ``digits`` decimals (:func:`short_of_one`), "n/a" when undefined (None
+    or NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{short_of_one(value, digits):.{digits}f}"
+
+
+def format_percent(share: float) -> str:
+    """A share as a percentage at one decimal, never rounded up to 100.0% (:func:`short_of_one`)."""
+    return f"{100 * short_of_one(share, 3):.1f}%"
+
+
+def with_ci(value: float | None, ci: Sequence[float | None] | None, digits: int = 3) -> str:
+    """``0.912 (95% CI 0.880-0.940)`` for plain text, the bounds at the value's decimals; a defined figure without
+    an interval says so, lest the bare value read as certain."""
+    lo, hi = ci or (None, None)
+    if lo is not None and hi is not None:
+        return f"{format_figure(value, digits)} (95% CI {format_figure(lo, digits)}-{format_figure(hi, digits)})"
+    return format_figure(value, digits) + (" (no 95% CI)" if value is not None and not math.isnan(value) else "")

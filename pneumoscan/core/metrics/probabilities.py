@@ -1,0 +1,93 @@
+"""Class probabilities from logits, their temperature scaling (fitted on validation logits), and how well
+they are calibrated (the reliability diagram and its expected calibration error)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .inputs import _as_binary, _ratio
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities from logits (last axis), softened by ``temperature`` (T > 1 = less confident): scipy's
+    formula (shifted by the row maximum), in numpy alone."""
+    z = np.asarray(logits, dtype=float) / temperature
+    shifted = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Temperature T minimising the validation NLL of softmax(logits / T) (Guo et al. 2017).
+
+    Searches log T (bounded, see TEMPERATURE_BOUNDS) so T stays positive. One scalar cannot change the argmax,
+    and with two classes it keeps the order of P(positive), so accuracy and AUC are unchanged. With three classes
+    the order of 1 - P(normal) can change, which is why the threshold is always chosen after calibration.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+    z = np.asarray(logits, dtype=float)
+    y = np.asarray(y_true).astype(int).ravel()
+    if z.ndim != 2 or z.shape[0] != y.size:
+        raise ValueError(f"logits must be (N, C) with N = len(y_true); got {z.shape} and {y.size} labels")
+    rows = np.arange(y.size)
+    if np.array_equal(z.argmax(axis=1), y):
+        # every film on its side: the NLL only falls as T -> 0 (until it underflows, where the search stops short of
+        # its bound at T ~ 0.07), and any such T would make every later score look certain
+        warnings.warn(
+            "the validation films are classified without a single error, so no temperature can be fitted on them: "
+            "T = 1 is kept, and the probabilities are the model's own, not calibrated; validate on more films",
+            stacklevel=2,
+        )
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / math.exp(log_t), axis=1)[rows, y].mean())
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    result = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    t = float(math.exp(result.x))
+    if abs(result.x - hi) < 1e-3:
+        warnings.warn(
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits carry no signal or "
+            "are ranked the wrong way round, so the probabilities are not calibrated",
+            stacklevel=2,
+        )
+    elif abs(result.x - lo) < 1e-3:  # with errors: logits so close together that even T = 0.05 does not spread them
+        warnings.warn(
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits are too close together "
+            "to calibrate, so the probabilities are not calibrated",
+            stacklevel=2,
+        )
+    return t
+
+
+def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
+    """Reliability-diagram data over equal-width bins of ``prob`` plus the expected calibration error
+    ECE = sum_b (n_b / n) * |observed_b - predicted_b|. Empty bins have NaN means and count 0. Scores outside
+    [0, 1] are refused: they are no probabilities, and a bin would take them silently (-0.2 in the first)."""
+    y, p = _as_binary(y_true, prob)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"calibration needs probabilities in [0, 1], got scores from {p.min():g} to {p.max():g}")
+    # [a, b) bins with edges k / n_bins exactly (np.linspace's 0.30000000000000004 put 0.3 in the bin below);
+    # 1.0 lands in the last bin
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    edges = np.arange(n_bins + 1) / n_bins
+    counts = np.bincount(bins, minlength=n_bins)
+    sum_pred = np.bincount(bins, weights=p, minlength=n_bins)
+    sum_obs = np.bincount(bins, weights=y, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_pred = sum_pred / counts
+        observed = sum_obs / counts
+    return {
+        "bin_edges": edges.tolist(),
+        "mean_predicted": mean_pred.tolist(),
+        "observed_frequency": observed.tolist(),
+        "counts": counts.tolist(),
+        "ece": _ratio(np.abs(sum_obs - sum_pred).sum(), y.size),
+    }

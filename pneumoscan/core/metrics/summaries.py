@@ -1,0 +1,235 @@
+"""The JSON-ready summaries that become ``metrics.json``: a binary task's figures at its threshold and at
+0.5 with their intervals and thinned curves, a decision among classes with its macro AUC, and the plain AUC and
+counts that training and cross-validation log."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .auc_intervals import _macro_auc_ci
+from .formatting import jsonable
+from .inputs import _as_binary, _as_multiclass, _has_both_classes, _patient_codes, _ratio
+from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
+from .probabilities import calibration
+
+CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
+
+
+def roc_auc(y_true: Any, prob: Any) -> float:
+    """ROC AUC, or NaN when only one class is present: undefined there, which a summary reports, not an error."""
+    from sklearn.metrics import roc_auc_score
+    y, p = _as_binary(y_true, prob)
+    return float(roc_auc_score(y, p)) if _has_both_classes(y) else math.nan
+
+
+def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
+    """Counts and rates at one threshold; a rate whose denominator is zero (e.g. sensitivity with no
+    positives) is NaN rather than an error, so a one-class subset can still be summarised."""
+    from sklearn.metrics import confusion_matrix
+    y, p = _as_binary(y_true, prob)
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    return {
+        "accuracy": _ratio(tp + tn, y.size),
+        "precision": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": int(y.size),
+        "threshold": float(threshold),
+    }
+
+
+def _unit(patients: np.ndarray | None) -> str:
+    """What the intervals count as a case, as metrics.json records it (``ci_unit``)."""
+    return "film" if patients is None else "patient"
+
+
+def _row_normalised(counts: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return counts / counts.sum(axis=1, keepdims=True)
+
+
+def _thin(*arrays: np.ndarray) -> list[list[float]]:
+    """Keep about CURVE_POINTS evenly spaced points (ends included) of parallel curve arrays."""
+    n = len(arrays[0])
+    keep = np.unique(np.linspace(0, n - 1, CURVE_POINTS).round().astype(int)) if n > CURVE_POINTS else slice(None)
+    return [np.asarray(a)[keep].tolist() for a in arrays]
+
+
+def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, free: dict, ci: dict) -> dict[str, Any]:
+    """One threshold's block of metrics.json; ``free`` holds the threshold-free auc, pr_auc and ece."""
+    m = binary_metrics(y, p, threshold)
+    counts = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    return {
+        "auc": free["auc"],
+        "accuracy": m["accuracy"],
+        "sensitivity": m["sensitivity"],
+        "specificity": m["specificity"],
+        "precision": m["precision"],
+        "npv": m["npv"],
+        "f1": m["f1"],
+        "threshold": m["threshold"],
+        "n": m["n"],
+        "pr_auc": free["pr_auc"],
+        "ece": free["ece"],
+        "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
+        "ci": ci,
+    }
+
+
+def evaluate_binary(
+    y_true: Any,
+    prob: Any,
+    threshold: float,
+    n_boot: int = 1000,
+    class_names: Sequence[str] = ("negative", "positive"),
+    groups: Any = None,
+) -> dict[str, Any]:
+    """The metrics.json dict: metrics at the bundle's ``threshold`` at the top level, the same block at 0.5
+    under ``at_0_5``, and thinned ROC / PR / calibration curves. NaN (undefined) values become None.
+
+    ``class_names`` (negative, positive) only label the report; confusion matrices are [[tn, fp], [fn, tp]].
+    ``groups`` (a patient id per film) makes the CIs count patients
+    (:func:`~pneumoscan.core.metrics.intervals.threshold_metrics_ci`); ``ci_unit`` says whether they count patients
+    or films.
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+    y, p = _as_binary(y_true, prob)
+    if not y.size:
+        raise ValueError("no labelled films to measure")
+    if len(class_names) != 2:
+        raise ValueError("class_names must name (negative, positive)")
+    curves: dict[str, Any] = {"roc": {"fpr": [], "tpr": [], "thresholds": []}, "pr": {"precision": [], "recall": []}}
+    both = _has_both_classes(y)
+    if both:
+        fpr, tpr, roc_thresholds = roc_curve(y, p)
+        precision, recall, _ = precision_recall_curve(y, p)
+        curves["roc"] = dict(zip(("fpr", "tpr", "thresholds"), _thin(fpr, tpr, roc_thresholds)))
+        curves["pr"] = dict(zip(("precision", "recall"), _thin(precision, recall)))
+    curves["calibration"] = calibration(y, p)
+    free = {
+        "auc": roc_auc(y, p),
+        "pr_auc": float(average_precision_score(y, p)) if both else math.nan,
+        "ece": curves["calibration"]["ece"],
+    }
+    chosen, half = (
+        _operating_point(y, p, t, free, ci)
+        for t, ci in zip((threshold, 0.5), threshold_metrics_ci(y, p, (threshold, 0.5), n_boot, groups=groups))
+    )
+    return jsonable(
+        {
+            "kind": "binary",
+            "class_names": list(class_names),
+            "ci_unit": _unit(codes := _patient_codes(groups, y.size)),
+            "n_positive": int(y.sum()),
+            "n_negative": int(y.size - y.sum()),
+            # the share of positive films, which precision and npv depend on: at another prevalence they differ
+            "prevalence": _ratio(int(y.sum()), y.size),
+            # patients a class, beside the films, when the intervals count patients (a patient may have films of
+            # both classes, so the two may add up to more than the patients)
+            "patients": None if codes is None else {"positive": int(np.unique(codes[y == 1]).size),
+                                                    "negative": int(np.unique(codes[y == 0]).size),
+                                                    "all": int(np.unique(codes).size)},
+            **chosen,
+            "at_0_5": half,
+            "curves": curves,
+        }
+    )
+
+
+def _class_aucs(y: np.ndarray, P: np.ndarray) -> list[float]:
+    """Each class's one-vs-rest ROC AUC (NaN for a class without films, or with every film)."""
+    return [roc_auc(y == k, P[:, k]) for k in range(P.shape[1])]
+
+
+def _mean_auc(class_aucs: Sequence[float]) -> float:
+    """The macro AUC: the mean of the classes' one-vs-rest AUCs (:func:`_class_aucs`), NaN when one is undefined."""
+    return float(np.mean(class_aucs))
+
+
+def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
+               class_aucs: Sequence[float]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Each class's one-vs-rest AUC (``class_aucs``: :func:`_class_aucs`, which the macro AUC is the mean of),
+    sensitivity, precision, f1 and support (from the confusion ``counts``), and its thinned ROC curve (none for a
+    class without films, or with every film)."""
+    from sklearn.metrics import roc_curve
+    per_class: dict[str, dict[str, Any]] = {}
+    roc: dict[str, dict[str, list[float]]] = {}
+    for k, name in enumerate(class_names):
+        is_k = y == k
+        tp, support, n_called = counts[k, k], counts[k].sum(), counts[:, k].sum()
+        defined = _has_both_classes(is_k.astype(int))
+        per_class[name] = {
+            "auc": class_aucs[k],
+            "sensitivity": _ratio(tp, support),
+            "precision": _ratio(tp, n_called),
+            "f1": _ratio(2 * tp, support + n_called),
+            "support": int(support),
+        }
+        roc[name] = (
+            dict(zip(("fpr", "tpr"), _thin(*roc_curve(is_k, P[:, k])[:2]))) if defined else {"fpr": [], "tpr": []}
+        )
+    return per_class, roc
+
+
+def macro_auc(y_true: Any, probs: Any) -> float:
+    """The macro (mean one-vs-rest) ROC AUC of class probabilities (N, C), as :func:`evaluate_multiclass` reports
+    it, without the intervals, bootstrap and curves that come with it there; NaN when a class has no film."""
+    y, P, _ = _as_multiclass(y_true, probs, np.shape(probs)[-1], None)
+    return _mean_auc(_class_aucs(y, P))
+
+
+def evaluate_multiclass(
+    y_true: Any, probs: np.ndarray, class_names: Sequence[str], n_boot: int = 1000,
+    predicted: Any = None, decision: str = "most probable class", groups: Any = None,
+) -> dict[str, Any]:
+    """Metrics for a decision among the classes, by default the argmax (``predicted`` gives another, e.g. two
+    thresholded stages, named by ``decision``): accuracy, balanced accuracy, macro one-vs-rest AUC, per-class
+    sensitivity / precision / f1 / AUC, confusion matrix, 95% CIs (accuracy: exact Clopper-Pearson; balanced
+    accuracy: BCa bootstrap, :func:`~pneumoscan.core.metrics.intervals._balanced_accuracy_ci`; macro AUC:
+    score-type, :func:`~pneumoscan.core.metrics.auc_intervals._macro_auc_ci`; by patient with ``groups``, as in
+    :func:`~pneumoscan.core.metrics.intervals.threshold_metrics_ci`), per-class ROC curves and a reliability diagram
+    of the decided class (its probability vs correctness). NaN -> None."""
+    from sklearn.metrics import confusion_matrix
+    n_classes = len(class_names)
+    y, P, pred = _as_multiclass(y_true, probs, n_classes, predicted)
+    counts = confusion_matrix(y, pred, labels=list(range(n_classes)))
+    class_aucs = _class_aucs(y, P)
+    per_class, roc = _per_class(y, P, counts, class_names, class_aucs)
+    rows = list(per_class.values())
+    patients = _patient_codes(groups, y.size)
+    in_class = [y == k for k in range(n_classes)]
+    balanced = float(np.mean([r["sensitivity"] for r in rows]))
+    top_label = calibration(pred == y, P[np.arange(y.size), pred])
+    return jsonable(
+        {
+            "kind": "multiclass",
+            "decision": decision,
+            "class_names": list(class_names),
+            "n": int(y.size),
+            "ci_unit": _unit(patients),
+            "accuracy": _ratio(np.trace(counts), y.size),
+            "balanced_accuracy": balanced,
+            "macro_auc": _mean_auc(class_aucs),
+            "macro_f1": float(np.mean([r["f1"] for r in rows])),
+            "ece": top_label["ece"],
+            "per_class": per_class,
+            "confusion_matrix": {"counts": counts, "normalized": _row_normalised(counts)},
+            "ci": {
+                "accuracy": proportion_ci(pred == y, patients),
+                "balanced_accuracy": _balanced_accuracy_ci(y, pred, in_class, patients, balanced, n_boot),
+                "macro_auc": _macro_auc_ci(P, in_class, patients, ALPHA),
+            },
+            "curves": {"roc": roc, "calibration": top_label},
+        }
+    )

@@ -1,0 +1,109 @@
+"""The operating threshold chosen on validation data by a policy (a sensitivity floor, a false-positive
+ceiling, or Youden's J), the interval a threshold chosen on other films like these would fall in, and the policy
+in the bundle card's words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .inputs import _as_binary, _has_both_classes, _patient_codes
+from .intervals import ALPHA, BOOTSTRAP_SEED, _bootstrap_weights
+
+
+def choose_threshold(
+    y_true: Any, prob: Any, target_sensitivity: float | None = 0.95, max_false_positive_rate: float | None = None
+) -> float:
+    """Operating threshold from validation data, placed midway between the deciding validation score and the
+    next lower one, so rounding differences (another backend, another device) cannot flip the deciding image.
+
+    With ``target_sensitivity``: the highest threshold whose sensitivity is >= the target, i.e. the most
+    specific rule that still meets the sensitivity floor (the next higher distinct score falls below it).
+    With ``max_false_positive_rate`` (and ``target_sensitivity=None``): the lowest threshold whose false-positive
+    rate (1 - specificity) is <= the ceiling, i.e. the most sensitive rule within it; a ceiling that no threshold
+    finding at least one positive case can keep is refused. With neither: the threshold maximising Youden's J =
+    sensitivity + specificity - 1; among tied maximisers the highest (most specific) threshold wins.
+    Raises ValueError unless both classes are present.
+    """
+    y, p = _as_binary(y_true, prob)
+    if not _has_both_classes(y):
+        raise ValueError("choosing a threshold needs both classes in the labelled data")
+    if target_sensitivity is not None and max_false_positive_rate is not None:
+        raise ValueError("give a target sensitivity or a maximum false-positive rate, not both")
+    fpr, tpr, thresholds = _roc_points(y, p)
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if max_false_positive_rate is not None:
+        if not 0 <= max_false_positive_rate < 1:
+            raise ValueError(f"max_false_positive_rate must be in [0, 1), got {max_false_positive_rate}")
+        # whole counts again: fp <= ceiling x negatives, without the last-bit noise of a float rate
+        within = np.flatnonzero(np.rint(fpr * negatives) <= max_false_positive_rate * negatives + 1e-9)
+        if not within.size or tpr[within[-1]] == 0:
+            raise ValueError(f"no threshold finds any positive case while keeping the false-positive rate at or "
+                             f"below {max_false_positive_rate:g} on this data: negative cases hold the highest scores")
+        k = int(within[-1])
+    elif target_sensitivity is None:
+        # J in whole counts (tp * N - fp * P): as floats, two equal J can differ in the last bit and the tie would
+        # go to the lower threshold
+        k = int(np.argmax(np.rint(tpr * positives) * negatives - np.rint(fpr * negatives) * positives))
+    elif not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    else:
+        k = int(np.argmax(tpr >= target_sensitivity))
+    lower = thresholds[k + 1] if k + 1 < len(thresholds) else 0.0
+    return float((thresholds[k] + lower) / 2)
+
+
+def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fpr, tpr and threshold at each distinct score, descending: sklearn's ``roc_curve(drop_intermediate=False)``
+    less its leading +inf point and its input checks (:func:`~pneumoscan.core.metrics.inputs._as_binary` made them),
+    which took a millisecond a call, and :func:`threshold_interval` chooses a threshold on a thousand resamples."""
+    order = np.argsort(p, kind="stable")[::-1]
+    p, y = p[order], y[order]
+    last = np.append(np.flatnonzero(np.diff(p)), p.size - 1)  # each distinct score's last film
+    tps = np.cumsum(y, dtype=float)[last]
+    fps = 1 + last - tps
+    return fps / fps[-1], tps / tps[-1], p[last]
+
+
+def choose_thresholds(
+    y_true: Any, plain: Any, tta: Any, target_sensitivity: float | None, max_false_positive_rate: float | None
+) -> tuple[float, float]:
+    """The plain and the TTA threshold by one policy (:func:`choose_threshold`): averaging views shifts the scores,
+    so TTA gets its own threshold from its own scores; a policy its scores cannot meet is refused as TTA's."""
+    threshold = choose_threshold(y_true, plain, target_sensitivity, max_false_positive_rate)
+    try:
+        return threshold, choose_threshold(y_true, tta, target_sensitivity, max_false_positive_rate)
+    except ValueError as e:
+        raise ValueError(f"with test-time augmentation: {e}") from None
+
+
+def threshold_interval(
+    y_true: Any, prob: Any, target_sensitivity: float | None, max_false_positive_rate: float | None,
+    groups: Any = None, n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
+) -> list[float]:
+    """The 95 % percentile-bootstrap interval of the threshold :func:`choose_threshold` chooses by this policy, the
+    films resampled within their class (or, with ``groups``, the patients whole): a threshold chosen on other films
+    like these would fall in it, so a reading inside it could have been called either way, and is near the
+    threshold. Resamples the policy cannot be met on (one class only) are skipped; [] when half of them are."""
+    y, p = _as_binary(y_true, prob)
+    found = []
+    for counts in _bootstrap_weights(y, _patient_codes(groups, y.size), n_boot, seed):
+        films = np.repeat(np.arange(y.size), counts.astype(int))
+        try:
+            found.append(choose_threshold(y[films], p[films], target_sensitivity, max_false_positive_rate))
+        except ValueError:  # a resample without both classes, or one the ceiling cannot be kept on
+            continue
+    if len(found) < n_boot / 2:
+        return []
+    return [float(v) for v in np.percentile(found, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])]
+
+
+def describe_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
+    """How :func:`choose_threshold` chose, in the words the bundle card records."""
+    if target_sensitivity is not None:
+        return f"sensitivity >= {target_sensitivity:g}"
+    if max_false_positive_rate is not None:
+        return f"false-positive rate <= {max_false_positive_rate:g}"
+    return "Youden's J"
