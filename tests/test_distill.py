@@ -20,7 +20,7 @@ from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, load_card, save_card
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.distill import teacher_probabilities
+from pneumoscan.training.distill import check_teachers, teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records, train
@@ -147,6 +147,15 @@ def test_teachers_of_another_task_and_a_weight_without_teachers_are_refused(
     assert main([*base, "--set", "distill_weight=0.3"]) == 2  # was recorded in config.yaml and the card
     assert "distill_weight 0.3 is the teachers' share of the target: give a teacher" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_teachers_weight_sources_are_looked_up_once(teacher_cv: Path, tmp_path: Path,
+                                                         weight_sources_looked_up: list[str]) -> None:
+    """The check of a run's teachers looked each teacher's weight sources up twice: once to refuse those whose
+    training films are unknown, once to refuse those that trained on the validation films."""
+    cfg = student_config(teacher_cv, tmp_path)
+    check_teachers(cfg, split_records(cfg.split_csv, cfg), get_task(cfg.task))
+    assert weight_sources_looked_up == [os.path.realpath(cfg.teacher[0])]
 
 
 def test_one_teacher_may_be_named_without_a_list_and_is_recorded_absolute(tmp_path: Path) -> None:

@@ -114,8 +114,8 @@ class HeldOutFindings:
     """What :func:`check_held_out` found of the films given: its warnings (``caveats``: why figures on them would
     be optimistic, for the reports made of them to say so), and, by the real path of each bundle given whose
     weights come from a run whose training films are unknown here, why (``unknown_sources``, worded as
-    :func:`check_sources_known` refuses it): a card's record says whether its films could be checked
-    (``model_card.films_record``) from what this one check saw."""
+    :func:`pneumoscan.training.distill.check_teachers` refuses a teacher): a card's record says whether its films
+    could be checked (``model_card.films_record``) from what this one check saw."""
 
     caveats: list[str]
     unknown_sources: dict[str, str]
@@ -263,18 +263,6 @@ def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None
             given.warn(f"{len(copies)} film(s) given to {given.purpose} are copies of {side} films under other names, "
                        f"byte for byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of "
                        f"{shown(copies[0][1])}){why}: the figures on them are optimistic")
-
-
-def check_sources_known(bundles: Sequence[Path | str], purpose: str) -> None:
-    """Refuse bundles whose weights come (:func:`_weight_sources`) from a run whose training films are unknown
-    here: no run's split.csv beside it (a bundle copied out of its run folder, or made on another machine), or an
-    ensemble member trained again since. For distillation teachers: their probabilities carry what they learnt of
-    their training films into every film the student learns from, so a teacher that may have trained on the
-    validation films flatters the student's threshold and figures, where :func:`check_held_out` only warns."""
-    for bundle in map(Path, bundles):
-        for path, how in _weight_sources(bundle):
-            if (why := _unknown_source(bundle, path, how, purpose)) is not None:
-                raise ValueError(why)
 
 
 def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | None:

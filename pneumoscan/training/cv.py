@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import processes
 from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
-from .train import train
+from .train import absent_classes, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -93,8 +93,7 @@ def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
     after the folds before it had trained, advising a validation fraction that cv does not have."""
     for k, planned in enumerate(plans):
         for side, what in (("val", "validation"), ("train", "training")):
-            counts = np.bincount(select([r for r in planned if r.split == side], task)[1], minlength=len(task.classes))
-            if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
+            if missing := absent_classes(select([r for r in planned if r.split == side], task)[1], task):
                 raise ValueError(f"fold {k + 1} of {len(plans)} has no {missing[0]} {what} film for the {task.name} "
                                  "task (a patient's films stay in one fold): its run could not be trained and "
                                  f"validated; use fewer --folds or add {missing[0]} films of other patients")

@@ -24,7 +24,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
-from pneumoscan.evaluation.held_out import check_held_out, check_sources_known
+from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, file_sha256, load_card
 from .config import TrainConfig
@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
     """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one
-    that trained on any of the student's validation films, a weight outside (0, 1), or mixup/CutMix (they mix two
-    films, the teachers' targets belong to one). A distill_weight without teachers is the config's to refuse
-    (:meth:`TrainConfig.check_distill_weight`)."""
+    that trained on any of the student's validation films or whose training films are unknown here (its
+    probabilities carry what it learnt of them into every film the student learns from), a weight outside (0, 1),
+    or mixup/CutMix (they mix two films, the teachers' targets belong to one). A distill_weight without teachers is
+    the config's to refuse (:meth:`TrainConfig.check_distill_weight`)."""
     if not cfg.teacher:
         return
     if cfg.distill_weight is None or not 0 < cfg.distill_weight < 1:  # None: teachers set after the config was made
@@ -49,9 +50,12 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
         card = load_card(teacher)  # a damaged or edited teacher is refused here, by name
         if card.task != task.name:
             raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
-    check_sources_known(cfg.teacher, "validate the distilled model")
-    check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
-                   hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
+    # the one walk of each teacher's weight sources: the check of their training films also finds those unknown here
+    findings = check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
+                              hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
+    for teacher in cfg.teacher:  # refused, not only warned of as evaluation does: see the docstring
+        if (unknown := findings.unknown_source(teacher)) is not None:
+            raise ValueError(unknown)
 
 
 def teacher_checksums(teachers: Sequence[str]) -> list[str]:

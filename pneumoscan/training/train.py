@@ -163,6 +163,13 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
             "spec": m["specificity"]}
 
 
+def absent_classes(targets: np.ndarray, task: Task) -> list[str]:
+    """The task's classes that no film of ``targets`` (class indices) has: a model cannot learn a class it never
+    sees, and validation without one cannot choose a threshold."""
+    counts = np.bincount(targets, minlength=len(task.classes))
+    return [c for c, n in zip(task.classes, counts) if n == 0]
+
+
 # -- the run -----------------------------------------------------------------------------------------------
 
 
@@ -273,13 +280,11 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
         warn_untyped([r for r in records if r.path in readable], task, "training")
     selected = {name: select([r for r in records if r.split == name and r.path in readable], task)
                 for name in ("train", "val")}
-    counts = np.bincount(selected["train"][1], minlength=len(task.classes))
-    if missing := [c for c, n in zip(task.classes, counts) if n == 0]:
+    if missing := absent_classes(selected["train"][1], task):
         raise ValueError(f"no readable training film of class {', '.join(missing)}: a model cannot learn a class it "
                          "never sees, and its threshold would be meaningless")
     # known before the first step: the best epoch, the temperature and the threshold are chosen on these films
-    val_counts = np.bincount(selected["val"][1], minlength=len(task.classes))
-    if missing := [c for c, n in zip(task.classes, val_counts) if n == 0]:
+    if missing := absent_classes(selected["val"][1], task):
         raise ValueError(f"no readable validation film of class {', '.join(missing)} for the {task.name} task "
                          f"({len(selected['val'][0])} usable validation films): the best epoch, the temperature and "
                          "the threshold are chosen on validation films of every class; raise --set val_fraction=, "
@@ -303,8 +308,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
                                  drop_last=True)
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                               collate_fn=batch_mixing(cfg.augment, len(task.classes)))
-    weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(counts)), y=selected["train"][1]),
-                           dtype=torch.float32, device=ctx.device)
+    balanced = compute_class_weight("balanced", classes=np.arange(len(task.classes)), y=selected["train"][1])
+    weights = torch.tensor(balanced, dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_rows, val_loader, sampler,
                 train_loader, plain, weights if cfg.class_weights else None, selected["val"][0])
