@@ -245,6 +245,9 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     assert f"(rows true {', '.join(names)})" in printed
 
     rows = read_csv(out / "predictions.csv")
+    # the second stage's probability under predict's name for it (results.csv's etiology_probability_virus)
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
+                             "etiology_probability_virus", "two_stage_called"]
     assert len(rows) == block["n"] == 16
     predicted = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows])}
     predicted_two = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows], etiology=second)}
@@ -254,7 +257,8 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
         # predict's first stage says NORMAL (the pneumonia task's name); the three classes' name for it is normal
         assert row["two_stage_called"] == (expected["etiology_label"] or {"NORMAL": "normal"}[expected["label"]]), row
         if expected["etiology_probability_virus"] is not None:
-            assert float(row["etiology_probability"]) == pytest.approx(expected["etiology_probability_virus"], abs=1e-5)
+            assert float(row["etiology_probability_virus"]) == pytest.approx(expected["etiology_probability_virus"],
+                                                                             abs=1e-5)
         assert float(row["probability"]) == pytest.approx(predicted[row["path"]]["probability"], abs=1e-5)
         counts[names.index(row["subtype"]), names.index(row["two_stage_called"])] += 1
     assert counts.tolist() == block["confusion_matrix"]["counts"]
@@ -273,6 +277,32 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
 
     with pytest.raises(ValueError, match="follows"):  # the stages the wrong way round
         evaluate(second, tiny_dataset, "test", etiology=first)
+
+
+def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_for_it(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predictions.csv named any second stage's probability etiology_probability, a site's typical-vs-atypical
+    stage's P(atypical) too, where predict's results name it from the stage's task: one name in both files."""
+    from pneumoscan.data import tasks
+    from pneumoscan.inference.predict import predict_paths
+    from tests.test_predict import make_bundle
+
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    tasks.register_task("typicality", classes=("typical", "atypical"), positive="atypical",
+                        follows={"pneumonia": "PNEUMONIA"})(
+        lambda record: None if record.label != "PNEUMONIA" else int(record.subtype == "virus"))
+    second = make_bundle(tmp_path / "typicality", "typicality", ("typical", "atypical"), "atypical")
+    out = tmp_path / "eval"
+    evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
+    rows = read_csv(out / "predictions.csv")
+    assert list(rows[0])[-2:] == ["typicality_probability_atypical", "two_stage_called"]
+    assert not any(column.startswith("etiology") for column in rows[0])
+    film = rows[0]["path"]
+    [predicted] = predict_paths(tiny_bundle, [film], etiology=second)
+    assert "typicality_probability_atypical" in predicted  # predict's column for the same stage
+    assert {r["two_stage_called"] for r in rows} <= {"NORMAL", "typical", "atypical"}
+    assert all(0 <= float(r["typicality_probability_atypical"]) <= 1 for r in rows)
 
 
 def test_two_stages_name_their_classes_as_the_task_of_the_same_classes_does() -> None:

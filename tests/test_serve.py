@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
@@ -221,16 +221,26 @@ def test_etiology_runs_only_for_images_read_as_pneumonia(tiny_bundle: Path, tiny
         assert body["label"] == "NORMAL" and body["etiology"] is None
 
 
-def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray: bytes) -> None:
+def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray: bytes,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Served alone, an etiology bundle says what it cannot tell in every answer, and once in the log at start-up,
+    in predict's words: an operator reading the log had no sign that the service answers bacteria or virus for a
+    normal film."""
     with pytest.raises(ValueError, match="pneumonia bundle and an etiology bundle"):
         create_app(tiny_etiology_bundle, etiology=tiny_etiology_bundle)
-    with TestClient(create_app(tiny_etiology_bundle)) as c:  # served alone, it says what it cannot tell
+    said = alone_warning("etiology")
+    assert said is not None and "assumes the film shows pneumonia and cannot call it normal" in said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "pneumoscan"), TestClient(create_app(tiny_etiology_bundle)) as c:
         body = upload(c, xray).json()
+        upload(c, xray)
         assert body["label"] in ("bacteria", "virus")
-        assert any("assumes the film shows pneumonia and cannot call it normal" in w for w in body["warnings"])
+        assert said in body["warnings"]
         for fmt in ("dicom-sr", "fhir"):  # a report codes a pneumonia finding: refused before the film is read
             assert_error(upload(c, TEXT, format=fmt), 422, f"format={fmt} reports a pneumonia reading, and the "
                          "model of this service reads etiology (bacteria vs virus): ask for format=json")
+    logged = [r for r in caplog.records if r.getMessage() == said]  # once, not with each of the answers
+    assert [(r.name, r.levelno) for r in logged] == [("pneumoscan.serving.service", logging.WARNING)], caplog.text
 
 
 def test_web_page_is_served_without_external_resources(client: TestClient) -> None:

@@ -26,7 +26,7 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
-from pneumoscan.inference.predict import Predictor, check_bundle_stages
+from pneumoscan.inference.predict import Predictor, check_bundle_stages, stage_fields
 from pneumoscan.models.card import WEIGHTS, BundleCard
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
@@ -34,7 +34,7 @@ from .report import METRICS, write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
-TWO_STAGE_FIELDS = ("etiology_probability", "two_stage_called")  # predictions.csv with a second stage
+TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's three-class call
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
@@ -81,11 +81,13 @@ def three_class_names(first: Task, second: Task) -> tuple[str, ...]:
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
-               tta: bool, backend: str, groups: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+               tta: bool, backend: str, groups: np.ndarray) -> tuple[dict, tuple[str, np.ndarray, np.ndarray]]:
     """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
-    scored by both stages, so the composed probabilities exist for all), with each film's P(virus) and three-class
-    call; ``groups`` as :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not
-    say bacteria or virus."""
+    scored by both stages, so the composed probabilities exist for all), with the column of the second stage's
+    probability named as predict names it (:func:`stage_fields`: ``etiology_probability_virus``; a second stage of
+    one's own is not reported as P(virus)), each film's probability and its three-class call; ``groups`` as
+    :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not say bacteria or
+    virus."""
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
@@ -104,7 +106,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}")
     metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
-    return metrics, second_scores, np.array(names)[called]
+    return metrics, (stage_fields(second.task)["probability"], second_scores, np.array(names)[called])
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -241,11 +243,10 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
-    second: tuple[np.ndarray, np.ndarray] | None = None  # the second stage's P(virus) and call of each film
+    second: tuple[str, np.ndarray, np.ndarray] | None = None  # the second stage's column, its P and call of each film
     if etiology is not None:
-        metrics["two_stage"], second_scores, second_called = _two_stage(
-            predictor, scores, records, images, targets, data, split, etiology, tta, backend, groups)
-        second = (second_scores, second_called)
+        metrics["two_stage"], second = _two_stage(predictor, scores, records, images, targets, data, split, etiology,
+                                                  tta, backend, groups)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
@@ -290,11 +291,13 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
                    probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
-                   second: tuple[np.ndarray, np.ndarray] | None, gallery: dict[str, list[tuple[bytes, str]]]) -> None:
+                   second: tuple[str, np.ndarray, np.ndarray] | None,
+                   gallery: dict[str, list[tuple[bytes, str]]]) -> None:
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
-    each film's P and call of the second stage, when there is one: ``second``), sensitivity_table.csv, and the
-    report with its figures and the most confident errors (``gallery``: :func:`error_gallery`)."""
+    each film's P of the second stage, in the column ``second`` names, and its three-class call, when there is one),
+    sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
+    :func:`error_gallery`)."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,10 +313,13 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
         for row, film in zip(rows, probs):
             row |= {column: f"{v:.6f}" for column, v in zip(task.class_columns, film)}
             row[MOST_PROBABLE] = classes[int(np.argmax(film))]
+    second_fields: tuple[str, ...] = ()
     if second is not None:
-        for row, p, c in zip(rows, *second):
-            row |= {"etiology_probability": f"{p:.6f}", "two_stage_called": c}
-    fields = PREDICTION_FIELDS + class_fields + (TWO_STAGE_FIELDS if second is not None else ())
+        column, second_scores, second_called = second
+        second_fields = (column, TWO_STAGE_CALLED)
+        for row, p, c in zip(rows, second_scores, second_called):
+            row |= {column: f"{p:.6f}", TWO_STAGE_CALLED: c}
+    fields = PREDICTION_FIELDS + class_fields + second_fields
     write_csv(out_dir / "predictions.csv", fields, rows)
     table = metrics["threshold_table"]
     write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)

@@ -486,16 +486,18 @@ class Stages:
         return cls(first, second, handoff, alone_warning(first.card.task))
 
     def said_at_start(self) -> list[str]:
-        """What ``predict`` and ``serve`` say once, before any reading, whose readings would otherwise be silent
-        about it: that films are not checked against the training films' appearance (the first stage's record is
-        the one they are checked against), and each stage's caveats (:attr:`BundleCard.caveats`: a guessed
-        threshold, an uncalibrated temperature)."""
+        """What ``predict`` and ``serve`` say once, before any reading: a second stage used alone (each reading says
+        it too), and what the readings would otherwise be silent about: that films are not checked against the
+        training films' appearance (the first stage's record is the one they are checked against), and each
+        stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an uncalibrated temperature)."""
+        alone = [self.alone] if self.alone else []
         unchecked = [] if self.first.appearance is not None else [
             f"{shown(self.first.bundle)} records no appearance of its training films (trained on fewer than "
             f"{MIN_FILMS}, or before bundles kept one): films unlike them (noise, a form, a turned film) are not "
             "flagged"]
-        return unchecked + [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (self.first, self.second))
-                            for caveat in stage.card.caveats]
+        caveats = [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (self.first, self.second))
+                   for caveat in stage.card.caveats]
+        return alone + unchecked + caveats
 
     def hands_over(self, label: str | None) -> bool:
         """Whether the second stage reads a film the first stage called ``label``."""
@@ -547,8 +549,6 @@ def predict_paths(
     heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
-    if stages.alone:
-        log.warning("%s", stages.alone)
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, explain_array, overlay_png
 

@@ -98,7 +98,7 @@ class Service:
         self.main = Stage(self.stages.first)
         self.second = Stage(self.stages.second) if self.stages.second is not None else None
         for said in self.stages.said_at_start():
-            logger.warning("%s", said)  # the page's model card says these too
+            logger.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
         self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
