@@ -75,7 +75,7 @@ def measure(split: str) -> dict:
         t0 = time.perf_counter()
         again = build_cache(paths, PreprocessSpec(224), cache_dir=Path(cache_dir))
         open_s = time.perf_counter() - t0
-        assert again.fingerprint == cache.fingerprint and again.images.shape == cache.images.shape
+        assert again.key == cache.key and again.images.shape == cache.images.shape
     return {
         "split": split,
         "images": len(paths),

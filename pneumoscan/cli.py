@@ -123,7 +123,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     else:
         spec = PreprocessSpec(args.size or 192, args.policy or "squash")
     _, cache = cache_dataset(args.data, spec, args.split, progress=True)
-    print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.fingerprint}); {len(cache.errors)} unreadable")
+    print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.key}); {len(cache.errors)} unreadable")
     for err in cache.errors:
         log.warning("unreadable %s: %s", shown(err["path"]), err["reason"])
     return 0

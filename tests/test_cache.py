@@ -14,8 +14,8 @@ from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import (
     ImageCache,
     build_cache,
+    cache_key,
     default_cache_dir,
-    fingerprint,
 )
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 
@@ -78,13 +78,13 @@ def test_good_files_cached_in_order_and_bad_ones_reported(folder, tmp_path: Path
         c.rows([bad[0]])
     with pytest.raises(KeyError, match="not in this cache"):
         c.rows([str(tmp_path / "other.png")])
-    assert cache_files(cache_dir) == [f"{c.fingerprint}.json", f"{c.fingerprint}.u8"]  # no temp files left
+    assert cache_files(cache_dir) == [f"{c.key}.json", f"{c.key}.u8"]  # no temp files left
 
 
 def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatch) -> None:
     paths, good, _ = folder
     first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
-    array_file = tmp_path / "cache" / f"{first.fingerprint}.u8"
+    array_file = tmp_path / "cache" / f"{first.key}.u8"
     stamp = array_file.stat().st_mtime_ns
 
     def no_decoding(*args):
@@ -92,7 +92,7 @@ def test_second_build_reuses_without_decoding(folder, tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(cache_mod, "_decode_chunk", no_decoding)
     second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
-    assert second.fingerprint == first.fingerprint and second.paths == good
+    assert second.key == first.key and second.paths == good
     np.testing.assert_array_equal(second.images, first.images)
     assert second.errors == first.errors
     assert array_file.stat().st_mtime_ns == stamp
@@ -146,7 +146,7 @@ def test_each_spelling_of_the_paths_is_answered_by_that_spelling(folder, tmp_pat
         np.testing.assert_array_equal(cache.images[cache.rows(spelling)], [preprocess(p, 16) for p in good])
 
 
-def test_changed_file_changes_fingerprint_and_rebuilds(folder, tmp_path: Path) -> None:
+def test_changed_file_changes_the_key_and_rebuilds(folder, tmp_path: Path) -> None:
     paths, good, _ = folder
     first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
     changed = Path(good[1])
@@ -154,27 +154,27 @@ def test_changed_file_changes_fingerprint_and_rebuilds(folder, tmp_path: Path) -
     st = changed.stat()
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # never the same mtime tick
     second = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
-    assert second.fingerprint != first.fingerprint
+    assert second.key != first.key
     np.testing.assert_array_equal(second.images[1], preprocess(changed, 16))
     np.testing.assert_array_equal(second.images[0], first.images[0])
 
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # touch alone is a change too
-    assert fingerprint(paths, SPEC) != second.fingerprint
+    assert cache_key(paths, SPEC) != second.key
     # a permission fix changes only the ctime: a file it made readable must not keep its stored error
-    touched = fingerprint(paths, SPEC)
+    touched = cache_key(paths, SPEC)
     time.sleep(0.01)
     os.chmod(changed, 0o600)
-    assert fingerprint(paths, SPEC) != touched
+    assert cache_key(paths, SPEC) != touched
 
 
-def test_fingerprint_depends_on_spec_and_file_list(folder) -> None:
+def test_the_key_depends_on_spec_and_file_list(folder) -> None:
     paths, _, _ = folder
-    key = fingerprint(paths, SPEC)
-    assert key == fingerprint(paths, PreprocessSpec(16, "squash"))
-    assert key != fingerprint(paths, PreprocessSpec(32))
-    assert key != fingerprint(paths, PreprocessSpec(16, "pad"))
-    assert key != fingerprint(paths[:-1], SPEC)
-    assert key != fingerprint(list(reversed(paths)), SPEC)
+    key = cache_key(paths, SPEC)
+    assert key == cache_key(paths, PreprocessSpec(16, "squash"))
+    assert key != cache_key(paths, PreprocessSpec(32))
+    assert key != cache_key(paths, PreprocessSpec(16, "pad"))
+    assert key != cache_key(paths[:-1], SPEC)
+    assert key != cache_key(list(reversed(paths)), SPEC)
 
 
 def test_crash_mid_build_leaves_no_valid_cache(folder, tmp_path: Path, monkeypatch) -> None:
@@ -221,7 +221,7 @@ def test_array_without_index_is_rebuilt(folder, tmp_path: Path) -> None:
     paths, good, _ = folder
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
-    key = fingerprint(paths, SPEC)
+    key = cache_key(paths, SPEC)
     (cache_dir / f"{key}.u8").write_bytes(b"\xff" * (len(good) * 16 * 16))
     c = build_cache(paths, SPEC, cache_dir=cache_dir, workers=1)
     np.testing.assert_array_equal(c.images[0], preprocess(good[0], 16))

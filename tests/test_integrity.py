@@ -510,7 +510,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(films: list[str], tmp_path: Pat
     spec, cache_dir = PreprocessSpec(16), tmp_path / "cache"
     first = build_cache(films, spec, cache_dir=cache_dir, workers=1)
     pixels = np.array(first.images)
-    array_file = cache_dir / f"{first.fingerprint}.u8"
+    array_file = cache_dir / f"{first.key}.u8"
     raw = bytearray(array_file.read_bytes())
     raw[100:120] = bytes(255 - b for b in raw[100:120])  # same size, other pixels
     array_file.write_bytes(bytes(raw))
@@ -530,7 +530,7 @@ def test_data_fingerprint_changes_when_the_pixels_change(films: list[str], tmp_p
     other training data, so another fingerprint."""
     spec, cache_dir = PreprocessSpec(16), tmp_path / "cache"
     first = build_cache(films, spec, cache_dir=cache_dir, workers=1)
-    array_file, index_file = cache_dir / f"{first.fingerprint}.u8", cache_dir / f"{first.fingerprint}.json"
+    array_file, index_file = cache_dir / f"{first.key}.u8", cache_dir / f"{first.key}.json"
     other = 255 - np.array(first.images)
     array_file.write_bytes(other.tobytes())
     index = json.loads(index_file.read_text())
@@ -538,7 +538,7 @@ def test_data_fingerprint_changes_when_the_pixels_change(films: list[str], tmp_p
     index_file.write_text(json.dumps(index))
     second = build_cache(films, spec, cache_dir=cache_dir, workers=1)
     np.testing.assert_array_equal(second.images, other)
-    assert second.fingerprint == first.fingerprint and second.data_fingerprint != first.data_fingerprint
+    assert second.key == first.key and second.data_fingerprint != first.data_fingerprint
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])

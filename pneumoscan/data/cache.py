@@ -1,6 +1,6 @@
 """Preprocessed-image cache: decode a dataset once into one uint8 file that every later run memory-maps.
 
-The cache is keyed by a fingerprint of the file list (path, size, mtime, ctime), the preprocessing spec and the
+The cache is keyed by a hash of the file list (path, size, mtime, ctime), the preprocessing spec and the
 decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
 chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
 build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
@@ -58,7 +58,7 @@ class ImageCache:
     paths: list[str]  # row i holds paths[i]
     errors: list[dict]  # [{"path", "reason"[, "transient": True]}] for files that could not be decoded
     spec: PreprocessSpec
-    fingerprint: str  # the key: file list, file stats, spec, decoder versions
+    key: str  # file list, file stats, spec, decoder versions: the cache files' name
     checksum: str = ""  # SHA-256 of the pixels, recorded when built and checked when opened
     _row_of: dict[str, int] = field(init=False, repr=False)
 
@@ -69,7 +69,7 @@ class ImageCache:
     def data_fingerprint(self) -> str:
         """What a bundle records as the data it was trained on: the key and the pixels themselves, so images that
         decode differently (another libjpeg build, say) are other training data."""
-        return hashlib.sha256(f"{self.fingerprint}:{self.checksum}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{self.key}:{self.checksum}".encode()).hexdigest()[:32]
 
     def rows(self, paths: Iterable[str]) -> np.ndarray:
         """Row indices of ``paths``; KeyError (with the decode reason when there is one) for a missing file."""
@@ -87,7 +87,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PNEUMOSCAN_CACHE") or Path.home() / ".cache" / "pneumoscan")
 
 
-def fingerprint(paths: Sequence[str], spec: PreprocessSpec) -> str:
+def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec, the decoders'
     versions, the registered readers and the decode limits: any change gives a new cache, so an error stored for an
     unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers by the paths as
@@ -111,7 +111,7 @@ def build_cache(
     """Open the cache for ``paths`` or build it with ``workers`` processes (default: every core)."""
     paths = [str(p) for p in paths]
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = fingerprint(paths, spec)
+    key = cache_key(paths, spec)
     cached = _reusable(cache_dir, key, spec)
     if cached is not None:
         return cached

@@ -333,7 +333,7 @@ def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
     return found, problems
 
 
-def film(ds: Dataset) -> dict[str, str | float | None]:
+def film_facts(ds: Dataset) -> dict[str, str | float | None]:
     """What a reader checks before trusting a reading: age, sex, view, modality and study date (None where not
     recorded). Never the patient's name or id: the page shows these, and a screen is seen by others."""
     study = _date(_text(ds, "StudyDate"))
@@ -344,7 +344,7 @@ def film(ds: Dataset) -> dict[str, str | float | None]:
 
 
 def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
-    """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film`),
+    """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film_facts`),
     and ``warnings`` (a list, possibly empty). The header is read again (header only, pixels left unread): cheap
     next to decoding the pixels."""
     try:
@@ -360,4 +360,4 @@ def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
     if ds is None:
         return {"warnings": scope_warnings(ds, width, height) + colour}
     uids, problems = identifiers(ds)
-    return {**uids, **(film(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems}
+    return {**uids, **(film_facts(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems}

@@ -178,7 +178,7 @@ class Data:
     """The run's images: the cache, the train/val datasets and their loaders (each rank its share)."""
 
     spec: PreprocessSpec
-    fingerprint: str  # the image cache's key (ImageCache.data_fingerprint): paths and file times too
+    data_fingerprint: str  # ImageCache.data_fingerprint: the cache key (paths and file times too) and the pixels
     checksum: str  # the films' pixels and labels (data_checksum)
     train_set: CachedImages
     val_set: CachedImages
@@ -506,7 +506,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     # the intervals count patients, copies of one film under other names as one (their scans are this process's)
     groups = patient_groups(d.val_records, run.split)[1][index]
     temperature = calibrated_temperature(logits, targets)
-    card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.fingerprint,
+    card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
