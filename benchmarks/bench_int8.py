@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
 from pneumoscan.data.labelled import labelled_images  # noqa: E402
 from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
-from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path  # noqa: E402
+from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, spec_path  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 
 THREADS = 2
@@ -67,8 +67,8 @@ def main(bundle: Path, split_csv: Path) -> None:
               f"{m['sensitivity']:>6.3f} {m['specificity']:>6.3f}")
     print(f"INT8 speed-up: {speed['onnx-int8'] / speed['onnx']:.2f}x")
     sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
-    print(f"as export --int8 recorded: val AUC {sidecar['val_auc_int8']:.4f} (FP32 {sidecar['val_auc_fp32']:.4f}) on "
-          f"{sidecar.get('int8_thresholds_chosen_on', 'the val films')}")
+    print(f"as export --int8 recorded: val AUC {sidecar[Int8Key.VAL_AUC_INT8]:.4f} "
+          f"(FP32 {sidecar[Int8Key.VAL_AUC_FP32]:.4f}) on {sidecar.get(Int8Key.CHOSEN_ON, 'the val films')}")
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.inference.export import export_onnx
-    from pneumoscan.inference.onnx_runtime import read_sidecar, spec_path
+    from pneumoscan.inference.onnx_runtime import Int8Key, Int8Operating, read_sidecar, spec_path
 
     if args.int8:
         from pneumoscan.training.quantize import quantize_bundle
@@ -356,12 +356,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "--backend onnx-int8 finds it (copy the bundle first to keep one without it)")
         out = quantize_bundle(args.bundle, args.data, args.calibration_images, args.cv or ())
         figures = read_sidecar(out, strict=True)
-        classes = figures.get("int8_three_class")  # a task of more than two classes: its macro AUC, checked too
-        print(f"wrote {shown(out)}: validation AUC {format_figure(figures['val_auc_int8'], 4)} "
-              f"(FP32 {format_figure(figures['val_auc_fp32'], 4)}), "
-              + (f"macro AUC {format_figure(classes['macro_auc_int8'], 4)} (FP32 "
-                 f"{format_figure(classes['macro_auc_fp32'], 4)}), " if classes else "")
-              + f"threshold {figures['int8_threshold']:.4f} chosen on the INT8 scores ({figures['threshold_policy']})")
+        chosen = Int8Operating.from_figures(figures)
+        classes = figures.get(Int8Key.THREE_CLASS)  # a task of more than two classes: its macro AUC, checked too
+        print(f"wrote {shown(out)}: validation AUC {format_figure(figures[Int8Key.VAL_AUC_INT8], 4)} "
+              f"(FP32 {format_figure(figures[Int8Key.VAL_AUC_FP32], 4)}), "
+              + (f"macro AUC {format_figure(classes[Int8Key.MACRO_AUC_INT8], 4)} (FP32 "
+                 f"{format_figure(classes[Int8Key.MACRO_AUC_FP32], 4)}), " if classes else "")
+              + f"threshold {chosen.threshold:.4f} chosen on the INT8 scores ({chosen.threshold_policy})")
         return 0
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]

@@ -8,6 +8,7 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +20,11 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, jsonable,
                                      with_ci)
 from pneumoscan.core.names import shown
-from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
+from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models.card import BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 
+log = logging.getLogger(__name__)
 MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
@@ -318,19 +320,22 @@ def _threshold_section(card: BundleCard) -> str:
 
 
 def _int8_section(figures: dict) -> str:
-    """What ``export --int8`` made, from its sidecar: the thresholds ``--backend onnx-int8`` labels at are its own."""
-    at = figures.get("int8_val_metrics") or {}
+    """What ``export --int8`` made, from its sidecar: the thresholds ``--backend onnx-int8`` labels at are its own
+    (:class:`Int8Operating`, read from the INT8 keys as that backend reads them)."""
+    chosen = Int8Operating.from_figures(figures)
+    at = chosen.val_metrics or {}
     return (f"`{INT8_NAME}` (`pneumoscan export --int8`): ONNX Runtime static INT8, read by `--backend onnx-int8`. "
             "Quantisation moves the scores, so it labels at its own thresholds: "
-            f"**{format_figure(figures['threshold'], 4)}** ({figures.get('threshold_policy', 'policy not recorded')}); "
-            f"with test-time augmentation {format_figure(figures.get('tta_threshold'), 4)}. On the "
-            f"{figures.get('validation_images', '?')} films that chose them: AUC "
-            f"{format_figure(figures.get('val_auc_int8'), 4)} (FP32 "
-            f"{format_figure(figures.get('val_auc_fp32'), 4)}), sensitivity {format_figure(at.get('sensitivity'))}, "
+            f"**{format_figure(chosen.threshold, 4)}** ({chosen.threshold_policy or 'policy not recorded'}); "
+            f"with test-time augmentation {format_figure(chosen.tta_threshold, 4)}. On the "
+            f"{figures.get(Int8Key.VALIDATION_IMAGES, '?')} films that chose them: AUC "
+            f"{format_figure(figures.get(Int8Key.VAL_AUC_INT8), 4)} (FP32 "
+            f"{format_figure(figures.get(Int8Key.VAL_AUC_FP32), 4)}), "
+            f"sensitivity {format_figure(at.get('sensitivity'))}, "
             f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
-            f"{format_figure(figures.get('max_probability_change'), 3)} from FP32's."
-            + _interval_sentence(figures.get("int8_threshold_interval"), figures.get("int8_tta_threshold_interval"))
-            + (f" **Caveat:** {caveat}." if (caveat := figures.get("int8_threshold_caveat")) else "")
+            f"{format_figure(figures.get(Int8Key.MAX_PROBABILITY_CHANGE), 3)} from FP32's."
+            + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval)
+            + (f" **Caveat:** {chosen.threshold_caveat}." if chosen.threshold_caveat else "")
             + " The other sections describe the FP32 model.")
 
 
@@ -347,7 +352,8 @@ def _interval_sentence(interval: list[float] | None, tta_interval: list[float] |
 
 
 def render(card: BundleCard, int8: dict | None = None) -> str:
-    """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has one."""
+    """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
+    ones (:meth:`Int8Operating.validated`)."""
     recipe = {k: card.train_config[k] for k in card.train_config if k not in ("split_csv",)}
     source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
               f"quality {card.source_quality}, as those were made" if card.source_size else "")
@@ -389,10 +395,14 @@ def write_model_card(directory: Path | str, card: BundleCard) -> Path:
     """(Re)write BUNDLE/MODEL_CARD.md from ``card``; atomic like bundle.json."""
     path = Path(directory) / MODEL_CARD
     quantized = Path(directory) / INT8_NAME
-    # the INT8 model's own thresholds and figures, when export --int8 made one
-    int8 = (read_sidecar(quantized) or None) if quantized.exists() else None
-    text = render(card, int8)
-    write_atomic(path, text.encode("utf-8"))
+    # the INT8 model's own thresholds and figures, when export --int8 made one; a sidecar without them (unreadable,
+    # or not written whole by export --int8) describes no model --backend onnx-int8 would run: no section
+    int8 = read_sidecar(quantized) if quantized.exists() else None
+    if int8 is not None and Int8Operating.validated(int8) is None:
+        log.warning("%s gives no validated INT8 thresholds (`pneumoscan export --int8` makes them): %s has no INT8 "
+                    "section", spec_path(quantized), path)
+        int8 = None
+    write_atomic(path, render(card, int8).encode("utf-8"))
     return path
 
 

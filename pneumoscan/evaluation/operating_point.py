@@ -16,6 +16,7 @@ from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe
                                      threshold_interval)
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
+from pneumoscan.inference.onnx_runtime import Int8Key
 from pneumoscan.models.card import BundleCard, card_task
 from .evaluate import evaluate_probabilities
 from .model_card import update_card, validation_figures
@@ -86,18 +87,19 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
 
 def int8_figures(y: np.ndarray, scores: np.ndarray, point: OperatingPoint, policy: str, chosen_on: str,
                  fp32_auc: float, change: float) -> dict:
-    """What an INT8 sidecar says of the films that chose its thresholds: the plain and TTA thresholds of ``point``
-    (its operating point on its plain ``scores``), their intervals and caveat, their policy and films, the FP32 and
-    INT8 AUC on them, the largest change in probability quantisation made, and the INT8 model's figures at its
-    threshold (what ``--backend onnx-int8`` shows as its validation figures). ``export --int8`` and ``threshold``
-    both write them, so that neither leaves one about other films."""
+    """What an INT8 sidecar says of the films that chose its thresholds, under :class:`Int8Key`'s keys: the plain
+    and TTA thresholds of ``point`` (its operating point on its plain ``scores``), their intervals and caveat, their
+    policy and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the
+    INT8 model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures).
+    ``export --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
     at = binary_metrics(y, scores, point.threshold) | {"auc": roc_auc(y, scores)}
     return {
-        "int8_threshold": point.threshold, "int8_tta_threshold": point.tta_threshold, "threshold_policy": policy,
-        "int8_threshold_interval": point.threshold_interval,
-        "int8_tta_threshold_interval": point.tta_threshold_interval, "int8_threshold_caveat": point.threshold_caveat,
-        "int8_thresholds_chosen_on": chosen_on, "validation_images": int(len(y)), "val_auc_fp32": fp32_auc,
-        "val_auc_int8": at["auc"], "max_probability_change": change, "int8_val_metrics": validation_figures(at),
+        Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
+        Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,
+        Int8Key.TTA_THRESHOLD_INTERVAL: point.tta_threshold_interval, Int8Key.THRESHOLD_CAVEAT: point.threshold_caveat,
+        Int8Key.CHOSEN_ON: chosen_on, Int8Key.VALIDATION_IMAGES: int(len(y)), Int8Key.VAL_AUC_FP32: fp32_auc,
+        Int8Key.VAL_AUC_INT8: at["auc"], Int8Key.MAX_PROBABILITY_CHANGE: change,
+        Int8Key.VAL_METRICS: validation_figures(at),
     }  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_int8_spec, write_onnx_spec
-from pneumoscan.inference.onnx_runtime import INT8_NAME, int8_model, read_sidecar
+from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Operating, int8_model, read_sidecar
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label
@@ -86,35 +86,37 @@ def _scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],
-                   patients: Sequence[str] | np.ndarray, caveat: str) -> tuple[np.ndarray, OperatingPoint, dict] | None:
+                   patients: Sequence[str] | np.ndarray, caveat: str,
+                   ) -> tuple[np.ndarray, OperatingPoint, Int8Operating] | None:
     """BUNDLE's INT8 model's plain scores on the films, its own operating point on them by the same policy
-    (``caveat``: the FP32 one's, on the same films), and its sidecar (the thresholds it replaces); None when the
-    bundle has no INT8 model."""
+    (``caveat``: the FP32 one's, on the same films), and the operating point its sidecar gives (the thresholds it
+    replaces); None when the bundle has no INT8 model."""
     if not (bundle / INT8_NAME).exists():
         return None
     # checked as --backend onnx-int8 checks it (checksums, weights), then scored without its old thresholds
     session, sidecar = int8_model(bundle)
+    before = Int8Operating.from_figures(sidecar)  # int8_model refused a sidecar without it
     quantized = Predictor(bundle, backend="onnx", session=session)
     try:
         plain, tta = _scores(quantized, images)
-        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat), sidecar
+        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat), before
     except ValueError as e:
         raise ValueError(f"INT8 model: {e}") from None
 
 
 def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
                       policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
-                      tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, dict] | None,
+                      tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, Int8Operating] | None,
                       unreadable: int, held_out: HeldOutFindings, conflicts: list[dict]) -> dict:
     """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
-    policy, the thresholds before and after (``int8``: the INT8 model's operating point and the sidecar it
-    replaces), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
+    policy, the thresholds before and after (``int8``: the INT8 model's operating point and the one its sidecar
+    gave), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
     check of the films), the caveats, the threshold's own last, and the films whose labels their names or copies
     contradict (``conflicts``: :func:`~pneumoscan.data.labelled.patient_groups`'), as an evaluation's record
     keeps them: the threshold was chosen against those labels. A report of the new bundle names the one read at a
     threshold before as its predecessor."""
     at, at_tta = binary_metrics(y, plain, point.threshold), binary_metrics(y, tta, point.tta_threshold)
-    int8_point, int8_before = int8 or (None, {})
+    int8_point, int8_before = int8 or (None, None)
     return {
         "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
         "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": unreadable,
@@ -123,8 +125,8 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
         "target_sensitivity": policy_targets[0], "max_false_positive_rate": policy_targets[1],
         "sensitivity": at["sensitivity"], "specificity": at["specificity"],
         "tta_sensitivity": at_tta["sensitivity"], "tta_specificity": at_tta["specificity"],
-        "previous_int8_threshold": int8_before.get("int8_threshold"),
-        "previous_int8_tta_threshold": int8_before.get("int8_tta_threshold"),
+        "previous_int8_threshold": int8_before.threshold if int8_before else None,
+        "previous_int8_tta_threshold": int8_before.tta_threshold if int8_before else None,
         "int8_threshold": int8_point.threshold if int8_point else None,
         "int8_tta_threshold": int8_point.tta_threshold if int8_point else None,
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it

@@ -115,13 +115,39 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
         verify_file(bundle, card, spec_path(existing).name, remedy)
 
 
+class Int8Key:
+    """The keys of the INT8 sidecar's own figures (``model.int8.onnx.json``), each spelled here alone: written by
+    :func:`~pneumoscan.evaluation.operating_point.int8_figures` and ``export --int8``
+    (:mod:`pneumoscan.training.quantize`), read by :class:`Int8Operating`, the model card, ``threshold``'s record
+    and ``export``'s line. A misspelt name is an AttributeError where it is used, never a figure silently read as
+    missing."""
+
+    THRESHOLD = "int8_threshold"
+    TTA_THRESHOLD = "int8_tta_threshold"
+    THRESHOLD_INTERVAL = "int8_threshold_interval"
+    TTA_THRESHOLD_INTERVAL = "int8_tta_threshold_interval"
+    THRESHOLD_CAVEAT = "int8_threshold_caveat"
+    THRESHOLD_POLICY = "threshold_policy"  # the card's policy, naming the films that chose the INT8 thresholds
+    VAL_METRICS = "int8_val_metrics"  # the INT8 model's figures at its threshold on those films
+    CHOSEN_ON = "int8_thresholds_chosen_on"  # those films, with their folders
+    VALIDATION_IMAGES = "validation_images"
+    VAL_AUC_FP32 = "val_auc_fp32"
+    VAL_AUC_INT8 = "val_auc_int8"
+    MAX_PROBABILITY_CHANGE = "max_probability_change"
+    CALIBRATION_IMAGES = "calibration_images"
+    MAX_MEMBER_MEAN_CHANGE = "max_member_mean_change"  # an ensemble of cv runs: the shipped graph against its members'
+    THREE_CLASS = "int8_three_class"  # a task of more than two classes: the macro AUC of both models, and their films
+    MACRO_AUC_FP32 = "macro_auc_fp32"  # under THREE_CLASS
+    MACRO_AUC_INT8 = "macro_auc_int8"
+
+
 @dataclasses.dataclass(frozen=True)
 class Int8Operating:
-    """The INT8 model's own operating point, which its sidecar keeps under the ``int8_*`` keys (written from
+    """The INT8 model's own operating point, which its sidecar keeps under the :class:`Int8Key` keys (written from
     :func:`~pneumoscan.evaluation.operating_point.int8_figures` by ``export --int8`` and ``threshold``): quantisation
     moves the scores, so ``--backend onnx-int8`` labels at these, never at the card's FP32 ones. The one reading of
     those keys, for the sidecar's writer (:func:`~.export.write_int8_spec`) and its readers (:func:`int8_model`, the
-    Predictor)."""
+    Predictor, the model card, ``threshold``'s record, ``export``'s line)."""
 
     threshold: float
     tta_threshold: float | None
@@ -135,10 +161,19 @@ class Int8Operating:
     def from_figures(cls, figures: Mapping[str, Any]) -> Int8Operating:
         """Read from the ``int8_*`` figures (a sidecar, or what :func:`int8_figures` gives); KeyError without the
         threshold or the validation figures, which make the INT8 thresholds validated ones."""
-        return cls(figures["int8_threshold"], figures.get("int8_tta_threshold"),
-                   figures.get("int8_threshold_interval", []), figures.get("int8_tta_threshold_interval", []),
-                   figures.get("int8_threshold_caveat", ""), figures.get("threshold_policy"),
-                   figures["int8_val_metrics"])  # fmt: skip
+        return cls(figures[Int8Key.THRESHOLD], figures.get(Int8Key.TTA_THRESHOLD),
+                   figures.get(Int8Key.THRESHOLD_INTERVAL, []), figures.get(Int8Key.TTA_THRESHOLD_INTERVAL, []),
+                   figures.get(Int8Key.THRESHOLD_CAVEAT, ""), figures.get(Int8Key.THRESHOLD_POLICY),
+                   figures[Int8Key.VAL_METRICS])  # fmt: skip
+
+    @classmethod
+    def validated(cls, figures: Mapping[str, Any]) -> Int8Operating | None:
+        """:meth:`from_figures`, or None when the figures hold no validated INT8 thresholds (a sidecar that
+        ``export --int8`` did not write whole, or none at all), which ``--backend onnx-int8`` refuses."""
+        try:
+            return cls.from_figures(figures)
+        except KeyError:
+            return None
 
     def sidecar_fields(self) -> dict:
         """The thresholds and their intervals under the keys every reader of a sidecar reads (an FP32 model's too),
@@ -169,10 +204,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
                                                          else "--data RUN/split.csv")
     remedy = f"run `{command}` again"
     sidecar = read_sidecar(out)
-    try:
-        chosen = Int8Operating.from_figures(sidecar)
-    except KeyError:
-        chosen = None
+    chosen = Int8Operating.validated(sidecar)
     if not out.exists() or chosen is None:
         raise ValueError(f"{bundle} has no validated {INT8_NAME}: run `{command}`")
     if sidecar.get("weights_sha256") != weights_digest(bundle):

@@ -39,7 +39,7 @@ from pneumoscan.data.labelled import labelled_images, labelled_records, patient_
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, session
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, member_sources, record_checksum,
@@ -261,19 +261,19 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)
-    figures = {"calibration_images": int(len(calib)), **int8_figures(
+    figures = {Int8Key.CALIBRATION_IMAGES: int(len(calib)), **int8_figures(
         scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
-        figures["max_member_mean_change"] = scored.member_mean_change
-    if figures["val_auc_int8"] < figures["val_auc_fp32"] - MAX_AUC_DROP:
-        raise ValueError(f"INT8 validation AUC {format_figure(figures['val_auc_int8'], 4)} is more than {MAX_AUC_DROP} "
-                         f"below FP32's {format_figure(figures['val_auc_fp32'], 4)}: not written; serve this bundle "
-                         "with --backend onnx")
+        figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
+    int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
+    if int8_auc < fp32_auc - MAX_AUC_DROP:
+        raise ValueError(f"INT8 validation AUC {format_figure(int8_auc, 4)} is more than {MAX_AUC_DROP} below FP32's "
+                         f"{format_figure(fp32_auc, 4)}: not written; serve this bundle with --backend onnx")
     if scored.macro_auc is not None:
-        figures["int8_three_class"] = _three_class_gate(fp32.task, scored)
+        figures[Int8Key.THREE_CLASS] = _three_class_gate(fp32.task, scored)
     out = _write_int8(bundle, graph, figures, scored.calibration_records)
-    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(figures["val_auc_int8"], 4),
-             format_figure(figures["val_auc_fp32"], 4), point.threshold)
+    log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(int8_auc, 4),
+             format_figure(fp32_auc, 4), point.threshold)
     return out
 
 
@@ -289,7 +289,8 @@ def _three_class_gate(task: Task, scored: Int8Scores) -> dict:
     if int8 < fp32 - MAX_AUC_DROP:
         raise ValueError(f"INT8 validation macro AUC ({classes}) {format_figure(int8, 4)} is more than {MAX_AUC_DROP} "
                          f"below FP32's {format_figure(fp32, 4)}: not written; serve this bundle with --backend onnx")
-    return {"macro_auc_fp32": fp32, "macro_auc_int8": int8, "films": scored.chosen_on, "n": int(len(scored.y))}
+    return {Int8Key.MACRO_AUC_FP32: fp32, Int8Key.MACRO_AUC_INT8: int8, "films": scored.chosen_on,
+            "n": int(len(scored.y))}
 
 
 def _write_int8(bundle: Path, graph: bytes, figures: dict, calibration_records: list[Record] | None) -> Path:
