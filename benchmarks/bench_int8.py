@@ -61,7 +61,7 @@ def main(bundle: Path, split_csv: Path) -> None:
     speed = {}
     for name, predictor in (("onnx", fp32), ("onnx-int8", int8)):
         speed[name] = images_per_second(predictor, images)
-        scores = predictor.positive(predictor.probabilities(images))
+        scores = predictor.positive_probability(predictor.probabilities(images))
         m = binary_metrics(y, scores, predictor.card.threshold)
         print(f"{name:<10} {speed[name]:>9.1f} {roc_auc(y, scores):>8.4f} {predictor.card.threshold:>9.4f} "
               f"{m['sensitivity']:>6.3f} {m['specificity']:>6.3f}")

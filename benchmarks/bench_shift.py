@@ -95,7 +95,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, change in CHANGES.items():
         changed = np.stack([change(a) for a in images])
-        p = predictor.positive(predictor.probabilities(changed))
+        p = predictor.positive_probability(predictor.probabilities(changed))
         m = binary_metrics(y, p, card.threshold)
         print(f"| {name} | {roc_auc_score(y, p):.4f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | {p[y == 0].mean():.3f} |")
 

@@ -34,7 +34,7 @@ def main() -> None:
         files = sorted((Path(args.data) / "val" / label).glob("*.jpeg"))
         direct = np.stack([preprocess(f, spec.size, spec.policy) for f in files])
         matched = np.stack([preprocess(f, **spec.to_dict()) for f in files])
-        p_direct, p_matched = (predictor.positive(predictor.probabilities(x)) for x in (direct, matched))
+        p_direct, p_matched = (predictor.positive_probability(predictor.probabilities(x)) for x in (direct, matched))
         for f, a, b in zip(files, p_direct, p_matched):
             info = image_info(f)
             print(f"{label:<10} {f.name:<32} {info['width']:>5}x{info['height']:<5} {a:>7.3f} {b:>7.3f}")

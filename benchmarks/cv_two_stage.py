@@ -53,7 +53,7 @@ def stage_probability(bundle: Path, paths: list[str]) -> np.ndarray:
     if missing:
         predictor = Predictor(bundle, backend="onnx")
         cache = build_cache(missing, card.spec, progress=True)
-        scores = predictor.positive(predictor.probabilities(cache.images[cache.rows(missing)]))
+        scores = predictor.positive_probability(predictor.probabilities(cache.images[cache.rows(missing)]))
         probability |= zip(map(oof_name, missing), scores)
         print(f"{bundle}: {len(missing)} films not in its runs' folds, scored by the bundle itself")
     return np.array([probability[key] for key in keys])

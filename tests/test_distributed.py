@@ -83,7 +83,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     # rates agree whenever its counts do. Everything that does not depend on a threshold agrees within SCORE_TOL.
     predictor = Predictor(run / "bundle")
     images, _, _ = labelled_images(run / "split.csv", "val", get_task(card["task"]), predictor.card.spec)
-    scores = predictor.positive(predictor.probabilities(images))
+    scores = predictor.positive_probability(predictor.probabilities(images))
     for blocks in ((reported, again), (reported["at_0_5"], again["at_0_5"])):
         near = int(np.sum(np.abs(scores - blocks[0]["threshold"]) <= SCORE_TOL))
         counts = [np.array(b.pop("confusion_matrix")["counts"]) for b in blocks]

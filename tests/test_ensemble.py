@@ -103,8 +103,8 @@ def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path
     images, y = _test_images(ensemble, tiny_dataset)
     predictor = Predictor(ensemble)
     target, _ = load_card(tiny_bundle).threshold_targets  # the first member's policy
-    plain = predictor.positive(predictor.probabilities(images))
-    tta = predictor.positive(predictor.probabilities(images, tta=True))
+    plain = predictor.positive_probability(predictor.probabilities(images))
+    tta = predictor.positive_probability(predictor.probabilities(images, tta=True))
     assert card.threshold == pytest.approx(choose_threshold(y, plain, target), abs=SCORE_TOL)
     assert card.tta_threshold == pytest.approx(choose_threshold(y, tta, target), abs=SCORE_TOL)
     assert card.val_metrics["n"] == len(y) == 16 and "site.csv" in card.threshold_policy
@@ -267,7 +267,7 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
     assert main(["export", str(out), "--int8", "--data", str(split)]) == 0
     int8 = Predictor(out, backend="onnx-int8")
     images, targets, _ = labelled_images(split, "val", get_task(card.task), card.spec)
-    y, scores = binary_targets(targets), int8.positive(int8.probabilities(images))
+    y, scores = binary_targets(targets), int8.positive_probability(int8.probabilities(images))
     expected = choose_threshold(y, scores, None, 0.5)
     assert int8.threshold() == pytest.approx(expected, abs=SCORE_TOL)
     assert expected != pytest.approx(choose_threshold(y, scores, None), abs=SCORE_TOL), "Youden's J differs here"

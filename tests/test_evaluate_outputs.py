@@ -118,7 +118,7 @@ def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_datas
     predictor = Predictor(tiny_bundle)
     records, images, targets, _ = labelled_records(tiny_dataset, "test", task, predictor.card.spec)
     alone = evaluate(tiny_bundle, tiny_dataset, "test")
-    film_ci = threshold_metrics_ci(binary_targets(targets), predictor.positive(predictor.probabilities(images)),
+    film_ci = threshold_metrics_ci(binary_targets(targets), predictor.positive_probability(predictor.probabilities(images)),
                                    [alone["threshold"]])
     assert alone["ci_unit"] == "film"
     assert_close_report(alone["ci"], jsonable(film_ci)[0])
@@ -136,7 +136,7 @@ def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_datas
     patients = [r.patient for r in records]
     assert len(set(patients)) == 8 and saved["ci_unit"] == "patient"
     assert "95% CIs count patients" in (out / "report.html").read_text()
-    y, scores = binary_targets(targets), predictor.positive(predictor.probabilities(images))
+    y, scores = binary_targets(targets), predictor.positive_probability(predictor.probabilities(images))
     thresholds = (saved["threshold"], 0.5)
     by_patient = jsonable(threshold_metrics_ci(y, scores, thresholds, groups=patients))
     assert_close_report([saved["ci"], saved["at_0_5"]["ci"]], by_patient)
@@ -146,7 +146,7 @@ def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_datas
 def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_dataset: Path) -> None:
     predictor = Predictor(tiny_bundle)
     records, images, targets, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
-    scores = predictor.positive(predictor.probabilities(images))
+    scores = predictor.positive_probability(predictor.probabilities(images))
     gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold=1.1, size=3, cam_seconds=0)
     (false_pos, false_neg) = gallery.values()
     assert false_pos == [] and len(false_neg) == 3
@@ -226,11 +226,11 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     # stage reads 40 px films (simple_cnn pools to a fixed size), so it is decoded apart from the first stage.
     predictor = Predictor(first)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
-    save_card(first, dataclasses.replace(load_card(first), threshold=float(np.median(predictor.positive(predictor.probabilities(images))))))
+    save_card(first, dataclasses.replace(load_card(first), threshold=float(np.median(predictor.positive_probability(predictor.probabilities(images))))))
     save_card(second, dataclasses.replace(load_card(second), size=40))
     etiology = Predictor(second)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), etiology.card.spec)
-    save_card(second, dataclasses.replace(load_card(second), threshold=float(np.median(etiology.positive(etiology.probabilities(images))))))
+    save_card(second, dataclasses.replace(load_card(second), threshold=float(np.median(etiology.positive_probability(etiology.probabilities(images))))))
 
     out = tmp_path / "eval"
     # torch: the card's edited size does not match the exported ONNX graph's fixed input

@@ -59,7 +59,7 @@ def _expected_probability(bundle: Path, path: Path) -> float:
     """What evaluation would say: the training cache's preprocessing, then the Predictor."""
     predictor = Predictor(bundle)
     images = preprocess(path, **predictor.card.spec.to_dict())[None]
-    return float(predictor.positive(predictor.probabilities(images))[0])
+    return float(predictor.positive_probability(predictor.probabilities(images))[0])
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
             assert row["etiology_probability_virus"] is None and row["etiology_label"] is None
             continue
         images = preprocess(row["path"], **second.card.spec.to_dict())[None]
-        expected = float(second.positive(second.probabilities(images))[0])
+        expected = float(second.positive_probability(second.probabilities(images))[0])
         assert row["etiology_probability_virus"] == pytest.approx(expected, abs=SCORE_TOL)
         assert row["etiology_label"] == ("virus" if expected >= second.card.threshold else "bacteria")
     with pytest.raises(ValueError, match="etiology"):
@@ -173,7 +173,7 @@ def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
     row = predict_paths(first, [film], etiology=second)[0]
     for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):
         gray = read_gray(film, target=stage.card.spec.decode_target)
-        assert row[key] == pytest.approx(float(stage.positive(stage.probabilities(stage.preprocess([gray])))[0]), abs=SCORE_TOL)
+        assert row[key] == pytest.approx(float(stage.positive_probability(stage.probabilities(stage.preprocess([gray])))[0]), abs=SCORE_TOL)
 
 
 def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None:

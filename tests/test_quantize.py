@@ -39,7 +39,7 @@ def test_int8_graph_is_quantised_and_scores_near_fp32(int8_bundle: Path, tiny_da
     fp32, int8 = (Predictor(int8_bundle, backend=b) for b in ("onnx", "onnx-int8"))
     files = sorted((tiny_dataset / "test").rglob("*.jpeg"))
     images = fp32.preprocess([read_gray(f) for f in files])
-    p32, p8 = (p.positive(p.probabilities(images)) for p in (fp32, int8))
+    p32, p8 = (p.positive_probability(p.probabilities(images)) for p in (fp32, int8))
     assert np.abs(p32 - p8).max() < 0.05, "INT8 approximates FP32"
     assert not np.allclose(p32, p8, atol=1e-7), "the INT8 backend really runs the quantised graph"
 
@@ -51,7 +51,7 @@ def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path,
     images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"), int8.card.spec)
     y = binary_targets(targets)
     floor = int8.card.train_config["target_sensitivity"]
-    expected = choose_threshold(y, int8.positive(int8.probabilities(images)), floor)
+    expected = choose_threshold(y, int8.positive_probability(int8.probabilities(images)), floor)
     assert sidecar["int8_threshold"] == pytest.approx(expected, abs=SCORE_TOL)
     assert sidecar["validation_images"] == len(y) and 0 <= sidecar["val_auc_int8"] <= 1
     rows = predict_paths(int8_bundle, [tiny_bundle.parent.parent], backend="onnx-int8")
@@ -131,7 +131,7 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     int8 = Predictor(new, backend="onnx-int8")
     assert int8.card.threshold_targets == (None, 0.5)
     images, targets, _ = labelled_images(split, "val", get_task("pneumonia"), int8.card.spec)
-    expected = choose_threshold(binary_targets(targets), int8.positive(int8.probabilities(images)), None, 0.5)
+    expected = choose_threshold(binary_targets(targets), int8.positive_probability(int8.probabilities(images)), None, 0.5)
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
@@ -242,7 +242,7 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     # the figures beside its threshold are its own, at that threshold: not FP32's, at FP32's threshold
     predictor = Predictor(int8_bundle, backend="onnx-int8")
     images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"), predictor.card.spec)
-    y, scores = binary_targets(targets), predictor.positive(predictor.probabilities(images))
+    y, scores = binary_targets(targets), predictor.positive_probability(predictor.probabilities(images))
     at = binary_metrics(y, scores, info["threshold"])
     assert info["val_metrics"]["threshold"] == info["threshold"] != load_card(int8_bundle).threshold
     for key in ("sensitivity", "specificity", "accuracy", "n"):
@@ -272,7 +272,7 @@ def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, 
     metrics = json.loads((out / "metrics.json").read_text())
     int8 = Predictor(int8_bundle, backend="onnx-int8")
     images, targets, _ = labelled_images(tiny_dataset, "test", get_task("pneumonia"), int8.card.spec)
-    y, scores = binary_targets(targets), int8.positive(int8.probabilities(images))
+    y, scores = binary_targets(targets), int8.positive_probability(int8.probabilities(images))
     assert metrics["backend"] == "onnx-int8" and metrics["threshold"] == int8.threshold() != load_card(int8_bundle).threshold
     assert metrics["auc"] == pytest.approx(roc_auc_score(y, scores))
     at = binary_metrics(y, scores, int8.threshold())
@@ -436,7 +436,7 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bun
     chosen = json.loads(spec_path(bundle / INT8_NAME).read_text())["int8_threshold_interval"]
     int8 = Predictor(bundle, backend="onnx-int8")
     films, images, targets, _ = labelled_records(manifest, "val", int8.task, int8.card.spec)
-    y, scores, policy = binary_targets(targets), int8.positive(int8.probabilities(images)), int8.card.threshold_targets
+    y, scores, policy = binary_targets(targets), int8.positive_probability(int8.probabilities(images)), int8.card.threshold_targets
     units = patient_groups(films, manifest)[1]
     assert len(set(units)) == len(films) // 2 == len(again)
     assert chosen == pytest.approx(threshold_interval(y, scores, *policy, units), abs=SCORE_TOL)

@@ -68,7 +68,7 @@ def test_onnx_predict_imports_no_torch_and_gives_the_same_probability(
     [row] = json.loads(out.read_text())
     predictor = Predictor(int8_bundle, backend=backend)
     gray = read_gray(film, target=predictor.card.spec.decode_target)
-    [expected] = predictor.positive(predictor.probabilities(predictor.preprocess([gray])))
+    [expected] = predictor.positive_probability(predictor.probabilities(predictor.preprocess([gray])))
     # the same model and input numbers (test_onnx_inputs_are_to_inputs_numbers), scored in another process, whose
     # thread count may differ from this one's (an xdist worker's): within SCORE_TOL, not bit for bit
     assert row["probability"] == pytest.approx(expected, abs=SCORE_TOL)

@@ -44,8 +44,8 @@ def scores(bundle: Path, data: Path, split: str | None) -> tuple[np.ndarray, np.
     digits, which move a threshold chosen between two films' scores)."""
     predictor = Predictor(bundle, backend="onnx")
     _, images, targets, _ = labelled_records(data, split, get_task("pneumonia"), predictor.card.spec)
-    plain = predictor.positive(predictor.probabilities(images))
-    return binary_targets(targets), plain, predictor.positive(predictor.probabilities(images, tta=True))
+    plain = predictor.positive_probability(predictor.probabilities(images))
+    return binary_targets(targets), plain, predictor.positive_probability(predictor.probabilities(images, tta=True))
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +188,14 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     int8 = Predictor(out, backend="onnx-int8")
     _, images, targets, _ = labelled_records(site, None, get_task("pneumonia"), int8.card.spec)
     y = binary_targets(targets)
-    assert int8.threshold() == choose_threshold(y, int8.positive(int8.probabilities(images)), None)
-    assert int8.threshold(tta=True) == choose_threshold(y, int8.positive(int8.probabilities(images, tta=True)), None)
+    assert int8.threshold() == choose_threshold(y, int8.positive_probability(int8.probabilities(images)), None)
+    assert int8.threshold(tta=True) == choose_threshold(y, int8.positive_probability(int8.probabilities(images, tta=True)), None)
     sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
     assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on site.csv"
     # every figure about the films that chose the thresholds is about the site's films, none left from the export
-    fp32 = Predictor(out, backend="onnx").positive(Predictor(out, backend="onnx").probabilities(images))
+    fp32 = Predictor(out, backend="onnx").positive_probability(Predictor(out, backend="onnx").probabilities(images))
     assert sidecar["int8_thresholds_chosen_on"] == "site.csv" and sidecar["validation_images"] == len(y)
-    assert sidecar["val_auc_int8"] == pytest.approx(roc_auc_score(y, int8.positive(int8.probabilities(images))))
+    assert sidecar["val_auc_int8"] == pytest.approx(roc_auc_score(y, int8.positive_probability(int8.probabilities(images))))
     assert sidecar["val_auc_fp32"] == pytest.approx(roc_auc_score(y, fp32), abs=1e-6)
     assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
     # an INT8 sidecar changed by hand is refused here as --backend onnx-int8 refuses it, not stamped anew

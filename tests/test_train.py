@@ -80,7 +80,7 @@ def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tm
     predictor = Predictor(bundle)
     records, targets = select([r for r in discover(split).records if r.split == "val"], predictor.task)
     cache = build_cache([r.path for r in records], card.spec)
-    views = predictor.positive(predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
+    views = predictor.positive_probability(predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
     assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets), views, 0.9), abs=1e-4)
 
 
@@ -769,7 +769,7 @@ def test_validation_figures_and_threshold_interval_count_copies_of_a_film_as_one
     assert reported["ci_unit"] == "patient" and reported["patients"]["all"] == len(val) - 1
     assert card.val_metrics["patients"]["all"] == len(val) - 1
     predictor = Predictor(bundle)
-    scores = predictor.positive(predictor.probabilities(images))
+    scores = predictor.positive_probability(predictor.probabilities(images))
     expected = threshold_interval(binary_targets(targets), scores, *card.threshold_targets,
                                   patient_groups(val, manifest)[1])
     assert card.threshold_interval == pytest.approx(expected, abs=SCORE_TOL)

@@ -92,7 +92,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
         images = cache.images[cache.rows([r.path for r in records])]
-    second_scores = second.positive(second.probabilities(images, tta=tta))
+    second_scores = second.positive_probability(second.probabilities(images, tta=tta))
     first_threshold, second_threshold = first.threshold(tta), second.threshold(tta)
     probs, called = two_stage_decision(first_scores, second_scores, first_threshold, second_threshold)
     subtypes = [second.task.target(r) for r in records]
@@ -238,7 +238,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
     probs = predictor.probabilities(images, tta=tta)
-    scores = predictor.positive(probs)
+    scores = predictor.positive_probability(probs)
     copies, groups, conflicts = patient_groups(records, data)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)

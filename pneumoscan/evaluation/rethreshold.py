@@ -81,8 +81,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
 
 def _scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The plain and TTA positive scores of one way of scoring."""
-    plain = predictor.positive(predictor.probabilities(images))
-    return plain, predictor.positive(predictor.probabilities(images, tta=True))
+    plain = predictor.positive_probability(predictor.probabilities(images))
+    return plain, predictor.positive_probability(predictor.probabilities(images, tta=True))
 
 
 def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],

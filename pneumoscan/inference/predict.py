@@ -225,7 +225,7 @@ class Predictor:
         out[keep] = probs
         return out, bad
 
-    def positive(self, probs: np.ndarray) -> np.ndarray:
+    def positive_probability(self, probs: np.ndarray) -> np.ndarray:
         """P(positive class) per row (1 - P(normal) for the multiclass task)."""
         return self.task.positive_probability(probs)
 
@@ -266,7 +266,7 @@ class Predictor:
     def reading(self, probabilities: np.ndarray, tta: bool = False) -> dict:
         """One film's class probabilities, (C,), as a reading: :meth:`reading_fields` and the probability of each class
         (the service's batches read them so)."""
-        return {**self.reading_fields(float(self.positive(probabilities[None])[0]), tta),
+        return {**self.reading_fields(float(self.positive_probability(probabilities[None])[0]), tta),
                 "probabilities": {c: float(v) for c, v in zip(self.card.classes, probabilities)}}
 
     def class_fields(self, probabilities: np.ndarray) -> dict[str, float]:
@@ -614,7 +614,7 @@ def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray],
     probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [{"error": NON_FINITE} if broken else
             {**first.reading_fields(float(p), tta), **first.class_fields(row), "warnings": unlike}
-            for p, row, broken, unlike in zip(first.positive(probs), probs, bad, first.content_warnings(images))]
+            for p, row, broken, unlike in zip(first.positive_probability(probs), probs, bad, first.content_warnings(images))]
     if second is not None:
         called = [i for i, row in enumerate(rows) if stages.hands_over(row.get("label"))]
         fields, stage = stage_fields(second.task), f"{second.task.name} stage"
@@ -630,7 +630,7 @@ def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray],
             ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
             if ok:
                 probs, bad = second.finite_probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)
-                for i, p, broken in zip(ok, second.positive(probs), bad):
+                for i, p, broken in zip(ok, second.positive_probability(probs), bad):
                     if broken:
                         rows[i]["error"] = f"{stage}: {NON_FINITE}"
                     else:

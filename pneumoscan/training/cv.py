@@ -209,7 +209,7 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     predictor = Predictor(bundle, batch_size, backend="onnx")
     val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
     probs = predictor.probabilities(images)
-    scores = predictor.positive(probs)
+    scores = predictor.positive_probability(probs)
     figures = fold_figures(binary_targets(targets), scores)
     if decision := task.extra_metrics(targets, probs).get("multiclass"):
         figures |= {key: decision[key] for key in ("accuracy", "balanced_accuracy", "macro_auc")}

@@ -168,9 +168,9 @@ def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
                         val: tuple[list[Record], np.ndarray, np.ndarray]) -> Int8Scores:
     """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets)."""
     records, images, targets = val
-    tta = int8.positive(int8.probabilities(images, tta=True))
+    tta = int8.positive_probability(int8.probabilities(images, tta=True))
     shipped_probs, reference_probs = _shipped_and_fp32(int8, fp32, images)
-    shipped, reference = int8.positive(shipped_probs), fp32.positive(reference_probs)
+    shipped, reference = int8.positive_probability(shipped_probs), fp32.positive_probability(reference_probs)
     y = binary_targets(targets)
     return Int8Scores(y, shipped, tta, patient_groups(records, data)[1], f"the val films of {data}",
                       f"the val films of {Path(data).name}", roc_auc(y, reference),
@@ -194,7 +194,7 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
-    shipped, reference = (p.positive(scored) for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
+    shipped, reference = (p.positive_probability(scored) for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
     return Int8Scores(binary_targets(oof.targets), plain, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
