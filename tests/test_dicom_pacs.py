@@ -19,7 +19,7 @@ from pydicom.uid import (DigitalMammographyXRayImageStorageForProcessing, Digita
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import FOR_PROCESSING
-from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, _session, predict_study
+from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, _recorded, _session, predict_study
 from tests.test_interop import _wado_answer, chest_dicom, hostile_front, running_orthanc
 
 
@@ -110,7 +110,7 @@ def test_the_search_answer_and_the_films_header_are_judged_for_processing_by_one
     """What the search answer says keeps an image For Processing from being retrieved, and what its header says
     refuses it once read: the same rule on the same fields, so that neither lets through what the other stops."""
     data, for_processing = chest_dicom(film, **HEADERS[case]), case != "DX For Presentation"
-    why = _not_scored(search_answer(data))
+    why = _not_scored(_recorded(search_answer(data)))
     assert (why is not None and why.endswith(f": {FOR_PROCESSING}")) == for_processing
     if for_processing:
         with pytest.raises(DecodeError, match=f"^an X-ray image For Processing: {FOR_PROCESSING}$"):
@@ -124,7 +124,7 @@ def test_a_malformed_class_or_intent_in_the_search_answer_leaves_the_decision_to
         film: np.ndarray, tag: str) -> None:  # fmt: skip
     """A field that is no DICOM JSON object ended `pacs` in an AttributeError traceback before any film was read."""
     answer = {**search_answer(chest_dicom(film)), tag: "FOR PROCESSING"}
-    assert _not_scored(answer) is None  # retrieved: its own header decides
+    assert _not_scored(_recorded(answer)) is None  # retrieved: its own header decides
 
 
 @pytest.mark.parametrize(("host", "warned"), [

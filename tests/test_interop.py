@@ -46,10 +46,11 @@ from pneumoscan.data.readers.dicom import OWN_OUTPUT
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.onnx_runtime import weights_digest
-from pneumoscan.inference.predict import format_results, predict_paths
-from pneumoscan.interop.dicomweb import _not_scored, _only_part, _post, _session, read_authorization, unfiled
+from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
+from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _recorded, _session, _stored,
+                                        read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
-from pneumoscan.interop.reports import dicom_multipart, model_identity, write_reports
+from pneumoscan.interop.reports import dicom_multipart, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV
 from pneumoscan.models.card import load_card, save_card
@@ -382,7 +383,8 @@ def test_predict_writes_sr_and_heatmap_sc_in_the_films_study(
         check_sr(pydicom.dcmread(row["dicom_sr"]), source, row["probability"], row["label"], tiny_bundle,
                  row["warnings"])
         sc = pydicom.dcmread(row["dicom_heatmap"])
-        check_sc(sc, source, *model_identity(tiny_bundle), orientation=[])  # the films record no orientation
+        identity = identity_fields(tiny_bundle, "torch")
+        check_sc(sc, source, identity["model_id"], identity["model_version"], orientation=[])  # none recorded
         assert sc.PatientName == source.PatientName and sc.SeriesInstanceUID not in (
             source.SeriesInstanceUID, pydicom.dcmread(row["dicom_sr"]).SeriesInstanceUID)
         np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(row["heatmap"]).convert("RGB")))
@@ -1232,14 +1234,15 @@ NO_ANSWER = 0  # a refusing_front "status": the request is passed through, and t
 
 @contextmanager
 def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
-                   answer_type: str = "application/dicom+json") -> Iterator[tuple[str, dict[int, list]]]:
+                   answer_type: str = "application/dicom+json",
+                   accept: str = "application/dicom+json") -> Iterator[tuple[str, dict[int, list]]]:
     """A DICOMweb front on ``upstream`` that answers STOW-RS request number N with the HTTP status ``refusals[N]``:
     a 409 Conflict with a FailedSOPSequence naming each instance in it (reason 0xC000), as PS3.18 10.5.3 prescribes
     when a PACS stores none of a request's instances, another status with no body, and :data:`NO_ANSWER` by storing
     it upstream and closing the connection without an answer (a PACS that stored, then timed out or crashed); and
-    WADO-RS of instance ``missing`` with 404 (deleted since the search). Other requests pass through; STOW-RS
-    answers say they are ``answer_type``. Yields the front's URL and, by request number, the SOP Instance UIDs it
-    refused."""
+    WADO-RS of instance ``missing`` with 404 (deleted since the search). Other requests pass through, STOW-RS ones
+    asking upstream for an ``accept`` answer; STOW-RS answers say they are ``answer_type``. Yields the front's URL
+    and, by request number, the SOP Instance UIDs it refused."""
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
     refused: dict[int, list[str]] = {}
@@ -1263,7 +1266,7 @@ def refusing_front(upstream: str, refusals: dict[int, int], missing: str = "",
             if status in (None, NO_ANSWER):
                 content, kind = dicom_multipart(parts)
                 answer = httpx.post(f"{root}{self.path}", content=content, timeout=30,
-                                    headers={"Content-Type": kind, "Accept": "application/dicom+json"})
+                                    headers={"Content-Type": kind, "Accept": accept})
                 if status == NO_ANSWER:
                     return  # one request a connection (HTTP/1.0): it closes with no answer
                 status, payload = answer.status_code, answer.content
@@ -1365,6 +1368,41 @@ def test_a_store_answer_with_a_charset_parameter_is_read(orthanc: str, tiny_bund
     with refusing_front(f"{orthanc}/dicom-web", {}, answer_type="application/dicom+json; charset=utf-8") as (url, _):
         row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json")
     assert len(row["stored"]) == 2 and set(row["stored"]) <= _held(orthanc, study) and row["warnings"] == []
+
+
+XML = "application/dicom+xml"  # PS3.19's Native DICOM Model, which a PACS may answer STOW-RS in whatever is asked
+
+
+def test_a_store_answer_in_xml_counts_what_the_pacs_stored(tiny_bundle: Path, film: np.ndarray, tmp_path: Path) -> None:
+    """A real Orthanc answering in XML, storing the SR and failing the overlay: the SR is counted stored and the
+    overlay not confirmed, as from its JSON answer (every report had been counted unconfirmed, exit status 1 all
+    the same)."""
+    study = generate_uid()
+    upload = chest_dicom(film, StudyInstanceUID=study)
+    with running_orthanc(tmp_path / "orthanc", lua=REFUSE_OVERLAYS) as root:
+        assert httpx.post(f"{root}/instances", content=upload, timeout=30).status_code == 200
+        with refusing_front(f"{root}/dicom-web", {}, answer_type=XML, accept=XML) as (url, _):
+            row = _pacs_store(tiny_bundle, url, study, tmp_path / "pacs.json", status=1)
+        held = _held(root, study)
+    [sr_uid] = held - {pydicom.dcmread(io.BytesIO(upload)).SOPInstanceUID}
+    assert row["stored"] == [sr_uid] and len(row["not_stored"]) == 1 and row["not_stored"][0] not in held
+    [warning] = row["warnings"]
+    assert warning.startswith("the PACS did not confirm storing the Grad-CAM Secondary Capture ")
+
+
+def test_a_refusal_in_xml_names_each_instances_reason(orthanc: str, film: np.ndarray) -> None:
+    """Orthanc's 409 in XML (instances of another study than the request's; the answer names no media type): each
+    instance is refused with its reason, as from a JSON answer (it had been 'no reason given')."""
+    parts = [chest_dicom(film) for _ in range(2)]  # each of a study of its own
+    body, kind = dicom_multipart(parts)
+    answer = requests.post(f"{orthanc}/dicom-web/studies/{generate_uid()}", data=body, timeout=30,
+                           headers={"Content-Type": kind, "Accept": XML})
+    assert answer.status_code == 409 and answer.content.startswith(b"<?xml")
+    sent = {pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID: "DICOM SR" for part in parts}
+    row: dict = {}
+    assert _stored(_answer(answer), sent, row, "HTTP 409 Conflict") == [] and row["not_stored"] == list(sent)
+    assert row["warnings"] == [f"the PACS refused the DICOM SR {uid} (0x0110: processing failure; HTTP 409 Conflict): "
+                               "it is not stored" for uid in sent]
 
 
 def test_a_scored_film_without_a_filed_report_fails_the_command(
@@ -1621,8 +1659,10 @@ def test_predict_tta_reports_are_other_reports_than_plain_ones(tiny_bundle: Path
 def test_a_malformed_view_in_the_search_answer_leaves_the_decision_to_the_films_own_header(field: object) -> None:
     """It ended `pacs` in a TypeError or KeyError traceback before any film was read."""
     dx = {"00080060": {"vr": "CS", "Value": ["DX"]}}
-    assert _not_scored({**dx, "00185101": field}) is None  # retrieved; its own header's scope warnings then apply
-    assert _not_scored({**dx, "00185101": {"vr": "CS", "Value": ["LL"]}}).startswith("lateral view (LL)")
+    # retrieved; its own header's scope warnings then apply
+    assert _not_scored(_recorded({**dx, "00185101": field})) is None
+    lateral = _recorded({**dx, "00185101": {"vr": "CS", "Value": ["LL"]}})
+    assert _not_scored(lateral).startswith("lateral view (LL)")
 
 
 def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key(

@@ -11,24 +11,27 @@ films are written to a private temporary folder for the prediction run and delet
 SOP Instance UID, never by patient. Credentials (an Authorization header, or user:password in the URL, taken out of
 it) go to the HTTP session only: never into a row, a message or a log; a URL with a query string or a fragment (a
 token there would be shown, and broke every request's URL) is refused. STOW-RS requests are sent here, not by
-dicomweb-client, so that a retry sends the whole message again and an answer is read whatever parameters its media
-type carries; a film whose request gets no answer at all is marked, and the others go on. WADO-RS is requested here
-too, so that a film's answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time (:data:`RETRIEVE_S`), checked
-to be the instance asked for, and, when it is none or malformed, that instance's error only. No redirect is
-followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and all, to another host).
+dicomweb-client, so that a retry sends the whole message again and an answer is read, in DICOM JSON or XML,
+whatever its media type says; a film whose request gets no answer at all is marked, and the others go on. WADO-RS
+is requested here too, so that a film's answer is capped in size (:data:`MAX_INSTANCE_BYTES`) and time
+(:data:`RETRIEVE_S`), checked to be the instance asked for, and, when it is none or malformed, that instance's error
+only. No redirect is followed: a 3xx is an error naming where it pointed (a 307 had sent a report, patient and all,
+to another host).
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import math
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
+from xml.etree import ElementTree
 
 import pydicom
 import requests
@@ -69,7 +72,7 @@ ATTEMPTS, FIRST_WAIT_S = 3, 1.0
 _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
-_CLASS, _ROWS, _BODY, _VIEW = "00080016", "00280010", "00180015", "00185101"  # SOPClassUID, Rows, body part, view
+_CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
@@ -80,6 +83,8 @@ _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x
              0xC122: "transfer syntax not supported"}  # fmt: skip
 _WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
              0xB007: "data set does not match SOP class"}  # fmt: skip
+# the VRs whose values DICOM JSON writes as numbers, which the XML of a STOW-RS answer writes as text
+_NUMBERS = {**dict.fromkeys(("US", "UL", "SS", "SL", "UV", "SV"), int), **dict.fromkeys(("FL", "FD"), float)}
 
 
 def _value(item: dict, tag: str) -> str:
@@ -159,11 +164,48 @@ def _answer(response: requests.Response) -> Dataset:
     """A STOW-RS answer's Store Instances Response (PS3.18 10.5.3: a 409 or 400 carries the FailedSOPSequence with
     each instance's reason), read as the DICOM JSON it was asked for whatever its Content-Type's parameters say
     (dicomweb-client matched the media type exactly, and dropped an ``application/dicom+json; charset=utf-8``
-    answer: every report stored was counted unconfirmed); empty when the body is none or no DICOM JSON."""
+    answer: every report stored was counted unconfirmed), or as XML when the body is XML: a PACS may answer in XML
+    whatever is asked (PS3.19's Native DICOM Model, ``application/dicom+xml``; Orthanc's 409 in XML names no media
+    type), and every report it stored had been counted unconfirmed. Empty when the body is none or neither."""
+    body = response.content.removeprefix(codecs.BOM_UTF8).lstrip()
     try:
+        if body.startswith(b"<"):  # expat refuses a "billion laughs" answer; ElementTree fetches no external entity
+            return Dataset.from_json(_native_json(ElementTree.fromstring(body)))
         return Dataset.from_json(response.json())
-    except (ValueError, TypeError, KeyError, AttributeError):  # no body, or not a DICOM JSON one
+    except (ValueError, TypeError, KeyError, AttributeError, ElementTree.ParseError):  # not DICOM JSON nor XML
         return Dataset()
+
+
+def _named(parent: ElementTree.Element, name: str) -> list[ElementTree.Element]:
+    """``parent``'s child elements called ``name``, in the Native DICOM Model's namespace or in none."""
+    return [child for child in parent if child.tag.rpartition("}")[2] == name]
+
+
+def _native_value(vr: str, text: str | None) -> str | int | float | None:
+    """A Value element's text as DICOM JSON writes it: a number for a binary VR (:data:`_NUMBERS`; none, JSON's null,
+    when empty), else the text."""
+    text = (text or "").strip()
+    if vr not in _NUMBERS:
+        return text
+    return _NUMBERS[vr](text) if text else None
+
+
+def _native_json(dataset: ElementTree.Element) -> dict:
+    """A dataset of PS3.19's Native DICOM Model (XML) as DICOM JSON (PS3.18 F.2, the same model), for pydicom to
+    read as it reads a JSON answer: each attribute's values, numbers of a binary VR as numbers, and each sequence's
+    items (Orthanc writes an empty Value beside each item: passed over). What a Store Instances Response holds
+    (UIDs, status codes, URLs) is read whole; a person name, inline binary or bulk data would be read empty, and an
+    attribute without a tag is left out."""
+    found = {}
+    for attribute in _named(dataset, "DicomAttribute"):
+        vr, tag = attribute.get("vr", ""), attribute.get("tag")
+        if vr == "SQ":
+            values: list = [_native_json(item) for item in _named(attribute, "Item")]
+        else:
+            values = [_native_value(vr, value.text) for value in _named(attribute, "Value")]
+        if tag:
+            found[tag] = {"vr": vr, **({"Value": values} if values else {})}
+    return found
 
 
 def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.Response:
@@ -172,6 +214,7 @@ def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.R
     had sent nothing). A refusal raises ``requests.HTTPError``, no answer at all another
     ``requests.RequestException``."""
     body, content_type = dicom_multipart(parts)
+    # JSON alone: Orthanc's DICOMweb plugin 1.7 logs an error for an Accept that lists XML too (_answer reads XML)
     headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
     response = session.post(url, data=body, headers=headers, timeout=TIMEOUT_S)
     response.raise_for_status()
@@ -221,12 +264,12 @@ def _only_part(body: bytes, content_type: str) -> bytes:
     return content.removesuffix(b"\r\n")
 
 
-def _recorded(item: dict, tags: Iterable[str] | None = None) -> Dataset:
-    """An instance of the QIDO-RS answer (its fields of ``tags``, else all of them) as a dataset, so that the rules by
-    which a film's own header is read decide on it the same way. A field DICOM JSON cannot read is left out: the
-    film's header decides on it once retrieved."""
+def _recorded(item: dict) -> Dataset:
+    """An instance of the QIDO-RS answer as a dataset, read once, so that the rules by which a film's own header is
+    read decide on it the same way. A field DICOM JSON cannot read is left out: the film's header decides on it once
+    retrieved."""
     recorded = Dataset()
-    for tag in item if tags is None else [t for t in tags if t in item]:
+    for tag in item:
         try:
             recorded.update(Dataset.from_json({tag: item[tag]}))
         except Exception:  # a malformed field: pydicom raises whatever its parsing meets
@@ -234,14 +277,13 @@ def _recorded(item: dict, tags: Iterable[str] | None = None) -> Dataset:
     return recorded
 
 
-def _not_scored(item: dict) -> str | None:
-    """Why an instance of the QIDO-RS answer is not scored, None when it is a radiograph (Modality CR or DX, or the
-    "DR" some devices write, or a CR/DX SOP class) that the answer does not record as For Processing, another body
-    part or a view that is not frontal. A scanned form, a dose screen or a CT is no chest film, nor is the lateral
-    film of a two-view study a frontal one: a coded finding on it would be a confident answer the model cannot give
-    (:func:`~pneumoscan.data.scope.outside_scope`; a PACS that leaves those fields out of its answer has the film
-    scored, and its report refused, by the same rule)."""
-    recorded = _recorded(item)
+def _not_scored(recorded: Dataset) -> str | None:
+    """Why an instance of the QIDO-RS answer (as :func:`_recorded` reads it) is not scored, None when it is a
+    radiograph (Modality CR or DX, or the "DR" some devices write, or a CR/DX SOP class) that the answer does not
+    record as For Processing, another body part or a view that is not frontal. A scanned form, a dose screen or a CT
+    is no chest film, nor is the lateral film of a two-view study a frontal one: a coded finding on it would be a
+    confident answer the model cannot give (:func:`~pneumoscan.data.scope.outside_scope`; a PACS that leaves those
+    fields out of its answer has the film scored, and its report refused, by the same rule)."""
     if (marked := for_processing(recorded)) is not None:  # the raw values of an exposure whose film is another image
         return f"{marked}: {FOR_PROCESSING}"
     modality = str(recorded.get("Modality") or "").strip().upper()
@@ -250,8 +292,10 @@ def _not_scored(item: dict) -> str | None:
         kind = UID(sop_class).name if sop_class else "SOP class not given"
         return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
                 "X-ray films only")
-    # the size is not in the answer: given as large enough, so that only what the header records is checked
-    warnings = scope_warnings(_recorded(item, (_BODY, _VIEW)), MIN_SIDE, MIN_SIDE)
+    # its body part and view alone: its modality and class are judged above (the "DR" some devices write included),
+    # and the rest is the film's own header's to judge; the size is not in the answer: given as large enough
+    header = Dataset({recorded[k].tag: recorded[k] for k in ("BodyPartExamined", "ViewPosition") if k in recorded})
+    warnings = scope_warnings(header, MIN_SIDE, MIN_SIDE)
     return "; ".join(w for w, _ in outside_scope(warnings)) or None
 
 
@@ -368,9 +412,10 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
         series, sop = _value(item, _SERIES), _value(item, _SOP)
         where = f"{root}/studies/{study_uid}/series/{series}/instances/{sop}"
         row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
-        if is_own_output(_recorded(item)):  # our reports and overlays: not films, no row
+        recorded = _recorded(item)  # read once, for every rule that decides on the search answer
+        if is_own_output(recorded):  # our reports and overlays: not films, no row
             continue
-        why = _not_scored(item)
+        why = _not_scored(recorded)
         if why is not None:
             if _ROWS in item:  # an image: said, not scored; a report or key object is no image at all
                 log.info("not scored: %s: %s", where, why)

@@ -1,8 +1,9 @@
 """``pneumoscan predict --dicom-sr DIR --fhir DIR``: each result row written as a DICOM SR (plus the Grad-CAM overlay
 as a Secondary Capture when heatmaps were made) and as a FHIR Observation, the file names recorded in the row.
 
-The report builders (:mod:`.sr`, :mod:`.fhir`) are imported when reports are written: the model's identity is also
-what the web service states, and it need not load highdicom and fhir.resources for it."""
+The report builders (:mod:`.sr`, :mod:`.fhir`) are imported when reports are written: checking that a bundle can
+report, before any film is read, and framing a multipart body for the web service need not load highdicom and
+fhir.resources."""
 
 from __future__ import annotations
 
@@ -23,13 +24,6 @@ from pneumoscan.models.card import BundleCard, card_task, load_card
 from .uids import uid_root
 
 log = logging.getLogger(__name__)
-
-
-def model_identity(bundle: Path | str, backend: str = "torch") -> tuple[str, str]:
-    """(name, version) as reports state them: the pair predict's rows and the web service's answers carry
-    (:func:`~pneumoscan.inference.predict.identity_fields`)."""
-    identity = identity_fields(bundle, backend)
-    return identity["model_id"], identity["model_version"]
 
 
 def check_reportable(bundle: Path | str, dicom: bool = True) -> None:
@@ -116,7 +110,8 @@ def write_reports(
 
     check_reportable(bundle, dicom=sr_dir is not None)
     card = load_card(bundle)
-    name, version = model_identity(bundle, backend)  # the backend that scored the rows
+    identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
+    name, version = identity["model_id"], identity["model_version"]
     mode = scoring_mode(backend, tta)
     folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
     for folder in folders:
