@@ -94,7 +94,8 @@ def worst_uploads(limit_mb: float) -> dict[str, bytes]:
 
 
 def xrays(n: int = 32) -> list[bytes]:
-    paths = sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[: n // 2] + sorted((DATA / "val").rglob("*.jpeg"))[: n // 2]
+    paths = (sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[: n // 2]
+             + sorted((DATA / "val").rglob("*.jpeg"))[: n // 2])
     assert paths, f"no X-rays under {DATA}"
     return [p.read_bytes() for p in paths]
 
@@ -287,7 +288,8 @@ def main() -> int:
             r = httpx.post(f"{url}/v1/predict", files={"file": ("x.jpeg", images[0], "image/jpeg")}, timeout=600)
             recovery = time.perf_counter() - start
             results["recovery_s"] = recovery
-            print(f"after the floods, a plain prediction was answered ({r.status_code}) in {recovery:.1f} s", flush=True)
+            print(f"after the floods, a plain prediction was answered ({r.status_code}) in {recovery:.1f} s",
+                  flush=True)
             log_mb = log.stat().st_size / MB
             print(f"server log: {log_mb:.2f} MB, {sum(1 for _ in log.open('rb'))} lines, "
                   f"{log.read_text(errors='replace').count('Traceback')} tracebacks")

@@ -33,7 +33,8 @@ FAULTS: dict[str, Change] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", help="gives the preprocessing (size, source matching)")
-    parser.add_argument("data", help="the run's split.csv: its train films fit the appearance, its val films are scored")
+    parser.add_argument("data",
+                        help="the run's split.csv: its train films fit the appearance, its val films are scored")
     args = parser.parse_args()
     card = load_card(args.bundle)
     task = get_task(card.task)

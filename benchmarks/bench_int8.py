@@ -56,7 +56,8 @@ def main(bundle: Path, split_csv: Path) -> None:
     fp32, int8 = (Predictor(bundle, BATCH, backend) for backend in ("onnx", "onnx-int8"))
     images, targets, _ = labelled_images(split_csv, "val", get_task(fp32.card.task), fp32.card.spec)
     y = binary_targets(targets)
-    print(f"{bundle}: {fp32.card.model} {fp32.card.size} px, {len(y)} validation films, {THREADS} threads, batch {BATCH}")
+    print(f"{bundle}: {fp32.card.model} {fp32.card.size} px, {len(y)} validation films, {THREADS} threads, "
+          f"batch {BATCH}")
     print(f"{'backend':<10} {'images/s':>9} {'val AUC':>8} {'threshold':>9} {'sens':>6} {'spec':>6}")
     speed = {}
     for name, predictor in (("onnx", fp32), ("onnx-int8", int8)):

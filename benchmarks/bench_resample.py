@@ -21,7 +21,8 @@ from PIL import Image
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import match_source
 
-BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.25), (0.25, 0.3), (0.3, 0.35), (0.35, 0.4), (0.4, 0.45), (0.45, 0.5))
+BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.25), (0.25, 0.3), (0.3, 0.35), (0.35, 0.4), (0.4, 0.45),
+         (0.45, 0.5))
 REFERENCE = 1  # index of the band the others are relative to
 FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -57,7 +58,8 @@ def main() -> None:
         rows = {f"train/ ({len(picked)} files)": [band_profile(read_gray(p)) for p in picked]}
         originals = [read_gray(p, target=224) for p in sorted((Path(args.data) / "val" / label).glob("*.jpeg"))]
         for name, resample in FILTERS.items():
-            rows[f"val/ ({len(originals)}) {name}"] = [band_profile(match_source(g, 224, 75, resample)) for g in originals]
+            rows[f"val/ ({len(originals)}) {name}"] = [band_profile(match_source(g, 224, 75, resample))
+                                                       for g in originals]
         for name, profiles in rows.items():
             print(f"{label:<10} {name:<22} " + " ".join(f"{v:9.2f}" for v in np.median(profiles, axis=0)))
 

@@ -5,9 +5,9 @@ heatmaps.
 Run: ``python benchmarks/bench_serve.py`` (X-rays from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
 The model is efficientnet_lite0 (the project's default) with random weights, saved as a bundle in a temp
 dir: weights do not change the speed. It is measured at 224 and at 192 px, with the torch and the ONNX Runtime
-backend (exported into the bundle first, as `pneumoscan export` does, so the server starts at once). Each level is bounded in time
-(--seconds) and count (--max-requests). The server runs in its own process, but the clients share the same
-cores, and on a shared machine every figure moves with whatever else is running: the load average is printed
+backend (exported into the bundle first, as `pneumoscan export` does, so the server starts at once). Each level is
+bounded in time (--seconds) and count (--max-requests). The server runs in its own process, but the clients share the
+same cores, and on a shared machine every figure moves with whatever else is running: the load average is printed
 next to each row. Exit status 1 when any request was dropped or answered other than 200.
 """
 
@@ -52,7 +52,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, backend: str, port: int, log: Path, extra: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
+def start_server(bundle: Path, backend: str, port: int, log: Path,
+                 extra: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
     """`pneumoscan serve` of this checkout on 127.0.0.1 (``extra``: more serve options), once /healthz answers."""
     command = [sys.executable, "-m", "pneumoscan", "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port),
                "--backend", backend, *extra]
@@ -126,7 +127,8 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=1000, help="per concurrency level")
     args = parser.parse_args()
 
-    files = sorted((DATA / "train" / "NORMAL").glob("*.jpeg"))[:8] + sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[:8]
+    files = (sorted((DATA / "train" / "NORMAL").glob("*.jpeg"))[:8]
+             + sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[:8])
     if not files:
         raise SystemExit(f"no X-rays under {DATA}/train (set PNEUMOSCAN_DATA)")
     images = [f.read_bytes() for f in files]
@@ -151,17 +153,19 @@ def main() -> int:
                         failures += row["non_200"] + row["dropped"]
                         if row["rps"] >= TARGET_RPS and row["p95"] < TARGET_P95_MS:
                             met.setdefault((size, backend), []).append(clients)
-                        print(f"{size:>4} {backend:>7} {clients:>7} {row['requests']:>8} {row['rps']:>7.1f} {row['p50']:>7.0f} "
-                              f"{row['p95']:>7.0f} {row['non_200']:>7} {row['5xx']:>4} {row['dropped']:>7} "
-                              f"{os.getloadavg()[0]:>8.2f}", flush=True)
+                        print(f"{size:>4} {backend:>7} {clients:>7} {row['requests']:>8} {row['rps']:>7.1f} "
+                              f"{row['p50']:>7.0f} {row['p95']:>7.0f} {row['non_200']:>7} {row['5xx']:>4} "
+                              f"{row['dropped']:>7} {os.getloadavg()[0]:>8.2f}", flush=True)
                 finally:
                     server.terminate()
                     server.wait(timeout=30)
     for size in args.sizes:
         for backend in args.backends:
             where = ", ".join(map(str, met.get((size, backend), []))) or "none"
-            print(f"target >= {TARGET_RPS:g} req/s at p95 < {TARGET_P95_MS:g} ms, {size} px {backend}: met at clients = {where}")
-    print("all answered 200: zero 5xx, zero dropped" if not failures else f"FAILED: {failures} requests not answered 200")
+            print(f"target >= {TARGET_RPS:g} req/s at p95 < {TARGET_P95_MS:g} ms, {size} px {backend}: "
+                  f"met at clients = {where}")
+    print("all answered 200: zero 5xx, zero dropped" if not failures
+          else f"FAILED: {failures} requests not answered 200")
     return 1 if failures else 0
 
 

@@ -56,7 +56,8 @@ def jpeg(quality: int) -> Change:
 
 
 def low_resolution(side: int) -> Change:
-    return pillow(lambda im: im.resize((side, side), Image.Resampling.BICUBIC).resize(im.size, Image.Resampling.BICUBIC))
+    return pillow(lambda im: im.resize((side, side), Image.Resampling.BICUBIC)
+                             .resize(im.size, Image.Resampling.BICUBIC))
 
 
 CHANGES: dict[str, Change] = {
@@ -97,7 +98,8 @@ def main() -> None:
         changed = np.stack([change(a) for a in images])
         p = predictor.positive_probability(predictor.probabilities(changed))
         m = binary_metrics(y, p, card.threshold)
-        print(f"| {name} | {roc_auc_score(y, p):.4f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} | {p[y == 0].mean():.3f} |")
+        print(f"| {name} | {roc_auc_score(y, p):.4f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} "
+              f"| {p[y == 0].mean():.3f} |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Run: ``python benchmarks/cv_candidates.py BASELINE_CV CANDIDATE_CV [CANDIDATE_CV ...]``, each a finished
 ``pneumoscan cv --out`` folder made with the same ``--folds`` and ``--seed`` (so fold K holds the same films in
-every run; anything else is refused). A baseline or candidate ``CV_A+CV_B[+...]`` is those runs as ``pneumoscan ensemble --cv
-CV_A CV_B ...`` scores them out of fold: each film's calibrated logit (from ``oof.csv``) averaged over the runs,
+every run; anything else is refused). A baseline or candidate ``CV_A+CV_B[+...]`` is those runs as ``pneumoscan ensemble
+--cv CV_A CV_B ...`` scores them out of fold: each film's calibrated logit (from ``oof.csv``) averaged over the runs,
 which says whether recipes err on different films (its minutes are the runs' added).
 
 Figures per run: mean (SD) over the folds of the AUC and of the specificity at sensitivity 0.97 (``cv.json``);
@@ -98,7 +98,8 @@ def main(base_spec: str, candidates: list[str]) -> None:
     for spec in [base_spec, *candidates]:
         run = base if spec == base_spec else load_run(spec)
         if folds_of(run) != folds_of(base):
-            sys.exit(f"{spec}: not the baseline's task and folds (same --task, --folds and --seed on the same data are needed)")
+            sys.exit(f"{spec}: not the baseline's task and folds (same --task, --folds and --seed on the same data "
+                     "are needed)")
         row = f"{run['name']:<44}"
         for key in ("auc", SPEC):
             s = run["summary"][key]

@@ -140,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     augment = {k: v for k, v in (("zoom_range", args.zoom_range), ("vflip", args.vflip), ("fill_mode", args.fill_mode))
                if v is not None}
     if args.no_augment and augment:
-        raise ValueError(f"--no-augment turns augmentation off: drop {', '.join('--' + k.replace('_', '-') for k in augment)}")
+        raise ValueError("--no-augment turns augmentation off: drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in augment)}")
     cfg.augment = Augment.off() if args.no_augment else dataclasses.replace(cfg.augment, **augment)
     if args.print_config:
         sys.stdout.write(cfg.to_yaml())
@@ -506,7 +507,8 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", help="write class balance + sample grid PNG here")
     p.add_argument("--augmented", type=_positive(int), metavar="N",
                    help="also draw N training films after the training augmentation, as the model sees them")
-    p.add_argument("--augmented-out", default="augmented.png", help="with --augmented: the grid PNG (default augmented.png)")
+    p.add_argument("--augmented-out", default="augmented.png",
+                   help="with --augmented: the grid PNG (default augmented.png)")
     p.add_argument("--config", help="with --augmented: a train YAML whose augment, image_size and seed to show "
                                     "(default: the default recipe)")
 
@@ -547,7 +549,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--fill-mode", FILL_MODES, "fill mode",
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
-    p.add_argument("--init", metavar="BUNDLE", help="start from this bundle's weights (same --model) instead of ImageNet")
+    p.add_argument("--init", metavar="BUNDLE",
+                   help="start from this bundle's weights (same --model) instead of ImageNet")
     p.add_argument("--teacher", action="append", metavar="BUNDLE",
                    help="distil: also learn this bundle's calibrated probabilities (repeatable: their average; an "
                         "ensemble bundle is one teacher); it must not have trained on the validation films")
@@ -559,7 +562,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
             help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
                  "RUN/tensorboard, or an MLflow run (RUN/mlflow.db unless --tracking-uri)")
     p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit (no training)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit (no training)")
 
 
 def _cv_args(p: argparse.ArgumentParser) -> None:
@@ -629,8 +633,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
             help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
                  "model (export --int8), which answers no heatmaps (422); Grad-CAM runs in torch")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="file holding the API key that every request but the page, /healthz and /openapi.json must send "
-                        "(default: env PNEUMOSCAN_API_KEY; none)")
+                   help="file holding the API key that every request but the page, /healthz and /openapi.json must "
+                        "send (default: env PNEUMOSCAN_API_KEY; none)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without an API key (only behind a proxy that authenticates)")
     p.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST]",
@@ -645,7 +649,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="prediction requests in the service at once; more get 503 + Retry-After (default 32)")
     p.add_argument("--heatmap-lane", type=_positive(int),
                    help="Grad-CAM heatmaps computed at once, on their own threads; 4x as many may wait (default 1)")
-    p.add_argument("--body-timeout", type=_positive(float), help="seconds for a whole upload to arrive, else 408 (default 60)")
+    p.add_argument("--body-timeout", type=_positive(float),
+                   help="seconds for a whole upload to arrive, else 408 (default 60)")
     p.add_argument("--header-timeout", type=_positive(float),
                    help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
     p.add_argument("--shutdown-grace", type=_positive(float),
@@ -657,7 +662,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
     p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
-                   help="onnx (default) is several times faster on CPU than torch; onnx-int8 uses the bundle's INT8 model")
+                   help="onnx (default) is several times faster on CPU than torch; onnx-int8 uses the bundle's INT8 "
+                        "model")
     p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
     p.add_argument("--etiology", help="second-stage bundle (bacteria vs virus, or a task of your own that follows the "
@@ -689,8 +695,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
-                   help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on --data's "
-                        "train films, its thresholds chosen again on --data's val films")
+                   help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on "
+                        "--data's train films, its thresholds chosen again on --data's val films")
     p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits "
                                   "whose val films the model did not train on)")
     p.add_argument("--cv", nargs="+", metavar="DIR",
@@ -707,15 +713,19 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 
 # each command: its name, its one-line help, the function that adds its options, the function that runs it
-COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]], ...] = (
+COMMANDS: tuple[
+    tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]], ...
+] = (
     ("audit", "class balance, sizes, unreadable files, duplicates, patient overlap", _audit_args, cmd_audit),
     ("split", "patient-grouped train/val split of everything but test, as a CSV manifest", _split_args, cmd_split),
     ("cache", "preprocess a dataset into the image cache ahead of evaluate", _cache_args, cmd_cache),
     ("train", "train a model and write RUN/bundle", _train_args, cmd_train),
-    ("cv", "patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread", _cv_args, cmd_cv),
+    ("cv", "patient-grouped k-fold cross-validation of a recipe: out-of-fold scores, mean and spread",
+     _cv_args, cmd_cv),
     ("evaluate", "metrics, CIs, curves, predictions and an HTML report for a bundle on labelled images",
      _evaluate_args, cmd_evaluate),
-    ("compare", "runs side by side: one table of validation figures, ROC curves on one plot", _compare_args, cmd_compare),
+    ("compare", "runs side by side: one table of validation figures, ROC curves on one plot",
+     _compare_args, cmd_compare),
     ("threshold", "choose a new operating threshold on labelled data, written as a new bundle", _threshold_args,
      cmd_threshold),
     ("ensemble", "one bundle averaging several bundles' calibrated logits, with its own temperature and thresholds",
@@ -755,7 +765,8 @@ def _reason(error: OSError | ValueError) -> str:
     if not (isinstance(error, OSError) and error.strerror):
         return str(error)
     text = error.strerror[0].lower() + error.strerror[1:]
-    names = [str(n) if isinstance(n, int) else os.fsdecode(n) for n in (error.filename, error.filename2) if n is not None]
+    names = [str(n) if isinstance(n, int) else os.fsdecode(n)
+             for n in (error.filename, error.filename2) if n is not None]
     return f"{' -> '.join(names)}: {text}" if names else text
 
 

@@ -2,8 +2,8 @@
 
 Every output the package writes (results, reports, figures, manifests, heatmaps, checkpoints, ONNX exports, cache
 indexes) goes through :func:`write_atomic` (:func:`write_csv` for a table), and a bundle is built as a folder
-beside its final name (:func:`building`): the data lands in a temporary file in the same folder, is flushed to disk, and is
-renamed over the final name; the folder is then flushed too, so the rename survives a power cut. A full disk or a
+beside its final name (:func:`building`): the data lands in a temporary file in the same folder, is flushed to disk, and
+is renamed over the final name; the folder is then flushed too, so the rename survives a power cut. A full disk or a
 crash mid-write leaves the previous file (or none) under the final name, never a truncated one.
 
 A results file that a run replaces is first checked to be the one that was there when the run began

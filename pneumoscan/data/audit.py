@@ -264,7 +264,8 @@ def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192,
         for i, rec in enumerate(picks):
             pixels = torch.from_numpy(resize(read_gray(rec.path, target=size), size, policy))[None]
             shown = (transform(pixels)[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            grid.paste(Image.fromarray(shown).convert("RGB"), (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
+            grid.paste(Image.fromarray(shown).convert("RGB"),
+                       (gap + (i % cols) * (size + gap), gap + (i // cols) * (size + gap)))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     image_format = Image.registered_extensions().get(out_png.suffix.lower())

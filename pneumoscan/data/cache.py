@@ -359,10 +359,12 @@ def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
         if shape[1:] != (spec.size, spec.size):
             raise ValueError(f"holds {shape[1:]} images, not {spec.size} px")
         if os.path.getsize(array_path) != int(np.prod(shape)):
-            raise ValueError(f"{array_path.name} has {os.path.getsize(array_path):,} bytes, not {int(np.prod(shape)):,}")
+            raise ValueError(f"{array_path.name} has {os.path.getsize(array_path):,} bytes, "
+                             f"not {int(np.prod(shape)):,}")
         with array_path.open("rb") as f:
             if hashlib.file_digest(f, "sha256").hexdigest() != checksum:
-                raise ValueError(f"{array_path.name} is damaged: its SHA-256 differs from the one recorded when it was built")
+                raise ValueError(f"{array_path.name} is damaged: its SHA-256 differs from the one recorded when it "
+                                 "was built")
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("image cache %s in %s is unusable (%s): rebuilding it", key, cache_dir, e)
         return None

@@ -93,9 +93,10 @@ def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
 
 
 def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
-    """Decode to a uint8 H x W grayscale array. With ``target`` a larger image is reduced (:func:`~pneumoscan.data.pixels.reduce`) to a
-    short side still above target, the same way whatever its format, so the same pixels give the same score as
-    JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's magic (see :func:`_check_source`).
+    """Decode to a uint8 H x W grayscale array. With ``target`` a larger image is reduced
+    (:func:`~pneumoscan.data.pixels.reduce`) to a short side still above target, the same way whatever its format, so
+    the same pixels give the same score as JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's
+    magic (see :func:`_check_source`).
 
     Every reader's pixels pass here, so this is where a blank image (one grey level: a failed export, all-zero
     pixel data, a DICOM window beside the film's values) is refused: a model shown a uniform square still answers

@@ -172,7 +172,8 @@ def patient_folds(
     fold = np.zeros(len(records), dtype=np.int64)
     for unit in units:
         add = Counter(_stratum(records[i]) for i in unit)
-        f = min(range(k), key=lambda j: (sum((filled[j][key] - share[key]) / share[key] * n for key, n in add.items()), j))
+        f = min(range(k),
+                key=lambda j: (sum((filled[j][key] - share[key]) / share[key] * n for key, n in add.items()), j))
         filled[f].update(add)
         fold[unit] = f
     labels = Counter(r.label for r in records)
@@ -218,8 +219,8 @@ def warn_conflicts(conflicts: Sequence[dict]) -> None:
     validation, and a figure on it scores the model against a label that may be wrong."""
     if conflicts:
         first = conflicts[0]
-        log.warning("%d label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. %s (%s); "
-                    "kept as labelled: check them (`pneumoscan audit DATA` lists them all)",
+        log.warning("%d label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. %s "
+                    "(%s); kept as labelled: check them (`pneumoscan audit DATA` lists them all)",
                     len(conflicts), " | ".join(map(shown, first["paths"])), first["reason"])
 
 

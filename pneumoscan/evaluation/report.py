@@ -158,7 +158,8 @@ def _confusion_table(cm: dict[str, Any], names: Sequence[str], caption: str) -> 
 
 
 def _image_html(png: bytes, caption: str) -> str:
-    return f'<figure><img src="{png_data_url(png)}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+    return (f'<figure><img src="{png_data_url(png)}" alt="{_esc(caption)}">'
+            f'<figcaption>{_esc(caption)}</figcaption></figure>')
 
 
 def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:

@@ -95,7 +95,8 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     for hook in hooks:
         hook.remove()
     for name, conv in same.items():
-        ph, pw = (get_same_padding(side, k, s, d) for side, k, s, d in zip(sides[name], conv.kernel_size, conv.stride, conv.dilation))
+        ph, pw = (get_same_padding(side, k, s, d)
+                  for side, k, s, d in zip(sides[name], conv.kernel_size, conv.stride, conv.dilation))
         plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
                                 conv.groups, conv.bias is not None)  # fmt: skip
         plain.load_state_dict(conv.state_dict())
@@ -115,8 +116,9 @@ def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
         # the exporter's note that it left a strided slice unfolded: the graph is right, and checked against torch
         warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(
-            _fixed_padding(model, size), (torch.zeros(1, 1, size, size),), dest, input_names=[INPUT], output_names=[OUTPUT],
-            opset_version=OPSET, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
+            _fixed_padding(model, size), (torch.zeros(1, 1, size, size),), dest, input_names=[INPUT],
+            output_names=[OUTPUT], opset_version=OPSET, dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            dynamo=False,
         )  # fmt: skip
 
 
@@ -167,8 +169,8 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
                           "JPEG-compressed at source_quality; null: no such step",
         "decode_target": card.spec.decode_target,
         "preprocessing": (
-            "8-bit grayscale film (a DICOM windowed, a 16-bit PNG stretched from its minimum to its maximum); blocks of "
-            "n x n pixels averaged (Pillow's Image.reduce(n)), n = (short side - 1) // decode_target, when n >= 2; "
+            "8-bit grayscale film (a DICOM windowed, a 16-bit PNG stretched from its minimum to its maximum); blocks "
+            "of n x n pixels averaged (Pillow's Image.reduce(n)), n = (short side - 1) // decode_target, when n >= 2; "
             "then source_size and source_quality as source_meaning says; then resized to size x size with Pillow's "
             "bilinear filter (antialiased when shrinking) by resize_policy: squash stretches to the square, pad keeps "
             "the aspect ratio and letterboxes with black, center-crop scales the short side and cuts the middle "

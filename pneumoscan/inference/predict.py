@@ -69,7 +69,8 @@ def stage_fields(task: Task) -> dict[str, str]:
 # a film whose file changed between the reads of one prediction (a drop folder reusing names): its pixels, header and
 # overlay could be two films', so it gets no reading
 CHANGED = "the file changed while it was being read (replaced or rewritten): not scored; run again on the settled file"
-NON_FINITE = "the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no label is given"
+NON_FINITE = ("the model produced a non-finite score (NaN or infinity): its weights are damaged or unusable, so no "
+              "label is given")
 
 
 class NonFiniteScore(ValueError):
@@ -205,7 +206,8 @@ class Predictor:
         :class:`NonFiniteScore` when any row is NaN or infinite."""
         if not tta:
             return require_finite(softmax(self.logits(images), self.card.temperature))
-        return require_finite(tta_probabilities((self.logits(view) for view in tta_views(images)), self.card.temperature))
+        return require_finite(tta_probabilities((self.logits(view) for view in tta_views(images)),
+                                                self.card.temperature))
 
     def finite_probabilities(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, bad): :meth:`probabilities` for the rows with finite scores (NaN in the rows of ``bad``),
@@ -614,7 +616,8 @@ def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray],
     probs, bad = first.finite_probabilities(images, tta=tta)
     rows = [{"error": NON_FINITE} if broken else
             {**first.reading_fields(float(p), tta), **first.class_fields(row), "warnings": unlike}
-            for p, row, broken, unlike in zip(first.positive_probability(probs), probs, bad, first.content_warnings(images))]
+            for p, row, broken, unlike in zip(first.positive_probability(probs), probs, bad,
+                                              first.content_warnings(images))]
     if second is not None:
         called = [i for i, row in enumerate(rows) if stages.hands_over(row.get("label"))]
         fields, stage = stage_fields(second.task), f"{second.task.name} stage"

@@ -60,7 +60,7 @@ class EnsembleNet(nn.Module):
         """The architecture bundle.json describes, with fresh weights (load_bundle then loads the saved ones)."""
         return cls([
             Member(registry.create(m["model"], num_classes=len(card.classes), in_chans=1, pretrained=False,
-                                   image_size=m["size"], **m["model_kwargs"]), m["size"], m["mean"], m["std"], m["temperature"],
-                   card.size)
+                                   image_size=m["size"], **m["model_kwargs"]), m["size"], m["mean"], m["std"],
+                   m["temperature"], card.size)
             for m in card.model_kwargs["members"]
         ])  # fmt: skip

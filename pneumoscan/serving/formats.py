@@ -21,7 +21,8 @@ class ErrorBody(BaseModel):
 
 class StageResult(BaseModel):
     model_id: str
-    model_version: str = Field(description="sha256 prefix of the bundle's weights (+int8: and of the INT8 model, with --backend onnx-int8)")
+    model_version: str = Field(description="sha256 prefix of the bundle's weights (+int8: and of the INT8 model, with "
+                               "--backend onnx-int8)")
     task: str
     probability: float = Field(description="calibrated probability of the positive class")
     positive: str
@@ -39,7 +40,8 @@ class Prediction(StageResult):
         None, description="the second stage's reading, its task named in it (etiology: bacteria vs virus): only when "
         "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology)")
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
-                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most weight)")
+                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most "
+                                "weight)")
     image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
                               "(what a browser cannot show itself, e.g. DICOM), at most 1024 pixels a side")
     warnings: list[str] = Field(

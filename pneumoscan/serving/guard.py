@@ -132,11 +132,12 @@ class Guard:
             # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
             # hospital sign-on's) on beside it
             auth = headers.get("authorization", "")
-            given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "", headers.get("x-api-key", ""))
-                     if k]
+            given = [k for k in (auth[7:].strip() if auth[:7].lower() == "bearer " else "",
+                                 headers.get("x-api-key", "")) if k]
             if not any([hmac.compare_digest(k.encode("latin-1"), self.key) for k in given]):
                 reason = "a valid API key is required" if given else "an API key is required"
-                return 401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"}
+                return (401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                        {"WWW-Authenticate": "Bearer"})
         return None
 
 

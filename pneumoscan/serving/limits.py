@@ -39,8 +39,8 @@ class Limits:
     shutdown_grace: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout", "keep_alive",
-                     "shutdown_grace"):
+        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout",
+                     "keep_alive", "shutdown_grace"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -108,7 +108,8 @@ async def disconnected(request: Request) -> None:
 
 
 def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
-    """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match training."""
+    """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match
+    training."""
     try:
         return read_gray(data, target=size, dicom=dicom)
     except DecodeError as e:

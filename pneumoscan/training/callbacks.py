@@ -49,7 +49,8 @@ class TimeBudget(Callback):
     """Ends training when the schedule is done (the time budget spent) and, given ``factor``, sets each step's
     learning rate to ``state.lr * factor(fraction done)``. Every rank takes the same number of steps."""
 
-    def __init__(self, total_steps: int, budget_s: float | None, factor: Callable[[float], float] | None = None) -> None:
+    def __init__(self, total_steps: int, budget_s: float | None,
+                 factor: Callable[[float], float] | None = None) -> None:
         self.total_steps, self.budget_s, self.factor = max(1, total_steps), budget_s, factor
 
     def before_step(self, state: State) -> None:
@@ -78,7 +79,8 @@ class ReduceOnPlateau(Callback):
     def __init__(self, optimizer: torch.optim.Optimizer, monitor: str = "val_loss", factor: float = 0.2,
                  patience: int = 2) -> None:
         self.monitor = monitor
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor,
+                                                                    patience=patience)
 
     def on_validation_end(self, state: State) -> None:
         before = state.optimizer.param_groups[0]["lr"]
@@ -167,7 +169,8 @@ class BestWeights(Callback):
 
     def on_fit_end(self, state: State) -> None:
         if self.epoch < 0 and state.history:
-            raise ValueError("the validation AUC was undefined after every epoch: the validation split needs both classes")
+            raise ValueError("the validation AUC was undefined after every epoch: the validation split needs both "
+                             "classes")
         if self.epoch < 0:
             raise ValueError(f"no epoch was validated: {self.no_epoch}")
         state.info["best_epoch"] = self.epoch
@@ -268,9 +271,10 @@ class History(Callback):
             return
         row = state.row
         log.info(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {format_figure(row['train_acc'])} | val loss "
-            f"{row['val_loss']:.4f} acc {format_figure(row['val_acc'])} AUC {format_figure(row['val_auc'], 4)} sens "
-            f"{format_figure(row['val_sens'])} spec {format_figure(row['val_spec'])}" + (" best" if state.improved else "")
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {format_figure(row['train_acc'])} "
+            f"| val loss {row['val_loss']:.4f} acc {format_figure(row['val_acc'])} "
+            f"AUC {format_figure(row['val_auc'], 4)} sens {format_figure(row['val_sens'])} "
+            f"spec {format_figure(row['val_spec'])}" + (" best" if state.improved else "")
         )
         self.write(state.history, draw=False)
 
@@ -330,8 +334,8 @@ def state_keys(callbacks: Sequence[Callback]) -> list[str]:
 
 
 def callback_states(ckpt: dict) -> dict:
-    """Callback states by :func:`state_keys`. A checkpoint of pneumoscan 0.1.0 kept one ``best`` record for both the best
-    weights and early stopping on validation AUC."""
+    """Callback states by :func:`state_keys`. A checkpoint of pneumoscan 0.1.0 kept one ``best`` record for both the
+    best weights and early stopping on validation AUC."""
     if "callbacks" in ckpt:
         return ckpt["callbacks"]
     best = json.loads(ckpt["best"])

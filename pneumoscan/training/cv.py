@@ -50,7 +50,8 @@ def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_F
     """AUC, and the specificity of the most specific threshold that keeps sensitivity >= ``floor`` on these
     scores: a ranking measure at the operating region, not a deployable threshold (it is chosen on the fold)."""
     at_floor = binary_metrics(y, scores, choose_threshold(y, scores, floor))
-    return {"auc": roc_auc(y, scores), f"specificity_at_sensitivity_{floor:g}": at_floor["specificity"], "n": int(y.size)}
+    return {"auc": roc_auc(y, scores), f"specificity_at_sensitivity_{floor:g}": at_floor["specificity"],
+            "n": int(y.size)}
 
 
 def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, float | int | None]]:
@@ -109,10 +110,12 @@ def check_fold_processes(runs: Sequence[RunFolder], world: int) -> None:
     known = {n for n in made_by.values() if n is not None}  # None: a bundle of an earlier version, which records none
     if len(known) > 1:
         raise ValueError("the finished folds were trained by different numbers of processes ("
-                         + ", ".join(f"{name}: {n}" for name, n in made_by.items() if n is not None) + "); use a new --out")
+                         + ", ".join(f"{name}: {n}" for name, n in made_by.items() if n is not None)
+                         + "); use a new --out")
     if known and len(made_by) < len(runs) and world not in known:
-        raise ValueError(f"the finished folds were trained by {known.pop()} process(es) and this cv has {world}, so its "
-                         "folds still to train would be another recipe: run it under that number, or use a new --out")
+        raise ValueError(f"the finished folds were trained by {known.pop()} process(es) and this cv has {world}, so "
+                         "its folds still to train would be another recipe: run it under that number, "
+                         "or use a new --out")
 
 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:

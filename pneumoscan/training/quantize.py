@@ -194,7 +194,8 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
-    shipped, reference = (p.positive_probability(scored) for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
+    shipped, reference = (p.positive_probability(scored)
+                          for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
     return Int8Scores(binary_targets(oof.targets), plain, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",

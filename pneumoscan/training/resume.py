@@ -43,7 +43,8 @@ def load_checkpoint(path: Path) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: refuse rather than silently start over
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); delete it to start over") from None
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({reason}); "
+                         "delete it to start over") from None
 
 
 _ABSENT = object()
@@ -155,7 +156,8 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: d
     recorded = ctx.from_main(checkpoint_config(ckpt, path) if ctx.main else None)
     if recorded is None:
         raise ValueError(f"cannot resume from {shown(path)}: it records no training config and there is no "
-                         "config.yaml beside it, so nothing shows it was made with these settings; delete it to start over")
+                         "config.yaml beside it, so nothing shows it was made with these settings; "
+                         "delete it to start over")
     if changes := config_changes(recorded, cfg, RESUMABLE):
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
                          "only epochs and time_budget may change on --resume: give its settings again, or train "
@@ -171,7 +173,8 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: d
 def _teachers_changed(old: list[str], new: list[str], made: dict) -> str:
     changed = [t for t, a, b in zip(made["config"]["teacher"], old, new, strict=True) if a != b]
     return (f"teacher {shown(changed[0])} is not the bundle it was trained with (its bundle.json changed since the "
-            "checkpoint), so the soft targets would be another model's: put that bundle back, or train into a new --out")
+            "checkpoint), so the soft targets would be another model's: put that bundle back, "
+            "or train into a new --out")
 
 
 # what a checkpoint records of how its run was made besides its settings and split (made_by): what each is, as a

@@ -34,7 +34,8 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
 
 def numbers(row: dict) -> dict[str, float]:
     """The row's figures worth a curve: numeric values other than the epoch counter itself."""
-    return {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in row.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def final_figures(state: State) -> dict[str, float]:
@@ -56,7 +57,8 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ValueError(f"--log tensorboard needs the tensorboard package ({e}): pip install tensorboard") from None
+            raise ValueError(f"--log tensorboard needs the tensorboard package ({e}): "
+                             "pip install tensorboard") from None
         self.log_dir, self.config, self.make = log_dir, config, SummaryWriter
         self.writer = None
 
@@ -114,7 +116,8 @@ class MLflow(Callback):
             changed = {k: v for k, v in params.items()
                        if k in logged.params and (v != logged.params[k] or f"resumed.{k}" in logged.tags)}
             added = [Param(k, v) for k, v in params.items() if k not in logged.params]
-            self.client.log_batch(self.run_id, params=added, tags=[RunTag(f"resumed.{k}", v) for k, v in changed.items()])
+            self.client.log_batch(self.run_id, params=added,
+                                  tags=[RunTag(f"resumed.{k}", v) for k, v in changed.items()])
             if changed:
                 log.info("MLflow run %s resumed with %s (tags resumed.*: a parameter keeps its first value)",
                          self.run_id, ", ".join(f"{k} {v}" for k, v in changed.items()))
@@ -124,7 +127,8 @@ class MLflow(Callback):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in figures.items() if math.isfinite(v)])
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(k, v, now, step) for k, v in figures.items() if math.isfinite(v)])
 
     def on_epoch_end(self, state: State) -> None:
         self._metrics(numbers(state.row), state.row["epoch"])

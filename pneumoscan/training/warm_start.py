@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
 
 
-def pooled_features(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(model: torch.nn.Module, loader: DataLoader,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen backbone's pooled features (the classifier's input) and the targets, for every image."""
     model.eval()
     feats, ys = [], []
