@@ -122,7 +122,8 @@ def dicom_bytes(
     return buf.getvalue()
 
 
-def write_png(path: str | Path, width: int, height: int, bits: int = 8, color: int = 0, rows: int | None = None) -> Path:
+def write_png(path: str | Path, width: int, height: int, bits: int = 8, color: int = 0,
+              rows: int | None = None) -> Path:
     """A PNG of ``width x height`` (``bits`` per sample, PNG colour type ``color``) written row by row, so a test can
     make a 100-megapixel file without holding its pixels: every row is the same left-to-right ramp over the full
     value range. ``rows``: store only that many rows of pixel data (the header still says ``height``), enough for

@@ -57,7 +57,8 @@ def real_train(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
     """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.75 - 0.45 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    img = 0.75 - 0.45 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03)
+                         + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
     if sick:
         for _ in range(3):
             cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65)
@@ -135,7 +136,8 @@ def _tiny_bundle(root: Path, out: Path, task: str) -> Path:
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.train import train
 
-    cfg = TrainConfig(task=task, model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
+    cfg = TrainConfig(task=task, model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8,
+                      val_fraction=0.25)
     return train(root, cfg, out)
 
 

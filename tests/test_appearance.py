@@ -120,8 +120,8 @@ def test_a_bundle_records_its_films_and_the_service_files_no_finding_for_noise(r
     body = client.post("/v1/predict", files={"file": ("noise.dcm", upload, "application/dicom")}).json()
     assert any(w.startswith(CONTENT) for w in body["warnings"]) and body["in_scope"] is False
     r = client.post("/v1/predict?format=dicom-sr", files={"file": ("noise.dcm", upload, "application/dicom")})
-    assert r.status_code == 422 and "the film does not look like the films the model was trained on (image content:" in \
-        r.json()["error"], r.text
+    assert r.status_code == 422 and "the film does not look like the films the model was trained on (image content:" \
+        in r.json()["error"], r.text
     # predict's rows carry the same warning beside the header's checks
     path = tmp_path / "noise.png"
     Image.fromarray((noise >> 4).astype(np.uint8)).save(path)

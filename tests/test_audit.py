@@ -248,7 +248,8 @@ def test_audit_figure_writes_png(report: dict, tree: dict[str, Path], tmp_path: 
     assert (tmp_path / "new" / "audit.pdf").read_bytes().startswith(b"%PDF")
 
 
-def test_audit_figure_leaves_the_callers_matplotlib_backend(report: dict, tree: dict[str, Path], tmp_path: Path) -> None:
+def test_audit_figure_leaves_the_callers_matplotlib_backend(report: dict, tree: dict[str, Path],
+                                                            tmp_path: Path) -> None:
     """A notebook's backend stays its own: the figure is drawn without pyplot (it switched the process to Agg)."""
     import matplotlib
 

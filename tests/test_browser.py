@@ -1,6 +1,6 @@
 """The web page end to end in headless Chromium (Debian's package, driven by Playwright): upload and
-drag-and-drop real X-rays, read the result, see the film and (on request) the heatmap, see a clear message for rejected files, and
-load nothing from outside the server. A missing browser fails the test; it is never skipped."""
+drag-and-drop real X-rays, read the result, see the film and (on request) the heatmap, see a clear message for
+rejected files, and load nothing from outside the server. A missing browser fails the test; it is never skipped."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     assert 0.0 <= probability <= 1.0
     assert label == (card.positive if probability >= card.threshold else card.classes[0])
     # the bar is filled to the probability and marked at the threshold
-    fill = page.eval_on_selector("#bar-fill", "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
+    fill = page.eval_on_selector("#bar-fill",
+                                 "e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
     mark = page.eval_on_selector("#bar-threshold", "e => parseFloat(e.style.left) / 100")
     assert fill == pytest.approx(probability, abs=0.01) and mark == pytest.approx(card.threshold, abs=0.001)
     assert film_shown(page) == Image.open(original).size  # the browser's own decode, at full size
@@ -110,22 +111,26 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     assert page.is_checked("#heatmap-toggle")
     page.uncheck("#heatmap-toggle")
     expect(page.locator("#legend")).to_be_hidden()
-    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
+    expect(page.locator("#warnings li")).to_have_text(
+        ["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
 
     # a rejected file gives a clear message and hides the old result
-    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an X-ray\n" * 10}])
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                          "buffer": b"not an X-ray\n" * 10}])
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error")).to_contain_text("Rejected: unsupported content type 'text/plain'")
     expect(page.locator("#result")).to_be_hidden()
     data = original.read_bytes()
-    page.set_input_files("#file", files=[{"name": "cut.jpeg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 3]}])
+    page.set_input_files("#file", files=[{"name": "cut.jpeg", "mimeType": "image/jpeg",
+                                          "buffer": data[: len(data) // 3]}])
     expect(page.locator("#error")).to_contain_text("Rejected: cannot read the image")
     page.set_input_files("#file", files=[{"name": "empty.png", "mimeType": "image/png", "buffer": b""}])
     expect(page.locator("#error")).to_contain_text("empty")
     huge = data + bytes(21 * 2**20)
     page.set_input_files("#file", files=[{"name": "huge.jpeg", "mimeType": "image/jpeg", "buffer": huge}])
     # checked before uploading (the server's own 413 words it differently)
-    expect(page.locator("#error")).to_contain_text(f"the file is {float(f'{len(huge) / 2**20:.3g}'):g} MB; the limit is 20 MB")
+    expect(page.locator("#error")).to_contain_text(
+        f"the file is {float(f'{len(huge) / 2**20:.3g}'):g} MB; the limit is 20 MB")
 
     # drag-and-drop another real X-ray: the result comes back and the error goes away
     dropped = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
@@ -141,7 +146,8 @@ def test_upload_xray_see_result_and_heatmap(page: Page, server: str, tiny_bundle
     expect(page.locator("#warnings")).to_contain_text("Scope: BodyPartExamined not recorded")  # scored, but flagged
     drop_file(page, dropped.read_bytes(), dropped.name, "image/jpeg")
     expect(page.locator("#caption")).to_be_empty()
-    expect(page.locator("#warnings li")).to_have_text(["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
+    expect(page.locator("#warnings li")).to_have_text(
+        ["Scope: no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"])
     # every film is listed, the refused ones with their reason
     expect(page.locator("#films tbody tr")).to_have_count(8)
     expect(page.locator("#films tbody tr", has_text="rejected: ")).to_have_count(4)

@@ -125,8 +125,8 @@ def test_a_result_is_printed_once_on_stdout_with_or_without_quiet(
             # a long path, as a real one: the result line was hard-wrapped at 80 columns over three lines
             "export-int8": ["export", str(out / ("a-long-folder-name-" * 4) / "bundle"), "--int8", "--data",
                             str(tiny_bundle.parent / "split.csv"), "--calibration-images", "8"],
-            "train": ["train", "--data", str(tiny_dataset), "--out", str(out), "--model", "simple_cnn", "--no-pretrained",
-                      "--image-size", "32", "--epochs", "1", "--batch-size", "8"],
+            "train": ["train", "--data", str(tiny_dataset), "--out", str(out), "--model", "simple_cnn",
+                      "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"],
             "threshold": ["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(out)],
             "ensemble": ["ensemble", str(tiny_bundle), str(twin), "--data", str(site), "--out", str(out)],
         }[command]
@@ -209,7 +209,8 @@ def test_errors_are_one_sentence_with_status_2(
         (film, [], f"{film} is not a bundle folder (no bundle.json)"),
         (tiny_bundle / "bundle.json", [], f"{tiny_bundle / 'bundle.json'} is not a bundle folder (no bundle.json): it "
                                           f"is a file of the bundle {tiny_bundle}; give that folder"),
-        (tiny_bundle.parent, [], f"{tiny_bundle.parent} is not a bundle folder (no bundle.json); did you mean {tiny_bundle}?"),
+        (tiny_bundle.parent, [], f"{tiny_bundle.parent} is not a bundle folder (no bundle.json); did you mean "
+                                 f"{tiny_bundle}?"),
         (tiny_bundle, ["--heatmaps", str(results)], f"--heatmaps {results} is a file: name a folder"),
         (tiny_bundle, ["--heatmaps", str(results / "maps")], f"{results / 'maps'}: not a directory"),
         (tiny_bundle, ["--out", str(tmp_path / "r.txt")], f"--out must end in .csv or .json: {tmp_path / 'r.txt'}"),
@@ -274,7 +275,8 @@ def test_a_misspelt_split_is_named_as_a_typo(
         "evaluate": ["evaluate", str(tiny_bundle), str(tiny_dataset)],
         "threshold": ["threshold", str(tiny_bundle), str(tiny_dataset), "--youden", "--out", str(tmp_path / "new")],
         "cache": ["cache", str(tiny_dataset)],
-        "ensemble": ["ensemble", str(tiny_bundle), str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")],
+        "ensemble": ["ensemble", str(tiny_bundle), str(tiny_bundle), "--data", str(tiny_dataset),
+                     "--out", str(tmp_path / "e")],
     }[command]
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*args, "--split", "tset"])
@@ -288,7 +290,8 @@ def test_a_misspelt_split_is_named_as_a_typo(
 def test_a_split_is_named_in_any_case_as_folders_and_manifests_are_read(tiny_bundle: Path, tiny_dataset: Path,
                                                                          tmp_path: Path) -> None:
     """`--split TEST` had been refused, though a TEST folder and a manifest's "Test" value are read as test."""
-    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "TEST", "--out", str(tmp_path / "e")]) == 0
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "TEST",
+                     "--out", str(tmp_path / "e")]) == 0
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == len(discover(tiny_dataset).split("test"))
 
 

@@ -60,7 +60,9 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
     assert len(runs) == 2
 
 
-def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_colour(two_runs: tuple[Path, Path]) -> None:
+def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_colour(
+    two_runs: tuple[Path, Path]
+) -> None:
     """A run the table marks optimistic (the training run: its figures are on the films that chose its threshold)
     carries the same mark in the figure's legend: compare.png travels without the table."""
     runs = compare_runs(list(two_runs))
@@ -80,7 +82,8 @@ def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_co
     assert legend == [f"{names[r.run]} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
 
 
-def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", *map(str, two_runs), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()

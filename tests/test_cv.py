@@ -44,7 +44,8 @@ def test_real_folds_keep_patients_duplicates_and_mix(real_train) -> None:
         assert abs(n - len(records) / 5) <= 0.01 * len(records), "folds of about equal size"
         for subtype, count in whole.items():
             assert abs(part[subtype] / n - count / len(records)) <= 0.01, (f, subtype)
-    assert (patient_folds(records, 5, 1, groups) == fold).all() and not (patient_folds(records, 5, 2, groups) == fold).all()
+    assert ((patient_folds(records, 5, 1, groups) == fold).all()
+            and not (patient_folds(records, 5, 2, groups) == fold).all())
 
 
 def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
@@ -57,7 +58,8 @@ def test_too_few_patients_or_folds_are_refused(tiny_dataset: Path) -> None:
     # normal films of two patients cannot reach three folds: refused before any fold trains, not at the third
     everything = discover(tiny_dataset / "train").records
     two_normal = [r for r in everything if r.label == "PNEUMONIA"] + [
-        dataclasses.replace(r, patient=f"IM-{i % 2}") for i, r in enumerate(x for x in everything if x.label == "NORMAL")]
+        dataclasses.replace(r, patient=f"IM-{i % 2}")
+        for i, r in enumerate(x for x in everything if x.label == "NORMAL")]
     with pytest.raises(ValueError, match=r"fold \d of 3 holds no NORMAL film"):
         patient_folds(two_normal, 3)
     assert len(set(patient_folds(two_normal, 2))) == 2
@@ -84,7 +86,8 @@ def finished_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out, args
 
 
-def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path, finished_cv: tuple[Path, list[str]]) -> None:
+def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Path,
+                                                               finished_cv: tuple[Path, list[str]]) -> None:
     out, args = finished_cv
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
@@ -95,7 +98,8 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
     for k in range(2):
         val = {Path(r.path).name for r in discover(out / f"split-fold-{k}.csv").split("val")}
         assert {Path(r["path"]).name for r in rows if r["fold"] == str(k)} == val
-        assert load_card(out / f"fold-{k}" / "bundle").threshold_policy.startswith("Youden's J"), "cv takes train's policy"
+        assert load_card(out / f"fold-{k}" / "bundle").threshold_policy.startswith("Youden's J"), (
+            "cv takes train's policy")
     assert [f["n"] for f in result["per_fold"]] == [sum(r["fold"] == str(k) for r in rows) for k in range(2)]
     aucs = [f["auc"] for f in result["per_fold"]]
     assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
@@ -109,7 +113,8 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset:
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cv"
     assert main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
-                 "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+                 "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+                 "--batch-size", "8"]) == 0
     assert "pooled out of fold, most probable class: accuracy" in capsys.readouterr().out
     result = json.loads((out / "cv.json").read_text())
     with (out / "oof.csv").open() as f:
@@ -136,8 +141,8 @@ def test_cv_pooled_three_class_block_counts_patients(tiny_dataset: Path, tmp_pat
     records = discover(tiny_dataset).records
     manifest = tmp_path / "pairs.csv"
     write_manifest([dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)], manifest)
-    result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
-                                                  epochs=1, batch_size=8), 2, tmp_path / "cv")
+    result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False,
+                                                  image_size=32, epochs=1, batch_size=8), 2, tmp_path / "cv")
     assert result["pooled_out_of_fold"]["multiclass"]["ci_unit"] == "patient"
 
 
@@ -227,7 +232,8 @@ def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[P
 
     def made_by(k: int, n: int) -> None:
         card = load_card(out / f"fold-{k}" / "bundle")
-        save_card(out / f"fold-{k}" / "bundle", dataclasses.replace(card, train_config=card.train_config | {"processes": n}))
+        save_card(out / f"fold-{k}" / "bundle",
+                  dataclasses.replace(card, train_config=card.train_config | {"processes": n}))
 
     made_by(0, 2)
     capsys.readouterr()
@@ -260,13 +266,15 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     fold_of = patient_folds(pool, 2, cfg.seed, duplicates)
     out.mkdir()
     manifest = out / "split-fold-1.csv"
-    write_manifest([dataclasses.replace(r, split="val" if f == 1 else "train") for r, f in zip(pool, fold_of)], manifest)
+    write_manifest([dataclasses.replace(r, split="val" if f == 1 else "train") for r, f in zip(pool, fold_of)],
+                   manifest)
     with pytest.raises(Crash):
         train(tiny_dataset, dataclasses.replace(cfg, split_csv=str(manifest)), out / "fold-1",
               on_epoch_end=crash_after_first_epoch)
     first = (out / "fold-1" / "history.csv").read_text().splitlines()
     config_yaml = (out / "fold-1" / "config.yaml").read_bytes()
-    with pytest.raises(ValueError, match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\); use a new --out$"):
+    with pytest.raises(ValueError,
+                       match=r"^fold-1 was trained with other settings \(lr 0.001 -> 0.002\); use a new --out$"):
         cross_validate(tiny_dataset, dataclasses.replace(cfg, lr=2e-3), 2, out)
     assert not (out / "fold-0").exists(), "every fold is checked before any is trained"
     assert (out / "fold-1" / "config.yaml").read_bytes() == config_yaml
@@ -281,11 +289,13 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     cross_validate(tiny_dataset, cfg, 2, out)
     assert "resuming after epoch 1" in caplog.text
     history = (out / "fold-1" / "history.csv").read_text().splitlines()
-    assert history[:2] == first and len(history) == 1 + 2, "the interrupted fold's first epoch is kept, not trained again"
+    assert history[:2] == first and len(history) == 1 + 2, (
+        "the interrupted fold's first epoch is kept, not trained again")
     assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))
 
 
-def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     """oof.csv is a results file: a name that is not UTF-8 is written \\xNN (docs/limits.md), not a crash at the end
     of the last fold."""
     data = tmp_path / "data"

@@ -59,8 +59,8 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
     assert files == {
         "config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt", "report.html", "metrics.json",
-        "best/model.safetensors", "best/bundle.json", "bundle/model.safetensors", "bundle/bundle.json", "bundle/model.onnx", "bundle/model.onnx.json",
-        "bundle/MODEL_CARD.md",
+        "best/model.safetensors", "best/bundle.json", "bundle/model.safetensors", "bundle/bundle.json",
+        "bundle/model.onnx", "bundle/model.onnx.json", "bundle/MODEL_CARD.md",
     }, "rank 0 alone writes, and nothing per rank"
 
     # One process scores the same saved weights again. Training scored the validation films in two processes'
@@ -77,7 +77,8 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"
     card = json.loads((run / "bundle" / "bundle.json").read_text())
-    assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, "the bundle carries the report's figures"
+    assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, (
+        "the bundle carries the report's figures")
     # A film within SCORE_TOL of a threshold (the chosen threshold is itself a validation score) may land on either
     # side of it in the other layout: each operating point's counts may differ by those films and no more, and its
     # rates agree whenever its counts do. Everything that does not depend on a threshold agrees within SCORE_TOL.
@@ -98,7 +99,8 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
         b.pop("threshold_table")
     assert_close_report(reported, again)
 
-    assert card["train_config"]["processes"] == 2 and torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 2
+    assert (card["train_config"]["processes"] == 2
+            and torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 2)
     first = history(run)
     assert [r["epoch"] for r in first] == ["1"]
     with pytest.raises(ValueError, match=r"it was made by 2 process\(es\) and this run has 1; "):

@@ -88,7 +88,8 @@ def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
 def test_fit_calls_the_hooks_at_fixed_points_and_keeps_one_row_per_epoch() -> None:
     rec = Recorder()
     state = fit(stub_state(epochs=2, batches=2), [rec], torch.nn.functional.cross_entropy, figures([0.5, 0.4]))
-    epoch = ["on_epoch_start", *["before_step", "after_step"] * 2, "before_validation", "on_validation_end", "on_epoch_end"]
+    epoch = ["on_epoch_start", *["before_step", "after_step"] * 2, "before_validation", "on_validation_end",
+             "on_epoch_end"]
     assert rec.calls == ["on_fit_start", *epoch, *epoch, "on_fit_end"]
     assert state.step == 4 and state.epoch == 2
     assert [r["epoch"] for r in state.history] == [1, 2] and [r["val_loss"] for r in state.history] == [0.5, 0.4]
@@ -101,7 +102,8 @@ def test_a_stop_ends_training_after_the_epoch_and_end_epoch_before_the_next_step
             if state.step == 1:
                 state.stop = state.end_epoch = True
 
-    state = fit(stub_state(epochs=3, batches=3), [StopAtSecondStep()], torch.nn.functional.cross_entropy, figures([1.0]))
+    state = fit(stub_state(epochs=3, batches=3), [StopAtSecondStep()], torch.nn.functional.cross_entropy,
+                figures([1.0]))
     assert state.step == 1 and len(state.history) == 1, "the step taken is validated, no further one is"
 
 
@@ -141,7 +143,8 @@ def test_the_plateau_schedule_cuts_the_rate_after_patience_epochs_without_a_lowe
 @pytest.mark.parametrize("mode, values, stops_after", [
     ("max", [0.6, 0.7, 0.7, 0.65, 0.9], 4), ("min", [1.0, 0.9, 0.95, 0.8, 0.85, 0.86], 6), ("max", [math.nan] * 3, 2),
 ])
-def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str, values: list, stops_after: int) -> None:
+def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str, values: list,
+                                                                      stops_after: int) -> None:
     state = stub_state(epochs=10)
     stopper = EarlyStopping("val_x", mode, patience=2)
     for epoch, value in enumerate(values, 1):
@@ -248,7 +251,8 @@ def test_two_callbacks_of_one_class_keep_their_own_states_across_a_checkpoint(tm
     and after --resume both held the loss's."""
     state = stub_state(optimizer="adam")
     on_auc, on_loss = EarlyStopping("val_auc", "max", 5), EarlyStopping("val_loss", "min", 5)
-    rows = iter([{"val_auc": 0.7, "val_loss": 1.0}, {"val_auc": 0.9, "val_loss": 0.5}, {"val_auc": 0.8, "val_loss": 0.7}])
+    rows = iter([{"val_auc": 0.7, "val_loss": 1.0}, {"val_auc": 0.9, "val_loss": 0.5},
+                 {"val_auc": 0.8, "val_loss": 0.7}])
     fit(state, [on_auc, on_loss, Checkpoint(tmp_path / "c.pt", [on_auc, on_loss], save_checkpoint, {})],
         torch.nn.functional.cross_entropy, lambda state, logits, targets: next(rows))
     kept = (on_auc.state_dict(), on_loss.state_dict())
@@ -305,8 +309,8 @@ def test_validation_sees_the_moving_average_and_training_goes_on_from_the_live_w
 def test_the_moving_average_survives_a_checkpoint(tmp_path: Path) -> None:
     state = stub_state(epochs=2)
     average = WeightAverage(state.model, 0.9)
-    fit(state, [average, Checkpoint(tmp_path / "c.pt", [average], save_checkpoint, {})], torch.nn.functional.cross_entropy,
-        figures([1.0, 0.9]))
+    fit(state, [average, Checkpoint(tmp_path / "c.pt", [average], save_checkpoint, {})],
+        torch.nn.functional.cross_entropy, figures([1.0, 0.9]))
     back = stub_state()
     again = WeightAverage(back.model, 0.9)
     restore(back, load_checkpoint(tmp_path / "c.pt"), [again], tmp_path / "c.pt")
@@ -320,7 +324,8 @@ def test_a_diverging_run_is_refused_at_the_step_whose_loss_is_not_finite() -> No
     step, before that step reaches the weights; before, it trained on and failed in sklearn at validation."""
     torch.manual_seed(0)
     state = stub_state(epochs=3, batches=3, lr=1e38)
-    with pytest.raises(ValueError, match=r"^training diverged at epoch 1, step 3 \(loss inf\): lower the learning rate"):
+    with pytest.raises(ValueError,
+                       match=r"^training diverged at epoch 1, step 3 \(loss inf\): lower the learning rate"):
         fit(state, [], torch.nn.functional.cross_entropy, figures([1.0, 1.0, 1.0]))
     assert state.step == 2 and not state.history
     assert all(torch.isfinite(p).all() for p in state.model.parameters()), "the refused step changed no weight"
@@ -343,7 +348,8 @@ def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> N
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    assert said[1] == "ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) and train again"
+    assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) "
+                       "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
                        "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
 
@@ -414,8 +420,10 @@ def test_an_unknown_optimizer_is_refused() -> None:
         TrainConfig.from_dict({"optimizer": "sgd"})
 
 
-@pytest.mark.parametrize("precision, step_dtype", [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_the_precision_sets_the_steps_arithmetic_and_the_weights_stay_fp32(precision: str, step_dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("precision, step_dtype", [("auto", torch.float32), ("fp32", torch.float32),
+                                                   ("bf16", torch.bfloat16)])
+def test_the_precision_sets_the_steps_arithmetic_and_the_weights_stay_fp32(precision: str,
+                                                                           step_dtype: torch.dtype) -> None:
     state = stub_state(epochs=1, batches=2)
     state.precision = precision
     before = [p.detach().clone() for p in state.model.parameters()]
@@ -429,7 +437,8 @@ def test_the_precision_sets_the_steps_arithmetic_and_the_weights_stay_fp32(preci
 
 
 def test_an_unknown_precision_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown precision 'fp16'; did you mean 'bf16'\? \(choose from auto, bf16, fp32\)"):
+    with pytest.raises(ValueError,
+                       match=r"unknown precision 'fp16'; did you mean 'bf16'\? \(choose from auto, bf16, fp32\)"):
         TrainConfig.from_dict({"precision": "fp16"})
 
 

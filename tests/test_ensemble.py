@@ -1,4 +1,5 @@
-"""Ensembles as one bundle: two tiny simple_cnn members (32 px and 64 px; simple_cnn at 48 px cannot be exported: 24 is no multiple of its 16-cell pool) averaged, calibrated on held-out films."""
+"""Ensembles as one bundle: two tiny simple_cnn members (32 px and 64 px; simple_cnn at 48 px cannot be exported: 24
+is no multiple of its 16-cell pool) averaged, calibrated on held-out films."""
 
 from __future__ import annotations
 
@@ -206,7 +207,8 @@ def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
     test_split = ["--data", str(held_out)]
     assert main(["ensemble", "a/bundle", "b/bundle", *test_split, "--out", "ens"]) == 0
     card = load_card(work / "ens")
-    assert [m["source"] for m in card.model_kwargs["members"]] == [str(work / "a" / "bundle"), str(work / "b" / "bundle")]
+    assert [m["source"] for m in card.model_kwargs["members"]] == [str(work / "a" / "bundle"),
+                                                                   str(work / "b" / "bundle")]
     assert card.train_config["ensemble_of"] == [str(work / "a" / "bundle"), str(work / "b" / "bundle")]
     with pytest.raises(ValueError, match="a/bundle is given twice"):
         main_raising(["ensemble", "a/bundle", "./a/bundle", *test_split, "--out", "twice"])
@@ -225,7 +227,8 @@ def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, memb
     other = shutil.copytree(member64, tmp_path / "pad")
     card = load_card(other)
     save_card(other, dataclasses.replace(card, resize_policy="pad" if card.resize_policy != "pad" else "squash"))
-    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")]) == 2
+    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset),
+                 "--out", str(tmp_path / "e")]) == 2
     assert "resize_policy" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
@@ -236,8 +239,9 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 
     def written(name: str, change, checksum: bool = True) -> Path:
         bundle = shutil.copytree(ensemble, tmp_path / name)
-        data = copy.deepcopy(card) if checksum else {  # a card written before cards kept checksums: loaded to its fields
-            k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM and k not in SEALED_ERA} | {"format_version": 1}
+        data = copy.deepcopy(card) if checksum else {  # a card from before cards kept checksums: loaded to its fields
+            k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM and k not in SEALED_ERA
+        } | {"format_version": 1}
         change(data["model_kwargs"]["members"])
         (bundle / "bundle.json").write_text(json.dumps(data, indent=2))
         return bundle
@@ -246,7 +250,8 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
         load_bundle(written("edited", lambda members: members[1].update(temperature=members[1]["temperature"] * 1.01)))
     for i, (change, reason) in enumerate((
         (lambda members: members[1].pop("temperature"), "model_kwargs.members: 1.temperature: field required"),
-        (lambda members: members[0].update(size="64"), "model_kwargs.members: 0.size: input should be a valid integer \\(found '64'\\)"),
+        (lambda members: members[0].update(size="64"),
+         "model_kwargs.members: 0.size: input should be a valid integer \\(found '64'\\)"),
         (lambda members: members[0].update(std=0), "ensemble member 0: std is 0.0, not above 0"),
         (lambda members: members.pop(), "must list at least two members"),
     )):  # fmt: skip
@@ -410,7 +415,8 @@ def test_a_fold_bundle_trained_on_other_films_than_its_split_is_refused(tiny_bun
     trained = cv / "fold-1" / "split.csv"
     records = discover(trained).records
     held_out = next(i for i, r in enumerate(records) if r.split == "val")
-    write_manifest([dataclasses.replace(r, split="train") if i == held_out else r for i, r in enumerate(records)], trained)
+    write_manifest([dataclasses.replace(r, split="train") if i == held_out else r for i, r in enumerate(records)],
+                   trained)
     refused = rf"{cv} fold 1: its bundle was not trained on split-fold-1.csv \("
     with pytest.raises(ValueError, match=refused + r".*validation films here were training films there"):
         main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "e")])
@@ -453,7 +459,8 @@ def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_b
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
     net, card = load_bundle(tmp_path / "ens")
-    with pytest.raises(ValueError, match=f"ensemble member {cv / 'fold-1' / 'bundle'}: the model produced a non-finite"):
+    with pytest.raises(ValueError,
+                       match=f"ensemble member {cv / 'fold-1' / 'bundle'}: the model produced a non-finite"):
         out_of_fold(net, [cv], card, get_task(card.task),
                     lambda i: nan if i == 1 else module_session(net.members[i], card.size))
 
@@ -527,7 +534,8 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
                                          r"training splits of all 2 bundles its weights come from\).*`ensemble --cv`"):
         main_raising(["threshold", str(ens), str(cv / "split-fold-0.csv"), "--youden", "--out", str(tmp_path / "t")])
     other = _cv_run(tmp_path / "other", (member64, tiny_bundle), tiny_dataset)
-    with pytest.raises(ValueError, match=f"was built from the fold bundles of {cv}, not of {other}: --cv takes the runs"):
+    with pytest.raises(ValueError,
+                       match=f"was built from the fold bundles of {cv}, not of {other}: --cv takes the runs"):
         main_raising(["export", str(ens), "--int8", "--cv", str(other)])
     # a fold trained again in the same folder (same films, other weights): its films are not out of fold for the
     # ensemble's own member, which it would score there (an INT8 AUC 0.674 for FP32 0.596)

@@ -82,7 +82,8 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
         if "sensitivity >= 0.95" in row["rule"]:
             assert float(row["sensitivity"]) >= 0.95
     (bundle_row,) = [r for r in table if "bundle threshold" in r["rule"]]
-    assert float(bundle_row["threshold"]) == card.threshold and float(bundle_row["sensitivity"]) == metrics["sensitivity"]
+    assert (float(bundle_row["threshold"]) == card.threshold
+            and float(bundle_row["sensitivity"]) == metrics["sensitivity"])
 
 
 def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,
@@ -118,7 +119,8 @@ def test_evaluate_counts_patients_in_its_intervals(tiny_bundle: Path, tiny_datas
     predictor = Predictor(tiny_bundle)
     records, images, targets, _ = labelled_records(tiny_dataset, "test", task, predictor.card.spec)
     alone = evaluate(tiny_bundle, tiny_dataset, "test")
-    film_ci = threshold_metrics_ci(binary_targets(targets), predictor.positive_probability(predictor.probabilities(images)),
+    film_ci = threshold_metrics_ci(binary_targets(targets),
+                                   predictor.positive_probability(predictor.probabilities(images)),
                                    [alone["threshold"]])
     assert alone["ci_unit"] == "film"
     assert_close_report(alone["ci"], jsonable(film_ci)[0])
@@ -226,16 +228,18 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     # stage reads 40 px films (simple_cnn pools to a fixed size), so it is decoded apart from the first stage.
     predictor = Predictor(first)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
-    save_card(first, dataclasses.replace(load_card(first), threshold=float(np.median(predictor.positive_probability(predictor.probabilities(images))))))
+    save_card(first, dataclasses.replace(
+        load_card(first), threshold=float(np.median(predictor.positive_probability(predictor.probabilities(images))))))
     save_card(second, dataclasses.replace(load_card(second), size=40))
     etiology = Predictor(second)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), etiology.card.spec)
-    save_card(second, dataclasses.replace(load_card(second), threshold=float(np.median(etiology.positive_probability(etiology.probabilities(images))))))
+    save_card(second, dataclasses.replace(
+        load_card(second), threshold=float(np.median(etiology.positive_probability(etiology.probabilities(images))))))
 
     out = tmp_path / "eval"
     # torch: the card's edited size does not match the exported ONNX graph's fixed input
-    assert main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology", str(second), "--out", str(out),
-                 "--backend", "torch"]) == 0
+    assert main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology", str(second),
+                 "--out", str(out), "--backend", "torch"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["two_stage"]
@@ -360,7 +364,8 @@ def test_two_stages_on_films_without_a_viral_one_say_what_they_cannot_measure(
             (data / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, data / path.parent.name / path.name)
     out = tmp_path / "eval"
-    assert main(["evaluate", str(tiny_bundle), str(data), "--etiology", str(tiny_etiology_bundle), "--out", str(out)]) == 0
+    assert main(["evaluate", str(tiny_bundle), str(data), "--etiology", str(tiny_etiology_bundle),
+                 "--out", str(out)]) == 0
     block = json.loads((out / "metrics.json").read_text())["two_stage"]
     assert block["n"] == 12 and block["per_class"]["virus"]["support"] == 0
     assert block["balanced_accuracy"] is None and "balanced accuracy n/a" in capsys.readouterr().out

@@ -92,7 +92,8 @@ def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     card = load_card(bundle)
-    guess = "only 4 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20, so this threshold is a guess"
+    guess = ("only 4 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20, so this threshold is "
+             "a guess")
     save_card(bundle, dataclasses.replace(card, threshold_caveat=guess))
     metrics = evaluate(bundle, tiny_dataset, split="test", out_dir=tmp_path / "eval")
     assert metrics["caveats"] == [guess]

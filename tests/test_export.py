@@ -41,7 +41,8 @@ def test_cli_export_writes_onnx_with_dynamic_batch_and_spec(tiny_bundle: Path, t
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, card.size, card.size]
     spec = json.loads(spec_path(out).read_text())
     assert spec_path(out).name == "model.onnx.json"
-    for key in ("size", "resize_policy", "mean", "std", "temperature", "threshold", "tta_threshold", "classes", "positive"):
+    for key in ("size", "resize_policy", "mean", "std", "temperature", "threshold", "tta_threshold", "classes",
+                "positive"):
         assert spec[key] == getattr(card, key)
     assert card.tta_threshold is not None and spec["positive_probability"] == "P(PNEUMONIA)"
     # the bundle training wrote has the TTA threshold in its own sidecar too (chosen after the export)
@@ -59,14 +60,16 @@ def test_the_sidecar_is_enough_to_score_a_film_without_pneumoscan(tiny_bundle: P
     spec = json.loads(spec_path(tiny_bundle / ONNX_NAME).read_text())
     assert spec["resize_policy"] == "squash" and "Image.reduce" in spec["preprocessing"]
     sess = session(tiny_bundle / ONNX_NAME)
-    films = sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[:2] + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    films = (sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[:2]
+             + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:2])
     for film, row in zip(films, predict_paths(tiny_bundle, films, backend="onnx")):
         im = Image.open(film).convert("L")
         n = (min(im.size) - 1) // spec["decode_target"]
         im = im.reduce(n) if n >= 2 else im
         if spec["source_size"] and max(im.size) > spec["source_size"]:  # as the training files were made
             buf = io.BytesIO()
-            im.resize((spec["source_size"],) * 2, Image.Resampling.BILINEAR).save(buf, "JPEG", quality=spec["source_quality"])
+            im.resize((spec["source_size"],) * 2, Image.Resampling.BILINEAR).save(
+                buf, "JPEG", quality=spec["source_quality"])
             im = Image.open(buf).convert("L")
         x = np.asarray(im.resize((spec["size"],) * 2, Image.Resampling.BILINEAR), np.float32) / 255
         logits = sess.run([OUTPUT], {INPUT: ((x - spec["mean"]) / spec["std"])[None, None]})[0][0] / spec["temperature"]
@@ -99,7 +102,8 @@ def test_the_sidecar_states_the_test_time_views(tiny_bundle: Path, data_root: Pa
     assert (row["label"] == "PNEUMONIA") == (row["probability"] >= spec["tta_threshold"])
 
 
-def test_an_export_into_another_bundle_is_refused(tiny_bundle: Path, tiny_etiology_bundle: Path, tmp_path: Path) -> None:
+def test_an_export_into_another_bundle_is_refused(tiny_bundle: Path, tiny_etiology_bundle: Path,
+                                                  tmp_path: Path) -> None:
     """A typo in --out had replaced another bundle's model.onnx and sidecar: that bundle then refused them as stale."""
     other = shutil.copytree(tiny_etiology_bundle, tmp_path / "other")
     before = (other / ONNX_NAME).read_bytes()

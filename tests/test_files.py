@@ -98,7 +98,8 @@ def test_a_fifo_given_directly_is_refused_without_waiting(tmp_path: Path) -> Non
     """Opening a FIFO for reading waits for a writer forever (predict once hung on one); it is refused by its type.
     A child process, so that a hang fails the test instead of stopping the suite."""
     os.mkfifo(tmp_path / "film.jpeg")
-    code = "import sys; from pneumoscan.data.decode import DecodeError, read_gray\ntry: read_gray(sys.argv[1])\nexcept DecodeError as e: print(e)"
+    code = ("import sys; from pneumoscan.data.decode import DecodeError, read_gray\ntry: read_gray(sys.argv[1])\n"
+            "except DecodeError as e: print(e)")
     assert _run(code, str(tmp_path / "film.jpeg"), timeout=60).stdout.strip() == "not a regular file (FIFO)"
 
 
@@ -373,7 +374,8 @@ def test_unreadable_films_are_said_escaped_by_predict_and_pacs_alike(capsys: pyt
     """cmd_predict and cmd_pacs say unreadable films through one helper: a PACS's text is escaped as a folder's is."""
     from pneumoscan.cli import _say_unreadable
 
-    rows = [{"path": "studies/1/instances/" + ANSI, "error": "bad \x1b]0;title\x07"}, {"path": "ok", "probability": 0.5}]
+    rows = [{"path": "studies/1/instances/" + ANSI, "error": "bad \x1b]0;title\x07"},
+            {"path": "ok", "probability": 0.5}]
     assert _say_unreadable(rows) == rows[:1]
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
@@ -412,7 +414,8 @@ def test_a_card_that_would_record_a_name_not_utf8_is_refused(tiny_bundle: Path, 
 
 
 def test_evaluate_json_on_stdout_names_files_as_its_metrics_json_does(
-    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     """``--json`` output is a results file too: a lone surrogate (``\\udce9``) there is refused by strict UTF-8
     readers (jq shows it as a replacement character). The film left out is said, not only counted in n."""

@@ -207,7 +207,8 @@ DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json ->
     "a misspelt field": (lambda c: {**{k: v for k, v in c.items() if k != "threshold"}, "treshold": c["threshold"]},
                          "unknown .*bundle.json field 'treshold'; did you mean 'threshold'"),
     "a JSON list": (lambda c: [c], "holds a JSON list, not a bundle card"),
-    "a string for a number": (lambda c: {**c, "threshold": "0.2"}, "threshold: input should be a valid number \\(found '0.2'\\)"),
+    "a string for a number": (lambda c: {**c, "threshold": "0.2"},
+                              "threshold: input should be a valid number \\(found '0.2'\\)"),
     "a number for a string": (lambda c: {**c, "positive": 1}, "positive: input should be a valid string \\(found 1\\)"),
     "a true for a number": (lambda c: {**c, "size": True}, "size: input should be a valid integer \\(found True\\)"),
     "a null class list": (lambda c: {**c, "classes": None}, "classes: input should be a valid array \\(found None\\)"),
@@ -221,12 +222,14 @@ DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json ->
     "a negative TTA threshold": (lambda c: {**c, "tta_threshold": -0.2}, "tta_threshold is -0.2, not a probability"),
     "no threshold": (lambda c: {k: v for k, v in c.items() if k != "threshold"}, "bundle.json: threshold is missing"),
     "the other class positive": (lambda c: {**c, "positive": "NORMAL"},
-                                 "classes \\['NORMAL', 'PNEUMONIA'\\] and positive 'NORMAL' are not the pneumonia task's"),
+                                 "classes \\['NORMAL', 'PNEUMONIA'\\] and positive 'NORMAL' are not the pneumonia "
+                                 "task's"),
     "classes swapped": (lambda c: {**c, "classes": ["PNEUMONIA", "NORMAL"]}, "are not the pneumonia task's"),
     "a mean beyond grey": (lambda c: {**c, "mean": 1e6}, "mean is 1000000.0, not a grey level in \\[0, 1\\]"),
     "a size of 3": (lambda c: {**c, "size": 3}, "size is 3, not 8 to 2048 pixels"),
     "a size of 100000": (lambda c: {**c, "size": 100000}, "size is 100000, not 8 to 2048 pixels"),
-    "a JPEG quality of 500": (lambda c: {**c, "source_quality": 500}, "source_quality must be a JPEG quality, 1 to 100"),
+    "a JPEG quality of 500": (lambda c: {**c, "source_quality": 500},
+                              "source_quality must be a JPEG quality, 1 to 100"),
 }
 
 
@@ -270,11 +273,14 @@ def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny
 
 @pytest.mark.parametrize("change, reason", [
     (lambda text: text[:-2], "is not a readable bundle card"),
-    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": NaN', text), "NaN is no number pneumoscan writes"),
-    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": 1e999', text), "temperature: input should be a finite number \\(found inf\\)"),
+    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": NaN', text),
+     "NaN is no number pneumoscan writes"),
+    (lambda text: re.sub(r'"temperature": [-+.e\d]+', '"temperature": 1e999', text),
+     "temperature: input should be a finite number \\(found inf\\)"),
     (lambda text: "\udcff" + text, "is not a readable bundle card"),
 ], ids=["truncated", "NaN", "overflow", "not UTF-8"])
-def test_a_card_that_is_not_sound_json_is_a_one_line_reason(tiny_bundle: Path, tmp_path: Path, change, reason: str) -> None:
+def test_a_card_that_is_not_sound_json_is_a_one_line_reason(tiny_bundle: Path, tmp_path: Path, change,
+                                                            reason: str) -> None:
     bundle = copy_bundle(tiny_bundle, tmp_path)
     card = json.loads((bundle / CARD).read_text())
     del card[CHECKSUM]
@@ -591,7 +597,8 @@ def test_one_non_finite_film_does_not_take_the_others_down(tmp_path: Path) -> No
         futures[1].result()
 
 
-def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums(tiny_bundle: Path,
+                                                                                 tmp_path: Path) -> None:
     """The sidecar holds the thresholds INT8 scores are labelled at: checked like the model, and refused when it
     was written before its checksum was kept (with the FP32 thresholds where a reader looks)."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
@@ -610,7 +617,8 @@ def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums
 
     unrecorded = copy_bundle(bundle, tmp_path, "unrecorded")  # as `export --int8` left it before the record
     card = load_card(unrecorded)
-    save_card(unrecorded, dataclasses.replace(card, files={k: v for k, v in card.files.items() if k != sidecar_path.name}))
+    save_card(unrecorded,
+              dataclasses.replace(card, files={k: v for k, v in card.files.items() if k != sidecar_path.name}))
     with pytest.raises(ValueError, match="model.int8.onnx.json: bundle.json records no checksum for it.*--int8"):
         Predictor(unrecorded, backend="onnx-int8")
 

@@ -180,7 +180,8 @@ def test_fit_temperature_keeps_one_when_validation_has_no_error():
         assert metrics.TEMPERATURE_BOUNDS[0] < fit_temperature(one_error, y) < metrics.TEMPERATURE_BOUNDS[1]
     # errors, but logits too close together for any T to spread: the bound, said as such, not "no error"
     rng = np.random.default_rng(0)
-    close = np.stack([np.zeros(1000), 0.02 * (2 * (y_many := rng.integers(0, 2, 1000)) - 1) + rng.normal(0, 0.01, 1000)], axis=1)
+    close = np.stack([np.zeros(1000),
+                      0.02 * (2 * (y_many := rng.integers(0, 2, 1000)) - 1) + rng.normal(0, 0.01, 1000)], axis=1)
     assert (close.argmax(axis=1) != y_many).any()
     with pytest.warns(UserWarning, match="too close together"):
         assert fit_temperature(close, y_many) == pytest.approx(metrics.TEMPERATURE_BOUNDS[0], rel=1e-2)
@@ -667,7 +668,8 @@ def test_auc_interval_degenerate_cases():
 
 def test_bca_without_bias_or_skew_is_the_percentile_interval_and_the_f1_jackknife_leaves_patients_out():
     samples = np.r_[np.linspace(0.2, 0.8, 401), math.nan]
-    assert metrics._bca_ci(samples, 0.5, np.full(10, 0.5), 0.05) == pytest.approx(np.percentile(samples[:-1], [2.5, 97.5]))
+    assert metrics._bca_ci(samples, 0.5, np.full(10, 0.5), 0.05) == pytest.approx(
+        np.percentile(samples[:-1], [2.5, 97.5]))
     assert all(math.isnan(v) for v in metrics._bca_ci(samples, 0.9, np.full(10, 0.5), 0.05))  # beyond every one
     called = np.array([1, 1, 0, 1, 0, 0, 1], bool)
     positive = np.array([1, 1, 1, 0, 0, 1, 0], bool)

@@ -79,7 +79,8 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     results = meta["model-index"][0]["results"]
     # the bundle was given alone (no run's split.csv beside it): its films could not be checked to be new to it
     assert [r["dataset"]["name"] for r in results][1:] == [
-        f"{name} (films not checked against its training films)" for name in ("synthetic test films", "chest_xray/test")]
+        f"{name} (films not checked against its training films)"
+        for name in ("synthetic test films", "chest_xray/test")]
     assert first["films_checked"] is second["films_checked"] is False
     assert "no split.csv of its run beside it" in first["caveats"][0]
     assert "| **not checked** |" in body and f"- {today()}, on synthetic test films: {first['caveats'][0]}" in body
@@ -99,7 +100,8 @@ def test_add_to_card_records_an_evaluation_and_keeps_the_weights(
     assert f"plain, {first['threshold']:.4f} | {auc:.3f} (95% CI " in body
     no_ci = dataclasses.replace(card, external_evaluations=[
         first | {"metrics": first["metrics"] | {"auc": {"value": auc, "ci": [None, None]}}}])
-    assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), "a bare figure reads as certain"
+    assert f"plain, {first['threshold']:.4f} | {auc:.3f} (no 95% CI) |" in render(no_ci), (
+        "a bare figure reads as certain")
 
 
 def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_as_not_recorded(

@@ -266,7 +266,8 @@ def test_lite0_and_lite2_are_different_networks(lite: tuple[str, dict[str, torch
     name, weights = lite
     other = "efficientnet_lite2" if name == "efficientnet_lite0" else "efficientnet_lite0"
     with pytest.raises(ValueError, match="body tensors"):
-        models.map_efficientnet_pytorch_weights(weights, models.create(other, num_classes=1000, in_chans=3).state_dict())
+        models.map_efficientnet_pytorch_weights(weights,
+                                                models.create(other, num_classes=1000, in_chans=3).state_dict())
 
 
 # --- set_trainable -------------------------------------------------------------------------------

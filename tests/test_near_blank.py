@@ -47,7 +47,8 @@ def test_a_nearly_blank_film_is_refused(case: str) -> None:
 
 def test_the_service_answers_a_nearly_blank_upload_with_422(tiny_bundle: Path) -> None:
     with TestClient(create_app(tiny_bundle)) as client:
-        r = client.post("/v1/predict", files={"file": ("marker.dcm", NEARLY_BLANK["all-zero 12-bit DICOM with a burned-in box"],
+        r = client.post("/v1/predict", files={"file": ("marker.dcm",
+                                                       NEARLY_BLANK["all-zero 12-bit DICOM with a burned-in box"],
                                                        "application/dicom")})
     assert r.status_code == 422 and "probability" not in r.json()
     assert r.json()["error"].startswith("cannot read the image: blank image: 9")  # the share of the film as decoded

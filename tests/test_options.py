@@ -36,7 +36,8 @@ def test_look_up_option_suggests_the_closest_names() -> None:
     assert look_up_option("pad", RESIZE_POLICIES, "resize policy") == "pad"
     with pytest.raises(ValueError) as e:
         look_up_option("sqush", RESIZE_POLICIES, "resize policy")
-    assert str(e.value) == "unknown resize policy 'sqush'; did you mean 'squash'? (choose from squash, pad, center-crop)"
+    assert str(e.value) == ("unknown resize policy 'sqush'; did you mean 'squash'? (choose from squash, pad, "
+                            "center-crop)")
     with pytest.raises(ValueError) as e:
         look_up_option("zzz", ("torch", "onnx"), "backend")
     assert str(e.value) == "unknown backend 'zzz' (choose from torch, onnx)"  # nothing close: no guess
@@ -82,7 +83,8 @@ def _option(parser: argparse.ArgumentParser, command: str, flag: str) -> argpars
 
 def test_cli_choices_are_the_library_names(capsys: pytest.CaptureFixture) -> None:
     parser = cli.build_parser()
-    assert list(_option(parser, "train", "--task").choices) == list(_option(parser, "cv", "--task").choices) == list_tasks()
+    assert (list(_option(parser, "train", "--task").choices) == list(_option(parser, "cv", "--task").choices)
+            == list_tasks())
     for command in ("predict", "serve", "pacs"):
         assert tuple(_option(parser, command, "--backend").choices) == BACKENDS
     assert tuple(_option(parser, "cache", "--policy").choices) == RESIZE_POLICIES
@@ -127,7 +129,8 @@ def test_set_refuses_unknown_keys_and_bad_values(setting: str, reason: str, caps
 
 def test_apply_settings_leaves_its_input_alone() -> None:
     data = {"augment": {"noise": 0.1}}
-    assert apply_settings(data, ["augment.noise=0"]) == {"augment": {"noise": 0}} and data == {"augment": {"noise": 0.1}}
+    assert (apply_settings(data, ["augment.noise=0"]) == {"augment": {"noise": 0}}
+            and data == {"augment": {"noise": 0.1}})
 
 
 def test_cv_takes_the_same_settings(capsys: pytest.CaptureFixture) -> None:
@@ -145,12 +148,14 @@ def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFix
      {"lr": 3e-4, "augment.noise": 0.04, "weight_decay": 0.01, "warmup": 0.05}),  # YAML 1.1 strings: no dot
     ({"lr": "1.0e-3", "time_budget": "+1e1"}, {"lr": 1e-3, "time_budget": 10.0}),  # nor an exponent sign
     ({"seed": "1e9", "epochs": "2E0"}, {"seed": 10**9, "epochs": 2}),  # a whole number in scientific notation
-    ({"epochs": 3.0, "lr": 1, "target_sensitivity": None, "augment": False}, {"epochs": 3, "lr": 1, "augment.noise": 0.0}),
+    ({"epochs": 3.0, "lr": 1, "target_sensitivity": None, "augment": False},
+     {"epochs": 3, "lr": 1, "augment.noise": 0.0}),
     ({"teacher": None, "model_kwargs": {"drop_rate": 0.3}}, {"teacher": [], "model_kwargs": {"drop_rate": 0.3}}),
 ])  # fmt: skip
 def test_settings_of_the_fields_types_are_taken(settings: dict, expected: dict) -> None:
     for cfg in (TrainConfig.from_dict(settings), TrainConfig(**settings)):  # YAML and flags, or the library
-        got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key) for key in expected}
+        got = {key: getattr(cfg.augment, key[8:]) if key.startswith("augment.") else getattr(cfg, key)
+               for key in expected}
         assert got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
 
 
@@ -245,7 +250,8 @@ def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:
     cfg = TrainConfig(init=Path("runs/a/bundle"), teacher=(Path("runs/t/bundle"), "runs/u/bundle"),
                       split_csv=Path("runs/a/split.csv"))
     assert (cfg.init, cfg.teacher, cfg.split_csv) == (os.path.abspath("runs/a/bundle"),
-                                                     [os.path.abspath("runs/t/bundle"), os.path.abspath("runs/u/bundle")],
+                                                     [os.path.abspath("runs/t/bundle"),
+                                                      os.path.abspath("runs/u/bundle")],
                                                      "runs/a/split.csv")
     assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 

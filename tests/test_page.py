@@ -297,7 +297,8 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
 
 
 def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tmp_path: Path) -> None:
-    paths = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2] + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:1]
+    paths = (sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
+             + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:1])
     files = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in paths]
     files[0]["name"] = "=cmd.jpeg"  # a spreadsheet would run it as a formula
     page.set_input_files("#file", files=files)

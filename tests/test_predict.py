@@ -120,8 +120,10 @@ def test_folder_without_images_is_an_error(tiny_bundle: Path, tmp_path: Path) ->
 def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path: Path) -> None:
     pixels = _image(40, 56, 2)
     Image.fromarray(pixels).save(tmp_path / "film.png")
-    (tmp_path / "film.dcm").write_bytes(dicom_bytes(pixels.astype(np.uint16) * 257, bits=16))  # 16-bit, min-max maps back to `pixels`
-    (tmp_path / "inverted").write_bytes(dicom_bytes((255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1", bits=16))  # found by its DICM magic
+    # 16-bit, min-max maps back to `pixels`
+    (tmp_path / "film.dcm").write_bytes(dicom_bytes(pixels.astype(np.uint16) * 257, bits=16))
+    # found by its DICM magic
+    (tmp_path / "inverted").write_bytes(dicom_bytes((255 - pixels.astype(np.uint16)) * 257, "MONOCHROME1", bits=16))
     rows = predict_paths(tiny_bundle, [tmp_path / "film.png", tmp_path / "film.dcm", tmp_path / "inverted"])
     assert all("error" not in r for r in rows), rows
     assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=SCORE_TOL)
@@ -136,7 +138,8 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
     first = tmp_path / "first"
     shutil.copytree(tiny_bundle, first)
     scores = sorted(r["probability"] for r in predict_paths(first, files))
-    save_card(first, dataclasses.replace(load_card(first), threshold=(scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2))
+    save_card(first, dataclasses.replace(load_card(first),
+                                         threshold=(scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2))
 
     rows = predict_paths(first, files, etiology=tiny_etiology_bundle, batch_size=5)
     second = Predictor(tiny_etiology_bundle)
@@ -173,7 +176,8 @@ def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
     row = predict_paths(first, [film], etiology=second)[0]
     for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):
         gray = read_gray(film, target=stage.card.spec.decode_target)
-        assert row[key] == pytest.approx(float(stage.positive_probability(stage.probabilities(stage.preprocess([gray])))[0]), abs=SCORE_TOL)
+        assert row[key] == pytest.approx(
+            float(stage.positive_probability(stage.probabilities(stage.preprocess([gray])))[0]), abs=SCORE_TOL)
 
 
 def test_multiclass_bundle_thresholds_one_minus_p_normal(tmp_path: Path) -> None:
@@ -260,7 +264,8 @@ def test_full_size_input_is_preprocessed_like_the_training_cache(tiny_bundle: Pa
     path = sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0]
     predictor = Predictor(tiny_bundle)
     from_cache = preprocess(path, **card.spec.to_dict())
-    np.testing.assert_array_equal(predictor.preprocess([read_gray(path, target=card.spec.decode_target)])[0], from_cache)
+    np.testing.assert_array_equal(predictor.preprocess([read_gray(path, target=card.spec.decode_target)])[0],
+                                  from_cache)
     direct = preprocess(path, card.size, card.resize_policy)
     assert not np.array_equal(from_cache, direct)  # the step is applied, not skipped
     row = predict_paths(tiny_bundle, [path])[0]
@@ -315,8 +320,8 @@ def test_cli_predict_writes_results_and_reports_failures(
     out_json = tmp_path / "r.json"
     assert cli.main(["predict", str(tiny_bundle), *good, "--out", str(out_json), "--tta"]) == 0
     [row] = json.loads(out_json.read_text())
-    assert row.keys() == {"path", "probability", "label", "threshold", "near_threshold", "warnings", "in_scope", "model_id",
-                          "model_version"}
+    assert row.keys() == {"path", "probability", "label", "threshold", "near_threshold", "warnings", "in_scope",
+                          "model_id", "model_version"}
     card = load_card(tiny_bundle)
     assert row["threshold"] == card.tta_threshold != card.threshold, "TTA scores are read at the TTA threshold"
     assert row["label"] == ("PNEUMONIA" if row["probability"] >= card.tta_threshold else "NORMAL")
@@ -371,7 +376,8 @@ def test_predict_paths_refuses_heatmaps_given_a_file_as_the_command_does(tiny_bu
 
 
 def test_format_results_csv_keeps_column_order_and_blanks() -> None:
-    rows = [{"path": "a", "probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5}, {"path": "b", "error": "empty file (0 bytes)"}]
+    rows = [{"path": "a", "probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5},
+            {"path": "b", "error": "empty file (0 bytes)"}]
     lines = format_results(rows, "csv").splitlines()
     assert lines == ["path,probability,label,threshold,error,warnings", "a,0.7,PNEUMONIA,0.5,,",
                      "b,,,,empty file (0 bytes),"]
@@ -401,7 +407,8 @@ def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(
 
 
 @pytest.mark.parametrize("backend, waits", [("onnx", False), ("torch", True)])
-def test_only_the_torch_backend_waits_while_a_heatmap_holds_the_model(tiny_bundle: Path, backend: str, waits: bool) -> None:
+def test_only_the_torch_backend_waits_while_a_heatmap_holds_the_model(tiny_bundle: Path, backend: str,
+                                                                      waits: bool) -> None:
     predictor = Predictor(tiny_bundle, backend=backend)
     images = predictor.preprocess([_image(40, 40, 1)])
     done = threading.Event()

@@ -72,7 +72,8 @@ def test_the_int8_sidecar_gives_the_int8_thresholds_where_onnx_users_read_them(i
     between the two thresholds gets the other label."""
     sidecar = json.loads(spec_path(int8_bundle / INT8_NAME).read_text())
     card = load_card(int8_bundle)
-    assert (sidecar["threshold"], sidecar["tta_threshold"]) == (sidecar["int8_threshold"], sidecar["int8_tta_threshold"])
+    assert (sidecar["threshold"], sidecar["tta_threshold"]) == (sidecar["int8_threshold"],
+                                                                sidecar["int8_tta_threshold"])
     assert sidecar["threshold"] != card.threshold and sidecar["tta_threshold"] != card.tta_threshold
     fp32 = json.loads(spec_path(int8_bundle / ONNX_NAME).read_text())
     assert (fp32["threshold"], fp32["tta_threshold"]) == (card.threshold, card.tta_threshold)
@@ -94,7 +95,8 @@ def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_pa
     figureless = tmp_path / "figureless"  # no INT8 validation figures: the service would show the FP32 model's
     shutil.copytree(int8_bundle, figureless)
     sidecar = spec_path(figureless / INT8_NAME)
-    sidecar.write_text(json.dumps({k: v for k, v in json.loads(sidecar.read_text()).items() if k != "int8_val_metrics"}))
+    sidecar.write_text(json.dumps({k: v for k, v in json.loads(sidecar.read_text()).items()
+                                   if k != "int8_val_metrics"}))
     with pytest.raises(ValueError, match="has no validated model.int8.onnx"):
         Predictor(figureless, backend="onnx-int8")
     listed = tmp_path / "listed"  # a sidecar that is JSON but not an object had crashed with an AttributeError
@@ -115,7 +117,8 @@ def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset
     assert "needs labelled films in train and val splits" in err and "has no train or val split" in err
     assert not (bundle / INT8_NAME).exists()
     elsewhere = tmp_path / "model.int8.onnx"  # --out would be silently ignored: the INT8 model lives in the bundle
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv"), "--out", str(elsewhere)]) == 2
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(tiny_bundle.parent / "split.csv"),
+                     "--out", str(elsewhere)]) == 2
     assert "--int8 writes BUNDLE/model.int8.onnx" in capsys.readouterr().err
     assert not elsewhere.exists() and not (bundle / INT8_NAME).exists()
 
@@ -131,7 +134,8 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     int8 = Predictor(new, backend="onnx-int8")
     assert int8.card.threshold_targets == (None, 0.5)
     images, targets, _ = labelled_images(split, "val", get_task("pneumonia"), int8.card.spec)
-    expected = choose_threshold(binary_targets(targets), int8.positive_probability(int8.probabilities(images)), None, 0.5)
+    expected = choose_threshold(binary_targets(targets), int8.positive_probability(int8.probabilities(images)),
+                                None, 0.5)
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
@@ -241,7 +245,8 @@ def test_results_read_with_the_int8_model_name_it(int8_bundle: Path, tiny_bundle
     assert info["version"] == int8
     # the figures beside its threshold are its own, at that threshold: not FP32's, at FP32's threshold
     predictor = Predictor(int8_bundle, backend="onnx-int8")
-    images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"), predictor.card.spec)
+    images, targets, _ = labelled_images(tiny_bundle.parent / "split.csv", "val", get_task("pneumonia"),
+                                         predictor.card.spec)
     y, scores = binary_targets(targets), predictor.positive_probability(predictor.probabilities(images))
     at = binary_metrics(y, scores, info["threshold"])
     assert info["val_metrics"]["threshold"] == info["threshold"] != load_card(int8_bundle).threshold
@@ -273,7 +278,8 @@ def test_evaluate_scores_the_int8_model_at_its_own_threshold(int8_bundle: Path, 
     int8 = Predictor(int8_bundle, backend="onnx-int8")
     images, targets, _ = labelled_images(tiny_dataset, "test", get_task("pneumonia"), int8.card.spec)
     y, scores = binary_targets(targets), int8.positive_probability(int8.probabilities(images))
-    assert metrics["backend"] == "onnx-int8" and metrics["threshold"] == int8.threshold() != load_card(int8_bundle).threshold
+    assert (metrics["backend"] == "onnx-int8"
+            and metrics["threshold"] == int8.threshold() != load_card(int8_bundle).threshold)
     assert metrics["auc"] == pytest.approx(roc_auc_score(y, scores))
     at = binary_metrics(y, scores, int8.threshold())
     assert [metrics[k] for k in ("sensitivity", "specificity")] == pytest.approx([at["sensitivity"], at["specificity"]])
@@ -291,7 +297,8 @@ def test_heatmaps_are_refused_with_the_int8_backend(int8_bundle: Path, data_root
         predict_paths(int8_bundle, [film], backend="onnx-int8", heatmap_dir=tmp_path / "maps")
     assert not (tmp_path / "maps").exists()
     with TestClient(create_app(int8_bundle, backend="onnx-int8")) as client:
-        post = lambda **q: client.post("/v1/predict", params=q, files={"file": ("f.jpeg", film.read_bytes(), "image/jpeg")})
+        post = lambda **q: client.post("/v1/predict", params=q,
+                                       files={"file": ("f.jpeg", film.read_bytes(), "image/jpeg")})
         refused = post(heatmap="true")
         assert refused.status_code == 422 and "heatmaps come from the FP32 model" in refused.json()["error"]
         assert post().status_code == 200  # the reading itself is the INT8 model's, as ever
@@ -436,7 +443,8 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bun
     chosen = json.loads(spec_path(bundle / INT8_NAME).read_text())["int8_threshold_interval"]
     int8 = Predictor(bundle, backend="onnx-int8")
     films, images, targets, _ = labelled_records(manifest, "val", int8.task, int8.card.spec)
-    y, scores, policy = binary_targets(targets), int8.positive_probability(int8.probabilities(images)), int8.card.threshold_targets
+    y, scores, policy = (binary_targets(targets), int8.positive_probability(int8.probabilities(images)),
+                         int8.card.threshold_targets)
     units = patient_groups(films, manifest)[1]
     assert len(set(units)) == len(films) // 2 == len(again)
     assert chosen == pytest.approx(threshold_interval(y, scores, *policy, units), abs=SCORE_TOL)

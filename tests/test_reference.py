@@ -157,7 +157,8 @@ def test_no_augment_is_the_normalisation_alone() -> None:
 
 def test_zoom_range_zooms_in_and_out_and_constant_fill_leaves_a_black_border() -> None:
     size, grey = 40, 200
-    out = _draws(Augment(**{**vars(Augment.off()), "zoom_range": 0.3}), torch.full((1, size, size), grey, dtype=torch.uint8))
+    out = _draws(Augment(**{**vars(Augment.off()), "zoom_range": 0.3}),
+                 torch.full((1, size, size), grey, dtype=torch.uint8))
     corners = out[:, 0, 0, 0]
     zoomed_out = corners == 0
     assert 0.25 < zoomed_out.float().mean() < 0.75  # scale 0.7-1.3: about half the draws zoom out
@@ -259,7 +260,8 @@ def mendeley(tmp_path_factory: pytest.TempPathFactory) -> Path:
         kind = ("NORMAL", "BACTERIA", "VIRUS")[p % 3]
         folder = root / "train" / ("NORMAL" if kind == "NORMAL" else "PNEUMONIA")
         for film in range(2 + p % 2):
-            _write(folder / f"{kind}-{1000 + p * 37}-{film + 1:04d}.jpeg", {"BACTERIA": 80, "VIRUS": 170}.get(kind, 128), rng)
+            _write(folder / f"{kind}-{1000 + p * 37}-{film + 1:04d}.jpeg",
+                   {"BACTERIA": 80, "VIRUS": 170}.get(kind, 128), rng)
     _write(root / "test" / "PNEUMONIA" / "VIRUS-9999999-0001.jpeg", 170, rng)
     return root
 
@@ -299,7 +301,8 @@ def test_names_without_patient_ids_are_split_one_group_per_image_and_said_so(tmp
     for i in range(10):
         _write(tmp_path / "data" / ("NORMAL", "PNEUMONIA")[i % 2] / f"scan{i}.png", 128, rng)
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.split"):
-        assert main(["split", str(tmp_path / "data"), "--out", str(tmp_path / "split.csv"), "--val-fraction", "0.2"]) == 0
+        assert main(["split", str(tmp_path / "data"), "--out", str(tmp_path / "split.csv"),
+                     "--val-fraction", "0.2"]) == 0
     assert [r.getMessage() for r in caplog.records] == [NO_IDS.format(n=10)]
     caplog.clear()
     _write(tmp_path / "data" / "PNEUMONIA" / "person3_virus_7.png", 128, rng)
@@ -356,7 +359,8 @@ def test_reference_protocol_validates_on_the_val_folder_and_warns(
     with caplog.at_level(logging.WARNING, logger="pneumoscan"):
         assert main(args) == 0
     split = discover(run / "split.csv").records
-    assert sorted(Path(r.path).name for r in split if r.split == "val") == sorted(p.name for p in (data / "val").rglob("*.jpeg"))
+    assert sorted(Path(r.path).name for r in split if r.split == "val") == sorted(
+        p.name for p in (data / "val").rglob("*.jpeg"))
     assert sum(r.split == "train" for r in split) == len(list((data / "train").rglob("*.jpeg"))), "all of train/"
     assert "validating on the val/ folder" in caplog.text and "12.5 points" in caplog.text  # 8 films a class
     with pytest.raises(ValueError, match="give one"):
@@ -369,6 +373,8 @@ def test_a_val_folder_sharing_a_patient_with_train_is_refused(tiny_dataset: Path
     shutil.copytree(tiny_dataset / "train", data / "train")
     shutil.copytree(tiny_dataset / "test", data / "val")
     split_records(data, TrainConfig(validate_on_val_folder=True))  # no patient in both: accepted
-    shutil.copy(data / "train" / "PNEUMONIA" / "person3_bacteria_3.jpeg", data / "val" / "PNEUMONIA" / "person3_bacteria_99.jpeg")
-    with pytest.raises(ValueError, match=r"train/ and val/ folders: 1 patient\(s\) have films in both train and val \(e\.g\. person3\)"):
+    shutil.copy(data / "train" / "PNEUMONIA" / "person3_bacteria_3.jpeg",
+                data / "val" / "PNEUMONIA" / "person3_bacteria_99.jpeg")
+    with pytest.raises(ValueError, match=r"train/ and val/ folders: 1 patient\(s\) have films in both train and val "
+                                         r"\(e\.g\. person3\)"):
         split_records(data, TrainConfig(validate_on_val_folder=True))

@@ -65,8 +65,8 @@ AGREEING = {
     "PA, coded PA in SNOMED RT": {"ViewCodeSequence": view_code(Code("R-10214", "SRT", "postero-anterior"))},
     "AP, coded AP in SNOMED RT": {"ViewPosition": "AP",
                                   "ViewCodeSequence": view_code(Code("R-10206", "SRT", "antero-posterior"))},
-    "no ViewPosition, coded PA in SNOMED RT": {"ViewPosition": None,
-                                               "ViewCodeSequence": view_code(Code("R-10214", "SRT", "postero-anterior"))},
+    "no ViewPosition, coded PA in SNOMED RT": {
+        "ViewPosition": None, "ViewCodeSequence": view_code(Code("R-10214", "SRT", "postero-anterior"))},
     "PA, a view code not known here": {"ViewCodeSequence": view_code(Code("99-LOCAL", "99LOCAL", "chest PA"))},
     # de-identified birth dates: a placeholder, and one cut to the first of January of its year (5.9 years by the
     # dates for a "004Y" a month before the fifth birthday)

@@ -116,7 +116,8 @@ def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
     card = load_card(tiny_bundle)
     info = client.get("/v1/model").json()
     assert info["id"] == card.model_id and card.data_fingerprint[:8] in info["id"]
-    assert info["version"] == "sha256:" + hashlib.sha256((tiny_bundle / "model.safetensors").read_bytes()).hexdigest()[:12]
+    assert info["version"] == "sha256:" + hashlib.sha256(
+        (tiny_bundle / "model.safetensors").read_bytes()).hexdigest()[:12]
     assert (info["task"], info["classes"], info["positive"]) == ("pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA")
     assert info["threshold"] == pytest.approx(card.threshold)
     assert info["threshold_policy"] == card.threshold_policy
@@ -167,7 +168,8 @@ def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: s
     assert 0.0 <= r.json()["probability"] <= 1.0
 
 
-@pytest.mark.parametrize("content_type, name", [("application/dicom", "scan"), ("application/octet-stream", "scan.dcm")])
+@pytest.mark.parametrize("content_type, name", [("application/dicom", "scan"),
+                                                ("application/octet-stream", "scan.dcm")])
 def test_dicom_without_preamble_is_read_like_the_file_flow(
     client: TestClient, tiny_bundle: Path, xray: bytes, tmp_path: Path, content_type: str, name: str
 ) -> None:
@@ -187,11 +189,13 @@ def test_magic_bytes_win_over_a_dcm_name(client: TestClient, xray: bytes, conten
     refused as 'a DICOM without pixel data'."""
     r = upload(client, png(read_gray(xray)), content_type, "scan.dcm")
     assert r.status_code == 200, r.text
-    assert r.json()["warnings"] == ["no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"]
+    assert r.json()["warnings"] == [
+        "no DICOM tags: not checked to be a frontal chest radiograph of a child of 1-5 years"]
 
 
 @pytest.mark.parametrize("which", ["xray", "full_size_xray"])
-def test_heatmap_is_a_png_data_url(client: TestClient, tiny_bundle: Path, which: str, request: pytest.FixtureRequest) -> None:
+def test_heatmap_is_a_png_data_url(client: TestClient, tiny_bundle: Path, which: str,
+                                   request: pytest.FixtureRequest) -> None:
     data = request.getfixturevalue(which)
     r = upload(client, data, heatmap="true")
     assert r.status_code == 200, r.text
@@ -309,7 +313,8 @@ def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xra
         assert_error(upload(small, xray + b"\0" * MB), 413, "limit")
         # chunked body without Content-Length: the cap must hold while streaming, not from the header
         boundary = "cap"
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n'
+                'Content-Type: image/jpeg\r\n\r\n')
 
         def body() -> Iterator[bytes]:
             yield head.encode() + xray
@@ -317,20 +322,26 @@ def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xra
                 yield b"\0" * 65536
             yield f"\r\n--{boundary}--\r\n".encode()
 
-        r = small.post("/v1/predict", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        r = small.post("/v1/predict", content=body(),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
         assert_error(r, 413, "upload too large")
 
 
 @pytest.mark.parametrize("case, request_kwargs, status, words", [
     ("JSON body", {"json": {"file": "x"}}, 415, "expected multipart/form-data"),
-    ("raw JPEG body", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
-    ("no boundary", {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "malformed multipart"),
+    ("raw JPEG body", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}},
+     415, "multipart/form-data"),
+    ("no boundary", {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}},
+     400, "malformed multipart"),
     ("field named image", {"files": {"image": ("x.jpeg", b"\xff\xd8\xff", "image/jpeg")}}, 400, "field named 'file'"),
-    ("text field only", {"data": {"file": "not a file"}, "files": {"other": ("a", b"b", "text/plain")}}, 400, "no file"),
-    ("two files", {"files": [("file", ("a.jpeg", b"\xff\xd8\xff", "image/jpeg")), ("file", ("b.jpeg", b"\xff\xd8\xff", "image/jpeg"))]},
+    ("text field only", {"data": {"file": "not a file"}, "files": {"other": ("a", b"b", "text/plain")}},
+     400, "no file"),
+    ("two files", {"files": [("file", ("a.jpeg", b"\xff\xd8\xff", "image/jpeg")),
+                             ("file", ("b.jpeg", b"\xff\xd8\xff", "image/jpeg"))]},
      400, "Too many files"),
 ])
-def test_malformed_requests_are_4xx(client: TestClient, case: str, request_kwargs: dict, status: int, words: str) -> None:
+def test_malformed_requests_are_4xx(client: TestClient, case: str, request_kwargs: dict, status: int,
+                                    words: str) -> None:
     assert_error(client.post("/v1/predict", **request_kwargs), status, words)
 
 
@@ -460,7 +471,8 @@ def test_an_internal_error_is_json_and_the_service_goes_on(tiny_bundle: Path, xr
 def test_concurrent_requests_share_one_batch_and_keep_their_own_answers(tiny_bundle: Path, data_root: Path) -> None:
     """Requests that wait together are classified in one model call, and each gets its own image's result."""
     predictor = Predictor(tiny_bundle)
-    grays = [read_gray(p, target=predictor.card.spec.decode_target) for p in sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:8]]
+    grays = [read_gray(p, target=predictor.card.spec.decode_target)
+             for p in sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:8]]
     expected = [predictor.probabilities(predictor.preprocess([g]))[0] for g in grays]
     gate, batch_sizes = threading.Event(), []
 

@@ -1,6 +1,7 @@
 """The service's locks: the API key for all but the page, /healthz and the schema, the Host allow-list (DNS
 rebinding), refusing a public bind without a key, the security headers on every answer, API docs that load nothing
-from a CDN, and CORS only when configured. The key file, the bind check and the locks over a socket are also proved through the command."""
+from a CDN, and CORS only when configured. The key file, the bind check and the locks over a socket are also proved
+through the command."""
 
 from __future__ import annotations
 
@@ -241,8 +242,8 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PNEUMOSCAN_API_KEY"}
     with (tmp_path / "log").open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "serve", str(tiny_bundle), "--port", str(port),
-                                 "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
+        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "-q", "serve", str(tiny_bundle),
+                                 "--port", str(port), "--api-key-file", str(tmp_path / "key"), "--backend", "torch"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     try:
         wait_healthy(proc, url, tmp_path / "log")
@@ -250,7 +251,8 @@ def test_cli_serves_with_a_key_file(tiny_bundle: Path, xray: bytes, tmp_path: Pa
             assert predict(http, xray).status_code == 401
             r = predict(http, xray, Authorization=f"Bearer {KEY}")
             assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff"
-            assert http.get("/v1/model", headers={"host": "rebound.attacker.example", "X-API-Key": KEY}).status_code == 400
+            assert http.get("/v1/model",
+                            headers={"host": "rebound.attacker.example", "X-API-Key": KEY}).status_code == 400
             assert http.get("/docs", headers={"X-API-Key": KEY}).status_code == 404
     finally:
         proc.terminate()
@@ -341,7 +343,8 @@ def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkey
     parse = cli.build_parser().parse_args
     monkeypatch.setenv("PNEUMOSCAN_API_KEY", KEY)
     limits, access = cli.serve_settings(parse(["serve", "b"]))
-    assert access.api_key == KEY and access.allowed_hosts == ("localhost", "127.0.0.1", "::1") and not access.cors_origins
+    assert (access.api_key == KEY and access.allowed_hosts == ("localhost", "127.0.0.1", "::1")
+            and not access.cors_origins)
     assert limits == Limits()
     (tmp_path / "key").write_text("from-the-file-0123456789\n")
     limits, access = cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "key"),

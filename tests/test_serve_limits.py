@@ -92,8 +92,8 @@ def post(url: str, xray: bytes, heatmap: bool = False) -> Callable[[], httpx.Res
 
 
 def multipart_head(length: int, boundary: str = "b") -> bytes:
-    return (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return ("POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n").encode()
 
 
 def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
@@ -138,7 +138,8 @@ def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(multipart_head(100_000) + b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n')
+            sock.sendall(multipart_head(100_000)
+                         + b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n')
             stop = threading.Event()
 
             def trickle() -> None:  # a byte every 0.1 s: 100 KB would take hours
@@ -197,7 +198,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
         port = int(url.rsplit(":", 1)[1])
         with in_background([post(url, xray)]) as held:
             gate.wait_entered(1)
-            body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n\r\n' + xray + b"\r\n--b--\r\n"
+            body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n\r\n' + xray
+                    + b"\r\n--b--\r\n")
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(multipart_head(len(body)) + body[:100])
                 time.sleep(0.8)  # longer than the head deadline
@@ -219,7 +221,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
     monkeypatch.setattr(service_module, "decode_upload", gate)
     model_calls = []
     real = Predictor.probabilities
-    monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
+    monkeypatch.setattr(Predictor, "probabilities",
+                        lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
     limits = Limits(max_concurrent_decodes=1, max_queue=4)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -292,7 +295,8 @@ def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch
 # ---------------------------------------------------------------- logs
 
 
-def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failures_log_one_line_each_rate_limited(tiny_bundle: Path, xray: bytes,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Twenty failing requests on one connection: each a JSON 500 (the connection kept), and the server log holds
     one line, with no traceback."""
     monkeypatch.setattr(Predictor, "probabilities", lambda self, images, tta=False: 1 / 0)
@@ -341,7 +345,8 @@ def test_one_line_log_counts_what_it_held_back() -> None:
     assert lines == [
         "socket.accept() out of system resource: OSError: [Errno 24] Too many open files",
         "another kind of message",
-        "socket.accept() out of system resource: OSError: [Errno 24] Too many open files (499 more like this held back)",
+        ("socket.accept() out of system resource: OSError: [Errno 24] Too many open files (499 more like this held "
+         "back)"),
     ]
 
 
@@ -405,7 +410,8 @@ def test_the_access_log_keeps_only_the_apis_own_query_parameters() -> None:
     """A client that tags its requests ?patient=... had its patient data written to the access log word for word."""
     with access_lines("pneumoscan.test-access-query") as (log, stream):
         for path in ("/v1/predict?heatmap=true&patient=Doe%5EJane&accession=ACC12345&format=json", "/healthz",
-                     "/v1/predict?Doe%5EJane", "/v1/predict?format=Jane+Doe+1990-01-02", "/v1/predict?heatmap=y&image=F"):
+                     "/v1/predict?Doe%5EJane", "/v1/predict?format=Jane+Doe+1990-01-02",
+                     "/v1/predict?heatmap=y&image=F"):
             log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "POST", path, "1.1", 200)
     assert stream.getvalue().splitlines() == [
         '127.0.0.1:5000 - "POST /v1/predict?heatmap=true&format=json [2 other query parameter(s) not logged] '

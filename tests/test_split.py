@@ -185,7 +185,8 @@ def test_a_spreadsheet_manifest_with_a_byte_order_mark_reads(tmp_path: Path) -> 
 def test_manifest_subtypes_are_normalised_and_checked_against_the_label(tmp_path: Path) -> None:
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,Virus\nb.png,normal,\n")
-    assert [(r.label, r.subtype) for r in read_manifest(csv_path).records] == [("PNEUMONIA", "virus"), ("NORMAL", "normal")]
+    assert [(r.label, r.subtype) for r in read_manifest(csv_path).records] == [("PNEUMONIA", "virus"),
+                                                                               ("NORMAL", "normal")]
     csv_path.write_text("path,label,subtype\na.png,PNEUMONIA,virus\nb.png,NORMAL,virus\n")
     with pytest.raises(ValueError, match="line 3: subtype 'virus' does not fit label NORMAL"):
         read_manifest(csv_path)
@@ -203,7 +204,8 @@ def test_linked_folders_are_followed_once_and_broken_links_listed(tmp_path: Path
     (normal / "loop").symlink_to(normal)  # a link back up must not loop
     (normal / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
     found = discover(tmp_path / "data")
-    assert sorted(Path(r.path).name for r in found.records) == ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg", "IM-0003-0001.jpeg"]
+    assert sorted(Path(r.path).name for r in found.records) == ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg",
+                                                                "IM-0003-0001.jpeg"]
     assert found.skipped == [
         {"path": str(normal / "gone.jpeg"), "reason": "broken link"},
         {"path": str(normal / "loop"), "reason": "folder already searched (a link back to it)"},
@@ -364,7 +366,8 @@ def test_a_misfiled_film_stays_with_its_patient_and_label_conflicts_are_warned_o
             sides.add(out[min(person1)])
     assert sides == {"train", "val"}
     warning = caplog.messages[0]
-    assert warning.startswith("2 label conflict(s): a file name or a duplicate (exact or near) contradicts a label, e.g. ")
+    assert warning.startswith("2 label conflict(s): a file name or a duplicate (exact or near) contradicts a label, "
+                              "e.g. ")
     assert "person1_bacteria_9.jpeg (named bacteria, labelled NORMAL)" in warning
 
 

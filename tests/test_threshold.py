@@ -150,7 +150,8 @@ def test_threshold_refusals_are_one_line_and_write_nothing(
     top = int(np.argmax(plain))
     renamed = tmp_path.parent / f"{tmp_path.name}-IM-0999-0001.jpeg"
     shutil.copy(records[top].path, renamed)
-    flipped = [make_record(renamed, "NORMAL") if i == top else make_record(r.path, r.label) for i, r in enumerate(records)]
+    flipped = [make_record(renamed, "NORMAL") if i == top else make_record(r.path, r.label)
+               for i, r in enumerate(records)]
     write_manifest(flipped, tmp_path / "flipped.csv")
     write_manifest([r for r in records if r.label == "PNEUMONIA"], tmp_path / "one-class.csv")
     (tmp_path / "taken").mkdir()
@@ -189,13 +190,15 @@ def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     _, images, targets, _ = labelled_records(site, None, get_task("pneumonia"), int8.card.spec)
     y = binary_targets(targets)
     assert int8.threshold() == choose_threshold(y, int8.positive_probability(int8.probabilities(images)), None)
-    assert int8.threshold(tta=True) == choose_threshold(y, int8.positive_probability(int8.probabilities(images, tta=True)), None)
+    assert int8.threshold(tta=True) == choose_threshold(
+        y, int8.positive_probability(int8.probabilities(images, tta=True)), None)
     sidecar = json.loads(spec_path(out / INT8_NAME).read_text())
     assert sidecar["threshold_policy"] == load_card(out).threshold_policy == "Youden's J on site.csv"
     # every figure about the films that chose the thresholds is about the site's films, none left from the export
     fp32 = Predictor(out, backend="onnx").positive_probability(Predictor(out, backend="onnx").probabilities(images))
     assert sidecar["int8_thresholds_chosen_on"] == "site.csv" and sidecar["validation_images"] == len(y)
-    assert sidecar["val_auc_int8"] == pytest.approx(roc_auc_score(y, int8.positive_probability(int8.probabilities(images))))
+    assert sidecar["val_auc_int8"] == pytest.approx(
+        roc_auc_score(y, int8.positive_probability(int8.probabilities(images))))
     assert sidecar["val_auc_fp32"] == pytest.approx(roc_auc_score(y, fp32), abs=1e-6)
     assert load_card(out).threshold_records[-1]["int8_threshold"] == int8.threshold()
     # an INT8 sidecar changed by hand is refused here as --backend onnx-int8 refuses it, not stamped anew
@@ -255,7 +258,8 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
     shown = TestClient(create_app(second)).get("/v1/model").json()
     assert len(shown["threshold_records"]) == 2 and str(tmp_path) not in json.dumps(shown)
     for copy in (first, second):
-        with pytest.raises(ValueError, match=f"were in {tiny_bundle.resolve()}'s training split .* is a copy of it with a new threshold"):
+        with pytest.raises(ValueError, match=f"were in {tiny_bundle.resolve()}'s training split .* is a copy of it "
+                                             "with a new threshold"):
             evaluate(copy, tiny_dataset, split="train")
     # the same patients' films under new names: not the run's files, so no refusal, but said
     trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
@@ -288,7 +292,8 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
     assert "Not an independent evaluation" in (tmp_path / "eval" / "report.html").read_text()
     table = format_table(compare_runs([tmp_path / "eval"]))
     assert "eval (optimistic *)" in table and table.endswith(f"* eval: {metrics['optimistic'][0]}")
-    with pytest.raises(ValueError, match=f"16 of the films given to record an evaluation in the card chose {out}'s threshold"):
+    with pytest.raises(ValueError,
+                       match=f"16 of the films given to record an evaluation in the card chose {out}'s threshold"):
         evaluate(out, site, add_to_card=True, data_name="site")
     assert load_card(out).external_evaluations == []
     caplog.clear()
@@ -422,7 +427,8 @@ def test_a_guessed_threshold_and_an_uncalibrated_temperature_are_kept_where_the_
     logits = np.array([[2.0, -2.0], [-3.0, 3.0], [1.5, -1.5]])  # every film on its side
     temperature, said = calibrated_temperature(logits, np.array([0, 1, 0]))
     assert temperature == 1.0 and "without a single error" in said
-    assert f"(**the probabilities are not calibrated:** {said})" in render(dataclasses.replace(card, temperature_caveat=said))
+    assert f"(**the probabilities are not calibrated:** {said})" in render(
+        dataclasses.replace(card, temperature_caveat=said))
 
 
 def test_other_films_of_a_runs_patients_are_said_whatever_the_spelling_of_their_ids(

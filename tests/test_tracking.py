@@ -55,7 +55,8 @@ def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_
     val_auc = events.Scalars("val_auc")
     assert [e.step for e in val_auc] == [1, 2]
     assert [e.value for e in val_auc] == pytest.approx([float(r["val_auc"]) for r in history], abs=1e-6)
-    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx([float(r["train_loss"]) for r in history], abs=1e-6)
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx([float(r["train_loss"]) for r in history],
+                                                                            abs=1e-6)
     assert events.Scalars("bundle/auc")[0].value == pytest.approx(card["val_metrics"]["auc"], abs=1e-6)
     assert events.Scalars("bundle/threshold")[0].value == pytest.approx(card["threshold"], abs=1e-6)
     assert events.Images("curves")[0].width > 100, "the curves PNG"

@@ -57,7 +57,8 @@ def test_tiny_training_run_writes_a_complete_bundle(tiny_dataset: Path, tmp_path
     assert card.task == task and len(card.classes) == {"multiclass": 3}.get(task, 2)
     assert 0.0 <= card.threshold <= 1.0 and card.temperature > 0 and card.data_fingerprint
     assert card.val_metrics["n"] > 0 and 0.0 <= card.val_metrics["auc"] <= 1.0
-    for name in ("history.csv", "curves.png", "config.yaml", "split.csv", "report.html", "metrics.json", "checkpoint.pt"):
+    for name in ("history.csv", "curves.png", "config.yaml", "split.csv", "report.html", "metrics.json",
+                 "checkpoint.pt"):
         assert (tmp_path / "run" / name).is_file(), name
     header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
     assert {"train_loss", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc"} <= set(header)
@@ -80,11 +81,13 @@ def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tm
     predictor = Predictor(bundle)
     records, targets = select([r for r in discover(split).records if r.split == "val"], predictor.task)
     cache = build_cache([r.path for r in records], card.spec)
-    views = predictor.positive_probability(predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
+    views = predictor.positive_probability(
+        predictor.probabilities(cache.images[cache.rows([r.path for r in records])], tta=True))
     assert card.tta_threshold == pytest.approx(choose_threshold(binary_targets(targets), views, 0.9), abs=1e-4)
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.8, "augment": Augment(mixup=0.4, cutmix=1.0)}], ids=["plain", "ema-mixing"])
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.8, "augment": Augment(mixup=0.4, cutmix=1.0)}],
+                         ids=["plain", "ema-mixing"])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, tmp_path: Path, extra: dict) -> None:
     cfg = TrainConfig(**{**TINY, "epochs": 3, "patience": 10, **extra})
     straight = train(tiny_dataset, cfg, tmp_path / "straight")
@@ -338,7 +341,8 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
 def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "ema_decay": 0.5}), tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    average, live, shipped = ckpt["callbacks"]["WeightAverage"], ckpt["model"], load_file(str(bundle / "model.safetensors"))
+    average, live, shipped = (ckpt["callbacks"]["WeightAverage"], ckpt["model"],
+                              load_file(str(bundle / "model.safetensors")))
     assert int(average["n_averaged"]) == ckpt["step"] > 1
     assert all(torch.equal(shipped[k], average[f"module.{k}"]) for k in shipped)
     assert not all(torch.equal(shipped[k], live[k]) for k in shipped), "the last step's weights are not shipped"
@@ -377,7 +381,8 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     reports = ("history.csv", "metrics.json", "report.html", "curves.png")  # of the earlier run's bundle
     for name in reports:
         (run / name).write_text("the earlier run's")
-    with pytest.raises(ValueError, match="fewer images than one batch .*: lower --batch-size, add films or raise --time-budget"):
+    with pytest.raises(ValueError,
+                       match="fewer images than one batch .*: lower --batch-size, add films or raise --time-budget"):
         train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
     assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"
@@ -393,7 +398,8 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
         with pytest.raises(ValueError, match=re.escape(said)):
             TrainConfig(**{**TINY, **bad})
     for flag, value, expected in (("--lr", "inf", "a finite number >= 0"), ("--lr", "1e400", "a finite number >= 0"),
-                                  ("--seed", "-1", "a whole number >= 0"), ("--epochs", "2.5", "a whole number above 0"),
+                                  ("--seed", "-1", "a whole number >= 0"),
+                                  ("--epochs", "2.5", "a whole number above 0"),
                                   ("--batch-size", "eight", "a whole number above 0")):
         with pytest.raises(SystemExit):  # not "invalid parse value", which named a function, not what is wanted
             main(["train", flag, value, "--print-config"])
@@ -405,7 +411,8 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
     run = tmp_path / "run"
     shutil.copytree(tiny_bundle.parent, run)  # a finished run: bundle, best weights, checkpoint, reports
     before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
-    for change, said in (({"model": "resnet10t", "init": str(start), "trainable_stages": 99}, r"has \d+ stages, asked for 99"),
+    for change, said in (({"model": "resnet10t", "init": str(start), "trainable_stages": 99},
+                          r"has \d+ stages, asked for 99"),
                          ({"model_kwargs": {"foo": 1}}, r"model_kwargs \{'foo': 1\} do not fit simple_cnn: .*'foo'"),
                          ({"distill_weight": 0.3}, r"distill_weight 0.3 is the teachers' share of the target: give a"),
                          # a library caller's 0.5 was taken for the default, trained on and recorded
@@ -571,8 +578,9 @@ def test_weights_from_a_bundle_fit_the_same_model_with_a_new_classifier(tiny_bun
 def test_cli_train_starts_from_a_bundle(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
     """--init with lr 0: the multiclass run keeps every weight of the pneumonia bundle but its new classifier."""
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--task", "multiclass", "--model", "simple_cnn",
-                 "--init", str(tiny_bundle), "--lr", "0", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--task", "multiclass",
+                 "--model", "simple_cnn", "--init", str(tiny_bundle), "--lr", "0", "--image-size", "32",
+                 "--epochs", "1", "--batch-size", "8"]) == 0
     start, end = load_file(str(tiny_bundle / "model.safetensors")), load_file(str(run / "bundle" / "model.safetensors"))
     kept = [k for k in start if start[k].shape == end[k].shape]
     assert len(kept) == len(start) - 2 and all(torch.equal(start[k], end[k]) for k in kept)
@@ -652,7 +660,8 @@ def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: 
         train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), tmp_path / "run")
 
 
-def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tiny_dataset: Path,
+                                                                             tmp_path: Path) -> None:
     """It had trained every epoch, then refused (one class), or ended in numpy's "zero-size array" (no film)."""
     records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
     manifest = tmp_path / "split.csv"
@@ -792,7 +801,8 @@ def test_a_model_that_cannot_be_exported_at_its_size_is_refused_before_training(
 
 def _pooled_linear(num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> torch.nn.Module:
     """A model of a user's own, as simple as one can be: no timm head (no get_classifier)."""
-    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(in_chans, num_classes))
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(in_chans, num_classes))
 
 
 def test_a_bundle_of_a_model_not_registered_here_or_without_a_head_is_refused_with_what_to_do(tmp_path: Path) -> None:
@@ -805,7 +815,8 @@ def test_a_bundle_of_a_model_not_registered_here_or_without_a_head_is_refused_wi
         model = models.create(name)
         save_bundle(tmp_path / "bundle", model, BundleCard(name, "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32,
                                                            "squash", 0.5, 0.25))
-        with pytest.raises(ValueError, match=r"Sequential has no get_classifier\(\) \(timm's name for a model's head\)"):
+        with pytest.raises(ValueError,
+                           match=r"Sequential has no get_classifier\(\) \(timm's name for a model's head\)"):
             load_weights_into(models.create(name), tmp_path / "bundle")
     finally:
         models._REGISTRY.pop(name)
