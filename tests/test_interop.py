@@ -488,7 +488,8 @@ def test_a_report_cut_short_leaves_no_file_behind(tiny_bundle: Path, films: dict
          "--dicom-sr", str(tmp_path / "sr")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
-    assert run.returncode == 2 and "a_in_scope.sr.dcm: file too large" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert (run.returncode == 2 and "a_in_scope.sr.dcm: file too large" in run.stderr
+            and "Traceback" not in run.stderr), run.stderr
     assert list((tmp_path / "sr").iterdir()) == []
 
 
@@ -1158,13 +1159,13 @@ def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path
         pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in uploads}
     # a server that ignores the offset gives its first page again: part of the study is never scored as all of it
     with paged_qido(f"{orthanc}/dicom-web", page=2, ignore_offset=True) as url:
-        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(tmp_path / "again.json"),
-                         "--backend", "torch"]) == 2
+        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study,
+                         "--out", str(tmp_path / "again.json"), "--backend", "torch"]) == 2
     assert "it ignores the offset" in capsys.readouterr().err and not (tmp_path / "again.json").exists()
     # ... but when its first answer held the whole study (its instance count says so), that is all there is
     with paged_qido(f"{orthanc}/dicom-web", page=10, ignore_offset=True) as url:
-        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study, "--out", str(tmp_path / "whole.json"),
-                         "--backend", "torch"]) == 0
+        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study,
+                         "--out", str(tmp_path / "whole.json"), "--backend", "torch"]) == 0
     assert len(json.loads((tmp_path / "whole.json").read_text())) == len(uploads)
 
 
