@@ -131,7 +131,8 @@ def test_gradcam_changes_when_weights_are_randomised(tiny_bundle: Path, tiny_dat
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         assert np.abs(gradcam(randomised, x, called) - trained).mean() > 0.1
-    np.testing.assert_allclose(gradcam(predictor.model, x, called), trained, atol=SCORE_TOL)  # deterministic, model untouched
+    # deterministic, model untouched
+    np.testing.assert_allclose(gradcam(predictor.model, x, called), trained, atol=SCORE_TOL)
 
 
 def test_one_films_gradcam_runs_on_one_thread_and_gives_the_others_back(
@@ -234,14 +235,14 @@ def test_overlay_png_has_three_panels_at_the_original_aspect() -> None:
     gray = rng.integers(0, 256, (90, 150), dtype=np.uint8)
     cam = np.zeros((32, 32), np.float32)
     cam[8:16, 8:16] = 1.0
-    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA")))
+    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA", None)))
     assert im.format == "PNG" and im.size[0] == 3 * 150 and im.size[1] > 90  # the panels over their caption
     panels = np.asarray(im.convert("RGB"))[:90].reshape(90, 3, 150, 3).transpose(1, 0, 2, 3)
     np.testing.assert_array_equal(panels[0], np.repeat(gray[..., None], 3, axis=2))  # the original, untouched
     assert not np.array_equal(panels[2], panels[0]) and not np.array_equal(panels[2], panels[1])
 
     big = np.zeros((3000, 2000), np.uint8)
-    im = Image.open(io.BytesIO(overlay_png(big, cam, "PNEUMONIA")))
+    im = Image.open(io.BytesIO(overlay_png(big, cam, "PNEUMONIA", None)))
     assert im.size[0] == 3 * round(2000 * MAX_PANEL / 3000) and MAX_PANEL < im.size[1] < 1.2 * MAX_PANEL
 
 
@@ -255,7 +256,7 @@ def test_overlay_is_viridis_with_a_caption_that_says_what_it_shows() -> None:
     gray = np.full((300, 400), 128, np.uint8)
     cam = np.zeros((300, 400), np.float32)
     cam[50:150, 50:150] = 1.0
-    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA")))
+    im = Image.open(io.BytesIO(overlay_png(gray, cam, "PNEUMONIA", None)))
     rgb = np.asarray(im.convert("RGB")).astype(int)
     np.testing.assert_array_equal(rgb[100, 400 + 100], viridis[1])  # the heatmap panel: yellow at the maximum
     np.testing.assert_array_equal(rgb[250, 400 + 350], viridis[0])  # dark purple where the map is 0, never jet's blue
@@ -292,7 +293,8 @@ def test_predict_overlays_show_the_film_at_a_panels_size_and_name_the_class(tiny
     overlay = Image.open(row["heatmap"])
     width, height = Image.open(film).size
     panel = overlay.size[0] / 3  # three panels of the film as decoded for a reader's eyes, at most MAX_PANEL a side
-    assert min(width, MAX_PANEL) * 0.9 <= panel <= MAX_PANEL and panel > 2 * Predictor(tiny_bundle).card.spec.decode_target
+    assert (min(width, MAX_PANEL) * 0.9 <= panel <= MAX_PANEL
+            and panel > 2 * Predictor(tiny_bundle).card.spec.decode_target)
     assert overlay.info["Description"].startswith("Grad-CAM: evidence for PNEUMONIA,")
 
 

@@ -156,7 +156,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     """The ``size`` most confident false positives (highest scores among negatives called positive) and false
     negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
     ``cam_seconds`` last and the model has a spatial feature map, plain films after that."""
-    from pneumoscan.inference.explain import explain_array, overlay_png
+    from pneumoscan.inference.explain import explain_array, heatmap_scale, overlay_png
 
     called = scores >= threshold
     false_pos = np.flatnonzero((y == 0) & called)
@@ -183,7 +183,8 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             if cam and time.monotonic() < deadline:
                 try:
                     image, overlay = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray),
-                                                                 predictor.card.positive))), True
+                                                                 predictor.card.positive,
+                                                                 heatmap_scale(predictor.card)))), True
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False

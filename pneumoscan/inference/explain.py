@@ -5,6 +5,10 @@ pass, i.e. the last module to finish whose output is (N, C, H, W) with H * W > 1
 output of ``forward_features`` (e.g. EfficientNet's conv_head + BN + activation, ResNet's layer4), for the
 scratch CNNs the last conv block or pooling before the dense head. It is found by probing one forward pass
 with hooks, so it needs no per-architecture table and stays right for any timm model.
+
+A map is drawn on its bundle's scale (one raw Grad-CAM value as the top colour for every film, measured when the
+bundle was finished), or, for a bundle without one, scaled to its own film's maximum: :func:`heatmap_scale` chooses,
+and :func:`caption` says which.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -27,9 +32,23 @@ from pneumoscan.data.readers.pillow import own_output_info
 if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import back would be a cycle
     import torch
 
+    from pneumoscan.data.tasks import Task
+    from pneumoscan.models.card import BundleCard
     from .predict import Predictor
 
+logger = logging.getLogger(__name__)
+
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
+
+# A bundle's heatmap scale (measure_heatmap_scale): the SCALE_PERCENTILE-th percentile of the peaks of the maps of up
+# to SCALE_FILMS validation films the model called positive, spread evenly over their ranks of probability: the top
+# colour is evidence as strong as the strongest 10 % of its positive calls. On a short efficientnet_lite0 run (240
+# validation films) a median positive call peaked at 0.72 of it and a median negative one at 0.015; the 75th
+# percentile would have stopped 17 % of positive calls at the top colour, hiding where their evidence is strongest.
+# A bundle that called fewer than SCALE_MIN_FILMS films positive records none: a percentile of so few says little
+SCALE_FILMS = 32
+SCALE_MIN_FILMS = 8
+SCALE_PERCENTILE = 90
 
 
 # (model -> input shape -> its target layer): finding the layer costs a forward pass, and it depends only on the
@@ -86,30 +105,57 @@ class LogOdds:
         return torch.logsumexp(output[..., inside], dim=-1) - torch.logsumexp(output[..., ~inside], dim=-1)
 
 
-def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> np.ndarray:
+def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int],
+            scale: float | None = None) -> np.ndarray:
     """Grad-CAM of the log-odds of ``classes`` (one index or several: :class:`LogOdds`) for one normalised input
-    (1, 1, S, S): (S, S) float32 in [0, 1] (min-max scaled, as pytorch-grad-cam does). Works inside
-    ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its members'
-    maps, each at its own last conv and brought to the input size, averaged with equal weight (members' raw map
-    scales differ by architecture) and scaled to [0, 1] again, so its overlay reads on the same scale as one
-    model's."""
-    import torch
-    from pytorch_grad_cam import GradCAM
-
+    (1, 1, S, S): (S, S) float32 in [0, 1]. ``scale``: the raw Grad-CAM value drawn as 1 (a bundle's
+    :attr:`~pneumoscan.models.card.BundleCard.heatmap_scale`), the map divided by it and clipped, so that a colour
+    means the same on every film; None: min-max scaled to this film's own range, as pytorch-grad-cam does. Works
+    inside ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its
+    members' maps, each at its own last conv and brought to the input size, averaged with equal weight (members'
+    raw map scales differ by architecture) and scaled to [0, 1] again, so its overlay reads on the same scale as
+    one model's; it has no scale of its own (ValueError)."""
     if hasattr(model, "member_inputs"):
+        if scale is not None:
+            raise ValueError("an ensemble's Grad-CAM is the mean of its members' maps, each scaled to the film: it "
+                             "has no model scale")
         size = x.shape[-1]
         mean = np.mean([_resize_map(gradcam(net, xm, classes), size, size) for net, xm in model.member_inputs(x)],
                        axis=0)
         low, high = float(mean.min()), float(mean.max())
         return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
+    per_film, raw = _cams(model, x, classes)
+    if scale is None:
+        return per_film[0]
+    return np.clip(_resize_map(raw[0], x.shape[-1], x.shape[-2]) / scale, 0.0, 1.0)
+
+
+def gradcam_peaks(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> np.ndarray:
+    """Each film's strongest raw Grad-CAM value (N,) for normalised inputs (N, 1, S, S): what a bundle's heatmap
+    scale is measured from (:func:`measure_heatmap_scale`). Not for an ensemble, which has no raw map."""
+    return _cams(model, x, classes)[1].max(axis=(1, 2))
+
+
+def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """pytorch-grad-cam's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, S, S) min-max scaled to
+    each film, as it returns them, and (N, h, w) before that scaling (after its ReLU), at the target layer's own
+    size, from the activations and gradients it kept and its own :meth:`get_cam_image`: the library has no option
+    for an unscaled map, and its pieces give it without a copy of its code."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+
     with torch.inference_mode(False), torch.enable_grad():
         # a fresh leaf that requires grad: the map exists even when the model's weights are frozen
         x = x.detach().clone().requires_grad_(True)
+        layer, targets = target_layer(model, x[:1]), [LogOdds(classes)] * len(x)
         try:
-            with GradCAM(model, [target_layer(model, x)]) as cam:
-                return cam(input_tensor=x, targets=[LogOdds(classes)])[0]
+            with GradCAM(model, [layer]) as cam:
+                per_film = cam(input_tensor=x, targets=targets)
+                kept = cam.activations_and_grads
+                raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), kept.gradients[0].numpy())
         finally:
             model.zero_grad(set_to_none=True)
+    return per_film, np.maximum(raw, 0.0)
 
 
 def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -153,18 +199,60 @@ INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at
 
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
-    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1]. ``class_index`` None means the call's
-    evidence: the log-odds of the classes the thresholded probability sums (:attr:`Task.cam_classes`), which is
-    what the label reads; an index, that class against the rest. A predictor of the INT8 model is refused
-    (ValueError, :data:`INT8_HEATMAPS`)."""
+    own frame at overlay size (:func:`panel_shape`), float32 in [0, 1], on the scale :func:`heatmap_scale` gives
+    (the bundle's, or this film's own). ``class_index`` None means the call's evidence: the log-odds of the classes
+    the thresholded probability sums (:attr:`Task.cam_classes`), which is what the label reads; an index, that
+    class against the rest. A predictor of the INT8 model is refused (ValueError, :data:`INT8_HEATMAPS`)."""
     if predictor.backend == "onnx-int8":
         raise ValueError(INT8_HEATMAPS)
     card = predictor.card
     images = predictor.preprocess([gray])
     classes = predictor.task.cam_classes if class_index is None else class_index
     with predictor.lock, _one_thread():  # the hooks must see this forward pass only
-        cam = gradcam(predictor.model, predictor.inputs(images), classes)
+        cam = gradcam(predictor.model, predictor.inputs(images), classes, heatmap_scale(card, class_index))
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
+
+
+def heatmap_scale(card: BundleCard, class_index: int | None = None) -> float | None:
+    """The raw Grad-CAM value a map of this bundle draws as 1, the top colour: the bundle's own scale for a map of
+    the call's evidence, so that a colour means the same on every film it reads; None, each map scaled to its own
+    film's maximum, for a bundle that records no scale (an ensemble, a bundle finished before the scale was kept,
+    one that called too few validation films positive) and for a map of one class against the rest
+    (``class_index``), which the scale was not measured on. The one rule that chooses both the map's scale
+    (:func:`explain_array`) and its words (:func:`caption`)."""
+    return card.heatmap_scale if class_index is None else None
+
+
+def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, images: np.ndarray,
+                          probs: np.ndarray) -> float | None:
+    """A bundle's heatmap scale (:attr:`BundleCard.heatmap_scale`), measured on the films it was finished on: uint8
+    ``images`` (N, S, S) and their calibrated class probabilities (N, C). Up to :data:`SCALE_FILMS` of those it
+    calls positive at ``card``'s threshold, evenly spaced from the most to the least probable (the same films for
+    the same scores), and the :data:`SCALE_PERCENTILE`-th percentile of their maps' peaks. Grad-CAM of the log-odds
+    is in log-odds units (for a linear head on pooled features, the map before its ReLU sums to the log-odds less
+    the head's bias), so one value is as much evidence on any film. None, each map then scaled to its own film,
+    when fewer than :data:`SCALE_MIN_FILMS` films are called positive or their maps are empty (said in the log)."""
+    import torch
+
+    from pneumoscan.data.transforms import to_input
+
+    positive = task.positive_probability(probs)
+    called = np.flatnonzero(positive >= card.threshold)
+    if len(called) < SCALE_MIN_FILMS:
+        logger.info("no heatmap scale recorded: %d of the %d films were called %s, fewer than %d, so each heatmap "
+                    "is scaled to its own film's maximum", len(called), len(images), card.positive, SCALE_MIN_FILMS)
+        return None
+    ranked = called[np.argsort(-positive[called], kind="stable")]
+    films = ranked[np.unique(np.linspace(0, len(ranked) - 1, SCALE_FILMS).round().astype(int))]
+    device = next(model.parameters()).device
+    x = to_input(torch.from_numpy(np.ascontiguousarray(images[films])).unsqueeze(1), card.mean, card.std).to(device)
+    peaks = np.concatenate([gradcam_peaks(model, x[i : i + 8], task.cam_classes) for i in range(0, len(x), 8)])
+    scale = float(np.percentile(peaks, SCALE_PERCENTILE))
+    if not scale > 0:
+        logger.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "
+                    "empty, so each heatmap is scaled to its own film's maximum", len(films), card.positive)
+        return None
+    return scale
 
 
 @contextlib.contextmanager
@@ -188,11 +276,12 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str) -> bytes:
+def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: float | None) -> bytes:
     """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
-    page draws it), over a caption strip that says what the map shows (:func:`caption`), so a file copied out of
-    its folder or printed still says how to read it. Panels keep the original's aspect (shrunk to at most MAX_PANEL
-    pixels a side); ``cam`` of any shape is resized onto them. ``explains``: the class the map is evidence for."""
+    page draws it), over a caption strip that says what the map shows and on which scale (:func:`caption`), so a
+    file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
+    to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. ``explains``: the class the map
+    is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`), which the caption names."""
     height, width = panel_shape(*gray.shape)
     if gray.shape != (height, width):
         gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
@@ -202,19 +291,29 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str) -> bytes:
     heat = viridis()[np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)]
     blend = np.round((original.astype(np.float32) + heat) / 2).astype(np.uint8)
     panels = Image.fromarray(np.hstack([original, heat, blend]))
-    text = caption(explains)
-    strip = _caption_strip(panels.width, height, text)
+    text = caption(explains, scale)
+    strip = _caption_strip(panels.width, height, text, scale_top(scale))
     picture = Image.new("RGB", (panels.width, height + strip.height))
     picture.paste(panels)
     picture.paste(strip, (0, height))
     return encode_png(picture, own="overlay", description=text)
 
 
-def caption(explains: str) -> str:
-    """What an overlay shows, in the words of the web page's legend: the map is scaled to the film's own strongest
-    value, so a film with little evidence looks as bright as one with much."""
-    return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
+def caption(explains: str, scale: float | None) -> str:
+    """What an overlay shows, in the words of the web page's legend, for a map drawn on ``scale``
+    (:func:`heatmap_scale`): on the bundle's scale the top colour is strong evidence, as on validation films;
+    scaled to the film's own strongest value, a film with little evidence looks as bright as one with much."""
+    if scale is None:
+        return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
+                "where the model looked, not where disease is")
+    return (f"Grad-CAM: evidence for {explains} on this model's scale, the same for every film (top colour: as strong "
+            f"as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}); "
             "where the model looked, not where disease is")
+
+
+def scale_top(scale: float | None) -> str:
+    """The words at the top of the colour scale under an overlay drawn on ``scale``."""
+    return "this film's maximum" if scale is None else "strong evidence"
 
 
 def viridis() -> np.ndarray:
@@ -225,8 +324,8 @@ def viridis() -> np.ndarray:
     return np.round(colormaps["viridis"](np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
-def _caption_strip(width: int, panel_height: int, text: str) -> Image.Image:
-    """A white strip ``width`` wide: the colour scale (low to this film's maximum), then ``text`` wrapped to fit."""
+def _caption_strip(width: int, panel_height: int, text: str, high: str) -> Image.Image:
+    """A white strip ``width`` wide: the colour scale (from low to ``high``), then ``text`` wrapped to fit."""
     from PIL import ImageDraw, ImageFont
 
     size = max(12, panel_height // 24)
@@ -242,7 +341,7 @@ def _caption_strip(width: int, panel_height: int, text: str) -> Image.Image:
     line_height = round(size * 1.25)
     strip = Image.new("RGB", (width, 2 * pad + line_height * (len(lines) + 1)), "white")
     draw = ImageDraw.Draw(strip)
-    low, high = "low", "this film's maximum"
+    low = "low"
     draw.text((pad, pad), low, fill=(29, 39, 51), font=font)
     left = pad + round(font.getlength(low)) + pad
     right = width - pad - round(font.getlength(high)) - pad

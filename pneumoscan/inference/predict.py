@@ -552,7 +552,7 @@ def predict_paths(
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, explain_array, overlay_png
+        from .explain import MAX_PANEL, explain_array, heatmap_scale, overlay_png
 
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     for said in stages.said_at_start():  # once the options are sound: of the readings to come
@@ -579,7 +579,8 @@ def predict_paths(
                         row = {"path": path, "error": CHANGED}
                     elif heatmap_dir is not None:  # no overlay of a model that gave no score
                         png = overlay_png(gray if film is None or isinstance(film, str) else film,
-                                          explain_array(predictor, gray), predictor.card.positive)
+                                          explain_array(predictor, gray), predictor.card.positive,
+                                          heatmap_scale(predictor.card))
                         row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))

@@ -21,8 +21,9 @@ from importlib import metadata
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
@@ -86,6 +87,10 @@ class BundleCard:
     threshold_caveat: str = ""
     temperature_caveat: str = ""
     temperature: float = 1.0
+    # the raw Grad-CAM value a heatmap of the call's evidence draws as its top colour, measured on validation films
+    # called positive (inference.explain.measure_heatmap_scale), so a colour means the same on every film; None: each
+    # map scaled to its own film's maximum (older bundles, ensembles, too few films called positive)
+    heatmap_scale: Annotated[float, Field(gt=0)] | None = None
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
     # "sha256:HEX" of the training data's pixels and labels (training.train.data_checksum): unlike data_fingerprint
@@ -259,7 +264,8 @@ def load_appearance(directory: Path | str, card: BundleCard) -> Appearance | Non
 
 
 def _no_constant(name: str) -> None:
-    """json's hook for NaN and Infinity, which save_card never writes: a NaN threshold would call every film negative."""
+    """json's hook for NaN and Infinity, which save_card never writes: a NaN threshold would call every film
+    negative."""
     raise ValueError(f"{name} is no number pneumoscan writes")
 
 
@@ -396,7 +402,8 @@ def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - 
         raise ValueError(f"{where}: {field + ': ' if field else ''}{error['msg'].lower()}{found}") from None
 
 
-def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str = "restore the bundle from a good copy") -> None:
+def verify_file(directory: Path | str, card: BundleCard, name: str,
+                remedy: str = "restore the bundle from a good copy") -> None:
     """Refuse (ValueError) a bundle file whose SHA-256 differs from the one recorded when it was written. A
     bundle older than the record is accepted with a warning, since nothing says what its bytes should be."""
     path = Path(directory) / name
@@ -412,5 +419,5 @@ def verify_file(directory: Path | str, card: BundleCard, name: str, remedy: str 
     _refuse_special(path, ", so it is not the file bundle.json lists", remedy)
     actual = file_sha256(path)
     if actual != expected:
-        raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded {expected[7:19]}... "
-                         f"when it was written; {remedy}")
+        raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded "
+                         f"{expected[7:19]}... when it was written; {remedy}")

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
+from pneumoscan.inference.explain import heatmap_scale
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
 
 from .formats import ModelInfo, StageResult
@@ -89,7 +90,7 @@ class Stage:
             threshold_interval=c.threshold_interval, caveats=c.caveats, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
-            content_checked=self.predictor.appearance is not None, **card_summary(c),
+            content_checked=self.predictor.appearance is not None, heatmap_scale=heatmap_scale(c), **card_summary(c),
         )
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:

@@ -81,6 +81,8 @@ class ModelInfo(BaseModel):
     caveats: list[str] = Field(description="why the threshold or the probabilities may not hold (too few positive "
                                "films to show the threshold's sensitivity target, a temperature that could not be "
                                "fitted): said when they were chosen, kept by the bundle")
+    heatmap_scale: float | None = Field(description="the raw Grad-CAM value its heatmaps draw as their top colour, "
+                                        "the same for every film; null: each map scaled to its own film's maximum")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")

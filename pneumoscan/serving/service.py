@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe
-from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, overlay_png, panel_png,
-                                         png_data_url)
+from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, heatmap_scale, overlay_png,
+                                         panel_png, png_data_url)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, load_card, verify_file
 
@@ -206,7 +206,7 @@ class Service:
         cam = explain_array(self.heat_predictor, image)
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
-        return overlay_png(shown, cam, self.main.card.positive)
+        return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card))
 
     def _heatmaps_off(self, error: OSError | ValueError) -> str:
         """Why Grad-CAM's model could not be built, for the 503 and /healthz (which needs no key): the bundle changed

@@ -1,5 +1,6 @@
 """Finishing a bundle, as a training run and ``ensemble`` both do: the weights saved, the ONNX graph, the
-appearance of the training films, then the temperature and thresholds chosen on the films the bundle scores."""
+appearance of the training films, then the temperature and thresholds chosen on the films the bundle scores, and
+the scale its heatmaps are drawn on, measured on those films."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
+from pneumoscan.inference.explain import measure_heatmap_scale
 from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.predict import tta_probabilities
 from pneumoscan.models.bundle import save_bundle
-from pneumoscan.models.card import ENSEMBLE, BundleCard, card_task, load_card, save_appearance
+from pneumoscan.models.card import ENSEMBLE, BundleCard, card_task, load_card, save_appearance, save_card
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,15 @@ class ScoredFilms:
     """The films a bundle's temperature and thresholds are chosen on, as the bundle scores them: the plain logits
     (N, C), each test-time-augmentation view's logits, the targets, and each film's patient unit, which the
     thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
-    patient: :func:`~pneumoscan.data.labelled.patient_groups`)."""
+    patient: :func:`~pneumoscan.data.labelled.patient_groups`); ``images``, the films as the model reads them
+    (uint8 (N, S, S)), for the scale of its heatmaps (None: the bundle records none, and its maps are scaled film by
+    film)."""
 
     logits: np.ndarray
     views: list[np.ndarray]
     targets: np.ndarray
     groups: np.ndarray
+    images: np.ndarray | None = None
 
 
 def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,
@@ -58,10 +63,16 @@ def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearanc
             save_appearance(tmp, appearance)
         scored = score(tmp)
         fitted, caveat = temperature or calibrated_temperature(scored.logits, scored.targets)
+        task, probs = card_task(card, out), softmax(scored.logits, fitted)
         # predict --tta averages views, which shifts the scores: its own threshold, same policy, same films
-        tta = card_task(card, out).positive_probability(tta_probabilities(scored.views, fitted))
+        tta = task.positive_probability(tta_probabilities(scored.views, fitted))
         # the card as export left it: bundle.json records model.onnx's checksum too
         card, metrics = write_operating_point(
-            tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), softmax(scored.logits, fitted), tta,
-            scored.targets, *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
+            tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), probs, tta, scored.targets,
+            *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
+        # an ensemble's map is a mean of its members' maps, each scaled to the film: it has no scale of its own
+        if scored.images is not None and card.model != ENSEMBLE and (
+                scale := measure_heatmap_scale(model, card, task, scored.images, probs)) is not None:
+            card = dataclasses.replace(load_card(tmp), heatmap_scale=scale)  # as the ONNX sidecar's record left it
+            save_card(tmp, card)
     return card, metrics, tta

@@ -9,6 +9,9 @@ let maxUploadBytes = null;
 // carry its reading, under its name
 let secondTask = null;
 let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
+// the model's heatmaps are drawn on its own scale (GET /v1/model's heatmap_scale), the same for every film, not each
+// scaled to its film's maximum: the legend's words follow the scale, as the overlay's caption does
+let heatmapOnModelScale = false;
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
@@ -64,6 +67,10 @@ function showCard(info) {
   secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
+  heatmapOnModelScale = info.heatmap_scale != null;
+  $("legend-top").textContent = heatmapTop();
+  $("legend-bar").setAttribute("aria-label",
+    `colour scale, viridis: dark purple is low, yellow is ${heatmapTop(true)}`);
   $("etiology-column").hidden = !secondTask;
   if (secondTask) $("etiology-column").querySelector("button").textContent = taskTitle(secondTask);
   renderList();
@@ -202,12 +209,22 @@ function classesText(r) {
     `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
 }
 
-// What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py).
+// What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py, caption),
+// for the scale the map is drawn on (10 %: 100 - its SCALE_PERCENTILE).
 function legendText(r) {
-  const what = `Grad-CAM: evidence for ${r.positive}, scaled to this film's own strongest value; where the model ` +
-    "looked, not where disease is.";
+  const scale = heatmapOnModelScale
+    ? ` on this model's scale, the same for every film (top colour: as strong as the strongest 10 % of ` +
+      `validation films it called ${r.positive})`
+    : ", scaled to this film's own strongest value";
+  const what = `Grad-CAM: evidence for ${r.positive}${scale}; where the model looked, not where disease is.`;
   return r.label === r.positive ? what
     : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
+}
+
+// The top of the colour scale: under the legend's bar (inference/explain.py, scale_top), and, said, to a screen reader.
+function heatmapTop(said = false) {
+  if (heatmapOnModelScale) return said ? "strong evidence on this model's scale" : "strong evidence";
+  return said ? "this film's strongest value" : "this film's maximum";
 }
 
 function showFilm(film) {
@@ -481,7 +498,7 @@ function heatControls() {
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
   $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
-    ? `Grad-CAM heatmap shown over the film in viridis, yellow at this film's strongest value, dark purple lowest. ` +
+    ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapTop(true)}, dark purple lowest. ` +
       $("legend-text").textContent
     : "the film alone");
 }
