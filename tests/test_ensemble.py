@@ -148,7 +148,7 @@ def test_gradcam_is_the_mean_of_the_members_maps(ensemble: Path, tiny_dataset: P
     predictor = Predictor(ensemble)
     images, _ = _test_images(ensemble, tiny_dataset)
     x = predictor.inputs(images[:1])
-    maps = [gradcam(net, xm, 1) for net, xm in predictor.model.member_inputs(x)]
+    maps = [gradcam(net, xm, 1) for net, xm, _ in predictor.model.member_inputs(x)]
     assert [m.shape for m in maps] == [(32, 32), (64, 64)]  # each member at its own last conv and size
     cam = gradcam(predictor.model, x, 1)
     big = np.asarray(Image.fromarray(maps[0]).resize((64, 64), Image.Resampling.BILINEAR))
@@ -253,6 +253,8 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
         (lambda members: members[0].update(size="64"),
          "model_kwargs.members: 0.size: input should be a valid integer \\(found '64'\\)"),
         (lambda members: members[0].update(std=0), "ensemble member 0: std is 0.0, not above 0"),
+        (lambda members: members[1].update(heatmap_scale=0.0),  # the map it draws on: divided by 0
+         "model_kwargs.members: 1.heatmap_scale: input should be greater than 0"),
         (lambda members: members.pop(), "must list at least two members"),
     )):  # fmt: skip
         with pytest.raises(ValueError, match=reason):

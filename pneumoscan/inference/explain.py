@@ -7,8 +7,9 @@ scratch CNNs the last conv block or pooling before the dense head. It is found b
 with hooks, so it needs no per-architecture table and stays right for any timm model.
 
 A map is drawn on its bundle's scale (one raw Grad-CAM value as the top colour for every film, measured when the
-bundle was finished), or, for a bundle without one, scaled to its own film's maximum: :func:`heatmap_scale` chooses,
-and :func:`caption` says which.
+bundle was finished), an ensemble's on its members' scales (the mean of the maps its members draw on their own), or,
+for a bundle without one, scaled to its own film's maximum: :func:`heatmap_scale` chooses, and :func:`caption` says
+which.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 
 from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
+from pneumoscan.models.card import ENSEMBLE
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
 # its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
@@ -49,6 +51,16 @@ MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film 
 SCALE_FILMS = 32
 SCALE_MIN_FILMS = 8
 SCALE_PERCENTILE = 90
+# An ensemble's recorded heatmap scale when every member records its own: each member's map is drawn on that
+# member's own scale (times this), and the maps are averaged
+MEMBERS_OWN_SCALE = 1.0
+
+
+class MembersScale(float):
+    """An ensemble's heatmap scale (:func:`heatmap_scale`): not one raw Grad-CAM value but the multiple of each
+    member's own scale its map is drawn on. A float, so it goes wherever a bundle's scale goes (the overlay's
+    callers, /v1/model), and its kind gives :func:`caption` the words that are true of it: the top colour is each
+    member's own strong evidence, not the ensemble's measured on films it called positive."""
 
 
 # (model -> input shape -> its target layer): finding the layer costs a forward pass, and it depends only on the
@@ -113,15 +125,21 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
     means the same on every film; None: min-max scaled to this film's own range, as pytorch-grad-cam does. Works
     inside ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its
     members' maps, each at its own last conv and brought to the input size, averaged with equal weight (members'
-    raw map scales differ by architecture) and scaled to [0, 1] again, so its overlay reads on the same scale as
-    one model's; it has no scale of its own (ValueError)."""
+    raw map scales differ by architecture, size and training). With a ``scale``, each member's map is drawn on its
+    own member's scale times ``scale`` (:data:`MEMBERS_OWN_SCALE`) and clipped, as its own bundle draws it, so the
+    mean is as bright as the members' evidence is strong and reaches 1 only where every member is at its own top (one
+    member's outlier cannot fill the colour alone); a member without a scale is refused (ValueError). None: each
+    member's map scaled to the film and the mean scaled to [0, 1] again, so its overlay reads as one model's per-film
+    map."""
     if hasattr(model, "member_inputs"):
+        size, members = x.shape[-1], model.member_inputs(x)
+        if scale is not None and (missing := [i for i, (*_, own) in enumerate(members) if own is None]):
+            raise ValueError(f"ensemble member {missing[0]} records no heatmap scale: the ensemble's maps can only be "
+                             "scaled to each film's maximum")
+        maps = [gradcam(net, xm, classes, None if scale is None else own * scale) for net, xm, own in members]
+        mean = np.mean([_resize_map(cam, size, size) for cam in maps], axis=0)
         if scale is not None:
-            raise ValueError("an ensemble's Grad-CAM is the mean of its members' maps, each scaled to the film: it "
-                             "has no model scale")
-        size = x.shape[-1]
-        mean = np.mean([_resize_map(gradcam(net, xm, classes), size, size) for net, xm in model.member_inputs(x)],
-                       axis=0)
+            return mean.astype(np.float32)
         low, high = float(mean.min()), float(mean.max())
         return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
     per_film, raw = _cams(model, x, classes)
@@ -215,12 +233,15 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
 
 def heatmap_scale(card: BundleCard, class_index: int | None = None) -> float | None:
     """The raw Grad-CAM value a map of this bundle draws as 1, the top colour: the bundle's own scale for a map of
-    the call's evidence, so that a colour means the same on every film it reads; None, each map scaled to its own
-    film's maximum, for a bundle that records no scale (an ensemble, a bundle finished before the scale was kept,
-    one that called too few validation films positive) and for a map of one class against the rest
+    the call's evidence, so that a colour means the same on every film it reads; for an ensemble whose members all
+    record theirs, a :class:`MembersScale` (each member's map on its own scale); None, each map scaled to its own
+    film's maximum, for a bundle that records no scale (a bundle finished before the scale was kept, one that called
+    too few validation films positive, an ensemble with such a member) and for a map of one class against the rest
     (``class_index``), which the scale was not measured on. The one rule that chooses both the map's scale
     (:func:`explain_array`) and its words (:func:`caption`)."""
-    return card.heatmap_scale if class_index is None else None
+    if class_index is not None or card.heatmap_scale is None:
+        return None
+    return MembersScale(card.heatmap_scale) if card.model == ENSEMBLE else card.heatmap_scale
 
 
 def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, images: np.ndarray,
@@ -301,14 +322,20 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: float |
 
 def caption(explains: str, scale: float | None) -> str:
     """What an overlay shows, in the words of the web page's legend, for a map drawn on ``scale``
-    (:func:`heatmap_scale`): on the bundle's scale the top colour is strong evidence, as on validation films;
-    scaled to the film's own strongest value, a film with little evidence looks as bright as one with much."""
+    (:func:`heatmap_scale`): on the bundle's scale the top colour is strong evidence, as on validation films; on an
+    ensemble's members' scales, strong evidence from every member, each as on its own validation films (the
+    ensemble's own films never measured it); scaled to the film's own strongest value, a film with little evidence
+    looks as bright as one with much."""
     if scale is None:
         return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
                 "where the model looked, not where disease is")
-    return (f"Grad-CAM: evidence for {explains} on this model's scale, the same for every film (top colour: as strong "
-            f"as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}); "
-            "where the model looked, not where disease is")
+    strongest = f"as strong as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}"
+    if isinstance(scale, MembersScale):
+        return (f"Grad-CAM: evidence for {explains} on its members' scales, the same for every film (the mean of its "
+                f"members' maps, each on that member's own scale; top colour: every member's evidence {strongest}); "
+                "where the model looked, not where disease is")
+    return (f"Grad-CAM: evidence for {explains} on this model's scale, the same for every film (top colour: "
+            f"{strongest}); where the model looked, not where disease is")
 
 
 def scale_top(scale: float | None) -> str:

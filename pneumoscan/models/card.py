@@ -27,7 +27,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
-from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
@@ -148,6 +148,9 @@ class MemberEntry(TypedDict):
     std: float
     temperature: float
     source: str
+    # the member bundle's own heatmap_scale, its map's scale inside the ensemble (None: it records none); absent from
+    # ensembles older than it, whose maps are scaled film by film
+    heatmap_scale: NotRequired[Annotated[float, Field(gt=0)] | None]
 
 
 def member_sources(card: BundleCard) -> list[Path]:

@@ -18,11 +18,15 @@ if TYPE_CHECKING:
 
 
 class Member(nn.Module):
-    """One member on the ensemble's input: resize to its size, normalise as it was trained, its calibrated logits."""
+    """One member on the ensemble's input: resize to its size, normalise as it was trained, its calibrated logits.
+    ``heatmap_scale``: the member bundle's own (:attr:`~.card.BundleCard.heatmap_scale`; None when it records none),
+    which its Grad-CAM map is drawn on inside the ensemble as it is in its own bundle."""
 
-    def __init__(self, net: nn.Module, size: int, mean: float, std: float, temperature: float, input_size: int) -> None:
+    def __init__(self, net: nn.Module, size: int, mean: float, std: float, temperature: float, input_size: int,
+                 heatmap_scale: float | None = None) -> None:
         super().__init__()
         self.net, self.size, self.mean, self.std, self.temperature = net, size, mean, std, temperature
+        self.heatmap_scale = heatmap_scale
         # a constant scale, not a target size: the exported Resize then keeps static spatial sizes, which ONNX's
         # adaptive pooling (simple_cnn) needs; nudged up so floor(S * scale) is exactly ``size``
         self.scale = size / input_size
@@ -51,9 +55,10 @@ class EnsembleNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
-    def member_inputs(self, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
-        """(member network, its input) for each member: Grad-CAM explains each at its own last conv."""
-        return [(m.net, m.prepare(x)) for m in self.members]
+    def member_inputs(self, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, float | None]]:
+        """(member network, its input, its heatmap scale) for each member: Grad-CAM explains each at its own last
+        conv, on its own scale."""
+        return [(m.net, m.prepare(x), m.heatmap_scale) for m in self.members]
 
     @classmethod
     def from_card(cls, card: BundleCard) -> EnsembleNet:
@@ -61,6 +66,6 @@ class EnsembleNet(nn.Module):
         return cls([
             Member(registry.create(m["model"], num_classes=len(card.classes), in_chans=1, pretrained=False,
                                    image_size=m["size"], **m["model_kwargs"]), m["size"], m["mean"], m["std"],
-                   m["temperature"], card.size)
+                   m["temperature"], card.size, m.get("heatmap_scale"))  # absent from ensembles older than it
             for m in card.model_kwargs["members"]
         ])  # fmt: skip

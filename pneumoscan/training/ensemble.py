@@ -3,8 +3,9 @@ thresholds.
 
 Layout (one bundle = one folder with everything): ``model.safetensors`` holds every member's weights (keys
 ``members.K.net.*``) under the bundle's one checksum; ``bundle.json`` says ``model: "ensemble"`` and lists the
-members (architecture, input size, normalisation, temperature, provenance) in ``model_kwargs["members"]``; so
-``load_bundle``, ``model.onnx`` (ONE graph), the INT8 path and every command read it as any other bundle.
+members (architecture, input size, normalisation, temperature, heatmap scale, provenance) in
+``model_kwargs["members"]``; so ``load_bundle``, ``model.onnx`` (ONE graph), the INT8 path and every command read it
+as any other bundle.
 
 Input: the largest member size, normalised to [0, 1] (card mean 0, std 1). Each member resizes it to its own size
 (bilinear, ``antialias=False``: ONNX opset 17 has no antialiased resize) and normalises it as it was trained.
@@ -43,6 +44,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
+from pneumoscan.inference.explain import MEMBERS_OWN_SCALE
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
@@ -172,13 +174,15 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
                    ) -> tuple[EnsembleNet, BundleCard]:
     """The network averaging the members at the largest member's input size, and its card before calibration: the
     first member's task and preprocessing, each member described (architecture, size, normalisation, temperature,
-    source, weights checksum), the data fingerprints combined."""
+    source, weights checksum, heatmap scale), the data fingerprints combined, and the heatmap scale
+    (:func:`_heatmap_scale`)."""
     cards = [c for _, c in loaded]
     first, size = cards[0], max(c.size for c in cards)
-    net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size) for m, c in loaded]).eval()
+    net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size, c.heatmap_scale)
+                       for m, c in loaded]).eval()
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
-                  "weights": c.files.get(WEIGHTS, "")} for c, p in zip(cards, paths)]
+                  "weights": c.files.get(WEIGHTS, ""), "heatmap_scale": c.heatmap_scale} for c, p in zip(cards, paths)]
     fingerprint = hashlib.sha256("".join(c.data_fingerprint for c in cards).encode()).hexdigest()
     # the members' data, when every member records its own: a member without one leaves the ensemble's unknown
     checksum = ("sha256:" + hashlib.sha256("".join(c.data_checksum for c in cards).encode()).hexdigest()
@@ -188,8 +192,20 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
         size=size, resize_policy=first.resize_policy, mean=0.0, std=1.0,
         source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
         data_fingerprint=fingerprint, data_checksum=checksum, versions=runtime_versions(),
+        heatmap_scale=_heatmap_scale(cards, paths),
     )  # fmt: skip
     return net, card
+
+
+def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float | None:
+    """The ensemble's heatmap scale: its members' own (:data:`MEMBERS_OWN_SCALE`; each member's map drawn on the
+    scale its bundle measured on its own validation films) when every member records one; None, each map then scaled
+    to its own film, when one does not (said in the log): a member's map on no scale cannot join the others'."""
+    if missing := [p for c, p in zip(cards, paths) if c.heatmap_scale is None]:
+        log.info("no heatmap scale recorded: member %s records none (%d of %d members), so each heatmap is scaled to "
+                 "its own film's maximum", missing[0], len(missing), len(cards))
+        return None
+    return MEMBERS_OWN_SCALE
 
 
 def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, task: Task, card: BundleCard,

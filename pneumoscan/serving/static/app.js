@@ -9,9 +9,11 @@ let maxUploadBytes = null;
 // carry its reading, under its name
 let secondTask = null;
 let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
-// the model's heatmaps are drawn on its own scale (GET /v1/model's heatmap_scale), the same for every film, not each
-// scaled to its film's maximum: the legend's words follow the scale, as the overlay's caption does
-let heatmapOnModelScale = false;
+// the scale the model's heatmaps are drawn on, as GET /v1/model gives it (inference/explain.py, heatmap_scale):
+// "model", its own, the same for every film (heatmap_scale); "members", an ensemble's, each member's map on its own
+// member's scale (heatmap_scale of an ensemble); "film", each map scaled to its film's maximum (heatmap_scale null).
+// The legend's words follow the scale, as the overlay's caption does
+let heatmapScale = "film";
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
@@ -67,7 +69,7 @@ function showCard(info) {
   secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
-  heatmapOnModelScale = info.heatmap_scale != null;
+  heatmapScale = info.heatmap_scale == null ? "film" : info.architecture === "ensemble" ? "members" : "model";
   $("legend-top").textContent = heatmapTop();
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapTop(true)}`);
@@ -212,10 +214,13 @@ function classesText(r) {
 // What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py, caption),
 // for the scale the map is drawn on (10 %: 100 - its SCALE_PERCENTILE).
 function legendText(r) {
-  const scale = heatmapOnModelScale
-    ? ` on this model's scale, the same for every film (top colour: as strong as the strongest 10 % of ` +
-      `validation films it called ${r.positive})`
-    : ", scaled to this film's own strongest value";
+  const strongest = `as strong as the strongest 10 % of validation films it called ${r.positive}`;
+  const scale = {
+    model: ` on this model's scale, the same for every film (top colour: ${strongest})`,
+    members: ` on its members' scales, the same for every film (the mean of its members' maps, each on that ` +
+      `member's own scale; top colour: every member's evidence ${strongest})`,
+    film: ", scaled to this film's own strongest value",
+  }[heatmapScale];
   const what = `Grad-CAM: evidence for ${r.positive}${scale}; where the model looked, not where disease is.`;
   return r.label === r.positive ? what
     : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
@@ -223,8 +228,9 @@ function legendText(r) {
 
 // The top of the colour scale: under the legend's bar (inference/explain.py, scale_top), and, said, to a screen reader.
 function heatmapTop(said = false) {
-  if (heatmapOnModelScale) return said ? "strong evidence on this model's scale" : "strong evidence";
-  return said ? "this film's strongest value" : "this film's maximum";
+  if (heatmapScale === "film") return said ? "this film's strongest value" : "this film's maximum";
+  if (!said) return "strong evidence";
+  return `strong evidence ${heatmapScale === "members" ? "on its members' scales" : "on this model's scale"}`;
 }
 
 function showFilm(film) {

@@ -1,0 +1,167 @@
+"""An ensemble's heatmaps on its members' scales: when every member records its own heatmap scale, each member's map
+is drawn on it (as its own bundle draws it) and the ensemble shows their mean, so a film with weak evidence shows a
+dim map, and the overlay's words say whose scale it is; an ensemble with a member without a scale, or one built
+before members' scales were kept, draws each map scaled to its own film, and says so."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+from builders import nudge_weights
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.explain import (MEMBERS_OWN_SCALE, MembersScale, caption, explain_array, gradcam,
+                                          heatmap_scale, overlay_png)
+from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.models import card as card_module
+from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
+from pneumoscan.serving.app import create_app
+from pneumoscan.training.ensemble import build_ensemble
+from tests import test_ensemble, test_heatmap_scale
+from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, run_server
+from tests.test_heatmap_scale import ON_MODEL_SCALE, PER_FILM, _by_probability
+
+# their fixtures, shared: a bundle that records a heatmap scale (built once a run), films no member trained on
+scaled_bundle, held_out = test_heatmap_scale.scaled_bundle, test_ensemble.held_out
+ON_MEMBERS_SCALES = "on its members' scales"
+
+
+@pytest.fixture(scope="module")
+def second_member(scaled_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scaled_bundle again, with weights of its own and a recorded scale twice its own: a member whose raw maps are
+    as strong but whose scale differs, so that a map divided by the wrong member's scale shows."""
+    bundle = shutil.copytree(scaled_bundle, tmp_path_factory.mktemp("second") / "bundle")
+    nudge_weights(bundle)
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, heatmap_scale=2 * card.heatmap_scale))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def scaled_ensemble(scaled_bundle: Path, second_member: Path, held_out: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scaled-ensemble") / "ensemble"
+    build_ensemble([scaled_bundle, second_member], out, data=held_out)
+    return out
+
+
+def test_an_ensemble_of_scaled_members_draws_each_on_its_own_scale(scaled_ensemble: Path, scaled_bundle: Path,
+                                                                  second_member: Path, tiny_dataset: Path) -> None:
+    """The ensemble records its members' scales and draws the mean of their maps, each on its own member's scale:
+    the least probable film's map stays dim where the most probable one's is bright (per film, both were drawn up to
+    the top colour)."""
+    card = load_card(scaled_ensemble)  # sealed with the scales in it: the checksum holds
+    own = [load_card(b).heatmap_scale for b in (scaled_bundle, second_member)]
+    assert [m["heatmap_scale"] for m in card.model_kwargs["members"]] == own
+    assert card.heatmap_scale == MEMBERS_OWN_SCALE and isinstance(heatmap_scale(card), MembersScale)
+    predictor = Predictor(scaled_ensemble, backend="torch")
+    weak, *_, strong = map(read_gray, _by_probability(predictor, tiny_dataset))
+    weak_map, strong_map = explain_array(predictor, weak), explain_array(predictor, strong)
+    assert 0.0 <= weak_map.min() and strong_map.max() <= 1.0
+    # the second member draws its maps at half the first's brightness: the mean at three quarters (0.51 here)
+    assert strong_map.max() > 0.3 and weak_map.max() < 0.5 * strong_map.max()
+    classes = predictor.task.cam_classes
+    x = predictor.inputs(predictor.preprocess([strong]))
+    members = predictor.model.member_inputs(x)
+    assert [scale for *_, scale in members] == own
+    # both members read at the ensemble's size: the mean needs no resize
+    mean = np.mean([gradcam(net, xm, classes, scale) for net, xm, scale in members], axis=0)
+    np.testing.assert_allclose(gradcam(predictor.model, x, classes, heatmap_scale(card)), mean, atol=1e-6)
+
+
+def test_an_ensembles_overlay_says_its_members_scales(scaled_ensemble: Path, tiny_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    """predict's overlay files and the service's overlay carry the words of caption for the members' scales: the
+    top colour is each member's own strong evidence, not the ensemble's measured on films it called positive."""
+    card = load_card(scaled_ensemble)
+    words = caption("PNEUMONIA", heatmap_scale(card))
+    assert ON_MEMBERS_SCALES in words and "top colour: every member's evidence as strong as the strongest 10 %" in words
+    assert ON_MODEL_SCALE not in words and PER_FILM not in words
+    film = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
+    predict_paths(scaled_ensemble, [film], heatmap_dir=tmp_path)
+    (written,) = tmp_path.glob("*.png")
+    assert Image.open(written).info["Description"] == words
+    with TestClient(create_app(scaled_ensemble)) as client:
+        assert client.get("/v1/model").json()["heatmap_scale"] == MEMBERS_OWN_SCALE
+        r = client.post("/v1/predict?heatmap=true", files={"file": (film.name, film.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200
+    png = base64.b64decode(r.json()["heatmap"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(png)).info["Description"] == words
+
+
+def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path, tiny_dataset: Path) -> None:
+    """The page's legend, the top of its colour scale and what a screen reader hears say the members' scales, as
+    the overlay's caption does (/v1/model: the architecture and its heatmap_scale)."""
+    strongest = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
+    server = run_server(create_app(scaled_ensemble))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(next(server))
+            page.set_input_files("#file", strongest)
+            expect(page.locator("#result")).to_be_visible()
+            page.click("#heatmap-button")
+            legend = page.locator("#legend")
+            expect(legend).to_be_visible()
+            expect(legend).to_contain_text(f"evidence for PNEUMONIA {ON_MEMBERS_SCALES}, the same for every film (the "
+                                           "mean of its members' maps, each on that member's own scale; top colour: "
+                                           "every member's evidence as strong as the strongest 10 % of validation "
+                                           "films it called PNEUMONIA)")
+            expect(page.locator("#legend-top")).to_have_text("strong evidence")
+            expect(legend).not_to_contain_text("this film")
+            expect(legend).not_to_contain_text(ON_MODEL_SCALE)
+            assert f"strong evidence {ON_MEMBERS_SCALES}" in page.get_attribute("#view", "aria-description")
+        finally:
+            browser.close()
+            server.close()
+
+
+def test_an_ensemble_with_a_member_without_a_scale_keeps_maps_per_film(
+        scaled_bundle: Path, tiny_bundle: Path, held_out: Path, tiny_dataset: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A member whose bundle records no scale (the 2-epoch tiny bundle's maps are empty) has no map on a scale to
+    join the others': the ensemble records none, the log says which member, and its maps and words are per film."""
+    with caplog.at_level(logging.INFO, logger="pneumoscan.training.ensemble"):
+        build_ensemble([scaled_bundle, tiny_bundle], tmp_path / "ens", data=held_out)
+    assert f"no heatmap scale recorded: member {tiny_bundle} records none (1 of 2 members)" in caplog.text
+    card = load_card(tmp_path / "ens")
+    assert card.heatmap_scale is None and heatmap_scale(card) is None
+    assert [m["heatmap_scale"] for m in card.model_kwargs["members"]] == [load_card(scaled_bundle).heatmap_scale, None]
+    predictor = Predictor(tmp_path / "ens", backend="torch")
+    weak = read_gray(_by_probability(predictor, tiny_dataset)[0])
+    assert explain_array(predictor, weak).max() > 0.95  # scaled to its own film
+    with pytest.raises(ValueError, match="ensemble member 1 records no heatmap scale"):
+        gradcam(predictor.model, predictor.inputs(predictor.preprocess([weak])), 1, MEMBERS_OWN_SCALE)
+
+
+def test_an_ensemble_built_before_members_scales_were_kept_keeps_maps_per_film(
+        scaled_ensemble: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """An ensemble card sealed without the members' scales and its own (as pneumoscan wrote ensembles before) loads,
+    and draws each map scaled to its own film with the words that say so."""
+    old = shutil.copytree(scaled_ensemble, tmp_path / "old")
+    fields = json.loads((old / CARD).read_text())
+    del fields["heatmap_scale"], fields[CHECKSUM]
+    for member in fields["model_kwargs"]["members"]:
+        del member["heatmap_scale"]
+    (old / CARD).write_text(json.dumps({**fields, CHECKSUM: card_module._card_digest(fields)}))
+    predictor = Predictor(old, backend="torch")
+    assert heatmap_scale(predictor.card) is None
+    weak = read_gray(_by_probability(predictor, tiny_dataset)[0])
+    assert explain_array(Predictor(scaled_ensemble, backend="torch"), weak).max() < 0.5  # dim on the members' scales
+    cam = explain_array(predictor, weak)
+    assert cam.max() > 0.95
+    said = Image.open(io.BytesIO(overlay_png(weak, cam, "PNEUMONIA", heatmap_scale(predictor.card)))).info
+    assert said["Description"] == caption("PNEUMONIA", None) and PER_FILM in said["Description"]
