@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from builders import nudge_weights
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.explain import (MEMBERS_OWN_SCALE, MembersScale, caption, explain_array, gradcam,
+from pneumoscan.inference.explain import (MEMBERS_OWN_SCALE, HeatmapScale, caption, explain_array, gradcam,
                                           heatmap_scale, overlay_png)
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import card as card_module
@@ -30,7 +30,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
 from tests import test_ensemble, test_heatmap_scale
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, run_server
-from tests.test_heatmap_scale import ON_MODEL_SCALE, PER_FILM, _by_probability
+from tests.test_heatmap_scale import ON_MODEL_SCALE, PER_FILM, _by_probability, assert_legend_is_the_caption
 
 # their fixtures, shared: a bundle that records a heatmap scale (built once a run), films no member trained on
 scaled_bundle, held_out = test_heatmap_scale.scaled_bundle, test_ensemble.held_out
@@ -64,7 +64,7 @@ def test_an_ensemble_of_scaled_members_draws_each_on_its_own_scale(scaled_ensemb
     card = load_card(scaled_ensemble)  # sealed with the scales in it: the checksum holds
     own = [load_card(b).heatmap_scale for b in (scaled_bundle, second_member)]
     assert [m["heatmap_scale"] for m in card.model_kwargs["members"]] == own
-    assert card.heatmap_scale == MEMBERS_OWN_SCALE and isinstance(heatmap_scale(card), MembersScale)
+    assert card.heatmap_scale == MEMBERS_OWN_SCALE and heatmap_scale(card) == HeatmapScale(MEMBERS_OWN_SCALE, True)
     predictor = Predictor(scaled_ensemble, backend="torch")
     weak, *_, strong = map(read_gray, _by_probability(predictor, tiny_dataset))
     weak_map, strong_map = explain_array(predictor, weak), explain_array(predictor, strong)
@@ -77,13 +77,14 @@ def test_an_ensemble_of_scaled_members_draws_each_on_its_own_scale(scaled_ensemb
     assert [scale for *_, scale in members] == own
     # both members read at the ensemble's size: the mean needs no resize
     mean = np.mean([gradcam(net, xm, classes, scale) for net, xm, scale in members], axis=0)
-    np.testing.assert_allclose(gradcam(predictor.model, x, classes, heatmap_scale(card)), mean, atol=1e-6)
+    np.testing.assert_allclose(gradcam(predictor.model, x, classes, MEMBERS_OWN_SCALE), mean, atol=1e-6)
 
 
 def test_an_ensembles_overlay_says_its_members_scales(scaled_ensemble: Path, tiny_dataset: Path,
                                                      tmp_path: Path) -> None:
-    """predict's overlay files and the service's overlay carry the words of caption for the members' scales: the
-    top colour is each member's own strong evidence, not the ensemble's measured on films it called positive."""
+    """predict's overlay files carry the words of caption for the members' scales (the service's: see
+    test_v1_model_gives_the_words_of_the_services_overlay): the top colour is each member's own strong evidence, not
+    the ensemble's measured on films it called positive."""
     card = load_card(scaled_ensemble)
     words = caption("PNEUMONIA", heatmap_scale(card))
     assert ON_MEMBERS_SCALES in words and "top colour: every member's evidence as strong as the strongest 10 %" in words
@@ -92,17 +93,35 @@ def test_an_ensembles_overlay_says_its_members_scales(scaled_ensemble: Path, tin
     predict_paths(scaled_ensemble, [film], heatmap_dir=tmp_path)
     (written,) = tmp_path.glob("*.png")
     assert Image.open(written).info["Description"] == words
-    with TestClient(create_app(scaled_ensemble)) as client:
-        assert client.get("/v1/model").json()["heatmap_scale"] == MEMBERS_OWN_SCALE
+
+
+@pytest.mark.parametrize(("bundle", "scale_words", "top", "top_spoken"), [
+    ("scaled_bundle", ON_MODEL_SCALE, "strong evidence", f"strong evidence {ON_MODEL_SCALE}"),
+    ("scaled_ensemble", ON_MEMBERS_SCALES, "strong evidence", f"strong evidence {ON_MEMBERS_SCALES}"),
+    ("tiny_bundle", PER_FILM, "this film's maximum", "this film's strongest value"),  # its maps are empty: no scale
+])
+def test_v1_model_gives_the_words_of_the_services_overlay(bundle: str, scale_words: str, top: str, top_spoken: str,
+                                                           tiny_dataset: Path, request: pytest.FixtureRequest) -> None:
+    """/v1/model's heatmap_caption is the caption of the overlay the service draws (its PNG Description), on each
+    of the three scales: a bundle's own, an ensemble's members', each film's own. The web page shows those words as
+    its legend, and heatmap_top / heatmap_top_spoken at the top of its colour scale, so the page and the overlay
+    never say different things; heatmap_scale stays the card's number (1.0 for the ensemble)."""
+    path = request.getfixturevalue(bundle)
+    film = sorted(tiny_dataset.rglob("*.jpeg"))[0]
+    with TestClient(create_app(path)) as client:
+        info = client.get("/v1/model").json()
         r = client.post("/v1/predict?heatmap=true", files={"file": (film.name, film.read_bytes(), "image/jpeg")})
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     png = base64.b64decode(r.json()["heatmap"].split(",", 1)[1])
-    assert Image.open(io.BytesIO(png)).info["Description"] == words
+    assert info["heatmap_caption"] == Image.open(io.BytesIO(png)).info["Description"]
+    assert scale_words in info["heatmap_caption"] and info["heatmap_caption"].startswith("Grad-CAM: evidence for ")
+    assert (info["heatmap_top"], info["heatmap_top_spoken"]) == (top, top_spoken)
+    assert info["heatmap_scale"] == load_card(path).heatmap_scale
 
 
 def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path, tiny_dataset: Path) -> None:
-    """The page's legend, the top of its colour scale and what a screen reader hears say the members' scales, as
-    the overlay's caption does (/v1/model: the architecture and its heatmap_scale)."""
+    """The page's legend, the top of its colour scale and what a screen reader hears say the members' scales, in
+    the overlay's caption's words (/v1/model's heatmap_caption, heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
     server = run_server(create_app(scaled_ensemble))
     with sync_playwright() as playwright:
@@ -124,6 +143,7 @@ def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path
             expect(legend).not_to_contain_text("this film")
             expect(legend).not_to_contain_text(ON_MODEL_SCALE)
             assert f"strong evidence {ON_MEMBERS_SCALES}" in page.get_attribute("#view", "aria-description")
+            assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(scaled_ensemble))))
         finally:
             browser.close()
             server.close()

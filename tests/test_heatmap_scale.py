@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
@@ -132,9 +132,17 @@ def test_the_overlay_says_which_scale_its_map_is_on(scaled_bundle: Path, tiny_da
     assert cam.max() > 0.95  # the normal film's map for NORMAL: its own maximum (less the resize onto the film)
 
 
+def assert_legend_is_the_caption(page: Page, words: str) -> None:
+    """The page's legend says the overlay's caption ``words`` (for the same bundle), and for a film read as negative
+    adds what such a film's map shows."""
+    negative = " This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
+    assert page.inner_text("#legend-text") in (f"{words}.", f"{words}.{negative}")
+
+
 def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny_dataset: Path) -> None:
     """The page colours the bare map (?heatmap=map) itself: its legend, the top of its colour scale and what a
-    screen reader hears name the bundle's scale, as the overlay's caption does (/v1/model's heatmap_scale)."""
+    screen reader hears name the bundle's scale, in the overlay's caption's words (/v1/model's heatmap_caption,
+    heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_bundle), tiny_dataset)[-1]
     server = run_server(create_app(scaled_bundle))
     with sync_playwright() as playwright:
@@ -153,6 +161,7 @@ def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny
             expect(page.locator("#legend-top")).to_have_text("strong evidence")
             expect(legend).not_to_contain_text("this film")
             assert "strong evidence on this model's scale" in page.get_attribute("#view", "aria-description")
+            assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(scaled_bundle))))
         finally:
             browser.close()
             server.close()

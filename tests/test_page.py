@@ -27,12 +27,13 @@ import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
-from pneumoscan.inference.explain import explain_array, panel_shape
+from pneumoscan.inference.explain import caption, explain_array, heatmap_scale, panel_shape
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
 from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server
+from tests.test_heatmap_scale import assert_legend_is_the_caption
 from tests.test_serve import with_threshold
 
 PREFIX = "data:image/png;base64,"
@@ -241,7 +242,8 @@ def test_window_level_invert_zoom_pan(page: Page, small: Path, tmp_path: Path) -
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, zoom 1.00x")
 
 
-def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tmp_path: Path) -> None:
+def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: Path, tiny_bundle: Path,
+                                                        tmp_path: Path) -> None:
     calls: list[str] = []
     page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
     upload_one(page, full_size)
@@ -256,14 +258,18 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     # what the map is: a legend of "low ... high" alone let a bright spot on a film read NORMAL look like a finding
     legend = page.locator("#legend")
     for words in ("evidence for PNEUMONIA", "Grad-CAM", "where the model looked, not where disease is",
-                  "scaled to this film's own strongest value", "this film's maximum"):
+                  "scaled to this film's maximum"):
         expect(legend).to_contain_text(words)
+    expect(page.locator("#legend-top")).to_have_text("this film's maximum")
+    # the overlay's caption for this bundle (its maps on no scale of its own), in the same words
+    assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(tiny_bundle))))
     negative = "This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
     if page.inner_text("#label") == "NORMAL":
         expect(legend).to_contain_text(negative)
     else:
         expect(legend).not_to_contain_text("read as negative")
     assert page.evaluate("() => legendText({label: 'NORMAL', positive: 'PNEUMONIA'})").endswith(negative)
+    assert "yellow at this film's strongest value" in page.get_attribute("#view", "aria-description")
     assert "evidence for PNEUMONIA" in page.get_attribute("#view", "aria-description")
     # and said once in the polite region as it appears: the legend's caveat was never announced
     expect(page.locator("#status")).to_have_text(f"Heatmap shown: {page.inner_text('#legend-text')}")
@@ -294,6 +300,32 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     page.uncheck("#heatmap-toggle")
     assert centre(page) == gray and page.locator("#legend").is_hidden()
     assert len(calls) == 2  # toggling, opacity and printing are drawn here, not asked of the server
+
+
+def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server: str, small: Path) -> None:
+    """The legend's words are the service's (/v1/model's heatmap_caption): while the card has not loaded (here the
+    network drops its request), the page computes no map whose scale it cannot name, says why, and keeps the
+    reading."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "heatmap" in r.url else None)
+        page.route("**/v1/model", lambda route: route.abort())
+        page.goto(server)
+        expect(page.locator("#error")).to_contain_text("Could not load the model card")
+        page.set_input_files("#file", small)
+        expect(page.locator("#label")).not_to_be_empty()
+        page.click("#heatmap-button")
+        expect(page.locator("#error")).to_have_text(
+            "Heatmap not computed: the model card has not loaded, so the page cannot say which scale the map is on; "
+            "enter the API key if the service asks for one, or reload the page")
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.locator("#legend")).to_be_hidden()
+        assert asked == []
+    finally:
+        context.close()
 
 
 def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tmp_path: Path) -> None:

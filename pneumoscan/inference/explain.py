@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import logging
 import weakref
@@ -56,11 +57,16 @@ SCALE_PERCENTILE = 90
 MEMBERS_OWN_SCALE = 1.0
 
 
-class MembersScale(float):
-    """An ensemble's heatmap scale (:func:`heatmap_scale`): not one raw Grad-CAM value but the multiple of each
-    member's own scale its map is drawn on. A float, so it goes wherever a bundle's scale goes (the overlay's
-    callers, /v1/model), and its kind gives :func:`caption` the words that are true of it: the top colour is each
-    member's own strong evidence, not the ensemble's measured on films it called positive."""
+@dataclasses.dataclass(frozen=True)
+class HeatmapScale:
+    """The scale a map is drawn on (:func:`heatmap_scale`): ``value``, the raw Grad-CAM value drawn as the top colour
+    (a bundle's own), or, with ``members``, the multiple of each member's own scale an ensemble's map is drawn on
+    (:data:`MEMBERS_OWN_SCALE`). The kind is a field of its own, not a subclass of float, so no arithmetic or JSON
+    drops it: it gives :func:`caption` and :func:`scale_top` the words that are true of the map (an ensemble's top
+    colour is each member's own strong evidence, not the ensemble's measured on films it called positive)."""
+
+    value: float
+    members: bool = False
 
 
 # (model -> input shape -> its target layer): finding the layer costs a forward pass, and it depends only on the
@@ -227,21 +233,22 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     images = predictor.preprocess([gray])
     classes = predictor.task.cam_classes if class_index is None else class_index
     with predictor.lock, _one_thread():  # the hooks must see this forward pass only
-        cam = gradcam(predictor.model, predictor.inputs(images), classes, heatmap_scale(card, class_index))
+        scale = heatmap_scale(card, class_index)
+        cam = gradcam(predictor.model, predictor.inputs(images), classes, None if scale is None else scale.value)
     return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
 
 
-def heatmap_scale(card: BundleCard, class_index: int | None = None) -> float | None:
-    """The raw Grad-CAM value a map of this bundle draws as 1, the top colour: the bundle's own scale for a map of
-    the call's evidence, so that a colour means the same on every film it reads; for an ensemble whose members all
-    record theirs, a :class:`MembersScale` (each member's map on its own scale); None, each map scaled to its own
-    film's maximum, for a bundle that records no scale (a bundle finished before the scale was kept, one that called
-    too few validation films positive, an ensemble with such a member) and for a map of one class against the rest
-    (``class_index``), which the scale was not measured on. The one rule that chooses both the map's scale
-    (:func:`explain_array`) and its words (:func:`caption`)."""
+def heatmap_scale(card: BundleCard, class_index: int | None = None) -> HeatmapScale | None:
+    """The scale a map of this bundle is drawn on: the bundle's own raw Grad-CAM value drawn as 1, the top colour,
+    for a map of the call's evidence, so that a colour means the same on every film it reads; for an ensemble whose
+    members all record theirs, its members' scales (``members``: each member's map on its own scale); None, each map
+    scaled to its own film's maximum, for a bundle that records no scale (a bundle finished before the scale was kept,
+    one that called too few validation films positive, an ensemble with such a member) and for a map of one class
+    against the rest (``class_index``), which the scale was not measured on. The one rule that chooses both the map's
+    scale (:func:`explain_array`) and its words (:func:`caption`, :func:`scale_top`)."""
     if class_index is not None or card.heatmap_scale is None:
         return None
-    return MembersScale(card.heatmap_scale) if card.model == ENSEMBLE else card.heatmap_scale
+    return HeatmapScale(card.heatmap_scale, members=card.model == ENSEMBLE)
 
 
 def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, images: np.ndarray,
@@ -297,7 +304,7 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: float | None) -> bytes:
+def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None) -> bytes:
     """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
     page draws it), over a caption strip that says what the map shows and on which scale (:func:`caption`), so a
     file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
@@ -320,27 +327,33 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: float |
     return encode_png(picture, own="overlay", description=text)
 
 
-def caption(explains: str, scale: float | None) -> str:
-    """What an overlay shows, in the words of the web page's legend, for a map drawn on ``scale``
-    (:func:`heatmap_scale`): on the bundle's scale the top colour is strong evidence, as on validation films; on an
-    ensemble's members' scales, strong evidence from every member, each as on its own validation films (the
-    ensemble's own films never measured it); scaled to the film's own strongest value, a film with little evidence
-    looks as bright as one with much."""
+def caption(explains: str, scale: HeatmapScale | None) -> str:
+    """What an overlay shows, for a map drawn on ``scale`` (:func:`heatmap_scale`); the web page's legend shows the
+    same words (/v1/model's heatmap_caption). On the bundle's scale the top colour is strong evidence, as on
+    validation films; on an ensemble's members' scales, strong evidence from every member, each as on its own
+    validation films (the ensemble's own films never measured it); scaled to the film's own maximum, a film with
+    little evidence looks as bright as one with much."""
     if scale is None:
         return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
                 "where the model looked, not where disease is")
     strongest = f"as strong as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}"
-    if isinstance(scale, MembersScale):
-        return (f"Grad-CAM: evidence for {explains} on its members' scales, the same for every film (the mean of its "
-                f"members' maps, each on that member's own scale; top colour: every member's evidence {strongest}); "
-                "where the model looked, not where disease is")
-    return (f"Grad-CAM: evidence for {explains} on this model's scale, the same for every film (top colour: "
-            f"{strongest}); where the model looked, not where disease is")
+    top = (f"the mean of its members' maps, each on that member's own scale; top colour: every member's evidence "
+           f"{strongest}" if scale.members else f"top colour: {strongest}")
+    return (f"Grad-CAM: evidence for {explains} {_scale_name(scale)}, the same for every film ({top}); "
+            "where the model looked, not where disease is")
 
 
-def scale_top(scale: float | None) -> str:
-    """The words at the top of the colour scale under an overlay drawn on ``scale``."""
-    return "this film's maximum" if scale is None else "strong evidence"
+def scale_top(scale: HeatmapScale | None, spoken: bool = False) -> str:
+    """The words at the top of the colour scale under a map drawn on ``scale``; ``spoken``: as a screen reader says
+    them, naming the scale, since the colour bar's label is read without the caption beside it."""
+    if scale is None:
+        return "this film's strongest value" if spoken else "this film's maximum"
+    return f"strong evidence {_scale_name(scale)}" if spoken else "strong evidence"
+
+
+def _scale_name(scale: HeatmapScale) -> str:
+    """The scale's name, in one wording for the caption and for the top of the colour scale as it is said."""
+    return "on its members' scales" if scale.members else "on this model's scale"
 
 
 def viridis() -> np.ndarray:

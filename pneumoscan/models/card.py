@@ -88,8 +88,10 @@ class BundleCard:
     temperature_caveat: str = ""
     temperature: float = 1.0
     # the raw Grad-CAM value a heatmap of the call's evidence draws as its top colour, measured on validation films
-    # called positive (inference.explain.measure_heatmap_scale), so a colour means the same on every film; None: each
-    # map scaled to its own film's maximum (older bundles, ensembles, too few films called positive)
+    # called positive (inference.explain.measure_heatmap_scale), so a colour means the same on every film; an
+    # ensemble's: 1.0, each member's map on that member's own scale (recorded in its model_kwargs members entry);
+    # None: each map scaled to its own film's maximum (older bundles, too few films called positive, an ensemble with
+    # a member that records none)
     heatmap_scale: Annotated[float, Field(gt=0)] | None = None
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""

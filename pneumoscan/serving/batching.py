@@ -11,7 +11,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
-from pneumoscan.inference.explain import heatmap_scale
+from pneumoscan.inference.explain import caption, heatmap_scale, scale_top
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
 
 from .formats import ModelInfo, StageResult
@@ -83,14 +83,16 @@ class Stage:
         self.identity = predictor.identity
 
     def info(self) -> ModelInfo:
-        c = self.card
+        c, scale = self.card, heatmap_scale(self.card)
         return ModelInfo(
             id=self.identity["model_id"], version=self.identity["model_version"], architecture=c.model, task=c.task,
             classes=c.classes, positive=c.positive, threshold=c.threshold, threshold_policy=c.threshold_policy,
             threshold_interval=c.threshold_interval, caveats=c.caveats, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
-            content_checked=self.predictor.appearance is not None, heatmap_scale=heatmap_scale(c), **card_summary(c),
+            content_checked=self.predictor.appearance is not None, heatmap_scale=c.heatmap_scale,
+            heatmap_caption=caption(c.positive, scale), heatmap_top=scale_top(scale),
+            heatmap_top_spoken=scale_top(scale, spoken=True), **card_summary(c),
         )
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:

@@ -82,7 +82,13 @@ class ModelInfo(BaseModel):
                                "films to show the threshold's sensitivity target, a temperature that could not be "
                                "fitted): said when they were chosen, kept by the bundle")
     heatmap_scale: float | None = Field(description="the raw Grad-CAM value its heatmaps draw as their top colour, "
-                                        "the same for every film; null: each map scaled to its own film's maximum")
+                                        "the same for every film; for an ensemble, 1.0: each member's map on that "
+                                        "member's own scale; null: each map scaled to its own film's maximum")
+    heatmap_caption: str = Field(description="what its heatmaps show and on which scale: the caption of a heatmap "
+                                 "overlay (its PNG Description), and the web page's legend")
+    heatmap_top: str = Field(description="the words at the top of its heatmaps' colour scale")
+    heatmap_top_spoken: str = Field(description="the top of the colour scale as a screen reader says it, naming the "
+                                    "scale")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")

@@ -70,7 +70,8 @@ def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearanc
         card, metrics = write_operating_point(
             tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), probs, tta, scored.targets,
             *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat)
-        # an ensemble's map is a mean of its members' maps, each scaled to the film: it has no scale of its own
+        # not measured for an ensemble: its map is the mean of its members' maps, each on that member's own scale,
+        # which training.ensemble records when it builds it
         if scored.images is not None and card.model != ENSEMBLE and (
                 scale := measure_heatmap_scale(model, card, task, scored.images, probs)) is not None:
             card = dataclasses.replace(load_card(tmp), heatmap_scale=scale)  # as the ONNX sidecar's record left it

@@ -9,11 +9,10 @@ let maxUploadBytes = null;
 // carry its reading, under its name
 let secondTask = null;
 let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
-// the scale the model's heatmaps are drawn on, as GET /v1/model gives it (inference/explain.py, heatmap_scale):
-// "model", its own, the same for every film (heatmap_scale); "members", an ensemble's, each member's map on its own
-// member's scale (heatmap_scale of an ensemble); "film", each map scaled to its film's maximum (heatmap_scale null).
-// The legend's words follow the scale, as the overlay's caption does
-let heatmapScale = "film";
+// what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
+// overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said); null until the
+// card is loaded: the page has no words of its own for a scale it does not know
+let heatmapWords = null;
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
@@ -69,10 +68,10 @@ function showCard(info) {
   secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
-  heatmapScale = info.heatmap_scale == null ? "film" : info.architecture === "ensemble" ? "members" : "model";
-  $("legend-top").textContent = heatmapTop();
+  heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken };
+  $("legend-top").textContent = heatmapWords.top;
   $("legend-bar").setAttribute("aria-label",
-    `colour scale, viridis: dark purple is low, yellow is ${heatmapTop(true)}`);
+    `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
   $("etiology-column").hidden = !secondTask;
   if (secondTask) $("etiology-column").querySelector("button").textContent = taskTitle(secondTask);
   renderList();
@@ -211,26 +210,12 @@ function classesText(r) {
     `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
 }
 
-// What the heatmap is, said beside it: the page's words for the overlay's caption (inference/explain.py, caption),
-// for the scale the map is drawn on (10 %: 100 - its SCALE_PERCENTILE).
+// What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption), and for a film read as
+// negative, that its map is the weak evidence of such a film.
 function legendText(r) {
-  const strongest = `as strong as the strongest 10 % of validation films it called ${r.positive}`;
-  const scale = {
-    model: ` on this model's scale, the same for every film (top colour: ${strongest})`,
-    members: ` on its members' scales, the same for every film (the mean of its members' maps, each on that ` +
-      `member's own scale; top colour: every member's evidence ${strongest})`,
-    film: ", scaled to this film's own strongest value",
-  }[heatmapScale];
-  const what = `Grad-CAM: evidence for ${r.positive}${scale}; where the model looked, not where disease is.`;
+  const what = `${heatmapWords.caption}.`;
   return r.label === r.positive ? what
     : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
-}
-
-// The top of the colour scale: under the legend's bar (inference/explain.py, scale_top), and, said, to a screen reader.
-function heatmapTop(said = false) {
-  if (heatmapScale === "film") return said ? "this film's strongest value" : "this film's maximum";
-  if (!said) return "strong evidence";
-  return `strong evidence ${heatmapScale === "members" ? "on its members' scales" : "on this model's scale"}`;
 }
 
 function showFilm(film) {
@@ -283,7 +268,6 @@ function showResult(film) {
       `threshold ${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
   }
   showWarnings(r.warnings, r.in_scope);
-  $("legend-text").textContent = legendText(r);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
   $("caption").textContent = film.result.image
@@ -503,8 +487,9 @@ function heatControls() {
   $("opacity").disabled = !have;
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
+  $("legend-text").textContent = have ? legendText(current.result) : "";
   $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
-    ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapTop(true)}, dark purple lowest. ` +
+    ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapWords.spoken}, dark purple lowest. ` +
       $("legend-text").textContent
     : "the film alone");
 }
@@ -512,6 +497,10 @@ function heatControls() {
 $("heatmap-button").addEventListener("click", async () => {
   const film = current;
   if (!film) return;
+  if (!heatmapWords) {  // a map whose scale the page cannot name would be read as evidence it is not
+    return showError("Heatmap not computed: the model card has not loaded, so the page cannot say which scale the " +
+      "map is on; enter the API key if the service asks for one, or reload the page", true);
+  }
   $("status").textContent = "Computing the heatmap...";
   $("heatmap-button").disabled = true;
   const body = await post(film.file, "heatmap=map");
