@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
 
 from builders import nudge_weights
 from pneumoscan.data.decode import read_gray
@@ -29,8 +28,8 @@ from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
 from tests import test_ensemble, test_heatmap_scale
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, run_server
-from tests.test_heatmap_scale import ON_MODEL_SCALE, PER_FILM, _by_probability, assert_legend_is_the_caption
+from tests.test_heatmap_scale import (ON_MODEL_SCALE, PER_FILM, _by_probability, assert_legend_is_the_caption,
+                                      page_legend)
 
 # their fixtures, shared: a bundle that records a heatmap scale (built once a run), films no member trained on
 scaled_bundle, held_out = test_heatmap_scale.scaled_bundle, test_ensemble.held_out
@@ -123,30 +122,13 @@ def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path
     """The page's legend, the top of its colour scale and what a screen reader hears say the members' scales, in
     the overlay's caption's words (/v1/model's heatmap_caption, heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
-    server = run_server(create_app(scaled_ensemble))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(next(server))
-            page.set_input_files("#file", strongest)
-            expect(page.locator("#result")).to_be_visible()
-            page.click("#heatmap-button")
-            legend = page.locator("#legend")
-            expect(legend).to_be_visible()
-            expect(legend).to_contain_text(f"evidence for PNEUMONIA {ON_MEMBERS_SCALES}, the same for every film (the "
-                                           "mean of its members' maps, each on that member's own scale; top colour: "
-                                           "every member's evidence as strong as the strongest 10 % of validation "
-                                           "films it called PNEUMONIA)")
-            expect(page.locator("#legend-top")).to_have_text("strong evidence")
-            expect(legend).not_to_contain_text("this film")
-            expect(legend).not_to_contain_text(ON_MODEL_SCALE)
-            assert f"strong evidence {ON_MEMBERS_SCALES}" in page.get_attribute("#view", "aria-description")
-            assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(scaled_ensemble))))
-        finally:
-            browser.close()
-            server.close()
+    legend, top, spoken = page_legend(scaled_ensemble, strongest)
+    assert (f"evidence for PNEUMONIA {ON_MEMBERS_SCALES}, the same for every film (the mean of its members' maps, "
+            "each on that member's own scale; top colour: every member's evidence as strong as the strongest 10 % "
+            "of validation films it called PNEUMONIA)") in legend
+    assert top == "strong evidence" and "this film" not in legend and ON_MODEL_SCALE not in legend
+    assert f"strong evidence {ON_MEMBERS_SCALES}" in spoken
+    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_ensemble))))
 
 
 def test_an_ensemble_with_a_member_without_a_scale_keeps_maps_per_film(

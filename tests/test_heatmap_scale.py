@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
@@ -132,11 +132,32 @@ def test_the_overlay_says_which_scale_its_map_is_on(scaled_bundle: Path, tiny_da
     assert cam.max() > 0.95  # the normal film's map for NORMAL: its own maximum (less the resize onto the film)
 
 
-def assert_legend_is_the_caption(page: Page, words: str) -> None:
+def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
+    """What the web page shows beside the heatmap of ``film`` read by ``bundle`` (its legend text, the top of its
+    colour scale), and what a screen reader hears of the film with its heatmap."""
+    server = run_server(create_app(bundle))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(next(server))
+            page.set_input_files("#file", film)
+            expect(page.locator("#result")).to_be_visible()
+            page.click("#heatmap-button")
+            expect(page.locator("#legend")).to_be_visible()
+            return (page.inner_text("#legend-text"), page.inner_text("#legend-top"),
+                    page.get_attribute("#view", "aria-description") or "")
+        finally:
+            browser.close()
+            server.close()
+
+
+def assert_legend_is_the_caption(legend: str, words: str) -> None:
     """The page's legend says the overlay's caption ``words`` (for the same bundle), and for a film read as negative
     adds what such a film's map shows."""
     negative = " This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
-    assert page.inner_text("#legend-text") in (f"{words}.", f"{words}.{negative}")
+    assert legend in (f"{words}.", f"{words}.{negative}")
 
 
 def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny_dataset: Path) -> None:
@@ -144,27 +165,12 @@ def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny
     screen reader hears name the bundle's scale, in the overlay's caption's words (/v1/model's heatmap_caption,
     heatmap_top and heatmap_top_spoken)."""
     strongest = _by_probability(Predictor(scaled_bundle), tiny_dataset)[-1]
-    server = run_server(create_app(scaled_bundle))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(next(server))
-            page.set_input_files("#file", strongest)
-            expect(page.locator("#result")).to_be_visible()
-            page.click("#heatmap-button")
-            legend = page.locator("#legend")
-            expect(legend).to_be_visible()
-            expect(legend).to_contain_text(f"evidence for PNEUMONIA {ON_MODEL_SCALE}, the same for every film (top "
-                                           "colour: as strong as the strongest 10 % of validation films it called")
-            expect(page.locator("#legend-top")).to_have_text("strong evidence")
-            expect(legend).not_to_contain_text("this film")
-            assert "strong evidence on this model's scale" in page.get_attribute("#view", "aria-description")
-            assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(scaled_bundle))))
-        finally:
-            browser.close()
-            server.close()
+    legend, top, spoken = page_legend(scaled_bundle, strongest)
+    assert (f"evidence for PNEUMONIA {ON_MODEL_SCALE}, the same for every film (top colour: as strong as the "
+            "strongest 10 % of validation films it called") in legend
+    assert top == "strong evidence" and "this film" not in legend
+    assert "strong evidence on this model's scale" in spoken
+    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_bundle))))
 
 
 def test_a_bundle_without_the_record_keeps_maps_and_words_per_film(scaled_bundle: Path, tiny_dataset: Path,

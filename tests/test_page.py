@@ -262,7 +262,8 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
         expect(legend).to_contain_text(words)
     expect(page.locator("#legend-top")).to_have_text("this film's maximum")
     # the overlay's caption for this bundle (its maps on no scale of its own), in the same words
-    assert_legend_is_the_caption(page, caption("PNEUMONIA", heatmap_scale(load_card(tiny_bundle))))
+    assert_legend_is_the_caption(page.inner_text("#legend-text"),
+                                 caption("PNEUMONIA", heatmap_scale(load_card(tiny_bundle))))
     negative = "This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
     if page.inner_text("#label") == "NORMAL":
         expect(legend).to_contain_text(negative)
