@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from pneumoscan import cli
-from pneumoscan.core import options
+from pneumoscan.core import cpus
+from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.options import (
     BACKENDS,
     FILL_MODES,
@@ -20,7 +21,6 @@ from pneumoscan.core.options import (
     RESIZE_POLICIES,
     TRACKERS,
     look_up_option,
-    usable_cores,
 )
 from pneumoscan.data.layouts import discover, make_record
 from pneumoscan.data.preprocess import PreprocessSpec, resize
@@ -284,13 +284,13 @@ def test_a_wrong_setting_is_refused_before_the_run_folder_is_touched(tiny_datase
 def test_worker_pools_are_sized_by_the_cores_this_process_may_use() -> None:
     """``taskset -c 0`` (or a container's cpuset) leaves one core: predict's decoding threads, the cache's and the
     audit's processes had been sized by the machine's count (64 decoders in a 2-core container)."""
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
     try:
         assert usable_cores() == 1
     finally:
-        os.sched_setaffinity(0, cpus)
-    assert usable_cores() == len(cpus)
+        os.sched_setaffinity(0, allowed)
+    assert usable_cores() == len(allowed)
 
 
 @pytest.mark.parametrize("files, quota, cap", [
@@ -308,8 +308,8 @@ def test_a_containers_cpu_quota_sizes_the_worker_pools(tmp_path: Path, monkeypat
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    monkeypatch.setattr(options, "CGROUP", tmp_path)
-    assert options.cpu_quota() == quota
+    monkeypatch.setattr(cpus, "CGROUP", tmp_path)
+    assert cpus.cpu_quota() == quota
     cores = len(os.sched_getaffinity(0))
     assert usable_cores() == (min(cores, cap) if cap else cores)
 
@@ -322,19 +322,19 @@ def test_a_cpu_quota_caps_torchs_threads_and_every_onnx_session(
     import torch
 
     (tmp_path / "cpu.max").write_text("50000 100000\n")
-    monkeypatch.setattr(options, "CGROUP", tmp_path)
+    monkeypatch.setattr(cpus, "CGROUP", tmp_path)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert options.model_threads() == 1, "an ONNX Runtime session is sized by it"
+        assert cpus.model_threads() == 1, "an ONNX Runtime session is sized by it"
         with caplog.at_level("INFO", logger="pneumoscan"):
-            options.cap_torch_threads()
+            cpus.cap_torch_threads()
         assert torch.get_num_threads() == 1
         assert "torch's 2 intra-op threads capped at the 1 cores this process may use" in caplog.text
-        monkeypatch.setattr(options, "CGROUP", tmp_path / "nosuch")  # no quota: the cores of the affinity
+        monkeypatch.setattr(cpus, "CGROUP", tmp_path / "nosuch")  # no quota: the cores of the affinity
         torch.set_num_threads(1)
-        options.cap_torch_threads()
-        assert torch.get_num_threads() == options.model_threads() == 1, "a lower count stays"
+        cpus.cap_torch_threads()
+        assert torch.get_num_threads() == cpus.model_threads() == 1, "a lower count stays"
     finally:
         torch.set_num_threads(threads)
 
@@ -348,13 +348,13 @@ def test_the_quota_of_a_systemd_units_own_cgroup_is_read(tmp_path: Path) -> None
     (tmp_path / "cpu.max").write_text("max 100000\n")
     membership = tmp_path / "cgroup"
     membership.write_text("0::/system.slice/pneumoscan.service\n")
-    assert options.cpu_quota(tmp_path, membership) == 0.5
+    assert cpus.cpu_quota(tmp_path, membership) == 0.5
     membership.write_text("0::/\n")  # a container's namespace: its own cgroup is the root
-    assert options.cpu_quota(tmp_path, membership) is None
+    assert cpus.cpu_quota(tmp_path, membership) is None
     v1 = tmp_path / "v1"
     (v1 / "cpu" / "system.slice").mkdir(parents=True)
     for folder, quota in ((v1 / "cpu", "-1"), (v1 / "cpu" / "system.slice", "150000")):
         (folder / "cpu.cfs_quota_us").write_text(f"{quota}\n")
         (folder / "cpu.cfs_period_us").write_text("100000\n")
     membership.write_text("9:name=systemd:/\n4:cpu,cpuacct:/system.slice\n")
-    assert options.cpu_quota(v1, membership) == 1.5
+    assert cpus.cpu_quota(v1, membership) == 1.5

@@ -121,9 +121,9 @@ def test_softmax_is_scipys_bit_for_bit() -> None:
 THREADS = """
 import json, logging, math, os, sys
 from pathlib import Path
-from pneumoscan.core import options
+from pneumoscan.core import cpus
 if sys.argv[2]:
-    options.CGROUP = Path(sys.argv[2])  # a container's CPU quota, as its own cgroup folder shows it
+    cpus.CGROUP = Path(sys.argv[2])  # a container's CPU quota, as its own cgroup folder shows it
 said = []
 class Kept(logging.Handler):
     def emit(self, record):
@@ -132,12 +132,12 @@ logging.getLogger("pneumoscan").addHandler(Kept())
 logging.getLogger("pneumoscan").setLevel(logging.INFO)
 from pneumoscan.inference.onnx_runtime import session
 from pneumoscan.inference.predict import Predictor
-before = options.model_threads()  # torch not loaded yet: worked out
+before = cpus.model_threads()  # torch not loaded yet: worked out
 import torch
 start = torch.get_num_threads()  # what torch alone would run
 Predictor(sys.argv[1], backend="torch")  # predict and serve load their torch model so
 onnx = session(Path(sys.argv[1]) / "model.onnx").get_session_options().intra_op_num_threads
-quota = options.cpu_quota()
+quota = cpus.cpu_quota()
 cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
 print(json.dumps({"before": before, "start": start, "torch": torch.get_num_threads(), "onnx": onnx, "cores": cores,
                   "said": said}))

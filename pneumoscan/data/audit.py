@@ -25,7 +25,7 @@ from PIL import Image
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
-from pneumoscan.core.options import usable_cores
+from pneumoscan.core.cpus import usable_cores
 from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scan_file,
                                     shared_patients)
 from pneumoscan.data.decode import read_gray

@@ -31,7 +31,8 @@ import simplejpeg
 
 from pneumoscan.core.atomic import file_stamp, write_atomic
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.options import SPLITS, look_up_option, usable_cores
+from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover

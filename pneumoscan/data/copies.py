@@ -29,7 +29,8 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pneumoscan.core.options import SPLITS, usable_cores
+from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.options import SPLITS
 from pneumoscan.data.decode import image_info, open_regular, read_gray
 from pneumoscan.data.layouts import Layout, Record, name_conflict
 from pneumoscan.data.pixels import DecodeError

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from pneumoscan.core.options import model_threads
+from pneumoscan.core.cpus import model_threads
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, read_bundle_text,
                                    verify_file)
 
@@ -54,7 +54,7 @@ def model_version(bundle: Path | str, backend: str = "torch") -> str:
 
 
 def session(model: Path | str | bytes) -> ort.InferenceSession:
-    """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.options.model_threads`:
+    """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.cpus.model_threads`:
     never more than the cores this process may use), so both backends compete on equal terms. A file ONNX Runtime
     cannot load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()

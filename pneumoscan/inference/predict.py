@@ -29,7 +29,8 @@ from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
 from pneumoscan.core.names import cell_text, file_kind, json_ready, json_text, path_list, shown
-from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, cap_torch_threads, look_up_option, usable_cores
+from pneumoscan.core.cpus import cap_torch_threads, usable_cores
+from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pneumoscan.core.options import usable_cores
+from pneumoscan.core.cpus import usable_cores
 
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
 
 
 def _cores() -> int:
-    """The cores this process may run on (:func:`~pneumoscan.core.options.usable_cores`), at most 4: one decode a
+    """The cores this process may run on (:func:`~pneumoscan.core.cpus.usable_cores`), at most 4: one decode a
     core, as the docs promise."""
     return max(1, min(4, usable_cores()))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pneumoscan.core.options import usable_cores
+from pneumoscan.core.cpus import usable_cores
 
 T = TypeVar("T")
 
