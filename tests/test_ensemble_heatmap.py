@@ -167,3 +167,16 @@ def test_an_ensemble_built_before_members_scales_were_kept_keeps_maps_per_film(
     assert cam.max() > 0.95
     said = Image.open(io.BytesIO(overlay_png(weak, cam, "PNEUMONIA", heatmap_scale(predictor.card)))).info
     assert said["Description"] == caption("PNEUMONIA", None) and PER_FILM in said["Description"]
+
+
+def test_an_ensemble_card_with_a_scale_and_a_member_without_one_is_refused(scaled_ensemble: Path,
+                                                                           tmp_path: Path) -> None:
+    """pneumoscan never writes an ensemble scale beside a member without one: such a card (edited, re-sealed) is
+    refused when loaded, naming the member, not served with a caption its every heatmap would then fail."""
+    edited = shutil.copytree(scaled_ensemble, tmp_path / "edited")
+    fields = json.loads((edited / CARD).read_text())
+    del fields[CHECKSUM]
+    fields["model_kwargs"]["members"][1]["heatmap_scale"] = None
+    (edited / CARD).write_text(json.dumps({**fields, CHECKSUM: card_module._card_digest(fields)}))
+    with pytest.raises(ValueError, match="heatmap_scale is 1.0, but ensemble member 1 records none"):
+        load_card(edited)

@@ -343,6 +343,11 @@ def _validated(path: Path, data: dict) -> BundleCard:
         if len(members) < 2:
             raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
         entries += [(f"{path}: ensemble member {i}", dict(member)) for i, member in enumerate(members)]
+        # its maps are drawn on its members' own scales: a member without one has no map on a scale to join
+        if card.heatmap_scale is not None and (bare := next(
+                (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
+            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but ensemble member {bare} records "
+                             "none; restore the bundle from a good copy, or build the ensemble again")
     for where, entry in entries:
         for key in POSITIVE:
             if not entry[key] > 0:

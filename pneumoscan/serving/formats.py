@@ -40,8 +40,9 @@ class Prediction(StageResult):
         None, description="the second stage's reading, its task named in it (etiology: bacteria vs virus): only when "
         "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology)")
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
-                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = most "
-                                "weight)")
+                                "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = the "
+                                "top of the scale /v1/model's heatmap_caption names: the model's, or this film's "
+                                "maximum)")
     image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
                               "(what a browser cannot show itself, e.g. DICOM), at most 1024 pixels a side")
     warnings: list[str] = Field(
