@@ -4,8 +4,9 @@ model.onnx that exports it on first use (:func:`bundle_session`). Running what i
 The graph maps the normalised image batch ``image`` (N, 1, S, S) float32 to raw ``logits`` (N, C); resizing,
 normalisation and temperature stay outside it and are written next to the file (``model.onnx.json``), so any
 ONNX runtime can reproduce the bundle's probabilities. The spec also records the SHA-256 of the bundle's
-weights, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx`` exported from other weights, or
-damaged since, is refused with its reason; exporting again is the explicit ``pneumoscan export``. The INT8
+weights and of the ONNX file it describes, and bundle.json the SHA-256 of BUNDLE/model.onnx: a ``model.onnx``
+exported from other weights, or damaged since, is refused with its reason; exporting again is the explicit
+``pneumoscan export``. The INT8
 model's sidecar (``model.int8.onnx.json``) gives its own thresholds under the same keys, and bundle.json records
 the SHA-256 of both INT8 files.
 
@@ -29,7 +30,7 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, file_sha256, load_card, record_checksum
-from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, session, spec_path, verify_onnx,
+from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, session, spec_path, verify_onnx,
                            weights_digest)
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ def write_onnx_spec(bundle: Path | str, out: Path | str) -> None:
     """``out``'s sidecar (the FP32 model's): :func:`_spec`. Training rewrites it once the TTA threshold is chosen,
     which needs the exported model first. The bundle's own (BUNDLE/model.onnx.json) gets its SHA-256 in bundle.json:
     it gives other ONNX runtimes the thresholds and preprocessing, so an edit is refused as the model's would be."""
-    path = write_json(spec_path(out), _spec(bundle, load_card(bundle)))
+    path = write_json(spec_path(out), {**_spec(bundle, load_card(bundle)), **described(out)})
     if path.resolve() == spec_path(Path(bundle) / ONNX_NAME).resolve():
         record_checksum(bundle, path.name, file_sha256(path))
 
@@ -218,7 +219,8 @@ def write_int8_spec(bundle: Path | str, figures: dict) -> None:
     a sidecar reads (quantisation moves the scores: at the FP32 thresholds the INT8 scores give other labels), and
     the rest of the quantisation's ``figures``. predict and serve take their INT8 thresholds from it, so its SHA-256
     goes into bundle.json like the model's; a rewrite (new thresholds) must come through here too."""
-    spec = {**figures, **_spec(bundle, load_card(bundle)), **Int8Operating.from_figures(figures).sidecar_fields()}
+    spec = {**figures, **_spec(bundle, load_card(bundle)), **Int8Operating.from_figures(figures).sidecar_fields(),
+            **described(Path(bundle) / INT8_NAME)}
     path = write_json(spec_path(Path(bundle) / INT8_NAME), spec)
     record_checksum(bundle, path.name, file_sha256(path))
 

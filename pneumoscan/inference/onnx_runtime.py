@@ -17,8 +17,8 @@ from typing import Any
 import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, file_sha256, load_card, read_bundle_text,
-                                   verify_file)
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_card, file_sha256, load_card,
+                                   read_bundle_text, verify_file)
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
 _LOAD_ERRORS = (
@@ -29,6 +29,7 @@ _LOAD_ERRORS = (
 # where `export --int8` (pneumoscan.training.quantize) writes and `--backend onnx-int8` looks
 INT8_NAME = "model.int8.onnx"
 INPUT, OUTPUT = "image", "logits"
+ONNX_DIGEST = "onnx_sha256"  # the sidecar's record of the ONNX file it describes (:func:`described`)
 
 
 def spec_path(onnx_path: Path | str) -> Path:
@@ -70,6 +71,22 @@ def session(model: Path | str | bytes) -> ort.InferenceSession:
         raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
 
 
+def described(model: Path | str) -> dict[str, str]:
+    """The sidecar's record of the ONNX file it describes (hex SHA-256 under ``onnx_sha256``): ``weights_sha256`` ties
+    the sidecar to the weights, this ties the file to the sidecar, so that in a bundle whose card records no
+    checksums (:func:`check_described`) another model's ONNX file put beside a sound sidecar is refused too."""
+    return {ONNX_DIGEST: file_sha256(model).removeprefix("sha256:")}
+
+
+def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str) -> None:
+    """Refuse (ValueError) ``model`` when its sidecar records another file's SHA-256 (:func:`described`): another
+    model's ONNX file copied in, its scores the other model's. A sidecar written before it kept the record says
+    nothing here, so the file passes, as a bundle without checksums does."""
+    if (recorded := sidecar.get(ONNX_DIGEST)) is not None and recorded != (actual := described(model)[ONNX_DIGEST]):
+        raise ValueError(f"{model} is not the model {spec_path(model).name} describes: its SHA-256 is "
+                         f"{actual[:12]}..., the sidecar records {str(recorded)[:12]}...; {remedy}")
+
+
 def read_sidecar(model: Path | str, strict: bool = False) -> dict:
     """The JSON object of ``model``'s sidecar, read one way wherever one is read (the FP32 and INT8 models' checks,
     the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_text`, so a pipe or a device in
@@ -92,7 +109,8 @@ def read_sidecar(model: Path | str, strict: bool = False) -> dict:
 
 def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
-    says so) or whose bytes differ from those recorded when it was exported. Never re-exported silently: the
+    says so) or whose bytes differ from those recorded when it was exported (in bundle.json; in a bundle whose card
+    records none, in the sidecar: :func:`check_described`). Never re-exported silently: the
     remedy is the explicit ``pneumoscan export``."""
     existing = Path(bundle) / ONNX_NAME
     remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
@@ -105,8 +123,9 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
         raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
                          f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
-    if not card.files:
-        return  # a bundle older than the record: load_bundle has warned that its files cannot be checked
+    if not card.files:  # a bundle older than the record (warned of at load): only the sidecar ties the file
+        check_described(existing, sidecar, remedy)
+        return
     if ONNX_NAME not in card.files:
         raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
                          f"there); {remedy}")
@@ -193,7 +212,8 @@ class Int8Operating:
 def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     """The INT8 session and its sidecar (thresholds included: :class:`Int8Operating`); refused when the file is
     missing, was made from other weights, its thresholds were never chosen, or either file differs from what
-    ``export --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels)."""
+    ``export --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels), or
+    when those thresholds are not the probabilities a card's are (:func:`checked_card`)."""
     out = Path(bundle) / INT8_NAME
     sidecar_path = spec_path(out)
     card = load_card(bundle)
@@ -214,6 +234,12 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
             if name not in card.files:
                 raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
             verify_file(bundle, card, name, remedy)
+    else:  # a bundle older than the record: only the sidecar ties the file (the card's checksums tie it otherwise)
+        check_described(out, sidecar, remedy)
+    try:  # types and ranges as the card's own: a threshold of 1.5 called every film normal, one of "0.3" a traceback
+        checked_card(sidecar_path, dataclasses.replace(card, **chosen.card_fields()))
+    except ValueError as e:
+        raise ValueError(f"{e}; {remedy}") from None
     if [sidecar.get("threshold"), sidecar.get("tta_threshold")] != [chosen.threshold, chosen.tta_threshold]:
         raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
                          "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "

@@ -132,16 +132,23 @@ class Predictor:
 
             self._session = session or bundle_session(bundle)
             own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
-            self._check_input_size("the ONNX model given" if given else f"its {own}")
+            self._check_graph("the ONNX model given" if given else f"its {own}")
 
-    def _check_input_size(self, what: str) -> None:
-        """Refuse an ONNX graph built for another input size than the card's: every film would be prepared at the
-        card's size, and ONNX Runtime would fail on the first one with its own error instead of a reason."""
+    def _check_graph(self, what: str) -> None:
+        """Refuse an ONNX graph built for another input size than the card's (every film would be prepared at the
+        card's size, and ONNX Runtime would fail on the first one with its own error instead of a reason) or for
+        another number of classes (its scores would be read as the card's classes: a two-class graph as the
+        multiclass task's answered, with a class probability missing), as the torch backend refuses such weights."""
         side = self._session.get_inputs()[0].shape[-2:]
         if all(isinstance(n, int) for n in side) and list(side) != [self.card.size] * 2:
             raise ValueError(f"{self.bundle}: {what} reads {side[0]} x {side[1]} images, and bundle.json says "
                              f"{self.card.size} (the size films are prepared at), so the card does not describe this "
                              "model; restore the bundle from a good copy")
+        scores = self._session.get_outputs()[0].shape[-1]
+        if isinstance(scores, int) and scores != len(self.card.classes):
+            raise ValueError(f"{self.bundle}: {what} gives {scores} scores a film, and bundle.json names "
+                             f"{len(self.card.classes)} classes ({', '.join(self.card.classes)}), so the card does not "
+                             "describe this model; restore the bundle from a good copy")
 
     @functools.cached_property
     def identity(self) -> dict[str, str]:

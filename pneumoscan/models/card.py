@@ -327,6 +327,13 @@ _CARD = TypeAdapter(BundleCard)
 _MEMBERS = TypeAdapter(list[MemberEntry])
 
 
+def checked_card(where: Path | str, card: BundleCard) -> BundleCard:
+    """``card`` held to every check :func:`load_card` makes of bundle.json's fields, refusals naming ``where``: for a
+    card whose operating point comes from another file (the INT8 sidecar's thresholds), which bundle.json's own
+    checksum does not cover, and which a bundle older than the files' checksums does not check at all."""
+    return _validated(Path(where), asdict(card))
+
+
 def _validated(path: Path, data: dict) -> BundleCard:
     """The card, or a refusal naming the field, when BundleCard(**data) would raise a TypeError traceback or
     silently give wrong answers: an unknown (misspelt) field, a missing one, a value of the wrong type (pydantic,
