@@ -138,3 +138,15 @@ def test_a_card_naming_more_classes_than_the_model_scores_is_refused_by_both_bac
     with pytest.raises(ValueError, match="its model.onnx gives 2 scores a film, and bundle.json names 3 classes "
                                          "\\(normal, bacteria, virus\\), so the card does not describe this model"):
         Predictor(bundle, backend="onnx")
+
+
+def test_an_int8_model_without_a_tta_threshold_names_export_as_the_remedy(int8_bundle: Path, tmp_path: Path) -> None:
+    """The INT8 model's thresholds come from ``export --int8``, not from training: when its sidecar has no TTA
+    threshold, ``--tta`` is refused naming that command (training again would not write one)."""
+    bundle = without_checksums(copy_bundle(int8_bundle, tmp_path))
+    edit_sidecar(bundle, INT8_NAME, tta_threshold=None, int8_tta_threshold=None,
+                 tta_threshold_interval=[], int8_tta_threshold_interval=[])
+    int8 = Predictor(bundle, backend="onnx-int8")
+    with pytest.raises(ValueError, match="INT8 model has no threshold validated for test-time augmentation: "
+                                         "predict without --tta, or run `pneumoscan export .* --int8"):
+        int8.threshold(tta=True)

@@ -246,6 +246,10 @@ class Predictor:
         if not tta:
             return self.card.threshold
         if self.card.tta_threshold is None:
+            if self.backend == "onnx-int8":  # the INT8 sidecar's thresholds are chosen by export --int8, not training
+                raise ValueError("this bundle's INT8 model has no threshold validated for test-time augmentation: "
+                                 f"predict without --tta, or run `pneumoscan export {self.bundle} --int8 --data "
+                                 "RUN/split.csv` again")
             raise ValueError("this bundle has no threshold validated for test-time augmentation (it was trained "
                              "before pneumoscan chose one): predict without --tta, or train it again")
         return self.card.tta_threshold
