@@ -2,8 +2,9 @@
 
 The cache is keyed by a hash of the file list (path, size, mtime, ctime), the preprocessing spec and the
 decoders' versions, so an unchanged dataset opens instantly, and any changed file (or a file made readable by a
-chmod or a newer Pillow or pydicom) rebuilds it. Files appear atomically and the index is written last: a killed
-build never leaves a cache that looks valid, and a later build removes its temporary file once it is an hour old.
+chmod or a newer Pillow, pydicom or pydicom plugin) rebuilds it. Files appear atomically and the index is written
+last: a killed build never leaves a cache that looks valid, and a later build removes its temporary file once it is
+an hour old.
 The index records the SHA-256 of the pixel file as built; every open checks it (190 MB for the 5,216 training
 films at 192 px: 0.13 s on an idle core with SHA extensions, about 1 s on a loaded 2-core machine), so damaged
 bytes of the same size are rebuilt, with a warning, instead of being trained or evaluated on.
@@ -12,6 +13,7 @@ bytes of the same size are rebuilt, with a warning, instead of being trained or 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
@@ -25,9 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import PIL
-import pydicom
-import simplejpeg
 
 from pneumoscan.core.atomic import file_stamp, write_atomic
 from pneumoscan.core.logs import progress as progress_bar
@@ -38,7 +37,13 @@ from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 
-CACHE_VERSION = 7  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 8  # bump whenever decode/resize output changes, so old caches are not reused
+# The distributions whose code decodes a film (pydicom's plugins too: JPEG, JPEG 2000, RLE, JPEG-LS): a new version of
+# any may decode a film otherwise, or read one it refused
+DECODERS = ("Pillow", "simplejpeg", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
+            "pyjpegls")
+# The decode limits of pneumoscan.data.pixels a site may set, each of which decides which films are refused
+_LIMITS = ("MAX_PIXELS", "MAX_DECODED_BYTES", "MAX_HUFFMAN_CODES", "MAX_SEGMENTS")
 CHUNK = 32  # images per worker task
 # Up to this many films decode in this process: starting a pool's two workers (each imports numpy, Pillow and
 # pydicom) takes about 0.65 s of CPU and 0.6 s, and 64 films decode here in 0.05 s (224 px JPEGs), 0.3 s (full-size
@@ -90,16 +95,28 @@ def default_cache_dir() -> Path:
 
 def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec, the decoders'
-    versions, the registered readers and the decode limits: any change gives a new cache, so an error stored for an
-    unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers by the paths as
-    given, so two spellings of one file are two caches."""
-    versions = [CACHE_VERSION, PIL.__version__, pydicom.__version__, simplejpeg.__version__, _decoding()["limits"],
+    versions (:data:`DECODERS`), the registered readers and the decode limits: any change gives a new cache, so an
+    error stored for an unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers
+    by the paths as given, so two spellings of one file are two caches."""
+    versions = [CACHE_VERSION, _decoder_versions(), _decoding()["limits"],
                 [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()]]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         stamp = file_stamp(path) or "missing"  # reported as an error by the build; an appearance changes the key
         digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
     return digest.hexdigest()[:32]
+
+
+def _decoder_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`DECODERS`, None for one that is not installed (pydicom then tries
+    another plugin, which may decode otherwise)."""
+    found: dict[str, str | None] = {}
+    for name in DECODERS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def build_cache(
@@ -236,7 +253,7 @@ def _decode_chunk(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, l
 def _decoding() -> dict:
     """What decodes a file besides the spec: the registered readers, in the order they are asked, and the decode
     limits, all of which a site may change at run time."""
-    return {"readers": readers.registered(), "limits": [pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES]}
+    return {"readers": readers.registered(), "limits": {name: getattr(pixels, name) for name in _LIMITS}}
 
 
 class _WorkersCannotRead(Exception):
@@ -277,7 +294,8 @@ def _adopt(decoding: dict) -> None:
         readers.unregister(reader.name)
     for reader in loaded:
         readers.register(reader)
-    pixels.MAX_PIXELS, pixels.MAX_DECODED_BYTES = decoding["limits"]
+    for name, value in decoding["limits"].items():
+        setattr(pixels, name, value)
 
 
 def _decode_in_worker(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, str, bool]]]:

@@ -29,7 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, RLELossless,
 )  # fmt: skip
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs
@@ -43,6 +43,12 @@ _ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLit
               (False, False): ExplicitVRBigEndian}  # fmt: skip
 _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
             "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}  # fmt: skip
+# The colour spaces pydicom reads samples in without a codec (uncompressed, deflated or RLE pixel data; PS3.3
+# C.7.6.3.1.2). The others a codec converts (YBR_ICT, YBR_RCT: JPEG 2000) or are retired (HSV, ARGB, CMYK): pydicom
+# hands their samples on as they are, read as RGB or grey (a grey film stored YBR_PARTIAL_422 came out at a quarter of
+# its contrast, and an HSV one of one sample without its window)
+_SAMPLED_AS_STORED = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422"})
+_RETIRED_COLOURS = frozenset({"HSV", "ARGB", "CMYK"})
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
 # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
@@ -178,6 +184,7 @@ def _header(ds: Dataset) -> Film:
     values = _header_values(ds)
     _refuse_unreadable(ds, values)
     _refuse_ambiguous(values)
+    _refuse_colour_space(ds, values.photometric)
     width, height = _square_size(values.rows, values.cols, values.height_over_width)
     bits = str(values.bits_stored if values.bits_stored is not None else "?")
     return Film(values.rows, values.cols, values.samples, values.photometric, bits, width, height)
@@ -275,6 +282,19 @@ def _refuse_ambiguous(values: _HeaderValues) -> None:
     if values.float_window:
         raise pixels.DecodeError("float pixel data with a window (Window Center/Width): the window's output range "
                                  "is set by Bits Stored, which float pixel data does not have")
+
+
+def _refuse_colour_space(ds: Dataset, photometric: str) -> None:
+    """Refuse a Photometric Interpretation whose samples pydicom would hand on unconverted (:data:`_SAMPLED_AS_STORED`
+    says which it converts): a retired one anywhere, another outside a compressed frame whose codec converts it."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if not isinstance(syntax, UID) or not syntax.is_transfer_syntax:
+        return  # no syntax: pydicom's refusal names it
+    coded = syntax.is_encapsulated and syntax != RLELossless
+    if photometric in _RETIRED_COLOURS or (photometric not in _SAMPLED_AS_STORED and not coded):
+        where = "retired from DICOM" if photometric in _RETIRED_COLOURS else f"not one {syntax.name} pixel data is in"
+        raise pixels.DecodeError(f"Photometric Interpretation {photometric} is {where}: its samples would be read as "
+                                 "RGB or grey values, which they are not; export the film as MONOCHROME2 or RGB")
 
 
 def _square_size(rows: int, cols: int, height_over_width: float) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, get_frame, parse_basic_offsets
 from pydicom.multival import MultiValue
@@ -58,6 +59,9 @@ _WRAPS = ("read as stored they would wrap into bands; the header does not descri
 # How far past the stored range a lossy frame's values may lie and be clipped, as a share of the range: ringing
 # past a step is about 9% of its height (Gibbs); an extra stored bit the header leaves out doubles the range.
 _OVERSHOOT = 0.25
+# Where an enhanced image object states the rescale and the window of a frame (PS3.3 C.7.6.16.2.9, C.7.6.16.2.10)
+_FRAME_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+                 "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence")}
 _LOSSLESS = re.compile(r"(?<!near-)lossless", re.IGNORECASE)  # in a transfer syntax's name: not near-lossless
 
 
@@ -252,6 +256,10 @@ def _check_length(ds: Dataset, syntax: UID, film: Film) -> None:
     padding (pydicom drops them)."""
     keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
     data = ds[keyword].value
+    if not data:  # pydicom reads an element of length 0 as None, and failed on it with a type error
+        raise pixels.DecodeError(f"DICOM pixel data is empty (0 bytes) where the header describes a {film.cols} x "
+                                 f"{film.rows} film: its pixels were left out (by an export or a PACS); send the "
+                                 "whole file")  # fmt: skip
     if syntax.is_encapsulated:
         _count_fragments(data)
         if (frames := _frames_held(data, ds.get("ExtendedOffsetTable"), syntax == RLELossless)) > 1:
@@ -405,23 +413,105 @@ def _as_pixel_value(ds: Dataset, keyword: str) -> int:
     return bits - 0x10000 if ds.get("PixelRepresentation") == 1 and bits & 0x8000 else bits
 
 
+def _lift_frame_groups(ds: Dataset) -> None:
+    """Bring the rescale and the window of an enhanced image object (CT, MR, XA: PS3.3 C.7.6.16), stated for its one
+    frame in its Per-Frame, else Shared, Functional Groups, to the top level where pydicom's LUTs read them: left
+    there, the film was shown without its window, and under a negative slope inverted. A top level that states its
+    own keeps it."""
+    for sequence, keywords in _FRAME_GROUPS.items():
+        if any(keyword in ds for keyword in keywords):
+            continue
+        for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+            found = ds.get(groups) or [Dataset()]
+            if group := found[0].get(sequence):
+                for keyword in keywords:
+                    if keyword in group[0]:
+                        ds[keyword] = group[0][keyword]
+                break
+
+
+def _window_range_from(ds: Dataset) -> Dataset:
+    """What pydicom's window takes its output range from: ``ds``, or under a negative Rescale Slope the window's own
+    elements without the rescale. pydicom maps the stored range through the rescale for it, which a negative slope
+    turns round: values below the window came out brightest and above it darkest, the film's polarity inverted (bone
+    dark). The range itself is stretched away (minmax_u8); only its direction counts."""
+    if given(ds, "VOILUTSequence") or float(ds.get("RescaleSlope", 1)) >= 0:  # a VOI LUT takes no range
+        return ds
+    window = Dataset()
+    for keyword in ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "WindowCenter", "WindowWidth",
+                    "VOILUTFunction", "ModalityLUTSequence"):  # fmt: skip
+        if keyword in ds:
+            window[keyword] = ds[keyword]
+    return window
+
+
+def _check_luts(ds: Dataset) -> None:
+    """Refuse a Modality or VOI LUT (its first item, the one applied) without LUT Data or a LUT Descriptor of three
+    values, or whose LUT Data holds other than the entries its descriptor gives (one more is padding to an even
+    length): pydicom indexes the data by the descriptor, so fewer entries failed with an index error and more were
+    cut off, the film's upper values saturated. Entries pydicom misreads by their bits are declared 16-bit, the same
+    values: a VOI LUT's 8-bit entries over 256 of them, which pydicom 3.0 indexes through uint8 (past entry 255 the
+    film's values wrapped round: a 4,096-entry LUT turned a film into bands, and it was scored), and a Modality LUT's
+    of under 16 bits but 8, which it cannot read at all."""
+    for keyword, name in (("ModalityLUTSequence", "Modality LUT"), ("VOILUTSequence", "VOI LUT")):
+        if not given(ds, keyword):
+            continue
+        item = ds[keyword][0]
+        descriptor = item.get("LUTDescriptor")
+        if "LUTData" not in item or not isinstance(descriptor, MultiValue | list) or len(descriptor) != 3:
+            raise pixels.DecodeError(f"malformed DICOM header: the {name} has no LUT Data or no LUT Descriptor of "
+                                     "three values, so the film's grey levels cannot be known")  # fmt: skip
+        stated, first, depth = descriptor
+        declared, entries = stated or 1 << 16, _lut_entries(ds, item)
+        if not declared <= len(entries) <= declared + 1:
+            raise pixels.DecodeError(f"malformed DICOM header: the {name}'s LUT Data holds {len(entries):,} entries "
+                                     f"where its LUT Descriptor gives {declared:,}, so the film's grey levels cannot "
+                                     "be known")  # fmt: skip
+        entries = entries[:declared]
+        misread = declared > 256 if keyword == "VOILUTSequence" else depth != 8
+        if depth < 16 and (depth == 8 or keyword == "ModalityLUTSequence") and misread:
+            if int(entries.max()) >> depth:
+                raise pixels.DecodeError(f"malformed DICOM header: the {name}'s LUT Descriptor gives {depth}-bit "
+                                         f"entries, but its LUT Data holds values up to {int(entries.max())}, so the "
+                                         "film's grey levels cannot be known")  # fmt: skip
+            item.LUTDescriptor = [stated, first, 16]
+            item["LUTData"] = DataElement(0x00283006, "US", entries.tolist())
+
+
+def _lut_entries(ds: Dataset, item: Dataset) -> np.ndarray:
+    """A LUT item's entries as pydicom reads them: LUT Data written US, or OW (a 16-bit word an entry, in the file's
+    byte order)."""
+    element = item["LUTData"]
+    value = element.value
+    if isinstance(value, bytes):
+        little = ds.original_encoding[1] is not False
+        return np.frombuffer(value[: len(value) // 2 * 2], "<u2" if little else ">u2").astype(np.int64)
+    return np.asarray(list(value) if isinstance(value, MultiValue | list) else [value], np.int64)
+
+
 def _as_shown(ds: Dataset, film: Film) -> tuple[Image.Image, np.ndarray | None]:
     """The film as a viewer shows it, in 8-bit grey: bright bone, dark lungs, padding black, pixels square; and the
     film's values (padding left out) before its window or VOI LUT, None when it has none, so a refusal can tell
     whether the window is what left too little of the film."""
     photometric, monochrome = film.photometric, film.photometric in POLARITY
     before_window = None
+    _lift_frame_groups(ds)
     for keyword in GREY_NUMBERS:  # written blank (spaces only): absent, as an empty element is to pydicom's LUTs
         if keyword in ds and not given(ds, keyword):
             del ds[keyword]
+    if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):
+        # pydicom rescales only when both are given: a lone slope of -1 (the film's polarity) or a lone intercept (the
+        # units its window is in) was passed over; the other takes its identity value, as _as_stored reads them
+        ds.RescaleSlope, ds.RescaleIntercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
     try:
         as_stored = _as_stored(ds, photometric, film.bits)
         arr = _pixels(ds, film)
         padding = _padding(ds, arr) if monochrome else None
         if monochrome:
+            _check_luts(ds)
             # stored values -> physical values (rescale / modality LUT) -> display values (VOI LUT / window)
             physical = apply_modality_lut(arr, ds)
-            arr = apply_voi_lut(physical, ds)
+            arr = apply_voi_lut(physical, _window_range_from(ds))
             if arr is not physical and (given(ds, "VOILUTSequence") or given(ds, "WindowCenter")):
                 before_window = physical if padding is None else physical[~padding]
         elif photometric == "PALETTE COLOR":

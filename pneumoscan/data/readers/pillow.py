@@ -44,6 +44,7 @@ TRANSPARENT = "image has transparent pixels (an alpha channel or a PNG transpare
               "value where it is see-through; export it without transparency"
 
 PIL_FORMATS = ("JPEG", "PNG")
+_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}  # the first bytes of each format's files
 # Bytes a decoded pixel takes in Pillow's memory (every multi-band mode is stored as 4 bytes a pixel).
 _PILLOW_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 _ORIENTATION = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
@@ -59,7 +60,7 @@ class PillowReader(Reader):
     suffixes = frozenset({".jpeg", ".jpg", ".png"})
 
     def sniff(self, head: bytes) -> bool:
-        return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"))
+        return head.startswith(tuple(_MAGIC.values()))
 
     def header(self, src: Path | bytes) -> dict:
         with _open(src) as im:
@@ -108,6 +109,9 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
             f"image too large: over {pixels.MAX_PIXELS:,} pixels, more than can be read safely"
         ) from None
     except Image.UnidentifiedImageError:
+        if marked := _marked_format(src):  # Pillow gives no reason: a width or height of 0, a pixel format none has
+            raise pixels.DecodeError(f"corrupt {marked} header: the image's size or pixel format cannot be read from "
+                                     "it") from None
         raise pixels.DecodeError(f"not a {formats()} image") from None
     except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
         raise pixels.DecodeError(f"corrupt image header: {e}") from None
@@ -118,6 +122,17 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
         if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
             raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
         yield im
+
+
+def _marked_format(src: Path | bytes) -> str | None:
+    """The format a file's first bytes mark (:data:`_MAGIC`), None for any other or an unreadable file: a file Pillow
+    cannot identify is then a damaged JPEG or PNG, not some other kind of file."""
+    try:
+        with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
+            head = fp.read(8)
+    except OSError:
+        return None
+    return next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
 
 
 def _count_segments(src: Path | bytes) -> None:
