@@ -3,6 +3,7 @@ short front page whose links work on a code host."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -14,7 +15,9 @@ import pytest
 from markdown.extensions.toc import slugify
 from PIL import Image
 
+from pneumoscan.cli import build_parser
 from pneumoscan.data.cache import IN_PROCESS_FILMS
+from pneumoscan.data.scope import CONFLICT
 from tests.conftest import _write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +175,51 @@ def test_the_python_page_runs_as_written(tmp_path: Path) -> None:
     with Image.open(tmp_path / "runs/python/heatmap.png") as overlay:
         # the film, the map, the two blended (64 px squares), over the caption that says what the map shows
         assert overlay.width == 3 * 64 and overlay.height > 64, overlay.size
+
+
+def _sub_commands() -> dict[str, argparse.ArgumentParser]:
+    """Each sub-command's parser, as `pneumoscan SUB-COMMAND --help` prints it."""
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+OPTION = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*(?![\w-])")
+
+
+@pytest.mark.parametrize("command", sorted(_sub_commands()))
+def test_every_option_of_a_command_is_in_its_docs_cli_md_synopsis(command: str) -> None:
+    """docs/cli.md's usage block of each sub-command lists exactly its options (the global -q/--quiet and --help are
+    documented once, under Global options): options had reached the parser a commit or more before the page named
+    them (`audit --augmented-out`, `train --optimizer`, `serve --insecure`), and a newcomer reading the page could
+    not find them."""
+    section = _section((ROOT / "docs" / "cli.md").read_text(), command)
+    synopsis = re.search(r"^```\n(.*?)^```", section, flags=re.S | re.M)
+    assert synopsis, f"docs/cli.md's `## {command}` has no usage block"
+    options = {o for a in _sub_commands()[command]._actions for o in a.option_strings if o.startswith("--")}
+    options -= {"--help", "--quiet"}
+    documented = set(OPTION.findall(synopsis.group(1)))
+    assert not options - documented, f"`{command}` options missing from docs/cli.md: {sorted(options - documented)}"
+    assert not documented - options, f"docs/cli.md lists options `{command}` lacks: {sorted(documented - options)}"
+
+
+def test_the_front_pages_name_every_package_make_test_installs() -> None:
+    """docs/index.md named chromium and orthanc only, while `make test` also apt-get installs dicom3tools and dcmtk
+    for the DICOM conformance tests: a reader installing by hand, without root for make, missed two."""
+    installs = re.findall(r"apt-get install -y -qq ([\w .-]+?) >", (ROOT / "Makefile").read_text())
+    packages = {name for line in installs for name in line.split()}
+    assert {"chromium", "orthanc", "dcmtk"} <= packages, f"Makefile's apt-get lines not found: {installs}"
+    for page in (README, ROOT / "docs" / "index.md"):
+        missing = sorted(p for p in packages if f"`{p}`" not in page.read_text())
+        assert not missing, f"{page.name} does not name what `make test` installs: {missing}"
+
+
+def test_the_pages_that_define_in_scope_name_conflicting_tags() -> None:
+    """Two tags that contradict each other (the view, the age, a CT object tagged CR) put a film out of scope, as a
+    lateral film does; the API page and the predict table described `in_scope` as false for 'no frontal chest
+    radiograph' only, so a reader of a frontal film with `in_scope: false` could not tell why."""
+    api = (ROOT / "docs" / "api.md").read_text()
+    (in_scope,) = [b for b in re.split(r"\n(?=- )", api) if b.startswith("- `in_scope` is")]
+    predict = _section((ROOT / "docs" / "cli.md").read_text(), "predict")
+    (results,) = [row for row in predict.splitlines() if row.startswith("| results, columns")]
+    for text, where in ((in_scope, "api.md's in_scope"), (results.partition("`in_scope` is false")[2], "cli.md")):
+        assert f"`{CONFLICT}...`" in text, f"{where} does not say that {CONFLICT!r} warnings make a film out of scope"

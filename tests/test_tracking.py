@@ -4,6 +4,7 @@ EventAccumulator, and the MLflow store queried with MlflowClient."""
 from __future__ import annotations
 
 import csv
+import logging
 import json
 from pathlib import Path
 
@@ -139,3 +140,19 @@ def test_an_epoch_logged_before_a_kill_in_its_checkpoint_write_is_logged_again_n
     logged = client.get_metric_history(found.info.run_id, "val_auc")
     assert sorted(m.step for m in logged) == [1, 2, 2]
     assert all(m.value == pytest.approx(history[m.step]) for m in logged)
+
+
+def test_quiet_silences_mlflows_own_info_lines(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`pneumoscan -q train --log mlflow` printed MLflow's "Creating initial MLflow database tables..."."""
+    ours, theirs = logging.getLogger("pneumoscan"), logging.getLogger("mlflow")
+    levels = ours.level, theirs.level
+    ours.setLevel(logging.WARNING)  # what `-q` sets (core.logs.configure)
+    try:
+        tracker = make_trackers(["mlflow"], tmp_path, {"model": "simple_cnn"})[0]
+        tracker.on_fit_start(None)
+    finally:
+        ours.setLevel(levels[0])
+        theirs.setLevel(levels[1])
+    assert (tmp_path / "mlflow.db").is_file()
+    out, err = capfd.readouterr()
+    assert "MLflow" not in out + err and "mlflow" not in out + err, out + err

@@ -535,6 +535,16 @@ def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, m
     assert fitted == ["head"]
 
 
+def test_init_from_another_models_bundle_names_the_model_it_holds(tiny_bundle: Path) -> None:
+    """--init does not take the architecture from the bundle: a run that builds another model is refused with the
+    model to build (the tensors' names had been the whole reason)."""
+    model = models.create("resnet10t", 2, in_chans=1, pretrained=False)
+    with pytest.raises(ValueError, match=r"holds a simple_cnn, whose weights do not fit the model built to start from "
+                                         r"it \(\d+ tensors differ, .+ first\): fine-tuning keeps the architecture, so "
+                                         r"build the one it holds \(train --model simple_cnn\)$"):
+        load_weights_into(model, tiny_bundle)
+
+
 def test_bundle_round_trip_reproduces_the_trained_model(tiny_bundle: Path) -> None:
     bundle = tiny_bundle  # a bundle training wrote
     model, card = load_bundle(bundle)

@@ -96,7 +96,10 @@ def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str
     wrong = sorted(k for k in own.keys() ^ weights.keys()) + [
         k for k in own.keys() & weights.keys() if k not in fresh and weights[k].shape != own[k].shape
     ]
-    if wrong:
-        raise ValueError(f"{directory} holds a {card.model} whose weights do not fit this model: {wrong[:5]}")
+    if wrong:  # the tensors' names mean little to a user: the remedy is the model the bundle holds
+        settings = " with its model_kwargs" if card.model_kwargs else ""
+        raise ValueError(f"{directory} holds a {card.model}, whose weights do not fit the model built to start from "
+                         f"it ({len(wrong)} tensors differ, {wrong[0]} first): fine-tuning keeps the architecture, so "
+                         f"build the one it holds (train --model {card.model}{settings})")
     model.load_state_dict({k: v for k, v in weights.items() if k not in fresh}, strict=False)
     return fresh

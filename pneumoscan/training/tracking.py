@@ -95,6 +95,8 @@ class MLflow(Callback):
             from mlflow.tracking import MlflowClient
         except ImportError as e:
             raise ValueError(f"--log mlflow needs the mlflow-skinny package ({e}): pip install mlflow-skinny") from None
+        if not log.isEnabledFor(logging.INFO):  # `pneumoscan -q`: MLflow's own INFO lines (creating its tables) too
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.run_dir, self.config, self.uri = run_dir.absolute(), config, tracking_uri
         self.make = MlflowClient
         self.client, self.run_id = None, None
