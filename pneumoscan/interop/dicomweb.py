@@ -25,6 +25,7 @@ import codecs
 import io
 import logging
 import math
+import re
 import struct
 import tempfile
 import time
@@ -73,6 +74,7 @@ _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
@@ -88,8 +90,21 @@ _NUMBERS = {**dict.fromkeys(("US", "UL", "SS", "SL", "UV", "SV"), int), **dict.f
 
 
 def _value(item: dict, tag: str) -> str:
-    values = item.get(tag, {}).get("Value") or [""]
-    return str(values[0])
+    """The first value of ``tag`` in a DICOM JSON object, as text; empty when absent or malformed."""
+    field = item.get(tag)
+    values = field.get("Value") if isinstance(field, dict) else None
+    return str(values[0]) if isinstance(values, list) and values else ""
+
+
+def _datasets(answer: object, what: str) -> list[dict]:
+    """A QIDO-RS ``answer`` (``what``: which search), checked to be DICOM JSON: a list of objects keyed by tag. An
+    error message in JSON, a JSON null or a list of something else had ended the run in a traceback, or been taken
+    for an instance without a UID."""
+    if isinstance(answer, list) and all(isinstance(item, dict) and all(_TAG.fullmatch(str(k)) for k in item)
+                                        for item in answer):
+        return answer
+    raise ValueError(f"the PACS answered the {what} with JSON that is not DICOM JSON (a list of datasets keyed by "
+                     "tag): check that --url is its DICOMweb root")
 
 
 def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
@@ -99,7 +114,8 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     so; otherwise it is refused, since scoring part of a study as if it were all of it would be a silent gap."""
     found: dict[str, dict] = {}
     while True:
-        page = client.search_for_instances(study_instance_uid=study_uid, offset=len(found), fields=_FIELDS)
+        page = _datasets(client.search_for_instances(study_instance_uid=study_uid, offset=len(found), fields=_FIELDS),
+                         "instance search")
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
         if not page:
             return list(found.values())
@@ -115,9 +131,10 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
 def _study_size(client: DICOMwebClient, study_uid: str) -> float:
     """The study's NumberOfStudyRelatedInstances as the PACS reports it (infinite when it does not say, so that
     nothing is taken as complete without its word)."""
-    [study] = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
-                                        fields=["NumberOfStudyRelatedInstances"]) or [{}]
-    value = _value(study, _COUNT)
+    studies = _datasets(client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
+                                                  fields=["NumberOfStudyRelatedInstances"]), "study search")
+    counts = {_value(study, _COUNT) for study in studies}
+    value = counts.pop() if len(counts) == 1 else ""  # none, or answers that disagree: no word to go by
     return int(value) if value.isdigit() else math.inf
 
 
@@ -136,8 +153,9 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
     of the answer, or not answered at all (``silence``: why, a read timeout, a connection reset); and each one stored
     with a warning reason (elements coerced or discarded) says so: a report is not filed unless the PACS says it
     is."""
-    accepted = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("ReferencedSOPSequence") or []}
-    failed = {str(i.get("ReferencedSOPInstanceUID", "")): i for i in answer.get("FailedSOPSequence") or []}
+    failed = _by_instance(answer, "FailedSOPSequence")
+    # listed as failed too: the PACS does not say it is stored
+    accepted = {uid: item for uid, item in _by_instance(answer, "ReferencedSOPSequence").items() if uid not in failed}
     notes = row.setdefault("warnings", [])
     for uid, what in sent.items():
         if uid in accepted and "WarningReason" in accepted[uid]:
@@ -158,6 +176,14 @@ def _stored(answer: Dataset, sent: dict[str, str], row: dict, refusal: str | Non
         log.warning("the PACS stored %d of the %d instances sent", len(stored), len(sent))
         row["not_stored"] = [uid for uid in sent if uid not in accepted]
     return stored
+
+
+def _by_instance(answer: Dataset, keyword: str) -> dict[str, Dataset]:
+    """The items of the sequence ``keyword`` of a STOW-RS answer by their ReferencedSOPInstanceUID; none when the
+    answer holds it as no sequence (its instances are then unconfirmed: it had ended the run in a traceback)."""
+    items = answer.get(keyword)
+    return {str(i.get("ReferencedSOPInstanceUID", "")): i for i in (items if isinstance(items, Sequence) else [])
+            if isinstance(i, Dataset)}
 
 
 def _answer(response: requests.Response) -> Dataset:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from fhir.resources.R4B.observation import Observation
@@ -38,8 +39,10 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 # OID under 2.25, the arc of OIDs made from a UUID (ITU-T X.667), which needs no registration and is no one else's
 CODE_SYSTEM = "urn:oid:2.25.11301222716731653561214844916586144303"
 URI = "urn:ietf:rfc:3986"  # identifier system whose values are URIs (here urn:uuid:...)
-# IssuerOfPatientIDQualifiersSequence's UniversalEntityIDType, as the prefix that makes its id a FHIR system URI
-_ISSUER_SYSTEMS = {"ISO": "urn:oid:", "UUID": "urn:uuid:", "URI": ""}
+# IssuerOfPatientIDQualifiersSequence's UniversalEntityIDTypes whose id names a FHIR system (:func:`_issuer_system`)
+_ISSUER_SYSTEMS = ("ISO", "UUID", "URI")
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")  # an ISO object identifier, as FHIR's oid type takes it
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # an absolute URI: a scheme, then no blank (FHIR's uri has none)
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
 _OFFSET = re.compile(r"([+-])(0\d|1[0-4])([0-5]\d)")  # TimezoneOffsetFromUTC, e.g. +0100 (at most 14 hours)
 
@@ -77,10 +80,28 @@ def subject(source: Dataset) -> dict | None:
         kind = str(qualifiers.get("UniversalEntityIDType") or "").strip().upper()
         entity = str(qualifiers.get("UniversalEntityID") or "").strip()
         if entity and kind in _ISSUER_SYSTEMS:
-            identifier["system"] = _ISSUER_SYSTEMS[kind] + entity
+            identifier["system"] = _issuer_system(kind, entity)
     if issuer := _text(source, "IssuerOfPatientID"):
         identifier["assigner"] = {"display": issuer}
     return {"type": "Patient", "identifier": identifier}
+
+
+def _issuer_system(kind: str, entity: str) -> str:
+    """The FHIR system URI of a patient id's issuer, from its UniversalEntityID of ``kind`` (ISO, UUID or URI),
+    refused (named, never quoted) when the id is not what its type says: "urn:oid:" before a name had the subject's
+    identifier name a system nobody's patients are in, where a receiver matches the patient by system and value."""
+    if kind == "ISO" and _OID.fullmatch(entity):
+        return f"urn:oid:{entity}"
+    if kind == "UUID":
+        try:
+            return f"urn:uuid:{uuid.UUID(entity)}"  # in the lower-case form a FHIR urn:uuid takes
+        except ValueError:
+            pass
+    if kind == "URI" and _URI.fullmatch(entity):
+        return entity
+    raise ValueError(f"the source DICOM's IssuerOfPatientIDQualifiersSequence is malformed (its UniversalEntityID is "
+                     f"not the {kind} identifier its UniversalEntityIDType says): a FHIR result cannot name the "
+                     "issuer of the patient id by it")
 
 
 def effective(source: Dataset) -> str | None:

@@ -97,7 +97,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         Retry-After when the service is full. ``heatmap=map`` returns the Grad-CAM map alone (the page colours it);
         ``image=true`` the decoded film (the page shows DICOM films with it); both only with the JSON answer
         (422 otherwise)."""
-        check_options(format, heatmap, image, request.query_params.keys())
+        check_options(format, heatmap, image, [name for name, _ in request.query_params.multi_items()])
         return await service.predict(request, heatmap, image, format)
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})

@@ -26,6 +26,9 @@ class Batcher:
         self.predictor, self.max_batch = predictor, max_batch
         self.waiting: queue.SimpleQueue[tuple[np.ndarray, Future] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
+        # the kind of error the model's last run raised (None once a run succeeds): /healthz says it, so that a
+        # service whose model fails every run is not probed "ok" while it answers each request 500
+        self.failing: str | None = None
 
     async def probabilities(self, film: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities of one film as the model reads it (a :meth:`Predictor.preprocess` row,
@@ -61,9 +64,11 @@ class Batcher:
             images = np.stack([film for film, _ in batch])
             probs, bad = self.predictor.finite_probabilities(images)  # a broken row fails alone
         except Exception as e:  # not swallowed: every waiting request gets it (a 500); the loop goes on
+            self.failing = type(e).__name__
             for _, future in batch:
                 future.set_exception(e)
             return
+        self.failing = None
         for (_, future), row, broken in zip(batch, probs, bad):
             if broken:  # that request only: the others in the batch got finite scores
                 future.set_exception(NonFiniteScore(np.ones(1, bool)))

@@ -106,7 +106,8 @@ class ServiceInfo(ModelInfo):
 
 class Health(BaseModel):
     status: str = Field(description="ok; degraded (HTTP 200) while predictions go on, once heatmaps are unavailable "
-                        "or a bundle's files on disk changed; unhealthy (HTTP 503) once a model has produced a "
+                        "or a bundle's files on disk changed, or while the last run of a model failed with an "
+                        "internal error (until a run succeeds); unhealthy (HTTP 503) once a model has produced a "
                         "non-finite score")
     model_id: str
     reason: str | None = Field(None, description="why the service is degraded or unhealthy")
@@ -122,12 +123,17 @@ HeatmapWord = Literal["map"]  # its heatmap's value besides a boolean
 
 
 def check_options(fmt: str, heatmap: bool | str, image: bool, given: Iterable[str] = ()) -> None:
-    """Refuse a query parameter ``/v1/predict`` does not know (``given``: the names sent; ``heatmaps=true`` would
-    be dropped, and the client would not know it was), and an option the chosen format has no place for: it would
-    cost a Grad-CAM or a decode and be dropped."""
-    if unknown := sorted(set(given) - set(PREDICT_OPTIONS)):
+    """Refuse a query parameter ``/v1/predict`` does not know (``given``: the names sent, each as often as it was
+    sent; ``heatmaps=true`` would be dropped, and the client would not know it was), one sent twice (only the last
+    would count: ``format=fhir&format=json`` answered JSON), and an option the chosen format has no place for: it
+    would cost a Grad-CAM or a decode and be dropped."""
+    names = list(given)
+    if unknown := sorted(set(names) - set(PREDICT_OPTIONS)):
         raise Rejected(422, f"unknown query parameter(s) {', '.join(unknown)}: /v1/predict takes "
                             f"{', '.join(PREDICT_OPTIONS)}")
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise Rejected(422, f"query parameter(s) {', '.join(repeated)} sent more than once: send each once (only "
+                            "one value can count, and the answer would not say which)")
     if fmt == "json":
         return
     if image:

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import errno
 import functools
+import json
 import logging
 import math
 import os
@@ -33,10 +34,13 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
-from .guard import Access
+from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
 
 logger = logging.getLogger(__name__)
+# the answer to a request that is not valid HTTP/1.1 (uvicorn logs it as "Invalid HTTP request received.")
+MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the framing of its body is not valid "
+                  "HTTP/1.1")
 
 
 class GuardedH11(H11Protocol):
@@ -71,6 +75,17 @@ class GuardedH11(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """The answer to a request h11 cannot parse, as every refusal of the service: JSON with a reason, and the
+        security headers (uvicorn's own is plain text without them)."""
+        body = json.dumps({"error": MALFORMED_HTTP}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close"), *SECURITY_HEADERS]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _arm(self, seconds: float) -> None:
         self._disarm()

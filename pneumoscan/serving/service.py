@@ -47,6 +47,9 @@ BUNDLE_DAMAGED = ("a bundle's files on disk are damaged or missing since this se
                   "come from the model checked then, but a restart would be refused; restore the bundle")
 BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: its readings still come from the model "
                    "it started with; restart it to serve the new one")
+# Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
+MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the log says more): predictions answer "
+                 "500 until a run succeeds")
 
 
 class OnDisk:
@@ -127,14 +130,17 @@ class Service:
             self.faults.append(NON_FINITE)
 
     async def health(self) -> Health:
-        """unhealthy (no more predictions) after a non-finite score; degraded when heatmaps are lost, or a bundle's
-        files on disk changed (:class:`OnDisk`), but the predictions still come from the model checked at start-up."""
+        """unhealthy (no more predictions) after a non-finite score; degraded while a model's last run failed (each
+        request of that run got a 500; the next run may succeed, so the probe does not take the service out), when
+        heatmaps are lost, or a bundle's files on disk changed (:class:`OnDisk`), but the predictions still come from
+        the model checked at start-up."""
         model_id = self.main.card.model_id
         if self.faults:
             return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
+        failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for disk in self.on_disk if (change := await disk.check())]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
-        if reasons := [*changes[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
+        if reasons := [*changes[:1], *failing[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
             return Health(status="degraded", model_id=model_id, reason="; ".join(reasons))
         return Health(status="ok", model_id=model_id)
 

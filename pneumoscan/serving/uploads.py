@@ -59,7 +59,8 @@ def _check_type(media: str, data: bytes, dicom: bool) -> None:
         return
     if media in ("", "application/octet-stream"):
         if readers.reader_for(data[: readers.HEAD_BYTES]) is None:  # by magic bytes alone: bytes carry no name
-            raise Rejected(415, f"the file is not a {readers.formats()} image")
+            raise Rejected(415, f"the file is not a {readers.formats()} image (a DICOM file without its 128-byte "
+                                "preamble is read when sent as application/dicom or named *.dcm)")
         return
     raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
 
@@ -68,12 +69,17 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
     """The multipart field ``file``, read in memory under the cap and checked for an image content type, and
     whether to read it as DICOM whatever its first bytes say: sent as DICOM (declared type or a .dcm name) and
     with no format's magic bytes, as a DICOM without its preamble has none. Magic bytes win, as when ``predict``
-    reads a file: a PNG named .dcm is read as the PNG it is.
+    reads a file: a PNG named .dcm is read as the PNG it is. A compressed body (Content-Encoding) is refused,
+    not parsed as it is, and so is a ``file`` part without a filename (read as text, not a file).
     The whole body must arrive within ``timeout`` seconds: a client trickling bytes would otherwise hold a slot
     of the queue, and its connection, for ever."""
     content_type = request.headers.get("content-type", "")
     if parse_options_header(content_type)[0] != b"multipart/form-data":
         raise Rejected(415, "expected multipart/form-data with the image in a field named 'file'")
+    if request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+        # the body would be parsed still compressed, and refused as a malformed upload or one without a file
+        raise Rejected(415, "a compressed request body (Content-Encoding) is not read: send the upload uncompressed",
+                       {"Accept-Encoding": "identity"})
     try:
         async with asyncio.timeout(timeout):
             form = await _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1).parse()
@@ -84,7 +90,13 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
     except ClientDisconnect:
         raise ClientGone() from None
     try:
-        upload = form.get("file")
+        fields = form.getlist("file")
+        if len(fields) > 1:  # one a file, the other text (two files are refused by the parser): which one is the film?
+            raise Rejected(400, f"{len(fields)} parts named 'file': send one film a request")
+        upload = fields[0] if fields else None
+        if isinstance(upload, str):  # a part with no filename= in its Content-Disposition is read as text
+            raise Rejected(400, "no file: the field 'file' holds text (a part without a filename): send the image "
+                                "as a file part, e.g. curl -F file=@film.dcm")
         if not isinstance(upload, UploadFile):
             raise Rejected(400, "no file: send the image as multipart/form-data in a field named 'file'")
         data = await upload.read()
