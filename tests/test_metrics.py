@@ -720,11 +720,13 @@ def test_no_threshold_interval_when_most_resamples_cannot_meet_the_policy() -> N
 
 
 def test_f1_is_left_out_of_resamples_without_a_positive_film() -> None:
-    """3 positive films of 2 patients among 12 negatives: a resample of patients without a positive film had counted
-    F1 as 0 after a false positive, pulling the interval's lower end to 0 though F1 is undefined there."""
-    y = np.r_[1, 1, 1, np.zeros(12, int)]
-    prob = np.r_[0.9, 0.8, 0.7, 0.6, np.linspace(0.05, 0.4, 11)]  # one negative above 0.5
-    patients = np.r_[0, 0, 1, np.arange(2, 14)]
+    """4 positive films of 2 patients among 12 negatives: a resample of patients without a positive film had counted
+    F1 as 0 after a false positive, pulling the interval's lower end to 0 though F1 is undefined there. One positive
+    film is missed, so that recall is neither 0 nor 1 (whose exact interval widens F1's) and the bootstrap alone
+    decides."""
+    y = np.r_[1, 1, 1, 1, np.zeros(12, int)]
+    prob = np.r_[0.9, 0.45, 0.8, 0.7, 0.6, np.linspace(0.05, 0.4, 11)]  # one negative above 0.5
+    patients = np.r_[0, 0, 1, 1, np.arange(2, 14)]
     lo, hi = threshold_metrics_ci(y, prob, [0.5], n_boot=1000, groups=patients)[0]["f1"]
     assert lo > 0.3 and hi == pytest.approx(1.0)
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class OperatingPoint:
     """The plain and TTA thresholds one policy chose on some films, where the same policy on other films like them
     would put each (:func:`~pneumoscan.core.metrics.threshold_interval`: a reading inside is near its threshold),
-    and why the films may be too few to show the policy (:func:`warn_if_too_few_positives`; "" when they are not).
+    and why the films may be too few to show the policy (:func:`warn_if_too_few_films`; "" when they are not).
     Named as the card's fields, so every bundle records the same rule the same way."""
 
     threshold: float
@@ -52,7 +52,7 @@ def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, ta
     ``caveat``: that of an operating point already chosen on the same films (an INT8 model's beside its FP32
     one's), not said twice; None: said here."""
     if caveat is None:
-        caveat = warn_if_too_few_positives(y, target_sensitivity)
+        caveat = warn_if_too_few_films(y, target_sensitivity, max_false_positive_rate)
     threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
     return OperatingPoint(
         threshold, tta_threshold, threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
@@ -103,18 +103,27 @@ def int8_figures(y: np.ndarray, scores: np.ndarray, point: OperatingPoint, polic
     }  # fmt: skip
 
 
-def warn_if_too_few_positives(y: np.ndarray, target_sensitivity: float | None) -> str:
+def warn_if_too_few_films(y: np.ndarray, target_sensitivity: float | None,
+                          max_false_positive_rate: float | None) -> str:
     """A sensitivity target is a statement about misses; with fewer than 1 / (1 - target) positives a single miss
-    is already below it, so the threshold met it on these films by chance as much as by design. Said wherever a
-    threshold that will be used is chosen (training, ``ensemble``, ``threshold`` and ``export --int8``), and
-    returned for the bundle to keep (:attr:`BundleCard.threshold_caveat`); "" when the films are enough."""
-    if target_sensitivity is None or target_sensitivity >= 1:
+    is already below it, so the threshold met it on these films by chance as much as by design. A false-positive
+    ceiling F is one about false alarms, alike: with fewer than 1 / F negatives a single one is already above it.
+    Said wherever a threshold that will be used is chosen (training, ``ensemble``, ``threshold`` and ``export
+    --int8``), and returned for the bundle to keep (:attr:`BundleCard.threshold_caveat`); "" when the films are
+    enough (and for a target of 1 or a ceiling of 0, which no number of films can show)."""
+    if target_sensitivity is not None and target_sensitivity < 1:
+        films, what, rate = int(y.sum()), "positive", f"a sensitivity of {target_sensitivity:.2f}"
+        share = 1 - target_sensitivity
+    elif max_false_positive_rate is not None and max_false_positive_rate > 0:
+        films, what, rate = int(y.size - y.sum()), "negative", f"a false-positive rate of {max_false_positive_rate:g}"
+        share = max_false_positive_rate
+    else:
         return ""
-    needed = math.ceil(round(1 / (1 - target_sensitivity), 6))  # 1 / (1 - 0.9) is 10.000000000000002
-    if int(y.sum()) >= needed:
+    needed = math.ceil(round(1 / share, 6))  # 1 / (1 - 0.9) is 10.000000000000002
+    if films >= needed:
         return ""
-    said = (f"only {int(y.sum())} positive films: a sensitivity of {target_sensitivity:.2f} cannot be shown on fewer "
-            f"than {needed}, so this threshold is a guess; choose it on more labelled films")
+    said = (f"only {films} {what} films: {rate} cannot be shown on fewer than {needed}, so this threshold is a guess; "
+            "choose it on more labelled films")
     log.warning("%s", said)
     return said
 

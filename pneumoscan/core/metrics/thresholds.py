@@ -16,7 +16,8 @@ def choose_threshold(
     y_true: Any, prob: Any, target_sensitivity: float | None = 0.95, max_false_positive_rate: float | None = None
 ) -> float:
     """Operating threshold from validation data, placed midway between the deciding validation score and the
-    next lower one, so rounding differences (another backend, another device) cannot flip the deciding image.
+    next lower one, so rounding differences (another backend, another device) cannot flip the deciding image; at
+    the deciding score itself where the two are adjacent floats, with nothing between them.
 
     With ``target_sensitivity``: the highest threshold whose sensitivity is >= the target, i.e. the most
     specific rule that still meets the sensitivity floor (the next higher distinct score falls below it).
@@ -51,8 +52,12 @@ def choose_threshold(
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     else:
         k = int(np.argmax(tpr >= target_sensitivity))
-    lower = thresholds[k + 1] if k + 1 < len(thresholds) else 0.0
-    return float((thresholds[k] + lower) / 2)
+    deciding = float(thresholds[k])
+    lower = float(thresholds[k + 1]) if k + 1 < len(thresholds) else 0.0
+    midway = (deciding + lower) / 2
+    # two scores one float apart have no number between them, and their sum can round to the lower one, whose films
+    # the rule would then call positive too (a false-positive ceiling broken, a specificity not the chosen one)
+    return midway if lower < midway <= deciding else deciding
 
 
 def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
