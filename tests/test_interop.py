@@ -717,7 +717,8 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
 ], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view",
         "a CT slice, a line break in its Modality", "a knee film, a line break in its body part"])
 def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiograph(
-    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, tags: dict, warning: str
+    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, tags: dict, warning: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A scanned form, a knee film or the lateral film of a two-view study is scored (the reader decides), but an SR
     or Observation saying "Pneumonia: Present, finding site Chest" on it would be filed in the record as a finding
@@ -731,7 +732,9 @@ def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiog
     path = tmp_path / "form.dcm"
     path.write_bytes(data)
     rows = predict_paths(tiny_bundle, [path])
-    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    with caplog.at_level(logging.INFO, logger="pneumoscan"):
+        write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    assert "wrote reports for 0 of 1 results" in caplog.text  # it had counted every scored row as reported
     [row] = rows
     assert "probability" in row and not {"dicom_sr", "fhir"} & row.keys()
     assert [w.split(": ")[0] for w in row["warnings"][1:]] == ["no FHIR Observation written", "no DICOM SR written"]

@@ -55,7 +55,8 @@ def test_contradicting_tags_are_warned_and_file_no_finding(case: str) -> None:
     found = [w for w in scope_warnings(header(**changes), 224, 224) if w.startswith(CONFLICT)]
     assert len(found) == 1 and words in found[0], found
     assert not in_scope(found)
-    with pytest.raises(ValueError, match="not a frontal chest radiograph .*conflicting tags: .*no coded finding"):
+    with pytest.raises(ValueError, match="its tags contradict each other, so it cannot be known to be a frontal chest "
+                                         "film in the model's scope \\(conflicting tags: .*no coded finding"):
         check_result({"task": "pneumonia", "warnings": found})
 
 

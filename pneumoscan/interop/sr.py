@@ -53,7 +53,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.readers.dicom import MANUFACTURER
-from pneumoscan.data.scope import outside_scope
+from pneumoscan.data.scope import CONFLICT, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
 from .uids import derive_uid
@@ -253,9 +253,13 @@ def check_result(result: dict) -> None:
         raise ValueError(f"DICOM SR and FHIR results report pneumonia, not a {result.get('task')} model's result")
     wrong = outside_scope(result.get("warnings") or [])
     if wrong:  # the header's word, or the pixels' (a blurred chest film is still a chest film)
-        pixels_only = all(kind.source == "pixels" for _, kind in wrong)
-        said = "the film does not look like the films the model was trained on" if pixels_only else \
-            "not a frontal chest radiograph"
+        if all(kind.source == "pixels" for _, kind in wrong):
+            said = "the film does not look like the films the model was trained on"
+        elif all(warning.startswith(CONFLICT) for warning, _ in wrong):  # a PA chest film whose age tags disagree
+            said = "its tags contradict each other, so it cannot be known to be a frontal chest film in the model's " \
+                "scope"
+        else:
+            said = "not a frontal chest radiograph"
         raise ValueError(f"{said} ({'; '.join(w for w, _ in wrong)}): no coded finding is filed for it")
 
 
