@@ -244,3 +244,11 @@ def test_the_cards_evaluations_name_their_patients_and_unit_and_no_precision_of_
     assert [m["type"] for m in on_site["metrics"]] == [kind for _, kind, _ in CARD_METRICS]
     assert on_site["metrics"][3]["name"] == "Precision (PPV) (at threshold 0.0627, at prevalence 78.6%)"
     assert [m["type"] for m in on_one["metrics"]] == ["recall", "accuracy"]
+
+
+def test_the_card_text_the_web_page_shows_is_plain(tiny_bundle: Path) -> None:
+    """/v1/model's intended use and out-of-scope lines are shown by the page as they are: Markdown code marks there
+    had reached the reader as raw backticks."""
+    summary = card_summary(load_card(tiny_bundle))
+    for text in [summary["intended_use"], *summary["out_of_scope"]]:
+        assert "`" not in text and "**" not in text, text

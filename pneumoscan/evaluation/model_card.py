@@ -31,12 +31,13 @@ INTENDED_USE = (
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
     "Guangzhou, China), and gives a calibrated probability of the positive class with a thresholded label."
 )
+# plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
 OUT_OF_SCOPE = (
     "Diagnosis, triage or any decision about a patient without a qualified reader: the label is a research output.",
     "Adults, infants under 1 year, children over 5 years: the training films hold none.",
     "Lateral films, CT, photographs or screenshots of films, and any other modality.",
     "Films from other hospitals, scanners or processing pipelines until the model is evaluated on them "
-    "(`pneumoscan evaluate BUNDLE DATA --add-to-card`); scores shift with the source.",
+    "(pneumoscan evaluate BUNDLE DATA --add-to-card); scores shift with the source.",
     "Other findings (tuberculosis, COVID-19, effusion, nodules, devices): the model knows only its classes.",
 )
 # the limitation of a bundle whose threshold training chose; a `threshold` copy's says where its own was chosen
