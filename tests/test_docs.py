@@ -223,3 +223,15 @@ def test_the_pages_that_define_in_scope_name_conflicting_tags() -> None:
     (results,) = [row for row in predict.splitlines() if row.startswith("| results, columns")]
     for text, where in ((in_scope, "api.md's in_scope"), (results.partition("`in_scope` is false")[2], "cli.md")):
         assert f"`{CONFLICT}...`" in text, f"{where} does not say that {CONFLICT!r} warnings make a film out of scope"
+
+
+def test_the_licence_the_package_declares_ships_with_it() -> None:
+    """pyproject.toml says Apache-2.0 and the README says so; the licence's text must be in the repository and named
+    for the wheel (setuptools puts license-files into it), as the licence asks of every copy."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert "[LICENSE](LICENSE)" in (ROOT / "README.md").read_text()
