@@ -1181,6 +1181,7 @@ def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Pa
     err = capsys.readouterr().err
     *tries, line = err.strip().splitlines()  # the search is tried 3 times, with a warning before each try again
     assert f"DICOMweb at {dead}" in line and "Traceback" not in err
+    assert line.endswith(f"DICOMweb at {dead}: no connection (Connection refused)"), line  # not urllib3's pool words
     assert len(tries) == 2 and all("NewConnectionError; tried again in" in t for t in tries)
 
 

@@ -75,6 +75,7 @@ AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --au
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
+_SYSTEM_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")  # the system's reason in urllib3's wording of a failure
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
@@ -540,9 +541,23 @@ def predict_study(
             by_path = {row["path"]: row for row in scored}
             rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
-        raise OSError(f"DICOMweb at {root}: {e}") from None
+        raise OSError(f"DICOMweb at {root}: {_failure(e)}") from None
     log.info("scored %d of the study's %d instances", len(scored), len(found))
     return rows
+
+
+def _failure(e: requests.RequestException) -> str:
+    """Why a request to the PACS failed, in a few words: urllib3 words a refused or unresolved connection as one long
+    line of its pool, the URL with its query and the wrapped errors (``HTTPConnectionPool(host=..., port=...): Max
+    retries exceeded with url: ... (Caused by NewConnectionError(...: [Errno 111] Connection refused))``), where
+    the system's reason is all a user acts on. An HTTP error's status and URL are kept as they are."""
+    if isinstance(e, requests.HTTPError):
+        return str(e)
+    if found := _SYSTEM_REASON.search(str(e)):
+        return f"no connection ({found.group(1).strip()})"
+    if isinstance(e, requests.Timeout):
+        return f"no answer within {TIMEOUT_S} s ({type(e).__name__})"
+    return str(e)
 
 
 def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
