@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,18 @@ def test_int8_backend_refuses_a_missing_or_stale_model(int8_bundle: Path, tmp_pa
     spec_path(listed / INT8_NAME).write_text("[]")
     with pytest.raises(ValueError, match="has no validated model.int8.onnx"):
         Predictor(listed, backend="onnx-int8")
+
+
+def test_the_int8_remedy_names_the_runs_own_split(int8_bundle: Path, tmp_path: Path) -> None:
+    """A bundle in its run folder (RUN/bundle beside RUN/split.csv) is told the command with that split, not a
+    placeholder to fill in; elsewhere the placeholder stays."""
+    run = tmp_path / "run"
+    shutil.copytree(int8_bundle, run / "bundle", ignore=shutil.ignore_patterns("model.int8.onnx*"))
+    with pytest.raises(ValueError, match=r"--int8 --data RUN/split.csv`$"):
+        Predictor(run / "bundle", backend="onnx-int8")
+    (run / "split.csv").write_text("path,label,split\n")
+    with pytest.raises(ValueError, match=f"--int8 --data {re.escape(str(run / 'split.csv'))}`$"):
+        Predictor(run / "bundle", backend="onnx-int8")
 
 
 def test_int8_needs_labelled_train_and_val_films(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys) -> None:

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from pneumoscan.core.cpus import model_threads
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_card, file_sha256, load_card,
                                    read_bundle_text, verify_file)
+from pneumoscan.models.run_folder import RunFolder
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
 _LOAD_ERRORS = (
@@ -220,8 +221,9 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
     # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
     calibrated_on = str((card.train_config or {}).get("calibrated_on", ""))
     out_of_fold = card.model == ENSEMBLE and calibrated_on.startswith("out-of-fold")
+    split = RunFolder.of(bundle).split  # the run's own split, where the bundle sits in its run folder
     command = f"pneumoscan export {bundle} --int8 " + ("--cv CV_DIR ... (the runs it was built from)" if out_of_fold
-                                                         else "--data RUN/split.csv")
+                                                         else f"--data {split if split.is_file() else 'RUN/split.csv'}")
     remedy = f"run `{command}` again"
     sidecar = read_sidecar(out)
     chosen = Int8Operating.validated(sidecar)
