@@ -112,3 +112,34 @@ def test_predict_array_refuses_an_array_with_nothing_to_see(tiny_bundle: Path) -
                          (nearly, "97.0% of the pixels are within 2 grey levels of one value")):
         with pytest.raises(DecodeError, match=rf"^blank image: {re.escape(reason)}"):
             predictor.predict_array(gray)
+
+
+def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bundles_card_and_others_weights(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch backend read the card, then built the model from a second read of the folder: a folder replaced in
+    between (a deployment swapping bundles) gave the new bundle's weights under the old one's threshold. Replaced
+    just after the first read of its card, the bundle is now refused (the card read names other weights)."""
+    import torch
+
+    from pneumoscan.models import bundle as bundle_mod
+    from pneumoscan.models import registry as models
+    from pneumoscan.models.bundle import save_bundle
+
+    live, other = tmp_path / "live", tmp_path / "other"
+    shutil.copytree(tiny_bundle, live)
+    torch.manual_seed(7)
+    save_bundle(other, models.create("simple_cnn", 2), dataclasses.replace(load_card(tiny_bundle), threshold=0.123))
+    real = load_card
+
+    def swap_after_reading(bundle: Path):  # the deployment replaces the folder just after the first read of a card
+        read = real(bundle)
+        if Path(bundle) == live and not (tmp_path / "old").exists():
+            live.rename(tmp_path / "old")
+            other.rename(live)
+        return read
+
+    for module in (predict, bundle_mod):
+        monkeypatch.setattr(module, "load_card", swap_after_reading)
+    with pytest.raises(ValueError, match="damaged"):
+        Predictor(live, backend="torch")

@@ -108,13 +108,13 @@ class Predictor:
         look_up_option(backend, BACKENDS, "backend")
         given = session is not None  # int8_model's session below is the bundle's own
         self.bundle = bundle
-        self.card = load_card(bundle)
+        # the torch backend builds its model now, so unusable weights are refused before any film is read, and keeps
+        # the card that build read: a card read apart could be another bundle's, were the folder replaced in between
+        self._model, self.card = _torch_model(bundle) if backend == "torch" else (None, load_card(bundle))
         self.task = card_task(self.card, bundle)
         self.batch_size = batch_size
         self.backend = backend
         self.lock = threading.RLock()
-        # the torch backend builds its model now, so unusable weights are refused before any film is read
-        self._model = _torch_model(bundle)[0] if backend == "torch" else None
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
             verify_file(bundle, self.card, WEIGHTS)
         self.appearance = load_appearance(bundle, self.card)
