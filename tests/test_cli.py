@@ -308,8 +308,8 @@ def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset:
     # the quick start's step 3 on the Kermany release without its test/ folder: what to measure on instead
     shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train")
     with pytest.raises(ValueError, match="for split 'test': it holds 48 films, and they are in the train split; "
-                                         "without a test split, measure a bundle on its run's validation films: "
-                                         r"RUN/split.csv --split val \(optimistic figures\)$"):
+                                         "without a test split, give a run's validation films instead: "
+                                         r"RUN/split.csv --split val \(figures on them are optimistic\)$"):
         cache_dataset(tmp_path / "no_test", spec, "test")
 
 

@@ -71,6 +71,7 @@ def _content_warnings(appearance: Appearance) -> dict[str, tuple[list[str], Warn
 def _out_of_scope_warnings(appearance: Appearance) -> dict[str, tuple[list[str], WarningKind]]:
     found = {case: (scope_warnings(header(**tags), 224, 224), kind) for case, (tags, kind) in HEADERS.items()}
     found["a thumbnail"] = (scope_warnings(header(), 150, 100), scope.THUMBNAIL)
+    found["a strip"] = (scope_warnings(header(), 300, 6000), scope.ELONGATED)
     found["a colour photograph"] = (describe(_sepia_jpeg())["warnings"], scope.COLOUR)
     return found | _content_warnings(appearance)
 
@@ -82,7 +83,8 @@ def test_every_kind_of_out_of_scope_warning_puts_its_film_out_of_scope_and_refus
         assert kind in [kind_of(w) for w in warnings], (case, warnings)
         assert not in_scope(warnings), (case, warnings)
         said = ("the film does not look like the films the model was trained on" if kind.source == "pixels" else
-                "not a frontal chest radiograph")
+                "its tags contradict each other, so it cannot be known to be a frontal chest film in the model's scope"
+                if kind.template.startswith(scope.CONFLICT) else "not a frontal chest radiograph")
         with pytest.raises(ValueError, match=f"^{said} .*: no coded finding is filed for it$"):
             check_result({"task": "pneumonia", "warnings": warnings})
     # a film for each kind that puts one out of scope: a kind added without one here fails this test

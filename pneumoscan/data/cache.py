@@ -228,9 +228,10 @@ def cache_dataset(
         sides = sorted({r.split for r in found.records} - {""})
         where = (f"they are in the {', '.join(sides)} split{'s' if len(sides) > 1 else ''}" if sides else
                  "none has a split (a folder of class folders, or a manifest without a split column): give no --split")
-        # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train)
-        then = ("; without a test split, measure a bundle on its run's validation films: RUN/split.csv --split val "
-                "(optimistic figures)" if split == "test" and sides else "")
+        # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train):
+        # said for whichever command read DATA (evaluate, cache ahead of it, threshold), so in no one command's words
+        then = ("; without a test split, give a run's validation films instead: RUN/split.csv --split val (figures "
+                "on them are optimistic)" if split == "test" and sides else "")
         raise ValueError(f"no images in {data} for split {split!r}: it holds {len(found.records)} films, and "
                          f"{where}{then}")
     if not records:

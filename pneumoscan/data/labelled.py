@@ -67,9 +67,25 @@ def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[li
     are copies of one film under other names (one child's, filed twice)."""
     pictures = picture_groups([r.path for r in records])
     copies = [paths for _, paths in pictures]
-    if copies:
-        log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
-                    "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
-                    "figures", sum(map(len, copies)), shown(str(data)), " | ".join(map(shown, copies[0])))
+    _say_copies(copies, records, data)
     warn_conflicts(conflicts := label_conflicts(records, pictures))
     return copies, patient_units(records, copies), conflicts
+
+
+def _say_copies(copies: Sequence[Sequence[str]], records: Sequence[Record], data: Path | str) -> None:
+    """Warn of copies of a film filed under another patient id (or none): a child filed twice, which only these copies
+    tie together, and which a user can put right. Copies among one patient's own films (the public release's, each
+    within one ``personN`` or study) change no interval and weigh in the figures as a patient's several films do:
+    said as information, which ``-q`` hides, as there is nothing to put right and every command would repeat it."""
+    patient = {r.path: r.patient for r in records}
+    hidden = [paths for paths in copies if len({patient[p] for p in paths}) > 1]
+    within = [paths for paths in copies if len({patient[p] for p in paths}) == 1]
+    if hidden:
+        log.warning("%d film(s) of %s are copies of others in it under other names (byte for byte or re-encoded; "
+                    "e.g. %s): each group is counted as one patient in the intervals, but weighs once a film in the "
+                    "figures; `pneumoscan audit` lists them", sum(map(len, hidden)), shown(str(data)),
+                    " | ".join(map(shown, hidden[0])))
+    if within:
+        log.info("%d film(s) of %s are copies of another film of the same patient (byte for byte or re-encoded; "
+                 "e.g. %s): they weigh once a film in the figures, as a patient's several films do, and change no "
+                 "interval", sum(map(len, within)), shown(str(data)), " | ".join(map(shown, within[0])))

@@ -45,6 +45,10 @@ AGE_RANGE_YEARS = (0.5, 6.0)
 # The films on disk in train/ are 224 px; an image with a shorter side than that is enlarged, not reduced, and is
 # more likely a thumbnail or a screen grab than a radiograph.
 MIN_SIDE = 224
+# The Kermany originals' longer side is at most about 1.73 times their shorter. A film is squashed to a square for the
+# model, so one whose longer side is more than this many times its shorter is a strip or a scanned page, squashed
+# into pixels the model has never seen (it read as a chest film with only the no-tags warning).
+MAX_ASPECT = 3.0
 # Grey levels (of 255) by which a JPEG's or PNG's colour channels may differ (Reader.colour_spread: 99th percentile
 # on the image block-averaged to 64 px) and it still be taken for a grey film. The 5,216 films of the Kermany
 # train/ folder, all stored as RGB JPEGs, measure 0 (val/'s 16 are grey JPEGs); JPEG's chroma noise on grey
@@ -135,6 +139,8 @@ NOT_GRAYSCALE = WarningKind("PhotometricInterpretation {photometric}: a radiogra
                             out_of_scope=True)
 THUMBNAIL = WarningKind("image is {width} x {height} pixels, smaller than {least} px on a side: a thumbnail, not a "
                         "radiograph", out_of_scope=True)
+ELONGATED = WarningKind("image is {width} x {height} pixels, its longer side {ratio:.1f} times its shorter, more than "
+                        "{most:g}: a strip or a scanned page, not a chest film", out_of_scope=True)
 # a JPEG or PNG in colour, read as grey: out of scope as a DICOM object in colour is (NOT_GRAYSCALE), by its pixels
 COLOUR = WarningKind("colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, "
                      "beyond {tolerance}): a radiograph is grayscale; it was read as grey, and may be a photograph or "
@@ -157,7 +163,7 @@ NOISY = WarningKind(CONTENT + "more fine detail or noise than the training films
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
 # warning two kinds could have written counts against the film
 KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
-         THUMBNAIL, COLOUR, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
+         THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
          UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_OUTSIDE, INVALID_UID, UNREAD)
 
 
@@ -306,6 +312,9 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
             found.append(NOT_GRAYSCALE.text(photometric=photometric))
     if min(height, width) < MIN_SIDE:
         found.append(THUMBNAIL.text(width=width, height=height, least=MIN_SIDE))
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        found.append(ELONGATED.text(width=width, height=height, ratio=max(height, width) / max(min(height, width), 1),
+                                    most=MAX_ASPECT))
     return found
 
 
