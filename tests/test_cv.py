@@ -288,6 +288,7 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     caplog.set_level(logging.INFO, logger="pneumoscan")
     cross_validate(tiny_dataset, cfg, 2, out)
     assert "resuming after epoch 1" in caplog.text
+    assert "no checkpoint at" not in caplog.text, "fold 0 is fresh: it starts from scratch without a resume's notice"
     history = (out / "fold-1" / "history.csv").read_text().splitlines()
     assert history[:2] == first and len(history) == 1 + 2, (
         "the interrupted fold's first epoch is kept, not trained again")

@@ -34,11 +34,13 @@ from pneumoscan.models import or_your_own
 RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "image_size": (f"{MIN_SIZE} to {MAX_SIZE} pixels", lambda v: MIN_SIZE <= v <= MAX_SIZE),
     "epochs": (">= 1", lambda v: v >= 1),
-    "time_budget": ("> 0 minutes", lambda v: v > 0),
+    # infinite: the budget would fail at the bundle after all the training (its card holds JSON, which has no
+    # infinity), the decay at the second step, as a divergence that names the learning rate
+    "time_budget": ("finite and > 0 minutes", lambda v: math.isfinite(v) and v > 0),
     "batch_size": (">= 1", lambda v: v >= 1),
     "eval_batch_size": (">= 1", lambda v: v >= 1),
     "lr": ("finite and >= 0", lambda v: math.isfinite(v) and v >= 0),
-    "weight_decay": (">= 0", lambda v: v >= 0),
+    "weight_decay": ("finite and >= 0", lambda v: math.isfinite(v) and v >= 0),
     "warmup": ("a fraction of the schedule in [0, 1)", lambda v: 0 <= v < 1),
     "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
     "ema_decay": ("in [0, 1)", lambda v: 0 <= v < 1),

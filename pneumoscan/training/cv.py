@@ -208,7 +208,9 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
         log.info("fold %d/%d: %s exists, not trained again", k + 1, folds, bundle)
     else:
         log.info("fold %d/%d: training %s", k + 1, folds, run.root)
-        train(data, config, run.root, resume=True)
+        # resumed where an interrupted fold left a checkpoint; a fresh fold is no resume, and --resume's "no
+        # checkpoint ...: starting from scratch" would be noise there
+        train(data, config, run.root, resume=run.checkpoint.exists())
     predictor = Predictor(bundle, batch_size, backend="onnx")
     val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
     probs = predictor.probabilities(images)

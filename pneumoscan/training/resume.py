@@ -146,10 +146,11 @@ def checkpoint_config(ckpt: dict, path: Path) -> dict | None:
 
 def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: dict, ctx: Dist) -> dict | None:
     """The checkpoint ``--resume`` continues (None: start from scratch), refused when it was made by other
-    settings than ``cfg`` (besides :data:`RESUMABLE`), on other films than ``records`` (RUN/split.csv, which belongs
-    to the checkpoint: :func:`prepare_run_dir`) or otherwise than ``made`` says (:func:`made_change`: processes,
-    precision, the films' pixels and labels, the teachers). Refused before the run folder is touched, so its
-    config.yaml stays that of the checkpoint; every rank gets rank 0's verdict, so all refuse together."""
+    settings than ``cfg`` (besides :data:`RESUMABLE`; ``epochs`` not below those it trained), on other films than
+    ``records`` (RUN/split.csv, which belongs to the checkpoint: :func:`prepare_run_dir`) or otherwise than ``made``
+    says (:func:`made_change`: processes, precision, the films' pixels and labels, the teachers). Refused before
+    the run folder is touched, so its config.yaml stays that of the checkpoint; every rank gets rank 0's verdict,
+    so all refuse together."""
     ckpt = ctx.from_main(load_checkpoint(path) if ctx.main else None)
     if ckpt is None:
         return None
@@ -162,6 +163,11 @@ def resume_from(path: Path, cfg: TrainConfig, records: Sequence[Record], made: d
         raise ValueError(f"cannot resume from {shown(path)}: it was made with other settings ({', '.join(changes)}); "
                          "only epochs and time_budget may change on --resume: give its settings again, or train "
                          "into a new --out")
+    # --epochs caps the epochs: below those trained, the bundle and config.yaml would record fewer than made it
+    if cfg.epochs < (trained := ckpt["epoch"] + 1):
+        raise ValueError(f"cannot resume from {shown(path)}: it has trained {trained} epochs, more than --epochs "
+                         f"{cfg.epochs}, which its bundle would record: give --epochs {trained} to finish it now, or "
+                         "more to train on")
     if moved := ctx.from_main(split_change(RunFolder.of(path).split, records) if ctx.main else None):
         raise ValueError(f"cannot resume from {shown(path)}: it was trained on another split ({moved}); give its "
                          "data and split again, or train into a new --out")
