@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -57,9 +58,15 @@ class ResultsTarget:
         fmt = Path(out).suffix.lower().removeprefix(".")
         if fmt not in formats:
             raise ValueError(f"--out must end in {' or '.join('.' + f for f in formats)}: {out}")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(out).parent
+        folder.mkdir(parents=True, exist_ok=True)
         if Path(out).is_dir():
             raise IsADirectoryError(f"--out {out} is a folder")
+        try:  # the results are written through a file beside them: a folder that takes none fails now
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ValueError(f"--out {out} cannot be written: {_reason(OSError(e.errno, e.strerror, folder))}") from e
         return cls(out, fmt, file_stamp(out))
 
     def write(self, text: str) -> None:
@@ -428,10 +435,14 @@ def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], 
 
 
 def _probability(text: str) -> float:
-    """An argparse type for a rate in [0, 1]."""
-    value = float(text)
+    """An argparse type for a rate in [0, 1] (a word: the same refusal, where argparse's own named this function)."""
+    expected = argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise expected from None
     if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+        raise expected
     return value
 
 

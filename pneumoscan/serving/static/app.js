@@ -24,7 +24,9 @@ let sortAscending = true;
 // Window presets on the 8-bit film the page shows: [level, width]. A JPEG has no Hounsfield or detector units,
 // so these pick a band of gray levels, named for what usually falls in it.
 const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: [190, 110] };
-const view = { gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0, panY: 0 };
+// film: whose pixels gray holds (the film on screen may still be decoding)
+const view = { film: null, gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0,
+  panY: 0 };
 const composed = document.createElement("canvas");
 
 // Three decimals, never rounded up to 1: a sensitivity that missed a film, or a probability short of certainty,
@@ -163,8 +165,13 @@ function showWarnings(warnings, inScope) {
 
 // The reading as the list and its CSV give it: out of scope first, the label kept for a reader who knows better.
 function reading(r) {
-  if (!r.in_scope) return `out of scope (${r.label})`;
-  return r.near_threshold ? `${r.label} (near the threshold)` : r.label;
+  return r.in_scope ? nearReading(r) : `out of scope (${r.label})`;
+}
+
+// A stage's label, qualified where it lies near that stage's threshold (the first's, or the second's: a second
+// stage's "virus" near its threshold was listed and exported as plainly as a clear one).
+function nearReading(stage) {
+  return stage.near_threshold ? `${stage.label} (near the threshold)` : stage.label;
 }
 
 // Why a reading is near the threshold, in numbers when the card gives them.
@@ -286,18 +293,22 @@ function grayOf(source) {
   return new Promise((resolve, reject) => {
     const img = new Image();
     img.onload = () => {
-      const c = document.createElement("canvas");
-      c.width = img.naturalWidth;
-      c.height = img.naturalHeight;
-      const ctx = c.getContext("2d");
-      ctx.drawImage(img, 0, 0);
-      const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
-      const gray = new Uint8ClampedArray(c.width * c.height);
-      // Pillow's (ITU-R 601) luma, as the service reads a colour file; a grey one keeps its levels exactly
-      for (let i = 0; i < gray.length; i++) {
-        gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
+      try {  // a film too large for the browser's memory throws here: said, rather than never settling
+        const c = document.createElement("canvas");
+        c.width = img.naturalWidth;
+        c.height = img.naturalHeight;
+        const ctx = c.getContext("2d");
+        ctx.drawImage(img, 0, 0);
+        const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+        const gray = new Uint8ClampedArray(c.width * c.height);
+        // Pillow's (ITU-R 601) luma, as the service reads a colour file; a grey one keeps its levels exactly
+        for (let i = 0; i < gray.length; i++) {
+          gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
+        }
+        resolve({ gray, w: c.width, h: c.height, img });
+      } catch (err) {
+        reject(new Error(`the browser cannot draw this image (${err.message})`));
       }
-      resolve({ gray, w: c.width, h: c.height, img });
     };
     img.onerror = () => reject(new Error("the browser cannot display this image"));
     img.src = source;
@@ -309,19 +320,27 @@ async function loadFilm(film) {
   try {
     const { gray, w, h } = await grayOf(source);
     if (current !== film) return;
-    Object.assign(view, { gray, w, h, zoom: 1, panX: 0, panY: 0 });
-    if (film.cam) await loadCam(film.cam);
+    Object.assign(view, { film, gray, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
+    if (film.cam) await loadCam(film);
     compose();
   } catch (err) {
+    if (current !== film) return;  // another film is on screen: its caption is its own
+    // the viewer held the film shown before, which stayed on screen under this film's name
+    Object.assign(view, { film: null, gray: null, cam: null });
+    draw();
+    $("readout-wl").textContent = "";
     $("caption").textContent = `The film cannot be shown: ${err.message}.`;
   } finally {
     if (source.startsWith("blob:")) URL.revokeObjectURL(source);
   }
 }
 
-// The Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the film, smoothed by the canvas.
-async function loadCam(url) {
-  const { img } = await grayOf(url);
+// The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto its pixels, smoothed by the canvas; only
+// while that film is the one on screen and in the viewer (the map of a film left while it decoded landed on the next
+// film, at that film's size, and its "Show heatmap" drew it there).
+async function loadCam(film) {
+  const { img } = await grayOf(film.cam);
+  if (current !== film || view.film !== film) return;
   const c = document.createElement("canvas");
   c.width = view.w;
   c.height = view.h;
@@ -474,7 +493,11 @@ $("view").addEventListener("keydown", (event) => {
   } else if (event.key === "+" || event.key === "=") setZoom(view.zoom * 1.25);
   else if (event.key === "-") setZoom(view.zoom / 1.25);
   else if (event.key === "0") reset();
-  else if (event.key === "i") { $("invert").checked = !$("invert").checked; view.invert = $("invert").checked; compose(); }
+  else if (event.key === "i") {
+    $("invert").checked = !$("invert").checked;
+    view.invert = $("invert").checked;
+    compose();
+  }
   else return;
   event.preventDefault();
 });
@@ -514,7 +537,7 @@ $("heatmap-button").addEventListener("click", async () => {
   }
   $("status").textContent = "";
   $("error").hidden = true;
-  await loadCam(film.cam);
+  await loadCam(film);  // while the film itself is still being decoded, loadFilm draws its map with it
   if (current !== film) return;
   $("heatmap-toggle").checked = true;
   heatControls();
@@ -543,7 +566,8 @@ async function post(file, query) {
   form.append("file", file);
   let response;
   try {
-    response = await fetch(`/v1/predict${query ? `?${query}` : ""}`, { method: "POST", body: form, headers: authHeaders() });
+    response = await fetch(`/v1/predict${query ? `?${query}` : ""}`,
+      { method: "POST", body: form, headers: authHeaders() });
   } catch (err) {
     return { ok: false, error: `the server could not be reached: ${err.message}` };
   }
@@ -628,7 +652,11 @@ function check(file) {
   return null;
 }
 
-async function analyse(files) {
+// Batches are read one after another, in the order they were chosen: read side by side, an earlier film's late
+// reply put its reading (or its refusal) over the film chosen after it, and the reader's last film was not on screen.
+let uploads = Promise.resolve();
+
+function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
     id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
     result: null, error: null, cam: null,
@@ -636,6 +664,13 @@ async function analyse(files) {
   if (!batch.length) return;
   films.push(...batch);
   renderList();
+  uploads = uploads.catch(() => {}).then(() => analyseBatch(batch));  // a batch that failed holds up none after it
+}
+
+async function analyseBatch(batch) {
+  // a key typed after the card was refused, the film dropped with the field still focused: no change event loaded
+  // the card, and the reading came without it (no heatmap, "enter the API key" for a key entered)
+  if (!heatmapWords) await loadCard();
   const outcome = { read: 0, outside: 0, rejected: 0 };
   for (const [n, film] of batch.entries()) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
@@ -654,8 +689,8 @@ async function analyse(files) {
 }
 
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
-// and a refusal is only a row of the list. With a refusal it is said as an alert (the error box); the film on
-// screen, if any, stays.
+// and a refusal is only a row of the list. With a refusal it is said as an alert (the error box); the last film of
+// the batch read stays on screen, and where none was read no reading stays (it is a film chosen before).
 function batchSummary(count, { read, outside, rejected }) {
   const apart = outside === 1 ? "its reading does not apply" : "their readings do not apply";
   const message = `${count} films: ${read + outside} read` +
@@ -665,9 +700,7 @@ function batchSummary(count, { read, outside, rejected }) {
     $("status").textContent = message;
     return;
   }
-  $("status").textContent = "";
-  $("error").textContent = message;
-  $("error").hidden = false;
+  showError(message, read + outside > 0);
 }
 
 // ---- the list of films: sortable, exportable ----
@@ -685,7 +718,8 @@ function value(film, key) {
 // (read as pneumonia, for etiology).
 function secondText(r) {
   const e = r.etiology;
-  return e ? `${e.label} (P(${e.positive}) = ${figure(e.probability)})` : "not run";
+  const near = e && e.near_threshold ? ", near the threshold" : "";
+  return e ? `${e.label} (P(${e.positive}) = ${figure(e.probability)}${near})` : "not run";
 }
 
 function sorted() {
@@ -753,7 +787,7 @@ function csv() {
     const r = film.result;
     const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
     const stage = !secondTask ? [] : e
-      ? [e.label, e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
+      ? [nearReading(e), e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
       ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
         ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, r.warnings.join("; "),

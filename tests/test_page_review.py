@@ -1,0 +1,201 @@
+"""A reader's review of the web page and the command line: films chosen one after another are shown in the order
+chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
+on another film, a second stage near its threshold says so in the list and the CSV, a key typed and a film dropped
+at once load the model card first; a rate that is no number is
+refused in the command line's words, and a results file that cannot be written is refused before any film is read.
+The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect
+
+from pneumoscan import cli
+from pneumoscan.models.card import load_card
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.guard import Access
+from tests import test_page
+from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
+
+browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
+
+
+def other_film(data_root: Path) -> Path:
+    """A film other than ``small``, of the other class."""
+    return sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+
+
+ANSWERED = "films.filter((f) => f.status !== 'waiting').length"
+
+
+def settle(page: Page, held: list[Route]) -> None:
+    """Let the held uploads go, the last held first, each answered before the next goes, until no film waits."""
+    for _ in range(400):
+        if held:
+            answered = page.evaluate(f"() => {ANSWERED}")
+            held.pop().continue_()
+            page.wait_for_function(f"() => {ANSWERED} > {answered}")
+        elif page.evaluate(f"() => {ANSWERED} === films.length"):
+            return
+        else:
+            page.wait_for_timeout(50)
+    raise AssertionError("films still waiting")
+
+
+def test_the_film_chosen_last_is_the_one_on_screen(page: Page, small: Path, data_root: Path) -> None:
+    """Two films chosen in quick succession were read side by side: when the first one's reply came last (a large
+    film, a slow link), its reading replaced the second film's on screen, and a refusal of the second was wiped by
+    the first's reading. Films are read in the order chosen, so the last one chosen is what the page shows."""
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/predict$"), lambda route: held.append(route))
+    later = other_film(data_root)
+    page.set_input_files("#file", small)
+    page.wait_for_function("() => films.length === 1")
+    while not held:
+        page.wait_for_timeout(50)
+    page.set_input_files("#file", later)
+    page.wait_for_timeout(300)  # time for a second request to set out beside the first
+    settle(page, held)
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+    assert page.evaluate("() => current === films[1]")
+
+    page.set_input_files("#file", small)
+    while not held:
+        page.wait_for_timeout(50)
+    page.set_input_files("#file", files=[{"name": "empty.jpeg", "mimeType": "image/jpeg", "buffer": b""}])
+    page.wait_for_timeout(300)
+    settle(page, held)
+    expect(page.locator("#error")).to_have_text("Rejected: the file is empty (0 bytes).")
+    expect(page.locator("#result")).to_be_hidden()
+
+
+def test_a_batch_with_no_film_read_leaves_no_reading_on_screen(page: Page, small: Path) -> None:
+    """A single refused film hides the reading on screen (it is another film's); two refused at once left the film
+    read before on screen under "2 films: 0 read, 2 rejected", as if it were one of them."""
+    test_page.upload_one(page, small)
+    empty = {"mimeType": "image/jpeg", "buffer": b""}
+    page.set_input_files("#file", files=[{"name": "a.jpeg", **empty}, {"name": "b.jpeg", **empty}])
+    expect(page.get_by_role("alert")).to_have_text("2 films: 0 read, 2 rejected: see the list.")
+    expect(page.locator("#result")).to_be_hidden()
+    assert page.evaluate("() => current === null")
+
+
+def test_a_films_heatmap_never_lands_on_the_next_film(page: Page, small: Path, data_root: Path) -> None:
+    """Shown again from the list, a film whose map was still being decoded when the reader moved on to another
+    film put its map over that film (stretched to its size), and that film's "Show heatmap" then drew it. The
+    first film's map is held mid-decode while the second is shown."""
+    later = other_film(data_root)
+    page.set_input_files("#file", [small, later])
+    expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    page.click("#heatmap-button")  # the tiny model's maps are all dark: the first film's is drawn all bright
+    expect(page.locator("#legend")).to_be_visible()
+    page.evaluate("""() => { const c = document.createElement('canvas'); c.width = c.height = 75;
+        const ctx = c.getContext('2d'); ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, 75, 75);
+        films[0].cam = c.toDataURL('image/png'); }""")
+    total = "() => view.cam.reduce((sum, v) => sum + v, 0)"
+    page.evaluate("""() => { const decode = grayOf; window.held = [];
+        grayOf = (source) => source !== films[0].cam ? decode(source) : new Promise((resolve) => window.held.push(
+            () => { const done = decode(source); window.done = done.then(() => new Promise((r) => setTimeout(r, 100)));
+                    resolve(done); })); }""")
+    page.get_by_role("button", name=f"show {small.name}").click()
+    page.wait_for_function("() => window.held.length === 1")  # the first film's map, held mid-decode
+    page.get_by_role("button", name=f"show {later.name}").click()
+    page.wait_for_function("() => current === films[1] && view.cam !== null && view.w > 0")
+    own = page.evaluate(total)
+    page.evaluate("() => window.held.pop()()")
+    page.evaluate("() => window.done")
+    assert page.evaluate(total) == own, "the film on screen shows its own map"
+    page.check("#heatmap-toggle")
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+
+
+def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page: Page, small: Path,
+                                                                          data_root: Path) -> None:
+    """A film the service reads but the browser cannot draw (an arithmetic-coded JPEG; a film too large for the
+    tab's memory) was captioned "cannot be shown" with the film read before still in the viewer, under the new
+    film's name. The browser's refusal is made here by its decode function failing for the second film."""
+    test_page.upload_one(page, small)
+    assert test_page.centre(page) != [0, 0, 0]
+    page.evaluate("""() => { const decode = grayOf; grayOf = (source) => current === films[1] ?
+        Promise.reject(new Error('the browser cannot display this image')) : decode(source); }""")
+    later = other_film(data_root)
+    page.set_input_files("#file", later)
+    expect(page.locator("#caption")).to_have_text("The film cannot be shown: the browser cannot display this image.")
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+    assert test_page.centre(page) == [0, 0, 0] and page.evaluate("() => view.gray === null")
+
+
+def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Page) -> None:
+    """The panel said "Etiology: virus (..., near the threshold)", but the list gave "virus (P(virus) = 0.410)" and
+    the CSV "virus", as plainly as a clear call: both qualify it, as they do the first stage's reading."""
+    listed, exported = page.evaluate("""() => {
+        secondTask = 'etiology';
+        const stage = (near) => ({ task: 'etiology', label: 'virus', positive: 'virus', probability: 0.41,
+            threshold: 0.4, near_threshold: near });
+        const result = (near) => ({ label: 'PNEUMONIA', positive: 'PNEUMONIA', in_scope: true, near_threshold: false,
+            probability: 0.9, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {}, etiology: stage(near) });
+        films.push({ name: 'near.jpeg', result: result(true), status: 'done' },
+                   { name: 'clear.jpeg', result: result(false), status: 'done' });
+        renderList();
+        return [[...document.querySelectorAll('#films tbody tr')].map((row) => [row.cells[0].textContent,
+            row.cells[3].textContent]), csv()];
+    }""")
+    assert dict(listed) == {"near.jpeg": "virus (P(virus) = 0.410, near the threshold)",
+                            "clear.jpeg": "virus (P(virus) = 0.410)"}
+    rows = {row["file"]: row for row in csv.DictReader(io.StringIO(exported))}
+    assert rows["near.jpeg"]["etiology"] == "virus (near the threshold)" and rows["clear.jpeg"]["etiology"] == "virus"
+
+
+def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Browser, tiny_bundle: Path,
+                                                                     small: Path) -> None:
+    """The card is loaded when the key field changes, which a browser says only when the field loses focus: a key
+    pasted and a film dropped straight after gave a reading without the card (still "Loading"), and its heatmap
+    was refused with "enter the API key" for a key that was entered."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        with contextmanager(run_server)(create_app(tiny_bundle, access=Access(api_key=PAGE_KEY))) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#error")).to_contain_text("an API key is required")
+            page.fill("#api-key", PAGE_KEY)  # focus stays in the field: no change event
+            drop_file(page, small.read_bytes(), small.name, "image/jpeg")
+            expect(page.locator("#result")).to_be_visible()
+            expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
+            page.click("#heatmap-button")
+            expect(page.locator("#legend")).to_be_visible()
+            expect(page.locator("#error")).to_be_hidden()
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_a_rate_that_is_no_number_is_refused_in_the_options_words(capsys: pytest.CaptureFixture) -> None:
+    """argparse's own refusal named the parsing function: "invalid _probability value: 'abc'"."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--print-config", "--target-sensitivity", "abc"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("pneumoscan train: error: argument --target-sensitivity: must be between 0 and "
+                                       "1, got abc (`pneumoscan train --help` lists the options)\n")
+
+
+def test_a_results_folder_that_takes_no_file_is_refused_before_any_film_is_read(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``predict --out /proc/r.csv`` read every film, said which could not be read, and then failed naming a
+    temporary file the user never gave (``/proc/.r.csv.x7q.tmp: no such file or directory``); ``pacs --store`` would
+    have stored its reports in the PACS first. The folder is tried before any work."""
+    missing = tmp_path / "nosuch.jpeg"  # read, it would be said on stderr as unreadable
+    assert cli.main(["predict", str(tiny_bundle), str(missing), "--out", "/proc/r.csv"]) == 2
+    assert capsys.readouterr().err == ("pneumoscan predict: error: --out /proc/r.csv cannot be written: /proc: no such "
+                                       "file or directory\n")
+    assert cli.main(["predict", str(tiny_bundle), str(missing), "--out", str(tmp_path / "r.csv")]) == 1
+    assert (tmp_path / "r.csv").read_text().startswith("path,") and list(tmp_path.iterdir()) == [tmp_path / "r.csv"]
