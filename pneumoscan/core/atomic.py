@@ -20,6 +20,7 @@ import glob
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,22 +43,24 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
     """Write ``data`` (bytes, or a function that writes a file at the path it is given) to ``path`` atomically.
 
     ``exclusive``: never replace an existing file; raises FileExistsError instead (the new file is linked in, which
-    fails when the name exists). Any error removes the temporary file and leaves ``path`` as it was.
+    fails when the name exists). Any error removes the temporary file and leaves ``path`` as it was. A file that
+    replaces another keeps its permissions (:func:`_mode_for`).
     """
     path = Path(path)
+    mode = _mode_for(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
         if isinstance(data, bytes):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                os.fchmod(f.fileno(), mode)
                 f.flush()
                 os.fsync(f.fileno())
         else:
             os.close(fd)
             data(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())  # the writer may have made a new file (safetensors does: mode 0600)
+            os.chmod(tmp, mode)  # after the writer, which may have made a new file (safetensors does: mode 0600)
             _fsync_path(tmp)
         if exclusive:
             _link_new(tmp, path)
@@ -207,6 +210,16 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a file written to ``path`` gets: those of the file it replaces, so that results a user made
+    private (``chmod 600``: they name patients) stay private when a run writes them again; else what open() would
+    give a new file (0666 less the umask), where mkstemp's 0600 would hide results from the user's group."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:  # none there (or none that can be stat'ed): a new file
+        return 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pneumoscan.core.logs import redact
 from pneumoscan.core.secrets import read_secret
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class Access:
     (DNS rebinding) is refused. ``cors_origins``: origins whose pages may call the API from a browser (none by
     default)."""
 
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a repr may end up in a log, a traceback or a report
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     cors_origins: tuple[str, ...] = ()
 
@@ -112,10 +114,17 @@ class Guard:
                 raise
             await JSONResponse({"error": SHUTTING_DOWN}, status_code=503, headers={"Connection": "close"})(
                 scope, receive, send_with_headers)
-        except Exception as e:  # a bug: one log line (no upload data in it), a JSON 500, the connection kept
-            logger.error("internal error on %s %s", scope["method"], scope["path"], exc_info=e)
-            if started:
-                raise
+        except Exception as e:  # a bug: one log line, a JSON 500, the connection kept
+            # the kind of error, where it was raised and its message with what it quotes redacted, no traceback: a
+            # message may quote a value of the film's header (a patient's name, a birth date), as pydicom's and
+            # highdicom's do, and a traceback repeats it. The kind and place are in the format, which the served
+            # log's rate limit (server.OneLineLog) tells failures apart by
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+            logger.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
+                         scope["path"], redact(str(e)))
+            if started:  # too late for a 500: the server closes the connection and logs this, not the message
+                raise RuntimeError("internal error after the answer had begun") from None
             await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:

@@ -1,0 +1,163 @@
+"""Where a patient's identity may and may not go: the outputs of a real `predict` of a DICOM film that names its
+patient in every attribute that can, the permissions of a results file a run writes again, and the service's log
+line for a bug whose message quotes a value of the film."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
+from starlette.types import Receive, Scope, Send
+
+from pneumoscan import cli
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.serving.app import create_app
+from pneumoscan.serving.guard import Access, Guard
+from tests.builders import dicom_bytes
+
+# Each identifying attribute with a value found nowhere else, so that a hit names the attribute that leaked.
+IDENTITY = {
+    "PatientName": "Zyxwell^Quenby^Marta", "PatientID": "MRN99887766", "PatientBirthDate": "20200229",
+    "AccessionNumber": "ACCX55443", "ReferringPhysicianName": "Drplexo^Wilhelmina",
+    "InstitutionName": "Hospitalia Secretissima", "InstitutionAddress": "7 Instaddrsecret Road",
+    "PatientAddress": "42 Addrsecret Lane", "OtherPatientIDs": "OPIDSECRET77",
+    "ImageComments": "commentsecret: fell off a bike", "StudyDescription": "studydescsecret",
+}  # fmt: skip
+SCOPE = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "003Y",
+         "PatientSex": "F", "StudyDate": "20230315", "StudyTime": "101500", "StudyID": "7", "SeriesNumber": 1,
+         "InstanceNumber": 1}  # fmt: skip
+# What a report filed in the film's study carries of them: the Patient and General Study modules, which a PACS needs
+# to file it with the patient and the study. The rest (where the patient lives, other ids, the site, free text)
+# has no place in it.
+REPORTED = {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName",
+            "StudyDescription"}
+
+
+def _words(keyword: str) -> list[str]:
+    """The parts of an attribute's value that would give it away (a person name's components each)."""
+    return [w for w in IDENTITY[keyword].replace("^", " ").split() if len(w) > 4]
+
+
+def _leaks(text: str, keywords: set[str] | None = None) -> list[str]:
+    return sorted(k for k in (keywords or IDENTITY.keys()) if any(w in text for w in _words(k)))
+
+
+@pytest.fixture
+def named_film(data_root: Path, tmp_path: Path) -> Path:
+    """A real film as an in-scope DICOM that names its patient in every attribute of :data:`IDENTITY`."""
+    pixels = read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]).astype(np.uint16) * 16
+    path = tmp_path / "films" / "film.dcm"
+    path.parent.mkdir()
+    path.write_bytes(dicom_bytes(pixels, **SCOPE, **IDENTITY, StudyInstanceUID=generate_uid(),
+                                 SeriesInstanceUID=generate_uid()))
+    return path
+
+
+def test_predict_reports_carry_only_the_identity_they_need_and_nothing_else_names_the_patient(
+    tiny_bundle: Path, named_film: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """At DEBUG, every library's log included: the results file, the log and stderr name no one; the FHIR
+    Observation names the patient by id alone; the SR and the overlay carry the Patient and General Study modules,
+    not the patient's address, other ids, the institution or the film's free text."""
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "r.csv"
+    assert cli.main(["predict", str(tiny_bundle), str(named_film), "--out", str(out), "--backend", "torch",
+                     "--heatmaps", str(tmp_path / "h"), "--dicom-sr", str(tmp_path / "sr"),
+                     "--fhir", str(tmp_path / "fhir")]) == 0
+    [row] = csv.DictReader(out.open())
+    assert row["dicom_sr"] and row["dicom_heatmap"] and row["fhir"]
+    assert any(r.name.startswith("highdicom") for r in caplog.records)  # the report writers' records were captured
+    captured = capsys.readouterr()
+    for where, text in (("log", caplog.text), ("stderr", captured.err), ("stdout", captured.out),
+                        ("results", out.read_text())):
+        assert _leaks(text) == [], where
+    observation = json.loads(Path(row["fhir"]).read_text())
+    assert observation.pop("subject") == {"type": "Patient", "identifier": {"value": IDENTITY["PatientID"]}}
+    assert _leaks(json.dumps(observation)) == []
+    for report in (row["dicom_sr"], row["dicom_heatmap"]):
+        ds = pydicom.dcmread(report)
+        assert str(ds.PatientName) == IDENTITY["PatientName"] and ds.PatientID == IDENTITY["PatientID"]
+        held: list[str] = []
+        ds.walk(lambda _, element: held.append(str(element.value)) if element.VR != "SQ" else None)
+        assert _leaks("\n".join(held), set(IDENTITY) - REPORTED) == [], report
+
+
+def test_a_results_file_made_private_stays_private_when_a_run_writes_it_again(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A results file names films by path and a report by patient: one its user had made private (chmod 600) came
+    back readable by every user of the machine once a run replaced it. A new one is made as the umask allows."""
+    film = sorted((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))[0]
+    out = tmp_path / "r.csv"
+    args = ["predict", str(tiny_bundle), str(film), "--out", str(out), "--backend", "torch"]
+    umask = os.umask(0o022)
+    try:
+        assert cli.main(args) == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        out.chmod(0o600)
+        assert cli.main(args) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert [Path(r["path"]).name for r in csv.DictReader(out.open())] == [film.name]  # it was written again
+
+
+def test_an_internal_errors_log_line_quotes_no_value_of_the_film(
+    tiny_bundle: Path, named_film: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug (here: the model raising as pydicom does, quoting a header's value) is one log line with the kind of
+    error and its message, what the message quotes left out: no patient's name in the log, no traceback."""
+    message = f"Invalid value for VR PN: '{IDENTITY['PatientName']}'"
+
+    def failing(self: Predictor, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        raise ValueError(message)
+
+    monkeypatch.setattr(Predictor, "probabilities", failing)
+    caplog.set_level(logging.DEBUG)
+    with TestClient(create_app(tiny_bundle), raise_server_exceptions=False) as client:
+        r = client.post("/v1/predict", files={"file": ("film.dcm", named_film.read_bytes(), "application/dicom")})
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    [record] = [r for r in caplog.records if r.name == "pneumoscan.serving.guard"]
+    assert re.fullmatch(r"internal error on POST /v1/predict: ValueError at test_privacy_review\.py:\d+ in failing: "
+                        r"Invalid value for VR PN: '\.\.\.'", record.getMessage()), record.getMessage()
+    assert record.exc_info is None and _leaks(caplog.text) == [] and "Traceback" not in caplog.text
+
+
+def test_a_bug_after_the_answer_has_begun_reaches_the_server_without_the_value_it_quoted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Too late for a 500, the guard lets the server close the connection; the server logs what reaches it, and
+    that must not be the message quoting the film's value either (the guard's own line has said the kind)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError(f"Invalid value for VR PN: '{IDENTITY['PatientName']}'")
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RuntimeError) as raised:
+        TestClient(Guard(app, None)).get("/")
+    assert _leaks(str(raised.value)) == [] and raised.value.__cause__ is None and raised.value.__suppress_context__
+    said = [r.getMessage() for r in caplog.records if r.name == "pneumoscan.serving.guard"]
+    assert said and said[0].endswith(" in app: Invalid value for VR PN: '...'") and _leaks(caplog.text) == []
+
+
+def test_the_api_key_is_in_no_repr_of_the_access_rules_or_the_app(tiny_bundle: Path) -> None:
+    """A repr is what a debugger, a failed assertion or a log of the app's settings shows: the rules and the
+    middleware holding them (Starlette's repr names its options) say everything but the key."""
+    key = "Kq7-secret-api-key-0123456789"
+    access = Access(api_key=key, allowed_hosts=("xray.example",))
+    app = create_app(tiny_bundle, access=access)
+    shown = repr(access) + repr(app.user_middleware)
+    assert "xray.example" in shown and key not in shown
