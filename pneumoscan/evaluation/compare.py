@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
 from pneumoscan.core.metrics import format_figure, with_ci
+from pneumoscan.core.names import shown
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
 from .report import figure_png, roc_figure
@@ -66,7 +67,7 @@ class ThreeClass:
 class RunSummary:
     """One run's row of the comparison, with its ROC curve for the figure."""
 
-    run: str
+    run: str  # the folder's name as shown (:func:`~pneumoscan.core.names.shown`): one line of valid UTF-8
     model: str | None
     task: str | None
     data: str | None  # the films the figures are on (evaluate's data label; a training run's validation split)
@@ -190,9 +191,11 @@ def load_run(path: Path | str) -> RunSummary:
         raise ValueError(f"{metrics_path}: patients is {counts!r:.40}, not counts of patients")
     # the bundle the figures are of: as evaluate recorded it, else the run's own (a training run, an older folder)
     places = [Path(m["bundle"])] if m.get("bundle") else [RunFolder(folder).bundle, RunFolder(folder.parent).bundle]
-    card = next((load_card(b) for b in places if (b / CARD).is_file()), None)
+    bundle = next((b for b in places if (b / CARD).is_file()), None)
+    card = load_card(bundle) if bundle else None
     training_run = RunFolder(folder).bundle.is_dir()
-    minutes = _training_minutes(folder) if training_run else _training_minutes(folder.parent)
+    # the clock of the run that trained the bundle (beside it), not of the folder an --out put the figures in
+    minutes = _training_minutes(bundle.parent) if bundle else None
     if card is not None and m.get("bundle_weights") and card.files.get(WEIGHTS) != m["bundle_weights"]:
         # a run trained again into the same folder: its card and clock are another model's than these figures'
         log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
@@ -203,8 +206,8 @@ def load_run(path: Path | str) -> RunSummary:
     question = ((card.classes[0], card.positive) if card and card.classes
                 else tuple(m["class_names"]) if _names(m.get("class_names"), 2) else None)
     return RunSummary(
-        run=folder.name, model=card.model if card else None, task=card.task if card else None, data=data, n=int(m["n"]),
-        patients=patients, ci_unit=ci_unit,
+        run=shown(folder.name), model=card.model if card else None, task=card.task if card else None, data=data,
+        n=int(m["n"]), patients=patients, ci_unit=ci_unit,
         figures={name: m.get(name) for name in FIGURES},
         cis={name: tuple(cis.get(name) or (None, None)) for name in FIGURES}, threshold=float(m["threshold"]),
         policy=card.threshold_policy if card else None, minutes=minutes,
@@ -255,7 +258,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     names = [r.run for r in runs]
     if len(set(names)) < len(names):  # two RUN/eval-val folders: name them by their run as well
         for r, p in zip(runs, paths):
-            r.run = f"{Path(p).parent.name}/{r.run}"
+            r.run = f"{shown(Path(p).parent.name)}/{r.run}"
     _check_comparable(runs)
     if out_dir is not None:
         out = Path(out_dir)

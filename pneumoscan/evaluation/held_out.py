@@ -333,8 +333,18 @@ def _side(run: dict[str, Record], side: str) -> set[str]:
 
 def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) -> None:
     """Refuse test-split films for choosing a bundle's ``what`` (its threshold, its temperature): the test split
-    measures a bundle, and figures on films that chose its numbers are optimistic."""
-    if any(r.split == "test" for r in records):
+    measures a bundle, and figures on films that chose its numbers are optimistic. Test films are those a dataset
+    root's test split holds (``--split test``, or the root without ``--split``) and those of a folder named test
+    given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
+    that happens to be named test has split folders, and its records their splits)."""
+    if any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records)):
         raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; choose it on "
                          "films the bundle never saw (a folder or manifest of your own labelled films; "
                          "RUN/split.csv --split val, the run's validation split, is accepted with a warning)")
+
+
+def _test_folder(data: Path | str) -> bool:
+    """Whether DATA is a folder named test in any case (a dataset's test split folder, as the class-folder layout
+    names it), as given or where a link leads."""
+    return os.path.isdir(data) and any(
+        os.path.basename(path).casefold() == "test" for path in (os.path.abspath(data), os.path.realpath(data)))

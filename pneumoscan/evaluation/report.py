@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson, format_figure,
                                      format_percent, jsonable)
+from pneumoscan.core.names import path_text
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -87,11 +88,11 @@ def _fmt(value: Any, name: str = "") -> str:
     return format_percent(value) if name in _PROPORTIONS else format_figure(value)
 
 
-def _value_cell(block: dict[str, Any], name: str, absent: str | None = None, intervals: bool = True) -> str:
+def _value_cell(block: dict[str, Any], name: str, absent: str | None = None) -> str:
     """The figure with its CI; a defined figure without one says so, lest a bare 1.000 read as certain: one whose
-    CI is null, and any of a block that computes none (``intervals`` False: the per-class figures). On films of one
-    class (``absent``, the class without films) precision, NPV and F1 are n/a, saying why, not a 100 % that
-    describes no model."""
+    CI is null (saying why), and one no interval is computed for (PR AUC, ECE, macro F1, the per-class figures).
+    On films of one class (``absent``, the class without films) precision, NPV and F1 are n/a, saying why, not a
+    100 % that describes no model."""
     if absent and name in BOTH_CLASSES:
         return f'<td class="num">n/a <span class="ci">(no {_esc(absent)} films: it depends on both classes)</span></td>'
     value = block.get(name)
@@ -100,10 +101,9 @@ def _value_cell(block: dict[str, Any], name: str, absent: str | None = None, int
     lo, hi = cis.get(name) or (None, None)
     if lo is not None and hi is not None:
         cell += f' <span class="ci">(95% CI {_fmt(lo, name)}–{_fmt(hi, name)})</span>'
-    elif not _undefined(value) and not intervals:
-        cell += ' <span class="ci">(no 95% CI)</span>'
-    elif name in cis and not _undefined(value):
-        cell += ' <span class="ci">(no 95% CI: too few patients or films, or no spread to measure)</span>'
+    elif not _undefined(value):
+        why = ": too few patients or films, or no spread to measure" if name in cis else ""
+        cell += f' <span class="ci">(no 95% CI{why})</span>'
     return f'<td class="num">{cell}</td>'
 
 
@@ -130,7 +130,8 @@ def _auc_bound_note(auc: Any, what: str, unit: str) -> str:
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value))
+    """VALUE as text of the page, never markup, and valid UTF-8 whatever a file name's bytes (:func:`path_text`)."""
+    return html.escape(path_text(str(value)))
 
 
 def _meta_table(extra: dict[str, Any]) -> str:
@@ -170,6 +171,13 @@ def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None
     return _image_html(png, caption)
 
 
+def _drawn(text: str) -> str:
+    """TEXT as a figure shows it, never as mathtext: matplotlib reads text between two dollar signs as a formula,
+    so a run folder named ``a$b$`` would be drawn in italics, and one named ``x$\\foo$`` end the figure in a parse
+    error; a name's bytes that are not UTF-8 as ``\\xNN`` (:func:`path_text`)."""
+    return path_text(text).replace("$", r"\$")
+
+
 def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> Figure:
     """The confusion matrix as a picture: row-normalised shading, counts and shares written in the cells."""
     fig = Figure(figsize=(1.6 + 1.3 * len(names), 1.2 + 1.1 * len(names)))
@@ -180,16 +188,16 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
         for j, (count, share) in enumerate(zip(counts, row)):
             text = f"{count}" + ("" if math.isnan(share) else f"\n{format_percent(share)}")
             ax.text(j, i, text, ha="center", va="center", color="white" if share > 0.6 else "#1d2733")
-    ax.set(title=title, xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
-    ax.set_xticklabels(names)
-    ax.set_yticklabels(names)
+    ax.set(title=_drawn(title), xticks=range(len(names)), yticks=range(len(names)), xlabel="Predicted", ylabel="True")
+    ax.set_xticklabels(map(_drawn, names))
+    ax.set_yticklabels(map(_drawn, names))
     return fig
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(4.2, 3.8))
     ax = fig.add_subplot()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set(title=_drawn(title), xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     return fig, ax
 
@@ -204,12 +212,13 @@ def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], poi
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1)
     colour, shown = {}, []
     for key, curve in curves.items():
-        (line,) = ax.plot(curve["fpr"], curve["tpr"], lw=2, label=label_of[key])
+        (line,) = ax.plot(curve["fpr"], curve["tpr"], lw=2, label=_drawn(label_of[key]))
         colour[key] = line.get_color()
         shown.append(line)
     for label, (x, y) in points.items():
         key = (curve_of_point or {}).get(label)
-        (dot,) = ax.plot([x], [y], "o", ms=7, label=label, **({"color": colour[key], "mec": "black"} if key else {}))
+        style = {"color": colour[key], "mec": "black"} if key else {}
+        (dot,) = ax.plot([x], [y], "o", ms=7, label=_drawn(label), **style)
         if not key:
             shown.append(dot)
     if len(shown) > 4:
@@ -393,7 +402,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
     rows = "".join(f"<tr><th>{label}</th>{_value_cell(m, key)}</tr>" for key, label in _MULTICLASS_ROWS)
     per_class = "".join(
         f"<tr><th>{_esc(name)}</th>"
-        + "".join(_value_cell(c, k, intervals=False) for k in ("auc", "sensitivity", "precision", "f1"))
+        + "".join(_value_cell(c, k) for k in ("auc", "sensitivity", "precision", "f1"))
         + f'<td class="num">{c["support"]}</td></tr>'
         for name, c in m["per_class"].items()
     )

@@ -1,0 +1,182 @@
+"""A review of what `evaluate`, `compare` and `threshold` write and say: every figure recomputed from
+predictions.csv by scikit-learn, file names that would break a CSV or a page, the test split kept from choosing a
+threshold however it is given, and each figure's run named by its own bundle."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import html
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
+
+from pneumoscan import cli
+from pneumoscan.core.metrics import evaluate_binary, evaluate_multiclass, format_figure
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.evaluation.compare import compare_runs, comparison_figure
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.held_out import refuse_test_films
+from pneumoscan.evaluation.report import write_report
+
+# names a film may have on disk that a CSV, a spreadsheet or an HTML page could misread
+AWKWARD_NAMES = ("a,b.jpeg", 'q"uote.jpeg', "new\nline.jpeg", '=HYPERLINK("http://x").jpeg', "+1.jpeg", "-2.jpeg",
+                 "@SUM(A1).jpeg", "<script>alert(1)</script>.jpeg", "&amp;<img src=x onerror=alert(2)>.jpeg")
+
+
+def test_every_figure_agrees_with_predictions_csv_recomputed_by_scikit_learn(tiny_bundle: Path, tiny_dataset: Path,
+                                                                             tmp_path: Path) -> None:
+    """The test films under awkward names, listed with patient ids a spreadsheet would run: predictions.csv reads
+    back one row per film with its name as on disk and each id as text (a leading apostrophe), and metrics.json's
+    figures are scikit-learn's on the file's columns; the report shows every name as text, never as markup."""
+    data = tmp_path / "site"
+    films = []
+    for i, record in enumerate(sorted(discover(tiny_dataset).split("test"), key=lambda r: r.path)):
+        name = AWKWARD_NAMES[i % len(AWKWARD_NAMES)].replace(".jpeg", f"{i}.jpeg")
+        target = data / record.label / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(record.path, target)
+        films.append(dataclasses.replace(record, path=str(target), patient=f"{'=+-@'[i // 2 % 4]}p{i // 2}", split=""))
+    write_manifest(films, tmp_path / "site.csv")
+    out = tmp_path / "eval"
+    metrics = evaluate(tiny_bundle, tmp_path / "site.csv", out_dir=out, data_name="<script>site</script> & co")
+
+    with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == sorted(r.path for r in films)  # absolute: no formula, kept as is
+    assert sorted(r["patient"] for r in rows) == sorted("'" + r.patient for r in films)
+    assert metrics["ci_unit"] == "patient"
+    y = np.array([r["label"] == "PNEUMONIA" for r in rows])
+    p = np.array([float(r["probability"]) for r in rows])
+    called = p >= metrics["threshold"]
+    assert [r["called"] == "PNEUMONIA" for r in rows] == called.tolist()
+    assert metrics["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)  # the CSV keeps 6 decimals
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(y, p), abs=1e-4)
+    assert metrics["confusion_matrix"]["counts"] == confusion_matrix(y, called).tolist()  # rows true, columns called
+    assert metrics["f1"] == pytest.approx(f1_score(y, called))
+    assert metrics["sensitivity"] == called[y].mean() and metrics["specificity"] == (~called[~y]).mean()
+    assert json.loads((out / "metrics.json").read_text())["confusion_matrix"] == metrics["confusion_matrix"]
+
+    page = (out / "report.html").read_text()
+    assert "<script>" not in page and "<img src=x" not in page and "&lt;script&gt;site&lt;/script&gt; &amp; co" in page
+    captions = re.findall(r"<figcaption>([^<]*P = [0-9.]+)</figcaption>", page)
+    for caption in captions:  # the gallery's films, each named as on disk
+        assert html.unescape(caption).split("  P = ")[0] in {Path(r.path).name for r in films}
+
+
+def test_threshold_refuses_the_test_split_folder_given_itself(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """`threshold BUNDLE DATA/test` read the Kaggle layout's test folder as films of no split and chose a threshold
+    on the official test split ("Youden's J on test"); so did a link to it under another name."""
+    link = tmp_path / "site-b"
+    link.symlink_to(tiny_dataset / "test", target_is_directory=True)
+    for data in (tiny_dataset / "test", link):
+        out = tmp_path / "new"
+        assert cli.main(["-q", "threshold", str(tiny_bundle), str(data), "--youden", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "the test split measures a bundle and never chooses its threshold" in err and not out.exists()
+
+
+def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(tiny_dataset: Path,
+                                                                               tmp_path: Path) -> None:
+    """The check `ensemble --data` shares: a folder named test in any case is the test split; the same films
+    copied into a folder of another name are a site's own (as a manifest listing them without a split is), and a
+    dataset root named test is read by its split folders."""
+    upper = tmp_path / "data" / "TEST"
+    shutil.copytree(tiny_dataset / "test", upper)
+    records = discover(upper).records
+    assert {r.split for r in records} == {""}
+    with pytest.raises(ValueError, match="never chooses its temperature and thresholds"):
+        refuse_test_films(records, upper, "temperature and thresholds")
+    with pytest.raises(ValueError, match="never chooses"):
+        refuse_test_films(records, f"{upper}{os.sep}", "threshold")
+    own = tmp_path / "data" / "site-b"
+    upper.rename(own)
+    refuse_test_films(discover(own).records, own, "threshold")
+    root = tmp_path / "test"  # a dataset root that happens to be named test: its train split is no test film
+    shutil.copytree(tiny_dataset, root)
+    refuse_test_films(discover(root).split("train"), root, "threshold")
+    with pytest.raises(ValueError, match="never chooses"):
+        refuse_test_films(discover(root).records, root, "threshold")
+
+
+def test_compare_states_the_training_minutes_of_the_run_whose_bundle_was_evaluated(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """An evaluation of run A's bundle written into run B's folder (--out B/eval-a) was shown with B's training
+    minutes beside A's model and figures."""
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_bundle.parent, run_a)
+    shutil.copytree(tiny_bundle.parent, run_b)
+    history = run_b / "history.csv"
+    with history.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["minutes"] = "99.0"
+    with history.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    evaluate(run_a / "bundle", tiny_dataset, "test", run_b / "eval-a")
+    with (run_a / "history.csv").open(newline="") as f:
+        minutes_a = float(list(csv.DictReader(f))[-1]["minutes"])
+    [summary] = compare_runs([run_b / "eval-a"])
+    assert summary.minutes == pytest.approx(minutes_a) and minutes_a != 99.0
+
+
+def test_the_report_says_which_figures_have_no_interval(tmp_path: Path) -> None:
+    """PR AUC, the calibration error and the macro F1 have no interval computed: the report showed them bare
+    ("0.952") among figures each with its 95% CI, where its rule is that a figure without one says so."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    metrics = evaluate_binary(y, np.clip(0.3 * y + rng.uniform(0, 0.7, 80), 0, 1), 0.5, n_boot=50)
+    metrics["multiclass"] = evaluate_multiclass(rng.integers(0, 3, 80), rng.dirichlet(np.ones(3), 80),
+                                                ("normal", "bacteria", "virus"), n_boot=50)
+    page = write_report(metrics, tmp_path, "figures").read_text()
+
+    def row(label: str) -> str:
+        return " ".join(re.sub("<[^>]+>", " ", re.search(rf"<tr><th>{label}.*?</tr>", page).group(0)).split())
+
+    assert row("PR AUC") == (f"PR AUC (average precision) {format_figure(metrics['pr_auc'])} (no 95% CI) "
+                             f"{format_figure(metrics['at_0_5']['pr_auc'])} (no 95% CI)")
+    assert row("Expected calibration error").endswith("(no 95% CI)")
+    assert row(r"Expected calibration error \(top label\)").endswith("(no 95% CI)")
+    assert row("Macro F1") == f"Macro F1 {format_figure(metrics['multiclass']['macro_f1'])} (no 95% CI)"
+    assert "(95% CI " in row("ROC AUC") and "no 95% CI" not in row("ROC AUC")
+
+
+def test_compare_draws_a_run_named_with_dollar_signs_as_its_name(tmp_path: Path) -> None:
+    """Run folders are named by people: matplotlib read a name holding two dollar signs as a formula, drawing
+    ``cost $5 or $6`` in italics and ending `compare --out` on ``eval$\\foo$`` in a parse error."""
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 30)
+    names = (r"eval$\foo$", "cost $5 or $6")
+    for name in names:
+        write_report(evaluate_binary(y, np.clip(0.4 * y + rng.uniform(0, 0.6, 60), 0, 1), 0.5, n_boot=20),
+                     tmp_path / name, name)
+    runs = compare_runs([tmp_path / name for name in names], tmp_path / "out")
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    legend = [text.get_text() for text in comparison_figure(runs).axes[0].get_legend().get_texts()]
+    assert [label.split(" (AUC")[0] for label in legend] == [name.replace("$", r"\$") for name in names]
+
+
+def test_names_that_are_not_utf8_reach_the_report_and_the_comparison_as_escapes(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    """A data folder or run folder whose name holds bytes that are not UTF-8 (``caf\\xe9``, written by another
+    system): evaluate ended in a UnicodeEncodeError writing report.html (after metrics.json), and compare writing
+    compare.csv; both show such a byte as ``\\xe9``, as predictions.csv and metrics.json do."""
+    data = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    shutil.copytree(tiny_dataset / "test", data)
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/eval-\xe9"))
+    evaluate(tiny_bundle, data, out_dir=out)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<th>data</th><td>{html.escape(str(tmp_path))}/caf\\xe9</td>" in page
+    compare_runs([out], tmp_path / "compared")
+    with (tmp_path / "compared" / "compare.csv").open(newline="", encoding="utf-8") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["run"], row["data"]) == ("eval-\\xe9", "caf\\xe9")
