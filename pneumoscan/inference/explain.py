@@ -4,7 +4,10 @@ Target layer, one rule for every model: the module that produces the LAST spatia
 pass, i.e. the last module to finish whose output is (N, C, H, W) with H * W > 1. For timm models that is the
 output of ``forward_features`` (e.g. EfficientNet's conv_head + BN + activation, ResNet's layer4), for the
 scratch CNNs the last conv block or pooling before the dense head. It is found by probing one forward pass
-with hooks, so it needs no per-architecture table and stays right for any timm model.
+with hooks, so it needs no per-architecture table and stays right for any timm model. A timm model whose
+``forward_features`` gives no such map (a ViT's tokens, Swin's channels-last map, a map pooled to 1 x 1 at a small
+input) is refused (:class:`NoSpatialMap`): the probe would otherwise find a 4-D tensor inside an attention block
+or the stem, and draw a map that explains nothing.
 
 A map is drawn on its bundle's scale (one raw Grad-CAM value as the top colour for every film, measured when the
 bundle was finished), an ensemble's on its members' scales (the mean of the maps its members draw on their own), or,
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from pneumoscan.data.pixels import reduce
 from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
 from pneumoscan.models.card import ENSEMBLE
@@ -75,6 +79,10 @@ _TARGET_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, ...],
     weakref.WeakKeyDictionary())
 
 
+class NoSpatialMap(ValueError):
+    """A model Grad-CAM cannot explain: no (N, C, H, W) feature map of more than one cell reaches its head."""
+
+
 def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """The module whose output is the last spatial feature map when ``model`` runs on ``x`` (see module doc), found
     once per model and input shape."""
@@ -93,6 +101,7 @@ def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Mod
         if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1:
             finished.append(module)
 
+    _check_timm_features(model, x)
     handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     try:
         with torch.no_grad():
@@ -101,8 +110,30 @@ def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Mod
         for handle in handles:
             handle.remove()
     if not finished:
-        raise ValueError(f"{type(model).__name__} has no spatial feature map for Grad-CAM")
+        raise NoSpatialMap(f"{type(model).__name__} has no spatial feature map for Grad-CAM")
     return finished[-1]
+
+
+def _check_timm_features(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Refuse (:class:`NoSpatialMap`) a timm model whose ``forward_features`` on ``x`` is not a channels-first map of
+    more than one cell: its head reads no spatial map, so no layer's Grad-CAM is a map of the film."""
+    import torch
+
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        return  # not a timm model: the probe's rule alone
+    with torch.no_grad():
+        features = model.forward_features(x)
+    shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
+    layout = getattr(model, "output_fmt", "NCHW")  # timm's record of it: Swin's features are NHWC
+    if shape is None or len(shape) != 4:
+        why = f"its features are {shape or type(features).__name__}, tokens or vectors, not a feature map"
+    elif layout != "NCHW":
+        why = f"its feature map is {layout} (channels last), not the (N, C, H, W) Grad-CAM reads"
+    elif shape[-2] * shape[-1] <= 1:
+        why = f"its feature map is 1 x 1 at {x.shape[-2]} x {x.shape[-1]} px input (a larger --image-size keeps one)"
+    else:
+        return
+    raise NoSpatialMap(f"Grad-CAM cannot explain {type(model).__name__}: {why}; read its films without heatmaps")
 
 
 class LogOdds:
@@ -226,16 +257,20 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     own frame at overlay size (:func:`panel_shape`), float32 in [0, 1], on the scale :func:`heatmap_scale` gives
     (the bundle's, or this film's own). ``class_index`` None means the call's evidence: the log-odds of the classes
     the thresholded probability sums (:attr:`Task.cam_classes`), which is what the label reads; an index, that
-    class against the rest. A predictor of the INT8 model is refused (ValueError, :data:`INT8_HEATMAPS`)."""
+    class against the rest. A predictor of the INT8 model is refused (ValueError, :data:`INT8_HEATMAPS`), and so is a
+    model without a spatial feature map (:class:`NoSpatialMap`, with the reason)."""
     if predictor.backend == "onnx-int8":
         raise ValueError(INT8_HEATMAPS)
     card = predictor.card
     images = predictor.preprocess([gray])
+    # the shape preprocessing letterboxed: the film reduced as on decoding (a no-op for a film read_gray decoded so),
+    # whose rounding gives a full-size film another aspect, and so another letterbox, than its own shape
+    seen = reduce(Image.fromarray(gray), card.spec.decode_target).size[::-1]
     classes = predictor.task.cam_classes if class_index is None else class_index
     with predictor.lock, _one_thread():  # the hooks must see this forward pass only
         scale = heatmap_scale(card, class_index)
         cam = gradcam(predictor.model, predictor.inputs(images), classes, None if scale is None else scale.value)
-    return to_image_frame(cam, *gray.shape, card.spec, panel_shape(*gray.shape))
+    return to_image_frame(cam, *seen, card.spec, panel_shape(*gray.shape))
 
 
 def heatmap_scale(card: BundleCard, class_index: int | None = None) -> HeatmapScale | None:
@@ -274,7 +309,11 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
     films = ranked[np.unique(np.linspace(0, len(ranked) - 1, SCALE_FILMS).round().astype(int))]
     device = next(model.parameters()).device
     x = to_input(torch.from_numpy(np.ascontiguousarray(images[films])).unsqueeze(1), card.mean, card.std).to(device)
-    peaks = np.concatenate([gradcam_peaks(model, x[i : i + 8], task.cam_classes) for i in range(0, len(x), 8)])
+    try:
+        peaks = np.concatenate([gradcam_peaks(model, x[i : i + 8], task.cam_classes) for i in range(0, len(x), 8)])
+    except NoSpatialMap as e:  # the bundle is still a model; its heatmaps are refused with this reason
+        logger.info("no heatmap scale recorded: %s", e)
+        return None
     scale = float(np.percentile(peaks, SCALE_PERCENTILE))
     if not scale > 0:
         logger.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "

@@ -95,9 +95,8 @@ def create(
     default = get_pretrained_cfg(name)
     if image_size is not None and default is not None and default.fixed_input_size:
         kwargs.setdefault("img_size", image_size)  # built for any other size, it fails at its first forward pass
-    return timm.create_model(
-        name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs
-    )
+    # the registered timm models' path to the weights: the local cache first, one reason when they cannot be had
+    return _timm_with_weights(name, name, pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 def known(name: str) -> bool:

@@ -1,0 +1,168 @@
+"""Models and their maps: Grad-CAM on the layer each model's head reads, a timm model whose head reads no spatial map
+refused with the reason (not explained at a layer inside an attention block or the stem), a map on the film where the
+evidence is for every resize policy, also when the film is given decoded in full; any timm name's ImageNet weights
+read from the local cache, or refused at once with the remedy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import huggingface_hub
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from pneumoscan.data.tasks import get_task
+from pneumoscan.inference.explain import NoSpatialMap, explain_array, gradcam, measure_heatmap_scale
+from pneumoscan.inference.predict import Predictor
+from pneumoscan.models import registry as models
+from pneumoscan.models.bundle import save_bundle
+from pneumoscan.models.card import BundleCard
+
+
+@pytest.mark.parametrize("name, size, why", [
+    ("vit_tiny_patch16_224", 32, r"features are \(1, 5, 192\), tokens or vectors, not a feature map"),
+    ("swin_tiny_patch4_window7_224", 224, r"feature map is NHWC \(channels last\)"),
+    ("efficientnet_lite0", 32, r"feature map is 1 x 1 at 32 x 32 px input"),
+])  # fmt: skip
+def test_gradcam_refuses_a_model_whose_head_reads_no_spatial_map(name: str, size: int, why: str) -> None:
+    """A ViT's last 4-D tensor is inside an attention block (heads x tokens x channels), Swin's map is channels last,
+    and efficientnet_lite0 at 32 px pools its map to one cell: each map was drawn anyway, from that tensor or from an
+    early block's, and explained nothing of the call. Refused with the reason instead."""
+    model = models.create(name, image_size=size).eval()
+    with pytest.raises(NoSpatialMap, match=f"Grad-CAM cannot explain .*: its {why}.*; read its films without heatmaps"):
+        gradcam(model, torch.rand(1, 1, size, size), 1)
+
+
+def test_a_bundle_without_a_spatial_map_records_no_heatmap_scale(caplog: pytest.LogCaptureFixture) -> None:
+    """Finishing a ViT's bundle measures its heatmap scale: the refusal leaves it without one (said in the log),
+    rather than failing the run at its last step."""
+    model = models.create("vit_tiny_patch16_224", image_size=32).eval()
+    card = BundleCard("vit_tiny_patch16_224", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.45,
+                      0.23, threshold=0.5)
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32), dtype=np.uint8)
+    probs = np.tile([0.2, 0.8], (10, 1))  # every film called positive
+    with caplog.at_level(logging.INFO, logger="pneumoscan.inference.explain"):
+        assert measure_heatmap_scale(model, card, get_task("pneumonia"), images, probs) is None
+    assert "no heatmap scale recorded: Grad-CAM cannot explain VisionTransformer" in caplog.text
+
+
+class _BrightnessNet(nn.Module):
+    """The log-odds of pneumonia are the mean brightness of the input: its Grad-CAM map is the input itself, so the
+    evidence lies exactly where the film is bright."""
+
+    def __init__(self, num_classes: int = 2, in_chans: int = 1, pretrained: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(in_chans, 1, 1)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0)
+            self.features.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        evidence = self.features(x).mean((1, 2, 3))
+        return torch.stack([torch.zeros_like(evidence), evidence], dim=1)
+
+
+@pytest.fixture
+def brightness_bundles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A 192 px bundle of :class:`_BrightnessNet` for each resize policy (input in [0, 1]: mean 0, std 1)."""
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    models.register("brightness", mean=0.0, std=1.0)(_BrightnessNet)
+    return {policy: save_bundle(tmp_path / policy, _BrightnessNet(),
+                                BundleCard("brightness", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 192, policy,
+                                           0.0, 1.0, threshold=0.5))
+            for policy in ("squash", "pad", "center-crop")}  # fmt: skip
+
+
+def test_a_full_size_films_map_lies_on_its_evidence(brightness_bundles: dict[str, Path]) -> None:
+    """A tall film decoded in full (1799 x 801, as the Python API reads one), bright only in a stripe near its right
+    edge and a square beside it: the map, drawn back on the film, is bright over them and dark elsewhere, in the same
+    place whichever the resize policy. Preprocessing first reduces such a film (to 450 x 201), whose letterbox is one
+    model pixel wider than the full film's shape gives: pad's map was cut one column short and stretched, and the
+    stripe drawn 9 px right of where squash and center-crop draw it."""
+    height, width, stripe, square = 1799, 801, (700, 760), (slice(700, 800), slice(550, 650))
+    film = np.zeros((height, width), np.uint8)
+    film[:, slice(*stripe)] = 255
+    film[square] = 255
+    centres = {}
+    for policy, bundle in brightness_bundles.items():
+        cam = explain_array(Predictor(bundle), film)
+        assert cam.shape == (1024, 456)  # the overlay panel: the film's aspect, at most 1024 px a side
+        rows, cols = height / cam.shape[0], width / cam.shape[1]
+        middle = cam[round(1200 / rows)]  # a row through the stripe only
+        centres[policy] = float(np.sum(middle * (np.arange(len(middle)) + 0.5) * cols) / middle.sum())
+        assert middle[: round(650 / cols)].max() < 0.05 and middle[round(790 / cols) :].max() < 0.05, policy
+        box = cam[round(710 / rows) : round(790 / rows), round(560 / cols) : round(640 / cols)]
+        assert box.min() > 0.9 and cam[round(900 / rows) : round(1290 / rows), : round(600 / cols)].max() < 0.05
+        if policy == "center-crop":  # the model saw the middle 801 x 801 square only: nothing above or below it
+            assert cam[: round(490 / rows)].max() == 0 and cam[round(1310 / rows) :].max() == 0
+    # the stripe's centre on the film is 730; reducing by 4 x 4 blocks (the last column a partial block) moves what
+    # the model sees by under a model pixel, alike for every policy
+    assert all(abs(centre - np.mean(stripe)) < 4 for centre in centres.values()), centres
+    assert max(centres.values()) - min(centres.values()) < 1, centres
+
+
+_TARGET_LAYERS = {"cnn5": "features.4", "efficientnet_lite0": "bn2", "efficientnet_lite2": "bn2", "mlp": "features.0",
+                  "resnet50": "layer4", "resnet50v2": "norm", "seed_cnn1": "features.2", "seed_cnn5": "features.4",
+                  "simple_cnn": "features.3"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_registered_model_is_explained_at_its_last_feature_map(name: str) -> None:
+    """The map of each registered model comes from the map its head pools or flattens (mlp's: its pooled input):
+    timm's forward_features output for the timm ones, the last block before the dense head for the scratch ones."""
+    from pneumoscan.inference.explain import target_layer
+
+    model = models.create(name, image_size=64).eval()
+    assert target_layer(model, torch.zeros(1, 1, 64, 64)) is model.get_submodule(_TARGET_LAYERS[name])
+
+
+def test_a_timm_models_missing_weights_offline_fail_at_once_with_the_remedy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Any timm name (not only the registered ones) asks for its ImageNet weights the registered ones' way: with no
+    network and nothing cached, ``create("convnext_atto", pretrained=True)`` had logged the hub's retry lines for 47 s
+    and raised its LocalEntryNotFoundError, without the --no-pretrained remedy."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    start = time.monotonic()
+    reason = r"convnext_atto: .*neither in the local cache.*--no-pretrained"
+    with pytest.raises(models.WeightsUnavailable, match=reason):
+        models.create("convnext_atto", pretrained=True)
+    assert time.monotonic() - start < 5
+    assert "Retry" not in capfd.readouterr().err
+
+
+def test_a_timm_models_cached_weights_load_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights of any timm name in the local Hugging Face cache are read from it, folded to one input channel."""
+    cfg = timm.get_pretrained_cfg("convnext_atto")
+    snapshot = tmp_path / "hub" / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    weights = timm.create_model("convnext_atto").state_dict()
+    weights["stem.0.weight"].fill_(0.125)
+    save_file(weights, snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    model = models.create("convnext_atto", num_classes=2, in_chans=1, pretrained=True)
+    assert torch.all(model.stem[0].weight == 3 * 0.125)  # the RGB kernels summed for grayscale
+
+
+@pytest.mark.parametrize("field, value", [("task", "etiology"), ("classes", ["NORMAL", "PNEUMONIA", "OTHER"]),
+                                          ("positive", "NORMAL")])
+def test_members_of_another_task_or_classes_are_refused(field: str, value: object) -> None:
+    """Averaging the logits of members whose outputs mean other things would give a confident, meaningless score:
+    the member that differs is named with the field, while another size and normalisation are members' own."""
+    from pneumoscan.training.ensemble import _check_members
+
+    first = BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    _check_members([first, dataclasses.replace(first, size=64, mean=0.45, std=0.23)], [Path("a"), Path("b")])
+    with pytest.raises(ValueError, match=f"^b has {field} .*members must read films alike"):
+        _check_members([first, dataclasses.replace(first, **{field: value})], [Path("a"), Path("b")])
