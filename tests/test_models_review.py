@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from torch import nn
 
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.explain import NoSpatialMap, explain_array, gradcam, measure_heatmap_scale
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import BundleCard
+from pneumoscan.serving.app import create_app
 
 
 @pytest.mark.parametrize("name, size, why", [
@@ -166,3 +168,35 @@ def test_members_of_another_task_or_classes_are_refused(field: str, value: objec
     _check_members([first, dataclasses.replace(first, size=64, mean=0.45, std=0.23)], [Path("a"), Path("b")])
     with pytest.raises(ValueError, match=f"^b has {field} .*members must read films alike"):
         _check_members([first, dataclasses.replace(first, **{field: value})], [Path("a"), Path("b")])
+
+
+@pytest.fixture(scope="module")
+def unexplainable_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of efficientnet_lite0 at 32 px, whose feature map is pooled to one cell: Grad-CAM has no map of it."""
+    card = BundleCard("efficientnet_lite0", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
+    torch.manual_seed(0)
+    model = models.create("efficientnet_lite0", 2, in_chans=1, pretrained=False, image_size=32)
+    return save_bundle(tmp_path_factory.mktemp("unexplainable") / "bundle", model.eval(), card)
+
+
+def test_predict_heatmaps_of_an_unexplainable_model_are_refused_before_any_film(
+    unexplainable_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`predict --heatmaps` found out at its first film's map, and the scores already made were lost with the
+    traceback's end: refused before any film is read, with the reason."""
+    films = sorted((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))[:2]
+    with pytest.raises(NoSpatialMap, match="feature map is 1 x 1 at 32 x 32 px input"):
+        predict_paths(unexplainable_bundle, films, heatmap_dir=tmp_path / "maps", backend="torch")
+    assert not (tmp_path / "maps").exists()
+    assert [row["label"] for row in predict_paths(unexplainable_bundle, films, backend="torch")]  # scores still come
+
+
+def test_the_service_refuses_a_heatmap_of_an_unexplainable_model_with_the_reason(
+    unexplainable_bundle: Path, tiny_dataset: Path
+) -> None:
+    film = sorted((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    with TestClient(create_app(unexplainable_bundle, backend="torch")) as client:
+        assert client.post("/v1/predict", files={"file": ("f.jpeg", film, "image/jpeg")}).status_code == 200
+        for mode in ("true", "map"):
+            r = client.post(f"/v1/predict?heatmap={mode}", files={"file": ("f.jpeg", film, "image/jpeg")})
+            assert r.status_code == 422 and "heatmap: Grad-CAM cannot explain" in r.json()["error"], r.text

@@ -136,6 +136,21 @@ def _check_timm_features(model: torch.nn.Module, x: torch.Tensor) -> None:
     raise NoSpatialMap(f"Grad-CAM cannot explain {type(model).__name__}: {why}; read its films without heatmaps")
 
 
+def check_explainable(predictor: Predictor) -> None:
+    """Refuse (:class:`NoSpatialMap`) a predictor whose model (or an ensemble member of it) Grad-CAM cannot explain,
+    before any film is read: ``predict --heatmaps`` found out at its first film, after the others' scores, and
+    lost them. The probe is the one every map uses (:func:`target_layer`, kept per model and input shape)."""
+    import torch
+
+    size = predictor.card.size
+    x = predictor.inputs(np.zeros((1, size, size), np.uint8))
+    model = predictor.model
+    nets = [(net, xm) for net, xm, _ in model.member_inputs(x)] if hasattr(model, "member_inputs") else [(model, x)]
+    with predictor.lock, _one_thread(), torch.no_grad():
+        for net, xm in nets:
+            target_layer(net, xm)
+
+
 class LogOdds:
     """Grad-CAM's target for a set of classes S: their log-odds against the rest, ``logsumexp(z_S) -
     logsumexp(z_other)``, i.e. log(P(S) / (1 - P(S))). With S the classes the thresholded probability sums (the

@@ -564,8 +564,9 @@ def predict_paths(
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, explain_array, heatmap_scale, overlay_png
+        from .explain import MAX_PANEL, check_explainable, explain_array, heatmap_scale, overlay_png
 
+        check_explainable(predictor)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     for said in stages.said_at_start():  # once the options are sound: of the readings to come
         log.warning("%s", said)

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe
-from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, explain_array, heatmap_scale, overlay_png,
-                                         panel_png, png_data_url)
+from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, heatmap_scale,
+                                         overlay_png, panel_png, png_data_url)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, load_card, verify_file
 
@@ -209,7 +209,10 @@ class Service:
                 logger.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
                 self.heatmap_fault = self._heatmaps_off(e)
             raise Rejected(503, self.heatmap_fault) from None
-        cam = explain_array(self.heat_predictor, image)
+        try:
+            cam = explain_array(self.heat_predictor, image)
+        except NoSpatialMap as e:  # the model's own kind: no map of the film can be drawn, for any request
+            raise Rejected(422, f"heatmap: {e}") from None
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
         return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card))
