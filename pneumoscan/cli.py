@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -804,17 +807,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     configure(quiet=args.quiet)
+    # SIGTERM (systemctl stop, timeout, a scheduler) as Ctrl-C: Python's default ends the process at once, past every
+    # finally, so the films `pacs` downloaded (headers and pixels) and temporary files stayed on disk. serve keeps
+    # uvicorn's own handling (its requests in progress finish first).
+    handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
     try:
         return args.func(args)
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
         goes_on = (" (`train --resume` goes on from the last finished epoch)" if args.command == "train" else
                    " (the same `cv` command goes on from each fold's last finished epoch)" if args.command == "cv"
                    else "")
-        print(f"pneumoscan {args.command}: interrupted{goes_on}", file=sys.stderr)
-        return 130
+        stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"pneumoscan {args.command}: {stopped}{goes_on}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    finally:
+        if handled:  # a library caller's own handling back (the only thread that may set one is the main one)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is so that it unwinds as after Ctrl-C (:func:`main`)."""
+
+
+def _terminate(command_pid: int, signum: int, frame: object) -> None:
+    """Raise :class:`Terminated` in the command's process; a process forked from it (a DataLoader worker) that
+    inherited this handler ends as SIGTERM ends it by default, as its parent expects when it stops it."""
+    if os.getpid() == command_pid:
+        raise Terminated
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

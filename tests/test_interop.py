@@ -1074,6 +1074,47 @@ def paged_qido(upstream: str, page: int, ignore_offset: bool = False) -> Iterato
         yield f"http://127.0.0.1:{port}{where.path}"
 
 
+def test_pacs_stopped_by_sigterm_removes_the_films_it_downloaded(orthanc: str, tiny_bundle: Path, film: np.ndarray,
+                                                                  tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop, timeout) ended `pacs` past every cleanup, leaving the study's films (headers and
+    pixels) in the temporary folder; it now unwinds as Ctrl-C does and exits 143. The front holds the second film's
+    retrieval open, so the signal comes while a film is on disk and the command waits."""
+    study = generate_uid()
+    for _ in range(2):
+        data = chest_dicom(film, StudyInstanceUID=study)
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    retrievals, held = [], threading.Event()
+
+    class Front(_Quiet):
+        def do_GET(self) -> None:
+            if "/instances/" in self.path:
+                retrievals.append(self.path)
+                if len(retrievals) == 2:  # the second film: held until the command is gone
+                    held.set()
+                    time.sleep(30)
+                    return
+            answer = _pass_through(self, orthanc + self.path)
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with serving(Front) as port:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "pneumoscan", "pacs", str(tiny_bundle), "--url", f"http://127.0.0.1:{port}/dicom-web",
+             "--study", study, "--backend", "torch", "--out", str(tmp_path / "r.json")],
+            env={**os.environ, "TMPDIR": str(temp)}, stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.wait(60), f"the command never asked for its second film (exit status {command.poll()})"
+            assert list(temp.glob("pneumoscan-pacs-*/films/*.dcm")), "the first film is on disk"
+            command.terminate()
+            assert command.wait(30) == 143
+        finally:
+            command.kill()
+    assert command.stderr.read().strip().splitlines()[-1] == "pneumoscan pacs: terminated"
+    assert list(temp.iterdir()) == [] and not (tmp_path / "r.json").exists()
+
+
 def _request_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The request's body, sent whole or in chunks (dicomweb-client chunks a STOW-RS message over 1 MB)."""
     if handler.headers.get("Transfer-Encoding") != "chunked":
