@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -293,3 +294,18 @@ def test_default_cache_dir_follows_env(tmp_path: Path, monkeypatch) -> None:
     assert default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("PNEUMOSCAN_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "pneumoscan"
+
+
+def test_a_cache_is_its_owners_alone(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The cache holds every film's decoded pixels, and its index every film's path (a name may carry a patient's
+    id): the folder it makes and both files are the owner's alone, whatever the umask (the index had been 0644)."""
+    umask = os.umask(0o022)
+    try:
+        cache = build_cache(sorted(map(str, tiny_dataset.rglob("*.jpeg")))[:4], PreprocessSpec(size=32),
+                            cache_dir=tmp_path / "made" / "cache")
+    finally:
+        os.umask(umask)
+    folder = tmp_path / "made" / "cache"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {p.suffix: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {".u8": 0o600, ".json": 0o600}
+    assert cache.images.shape == (4, 32, 32)

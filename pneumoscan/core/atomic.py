@@ -39,15 +39,16 @@ def _fsync_path(path: Path | str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False) -> Path:
+def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False, mode: int | None = None) -> Path:
     """Write ``data`` (bytes, or a function that writes a file at the path it is given) to ``path`` atomically.
 
     ``exclusive``: never replace an existing file; raises FileExistsError instead (the new file is linked in, which
-    fails when the name exists). Any error removes the temporary file and leaves ``path`` as it was. A file that
-    replaces another keeps its permissions (:func:`_mode_for`).
+    fails when the name exists). Any error removes the temporary file and leaves ``path`` as it was. ``mode``: the
+    file's permissions from the start (a private file is never readable by others, not even for a moment); None: a
+    file that replaces another keeps its permissions (:func:`_mode_for`).
     """
     path = Path(path)
-    mode = _mode_for(path)
+    mode = _mode_for(path) if mode is None else mode
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:

@@ -133,7 +133,8 @@ def build_cache(
     cached = _reusable(cache_dir, key, spec)
     if cached is not None:
         return cached
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    # the films' pixels, decoded: a folder made here is its owner's alone (an existing one keeps the site's choice)
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _remove_stale_tmp(cache_dir)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".u8.tmp")
     try:
@@ -199,7 +200,8 @@ def _write_index(cache_dir: Path, key: str, spec: PreprocessSpec, paths: list[st
         "errors": [{"path": paths[i], "reason": bad[i][0]} | ({"transient": True} if bad[i][1] else {})
                    for i in sorted(bad)],
     }
-    write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode())  # also makes the .u8 rename durable
+    # private as the pixel file is (mkstemp's 0600): it names every film; also makes the .u8 rename durable
+    write_atomic(cache_dir / f"{key}.json", json.dumps(index).encode(), mode=0o600)
 
 
 def _remove_stale_tmp(cache_dir: Path) -> None:
