@@ -113,16 +113,22 @@ def test_missing_weights_offline_fail_at_once_without_the_hubs_retry_lines(
     assert "Retry" not in capfd.readouterr().err
 
 
-def test_cached_weights_load_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Weights in the local Hugging Face cache are read from it first, without a request to the Hub."""
-    cfg = timm.get_pretrained_cfg("resnetv2_50")
-    snapshot = tmp_path / "hub" / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+def put_in_hub_cache(hub: Path, timm_name: str, tensor: str, value: float) -> None:
+    """``timm_name``'s weights, ``tensor`` filled with ``value``, where the Hugging Face cache at ``hub`` keeps a
+    download of them."""
+    cfg = timm.get_pretrained_cfg(timm_name)
+    snapshot = hub / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    weights = timm.create_model("resnetv2_50").state_dict()
-    weights["stages.0.blocks.0.conv1.weight"].fill_(0.125)
+    weights = timm.create_model(timm_name).state_dict()
+    weights[tensor].fill_(value)
     save_file(weights, snapshot / "model.safetensors")
+
+
+def test_cached_weights_load_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights in the local Hugging Face cache are read from it first, without a request to the Hub."""
+    put_in_hub_cache(tmp_path / "hub", "resnetv2_50", "stages.0.blocks.0.conv1.weight", 0.125)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     model = models.create("resnet50v2", num_classes=2, in_chans=1, pretrained=True)
     assert torch.all(model.stages[0].blocks[0].conv1.weight == 0.125)

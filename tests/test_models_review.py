@@ -13,10 +13,8 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
-import timm
 import torch
 from fastapi.testclient import TestClient
-from safetensors.torch import save_file
 from torch import nn
 
 from pneumoscan.data.tasks import get_task
@@ -26,6 +24,7 @@ from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import BundleCard
 from pneumoscan.serving.app import create_app
+from tests.test_models import put_in_hub_cache
 
 
 @pytest.mark.parametrize("name, size, why", [
@@ -143,14 +142,7 @@ def test_a_timm_models_missing_weights_offline_fail_at_once_with_the_remedy(
 
 def test_a_timm_models_cached_weights_load_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The weights of any timm name in the local Hugging Face cache are read from it, folded to one input channel."""
-    cfg = timm.get_pretrained_cfg("convnext_atto")
-    snapshot = tmp_path / "hub" / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    weights = timm.create_model("convnext_atto").state_dict()
-    weights["stem.0.weight"].fill_(0.125)
-    save_file(weights, snapshot / "model.safetensors")
+    put_in_hub_cache(tmp_path / "hub", "convnext_atto", "stem.0.weight", 0.125)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     model = models.create("convnext_atto", num_classes=2, in_chans=1, pretrained=True)
