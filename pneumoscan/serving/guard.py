@@ -120,7 +120,7 @@ class Guard:
             # highdicom's do, and a traceback repeats it. The kind and place are in the format, which the served
             # log's rate limit (server.OneLineLog) tells failures apart by
             frame = traceback.extract_tb(e.__traceback__)[-1]
-            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+            where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}".replace("%", "%%")  # in the format
             logger.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
                          scope["path"], redact(str(e)))
             if started:  # too late for a 500: the server closes the connection and logs this, not the message
