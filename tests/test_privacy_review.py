@@ -114,6 +114,28 @@ def test_a_results_file_made_private_stays_private_when_a_run_writes_it_again(
     assert [Path(r["path"]).name for r in csv.DictReader(out.open())] == [film.name]  # it was written again
 
 
+def test_another_users_file_is_replaced_as_a_new_file_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replacement is owned by whoever writes it: given the mode of a file a teammate owns (0640, their group
+    reading), their results would become unreadable to them. Their file's mode is kept only for one's own files."""
+    from pneumoscan.core.atomic import write_atomic
+
+    path = tmp_path / "metrics.json"
+    path.write_text("{}")
+    path.chmod(0o640)
+    real = os.geteuid()
+    umask = os.umask(0o022)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: real + 1)  # the file is another user's
+        write_atomic(path, b'{"auc": 1}')
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        monkeypatch.setattr(os, "geteuid", lambda: real)  # one's own file keeps its mode
+        path.chmod(0o640)
+        write_atomic(path, b'{"auc": 0.9}')
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_an_internal_errors_log_line_quotes_no_value_of_the_film(
     tiny_bundle: Path, named_film: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

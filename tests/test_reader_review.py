@@ -63,6 +63,22 @@ def test_a_voi_lut_of_8bit_entries_over_256_of_them_reads_as_its_entries_say(as_
     assert np.abs(inverted.astype(int) - (255 - plain)).max() <= 1
 
 
+def test_stored_values_past_a_short_8bit_voi_lut_hold_at_its_last_entry() -> None:
+    # a 256-entry LUT from stored value 1024: pydicom's uint8 index wrapped the values past 1279 round (1440 was shown
+    # darker than 1264), where PS3.3 C.11.2.1.1 holds them at the last entry
+    shown = read_gray(dicom_bytes(RAMP12, VOILUTSequence=_lut(list(range(256)), 8, first=1024)))
+    assert shown[RAMP12 >= 1280].min() == 255 and shown[RAMP12 < 1024].max() == 0
+    order = np.argsort(RAMP12, axis=None, kind="stable")
+    assert np.all(np.diff(shown.ravel()[order].astype(int)) >= 0), "brighter stored values are never shown darker"
+
+
+def test_an_empty_lut_data_element_is_refused_saying_so() -> None:
+    item = _lut(_linear(4096, 16), 16)[0]
+    item.add_new(0x00283006, "US", [])
+    with pytest.raises(DecodeError, match="^malformed DICOM header: the VOI LUT has no LUT Data or no LUT Descriptor"):
+        read_gray(dicom_bytes(RAMP12, VOILUTSequence=Sequence([item])))
+
+
 def test_an_8bit_voi_lut_holding_wider_values_is_refused() -> None:
     entries = _linear(4096, 8)
     entries[100] = 300

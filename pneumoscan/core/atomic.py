@@ -214,13 +214,15 @@ def _running(pid: int) -> bool:
 
 
 def _mode_for(path: Path) -> int:
-    """The permissions a file written to ``path`` gets: those of the file it replaces, so that results a user made
-    private (``chmod 600``: they name patients) stay private when a run writes them again; else what open() would
-    give a new file (0666 less the umask), where mkstemp's 0600 would hide results from the user's group."""
+    """The permissions a file written to ``path`` gets: those of the file it replaces when this user owns it, so that
+    results a user made private (``chmod 600``: they name patients) stay private when a run writes them again; else
+    what open() would give a new file (0666 less the umask), where mkstemp's 0600 would hide results from the user's
+    group. Another user's file is replaced by one this user owns: its mode (0640, say) would lock its owner out."""
     try:
-        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+        found = os.stat(path)
     except OSError:  # none there (or none that can be stat'ed): a new file
         return 0o666 & ~_umask()
+    return stat.S_IMODE(found.st_mode) & 0o777 if found.st_uid == os.geteuid() else 0o666 & ~_umask()
 
 
 def _umask() -> int:

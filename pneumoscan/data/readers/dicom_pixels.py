@@ -450,15 +450,15 @@ def _check_luts(ds: Dataset) -> None:
     values, or whose LUT Data holds other than the entries its descriptor gives (one more is padding to an even
     length): pydicom indexes the data by the descriptor, so fewer entries failed with an index error and more were
     cut off, the film's upper values saturated. Entries pydicom misreads by their bits are declared 16-bit, the same
-    values: a VOI LUT's 8-bit entries over 256 of them, which pydicom 3.0 indexes through uint8 (past entry 255 the
-    film's values wrapped round: a 4,096-entry LUT turned a film into bands, and it was scored), and a Modality LUT's
-    of under 16 bits but 8, which it cannot read at all."""
+    values: a VOI LUT's 8-bit entries, which pydicom 3.0 indexes through uint8 (past entry 255, or past the last entry
+    of a shorter LUT, the film's values wrapped round: a 4,096-entry LUT turned a film into bands, and it was scored),
+    and a Modality LUT's of under 16 bits but 8, which it cannot read at all."""
     for keyword, name in (("ModalityLUTSequence", "Modality LUT"), ("VOILUTSequence", "VOI LUT")):
         if not given(ds, keyword):
             continue
         item = ds[keyword][0]
         descriptor = item.get("LUTDescriptor")
-        if "LUTData" not in item or not isinstance(descriptor, MultiValue | list) or len(descriptor) != 3:
+        if not given(item, "LUTData") or not isinstance(descriptor, MultiValue | list) or len(descriptor) != 3:
             raise pixels.DecodeError(f"malformed DICOM header: the {name} has no LUT Data or no LUT Descriptor of "
                                      "three values, so the film's grey levels cannot be known")  # fmt: skip
         stated, first, depth = descriptor
@@ -468,7 +468,9 @@ def _check_luts(ds: Dataset) -> None:
                                      f"where its LUT Descriptor gives {declared:,}, so the film's grey levels cannot "
                                      "be known")  # fmt: skip
         entries = entries[:declared]
-        misread = declared > 256 if keyword == "VOILUTSequence" else depth != 8
+        # a VOI LUT's 8-bit entries: pydicom's index is uint8 too, so stored values past the last entry wrap round
+        # instead of holding at it (a 256-entry LUT that starts at 1024 showed 1440 darker than 1264)
+        misread = keyword == "VOILUTSequence" or depth != 8
         if depth < 16 and (depth == 8 or keyword == "ModalityLUTSequence") and misread:
             if int(entries.max()) >> depth:
                 raise pixels.DecodeError(f"malformed DICOM header: the {name}'s LUT Descriptor gives {depth}-bit "
