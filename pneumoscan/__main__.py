@@ -1,7 +1,5 @@
 """`python -m pneumoscan` (what torchrun launches: `torchrun ... -m pneumoscan train ...`)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -842,5 +842,16 @@ def _terminate(command_pid: int, signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def run() -> NoReturn:
+    """The program's entry (the ``pneumoscan`` command, ``python -m pneumoscan``): :func:`main`'s status, except that a
+    command stopped by SIGTERM, once it has cleaned up, ends by that signal, as ``serve`` does: systemd counts that
+    as a clean stop, where an exit status of 143 marks the unit failed."""
+    status = main()
+    if status == 128 + signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
