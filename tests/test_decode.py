@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from pneumoscan import cli
 from pneumoscan.data.decode import image_info, read_gray
 
-from pneumoscan.data.pixels import BLANK, BLANK_IN_WINDOW, MAX_PIXELS, NOT_FINITE, DecodeError
+from pneumoscan.data.pixels import BLANK, BLANK_IN_WINDOW, MAX_PIXELS, NOT_FINITE, DecodeError, reduce, reduced_shape
 from pneumoscan.data.preprocess import RESIZE_POLICIES, match_source, preprocess, resize, source_of
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
@@ -487,3 +487,10 @@ def test_preprocess_with_a_source_equals_the_steps_by_hand(tmp_path: Path) -> No
     path.write_bytes(encode(Image.fromarray(gradient(500, 400)), "JPEG", quality=95))
     by_hand = resize(match_source(read_gray(path, target=64), 64, 75), 32, "pad")
     np.testing.assert_array_equal(preprocess(path, 32, "pad", source_size=64, source_quality=75), by_hand)
+
+
+@pytest.mark.parametrize("target", [None, 112, 224, 450])
+@pytest.mark.parametrize("shape", [(1799, 801), (801, 1799), (2048, 2048), (225, 300), (224, 224), (1000, 999)])
+def test_the_reduced_shape_is_the_shape_reduce_gives(shape: tuple[int, int], target: int | None) -> None:
+    """Grad-CAM maps a film back through the shape its decode reduced it to, computed without reducing it again."""
+    assert reduced_shape(shape, target) == reduce(Image.new("L", shape[::-1]), target).size[::-1]

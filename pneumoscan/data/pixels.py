@@ -168,8 +168,19 @@ def reduce(gray: Image.Image, target: int | None) -> Image.Image:
     """The same reduction for every format: average blocks of n x n pixels, n the largest whole number that keeps
     the short side above ``target``, so a film bigger than the model's input stays bigger. A JPEG is decoded in full
     for this (its DCT-scaled draft decode gives other pixels than the same film as PNG or DICOM, and other scores)."""
-    factor = (min(gray.size) - 1) // target if target else 1
+    factor = _reduction(min(gray.size), target)
     return gray.reduce(factor) if factor >= 2 else gray
+
+
+def reduced_shape(shape: tuple[int, int], target: int | None) -> tuple[int, int]:
+    """The (rows, columns) :func:`reduce` gives an image of ``shape``, without reducing it (Pillow rounds up)."""
+    factor = _reduction(min(shape), target)
+    return (-(-shape[0] // factor), -(-shape[1] // factor)) if factor >= 2 else (shape[0], shape[1])
+
+
+def _reduction(short_side: int, target: int | None) -> int:
+    """:func:`reduce`'s block size: the largest whole number that keeps the short side above ``target``."""
+    return (short_side - 1) // target if target else 1
 
 
 def minmax_u8(arr: np.ndarray) -> np.ndarray:

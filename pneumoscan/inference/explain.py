@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pneumoscan.data.pixels import reduce
+from pneumoscan.data.pixels import reduced_shape
 from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
 from pneumoscan.models.card import ENSEMBLE
@@ -280,7 +280,7 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     images = predictor.preprocess([gray])
     # the shape preprocessing letterboxed: the film reduced as on decoding (a no-op for a film read_gray decoded so),
     # whose rounding gives a full-size film another aspect, and so another letterbox, than its own shape
-    seen = reduce(Image.fromarray(gray), card.spec.decode_target).size[::-1]
+    seen = reduced_shape(gray.shape, card.spec.decode_target)
     classes = predictor.task.cam_classes if class_index is None else class_index
     with predictor.lock, _one_thread():  # the hooks must see this forward pass only
         scale = heatmap_scale(card, class_index)
