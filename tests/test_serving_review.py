@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,20 +24,13 @@ from pneumoscan.interop.dicomweb import _answer, _post, _session, _stored, predi
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.server import MALFORMED_HTTP
+from tests import test_serve
 from tests.builders import dicom_bytes
 from tests.test_interop import _Quiet, _request_body, serving
 from tests.test_serve_limits import live
 
 
-@pytest.fixture(scope="module")
-def xray(data_root: Path) -> bytes:
-    return sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0].read_bytes()
-
-
-@pytest.fixture(scope="module")
-def client(tiny_bundle: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(tiny_bundle)) as c:
-        yield c
+xray, client = test_serve.xray, test_serve.client  # a real film, and a TestClient of the tiny bundle
 
 
 def multipart(*parts: bytes, boundary: str = "review") -> tuple[bytes, dict[str, str]]:
