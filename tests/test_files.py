@@ -465,3 +465,27 @@ def test_one_path_given_where_several_are_taken_is_one_path() -> None:
     """A str is a sequence of characters: ``quantize_bundle(b, cv_dirs="runs/cv")`` had looked for runs "r", "u", ..."""
     assert path_list("runs/cv") == ["runs/cv"] and path_list(Path("a")) == [Path("a")] and path_list(b"a") == [b"a"]
     assert path_list(["a", Path("b")]) == ["a", Path("b")] and path_list(("a",)) == ["a"] and path_list([]) == []
+
+
+def test_a_file_put_in_anothers_place_is_seen_where_times_are_whole_seconds(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converter that writes a film of the same size and puts it in place by rename, within one second, on a file
+    system that keeps times in whole seconds and no status-change time of its own (FAT reports the modification
+    time): the stamp still tells the two files apart, so the cache does not serve the old film's pixels for it."""
+    real_stat = os.stat
+
+    def whole_seconds(path: str | Path, *args: object, **kwargs: object) -> os.stat_result:
+        st = real_stat(path, *args, **kwargs)
+        fields = list(st)
+        fields[stat.ST_MTIME] = fields[stat.ST_CTIME] = int(st.st_mtime)
+        return os.stat_result(fields, {"st_mtime_ns": int(st.st_mtime) * 10**9,
+                                       "st_ctime_ns": int(st.st_mtime) * 10**9})
+
+    film, converted = tmp_path / "film.png", tmp_path / "converted.png"
+    film.write_bytes(b"a" * 100)
+    converted.write_bytes(b"b" * 100)
+    os.utime(converted, ns=(real_stat(film).st_atime_ns, real_stat(film).st_mtime_ns))
+    monkeypatch.setattr(os, "stat", whole_seconds)
+    before = file_stamp(film)
+    os.replace(converted, film)
+    assert before is not None and file_stamp(film) != before

@@ -110,15 +110,17 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 
 
 def file_stamp(path: str | Path) -> str | None:
-    """What changes when the file at ``path`` does: its size and its modification and status-change times (a
-    rewrite, another file put there by copy or rename, a chmod); None when it cannot be stat'ed. The image cache is
-    keyed on it, ``predict`` checks by it that its reads of a film were all of one file, and a results file is
-    replaced only while it is the one a run found when it began (:func:`unchanged`)."""
+    """What changes when the file at ``path`` does: its size, its modification and status-change times (a
+    rewrite, another file put there by copy or rename, a chmod) and its inode (another file put there by rename,
+    which file systems with times in whole seconds, or none for status changes, would not show within a second);
+    None when it cannot be stat'ed. The image cache is keyed on it, ``predict`` checks by it that its reads of a
+    film were all of one file, and a results file is replaced only while it is the one a run found when it began
+    (:func:`unchanged`). The device is left out: a network file system's differs between the machines sharing it."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 @contextmanager
