@@ -27,7 +27,8 @@ const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: 
 // film: whose pixels gray holds (the film on screen may still be decoding)
 const view = { film: null, gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0,
   panY: 0 };
-const composed = document.createElement("canvas");
+const composed = document.createElement("canvas");  // the film through window/level (and the map), at view's size
+let composedFrame = null;  // composed's pixels, kept while the film's size stays: not 16 MB of garbage a step
 
 // Three decimals, never rounded up to 1: a sensitivity that missed a film, or a probability short of certainty,
 // must not read as a perfect 1.000.
@@ -289,23 +290,52 @@ function showResult(film) {
 
 // ---- the viewer: the film's gray levels in memory, drawn through a window/level table, zoom and pan ----
 
+// The longest side, in pixels, of the copy of a film the viewer keeps. Each window/level step recomputes every
+// pixel of that copy: kept at full size, a 12,000 px film (1.4e8 pixels, as a CR/DR plate can be) took 0.7-0.9 s a
+// step and near 3 GB of the tab's memory; at 2,048 px (4.2e6 pixels) a step takes about 20 ms, fast enough to follow
+// a drag, where 4,096 px took 100 ms. The viewer is 700 x 520 pixels: a film fitted to it still gives each of the
+// viewer's pixels one of the copy's up to about 4x zoom (a copy at the viewer's own size would blur at the first
+// zoom step). Only what is shown is reduced: the file sent to be read, and for its heatmap, is the original.
+const DISPLAY_MAX = 2048;
+
+// The RGBA pixels of an image drawn at w x h (smoothed when resized). The canvas's memory is given back at once,
+// not at the next garbage collection: a full-size film's was 4 bytes a pixel.
+function pixelsOf(img, w, h) {
+  const c = document.createElement("canvas");
+  try {
+    c.width = w;
+    c.height = h;
+    const ctx = c.getContext("2d");
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(img, 0, 0, w, h);
+    return ctx.getImageData(0, 0, w, h).data;
+  } finally {
+    c.width = 0;
+    c.height = 0;
+  }
+}
+
+function pixelSize(w, h) {
+  return `${w.toLocaleString("en")} x ${h.toLocaleString("en")}`;
+}
+
+// The film's gray levels, reduced (aspect kept) to at most DISPLAY_MAX pixels a side; a film within it keeps its
+// levels exactly.
 function grayOf(source) {
   return new Promise((resolve, reject) => {
     const img = new Image();
     img.onload = () => {
       try {  // a film too large for the browser's memory throws here: said, rather than never settling
-        const c = document.createElement("canvas");
-        c.width = img.naturalWidth;
-        c.height = img.naturalHeight;
-        const ctx = c.getContext("2d");
-        ctx.drawImage(img, 0, 0);
-        const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
-        const gray = new Uint8ClampedArray(c.width * c.height);
+        const scale = Math.min(1, DISPLAY_MAX / Math.max(img.naturalWidth, img.naturalHeight));
+        const w = Math.max(1, Math.round(img.naturalWidth * scale));
+        const h = Math.max(1, Math.round(img.naturalHeight * scale));
+        const rgba = pixelsOf(img, w, h);
+        const gray = new Uint8ClampedArray(w * h);
         // Pillow's (ITU-R 601) luma, as the service reads a colour file; a grey one keeps its levels exactly
         for (let i = 0; i < gray.length; i++) {
           gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
         }
-        resolve({ gray, w: c.width, h: c.height, img });
+        resolve({ gray, w, h, img });
       } catch (err) {
         reject(new Error(`the browser cannot draw this image (${err.message})`));
       }
@@ -318,9 +348,14 @@ function grayOf(source) {
 async function loadFilm(film) {
   const source = film.result.image || URL.createObjectURL(film.file);
   try {
-    const { gray, w, h } = await grayOf(source);
+    const { gray, w, h, img } = await grayOf(source);
     if (current !== film) return;
     Object.assign(view, { film, gray, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
+    if (w !== img.naturalWidth || h !== img.naturalHeight) {  // said: zoomed in, the copy's pixels are not the film's
+      const said = $("caption").textContent;
+      $("caption").textContent = `${said ? `${said} ` : ""}Shown reduced from ${pixelSize(img.naturalWidth,
+        img.naturalHeight)} to ${pixelSize(w, h)} pixels; the film read is the original.`;
+    }
     if (film.cam) await loadCam(film);
     compose();
   } catch (err) {
@@ -335,19 +370,14 @@ async function loadFilm(film) {
   }
 }
 
-// The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto its pixels, smoothed by the canvas; only
-// while that film is the one on screen and in the viewer (the map of a film left while it decoded landed on the next
-// film, at that film's size, and its "Show heatmap" drew it there).
+// The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the viewer's copy of the film, smoothed
+// by the canvas: the copy is the whole film, reduced or not, so the map lies where it was computed. Only while that
+// film is the one on screen and in the viewer (the map of a film left while it decoded landed on the next film, at
+// that film's size, and its "Show heatmap" drew it there).
 async function loadCam(film) {
   const { img } = await grayOf(film.cam);
   if (current !== film || view.film !== film) return;
-  const c = document.createElement("canvas");
-  c.width = view.w;
-  c.height = view.h;
-  const ctx = c.getContext("2d");
-  ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(img, 0, 0, view.w, view.h);
-  const rgba = ctx.getImageData(0, 0, view.w, view.h).data;
+  const rgba = pixelsOf(img, view.w, view.h);
   view.cam = new Uint8ClampedArray(view.w * view.h);
   for (let i = 0; i < view.cam.length; i++) view.cam[i] = rgba[4 * i];
 }
@@ -374,11 +404,13 @@ function compose() {
     const out = Math.round(((v - low) / width) * 255);
     lut[v] = view.invert ? 255 - out : out;  // the array clamps to 0..255
   }
-  composed.width = w;
-  composed.height = h;
+  if (!composedFrame || composedFrame.width !== w || composedFrame.height !== h) {
+    composed.width = w;  // resizing a canvas clears and reallocates it: only for a film of another size
+    composed.height = h;
+    composedFrame = new ImageData(w, h);
+  }
   const ctx = composed.getContext("2d");
-  const image = ctx.createImageData(w, h);
-  const px = image.data;
+  const px = composedFrame.data;
   const cam = $("heatmap-toggle").checked ? view.cam : null;
   const alpha = Number($("opacity").value) / 100;
   for (let i = 0; i < w * h; i++) {
@@ -395,7 +427,7 @@ function compose() {
     px[4 * i + 2] = b;
     px[4 * i + 3] = 255;
   }
-  ctx.putImageData(image, 0, 0);
+  ctx.putImageData(composedFrame, 0, 0);
   $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
     `${view.invert ? ", inverted" : ""}, zoom ${view.zoom.toFixed(2)}x`;
   draw();
