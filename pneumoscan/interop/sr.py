@@ -25,7 +25,10 @@ WSD), drawn by software over the film, not a film digitized.
 Both objects carry the same patient and study attributes of the film (highdicom's copy of the Patient and Study
 modules, the SR's own), which are checked here first (one value; valid UIDs; a sex and
 SOP class highdicom takes): highdicom would refuse a malformed one with a TypeError or KeyError, or quote it in a
-ValueError.
+ValueError. Each value they copy is then checked in the object made (:func:`_check_copies`): the film's own, as it
+holds it, or no object is made: one read in a character set the film does not name would file the object under
+another patient. A value longer than its VR holds, or not of its form, is copied as held: the PACS that holds the
+film holds it so, and the report is filed by it (cut to fit, an accession number names another study).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import io
 import json
 import logging
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,11 +47,13 @@ import highdicom as hd
 import numpy as np
 from PIL import Image
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
@@ -78,6 +84,14 @@ _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
 PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
+# SpecificCharacterSet terms of DICOM's default repertoire (ASCII): bytes beyond it have no character set named
+_DEFAULT_REPERTOIRE = ("", "ISO_IR 6", "ISO 2022 IR 6")
+# what pydicom leaves of bytes that did not decode in the declared character set: the replacement character, or an
+# ISO 2022 escape sequence left undecoded (the fragment then read as Latin-1)
+_UNDECODED = ("\ufffd", "\x1b")
+_FORMATTED_VRS, _FORMATTING = ("LT", "ST", "UT"), "\t\n\f\r"  # the text VRs that hold formatting controls
+# the VRs whose values are text in the file (numbers as decimal strings included: pydicom keeps their text as read)
+_STRING_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 # a direction of PatientOrientation for a person (PS3.3 C.7.6.1.1.1): letters of A P R L H F, "LP" an oblique one
 _DIRECTION = re.compile(r"[APRLHF]+")
 # ACR-NEMA's date form (2023.03.15): pydicom reads it and real films hold it, but DICOM no longer writes it (PS3.5
@@ -86,34 +100,100 @@ _OLD_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")
 
 
 def malformed_reason(source: Dataset, keyword: str) -> str | None:
-    """Why ``keyword``'s value cannot be copied into a report (None when it can), in words that never quote the
-    value: it may be the patient's name or birth date, and the reason reaches an HTTP answer or a results file."""
+    """Why ``keyword``'s value cannot be carried into any report (None when it can): it does not say one thing the
+    film holds. In words that never quote the value: it may be the patient's name or birth date, and the reason
+    reaches an HTTP answer or a results file. What a DICOM object further needs of it: :func:`_check_copies`."""
     try:
         element = source[keyword] if keyword in source else None
-        value = None if element is None else element.value
     except Exception:
         return "unreadable"
-    if value is None or value == "":
+    if element is None:
         return None
-    if element.VM > 1:
+    return _value_fault(element, _ascii_only(source))
+
+
+def _ascii_only(source: Dataset) -> bool:
+    """Whether the film names no character set beyond DICOM's default repertoire (ASCII) that pydicom decodes: no
+    SpecificCharacterSet, only ISO_IR 6, or terms DICOM does not define (pydicom then reads its bytes as Latin-1); ISO
+    2022 code extensions after an empty first value are a character set named."""
+    try:
+        charsets = source.get("SpecificCharacterSet") or []
+        terms = [charsets] if isinstance(charsets, str) else list(charsets)
+    except Exception:
+        return True
+    return not any(term in python_encoding and term not in _DEFAULT_REPERTOIRE for term in map(str, terms))
+
+
+def _max_vm(tag: BaseTag) -> int | None:
+    """The most values the standard's dictionary gives ``tag`` (None: no limit, or not in the dictionary)."""
+    try:
+        vm = dictionary_VM(tag)
+    except KeyError:
+        return None
+    return None if "n" in vm else int(vm.split("-")[-1])
+
+
+def _value_fault(element: DataElement, ascii_only: bool) -> str | None:
+    """Why ``element``'s value (of a film that names no character set beyond ASCII when ``ascii_only``) cannot be
+    copied into a report, in words that never quote it; None when it can. Any report: one value where the standard
+    has one, a UID that is one, a date or time pydicom reads (as highdicom will), text as the film holds it (not bytes
+    that did not decode, nor bytes beyond ASCII that no SpecificCharacterSet names, which pydicom reads as Latin-1: a
+    guess that would give the report another name or id than the film's) and without control characters (a FHIR
+    string holds none either). A value longer than its VR holds is the film's as its PACS holds it: copied."""
+    value, vr = element.value, element.VR
+    if value is None or value == "" or vr == "SQ":
+        return None
+    limit = _max_vm(element.tag)
+    if limit is not None and element.VM > limit:
         return "more than one value"
-    text = str(value).strip()
-    # a UID a PACS files the report under must be one, and a date or time one pydicom reads (as highdicom will);
-    # other values are copied as the film holds them (an over-long accession number: common, and no reason to
-    # withhold the report)
-    vr = dictionary_VR(keyword)
-    if vr == "UI" and not UID(text).is_valid:
-        return "not a valid UID"
-    if vr in _TEMPORAL:
-        try:
-            _TEMPORAL[vr](text)
-        except ValueError:
-            return f"not a {vr} value pydicom reads"
-    if keyword == "SOPClassUID" and UID(text).type != "SOP Class":
-        return "not a DICOM SOP class"
-    if keyword == "PatientSex" and text not in PATIENT_SEXES:
-        return f"not one of {', '.join(PATIENT_SEXES)}"
+    if vr not in _STRING_VRS:
+        return None  # binary numbers or bytes: nothing a film's text could have got wrong
+    for text in (str(v) for v in (value if isinstance(value, MultiValue) else [value])):
+        if any(mark in text for mark in _UNDECODED):
+            return "characters that do not decode in the character set its SpecificCharacterSet names"
+        if ascii_only and not text.isascii():
+            return "characters beyond ASCII, and no SpecificCharacterSet naming a character set that holds them"
+        allowed = _FORMATTING if vr in _FORMATTED_VRS else ""
+        if any(unicodedata.category(c) == "Cc" and c not in allowed for c in text):
+            return f"control characters, which its VR {vr} does not hold"
+        stripped = text.strip()
+        if vr == "UI" and not UID(stripped).is_valid:
+            return "not a valid UID"
+        if element.keyword == "SOPClassUID" and UID(stripped).type != "SOP Class":
+            return "not a DICOM SOP class"
+        if element.keyword == "PatientSex" and stripped not in PATIENT_SEXES:
+            return f"not one of {', '.join(PATIENT_SEXES)}"
+        if vr in _TEMPORAL and stripped:
+            try:
+                _TEMPORAL[vr](stripped)
+            except ValueError:
+                return f"not a {vr} value pydicom reads"
     return None
+
+
+def _check_copies(made: Dataset, source: Dataset) -> None:
+    """Refuse ``made`` (a report or overlay of ``source``) when a value it copied from the film is one it cannot
+    carry (:func:`_value_fault`), naming it: a copied element is one ``made`` holds with the film's own value, each
+    of the Patient and Study modules highdicom copies (the name, ids and their issuers, accession number, study id,
+    description, the patient's age, ...), whether or not pneumoscan checked it before."""
+    ascii_only = _ascii_only(source)
+    for element in made:
+        if element.tag not in source or source[element.tag].value != element.value:
+            continue
+        for keyword, copied in _elements(element):
+            why = _value_fault(copied, ascii_only)
+            if why is not None:
+                raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
+
+
+def _elements(element: DataElement, within: str = "") -> Iterator[tuple[str, DataElement]]:
+    """``element`` and every element in its sequence's items, each with the name a refusal gives it."""
+    name = f"{within}{element.keyword or element.tag}"
+    yield name, element
+    if element.VR == "SQ":
+        for item in element.value:
+            for inner in item:
+                yield from _elements(inner, f"{name} > ")
 
 
 def _checked_source(source: Dataset) -> Dataset:
@@ -309,7 +389,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
     (backend, TTA: part of its UIDs' identity). ``previous``: the headers of the reports it replaces (the same
     weights' at an earlier threshold: :func:`report_uid`), named in its PredecessorDocumentsSequence, so that a
     reader of the study sees which of two findings on the film is in force."""
-    source = _checked_source(source)
+    as_held, source = source, _checked_source(source)
     check_result(result)
     # derived before highdicom runs, so that a UID root refused says why (:func:`_library_refusal` would not)
     tracking, series, instance = _report_uids(_source_identity(source), result, model_name, model_version, mode)
@@ -360,6 +440,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
             is_verified=False, previous_versions=list(previous) or None,
         )  # fmt: skip
         sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
+    _check_copies(sr, as_held)
     return sr
 
 
@@ -370,7 +451,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
     film it was derived from (SourceImageSequence) so a viewer can go back to it. Its body part is the film's (with
     none recorded, whether it is a paired one is not known, so it states the film's laterality or an empty one), and
     a film compressed lossily keeps saying so (PS3.3 C.7.6.1.1.5: once 01, never reset)."""
-    source = _checked_source(source)
+    as_held, source = source, _checked_source(source)
     identity = _source_identity(source)
     series, instance = (derived_uid(identity, model_name, model_version, mode, kind) for kind in ("sc-series", "sc"))
     with Image.open(io.BytesIO(overlay_png)) as im:
@@ -412,6 +493,7 @@ def build_heatmap_sc(source: Dataset, overlay_png: bytes, model_name: str, model
         said = str(source.get("LossyImageCompression") or "").strip() == "01"
         if said or getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
             sc.LossyImageCompression = "01"
+    _check_copies(sc, as_held)
     return sc
 
 
