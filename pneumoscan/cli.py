@@ -181,9 +181,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.models.run_folder import CvFolder
     from pneumoscan.training.cv import cross_validate
+    from pneumoscan.training.distributed import is_main_process
 
     cfg = _recipe(args)
     result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
+    if not is_main_process():  # under torchrun the figures are printed once, by the process that wrote them
+        return 0
     folds = len(result["per_fold"])
     for name, s in result["summary"].items():
         mean, std, low, high = (format_figure(s[k], 4) for k in ("mean", "std", "min", "max"))

@@ -117,7 +117,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
 @pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("1", False)])
 def test_the_main_process_is_rank_0_or_the_only_one(rank: str | None, main: bool,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the CLI asks before printing a result once under torchrun; train() has left the process group by then."""
+    """What the CLI asks before printing a result once under torchrun, as torchrun's environment says."""
     if rank is None:
         monkeypatch.delenv("RANK", raising=False)
     else:

@@ -37,7 +37,7 @@ from pneumoscan.models.card import CARD, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
-from .distributed import processes
+from .distributed import is_main_process, processes
 from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
 from .train import absent_classes, train
 
@@ -152,6 +152,8 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
         write_manifest(planned, Path(configs[k].split_csv))
     results = [_run_fold(data, k, folds, configs[k], cv_folder.fold(k), cfg.eval_batch_size, task)
                for k in range(folds)]
+    if not is_main_process():  # under torchrun, rank 0 alone scores the folds and writes the results
+        return {}
     write_csv(cv_folder.oof, OOF_FIELDS + task.class_columns, [row for fold in results for row in fold.oof_rows])
     targets, probs = np.concatenate([f.targets for f in results]), np.concatenate([f.probs for f in results])
     # the pooled intervals count patients as evaluate's do: copies of one film under other names are one patient
@@ -198,7 +200,7 @@ class _FoldResult(NamedTuple):
 
 
 def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: RunFolder, batch_size: int,
-              task: Task) -> _FoldResult:
+              task: Task) -> _FoldResult | None:
     """Fold K trained (unless its bundle is finished; an interrupted one goes on from its last finished epoch, one
     never started starts from scratch), then its validation films scored by its own bundle through ONNX Runtime,
     as a user's predictions would be."""
@@ -211,6 +213,8 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
         # resumed where an interrupted fold left a checkpoint; a fresh fold is no resume, and --resume's "no
         # checkpoint ...: starting from scratch" would be noise there
         train(data, config, run.root, resume=run.checkpoint.exists())
+    if not is_main_process():  # every process trains the fold; rank 0 alone scores it (None elsewhere)
+        return None
     predictor = Predictor(bundle, batch_size, backend="onnx")
     val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
     probs = predictor.probabilities(images)

@@ -1,9 +1,11 @@
-"""One process or many under torchrun (DDP): which rank this is, rank 0's objects on every rank, and every rank's
-validation shards joined in dataset order."""
+"""One process or many under torchrun (DDP): which rank this is, rank 0's objects and BatchNorm statistics on every
+rank, a refusal when the ranks read different data, and every rank's validation shards joined in dataset order."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import socket
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -39,6 +41,31 @@ class Dist:
             obj = box[0]
         return obj
 
+    def agree(self, key: str, said: str, what: str, hint: str) -> None:
+        """Refuse, on every rank at once, a run whose ranks hold different ``key`` (rank 0's is the reference):
+        ``said`` is how this rank's shows in the one-line reason, ``what`` what they disagree on. For what each
+        machine reads for itself (its copy of the data): ranks that read other films index other films by the same
+        row numbers, so a rank's share of the validation scores would be paired with rank 0's labels, silently."""
+        if self.world == 1:
+            return
+        seen: list = [None] * self.world
+        dist.all_gather_object(seen, (key, said, socket.gethostname()))
+        if odd := next((rank for rank, (other, _, _) in enumerate(seen) if other != seen[0][0]), None):
+            raise ValueError(f"the processes disagree on {what}: process {odd} (on {seen[odd][2]}) {seen[odd][1]}, "
+                             f"process 0 (on {seen[0][2]}) {seen[0][1]}; {hint}")
+
+    def main_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) in this rank's ``model``, before each rank scores its share
+        of the validation films: DDP copies rank 0's at the start of each training step, then that step's batch moves
+        every rank's own, so each rank's share would be scored by a model a little unlike rank 0's, the one saved
+        (logits ~1e-3 apart), and the best epoch chosen on a mixture of models."""
+        if self.world > 1:
+            for buf in model.buffers():
+                whole = buf.contiguous()
+                dist.broadcast(whole, src=0)
+                if whole.data_ptr() != buf.data_ptr():
+                    buf.copy_(whole)
+
 
 def processes() -> int:
     """How many processes torchrun started for this run (1 without torchrun)."""
@@ -47,12 +74,15 @@ def processes() -> int:
 
 def is_main_process() -> bool:
     """Whether this process is torchrun's rank 0, or runs alone: the one that writes a run's outputs, and so the one
-    that says its result. Read as torchrun sets it, since train() has left the process group when it returns."""
+    that says its result. Read as torchrun sets it, which needs no process group."""
     return os.environ.get("RANK", "0") == "0"
 
 
 def setup_distributed() -> Dist:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU), once per process:
+    later runs in the process (``cv``'s folds) use the same group, which is left at exit. A group left and joined
+    again finds the last one's addresses still in torchrun's store: a process that joined before another had left
+    its earlier work (rank 0 scoring a fold) hung, or failed on a closed port."""
     world = processes()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -60,6 +90,7 @@ def setup_distributed() -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
         if device.type == "cpu":  # share the cores instead of oversubscribing them
             torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
@@ -356,6 +355,7 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task,
     """The epoch's figures after the training loss and accuracy: training AUC and the validation figures."""
 
     def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
+        ctx.main_buffers(model)  # every rank scores with the statistics rank 0 saves
         index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
         val = epoch_metrics(logits, d.val_set.targets[index], task, d.class_weights)
         run_logits, run_targets = gather(ctx, run_logits, run_targets)
@@ -462,6 +462,9 @@ def train(
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
+    ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
+              "the films they train and validate on", "every machine needs the same films at the same path "
+              "(`pneumoscan audit DATA` on each names its unreadable films)")
     checkpoint_path = RunFolder(run_dir).checkpoint
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
@@ -478,8 +481,6 @@ def train(
     fit(state, hooks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
                                                             label_smoothing=cfg.label_smoothing),
         validation_row(model, d, task, ctx))
-    if ctx.world > 1:
-        dist.destroy_process_group()
     return state.info["bundle"]
 
 
@@ -501,6 +502,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     model.to(ctx.device, memory_format=torch.channels_last)
     index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
     if not ctx.main:
+        ctx.barrier()  # the bundle is there when train returns: cv scores it next
         return run.bundle
     targets, images = d.val_set.targets[index], d.val_set.images[d.val_set.rows[index]]
     # the intervals count patients, copies of one film under other names as one (their scans are this process's)
@@ -522,6 +524,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
         f"{format_figure(metrics['accuracy'])}; with --tta: val AUC "
         f"{format_figure(roc_auc(binary_targets(targets), tta), 4)}  threshold {card.tta_threshold:.4f}"
     )
+    ctx.barrier()
     return run.bundle
 
 
