@@ -240,7 +240,7 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
     records, images, targets, groups = held_out
     record_calibration_films(tmp, records)
     shipped = Predictor(tmp, backend="onnx")
-    return ScoredFilms(shipped.logits(images), [shipped.logits(v) for v in tta_views(images)], targets, groups)
+    return ScoredFilms(shipped.logits(images), list(map(shipped.logits, tta_views(images))), targets, groups)
 
 
 def build_ensemble(

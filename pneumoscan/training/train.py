@@ -513,7 +513,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
-        return ScoredFilms(logits, [predictor.logits(view) for view in tta_views(images)], targets, groups, images)
+        return ScoredFilms(logits, list(map(predictor.logits, tta_views(images))), targets, groups, images)
 
     card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
                                        (cfg.target_sensitivity, None), "validation", temperature)

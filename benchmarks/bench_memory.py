@@ -1,0 +1,272 @@
+"""Memory of predict, evaluate, the image cache, the service and the decoders: how it grows with the number of films
+and with a film's size.
+
+Run: ``PNEUMOSCAN_DATA=/path/to/chest_xray python benchmarks/bench_memory.py [--bundle RUN/bundle] [--quick]``.
+Without ``--bundle`` a simple_cnn bundle at 192 px is trained first on synthetic films (half a minute); give a real
+one for its own figures (its activations set the floor: a batch of 64 films at 192 px is about 0.7 GB for
+efficientnet_lite0 with torch). ``--quick`` leaves out the runs over 1,000 films. Films come from
+$PNEUMOSCAN_DATA/train.
+
+Each command runs in a process of its own. ``anon``: its peak anonymous resident memory (RssAnon, sampled every 5 ms:
+what it allocated, without the shared libraries torch maps, which the page cache may or may not hold);
+``maxrss``: the kernel's peak resident size of that process (getrusage of it, libraries included). The decoders'
+figure is the peak added by reading one film (VmHWM reset after the imports), and its ratio to the film's pixels.
+Memory, unlike time, is measurable on a busy machine: these figures do not move with the load.
+
+Measured on a 2-core machine with a simple_cnn 192 px bundle (efficientnet_lite0 192 px where said), peak anonymous
+MiB; ``onnx`` is predict's and evaluate's default backend:
+
+=================================================  =========================  ==============================
+what                                               before                     after
+=================================================  =========================  ==============================
+predict 50 / 500 / 5,216 films, onnx               386 / 488 / 496            unchanged: flat in the films
+predict 50 / 500 / 5,216 films, torch              852 / 1,031 / 1,045        unchanged: a batch of 64 at a time
+predict 50 / 500 films, --heatmaps                 868 / 966                  unchanged
+predict 500 films, efficientnet_lite0 torch/onnx   1,207 / 913                unchanged
+image cache build, 1,000 / 3,000 films (parent)    65 / 68                    unchanged
+evaluate 1,000 / 3,000 films                       1,031 / 1,123              unchanged
+evaluate 1,000 / 3,000 films, --tta                1,242 / 1,973              1,031 / 1,164
+test-time views alone, 250 / 1,000 / 3,000 films   +79 / +316 / +949          +46 / +76 / +142
+service, 200 more requests (plain; heatmap+image)  +0; -4                     unchanged: no leak
+16-bit PNG 11,000 x 12,000 (252 MiB decoded)       +400 (3.2 bytes a pixel)   unchanged
+8-bit PNG / JPEG 12,000 x 12,000                   +137 / +158                unchanged
+DICOM 12-bit 5,700 x 5,800, rescale + window       +974 (30.9 bytes a pixel)  unchanged (readers/dicom_pixels)
+=================================================  =========================  ==============================
+
+The fix: test-time views (evaluate --tta, threshold, training's TTA threshold, export --int8) were warped over every
+film at once, about 9 bytes a pixel of all of them; they are warped 4 Mpx at a time (predict.TTA_BLOCK_PIXELS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+CLI = [sys.executable, "-m", "pneumoscan"]
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(peak anonymous MiB, peak resident MiB) of ``command``, which must succeed."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    peak = [0]
+    stderr: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)  # never blocks on a pipe
+    reader.start()
+    rusage = None
+    while rusage is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak[0] = max(peak[0], int(re.search(r"RssAnon:\s+(\d+)", status).group(1)))
+        except (OSError, AttributeError):
+            pass
+        pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            rusage = usage
+            proc.returncode = os.waitstatus_to_exitcode(code)
+        else:
+            time.sleep(0.005)
+    reader.join()
+    if proc.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{b''.join(stderr).decode()[-2000:]}")
+    return peak[0] / 1024, rusage.ru_maxrss / 1024
+
+
+def tiny_bundle(folder: Path) -> Path:
+    """A simple_cnn bundle at 192 px, one epoch on 48 synthetic films."""
+    from PIL import Image
+
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
+
+    rng = np.random.default_rng(0)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (folder / "data" / "train" / label).mkdir(parents=True)
+        for i in range(24):
+            img = rng.normal(120 + 40 * (label == "PNEUMONIA"), 30, (256, 256)).clip(0, 255).astype(np.uint8)
+            name = f"IM-{i:04d}-0001.jpeg" if label == "NORMAL" else f"person{i}_bacteria_{i}.jpeg"
+            Image.fromarray(img).save(folder / "data" / "train" / label / name)
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=192, epochs=1, batch_size=8)
+    return train(folder / "data", cfg, folder / "run")
+
+
+def films(n: int) -> list[Path]:
+    """``n`` films of train/, both classes in turn."""
+    normal, pneumonia = (sorted((DATA / "train" / label).glob("*.jpeg")) for label in ("NORMAL", "PNEUMONIA"))
+    mixed = [f for pair in zip(normal, pneumonia) for f in pair] + normal[len(pneumonia):] + pneumonia[len(normal):]
+    return mixed[:n]
+
+
+def folder_of(n: int, work: Path) -> Path:
+    folder = work / f"films{n}"
+    folder.mkdir()
+    for film in films(n):
+        (folder / film.name).symlink_to(film)
+    return folder
+
+
+def manifest_of(n: int, work: Path) -> Path:
+    from pneumoscan.data.layouts import discover
+
+    records = discover(DATA / "train").records
+    by_path = {r.path: r for r in records}
+    path = work / f"split{n}.csv"
+    lines = ["path,label,subtype,patient,split"]
+    for film in films(n):
+        r = by_path[str(film)]
+        lines.append(f"{r.path},{r.label},{r.subtype},{r.patient},test")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+READ_ONE = """
+import sys
+from pneumoscan.data.decode import read_gray
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+read_gray(sys.argv[1], target=192)
+print(status("VmHWM:") - before)
+"""
+
+
+def large_films(work: Path) -> dict[str, tuple[Path, int]]:
+    """Films at the decoders' limits: {name: (path, pixels)}."""
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    def film(h: int, w: int, top: float) -> np.ndarray:
+        y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+        x = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+        return (0.3 + 0.4 * y + 0.2 * np.sin(6 * x)) * top
+
+    out = {}
+    a = film(11000, 12000, 4000).astype(np.uint16)
+    a[::7, ::5] += 37
+    Image.fromarray(a).save(work / "big16.png", compress_level=1)
+    out["16-bit PNG 11,000 x 12,000"] = work / "big16.png", a.size
+    a = film(12000, 12000, 200).astype(np.uint8)
+    a[::7, ::5] += 20
+    Image.fromarray(a).save(work / "big8.png", compress_level=1)
+    Image.fromarray(a).save(work / "big8.jpeg", quality=90)
+    out["8-bit PNG 12,000 x 12,000"] = work / "big8.png", a.size
+    out["8-bit JPEG 12,000 x 12,000"] = work / "big8.jpeg", a.size
+    del a
+    a = film(5700, 5800, 4000).astype(np.uint16)
+    a[::7, ::5] += 37
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", a.shape[0], a.shape[1], 1
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, -1024, 1000, 3000
+    ds.PixelData = a.tobytes()
+    pydicom.dcmwrite(work / "big.dcm", ds, enforce_file_format=True)
+    out["DICOM 12-bit 5,700 x 5,800, rescale + window"] = work / "big.dcm", a.size
+    return out
+
+
+VIEWS = """
+import collections, sys
+import numpy as np
+from pneumoscan.inference.predict import tta_views
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+images = np.random.default_rng(0).integers(0, 256, (int(sys.argv[1]), 192, 192), np.uint8)
+collections.deque(map(np.sum, tta_views(images[:4])), 0)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+collections.deque(map(np.sum, tta_views(images)), 0)  # one view at a time, as Predictor.probabilities reads them
+print(status("VmHWM:") - before)
+"""
+
+
+SERVICE = """
+import glob, re, sys
+from fastapi.testclient import TestClient
+from pneumoscan.serving.app import create_app
+def anon():
+    return int(re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+films = [open(f, "rb").read() for f in sorted(glob.glob(sys.argv[2] + "/train/PNEUMONIA/*.jpeg"))[:20]]
+params = {"heatmap": "true", "image": "true"} if sys.argv[3] == "heatmap" else {}
+with TestClient(create_app(sys.argv[1])) as client:
+    def send(n):
+        for i in range(n):
+            upload = {"file": ("x.jpeg", films[i % len(films)], "image/jpeg")}
+            r = client.post("/v1/predict", files=upload, params=params)
+            assert r.status_code == 200, r.text
+    send(40)
+    start = anon()
+    send(int(sys.argv[4]))
+    print(f"{anon() - start:+.0f}")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--quick", action="store_true", help="no run over more than 1,000 films")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "PNEUMOSCAN_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+        os.environ["PNEUMOSCAN_CACHE"] = env["PNEUMOSCAN_CACHE"]
+        bundle = str(args.bundle or tiny_bundle(work / "tiny"))
+        every = len(films(10**6))
+        sizes = [50, 500] if args.quick else [50, 500, every]
+        print(f"bundle {bundle}; MiB: peak anonymous / peak resident")
+        for n in sizes:
+            folder = folder_of(n, work)
+            for backend in ("torch", "onnx"):
+                anon, rss = run([*CLI, "predict", bundle, str(folder), "--backend", backend,
+                                 "--out", str(work / "r.csv")], env)  # fmt: skip
+                print(f"predict {n:>5} films, {backend:<5}        {anon:7.0f} / {rss:7.0f}")
+        for n in (50, 500):
+            anon, rss = run([*CLI, "predict", bundle, str(work / f"films{n}"), "--heatmaps", str(work / f"h{n}"),
+                             "--out", str(work / "r.csv")], env)  # fmt: skip
+            print(f"predict {n:>5} films, --heatmaps    {anon:7.0f} / {rss:7.0f}")
+        for n in [1000] if args.quick else [1000, 3000]:
+            split = manifest_of(n, work)
+            anon, rss = run([*CLI, "cache", str(split), "--bundle", bundle], env)
+            print(f"cache   {n:>5} films (this process) {anon:7.0f} / {rss:7.0f}")
+            for tta in ([], ["--tta"]):
+                anon, rss = run([*CLI, "evaluate", bundle, str(split), "--split", "test", "--out",
+                                 str(work / f"eval{n}{''.join(tta)}"), *tta], env)  # fmt: skip
+                print(f"evaluate {n:>4} films {' '.join(tta) or 'plain':<5}        {anon:7.0f} / {rss:7.0f}")
+        for n in (250, 1000, 3000):
+            out = subprocess.run([sys.executable, "-c", VIEWS, str(n)], env=env, capture_output=True, text=True,
+                                 check=True, cwd=ROOT)  # fmt: skip
+            print(f"test-time views of {n:>4} films at 192 px: +{int(out.stdout) / 2**20:.0f} MiB at the peak")
+        for kind in ("plain", "heatmap"):
+            out = subprocess.run([sys.executable, "-c", SERVICE, bundle, str(DATA), kind, "200"], env=env,
+                                 capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+            print(f"service: 200 more {kind} requests add {out.stdout.strip()} MiB anonymous")
+        for name, (path, pixels) in large_films(work).items():
+            out = subprocess.run([sys.executable, "-c", READ_ONE, str(path)], env=env, capture_output=True, text=True,
+                                 check=True, cwd=ROOT)  # fmt: skip
+            added = int(out.stdout)
+            print(f"read {name}: +{added / 2**20:.0f} MiB at the peak, {added / pixels:.1f} bytes a pixel")
+
+
+if __name__ == "__main__":
+    main()
