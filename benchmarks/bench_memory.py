@@ -30,11 +30,13 @@ test-time views alone, 250 / 1,000 / 3,000 films   +79 / +316 / +949          +4
 service, 200 more requests (plain; heatmap+image)  +0; -4                     unchanged: no leak
 16-bit PNG 11,000 x 12,000 (252 MiB decoded)       +400 (3.2 bytes a pixel)   unchanged
 8-bit PNG / JPEG 12,000 x 12,000                   +137 / +158                unchanged
-DICOM 12-bit 5,700 x 5,800, rescale + window       +974 (30.9 bytes a pixel)  unchanged (readers/dicom_pixels)
+DICOM 12-bit 5,700 x 5,800, rescale + window       +974 (30.9 bytes a pixel)  +160 (5.1 bytes a pixel)
 =================================================  =========================  ==============================
 
 The fix: test-time views (evaluate --tta, threshold, training's TTA threshold, export --int8) were warped over every
 film at once, about 9 bytes a pixel of all of them; they are warped 4 Mpx at a time (predict.TTA_BLOCK_PIXELS).
+And the DICOM decode: a monochrome film's modality LUT (rescale) and window went through pydicom on every pixel in
+float64, with masks of the whole film; they are worked out once a stored value and looked up (readers/dicom_pixels).
 """
 
 from __future__ import annotations

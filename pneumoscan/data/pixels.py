@@ -23,9 +23,9 @@ MAX_PIXELS = 150_000_000
 # Pixels alone do not bound memory: a 16-bit or colour image holds 2 to 4 bytes a pixel once decoded, and DICOM's
 # rescale and window arithmetic 8 (float64) a sample. Refuse, from the header, any image whose decoded form would
 # exceed this (a 4,300 x 3,500 16-bit radiograph is 30 MB); a JPEG is instead decoded smaller (luma only, then 1/2,
-# 1/4 or 1/8 scale) to fit. A JPEG or PNG decode holds at most about 1.6 times this (an 11,000 x 12,000 16-bit PNG:
-# 400 MiB); a DICOM's, whose rescale and window pydicom computes on the whole film, about 3.8 times (a 5,700 x 5,800
-# 12-bit film with both: 974 MiB; benchmarks/bench_memory.py). Readers read both limits here when they decode.
+# 1/4 or 1/8 scale) to fit. A decode holds at most about 1.6 times this (an 11,000 x 12,000 16-bit PNG: 400 MiB;
+# a 5,700 x 5,800 12-bit DICOM with a rescale and a window: 160 MiB; benchmarks/bench_memory.py). Readers read both
+# limits here when they decode.
 MAX_DECODED_BYTES = 256 * 2**20
 # A JPEG Lossless or 12-bit DICOM frame, and a JPEG with a warning that is no damage, has its Huffman codes walked
 # in Python (readers/jpeg.py) at about 4.4 million codes a second (one a sample for a lossless frame: a 3,000 x 3,000
