@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.builders makes the DICOM film
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 CLI = [sys.executable, "-m", "pneumoscan"]
 
@@ -146,10 +147,9 @@ print(status("VmHWM:") - before)
 
 def large_films(work: Path) -> dict[str, tuple[Path, int]]:
     """Films at the decoders' limits: {name: (path, pixels)}."""
-    import pydicom
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    from tests.builders import dicom_bytes
 
     def film(h: int, w: int, top: float) -> np.ndarray:
         y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
@@ -170,19 +170,8 @@ def large_films(work: Path) -> dict[str, tuple[Path, int]]:
     del a
     a = film(5700, 5800, 4000).astype(np.uint16)
     a[::7, ::5] += 37
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", a.shape[0], a.shape[1], 1
-    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, -1024, 1000, 3000
-    ds.PixelData = a.tobytes()
-    pydicom.dcmwrite(work / "big.dcm", ds, enforce_file_format=True)
+    (work / "big.dcm").write_bytes(dicom_bytes(a, bits=12, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=1000,
+                                               WindowWidth=3000))
     out["DICOM 12-bit 5,700 x 5,800, rescale + window"] = work / "big.dcm", a.size
     return out
 
