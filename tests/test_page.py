@@ -163,8 +163,9 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Browser, server: str) -> Iterator[Page]:
+@contextmanager
+def opened_page(browser: Browser, server: str) -> Iterator[Page]:
+    """The page loaded in a context of its own, closed after; a script error on it fails the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -175,6 +176,12 @@ def page(browser: Browser, server: str) -> Iterator[Page]:
     yield page
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    with opened_page(browser, server) as opened:
+        yield opened
 
 
 def centre(page: Page) -> list[int]:

@@ -83,18 +83,10 @@ SENT_SHA256 = """async () => Promise.all(window.sent.map(async (file) =>
 @pytest.fixture(scope="module")
 def large_page(browser: Browser, server: str, large_film: Path) -> Iterator[Page]:
     """The page with the large film read and shown."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
-    expect(page.locator("#intended-use")).not_to_be_empty()
-    page.evaluate(SENT)
-    show(page, large_film)
-    yield page
-    context.close()
-    assert not errors, errors
+    with test_page.opened_page(browser, server) as page:
+        page.evaluate(SENT)
+        show(page, large_film)
+        yield page
 
 
 def test_the_viewer_keeps_the_whole_film_reduced_and_the_map_over_it(large_page: Page, large_film: Path) -> None:
