@@ -9,6 +9,7 @@ used: the workers are children of multiprocessing's fork server, which is never 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -89,8 +90,11 @@ def measure(split: str) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
-        print(json.dumps(measure(sys.argv[2])))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", metavar="SPLIT", help=argparse.SUPPRESS)  # the subprocess that measures one split
+    one = parser.parse_args().one
+    if one:
+        print(json.dumps(measure(one)))
         return
     if not DATA.is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")

@@ -1,10 +1,14 @@
 """Compressed DICOM: size and decode time of one full-size val/ film (as 12-bit values) in each lossless transfer
-syntax pydicom can write, read through pneumoscan's decoder (best of 3); every syntax must give the same pixels."""
+syntax pydicom can write, read through pneumoscan's decoder (best of 3); every syntax must give the same pixels.
+
+Run: ``python benchmarks/bench_dicom.py`` (the first film of $PNEUMOSCAN_DATA/val, default data/chest_xray).
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -12,8 +16,11 @@ import numpy as np
 import pydicom
 from pydicom import uid
 
-from pneumoscan.data.decode import read_gray
-from tests.builders import dicom_bytes
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders), run from any folder
+
+from pneumoscan.data.decode import read_gray  # noqa: E402
+from tests.builders import dicom_bytes  # noqa: E402
 
 
 def best_of(n: int, fn) -> float:

@@ -39,7 +39,9 @@ def step_ms(model_name: str, size: int, precision: str, steps: int) -> float:
     """Mean milliseconds of one training step after three untimed ones."""
     cfg = TrainConfig(model=model_name, image_size=size, pretrained=False, precision=precision)
     model = build_model(cfg, get_task(cfg.task), Dist())[0].to(memory_format=torch.channels_last).train()
-    registry.set_trainable(model, cfg.trainable_stages)
+    # what train trains from ImageNet weights (the default, which these fresh ones stand in for): the last stages,
+    # or the whole model where it has no stages (simple_cnn, mlp)
+    registry.set_trainable(model, cfg.trainable_stages if hasattr(model, "group_matcher") else None)
     optimizer = recipe(cfg, [p for p in model.parameters() if p.requires_grad], cfg.lr, steps, None)[0]
     x = torch.randn(cfg.batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (cfg.batch_size,))

@@ -18,6 +18,7 @@ Both backends run on THREADS threads (torch.set_num_threads; ORT intra_op_num_th
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -130,6 +131,7 @@ def measure(bundle: Path, size: int, backend: str, jpeg224: list[str], full: lis
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not (DATA / "train").is_dir() or not (DATA / "val").is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
     torch.set_num_threads(THREADS)
