@@ -84,6 +84,9 @@ def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str
     new films or a related task. A classifier for another number of classes keeps its fresh weights; the names
     of those tensors are returned. Any other mismatch is an error, since the bundle is then another model."""
     card = load_card(directory)
+    if card.model == ENSEMBLE:  # several models in one bundle: no one architecture to fine-tune
+        raise ValueError(f"{directory} holds an ensemble, which cannot be fine-tuned: start from one of its members "
+                         "(--init MEMBER) or distil it into one model (--teacher)")
     weights = _read_weights(directory, card)
     own = model.state_dict()
     if not callable(getattr(model, "get_classifier", None)):

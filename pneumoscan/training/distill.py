@@ -28,16 +28,17 @@ from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import CARD, file_sha256, load_card
 from .config import TrainConfig
+from .ensemble import refuse_repeated_models
 
 log = logging.getLogger(__name__)
 
 
 def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> None:
-    """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one
-    that trained on any of the student's validation films or whose training films are unknown here (its
-    probabilities carry what it learnt of them into every film the student learns from), a weight outside (0, 1),
-    or mixup/CutMix (they mix two films, the teachers' targets belong to one). A distill_weight without teachers is
-    the config's to refuse (:meth:`TrainConfig.check_distill_weight`)."""
+    """Refuse a distillation the student's validation could not judge honestly: a teacher of another task, one given
+    twice or a copy of another (it would weigh double), one that trained on any of the student's validation films or
+    whose training films are unknown here (its probabilities carry what it learnt of them into every film the student
+    learns from), a weight outside (0, 1), or mixup/CutMix (they mix two films, the teachers' targets belong to one).
+    A distill_weight without teachers is the config's to refuse (:meth:`TrainConfig.check_distill_weight`)."""
     if not cfg.teacher:
         return
     if cfg.distill_weight is None or not 0 < cfg.distill_weight < 1:  # None: teachers set after the config was made
@@ -46,10 +47,11 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
     if cfg.augment.mixup or cfg.augment.cutmix:
         raise ValueError("distillation learns each film's own teacher probabilities; mixup and CutMix mix two films: "
                          "turn them off (--set augment.mixup=0 --set augment.cutmix=0) or train without --teacher")
-    for teacher in cfg.teacher:
-        card = load_card(teacher)  # a damaged or edited teacher is refused here, by name
+    cards = [load_card(teacher) for teacher in cfg.teacher]  # a damaged or edited teacher is refused here, by name
+    for teacher, card in zip(cfg.teacher, cards):
         if card.task != task.name:
             raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
+    refuse_repeated_models(cards, cfg.teacher, "its probabilities would weigh double in the student's targets")
     # the one walk of each teacher's weight sources: the check of their training films also finds those unknown here
     findings = check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
                               hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")

@@ -41,7 +41,7 @@ from pneumoscan.core.names import path_list
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.tasks import Task
+from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from pneumoscan.inference.explain import MEMBERS_OWN_SCALE
@@ -55,6 +55,8 @@ from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
 from .finish import ScoredFilms, finish_bundle
 
+# how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
+OUT_OF_FOLD = "out-of-fold scores of"
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,18 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
                 raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has "
                                  f"{getattr(cards[0], name)!r}: "
                                  "members must read films alike (only the input size and normalisation may differ)")
-    holder: dict[str, Path] = {}  # each member's weights checksum -> the first member holding them
-    for member, path in zip(cards, paths):
-        if (digest := member.files.get(WEIGHTS)) and (first_path := holder.setdefault(digest, path)) != path:
-            raise ValueError(f"{path} holds the same weights as {first_path} (a copy): each model counts once, or "
-                             "the ensemble would claim members it does not have")
+    refuse_repeated_models(cards, paths, "the ensemble would claim members it does not have")
+
+
+def refuse_repeated_models(cards: Sequence[BundleCard], paths: Sequence[Path | str], why: str) -> None:
+    """Refuse bundles whose logits are averaged (members, teachers) when two hold the same weights (one bundle given
+    twice, or a copy of it): that model would weigh double in the mean, unseen. ``why``: what else it would do."""
+    holder: dict[str, int] = {}  # each weights checksum -> the index of the first bundle holding them
+    for i, (card, path) in enumerate(zip(cards, paths)):
+        if (digest := card.files.get(WEIGHTS)) and (first := holder.setdefault(digest, i)) != i:
+            same = "is given twice" if os.path.realpath(path) == os.path.realpath(paths[first]) else \
+                f"holds the same weights as {paths[first]} (a copy)"
+            raise ValueError(f"{path} {same}: each model counts once, or {why}")
 
 
 def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: np.ndarray) -> np.ndarray:
@@ -215,6 +224,9 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
     trained on them or they are test films."""
     records, images, targets, _ = labelled_records(data, split, task, card.spec)
     refuse_test_films(records, data, "temperature and thresholds")
+    if np.ptp(binary_targets(targets)) == 0:  # said before the ensemble is exported and scored (minutes for ten)
+        raise ValueError(f"the films of {data_label(data, split)} are all one class: the ensemble's temperature and "
+                         f"thresholds are chosen on labelled films with and without {card.positive}")
     caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
                              policy=HeldOutPolicy(validation_warning=True)).caveats
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
@@ -225,7 +237,7 @@ def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: s
     """What the card calls the films the temperature and thresholds are chosen on; the cv runs by name (their paths
     are in ensemble_of): the policy made of it is shown to the service's clients."""
     if cv_dirs:
-        return (f"out-of-fold scores of {', '.join(d.name for d in cv_dirs)} (each film scored by the "
+        return (f"{OUT_OF_FOLD} {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
     return f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
 

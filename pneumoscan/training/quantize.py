@@ -46,7 +46,7 @@ from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, 
                                    replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder
-from .ensemble import cv_members, out_of_fold
+from .ensemble import OUT_OF_FOLD, cv_members, out_of_fold
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -114,6 +114,11 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
         raise ValueError(f"{bundle} was built from the fold bundles of {built_from}, not of "
                          f"{', '.join(map(str, cv_dirs))}: --cv takes the runs it was built from, where it recorded "
                          "them (moved since? build it again there with `ensemble --cv`), in the same order")
+    if not str(calibrated_on := card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
+        # its card's FP32 AUC, which the INT8 model's out-of-fold AUC is held to, is then on other films
+        raise ValueError(f"{bundle} was calibrated on {calibrated_on or 'films it does not name'}, not on out-of-fold "
+                         "scores: --cv is for an ensemble built with `ensemble --cv`; give --data (train and val films "
+                         "none of its members trained on), or build it again with `ensemble --cv`")
     if replaced := replaced_members(card):
         raise ValueError(f"{replaced[0]} holds other weights than {bundle} was built from (its cv run trained "
                          "again since?): its fold's films are not out of fold for the ensemble's own member")

@@ -1,0 +1,86 @@
+"""Ensembles, distillation and INT8 tried as a user would: what each refuses, and why."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.builders import nudge_weights
+from pneumoscan.cli import main
+from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.training.quantize import quantize_bundle
+
+TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+
+
+def test_a_teacher_given_twice_or_copied_is_refused(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The students' target averaged the teachers' logits with a teacher given twice (or a copy of its run) counted
+    twice, unseen, where `ensemble` refuses such a member."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle.parent, copy)  # the whole run: its split.csv beside it, so its films are known
+    base = ["train", *TINY, "--data", str(tiny_dataset), "--set", "val_fraction=0.25", "--out", str(tmp_path / "run")]
+    assert main([*base, "--teacher", str(tiny_bundle), "--teacher", str(tiny_bundle / ".")]) == 2
+    assert f"{tiny_bundle} is given twice: each model counts once" in capsys.readouterr().err
+    assert main([*base, "--teacher", str(tiny_bundle), "--teacher", str(copy / "bundle")]) == 2
+    assert f"holds the same weights as {tiny_bundle} (a copy)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_int8_cv_of_an_ensemble_calibrated_on_other_films_is_refused(tiny_dataset: Path, tiny_bundle: Path,
+                                                                      tmp_path: Path) -> None:
+    """The fold bundles of a cv run, ensembled with --data, were taken by `export --int8 --cv`: the INT8 model's
+    out-of-fold AUC was held to the card's FP32 AUC on the --data films (an INT8 model refused for an AUC 0.75 under
+    FP32's 1.0, both 0.75 out of fold)."""
+    cv = tmp_path / "cv"
+    films = discover(tiny_dataset).split("test")
+    for k in range(2):
+        bundle = shutil.copytree(tiny_bundle, cv / f"fold-{k}" / "bundle")
+        if k:
+            nudge_weights(bundle)  # a model of its own: a copy is refused as a member
+        write_manifest([dataclasses.replace(r, split="val" if i % 2 == k else "train") for i, r in enumerate(films)],
+                       cv / f"split-fold-{k}.csv")
+        shutil.copy(cv / f"split-fold-{k}.csv", cv / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
+    ens = tmp_path / "ens"
+    members = [str(cv / f"fold-{k}" / "bundle") for k in range(2)]
+    assert main(["ensemble", *members, "--data", str(tiny_bundle.parent / "split.csv"), "--split", "val",
+                 "--out", str(ens)]) == 0
+    with pytest.raises(ValueError, match=r"ens was calibrated on .*split\.csv.*, not on out-of-fold scores: --cv is "
+                                         r"for an ensemble built with `ensemble --cv`"):
+        quantize_bundle(ens, cv_dirs=[cv])
+    assert not (ens / "model.int8.onnx").exists()
+
+
+def test_calibration_films_of_one_class_are_refused_before_the_ensemble_is_scored(
+        tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Films of one class were scored by the whole ensemble (minutes for ten members) and its temperature fitted,
+    warned of as 'at its bound', before the threshold fit refused them."""
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other")  # a second run, its split.csv beside it
+    nudge_weights(other / "bundle")
+    normal = [r for r in discover(tiny_bundle.parent / "split.csv").split("val") if r.label == "NORMAL"]
+    write_manifest(normal, tmp_path / "normal.csv")
+    assert main(["ensemble", str(tiny_bundle), str(other / "bundle"), "--data", str(tmp_path / "normal.csv"),
+                 "--out", str(tmp_path / "ens")]) == 2
+    said = capsys.readouterr().err
+    assert "normal.csv are all one class: the ensemble's temperature and thresholds are chosen on labelled films " \
+           "with and without PNEUMONIA" in said
+    assert "temperature" not in said.split("error:")[0], "refused before a temperature is fitted"
+    assert not (tmp_path / "ens").exists()
+
+
+def test_an_ensemble_given_to_start_from_is_refused_with_a_remedy_that_exists(
+        tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --init ENSEMBLE` was refused with 'build the one it holds (train --model ensemble)': no such model."""
+    other = shutil.copytree(tiny_bundle, tmp_path / "other")
+    nudge_weights(other)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_bundle.parent / "split.csv"),
+                 "--split", "val", "--out", str(ens)]) == 0
+    capsys.readouterr()
+    assert main(["train", *TINY, "--data", str(tiny_dataset), "--init", str(ens), "--out", str(tmp_path / "run")]) == 2
+    assert (f"{ens} holds an ensemble, which cannot be fine-tuned: start from one of its members (--init MEMBER) or "
+            "distil it into one model (--teacher)") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
