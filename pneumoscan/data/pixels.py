@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +200,13 @@ def stretch(rows: Callable[[int, int], np.ndarray], height: int, width: int, lo:
     if hi <= lo:
         return out
     scale = 255.0 / (hi - lo)
-    step = max(1, _MINMAX_CHUNK // max(1, width))
-    for top in range(0, height, step):
-        out[top : top + step] = np.rint((rows(top, min(top + step, height)).astype(np.float64) - lo) * scale)
+    for block in blocks(height, width, _MINMAX_CHUNK):
+        out[block] = np.rint((rows(block.start, block.stop).astype(np.float64) - lo) * scale)
     return out
+
+
+def blocks(count: int, size: int, pixels: int) -> Iterator[slice]:
+    """Slices of ``count`` rows (or films) of ``size`` pixels each, about ``pixels`` of them a slice (at least one
+    row): work on an image or a batch a block at a time holds one block's temporaries, not the whole's."""
+    step = max(1, pixels // max(1, size))
+    return (slice(top, min(top + step, count)) for top in range(0, count, step))

@@ -34,7 +34,7 @@ from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.pixels import DecodeError, blank_reason
+from pneumoscan.data.pixels import DecodeError, blank_reason, blocks
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import describe, in_scope
@@ -359,21 +359,21 @@ def tta_views(images: np.ndarray) -> Iterator[np.ndarray]:
     cap_torch_threads()
     x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
     size = images.shape[-1]
-    step = max(1, TTA_BLOCK_PIXELS // max(1, images.shape[-2] * size))
     for zoom, shift in TTA_VIEWS:
         # made in a call, not held here: the view the caller has read is freed before the next one is made
-        yield images if zoom == 1.0 and shift == 0.0 else _warped(x, zoom, round(shift * size), step)
+        yield images if zoom == 1.0 and shift == 0.0 else _warped(x, zoom, round(shift * size))
 
 
-def _warped(x: torch.Tensor, zoom: float, moved: int, step: int) -> np.ndarray:
-    """One test-time view of uint8 (N, 1, S, S) ``x``: zoomed and shifted ``moved`` pixels, ``step`` films a warp."""
+def _warped(x: torch.Tensor, zoom: float, moved: int) -> np.ndarray:
+    """One test-time view of uint8 (N, 1, S, S) ``x``: zoomed and shifted ``moved`` pixels, a block of
+    :data:`TTA_BLOCK_PIXELS` a warp."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     view = np.empty(x.shape[:1] + x.shape[2:], x.numpy().dtype)
-    for top in range(0, len(view), step):
-        view[top : top + step] = F.affine(
-            x[top : top + step], angle=0.0, translate=[moved, moved], scale=zoom, shear=[0.0, 0.0],
+    for films in blocks(len(view), view.shape[1] * view.shape[2], TTA_BLOCK_PIXELS):
+        view[films] = F.affine(
+            x[films], angle=0.0, translate=[moved, moved], scale=zoom, shear=[0.0, 0.0],
             interpolation=InterpolationMode.BILINEAR,
         )[:, 0].numpy()  # fmt: skip
     return view

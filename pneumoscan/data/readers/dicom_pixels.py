@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -570,7 +569,7 @@ def _present_values(stored: np.ndarray) -> np.ndarray | None:
     if high - low >= max(stored.size, 1 << 16):
         return None
     seen = np.zeros(high - low + 1, bool)
-    for rows in _row_blocks(stored):
+    for rows in pixels.blocks(*stored.shape, _BLOCK_PIXELS):
         seen[np.subtract(stored[rows], low, dtype=np.intp)] = True
     return (np.flatnonzero(seen) + low).astype(stored.dtype)
 
@@ -581,15 +580,9 @@ def _look_up(stored: np.ndarray, present: np.ndarray, grey: np.ndarray) -> np.nd
     table = np.zeros(int(present[-1]) - low + 1, np.uint8)
     table[np.subtract(present, low, dtype=np.intp)] = grey
     out = np.empty(stored.shape, np.uint8)
-    for rows in _row_blocks(stored):
+    for rows in pixels.blocks(*stored.shape, _BLOCK_PIXELS):
         out[rows] = table[np.subtract(stored[rows], low, dtype=np.intp)]
     return out
-
-
-def _row_blocks(arr: np.ndarray) -> Iterator[slice]:
-    """A 2-D array's rows, :data:`_BLOCK_PIXELS` pixels at a time."""
-    step = max(1, _BLOCK_PIXELS // arr.shape[1])
-    return (slice(top, top + step) for top in range(0, arr.shape[0], step))
 
 
 def _distinct(values: np.ndarray) -> int:
