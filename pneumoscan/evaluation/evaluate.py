@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
-                                     evaluate_multiclass, format_figure, jsonable)
+                                     evaluate_multiclass, format_figure, has_both_classes, jsonable)
 from pneumoscan.core.names import cell_text, path_text
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
@@ -235,7 +235,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card))
-    if add_to_card and len(set(binary_targets(targets).tolist())) < 2:
+    if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")
     probs = predictor.probabilities(images, tta=tta)

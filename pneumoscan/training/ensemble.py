@@ -37,6 +37,7 @@ import onnxruntime as ort
 import torch
 
 from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.core.metrics import has_both_classes
 from pneumoscan.core.names import path_list
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import discover
@@ -224,7 +225,8 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
     trained on them or they are test films."""
     records, images, targets, _ = labelled_records(data, split, task, card.spec)
     refuse_test_films(records, data, "temperature and thresholds")
-    if np.ptp(binary_targets(targets)) == 0:  # said before the ensemble is exported and scored (minutes for ten)
+    # said before the ensemble is exported and scored (minutes for ten members)
+    if not has_both_classes(binary_targets(targets)):
         raise ValueError(f"the films of {data_label(data, split)} are all one class: the ensemble's temperature and "
                          f"thresholds are chosen on labelled films with and without {card.positive}")
     caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",

@@ -30,7 +30,7 @@ from onnxruntime.quantization import (
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import path_list
-from pneumoscan.core.metrics import format_figure, jsonable, macro_auc, roc_auc, softmax
+from pneumoscan.core.metrics import format_figure, has_both_classes, jsonable, macro_auc, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
@@ -223,7 +223,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
-    if np.ptp(binary_targets(targets)) == 0:
+    if not has_both_classes(binary_targets(targets)):
         raise ValueError(f"the val films of {data} are all one class: no threshold can be chosen on them")
     if task.multiclass and (absent := [c for k, c in enumerate(task.classes) if not (targets == k).any()]):
         raise ValueError(f"the val films of {data} hold no {' or '.join(absent)} film: the INT8 model's macro AUC "

@@ -33,7 +33,8 @@ def _check_finite(prob: np.ndarray) -> None:
                          f"gave them has failed, and no figure is computed from them")
 
 
-def _has_both_classes(y: np.ndarray) -> bool:
+def has_both_classes(y: np.ndarray) -> bool:
+    """Whether binary targets ``y`` (0 and 1) hold films of each class: an AUC or a threshold needs both."""
     return 0 < int(y.sum()) < y.size
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .auc_intervals import _macro_auc_ci
 from .formatting import jsonable
-from .inputs import _as_binary, _as_multiclass, _has_both_classes, _patient_codes, _ratio
+from .inputs import _as_binary, _as_multiclass, has_both_classes, _patient_codes, _ratio
 from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_metrics_ci
 from .probabilities import calibration
 
@@ -23,7 +23,7 @@ def roc_auc(y_true: Any, prob: Any) -> float:
     """ROC AUC, or NaN when only one class is present: undefined there, which a summary reports, not an error."""
     from sklearn.metrics import roc_auc_score
     y, p = _as_binary(y_true, prob)
-    return float(roc_auc_score(y, p)) if _has_both_classes(y) else math.nan
+    return float(roc_auc_score(y, p)) if has_both_classes(y) else math.nan
 
 
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def evaluate_binary(
     if len(class_names) != 2:
         raise ValueError("class_names must name (negative, positive)")
     curves: dict[str, Any] = {"roc": {"fpr": [], "tpr": [], "thresholds": []}, "pr": {"precision": [], "recall": []}}
-    both = _has_both_classes(y)
+    both = has_both_classes(y)
     if both:
         fpr, tpr, roc_thresholds = roc_curve(y, p)
         precision, recall, _ = precision_recall_curve(y, p)
@@ -168,7 +168,7 @@ def _per_class(y: np.ndarray, P: np.ndarray, counts: np.ndarray, class_names: Se
     for k, name in enumerate(class_names):
         is_k = y == k
         tp, support, n_called = counts[k, k], counts[k].sum(), counts[:, k].sum()
-        defined = _has_both_classes(is_k.astype(int))
+        defined = has_both_classes(is_k.astype(int))
         per_class[name] = {
             "auc": class_aucs[k],
             "sensitivity": _ratio(tp, support),

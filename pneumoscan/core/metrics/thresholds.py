@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import _as_binary, _has_both_classes, _patient_codes
+from .inputs import _as_binary, has_both_classes, _patient_codes
 from .intervals import ALPHA, BOOTSTRAP_SEED, _bootstrap_weights
 
 
@@ -28,7 +28,7 @@ def choose_threshold(
     Raises ValueError unless both classes are present.
     """
     y, p = _as_binary(y_true, prob)
-    if not _has_both_classes(y):
+    if not has_both_classes(y):
         raise ValueError("choosing a threshold needs both classes in the labelled data")
     if target_sensitivity is not None and max_false_positive_rate is not None:
         raise ValueError("give a target sensitivity or a maximum false-positive rate, not both")
