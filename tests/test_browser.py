@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes, running
@@ -25,6 +26,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 30_000  # a shared 2-core machine can be slow
+# the viewer's caption of a film shown from the service's decode (?image=true): its rendering's size, the service's
+SERVICE_CAPTION = f"as decoded by the service (8-bit, at most {MAX_PANEL:,} pixels a side)."
 
 
 def run_server(app: FastAPI) -> Iterator[str]:
@@ -187,7 +190,7 @@ def test_dicom_recognised_by_its_bytes(page: Page, server: str, data_root: Path,
         expect(facts).to_contain_text(text)
     expect(facts).not_to_contain_text("no DICOM tags")
     expect(page.locator("#warnings")).to_be_hidden()  # an in-scope pediatric frontal chest film
-    expect(page.locator("#caption")).to_have_text("DICOM film as decoded by the service (8-bit).")
+    expect(page.locator("#caption")).to_have_text(f"DICOM film {SERVICE_CAPTION}")
     assert film_shown(page) == Image.open(jpeg).size
     page.click("#heatmap-button")
     expect(page.locator("#legend")).to_be_visible()

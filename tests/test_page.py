@@ -32,7 +32,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import dicom_bytes
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, drop_file, run_server
+from tests.test_browser import ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import assert_legend_is_the_caption
 from tests.test_serve import with_threshold
 
@@ -475,7 +475,7 @@ def test_a_16_bit_png_is_shown_as_the_model_reads_it(page: Page, small: Path, tm
     assert Image.open(path).mode == "I;16"
     upload_one(page, path)
     assert calls == ["?image=true"]
-    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
+    expect(page.locator("#caption")).to_have_text(f"Film {SERVICE_CAPTION}")
     assert page.evaluate("() => view.gray.reduce((a, b) => Math.max(a, b), 0)") > 200
     # what else the page reads from a film's first bytes: an alpha channel is the service's to lay on black, and
     # a PNG's magic bytes win over a .dcm name, as for the service
@@ -729,7 +729,7 @@ def shown_as_the_service_decodes_it(page: Page, path: Path) -> None:
     page.on("request", lambda r: calls.append(r.url.split("/v1/predict", 1)[1]) if "/v1/predict" in r.url else None)
     upload_one(page, path)
     assert calls == ["?image=true"]
-    expect(page.locator("#caption")).to_have_text("Film as decoded by the service (8-bit).")
+    expect(page.locator("#caption")).to_have_text(f"Film {SERVICE_CAPTION}")
     shown = np.array(page.evaluate("() => Array.from(view.gray)"), np.int16)
     assert np.abs(shown - np.asarray(Image.open(path), np.int16).ravel()).max() <= 1
 

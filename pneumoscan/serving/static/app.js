@@ -24,11 +24,15 @@ let sortAscending = true;
 // Window presets on the 8-bit film the page shows: [level, width]. A JPEG has no Hounsfield or detector units,
 // so these pick a band of gray levels, named for what usually falls in it.
 const PRESETS = { default: [128, 255], lung: [80, 140], soft: [128, 120], bone: [190, 110] };
-// film: whose pixels gray holds (the film on screen may still be decoding)
-const view = { film: null, gray: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false, zoom: 1, panX: 0,
-  panY: 0 };
+// film: whose pixels gray holds (the film on screen may still be decoding); original: the decoded image of a film
+// whose copy in gray is reduced (null when gray holds the film's own pixels), read again for the part in view when
+// zoomed in past the copy's pixels
+const view = { film: null, gray: null, original: null, cam: null, w: 0, h: 0, level: 128, width: 255, invert: false,
+  zoom: 1, panX: 0, panY: 0 };
 const composed = document.createElement("canvas");  // the film through window/level (and the map), at view's size
 let composedFrame = null;  // composed's pixels, kept while the film's size stays: not 16 MB of garbage a step
+const closeup = document.createElement("canvas");  // the part of the original in view, at most the viewer's size
+let detail = null;  // the part of the original closeup shows and its pixels: null for each film loaded
 
 // Three decimals, never rounded up to 1: a sensitivity that missed a film, or a probability short of certainty,
 // must not read as a perfect 1.000.
@@ -242,6 +246,13 @@ function showFilm(film) {
   fillList($("film"), rows);
 }
 
+// Where the film shown comes from, when not from the browser's own decode: the service's rendering (image=true) is
+// at most 1,024 pixels a side (MAX_PANEL), so zoomed in, a larger film's own pixels are not what is seen.
+function sourceCaption(film) {
+  return film.result.image
+    ? `${film.dicom ? "DICOM film" : "Film"} as decoded by the service (8-bit, at most 1,024 pixels a side).` : "";
+}
+
 function showResult(film) {
   const r = film.result;
   $("error").hidden = true;
@@ -278,8 +289,7 @@ function showResult(film) {
   showWarnings(r.warnings, r.in_scope);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
-  $("caption").textContent = film.result.image
-    ? `${film.dicom ? "DICOM film" : "Film"} as decoded by the service (8-bit).` : "";
+  $("caption").textContent = sourceCaption(film);
   $("result").hidden = false;
   current = film;
   view.cam = null;
@@ -295,24 +305,39 @@ function showResult(film) {
 // step and near 3 GB of the tab's memory; at 2,048 px (4.2e6 pixels) a step takes about 20 ms, fast enough to follow
 // a drag, where 4,096 px took 100 ms. The viewer is 700 x 520 pixels: a film fitted to it still gives each of the
 // viewer's pixels one of the copy's up to about 4x zoom (a copy at the viewer's own size would blur at the first
-// zoom step). Only what is shown is reduced: the file sent to be read, and for its heatmap, is the original.
+// zoom step). Only what is shown is reduced: the file sent to be read, and for its heatmap, is the original; zoomed
+// in past the copy's pixels, the part in view is read from the original (drawDetail).
 const DISPLAY_MAX = 2048;
+// The furthest zoom: 16 times the film fitted to the viewer, and for a reduced film as far on its original's pixels
+// as on a film within DISPLAY_MAX (at 16 times its fitted copy, a 12,000 px film's pixels were still smaller than
+// the viewer's).
+const ZOOM_MAX = 16;
 
-// The RGBA pixels of an image drawn at w x h (smoothed when resized). The canvas's memory is given back at once,
-// not at the next garbage collection: a full-size film's was 4 bytes a pixel.
-function pixelsOf(img, w, h) {
+// The RGBA pixels of an image, or of its rectangle `part` ([x, y, width, height] in its own pixels), drawn at w x h
+// (smoothed when resized). The canvas's memory is given back at once, not at the next garbage collection: a
+// full-size film's was 4 bytes a pixel.
+function pixelsOf(img, w, h, part = [0, 0, img.naturalWidth, img.naturalHeight]) {
   const c = document.createElement("canvas");
   try {
     c.width = w;
     c.height = h;
     const ctx = c.getContext("2d");
     ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(img, 0, 0, w, h);
+    ctx.drawImage(img, ...part, 0, 0, w, h);
     return ctx.getImageData(0, 0, w, h).data;
   } finally {
     c.width = 0;
     c.height = 0;
   }
+}
+
+// Pillow's (ITU-R 601) luma of RGBA pixels, as the service reads a colour file; a grey one keeps its levels exactly
+function lumaOf(rgba) {
+  const gray = new Uint8ClampedArray(rgba.length / 4);
+  for (let i = 0; i < gray.length; i++) {
+    gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
+  }
+  return gray;
 }
 
 function pixelSize(w, h) {
@@ -329,13 +354,7 @@ function grayOf(source) {
         const scale = Math.min(1, DISPLAY_MAX / Math.max(img.naturalWidth, img.naturalHeight));
         const w = Math.max(1, Math.round(img.naturalWidth * scale));
         const h = Math.max(1, Math.round(img.naturalHeight * scale));
-        const rgba = pixelsOf(img, w, h);
-        const gray = new Uint8ClampedArray(w * h);
-        // Pillow's (ITU-R 601) luma, as the service reads a colour file; a grey one keeps its levels exactly
-        for (let i = 0; i < gray.length; i++) {
-          gray[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
-        }
-        resolve({ gray, w, h, img });
+        resolve({ gray: lumaOf(pixelsOf(img, w, h)), w, h, img });
       } catch (err) {
         reject(new Error(`the browser cannot draw this image (${err.message})`));
       }
@@ -350,18 +369,18 @@ async function loadFilm(film) {
   try {
     const { gray, w, h, img } = await grayOf(source);
     if (current !== film) return;
-    Object.assign(view, { film, gray, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
-    if (w !== img.naturalWidth || h !== img.naturalHeight) {  // said: zoomed in, the copy's pixels are not the film's
-      const said = $("caption").textContent;
-      $("caption").textContent = `${said ? `${said} ` : ""}Shown reduced from ${pixelSize(img.naturalWidth,
-        img.naturalHeight)} to ${pixelSize(w, h)} pixels; the film read is the original.`;
-    }
+    // a reduced copy keeps its decoded original (the browser's memory, not a copy) for the part in view zoomed in;
+    // the film shown before is let go, and the part read from it
+    const original = w !== img.naturalWidth || h !== img.naturalHeight ? img : null;
+    Object.assign(view, { film, gray, original, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
+    detail = null;
     if (film.cam) await loadCam(film);
     compose();
   } catch (err) {
     if (current !== film) return;  // another film is on screen: its caption is its own
     // the viewer held the film shown before, which stayed on screen under this film's name
-    Object.assign(view, { film: null, gray: null, cam: null });
+    Object.assign(view, { film: null, gray: null, original: null, cam: null });
+    detail = null;
     draw();
     $("readout-wl").textContent = "";
     $("caption").textContent = `The film cannot be shown: ${err.message}.`;
@@ -394,27 +413,35 @@ const VIRIDIS = (() => {
   return lut;
 })();
 
-// Pixel operations on the film: gray level -> window/level (-> inverted) -> blended with the coloured map.
+// Pixel operations on the film: gray level -> window/level (-> inverted) -> blended with the coloured map, for the
+// viewer's copy; the part of the original in view, when zoomed in past the copy's pixels, goes the same way in draw.
 function compose() {
   if (!view.gray) return;
   const { w, h, level, width } = view;
-  const lut = new Uint8ClampedArray(256);
-  const low = level - width / 2;
-  for (let v = 0; v < 256; v++) {
-    const out = Math.round(((v - low) / width) * 255);
-    lut[v] = view.invert ? 255 - out : out;  // the array clamps to 0..255
-  }
   if (!composedFrame || composedFrame.width !== w || composedFrame.height !== h) {
     composed.width = w;  // resizing a canvas clears and reallocates it: only for a film of another size
     composed.height = h;
     composedFrame = new ImageData(w, h);
   }
-  const ctx = composed.getContext("2d");
-  const px = composedFrame.data;
-  const cam = $("heatmap-toggle").checked ? view.cam : null;
+  paint(composedFrame.data, view.gray, $("heatmap-toggle").checked ? view.cam : null);
+  composed.getContext("2d").putImageData(composedFrame, 0, 0);
+  $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
+    `${view.invert ? ", inverted" : ""}, zoom ${view.zoom.toFixed(2)}x`;
+  draw();
+}
+
+// Gray levels into RGBA pixels px through the window/level table, blended with the coloured map where cam gives
+// its value at each of those pixels (null: the film alone).
+function paint(px, gray, cam) {
+  const lut = new Uint8ClampedArray(256);
+  const low = view.level - view.width / 2;
+  for (let v = 0; v < 256; v++) {
+    const out = Math.round(((v - low) / view.width) * 255);
+    lut[v] = view.invert ? 255 - out : out;  // the array clamps to 0..255
+  }
   const alpha = Number($("opacity").value) / 100;
-  for (let i = 0; i < w * h; i++) {
-    const g = lut[view.gray[i]];
+  for (let i = 0; i < gray.length; i++) {
+    const g = lut[gray[i]];
     let r = g, gr = g, b = g;
     if (cam) {
       const c = 3 * cam[i];
@@ -427,10 +454,6 @@ function compose() {
     px[4 * i + 2] = b;
     px[4 * i + 3] = 255;
   }
-  ctx.putImageData(composedFrame, 0, 0);
-  $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
-    `${view.invert ? ", inverted" : ""}, zoom ${view.zoom.toFixed(2)}x`;
-  draw();
 }
 
 function draw() {
@@ -440,11 +463,82 @@ function draw() {
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   if (!view.gray) return;
-  const scale = Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;
-  ctx.setTransform(scale, 0, 0, scale, canvas.width / 2 + view.panX - (view.w * scale) / 2,
-    canvas.height / 2 + view.panY - (view.h * scale) / 2);
+  const scale = Math.min(canvas.width / view.w, canvas.height / view.h) * view.zoom;  // viewer pixels a copy's
+  const x = canvas.width / 2 + view.panX - (view.w * scale) / 2;  // where the copy's top left corner lies
+  const y = canvas.height / 2 + view.panY - (view.h * scale) / 2;
+  // enlarged past one viewer pixel each, a reduced copy's pixels hide what the original's show
+  const close = view.original !== null && scale > 1;
+  if (view.original && view.film === current) $("caption").textContent = reducedCaption(close);
+  if (close) return drawDetail(ctx, scale, x, y);
+  ctx.setTransform(scale, 0, 0, scale, x, y);
   ctx.imageSmoothingEnabled = scale < 2;  // enlarged far, the reader sees the pixels themselves
   ctx.drawImage(composed, 0, 0);
+}
+
+// A reduced film's caption, true at the zoom shown: the copy's pixels, or, zoomed in past them, the original's.
+function reducedCaption(close) {
+  const said = sourceCaption(view.film);
+  const original = pixelSize(view.original.naturalWidth, view.original.naturalHeight);
+  const copy = pixelSize(view.w, view.h);
+  const shown = close ? `Shown from the original's own ${original} pixels at this zoom (zoomed out, reduced to ${copy})`
+    : `Shown reduced from ${original} to ${copy} pixels (zoomed in past those, from the original's own)`;
+  return `${said ? `${said} ` : ""}${shown}; the film read is the original.`;
+}
+
+// The part of the original in view, with the copy's top left corner at (x, y) and scale viewer pixels a copy's
+// pixel: read from its decoded image at one pixel each, or at the viewer's pixels where the original has more, and
+// drawn through the same window/level table and heatmap as the copy. What it holds is bounded by the viewer's size,
+// whatever the film's.
+function drawDetail(ctx, scale, x, y) {
+  const canvas = $("view");
+  const img = view.original;
+  const kx = img.naturalWidth / view.w;  // the original's pixels across one of the copy's
+  const ky = img.naturalHeight / view.h;
+  const left = Math.max(0, Math.floor((-x / scale) * kx));  // the original's whole pixels in view
+  const top = Math.max(0, Math.floor((-y / scale) * ky));
+  const right = Math.min(img.naturalWidth, Math.ceil(((canvas.width - x) / scale) * kx));
+  const bottom = Math.min(img.naturalHeight, Math.ceil(((canvas.height - y) / scale) * ky));
+  if (right <= left || bottom <= top) return;  // panned off the film
+  const part = [left, top, right - left, bottom - top];
+  const d = readDetail(part, Math.min(part[2], Math.ceil((part[2] * scale) / kx)),
+    Math.min(part[3], Math.ceil((part[3] * scale) / ky)));
+  paint(d.frame.data, d.gray, $("heatmap-toggle").checked && view.cam ? detailCam(d, kx, ky) : null);
+  if (closeup.width !== d.w || closeup.height !== d.h) {
+    closeup.width = d.w;
+    closeup.height = d.h;
+  }
+  closeup.getContext("2d").putImageData(d.frame, 0, 0);
+  const sx = (scale * part[2]) / (d.w * kx);  // viewer pixels a pixel of the part read
+  const sy = (scale * part[3]) / (d.h * ky);
+  ctx.setTransform(sx, 0, 0, sy, x + (left / kx) * scale, y + (top / ky) * scale);
+  ctx.imageSmoothingEnabled = sx < 2;  // as for the copy: enlarged far, the original's pixels themselves
+  ctx.drawImage(closeup, 0, 0);
+}
+
+// The gray levels of the original's rectangle part read at w x h, kept while zoom and pan leave it in view: a
+// window/level step repaints them, and only a move reads the decoded image again.
+function readDetail(part, w, h) {
+  if (!detail || detail.part.join() !== part.join() || detail.w !== w || detail.h !== h) {
+    detail = { part, w, h, gray: lumaOf(pixelsOf(view.original, w, h, part)), frame: new ImageData(w, h), cam: null,
+      camOf: null };
+  }
+  return detail;
+}
+
+// The heatmap's value at each pixel of the part read: the copy's map where that pixel's centre lies, so the map is
+// laid over the original where it lies over the copy.
+function detailCam(d, kx, ky) {
+  if (d.camOf === view.cam) return d.cam;
+  const [left, top, across, down] = d.part;
+  const columns = Array.from({ length: d.w }, (_, i) =>
+    Math.min(view.w - 1, Math.floor((left + ((i + 0.5) * across) / d.w) / kx)));
+  d.cam = new Uint8ClampedArray(d.w * d.h);
+  for (let j = 0; j < d.h; j++) {
+    const row = Math.min(view.h - 1, Math.floor((top + ((j + 0.5) * down) / d.h) / ky)) * view.w;
+    for (let i = 0; i < d.w; i++) d.cam[j * d.w + i] = view.cam[row + columns[i]];
+  }
+  d.camOf = view.cam;
+  return d.cam;
 }
 
 function setWindow(level, width) {
@@ -459,7 +553,8 @@ function setWindow(level, width) {
 }
 
 function setZoom(zoom) {
-  view.zoom = Math.max(0.25, Math.min(16, zoom));
+  const further = view.original ? view.original.naturalWidth / view.w : 1;  // a reduced film's original
+  view.zoom = Math.max(0.25, Math.min(ZOOM_MAX * further, zoom));
   compose();
 }
 
