@@ -11,17 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import softmax
-from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
+from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, load_card, save_card
 from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distill import check_teachers, teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
+from pneumoscan.training.ensemble import build_ensemble
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records, train
 
@@ -209,3 +214,61 @@ def test_a_teacher_whose_training_films_are_unknown_is_refused(tiny_dataset: Pat
                                          r"run beside it: copied out of its run folder, or made elsewhere\?\)"):
         train(tiny_dataset, cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _huge_on_a_white_square(bundle: Path, scale: float = 3e38) -> None:
+    """Give BUNDLE (a 32 px simple_cnn) weights that load and export (finite on the export's random check), score the
+    tiny dataset's films finitely, and give a film with a large white square a positive logit about 30 ``scale``:
+    infinite by default (weights damaged in a way only some films show), finite near float32's largest with 1e37."""
+    model, card = load_bundle(bundle)
+    conv, hidden, out = model.features[0], model.head[0], model.head[2]
+    with torch.no_grad():
+        conv.weight[0], conv.bias[0] = 1.0, -17.0  # channel 0: above 0 only where a 3 x 3 patch is near white
+        hidden.weight[0], hidden.bias[0] = 0.0, -50.0
+        hidden.weight[0, :256] = 1.0  # hidden unit 0: above 0 only where channel 0 is, over a large area
+        out.weight[:, 0] = torch.tensor([0.0, scale])  # which the positive logit takes
+    save_bundle(bundle, model, card)
+    export_onnx(bundle)
+
+
+def test_a_teacher_or_member_whose_scores_are_not_finite_is_refused_by_name(tiny_dataset: Path, teacher_cv: Path,
+                                                                            tmp_path: Path) -> None:
+    """A teacher giving NaN or infinite logits on a training film was refused only as "the model produced a
+    non-finite score", naming no teacher, and for an ensemble no member (its one graph gives only the mean); so was
+    an ensemble's member on the films given to `ensemble --data`."""
+    broken = shutil.copytree(teacher_cv / "fold-0", tmp_path / "broken") / "bundle"  # its run's split.csv beside it
+    _huge_on_a_white_square(broken)
+    cfg = student_config(teacher_cv, tmp_path)
+    records = discover(tmp_path / "split.csv").records
+    film = next(r for r in records if r.split == "train")
+    pixels = np.asarray(Image.open(film.path).convert("L")).copy()
+    pixels[12:52, 12:52] = 255
+    Image.fromarray(pixels).save(tmp_path / "white.jpeg", quality=95)
+    write_manifest([*records, dataclasses.replace(film, path=str(tmp_path / "white.jpeg"))], tmp_path / "split.csv")
+    with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(broken))}\): the model produced a "
+                                         r"non-finite score \(NaN or infinity\).* \(1 of \d+ images\)$"):
+        train(tiny_dataset, dataclasses.replace(cfg, teacher=[str(broken)]), tmp_path / "run")
+    # finite logits near float32's largest, of two teachers: their float32 mean overflowed, and softmax gave NaN
+    huge = shutil.copytree(teacher_cv / "fold-0", tmp_path / "huge") / "bundle"
+    _huge_on_a_white_square(huge, 1e37)
+    white = [str(tmp_path / "white.jpeg")]
+    np.testing.assert_allclose(teacher_probabilities([str(huge)] * 2, white, white, 8), [[0.0, 1.0]], atol=1e-6)
+    # in an ensemble with a sound member, calibrated on films that show nothing wrong
+    write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], tmp_path / "site.csv")
+    ens, members = tmp_path / "ensemble", [str(teacher_cv / "fold-0" / "bundle"), str(broken)]
+    write_manifest([*discover(tmp_path / "site.csv").records, make_record(tmp_path / "white.jpeg", film.label)],
+                   tmp_path / "site-white.csv")
+    with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model "
+                                         r"produced a non-finite score .* \(1 of 17 images\)$"):
+        build_ensemble(members, ens, data=tmp_path / "site-white.csv")
+    assert main(["ensemble", *members, "--data", str(tmp_path / "site.csv"), "--out", str(ens)]) == 0
+    taught = dataclasses.replace(cfg, teacher=[str(ens)])
+    with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "
+                                         rf"\({re.escape(str(broken))}\): the model produced a non-finite score"):
+        train(tiny_dataset, taught, tmp_path / "run-2")
+    # and a member's own card damaged, which the check of the ensemble teacher's training films reads
+    (broken / CARD).write_text("{not json")
+    with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "
+                                         rf"\({re.escape(str(broken))}\): {re.escape(str(broken / CARD))} is not a "
+                                         "readable bundle card"):
+        check_teachers(taught, split_records(taught.split_csv, taught), get_task(taught.task))

@@ -461,8 +461,8 @@ def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_b
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
     net, card = load_bundle(tmp_path / "ens")
-    with pytest.raises(ValueError,
-                       match=f"ensemble member {cv / 'fold-1' / 'bundle'}: the model produced a non-finite"):
+    with pytest.raises(ValueError, match=rf"ensemble member 2 of 2 \({cv / 'fold-1' / 'bundle'}\): the model "
+                                         "produced a non-finite"):
         out_of_fold(net, [cv], card, get_task(card.task),
                     lambda i: nan if i == 1 else module_session(net.members[i], card.size))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from tests.builders import nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS
 from pneumoscan.training.quantize import quantize_bundle
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
@@ -84,3 +86,68 @@ def test_an_ensemble_given_to_start_from_is_refused_with_a_remedy_that_exists(
     assert (f"{ens} holds an ensemble, which cannot be fine-tuned: start from one of its members (--init MEMBER) or "
             "distil it into one model (--teacher)") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_member_or_teacher_is_refused_naming_it(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A member given to `ensemble` (or a teacher) whose bundle.json was not JSON, lacked a field or held a bad
+    value, or whose weights or model.onnx were damaged, was refused naming only its file: a user reading the command
+    or the ensemble's own bundle.json saw nothing wrong. Each refusal is one line naming it, its place and folder."""
+    good = shutil.copytree(tiny_bundle.parent, tmp_path / "good")  # a run of its own: its split.csv beside it
+    nudge_weights(good / "bundle")
+    sealed = json.loads((tiny_bundle / CARD).read_text())
+    # a card from before cards kept checksums, whose fields alone are checked
+    legacy = {k: v for k, v in sealed.items() if k != CHECKSUM and k not in SEALED_ERA} | {"format_version": 1}
+    damages = {
+        "not-json": (lambda b: (b / CARD).write_text("{not json"), "bundle.json is not a readable bundle card"),
+        "no-threshold": (lambda b: (b / CARD).write_text(json.dumps({k: v for k, v in legacy.items()
+                                                                     if k != "threshold"})),
+                         "bundle.json: threshold is missing"),
+        "bad-temperature": (lambda b: (b / CARD).write_text(json.dumps(legacy | {"temperature": -1.0})),
+                            "bundle.json: temperature is -1.0, not above 0"),
+        "weights": (lambda b: _flip_a_byte(b / WEIGHTS), f"{WEIGHTS} is damaged"),
+    }
+    train = ["train", *TINY, "--data", str(tiny_dataset), "--set", "val_fraction=0.25", "--out", str(tmp_path / "run")]
+    for name, (damage, said) in damages.items():
+        bad = shutil.copytree(tiny_bundle.parent, tmp_path / name) / "bundle"
+        damage(bad)
+        for argv, who in (
+            (["ensemble", str(good / "bundle"), str(bad), "--data", str(tiny_bundle.parent / "split.csv"),
+              "--split", "val", "--out", str(tmp_path / "ens")], "ensemble member 2 of 2"),
+            ([*train, "--teacher", str(good / "bundle"), "--teacher", str(bad)], "teacher 2 of 2"),
+        ):  # fmt: skip
+            assert main(argv) == 2, (name, argv[0])
+            error = capsys.readouterr().err.splitlines()[-1]  # after the log lines, the reason in one line
+            assert error.startswith(f"pneumoscan {argv[0]}: error: {who} ({bad}): {bad}") and said in error, error
+    assert not (tmp_path / "ens").exists() and not (tmp_path / "run").exists()
+    # a teacher's model.onnx, which scores the student's training films (an ensemble's members' are not read)
+    bad = shutil.copytree(tiny_bundle.parent, tmp_path / "onnx") / "bundle"
+    _flip_a_byte(bad / ONNX_NAME)
+    assert main([*train, "--teacher", str(bad)]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"pneumoscan train: error: teacher 1 of 1 ({bad}): {bad / ONNX_NAME} is damaged"), error
+
+
+def test_a_damaged_card_of_an_ensembles_member_is_refused_naming_the_member(tiny_bundle: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The commands that check an ensemble's films against its members' training films read each member's own
+    bundle.json: a damaged one was refused naming only that file, while the ensemble given, and its bundle.json,
+    were sound."""
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
+    nudge_weights(other)
+    ens, split = tmp_path / "ens", str(tiny_bundle.parent / "split.csv")
+    assert main(["ensemble", str(tiny_bundle), str(other), "--data", split, "--split", "val", "--out", str(ens)]) == 0
+    (other / CARD).write_text("{not json")
+    capsys.readouterr()
+    for argv in (["evaluate", str(ens), split, "--split", "val", "--out", str(tmp_path / "report")],
+                 ["threshold", str(ens), split, "--split", "val", "--youden", "--out", str(tmp_path / "copy")]):
+        assert main(argv) == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert error.startswith(f"pneumoscan {argv[0]}: error: ensemble member 2 of 2 ({other}): {other / CARD} is "
+                                "not a readable bundle card"), error

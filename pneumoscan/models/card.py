@@ -160,12 +160,26 @@ def member_sources(card: BundleCard) -> list[Path]:
     return [Path(m["source"]) for m in card.model_kwargs["members"]]
 
 
+def member_label(position: int, count: int, source: Path | str) -> str:
+    """How a refusal names an ensemble member: its place among the members (from 1, in the order `pneumoscan
+    ensemble` was given them and bundle.json lists them) and its bundle folder."""
+    return f"ensemble member {position + 1} of {count} ({source})"
+
+
 def replaced_members(card: BundleCard) -> list[Path]:
     """The member paths of an ensemble that now hold other weights than the ensemble was built from (a cv run
-    trained again in the same folder): their run's files describe another model's training."""
+    trained again in the same folder): their run's files describe another model's training. A member's own card
+    that is damaged is refused naming the member (:func:`member_label`): the ensemble's own card is sound."""
     replaced = []
-    for member, path in zip(card.model_kwargs["members"], member_sources(card)):
-        if (path / CARD).exists() and member.get("weights") and load_card(path).files.get(WEIGHTS) != member["weights"]:
+    sources = member_sources(card)
+    for i, (member, path) in enumerate(zip(card.model_kwargs["members"], sources)):
+        if not (path / CARD).exists():
+            continue
+        try:
+            own = load_card(path)
+        except ValueError as e:
+            raise ValueError(f"{member_label(i, len(sources), path)}: {e}") from None
+        if member.get("weights") and own.files.get(WEIGHTS) != member["weights"]:
             replaced.append(path)
     return replaced
 

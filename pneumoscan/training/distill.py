@@ -26,9 +26,10 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, file_sha256, load_card
+from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, file_sha256, load_card, member_label,
+                                   member_sources, verify_file)
 from .config import TrainConfig
-from .ensemble import refuse_repeated_models
+from .ensemble import member_named_logits, refuse_repeated_models, refused_as
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
     if cfg.augment.mixup or cfg.augment.cutmix:
         raise ValueError("distillation learns each film's own teacher probabilities; mixup and CutMix mix two films: "
                          "turn them off (--set augment.mixup=0 --set augment.cutmix=0) or train without --teacher")
-    cards = [load_card(teacher) for teacher in cfg.teacher]  # a damaged or edited teacher is refused here, by name
-    for teacher, card in zip(cfg.teacher, cards):
+    cards = [_teacher_card(cfg.teacher, i) for i in range(len(cfg.teacher))]
+    for i, card in enumerate(cards):
         if card.task != task.name:
-            raise ValueError(f"teacher {teacher} was trained for the {card.task} task, not {task.name}")
+            raise ValueError(f"{_teacher_label(cfg.teacher, i)} was trained for the {card.task} task, not {task.name}")
     refuse_repeated_models(cards, cfg.teacher, "its probabilities would weigh double in the student's targets")
     # the one walk of each teacher's weight sources: the check of their training films also finds those unknown here
     findings = check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
@@ -58,6 +59,27 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
     for teacher in cfg.teacher:  # refused, not only warned of as evaluation does: see the docstring
         if (unknown := findings.unknown_source(teacher)) is not None:
             raise ValueError(unknown)
+
+
+def _teacher_label(teachers: Sequence[str], i: int) -> str:
+    """How a refusal names teacher ``i``: its place among the teachers (from 1, as given) and its bundle folder."""
+    return f"teacher {i + 1} of {len(teachers)} ({teachers[i]})"
+
+
+def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:
+    """Teacher ``i``'s card, its weights (their SHA-256: refused before the run folder is made, not after the films
+    are read) and, for an ensemble, its members' own cards (which the check of their training films reads); one
+    damaged or edited is refused naming the teacher and the member, since the student's own files are sound."""
+    with refused_as(_teacher_label(teachers, i)):
+        card = load_card(teachers[i])
+        verify_file(teachers[i], card, WEIGHTS)
+        if card.model == ENSEMBLE:
+            sources = member_sources(card)
+            for k, source in enumerate(sources):
+                if (source / CARD).exists():  # a member gone is the training-film check's to warn of or refuse
+                    with refused_as(member_label(k, len(sources), source)):
+                        load_card(source)
+    return card
 
 
 def teacher_checksums(teachers: Sequence[str]) -> list[str]:
@@ -72,14 +94,17 @@ def teacher_probabilities(teachers: Sequence[str], paths: Sequence[str], among: 
     of their calibrated logits. Each teacher reads them with its own preprocessing, from the cache of the films
     ``among`` (the run's: the student's own cache when a teacher preprocesses as the student does)."""
     calibrated = []
-    for teacher in teachers:
-        predictor = Predictor(teacher, batch_size, backend="onnx")
-        cache = build_cache(list(among), predictor.card.spec)
-        try:
-            rows = cache.rows(paths)
-        except KeyError as e:
-            raise ValueError(f"teacher {teacher} could not read a training film: {e.args[0]}") from None
-        calibrated.append(predictor.logits(cache.images[rows]) / predictor.card.temperature)
+    for i, teacher in enumerate(teachers):
+        with refused_as(_teacher_label(teachers, i)):  # damaged weights or model.onnx, a film unread, a NaN score
+            predictor = Predictor(teacher, batch_size, backend="onnx")
+            cache = build_cache(list(among), predictor.card.spec)
+            try:
+                images = cache.images[cache.rows(paths)]
+            except KeyError as e:
+                raise ValueError(f"could not read a training film: {e.args[0]}") from None
+            # in float64: large finite float32 logits over a temperature below 1, or their mean, would overflow to
+            # infinity, and their softmax would be NaN targets
+            calibrated.append(member_named_logits(predictor, images).astype(np.float64) / predictor.card.temperature)
         log.info("distillation: %s scored the %d training films", teacher, len(paths))
     return softmax(np.mean(calibrated, axis=0))
 

@@ -24,12 +24,13 @@ five-fold run's 5,232 films took 3 minutes on a 2-core CPU at 224 px, where eage
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
-                                   member_sources, runtime_versions)
+                                   member_label, member_sources, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
@@ -60,6 +61,37 @@ from .finish import ScoredFilms, finish_bundle
 OUT_OF_FOLD = "out-of-fold scores of"
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def refused_as(what: str) -> Iterator[None]:
+    """A refusal inside (ValueError, or FileNotFoundError for a bundle that is not there) said as one about ``what``,
+    a member or a teacher by its place and folder: its reason names a file of that bundle only, and the ensemble's or
+    the run's own files, which the user looks at, are sound."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def member_named_logits(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """The logits of ``predictor`` on ``images``; for an ensemble, NaN or infinite scores (:class:`NonFiniteScore`)
+    are refused naming the member that gives them (:func:`member_label`), each member scored by torch on the films
+    concerned: the ensemble's one graph says only that their mean is not finite, and its own files are sound."""
+    try:
+        return predictor.logits(images)
+    except NonFiniteScore as e:
+        if predictor.card.model != ENSEMBLE:
+            raise
+        with torch.inference_mode():
+            x = predictor.inputs(images[e.bad])
+            bad = [i for i, net in enumerate(predictor.model.members) if not torch.isfinite(net(x)).all()]
+        if bad:
+            sources = member_sources(predictor.card)
+            raise ValueError(f"{member_label(bad[0], len(sources), sources[bad[0]])}: {e}") from None
+        raise
 
 
 def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
@@ -89,14 +121,13 @@ def refuse_repeated_models(cards: Sequence[BundleCard], paths: Sequence[Path | s
             raise ValueError(f"{path} {same}: each model counts once, or {why}")
 
 
-def _mean_logits(members: Sequence[tuple[Path, ort.InferenceSession]], images: np.ndarray) -> np.ndarray:
-    """The mean of the members' logits on ``images``; a member whose scores are not finite is named."""
+def _mean_logits(members: Sequence[tuple[str, ort.InferenceSession]], images: np.ndarray) -> np.ndarray:
+    """The mean of the members' logits on ``images`` (``members``: each one's :func:`member_label` and session); a
+    member whose scores are not finite is named."""
     logits = []
-    for source, sess in members:
-        try:
+    for label, sess in members:
+        with refused_as(label):
             logits.append(session_logits(sess, images))
-        except NonFiniteScore as e:
-            raise ValueError(f"ensemble member {source}: {e}") from None
     return np.mean(logits, axis=0)
 
 
@@ -117,7 +148,8 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
                                 total=folds)
         for k in range(folds):
             fold, images, y, _ = labelled_records(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
-            members = [(sources[i], member_session(i)) for i in range(k, len(net.members), folds)]
+            members = [(member_label(i, len(sources), sources[i]), member_session(i))
+                       for i in range(k, len(net.members), folds)]
             logits.append(_mean_logits(members, images))
             targets.append(y)
             records += fold
@@ -254,7 +286,8 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
     records, images, targets, groups = held_out
     record_calibration_films(tmp, records)
     shipped = Predictor(tmp, backend="onnx")
-    return ScoredFilms(shipped.logits(images), list(map(shipped.logits, tta_views(images))), targets, groups)
+    score = functools.partial(member_named_logits, shipped)
+    return ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
 
 
 def build_ensemble(
@@ -270,7 +303,10 @@ def build_ensemble(
         raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
     cv_dirs, out = [Path(d) for d in cv_dirs], Path(out)
     paths = _member_paths(members, cv_dirs, out)
-    loaded = [load_bundle(p) for p in paths]  # each member's weights checked against its recorded SHA-256
+    loaded = []
+    for i, path in enumerate(paths):  # each member's card and weights (their SHA-256) checked; a refusal names it
+        with refused_as(member_label(i, len(paths), path)):
+            loaded.append(load_bundle(path))
     cards = [c for _, c in loaded]
     task = card_task(cards[0], paths[0])  # a task not registered here is said as such, before the members are compared
     _check_members(cards, paths)
@@ -287,7 +323,9 @@ def build_ensemble(
         # what the check of the films warned of: MODEL_CARD.md's recipe says it with the figures
         **({"calibration_caveats": caveats} if caveats else {})})
     # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
-    appearance = load_appearance(*next((p, c) for c, p in zip(cards, paths) if c.size == card.size))
+    first = next(i for i, c in enumerate(cards) if c.size == card.size)
+    with refused_as(member_label(first, len(paths), paths[first])):
+        appearance = load_appearance(paths[first], cards[first])
     score = functools.partial(_calibration_scores, net=net, card=card, task=task, cv_dirs=cv_dirs, held_out=held_out)
     card, figures, _ = finish_bundle(out, net, card, appearance, score, (target_sensitivity, max_false_positive_rate),
                                      name)
