@@ -1,10 +1,13 @@
-"""Two CPU processes under torchrun (gloo): one set of outputs, metrics over the whole validation set, resume."""
+"""Two CPU processes under torchrun (gloo): one set of outputs, metrics over the whole validation set, resume; how
+long a process waits for the others, and one process a GPU."""
 
 from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +24,15 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
-from pneumoscan.training.distributed import is_main_process
+from pneumoscan.training.distributed import (
+    DEFAULT_TIMEOUT_S,
+    check_gpus,
+    group_timeout,
+    is_main_process,
+    setup_distributed,
+)
 from pneumoscan.training.train import train
+from tests.distributed_stubs import rank_waiting_for_rank_0
 
 
 # what torchrun_train gives every run, as the library takes it
@@ -47,9 +57,14 @@ def history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: Path) -> None:
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "1")
+def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """One run under torchrun and its resume; the run learns from a teacher, which rank 0 alone scores the training
+    films with, handing the targets to the other rank (one launch for both: each costs two interpreters' start)."""
+    run, cache, split = tmp_path / "run", tmp_path / "cache", str(tiny_bundle.parent / "split.csv")
+    teacher = ("--teacher", str(tiny_bundle), "--split-csv", split)  # given again on --resume, as every setting
+    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "1", *teacher)
+    n_train = sum(r.split == "train" for r in discover(tiny_bundle.parent / "split.csv").records)
+    assert log.count(f"scored the {n_train} training films") == 1, log
 
     assert "2 process(es) on cpu" in log and "global batch 16 (8 x 2)" in log, log
     assert log.count(f"{run / 'bundle'}: validation AUC") == 1, "train's result line, from rank 0 alone"
@@ -99,13 +114,15 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tmp_path: 
         b.pop("threshold_table")
     assert_close_report(reported, again)
 
+    assert card["train_config"]["teacher"] == [str(tiny_bundle)], card["train_config"]
     assert (card["train_config"]["processes"] == 2
             and torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 2)
     first = history(run)
     assert [r["epoch"] for r in first] == ["1"]
     with pytest.raises(ValueError, match=r"it was made by 2 process\(es\) and this run has 1; "):
-        train(tiny_dataset, TrainConfig(epochs=2, **TINY), run, resume=True)  # this process alone
-    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "2", "--resume")
+        train(tiny_dataset, TrainConfig(epochs=2, teacher=[tiny_bundle], split_csv=split, **TINY), run,
+              resume=True)  # this process alone
+    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "2", "--resume", *teacher)
     assert f"resuming after epoch 1 (step {first[0]['step']})" in log, log
     assert "Preprocessing" not in log, "the cache is reused"
     rows = history(run)
@@ -125,24 +142,64 @@ def test_the_main_process_is_rank_0_or_the_only_one(rank: str | None, main: bool
     assert is_main_process() is main
 
 
-def test_a_one_process_run_is_not_resumed_under_two(tiny_dataset: Path, tmp_path: Path) -> None:
-    """It was, silently: at lr 0.002 and global batch 16 over half the planned steps, stopping an epoch early, while
-    its card said lr 0.001. Refused before anything in RUN is rewritten."""
-    run = tmp_path / "run"
-    train(tiny_dataset, TrainConfig(epochs=1, **TINY), run)
-    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    log = torchrun_train(tiny_dataset, run, tmp_path / "cache", "--epochs", "2", "--resume", refused=True)
-    assert "it was made by 1 process(es) and this run has 2; " in log, log
-    assert "resume under 1, or train into a new --out" in log, log
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
+def test_a_process_waiting_longer_than_the_timeout_says_which_setting_to_raise() -> None:
+    """torch's default timeout (30 min) ended the processes waiting for one that works alone (the cache, the teacher,
+    the bundle, a cv fold), with gloo's "Timed out waiting 1800000ms for recv operation". PNEUMOSCAN_DIST_TIMEOUT (2 s
+    here) sets it, and the process that gives up says so. Two gloo processes started by multiprocessing, not torchrun:
+    about 3 s on 2 cores, most of it two interpreters importing torch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    start, gave_up, results = context.Barrier(2), context.Event(), context.Queue()
+    # the ranks import distributed_stubs alone (the target's module), not this module's training stack
+    ranks = [context.Process(target=rank_waiting_for_rank_0, args=(rank, port, start, gave_up, results))
+             for rank in range(2)]
+    for p in ranks:
+        p.start()
+    try:
+        said = dict(results.get(timeout=120) for _ in ranks)
+    finally:
+        for p in ranks:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert said[1] == ("TimeoutError: process 1 waited 2 s for the others and gave up; one process alone builds the "
+                       "image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
+                       "on a large dataset: set PNEUMOSCAN_DIST_TIMEOUT (seconds) above how long that takes"), said
 
 
-def test_two_processes_learn_from_a_teacher_scored_once(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    """Rank 0 scores the training films with the teacher and hands the targets to the other rank."""
-    run = tmp_path / "student"
-    log = torchrun_train(tiny_dataset, run, tmp_path / "cache", "--epochs", "1", "--teacher", str(tiny_bundle),
-                         "--split-csv", str(tiny_bundle.parent / "split.csv"))
-    n_train = sum(r.split == "train" for r in discover(tiny_bundle.parent / "split.csv").records)
-    assert log.count(f"scored the {n_train} training films") == 1, log
-    recorded = json.loads((run / "bundle" / "bundle.json").read_text())["train_config"]
-    assert recorded["teacher"] == [str(tiny_bundle)], recorded
+@pytest.mark.parametrize("value, seconds", [(None, DEFAULT_TIMEOUT_S), (" 90 ", 90.0), ("1.5", 1.5), ("0", None),
+                                            ("-5", None), ("inf", None), ("nan", None), ("30min", None)])
+def test_the_timeout_is_seconds_above_0(value: str | None, seconds: float | None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if value is None:
+        monkeypatch.delenv("PNEUMOSCAN_DIST_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("PNEUMOSCAN_DIST_TIMEOUT", value)
+    if seconds is None:
+        with pytest.raises(ValueError, match=rf"^PNEUMOSCAN_DIST_TIMEOUT='{value}': give the seconds a process waits "
+                                             rf"for the others, e.g. {DEFAULT_TIMEOUT_S} \(the default\)$"):
+            group_timeout()
+    else:
+        assert group_timeout() == seconds
+
+
+def test_more_processes_on_a_machine_than_its_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Process i takes cuda:i: with 2 processes on a 1-GPU machine, process 1's torch.cuda.set_device failed with a
+    CUDA traceback (and process 0 waited for it). Every process refuses before joining the group. This machine has
+    no GPU: the check is shown with the counts, and in setup_distributed with CUDA said to be there (the CUDA calls
+    after it are not run here)."""
+    check_gpus(2, 2)
+    check_gpus(8, 1)
+    reason = (r"^torchrun started 2 processes on this machine, which has 1 visible GPU\(s\): one process a GPU, so "
+              r"give --nproc_per_node 1 or fewer \(CUDA_VISIBLE_DEVICES= trains on the CPU\)$")
+    with pytest.raises(ValueError, match=reason):
+        check_gpus(1, 2)
+    for name, value in (("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)  # a process that got past the check fails at once, not waits
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=reason):
+        setup_distributed()

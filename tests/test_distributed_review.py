@@ -1,6 +1,7 @@
 """Two gloo processes that could disagree: a rank that read other films, a rank whose BatchNorm statistics moved with
-its own batches, a rank that returns from train() while rank 0 is still writing the bundle, and a rank that starts
-a second run in the same process (cv's next fold) while rank 0 is still busy with the first."""
+its own batches, a rank that returns from train() while rank 0 is still writing the bundle, a rank that starts
+a second run in the same process (cv's next fold) while rank 0 is still busy with the first, and the warm start's
+features, which each rank computes for its share of the films."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from tests.builders import SCORE_TOL
 from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distributed import Dist, gather_shards, setup_distributed, shard
 from pneumoscan.training.engine import Callback, State
-from pneumoscan.training.train import epoch_metrics, train
+from pneumoscan.training.train import epoch_metrics, train, warm_start
 
 # cnn5 has BatchNorm; class weights off, so the test recomputes the validation loss without the training split
 RECIPE = dict(model="cnn5", pretrained=False, image_size=32, batch_size=8, epochs=1, class_weights=False)
@@ -38,10 +42,55 @@ class DriftOnRank1(Callback):
                     buf.mul_(0.25)
 
 
+class CountingProbe(torch.nn.Module):
+    """The timm surface the warm start uses, on films whose pixels (N, D, 1, 1) are their features; it counts the
+    films it computes the features of. Its head starts the same in every process."""
+
+    def __init__(self, dims: int = 8) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(dims, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.linspace(-0.5, 0.5, 2 * dims).reshape(2, dims))
+            self.fc.bias.zero_()
+        self.films = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.films += len(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.fc
+
+
+def probe_films(n: int, seed: int) -> TensorDataset:
+    """``n`` films whose first feature tells the label, with noise: the same in every process."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    y = (x[:, 0] + torch.randn(n, generator=gen) > 0).long()
+    return TensorDataset(x[:, :, None, None], y)
+
+
+def probe_warm_start(ctx: Dist) -> dict:
+    """The warm start of a :class:`CountingProbe` on 61 training and 41 validation films: the penalty chosen, the
+    head fitted and how many films' features this process computed."""
+    probe = CountingProbe()
+    l2 = warm_start(probe, (probe_films(61, 0), probe_films(41, 1)), None, 16, ctx)
+    return {"l2": l2, "weight": probe.fc.weight.tolist(), "bias": probe.fc.bias.tolist(), "films": probe.films}
+
+
 def _worker(data: Path, other_copy: Path, out: Path) -> None:
     """One rank's part (run by torchrun): both train on the same films, then, as ``cv`` goes on to its next fold
-    while rank 0 still scores the last, train again, rank 1 from a copy of the data with a film it cannot read."""
+    while rank 0 still scores the last, train again, rank 1 from a copy of the data with a film it cannot read; then
+    both warm-start a probe together."""
     rank, said = int(os.environ["RANK"]), {}
+    try:  # a run one process made, resumed under two
+        train(data, TrainConfig(**{**RECIPE, "epochs": 2}), out / "single", resume=True)
+    except ValueError as e:
+        said["resume_refused"] = str(e)
     bundle = train(data, TrainConfig(**RECIPE), out / "run", callbacks=[DriftOnRank1()])
     said["bundle_there_on_return"] = (bundle / "bundle.json").is_file()
     if rank == 0:
@@ -50,6 +99,9 @@ def _worker(data: Path, other_copy: Path, out: Path) -> None:
         train(other_copy if rank == 1 else data, TrainConfig(**RECIPE), out / "refused")
     except ValueError as e:
         said["refused"] = str(e)
+    ctx = setup_distributed()  # the group both runs used
+    said["warm_start"] = probe_warm_start(ctx)
+    said["joined"] = gather_shards(ctx, shard(ctx, 7) * 10)[0].tolist()
     (out / f"rank{rank}.json").write_text(json.dumps(said))
 
 
@@ -58,8 +110,12 @@ def test_ranks_agree_on_data_statistics_and_the_finished_bundle(tiny_dataset: Pa
     scored its share of validation with its own BatchNorm statistics (logits ~1e-3 from the saved model's); rank 1
     left train() before the bundle existed, so `cv` under torchrun failed scoring fold 1 ("not a bundle folder");
     and a process group left after each run and joined again for the next hung, or failed on the last group's closed
-    ports ("Connection refused"), when rank 0 came later. One torchrun launch shows all four (about 30 s on 2 cores:
-    most of it two interpreters starting, 5 of it rank 0 coming later)."""
+    ports ("Connection refused"), when rank 0 came later; and each rank computed the warm start's features of every
+    film, the work of one process done by each. One torchrun launch shows all five (about 30 s on 2 cores: most of
+    it two interpreters starting, 5 of it rank 0 coming later)."""
+    single = tmp_path / "single"
+    train(tiny_dataset, TrainConfig(**RECIPE), single)
+    kept = {p: p.read_bytes() for p in single.rglob("*") if p.is_file()}
     other_copy = shutil.copytree(tiny_dataset, tmp_path / "copy" / "chest_xray")
     (other_copy / "train" / "NORMAL" / "IM-0003-0001.jpeg").write_bytes(b"not a JPEG")
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
@@ -74,6 +130,12 @@ def test_ranks_agree_on_data_statistics_and_the_finished_bundle(tiny_dataset: Pa
         pytest.fail(f"a rank hung:\n{torchrun.communicate(timeout=90)[0]}")
     assert torchrun.returncode == 0, log
     said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    for rank in said:  # resumed silently, it ran at lr 0.002 and global batch 16 over half the planned steps
+        assert rank.get("resume_refused", "").startswith("cannot resume "), rank
+        assert ("it was made by 1 process(es) and this run has 2; " in rank["resume_refused"]
+                and "resume under 1, or train into a new --out" in rank["resume_refused"]), rank
+    assert {p: p.read_bytes() for p in single.rglob("*") if p.is_file()} == kept, "refused before RUN is rewritten"
 
     for rank in said:  # every rank refuses at once, with the same reason, before the run folder is made
         assert rank.get("refused", "").startswith("the processes disagree on the films they train and validate on: "
@@ -90,6 +152,17 @@ def test_ranks_agree_on_data_statistics_and_the_finished_bundle(tiny_dataset: Pa
     images, targets, _ = labelled_images(run / "split.csv", "val", get_task("pneumonia"), best.card.spec)
     again = epoch_metrics(best.logits(images), np.asarray(targets), get_task("pneumonia"))["loss"]
     assert abs(validated - again) <= SCORE_TOL, (validated, again)
+
+    # each rank computed the features of its share of the films (31 + 21 and 30 + 20 of 61 + 41), rank 0 fitted the
+    # head on all of them in the films' order, and rank 1 took it: the head one process fits, within float tolerance
+    warmed = [rank["warm_start"] for rank in said]
+    assert [w.pop("films") for w in warmed] == [52, 50], "each rank computes the features of its share alone"
+    assert warmed[0] == warmed[1], "rank 1 starts from rank 0's head"
+    alone = probe_warm_start(Dist())
+    assert alone.pop("films") == 102 and warmed[0]["l2"] == alone["l2"]
+    for key in ("weight", "bias"):
+        np.testing.assert_allclose(warmed[0][key], alone[key], rtol=1e-4, atol=1e-5)
+    assert said[0]["joined"] == said[1]["joined"] == [0, 10, 20, 30, 40, 50, 60], "shards joined in the films' order"
 
 
 if __name__ == "__main__":

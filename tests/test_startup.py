@@ -74,11 +74,13 @@ def test_onnx_predict_imports_no_torch_and_gives_the_same_probability(
     assert row["probability"] == pytest.approx(expected, abs=SCORE_TOL)
 
 
-def test_torch_is_loaded_for_the_torch_backend_and_for_heatmaps(tiny_bundle: Path, film: Path, tmp_path: Path) -> None:
-    out = tmp_path / "rows.json"
-    for extra in (["--backend", "torch"], ["--backend", "onnx", "--heatmaps", str(tmp_path / "maps")]):
-        ran = run_python(PREDICT, "predict", str(tiny_bundle), str(film), "--out", str(out), *extra)
-        assert ran["code"] == 0 and set(TORCH_STACK) <= set(ran["loaded"]), extra  # Grad-CAM's library loads sklearn
+def test_torch_is_loaded_for_heatmaps_of_the_onnx_backend(tiny_bundle: Path, film: Path, tmp_path: Path) -> None:
+    """Grad-CAM needs the torch model: a fresh process scoring with ONNX loads torch for the heatmaps, and makes
+    them (the torch backend's own fresh process: tests/test_interop.py's report cut short)."""
+    ran = run_python(PREDICT, "predict", str(tiny_bundle), str(film), "--out", str(tmp_path / "rows.json"),
+                     "--backend", "onnx", "--heatmaps", str(tmp_path / "maps"))
+    assert ran["code"] == 0 and set(TORCH_STACK) <= set(ran["loaded"])  # Grad-CAM's library loads sklearn
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 1
 
 
 def test_the_onnx_backend_builds_the_torch_model_for_gradcam_only_and_checks_its_weights(
@@ -135,7 +137,10 @@ from pneumoscan.inference.predict import Predictor
 before = cpus.model_threads()  # torch not loaded yet: worked out
 import torch
 start = torch.get_num_threads()  # what torch alone would run
-Predictor(sys.argv[1], backend="torch")  # predict and serve load their torch model so
+if sys.argv[3]:
+    Predictor(sys.argv[1], backend="torch")  # predict and serve load their torch model so
+else:
+    cpus.cap_torch_threads()  # what that load does first (timm and the model cost seconds a process)
 onnx = session(Path(sys.argv[1]) / "model.onnx").get_session_options().intra_op_num_threads
 quota = cpus.cpu_quota()
 cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
@@ -144,16 +149,17 @@ print(json.dumps({"before": before, "start": start, "torch": torch.get_num_threa
 """
 
 
-@pytest.mark.parametrize("env, one_cpu, quota", [
-    ({"OMP_NUM_THREADS": "1"}, False, None),  # a count given below the cap is honoured
-    ({"OMP_NUM_THREADS": ""}, False, None),  # one a physical core
-    ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, False, None),  # MKL's count wins
-    ({"OMP_NUM_THREADS": "1,1"}, False, None),  # OpenMP's nested levels: the first
-    ({"OMP_NUM_THREADS": "64"}, True, None),  # taskset to one CPU: torch alone runs one a physical core of the machine
-    ({"OMP_NUM_THREADS": ""}, False, "100000 100000"),  # docker --cpus 1: torch alone counts the machine's cores
+@pytest.mark.parametrize("env, one_cpu, quota, model", [
+    ({"OMP_NUM_THREADS": "1"}, False, None, False),  # a count given below the cap is honoured
+    ({"OMP_NUM_THREADS": ""}, False, None, False),  # one a physical core
+    ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, False, None, False),  # MKL's count wins
+    ({"OMP_NUM_THREADS": "1,1"}, False, None, False),  # OpenMP's nested levels: the first
+    # taskset to one CPU: torch alone runs one a physical core of the machine; capped by loading a model
+    ({"OMP_NUM_THREADS": "64"}, True, None, True),
+    ({"OMP_NUM_THREADS": ""}, False, "100000 100000", False),  # docker --cpus 1: torch alone counts the machine's cores
 ])  # fmt: skip
 def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may_use(
-    tiny_bundle: Path, tmp_path: Path, env: dict[str, str], one_cpu: bool, quota: str | None
+    tiny_bundle: Path, tmp_path: Path, env: dict[str, str], one_cpu: bool, quota: str | None, model: bool
 ) -> None:
     """One rule for torch and every ONNX Runtime session: torch's own count (MKL_NUM_THREADS, OMP_NUM_THREADS, the
     physical cores), never more than the cores taskset or a CPU quota leave; in a pod limited to 2 CPUs on a 32-core
@@ -163,8 +169,8 @@ def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may
     if quota:
         (tmp_path / "cpu.max").write_text(quota + "\n")
         cgroup = str(tmp_path)
-    ran = run_python(THREADS, str(tiny_bundle), cgroup, affinity={min(os.sched_getaffinity(0))} if one_cpu else None,
-                     **env)
+    ran = run_python(THREADS, str(tiny_bundle), cgroup, "model" if model else "",
+                     affinity={min(os.sched_getaffinity(0))} if one_cpu else None, **env)
     assert ran["before"] == ran["torch"] == ran["onnx"] == min(ran["start"], ran["cores"]), ran
     capped = [line for line in ran["said"] if "intra-op threads capped" in line]
     assert capped == ([f"torch's {ran['start']} intra-op threads capped at the {ran['cores']} cores this process may "

@@ -1,12 +1,16 @@
 """One process or many under torchrun (DDP): which rank this is, rank 0's objects and BatchNorm statistics on every
-rank, a refusal when the ranks read different data, and every rank's validation shards joined in dataset order."""
+rank, a refusal when the ranks read different data, and every rank's shards joined in dataset order."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import math
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import numpy as np
@@ -16,6 +20,14 @@ import torch.distributed as dist
 from pneumoscan.core.cpus import usable_cores
 
 T = TypeVar("T")
+TIMEOUT_ENV = "PNEUMOSCAN_DIST_TIMEOUT"
+# Seconds a process waits for the others (torch's own default: 30 min). One process alone builds the image cache
+# (each machine's first), scores the training films with the teachers, writes the bundle (ONNX export, the
+# test-time views of every validation film) and scores each cv fold, while the others wait: each grows with the
+# films, and on a large dataset can outlast 30 min, after which the waiting processes fail and the run is lost. A
+# process that fails makes torchrun stop the others at once, so only one that hangs without failing keeps them
+# waiting this long.
+DEFAULT_TIMEOUT_S = 3 * 3600
 
 
 @dataclass(frozen=True)
@@ -24,20 +36,39 @@ class Dist:
     world: int = 1
     device: torch.device = torch.device("cpu")
     local_rank: int = 0  # rank on this machine
+    timeout_s: float = DEFAULT_TIMEOUT_S  # how long a collective waits for the other processes (group_timeout)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Gloo's timeout of a collective (``Timed out waiting 10800000ms for recv operation``), raised where a
+        process waits for one doing work alone, as one line that names the setting to raise. NCCL's watchdog ends
+        the waiting process itself, with its own line (``Watchdog caught collective operation timeout``)."""
+        try:
+            yield
+        except RuntimeError as e:
+            if "timed out" not in str(e).lower():
+                raise
+            raise TimeoutError(
+                f"process {self.rank} waited {self.timeout_s:g} s for the others and gave up; one process alone builds "
+                "the image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
+                f"on a large dataset: set {TIMEOUT_ENV} (seconds) above how long that takes"
+            ) from e
+
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            with self.waiting():
+                dist.barrier()
 
     def from_main(self, obj: T) -> T:
         """Rank 0's object on every rank, so that only rank 0 reads the run directory (it may be one machine's disk)."""
         if self.world > 1:
             box = [obj]
-            dist.broadcast_object_list(box, src=0)
+            with self.waiting():
+                dist.broadcast_object_list(box, src=0)
             obj = box[0]
         return obj
 
@@ -49,7 +80,8 @@ class Dist:
         if self.world == 1:
             return
         seen: list = [None] * self.world
-        dist.all_gather_object(seen, (key, said, socket.gethostname()))
+        with self.waiting():
+            dist.all_gather_object(seen, (key, said, socket.gethostname()))
         if odd := next((rank for rank, (other, _, _) in enumerate(seen) if other != seen[0][0]), None):
             raise ValueError(f"the processes disagree on {what}: process {odd} (on {seen[odd][2]}) {seen[odd][1]}, "
                              f"process 0 (on {seen[0][2]}) {seen[0][1]}; {hint}")
@@ -62,7 +94,8 @@ class Dist:
         if self.world > 1:
             for buf in model.buffers():
                 whole = buf.contiguous()
-                dist.broadcast(whole, src=0)
+                with self.waiting():
+                    dist.broadcast(whole, src=0)
                 if whole.data_ptr() != buf.data_ptr():
                     buf.copy_(whole)
 
@@ -78,22 +111,60 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def group_timeout() -> float:
+    """Seconds a collective waits for the other processes: :data:`TIMEOUT_ENV`, else :data:`DEFAULT_TIMEOUT_S`. An
+    environment variable, not a training setting: it changes no result, so a run resumed or a cv fold trained with
+    another is the same recipe; and the process group, made once per process, serves every fold of a cv."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give the seconds a process waits for the others, e.g. "
+                         f"{DEFAULT_TIMEOUT_S} (the default)")
+    return seconds
+
+
+def check_gpus(gpus: int, here: int) -> None:
+    """Refuse more processes on this machine (``here``: torchrun's LOCAL_WORLD_SIZE) than the GPUs it shows them
+    (``gpus``): process *i* takes ``cuda:i``, and ``torch.cuda.set_device`` of one past the last fails with a CUDA
+    traceback. Every process refuses, before any joins the group."""
+    if here > gpus:
+        raise ValueError(f"torchrun started {here} processes on this machine, which has {gpus} visible GPU(s): one "
+                         f"process a GPU, so give --nproc_per_node {gpus} or fewer (CUDA_VISIBLE_DEVICES= trains on "
+                         "the CPU)")
+
+
 def setup_distributed() -> Dist:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU), once per process:
     later runs in the process (``cv``'s folds) use the same group, which is left at exit. A group left and joined
     again finds the last one's addresses still in torchrun's store: a process that joined before another had left
-    its earlier work (rank 0 scoring a fold) hung, or failed on a closed port."""
+    its earlier work (rank 0 scoring a fold) hung, or failed on a closed port. Its collectives wait
+    :func:`group_timeout` for the other processes."""
     world = processes()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        check_gpus(torch.cuda.device_count(), here)
+    timeout = group_timeout() if world > 1 else DEFAULT_TIMEOUT_S
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
         atexit.register(dist.destroy_process_group)
         if device.type == "cpu":  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank)
+            torch.set_num_threads(max(1, usable_cores() // here))
+    return Dist(dist.get_rank() if world > 1 else 0, world, device, local_rank, timeout)
+
+
+def shard(ctx: Dist, n: int) -> np.ndarray:
+    """This rank's rows of ``n``: every ``world``-th from its rank, so the ranks' shares differ by one row at most
+    (no padding or duplicates) and :func:`gather_shards` puts them back in order."""
+    return np.arange(n)[ctx.rank :: ctx.world]
 
 
 def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -101,8 +172,17 @@ def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if ctx.world == 1:
         return arrays
     shards: list = [None] * ctx.world
-    dist.all_gather_object(shards, arrays)
+    with ctx.waiting():
+        dist.all_gather_object(shards, arrays)
     return tuple(np.concatenate(parts) for parts in zip(*shards))
+
+
+def gather_shards(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each array joined over every rank's rows of it (:func:`shard`), in the order of the whole."""
+    joined = gather(ctx, *arrays)
+    n = len(joined[0])
+    order = np.argsort(np.concatenate([shard(Dist(rank, ctx.world), n) for rank in range(ctx.world)]), kind="stable")
+    return tuple(a[order] for a in joined)
 
 
 def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import write_atomic
@@ -62,7 +62,7 @@ from .callbacks import (
 )
 from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_checksums, teacher_probabilities
-from .distributed import Dist, gather, gather_rows, setup_distributed
+from .distributed import Dist, gather, gather_rows, setup_distributed, shard
 from .engine import Callback, State, fit
 from .finish import ScoredFilms, finish_bundle
 from .resume import made_by, resume_from, run_record, save_checkpoint
@@ -300,7 +300,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     train_set = CachedImages(cache.images, parts["train"][0], train_targets,
                              train_transform(cfg.image_size, mean, std, cfg.augment))
     val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
-    val_rows = np.arange(len(val_set))[ctx.rank :: ctx.world]
+    val_rows = shard(ctx, len(val_set))
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
     # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed),
@@ -343,11 +343,16 @@ class Reshuffle(Callback):
         freeze_frozen_norms(self.model)
 
 
-def warm_start(model: torch.nn.Module, d: Data, cfg: TrainConfig, ctx: Dist) -> None:
-    loaders = [DataLoader(part, cfg.eval_batch_size) for part in d.plain]
-    l2 = warm_start_head(model, *loaders, d.class_weights, ctx.device)
+def warm_start(model: torch.nn.Module, plain: Sequence[Dataset], weights: torch.Tensor | None, batch_size: int,
+               ctx: Dist) -> float:
+    """The classifier fitted on the frozen features of the training films, its L2 penalty chosen on the validation
+    films (``plain``: both without augmentation; :func:`warm_start_head`). Each process computes the features of
+    its share of the films (:func:`shard`), so W processes share the work of one. Returns the penalty chosen."""
+    loaders = [DataLoader(torch.utils.data.Subset(part, shard(ctx, len(part))), batch_size) for part in plain]
+    l2 = warm_start_head(model, *loaders, weights, ctx.device, ctx)
     if ctx.main:
         log.info("warm start: classifier fitted on frozen pretrained features (L2 %g, chosen on validation loss)", l2)
+    return l2
 
 
 def validation_row(model: torch.nn.Module, d: Data, task: Task,
@@ -376,7 +381,7 @@ def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist
     t0 = time.perf_counter()
     # a bundle's own trained head is kept, not refitted
     if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
-        warm_start(model, d, cfg, ctx)
+        warm_start(model, d.plain, d.class_weights, cfg.eval_batch_size, ctx)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
     return t0, warm_s
