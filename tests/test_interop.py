@@ -131,8 +131,10 @@ def test_age_margin(film: np.ndarray, age: str, accepted: bool) -> None:
     assert (found == []) == accepted, found
 
 
-def test_age_from_birth_date_and_study_date(film: np.ndarray) -> None:
-    ds = header(film, PatientAge=None, PatientBirthDate="20200615", StudyDate="20230615")
+@pytest.mark.parametrize("born, studied", [("20200615", "20230615"), ("2020.06.15", "2023.06.15")])
+def test_age_from_birth_date_and_study_date(film: np.ndarray, born: str, studied: str) -> None:
+    """In DICOM's form of a date and in ACR-NEMA's, which old films hold (no age was worked out from it)."""
+    ds = header(film, PatientAge=None, PatientBirthDate=born, StudyDate=studied)
     assert age_years(ds) == pytest.approx(3.0, abs=0.01)
     assert scope_warnings(ds, 224, 224) == []
 

@@ -29,7 +29,7 @@ from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageS
                          MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage)
 
 from .decode import Source, colour_spread, image_info, read_dicom_header
-from .readers.dicom import size_as_read
+from .readers.dicom import size_as_read, standard_form
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
@@ -210,6 +210,8 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _date(text: str) -> date | None:
+    """A DA value, in DICOM's form (20150102) or ACR-NEMA's (2015.01.02, which old films still hold)."""
+    text = standard_form("DA", text) or text
     try:
         return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
     except ValueError:

@@ -23,10 +23,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from fhir.resources.R4B.observation import Observation
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
-from pneumoscan.data.readers.dicom import MANUFACTURER
+from pneumoscan.data.readers.dicom import MANUFACTURER, standard_form
 
 from .sr import DISCLAIMER, check_result, derived_uuid, film_identity, finding_present, malformed_reason, scope_notes
 
@@ -107,17 +108,23 @@ def _issuer_system(kind: str, entity: str) -> str:
 def effective(source: Dataset) -> str | None:
     """When the film was taken, as a FHIR dateTime: StudyDate with StudyTime and the film's TimezoneOffsetFromUTC
     (FHIR requires an offset with a time), the date alone when the film records no valid offset or time, None when
-    it records no date pydicom reads (a wrong date is worse than none)."""
-    if malformed_reason(source, "StudyDate") is not None or not str(source.get("StudyDate") or "").strip():
+    it records no date pydicom reads (a wrong date is worse than none); each in DICOM's form or ACR-NEMA's."""
+    if malformed_reason(source, "StudyDate") is not None or not (date := _read(source, "StudyDate")):
         return None
-    date = DA(str(source.StudyDate).strip())
     offset = _OFFSET.fullmatch(str(source.get("TimezoneOffsetFromUTC") or "").strip())
-    time = str(source.get("StudyTime") or "").strip()
+    time = _read(source, "StudyTime")
     if offset is None or not time or malformed_reason(source, "StudyTime") is not None:
-        return date.isoformat()
+        return DA(date).isoformat()
     sign, hours, minutes = offset.groups()
     zone = timezone((-1 if sign == "-" else 1) * timedelta(hours=int(hours), minutes=int(minutes)))
-    return datetime.combine(date, TM(time), tzinfo=zone).isoformat()
+    return datetime.combine(DA(date), TM(time), tzinfo=zone).isoformat()
+
+
+def _read(source: Dataset, keyword: str) -> str:
+    """A date or time of ``source`` as text in DICOM's form, one in ACR-NEMA's (``2023.03.15``, ``10:15:00``) as the
+    same date or time in DICOM's (:func:`standard_form`); '' when absent."""
+    text = str(source.get(keyword) or "").strip()
+    return standard_form(dictionary_VR(keyword), text) or text
 
 
 def build_observation(result: dict, model_name: str, model_version: str, mode: str = "",

@@ -28,7 +28,9 @@ SOP class highdicom takes): highdicom would refuse a malformed one with a TypeEr
 ValueError. Each value they copy is then checked in the object made (:func:`_check_copies`): the film's own, as it
 holds it, or no object is made: one read in a character set the film does not name would file the object under
 another patient. A value longer than its VR holds, or not of its form, is copied as held: the PACS that holds the
-film holds it so, and the report is filed by it (cut to fit, an accession number names another study).
+film holds it so, and the report is filed by it (cut to fit, an accession number names another study). A date or
+time in ACR-NEMA's form (``2023.03.15``, ``10:15:00``) is the one exception: it is copied as the same date or time in
+DICOM's form (:func:`standard_form`), since in its own it would make the report an invalid object.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import numpy as np
 from PIL import Image
 from pydicom.charset import python_encoding
 from pydicom.dataelem import DataElement
-from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -58,7 +60,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
-from pneumoscan.data.readers.dicom import MANUFACTURER
+from pneumoscan.data.readers.dicom import MANUFACTURER, standard_form
 from pneumoscan.data.scope import CONFLICT, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
@@ -94,11 +96,6 @@ _FORMATTED_VRS, _FORMATTING = ("LT", "ST", "UT"), "\t\n\f\r"  # the text VRs tha
 _STRING_VRS = ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 # a direction of PatientOrientation for a person (PS3.3 C.7.6.1.1.1): letters of A P R L H F, "LP" an oblique one
 _DIRECTION = re.compile(r"[APRLHF]+")
-# ACR-NEMA's date form (2023.03.15): pydicom reads it and real films hold it, but DICOM no longer writes it (PS3.5
-# 6.2: a DA is YYYYMMDD), and a report that copied it would be an invalid object
-_OLD_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")
-
-
 def malformed_reason(source: Dataset, keyword: str) -> str | None:
     """Why ``keyword``'s value cannot be carried into any report (None when it can): it does not say one thing the
     film holds. In words that never quote the value: it may be the patient's name or birth date, and the reason
@@ -136,10 +133,11 @@ def _max_vm(tag: BaseTag) -> int | None:
 def _value_fault(element: DataElement, ascii_only: bool) -> str | None:
     """Why ``element``'s value (of a film that names no character set beyond ASCII when ``ascii_only``) cannot be
     copied into a report, in words that never quote it; None when it can. Any report: one value where the standard
-    has one, a UID that is one, a date or time pydicom reads (as highdicom will), text as the film holds it (not bytes
-    that did not decode, nor bytes beyond ASCII that no SpecificCharacterSet names, which pydicom reads as Latin-1: a
-    guess that would give the report another name or id than the film's) and without control characters (a FHIR
-    string holds none either). A value longer than its VR holds is the film's as its PACS holds it: copied."""
+    has one, a UID that is one, a date or time pydicom reads (as highdicom will) in DICOM's form or, as the report
+    copies it, in ACR-NEMA's (:func:`standard_form`), text as the film holds it (not bytes that did not decode, nor
+    bytes beyond ASCII that no SpecificCharacterSet names, which pydicom reads as Latin-1: a guess that would give
+    the report another name or id than the film's) and without control characters (a FHIR string holds none
+    either). A value longer than its VR holds is the film's as its PACS holds it: copied."""
     value, vr = element.value, element.VR
     if value is None or value == "" or vr == "SQ":
         return None
@@ -165,7 +163,7 @@ def _value_fault(element: DataElement, ascii_only: bool) -> str | None:
             return f"not one of {', '.join(PATIENT_SEXES)}"
         if vr in _TEMPORAL and stripped:
             try:
-                _TEMPORAL[vr](stripped)
+                _TEMPORAL[vr](standard_form(vr, stripped) or stripped)
             except ValueError:
                 return f"not a {vr} value pydicom reads"
     return None
@@ -199,7 +197,7 @@ def _elements(element: DataElement, within: str = "") -> Iterator[tuple[str, Dat
 def _checked_source(source: Dataset) -> Dataset:
     """The source header, refused when it does not say which study, series and instance it is (a report could not
     be filed with it) or when an attribute the report copies is malformed (named, never quoted); a copy with absent
-    type 2 patient/study attributes added empty, as the standard allows, and their dates in DICOM's form."""
+    type 2 patient/study attributes added empty, as the standard allows, and its dates and times in DICOM's form."""
     missing = [k for k in _REFERENCE_KEYWORDS if not str(source.get(k, "") or "").strip()]
     if missing:
         raise ValueError(f"the source DICOM has no {', '.join(missing)}: a report cannot reference it")
@@ -231,8 +229,12 @@ def _checked_source(source: Dataset) -> Dataset:
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in source:
             setattr(source, keyword, "")
-        elif dictionary_VR(keyword) == "DA" and _OLD_DATE.fullmatch(text := str(source[keyword].value).strip()):
-            source[keyword].value = text.replace(".", "")  # the same date in the form DICOM writes
+    for tag in list(source.keys()):  # the film's dates and times a report copies (birth time too) in DICOM's form
+        if dictionary_has_tag(tag) and dictionary_VR(tag) in ("DA", "TM"):
+            element = source[tag]
+            value = element.value  # text, or pydicom's DA or TM with its datetime conversion on
+            if isinstance(value, str | DA | TM) and (form := standard_form(element.VR, str(value))) is not None:
+                element.value = form
     return source
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, TM
 from pydicom.uid import (
     UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
@@ -63,6 +65,30 @@ FOR_PROCESSING_CLASSES = frozenset({DigitalXRayImageStorageForProcessing,
                                     DigitalIntraOralXRayImageStorageForProcessing})
 FOR_PROCESSING = ("raw detector values, before the image processing that makes them a film to read; read its For "
                   "Presentation image")
+
+
+# ACR-NEMA 300's forms of a date (2023.03.15) and a time (10:15:00.25, 10:15), which real films hold: DICOM writes
+# neither (PS3.5 6.2: a DA is YYYYMMDD, a TM HHMMSS.FFFFFF), and a report that copied one would be an invalid object.
+# pydicom reads the date (and writes it back as held), not the time.
+_OLD_FORMS = {"DA": (re.compile(r"(\d{4})\.(\d{2})\.(\d{2})"), DA),
+              "TM": (re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?"), TM)}
+
+
+def standard_form(vr: str, text: str) -> str | None:
+    """The value in DICOM's form (``20230315``, ``101500.25``) of ``text``, a DA or TM of ``vr`` in ACR-NEMA's form
+    (``2023.03.15``, ``10:15:00.25``) that pydicom reads in DICOM's: the same date or time, digit for digit. None for
+    any other text (in DICOM's form already, or no date or time: ``2024.13.45`` and ``25:00`` stay as held, and are
+    refused as such where copied). Only spaces pad it: a control character keeps it as held."""
+    old, value_class = _OLD_FORMS.get(vr, (None, None))
+    match = old.fullmatch(text.strip(" ")) if old is not None else None
+    if match is None:
+        return None
+    form = "".join(part or "" for part in match.groups())
+    try:
+        value_class(form)
+    except ValueError:
+        return None
+    return form
 
 
 class DicomReader(Reader):
