@@ -21,7 +21,7 @@ from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, forma
                                      with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
-from pneumoscan.models.card import BundleCard, load_card, save_card
+from pneumoscan.models.card import WRITER, BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,8 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
     """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
     ones (:meth:`Int8Operating.validated`)."""
     recipe = {k: card.train_config[k] for k in card.train_config if k not in ("split_csv",)}
+    # versions[WRITER] is the pneumoscan that last wrote the card (a later `threshold` too), not one that trained
+    libraries = {name: v for name, v in card.versions.items() if name != WRITER}
     source = (f"; inputs larger than the training files are first brought down to {card.source_size} px JPEG "
               f"quality {card.source_quality}, as those were made" if card.source_size else "")
     sections = [
@@ -379,8 +381,8 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat else "")
         + ". Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
-        + (f"Trained with {', '.join(f'{name} {v}' for name, v in card.versions.items())}."
-           if card.versions else "Library versions not recorded."),
+        + (f"Trained with {', '.join(f'{name} {v}' for name, v in libraries.items())}."
+           if libraries else "Library versions not recorded."),
         f"## Operating threshold\n\n{_threshold_section(card)}",
         *([f"## INT8 model\n\n{_int8_section(int8)}"] if int8 else []),
         f"## Validation figures\n\n{_validation_section(card)}",

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated
 
+from packaging.version import InvalidVersion, Version
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
@@ -54,6 +55,11 @@ CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "std", "temperature")  # zero or below: no image, a division by zero, inverted probabilities
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
+# versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
+# readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
+# format it does not know: refused, since it cannot know what they mean) from an edited one
+WRITER = "pneumoscan"
+UPGRADE = "upgrade pneumoscan (`pip install -U pneumoscan`) to use it"
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +105,8 @@ class BundleCard:
     # (which names the image cache: paths and file times too) the same films touched, copied or moved give the same
     # value. Empty in bundles older than it and in ensembles whose members do not all record it
     data_checksum: str = ""
-    # the versions of the libraries that trained (or built) the model (runtime_versions); empty in older bundles
+    # the versions of the libraries that trained (or built) the model (runtime_versions), and under WRITER the
+    # pneumoscan that last wrote the card; empty in older bundles
     versions: dict[str, str] = field(default_factory=dict)
     val_metrics: dict = field(default_factory=dict)
     train_config: dict = field(default_factory=dict)
@@ -232,6 +239,7 @@ def save_card(directory: Path | str, card: BundleCard) -> None:
     saved (the TTA threshold needs the exported model) must not rewrite the weights, and every legitimate change
     to the card goes through here, so any other change is refused at load."""
     fields = json.loads(json.dumps(asdict(card), allow_nan=False))  # as load_card will read them: keys as text
+    fields["versions"][WRITER] = __version__  # under the checksum: who wrote what it says
     if card.files:  # sealed as every card of this format is: a format-1 card rewritten here becomes one
         fields["format_version"] = FORMAT_VERSION
     if bad := next((s for s in _strings(fields) if not is_utf8(s)), None):  # load_card could not read it back
@@ -307,8 +315,7 @@ def load_card(directory: Path | str) -> BundleCard:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a bundle card (an object of named fields)")
     if data.get("format_version") not in FORMATS:
-        raise ValueError(f"{directory}: bundle format {data.get('format_version')!r} is not one this pneumoscan "
-                         f"reads ({', '.join(map(str, FORMATS))})")
+        raise ValueError(_format_refusal(directory, data))
     recorded = data.pop(CHECKSUM, None)
     # deleting the line a "damaged" refusal names must not turn an edit into a bundle that loads. A card claiming
     # format 1 with fields only this version writes was written by it, which always writes the checksum (its files'
@@ -336,6 +343,42 @@ def _warn_unsealed(path: str) -> None:
                    "threshold or temperature cannot be detected; train it again to get a checked bundle", path)
 
 
+def _format_refusal(directory: Path | str, data: dict) -> str:
+    """Why a card of a format this pneumoscan does not read is refused: a higher format comes from a newer
+    pneumoscan (upgrade), unless the card records a writer no newer than this one (then it was edited)."""
+    form, reads = data.get("format_version"), ", ".join(map(str, FORMATS))
+    newer, recorded = _writer(data)
+    if isinstance(form, int) and not isinstance(form, bool) and form > FORMAT_VERSION:
+        if newer:
+            return (f"{directory}: this bundle was written by pneumoscan {newer} (bundle format {form}), newer than "
+                    f"this one ({__version__}), which reads formats {reads}: {UPGRADE}")
+        if not recorded:
+            return (f"{directory}: bundle format {form} was written by a pneumoscan newer than this one "
+                    f"({__version__}), which reads formats {reads}: {UPGRADE}")
+    return f"{directory}: bundle format {form!r} is not one this pneumoscan reads ({reads})"
+
+
+def _version(text: object) -> Version | None:
+    """A PEP 440 version without its local label (0.1.0+cu130 is 0.1.0: a build of it, never newer); None for text
+    that is no version."""
+    try:
+        return Version(Version(text).public) if isinstance(text, str) else None
+    except InvalidVersion:
+        return None
+
+
+def _writer(data: Mapping[str, object]) -> tuple[str | None, bool]:
+    """(the newest pneumoscan the card says wrote it, when newer than this one; whether it records any): the last
+    writer (versions[WRITER]) or, in a card older than that record, the one that made the model (package_version).
+    A card with fields or a format this pneumoscan does not know, from a newer one, was written, not edited."""
+    versions = data.get("versions")
+    recorded = [v for v in (versions.get(WRITER) if isinstance(versions, dict) else None, data.get("package_version"))
+                if _version(v) is not None]
+    own = _version(__version__)
+    newer = [v for v in recorded if own is not None and _version(v) > own]
+    return max(newer, key=_version, default=None), bool(recorded)
+
+
 _CARD_FIELDS = [f.name for f in fields(BundleCard)]
 _CARD = TypeAdapter(BundleCard)
 _MEMBERS = TypeAdapter(list[MemberEntry])
@@ -353,7 +396,11 @@ def _validated(path: Path, data: dict) -> BundleCard:
     silently give wrong answers: an unknown (misspelt) field, a missing one, a value of the wrong type (pydantic,
     strict: "0.2" is no number, true no size) or out of range; for an ensemble, the same for each member's entry
     that its network is built from."""
-    for key in data:
+    unknown = [key for key in data if key not in _CARD_FIELDS]
+    if unknown and (newer := _writer(data)[0]):  # not misspelt: fields a newer pneumoscan writes, of unknown meaning
+        raise ValueError(f"{path}: this bundle was written by pneumoscan {newer}, newer than this one ({__version__}), "
+                         f"with fields this one does not know ({', '.join(map(repr, unknown))}): {UPGRADE}")
+    for key in unknown:
         look_up_option(key, _CARD_FIELDS, f"{path} field")
     if missing := [key for key in REQUIRED if key not in data]:  # a default would decide the label silently
         raise ValueError(f"{path}: {missing[0]} is missing")

@@ -1,0 +1,148 @@
+"""A bundle written by a newer pneumoscan, read by this one: every card records the pneumoscan that wrote it, and a
+card with fields or a format this one does not know is refused saying which pneumoscan wrote it and to upgrade, not
+as if it had been edited (a field whose meaning this one does not know, such as a new threshold rule, is never
+ignored); an edited card keeps its own refusal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import __version__, cli
+from pneumoscan.models import card as card_module
+from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
+
+UPGRADE = "upgrade pneumoscan (`pip install -U pneumoscan`) to use it"
+
+
+def forged(tiny_bundle: Path, tmp_path: Path, change: Callable[[dict], None]) -> Path:
+    """A copy of ``tiny_bundle`` whose card ``change`` rewrote, sealed with the checksum its writer would record."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    fields = json.loads((bundle / CARD).read_text())
+    del fields[CHECKSUM]
+    change(fields)
+    (bundle / CARD).write_text(json.dumps({**fields, CHECKSUM: card_module._card_digest(fields)}, indent=2))
+    return bundle
+
+
+def written_by(version: str | None, new_field: str | None = None, form: int | None = None,
+               package_version: str | None = None) -> Callable[[dict], None]:
+    """A card as ``version`` of pneumoscan wrote it (None: one that records no writer), with ``new_field`` (a field
+    this pneumoscan does not know), of format ``form``, made by ``package_version`` (None: no such record)."""
+    def change(fields: dict) -> None:
+        fields["versions"].pop("pneumoscan", None)
+        if version is not None:
+            fields["versions"]["pneumoscan"] = version
+        fields.pop("package_version")
+        if package_version is not None:
+            fields["package_version"] = package_version
+        if new_field is not None:
+            fields[new_field] = {"rule": "sensitivity at least 0.97 in every age group"}
+        if form is not None:
+            fields["format_version"] = form
+    return change
+
+
+def test_every_card_records_the_pneumoscan_that_wrote_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Training records it, a rewrite records its own in place of the one before, and the record is under the
+    card's checksum like every other field."""
+    assert load_card(tiny_bundle).versions["pneumoscan"] == __version__
+    assert {"torch", "numpy"} <= load_card(tiny_bundle).versions.keys()  # beside the libraries' versions
+    bundle = forged(tiny_bundle, tmp_path, written_by("0.0.1", package_version="0.0.1"))
+    card = load_card(bundle)
+    assert card.versions["pneumoscan"] == "0.0.1"
+    save_card(bundle, card)  # as `threshold`, `export --int8` and `evaluate --add-to-card` rewrite it
+    assert json.loads((bundle / CARD).read_text())["versions"]["pneumoscan"] == __version__
+    assert load_card(bundle).versions["pneumoscan"] == __version__ and load_card(bundle).package_version == "0.0.1"
+    text = (bundle / CARD).read_text()
+    (bundle / CARD).write_text(text.replace(f'"pneumoscan": "{__version__}"', '"pneumoscan": "99.0"'))
+    with pytest.raises(ValueError, match="bundle.json is damaged"):
+        load_card(bundle)
+
+
+@pytest.mark.parametrize(("writer", "package_version"), [("99.0", __version__), (None, "99.0.1")],
+                         ids=["the last writer", "only the maker (a card older than the writer's record)"])
+def test_a_field_from_a_newer_pneumoscan_is_refused_with_the_upgrade(
+    tiny_bundle: Path, tmp_path: Path, writer: str | None, package_version: str
+) -> None:
+    newer = writer or package_version
+    bundle = forged(tiny_bundle, tmp_path, written_by(writer, "threshold_rule", package_version=package_version))
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == (f"{bundle / CARD}: this bundle was written by pneumoscan {newer}, newer than this "
+                                  f"one ({__version__}), with fields this one does not know ('threshold_rule'): "
+                                  f"{UPGRADE}")
+
+
+def test_the_refusal_is_one_line_of_the_command(tiny_bundle: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    bundle = forged(tiny_bundle, tmp_path, written_by("99.0", "threshold_rule", package_version=__version__))
+    film = tmp_path / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
+    assert cli.main(["predict", str(bundle), str(film)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "written by pneumoscan 99.0" in err and "pip install -U pneumoscan" in err, err
+
+
+@pytest.mark.parametrize("writer", [__version__, "0.0.1", "not a version"])
+def test_a_field_no_newer_pneumoscan_wrote_is_refused_as_edited(tiny_bundle: Path, tmp_path: Path,
+                                                                 writer: str) -> None:
+    """A card whose writer knew every field this pneumoscan knows, with one it does not: misspelt or added by hand."""
+    def misspelt(fields: dict) -> None:
+        written_by(writer, package_version=writer)(fields)
+        fields["treshold"] = fields.pop("threshold")
+
+    with pytest.raises(ValueError, match="unknown .*bundle.json field 'treshold'; did you mean 'threshold'") as refused:
+        load_card(forged(tiny_bundle, tmp_path, misspelt))
+    assert "upgrade" not in str(refused.value)
+
+
+def test_a_newer_format_is_refused_with_the_upgrade(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = forged(tiny_bundle, tmp_path, written_by("99.0", form=3, package_version=__version__))
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == (f"{bundle}: this bundle was written by pneumoscan 99.0 (bundle format 3), newer "
+                                  f"than this one ({__version__}), which reads formats 1, 2: {UPGRADE}")
+
+
+def test_a_newer_format_recording_no_writer_is_refused_with_the_upgrade(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = forged(tiny_bundle, tmp_path, written_by(None, form=3))
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == (f"{bundle}: bundle format 3 was written by a pneumoscan newer than this one "
+                                  f"({__version__}), which reads formats 1, 2: {UPGRADE}")
+
+
+@pytest.mark.parametrize("form", [3, "2", 0, None])
+def test_a_format_no_newer_pneumoscan_wrote_keeps_its_refusal(tiny_bundle: Path, tmp_path: Path,
+                                                               form: object) -> None:
+    """Format 3 from this very version, or a format no pneumoscan writes (text, 0, none): edited, not newer."""
+    def change(fields: dict) -> None:
+        written_by(__version__, package_version=__version__)(fields)
+        fields["format_version"] = form
+
+    bundle = forged(tiny_bundle, tmp_path, change)
+    with pytest.raises(ValueError) as refused:
+        load_card(bundle)
+    assert str(refused.value) == f"{bundle}: bundle format {form!r} is not one this pneumoscan reads (1, 2)"
+
+
+@pytest.mark.parametrize(("writer", "newer"), [
+    ("0.10.0", True), ("0.2.0rc1", True), ("0.1.0+cu130", False), ("0.1.0rc2", False), ("unknown", False),
+])
+def test_what_counts_as_newer(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str,
+                              newer: bool) -> None:
+    """Versions compared as PEP 440 orders them (numbers as numbers, a pre-release before its release, a post-release
+    after it), read by a pneumoscan 0.1.0; text that is no version is no writer."""
+    monkeypatch.setattr(card_module, "__version__", "0.1.0")
+    bundle = forged(tiny_bundle, tmp_path, written_by(writer, "threshold_rule", package_version="0.0.1"))
+    with pytest.raises(ValueError, match="upgrade pneumoscan" if newer else "unknown .*field 'threshold_rule'"):
+        load_card(bundle)
