@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +30,7 @@ from pneumoscan.training.distributed import (
     setup_distributed,
 )
 from pneumoscan.training.train import train
-from tests.distributed_stubs import rank_waiting_for_rank_0
+from tests.distributed_stubs import rank_waiting_for_rank_0, two_gloo_ranks
 
 
 # what torchrun_train gives every run, as the library takes it
@@ -147,23 +145,8 @@ def test_a_process_waiting_longer_than_the_timeout_says_which_setting_to_raise()
     the bundle, a cv fold), with gloo's "Timed out waiting 1800000ms for recv operation". PNEUMOSCAN_DIST_TIMEOUT (2 s
     here) sets it, and the process that gives up says so. Two gloo processes started by multiprocessing, not torchrun:
     about 3 s on 2 cores, most of it two interpreters importing torch."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    start, gave_up, results = context.Barrier(2), context.Event(), context.Queue()
     # the ranks import distributed_stubs alone (the target's module), not this module's training stack
-    ranks = [context.Process(target=rank_waiting_for_rank_0, args=(rank, port, start, gave_up, results))
-             for rank in range(2)]
-    for p in ranks:
-        p.start()
-    try:
-        said = dict(results.get(timeout=120) for _ in ranks)
-    finally:
-        for p in ranks:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    said = two_gloo_ranks(rank_waiting_for_rank_0, lambda context: context.Barrier(2), lambda context: context.Event())
     assert said[1] == ("TimeoutError: process 1 waited 2 s for the others and gave up; one process alone builds the "
                        "image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
                        "on a large dataset: set PNEUMOSCAN_DIST_TIMEOUT (seconds) above how long that takes"), said

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
-import socket
 from pathlib import Path
 
 import pytest
@@ -35,6 +33,7 @@ from pneumoscan.training.engine import Callback, State, fit
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import load_checkpoint, save_checkpoint
 from pneumoscan.training.train import recipe
+from tests.distributed_stubs import two_gloo_ranks
 from tests.engine_stubs import figures, rank_with_a_nan, stub_state
 
 
@@ -332,22 +331,7 @@ def test_a_diverging_run_is_refused_at_the_step_whose_loss_is_not_finite() -> No
 
 
 def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    # the ranks import engine_stubs alone (the target's module), not this module's training stack
-    ranks = [context.Process(target=rank_with_a_nan, args=(rank, port, results)) for rank in range(2)]
-    for p in ranks:
-        p.start()
-    try:
-        said = dict(results.get(timeout=120) for _ in ranks)
-    finally:
-        for p in ranks:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    said = two_gloo_ranks(rank_with_a_nan)  # the ranks import engine_stubs alone, not this module's training stack
     assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) "
                        "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "

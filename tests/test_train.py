@@ -42,6 +42,7 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
+from tests.test_distributed_review import CountingProbe
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 
@@ -626,24 +627,6 @@ def test_training_learns_the_synthetic_signal(tiny_dataset: Path, tmp_path: Path
     assert np.isfinite(metrics["ci"]["auc"]).all()
 
 
-class _Probe(torch.nn.Module):
-    """The timm surface warm_start_head uses; the input (N, D, 1, 1) is the feature map itself."""
-
-    def __init__(self, dims: int) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(dims, 2)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> torch.nn.Module:
-        return self.fc
-
-
 @pytest.mark.parametrize("signal, chosen", [(0.0, max(WARM_START_L2)), (3.0, min(WARM_START_L2))])
 def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float) -> None:
     """Labels unrelated to the features: the strongest penalty generalises best; one clean feature that
@@ -656,7 +639,7 @@ def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float
         x[:, 0] += signal * (2 * y - 1)
         return [(x[:, :, None, None], y)]
 
-    model = _Probe(40)
+    model = CountingProbe(40)
     assert warm_start_head(model, loader(60), loader(400), None, torch.device("cpu")) == chosen
     assert model.fc.weight.abs().sum() > 0
 
