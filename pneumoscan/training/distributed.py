@@ -183,10 +183,3 @@ def gather_shards(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     n = len(joined[0])
     order = np.argsort(np.concatenate([shard(Dist(rank, ctx.world), n) for rank in range(ctx.world)]), kind="stable")
     return tuple(a[order] for a in joined)
-
-
-def gather_rows(index: np.ndarray, logits: np.ndarray, ctx: Dist) -> tuple[np.ndarray, np.ndarray]:
-    """Every rank's (index, logits) shard joined, in dataset order, so metrics see each image exactly once."""
-    index, logits = gather(ctx, index, logits)
-    order = np.argsort(index, kind="stable")
-    return index[order], logits[order]

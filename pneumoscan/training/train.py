@@ -62,7 +62,7 @@ from .callbacks import (
 )
 from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_checksums, teacher_probabilities
-from .distributed import Dist, gather, gather_rows, setup_distributed, shard
+from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, fit
 from .finish import ScoredFilms, finish_bundle
 from .resume import made_by, resume_from, run_record, save_checkpoint
@@ -181,8 +181,7 @@ class Data:
     checksum: str  # the films' pixels and labels (data_checksum)
     train_set: CachedImages
     val_set: CachedImages
-    val_rows: np.ndarray  # this rank's validation rows
-    val_loader: DataLoader
+    val_loader: DataLoader  # this rank's share of val_set (shard): gather_shards joins the ranks' in its order
     sampler: DistributedSampler
     train_loader: DataLoader
     plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
@@ -300,8 +299,8 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     train_set = CachedImages(cache.images, parts["train"][0], train_targets,
                              train_transform(cfg.image_size, mean, std, cfg.augment))
     val_set = CachedImages(cache.images, *parts["val"], normalize(mean, std))
-    val_rows = shard(ctx, len(val_set))
-    val_loader = DataLoader(torch.utils.data.Subset(val_set, val_rows), cfg.eval_batch_size, num_workers=cfg.workers)
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, shard(ctx, len(val_set))), cfg.eval_batch_size,
+                            num_workers=cfg.workers)
     # the sampler shuffles with (its seed + epoch): a hashed base keeps neighbouring --seed values apart
     sampler = DistributedSampler(train_set, ctx.world, ctx.rank, shuffle=True, seed=stream_seed(cfg.seed),
                                  drop_last=True)
@@ -310,7 +309,7 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     balanced = compute_class_weight("balanced", classes=np.arange(len(task.classes)), y=selected["train"][1])
     weights = torch.tensor(balanced, dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
-    return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_rows, val_loader, sampler,
+    return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_loader, sampler,
                 train_loader, plain, weights if cfg.class_weights else None, selected["val"][0])
 
 
@@ -361,8 +360,8 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task,
 
     def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
         ctx.main_buffers(model)  # every rank scores with the statistics rank 0 saves
-        index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
-        val = epoch_metrics(logits, d.val_set.targets[index], task, d.class_weights)
+        (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
+        val = epoch_metrics(logits, d.val_set.targets, task, d.class_weights)
         run_logits, run_targets = gather(ctx, run_logits, run_targets)
         train_auc = roc_auc(binary_targets(run_targets), task.positive_probability(softmax(run_logits)))
         return {"train_auc": train_auc, **{f"val_{k}": v for k, v in val.items()}}
@@ -505,13 +504,13 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     run = RunFolder(run_dir)
     model, card = ctx.from_main(load_bundle(run.best) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
-    index, logits = gather_rows(d.val_rows, predict_logits(model, d.val_loader, ctx.device), ctx)
+    (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
     if not ctx.main:
         ctx.barrier()  # the bundle is there when train returns: cv scores it next
         return run.bundle
-    targets, images = d.val_set.targets[index], d.val_set.images[d.val_set.rows[index]]
+    targets, images = d.val_set.targets, d.val_set.images[d.val_set.rows]
     # the intervals count patients, copies of one film under other names as one (their scans are this process's)
-    groups = patient_groups(d.val_records, run.split)[1][index]
+    groups = patient_groups(d.val_records, run.split)[1]
     temperature = calibrated_temperature(logits, targets)
     card = dataclasses.replace(card, temperature=float(temperature[0]), data_fingerprint=d.data_fingerprint,
                                data_checksum=d.checksum, versions=runtime_versions(), train_config=run_record(cfg, ctx))
