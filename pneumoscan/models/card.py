@@ -12,6 +12,7 @@ checksum anew (the TTA threshold after export, `pneumoscan threshold`, an evalua
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -173,6 +174,19 @@ def member_label(position: int, count: int, source: Path | str) -> str:
     return f"ensemble member {position + 1} of {count} ({source})"
 
 
+@contextlib.contextmanager
+def refused_as(what: str) -> Iterator[None]:
+    """A refusal inside (ValueError, or FileNotFoundError for a bundle that is not there) said as one about ``what``,
+    a member or a teacher by its place and folder: its reason names a file of that bundle only, and the ensemble's or
+    the run's own files, which the user looks at, are sound."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
 def replaced_members(card: BundleCard) -> list[Path]:
     """The member paths of an ensemble that now hold other weights than the ensemble was built from (a cv run
     trained again in the same folder): their run's files describe another model's training. A member's own card
@@ -182,10 +196,8 @@ def replaced_members(card: BundleCard) -> list[Path]:
     for i, (member, path) in enumerate(zip(card.model_kwargs["members"], sources)):
         if not (path / CARD).exists():
             continue
-        try:
+        with refused_as(member_label(i, len(sources), path)):
             own = load_card(path)
-        except ValueError as e:
-            raise ValueError(f"{member_label(i, len(sources), path)}: {e}") from None
         if member.get("weights") and own.files.get(WEIGHTS) != member["weights"]:
             replaced.append(path)
     return replaced

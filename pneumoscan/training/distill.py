@@ -27,9 +27,9 @@ from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, file_sha256, load_card, member_label,
-                                   member_sources, verify_file)
+                                   member_sources, refused_as, verify_file)
 from .config import TrainConfig
-from .ensemble import member_named_logits, refuse_repeated_models, refused_as
+from .ensemble import member_named_logits, refuse_repeated_models
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,12 @@ five-fold run's 5,232 films took 3 minutes on a 2-core CPU at 224 px, where eage
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,7 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
-                                   member_label, member_sources, runtime_versions)
+                                   member_label, member_sources, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
@@ -61,19 +60,6 @@ from .finish import ScoredFilms, finish_bundle
 OUT_OF_FOLD = "out-of-fold scores of"
 SHARED = ("task", "classes", "positive", "resize_policy", "source_size", "source_quality")
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def refused_as(what: str) -> Iterator[None]:
-    """A refusal inside (ValueError, or FileNotFoundError for a bundle that is not there) said as one about ``what``,
-    a member or a teacher by its place and folder: its reason names a file of that bundle only, and the ensemble's or
-    the run's own files, which the user looks at, are sound."""
-    try:
-        yield
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{what}: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
 
 
 def member_named_logits(predictor: Predictor, images: np.ndarray) -> np.ndarray:
