@@ -1,7 +1,8 @@
-"""Two gloo processes started by multiprocessing (not torchrun: no third interpreter), and a rank of
-tests/test_distributed.py's process-group timeout test: a module that imports the distributed helpers alone, as each
-rank spawned by a test imports the module of its target (test_distributed.py itself imports training's whole stack:
-seconds a rank)."""
+"""Two gloo processes started by multiprocessing (not torchrun: no third interpreter), a rank of
+tests/test_distributed.py's process-group timeout test, one of tests/test_distributed_review.py's ranks with fewer
+films than ranks, and the warm start's probe model: a module that imports the distributed helpers and the warm start
+alone, as each rank spawned by a test imports the module of its target (the test modules themselves import
+training's whole stack: seconds a rank)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ import multiprocessing.synchronize
 import os
 import socket
 from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from pneumoscan.training.distributed import Dist, gather_shards, gather_shards_to_main, setup_distributed, shard
+from pneumoscan.training.warm_start import warm_start_head
 
 
 def rank_waiting_for_rank_0(rank: int, port: int, start: multiprocessing.synchronize.Barrier,
@@ -19,8 +29,6 @@ def rank_waiting_for_rank_0(rank: int, port: int, start: multiprocessing.synchro
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PNEUMOSCAN_DIST_TIMEOUT="2",
                       CUDA_VISIBLE_DEVICES="")  # gloo, as on a machine without GPUs
-    from pneumoscan.training.distributed import setup_distributed
-
     start.wait(timeout=60)  # both interpreters started: the timeout covers joining the group too
     ctx = setup_distributed()
     try:
@@ -31,11 +39,69 @@ def rank_waiting_for_rank_0(rank: int, port: int, start: multiprocessing.synchro
         gave_up.set()
 
 
+class CountingProbe(torch.nn.Module):
+    """The timm surface the warm start uses, on films whose pixels (N, D, 1, 1) are their features; it counts the
+    films it computes the features of. Its head starts the same in every process."""
+
+    def __init__(self, dims: int = 8) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(dims, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.linspace(-0.5, 0.5, 2 * dims).reshape(2, dims))
+            self.fc.bias.zero_()
+        self.films = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.films += len(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.fc
+
+
+def probe_films(n: int, seed: int) -> TensorDataset:
+    """``n`` films whose first feature tells the label, with noise: the same in every process."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    y = (x[:, 0] + torch.randn(n, generator=gen) > 0).long()
+    return TensorDataset(x[:, :, None, None], y)
+
+
+def rank_with_fewer_films_than_ranks(rank: int, port: int, results: multiprocessing.Queue) -> None:
+    """One of two gloo processes sharing out fewer films than processes, as 8 GPUs do a validation set of 5: rank 1's
+    share of one film is empty. Both join a share of scores (rank 1's without films as ``predict_logits`` gives it,
+    no column to take the scores' width from), then warm-start a :class:`CountingProbe` on 5 training films and 1
+    validation film; says what each got."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    ctx, said = Dist(rank, 2), {}
+    try:
+        rows = shard(ctx, 1)
+        scores = (np.array([[0.25, 0.75]], np.float32) if len(rows) else np.zeros((0, 0), np.float32), rows * 10)
+        said["joined"] = [(a.tolist(), str(a.dtype)) for a in gather_shards(ctx, *scores)]
+        on_main = gather_shards_to_main(ctx, *scores)
+        said["on_main"] = None if on_main is None else [(a.tolist(), str(a.dtype)) for a in on_main]
+        probe = CountingProbe()
+        films = (probe_films(5, 0), probe_films(1, 1))  # training, validation
+        loaders = [DataLoader(Subset(part, shard(ctx, len(part))), 16) for part in films]
+        said["l2"] = warm_start_head(probe, *loaders, None, ctx.device, ctx)
+        said.update(weight=probe.fc.weight.tolist(), bias=probe.fc.bias.tolist(), films=probe.films)
+    except Exception as e:  # what each rank says, whatever it is
+        said["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+    results.put((rank, said))
+
+
 def two_gloo_ranks(target: Callable[..., None], *shared: Callable[[multiprocessing.context.BaseContext], object]
-                   ) -> dict[int, str]:
+                   ) -> dict[int, object]:
     """What each of two spawned processes running ``target(rank, port, *objects, results)`` put in ``results`` (its
-    rank and a line), where ``objects`` are made by ``shared`` from the processes' context (a barrier, an event);
-    ``port`` is a free one of this machine for rank 0's store."""
+    rank and a line, or what it got), where ``objects`` are made by ``shared`` from the processes' context (a
+    barrier, an event); ``port`` is a free one of this machine for rank 0's store."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,7 +1,7 @@
 """Two gloo processes that could disagree: a rank that read other films, a rank whose BatchNorm statistics moved with
 its own batches, a rank that returns from train() while rank 0 is still writing the bundle, a rank that starts
 a second run in the same process (cv's next fold) while rank 0 is still busy with the first, and the warm start's
-features, which each rank computes for its share of the films."""
+features, which each rank computes for its share of the films, empty where there are fewer films than ranks."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader
 
 from tests.builders import SCORE_TOL
+from tests.distributed_stubs import CountingProbe, probe_films, rank_with_fewer_films_than_ranks, two_gloo_ranks
 from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.predict import Predictor
@@ -27,6 +28,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.distributed import Dist, gather_shards, setup_distributed, shard
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import epoch_metrics, train, warm_start
+from pneumoscan.training.warm_start import warm_start_head
 
 # cnn5 has BatchNorm; class weights off, so the test recomputes the validation loss without the training split
 RECIPE = dict(model="cnn5", pretrained=False, image_size=32, batch_size=8, epochs=1, class_weights=False)
@@ -40,38 +42,6 @@ class DriftOnRank1(Callback):
             for name, buf in state.model.named_buffers():
                 if name.endswith("running_var"):
                     buf.mul_(0.25)
-
-
-class CountingProbe(torch.nn.Module):
-    """The timm surface the warm start uses, on films whose pixels (N, D, 1, 1) are their features; it counts the
-    films it computes the features of. Its head starts the same in every process."""
-
-    def __init__(self, dims: int = 8) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(dims, 2)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.linspace(-0.5, 0.5, 2 * dims).reshape(2, dims))
-            self.fc.bias.zero_()
-        self.films = 0
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.films += len(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(1)
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> torch.nn.Module:
-        return self.fc
-
-
-def probe_films(n: int, seed: int) -> TensorDataset:
-    """``n`` films whose first feature tells the label, with noise: the same in every process."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=gen)
-    y = (x[:, 0] + torch.randn(n, generator=gen) > 0).long()
-    return TensorDataset(x[:, :, None, None], y)
 
 
 def probe_warm_start(ctx: Dist) -> dict:
@@ -163,6 +133,29 @@ def test_ranks_agree_on_data_statistics_and_the_finished_bundle(tiny_dataset: Pa
     for key in ("weight", "bias"):
         np.testing.assert_allclose(warmed[0][key], alone[key], rtol=1e-4, atol=1e-5)
     assert said[0]["joined"] == said[1]["joined"] == [0, 10, 20, 30, 40, 50, 60], "shards joined in the films' order"
+
+
+def test_a_process_whose_share_of_the_films_is_empty_adds_no_rows() -> None:
+    """With fewer films than processes (8 GPUs, 5 validation films) a process's share is empty: joining the shares
+    failed on its scores' shape ((0, 0) against rank 0's (1, 2): "all the input array dimensions except for the
+    concatenation axis must match exactly"), and the warm start on its features ("expected a non-empty list of
+    Tensors"). Two gloo processes started by multiprocessing share out 1 film: about 3 s on 2 cores."""
+    said = two_gloo_ranks(rank_with_fewer_films_than_ranks)
+    assert "error" not in said[0] and "error" not in said[1], said
+    one_film = [([[0.25, 0.75]], "float32"), ([0], "int64")]  # rank 0's film, the width and dtype of its scores
+    assert said[0]["joined"] == said[1]["joined"] == one_film, "every rank gets the one film's scores"
+    assert said[0]["on_main"] == one_film and said[1]["on_main"] is None, "rank 0 alone gets what it alone uses"
+
+    # rank 0 computed the features of 3 training films and the validation film, rank 1 of 2 training films and none
+    assert [said[r].pop("films") for r in (0, 1)] == [4, 2]
+    warmed = [{k: said[r][k] for k in ("l2", "weight", "bias")} for r in (0, 1)]
+    assert warmed[0] == warmed[1], "rank 1 starts from rank 0's head"
+    probe = CountingProbe()  # the head one process fits on the same films, within float tolerance
+    alone = warm_start_head(probe, DataLoader(probe_films(5, 0), 16), DataLoader(probe_films(1, 1), 16), None,
+                            torch.device("cpu"))
+    assert warmed[0]["l2"] == alone
+    np.testing.assert_allclose(warmed[0]["weight"], probe.fc.weight.tolist(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(warmed[0]["bias"], probe.fc.bias.tolist(), rtol=1e-4, atol=1e-5)
 
 
 if __name__ == "__main__":

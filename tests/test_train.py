@@ -42,7 +42,7 @@ from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.train import stream_seed, train
 from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
-from tests.test_distributed_review import CountingProbe
+from tests.distributed_stubs import CountingProbe
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 

@@ -168,18 +168,42 @@ def shard(ctx: Dist, n: int) -> np.ndarray:
 
 
 def gather(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Each array joined over every rank's shard (in rank order)."""
+    """Each array joined over every rank's shard (in rank order), on every rank."""
     if ctx.world == 1:
         return arrays
     shards: list = [None] * ctx.world
     with ctx.waiting():
         dist.all_gather_object(shards, arrays)
-    return tuple(np.concatenate(parts) for parts in zip(*shards))
+    return _joined(shards)
 
 
 def gather_shards(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Each array joined over every rank's rows of it (:func:`shard`), in the order of the whole."""
-    joined = gather(ctx, *arrays)
+    """Each array joined over every rank's rows of it (:func:`shard`), in the order of the whole, on every rank: for
+    what every rank needs (the validation figures, on which every rank decides when to stop)."""
+    return _in_films_order(ctx.world, gather(ctx, *arrays))
+
+
+def gather_shards_to_main(ctx: Dist, *arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """:func:`gather_shards` on rank 0 alone, None on the others: for what rank 0 alone uses (the warm start's
+    features, which it fits the head on), which the others would only receive and hold."""
+    if ctx.world == 1:
+        return arrays
+    shards: list | None = [None] * ctx.world if ctx.main else None
+    with ctx.waiting():
+        dist.gather_object(arrays, shards, dst=0)
+    return _in_films_order(ctx.world, _joined(shards)) if shards is not None else None
+
+
+def _joined(shards: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Each array joined over the ranks' ``shards`` (in rank order). A rank whose share is empty (fewer films than
+    processes) adds no rows, whatever its array's shape: with no film it cannot know the scores' or features' width
+    (``predict_logits`` gives (0, 0)), so the others' width and dtype hold; all empty, rank 0's array is the whole."""
+    return tuple(np.concatenate([part for part in parts if len(part)] or parts[:1]) for parts in zip(*shards))
+
+
+def _in_films_order(world: int, joined: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """The arrays joined in rank order (:func:`_joined`) put back in the order of the whole, which :func:`shard`
+    dealt out to ``world`` ranks."""
     n = len(joined[0])
-    order = np.argsort(np.concatenate([shard(Dist(rank, ctx.world), n) for rank in range(ctx.world)]), kind="stable")
+    order = np.argsort(np.concatenate([shard(Dist(rank, world), n) for rank in range(world)]), kind="stable")
     return tuple(a[order] for a in joined)

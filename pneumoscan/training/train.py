@@ -143,6 +143,8 @@ def freeze_frozen_norms(model: torch.nn.Module) -> None:
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """The model's logits for the films of ``loader``, in its order; (0, 0), without a forward pass, for none (a
+    process whose share is empty, fewer films than processes: :func:`gather_shards` leaves its rows out)."""
     model.eval()
     out = [model(x.to(device, non_blocking=True, memory_format=torch.channels_last)).float().cpu() for x, _ in loader]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

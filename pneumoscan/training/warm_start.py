@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .distributed import Dist, gather_shards
+from .distributed import Dist, gather_shards_to_main
 
 WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
 
 
 def pooled_features(model: torch.nn.Module, loader: DataLoader,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen backbone's pooled features (the classifier's input) and the targets, for every image."""
+    """The frozen backbone's pooled features (the classifier's input) and the targets, for every image: none, without
+    a forward pass, for a process whose share of the films is empty (fewer films than processes), whose rows
+    :func:`~.distributed.gather_shards_to_main` leaves out."""
     model.eval()
     feats, ys = [], []
     with torch.inference_mode():
@@ -22,6 +24,8 @@ def pooled_features(model: torch.nn.Module, loader: DataLoader,
             x = x.to(device, memory_format=torch.channels_last)
             feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
             ys.append(y.to(device))
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats).clone(), torch.cat(ys).clone()
 
 
@@ -33,10 +37,11 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
     val loss 0.89 at 1e-4 against 0.54 at 1e-2 to 1e-1) gives an overconfident head that fine-tuning first has to
     undo. Returns the strength chosen.
 
-    Under torchrun (``ctx``) each loader holds this rank's share of the films (:func:`~.distributed.shard`), so the
-    backbone runs once over each film, not once a process: the features are joined in the films' order, rank 0
-    fits the head on all of them, as one process would, and every rank takes rank 0's head."""
-    train, val = (gather_shards(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device)))
+    Under torchrun (``ctx``) each loader holds this rank's share of the films (:func:`~.distributed.shard`, empty
+    where there are fewer films than processes), so the backbone runs once over each film, not once a process: the
+    features are joined in the films' order on rank 0, which fits the head on all of them, as one process would,
+    and every rank takes rank 0's head."""
+    train, val = (gather_shards_to_main(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device)))
                   for loader in (train_loader, val_loader))
     head = model.get_classifier()
     fitted = _fit(head, _on(train, device), _on(val, device), weights) if ctx.main else None
