@@ -20,6 +20,7 @@ from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
 from pneumoscan.inference.export import export_onnx
+from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CARD, load_card, save_card
@@ -27,6 +28,7 @@ from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distill import check_teachers, teacher_probabilities
 from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.ensemble import build_ensemble
+from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records, train
 
@@ -266,6 +268,18 @@ def test_a_teacher_or_member_whose_scores_are_not_finite_is_refused_by_name(tiny
     with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "
                                          rf"\({re.escape(str(broken))}\): the model produced a non-finite score"):
         train(tiny_dataset, taught, tmp_path / "run-2")
+    # `export --int8 --data`, the film among its validation films (the INT8 thresholds') or among its training films
+    # (the activation ranges'), was refused as "the model produced a non-finite score", or quantised on NaN ranges
+    trained = [r for r in records if r.split == "train"]
+    val = [dataclasses.replace(r, split="val") for r in discover(tmp_path / "site.csv").records]
+    white_film = make_record(tmp_path / "white.jpeg", film.label)
+    for name, films in (("white-val", [*trained, *val, dataclasses.replace(white_film, split="val")]),
+                        ("white-train", [*trained, dataclasses.replace(white_film, split="train"), *val])):
+        write_manifest(films, tmp_path / f"{name}.csv")
+        with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model "
+                                             r"produced a non-finite score"):
+            quantize_bundle(ens, data=tmp_path / f"{name}.csv")
+        assert not (ens / INT8_NAME).exists()
     # and a member's own card damaged, which the check of the ensemble teacher's training films reads
     (broken / CARD).write_text("{not json")
     with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "

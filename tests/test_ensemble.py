@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import io
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -234,8 +235,11 @@ def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, memb
 
 def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: Path) -> None:
     """Each member's temperature, normalisation and size build the network: an edit is refused by the card's
-    checksum, and in a card without one a missing or mistyped entry is refused naming the member."""
+    checksum, and in a card without one a missing or mistyped entry is refused naming the member by its place (from
+    1) and folder, as every refusal about a member does (it was pydantic's "members: 0.size", or "member 0")."""
     card = json.loads((ensemble / "bundle.json").read_text())
+    first, second = (re.escape(f"ensemble member {i} of 2 ({m['source']})")
+                     for i, m in enumerate(card["model_kwargs"]["members"], 1))
 
     def written(name: str, change, checksum: bool = True) -> Path:
         bundle = shutil.copytree(ensemble, tmp_path / name)
@@ -249,12 +253,14 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
     with pytest.raises(ValueError, match="bundle.json is damaged"):
         load_bundle(written("edited", lambda members: members[1].update(temperature=members[1]["temperature"] * 1.01)))
     for i, (change, reason) in enumerate((
-        (lambda members: members[1].pop("temperature"), "model_kwargs.members: 1.temperature: field required"),
+        (lambda members: members[1].pop("temperature"), f"bundle.json: {second}: temperature: field required$"),
         (lambda members: members[0].update(size="64"),
-         "model_kwargs.members: 0.size: input should be a valid integer \\(found '64'\\)"),
-        (lambda members: members[0].update(std=0), "ensemble member 0: std is 0.0, not above 0"),
+         f"bundle.json: {first}: size: input should be a valid integer \\(found '64'\\)$"),
+        (lambda members: members[0].update(std=0), f"bundle.json: {first}: std is 0.0, not above 0$"),
         (lambda members: members[1].update(heatmap_scale=0.0),  # the map it draws on: divided by 0
-         "model_kwargs.members: 1.heatmap_scale: input should be greater than 0"),
+         f"bundle.json: {second}: heatmap_scale: input should be greater than 0"),
+        (lambda members: members[1].pop("source"),
+         "bundle.json: ensemble member 2 of 2 \\(no folder recorded\\): source: field required$"),
         (lambda members: members.pop(), "must list at least two members"),
     )):  # fmt: skip
         with pytest.raises(ValueError, match=reason):

@@ -12,7 +12,7 @@ import pytest
 from tests.builders import nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS
+from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
 from pneumoscan.training.quantize import quantize_bundle
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
@@ -151,3 +151,33 @@ def test_a_damaged_card_of_an_ensembles_member_is_refused_naming_the_member(tiny
         error = capsys.readouterr().err.splitlines()[-1]
         assert error.startswith(f"pneumoscan {argv[0]}: error: ensemble member 2 of 2 ({other}): {other / CARD} is "
                                 "not a readable bundle card"), error
+
+
+def test_a_damaged_card_of_a_bundle_a_member_or_teacher_came_from_is_refused_naming_them(
+        tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check of the films given follows each member's (and teacher's) weights to the bundles they came from, such
+    as the one it started from (--init): a damaged bundle.json there was refused naming only that file, not the
+    member or teacher given, whose own files are sound, nor how it came by those weights."""
+    start = shutil.copytree(tiny_bundle.parent, tmp_path / "start") / "bundle"
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
+    nudge_weights(other)
+    card = load_card(other)
+    save_card(other, dataclasses.replace(card, train_config={**card.train_config, "init": str(start)}))
+    ens, split = tmp_path / "ens", str(tiny_bundle.parent / "split.csv")
+    ensemble = ["ensemble", str(tiny_bundle), str(other), "--data", split, "--split", "val", "--out"]
+    assert main([*ensemble, str(ens)]) == 0
+    (start / CARD).write_text("{not json")
+    capsys.readouterr()
+    started = f"the bundle {other} started from ({start}): {start / CARD} is not a readable bundle card"
+    train = ["train", *TINY, "--data", str(tiny_dataset), "--set", "val_fraction=0.25", "--out", str(tmp_path / "run")]
+    for argv, who in (
+        ([*ensemble, str(tmp_path / "e")], f"ensemble member 2 of 2 ({other})"),
+        (["evaluate", str(ens), split, "--split", "val", "--out", str(tmp_path / "report")],
+         f"ensemble member 2 of 2 ({other})"),
+        ([*train, "--teacher", str(other)], f"teacher 1 of 1 ({other})"),
+        ([*train, "--teacher", str(ens)], f"teacher 1 of 1 ({ens}): ensemble member 2 of 2 ({other})"),
+    ):  # fmt: skip
+        assert main(argv) == 2, argv[0]
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert error.startswith(f"pneumoscan {argv[0]}: error: {who}: {started}"), error
+    assert not (tmp_path / "e").exists() and not (tmp_path / "run").exists()

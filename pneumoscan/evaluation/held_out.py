@@ -6,6 +6,7 @@ calibration films."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,7 +17,8 @@ from typing import NamedTuple
 from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
-from pneumoscan.models.card import CARD, ENSEMBLE, card_task, load_card, member_sources, replaced_members
+from pneumoscan.models.card import (CARD, ENSEMBLE, card_task, load_card, member_label, member_sources, refused_as,
+                                   replaced_members, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -28,29 +30,35 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tu
     ("copy": the same weights, but no run's split.csv beside the copy), a distilled model's teachers ("teacher":
     their training films' labels reached it through their probabilities), and the bundle it started from ("init":
     its weights had learnt those films). A source that is gone, or was trained again since an ensemble recorded
-    it, is kept as a path, which :func:`check_held_out` then warns about."""
+    it, is kept as a path, which :func:`check_held_out` then warns about. A source whose own card is damaged is
+    refused naming it (``label``: a member or a teacher by its place and folder, the bundle started or copied from),
+    as a file of that bundle, not of the one given, which is sound."""
     seen = seen | {os.path.realpath(bundle)}
 
-    def sources(path: Path, how: str) -> list[tuple[Path, str]]:
+    def sources(path: Path, how: str, label: str) -> list[tuple[Path, str]]:
         if os.path.realpath(path) in seen:  # a run fine-tuned from its own earlier bundle (--init RUN/bundle)
             return []
         if not (path / CARD).exists():
             return [(path, how)]
-        return [(p, "replaced" if inner == "replaced" else how) for p, inner in _weight_sources(path, seen)]
+        with refused_as(label):
+            inner = _weight_sources(path, seen)
+        return [(p, "replaced" if kind == "replaced" else how) for p, kind in inner]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
-        replaced = set(replaced_members(card))
-        return [s for member in member_sources(card)
-                for s in ([(member, "replaced")] if member in replaced else sources(member, "member"))]
+        replaced, members = set(replaced_members(card)), member_sources(card)
+        labels = [member_label(i, len(members), member) for i, member in enumerate(members)]
+        return [s for member, label in zip(members, labels)
+                for s in ([(member, "replaced")] if member in replaced else sources(member, "member", label))]
     origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
     if origin := next((o for o in origins if (o / CARD).exists()), None):
-        return sources(origin, "copy")
+        return sources(origin, "copy", f"the bundle {bundle} was copied from ({origin})")
     config = card.train_config or {}
     teachers = [Path(t) for t in config.get("teacher") or []]
     init = [Path(config["init"])] if config.get("init") else []
-    return [(bundle, ""), *(s for teacher in teachers for s in sources(teacher, "teacher")),
-            *(s for start in init for s in sources(start, "init"))]
+    return [(bundle, ""), *(s for i, teacher in enumerate(teachers)
+                            for s in sources(teacher, "teacher", teacher_label(i, len(teachers), teacher))),
+            *(s for start in init for s in sources(start, "init", f"the bundle {bundle} started from ({start})"))]
 
 
 CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or threshold was chosen on other films
@@ -136,21 +144,23 @@ class _Run(NamedTuple):
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   policy: HeldOutPolicy = HeldOutPolicy()) -> HeldOutFindings:
+                   policy: HeldOutPolicy = HeldOutPolicy(), names: Sequence[str] = ()) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
     warned of or refused is the ``policy``'s (:class:`HeldOutPolicy`): films that chose a bundle's own temperature and
     threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
     (moved). Returns the warnings (each also logged) and the bundles whose training films are unknown here
-    (:class:`HeldOutFindings`)."""
+    (:class:`HeldOutFindings`). ``names``: how a refusal of a card of the bundles their weights come from names each
+    bundle given (an ensemble's members, a student's teachers: by place and folder), where that is not its path."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: set[str] = set()
     validation: set[str] = set()
-    for bundle in map(Path, bundles):
+    for i, bundle in enumerate(map(Path, bundles)):
         _check_calibration_films(given, bundle)
-        runs = _weight_runs(given, bundle)
+        with refused_as(names[i]) if names else contextlib.nullcontext():
+            runs = _weight_runs(given, bundle)
         _refuse_trained(given, bundle, runs)
         for run in runs:
             _check_validation(given, run)

@@ -186,8 +186,8 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
     if hasattr(model, "member_inputs"):
         size, members = x.shape[-1], model.member_inputs(x)
         if scale is not None and (missing := [i for i, (*_, own) in enumerate(members) if own is None]):
-            raise ValueError(f"ensemble member {missing[0]} records no heatmap scale: the ensemble's maps can only be "
-                             "scaled to each film's maximum")
+            raise ValueError(f"{model.member_label(missing[0])} records no heatmap scale: the ensemble's maps can only "
+                             "be scaled to each film's maximum")
         maps = [gradcam(net, xm, classes, None if scale is None else own * scale) for net, xm, own in members]
         mean = np.mean([_resize_map(cam, size, size) for cam in maps], axis=0)
         if scale is not None:

@@ -168,10 +168,17 @@ def member_sources(card: BundleCard) -> list[Path]:
     return [Path(m["source"]) for m in card.model_kwargs["members"]]
 
 
-def member_label(position: int, count: int, source: Path | str) -> str:
+def member_label(position: int, count: int, source: Path | str | None) -> str:
     """How a refusal names an ensemble member: its place among the members (from 1, in the order `pneumoscan
-    ensemble` was given them and bundle.json lists them) and its bundle folder."""
-    return f"ensemble member {position + 1} of {count} ({source})"
+    ensemble` was given them and bundle.json lists them) and its bundle folder (None: an entry of bundle.json that
+    records none, or a network built by hand)."""
+    return f"ensemble member {position + 1} of {count} ({'no folder recorded' if source is None else source})"
+
+
+def teacher_label(position: int, count: int, source: Path | str) -> str:
+    """How a refusal names a teacher a model was distilled from: its place among the teachers (from 1, as given to
+    `train --teacher` and as the card records them) and its bundle folder, as :func:`member_label` names a member."""
+    return f"teacher {position + 1} of {count} ({source})"
 
 
 @contextlib.contextmanager
@@ -393,7 +400,8 @@ def _writer(data: Mapping[str, object]) -> tuple[str | None, bool]:
 
 _CARD_FIELDS = [f.name for f in fields(BundleCard)]
 _CARD = TypeAdapter(BundleCard)
-_MEMBERS = TypeAdapter(list[MemberEntry])
+_MEMBERS = TypeAdapter(list)
+_MEMBER = TypeAdapter(MemberEntry)
 
 
 def checked_card(where: Path | str, card: BundleCard) -> BundleCard:
@@ -419,15 +427,17 @@ def _validated(path: Path, data: dict) -> BundleCard:
     card = _parsed(_CARD, data, str(path))
     entries = [(str(path), asdict(card))]
     if card.model == ENSEMBLE:
-        members = _parsed(_MEMBERS, card.model_kwargs.get("members"), f"{path}: model_kwargs.members")
+        members = _member_entries(path, card.model_kwargs.get("members"))
         if len(members) < 2:
             raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
-        entries += [(f"{path}: ensemble member {i}", dict(member)) for i, member in enumerate(members)]
+        labels = [f"{path}: {member_label(i, len(members), m['source'])}" for i, m in enumerate(members)]
+        entries += [(label, dict(member)) for label, member in zip(labels, members)]
         # its maps are drawn on its members' own scales: a member without one has no map on a scale to join
         if card.heatmap_scale is not None and (bare := next(
                 (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
-            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but ensemble member {bare} records "
-                             "none; restore the bundle from a good copy, or build the ensemble again")
+            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but "
+                             f"{member_label(bare, len(members), members[bare]['source'])} records none; restore the "
+                             "bundle from a good copy, or build the ensemble again")
     for where, entry in entries:
         for key in POSITIVE:
             if not entry[key] > 0:
@@ -480,6 +490,20 @@ def _check_classes(path: Path, card: BundleCard) -> None:
     if card.classes != list(task.classes) or card.positive != task.positive:
         raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
                          f"task's {list(task.classes)} and {task.positive!r}")
+
+
+def _member_entries(path: Path, value: object) -> list[MemberEntry]:
+    """bundle.json's model_kwargs["members"], each entry checked as :class:`MemberEntry`; a refusal of an entry names
+    the member (:func:`member_label`), as every refusal about a member does, not pydantic's 0-based index."""
+    entries = _parsed(_MEMBERS, value, f"{path}: model_kwargs.members")
+    return [_parsed(_MEMBER, entry, f"{path}: {member_label(i, len(entries), _recorded_source(entry))}")
+            for i, entry in enumerate(entries)]
+
+
+def _recorded_source(entry: object) -> str | None:
+    """The folder a member entry records, before the entry is checked (None: it records none that is text)."""
+    source = entry.get("source") if isinstance(entry, dict) else None
+    return source if isinstance(source, str) else None
 
 
 def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - the adapter's type

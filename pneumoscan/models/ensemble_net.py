@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import registry
+from .card import member_label
 
 if TYPE_CHECKING:
     from .card import BundleCard
@@ -20,13 +21,14 @@ if TYPE_CHECKING:
 class Member(nn.Module):
     """One member on the ensemble's input: resize to its size, normalise as it was trained, its calibrated logits.
     ``heatmap_scale``: the member bundle's own (:attr:`~.card.BundleCard.heatmap_scale`; None when it records none),
-    which its Grad-CAM map is drawn on inside the ensemble as it is in its own bundle."""
+    which its Grad-CAM map is drawn on inside the ensemble as it is in its own bundle. ``source``: its bundle folder,
+    which a refusal about it names (:func:`~.card.member_label`; None: a network built by hand)."""
 
     def __init__(self, net: nn.Module, size: int, mean: float, std: float, temperature: float, input_size: int,
-                 heatmap_scale: float | None = None) -> None:
+                 heatmap_scale: float | None = None, source: str | None = None) -> None:
         super().__init__()
         self.net, self.size, self.mean, self.std, self.temperature = net, size, mean, std, temperature
-        self.heatmap_scale = heatmap_scale
+        self.heatmap_scale, self.source = heatmap_scale, source
         # a constant scale, not a target size: the exported Resize then keeps static spatial sizes, which ONNX's
         # adaptive pooling (simple_cnn) needs; nudged up so floor(S * scale) is exactly ``size``
         self.scale = size / input_size
@@ -60,12 +62,16 @@ class EnsembleNet(nn.Module):
         conv, on its own scale."""
         return [(m.net, m.prepare(x), m.heatmap_scale) for m in self.members]
 
+    def member_label(self, position: int) -> str:
+        """How a refusal names member ``position`` (from 0): :func:`~.card.member_label`, from 1, with its folder."""
+        return member_label(position, len(self.members), self.members[position].source)
+
     @classmethod
     def from_card(cls, card: BundleCard) -> EnsembleNet:
         """The architecture bundle.json describes, with fresh weights (load_bundle then loads the saved ones)."""
-        return cls([
+        return cls([  # heatmap_scale is absent from ensembles older than it
             Member(registry.create(m["model"], num_classes=len(card.classes), in_chans=1, pretrained=False,
                                    image_size=m["size"], **m["model_kwargs"]), m["size"], m["mean"], m["std"],
-                   m["temperature"], card.size, m.get("heatmap_scale"))  # absent from ensembles older than it
+                   m["temperature"], card.size, m.get("heatmap_scale"), m["source"])
             for m in card.model_kwargs["members"]
         ])  # fmt: skip

@@ -27,7 +27,7 @@ from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, file_sha256, load_card, member_label,
-                                   member_sources, refused_as, verify_file)
+                                   member_sources, refused_as, teacher_label, verify_file)
 from .config import TrainConfig
 from .ensemble import member_named_logits, refuse_repeated_models
 
@@ -55,15 +55,16 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
     refuse_repeated_models(cards, cfg.teacher, "its probabilities would weigh double in the student's targets")
     # the one walk of each teacher's weight sources: the check of their training films also finds those unknown here
     findings = check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
-                              hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)")
+                              hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)",
+                              names=[_teacher_label(cfg.teacher, i) for i in range(len(cfg.teacher))])
     for teacher in cfg.teacher:  # refused, not only warned of as evaluation does: see the docstring
         if (unknown := findings.unknown_source(teacher)) is not None:
             raise ValueError(unknown)
 
 
 def _teacher_label(teachers: Sequence[str], i: int) -> str:
-    """How a refusal names teacher ``i``: its place among the teachers (from 1, as given) and its bundle folder."""
-    return f"teacher {i + 1} of {len(teachers)} ({teachers[i]})"
+    """How a refusal names teacher ``i`` of ``teachers`` (:func:`teacher_label`)."""
+    return teacher_label(i, len(teachers), teachers[i])
 
 
 def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:

@@ -50,7 +50,7 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
-                                   member_label, member_sources, refused_as, runtime_versions)
+                                   member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
@@ -75,8 +75,7 @@ def member_named_logits(predictor: Predictor, images: np.ndarray) -> np.ndarray:
             x = predictor.inputs(images[e.bad])
             bad = [i for i, net in enumerate(predictor.model.members) if not torch.isfinite(net(x)).all()]
         if bad:
-            sources = member_sources(predictor.card)
-            raise ValueError(f"{member_label(bad[0], len(sources), sources[bad[0]])}: {e}") from None
+            raise ValueError(f"{predictor.model.member_label(bad[0])}: {e}") from None
         raise
 
 
@@ -126,7 +125,6 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
     ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
     folds = len(net.members) // len(cv_dirs)
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
-    sources = member_sources(card)
     logits, targets, views, records = [], [], [], []
     # minutes for a five-fold run on a CPU, which had passed with nothing on screen
     with progress_bar() as bar:
@@ -134,7 +132,7 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
                                 total=folds)
         for k in range(folds):
             fold, images, y, _ = labelled_records(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
-            members = [(member_label(i, len(sources), sources[i]), member_session(i))
+            members = [(net.member_label(i), member_session(i))
                        for i in range(k, len(net.members), folds)]
             logits.append(_mean_logits(members, images))
             targets.append(y)
@@ -206,8 +204,8 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
     (:func:`_heatmap_scale`)."""
     cards = [c for _, c in loaded]
     first, size = cards[0], max(c.size for c in cards)
-    net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size, c.heatmap_scale)
-                       for m, c in loaded]).eval()
+    net = EnsembleNet([Member(m, c.size, c.mean, c.std, c.temperature, size, c.heatmap_scale, str(p))
+                       for (m, c), p in zip(loaded, paths)]).eval()
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
                   "weights": c.files.get(WEIGHTS, ""), "heatmap_scale": c.heatmap_scale} for c, p in zip(cards, paths)]
@@ -229,9 +227,10 @@ def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float 
     """The ensemble's heatmap scale: its members' own (:data:`MEMBERS_OWN_SCALE`; each member's map drawn on the
     scale its bundle measured on its own validation films) when every member records one; None, each map then scaled
     to its own film, when one does not (said in the log): a member's map on no scale cannot join the others'."""
-    if missing := [p for c, p in zip(cards, paths) if c.heatmap_scale is None]:
-        log.info("no heatmap scale recorded: member %s records none (%d of %d members), so each heatmap is scaled to "
-                 "its own film's maximum", missing[0], len(missing), len(cards))
+    if missing := [i for i, c in enumerate(cards) if c.heatmap_scale is None]:
+        others = f" (nor do {len(missing) - 1} other members)" if len(missing) > 1 else ""
+        log.info("no heatmap scale recorded: %s records none%s, so each heatmap is scaled to its own film's maximum",
+                 member_label(missing[0], len(cards), paths[missing[0]]), others)
         return None
     return MEMBERS_OWN_SCALE
 
@@ -248,7 +247,8 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
         raise ValueError(f"the films of {data_label(data, split)} are all one class: the ensemble's temperature and "
                          f"thresholds are chosen on labelled films with and without {card.positive}")
     caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
-                             policy=HeldOutPolicy(validation_warning=True)).caveats
+                             policy=HeldOutPolicy(validation_warning=True),
+                             names=[member_label(i, len(paths), p) for i, p in enumerate(paths)]).caveats
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
     return (records, images, targets, patient_groups(records, data)[1]), caveats
 

@@ -40,13 +40,13 @@ from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_ou
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
 from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
-from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities
+from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, member_sources, record_checksum,
                                    replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder
-from .ensemble import OUT_OF_FOLD, cv_members, out_of_fold
+from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -256,6 +256,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     else:
         pool, val = _val_films(bundle, data, card, fp32.task)
     calib = pool[_sample(len(pool), calibration_images)]
+    # scores that are not finite would set NaN activation ranges: refused before quantising; an ensemble's also on
+    # the films its INT8 thresholds are chosen on, naming the member (its one graph gives only their mean)
+    for films in (calib, *((val[1], *tta_views(val[1])) if card.model == ENSEMBLE and not cv_dirs else ())):
+        member_named_logits(fp32, films)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
     # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
