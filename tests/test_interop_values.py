@@ -18,6 +18,7 @@ from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 
 from pneumoscan import cli
+from pneumoscan.data.readers.dicom import read_dataset
 from pneumoscan.interop.fhir import build_observation
 from pneumoscan.interop.sr import build_heatmap_sc, build_sr, report_files
 from tests import test_interop
@@ -115,6 +116,8 @@ def test_values_at_their_vrs_limits_are_copied_as_held_into_valid_objects(film: 
 # with replacement characters), and the report carried that reading: another name or id than the film's.
 UNDECODED = "characters that do not decode in the character set its SpecificCharacterSet names"
 BEYOND_ASCII = "characters beyond ASCII, and no SpecificCharacterSet naming a character set that holds them"
+MISREAD = "characters beyond ASCII where its ISO 2022 escape sequences name no character set that holds them"
+JAPANESE, KOREAN = ["", "ISO 2022 IR 87"], ["", "ISO 2022 IR 149"]
 NOT_AS_HELD = {
     "UTF-8 bytes, no character set named": ({"PatientName": "Müller^Jürgen".encode()}, "PatientName", BEYOND_ASCII),
     "Latin-1 bytes under ISO_IR 6": ({"SpecificCharacterSet": "ISO_IR 6", "PatientName": "Müller^Jürgen".encode(
@@ -124,6 +127,19 @@ NOT_AS_HELD = {
     "bytes that are no JIS X 0208 after its escape": ({"SpecificCharacterSet": ["", "ISO 2022 IR 87"],
                                                        "PatientName": b"Yamada^Tarou=\x1b$B\xff\xfe\x1b(B"},
                                                       "PatientName", UNDECODED),
+    # pydicom reads these as Latin-1, silently: 'Yamadaé^Taro', '山田é^Taro', 'Kim±è' (JIS X 0208 and KS X 1001 hold
+    # '±' too, so only the bytes tell)
+    "a byte beyond ASCII before any ISO 2022 escape": ({"SpecificCharacterSet": JAPANESE,
+                                                        "PatientName": b"Yamada\xe9^Taro"}, "PatientName", MISREAD),
+    "a byte beyond ASCII after ESC ( B": ({"SpecificCharacterSet": JAPANESE,
+                                           "PatientName": b"\x1b$B;3ED\x1b(B\xe9^Taro"}, "PatientName", MISREAD),
+    "Korean bytes without ESC $ ) C": ({"SpecificCharacterSet": KOREAN, "PatientID": b"Kim\xb1\xe8"}, "PatientID",
+                                       MISREAD),
+    "Korean bytes after a delimiter, not designated again": (
+        {"SpecificCharacterSet": KOREAN, "PatientName": b"\x1b$)C\xc8\xab^\xb1\xe6\xb5\xbf"}, "PatientName", MISREAD),
+    "katakana's G1 after ESC ( B, read as Latin-1": (
+        {"SpecificCharacterSet": ["ISO 2022 IR 13", "ISO 2022 IR 87"], "AccessionNumber": b"\x1b$B;3\x1b(B\xd4"},
+        "AccessionNumber", MISREAD),
 }  # fmt: skip
 
 
@@ -149,6 +165,55 @@ def test_a_name_in_a_named_character_set_is_copied_character_for_character(film:
         path.write_bytes(part)
         assert str(pydicom.dcmread(path).PatientName) == name
         assert dciodvfy(path)[1] == [], path
+
+
+# The ISO 2022 forms films hold (PS3.5 Annex H's examples among them): each byte beyond ASCII in the set its escapes
+# (or the first value) put in force, which pydicom reads as that set
+ISO_2022_NAMES = {
+    "Korean, each group designated": (KOREAN, b"Hong^Gildong=\x1b$)C\xfb\xf3^\x1b$)C\xd1\xce\xd4\xd7=\x1b$)C\xc8\xab^"
+                                      b"\x1b$)C\xb1\xe6\xb5\xbf", "Hong^Gildong=洪^吉洞=홍^길동"),
+    "katakana as G1, kanji after ESC $ B": (["ISO 2022 IR 13", "ISO 2022 IR 87"],
+                                            b"\xd4\xcf\xc0\xde^\xc0\xdb\xb3=\x1b$B;3ED\x1b(J^\x1b$BB@O:\x1b(J=\x1b$B$d$^$@"
+                                            b"\x1b(J^\x1b$B$?$m$&\x1b(J", "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう"),
+    "Latin-1 as G1": ("ISO 2022 IR 100", "Müller^Jürgen".encode("latin-1"), "Müller^Jürgen"),
+    "Latin-1 as G1, still in force after ESC ( B": (["ISO 2022 IR 100", "ISO 2022 IR 87"],
+                                                     b"M\xfcller=\x1b$B;3ED\x1b(B\xfc", "Müller=山田ü"),
+    "Latin-1 designated by ESC - A": (["", "ISO 2022 IR 100"], b"\x1b-AM\xfcller", "Müller"),
+    "Cyrillic as G1": ("ISO 2022 IR 144", "Иванов^Иван".encode("iso8859_5"), "Иванов^Иван"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ISO_2022_NAMES))
+def test_a_name_in_iso_2022_code_extensions_is_copied_character_for_character(film: np.ndarray, case: str) -> None:
+    charset, raw, name = ISO_2022_NAMES[case]
+    header = source(film, SpecificCharacterSet=charset, PatientName=raw)
+    assert refusals(header) == ["", ""]
+    assert str(build_sr(header, READING, "m-1", "v").PatientName) == name
+
+
+def test_a_misread_value_in_a_sequence_item_gets_no_report(film: np.ndarray) -> None:
+    other = Dataset()
+    other.PatientID, other.TypeOfPatientID = b"Kim\xb1\xe8", "TEXT"
+    header = source(film, SpecificCharacterSet=KOREAN, OtherPatientIDsSequence=[other])
+    expected = (f"the source DICOM's OtherPatientIDsSequence > PatientID is malformed ({MISREAD}): a report cannot "
+                "carry it")
+    assert refusals(header) == [expected, expected]
+
+
+def test_a_misread_value_is_refused_whatever_read_it_first(film: np.ndarray) -> None:
+    """pydicom keeps no bytes of a value it has read: the verdict is the bytes', taken before. The FHIR result
+    reads the patient id before the SR (predict --fhir --dicom-sr), and a film pneumoscan reads is judged as read,
+    however its values are read afterwards."""
+    misread = {"SpecificCharacterSet": KOREAN, "PatientID": b"Kim\xb1\xe8"}
+    refused = f"the source DICOM's PatientID is malformed ({MISREAD}): a report cannot carry it"
+    header = source(film, **misread)
+    with pytest.raises(ValueError, match="PatientID is malformed"):
+        build_observation(reading(header), "m-1", "v", source=header)
+    assert refusals(header) == [refused, refused]
+    with pydicom.config.disable_value_validation():
+        header = read_dataset(chest_dicom(film, **misread), header_only=True)
+    assert str(header.PatientID) == "Kim±è"  # read, as Latin-1, before any report
+    assert refusals(header) == [refused, refused]
 
 
 def test_the_fhir_subject_is_the_films_patient_id_or_none(film: np.ndarray) -> None:

@@ -161,11 +161,13 @@ def test_the_fhir_subject_names_its_issuer_by_a_valid_system_uri(client: TestCli
 
 
 @pytest.mark.parametrize("kind, entity", [("ISO", "General Hospital"), ("UUID", "General Hospital"),
-                                          ("URI", "General Hospital")])
+                                          ("URI", "General Hospital"),
+                                          ("URI", "https://h\u00f4pital.example/patients")])  # an IRI or a misread byte
 def test_an_issuer_that_is_not_what_its_type_says_gets_no_observation(client: TestClient, xray: bytes, kind: str,
                                                                       entity: str) -> None:
     """An ISO issuer given by its name had the Observation's subject in the system "urn:oid:General Hospital", which
-    names no one's patients: a receiver matching the patient by system and value would not find the film's."""
+    names no one's patients: a receiver matching the patient by system and value would not find the film's. A URI
+    holds ASCII only: a letter beyond it (an IRI, or a byte pydicom read in a guessed character set) was copied."""
     film = chest_film(xray, IssuerOfPatientIDQualifiersSequence=issued_by(kind, entity))
     r = client.post("/v1/predict?format=fhir", files={"file": ("film.dcm", film, "application/dicom")})
     assert_refused(r, 422, f"IssuerOfPatientIDQualifiersSequence is malformed (its UniversalEntityID is not the {kind} "

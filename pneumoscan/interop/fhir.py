@@ -43,7 +43,9 @@ URI = "urn:ietf:rfc:3986"  # identifier system whose values are URIs (here urn:u
 # IssuerOfPatientIDQualifiersSequence's UniversalEntityIDTypes whose id names a FHIR system (:func:`_issuer_system`)
 _ISSUER_SYSTEMS = ("ISO", "UUID", "URI")
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")  # an ISO object identifier, as FHIR's oid type takes it
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # an absolute URI: a scheme, then no blank (FHIR's uri has none)
+# an absolute URI: a scheme, then printable ASCII without a blank (RFC 3986 has no other character: a letter beyond
+# ASCII is a misread byte or an IRI, which a receiver matching patients by system would not match)
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
 _OFFSET = re.compile(r"([+-])(0\d|1[0-4])([0-5]\d)")  # TimezoneOffsetFromUTC, e.g. +0100 (at most 14 hours)
 

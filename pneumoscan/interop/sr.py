@@ -60,7 +60,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
-from pneumoscan.data.readers.dicom import MANUFACTURER, standard_form
+from pneumoscan.data.readers.dicom import MANUFACTURER, misread_text, standard_form
 from pneumoscan.data.scope import CONFLICT, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
@@ -101,12 +101,13 @@ def malformed_reason(source: Dataset, keyword: str) -> str | None:
     film holds. In words that never quote the value: it may be the patient's name or birth date, and the reason
     reaches an HTTP answer or a results file. What a DICOM object further needs of it: :func:`_check_copies`."""
     try:
+        misread = misread_text(source)  # before the value is read: from the film's bytes, which reading drops
         element = source[keyword] if keyword in source else None
     except Exception:
         return "unreadable"
     if element is None:
         return None
-    return _value_fault(element, _ascii_only(source))
+    return _value_fault(element, _ascii_only(source), element.tag in misread)
 
 
 def _ascii_only(source: Dataset) -> bool:
@@ -130,14 +131,16 @@ def _max_vm(tag: BaseTag) -> int | None:
     return None if "n" in vm else int(vm.split("-")[-1])
 
 
-def _value_fault(element: DataElement, ascii_only: bool) -> str | None:
-    """Why ``element``'s value (of a film that names no character set beyond ASCII when ``ascii_only``) cannot be
-    copied into a report, in words that never quote it; None when it can. Any report: one value where the standard
-    has one, a UID that is one, a date or time pydicom reads (as highdicom will) in DICOM's form or, as the report
-    copies it, in ACR-NEMA's (:func:`standard_form`), text as the film holds it (not bytes that did not decode, nor
-    bytes beyond ASCII that no SpecificCharacterSet names, which pydicom reads as Latin-1: a guess that would give
-    the report another name or id than the film's) and without control characters (a FHIR string holds none
-    either). A value longer than its VR holds is the film's as its PACS holds it: copied."""
+def _value_fault(element: DataElement, ascii_only: bool, misread: bool) -> str | None:
+    """Why ``element``'s value (of a film that names no character set beyond ASCII when ``ascii_only``; whose bytes
+    pydicom read in another character set than its ISO 2022 escapes put in force when ``misread``:
+    :func:`~pneumoscan.data.readers.dicom.misread_text`) cannot be copied into a report, in words that never quote
+    it; None when it can. Any report: one value where the standard has one, a UID that is one, a date or time
+    pydicom reads (as highdicom will) in DICOM's form or, as the report copies it, in ACR-NEMA's
+    (:func:`standard_form`), text as the film holds it (not bytes that did not decode, nor bytes beyond ASCII that
+    no SpecificCharacterSet or escape names, which pydicom reads as Latin-1: a guess that would give the report
+    another name or id than the film's) and without control characters (a FHIR string holds none either). A value
+    longer than its VR holds is the film's as its PACS holds it: copied."""
     value, vr = element.value, element.VR
     if value is None or value == "" or vr == "SQ":
         return None
@@ -146,6 +149,8 @@ def _value_fault(element: DataElement, ascii_only: bool) -> str | None:
         return "more than one value"
     if vr not in _STRING_VRS:
         return None  # binary numbers or bytes: nothing a film's text could have got wrong
+    if misread:
+        return "characters beyond ASCII where its ISO 2022 escape sequences name no character set that holds them"
     for text in (str(v) for v in (value if isinstance(value, MultiValue) else [value])):
         if any(mark in text for mark in _UNDECODED):
             return "characters that do not decode in the character set its SpecificCharacterSet names"
@@ -174,24 +179,26 @@ def _check_copies(made: Dataset, source: Dataset) -> None:
     carry (:func:`_value_fault`), naming it: a copied element is one ``made`` holds with the film's own value, each
     of the Patient and Study modules highdicom copies (the name, ids and their issuers, accession number, study id,
     description, the patient's age, ...), whether or not pneumoscan checked it before."""
-    ascii_only = _ascii_only(source)
+    ascii_only, misread = _ascii_only(source), misread_text(source)  # the latter before any value is read
     for element in made:
         if element.tag not in source or source[element.tag].value != element.value:
             continue
-        for keyword, copied in _elements(element):
-            why = _value_fault(copied, ascii_only)
+        for keyword, copied, guessed in _elements(source[element.tag], element.tag in misread):
+            why = _value_fault(copied, ascii_only, guessed)
             if why is not None:
                 raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
 
 
-def _elements(element: DataElement, within: str = "") -> Iterator[tuple[str, DataElement]]:
-    """``element`` and every element in its sequence's items, each with the name a refusal gives it."""
+def _elements(element: DataElement, misread: bool, within: str = "") -> Iterator[tuple[str, DataElement, bool]]:
+    """``element`` (of the film: ``misread`` as :func:`~pneumoscan.data.readers.dicom.misread_text` says) and every
+    element in its sequence's items, each with the name a refusal gives it and whether it was misread."""
     name = f"{within}{element.keyword or element.tag}"
-    yield name, element
+    yield name, element, misread
     if element.VR == "SQ":
         for item in element.value:
+            guessed = misread_text(item)
             for inner in item:
-                yield from _elements(inner, f"{name} > ")
+                yield from _elements(inner, inner.tag in guessed, f"{name} > ")
 
 
 def _checked_source(source: Dataset) -> Dataset:

@@ -12,6 +12,7 @@ data that pydicom lets through are stopped in :mod:`.dicom_pixels`.
 
 from __future__ import annotations
 
+import codecs
 import io
 import math
 import re
@@ -23,11 +24,15 @@ from typing import NamedTuple
 import numpy as np
 import pydicom
 from pydicom import filereader
+from pydicom.charset import CODES_TO_ENCODINGS, ESC, convert_encodings, default_encoding, handled_encodings
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DA, TM
+from pydicom.tag import BaseTag
+from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR, DA, PN_DELIMS, TEXT_VR_DELIMS, TM
 from pydicom.uid import (
     UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
@@ -65,6 +70,10 @@ FOR_PROCESSING_CLASSES = frozenset({DigitalXRayImageStorageForProcessing,
                                     DigitalIntraOralXRayImageStorageForProcessing})
 FOR_PROCESSING = ("raw detector values, before the image processing that makes them a film to read; read its For "
                   "Presentation image")
+# a dataset's :func:`misread_text`, kept with it: pydicom keeps no bytes of an element once it has read it
+_MISREAD = "_pneumoscan_misread"
+# how pydicom cuts a value in ISO 2022 code extensions into parts it reads each in one character set (charset.py)
+_FRAGMENTS = re.compile(b"(^[^\x1b]+|\x1b[^\x1b]*)")
 
 
 # ACR-NEMA 300's forms of a date (2023.03.15) and a time (10:15:00.25, 10:15), which real films hold: DICOM writes
@@ -89,6 +98,106 @@ def standard_form(vr: str, text: str) -> str | None:
     except ValueError:
         return None
     return form
+
+
+def misread_text(ds: Dataset) -> frozenset[BaseTag]:
+    """The text elements of ``ds`` (a film's header or one of its sequence items) holding bytes beyond ASCII that
+    pydicom reads, silently, in another character set than the one its ISO 2022 escape sequences put in force: as
+    Latin-1 where they put none (``Yamada\\xe9^Taro`` under ``\\ISO 2022 IR 87`` without an escape, after ``ESC ( B``,
+    or Korean bytes without ``ESC $ ) C``). The text read cannot tell this guess from the film's characters (JIS X
+    0208 and KS X 1001 hold ``±`` and ``°`` too), so it is taken from the bytes as read, before any element is read:
+    pydicom keeps no bytes of an element it has read. :func:`read_dataset` takes it for every film it reads (and
+    each sequence item); a dataset read elsewhere gets it at the first call, from the elements not yet read, so call
+    this before reading any value. Empty when its SpecificCharacterSet names no ISO 2022 code extensions."""
+    known = ds.__dict__.get(_MISREAD)
+    if known is None:
+        known = _misread_in(ds, [])
+    return known
+
+
+def _misread_in(ds: Dataset, inherited: list[str]) -> frozenset[BaseTag]:
+    """:func:`misread_text` of ``ds``, kept with it and each of its sequence items, ``inherited`` the Python encodings
+    of the dataset it is an item of (an item without its own SpecificCharacterSet is read in them)."""
+    found: set[BaseTag] = set()
+    try:
+        encodings = _code_extensions(ds) or inherited
+    except Exception:  # an unreadable character set: refused where it is read
+        encodings = []
+    for tag in list(ds.keys()) if encodings else []:
+        element = ds.get_item(tag, keep_deferred=True)
+        if _misread_element(element, encodings):
+            found.add(tag)
+        elif _vr(element) == "SQ":
+            try:
+                items = ds[tag].value
+            except Exception:  # an unreadable sequence: refused where it is read
+                continue
+            for item in items:
+                _misread_in(item, encodings)
+    ds.__dict__[_MISREAD] = frozenset(found)
+    return ds.__dict__[_MISREAD]
+
+
+def _code_extensions(ds: Dataset) -> list[str]:
+    """The Python encodings of ``ds``'s own SpecificCharacterSet (as pydicom reads its text in them) when it uses
+    ISO 2022 code extensions (several values, or one ISO 2022 term); [] otherwise."""
+    charsets = ds.get("SpecificCharacterSet") or []
+    terms = [charsets] if isinstance(charsets, str) else list(charsets)
+    if len(terms) < 2 and not any(str(term).startswith("ISO 2022") for term in terms):
+        return []
+    return convert_encodings([str(term) for term in terms])
+
+
+def _vr(element: object) -> str | None:
+    """The VR an element as read has (an implicit VR file's: the dictionary's)."""
+    vr = getattr(element, "VR", None)
+    if vr is None and isinstance(element, RawDataElement) and dictionary_has_tag(element.tag):
+        vr = dictionary_VR(element.tag)
+    return vr
+
+
+def _misread_element(element: object, encodings: list[str]) -> bool:
+    """Whether ``element``, as read (not yet converted by pydicom), is text whose bytes pydicom misreads in
+    ``encodings`` (:func:`misread_text`); each value, and each group of a name, read apart as pydicom reads them."""
+    vr = _vr(element)
+    if not isinstance(element, RawDataElement) or vr not in CUSTOMIZABLE_CHARSET_VR or not element.value:
+        return False
+    values = [element.value] if vr in ("LT", "ST", "UT") else element.value.split(b"\\")
+    if vr == "PN":
+        return any(_misread_bytes(group, encodings, PN_DELIMS) for value in values for group in value.split(b"="))
+    return any(_misread_bytes(value, encodings, TEXT_VR_DELIMS) for value in values)
+
+
+def _misread_bytes(value: bytes, encodings: list[str], delimiters: set[int]) -> bool:
+    """Whether pydicom reads a byte beyond ASCII of ``value`` in another character set than the G1 set in force
+    there (PS3.5 6.1.2.5): the first value's (none for ASCII) until an escape designates another, and again after a
+    delimiter. pydicom reads each part from one escape to the next in the set that escape names, and after a
+    delimiter in the first value's, which for ASCII is Latin-1; a byte pydicom fails to read is no concern here (it
+    shows as undecoded)."""
+    first = encodings[0]
+    initial = None if first == default_encoding else first  # ASCII holds no byte beyond it: no G1 set
+    g1 = initial
+    for fragment in _FRAGMENTS.findall(value):
+        if not fragment.startswith(ESC):
+            spans = [(first, fragment, g1)]
+        else:
+            size = 4 if fragment.startswith((ESC + b"$(", ESC + b"$)")) else 3
+            code = CODES_TO_ENCODINGS.get(fragment[:size], "")
+            if code not in encodings and code != default_encoding:
+                continue  # an escape pydicom leaves in the text, undecoded
+            if fragment[1:2] in (b"-", b")") or fragment[1:3] == b"$)":  # G1 designations (94 or 96 characters)
+                g1 = code
+            if code in handled_encodings:
+                continue  # read whole by Python's codec, which reads no byte beyond its set
+            body = fragment[size:]
+            cut = next((i for i, byte in enumerate(body) if byte in delimiters), len(body))
+            spans = [(code, body[:cut], g1), (first, body[cut:], initial)]
+            if cut < len(body):
+                g1 = initial
+        for read_in, span, in_force in spans:
+            if not span.isascii() and (in_force is None or codecs.lookup(read_in).name != codecs.lookup(in_force).name):
+                return True
+    return False
 
 
 class DicomReader(Reader):
@@ -146,7 +255,7 @@ keep_dicom_values_out_of_logs("pydicom")
 def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
     """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) on disk. A deflated dataset
     is inflated here, within MAX_DECODED_BYTES: pydicom would inflate it whole before any limit is checked (a
-    398 KiB file held 400 MiB)."""
+    398 KiB file held 400 MiB). Its :func:`misread_text` is taken here, while every value is as read."""
     try:
         inflated = _inflated(src)
         if inflated is None:
@@ -155,13 +264,15 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
             if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _ENCODINGS:
                 # no File Meta (no preamble, no group 0002, as older modalities write): the encoding it was read in
                 ds.file_meta.TransferSyntaxUID = _ENCODINGS[ds.original_encoding]
-            return ds
-        preamble, meta, data = inflated
-        buffer = DicomBytesIO(data)
-        # large values stay in the buffer (already in memory) until read: only the pixels are, not a padding's MiBs
-        dataset = filereader.read_dataset(buffer, is_implicit_VR=False, is_little_endian=True,
-                                          defer_size=size_in_bytes(_DEFER_SIZE))  # fmt: skip
-        return FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+        else:
+            preamble, meta, data = inflated
+            buffer = DicomBytesIO(data)
+            # large values stay in the buffer (already in memory) until read: only the pixels are, not a padding's
+            dataset = filereader.read_dataset(buffer, is_implicit_VR=False, is_little_endian=True,
+                                              defer_size=size_in_bytes(_DEFER_SIZE))  # fmt: skip
+            ds = FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+        misread_text(ds)
+        return ds
     except pixels.DecodeError:
         raise
     except Exception as e:
