@@ -550,7 +550,8 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
     fold = cv / "fold-0" / "bundle"
     shutil.move(fold, tmp_path / "kept")
     shutil.copytree(member64, fold)
-    with pytest.raises(ValueError, match="fold-0/bundle holds other weights than .* was built from"):
+    with pytest.raises(ValueError, match=r"^ensemble member 1 of 2 \(.*fold-0/bundle\) holds other weights than .* was "
+                                         "built from"):
         main_raising(["export", str(ens), "--int8", "--cv", str(cv)])
     shutil.rmtree(fold)
     shutil.move(tmp_path / "kept", fold)

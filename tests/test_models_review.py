@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import BundleCard
+from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.serving.app import create_app
 from tests.test_models import put_in_hub_cache
 
@@ -39,6 +41,11 @@ def test_gradcam_refuses_a_model_whose_head_reads_no_spatial_map(name: str, size
     model = models.create(name, image_size=size).eval()
     with pytest.raises(NoSpatialMap, match=f"Grad-CAM cannot explain .*: its {why}.*; read its films without heatmaps"):
         gradcam(model, torch.rand(1, 1, size, size), 1)
+    # an ensemble's member: said which one, by place and folder (it gave only the architecture's class name)
+    members = [Member(models.create("simple_cnn"), size, 0.5, 0.25, 1.0, size, source="a"),
+               Member(model, size, 0.5, 0.25, 1.0, size, source="b")]
+    with pytest.raises(NoSpatialMap, match=rf"^ensemble member 2 of 2 \(b\): Grad-CAM cannot explain .*: its {why}"):
+        gradcam(EnsembleNet(members).eval(), torch.rand(1, 1, size, size), 1)
 
 
 def test_a_bundle_without_a_spatial_map_records_no_heatmap_scale(caplog: pytest.LogCaptureFixture) -> None:
@@ -181,14 +188,36 @@ def test_predict_heatmaps_of_an_unexplainable_model_are_refused_before_any_film(
         predict_paths(unexplainable_bundle, films, heatmap_dir=tmp_path / "maps", backend="torch")
     assert not (tmp_path / "maps").exists()
     assert [row["label"] for row in predict_paths(unexplainable_bundle, films, backend="torch")]  # scores still come
+    # an ensemble with it as a member: the refusal names that member by place and folder, as every one about it does
+    ensemble = unexplainable_ensemble(unexplainable_bundle, tmp_path)
+    member = re.escape(str(unexplainable_bundle))
+    with pytest.raises(NoSpatialMap, match=rf"^ensemble member 2 of 2 \({member}\): Grad-CAM cannot explain "
+                                           "EfficientNet: its feature map is 1 x 1 at 32 x 32 px input"):
+        predict_paths(ensemble, films, heatmap_dir=tmp_path / "maps", backend="torch")
+    assert not (tmp_path / "maps").exists()
+
+
+def unexplainable_ensemble(member: Path, tmp_path: Path) -> Path:
+    """An ensemble bundle of a simple_cnn and the bundle ``member`` (no spatial map at 32 px) as its member 2."""
+    entries = [{"model": name, "model_kwargs": {}, "size": 32, "mean": 0.5, "std": 0.25, "temperature": 1.0,
+                "source": str(source)} for name, source in (("simple_cnn", tmp_path / "a"),
+                                                            ("efficientnet_lite0", member))]
+    card = BundleCard("ensemble", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.0, 1.0,
+                      model_kwargs={"members": entries})
+    return save_bundle(tmp_path / "ensemble", EnsembleNet.from_card(card).eval(), card)
 
 
 def test_the_service_refuses_a_heatmap_of_an_unexplainable_model_with_the_reason(
-    unexplainable_bundle: Path, tiny_dataset: Path
+    unexplainable_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
+    """Said without paths, as every answer: an ensemble's member by its place alone, not its folder."""
     film = sorted((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
-    with TestClient(create_app(unexplainable_bundle, backend="torch")) as client:
-        assert client.post("/v1/predict", files={"file": ("f.jpeg", film, "image/jpeg")}).status_code == 200
-        for mode in ("true", "map"):
-            r = client.post(f"/v1/predict?heatmap={mode}", files={"file": ("f.jpeg", film, "image/jpeg")})
-            assert r.status_code == 422 and "heatmap: Grad-CAM cannot explain" in r.json()["error"], r.text
+    for bundle, said in ((unexplainable_bundle, "heatmap: Grad-CAM cannot explain"),
+                         (unexplainable_ensemble(unexplainable_bundle, tmp_path),
+                          "heatmap: ensemble member 2 of 2: Grad-CAM cannot explain")):
+        with TestClient(create_app(bundle, backend="torch")) as client:
+            assert client.post("/v1/predict", files={"file": ("f.jpeg", film, "image/jpeg")}).status_code == 200
+            for mode in ("true", "map"):
+                r = client.post(f"/v1/predict?heatmap={mode}", files={"file": ("f.jpeg", film, "image/jpeg")})
+                assert r.status_code == 422 and r.json()["error"].startswith(said), r.text
+                assert str(unexplainable_bundle) not in r.text and str(tmp_path) not in r.text

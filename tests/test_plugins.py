@@ -302,8 +302,9 @@ def test_an_ensemble_whose_member_model_is_not_imported_says_what_to_import(
     bundle = save_bundle(tmp_path / "ensemble", EnsembleNet([Member(n, 32, 0.5, 0.25, 1.0, 32) for n in nets]), card)
     export_onnx(bundle)
     _unregistered(monkeypatch, "tiny_net")
-    expected = (f"{bundle}: an ensemble member's model 'tiny_net' {NOT_REGISTERED} (a model of your own: "
-                f"docs/development.md, Adding a model; on the command line, {PLUGINS_ENV}=MODULE)")
+    expected = (f"{bundle}: ensemble member 1 of 2 ({tmp_path / 'tiny_net'}): its model 'tiny_net' {NOT_REGISTERED} "
+                "(a model of your own: docs/development.md, Adding a model; on the command line, "
+                f"{PLUGINS_ENV}=MODULE)")
     with pytest.raises(ValueError) as refused:
         load_bundle(bundle)
     assert str(refused.value) == expected

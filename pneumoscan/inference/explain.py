@@ -147,8 +147,14 @@ def check_explainable(predictor: Predictor) -> None:
     model = predictor.model
     nets = [(net, xm) for net, xm, _ in model.member_inputs(x)] if hasattr(model, "member_inputs") else [(model, x)]
     with predictor.lock, _one_thread(), torch.no_grad():
-        for net, xm in nets:
-            target_layer(net, xm)
+        for i, (net, xm) in enumerate(nets):
+            try:
+                target_layer(net, xm)
+            except NoSpatialMap as e:
+                if net is model:
+                    raise
+                # a member's, named as every refusal about one; still a NoSpatialMap, which predict refuses maps on
+                raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
 
 
 class LogOdds:
@@ -188,7 +194,12 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
         if scale is not None and (missing := [i for i, (*_, own) in enumerate(members) if own is None]):
             raise ValueError(f"{model.member_label(missing[0])} records no heatmap scale: the ensemble's maps can only "
                              "be scaled to each film's maximum")
-        maps = [gradcam(net, xm, classes, None if scale is None else own * scale) for net, xm, own in members]
+        maps = []
+        for i, (net, xm, own) in enumerate(members):
+            try:
+                maps.append(gradcam(net, xm, classes, None if scale is None else own * scale))
+            except NoSpatialMap as e:  # named as in check_explainable; the service refuses maps on a NoSpatialMap
+                raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
         mean = np.mean([_resize_map(cam, size, size) for cam in maps], axis=0)
         if scale is not None:
             return mean.astype(np.float32)

@@ -24,7 +24,7 @@ from safetensors.torch import load, save
 
 from pneumoscan.core.atomic import write_atomic
 from . import register_first, registry
-from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, save_card, verify_file
+from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, save_card, verify_file
 from .ensemble_net import EnsembleNet
 
 
@@ -56,10 +56,11 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
 def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
     card = load_card(directory)
-    architectures = [m["model"] for m in card.model_kwargs["members"]] if card.model == ENSEMBLE else [card.model]
-    if unknown := next((name for name in architectures if not registry.known(name)), None):
-        whose = "its model" if card.model != ENSEMBLE else "an ensemble member's model"
-        raise ValueError(f"{directory}: {whose} {unknown!r} is not registered in this process: "
+    members = card.model_kwargs["members"] if card.model == ENSEMBLE else []
+    architectures = [m["model"] for m in members] if members else [card.model]
+    if (i := next((i for i, name in enumerate(architectures) if not registry.known(name)), None)) is not None:
+        whose = f"{member_label(i, len(members), members[i]['source'])}: " if members else ""
+        raise ValueError(f"{directory}: {whose}its model {architectures[i]!r} is not registered in this process: "
                          f"{register_first('model')}")
     try:
         if card.model == ENSEMBLE:  # several members in one bundle

@@ -22,7 +22,7 @@ from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, heatmap_scale,
                                          overlay_png, panel_png, png_data_url)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
-from pneumoscan.models.card import CARD, load_card, verify_file
+from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
 from .batching import Stage
 from .formats import Health, Prediction, ServiceInfo, report
@@ -50,6 +50,14 @@ BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: it
 # Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
 MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the log says more): predictions answer "
                  "500 until a run succeeds")
+
+
+def without_member_folders(reason: str, card: BundleCard) -> str:
+    """A refusal about an ensemble's member said to a client: the member by its place alone, without the folder
+    :func:`~pneumoscan.models.card.member_label` names (this machine's path, which a client is not to learn)."""
+    for member in card.model_kwargs["members"] if card.model == ENSEMBLE else []:
+        reason = reason.replace(f" ({member['source']})", "")
+    return reason
 
 
 class OnDisk:
@@ -212,7 +220,7 @@ class Service:
         try:
             cam = explain_array(self.heat_predictor, image)
         except NoSpatialMap as e:  # the model's own kind: no map of the film can be drawn, for any request
-            raise Rejected(422, f"heatmap: {e}") from None
+            raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
         if raw:
             return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
         return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card))
@@ -223,7 +231,7 @@ class Service:
         the model does not take, a model not registered here), its folder said as "the bundle"."""
         if self.on_disk[0].changed() is not None:
             return HEATMAPS_LOST
-        reason, folder = str(error), self.heat_predictor.bundle
+        reason, folder = without_member_folders(str(error), self.heat_predictor.card), self.heat_predictor.bundle
         for form in sorted({str(folder), str(Path(folder)), str(Path(folder).resolve())}, key=len, reverse=True):
             reason = reason.removeprefix(f"{form}: ").replace(form, "the bundle")
         return f"{HEATMAPS_UNBUILT}: {reason}".replace("'", "")  # the quotes of a repr and of Python's own messages

@@ -120,8 +120,9 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
                          "scores: --cv is for an ensemble built with `ensemble --cv`; give --data (train and val films "
                          "none of its members trained on), or build it again with `ensemble --cv`")
     if replaced := replaced_members(card):
-        raise ValueError(f"{replaced[0]} holds other weights than {bundle} was built from (its cv run trained "
-                         "again since?): its fold's films are not out of fold for the ensemble's own member")
+        raise ValueError(f"{net.member_label(recorded.index(replaced[0]))} holds other weights than {bundle} was built "
+                         "from (its cv run trained again since?): its fold's films are not out of fold for the "
+                         "ensemble's own member")
     return net
 
 
