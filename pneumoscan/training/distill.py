@@ -49,29 +49,25 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
         raise ValueError("distillation learns each film's own teacher probabilities; mixup and CutMix mix two films: "
                          "turn them off (--set augment.mixup=0 --set augment.cutmix=0) or train without --teacher")
     cards = [_teacher_card(cfg.teacher, i) for i in range(len(cfg.teacher))]
-    for i, card in enumerate(cards):
+    labels = [teacher_label(i, len(cfg.teacher), teacher) for i, teacher in enumerate(cfg.teacher)]
+    for label, card in zip(labels, cards):
         if card.task != task.name:
-            raise ValueError(f"{_teacher_label(cfg.teacher, i)} was trained for the {card.task} task, not {task.name}")
+            raise ValueError(f"{label} was trained for the {card.task} task, not {task.name}")
     refuse_repeated_models(cards, cfg.teacher, "its probabilities would weigh double in the student's targets")
     # the one walk of each teacher's weight sources: the check of their training films also finds those unknown here
     findings = check_held_out(cfg.teacher, [r for r in records if r.split == "val"], "validate the distilled model",
                               hint=" (with cv, give --teacher-cv runs made with the same --folds, --seed and data)",
-                              names=[_teacher_label(cfg.teacher, i) for i in range(len(cfg.teacher))])
+                              names=labels)
     for teacher in cfg.teacher:  # refused, not only warned of as evaluation does: see the docstring
         if (unknown := findings.unknown_source(teacher)) is not None:
             raise ValueError(unknown)
-
-
-def _teacher_label(teachers: Sequence[str], i: int) -> str:
-    """How a refusal names teacher ``i`` of ``teachers`` (:func:`teacher_label`)."""
-    return teacher_label(i, len(teachers), teachers[i])
 
 
 def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:
     """Teacher ``i``'s card, its weights (their SHA-256: refused before the run folder is made, not after the films
     are read) and, for an ensemble, its members' own cards (which the check of their training films reads); one
     damaged or edited is refused naming the teacher and the member, since the student's own files are sound."""
-    with refused_as(_teacher_label(teachers, i)):
+    with refused_as(teacher_label(i, len(teachers), teachers[i])):
         card = load_card(teachers[i])
         verify_file(teachers[i], card, WEIGHTS)
         if card.model == ENSEMBLE:
@@ -96,7 +92,8 @@ def teacher_probabilities(teachers: Sequence[str], paths: Sequence[str], among: 
     ``among`` (the run's: the student's own cache when a teacher preprocesses as the student does)."""
     calibrated = []
     for i, teacher in enumerate(teachers):
-        with refused_as(_teacher_label(teachers, i)):  # damaged weights or model.onnx, a film unread, a NaN score
+        # damaged weights or model.onnx, a film unread, a NaN score
+        with refused_as(teacher_label(i, len(teachers), teacher)):
             predictor = Predictor(teacher, batch_size, backend="onnx")
             cache = build_cache(list(among), predictor.card.spec)
             try:
