@@ -26,8 +26,8 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, file_sha256, load_card, member_label,
-                                   member_sources, refused_as, teacher_label, verify_file)
+from pneumoscan.models.card import (CARD, WEIGHTS, BundleCard, file_sha256, load_card, refused_as, teacher_label,
+                                   verify_file)
 from .config import TrainConfig
 from .ensemble import member_named_logits, refuse_repeated_models
 
@@ -64,18 +64,12 @@ def check_teachers(cfg: TrainConfig, records: Sequence[Record], task: Task) -> N
 
 
 def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:
-    """Teacher ``i``'s card, its weights (their SHA-256: refused before the run folder is made, not after the films
-    are read) and, for an ensemble, its members' own cards (which the check of their training films reads); one
-    damaged or edited is refused naming the teacher and the member, since the student's own files are sound."""
+    """Teacher ``i``'s card and its weights (their SHA-256: refused before the run folder is made, not after the
+    films are read); one damaged or edited is refused naming the teacher, since the student's own files are sound.
+    An ensemble teacher's members' own cards are read, and refused by name, by the check of their training films."""
     with refused_as(teacher_label(i, len(teachers), teachers[i])):
         card = load_card(teachers[i])
         verify_file(teachers[i], card, WEIGHTS)
-        if card.model == ENSEMBLE:
-            sources = member_sources(card)
-            for k, source in enumerate(sources):
-                if (source / CARD).exists():  # a member gone is the training-film check's to warn of or refuse
-                    with refused_as(member_label(k, len(sources), source)):
-                        load_card(source)
     return card
 
 
