@@ -148,13 +148,18 @@ def check_explainable(predictor: Predictor) -> None:
     nets = [(net, xm) for net, xm, _ in model.member_inputs(x)] if hasattr(model, "member_inputs") else [(model, x)]
     with predictor.lock, _one_thread(), torch.no_grad():
         for i, (net, xm) in enumerate(nets):
-            try:
+            with _as_member(model, i) if net is not model else contextlib.nullcontext():
                 target_layer(net, xm)
-            except NoSpatialMap as e:
-                if net is model:
-                    raise
-                # a member's, named as every refusal about one; still a NoSpatialMap, which predict refuses maps on
-                raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
+
+
+@contextlib.contextmanager
+def _as_member(model: torch.nn.Module, i: int) -> Iterator[None]:
+    """A :class:`NoSpatialMap` of ensemble ``model``'s member ``i`` named as every refusal about a member is
+    (``member_label``); still a NoSpatialMap, which predict and the service refuse maps on."""
+    try:
+        yield
+    except NoSpatialMap as e:
+        raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
 
 
 class LogOdds:
@@ -196,10 +201,8 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
                              "be scaled to each film's maximum")
         maps = []
         for i, (net, xm, own) in enumerate(members):
-            try:
+            with _as_member(model, i):
                 maps.append(gradcam(net, xm, classes, None if scale is None else own * scale))
-            except NoSpatialMap as e:  # named as in check_explainable; the service refuses maps on a NoSpatialMap
-                raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
         mean = np.mean([_resize_map(cam, size, size) for cam in maps], axis=0)
         if scale is not None:
             return mean.astype(np.float32)
