@@ -268,18 +268,30 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 
 
 def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_bundle: Path, member64: Path,
-                                                                         held_out: Path, tmp_path: Path) -> None:
+                                                                         held_out: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The card records the ceiling, not only the (absent) sensitivity target, so export --int8 chooses the INT8
-    thresholds by it rather than by Youden's J under the ceiling's name."""
+    thresholds by it rather than by Youden's J under the ceiling's name. The FP32 graph scores the val films once:
+    the check of its scores before quantising gives the INT8 model's reference too."""
     out = tmp_path / "fpr"
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
                  "--max-false-positive-rate", "0.5", "--out", str(out)]) == 0
     card = load_card(out)
     assert card.threshold_targets == (None, 0.5) and card.threshold_policy.startswith("false-positive rate <= 0.5")
     split = tiny_bundle.parent / "split.csv"
-    assert main(["export", str(out), "--int8", "--data", str(split)]) == 0
-    int8 = Predictor(out, backend="onnx-int8")
     images, targets, _ = labelled_images(split, "val", get_task(card.task), card.spec)
+    scorers, logits = [], Predictor.logits
+
+    def counted(self: Predictor, films: np.ndarray) -> np.ndarray:
+        scorers.append((self, np.array_equal(films, images)))  # the first scores the calibration films: FP32's
+        return logits(self, films)
+
+    monkeypatch.setattr(Predictor, "logits", counted)
+    assert main(["export", str(out), "--int8", "--data", str(split)]) == 0
+    fp32 = scorers[0][0]
+    assert [val for scorer, val in scorers if scorer is fp32].count(True) == 1, "FP32 scored the val films once"
+    monkeypatch.undo()
+    int8 = Predictor(out, backend="onnx-int8")
     y, scores = binary_targets(targets), int8.positive_probability(int8.probabilities(images))
     expected = choose_threshold(y, scores, None, 0.5)
     assert int8.threshold() == pytest.approx(expected, abs=SCORE_TOL)

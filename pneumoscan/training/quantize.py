@@ -163,20 +163,14 @@ def _macro_aucs(task: Task, targets: np.ndarray, fp32: np.ndarray | float | None
     return macro(fp32) if isinstance(fp32, np.ndarray) else fp32, macro(int8)
 
 
-def _shipped_and_fp32(int8: Predictor, fp32: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The plain class probabilities of the shipped INT8 graph and of the FP32 model on the films the change is
-    measured on. Scored last: once run, the graphs' ONNX Runtime memory arenas stay, and would add to the peak of the
-    out-of-fold scoring or of the TTA views."""
-    return int8.probabilities(images), fp32.probabilities(images)
-
-
-def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
+def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path | str,
                         val: tuple[list[Record], np.ndarray, np.ndarray]) -> Int8Scores:
-    """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets)."""
+    """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets), against the FP32 model's
+    class probabilities on them, ``reference_probs``."""
     records, images, targets = val
     tta = int8.positive_probability(int8.probabilities(images, tta=True))
-    shipped_probs, reference_probs = _shipped_and_fp32(int8, fp32, images)
-    shipped, reference = int8.positive_probability(shipped_probs), fp32.positive_probability(reference_probs)
+    shipped_probs = int8.probabilities(images)
+    shipped, reference = int8.positive_probability(shipped_probs), int8.positive_probability(reference_probs)
     y = binary_targets(targets)
     return Int8Scores(y, shipped, tta, patient_groups(records, data)[1], f"the val films of {data}",
                       f"the val films of {Path(data).name}", roc_auc(y, reference),
@@ -184,13 +178,14 @@ def _int8_scores_on_val(int8: Predictor, fp32: Predictor, data: Path | str,
                       _macro_aucs(int8.task, targets, reference_probs, shipped_probs))
 
 
-def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet, cv_dirs: Sequence[Path | str],
-                             batches: list[np.ndarray], calib: np.ndarray) -> Int8Scores:
+def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: EnsembleNet,
+                             cv_dirs: Sequence[Path | str], batches: list[np.ndarray], calib: np.ndarray) -> Int8Scores:
     """:class:`Int8Scores` on every film of the cv runs, each scored by the members that did not train on it, each
     member quantised alone with the ensemble's calibration batches (the shipped graph quantises the same operations
     on the same inputs); the change is measured on the calibration films, against the FP32 model and against the
-    mean of those members' scores. The FP32 AUC (and macro AUC) is the out-of-fold one ``ensemble --cv`` recorded."""
-    card, task = fp32.card, fp32.task
+    mean of those members' scores (the FP32 model's class probabilities on them: ``reference_probs``). The FP32 AUC
+    (and macro AUC) is the out-of-fold one ``ensemble --cv`` recorded."""
+    card, task = int8.card, int8.task
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
@@ -200,8 +195,8 @@ def _int8_scores_out_of_fold(int8: Predictor, fp32: Predictor, net: EnsembleNet,
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
-    shipped, reference = (p.positive_probability(scored)
-                          for p, scored in zip((int8, fp32), _shipped_and_fp32(int8, fp32, calib)))
+    # the shipped graph scored last: once run, its ONNX Runtime memory arena stays, and would add to the peak above
+    shipped, reference = (task.positive_probability(p) for p in (int8.probabilities(calib), reference_probs))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
     return Int8Scores(binary_targets(oof.targets), plain, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
@@ -257,17 +252,22 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     else:
         pool, val = _val_films(bundle, data, card, fp32.task)
     calib = pool[_sample(len(pool), calibration_images)]
-    # scores that are not finite would set NaN activation ranges: refused before quantising; an ensemble's also on
-    # the films its INT8 thresholds are chosen on, naming the member (its one graph gives only their mean)
-    for films in (calib, *((val[1], *tta_views(val[1])) if card.model == ENSEMBLE and not cv_dirs else ())):
-        member_named_logits(fp32, films)
+    # FP32 scores that are not finite would set NaN activation ranges: refused before quantising (an ensemble's naming
+    # the member, its one graph giving only their mean). Those on the films the INT8 change is measured on (the val
+    # films; for a cv ensemble, which has none, the calibration films) are the INT8 model's reference; an ensemble's
+    # val films are checked in their TTA views too, since its INT8 TTA threshold is chosen on them.
+    calib_probs = softmax(member_named_logits(fp32, calib), card.temperature)
+    reference = calib_probs if cv_dirs else softmax(member_named_logits(fp32, val[1]), card.temperature)
+    for view in tta_views(val[1]) if card.model == ENSEMBLE and not cv_dirs else ():
+        if view is not val[1]:  # the unchanged view is the val films, scored above
+            member_named_logits(fp32, view)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
     # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
     graph = _int8_graph(bundle / ONNX_NAME, batches)
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
-    scored = (_int8_scores_out_of_fold(int8, fp32, net, cv_dirs, batches, calib) if cv_dirs
-              else _int8_scores_on_val(int8, fp32, data, val))
+    scored = (_int8_scores_out_of_fold(int8, reference, net, cv_dirs, batches, calib) if cv_dirs
+              else _int8_scores_on_val(int8, reference, data, val))
     point = choose_operating_point(scored.y, scored.plain, scored.tta, *card.threshold_targets, scored.groups)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
