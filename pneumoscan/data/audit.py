@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.names import shown
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scan_file,
@@ -186,7 +187,7 @@ def audit_figure(report: dict, discovery: Discovery, out_png: Path, per_class: i
     # the format the name asks for (audit.pdf, audit.svg): the temporary name has none; its folder made, as
     # augmented_grid's and evaluate's are
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, lambda path: fig.savefig(path, format=Path(out_png).suffix[1:] or "png", dpi=110))
+    write_atomic(out_png, figure_bytes(fig, Path(out_png).suffix[1:] or "png"))
 
 
 def _draw_class_balance(ax: Axes, report: dict) -> None:

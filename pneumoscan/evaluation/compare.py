@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumoscan.core.atomic import write_atomic, write_csv
+from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.names import shown
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
-from .report import figure_png, roc_figure
+from .report import roc_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -264,7 +265,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / TABLE, FIELDS, (row for r in runs for row in r.rows()))
-        write_atomic(out / FIGURE, figure_png(comparison_figure(runs)))
+        write_atomic(out / FIGURE, figure_bytes(comparison_figure(runs), tight=True))
         log.info("wrote %s and %s", out / TABLE, out / FIGURE)
     return runs
 

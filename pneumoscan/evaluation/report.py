@@ -9,7 +9,6 @@ web server's threads and never needs a display.
 from __future__ import annotations
 
 import html
-import io
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
+from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson, format_figure,
                                      format_percent, jsonable)
 from pneumoscan.core.names import path_text
@@ -65,13 +65,6 @@ _MULTICLASS_ROWS = (
     ("macro_f1", "Macro F1"),
     ("ece", "Expected calibration error (top label)"),
 )
-
-
-def figure_png(fig: Figure) -> bytes:
-    """A matplotlib figure as PNG bytes, rendered once for both the report and its PNG file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def _undefined(value: Any) -> bool:
@@ -165,7 +158,7 @@ def _image_html(png: bytes, caption: str) -> str:
 
 def _figure_html(fig: Figure, caption: str, pngs: dict[str, bytes] | None = None, name: str = "") -> str:
     """The figure as an inline image; with ``pngs``, its PNG is also kept there under ``name`` (for a file)."""
-    png = figure_png(fig)
+    png = figure_bytes(fig, tight=True)
     if pngs is not None:
         pngs[name] = png
     return _image_html(png, caption)
@@ -300,7 +293,8 @@ def _binary_body(m: dict[str, Any], pngs: dict[str, bytes] | None = None) -> str
     ]
     if pngs is not None:
         title = f"At threshold {_fmt(m['threshold'], 'threshold')}"
-        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], (neg, pos), title))
+        pngs["confusion_matrix"] = figure_bytes(_confusion_figure(m["confusion_matrix"], (neg, pos), title),
+                                                tight=True)
     if m.get("threshold_table"):
         parts.append(_threshold_table_html(m["threshold_table"], absent))
     return "".join(parts)
@@ -408,7 +402,8 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
     )
     decision = m.get("decision", "most probable class")
     if pngs is not None:
-        pngs["confusion_matrix"] = figure_png(_confusion_figure(m["confusion_matrix"], names, decision.capitalize()))
+        pngs["confusion_matrix"] = figure_bytes(_confusion_figure(m["confusion_matrix"], names, decision.capitalize()),
+                                                tight=True)
     curves = m["curves"]
     roc = {name: curve for name, curve in curves["roc"].items() if curve["fpr"]}
     labels = {name: f"{name} (AUC = {_fmt(m['per_class'][name]['auc'])})" for name in roc}

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.atomic import write_atomic, write_csv
+from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.core.names import shown
 from pneumoscan.models.run_folder import RunFolder
@@ -235,7 +236,7 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, lambda path: fig.savefig(path, format="png", dpi=110))
+    write_atomic(out_png, figure_bytes(fig))
 
 
 CURVES_EVERY_S = 30.0  # RUN/curves.png is redrawn at most this often while training (a draw takes about 0.4 s)

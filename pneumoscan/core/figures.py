@@ -1,0 +1,23 @@
+"""Figures as files: one resolution and one PNG encoding for every figure and picture pneumoscan draws."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURE_DPI = 110
+# zlib level of every PNG written: a third of the default level's (6) encoding time, for files 4-14 % larger (the
+# encoding was a third of the time a report figure took to draw)
+PNG_COMPRESS_LEVEL = 1
+
+
+def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
+    """FIG drawn at FIGURE_DPI in format ``fmt`` (a PNG at PNG_COMPRESS_LEVEL); ``tight``: cropped to what it
+    draws, a legend beside or below its axes included."""
+    buffer = io.BytesIO()
+    png = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+    fig.savefig(buffer, format=fmt, dpi=FIGURE_DPI, bbox_inches="tight" if tight else None, **png)
+    return buffer.getvalue()
