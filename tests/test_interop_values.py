@@ -117,6 +117,7 @@ def test_values_at_their_vrs_limits_are_copied_as_held_into_valid_objects(film: 
 UNDECODED = "characters that do not decode in the character set its SpecificCharacterSet names"
 BEYOND_ASCII = "characters beyond ASCII, and no SpecificCharacterSet naming a character set that holds them"
 MISREAD = "characters beyond ASCII where its ISO 2022 escape sequences name no character set that holds them"
+UTF8_AS_LATIN1 = "characters written in UTF-8 where its SpecificCharacterSet names ISO_IR 100 (Latin-1)"
 JAPANESE, KOREAN = ["", "ISO 2022 IR 87"], ["", "ISO 2022 IR 149"]
 NOT_AS_HELD = {
     "UTF-8 bytes, no character set named": ({"PatientName": "Müller^Jürgen".encode()}, "PatientName", BEYOND_ASCII),
@@ -189,6 +190,29 @@ def test_a_name_in_iso_2022_code_extensions_is_copied_character_for_character(fi
     header = source(film, SpecificCharacterSet=charset, PatientName=raw)
     assert refusals(header) == ["", ""]
     assert str(build_sr(header, READING, "m-1", "v").PatientName) == name
+
+
+def test_utf8_written_under_latin_1_gets_no_report_and_latin_1_is_copied(film: np.ndarray) -> None:
+    """A writer that declares ISO_IR 100 and writes UTF-8: pydicom reads ``MÃ¼ller^JÃ¼rgen``, which a report would
+    file under another name than the film's; the same name written in Latin-1 is copied as it is."""
+    utf8 = UTF8_AS_LATIN1
+    refused = f"the source DICOM's PatientName is malformed ({utf8}): a report cannot carry it"
+    header = source(film, SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jürgen".encode())
+    assert str(header.PatientName) == "MÃ¼ller^JÃ¼rgen"
+    assert refusals(header) == [refused, refused]
+    header = source(film, SpecificCharacterSet="ISO_IR 100", PatientID="MRN-ü1".encode())
+    with pytest.raises(ValueError) as refused_fhir:
+        build_observation(reading(header), "m-1", "v", source=header)
+    assert str(refused_fhir.value) == (f"the source DICOM's PatientID is malformed ({utf8}): a FHIR result cannot "
+                                       "carry it")
+    latin = source(film, SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jürgen".encode("latin-1"),
+                   PatientID="MRN-ü1".encode("latin-1"))
+    assert refusals(latin) == ["", ""]
+    assert str(build_sr(latin, READING, "m-1", "v").PatientName) == "Müller^Jürgen"
+    observation = build_observation(reading(latin), "m-1", "v", source=latin)
+    assert observation.subject.identifier.value == "MRN-ü1"
+    other = source(film, SpecificCharacterSet="ISO_IR 192", PatientName="Müller^Jürgen".encode())  # UTF-8, named
+    assert refusals(other) == ["", ""]
 
 
 def test_a_misread_value_in_a_sequence_item_gets_no_report(film: np.ndarray) -> None:

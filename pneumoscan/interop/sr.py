@@ -88,6 +88,7 @@ _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads 
 PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
 # SpecificCharacterSet terms of DICOM's default repertoire (ASCII): bytes beyond it have no character set named
 _DEFAULT_REPERTOIRE = ("", "ISO_IR 6", "ISO 2022 IR 6")
+_ASCII, _LATIN1 = "ISO_IR 6", "ISO_IR 100"  # the character sets :func:`_declared` tells apart
 # what pydicom leaves of bytes that did not decode in the declared character set: the replacement character, or an
 # ISO 2022 escape sequence left undecoded (the fragment then read as Latin-1)
 _UNDECODED = ("\ufffd", "\x1b")
@@ -107,19 +108,35 @@ def malformed_reason(source: Dataset, keyword: str) -> str | None:
         return "unreadable"
     if element is None:
         return None
-    return _value_fault(element, _ascii_only(source), element.tag in misread)
+    return _value_fault(element, _declared(source), element.tag in misread)
 
 
-def _ascii_only(source: Dataset) -> bool:
-    """Whether the film names no character set beyond DICOM's default repertoire (ASCII) that pydicom decodes: no
-    SpecificCharacterSet, only ISO_IR 6, or terms DICOM does not define (pydicom then reads its bytes as Latin-1); ISO
-    2022 code extensions after an empty first value are a character set named."""
+def _declared(source: Dataset) -> str:
+    """The character set the film names as the fault checks tell them apart: ASCII when it names none beyond DICOM's
+    default repertoire that pydicom decodes (no SpecificCharacterSet, only ISO_IR 6, or terms DICOM does not define:
+    pydicom then reads its bytes as Latin-1), Latin-1 when it names ISO_IR 100 alone, else "" (ISO 2022 code
+    extensions after an empty first value are a character set named)."""
     try:
         charsets = source.get("SpecificCharacterSet") or []
-        terms = [charsets] if isinstance(charsets, str) else list(charsets)
+        terms = [str(t) for t in ([charsets] if isinstance(charsets, str) else list(charsets))]
     except Exception:
-        return True
-    return not any(term in python_encoding and term not in _DEFAULT_REPERTOIRE for term in map(str, terms))
+        return _ASCII
+    if not any(term in python_encoding and term not in _DEFAULT_REPERTOIRE for term in terms):
+        return _ASCII
+    return _LATIN1 if terms == [_LATIN1] else ""
+
+
+def _utf8_read_as_latin1(text: str) -> bool:
+    """Whether ``text``, read as Latin-1, is bytes of UTF-8 beyond ASCII (``MÃ¼ller`` for ``Müller``): a writer that
+    declares ISO_IR 100 and writes UTF-8, common; Latin-1 text of a name is never valid UTF-8, which would need a
+    letter followed by a control character or a symbol (``Ã©``)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _max_vm(tag: BaseTag) -> int | None:
@@ -131,16 +148,16 @@ def _max_vm(tag: BaseTag) -> int | None:
     return None if "n" in vm else int(vm.split("-")[-1])
 
 
-def _value_fault(element: DataElement, ascii_only: bool, misread: bool) -> str | None:
-    """Why ``element``'s value (of a film that names no character set beyond ASCII when ``ascii_only``; whose bytes
+def _value_fault(element: DataElement, declared: str, misread: bool) -> str | None:
+    """Why ``element``'s value (of a film naming the character set ``declared``, as :func:`_declared` says; whose bytes
     pydicom read in another character set than its ISO 2022 escapes put in force when ``misread``:
     :func:`~pneumoscan.data.readers.dicom.misread_text`) cannot be copied into a report, in words that never quote
     it; None when it can. Any report: one value where the standard has one, a UID that is one, a date or time
     pydicom reads (as highdicom will) in DICOM's form or, as the report copies it, in ACR-NEMA's
     (:func:`standard_form`), text as the film holds it (not bytes that did not decode, nor bytes beyond ASCII that
-    no SpecificCharacterSet or escape names, which pydicom reads as Latin-1: a guess that would give the report
-    another name or id than the film's) and without control characters (a FHIR string holds none either). A value
-    longer than its VR holds is the film's as its PACS holds it: copied."""
+    no SpecificCharacterSet or escape names, which pydicom reads as Latin-1, nor UTF-8 under ISO_IR 100: a guess,
+    or a misreading, that would give the report another name or id than the film's) and without control characters
+    (a FHIR string holds none either). A value longer than its VR holds is the film's as its PACS holds it: copied."""
     value, vr = element.value, element.VR
     if value is None or value == "" or vr == "SQ":
         return None
@@ -154,8 +171,10 @@ def _value_fault(element: DataElement, ascii_only: bool, misread: bool) -> str |
     for text in (str(v) for v in (value if isinstance(value, MultiValue) else [value])):
         if any(mark in text for mark in _UNDECODED):
             return "characters that do not decode in the character set its SpecificCharacterSet names"
-        if ascii_only and not text.isascii():
+        if declared == _ASCII and not text.isascii():
             return "characters beyond ASCII, and no SpecificCharacterSet naming a character set that holds them"
+        if declared == _LATIN1 and _utf8_read_as_latin1(text):
+            return "characters written in UTF-8 where its SpecificCharacterSet names ISO_IR 100 (Latin-1)"
         allowed = _FORMATTING if vr in _FORMATTED_VRS else ""
         if any(unicodedata.category(c) == "Cc" and c not in allowed for c in text):
             return f"control characters, which its VR {vr} does not hold"
@@ -179,12 +198,12 @@ def _check_copies(made: Dataset, source: Dataset) -> None:
     carry (:func:`_value_fault`), naming it: a copied element is one ``made`` holds with the film's own value, each
     of the Patient and Study modules highdicom copies (the name, ids and their issuers, accession number, study id,
     description, the patient's age, ...), whether or not pneumoscan checked it before."""
-    ascii_only, misread = _ascii_only(source), misread_text(source)  # the latter before any value is read
+    declared, misread = _declared(source), misread_text(source)  # the latter before any value is read
     for element in made:
         if element.tag not in source or source[element.tag].value != element.value:
             continue
         for keyword, copied, guessed in _elements(source[element.tag], element.tag in misread):
-            why = _value_fault(copied, ascii_only, guessed)
+            why = _value_fault(copied, declared, guessed)
             if why is not None:
                 raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
 
