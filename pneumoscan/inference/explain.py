@@ -474,9 +474,9 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
 
 
 def encode_png(picture: Image.Image, own: str | None = None, description: str | None = None) -> bytes:
-    """PNG bytes at :data:`~pneumoscan.core.figures.PNG_COMPRESS_LEVEL`; a Grad-CAM
-    image is marked as pneumoscan's (``own``), so that a later run over a folder holding it refuses it instead of
-    scoring it, and an overlay carries its caption as a PNG ``Description`` for a program that reads it."""
+    """PNG bytes at :data:`~pneumoscan.core.figures.PNG_COMPRESS_LEVEL`; a Grad-CAM image is marked as pneumoscan's
+    (``own``), so that a later run over a folder holding it refuses it instead of scoring it, and an overlay carries
+    its caption as a PNG ``Description`` for a program that reads it."""
     info = own_output_info(own) if own else None
     if info is not None and description:
         info.add_text("Description", description)
