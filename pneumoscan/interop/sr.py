@@ -60,7 +60,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit
 from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
-from pneumoscan.data.readers.dicom import MANUFACTURER, misread_text, standard_form
+from pneumoscan.data.readers.dicom import MANUFACTURER, charset_terms, misread_text, standard_form
 from pneumoscan.data.scope import CONFLICT, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
@@ -117,8 +117,7 @@ def _declared(source: Dataset) -> str:
     pydicom then reads its bytes as Latin-1), Latin-1 when it names ISO_IR 100 alone, else "" (ISO 2022 code
     extensions after an empty first value are a character set named)."""
     try:
-        charsets = source.get("SpecificCharacterSet") or []
-        terms = [str(t) for t in ([charsets] if isinstance(charsets, str) else list(charsets))]
+        terms = charset_terms(source)
     except Exception:
         return _ASCII
     if not any(term in python_encoding and term not in _DEFAULT_REPERTOIRE for term in terms):
@@ -232,8 +231,8 @@ def _checked_source(source: Dataset) -> Dataset:
         if why is not None:
             raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
     try:
-        charsets = source.get("SpecificCharacterSet") or []
-        known = all(term in python_encoding for term in ([charsets] if isinstance(charsets, str) else charsets))
+        charsets = charset_terms(source)
+        known = all(term in python_encoding for term in charsets)
     except Exception:
         known = False
     if not known:
@@ -264,17 +263,16 @@ def _checked_source(source: Dataset) -> Dataset:
     return source
 
 
-def _highdicom_takes(charsets: object) -> bool:
-    """Whether highdicom writes this SpecificCharacterSet as it is: absent, or one value of its enum that is no
-    ISO 2022 code extension (it refuses the multi-valued form with an empty first value, and 'ISO 2022 IR 149')."""
+def _highdicom_takes(charsets: list[str]) -> bool:
+    """Whether highdicom writes this SpecificCharacterSet (:func:`charset_terms`) as it is: absent, or one value of
+    its enum that is no ISO 2022 code extension (it refuses the multi-valued form with an empty first value, and
+    'ISO 2022 IR 149')."""
     if not charsets:
         return True
-    if not isinstance(charsets, str):
-        if len(charsets) != 1:
-            return False
-        [charsets] = charsets
+    if len(charsets) != 1:
+        return False
     known = {v.value for v in hd.SpecificCharacterSetValues}
-    return charsets in known and not charsets.startswith("ISO 2022")
+    return charsets[0] in known and not charsets[0].startswith("ISO 2022")
 
 
 def _patient_orientation(source: Dataset) -> list[str]:

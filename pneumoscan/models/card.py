@@ -430,14 +430,13 @@ def _validated(path: Path, data: dict) -> BundleCard:
         members = _member_entries(path, card.model_kwargs.get("members"))
         if len(members) < 2:
             raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
-        labels = [f"{path}: {member_label(i, len(members), m['source'])}" for i, m in enumerate(members)]
-        entries += [(label, dict(member)) for label, member in zip(labels, members)]
+        names = [member_label(i, len(members), m["source"]) for i, m in enumerate(members)]
+        entries += [(f"{path}: {name}", dict(member)) for name, member in zip(names, members)]
         # its maps are drawn on its members' own scales: a member without one has no map on a scale to join
         if card.heatmap_scale is not None and (bare := next(
                 (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
-            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but "
-                             f"{member_label(bare, len(members), members[bare]['source'])} records none; restore the "
-                             "bundle from a good copy, or build the ensemble again")
+            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but {names[bare]} records none; "
+                             "restore the bundle from a good copy, or build the ensemble again")
     for where, entry in entries:
         for key in POSITIVE:
             if not entry[key] > 0:

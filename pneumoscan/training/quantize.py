@@ -256,8 +256,8 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # the member, its one graph giving only their mean). Those on the films the INT8 change is measured on (the val
     # films; for a cv ensemble, which has none, the calibration films) are the INT8 model's reference; an ensemble's
     # val films are checked in their TTA views too, since its INT8 TTA threshold is chosen on them.
-    calib_probs = softmax(member_named_logits(fp32, calib), card.temperature)
-    reference = calib_probs if cv_dirs else softmax(member_named_logits(fp32, val[1]), card.temperature)
+    calib_logits = member_named_logits(fp32, calib)
+    reference = softmax(calib_logits if cv_dirs else member_named_logits(fp32, val[1]), card.temperature)
     for view in tta_views(val[1]) if card.model == ENSEMBLE and not cv_dirs else ():
         if view is not val[1]:  # the unchanged view is the val films, scored above
             member_named_logits(fp32, view)

@@ -138,14 +138,20 @@ def _misread_in(ds: Dataset, inherited: list[str]) -> frozenset[BaseTag]:
     return ds.__dict__[_MISREAD]
 
 
+def charset_terms(ds: Dataset) -> list[str]:
+    """``ds``'s own SpecificCharacterSet as its list of terms ([] for none, one term alone as a list of it); raises
+    as pydicom does on a value it cannot read."""
+    charsets = ds.get("SpecificCharacterSet") or []
+    return [str(term) for term in ([charsets] if isinstance(charsets, str) else charsets)]
+
+
 def _code_extensions(ds: Dataset) -> list[str]:
     """The Python encodings of ``ds``'s own SpecificCharacterSet (as pydicom reads its text in them) when it uses
     ISO 2022 code extensions (several values, or one ISO 2022 term); [] otherwise."""
-    charsets = ds.get("SpecificCharacterSet") or []
-    terms = [charsets] if isinstance(charsets, str) else list(charsets)
-    if len(terms) < 2 and not any(str(term).startswith("ISO 2022") for term in terms):
+    terms = charset_terms(ds)
+    if len(terms) < 2 and not any(term.startswith("ISO 2022") for term in terms):
         return []
-    return convert_encodings([str(term) for term in terms])
+    return convert_encodings(terms)
 
 
 def _vr(element: object) -> str | None:
