@@ -39,7 +39,7 @@ dicom-tools:
 	@command -v dciodvfy >/dev/null && command -v dsrdump >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null)
 
-# Two workers a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
+# One worker a CPU (tests/conftest.py); worksteal keeps them busy to the end though a few tests take 30 s.
 test: env browser pacs-server dicom-tools
 	$(BIN)/pytest -q -n auto --dist worksteal
 

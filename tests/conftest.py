@@ -172,22 +172,26 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist installed, the tests still run one at a time
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``make test`` runs ``pytest -n auto``: two workers per CPU this process may run on (``taskset`` counts, unlike
-    xdist's own count of the machine's cores), since many tests wait on a server or a subprocess (on 2 cores the
-    suite took 5 min 25 s in 2 workers, 4 min 42 s in 4); at most 8, since each worker holds torch."""
-    return min(8, 2 * len(os.sched_getaffinity(0)))
+    """``make test`` runs ``pytest -n auto``: one worker per core this process may use (``taskset`` and a container's
+    CPU quota count, unlike xdist's own count of the machine's cores); at most 8, since each worker holds torch. More
+    cost more than they gain: each worker imports and collects on its own, and the processes the tests start share
+    the cores (on 2 cores the suite took 5 min 46 s in 2 workers, 6 min 7 s in 3, 6 min 58 s in 4)."""
+    from pneumoscan.core.cpus import usable_cores
+
+    return min(8, usable_cores())
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Workers share the CPUs: each trains and scores with its share of them, not with all (torch's default),
-    which would put two threads on a core in every in-process training test; so do the processes a test starts
-    (the CLI, torchrun's ranks, a notebook's kernel, a server), unless OMP_NUM_THREADS is set already (on 2 cores
-    in 4 workers the suite took 6 min 58 s with each such process running 2 threads, 6 min 41 s with 1)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
+    """Workers share the CPUs: each trains and scores with its share of them, not with all (torch's default, which
+    counts the machine's cores), so do the processes a test starts (the CLI, torchrun's ranks, a notebook's kernel, a
+    server), unless OMP_NUM_THREADS is set already (on 2 cores in 4 workers the suite took 6 min 58 s with each such
+    process running 2 threads, 6 min 41 s with 1)."""
+    if (workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT")) is not None:
         import torch
 
-        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        from pneumoscan.core.cpus import usable_cores
+
+        share = max(1, usable_cores() // int(workers))
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
