@@ -29,13 +29,13 @@ from pneumoscan.data.cache import build_cache, default_cache_dir
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.data.tasks import get_task
-from pneumoscan.inference.export import _check_parity, export_onnx
+from pneumoscan.inference.export import _check_parity, export_onnx, module_onnx, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, BundleCard, file_sha256, load_card,
-                                    save_card)
+                                    record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.test_serve import with_threshold
@@ -114,11 +114,13 @@ def test_training_records_the_checksums_of_weights_and_onnx(tiny_bundle: Path) -
 
 
 def test_a_card_rewritten_through_save_card_keeps_working(tiny_bundle: Path, tmp_path: Path, film: Path) -> None:
-    """A copy with another threshold, written the way pneumoscan writes cards, loads on both backends."""
+    """A copy with another threshold, written the way pneumoscan writes cards (and the ONNX sidecar, which holds the
+    thresholds too, written again from it), loads on both backends."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
     # number keys (2 before 10 as numbers, "10" before "2" as text) and a tuple: as JSON reads them back
     save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.01,
                                           val_metrics={"per_bucket": {2: 1, 10: 3}, "pair": (1, 2)}))
+    write_onnx_spec(bundle, bundle / ONNX_NAME)
     assert load_card(bundle).val_metrics == {"per_bucket": {"2": 1, "10": 3}, "pair": [1, 2]}
     for backend in ("torch", "onnx"):
         [row] = predict_paths(bundle, [film], backend=backend)
@@ -634,6 +636,33 @@ def test_int8_model_and_its_sidecar_are_checked_against_their_recorded_checksums
     flip_one_bit(bundle / INT8_NAME, (bundle / INT8_NAME).stat().st_size - 100)
     with pytest.raises(ValueError, match="model.int8.onnx is damaged"):
         Predictor(bundle, backend="onnx-int8")
+
+
+def test_an_onnx_model_or_card_not_the_sidecars_is_refused_though_bundle_json_records_it(
+        int8_bundle: Path, tmp_path: Path, film: Path) -> None:
+    """bundle.json's checksums catch a damaged copy, not a card or model file from elsewhere recorded again (by hand,
+    or a tool that reseals): the sidecar, written with the ONNX file, must describe both the file and the card, or
+    the ONNX backends give another model's scores (or another preprocessing) under this bundle's name."""
+    foreign = copy_bundle(int8_bundle, tmp_path, "foreign")
+    torch.manual_seed(1)
+    (foreign / ONNX_NAME).write_bytes(module_onnx(models.create("simple_cnn"), 32))
+    record_checksum(foreign, ONNX_NAME)
+    with pytest.raises(ValueError, match="model.onnx is not the model model.onnx.json describes"):
+        Predictor(foreign, backend="onnx")
+    card = load_card(int8_bundle)
+    for backend in ("onnx", "onnx-int8"):
+        for change in ({"mean": 0.7}, {"temperature": card.temperature / 2}, {"model": "cnn5"}):
+            edited = copy_bundle(int8_bundle, tmp_path, f"{backend}-{next(iter(change))}")
+            save_card(edited, dataclasses.replace(card, **change))
+            with pytest.raises(ValueError, match=f"describes another model than bundle.json: its {next(iter(change))} "
+                                                 ".*run `pneumoscan export"):
+                Predictor(edited, backend=backend)
+    moved = copy_bundle(int8_bundle, tmp_path, "threshold")  # the FP32 sidecar holds the thresholds, the INT8 its own
+    save_card(moved, dataclasses.replace(card, threshold=card.threshold / 2))
+    with pytest.raises(ValueError, match="model.onnx.json describes another model than bundle.json: its threshold"):
+        Predictor(moved, backend="onnx")
+    gray = np.asarray(Image.open(film))
+    assert Predictor(moved, backend="onnx-int8").predict_array(gray)["label"] in card.classes
 
 
 def test_training_records_the_fingerprint_that_covers_the_pixels(tiny_bundle: Path,

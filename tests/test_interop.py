@@ -46,6 +46,7 @@ from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.readers.dicom import OWN_OUTPUT
 from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
 from pneumoscan.inference.explain import MAX_PANEL
+from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
 from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _recorded, _session, _stored,
@@ -54,7 +55,7 @@ from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_
 from pneumoscan.interop.reports import dicom_multipart, write_reports
 from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report_files
 from pneumoscan.interop.uids import UID_ROOT_ENV
-from pneumoscan.models.card import load_card, save_card
+from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes
 
@@ -1693,6 +1694,7 @@ def test_predict_tta_reports_are_other_reports_than_plain_ones(tiny_bundle: Path
     card = load_card(bundle)
     card.tta_threshold = card.threshold
     save_card(bundle, card)
+    write_onnx_spec(bundle, bundle / ONNX_NAME)  # as `pneumoscan threshold` writes the sidecar's thresholds too
     (tmp_path / "film.dcm").write_bytes(chest_dicom(film))
     identifiers = []
     for extra in ([], ["--tta"]):

@@ -21,6 +21,7 @@ from PIL import Image
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec, preprocess
+from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import (
     Predictor,
     expand_paths,
@@ -33,7 +34,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.inference.explain import explain_array
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
-from pneumoscan.models.card import BundleCard, load_card, save_card
+from pneumoscan.models.card import ONNX_NAME, BundleCard, load_card, save_card
 from tests.builders import SCORE_TOL, dicom_bytes
 
 
@@ -394,6 +395,7 @@ def test_tta_is_refused_for_a_bundle_without_a_tta_threshold(
     shutil.copytree(tiny_bundle, old)
     card = load_card(old)
     save_card(old, dataclasses.replace(card, tta_threshold=None))
+    write_onnx_spec(old, old / ONNX_NAME)  # its ONNX sidecar as it was then: no TTA threshold either
     film = tmp_path / "film.png"
     Image.fromarray(_image(40, 40, 3)).save(film)
     with pytest.raises(ValueError, match="no threshold validated for test-time augmentation"):

@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError, too_few_levels_in_window
 from pneumoscan.inference import predict
+from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import CHANGED, Predictor, predict_paths
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import load_card, save_card
+from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import write_png
 
@@ -58,9 +59,11 @@ def test_a_film_removed_as_soon_as_it_is_read_gets_no_reading(tiny_bundle: Path,
 
 def resized(bundle: Path, out: Path, size: int) -> Path:
     """A copy of ``bundle`` whose card says another input size, sealed as pneumoscan seals a card (a format-1 card
-    without a checksum loads edited the same way)."""
+    without a checksum loads edited the same way), and its ONNX sidecar written again from it: only the graph
+    itself still reads the old size."""
     shutil.copytree(bundle, out)
     save_card(out, dataclasses.replace(load_card(out), size=size))
+    write_onnx_spec(out, out / ONNX_NAME)
     return out
 
 

@@ -26,8 +26,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
-from pneumoscan.models.card import load_card, save_card
+from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED
@@ -84,7 +85,8 @@ def upload(client: TestClient, data: bytes, content_type: str = "image/jpeg", na
 def with_threshold(bundle: Path, threshold: float, out: Path) -> Path:
     """A copy of ``bundle`` whose card says ``threshold`` (to force either branch of the second stage)."""
     shutil.copytree(bundle, out)
-    save_card(out, dataclasses.replace(load_card(out), threshold=threshold))  # as `pneumoscan threshold` does
+    save_card(out, dataclasses.replace(load_card(out), threshold=threshold))  # as `pneumoscan threshold` does,
+    write_onnx_spec(out, out / ONNX_NAME)  # the ONNX sidecar's thresholds too
     return out
 
 

@@ -74,8 +74,9 @@ def session(model: Path | str | bytes) -> ort.InferenceSession:
 
 def described(model: Path | str) -> dict[str, str]:
     """The sidecar's record of the ONNX file it describes (hex SHA-256 under ``onnx_sha256``): ``weights_sha256`` ties
-    the sidecar to the weights, this ties the file to the sidecar, so that in a bundle whose card records no
-    checksums (:func:`check_described`) another model's ONNX file put beside a sound sidecar is refused too."""
+    the sidecar to the weights, this ties the file to the sidecar, so that another model's ONNX file put beside a
+    sound sidecar is refused (:func:`check_described`) where the card records no checksums or had them recorded
+    again by hand."""
     return {ONNX_DIGEST: file_sha256(model).removeprefix("sha256:")}
 
 
@@ -86,6 +87,24 @@ def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str) -> Non
     if (recorded := sidecar.get(ONNX_DIGEST)) is not None and recorded != (actual := described(model)[ONNX_DIGEST]):
         raise ValueError(f"{model} is not the model {spec_path(model).name} describes: its SHA-256 is "
                          f"{actual[:12]}..., the sidecar records {str(recorded)[:12]}...; {remedy}")
+
+
+def check_matches_card(path: Path, sidecar: Mapping[str, Any], card: BundleCard, remedy: str,
+                       thresholds: bool = True) -> None:
+    """Refuse (ValueError) a sidecar whose model, task, classes, preprocessing, temperature or (``thresholds``: the
+    FP32 model's, whose thresholds are the card's) thresholds are not the card's: the ONNX backends score with the
+    card's and the graph is the sidecar's model, so a card or a sidecar from another bundle, checksums recorded again
+    by hand, gave the other model's scores under this one's name. A key an older sidecar lacks is not compared."""
+    expected = {"model": card.model, "task": card.task, "classes": list(card.classes), "positive": card.positive,
+                "size": card.size, "resize_policy": card.resize_policy, "source_size": card.source_size,
+                "source_quality": card.source_quality, "decode_target": card.spec.decode_target, "mean": card.mean,
+                "std": card.std, "temperature": card.temperature}
+    if thresholds:
+        expected |= {"threshold": card.threshold, "tta_threshold": card.tta_threshold}
+    if differ := [key for key, value in expected.items() if key in sidecar and sidecar[key] != value]:
+        raise ValueError(f"{spec_path(path)} describes another model than bundle.json: its "
+                         + ", ".join(f"{key} {sidecar[key]!r} (bundle.json: {expected[key]!r})" for key in differ)
+                         + f"; {remedy}")
 
 
 def read_sidecar(model: Path | str, strict: bool = False) -> dict:
@@ -110,9 +129,9 @@ def read_sidecar(model: Path | str, strict: bool = False) -> dict:
 
 def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     """Refuse (ValueError) a BUNDLE/model.onnx that is not the export of the bundle's current weights (its sidecar
-    says so) or whose bytes differ from those recorded when it was exported (in bundle.json; in a bundle whose card
-    records none, in the sidecar: :func:`check_described`). Never re-exported silently: the
-    remedy is the explicit ``pneumoscan export``."""
+    says so), whose bytes differ from those recorded when it was exported (in bundle.json, and in the sidecar:
+    :func:`check_described`), or whose sidecar describes another model than the card (:func:`check_matches_card`).
+    Never re-exported silently: the remedy is the explicit ``pneumoscan export``."""
     existing = Path(bundle) / ONNX_NAME
     remedy = f"run `pneumoscan export {bundle}` to export it again from the bundle's weights"
     if not existing.exists():
@@ -124,15 +143,15 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
     if (exported_from := sidecar["weights_sha256"]) != weights_digest(bundle):
         raise ValueError(f"{existing} is stale: it was exported from other weights ({str(exported_from)[:12]}...) "
                          f"than {WEIGHTS} ({weights_digest(bundle)[:12]}...); {remedy}")
-    if not card.files:  # a bundle older than the record (warned of at load): only the sidecar ties the file
-        check_described(existing, sidecar, remedy)
-        return
-    if ONNX_NAME not in card.files:
-        raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write it "
-                         f"there); {remedy}")
-    verify_file(bundle, card, ONNX_NAME, remedy)
-    if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
-        verify_file(bundle, card, spec_path(existing).name, remedy)
+    if card.files:  # a bundle older than the record (warned of at load) has only the sidecar's ties
+        if ONNX_NAME not in card.files:
+            raise ValueError(f"{existing}: bundle.json records no checksum for it (pneumoscan export did not write "
+                             f"it there); {remedy}")
+        verify_file(bundle, card, ONNX_NAME, remedy)
+        if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
+            verify_file(bundle, card, spec_path(existing).name, remedy)
+    check_described(existing, sidecar, remedy)  # the file the sidecar was written for
+    check_matches_card(existing, sidecar, card, remedy)
 
 
 class Int8Key:
@@ -236,8 +255,8 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
             if name not in card.files:
                 raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
             verify_file(bundle, card, name, remedy)
-    else:  # a bundle older than the record: only the sidecar ties the file (the card's checksums tie it otherwise)
-        check_described(out, sidecar, remedy)
+    check_described(out, sidecar, remedy)  # the file the sidecar was written for
+    check_matches_card(out, sidecar, card, remedy, thresholds=False)  # its thresholds are the INT8 model's own
     try:  # types and ranges as the card's own: a threshold of 1.5 called every film normal, one of "0.3" a traceback
         checked_card(sidecar_path, dataclasses.replace(card, **chosen.card_fields()))
     except ValueError as e:
