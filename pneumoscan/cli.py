@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import functools
 import importlib
 import logging
@@ -13,7 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -119,6 +121,20 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _without_test_split(instead: str) -> Iterator[None]:
+    """``--split test`` of data without test films refused with what this command takes ``instead``: the library
+    says which splits DATA holds, and what stands in for the test split differs from one command to another."""
+    from pneumoscan.data.cache import EmptySplit
+
+    try:
+        yield
+    except EmptySplit as e:
+        if e.split != "test" or not e.held:
+            raise
+        raise ValueError(f"{e}; {instead}") from e
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from pneumoscan.data.cache import cache_dataset
     from pneumoscan.data.preprocess import PreprocessSpec
@@ -132,7 +148,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         spec = load_card(args.bundle).spec
     else:
         spec = PreprocessSpec(args.size or 192, args.policy or "squash")
-    _, cache = cache_dataset(args.data, spec, args.split, progress=True)
+    with _without_test_split("without a test split, cache the films the next command reads (RUN/split.csv --split val "
+                             "--bundle RUN/bundle for evaluate on a run's validation films), or give no --split to "
+                             "cache them all"):
+        _, cache = cache_dataset(args.data, spec, args.split, progress=True)
     print(f"{len(cache.paths)} images cached as {cache.images.shape} ({cache.key}); {len(cache.errors)} unreadable")
     for err in cache.errors:
         log.warning("unreadable %s: %s", shown(err["path"]), err["reason"])
@@ -202,8 +221,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from pneumoscan.training.ensemble import build_ensemble
 
-    card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity,
-                          args.youden, args.max_false_positive_rate)
+    with _without_test_split("the test split never chooses an ensemble's temperature and thresholds: choose them on "
+                             "labelled films none of the members trained on"):
+        card = build_ensemble(args.bundles, args.out, args.data, args.split, args.cv, args.target_sensitivity,
+                              args.youden, args.max_false_positive_rate)
     print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
           f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
     return 0
@@ -231,8 +252,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
                                       args.backend)
-    metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
-                       data_name=args.data_name, etiology=args.etiology, backend=args.backend)
+    # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train)
+    with _without_test_split("without a test split, give a run's validation films instead: RUN/split.csv --split val "
+                             "(figures on them are optimistic)"):
+        metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
+                           data_name=args.data_name, etiology=args.etiology, backend=args.backend)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
@@ -267,8 +291,11 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.evaluation.rethreshold import rethreshold
 
-    card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
-                       args.max_false_positive_rate, args.data_name)
+    with _without_test_split("the test split never chooses a threshold: choose it on films the bundle never saw (a "
+                             "folder or manifest of your own labelled films; RUN/split.csv --split val, the run's "
+                             "validation split, is accepted with a warning)"):
+        card = rethreshold(args.bundle, args.data, args.out, args.split, args.target_sensitivity,
+                           args.max_false_positive_rate, args.data_name)
     record = card.threshold_records[-1]
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
           f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {format_figure(record['sensitivity'], 3)}, "
@@ -456,8 +483,35 @@ class _Parser(argparse.ArgumentParser):
     """argparse's parser whose errors are one line, as every other error of the command line is: the reason and
     where the options are listed, without the usage (up to 15 lines, which buried a did-you-mean)."""
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, _Parser] = {}  # the sub-commands' parsers by name (build_parser)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """argparse's, except that arguments nothing takes are refused by the sub-command given: argparse refused
+        them as the top-level parser, whose --help lists the sub-commands, not the option that was misspelt."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            owner = self.commands.get(getattr(parsed, "command", None), self)
+            owner.error(f"unrecognized arguments: {' '.join(extra)}{owner.closest_options(extra)}")
+        return parsed
+
+    def closest_options(self, given: Sequence[str]) -> str:
+        """``; did you mean --image-size?`` for the unknown options among ``given`` that are near ones of this
+        parser, guessed as :func:`look_up_option` guesses a name (``--image_size=32`` read as ``--image_size``), on
+        the names without their dashes, which made ``--help`` look near ``--heatmpas``."""
+        # argparse has no public list of a parser's option strings
+        known = {flag.lstrip("-"): flag for flag in self._option_string_actions}
+        flags = [arg.split("=", 1)[0] for arg in given if arg.startswith("-")]
+        guesses = {flag: " or ".join(known[name] for name in close) for flag in flags
+                   if (close := difflib.get_close_matches(flag.lstrip("-"), list(known), n=3, cutoff=0.6))}
+        if len(guesses) > 1:  # which guess is for which option
+            return f"; did you mean {', '.join(f'{close} for {flag}' for flag, close in guesses.items())}?"
+        return "".join(f"; did you mean {close}?" for close in guesses.values())
 
 
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
@@ -767,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
              "printed")
     parser.add_argument("-q", "--quiet", action="store_true", help=f"before or after the command: {quiet}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
     for name, summary, add_args, run in COMMANDS:
         p = sub.add_parser(name, help=summary)
         # the same switch after the command too (`pneumoscan predict -q ...`); SUPPRESS keeps a -q given before it

@@ -89,6 +89,23 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
             Appearance.from_arrays(good | {name: value})
 
 
+def test_a_low_contrast_warning_says_where_the_contrast_was_measured() -> None:
+    """Uniform noise spans grey levels 2 to 253 between its 1st and 99th percentiles as stored, and about 20 once
+    averaged to a 32 px model's input: its warning had read as if the film itself were washed out. It is still
+    flagged, out of scope."""
+    rng = np.random.default_rng(0)
+    rows, columns = np.mgrid[0:32, 0:32] / 32
+    films = np.clip(30 + 190 * rows + 30 * columns + rng.normal(0, 6, (MIN_FILMS, 32, 32)), 0, 255)
+    appearance = Appearance.fit(films.astype(np.uint8))
+    noise = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (512, 512), dtype=np.uint8)).save(noise, "PNG")
+    spec = PreprocessSpec(32)
+    (warnings,) = appearance.warnings(spec.apply(read_gray(noise.getvalue(), target=spec.decode_target))[None])
+    assert any(w.startswith(CONTENT + "much less contrast than the training films (")
+               and "percentiles at the model's input (32 x 32 px), the least allowed" in w for w in warnings), warnings
+    assert not in_scope(warnings)
+
+
 @pytest.fixture(scope="module")
 def real_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Two bundles trained on the same 160 real films (32 and 64 px), and a manifest of 40 films neither saw."""

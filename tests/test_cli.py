@@ -53,6 +53,27 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"pneumoscan {__version__}"
 
 
+@pytest.mark.parametrize(("argv", "prog", "reason"), [
+    (["predict", "b", "film.jpeg", "--heatmpas", "x"], "pneumoscan predict",
+     "unrecognized arguments: --heatmpas x; did you mean --heatmaps?"),
+    (["-q", "train", "--data", "d", "--image_size", "32"], "pneumoscan train",
+     "unrecognized arguments: --image_size 32; did you mean --image-size?"),
+    (["cache", "d", "--sise=24", "--polcy", "pad"], "pneumoscan cache",
+     "unrecognized arguments: --sise=24 --polcy pad; did you mean --size for --sise, --policy for --polcy?"),
+    (["cache", "d", "--bogus"], "pneumoscan cache", "unrecognized arguments: --bogus"),  # nothing near it: no guess
+    ([], "pneumoscan", "the following arguments are required: command"),  # no command: the top-level's own help
+])
+def test_an_unknown_option_is_refused_by_its_command_with_the_closest_one(
+    argv: list[str], prog: str, reason: str, capsys: pytest.CaptureFixture
+) -> None:
+    """argparse refused it as `pneumoscan`, whose --help lists the commands, not their options: `pneumoscan: error:
+    unrecognized arguments: --heatmpas x (`pneumoscan --help` lists the options)`."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"{prog}: error: {reason} (`{prog} --help` lists the options)\n"
+
+
 def test_every_option_of_every_command_has_help() -> None:
     parser = cli.build_parser()
     commands = _commands(parser)
@@ -307,10 +328,45 @@ def test_the_library_refuses_a_misspelt_split_but_not_an_empty_one(tiny_dataset:
         cache_dataset(tiny_dataset / "train", spec, "val")
     # the quick start's step 3 on the Kermany release without its test/ folder: what to measure on instead
     shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train")
-    with pytest.raises(ValueError, match="for split 'test': it holds 48 films, and they are in the train split; "
-                                         "without a test split, give a run's validation films instead: "
-                                         r"RUN/split.csv --split val \(figures on them are optimistic\)$"):
+    # in no one command's words: what stands in for the test split is each command's to say
+    with pytest.raises(ValueError, match="for split 'test': it holds 48 films, and they are in the train split$"):
         cache_dataset(tmp_path / "no_test", spec, "test")
+
+
+@pytest.mark.parametrize("command", ["cache", "evaluate", "threshold", "ensemble"])
+def test_data_without_a_test_split_is_answered_in_each_commands_words(
+    command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every command was told evaluate's "give a run's validation films instead: RUN/split.csv --split val (figures
+    on them are optimistic)": `cache` then caches nothing evaluate reads without --bundle, and the test split never
+    chooses a threshold, which `threshold` and `ensemble` refuse for test films anyway."""
+    data, out = tmp_path / "no_test", tmp_path / "out"
+    shutil.copytree(tiny_dataset / "train", data / "train")
+    if command == "ensemble":
+        twin = shutil.copytree(tiny_bundle.parent, tmp_path / "twin") / "bundle"
+        nudge_weights(twin)  # a second member: a copy of the same weights is refused first
+    args = {
+        "cache": ["cache", str(data)],
+        "evaluate": ["evaluate", str(tiny_bundle), str(data), "--out", str(out)],
+        "threshold": ["threshold", str(tiny_bundle), str(data), "--youden", "--out", str(out)],
+        "ensemble": ["ensemble", str(tiny_bundle), str(tmp_path / "twin" / "bundle"), "--data", str(data),
+                     "--out", str(out)],
+    }[command]
+    instead = {
+        "cache": "without a test split, cache the films the next command reads (RUN/split.csv --split val --bundle "
+                 "RUN/bundle for evaluate on a run's validation films), or give no --split to cache them all",
+        "evaluate": "without a test split, give a run's validation films instead: RUN/split.csv --split val (figures "
+                    "on them are optimistic)",
+        "threshold": "the test split never chooses a threshold: choose it on films the bundle never saw (a folder or "
+                     "manifest of your own labelled films; RUN/split.csv --split val, the run's validation split, is "
+                     "accepted with a warning)",
+        "ensemble": "the test split never chooses an ensemble's temperature and thresholds: choose them on labelled "
+                    "films none of the members trained on",
+    }[command]
+    assert cli.main(["-q", *args, "--split", "test"]) == 2  # -q: the refusal alone, no information before it
+    assert capsys.readouterr().err == (f"pneumoscan {command}: error: no images in {data} for split 'test': it holds "
+                                       f"48 films, and they are in the train split; {instead}\n")
+    assert not out.exists(), "refused before anything was written"
 
 
 @pytest.mark.parametrize("quiet", [False, True])

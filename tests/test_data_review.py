@@ -4,13 +4,14 @@ film is shaped like, the hint for a dataset without a test split, and when copie
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from pneumoscan.data.cache import cache_dataset
+from pneumoscan.data.cache import EmptySplit, cache_dataset
 from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import discover, make_record
 from pneumoscan.data.preprocess import PreprocessSpec
@@ -61,17 +62,15 @@ def test_a_strip_or_a_scanned_page_is_out_of_scope_in_predict_rows(tiny_bundle: 
     assert in_scope(describe(films / "film.png")["warnings"])
 
 
-def test_a_dataset_without_test_split_is_answered_in_words_that_fit_the_cache_command(tiny_dataset: Path,
-                                                                                      tmp_path: Path) -> None:
-    """``pneumoscan cache DATA --split test`` was told to "measure a bundle", evaluate's words: the hint names what
-    to give any command that reads DATA instead."""
+def test_a_dataset_without_test_split_is_refused_in_no_one_commands_words(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``pneumoscan cache DATA --split test`` and ``threshold`` were told evaluate's "give a run's validation films
+    instead": the library says which splits DATA holds, and each command what to give instead (test_cli)."""
     shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train")
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(EmptySplit) as refused:
         cache_dataset(tmp_path / "no_test", PreprocessSpec(24, "squash"), "test")
-    assert "measure" not in str(refused.value)
-    assert str(refused.value).endswith("it holds 48 films, and they are in the train split; without a test split, "
-                                       "give a run's validation films instead: RUN/split.csv --split val (figures on "
-                                       "them are optimistic)")
+    assert str(refused.value).endswith("it holds 48 films, and they are in the train split")
+    assert (refused.value.split, refused.value.held) == ("test", ("train",))
+    assert pickle.loads(pickle.dumps(refused.value)).held == ("train",), "whole across processes"
 
 
 def _copies_said(caplog: pytest.LogCaptureFixture) -> dict[int, list[str]]:

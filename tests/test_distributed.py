@@ -86,6 +86,7 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tiny_bundl
     assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]
     assert again.pop("copies") == [] and again.pop("caveats") == load_card(run / "bundle").caveats  # evaluate's own
     assert again.pop("label_conflicts") == []
+    assert len(again.pop("out_of_scope")) == n_val, "the tiny films are 64 px thumbnails: evaluate says so"
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"

@@ -28,6 +28,7 @@ from pneumoscan.data.layouts import Record, discover, make_record, write_manifes
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.data.transforms import to_input
 from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.model_card import render
 from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
@@ -119,6 +120,28 @@ def test_threshold_is_chosen_on_the_given_data(ensemble: Path, tiny_bundle: Path
     # the films that chose it are recorded in the bundle: the card's evaluations on other data refuse them
     with pytest.raises(ValueError, match="16 of the films given to record an evaluation in the card chose"):
         evaluate(ensemble, tiny_dataset, "test", add_to_card=True, data_name="test")
+
+
+def test_the_card_describes_each_member_as_it_reads_films(ensemble: Path, tiny_bundle: Path, member64: Path) -> None:
+    """MODEL_CARD.md's recipe gave an ensemble's model_kwargs as a Python dict and said its input "normalised with
+    mean 0 and std 1", a normalisation no member uses (each normalises its own input); a single model's line stays."""
+    text, card = (ensemble / "MODEL_CARD.md").read_text(), load_card(ensemble)
+    members = [load_card(b) for b in (tiny_bundle, member64)]
+    listed = ", ".join(f"`{c.model}` at {c.size} px (mean {c.mean:g}, std {c.std:g})" for c in members)
+    assert (f"Model `ensemble`: an ensemble of 2 members, their calibrated logits averaged (each member's divided by "
+            f"its own temperature): {listed}. Grayscale input of 64 x 64 px (") in text
+    assert "{'members'" not in text and "mean 0 and std 1" not in text
+    # films new to both members are called held-out
+    assert card.train_config["calibrated_on"] == "site.csv (held-out data given to `pneumoscan ensemble`)"
+    # a member's options are named, not dumped
+    options = [dict(m, model_kwargs={"drop_rate": 0.2}) for m in card.model_kwargs["members"]]
+    assert "`simple_cnn` (drop_rate=0.2) at 32 px (mean" in render(dataclasses.replace(card, model_kwargs={
+        "members": options}))
+    first = members[0]
+    assert (f"Model `simple_cnn`, grayscale input of 32 x 32 px ({first.resize_policy}; inputs larger than the "
+            f"training files are first brought down to {first.source_size} px JPEG quality {first.source_quality}, as "
+            f"those were made), normalised with mean {first.mean:g} and std {first.std:g}; softmax temperature "
+            in (tiny_bundle / "MODEL_CARD.md").read_text())
 
 
 def test_evaluate_predict_and_serve_run_on_it(ensemble: Path, tiny_dataset: Path) -> None:
@@ -418,6 +441,10 @@ def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, 
     assert [m["source"] for m in card.model_kwargs["members"]] == [
         str(run / f"fold-{k}" / "bundle") for run in (first, second) for k in range(2)]
     assert card.val_metrics["n"] == len(discover(tiny_dataset).split("test"))  # each film once, not once a run
+    # members alike are counted, not listed four times
+    assert ("an ensemble of 4 members, their calibrated logits averaged (each member's divided by its own "
+            "temperature): `simple_cnn` at 32 px (mean 0.5, std 0.25; 2 members), `simple_cnn` at 64 px (mean 0.5, "
+            "std 0.25; 2 members). Grayscale") in (tmp_path / "ens" / "MODEL_CARD.md").read_text()
     # fold k's films scored by the fold-k members of both runs, averaged
     assert card.threshold == pytest.approx(_by_hand_threshold(tmp_path / "ens", first, runs=2), abs=SCORE_TOL)
 
@@ -597,7 +624,37 @@ def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bun
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(given), "--out", str(out)]) == 0
     caveats = load_card(out).train_config["calibration_caveats"]
     assert len(caveats) == 2 and all("validation films, on which its own" in c for c in caveats)
-    assert "calibration_caveats" in (out / "MODEL_CARD.md").read_text()
+    text = (out / "MODEL_CARD.md").read_text()
+    assert "calibration_caveats" in text
+    # the card had called them all "held-out data" in the policy and the figures' heading
+    films = len(discover(given).records)
+    assert load_card(out).train_config["calibrated_on"] == (
+        f"given.csv (data given to `pneumoscan ensemble`, {len(both)} of its {films} films the members' validation "
+        "films, which chose their own temperatures and thresholds)")
+    assert "held-out" not in text
+
+
+def test_the_members_validation_films_are_not_called_held_out(tiny_bundle: Path, member64: Path,
+                                                               tmp_path: Path) -> None:
+    """A member's own split.csv --split val (accepted with a warning) was called "held-out data" in the card."""
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(tiny_bundle.parent / "split.csv"),
+                 "--split", "val", "--out", str(out)]) == 0
+    calibrated_on = load_card(out).train_config["calibrated_on"]
+    assert calibrated_on.endswith(" (the members' validation films, which chose their own temperatures and "
+                                  "thresholds, given to `pneumoscan ensemble`)")
+    assert "held-out" not in (out / "MODEL_CARD.md").read_text()
+
+
+def test_films_a_member_could_not_be_checked_against_are_not_called_held_out(
+        tiny_bundle: Path, member64: Path, held_out: Path, tmp_path: Path) -> None:
+    """A member shipped alone (no run's split.csv beside it) is trusted with a warning: its films are unknown, so
+    the card must not call the films given held-out, as it had."""
+    alone = shutil.copytree(member64, tmp_path / "alone" / "bundle")
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(alone), "--data", str(held_out), "--out", str(out)]) == 0
+    assert load_card(out).train_config["calibrated_on"] == (
+        "site.csv (data given to `pneumoscan ensemble`, not all shown to be new to its members)")
 
 
 def test_a_picture_given_twice_under_two_labels_is_said_and_counted_once(tiny_bundle: Path, member64: Path,

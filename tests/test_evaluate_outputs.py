@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.builders import SCORE_TOL, assert_close_report
+from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
 from pneumoscan.data.labelled import labelled_records
@@ -25,7 +26,7 @@ from pneumoscan.data.layouts import discover
 from pneumoscan.data.readers.pillow import OWN_OUTPUT_SOFTWARE
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import GALLERY_SIZE, error_gallery, evaluate, threshold_table
-from pneumoscan.inference.predict import Predictor
+from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 
 FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
@@ -43,7 +44,8 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     card = load_card(tiny_bundle)
 
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct"]
+    assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct", "in_scope",
+                             "warnings"]
     assert len(rows) == metrics["n"] == 16
     predictor = Predictor(tiny_bundle)
     for row in rows:
@@ -84,6 +86,29 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     (bundle_row,) = [r for r in table if "bundle threshold" in r["rule"]]
     assert (float(bundle_row["threshold"]) == card.threshold
             and float(bundle_row["sensitivity"]) == metrics["sensitivity"])
+
+
+def test_evaluate_marks_the_films_outside_the_models_scope_as_predict_does(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A lateral DICOM among the films: scored and counted like the rest, but never silently: predict calls it out
+    of scope, and so must evaluate's rows, its warning and metrics.json."""
+    data = tmp_path / "films"
+    shutil.copytree(tiny_dataset / "test", data)
+    pixels = np.asarray(Image.open(next((data / "NORMAL").glob("*.jpeg"))).convert("L"))
+    lateral = data / "NORMAL" / "lateral.dcm"
+    lateral.write_bytes(chest_dicom(pixels, ViewPosition="LL"))
+    metrics = evaluate(tiny_bundle, data, out_dir=tmp_path / "eval")
+    rows = {row["path"]: row for row in read_csv(tmp_path / "eval" / "predictions.csv")}
+    assert len(rows) == metrics["n"] == 17
+    outside = []
+    for predicted in predict_paths(tiny_bundle, sorted(rows)):
+        row = rows[predicted["path"]]
+        assert (row["in_scope"], row["warnings"]) == (str(predicted["in_scope"]), "; ".join(predicted["warnings"]))
+        outside += [] if predicted["in_scope"] else [predicted["path"]]
+    assert rows[str(lateral)]["in_scope"] == "False" and "lateral view (LL)" in rows[str(lateral)]["warnings"]
+    assert sorted(film["path"] for film in metrics["out_of_scope"]) == outside
+    assert any("lateral view (LL)" in reason for film in metrics["out_of_scope"] for reason in film["reasons"])
+    assert f"{len(outside)} film(s) of films are outside the model's scope" in caplog.text
 
 
 def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: Path, tiny_dataset: Path,
@@ -202,7 +227,8 @@ def test_a_multiclass_predictions_csv_recomputes_its_three_class_figures(tiny_da
     rows = read_csv(out / "predictions.csv")
     classes = ["normal", "bacteria", "virus"]
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
-                             "probability_normal", "probability_bacteria", "probability_virus", "most_probable"]
+                             "probability_normal", "probability_bacteria", "probability_virus", "most_probable",
+                             "in_scope", "warnings"]
     counts = np.zeros((3, 3), int)
     for row in rows:
         probs = [float(row[f"probability_{c}"]) for c in classes]
@@ -251,7 +277,7 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     rows = read_csv(out / "predictions.csv")
     # the second stage's probability under predict's name for it (results.csv's etiology_probability_virus)
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
-                             "etiology_probability_virus", "two_stage_called"]
+                             "etiology_probability_virus", "two_stage_called", "in_scope", "warnings"]
     assert len(rows) == block["n"] == 16
     predicted = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows])}
     predicted_two = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows], etiology=second)}
@@ -300,7 +326,7 @@ def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_fo
     out = tmp_path / "eval"
     evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0])[-2:] == ["typicality_probability_atypical", "two_stage_called"]
+    assert list(rows[0])[-4:] == ["typicality_probability_atypical", "two_stage_called", "in_scope", "warnings"]
     assert not any(column.startswith("etiology") for column in rows[0])
     film = rows[0]["path"]
     [predicted] = predict_paths(tiny_bundle, [film], etiology=second)

@@ -117,15 +117,36 @@ def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_
     assert weight_sources_looked_up == [os.path.realpath(bundle)]
     card = load_card(bundle)
     [record] = card.external_evaluations
-    assert record["films_checked"] is True and record["caveats"] == []
+    # the tiny films are 64 px thumbnails, outside the model's scope: counted, and said beside "checked"
+    assert record["films_checked"] is True and (record["unreadable"], record["outside_scope"]) == (0, 16)
+    assert record["caveats"] == ["16 of the 16 films are outside the model's scope (evaluate's predictions.csv says "
+                                 "why) and are scored and counted in the figures all the same"]
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
     assert meta["model-index"][0]["results"][1]["dataset"]["name"] == "site C"
-    assert body.count("| checked |") == 1 and "not checked |" not in body
+    assert body.count("| checked, **with caveats** (below) |") == 1 and "not checked |" not in body
+    clean = dataclasses.replace(card, external_evaluations=[{**record, "caveats": []}])
+    assert "| checked |" in render(clean) and "with caveats" not in render(clean)
     old = {k: v for k, v in record.items() if k not in ("films_checked", "caveats")}
     older = dataclasses.replace(card, external_evaluations=[old])
     save_card(bundle, older)
     assert load_card(bundle).external_evaluations == [old]
     assert "| not recorded |" in render(older) and "| checked |" not in render(older)
+
+
+def test_films_that_could_not_be_read_are_counted_in_the_cards_record(tiny_bundle: Path, tiny_dataset: Path,
+                                                                       tmp_path: Path) -> None:
+    """Figures on 4 films of 44 listed read as figures on the data: the record says how many were left out."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    shutil.copy(tiny_bundle.parent / "split.csv", tmp_path / "run")
+    data = shutil.copytree(tiny_dataset / "test", tmp_path / "films")
+    (data / "PNEUMONIA" / "person999_bacteria_1.jpeg").write_bytes(b"not a film")
+    assert cli.main(["evaluate", str(bundle), str(data), "--out", str(tmp_path / "e"), "--add-to-card",
+                     "--data-name", "site D"]) == 0
+    [record] = load_card(bundle).external_evaluations
+    assert (record["n"], record["unreadable"]) == (16, 1)
+    assert record["caveats"][0] == ("1 of the 17 films given could not be read and are left out: the figures are of "
+                                    "the others only")
+    assert "site D: 1 of the 17 films given could not be read" in (bundle / MODEL_CARD).read_text()
 
 
 def test_an_evaluations_label_conflicts_are_in_its_card_record_and_model_card(tiny_bundle: Path, tiny_dataset: Path,

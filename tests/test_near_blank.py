@@ -73,3 +73,33 @@ def test_a_nearly_blank_dicom_blames_its_window_only_when_the_window_is_what_hid
     ramp[:3] = 4095
     with pytest.raises(DecodeError, match="nothing of the film is inside its window"):
         read_gray(dicom_bytes(ramp, WindowCenter=4090, WindowWidth=4))
+
+
+def _sparse_step(rng: np.random.Generator) -> np.ndarray:
+    """A 512 x 512 film of grey 127 with 262 pixels of 128 scattered over it (0.1 %): reduced 15 times (a 32 px
+    model's decode) every block averages to 127."""
+    film = np.full(512 * 512, 127, np.uint8)
+    film[rng.choice(film.size, 262, replace=False)] = 128
+    return film.reshape(512, 512)
+
+
+def test_a_film_whose_pixels_differ_is_not_refused_as_every_pixel_the_same() -> None:
+    """It had been refused as "every pixel has the same value", judged on it reduced: untrue of its 262 pixels of
+    128. Judged at full size, whatever its format, and a film of one grey level keeps its reason."""
+    film = _sparse_step(np.random.default_rng(0))
+    for name, data in (("PNG", _png(film)), ("DICOM", dicom_bytes(film, bits=8))):
+        with pytest.raises(DecodeError, match=NEAR_BLANK.replace(r"\d+\.\d", r"100\.0")) as refused:
+            read_gray(data, target=32)
+        assert "same value" not in str(refused.value), name
+    with pytest.raises(DecodeError, match="^blank image: every pixel has the same value$"):
+        read_gray(_png(np.full((512, 512), 127, np.uint8)), target=32)
+
+
+def test_a_film_blank_only_once_reduced_is_refused_saying_so() -> None:
+    """25 grey levels in a fine pattern (5 x 5 px, none more than 4 % of the film) are a picture at full size, one
+    grey level in blocks of 15 x 15: refused, as the model would see nothing else, in words true of the film."""
+    film = np.tile((100 + np.arange(25, dtype=np.uint8)).reshape(5, 5), (90, 90))
+    assert read_gray(_png(film)).shape == (450, 450)
+    with pytest.raises(DecodeError, match="^blank image: every pixel has the same value once reduced from 450 x 450 "
+                                          "to 30 x 30 px$"):
+        read_gray(_png(film), target=29)

@@ -4,9 +4,11 @@ A classifier answers for any picture: random noise tagged as a chest film, a sca
 its side or inverted all read "pneumonia" at 0.94-0.997, while the DICOM header checks of :mod:`.scope` were content.
 So a bundle records what its training films look like at the model's input, and a film is checked four ways:
 
-- its contrast: the grey levels between its 1st and 99th percentiles, at least :data:`CONTRAST_FACTOR` times the
-  training films' 0.1th percentile. The checks below see every film brought to unit spread, so a washed-out film
-  (stored in a narrow band of a 12-bit range, a window fault) passed them, and a normal one read pneumonia at 0.996.
+- its contrast: the grey levels between its 1st and 99th percentiles at the model's input (where fine noise is
+  averaged away: uniform noise over 0-255 keeps about 20 at 32 x 32 px, and its warning says where it was
+  measured), at least :data:`CONTRAST_FACTOR` times the training films' 0.1th percentile. The checks below see every
+  film brought to unit spread, so a washed-out film (stored in a narrow band of a 12-bit range, a window fault)
+  passed them, and a normal one read pneumonia at 0.996.
 - its layout: the film shrunk to 6 x 6 and brought to zero mean and unit spread, compared with the training films'
   by Mahalanobis distance (scikit-learn's Ledoit-Wolf covariance). Turned, inverted and non-chest images are
   1.2-3 times the limit, the training films' 99.9th percentile; real films of the same source up to 0.6 times (a
@@ -118,7 +120,8 @@ class Appearance:
         for distance, closer, sharp, spread in zip(distances, turned, _sharpness(images), _contrast(images)):
             reasons = []
             if spread < self.contrast:  # both tests below see a film brought to unit spread: a flat one looks fine
-                reasons.append(LOW_CONTRAST.text(spread=spread, least=self.contrast))
+                reasons.append(LOW_CONTRAST.text(spread=spread, width=images.shape[2], height=images.shape[1],
+                                                  least=self.contrast))
             if distance > self.layout_limit:
                 reasons.append(UNLIKE_LAYOUT.text(times=distance / self.layout_limit))
             elif closer * TURNED_RATIO < distance:

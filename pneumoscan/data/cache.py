@@ -37,7 +37,7 @@ from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 
-CACHE_VERSION = 9  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 10  # bump whenever decode/resize output changes, so old caches are not reused
 # The distributions whose code decodes a film (pydicom's plugins too: JPEG, JPEG 2000, RLE, JPEG-LS): a new version of
 # any may decode a film otherwise, or read one it refused
 DECODERS = ("Pillow", "simplejpeg", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
@@ -217,6 +217,19 @@ def _remove_stale_tmp(cache_dir: Path) -> None:
             pass
 
 
+class EmptySplit(ValueError):
+    """DATA holds films but none of ``split``; ``held``: the splits it has (none: no film has one). What stands in
+    for the missing split is each command's to say (:mod:`pneumoscan.cli`): evaluate's, a run's validation films in
+    place of test films, fits neither `cache` nor `threshold`, whose threshold test films never choose."""
+
+    def __init__(self, message: str, split: str, held: tuple[str, ...]) -> None:
+        super().__init__(message, split, held)  # all three, so that it pickles whole (to another process)
+        self.split, self.held = split, held
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 def cache_dataset(
     data: Path | str, spec: PreprocessSpec, split: str | None = None, progress: bool = False
 ) -> tuple[list[Record], ImageCache]:
@@ -230,12 +243,8 @@ def cache_dataset(
         sides = sorted({r.split for r in found.records} - {""})
         where = (f"they are in the {', '.join(sides)} split{'s' if len(sides) > 1 else ''}" if sides else
                  "none has a split (a folder of class folders, or a manifest without a split column): give no --split")
-        # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train):
-        # said for whichever command read DATA (evaluate, cache ahead of it, threshold), so in no one command's words
-        then = ("; without a test split, give a run's validation films instead: RUN/split.csv --split val (figures "
-                "on them are optimistic)" if split == "test" and sides else "")
-        raise ValueError(f"no images in {data} for split {split!r}: it holds {len(found.records)} films, and "
-                         f"{where}{then}")
+        raise EmptySplit(f"no images in {data} for split {split!r}: it holds {len(found.records)} films, and "
+                         f"{where}", split, tuple(sides))
     if not records:
         raise ValueError(f"no images in {data}" + (f" for split {split!r}" if split else ""))
     return records, build_cache([r.path for r in records], spec, progress=progress)

@@ -24,7 +24,8 @@ from pydicom.pixels import apply_modality_lut
 from pneumoscan.core.logs import redact
 from pneumoscan.core.names import file_kind
 from . import readers
-from .pixels import BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, DecodeError, blank_reason, minmax_u8, one_level_share
+from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
+                     one_level_share)
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +103,33 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     pixel data, a DICOM window beside the film's values) is refused: a model shown a uniform square still answers
     with a probability (about 0.7 for pneumonia, for a black film with a burned-in marker). So is a nearly blank
     one, with :data:`NEAR_BLANK_SHARE` of its pixels within :data:`NEAR_BLANK_LEVELS` grey levels of one value.
-    A film of a few grey levels more (a thresholded or posterised picture) is refused by the reader, which counts
-    them at full size (:func:`~pneumoscan.data.pixels.check_grey_levels`), before the reduction blends them."""
+    The built-in readers judge both at full size (:class:`~pneumoscan.data.pixels.BlankImage`), and refuse a film
+    of a few grey levels more (a thresholded or posterised picture) there too
+    (:func:`~pneumoscan.data.pixels.few_grey_levels`), before the reduction blends them. A film blank only once
+    reduced (fine noise or a fine pattern averaged to one grey level) is refused too, its reason saying so: the
+    model would see nothing else."""
     src, reader = _check_source(source, dicom)
-    gray = reader.gray(src, target)
-    if reason := blank_reason(gray):
-        window = reader.name == "DICOM" and _windowed_out(src, nearly=reason != BLANK)
-        raise DecodeError(BLANK_IN_WINDOW if window else reason)
-    return gray
+    try:
+        gray = reader.gray(src, target)
+    except BlankImage as e:
+        reason, nearly = str(e), str(e) != BLANK
+    else:
+        if (reason := blank_reason(gray)) is None:
+            return gray
+        nearly = reason != BLANK
+        if (judged := _reduced_words(reader.header(src), gray.shape)) is not None:
+            reason = blank_reason(gray, judged)
+    window = reader.name == "DICOM" and _windowed_out(src, nearly=nearly)
+    raise DecodeError(BLANK_IN_WINDOW if window else reason)
+
+
+def _reduced_words(header: dict, shape: tuple[int, ...]) -> str | None:
+    """The words that say a blank reason was judged on the film reduced to ``shape`` from its ``header``'s size,
+    None when it was not reduced: "every pixel has the same value" is untrue of a film whose few scattered pixels
+    of another grey level the reduction averaged away."""
+    if min(shape) >= min(header["width"], header["height"]):
+        return None
+    return f" once reduced from {header['width']} x {header['height']} to {shape[1]} x {shape[0]} px"
 
 
 def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:

@@ -47,6 +47,12 @@ class DecodeError(ValueError):
     """Raised with a human-readable reason (str(e)) when a file cannot be read as an X-ray."""
 
 
+class BlankImage(DecodeError):
+    """A film with nothing to see (:func:`blank_reason`), refused by its reader at full size
+    (:func:`few_grey_levels`), before :func:`reduce` averages a few scattered pixels of another grey level away;
+    :func:`pneumoscan.data.decode.read_gray` still asks whether a DICOM's window is what left nothing to see."""
+
+
 # The refusals of pixels that hold no picture, whatever the reader: a model given a black square still answers
 # with a probability, so a failed export or a window beside the film's values is refused, never scored.
 BLANK = "blank image: every pixel has the same value"
@@ -66,14 +72,20 @@ NEAR_BLANK_SHARE = 0.95
 NEAR_BLANK_LEVELS = 2
 
 
-def blank_reason(gray: np.ndarray) -> str | None:
+def blank_reason(gray: np.ndarray, judged: str = "") -> str | None:
     """Why 8-bit pixels hold nothing to see (none at all, one grey level, or nearly one), None when they hold a
-    picture: a model shown a uniform square still answers with a probability."""
-    if not gray.size or gray.min() == gray.max():
-        return BLANK
-    if (share := one_level_share(np.bincount(gray.ravel(), minlength=256))) >= NEAR_BLANK_SHARE:
+    picture: a model shown a uniform square still answers with a probability. ``judged``: words that say which
+    pixels were judged, when they are not the film's own (" once reduced from ... to ... px")."""
+    return _blank_counts(np.bincount(gray.ravel(), minlength=256), judged)
+
+
+def _blank_counts(counts: np.ndarray, judged: str = "") -> str | None:
+    """:func:`blank_reason` from the 256-bin histogram of the pixels."""
+    if np.count_nonzero(counts) <= 1:
+        return BLANK + judged
+    if (share := one_level_share(counts)) >= NEAR_BLANK_SHARE:
         return (f"blank image: {100 * share:.1f}% of the pixels are within {NEAR_BLANK_LEVELS} grey levels of one "
-                "value (an empty film with a marker or label, say)")
+                f"value{judged} (an empty film with a marker or label, say)")
     return None
 
 
@@ -102,13 +114,14 @@ def few_grey_levels(gray: Image.Image) -> int | None:
     """How many grey levels an 8-bit film holds when they are too few for a radiograph (2 to MIN_GREY_LEVELS - 1,
     counted at full size, before :func:`reduce` averages blocks into levels in between: a bilevel film reduced 4
     times holds 17); None when they are enough, or the film too small to tell (:data:`LEVELS_MIN_SIDE`). One level,
-    or nearly one (:data:`NEAR_BLANK_SHARE`), is left to :func:`pneumoscan.data.decode.read_gray`, whose blank
-    refusals say more (a DICOM's window that hid the film, say)."""
-    if min(gray.size) < LEVELS_MIN_SIDE:
-        return None
+    or nearly one (:data:`NEAR_BLANK_SHARE`), at any size, is refused here as blank (:class:`BlankImage`): reduced,
+    a film of one grey level with a few scattered pixels of the next reads as one level, and "every pixel has the
+    same value" would be untrue of it. Pillow's histogram reads the pixels in place: no copy of the film is made."""
     counts = np.array(gray.histogram())
+    if reason := _blank_counts(counts):
+        raise BlankImage(reason)
     levels = int(np.count_nonzero(counts))
-    return levels if 1 < levels < MIN_GREY_LEVELS and one_level_share(counts) < NEAR_BLANK_SHARE else None
+    return levels if min(gray.size) >= LEVELS_MIN_SIDE and levels < MIN_GREY_LEVELS else None
 
 
 def check_grey_levels(gray: Image.Image) -> None:

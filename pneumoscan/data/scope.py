@@ -151,8 +151,8 @@ UNREAD = WarningKind("header could not be read again for the scope checks: {reas
 # what :mod:`.appearance` finds from the pixels: a blurred chest film is still a chest film, but not like the films
 # the model was trained on
 LOW_CONTRAST = WarningKind(CONTENT + "much less contrast than the training films ({spread:.0f} grey levels between "
-                           "its 1st and 99th percentiles, the least allowed {least:.0f}): a window or export fault?",
-                           out_of_scope=True, source="pixels")
+                           "its 1st and 99th percentiles at the model's input ({width} x {height} px), the least "
+                           "allowed {least:.0f}): a window or export fault?", out_of_scope=True, source="pixels")
 UNLIKE_LAYOUT = WarningKind(CONTENT + "its layout of light and dark is unlike that of the training films ({times:.1f} "
                             "times the limit): another view or body part, a turned or inverted film, wide borders or "
                             "padding, or no radiograph", out_of_scope=True, source="pixels")

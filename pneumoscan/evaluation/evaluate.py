@@ -18,13 +18,14 @@ from PIL import Image
 from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, has_both_classes, jsonable)
-from pneumoscan.core.names import cell_text, path_text
+from pneumoscan.core.names import cell_text, path_text, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
+from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.predict import Predictor, check_bundle_stages, stage_fields
 from pneumoscan.models.card import WEIGHTS, BundleCard
@@ -34,10 +35,12 @@ from .report import METRICS, write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
+SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
 TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's three-class call
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
+SCOPE_BATCH = 256  # films whose content is checked at once: the check holds each film turned four ways
 GALLERY_SIZE = 8  # most confident false positives, and as many false negatives, in the report
 GALLERY_CAM_SECONDS = 60.0  # Grad-CAM for the gallery stops here (about a second a film for a large model on CPU)
 THUMBNAIL = 256
@@ -241,8 +244,11 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
     copies, groups, conflicts = patient_groups(records, data)
+    scope = scope_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
+    metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
+                               for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
     second: tuple[str, np.ndarray, np.ndarray] | None = None  # the second stage's column, its P and call of each film
     if etiology is not None:
@@ -250,15 +256,32 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                                   tta, backend, groups)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
+        header["outside the model's scope"] = len(metrics["out_of_scope"])
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold)
         with unchanged(Path(out_dir) / METRICS, results):
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
-                           f"{card.model} · {card.task} · {name}", header, second, gallery)
+                           f"{card.model} · {card.task} · {name}", header, second, gallery, scope)
     if add_to_card:
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
+
+
+def scope_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
+    """Each film's scope warnings, as ``predict`` gives them (its header's, then its pixels' at the model's input:
+    ``images``), and a warning naming those outside the model's scope: a lateral, a CT or an inverted film is scored
+    and counted in the figures like the rest (figures on the films given, as published figures are), but
+    predictions.csv marks it (``in_scope`` false) and a card's record counts it."""
+    content = [w for start in range(0, len(images), SCOPE_BATCH)
+               for w in predictor.content_warnings(images[start:start + SCOPE_BATCH])]
+    found = [describe(r.path)["warnings"] + c for r, c in zip(records, content)]
+    if outside := [(r, warnings) for r, warnings in zip(records, found) if not in_scope(warnings)]:
+        record, warnings = outside[0]
+        log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
+                    "figures like the rest; predictions.csv marks them (in_scope false)", len(outside), shown(name),
+                    shown(record.path), outside_scope(warnings)[0][0])
+    return found
 
 
 def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, name: str,
@@ -293,12 +316,13 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
                    probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
                    second: tuple[str, np.ndarray, np.ndarray] | None,
-                   gallery: dict[str, list[tuple[bytes, str]]]) -> None:
+                   gallery: dict[str, list[tuple[bytes, str]]], scope: Sequence[list[str]]) -> None:
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
     each film's P of the second stage, in the column ``second`` names, and its three-class call, when there is one),
     sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
-    :func:`error_gallery`)."""
+    :func:`error_gallery`). Each row says whether its film is in the model's scope, with its warnings (``scope``:
+    :func:`scope_warnings`)."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,8 +330,9 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     called = scores >= threshold
     rows = [{"path": cell_text(path_text(r.path)), "label": classes[t], "subtype": r.subtype,  # UTF-8, and
              "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
-             "called": card.positive if c else card.classes[0], "correct": bool(c == yy)}
-            for r, t, p, c, yy in zip(records, targets, scores, called, y)]  # fmt: skip
+             "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
+             "in_scope": in_scope(w), "warnings": cell_text("; ".join(w))}
+            for r, t, p, c, yy, w in zip(records, targets, scores, called, y, scope)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:
         class_fields = (*task.class_columns, MOST_PROBABLE)
@@ -320,7 +345,7 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
         second_fields = (column, TWO_STAGE_CALLED)
         for row, p, c in zip(rows, second_scores, second_called):
             row |= {column: f"{p:.6f}", TWO_STAGE_CALLED: c}
-    fields = PREDICTION_FIELDS + class_fields + second_fields
+    fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
     write_csv(out_dir / "predictions.csv", fields, rows)
     table = metrics["threshold_table"]
     write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)

@@ -21,7 +21,7 @@ from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, forma
                                      with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
-from pneumoscan.models.card import WRITER, BundleCard, load_card, save_card
+from pneumoscan.models.card import ENSEMBLE, WRITER, BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def _external_section(card: BundleCard) -> str:
         f"| {r['date']} | {r['data']} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
         f"{format_figure(r['threshold'], 4)} | "
         + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3])
-        + f" | {FILMS_CHECKED.get(r.get('films_checked'), 'not recorded')} |"
+        + f" | {_films_cell(r)} |"
         for r in card.external_evaluations
     )
     # how the intervals were made, by the unit they count, naming the data of each (the table's "95% CIs count")
@@ -272,6 +272,15 @@ def _external_section(card: BundleCard) -> str:
     caveats = _caveat_lines(card.external_evaluations)
     return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
+
+
+def _films_cell(record: dict[str, Any]) -> str:
+    """A record's "films new to it" cell: whether its films were checked, and, where the check or the films left
+    caveats (copies of training films, films left unread or outside the scope, label conflicts), a pointer to them:
+    a bare "checked" read as a clean bill."""
+    cell = FILMS_CHECKED.get(record.get("films_checked"), "not recorded")
+    noted = record.get("caveats") or record.get("label_conflicts")
+    return f"{cell}, **with caveats** (below)" if record.get("films_checked") and noted else cell
 
 
 def _caveat_lines(records: Sequence[dict[str, Any]]) -> str:
@@ -305,7 +314,7 @@ def _threshold_section(card: BundleCard) -> str:
         f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {format_figure(r['previous_threshold'], 4)} -> "
         f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | "
         f"{format_figure(r['sensitivity'])} / "
-        f"{format_figure(r['specificity'])} | {FILMS_CHECKED.get(r.get('films_checked'), 'not recorded')} |"
+        f"{format_figure(r['specificity'])} | {_films_cell(r)} |"
         for r in card.threshold_records
     )
     caveats = _caveat_lines(card.threshold_records)
@@ -352,6 +361,27 @@ def _interval_sentence(interval: list[float] | None, tta_interval: list[float] |
             "way, and predictions mark it as near the threshold.")
 
 
+def _model_description(card: BundleCard, source: str) -> str:
+    """The recipe's opening: the model and what it reads. An ensemble's own mean 0 and std 1 only keep its input in
+    [0, 1], each member normalising it as it was trained: its members are described, each with its size and
+    normalisation, not its ``model_kwargs`` as a dict with a normalisation no member uses."""
+    pixels = f"{card.size} x {card.size} px ({card.resize_policy}{source})"
+    if card.model != ENSEMBLE:
+        kwargs = f" {card.model_kwargs}" if card.model_kwargs else ""
+        return (f"Model `{card.model}`{kwargs}, grayscale input of {pixels}, normalised with mean {card.mean:g} and "
+                f"std {card.std:g}")
+    members = card.model_kwargs["members"]
+    kinds: dict[str, int] = {}  # each kind of member (architecture, options, size, normalisation): how many, in order
+    for m in members:
+        options = f" ({', '.join(f'{k}={v}' for k, v in m['model_kwargs'].items())})" if m["model_kwargs"] else ""
+        kind = f"`{m['model']}`{options} at {m['size']} px (mean {m['mean']:g}, std {m['std']:g}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    listed = ", ".join(kind + (f"; {n} members)" if n > 1 else ")") for kind, n in kinds.items())
+    return (f"Model `{ENSEMBLE}`: an ensemble of {len(members)} members, their calibrated logits averaged (each "
+            f"member's divided by its own temperature): {listed}. Grayscale input of {pixels}, pixel values scaled "
+            "to [0, 1], which each member resizes to its own size and normalises with its own mean and std")
+
+
 def render(card: BundleCard, int8: dict | None = None) -> str:
     """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
     ones (:meth:`Int8Operating.validated`)."""
@@ -373,10 +403,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         f"Data checksum (the training and validation films' pixels as preprocessed, with their labels, whatever their "
         f"paths): `{card.data_checksum or 'not recorded'}`. Data fingerprint (those files where they were): "
         f"`{card.data_fingerprint or 'not recorded'}`.",
-        "## Recipe\n\n"
-        f"Model `{card.model}`{f' {card.model_kwargs}' if card.model_kwargs else ''}, grayscale input of "
-        f"{card.size} x {card.size} px ({card.resize_policy}{source}), normalised with mean {card.mean:g} and std "
-        f"{card.std:g}; softmax temperature {card.temperature:.3f} fitted on "
+        f"## Recipe\n\n{_model_description(card, source)}; softmax temperature {card.temperature:.3f} fitted on "
         f"{card.train_config.get('calibrated_on') or 'validation'}"
         + (f" (**the probabilities are not calibrated:** {card.temperature_caveat})" if card.temperature_caveat else "")
         + ". Training configuration:\n\n"
@@ -422,7 +449,14 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
     on them may score the model against a wrong label), and whether the films were checked to be new to BUNDLE
     (``films_checked``) with what that check (``held_out``, evaluate's) could not check or found (``caveats``): a
     bundle given without its run's split.csv (shipped alone) is evaluated with a logged warning only, and its card
-    must not show figures on what may be its training films as other data's."""
+    must not show figures on what may be its training films as other data's. Films that could not be read (left
+    out) and films outside the model's scope (scored and counted) are counted, and said among the caveats: figures
+    on the rest of a folder, or on lateral films, are not figures on the films a reader would give it."""
+    unreadable, outside = len(metrics["unreadable"]), len(metrics["out_of_scope"])
+    more = ([f"{unreadable} of the {metrics['n'] + unreadable} films given could not be read and are left out: the "
+             "figures are of the others only"] if unreadable else []) + (
+        [f"{outside} of the {metrics['n']} films are outside the model's scope (evaluate's predictions.csv says why) "
+         "and are scored and counted in the figures all the same"] if outside else [])
     return {
         "data": data_name,
         "date": today(),
@@ -437,7 +471,9 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
                     for key, _, _ in CARD_METRICS},
         "label_conflicts": metrics["label_conflicts"],
-        **films_record(bundle, held_out),
+        "unreadable": unreadable,
+        "outside_scope": outside,
+        **films_record(bundle, held_out, more),
     }
 
 

@@ -40,11 +40,12 @@ from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import has_both_classes
 from pneumoscan.core.names import path_list
 from pneumoscan.data.labelled import labelled_records, patient_groups
-from pneumoscan.data.layouts import discover
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
-from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
+from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
+                                            refuse_test_films)
 from pneumoscan.inference.explain import MEMBERS_OWN_SCALE
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
@@ -52,7 +53,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
-from pneumoscan.models.run_folder import CvFolder
+from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import split_change
 from .finish import ScoredFilms, finish_bundle
 
@@ -236,30 +237,51 @@ def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float 
 
 
 def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, task: Task, card: BundleCard,
-                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str]]:
-    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), and what
-    the check that they are new to every member warned of; refused, before anything is written, when a member
-    trained on them or they are test films."""
+                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str], str]:
+    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), what the
+    check that they are new to every member warned of, and what the card says they are (:func:`_given_films`);
+    refused, before anything is written, when a member trained on them or they are test films."""
     records, images, targets, _ = labelled_records(data, split, task, card.spec)
     refuse_test_films(records, data, "temperature and thresholds")
     # said before the ensemble is exported and scored (minutes for ten members)
     if not has_both_classes(binary_targets(targets)):
         raise ValueError(f"the films of {data_label(data, split)} are all one class: the ensemble's temperature and "
                          f"thresholds are chosen on labelled films with and without {card.positive}")
-    caveats = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
-                             policy=HeldOutPolicy(validation_warning=True),
-                             names=[member_label(i, len(paths), p) for i, p in enumerate(paths)]).caveats
+    findings = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
+                              policy=HeldOutPolicy(validation_warning=True),
+                              names=[member_label(i, len(paths), p) for i, p in enumerate(paths)])
+    given = _given_films(paths, records, findings)
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
-    return (records, images, targets, patient_groups(records, data)[1]), caveats
+    return (records, images, targets, patient_groups(records, data)[1]), findings.caveats, given
 
 
-def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: str | None) -> str:
+def _given_films(paths: Sequence[Path], records: Sequence[Record], findings: HeldOutFindings) -> str:
+    """What the card says of the films given with --data: held-out only when the check found them new to every
+    member. Films of a member's validation split (its run's split.csv), which chose that member's own temperature and
+    threshold, are accepted with a warning, and named so: the figures on them are optimistic, not held-out ones."""
+    validation: set[str] = set()
+    for path in paths:
+        if (listed := RunFolder.of(path).split).exists():
+            validation |= {os.path.realpath(r.path) for r in discover(listed).records if r.split == "val"}
+    chosen = sum(os.path.realpath(r.path) in validation for r in records)
+    own = "the members' validation films, which chose their own temperatures and thresholds"
+    if chosen == len(records):
+        return f"{own}, given to `pneumoscan ensemble`"
+    if chosen:
+        return f"data given to `pneumoscan ensemble`, {chosen} of its {len(records)} films {own}"
+    if findings.caveats or findings.unknown_sources:
+        return "data given to `pneumoscan ensemble`, not all shown to be new to its members"
+    return "held-out data given to `pneumoscan ensemble`"
+
+
+def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: str | None, given: str) -> str:
     """What the card calls the films the temperature and thresholds are chosen on; the cv runs by name (their paths
-    are in ensemble_of): the policy made of it is shown to the service's clients."""
+    are in ensemble_of), DATA with ``given`` (:func:`_given_films`): the policy made of it is shown to the service's
+    clients."""
     if cv_dirs:
         return (f"{OUT_OF_FOLD} {', '.join(d.name for d in cv_dirs)} (each film scored by the "
                 f"{'member' if len(cv_dirs) == 1 else 'members'} that did not train on it)")
-    return f"{data_label(data, split)} (held-out data given to `pneumoscan ensemble`)"
+    return f"{data_label(data, split)} ({given})"
 
 
 def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path],
@@ -300,8 +322,8 @@ def build_ensemble(
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
     # refused before anything is written when a member trained on these films
-    held_out, caveats = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [])
-    name = _calibration_name(cv_dirs, data, split)
+    held_out, caveats, given = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [], "")
+    name = _calibration_name(cv_dirs, data, split, given)
     card = dataclasses.replace(card, train_config={
         "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
         "max_false_positive_rate": max_false_positive_rate,
