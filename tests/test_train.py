@@ -536,6 +536,17 @@ def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, m
     assert fitted == ["head"]
 
 
+def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """--init takes neither --model nor the size from the bundle: a 32 px bundle fine-tuned at the recipe's 192 px
+    starts its weights on films of another scale, said, not done silently."""
+    cfg = TrainConfig(**{**TINY, "init": str(tiny_bundle)})
+    train_mod.build_model(cfg, get_task("pneumonia"), Dist())
+    assert "trains on" not in caplog.text
+    train_mod.build_model(dataclasses.replace(cfg, image_size=64), get_task("pneumonia"), Dist())
+    assert (f"{tiny_bundle} was trained on 32 px films (squash), and this run trains on 64 px (squash): its weights "
+            "start on films of another scale; give --image-size 32 (and resize_policy squash)") in caplog.text
+
+
 def test_init_from_another_models_bundle_names_the_model_it_holds(tiny_bundle: Path) -> None:
     """--init does not take the architecture from the bundle: a run that builds another model is refused with the
     model to build (the tensors' names had been the whole reason)."""

@@ -45,7 +45,7 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BundleCard, runtime_versions
+from pneumoscan.models.card import BundleCard, load_card, runtime_versions
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -212,6 +212,12 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
     fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []
     if ctx.main and cfg.init is not None:
         log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
+        # --model must be given again, and so must the size: the recipe's 192 px is not the bundle's own
+        if (started := load_card(cfg.init)).size != cfg.image_size or started.resize_policy != cfg.resize_policy:
+            log.warning("%s was trained on %d px films (%s), and this run trains on %d px (%s): its weights start "
+                        "on films of another scale; give --image-size %d (and resize_policy %s) to fine-tune it on "
+                        "its own", cfg.init, started.size, started.resize_policy, cfg.image_size, cfg.resize_policy,
+                        started.size, started.resize_policy)
     # from scratch, or a bundle of one of the small models (they have no stages): train it all
     transfer = imagenet or cfg.init is not None
     registry.set_trainable(model, cfg.trainable_stages if transfer and hasattr(model, "group_matcher") else None)
