@@ -244,7 +244,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     probs = predictor.probabilities(images, tta=tta)
     scores = predictor.positive_probability(probs)
     copies, groups, conflicts = patient_groups(records, data)
-    scope = scope_warnings(predictor, records, images, name)
+    scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
@@ -268,7 +268,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     return metrics
 
 
-def scope_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
+def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
     """Each film's scope warnings, as ``predict`` gives them (its header's, then its pixels' at the model's input:
     ``images``), and a warning naming those outside the model's scope: a lateral, a CT or an inverted film is scored
     and counted in the figures like the rest (figures on the films given, as published figures are), but
@@ -322,7 +322,7 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     each film's P of the second stage, in the column ``second`` names, and its three-class call, when there is one),
     sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
     :func:`error_gallery`). Each row says whether its film is in the model's scope, with its warnings (``scope``:
-    :func:`scope_warnings`)."""
+    :func:`_film_warnings`)."""
     card, task = predictor.card, predictor.task
     classes, scores = task.classes, task.positive_probability(probs)
     out_dir.mkdir(parents=True, exist_ok=True)
