@@ -245,9 +245,9 @@ def _three_classes(block: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import FILM_UNIT_CAVEAT, format_figure, with_ci
+    from pneumoscan.core.metrics import BOTH_CLASSES, FILM_UNIT_CAVEAT, format_figure, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
-    from pneumoscan.evaluation.model_card import film_counts
+    from pneumoscan.evaluation.model_card import film_counts, one_class
     from pneumoscan.models.run_folder import REPORT
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
@@ -260,8 +260,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0
+    absent = one_class(metrics, metrics["class_names"])  # precision, NPV and F1 then say nothing of the model
     for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
-        print(f"{name:>12}: {with_ci(metrics[name], metrics['ci'].get(name), 4)}")
+        figure = (f"n/a (no {absent} films: it depends on both classes)" if absent and name in BOTH_CLASSES
+                  else with_ci(metrics[name], metrics['ci'].get(name), 4))
+        print(f"{name:>12}: {figure}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {film_counts(metrics, metrics['class_names'])}   "
           f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
     if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it

@@ -3,12 +3,15 @@ the card says of its threshold."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from pneumoscan import cli
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import load_card, save_card
@@ -73,8 +76,10 @@ def test_a_picture_scored_under_two_labels_or_against_its_name_is_warned_of(tiny
     assert evaluate(tiny_bundle, tiny_dataset, split="test")["label_conflicts"] == []
 
 
-def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    """On pneumonia films alone the card had recorded a precision of 1.0 and an F1 beside no AUC."""
+def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """On pneumonia films alone the card had recorded a precision of 1.0 and an F1 beside no AUC; the summary on
+    screen, metrics.json and the threshold table gave them as figures still, which only the report called n/a."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     sick = [r for r in discover(tiny_dataset).split("test") if r.label == "PNEUMONIA"]
@@ -83,6 +88,15 @@ def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_datas
         evaluate(bundle, tmp_path / "sick.csv", add_to_card=True)
     assert load_card(bundle).external_evaluations == load_card(tiny_bundle).external_evaluations
     assert evaluate(bundle, tmp_path / "sick.csv")["n"] == len(sick)  # the report itself is still made
+    assert cli.main(["evaluate", str(bundle), str(tmp_path / "sick.csv"), "--out", str(tmp_path / "e")]) == 0
+    shown = capsys.readouterr().out
+    for name in ("precision", "npv", "f1"):
+        assert f"{name:>12}: n/a (no NORMAL films: it depends on both classes)" in shown, shown
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    for block in (metrics, metrics["at_0_5"]):
+        assert [(block[k], block["ci"][k]) for k in ("precision", "npv", "f1")] == [(None, None)] * 3
+    assert all(row["precision"] is None and row["npv"] is None for row in metrics["threshold_table"])
+    assert {row["precision"] for row in csv.DictReader((tmp_path / "e" / "sensitivity_table.csv").open())} == {""}
 
 
 def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, tiny_dataset: Path,

@@ -57,7 +57,9 @@ def test_binary_metrics_missing_class_gives_nan_without_warnings():
         m = binary_metrics([0, 0, 0], [0.1, 0.7, 0.2], 0.5)
         result = evaluate_binary([0, 0, 0], [0.1, 0.7, 0.2], 0.5, n_boot=50)
     assert math.isnan(m["sensitivity"])  # no positives: undefined, not 0
-    assert m["f1"] == 0.0 and m["precision"] == 0.0  # one false positive, no true positive: defined, 0
+    # with no positive film any positive call is wrong, and every negative call right: figures of the films, not
+    # of the model, so undefined as the report shows them
+    assert all(math.isnan(m[k]) for k in ("precision", "npv", "f1"))
     assert m["specificity"] == pytest.approx(2 / 3)
     assert result["auc"] is None and result["sensitivity"] is None and result["ci"]["auc"] == [None, None]
     assert result["curves"]["roc"]["fpr"] == []

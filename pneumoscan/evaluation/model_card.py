@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, format_figure, format_percent, jsonable,
-                                     with_ci)
+from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, format_figure,
+                                     format_percent, jsonable, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models.card import ENSEMBLE, WRITER, BundleCard, load_card, save_card
@@ -93,8 +93,6 @@ CARD_METRICS = (
 VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "threshold", "n")
 # what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not)
 VAL_COUNTS = ("prevalence", "patients")
-# figures that say nothing of the model on films of one class: they depend on the absent class too
-BOTH_CLASSES = ("precision", "npv", "f1")
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),

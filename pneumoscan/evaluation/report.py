@@ -20,13 +20,13 @@ from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes
-from pneumoscan.core.metrics import (FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson, format_figure,
-                                     format_percent, jsonable)
+from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson,
+                                     format_figure, format_percent, jsonable)
 from pneumoscan.core.names import path_text
 from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
-from .model_card import BOTH_CLASSES, PREVALENCE_BOUND, film_counts, one_class, prevalence_note
+from .model_card import PREVALENCE_BOUND, film_counts, one_class, prevalence_note
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;

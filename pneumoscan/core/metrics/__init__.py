@@ -24,13 +24,15 @@ from .inputs import has_both_classes
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
                         ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci)
 from .probabilities import TEMPERATURE_BOUNDS, calibration, fit_temperature, softmax
-from .summaries import CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc, roc_auc
+from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc,
+                        roc_auc)
 from .thresholds import choose_threshold, choose_thresholds, describe_policy, threshold_interval
 
-__all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "CURVE_POINTS", "FILM_UNIT_CAVEAT", "TEMPERATURE_BOUNDS",
-           "binary_metrics", "calibration", "choose_threshold", "choose_thresholds", "ci_method_sentence",
-           "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass", "fit_temperature",
-           "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc", "proportion_ci", "roc_auc",
-           "short_of_one", "softmax", "threshold_interval", "threshold_metrics_ci", "with_ci",
+__all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CURVE_POINTS", "FILM_UNIT_CAVEAT",
+           "TEMPERATURE_BOUNDS", "binary_metrics", "calibration", "choose_threshold", "choose_thresholds",
+           "ci_method_sentence", "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass",
+           "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",
+           "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval", "threshold_metrics_ci",
+           "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package
            "_auc_ci", "_bca_ci", "_bootstrap_weights", "_ratio_jackknife"]

@@ -17,6 +17,9 @@ from .intervals import ALPHA, _balanced_accuracy_ci, proportion_ci, threshold_me
 from .probabilities import calibration
 
 CURVE_POINTS = 200  # curves are thinned to about this many points so metrics.json stays small
+# figures that say nothing of the model on films of one class, as they depend on the absent class too (every film
+# called positive is right when there is no negative one: precision 1 whatever the model): undefined there
+BOTH_CLASSES = ("precision", "npv", "f1")
 
 
 def roc_auc(y_true: Any, prob: Any) -> float:
@@ -28,18 +31,20 @@ def roc_auc(y_true: Any, prob: Any) -> float:
 
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     """Counts and rates at one threshold; a rate whose denominator is zero (e.g. sensitivity with no
-    positives) is NaN rather than an error, so a one-class subset can still be summarised."""
+    positives) is NaN rather than an error, so a one-class subset can still be summarised, and so are the figures of
+    :data:`BOTH_CLASSES` on such a subset (a precision of 1 on pneumonia films alone describes the films)."""
     from sklearn.metrics import confusion_matrix
     y, p = _as_binary(y_true, prob)
     pred = (p >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    both = has_both_classes(y)
     return {
         "accuracy": _ratio(tp + tn, y.size),
-        "precision": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
+        "precision": _ratio(tp, tp + fp) if both else math.nan,
+        "npv": _ratio(tn, tn + fn) if both else math.nan,
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn) if both else math.nan,
         "tp": tp,
         "fp": fp,
         "tn": tn,
@@ -67,8 +72,11 @@ def _thin(*arrays: np.ndarray) -> list[list[float]]:
 
 
 def _operating_point(y: np.ndarray, p: np.ndarray, threshold: float, free: dict, ci: dict) -> dict[str, Any]:
-    """One threshold's block of metrics.json; ``free`` holds the threshold-free auc, pr_auc and ece."""
+    """One threshold's block of metrics.json; ``free`` holds the threshold-free auc, pr_auc and ece. On films of one
+    class the figures of :data:`BOTH_CLASSES` are undefined, and so are their intervals."""
     m = binary_metrics(y, p, threshold)
+    if not has_both_classes(y):
+        ci = {k: None if k in BOTH_CLASSES else v for k, v in ci.items()}
     counts = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
     return {
         "auc": free["auc"],
