@@ -16,6 +16,7 @@ from pydicom.tag import Tag
 from pydicom.uid import (DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing, generate_uid)
 
+from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import FOR_PROCESSING
@@ -139,3 +140,18 @@ def test_plain_http_credentials_are_warned_of_unless_the_url_names_this_machine(
     _session(f"http://{host}:8042/dicom-web", "Bearer t0ken")
     assert ("over plain http" in caplog.text) is warned
     assert "t0ken" not in caplog.text
+
+
+@pytest.mark.parametrize("uid", ["not-a-uid", "1.2.03", "1.2." + "3" * 70, "1..2", "1.2.3 "])
+def test_a_study_uid_that_is_none_is_refused_in_pneumoscans_words_before_the_pacs_is_asked(
+        uid: str, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """dicomweb-client's refusal quoted its regex (``UID 'not-a-uid' must match regex re.compile(...)``), and took a
+    leading zero for a UID: the URL names no server, so any request would have ended in "no connection"."""
+    args = ["pacs", str(tiny_bundle), "--url", "http://127.0.0.1:9/dicom-web", "--study", uid,
+            "--out", str(tmp_path / "r.json")]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pneumoscan pacs: error: --study {uid!r} is not a valid DICOM UID (digits and dots, at most 64 "
+                   "characters, no part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's "
+                   "StudyInstanceUID\n")
+    assert not (tmp_path / "r.json").exists()

@@ -238,6 +238,19 @@ def test_redaction_hides_values_that_hold_quotes_themselves() -> None:
     assert "2019" not in redact(text) and redact(text).startswith("Unable to convert '...'")
 
 
+@pytest.mark.parametrize(("text", "redacted"), [
+    ("in the model's scope (the patient's age cannot be known): Invalid value for VR PN: 'Müller^Hans'",
+     "in the model's scope (the patient's age cannot be known): Invalid value for VR PN: '...'"),
+    ('the patient\'s ID "MRN-004217-X" doesn\'t match', "the patient's ID '...' doesn't match"),
+    ("the patient's name 'O'Brien^Pat' is PN's", "the patient's name '...' is PN's"),
+    ("the file's header holds b'Doe^Jane'", "the file's header holds b'...'"),  # a bytes repr: its b is no word
+], ids=["single quotes", "double quotes", "a value with an apostrophe", "a bytes value"])
+def test_an_apostrophe_inside_a_word_is_no_quote_and_the_values_beside_it_are_still_redacted(
+        text: str, redacted: str) -> None:  # fmt: skip
+    """pneumoscan's own reasons pass through redact: "the model's ... the patient's" was cut to "the model'...'s"."""
+    assert redact(text) == redacted
+
+
 # A patient or study attribute a report copies, malformed: (changes, the keyword the refusal names, values that must
 # never appear in an answer, a warning or a results file).
 MALFORMED = {
@@ -745,6 +758,28 @@ def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiog
     assert all(reason in w for w in row["warnings"][1:]) and not list((tmp_path / "sr").iterdir())
 
 
+def test_a_film_whose_age_tags_disagree_is_refused_a_report_with_the_whole_reason(
+    client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """A child's PA chest film whose birth date makes the patient 33: its refusal, in predict's rows and the service's
+    422, says which tags disagree; "the model's ... the patient's" in it had been redacted as a quoted value."""
+    data = chest_dicom(film, PatientAge="003Y", PatientBirthDate="19900101")
+    path = tmp_path / "age.dcm"
+    path.write_bytes(data)
+    rows = predict_paths(tiny_bundle, [path])
+    write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
+    [row] = rows
+    [conflict, *refusals] = row["warnings"]
+    assert conflict.startswith("conflicting tags: PatientAge 003Y (3.0 years) but PatientBirthDate and the study date "
+                               "give 33.2 years: the patient's age cannot be known"), conflict
+    reason = (f"its tags contradict each other, so it cannot be known to be a frontal chest film in the model's scope "
+              f"({conflict}): no coded finding is filed for it")
+    assert refusals == [f"no FHIR Observation written: {reason}", f"no DICOM SR written: {reason}"]
+    for fmt in ("dicom-sr", "fhir"):
+        r = post(client, data, format=fmt)
+        assert r.status_code == 422 and r.json()["error"] == f"cannot report this reading: {reason}", r.text
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
 @pytest.mark.parametrize("uid", ["not a uid", "1.2." + "3" * 70, "1.2.03"])
 def test_an_invalid_uid_is_left_out_with_a_warning_and_no_sr_is_filed_with_it(client: TestClient, film: np.ndarray,
@@ -986,6 +1021,9 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert {r["sop_instance_uid"] for r in again} == sources.keys()
     assert {uid for r in again for uid in r["stored"]} == {uid for r in rows.values() for uid in r["stored"]}
     assert _held(orthanc, study) == {ds.SOPInstanceUID for ds in held}
+    # the form and the lateral film are not retrieved: the log does not count them as scored
+    assert "retrieved 1 of the study's 3 instances" in caplog.text
+    assert "retrieved 1 of the study's 5 instances" in caplog.text  # again: the report and overlay are not films
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
 

@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn
 
 LOGGER = "pneumoscan"
-# From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'"), and pairing
-# them one by one would leave the dates between the pairs in the clear.
-_QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+# A quote: a double quote, or a single one that is no apostrophe inside a word. An apostrophe has a letter on each
+# side (the model's, the patient's, doesn't); taken for a quote, the redaction would swallow pneumoscan's own
+# words up to the next quote or apostrophe. Two letters before it, not one: a bytes value's repr (b'Hans') opens with a
+# single letter, and its opening quote taken for an apostrophe would leave the value unredacted.
+_LETTER = r"[^\W\d_]"
+_QUOTE = rf"""(?:"|(?<!{_LETTER}{_LETTER})'|'(?!{_LETTER}))"""
+# From the first quote to the last: a value may itself hold quotes ("'['20190317', '20190318']'", 'O'Brien^Pat'),
+# and pairing them one by one would leave the dates between the pairs in the clear.
+_QUOTED = re.compile(rf"{_QUOTE}.*{_QUOTE}", re.DOTALL)
 
 
 @functools.cache
@@ -93,7 +99,8 @@ def configure(quiet: bool = False) -> None:
 def redact(text: str) -> str:
     """``text`` with everything from its first quote to its last replaced by ``'...'``: pydicom and highdicom
     quote element values in their messages ("Invalid value for VR DA: '...'"), and the value may be a patient's
-    name, id or birth date."""
+    name, id or birth date. An apostrophe inside a word (the model's) is no quote: pneumoscan's own reasons, which
+    pass through here with a library's, stay whole."""
     return _QUOTED.sub("'...'", text)
 
 

@@ -509,7 +509,12 @@ def predict_study(
     credentials): a radiograph's reading, an error, or ``not_scored`` with the reason. With ``store`` the scored
     rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
     others, each named in a warning. ``authorization``: the Authorization header value (:func:`read_authorization`);
-    user:password in ``url`` is HTTP Basic instead."""
+    user:password in ``url`` is HTTP Basic instead. A ``study_uid`` that is no valid DICOM UID is refused before
+    anything is read or asked, in words a user acts on (dicomweb-client's own refusal quotes its regex)."""
+    # judged here, not warned of by pydicom (a UserWarning quoting it); a UID with spaces around is none either
+    if not UID(study_uid, validation_mode=pydicom.config.IGNORE).is_valid or study_uid != study_uid.strip():
+        raise ValueError(f"--study {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters, no "
+                         "part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's StudyInstanceUID")
     check_reportable(bundle, dicom=store)
     if heatmaps and not store:
         raise ValueError("--heatmaps goes with --store: the overlays are sent to the PACS, not kept here")
@@ -542,7 +547,7 @@ def predict_study(
             rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
         raise OSError(f"DICOMweb at {root}: {_failure(e)}") from None
-    log.info("scored %d of the study's %d instances", len(scored), len(found))
+    log.info("retrieved %d of the study's %d instances", len(scored), len(found))
     return rows
 
 
