@@ -116,7 +116,8 @@ def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
 
 @pytest.mark.parametrize("change, said", [
     (["--seed", "1"], "of the films given to validate the distilled model were in "),
-    (["--folds", "3"], "has no finished fold-2 bundle"),
+    (["--folds", "3"], "teacher cv run {teacher_cv} was made on other folds (it has no fold 2): give --teacher-cv "
+                       "runs made with the same --folds, --seed and data"),
 ])
 def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, change: list[str],
                                             said: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,7 +125,7 @@ def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path
     out = tmp_path / "students"
     assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
                  "--teacher-cv", str(teacher_cv), *change]) == 2
-    assert said in capsys.readouterr().err
+    assert said.format(teacher_cv=teacher_cv) in capsys.readouterr().err
     assert not (out / "fold-0").exists(), "refused before any fold trains"
 
 

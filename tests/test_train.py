@@ -395,7 +395,9 @@ def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is
     """seed -1 and trainable_stages beyond the model's stages failed after an earlier run's bundle and checkpoint in
     --out were deleted; model_kwargs the model does not take ended in a TypeError traceback; lr inf trained until
     its first step diverged; a distill_weight without a teacher was recorded as if the run had one."""
-    for bad, said in (({"seed": -1}, "seed must be >= 0, got -1"), ({"lr": math.inf}, "lr must be finite and >= 0")):
+    for bad, said in (({"seed": -1}, "seed must be 0 to 2**63 - 1 (torch's seeds are 64-bit), got -1"),
+                      ({"seed": 10**20}, "seed must be 0 to 2**63 - 1"),
+                      ({"lr": math.inf}, "lr must be finite and >= 0")):
         with pytest.raises(ValueError, match=re.escape(said)):
             TrainConfig(**{**TINY, **bad})
     for flag, value, expected in (("--lr", "inf", "a finite number >= 0"), ("--lr", "1e400", "a finite number >= 0"),

@@ -49,7 +49,7 @@ RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "plateau_patience": (">= 0", lambda v: v >= 0),
     # 0 stopped after the first epoch even when it improved: 1 stops at the first epoch without improvement
     "patience": (">= 1 (1 stops at the first epoch without a better validation figure)", lambda v: v >= 1),
-    "seed": (">= 0", lambda v: v >= 0),
+    "seed": ("0 to 2**63 - 1 (torch's seeds are 64-bit)", lambda v: 0 <= v < 2**63),
     "target_sensitivity": ("in (0, 1]", lambda v: 0 < v <= 1),
     "val_fraction": ("between 0 and 1", lambda v: 0 < v < 1),
     "workers": (">= 0", lambda v: v >= 0),

@@ -120,6 +120,10 @@ def check_fold_processes(runs: Sequence[RunFolder], world: int) -> None:
 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
     """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
+    for run in teacher_cv:  # every fold's manifest is written before any fold trains: none means fewer folds
+        if not CvFolder(Path(run)).split(k).exists():
+            raise ValueError(f"teacher cv run {run} was made on other folds (it has no fold {k}): give --teacher-cv "
+                             "runs made with the same --folds, --seed and data")
     teachers = [CvFolder(Path(run)).fold(k).bundle for run in teacher_cv]
     for teacher in teachers:
         if not (teacher / CARD).exists():
