@@ -80,11 +80,14 @@ def described(model: Path | str) -> dict[str, str]:
     return {ONNX_DIGEST: file_sha256(model).removeprefix("sha256:")}
 
 
-def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str) -> None:
+def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str, digest: str | None = None) -> None:
     """Refuse (ValueError) ``model`` when its sidecar records another file's SHA-256 (:func:`described`): another
     model's ONNX file copied in, its scores the other model's. A sidecar written before it kept the record says
-    nothing here, so the file passes, as a bundle without checksums does."""
-    if (recorded := sidecar.get(ONNX_DIGEST)) is not None and recorded != (actual := described(model)[ONNX_DIGEST]):
+    nothing here, so the file passes, as a bundle without checksums does. ``digest``: the file's ``sha256:HEX`` as
+    bundle.json recorded it and :func:`verify_file` has just found it, so that the file is not read twice."""
+    actual = digest.removeprefix("sha256:") if digest else None
+    if (recorded := sidecar.get(ONNX_DIGEST)) is not None and recorded != (
+            actual := actual or described(model)[ONNX_DIGEST]):
         raise ValueError(f"{model} is not the model {spec_path(model).name} describes: its SHA-256 is "
                          f"{actual[:12]}..., the sidecar records {str(recorded)[:12]}...; {remedy}")
 
@@ -150,7 +153,7 @@ def verify_onnx(bundle: Path | str, card: BundleCard) -> None:
         verify_file(bundle, card, ONNX_NAME, remedy)
         if spec_path(existing).name in card.files:  # bundles exported before it was recorded have none
             verify_file(bundle, card, spec_path(existing).name, remedy)
-    check_described(existing, sidecar, remedy)  # the file the sidecar was written for
+    check_described(existing, sidecar, remedy, card.files.get(ONNX_NAME))  # the file the sidecar was written for
     check_matches_card(existing, sidecar, card, remedy)
 
 
@@ -255,7 +258,7 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
             if name not in card.files:
                 raise ValueError(f"{Path(bundle) / name}: bundle.json records no checksum for it; {remedy}")
             verify_file(bundle, card, name, remedy)
-    check_described(out, sidecar, remedy)  # the file the sidecar was written for
+    check_described(out, sidecar, remedy, card.files.get(INT8_NAME))  # the file the sidecar was written for
     check_matches_card(out, sidecar, card, remedy, thresholds=False)  # its thresholds are the INT8 model's own
     try:  # types and ranges as the card's own: a threshold of 1.5 called every film normal, one of "0.3" a traceback
         checked_card(sidecar_path, dataclasses.replace(card, **chosen.card_fields()))
