@@ -1,8 +1,8 @@
 """Two gloo processes started by multiprocessing (not torchrun: no third interpreter), a rank of
-tests/test_distributed.py's process-group timeout test, one of tests/test_distributed_review.py's ranks with fewer
-films than ranks, and the warm start's probe model: a module that imports the distributed helpers and the warm start
-alone, as each rank spawned by a test imports the module of its target (the test modules themselves import
-training's whole stack: seconds a rank)."""
+tests/test_distributed.py's process-group timeout test, one of its ranks with fewer films than ranks, and the warm
+start's probe model: a module that imports the distributed helpers and the warm start alone, as each rank spawned
+by a test imports the module of its target (the test modules themselves import training's whole stack: seconds a
+rank)."""
 
 from __future__ import annotations
 

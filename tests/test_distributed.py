@@ -1,11 +1,13 @@
-"""Two CPU processes under torchrun (gloo): one set of outputs, metrics over the whole validation set, resume; how
-long a process waits for the others, and one process a GPU."""
+"""Two CPU processes under torchrun (gloo): one set of outputs, metrics over the whole validation set, resume, ranks
+that agree on their films, BatchNorm statistics, bundle and warm start; how long a process waits for the others, a
+process whose share of the films is empty, and one process a GPU."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.labelled import labelled_images
@@ -24,29 +27,47 @@ from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.distributed import (
     DEFAULT_TIMEOUT_S,
+    Dist,
     check_gpus,
     group_timeout,
     is_main_process,
     setup_distributed,
 )
-from pneumoscan.training.train import train
-from tests.distributed_stubs import rank_waiting_for_rank_0, two_gloo_ranks
+from pneumoscan.training.train import epoch_metrics, train
+from pneumoscan.training.warm_start import warm_start_head
+from tests.distributed_stubs import (
+    CountingProbe,
+    probe_films,
+    rank_waiting_for_rank_0,
+    rank_with_fewer_films_than_ranks,
+    two_gloo_ranks,
+)
+from tests.distributed_worker import RECIPE, probe_warm_start
 
 
-# what torchrun_train gives every run, as the library takes it
+# what train_args gives every run, as the library takes it
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def torchrun_train(data: Path, run: Path, cache: Path, *extra: str, refused: bool = False) -> str:
-    """`torchrun --standalone --nproc_per_node 2 -m pneumoscan train ...` with this interpreter; returns the log.
-    ``refused``: the command is expected to fail."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pneumoscan",
-           "train", "--data", str(data), "--out", str(run), "--model", "simple_cnn", "--no-pretrained",
-           "--image-size", "32", "--batch-size", "8", *extra]
+def train_args(data: Path, run: Path, *extra: str) -> list[str]:
+    """`pneumoscan train` on the tiny films, as TINY says."""
+    return ["train", "--data", str(data), "--out", str(run), "--model", "simple_cnn", "--no-pretrained",
+            "--image-size", "32", "--batch-size", "8", *extra]
+
+
+def torchrun(program: list[str], cache: Path, cwd: Path | None = None) -> str:
+    """``torchrun --standalone --nproc_per_node 2 PROGRAM`` with this interpreter; its log once it has ended well. A
+    rank that hangs ends the launch: torchrun, told to stop, ends its ranks (killed, it would leave them)."""
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    log = done.stdout + done.stderr
-    assert (done.returncode != 0) == refused, log
+    launch = subprocess.Popen([*TORCHRUN, *program], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        log = launch.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        launch.terminate()
+        pytest.fail(f"a rank hung:\n{launch.communicate(timeout=90)[0]}")
+    assert launch.returncode == 0, log
     return " ".join(log.split())  # rich wraps long lines at the console width
 
 
@@ -55,13 +76,42 @@ def history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    """One run under torchrun and its resume; the run learns from a teacher, which rank 0 alone scores the training
-    films with, handing the targets to the other rank (one launch for both: each costs two interpreters' start)."""
+def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """Two launches under torchrun (each costs three interpreters' start): `pneumoscan train`, then ranks that
+    resume it with the same command and go on to the library's runs that could leave them disagreeing."""
     run, cache, split = tmp_path / "run", tmp_path / "cache", str(tiny_bundle.parent / "split.csv")
     teacher = ("--teacher", str(tiny_bundle), "--split-csv", split)  # given again on --resume, as every setting
-    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "1", *teacher)
-    n_train = sum(r.split == "train" for r in discover(tiny_bundle.parent / "split.csv").records)
+    log = torchrun(["-m", "pneumoscan", *train_args(tiny_dataset, run, "--epochs", "1", *teacher)], cache)
+    trained_once(log, run, tiny_dataset, tiny_bundle, cache, tmp_path / "eval")
+    first, [cached] = history(run), list(cache.glob("*.u8"))
+    cached_stat = (cached.stat().st_ino, cached.stat().st_mtime_ns)
+
+    single, other_copy = tmp_path / "single", tmp_path / "copy" / "chest_xray"
+    train(tiny_dataset, TrainConfig(**RECIPE), single)
+    kept = {p: p.read_bytes() for p in single.rglob("*") if p.is_file()}
+    shutil.copytree(tiny_dataset, other_copy)
+    (other_copy / "train" / "NORMAL" / "IM-0003-0001.jpeg").write_bytes(b"not a JPEG")
+    worker = ["-m", "tests.distributed_worker", str(tiny_dataset), str(other_copy), str(tmp_path),
+              *train_args(tiny_dataset, run, "--epochs", "2", "--resume", *teacher)]
+    log = torchrun(worker, cache, cwd=Path(__file__).parents[1])
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    assert [rank["resume_status"] for rank in said] == [0, 0], log
+    assert f"resuming after epoch 1 (step {first[0]['step']})" in log, log
+    assert (cached.stat().st_ino, cached.stat().st_mtime_ns) == cached_stat, "the cache is reused"
+    rows = history(run)
+    assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
+    assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
+    n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
+    ranks_agree(said, tmp_path, kept)
+
+
+def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, eval_dir: Path) -> None:
+    """One run under torchrun; it learns from a teacher, which rank 0 alone scores the training films with, handing
+    the targets to the other rank. Rank 0 alone builds the cache and writes, and the bundle's figures are those one
+    process gets from its weights."""
+    n_train = sum(r.split == "train" for r in discover(teacher.parent / "split.csv").records)
     assert log.count(f"scored the {n_train} training films") == 1, log
 
     assert "2 process(es) on cpu" in log and "global batch 16 (8 x 2)" in log, log
@@ -78,9 +128,9 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tiny_bundl
 
     # One process scores the same saved weights again. Training scored the validation films in two processes'
     # batches, evaluate in one process's: the scores agree within SCORE_TOL, not bit for bit (tests/builders.py).
-    single = evaluate(run / "bundle", run / "split.csv", split="val", out_dir=tmp_path / "eval")
+    single = evaluate(run / "bundle", run / "split.csv", split="val", out_dir=eval_dir)
     n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
-    reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, tmp_path / "eval"))
+    reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, eval_dir))
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
     assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
     assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]
@@ -113,21 +163,57 @@ def test_two_gloo_processes_train_once_and_resume(tiny_dataset: Path, tiny_bundl
         b.pop("threshold_table")
     assert_close_report(reported, again)
 
-    assert card["train_config"]["teacher"] == [str(tiny_bundle)], card["train_config"]
+    assert card["train_config"]["teacher"] == [str(teacher)], card["train_config"]
     assert (card["train_config"]["processes"] == 2
             and torch.load(run / "checkpoint.pt", weights_only=True)["processes"] == 2)
-    first = history(run)
-    assert [r["epoch"] for r in first] == ["1"]
+    assert [r["epoch"] for r in history(run)] == ["1"]
     with pytest.raises(ValueError, match=r"it was made by 2 process\(es\) and this run has 1; "):
-        train(tiny_dataset, TrainConfig(epochs=2, teacher=[tiny_bundle], split_csv=split, **TINY), run,
-              resume=True)  # this process alone
-    log = torchrun_train(tiny_dataset, run, cache, "--epochs", "2", "--resume", *teacher)
-    assert f"resuming after epoch 1 (step {first[0]['step']})" in log, log
-    assert "Preprocessing" not in log, "the cache is reused"
-    rows = history(run)
-    assert rows[0] == first[0] and [r["epoch"] for r in rows] == ["1", "2"]
-    assert int(rows[1]["step"]) == 2 * int(first[0]["step"]) > 0
-    assert json.loads((run / "bundle" / "bundle.json").read_text())["val_metrics"]["n"] == n_val
+        train(data, TrainConfig(epochs=2, teacher=[teacher], split_csv=str(teacher.parent / "split.csv"), **TINY),
+              run, resume=True)  # this process alone
+
+
+def ranks_agree(said: list[dict], out: Path, single_kept: dict[Path, bytes]) -> None:
+    """What each rank of the second launch said of the library's runs. A machine's copy with an unreadable film
+    paired its validation scores with rank 0's labels, silently; rank 1 scored its share of validation with its own
+    BatchNorm statistics (logits ~1e-3 from the saved model's); rank 1 left train() before the bundle existed, so
+    `cv` under torchrun failed scoring fold 1 ("not a bundle folder"); a process group left after each run and
+    joined again for the next hung, or failed on the last group's closed ports ("Connection refused"), when rank 0
+    came later (5 s here); and each rank computed the warm start's features of every film, the work of one process
+    done by each."""
+    for rank in said:  # resumed silently, it ran at lr 0.002 and global batch 16 over half the planned steps
+        assert rank.get("resume_refused", "").startswith("cannot resume "), rank
+        assert ("it was made by 1 process(es) and this run has 2; " in rank["resume_refused"]
+                and "resume under 1, or train into a new --out" in rank["resume_refused"]), rank
+    assert {p: p.read_bytes() for p in single_kept} == single_kept, "refused before RUN is rewritten"
+    assert sorted(str(p.relative_to(out / "single")) for p in (out / "single").rglob("*") if p.is_file()) == sorted(
+        str(p.relative_to(out / "single")) for p in single_kept)
+
+    for rank in said:  # every rank refuses at once, with the same reason, before the run folder is made
+        assert rank.get("refused", "").startswith("the processes disagree on the films they train and validate on: "
+                                                  "process 1 (on "), rank
+        assert " read 47 of 48 films " in rank["refused"] and " read 48 of 48 films " in rank["refused"], rank
+    assert said[0]["refused"] == said[1]["refused"] and not (out / "refused").exists()
+
+    assert said[1]["bundle_there_on_return"], "rank 1 returns once rank 0 has written the bundle"
+
+    drift = out / "drift"
+    with (drift / "history.csv").open() as f:
+        validated = float(next(csv.DictReader(f))["val_loss"])
+    best = Predictor(drift / "best")  # rank 0's weights and statistics, as saved after the epoch validated
+    images, targets, _ = labelled_images(drift / "split.csv", "val", get_task("pneumonia"), best.card.spec)
+    again = epoch_metrics(best.logits(images), np.asarray(targets), get_task("pneumonia"))["loss"]
+    assert abs(validated - again) <= SCORE_TOL, (validated, again)
+
+    # each rank computed the features of its share of the films (31 + 21 and 30 + 20 of 61 + 41), rank 0 fitted the
+    # head on all of them in the films' order, and rank 1 took it: the head one process fits, within float tolerance
+    warmed = [rank["warm_start"] for rank in said]
+    assert [w.pop("films") for w in warmed] == [52, 50], "each rank computes the features of its share alone"
+    assert warmed[0] == warmed[1], "rank 1 starts from rank 0's head"
+    alone = probe_warm_start(Dist())
+    assert alone.pop("films") == 102 and warmed[0]["l2"] == alone["l2"]
+    for key in ("weight", "bias"):
+        np.testing.assert_allclose(warmed[0][key], alone[key], rtol=1e-4, atol=1e-5)
+    assert said[0]["joined"] == said[1]["joined"] == [0, 10, 20, 30, 40, 50, 60], "shards joined in the films' order"
 
 
 @pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("1", False)])
@@ -187,3 +273,26 @@ def test_more_processes_on_a_machine_than_its_gpus_are_refused(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=reason):
         setup_distributed()
+
+
+def test_a_process_whose_share_of_the_films_is_empty_adds_no_rows() -> None:
+    """With fewer films than processes (8 GPUs, 5 validation films) a process's share is empty: joining the shares
+    failed on its scores' shape ((0, 0) against rank 0's (1, 2): "all the input array dimensions except for the
+    concatenation axis must match exactly"), and the warm start on its features ("expected a non-empty list of
+    Tensors"). Two gloo processes started by multiprocessing share out 1 film: about 3 s on 2 cores."""
+    said = two_gloo_ranks(rank_with_fewer_films_than_ranks)
+    assert "error" not in said[0] and "error" not in said[1], said
+    one_film = [([[0.25, 0.75]], "float32"), ([0], "int64")]  # rank 0's film, the width and dtype of its scores
+    assert said[0]["joined"] == said[1]["joined"] == one_film, "every rank gets the one film's scores"
+    assert said[0]["on_main"] == one_film and said[1]["on_main"] is None, "rank 0 alone gets what it alone uses"
+
+    # rank 0 computed the features of 3 training films and the validation film, rank 1 of 2 training films and none
+    assert [said[r].pop("films") for r in (0, 1)] == [4, 2]
+    warmed = [{k: said[r][k] for k in ("l2", "weight", "bias")} for r in (0, 1)]
+    assert warmed[0] == warmed[1], "rank 1 starts from rank 0's head"
+    probe = CountingProbe()  # the head one process fits on the same films, within float tolerance
+    alone = warm_start_head(probe, DataLoader(probe_films(5, 0), 16), DataLoader(probe_films(1, 1), 16), None,
+                            torch.device("cpu"))
+    assert warmed[0]["l2"] == alone
+    np.testing.assert_allclose(warmed[0]["weight"], probe.fc.weight.tolist(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(warmed[0]["bias"], probe.fc.bias.tolist(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,68 @@
+"""What each of two ranks runs under torchrun in tests/test_distributed.py's second launch (``python -m
+tests.distributed_worker DATA OTHER_COPY OUT TRAIN-ARGUMENTS...``): train's command line resuming the first launch's
+run, then the library's runs that could leave the ranks disagreeing. One launch for both: each costs three
+interpreters' start (the launcher and two ranks importing training's whole stack)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pneumoscan import cli
+from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.distributed import Dist, gather_shards, setup_distributed, shard
+from pneumoscan.training.engine import Callback, State
+from pneumoscan.training.train import train, warm_start
+from tests.distributed_stubs import CountingProbe, probe_films
+
+# cnn5 has BatchNorm; class weights off, so the test recomputes the validation loss without the training split
+RECIPE = dict(model="cnn5", pretrained=False, image_size=32, batch_size=8, epochs=1, class_weights=False)
+
+
+class DriftOnRank1(Callback):
+    """Rank 1's BatchNorm statistics moved further than its own last batch moves them: validation must not see them."""
+
+    def before_validation(self, state: State) -> None:
+        if state.ctx.rank == 1:
+            for name, buf in state.model.named_buffers():
+                if name.endswith("running_var"):
+                    buf.mul_(0.25)
+
+
+def probe_warm_start(ctx: Dist) -> dict:
+    """The warm start of a :class:`CountingProbe` on 61 training and 41 validation films: the penalty chosen, the
+    head fitted and how many films' features this process computed."""
+    probe = CountingProbe()
+    l2 = warm_start(probe, (probe_films(61, 0), probe_films(41, 1)), None, 16, ctx)
+    return {"l2": l2, "weight": probe.fc.weight.tolist(), "bias": probe.fc.bias.tolist(), "films": probe.films}
+
+
+def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None:
+    """One rank's part: ``pneumoscan train ... --resume``; a run one process made, resumed under two; a run whose
+    rank 1 moves its BatchNorm statistics; as ``cv`` goes on to its next fold while rank 0 still writes the last, a
+    run where rank 1 reads a copy of the data with a film it cannot read; then a warm start of a probe together."""
+    rank = int(os.environ["RANK"])
+    said: dict = {"resume_status": cli.main(train_args)}
+    try:
+        train(data, TrainConfig(**{**RECIPE, "epochs": 2}), out / "single", resume=True)
+    except ValueError as e:
+        said["resume_refused"] = str(e)
+    bundle = train(data, TrainConfig(**RECIPE), out / "drift", callbacks=[DriftOnRank1()])
+    said["bundle_there_on_return"] = (bundle / "bundle.json").is_file()
+    if rank == 0:
+        time.sleep(5)
+    try:
+        train(other_copy if rank == 1 else data, TrainConfig(**RECIPE), out / "refused")
+    except ValueError as e:
+        said["refused"] = str(e)
+    ctx = setup_distributed()  # the group every run used
+    said["warm_start"] = probe_warm_start(ctx)
+    said["joined"] = gather_shards(ctx, shard(ctx, 7) * 10)[0].tolist()
+    (out / f"rank{rank}.json").write_text(json.dumps(said))
+
+
+if __name__ == "__main__":
+    main(*map(Path, sys.argv[1:4]), sys.argv[4:])
