@@ -37,7 +37,7 @@ from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 
-CACHE_VERSION = 10  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 11  # bump whenever decode/resize output changes, so old caches are not reused
 # The distributions whose code decodes a film (pydicom's plugins too: JPEG, JPEG 2000, RLE, JPEG-LS): a new version of
 # any may decode a film otherwise, or read one it refused
 DECODERS = ("Pillow", "simplejpeg", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",

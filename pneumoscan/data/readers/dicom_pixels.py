@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from pydicom.dataelem import DataElement
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, get_frame, parse_basic_offsets
 from pydicom.multival import MultiValue
@@ -116,7 +117,7 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
     libjpeg decodes a damaged JPEG-LS stream into garbage without a word. Every other syntax gets pydicom's order.
     Bits above High Bit are masked, checked or clipped as :func:`_unused_bits` says."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
-    precision = None
+    precision, frame = None, b""
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
         if syntax.is_encapsulated and syntax != RLELossless:
@@ -139,7 +140,55 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
         arr = _check_high_bits(ds, arr)
     elif unused == "clip":
         arr = _clipped(ds, arr)
+    _check_j2k_sign(ds, frame, arr)
     return arr
+
+
+def _j2k_siz(frame: bytes) -> int:
+    """Where a JPEG 2000 frame (a codestream, or a JP2 file around one) has its SOC then SIZ marker; -1 for any
+    other frame."""
+    return frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
+
+
+def _check_j2k_sign(ds: Dataset, frame: bytes, values: np.ndarray) -> None:
+    """Refuse a grey JPEG 2000 frame whose samples' sign (its SIZ's Ssiz) is not the one Pixel Representation says,
+    when the film read as the frame says is the smoother picture. pydicom reads such a frame as the header says, as
+    some encoders mark signed values unsigned (its J2K_pixelrep_mismatch.dcm, a CT, reads right so); where the header
+    is what is wrong, the values past half the range wrap round to the other end, a film of bands (a Pixel
+    Representation of 0 over signed samples was read so). Read the wrong way, neighbouring pixels either side of that
+    half jump by the whole range, so the right reading is the smoother one (as :func:`_picture_layout` tells)."""
+    siz = _j2k_siz(frame)
+    if siz < 0 or len(frame) < siz + 43 or values.ndim != 2 or values.shape[0] < 2:
+        return
+    signed, precision = bool(frame[siz + 42] & 0x80), (frame[siz + 42] & 0x7F) + 1
+    stated = ds.get("PixelRepresentation")
+    if stated not in (0, 1) or signed == bool(stated):
+        return
+    at = _row_pairs(values.shape[0])
+    as_stated = values[np.concatenate([at, at + 1])].astype(np.int64)
+    half = 1 << (precision - 1)
+    # the frame's own reading of the values pydicom read as the header says (the same bits, the other sign)
+    as_coded = np.where(as_stated >= half, as_stated - 2 * half, as_stated) if signed else \
+        np.where(as_stated < 0, as_stated + 2 * half, as_stated)
+    rough = [_roughness(reading[: len(at)], reading[len(at) :]) for reading in (as_stated, as_coded)]
+    if rough[1] < rough[0]:
+        said = ("signed", "unsigned") if signed else ("unsigned", "signed")
+        raise pixels.DecodeError(
+            f"the JPEG 2000 frame's samples are {said[0]}, but Pixel Representation {stated} says {said[1]}, and its "
+            f"neighbouring pixels differ {rough[0] / max(rough[1], 1e-9):.3g} times as much read as the header says: "
+            "read so, its values would wrap round into bands; the header does not describe the pixel data (check "
+            "Pixel Representation)")
+
+
+def _row_pairs(rows: int) -> np.ndarray:
+    """The top rows of :data:`_LAYOUT_ROWS` pairs of neighbouring rows spread over an image of ``rows`` rows (at
+    least 2): enough to tell a picture from a garbled reading of it, and cheap on any film."""
+    return np.unique(np.linspace(0, rows - 2, min(_LAYOUT_ROWS, rows - 1)).round().astype(np.intp))
+
+
+def _roughness(top: np.ndarray, below: np.ndarray) -> float:
+    """How much neighbouring pixels differ in rows ``top`` and the rows ``below`` them: a picture's are alike."""
+    return float(np.abs(below - top).mean() + np.abs(np.diff(top, axis=1)).mean())
 
 
 def _lossy(syntax: object) -> bool:
@@ -161,7 +210,7 @@ def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
     precision, None when the frame does not say it."""
     # JPEG 2000, a codestream or a JP2 file around one: SOC then SIZ (Xsiz, Ysiz, XOsiz, YOsiz, ..., Csiz, then
     # each component's Ssiz: its precision less one, the top bit its sign)
-    siz = frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
+    siz = _j2k_siz(frame)
     components = int.from_bytes(frame[siz + 40 : siz + 42], "big") if siz >= 0 else 0
     if components and len(frame) >= siz + 42 + 3 * components:
         xsiz, ysiz, xosiz, yosiz = (int.from_bytes(frame[siz + i : siz + i + 4], "big") for i in (8, 12, 16, 20))
@@ -257,6 +306,7 @@ def _check_length(ds: Dataset, syntax: UID, film: Film) -> None:
     shorter Rows or Columns shears the film, and either is a film read wrong. Trailing bytes short of one row are
     padding (pydicom drops them)."""
     keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
+    _check_whole(ds.get_item(keyword))
     data = ds[keyword].value
     if not data:  # pydicom reads an element of length 0 as None, and failed on it with a type error
         raise pixels.DecodeError(f"DICOM pixel data is empty (0 bytes) where the header describes a {film.cols} x "
@@ -287,6 +337,18 @@ def _check_length(ds: Dataset, syntax: UID, film: Film) -> None:
         )
 
 
+def _check_whole(element: object) -> None:
+    """Refuse pixel data of a defined length that holds fewer bytes than its element says: the file ends inside it
+    (a transfer or copy that stopped early). pydicom reads what is there, which was refused as a header that does not
+    describe its pixel data: a reason that sent the reader to check the film's tags, not to send it again."""
+    if not isinstance(element, RawDataElement) or element.length == 0xFFFFFFFF or element.value is None:
+        return  # read already, deferred, or encapsulated (whose items say where it is cut: _check_length)
+    if len(element.value) < element.length:
+        raise pixels.DecodeError(f"DICOM file is cut short: its pixel data holds {len(element.value):,} of the "
+                                 f"{element.length:,} bytes its element declares (a transfer or copy that stopped "
+                                 "early); send the whole file again")
+
+
 def _check_planar_configuration(ds: Dataset, syntax: UID, film: Film) -> None:
     """Refuse uncompressed colour pixel data that Planar Configuration mislabels: color-by-plane samples read
     color-by-pixel make a 3 x 3 mosaic of shrunken films, and color-by-pixel ones read color-by-plane mix three
@@ -315,16 +377,14 @@ def _picture_layout(readings: dict[int, np.ndarray], photometric: str, bits_stor
     one: a picture's neighbouring pixels are alike, and the wrong reading sets side by side pixels three apart, or a
     third of a row apart, in the picture (the two signs dcm4che's planarconfig tool reads). Both are read on
     :data:`_LAYOUT_ROWS` pairs of rows spread over the image."""
-    rows = readings[0].shape[0]
-    at = np.unique(np.linspace(0, rows - 2, min(_LAYOUT_ROWS, rows - 1)).round().astype(np.intp))
+    at = _row_pairs(readings[0].shape[0])
     pairs = {p: (a[at].astype(np.float64), a[at + 1].astype(np.float64)) for p, a in readings.items()}
     grey = {p: all(_grey(part, photometric, bits_stored) for part in pair) for p, pair in pairs.items()}
     if grey[0] != grey[1]:
         layout = 0 if grey[0] else 1
         return layout, (f"its colour channels agree read {_LAYOUTS[layout]}, a grey film stored as colour, and not "
                         f"read {_LAYOUTS[1 - layout]}")
-    rough = {p: float(np.abs(below - top).mean() + np.abs(np.diff(top, axis=1)).mean())
-             for p, (top, below) in pairs.items()}
+    rough = {p: _roughness(top, below) for p, (top, below) in pairs.items()}
     if rough[0] == rough[1]:
         return None, ""
     layout = 0 if rough[0] < rough[1] else 1
@@ -464,6 +524,11 @@ def _check_luts(ds: Dataset) -> None:
             raise pixels.DecodeError(f"malformed DICOM header: the {name} has no LUT Data or no LUT Descriptor of "
                                      "three values, so the film's grey levels cannot be known")  # fmt: skip
         stated, first, depth = descriptor
+        if ds.get("PixelRepresentation") == 1 and isinstance(first, int) and 0x8000 <= first <= 0xFFFF:
+            # the first value mapped is signed under signed pixels (PS3.3 C.11.1.1, C.11.2.1.1): written US, -2048
+            # read 63488, and pydicom failed on it ("out of bounds for int16") or mapped the film past the LUT's end
+            first -= 0x10000
+            item["LUTDescriptor"] = DataElement(0x00283002, "SS", [stated, first, depth], validation_mode=config.IGNORE)
         declared, entries = stated or 1 << 16, _lut_entries(ds, item)
         if not declared <= len(entries) <= declared + 1:
             raise pixels.DecodeError(f"malformed DICOM header: the {name}'s LUT Data holds {len(entries):,} entries "
