@@ -1,7 +1,8 @@
 """The reader's page: the API options it relies on (the raw Grad-CAM map, the decoded film, the DICOM facts
 without the patient's name or id), then the page itself in headless Chromium: window/level, invert and zoom as
-pixel operations, the heatmap only on request in viridis, the sortable list and its CSV, the print view, and a
-name for every control. Screenshots of each state go to the test's tmp folder."""
+pixel operations, the heatmap only on request in viridis, the sortable list and its CSV, the print view, a name for
+every control, and a reply a proxy gives in the service's place never read as its answer. Screenshots of each state
+go to the test's tmp folder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import io
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
@@ -954,3 +955,31 @@ def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: B
     columns = [k for k in predicted if k.startswith("probability_")]
     assert columns == [k for k in exported if k.startswith("probability_")] == [f"probability_{c}" for c in classes]
     assert [float(exported[k]) for k in columns] == pytest.approx([row[k] for k in columns], abs=SCORE_TOL)
+
+
+NOT_THE_SERVICE = "not an answer of the service (a proxy, gateway or sign-on page in front of it answered instead)"
+
+
+def proxy_answering(status: int) -> Callable[[Route], None]:
+    """A proxy in front of the service that answers ``status`` with an HTML page of its own."""
+    return lambda route: route.fulfill(status=status, content_type="text/html", body="<html>Sign on</html>")
+
+
+def test_a_reply_that_is_not_the_services_is_refused_not_read(browser: Browser, server: str, small: Path) -> None:
+    """An HTML sign-on page answered 200 was taken for a reading: a script error, "Analysing..." for ever and the
+    previous film's reading left on screen as if it were the new film's; a gateway's 502 page said only "HTTP 502"."""
+    with opened_page(browser, server) as page:
+        upload_one(page, small)  # a real reading on screen first
+        film = {"name": "IM0002.jpeg", "mimeType": "image/jpeg", "buffer": small.read_bytes()}
+        for status, words in ((200, "the reply (HTTP 200 OK) is not a reading: "), (502, "HTTP 502 Bad Gateway: ")):
+            page.route("**/v1/predict*", proxy_answering(status))
+            page.set_input_files("#file", files=[film])
+            expect(page.locator("#error")).to_contain_text(f"Rejected: {words}{NOT_THE_SERVICE}: reload the page")
+            expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
+            expect(page.locator("#status")).to_have_text("")
+            page.unroute("**/v1/predict*")
+        page.route("**/v1/model", proxy_answering(200))
+        page.locator("#api-key").fill("k" * 16)
+        page.locator("#api-key").dispatch_event("change")
+        expect(page.locator("#error")).to_contain_text(
+            f"Could not load the model card: the reply (HTTP 200 OK) is not the model card: {NOT_THE_SERVICE}")

@@ -215,8 +215,29 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
 # ---------------------------------------------------------------- clients that have gone
 
 
+@contextmanager
+def logged(app: FastAPI, limits: Limits | None = None) -> Iterator[tuple[str, list[logging.LogRecord]]]:
+    """``app`` served as :func:`live` serves it, with its access log on at INFO (each status in a fresh window of
+    :class:`AccessLog`, whatever ran before), and the access log's records."""
+    log = logging.getLogger(ACCESS_LOGGER)
+    for old in [f for f in log.filters if isinstance(f, AccessLog)]:
+        log.removeFilter(old)
+    config = server_config(app, "127.0.0.1", 0, limits, log_level="info")  # configures logging: handler after it
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        with running(uvicorn.Server(config)) as url:
+            yield url, records
+    finally:
+        log.removeHandler(handler)
+
+
 def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, xray: bytes,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's work is dropped, and the access log says so (499): uvicorn writes no line for an answer to a closed
+    connection, and B had left no trace."""
     gate = Gate(service_module.decode_upload)
     monkeypatch.setattr(service_module, "decode_upload", gate)
     model_calls = []
@@ -225,7 +246,7 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
                         lambda self, images, tta=False: model_calls.append(len(images)) or real(self, images, tta))
     limits = Limits(max_concurrent_decodes=1, max_queue=4)
     app = create_app(tiny_bundle, limits=limits)
-    with live(app, limits) as url:
+    with logged(app, limits) as (url, records):
         port = int(url.rsplit(":", 1)[1])
         with in_background([post(url, xray)]) as first:
             gate.wait_entered(1)  # A holds the only decode slot
@@ -241,6 +262,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
         wait_for(lambda: app.state.in_flight["prediction"] == 0, "B dropped")
     assert gate.entered == 1, "B's image was decoded although its client had gone"
     assert model_calls == [1], model_calls
+    lines = sorted(AccessLines("%(request_line)s %(status_code)s", served=["/v1/predict"]).format(r) for r in records)
+    assert lines == ["POST /v1/predict HTTP/1.1 200 OK", "POST /v1/predict HTTP/1.1 499 Client Closed Request"]
 
 
 # ---------------------------------------------------------------- health and lanes under load
@@ -353,20 +376,9 @@ def test_one_line_log_counts_what_it_held_back() -> None:
 def test_a_flood_of_refused_requests_writes_a_few_access_lines(tiny_bundle: Path) -> None:
     """Two hundred refused uploads on one connection (as fast as one client sends them): every one is answered, and
     the access log, on at INFO, gets ten lines, not two hundred."""
-    log = logging.getLogger(ACCESS_LOGGER)
-    for old in [f for f in log.filters if isinstance(f, AccessLog)]:  # a fresh window, whatever ran before
-        log.removeFilter(old)
-    lines: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = lines.append  # type: ignore[method-assign]
-    config = server_config(create_app(tiny_bundle), "127.0.0.1", 0, log_level="info")
-    log.addHandler(handler)
-    try:
-        with running(uvicorn.Server(config)) as url, httpx.Client(base_url=url, timeout=30) as http:
-            statuses = {http.post("/v1/predict", files={"file": ("x.txt", b"notes", "text/plain")}).status_code
-                        for _ in range(200)}
-    finally:
-        log.removeHandler(handler)
+    with logged(create_app(tiny_bundle)) as (url, lines), httpx.Client(base_url=url, timeout=30) as http:
+        statuses = {http.post("/v1/predict", files={"file": ("x.txt", b"notes", "text/plain")}).status_code
+                    for _ in range(200)}
     assert statuses == {415}
     assert [record.args[4] for record in lines] == [415] * 10, [record.getMessage() for record in lines]
 

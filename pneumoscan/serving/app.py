@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from pneumoscan.inference.predict import NON_FINITE, NonFiniteScore
@@ -25,6 +28,8 @@ from .limits import ClientGone, Limits, Rejected
 from .service import Service
 
 STATIC = Path(__file__).parent / "static"
+ACCESS_LOGGER = "uvicorn.access"  # uvicorn's access log (server.AccessLog and AccessLines limit and redact it)
+CLIENT_GONE = 499  # nginx's "client closed request": the status a request whose client went away is logged with
 
 
 def create_app(bundle: Path | str, etiology: Path | str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
@@ -135,8 +140,8 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> JSONResponse:
-        # 499 (nginx's "client closed request"): never delivered, but it marks the access log line
-        return JSONResponse({"error": "client closed the connection"}, status_code=499)
+        _log_access(request.scope, CLIENT_GONE)
+        return JSONResponse({"error": "client closed the connection"}, status_code=CLIENT_GONE)  # never delivered
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -152,3 +157,10 @@ def _add_error_handlers(app: FastAPI, service: Service) -> None:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         problems = problems.replace("'", "")  # pydantic quotes what it expects ('json'): 422 bodies hold no apostrophes
         return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+
+
+def _log_access(scope: Scope, status: int) -> None:
+    """The access line of a request whose answer is never sent, as uvicorn writes its own: uvicorn writes none for an
+    answer to a closed connection, so a request whose client went away (its work dropped) left no trace in the log."""
+    logging.getLogger(ACCESS_LOGGER).info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), scope["method"],
+                                          get_path_with_query_string(scope), scope["http_version"], status)

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
-from .app import create_app
+from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
 from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
 from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
@@ -210,6 +210,12 @@ class AccessLines(AccessFormatter):
         held = getattr(record, "held_back", 0)
         return f"{line} ({held} more like this held back)" if held else line
 
+    def get_status_code(self, status_code: int) -> str:
+        text = super().get_status_code(status_code)  # "499 ": Python knows no phrase for nginx's own status
+        if status_code != CLIENT_GONE:
+            return text
+        return text.replace(f"{CLIENT_GONE} ", f"{CLIENT_GONE} Client Closed Request", 1)
+
 
 def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
     """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log; uvicorn logs a path
@@ -222,7 +228,6 @@ def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
 
 # the loggers a failing request or a flood writes to: the guard's "internal error" and this module's warnings
 QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", __name__)
-ACCESS_LOGGER = "uvicorn.access"
 
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,

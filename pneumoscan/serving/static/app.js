@@ -698,14 +698,31 @@ async function post(file, query) {
   } catch (err) {
     return { ok: false, error: `the server could not be reached: ${err.message}` };
   }
+  // a reading (with the map, when one was asked for): anything else in a 200 is not the service's answer
+  const wanted = (b) => typeof b.label === "string" && typeof b.probability === "number" &&
+    typeof b.in_scope === "boolean" && (!query.includes("heatmap") || typeof b.heatmap === "string");
+  return answerOf(response, "a reading", wanted);
+}
+
+// A reply as the service gives it, or why it is not one. A proxy or a sign-on page in front of the service may answer
+// in its place: an HTML login page with 200 once a session has expired was taken for a reading, and the page kept
+// the previous film's reading on screen under "Analysing..." for ever; a gateway's 502 or 413 page said only its code.
+const NOT_THE_SERVICE = ": not an answer of the service (a proxy, gateway or sign-on page in front of it answered " +
+  "instead): reload the page, sign in again if asked, and try again; if this persists, tell the administrator";
+
+async function answerOf(response, what, wanted) {
   let body = null;
   try {
     body = await response.json();
   } catch (err) {
     body = null;
   }
-  if (!response.ok) return { ok: false, error: body && body.error ? body.error : `HTTP ${response.status}` };
-  return { ok: true, result: body };
+  const reply = `HTTP ${response.status} ${response.statusText}`.trim();
+  if (!response.ok) {
+    return { ok: false, error: body && typeof body.error === "string" ? body.error : reply + NOT_THE_SERVICE };
+  }
+  if (body && typeof body === "object" && wanted(body)) return { ok: true, result: body };
+  return { ok: false, error: `the reply (${reply}) is not ${what}${NOT_THE_SERVICE}` };
 }
 
 // What a film is, from its first bytes, as the service tells: a DICOM exported from a PACS often has no extension
@@ -959,10 +976,11 @@ drop.addEventListener("drop", (event) => {
 async function loadCard() {
   try {
     const response = await fetch("/v1/model", { headers: authHeaders() });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
+    const answer = await answerOf(response, "the model card",
+      (b) => Array.isArray(b.classes) && typeof b.threshold === "number");
+    if (!answer.ok) throw new Error(answer.error);
     $("error").hidden = true;
-    showCard(body);
+    showCard(answer.result);
   } catch (err) {
     showError(`Could not load the model card: ${err.message}`);
   }
