@@ -161,6 +161,8 @@ def test_predict_real_xray_matches_the_library(client: TestClient, tiny_bundle: 
     ("png", "image/png"), ("dicom", "application/dicom"),
     ("jpeg", "application/octet-stream"), ("png", "application/octet-stream"), ("dicom", "application/octet-stream"),
     ("jpeg", "image/jpeg; charset=binary"), ("jpeg", "image/jpg"),  # not a registered type, but commonly sent
+    ("jpeg", "image/pjpeg"), ("png", "image/x-png"), ("dicom", "application/x-dicom"),  # older names, still sent
+    ("dicom", "image/dicom"),
 ])
 def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: str, content_type: str) -> None:
     gray = read_gray(xray)
@@ -170,7 +172,7 @@ def test_predict_accepts_jpeg_png_dicom(client: TestClient, xray: bytes, kind: s
     assert 0.0 <= r.json()["probability"] <= 1.0
 
 
-@pytest.mark.parametrize("content_type, name", [("application/dicom", "scan"),
+@pytest.mark.parametrize("content_type, name", [("application/dicom", "scan"), ("application/x-dicom", "scan"),
                                                 ("application/octet-stream", "scan.dcm")])
 def test_dicom_without_preamble_is_read_like_the_file_flow(
     client: TestClient, tiny_bundle: Path, xray: bytes, tmp_path: Path, content_type: str, name: str

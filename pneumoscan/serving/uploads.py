@@ -26,8 +26,10 @@ from .limits import ClientGone, Rejected
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
-# A type some clients send for an accepted one (not registered, but common): read as that one.
-TYPE_ALIASES = {"image/jpg": "image/jpeg"}
+# Types some clients send for an accepted one (not registered, or older names some browsers and PACS viewers still
+# send, which a reader at the web page cannot change): read as that one.
+TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+                "application/x-dicom": "application/dicom", "image/dicom": "application/dicom"}
 # Room for the multipart envelope (boundaries, part headers) on top of the file itself.
 ENVELOPE_BYTES = 64 * 1024
 
