@@ -433,5 +433,5 @@ def test_the_epoch_line_never_shows_a_missed_film_as_perfect(tmp_path: Path, cap
                  "val_auc": 0.99996, "val_sens": 0.9996, "val_spec": 1.0}
     state.history = [state.row]
     with caplog.at_level("INFO"):
-        History(tmp_path).on_epoch_end(state)
+        History(tmp_path).on_validation_end(state)
     assert "acc 0.999 AUC 0.9999 sens 0.999 spec 1.000" in caplog.text

@@ -611,9 +611,11 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
 
 
 def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, member64: Path,
-                                                                        held_out: Path, tmp_path: Path) -> None:
+                                                                        held_out: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """Films that chose the members' own thresholds (their validation films) given to choose the ensemble's are
-    warned of; the warning had been logged only, and the ensemble's card did not say its figures flatter it."""
+    warned of; the warning had been logged only, and the ensemble's card did not say its figures flatter it. The
+    card counts them from each member's split.csv as the check read it (it had been read a second time to count)."""
     sides = [{r.path: r for r in discover(run.parent / "split.csv").records if r.split == "val"}
              for run in (tiny_bundle, member64)]
     both = [make_record(path, rec.label) for path, rec in sides[0].items() if path in sides[1]]
@@ -621,7 +623,10 @@ def test_what_the_calibration_check_warned_of_is_kept_in_the_model_card(tiny_bun
     given = tmp_path / "given.csv"
     write_manifest(discover(held_out).records + both, given)
     out = tmp_path / "ensemble"
-    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(given), "--out", str(out)]) == 0
+    with caplog.at_level("DEBUG", logger="pneumoscan.data.layouts"):
+        assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(given), "--out", str(out)]) == 0
+    read = [str(r.args[0]) for r in caplog.records if r.msg == "%s: read as the %s layout"]
+    assert [read.count(str(run.parent / "split.csv")) for run in (tiny_bundle, member64)] == [1, 1], read
     caveats = load_card(out).train_config["calibration_caveats"]
     assert len(caveats) == 2 and all("validation films, on which its own" in c for c in caveats)
     text = (out / "MODEL_CARD.md").read_text()

@@ -32,6 +32,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
+from pneumoscan.models import card as card_mod
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, save_card
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
@@ -350,9 +351,10 @@ def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, 
 
 
 def test_resume_after_early_stopping_trains_no_further(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A crash after the epoch that ended training (patience used up) must not let --resume train on."""
+    """A crash after the epoch that ended training (patience used up) must not let --resume train on. The log says
+    the epoch, then that it stopped training (it had said "early stopping" before the epoch it was of)."""
     real_row = train_mod.validation_row
 
     def flat(*args) -> object:  # no epoch better than the first: patience 1 stops after the second
@@ -361,8 +363,10 @@ def test_resume_after_early_stopping_trains_no_further(
 
     monkeypatch.setattr(train_mod, "validation_row", flat)
     cfg = TrainConfig(**{**TINY, "epochs": 4, "patience": 1})
-    with pytest.raises(Crash):
+    with caplog.at_level("INFO", logger="pneumoscan.training"), pytest.raises(Crash):
         train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=lambda epoch: crash_after_first_epoch(epoch - 1))
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("pneumoscan.training.callbacks")]
+    assert [line.split(":")[0] for line in said] == ["epoch 1", "epoch 2", "early stopping"], said
     best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     resumed = train(tiny_dataset, cfg, tmp_path / "run", resume=True)
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 1 + 2
@@ -538,11 +542,17 @@ def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, m
     assert fitted == ["head"]
 
 
-def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """--init takes neither --model nor the size from the bundle: a 32 px bundle fine-tuned at the recipe's 192 px
-    starts its weights on films of another scale, said, not done silently."""
+    starts its weights on films of another scale, said, not done silently. Its card is read once, for the weights'
+    check and the size alike (it had been read a second time for the size)."""
+    read: list[Path] = []
+    real = card_mod.read_bundle_text
+    monkeypatch.setattr(card_mod, "read_bundle_text", lambda path: read.append(Path(path)) or real(path))
     cfg = TrainConfig(**{**TINY, "init": str(tiny_bundle)})
     train_mod.build_model(cfg, get_task("pneumonia"), Dist())
+    assert read == [tiny_bundle / "bundle.json"]
     assert "trains on" not in caplog.text
     train_mod.build_model(dataclasses.replace(cfg, image_size=64), get_task("pneumonia"), Dist())
     assert (f"{tiny_bundle} was trained on 32 px films (squash), and this run trains on 64 px (squash): its weights "

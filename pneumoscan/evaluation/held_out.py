@@ -120,13 +120,16 @@ class _Given:
 @dataclasses.dataclass(frozen=True)
 class HeldOutFindings:
     """What :func:`check_held_out` found of the films given: its warnings (``caveats``: why figures on them would
-    be optimistic, for the reports made of them to say so), and, by the real path of each bundle given whose
-    weights come from a run whose training films are unknown here, why (``unknown_sources``, worded as
+    be optimistic, for the reports made of them to say so), by the real path of each bundle given whose weights
+    come from a run whose training films are unknown here, why (``unknown_sources``, worded as
     :func:`pneumoscan.training.distill.check_teachers` refuses a teacher): a card's record says whether its films
-    could be checked (``model_card.films_record``) from what this one check saw."""
+    could be checked (``model_card.films_record``) from what this one check saw; and how many of the films given
+    are in the validation split of a bundle's own run (``own_validation``, from the split.csv the check read: an
+    ensemble's card names films that chose its members' own temperatures and thresholds so)."""
 
     caveats: list[str]
     unknown_sources: dict[str, str]
+    own_validation: int
 
     def unknown_source(self, bundle: Path | str) -> str | None:
         """Why BUNDLE's training films could not be checked here; None when every source of its weights was."""
@@ -157,6 +160,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: set[str] = set()
     validation: set[str] = set()
+    own_validation: set[str] = set()  # the validation films of the runs of the bundles given themselves
     for i, bundle in enumerate(map(Path, bundles)):
         _check_calibration_films(given, bundle)
         with refused_as(names[i]) if names else contextlib.nullcontext():
@@ -167,8 +171,10 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             _warn_same_patients(given, run)
             trained |= run.train
             validation |= run.val
+            if run.how == "":
+                own_validation |= _side(run.films, "val")
     _warn_copies(given, trained, validation - trained)
-    return HeldOutFindings(given.caveats, given.unknown)
+    return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
 
 
 def _check_calibration_films(given: _Given, bundle: Path) -> None:

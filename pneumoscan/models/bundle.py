@@ -80,11 +80,12 @@ def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
     return model.eval(), card
 
 
-def load_weights_into(model: torch.nn.Module, directory: Path | str) -> list[str]:
+def load_weights_into(model: torch.nn.Module, directory: Path | str, card: BundleCard | None = None) -> list[str]:
     """Copy a bundle's weights into ``model`` (same architecture): the start for fine-tuning a trained model on
     new films or a related task. A classifier for another number of classes keeps its fresh weights; the names
-    of those tensors are returned. Any other mismatch is an error, since the bundle is then another model."""
-    card = load_card(directory)
+    of those tensors are returned. Any other mismatch is an error, since the bundle is then another model.
+    ``card``: the bundle's card where the caller has read it (its weights are checked against that one read)."""
+    card = card if card is not None else load_card(directory)
     if card.model == ENSEMBLE:  # several models in one bundle: no one architecture to fine-tune
         raise ValueError(f"{directory} holds an ensemble, which cannot be fine-tuned: start from one of its members "
                          "(--init MEMBER) or distil it into one model (--teacher)")

@@ -243,11 +243,13 @@ CURVES_EVERY_S = 30.0  # RUN/curves.png is redrawn at most this often while trai
 
 
 class History(Callback):
-    """Rank 0: one log line per epoch, and RUN/history.csv rewritten after it, with RUN/curves.png redrawn after it
-    too when the last draw is CURVES_EVERY_S old (every epoch of a real run; a test's epochs of a second each would
-    spend most of their time drawing) and at the end of the fit. A resumed run rewrites them from the checkpoint's
-    history first: a run killed while writing an epoch's checkpoint had already written that epoch's row, which
-    would otherwise stay however the resumed run ends."""
+    """Rank 0: one log line per epoch when its figures are in (``on_validation_end``: after :class:`BestWeights`
+    marks it best, before the schedule's callbacks, whose lines of a rate cut or an early stop are of this epoch),
+    and RUN/history.csv rewritten at the epoch's end, with RUN/curves.png redrawn then too when the last draw is
+    CURVES_EVERY_S old (every epoch of a real run; a test's epochs of a second each would spend most of their time
+    drawing) and at the end of the fit. A resumed run rewrites them from the checkpoint's history first: a run
+    killed while writing an epoch's checkpoint had already written that epoch's row, which would otherwise stay
+    however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run = RunFolder(run_dir)
@@ -267,7 +269,7 @@ class History(Callback):
         if state.ctx.main and state.history:
             self.write(state.history, draw=True)
 
-    def on_epoch_end(self, state: State) -> None:
+    def on_validation_end(self, state: State) -> None:
         if not state.ctx.main:
             return
         row = state.row
@@ -277,7 +279,10 @@ class History(Callback):
             f"AUC {format_figure(row['val_auc'], 4)} sens {format_figure(row['val_sens'])} "
             f"spec {format_figure(row['val_spec'])}" + (" best" if state.improved else "")
         )
-        self.write(state.history, draw=False)
+
+    def on_epoch_end(self, state: State) -> None:
+        if state.ctx.main:
+            self.write(state.history, draw=False)
 
     def on_fit_end(self, state: State) -> None:
         if state.ctx.main and self.behind:

@@ -53,7 +53,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
-from pneumoscan.models.run_folder import CvFolder, RunFolder
+from pneumoscan.models.run_folder import CvFolder
 from .resume import split_change
 from .finish import ScoredFilms, finish_bundle
 
@@ -250,20 +250,17 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
     findings = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
                               policy=HeldOutPolicy(validation_warning=True),
                               names=[member_label(i, len(paths), p) for i, p in enumerate(paths)])
-    given = _given_films(paths, records, findings)
+    given = _given_films(records, findings)
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
     return (records, images, targets, patient_groups(records, data)[1]), findings.caveats, given
 
 
-def _given_films(paths: Sequence[Path], records: Sequence[Record], findings: HeldOutFindings) -> str:
+def _given_films(records: Sequence[Record], findings: HeldOutFindings) -> str:
     """What the card says of the films given with --data: held-out only when the check found them new to every
-    member. Films of a member's validation split (its run's split.csv), which chose that member's own temperature and
-    threshold, are accepted with a warning, and named so: the figures on them are optimistic, not held-out ones."""
-    validation: set[str] = set()
-    for path in paths:
-        if (listed := RunFolder.of(path).split).exists():
-            validation |= {os.path.realpath(r.path) for r in discover(listed).records if r.split == "val"}
-    chosen = sum(os.path.realpath(r.path) in validation for r in records)
+    member. Films of a member's validation split (its run's split.csv, as the check read it), which chose that
+    member's own temperature and threshold, are accepted with a warning, and named so: the figures on them are
+    optimistic, not held-out ones."""
+    chosen = findings.own_validation
     own = "the members' validation films, which chose their own temperatures and thresholds"
     if chosen == len(records):
         return f"{own}, given to `pneumoscan ensemble`"

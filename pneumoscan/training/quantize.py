@@ -103,22 +103,23 @@ def _quantized(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
 
 def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
     """The ensemble's network, refused unless ``ensemble --cv`` built it from exactly these runs' fold bundles (so
-    member i is the one :func:`out_of_fold` takes it for)."""
+    member i is the one :func:`out_of_fold` takes it for). What the bundle is (an ensemble calibrated out of fold) is
+    said before whether the runs given are its own: one calibrated with --data takes --data, whatever the runs."""
     net, card = load_bundle(bundle)
-    runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
     if card.model != ENSEMBLE:
         raise ValueError(f"{bundle} is not an ensemble: --cv is for one that `pneumoscan ensemble --cv` built")
+    if not str(calibrated_on := card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
+        raise ValueError(f"{bundle} was calibrated on {calibrated_on or 'films it does not name'}, not on out-of-fold "
+                         "scores (its FP32 figures, which the INT8 model's are held to, are not out of fold): --cv is "
+                         "for an ensemble built with `ensemble --cv`; give --data (train and val films none of its "
+                         "members trained on), or build it again with `ensemble --cv`")
+    runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
     recorded = member_sources(card)
     if [os.path.realpath(p) for p in recorded] != runs:
         built_from = ", ".join(dict.fromkeys(str(p.parent.parent) for p in recorded))
         raise ValueError(f"{bundle} was built from the fold bundles of {built_from}, not of "
                          f"{', '.join(map(str, cv_dirs))}: --cv takes the runs it was built from, where it recorded "
                          "them (moved since? build it again there with `ensemble --cv`), in the same order")
-    if not str(calibrated_on := card.train_config.get("calibrated_on", "")).startswith(OUT_OF_FOLD):
-        # its card's FP32 AUC, which the INT8 model's out-of-fold AUC is held to, is then on other films
-        raise ValueError(f"{bundle} was calibrated on {calibrated_on or 'films it does not name'}, not on out-of-fold "
-                         "scores: --cv is for an ensemble built with `ensemble --cv`; give --data (train and val films "
-                         "none of its members trained on), or build it again with `ensemble --cv`")
     if replaced := replaced_members(card):
         raise ValueError(f"{net.member_label(recorded.index(replaced[0]))} holds other weights than {bundle} was built "
                          "from (its cv run trained again since?): its fold's films are not out of fold for the "

@@ -209,11 +209,13 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
             raise
         raise ValueError(f"model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
     check_exportable(model, cfg.image_size, cfg.model)
-    fresh = load_weights_into(model, cfg.init) if cfg.init is not None else []
-    if ctx.main and cfg.init is not None:
+    # the card read once: the weights are checked against it, and the size warning below reads it
+    started = load_card(cfg.init) if cfg.init is not None else None
+    fresh = load_weights_into(model, cfg.init, started) if started is not None else []
+    if ctx.main and started is not None:
         log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
         # --model must be given again, and so must the size: the recipe's 192 px is not the bundle's own
-        if (started := load_card(cfg.init)).size != cfg.image_size or started.resize_policy != cfg.resize_policy:
+        if started.size != cfg.image_size or started.resize_policy != cfg.resize_policy:
             log.warning("%s was trained on %d px films (%s), and this run trains on %d px (%s): its weights start "
                         "on films of another scale; give --image-size %d (and resize_policy %s) to fine-tune it on "
                         "its own", cfg.init, started.size, started.resize_policy, cfg.image_size, cfg.resize_policy,
@@ -421,10 +423,11 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
                    on_epoch_end: Callable[[int], None] | None,
                    extra: Sequence[Callback] = ()) -> tuple[list[Callback], list[Callback]]:
     """The run's callbacks in hook order, and those whose state a checkpoint keeps besides the model and the
-    optimiser. Savers and trackers go before :class:`Checkpoint`, so an epoch it records has been saved and logged
-    (a crash before it is whole makes the resumed run log that epoch again, at the same step); trackers go after
-    :class:`Finalize`, whose bundle they log; the caller's ``extra`` ones after those, before the checkpoint, which
-    keeps their state too."""
+    optimiser. :class:`BestWeights` and :class:`History` go before the ``schedule``, so the epoch's line (marked best
+    or not) is logged before what its figures decide (a rate cut, early stopping). Savers and trackers go before
+    :class:`Checkpoint`, so an epoch it records has been saved and logged (a crash before it is whole makes the
+    resumed run log that epoch again, at the same step); trackers go after :class:`Finalize`, whose bundle they log;
+    the caller's ``extra`` ones after those, before the checkpoint, which keeps their state too."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
                       model_kwargs=cfg.model_kwargs)
@@ -436,7 +439,7 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     stateful = [*schedule, best, *average, *trackers, *extra]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
     checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
-    callbacks = [Reshuffle(model, d.sampler, cfg.seed), *schedule, best, History(run_dir), *average,
+    callbacks = [Reshuffle(model, d.sampler, cfg.seed), best, History(run_dir), *schedule, *average,
                  Finalize(lambda s: finalize(run_dir, cfg, d, ctx, len(s.history), s.info["best_epoch"])),
                  *trackers, *extra, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
