@@ -16,7 +16,7 @@ from pneumoscan.cli import main
 from pneumoscan.core.metrics import with_ci
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
-from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.train import train
@@ -291,3 +291,38 @@ def test_compare_refuses_three_class_figures_of_other_classes_and_shows_each_dec
     assert [(r["run"], r["three_class_decision"]) for r in rows] == [
         ("eval-both", "most probable class"), ("eval-both", m["two_stage"]["decision"])]
     assert rows[0]["auc"] == rows[1]["auc"] and len(format_table(runs).split("\n\n")[1].splitlines()) == 3
+
+
+def test_compare_refuses_runs_that_name_other_films_alike(two_runs: tuple[Path, Path], tiny_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    """Two sites each evaluate on their own `manifest.csv`: both rows read "manifest.csv", and the table set figures
+    on different films side by side as if on one set. The same films under one name still compare."""
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    by_label = {label: [r for r in films if r.label == label] for label in ("NORMAL", "PNEUMONIA")}
+    folders = []
+    for site, half in (("a", slice(0, 4)), ("b", slice(4, 8))):
+        manifest = tmp_path / site / "manifest.csv"
+        write_manifest([r for rows in by_label.values() for r in rows[half]], manifest)
+        for again in ("", "-again") if site == "a" else ("",):
+            folder = tmp_path / f"eval-{site}{again}"
+            folder.mkdir()
+            metrics = evaluate(two_runs[0] / "bundle", manifest)
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            folders.append(folder)
+    assert [json.loads((f / "metrics.json").read_text())["data"] for f in folders] == ["manifest.csv"] * 3
+    assert len(compare_runs(folders[:2])) == 2  # the same films, evaluated twice
+    with pytest.raises(ValueError, match=r"eval-a and eval-b name their films alike \(manifest.csv\) but were "
+                                         "measured on different films"):
+        compare_runs(folders)
+
+
+def test_the_films_digest_follows_the_films_and_labels_not_where_the_data_lies(tiny_dataset: Path,
+                                                                               tmp_path: Path) -> None:
+    """The same films moved or mounted elsewhere are the same films to compare; another label is other figures."""
+    moved = shutil.copytree(tiny_dataset, tmp_path / "elsewhere" / "chest_xray")
+    here, there = (discover(d).split("test") for d in (tiny_dataset, moved))
+    assert films_digest(here, tiny_dataset) == films_digest(there, moved)
+    relabelled = [dataclasses.replace(there[0], label="PNEUMONIA" if there[0].label == "NORMAL" else "NORMAL"),
+                  *there[1:]]
+    assert films_digest(relabelled, moved) != films_digest(there, moved)
+    assert films_digest(there[1:], moved) != films_digest(there, moved)

@@ -126,4 +126,20 @@ def test_a_false_positive_ceiling_on_too_few_negative_films_is_said_to_be_a_gues
     assert point.threshold_caveat in caplog.text
     y, p = np.r_[y, np.zeros(8, int)], np.r_[p, rng.uniform(0.0, 0.3, 8)]
     assert choose_operating_point(y, p, p, None, 0.05).threshold_caveat == ""
-    assert choose_operating_point(y[:34], p[:34], p[:34], None, 0.0).threshold_caveat == "", "no films show a 0"
+
+
+def test_a_target_no_number_of_films_can_show_is_said_to_be_a_guess(caplog: pytest.LogCaptureFixture) -> None:
+    """A sensitivity of 1 or a false-positive rate of 0 is met by every threshold chosen for it on the films it was
+    chosen on, and never shown: 50 of 50 positive films found bound the sensitivity only above 0.929. A card that
+    recorded such a threshold without a caveat would read as a promise of no miss (or no false alarm)."""
+    rng = np.random.default_rng(4)
+    y = np.r_[np.ones(50, int), np.zeros(34, int)]
+    p = np.r_[rng.uniform(0.3, 1.0, 50), rng.uniform(0.0, 0.7, 34)]
+    caveat = choose_operating_point(y, p, p, 1.0, None).threshold_caveat
+    assert caveat == ("a sensitivity of 1 cannot be shown on any number of films (50 positive films here, all called "
+                      "right, bound it only above 0.929, 95% exact), so this threshold is a guess; choose a target "
+                      "below 1")
+    assert caveat in caplog.text
+    caveat = choose_operating_point(y, p, p, None, 0.0).threshold_caveat
+    assert caveat.startswith("a false-positive rate of 0 cannot be shown on any number of films (34 negative films "
+                             "here, all called right, bound it only below 0.103, 95% exact)")

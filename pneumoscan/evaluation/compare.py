@@ -84,6 +84,7 @@ class RunSummary:
     optimistic: list[str]  # why the figures may flatter the model (evaluate's held-out check)
     question: tuple[str, str] | None  # the binary figures' (negative, positive) classes; None where unknown
     three_class: list[ThreeClass]  # its decisions among the classes (none for a two-class task alone)
+    films: str | None = None  # evaluate's digest of the films and labels scored; None where not recorded
 
     @property
     def auc(self) -> float | None:
@@ -214,6 +215,7 @@ def load_run(path: Path | str) -> RunSummary:
         policy=card.threshold_policy if card else None, minutes=minutes,
         roc=_checked_roc(metrics_path, m), optimistic=list(m.get("optimistic") or []),
         question=question, three_class=_three_class(metrics_path, m),
+        films=m["films"] if isinstance(m.get("films"), str) else None,
     )
 
 
@@ -273,7 +275,17 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
 def _check_comparable(runs: list[RunSummary]) -> None:
     """Refuse runs whose curves answer different questions (the classes compared, in any case: the pneumonia task's
     NORMAL and PNEUMONIA are the multiclass task's normal and pneumonia), and runs whose decisions among the
-    classes are among different classes."""
+    classes are among different classes, and runs whose films are named alike (two sites' ``manifest.csv``) but
+    are other films, which the table would show as figures on one set."""
+    named: dict[str, RunSummary] = {}
+    for r in runs:
+        if r.data is None or r.films is None:
+            continue
+        first = named.setdefault(r.data, r)
+        if first.films != r.films:
+            raise ValueError(f"{first.run} and {r.run} name their films alike ({shown(r.data)}) but were measured on "
+                             "different films or labels: evaluate each with its own --data-name, or compare runs on "
+                             "the same films")
     if len({tuple(c.casefold() for c in r.question) for r in runs if r.question}) > 1:
         said = "; ".join(dict.fromkeys(f"{r.task or r.run}: {' vs '.join(r.question)}" for r in runs if r.question))
         raise ValueError(f"runs whose figures answer different questions ({said}) do not share one table or ROC plot")

@@ -5,6 +5,7 @@ films are new to the bundle is :mod:`.held_out`'s to say; a new threshold is :mo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -115,6 +116,16 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
     """How a card and a report name the data a figure was measured on: ``data_name``, else DATA's name/split."""
     return data_name or Path(data).name + (f"/{split}" if split else "")
+
+
+def films_digest(records: Sequence[Record], data: Path | str) -> str:
+    """Which films, with which labels, the figures are on: a SHA-256 of each scored film's path, relative to the
+    data's folder (the same films moved or mounted elsewhere are the same), and label. ``compare`` refuses runs that
+    name their films alike (two sites' ``manifest.csv``) but were measured on different films, which its table would
+    otherwise show as figures on one set."""
+    root = os.path.realpath(data if Path(data).is_dir() else Path(data).parent)
+    lines = sorted(f"{os.path.relpath(os.path.realpath(r.path), root)}\t{r.label}" for r in records)
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
@@ -247,6 +258,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
+    metrics["films"] = films_digest(records, data)  # compare checks that runs named alike are on the same films
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts

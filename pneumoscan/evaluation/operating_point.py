@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, describe_policy, fit_temperature, roc_auc,
-                                     threshold_interval)
+from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, clopper_pearson, describe_policy,
+                                     fit_temperature, roc_auc, threshold_interval)
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -51,9 +51,9 @@ def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, ta
     intervals (``groups``: the films' patients, resampled whole; None: films counted alone) and the caveat.
     ``caveat``: that of an operating point already chosen on the same films (an INT8 model's beside its FP32
     one's), not said twice; None: said here."""
-    if caveat is None:
-        caveat = warn_if_too_few_films(y, target_sensitivity, max_false_positive_rate)
     threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
+    if caveat is None:  # once chosen: a policy the scores cannot meet is refused with its own reason alone
+        caveat = warn_if_too_few_films(y, target_sensitivity, max_false_positive_rate)
     return OperatingPoint(
         threshold, tta_threshold, threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
         threshold_interval(y, tta, target_sensitivity, max_false_positive_rate, groups), caveat)
@@ -108,22 +108,32 @@ def warn_if_too_few_films(y: np.ndarray, target_sensitivity: float | None,
     """A sensitivity target is a statement about misses; with fewer than 1 / (1 - target) positives a single miss
     is already below it, so the threshold met it on these films by chance as much as by design. A false-positive
     ceiling F is one about false alarms, alike: with fewer than 1 / F negatives a single one is already above it.
+    A target of 1 or a ceiling of 0 no number of films can show: every film met it here, and the exact interval of
+    that still reaches past it, so it is said whatever the films (a card silent on it would read as a promise).
     Said wherever a threshold that will be used is chosen (training, ``ensemble``, ``threshold`` and ``export
     --int8``), and returned for the bundle to keep (:attr:`BundleCard.threshold_caveat`); "" when the films are
-    enough (and for a target of 1 or a ceiling of 0, which no number of films can show)."""
-    if target_sensitivity is not None and target_sensitivity < 1:
-        films, what, rate = int(y.sum()), "positive", f"a sensitivity of {target_sensitivity:.2f}"
-        share = 1 - target_sensitivity
-    elif max_false_positive_rate is not None and max_false_positive_rate > 0:
-        films, what, rate = int(y.size - y.sum()), "negative", f"a false-positive rate of {max_false_positive_rate:g}"
-        share = max_false_positive_rate
+    enough."""
+    positives = int(y.sum())
+    if target_sensitivity is not None:
+        films, what, share = positives, "positive", 1 - target_sensitivity
+        rate = f"a sensitivity of {target_sensitivity:.2f}".replace("1.00", "1")
+    elif max_false_positive_rate is not None:
+        films, what, share = int(y.size) - positives, "negative", max_false_positive_rate
+        rate = f"a false-positive rate of {max_false_positive_rate:g}"
     else:
         return ""
-    needed = math.ceil(round(1 / share, 6))  # 1 / (1 - 0.9) is 10.000000000000002
-    if films >= needed:
-        return ""
-    said = (f"only {films} {what} films: {rate} cannot be shown on fewer than {needed}, so this threshold is a guess; "
-            "choose it on more labelled films")
+    if share == 0:  # every film met it here, and the exact interval of that reaches past it however many films
+        low, high = clopper_pearson(films, films) if target_sensitivity is not None else clopper_pearson(0, films)
+        bound = f"above {low:.3f}" if target_sensitivity is not None else f"below {high:.3f}"
+        said = (f"{rate} cannot be shown on any number of films ({films} {what} films here, all called right, bound "
+                f"it only {bound}, 95% exact), so this threshold is a guess; choose a "
+                f"{'target below 1' if target_sensitivity is not None else 'ceiling above 0'}")
+    else:
+        needed = math.ceil(round(1 / share, 6))  # 1 / (1 - 0.9) is 10.000000000000002
+        if films >= needed:
+            return ""
+        said = (f"only {films} {what} films: {rate} cannot be shown on fewer than {needed}, so this threshold is a "
+                "guess; choose it on more labelled films")
     log.warning("%s", said)
     return said
 
