@@ -44,7 +44,8 @@ from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.readers.dicom import OWN_OUTPUT
-from pneumoscan.data.scope import NO_TAGS, age_years, describe, scope_warnings
+from pneumoscan.data.scope import (AGE_FROM_DATES, AGE_MALFORMED, AGE_NOT_KNOWN, AGE_UNCHECKED, BIRTH_DATE_MALFORMED,
+                                   NO_TAGS, age_years, describe, in_scope, scope_warnings)
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
@@ -138,6 +139,48 @@ def test_age_from_birth_date_and_study_date(film: np.ndarray, born: str, studied
     ds = header(film, PatientAge=None, PatientBirthDate=born, StudyDate=studied)
     assert age_years(ds) == pytest.approx(3.0, abs=0.01)
     assert scope_warnings(ds, 224, 224) == []
+
+
+# PatientAge values that are no age (VR AS: three digits and a unit), each with why it is malformed
+NOT_AN_AGE = "not three digits and a unit D, W, M or Y, as in 004Y"
+MALFORMED_AGES = {"SECRETAGE": NOT_AN_AGE, "5Y": NOT_AN_AGE, "005X": NOT_AN_AGE, "0003Y": NOT_AN_AGE,
+                  "003Y\\004Y": "more than one value"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about the malformed value: expected
+@pytest.mark.parametrize("age", list(MALFORMED_AGES))
+def test_a_malformed_age_is_said_to_be_malformed_never_quoted_nor_not_recorded(film: np.ndarray, age: str) -> None:
+    """A PatientAge that is no age was "patient age not recorded", or ignored for the birth date without a word
+    (``5Y`` read as five years): it is said to be malformed, without its value (the patient's). As a missing age,
+    it leaves the film in scope, reported with the warning; the age is the birth date's when the film gives one."""
+    why = MALFORMED_AGES[age]
+    with pydicom.config.disable_value_validation():
+        alone = header(film, PatientAge=age, PatientBirthDate=None)
+        dated = header(film, PatientAge=age, PatientBirthDate="20200101", StudyDate="20230315")
+    assert scope_warnings(alone, 224, 224) == [AGE_MALFORMED.text(why=why, then=AGE_NOT_KNOWN)]
+    assert age_years(alone) is None
+    assert scope_warnings(dated, 224, 224) == [AGE_MALFORMED.text(why=why, then=AGE_FROM_DATES)]
+    assert age_years(dated) == pytest.approx(3.2, abs=0.01)
+    for ds in (alone, dated):
+        found = scope_warnings(ds, 224, 224)
+        assert in_scope(found) and not any(part in w for w in found for part in age.split("\\"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")
+@pytest.mark.parametrize(("born", "why"), [("19xx0317", "not a DA value pydicom reads"),
+                                           ("2015010299", "not a DA value pydicom reads"),
+                                           ("20190317\\20190318", "more than one value"),
+                                           ("20240101", "later than the date the film was taken")])
+def test_a_malformed_birth_date_is_said_to_be_malformed(film: np.ndarray, born: str, why: str) -> None:
+    """A birth date that gives no age was "not recorded" (or, cut to its first eight characters, read as a date):
+    it is named, never quoted; the age PatientAge states stands, unchecked against it."""
+    with pydicom.config.disable_value_validation():
+        alone = header(film, PatientAge=None, PatientBirthDate=born, StudyDate="20230315")
+        stated = header(film, PatientAge="003Y", PatientBirthDate=born, StudyDate="20230315")
+    assert scope_warnings(alone, 224, 224) == [BIRTH_DATE_MALFORMED.text(why=why, then=AGE_NOT_KNOWN)]
+    assert scope_warnings(stated, 224, 224) == [BIRTH_DATE_MALFORMED.text(why=why, then=AGE_UNCHECKED)]
+    assert age_years(alone) is None and age_years(stated) == 3.0
+    assert not any(born.split("\\")[0] in w for w in scope_warnings(alone, 224, 224))
 
 
 def test_tiny_images_are_flagged_whatever_their_format(film: np.ndarray) -> None:

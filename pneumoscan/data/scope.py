@@ -23,10 +23,12 @@ from string import Formatter
 from typing import Literal
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
                          MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage)
+from pydicom.valuerep import DA
 
 from .decode import Source, colour_spread, image_info, read_dicom_header
 from .readers.dicom import size_as_read, standard_form
@@ -127,6 +129,14 @@ NOT_FRONTAL = WarningKind("view {view} is not frontal (PA/AP): the model was tra
                           out_of_scope=True)
 NO_AGE = WarningKind("patient age not recorded (PatientAge, PatientBirthDate): not checked against the training "
                      "population (1-5 years)", out_of_scope=False)
+# a PatientAge or PatientBirthDate the film records, malformed ({why}, in words that never quote it: an age or a birth
+# date is the patient's), and what follows for the age ({then}: AGE_NOT_KNOWN, or what the age is taken from). Not
+# "not recorded": the film records a value, and its fault is said, as a missing age's is, and the film stays in scope.
+AGE_MALFORMED = WarningKind("PatientAge is malformed ({why}): {then}", out_of_scope=False)
+BIRTH_DATE_MALFORMED = WarningKind("PatientBirthDate is malformed ({why}): {then}", out_of_scope=False)
+AGE_NOT_KNOWN = "the patient's age is not known, so not checked against the training population (1-5 years)"
+AGE_FROM_DATES = "the age is taken from PatientBirthDate and the study date alone"
+AGE_UNCHECKED = "the age PatientAge states is not checked against the birth date"
 AGE_OUTSIDE = WarningKind("patient age {age:.1f} years is outside the training population (1-5 years, accepted "
                           "{low:g} to under {high:g})", out_of_scope=False)
 VIEW_CONFLICT = WarningKind(CONFLICT + "ViewPosition {position} but ViewCodeSequence {code} ({kind} view): which view "
@@ -164,7 +174,8 @@ NOISY = WarningKind(CONTENT + "more fine detail or noise than the training films
 # warning two kinds could have written counts against the film
 KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
          THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
-         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_OUTSIDE, INVALID_UID, UNREAD)
+         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED, BIRTH_DATE_MALFORMED, AGE_OUTSIDE,
+         INVALID_UID, UNREAD)
 
 
 def kind_of(warning: str) -> WarningKind | None:
@@ -186,8 +197,13 @@ def in_scope(warnings: list[str]) -> bool:
     return not outside_scope(warnings)
 
 
-_AGE = re.compile(r"^(\d{1,3})([DWMY])$")
+# PatientAge (VR AS): three digits and a unit, four characters in all (PS3.5 6.2); "5Y" or "005X" is no age
+_AGE = re.compile(r"(\d{3})([DWMY])")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms (PS3.3 C.7.1.1); highdicom refuses any other
+NOT_AN_AGE = "not three digits and a unit D, W, M or Y, as in 004Y"
+NOT_A_DATE = "not a DA value pydicom reads"  # as the DICOM SR words it (interop.sr)
+BORN_AFTER = "later than the date the film was taken"
 
 
 def _stored(ds: Dataset, keyword: str) -> str:
@@ -210,32 +226,85 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _date(text: str) -> date | None:
-    """A DA value, in DICOM's form (20150102) or ACR-NEMA's (2015.01.02, which old films still hold)."""
-    text = standard_form("DA", text) or text
+    """A DA value as pydicom reads it, in DICOM's form (20150102) or ACR-NEMA's (2015.01.02, which old films still
+    hold): the reading the DICOM SR judges a date by (:func:`pneumoscan.interop.sr.malformed_reason`), so a date one
+    takes is one the other takes."""
     try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
-    except ValueError:
+        return DA(standard_form("DA", text) or text) if text else None
+    except (ValueError, TypeError):
         return None
 
 
+def _age_value(ds: Dataset, keyword: str) -> tuple[str, str | None]:
+    """(``keyword``'s one value as stripped upper-case text, '' when absent or empty; why it is malformed, None when
+    it is not): more than one value, or an element that cannot be read, is no age. The reason never quotes it."""
+    try:
+        element = ds.get_item(keyword)
+    except Exception:
+        return "", "unreadable"
+    text = _text(ds, keyword)
+    several = element is not None and (isinstance(element.value, MultiValue) or "\\" in text)
+    return ("", "more than one value") if several else (text, None)
+
+
+def _stated_age(ds: Dataset) -> tuple[float | None, str | None]:
+    """(the age PatientAge states in years, None when it records none or a malformed one; why it is malformed)."""
+    text, why = _age_value(ds, "PatientAge")
+    if why is not None or not text:
+        return None, why
+    match = _AGE.fullmatch(text)
+    if match is None:
+        return None, NOT_AN_AGE
+    return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)], None
+
+
+def _dated_age(ds: Dataset) -> tuple[float | None, str | None]:
+    """(the age PatientBirthDate gives against the study, series, acquisition or content date, None when either is
+    not recorded or the birth date is malformed; why the birth date is malformed: not a date, or after the film)."""
+    text, why = _age_value(ds, "PatientBirthDate")
+    if why is not None or not text:
+        return None, why
+    born = _date(text)
+    if born is None:
+        return None, NOT_A_DATE
+    dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))
+    taken = next(filter(None, dates), None)
+    if taken is None:
+        return None, None
+    if taken < born:
+        return None, BORN_AFTER
+    return (taken - born).days / 365.25, None
+
+
 def age_years(ds: Dataset) -> float | None:
-    """PatientAge ('004Y', '018M', ...) or, without it, PatientBirthDate against the study (or series,
-    acquisition, content) date; None when neither gives an age."""
+    """PatientAge ('004Y', '018M', ...) or, without a valid one, PatientBirthDate against the study (or series,
+    acquisition, content) date; None when neither gives an age (:func:`_age_warnings` says why)."""
     stated, dated = _ages(ds)
     return dated if stated is None else stated
 
 
 def _ages(ds: Dataset) -> tuple[float | None, float | None]:
     """(the age PatientAge states, the age PatientBirthDate gives against the study, series, acquisition or
-    content date), each None when not recorded."""
-    match = _AGE.match(_text(ds, "PatientAge"))
-    stated = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)] if match else None
-    born = _date(_text(ds, "PatientBirthDate"))
-    dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"))
-    taken = next(filter(None, dates), None)
-    if born is None or taken is None or taken < born:
-        return stated, None
-    return stated, (taken - born).days / 365.25
+    content date), each None when not recorded or malformed."""
+    return _stated_age(ds)[0], _dated_age(ds)[0]
+
+
+def _age_warnings(ds: Dataset) -> list[str]:
+    """The age's warnings: a malformed PatientAge or PatientBirthDate said so (never as "not recorded", and never
+    quoted), with what the age was then taken from; the age not recorded; or an age outside the training range."""
+    (stated, age_fault), (dated, born_fault) = _stated_age(ds), _dated_age(ds)
+    age = dated if stated is None else stated
+    found = []
+    if age_fault is not None:
+        found.append(AGE_MALFORMED.text(why=age_fault, then=AGE_NOT_KNOWN if age is None else AGE_FROM_DATES))
+    if born_fault is not None:
+        found.append(BIRTH_DATE_MALFORMED.text(why=born_fault, then=AGE_NOT_KNOWN if age is None else AGE_UNCHECKED))
+    low, high = AGE_RANGE_YEARS
+    if age is None and not found:
+        found.append(NO_AGE.text())
+    elif age is not None and not low <= age < high:
+        found.append(AGE_OUTSIDE.text(age=age, low=low, high=high))
+    return found
 
 
 def _view_code(ds: Dataset) -> tuple[str, str]:
@@ -302,12 +371,7 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
             found.append(LATERAL.text(view=view))
         elif kind == "other":
             found.append(NOT_FRONTAL.text(view=view))
-        age = age_years(ds)
-        low, high = AGE_RANGE_YEARS
-        if age is None:
-            found.append(NO_AGE.text())
-        elif not low <= age < high:
-            found.append(AGE_OUTSIDE.text(age=age, low=low, high=high))
+        found += _age_warnings(ds)
         found += _conflicts(ds, modality)
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -346,10 +410,11 @@ def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
 
 def film_facts(ds: Dataset) -> dict[str, str | float | None]:
     """What a reader checks before trusting a reading: age, sex, view, modality and study date (None where not
-    recorded). Never the patient's name or id: the page shows these, and a screen is seen by others."""
+    recorded or malformed, as the DICOM SR judges them: a sex other than PATIENT_SEXES, several values, a date
+    pydicom does not read). Never the patient's name or id: the page shows these, and a screen is seen by others."""
     study = _date(_text(ds, "StudyDate"))
-    age = age_years(ds)
-    return {"age_years": None if age is None else round(age, 2), "sex": _text(ds, "PatientSex") or None,
+    age, sex = age_years(ds), _stored(ds, "PatientSex")
+    return {"age_years": None if age is None else round(age, 2), "sex": sex if sex in PATIENT_SEXES else None,
             "view": _view(ds)[1] or None, "modality": _text(ds, "Modality") or None,
             "study_date": study.isoformat() if study else None}
 

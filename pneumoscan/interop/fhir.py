@@ -13,6 +13,12 @@ Observations would state "absent" and "present" of one film by one model; the th
 stays ``preliminary`` then: R4's ``amended`` follows a ``final`` result, which no clinician made of it. Its
 ``subject`` is the patient by the film's PatientID (and issuer), as a logical reference; its ``effectiveDateTime``
 the study's date and time. It holds no patient name.
+
+A header value is judged as the DICOM SR judges it (:func:`~pneumoscan.interop.sr.malformed_reason`, one rule for
+both): one the Observation must carry (the patient id and its issuer) refuses it, as it refuses the SR; a malformed
+study date, time or offset is left out (R4's effective[x] is optional, and FHIR has no null) and a note says so; one
+it does not carry (the name, sex, birth date) is not its to refuse, and the SR's refusal names it. A malformed age or
+birth date is a scope warning, which both state.
 """
 
 from __future__ import annotations
@@ -107,19 +113,29 @@ def _issuer_system(kind: str, entity: str) -> str:
                      "issuer of the patient id by it")
 
 
-def effective(source: Dataset) -> str | None:
+def effective(source: Dataset) -> tuple[str | None, str | None]:
     """When the film was taken, as a FHIR dateTime: StudyDate with StudyTime and the film's TimezoneOffsetFromUTC
     (FHIR requires an offset with a time), the date alone when the film records no valid offset or time, None when
-    it records no date pydicom reads (a wrong date is worse than none); each in DICOM's form or ACR-NEMA's."""
-    if malformed_reason(source, "StudyDate") is not None or not (date := _read(source, "StudyDate")):
-        return None
-    offset = _OFFSET.fullmatch(str(source.get("TimezoneOffsetFromUTC") or "").strip())
+    it records no date pydicom reads (a wrong date is worse than none); each in DICOM's form or ACR-NEMA's. With it,
+    why it is less than the film records (a malformed date, time or offset, named, never quoted), None when it is
+    all of it: effective[x] is optional in R4, so it is left out (never null), and the Observation says why."""
+    if (why := malformed_reason(source, "StudyDate")) is not None:
+        return None, f"the film's StudyDate is malformed ({why}): the Observation states no time it was taken"
+    if not (date := _read(source, "StudyDate")):
+        return None, None
     time = _read(source, "StudyTime")
-    if offset is None or not time or malformed_reason(source, "StudyTime") is not None:
-        return DA(date).isoformat()
+    if (why := malformed_reason(source, "StudyTime")) is not None:
+        return DA(date).isoformat(), f"the film's StudyTime is malformed ({why}): the Observation states its date alone"
+    held = str(source.get("TimezoneOffsetFromUTC") or "").strip()
+    offset = _OFFSET.fullmatch(held)
+    if time and held and offset is None:
+        return DA(date).isoformat(), ("the film's TimezoneOffsetFromUTC is malformed (not an offset DICOM defines, "
+                                      "as +0100): the Observation states its date alone")
+    if offset is None or not time:
+        return DA(date).isoformat(), None
     sign, hours, minutes = offset.groups()
     zone = timezone((-1 if sign == "-" else 1) * timedelta(hours=int(hours), minutes=int(minutes)))
-    return datetime.combine(DA(date), TM(time), tzinfo=zone).isoformat()
+    return datetime.combine(DA(date), TM(time), tzinfo=zone).isoformat(), None
 
 
 def _read(source: Dataset, keyword: str) -> str:
@@ -181,9 +197,10 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
     body["identifier"] = [{"system": URI, "value": f"urn:uuid:{key}"}]
     if patient is not None:
         body["subject"] = patient
-    if source is not None and (when := effective(source)) is not None:
+    when, short = effective(source) if source is not None else (None, None)
+    if when is not None:  # absent, never null: FHIR has no null element
         body["effectiveDateTime"] = when
-    body["note"] = [{"text": note} for note in (DISCLAIMER, *scope_notes(result))]
+    body["note"] = [{"text": note} for note in (DISCLAIMER, *scope_notes(result), *filter(None, [short]))]
     return Observation.model_validate(body)
 
 

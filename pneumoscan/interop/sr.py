@@ -61,7 +61,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data.readers.dicom import MANUFACTURER, charset_terms, misread_text, standard_form
-from pneumoscan.data.scope import CONFLICT, outside_scope
+from pneumoscan.data.scope import CONFLICT, PATIENT_SEXES, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
 from .uids import derive_uid
@@ -85,7 +85,6 @@ _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
-PATIENT_SEXES = ("M", "F", "O")  # PatientSex's defined terms; highdicom refuses any other
 # SpecificCharacterSet terms of DICOM's default repertoire (ASCII): bytes beyond it have no character set named
 _DEFAULT_REPERTOIRE = ("", "ISO_IR 6", "ISO 2022 IR 6")
 _ASCII, _LATIN1 = "ISO_IR 6", "ISO_IR 100"  # the character sets :func:`_declared` tells apart
