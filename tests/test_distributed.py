@@ -21,7 +21,7 @@ from tests.builders import SCORE_TOL, assert_close_report
 from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import get_task
-from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig
@@ -129,13 +129,15 @@ def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, ev
     # One process scores the same saved weights again. Training scored the validation films in two processes'
     # batches, evaluate in one process's: the scores agree within SCORE_TOL, not bit for bit (tests/builders.py).
     single = evaluate(run / "bundle", run / "split.csv", split="val", out_dir=eval_dir)
-    n_val = sum(r.split == "val" for r in discover(run / "split.csv").records)
+    val_records = [r for r in discover(run / "split.csv").records if r.split == "val"]
+    n_val = len(val_records)
     reported, again = (json.loads((d / "metrics.json").read_text()) for d in (run, eval_dir))
     assert again.pop("unreadable") == [] and single["n"] == reported["n"] == n_val, "every validation film scored once"
     assert again.pop("bundle") == str((run / "bundle").resolve()) and again.pop("backend") == "torch"
     assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]
     assert again.pop("copies") == [] and again.pop("caveats") == load_card(run / "bundle").caveats  # evaluate's own
     assert again.pop("label_conflicts") == []
+    assert again.pop("films") == films_digest(val_records, run / "split.csv"), "evaluate names the films it scored"
     assert len(again.pop("out_of_scope")) == n_val, "the tiny films are 64 px thumbnails: evaluate says so"
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
