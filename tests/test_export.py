@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from pneumoscan import cli
-from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.inference.export import ONNX_NAME, export_onnx, module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
@@ -75,31 +74,6 @@ def test_the_sidecar_is_enough_to_score_a_film_without_pneumoscan(tiny_bundle: P
         logits = sess.run([OUTPUT], {INPUT: ((x - spec["mean"]) / spec["std"])[None, None]})[0][0] / spec["temperature"]
         probability = float(np.exp(logits[1]) / np.exp(logits).sum())
         assert probability == pytest.approx(row["probability"], abs=1e-5), film.name
-
-
-def test_the_sidecar_states_the_test_time_views(tiny_bundle: Path, data_root: Path) -> None:
-    """The sidecar named TTA_VIEWS and nothing more, so the TTA threshold was of no use without pneumoscan; it
-    states the views, how they are made and the label rule, and following it gives predict --tta's answer."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    spec = json.loads(spec_path(tiny_bundle / ONNX_NAME).read_text())
-    sess = session(tiny_bundle / ONNX_NAME)
-    film = sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
-    [row] = predict_paths(tiny_bundle, [film], backend="onnx", tta=True)
-    gray = read_gray(film, target=spec["decode_target"])
-    image = torch.from_numpy(Predictor(tiny_bundle).preprocess([gray]))[:, None]  # the size x size uint8 input
-    probabilities = []
-    for view in spec["tta_views"]:
-        moved = round(view["shift"] * spec["size"])
-        x = F.affine(image, angle=0.0, translate=[moved, moved], scale=view["zoom"], shear=[0.0, 0.0],
-                     interpolation=InterpolationMode.BILINEAR)[:, 0].numpy().astype(np.float32) / 255
-        logits = sess.run([OUTPUT], {INPUT: ((x - spec["mean"]) / spec["std"])[:, None]})[0][0] / spec["temperature"]
-        probabilities.append(np.exp(logits) / np.exp(logits).sum())
-    assert len(spec["tta_views"]) > 1 and "torchvision's affine" in spec["tta_meaning"]
-    assert float(np.mean(probabilities, axis=0)[1]) == pytest.approx(row["probability"], abs=1e-5)
-    assert spec["label_rule"].startswith("positive when positive_probability >= threshold")
-    assert (row["label"] == "PNEUMONIA") == (row["probability"] >= spec["tta_threshold"])
 
 
 def test_an_export_into_another_bundle_is_refused(tiny_bundle: Path, tiny_etiology_bundle: Path,

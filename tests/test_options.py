@@ -358,3 +358,12 @@ def test_the_quota_of_a_systemd_units_own_cgroup_is_read(tmp_path: Path) -> None
         (folder / "cpu.cfs_period_us").write_text("100000\n")
     membership.write_text("9:name=systemd:/\n4:cpu,cpuacct:/system.slice\n")
     assert cpus.cpu_quota(v1, membership) == 1.5
+
+
+def test_look_up_option_guesses_a_name_two_sources_share_once() -> None:
+    """The model choices are the registry's and timm's names, which share efficientnet_lite0: one guess each."""
+    with pytest.raises(ValueError) as e:
+        look_up_option("efficientnet_lte0", ["efficientnet_lite0", "efficientnet_lite0", "efficientnet_lite4"],
+                       "model")
+    assert "did you mean 'efficientnet_lite0' or 'efficientnet_lite4'?" in str(e.value), e.value
+    assert "(choose from efficientnet_lite0, efficientnet_lite4)" in str(e.value)

@@ -31,7 +31,7 @@ def look_up_option(value: T, choices: Iterable[T], what: str = "option", hint: s
     ...)``. ``hint`` replaces the list of choices (for long ones, e.g. "see `pneumoscan models`"). ``suggest=False``
     drops the "did you mean": for choices a near spelling of which may mean the opposite (``ABNORMAL`` is one letter
     from ``NORMAL``), where a guess by spelling would point to the wrong class."""
-    known = list(choices)
+    known = list(dict.fromkeys(choices))  # a name in two sources (the registry and timm) is one choice, guessed once
     if value in known:
         return value
     close = difflib.get_close_matches(str(value), [str(k) for k in known], n=3, cutoff=0.6) if suggest else []

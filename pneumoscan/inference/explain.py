@@ -81,7 +81,8 @@ _TARGET_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, ...],
 
 
 class NoSpatialMap(ValueError):
-    """A model Grad-CAM cannot explain: no (N, C, H, W) feature map of more than one cell reaches its head."""
+    """A model Grad-CAM cannot explain: no (N, C, H, W) feature map of more than one cell reaches its head; or a film
+    whose map would be drawn as evidence it is not (NaN, or gradients all zero: :func:`_cams`)."""
 
 
 def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
@@ -209,7 +210,10 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
             return mean.astype(np.float32)
         low, high = float(mean.min()), float(mean.max())
         return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
-    per_film, raw = _cams(model, x, classes)
+    per_film, raw, moved = _cams(model, x, classes)
+    if not moved.all():
+        raise NoSpatialMap("the model's score does not change with its last feature map on this film (every Grad-CAM "
+                           "gradient is zero), so a heatmap would show nothing it looked at; read the film without one")
     if scale is None:
         return per_film[0]
     return np.clip(_resize_map(raw[0], x.shape[-1], x.shape[-2]) / scale, 0.0, 1.0)
@@ -221,11 +225,18 @@ def gradcam_peaks(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequen
     return _cams(model, x, classes)[1].max(axis=(1, 2))
 
 
-def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _cams(model: torch.nn.Module, x: torch.Tensor,
+          classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """pytorch-grad-cam's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, S, S) min-max scaled to
     each film, as it returns them, and (N, h, w) before that scaling (after its ReLU), at the target layer's own
     size, from the activations and gradients it kept and its own :meth:`get_cam_image`: the library has no option
-    for an unscaled map, and its pieces give it without a copy of its code."""
+    for an unscaled map, and its pieces give it without a copy of its code. Then (N,) whether any of each film's
+    gradients is not zero: where none is, the score does not change with the feature map on that film (dead units, a
+    model that ignores the image), and its empty map would be a film with no evidence over a reading that did not
+    come from where it looked (:func:`gradcam` refuses it; a bundle's scale counts its peak, 0). A NaN or infinite
+    map (a NaN gradient, as from a ``torch.where`` whose unused branch overflows, or an overflowing activation) is
+    refused here (:class:`NoSpatialMap`): drawn, NaN is cast to 0, the lowest colour, the whole film shown as no
+    evidence at all."""
     import torch
     from pytorch_grad_cam import GradCAM
 
@@ -237,10 +248,14 @@ def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int])
             with GradCAM(model, [layer]) as cam:
                 per_film = cam(input_tensor=x, targets=targets)
                 kept = cam.activations_and_grads
-                raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), kept.gradients[0].numpy())
+                gradients = kept.gradients[0].numpy()
+                raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), gradients)
         finally:
             model.zero_grad(set_to_none=True)
-    return per_film, np.maximum(raw, 0.0)
+    if not (np.isfinite(raw).all() and np.isfinite(per_film).all()):
+        raise NoSpatialMap("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
+                           "model): no heatmap can be drawn; read the film without one")
+    return per_film, np.maximum(raw, 0.0), gradients.reshape(len(gradients), -1).any(axis=1)
 
 
 def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:

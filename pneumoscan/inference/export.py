@@ -29,6 +29,7 @@ import onnxruntime as ort
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
+from pneumoscan.data.scope import AGE_RANGE_YEARS, FRONTAL_VIEWS, MAX_ASPECT, MIN_SIDE, RADIOGRAPHY
 from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, file_sha256, load_card, record_checksum
 from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, session, spec_path, verify_onnx,
                            weights_digest)
@@ -155,28 +156,75 @@ def module_session(model: torch.nn.Module, size: int) -> ort.InferenceSession:
     return session(module_onnx(model, size))
 
 
+# The sidecar's words for each step from a file to the graph's input and from its outputs to a label: enough to
+# score a film with Pillow, pydicom, numpy and ONNX Runtime alone (tests/test_onnx_alone.py does, and gets predict's
+# probabilities; docs/cli.md#scoring-with-onnx-runtime-alone)
+_PREPROCESSING = (
+    "1. decode to 8-bit grey: a JPEG or an 8-bit PNG as Pillow's convert('L') gives it (ITU-R 601-2 luma for colour); "
+    "a 16-bit PNG stretched linearly from its minimum to its maximum to 0-255, rounded to the nearest level; a DICOM "
+    "through its rescale or modality LUT, then its VOI LUT or else its first window (pydicom's apply_modality_lut and "
+    "apply_voi_lut), then stretched linearly from its lowest to its highest value to 0-255, rounded to the nearest "
+    "level (an unsigned 8-bit film with no LUT and no window kept as stored), MONOCHROME1 inverted (255 - grey), pixel"
+    " padding (Pixel Padding Value) left out of the stretch and black, non-square pixels made square with Pillow's box"
+    " filter (docs/dicom.md, How a film is read). 2. blocks of n x n pixels averaged (Pillow's Image.reduce(n)), n = "
+    "(short side - 1) // decode_target, when n >= 2. 3. a JPEG or PNG turned upright as its EXIF Orientation tag says "
+    "(the transposes of Pillow's ImageOps.exif_transpose), after the reduction. 4. source_size and source_quality as "
+    "source_meaning says. 5. resized to size x size as resize_meaning says. 6. normalised as input_layout says. "
+    "(pneumoscan.data.decode.read_gray with target=decode_target, then pneumoscan.data.preprocess.PreprocessSpec's "
+    "apply, does steps 1 to 5.)"
+)
+_RESIZE = (
+    "an image already size x size is kept; otherwise Pillow's Image.resize with the bilinear filter (antialiased "
+    "when shrinking), by resize_policy. squash: im.resize((size, size)). pad (letterbox): scale = size / max(w, h), "
+    "new_w = max(1, round(w * scale)), new_h = max(1, round(h * scale)) (Python's round), im.resize((new_w, new_h)) "
+    "pasted at ((size - new_w) // 2, (size - new_h) // 2) on a black size x size image. center-crop: side = "
+    "min(w, h), im.resize((size, size), box=((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)). An "
+    "image squashed to source_size first is square, so every policy then squashes it"
+)
+_TTA = (
+    "with test-time augmentation each view warps the size x size uint8 input (after step 5, before normalising): "
+    "t = round(shift x size) pixels; the output pixel at column c, row r is the bilinear interpolation of the input "
+    "at x = (c + 0.5 - size / 2 - t) / zoom + size / 2 - 0.5, y = (r + 0.5 - size / 2 - t) / zoom + size / 2 - 0.5 "
+    "(pixel centres at whole numbers; a neighbour outside the image counts as 0), rounded half to even to uint8: "
+    "the picture is scaled by zoom about its centre and moved t pixels right and down, black where nothing moved "
+    "in (torchvision.transforms.v2.functional.affine with angle 0, translate [t, t], scale zoom, shear 0, bilinear, "
+    "computed in float32 in its own order: computed otherwise, some pixels of a zoomed view come out one grey level "
+    "apart, which moves the probabilities a little, an INT8 model's most; docs/cli.md, Scoring with ONNX Runtime "
+    "alone). Each view is normalised and scored alone, its probabilities softmax(logits / temperature), and their "
+    "mean over the views is compared with tta_threshold"
+)
+_NOT_IN_THE_GRAPH = (
+    f"the graph scores whatever it is given: a lateral film, another body part or modality, an adult's film, a "
+    f"blank or inverted one get a probability like any other. pneumoscan checks before and beside scoring, and "
+    f"the graph does not: the DICOM header (Modality {'/'.join(RADIOGRAPHY)}, BodyPartExamined CHEST, ViewPosition "
+    f"{' or '.join(FRONTAL_VIEWS)}, patient age {AGE_RANGE_YEARS[0]} to under {AGE_RANGE_YEARS[1]:g} years, "
+    f"MONOCHROME1/2, shorter side at least {MIN_SIDE} px, longer side at most {MAX_ASPECT:g} times it, tags that "
+    f"contradict each other), blank or nearly blank films and films of few grey levels (refused), and the image "
+    f"content against the training films (appearance.safetensors). Scoring without pneumoscan, check the header "
+    f"as docs/dicom.md (Scope checks) says, file no finding for a film outside it, and refuse a film decoded to "
+    f"one grey level; the image content check has no equivalent outside pneumoscan"
+)
+
+
 def _spec(bundle: Path | str, card: BundleCard) -> dict:
     """Everything besides the graph that turns a film into the bundle's label, as an ONNX sidecar says it."""
     return {
         "input": INPUT,
-        "input_layout": "float32 (batch, 1, size, size) = (uint8 grayscale / 255 - mean) / std",
+        "input_layout": "float32 (batch, 1, size, size), one grey channel, any batch size: "
+                        "(uint8 grayscale / 255 - mean) / std",
         "output": OUTPUT,
-        "output_meaning": "raw logits; probabilities = softmax(logits / temperature)",
+        "output_meaning": "raw logits (batch, number of classes), column i for classes[i]; probabilities = "
+                          "softmax(logits / temperature)",
         "size": card.size,
         "resize_policy": card.resize_policy,
         "source_size": card.source_size,
         "source_quality": card.source_quality,
-        "source_meaning": "an image larger than source_size is first squashed to it (bilinear, antialiased) and "
-                          "JPEG-compressed at source_quality; null: no such step",
+        "source_meaning": "an image larger than source_size (its longer side) is first squashed to source_size x "
+                          "source_size (Pillow's bilinear filter, antialiased) and saved and decoded again as a JPEG "
+                          "of source_quality (Pillow's encoder); null: no such step",
         "decode_target": card.spec.decode_target,
-        "preprocessing": (
-            "8-bit grayscale film (a DICOM windowed, a 16-bit PNG stretched from its minimum to its maximum); blocks "
-            "of n x n pixels averaged (Pillow's Image.reduce(n)), n = (short side - 1) // decode_target, when n >= 2; "
-            "then source_size and source_quality as source_meaning says; then resized to size x size with Pillow's "
-            "bilinear filter (antialiased when shrinking) by resize_policy: squash stretches to the square, pad keeps "
-            "the aspect ratio and letterboxes with black, center-crop scales the short side and cuts the middle "
-            "square (pneumoscan.data.preprocess.preprocess does all of it)"
-        ),
+        "preprocessing": _PREPROCESSING,
+        "resize_meaning": _RESIZE,
         "mean": card.mean,
         "std": card.std,
         "temperature": card.temperature,
@@ -191,16 +239,14 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
                                       "chosen on would fall (95 %, bootstrap): a reading inside it could have been "
                                       "called either way; empty when not recorded",
         "tta_views": [{"zoom": zoom, "shift": shift} for zoom, shift in TTA_VIEWS],
-        "tta_meaning": "with test-time augmentation, each view is the size x size uint8 input scaled by zoom about its "
-                       "centre and moved round(shift x size) pixels right and down (bilinear, black where nothing "
-                       "moved in: torchvision's affine), each view's probabilities softmax(logits / temperature), "
-                       "their mean compared with tta_threshold",
+        "tta_meaning": _TTA,
         "label_rule": "positive when positive_probability >= threshold (>= tta_threshold for the views' mean)",
         "task": card.task,
         "model": card.model,
         "model_id": card.model_id,
         "opset": OPSET,
         "weights_sha256": weights_digest(bundle),
+        "not_in_the_graph": _NOT_IN_THE_GRAPH,
     }
 
 

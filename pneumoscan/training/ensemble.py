@@ -92,7 +92,8 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
             if getattr(card, name) != getattr(cards[0], name):
                 raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has "
                                  f"{getattr(cards[0], name)!r}: "
-                                 "members must read films alike (only the input size and normalisation may differ)")
+                                 "members must read films alike (only the input size and normalisation may differ): "
+                                 "choose bundles of one task trained on the same data")
     refuse_repeated_models(cards, paths, "the ensemble would claim members it does not have")
 
 

@@ -54,8 +54,9 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     t = float(math.exp(result.x))
     if abs(result.x - hi) < 1e-3:
         warnings.warn(
-            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits carry no signal or "
-            "are ranked the wrong way round, so the probabilities are not calibrated",
+            f"temperature {t:.3g} is at its bound {TEMPERATURE_BOUNDS}: the validation logits carry no signal, "
+            "are ranked the wrong way round or all lean to one class (an offset no temperature removes), so the "
+            "probabilities are not calibrated",
             stacklevel=2,
         )
     elif abs(result.x - lo) < 1e-3:  # with errors: logits so close together that even T = 0.05 does not spread them

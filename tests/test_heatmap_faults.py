@@ -1,0 +1,140 @@
+"""A heatmap a reader can trust: it lies over the film where the model looked, whatever the resize policy and the
+film's aspect, and a map that would show evidence it is not (NaN gradients, a score that ignores the film) is refused
+with its reason instead of drawn as an empty map."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pneumoscan.inference.explain import NoSpatialMap, explain_array, gradcam, heatmap_scale, overlay_png
+from pneumoscan.inference.predict import Predictor
+
+
+class _SeesTheFilm(nn.Module):
+    """Its last feature map is the normalised film itself and its log-odds for class 1 the map's mean: its Grad-CAM
+    is the film's bright parts, so a bright blob is where its map must peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 1, 1)
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0)
+            self.features.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class _NanGradients(_SeesTheFilm):
+    """Finite scores, NaN gradients: ``torch.where``'s unused branch overflows, and its infinite gradient times 0 is
+    NaN (the common way a model's backward pass turns NaN while its forward pass is sound)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(x)
+        a = torch.where(a > 1e3, torch.exp(a * 100), a)
+        return self.head(a.mean(dim=(2, 3)))
+
+
+class _IgnoresTheFilm(_SeesTheFilm):
+    """A dead model: its score is its head's bias whatever the film, so every gradient is zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)) * 0)
+
+
+def _film(height: int, width: int, at: tuple[float, float]) -> np.ndarray:
+    """A dim film with one bright blob centred at ``at`` (row, column as fractions of the film)."""
+    rng = np.random.default_rng(0)
+    film = rng.integers(20, 90, (height, width)).astype(np.uint8)
+    rows, cols = np.mgrid[:height, :width]
+    film[(rows - at[0] * height) ** 2 + (cols - at[1] * width) ** 2 < (0.08 * min(height, width)) ** 2] = 255
+    return film
+
+
+def _peak(values: np.ndarray) -> tuple[float, float]:
+    """(row, column) as fractions of the map: the centre of its top tenth."""
+    rows, cols = np.nonzero(values >= values.max() - 0.1 * (values.max() - values.min()))
+    return rows.mean() / values.shape[0], cols.mean() / values.shape[1]
+
+
+@pytest.mark.parametrize("source_size", [None, 64])
+@pytest.mark.parametrize("policy", ["squash", "pad", "center-crop"])
+def test_the_map_peaks_where_the_film_shows_the_evidence(tiny_bundle: Path, policy: str,
+                                                         source_size: int | None) -> None:
+    """An off-centre blob, on a portrait and a landscape film, under each resize policy (and with a bundle that
+    brings larger films to its training files' square first): the map returned and the overlay's heatmap panel
+    peak on the blob, not on its mirror or its place in the model's square."""
+    predictor = Predictor(tiny_bundle)
+    predictor._model = _SeesTheFilm().eval()
+    predictor.card = dataclasses.replace(predictor.card, resize_policy=policy, source_size=source_size,
+                                         source_quality=None, heatmap_scale=None)
+    for (height, width), at in (((120, 200), (0.3, 0.65)), ((200, 120), (0.65, 0.3))):  # in center-crop's square
+        film = _film(height, width, at)
+        cam = explain_array(predictor, film)
+        assert cam.shape == (height, width)
+        overlay = np.asarray(Image.open(io.BytesIO(overlay_png(film, cam, "PNEUMONIA", heatmap_scale(predictor.card)))))
+        heat = overlay[:height, width : 2 * width].astype(int).sum(axis=2)  # viridis grows brighter with the value
+        for found in (_peak(cam), _peak(heat)):
+            assert np.allclose(found, at, atol=0.04), f"{policy} {height}x{width}: peak at {found}, blob at {at}"
+
+
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_a_map_with_nan_gradients_is_refused_not_drawn_empty(scale: float | None) -> None:
+    """NaN was cast to 0, the lowest colour: a film drawn as no evidence anywhere, over any reading."""
+    x = torch.from_numpy(_film(32, 32, (0.3, 0.7))[None, None] / 255.0).float()
+    with pytest.raises(NoSpatialMap, match="not finite"):
+        gradcam(_NanGradients().eval(), x, 1, scale)
+
+
+def test_a_model_whose_score_ignores_the_film_gets_no_map(tiny_bundle: Path) -> None:
+    """Its score is the same for every film: an empty map would say the model looked and found nothing."""
+    predictor = Predictor(tiny_bundle)
+    predictor._model = _IgnoresTheFilm().eval()
+    with pytest.raises(NoSpatialMap, match="every Grad-CAM gradient is zero"):
+        explain_array(predictor, _film(120, 200, (0.3, 0.65)))
+
+
+def test_a_film_with_only_evidence_against_keeps_its_empty_map() -> None:
+    """Gradients that are not zero, every region lowering the log-odds: the empty map is the truth, and is drawn."""
+    x = torch.full((1, 1, 32, 32), -1.0)  # the film's map is negative everywhere: no evidence for class 1
+    cam = gradcam(_SeesTheFilm().eval(), x, 1, 0.5)
+    assert cam.shape == (32, 32) and not cam.any()
+
+
+def test_predict_keeps_the_reading_of_a_film_whose_map_is_refused(tiny_bundle: Path, tiny_dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    """A bundle whose score ignores the film (its head's weights zero): `predict --heatmaps` stopped at the first
+    film and lost every score; each row keeps its reading, names why it has no heatmap, and no overlay is written."""
+    from pneumoscan.inference.predict import NO_HEATMAP, predict_paths
+    from pneumoscan.models.bundle import load_bundle, save_bundle
+
+    dead = tmp_path / "dead"
+    shutil.copytree(tiny_bundle, dead)
+    model, card = load_bundle(dead)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                layer.weight.zero_()
+    save_bundle(dead, model, card)
+    films = sorted((tiny_dataset / "train" / "NORMAL").glob("*.jpeg"))[:2]
+    rows = predict_paths(dead, films, heatmap_dir=tmp_path / "maps")
+    assert [r["path"] for r in rows] == [str(f) for f in films]
+    for row in rows:
+        assert 0.0 <= row["probability"] <= 1.0 and row["label"] in ("NORMAL", "PNEUMONIA"), row
+        assert "heatmap" not in row and "error" not in row, row
+        assert [w for w in row["warnings"] if w.startswith(f"{NO_HEATMAP}: ")] == [
+            f"{NO_HEATMAP}: the model's score does not change with its last feature map on this film (every Grad-CAM "
+            "gradient is zero), so a heatmap would show nothing it looked at; read the film without one"], row
+    assert list((tmp_path / "maps").iterdir()) == []
