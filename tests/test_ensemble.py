@@ -248,12 +248,24 @@ def test_members_are_recorded_whole_so_their_checks_work_from_any_folder(
 
 def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    other = shutil.copytree(member64, tmp_path / "pad")
-    card = load_card(other)
-    save_card(other, dataclasses.replace(card, resize_policy="pad" if card.resize_policy != "pad" else "squash"))
-    assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset),
-                 "--out", str(tmp_path / "e")]) == 2
-    assert "resize_policy" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    """Said in words: a member without a source size (a bundle trained on files not all made one way) was said to
+    have ``source_size None``."""
+    card = load_card(member64)
+    policy = "pad" if card.resize_policy != "pad" else "squash"
+    assert card.source_size is not None  # the tiny dataset's files are all 64 px JPEG: training records it
+    for name, change, said in (
+            ("pad", {"resize_policy": policy}, f"has resize policy {policy}, {tiny_bundle} has resize policy "
+                                               f"{card.resize_policy}: members must read films alike"),
+            ("unmatched", {"source_size": None, "source_quality": None},
+             f"has no source size (no step first brings larger films down to its training files' size), "
+             f"{tiny_bundle} has source size {card.source_size} px (larger films are first brought down to it")):
+        other = shutil.copytree(member64, tmp_path / name)
+        save_card(other, dataclasses.replace(card, **change))
+        assert main(["ensemble", str(tiny_bundle), str(other), "--data", str(tiny_dataset),
+                     "--out", str(tmp_path / "e")]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{other} {said}" in err and "None" not in err and f"'{policy}'" not in err
+        assert not (tmp_path / "e").exists()
 
 
 def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: Path) -> None:

@@ -17,14 +17,24 @@ from typing import NamedTuple
 from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
-from pneumoscan.models.card import (CARD, ENSEMBLE, card_task, load_card, member_label, member_sources, refused_as,
-                                   replaced_members, teacher_label)
+from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
+                                   refused_as, replaced_members, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 
-def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tuple[Path, str]]:
+class _Source(NamedTuple):
+    """A bundle whose training made a bundle's weights (:func:`_weight_sources`): its folder, how the bundle came by
+    its weights, and its card as read there (None: no card read, for a source gone or trained again since), which
+    the check reads no second time."""
+
+    path: Path
+    how: str
+    card: BundleCard | None
+
+
+def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_Source]:
     """The bundles whose training made BUNDLE's weights, each with how BUNDLE came by them: itself (""), an
     ensemble's members as recorded when it was built ("member"), the bundle that ``threshold`` copied it from
     ("copy": the same weights, but no run's split.csv beside the copy), a distilled model's teachers ("teacher":
@@ -32,33 +42,36 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[tu
     its weights had learnt those films). A source that is gone, or was trained again since an ensemble recorded
     it, is kept as a path, which :func:`check_held_out` then warns about. A source whose own card is damaged is
     refused naming it (``label``: a member or a teacher by its place and folder, the bundle started or copied from),
-    as a file of that bundle, not of the one given, which is sound."""
+    as a file of that bundle, not of the one given, which is sound. Each source comes with its card as read here
+    (:class:`_Source`), so that the check reads no card twice."""
     seen = seen | {os.path.realpath(bundle)}
 
-    def sources(path: Path, how: str, label: str) -> list[tuple[Path, str]]:
+    def sources(path: Path, how: str, label: str) -> list[_Source]:
         if os.path.realpath(path) in seen:  # a run fine-tuned from its own earlier bundle (--init RUN/bundle)
             return []
         if not (path / CARD).exists():
-            return [(path, how)]
+            return [_Source(path, how, None)]
         with refused_as(label):
             inner = _weight_sources(path, seen)
-        return [(p, "replaced" if kind == "replaced" else how) for p, kind in inner]
+        return [s if s.how == "replaced" else s._replace(how=how) for s in inner]
 
     card = load_card(bundle)
     if card.model == ENSEMBLE:
         replaced, members = set(replaced_members(card)), member_sources(card)
         labels = [member_label(i, len(members), member) for i, member in enumerate(members)]
         return [s for member, label in zip(members, labels)
-                for s in ([(member, "replaced")] if member in replaced else sources(member, "member", label))]
+                for s in ([_Source(member, "replaced", None)] if member in replaced
+                          else sources(member, "member", label))]
     origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
     if origin := next((o for o in origins if (o / CARD).exists()), None):
         return sources(origin, "copy", f"the bundle {bundle} was copied from ({origin})")
     config = card.train_config or {}
     teachers = [Path(t) for t in config.get("teacher") or []]
     init = [Path(config["init"])] if config.get("init") else []
-    return [(bundle, ""), *(s for i, teacher in enumerate(teachers)
-                            for s in sources(teacher, "teacher", teacher_label(i, len(teachers), teacher))),
-            *(s for start in init for s in sources(start, "init", f"the bundle {bundle} started from ({start})"))]
+    taught = (s for i, teacher in enumerate(teachers)
+              for s in sources(teacher, "teacher", teacher_label(i, len(teachers), teacher)))
+    started = (s for start in init for s in sources(start, "init", f"the bundle {bundle} started from ({start})"))
+    return [_Source(bundle, "", card), *taught, *started]
 
 
 CALIBRATION_FILMS = "calibration_films.csv"  # in a bundle whose temperature or threshold was chosen on other films
@@ -198,7 +211,7 @@ def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
     with the figures (not only logged), or refused with ``refuse_unchecked``; the first source with no films to
     check against is kept in ``given.unknown`` (:func:`_unknown_source`)."""
     runs = []
-    for path, how in _weight_sources(bundle):
+    for path, how, card in _weight_sources(bundle):
         if (why := _unknown_source(bundle, path, how, given.purpose)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
         films, unresolved = _run_films(path, given.purpose, how)
@@ -207,18 +220,18 @@ def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
         if unresolved:
             given.warn(unresolved)
         if films:
-            runs.append(_Run(path, how, films, _side(films, "train"), _validated(path, films)))
+            runs.append(_Run(path, how, films, _side(films, "train"), _validated(path, films, card)))
     return runs
 
 
-def _validated(bundle: Path, films: dict[str, Record]) -> set[str]:
+def _validated(bundle: Path, films: dict[str, Record], card: BundleCard | None) -> set[str]:
     """The real paths of the validation films of a run's split.csv that its bundle's task reads: an etiology run's
     split lists the normal films too, and they chose none of its numbers. All of them when the bundle has no card
-    to name its task."""
+    (``card``: as :func:`_weight_sources` read it) to name its task."""
     validation = {path: r for path, r in films.items() if r.split == "val"}
-    if not (bundle / CARD).exists():
+    if card is None:
         return set(validation)
-    task = card_task(load_card(bundle), bundle)
+    task = card_task(card, bundle)
     return {path for path, r in validation.items() if task.target(r) is not None}
 
 

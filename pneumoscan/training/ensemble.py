@@ -90,11 +90,26 @@ def _check_members(cards: Sequence[BundleCard], paths: Sequence[Path]) -> None:
     for card, path in zip(cards[1:], paths[1:]):
         for name in SHARED:
             if getattr(card, name) != getattr(cards[0], name):
-                raise ValueError(f"{path} has {name} {getattr(card, name)!r}, {paths[0]} has "
-                                 f"{getattr(cards[0], name)!r}: "
+                raise ValueError(f"{path} has {_shared_value(name, getattr(card, name))}, {paths[0]} has "
+                                 f"{_shared_value(name, getattr(cards[0], name))}: "
                                  "members must read films alike (only the input size and normalisation may differ): "
                                  "choose bundles of one task trained on the same data")
     refuse_repeated_models(cards, paths, "the ensemble would claim members it does not have")
+
+
+def _shared_value(name: str, value: str | int | list[str] | None) -> str:
+    """One of the :data:`SHARED` card fields in words, as a refusal of members that read films differently says it:
+    Python's own spelling (``source_size None``, ``classes ['NORMAL', 'PNEUMONIA']``) is not a user's, and a card
+    without a source size means a step the other member takes is missing."""
+    if name == "source_size":
+        return (f"source size {value} px (larger films are first brought down to it, as its training files were made)"
+                if value is not None else "no source size (no step first brings larger films down to its training "
+                                          "files' size)")
+    if name == "source_quality":
+        return f"source JPEG quality {value}" if value is not None else "no source JPEG quality"
+    if isinstance(value, list):
+        return f"{name} {', '.join(value)}"
+    return f"{'positive class' if name == 'positive' else name.replace('_', ' ')} {value}"
 
 
 def refuse_repeated_models(cards: Sequence[BundleCard], paths: Sequence[Path | str], why: str) -> None:
