@@ -90,9 +90,12 @@ def test_an_ensembles_overlay_says_its_members_scales(scaled_ensemble: Path, tin
     assert ON_MEMBERS_SCALES in words and "top colour: every member's evidence as strong as the strongest 10 %" in words
     assert ON_MODEL_SCALE not in words and PER_FILM not in words
     film = _by_probability(Predictor(scaled_ensemble), tiny_dataset)[-1]
-    predict_paths(scaled_ensemble, [film], heatmap_dir=tmp_path)
+    (row,) = predict_paths(scaled_ensemble, [film], heatmap_dir=tmp_path)
     (written,) = tmp_path.glob("*.png")
-    assert Image.open(written).info["Description"] == words
+    # the film, a 64 px thumbnail, is outside the scope: its overlay says so before these words
+    assert Image.open(written).info["Description"] == caption("PNEUMONIA", heatmap_scale(card),
+                                                              warnings=row["warnings"])
+    assert Image.open(written).info["Description"].endswith(words) and not row["in_scope"]
 
 
 @pytest.mark.parametrize(("bundle", "scale_words", "top", "top_spoken"), [
@@ -113,7 +116,11 @@ def test_v1_model_gives_the_words_of_the_services_overlay(bundle: str, scale_wor
         r = client.post("/v1/predict?heatmap=true", files={"file": (film.name, film.read_bytes(), "image/jpeg")})
     assert r.status_code == 200, r.text
     png = base64.b64decode(r.json()["heatmap"].split(",", 1)[1])
-    assert info["heatmap_caption"] == Image.open(io.BytesIO(png)).info["Description"]
+    # the film, a 64 px thumbnail, is outside the scope: its overlay says so, then the words /v1/model gives
+    said, card = Image.open(io.BytesIO(png)).info["Description"], load_card(path)
+    assert said == caption(card.positive, heatmap_scale(card), warnings=r.json()["warnings"])
+    assert said.endswith(info["heatmap_caption"]) and info["heatmap_caption"] == caption(card.positive,
+                                                                                         heatmap_scale(card))
     assert scale_words in info["heatmap_caption"] and info["heatmap_caption"].startswith("Grad-CAM: evidence for ")
     assert (info["heatmap_top"], info["heatmap_top_spoken"]) == (top, top_spoken)
     assert info["heatmap_scale"] == load_card(path).heatmap_scale
@@ -129,7 +136,8 @@ def test_the_pages_legend_says_an_ensembles_members_scales(scaled_ensemble: Path
             "of validation films it called PNEUMONIA)") in legend
     assert top == "strong evidence" and "this film" not in legend and ON_MODEL_SCALE not in legend
     assert f"strong evidence {ON_MEMBERS_SCALES}" in spoken
-    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_ensemble))))
+    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_ensemble))),
+                                 outside=True)
 
 
 def test_an_ensemble_with_a_member_without_a_scale_keeps_maps_per_film(

@@ -153,11 +153,13 @@ def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
             server.close()
 
 
-def assert_legend_is_the_caption(legend: str, words: str) -> None:
+def assert_legend_is_the_caption(legend: str, words: str, outside: bool = False) -> None:
     """The page's legend says the overlay's caption ``words`` (for the same bundle), and for a film read as negative
-    adds what such a film's map shows."""
+    adds what such a film's map shows; for a film ``outside`` the model's scope (a 64 px thumbnail of the tiny
+    dataset) it starts by saying so."""
     negative = " This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
-    assert legend in (f"{words}.", f"{words}.{negative}")
+    start = "Outside the model's scope: the reading and this map do not apply. " if outside else ""
+    assert legend in (f"{start}{words}.", f"{start}{words}.{negative}")
 
 
 def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny_dataset: Path) -> None:
@@ -170,7 +172,7 @@ def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny
             "strongest 10 % of validation films it called") in legend
     assert top == "strong evidence" and "this film" not in legend
     assert "strong evidence on this model's scale" in spoken
-    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_bundle))))
+    assert_legend_is_the_caption(legend, caption("PNEUMONIA", heatmap_scale(load_card(scaled_bundle))), outside=True)
 
 
 def test_a_bundle_without_the_record_keeps_maps_and_words_per_film(scaled_bundle: Path, tiny_dataset: Path,

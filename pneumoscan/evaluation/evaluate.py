@@ -165,11 +165,12 @@ def _thumbnail(image: Image.Image, overlay: bool) -> bytes:
 
 
 def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, scores: np.ndarray,
-                  threshold: float, size: int = GALLERY_SIZE,
-                  cam_seconds: float = GALLERY_CAM_SECONDS) -> dict[str, list[tuple[bytes, str]]]:
+                  threshold: float, size: int = GALLERY_SIZE, cam_seconds: float = GALLERY_CAM_SECONDS,
+                  tta: bool = False, scope: Sequence[list[str]] | None = None) -> dict[str, list[tuple[bytes, str]]]:
     """The ``size`` most confident false positives (highest scores among negatives called positive) and false
     negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
-    ``cam_seconds`` last and the model has a spatial feature map, plain films after that."""
+    ``cam_seconds`` last and the model has a spatial feature map, plain films after that. ``tta`` (the scores are
+    means of test-time views) and each film's ``scope`` warnings go into the overlays' captions, as predict's."""
     from pneumoscan.inference.explain import explain_array, heatmap_scale, overlay_png
 
     called = scores >= threshold
@@ -196,9 +197,9 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             image, overlay = Image.fromarray(gray), False
             if cam and time.monotonic() < deadline:
                 try:
-                    image, overlay = Image.open(io.BytesIO(overlay_png(gray, explain_array(predictor, gray),
-                                                                 predictor.card.positive,
-                                                                 heatmap_scale(predictor.card)))), True
+                    png = overlay_png(gray, explain_array(predictor, gray), predictor.card.positive,
+                                      heatmap_scale(predictor.card), tta=tta, warnings=scope[i] if scope else ())
+                    image, overlay = Image.open(io.BytesIO(png)), True
                 except ValueError as e:  # a model without a spatial feature map
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
@@ -270,7 +271,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
-        gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold)
+        gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
         with unchanged(Path(out_dir) / METRICS, results):
             _write_outputs(Path(out_dir), predictor, records, targets, probs, threshold, metrics,
                            f"{card.model} · {card.task} · {name}", header, second, gallery, scope)

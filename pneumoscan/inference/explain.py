@@ -33,6 +33,7 @@ from pneumoscan.core.figures import PNG_COMPRESS_LEVEL
 from pneumoscan.data.pixels import reduced_shape
 from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
+from pneumoscan.data.scope import CONFLICT, CONTENT, outside_scope
 from pneumoscan.models.card import ENSEMBLE
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
@@ -272,9 +273,10 @@ def to_image_frame(
     cam: np.ndarray, height: int, width: int, spec: PreprocessSpec, frame: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Map a model-input cam (S, S) back onto the original image (height, width), undoing the spec's geometry:
-    squash stretches it back, pad drops the letterbox bars, center-crop puts it on the middle square
-    (the cut-off sides, which the model never saw, get 0). ``frame``: the (height, width) to draw it at, a
-    smaller one of the same aspect (the overlay panel), so a huge upload never needs a full-size float map."""
+    squash stretches it back, pad drops the letterbox bars, center-crop puts it on the middle square. The cut-off
+    sides, which the model never saw, are NaN (:func:`unread_mask`): 0 there would be drawn as the lowest colour,
+    "no evidence" where the model did not look at all. ``frame``: the (height, width) to draw it at, a smaller one
+    of the same aspect (the overlay panel), so a huge upload never needs a full-size float map."""
     out_h, out_w = frame or (height, width)
     size, policy = cam.shape[0], spec.geometry(height, width)
     if policy == "squash":
@@ -284,11 +286,21 @@ def to_image_frame(
         return _resize_map(cam[top : top + new_h, left : left + new_w], out_w, out_h)
     if policy == "center-crop":
         side = min(out_w, out_h)
-        out = np.zeros((out_h, out_w), np.float32)
+        out = np.full((out_h, out_w), np.nan, np.float32)
         left, top = (out_w - side) // 2, (out_h - side) // 2
         out[top : top + side, left : left + side] = _resize_map(cam, side, side)
         return out
     raise ValueError(f"resize policy {policy!r} has no inverse here")  # spec.geometry checked it: a new policy
+
+
+def unread_mask(cam: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """Where a map in a film's frame (:func:`to_image_frame`) covers film the model did not read (its NaN), as a
+    bool mask, at (``height``, ``width``) when given: a pixel that touches any unread one counts as unread, so a
+    resized map never shows an unread edge as read."""
+    missing = np.isnan(cam)
+    if height is None or width is None or missing.shape == (height, width):
+        return missing
+    return _resize_map(missing.astype(np.float32), width, height) > 0
 
 
 # Grad-CAM needs gradients, which the INT8 graph has not: its map would be the FP32 model's, beside a reading the
@@ -300,7 +312,8 @@ INT8_HEATMAPS = ("heatmaps come from the FP32 model, and the INT8 model reads at
 def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | None = None) -> np.ndarray:
     """Grad-CAM for a decoded uint8 image of any size, preprocessed as the bundle says; returned in the image's
     own frame at overlay size (:func:`panel_shape`), float32 in [0, 1], on the scale :func:`heatmap_scale` gives
-    (the bundle's, or this film's own). ``class_index`` None means the call's evidence: the log-odds of the classes
+    (the bundle's, or this film's own), NaN where the model did not read the film (center-crop's cut-off sides:
+    :func:`unread_mask`). ``class_index`` None means the call's evidence: the log-odds of the classes
     the thresholded probability sums (:attr:`Task.cam_classes`), which is what the label reads; an index, that
     class against the rest. A predictor of the INT8 model is refused (ValueError, :data:`INT8_HEATMAPS`), and so is a
     model without a spatial feature map (:class:`NoSpatialMap`, with the reason)."""
@@ -388,22 +401,30 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None) -> bytes:
+def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *, tta: bool = False,
+                warnings: Sequence[str] = ()) -> bytes:
     """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
     page draws it), over a caption strip that says what the map shows and on which scale (:func:`caption`), so a
     file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
-    to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. ``explains``: the class the map
-    is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`), which the caption names."""
+    to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. Where the model did not read the
+    film (``cam``'s NaN: :func:`unread_mask`) the heatmap panel is hatched grey, no colour of the scale, and the blend
+    shows the film alone: the scale's lowest colour there would say "no evidence" where the model never looked.
+    ``explains``: the class the map is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`);
+    ``tta`` and ``warnings`` (the film's): what else the caption must say of the reading the map goes with."""
     height, width = panel_shape(*gray.shape)
     if gray.shape != (height, width):
         gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
+    missing = unread_mask(cam, height, width)
+    cam = np.nan_to_num(cam, nan=0.0)
     if cam.shape != (height, width):
         cam = _resize_map(cam, width, height)
     original = np.repeat(gray[..., None], 3, axis=2)
     heat = viridis()[np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)]
     blend = np.round((original.astype(np.float32) + heat) / 2).astype(np.uint8)
+    heat[missing] = _hatch(height, width)[missing]
+    blend[missing] = original[missing]
     panels = Image.fromarray(np.hstack([original, heat, blend]))
-    text = caption(explains, scale)
+    text = caption(explains, scale, unread=bool(missing.any()), tta=tta, warnings=warnings)
     strip = _caption_strip(panels.width, height, text, scale_top(scale))
     picture = Image.new("RGB", (panels.width, height + strip.height))
     picture.paste(panels)
@@ -411,20 +432,59 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     return encode_png(picture, own="overlay", description=text)
 
 
-def caption(explains: str, scale: HeatmapScale | None) -> str:
+# What a caption adds for one film's map (:func:`caption`)
+UNREAD = "hatched grey: the film's edges outside its middle square, which the model did not read"
+WITHOUT_TTA = "map of the film as read without test-time views, whose mean is the probability"
+OUTSIDE = "OUTSIDE THE MODEL'S SCOPE"
+
+# The heatmap panel where the model did not read the film: diagonal stripes of two neutral greys, no colour of
+# viridis, and told apart from the scale's grey-looking middle on a black-and-white print by the stripes
+UNREAD_GREYS = np.array([[96, 96, 96], [152, 152, 152]], np.uint8)
+
+
+def _hatch(height: int, width: int) -> np.ndarray:
+    """(height, width, 3) uint8 stripes of :data:`UNREAD_GREYS`, wide enough to be seen at the panel's size."""
+    period = max(3, round(max(height, width) / 64))
+    rows, cols = np.mgrid[:height, :width]
+    return UNREAD_GREYS[((rows + cols) // period) % 2]
+
+
+def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, tta: bool = False,
+            warnings: Sequence[str] = ()) -> str:
     """What an overlay shows, for a map drawn on ``scale`` (:func:`heatmap_scale`); the web page's legend shows the
     same words (/v1/model's heatmap_caption). On the bundle's scale the top colour is strong evidence, as on
     validation films; on an ensemble's members' scales, strong evidence from every member, each as on its own
     validation films (the ensemble's own films never measured it); scaled to the film's own maximum, a film with
-    little evidence looks as bright as one with much."""
+    little evidence looks as bright as one with much. Then what is true of this film's map alone: ``unread``, parts
+    of the film the model did not read (hatched); ``tta``, a probability that is the mean of test-time views while
+    the map is of the plain one; and first, a film its ``warnings`` put outside the model's scope, so that a printed
+    overlay cannot pass for a reading that applies."""
     if scale is None:
-        return (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
+        text = (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
                 "where the model looked, not where disease is")
-    strongest = f"as strong as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}"
-    top = (f"the mean of its members' maps, each on that member's own scale; top colour: every member's evidence "
-           f"{strongest}" if scale.members else f"top colour: {strongest}")
-    return (f"Grad-CAM: evidence for {explains} {_scale_name(scale)}, the same for every film ({top}); "
-            "where the model looked, not where disease is")
+    else:
+        strongest = f"as strong as the strongest {100 - SCALE_PERCENTILE} % of validation films it called {explains}"
+        top = (f"the mean of its members' maps, each on that member's own scale; top colour: every member's evidence "
+               f"{strongest}" if scale.members else f"top colour: {strongest}")
+        text = (f"Grad-CAM: evidence for {explains} {_scale_name(scale)}, the same for every film ({top}); "
+                "where the model looked, not where disease is")
+    if unread:
+        text += f"; {UNREAD}"
+    if tta:
+        text += f"; {WITHOUT_TTA}"
+    if outside := [_reason(w) for w, _ in outside_scope(list(warnings))]:
+        text = f"{OUTSIDE} ({'; '.join(outside)}): the reading and this map do not apply. {text}"
+    return text
+
+
+def _reason(warning: str) -> str:
+    """A scope warning's reason in brief, for a caption: its words before what follows from it (``lateral view
+    (LL)`` of ``lateral view (LL): the model was trained on frontal (PA/AP) films only``), a pixel check's without
+    its common start; a conflict keeps its start, which says what kind of fault it is. The row's warnings keep the
+    whole."""
+    rest = warning.removeprefix(CONTENT)
+    start = CONFLICT if rest.startswith(CONFLICT) else ""
+    return start + rest.removeprefix(start).split(": ", 1)[0]
 
 
 def scale_top(scale: HeatmapScale | None, spoken: bool = False) -> str:
@@ -486,6 +546,17 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
     if gray.shape != (height, width):
         picture = picture.resize((width, height), Image.Resampling.BILINEAR)
     return encode_png(picture, own)
+
+
+def map_png(cam: np.ndarray) -> bytes:
+    """The bare map (the service's ``heatmap=map``; ``cam`` at the panel size :func:`explain_array` gives), for a
+    client that colours it itself: an 8-bit grayscale PNG, with an alpha channel, transparent where the model did not
+    read the film (``cam``'s NaN: :func:`unread_mask`), when it has such parts: a gray level there would be drawn as
+    the map's lowest, "no evidence" where the model never looked."""
+    levels = np.round(np.clip(np.nan_to_num(cam, nan=0.0), 0, 1) * 255).astype(np.uint8)
+    if not (missing := unread_mask(cam)).any():
+        return panel_png(levels, own="map")
+    return encode_png(Image.fromarray(np.dstack([levels, np.where(missing, 0, 255).astype(np.uint8)])), own="map")
 
 
 def encode_png(picture: Image.Image, own: str | None = None, description: str | None = None) -> bytes:

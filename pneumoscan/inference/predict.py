@@ -612,7 +612,8 @@ def predict_paths(
                             row["warnings"].append(f"{NO_HEATMAP}: {e}")
                         else:
                             png = overlay_png(gray if film is None or isinstance(film, str) else film, cam,
-                                              predictor.card.positive, heatmap_scale(predictor.card))
+                                              predictor.card.positive, heatmap_scale(predictor.card), tta=tta,
+                                              warnings=row["warnings"])
                             row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))

@@ -42,7 +42,8 @@ class Prediction(StageResult):
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
                                 "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = the "
                                 "top of the scale /v1/model's heatmap_caption names: the model's, or this film's "
-                                "maximum)")
+                                "maximum), with an alpha channel, transparent where the model did not read the film "
+                                "(center-crop's cut-off edges), when it has such parts")
     image: str | None = Field(None, description="with ?image=true: the decoded film as a grayscale PNG data URL "
                               "(what a browser cannot show itself, e.g. DICOM), at most 1024 pixels a side")
     warnings: list[str] = Field(

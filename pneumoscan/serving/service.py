@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, heatmap_scale,
-                                         overlay_png, panel_png, png_data_url)
+                                         map_png, overlay_png, panel_png, png_data_url)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
@@ -207,9 +207,10 @@ class Service:
         finally:
             slots.release()
 
-    def _heatmap_png(self, image: np.ndarray, shown: np.ndarray, raw: bool) -> bytes:
+    def _heatmap_png(self, image: np.ndarray, shown: np.ndarray, raw: bool, warnings: list[str]) -> bytes:
         """Grad-CAM of ``image`` (the film as the model read it), drawn over ``shown`` (that film at the size the
-        overlay is for), or the bare map with ``raw``."""
+        overlay is for), its caption saying when the film's ``warnings`` put it outside the model's scope; or the
+        bare map with ``raw`` (the reading beside it says so)."""
         try:
             self.heat_predictor.model  # built by the first heatmap (ONNX backends), its weights checked on disk then
         except (OSError, ValueError) as e:
@@ -222,8 +223,9 @@ class Service:
         except NoSpatialMap as e:  # the model's own kind: no map of the film can be drawn, for any request
             raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
         if raw:
-            return panel_png(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), own="map")
-        return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card))
+            return map_png(cam)
+        return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card),
+                           warnings=warnings)
 
     def _heatmaps_off(self, error: OSError | ValueError) -> str:
         """Why Grad-CAM's model could not be built, for the 503 and /healthz (which needs no key): the bundle changed
@@ -277,7 +279,7 @@ class Service:
             png = None
             if heatmap:
                 png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
-                                          shown if under_report else image, heatmap == "map")
+                                          shown if under_report else image, heatmap == "map", scope["warnings"])
         finally:
             gone.cancel()
         reading = {**result.model_dump(), **scope}

@@ -222,12 +222,15 @@ function classesText(r) {
     `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
 }
 
-// What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption), and for a film read as
-// negative, that its map is the weak evidence of such a film.
-function legendText(r) {
-  const what = `${heatmapWords.caption}.`;
-  return r.label === r.positive ? what
+// What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption); for a film read as
+// negative, that its map is the weak evidence of such a film; and, as the overlay's caption says them, the parts of
+// the film the model did not read (unread) and a film outside the model's scope.
+function legendText(r, unread) {
+  const edges = unread ? " The untinted edges of the film were not read by the model." : "";
+  const what = `${heatmapWords.caption}.${edges}`;
+  const read = r.label === r.positive ? what
     : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
+  return r.in_scope !== false ? read : `Outside the model's scope: the reading and this map do not apply. ${read}`;
 }
 
 function showFilm(film) {
@@ -392,13 +395,16 @@ async function loadFilm(film) {
 // The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the viewer's copy of the film, smoothed
 // by the canvas: the copy is the whole film, reduced or not, so the map lies where it was computed. Only while that
 // film is the one on screen and in the viewer (the map of a film left while it decoded landed on the next film, at
-// that film's size, and its "Show heatmap" drew it there).
+// that film's size, and its "Show heatmap" drew it there). Where the map is transparent the model did not read the
+// film (center-crop's cut-off edges): UNREAD there, and the film is left untinted, not coloured as "no evidence".
+const UNREAD = -1;
 async function loadCam(film) {
   const { img } = await grayOf(film.cam);
   if (current !== film || view.film !== film) return;
   const rgba = pixelsOf(img, view.w, view.h);
-  view.cam = new Uint8ClampedArray(view.w * view.h);
-  for (let i = 0; i < view.cam.length; i++) view.cam[i] = rgba[4 * i];
+  view.cam = new Int16Array(view.w * view.h);
+  for (let i = 0; i < view.cam.length; i++) view.cam[i] = rgba[4 * i + 3] < 128 ? UNREAD : rgba[4 * i];
+  film.unread = view.cam.includes(UNREAD);
 }
 
 const VIRIDIS = (() => {
@@ -431,7 +437,7 @@ function compose() {
 }
 
 // Gray levels into RGBA pixels px through the window/level table, blended with the coloured map where cam gives
-// its value at each of those pixels (null: the film alone).
+// its value at each of those pixels (null: the film alone; UNREAD: the film alone at that pixel).
 function paint(px, gray, cam) {
   const lut = new Uint8ClampedArray(256);
   const low = view.level - view.width / 2;
@@ -443,7 +449,7 @@ function paint(px, gray, cam) {
   for (let i = 0; i < gray.length; i++) {
     const g = lut[gray[i]];
     let r = g, gr = g, b = g;
-    if (cam) {
+    if (cam && cam[i] !== UNREAD) {
       const c = 3 * cam[i];
       r = g * (1 - alpha) + VIRIDIS[c] * alpha;
       gr = g * (1 - alpha) + VIRIDIS[c + 1] * alpha;
@@ -532,7 +538,7 @@ function detailCam(d, kx, ky) {
   const [left, top, across, down] = d.part;
   const columns = Array.from({ length: d.w }, (_, i) =>
     Math.min(view.w - 1, Math.floor((left + ((i + 0.5) * across) / d.w) / kx)));
-  d.cam = new Uint8ClampedArray(d.w * d.h);
+  d.cam = new Int16Array(d.w * d.h);
   for (let j = 0; j < d.h; j++) {
     const row = Math.min(view.h - 1, Math.floor((top + ((j + 0.5) * down) / d.h) / ky)) * view.w;
     for (let i = 0; i < d.w; i++) d.cam[j * d.w + i] = view.cam[row + columns[i]];
@@ -637,7 +643,7 @@ function heatControls() {
   $("opacity").disabled = !have;
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
-  $("legend-text").textContent = have ? legendText(current.result) : "";
+  $("legend-text").textContent = have ? legendText(current.result, current.unread) : "";
   $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
     ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapWords.spoken}, dark purple lowest. ` +
       $("legend-text").textContent
@@ -803,7 +809,7 @@ let uploads = Promise.resolve();
 function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
     id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
-    result: null, error: null, cam: null,
+    result: null, error: null, cam: null, unread: false,
   }));
   if (!batch.length) return;
   films.push(...batch);
