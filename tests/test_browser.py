@@ -5,6 +5,7 @@ rejected files, and load nothing from outside the server. A missing browser fail
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def server(tiny_bundle: Path) -> Iterator[str]:
     yield from run_server(create_app(tiny_bundle))
 
 
-@pytest.fixture
-def page(server: str) -> Iterator[Page]:
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of Debian's Chromium, closed on leaving; a missing browser fails the test, never skips it."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -52,6 +54,12 @@ def page(server: str) -> Iterator[Page]:
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(server: str) -> Iterator[Page]:
+    with chromium_page() as page:
+        yield page
 
 
 def drop_file(page: Page, data: bytes, name: str, mime: str) -> None:

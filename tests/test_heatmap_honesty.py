@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from pneumoscan.data.scope import LATERAL, NO_TAGS, UNLIKE_LAYOUT
 from pneumoscan.inference.explain import (OUTSIDE, UNREAD, UNREAD_GREYS, WITHOUT_TTA, caption, explain_array,
@@ -25,7 +25,7 @@ from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, run_server
+from tests.test_browser import chromium_page, run_server
 from tests.test_heatmap_faults import _film, _SeesTheFilm
 
 HEIGHT, WIDTH = 120, 200  # a landscape film: center-crop reads its middle 120 x 120 square, columns 40 to 159
@@ -193,28 +193,21 @@ def crop_server(center_crop_bundle: Path) -> Iterator[str]:
 def test_the_page_leaves_the_unread_edges_untinted(crop_server: str, landscape: Path) -> None:
     """The page colours the bare map itself: it read the cut-off edges' gray 0 as the lowest colour; it leaves the
     film untinted there, tints the square read, and its legend says why the edges are untinted."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(crop_server)
-            page.set_input_files("#file", landscape)
-            expect(page.locator("#result")).to_be_visible()
-            page.click("#heatmap-button")
-            expect(page.locator("#legend")).to_be_visible()
-            expect(page.locator("#legend-text")).to_contain_text(
-                "The untinted edges of the film were not read by the model.")
-            # each point's film gray level and composed colour, at the window/level's default (level 128, width
-            # 255: a gray level as it is, less 0.5)
-            shown = page.evaluate("""() => {
-                const row = Math.floor(view.h / 2) * view.w, px = composedFrame.data;
-                return [2, Math.floor(view.w / 2), view.w - 3].map((x) => [view.gray[row + x],
-                  Array.from(px.slice(4 * (row + x), 4 * (row + x) + 3))]);
-            }""")
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(crop_server)
+        page.set_input_files("#file", landscape)
+        expect(page.locator("#result")).to_be_visible()
+        page.click("#heatmap-button")
+        expect(page.locator("#legend")).to_be_visible()
+        expect(page.locator("#legend-text")).to_contain_text(
+            "The untinted edges of the film were not read by the model.")
+        # each point's film gray level and composed colour, at the window/level's default (level 128, width
+        # 255: a gray level as it is, less 0.5)
+        shown = page.evaluate("""() => {
+            const row = Math.floor(view.h / 2) * view.w, px = composedFrame.data;
+            return [2, Math.floor(view.w / 2), view.w - 3].map((x) => [view.gray[row + x],
+              Array.from(px.slice(4 * (row + x), 4 * (row + x) + 3))]);
+        }""")
     left, (_, middle), right = shown
     for gray, rgb in (left, right):  # the film alone
         assert len(set(rgb)) == 1 and abs(rgb[0] - gray) <= 1, (gray, rgb)
