@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
@@ -29,7 +29,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.finish import ScoredFilms, finish_bundle
 from pneumoscan.training.train import train
 from tests.conftest import _once_per_run
-from tests.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, run_server
+from tests.test_browser import chromium_page, run_server
 from tests.test_explain import _TwoEvidenceNet
 
 PER_FILM = "scaled to this film's maximum"
@@ -136,11 +136,8 @@ def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
     """What the web page shows beside the heatmap of ``film`` read by ``bundle`` (its legend text, the top of its
     colour scale), and what a screen reader hears of the film with its heatmap."""
     server = run_server(create_app(bundle))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
+    try:
+        with chromium_page() as page:
             page.goto(next(server))
             page.set_input_files("#file", film)
             expect(page.locator("#result")).to_be_visible()
@@ -148,9 +145,8 @@ def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
             expect(page.locator("#legend")).to_be_visible()
             return (page.inner_text("#legend-text"), page.inner_text("#legend-top"),
                     page.get_attribute("#view", "aria-description") or "")
-        finally:
-            browser.close()
-            server.close()
+    finally:
+        server.close()
 
 
 def assert_legend_is_the_caption(legend: str, words: str, outside: bool = False) -> None:
