@@ -253,7 +253,7 @@ def _cams(model: torch.nn.Module, x: torch.Tensor,
                 raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), gradients)
         finally:
             model.zero_grad(set_to_none=True)
-    if not (np.isfinite(raw).all() and np.isfinite(per_film).all()):
+    if not np.isfinite(raw).all():  # per_film is raw scaled to each film: finite where raw is
         raise NoSpatialMap("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
                            "model): no heatmap can be drawn; read the film without one")
     return per_film, np.maximum(raw, 0.0), gradients.reshape(len(gradients), -1).any(axis=1)
