@@ -21,14 +21,15 @@ from PIL import Image
 
 from builders import nudge_weights
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.explain import (MEMBERS_OWN_SCALE, HeatmapScale, caption, explain_array, gradcam,
-                                          heatmap_scale, overlay_png)
+from pneumoscan.inference.explain import (MEMBERS_OWN_SCALE, HeatmapScale, NoMapOfFilm, caption, explain_array,
+                                          gradcam, heatmap_scale, overlay_png)
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import card as card_module
 from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
 from tests import test_ensemble, test_heatmap_scale
+from tests.test_heatmap_faults import _IgnoresTheFilm
 from tests.test_heatmap_scale import (ON_MODEL_SCALE, PER_FILM, _by_probability, assert_legend_is_the_caption,
                                       page_legend)
 
@@ -157,6 +158,18 @@ def test_an_ensemble_with_a_member_without_a_scale_keeps_maps_per_film(
     with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(tiny_bundle))}\) records no "
                                          "heatmap scale"):
         gradcam(predictor.model, predictor.inputs(predictor.preprocess([weak])), 1, MEMBERS_OWN_SCALE)
+
+
+def test_a_members_refusal_of_one_films_map_stays_a_refusal_of_that_film(scaled_ensemble: Path,
+                                                                         tiny_dataset: Path) -> None:
+    """Named as the member's, the refusal kept only the kind "no map from this model": predict, which keeps a film's
+    reading when its map alone is refused, would have stopped the whole run at it."""
+    predictor = Predictor(scaled_ensemble, backend="torch")
+    predictor.model.members[1].net = _IgnoresTheFilm().eval()
+    weak = read_gray(_by_probability(predictor, tiny_dataset)[0])
+    with pytest.raises(NoMapOfFilm, match=r"^ensemble member 2 of 2 \(.+\): the model's score does not change with its "
+                                          "last feature map on this film"):
+        explain_array(predictor, weak)
 
 
 def test_an_ensemble_built_before_members_scales_were_kept_keeps_maps_per_film(

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pneumoscan.inference.explain import NoSpatialMap, explain_array, gradcam, heatmap_scale, overlay_png
+from pneumoscan.inference.explain import NoMapOfFilm, explain_array, gradcam, heatmap_scale, overlay_png
 from pneumoscan.inference.predict import Predictor
 
 
@@ -52,6 +52,19 @@ class _IgnoresTheFilm(_SeesTheFilm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)) * 0)
+
+
+class _IgnoresBrightFilms(_SeesTheFilm):
+    """Sees a film whose mean input is at most ``cutoff``; a brighter film's score is the head's bias alone, so its
+    gradients are all zero and its map alone is refused."""
+
+    def __init__(self, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen = self.features(x).mean(dim=(2, 3))
+        return self.head(torch.where(seen > self.cutoff, seen * 0, seen))
 
 
 def _film(height: int, width: int, at: tuple[float, float]) -> np.ndarray:
@@ -98,7 +111,7 @@ def test_the_map_peaks_where_the_film_shows_the_evidence(tiny_bundle: Path, poli
 def test_a_map_with_nan_gradients_is_refused_not_drawn_empty(scale: float | None) -> None:
     """NaN was cast to 0, the lowest colour: a film drawn as no evidence anywhere, over any reading."""
     x = torch.from_numpy(_film(32, 32, (0.3, 0.7))[None, None] / 255.0).float()
-    with pytest.raises(NoSpatialMap, match="not finite"):
+    with pytest.raises(NoMapOfFilm, match="not finite"):
         gradcam(_NanGradients().eval(), x, 1, scale)
 
 
@@ -106,7 +119,7 @@ def test_a_model_whose_score_ignores_the_film_gets_no_map(tiny_bundle: Path) -> 
     """Its score is the same for every film: an empty map would say the model looked and found nothing."""
     predictor = Predictor(tiny_bundle)
     predictor._model = _IgnoresTheFilm().eval()
-    with pytest.raises(NoSpatialMap, match="every Grad-CAM gradient is zero"):
+    with pytest.raises(NoMapOfFilm, match="every Grad-CAM gradient is zero"):
         explain_array(predictor, _film(120, 200, (0.3, 0.65)))
 
 
@@ -142,3 +155,31 @@ def test_predict_keeps_the_reading_of_a_film_whose_map_is_refused(tiny_bundle: P
             f"{NO_HEATMAP}: the model's score does not change with its last feature map on this film (every Grad-CAM "
             "gradient is zero), so a heatmap would show nothing it looked at; read the film without one"], row
     assert list((tmp_path / "maps").iterdir()) == []
+
+
+def test_the_evaluation_gallery_draws_the_maps_it_can_after_one_films_is_refused(tiny_bundle: Path,
+                                                                                 tiny_dataset: Path) -> None:
+    """The gallery took any refusal for a model without maps and drew no overlay for the films after it: one film's
+    refused map leaves that film plain, its caption saying why, and the next films' overlays are drawn."""
+    from pneumoscan.data.labelled import labelled_records
+    from pneumoscan.data.tasks import get_task
+    from pneumoscan.evaluation.evaluate import error_gallery
+    from pneumoscan.inference.predict import NO_HEATMAP
+
+    predictor = Predictor(tiny_bundle)
+    predictor.card = dataclasses.replace(predictor.card, heatmap_scale=None)
+    records, images, targets, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    sick = [i for i in np.flatnonzero(targets == 1)[:3]]
+    brightness = predictor.inputs(images[sick]).mean(dim=(1, 2, 3)).numpy()
+    order = np.argsort(-brightness)  # the brightest film first in the gallery, the only one its model ignores
+    predictor._model = _IgnoresBrightFilms(cutoff=float(brightness[order[:2]].mean())).eval()
+    films = [records[sick[k]] for k in order]
+    gallery = error_gallery(predictor, films, np.ones(3, int), np.array([0.1, 0.2, 0.3]), threshold=0.5, size=3)
+    (false_pos, false_neg) = gallery.values()
+    assert false_pos == [] and [caption.split()[0] for _, caption in false_neg] == [Path(r.path).name for r in films]
+    marks = [Image.open(io.BytesIO(png)).info.get("Software") for png, _ in false_neg]
+    assert marks == [None, "pneumoscan Grad-CAM overlay", "pneumoscan Grad-CAM overlay"], "the next films' maps drawn"
+    assert false_neg[0][1].endswith(f"({NO_HEATMAP}: the model's score does not change with its last feature map on "
+                                    "this film (every Grad-CAM gradient is zero), so a heatmap would show nothing it "
+                                    "looked at; read the film without one)")
+    assert all(NO_HEATMAP not in caption for _, caption in false_neg[1:])

@@ -28,7 +28,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
-from pneumoscan.inference.predict import Predictor, check_bundle_stages, stage_fields
+from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields
 from pneumoscan.models.card import WEIGHTS, BundleCard
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
@@ -171,7 +171,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
     ``cam_seconds`` last and the model has a spatial feature map, plain films after that. ``tta`` (the scores are
     means of test-time views) and each film's ``scope`` warnings go into the overlays' captions, as predict's."""
-    from pneumoscan.inference.explain import explain_array, heatmap_scale, overlay_png
+    from pneumoscan.inference.explain import NoMapOfFilm, explain_array, heatmap_scale, overlay_png
 
     called = scores >= threshold
     false_pos = np.flatnonzero((y == 0) & called)
@@ -194,16 +194,19 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             except DecodeError as e:  # changed since the cache was built: say so, do not stop the report
                 log.warning("gallery: %s: %s", record.path, e)
                 continue
-            image, overlay = Image.fromarray(gray), False
+            image, overlay, refused = Image.fromarray(gray), False, ""
             if cam and time.monotonic() < deadline:
                 try:
                     png = overlay_png(gray, explain_array(predictor, gray), predictor.card.positive,
                                       heatmap_scale(predictor.card), tta=tta, warnings=scope[i] if scope else ())
                     image, overlay = Image.open(io.BytesIO(png)), True
-                except ValueError as e:  # a model without a spatial feature map
+                except NoMapOfFilm as e:  # this film's map only: the next film's may be drawn
+                    refused = f"  ({NO_HEATMAP}: {e})"
+                except ValueError as e:  # a model without a spatial feature map, or an INT8 one
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
-            items.append((_thumbnail(image, overlay), f"{Path(record.path).name}  P = {format_figure(scores[i])}"))
+            caption = f"{Path(record.path).name}  P = {format_figure(scores[i])}{refused}"
+            items.append((_thumbnail(image, overlay), caption))
         gallery[title] = items
     return gallery
 

@@ -83,7 +83,12 @@ _TARGET_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, ...],
 
 class NoSpatialMap(ValueError):
     """A model Grad-CAM cannot explain: no (N, C, H, W) feature map of more than one cell reaches its head; or a film
-    whose map would be drawn as evidence it is not (NaN, or gradients all zero: :func:`_cams`)."""
+    whose map would be drawn as evidence it is not (:class:`NoMapOfFilm`)."""
+
+
+class NoMapOfFilm(NoSpatialMap):
+    """One film's map refused (NaN, or gradients all zero: :func:`_cams`): the model's maps of other films stand, so
+    a caller drawing many films goes on to the next."""
 
 
 def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
@@ -158,11 +163,11 @@ def check_explainable(predictor: Predictor) -> None:
 @contextlib.contextmanager
 def _as_member(model: torch.nn.Module, i: int) -> Iterator[None]:
     """A :class:`NoSpatialMap` of ensemble ``model``'s member ``i`` named as every refusal about a member is
-    (``member_label``); still a NoSpatialMap, which predict and the service refuse maps on."""
+    (``member_label``), of its own kind still (a refusal of one film's map stays one)."""
     try:
         yield
     except NoSpatialMap as e:
-        raise NoSpatialMap(f"{model.member_label(i)}: {e}") from None
+        raise type(e)(f"{model.member_label(i)}: {e}") from None
 
 
 class LogOdds:
@@ -213,7 +218,7 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
         return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
     per_film, raw, moved = _cams(model, x, classes)
     if not moved.all():
-        raise NoSpatialMap("the model's score does not change with its last feature map on this film (every Grad-CAM "
+        raise NoMapOfFilm("the model's score does not change with its last feature map on this film (every Grad-CAM "
                            "gradient is zero), so a heatmap would show nothing it looked at; read the film without one")
     if scale is None:
         return per_film[0]
@@ -236,7 +241,7 @@ def _cams(model: torch.nn.Module, x: torch.Tensor,
     model that ignores the image), and its empty map would be a film with no evidence over a reading that did not
     come from where it looked (:func:`gradcam` refuses it; a bundle's scale counts its peak, 0). A NaN or infinite
     map (a NaN gradient, as from a ``torch.where`` whose unused branch overflows, or an overflowing activation) is
-    refused here (:class:`NoSpatialMap`): drawn, NaN is cast to 0, the lowest colour, the whole film shown as no
+    refused here (:class:`NoMapOfFilm`): drawn, NaN is cast to 0, the lowest colour, the whole film shown as no
     evidence at all."""
     import torch
     from pytorch_grad_cam import GradCAM
@@ -254,7 +259,7 @@ def _cams(model: torch.nn.Module, x: torch.Tensor,
         finally:
             model.zero_grad(set_to_none=True)
     if not np.isfinite(raw).all():  # per_film is raw scaled to each film: finite where raw is
-        raise NoSpatialMap("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
+        raise NoMapOfFilm("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
                            "model): no heatmap can be drawn; read the film without one")
     return per_film, np.maximum(raw, 0.0), gradients.reshape(len(gradients), -1).any(axis=1)
 

@@ -67,7 +67,7 @@ def stage_fields(task: Task) -> dict[str, str]:
             "near_threshold": f"{task.name}_near_threshold"}
 
 
-NO_HEATMAP = "no heatmap"  # a warning's start: the film's Grad-CAM was refused (explain.NoSpatialMap), its score kept
+NO_HEATMAP = "no heatmap"  # a warning's start: the film's Grad-CAM was refused (explain.NoMapOfFilm), its score kept
 # a film whose file changed between the reads of one prediction (a drop folder reusing names): its pixels, header and
 # overlay could be two films', so it gets no reading
 CHANGED = "the file changed while it was being read (replaced or rewritten): not scored; run again on the settled file"
@@ -579,7 +579,7 @@ def predict_paths(
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, NoSpatialMap, check_explainable, explain_array, heatmap_scale, overlay_png
+        from .explain import MAX_PANEL, NoMapOfFilm, check_explainable, explain_array, heatmap_scale, overlay_png
 
         check_explainable(predictor)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
@@ -608,7 +608,7 @@ def predict_paths(
                     elif heatmap_dir is not None:  # no overlay of a model that gave no score
                         try:
                             cam = explain_array(predictor, gray)
-                        except NoSpatialMap as e:  # this film's map only (NaN, no gradient): its reading stands
+                        except NoMapOfFilm as e:  # this film's map only (NaN, no gradient): its reading stands
                             row["warnings"].append(f"{NO_HEATMAP}: {e}")
                         else:
                             png = overlay_png(gray if film is None or isinstance(film, str) else film, cam,

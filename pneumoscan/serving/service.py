@@ -220,7 +220,7 @@ class Service:
             raise Rejected(503, self.heatmap_fault) from None
         try:
             cam = explain_array(self.heat_predictor, image)
-        except NoSpatialMap as e:  # the model's own kind: no map of the film can be drawn, for any request
+        except NoSpatialMap as e:  # the model's kind (no map for any film), or this film's map (NoMapOfFilm)
             raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
         if raw:
             return map_png(cam)
