@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.cli import main
-from pneumoscan.core.metrics import evaluate_multiclass
+from pneumoscan.core.metrics import evaluate_multiclass, format_figure
 from pneumoscan.data.labelled import patient_groups
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
@@ -101,12 +101,45 @@ def test_cv_trains_each_fold_and_scores_every_film_out_of_fold(tiny_dataset: Pat
         assert load_card(out / f"fold-{k}" / "bundle").threshold_policy.startswith("Youden's J"), (
             "cv takes train's policy")
     assert [f["n"] for f in result["per_fold"]] == [sum(r["fold"] == str(k) for r in rows) for k in range(2)]
+    for k, fold in enumerate(result["per_fold"]):  # one epoch: the weights scored are the last epoch's
+        with (out / f"fold-{k}" / "history.csv").open() as f:
+            [epoch] = list(csv.DictReader(f))
+        assert (fold["epochs"], fold["best_epoch"], fold["last_epoch_auc"]) == (1, 1, float(epoch["val_auc"]))
     aucs = [f["auc"] for f in result["per_fold"]]
     assert result["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
     assert result["summary"]["auc"]["std"] == pytest.approx(np.std(aucs, ddof=1))
     stamp = (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns
     assert main(args) == 0, "a finished cv runs again"
     assert (out / "fold-0" / "bundle" / "model.safetensors").stat().st_mtime_ns == stamp, "finished folds are reused"
+
+
+def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_optimistic(
+        finished_cv: tuple[Path, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A fold keeps its best epoch's weights, chosen on the films it is then scored on: when that is not its last
+    epoch, the fold's AUC is the highest of several chances on those films, and a recipe of more epochs looked
+    better for it. cv.json gives each fold's epochs, best epoch and last epoch's AUC, and the log says so."""
+    out, args = finished_cv
+    copy = shutil.copytree(out, tmp_path / "cv")
+    history = copy / "fold-0" / "history.csv"
+    with history.open() as f:
+        [first] = list(csv.DictReader(f))
+    later = {**first, "epoch": "2", "val_auc": str(float(first["val_auc"]) - 0.125)}  # a second epoch, worse
+    history.write_text(history.read_text() + ",".join(later[k] for k in first) + "\n")
+    with caplog.at_level(logging.INFO, logger="pneumoscan"):
+        assert main([*args[:args.index("--out") + 1], str(copy), *args[args.index("--out") + 2:]]) == 0
+    result = json.loads((copy / "cv.json").read_text())
+    fold = result["per_fold"][0]
+    assert (fold["epochs"], fold["best_epoch"], fold["last_epoch_auc"]) == (2, 1, float(later["val_auc"]))
+    assert result["per_fold"][1]["epochs"] == result["per_fold"][1]["best_epoch"] == 1
+    assert (f"fold 1/2: AUC {format_figure(fold['auc'], 4)}, specificity at sensitivity 0.97: "
+            f"{format_figure(fold['specificity_at_sensitivity_0.97'])} (epoch 1 of 2, chosen on these films; the last "
+            f"epoch's AUC {format_figure(fold['last_epoch_auc'], 4)})") in caplog.text
+    last = result["summary"]["last_epoch_auc"]["mean"]
+    assert last == pytest.approx(np.mean([fold["last_epoch_auc"], result["per_fold"][1]["last_epoch_auc"]]))
+    assert (f"1 of 2 folds hold the weights of an epoch before their last, chosen on the films they are scored on, "
+            f"so their figures lean optimistic: mean AUC over the folds "
+            f"{format_figure(result['summary']['auc']['mean'], 4)}, of their last epochs {format_figure(last, 4)} "
+            f"(last_epoch_auc in {copy / 'cv.json'})") in caplog.text
 
 
 def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset: Path, tmp_path: Path,

@@ -142,6 +142,7 @@ def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, ev
     assert again.pop("optimistic"), "the bundle's own validation films: evaluate says its figures are optimistic"
     assert again.pop("data") == "split.csv/val" and reported.pop("data") == "validation (chose its threshold)"
     assert reported.pop("optimistic"), "the run's own report says the films chose its threshold"
+    assert (reported.pop("epochs"), reported.pop("best_epoch")) == (1, 1), "the run's own: the epoch its weights are"
     card = json.loads((run / "bundle" / "bundle.json").read_text())
     assert card["val_metrics"] == {k: reported[k] for k in card["val_metrics"]}, (
         "the bundle carries the report's figures")

@@ -15,7 +15,9 @@ class's probability too.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import math
 import logging
 import os
@@ -44,6 +46,7 @@ from .train import absent_classes, train
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
 SENSITIVITY_FLOOR = 0.97  # the clinical operating point the recipes are compared at (issue: spec at sens 0.97)
+_COUNTS = ("n", "epochs", "best_epoch")  # each fold's own counts, not figures to summarise over the folds
 
 
 def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_FLOOR) -> dict[str, float]:
@@ -54,12 +57,25 @@ def fold_figures(y: np.ndarray, scores: np.ndarray, floor: float = SENSITIVITY_F
             "n": int(y.size)}
 
 
+def chosen_epoch(run: RunFolder) -> dict[str, int | float | None]:
+    """Which epoch's weights fold ``run``'s bundle holds (``best_epoch``: the best validation AUC, chosen on the fold's
+    own films) of how many it trained (``epochs``), and the last epoch's validation AUC (``last_epoch_auc``). Where
+    the two epochs differ, the fold's figures are of weights chosen on the films they are measured on, and lean
+    optimistic, the more so the more epochs a recipe has to choose from; the last epoch's are not chosen. None for a
+    fold finished before its run recorded its best epoch."""
+    with run.history.open(newline="", encoding="utf-8") as f:
+        aucs = [float(row["val_auc"]) for row in csv.DictReader(f)]
+    best = json.loads(run.metrics.read_text(encoding="utf-8")).get("best_epoch") if run.metrics.exists() else None
+    return {"epochs": len(aucs), "best_epoch": best, "last_epoch_auc": aucs[-1] if aucs else None}
+
+
 def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, float | int | None]]:
-    """Mean, SD, min and max of each per-fold figure (:func:`fold_figures`, and a multiclass task's three-class
-    figures) over the folds that define it, and how many those are: a fold without one of the classes has no AUC
-    (None or NaN), which must neither end the run after every fold trained nor pass for a figure."""
+    """Mean, SD, min and max of each per-fold figure (:func:`fold_figures`, a multiclass task's three-class
+    figures, the last epoch's AUC) over the folds that define it, and how many those are: a fold without one of the
+    classes has no AUC (None or NaN), which must neither end the run after every fold trained nor pass for a figure.
+    Each fold's counts (:data:`_COUNTS`) are not summarised."""
     summary = {}
-    for k in (k for k in per_fold[0] if k != "n"):
+    for k in (k for k in per_fold[0] if k not in _COUNTS):
         values = [float(f[k]) for f in per_fold if f[k] is not None and not math.isnan(f[k])]
         summary[k] = {"mean": float(np.mean(values)) if values else None,
                       "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
@@ -165,6 +181,14 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     pooled = (fold_figures(binary_targets(targets), task.positive_probability(probs))
               | task.extra_metrics(targets, probs, units))
     per_fold = [f.figures for f in results]
+    if earlier := [k for k, f in enumerate(per_fold) if f["best_epoch"] is not None and f["best_epoch"] < f["epochs"]]:
+        summary = fold_summary(per_fold)
+        log.warning("%d of %d folds hold the weights of an epoch before their last, chosen on the films they are "
+                    "scored on, so their figures lean optimistic: mean AUC over the folds %s, of their last epochs %s "
+                    "(last_epoch_auc in %s); compare recipes by the last epochs' figures, or at the same epochs",
+                    len(earlier), folds,
+                    format_figure(summary["auc"]["mean"], 4), format_figure(summary["last_epoch_auc"]["mean"], 4),
+                    path_text(cv_folder.summary))
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
@@ -199,7 +223,8 @@ class _FoldResult(NamedTuple):
     val: list[Record]  # its validation films, in the order of the rows below
     targets: np.ndarray
     probs: np.ndarray  # each film's class probabilities
-    figures: dict[str, float]  # :func:`fold_figures`, and a multiclass task's three-class decision figures
+    # :func:`fold_figures`, a multiclass task's three-class decision figures, and :func:`chosen_epoch`'s
+    figures: dict[str, float | int | None]
     oof_rows: list[dict]
 
 
@@ -226,9 +251,13 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     figures = fold_figures(binary_targets(targets), scores)
     if decision := task.extra_metrics(targets, probs).get("multiclass"):
         figures |= {key: decision[key] for key in ("accuracy", "balanced_accuracy", "macro_auc")}
+    figures |= (epoch := chosen_epoch(run))
     oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
                  "fold": k, "probability": float(p)} | predictor.class_fields(row)
                 for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
-    log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s", k + 1, folds, format_figure(figures["auc"], 4),
-             SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]))
+    chose = ("" if epoch["best_epoch"] is None or epoch["best_epoch"] == epoch["epochs"] else
+             f" (epoch {epoch['best_epoch']} of {epoch['epochs']}, chosen on these films; the last epoch's AUC "
+             f"{format_figure(epoch['last_epoch_auc'], 4)})")
+    log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s%s", k + 1, folds, format_figure(figures["auc"], 4),
+             SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]), chose)
     return _FoldResult(val, targets, probs, figures, oof_rows)

@@ -548,6 +548,7 @@ def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleC
     """RUN/report.html and metrics.json of the validation films, which chose the threshold, the temperature and the
     best epoch (``epochs``: the epochs run and the best): the report and compare say so."""
     metrics["data"] = "validation (chose its threshold)"
+    metrics["epochs"], metrics["best_epoch"] = epochs  # cv says when the weights are not the last epoch's
     metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
                              "validation films: the figures on them are optimistic"]
     write_report(metrics, run_dir, f"{cfg.model} · {cfg.task} · validation", extra={
