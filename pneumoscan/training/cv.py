@@ -181,17 +181,16 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     pooled = (fold_figures(binary_targets(targets), task.positive_probability(probs))
               | task.extra_metrics(targets, probs, units))
     per_fold = [f.figures for f in results]
-    if earlier := [k for k, f in enumerate(per_fold) if f["best_epoch"] is not None and f["best_epoch"] < f["epochs"]]:
-        summary = fold_summary(per_fold)
+    summary = fold_summary(per_fold)
+    if earlier := sum(f["best_epoch"] is not None and f["best_epoch"] < f["epochs"] for f in per_fold):
         log.warning("%d of %d folds hold the weights of an epoch before their last, chosen on the films they are "
                     "scored on, so their figures lean optimistic: mean AUC over the folds %s, of their last epochs %s "
                     "(last_epoch_auc in %s); compare recipes by the last epochs' figures, or at the same epochs",
-                    len(earlier), folds,
-                    format_figure(summary["auc"]["mean"], 4), format_figure(summary["last_epoch_auc"]["mean"], 4),
-                    path_text(cv_folder.summary))
+                    earlier, folds, format_figure(summary["auc"]["mean"], 4),
+                    format_figure(summary["last_epoch_auc"]["mean"], 4), path_text(cv_folder.summary))
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
-        "summary": fold_summary(per_fold), "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
+        "summary": summary, "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
         "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
     }  # fmt: skip
     write_json(cv_folder.summary, jsonable(result))
