@@ -10,7 +10,9 @@ Figures per run: mean (SD) over the folds of the AUC and of the specificity at s
 for a candidate, the mean paired difference from the baseline, fold by fold, with its range and the number of
 folds it is ahead on: the folds' spread (specificity SD about 0.015) is mostly a property of the films, which
 both runs share, so the paired difference is the sharper comparison. Training minutes are each fold's clock at
-its last epoch (``history.csv``: warm start and training, not the export).
+its last epoch (``history.csv``: warm start and training, not the export). Each fold scores its best epoch's weights,
+chosen on the fold's films, so runs of different lengths are compared by the last epochs' AUC as well (``cv.json``'s
+``last_epoch_auc``), which no such choice flatters.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def load_run(spec: str) -> dict:
 def main(base_spec: str, candidates: list[str]) -> None:
     base = load_run(base_spec)
     print(f"{'run':<44} {'AUC mean (SD)':>16} {'spec@0.97 mean (SD)':>20} {'dAUC (range) ahead':>30} "
-          f"{'dSpec (range) ahead':>28} {'minutes/fold':>13}")
+          f"{'dSpec (range) ahead':>28} {'minutes/fold':>13} {'last-epoch AUC, dAUC (range) ahead':>38}")
     for spec in [base_spec, *candidates]:
         run = base if spec == base_spec else load_run(spec)
         if folds_of(run) != folds_of(base):
@@ -108,7 +110,19 @@ def main(base_spec: str, candidates: list[str]) -> None:
             diff = np.array([c[key] - b[key] for c, b in zip(run["per_fold"], base["per_fold"])])
             row += f" {diff.mean():+8.4f} ({diff.min():+.4f}..{diff.max():+.4f}) {int((diff > 0).sum())}/{diff.size}"
         row += f" {min(run['minutes']):>5.1f}-{max(run['minutes']):.1f}"
-        print(row)
+        print(row + f" {_last_epochs(run, base):>38}")
+
+
+def _last_epochs(run: dict, base: dict) -> str:
+    """The last epochs' AUC (``cv.json``'s ``last_epoch_auc``), and its paired difference from the baseline's: the
+    figure of runs of different lengths that no epoch chosen on the scored films flatters. n/a for runs averaged out
+    of fold, and for runs of a pneumoscan before the figure was recorded."""
+    last = [[fold.get("last_epoch_auc") for fold in r["per_fold"]] for r in (run, base)]
+    if any(v is None for values in last for v in values):
+        return "n/a"
+    diff = np.subtract(*last)
+    return (f"{np.mean(last[0]):.4f} {diff.mean():+8.4f} ({diff.min():+.4f}..{diff.max():+.4f}) "
+            f"{int((diff > 0).sum())}/{diff.size}")
 
 
 if __name__ == "__main__":
