@@ -142,6 +142,20 @@ def test_a_fold_scored_with_an_earlier_epochs_weights_says_its_figures_lean_opti
             f"(last_epoch_auc in {copy / 'cv.json'})") in caplog.text
 
 
+def test_a_fold_copied_in_without_its_history_is_scored_and_says_nothing_of_its_epochs(
+        finished_cv: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """A fold bundle brought from another machine without its run's history.csv and metrics.json is scored as
+    before; what its folder does not say is null, never guessed, and the other fold's figures stand."""
+    out, args = finished_cv
+    copy = shutil.copytree(out, tmp_path / "cv")
+    (copy / "fold-0" / "history.csv").unlink()
+    (copy / "fold-0" / "metrics.json").unlink()
+    assert main([*args[:args.index("--out") + 1], str(copy), *args[args.index("--out") + 2:]]) == 0
+    result = json.loads((copy / "cv.json").read_text())
+    assert [(f["epochs"], f["best_epoch"]) for f in result["per_fold"]] == [(None, None), (1, 1)]
+    assert result["per_fold"][0]["last_epoch_auc"] is None and result["summary"]["last_epoch_auc"]["folds"] == 1
+
+
 def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cv"

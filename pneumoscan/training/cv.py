@@ -61,12 +61,15 @@ def chosen_epoch(run: RunFolder) -> dict[str, int | float | None]:
     """Which epoch's weights fold ``run``'s bundle holds (``best_epoch``: the best validation AUC, chosen on the fold's
     own films) of how many it trained (``epochs``), and the last epoch's validation AUC (``last_epoch_auc``). Where
     the two epochs differ, the fold's figures are of weights chosen on the films they are measured on, and lean
-    optimistic, the more so the more epochs a recipe has to choose from; the last epoch's are not chosen. None for a
-    fold finished before its run recorded its best epoch."""
-    with run.history.open(newline="", encoding="utf-8") as f:
-        aucs = [float(row["val_auc"]) for row in csv.DictReader(f)]
+    optimistic, the more so the more epochs a recipe has to choose from; the last epoch's are not chosen. None where
+    the fold's folder does not say: a fold finished before its run recorded its best epoch, a bundle copied in
+    without its run's history."""
+    aucs = []
+    if run.history.exists():
+        with run.history.open(newline="", encoding="utf-8") as f:
+            aucs = [float(row["val_auc"]) for row in csv.DictReader(f)]
     best = json.loads(run.metrics.read_text(encoding="utf-8")).get("best_epoch") if run.metrics.exists() else None
-    return {"epochs": len(aucs), "best_epoch": best, "last_epoch_auc": aucs[-1] if aucs else None}
+    return {"epochs": len(aucs) or None, "best_epoch": best, "last_epoch_auc": aucs[-1] if aucs else None}
 
 
 def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, float | int | None]]:
@@ -182,7 +185,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
               | task.extra_metrics(targets, probs, units))
     per_fold = [f.figures for f in results]
     summary = fold_summary(per_fold)
-    if earlier := sum(f["best_epoch"] is not None and f["best_epoch"] < f["epochs"] for f in per_fold):
+    if earlier := sum(None not in (f["best_epoch"], f["epochs"]) and f["best_epoch"] < f["epochs"] for f in per_fold):
         log.warning("%d of %d folds hold the weights of an epoch before their last, chosen on the films they are "
                     "scored on, so their figures lean optimistic: mean AUC over the folds %s, of their last epochs %s "
                     "(last_epoch_auc in %s); compare recipes by the last epochs' figures, or at the same epochs",
@@ -254,7 +257,7 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
                  "fold": k, "probability": float(p)} | predictor.class_fields(row)
                 for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
-    chose = ("" if epoch["best_epoch"] is None or epoch["best_epoch"] == epoch["epochs"] else
+    chose = ("" if None in (epoch["best_epoch"], epoch["epochs"]) or epoch["best_epoch"] == epoch["epochs"] else
              f" (epoch {epoch['best_epoch']} of {epoch['epochs']}, chosen on these films; the last epoch's AUC "
              f"{format_figure(epoch['last_epoch_auc'], 4)})")
     log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s%s", k + 1, folds, format_figure(figures["auc"], 4),
