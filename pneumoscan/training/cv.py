@@ -72,6 +72,11 @@ def chosen_epoch(run: RunFolder) -> dict[str, int | float | None]:
     return {"epochs": len(aucs) or None, "best_epoch": best, "last_epoch_auc": aucs[-1] if aucs else None}
 
 
+def _chose_earlier(epoch: dict) -> bool:
+    """Whether a fold's weights are of an epoch before its last (:func:`chosen_epoch`); False where that is unknown."""
+    return None not in (epoch["best_epoch"], epoch["epochs"]) and epoch["best_epoch"] < epoch["epochs"]
+
+
 def fold_summary(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, float | int | None]]:
     """Mean, SD, min and max of each per-fold figure (:func:`fold_figures`, a multiclass task's three-class
     figures, the last epoch's AUC) over the folds that define it, and how many those are: a fold without one of the
@@ -185,7 +190,7 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
               | task.extra_metrics(targets, probs, units))
     per_fold = [f.figures for f in results]
     summary = fold_summary(per_fold)
-    if earlier := sum(None not in (f["best_epoch"], f["epochs"]) and f["best_epoch"] < f["epochs"] for f in per_fold):
+    if earlier := sum(map(_chose_earlier, per_fold)):
         log.warning("%d of %d folds hold the weights of an epoch before their last, chosen on the films they are "
                     "scored on, so their figures lean optimistic: mean AUC over the folds %s, of their last epochs %s "
                     "(last_epoch_auc in %s); compare recipes by the last epochs' figures, or at the same epochs",
@@ -257,9 +262,8 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
                  "fold": k, "probability": float(p)} | predictor.class_fields(row)
                 for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
-    chose = ("" if None in (epoch["best_epoch"], epoch["epochs"]) or epoch["best_epoch"] == epoch["epochs"] else
-             f" (epoch {epoch['best_epoch']} of {epoch['epochs']}, chosen on these films; the last epoch's AUC "
-             f"{format_figure(epoch['last_epoch_auc'], 4)})")
+    chose = (f" (epoch {epoch['best_epoch']} of {epoch['epochs']}, chosen on these films; the last epoch's AUC "
+             f"{format_figure(epoch['last_epoch_auc'], 4)})" if _chose_earlier(epoch) else "")
     log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s%s", k + 1, folds, format_figure(figures["auc"], 4),
              SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]), chose)
     return _FoldResult(val, targets, probs, figures, oof_rows)
