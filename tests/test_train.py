@@ -46,6 +46,8 @@ from pneumoscan.training.warm_start import warm_start_head, WARM_START_L2
 from tests.distributed_stubs import CountingProbe
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
+# What precision auto computes in here: bf16 where train() finds CUDA (its checkpoints and cards say so), else fp32.
+AUTO_PRECISION = "bf16" if torch.cuda.is_available() else "fp32"
 
 
 class Crash(RuntimeError):
@@ -185,11 +187,13 @@ def test_resume_refuses_another_number_of_processes(
                                          r"this run has 1; .*: resume under 2, or train into a new --out$"):
         train(tiny_dataset, cfg, run, resume=True)
     assert {name: (run / name).read_bytes() for name in kept} == kept, "refused before anything in RUN is rewritten"
-    # precision auto is bf16 on CUDA: a checkpoint made there went on in fp32 on a CPU machine, unsaid
-    assert ckpt["resolved_precision"] == "fp32"
-    train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "resolved_precision": "bf16"})
-    with pytest.raises(ValueError, match=r"its steps computed in bf16 and this run's would compute in fp32 \(precision "
-                                         r"auto: auto is bf16 on CUDA, fp32 on CPU\)"):
+    # precision auto is bf16 on CUDA: a checkpoint made there went on in fp32 on a CPU machine, unsaid (and the
+    # other way round on a GPU machine)
+    assert ckpt["resolved_precision"] == AUTO_PRECISION
+    other = {"bf16": "fp32", "fp32": "bf16"}[AUTO_PRECISION]
+    train_mod.save_checkpoint(run / "checkpoint.pt", {**ckpt, "resolved_precision": other})
+    with pytest.raises(ValueError, match=rf"its steps computed in {other} and this run's would compute in "
+                                         rf"{AUTO_PRECISION} \(precision auto: auto is bf16 on CUDA, fp32 on CPU\)"):
         train(tiny_dataset, cfg, run, resume=True)
 
     for key in ("processes", "resolved_precision", "data", "teachers"):  # an earlier version's checkpoint records
@@ -342,7 +346,7 @@ def test_a_finalisation_that_fails_leaves_the_bundle_whole_and_resume_finishes_i
 
 def test_the_bundle_holds_the_moving_average_of_the_weights(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "ema_decay": 0.5}), tmp_path / "run")
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)  # as the bundle
     average, live, shipped = (ckpt["callbacks"]["WeightAverage"], ckpt["model"],
                               load_file(str(bundle / "model.safetensors")))
     assert int(average["n_averaged"]) == ckpt["step"] > 1
@@ -455,12 +459,13 @@ def test_the_bundle_records_a_data_identity_that_survives_touching_and_moving_th
 ) -> None:
     """The bundle's data_fingerprint names the image cache, whose key holds the files' paths and times: the same
     films touched or moved gave another one. data_checksum holds only their pixels and labels. The card also
-    records the libraries' versions and what the training steps computed in (precision auto: fp32 on CPU)."""
+    records the libraries' versions and what the training steps computed in (precision auto: fp32 on CPU, bf16 on
+    CUDA)."""
     data, cfg = tmp_path / "data", TrainConfig(**{**TINY, "epochs": 1})
     shutil.copytree(tiny_dataset, data)
     card = load_card(train(data, cfg, tmp_path / "run"))
     assert card.versions["torch"] == torch.__version__ and card.versions["numpy"] == np.__version__
-    assert {"timm", "onnxruntime"} <= card.versions.keys() and card.train_config["resolved_precision"] == "fp32"
+    assert {"timm", "onnxruntime"} <= card.versions.keys() and card.train_config["resolved_precision"] == AUTO_PRECISION
 
     def identity(root: Path) -> tuple[str, str]:
         records = train_mod.split_records(root, cfg)
