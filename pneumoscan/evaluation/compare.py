@@ -11,7 +11,6 @@ different questions (pneumonia or not against bacteria or virus; three-class fig
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.names import shown
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
-from pneumoscan.models.run_folder import HISTORY, METRICS, RunFolder
+from pneumoscan.models.run_folder import METRICS, RunFolder
 from .report import roc_figure
 
 if TYPE_CHECKING:
@@ -101,11 +100,7 @@ class RunSummary:
 
 def _training_minutes(folder: Path) -> float | None:
     """The last epoch's elapsed minutes in history.csv (training's own clock), if the folder has one."""
-    path = folder / HISTORY
-    if not path.is_file():
-        return None
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = RunFolder(folder).epochs()
     value = rows[-1].get("minutes") if rows else None
     return float(value) if value else None
 

@@ -17,6 +17,7 @@ bundle's run (its split, its recipe, its history):
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ class RunFolder:
     metrics = _entry(METRICS)
     report = _entry(REPORT)
     tensorboard = _entry("tensorboard")
+
+    def epochs(self) -> list[dict[str, str]]:
+        """history.csv's rows, one an epoch, as text; none where the run has no history (a bundle copied in alone)."""
+        if not self.history.is_file():
+            return []
+        with self.history.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
 
     def outputs(self) -> tuple[list[Path], list[Path]]:
         """The folders and files a run writes besides config.yaml and split.csv (every run rewrites those) and an

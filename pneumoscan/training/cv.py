@@ -15,7 +15,6 @@ class's probability too.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -64,10 +63,7 @@ def chosen_epoch(run: RunFolder) -> dict[str, int | float | None]:
     optimistic, the more so the more epochs a recipe has to choose from; the last epoch's are not chosen. None where
     the fold's folder does not say: a fold finished before its run recorded its best epoch, a bundle copied in
     without its run's history."""
-    aucs = []
-    if run.history.exists():
-        with run.history.open(newline="", encoding="utf-8") as f:
-            aucs = [float(row["val_auc"]) for row in csv.DictReader(f)]
+    aucs = [float(row["val_auc"]) for row in run.epochs()]
     best = json.loads(run.metrics.read_text(encoding="utf-8")).get("best_epoch") if run.metrics.exists() else None
     return {"epochs": len(aucs) or None, "best_epoch": best, "last_epoch_auc": aucs[-1] if aucs else None}
 
