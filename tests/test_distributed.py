@@ -60,7 +60,7 @@ def torchrun(program: list[str], cache: Path, cwd: Path | None = None) -> str:
     """``torchrun --standalone --nproc_per_node 2 PROGRAM`` with this interpreter; its log once it has ended well. A
     rank that hangs ends the launch: torchrun, told to stop, ends its ranks (killed, it would leave them)."""
     env = {**os.environ, "PNEUMOSCAN_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU: on a 1-GPU machine 2 ranks are refused, and NCCL is not this
+           "CUDA_VISIBLE_DEVICES": ""}  # these test gloo: a 1-GPU machine would refuse 2 ranks
     launch = subprocess.Popen([*TORCHRUN, *program], env=env, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
