@@ -624,6 +624,11 @@ def test_the_fhir_subject_carries_the_issuer_of_the_patient_id(film: np.ndarray)
     ({}, "2023-03-15"),  # no offset: FHIR takes a time with an offset only, so the date alone
     ({"StudyTime": None, "TimezoneOffsetFromUTC": "+0100"}, "2023-03-15"),
     ({"TimezoneOffsetFromUTC": "0100"}, "2023-03-15"),  # no offset DICOM defines
+    ({"TimezoneOffsetFromUTC": "+1400"}, "2023-03-15T10:15:00+14:00"),  # the ends of DICOM's range
+    ({"TimezoneOffsetFromUTC": "-1200"}, "2023-03-15T10:15:00-12:00"),
+    # past them, the Observation was refused (FHIR takes no +14:30) and the warning quoted the study's date and time
+    ({"TimezoneOffsetFromUTC": "+1430"}, "2023-03-15"),
+    ({"TimezoneOffsetFromUTC": "-1230"}, "2023-03-15"),
     ({"StudyDate": None}, None),  # not recorded: none is made up
     ({"StudyDate": "2023xx15"}, None),  # not a date
 ])  # fmt: skip

@@ -53,7 +53,9 @@ _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")  # an ISO object identifier, as 
 # ASCII is a misread byte or an IRI, which a receiver matching patients by system would not match)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]+")
 PRESENT, ABSENT = ("52101004", "Present"), ("272519000", "Absent")
-_OFFSET = re.compile(r"([+-])(0\d|1[0-4])([0-5]\d)")  # TimezoneOffsetFromUTC, e.g. +0100 (at most 14 hours)
+_OFFSET = re.compile(r"([+-])(\d\d)([0-5]\d)")  # TimezoneOffsetFromUTC, e.g. +0100
+# DICOM's range of offsets, in minutes (PS3.3 C.12.1.1.8: -1200 to +1400); FHIR's dateTime takes none past +14:00
+_OFFSET_RANGE = {"-": 12 * 60, "+": 14 * 60}
 
 
 def _concept(system: str, code: str, display: str) -> dict:
@@ -127,15 +129,23 @@ def effective(source: Dataset) -> tuple[str | None, str | None]:
     if (why := malformed_reason(source, "StudyTime")) is not None:
         return DA(date).isoformat(), f"the film's StudyTime is malformed ({why}): the Observation states its date alone"
     held = str(source.get("TimezoneOffsetFromUTC") or "").strip()
-    offset = _OFFSET.fullmatch(held)
-    if time and held and offset is None:
+    zone = _zone(held)
+    if time and held and zone is None:
         return DA(date).isoformat(), ("the film's TimezoneOffsetFromUTC is malformed (not an offset DICOM defines, "
                                       "as +0100): the Observation states its date alone")
-    if offset is None or not time:
+    if zone is None or not time:
         return DA(date).isoformat(), None
-    sign, hours, minutes = offset.groups()
-    zone = timezone((-1 if sign == "-" else 1) * timedelta(hours=int(hours), minutes=int(minutes)))
     return datetime.combine(DA(date), TM(time), tzinfo=zone).isoformat(), None
+
+
+def _zone(held: str) -> timezone | None:
+    """The time zone a TimezoneOffsetFromUTC value names; None when it is not one within DICOM's range."""
+    if (offset := _OFFSET.fullmatch(held)) is None:
+        return None
+    sign, hours, minutes = offset.groups()
+    if (span := int(hours) * 60 + int(minutes)) > _OFFSET_RANGE[sign]:
+        return None
+    return timezone(timedelta(minutes=-span if sign == "-" else span))
 
 
 def _read(source: Dataset, keyword: str) -> str:
