@@ -154,6 +154,7 @@ def test_a_value_whose_characters_are_not_known_gets_no_report(film: np.ndarray,
 @pytest.mark.parametrize("charset, raw, name", [
     ("ISO_IR 100", "Müller^Jürgen".encode("latin-1"), "Müller^Jürgen"),
     ("ISO_IR 192", "Müller^Jürgen=山田^太郎".encode(), "Müller^Jürgen=山田^太郎"),
+    ("ISO_IR 203", "Œuvre^Zoé".encode("iso8859_15"), "Œuvre^Zoé"),  # Latin-9, which pydicom 3.0 read as Latin-1
     (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう".encode("iso2022_jp"),
      "Yamada^Tarou=山田^太郎=やまだ^たろう"),
 ])  # fmt: skip

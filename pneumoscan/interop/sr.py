@@ -87,6 +87,9 @@ _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
 # SpecificCharacterSet terms of DICOM's default repertoire (ASCII): bytes beyond it have no character set named
 _DEFAULT_REPERTOIRE = ("", "ISO_IR 6", "ISO 2022 IR 6")
+# defined terms that DICOM tools in use do not read (Latin-9: dcmtk 3.6.7's dsrdump and dicom3tools' dciodvfy): a
+# report of such a film is written in UTF-8, which they do
+_RECODED = frozenset({"ISO_IR 203"})
 _ASCII, _LATIN1 = "ISO_IR 6", "ISO_IR 100"  # the character sets :func:`_declared` tells apart
 # what pydicom leaves of bytes that did not decode in the declared character set: the replacement character, or an
 # ISO 2022 escape sequence left undecoded (the fragment then read as Latin-1)
@@ -241,9 +244,9 @@ def _checked_source(source: Dataset) -> Dataset:
     except RecursionError:  # sequences nested some 80 deep (a private one, say): no report attribute is that deep
         raise ValueError("the source DICOM nests its sequences too deeply to be copied: a report cannot carry "
                          "it") from None
-    if not _highdicom_takes(charsets):
-        # ISO 2022 code extensions (Japanese, Korean: their sites' usual form), an explicit "ISO_IR 6", ...: the
-        # values are decoded as the film declares and written in UTF-8, which carries every repertoire
+    if not _written_as_held(charsets):
+        # ISO 2022 code extensions (Japanese, Korean: their sites' usual form), an explicit "ISO_IR 6", Latin-9, ...:
+        # the values are decoded as the film declares and written in UTF-8, which carries every repertoire
         try:
             source.decode()
         except Exception:
@@ -262,16 +265,16 @@ def _checked_source(source: Dataset) -> Dataset:
     return source
 
 
-def _highdicom_takes(charsets: list[str]) -> bool:
-    """Whether highdicom writes this SpecificCharacterSet (:func:`charset_terms`) as it is: absent, or one value of
-    its enum that is no ISO 2022 code extension (it refuses the multi-valued form with an empty first value, and
-    'ISO 2022 IR 149')."""
+def _written_as_held(charsets: list[str]) -> bool:
+    """Whether a report keeps the film's SpecificCharacterSet (:func:`charset_terms`): absent, or one value of
+    highdicom's enum that is no ISO 2022 code extension (it refuses the multi-valued form with an empty first value,
+    and 'ISO 2022 IR 149') and that receivers read (:data:`_RECODED`)."""
     if not charsets:
         return True
     if len(charsets) != 1:
         return False
     known = {v.value for v in hd.SpecificCharacterSetValues}
-    return charsets[0] in known and not charsets[0].startswith("ISO 2022")
+    return charsets[0] in known and not charsets[0].startswith("ISO 2022") and charsets[0] not in _RECODED
 
 
 def _patient_orientation(source: Dataset) -> list[str]:

@@ -24,7 +24,14 @@ from typing import NamedTuple
 import numpy as np
 import pydicom
 from pydicom import filereader
-from pydicom.charset import CODES_TO_ENCODINGS, ESC, convert_encodings, default_encoding, handled_encodings
+from pydicom.charset import (
+    CODES_TO_ENCODINGS,
+    ESC,
+    convert_encodings,
+    default_encoding,
+    handled_encodings,
+    python_encoding,
+)
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -74,6 +81,13 @@ FOR_PROCESSING = ("raw detector values, before the image processing that makes t
 _MISREAD = "_pneumoscan_misread"
 # how pydicom cuts a value in ISO 2022 code extensions into parts it reads each in one character set (charset.py)
 _FRAGMENTS = re.compile(b"(^[^\x1b]+|\x1b[^\x1b]*)")
+
+
+# Latin alphabet No. 9 (ISO 8859-15: Latin-1 with the euro sign, Œ, Š, Ž), a defined term of SpecificCharacterSet
+# (PS3.3 C.12.1.1.2) that pydicom 3.0 does not know: it read such films' text as Latin-1 (Œuvre as ¼uvre), and their
+# reports were refused as naming no character set. One entry in pydicom's own table, which a pydicom that knows the
+# term keeps.
+python_encoding.setdefault("ISO_IR 203", "iso8859_15")
 
 
 # ACR-NEMA 300's forms of a date (2023.03.15) and a time (10:15:00.25, 10:15), which real films hold: DICOM writes
