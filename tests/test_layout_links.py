@@ -115,13 +115,69 @@ def test_a_second_way_into_a_class_folders_own_films_reads_each_once(kaggle: Pat
     assert [os.path.realpath(r.path) for r in read_manifest(tmp_path / "split.csv").records] == reals
 
 
-def test_walk_gives_each_film_its_real_path_through_linked_files_and_folders(kaggle: Path, tmp_path: Path) -> None:
-    """walk derives an image's real path from its folder's and calls realpath only for a link (discovery keys films
-    by it): it must be os.path.realpath's, whether the film, a folder above it or the walked folder is a link."""
+def test_walk_gives_each_film_its_file_identity_through_linked_files_and_folders(kaggle: Path, tmp_path: Path) -> None:
+    """walk keys each image by the stat that classified it (discovery reads one file once by it): it must be the
+    file's own device and inode, whether the film, a folder above it or the walked folder is a link."""
     outside = films(tmp_path / "site", {"scans": ["IM-0301-0001.jpeg"], "loose": ["IM-0302-0001.jpeg"]})
     (kaggle / "train/NORMAL/linked").symlink_to(outside / "scans")
     (kaggle / "train/NORMAL/IM-0302-0001.jpeg").symlink_to(outside / "loose/IM-0302-0001.jpeg")
     (tmp_path / "through").symlink_to(kaggle)
     entries = [e for e in walk(tmp_path / "through" / "train") if e.kind == "image"]
     assert len(entries) == 6
-    assert all(e.real == os.path.realpath(e.path) for e in entries)
+    assert all(e.file_id == (os.stat(e.path).st_dev, os.stat(e.path).st_ino) for e in entries)
+    assert len({e.file_id for e in entries}) == 6
+
+
+def test_a_film_hard_linked_into_another_split_is_refused(kaggle: Path) -> None:
+    """A hard link (``cp -al`` of a dataset, a de-duplicating tool) has a real path of its own: keyed by it, one file
+    was read as a test film and as a training film, silently."""
+    (kaggle / "train" / "NORMAL" / "IM-0009-0001.jpeg").hardlink_to(kaggle / "test" / "NORMAL" / "IM-0101-0001.jpeg")
+    assert refusal(kaggle) == (f"{kaggle / 'test/NORMAL/IM-0101-0001.jpeg'} and "
+                               f"{kaggle / 'train/NORMAL/IM-0009-0001.jpeg'} are one file (through a link): it would "
+                               "be read as test/NORMAL and as train/NORMAL, and a film cannot carry two labels or sit "
+                               "in two splits; remove the link")
+
+
+def test_a_manifest_listing_one_file_twice_through_a_hard_link_is_refused(kaggle: Path) -> None:
+    (kaggle / "copy.jpeg").hardlink_to(kaggle / "test" / "NORMAL" / "IM-0101-0001.jpeg")
+    (kaggle / "m.csv").write_text("path,label,split\ntest/NORMAL/IM-0101-0001.jpeg,NORMAL,test\n"
+                                  "copy.jpeg,NORMAL,train\n")
+    with pytest.raises(ValueError, match=r"line 3: copy.jpeg is listed again \(first on line 2, as test/NORMAL/"):
+        read_manifest(kaggle / "m.csv")
+
+
+@pytest.mark.parametrize("folder", ["train", "train/PNEUMONIA"])
+def test_a_split_or_class_folder_that_is_a_link_to_nothing_is_refused(kaggle: Path, folder: str) -> None:
+    """Storage not mounted: the link was left out as a file of no image ending, with no warning, and the split was
+    made without its films (with a broken train/, of val/ alone)."""
+    moved = kaggle / "moved"
+    (kaggle / folder).rename(moved)
+    (kaggle / folder).symlink_to(moved)
+    (kaggle / "val" / "NORMAL").mkdir(parents=True)  # so that the root is still recognised with train/ gone
+    films(kaggle, {"val/NORMAL": ["IM-0201-0001.jpeg"], "val/PNEUMONIA": ["person201_virus_1.jpeg"]})
+    assert len(discover(kaggle).records) == 8
+    moved.rename(kaggle.parent / "elsewhere")
+    assert refusal(kaggle) == (f"{kaggle / folder} is a link to {moved}, which is not there (a disk not mounted, or a "
+                               "moved folder?): its films cannot be read; mount or restore it, or remove the link")
+
+
+@pytest.mark.parametrize("folder", ["NORMAL/test", "PNEUMONIA/train", "NORMAL/val scans"])
+def test_a_film_in_a_split_folder_below_a_class_folder_is_refused(tmp_path: Path, folder: str) -> None:
+    """A class-first re-pack ({NORMAL,PNEUMONIA}/{train,test}/): every film was read as of no split and pooled for
+    training and validation, the test films among them."""
+    root = films(tmp_path / "repack", {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"],
+                                       folder: ["IM-0301-0001.jpeg"]})
+    assert refusal(root).startswith(f"{root / folder / 'IM-0301-0001.jpeg'} is below the {folder.split('/')[0]} "
+                                    f"folder but in {folder.split('/')[1]}, named for the ")
+
+
+def test_a_nas_folder_of_thumbnails_is_listed_never_read(kaggle: Path, caplog) -> None:
+    """A Synology keeps @eaDir/FILM/SYNOFILE_THUMB_*.jpg beside each film: the thumbnails were read as films of
+    patients of their own, and the folders named like the films warned of as left out."""
+    thumbs = "train/NORMAL/@eaDir/IM-0001-0001.jpeg"
+    films(kaggle, {thumbs: ["SYNOFILE_THUMB_M.jpg", "SYNOFILE_THUMB_S.jpg"], "train/#recycle": ["IM-0009-0001.jpeg"]})
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        found = discover(kaggle)
+    assert len(found.records) == 6 and not any("@eaDir" in r.path for r in found.records)
+    assert {s["reason"] for s in found.skipped if "@eaDir" in s["path"]} == {"system folder"}
+    assert not caplog.messages

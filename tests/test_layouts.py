@@ -414,6 +414,20 @@ def test_a_name_that_says_the_kind_as_a_word_gives_the_subtype(name: str, subtyp
     assert conflict == (f"named {subtype}, labelled NORMAL" if subtype else None)
 
 
+@pytest.mark.parametrize("name, conflict", [
+    ("Normal-12.png", "named normal, labelled PNEUMONIA"),  # the COVID-19 Radiography Database's names
+    ("normal case 3.jpeg", "named normal, labelled PNEUMONIA"),
+    ("abnormal_4.png", None),  # inside another word
+    ("not normal 5.png", None),  # negated
+])  # fmt: skip
+def test_a_pneumonia_film_named_normal_as_a_word_is_a_conflict(name: str, conflict: str | None) -> None:
+    """The mirror of NORMAL/Viral Pneumonia-12.png was not reported: a name no layout rules stated no kind but
+    bacteria or virus."""
+    rec = make_record(f"/x/PNEUMONIA/{name}", "PNEUMONIA")
+    assert name_conflict(rec) == conflict and rec.subtype == ""  # "normal" is no pneumonia subtype
+    assert name_conflict(make_record(f"/x/NORMAL/{name}", "NORMAL")) is None
+
+
 def test_a_manifest_subtype_may_be_bacterial_or_viral(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path,label,subtype\na.png,PNEUMONIA,Bacterial\nb.png,PNEUMONIA,viral\n")
     assert [r.subtype for r in read_manifest(tmp_path / "m.csv").records] == ["bacteria", "virus"]

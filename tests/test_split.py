@@ -109,6 +109,19 @@ def test_manifest_under_a_linked_folder_reads_back(tmp_path: Path, monkeypatch) 
     assert Path(record.path).is_file() and Path(record.path).name == "IM-0001-0001.jpeg"
 
 
+def test_a_manifest_of_files_that_are_not_there_is_not_split(tmp_path: Path) -> None:
+    """Relative paths read from another folder (the manifest reached through a link), a typo: the split was written,
+    exit 0, of files that are not there, to be handed on as a dataset."""
+    (tmp_path / "imgs").mkdir()
+    for name in ("IM-0001-0001.jpeg", "person1_virus_1.jpeg"):
+        (tmp_path / "imgs" / name).write_bytes(name.encode())
+    (tmp_path / "m.csv").write_text("path,label\nimgs/IM-0001-0001.jpeg,NORMAL\nimgs/person1_virus_1.jpeg,PNEUMONIA\n"
+                                    "imgs/IM-0002-0001.jpg,NORMAL\n")
+    with pytest.raises(ValueError, match=r"m.csv: 1 of its 3 films outside test/ are not there \(e.g. .*imgs/IM-0002-"
+                                         r"0001.jpg\); a manifest's relative paths are read from the manifest's own"):
+        split_dataset(tmp_path / "m.csv", 0.5)
+
+
 @pytest.mark.parametrize("text, reason", [
     ("file,label\na.png,NORMAL\n", "no path column"),
     ("path,label\na.png\n", "line 2: path and label must not be empty"),

@@ -20,6 +20,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS, look_up_option
 from . import readers
 from .decode import read_dicom_header
-from .walk import ALREADY_SEARCHED, Entry, junk_reason, walk
+from .walk import ALREADY_SEARCHED, SYSTEM_FOLDERS, Entry, file_identity, junk_reason, walk
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ HEADER_PATIENT = "dicom-"  # the prefix of a patient id taken from a DICOM heade
 _KIND_WORD = re.compile(r"(?<![a-z])(bacteria|bacterial|virus|viral)(?![a-z])", re.IGNORECASE)
 # a name that negates a kind (non-viral, not_viral, virus_negative, no_bacteria) says nothing sure: no subtype
 _NEGATION = re.compile(r"(?<![a-z])(no|non|not|neg|negative|without|free|excluded|ruled)(?![a-z])", re.IGNORECASE)
+# "normal" as a word of a name no layout's rules fit (``Normal-12.png``, the COVID-19 Radiography Database's): it
+# states the kind for the label check, never a subtype
+_NORMAL_WORD = re.compile(r"(?<![a-z])normal(?![a-z])", re.IGNORECASE)
 SUBTYPE_WORDS = {"bacterial": "bacteria", "viral": "virus"}  # the adjectives, read as the subtypes they name
 
 
@@ -94,11 +98,11 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
     or relabelled film: "named bacteria, labelled NORMAL"), by the rules :func:`parse_any` reads it by; None when
     it agrees or states no kind. The label is kept (the folder's or the manifest's word), so this is reported, not
     corrected: which of the two is wrong is for a person to tell. A name no layout's rules fit states the kind it
-    says as a word (:func:`kind_in_words`)."""
+    says as a word (:func:`kind_in_words`, or "normal")."""
     stem = Path(rec.path).stem
     ruled = _ruled_by(Path(rec.path).name, rec.label, layout)
     if ruled is None:
-        kind = kind_in_words(stem)
+        kind = kind_in_words(stem) or ("normal" if _NORMAL_WORD.search(stem) and not _NEGATION.search(stem) else "")
     else:
         said = ruled[0].name_says(stem)
         kind = said[0] if said is not None else ""
@@ -180,7 +184,10 @@ def own_patient(rec: Record) -> bool:
 def _skip(entry: Path, kind: str, found: Discovery) -> None:
     """Record an entry that is not a ``kind`` folder (split or class) with the reason it was left out."""
     if entry.is_dir():
-        reason = "hidden folder" if entry.name.startswith(".") else f"not a {kind} folder"
+        system = "system folder" if entry.name.lower() in SYSTEM_FOLDERS else None
+        reason = "hidden folder" if entry.name.startswith(".") else system or f"not a {kind} folder"
+    elif entry.is_symlink() and not entry.exists():
+        reason = "broken link"
     else:
         reason = junk_reason(Path(entry.name)) or f"outside the {kind} folders"
     found.skipped.append({"path": str(entry), "reason": reason})
@@ -243,6 +250,8 @@ class ClassFolders(Layout):
     def discover(self, root: Path) -> Discovery:
         found = Discovery(layout=self.name)
         split_dirs = self._split_folders(root)
+        for folder in [root, *split_dirs]:
+            _check_no_broken_folder(folder, self.splits if folder == root else ())
         if split_dirs:
             for entry in sorted(set(root.iterdir()) - set(split_dirs)):
                 _skip(entry, "split", found)
@@ -254,7 +263,7 @@ class ClassFolders(Layout):
         seen: dict[str, Path] = {}
         for folder in [root, *split_dirs, *places]:
             seen.setdefault(os.path.realpath(folder), folder)
-        films: dict[str, Path] = {}  # real file -> the path it was read at
+        films: dict[tuple[int, int] | str, Path] = {}  # file (walk's file_id) -> the path it was read at
         for child, _ in children:
             if child in places:
                 self._read(root, child, places, seen, films, found)
@@ -283,17 +292,18 @@ class ClassFolders(Layout):
                 if child.name.upper() in LABELS and child.is_dir()]
 
     def _read(self, root: Path, class_dir: Path, places: dict[Path, tuple[str, str]], seen: dict[str, Path],
-              films: dict[str, Path], found: Discovery) -> None:
+              films: dict[tuple[int, int] | str, Path], found: Discovery) -> None:
         """The films of one class folder. The walks of a dataset share ``seen``, seeded with every class folder and
         the folders holding them, so no link searches one of those again: one leading back into its own class
         folder is listed, one leading to another class folder or above them is refused, since the films there would
-        be read under a label or a split not theirs. ``films`` (real file -> path read) reads a file reached twice
-        once, and refuses one reached from two class folders of different labels or splits."""
+        be read under a label or a split not theirs. ``films`` (file -> path read) reads a file reached twice (through
+        a link, symbolic or hard) once, and refuses one reached from two class folders of different labels or
+        splits."""
         place = split, label = places[class_dir]
         for entry in walk(class_dir, seen=seen):
             if entry.kind == "image":
                 _check_no_other_class(entry.path, class_dir, label)
-                first = films.setdefault(entry.real, entry.path)
+                first = films.setdefault(entry.file_id, entry.path)
                 if first == entry.path:
                     found.records.append(make_record(entry.path, label, split, self, root))
                     continue
@@ -315,15 +325,35 @@ class ClassFolders(Layout):
             found.skipped.append({"path": str(entry.path), "reason": entry.reason})
 
 
+def _check_no_broken_folder(folder: Path, splits: Sequence[str]) -> None:
+    """Refuse a split or class folder in ``folder`` that is a link to nothing (storage not mounted, a moved
+    dataset): its films would be missing from training or evaluation with no film named to say so (a whole
+    ``train/`` too, leaving a split made of ``val/`` alone)."""
+    for entry in sorted(folder.iterdir()):
+        named = entry.name.lower() in splits or entry.name.upper() in LABELS
+        if named and entry.is_symlink() and not entry.exists():
+            raise ValueError(f"{shown(entry)} is a link to {shown(Path(os.readlink(entry)))}, which is not there (a "
+                             "disk not mounted, or a moved folder?): its films cannot be read; mount or restore it, "
+                             "or remove the link")
+
+
 def _check_no_other_class(path: Path, class_dir: Path, label: str) -> None:
     """Refuse a film below its class folder in a folder named for another class (``PNEUMONIA/NORMAL/``,
     ``PNEUMONIA/normal cases/``): it would be read as ``label``, and it is more likely a film of the other class
-    filed one level too deep than one of this class (it had been trained and measured as this class, unsaid)."""
+    filed one level too deep than one of this class (it had been trained and measured as this class, unsaid). So is
+    one in a folder named for a split (a class-first re-pack, ``PNEUMONIA/test/``): it would be pooled for training
+    whatever its split, test films included."""
     for folder in path.parent.relative_to(class_dir).parts if path.parent != class_dir else ():
-        if others := {word.upper() for word in re.findall(r"[a-z]+", folder.lower())} & (set(LABELS) - {label}):
+        words = set(re.findall(r"[a-z]+", folder.lower()))
+        if others := {word.upper() for word in words} & (set(LABELS) - {label}):
             raise ValueError(f"{shown(path)} is below the {class_dir.name} folder but in {shown(folder)}, named for "
                              f"{' and '.join(sorted(others))} films: it would be read as {label}; move it to its "
                              f"class folder, or rename the folder if its films are {label}")
+        if splits := words & set(SPLITS):
+            raise ValueError(f"{shown(path)} is below the {class_dir.name} folder but in {shown(folder)}, named for "
+                             f"the {' and '.join(sorted(splits))} split: it would be read as a film of "
+                             f"{shown(class_dir)}, pooled with its other films whatever its split; lay the dataset "
+                             "out as split/class (test/NORMAL/...), or rename the folder")
 
 
 def _owner(path: Path, places: dict[Path, tuple[str, str]]) -> tuple[str, str] | None:
@@ -492,7 +522,7 @@ def _unrecognised(root: Path) -> str:
     return ""
 
 
-_QUIET_REASONS = ("hidden folder", "hidden file", "system file")  # never a film
+_QUIET_REASONS = ("hidden folder", "hidden file", "system folder", "system file")  # never a film
 
 
 def _warn_left_out(root: Path, found: Discovery) -> None:
@@ -545,7 +575,7 @@ def read_manifest(csv_path: Path | str) -> Discovery:
     otherwise put test films into the training pool."""
     csv_path = Path(csv_path)
     found = Discovery()
-    seen: dict[str, tuple[int, str]] = {}
+    seen: dict[tuple[int, int] | str, tuple[int, str]] = {}
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark; surrogateescape: file names that are
     # not UTF-8 (an old zip's) round-trip as write_manifest wrote them
     with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -595,9 +625,11 @@ def _one_spelling(records: list[Record]) -> list[Record]:
             for rec in records]
 
 
-def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[str, tuple[int, str]]) -> Record:
-    """One manifest row as a record; ``seen`` (real path -> line and path as listed) refuses a file listed twice,
-    however spelt (relative and absolute, or through a linked folder): one film under two labels or in two splits
+def _manifest_record(csv_path: Path, row: dict[str, str], line: int,
+                     seen: dict[tuple[int, int] | str, tuple[int, str]]) -> Record:
+    """One manifest row as a record; ``seen`` (file, :func:`file_identity` -> line and path as listed) refuses a file
+    listed twice, however spelt (relative and absolute, through a linked folder, or a hard link): one film under two
+    labels or in two splits
     would be read twice, and a manifest pneumoscan wrote from it would not read back."""
     where = f"{csv_path}, line {line}"
     if not row["path"] or not row["label"]:
@@ -605,7 +637,7 @@ def _manifest_record(csv_path: Path, row: dict[str, str], line: int, seen: dict[
     path = Path(row["path"])
     if not path.is_absolute():
         path = csv_path.parent / path
-    first, spelt = seen.setdefault(os.path.realpath(path), (line, row["path"]))
+    first, spelt = seen.setdefault(file_identity(path), (line, row["path"]))
     if first != line:
         raise ValueError(f"{where}: {shown(row['path'])} is listed again (first on line {first}"
                          f"{'' if spelt == row['path'] else ', as ' + shown(spelt)})")

@@ -194,6 +194,11 @@ def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
     pool = [r for r in found.records if r.split != "test"]
     if not pool:
         raise ValueError(f"{data}: no images outside test/ to split")
+    if absent := [r.path for r in pool if not os.path.exists(r.path)]:
+        # a manifest's wrong paths (a typo, Windows separators, read through a link from another folder): a split of
+        # them would be handed on as a dataset, its films missing in every run
+        raise ValueError(f"{shown(data)}: {len(absent)} of its {len(pool)} films outside test/ are not there (e.g. "
+                         f"{shown(absent[0])}); a manifest's relative paths are read from the manifest's own folder")
     _check_classes(data, pool, found)
     groups = picture_groups([r.path for r in pool])
     warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))

@@ -16,6 +16,9 @@ from .decode import open_regular
 from .pixels import DecodeError
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# folders a NAS or an operating system keeps beside a user's files, never a film in them: a Synology's thumbnails of
+# each film (@eaDir/FILM/SYNOFILE_THUMB_*.jpg, read as films of their own), its recycle bin and snapshots, Windows'
+SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "#snapshot", "$recycle.bin", "system volume information"})
 ALREADY_SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
 
 
@@ -28,9 +31,9 @@ class Entry:
     path: Path
     kind: str  # "image" | "unreadable" | "skipped"
     reason: str = ""
-    # an image's os.path.realpath, which discovery keys films by: walk knows it from its folder's, so only a link
-    # costs a realpath of its own (an lstat per part of the path, for every film of a dataset)
-    real: str = ""
+    # an image's file (device, inode), which discovery keys films by: the stat that classified it gives it, and a
+    # hard link shares it, which a real path does not (one file reached from train/ and test/)
+    file_id: tuple[int, int] | str = ""
 
 
 def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None = None) -> list[Entry]:
@@ -56,43 +59,57 @@ def walk(folder: Path, exclude: Path | None = None, seen: dict[str, Path] | None
             continue
         try:
             with os.scandir(current) as listing:
-                names = [(e.name, e.is_symlink()) for e in listing]
+                names = [e.name for e in listing]
         except OSError as e:
             out.append(Entry(current, "unreadable", f"cannot list folder: {e.strerror or e}"))
             continue
         below = current.relative_to(folder)
-        for name, link in names:
+        for name in names:
             path = current / name
-            kind, reason = _classify(path, below / name)
+            kind, reason, file_id = _classify(path, below / name)
             if kind == "folder":
                 pending.append(path)
                 if reason:
                     out.append(Entry(path, "skipped", reason))
-            elif kind != "image":
-                out.append(Entry(path, kind, reason))
             else:
-                out.append(Entry(path, kind, reason, os.path.realpath(path) if link else os.path.join(real, name)))
+                out.append(Entry(path, kind, reason, file_id))
     return sorted(out, key=lambda e: e.path.parts)
 
 
-def _classify(path: Path, relative: Path) -> tuple[str, str]:
-    """(kind, reason) of one entry: "folder" (reason: why it is listed too), "image", "unreadable" or "skipped"."""
+def file_identity(path: Path | str, found: os.stat_result | None = None) -> tuple[int, int] | str:
+    """What makes paths one file: its device and inode (``found``, its stat through links, when known), which a hard
+    link shares and a real path does not; its real path where the file system numbers no inodes (0) or the file
+    cannot be read."""
     try:
-        mode = os.stat(path).st_mode  # through links
+        found = found or os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (found.st_dev, found.st_ino) if found.st_ino else os.path.realpath(path)
+
+
+def _classify(path: Path, relative: Path) -> tuple[str, str, tuple[int, int] | str]:
+    """(kind, reason, file identity) of one entry: "folder" (reason: why it is listed too), "image", "unreadable" or
+    "skipped"; the identity (:func:`file_identity`) is an image's, "" for an entry that cannot be read."""
+    file_id: tuple[int, int] | str = ""
+    try:
+        found = os.stat(path)  # through links
     except OSError as e:
         problem = {errno.ELOOP: "link loop", errno.ENOENT: "broken link"}.get(e.errno, f"cannot read: {e.strerror}")
     else:
+        mode, file_id = found.st_mode, file_identity(path, found)
         if stat.S_ISDIR(mode):
-            named = path.suffix.lower() in readers.suffixes()
-            return "folder", "folder named like an image (searched inside, not read)" if named else ""
+            # a folder named like an image may be a film unpacked wrongly; one in a system folder is a NAS's folder of
+            # that film's thumbnails
+            named = path.suffix.lower() in readers.suffixes() and not _hidden_reason(relative)
+            return "folder", "folder named like an image (searched inside, not read)" if named else "", file_id
         problem = None if stat.S_ISREG(mode) else f"not a regular file ({file_kind(mode)})"
     junk = junk_reason(relative)
     if problem is None:
         if junk and not _hidden_reason(relative) and _is_dicom(path):
-            return "image", ""
-        return ("skipped", junk) if junk else ("image", "")
+            return "image", "", file_id
+        return ("skipped", junk, file_id) if junk else ("image", "", file_id)
     # a film that cannot be read is unreadable; anything else (README.txt as a broken link) is left out as junk
-    return ("skipped", f"{junk}; {problem}") if junk else ("unreadable", problem)
+    return ("skipped", f"{junk}; {problem}", file_id) if junk else ("unreadable", problem, file_id)
 
 
 def junk_reason(path: Path) -> str | None:
@@ -108,6 +125,8 @@ def _hidden_reason(path: Path) -> str | None:
     """Reason to skip a hidden or system file (never a film, whatever it holds), or None."""
     if any(part.startswith(".") and part not in (".", "..") for part in path.parts[:-1]):
         return "hidden folder"
+    if any(part.lower() in SYSTEM_FOLDERS for part in path.parts[:-1]):
+        return "system folder"
     name = path.name.lower()
     if name in _JUNK_NAMES or name.startswith("._"):
         return "system file"
