@@ -160,6 +160,25 @@ def test_trickling_body_gets_408_and_is_closed(tiny_bundle: Path) -> None:
         assert took < 5  # closed after the deadline, although bytes kept coming
 
 
+def test_a_client_that_takes_none_of_its_answers_is_cut_off(tiny_bundle: Path) -> None:
+    """Requests sent and answers never read: the answers filled the kernel's buffers, then the server's, and the
+    connection and the answers waiting in it were held for as long as the client stayed connected (20 such clients
+    of a DICOM SR with its heatmap held 95 MB for as long as they liked)."""
+    limits = Limits(body_timeout=1.0, keep_alive=30)
+    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+            sock.connect(("127.0.0.1", port))
+            asked = 1000  # 1000 x 48 KB of the page's script: more than the kernel buffers of a loopback connection
+            sock.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * asked)
+            time.sleep(4)  # nothing read: the server's writes pause, and the deadline passes
+            answer, took = read_until_closed(sock, timeout=20)
+        answers = answer.count(b"HTTP/1.1 200 OK")
+        assert answers < asked and took < 10, (answers, took)  # cut off: reading did not bring the rest
+        assert httpx.get(f"{url}/healthz").status_code == 200  # a well-behaved client is unaffected
+
+
 @pytest.mark.parametrize("opening", [b"", b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
 def test_stalled_or_trickling_head_is_closed(tiny_bundle: Path, opening: bytes) -> None:
     """A connection that sends nothing, or trickles its headers a byte at a time, is closed at the head deadline."""

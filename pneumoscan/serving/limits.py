@@ -25,7 +25,8 @@ class Limits:
     bounds the memory held by uploads (``max_queue`` x the upload limit). ``heatmap_lane``: Grad-CAM overlays
     computed at once, on their own threads and their own copy of the model; at most ``4 x heatmap_lane`` heatmap
     requests are in the service. ``body_timeout``: seconds for the whole upload to arrive (also the grace for
-    the rest of a body after an early answer such as a 503). ``header_timeout``: seconds for a request line and
+    the rest of a body after an early answer such as a 503, and the longest an answer waits on a client that takes
+    none of it). ``header_timeout``: seconds for a request line and
     headers to arrive. ``keep_alive``: seconds an idle connection stays open. ``shutdown_grace``: seconds requests
     in progress get to finish after SIGTERM or Ctrl-C, under an orchestrator's own grace (Kubernetes: 30 s); without
     it one slow upload held the exit for up to ``body_timeout``."""

@@ -44,14 +44,17 @@ MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the fra
 
 
 class GuardedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request head. uvicorn only times out idle keep-alive
-    connections, and any byte resets that timer: a client trickling its request line and headers, or the rest of
-    a body after an early answer, held its connection (and a file descriptor) for ever."""
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request head and for an answer the client does not
+    read. uvicorn only times out idle keep-alive connections, and any byte resets that timer: a client trickling
+    its request line and headers, or the rest of a body after an early answer, held its connection (and a file
+    descriptor) for ever; and one that never read its answer held the connection and the answer (megabytes with a
+    heatmap or a DICOM SR) for as long as it stayed connected, after its prediction lane was freed."""
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout, self.body_timeout = header_timeout, body_timeout
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.write_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -74,7 +77,25 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_write_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The answer fills the transport's buffer (the client reads it slower than it is written, or not at all):
+        the client gets the body's time to take some of it, and is cut off after."""
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(self.body_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_deadline()
+        super().resume_writing()
+
+    def _cancel_write_deadline(self) -> None:
+        """Cancel the deadline of an answer the client is reading again (or of a connection gone)."""
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
 
     def send_400_response(self, msg: str) -> None:
         """The answer to a request h11 cannot parse, as every refusal of the service: JSON with a reason, and the
