@@ -152,6 +152,28 @@ def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Pag
     assert rows["near.jpeg"]["etiology"] == "virus (near the threshold)" and rows["clear.jpeg"]["etiology"] == "virus"
 
 
+def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list_and_csv(page: Page) -> None:
+    """The first stage read "out of scope (PNEUMONIA)" in grey, while its second stage's "virus" was listed,
+    exported and shown in the panel as a plain call: it read the same film, and applies no more."""
+    listed, exported, panel = page.evaluate("""() => {
+        secondTask = 'etiology';
+        const film = { name: 'ct.dcm', status: 'done', dicom: true, result: { label: 'PNEUMONIA',
+            positive: 'PNEUMONIA', in_scope: false, near_threshold: false, probability: 0.9, threshold: 0.5,
+            warnings: ['modality CT: not a radiograph'], model_id: 'm', probabilities: {},
+            etiology: { task: 'etiology', label: 'virus', positive: 'virus', probability: 0.727, threshold: 0.5,
+                        near_threshold: false } } };
+        films.push(film);
+        renderList();
+        showResult(film);
+        const row = document.querySelector('#films tbody tr');
+        return [row.cells[3].textContent, csv(), [$('etiology').textContent, $('etiology').className]];
+    }""")
+    assert listed == "out of scope (virus, P(virus) = 0.727)"
+    assert next(csv.DictReader(io.StringIO(exported)))["etiology"] == "out of scope (virus)"
+    assert panel == ["Etiology: outside the model's scope, does not apply: virus (P(virus) = 0.727, threshold 0.500)",
+                     "out-of-scope"]
+
+
 def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Browser, tiny_bundle: Path,
                                                                      small: Path) -> None:
     """The card is loaded when the key field changes, which a browser says only when the field loses focus: a key

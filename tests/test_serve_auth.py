@@ -230,6 +230,11 @@ def test_no_cors_unless_configured(tiny_bundle: Path) -> None:
         refused = c.get("/v1/model", headers={"Origin": "https://viewer.hospital.org"})
         # the allowed page can read why it was refused
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://viewer.hospital.org"
+        # preflights, which CORS answers before the key is asked, had no Host check and no security headers
+        assert ok.headers["x-frame-options"] == "DENY" and other.headers["x-content-type-options"] == "nosniff"
+        rebound = c.options("/v1/predict", headers={**preflight, "Origin": "https://viewer.hospital.org",
+                                                    "Host": "evil.example"})
+        assert rebound.status_code == 400 and rebound.json()["error"].startswith("this host name is not served")
 
 
 # ---------------------------------------------------------------- through `pneumoscan serve`

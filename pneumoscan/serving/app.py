@@ -76,11 +76,13 @@ def _refuse_unguarded_key(access: Access | None) -> None:
 
 
 def _add_middleware(app: FastAPI, access: Access | None) -> None:
-    """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows."""
+    """The guard (key, Host check, security headers) on every request, and CORS for the origins ``access`` allows,
+    outside the guard so that its refusals carry CORS too, with a guard of the preflights CORS answers outside it."""
     app.add_middleware(Guard, access=access)
-    if access is not None and access.cors_origins:  # added last, so outermost: the guard's refusals carry CORS too
+    if access is not None and access.cors_origins:  # each added outside the ones before
         app.add_middleware(CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key"], max_age=600)
+        app.add_middleware(Guard, access=access, preflights=True)
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:

@@ -79,14 +79,16 @@ class Guard:
     """ASGI middleware in front of everything but CORS: the Host allow-list, the API key for all but the public
     paths, the security headers on every response, and a JSON 500 for a bug (caught here, so the framework neither
     re-raises it, which closed the connection and logged a traceback per request, nor answers in plain text). Pure
-    ASGI, so request bodies stream through untouched."""
+    ASGI, so request bodies stream through untouched. With ``preflights``, the guard outside CORS: CORS preflights
+    only (which carry no key, by the Fetch standard, and CORS answers itself) get the Host check and the security
+    headers; every other request passes to the CORS middleware, whose own guard inside sees it."""
 
-    def __init__(self, app: ASGIApp, access: Access | None) -> None:
-        self.app, self.access = app, access
-        self.key = access.api_key.encode() if access and access.api_key else None
+    def __init__(self, app: ASGIApp, access: Access | None, preflights: bool = False) -> None:
+        self.app, self.access, self.preflights = app, access, preflights
+        self.key = access.api_key.encode() if access and access.api_key and not preflights else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.preflights and not _preflight(scope)):
             return await self.app(scope, receive, send)
 
         async def send_with_headers(message: Message) -> None:
@@ -135,8 +137,9 @@ class Guard:
         # address (or localhost), and the probe reveals nothing a rebound page could use (the model id)
         if path != HEALTH_PATH and not _host_allowed(headers.get("host", ""), self.access.allowed_hosts):
             return 400, "this host name is not served here (see --allowed-hosts)", {}
-        # no method is exempt: a browser's CORS preflight is answered before the guard (CORSMiddleware is outside
-        # it, and only with --cors-origin), so an OPTIONS that reaches here needs the key as any other request
+        # no method is exempt: a browser's CORS preflight is answered before this guard (CORSMiddleware is outside
+        # it, and only with --cors-origin; the guard outside that asks no key), so an OPTIONS that reaches here
+        # needs the key as any other request
         if self.key is not None and not _public(path):
             # either header may hold the key: a proxy that adds X-API-Key passes a client's own Bearer token (a
             # hospital sign-on's) on beside it
@@ -148,6 +151,12 @@ class Guard:
                 return (401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                         {"WWW-Authenticate": "Bearer"})
         return None
+
+
+def _preflight(scope: Scope) -> bool:
+    """Whether a request is a CORS preflight: OPTIONS with an Origin and the method it asks for."""
+    names = {k.lower() for k, _ in scope["headers"]}
+    return scope["method"] == "OPTIONS" and {b"origin", b"access-control-request-method"} <= names
 
 
 def _route_path(scope: Scope) -> str:

@@ -179,6 +179,12 @@ function nearReading(stage) {
   return stage.near_threshold ? `${stage.label} (near the threshold)` : stage.label;
 }
 
+// The second stage's reading of film reading r as the list and its CSV give it: out of scope as the first's is (it
+// read the same film; its "virus" was listed and exported as a plain call beside a first stage out of scope).
+function secondReading(r) {
+  return r.in_scope ? nearReading(r.etiology) : `out of scope (${r.etiology.label})`;
+}
+
 // Why a reading is near the threshold, in numbers when the card gives them.
 function nearText() {
   const where = thresholdInterval
@@ -286,8 +292,10 @@ function showResult(film) {
   const e = r.etiology;
   $("etiology").hidden = !e;
   if (e) {
-    $("etiology").textContent = `${taskTitle(e.task)}: ${e.label} (P(${e.positive}) = ${figure(e.probability)}, ` +
-      `threshold ${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
+    const outside = r.in_scope ? "" : "outside the model's scope, does not apply: ";
+    $("etiology").textContent = `${taskTitle(e.task)}: ${outside}${e.label} (P(${e.positive}) = ` +
+      `${figure(e.probability)}, threshold ${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
+    $("etiology").className = r.in_scope ? "" : "out-of-scope";
   }
   showWarnings(r.warnings, r.in_scope);
   showFilm(film);
@@ -868,8 +876,9 @@ function value(film, key) {
 // (read as pneumonia, for etiology).
 function secondText(r) {
   const e = r.etiology;
-  const near = e && e.near_threshold ? ", near the threshold" : "";
-  return e ? `${e.label} (P(${e.positive}) = ${figure(e.probability)}${near})` : "not run";
+  if (!e) return "not run";
+  if (!r.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${figure(e.probability)})`;
+  return `${e.label} (P(${e.positive}) = ${figure(e.probability)}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
 function sorted() {
@@ -937,7 +946,7 @@ function csv() {
     const r = film.result;
     const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
     const stage = !secondTask ? [] : e
-      ? [nearReading(e), e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
+      ? [secondReading(r), e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
       ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
         ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, r.warnings.join("; "),
