@@ -343,6 +343,11 @@ def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xra
     ("two files", {"files": [("file", ("a.jpeg", b"\xff\xd8\xff", "image/jpeg")),
                              ("file", ("b.jpeg", b"\xff\xd8\xff", "image/jpeg"))]},
      400, "Too many files"),
+    # cut short (a client's upload interrupted): it was refused as sent without a file
+    ("no closing boundary", {"content": b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpeg"\r\n'
+                                        b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff",
+                             "headers": {"content-type": "multipart/form-data; boundary=b"}},
+     400, "incomplete multipart upload: the body ended before its closing boundary"),
 ])
 def test_malformed_requests_are_4xx(client: TestClient, case: str, request_kwargs: dict, status: int,
                                     words: str) -> None:

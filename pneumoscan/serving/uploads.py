@@ -35,8 +35,15 @@ ENVELOPE_BYTES = 64 * 1024
 
 
 class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser, in memory, noting whether the body reached its closing boundary: a body cut
+    short holds no finished part, and was refused as one sent without a file."""
+
     # SpooledTemporaryFile(max_size=0) never rolls over: an upload is never written to disk.
     spool_max_size = 0
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
 
 async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
@@ -82,15 +89,20 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
         # the body would be parsed still compressed, and refused as a malformed upload or one without a file
         raise Rejected(415, "a compressed request body (Content-Encoding) is not read: send the upload uncompressed",
                        {"Accept-Encoding": "identity"})
+    parser = _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1)
     try:
         async with asyncio.timeout(timeout):
-            form = await _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1).parse()
+            form = await parser.parse()
     except MultiPartException as e:
         raise Rejected(400, f"malformed multipart upload: {e.message}") from None
     except TimeoutError:
         raise Rejected(408, f"the upload did not arrive within {timeout:g} s", {"Connection": "close"}) from None
     except ClientDisconnect:
         raise ClientGone() from None
+    if not parser.ended:
+        await form.close()
+        raise Rejected(400, "incomplete multipart upload: the body ended before its closing boundary (--BOUNDARY--); "
+                            "send the whole body")
     try:
         fields = form.getlist("file")
         if len(fields) > 1:  # one a file, the other text (two files are refused by the parser): which one is the film?
