@@ -331,6 +331,14 @@ def test_limit_is_configurable_and_enforced_while_reading(tiny_bundle: Path, xra
         assert_error(r, 413, "upload too large")
 
 
+def test_an_upload_limit_with_no_room_for_a_film_is_refused(tiny_bundle: Path) -> None:
+    """--max-upload-mb 1e-7 served: /healthz said ok, and every upload was 413 "the limit is 0 MB (0 bytes)"."""
+    with pytest.raises(ValueError, match=r"an upload limit of 1e-07 MB \(0 bytes\) leaves no room for a film: give "
+                                         r"at least 0.0625 MB"):
+        create_app(tiny_bundle, max_upload_mb=1e-7)
+    assert create_app(tiny_bundle, max_upload_mb=0.0625)  # the smallest taken
+
+
 @pytest.mark.parametrize("case, request_kwargs, status, words", [
     ("JSON body", {"json": {"file": "x"}}, 415, "expected multipart/form-data"),
     ("raw JPEG body", {"content": b"\xff\xd8\xff", "headers": {"content-type": "image/jpeg"}},

@@ -48,6 +48,9 @@ BUNDLE_DAMAGED = ("a bundle's files on disk are damaged or missing since this se
 BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: its readings still come from the model "
                    "it started with; restart it to serve the new one")
 # Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
+# the smallest upload limit taken: a smaller one leaves a service that answers healthy and refuses nearly every film
+# (the training set's 224 px JPEGs are 5-9 KB; films as taken, DICOM or full-size JPEG, hundreds of KB and more)
+MIN_UPLOAD_BYTES = 2**16
 MODEL_FAILING = ("the last run of a model failed with an internal error ({}; the log says more): predictions answer "
                  "500 until a run succeeds")
 
@@ -105,12 +108,15 @@ class Service:
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
+        self.max_bytes = int(max_upload_mb * 2**20)
+        if self.max_bytes < MIN_UPLOAD_BYTES:  # a service that answers healthy and refuses every film
+            raise ValueError(f"an upload limit of {max_upload_mb:g} MB ({self.max_bytes:,} bytes) leaves no room for a "
+                             f"film: give at least {MIN_UPLOAD_BYTES / 2**20:g} MB")
         self.stages = Stages.load(bundle, etiology, backend)  # a pair that does not chain: refused from the cards
         self.main = Stage(self.stages.first)
         self.second = Stage(self.stages.second) if self.stages.second is not None else None
         for said in self.stages.said_at_start():
             logger.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
-        self.max_bytes = int(max_upload_mb * 2**20)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
         # builds (checked to be the weights the service started with), so a service that draws none never builds
