@@ -123,8 +123,8 @@ def test_a_reading_exactly_at_the_threshold_is_called_positive(tiny_bundle: Path
 
 
 def test_a_reading_is_near_the_threshold_by_the_interval_of_its_own_mode(tiny_bundle: Path) -> None:
-    """``near_threshold`` says a reading lies where a threshold chosen on other films like the validation ones would
-    fall, ends included: with test-time augmentation by the TTA threshold's interval (its scores are shifted, and so
+    """``near_threshold`` says a reading lies within the 95 % confidence interval of the threshold, ends included:
+    with test-time augmentation by the TTA threshold's interval (its scores are shifted, and so
     is its threshold), never by the plain one."""
     predictor = Predictor(tiny_bundle, backend="onnx")
     plain, tta = predictor.card.threshold_interval, predictor.card.tta_threshold_interval

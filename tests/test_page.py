@@ -786,7 +786,7 @@ def test_a_colour_managed_jpeg_is_shown_as_the_service_decodes_it(page: Page, sm
 
 def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Browser, tiny_bundle: Path, small: Path,
                                                                     tmp_path: Path) -> None:
-    """The bar shows where a threshold chosen on other validation films would fall, and a reading inside that range
+    """The bar shows the 95 % confidence interval of the threshold, and a reading inside that range
     says it could have been read either way (the list and its CSV too). The reading itself says so, in neither red
     nor green (a bold red PNEUMONIA inside the band looked as sure as a clear one, an amber line below its only
     qualifier), and so does its announcement; a key under the bar says in words what its mark and hatching are."""
@@ -805,9 +805,8 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
         page.set_input_files("#file", small)
         expect(page.locator("#result")).to_be_visible()
         expect(page.locator("#near")).to_be_visible()
-        expect(page.locator("#near")).to_have_text("Too close to the threshold to call: treat as indeterminate. A "
-                                                   "threshold chosen on other validation films could lie anywhere "
-                                                   "from 0.000 to 1.000.")
+        expect(page.locator("#near")).to_have_text("Too close to the threshold to call: treat as indeterminate. The "
+                                                   "threshold's 95 % confidence interval runs from 0.000 to 1.000.")
         expect(page.locator("#bar-band")).to_be_visible()
         label = page.evaluate("() => current.result.label")
         expect(page.locator("#label")).to_have_text(f"{label}, near the threshold: indeterminate")
@@ -824,8 +823,8 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
         expect(page.locator("#films tbody td").nth(1)).to_have_text(f"{label} (near the threshold)")
         # the key: the mark and the hatching had their meaning only in tooltips
         expect(page.locator("#bar-key")).to_be_visible()
-        expect(page.locator("#bar-key")).to_have_text(f"threshold {threshold:.3f}; hatched: where a threshold chosen "
-                                                      "on other films could fall, 0.000 to 1.000")
+        expect(page.locator("#bar-key")).to_have_text(f"threshold {threshold:.3f}; hatched: the threshold's 95 % "
+                                                      "confidence interval, 0.000 to 1.000")
         # without a band there is nothing to key: the threshold is in the numbers below the bar
         page.evaluate("() => { thresholdInterval = null; showResult(current); }")
         expect(page.locator("#bar-key")).to_be_hidden()

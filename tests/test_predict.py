@@ -424,7 +424,7 @@ def test_only_the_torch_backend_waits_while_a_heatmap_holds_the_model(tiny_bundl
 
 def test_a_reading_inside_the_threshold_interval_is_near_the_threshold(tiny_bundle: Path, tiny_dataset: Path,
                                                                         tmp_path: Path) -> None:
-    """Training records where its threshold would fall on other validation films; a reading inside that range could
+    """Training records the 95 % confidence interval of its threshold; a reading inside that range could
     have been called either way: predict's rows, the CSV, the service's answer and its card say so."""
     from fastapi.testclient import TestClient
 

@@ -5,8 +5,11 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix
 
-from pneumoscan.core.metrics import binary_metrics, choose_threshold, evaluate_multiclass, threshold_metrics_ci
+from pneumoscan.core.metrics import (binary_metrics, choose_threshold, evaluate_multiclass, fit_temperature,
+                                     proportion_ci, threshold_interval, threshold_metrics_ci)
+from pneumoscan.evaluation.model_card import _threshold_section
 from pneumoscan.evaluation.operating_point import choose_operating_point
+from pneumoscan.models.card import BundleCard
 
 # two scores one float apart whose sum rounds down to the lower one: no number lies between them
 DECIDING = float(np.nextafter(0.75, 1.0))
@@ -143,3 +146,120 @@ def test_a_target_no_number_of_films_can_show_is_said_to_be_a_guess(caplog: pyte
     caveat = choose_operating_point(y, p, p, None, 0.0).threshold_caveat
     assert caveat.startswith("a false-positive rate of 0 cannot be shown on any number of films (34 negative films "
                              "here, all called right, bound it only below 0.103, 95% exact)")
+
+
+def _three_classes(right: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Probabilities that decide each film's class as ``right`` says: its own class, or the next one."""
+    probs = np.full((y.size, 3), 0.1)
+    probs[np.arange(y.size), np.where(right, y, (y + 1) % 3)] = 0.8
+    return probs
+
+
+def test_balanced_accuracy_with_a_class_of_one_patient_is_no_surer_than_that_patient_recall() -> None:
+    """6 films of one patient, 3 right, beside two classes of 30 patients: resamples without that patient were left
+    out, so every one kept had its recall of 0.5, and the interval (0.698-0.801) was narrower than with 6 patients,
+    though one patient's recall is compatible with almost any rate. It holds the balanced accuracy with that recall at
+    each end of its own interval, the others as observed."""
+    y = np.r_[np.zeros(30, int), np.ones(30, int), np.full(6, 2)]
+    right = np.ones(y.size, bool)
+    right[[0, 1, 2, 30, 31, 32, 33, 60, 61, 62]] = False
+    groups = np.r_[[f"a{i}" for i in range(30)], [f"b{i}" for i in range(30)], ["v1"] * 6]
+    result = evaluate_multiclass(y, _three_classes(right, y), ["normal", "bacteria", "virus"], groups=groups)
+    assert result["ci_unit"] == "patient"
+    lo, hi = result["ci"]["balanced_accuracy"]
+    others = (27 / 30 + 26 / 30) / 3
+    virus_lo, virus_hi = proportion_ci(right[60:], groups[60:])
+    assert lo <= others + virus_lo / 3 + 1e-9 and hi >= others + virus_hi / 3 - 1e-9
+    assert hi - lo > 0.3
+
+
+def test_balanced_accuracy_interval_covers_the_truth_with_a_class_of_two_patients() -> None:
+    """A class of 2 patients of 4 films (each patient's recall drawn from Beta(4, 2)) beside two of 15 patients
+    (recall 0.85): the patient bootstrap covered the true balanced accuracy in 0.86 of simulated sets."""
+    rng = np.random.default_rng(0)
+    truth = (0.85 + 0.85 + 4 / 6) / 3
+    y = np.r_[np.zeros(15, int), np.ones(15, int), np.full(8, 2)]
+    groups = np.r_[[f"a{i}" for i in range(30)], np.repeat(["v0", "v1"], 4)]
+    covered = 0
+    for _ in range(150):
+        right = np.r_[rng.random(30) < 0.85, (rng.random((2, 4)) < rng.beta(4, 2, 2)[:, None]).ravel()]
+        lo, hi = evaluate_multiclass(y, _three_classes(right, y), ["n", "b", "v"], n_boot=300,
+                                     groups=groups)["ci"]["balanced_accuracy"]
+        covered += lo is not None and lo <= truth <= hi
+    assert covered / 150 >= 0.93
+
+
+def test_f1_interval_covers_the_truth_when_the_positives_are_two_patients() -> None:
+    """Positive films of 2 patients (5 each, each patient's recall drawn from Beta(4, 2)) among 20 negative patients
+    (a false-positive rate of 0.1): the patient bootstrap covered the true F1 in 0.85 of simulated sets, the
+    conservative bound having been kept for one positive patient only."""
+    rng = np.random.default_rng(7)
+    pi = 10 / 30
+    truth = 2 * (4 / 6) * pi / (pi * (1 + 4 / 6) + (1 - pi) * 0.1)
+    y = np.r_[np.ones(10, int), np.zeros(20, int)]
+    groups = np.r_[np.repeat(["p0", "p1"], 5), [f"n{i}" for i in range(20)]]
+    covered = 0
+    for i in range(150):
+        called = np.r_[(rng.random((2, 5)) < rng.beta(4, 2, 2)[:, None]).ravel(), rng.random(20) < 0.1]
+        lo, hi = threshold_metrics_ci(y, np.where(called, 0.9, 0.1), [0.5], n_boot=300, seed=i,
+                                      groups=groups)[0]["f1"]
+        covered += lo <= truth <= hi
+    assert covered / 150 >= 0.93
+
+
+@pytest.mark.parametrize(("policy", "one_patient"), [((0.95, None), "positive"), ((None, 0.1), "negative"),
+                                                     ((None, None), "positive"), ((None, None), "negative")],
+                         ids=["sensitivity target", "false-positive ceiling", "Youden, positives",
+                              "Youden, negatives"])
+def test_no_threshold_interval_when_the_class_the_policy_reads_is_one_patient(policy: tuple, one_patient: str) -> None:
+    """The films of the class a policy reads all one patient's: every resample repeated that patient's scores, and
+    the range came out narrow (zero wide with every film one patient's) as if the threshold were well known, where
+    nothing shows how another patient would score. No range, as the AUC has no interval with one patient on a side;
+    the class the policy does not read may be one patient's (a sensitivity target reads the positive films only)."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    p = np.r_[rng.uniform(0.0, 0.6, 30), rng.uniform(0.4, 1.0, 30)]
+    patients = np.r_[[f"n{i}" for i in range(30)], [f"p{i}" for i in range(30)]].astype(object)
+    patients[y == (1 if one_patient == "positive" else 0)] = "alone"
+    assert threshold_interval(y, p, *policy, groups=patients) == []
+    assert threshold_interval([0, 1, 0, 1], [0.1, 0.8, 0.3, 0.6], *policy, groups=["a"] * 4) == []
+    if policy != (None, None):  # the other class one patient's: the range stands
+        patients[y == (0 if one_patient == "positive" else 1)] = "other"
+        patients[y == (1 if one_patient == "positive" else 0)] = [f"x{i}" for i in range(30)]
+        low, high = threshold_interval(y, p, *policy, groups=patients)
+        assert low <= choose_threshold(y, p, *policy) <= high
+
+
+def _card(interval: list[float], policy: str = "sensitivity >= 0.95") -> BundleCard:
+    return BundleCard("simple_cnn", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25,
+                      threshold=0.42, threshold_policy=policy, tta_threshold=0.44, threshold_interval=interval,
+                      tta_threshold_interval=interval)
+
+
+def test_the_card_calls_the_threshold_range_a_confidence_interval_and_says_why_there_is_none() -> None:
+    """The card read the range as where the same policy on other films like those would put the threshold; it is a
+    95 % confidence interval of the population's threshold (a fresh set's threshold fell inside it 0.83 of the
+    time). A policy's threshold without a range said nothing of it, as if it were known."""
+    text = _threshold_section(_card([0.3, 0.55]))
+    assert "would put the threshold" not in text
+    assert "lies between 0.3000 and 0.5500" in text and "95 % confidence interval" in text
+    assert "another set of films would scatter more widely" in text
+    text = _threshold_section(_card([]))
+    assert "No range near the threshold is recorded, so predictions mark no reading as near it" in text
+    assert "fewer than two patients (or films) of the class its policy reads" in text
+    assert "No range" not in _threshold_section(_card([], "fixed 0.5"))  # chosen on no films
+
+
+@pytest.mark.parametrize(("logits", "labels", "refusal"), [
+    ([[2.0, 0.0], [0.5, np.nan], [0.0, 1.5], [1.0, 0.2]], [0, 0, 1, 1], "1 of 8 scores are not finite"),
+    ([[2.0, 0.0], [0.5, np.inf], [0.0, 1.5], [1.0, 0.2]], [0, 0, 1, 1], "1 of 8 scores are not finite"),
+    ([[2.0, 0.0], [0.5, 1.0], [0.0, 1.5], [1.0, 0.2]], [0.2, 0.9, 1.0, 1.0], r"class indices 0\.\.1"),
+    ([[2.0, 0.0], [0.5, 1.0], [0.0, 1.5], [1.0, 0.2]], [0, 2, 1, 1], r"class indices 0\.\.1"),
+    (np.zeros((0, 2)), np.zeros(0, int), "no labelled films"),
+], ids=["NaN logit", "infinite logit", "labels 0.2 and 0.9", "label 2 of two classes", "no films"])
+def test_fit_temperature_refuses_what_no_figure_is_computed_from(logits: list, labels: list, refusal: str) -> None:
+    """A NaN logit gave T = 0.49 fitted to nothing, an infinite one T = 20 with a warning that blamed the logits'
+    signal, labels 0.2 and 0.9 were cast to 0 and fitted, a label 2 of two classes raised an IndexError and no films
+    gave T = 1 with a warning of no error: refused, as every figure refuses them."""
+    with pytest.raises(ValueError, match=refusal):
+        fit_temperature(np.asarray(logits, dtype=float), np.asarray(labels))

@@ -305,7 +305,7 @@ def _threshold_section(card: BundleCard) -> str:
             f"P({card.positive}) is at or above the threshold.")
     if card.threshold_caveat:
         text += f" **Caveat:** {card.threshold_caveat}."
-    text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval)
+    text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval, card.threshold_policy)
     if not card.threshold_records:
         return text
     rows = "\n".join(
@@ -342,21 +342,30 @@ def _int8_section(figures: dict) -> str:
             f"sensitivity {format_figure(at.get('sensitivity'))}, "
             f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
             f"{format_figure(figures.get(Int8Key.MAX_PROBABILITY_CHANGE), 3)} from FP32's."
-            + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval)
+            + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy)
             + (f" **Caveat:** {chosen.threshold_caveat}." if chosen.threshold_caveat else "")
             + " The other sections describe the FP32 model.")
 
 
-def _interval_sentence(interval: list[float] | None, tta_interval: list[float] | None) -> str:
-    """Where the thresholds would fall on other films like those that chose them (metrics.threshold_interval)."""
+def _interval_sentence(interval: list[float] | None, tta_interval: list[float] | None, policy: str | None) -> str:
+    """The 95 % confidence interval of the threshold the policy would choose on the population of films like those
+    that chose it (metrics.threshold_interval), not where another set's threshold would fall (that scatters more);
+    without one, why not, lest a card that is silent on it read as one whose threshold is known. A fixed threshold
+    was chosen on no films: nothing to say."""
     if not interval:
-        return ""
+        if not policy or policy.startswith("fixed"):
+            return ""
+        return (" No range near the threshold is recorded, so predictions mark no reading as near it: the films that "
+                "chose it hold fewer than two patients (or films) of the class its policy reads, where nothing shows "
+                "how another would score, or too few resamples of them could meet the policy, or the bundle is older "
+                "than such ranges.")
     low, high = (format_figure(v, 4) for v in interval)
-    tta = (f" (with test-time augmentation between {format_figure(tta_interval[0], 4)} and "
+    tta = (f" (with test-time augmentation {format_figure(tta_interval[0], 4)} to "
            f"{format_figure(tta_interval[1], 4)})" if tta_interval else "")
-    return (f" The same policy on other films like those it was chosen on would put the threshold between {low} and "
-            f"{high}{tta} (95 %, a bootstrap of those films): a reading in that range could have been called either "
-            "way, and predictions mark it as near the threshold.")
+    return (f" The threshold this policy would choose on all films like those it was chosen on lies between {low} and "
+            f"{high}{tta} (a 95 % confidence interval, a bootstrap of those films; a threshold chosen on another set "
+            "of films would scatter more widely, with that set's own chance): a reading in that range could have been "
+            "called either way, and predictions mark it as near the threshold.")
 
 
 def _model_description(card: BundleCard, source: str) -> str:

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class OperatingPoint:
-    """The plain and TTA thresholds one policy chose on some films, where the same policy on other films like them
-    would put each (:func:`~pneumoscan.core.metrics.threshold_interval`: a reading inside is near its threshold),
+    """The plain and TTA thresholds one policy chose on some films, the 95 % confidence interval of each
+    (:func:`~pneumoscan.core.metrics.threshold_interval`: a reading inside is near its threshold),
     and why the films may be too few to show the policy (:func:`warn_if_too_few_films`; "" when they are not).
     Named as the card's fields, so every bundle records the same rule the same way."""
 

@@ -235,9 +235,9 @@ def _spec(bundle: Path | str, card: BundleCard) -> dict:
         "tta_threshold": card.tta_threshold,
         "threshold_interval": card.threshold_interval,
         "tta_threshold_interval": card.tta_threshold_interval,
-        "threshold_interval_meaning": "where the threshold chosen by the same policy on other films like those it was "
-                                      "chosen on would fall (95 %, bootstrap): a reading inside it could have been "
-                                      "called either way; empty when not recorded",
+        "threshold_interval_meaning": "the 95 % confidence interval (bootstrap) of the threshold the same policy "
+                                      "would choose on all films like those it was chosen on: a reading inside it "
+                                      "could have been called either way; empty when not recorded",
         "tta_views": [{"zoom": zoom, "shift": shift} for zoom, shift in TTA_VIEWS],
         "tta_meaning": _TTA,
         "label_rule": "positive when positive_probability >= threshold (>= tta_threshold for the views' mean)",

@@ -262,9 +262,9 @@ class Predictor:
         return self.card.positive if probability >= self.threshold(tta) else self.card.classes[0]
 
     def near_threshold(self, probability: float, tta: bool = False) -> bool | None:
-        """Whether a reading lies where a threshold chosen on other validation films like the bundle's would fall
+        """Whether a reading lies within the 95 % confidence interval of the bundle's threshold
         (:attr:`BundleCard.threshold_interval`): it could have been called either way. None when the bundle records
-        no such interval (an older bundle, a fixed threshold)."""
+        no such interval (an older bundle, a fixed threshold, a class the policy reads of one patient)."""
         interval = self.card.tta_threshold_interval if tta else self.card.threshold_interval
         return bool(interval[0] <= probability <= interval[1]) if interval else None
 

@@ -376,8 +376,8 @@ def finding_present(result: dict) -> bool:
     return result["label"] == result["positive"]
 
 
-NEAR_THRESHOLD = ("near the threshold: a threshold chosen on other validation films like the model's could fall on "
-                  "either side of this probability, so the finding could have been called either way")
+NEAR_THRESHOLD = ("near the threshold: this probability lies within the 95 % confidence interval of the model's "
+                  "threshold, so the finding could have been called either way")
 
 
 def scope_notes(result: dict) -> list[str]:

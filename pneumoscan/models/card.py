@@ -84,8 +84,8 @@ class BundleCard:
     threshold_policy: str = "fixed 0.5"
     # test-time augmentation averages views and so shifts the scores: its own threshold, same policy (predict --tta)
     tta_threshold: float | None = None
-    # where a threshold chosen on other films like those would fall (95 %, metrics.threshold_interval): a reading
-    # inside it is near the threshold. Empty when not recorded (older bundles, a fixed threshold)
+    # the 95 % confidence interval of the threshold (metrics.threshold_interval): a reading inside it is near the
+    # threshold. Empty when not recorded (older bundles, a fixed threshold, a class the policy reads of one patient)
     threshold_interval: list[float] = field(default_factory=list)
     tta_threshold_interval: list[float] = field(default_factory=list)
     # why the threshold in force may not hold (too few positive films to show its sensitivity target), and why the

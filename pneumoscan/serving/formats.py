@@ -29,9 +29,9 @@ class StageResult(BaseModel):
     label: str
     threshold: float
     near_threshold: bool | None = Field(
-        None, description="whether the probability lies where a threshold chosen on other validation films like the "
-        "model's would fall (threshold_interval of /v1/model): the film could have been called either way; null when "
-        "the model records no such interval")
+        None, description="whether the probability lies within the 95 % confidence interval of the model's threshold "
+        "(threshold_interval of /v1/model): the film could have been called either way; null when the model records "
+        "no such interval")
     probabilities: dict[str, float]
 
 
@@ -71,9 +71,8 @@ class ModelInfo(BaseModel):
     positive: str
     threshold: float
     threshold_policy: str
-    threshold_interval: list[float] = Field(description="where a threshold chosen on other validation films like the "
-                                            "model's would fall (95 %); a reading inside it is near the threshold; "
-                                            "empty when not recorded")
+    threshold_interval: list[float] = Field(description="the 95 % confidence interval of the threshold; a reading "
+                                            "inside it is near the threshold; empty when not recorded")
     temperature: float
     image_size: int
     resize_policy: str

@@ -15,6 +15,7 @@ from .inputs import _as_binary, _patient_codes, _ratio
 
 ALPHA = 0.05  # every interval is a 95 % one
 BOOTSTRAP_SEED = 0  # the same films give the same intervals, run after run
+FEW_PATIENTS = 5  # a class of fewer patients than this is too few for a bootstrap of patients (:func:`_few_patients`)
 # how each figure's interval is made (:func:`threshold_metrics_ci`,
 # :func:`~pneumoscan.core.metrics.summaries.evaluate_multiclass`), by whether the intervals count patients (True)
 # or films (False), for :func:`ci_method_sentence`
@@ -23,15 +24,16 @@ _CI_METHODS = {
             False: f"for ROC AUC, {AUC_INTERVAL}, with a t quantile"},
     "f1": {True: "for F1, a BCa bootstrap of the patients (all films of a patient resampled together), widened to "
                  "hold F1 over the exact interval of a recall of 0 or 1, or, where every resample gives one value or "
-                 "the positive films are all one patient's, the Bonferroni bound from recall's and precision's "
-                 "intervals",
+                 f"the positive films are fewer than {FEW_PATIENTS} patients', the Bonferroni bound from recall's and "
+                 "precision's intervals",
            False: "for F1, a BCa bootstrap of the films (resampled within each class), widened to hold F1 over the "
                   "exact interval of a recall of 0 or 1, or, where every resample gives one value or only one film is "
                   "positive, the Bonferroni bound from recall's and precision's intervals"},
     "balanced_accuracy": {
         True: "for balanced accuracy, a BCa bootstrap of the patients (all films of a patient resampled together), "
-              "widened to hold it over the exact interval of a class's recall of 0 or 1, or, where every resample "
-              "gives one value, the Bonferroni bound from the classes' recall intervals",
+              "widened to hold it over the exact interval of a class's recall of 0 or 1 or of a class of fewer than "
+              f"{FEW_PATIENTS} patients, or, where every resample gives one value, the Bonferroni bound from the "
+              "classes' recall intervals",
         False: "for balanced accuracy, a BCa bootstrap of the films (resampled within each class), widened to hold "
                "it over the exact interval of a class's recall of 0 or 1, or, where every resample gives one value, "
                "the Bonferroni bound from the classes' recall intervals"},
@@ -132,6 +134,18 @@ def _one_value(samples: np.ndarray) -> bool:
     return bool(defined.size) and float(defined.max() - defined.min()) == 0.0
 
 
+def _few_patients(units: np.ndarray, patients: np.ndarray | None) -> bool:
+    """Whether a class's films, by their ``units`` (patients, or films where ``patients`` is None), are too few
+    patients' (fewer than FEW_PATIENTS) for a bootstrap of the patients to show the spread between them: a resample
+    without the class is left out, so with one patient every resample kept has that patient's rate, and with two to
+    four the resamples only reshuffle a few patients' rates, which are most of the uncertainty where a patient's
+    films are called alike. There the bootstrap covered 0.71-0.92 of simulated sets (balanced accuracy with a class
+    of 1 to 4 patients, F1 with 2 to 4 positive patients; 0.91-0.93 with five, 0.94-0.95 with 12 to 15), and the
+    widenings this calls for 0.99-1.00. Films counted alone are resampled within their class, which covered 0.99-1.00
+    with a class of 2 or 3 films: too few only when there is one."""
+    return len(np.unique(units)) < (2 if patients is None else FEW_PATIENTS)
+
+
 def _at_an_edge(hits: np.ndarray) -> bool:
     """Whether a proportion is 0 or 1 on these films: so in every resample too, so a bootstrap shows none of its
     uncertainty (:func:`_stretched`)."""
@@ -139,13 +153,13 @@ def _at_an_edge(hits: np.ndarray) -> bool:
 
 
 def _stretched(ci: list[float], values: Sequence[float]) -> list[float]:
-    """``ci`` widened to hold ``values``: a figure with a proportion at an edge (:func:`_at_an_edge`) taken at each
-    end of that proportion's exact interval, the rest as observed. A bootstrap resamples a rate of 1 as 1 only, so
-    a figure built on one (F1 with every positive film found, a balanced accuracy with a class all right) had an
-    interval of the other parts' spread alone: F1's covered 0.85-0.92 of simulated sets of 2 to 5 positive films
-    among 50 to 100, balanced accuracy's 0.85 with a class of 5 films beside two of 50 (stretched: 0.99-1.00; on
-    benchmarks/bench_ci_coverage.py's sets of 12 and 30 patients a class, 2-9 % wider). An interval that is not
-    given (NaN) stays so."""
+    """``ci`` widened to hold ``values``: a figure with a proportion at an edge (:func:`_at_an_edge`), or of too few
+    patients (:func:`_few_patients`), taken at each end of that proportion's exact interval, the rest as observed. A
+    bootstrap resamples a rate of 1 as 1 only, so a figure built on one (F1 with every positive film found, a
+    balanced accuracy with a class all right) had an interval of the other parts' spread alone: F1's covered
+    0.85-0.92 of simulated sets of 2 to 5 positive films among 50 to 100, balanced accuracy's 0.85 with a class of 5
+    films beside two of 50 (stretched: 0.99-1.00; on benchmarks/bench_ci_coverage.py's sets of 12 and 30 patients a
+    class, 2-9 % wider). An interval that is not given (NaN) stays so."""
     defined = [v for v in values if not math.isnan(v)]
     if math.isnan(ci[0]) or math.isnan(ci[1]) or not defined:
         return ci
@@ -200,7 +214,9 @@ def threshold_metrics_ci(
     F1 gets a BCa bootstrap (:func:`_bca_ci`), all thresholds sharing one set of resamples; resamples where F1 is
     undefined are left out. A plain percentile bootstrap covered only 0.86-0.89 (AUC) and 0.90-0.93 (F1) at
     12 + 12 patients. Where recall is 0 or 1, which no resample changes, the interval is widened to hold F1 over
-    recall's exact interval (:func:`_stretched`).
+    recall's exact interval (:func:`_stretched`); where the positive films are too few patients' for the bootstrap
+    (:func:`_few_patients`), or every resample gives one value, F1 takes the Bonferroni bound from recall's and
+    precision's exact intervals.
 
     ``groups`` (one patient id per film) makes the patient the unit where some patient has several films, since
     one patient's films are scored alike: the proportions take an effective sample size (:func:`proportion_ci`),
@@ -227,10 +243,10 @@ def threshold_metrics_ci(
             # undefined (left out) in a resample without a positive film, where it had read 0 after a false positive
             f1 = np.where(n_pos > 0, 2 * tp / (tp + fp + n_pos), np.nan)
         num, den = 2.0 * (called & positive), called + positive.astype(float)  # per film
-        if (_one_value(f1) or len(np.unique(units[positive])) < 2) and called.any() and positive.any():
-            # every resample gave one value (a perfect call, say), or the positives are one patient's (resamples
-            # without them are left out, so every resample kept had that patient's recall): F1 = 2 P R / (P + R)
-            # grows with precision P and recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
+        if (_one_value(f1) or _few_patients(units[positive], patients)) and called.any() and positive.any():
+            # every resample gave one value (a perfect call, say), or the positives are too few patients' for a
+            # bootstrap of them to show the spread between them (:func:`_few_patients`): F1 = 2 P R / (P + R) grows
+            # with precision P and recall R, so their exact intervals at alpha / 2 each (Bonferroni) bound it
             ends = zip(among(called, positive, ALPHA / 2), among(positive, called, ALPHA / 2))
             f1_ci = [_ratio(2 * recall * precision, recall + precision) if recall + precision else 0.0
                      for recall, precision in ends]
@@ -268,8 +284,10 @@ def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np
     films, or of the patients with ``patients``, as F1's (:func:`threshold_metrics_ci`): at a balanced accuracy of
     0.984 the percentile interval covered 0.81 of simulated sets of 30 patients a class, BCa 0.92
     (benchmarks/bench_ci_coverage.py). Where every resample gives one value, the mean of the classes' exact recall
-    intervals at alpha / k (Bonferroni); where a class's recall is 0 or 1, widened to hold the balanced accuracy
-    over that recall's exact interval (:func:`_stretched`)."""
+    intervals at alpha / k (Bonferroni); where a class's recall is 0 or 1, or its films are too few patients' for the
+    bootstrap (:func:`_few_patients`: 6 films of one patient, half right, had 0.698-0.801 beside two classes of 30,
+    narrower than with 6 patients), widened to hold the balanced accuracy over that recall's exact interval
+    (:func:`_stretched`), the other classes' recalls as observed."""
     weights = _bootstrap_weights(y, patients, n_boot, BOOTSTRAP_SEED)
     with np.errstate(divide="ignore", invalid="ignore"):  # a class without films: its recall and the mean are NaN
         boot = np.mean([weights @ (c & (pred == y)) / (weights @ c) for c in in_class], axis=0)
@@ -280,9 +298,10 @@ def _balanced_accuracy_ci(y: np.ndarray, pred: np.ndarray, in_class: Sequence[np
         recalls = [proportion_ci((pred == y)[c], None if patients is None else patients[c], ALPHA / len(in_class))
                    for c in in_class]
         return [float(end) for end in np.mean(recalls, axis=0)]
-    # each class whose films are all right (or all wrong) at either end of its exact recall interval, the others as
-    # observed (:func:`_stretched`)
+    # each class whose films are all right (or all wrong), or are too few patients', at either end of its exact
+    # recall interval, the others as observed (:func:`_stretched`)
     right = [(pred == y)[c] for c in in_class]
-    edges = [proportion_ci(hits, None if patients is None else patients[c]) if _at_an_edge(hits)
+    edges = [proportion_ci(hits, None if patients is None else patients[c])
+             if _at_an_edge(hits) or _few_patients(units[c], patients)
              else [_ratio(hits.sum(), hits.size)] * 2 for hits, c in zip(right, in_class)]
     return _stretched(_bca_ci(boot, balanced, jackknife, ALPHA), [float(np.mean(end)) for end in zip(*edges)])

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import _as_binary, _ratio
+from .inputs import _as_binary, _as_multiclass, _ratio
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the model or the data is broken
 
@@ -28,15 +28,19 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     Searches log T (bounded, see TEMPERATURE_BOUNDS) so T stays positive. One scalar cannot change the argmax,
     and with two classes it keeps the order of P(positive), so accuracy and AUC are unchanged. With three classes
     the order of 1 - P(normal) can change, which is why the threshold is always chosen after calibration.
+    Logits that are not finite and labels that are not class indices are refused, as every figure refuses them
+    (:func:`~pneumoscan.core.metrics.inputs._as_multiclass`): a NaN logit had given a temperature fitted to nothing,
+    an infinite one T = 20 with a warning that blamed the logits' signal, and a label of 0.9 had been cast to 0.
     """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
     z = np.asarray(logits, dtype=float)
-    y = np.asarray(y_true).astype(int).ravel()
-    if z.ndim != 2 or z.shape[0] != y.size:
-        raise ValueError(f"logits must be (N, C) with N = len(y_true); got {z.shape} and {y.size} labels")
+    labels = np.asarray(y_true).ravel()
+    if z.ndim != 2 or z.shape[0] != labels.size:
+        raise ValueError(f"logits must be (N, C) with N = len(y_true); got {z.shape} and {labels.size} labels")
+    y, z, called = _as_multiclass(labels, z, z.shape[1], None)
     rows = np.arange(y.size)
-    if np.array_equal(z.argmax(axis=1), y):
+    if np.array_equal(called, y):
         # every film on its side: the NLL only falls as T -> 0 (until it underflows, where the search stops short of
         # its bound at T ~ 0.07), and any such T would make every later score look certain
         warnings.warn(

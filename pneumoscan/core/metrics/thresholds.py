@@ -1,6 +1,6 @@
 """The operating threshold chosen on validation data by a policy (a sensitivity floor, a false-positive
-ceiling, or Youden's J), the interval a threshold chosen on other films like these would fall in, and the policy
-in the bundle card's words."""
+ceiling, or Youden's J), the 95 % confidence interval of the threshold that policy would choose on the population
+the films come from, and the policy in the bundle card's words."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .auc_intervals import _sides
 from .inputs import _as_binary, has_both_classes, _patient_codes
 from .intervals import ALPHA, BOOTSTRAP_SEED, _bootstrap_weights
 
@@ -88,13 +89,30 @@ def threshold_interval(
     y_true: Any, prob: Any, target_sensitivity: float | None, max_false_positive_rate: float | None,
     groups: Any = None, n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
 ) -> list[float]:
-    """The 95 % percentile-bootstrap interval of the threshold :func:`choose_threshold` chooses by this policy, the
-    films resampled within their class (or, with ``groups``, the patients whole): a threshold chosen on other films
-    like these would fall in it, so a reading inside it could have been called either way, and is near the
-    threshold. Resamples the policy cannot be met on (one class only) are skipped; [] when half of them are."""
+    """The 95 % percentile-bootstrap confidence interval of the threshold :func:`choose_threshold` would choose by
+    this policy on the whole population these films come from, the films resampled within their class (or, with
+    ``groups``, the patients whole): a reading inside it could have been called either way by the population's own
+    threshold, and is near the threshold. It is not where a threshold chosen on another set of films would fall,
+    which scatters more, with that set's own chance on top: a fresh set of 150 + 150 films put its threshold inside
+    the range of the first 0.83-0.84 of the time. Resamples the policy cannot be met on (one class only) are
+    skipped; [] when half of them are, and when the class the policy reads (the positive films for a sensitivity
+    target, the negative ones for a false-positive ceiling, both for Youden's J) is one patient's (or one film):
+    every resample would then repeat that patient's scores, and the range would read as a well-known threshold
+    (zero wide when all the films are one patient's) where nothing shows how another patient would score, as the
+    AUC has no interval with one patient on a side."""
     y, p = _as_binary(y_true, prob)
+    patients = _patient_codes(groups, y.size)
+    with_pos, with_neg = _sides(y == 1, patients)
+    if target_sensitivity is not None:
+        read = with_pos
+    elif max_false_positive_rate is not None:
+        read = with_neg
+    else:
+        read = min(with_pos, with_neg)
+    if read < 2:
+        return []
     found = []
-    for counts in _bootstrap_weights(y, _patient_codes(groups, y.size), n_boot, seed):
+    for counts in _bootstrap_weights(y, patients, n_boot, seed):
         films = np.repeat(np.arange(y.size), counts.astype(int))
         try:
             found.append(choose_threshold(y[films], p[films], target_sensitivity, max_false_positive_rate))

@@ -8,7 +8,7 @@ let maxUploadBytes = null;
 // the task of the service's second stage (etiology, or one of a site's own), null without one: the list and its CSV
 // carry its reading, under its name
 let secondTask = null;
-let thresholdInterval = null;  // [low, high]: where a threshold chosen on other validation films would fall
+let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of the threshold
 // what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
 // overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said); null until the
 // card is loaded: the page has no words of its own for a scale it does not know
@@ -188,7 +188,7 @@ function secondReading(r) {
 // Why a reading is near the threshold, in numbers when the card gives them.
 function nearText() {
   const where = thresholdInterval
-    ? ` A threshold chosen on other validation films could lie anywhere from ${figure(thresholdInterval[0])} to ` +
+    ? ` The threshold's 95 % confidence interval runs from ${figure(thresholdInterval[0])} to ` +
       `${figure(thresholdInterval[1])}.` : "";
   return `Too close to the threshold to call: treat as indeterminate.${where}`;
 }
