@@ -7,10 +7,10 @@ on one side of a split and count as one patient; the audit reads each file once 
 and groups those scans by the same rule (:func:`picture_groups_of_scans`).
 
 Near duplicates use a 256-bit pHash (``imagehash.phash``, ``hash_size=16``) and link two images when their
-hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components). Measured on
-the Kermany train folder: distinct images are >= 40 bits apart, while an original and its 224 px JPEG copy are
-<= 6 bits apart. The default 64-bit pHash is too coarse for chest X-rays (different children's films were 2 bits
-apart), which is why the larger hash is used.
+hashes differ in at most :data:`NEAR_DUPLICATE_BITS` bits (groups are the connected components), each hashed from
+a decode of at least :data:`PHASH_TARGET` px. Measured on the Kermany train folder: distinct images are >= 38 bits
+apart, while an original and its 224 px JPEG copy are <= 6 bits apart. The default 64-bit pHash is too coarse for
+chest X-rays (different children's films were 2 bits apart), which is why the larger hash is used.
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ from pneumoscan.data.layouts import Layout, Record, name_conflict
 from pneumoscan.data.pixels import DecodeError
 
 PHASH_SIZE = 16  # 16x16 = 256-bit hash; see the module docstring for why not the default 8
-PHASH_TARGET = 64  # pHash looks at a 4*hash_size square, so decoding at 64 px loses nothing
+# pHash looks at a 4*hash_size (64 px) square, which imagehash resamples from the decode. Decoded at 64 px, a
+# film came out at a size its own (224 px: 75 px; 160 px: 80 px; a full-size film: another again), and the resampling
+# from those moved the hash: a full-size val/ film and its squashed 224 px copy (as train/ holds them) were up to 24
+# bits apart, 20 of 48 such copies over NEAR_DUPLICATE_BITS. Decoded at 256 px or more, at most 6 bits; train/'s
+# own groups are the same either way.
+PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
 
 
