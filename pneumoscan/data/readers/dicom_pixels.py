@@ -137,6 +137,8 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
                            correct_unused_bits=unused == "mask", **codec_layout)  # fmt: skip
     arr = ds.pixel_array
     if unused == "check":
+        if overlays := _overlay_bits(ds):  # unsigned: an overlay's bits cleared, the others checked
+            np.bitwise_and(arr, arr.dtype.type((1 << ds.BitsAllocated) - 1 - overlays), out=arr)
         arr = _check_high_bits(ds, arr)
     elif unused == "clip":
         arr = _clipped(ds, arr)
@@ -243,17 +245,31 @@ def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
 
 def _unused_bits(ds: Dataset, syntax: object, precision: int | None) -> str:
     """What is done with stored values' bits above High Bit, in words wider than Bits Stored: ``"mask"`` them off
-    (pydicom's way, sign-extending signed values from High Bit: where an overlay plane, 60xx,0102 Overlay Bit
-    Position, claims them), ``"check"`` that none is set but a signed value's sign (:func:`_check_high_bits`), or
-    ``"clip"`` values past the stored range (:func:`_clipped`: a lossy frame of more bits than Bits Stored, whose
-    codec overshoots the range near saturated edges: ringing, or JPEG-LS's NEAR error)."""
+    (pydicom's way, sign-extending signed values from High Bit: a signed or lossy film with an overlay plane in
+    those bits, :func:`_overlay_bits`), ``"check"`` that none is set but a signed value's sign and an overlay's
+    (:func:`_check_high_bits`), or ``"clip"`` values past the stored range (:func:`_clipped`: a lossy frame of more
+    bits than Bits Stored, whose codec overshoots the range near saturated edges: ringing, or JPEG-LS's NEAR error)."""
     allocated, high, stored = ds.get("BitsAllocated"), ds.get("HighBit"), ds.get("BitsStored")
-    if ("PixelData" not in ds or allocated not in (8, 16, 32) or not isinstance(high, int) or high + 1 >= allocated
-            or any(tag.element == 0x0102 and 0x6000 <= tag.group <= 0x601E for tag in ds.keys())):
+    if "PixelData" not in ds or allocated not in (8, 16, 32) or not isinstance(high, int) or high + 1 >= allocated:
+        return "mask"
+    if _overlay_bits(ds) and (ds.get("PixelRepresentation") == 1 or _lossy(syntax)):
         return "mask"
     if _lossy(syntax) and isinstance(precision, int) and isinstance(stored, int) and precision > stored:
         return "clip"
     return "check" if ds.get("PixelRepresentation") in (0, 1) else "mask"
+
+
+def _overlay_bits(ds: Dataset) -> int:
+    """The bits above High Bit of the stored words that overlay planes occupy: a retired overlay embedded in the
+    pixels names its bit by Overlay Bit Position (60xx,0102) and has no Overlay Data (60xx,3000) of its own. One with
+    its own Overlay Data, the only form since 2004 (its Bit Position is 0), occupies none: taken for one, it turned
+    the check of those bits off, and 14-bit values under a 12-bit header were masked into bands and scored."""
+    high, allocated, bits = ds.HighBit, ds.BitsAllocated, 0
+    for group in range(0x6000, 0x6020, 2):
+        position = ds.get((group, 0x0102))
+        if position is not None and (group, 0x3000) not in ds and isinstance(position.value, int):
+            bits |= 1 << position.value if high < position.value < allocated else 0
+    return bits
 
 
 def _check_high_bits(ds: Dataset, values: np.ndarray) -> np.ndarray:
