@@ -746,3 +746,39 @@ def test_a_card_that_records_a_file_outside_its_folder_is_refused(tiny_bundle: P
     save_card(bundle, dataclasses.replace(card, files={**card.files, name: "sha256:" + "0" * 64}))
     with pytest.raises(ValueError, match=f"files names {re.escape(repr(name))}, not a file of the bundle's own folder"):
         load_card(bundle)
+
+
+@pytest.mark.parametrize("backend, name", [("onnx", ONNX_NAME), ("onnx-int8", INT8_NAME)])
+def test_a_model_file_written_over_after_its_check_is_not_scored(int8_bundle: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, backend: str,
+                                                                  name: str) -> None:
+    """The ONNX backends checked a file's SHA-256, then read it again to score: a bundle written over in between (a
+    deploy) had another model's graph scored under this card's name and threshold. The bytes scored are the bytes
+    checked. The write is made right after the checks, by wrapping the check of the card's fields that ends them."""
+    import pneumoscan.inference.onnx_runtime as onnx_runtime
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    checks = onnx_runtime.check_matches_card
+
+    def then_written_over(model: Path, *args: object, **kwargs: object) -> None:
+        checks(model, *args, **kwargs)
+        if model.name == name:
+            with (bundle / name).open("ab") as f:
+                f.write(b"\0")
+
+    monkeypatch.setattr(onnx_runtime, "check_matches_card", then_written_over)
+    with pytest.raises(ValueError, match=f"{name} changed while it was loaded .*: its bytes are not those bundle.json "
+                                         "records; load it again"):
+        Predictor(bundle, backend=backend)
+
+
+def test_results_name_the_weights_loaded_not_those_on_disk_later(tiny_bundle: Path, tmp_path: Path) -> None:
+    """model_version was taken from the disk at the first results row: weights written over after the load were
+    named, not those that scored."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    loaded = Predictor(bundle, backend="onnx")
+    (bundle / WEIGHTS).write_bytes((bundle / WEIGHTS).read_bytes() + b"\0")
+    assert loaded.identity["model_version"] == f"sha256:{load_card(tiny_bundle).files[WEIGHTS][7:19]}"
+    assert file_sha256(bundle / WEIGHTS) != load_card(tiny_bundle).files[WEIGHTS]

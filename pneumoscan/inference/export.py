@@ -31,8 +31,8 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import AGE_RANGE_YEARS, FRONTAL_VIEWS, MAX_ASPECT, MIN_SIDE, RADIOGRAPHY
 from pneumoscan.models.card import CARD, ONNX_NAME, BundleCard, card_task, file_sha256, load_card, record_checksum
-from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, session, spec_path, verify_onnx,
-                           weights_digest)
+from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, checked_bytes, described, session, spec_path,
+                           verify_onnx, weights_digest)
 
 if TYPE_CHECKING:
     import torch
@@ -286,14 +286,16 @@ def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int,
         raise ValueError(f"ONNX export differs from torch by {diff:.2e} in probability (> {PARITY_TOLERANCE})")
 
 
-def bundle_session(bundle: Path | str) -> ort.InferenceSession:
-    """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged; a
-    bundle without a model.onnx (nor a record of one) is exported to a temporary file first."""
-    card = load_card(bundle)
+def bundle_session(bundle: Path | str, card: BundleCard | None = None) -> ort.InferenceSession:
+    """Session on BUNDLE/model.onnx once it is shown to be the export of the bundle's weights, undamaged, from the
+    bytes checked (:func:`checked_bytes`); a bundle without a model.onnx (nor a record of one) is exported to a
+    temporary file first. ``card``: the one the caller loaded the bundle by (read here when None): a card read apart
+    could be another bundle's, were the folder replaced in between."""
+    card = card if card is not None else load_card(bundle)
     existing = Path(bundle) / ONNX_NAME
     if ONNX_NAME not in card.files and not existing.exists():
         logger.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
         with tempfile.TemporaryDirectory() as tmp:
             return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
     verify_onnx(bundle, card)
-    return session(existing)
+    return session(checked_bytes(existing, card.files.get(ONNX_NAME)))

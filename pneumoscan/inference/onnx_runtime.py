@@ -9,6 +9,7 @@ without loading torch (tests/test_startup.py holds it so).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,15 +45,33 @@ def weights_digest(bundle: Path | str) -> str:
     return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
 
 
-def model_version(bundle: Path | str, backend: str = "torch") -> str:
+def model_version(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> str:
     """The version every result states (predict's rows, web answers, SR, FHIR): a prefix of the sha256 of the
     bundle's weights, so a result can be traced to the bundle that made it. Read with the INT8 model
     (``onnx-int8``), whose scores and thresholds are its own, the INT8 file's digest follows, so a result names the
-    model whose threshold it states."""
-    version = f"sha256:{weights_digest(bundle)[:12]}"
+    model whose threshold it states. With the ``card`` a model was loaded and checked by, the digests it records:
+    the files on disk may have been replaced since (a result named the weights on disk at its first row)."""
+    recorded = card.files if card is not None else {}
+
+    def digest(name: str) -> str:
+        return (recorded.get(name) or file_sha256(Path(bundle) / name)).removeprefix("sha256:")[:12]
+
+    version = f"sha256:{digest(WEIGHTS)}"
     if backend == "onnx-int8":
-        version += f"+int8:{file_sha256(Path(bundle) / INT8_NAME).removeprefix('sha256:')[:12]}"
+        version += f"+int8:{digest(INT8_NAME)}"
     return version
+
+
+def checked_bytes(path: Path, recorded: str | None) -> bytes:
+    """A bundle file's bytes, read once after its checks and refused unless they are the bytes recorded
+    (``sha256:HEX``; None: a bundle older than the record, warned of at its check): the file scored is the file
+    checked, even were the bundle replaced in between (a deploy writing over it), when a second read gave another
+    model's graph under this card's name and threshold."""
+    data = path.read_bytes()
+    if recorded is not None and f"sha256:{hashlib.sha256(data).hexdigest()}" != recorded:
+        raise ValueError(f"{path} changed while it was loaded (the bundle written over?): its bytes are not those "
+                         "bundle.json records; load it again")
+    return data
 
 
 def session(model: Path | str | bytes) -> ort.InferenceSession:
@@ -232,14 +251,15 @@ class Int8Operating:
                 "val_metrics": self.val_metrics, "external_evaluations": []}
 
 
-def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
+def int8_model(bundle: Path | str, card: BundleCard | None = None) -> tuple[ort.InferenceSession, dict]:
     """The INT8 session and its sidecar (thresholds included: :class:`Int8Operating`); refused when the file is
     missing, was made from other weights, its thresholds were never chosen, or either file differs from what
     ``export --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels), or
-    when those thresholds are not the probabilities a card's are (:func:`checked_card`)."""
+    when those thresholds are not the probabilities a card's are (:func:`checked_card`). ``card``: the one the
+    caller loaded the bundle by (read here when None), so that both describe one bundle."""
     out = Path(bundle) / INT8_NAME
     sidecar_path = spec_path(out)
-    card = load_card(bundle)
+    card = card if card is not None else load_card(bundle)
     # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
     calibrated_on = str((card.train_config or {}).get("calibrated_on", ""))
     out_of_fold = card.model == ENSEMBLE and calibrated_on.startswith("out-of-fold")
@@ -268,4 +288,4 @@ def int8_model(bundle: Path | str) -> tuple[ort.InferenceSession, dict]:
         raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
                          "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "
                          f"would label INT8 scores at the FP32 thresholds; {remedy}")
-    return session(out), sidecar
+    return session(checked_bytes(out, card.files.get(INT8_NAME))), sidecar

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import csv
-import functools
 import io
 import logging
 import threading
@@ -122,7 +121,7 @@ class Predictor:
         if backend == "onnx-int8" and session is None:
             from .onnx_runtime import Int8Operating, int8_model
 
-            session, sidecar = int8_model(bundle)
+            session, sidecar = int8_model(bundle, self.card)
             # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
             # (int8_model checked that the sidecar holds them where any reader of it looks), and its figures are the
             # INT8 model's: the card's validation figures and evaluations are the FP32 model's, at the FP32 threshold
@@ -131,9 +130,11 @@ class Predictor:
             from .export import bundle_session
             from .onnx_runtime import INT8_NAME
 
-            self._session = session or bundle_session(bundle)
+            self._session = session or bundle_session(bundle, self.card)
             own = INT8_NAME if backend == "onnx-int8" else ONNX_NAME
             self._check_graph("the ONNX model given" if given else f"its {own}")
+        # the model these scores name, as loaded and checked: a bundle replaced on disk later is not the one named
+        self.identity = identity_fields(bundle, backend, self.card)
 
     def _check_graph(self, what: str) -> None:
         """Refuse an ONNX graph built for another input size than the card's (every film would be prepared at the
@@ -150,12 +151,6 @@ class Predictor:
             raise ValueError(f"{self.bundle}: {what} gives {scores} scores a film, and bundle.json names "
                              f"{len(self.card.classes)} classes ({', '.join(self.card.classes)}), so the card does not "
                              "describe this model; restore the bundle from a good copy")
-
-    @functools.cached_property
-    def identity(self) -> dict[str, str]:
-        """The model this predictor's scores name (:func:`identity_fields`), taken when first asked: ``predict`` and
-        the service ask as they load the model, so that a bundle replaced on disk later is not the one they name."""
-        return identity_fields(self.bundle, self.backend, self.card)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -307,7 +302,7 @@ def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard
     it: FP32 and INT8 results differ. ``card``: the bundle's card when already loaded."""
     from .onnx_runtime import model_version
 
-    return {"model_id": (card or load_card(bundle)).model_id, "model_version": model_version(bundle, backend)}
+    return {"model_id": (card or load_card(bundle)).model_id, "model_version": model_version(bundle, backend, card)}
 
 
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:
