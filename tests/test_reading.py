@@ -126,6 +126,9 @@ def test_predict_and_the_service_give_the_same_two_stage_reading(films: list[Pat
         assert row["label"] == "PNEUMONIA" and stage["task"] == "etiology"
         assert (stage["label"], stage["near_threshold"]) == (row[fields["label"]], row[fields["near_threshold"]])
         assert stage["probability"] == pytest.approx(row[fields["probability"]], abs=SCORE_TOL)
+        # the threshold it was read at and its model, as the service's answer gives them (predict's rows had neither)
+        assert (row[fields["threshold"]], row[fields["model_id"]], row[fields["model_version"]]) == (
+            stage["threshold"], stage["model_id"], stage["model_version"])
     handed = [row[fields["label"]] is not None for row in rows]
     assert all(handed) if first == stages["every_film"] else any(handed) and not all(handed)
     by_name = {Path(row["path"]).name: row for row in rows}

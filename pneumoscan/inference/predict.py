@@ -58,12 +58,15 @@ RESULT_FIELDS = (
 
 
 def stage_fields(task: Task) -> dict[str, str]:
-    """A second stage's reading (:meth:`Predictor.reading_fields`) as a row's fields, named from its task, in this
-    order: ``TASK_probability_POSITIVE``, ``TASK_label``, ``TASK_near_threshold`` (the etiology task's
-    ``etiology_probability_virus``, ``etiology_label``, ``etiology_near_threshold``), so that a second stage of
-    one's own is not reported as P(virus)."""
+    """A second stage's reading (:meth:`Predictor.reading_fields`) and model (:attr:`Predictor.identity`) as a
+    row's fields, named from its task, in this order: ``TASK_probability_POSITIVE``, ``TASK_label``,
+    ``TASK_threshold``, ``TASK_near_threshold``, ``TASK_model_id``, ``TASK_model_version`` (the etiology task's
+    ``etiology_probability_virus``, ``etiology_label``, ...), so that a second stage of one's own is not reported as
+    P(virus), and its probability comes with the threshold it was read at (its TTA one under ``--tta``) and the model
+    that gave it, as the first stage's does."""
     return {"probability": f"{task.name}_probability_{task.positive}", "label": f"{task.name}_label",
-            "near_threshold": f"{task.name}_near_threshold"}
+            "threshold": f"{task.name}_threshold", "near_threshold": f"{task.name}_near_threshold",
+            "model_id": f"{task.name}_model_id", "model_version": f"{task.name}_model_version"}
 
 
 NO_HEATMAP = "no heatmap"  # a warning's start: the film's Grad-CAM was refused (explain.NoMapOfFilm), its score kept
@@ -666,7 +669,7 @@ def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray],
                     if broken:
                         rows[i]["error"] = f"{stage}: {NON_FINITE}"
                     else:
-                        reading = second.reading_fields(float(p), tta)
+                        reading = {**second.reading_fields(float(p), tta), **second.identity}
                         rows[i].update({field: reading[key] for key, field in fields.items()})
     return rows
 
