@@ -65,7 +65,7 @@ def test_batch_mixing_mixes_images_and_targets_in_the_same_proportion(mix: dict)
 
 def test_batch_mixing_is_off_by_default_and_refuses_a_negative_alpha() -> None:
     assert batch_mixing(Augment(), 2) is None
-    with pytest.raises(ValueError, match="mixup and cutmix are Beta alphas"):
+    with pytest.raises(ValueError, match="mixup and cutmix are finite Beta alphas"):
         Augment(mixup=-0.2)
 
 
@@ -92,6 +92,15 @@ def test_blur_softens_about_half_the_images(blur: float) -> None:
 
 
 @pytest.mark.parametrize("field", ["gamma", "blur"])
-def test_a_negative_gamma_or_blur_range_is_refused(field: str) -> None:
-    with pytest.raises(ValueError, match="gamma and blur are ranges"):
-        Augment(**{field: -0.1})
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_gamma_or_blur_range_is_refused(field: str, value: float) -> None:
+    """NaN passed the check: a gamma of NaN turned every training film black for a whole run."""
+    with pytest.raises(ValueError, match="gamma and blur are finite ranges"):
+        Augment(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["mixup", "cutmix"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_mixing_alpha_is_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match="mixup and cutmix are finite Beta alphas"):
+        Augment(**{field: value})

@@ -75,10 +75,12 @@ class Augment:
         for name, (words, ok) in bounds.items():
             if not ok(value := getattr(self, name)):
                 raise ValueError(f"{name} is a range in {words} (0: off), got {value}")
-        if self.gamma < 0 or self.blur < 0:
-            raise ValueError(f"gamma and blur are ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError(f"mixup and cutmix are Beta alphas >= 0 (0: off), got {self.mixup} and {self.cutmix}")
+        # finite: NaN passes a "< 0" test, and a gamma of NaN turned every training film black for a whole run
+        if not (0 <= self.gamma < math.inf and 0 <= self.blur < math.inf):
+            raise ValueError(f"gamma and blur are finite ranges >= 0 (0: off), got {self.gamma} and {self.blur}")
+        if not (0 <= self.mixup < math.inf and 0 <= self.cutmix < math.inf):
+            raise ValueError(f"mixup and cutmix are finite Beta alphas >= 0 (0: off), got {self.mixup} and "
+                             f"{self.cutmix}")
 
     @classmethod
     def off(cls) -> Augment:
