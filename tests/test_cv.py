@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
 
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import evaluate_multiclass, format_figure
@@ -239,6 +240,26 @@ def test_cv_refuses_a_finished_fold_of_another_split_or_recipe(finished_cv: tupl
     err = capsys.readouterr().err
     assert said in err and err.rstrip().endswith("use a new --out"), err
     assert {p.name: p.read_bytes() for p in out.glob("split-fold-*.csv")} == before, "OUT is left as it was"
+
+
+def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dataset: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Every film inverted at the same path: the folds said "exists, not trained again", and their bundles, made on
+    the old pixels, were scored on the new ones and written to cv.json as this cv's figures."""
+    data = tmp_path / "chest_xray"
+    shutil.copytree(tiny_dataset, data)
+    args = ["cv", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "2", "--model", "simple_cnn",
+            "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+    assert main(args) == 0
+    summary = (tmp_path / "cv" / "cv.json").read_bytes()
+    for film in data.glob("train/*/*.jpeg"):
+        with Image.open(film) as im:
+            ImageOps.invert(im.convert("L")).save(film, quality=95)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since?): "
+            "its figures would not be this cv's; use a new --out") in capsys.readouterr().err
+    assert (tmp_path / "cv" / "cv.json").read_bytes() == summary
 
 
 @pytest.mark.parametrize("change, said", [

@@ -38,9 +38,9 @@ from pneumoscan.models.card import CARD, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
-from .distributed import is_main_process, processes
+from .distributed import is_main_process, processes, setup_distributed
 from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
-from .train import absent_classes, train
+from .train import absent_classes, data_checksum, preprocessed, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -105,6 +105,18 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
                          "nothing shows how it was made; use a new --out")
     if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
+
+
+def check_fold_data(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> None:
+    """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on (its
+    card's ``data_checksum``): films rewritten in place keep their paths, so the split passes, and its bundle, made
+    on the old pixels, was scored on the new ones as this cv's figures (an interrupted fold's ``--resume`` refuses
+    them so). The image cache is built here as the fold's run builds it, and read from disk when it is there."""
+    if not (run.bundle / CARD).exists() or not (recorded := load_card(run.bundle).data_checksum):
+        return
+    if data_checksum(preprocessed(planned, cfg, setup_distributed()), planned) != recorded:
+        raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
+                         "in place since?): its figures would not be this cv's; use a new --out")
 
 
 def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
@@ -217,6 +229,8 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
         check_teachers(configs[k], planned, task)
         check_fold_run(cv_folder.fold(k), planned, configs[k])
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
+    for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
+        check_fold_data(cv_folder.fold(k), planned, configs[k])
     return plans, configs
 
 
