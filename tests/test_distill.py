@@ -30,7 +30,7 @@ from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.ensemble import build_ensemble
 from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
-from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records, train
+from pneumoscan.training.train import data_checksum, load_data, preprocessed, selected_films, split_records, train
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -71,7 +71,9 @@ def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> 
     (tmp_path / "run").mkdir()
     records, ctx = split_records(cfg.split_csv, cfg), setup_distributed()
     cache = preprocessed(records, cfg, ctx)
-    data = load_data(records, cache, data_checksum(cache, records), cfg, get_task(cfg.task), ctx, tmp_path / "run")
+    task = get_task(cfg.task)
+    data = load_data(records, cache, data_checksum(cache, records), cfg, task, ctx, tmp_path / "run",
+                     selected_films(records, cache, task, ctx))
     rows = data.train_set.images[data.train_set.rows]
     teacher = Predictor(cfg.teacher[0], backend="onnx").probabilities(rows)
     hard = data.plain[0].targets

@@ -44,7 +44,7 @@ from pneumoscan.serving.limits import Rejected
 from pneumoscan.serving.uploads import _check_type
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.distributed import setup_distributed
-from pneumoscan.training.train import data_checksum, load_data, preprocessed, split_records
+from pneumoscan.training.train import data_checksum, load_data, preprocessed, selected_films, split_records
 from tests.builders import dicom_bytes
 from tests.test_dicom_faults import phantom
 
@@ -159,7 +159,9 @@ def test_the_training_loss_weighs_each_class_by_its_inverse_frequency(tiny_datas
     (tmp_path / "run").mkdir()
     records, ctx = split_records(cfg.split_csv, cfg), setup_distributed()
     cache = preprocessed(records, cfg, ctx)
-    data = load_data(records, cache, data_checksum(cache, records), cfg, get_task(cfg.task), ctx, tmp_path / "run")
+    task = get_task(cfg.task)
+    data = load_data(records, cache, data_checksum(cache, records), cfg, task, ctx, tmp_path / "run",
+                     selected_films(records, cache, task, ctx))
     assert data.class_weights is not None
     np.testing.assert_allclose(data.class_weights.cpu().numpy(), [24 / (2 * 6), 24 / (2 * 18)], rtol=1e-6)
 

@@ -683,13 +683,17 @@ def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: 
 
 def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tiny_dataset: Path,
                                                                              tmp_path: Path) -> None:
-    """It had trained every epoch, then refused (one class), or ended in numpy's "zero-size array" (no film)."""
+    """It had trained every epoch, then refused (one class), or ended in numpy's "zero-size array" (no film); then
+    it was refused only after the run folder was cleared, an earlier run's bundle lost with it."""
     records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))
     manifest = tmp_path / "split.csv"
+    earlier = tmp_path / "run" / "bundle" / "bundle.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")  # an earlier run's, which clearing the folder would remove
     write_manifest([r for r in records if not (r.split == "val" and r.label == "PNEUMONIA")], manifest)
     with pytest.raises(ValueError, match="no readable validation film of class PNEUMONIA for the pneumonia task"):
         train(tiny_dataset, TrainConfig(**{**TINY, "split_csv": str(manifest)}), tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and earlier.exists()
     write_manifest([r for r in records if r.split == "train" or r.label == "NORMAL"], manifest)
     with pytest.raises(ValueError, match="no readable validation film of class bacteria, virus for the etiology"):
         train(tiny_dataset, TrainConfig(**{**TINY, "task": "etiology", "split_csv": str(manifest)}), tmp_path / "run")
@@ -926,6 +930,7 @@ def test_the_loss_weights_each_class_by_its_inverse_frequency(tiny_dataset: Path
     cfg, ctx = TrainConfig(**TINY, task=task), setup_distributed()
     records = train_mod.split_records(tiny_dataset, cfg)
     cache = train_mod.preprocessed(records, cfg, ctx)
-    d = train_mod.load_data(records, cache, "", cfg, get_task(task), ctx, tmp_path)
+    d = train_mod.load_data(records, cache, "", cfg, get_task(task), ctx, tmp_path,
+                            train_mod.selected_films(records, cache, get_task(task), ctx))
     counts = np.bincount(d.plain[0].targets, minlength=len(get_task(task).classes))
     assert d.class_weights.tolist() == torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32).tolist()

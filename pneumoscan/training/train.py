@@ -276,13 +276,10 @@ def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
-              run_dir: Path) -> Data:
-    """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
-    their :func:`data_checksum`) as datasets and loaders, with the class weights."""
-    if ctx.main:
-        write_manifest(records, RunFolder(run_dir).split)
-    paths = [r.path for r in records]
+def selected_films(records: list[Record], cache: ImageCache, task: Task, ctx: Dist) -> dict:
+    """The readable training and validation films of the task (``{"train": (records, targets), "val": ...}``),
+    refused when a side lacks a class: known from the split and the cache, so before the run folder is cleared (a
+    --split-csv whose validation films were all NORMAL wiped the earlier run's bundle, then was refused)."""
     readable = set(cache.paths)
     if ctx.main:
         warn_untyped([r for r in records if r.path in readable], task, "training")
@@ -297,6 +294,17 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
                          f"({len(selected['val'][0])} usable validation films): the best epoch, the temperature and "
                          "the threshold are chosen on validation films of every class; raise --set val_fraction=, "
                          "or give a --split-csv whose val films hold every class")
+    return selected
+
+
+def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
+              run_dir: Path, selected: dict) -> Data:
+    """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
+    their :func:`data_checksum`; ``selected``, the task's films of each side: :func:`selected_films`) as datasets and
+    loaders, with the class weights."""
+    if ctx.main:
+        write_manifest(records, RunFolder(run_dir).split)
+    paths = [r.path for r in records]
     parts = {name: (cache.rows([r.path for r in recs]), targets) for name, (recs, targets) in selected.items()}
     train_targets = parts["train"][1]
     if cfg.teacher:  # scored once, by rank 0
@@ -483,8 +491,9 @@ def train(
     checkpoint_path = RunFolder(run_dir).checkpoint
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
+    selected = selected_films(records, cache, task, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
-    d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir)
+    d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
     hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
