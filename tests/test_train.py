@@ -281,6 +281,20 @@ def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_dataset: Path, tmp_path: 
     assert load_bundle(again)[1].train_config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
 
 
+def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The run clears RUN/bundle, the bundle it starts from, at its start: stopped after an epoch, its --resume failed
+    on that missing bundle ("is not a bundle folder"), its finished epochs lost with the bundle."""
+    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
+    train(tiny_dataset, cfg, run)
+    tune = dataclasses.replace(cfg, init=str(run / "bundle"), epochs=2)
+    with pytest.raises(Crash):
+        train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
+    assert not (run / "bundle").exists() and (run / "checkpoint.pt").exists()
+    resumed = train(tiny_dataset, tune, run, resume=True)
+    assert load_bundle(resumed)[1].train_config["init"] == str(run / "bundle")
+    assert [int(row["epoch"]) for row in csv.DictReader((run / "history.csv").open())] == [1, 2]
+
+
 def test_a_start_from_a_bundle_that_trained_on_the_validation_films_is_refused(tiny_bundle: Path, tiny_dataset: Path,
                                                                                 tmp_path: Path) -> None:
     """Weights that learnt the validation films would choose the best epoch, temperature and threshold on films the

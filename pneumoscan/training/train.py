@@ -191,13 +191,16 @@ class Data:
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
 
 
-def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Module, bool, list[str]]:
+def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
+                from_checkpoint: bool = False) -> tuple[torch.nn.Module, bool, list[str]]:
     """The model first, with the weights it starts from: a wrong size or weights that cannot be had fail before the
     split and the cache are built, and a ``cfg.init`` bundle inside the run folder (fine-tuning a run's own bundle)
     is read before the run folder is cleared. Returns the model, whether it starts from ImageNet weights, and the
     classifier tensors a ``cfg.init`` bundle could not give (a new task's), which start untrained. Which layers
     train is set here too, so that ``trainable_stages`` beyond the model's stages is refused before the run folder
-    is cleared (the warm start fits the classifier, which always trains)."""
+    is cleared (the warm start fits the classifier, which always trains). ``from_checkpoint``: the run goes on from
+    its checkpoint, which holds every weight, so a ``cfg.init`` bundle is not read: fine-tuning a run's own bundle
+    in place cleared that bundle at its start, and a resume then failed on it."""
     imagenet = cfg.pretrained and cfg.init is None and registry.has_pretrained(cfg.model)
     if ctx.main and cfg.pretrained and cfg.init is None and not imagenet:
         log.info("%s has no pretrained weights: trained from scratch", cfg.model)
@@ -210,7 +213,7 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist) -> tuple[torch.nn.Modul
         raise ValueError(f"model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
     check_exportable(model, cfg.image_size, cfg.model)
     # the card read once: the weights are checked against it, and the size warning below reads it
-    started = load_card(cfg.init) if cfg.init is not None else None
+    started = load_card(cfg.init) if cfg.init is not None and not from_checkpoint else None
     fresh = load_weights_into(model, cfg.init, started) if started is not None else []
     if ctx.main and started is not None:
         log.info("started from %s%s", cfg.init, f" with a new classifier ({', '.join(fresh)})" if fresh else "")
@@ -476,10 +479,13 @@ def train(
     cfg.check_distill_weight()  # before the model is built: its weights may have to be fetched
     ctx, run_dir, task = setup_distributed(), Path(run_dir), get_task(cfg.task)
     torch.manual_seed(cfg.seed)
-    model, imagenet, fresh = build_model(cfg, task, ctx)
+    checkpoint_path = RunFolder(run_dir).checkpoint
+    from_checkpoint = resume and checkpoint_path.exists()
+    model, imagenet, fresh = build_model(cfg, task, ctx, from_checkpoint)
     records = split_records(data, cfg)
     check_teachers(cfg, records, task)
-    if cfg.init is not None:  # weights that learnt the validation films would choose the best epoch and threshold
+    # weights that learnt the validation films would choose the best epoch and threshold (checked at the run's start)
+    if cfg.init is not None and not from_checkpoint:
         check_held_out([cfg.init], [r for r in records if r.split == "val"], "validate a model started from "
                        f"{cfg.init}", hint=" (start from a bundle trained on the same split, or on other films)")
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
@@ -488,7 +494,6 @@ def train(
     ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
               "the films they train and validate on", "every machine needs the same films at the same path "
               "(`pneumoscan audit DATA` on each names its unreadable films)")
-    checkpoint_path = RunFolder(run_dir).checkpoint
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
