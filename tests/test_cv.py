@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from pneumoscan.cli import main
@@ -265,6 +266,9 @@ def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dat
 @pytest.mark.parametrize("change, said", [
     ({"validate_on_val_folder": True}, "split_csv and validate_on_val_folder both choose the validation films"),
     ({"distill_weight": 0.5}, "distill_weight 0.5 is the teachers' share of the target: give a teacher"),
+    # taken, replaced by each fold's own, and recorded in cv.json as the split cv had used
+    ({"split_csv": "mine.csv"}, "cv makes each fold's split itself: split_csv mine.csv would not be read"),
+    ({"val_fraction": 0.5}, "cv validates each run on one fold of --folds: val_fraction 0.5 would not be used"),
 ])
 def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anything(tiny_dataset: Path,
                                                                                       tmp_path: Path, change: dict,
@@ -275,6 +279,19 @@ def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anyt
     out = tmp_path / "cv"
     cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8, **change)
     with pytest.raises(ValueError, match=re.escape(said)):
+        cross_validate(tiny_dataset, cfg, 2, out)
+    assert not out.exists()
+
+
+def test_a_starting_bundle_that_learnt_a_folds_films_is_refused_before_cv_writes_anything(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """--set init=B: each fold's run checked that B never trained on its validation films, so the folds before it
+    trained first, and OUT was left with their runs; cv checks it of every fold before any trains."""
+    out = tmp_path / "cv"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8,
+                      init=str(tiny_bundle))
+    with pytest.raises(ValueError, match="film.* given to validate a model started from "):
         cross_validate(tiny_dataset, cfg, 2, out)
     assert not out.exists()
 
@@ -313,6 +330,30 @@ def test_cv_refuses_folds_of_different_numbers_of_processes(finished_cv: tuple[P
     capsys.readouterr()
     assert main(args) == 2, "fold-1 would be trained by 1 process"
     assert "trained by 2 process(es) and this cv has 1" in capsys.readouterr().err
+    assert not (out / "fold-1").exists()
+
+
+def test_cv_refuses_folds_trained_in_different_precisions(finished_cv: tuple[Path, list[str]], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold trained on a GPU (precision auto: bf16) beside one still to train here in fp32 was trained without a
+    word: two recipes' folds summarised as one. (The GPU's fold is its card's record, as a GPU machine writes it.)"""
+    finished, args = finished_cv
+    out = tmp_path / "cv"
+    shutil.copytree(finished, out)
+    args = [a if a != str(finished) else str(out) for a in args]
+    here = "bf16" if torch.cuda.is_available() else "fp32"  # precision auto on this machine
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
+    card = load_card(out / "fold-0" / "bundle")
+    save_card(out / "fold-0" / "bundle",
+              dataclasses.replace(card, train_config=card.train_config | {"resolved_precision": other}))
+    capsys.readouterr()
+    assert main(args) == 2
+    assert (f"trained in different precisions (fold-0: {other}, fold-1: {here}); use a new --out"
+            in capsys.readouterr().err)
+    shutil.rmtree(out / "fold-1")
+    assert main(args) == 2
+    assert (f"the finished folds were trained in {other} and this cv trains in {here}, so its folds still to train "
+            "would be another recipe: run it where they trained, or use a new --out") in capsys.readouterr().err
     assert not (out / "fold-1").exists()
 
 

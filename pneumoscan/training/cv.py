@@ -29,6 +29,7 @@ import numpy as np
 from pneumoscan.core.atomic import write_csv, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_text
+from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
@@ -39,8 +40,9 @@ from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import is_main_process, processes, setup_distributed
+from .engine import resolved_precision
 from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
-from .train import absent_classes, data_checksum, preprocessed, train
+from .train import absent_classes, check_init_held_out, data_checksum, preprocessed, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -132,22 +134,33 @@ def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:
                                  f"validated; use fewer --folds or add {missing[0]} films of other patients")
 
 
-def check_fold_processes(runs: Sequence[RunFolder], world: int) -> None:
-    """Refuse folds made by different numbers of processes, or a fold still to train under another number than the
-    finished ones: the global batch, the learning rate and the schedule follow it, so the folds would be different
-    recipes. Folds all trained elsewhere (say by torchrun on a GPU machine) may still be scored here by one process.
-    An interrupted fold is checked by its own ``--resume``."""
-    made_by = {run.root.name: load_card(run.bundle).train_config.get("processes")
-               for run in runs if (run.bundle / CARD).exists()}
-    known = {n for n in made_by.values() if n is not None}  # None: a bundle of an earlier version, which records none
-    if len(known) > 1:
-        raise ValueError("the finished folds were trained by different numbers of processes ("
-                         + ", ".join(f"{name}: {n}" for name, n in made_by.items() if n is not None)
-                         + "); use a new --out")
-    if known and len(made_by) < len(runs) and world not in known:
-        raise ValueError(f"the finished folds were trained by {known.pop()} process(es) and this cv has {world}, so "
-                         "its folds still to train would be another recipe: run it under that number, "
-                         "or use a new --out")
+# what a fold records of how it trained that is no setting (resume.RECORDED), in words: (the folds differ in ...,
+# trained by/in X, this cv's ..., what to do)
+_MADE = {"processes": ("by different numbers of processes", "by {} process(es)", "this cv has {}",
+                       "run it under that number"),
+         "resolved_precision": ("in different precisions", "in {}", "this cv trains in {}",
+                                "run it where they trained")}
+
+
+def check_fold_processes(runs: Sequence[RunFolder], here: dict[str, object]) -> None:
+    """Refuse folds made by different numbers of processes or in different precisions (``precision: auto`` is bf16
+    on CUDA, fp32 on a CPU), or a fold still to train otherwise than the finished ones (``here``: this cv's, under
+    the keys of :data:`_MADE`): the global batch, the learning rate and the schedule follow the processes, and the
+    arithmetic the precision, so the folds would be different recipes. Folds all trained elsewhere (say by torchrun
+    on a GPU machine) may still be scored here. An interrupted fold is checked by its own ``--resume``."""
+    finished = [run for run in runs if (run.bundle / CARD).exists()]
+    cards = {run.root.name: load_card(run.bundle).train_config for run in finished}
+    for key, (differ, made, this, remedy) in _MADE.items():
+        made_by = {name: config.get(key) for name, config in cards.items()}
+        known = {v for v in made_by.values() if v is not None}  # None: an earlier version's bundle, which records none
+        if len(known) > 1:
+            raise ValueError(f"the finished folds were trained {differ} ("
+                             + ", ".join(f"{name}: {v}" for name, v in made_by.items() if v is not None)
+                             + "); use a new --out")
+        if known and len(finished) < len(runs) and here[key] not in known:
+            raise ValueError(f"the finished folds were trained {made.format(known.pop())} and "
+                             f"{this.format(here[key])}, so its folds still to train would be another recipe: "
+                             f"{remedy}, or use a new --out")
 
 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
@@ -218,6 +231,12 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     """(each fold's films, each marked "val" in its own fold and "train" in the others; each fold's recipe), once
     every fold is checked: everything a fold's run would refuse, and any earlier run in OUT that is not this cv's,
     is refused before any fold is trained or rewritten, so that a refusal leaves OUT as it was."""
+    if cfg.split_csv:  # each fold's split is cv's own (OUT/split-fold-K.csv), and cv.json would record this one
+        raise ValueError(f"cv makes each fold's split itself: split_csv {cfg.split_csv} would not be read; give the "
+                         "films to fold as DATA (a manifest is taken)")
+    if cfg.val_fraction != VAL_FRACTION:
+        raise ValueError(f"cv validates each run on one fold of --folds: val_fraction {cfg.val_fraction:g} would not "
+                         "be used; leave it out")
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)]
@@ -227,8 +246,11 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     for k, planned in enumerate(plans):
         configs[k].check_distill_weight()
         check_teachers(configs[k], planned, task)
+        check_init_held_out(configs[k], planned)  # a fold whose films the starting bundle learnt, before any trains
         check_fold_run(cv_folder.fold(k), planned, configs[k])
-    check_fold_processes([cv_folder.fold(k) for k in range(folds)], processes())
+    here = {"processes": processes(), "resolved_precision": resolved_precision(setup_distributed().device,
+                                                                                cfg.precision)}
+    check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
         check_fold_data(cv_folder.fold(k), planned, configs[k])
     return plans, configs

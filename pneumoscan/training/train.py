@@ -229,6 +229,14 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
     return model, imagenet, fresh
 
 
+def check_init_held_out(cfg: TrainConfig, records: Sequence[Record]) -> None:
+    """Refuse a ``cfg.init`` bundle that trained on the run's validation films (``records``' val side): its weights
+    learnt them, and would choose the best epoch, the temperature and the threshold on films the model has seen."""
+    if cfg.init is not None:
+        check_held_out([cfg.init], [r for r in records if r.split == "val"], f"validate a model started from "
+                       f"{cfg.init}", hint=" (start from a bundle trained on the same split, or on other films)")
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) -> None:
     """A folder holds one run: a run that does not resume clears what an earlier one wrote
     (:meth:`RunFolder.outputs`). Its best weights, bundle and checkpoint would otherwise be finalised, read beside
@@ -484,10 +492,8 @@ def train(
     model, imagenet, fresh = build_model(cfg, task, ctx, from_checkpoint)
     records = split_records(data, cfg)
     check_teachers(cfg, records, task)
-    # weights that learnt the validation films would choose the best epoch and threshold (checked at the run's start)
-    if cfg.init is not None and not from_checkpoint:
-        check_held_out([cfg.init], [r for r in records if r.split == "val"], "validate a model started from "
-                       f"{cfg.init}", hint=" (start from a bundle trained on the same split, or on other films)")
+    if not from_checkpoint:  # checked at the run's start
+        check_init_held_out(cfg, records)
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
     made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
