@@ -399,6 +399,20 @@ def test_adam_plateau_refuses_a_warm_up_it_would_not_apply(tmp_path: Path, capsy
         TrainConfig(optimizer="adam-plateau", warmup=0.2)
 
 
+def test_adamw_cosine_refuses_plateau_settings_it_would_not_apply(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """The mirror of the warm-up: plateau_factor and plateau_patience under adamw-cosine were recorded in the card
+    and never applied (the rate followed the cosine, the AUCs those of a run without them). Their defaults pass."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--out", str(run), "--set", "plateau_factor=0.5",
+                 "--set", "plateau_patience=0"]) == 2
+    assert ("error: plateau_factor 0.5 and plateau_patience 0 set the adam-plateau recipe's rate cuts: adamw-cosine "
+            "follows its cosine schedule, so drop them or use --optimizer adam-plateau") in capsys.readouterr().err
+    assert not run.exists()
+    TrainConfig(optimizer="adam-plateau", plateau_factor=0.5, plateau_patience=0)
+    TrainConfig(plateau_factor=TrainConfig.plateau_factor, plateau_patience=TrainConfig.plateau_patience)
+
+
 def test_an_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown optimizer 'sgd' \(choose from adamw-cosine, adam-plateau\)"):
         TrainConfig.from_dict({"optimizer": "sgd"})
