@@ -87,6 +87,18 @@ def test_an_export_into_another_bundle_is_refused(tiny_bundle: Path, tiny_etiolo
     assert export_onnx(tiny_bundle, tmp_path / "elsewhere" / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "model.int8.onnx", "copy.onnx"])
+def test_an_export_over_the_bundles_own_files_is_refused(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
+    """--out BUNDLE/model.safetensors wrote the graph over the weights and exited 0: the bundle was refused as
+    damaged from then on. In the bundle, only its model.onnx is the export's."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    with pytest.raises(ValueError, match=f"--out {bundle / name} is in the bundle itself, where only model.onnx"):
+        export_onnx(bundle, bundle / name)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert export_onnx(bundle, bundle / ONNX_NAME) == bundle / ONNX_NAME
+
+
 def test_torch_and_onnxruntime_probabilities_agree(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -323,8 +323,8 @@ def build_ensemble(
     if (data is None) == (not cv_dirs):
         raise ValueError("give labelled validation data (--data) or cv runs (--cv), not both and not neither")
     if split is not None and data is None:  # the out-of-fold scores are every film of the cv runs
-        raise ValueError(f"--split {split} chooses films of --data; with --cv the out-of-fold scores of the runs' films "
-                         "are used, whatever their split: drop --split")
+        raise ValueError(f"--split {split} chooses films of --data; with --cv the out-of-fold scores of the runs' "
+                         "films are used, whatever their split: drop --split")
     cv_dirs, out = [Path(d) for d in cv_dirs], Path(out)
     paths = _member_paths(members, cv_dirs, out)
     loaded = []
