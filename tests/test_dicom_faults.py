@@ -210,6 +210,27 @@ def test_columns_one_short_in_a_film_wider_than_tall_is_refused() -> None:
         read_gray(data)
 
 
+@pytest.mark.parametrize("syntax", [uid.ExplicitVRLittleEndian, uid.RLELossless], ids=lambda s: s.name)
+def test_rows_and_columns_swapped_over_pixel_data_that_states_no_size_are_refused(data_root: Path,
+                                                                                 syntax: uid.UID) -> None:
+    """Uncompressed or RLE pixel data holds as many bytes either way: a 1776 x 1416 film with Rows and Columns
+    swapped was read as diagonal stripes (its rows' neighbouring pixels 20 times as far apart) and scored."""
+    with Image.open(sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0]) as im:
+        film = np.asarray(im.convert("L"), dtype=np.int64) * 16  # a full-size film, not square, as 12-bit values
+    rows, cols = film.shape
+    assert rows != cols
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film)))
+    if syntax != uid.ExplicitVRLittleEndian:
+        ds.compress(syntax)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert read_gray(buf.getvalue()).shape == (rows, cols)  # read as stated: the film
+    with pytest.raises(DecodeError, match=rf"the pixel data reads as a picture {cols} pixels wide and {rows} high, "
+                                          rf"not {rows} x {cols} as the header says \(its neighbouring pixels differ "
+                                          r"[\d.]+ times as much read as stated\).*\(Rows and Columns swapped\)"):
+        read_gray(rewritten(buf.getvalue(), Rows=cols, Columns=rows))
+
+
 @pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEG2000Lossless], ids=["JPEG-LS", "JPEG 2000"])
 def test_a_compressed_frame_of_another_size_than_the_header_is_refused(syntax: uid.UID) -> None:
     """Rows and Columns swapped hold as many pixels: pydicom reshaped the decoded frame to the header's size, a
@@ -939,11 +960,12 @@ def test_pydicoms_uncompressed_colour_files_are_read_and_refused_once_mislabelle
 
 
 @pytest.mark.parametrize("name", ["SC_rgb_jpeg_gdcm.dcm", "SC_rgb_gdcm_KY.dcm", "SC_rgb_dcmtk_+eb+cr.dcm",
-                                  "SC_rgb_jpeg_dcmtk.dcm"])  # fmt: skip
+                                  "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle.dcm"])  # fmt: skip
 def test_a_compressed_colour_frame_is_read_as_its_codec_lays_it_out_whatever_planar_configuration_says(
         name: str) -> None:  # fmt: skip
     """PS3.5 8.2: Planar Configuration is irrelevant to JPEG and JPEG 2000 data. pydicom reshaped libjpeg's and
-    OpenJPEG's color-by-pixel output color-by-plane when the element said 1: a mosaic, scored."""
+    OpenJPEG's color-by-pixel output color-by-plane when the element said 1: a mosaic, scored. RLE's segments hold
+    one sample each (PS3.5 G.2 asks its encoders to write 1): a valid RLE film of 1 was refused as mislabelled."""
     data = Path(get_testdata_file(name)).read_bytes()
     np.testing.assert_array_equal(read_gray(rewritten(data, PlanarConfiguration=1)), read_gray(data))
 
