@@ -321,6 +321,21 @@ def test_encapsulated_pixel_data_with_more_frames_than_the_header_is_refused(off
         read_gray(data)
 
 
+def test_two_frames_under_an_offset_table_of_one_entry_are_refused() -> None:
+    """A Basic Offset Table of [0], as a writer may put before a single frame, over two films: the first was read,
+    the second dropped without a word."""
+    film = phantom(32, 32)
+    frame = compressed_frame(film, uid.JPEGLSLossless)
+    ds = pydicom.dcmread(io.BytesIO(encapsulated(dicom_bytes(film), [frame], uid.JPEGLSLossless, offsets=True)))
+    one = pydicom.encaps.encapsulate([frame], has_bot=True)  # its table (an item of one offset, 12 bytes): [0]
+    ds.PixelData = one + one[12:]  # the frame's item again after it
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert pydicom.encaps.parse_basic_offsets(io.BytesIO(ds.PixelData)) == [0]
+    with pytest.raises(DecodeError, match="pixel data holds 2 frames; the header describes one"):
+        read_gray(buf.getvalue())
+
+
 # ------------------------------------------------------------------ 4. High Bit
 
 

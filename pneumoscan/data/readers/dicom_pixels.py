@@ -458,14 +458,17 @@ def _count_fragments(data: bytes) -> None:
 
 def _frames_held(data: bytes, extended: bytes | None, rle: bool) -> int:
     """How many frames encapsulated pixel data holds: the entries of its Extended or Basic Offset Table, else its
-    fragments that begin a frame (for RLE every fragment: one a frame, PS3.5 A.4.2)."""
+    fragments that begin a frame (for RLE every fragment: one a frame, PS3.5 A.4.2). A table of one entry (``[0]``,
+    which a writer may put before any single frame) is checked against those fragments: two films under it were
+    read as the first, the second dropped without a word."""
     if extended:
         return len(extended) // 8
     buffer = io.BytesIO(data)
     offsets = parse_basic_offsets(buffer)
-    if offsets:
+    if len(offsets) > 1:
         return len(offsets)
-    return sum(rle or fragment.startswith(_CODESTREAM_STARTS) for fragment in generate_fragments(buffer))
+    begun = sum(rle or fragment.startswith(_CODESTREAM_STARTS) for fragment in generate_fragments(buffer))
+    return max(begun, len(offsets))
 
 
 def _as_stored(ds: Dataset, photometric: str, bits: str) -> bool:
