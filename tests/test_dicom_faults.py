@@ -692,6 +692,24 @@ def test_wide_pixels_are_made_square_by_shrinking_the_height() -> None:
     np.testing.assert_array_equal(read_gray(data), read_gray(dicom_bytes(film)))
 
 
+@pytest.mark.parametrize("groups", ["SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"])
+def test_an_enhanced_objects_pixel_spacing_in_its_functional_groups_makes_its_pixels_square(groups: str) -> None:
+    """An enhanced object (XA, CT, MR) states its Pixel Spacing in its frame's Pixel Measures functional group: read
+    as square, a film of 0.1 x 0.2 mm pixels was squashed 2:1 and scored, where the same spacing at the top level
+    reads right."""
+    film = phantom(40, 40)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.repeat(film, 2, axis=0))))
+    measures = pydicom.Dataset()
+    measures.PixelSpacing = [0.1, 0.2]
+    item = pydicom.Dataset()
+    item.PixelMeasuresSequence = pydicom.Sequence([measures])
+    setattr(ds, groups, pydicom.Sequence([item]))
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    np.testing.assert_array_equal(read_gray(buf.getvalue()), read_gray(dicom_bytes(film)))
+    assert (image_info(buf.getvalue())["width"], image_info(buf.getvalue())["height"]) == (40, 40)
+
+
 def test_pixels_no_radiograph_has_are_refused_not_squashed() -> None:
     """Pixel Spacing 0.1\\10 read a 512 x 512 film as 512 x 5 and scored it: a header fault, refused."""
     data = dicom_bytes(phantom(40, 40), PixelSpacing=[0.1, 10])

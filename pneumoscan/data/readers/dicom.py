@@ -50,7 +50,7 @@ from pneumoscan.core.logs import keep_dicom_values_out_of_logs
 from pneumoscan.data import pixels
 from . import dicom_pixels
 from .base import Reader
-from .dicom_pixels import GREY_NUMBERS, PIXEL_KEYWORDS, POLARITY, Film, given, syntax_name
+from .dicom_pixels import GREY_NUMBERS, PIXEL_KEYWORDS, POLARITY, Film, frame_group, given, syntax_name
 
 # (implicit VR, little endian) as pydicom detected them -> the transfer syntax of a file that records none
 _ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
@@ -471,12 +471,16 @@ def _numbers(value: object) -> bool:
 
 
 def _pixel_aspect(ds: Dataset) -> float:
-    """A pixel's height over its width, from Pixel Spacing, else Imager Pixel Spacing, else Pixel Aspect Ratio; 1
-    when they give none or one within :data:`_SQUARE` of it. A value that is not two positive numbers is passed over
-    when it would leave the pixels square (one number, or two alike: "0\\0" written for unknown), and refused when it
-    would not ("0.1\\0"): the film's shape is then unknown."""
-    for keyword in _SPACINGS:
-        element = ds.get_item(keyword)
+    """A pixel's height over its width, from Pixel Spacing (an enhanced object's in its frame's Pixel Measures
+    functional group: a 0.2 x 0.1 mm film read as square was squashed 2:1), else Imager Pixel Spacing, else Pixel
+    Aspect Ratio; 1 when they give none or one within :data:`_SQUARE` of it. A value that is not two positive numbers
+    is passed over when it would leave the pixels square (one number, or two alike: "0\\0" written for unknown), and
+    refused when it would not ("0.1\\0"): the film's shape is then unknown."""
+    measures = frame_group(ds, "PixelMeasuresSequence")
+    stated = [(ds, _SPACINGS[0]), *([(measures, _SPACINGS[0])] if measures is not None else []),
+              *((ds, keyword) for keyword in _SPACINGS[1:])]
+    for source, keyword in stated:
+        element = source.get_item(keyword)
         value = None if element is None else element.value
         if isinstance(value, bytes):  # read as stored: pydicom's conversion raises on a value that is no number
             value = value.decode("ascii", "replace").strip(" \x00").split("\\") if value.strip(b" \x00") else None

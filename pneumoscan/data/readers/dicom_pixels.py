@@ -528,15 +528,21 @@ def _lift_frame_groups(ds: Dataset) -> None:
     there, the film was shown without its window, and under a negative slope inverted. A top level that states its
     own keeps it."""
     for sequence, keywords in _FRAME_GROUPS.items():
-        if any(keyword in ds for keyword in keywords):
+        if any(keyword in ds for keyword in keywords) or (group := frame_group(ds, sequence)) is None:
             continue
-        for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
-            found = ds.get(groups) or [Dataset()]
-            if group := found[0].get(sequence):
-                for keyword in keywords:
-                    if keyword in group[0]:
-                        ds[keyword] = group[0][keyword]
-                break
+        for keyword in keywords:
+            if keyword in group:
+                ds[keyword] = group[keyword]
+
+
+def frame_group(ds: Dataset, sequence: str) -> Dataset | None:
+    """An enhanced image object's functional group ``sequence`` for its one frame (PS3.3 C.7.6.16): the Per-Frame
+    Functional Groups' item, else the Shared ones'; None where neither states it."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        found = ds.get(groups) or [Dataset()]
+        if group := found[0].get(sequence):
+            return group[0]
+    return None
 
 
 def _window_range_from(ds: Dataset) -> Dataset:
