@@ -148,8 +148,11 @@ class PreprocessSpec:
     def apply(self, gray: np.ndarray) -> np.ndarray:
         """A decoded uint8 image of any size -> the ``size x size`` model input: reduced towards
         :attr:`decode_target` as :func:`read_gray` reduces on decoding (a no-op for an image decoded so), then
-        :func:`match_source`, then resize. A film decoded in full (``read_gray(path)``, as the Python API is shown
-        used) so gets the very input ``predict`` and the service give it; it scored up to 0.13 apart."""
+        :func:`match_source`, then resize. A film decoded in full (``read_gray(path)``) so gets the input ``predict``
+        and the service give it (it scored up to 0.13 apart), but for a JPEG with an EXIF turn: turned before this
+        reduction, where predict's decode reduces the stored pixels, its blocks fall elsewhere when the reduction
+        does not divide a side. Decoded at :attr:`decode_target` (``read_gray(path, target=...)``, as the Python API
+        is shown used), any film is predict's very input."""
         _check_gray(gray)
         reduced = np.asarray(reduce(Image.fromarray(gray), self.decode_target))
         return resize(match_source(reduced, self.source_size, self.source_quality), self.size, self.policy)
