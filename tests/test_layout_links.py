@@ -64,9 +64,13 @@ def test_a_link_back_up_above_the_class_folders_is_refused(kaggle: Path, link: s
                                "the films below it would be read as train/NORMAL too; remove the link")
 
 
-def test_a_film_linked_into_another_split_is_refused(kaggle: Path) -> None:
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_film_linked_into_another_split_is_refused(kaggle: Path, link: str) -> None:
+    """A hard link (``cp -al`` of a dataset, a de-duplicating tool) has a real path of its own: keyed by it, one file
+    was read as a test film and as a validation film, silently."""
     (kaggle / "val" / "NORMAL").mkdir(parents=True)
-    (kaggle / "val" / "NORMAL" / "IM-0101-0001.jpeg").symlink_to(kaggle / "test" / "NORMAL" / "IM-0101-0001.jpeg")
+    linked, target = (kaggle / split / "NORMAL" / "IM-0101-0001.jpeg" for split in ("val", "test"))
+    linked.symlink_to(target) if link == "symbolic" else linked.hardlink_to(target)
     assert refusal(kaggle) == (f"{kaggle / 'test/NORMAL/IM-0101-0001.jpeg'} and "
                                f"{kaggle / 'val/NORMAL/IM-0101-0001.jpeg'} are one file (through a link): it would be "
                                "read as test/NORMAL and as val/NORMAL, and a film cannot carry two labels or sit in "
@@ -126,16 +130,6 @@ def test_walk_gives_each_film_its_file_identity_through_linked_files_and_folders
     assert len(entries) == 6
     assert all(e.file_id == (os.stat(e.path).st_dev, os.stat(e.path).st_ino) for e in entries)
     assert len({e.file_id for e in entries}) == 6
-
-
-def test_a_film_hard_linked_into_another_split_is_refused(kaggle: Path) -> None:
-    """A hard link (``cp -al`` of a dataset, a de-duplicating tool) has a real path of its own: keyed by it, one file
-    was read as a test film and as a training film, silently."""
-    (kaggle / "train" / "NORMAL" / "IM-0009-0001.jpeg").hardlink_to(kaggle / "test" / "NORMAL" / "IM-0101-0001.jpeg")
-    assert refusal(kaggle) == (f"{kaggle / 'test/NORMAL/IM-0101-0001.jpeg'} and "
-                               f"{kaggle / 'train/NORMAL/IM-0009-0001.jpeg'} are one file (through a link): it would "
-                               "be read as test/NORMAL and as train/NORMAL, and a film cannot carry two labels or sit "
-                               "in two splits; remove the link")
 
 
 def test_a_manifest_listing_one_file_twice_through_a_hard_link_is_refused(kaggle: Path) -> None:
