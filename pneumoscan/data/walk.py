@@ -17,7 +17,8 @@ from .pixels import DecodeError
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # folders a NAS or an operating system keeps beside a user's files, never a film in them: a Synology's thumbnails of
-# each film (@eaDir/FILM/SYNOFILE_THUMB_*.jpg, read as films of their own), its recycle bin and snapshots, Windows'
+# each film (@eaDir/FILM/SYNOFILE_THUMB_*.jpg, read as films of their own), its recycle bin and snapshots, and
+# Windows' recycle bin and volume information
 SYSTEM_FOLDERS = frozenset({"@eadir", "#recycle", "#snapshot", "$recycle.bin", "system volume information"})
 ALREADY_SEARCHED = "folder already searched (a link back to it)"  # walk's reason for a real folder reached again
 
