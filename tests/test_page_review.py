@@ -164,9 +164,8 @@ def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list
                         near_threshold: false } } };
         films.push(film);
         renderList();
-        showResult(film);
         const row = document.querySelector('#films tbody tr');
-        return [row.cells[3].textContent, csv(), [$('etiology').textContent, $('etiology').className]];
+        return [row.cells[3].textContent, csv(), secondLine(film.result)];
     }""")
     assert listed == "out of scope (virus, P(virus) = 0.727)"
     assert next(csv.DictReader(io.StringIO(exported)))["etiology"] == "out of scope (virus)"

@@ -140,17 +140,19 @@ def test_a_plugin_second_stage_is_reported_under_its_own_names(
     and after the plugin's own; the service answers with the stage's task, classes and positive class."""
     films = tiny_dataset / "test"
     card = load_card(typicality_bundle)
-    fields = ["typicality_probability_atypical", "typicality_label", "typicality_near_threshold"]
+    fields = ["typicality_probability_atypical", "typicality_label", "typicality_threshold",
+              "typicality_near_threshold", "typicality_model_id", "typicality_model_version"]
     for first, handoff in ((tiny_bundle, "PNEUMONIA"), (opacity_bundle, "opacity")):
         assert cli.main(["-q", "predict", str(first), str(films), "--etiology", str(typicality_bundle)]) == 0
         text = capsys.readouterr().out
         header = text.splitlines()[0].split(",")
-        assert header[header.index("near_threshold") + 1:][:3] == fields and "etiology" not in text, header
+        assert header[header.index("near_threshold") + 1:][:6] == fields and "etiology" not in text, header
         rows = _csv_rows(text)
         called = [row for row in rows if row["label"] == handoff]
         assert called and all(row["typicality_label"] in ("typical", "atypical") for row in called)
         assert all(row["typicality_label"] == ("atypical" if float(row["typicality_probability_atypical"])
                                                >= card.threshold else "typical") for row in called)
+        assert all(float(row["typicality_threshold"]) == card.threshold for row in called)
         assert all(row["typicality_label"] == "" for row in rows if row["label"] != handoff)
     out = tmp_path / "results.json"
     assert cli.main(["-q", "predict", str(tiny_bundle), str(films), "--etiology", str(typicality_bundle), "--out",

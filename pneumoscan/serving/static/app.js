@@ -179,6 +179,15 @@ function nearReading(stage) {
   return stage.near_threshold ? `${stage.label} (near the threshold)` : stage.label;
 }
 
+// The result panel's line of the second stage's reading, and its style: out of scope (grey, and said) with the first
+// stage's, as the list and the CSV give it.
+function secondLine(r) {
+  const e = r.etiology;
+  const outside = r.in_scope ? "" : "outside the model's scope, does not apply: ";
+  return [`${taskTitle(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
+    `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`, r.in_scope ? "" : "out-of-scope"];
+}
+
 // The second stage's reading of film reading r as the list and its CSV give it: out of scope as the first's is (it
 // read the same film; its "virus" was listed and exported as a plain call beside a first stage out of scope).
 function secondReading(r) {
@@ -289,14 +298,8 @@ function showResult(film) {
     `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
   $("classes").hidden = classColumns.length === 0;
   $("classes").textContent = classColumns.length ? classesText(r) : "";
-  const e = r.etiology;
-  $("etiology").hidden = !e;
-  if (e) {
-    const outside = r.in_scope ? "" : "outside the model's scope, does not apply: ";
-    $("etiology").textContent = `${taskTitle(e.task)}: ${outside}${e.label} (P(${e.positive}) = ` +
-      `${figure(e.probability)}, threshold ${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`;
-    $("etiology").className = r.in_scope ? "" : "out-of-scope";
-  }
+  $("etiology").hidden = !r.etiology;
+  if (r.etiology) [$("etiology").textContent, $("etiology").className] = secondLine(r);
   showWarnings(r.warnings, r.in_scope);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
