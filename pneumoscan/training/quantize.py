@@ -39,7 +39,7 @@ from pneumoscan.data.labelled import labelled_images, labelled_records, patient_
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, checked_bytes, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, member_sources, record_checksum,
@@ -242,10 +242,10 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
         raise ValueError("give labelled films with train and val splits (--data) or the cv runs the ensemble was "
                          "built from (--cv), not both and not neither")
     bundle = Path(bundle)
-    card = load_card(bundle)
     if not (bundle / ONNX_NAME).exists():
         raise ValueError(f"{bundle} has no {ONNX_NAME}: run `pneumoscan export {bundle}` first")
     fp32 = Predictor(bundle, backend="onnx")
+    card = fp32.card  # the card it was checked by: one read apart could be another bundle's
     if cv_dirs:
         net = _cv_ensemble(bundle, cv_dirs)
         # all the runs' films
@@ -265,7 +265,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
     # bundle's files (an earlier INT8 export included) as they were, never an unchecked graph under its name
-    graph = _int8_graph(bundle / ONNX_NAME, batches)
+    graph = _int8_graph(checked_bytes(bundle / ONNX_NAME, card.files.get(ONNX_NAME)), batches)  # the graph checked
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
     scored = (_int8_scores_out_of_fold(int8, reference, net, cv_dirs, batches, calib) if cv_dirs
               else _int8_scores_on_val(int8, reference, data, val))
