@@ -8,6 +8,7 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -253,14 +254,14 @@ def _external_section(card: BundleCard) -> str:
     head = "| date | data | n | 95% CIs count | scores, threshold | " + " | ".join(
         name for _, _, name in CARD_METRICS[:3]) + " | films new to it |\n|" + " --- |" * 9
     rows = "\n".join(
-        f"| {r['date']} | {r['data']} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
+        f"| {r['date']} | {_md(r['data'])} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
         f"{format_figure(r['threshold'], 4)} | "
         + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3])
         + f" | {_films_cell(r)} |"
         for r in card.external_evaluations
     )
     # how the intervals were made, by the unit they count, naming the data of each (the table's "95% CIs count")
-    by_unit = {unit: list(dict.fromkeys(r["data"] for r in card.external_evaluations
+    by_unit = {unit: list(dict.fromkeys(_md(r["data"]) for r in card.external_evaluations
                                         if r.get("ci_unit", "film") == unit)) for unit in ("patient", "film")}
     notes = [ci_method_sentence(unit, "sensitivity and specificity", ("auc",), f" of {', '.join(data)}")
              for unit, data in by_unit.items() if data]
@@ -284,8 +285,15 @@ def _films_cell(record: dict[str, Any]) -> str:
 def _caveat_lines(records: Sequence[dict[str, Any]]) -> str:
     """The caveats of a card's records (evaluations, thresholds), then what their label conflicts say
     (:func:`_conflicts_caveat`), a line each, with the record's date and data; a record older than either has none."""
-    return "".join(f"\n- {r['date']}, on {r['data']}: {caveat}" for r in records
+    return "".join(f"\n- {r['date']}, on {_md(r['data'])}: {_md(caveat)}" for r in records
                    for caveat in [*r.get("caveats", []), *_conflicts_caveat(r.get("label_conflicts", []))])
+
+
+def _md(text: str) -> str:
+    """Text a user named (a --data-name, a policy naming it, a path in a caveat) as it reads in a Markdown table
+    cell or line: a "|" split the evaluations table's row, every figure then a column off ("Sensitivity" showing
+    the AUC), and an HTML tag in it was kept as markup."""
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
@@ -300,8 +308,8 @@ def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _threshold_section(card: BundleCard) -> str:
-    text = (f"In force: **{format_figure(card.threshold, 4)}** ({card.threshold_policy}); with test-time augmentation "
-            f"(`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
+    text = (f"In force: **{format_figure(card.threshold, 4)}** ({_md(card.threshold_policy)}); with test-time "
+            f"augmentation (`--tta`): {format_figure(card.tta_threshold, 4)}. A film is called {card.positive} when "
             f"P({card.positive}) is at or above the threshold.")
     if card.threshold_caveat:
         text += f" **Caveat:** {card.threshold_caveat}."
@@ -309,9 +317,9 @@ def _threshold_section(card: BundleCard) -> str:
     if not card.threshold_records:
         return text
     rows = "\n".join(
-        f"| {r['date']} | {r['policy']} | {r['data']} (n = {r['n']}) | {format_figure(r['previous_threshold'], 4)} -> "
-        f"{format_figure(r['threshold'], 4)} | {format_figure(r['tta_threshold'], 4)} | "
-        f"{format_figure(r['sensitivity'])} / "
+        f"| {r['date']} | {_md(r['policy'])} | {_md(r['data'])} (n = {r['n']}) | "
+        f"{format_figure(r['previous_threshold'], 4)} -> {format_figure(r['threshold'], 4)} | "
+        f"{format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
         f"{format_figure(r['specificity'])} | {_films_cell(r)} |"
         for r in card.threshold_records
     )
