@@ -1137,10 +1137,11 @@ def _pass_through(handler: BaseHTTPRequestHandler, url: str) -> httpx.Response:
 
 
 @contextmanager
-def paged_qido(upstream: str, page: int, ignore_offset: bool = False) -> Iterator[str]:
+def paged_qido(upstream: str, page: int, ignore_offset: bool = False, cap: int | None = None) -> Iterator[str]:
     """A DICOMweb front on ``upstream`` that answers a QIDO-RS instance search ``page`` results at a time, with
     the Warning header DICOM prescribes when more remain (as large archives do), from the asked offset or, with
-    ``ignore_offset``, always from the first; other requests pass through."""
+    ``ignore_offset``, always from the first; with ``cap``, none past that many and no Warning header at all (as
+    Orthanc under LimitFindInstances answers); other requests pass through."""
 
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
@@ -1151,11 +1152,19 @@ def paged_qido(upstream: str, page: int, ignore_offset: bool = False) -> Iterato
             query = dict(parse_qsl(parts.query))
             paged = parts.path.endswith("/instances")
             if paged:
-                query["limit"] = str(min(page, int(query.get("limit", page))))
+                left = page if cap is None else min(page, cap - int(query.get("offset", 0)))
+                if left <= 0:  # past the cap: an empty answer (a limit of 0 would mean none)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/dicom+json")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"[]")
+                    return
+                query["limit"] = str(min(left, int(query.get("limit", page))))
                 if ignore_offset:
                     query.pop("offset", None)
             answer = _pass_through(self, f"{root}{parts.path}" + (f"?{urlencode(query)}" if query else ""))
-            if paged and len(answer.json() or []) == page:
+            if paged and cap is None and len(answer.json() or []) == page:
                 self.send_header("Warning", "299 pneumoscan-test: there are additional results")
             self.end_headers()
             self.wfile.write(answer.content)
@@ -1301,6 +1310,25 @@ def test_pacs_reads_every_page_of_a_paged_search(orthanc: str, tiny_bundle: Path
         assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study,
                          "--out", str(tmp_path / "whole.json"), "--backend", "torch"]) == 0
     assert len(json.loads((tmp_path / "whole.json").read_text())) == len(uploads)
+    # one that stops at its own limit without a word (Orthanc's LimitFindInstances): 3 of 5 were scored as all
+    with paged_qido(f"{orthanc}/dicom-web", page=2, cap=3) as url:
+        assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", url, "--study", study,
+                         "--out", str(tmp_path / "capped.json"), "--backend", "torch"]) == 2
+    assert ("the PACS listed 3 of the study's 5 instances and then no more" in capsys.readouterr().err
+            and not (tmp_path / "capped.json").exists())
+
+
+def test_pacs_refuses_a_study_whose_instances_share_a_sop_instance_uid(orthanc: str, tiny_bundle: Path,
+                                                                       film: np.ndarray,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Two series holding instances under one SOP Instance UID (Orthanc keeps both): counted as one, the next page's
+    offset skipped an instance, and the refusal blamed a PACS that ignores the offset."""
+    study, sop = generate_uid(), generate_uid()
+    for _ in range(2):
+        data = chest_dicom(film, StudyInstanceUID=study, SeriesInstanceUID=generate_uid(), SOPInstanceUID=sop)
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study]) == 2
+    assert f"the study holds several instances under one SOP Instance UID ({sop})" in capsys.readouterr().err
 
 
 def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,

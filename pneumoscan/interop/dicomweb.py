@@ -110,15 +110,26 @@ def _datasets(answer: object, what: str) -> list[dict]:
 
 def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     """Every instance of the study, page after page: a PACS may cap a QIDO-RS answer (a Warning header says more
-    remain) and give the rest from an offset. An empty page ends the search. A page of instances already given
-    means the server ignores the offset: what it listed is the whole study only if the study's instance count says
-    so; otherwise it is refused, since scoring part of a study as if it were all of it would be a silent gap."""
+    remain) and give the rest from an offset. An empty page ends the search, complete only if the study's instance
+    count (where the PACS states one) says so: Orthanc capped by LimitFindInstances gives no Warning and an empty
+    page past its cap, and 3 of 5 films were scored and filed as the whole study, exit 0. A page of instances
+    already given means the server ignores the offset: what it listed is the whole study only if that count says
+    so. Otherwise the study is refused, since scoring part of a study as if it were all of it would be a silent
+    gap; so is one whose instances share a SOP Instance UID (two counted as one, the offsets would skip one)."""
     found: dict[str, dict] = {}
     while True:
         page = _datasets(client.search_for_instances(study_instance_uid=study_uid, offset=len(found), fields=_FIELDS),
                          "instance search")
+        uids = [_value(item, _SOP) for item in page]
+        if shared := sorted({uid for uid in uids if uids.count(uid) > 1}):
+            raise ValueError(f"the study holds several instances under one SOP Instance UID ({shared[0]}): they cannot "
+                             "be told apart, nor their reports; ask the PACS's administrator to mend the study")
         new = {_value(item, _SOP): item for item in page if _value(item, _SOP) not in found}
         if not page:
+            if len(found) < (size := _study_size(client, study_uid)) < math.inf:
+                raise ValueError(f"the PACS listed {len(found)} of the study's {size} instances and then no more: the "
+                                 "rest lie beyond its result limit, which it does not say it applies; raise that limit "
+                                 "(e.g. Orthanc's LimitFindInstances) or ask its administrator")
             return list(found.values())
         if not new:  # the offset was ignored: complete only if the first answer held the whole study
             if len(found) >= _study_size(client, study_uid):
