@@ -1748,8 +1748,8 @@ def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(fil
 
 
 def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+                                                   capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """user:password in the URL is HTTP Basic, out of every row, message and log; --auth-file sends its header."""
     caplog.set_level(logging.DEBUG)
     password = "s3cret-pw"
@@ -1769,6 +1769,14 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         key.write_text(f"Basic {token}\n")
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key), "--out",
                          str(tmp_path / "by-header.json")]) == 0
+        # a ~/.netrc login for the host replaced the header given (refused: 401, exit 2); it is never read
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login mallory password stale\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 0
+        assert cli.main([*base, study, "--url", f"{root}/dicom-web"]) == 2  # no credentials given: none sent
+        monkeypatch.delenv("NETRC")
         key.write_text("")
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 2
     err = capsys.readouterr().err

@@ -419,9 +419,23 @@ def _session(url: str, authorization: str | None) -> tuple[str, requests.Session
                              f"{AUTH_ENV}): give one")
         session.auth = (unquote(parts.username or ""), unquote(parts.password or ""))
         parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    elif authorization is not None:
-        session.headers["Authorization"] = authorization
+    else:  # the header given, or none: never a ~/.netrc login, which requests would put in its place
+        session.auth = _Authorization(authorization)
     return urlunsplit(parts), session
+
+
+class _Authorization(requests.auth.AuthBase):
+    """The Authorization header of --auth-file (or its environment variable), or none, as a session's auth: with no
+    auth of its own a session takes a ~/.netrc login for the host (``trust_env``, which REQUESTS_CA_BUNDLE needs),
+    which replaced the header given (a stale login sent, and refused) or went unasked, over plain http too."""
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if self.value is not None:
+            request.headers["Authorization"] = self.value
+        return request
 
 
 def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -> None:
