@@ -215,6 +215,7 @@ def test_on_films_of_one_class_ppv_npv_and_f1_are_not_applicable(tmp_path) -> No
 def test_the_reliability_diagram_shows_each_bins_films_and_exact_interval(tmp_path) -> None:
     """Each filled bin: its count written on its bar, a Clopper-Pearson 95% interval, hollow when it holds fewer
     than 10 films (and the caption says how many do), and a legend outside the axes, over no point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.container import ErrorbarContainer
 
     from pneumoscan.core.metrics import calibration, clopper_pearson
@@ -233,8 +234,14 @@ def test_the_reliability_diagram_shows_each_bins_films_and_exact_interval(tmp_pa
     for (o, c), ((_, low), (_, high)) in zip(filled, segments):
         assert [low, high] == pytest.approx(clopper_pearson(round(o * c), c))
     assert {t.get_text() for t in ax.texts} == {str(c) for c in cal["counts"] if c}
-    assert any(line.get_label() == "bin of fewer than 10 films" for line in ax.lines)
-    fig.canvas.draw()
+    (hollow,) = [line for line in ax.lines if line.get_label() == "bin of fewer than 10 films"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    # seen hollow: its white centre drawn over the errorbar's filled marker (matplotlib drew that one on top)
+    (x, y_), = hollow.get_xydata()
+    px, py = ax.transData.transform((x, y_))
+    rgba = np.asarray(canvas.buffer_rgba())
+    assert tuple(rgba[int(round(rgba.shape[0] - py)), int(round(px))][:3]) == (255, 255, 255)
     assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
     page = write_report(evaluate_binary(y, prob, 0.5, n_boot=50), tmp_path, "sparse").read_text()
     assert "1 bin(s) hold fewer than 10 films (hollow)" in page

@@ -290,6 +290,8 @@ def test_the_films_that_chose_a_threshold_are_known_to_the_new_bundle(
                                      "the figures on them are optimistic"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["optimistic"] == metrics["optimistic"]
     assert "Not an independent evaluation" in (tmp_path / "eval" / "report.html").read_text()
+    # the report's header names the films of the threshold in force, not the validation films of the original's
+    assert "J on site.csv; chosen on 16 films)" in (tmp_path / "eval" / "report.html").read_text()
     table = format_table(compare_runs([tmp_path / "eval"]))
     assert "eval (optimistic *)" in table and table.endswith(f"* eval: {metrics['optimistic'][0]}")
     with pytest.raises(ValueError,

@@ -319,7 +319,9 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
     """The report's table of what was measured, and how: which bundle and model, on which data, at which threshold
     (and where it was chosen), with the card's caveats about it."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
-    chosen_on = f"; chosen on {card.val_metrics['n']} films" if card.val_metrics.get("n") else ""
+    # the films of the threshold in force: a `threshold` record's own, else the validation films'
+    films = card.threshold_records[-1].get("n") if card.threshold_records else card.val_metrics.get("n")
+    chosen_on = f"; chosen on {films} films" if films else ""
     return {
         "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": images,
         "unreadable": unreadable, "scores": mode,

@@ -249,7 +249,8 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
                            capsize=3, label="model, 95% CI (Clopper-Pearson)")
         sparse = [(p, o) for p, o, c in filled if c < _SPARSE_BIN]
         if sparse:
-            ax.plot(*zip(*sparse), "o", mfc="white", color=bars.lines[0].get_color(),
+            # above the errorbar's own filled markers, which matplotlib draws over a plot of the same z-order
+            ax.plot(*zip(*sparse), "o", mfc="white", color=bars.lines[0].get_color(), zorder=3,
                     label=f"bin of fewer than {_SPARSE_BIN} films")
     edges = cal["bin_edges"]
     total = max(sum(cal["counts"]), 1)
