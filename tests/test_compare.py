@@ -316,6 +316,20 @@ def test_compare_refuses_runs_that_name_other_films_alike(two_runs: tuple[Path, 
         compare_runs(folders)
 
 
+def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    """Two seeds' runs validate on other films: both rows read "validation (chose its threshold)", as if on one
+    set. Runs on the same split still share the name."""
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
+    runs = {name: train(tiny_dataset, dataclasses.replace(cfg, seed=seed), tmp_path / name).parent
+            for name, seed in (("seed0", 0), ("seed0-again", 0), ("seed1", 1))}
+    same = compare_runs([runs["seed0"], runs["seed0-again"]])
+    assert [r.data for r in same] == ["validation (chose its threshold)"] * 2
+    other = compare_runs([runs["seed0"], runs["seed1"]])
+    assert [r.data for r in other] == ["validation of seed0 (chose its threshold)",
+                                       "validation of seed1 (chose its threshold)"]
+
+
 def test_the_films_digest_follows_the_films_and_labels_not_where_the_data_lies(tiny_dataset: Path,
                                                                                tmp_path: Path) -> None:
     """The same films moved or mounted elsewhere are the same films to compare; another label is other figures."""

@@ -26,6 +26,8 @@ from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import METRICS, RunFolder
 from .report import roc_figure
 
+TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -198,7 +200,7 @@ def load_run(path: Path | str) -> RunSummary:
         log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
                     "since?): its model, task, policy and minutes are not shown", folder, places[0])
         card, minutes = None, None
-    data = m.get("data") or ("validation (chose its threshold)" if training_run else None)
+    data = m.get("data") or (TRAINING_DATA if training_run else None)
     # what the binary figures answer: the card's negative class and positive call, else the figures' own names
     question = ((card.classes[0], card.positive) if card and card.classes
                 else tuple(m["class_names"]) if _names(m.get("class_names"), 2) else None)
@@ -257,6 +259,10 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     if len(set(names)) < len(names):  # two RUN/eval-val folders: name them by their run as well
         for r, p in zip(runs, paths):
             r.run = f"{shown(Path(p).parent.name)}/{r.run}"
+    training = [r for r in runs if r.data == TRAINING_DATA]
+    if len({r.films for r in training}) > 1:  # each run's own validation films: said so, not taken for one set
+        for r in training:
+            r.data = f"validation of {r.run} (chose its threshold)"
     _check_comparable(runs)
     if out_dir is not None:
         out = Path(out_dir)

@@ -40,6 +40,8 @@ from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_u
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.evaluation.operating_point import calibrated_temperature
+from pneumoscan.evaluation.compare import TRAINING_DATA
+from pneumoscan.evaluation.evaluate import films_digest
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
@@ -552,7 +554,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
 
     card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
                                        (cfg.target_sensitivity, None), "validation", temperature)
-    _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch))
+    _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch), d.val_records)
     log.debug(  # the command prints its own line from the card
         f"bundle: {run.bundle}  val AUC {format_figure(metrics['auc'], 4)}  threshold {card.threshold:.4f} -> sens "
         f"{format_figure(metrics['sensitivity'])} spec {format_figure(metrics['specificity'])} acc "
@@ -564,10 +566,12 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
 
 
 def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleCard, metrics: dict,
-                       epochs: tuple[int, int]) -> None:
+                       epochs: tuple[int, int], val_records: Sequence[Record]) -> None:
     """RUN/report.html and metrics.json of the validation films, which chose the threshold, the temperature and the
     best epoch (``epochs``: the epochs run and the best): the report and compare say so."""
-    metrics["data"] = "validation (chose its threshold)"
+    metrics["data"] = TRAINING_DATA
+    # which films: compare tells runs validated on other films (another seed's split) from runs on the same ones
+    metrics["films"] = films_digest(val_records, "/")
     metrics["epochs"], metrics["best_epoch"] = epochs  # cv says when the weights are not the last epoch's
     metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
                              "validation films: the figures on them are optimistic"]
