@@ -316,6 +316,18 @@ def test_compare_refuses_runs_that_name_other_films_alike(two_runs: tuple[Path, 
         compare_runs(folders)
 
 
+def test_a_run_scored_with_test_time_augmentation_says_so(two_runs: tuple[Path, Path], tiny_dataset: Path,
+                                                           tmp_path: Path) -> None:
+    """Plain and --tta evaluations of one bundle on one set of films, each at its own threshold: both rows read
+    alike but for the threshold, and nothing in compare said which was which."""
+    run, plain = two_runs
+    evaluate(run / "bundle", tiny_dataset, "test", tmp_path / "eval-tta", tta=True)
+    rows = {r.run: r for r in compare_runs([plain, tmp_path / "eval-tta"])}
+    assert (rows["eval-test"].scores, rows["eval-tta"].scores) == ("plain", "TTA")
+    table = format_table(list(rows.values()))
+    assert "; TTA)" in table and table.count("; TTA)") == 1
+
+
 def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_dataset: Path,
                                                                            tmp_path: Path) -> None:
     """Two seeds' runs validate on other films: both rows read "validation (chose its threshold)", as if on one

@@ -134,7 +134,7 @@ def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_
     # a name of the user's in a table cell: a "|" split the row (every figure a column off), a tag was markup
     named = dataclasses.replace(card, external_evaluations=[{**record, "data": "Site A | <b>2024</b>"}])
     row = next(line for line in render(named).splitlines() if line.startswith("| ") and "Site A" in line)
-    assert "Site A \\| &lt;b&gt;2024&lt;/b&gt;" in row and row.replace("\\|", "").count("|") == 10  # 9 cells
+    assert "Site A \\| &lt;b>2024&lt;/b>" in row and row.replace("\\|", "").count("|") == 10  # 9 cells
 
 
 def test_films_that_could_not_be_read_are_counted_in_the_cards_record(tiny_bundle: Path, tiny_dataset: Path,

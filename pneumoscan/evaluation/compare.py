@@ -37,8 +37,8 @@ FIGURES = ("auc", "accuracy", "sensitivity", "specificity")  # each with its 95%
 THREE_CLASS = ("accuracy", "balanced_accuracy", "macro_auc")  # a decision among the classes: each with its 95% CI
 THREE_CLASS_BLOCKS = ("multiclass", "two_stage")  # metrics.json's: the most probable class; evaluate --etiology's
 FIELDS = ("run", "model", "task", "data", "n", "patients", "ci_unit",
-          *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "minutes",
-          "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
+          *(f"{name}{end}" for name in FIGURES for end in ("", "_low", "_high")), "threshold", "policy", "scores",
+          "minutes", "optimistic", "three_class_decision", "three_class_classes", "three_class_ci_unit",
           *(f"three_class_{name}{end}" for name in THREE_CLASS for end in ("", "_low", "_high")))
 OPTIMISTIC = " (optimistic *)"  # a run's mark, in the table and the figure alike, for the reasons beneath the table
 
@@ -86,6 +86,9 @@ class RunSummary:
     question: tuple[str, str] | None  # the binary figures' (negative, positive) classes; None where unknown
     three_class: list[ThreeClass]  # its decisions among the classes (none for a two-class task alone)
     films: str | None = None  # evaluate's digest of the films and labels scored; None where not recorded
+    # how the films were scored: "plain" or "TTA" (test-time augmentation), ", INT8" with the INT8 model: each at
+    # its own threshold, so two rows of one bundle on one set of films differ by it
+    scores: str = "plain"
 
     @property
     def auc(self) -> float | None:
@@ -95,7 +98,7 @@ class RunSummary:
         """compare.csv's rows of the run: one per decision among the classes (one row when it has none)."""
         row = {"run": self.run, "model": self.model, "task": self.task, "data": self.data, "n": self.n,
                "patients": self.patients, "ci_unit": self.ci_unit, **_with_bounds("", self.figures, self.cis),
-               "threshold": self.threshold, "policy": self.policy, "minutes": self.minutes,
+               "threshold": self.threshold, "policy": self.policy, "scores": self.scores, "minutes": self.minutes,
                "optimistic": "; ".join(self.optimistic)}
         return [row | (decision.row() if decision else {}) for decision in (self.three_class or [None])]
 
@@ -213,6 +216,7 @@ def load_run(path: Path | str) -> RunSummary:
         roc=_checked_roc(metrics_path, m), optimistic=list(m.get("optimistic") or []),
         question=question, three_class=_three_class(metrics_path, m),
         films=m["films"] if isinstance(m.get("films"), str) else None,
+        scores=("TTA" if m.get("tta") else "plain") + (", INT8" if m.get("backend") == "onnx-int8" else ""),
     )
 
 
@@ -227,7 +231,8 @@ def format_table(runs: list[RunSummary]) -> str:
         lines.append((r.run + (OPTIMISTIC if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
                       r.data or "n/a", f"{r.n} films" + (f" of {r.patients} patients" if r.patients else ""), r.ci_unit,
                       *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
-                      f"{r.threshold:.4f} ({r.policy or 'n/a'})", format_figure(r.minutes, 1)))
+                      f"{r.threshold:.4f} ({r.policy or 'n/a'}{'' if r.scores == 'plain' else '; ' + r.scores})",
+                      format_figure(r.minutes, 1)))
     table = _aligned(lines)
     decisions = [(r, decision) for r in runs for decision in r.three_class]
     if decisions:  # the same films' figures of a decision among the classes, one line per decision

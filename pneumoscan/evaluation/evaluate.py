@@ -261,7 +261,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     copies, groups, conflicts = patient_groups(records, data)
     scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    _annotate(metrics, bundle, card, backend, name, copies, errors, held_out.caveats)
+    _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
     metrics["films"] = films_digest(records, data)  # compare checks that runs named alike are on the same films
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
@@ -300,7 +300,7 @@ def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.n
     return found
 
 
-def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, name: str,
+def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, tta: bool, name: str,
               copies: list[list[str]], errors: list[dict[str, str]], caveats: list[str]) -> None:
     """Add to METRICS what its figures are of and what may flatter them: the report shows these, and ``compare``
     checks that runs it sets side by side are of one bundle's weights and say on which films."""
@@ -311,6 +311,7 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["bundle_weights"] = card.files.get(WEIGHTS, "")  # ... while it holds these weights (compare checks)
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
+    metrics["tta"] = tta  # test-time augmentation's scores, at its own threshold: compare says which
     metrics["data"] = name  # compare says which films each run's figures are on
 
 

@@ -8,8 +8,8 @@ bundle.json stays the machine-readable record; MODEL_CARD.md is regenerated from
 
 from __future__ import annotations
 
-import html
 import logging
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -293,7 +293,7 @@ def _md(text: str) -> str:
     """Text a user named (a --data-name, a policy naming it, a path in a caveat) as it reads in a Markdown table
     cell or line: a "|" split the evaluations table's row, every figure then a column off ("Sensitivity" showing
     the AUC), and an HTML tag in it was kept as markup."""
-    return html.escape(text, quote=False).replace("|", "\\|")
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text.replace("&", "&amp;")).replace("|", "\\|")  # "<=" opens none
 
 
 def _conflicts_caveat(conflicts: Sequence[dict[str, Any]]) -> list[str]:
