@@ -39,7 +39,7 @@ from pneumoscan.models.card import CARD, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
-from .distributed import is_main_process, processes, setup_distributed
+from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
 from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
 from .train import absent_classes, check_init_held_out, data_checksum, preprocessed, train
@@ -109,14 +109,14 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
-def check_fold_data(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> None:
+def check_fold_data(run: RunFolder, planned: list[Record], cfg: TrainConfig, ctx: Dist) -> None:
     """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on (its
     card's ``data_checksum``): films rewritten in place keep their paths, so the split passes, and its bundle, made
     on the old pixels, was scored on the new ones as this cv's figures (an interrupted fold's ``--resume`` refuses
     them so). The image cache is built here as the fold's run builds it, and read from disk when it is there."""
     if not (run.bundle / CARD).exists() or not (recorded := load_card(run.bundle).data_checksum):
         return
-    if data_checksum(preprocessed(planned, cfg, setup_distributed()), planned) != recorded:
+    if data_checksum(preprocessed(planned, cfg, ctx), planned) != recorded:
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since?): its figures would not be this cv's; use a new --out")
 
@@ -248,11 +248,11 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
         check_teachers(configs[k], planned, task)
         check_init_held_out(configs[k], planned)  # a fold whose films the starting bundle learnt, before any trains
         check_fold_run(cv_folder.fold(k), planned, configs[k])
-    here = {"processes": processes(), "resolved_precision": resolved_precision(setup_distributed().device,
-                                                                                cfg.precision)}
+    ctx = setup_distributed()
+    here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
-        check_fold_data(cv_folder.fold(k), planned, configs[k])
+        check_fold_data(cv_folder.fold(k), planned, configs[k], ctx)
     return plans, configs
 
 
