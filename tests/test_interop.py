@@ -50,7 +50,8 @@ from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
-from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _recorded, _session, _stored,
+from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _read_back, _recorded, _session,
+                                         _stored,
                                         read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
@@ -1106,6 +1107,51 @@ def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
     [report] = series.ReferencedSOPSequence
     assert (held.StudyInstanceUID, series.SeriesInstanceUID, report.ReferencedSOPInstanceUID,
             report.ReferencedSOPClassUID) == (study, earlier.SeriesInstanceUID, stored[0], ComprehensiveSRStorage)
+
+
+def test_a_rerun_after_the_film_changed_under_its_uids_is_not_stored_when_the_pacs_keeps_the_earlier_report(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """The film replaced under the same UIDs (a corrected image re-sent) reads otherwise, and its report's UIDs
+    follow from the film's UIDs: Orthanc keeps the first copy of an instance and answers "stored". Read back, the
+    report and overlay it holds are the earlier ones: the row says not stored, and the run fails. An unchanged film's
+    rerun (the test above) reads back what it sent and is stored."""
+    study = generate_uid()
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
+    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
+    url = f"{orthanc}/dicom-web"
+    first = _pacs_store(tiny_bundle, url, study, tmp_path / "first.json")
+    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film[::-1], **uids), timeout=30).status_code == 200
+    again = _pacs_store(tiny_bundle, url, study, tmp_path / "again.json", status=1)
+    assert again["probability"] != first["probability"]
+    assert again["stored"] == [] and again["not_stored"] == first["stored"]
+    assert [w.split(":")[0] for w in again["warnings"]] == [
+        f"the PACS already held a {what} {uid}, made from this film before it changed under the same UIDs, and kept it "
+        "(it keeps the first copy of an instance)"
+        for what, uid in zip(("DICOM SR", "Grad-CAM Secondary Capture"), first["stored"])]
+    client = DICOMwebClient(url=url)
+    [report] = [i for i in client.search_for_instances(study) if i["00080016"]["Value"][0] == ComprehensiveSRStorage]
+    held = client.retrieve_instance(study, report["0020000E"]["Value"][0], report["00080018"]["Value"][0])
+    assert held.SOPInstanceUID == first["stored"][0]
+    measured = {m.name.meaning: m.value for m in _group(hd.sr.ComprehensiveSR.from_dataset(held)).get_measurements()}
+    assert measured["Probability"] == pytest.approx(first["probability"], abs=1e-9)  # the earlier reading
+
+
+def test_a_report_the_study_held_before_that_cannot_be_read_back_is_not_stored(film: np.ndarray) -> None:
+    """Which of two copies a PACS holds is not known when the read-back gets no answer: not stored, said why. One
+    whose UID the study did not hold before is not read back."""
+    source = pydicom.dcmread(io.BytesIO(chest_dicom(film)))
+    reading = {"probability": 0.7, "label": "PNEUMONIA", "threshold": 0.5, "positive": "PNEUMONIA",
+               "task": "pneumonia", "warnings": []}
+    report = pydicom.dcmread(io.BytesIO(report_files(source, reading, None, "m", "v")[0]))
+    uid = str(report.SOPInstanceUID)
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens: every request fails
+    for held, stored in (({"1.2.3"}, [uid]), ({uid}, [])):
+        row = {"stored": [uid]}
+        _read_back(requests.Session(), closed, source.StudyInstanceUID, {uid: ("DICOM SR", report)}, held, row)
+        assert row["stored"] == stored
+    assert row["not_stored"] == [uid] and "could not be read back (ConnectionError)" in row["warnings"][0]
 
 
 class _Quiet(BaseHTTPRequestHandler):

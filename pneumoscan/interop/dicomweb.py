@@ -504,16 +504,58 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
     return entries, sources
 
 
-def _store(session: requests.Session, root: str, study_uid: str, row: dict) -> None:
-    """STOW-RS the reports write_reports made for ``row``; ``stored`` (and ``not_stored``) as the PACS answered. A
-    4xx/5xx, or no answer at all (a read timeout, a connection reset: it may have stored them), is this film's
-    only: it had ended the whole study in exit status 2, with no results, though earlier films' reports were
-    stored."""
+def _asserted(ds: Dataset) -> object:
+    """What a report or overlay of ours states, to tell two copies of one SOP Instance UID apart: a report's content
+    tree (its finding, probability, threshold and notes), an overlay's pixels. Not the whole header: its creation
+    times differ on every run, and a PACS may coerce the patient's demographics or store the pixels in another
+    transfer syntax."""
+    if "ContentSequence" in ds:
+        return [item.to_json_dict() for item in ds.ContentSequence]
+    return ds.pixel_array.tobytes()
+
+
+def _read_back(session: requests.Session, root: str, study_uid: str, built: dict[str, tuple[str, Dataset]],
+               held: set[str], row: dict) -> None:
+    """Of the objects ``row`` records as stored, those whose UID the study held before they were sent, retrieved and
+    compared with what was sent (:func:`_asserted`). Their UIDs follow from the film, model and scoring, so a rerun
+    after the film was replaced under the same UIDs sends another reading under a UID the PACS holds; a PACS that
+    keeps the first copy of an instance (Orthanc's default) answers "stored" and keeps the earlier reading. Such an
+    object, or one that cannot be read back, is not stored: the row had said stored while the PACS held a report
+    that said pneumonia absent."""
+    for uid in [uid for uid in row["stored"] if uid in held]:
+        what, sent = built[uid]
+        where = f"{root}/studies/{study_uid}/series/{sent.SeriesInstanceUID}/instances/{uid}"
+        try:
+            same = _asserted(_retrieve(session, where)) == _asserted(sent)
+        except (requests.RequestException, RuntimeError, *_MALFORMED) as e:  # RuntimeError: pixels not decodable
+            log.warning("the %s %s could not be read back: %s", what, uid, type(e).__name__)
+            why = (f"the PACS already held a {what} {uid}, and it could not be read back ({type(e).__name__}): "
+                   "whether it holds this reading or one of the film before it changed under the same UIDs is not "
+                   "known; it is not stored")
+        else:
+            if same:
+                continue
+            why = (f"the PACS already held a {what} {uid}, made from this film before it changed under the same "
+                   "UIDs, and kept it (it keeps the first copy of an instance): it holds another reading, not this "
+                   "one; delete the earlier one in the PACS and run again")
+        row.setdefault("warnings", []).append(why)
+        row["stored"].remove(uid)
+        row.setdefault("not_stored", []).append(uid)
+
+
+def _store(session: requests.Session, root: str, study_uid: str, row: dict, held: set[str]) -> None:
+    """STOW-RS the reports write_reports made for ``row``; ``stored`` (and ``not_stored``) as the PACS answered, and
+    as what it holds when the study held their UIDs before (``held``: :func:`_read_back`). A 4xx/5xx, or no answer
+    at all (a read timeout, a connection reset: it may have stored them), is this film's only: it had ended the
+    whole study in exit status 2, with no results, though earlier films' reports were stored."""
     made = {_MADE[key]: Path(row.pop(key)).read_bytes() for key in _MADE if key in row}
     if not made:
         return
-    sent = {str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID): what
-            for what, data in made.items()}
+    built = {}
+    for what, data in made.items():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        built[str(ds.SOPInstanceUID)] = (what, ds)
+    sent = {uid: what for uid, (what, _) in built.items()}
     url = f"{root}/studies/{study_uid}"
     try:
         row["stored"] = _stored(_answer(_post(session, url, list(made.values()))), sent, row)
@@ -524,6 +566,7 @@ def _store(session: requests.Session, root: str, study_uid: str, row: dict) -> N
         row["stored"] = _stored(_answer(e.response), sent, row, refusal)
     except requests.RequestException as e:
         row["stored"] = _stored(Dataset(), sent, row, silence=type(e).__name__)
+    _read_back(session, root, study_uid, built, held, row)
 
 
 def predict_study(
@@ -560,8 +603,9 @@ def predict_study(
                                    heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
             if store:
                 write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend, issued=_issued_reports(found))
+                held = {_value(item, _SOP) for item in found}
                 for row in scored:
-                    _store(session, root, study_uid, row)
+                    _store(session, root, study_uid, row, held)
             for row in scored:
                 asked = sources[row["path"]]
                 row["path"] = asked["path"]
