@@ -37,6 +37,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ComprehensiveSRStorage, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, generate_uid
 
 from pneumoscan import cli
@@ -51,7 +52,7 @@ from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
 from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _read_back, _recorded, _session,
-                                         _stored,
+                                         _stored, _withdrawn,
                                         read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
@@ -1152,6 +1153,57 @@ def test_a_report_the_study_held_before_that_cannot_be_read_back_is_not_stored(f
         _read_back(requests.Session(), closed, source.StudyInstanceUID, {uid: ("DICOM SR", report)}, held, row)
         assert row["stored"] == stored
     assert row["not_stored"] == [uid] and "could not be read back (ConnectionError)" in row["warnings"][0]
+
+
+def key_object_selection(title: Code, films: list[Dataset]) -> bytes:
+    """A Key Object Selection document of the films' study, titled ``title``, listing ``films``: an IHE IOCM
+    rejection note when the title is one."""
+    note = hd.ko.KeyObjectSelectionDocument(
+        evidence=films, content=hd.ko.KeyObjectSelection(title, films), series_instance_uid=generate_uid(),
+        series_number=90, sop_instance_uid=generate_uid(), instance_number=1)
+    buf = io.BytesIO()
+    note.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_a_film_a_rejection_note_withdraws_is_not_scored_nor_reported(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """The study holds a film acquired under the wrong patient and the technologist's rejection note for it (IHE
+    IOCM: Orthanc keeps both): that film is said withdrawn, not scored, and no report is filed on it; a key object
+    selection of another title (Of Interest) withdraws nothing."""
+    study = generate_uid()
+    kept, wrong = (chest_dicom(pixels, StudyInstanceUID=study) for pixels in (film, film[::-1]))
+    headers = [pydicom.dcmread(io.BytesIO(data)) for data in (kept, wrong)]
+    notes = [key_object_selection(codes.DCM.RejectedForPatientSafetyReasons, headers[1:]),
+             key_object_selection(codes.DCM.OfInterest, headers[:1])]
+    for data in (kept, wrong, *notes):
+        assert httpx.post(f"{orthanc}/instances", content=data, timeout=30).status_code == 200
+    out = tmp_path / "pacs.json"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                     "--out", str(out), "--backend", "torch"]) == 0
+    rows = {r["sop_instance_uid"]: r for r in json.loads(out.read_text())}
+    assert rows.keys() == {h.SOPInstanceUID for h in headers}
+    scored, withdrawn = (rows[h.SOPInstanceUID] for h in headers)
+    assert len(scored["stored"]) == 1
+    note = pydicom.dcmread(io.BytesIO(notes[0])).SOPInstanceUID
+    assert withdrawn["not_scored"] == (f"withdrawn by the study's rejection note {note} "
+                                       "(113037: Rejected for Patient Safety Reasons)")
+    assert not {"probability", "stored"} & withdrawn.keys()
+    reports = [i for i in DICOMwebClient(url=f"{orthanc}/dicom-web").search_for_instances(study)
+               if i["00080016"]["Value"][0] == ComprehensiveSRStorage]
+    assert [i["00080018"]["Value"][0] for i in reports] == scored["stored"]
+
+
+def test_a_study_whose_key_object_selection_cannot_be_read_is_refused() -> None:
+    """Whether an unreadable key object selection is a rejection note is not known: no film of the study is scored."""
+    item = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "0020000E": {"vr": "UI", "Value": ["1.2.4"]},
+            "00080018": {"vr": "UI", "Value": ["1.2.5"]},
+            "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.59"]}}
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens
+    with pytest.raises(ValueError, match=r"key object selection 1\.2\.5 could not be read \(ConnectionError\): "
+                                         "whether it is a rejection note"):
+        _withdrawn(requests.Session(), closed, "1.2.3", [item])
 
 
 class _Quiet(BaseHTTPRequestHandler):

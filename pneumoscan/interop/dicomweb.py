@@ -40,7 +40,8 @@ import urllib3
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ComprehensiveSRStorage
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, ComprehensiveSRStorage, KeyObjectSelectionDocumentStorage
 from python_multipart.multipart import parse_options_header
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
@@ -79,6 +80,10 @@ _SYSTEM_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")  # the system's reaso
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType"]
+# the titles of IHE IOCM rejection notes (Key Object Selection documents): the films they list are withdrawn
+REJECTIONS = {c.value: c.meaning for c in (
+    codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
+    codes.DCM.IncorrectModalityWorklistEntry, codes.DCM.DataRetentionPolicyExpired)}
 _MADE = {"dicom_sr": "DICOM SR", "dicom_heatmap": "Grad-CAM Secondary Capture"}  # what write_reports made, by key
 # STOW-RS status codes (PS3.18 table I.2-1 and I.2-2), in words; another is given in hex only
 _FAILURES = {0x0110: "processing failure", 0x0122: "SOP class not supported", 0x0124: "not authorized",
@@ -450,14 +455,46 @@ def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -
                                  response=response)
 
 
+def _withdrawn(session: requests.Session, root: str, study_uid: str, found: list[dict]) -> dict[str, str]:
+    """Why each film that a rejection note of the study (IHE IOCM: a Key Object Selection document titled
+    :data:`REJECTIONS`) withdraws is not scored, by SOP Instance UID. A PACS may keep a rejected film beside its note:
+    one rejected for patient safety (another patient's film, a wrong side) or for quality would otherwise be scored
+    and its report filed. A note that cannot be read leaves which films are withdrawn unknown: the study is refused."""
+    withdrawn = {}
+    for item in found:
+        if _value(item, _CLASS) != KeyObjectSelectionDocumentStorage:
+            continue
+        series, sop = _value(item, _SERIES), _value(item, _SOP)
+        try:
+            if not UID(series).is_valid or not UID(sop).is_valid:  # never put in a URL
+                raise ValueError("an invalid UID in the search answer")
+            note = _retrieve(session, f"{root}/studies/{study_uid}/series/{series}/instances/{sop}")
+            title = note.ConceptNameCodeSequence[0]
+            rejection = (str(title.CodingSchemeDesignator), str(title.CodeValue))
+            listed = [str(instance.ReferencedSOPInstanceUID)
+                      for evidence in note.get("CurrentRequestedProcedureEvidenceSequence", [])
+                      for listed_series in evidence.get("ReferencedSeriesSequence", [])
+                      for instance in listed_series.get("ReferencedSOPSequence", [])]
+        except (requests.RequestException, AttributeError, *_MALFORMED) as e:
+            raise ValueError(f"the study's key object selection {shown(sop)} could not be read ({type(e).__name__}): "
+                             "whether it is a rejection note that withdraws films is not known, so none is scored"
+                             ) from None
+        if rejection[0] == "DCM" and rejection[1] in REJECTIONS:
+            why = f"withdrawn by the study's rejection note {sop} ({rejection[1]}: {REJECTIONS[rejection[1]]})"
+            log.info("%d instance(s) %s", len(listed), why)
+            withdrawn.update(dict.fromkeys(listed, why))
+    return withdrawn
+
+
 def _retrieved(session: requests.Session, study_uid: str, found: list[dict], root: str,
                films: Path) -> tuple[list[dict | str], dict[str, dict]]:
-    """The study's instances in the QIDO-RS order, each a row already made (an image that is not a radiograph: not
-    scored; one with an invalid UID in the search answer, or that WADO-RS could not retrieve, answered malformed, or
-    with another instance than asked for: an error) or the path of a retrieved film to score; and by path, each
-    film's row as asked for (its WADO-RS URL and UIDs, which the row of a film that cannot be decoded keeps).
-    pneumoscan's own outputs and instances without pixel data are left out. One instance's fault is that instance's
-    error only: the study's other films are still scored."""
+    """The study's instances in the QIDO-RS order, each a row already made (an image that a rejection note withdraws
+    (:func:`_withdrawn`) or that is not a radiograph: not scored; one with an invalid UID in the search answer, or that
+    WADO-RS could not retrieve, answered malformed, or with another instance than asked for: an error) or the path of
+    a retrieved film to score; and by path, each film's row as asked for (its WADO-RS URL and UIDs, which the row of
+    a film that cannot be decoded keeps). pneumoscan's own outputs and instances without pixel data are left out. One
+    instance's fault is that instance's error only: the study's other films are still scored."""
+    withdrawn = _withdrawn(session, root, study_uid, found)
     entries: list[dict | str] = []
     sources: dict[str, dict] = {}
     for item in found:
@@ -466,6 +503,9 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
         row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
         recorded = _recorded(item)  # read once, for every rule that decides on the search answer
         if is_own_output(recorded):  # our reports and overlays: not films, no row
+            continue
+        if sop in withdrawn:
+            entries.append({**row, "not_scored": withdrawn[sop]})
             continue
         why = _not_scored(recorded)
         if why is not None:
