@@ -10,6 +10,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 
@@ -246,6 +247,17 @@ def test_the_card_shows_npv_beside_precision_at_the_validation_films_prevalence(
     patients = val | {"patients": {"positive": 3, "negative": 4, "all": 7}}
     body = render(dataclasses.replace(card, val_metrics=patients))
     assert f"On the {val['n']} films of 7 patients the temperature" in body
+
+
+def test_the_card_shows_the_calibration_error_of_the_probabilities_it_calls_calibrated(tiny_bundle: Path) -> None:
+    """The card says its probabilities are calibrated by temperature scaling, and shows how far they are from it on
+    the validation films: the expected calibration error the run measured there, after the temperature."""
+    card = load_card(tiny_bundle)
+    run = json.loads((tiny_bundle.parent / "metrics.json").read_text())
+    assert card.val_metrics["ece"] == pytest.approx(run["ece"], abs=1e-12)
+    body = (tiny_bundle / MODEL_CARD).read_text()
+    assert f"| Expected calibration error (10 bins) | {card.val_metrics['ece']:.4f} |" in body
+    assert "calibrated by temperature scaling on the validation films (its expected calibration error" in body
 
 
 def test_the_cards_evaluations_name_their_patients_and_unit_and_no_precision_of_one_class(tiny_bundle: Path) -> None:

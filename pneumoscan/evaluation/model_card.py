@@ -30,7 +30,9 @@ MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
-    "Guangzhou, China), and gives a calibrated probability of the positive class with a thresholded label."
+    "Guangzhou, China), and gives a probability of the positive class, calibrated by temperature scaling on the "
+    "validation films (its expected calibration error there is among the validation figures), with a thresholded "
+    "label."
 )
 # plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
 OUT_OF_SCOPE = (
@@ -92,8 +94,10 @@ CARD_METRICS = (
 
 # the figures a card keeps from a validation result (evaluate_probabilities); a multiclass task adds THREE_CLASS_FIGURES
 VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "threshold", "n")
-# what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not)
-VAL_COUNTS = ("prevalence", "patients")
+# what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not):
+# the expected calibration error checks the probabilities the temperature calibrated (a 1-epoch model's were 0.21 off)
+VAL_COUNTS = ("prevalence", "patients", "ece")
+ECE_NAME = "Expected calibration error (10 bins)"
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
@@ -232,7 +236,8 @@ def _validation_section(card: BundleCard) -> str:
     marked = m.get("prevalence") is not None  # a card written before prevalence was recorded has none to name
     rows = "\n".join([f"| {name}{' †' if marked and key in PREVALENCE_BOUND else ''} | "
                       f"{format_figure(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
-                     + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m])
+                     + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m]
+                     + ([f"| {ECE_NAME} | {format_figure(m['ece'], 4)} |"] if "ece" in m else []))
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
     patients = f" of {m['patients']['all']} patients" if m.get("patients") else ""
     return (
