@@ -101,34 +101,45 @@ def target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 
 
 def _probe_target_layer(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """The last module whose output is a spatial map (N, C, H, W of more than one cell) after a learned convolution
+    has run, found by running ``x`` through the model (for a timm model, through ``forward_features`` alone: a head
+    may hold spatial layers too, as vgg's 7 x 7 fc6 convolution does at 288 px and more, whose cells each cover 7 x 7
+    of the features and were stretched over the film). A map before any convolution is a pooled copy of the input:
+    an mlp's Grad-CAM was the film's brightness, whatever the model had learned, drawn as evidence."""
     import torch
 
     finished: list[torch.nn.Module] = []
+    convolved = False
 
     def record(module: torch.nn.Module, _inputs: tuple, output: object) -> None:
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1:
+        nonlocal convolved
+        convolved = convolved or isinstance(module, torch.nn.modules.conv._ConvNd)
+        spatial = isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1
+        if convolved and spatial:
             finished.append(module)
 
-    _check_timm_features(model, x)
+    timm = _check_timm_features(model, x)
     handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     try:
         with torch.no_grad():
-            model(x)
+            model.forward_features(x) if timm else model(x)
     finally:
         for handle in handles:
             handle.remove()
     if not finished:
-        raise NoSpatialMap(f"{type(model).__name__} has no spatial feature map for Grad-CAM")
+        raise NoSpatialMap(f"Grad-CAM cannot explain {type(model).__name__}: no spatial feature map follows a "
+                           "convolution (its only spatial map is the input itself); read its films without heatmaps")
     return finished[-1]
 
 
-def _check_timm_features(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Refuse (:class:`NoSpatialMap`) a timm model whose ``forward_features`` on ``x`` is not a channels-first map of
-    more than one cell: its head reads no spatial map, so no layer's Grad-CAM is a map of the film."""
+def _check_timm_features(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` is a timm model (``forward_features`` and ``forward_head``); refuse (:class:`NoSpatialMap`)
+    one whose ``forward_features`` on ``x`` is not a channels-first map of more than one cell: its head reads no
+    spatial map, so no layer's Grad-CAM is a map of the film."""
     import torch
 
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-        return  # not a timm model: the probe's rule alone
+        return False  # not a timm model: the probe's rule alone
     with torch.no_grad():
         features = model.forward_features(x)
     shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
@@ -140,7 +151,7 @@ def _check_timm_features(model: torch.nn.Module, x: torch.Tensor) -> None:
     elif shape[-2] * shape[-1] <= 1:
         why = f"its feature map is 1 x 1 at {x.shape[-2]} x {x.shape[-1]} px input (a larger --image-size keeps one)"
     else:
-        return
+        return True
     raise NoSpatialMap(f"Grad-CAM cannot explain {type(model).__name__}: {why}; read its films without heatmaps")
 
 
