@@ -177,7 +177,7 @@ def test_gradcam_is_the_mean_of_the_members_maps(ensemble: Path, tiny_dataset: P
     cam = gradcam(predictor.model, x, 1)
     big = np.asarray(Image.fromarray(maps[0]).resize((64, 64), Image.Resampling.BILINEAR))
     mean = (big + maps[1]) / 2
-    np.testing.assert_allclose(cam, (mean - mean.min()) / (mean.max() - mean.min()), atol=1e-6)  # on one map's scale
+    np.testing.assert_allclose(cam, mean / mean.max(), atol=1e-6)  # on its own maximum, as one model's map
     film = next((tiny_dataset / "test" / "PNEUMONIA").iterdir())
     overlay = explain_array(predictor, np.asarray(Image.open(film).convert("L")))
     assert overlay.shape == (64, 64) and np.isfinite(overlay).all()

@@ -193,13 +193,20 @@ def test_a_multiclass_map_explains_the_pneumonia_log_odds_the_label_reads(tiny_d
     assert logits[1] > logits[2]  # bacteria is this film's most probable positive class
 
     def drawn(target) -> np.ndarray:
-        """Grad-CAM of ``target`` (logits -> score) in the image's frame, as explain_array draws it."""
-        from pytorch_grad_cam import GradCAM
-
-        x = predictor.inputs(images).detach().clone().requires_grad_(True)
-        with GradCAM(predictor.model, [target_layer(predictor.model, x)]) as cam:
-            raw = cam(input_tensor=x, targets=[target])[0]
-        return to_image_frame(raw, *gray.shape, predictor.card.spec, panel_shape(*gray.shape))
+        """Grad-CAM of ``target`` (logits -> score) in the image's frame, as explain_array draws it: the feature
+        map weighted by its mean gradients, summed over channels, its positive part, at the input's size, over its
+        maximum."""
+        x = predictor.inputs(images).detach().clone()
+        kept = {}
+        hook = target_layer(predictor.model, x).register_forward_hook(lambda _m, _i, out: kept.update(a=out))
+        with torch.enable_grad():
+            score = target(predictor.model(x)[0])
+        hook.remove()
+        [gradients] = torch.autograd.grad(score, kept["a"])
+        cam = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * kept["a"]).sum(dim=1))[0].detach().numpy()
+        side = x.shape[-1]
+        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR))
+        return to_image_frame(cam / cam.max(), *gray.shape, predictor.card.spec, panel_shape(*gray.shape))
 
     pneumonia = drawn(lambda z: torch.logsumexp(z[1:], dim=-1) - z[0])
     bacteria = drawn(lambda z: z[1] - torch.logsumexp(z[[0, 2]], dim=-1))

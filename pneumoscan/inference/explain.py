@@ -204,15 +204,15 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
     """Grad-CAM of the log-odds of ``classes`` (one index or several: :class:`LogOdds`) for one normalised input
     (1, 1, S, S): (S, S) float32 in [0, 1]. ``scale``: the raw Grad-CAM value drawn as 1 (a bundle's
     :attr:`~pneumoscan.models.card.BundleCard.heatmap_scale`), the map divided by it and clipped, so that a colour
-    means the same on every film; None: min-max scaled to this film's own range, as pytorch-grad-cam does. Works
+    means the same on every film; None: divided by this film's own maximum (:func:`_scaled`). Works
     inside ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its
     members' maps, each at its own last conv and brought to the input size, averaged with equal weight (members'
     raw map scales differ by architecture, size and training). With a ``scale``, each member's map is drawn on its
     own member's scale times ``scale`` (:data:`MEMBERS_OWN_SCALE`) and clipped, as its own bundle draws it, so the
     mean is as bright as the members' evidence is strong and reaches 1 only where every member is at its own top (one
     member's outlier cannot fill the colour alone); a member without a scale is refused (ValueError). None: each
-    member's map scaled to the film and the mean scaled to [0, 1] again, so its overlay reads as one model's per-film
-    map."""
+    member's map scaled to the film's maximum and the mean scaled to its own maximum again, so its overlay reads as one
+    model's per-film map."""
     if hasattr(model, "member_inputs"):
         size, members = x.shape[-1], model.member_inputs(x)
         if scale is not None and (missing := [i for i, (*_, own) in enumerate(members) if own is None]):
@@ -223,37 +223,39 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
             with _as_member(model, i):
                 maps.append(gradcam(net, xm, classes, None if scale is None else own * scale))
         mean = np.mean([_resize_map(cam, size, size) for cam in maps], axis=0)
-        if scale is not None:
-            return mean.astype(np.float32)
-        low, high = float(mean.min()), float(mean.max())
-        return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
-    per_film, raw, moved = _cams(model, x, classes)
+        return mean.astype(np.float32) if scale is not None else _scaled(mean, None)
+    raw, moved = _cams(model, x, classes)
     if not moved.all():
         raise NoMapOfFilm("the model's score does not change with its last feature map on this film (every Grad-CAM "
                            "gradient is zero), so a heatmap would show nothing it looked at; read the film without one")
-    if scale is None:
-        return per_film[0]
-    return np.clip(_resize_map(raw[0], x.shape[-1], x.shape[-2]) / scale, 0.0, 1.0)
+    return _scaled(_resize_map(raw[0], x.shape[-1], x.shape[-2]), scale)
+
+
+def _scaled(cam: np.ndarray, scale: float | None) -> np.ndarray:
+    """A map of values >= 0 drawn in [0, 1]: divided by ``scale`` and clipped, or by its own maximum when None. Not
+    stretched from its minimum, as pytorch-grad-cam draws a map: evidence spread over the whole film (84 % of the
+    maximum everywhere) was drawn in the lowest colour, which reads as none, under a caption that says the map is
+    scaled to the film's maximum."""
+    top = float(cam.max()) if scale is None else scale
+    return (np.clip(cam / top, 0.0, 1.0) if top > 0 else np.zeros_like(cam)).astype(np.float32)
 
 
 def gradcam_peaks(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> np.ndarray:
     """Each film's strongest raw Grad-CAM value (N,) for normalised inputs (N, 1, S, S): what a bundle's heatmap
     scale is measured from (:func:`measure_heatmap_scale`). Not for an ensemble, which has no raw map."""
-    return _cams(model, x, classes)[1].max(axis=(1, 2))
+    return _cams(model, x, classes)[0].max(axis=(1, 2))
 
 
-def _cams(model: torch.nn.Module, x: torch.Tensor,
-          classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pytorch-grad-cam's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, S, S) min-max scaled to
-    each film, as it returns them, and (N, h, w) before that scaling (after its ReLU), at the target layer's own
-    size, from the activations and gradients it kept and its own :meth:`get_cam_image`: the library has no option
-    for an unscaled map, and its pieces give it without a copy of its code. Then (N,) whether any of each film's
-    gradients is not zero: where none is, the score does not change with the feature map on that film (dead units, a
-    model that ignores the image), and its empty map would be a film with no evidence over a reading that did not
-    come from where it looked (:func:`gradcam` refuses it; a bundle's scale counts its peak, 0). A NaN or infinite
-    map (a NaN gradient, as from a ``torch.where`` whose unused branch overflows, or an overflowing activation) is
-    refused here (:class:`NoMapOfFilm`): drawn, NaN is cast to 0, the lowest colour, the whole film shown as no
-    evidence at all."""
+def _cams(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """pytorch-grad-cam's maps of the log-odds of ``classes`` for inputs (N, 1, S, S): (N, h, w) before its
+    per-film min-max scaling (after its ReLU), at the target layer's own size, from the activations and gradients it
+    kept and its own :meth:`get_cam_image`: the library has no option for an unscaled map, and its pieces give it
+    without a copy of its code. Then (N,) whether any of each film's gradients is not zero: where none is, the score
+    does not change with the feature map on that film (dead units, a model that ignores the image), and its empty map
+    would be a film with no evidence over a reading that did not come from where it looked (:func:`gradcam` refuses
+    it; a bundle's scale counts its peak, 0). A NaN or infinite map (a NaN gradient, as from a ``torch.where`` whose
+    unused branch overflows, or an overflowing activation) is refused here (:class:`NoMapOfFilm`): drawn, NaN is cast
+    to 0, the lowest colour, the whole film shown as no evidence at all."""
     import torch
     from pytorch_grad_cam import GradCAM
 
@@ -263,16 +265,16 @@ def _cams(model: torch.nn.Module, x: torch.Tensor,
         layer, targets = target_layer(model, x[:1]), [LogOdds(classes)] * len(x)
         try:
             with GradCAM(model, [layer]) as cam:
-                per_film = cam(input_tensor=x, targets=targets)
+                cam(input_tensor=x, targets=targets)  # runs the model forward and back; its scaled maps are not used
                 kept = cam.activations_and_grads
                 gradients = kept.gradients[0].numpy()
                 raw = cam.get_cam_image(x, layer, targets, kept.activations[0].numpy(), gradients)
         finally:
             model.zero_grad(set_to_none=True)
-    if not np.isfinite(raw).all():  # per_film is raw scaled to each film: finite where raw is
+    if not np.isfinite(raw).all():
         raise NoMapOfFilm("Grad-CAM's map of this film is not finite (NaN or infinite gradients or activations in the "
                            "model): no heatmap can be drawn; read the film without one")
-    return per_film, np.maximum(raw, 0.0), gradients.reshape(len(gradients), -1).any(axis=1)
+    return np.maximum(raw, 0.0), gradients.reshape(len(gradients), -1).any(axis=1)
 
 
 def _resize_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
