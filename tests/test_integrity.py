@@ -773,6 +773,29 @@ def test_a_model_file_written_over_after_its_check_is_not_scored(int8_bundle: Pa
         Predictor(bundle, backend=backend)
 
 
+def test_weights_written_over_after_their_check_are_not_loaded(tiny_bundle: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch path checked the weights' SHA-256, then read the file again to load it: weights written over in
+    between (15 of 300 loads during a redeploy) were loaded under the card's checksum. The bytes loaded are the bytes
+    checked. The write is made right after the check, by wrapping it."""
+    import pneumoscan.models.card as card_module
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    verify = card_module.verify_file
+
+    def then_written_over(directory: Path, card: object, name: str, *args: object) -> None:
+        verify(directory, card, name, *args)
+        if name == WEIGHTS:
+            with (bundle / name).open("ab") as f:
+                f.write(b"\0")
+
+    monkeypatch.setattr(card_module, "verify_file", then_written_over)
+    with pytest.raises(ValueError, match=f"{WEIGHTS} changed while it was loaded .*: its bytes are not those "
+                                         "bundle.json records; load it again"):
+        Predictor(bundle, backend="torch")
+
+
 def test_results_name_the_weights_loaded_not_those_on_disk_later(tiny_bundle: Path, tmp_path: Path) -> None:
     """model_version was taken from the disk at the first results row: weights written over after the load were
     named, not those that scored."""

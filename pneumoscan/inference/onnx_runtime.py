@@ -9,7 +9,6 @@ without loading torch (tests/test_startup.py holds it so).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_card, file_sha256, load_card,
-                                   read_bundle_text, verify_file)
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card, file_sha256,
+                                   load_card, read_bundle_text, verify_file)
 from pneumoscan.models.run_folder import RunFolder
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -60,18 +59,6 @@ def model_version(bundle: Path | str, backend: str = "torch", card: BundleCard |
     if backend == "onnx-int8":
         version += f"+int8:{digest(INT8_NAME)}"
     return version
-
-
-def checked_bytes(path: Path, recorded: str | None) -> bytes:
-    """A bundle file's bytes, read once after its checks and refused unless they are the bytes recorded
-    (``sha256:HEX``; None: a bundle older than the record, warned of at its check): the file scored is the file
-    checked, even were the bundle replaced in between (a deploy writing over it), when a second read gave another
-    model's graph under this card's name and threshold."""
-    data = path.read_bytes()
-    if recorded is not None and f"sha256:{hashlib.sha256(data).hexdigest()}" != recorded:
-        raise ValueError(f"{path} changed while it was loaded (the bundle written over?): its bytes are not those "
-                         "bundle.json records; load it again")
-    return data
 
 
 def session(model: Path | str | bytes) -> ort.InferenceSession:

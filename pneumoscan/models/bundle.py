@@ -24,7 +24,7 @@ from safetensors.torch import load, save
 
 from pneumoscan.core.atomic import write_atomic
 from . import register_first, registry
-from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, save_card, verify_file
+from .card import ENSEMBLE, WEIGHTS, BundleCard, load_card, member_label, save_card, verified_bytes
 from .ensemble_net import EnsembleNet
 
 
@@ -45,10 +45,10 @@ def save_bundle(directory: Path | str, model: torch.nn.Module, card: BundleCard)
 def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Tensor]:
     """The bundle's tensors, checked against the recorded SHA-256; a damaged file is a wrong input (a reason and
     exit status 2), not a crash and not a model that answers."""
-    verify_file(directory, card, WEIGHTS)
+    data = verified_bytes(directory, card, WEIGHTS)  # read by Python, as save_bundle writes it
     path = Path(directory) / WEIGHTS
     try:
-        return load(path.read_bytes())  # read by Python, as save_bundle writes it
+        return load(data)
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
 

@@ -301,10 +301,10 @@ def load_appearance(directory: Path | str, card: BundleCard) -> Appearance | Non
     kept one); a damaged file is refused, as damaged weights are."""
     if APPEARANCE not in card.files:
         return None
-    verify_file(directory, card, APPEARANCE)
+    data = verified_bytes(directory, card, APPEARANCE)
     path = Path(directory) / APPEARANCE
     try:
-        return Appearance.from_arrays(load_arrays(path.read_bytes()))
+        return Appearance.from_arrays(load_arrays(data))
     except (SafetensorError, ValueError) as e:
         raise ValueError(f"{path} is not a readable appearance record: {e}") from None
 
@@ -513,6 +513,24 @@ def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - 
         field = ".".join(map(str, error["loc"]))
         found = "" if error["type"] == "missing" else f" (found {error['input']!r:.60})"
         raise ValueError(f"{where}: {field + ': ' if field else ''}{error['msg'].lower()}{found}") from None
+
+
+def checked_bytes(path: Path, recorded: str | None) -> bytes:
+    """A bundle file's bytes, read once after its checks and refused unless they are the bytes recorded
+    (``sha256:HEX``; None: a bundle older than the record, warned of at its check): the file loaded is the file
+    checked, even were the bundle replaced in between (a deploy writing over it), when a second read gave another
+    model's graph under this card's name and threshold, and 15 of 300 loads all-zero weights under its checksum."""
+    data = path.read_bytes()
+    if recorded is not None and f"sha256:{hashlib.sha256(data).hexdigest()}" != recorded:
+        raise ValueError(f"{path} changed while it was loaded (the bundle written over?): its bytes are not those "
+                         "bundle.json records; load it again")
+    return data
+
+
+def verified_bytes(directory: Path | str, card: BundleCard, name: str) -> bytes:
+    """BUNDLE/``name``'s bytes: :func:`verify_file`'s checks, then :func:`checked_bytes`."""
+    verify_file(directory, card, name)
+    return checked_bytes(Path(directory) / name, card.files.get(name))
 
 
 def verify_file(directory: Path | str, card: BundleCard, name: str,

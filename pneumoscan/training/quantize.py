@@ -39,11 +39,11 @@ from pneumoscan.data.labelled import labelled_images, labelled_records, patient_
 from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, checked_bytes, session
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, load_card, member_sources, record_checksum,
-                                   replaced_members)
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, load_card, member_sources,
+                                   record_checksum, replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
