@@ -34,9 +34,10 @@ from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
+from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.serving.app import create_app
+from tests.test_integrity import written_before_checksums
 
 
 @pytest.fixture(scope="module")
@@ -278,9 +279,9 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 
     def written(name: str, change, checksum: bool = True) -> Path:
         bundle = shutil.copytree(ensemble, tmp_path / name)
-        data = copy.deepcopy(card) if checksum else {  # a card from before cards kept checksums: loaded to its fields
-            k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM and k not in SEALED_ERA
-        } | {"format_version": 1}
+        # a card from before cards kept checksums: loaded to its fields
+        data = copy.deepcopy(card) if checksum else written_before_checksums(
+            {k: v for k, v in copy.deepcopy(card).items() if k != CHECKSUM})
         change(data["model_kwargs"]["members"])
         (bundle / "bundle.json").write_text(json.dumps(data, indent=2))
         return bundle

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.builders import nudge_weights
+from tests.test_integrity import written_before_checksums
 from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, write_manifest
-from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, load_card, save_card
+from pneumoscan.models.card import CARD, CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.quantize import quantize_bundle
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
@@ -108,7 +109,7 @@ def test_a_damaged_member_or_teacher_is_refused_naming_it(tiny_dataset: Path, ti
     nudge_weights(good / "bundle")
     sealed = json.loads((tiny_bundle / CARD).read_text())
     # a card from before cards kept checksums, whose fields alone are checked
-    legacy = {k: v for k, v in sealed.items() if k != CHECKSUM and k not in SEALED_ERA} | {"format_version": 1}
+    legacy = written_before_checksums({k: v for k, v in sealed.items() if k != CHECKSUM})
     damages = {
         "not-json": (lambda b: (b / CARD).write_text("{not json"), "bundle.json is not a readable bundle card"),
         "no-threshold": (lambda b: (b / CARD).write_text(json.dumps({k: v for k, v in legacy.items()

@@ -34,8 +34,8 @@ from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, OUTPUT, session,
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, BundleCard, file_sha256, load_card,
-                                    record_checksum, save_card)
+from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, WRITER, BundleCard, file_sha256,
+                                    load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.test_serve import with_threshold
@@ -157,11 +157,28 @@ def test_one_edited_digit_in_bundle_json_is_refused_as_damaged(
 
 def written_before_checksums(card: dict) -> dict:
     """``card`` as a pneumoscan that kept no checksums wrote it: format 1, without the fields only sealing
-    versions write (a card holding one is held to format 2); its fields are then checked one by one."""
+    versions write (a card holding one is held to format 2), nor the name of the pneumoscan that wrote it (only
+    sealing versions record it); its fields are then checked one by one."""
     for field in SEALED_ERA:
         card.pop(field, None)
+    card.get("versions", {}).pop(WRITER, None)
     card["format_version"] = 1
     return card
+
+
+def test_a_card_that_names_its_writer_but_records_no_checksum_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Every pneumoscan that names itself in a card (versions.pneumoscan) writes the card's checksum: a card that
+    names it, with the checksum and the sealed fields deleted and format 1 claimed, was edited (its threshold of 0.99
+    had labelled a film scored 0.725 NORMAL, exit 0)."""
+    bundle = copy_bundle(tiny_bundle, tmp_path, "edited")
+    card = json.loads((bundle / CARD).read_text())
+    del card[CHECKSUM]
+    edited = {k: v for k, v in card.items() if k not in SEALED_ERA} | {"format_version": 1, "threshold": 0.99}
+    assert edited["versions"][WRITER]
+    (bundle / CARD).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="records no checksum of itself, which every card of format 2 holds: it was "
+                                         "edited"):
+        load_card(bundle)
 
 
 def predicts_without(bundle: Path, fields: tuple[str, ...], film: Path, backend: str,
