@@ -366,6 +366,24 @@ def test_copies_of_training_films_under_other_names_are_warned_about(
         in caplog.text
 
 
+def test_a_threshold_is_not_chosen_on_copies_of_training_films(tiny_bundle: Path, tiny_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    """Copies of the bundle's own training films under other names had a threshold chosen on them, written into a
+    new bundle with exit 0 and no caveat its predictions show: refused, as the training films themselves are, and
+    nothing is written."""
+    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"][:6]
+    copies = []
+    for i, record in enumerate(trained):
+        shutil.copy(record.path, tmp_path / f"site-{i}.jpeg")
+        copies.append(dataclasses.replace(record, path=str(tmp_path / f"site-{i}.jpeg"), split="", patient=f"s{i}"))
+    films = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    write_manifest([*films, *copies], tmp_path / "site.csv")
+    with pytest.raises(ValueError, match=rf"^{len(copies)} of the films given to choose the threshold are copies of "
+                                         "training films under other names, byte for byte"):
+        rethreshold(tiny_bundle, tmp_path / "site.csv", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_copies_of_validation_films_under_other_names_are_warned_about(tiny_bundle: Path, tiny_dataset: Path,
                                                                        tmp_path: Path) -> None:
     """A copy of a film that chose the threshold and temperature passed silently, while one of a training film was

@@ -99,12 +99,16 @@ class HeldOutPolicy:
     flatter it less than its training films do: warned of with ``validation_warning`` (measuring it, choosing a new
     threshold), refused with ``refuse_validation`` (a card's record must be of other data). ``int8``: the scores are
     the INT8 model's, whose own thresholds were chosen on the films of its INT8 list. ``refuse_unchecked``: a run
-    whose split.csv lists no film where it says (moved) is refused, not only warned of."""
+    whose split.csv lists no film where it says (moved) is refused, not only warned of. ``refuse_copies``: copies of
+    training films under other names are refused as the training films are, not only warned of (a threshold chosen
+    on them is chosen on scores too good, and written into the bundle; figures measured on them are only said to be
+    optimistic, since a public dataset may hold one film in two of its splits)."""
 
     validation_warning: bool = False
     refuse_validation: bool = False
     int8: bool = False
     refuse_unchecked: bool = False
+    refuse_copies: bool = False
 
     def calibration_lists(self) -> list[tuple[str, str]]:
         """A bundle's lists of films that chose its numbers (file name, what they chose) that apply to its scores."""
@@ -282,12 +286,18 @@ def _warn_same_patients(given: _Given, run: _Run) -> None:
 
 
 def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None:
-    """Warn of copies under other names among the films given: of the runs' training films, and (with
-    ``validation_warning``) of their other validation films (:func:`_copies`)."""
+    """Warn of copies under other names among the films given (refuse those of training films with
+    ``refuse_copies``): of the runs' training films, and (with ``validation_warning``) of their other validation
+    films (:func:`_copies`)."""
     sides = {"training": ("", trained)}
     if given.policy.validation_warning:
         sides["validation"] = (", on which its own temperature and threshold were chosen", validation)
     for (side, (why, _)), copies in zip(sides.items(), _copies(given.paths, [films for _, films in sides.values()])):
+        if copies and side == "training" and given.policy.refuse_copies:
+            raise ValueError(f"{len(copies)} of the films given to {given.purpose} are copies of training films under "
+                             f"other names, byte for byte or the picture re-encoded or resized (e.g. "
+                             f"{shown(copies[0][0])} of {shown(copies[0][1])}): {given.purpose} on films it did not "
+                             f"train on{given.hint}")
         if copies:
             given.warn(f"{len(copies)} film(s) given to {given.purpose} are copies of {side} films under other names, "
                        f"byte for byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of "
@@ -310,8 +320,7 @@ def _copies(given: set[str], sides: Sequence[set[str]]) -> list[list[tuple[str, 
     """For each side's films (training, validation), (given film, the film of that side it is a copy of) for each
     given film that is one picture with one of them (:func:`~pneumoscan.data.copies.picture_groups`): a test film
     copied into train/ under another name, or saved again as PNG, escapes every check by path. Every film is read
-    once, whatever the number of sides. A warning, not a refusal: a public dataset may
-    hold the same film twice across its own splits, and its test figures must still be measurable."""
+    once, whatever the number of sides."""
     groups = [paths for _, paths in picture_groups(sorted(given.union(*sides)))] if any(sides) else []
     found: list[list[tuple[str, str]]] = []
     for side in sides:

@@ -51,7 +51,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # checked as evaluate --add-to-card checks the films its record keeps: a run whose split.csv finds none of its
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
     held_out = check_held_out([bundle], records, "choose the threshold",
-                              policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True))
+                              policy=HeldOutPolicy(validation_warning=True, refuse_unchecked=True,
+                                                   refuse_copies=True))
     # copies of one film under other names are one patient in the intervals; label conflicts are warned of, and
     # recorded as evaluate --add-to-card records them
     y, (_, patients, conflicts) = binary_targets(targets), patient_groups(records, data)

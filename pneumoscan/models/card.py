@@ -342,7 +342,8 @@ def load_card(directory: Path | str) -> BundleCard:
     current = data["format_version"] == FORMAT_VERSION
     # so was a card that names the pneumoscan that wrote it: every such pneumoscan wrote the checksum
     written_by = isinstance(data.get("versions"), dict) and WRITER in data["versions"]
-    if (current or written_by or any(key in data for key in SEALED_ERA)) and (recorded is None or current and not data.get("files")):
+    sealed = current or written_by or any(key in data for key in SEALED_ERA)
+    if sealed and (recorded is None or current and not data.get("files")):
         missing = "checksum of itself" if recorded is None else "checksums of its files"
         raise ValueError(f"{path} records no {missing}, which every card of format {FORMAT_VERSION} holds: it was "
                          "edited; restore the bundle from a good copy (a new threshold comes from `pneumoscan "

@@ -264,7 +264,7 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
         raise ValueError(f"the films of {data_label(data, split)} are all one class: the ensemble's temperature and "
                          f"thresholds are chosen on labelled films with and without {card.positive}")
     findings = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
-                              policy=HeldOutPolicy(validation_warning=True),
+                              policy=HeldOutPolicy(validation_warning=True, refuse_copies=True),
                               names=[member_label(i, len(paths), p) for i, p in enumerate(paths)])
     given = _given_films(records, findings)
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
