@@ -54,15 +54,22 @@ class ResultsTarget:
     stamp: str | None
 
     @classmethod
-    def check(cls, out: str | None, formats: Sequence[str]) -> ResultsTarget:
+    def check(cls, out: str | None, formats: Sequence[str], inputs: Sequence[str] = ()) -> ResultsTarget:
         """``--out`` checked before any work, so that a results file that cannot be written fails now, not after
         every film was read (or, for ``pacs``, after its reports were stored in the PACS): its suffix one of
-        ``formats`` (the first one is stdout's), its folder made, a folder given as ``--out`` refused."""
+        ``formats`` (the first one is stdout's), its folder made; a folder given as ``--out``, one of the
+        ``inputs`` (a list of films was replaced by its one error row) and a model's files
+        (:func:`~pneumoscan.models.card.refuse_model_files`) refused."""
+        from pneumoscan.models.card import refuse_model_files
+
         if not out:
             return cls(None, formats[0], None)
         fmt = Path(out).suffix.lower().removeprefix(".")
         if fmt not in formats:
             raise ValueError(f"--out must end in {' or '.join('.' + f for f in formats)}: {out}")
+        if any(Path(out).resolve() == Path(given).resolve() for given in inputs):
+            raise ValueError(f"--out {out} is one of the inputs: the results go to a file of their own")
+        refuse_model_files(out)
         folder = Path(out).parent
         folder.mkdir(parents=True, exist_ok=True)
         if Path(out).is_dir():
@@ -114,7 +121,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from pneumoscan.data.layouts import write_manifest
     from pneumoscan.data.split import split_dataset, split_summary
+    from pneumoscan.models.card import refuse_model_files
 
+    refuse_model_files(args.out)  # a run's split.csv replaced: its training films were no longer refused
     records = split_dataset(args.data, args.val_fraction, args.seed)
     write_manifest(records, args.out)
     _print_json(split_summary(records))
@@ -331,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pneumoscan.inference.predict import format_results, predict_paths
 
-    results = ResultsTarget.check(args.out, ("csv", "json"))
+    results = ResultsTarget.check(args.out, ("csv", "json"), [args.bundle, *args.paths])
     skipped: list[dict[str, str]] = []
     if args.dicom_sr or args.fhir:
         from pneumoscan.interop.reports import check_reportable

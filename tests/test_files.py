@@ -489,3 +489,29 @@ def test_a_file_put_in_anothers_place_is_seen_where_times_are_whole_seconds(tmp_
     before = file_stamp(film)
     os.replace(converted, film)
     assert before is not None and file_stamp(film) != before
+
+
+def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """predict --out BUNDLE/bundle.json replaced the card with rows (exit 0, the bundle lost), predict LIST --out LIST
+    replaced the list with its one error row, evaluate --out RUN replaced the run's metrics.json and report.html,
+    and split --out RUN/split.csv the run's split, after which its training films were no longer refused. Each is
+    refused, exit status 2, before any work, and nothing is changed."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    film = str(next((tiny_dataset / "test" / "NORMAL").iterdir()))
+    films = tmp_path / "films.csv"
+    films.write_text(f"path\n{film}\n")
+    before = {p: p.read_bytes() for p in (run / "bundle" / "bundle.json", run / "metrics.json", run / "split.csv",
+                                          films)}
+    refused = {
+        ("predict", str(run / "bundle"), film, "--out", str(run / "bundle" / "bundle.json")): "is in the bundle",
+        ("predict", str(run / "bundle"), str(films), "--out", str(films)): "is one of the inputs",
+        ("predict", str(run / "bundle"), film, "--out", str(run / "metrics.json")): "of the training run",
+        ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run)): "of the training run",
+        ("split", str(tiny_dataset), "--out", str(run / "split.csv")): "is split.csv of the training run",
+    }
+    for args, said in refused.items():
+        assert main(["-q", *args]) == 2, args
+        assert said in capsys.readouterr().err, args
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["-q", "predict", str(run / "bundle"), film, "--out", str(run / "predictions.csv")]) == 0  # beside: fine

@@ -29,7 +29,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields
-from pneumoscan.models.card import WEIGHTS, BundleCard
+from pneumoscan.models.card import WEIGHTS, BundleCard, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
 from .report import METRICS, write_report
@@ -239,6 +239,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
+    if out_dir is not None:
+        refuse_model_files(Path(out_dir) / METRICS)  # over a run's own figures and report, or into a bundle
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
         check_bundle_stages(bundle, etiology)

@@ -518,6 +518,21 @@ def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - 
         raise ValueError(f"{where}: {field + ': ' if field else ''}{error['msg'].lower()}{found}") from None
 
 
+def refuse_model_files(path: Path | str, option: str = "--out") -> None:
+    """Refuse results written at ``path`` over a model's files: into a bundle folder (``predict --out
+    BUNDLE/bundle.json`` replaced the card with rows, exit 0, and the bundle was lost), or over a training run's own
+    record (``evaluate --out RUN`` replaced the run's metrics.json and report.html)."""
+    path = Path(path)
+    if (path.parent / CARD).exists():
+        raise ValueError(f"{option} {path} is in the bundle {path.parent}, whose files are the model's: write it "
+                         "elsewhere")
+    run = RunFolder(path.parent)
+    own = {run.split, run.config, *run.outputs()[1]}
+    if (run.bundle / CARD).exists() and path.resolve() in {p.resolve() for p in own}:
+        raise ValueError(f"{option} {path} is {path.name} of the training run {run.root}, its own record: write it "
+                         "elsewhere")
+
+
 def checked_bytes(path: Path, recorded: str | None) -> bytes:
     """A bundle file's bytes, read once after its checks and refused unless they are the bytes recorded
     (``sha256:HEX``; None: a bundle older than the record, warned of at its check): the file loaded is the file
