@@ -507,11 +507,13 @@ def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, t
         ("predict", str(run / "bundle"), film, "--out", str(run / "bundle" / "bundle.json")): "is in the bundle",
         ("predict", str(run / "bundle"), str(films), "--out", str(films)): "is one of the inputs",
         ("predict", str(run / "bundle"), film, "--out", str(run / "metrics.json")): "of the training run",
-        ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run)): "of the training run",
+        ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run)):
+            "of the training run",
         ("split", str(tiny_dataset), "--out", str(run / "split.csv")): "is split.csv of the training run",
     }
     for args, said in refused.items():
         assert main(["-q", *args]) == 2, args
         assert said in capsys.readouterr().err, args
     assert {p: p.read_bytes() for p in before} == before
-    assert main(["-q", "predict", str(run / "bundle"), film, "--out", str(run / "predictions.csv")]) == 0  # beside: fine
+    beside = str(run / "predictions.csv")  # a file of its own in the run's folder: written
+    assert main(["-q", "predict", str(run / "bundle"), film, "--out", beside]) == 0

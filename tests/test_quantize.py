@@ -152,6 +152,20 @@ def test_int8_thresholds_follow_the_policy_in_force(tiny_bundle: Path, tmp_path:
     assert int8.card.threshold == pytest.approx(expected, abs=SCORE_TOL)
 
 
+def test_int8_thresholds_are_not_chosen_on_other_films_than_the_sites_threshold(tiny_bundle: Path, tiny_dataset: Path,
+                                                                                tmp_path: Path, capsys) -> None:
+    """`threshold` on a site's films, then `export --int8 --data` the run's split: the INT8 thresholds came from the
+    run's val films, another population, and on the site missed twice the pneumonia films. Refused with the order
+    that works: quantise, then choose the threshold, which chooses the INT8 ones on the same films."""
+    site = tmp_path / "site.csv"
+    write_manifest([dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")], site)
+    new = tmp_path / "site-bundle"
+    assert cli.main(["threshold", str(tiny_bundle), str(site), "--youden", "--out", str(new)]) == 0
+    assert cli.main(["export", str(new), "--int8", "--data", str(tiny_bundle.parent / "split.csv")]) == 2
+    assert "its INT8 thresholds would be chosen on the val films of" in capsys.readouterr().err
+    assert not (new / INT8_NAME).exists()
+
+
 def test_the_model_card_gives_the_int8_models_own_thresholds(int8_bundle: Path, tiny_bundle: Path,
                                                               tmp_path: Path) -> None:
     """MODEL_CARD.md had stayed byte for byte as before export --int8: "In force" named the FP32 threshold only,

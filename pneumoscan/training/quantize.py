@@ -36,7 +36,8 @@ from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
-from pneumoscan.evaluation.held_out import INT8_CALIBRATION_FILMS, check_held_out, record_calibration_films
+from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_FILMS, check_held_out,
+                                           record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
 from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
@@ -216,6 +217,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
     records, images, targets, _ = labelled_records(data, "val", task, card.spec)
+    _check_same_films(bundle, card, data, records)
     check_held_out([bundle], records, "choose the INT8 thresholds")
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
@@ -226,6 +228,22 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
         raise ValueError(f"the val films of {data} hold no {' or '.join(absent)} film: the INT8 model's macro AUC "
                          f"of the {len(task.classes)} classes cannot be checked against FP32's on them")
     return pool, (records, images, targets)
+
+
+def _check_same_films(bundle: Path, card: BundleCard, data: Path | str, records: Sequence[Record]) -> None:
+    """Refuse val films of ``data`` that are not among those `pneumoscan threshold` chose BUNDLE's FP32 thresholds on
+    (its calibration_films.csv): the INT8 thresholds would be chosen on another population than the FP32 ones (a
+    site's threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the
+    site's pneumonia films)."""
+    if not card.threshold_records:
+        return
+    listed = bundle / CALIBRATION_FILMS
+    chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
+    if not {os.path.realpath(r.path) for r in records} <= chose:
+        raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
+                         f"threshold`), and its INT8 thresholds would be chosen on the val films of {data}, other "
+                         "films: quantise first (`pneumoscan export --int8` the bundle `threshold` was run on), then "
+                         "run `pneumoscan threshold` on the same films, which chooses the INT8 thresholds on them too")
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
