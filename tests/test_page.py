@@ -13,6 +13,8 @@ import io
 import json
 import re
 import shutil
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -32,7 +35,7 @@ from pneumoscan.inference.explain import caption, explain_array, heatmap_scale, 
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import dicom_bytes
+from tests.builders import dicom_bytes, nudge_weights, running
 from tests.test_browser import ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import assert_legend_is_the_caption
 from tests.test_serve import with_threshold
@@ -460,9 +463,10 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
 
 
 def test_figures_short_of_one_never_read_as_one(page: Page) -> None:
-    """A probability or sensitivity of 0.9996 is not certainty: the page cuts it to 0.999, as the reports do."""
-    shown = page.evaluate("() => [figure(0.9996), figure(1), figure(0.12345), figure(0.0004), figure(null)]")
-    assert shown == ["0.999", "1.000", "0.123", "0.000", "n/a"]
+    """A probability or sensitivity of 0.9996 is not certainty: the page cuts it to 0.999, as the reports do; nor is
+    a probability of 0.0004 none: it reads "< 0.001"."""
+    shown = page.evaluate("() => [figure(0.9996), figure(1), figure(0.12345), figure(0.0004), figure(0), figure(null)]")
+    assert shown == ["0.999", "1.000", "0.123", "< 0.001", "0.000", "n/a"]  # 0.0004 is not none
 
 
 def test_a_16_bit_png_is_shown_as_the_model_reads_it(page: Page, small: Path, tmp_path: Path) -> None:
@@ -865,7 +869,9 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(server)
         expect(page.locator("#intended-use")).not_to_be_empty()
-        upload_one(page, full_size)
+        long_name = tmp_path / "1.2.840.113619.2.55.3.604688119.971.1523541234.283.1.2.840.113619.2.55.3.jpeg"
+        shutil.copy(full_size, long_name)  # a PACS export's name: it pushed the reading off screen
+        upload_one(page, long_name)
         expect(page.locator("#list")).to_be_visible()
         for width in (375, 320):
             page.set_viewport_size({"width": width, "height": 812})
@@ -878,6 +884,11 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
             spilled = page.evaluate("""() => [...document.querySelectorAll('#result *')]
                 .filter((e) => e.clientWidth && e.scrollWidth > e.clientWidth + 1).map((e) => e.id || e.tagName)""")
             assert not spilled, (width, spilled)
+            # the list's reading and probability are in its panel's view, the name wrapped beside them
+            panel = page.locator("#list").bounding_box()
+            for cell in (2, 3):
+                box = page.locator(f"#films tbody tr td:nth-child({cell})").bounding_box()
+                assert box["x"] + box["width"] <= panel["x"] + panel["width"], (width, cell, box, panel)
             # nor is a word of the film panel cut where it fits on a line ("age, se" / "x, view" did)
             cut = page.evaluate("""() => [...document.querySelectorAll('#film dd')].flatMap((dd) => {
                 const text = dd.firstChild;
@@ -982,3 +993,64 @@ def test_a_reply_that_is_not_the_services_is_refused_not_read(browser: Browser, 
         page.locator("#api-key").dispatch_event("change")
         expect(page.locator("#error")).to_contain_text(
             f"Could not load the model card: the reply (HTTP 200 OK) is not the model card: {NOT_THE_SERVICE}")
+
+
+def png_turned(gray: np.ndarray, after_pixels: bool) -> bytes:
+    """A PNG of ``gray`` with an EXIF orientation of 6 (turned a quarter) in an eXIf chunk before or after its pixels
+    (IDAT): the PNG specification allows both."""
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    data, exif = buf.getvalue(), Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes().removeprefix(b"Exif\0\0")
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    at = data.index(b"IEND" if after_pixels else b"IDAT") - 4
+    return data[:at] + chunk + data[at:]
+
+
+def test_a_png_turned_by_an_exif_chunk_after_its_pixels_is_shown_as_the_service_reads_it(page: Page,
+                                                                                          small: Path) -> None:
+    """The browser reads a PNG's eXIf only before its pixels, the service wherever it is: a film turned by one after
+    them was shown upright under a notice that called it turned, its heatmap stretched over the other orientation.
+    Such a PNG is shown from the service's decode (image=true), as one turned by an eXIf before them may be; a plain
+    PNG is shown by the browser."""
+    gray = np.asarray(Image.open(small).convert("L"))[:, :160]  # not square: a quarter turn shows
+    plain = io.BytesIO()
+    Image.fromarray(gray).save(plain, "PNG")
+    files = [plain.getvalue(), png_turned(gray, after_pixels=True)]
+    shown = page.evaluate("""async (files) => {
+        const out = [];
+        for (const b64 of files) {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            out.push((await sniff(new File([bytes], "film.png", { type: "image/png" }))).shown);
+        }
+        return out; }""", [base64.b64encode(f).decode() for f in files])
+    assert shown == [True, False]
+
+
+def test_a_reading_of_another_model_than_the_card_shown_is_drawn_with_that_models_card(
+    browser: Browser, tiny_bundle: Path, small: Path, tmp_path: Path
+) -> None:
+    """The service restarted with another bundle under an open page: its readings were drawn with the first model's
+    card (its threshold's band at 0.117-0.194 under a threshold of 0.446, its heatmap legend). The page loads the card
+    of the model that read the film before drawing the reading."""
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / "bundle"
+    nudge_weights(other)
+    versions = [Predictor(b).identity["model_version"] for b in (tiny_bundle, other)]
+    assert versions[0] != versions[1]
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        config = uvicorn.Config(create_app(tiny_bundle), host="127.0.0.1", port=0, log_level="warning")
+        with running(uvicorn.Server(config)) as url:
+            page.goto(url)
+            expect(page.locator("#card")).to_contain_text(versions[0])
+        port = int(url.rsplit(":", 1)[1])
+        config = uvicorn.Config(create_app(other), host="127.0.0.1", port=port, log_level="warning")
+        with running(uvicorn.Server(config)):
+            upload_one(page, small)
+            expect(page.locator("#card")).to_contain_text(versions[1])
+            expect(page.locator("#card")).not_to_contain_text(versions[0])
+    finally:
+        context.close()

@@ -13,6 +13,9 @@ let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of t
 // overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said); null until the
 // card is loaded: the page has no words of its own for a scale it does not know
 let heatmapWords = null;
+// the model the card on the page describes ("id version"): a reading of another (the service restarted with another
+// bundle) was drawn with this card's threshold band and heatmap legend
+let cardModel = null;
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
@@ -34,10 +37,11 @@ let composedFrame = null;  // composed's pixels, kept while the film's size stay
 const closeup = document.createElement("canvas");  // the part of the original in view, at most the viewer's size
 let detail = null;  // the part of the original closeup shows and its pixels: null for each film loaded
 
-// Three decimals, never rounded up to 1: a sensitivity that missed a film, or a probability short of certainty,
-// must not read as a perfect 1.000.
+// Three decimals, never rounded up to 1 nor down to 0: a sensitivity that missed a film, or a probability short of
+// certainty, must not read as a perfect 1.000, nor a small one as 0.000.
 function figure(v) {
   if (typeof v !== "number") return "n/a";
+  if (v > 0 && v < 0.0005) return "< 0.001";  // nor to 0: a probability of 0.0004 read as exactly none
   return (v < 1 && v.toFixed(3) === "1.000" ? Math.floor(v * 1000) / 1000 : v).toFixed(3);
 }
 
@@ -71,6 +75,7 @@ function showError(message, keepResult = false) {
 }
 
 function showCard(info) {
+  cardModel = `${info.id} ${info.version}`;
   maxUploadBytes = info.max_upload_bytes;
   secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
@@ -764,7 +769,8 @@ async function sniff(file) {
   const dicom = !jpeg && !png && (named || starts([0x44, 0x49, 0x43, 0x4d], 128));  // "DICM"
   // IHDR, the first chunk: bit depth at byte 24, colour type at 25 (4: grey + alpha, 6: RGB + alpha)
   const asModelReads = (jpeg && !await jpegColourManaged(file))
-    || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file));
+    || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file)
+      && !await exifAfterPixels(file));
   return { dicom, shown: asModelReads };
 }
 
@@ -781,6 +787,22 @@ async function colourManaged(file) {
     at += chunk.getUint32(0) + 12;
   }
   return at + 12 <= file.size;  // 64 chunks and no pixels yet: not read on, the service's decode is shown
+}
+
+// A PNG with an orientation chunk (eXIf) after its pixels (IDAT), where the PNG specification allows it: the browser
+// reads only one before them, the service honours it wherever it is (the film turned a quarter as the model reads
+// it, shown upright under its heatmap, which was stretched over the wrong orientation). The chunks after the pixels
+// sit at the file's end, before IEND: its last 1 MB is searched for one whose length fits.
+const TAIL_BYTES = 2 ** 20;
+async function exifAfterPixels(file) {
+  const start = Math.max(8, file.size - TAIL_BYTES);
+  const tail = new Uint8Array(await file.slice(start).arrayBuffer());
+  const view = new DataView(tail.buffer);
+  for (let at = 4; at + 8 <= tail.length; at++) {
+    if (tail[at] === 0x65 && tail[at + 1] === 0x58 && tail[at + 2] === 0x49 && tail[at + 3] === 0x66  // "eXIf"
+      && at + 8 + view.getUint32(at - 4) <= tail.length) return true;
+  }
+  return false;
 }
 
 // A JPEG whose marker segments before its first scan (SOS) hold an ICC profile (APP2 "ICC_PROFILE"), an Adobe
@@ -837,7 +859,9 @@ async function analyseBatch(batch) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
     if (!problem) Object.assign(film, await sniff(film.file));
-    const body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
+    let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
+    // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
+    if (body.ok && cardModel !== null && modelOf(body.result) !== cardModel) body = await withItsCard(body.result);
     film.status = body.ok ? "done" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
@@ -847,6 +871,19 @@ async function analyseBatch(batch) {
     else if (batch.length === 1) showError(`Rejected: ${film.error}`);
   }
   if (batch.length > 1) batchSummary(batch.length, outcome);
+}
+
+function modelOf(r) {
+  return `${r.model_id} ${r.model_version}`;
+}
+
+// A reading of another model than the card shown: the service was restarted with another bundle. Its card is loaded
+// before the reading is drawn (its threshold's band, its heatmap scale); a reading no card matches is refused.
+async function withItsCard(result) {
+  await loadCard();
+  if (modelOf(result) === cardModel) return { ok: true, result };
+  return { ok: false, error: `the reading is of the model ${modelOf(result)}, not of the model this page describes ` +
+    `(${cardModel}): reload the page` };
 }
 
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
