@@ -19,7 +19,7 @@ from pneumoscan.data.appearance import MIN_FILMS, Appearance
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.scope import CONTENT, in_scope, kind_of
+from pneumoscan.data.scope import CONTENT, CONTENT_UNCHECKED, in_scope, kind_of
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import APPEARANCE, load_card
 from pneumoscan.serving.app import create_app
@@ -173,12 +173,16 @@ def test_predict_and_serve_say_once_when_a_bundle_checks_no_content(real_runs: t
                                                                     tiny_bundle: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A bundle without an appearance record (trained on too few films, or an older one) flags no noise or turned
-    film: predict's rows and the service's log had been silent about it, where only the page's card said so."""
+    film: predict's rows and the service's log had been silent about it, where only the page's card said so; then
+    each reading said nothing of it, and noise read PNEUMONIA in bold red. predict and serve say it once at the
+    start, and every reading says it (in scope still: the film is not known to be unlike the training films)."""
     path = tmp_path / "film.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
     for bundle, unchecked in ((tiny_bundle, True), (real_runs[0], False)):
         caplog.clear()
-        predict_paths(bundle, [path])
+        [row] = predict_paths(bundle, [path])
         create_app(bundle)
         said = [m for m in caplog.messages if "records no appearance of its training films" in m]
         assert len(said) == (2 if unchecked else 0), caplog.messages
+        assert (CONTENT_UNCHECKED.text() in row["warnings"]) == unchecked
+    assert in_scope([CONTENT_UNCHECKED.text()])  # said, but no reason to take the film for no chest film

@@ -60,7 +60,7 @@ from pneumoscan.interop.sr import DISCLAIMER, build_heatmap_sc, build_sr, report
 from pneumoscan.interop.uids import UID_ROOT_ENV
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import SCORE_TOL, dicom_bytes
+from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes
 
 NAME, PATIENT_ID = "Doe^Jane^Secret", "MRN-004217-X"
 IN_SCOPE = {
@@ -222,9 +222,9 @@ def test_predict_rows_carry_warnings_and_uids(tiny_bundle: Path, films: dict[str
     ds = pydicom.dcmread(films["in_scope"])
     assert (good["study_instance_uid"], good["series_instance_uid"], good["sop_instance_uid"]) == (
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    assert good["warnings"] == []
-    assert [w.split(" ")[0] for w in odd["warnings"]] == ["view", "patient"]
-    assert jpeg["warnings"] == [NO_TAGS] and "study_instance_uid" not in jpeg
+    assert good["warnings"] == [UNCHECKED]  # the tiny bundle records no appearance of its training films
+    assert [w.split(" ")[0] for w in odd["warnings"]] == ["view", "patient", "image"]
+    assert jpeg["warnings"] == [NO_TAGS, UNCHECKED] and "study_instance_uid" not in jpeg
     assert all(0 <= r["probability"] <= 1 for r in rows.values())  # scored, all three
     assert good["in_scope"] and odd["in_scope"] and jpeg["in_scope"]  # reported: a frontal chest film, or not known
 
@@ -252,7 +252,7 @@ def test_cli_csv_has_a_warnings_column_and_no_patient_data_reaches_logs_or_resul
             "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir"), "--heatmaps", str(tmp_path / "h")]
     assert cli.main(args) == 0
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
-    assert rows[films["adult"].name]["warnings"].count("; ") == 1  # two warnings, one cell
+    assert rows[films["adult"].name]["warnings"].count("; ") == 2  # three warnings, one cell
     assert all(rows[films[k].name]["dicom_sr"] for k in ("in_scope", "adult"))
     assert rows[films["jpeg"].name]["warnings"].startswith(NO_TAGS)
     assert rows[films["in_scope"].name]["sop_instance_uid"] == pydicom.dcmread(films["in_scope"]).SOPInstanceUID
@@ -532,7 +532,7 @@ def test_a_row_that_cannot_be_reported_gets_the_reason_and_the_others_are_writte
     rows[0]["error"] = failure
     write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
     assert not {"fhir", "dicom_sr"} & rows[0].keys()
-    assert rows[0]["warnings"] == [f"no FHIR Observation written: no result to report: {failure}",
+    assert rows[0]["warnings"] == [UNCHECKED, f"no FHIR Observation written: no result to report: {failure}",
                                    f"no DICOM SR written: no result to report: {failure}"]
     assert Path(rows[1]["fhir"]).is_file() and Path(rows[1]["dicom_sr"]).is_file()
 
@@ -679,7 +679,7 @@ def test_api_json_has_warnings_and_uids(client: TestClient, film: np.ndarray) ->
     data = chest_dicom(film, ViewPosition="LL")
     ds = pydicom.dcmread(io.BytesIO(data))
     body = post(client, data).json()
-    assert body["warnings"] == ["lateral view (LL): the model was trained on frontal (PA/AP) films only"]
+    assert body["warnings"] == ["lateral view (LL): the model was trained on frontal (PA/AP) films only", UNCHECKED]
     assert (body["study_instance_uid"], body["series_instance_uid"], body["sop_instance_uid"]) == (
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
@@ -767,7 +767,7 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
     data = chest_dicom(film, BodyPartExamined=None, ViewPosition=None, PatientAge="035Y",
                        PatientBirthDate="19880101")
     reading = post(client, data).json()
-    assert len(reading["warnings"]) == 3
+    assert len(reading["warnings"]) == 4 and reading["warnings"][-1] == UNCHECKED
     r = post(client, data, format="dicom-sr")
     check_sr(pydicom.dcmread(io.BytesIO(r.content)), pydicom.dcmread(io.BytesIO(data)), reading["probability"],
              reading["label"], tiny_bundle, reading["warnings"])
@@ -804,8 +804,8 @@ def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiog
     assert "wrote reports for 0 of 1 results" in caplog.text  # it had counted every scored row as reported
     [row] = rows
     assert "probability" in row and not {"dicom_sr", "fhir"} & row.keys()
-    assert [w.split(": ")[0] for w in row["warnings"][1:]] == ["no FHIR Observation written", "no DICOM SR written"]
-    assert all(reason in w for w in row["warnings"][1:]) and not list((tmp_path / "sr").iterdir())
+    assert [w.split(": ")[0] for w in row["warnings"][2:]] == ["no FHIR Observation written", "no DICOM SR written"]
+    assert all(reason in w for w in row["warnings"][2:]) and not list((tmp_path / "sr").iterdir())
 
 
 def test_a_film_whose_age_tags_disagree_is_refused_a_report_with_the_whole_reason(
@@ -819,7 +819,8 @@ def test_a_film_whose_age_tags_disagree_is_refused_a_report_with_the_whole_reaso
     rows = predict_paths(tiny_bundle, [path])
     write_reports(rows, tiny_bundle, sr_dir=tmp_path / "sr", fhir_dir=tmp_path / "fhir")
     [row] = rows
-    [conflict, *refusals] = row["warnings"]
+    [conflict, unchecked, *refusals] = row["warnings"]
+    assert unchecked == UNCHECKED
     assert conflict.startswith("conflicting tags: PatientAge 003Y (3.0 years) but PatientBirthDate and the study date "
                                "give 33.2 years: the patient's age cannot be known"), conflict
     reason = (f"its tags contradict each other, so it cannot be known to be a frontal chest film in the model's scope "
@@ -838,7 +839,7 @@ def test_an_invalid_uid_is_left_out_with_a_warning_and_no_sr_is_filed_with_it(cl
         data = chest_dicom(film, StudyInstanceUID=uid)
     warning = "StudyInstanceUID is not a valid DICOM UID: left out, so this result is not linked to its film"
     body = post(client, data).json()
-    assert body["study_instance_uid"] is None and body["warnings"] == [warning]
+    assert body["study_instance_uid"] is None and body["warnings"] == [warning, UNCHECKED]
     fhir = post(client, data, format="fhir")  # an Observation linked to no study could not be told from a resend
     assert fhir.status_code == 422 and "the film has no valid DICOM study and instance UIDs" in fhir.json()["error"]
     r = post(client, data, format="dicom-sr")
@@ -998,11 +999,18 @@ def _held(url: str, study: str) -> set[str]:
 
 def _pacs_store(bundle: Path, url: str, study: str, out: Path, status: int = 0) -> dict:
     """``pneumoscan pacs --store --heatmaps`` on a study of one film, exiting with STATUS (1: a report not stored):
-    its one row."""
+    its one row, the warning every reading of the tiny bundle carries (:data:`UNCHECKED`) checked and left out."""
     assert cli.main(["pacs", str(bundle), "--url", url, "--study", study, "--store", "--heatmaps", "--out", str(out),
                      "--backend", "torch"]) == status
     [row] = json.loads(out.read_text())
-    return row
+    return _past_unchecked(row)
+
+
+def _past_unchecked(row: dict) -> dict:
+    """``row`` with its first warning, that the tiny bundle checks no film's content (:data:`UNCHECKED`), checked
+    and left out: the warnings of the PACS's answers follow it."""
+    assert row["warnings"][0] == UNCHECKED, row["warnings"]
+    return {**row, "warnings": row["warnings"][1:]}
 
 
 def scanned_form(study: str) -> bytes:
@@ -1049,7 +1057,7 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(io.BytesIO(d)) for d in uploads[:1])}
     assert rows.keys() == sources.keys()
     assert all(r["path"].startswith(f"{orthanc}/dicom-web/studies/{study}/series/") for r in rows.values())
-    assert [w for r in rows.values() for w in r["warnings"]] == []
+    assert [w for r in rows.values() for w in r["warnings"]] == [UNCHECKED]
     # what the PACS now holds, read back over DICOMweb
     client = DICOMwebClient(url=f"{orthanc}/dicom-web")
     found = client.search_for_instances(study_instance_uid=study)
@@ -1566,7 +1574,7 @@ def test_one_films_refusal_or_retrieval_error_marks_its_row_and_the_study_goes_o
     assert len(rows) == 4
     [gone] = [r for r in rows if "error" in r]
     assert gone["sop_instance_uid"] == missing and "WADO-RS could not retrieve it: 404" in gone["error"]
-    not_filed = {r["not_stored"][0]: r for r in rows if r.get("not_stored")}
+    not_filed = {r["not_stored"][0]: _past_unchecked(r) for r in rows if r.get("not_stored")}
     [conflict], [server_error] = refused[2], refused[3]
     assert not_filed.keys() == {conflict, server_error} and all(r["stored"] == [] for r in not_filed.values())
     assert not_filed[conflict]["warnings"] == [
@@ -1612,7 +1620,7 @@ def test_a_store_left_unanswered_marks_its_film_and_the_study_goes_on(
     with refusing_front(f"{orthanc}/dicom-web", dict.fromkeys((1, 2, 3), NO_ANSWER)) as (url, _):
         assert cli.main(["pacs", str(tiny_bundle), "--url", url, "--study", study, "--store", "--out", str(out),
                          "--backend", "torch"]) == 1
-    unanswered, filed = sorted(json.loads(out.read_text()), key=lambda r: len(r["stored"]))
+    unanswered, filed = sorted(map(_past_unchecked, json.loads(out.read_text())), key=lambda r: len(r["stored"]))
     [sr_uid] = unanswered["not_stored"]
     assert unanswered["stored"] == [] and unanswered["warnings"] == [
         f"no answer from the PACS to storing the DICOM SR {sr_uid} (ConnectionError): it may or may not have stored it"]
@@ -1680,7 +1688,7 @@ def test_a_scored_film_without_a_filed_report_fails_the_command(
     assert "probability" in row and "stored" not in row and len(_held(orthanc, study)) == 1
     said = f"no report filed for {row['path']}: no DICOM SR written: the source DICOM's PatientSex is malformed"
     err = capsys.readouterr().err
-    [(_, line)] = unfiled([row])
+    [(_, line)] = unfiled([row])  # its warnings, past the one every reading of the tiny bundle carries
     assert line.startswith(said) and f"{line}\n" in err, "a Python caller learns it as the command says it"
     assert "reports of 0 of 1 films stored (0 objects)" in caplog.records[-1].getMessage()
 

@@ -170,12 +170,17 @@ TURNED = WarningKind(CONTENT + "it reads as stored turned or upside down (turned
                      "the layout of the training films)", out_of_scope=True, source="pixels")
 BLURRED = WarningKind(CONTENT + "blurrier than the training films", out_of_scope=True, source="pixels")
 NOISY = WarningKind(CONTENT + "more fine detail or noise than the training films", out_of_scope=True, source="pixels")
+# a film read by a model that records no appearance of its training films (trained on too few, or before bundles kept
+# one): said with every reading, since nothing else near it says that noise or a form would read as confidently
+CONTENT_UNCHECKED = WarningKind(CONTENT + "not checked: this model records no appearance of its training films, so "
+                                "a film unlike them (noise, a form, a turned film) is not flagged", out_of_scope=False,
+                                source="pixels")
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
 # warning two kinds could have written counts against the film
 KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
          THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
          UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED, BIRTH_DATE_MALFORMED, AGE_OUTSIDE,
-         INVALID_UID, UNREAD)
+         INVALID_UID, UNREAD, CONTENT_UNCHECKED)
 
 
 def kind_of(warning: str) -> WarningKind | None:

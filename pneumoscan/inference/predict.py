@@ -36,7 +36,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blank_reason, blocks
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
-from pneumoscan.data.scope import describe, in_scope
+from pneumoscan.data.scope import CONTENT_UNCHECKED, describe, in_scope
 from pneumoscan.data.tasks import Task, get_task, list_tasks
 from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    verify_file)
@@ -178,9 +178,12 @@ class Predictor:
 
     def content_warnings(self, images: np.ndarray) -> list[list[str]]:
         """Per film of a :meth:`preprocess` batch: why it does not look like the training films
-        (:mod:`pneumoscan.data.appearance`); none from a bundle that records no appearance (said once, by
-        :func:`said_at_start`)."""
-        return self.appearance.warnings(images) if self.appearance is not None else [[] for _ in images]
+        (:mod:`pneumoscan.data.appearance`); from a bundle that records no appearance, that the content was not
+        checked (:data:`~pneumoscan.data.scope.CONTENT_UNCHECKED`), with every reading: said once at the start, the
+        readings themselves looked checked, noise read PNEUMONIA in bold red on the web page."""
+        if self.appearance is None:
+            return [[CONTENT_UNCHECKED.text()] for _ in images]
+        return self.appearance.warnings(images)
 
     def inputs(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, S, S) -> normalised float (N, 1, S, S) for the torch model (its backend and Grad-CAM)."""
@@ -513,10 +516,10 @@ class Stages:
         return cls(first, second, handoff, alone_warning(first.card.task))
 
     def said_at_start(self) -> list[str]:
-        """What ``predict`` and ``serve`` say once, before any reading: a second stage used alone (each reading says
-        it too), and what the readings would otherwise be silent about: that films are not checked against the
-        training films' appearance (the first stage's record is the one they are checked against), and each
-        stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an uncalibrated temperature)."""
+        """What ``predict`` and ``serve`` say once, before any reading: a second stage used alone, and films not
+        checked against the training films' appearance (each reading says both too), and what the readings would
+        otherwise be silent about: each stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an
+        uncalibrated temperature)."""
         alone = [self.alone] if self.alone else []
         unchecked = [] if self.first.appearance is not None else [
             f"{shown(self.first.bundle)} records no appearance of its training films (trained on fewer than "

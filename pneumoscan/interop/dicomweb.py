@@ -51,7 +51,7 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
-from pneumoscan.data.scope import MIN_SIDE, RADIOGRAPH_CLASSES, RADIOGRAPHY, outside_scope, scope_warnings
+from pneumoscan.data.scope import MIN_SIDE, RADIOGRAPH_CLASSES, RADIOGRAPHY, kind_of, outside_scope, scope_warnings
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
 
@@ -677,7 +677,8 @@ def _failure(e: requests.RequestException) -> str:
 def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
     """The scored films of a :func:`predict_study` run with ``store`` whose reports the PACS does not hold, each with
     a line saying so (names escaped: a PACS may hold any bytes): reports it refused or did not confirm
-    (``not_stored``), or none filed, since none could be made (the row's warnings say why). Such a film fails the
+    (``not_stored``), or none filed, since none could be made (the row's warnings of its reports say why; its scope
+    warnings are in the results). Such a film fails the
     run, not a footnote: its reading reached no one who reads the study in the PACS."""
     failed = []
     for row in rows:
@@ -685,5 +686,6 @@ def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
             continue
         refused = row.get("not_stored")
         what = f"not stored: {len(refused)} report(s) of" if refused else "no report filed for"
-        failed.append((row, f"{what} {shown(row['path'])}: {shown('; '.join(row.get('warnings') or []))}"))
+        why = [w for w in row.get("warnings") or [] if kind_of(w) is None]  # the reports' and the PACS's, not scope
+        failed.append((row, f"{what} {shown(row['path'])}: {shown('; '.join(why))}"))
     return failed

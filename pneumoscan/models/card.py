@@ -523,12 +523,12 @@ def refuse_model_files(path: Path | str, option: str = "--out") -> None:
     BUNDLE/bundle.json`` replaced the card with rows, exit 0, and the bundle was lost), or over a training run's own
     record (``evaluate --out RUN`` replaced the run's metrics.json and report.html)."""
     path = Path(path)
-    if (path.parent / CARD).exists():
+    if (path.parent / CARD).exists() and (path.parent / WEIGHTS).exists():  # a results file may be named bundle.json
         raise ValueError(f"{option} {path} is in the bundle {path.parent}, whose files are the model's: write it "
                          "elsewhere")
     run = RunFolder(path.parent)
     own = {run.split, run.config, *run.outputs()[1]}
-    if (run.bundle / CARD).exists() and path.resolve() in {p.resolve() for p in own}:
+    if (run.bundle / WEIGHTS).exists() and path.resolve() in {p.resolve() for p in own}:
         raise ValueError(f"{option} {path} is {path.name} of the training run {run.root}, its own record: write it "
                          "elsewhere")
 
