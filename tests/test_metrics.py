@@ -189,6 +189,15 @@ def test_fit_temperature_keeps_one_when_validation_has_no_error():
         assert fit_temperature(close, y_many) == pytest.approx(metrics.TEMPERATURE_BOUNDS[0], rel=1e-2)
 
 
+def test_fit_temperature_keeps_one_on_films_of_one_class():
+    """On films of one class the NLL falls as every film leans further to it, whatever the logits say: T = 20, the
+    bound, had been kept with a warning that blamed the logits' signal. T = 1, saying why."""
+    y = np.zeros(20, dtype=int)
+    logits = np.stack([np.linspace(-1, 2, 20), np.zeros(20)], axis=1)  # some called wrongly
+    with pytest.warns(UserWarning, match="all of one class, so no temperature can be fitted"):
+        assert fit_temperature(logits, y) == 1.0
+
+
 def test_temperature_scaling_lowers_ece():
     logits, y = _overconfident_logits(2, seed=7)
     t = fit_temperature(logits, y)

@@ -40,6 +40,15 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
         raise ValueError(f"logits must be (N, C) with N = len(y_true); got {z.shape} and {labels.size} labels")
     y, z, called = _as_multiclass(labels, z, z.shape[1], None)
     rows = np.arange(y.size)
+    if np.unique(y).size < 2:
+        # films of one class: the NLL only falls as every film leans further to that class, whatever the logits'
+        # ranking (T = 20, the bound, had been kept with a warning that blamed the logits' signal)
+        warnings.warn(
+            "the validation films are all of one class, so no temperature can be fitted on them: T = 1 is kept, and "
+            "the probabilities are the model's own, not calibrated; validate on films of every class",
+            stacklevel=2,
+        )
+        return 1.0
     if np.array_equal(called, y):
         # every film on its side: the NLL only falls as T -> 0 (until it underflows, where the search stops short of
         # its bound at T ~ 0.07), and any such T would make every later score look certain
