@@ -238,9 +238,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
-    # the report this run may replace: another run's, written into the same folder meanwhile, is not
     if out_dir is not None:
         refuse_model_files(Path(out_dir) / METRICS)  # over a run's own figures and report, or into a bundle
+    # the report this run may replace: another run's, written into the same folder meanwhile, is not
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
         check_bundle_stages(bundle, etiology)

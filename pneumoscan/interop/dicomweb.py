@@ -678,8 +678,8 @@ def unfiled(rows: Sequence[dict]) -> list[tuple[dict, str]]:
     """The scored films of a :func:`predict_study` run with ``store`` whose reports the PACS does not hold, each with
     a line saying so (names escaped: a PACS may hold any bytes): reports it refused or did not confirm
     (``not_stored``), or none filed, since none could be made (the row's warnings of its reports say why; its scope
-    warnings are in the results). Such a film fails the
-    run, not a footnote: its reading reached no one who reads the study in the PACS."""
+    warnings are in the results). Such a film fails the run, not a footnote: its reading reached no one who reads the
+    study in the PACS."""
     failed = []
     for row in rows:
         if "probability" not in row or (row.get("stored") and not row.get("not_stored")):
