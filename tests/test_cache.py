@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import time
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan.data import cache as cache_mod
+from pneumoscan.data import readers
 from pneumoscan.data.cache import (
     ImageCache,
     build_cache,
@@ -176,6 +178,26 @@ def test_the_key_depends_on_spec_and_file_list(folder) -> None:
     assert key != cache_key(paths, PreprocessSpec(16, "pad"))
     assert key != cache_key(paths[:-1], SPEC)
     assert key != cache_key(list(reversed(paths)), SPEC)
+
+
+def test_a_change_to_the_code_that_decodes_gives_a_new_key(folder, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fix of how films decode (an enhanced DICOM's pixel spacing: squashed 2:1 before) kept the cache built before
+    it, whose key only a hand-bumped version changed, and training read the squashed film where predict read it
+    right. The key holds the decoding code's source: here a registered reader's module, edited."""
+    paths, _, _ = folder
+    (tmp_path / "site_reader.py").write_text(
+        "from tests.test_readers import PgmReader\n\n\nclass SiteReader(PgmReader):\n    name = 'SITE'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reader = readers.register(importlib.import_module("site_reader").SiteReader())
+    try:
+        key = cache_key(paths, SPEC)
+        assert key == cache_key(paths, SPEC)
+        with (tmp_path / "site_reader.py").open("a") as f:
+            f.write("# a fix of how its films decode\n")
+        assert cache_key(paths, SPEC) != key
+    finally:
+        readers.unregister(reader.name)
 
 
 def test_crash_mid_build_leaves_no_valid_cache(folder, tmp_path: Path, monkeypatch) -> None:

@@ -12,8 +12,10 @@ bytes of the same size are rebuilt, with a warning, instead of being trained or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import logging
 import multiprocessing
@@ -37,7 +39,7 @@ from pneumoscan.data.pixels import DecodeError, transient
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 
-CACHE_VERSION = 11  # bump whenever decode/resize output changes, so old caches are not reused
+CACHE_VERSION = 12  # a change of the cache's own layout; the decoding code's is in the key by its source
 # The distributions whose code decodes a film (pydicom's plugins too: JPEG, JPEG 2000, RLE, JPEG-LS): a new version of
 # any may decode a film otherwise, or read one it refused
 DECODERS = ("Pillow", "simplejpeg", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
@@ -95,16 +97,34 @@ def default_cache_dir() -> Path:
 
 def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec, the decoders'
-    versions (:data:`DECODERS`), the registered readers and the decode limits: any change gives a new cache, so an
+    versions (:data:`DECODERS`), the registered readers, the source of the code that decodes (:func:`_decoding_source`)
+    and the decode limits: any change gives a new cache, so an
     error stored for an unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers
     by the paths as given, so two spellings of one file are two caches."""
     versions = [CACHE_VERSION, _decoder_versions(), _decoding()["limits"],
-                [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()]]
+                [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()], _decoding_source()]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         stamp = file_stamp(path) or "missing"  # reported as an error by the build; an appearance changes the key
         digest.update(f"\0{path}\0{os.path.abspath(path)}\0{stamp}".encode("utf-8", "surrogateescape"))  # any name
     return digest.hexdigest()[:32]
+
+
+def _decoding_source() -> str:
+    """SHA-256 of the source of pneumoscan's code that turns a file into the cached pixels (its decoding, pixel
+    checks, preprocessing and every registered reader's module): a fix of how a film decodes gives a new cache. A
+    version bumped by hand had been forgotten four times, and a film the fix no longer squashed 2:1 was trained on
+    squashed from a cache built before it, while predict and the service read it right."""
+    here = Path(__file__).parent
+    files = {here / "decode.py", here / "pixels.py", here / "preprocess.py", *(here / "readers").glob("*.py")}
+    for reader in readers.registered():  # a plugin's reader too; one defined in a notebook has no file to read
+        with contextlib.suppress(TypeError, OSError):
+            files.add(Path(inspect.getfile(type(reader))))
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        with contextlib.suppress(OSError):  # "<stdin>", "<ipython-input-3>": its class name is in the key
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _decoder_versions() -> dict[str, str | None]:
