@@ -97,6 +97,26 @@ def rank_with_fewer_films_than_ranks(rank: int, port: int, results: multiprocess
     results.put((rank, said))
 
 
+def ranks_given_other_settings(rank: int, port: int, results: multiprocessing.Queue) -> None:
+    """One of two gloo processes whose commands differ in their learning rate and their data loader's workers (a
+    setting of each machine's own), checking that they were given one recipe; says what it got."""
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.resume import check_same_recipe, made_by
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    ctx = Dist(rank, 2)
+    try:
+        for lr in (0.001, 0.001 * (1 + 9 * rank)):
+            check_same_recipe(made_by(TrainConfig(lr=lr, workers=rank), ctx, "sha256:data", []), ctx)
+            said = "agreed"
+    except ValueError as e:
+        said = str(e)
+    finally:
+        dist.destroy_process_group()
+    results.put((rank, said))
+
+
 def two_gloo_ranks(target: Callable[..., None], *shared: Callable[[multiprocessing.context.BaseContext], object]
                    ) -> dict[int, object]:
     """What each of two spawned processes running ``target(rank, port, *objects, results)`` put in ``results`` (its

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ from tests.distributed_stubs import (
     probe_films,
     rank_waiting_for_rank_0,
     rank_with_fewer_films_than_ranks,
+    ranks_given_other_settings,
     two_gloo_ranks,
 )
 from tests.distributed_worker import RECIPE, probe_warm_start
@@ -243,6 +245,18 @@ def test_a_process_waiting_longer_than_the_timeout_says_which_setting_to_raise()
     assert said[1] == ("TimeoutError: process 1 waited 2 s for the others and gave up; one process alone builds the "
                        "image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
                        "on a large dataset: set PNEUMOSCAN_DIST_TIMEOUT (seconds) above how long that takes"), said
+
+
+def test_processes_given_other_settings_are_refused_naming_them() -> None:
+    """Machines started with another learning rate trained apart under gradients DDP averaged, exit 0, the bundle
+    recording rank 0's; with another number of epochs one waited on the other for 3 hours. Their settings are
+    compared, as their data is, and each process refuses at once, naming them; each machine's own data loader
+    workers may differ."""
+    said = two_gloo_ranks(ranks_given_other_settings)
+    host = socket.gethostname()
+    assert said[0] == said[1] == (f"the processes were given different settings (process 0 on {host}, then process 1 "
+                                  f"on {host}): lr 0.001 -> 0.01; each would train another model under one bundle's "
+                                  "record: give every process the same command"), said
 
 
 @pytest.mark.parametrize("value, seconds", [(None, DEFAULT_TIMEOUT_S), (" 90 ", 90.0), ("1.5", 1.5), ("0", None),

@@ -72,6 +72,15 @@ class Dist:
             obj = box[0]
         return obj
 
+    def gathered(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        seen: list = [None] * self.world
+        with self.waiting():
+            dist.all_gather_object(seen, obj)
+        return seen
+
     def agree(self, key: str, said: str, what: str, hint: str) -> None:
         """Refuse, on every rank at once, a run whose ranks hold different ``key`` (rank 0's is the reference):
         ``said`` is how this rank's shows in the one-line reason, ``what`` what they disagree on. For what each
@@ -79,9 +88,7 @@ class Dist:
         row numbers, so a rank's share of the validation scores would be paired with rank 0's labels, silently."""
         if self.world == 1:
             return
-        seen: list = [None] * self.world
-        with self.waiting():
-            dist.all_gather_object(seen, (key, said, socket.gethostname()))
+        seen = self.gathered((key, said, socket.gethostname()))
         if odd := next((rank for rank, (other, _, _) in enumerate(seen) if other != seen[0][0]), None):
             raise ValueError(f"the processes disagree on {what}: process {odd} (on {seen[odd][2]}) {seen[odd][1]}, "
                              f"process 0 (on {seen[0][2]}) {seen[0][1]}; {hint}")

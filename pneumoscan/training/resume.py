@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
@@ -132,6 +133,25 @@ def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> 
     record = run_record(cfg, ctx)
     return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
             "teachers": list(teachers)}
+
+
+# settings each machine may hold its own value of: how it reads (its data loader's workers, its scoring batch) and
+# where its copy of a file lives (the split's films, the teachers' cards and the data are compared by content, and a
+# starting bundle's weights are rank 0's, which DDP gives every process)
+PER_MACHINE = ("workers", "eval_batch_size", "init", "teacher", "split_csv")
+
+
+def check_same_recipe(made: dict, ctx: Dist) -> None:
+    """Refuse, on every process at once, a run whose processes were given different settings (``made``:
+    :func:`made_by`), naming them: with another learning rate each process stepped its own way under gradients DDP
+    averaged, and the bundle recorded rank 0's; with another seed their samplers dealt overlapping shares (43 % of
+    the films unseen in an epoch); with another number of epochs one waited on the other for the 3-hour timeout."""
+    recipe = {k: v for k, v in json.loads(json.dumps(made["config"])).items() if k not in PER_MACHINE}
+    seen = ctx.gathered(({**recipe, "teachers": made["teachers"]}, socket.gethostname()))
+    if odd := next((rank for rank, (other, _) in enumerate(seen) if other != seen[0][0]), None):
+        raise ValueError(f"the processes were given different settings (process 0 on {seen[0][1]}, then process "
+                         f"{odd} on {seen[odd][1]}): {'; '.join(_changes(seen[0][0], seen[odd][0]))}; each would train "
+                         "another model under one bundle's record: give every process the same command")
 
 
 def checkpoint_config(ckpt: dict, path: Path) -> dict | None:

@@ -67,7 +67,7 @@ from .distill import check_teachers, distilled_targets, teacher_checksums, teach
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import made_by, resume_from, run_record, save_checkpoint
+from .resume import check_same_recipe, made_by, resume_from, run_record, save_checkpoint
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -502,6 +502,7 @@ def train(
     ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
               "the films they train and validate on", "every machine needs the same films at the same path "
               "(`pneumoscan audit DATA` on each names its unreadable films)")
+    check_same_recipe(made, ctx)
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
