@@ -27,6 +27,11 @@ FAULTS: dict[str, Change] = {
     "uniform noise": lambda a: np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8),
     "contrast x0.3 (a window fault)": lambda a: np.round(a * 0.3 + 90).astype(np.uint8),
     "contrast x0.1": lambda a: np.round(a * 0.1 + 10).astype(np.uint8),
+    # a window that clips: the contrast about the film's mean doubled or tripled, its bright half white
+    "window clipping, contrast x2": lambda a: np.clip((a.astype(float) - a.mean()) * 2 + 128, 0, 255).astype(np.uint8),
+    "window clipping, contrast x3": lambda a: np.clip((a.astype(float) - a.mean()) * 3 + 128, 0, 255).astype(np.uint8),
+    # a bent tone curve that clips nothing: not caught (docs/dicom.md)
+    "gamma 0.3 (brightened)": lambda a: np.round(255 * (a / 255.0) ** 0.3).astype(np.uint8),
 }
 
 
@@ -42,15 +47,16 @@ def main() -> None:
     val, _, _ = labelled_images(args.data, "val", task, card.spec)
     appearance = Appearance.fit(train)
     print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
-    print("| films | flagged | by layout | by orientation | by sharpness | by contrast |")
-    print("|---|---|---|---|---|---|")
+    print("| films | flagged | by layout | by orientation | by sharpness | by contrast | by white |")
+    print("|---|---|---|---|---|---|---|")
     for name, change in {**CHANGES, **FAULTS}.items():
         reasons = appearance.warnings(np.stack([np.ascontiguousarray(change(a)) for a in val]))
-        layout, turned, sharp, flat = (np.mean([any(word in w for word in words for w in r) for r in reasons])
-                                       for words in (("layout of light",), ("upside down",), ("blurrier", "noise"),
-                                                     ("less contrast",)))
+        layout, turned, sharp, flat, white = (
+            np.mean([any(word in w for word in words for w in r) for r in reasons])
+            for words in (("layout of light",), ("upside down",), ("blurrier", "noise"), ("less contrast",),
+                          ("is white",)))
         print(f"| {'fault: ' if name in FAULTS else ''}{name} | {np.mean([bool(r) for r in reasons]):.1%} | "
-              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} | {flat:.1%} |")
+              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} | {flat:.1%} | {white:.1%} |")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def _content_warnings(appearance: Appearance) -> dict[str, tuple[list[str], Warn
         "an inverted film": (255 - film, scope.UNLIKE_LAYOUT),
         "a blurred film": (np.asarray(Image.fromarray(film).filter(ImageFilter.GaussianBlur(2))), scope.BLURRED),
         "noise": (rng.integers(0, 256, film.shape, dtype=np.uint8), scope.NOISY),
+        "a film a window clips to white": (np.clip((film.astype(float) - film.mean()) * 3 + 128, 0, 255).astype(
+            np.uint8), scope.CLIPPED_WHITE),
     }
     found = {case: (appearance.warnings(pixels[None])[0], kind) for case, (pixels, kind) in odd.items()}
     # upside down with its coarse layout let through: what tells it is that turned, it is like the training films

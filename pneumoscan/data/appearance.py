@@ -2,7 +2,7 @@
 
 A classifier answers for any picture: random noise tagged as a chest film, a scanned request form, a film turned on
 its side or inverted all read "pneumonia" at 0.94-0.997, while the DICOM header checks of :mod:`.scope` were content.
-So a bundle records what its training films look like at the model's input, and a film is checked four ways:
+So a bundle records what its training films look like at the model's input, and a film is checked five ways:
 
 - its contrast: the grey levels between its 1st and 99th percentiles at the model's input (where fine noise is
   averaged away: uniform noise over 0-255 keeps about 20 at 32 x 32 px, and its warning says where it was
@@ -17,6 +17,13 @@ So a bundle records what its training films look like at the model's input, and 
   :data:`TURNED_RATIO` times closer to the training films' layout than as it is was most likely stored turned
   (upside-down films keep most of their 6 x 6 statistics: the layout limit alone caught 18 % of them, both 91 %;
   none of 1,047 real validation films is flagged by it).
+- its white: the share of the film at grey level :data:`WHITE_LEVEL` or above at the model's input, at most the
+  training films' 99.9th percentile plus :data:`WHITE_MARGIN`. A window that clips the film's bright half to white
+  (a narrow or shifted DICOM window, an export that saturates) keeps its spread and its layout, and the checks above
+  passed it: a normal film read pneumonia at 0.95 to 0.99. Tripling the contrast about the film's mean is caught on
+  95 % of validation films, doubling it on 58 %; 0.2 % at 1.3 times, which the model reads as well as its own films,
+  and no film as it is (benchmarks/bench_appearance.py). A bent tone curve (a gamma) that clips nothing is not
+  caught.
 - its sharpness: the log of the mean absolute Laplacian over the spread, which blur lowers and noise raises; the
   limits are the training films' 0.1th and 99.9th percentiles widened by :data:`SHARPNESS_MARGINS`, so that what a
   model reads as well as its own films (blur of 1 px, 96 px and back, grain of 10 grey levels: bench_shift) passes,
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .scope import BLURRED, LOW_CONTRAST, NOISY, TURNED, UNLIKE_LAYOUT
+from .scope import BLURRED, CLIPPED_WHITE, LOW_CONTRAST, NOISY, TURNED, UNLIKE_LAYOUT
 
 LAYOUT_SIDE = 6
 QUANTILE = 0.999
@@ -43,6 +50,8 @@ TURNS = (lambda x: np.rot90(x, 1), lambda x: np.rot90(x, 2), lambda x: np.rot90(
 SHARPNESS_MARGINS = (0.45, 1.5)  # below and above the training films' range, in log units
 CONTRAST_FACTOR = 0.6  # of the training films' 0.1th percentile of contrast: below it, a window or export fault
 MIN_FILMS = 100  # fewer training films describe too little of the source to flag others by
+WHITE_LEVEL = 253  # a pixel this bright at the model's input is white, clipped or burnt out
+WHITE_MARGIN = 0.1  # of a film, above the training films' 99.9th percentile: a contrast of 1.3 times clips a little
 
 
 def _layout(images: np.ndarray) -> np.ndarray:
@@ -75,6 +84,11 @@ def _contrast(images: np.ndarray) -> np.ndarray:
     return high - low
 
 
+def _white(images: np.ndarray) -> np.ndarray:
+    """(N, S, S) uint8 -> (N,): the share of each film at :data:`WHITE_LEVEL` or above."""
+    return (images.reshape(len(images), -1) >= WHITE_LEVEL).mean(axis=1)
+
+
 @dataclass(frozen=True)
 class Appearance:
     """The training films' layout (mean and precision of :func:`_layout`) and the limits a film must keep."""
@@ -84,6 +98,7 @@ class Appearance:
     layout_limit: float
     sharpness: tuple[float, float]
     contrast: float  # the least a film may have (:func:`_contrast`)
+    white: float | None = None  # the most of a film that may be white (:func:`_white`); None: a record made before
 
     @classmethod
     def fit(cls, images: np.ndarray) -> Appearance:
@@ -103,7 +118,8 @@ class Appearance:
         return cls(fitted.location_, fitted.precision_, float(np.quantile(distance, QUANTILE)),
                    (float(np.quantile(sharp, 1 - QUANTILE)) - SHARPNESS_MARGINS[0],
                     float(np.quantile(sharp, QUANTILE)) + SHARPNESS_MARGINS[1]),
-                   CONTRAST_FACTOR * float(np.quantile(_contrast(images), 1 - QUANTILE)))
+                   CONTRAST_FACTOR * float(np.quantile(_contrast(images), 1 - QUANTILE)),
+                   float(np.quantile(_white(images), QUANTILE)) + WHITE_MARGIN)
 
     def _distances(self, images: np.ndarray) -> np.ndarray:
         centred = _layout(images) - self.mean
@@ -117,11 +133,15 @@ class Appearance:
                          for turn in TURNS], axis=0)
         low, high = self.sharpness
         out = []
-        for distance, closer, sharp, spread in zip(distances, turned, _sharpness(images), _contrast(images)):
+        for distance, closer, sharp, spread, white in zip(distances, turned, _sharpness(images), _contrast(images),
+                                                          _white(images)):
             reasons = []
             if spread < self.contrast:  # both tests below see a film brought to unit spread: a flat one looks fine
                 reasons.append(LOW_CONTRAST.text(spread=spread, width=images.shape[2], height=images.shape[1],
                                                   least=self.contrast))
+            if self.white is not None and white > self.white:  # clipped: spread and layout look fine
+                reasons.append(CLIPPED_WHITE.text(share=100 * white, width=images.shape[2], height=images.shape[1],
+                                                   most=100 * self.white))
             if distance > self.layout_limit:
                 reasons.append(UNLIKE_LAYOUT.text(times=distance / self.layout_limit))
             elif closer * TURNED_RATIO < distance:
@@ -134,23 +154,25 @@ class Appearance:
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        white = [] if self.white is None else [self.white]
         return {"mean": self.mean, "precision": self.precision,
-                "limits": np.array([self.layout_limit, *self.sharpness, self.contrast])}
+                "limits": np.array([self.layout_limit, *self.sharpness, self.contrast, *white])}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Appearance:
-        """As :meth:`to_arrays` wrote them; ValueError for arrays of other shapes, or values no fit gives (a
-        precision that is not symmetric positive definite, limits out of order), which would flag every film or
-        none."""
+        """As :meth:`to_arrays` wrote them (four limits: a record made before the white check, which it then
+        leaves out); ValueError for arrays of other shapes, or values no fit gives (a precision that is not
+        symmetric positive definite, limits out of order), which would flag every film or none."""
         mean, precision, limits = arrays.get("mean"), arrays.get("precision"), arrays.get("limits")
         n = LAYOUT_SIDE * LAYOUT_SIDE
         if (mean is None or precision is None or limits is None or mean.shape != (n,) or precision.shape != (n, n)
-                or limits.shape != (4,) or not all(np.isfinite(a).all() for a in (mean, precision, limits))):
+                or limits.shape not in ((4,), (5,))
+                or not all(np.isfinite(a).all() for a in (mean, precision, limits))):
             raise ValueError("not an appearance record of this version")
         precision = precision.astype(np.float64)
         if not np.allclose(precision, precision.T) or np.linalg.eigvalsh(precision).min() <= 0:
             raise ValueError("its precision matrix is not symmetric positive definite")
-        if not (limits[0] > 0 and limits[1] < limits[2] and 0 <= limits[3] < 255):
+        if not (limits[0] > 0 and limits[1] < limits[2] and 0 <= limits[3] < 255 and 0 < limits[4:].min(initial=1)):
             raise ValueError(f"its limits {limits.tolist()} are out of order")
         return cls(mean.astype(np.float64), precision, float(limits[0]), (float(limits[1]), float(limits[2])),
-                   float(limits[3]))
+                   float(limits[3]), float(limits[4]) if limits.size == 5 else None)
