@@ -87,12 +87,11 @@ demo-best-etiology: env
 # fails after comparing the rest.
 reference: env
 	@train() { $(BIN)/pneumoscan train --config "$$cfg" --data "$(PNEUMOSCAN_DATA)" --time-budget $(REFERENCE_MINUTES) "$$@"; }; \
-	failed=""; for cfg in configs/reference/*.yaml; do name=$$(basename $$cfg .yaml); \
-	  train --out $(REFERENCE_DIR)/$$name; status=$$?; \
+	failed=""; runs=""; for cfg in configs/reference/*.yaml; do name=$$(basename $$cfg .yaml); \
+	  out=$(REFERENCE_DIR)/$$name; train --out $$out; status=$$?; \
 	  if [ $$status -eq 3 ]; then echo "$$name: no ImageNet weights here; training it from scratch as $$name-scratch" >&2; \
-	    train --no-pretrained --out $(REFERENCE_DIR)/$$name-scratch; status=$$?; fi; \
-	  [ $$status -eq 0 ] || failed="$$failed $$name"; done; \
-	runs=$$(for m in $(REFERENCE_DIR)/*/metrics.json; do [ -f "$$m" ] && dirname "$$m"; done); \
+	    out=$(REFERENCE_DIR)/$$name-scratch; train --no-pretrained --out $$out; status=$$?; fi; \
+	  if [ $$status -eq 0 ]; then runs="$$runs $$out"; else failed="$$failed $$name"; fi; done; \
 	[ -z "$$runs" ] || $(BIN)/pneumoscan compare $$runs --out $(REFERENCE_DIR); \
 	if [ -n "$$failed" ]; then echo "not trained:$$failed" >&2; exit 1; fi
 

@@ -161,3 +161,17 @@ def test_the_trial_export_before_training_leaves_each_part_in_its_mode() -> None
     model.features.eval()
     check_exportable(model, 32, "simple_cnn")
     assert model.training and not model.features.training and model.head.training
+
+
+def test_a_size_too_small_for_a_models_pooling_is_refused_with_the_reason(tiny_dataset: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """cnn5's five 2x pools need 32 px: at 24 the run ended in a 100-line traceback from torch, exit 1, where the
+    docs promise a size a model cannot take is refused before training, with the reason."""
+    from pneumoscan import cli
+
+    args = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--model", "cnn5",
+            "--image-size", "24", "--epochs", "1"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cnn5 cannot read images of 24 px (" in err and "choose a larger image size" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "bundle").exists()

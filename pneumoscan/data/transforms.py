@@ -120,13 +120,16 @@ def normalize(mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]
 
 def _margin(size: int, augment: Augment) -> int:
     """Pixels of border the affine step can reach outside a size x size film: how far along an axis an output
-    corner maps back, grown by the largest zoom-out, rotation (at most cos + sin of the angle) and shear, plus the
-    largest shift. Padding this much first (edge or mirror) lets torchvision's affine, which only fills with a
-    constant, fill the Keras ways; a tight margin keeps the padded image, and so the cost, small."""
+    corner, moved by the largest shift, maps back, grown by the largest zoom-out, rotation (at most cos + sin of the
+    angle) and shear, and a pixel for the interpolation's neighbour. torchvision maps an output pixel back through
+    the shift first, so the zoom-out grows the shift too: added after it, the margin fell short (69 black pixels at
+    cnn5's extremes, 1 draw in 1,000 of its recipe). Padding this much first (edge or mirror) lets torchvision's
+    affine, which only fills with a constant, fill the Keras ways; a tight margin keeps the padded image, and so
+    the cost, small."""
     turn = math.radians(min(abs(augment.rotation), 45.0))
-    corner = size / 2 / (1.0 - augment.zoom_range) * (math.cos(turn) + math.sin(turn))
+    corner = (size / 2 + augment.shift * size + 1) / (1.0 - augment.zoom_range) * (math.cos(turn) + math.sin(turn))
     corner *= 1 + math.tan(math.radians(abs(augment.shear)))
-    return max(0, math.ceil(corner + augment.shift * size - size / 2))
+    return max(0, math.ceil(corner - size / 2))
 
 
 def _affine(size: int, augment: Augment) -> list[v2.Transform]:

@@ -137,7 +137,14 @@ def check_exportable(model: torch.nn.Module, size: int, name: str) -> None:
 
     modes = {module: module.training for module in model.modules()}  # a part the model keeps in eval stays there
     try:
-        _to_onnx(model.eval(), size, io.BytesIO())
+        try:  # a size too small for its pooling (cnn5 under 32 px) fails in torch itself: a traceback had ended the run
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 1, size, size))
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0]
+            raise ValueError(f"{name} cannot read images of {size} px ({reason}); choose a larger image size"
+                             ) from None
+        _to_onnx(model, size, io.BytesIO())
     except torch.onnx.OnnxExporterError as e:
         reason = str(e).strip().splitlines()[0]
         raise ValueError(f"{name} at image_size {size} cannot be exported to ONNX, which predict and serve run "

@@ -275,6 +275,9 @@ def cnn5(num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
 def seed_cnn1(num_classes: int, in_chans: int, pretrained: bool, image_size: int) -> nn.Module:
     """The reference projects' one-convolution CNN, as in Keras: Conv2D(32, 3x3, 'valid') + ReLU, MaxPool 2x2,
     Flatten, Dense(128) + ReLU, Dense(classes). The Flatten ties it to ``image_size``."""
+    if image_size < 4:  # its valid 3x3 convolution takes 2 px before the pool: said of the size given
+        raise ValueError(f"seed_cnn1 needs image_size >= 4 (a 3x3 'valid' convolution, then a 2x max-pool before "
+                         f"Flatten), got {image_size}")
     side = _flat_size("seed_cnn1", image_size - 2, 1)
     features = nn.Sequential(nn.Conv2d(in_chans, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten())
     head = nn.Sequential(nn.Linear(32 * side * side, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
