@@ -97,10 +97,10 @@ def default_cache_dir() -> Path:
 
 def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     """Hash of (path as given, absolute path, size, mtime, ctime) of every file, the spec, the decoders'
-    versions (:data:`DECODERS`), the registered readers, the source of the code that decodes (:func:`_decoding_source`)
-    and the decode limits: any change gives a new cache, so an
-    error stored for an unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers
-    by the paths as given, so two spellings of one file are two caches."""
+    versions (:data:`DECODERS`), the registered readers, the source of the code that decodes
+    (:func:`_decoding_source`) and the decode limits: any change gives a new cache, so an error stored for an
+    unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers by the paths as
+    given, so two spellings of one file are two caches."""
     versions = [CACHE_VERSION, _decoder_versions(), _decoding()["limits"],
                 [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()], _decoding_source()]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
