@@ -672,7 +672,8 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     expect(notice).to_be_hidden()
     assert page.get_by_role("heading", level=2).all_inner_texts()[:2] == [f"Reading: {page.inner_text('#label')}",
                                                                           "Film: chest.dcm"]
-    assert page.get_attribute("#label", "class") in ("positive", "negative")
+    # in scope, but the tiny bundle checks no film's content: a call, uncoloured (see the list's colour test)
+    assert page.get_attribute("#label", "class") == "indeterminate"
     assert page.evaluate("() => !document.getElementById('scope-notice').contains(document.getElementById('warnings'))")
 
     cells = {r.locator("td").nth(0).inner_text(): r.locator("td").all_inner_texts()
@@ -840,8 +841,10 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
 
 def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     """A reading near the threshold was uncoloured in the panel but bold red (or green) in the list, "PNEUMONIA (near
-    the threshold)" looking as sure as a clear call: the list styles each reading as the panel does."""
+    the threshold)" looking as sure as a clear call: the list styles each reading as the panel does. A model that
+    checks no film's content colours none of its calls: noise had read PNEUMONIA in bold red."""
     shown = page.evaluate("""() => {
+        contentChecked = true;  // a model with the check (the tiny test bundle has none)
         const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
             probability: 0.6, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
         films.push(...[['clear', r('PNEUMONIA', true, false)], ['near', r('PNEUMONIA', true, true)],
@@ -858,6 +861,9 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     for name in ("near", "near normal", "lateral"):  # neither red nor green, not bold
         r, g, b = map(int, re.findall(r"\d+", looks[name][1])[:3])
         assert max(r, g, b) - min(r, g, b) < 40 and int(looks[name][2]) < 700, shown
+    unchecked = page.evaluate("""() => { contentChecked = false; renderList();
+        return document.querySelector('#films tbody tr').cells[1].className; }""")
+    assert unchecked == "indeterminate"  # the clear call, from a model without the content check
 
 
 def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: Path, tmp_path: Path) -> None:
