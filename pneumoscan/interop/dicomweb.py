@@ -455,6 +455,12 @@ def _no_redirect(response: requests.Response, *args: object, **kwargs: object) -
                                  response=response)
 
 
+def _instance_url(root: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """An instance's WADO-RS URL: what a film's row names it by, and where it, a key object or a report sent is
+    retrieved from."""
+    return f"{root}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
 def _withdrawn(session: requests.Session, root: str, study_uid: str, found: list[dict]) -> dict[str, str]:
     """Why each film that a rejection note of the study (IHE IOCM: a Key Object Selection document titled
     :data:`REJECTIONS`) withdraws is not scored, by SOP Instance UID. A PACS may keep a rejected film beside its note:
@@ -468,7 +474,7 @@ def _withdrawn(session: requests.Session, root: str, study_uid: str, found: list
         try:
             if not UID(series).is_valid or not UID(sop).is_valid:  # never put in a URL
                 raise ValueError("an invalid UID in the search answer")
-            note = _retrieve(session, f"{root}/studies/{study_uid}/series/{series}/instances/{sop}")
+            note = _retrieve(session, _instance_url(root, study_uid, series, sop))
             title = note.ConceptNameCodeSequence[0]
             rejection = (str(title.CodingSchemeDesignator), str(title.CodeValue))
             listed = [str(instance.ReferencedSOPInstanceUID)
@@ -499,7 +505,7 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
     sources: dict[str, dict] = {}
     for item in found:
         series, sop = _value(item, _SERIES), _value(item, _SOP)
-        where = f"{root}/studies/{study_uid}/series/{series}/instances/{sop}"
+        where = _instance_url(root, study_uid, series, sop)
         row = {"path": where, "study_instance_uid": study_uid, "series_instance_uid": series, "sop_instance_uid": sop}
         recorded = _recorded(item)  # read once, for every rule that decides on the search answer
         if is_own_output(recorded):  # our reports and overlays: not films, no row
@@ -564,7 +570,7 @@ def _read_back(session: requests.Session, root: str, study_uid: str, built: dict
     that said pneumonia absent."""
     for uid in [uid for uid in row["stored"] if uid in held]:
         what, sent = built[uid]
-        where = f"{root}/studies/{study_uid}/series/{sent.SeriesInstanceUID}/instances/{uid}"
+        where = _instance_url(root, study_uid, sent.SeriesInstanceUID, uid)
         try:
             same = _asserted(_retrieve(session, where)) == _asserted(sent)
         except (requests.RequestException, RuntimeError, *_MALFORMED) as e:  # RuntimeError: pixels not decodable
