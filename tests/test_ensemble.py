@@ -308,13 +308,21 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The card records the ceiling, not only the (absent) sensitivity target, so export --int8 chooses the INT8
     thresholds by it rather than by Youden's J under the ceiling's name. The FP32 graph scores the val films once:
-    the check of its scores before quantising gives the INT8 model's reference too."""
+    the check of its scores before quantising gives the INT8 model's reference too. The INT8 thresholds are chosen
+    on the films the FP32 ones were (held out, as the val split), not on a member's own val films."""
     out = tmp_path / "fpr"
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
                  "--max-false-positive-rate", "0.5", "--out", str(out)]) == 0
     card = load_card(out)
     assert card.threshold_targets == (None, 0.5) and card.threshold_policy.startswith("false-positive rate <= 0.5")
-    split = tiny_bundle.parent / "split.csv"
+    members_split = tiny_bundle.parent / "split.csv"
+    with pytest.raises(ValueError, match=r"chosen on .*site\.csv.* \(`pneumoscan ensemble --data`\), and its INT8 "
+                                         r"thresholds would be chosen on the val films of .*split\.csv, other films"):
+        main_raising(["export", str(out), "--int8", "--data", str(members_split)])
+    assert not (out / "model.int8.onnx").exists()
+    split = tmp_path / "train-and-held-out.csv"
+    write_manifest([*discover(members_split).split("train"),
+                    *(dataclasses.replace(r, split="val") for r in discover(held_out).records)], split)
     images, targets, _ = labelled_images(split, "val", get_task(card.task), card.spec)
     scorers, logits = [], Predictor.logits
 

@@ -217,8 +217,8 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
     records, images, targets, _ = labelled_records(data, "val", task, card.spec)
-    _check_same_films(bundle, card, data, records)
     check_held_out([bundle], records, "choose the INT8 thresholds")
+    _check_same_films(bundle, card, data, records)
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
@@ -231,19 +231,27 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
 
 
 def _check_same_films(bundle: Path, card: BundleCard, data: Path | str, records: Sequence[Record]) -> None:
-    """Refuse val films of ``data`` that are not among those `pneumoscan threshold` chose BUNDLE's FP32 thresholds on
-    (its calibration_films.csv): the INT8 thresholds would be chosen on another population than the FP32 ones (a
-    site's threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the
-    site's pneumonia films)."""
-    if not card.threshold_records:
-        return
+    """Refuse val films of ``data`` that are not among those BUNDLE's FP32 thresholds were chosen on when they were
+    chosen on other films than its run's (its calibration_films.csv, written by `pneumoscan threshold` and
+    `ensemble --data`): the INT8 thresholds would be chosen on another population than the FP32 ones (a site's
+    threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
+    pneumonia films)."""
     listed = bundle / CALIBRATION_FILMS
+    if not card.threshold_records and not listed.exists():
+        return
     chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
-    if not {os.path.realpath(r.path) for r in records} <= chose:
+    if {os.path.realpath(r.path) for r in records} <= chose:
+        return
+    other = f"and its INT8 thresholds would be chosen on the val films of {data}, other films"
+    if card.threshold_records:
         raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
-                         f"threshold`), and its INT8 thresholds would be chosen on the val films of {data}, other "
-                         "films: quantise first (`pneumoscan export --int8` the bundle `threshold` was run on), then "
-                         "run `pneumoscan threshold` on the same films, which chooses the INT8 thresholds on them too")
+                         f"threshold`), {other}: quantise first (`pneumoscan export --int8` the bundle `threshold` "
+                         "was run on), then run `pneumoscan threshold` on the same films, which chooses the INT8 "
+                         "thresholds on them too")
+    raise ValueError(f"{bundle}'s temperature and thresholds were chosen on "
+                     f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: give "
+                     f"--data a manifest whose val split is the films listed in {listed} and whose train split holds "
+                     "films for the activation calibration")
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
