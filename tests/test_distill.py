@@ -30,7 +30,8 @@ from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.ensemble import build_ensemble
 from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
-from pneumoscan.training.train import data_checksum, load_data, preprocessed, selected_films, split_records, train
+from pneumoscan.training.resume import data_checksum
+from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -271,16 +272,20 @@ def test_a_teacher_or_member_whose_scores_are_not_finite_is_refused_by_name(tiny
     with pytest.raises(ValueError, match=rf"^teacher 1 of 1 \({re.escape(str(ens))}\): ensemble member 2 of 2 "
                                          rf"\({re.escape(str(broken))}\): the model produced a non-finite score"):
         train(tiny_dataset, taught, tmp_path / "run-2")
-    # `export --int8 --data`, the film among its validation films (the INT8 thresholds') or among its training films
-    # (the activation ranges'), was refused as "the model produced a non-finite score", or quantised on NaN ranges
+    # `export --int8 --data`, the film among its training films (the activation ranges'), was refused as "the model
+    # produced a non-finite score", or quantised on NaN ranges; its validation films (the INT8 thresholds') must be
+    # the films that chose the FP32 ones, which the white film is not
     trained = [r for r in records if r.split == "train"]
     val = [dataclasses.replace(r, split="val") for r in discover(tmp_path / "site.csv").records]
     white_film = make_record(tmp_path / "white.jpeg", film.label)
-    for name, films in (("white-val", [*trained, *val, dataclasses.replace(white_film, split="val")]),
-                        ("white-train", [*trained, dataclasses.replace(white_film, split="train"), *val])):
+    for name, films, refused in (
+        ("white-val", [*trained, *val, dataclasses.replace(white_film, split="val")], "INT8 thresholds would be "
+         "chosen on the val films of .*white-val.csv, other films"),
+        ("white-train", [*trained, dataclasses.replace(white_film, split="train"), *val],
+         rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model produced a non-finite score"),
+    ):
         write_manifest(films, tmp_path / f"{name}.csv")
-        with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model "
-                                             r"produced a non-finite score"):
+        with pytest.raises(ValueError, match=refused):
             quantize_bundle(ens, data=tmp_path / f"{name}.csv")
         assert not (ens / INT8_NAME).exists()
     # and a member's own card damaged, which the check of the ensemble teacher's training films reads

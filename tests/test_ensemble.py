@@ -23,6 +23,7 @@ from PIL import Image
 from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax, threshold_interval
+from pneumoscan.data.cache import build_cache
 from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
@@ -36,6 +37,7 @@ from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_path
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import out_of_fold
+from pneumoscan.training.resume import data_checksum
 from pneumoscan.serving.app import create_app
 from tests.test_integrity import written_before_checksums
 
@@ -365,7 +367,15 @@ def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift:
         write_manifest([dataclasses.replace(r, split="val" if fold_of[i] == k else "train")
                         for i, r in enumerate(records)], folder / f"split-fold-{k}.csv")  # fmt: skip
         shutil.copy(folder / f"split-fold-{k}.csv", folder / f"fold-{k}" / "split.csv")  # as the fold's run wrote it
+        _record_fold_data(folder / f"fold-{k}" / "bundle", discover(folder / f"split-fold-{k}.csv").records)
     return folder
+
+
+def _record_fold_data(bundle: Path, planned: list[Record]) -> None:
+    """The fold's films as its bundle's training data (``data_checksum``), as a fold's run records them."""
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, data_checksum=data_checksum(build_cache(
+        [r.path for r in planned], card.spec), planned)))
 
 
 def _by_hand_out_of_fold(ens: Path, cv: Path, runs: int) -> tuple[list[Record], np.ndarray, np.ndarray]:
@@ -500,6 +510,21 @@ def test_a_fold_bundle_trained_on_other_films_than_its_split_is_refused(tiny_bun
     assert not (tmp_path / "e").exists()
 
 
+def test_a_cv_whose_films_were_rewritten_in_place_is_refused(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """A film rewritten in place keeps its path, so the folds' splits still pass; the fold bundles were made on the
+    old pixels, and their scores on the new ones are not the films' out-of-fold scores. Refused, the fold named, as
+    cv refuses to reuse such a fold; the same cv with its films as they were is taken."""
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, filed_again=True)
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "before")]) == 0
+    film = next((cv / "again").iterdir())
+    Image.fromarray(255 - np.asarray(Image.open(film))).save(film, quality=95)
+    with pytest.raises(ValueError, match=rf"{cv} fold 0: its films have other pixels or labels than its bundle was "
+                                         r"trained on \(rewritten in place since\?\)"):
+        main_raising(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "after")])
+    assert not (tmp_path / "after").exists()
+
+
 def _nan_when_bright(size: int) -> bytes:
     """An ONNX graph whose logits are finite for a dark image and NaN for a bright one (the log of a negative)."""
 
@@ -613,6 +638,7 @@ def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: P
     fold = cv / "fold-0" / "bundle"
     shutil.move(fold, tmp_path / "kept")
     shutil.copytree(member64, fold)
+    _record_fold_data(fold, discover(cv / "split-fold-0.csv").records)
     with pytest.raises(ValueError, match=r"^ensemble member 1 of 2 \(.*fold-0/bundle\) holds other weights than .* was "
                                          "built from"):
         main_raising(["export", str(ens), "--int8", "--cv", str(cv)])

@@ -102,7 +102,7 @@ class BundleCard:
     heatmap_scale: Annotated[float, Field(gt=0)] | None = None
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
-    # "sha256:HEX" of the training data's pixels and labels (training.train.data_checksum): unlike data_fingerprint
+    # "sha256:HEX" of the training data's pixels and labels (training.resume.data_checksum): unlike data_fingerprint
     # (which names the image cache: paths and file times too) the same films touched, copied or moved give the same
     # value. Empty in bundles older than it and in ensembles whose members do not all record it
     data_checksum: str = ""

@@ -41,8 +41,8 @@ from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
-from .resume import checkpoint_config, config_changes, load_checkpoint, split_change
-from .train import absent_classes, check_init_held_out, data_checksum, preprocessed, train
+from .resume import checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change
+from .train import absent_classes, check_init_held_out, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -109,14 +109,11 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
 
 
-def check_fold_data(run: RunFolder, planned: list[Record], cfg: TrainConfig, ctx: Dist) -> None:
-    """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on (its
-    card's ``data_checksum``): films rewritten in place keep their paths, so the split passes, and its bundle, made
-    on the old pixels, was scored on the new ones as this cv's figures (an interrupted fold's ``--resume`` refuses
-    them so). The image cache is built here as the fold's run builds it, and read from disk when it is there."""
-    if not (run.bundle / CARD).exists() or not (recorded := load_card(run.bundle).data_checksum):
-        return
-    if data_checksum(preprocessed(planned, cfg, ctx), planned) != recorded:
+def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist) -> None:
+    """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on
+    (:func:`films_as_trained`): its bundle, made on the old pixels, would be scored on the new ones as this cv's
+    figures (an interrupted fold's ``--resume`` refuses them so)."""
+    if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, ctx):
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since?): its figures would not be this cv's; use a new --out")
 
@@ -252,7 +249,7 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
-        check_fold_data(cv_folder.fold(k), planned, configs[k], ctx)
+        check_fold_data(cv_folder.fold(k), planned, ctx)
     return plans, configs
 
 

@@ -54,7 +54,7 @@ from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_ta
                                    member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
-from .resume import split_change
+from .resume import films_as_trained, split_change
 from .finish import ScoredFilms, finish_bundle
 
 # how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
@@ -163,7 +163,8 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
 def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split,
     when a fold's bundle was trained on other films than its split-fold-K.csv says (its run's split.csv records
-    what it trained on: its scores on the fold's films would then not all be out of fold), or when the runs were
+    what it trained on: its scores on the fold's films would then not all be out of fold) or on other pixels or
+    labels than those films have now (:func:`films_as_trained`), or when the runs were
     not made on the same folds (same data and --seed), whose films then have no out-of-fold score from every run."""
     members: list[Path] = []
     first_folds: list[set[str]] | None = None
@@ -186,6 +187,10 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
             if moved := split_change(run.split, planned):
                 raise ValueError(f"{cv_dir} fold {k}: its bundle was not trained on {manifest.name} ({moved}), so its "
                                  "scores on the fold's films are not all out of fold; train the fold again")
+            if not films_as_trained(run.bundle, planned):
+                raise ValueError(f"{cv_dir} fold {k}: its films have other pixels or labels than its bundle was "
+                                 "trained on (rewritten in place since?), so its scores on them are not the "
+                                 "out-of-fold scores of its films; train the fold again")
             held_out.append({os.path.realpath(r.path) for r in planned if r.split == "val"})
         if first_folds is None:
             first_folds = held_out

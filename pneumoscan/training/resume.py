@@ -5,6 +5,7 @@ weights would then be described by a config and a split they were not made with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -18,7 +19,10 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import shown
+from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.models.card import load_card
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, recorded_settings
 from .distributed import Dist
@@ -127,7 +131,7 @@ def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
 
 def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> dict:
     """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
-    :func:`run_record` adds to them, the data (``data``: :func:`pneumoscan.training.train.data_checksum`, the pixels
+    :func:`run_record` adds to them, the data (``data``: :func:`data_checksum`, the pixels
     and labels, not the files' paths or times) and each teacher's bundle.json checksum (``teachers``: another bundle
     put at the same path)."""
     record = run_record(cfg, ctx)
@@ -237,3 +241,33 @@ def made_change(ckpt: dict, path: Path, made: dict) -> str | None:
         elif old != new:
             return f"cannot resume from {shown(path)}: {refusal(old, new, made)}"
     return None
+
+
+def machine_cache(records: Sequence[Record], spec: PreprocessSpec, ctx: Dist) -> ImageCache:
+    """The image cache of RECORDS under SPEC, built once per machine (the cache folder may be local); the other
+    processes then open it read-only."""
+    paths = [r.path for r in records]
+    if ctx.local_rank == 0:
+        cache = build_cache(paths, spec, progress=True)
+    ctx.barrier()
+    return cache if ctx.local_rank == 0 else build_cache(paths, spec)
+
+
+def films_as_trained(bundle: Path, records: Sequence[Record], ctx: Dist = Dist()) -> bool:
+    """Whether RECORDS (the split BUNDLE trained and validated on) still hold the pixels and labels it was made on
+    (its card's ``data_checksum``, under its own preprocessing): films rewritten in place keep their paths, so the
+    split's check passes them. A bundle that records no checksum (an earlier version's) passes."""
+    card = load_card(bundle)
+    recorded = card.data_checksum
+    return not recorded or data_checksum(machine_cache(records, card.spec, ctx), records) == recorded
+
+
+def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
+    """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
+    checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
+    holds no path or file time, unlike the cache's key, so the same films touched, copied or moved give the same
+    value, and a changed pixel, label or side another."""
+    record_of = {r.path: r for r in records}
+    labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
+    text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

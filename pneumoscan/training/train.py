@@ -8,8 +8,6 @@ experiment tracking) and finalisation: temperature and threshold chosen on valid
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -29,7 +27,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.cache import ImageCache, build_cache
+from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.labelled import patient_groups
@@ -67,7 +65,8 @@ from .distill import check_teachers, distilled_targets, teacher_checksums, teach
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import check_same_recipe, made_by, resume_from, run_record, save_checkpoint
+from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
+                     save_checkpoint)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -267,26 +266,10 @@ def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> ImageCac
     if ctx.main and spec.source_size:
         log.info("training files: %s x %s JPEG, quality %s; larger inputs are brought down the same way first",
                  spec.source_size, spec.source_size, spec.source_quality)
-    paths = [r.path for r in records]
-    if ctx.local_rank == 0:  # once per machine (the cache folder may be local); the others then open it read-only
-        cache = build_cache(paths, spec, progress=True)
-    ctx.barrier()
-    if ctx.local_rank != 0:
-        cache = build_cache(paths, spec)
+    cache = machine_cache(records, spec, ctx)
     for err in cache.errors if ctx.main else []:
         log.warning("skipped unreadable %s: %s", shown(err["path"]), err["reason"])
     return cache
-
-
-def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
-    """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
-    checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
-    holds no path or file time, unlike the cache's key, so the same films touched, copied or moved give the same
-    value, and a changed pixel, label or side another."""
-    record_of = {r.path: r for r in records}
-    labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
-    text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def selected_films(records: list[Record], cache: ImageCache, task: Task, ctx: Dist) -> dict:
