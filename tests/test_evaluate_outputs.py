@@ -340,6 +340,25 @@ def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_fo
     assert all(0 <= float(r["typicality_probability_atypical"]) <= 1 for r in rows)
 
 
+def test_a_second_stage_that_reads_the_first_stages_negative_call_is_refused(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict hands a second stage the films its task follows the first stage's call for, a NORMAL call too; the
+    two-stage figures compose the classes from a first stage that hands over its positive call, and scored such a
+    pair on the films called PNEUMONIA, which predict never shows it. Refused, with what to do."""
+    from pneumoscan.data import tasks
+    from tests.test_predict import make_bundle
+
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    tasks.register_task("variant", classes=("usual", "unusual"), positive="unusual",
+                        follows={"pneumonia": "NORMAL"})(lambda record: int(record.label == "NORMAL"))
+    second = make_bundle(tmp_path / "variant", "variant", ("usual", "unusual"), "unusual")
+    with pytest.raises(ValueError, match=r"reads the films .* calls NORMAL, its negative call: .*evaluate each bundle "
+                                         "on its own"):
+        evaluate(tiny_bundle, tiny_dataset, "test", tmp_path / "eval", etiology=second)
+    assert not (tmp_path / "eval").exists()
+
+
 def test_two_stages_name_their_classes_as_the_task_of_the_same_classes_does() -> None:
     """The pneumonia task's NORMAL then etiology's bacteria and virus are the multiclass task's normal, bacteria and
     virus: its spelling, or a two-stage evaluation's 3 x 3 matrix and calls read NORMAL beside a multiclass

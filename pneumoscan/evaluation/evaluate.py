@@ -29,7 +29,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields
-from pneumoscan.models.card import WEIGHTS, BundleCard, refuse_model_files
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
 from .report import METRICS, write_report
@@ -70,6 +70,17 @@ def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: f
     first, second = np.asarray(first, float), np.asarray(second, float)
     probs = np.stack([1.0 - first, first * (1.0 - second), first * second], axis=1)
     return probs, np.where(first >= first_threshold, 1 + (second >= second_threshold), 0)
+
+
+def _check_composable(bundle: Path | str, etiology: Path | str) -> None:
+    """Refuse two bundles that do not chain (:func:`check_bundle_stages`), or whose first stage hands the second the
+    films of its negative call: :func:`two_stage_decision` composes the route's classes from a first stage whose
+    positive call hands a film over, and would score such a pair on the films predict never shows its second stage."""
+    handoff, first = check_bundle_stages(bundle, etiology), load_card(bundle)
+    if handoff != first.positive:
+        raise ValueError(f"{etiology} reads the films {bundle} calls {handoff}, its negative call: evaluate --etiology "
+                         f"composes the two stages' classes from a first stage that hands over its positive call "
+                         f"({first.positive}); evaluate each bundle on its own")
 
 
 def three_class_names(first: Task, second: Task) -> tuple[str, ...]:
@@ -243,7 +254,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read
-        check_bundle_stages(bundle, etiology)
+        _check_composable(bundle, etiology)
     predictor = Predictor(bundle, backend=backend)
     card = predictor.card
     threshold = predictor.threshold(tta)
