@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from pneumoscan import cli
+from pneumoscan.core.names import results_csv
 from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.evaluation.compare import compare_runs
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import load_card, save_card
 
@@ -132,3 +134,15 @@ def test_a_results_file_never_hands_a_spreadsheet_a_formula(tiny_bundle: Path, t
     evaluate(tiny_bundle, tmp_path / "m.csv", out_dir=tmp_path / "eval")
     assert ",'@SUM(1+5)," in (tmp_path / "eval" / "predictions.csv").read_text()
     assert discover(tmp_path / "m.csv").records[0].patient == "@SUM(1+5)"  # a manifest reads back as written
+    # compare.csv names each run by its folder, which people name
+    shutil.copytree(tmp_path / "eval", tmp_path / "=SUM(1+5)")
+    compare_runs([tmp_path / "=SUM(1+5)"], tmp_path / "compared")
+    assert (tmp_path / "compared" / "compare.csv").read_text().splitlines()[1].startswith("'=SUM(1+5),")
+
+
+def test_every_results_csv_writes_text_not_formulas_and_a_list_as_one_cell() -> None:
+    """The one writer of results CSVs (predict, evaluate, cv's oof.csv, compare): a patient, a name or a warning
+    that starts as a formula gets the apostrophe; a number, a negative one too, stays a number."""
+    text = results_csv(["patient", "probability", "warnings", "shift"],
+                       [{"patient": "+cmd", "probability": 0.25, "warnings": ["-a", "b"], "shift": -1.5}])
+    assert text.splitlines() == ["patient,probability,warnings,shift", "'+cmd,0.25,'-a; b,-1.5"]

@@ -8,6 +8,8 @@ escape, a newline) or rich markup (``[/x]``), which must never reach a terminal 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -72,6 +74,18 @@ def json_ready(tree: object, undefined_as_null: bool = False) -> object:
         value = float(tree)
         return None if undefined_as_null and not math.isfinite(value) else value
     return tree
+
+
+def results_csv(fields: Sequence[str], rows: Sequence[dict]) -> str:
+    """The CSV text of a results file (predict's results, evaluate's predictions and sensitivity table, cv's
+    oof.csv, compare.csv): every value :func:`json_ready`, a list (a film's warnings) one cell of its items joined by
+    ``; ``, and every cell :func:`cell_text`, so that no name in a file or a manifest runs as a formula."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: cell_text("; ".join(map(str, v)) if isinstance(v, list) else v) for k, v in row.items()}
+                     for row in json_ready(list(rows)))
+    return buf.getvalue()
 
 
 def json_text(tree: object) -> str:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pneumoscan.core.atomic import write_atomic, write_csv
+from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import results_csv, shown
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.models.run_folder import METRICS, RunFolder
 from .report import roc_figure
@@ -272,7 +272,7 @@ def compare_runs(paths: list[Path | str], out_dir: Path | str | None = None) -> 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / TABLE, FIELDS, (row for r in runs for row in r.rows()))
+        write_atomic(out / TABLE, results_csv(FIELDS, [row for r in runs for row in r.rows()]).encode())
         write_atomic(out / FIGURE, figure_bytes(comparison_figure(runs), tight=True))
         log.info("wrote %s and %s", out / TABLE, out / FIGURE)
     return runs

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.atomic import file_stamp, unchanged, write_csv
+from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, has_both_classes, jsonable)
-from pneumoscan.core.names import cell_text, path_text, shown
+from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_records, patient_groups
@@ -360,10 +360,9 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     out_dir.mkdir(parents=True, exist_ok=True)
     y = binary_targets(targets)
     called = scores >= threshold
-    rows = [{"path": cell_text(path_text(r.path)), "label": classes[t], "subtype": r.subtype,  # UTF-8, and
-             "patient": cell_text(path_text(r.patient)), "probability": f"{p:.6f}",  # never a formula
-             "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
-             "in_scope": in_scope(w), "warnings": cell_text("; ".join(w))}
+    rows = [{"path": r.path, "label": classes[t], "subtype": r.subtype, "patient": r.patient,
+             "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
+             "in_scope": in_scope(w), "warnings": w}
             for r, t, p, c, yy, w in zip(records, targets, scores, called, y, scope)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:
@@ -378,7 +377,7 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
         for row, p, c in zip(rows, second_scores, second_called):
             row |= {column: f"{p:.6f}", TWO_STAGE_CALLED: c}
     fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
-    write_csv(out_dir / "predictions.csv", fields, rows)
+    write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
-    write_csv(out_dir / "sensitivity_table.csv", list(table[0]), table)
+    write_atomic(out_dir / "sensitivity_table.csv", results_csv(list(table[0]), table).encode())
     write_report(metrics, out_dir, title, extra=header, figures=True, gallery=gallery)

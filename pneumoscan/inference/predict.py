@@ -13,8 +13,6 @@ what needs it, the torch backend, Grad-CAM (:attr:`Predictor.model`) and the tes
 from __future__ import annotations
 
 import dataclasses
-import csv
-import io
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +25,7 @@ import numpy as np
 from pneumoscan.core.atomic import file_stamp, write_new
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import softmax
-from pneumoscan.core.names import cell_text, file_kind, json_ready, json_text, path_list, shown
+from pneumoscan.core.names import file_kind, json_text, path_list, results_csv, shown
 from pneumoscan.core.cpus import cap_torch_threads, usable_cores
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
@@ -687,16 +685,10 @@ def format_results(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json_text(rows)
     look_up_option(fmt, ("csv", "json"), "results format")
-    rows = json_ready(rows)
     fields = [f for f in RESULT_FIELDS if f in ALWAYS or any(f in row for row in rows)]
     # a multiclass bundle's class probabilities (in its class order) and a second stage's reading, as the rows hold
     # them, after the reading they follow
     named = list(dict.fromkeys(k for row in rows for k in row if k not in RESULT_FIELDS))
     at = fields.index("near_threshold" if "near_threshold" in fields else "threshold") + 1
     fields[at:at] = named
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    # a list (the scope warnings) is one cell, its items joined
-    writer.writerows({k: cell_text("; ".join(v) if isinstance(v, list) else v) for k, v in row.items()} for row in rows)
-    return buf.getvalue()
+    return results_csv(fields, rows)

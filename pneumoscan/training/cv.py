@@ -26,9 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pneumoscan.core.atomic import write_csv, write_json
+from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
-from pneumoscan.core.names import path_text
+from pneumoscan.core.names import path_text, results_csv
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, write_manifest
@@ -200,7 +200,8 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
                for k in range(folds)]
     if not is_main_process():  # under torchrun, rank 0 alone scores the folds and writes the results
         return {}
-    write_csv(cv_folder.oof, OOF_FIELDS + task.class_columns, [row for fold in results for row in fold.oof_rows])
+    write_atomic(cv_folder.oof, results_csv(OOF_FIELDS + task.class_columns,
+                                            [row for fold in results for row in fold.oof_rows]).encode())
     targets, probs = np.concatenate([f.targets for f in results]), np.concatenate([f.probs for f in results])
     # the pooled intervals count patients as evaluate's do: copies of one film under other names are one patient
     units = patient_groups([r for f in results for r in f.val], data)[1]
@@ -288,7 +289,7 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     if decision := task.extra_metrics(targets, probs).get("multiclass"):
         figures |= {key: decision[key] for key in ("accuracy", "balanced_accuracy", "macro_auc")}
     figures |= (epoch := chosen_epoch(run))
-    oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": path_text(r.patient),
+    oof_rows = [{"path": oof_name(r.path), "label": r.label, "subtype": r.subtype, "patient": r.patient,
                  "fold": k, "probability": float(p)} | predictor.class_fields(row)
                 for r, p, row in zip(val, scores, probs, strict=True)]  # fmt: skip
     chose = (f" (epoch {epoch['best_epoch']} of {epoch['epochs']}, chosen on these films; the last epoch's AUC "
