@@ -34,7 +34,8 @@ from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, OUTPUT, session,
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, WRITER, BundleCard, file_sha256,
+from pneumoscan.core.digests import file_sha256
+from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, WRITER, BundleCard,
                                     load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher

@@ -5,7 +5,6 @@ films are new to the bundle is :mod:`.held_out`'s to say; a new threshold is :mo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
+from pneumoscan.core.digests import bytes_sha256, file_sha256
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
                                      evaluate_multiclass, format_figure, has_both_classes, jsonable)
 from pneumoscan.core.names import path_text, results_csv, shown
@@ -129,14 +129,13 @@ def data_label(data: Path | str, split: str | None, data_name: str | None = None
     return data_name or Path(data).name + (f"/{split}" if split else "")
 
 
-def films_digest(records: Sequence[Record], data: Path | str) -> str:
-    """Which films, with which labels, the figures are on: a SHA-256 of each scored film's path, relative to the
-    data's folder (the same films moved or mounted elsewhere are the same), and label. ``compare`` refuses runs that
-    name their films alike (two sites' ``manifest.csv``) but were measured on different films, which its table would
-    otherwise show as figures on one set."""
-    root = os.path.realpath(data if Path(data).is_dir() else Path(data).parent)
-    lines = sorted(f"{os.path.relpath(os.path.realpath(r.path), root)}\t{r.label}" for r in records)
-    return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+def films_digest(records: Sequence[Record]) -> str:
+    """Which films, with which labels, the figures are on: a SHA-256 of each scored film's bytes (its content, so
+    the same films moved, mounted elsewhere or listed by another manifest are the same, and a film rewritten in place
+    another) and label. ``compare`` refuses runs that name their films alike (two sites' ``manifest.csv``) but were
+    measured on different films, which its table would otherwise show as figures on one set."""
+    lines = sorted(f"{file_sha256(r.path)}\t{r.label}" for r in records)
+    return bytes_sha256("\n".join(lines).encode())
 
 
 def threshold_table(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict]:
@@ -275,7 +274,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
     _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
-    metrics["films"] = films_digest(records, data)  # compare checks that runs named alike are on the same films
+    metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts

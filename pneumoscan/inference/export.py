@@ -30,7 +30,8 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import AGE_RANGE_YEARS, FRONTAL_VIEWS, MAX_ASPECT, MIN_SIDE, RADIOGRAPHY
-from pneumoscan.models.card import (CARD, ONNX_NAME, BundleCard, card_task, checked_bytes, file_sha256, load_card,
+from pneumoscan.core.digests import file_sha256
+from pneumoscan.models.card import (CARD, ONNX_NAME, BundleCard, card_task, checked_bytes, load_card,
                                    record_checksum)
 from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, session, spec_path,
                            verify_onnx, weights_digest)

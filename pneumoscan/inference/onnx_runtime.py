@@ -17,7 +17,8 @@ from typing import Any
 import onnxruntime as ort
 
 from pneumoscan.core.cpus import model_threads
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card, file_sha256,
+from pneumoscan.core.digests import file_sha256, hex_part
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card,
                                    load_card, read_bundle_text, verify_file)
 from pneumoscan.models.run_folder import RunFolder
 
@@ -41,7 +42,7 @@ def spec_path(onnx_path: Path | str) -> Path:
 
 def weights_digest(bundle: Path | str) -> str:
     """Hex SHA-256 of the bundle's weights file (the sidecar's ``weights_sha256``)."""
-    return file_sha256(Path(bundle) / WEIGHTS).removeprefix("sha256:")
+    return hex_part(file_sha256(Path(bundle) / WEIGHTS))
 
 
 def model_version(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> str:
@@ -53,7 +54,7 @@ def model_version(bundle: Path | str, backend: str = "torch", card: BundleCard |
     recorded = card.files if card is not None else {}
 
     def digest(name: str) -> str:
-        return (recorded.get(name) or file_sha256(Path(bundle) / name)).removeprefix("sha256:")[:12]
+        return hex_part(recorded.get(name) or file_sha256(Path(bundle) / name))[:12]
 
     version = f"sha256:{digest(WEIGHTS)}"
     if backend == "onnx-int8":
@@ -83,7 +84,7 @@ def described(model: Path | str) -> dict[str, str]:
     the sidecar to the weights, this ties the file to the sidecar, so that another model's ONNX file put beside a
     sound sidecar is refused (:func:`check_described`) where the card records no checksums or had them recorded
     again by hand."""
-    return {ONNX_DIGEST: file_sha256(model).removeprefix("sha256:")}
+    return {ONNX_DIGEST: hex_part(file_sha256(model))}
 
 
 def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str, digest: str | None = None) -> None:
@@ -91,7 +92,7 @@ def check_described(model: Path, sidecar: Mapping[str, Any], remedy: str, digest
     model's ONNX file copied in, its scores the other model's. A sidecar written before it kept the record says
     nothing here, so the file passes, as a bundle without checksums does. ``digest``: the file's ``sha256:HEX`` as
     bundle.json recorded it and :func:`verify_file` has just found it, so that the file is not read twice."""
-    actual = digest.removeprefix("sha256:") if digest else None
+    actual = hex_part(digest) if digest else None
     if (recorded := sidecar.get(ONNX_DIGEST)) is not None and recorded != (
             actual := actual or described(model)[ONNX_DIGEST]):
         raise ValueError(f"{model} is not the model {spec_path(model).name} describes: its SHA-256 is "

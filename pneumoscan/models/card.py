@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import sys
@@ -33,6 +32,7 @@ from typing_extensions import NotRequired, TypedDict  # pydantic reads typing.Ty
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.digests import bytes_sha256, file_sha256
 from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
@@ -226,12 +226,6 @@ def runtime_versions() -> dict[str, str]:
     return found
 
 
-def file_sha256(path: Path | str) -> str:
-    """``sha256:HEX`` of a file's bytes, the form bundle.json records."""
-    with Path(path).open("rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _refuse_special(path: Path, why: str = "", remedy: str = "restore the bundle from a good copy") -> None:
     """Refuse (ValueError) a bundle file that exists but is not a regular file: a pipe or a device in its place (a
     link to /dev/zero) would be read without end. ``why`` says what that means to the caller."""
@@ -250,7 +244,7 @@ def _card_digest(fields: Mapping[str, object]) -> str:
     """``sha256:HEX`` of a card's fields (not its checksum) in one canonical spelling, so that the key order and
     indentation of the file do not matter and every value does."""
     canonical = json.dumps({k: v for k, v in fields.items() if k != CHECKSUM}, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return bytes_sha256(canonical.encode())
 
 
 def save_card(directory: Path | str, card: BundleCard) -> None:
@@ -293,7 +287,7 @@ def save_appearance(directory: Path | str, appearance: Appearance) -> None:
     """Write BUNDLE/appearance.safetensors and record its checksum (after save_bundle, which resets the record)."""
     data = save_arrays(appearance.to_arrays())
     write_atomic(Path(directory) / APPEARANCE, data)
-    record_checksum(directory, APPEARANCE, "sha256:" + hashlib.sha256(data).hexdigest())
+    record_checksum(directory, APPEARANCE, bytes_sha256(data))
 
 
 def load_appearance(directory: Path | str, card: BundleCard) -> Appearance | None:
@@ -539,7 +533,7 @@ def checked_bytes(path: Path, recorded: str | None) -> bytes:
     checked, even were the bundle replaced in between (a deploy writing over it), when a second read gave another
     model's graph under this card's name and threshold, and 15 of 300 loads all-zero weights under its checksum."""
     data = path.read_bytes()
-    if recorded is not None and f"sha256:{hashlib.sha256(data).hexdigest()}" != recorded:
+    if recorded is not None and bytes_sha256(data) != recorded:
         raise ValueError(f"{path} changed while it was loaded (the bundle written over?): its bytes are not those "
                          "bundle.json records; load it again")
     return data

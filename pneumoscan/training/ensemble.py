@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from pneumoscan.core.digests import bytes_sha256, hex_part
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import has_both_classes
 from pneumoscan.core.names import path_list
@@ -231,9 +231,9 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
     described = [{"model": c.model, "model_kwargs": c.model_kwargs, "size": c.size, "mean": c.mean, "std": c.std,
                   "temperature": c.temperature, "model_id": c.model_id, "source": str(p), "threshold": c.threshold,
                   "weights": c.files.get(WEIGHTS, ""), "heatmap_scale": c.heatmap_scale} for c, p in zip(cards, paths)]
-    fingerprint = hashlib.sha256("".join(c.data_fingerprint for c in cards).encode()).hexdigest()
+    fingerprint = hex_part(bytes_sha256("".join(c.data_fingerprint for c in cards).encode()))
     # the members' data, when every member records its own: a member without one leaves the ensemble's unknown
-    checksum = ("sha256:" + hashlib.sha256("".join(c.data_checksum for c in cards).encode()).hexdigest()
+    checksum = (bytes_sha256("".join(c.data_checksum for c in cards).encode())
                 if all(c.data_checksum for c in cards) else "")
     card = BundleCard(
         model=ENSEMBLE, task=first.task, classes=first.classes, positive=first.positive,

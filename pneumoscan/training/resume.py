@@ -5,7 +5,6 @@ weights would then be described by a config and a split they were not made with.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
@@ -270,4 +270,4 @@ def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
     record_of = {r.path: r for r in records}
     labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
     text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return bytes_sha256(text.encode())

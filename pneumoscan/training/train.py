@@ -555,7 +555,7 @@ def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleC
     best epoch (``epochs``: the epochs run and the best): the report and compare say so."""
     metrics["data"] = TRAINING_DATA
     # which films: compare tells runs validated on other films (another seed's split) from runs on the same ones
-    metrics["films"] = films_digest(val_records, "/")
+    metrics["films"] = films_digest(val_records)
     metrics["epochs"], metrics["best_epoch"] = epochs  # cv says when the weights are not the last epoch's
     metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
                              "validation films: the figures on them are optimistic"]

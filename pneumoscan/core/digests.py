@@ -1,0 +1,25 @@
+"""SHA-256 digests in the form every record holds (``sha256:HEX``: bundle.json's files, data checksums, the films
+a figure is on) and, for the records that hold the bare hex (an ONNX sidecar's), that hex."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+PREFIX = "sha256:"
+
+
+def bytes_sha256(data: bytes) -> str:
+    """``sha256:HEX`` of ``data``."""
+    return PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    """``sha256:HEX`` of a file's bytes, read in chunks."""
+    with Path(path).open("rb") as f:
+        return PREFIX + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def hex_part(digest: str) -> str:
+    """The HEX of ``sha256:HEX`` (a bare hex stays as it is)."""
+    return digest.removeprefix(PREFIX)
