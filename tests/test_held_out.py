@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.data.layouts import discover
+from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation import held_out
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.evaluation.held_out import HeldOutPolicy, check_held_out
 from pneumoscan.models.card import BundleCard, load_card, save_card
 
@@ -36,3 +37,25 @@ def test_each_card_is_read_once_and_still_names_the_task(tiny_bundle: Path, tmp_
     assert [c for c in caveats if "validation films" in c] == [
         f"{len(validation)} film(s) given to evaluate are {run}'s validation films, on which its own temperature and "
         "threshold were chosen: the figures on them are optimistic" for run in (bundle, tiny_bundle)]
+
+
+def test_an_etiology_runs_normal_films_are_not_its_training_films(tiny_etiology_bundle: Path, tiny_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """An etiology run's split.csv lists the normal films too; its model never read them. A two-stage evaluation
+    of them (with a first stage that did not train on them either) was refused as on the etiology bundle's training
+    films; its pneumonia training films still are."""
+    from tests.test_predict import make_bundle
+
+    first = make_bundle(tmp_path / "first")  # a first stage whose run is not known here: nothing to refuse
+    trained = [r for r in discover(tiny_etiology_bundle.parent / "split.csv").records if r.split == "train"]
+    normal = [dataclasses.replace(r, split="") for r in trained if r.label == "NORMAL"]
+    sick = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test") if r.label == "PNEUMONIA"]
+    write_manifest([*normal, *sick], tmp_path / "films.csv")
+    metrics = evaluate(first, tmp_path / "films.csv", out_dir=tmp_path / "eval", etiology=tiny_etiology_bundle)
+    assert metrics["n"] == len(normal) + len(sick)
+    assert not any("training split" in c and str(tiny_etiology_bundle) in c for c in metrics.get("caveats", []))
+    own = next(dataclasses.replace(r, split="") for r in trained if r.label == "PNEUMONIA")
+    write_manifest([*normal, *sick, own], tmp_path / "with-one.csv")
+    with pytest.raises(ValueError, match=rf"1 of the films given to evaluate were in {tiny_etiology_bundle}'s "
+                                         "training split"):
+        evaluate(first, tmp_path / "with-one.csv", out_dir=tmp_path / "eval-2", etiology=tiny_etiology_bundle)

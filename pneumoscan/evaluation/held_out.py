@@ -189,7 +189,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             trained |= run.train
             validation |= run.val
             if run.how == "":
-                own_validation |= _side(run.films, "val")
+                own_validation |= run.val
     _warn_copies(given, trained, validation - trained)
     return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
 
@@ -224,19 +224,19 @@ def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
         if unresolved:
             given.warn(unresolved)
         if films:
-            runs.append(_Run(path, how, films, _side(films, "train"), _validated(path, films, card)))
+            runs.append(_Run(path, how, films, *(_read_side(path, films, card, side) for side in ("train", "val"))))
     return runs
 
 
-def _validated(bundle: Path, films: dict[str, Record], card: BundleCard | None) -> set[str]:
-    """The real paths of the validation films of a run's split.csv that its bundle's task reads: an etiology run's
-    split lists the normal films too, and they chose none of its numbers. All of them when the bundle has no card
-    (``card``: as :func:`_weight_sources` read it) to name its task."""
-    validation = {path: r for path, r in films.items() if r.split == "val"}
+def _read_side(bundle: Path, films: dict[str, Record], card: BundleCard | None, side: str) -> set[str]:
+    """The real paths of the films on one side of a run's split.csv that its bundle's task reads: an etiology run's
+    split lists the normal films too, and it neither trained on them nor chose any of its numbers on them. All of
+    the side's films when the bundle has no card (``card``: as :func:`_weight_sources` read it) to name its task."""
+    on_side = {path: r for path, r in films.items() if r.split == side}
     if card is None:
-        return set(validation)
+        return set(on_side)
     task = card_task(card, bundle)
-    return {path for path, r in validation.items() if task.target(r) is not None}
+    return {path for path, r in on_side.items() if task.target(r) is not None}
 
 
 def _refuse_trained(given: _Given, bundle: Path, runs: Sequence[_Run]) -> None:
@@ -362,11 +362,6 @@ def _run_films(path: Path, purpose: str, how: str) -> tuple[dict[str, Record], s
         return {}, (f"{path}: none of the films {split} lists is where it says (a run folder copied or moved?), "
                     f"{cannot}: they may be its training films")
     return films, None
-
-
-def _side(run: dict[str, Record], side: str) -> set[str]:
-    """The real paths of a run's films on one side of its split."""
-    return {path for path, r in run.items() if r.split == side}
 
 
 def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) -> None:
