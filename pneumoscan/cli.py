@@ -259,8 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.evaluation.model_card import film_counts, one_class
     from pneumoscan.models.run_folder import REPORT
 
-    out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology is not None,
-                                      args.backend)
+    out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
     # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train)
     with _without_test_split("without a test split, give a run's validation films instead: RUN/split.csv --split val "
                              "(figures on them are optimistic)"):

@@ -358,3 +358,33 @@ def test_the_films_digest_follows_the_films_and_labels_not_where_the_data_lies(t
     before = films_digest(there)
     Image.fromarray(255 - np.asarray(Image.open(there[0].path))).save(there[0].path, quality=95)
     assert films_digest(there) != before
+
+
+def test_a_two_stage_evaluation_names_its_second_stage_by_its_weights_and_folder(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """metrics.json recorded the second stage only as the path typed, and compare showed its figures as current
+    after it was trained again; two second stages wrote one default folder, the second run's over the first's."""
+    from pneumoscan import cli
+    from tests.builders import nudge_weights
+
+    first = shutil.copytree(tiny_bundle.parent, tmp_path / "first") / "bundle"
+    seconds = [shutil.copytree(tiny_etiology_bundle.parent, tmp_path / name) / "bundle" for name in ("e-a", "e-b")]
+    nudge_weights(seconds[1])
+    assert cli.main(["export", str(seconds[1])]) == 0
+    for second in seconds:
+        assert cli.main(["evaluate", str(first), str(tiny_dataset), "--split", "test", "--etiology",
+                         str(second)]) == 0
+    folders = [tmp_path / "first" / f"eval-chest_xray-test-two-stage-{name}" for name in ("e-a", "e-b")]
+    blocks = [json.loads((f / "metrics.json").read_text())["two_stage"] for f in folders]
+    assert [b["etiology_bundle"] for b in blocks] == [str(s.resolve()) for s in seconds]
+    assert [b["etiology_bundle_weights"] for b in blocks] == [load_card(s).files["model.safetensors"]
+                                                              for s in seconds]
+    assert blocks[0]["accuracy"] is not None and len(compare_runs(folders)) == 2
+    assert "holds other weights" not in caplog.text
+    nudge_weights(seconds[0])  # trained again in its folder
+    with caplog.at_level("WARNING"):
+        compare_runs(folders[:1])
+    assert f"the bundle at {seconds[0].resolve()} holds other weights than these figures were measured with" in (
+        caplog.text)

@@ -163,12 +163,26 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
             continue
         if not isinstance(block, dict) or not _names(block.get("class_names")):
             raise ValueError(f"{metrics_path}: {key} holds no figures of a decision among named classes")
+        _warn_retrained(metrics_path.parent, block.get("etiology_bundle"), block.get("etiology_bundle_weights"),
+                        "the two-stage figures shown are of its earlier weights")
         cis = _checked_cis(metrics_path, block, THREE_CLASS, f"{key}.")
         decisions.append(ThreeClass(
             decision=str(block.get("decision") or key), classes=list(block["class_names"]),
             ci_unit=_ci_unit(metrics_path, block, f"{key}."), figures={name: block.get(name) for name in THREE_CLASS},
             cis={name: tuple(cis.get(name) or (None, None)) for name in THREE_CLASS}))
     return decisions
+
+
+def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str) -> bool:
+    """Whether BUNDLE now holds other weights than ``weights``, the figures of ``folder`` were measured with (a run
+    trained again into the same folder), warned of with what the table shows of it; False when either is unknown."""
+    if not bundle or not weights or not (Path(bundle) / CARD).is_file():
+        return False
+    if load_card(bundle).files.get(WEIGHTS) == weights:
+        return False
+    log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
+                "since?): %s", folder, bundle, shown_as)
+    return True
 
 
 def load_run(path: Path | str) -> RunSummary:
@@ -198,11 +212,9 @@ def load_run(path: Path | str) -> RunSummary:
     training_run = RunFolder(folder).bundle.is_dir()
     # the clock of the run that trained the bundle (beside it), not of the folder an --out put the figures in
     minutes = _training_minutes(bundle.parent) if bundle else None
-    if card is not None and m.get("bundle_weights") and card.files.get(WEIGHTS) != m["bundle_weights"]:
-        # a run trained again into the same folder: its card and clock are another model's than these figures'
-        log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
-                    "since?): its model, task, policy and minutes are not shown", folder, places[0])
-        card, minutes = None, None
+    if card is not None and _warn_retrained(folder, bundle, m.get("bundle_weights"),
+                                            "its model, task, policy and minutes are not shown"):
+        card, minutes = None, None  # a run trained again into the same folder: another model's card and clock
     data = m.get("data") or (TRAINING_DATA if training_run else None)
     # what the binary figures answer: the card's negative class and positive call, else the figures' own names
     question = ((card.classes[0], card.positive) if card and card.classes

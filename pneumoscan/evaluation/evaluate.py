@@ -120,7 +120,9 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=groups,
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}")
-    metrics |= {"etiology_bundle": str(etiology), "etiology_threshold": second_threshold}
+    # which second stage, while it holds these weights (compare checks), as the first stage is recorded
+    metrics |= {"etiology_bundle": os.path.realpath(etiology), "etiology_threshold": second_threshold,
+                "etiology_bundle_weights": second.card.files.get(WEIGHTS, "")}
     return metrics, (stage_fields(second.task)["probability"], second_scores, np.array(names)[called])
 
 
@@ -221,13 +223,21 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     return gallery
 
 
-def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool, two_stage: bool,
-                    backend: str = "torch") -> Path:
-    """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage][-int8]/`` beside the
-    bundle, so evaluations of one bundle on different data or in different modes never overwrite each other. A
-    bundle folder named other than ``bundle`` (a ``threshold`` copy beside it) puts its name first
-    (``eval-<bundle name>-...``): the two bundles' evaluations must not overwrite each other either."""
-    suffix = ((f"-{split}" if split else "") + ("-tta" if tta else "") + ("-two-stage" if two_stage else "")
+def _bundle_name(bundle: Path | str) -> str:
+    """A bundle as a folder name says it: its run's name for a folder named ``bundle``, else its own."""
+    path = Path(os.path.realpath(bundle))
+    return path.parent.name if path.name == "bundle" else path.name
+
+
+def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta: bool,
+                    etiology: Path | str | None = None, backend: str = "torch") -> Path:
+    """Where ``evaluate`` writes without ``--out``: ``eval-<data name>[-<split>][-tta][-two-stage-<etiology
+    bundle's name>][-int8]/`` beside the bundle, so evaluations of one bundle on different data, in different modes
+    or with different second stages never overwrite each other. A bundle folder named other than ``bundle`` (a
+    ``threshold`` copy beside it) puts its name first (``eval-<bundle name>-...``): the two bundles' evaluations
+    must not overwrite each other either."""
+    suffix = ((f"-{split}" if split else "") + ("-tta" if tta else "")
+              + (f"-two-stage-{_bundle_name(etiology)}" if etiology is not None else "")
               + ("-int8" if backend == "onnx-int8" else ""))
     name = Path(os.path.realpath(bundle)).name
     return Path(bundle).parent / f"eval-{'' if name == 'bundle' else name + '-'}{Path(data).stem}{suffix}"
