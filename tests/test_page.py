@@ -842,7 +842,8 @@ def test_a_reading_near_the_threshold_is_said_so_with_the_interval(browser: Brow
 def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     """A reading near the threshold was uncoloured in the panel but bold red (or green) in the list, "PNEUMONIA (near
     the threshold)" looking as sure as a clear call: the list styles each reading as the panel does. A model that
-    checks no film's content colours none of its calls: noise had read PNEUMONIA in bold red."""
+    checks no film's content colours none of its calls: noise had read PNEUMONIA in bold red. Nor does an etiology
+    model served alone: its bacteria, given for a normal film too, read as an all-clear in green."""
     shown = page.evaluate("""() => {
         contentChecked = true;  // a model with the check (the tiny test bundle has none)
         const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
@@ -864,6 +865,9 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     unchecked = page.evaluate("""() => { contentChecked = false; renderList();
         return document.querySelector('#films tbody tr').cells[1].className; }""")
     assert unchecked == "indeterminate"  # the clear call, from a model without the content check
+    second_alone = page.evaluate("""() => { contentChecked = true; followsAnother = true; renderList();
+        return document.querySelector('#films tbody tr').cells[1].className; }""")
+    assert second_alone == "indeterminate"  # from an etiology model served alone
 
 
 def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: Path, tmp_path: Path) -> None:

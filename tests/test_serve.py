@@ -124,6 +124,7 @@ def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
     assert info["threshold"] == pytest.approx(card.threshold)
     assert info["threshold_policy"] == card.threshold_policy
     assert info["content_checked"] is False  # 48 training films: too few to describe, and the service says so
+    assert info["follows"] == []  # a first stage: its calls are coloured as a finding or none
     assert info["val_metrics"] == card.val_metrics and "auc" in info["val_metrics"]
     assert info["data_fingerprint"] == card.data_fingerprint != ""
     assert info["image_size"] == card.size and info["architecture"] == "simple_cnn"
@@ -243,6 +244,7 @@ def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray
         body = upload(c, xray).json()
         upload(c, xray)
         assert body["label"] in ("bacteria", "virus")
+        assert c.get("/v1/model").json()["follows"] == ["pneumonia"]  # the page colours none of its calls
         assert said in body["warnings"]
         for fmt in ("dicom-sr", "fhir"):  # a report codes a pneumonia finding: refused before the film is read
             assert_error(upload(c, TEXT, format=fmt), 422, f"format={fmt} reports a pneumonia reading, and the "

@@ -95,7 +95,8 @@ class Stage:
             threshold_interval=c.threshold_interval, caveats=c.caveats, temperature=c.temperature,
             image_size=c.size, resize_policy=c.resize_policy, val_metrics=c.val_metrics,
             data_fingerprint=c.data_fingerprint, package_version=c.package_version,
-            content_checked=self.predictor.appearance is not None, heatmap_scale=c.heatmap_scale,
+            content_checked=self.predictor.appearance is not None, follows=list(self.predictor.task.follows),
+            heatmap_scale=c.heatmap_scale,
             heatmap_caption=caption(c.positive, scale), heatmap_top=scale_top(scale),
             heatmap_top_spoken=scale_top(scale, spoken=True), **card_summary(c),
         )

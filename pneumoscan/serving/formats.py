@@ -92,6 +92,10 @@ class ModelInfo(BaseModel):
                                     "scale")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
+    follows: list[str] = Field(description="the tasks of the stages this model reads a film after (an etiology "
+                               "model follows pneumonia); empty for a model that reads a film alone. Served alone, "
+                               "it cannot say the other call of those stages (normal), so the web page colours none "
+                               "of its calls as a finding or its absence")
     intended_use: str = Field(description="what the model is for (MODEL_CARD.md)")
     out_of_scope: list[str] = Field(description="uses the model is not for")
     external_evaluations: list[dict[str, Any]] = Field(description="evaluations on other data recorded in the card")

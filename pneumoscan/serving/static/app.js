@@ -19,6 +19,7 @@ let cardModel = null;
 // whether the model checks a film's content against its training films' (the card's content_checked): without the
 // check, noise or a form is read as confidently as a film, so no reading of it is coloured as a clear call
 let contentChecked = true;
+let followsAnother = false; // an etiology model served alone: bacteria is no all-clear
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
@@ -80,6 +81,7 @@ function showError(message, keepResult = false) {
 function showCard(info) {
   cardModel = `${info.id} ${info.version}`;
   contentChecked = info.content_checked;
+  followsAnother = info.follows.length > 0;
   maxUploadBytes = info.max_upload_bytes;
   secondTask = info.etiology ? info.etiology.task : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
@@ -218,11 +220,12 @@ function labelText(r) {
 }
 
 // The reading's style, the same in the panel and the list: red or green only for a clear call; grey out of scope,
-// uncoloured near the threshold (a bold red "PNEUMONIA (near the threshold)" in the list looked as sure as any) and
-// from a model that checks no film's content (noise read PNEUMONIA in bold red; each reading says why).
+// uncoloured near the threshold (a bold red "PNEUMONIA (near the threshold)" in the list looked as sure as any),
+// from a model that checks no film's content (noise read PNEUMONIA in bold red; each reading says why) and from a
+// second-stage model served alone (its "bacteria" in green read as an all-clear; it cannot call a film normal).
 function lookOf(r) {
   if (!r.in_scope) return "out-of-scope";
-  if (r.near_threshold || !contentChecked) return "indeterminate";
+  if (r.near_threshold || !contentChecked || followsAnother) return "indeterminate";
   return r.label === r.positive ? "positive" : "negative";
 }
 
