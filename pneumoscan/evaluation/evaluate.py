@@ -183,7 +183,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
     negatives (lowest scores among positives called negative) as thumbnails, with Grad-CAM overlays while
     ``cam_seconds`` last and the model has a spatial feature map, plain films after that. ``tta`` (the scores are
     means of test-time views) and each film's ``scope`` warnings go into the overlays' captions, as predict's."""
-    from pneumoscan.inference.explain import NoMapOfFilm, explain_array, heatmap_scale, overlay_png
+    from pneumoscan.inference.explain import NoMapOfFilm, film_overlay
 
     called = scores >= threshold
     false_pos = np.flatnonzero((y == 0) & called)
@@ -209,8 +209,7 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             image, overlay, refused = Image.fromarray(gray), False, ""
             if cam and time.monotonic() < deadline:
                 try:
-                    png = overlay_png(gray, explain_array(predictor, gray), predictor.card.positive,
-                                      heatmap_scale(predictor.card), tta=tta, warnings=scope[i] if scope else ())
+                    png = film_overlay(predictor, gray, tta=tta, warnings=scope[i] if scope else ())
                     image, overlay = Image.open(io.BytesIO(png)), True
                 except NoMapOfFilm as e:  # this film's map only: the next film's may be drawn
                     refused = f"  ({NO_HEATMAP}: {e})"

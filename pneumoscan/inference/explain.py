@@ -566,6 +566,17 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
     return encode_png(picture, own)
 
 
+def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | None = None, *, tta: bool = False,
+                 warnings: Sequence[str] = ()) -> bytes:
+    """The overlay every route draws of a film (predict's files, the report's gallery, the service's answers):
+    Grad-CAM of ``gray`` (the film as the model reads it) over ``shown`` (that film at a panel's size; default
+    ``gray``), of the call's evidence on the bundle's scale, its caption saying when ``warnings`` put the film
+    outside the model's scope. Raises :class:`NoMapOfFilm` for a film without a map."""
+    cam = explain_array(predictor, gray)
+    return overlay_png(gray if shown is None else shown, cam, predictor.card.positive, heatmap_scale(predictor.card),
+                       tta=tta, warnings=warnings)
+
+
 def map_png(cam: np.ndarray) -> bytes:
     """The bare map (the service's ``heatmap=map``; ``cam`` at the panel size :func:`explain_array` gives), for a
     client that colours it itself: an 8-bit grayscale PNG, with an alpha channel, transparent where the model did not

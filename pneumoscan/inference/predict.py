@@ -578,7 +578,7 @@ def predict_paths(
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, NoMapOfFilm, check_explainable, explain_array, heatmap_scale, overlay_png
+        from .explain import MAX_PANEL, NoMapOfFilm, check_explainable, film_overlay
 
         check_explainable(predictor)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
@@ -606,13 +606,11 @@ def predict_paths(
                         row = {"path": path, "error": CHANGED}
                     elif heatmap_dir is not None:  # no overlay of a model that gave no score
                         try:
-                            cam = explain_array(predictor, gray)
+                            png = film_overlay(predictor, gray, None if isinstance(film, str) else film, tta=tta,
+                                               warnings=row["warnings"])
                         except NoMapOfFilm as e:  # this film's map only (NaN, no gradient): its reading stands
                             row["warnings"].append(f"{NO_HEATMAP}: {e}")
                         else:
-                            png = overlay_png(gray if film is None or isinstance(film, str) else film, cam,
-                                              predictor.card.positive, heatmap_scale(predictor.card), tta=tta,
-                                              warnings=row["warnings"])
                             row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
                 rows.append(row)
             bar.advance(task, len(batch))

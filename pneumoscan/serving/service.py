@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.data.scope import describe
-from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, heatmap_scale,
-                                         map_png, overlay_png, panel_png, png_data_url)
+from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
+                                         map_png, panel_png, png_data_url)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
@@ -225,13 +225,11 @@ class Service:
                 self.heatmap_fault = self._heatmaps_off(e)
             raise Rejected(503, self.heatmap_fault) from None
         try:
-            cam = explain_array(self.heat_predictor, image)
+            if raw:
+                return map_png(explain_array(self.heat_predictor, image))
+            return film_overlay(self.heat_predictor, image, shown, warnings=warnings)
         except NoSpatialMap as e:  # the model's kind (no map for any film), or this film's map (NoMapOfFilm)
             raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
-        if raw:
-            return map_png(cam)
-        return overlay_png(shown, cam, self.main.card.positive, heatmap_scale(self.heat_predictor.card),
-                           warnings=warnings)
 
     def _heatmaps_off(self, error: OSError | ValueError) -> str:
         """Why Grad-CAM's model could not be built, for the 503 and /healthz (which needs no key): the bundle changed
