@@ -8,10 +8,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, evaluate_binary, evaluate_multiclass, softmax
-from pneumoscan.core.figures import figure_bytes
+from pneumoscan.core.figures import figure_bytes, png_data_url
 from pneumoscan.evaluation.report import write_report
 from pneumoscan.training.callbacks import plot_training_curves
-from pneumoscan.inference.explain import png_data_url
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_URL = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")

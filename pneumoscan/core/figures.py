@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import TYPE_CHECKING
 
@@ -21,3 +22,8 @@ def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
     png = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
     fig.savefig(buffer, format=fmt, dpi=FIGURE_DPI, bbox_inches="tight" if tight else None, **png)
     return buffer.getvalue()
+
+
+def png_data_url(png: bytes) -> str:
+    """A PNG as a ``data:`` URL: a figure or heatmap inside an HTML page or a JSON answer, with no separate file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

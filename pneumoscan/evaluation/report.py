@@ -19,11 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
-from pneumoscan.core.figures import figure_bytes
+from pneumoscan.core.figures import figure_bytes, png_data_url
 from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson,
                                      format_figure, format_percent, jsonable)
 from pneumoscan.core.names import path_text
-from pneumoscan.inference.explain import png_data_url
 from pneumoscan.models.run_folder import METRICS, REPORT
 
 from .model_card import PREVALENCE_BOUND, film_counts, one_class, prevalence_note

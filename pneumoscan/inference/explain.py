@@ -17,7 +17,6 @@ which.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import io
@@ -412,11 +411,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def png_data_url(png: bytes) -> str:
-    """A PNG as a ``data:`` URL: a figure or heatmap inside an HTML page or a JSON answer, with no separate file."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *, tta: bool = False,

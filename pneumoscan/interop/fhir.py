@@ -35,7 +35,8 @@ from pydicom.valuerep import DA, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, standard_form
 
-from .sr import DISCLAIMER, check_result, derived_uuid, film_identity, finding_present, malformed_reason, scope_notes
+from .sr import DISCLAIMER, check_result, finding_present, malformed_reason, scope_notes
+from .uids import derived_uuid, film_identity
 
 SNOMED = "http://snomed.info/sct"
 DICOM_UID = "urn:dicom:uid"  # identifier system for DICOM UIDs (values as urn:oid:...)

@@ -49,7 +49,7 @@ def dicom_multipart(parts: list[bytes]) -> tuple[bytes, str]:
 
 
 def scoring_mode(backend: str, tta: bool = False) -> str:
-    """How the rows were scored, as the reports' identity states it (:func:`.sr.derived_uid`)."""
+    """How the rows were scored, as the reports' identity states it (:func:`.uids.derived_uid`)."""
     return f"{backend}+tta" if tta else backend
 
 

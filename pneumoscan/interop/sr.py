@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import re
 import unicodedata
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -64,7 +62,7 @@ from pneumoscan.data.readers.dicom import MANUFACTURER, charset_terms, misread_t
 from pneumoscan.data.scope import CONFLICT, PATIENT_SEXES, outside_scope
 from pneumoscan.data.tasks import get_task, list_tasks
 
-from .uids import derive_uid
+from .uids import derive_uid, derived_uid, film_identity
 
 keep_dicom_values_out_of_logs("highdicom", "pydicom")  # highdicom warns with whole patient names
 log = logging.getLogger(__name__)
@@ -293,34 +291,6 @@ def _device_uid(model_name: str, model_version: str) -> UID:
     """The Device Observer UID of a model: made from its name and version (its weights' digest), so a PACS sees one
     device for every report of one model, and another for other weights."""
     return derive_uid([model_name, model_version])
-
-
-def film_identity(study_uid: str, series_uid: str, sop_uid: str, source: Dataset | None) -> list[str]:
-    """What tells a film from every other, for the UIDs of what is made of it: its study, series and instance UIDs
-    and, from ``source`` (its header), its patient (PatientID, IssuerOfPatientID). A SOP Instance UID alone is not
-    enough: a modality or a re-import that repeats one gave films of two patients the same report UIDs, so a PACS
-    filed one patient's report in place of the other's."""
-    patient = [] if source is None else [str(source.get(k) or "").strip() for k in ("PatientID", "IssuerOfPatientID")]
-    return [str(study_uid), str(series_uid), str(sop_uid), *patient]
-
-
-def _derivation(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> str:
-    """The identity of one object made for a film, as one text in which no two identities read alike (pydicom joins
-    entropy sources with nothing between them: patient "A" of issuer "BC" would be patient "AB" of issuer "C")."""
-    return json.dumps([*film, model_name, model_version, mode, kind])
-
-
-def derived_uid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> UID:
-    """The UID of one object made for a film (``film``: :func:`film_identity`; ``kind``: the report, its series, the
-    overlay, ...): the same for the same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA),
-    so a rerun re-sends the objects a PACS already holds instead of filing new ones, and another film, model or mode
-    files its own."""
-    return derive_uid([_derivation(film, model_name, model_version, mode, kind)])
-
-
-def derived_uuid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
-    """:func:`derived_uid`'s identity as a UUID (version 5): a FHIR identifier that is stable in the same way."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, _derivation(film, model_name, model_version, mode, kind))
 
 
 def _source_identity(source: Dataset) -> list[str]:

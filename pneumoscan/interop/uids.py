@@ -9,9 +9,12 @@ no UID root: a UID under it would be refused by a PACS, or filed under someone e
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import uuid
 
+from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 
 UID_ROOT_ENV = "PNEUMOSCAN_UID_ROOT"
@@ -63,3 +66,31 @@ def uid_root() -> str:
 def derive_uid(entropy: list[str]) -> UID:
     """The UID of what ``entropy`` identifies, under :func:`uid_root`: the same for the same texts and root."""
     return generate_uid(prefix=uid_root(), entropy_srcs=entropy)
+
+
+def film_identity(study_uid: str, series_uid: str, sop_uid: str, source: Dataset | None) -> list[str]:
+    """What tells a film from every other, for the UIDs of what is made of it: its study, series and instance UIDs
+    and, from ``source`` (its header), its patient (PatientID, IssuerOfPatientID). A SOP Instance UID alone is not
+    enough: a modality or a re-import that repeats one gave films of two patients the same report UIDs, so a PACS
+    filed one patient's report in place of the other's."""
+    patient = [] if source is None else [str(source.get(k) or "").strip() for k in ("PatientID", "IssuerOfPatientID")]
+    return [str(study_uid), str(series_uid), str(sop_uid), *patient]
+
+
+def _derivation(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> str:
+    """The identity of one object made for a film, as one text in which no two identities read alike (pydicom joins
+    entropy sources with nothing between them: patient "A" of issuer "BC" would be patient "AB" of issuer "C")."""
+    return json.dumps([*film, model_name, model_version, mode, kind])
+
+
+def derived_uid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> UID:
+    """The UID of one object made for a film (``film``: :func:`film_identity`; ``kind``: the report, its series, the
+    overlay, ...): the same for the same film, model (name and weights' digest) and scoring ``mode`` (backend, TTA),
+    so a rerun re-sends the objects a PACS already holds instead of filing new ones, and another film, model or mode
+    files its own."""
+    return derive_uid([_derivation(film, model_name, model_version, mode, kind)])
+
+
+def derived_uuid(film: list[str], model_name: str, model_version: str, mode: str, kind: str) -> uuid.UUID:
+    """:func:`derived_uid`'s identity as a UUID (version 5): a FHIR identifier that is stable in the same way."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, _derivation(film, model_name, model_version, mode, kind))

@@ -18,9 +18,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
+from pneumoscan.core.figures import png_data_url
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
-                                         map_png, panel_png, png_data_url)
+                                         map_png, panel_png)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
