@@ -177,6 +177,20 @@ def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may
                        "use (affinity, CPU quota)"] if ran["start"] > ran["cores"] else []), ran
 
 
+def test_the_thread_count_is_worked_out_where_the_platform_cannot_say_which_cpus_are_allowed(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no os.sched_getaffinity: usable_cores went without it, model_threads (before torch is loaded)
+    raised AttributeError there. Every CPU of the machine is then allowed."""
+    from pneumoscan.core import cpus
+
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert 1 <= cpus.model_threads() <= cpus.usable_cores() <= (os.cpu_count() or 1)
+
+
 def test_onnx_sessions_follow_torchs_thread_count_once_it_is_loaded(tiny_bundle: Path) -> None:
     import torch
 

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def usable_cores() -> int:
     (:func:`model_threads`) are sized by: ``taskset`` or a container's cpuset narrows them, and so does a CPU quota
     (a Kubernetes CPU limit, ``docker --cpus``: :func:`cpu_quota`, rounded up), while ``os.cpu_count`` counts the
     machine's (64 decoding processes in a 2-core container)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(_allowed_cpus())
     quota = cpu_quota()
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
@@ -40,7 +40,13 @@ def model_threads() -> int:
         # a count, or OpenMP's list of them for nested levels ("4,2": the first); anything else is passed over
         if (found := re.fullmatch(r"\s*\+?(\d+)\s*(,.*)?", os.environ.get(name, ""))) and int(found[1]) > 0:
             return min(int(found[1]), _physical_cores(range(os.cpu_count() or 1)), cap)
-    return min(_physical_cores(os.sched_getaffinity(0)), cap)
+    return min(_physical_cores(_allowed_cpus()), cap)
+
+
+def _allowed_cpus() -> Collection[int]:
+    """The CPUs this process may run on (``taskset``, a cpuset); every CPU where the platform cannot say (macOS
+    has no ``sched_getaffinity``)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
 
 
 def cap_torch_threads() -> None:
