@@ -496,3 +496,27 @@ def test_one_path_given_alone_is_one_path_not_its_characters(tiny_bundle: Path, 
         assert [r["path"] for r in rows] == ([str(film)] if given != "test/NORMAL" else
                                              sorted(str(p) for p in Path("test/NORMAL").iterdir()))
         assert all("probability" in r for r in rows)
+
+
+def test_a_stopped_predict_leaves_no_overlays_without_results(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, which predict turns into the same unwinding) on the third film left the first two
+    overlays and no results file naming them; a rerun then filed its own beside them under other names."""
+    from pneumoscan.inference import explain
+
+    drawn, draw = [], explain.film_overlay
+
+    def stopped_at_the_third(*args, **kwargs) -> bytes:
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(1)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "film_overlay", stopped_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict_paths(tiny_bundle, tiny_dataset / "test", heatmap_dir=tmp_path / "maps")
+    assert len(drawn) == 2 and list((tmp_path / "maps").iterdir()) == []
+    monkeypatch.undo()
+    rows = predict_paths(tiny_bundle, tiny_dataset / "test", heatmap_dir=tmp_path / "maps")
+    assert sorted(Path(r["heatmap"]).name for r in rows) == sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert not any(p.stem.endswith("-2") for p in (tmp_path / "maps").iterdir())

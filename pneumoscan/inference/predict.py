@@ -578,7 +578,7 @@ def predict_paths(
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
     if heatmap_dir is not None:
-        from .explain import MAX_PANEL, NoMapOfFilm, check_explainable, film_overlay
+        from .explain import MAX_PANEL, check_explainable
 
         check_explainable(predictor)
         heatmap_dir.mkdir(parents=True, exist_ok=True)
@@ -586,35 +586,52 @@ def predict_paths(
         log.warning("%s", said)
     items = expand_paths(paths, exclude=heatmap_dir, skipped=skipped)
     rows: list[dict] = []
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
-        for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
-            readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
-            results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
-            for path, gray, stamp in batch:
-                if isinstance(gray, str):
-                    rows.append({"path": path, "error": gray})
-                    continue
-                row = {"path": path, **next(results)}
-                if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row stays
-                    # path, error; the warnings so far are the pixels' (_classify)
-                    row.update(stages.scoped(describe(path), row["warnings"]))
-                    # the panels show the film decoded again at a panel's size, as the web service shows it: the
-                    # model's copy (224 px a side, say) is too small to check the map against the anatomy
-                    film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
-                    if file_stamp(path) != stamp:  # the pixels, the header (its UIDs) and the panel: one file's
-                        row = {"path": path, "error": CHANGED}
-                    elif heatmap_dir is not None:  # no overlay of a model that gave no score
-                        try:
-                            png = film_overlay(predictor, gray, None if isinstance(film, str) else film, tta=tta,
-                                               warnings=row["warnings"])
-                        except NoMapOfFilm as e:  # this film's map only (NaN, no gradient): its reading stands
-                            row["warnings"].append(f"{NO_HEATMAP}: {e}")
-                        else:
-                            row["heatmap"] = str(write_new(heatmap_dir, Path(path).stem, ".png", png))
-                rows.append(row)
-            bar.advance(task, len(batch))
+    try:
+        with progress_bar(enabled=progress) as bar:
+            task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
+            for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
+                readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
+                results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
+                for path, gray, stamp in batch:
+                    if isinstance(gray, str):
+                        rows.append({"path": path, "error": gray})
+                        continue
+                    row = {"path": path, **next(results)}
+                    if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row
+                        # stays path, error; the warnings so far are the pixels' (_classify)
+                        row.update(stages.scoped(describe(path), row["warnings"]))
+                        # the panels show the film decoded again at a panel's size, as the web service shows it:
+                        # the model's copy (224 px a side, say) is too small to check the map against the anatomy
+                        film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
+                        if file_stamp(path) != stamp:  # the pixels, the header (its UIDs) and the panel: one file's
+                            row = {"path": path, "error": CHANGED}
+                    rows.append(row)
+                    if heatmap_dir is not None and "label" in row:  # no overlay of a model that gave no score
+                        _add_heatmap(row, predictor, gray, None if isinstance(film, str) else film, heatmap_dir, tta)
+                bar.advance(task, len(batch))
+    except BaseException:
+        # stopped (Ctrl-C, SIGTERM, a fault): no results name the overlays written so far, which a rerun would
+        # then file beside its own under other names
+        for row in rows:
+            if "heatmap" in row:
+                Path(row["heatmap"]).unlink(missing_ok=True)
+        raise
     return rows
+
+
+def _add_heatmap(row: dict, predictor: Predictor, gray: np.ndarray, film: np.ndarray | None, heatmap_dir: Path,
+                 tta: bool) -> None:
+    """The overlay of the film of ``row`` (read by the model as ``gray``, shown as ``film``) written into
+    ``heatmap_dir`` and named in ``row["heatmap"]``; a film without a map (NaN, no gradient) gets a warning
+    instead, and its reading stands."""
+    from .explain import NoMapOfFilm, film_overlay
+
+    try:
+        png = film_overlay(predictor, gray, film, tta=tta, warnings=row["warnings"])
+    except NoMapOfFilm as e:
+        row["warnings"].append(f"{NO_HEATMAP}: {e}")
+    else:
+        row["heatmap"] = str(write_new(heatmap_dir, Path(row["path"]).stem, ".png", png))
 
 
 def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backend: str) -> Path:
