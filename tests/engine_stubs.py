@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.synchronize
 import time
 from datetime import timedelta
 
@@ -52,3 +53,28 @@ def rank_with_a_nan(rank: int, port: int, results: multiprocessing.Queue) -> Non
         results.put((rank, f"{type(e).__name__}: {e}"))
     finally:
         dist.destroy_process_group()
+
+
+def rank_that_stalls(rank: int, port: int, gave_up: multiprocessing.synchronize.Event,
+                     results: multiprocessing.Queue) -> None:
+    """One of two gloo processes training the stub model under DDP with a 2 s timeout, where rank 1 stalls in its
+    second step until rank 0 has given up waiting for it in that step's all-reduce (or 20 s)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=2))
+    torch.manual_seed(0)
+    state = stub_state(epochs=1, batches=3)
+    state.ctx, state.net = Dist(rank, 2, timeout_s=2), DistributedDataParallel(state.model)
+    steps: list[int] = []
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        steps.append(1)
+        if rank == 1 and len(steps) == 2:
+            gave_up.wait(timeout=20)
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    try:
+        fit(state, [], loss_fn, figures([1.0]))
+        results.put((rank, "trained on"))
+    except Exception as e:  # what each rank says, whatever it is
+        results.put((rank, f"{type(e).__name__}: {e}"))
+        gave_up.set()

@@ -34,7 +34,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import load_checkpoint, save_checkpoint
 from pneumoscan.training.train import recipe
 from tests.distributed_stubs import two_gloo_ranks
-from tests.engine_stubs import figures, rank_with_a_nan, stub_state
+from tests.engine_stubs import figures, rank_that_stalls, rank_with_a_nan, stub_state
 
 
 class Recorder(Callback):
@@ -336,6 +336,16 @@ def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> N
                        "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
                        "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
+
+
+def test_a_process_that_stalls_in_training_is_given_up_on_in_one_line() -> None:
+    """A process stalled in a step left the other with gloo's raw "Timed out waiting ...ms for recv operation" from
+    inside DDP's gradient all-reduce; it says, in one line, that the processes meet at every step and what to do."""
+    said = two_gloo_ranks(rank_that_stalls, lambda context: context.Event())
+    assert said[0] == ("TimeoutError: process 0 waited 2 s for the others and gave up; the processes meet at every "
+                       "training step (the gradients' average), so another one stopped or stalled there (its own log "
+                       "says why) or runs far slower (a busy or smaller machine); if it is only slower, set "
+                       "PNEUMOSCAN_DIST_TIMEOUT (seconds) above its longest stall"), said
 
 
 def test_finalize_runs_after_training_and_hands_its_bundle_on() -> None:

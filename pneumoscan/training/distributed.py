@@ -28,6 +28,12 @@ TIMEOUT_ENV = "PNEUMOSCAN_DIST_TIMEOUT"
 # process that fails makes torchrun stop the others at once, so only one that hangs without failing keeps them
 # waiting this long.
 DEFAULT_TIMEOUT_S = 3 * 3600
+# why a process waits, in its timeout's line (Dist.waiting)
+WORK_ALONE = ("one process alone builds the image cache, scores the teachers, writes the bundle or scores a cv fold, "
+              "which can take longer on a large dataset: set {setting} (seconds) above how long that takes")
+AT_EVERY_STEP = ("the processes meet at every training step (the gradients' average), so another one stopped or "
+                 "stalled there (its own log says why) or runs far slower (a busy or smaller machine); if it is only "
+                 "slower, set {setting} (seconds) above its longest stall")
 
 
 @dataclass(frozen=True)
@@ -43,20 +49,18 @@ class Dist:
         return self.rank == 0
 
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Gloo's timeout of a collective (``Timed out waiting 10800000ms for recv operation``), raised where a
-        process waits for one doing work alone, as one line that names the setting to raise. NCCL's watchdog ends
-        the waiting process itself, with its own line (``Watchdog caught collective operation timeout``)."""
+    def waiting(self, why: str = "") -> Iterator[None]:
+        """Gloo's timeout of a collective (``Timed out waiting 10800000ms for recv operation``) as one line that
+        names the setting to raise, and ``why`` a process waits there (default: for one doing work alone;
+        :data:`AT_EVERY_STEP`). NCCL's watchdog ends the waiting process itself, with its own line (``Watchdog
+        caught collective operation timeout``)."""
         try:
             yield
         except RuntimeError as e:
             if "timed out" not in str(e).lower():
                 raise
-            raise TimeoutError(
-                f"process {self.rank} waited {self.timeout_s:g} s for the others and gave up; one process alone builds "
-                "the image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
-                f"on a large dataset: set {TIMEOUT_ENV} (seconds) above how long that takes"
-            ) from e
+            raise TimeoutError(f"process {self.rank} waited {self.timeout_s:g} s for the others and gave up; "
+                               + (why or WORK_ALONE).format(setting=TIMEOUT_ENV)) from e
 
     def barrier(self) -> None:
         if self.world > 1:

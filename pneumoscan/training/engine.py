@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from torch.utils.data import DataLoader
 
 from pneumoscan.core.logs import progress as progress_bar
+from .distributed import AT_EVERY_STEP
 
 if TYPE_CHECKING:
     from .distributed import Dist
@@ -184,7 +185,8 @@ def _train_epoch(
             break
         x = x.to(state.ctx.device, non_blocking=True, memory_format=torch.channels_last)
         y = y.to(state.ctx.device, non_blocking=True)
-        logits, loss = _step(state, x, y, loss_fn, amp)
+        with state.ctx.waiting(AT_EVERY_STEP):  # gloo's timeout in the gradients' all-reduce, as one line
+            logits, loss = _step(state, x, y, loss_fn, amp)
         hard = y if y.ndim == 1 else y.argmax(1)  # a mixed image counts as its larger part's class
         totals.loss += loss.item() * len(y)
         totals.correct += int((logits.argmax(1) == hard).sum())
@@ -224,7 +226,8 @@ def _summed_over_ranks(ctx: Dist, totals: _EpochTotals) -> _EpochTotals:
     covers every rank's images, not rank 0's share; the logits stay this rank's (``validate`` joins them)."""
     if ctx.world > 1:
         sums = torch.tensor([totals.loss, totals.correct, totals.seen], dtype=torch.float64, device=ctx.device)
-        dist.all_reduce(sums)
+        with ctx.waiting(AT_EVERY_STEP):
+            dist.all_reduce(sums)
         totals.loss, totals.correct, totals.seen = sums.tolist()
     return totals
 
