@@ -313,8 +313,8 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
 def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
     predictions are answered meanwhile."""
-    gate = Gate(service_module.explain_array)
-    monkeypatch.setattr(service_module, "explain_array", gate)
+    gate = Gate(service_module.film_overlay)
+    monkeypatch.setattr(service_module, "film_overlay", gate)
     limits = Limits(max_queue=8, heatmap_lane=1)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
