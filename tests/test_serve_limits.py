@@ -43,11 +43,11 @@ class Gate:
     def __init__(self, fn: Callable) -> None:
         self.fn, self.open, self.entered, self.lock = fn, threading.Event(), 0, threading.Lock()
 
-    def __call__(self, *args: object) -> object:
+    def __call__(self, *args: object, **kwargs: object) -> object:
         with self.lock:
             self.entered += 1
         assert self.open.wait(GATE_S), "the gate was never opened"
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
     def wait_entered(self, n: int) -> None:
         wait_for(lambda: self.entered >= n, f"{n} calls at the gate (got {self.entered})")
