@@ -19,6 +19,7 @@ from pneumoscan.core.metrics import softmax
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.data.tasks import get_task
+from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.export import export_onnx
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import Predictor
@@ -32,6 +33,7 @@ from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
 from pneumoscan.training.resume import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
+from tests.builders import nudge_weights
 
 TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
 
@@ -87,20 +89,30 @@ def test_a_student_trains_on_mixed_targets(teacher_cv: Path, tmp_path: Path) -> 
 
 def test_a_students_teachers_training_films_are_its_own(tiny_dataset: Path, teacher_cv: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    bundle = train(tiny_dataset, student_config(teacher_cv, tmp_path), tmp_path / "student")
+    """Refused as the student's own; once the teacher was trained again at its path, the student's check followed
+    the new teacher's films (another split) and took them as new: the teacher is then said to be unknown."""
+    teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher-run") / "bundle"  # trained again below
+    cfg = dataclasses.replace(student_config(teacher_cv, tmp_path), teacher=[str(teacher)])
+    bundle = train(tiny_dataset, cfg, tmp_path / "student")
     recorded = load_card(bundle).train_config
-    assert recorded["teacher"] == [str(teacher_cv / "fold-0" / "bundle")] and recorded["distill_weight"] == 0.25
+    assert recorded["teacher"] == [str(teacher)] and recorded["distill_weight"] == 0.25
     capsys.readouterr()
     assert main(["evaluate", str(bundle), str(tmp_path / "only-teacher.csv"), "--split", "test"]) == 2
     err = capsys.readouterr().err
-    assert f"4 of the films given to evaluate were in {teacher_cv / 'fold-0' / 'bundle'}'s training split" in err, err
+    assert f"4 of the films given to evaluate were in {teacher}'s training split" in err, err
     assert "was distilled from it" in err, err
+    nudge_weights(teacher)
+    write_manifest([dataclasses.replace(r, split="val") for r in discover(teacher.parent / "split.csv").records
+                    if r.split == "train"], teacher.parent / "split.csv")  # its new run: another split
+    metrics = evaluate(bundle, tmp_path / "only-teacher.csv", "test")
+    assert any(f"its weights come from {teacher} (it was trained again since {bundle} learnt from it)" in c
+               for c in metrics["optimistic"]), metrics["optimistic"]
 
 
 def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
     tiny_dataset: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "students"
+    out, teacher_cv = tmp_path / "students", shutil.copytree(teacher_cv, tmp_path / "teachers")  # trained again below
     args = ["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
             "--teacher-cv", str(teacher_cv), "--distill-weight", "0.7"]
     assert main(args) == 0
@@ -115,6 +127,10 @@ def test_cv_students_are_taught_by_the_fold_bundles_that_never_saw_their_fold(
     capsys.readouterr()
     assert main(args[:-4]) == 2, "the same folds untaught are another recipe"
     assert "fold-0 was trained with other settings (teacher [" in capsys.readouterr().err
+    nudge_weights(teacher_cv / "fold-0" / "bundle")  # the teacher cv's fold trained again in its folder
+    assert main(args) == 2, "a student fold taught by the earlier teacher is not reused as this one's"
+    assert (f"fold-0 was taught by other bundles: its teacher {os.path.abspath(teacher_cv / 'fold-0' / 'bundle')} is "
+            "not the bundle it was taught by (trained again since?)") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, said", [

@@ -226,6 +226,7 @@ def test_figures_on_the_films_that_chose_the_int8_thresholds_are_said_to_be_opti
     from pneumoscan.data.layouts import discover, make_record, write_manifest
 
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    shutil.copy(tiny_bundle.parent / "split.csv", tmp_path)  # in its run folder: its training films are known
     trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
     new = [make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")]
     write_manifest([*trained, *(dataclasses.replace(r, split="val") for r in new)], tmp_path / "int8.csv")

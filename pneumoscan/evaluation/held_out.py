@@ -18,7 +18,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
-                                   refused_as, replaced_members, teacher_label)
+                                   refused_as, replaced_members, retrained_teachers, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,10 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_S
     config = card.train_config or {}
     teachers = [Path(t) for t in config.get("teacher") or []]
     init = [Path(config["init"])] if config.get("init") else []
+    retaught = set(retrained_teachers(config))
     taught = (s for i, teacher in enumerate(teachers)
-              for s in sources(teacher, "teacher", teacher_label(i, len(teachers), teacher)))
+              for s in ([_Source(teacher, "replaced", None)] if teacher in retaught
+                        else sources(teacher, "teacher", teacher_label(i, len(teachers), teacher))))
     started = (s for start in init for s in sources(start, "init", f"the bundle {bundle} started from ({start})"))
     return [_Source(bundle, "", card), *taught, *started]
 
@@ -310,7 +312,7 @@ def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | N
     split = RunFolder.of(path).split
     if how != "replaced" and split.exists():
         return None
-    why = ("it was trained again since the ensemble recorded it" if how == "replaced" else
+    why = (f"it was trained again since {bundle} learnt from it" if how == "replaced" else
            f"no {split.name} of its run beside it: copied out of its run folder, or made elsewhere?")
     return (f"{bundle}: its weights come from {path} ({why}), so it cannot be checked that it never trained on the "
             f"films given to {purpose}; give it in its run folder (RUN/bundle beside RUN/{split.name})")
@@ -352,7 +354,8 @@ def _run_films(path: Path, purpose: str, how: str) -> tuple[dict[str, Record], s
     split = RunFolder.of(path).split
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
-        log.warning("%s holds other weights than the ensemble recorded (trained again since?), %s", path, cannot)
+        log.warning("%s holds other weights than the bundle that learnt from it recorded (trained again since?), %s",
+                    path, cannot)
         return {}, None
     if not split.exists():
         log.warning("%s: no %s beside it, %s", path, split, cannot)

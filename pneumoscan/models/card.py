@@ -18,10 +18,10 @@ import json
 import logging
 import sys
 from importlib import metadata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from packaging.version import InvalidVersion, Version
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
@@ -192,6 +192,25 @@ def refused_as(what: str) -> Iterator[None]:
         raise FileNotFoundError(f"{what}: {e}") from None
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
+
+
+TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' teacher_checksums
+
+
+def teacher_checksums(teachers: Sequence[Path | str]) -> list[str]:
+    """Each teacher bundle's identity: the SHA-256 of its bundle.json, which records its weights' checksums and its
+    temperature, so another bundle put at the same path is told apart."""
+    return [file_sha256(Path(teacher) / CARD) for teacher in teachers]
+
+
+def retrained_teachers(train_config: Mapping[str, Any]) -> list[Path]:
+    """The teachers a distilled bundle's ``train_config`` names that now hold another bundle than it was taught by
+    (:data:`TEACHER_CARDS`; trained again at the same path): their run's files describe another model's training.
+    None for a card that predates the record; a teacher that is gone is the caller's to say."""
+    teachers, cards = [Path(t) for t in train_config.get("teacher") or []], train_config.get(TEACHER_CARDS)
+    if not cards:
+        return []
+    return [t for t, card in zip(teachers, cards) if (t / CARD).is_file() and teacher_checksums([t])[0] != card]
 
 
 def replaced_members(card: BundleCard) -> list[Path]:

@@ -41,7 +41,8 @@ from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
-from .resume import checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change
+from .resume import (checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change,
+                     teachers_changed)
 from .train import absent_classes, check_init_held_out, train
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
                          "nothing shows how it was made; use a new --out")
     if changes := config_changes(recorded, cfg, ignore=("split_csv",)):
         raise ValueError(f"{name} was trained with other settings ({', '.join(changes)}); use a new --out")
+    if finished and (why := teachers_changed(recorded)):  # an interrupted fold's --resume checks its own
+        raise ValueError(f"{name} was taught by other bundles: {why}; use a new --out")
 
 
 def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist) -> None:

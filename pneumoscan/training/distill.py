@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -26,8 +25,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.core.digests import file_sha256
-from pneumoscan.models.card import (CARD, WEIGHTS, BundleCard, load_card, refused_as, teacher_label,
+from pneumoscan.models.card import (WEIGHTS, BundleCard, load_card, refused_as, teacher_label,
                                    verify_file)
 from .config import TrainConfig
 from .ensemble import member_named_logits, refuse_repeated_models
@@ -72,12 +70,6 @@ def _teacher_card(teachers: Sequence[str], i: int) -> BundleCard:
         card = load_card(teachers[i])
         verify_file(teachers[i], card, WEIGHTS)
     return card
-
-
-def teacher_checksums(teachers: Sequence[str]) -> list[str]:
-    """Each teacher bundle's identity, as a checkpoint records it: the SHA-256 of its bundle.json, which records its
-    weights' checksums and its temperature, so another bundle put at the same path is told apart."""
-    return [file_sha256(Path(teacher) / CARD) for teacher in teachers]
 
 
 def teacher_probabilities(teachers: Sequence[str], paths: Sequence[str], among: Sequence[str],

@@ -22,7 +22,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import TEACHER_CARDS, load_card, retrained_teachers, teacher_checksums
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, recorded_settings
 from .distributed import Dist
@@ -70,7 +70,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
         if settings.get("init"):
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
-    skip = {*ignore, *RECORDED}
+    skip = {*ignore, *RECORDED, TEACHER_CARDS}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 
@@ -124,19 +124,29 @@ RESUMABLE = ("epochs", "time_budget", "split_csv")
 def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
     """What made the run, as the card's train_config and the trackers record it: the settings, and what decides how
     it trains but is no setting (:data:`RECORDED`): the number of processes (the global batch and the learning rate
-    follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU)."""
+    follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU); for a
+    distilled run, its teachers' :func:`teacher_checksums` (:data:`TEACHER_CARDS`): the settings name them by path,
+    and a teacher trained again at that path is another teacher."""
+    teachers = {TEACHER_CARDS: teacher_checksums(cfg.teacher)} if cfg.teacher else {}
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
-            "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **teachers}
 
 
-def made_by(cfg: TrainConfig, ctx: Dist, data: str, teachers: Sequence[str]) -> dict:
+def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
     """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
-    :func:`run_record` adds to them, the data (``data``: :func:`data_checksum`, the pixels
-    and labels, not the files' paths or times) and each teacher's bundle.json checksum (``teachers``: another bundle
-    put at the same path)."""
+    :func:`run_record` adds to them, the data (``data``: :func:`data_checksum`, the pixels and labels, not the files'
+    paths or times) and each teacher's bundle.json checksum (``teachers``: another bundle put at the same path)."""
     record = run_record(cfg, ctx)
     return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
-            "teachers": list(teachers)}
+            "teachers": record.get(TEACHER_CARDS, [])}
+
+
+def teachers_changed(recorded: dict | None) -> str | None:
+    """Why a finished run's teachers are not the bundles now at the paths its card's ``train_config`` names
+    (:func:`retrained_teachers`); None when they are, or the card predates the record."""
+    if retaught := retrained_teachers(recorded or {}):
+        return f"its teacher {retaught[0]} is not the bundle it was taught by (trained again since?)"
+    return None
 
 
 # settings each machine may hold its own value of: how it reads (its data loader's workers, its scoring batch) and

@@ -61,7 +61,7 @@ from .callbacks import (
     restore,
 )
 from .config import TrainConfig
-from .distill import check_teachers, distilled_targets, teacher_checksums, teacher_probabilities
+from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, fit
 from .finish import ScoredFilms, finish_bundle
@@ -481,7 +481,7 @@ def train(
         check_init_held_out(cfg, records)
     # the images before the run folder is touched: --resume compares their pixels with the checkpoint's
     cache = preprocessed(records, cfg, ctx)
-    made = made_by(cfg, ctx, data_checksum(cache, records), teacher_checksums(cfg.teacher))
+    made = made_by(cfg, ctx, data_checksum(cache, records))
     ctx.agree(made["data"], f"read {len(cache.paths)} of {len(records)} films (data checksum {made['data'][7:19]}...)",
               "the films they train and validate on", "every machine needs the same films at the same path "
               "(`pneumoscan audit DATA` on each names its unreadable films)")
