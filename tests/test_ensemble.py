@@ -615,6 +615,23 @@ def test_int8_thresholds_of_an_ensemble_are_refused_on_films_a_member_trained_on
     assert not (bundle / "model.int8.onnx").exists()
 
 
+def test_int8_of_a_threshold_copy_of_a_cv_ensemble_is_refused_out_of_fold(tiny_bundle: Path, member64: Path,
+                                                                          tiny_dataset: Path, tmp_path: Path) -> None:
+    """A cv ensemble given a site's threshold (`pneumoscan threshold`) keeps its out-of-fold calibration record:
+    `export --int8 --cv` chose its INT8 thresholds on the runs' out-of-fold scores, another population than the
+    site's, and the two backends read the site's films at operating points chosen apart. Refused, as --data is."""
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    site = [make_record(r.path, r.label) for r in discover(tiny_dataset).split("train")[::3]]
+    write_manifest(site, tmp_path / "site.csv")
+    assert main(["threshold", str(ens), str(tmp_path / "site.csv"), "--youden", "--out", str(tmp_path / "site")]) == 0
+    with pytest.raises(ValueError, match=r"site's threshold was chosen on site.csv \(`pneumoscan threshold`\), and its "
+                                         "INT8 thresholds would be chosen on the runs' out-of-fold scores"):
+        main_raising(["export", str(tmp_path / "site"), "--int8", "--cv", str(cv)])
+    assert not (tmp_path / "site" / "model.int8.onnx").exists()
+
+
 def test_int8_of_a_cv_ensemble_chooses_its_thresholds_out_of_fold(tiny_bundle: Path, member64: Path,
                                                                   tiny_dataset: Path, tmp_path: Path) -> None:
     """No film of a cv ensemble's runs is new to every member, so --data is refused; with --cv the INT8 thresholds

@@ -114,6 +114,12 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
                          "scores (its FP32 figures, which the INT8 model's are held to, are not out of fold): --cv is "
                          "for an ensemble built with `ensemble --cv`; give --data (train and val films none of its "
                          "members trained on), or build it again with `ensemble --cv`")
+    if card.threshold_records:  # a `threshold` copy keeps calibrated_on, its threshold chosen on other films
+        raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
+                         "threshold`), and its INT8 thresholds would be chosen on the runs' out-of-fold scores, other "
+                         "films: quantise first (`pneumoscan export --int8 --cv` the ensemble `threshold` was run on), "
+                         "then run `pneumoscan threshold` on the same films, which chooses the INT8 thresholds on "
+                         "them too")
     runs = [os.path.realpath(p) for p in cv_members(cv_dirs)]
     recorded = member_sources(card)
     if [os.path.realpath(p) for p in recorded] != runs:
