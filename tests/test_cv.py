@@ -462,3 +462,17 @@ def test_a_cv_stopped_between_folds_is_not_taken_as_finished(tiny_dataset: Path,
     assert main(["ensemble", "--cv", str(out), "--out", str(tmp_path / "ensemble")]) == 2
     assert "not a finished cv run: 2 of its 3 folds were trained" in capsys.readouterr().err
     assert not (tmp_path / "ensemble").exists()
+
+
+def test_a_cv_of_fewer_folds_over_a_stopped_one_of_more_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A 3-fold cv stopped once its manifests were written, then run again with --folds 2 into the same OUT, left
+    split-fold-2.csv: the finished 2-fold run was then refused for good by `ensemble --cv` as one stopped between
+    folds. Refused before anything is written."""
+    out = tmp_path / "cv"
+    out.mkdir()
+    write_manifest(discover(tiny_dataset).split("train")[:2], out / "split-fold-2.csv")
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match=r"holds fold 2 of a cv of more folds than --folds 2 \(split-fold-2.csv or "
+                                         r"fold-2/\): use a new --out"):
+        cross_validate(tiny_dataset, cfg, 2, out)
+    assert [p.name for p in out.iterdir()] == ["split-fold-2.csv"]

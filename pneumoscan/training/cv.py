@@ -238,6 +238,10 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     if cfg.val_fraction != VAL_FRACTION:
         raise ValueError(f"cv validates each run on one fold of --folds: val_fraction {cfg.val_fraction:g} would not "
                          "be used; leave it out")
+    if beyond := [k for k in {*cv_folder.splits(), *cv_folder.folds()} if k >= folds]:
+        # left there, ensemble --cv and export --int8 --cv would take this cv for one stopped between folds, for good
+        raise ValueError(f"{cv_folder.root} holds fold {max(beyond)} of a cv of more folds than --folds {folds} "
+                         f"(split-fold-{max(beyond)}.csv or fold-{max(beyond)}/): use a new --out")
     pool, duplicates = split_pool(data)
     fold_of = patient_folds(pool, folds, cfg.seed, duplicates)
     plans = [[dataclasses.replace(r, split="val" if f == k else "train") for r, f in zip(pool, fold_of)]
