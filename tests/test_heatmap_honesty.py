@@ -125,7 +125,7 @@ def test_a_caption_names_why_a_film_is_outside_the_scope_first() -> None:
     assert caption("PNEUMONIA", None, warnings=[NO_TAGS]) == plain
     said = caption("PNEUMONIA", None, warnings=[NO_TAGS, lateral, unlike])
     assert said == (f"{OUTSIDE} (lateral view (LL); its layout of light and dark is unlike that of the training films "
-                    f"(2.5 times the limit)): the reading and this map do not apply. {plain}")
+                    f"(2.50 times the limit)): the reading and this map do not apply. {plain}")
 
 
 def test_predict_overlays_say_tta_and_scope(tiny_bundle: Path, tiny_dataset: Path, landscape: Path,

@@ -166,7 +166,7 @@ LOW_CONTRAST = WarningKind(CONTENT + "much less contrast than the training films
 CLIPPED_WHITE = WarningKind(CONTENT + "{share:.0f} % of it is white at the model's input ({width} x {height} px), "
                             "where the training films have at most {most:.1f} %: a window that clips, or an export "
                             "fault?", out_of_scope=True, source="pixels")
-UNLIKE_LAYOUT = WarningKind(CONTENT + "its layout of light and dark is unlike that of the training films ({times:.1f} "
+UNLIKE_LAYOUT = WarningKind(CONTENT + "its layout of light and dark is unlike that of the training films ({times:.2f} "
                             "times the limit): another view or body part, a turned or inverted film, wide borders or "
                             "padding, or no radiograph", out_of_scope=True, source="pixels")
 TURNED = WarningKind(CONTENT + "it reads as stored turned or upside down (turned, it is {closer:.1f} times closer to "

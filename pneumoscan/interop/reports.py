@@ -155,6 +155,7 @@ def write_reports(
                 row["dicom_heatmap"] = str(write_new(Path(sr_dir), stem, ".heatmap.dcm", made[1]))
         except ValueError as e:  # a film without its UIDs, a malformed attribute, highdicom's refusal, ...
             row.setdefault("warnings", []).append(f"no DICOM SR written: {redact(str(e))}")
-    reported = sum(bool({"dicom_sr", "fhir"} & row.keys()) for row in rows)
-    log.info("wrote reports for %d of %d results (each other row's warnings say why it has none)", reported,
-             sum("probability" in row for row in rows))
+    reported, scored = sum(bool({"dicom_sr", "fhir"} & row.keys()) for row in rows), sum("probability" in row
+                                                                                          for row in rows)
+    log.info("wrote reports for %d of %d results%s", reported, scored,
+             " (each other row's warnings say why it has none)" if reported < scored else "")
