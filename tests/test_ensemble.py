@@ -525,6 +525,24 @@ def test_a_cv_whose_films_were_rewritten_in_place_is_refused(tiny_bundle: Path, 
     assert not (tmp_path / "after").exists()
 
 
+def test_a_member_with_unusable_weights_is_refused_by_name(tiny_bundle: Path, member64: Path, held_out: Path,
+                                                          tmp_path: Path) -> None:
+    """Weights that give infinite logits on any film (checksummed as written) failed the ensemble's export as a
+    whole, "the model gives non-finite probabilities", naming no member."""
+    from pneumoscan.models.bundle import save_bundle
+
+    broken = shutil.copytree(member64, tmp_path / "broken")
+    model, card = load_bundle(broken)
+    with torch.no_grad():
+        list(model.parameters())[-1].fill_(float("inf"))
+    save_bundle(broken, model, card)
+    with pytest.raises(ValueError, match=rf"^ensemble member 2 of 2 \({re.escape(str(broken))}\): the model gives "
+                                         r"non-finite probabilities \(NaN or infinity\): its weights are unusable"):
+        main_raising(["ensemble", str(tiny_bundle), str(broken), "--data", str(held_out), "--out",
+                      str(tmp_path / "ens")])
+    assert not (tmp_path / "ens").exists()
+
+
 def _nan_when_bright(size: int) -> bytes:
     """An ONNX graph whose logits are finite for a dark image and NaN for a bright one (the log of a negative)."""
 

@@ -284,15 +284,35 @@ def write_int8_spec(bundle: Path | str, figures: dict) -> None:
     record_checksum(bundle, path.name, file_sha256(path))
 
 
+UNUSABLE = "the model gives non-finite probabilities (NaN or infinity): its weights are unusable"
+
+
+def _probe(size: int) -> torch.Tensor:
+    """The random batch the export's checks score: the same every time."""
+    import torch
+
+    return torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def check_usable(model: torch.nn.Module, size: int) -> None:
+    """Refuse (:data:`UNUSABLE`) weights whose logits on the export's random batch are not finite, before anything
+    is built on them: an ensemble's member is then refused by name, not the ensemble's export as a whole."""
+    import torch
+
+    with torch.inference_mode():
+        if not torch.isfinite(model(_probe(size))).all():
+            raise ValueError(UNUSABLE)
+
+
 def _check_parity(model: torch.nn.Module, sess: ort.InferenceSession, size: int, temperature: float) -> None:
     import torch
 
-    x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(0))
+    x = _probe(size)
     with torch.inference_mode():
         expected = softmax(model(x).numpy(), temperature)
     got = softmax(sess.run([OUTPUT], {INPUT: x.numpy()})[0], temperature)
     if not np.isfinite(expected).all():
-        raise ValueError("the model gives non-finite probabilities (NaN or infinity): its weights are unusable")
+        raise ValueError(UNUSABLE)
     # allclose, not a max difference against the tolerance: NaN > tol is false, NaN is never close
     if not np.allclose(got, expected, rtol=0.0, atol=PARITY_TOLERANCE, equal_nan=False):
         diff = float(np.abs(expected - got).max())

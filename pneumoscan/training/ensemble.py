@@ -47,7 +47,7 @@ from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                                             refuse_test_films)
 from pneumoscan.inference.explain import MEMBERS_OWN_SCALE
-from pneumoscan.inference.export import module_session
+from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
@@ -335,7 +335,9 @@ def build_ensemble(
     loaded = []
     for i, path in enumerate(paths):  # each member's card and weights (their SHA-256) checked; a refusal names it
         with refused_as(member_label(i, len(paths), path)):
-            loaded.append(load_bundle(path))
+            model, member_card = load_bundle(path)
+            check_usable(model, member_card.size)  # NaN weights, named: not the ensemble's export as a whole
+            loaded.append((model, member_card))
     cards = [c for _, c in loaded]
     task = card_task(cards[0], paths[0])  # a task not registered here is said as such, before the members are compared
     _check_members(cards, paths)
