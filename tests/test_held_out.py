@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -59,3 +60,35 @@ def test_an_etiology_runs_normal_films_are_not_its_training_films(tiny_etiology_
     with pytest.raises(ValueError, match=rf"1 of the films given to evaluate were in {tiny_etiology_bundle}'s "
                                          "training split"):
         evaluate(first, tmp_path / "with-one.csv", out_dir=tmp_path / "eval-2", etiology=tiny_etiology_bundle)
+
+
+def test_a_bundle_learnt_from_that_was_trained_again_since_is_not_taken_at_its_word(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A `threshold` copy and a run started from a bundle (--init) name the bundle by path; trained again there, its
+    run's split.csv described another model's films, and the films its first model trained on passed as new. They
+    are refused while it holds the weights learnt from, and said to be unknown once it does not."""
+    from pneumoscan import cli
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
+    from tests.builders import nudge_weights
+
+    origin = shutil.copytree(tiny_bundle.parent, tmp_path / "origin") / "bundle"
+    trained = [dataclasses.replace(r, split="") for r in discover(origin.parent / "split.csv").records
+               if r.split == "train"]
+    write_manifest(trained, tmp_path / "trained.csv")
+    site = [dataclasses.replace(r, split="") for r in discover(tiny_dataset).split("test")]
+    write_manifest(site, tmp_path / "site.csv")
+    assert cli.main(["threshold", str(origin), str(tmp_path / "site.csv"), "--youden", "--out",
+                     str(tmp_path / "copy")]) == 0
+    started = train(tmp_path / "site.csv", TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1,
+                                                       batch_size=8, init=str(origin)), tmp_path / "started")
+    for bundle in (tmp_path / "copy", started):
+        with pytest.raises(ValueError, match=rf"were in {re.escape(str(origin))}'s training split"):
+            evaluate(bundle, tmp_path / "trained.csv")
+    nudge_weights(origin)
+    write_manifest([dataclasses.replace(r, split="val") for r in trained], origin.parent / "split.csv")  # its new run
+    for bundle in (tmp_path / "copy", started):
+        optimistic = evaluate(bundle, tmp_path / "trained.csv")["optimistic"]
+        assert any(f"its weights come from {origin} (it was trained again since {bundle} learnt from it)" in c
+                   for c in optimistic), (bundle, optimistic)

@@ -18,7 +18,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.copies import picture_groups
 from pneumoscan.data.layouts import Record, discover, own_patient, patient_key, write_manifest
 from pneumoscan.models.card import (CARD, ENSEMBLE, BundleCard, card_task, load_card, member_label, member_sources,
-                                   refused_as, replaced_members, retrained_teachers, teacher_label)
+                                   WEIGHTS, refused_as, replaced_members, retrained_sources, teacher_label)
 from pneumoscan.models.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,22 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_S
                           else sources(member, "member", label))]
     origins = [Path(r["source_bundle"]) for r in card.threshold_records if r.get("source_bundle")]
     if origin := next((o for o in origins if (o / CARD).exists()), None):
+        if load_card(origin).files.get(WEIGHTS) != card.files.get(WEIGHTS):  # trained again there since the copy
+            return [_Source(origin, "replaced", None)]
         return sources(origin, "copy", f"the bundle {bundle} was copied from ({origin})")
     config = card.train_config or {}
     teachers = [Path(t) for t in config.get("teacher") or []]
     init = [Path(config["init"])] if config.get("init") else []
-    retaught = set(retrained_teachers(config))
+    retrained = set(retrained_sources(config))
+
+    def learnt_from(path: Path, how: str, label: str) -> list[_Source]:
+        if path in retrained and os.path.realpath(path) not in seen:
+            return [_Source(path, "replaced", None)]
+        return sources(path, how, label)
+
     taught = (s for i, teacher in enumerate(teachers)
-              for s in ([_Source(teacher, "replaced", None)] if teacher in retaught
-                        else sources(teacher, "teacher", teacher_label(i, len(teachers), teacher))))
-    started = (s for start in init for s in sources(start, "init", f"the bundle {bundle} started from ({start})"))
+              for s in learnt_from(teacher, "teacher", teacher_label(i, len(teachers), teacher)))
+    started = (s for start in init for s in learnt_from(start, "init", f"the bundle {bundle} started from ({start})"))
     return [_Source(bundle, "", card), *taught, *started]
 
 

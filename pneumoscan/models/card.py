@@ -194,23 +194,26 @@ def refused_as(what: str) -> Iterator[None]:
         raise ValueError(f"{what}: {e}") from None
 
 
-TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' teacher_checksums
+TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' bundle_checksums
+INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's bundle_checksums
 
 
-def teacher_checksums(teachers: Sequence[Path | str]) -> list[str]:
-    """Each teacher bundle's identity: the SHA-256 of its bundle.json, which records its weights' checksums and its
-    temperature, so another bundle put at the same path is told apart."""
-    return [file_sha256(Path(teacher) / CARD) for teacher in teachers]
+def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:
+    """Each bundle's identity: the SHA-256 of its bundle.json, which records its weights' checksums and its
+    temperature, so another bundle put at the same path (a run trained again there) is told apart."""
+    return [file_sha256(Path(bundle) / CARD) for bundle in bundles]
 
 
-def retrained_teachers(train_config: Mapping[str, Any]) -> list[Path]:
-    """The teachers a distilled bundle's ``train_config`` names that now hold another bundle than it was taught by
-    (:data:`TEACHER_CARDS`; trained again at the same path): their run's files describe another model's training.
-    None for a card that predates the record; a teacher that is gone is the caller's to say."""
-    teachers, cards = [Path(t) for t in train_config.get("teacher") or []], train_config.get(TEACHER_CARDS)
-    if not cards:
-        return []
-    return [t for t, card in zip(teachers, cards) if (t / CARD).is_file() and teacher_checksums([t])[0] != card]
+def retrained_sources(train_config: Mapping[str, Any]) -> list[Path]:
+    """The teachers and the starting bundle a run's ``train_config`` names that now hold another bundle than it
+    learnt from (:data:`TEACHER_CARDS`, :data:`INIT_CARD`; trained again at the same path): their runs' files
+    describe another model's training. None for a card that predates the records; a source that is gone is the
+    caller's to say."""
+    teachers, cards = train_config.get("teacher") or [], train_config.get(TEACHER_CARDS) or []
+    named = [(Path(t), card) for t, card in zip(teachers, cards)]
+    if train_config.get("init") and train_config.get(INIT_CARD):
+        named.append((Path(train_config["init"]), train_config[INIT_CARD]))
+    return [path for path, card in named if (path / CARD).is_file() and bundle_checksums([path])[0] != card]
 
 
 def replaced_members(card: BundleCard) -> list[Path]:

@@ -22,7 +22,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import TEACHER_CARDS, load_card, retrained_teachers, teacher_checksums
+from pneumoscan.models.card import CARD, INIT_CARD, TEACHER_CARDS, bundle_checksums, load_card, retrained_sources
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, recorded_settings
 from .distributed import Dist
@@ -70,7 +70,7 @@ def config_changes(recorded: dict, cfg: TrainConfig, ignore: Collection[str] = (
         if settings.get("init"):
             settings["init"] = os.path.realpath(settings["init"])
         settings["teacher"] = [os.path.realpath(t) for t in settings.get("teacher") or []]
-    skip = {*ignore, *RECORDED, TEACHER_CARDS}
+    skip = {*ignore, *RECORDED, TEACHER_CARDS, INIT_CARD}
     return _changes({k: v for k, v in old.items() if k not in skip}, {k: v for k, v in new.items() if k not in skip})
 
 
@@ -125,11 +125,13 @@ def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
     """What made the run, as the card's train_config and the trackers record it: the settings, and what decides how
     it trains but is no setting (:data:`RECORDED`): the number of processes (the global batch and the learning rate
     follow it) and what the training steps computed in (``precision`` auto is bf16 on CUDA, fp32 on CPU); for a
-    distilled run, its teachers' :func:`teacher_checksums` (:data:`TEACHER_CARDS`): the settings name them by path,
-    and a teacher trained again at that path is another teacher."""
-    teachers = {TEACHER_CARDS: teacher_checksums(cfg.teacher)} if cfg.teacher else {}
+    distilled run, its teachers' :func:`bundle_checksums` (:data:`TEACHER_CARDS`), and for one started from a bundle,
+    that bundle's (:data:`INIT_CARD`): the settings name them by path, and one trained again at that path is another
+    model."""
+    learnt = ({TEACHER_CARDS: bundle_checksums(cfg.teacher)} if cfg.teacher else {}) | (
+        {INIT_CARD: bundle_checksums([cfg.init])[0]} if cfg.init and (Path(cfg.init) / CARD).is_file() else {})
     return {**json.loads(json.dumps(dataclasses.asdict(cfg))), "processes": ctx.world,
-            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **teachers}
+            "resolved_precision": resolved_precision(ctx.device, cfg.precision), **learnt}
 
 
 def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
@@ -143,8 +145,9 @@ def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
 
 def teachers_changed(recorded: dict | None) -> str | None:
     """Why a finished run's teachers are not the bundles now at the paths its card's ``train_config`` names
-    (:func:`retrained_teachers`); None when they are, or the card predates the record."""
-    if retaught := retrained_teachers(recorded or {}):
+    (:func:`retrained_sources`); None when they are, or the card predates the record."""
+    teachers = {os.path.realpath(t) for t in (recorded or {}).get("teacher") or []}
+    if retaught := [t for t in retrained_sources(recorded or {}) if os.path.realpath(t) in teachers]:
         return f"its teacher {retaught[0]} is not the bundle it was taught by (trained again since?)"
     return None
 
