@@ -563,7 +563,8 @@ def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, m
 
 def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog: pytest.LogCaptureFixture,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """--init takes neither --model nor the size from the bundle: a 32 px bundle fine-tuned at the recipe's 192 px
+    """TrainConfig(init=...) takes neither the model nor the size from the bundle (the command line does, where
+    neither is given: test_the_command_line_starts_from_the_bundles_model_and_size): a 32 px bundle fine-tuned at 192 px
     starts its weights on films of another scale, said, not done silently. Its card is read once, for the weights'
     check and the size alike (it had been read a second time for the size)."""
     read: list[Path] = []
@@ -579,13 +580,26 @@ def test_init_at_another_size_than_the_bundles_is_said(tiny_bundle: Path, caplog
 
 
 def test_init_from_another_models_bundle_names_the_model_it_holds(tiny_bundle: Path) -> None:
-    """--init does not take the architecture from the bundle: a run that builds another model is refused with the
-    model to build (the tensors' names had been the whole reason)."""
+    """A run that builds another model than its --init bundle holds is refused with the model to build (the tensors'
+    names had been the whole reason)."""
     model = models.create("resnet10t", 2, in_chans=1, pretrained=False)
     with pytest.raises(ValueError, match=r"holds a simple_cnn, whose weights do not fit the model built to start from "
                                          r"it \(\d+ tensors differ, .+ first\): fine-tuning keeps the architecture, so "
                                          r"build the one it holds \(train --model simple_cnn\)$"):
         load_weights_into(model, tiny_bundle)
+
+
+def test_the_command_line_starts_from_the_bundles_model_and_size(tiny_bundle: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --init BUNDLE` without --model built the default efficientnet_lite0 and was refused (the bundle holds a
+    simple_cnn), and without --image-size trained a 32 px bundle's weights on 192 px films: where the settings give
+    neither, the bundle's are taken; a size given is kept (and said to differ)."""
+    assert main(["train", "--init", str(tiny_bundle), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["model"], printed["image_size"]) == ("simple_cnn", 32)
+    assert main(["train", "--init", str(tiny_bundle), "--image-size", "64", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["model"], printed["image_size"]) == ("simple_cnn", 64)
 
 
 def test_bundle_round_trip_reproduces_the_trained_model(tiny_bundle: Path) -> None:

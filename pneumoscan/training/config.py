@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import list_tasks
 from pneumoscan.data.transforms import Augment
 from pneumoscan.models import or_your_own
+
+log = logging.getLogger(__name__)
 
 # Settings that can only be mistakes outside these ranges, and would otherwise fail late (an optimiser, loader, loss
 # or threshold refusing them after the run folder was cleared, or after all the training) or quietly (a warm-up
@@ -296,4 +299,24 @@ def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrid
         raise ValueError(f"{path}: a config file holds key: value settings, not a {type(data).__name__}")
     data = apply_settings(recorded_settings(data), settings)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("init"):
+        _as_started(data)
     return TrainConfig.from_dict(data)
+
+
+def _as_started(data: dict[str, Any]) -> None:
+    """The model and image size of the bundle a run starts from (``init``), where the settings give none: its
+    weights are that model's, learnt at that size (another model was refused, another size trained on films the
+    size its weights never saw, unless the user knew to repeat them). A bundle that cannot be read is left to the
+    run's own refusal."""
+    from pneumoscan.models.card import ENSEMBLE, load_card
+
+    try:
+        card = load_card(data["init"])
+    except (OSError, ValueError):
+        return
+    if card.model != ENSEMBLE:
+        for key, value in (("model", card.model), ("image_size", card.size)):
+            if data.get(key) is None:
+                data[key] = value
+                log.info("%s %s: the starting bundle's (%s)", key, value, data["init"])
