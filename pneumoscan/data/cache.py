@@ -55,7 +55,7 @@ IN_PROCESS_FILMS = 64
 # A build writes its temporary file at least once per chunk; one untouched this long belongs to a killed build
 STALE_TMP_SECONDS = 3600
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,7 +178,7 @@ def _reusable(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | N
     retry = sum(bool(e.get("transient")) for e in cached.errors)
     if not retry:
         return cached
-    logger.info("building the image cache again: %d files' reads failed for a reason that may have passed", retry)
+    log.info("building the image cache again: %d files' reads failed for a reason that may have passed", retry)
     return None
 
 
@@ -351,7 +351,7 @@ def _decode_all(
                 done.add(start)
                 yield start, result
         except _WorkersCannotRead as e:
-            logger.warning("the image cache decodes in this process, without worker processes: %s; a reader class "
+            log.warning("the image cache decodes in this process, without worker processes: %s; a reader class "
                            "defined at the top level of an importable module decodes in them", e)
     for start in starts:
         if start not in done:
@@ -417,7 +417,7 @@ def _load(cache_dir: Path, key: str, spec: PreprocessSpec) -> ImageCache | None:
                 raise ValueError(f"{array_path.name} is damaged: its SHA-256 differs from the one recorded when it "
                                  "was built")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning("image cache %s in %s is unusable (%s): rebuilding it", key, cache_dir, e)
+        log.warning("image cache %s in %s is unusable (%s): rebuilding it", key, cache_dir, e)
         return None
     if shape[0] == 0:
         images = np.zeros(shape, np.uint8)

@@ -27,7 +27,7 @@ from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
                      one_level_share)
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Source = str | Path | bytes
 
@@ -143,7 +143,7 @@ def _windowed_out(src: Path | bytes, nearly: bool = False) -> bool:
             return False
         values = apply_modality_lut(ds.pixel_array, ds)
     except Exception as e:  # a codec's own error types: the plainer reason is still true
-        logger.debug("cannot tell whether the window blanked the film: %s", redact(str(e)))
+        log.debug("cannot tell whether the window blanked the film: %s", redact(str(e)))
         return False
     low, high = float(values.min()), float(values.max())
     if not nearly or low == high:

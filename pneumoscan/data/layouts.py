@@ -31,7 +31,7 @@ from . import readers
 from .decode import read_dicom_header
 from .walk import ALREADY_SEARCHED, SYSTEM_FOLDERS, Entry, file_identity, junk_reason, walk
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
@@ -464,7 +464,7 @@ def register_layout(layout: Layout, first: bool = False) -> Layout:
     if not layout.name:
         raise ValueError(f"{type(layout).__name__}: a layout needs a name")
     if layout.name in layouts():
-        logger.warning("layout %r was already registered: this registration replaces it", layout.name)
+        log.warning("layout %r was already registered: this registration replaces it", layout.name)
     unregister_layout(layout.name)
     _LAYOUTS.insert(0 if first else len(_LAYOUTS), layout)
     return layout
@@ -503,7 +503,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
         if chosen is None:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it{_unrecognised(root)} (expected {expected})")
-    logger.debug("%s: read as the %s layout", root, chosen.name)
+    log.debug("%s: read as the %s layout", root, chosen.name)
     found = chosen.discover(root)
     _warn_left_out(root, found)
     _warn_class_left_out(root, found)
@@ -544,7 +544,7 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
     reasons = Counter(entry["reason"] for entry in found.skipped if may_hold_films(entry))
     if reasons:
         counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
-        logger.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
+        log.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
                        shown(root), reasons.total(), counted, shown(root))
 
 
@@ -560,7 +560,7 @@ def _warn_class_left_out(root: Path, found: Discovery) -> None:
     for split, folders in beside.items():
         labels = {r.label for r in found.records if r.split == split}
         if missing := [label for label in LABELS if label not in labels]:
-            logger.warning("%s: no %s film%s, while %s beside its class folders %s left out (a class folder is "
+            log.warning("%s: no %s film%s, while %s beside its class folders %s left out (a class folder is "
                            "named %s): if they hold %s films, rename them, or list the films in a manifest",
                            shown(root), " or ".join(missing), f" in its {split} split" if split else "",
                            ", ".join(sorted(folders)), "was" if len(folders) == 1 else "were", " or ".join(LABELS),

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # predict draws heatmaps with this module: a run-time import 
     from pneumoscan.models.card import BundleCard
     from .predict import Predictor
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film gives a PNG of sensible size
 
@@ -377,7 +377,7 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
     positive = task.positive_probability(probs)
     called = np.flatnonzero(positive >= card.threshold)
     if len(called) < SCALE_MIN_FILMS:
-        logger.info("no heatmap scale recorded: %d of the %d films were called %s, fewer than %d, so each heatmap "
+        log.info("no heatmap scale recorded: %d of the %d films were called %s, fewer than %d, so each heatmap "
                     "is scaled to its own film's maximum", len(called), len(images), card.positive, SCALE_MIN_FILMS)
         return None
     ranked = called[np.argsort(-positive[called], kind="stable")]
@@ -387,11 +387,11 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
     try:
         peaks = np.concatenate([gradcam_peaks(model, x[i : i + 8], task.cam_classes) for i in range(0, len(x), 8)])
     except NoSpatialMap as e:  # the bundle is still a model; its heatmaps are refused with this reason
-        logger.info("no heatmap scale recorded: %s", e)
+        log.info("no heatmap scale recorded: %s", e)
         return None
     scale = float(np.percentile(peaks, SCALE_PERCENTILE))
     if not scale > 0:
-        logger.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "
+        log.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "
                     "empty, so each heatmap is scaled to its own film's maximum", len(films), card.positive)
         return None
     return scale

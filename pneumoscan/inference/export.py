@@ -39,7 +39,7 @@ from .onnx_runtime import (INPUT, INT8_NAME, OUTPUT, Int8Operating, described, s
 if TYPE_CHECKING:
     import torch
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |P_torch - P_onnx| accepted by the self-check at export time
 
@@ -327,7 +327,7 @@ def bundle_session(bundle: Path | str, card: BundleCard | None = None) -> ort.In
     card = card if card is not None else load_card(bundle)
     existing = Path(bundle) / ONNX_NAME
     if ONNX_NAME not in card.files and not existing.exists():
-        logger.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
+        log.info("%s has no %s: exporting its weights for this run (pneumoscan export keeps one)", bundle, ONNX_NAME)
         with tempfile.TemporaryDirectory() as tmp:
             return session(export_onnx(bundle, Path(tmp) / ONNX_NAME).read_bytes())
     verify_onnx(bundle, card)

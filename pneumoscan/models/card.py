@@ -62,7 +62,7 @@ REQUIRED = ("threshold", "temperature")  # save_card writes every field; without
 WRITER = "pneumoscan"
 UPGRADE = "upgrade pneumoscan (`pip install -U pneumoscan`) to use it"
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"))  # load_card checks bundle.json by it
@@ -377,7 +377,7 @@ def load_card(directory: Path | str) -> BundleCard:
 @functools.cache
 def _warn_unsealed(path: str) -> None:
     """Once a process per card: every command reads the card several times."""
-    logger.warning("%s records no checksum of itself (a bundle written before pneumoscan kept one), so an edited "
+    log.warning("%s records no checksum of itself (a bundle written before pneumoscan kept one), so an edited "
                    "threshold or temperature cannot be detected; train it again to get a checked bundle", path)
 
 
@@ -575,7 +575,7 @@ def verify_file(directory: Path | str, card: BundleCard, name: str,
     expected = card.files.get(name)
     if expected is None:
         if not card.files:
-            logger.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
+            log.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
                            "damaged files cannot be detected; train it again to get a checked bundle", directory)
             return
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pneumoscan.core.logs import redact
 from pneumoscan.core.secrets import read_secret
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # The page loads nothing from other origins and no other site may frame it; the policy makes that a guarantee
 # rather than a habit. Sent with every response, so that the page is covered however it is reached (/ or
@@ -123,7 +123,7 @@ class Guard:
             # log's rate limit (server.OneLineLog) tells failures apart by
             frame = traceback.extract_tb(e.__traceback__)[-1]
             where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}".replace("%", "%%")  # in the format
-            logger.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
+            log.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
                          scope["path"], redact(str(e)))
             if started:  # too late for a 500: the server closes the connection and logs this, not the message
                 raise RuntimeError("internal error after the answer had begun") from None

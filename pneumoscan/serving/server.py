@@ -37,7 +37,7 @@ from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
 from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 # the answer to a request that is not valid HTTP/1.1 (uvicorn logs it as "Invalid HTTP request received.")
 MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the framing of its body is not valid "
                   "HTTP/1.1")
@@ -263,9 +263,9 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limit
         timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, **kwargs,
     )  # fmt: skip
     for name, kind in [(name, OneLineLog) for name in QUIET_LOGGERS] + [(ACCESS_LOGGER, AccessLog)]:
-        log = logging.getLogger(name)  # after Config, which configures logging
-        if not any(isinstance(f, kind) for f in log.filters):
-            log.addFilter(kind())
+        quieted = logging.getLogger(name)  # after Config, which configures logging
+        if not any(isinstance(f, kind) for f in quieted.filters):
+            quieted.addFilter(kind())
     return config
 
 
@@ -282,7 +282,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
         if not insecure:
             raise ValueError(f"refusing to listen on {host} without an API key: set one (--api-key-file or "
                              "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
-        logger.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
+        log.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
                        host, port)
     if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)

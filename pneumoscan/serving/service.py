@@ -31,7 +31,7 @@ from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
 T = TypeVar("T")
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Why heatmaps stopped: the torch model Grad-CAM needs is built from the bundle's files when the first heatmap is
 # asked for, and those files no longer hold the weights the service checked and scores with, or that model cannot be
@@ -93,10 +93,10 @@ class OnDisk:
             for name in card.files:
                 verify_file(self.directory, card, name)
         except (ValueError, OSError) as e:
-            logger.warning("%s: %s", BUNDLE_DAMAGED, e)
+            log.warning("%s: %s", BUNDLE_DAMAGED, e)
             return BUNDLE_DAMAGED
         if card != self.card:
-            logger.warning("%s (%s)", BUNDLE_REPLACED, self.directory)
+            log.warning("%s (%s)", BUNDLE_REPLACED, self.directory)
             return BUNDLE_REPLACED
         return None  # touched, or put back as it was
 
@@ -117,7 +117,7 @@ class Service:
         self.main = Stage(self.stages.first)
         self.second = Stage(self.stages.second) if self.stages.second is not None else None
         for said in self.stages.said_at_start():
-            logger.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
+            log.warning("%s", said)  # once, as predict says them (the page's model card says the caveats too)
         # Grad-CAM gets its own threads and bound: it never holds a decode thread or more than its share of the
         # queue. With ONNX Runtime scoring it uses the main stage's Predictor, whose torch model the first heatmap
         # builds (checked to be the weights the service started with), so a service that draws none never builds
@@ -222,7 +222,7 @@ class Service:
             self.heat_predictor.model  # built by the first heatmap (ONNX backends), its weights checked on disk then
         except (OSError, ValueError) as e:
             if self.heatmap_fault is None:
-                logger.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
+                log.warning("heatmaps are off until a restart: %s", e)  # the operator's log may name the path
                 self.heatmap_fault = self._heatmaps_off(e)
             raise Rejected(503, self.heatmap_fault) from None
         try:

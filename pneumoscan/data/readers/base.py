@@ -11,7 +11,7 @@ import numpy as np
 HEAD_BYTES = 132  # what a reader sees to recognise a file: DICOM's "DICM" magic sits at bytes 128-131
 SPREAD_SIDE = 64  # short side (px) of the reduced image :meth:`Reader.colour_spread` measures: enough to tell colour
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class Reader(ABC):
@@ -63,7 +63,7 @@ def register(reader: Reader) -> Reader:
         raise ValueError(f"{type(reader).__name__}: a reader needs a name")
     for i, known in enumerate(_READERS):
         if known.name == reader.name:
-            logger.warning("reader %r was already registered: this registration replaces it", reader.name)
+            log.warning("reader %r was already registered: this registration replaces it", reader.name)
             _READERS[i] = reader
             return reader
     _READERS.append(reader)
