@@ -89,6 +89,8 @@ def test_a_bundle_learnt_from_that_was_trained_again_since_is_not_taken_at_its_w
     nudge_weights(origin)
     write_manifest([dataclasses.replace(r, split="val") for r in trained], origin.parent / "split.csv")  # its new run
     for bundle in (tmp_path / "copy", started):
-        optimistic = evaluate(bundle, tmp_path / "trained.csv")["optimistic"]
+        metrics = evaluate(bundle, tmp_path / "trained.csv", out_dir=bundle.parent / f"eval-{bundle.name}")
         assert any(f"its weights come from {origin} (it was trained again since {bundle} learnt from it)" in c
-                   for c in optimistic), (bundle, optimistic)
+                   for c in metrics["unchecked"]), (bundle, metrics["unchecked"])
+        html = (bundle.parent / f"eval-{bundle.name}" / "report.html").read_text()
+        assert "Not checked to be independent." in html and "Not an independent evaluation." not in html

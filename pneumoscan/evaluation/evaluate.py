@@ -282,9 +282,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     copies, groups, conflicts = patient_groups(records, data)
     scope = _film_warnings(predictor, records, images, name)
     metrics = evaluate_probabilities(probs, targets, task, threshold, groups=groups)
-    # a bundle whose weights come from a run whose films are unknown here may have trained on these films
-    _annotate(metrics, bundle, card, backend, tta, name, copies, errors,
-              [*held_out.caveats, *held_out.unknown_sources.values()])
+    _annotate(metrics, bundle, card, backend, tta, name, copies, errors, held_out.caveats)
+    # the sources of its weights whose training films are unknown here: these films may be among them
+    metrics["unchecked"] = list(held_out.unknown_sources.values())
     metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]

@@ -44,6 +44,7 @@ figcaption{font-size:.88em;color:#52606d;margin-top:4px}.note{color:#52606d;font
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{flex:0 1 360px;max-width:360px}h3{font-size:1em}
 caption{text-align:left;color:#52606d;font-size:.88em;padding-bottom:3px}
 .optimistic{border:2px solid #b42318;background:#fef3f2;color:#7a271a;padding:8px 14px;margin:12px 0}
+.unchecked{border:2px solid #b54708;background:#fffaeb;color:#7a2e0e;padding:8px 14px;margin:12px 0}
 """
 _PROPORTIONS = {"accuracy", "sensitivity", "specificity", "precision", "npv", "balanced_accuracy"}
 _BINARY_ROWS = (
@@ -478,7 +479,7 @@ def write_report(
         f"<style>{_CSS}</style></head><body><main><h1>{_esc(title)}</h1>"
         + (f'<p class="subtitle">{_esc(subtitle)}</p>' if subtitle else "")
         + (_meta_table(extra) if extra else "")
-        + _optimistic_html(metrics.get("optimistic"))
+        + _optimistic_html(metrics.get("optimistic"), metrics.get("unchecked"))
         + body
         + f'<p class="note" style="margin-top:28px">Generated {generated} by pneumoscan. '
         "For research use; not a medical device.</p></main></body></html>"
@@ -486,10 +487,11 @@ def write_report(
     return write_atomic(out_dir / REPORT, page.encode("utf-8"))
 
 
-def _optimistic_html(caveats: list[str] | None) -> str:
+def _optimistic_html(caveats: list[str] | None, unchecked: list[str] | None = None) -> str:
     """The held-out check's warnings (:func:`pneumoscan.evaluation.held_out.check_held_out`) above every figure:
-    a report read after the terminal is closed must not pass for an independent evaluation."""
-    if not caveats:
-        return ""
-    items = "".join(f"<li>{_esc(text)}</li>" for text in caveats)
-    return f'<div class="optimistic"><b>Not an independent evaluation.</b><ul>{items}</ul></div>'
+    a report read after the terminal is closed must not pass for an independent evaluation; nor for a checked one
+    where the check could not see a source's training films (``unchecked``)."""
+    boxes = [(kind, title, "".join(f"<li>{_esc(text)}</li>" for text in texts))
+             for kind, title, texts in (("optimistic", "Not an independent evaluation.", caveats),
+                                        ("unchecked", "Not checked to be independent.", unchecked)) if texts]
+    return "".join(f'<div class="{kind}"><b>{title}</b><ul>{items}</ul></div>' for kind, title, items in boxes)
