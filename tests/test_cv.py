@@ -258,8 +258,9 @@ def test_cv_refuses_a_finished_fold_whose_films_were_rewritten_in_place(tiny_dat
             ImageOps.invert(im.convert("L")).save(film, quality=95)
     capsys.readouterr()
     assert main(args) == 2
-    assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since?): "
-            "its figures would not be this cv's; use a new --out") in capsys.readouterr().err
+    assert ("fold-0 was trained on other pixels or labels than these films have now (rewritten in place since, or "
+            "decoded otherwise by this version?): its figures would not be this cv's; use a new --out"
+            ) in capsys.readouterr().err
     assert (tmp_path / "cv" / "cv.json").read_bytes() == summary
 
 

@@ -118,7 +118,8 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist) -> None:
     figures (an interrupted fold's ``--resume`` refuses them so)."""
     if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, ctx):
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
-                         "in place since?): its figures would not be this cv's; use a new --out")
+                         "in place since, or decoded otherwise by this version?): its figures would not be this cv's; "
+                         "use a new --out")
 
 
 def check_fold_classes(plans: Sequence[Sequence[Record]], task: Task) -> None:

@@ -189,8 +189,9 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
                                  "scores on the fold's films are not all out of fold; train the fold again")
             if not films_as_trained(run.bundle, planned):
                 raise ValueError(f"{cv_dir} fold {k}: its films have other pixels or labels than its bundle was "
-                                 "trained on (rewritten in place since?), so its scores on them are not the "
-                                 "out-of-fold scores of its films; train the fold again")
+                                 "trained on (rewritten in place since, or decoded otherwise by this version?), so "
+                                 "its scores on them are not the out-of-fold scores of its films; train the fold "
+                                 "again")
             held_out.append({os.path.realpath(r.path) for r in planned if r.split == "val"})
         if first_folds is None:
             first_folds = held_out
