@@ -123,7 +123,8 @@ def test_an_evaluation_in_the_run_folder_is_recorded_as_checked_and_old_records_
     assert record["caveats"] == ["16 of the 16 films are outside the model's scope (evaluate's predictions.csv says "
                                  "why) and are scored and counted in the figures all the same"]
     meta, body = front_matter_and_body((bundle / MODEL_CARD).read_text())
-    assert meta["model-index"][0]["results"][1]["dataset"]["name"] == "site C"
+    # the model-index, which tools read without the table, says so too
+    assert meta["model-index"][0]["results"][1]["dataset"]["name"] == "site C (checked, with caveats)"
     assert body.count("| checked, **with caveats** (below) |") == 1 and "not checked |" not in body
     clean = dataclasses.replace(card, external_evaluations=[{**record, "caveats": []}])
     assert "| checked |" in render(clean) and "with caveats" not in render(clean)
@@ -229,15 +230,30 @@ def test_a_pipe_in_place_of_the_int8_sidecar_does_not_hold_the_model_card(tiny_b
     assert "## INT8 model" not in (bundle / MODEL_CARD).read_text()
 
 
+def test_the_card_keeps_the_validation_figures_intervals_and_their_unit(tiny_bundle: Path) -> None:
+    """A bundle shipped alone carried its validation figures bare: the run's report had their intervals, the card
+    and bundle.json none. They keep them, in the unit the run counted them in, and the card says which."""
+    card, run = load_card(tiny_bundle), json.loads((tiny_bundle.parent / "metrics.json").read_text())
+    assert card.val_metrics["ci_unit"] == run["ci_unit"]
+    for key in ("auc", "sensitivity", "specificity"):
+        assert card.val_metrics["ci"][key] == pytest.approx(run["ci"][key])
+    body = (tiny_bundle / MODEL_CARD).read_text()
+    low, high = run["ci"]["specificity"]
+    assert f"| Specificity | {run['specificity']:.4f} (95% CI {low:.4f}-{high:.4f}) |" in body
+    assert f"The 95 % confidence intervals count {run['ci_unit']}s." in body
+
+
 def test_the_card_shows_npv_beside_precision_at_the_validation_films_prevalence(tiny_bundle: Path) -> None:
     """Training records NPV and the prevalence with the validation figures; the card shows NPV below precision,
     both marked as holding at that prevalence only, in the table and in the model-index, and the patients beside
     the films."""
     card = load_card(tiny_bundle)
     assert {"npv", "prevalence", "patients"} <= card.val_metrics.keys()
-    val = card.val_metrics | {"precision": 0.9, "npv": 0.8125, "prevalence": 0.74, "patients": None}
+    val = card.val_metrics | {"precision": 0.9, "npv": 0.8125, "prevalence": 0.74, "patients": None,
+                              "ci": card.val_metrics["ci"] | {"precision": [0.85, 0.95], "npv": [0.75, 0.875]}}
     meta, body = front_matter_and_body(render(dataclasses.replace(card, val_metrics=val)))
-    assert "| Precision (PPV) † | 0.9000 |\n| Negative predictive value (NPV) † | 0.8125 |" in body
+    assert ("| Precision (PPV) † | 0.9000 (95% CI 0.8500-0.9500) |\n"
+            "| Negative predictive value (NPV) † | 0.8125 (95% CI 0.7500-0.8750) |") in body
     assert "† At this set's prevalence of 74.0% (PNEUMONIA films): at another, PPV and NPV differ." in body
     names = {m["type"]: m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     at = f"validation, at threshold {val['threshold']:.4f}"
@@ -257,7 +273,8 @@ def test_the_card_shows_the_calibration_error_of_the_probabilities_it_calls_cali
     assert card.val_metrics["ece"] == pytest.approx(run["ece"], abs=1e-12)
     body = (tiny_bundle / MODEL_CARD).read_text()
     assert f"| Expected calibration error (10 bins) | {card.val_metrics['ece']:.4f} |" in body
-    assert "calibrated by temperature scaling on the validation films (its expected calibration error" in body
+    assert ("scaled by one temperature fitted on the validation films (which corrects over- or under-confidence, not a "
+            "shift towards one class: its expected calibration error") in body
 
 
 def test_the_cards_evaluations_name_their_patients_and_unit_and_no_precision_of_one_class(tiny_bundle: Path) -> None:

@@ -30,13 +30,13 @@ MODEL_CARD = "MODEL_CARD.md"
 INTENDED_USE = (
     "Research use only; not a medical device. Reads frontal (anterior-posterior) chest X-ray films of pediatric "
     "patients aged 1 to 5 years, as taken at one hospital (Guangzhou Women and Children's Medical Center, "
-    "Guangzhou, China), and gives a probability of the positive class, calibrated by temperature scaling on the "
-    "validation films (its expected calibration error there is among the validation figures), with a thresholded "
-    "label."
+    "Guangzhou, China), and gives a probability of the positive class, scaled by one temperature fitted on the "
+    "validation films (which corrects over- or under-confidence, not a shift towards one class: its expected "
+    "calibration error there is among the validation figures), with a thresholded label."
 )
 # plain text: /v1/model gives these to the web page, which shows them as they are (MODEL_CARD.md too)
 OUT_OF_SCOPE = (
-    "Diagnosis, triage or any decision about a patient without a qualified reader: the label is a research output.",
+    "Diagnosis, treatment, triage or any other decision about a patient: the label is a research output.",
     "Adults, infants under 1 year, children over 5 years: the training films hold none.",
     "Lateral films, CT, photographs or screenshots of films, and any other modality.",
     "Films from other hospitals, scanners or processing pipelines until the model is evaluated on them "
@@ -111,6 +111,8 @@ def validation_figures(metrics: dict) -> dict:
     multiclass task how often the most probable class is right (the card's reader asks both). A figure the films
     leave undefined (the NPV of a threshold that calls every film positive) is None: a card holds no NaN."""
     figures = {k: metrics[k] for k in VAL_FIGURES} | {k: metrics[k] for k in VAL_COUNTS if k in metrics}
+    if cis := {k: v for k, v in (metrics.get("ci") or {}).items() if k in VAL_FIGURES}:
+        figures |= {"ci": cis, "ci_unit": metrics.get("ci_unit", "film")}  # a shipped bundle says its uncertainty
     if block := metrics.get("multiclass"):
         figures |= {key: block[source] for key, source, _ in THREE_CLASS_FIGURES}
     return jsonable(figures)
@@ -190,7 +192,8 @@ def _model_index(card: BundleCard) -> list[dict[str, Any]]:
                     "value": record["metrics"][key]["value"]}
                    for key, kind, name in CARD_METRICS if (record["metrics"].get(key) or {}).get("value") is not None
                    and not (absent and key in BOTH_CLASSES)]
-        unchecked = " (films not checked against its training films)" if record.get("films_checked") is False else ""
+        unchecked = (" (films not checked against its training films)" if record.get("films_checked") is False
+                     else " (checked, with caveats)" if record.get("caveats") or record.get("label_conflicts") else "")
         results.append({"task": task, "dataset": {"name": record["data"] + unchecked, "type": "external"},
                         "metrics": metrics})
     return [{"name": card.model_id, "results": results}] if results else []
@@ -234,8 +237,10 @@ def _validation_section(card: BundleCard) -> str:
     if not m:
         return "No validation figures were recorded for this bundle."
     marked = m.get("prevalence") is not None  # a card written before prevalence was recorded has none to name
+    cis = m.get("ci") or {}
     rows = "\n".join([f"| {name}{' †' if marked and key in PREVALENCE_BOUND else ''} | "
-                      f"{format_figure(m.get(key), 4)} |" for key, _, name in CARD_METRICS]
+                      f"{with_ci(m.get(key), cis.get(key), 4) if cis else format_figure(m.get(key), 4)} |"
+                      for key, _, name in CARD_METRICS]
                      + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m]
                      + ([f"| {ECE_NAME} | {format_figure(m['ece'], 4)} |"] if "ece" in m else []))
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
@@ -244,6 +249,7 @@ def _validation_section(card: BundleCard) -> str:
         f"On the {m.get('n')} films{patients} the temperature and threshold were chosen on, at that threshold "
         f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
+        + (f"The 95 % confidence intervals count {m.get('ci_unit', 'film')}s.\n\n" if cis else "")
         + (prevalence_note(m["prevalence"], card.positive, "† ") + "\n\n" if marked else "") +
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
         "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
