@@ -247,6 +247,35 @@ def test_a_compressed_frame_of_another_size_than_the_header_is_refused(syntax: u
             read_gray(data)
 
 
+def _box(kind: bytes, contents: bytes) -> bytes:
+    return (8 + len(contents)).to_bytes(4, "big") + kind + contents
+
+
+def test_a_jp2_frame_is_checked_by_the_codestream_it_decodes() -> None:
+    """A JP2 file around the codestream, with a copy of a SOC and SIZ of the header's size in a box before its
+    jp2c: the check read that copy, and OpenJPEG decoded the codestream in jp2c, 4096 x 4096 here (12000 x 12000 from
+    a 52 KB upload took 0.9 GB before pydicom's reshape failed). The size checked is jp2c's; a JP2 file whose jp2c
+    does not start with them cannot be checked, and is refused."""
+    import openjpeg
+
+    film = phantom(48, 64)
+    codestream = bytearray(compressed_frame(film, uid.JPEG2000Lossless))
+    copy = bytes(codestream[: 4 + int.from_bytes(codestream[4:6], "big")])  # SOC, then SIZ: 48 x 64
+    codestream[8:16] = (4096).to_bytes(4, "big") * 2  # Xsiz, Ysiz: 4096 x 4096, tiled as before
+    jp2 = openjpeg.encode(film.astype(np.uint16), bits_stored=12, codec_format=1)
+    signature, rest = jp2[:12], jp2[12:]
+    header = rest[: rest.index(b"jp2c") - 4]  # ftyp and jp2h, as the encoder wrote them
+    decoy = signature + header + _box(b"xml ", copy) + _box(b"jp2c", bytes(codestream))
+    with pytest.raises(DecodeError, match=r"the compressed frame is 4096 x 4096 pixels with 1 component\(s\); the "
+                                          r"header says 64 x 48"):
+        read_gray(encapsulated(dicom_bytes(film), [decoy], uid.JPEG2000Lossless))
+    no_siz = signature + header + _box(b"jp2c", b"\x00" * 64)
+    with pytest.raises(DecodeError, match="the JPEG 2000 frame's codestream does not start with its SOC and SIZ"):
+        read_gray(encapsulated(dicom_bytes(film), [no_siz], uid.JPEG2000Lossless))
+    np.testing.assert_array_equal(read_gray(encapsulated(dicom_bytes(film), [jp2], uid.JPEG2000Lossless)),
+                                  read_gray(dicom_bytes(film)))  # a sound JP2 file around its frame: read
+
+
 def test_values_above_high_bit_are_refused_unless_an_overlay_claims_them() -> None:
     """14-bit values under a 12-bit header: pydicom masks the top bits, and the film wrapped into bands (0.09
     correlation with itself) and was scored. Bits an overlay plane occupies are masked off, as they should be."""

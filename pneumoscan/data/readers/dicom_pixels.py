@@ -175,9 +175,38 @@ def _check_shape(values: np.ndarray, film: Film) -> None:
 
 
 def _j2k_siz(frame: bytes) -> int:
-    """Where a JPEG 2000 frame (a codestream, or a JP2 file around one) has its SOC then SIZ marker; -1 for any
-    other frame."""
-    return frame.find(b"\xff\x4f\xff\x51") if frame[:2] == b"\xff\x4f" or frame[4:8] == b"jP  " else -1
+    """Where a JPEG 2000 frame has its SOC then SIZ marker: at its start for a codestream, at the start of the first
+    Contiguous Codestream box (``jp2c``) of a JP2 file around one, the codestream OpenJPEG decodes; -1 for a frame of
+    another kind. A JPEG 2000 frame without them there is refused: looked for anywhere else, a copy of a small SIZ in
+    a box before ``jp2c`` passed the size check, and a 52 KB upload then decoded to 2.4 GB."""
+    if frame[:2] == b"\xff\x4f":
+        at = 0
+    elif frame[4:8] == b"jP  ":
+        at = _jp2c_contents(frame)
+    else:
+        return -1
+    if at < 0 or frame[at : at + 4] != b"\xff\x4f\xff\x51":
+        raise pixels.DecodeError("the JPEG 2000 frame's codestream does not start with its SOC and SIZ markers, so "
+                                 "its size cannot be checked before it is decoded: export the film again")
+    return at
+
+
+def _jp2c_contents(frame: bytes) -> int:
+    """Where the contents of a JP2 file's first ``jp2c`` box start (its boxes walked by their lengths, ISO/IEC
+    15444-1 I.4); -1 when it has none, or a box's length runs past the file or back."""
+    at = 0
+    while at + 8 <= len(frame):
+        length, kind, header = int.from_bytes(frame[at : at + 4], "big"), frame[at + 4 : at + 8], 8
+        if length == 1:  # its length in the next 8 bytes
+            length, header = int.from_bytes(frame[at + 8 : at + 16], "big"), 16
+        elif length == 0:  # to the end of the file
+            length = len(frame) - at
+        if kind == b"jp2c":
+            return at + header
+        if length < header:
+            return -1
+        at += length
+    return -1
 
 
 def _check_j2k_sign(ds: Dataset, frame: bytes, values: np.ndarray) -> None:
