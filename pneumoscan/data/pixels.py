@@ -34,6 +34,12 @@ MAX_DECODED_BYTES = 256 * 2**20
 # s. The cap is a whole adult-size detector's film (43 x 43 cm at 0.1 mm: 4,300 x 4,300, about 4 s), as children are
 # often filmed on one; an 8-bit JPEG of any size within MAX_PIXELS holds far fewer (12,000 x 12,000 in 1.7 MB: 1.2 s).
 MAX_HUFFMAN_CODES = 18_500_000
+# Each scan of a progressive JPEG visits every 8 x 8 block of its components, however little it codes (runs of
+# end-of-band): libjpeg-turbo visits about 125 million blocks a second here, and a complete progression of 2,649 scans
+# over a 12,000 x 12,000 colour image, 1.5 MB, cost 71 s of CPU in the service (883 scans grey, 0.5 MB: 24 s).
+# libjpeg's own progressions visit each block 6 (grey) to 10 (colour) times; the cap is 16 visits of every block of a
+# MAX_PIXELS image (about 0.3 s), counted from the markers before anything is decoded.
+MAX_PROGRESSIVE_BLOCKS = 16 * MAX_PIXELS // 64
 # Each DICOM pixel-data fragment, JPEG marker segment and PNG chunk costs a library a step in Python before (or
 # instead of) decoding: 2.4 million empty fragments took 8.8 s, 4.8 million empty JPEG comments 9.9 s. Real films
 # hold a few (a JPEG about 10 segments, a DICOM 1 fragment a frame or one every 64 KiB); the most is a PNG's

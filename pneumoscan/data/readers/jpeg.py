@@ -109,6 +109,16 @@ def _segments(data: bytes, strict: bool = False) -> Iterator[tuple[int, int, int
                          "Corrupt JPEG data: no marker where one is due")
 
 
+def _component_blocks(sof: bytes) -> dict[int, int]:
+    """Each component's 8 x 8 blocks in a frame header's image (its size scaled by the component's sampling factors
+    against the largest, T.81 A.1.1)."""
+    height, width = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big")
+    fields = [sof[6 + 3 * i : 9 + 3 * i] for i in range(sof[5])]  # id, H << 4 | V, table
+    h_max, v_max = max((f[1] >> 4 for f in fields), default=1) or 1, max((f[1] & 15 for f in fields), default=1) or 1
+    return {f[0]: math.ceil(math.ceil(width * (f[1] >> 4) / h_max) / 8)
+            * math.ceil(math.ceil(height * (f[1] & 15) / v_max) / 8) for f in fields}
+
+
 def check_progression(data: bytes) -> None:
     """Raise ValueError when a progressive JPEG ends (EOI) before its scans have coded every coefficient of every
     component to full precision (successive approximation down to Al = 0). Cut after a scan and closed with EOI, it
@@ -116,14 +126,23 @@ def check_progression(data: bytes) -> None:
     mosaic) without a warning; a film is never scored from part of its progression. Only marker segments are read:
     a scan's entropy-coded data is skipped to the marker that ends it."""
     coded: dict[int, list[int | None]] = {}  # component id -> the Al each coefficient has been coded down to
+    blocks: dict[int, int] = {}  # component id -> its 8 x 8 blocks, which each scan of it visits
+    visits = 0
     for marker, _, end, segment in _segments(data):
         if marker in _PROGRESSIVE:
             coded = {segment[6 + 3 * i]: [None] * 64 for i in range(segment[5])}
+            blocks = _component_blocks(segment)
         elif marker == 0xDA and coded:  # SOS: components, then Ss, Se, Ah << 4 | Al
             n = segment[0]
             first, last, al = segment[1 + 2 * n], segment[2 + 2 * n], segment[3 + 2 * n] & 15
             for component in segment[1 : 1 + 2 * n : 2]:
                 coded.get(component, [None] * 64)[first : last + 1] = [al] * (last + 1 - first)
+                visits += blocks.get(component, 0)
+            if visits > pixels.MAX_PROGRESSIVE_BLOCKS:  # before the decoder spends a minute on end-of-band runs
+                raise pixels.DecodeError(
+                    f"a progressive JPEG whose scans visit over {pixels.MAX_PROGRESSIVE_BLOCKS:,} of its 8 x 8 blocks "
+                    "(each scan visits every block of its components, however little it codes): more than any "
+                    "film's progression needs; save it again as a baseline JPEG")
             if not _ENDS_SCAN.search(data, end):
                 return  # no marker after the scan: cut short, which the decoder reports as such
     if short := sorted(c for c, levels in coded.items() if any(al != 0 for al in levels)):
