@@ -352,7 +352,7 @@ def _decode_all(
                 yield start, result
         except _WorkersCannotRead as e:
             log.warning("the image cache decodes in this process, without worker processes: %s; a reader class "
-                           "defined at the top level of an importable module decodes in them", e)
+                        "defined at the top level of an importable module decodes in them", e)
     for start in starts:
         if start not in done:
             yield start, _decode_chunk(paths[start : start + CHUNK], spec)

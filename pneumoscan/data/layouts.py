@@ -545,7 +545,7 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
     if reasons:
         counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
         log.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
-                       shown(root), reasons.total(), counted, shown(root))
+                    shown(root), reasons.total(), counted, shown(root))
 
 
 def _warn_class_left_out(root: Path, found: Discovery) -> None:
@@ -561,10 +561,10 @@ def _warn_class_left_out(root: Path, found: Discovery) -> None:
         labels = {r.label for r in found.records if r.split == split}
         if missing := [label for label in LABELS if label not in labels]:
             log.warning("%s: no %s film%s, while %s beside its class folders %s left out (a class folder is "
-                           "named %s): if they hold %s films, rename them, or list the films in a manifest",
-                           shown(root), " or ".join(missing), f" in its {split} split" if split else "",
-                           ", ".join(sorted(folders)), "was" if len(folders) == 1 else "were", " or ".join(LABELS),
-                           " or ".join(missing))
+                        "named %s): if they hold %s films, rename them, or list the films in a manifest",
+                        shown(root), " or ".join(missing), f" in its {split} split" if split else "",
+                        ", ".join(sorted(folders)), "was" if len(folders) == 1 else "were", " or ".join(LABELS),
+                        " or ".join(missing))
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:

@@ -378,7 +378,7 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
     called = np.flatnonzero(positive >= card.threshold)
     if len(called) < SCALE_MIN_FILMS:
         log.info("no heatmap scale recorded: %d of the %d films were called %s, fewer than %d, so each heatmap "
-                    "is scaled to its own film's maximum", len(called), len(images), card.positive, SCALE_MIN_FILMS)
+                 "is scaled to its own film's maximum", len(called), len(images), card.positive, SCALE_MIN_FILMS)
         return None
     ranked = called[np.argsort(-positive[called], kind="stable")]
     films = ranked[np.unique(np.linspace(0, len(ranked) - 1, SCALE_FILMS).round().astype(int))]
@@ -392,7 +392,7 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
     scale = float(np.percentile(peaks, SCALE_PERCENTILE))
     if not scale > 0:
         log.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "
-                    "empty, so each heatmap is scaled to its own film's maximum", len(films), card.positive)
+                 "empty, so each heatmap is scaled to its own film's maximum", len(films), card.positive)
         return None
     return scale
 

@@ -378,7 +378,7 @@ def load_card(directory: Path | str) -> BundleCard:
 def _warn_unsealed(path: str) -> None:
     """Once a process per card: every command reads the card several times."""
     log.warning("%s records no checksum of itself (a bundle written before pneumoscan kept one), so an edited "
-                   "threshold or temperature cannot be detected; train it again to get a checked bundle", path)
+                "threshold or temperature cannot be detected; train it again to get a checked bundle", path)
 
 
 def _format_refusal(directory: Path | str, data: dict) -> str:
@@ -576,7 +576,7 @@ def verify_file(directory: Path | str, card: BundleCard, name: str,
     if expected is None:
         if not card.files:
             log.warning("%s: bundle.json records no checksums (a bundle written before pneumoscan kept them), so "
-                           "damaged files cannot be detected; train it again to get a checked bundle", directory)
+                        "damaged files cannot be detected; train it again to get a checked bundle", directory)
             return
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
     if not path.exists():

@@ -124,7 +124,7 @@ class Guard:
             frame = traceback.extract_tb(e.__traceback__)[-1]
             where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}".replace("%", "%%")  # in the format
             log.error(f"internal error on %s %s: {type(e).__name__} at {where}: %s", scope["method"],
-                         scope["path"], redact(str(e)))
+                      scope["path"], redact(str(e)))
             if started:  # too late for a 500: the server closes the connection and logs this, not the message
                 raise RuntimeError("internal error after the answer had begun") from None
             await JSONResponse({"error": "internal error"}, status_code=500)(scope, receive, send_with_headers)

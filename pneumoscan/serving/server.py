@@ -283,7 +283,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
             raise ValueError(f"refusing to listen on {host} without an API key: set one (--api-key-file or "
                              "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
         log.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
-                       host, port)
+                    host, port)
     if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
     _raise_open_file_limit()

@@ -25,8 +25,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import Task
 from pneumoscan.evaluation.held_out import check_held_out
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import (WEIGHTS, BundleCard, load_card, refused_as, teacher_label,
-                                   verify_file)
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refused_as, teacher_label, verify_file
 from .config import TrainConfig
 from .ensemble import member_named_logits, refuse_repeated_models
 

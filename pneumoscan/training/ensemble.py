@@ -164,8 +164,8 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split,
     when a fold's bundle was trained on other films than its split-fold-K.csv says (its run's split.csv records
     what it trained on: its scores on the fold's films would then not all be out of fold) or on other pixels or
-    labels than those films have now (:func:`films_as_trained`), or when the runs were
-    not made on the same folds (same data and --seed), whose films then have no out-of-fold score from every run."""
+    labels than those films have now (:func:`films_as_trained`), or when the runs were not made on the same folds
+    (same data and --seed), whose films then have no out-of-fold score from every run."""
     members: list[Path] = []
     first_folds: list[set[str]] | None = None
     for cv_dir in map(Path, cv_dirs):
