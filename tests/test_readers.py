@@ -244,3 +244,35 @@ def test_no_real_film_gets_the_colour_warning(data_root: Path) -> None:
     """Every 25th film of train/ and val/ (the whole folders measure a channel spread of 0: docs/data.md)."""
     films = sorted(data_root.glob("train/*/*.jpeg"))[::25] + sorted(data_root.glob("val/*/*.jpeg"))
     assert films and all(colour_spread(f) <= COLOUR_TOLERANCE for f in films)
+
+
+def test_a_film_the_second_stage_cannot_read_is_refused_by_the_two_stage_evaluation(tmp_path: Path) -> None:
+    """A second stage decoding at another size reads the films again; one its decode refuses ended the two-stage
+    evaluation in a KeyError from the cache, a traceback, where the first stage had scored it."""
+    from pneumoscan.data.layouts import make_record, write_manifest
+    from pneumoscan.evaluation.evaluate import evaluate
+    from tests.test_predict import make_bundle
+
+    class CoarsePgm(PgmReader):
+        def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+            if target is not None and target > 40:
+                raise DecodeError("this reader decodes at 40 px or less")
+            return super().gray(src, target)
+
+    records = []  # named as the Kermany films are: the names give the patients and the pneumonia's kind
+    names = [f"IM-{i:04d}-0001.pgm" for i in range(4)] + [f"person{i}_{kind}_{i}.pgm" for i in range(4)
+                                                          for kind in ("bacteria", "virus")]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(pgm(film(seed=i)))
+        records.append(make_record(tmp_path / name, "NORMAL" if name.startswith("IM") else "PNEUMONIA"))
+    write_manifest(records, tmp_path / "films.csv")
+    first = make_bundle(tmp_path / "first", size=32)
+    second = make_bundle(tmp_path / "second", "etiology", ("bacteria", "virus"), "virus", size=64)
+    reader = readers.register(CoarsePgm())
+    try:
+        with pytest.raises(ValueError, match=r"^the etiology stage cannot read a film the first stage read: .*IM-0000"
+                                             r"-0001\.pgm: unreadable \(this reader decodes at 40 px or less\)"):
+            evaluate(first, tmp_path / "films.csv", etiology=second)
+    finally:
+        readers.unregister(reader.name)
+

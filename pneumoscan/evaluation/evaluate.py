@@ -106,7 +106,11 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
-        images = cache.images[cache.rows([r.path for r in records])]
+        try:
+            images = cache.images[cache.rows([r.path for r in records])]
+        except KeyError as e:  # the two stages are scored on the same films, or not at all
+            raise ValueError(f"the {second.task.name} stage cannot read a film the first stage read: {e.args[0]}; "
+                             "evaluate the two stages on films both can read") from None
     second_scores = second.positive_probability(second.probabilities(images, tta=tta))
     first_threshold, second_threshold = first.threshold(tta), second.threshold(tta)
     probs, called = two_stage_decision(first_scores, second_scores, first_threshold, second_threshold)
