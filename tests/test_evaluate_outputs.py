@@ -323,7 +323,7 @@ def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_fo
     from pneumoscan.inference.predict import predict_paths
     from tests.test_predict import make_bundle
 
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
     tasks.register_task("typicality", classes=("typical", "atypical"), positive="atypical",
                         follows={"pneumonia": "PNEUMONIA"})(
         lambda record: None if record.label != "PNEUMONIA" else int(record.subtype == "virus"))
@@ -349,7 +349,7 @@ def test_a_second_stage_that_reads_the_first_stages_negative_call_is_refused(
     from pneumoscan.data import tasks
     from tests.test_predict import make_bundle
 
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
     tasks.register_task("variant", classes=("usual", "unusual"), positive="unusual",
                         follows={"pneumonia": "NORMAL"})(lambda record: int(record.label == "NORMAL"))
     second = make_bundle(tmp_path / "variant", "variant", ("usual", "unusual"), "unusual")

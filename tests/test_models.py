@@ -55,7 +55,7 @@ def test_register_adds_a_model_and_a_second_of_its_name_replaces_it_with_a_warni
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As timm does: a notebook cell that registers a model runs again (it raised "already registered")."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
 
     @models.register("tiny", mean=0.4, std=0.2)
     def tiny(num_classes: int, in_chans: int, pretrained: bool) -> torch.nn.Module:

@@ -100,7 +100,7 @@ class _BrightnessNet(nn.Module):
 @pytest.fixture
 def brightness_bundles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """A 192 px bundle of :class:`_BrightnessNet` for each resize policy (input in [0, 1]: mean 0, std 1)."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
     models.register("brightness", mean=0.0, std=1.0)(_BrightnessNet)
     return {policy: save_bundle(tmp_path / policy, _BrightnessNet(),
                                 BundleCard("brightness", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 192, policy,

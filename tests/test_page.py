@@ -555,7 +555,7 @@ def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, ti
     the stage's task, as predict's columns are (etiology's stay as they were: the test above)."""
     from tests.test_predict import make_bundle
 
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
     tasks.register_task("typicality", classes=("typical", "atypical"), positive="atypical",
                         follows={"pneumonia": "PNEUMONIA"})(len)
     second = make_bundle(tmp_path / "typicality", "typicality", ("typical", "atypical"), "atypical")

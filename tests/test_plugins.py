@@ -92,8 +92,8 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("plugin")
     (folder / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-        patch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+        patch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
+        patch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
         patch.syspath_prepend(str(folder))
         importlib.import_module(PLUGIN)
         yield folder
@@ -187,7 +187,7 @@ def test_a_plugin_second_stage_alone_says_what_it_assumes_in_the_words_of_the_st
         body = client.post("/v1/predict", files={"file": ("x.jpeg", films[0].read_bytes(), "image/jpeg")}).json()
     assert body["warnings"][-1] == said
 
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
     tasks.register_task("extent", classes=("focal", "diffuse"), positive="diffuse", follows={"opacity": "opacity"})(len)
     assert alone_warning("extent") == ("this extent model assumes the film shows opacity and cannot call it clear: "
                                        "run it as the second stage after an opacity model (--etiology)")
@@ -226,7 +226,10 @@ def test_a_plugin_task_and_model_go_through_every_python_route(
 def _unregistered(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     """This process as one that never imported the plugin: its tasks and model unknown here."""
     for name in names:
-        monkeypatch.delitem(tasks._TASKS if name in tasks._TASKS else registry._REGISTRY, name)
+        module, attribute = (tasks, "_TASKS") if name in tasks._TASKS else (registry, "_REGISTRY")
+        without = getattr(module, attribute).copy()
+        without.remove(name)
+        monkeypatch.setattr(module, attribute, without)
 
 
 ROUTES = {
@@ -338,8 +341,8 @@ def test_the_command_line_imports_the_modules_PNEUMOSCAN_PLUGINS_names(
     (tmp_path / "site_broken.py").write_text("from pneumoscan.data.tasks import register_task\n"
                                              "register_task('bad', classes=('a', 'a'), positive='a')(len)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the registries as they were, afterwards
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())  # the registries as they were, afterwards
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
     request.addfinalizer(lambda: sys.modules.pop("site_one", None))
     monkeypatch.setenv(PLUGINS_ENV, " site_one , ")
     assert cli.main(["models"]) == 0

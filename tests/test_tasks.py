@@ -104,7 +104,7 @@ def test_a_second_task_of_a_name_replaces_it_with_a_warning(
 ) -> None:
     """As a model does (timm's way): a notebook cell that registers a task runs again; it raised "already
     registered". The built-in task replaced here is put back when the test ends."""
-    monkeypatch.setitem(tasks_module._TASKS, "pneumonia", get_task("pneumonia"))
+    monkeypatch.setattr(tasks_module, "_TASKS", tasks_module._TASKS.copy())
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.tasks"):
         register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)
     assert caplog.messages == ["task 'pneumonia' was already registered: this registration replaces it"]

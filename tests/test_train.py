@@ -872,7 +872,7 @@ def test_a_bundle_of_a_model_not_registered_here_or_without_a_head_is_refused_wi
                            match=r"Sequential has no get_classifier\(\) \(timm's name for a model's head\)"):
             load_weights_into(models.create(name), tmp_path / "bundle")
     finally:
-        models._REGISTRY.pop(name)
+        models._REGISTRY.remove(name)
     with pytest.raises(ValueError, match=f"its model '{name}' is not registered in this process: import the module "
                                          "that registers it first"):
         load_bundle(tmp_path / "bundle")

@@ -27,6 +27,7 @@ from pathlib import Path
 from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import SPLITS, look_up_option
+from pneumoscan.core.registry import Registry
 from . import readers
 from .decode import read_dicom_header
 from .walk import ALREADY_SEARCHED, SYSTEM_FOLDERS, Entry, file_identity, junk_reason, walk
@@ -86,7 +87,7 @@ def _ruled_by(name: str, label: str, layout: Layout | None) -> tuple[Layout, tup
     """The first layout whose name rules the file name ``name`` follows (``layout``'s first, then every registered
     one's), with what it parsed; None when no rules fit."""
     rules = [layout] if layout is not None else []
-    for candidate in [*rules, *(known for known in _LAYOUTS if known is not layout)]:
+    for candidate in [*rules, *(known for known in layouts().values() if known is not layout)]:
         parsed = candidate.parse_file(name, label)
         if parsed is not None:
             return candidate, parsed
@@ -454,30 +455,26 @@ class ManifestLayout(Layout):
         return found
 
 
-_LAYOUTS: list[Layout] = []
+_LAYOUTS: Registry[Layout] = Registry("layout", log)
 
 
 def register_layout(layout: Layout, first: bool = False) -> Layout:
-    """Add ``layout`` (a second of the same name replaces the first, with a warning, as every registry does).
-    :func:`discover` tries layouts in this order, so one whose folders look like another's (as Mendeley's look
+    """Add ``layout`` (a second of the same name replaces the first in its place, with a warning, as every registry
+    does). :func:`discover` tries layouts in this order, so one whose folders look like another's (as Mendeley's look
     like Kaggle's) goes ``first``."""
     if not layout.name:
         raise ValueError(f"{type(layout).__name__}: a layout needs a name")
-    if layout.name in layouts():
-        log.warning("layout %r was already registered: this registration replaces it", layout.name)
-    unregister_layout(layout.name)
-    _LAYOUTS.insert(0 if first else len(_LAYOUTS), layout)
-    return layout
+    return _LAYOUTS.add(layout.name, layout, first=first)
 
 
 def unregister_layout(name: str) -> None:
     """Remove the layout called ``name`` (a test's toy layout); nothing when none is."""
-    _LAYOUTS[:] = [known for known in _LAYOUTS if known.name != name]
+    _LAYOUTS.remove(name)
 
 
 def layouts() -> dict[str, Layout]:
     """The registered layouts by name, in the order :func:`discover` tries them."""
-    return {known.name: known for known in _LAYOUTS}
+    return _LAYOUTS.entries()
 
 
 # Most specific first: a manifest is a file; a Mendeley tree's folders are the Kaggle release's.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pneumoscan.core.options import look_up_option
+from pneumoscan.core.registry import Registry
 from pneumoscan.core.names import shown
 
 if TYPE_CHECKING:  # the layouts load the image readers (pydicom): the command line lists the tasks without them
@@ -105,7 +105,7 @@ class Task:
         return self.follows[first.name]
 
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task", log)
 
 
 def register_task(
@@ -116,16 +116,14 @@ def register_task(
     subclass with other rules); a name registered before is replaced, with a warning, as a model's is."""
 
     def decorator(rule: TargetRule) -> TargetRule:
-        if name in _TASKS:
-            log.warning("task %r was already registered: this registration replaces it", name)
-        _TASKS[name] = cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia)
+        _TASKS.add(name, cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia))
         return rule
 
     return decorator
 
 
 def get_task(name: str) -> Task:
-    return _TASKS[look_up_option(name, _TASKS, "task")]
+    return _TASKS.get(name)
 
 
 def list_tasks() -> list[str]:

@@ -21,6 +21,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, 
 from torch import nn
 
 from pneumoscan.core.options import look_up_option
+from pneumoscan.core.registry import Registry
 from pneumoscan.models import WeightsUnavailable, or_your_own
 
 Builder = Callable[..., nn.Module]
@@ -36,7 +37,7 @@ class _Entry:
     fixed_size: bool  # built for one input size, which the builder takes as ``image_size``
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: Registry[_Entry] = Registry("model", log)
 
 
 def register(
@@ -52,9 +53,7 @@ def register(
     """
 
     def decorator(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            log.warning("model %r was already registered: this registration replaces it", name)
-        _REGISTRY[name] = _Entry(fn, mean, std, weights, fixed_size)
+        _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size))
         return fn
 
     return decorator
@@ -64,7 +63,7 @@ def has_pretrained(name: str) -> bool:
     """Whether ``create(name, pretrained=True)`` has weights to load (a registered flag, else timm's table), so a
     run can decide before any work whether it fine-tunes or starts from scratch."""
     if name in _REGISTRY:
-        return _REGISTRY[name].weights
+        return _REGISTRY.get(name).weights
     if get_pretrained_cfg(name) is None and name not in timm.list_models():
         unknown_model(name)
     return is_model_pretrained(name)
@@ -82,7 +81,7 @@ def create(
     fixed-size model (a Flatten head, a timm model whose pretrained config fixes its input size, such as a ViT's
     position embedding) is built for it; the others take any size and ignore it."""
     if name in _REGISTRY:
-        entry = _REGISTRY[name]
+        entry = _REGISTRY.get(name)
         if pretrained and not entry.weights:
             raise ValueError(f"{name} is trained from scratch: no pretrained weights exist")
         if entry.fixed_size:
@@ -119,7 +118,7 @@ def normalization(name: str) -> tuple[float, float]:
     """(mean, std) for [0, 1] grayscale input: the registered value, else timm's pretrained
     config averaged over RGB (ImageNet: 0.449, 0.226), since grayscale feeds all channels alike."""
     if name in _REGISTRY:
-        entry = _REGISTRY[name]
+        entry = _REGISTRY.get(name)
         return entry.mean, entry.std
     cfg = get_pretrained_cfg(name)
     if cfg is None:

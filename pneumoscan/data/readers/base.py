@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.core.registry import Registry
+
 HEAD_BYTES = 132  # what a reader sees to recognise a file: DICOM's "DICM" magic sits at bytes 128-131
 SPREAD_SIDE = 64  # short side (px) of the reduced image :meth:`Reader.colour_spread` measures: enough to tell colour
 
@@ -53,7 +55,7 @@ def channel_spread(rgb: np.ndarray) -> float:
     return float(np.percentile(values.max(axis=2) - values.min(axis=2), 99))
 
 
-_READERS: list[Reader] = []
+_READERS: Registry[Reader] = Registry("reader", log)
 
 
 def register(reader: Reader) -> Reader:
@@ -61,45 +63,39 @@ def register(reader: Reader) -> Reader:
     can swap a built-in and a notebook cell that registers one can run again)."""
     if not reader.name:
         raise ValueError(f"{type(reader).__name__}: a reader needs a name")
-    for i, known in enumerate(_READERS):
-        if known.name == reader.name:
-            log.warning("reader %r was already registered: this registration replaces it", reader.name)
-            _READERS[i] = reader
-            return reader
-    _READERS.append(reader)
-    return reader
+    return _READERS.add(reader.name, reader)
 
 
 def unregister(name: str) -> None:
     """Remove the reader called ``name`` (a test's toy reader); nothing when none is."""
-    _READERS[:] = [r for r in _READERS if r.name != name]
+    _READERS.remove(name)
 
 
 def registered() -> tuple[Reader, ...]:
     """The registered readers, in the order they are asked."""
-    return tuple(_READERS)
+    return tuple(_READERS.entries().values())
 
 
 def reader_for(head: bytes, suffix: str = "", declared: str | None = None) -> Reader | None:
     """The reader for a file: the one ``declared`` (an upload's type) when given, else the first whose magic bytes
     match, else the first claiming the suffix; None when no registered reader takes it."""
     if declared is not None:
-        return next((r for r in _READERS if r.name == declared), None)
+        return _READERS.entries().get(declared)
     # by suffix only when no magic matches: a DICOM without its preamble carries none
-    return next((r for r in _READERS if r.sniff(head)), None) or claiming(suffix)
+    return next((r for r in registered() if r.sniff(head)), None) or claiming(suffix)
 
 
 def claiming(suffix: str) -> Reader | None:
     """The first registered reader that claims a file-name ending (``.dcm``), None when none does."""
-    return next((r for r in _READERS if suffix.lower() in r.suffixes), None)
+    return next((r for r in registered() if suffix.lower() in r.suffixes), None)
 
 
 def formats() -> str:
     """'JPEG, PNG or DICOM': the registered formats, for a reason that says what a file is not."""
-    names = [f for r in _READERS for f in r.formats]
+    names = [f for r in registered() for f in r.formats]
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
 def suffixes() -> frozenset[str]:
     """Every file-name ending some registered reader claims: what discovery and prediction take as images."""
-    return frozenset().union(*(r.suffixes for r in _READERS))
+    return frozenset().union(*(r.suffixes for r in registered()))

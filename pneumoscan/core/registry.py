@@ -1,0 +1,57 @@
+"""One registry for every kind of plug-in (models, tasks, image readers, dataset layouts), with timm's habit of
+``register_model``/``create_model``: entries by name, in the order they were registered, which is the order a
+registry that tries them (readers, layouts) asks them in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from .options import look_up_option
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named entries, in order. A name registered again replaces its entry in its place, with a warning, so a
+    notebook cell that registers one can run again (``first``: put ahead of the others instead, for an entry that
+    must be tried before one it looks like). ``log``: the registering module's logger, whose name the warning
+    carries."""
+
+    def __init__(self, kind: str, log: logging.Logger) -> None:
+        self.kind, self._log = kind, log
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T, first: bool = False) -> T:
+        if name in self._entries:
+            self._log.warning("%s %r was already registered: this registration replaces it", self.kind, name)
+        if first:
+            self._entries = {name: entry, **{k: v for k, v in self._entries.items() if k != name}}
+        else:
+            self._entries[name] = entry
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Take ``name`` out (a test's toy entry); nothing when it is not there."""
+        self._entries.pop(name, None)
+
+    def get(self, name: str, hint: str | None = None) -> T:
+        """The entry of ``name``; ValueError naming the closest registered names (and ``hint``) otherwise."""
+        return self._entries[look_up_option(name, self._entries, self.kind, hint=hint)]
+
+    def copy(self) -> Registry[T]:
+        """A registry of the same entries (a test registers into a copy and puts the original back)."""
+        other: Registry[T] = Registry(self.kind, self._log)
+        other._entries = dict(self._entries)
+        return other
+
+    def entries(self) -> dict[str, T]:
+        """The entries by name, in order (a copy)."""
+        return dict(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
