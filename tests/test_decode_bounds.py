@@ -229,8 +229,49 @@ def test_a_frame_with_more_huffman_codes_than_the_cap_is_refused_before_its_walk
         read_gray(data)
     monkeypatch.setattr(pixels, "MAX_HUFFMAN_CODES", 64 * 64 - 1)
     with pytest.raises(DecodeError, match=r"^JPEG scan too costly to check: up to 4,096 Huffman codes \(64 x 64\), "
-                                          r"over the 4,095 that are checked$"):
+                                          r"over the 4,095 that are checked in a frame$"):
         read_gray(data)
+
+
+def _lossless_dicom_of_scans(side: int, scans: int) -> bytes:
+    """:func:`_lossless_dicom`'s frame with its one scan coded ``scans`` times: each scan within the cap."""
+    scan = _segment(0xDA, bytes([1, 1, 0, 1, 0, 0])) + bytes(-(-side * side // 8))
+    frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
+             + _segment(0xC4, bytes([0, 2] + [0] * 15 + [0, 1])) + scan * scans + b"\xff\xd9")  # fmt: skip
+    return _jpeg_dicom(frame, uid.JPEGLosslessSV1, side)
+
+
+def test_a_lossless_frame_of_many_scans_is_capped_as_a_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap was a scan's: one scan of 18.49 million codes repeated 8 times in an 18.5 MB frame kept the walk
+    busy for 38 s. The frame's scans share it."""
+    monkeypatch.setattr(pixels, "MAX_HUFFMAN_CODES", 2 * 64 * 64 - 1)
+    with pytest.raises(DecodeError, match="blank image"):  # one scan, walked
+        read_gray(_lossless_dicom_of_scans(64, 1))
+    with pytest.raises(DecodeError, match=r"^JPEG scan too costly to check: up to 4,096 Huffman codes \(64 x 64\), "
+                                          r"over the 8,191 that are checked in a frame$"):
+        read_gray(_lossless_dicom_of_scans(64, 2))
+
+
+def test_a_12_bit_progressive_frame_is_capped_as_an_8_bit_one_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An 8-bit progressive JPEG's scans were capped in the blocks they visit; a 12-bit one in a JPEG Extended DICOM
+    frame went to the Huffman walk, which leaves progressive frames to the decoder: 883 scans over a 5,792 x 5,792
+    frame, 117 KB, took 12 s of CPU. Its scans are counted from the markers as an 8-bit one's are."""
+    side = 64
+
+    def scan(first: int, last: int) -> bytes:  # one component, Ah 0, Al 0; its entropy-coded data never read
+        return _segment(0xDA, bytes([1, 1, 0, first, last, 0])) + bytes(side * side // 64)
+
+    frame = (b"\xff\xd8" + _segment(0xC2, bytes([12]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
+             + scan(0, 0) + scan(1, 63) + b"\xff\xd9")  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint16), bits=12)))
+    ds.file_meta.TransferSyntaxUID = uid.JPEGExtended12Bit
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    monkeypatch.setattr(pixels, "MAX_PROGRESSIVE_BLOCKS", side * side // 64)  # one scan's visits: the second's over
+    with pytest.raises(DecodeError, match=r"a progressive JPEG whose scans visit over 64 of its 8 x 8 blocks"):
+        read_gray(buf.getvalue())
 
 
 def test_a_jpeg_with_a_harmless_warning_is_walked_within_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,7 +203,7 @@ def _walk_scans(frame: bytes) -> None:
     decoder."""
     tables: dict[tuple[int, int], list[int]] = {}
     components: dict[int, tuple[int, int]] = {}
-    width = height = restart = scans = 0
+    width = height = restart = scans = codes = 0  # codes: those the scans so far may hold, capped for the frame
     lossless = False
     for marker, _, end, segment in _segments(frame, strict=True):
         if marker in _HUFFMAN_SEQUENTIAL:  # SOF0, SOF1: sequential DCT; SOF3: lossless; all Huffman-coded
@@ -211,7 +211,9 @@ def _walk_scans(frame: bytes) -> None:
             height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
             fields = [segment[6 + 3 * i : 9 + 3 * i] for i in range(segment[5])]  # id, H << 4 | V, table
             components = {c[0]: (c[1] >> 4, c[1] & 15) for c in fields}
-        elif marker in _SOF:  # progressive or arithmetic-coded: left to the decoder
+        elif marker in _SOF:  # progressive or arithmetic-coded: left to the decoder, a progression's cost capped
+            if marker in _PROGRESSIVE:  # a 12-bit one in a DICOM frame reaches no decode() that would check it
+                check_progression(frame)
             return
         elif marker == 0xC4:  # DHT: one or more tables
             at = 0
@@ -225,7 +227,8 @@ def _walk_scans(frame: bytes) -> None:
         elif marker == 0xDA:  # SOS
             if not height:  # the height comes in a DNL marker after the scan
                 return
-            _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless)
+            codes += _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless,
+                                 pixels.MAX_HUFFMAN_CODES - codes)
             scans += 1
     if not scans:
         raise ValueError("JPEG datastream contains no image")
@@ -253,21 +256,24 @@ _Coding = tuple[list[int], list[int] | None]
 
 def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tuple[int, int]],
                 tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int,
-                lossless: bool) -> None:  # fmt: skip
+                lossless: bool, budget: int) -> int:  # fmt: skip
     """Check the entropy-coded data of the scan from ``start``, up to the marker that ends it. A DCT
     scan codes 8 x 8 blocks (a DC code, then AC codes up to 64 coefficients), a lossless one each sample (a code
     for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1.
-    Refused over MAX_HUFFMAN_CODES before any code is read."""
+    Refused before any code is read when it may hold more than ``budget`` codes, what MAX_HUFFMAN_CODES leaves of
+    the frame's (one scan repeated 8 times held 8 times its codes: 38 s of walking); returns how many it may hold."""
     mcus, units = _scan_units(sos, components, tables, size, lossless)
     found = _ENDS_SCAN.search(frame, start)
     if found is None:
         raise ValueError("Premature end of JPEG file")
     codes = min(mcus * len(units) * (1 if lossless else 65), 8 * (found.start() - start))  # each code takes a bit
-    if codes > pixels.MAX_HUFFMAN_CODES:
+    if codes > budget:
         raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes "
-                                 f"({size[0]} x {size[1]}), over the {pixels.MAX_HUFFMAN_CODES:,} that are checked")
+                                 f"({size[0]} x {size[1]}), over the {pixels.MAX_HUFFMAN_CODES:,} that are checked "
+                                 "in a frame")
     for number, interval in enumerate(_restart_intervals(frame[start : found.start()], restart, mcus)):
         _check_interval(interval, units, min(restart, mcus - number * restart) if restart else mcus, lossless)
+    return codes
 
 
 def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict[tuple[int, int], list[int]],
