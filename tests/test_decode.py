@@ -291,6 +291,21 @@ def test_a_transparency_colour_no_pixel_has_leaves_the_film_as_it_is(case: str) 
     assert np.abs(gray.astype(int) - FILM).max() <= 1
 
 
+def test_a_palette_of_alphas_is_read_by_the_entries_its_pixels_use() -> None:
+    """A palette PNG's tRNS gives an alpha to each entry: told from the entries the pixels use (the film's 1-byte
+    pixels converted to an alpha band had taken 0.9 GB at 12,000 x 12,000), a half-transparent entry in use is
+    refused, one no pixel uses is not."""
+    used, unused = int(FILM[0, -1]), 7
+    for entry, refused in ((used, True), (unused, False)):
+        alphas = bytes(128 if i == entry else 255 for i in range(256))
+        data = encode(_palette(FILM), "PNG", transparency=alphas)
+        if refused:
+            with pytest.raises(DecodeError, match="^image has transparent pixels"):
+                read_gray(data)
+        else:
+            assert np.abs(read_gray(data).astype(int) - FILM).max() <= 1
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_a_fully_opaque_alpha_band_reads_as_the_grey_film(mode: str) -> None:
     bands = [FILM] * (len(mode) - 1) + [np.full_like(FILM, 255)]
