@@ -22,6 +22,7 @@ from pydicom.pixels.processing import convert_color_space
 from pydicom.tag import Tag
 from PIL import Image
 
+from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import jpeg as jpeg_reader
@@ -318,6 +319,16 @@ def test_palette_colour_films_are_read_through_their_palette() -> None:
     expected = apply_color_lut(ds.pixel_array, ds) @ np.array([0.299, 0.587, 0.114])
     gray = read_gray(get_testdata_file("examples_palette.dcm"))
     assert gray.shape == expected.shape and np.corrcoef(gray.ravel(), expected.ravel())[0, 1] > 0.999
+
+
+def test_a_palette_colour_film_is_counted_at_its_three_samples_a_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its palette makes each pixel three colour samples before the float64 arithmetic: counted as one, a 2.9 MB
+    palette film of 5,792 x 5,792 passed the byte limit and took 1.3 GB. Here the limit admits one sample a pixel
+    of pydicom's example, not three."""
+    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    monkeypatch.setattr(pixels, "MAX_DECODED_BYTES", ds.Rows * ds.Columns * 8 * 2)
+    with pytest.raises(DecodeError, match=r"DICOM \(3 sample\(s\) as float64\)"):
+        read_gray(get_testdata_file("examples_palette.dcm"))
 
 
 @pytest.mark.filterwarnings("ignore:The pixel data is")  # pydicom says it drops the padding: expected

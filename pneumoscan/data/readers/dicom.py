@@ -411,8 +411,11 @@ def _refuse_unreadable(ds: Dataset, values: _HeaderValues) -> None:
         )
     if rows * cols > pixels.MAX_PIXELS:
         raise pixels.too_large(cols, rows)
-    if rows * cols * samples * 8 > pixels.MAX_DECODED_BYTES:  # the LUT and window arithmetic is float64
-        raise pixels.too_many_bytes(cols, rows, samples * 8, f"DICOM ({samples} sample(s) as float64)")
+    # the LUT and window arithmetic is float64; a palette makes each pixel 3 colour samples first (a 2.9 MB
+    # palette film of 5,792 x 5,792 took 1.3 GB)
+    held = 3 if values.photometric == "PALETTE COLOR" else samples
+    if rows * cols * held * 8 > pixels.MAX_DECODED_BYTES:
+        raise pixels.too_many_bytes(cols, rows, held * 8, f"DICOM ({held} sample(s) as float64)")
 
 
 def _refuse_ambiguous(values: _HeaderValues) -> None:
