@@ -321,6 +321,22 @@ def test_palette_colour_films_are_read_through_their_palette() -> None:
     assert gray.shape == expected.shape and np.corrcoef(gray.ravel(), expected.ravel())[0, 1] > 0.999
 
 
+def test_an_rle_frame_whose_header_does_not_describe_its_segments_is_refused() -> None:
+    """pylibjpeg-rle refuses such a header, and pydicom fell back on its own decoder, which expands a segment whole
+    before checking its length: 19 MB of runs after a first offset of 66 took 1.1 GB, and the film was read."""
+    film = phantom(48, 64, 0, 255).astype(np.uint8)
+    plain = dicom_bytes(film, bits=8)
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    ds.compress(uid.RLELossless)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)  # one segment: one 8-bit sample
+    np.testing.assert_array_equal(read_gray(encapsulated(plain, [frame], uid.RLELossless)), read_gray(plain))
+    shifted = frame[:4] + (66).to_bytes(4, "little") + frame[8:64] + b"\x00\x00" + frame[64:]
+    two = (2).to_bytes(4, "little") + frame[4:8] + (len(frame) - 1).to_bytes(4, "little") + frame[12:]
+    for bad, said in ((shifted, r"1 segment\(s\) at offsets 66"), (two, r"2 segment\(s\) at offsets 64, \d+")):
+        with pytest.raises(DecodeError, match=rf"the RLE frame's header does not describe its segments \({said} in "):
+            read_gray(encapsulated(plain, [bad], uid.RLELossless))
+
+
 def test_a_palette_colour_film_is_counted_at_its_three_samples_a_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its palette makes each pixel three colour samples before the float64 arithmetic: counted as one, a 2.9 MB
     palette film of 5,792 x 5,792 passed the byte limit and took 1.3 GB. Here the limit admits one sample a pixel

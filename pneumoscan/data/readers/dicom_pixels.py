@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -124,7 +125,9 @@ def _pixels(ds: Dataset, film: Film) -> np.ndarray:
     precision, frame = None, b""
     if isinstance(syntax, UID) and syntax.is_transfer_syntax:
         _check_length(ds, syntax, film)
-        if syntax.is_encapsulated and syntax != RLELossless:
+        if syntax == RLELossless:
+            _check_rle_header(get_frame(ds.PixelData, 0, number_of_frames=1), ds, film)
+        elif syntax.is_encapsulated:
             frame = get_frame(ds.PixelData, 0, number_of_frames=1)
             precision = _check_codestream(frame, ds, film)
             if syntax in _JPEG_CHECKED:
@@ -254,6 +257,24 @@ def _lossy(syntax: object) -> bool:
     """Whether a transfer syntax may compress with loss: every encapsulated one pydicom does not name lossless
     (JPEG Baseline and Extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that are not "Lossless Only")."""
     return isinstance(syntax, UID) and syntax.is_encapsulated and not _LOSSLESS.search(syntax.name)
+
+
+def _check_rle_header(frame: bytes, ds: Dataset, film: Film) -> None:
+    """Refuse an RLE frame whose header (PS3.5 G.5: the number of segments, then 15 offsets) does not describe its
+    segments: one a byte of each sample, the first right after the header, each after the one before, all inside the
+    frame. pylibjpeg-rle refuses such a header, and pydicom then falls back on its own decoder, which expands a
+    segment whole before it checks its length: 19 MB of runs after an offset of 66 took 1.1 GB."""
+    if len(frame) < 64:
+        raise pixels.DecodeError("the RLE frame is shorter than its 64-byte header: send the film again")
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    expected = film.samples * -(-int(ds.get("BitsAllocated") or 8) // 8)
+    used = offsets[:count] if 1 <= count <= 15 else []
+    if (count != expected or used[0] != 64 or any(b <= a for a, b in zip(used, used[1:]))
+            or used[-1] >= len(frame)):
+        raise pixels.DecodeError(f"the RLE frame's header does not describe its segments ({count} segment(s) at "
+                                 f"offsets {', '.join(map(str, used or offsets[:1]))} in {len(frame)} bytes; "
+                                 f"{film.samples} sample(s) of {ds.get('BitsAllocated')} bits take {expected}, the "
+                                 "first at 64): export the film again")
 
 
 def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
