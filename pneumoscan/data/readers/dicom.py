@@ -16,6 +16,7 @@ import codecs
 import io
 import math
 import re
+import struct
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
@@ -278,6 +279,7 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
     398 KiB file held 400 MiB). Its :func:`misread_text` is taken here, while every value is as read."""
     try:
         inflated = _inflated(src)
+        _count_elements(*((inflated[2], False) if inflated is not None else _dataset_bytes(src)))
         if inflated is None:
             # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
             ds = pydicom.dcmread(pixels.stream(src), force=True, defer_size=_DEFER_SIZE if header_only else None)
@@ -297,6 +299,50 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
         raise
     except Exception as e:
         raise pixels.DecodeError(f"not a readable DICOM file: {e}") from None
+
+
+# explicit VRs whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others' takes 2
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def _dataset_bytes(src: Path | bytes) -> tuple[bytes, bool | None]:
+    """The data set's bytes after the preamble and file meta, and whether it is in implicit VR (None: big endian,
+    which is not counted). Without a file meta, the encoding is told by whether a VR follows the first tag."""
+    with open(src, "rb") if isinstance(src, Path) else nullcontext(io.BytesIO(src)) as fp:
+        filereader.read_preamble(fp, force=True)
+        syntax = filereader._read_file_meta_info(fp).get("TransferSyntaxUID")
+        data = fp.read()
+    if syntax is None:
+        return data, not data[4:6].isalpha()
+    return data, (None if syntax == ExplicitVRBigEndian else syntax == ImplicitVRLittleEndian)
+
+
+def _count_elements(data: bytes, implicit: bool | None) -> None:
+    """Refuse a data set of more than MAX_SEGMENTS data elements and sequence items before its pixel data, counted
+    from its bytes (little endian) before pydicom builds an object for each: 2.6 million empty private elements in a
+    20 MB file took 0.85 GB and 10 s, 200 MB of empty sequence items inflated from a 309 KB file over 3.3 GB. Items
+    and sequences of undefined length, and those of defined length where the VR (or, in implicit VR, the
+    dictionary) says SQ, are walked into; every other value is stepped over."""
+    pos, count = 0, 0
+    while implicit is not None and pos + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, pos)
+        if (group, element) == (0x7FE0, 0x0010):
+            return
+        if (count := count + 1) > pixels.MAX_SEGMENTS:
+            raise pixels.too_many_segments("DICOM data elements and sequence items")
+        if group == 0xFFFE:  # an item or a delimiter: an item's elements follow
+            pos += 8
+            continue
+        if implicit:
+            tag = group << 16 | element
+            vr = b"SQ" if dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ" else b""
+            length, pos = struct.unpack_from("<L", data, pos + 4)[0], pos + 8
+        elif (vr := data[pos + 4 : pos + 6]) in _LONG_VRS:
+            length, pos = struct.unpack_from("<L", data, pos + 8)[0] if pos + 12 <= len(data) else 0, pos + 12
+        else:
+            length, pos = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+        if length != 0xFFFFFFFF and vr != b"SQ":
+            pos += length
 
 
 def _inflated(src: Path | bytes) -> tuple[bytes | None, FileMetaDataset, bytes] | None:
