@@ -277,6 +277,26 @@ def test_a_jp2_frame_is_checked_by_the_codestream_it_decodes() -> None:
                                   read_gray(dicom_bytes(film)))  # a sound JP2 file around its frame: read
 
 
+def test_a_jpeg_2000_frame_of_more_code_blocks_or_tiles_than_any_film_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenJPEG builds a structure for every tile, code block and precinct before it decodes: a 700-byte frame of
+    4 x 4 code blocks over 5,792 x 5,792 took 1.1 GB, one of 23 x 23 tiles 0.8 GB. Counted from the markers (here
+    against limits of this small film's scale), the encoder's own frame is read, the others refused."""
+    monkeypatch.setattr(pixels, "MAX_J2K_BLOCKS", 100)
+    monkeypatch.setattr(pixels, "MAX_J2K_TILES", 100)
+    film = phantom(48, 64)
+    frame = compressed_frame(film, uid.JPEG2000Lossless)
+    plain = dicom_bytes(film)
+    np.testing.assert_array_equal(read_gray(encapsulated(plain, [frame], uid.JPEG2000Lossless)), read_gray(plain))
+    cod = frame.index(b"\xff\x52")  # COD: marker, Lcod, Scod, SGcod (4 bytes), then levels, xcb, ycb, ...
+    tiny_blocks = frame[: cod + 10] + b"\x00\x00" + frame[cod + 12 :]  # code blocks of 4 x 4
+    tiny_tiles = frame[:24] + (4).to_bytes(4, "big") * 2 + frame[32:]  # XTsiz, YTsiz: tiles of 4 x 4
+    for bad, said in ((tiny_blocks, r"coding makes about [\d,]+ code blocks \(limit 100\)"),
+                      (tiny_tiles, r"is cut into 192 tiles \(limit 100\)")):
+        with pytest.raises(DecodeError, match=rf"^the JPEG 2000 frame('s)? {said}"):
+            read_gray(encapsulated(plain, [bad], uid.JPEG2000Lossless))
+
+
 def test_values_above_high_bit_are_refused_unless_an_overlay_claims_them() -> None:
     """14-bit values under a 12-bit header: pydicom masks the top bits, and the film wrapped into bands (0.09
     correlation with itself) and was scored. Bits an overlay plane occupies are masked off, as they should be."""

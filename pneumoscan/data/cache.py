@@ -45,7 +45,8 @@ CACHE_VERSION = 12  # a change of the cache's own layout; the decoding code's is
 DECODERS = ("Pillow", "simplejpeg", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
             "pyjpegls")
 # The decode limits of pneumoscan.data.pixels a site may set, each of which decides which films are refused
-_LIMITS = ("MAX_PIXELS", "MAX_DECODED_BYTES", "MAX_HUFFMAN_CODES", "MAX_PROGRESSIVE_BLOCKS", "MAX_SEGMENTS")
+_LIMITS = ("MAX_PIXELS", "MAX_DECODED_BYTES", "MAX_HUFFMAN_CODES", "MAX_PROGRESSIVE_BLOCKS", "MAX_SEGMENTS",
+           "MAX_J2K_BLOCKS", "MAX_J2K_TILES")
 CHUNK = 32  # images per worker task
 # Up to this many films decode in this process: starting a pool's two workers (each imports numpy, Pillow and
 # pydicom) takes about 0.65 s of CPU and 0.6 s, and 64 films decode here in 0.05 s (224 px JPEGs), 0.3 s (full-size

@@ -46,6 +46,12 @@ MAX_PROGRESSIVE_BLOCKS = 16 * MAX_PIXELS // 64
 # IDAT chunks at libpng's 8 KiB each: 32,768 of them hold 256 MiB (MAX_DECODED_BYTES). A file with more is refused
 # from a count of its bytes, which stops at the limit.
 MAX_SEGMENTS = 32_768
+# OpenJPEG builds a structure for every tile, code block and precinct before it decodes a pixel: 4 x 4 code blocks
+# over a 5,792 x 5,792 film (a 700-byte frame) took 1.1 GB, 2 x 2 precincts 5.8 GB, 23 x 23 tiles 0.8 GB. A film's
+# encoder makes a few thousand (64 x 64 code blocks, precincts of 128 or more, no tiles or tiles of 256 and more);
+# counted from the codestream's markers, more than these are refused before it is decoded.
+MAX_J2K_BLOCKS = 2**18  # code blocks, and precincts
+MAX_J2K_TILES = 2**14
 _MINMAX_CHUNK = 1 << 20  # pixels converted at a time, so the float64 arithmetic needs 8 MB, not 8 bytes a pixel
 
 

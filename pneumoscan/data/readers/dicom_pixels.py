@@ -277,6 +277,76 @@ def _check_rle_header(frame: bytes, ds: Dataset, film: Film) -> None:
                                  "first at 64): export the film again")
 
 
+def _check_j2k_coding(frame: bytes, siz: int, components: int) -> None:
+    """Refuse a JPEG 2000 codestream (its SIZ at ``siz``) whose tiles, or whose code blocks or precincts by the
+    smallest sizes any COD or COC marker in its main or tile-part headers gives, outnumber MAX_J2K_TILES or
+    MAX_J2K_BLOCKS: OpenJPEG builds a structure for each before it decodes a pixel (a 700-byte frame of 4 x 4 code
+    blocks took 1.1 GB). Counted from the marker segments alone."""
+    xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz = struct.unpack_from(">8L", frame, siz + 8)
+    tiles = -(-max(xsiz - xtosiz, 0) // max(xtsiz, 1)) * -(-max(ysiz - ytosiz, 0) // max(ytsiz, 1))
+    if tiles > pixels.MAX_J2K_TILES:
+        raise pixels.DecodeError(f"the JPEG 2000 frame is cut into {tiles:,} tiles (limit {pixels.MAX_J2K_TILES:,}): "
+                                 "far more than any film's encoder makes")
+    block = precinct = 30  # the smallest log2 areas found; none given: 64 x 64 code blocks, precincts of 2**15
+    levels, found, pos, count = 5, False, siz + 2, 0
+    while pos + 4 <= len(frame) and (count := count + 1) <= pixels.MAX_SEGMENTS:
+        marker, length = struct.unpack_from(">HH", frame, pos)
+        if marker == 0xFF90:  # SOT: a tile-part's header follows; the next tile-part starts Psot bytes on
+            psot = struct.unpack_from(">L", frame, pos + 6)[0] if pos + 10 <= len(frame) else 0
+            if psot and (after := _j2k_tile_header(frame, pos + 2 + length)) is not None:
+                block, precinct, levels, found = _smallest_coding(frame, after, block, precinct, levels, found,
+                                                                  components)
+            if not psot:
+                break
+            pos += psot
+            continue
+        if marker in (0xFF52, 0xFF53):
+            block, precinct, levels, found = _smallest_coding(frame, (pos, pos + 2 + length), block, precinct,
+                                                              levels, found, components)
+        if marker in (0xFF93, 0xFFD9) or marker >> 8 != 0xFF:
+            break
+        pos += 2 + length
+    if not found:
+        block = 12
+    area = max(xsiz - xosiz, 0) * max(ysiz - yosiz, 0)
+    for what, log2, per_tile in (("code blocks", block, 3 * levels + 1), ("precincts", precinct, levels + 1)):
+        made = components * (area * 4 // 3 // (1 << log2) + tiles * per_tile)
+        if made > pixels.MAX_J2K_BLOCKS:
+            raise pixels.DecodeError(f"the JPEG 2000 frame's coding makes about {made:,} {what} (limit "
+                                     f"{pixels.MAX_J2K_BLOCKS:,}): far more than any film's encoder makes")
+
+
+def _j2k_tile_header(frame: bytes, start: int) -> tuple[int, int] | None:
+    """Where a tile-part header's marker segments run (from ``start`` to its SOD), None when none ends there."""
+    end = frame.find(b"\xff\x93", start)
+    return (start, end) if end >= 0 else None
+
+
+def _smallest_coding(frame: bytes, span: tuple[int, int], block: int, precinct: int, levels: int, found: bool,
+                     components: int) -> tuple[int, int, int, bool]:
+    """The smallest code-block and precinct log2 areas and the most decomposition levels, with those of every COD
+    (0xFF52) and COC (0xFF53) segment between ``span``'s ends (one segment, or a tile-part header's)."""
+    pos, end = span
+    while pos + 4 <= min(end, len(frame)):
+        marker, length = struct.unpack_from(">HH", frame, pos)
+        fields = frame[pos + 4 : pos + 2 + length]
+        if marker in (0xFF52, 0xFF53):
+            if marker == 0xFF52:  # Scod, progression, layers (2), MCT, then SPcod
+                style, sp = fields[:1], fields[5:]
+            else:  # Ccoc (1 or 2 bytes), Scoc, then SPcoc
+                at = 1 if components < 257 else 2
+                style, sp = fields[at : at + 1], fields[at + 1 :]
+            if len(sp) >= 3 and style:
+                levels, found = max(levels, sp[0]), True
+                block = min(block, (sp[1] & 0x0F) + (sp[2] & 0x0F) + 4)
+                sizes = sp[5 : 5 + sp[0] + 1] if style[0] & 1 else b""
+                precinct = min([precinct, *((s & 0x0F) + (s >> 4) for s in sizes)])
+        if marker >> 8 != 0xFF or length < 2:
+            break
+        pos += 2 + length
+    return block, precinct, levels, found
+
+
 def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
     """Refuse a JPEG, JPEG-LS or JPEG 2000 frame whose own size or sample precision is not the header's. pydicom
     reshapes the decoded values to the header's Rows x Columns, so a header with the two swapped turns a film into
@@ -318,6 +388,8 @@ def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
             f"the compressed frame's samples are {precision}-bit, below Bits Stored {stored}: they are not the "
             "values the header describes (its window and rescale are for other values); the header does not "
             "describe the pixel data (Bits Stored and High Bit too large)")
+    if siz >= 0:  # a frame of the header's size: what OpenJPEG would build to decode it
+        _check_j2k_coding(frame, siz, components)
     return precision
 
 
