@@ -20,7 +20,7 @@ import struct
 import zlib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import pydicom
@@ -279,7 +279,7 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
     398 KiB file held 400 MiB). Its :func:`misread_text` is taken here, while every value is as read."""
     try:
         inflated = _inflated(src)
-        _count_elements(*((inflated[2], False) if inflated is not None else _dataset_bytes(src)))
+        _check_element_count(src, inflated[2] if inflated is not None else None)
         if inflated is None:
             # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
             ds = pydicom.dcmread(pixels.stream(src), force=True, defer_size=_DEFER_SIZE if header_only else None)
@@ -305,44 +305,51 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
-def _dataset_bytes(src: Path | bytes) -> tuple[bytes, bool | None]:
-    """The data set's bytes after the preamble and file meta, and whether it is in implicit VR (None: big endian,
-    which is not counted). Without a file meta, the encoding is told by whether a VR follows the first tag."""
+def _check_element_count(src: Path | bytes, inflated: bytes | None) -> None:
+    """:func:`_count_elements` of the data set after the preamble and file meta (``inflated``: a deflated one's, in
+    explicit VR), in the encoding its file meta names; without one, told by whether a VR follows the first tag. Big
+    endian is not counted. Only element headers are read: a header-only read still leaves the pixels on disk."""
+    if inflated is not None:
+        _count_elements(io.BytesIO(inflated), implicit=False)
+        return
     with open(src, "rb") if isinstance(src, Path) else nullcontext(io.BytesIO(src)) as fp:
         filereader.read_preamble(fp, force=True)
         syntax = filereader._read_file_meta_info(fp).get("TransferSyntaxUID")
-        data = fp.read()
-    if syntax is None:
-        return data, not data[4:6].isalpha()
-    return data, (None if syntax == ExplicitVRBigEndian else syntax == ImplicitVRLittleEndian)
+        start = fp.tell()
+        implicit = (not fp.read(6)[4:6].isalpha() if syntax is None else
+                    None if syntax == ExplicitVRBigEndian else syntax == ImplicitVRLittleEndian)
+        if implicit is not None:
+            fp.seek(start)
+            _count_elements(fp, implicit)
 
 
-def _count_elements(data: bytes, implicit: bool | None) -> None:
-    """Refuse a data set of more than MAX_SEGMENTS data elements and sequence items before its pixel data, counted
-    from its bytes (little endian) before pydicom builds an object for each: 2.6 million empty private elements in a
-    20 MB file took 0.85 GB and 10 s, 200 MB of empty sequence items inflated from a 309 KB file over 3.3 GB. Items
-    and sequences of undefined length, and those of defined length where the VR (or, in implicit VR, the
-    dictionary) says SQ, are walked into; every other value is stepped over."""
-    pos, count = 0, 0
-    while implicit is not None and pos + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, pos)
+def _count_elements(fp: BinaryIO, implicit: bool) -> None:
+    """Refuse a data set (``fp`` at its start, little endian) of more than MAX_SEGMENTS data elements and sequence
+    items before its pixel data, counted from its element headers before pydicom builds an object for each: 2.6
+    million empty private elements in a 20 MB file took 0.85 GB and 10 s, 200 MB of empty sequence items inflated
+    from a 309 KB file over 3.3 GB. Items and sequences of undefined length, and those of defined length where the VR
+    (or, in implicit VR, the dictionary) says SQ, are walked into; every other value is stepped over."""
+    for _ in range(pixels.MAX_SEGMENTS + 1):
+        head = fp.read(8)
+        if len(head) < 8:
+            return
+        group, element = struct.unpack_from("<HH", head)
         if (group, element) == (0x7FE0, 0x0010):
             return
-        if (count := count + 1) > pixels.MAX_SEGMENTS:
-            raise pixels.too_many_segments("DICOM data elements and sequence items")
         if group == 0xFFFE:  # an item or a delimiter: an item's elements follow
-            pos += 8
             continue
         if implicit:
             tag = group << 16 | element
             vr = b"SQ" if dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ" else b""
-            length, pos = struct.unpack_from("<L", data, pos + 4)[0], pos + 8
-        elif (vr := data[pos + 4 : pos + 6]) in _LONG_VRS:
-            length, pos = struct.unpack_from("<L", data, pos + 8)[0] if pos + 12 <= len(data) else 0, pos + 12
+            length = struct.unpack_from("<L", head, 4)[0]
+        elif (vr := head[4:6]) in _LONG_VRS:
+            more = fp.read(4)
+            length = struct.unpack("<L", more)[0] if len(more) == 4 else 0
         else:
-            length, pos = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+            length = struct.unpack_from("<H", head, 6)[0]
         if length != 0xFFFFFFFF and vr != b"SQ":
-            pos += length
+            fp.seek(length, io.SEEK_CUR)
+    raise pixels.too_many_segments("DICOM data elements and sequence items")
 
 
 def _inflated(src: Path | bytes) -> tuple[bytes | None, FileMetaDataset, bytes] | None:
