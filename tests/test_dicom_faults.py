@@ -291,7 +291,13 @@ def test_a_jpeg_2000_frame_of_more_code_blocks_or_tiles_than_any_film_is_refused
     cod = frame.index(b"\xff\x52")  # COD: marker, Lcod, Scod, SGcod (4 bytes), then levels, xcb, ycb, ...
     tiny_blocks = frame[: cod + 10] + b"\x00\x00" + frame[cod + 12 :]  # code blocks of 4 x 4
     tiny_tiles = frame[:24] + (4).to_bytes(4, "big") * 2 + frame[32:]  # XTsiz, YTsiz: tiles of 4 x 4
+    # the same COD of 4 x 4 code blocks in the tile-part's header only (after its SOT, its Psot grown to hold it)
+    sot, cod_end = frame.index(b"\xff\x90"), cod + 2 + int.from_bytes(frame[cod + 2 : cod + 4], "big")
+    tile_cod = tiny_blocks[cod:cod_end]
+    psot = int.from_bytes(frame[sot + 6 : sot + 10], "big") + len(tile_cod)
+    in_tile = frame[: sot + 6] + psot.to_bytes(4, "big") + frame[sot + 10 : sot + 12] + tile_cod + frame[sot + 12 :]
     for bad, said in ((tiny_blocks, r"coding makes about [\d,]+ code blocks \(limit 100\)"),
+                      (in_tile, r"coding makes about [\d,]+ code blocks \(limit 100\)"),
                       (tiny_tiles, r"is cut into 192 tiles \(limit 100\)")):
         with pytest.raises(DecodeError, match=rf"^the JPEG 2000 frame('s)? {said}"):
             read_gray(encapsulated(plain, [bad], uid.JPEG2000Lossless))

@@ -21,6 +21,7 @@ import io
 import math
 import re
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -287,27 +288,14 @@ def _check_j2k_coding(frame: bytes, siz: int, components: int) -> None:
     if tiles > pixels.MAX_J2K_TILES:
         raise pixels.DecodeError(f"the JPEG 2000 frame is cut into {tiles:,} tiles (limit {pixels.MAX_J2K_TILES:,}): "
                                  "far more than any film's encoder makes")
-    block = precinct = 30  # the smallest log2 areas found; none given: 64 x 64 code blocks, precincts of 2**15
-    levels, found, pos, count = 5, False, siz + 2, 0
-    while pos + 4 <= len(frame) and (count := count + 1) <= pixels.MAX_SEGMENTS:
-        marker, length = struct.unpack_from(">HH", frame, pos)
-        if marker == 0xFF90:  # SOT: a tile-part's header follows; the next tile-part starts Psot bytes on
-            psot = struct.unpack_from(">L", frame, pos + 6)[0] if pos + 10 <= len(frame) else 0
-            if psot and (after := _j2k_tile_header(frame, pos + 2 + length)) is not None:
-                block, precinct, levels, found = _smallest_coding(frame, after, block, precinct, levels, found,
-                                                                  components)
-            if not psot:
-                break
-            pos += psot
-            continue
-        if marker in (0xFF52, 0xFF53):
-            block, precinct, levels, found = _smallest_coding(frame, (pos, pos + 2 + length), block, precinct,
-                                                              levels, found, components)
-        if marker in (0xFF93, 0xFFD9) or marker >> 8 != 0xFF:
-            break
-        pos += 2 + length
-    if not found:
-        block = 12
+    blocks, precincts, levels = [], [], 5  # log2 areas of the code blocks and precincts the markers give
+    for style, sp in _coding_styles(frame, siz, components):
+        if len(sp) >= 3 and style:
+            levels = max(levels, sp[0])
+            blocks.append((sp[1] & 0x0F) + (sp[2] & 0x0F) + 4)
+            precincts += [(s & 0x0F) + (s >> 4) for s in (sp[5 : 5 + sp[0] + 1] if style[0] & 1 else b"")]
+    block = min([30, *blocks]) if blocks else 12  # none given: 64 x 64 code blocks, precincts of 2**15
+    precinct = min([30, *precincts])
     area = max(xsiz - xosiz, 0) * max(ysiz - yosiz, 0)
     for what, log2, per_tile in (("code blocks", block, 3 * levels + 1), ("precincts", precinct, levels + 1)):
         made = components * (area * 4 // 3 // (1 << log2) + tiles * per_tile)
@@ -316,35 +304,32 @@ def _check_j2k_coding(frame: bytes, siz: int, components: int) -> None:
                                      f"{pixels.MAX_J2K_BLOCKS:,}): far more than any film's encoder makes")
 
 
-def _j2k_tile_header(frame: bytes, start: int) -> tuple[int, int] | None:
-    """Where a tile-part header's marker segments run (from ``start`` to its SOD), None when none ends there."""
-    end = frame.find(b"\xff\x93", start)
-    return (start, end) if end >= 0 else None
-
-
-def _smallest_coding(frame: bytes, span: tuple[int, int], block: int, precinct: int, levels: int, found: bool,
-                     components: int) -> tuple[int, int, int, bool]:
-    """The smallest code-block and precinct log2 areas and the most decomposition levels, with those of every COD
-    (0xFF52) and COC (0xFF53) segment between ``span``'s ends (one segment, or a tile-part header's)."""
-    pos, end = span
-    while pos + 4 <= min(end, len(frame)):
+def _coding_styles(frame: bytes, siz: int, components: int) -> Iterator[tuple[bytes, bytes]]:
+    """(Scod or Scoc, SPcod or SPcoc) of every COD (0xFF52) and COC (0xFF53) marker segment of a codestream's main
+    header and its tile-part headers, walked segment by segment: a tile-part's data, from its SOD, is stepped over
+    to the next tile-part (Psot bytes from its SOT)."""
+    pos, tile_part, psot = siz + 2, 0, 0
+    for _ in range(pixels.MAX_SEGMENTS):
+        if pos + 4 > len(frame):
+            return
         marker, length = struct.unpack_from(">HH", frame, pos)
-        fields = frame[pos + 4 : pos + 2 + length]
-        if marker in (0xFF52, 0xFF53):
+        if marker == 0xFF93:  # SOD: no segment of its own; the tile-part's data runs to its end
+            if not psot:
+                return
+            pos = tile_part + psot
+            continue
+        if marker >> 8 != 0xFF or marker == 0xFFD9 or length < 2:
+            return
+        if marker == 0xFF90:  # SOT: Isot, then Psot, the tile-part's length from here
+            tile_part, psot = pos, struct.unpack_from(">L", frame, pos + 6)[0] if pos + 10 <= len(frame) else 0
+        elif marker in (0xFF52, 0xFF53):
+            fields = frame[pos + 4 : pos + 2 + length]
             if marker == 0xFF52:  # Scod, progression, layers (2), MCT, then SPcod
-                style, sp = fields[:1], fields[5:]
+                yield fields[:1], fields[5:]
             else:  # Ccoc (1 or 2 bytes), Scoc, then SPcoc
                 at = 1 if components < 257 else 2
-                style, sp = fields[at : at + 1], fields[at + 1 :]
-            if len(sp) >= 3 and style:
-                levels, found = max(levels, sp[0]), True
-                block = min(block, (sp[1] & 0x0F) + (sp[2] & 0x0F) + 4)
-                sizes = sp[5 : 5 + sp[0] + 1] if style[0] & 1 else b""
-                precinct = min([precinct, *((s & 0x0F) + (s >> 4) for s in sizes)])
-        if marker >> 8 != 0xFF or length < 2:
-            break
+                yield fields[at : at + 1], fields[at + 1 :]
         pos += 2 + length
-    return block, precinct, levels, found
 
 
 def _check_codestream(frame: bytes, ds: Dataset, film: Film) -> int | None:
