@@ -14,7 +14,9 @@ import logging
 import re
 import shutil
 import struct
+import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.core.digests import file_sha256
 from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGHTS, WRITER, BundleCard,
-                                    load_card, record_checksum, save_card)
+                                    checked_bytes, load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from tests.test_serve import with_threshold
@@ -704,6 +706,28 @@ def test_a_bundle_file_that_is_a_device_is_refused_not_read_without_end(tiny_bun
     (bundle / name).symlink_to("/dev/zero")
     with pytest.raises(ValueError, match=f"{name} is not a regular file"):
         Predictor(bundle, backend="onnx")
+
+
+def test_a_bundle_file_swapped_for_a_pipe_after_its_check_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """The bytes loaded are read after the file's checks; a FIFO put in its place in between had the read wait for
+    a writer for ever. The handle read is the one checked."""
+    pipe = tmp_path / WEIGHTS
+    os.mkfifo(pipe)
+    refused: list[str] = []
+    worker = threading.Thread(target=lambda: refused.append(_refusal(lambda: checked_bytes(pipe, None))), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the read waited on the pipe"
+    assert refused == [f"{pipe} is not a regular file (FIFO) since it was checked (the bundle written over?); load it "
+                       "again"], refused
+
+
+def _refusal(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except ValueError as e:
+        return str(e)
+    return "read"
 
 
 @pytest.mark.parametrize("removed", [(CHECKSUM,), ("files",), (CHECKSUM, "files")])

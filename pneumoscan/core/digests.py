@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pneumoscan.core.files import open_regular
+
 PREFIX = "sha256:"
 
 
@@ -15,8 +17,9 @@ def bytes_sha256(data: bytes) -> str:
 
 
 def file_sha256(path: Path | str) -> str:
-    """``sha256:HEX`` of a file's bytes, read in chunks."""
-    with Path(path).open("rb") as f:
+    """``sha256:HEX`` of a regular file's bytes, read in chunks (:func:`~pneumoscan.core.files.open_regular`: a link
+    to /dev/zero would be hashed without end)."""
+    with open_regular(path) as f:
         return PREFIX + hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -10,8 +10,6 @@ build can list the unreadable files and the web service can answer with a 4xx in
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.logs import redact
-from pneumoscan.core.names import file_kind
+from pneumoscan.core import files
 from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
                      one_level_share)
@@ -34,13 +32,12 @@ Source = str | Path | bytes
 
 @contextmanager
 def open_regular(path: Path | str) -> Iterator[BinaryIO]:
-    """A file opened for reading without blocking, refused (DecodeError) unless the handle opened is a regular file:
-    a FIFO would wait for a writer, a device such as /dev/zero never end."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DecodeError(f"not a regular file ({file_kind(mode)})")
+    """:func:`pneumoscan.core.files.open_regular` for decoding: a special file is a DecodeError, as every bad input."""
+    try:
+        f = files.open_regular(path)
+    except files.NotRegularFile as e:
+        raise DecodeError(str(e)) from None
+    with f:
         yield f
 
 

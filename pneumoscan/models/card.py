@@ -33,6 +33,7 @@ from typing_extensions import NotRequired, TypedDict  # pydantic reads typing.Ty
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
+from pneumoscan.core.files import NotRegularFile, open_regular
 from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
@@ -248,18 +249,14 @@ def runtime_versions() -> dict[str, str]:
     return found
 
 
-def _refuse_special(path: Path, why: str = "", remedy: str = "restore the bundle from a good copy") -> None:
-    """Refuse (ValueError) a bundle file that exists but is not a regular file: a pipe or a device in its place (a
-    link to /dev/zero) would be read without end. ``why`` says what that means to the caller."""
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a folder, a device or a pipe){why}; {remedy}")
-
-
-def read_bundle_text(path: Path) -> str:
-    """A bundle's text file (its card, a sidecar), refused when it is not a regular file (:func:`_refuse_special`).
-    FileNotFoundError when it is missing, as ``read_text``."""
-    _refuse_special(path)
-    return path.read_text()
+def read_bundle_text(path: Path, remedy: str = "restore the bundle from a good copy") -> str:
+    """A bundle's text file (its card, a sidecar), refused (ValueError) when it is not a regular file: a pipe or a
+    device in its place (a link to /dev/zero) would be read without end. FileNotFoundError when it is missing."""
+    try:
+        with open_regular(path) as f:
+            return f.read().decode()
+    except NotRegularFile as e:
+        raise ValueError(f"{path} is {e}; {remedy}") from None
 
 
 def _card_digest(fields: Mapping[str, object]) -> str:
@@ -554,7 +551,11 @@ def checked_bytes(path: Path, recorded: str | None) -> bytes:
     (``sha256:HEX``; None: a bundle older than the record, warned of at its check): the file loaded is the file
     checked, even were the bundle replaced in between (a deploy writing over it), when a second read gave another
     model's graph under this card's name and threshold, and 15 of 300 loads all-zero weights under its checksum."""
-    data = path.read_bytes()
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except NotRegularFile as e:
+        raise ValueError(f"{path} is {e} since it was checked (the bundle written over?); load it again") from None
     if recorded is not None and bytes_sha256(data) != recorded:
         raise ValueError(f"{path} changed while it was loaded (the bundle written over?): its bytes are not those "
                          "bundle.json records; load it again")
@@ -581,8 +582,10 @@ def verify_file(directory: Path | str, card: BundleCard, name: str,
         raise ValueError(f"{path}: bundle.json records checksums, but none for this file")
     if not path.exists():
         raise ValueError(f"{path} is missing, but bundle.json lists it")
-    _refuse_special(path, ", so it is not the file bundle.json lists", remedy)
-    actual = file_sha256(path)
+    try:
+        actual = file_sha256(path)
+    except NotRegularFile as e:
+        raise ValueError(f"{path} is {e}, so it is not the file bundle.json lists; {remedy}") from None
     if actual != expected:
         raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded "
                          f"{expected[7:19]}... when it was written; {remedy}")

@@ -1,0 +1,27 @@
+"""Opening a file the project only reads (a film, a bundle's files, a manifest) so that a special file in its place
+is refused rather than read: a FIFO would wait for a writer, a device such as /dev/zero never end."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from pneumoscan.core.names import file_kind
+
+
+class NotRegularFile(ValueError):
+    """A path that opened as something other than a regular file; the message names what it is."""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """``path`` opened for reading without blocking, refused (:class:`NotRegularFile`) unless the handle opened is a
+    regular file. The check is on the opened handle, so a file swapped for a pipe after a check is still caught."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    f = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        f.close()
+        raise NotRegularFile(f"not a regular file ({file_kind(mode)})")
+    return f
