@@ -319,6 +319,21 @@ def test_a_file_of_more_segments_than_any_film_is_refused_from_a_count(monkeypat
         read_gray(_with_empty_pieces(kind, 60))
 
 
+def test_a_png_of_more_than_one_icc_profile_is_refused_before_pillow_inflates_them() -> None:
+    """Pillow inflates every iCCP chunk, up to 1 MiB each, with no total cap (its text chunks stop at 64 MiB):
+    19,000 of them in a 19 MB upload took 93 s. The PNG standard allows one; a film with one is read."""
+    film = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(film).save(buf, "PNG")
+    data = buf.getvalue()
+    body = b"icc\0\0" + zlib.compress(b"\0" * (2**20 - 64), 9)  # each inflates to just under Pillow's 1 MiB cap
+    profile = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    np.testing.assert_array_equal(read_gray(data[:33] + profile + data[33:]), film)
+    with pytest.raises(DecodeError, match=r"^malformed PNG: 3 ICC profiles \(iCCP chunks\), where a PNG holds at "
+                                          "most one"):
+        read_gray(data[:33] + profile * 3 + data[33:])
+
+
 def _with_empty_items(items: int, syntax: uid.UID) -> bytes:
     """A small film whose header holds a private sequence of ``items`` empty items, of undefined length (which
     pydicom reads as a sequence in implicit VR too), in ``syntax``."""

@@ -139,21 +139,28 @@ def _count_segments(src: Path | bytes) -> None:
     """Refuse a JPEG whose header (before its first scan) takes Pillow's parser over
     :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` steps, or a PNG with as many chunks, counted from the file's bytes a
     seek at a time: Pillow reads each in Python (4.8 million empty comments took 9.9 s and 163 MB, 1.5 million
-    private PNG chunks 8.9 s and 175 MB), and no film holds so many. Anything else, or a file cut short, is left to
-    Pillow to refuse."""
+    private PNG chunks 8.9 s and 175 MB), and no film holds so many. A PNG of more than one ICC profile (iCCP) is
+    refused too: the PNG standard allows one, and Pillow inflates every one (up to 1 MiB each, keeping the last),
+    with no total cap as its text chunks have (19,000 in a 19 MB upload took 93 s). Anything else, or a file cut
+    short, is left to Pillow to refuse."""
+    profiles = 0
     try:
         with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
             head = fp.read(8)
             if head[:2] == b"\xff\xd8":
                 steps, what = _jpeg_steps(fp), "JPEG marker segments"
-            elif head == b"\x89PNG\r\n\x1a\n":
-                steps, what = _png_chunks(fp), "PNG chunks"
+            elif head == _MAGIC["PNG"]:
+                kinds = list(_png_chunks(fp))
+                steps, what, profiles = len(kinds), "PNG chunks", kinds.count(b"iCCP")
             else:
                 return
     except OSError:  # unreadable: Pillow's open says so
         return
     if steps > pixels.MAX_SEGMENTS:
         raise pixels.too_many_segments(what)
+    if profiles > 1:
+        raise pixels.DecodeError(f"malformed PNG: {profiles:,} ICC profiles (iCCP chunks), where a PNG holds at most "
+                                 "one; export the film again")
 
 
 def _jpeg_steps(fp: BinaryIO) -> int:
@@ -196,16 +203,15 @@ def _run(fp: BinaryIO, start: int, fill: bool, most: int) -> int:
     return length
 
 
-def _png_chunks(fp: BinaryIO) -> int:
-    """The chunks of a PNG after its signature, counted from their lengths to MAX_SEGMENTS + 1 at most."""
-    count = 0
-    while count <= pixels.MAX_SEGMENTS:
+def _png_chunks(fp: BinaryIO) -> Iterator[bytes]:
+    """The type of each chunk of a PNG after its signature (``fp`` just past it), read from their lengths up to IEND
+    or the file's end, MAX_SEGMENTS + 1 of them at most."""
+    for _ in range(pixels.MAX_SEGMENTS + 1):
         fields = fp.read(8)  # length, type; then data, CRC
         if len(fields) < 8 or fields[4:] == b"IEND":
-            return count
+            return
+        yield fields[4:]
         fp.seek(int.from_bytes(fields[:4], "big") + 4, io.SEEK_CUR)
-        count += 1
-    return count
 
 
 def own_output_info(kind: str) -> PngInfo:
