@@ -5,6 +5,7 @@ Ultra HDR photo, a camera's JPEG with a preview) is read as its first picture, t
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,35 @@ def test_one_picture_is_read(films: tuple[Image.Image, Image.Image]) -> None:
     buf = io.BytesIO()
     normal.save(buf, "PNG")
     np.testing.assert_array_equal(read_gray(saved(normal, [], "PNG")), read_gray(buf.getvalue()))
+
+
+def _with_chunk_twice(png: bytes, kind: bytes) -> bytes:
+    """The PNG with its first ``kind`` chunk written twice over."""
+    at = png.index(kind) - 4
+    end = at + 12 + int.from_bytes(png[at : at + 4], "big")
+    return png[:end] + png[at:end] + png[end:]
+
+
+def _with_frames_said(png: bytes, frames: int) -> bytes:
+    """The PNG with its acTL chunk saying ``frames`` frames."""
+    at = png.index(b"acTL")
+    body = frames.to_bytes(4, "big") + png[at + 8 : at + 12]
+    return png[: at + 4] + body + zlib.crc32(b"acTL" + body).to_bytes(4, "big") + png[at + 16 :]
+
+
+@pytest.mark.parametrize("said", ["two acTL chunks", "acTL of 0 frames"])
+def test_an_animation_pillow_does_not_count_is_refused_from_its_chunks(said: str) -> None:
+    """Pillow counts an APNG's frames from its acTL, and passed over one it took for invalid: it read the default
+    image, where Firefox plays the first of two acTL chunks, and so shows the frame after it. A PNG with a frame after
+    its default image is refused whatever its acTL says; one whose acTL counts frames it does not hold is read."""
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    first, other = Image.fromarray(ramp), Image.fromarray(255 - ramp)
+    hidden = saved(first, [other], "PNG", default_image=True)
+    data = _with_chunk_twice(hidden, b"acTL") if said == "two acTL chunks" else _with_frames_said(hidden, 0)
+    with Image.open(io.BytesIO(data)) as im:
+        assert getattr(im, "n_frames", 1) == 1
+    with pytest.raises(DecodeError, match=r"animated PNG \(APNG, 2 images\) is not a single radiograph"):
+        read_gray(data)
+    alone = saved(first, [], "PNG")
+    one = alone[:33] + hidden[33 : hidden.index(b"acTL") + 16] + alone[33:]  # an acTL of 2 frames, none but IDAT
+    np.testing.assert_array_equal(read_gray(_with_frames_said(one, 2)), ramp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ class PillowReader(Reader):
             refusal = _OWN_REFUSALS.get(im.info.get("Software"))
             if refusal:
                 raise pixels.DecodeError(refusal)
-            _refuse_frames(im)
+            _refuse_frames(im, src)
             if im.format == "PNG" and im.tile and im.tile[0].args in _DEEP_COLOUR_RAW:
                 raise pixels.DecodeError(DEEP_COLOUR)
             return _gray(im, src, target)
@@ -264,16 +265,27 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     return np.asarray(gray)
 
 
-def _refuse_frames(im: Image.Image) -> None:
-    """Refuse an animated PNG (APNG) of more than one frame, as multi-frame DICOM is: Pillow reads the PNG's default
+def _refuse_frames(im: Image.Image, src: Path | bytes) -> None:
+    """Refuse an animated PNG (APNG) of more than one image, as multi-frame DICOM is: Pillow reads the PNG's default
     image, which a browser (the service's page) does not show when it is no part of the animation (a NORMAL film
-    scored, the pneumonia film beside it on screen), and the file does not say which frame is the film. A
-    multi-picture JPEG (MPO: a phone's Ultra HDR photo, whose second picture is a gain map; a camera's, with a
-    preview) is read as its first picture, the primary one, which a browser shows too."""
-    frames = getattr(im, "n_frames", 1)
-    if im.format == "PNG" and frames > 1:
-        raise pixels.DecodeError(f"animated PNG (APNG, {frames} images) is not a single radiograph; export the film "
+    scored, the pneumonia film beside it on screen), and the file does not say which frame is the film. Its images
+    are counted from its chunks (:func:`_png_images`), not from Pillow's frame count, which reads the animation
+    control (acTL) otherwise than a browser may: it passed over an animation of two acTL chunks, or of one saying 0
+    frames, and read the default image, where Firefox plays the first acTL (libpng's APNG patch skips a second) and
+    so shows the frame after it. A multi-picture JPEG (MPO: a phone's Ultra HDR photo, whose second picture is a
+    gain map; a camera's, with a preview) is read as its first picture, the primary one, which a browser shows too."""
+    if im.format == "PNG" and (images := _png_images(src)) > 1:
+        raise pixels.DecodeError(f"animated PNG (APNG, {images} images) is not a single radiograph; export the film "
                                  "to read")
+
+
+def _png_images(src: Path | bytes) -> int:
+    """How many images a PNG holds: its default image (IDAT), and an animation frame for each frame control (fcTL)
+    after it, whatever its acTL says (frame data, fdAT, without one counts one)."""
+    with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
+        fp.seek(len(_MAGIC["PNG"]))
+        after = list(itertools.dropwhile(lambda kind: kind != b"IDAT", _png_chunks(fp)))
+    return 1 + (after.count(b"fcTL") or int(b"fdAT" in after))
 
 
 def _refuse_transparency(im: Image.Image) -> None:
