@@ -362,6 +362,43 @@ def test_a_header_of_more_elements_and_items_than_any_film_is_refused_from_a_cou
         read_gray(_with_empty_items(80, syntax))
 
 
+def _with_pieces_after(where: str, count: int) -> bytes:
+    """A small film holding ``count`` empty private elements after an Icon Image Sequence item's pixel data (before
+    the film's own) or after the film's pixel data, or ``count`` empty fragments in the icon's encapsulated pixel
+    data."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 16)))
+    if where != "film":
+        icon = pydicom.Dataset()
+        icon.Rows = icon.Columns = 2
+        icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+        icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+        empty_fragments = b"\xfe\xff\x00\xe0\0\0\0\0" * count
+        icon.PixelData = encapsulate([bytes(4)]) + empty_fragments if where == "fragments" else bytes(4)
+        icon["PixelData"].VR = "OB"
+        icon["PixelData"].is_undefined_length = where == "fragments"
+        ds.IconImageSequence = [icon]
+    if where != "fragments":  # group 0099 follows the icon's (0088,0200); 7FE1 the film's (7FE0,0010)
+        block = ds.private_block(0x0099 if where == "icon" else 0x7FE1, "pneumoscan test", create=True)
+        for element in range(count):
+            block.add_new(element, "LO", "")
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("where", "what"), [("icon", "DICOM data elements and sequence items"),
+                                             ("film", "DICOM data elements and sequence items"),
+                                             ("fragments", "pixel-data fragments")])  # fmt: skip
+def test_what_follows_a_pixel_data_element_is_counted(monkeypatch: pytest.MonkeyPatch, where: str, what: str) -> None:
+    """The count stopped at the first Pixel Data it met, an Icon Image Sequence item's among them: 2 million empty
+    elements after an icon's pixel data, or after the film's own, took pydicom 8 s, uncounted, and the fragments of
+    an icon's encapsulated pixel data were never counted. Every element and fragment pydicom reads is counted."""
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 60)
+    assert read_gray(_with_pieces_after(where, 10)).shape == (64, 64)
+    with pytest.raises(DecodeError, match=rf"^malformed file: at least 61 {what} \(limit 60\)"):
+        read_gray(_with_pieces_after(where, 80))
+
+
 # What else Pillow's JPEG parser reads a step at a time before the first scan: a marker without a segment (RSTn,
 # SOI), an escaped 0xFF00, a segment whose length is under 2 (none read); and the piece a JPEG holds without error
 PARSER_STEPS = {"RST0 markers": (b"\xff\xd0", True), "SOI markers": (b"\xff\xd8", False),

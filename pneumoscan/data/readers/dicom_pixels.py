@@ -464,7 +464,6 @@ def _check_length(ds: Dataset, syntax: UID, film: Film) -> None:
                                  f"{film.rows} film: its pixels were left out (by an export or a PACS); send the "
                                  "whole file")  # fmt: skip
     if syntax.is_encapsulated:
-        _count_fragments(data)
         if (frames := _frames_held(data, ds.get("ExtendedOffsetTable"), syntax == RLELossless)) > 1:
             raise pixels.DecodeError(f"pixel data holds {frames} frames; the header describes one (Number of Frames "
                                      "missing or wrong): not a single radiograph")  # fmt: skip
@@ -550,17 +549,6 @@ def _grey(samples: np.ndarray, photometric: str, bits_stored: object) -> bool:
     if photometric.startswith("YBR") and isinstance(bits_stored, int):
         return bool((samples[..., 1:] == 1 << (bits_stored - 1)).all())
     return photometric == "RGB" and bool((samples[..., :1] == samples[..., 1:]).all())
-
-
-def _count_fragments(data: bytes) -> None:
-    """Refuse encapsulated pixel data of over :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` items (the offset table,
-    then the fragments), counted from their lengths before pydicom walks them in Python (2.4 million empty fragments
-    took 8.8 s). The count stops at the limit; a malformed item ends it, for pydicom to refuse."""
-    at, count = 0, 0
-    while data[at : at + 4] == b"\xfe\xff\x00\xe0" and len(data) >= at + 8:  # (FFFE,E000) Item, little endian
-        if (count := count + 1) > pixels.MAX_SEGMENTS:
-            raise pixels.too_many_segments("pixel-data fragments")
-        at += 8 + int.from_bytes(data[at + 4 : at + 8], "little")
 
 
 def _frames_held(data: bytes, extended: bytes | None, rle: bool) -> int:
