@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.builders import SCORE_TOL, assert_close_report
+from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
@@ -282,8 +282,11 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     rows = read_csv(out / "predictions.csv")
     # the second stage's probability under predict's name for it (results.csv's etiology_probability_virus)
     assert list(rows[0]) == ["path", "label", "subtype", "patient", "probability", "called", "correct",
-                             "etiology_probability_virus", "two_stage_called", "in_scope", "warnings"]
+                             "etiology_probability_virus", "two_stage_called", "etiology_in_scope",
+                             "etiology_warnings", "in_scope", "warnings"]
     assert len(rows) == block["n"] == 16
+    # the etiology bundle records no appearance: its column says so, as the first stage's warnings do
+    assert all(row["etiology_warnings"] == UNCHECKED for row in rows) and block["out_of_scope"] == []
     predicted = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows])}
     predicted_two = {str(r["path"]): r for r in predict_paths(first, [r["path"] for r in rows], etiology=second)}
     counts = np.zeros((3, 3), int)
@@ -331,7 +334,8 @@ def test_a_second_stage_of_ones_own_is_in_predictions_csv_under_predicts_name_fo
     out = tmp_path / "eval"
     evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
     rows = read_csv(out / "predictions.csv")
-    assert list(rows[0])[-4:] == ["typicality_probability_atypical", "two_stage_called", "in_scope", "warnings"]
+    assert list(rows[0])[-6:] == ["typicality_probability_atypical", "two_stage_called", "typicality_in_scope",
+                                  "typicality_warnings", "in_scope", "warnings"]
     assert not any(column.startswith("etiology") for column in rows[0])
     film = rows[0]["path"]
     [predicted] = predict_paths(tiny_bundle, [film], etiology=second)
@@ -364,12 +368,12 @@ def test_two_stages_name_their_classes_as_the_task_of_the_same_classes_does() ->
     virus: its spelling, or a two-stage evaluation's 3 x 3 matrix and calls read NORMAL beside a multiclass
     evaluation's normal. A second stage whose classes no task has keeps the stages' names."""
     from pneumoscan.data.tasks import Task
-    from pneumoscan.evaluation.evaluate import three_class_names
+    from pneumoscan.evaluation.evaluate import two_stage_names
 
     pneumonia, etiology = get_task("pneumonia"), get_task("etiology")
-    assert three_class_names(pneumonia, etiology) == get_task("multiclass").classes == ("normal", "bacteria", "virus")
+    assert two_stage_names(pneumonia, etiology) == get_task("multiclass").classes == ("normal", "bacteria", "virus")
     viral = Task("viral", ("other", "viral"), "viral", lambda r: None, {"pneumonia": "PNEUMONIA"})
-    assert three_class_names(pneumonia, viral) == ("NORMAL", "other", "viral")
+    assert two_stage_names(pneumonia, viral) == ("NORMAL", "other", "viral")
 
 
 def test_only_the_films_the_etiology_stage_validated_on_are_said_to_have_chosen_its_threshold(
@@ -397,7 +401,7 @@ def test_two_stages_need_films_that_name_bacteria_or_virus(tiny_bundle: Path, ti
         (data / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / path.parent.name / name)
     assert evaluate(tiny_bundle, data)["n"] == 16  # fine for the first stage alone
-    with pytest.raises(ValueError, match="8 pneumonia films .* bacterial or viral"):
+    with pytest.raises(ValueError, match=r"8 pneumonia films .* do not name their etiology class \(bacteria or virus"):
         evaluate(tiny_bundle, data, etiology=tiny_etiology_bundle)
 
 
@@ -426,9 +430,90 @@ def test_two_stage_decision_thresholds_each_stage_at_or_above() -> None:
 
     first = np.array([0.1, 0.5, 0.5, 0.9, 0.9])
     second = np.array([0.9, 0.3, 0.4, 0.39, 0.8])
-    probs, called = two_stage_decision(first, second, 0.5, 0.4)
+    probs, called = two_stage_decision(first, np.stack([1 - second, second], axis=1), 0.5, 0.4, get_task("etiology"))
     assert called.tolist() == [0, 2, 2, 1, 2][:1] + [1, 2, 1, 2]
     assert np.allclose(probs.sum(axis=1), 1.0) and np.allclose(probs[:, 2], first * second)
+
+
+def test_a_second_stage_of_three_classes_is_scored_as_one_decision_among_four(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin second stage of three classes (bacteria, virus, fungus) failed deep in the metrics ("probs must be
+    (N, 4) ... got (16, 3)"): the route was composed as three classes whatever the second stage's. It is scored as
+    NORMAL and its three classes, each film called as predict calls it: below the second stage's threshold on
+    1 - P(bacteria) bacteria (predict's label), else the more probable of virus and fungus; its class probabilities
+    are in predictions.csv under predict's names, so the calls can be recomputed from the file."""
+    from pneumoscan.data import tasks
+    from tests.test_predict import make_bundle
+
+    monkeypatch.setattr(tasks, "_TASKS", tasks._TASKS.copy())
+    tasks.register_task("kinds", classes=("bacteria", "virus", "fungus"), positive="nonbacterial",
+                        follows={"pneumonia": "PNEUMONIA"})(
+        lambda r: {"bacteria": 0, "virus": 1, "fungus": 2}.get(r.subtype) if r.label == "PNEUMONIA" else None)
+    second = make_bundle(tmp_path / "kinds", "kinds", ("bacteria", "virus", "fungus"), "nonbacterial")
+    predictor = Predictor(second)  # its threshold at the median score, so that it makes both calls
+    _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    threshold = float(np.median(predictor.positive_probability(predictor.probabilities(images))))
+    save_card(second, dataclasses.replace(load_card(second), threshold=threshold))
+    out = tmp_path / "eval"
+    metrics = evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
+    block = metrics["two_stage"]
+    names = ["NORMAL", "bacteria", "virus", "fungus"]
+    assert block["class_names"] == names and "(the most probable of virus, fungus)" in block["decision"]
+    rows = read_csv(out / "predictions.csv")
+    columns = ["kinds_probability_bacteria", "kinds_probability_virus", "kinds_probability_fungus"]
+    assert list(rows[0])[7:12] == ["kinds_probability_nonbacterial", *columns, "two_stage_called"]
+    predicted = {str(r["path"]): r for r in predict_paths(tiny_bundle, [r["path"] for r in rows], etiology=second)}
+    counts = np.zeros((4, 4), int)
+    for row in rows:
+        q = [float(row[c]) for c in columns]
+        if float(row["probability"]) < metrics["threshold"]:
+            expected = "NORMAL"
+        else:
+            expected = "bacteria" if float(row["kinds_probability_nonbacterial"]) < threshold else names[2 + int(
+                np.argmax(q[1:]))]
+            # predict's reading of the same film: its label and its class probabilities under the same names
+            reading = predicted[row["path"]]
+            assert reading["kinds_label"] == ("bacteria" if expected == "bacteria" else "nonbacterial")
+            assert [reading[c] for c in columns] == pytest.approx(q, abs=1e-5)
+        assert row["two_stage_called"] == expected, row
+        counts[names.index("NORMAL" if row["label"] == "NORMAL" else row["subtype"]), names.index(expected)] += 1
+    assert counts.tolist() == block["confusion_matrix"]["counts"]
+    assert {r["two_stage_called"] for r in rows} >= {"bacteria"} and len({r["two_stage_called"] for r in rows}) >= 3
+
+
+def test_a_second_stage_checks_the_content_of_the_films_by_its_own_training_films(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Only the first stage's content check ran: a second stage whose training films a film does not look like read
+    it without a word. Each film is checked against the second stage's training films too (here the tiny films and
+    their mirror images), an inverted film is flagged in its row (etiology_in_scope false, its reasons in
+    etiology_warnings), in metrics.json's two_stage block and in the report's count."""
+    from pneumoscan.data.appearance import Appearance
+    from pneumoscan.data.decode import read_gray
+    from pneumoscan.data.scope import UNLIKE_LAYOUT, in_scope
+    from pneumoscan.models.card import save_appearance
+
+    second = shutil.copytree(tiny_etiology_bundle, tmp_path / "second")
+    spec = load_card(second).spec
+    films = np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in tiny_dataset.rglob("*.jpeg")])
+    save_appearance(second, Appearance.fit(np.concatenate([films, films[:, :, ::-1]])))
+    data = shutil.copytree(tiny_dataset / "test", tmp_path / "films")
+    source = sorted((data / "PNEUMONIA").glob("*virus*"))[0]
+    inverted = data / "PNEUMONIA" / "person999_virus_999.jpeg"
+    Image.fromarray(255 - np.asarray(Image.open(source).convert("L"))).save(inverted, quality=95)
+    out = tmp_path / "eval"
+    metrics = evaluate(tiny_bundle, data, out_dir=out, etiology=second)
+    rows = {Path(row["path"]).name: row for row in read_csv(out / "predictions.csv")}
+    flagged = rows.pop(inverted.name)
+    assert flagged["etiology_in_scope"] == "False" and UNLIKE_LAYOUT.wrote(flagged["etiology_warnings"].split("; ")[0])
+    assert "image content" not in flagged["warnings"].replace(UNCHECKED, "")  # the first stage records no appearance
+    assert {entry["path"] for entry in metrics["two_stage"]["out_of_scope"]} == {str(inverted)}
+    assert all(row["etiology_warnings"] == "" for row in rows.values())  # the films it was fitted on pass
+    for row in read_csv(out / "predictions.csv"):  # the second stage's reading applies no more than the first's
+        warnings = [w for w in (row["warnings"], row["etiology_warnings"]) if w]
+        assert row["etiology_in_scope"] == str(in_scope("; ".join(warnings).split("; ")))
+    assert "outside the second stage&#x27;s scope</th><td>1<" in (out / "report.html").read_text()
 
 
 def test_results_are_valid_utf8_whatever_the_names_bytes(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Pag
     listed, exported = page.evaluate("""() => {
         secondTask = 'etiology';
         const stage = (near) => ({ task: 'etiology', label: 'virus', positive: 'virus', probability: 0.41,
-            threshold: 0.4, near_threshold: near });
+            threshold: 0.4, near_threshold: near, in_scope: true, warnings: [] });
         const result = (near) => ({ label: 'PNEUMONIA', positive: 'PNEUMONIA', in_scope: true, near_threshold: false,
             probability: 0.9, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {}, etiology: stage(near) });
         films.push({ name: 'near.jpeg', result: result(true), status: 'done' },
@@ -161,7 +161,7 @@ def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list
             positive: 'PNEUMONIA', in_scope: false, near_threshold: false, probability: 0.9, threshold: 0.5,
             warnings: ['modality CT: not a radiograph'], model_id: 'm', probabilities: {},
             etiology: { task: 'etiology', label: 'virus', positive: 'virus', probability: 0.727, threshold: 0.5,
-                        near_threshold: false } } };
+                        near_threshold: false, in_scope: false, warnings: [] } } };
         films.push(film);
         renderList();
         const row = document.querySelector('#films tbody tr');
@@ -220,3 +220,27 @@ def test_a_results_folder_that_takes_no_file_is_refused_before_any_film_is_read(
                                        "file or directory\n")
     assert cli.main(["predict", str(tiny_bundle), str(missing), "--out", str(tmp_path / "r.csv")]) == 1
     assert (tmp_path / "r.csv").read_text().startswith("path,") and list(tmp_path.iterdir()) == [tmp_path / "r.csv"]
+
+
+def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(page: Page) -> None:
+    """The second stage's reading was out of scope only with the first's, and its own content check's warnings were
+    nowhere: a film unlike its training films read "virus" as a plain call. Its own in_scope decides, and its
+    warnings follow the film's, named by its stage, in the panel, the list and the CSV."""
+    unlike = "image content: blurrier than the training films"
+    listed, exported, panel, shown = page.evaluate("""(unlike) => {
+        secondTask = 'etiology';
+        const film = { name: 'a.jpeg', status: 'done', result: { label: 'PNEUMONIA', positive: 'PNEUMONIA',
+            in_scope: true, near_threshold: false, probability: 0.9, threshold: 0.5, warnings: ['no DICOM tags'],
+            model_id: 'm', probabilities: {}, etiology: { task: 'etiology', label: 'virus', positive: 'virus',
+            probability: 0.727, threshold: 0.5, near_threshold: false, in_scope: false, warnings: [unlike] } } };
+        films.push(film);
+        renderList();
+        showWarnings(allWarnings(film.result), film.result.in_scope);  // as showResult shows them
+        const row = document.querySelector('#films tbody tr');
+        return [[row.cells[3].textContent, row.cells[4].textContent], csv(), secondLine(film.result),
+                [...document.querySelectorAll('#warnings li')].map((item) => item.textContent)];
+    }""", unlike)
+    assert listed == ["out of scope (virus, P(virus) = 0.727)", f"no DICOM tags; Etiology stage: {unlike}"]
+    row = next(csv.DictReader(io.StringIO(exported)))
+    assert row["etiology"] == "out of scope (virus)" and row["warnings"] == f"no DICOM tags; Etiology stage: {unlike}"
+    assert panel[1] == "out-of-scope" and shown == ["Scope: no DICOM tags", f"Scope: Etiology stage: {unlike}"]

@@ -148,3 +148,34 @@ def test_a_second_stage_alone_gives_the_same_reading_and_warns_last(films: list[
         _header_then_pixels(own)
     noise = next(row for row in rows if row["path"].endswith("noise.dcm"))
     assert {"header", "pixels"} <= set(_header_then_pixels(noise["warnings"][:-1]))
+
+
+def test_a_second_stage_checks_a_film_by_its_own_training_films_in_predict_and_the_service(
+    films: list[Path], stages: dict[str, Path], tiny_etiology_bundle: Path, tmp_path: Path
+) -> None:
+    """Only the first stage's content check ran: a second stage trained on films unlike a film (here a record of
+    inverted films: the real films' layout turned negative) read the in-scope chest DICOM as plainly as any. Its own
+    check flags the film in its reading, in predict's rows and the service's answers alike, where the first stage's
+    reading stays in scope; a second stage that records no appearance says its check was not run, in each reading
+    and once at the start."""
+    from pneumoscan.inference.predict import Stages
+    from tests.builders import UNCHECKED
+
+    inverted = shutil.copytree(stages["second"], tmp_path / "inverted")
+    appearance = Predictor(inverted).appearance
+    save_appearance(inverted, dataclasses.replace(appearance, mean=-appearance.mean))
+    fields = stage_fields(Predictor(inverted).task)
+    rows, answers = predict_paths(stages["every_film"], films, etiology=inverted), _answers(stages["every_film"],
+                                                                                           inverted, films)
+    for row, answer in zip(rows, answers, strict=True):
+        _assert_agree(row, answer)
+        assert (row[fields["warnings"]], row[fields["in_scope"]]) == (answer["etiology"]["warnings"],
+                                                                      answer["etiology"]["in_scope"])
+    chest = next(row for row in rows if row["path"].endswith("chest.dcm"))
+    assert chest["in_scope"] and not chest[fields["in_scope"]]
+    assert any(kind_of(w).out_of_scope and kind_of(w).source == "pixels" for w in chest[fields["warnings"]])
+
+    unchecked = predict_paths(stages["every_film"], films, etiology=tiny_etiology_bundle)
+    assert all(row[fields["warnings"]] == [UNCHECKED] for row in unchecked)
+    said = Stages.load(stages["every_film"], tiny_etiology_bundle).said_at_start()
+    assert any(line.startswith(f"{tiny_etiology_bundle} records no appearance") for line in said), said

@@ -28,7 +28,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
-from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields
+from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, evaluation_record
@@ -37,7 +37,7 @@ from .report import METRICS, write_report
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
 SCOPE_FIELDS = ("in_scope", "warnings")  # predictions.csv's last columns: as predict's rows say them
-TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's three-class call
+TWO_STAGE_CALLED = "two_stage_called"  # predictions.csv with a second stage: each film's call among the 1 + k
 MOST_PROBABLE = "most_probable"  # predictions.csv of a multiclass bundle: the class its three-class figures call
 TABLE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TABLE_SENSITIVITIES = (0.9, 0.95, 0.97, 0.99)
@@ -60,16 +60,22 @@ def evaluate_probabilities(probs: np.ndarray, targets: np.ndarray, task: Task, t
     return metrics
 
 
-def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: float,
-                       second_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Three-class probabilities (N, 3) and decisions (0 normal, 1 bacteria, 2 virus) of a pneumonia stage
-    (P(pneumonia) per film) followed by a bacteria-vs-virus stage (P(virus)), decided as ``predict --etiology``
-    decides: normal below the first threshold, else bacteria or virus at the second. The probabilities compose the
-    stages' calibrated ones, P(normal) = 1 - p1, P(bacteria) = p1 (1 - p2), P(virus) = p1 p2, for the AUCs and the
-    reliability diagram; the decision is the thresholds', not their argmax."""
+def two_stage_decision(first: np.ndarray, second: np.ndarray, first_threshold: float, second_threshold: float,
+                       second_task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, 1 + k) and decisions (0 the first stage's negative class, 1 + j the second stage's class j)
+    of a first stage (``first``: P(pneumonia) per film) followed by a stage of k classes (``second``: its class
+    probabilities, (N, k); bacteria vs virus), decided as ``predict --etiology`` decides: the first stage's negative
+    class below its threshold, else the second stage's call at its threshold on its positive probability
+    (:meth:`Task.positive_probability`: P(virus)), its first class below it. A stage of three or more classes calls
+    its positive class, "not its first", at or above it (predict's label): the most probable of the classes that
+    positive call sums, the one of them a 1 + k matrix can count, so that its threshold still decides its first
+    class against the rest. The probabilities compose the stages' calibrated ones, P(normal) = 1 - p1,
+    P(class j) = p1 q_j, for the AUCs and the reliability diagram; the decision is the thresholds', not their argmax."""
     first, second = np.asarray(first, float), np.asarray(second, float)
-    probs = np.stack([1.0 - first, first * (1.0 - second), first * second], axis=1)
-    return probs, np.where(first >= first_threshold, 1 + (second >= second_threshold), 0)
+    probs = np.concatenate([1.0 - first[:, None], first[:, None] * second], axis=1)
+    positive = second_task.positive_probability(second) >= second_threshold
+    then = np.where(positive, 1 + np.argmax(second[:, 1:], axis=1), 0)
+    return probs, np.where(first >= first_threshold, 1 + then, 0)
 
 
 def _check_composable(bundle: Path | str, etiology: Path | str) -> None:
@@ -83,11 +89,11 @@ def _check_composable(bundle: Path | str, etiology: Path | str) -> None:
                          f"({first.positive}); evaluate each bundle on its own")
 
 
-def three_class_names(first: Task, second: Task) -> tuple[str, ...]:
-    """The names of a two-stage route's classes (the first stage's negative class, then the second stage's), as a
-    registered task with those classes spells them (the pneumonia task's NORMAL then etiology's bacteria and virus:
-    the multiclass task's normal, bacteria, virus), so that the route's figures and calls sit beside that task's
-    under one set of names; as the stages name them when no task has those classes."""
+def two_stage_names(first: Task, second: Task) -> tuple[str, ...]:
+    """The names of a two-stage route's 1 + k classes (the first stage's negative class, then the second stage's k),
+    as a registered task with those classes spells them (the pneumonia task's NORMAL then etiology's bacteria and
+    virus: the multiclass task's normal, bacteria, virus), so that the route's figures and calls sit beside that
+    task's under one set of names; as the stages name them when no task has those classes."""
     composed = (first.classes[0], *second.classes)
     folded = [c.casefold() for c in composed]
     same = (get_task(name).classes for name in (first.name, *list_tasks()))
@@ -95,14 +101,16 @@ def three_class_names(first: Task, second: Task) -> tuple[str, ...]:
 
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
-               targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str,
-               tta: bool, backend: str, groups: np.ndarray) -> tuple[dict, tuple[str, np.ndarray, np.ndarray]]:
-    """The three-class figures of FIRST followed by the ETIOLOGY bundle on the first stage's films (every film is
-    scored by both stages, so the composed probabilities exist for all), with the column of the second stage's
-    probability named as predict names it (:func:`stage_fields`: ``etiology_probability_virus``; a second stage of
-    one's own is not reported as P(virus)), each film's probability and its three-class call; ``groups`` as
-    :func:`evaluate_probabilities` takes them. Refused when a pneumonia film's record does not say bacteria or
-    virus."""
+               targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str, tta: bool,
+               backend: str, groups: np.ndarray, scope: Sequence[list[str]]) -> tuple[dict, dict[str, list]]:
+    """The 1 + k class figures of FIRST followed by the ETIOLOGY bundle (a stage of k classes) on the first stage's
+    films (every film is scored by both stages, so the composed probabilities exist for all, and checked against
+    both stages' training films), and predictions.csv's columns of the second stage, named as predict names them
+    (:func:`stage_fields`: ``etiology_probability_virus``; a second stage of one's own is not reported as P(virus)):
+    each film's probability (and class probabilities, for k of three or more), its 1 + k class call, and its scope
+    (:func:`stage_scope`, the film's first-stage ``scope`` warnings with the second stage's content check); ``groups``
+    as :func:`evaluate_probabilities` takes them. Refused when a film the first stage hands over does not say its
+    class of the second stage (bacteria or virus)."""
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
@@ -111,23 +119,40 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
         except KeyError as e:  # the two stages are scored on the same films, or not at all
             raise ValueError(f"the {second.task.name} stage cannot read a film the first stage read: {e.args[0]}; "
                              "evaluate the two stages on films both can read") from None
-    second_scores = second.positive_probability(second.probabilities(images, tta=tta))
+    task = second.task
+    second_probs = second.probabilities(images, tta=tta)
     first_threshold, second_threshold = first.threshold(tta), second.threshold(tta)
-    probs, called = two_stage_decision(first_scores, second_scores, first_threshold, second_threshold)
-    subtypes = [second.task.target(r) for r in records]
+    probs, called = two_stage_decision(first_scores, second_probs, first_threshold, second_threshold, task)
+    subtypes = [task.target(r) for r in records]
     unnamed = [r.path for r, t, s in zip(records, targets, subtypes) if t != 0 and s is None]
     if unnamed:  # leaving them out would score the pipeline on other films than the first stage
-        raise ValueError(f"{len(unnamed)} pneumonia films of {data} do not say whether they are bacterial or viral "
-                         f"(e.g. {unnamed[0]}): the two stages can only be scored as three classes on films that do")
-    three = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
-    names = three_class_names(first.task, second.task)
-    metrics = evaluate_multiclass(three, probs, names, predicted=called, groups=groups,
+        raise ValueError(f"{len(unnamed)} {first.card.positive.lower()} films of {data} do not name their {task.name} "
+                         f"class ({', '.join(task.classes[:-1])} or {task.classes[-1]}) (e.g. {unnamed[0]}): the two "
+                         "stages can only be scored as one decision among their classes on films that do")
+    truth = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
+    names = two_stage_names(first.task, task)
+    among = f" (the most probable of {', '.join(task.classes[1:])})" if task.multiclass else ""
+    metrics = evaluate_multiclass(truth, probs, names, predicted=called, groups=groups,
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
-                                           f"{second.card.positive} at {second_threshold:.4f}")
+                                           f"{second.card.positive} at {second_threshold:.4f}{among}")
     # which second stage, while it holds these weights (compare checks), as the first stage is recorded
     metrics |= {"etiology_bundle": os.path.realpath(etiology), "etiology_threshold": second_threshold,
                 "etiology_bundle_weights": second.card.files.get(WEIGHTS, "")}
-    return metrics, (stage_fields(second.task)["probability"], second_scores, np.array(names)[called])
+    scopes = [stage_scope(warnings, content) for warnings, content in zip(scope, _content_warnings(second, images))]
+    fields = stage_fields(task)
+    # the films the second stage's own check flags (the first stage's flags are the evaluation's out_of_scope)
+    outside = [(r, found) for r, s in zip(records, scopes) if (found := outside_scope(s["warnings"]))]
+    metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in found]} for r, found in outside]
+    if outside:
+        record, found = outside[0]
+        log.warning("%d film(s) of %s do not look like the films the %s stage was trained on (e.g. %s: %s): they are "
+                    "scored and counted in the two-stage figures like the rest; predictions.csv marks them (%s false)",
+                    len(outside), shown(data_label(data, split)), task.name, shown(record.path), found[0][0],
+                    fields["in_scope"])
+    columns = {fields["probability"]: list(second.positive_probability(second_probs)),
+               **{fields[c]: list(second_probs[:, i]) for i, c in enumerate(task.class_columns)},
+               TWO_STAGE_CALLED: list(np.array(names)[called])}
+    return metrics, columns | {fields[key]: [s[key] for s in scopes] for key in ("in_scope", "warnings")}
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -256,7 +281,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     confident errors), its figures as PNG, predictions.csv and sensitivity_table.csv. With ``add_to_card``: the
     result is recorded in the bundle's card under ``data_name`` (bundle.json and MODEL_CARD.md; weights untouched).
     With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
-    normal / bacteria / virus under ``two_stage`` (:func:`two_stage_decision`). ``backend`` scores as ``predict
+    one decision among their 1 + k classes (normal / bacteria / virus) under ``two_stage`` (:func:`two_stage_decision`),
+    each film checked against the second stage's training films too. ``backend`` scores as ``predict
     --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds."""
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
@@ -293,13 +319,15 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
-    second: tuple[str, np.ndarray, np.ndarray] | None = None  # the second stage's column, its P and call of each film
+    second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     if etiology is not None:
         metrics["two_stage"], second = _two_stage(predictor, scores, records, images, targets, data, split, etiology,
-                                                  tta, backend, groups)
+                                                  tta, backend, groups, scope)
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])
+        if etiology is not None:  # by its own content check: its training films may not be the first stage's
+            header["outside the second stage's scope"] = len(metrics["two_stage"]["out_of_scope"])
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
         with unchanged(Path(out_dir) / METRICS, results):
@@ -316,15 +344,19 @@ def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.n
     ``images``), and a warning naming those outside the model's scope: a lateral, a CT or an inverted film is scored
     and counted in the figures like the rest (figures on the films given, as published figures are), but
     predictions.csv marks it (``in_scope`` false) and a card's record counts it."""
-    content = [w for start in range(0, len(images), SCOPE_BATCH)
-               for w in predictor.content_warnings(images[start:start + SCOPE_BATCH])]
-    found = [describe(r.path)["warnings"] + c for r, c in zip(records, content)]
+    found = [describe(r.path)["warnings"] + c for r, c in zip(records, _content_warnings(predictor, images))]
     if outside := [(r, warnings) for r, warnings in zip(records, found) if not in_scope(warnings)]:
         record, warnings = outside[0]
         log.warning("%d film(s) of %s are outside the model's scope (e.g. %s: %s): they are scored and counted in the "
                     "figures like the rest; predictions.csv marks them (in_scope false)", len(outside), shown(name),
                     shown(record.path), outside_scope(warnings)[0][0])
     return found
+
+
+def _content_warnings(predictor: Predictor, images: np.ndarray) -> list[list[str]]:
+    """Each film's warnings of ``predictor``'s content check (:meth:`Predictor.content_warnings`), a batch at a time."""
+    return [w for start in range(0, len(images), SCOPE_BATCH)
+            for w in predictor.content_warnings(images[start:start + SCOPE_BATCH])]
 
 
 def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str, tta: bool, name: str,
@@ -361,11 +393,11 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
                    probs: np.ndarray, threshold: float, metrics: dict, title: str, header: dict[str, object],
-                   second: tuple[str, np.ndarray, np.ndarray] | None,
+                   second: dict[str, list] | None,
                    gallery: dict[str, list[tuple[bytes, str]]], scope: Sequence[list[str]]) -> None:
     """predictions.csv (for a multiclass bundle with each class's probability and the most probable class, the
     decision its three-class figures are of, so they can be recomputed or split by subgroup from the file; with
-    each film's P of the second stage, in the column ``second`` names, and its three-class call, when there is one),
+    the second stage's columns, ``second`` (:func:`_two_stage`), when there is one),
     sensitivity_table.csv, and the report with its figures and the most confident errors (``gallery``:
     :func:`error_gallery`). Each row says whether its film is in the model's scope, with its warnings (``scope``:
     :func:`_film_warnings`)."""
@@ -384,12 +416,10 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
         for row, film in zip(rows, probs):
             row |= {column: f"{v:.6f}" for column, v in zip(task.class_columns, film)}
             row[MOST_PROBABLE] = classes[int(np.argmax(film))]
-    second_fields: tuple[str, ...] = ()
-    if second is not None:
-        column, second_scores, second_called = second
-        second_fields = (column, TWO_STAGE_CALLED)
-        for row, p, c in zip(rows, second_scores, second_called):
-            row |= {column: f"{p:.6f}", TWO_STAGE_CALLED: c}
+    second_fields = tuple(second or ())
+    for column, values in (second or {}).items():
+        for row, value in zip(rows, values):
+            row[column] = f"{value:.6f}" if isinstance(value, float) else value
     fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]

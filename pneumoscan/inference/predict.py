@@ -56,15 +56,28 @@ RESULT_FIELDS = (
 
 
 def stage_fields(task: Task) -> dict[str, str]:
-    """A second stage's reading (:meth:`Predictor.reading_fields`) and model (:attr:`Predictor.identity`) as a
-    row's fields, named from its task, in this order: ``TASK_probability_POSITIVE``, ``TASK_label``,
-    ``TASK_threshold``, ``TASK_near_threshold``, ``TASK_model_id``, ``TASK_model_version`` (the etiology task's
-    ``etiology_probability_virus``, ``etiology_label``, ...), so that a second stage of one's own is not reported as
-    P(virus), and its probability comes with the threshold it was read at (its TTA one under ``--tta``) and the model
-    that gave it, as the first stage's does."""
-    return {"probability": f"{task.name}_probability_{task.positive}", "label": f"{task.name}_label",
+    """A second stage's reading (:meth:`Predictor.reading_fields`, its class probabilities for a task of three or
+    more classes: :meth:`Predictor.class_fields`), model (:attr:`Predictor.identity`) and scope (:func:`stage_scope`)
+    as a row's fields, named from its task, in this order: ``TASK_probability_POSITIVE``, ``TASK_probability_<class>``
+    (three or more classes only), ``TASK_label``, ``TASK_threshold``, ``TASK_near_threshold``, ``TASK_model_id``,
+    ``TASK_model_version``, ``TASK_warnings``, ``TASK_in_scope`` (the etiology task's ``etiology_probability_virus``,
+    ``etiology_label``, ...), so that a second stage of one's own is not reported as P(virus), and its probability
+    comes with the threshold it was read at (its TTA one under ``--tta``), the model that gave it and whether the film
+    looks like that model's training films, as the first stage's does."""
+    return {"probability": f"{task.name}_probability_{task.positive}",
+            **{column: f"{task.name}_{column}" for column in task.class_columns}, "label": f"{task.name}_label",
             "threshold": f"{task.name}_threshold", "near_threshold": f"{task.name}_near_threshold",
-            "model_id": f"{task.name}_model_id", "model_version": f"{task.name}_model_version"}
+            "model_id": f"{task.name}_model_id", "model_version": f"{task.name}_model_version",
+            "warnings": f"{task.name}_warnings", "in_scope": f"{task.name}_in_scope"}
+
+
+def stage_scope(warnings: Sequence[str], content: Sequence[str]) -> dict[str, object]:
+    """A second stage's reading's ``warnings``, its own content check's (:meth:`Predictor.content_warnings`: whether
+    the film looks like the films that stage was trained on, or that it records no appearance of them), and its
+    ``in_scope``: false where the film's ``warnings`` (its header's, the first stage's content check) put it outside
+    the first stage's scope, which handed it over, or the second stage's own check does. Written once for predict,
+    the web service and evaluate."""
+    return {"warnings": list(content), "in_scope": in_scope([*warnings, *content])}
 
 
 NO_HEATMAP = "no heatmap"  # a warning's start: the film's Grad-CAM was refused (explain.NoMapOfFilm), its score kept
@@ -515,16 +528,15 @@ class Stages:
 
     def said_at_start(self) -> list[str]:
         """What ``predict`` and ``serve`` say once, before any reading: a second stage used alone, and films not
-        checked against the training films' appearance (each reading says both too), and what the readings would
-        otherwise be silent about: each stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an
+        checked against a stage's training films' appearance (each reading says both too), and what the readings
+        would otherwise be silent about: each stage's caveats (:attr:`BundleCard.caveats`: a guessed threshold, an
         uncalibrated temperature)."""
         alone = [self.alone] if self.alone else []
-        unchecked = [] if self.first.appearance is not None else [
-            f"{shown(self.first.bundle)} records no appearance of its training films (trained on fewer than "
-            f"{MIN_FILMS}, or before bundles kept one): films unlike them (noise, a form, a turned film) are not "
-            "flagged"]
-        caveats = [f"{shown(stage.bundle)}: {caveat}" for stage in filter(None, (self.first, self.second))
-                   for caveat in stage.card.caveats]
+        stages = [stage for stage in (self.first, self.second) if stage is not None]
+        unchecked = [f"{shown(stage.bundle)} records no appearance of its training films (trained on fewer than "
+                     f"{MIN_FILMS}, or before bundles kept one): films unlike them (noise, a form, a turned film) are "
+                     "not flagged" for stage in stages if stage.appearance is None]
+        caveats = [f"{shown(stage.bundle)}: {caveat}" for stage in stages for caveat in stage.card.caveats]
         return alone + unchecked + caveats
 
     def hands_over(self, label: str | None) -> bool:
@@ -564,7 +576,8 @@ def predict_paths(
     :mod:`pneumoscan.data.scope`; a DICOM also gets its ``*_instance_uid`` fields; a multiclass bundle's also
     ``probability_<class>``: :meth:`Predictor.class_fields`) (plus the second stage's reading with ``etiology``, a
     bundle whose task follows this one's, named from its task (:func:`stage_fields`: ``etiology_probability_virus,
-    etiology_label, etiology_near_threshold`` for an etiology bundle) -- filled only for the images the first stage
+    etiology_label, etiology_near_threshold, ..., etiology_warnings, etiology_in_scope`` for an etiology bundle, its
+    warnings those of its own content check, :func:`stage_scope`) -- filled only for the images the first stage
     hands over -- and ``heatmap`` with ``heatmap_dir``), or ``path, error`` for an input that could not be read. A
     reading whose second stage failed keeps its first stage's fields, with the second's empty and an ``error``.
     What the searched folders hold besides films is appended to ``skipped`` (see :func:`expand_paths`). The
@@ -577,6 +590,7 @@ def predict_paths(
     heatmap_dir = _heatmap_folder(heatmap_dir, paths, backend) if heatmap_dir is not None else None
     stages = Stages.load(bundle, etiology or None, backend, batch_size, tta)
     predictor = stages.first
+    second_fields = stage_fields(stages.second.task) if stages.second is not None else {}
     if heatmap_dir is not None:
         from .explain import MAX_PANEL, check_explainable
 
@@ -600,6 +614,9 @@ def predict_paths(
                     if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row
                         # stays path, error; the warnings so far are the pixels' (_classify)
                         row.update(stages.scoped(describe(path), row["warnings"]))
+                        if second_fields and (content := row[second_fields["warnings"]]) is not None:  # handed over
+                            scope = stage_scope(row["warnings"], content)
+                            row.update({second_fields[key]: value for key, value in scope.items()})
                         # the panels show the film decoded again at a panel's size, as the web service shows it:
                         # the model's copy (224 px a side, say) is too small to check the map against the anatomy
                         film = _decode(path, MAX_PANEL) if heatmap_dir is not None else None
@@ -656,7 +673,8 @@ def _heatmap_folder(heatmap_dir: Path | str, paths: Sequence[str | Path], backen
 def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray], tta: bool) -> list[dict]:
     """Result fields for images decoded for the first stage, ``warnings`` the pixels' (the content check); the second
     stage reads only the images the first hands over (:meth:`Stages.hands_over`), decoded again when its training
-    decoded them at another size (:attr:`Stages.second_target`)."""
+    decoded them at another size (:attr:`Stages.second_target`), and checks their content against its own training
+    films (its ``TASK_warnings``: :func:`stage_fields`)."""
     if not grays:
         return []
     first, second = stages.first, stages.second
@@ -680,13 +698,16 @@ def _classify(stages: Stages, paths: Sequence[str], grays: Sequence[np.ndarray],
                     rows[i]["error"] = f"{stage}: {gray}"
             ok = [i for i, gray in picked.items() if not isinstance(gray, str)]
             if ok:
-                probs, bad = second.finite_probabilities(second.preprocess([picked[i] for i in ok]), tta=tta)
-                for i, p, broken in zip(ok, second.positive_probability(probs), bad):
+                films = second.preprocess([picked[i] for i in ok])
+                probs, bad = second.finite_probabilities(films, tta=tta)
+                for i, p, row, broken, unlike in zip(ok, second.positive_probability(probs), probs, bad,
+                                                     second.content_warnings(films)):
                     if broken:
                         rows[i]["error"] = f"{stage}: {NON_FINITE}"
-                    else:
-                        reading = {**second.reading_fields(float(p), tta), **second.identity}
-                        rows[i].update({field: reading[key] for key, field in fields.items()})
+                    else:  # its in_scope once the film's own warnings are known (predict_paths)
+                        reading = {**second.reading_fields(float(p), tta), **second.class_fields(row),
+                                   **second.identity, "warnings": unlike}
+                        rows[i].update({field: reading[key] for key, field in fields.items() if key in reading})
     return rows
 
 

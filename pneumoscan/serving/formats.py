@@ -35,8 +35,15 @@ class StageResult(BaseModel):
     probabilities: dict[str, float]
 
 
+class SecondStageResult(StageResult):
+    warnings: list[str] = Field(description="why the film does not look like the films this stage was trained on "
+                                "(its own image content check), or that this stage records no appearance of them")
+    in_scope: bool = Field(description="false when this stage's warnings, or the film's (the first stage's), put the "
+                           "film outside the model's scope: this reading does not apply")
+
+
 class Prediction(StageResult):
-    etiology: StageResult | None = Field(
+    etiology: SecondStageResult | None = Field(
         None, description="the second stage's reading, its task named in it (etiology: bacteria vs virus): only when "
         "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology)")
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "

@@ -22,11 +22,11 @@ from pneumoscan.core.figures import png_data_url
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
-from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages
+from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages, stage_scope
 from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify_file
 
 from .batching import Stage
-from .formats import Health, Prediction, ServiceInfo, report
+from .formats import Health, Prediction, SecondStageResult, ServiceInfo, report
 from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
@@ -243,11 +243,12 @@ class Service:
             reason = reason.removeprefix(f"{form}: ").replace(form, "the bundle")
         return f"{HEATMAPS_UNBUILT}: {reason}".replace("'", "")  # the quotes of a repr and of Python's own messages
 
-    def _prepared(self, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """The decoded film as the main model reads it, and why it does not look like that model's training films
+    @staticmethod
+    def _prepared(stage: Stage, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The decoded film as the stage's model reads it, and why it does not look like that model's training films
         (data.appearance): one preprocessing serves the content check and the score."""
-        film = self.main.prepare(image)
-        return film, self.main.predictor.content_warnings(film[None])[0]
+        film = stage.prepare(image)
+        return film, stage.predictor.content_warnings(film[None])[0]
 
     async def _predict_admitted(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         """One upload's reading, by the rules ``predict`` follows (:class:`Stages`): the same fields, warnings and
@@ -262,7 +263,7 @@ class Service:
         try:
             image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
             described = await decoded(describe, dicom, True)  # warnings, UIDs, facts
-            film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, image)
+            film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an
                 # Observation is linked to its study and patient
@@ -274,8 +275,9 @@ class Service:
             if stages.hands_over(result.label):  # so there is a second stage
                 target = stages.second_target
                 gray = image if target is None else await decoded(decode_upload, target, dicom)
-                second_result = await second.predict(
-                    await self._in_lane(gone, self.decode_slots, self.decoders, second.prepare, gray))
+                read, own = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, second, gray)
+                second_result = SecondStageResult(**(await second.predict(read)).model_dump(),
+                                                  **stage_scope(scope["warnings"], own))
             # the film for a reader's eyes, decoded again larger than the model's copy (at most a panel's size): on the
             # page, and under an overlay filed in a PACS, as predict draws it (the page's overlay, at the model's size,
             # stays light to send)

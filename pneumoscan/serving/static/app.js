@@ -191,18 +191,26 @@ function nearReading(stage) {
 }
 
 // The result panel's line of the second stage's reading, and its style: out of scope (grey, and said) with the first
-// stage's, as the list and the CSV give it.
+// stage's, or by its own content check (its in_scope says both), as the list and the CSV give it.
 function secondLine(r) {
   const e = r.etiology;
-  const outside = r.in_scope ? "" : "outside the model's scope, does not apply: ";
+  const outside = e.in_scope ? "" : "outside the model's scope, does not apply: ";
   return [`${taskTitle(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
-    `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`, r.in_scope ? "" : "out-of-scope"];
+    `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`, e.in_scope ? "" : "out-of-scope"];
 }
 
 // The second stage's reading of film reading r as the list and its CSV give it: out of scope as the first's is (it
-// read the same film; its "virus" was listed and exported as a plain call beside a first stage out of scope).
+// read the same film; its "virus" was listed and exported as a plain call beside a first stage out of scope), or by
+// its own content check.
 function secondReading(r) {
-  return r.in_scope ? nearReading(r.etiology) : `out of scope (${r.etiology.label})`;
+  return r.etiology.in_scope ? nearReading(r.etiology) : `out of scope (${r.etiology.label})`;
+}
+
+// A reading's scope warnings, then its second stage's own (its content check against that stage's training films),
+// named by the stage's task: the panel, the list and the CSV give them all.
+function allWarnings(r) {
+  const e = r.etiology;
+  return e ? [...r.warnings, ...e.warnings.map((w) => `${taskTitle(e.task)} stage: ${w}`)] : r.warnings;
 }
 
 // Why a reading is near the threshold, in numbers when the card gives them.
@@ -313,7 +321,7 @@ function showResult(film) {
   $("classes").textContent = classColumns.length ? classesText(r) : "";
   $("etiology").hidden = !r.etiology;
   if (r.etiology) [$("etiology").textContent, $("etiology").className] = secondLine(r);
-  showWarnings(r.warnings, r.in_scope);
+  showWarnings(allWarnings(r), r.in_scope);
   showFilm(film);
   $("film-title").textContent = `Film: ${film.name}`;
   $("caption").textContent = sourceCaption(film);
@@ -925,7 +933,7 @@ function value(film, key) {
 function secondText(r) {
   const e = r.etiology;
   if (!e) return "not run";
-  if (!r.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${figure(e.probability)})`;
+  if (!e.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${figure(e.probability)})`;
   return `${e.label} (P(${e.positive}) = ${figure(e.probability)}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
@@ -954,7 +962,7 @@ function renderList() {
       r ? reading(r) : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
       r ? figure(r.probability) : "",
       ...(secondTask ? [r ? secondText(r) : ""] : []),
-      r ? (r.warnings.length ? r.warnings.join("; ") : "none") : "",
+      r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
     if (r) row.cells[1].className = lookOf(r);
@@ -997,7 +1005,7 @@ function csv() {
       ? [secondReading(r), e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
     const row = r
       ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
-        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, r.warnings.join("; "),
+        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, allWarnings(r).join("; "),
         r.study_instance_uid || ""]
       : [film.name, `rejected: ${film.error || film.status}`, "", "", "", ...classes.map(() => ""), "", ...stage,
         "", ""];
