@@ -1,10 +1,12 @@
 """Where a patient's identity may and may not go: the outputs of a real `predict` of a DICOM film that names its
-patient in every attribute that can, the permissions of a results file a run writes again, and the service's log
-line for a bug whose message quotes a value of the film."""
+patient in every attribute that can, the permissions of a results file a run writes again, the service's log
+line for a bug whose message quotes a value of the film, and its refusal of a film whose header holds a name where
+a decode check reads a value."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -16,6 +18,8 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from starlette.types import Receive, Scope, Send
 
@@ -173,6 +177,45 @@ def test_a_bug_after_the_answer_has_begun_reaches_the_server_without_the_value_i
     assert _leaks(str(raised.value)) == [] and raised.value.__cause__ is None and raised.value.__suppress_context__
     said = [r.getMessage() for r in caplog.records if r.name == "pneumoscan.serving.guard"]
     assert said and said[0].endswith(" in app: Invalid value for VR PN: '...'") and _leaks(caplog.text) == []
+
+
+def _with_raw(data: bytes, tag: int, vr: str, text: str) -> bytes:
+    """``data`` with element ``tag`` holding ``text`` as written, which pydicom would refuse to write (a name in a
+    number's place)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    value = text.encode() + b" " * (len(text) % 2)
+    ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on the damaged header: expected
+def test_a_film_the_service_cannot_read_is_refused_without_the_header_text_that_stopped_it(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name written where a decode check reads a value (a number, a coded term, a UID) was repeated in the 422
+    ("PixelSpacing Zyxwell\\0.1 is not two positive numbers", "invalid literal for int(): 'Zyxwell'"), and from there
+    in a client's, a proxy's or the page's log. The refusal still names the element and what is wrong with it."""
+    name = IDENTITY["PatientName"]
+    film = dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4096, PatientName=name)
+    syntax = b"1.2.840.10008.1.2.1\x00"  # Explicit VR Little Endian, as long as the name's text put in its place
+    cases = {
+        "malformed DICOM header": _with_raw(film, 0x00280008, "IS", "Zyxwell"),  # NumberOfFrames
+        "PixelSpacing (text, not repeated here) is not two positive numbers":
+            _with_raw(film, 0x00280030, "DS", "Zyxwell\\0.1"),
+        "Photometric Interpretation is no term DICOM defines": _with_raw(film, 0x00280004, "CS", "Zyxwell Quenby"),
+        "Photometric Interpretation holds 2 values, where a film has one":
+            _with_raw(film, 0x00280004, "CS", "MONOCHROME2\\Zyxwell"),
+        "(a transfer syntax that is no UID)": film.replace(syntax, b"Zyxwell^Quenby.1.2.3"),
+    }  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    with TestClient(create_app(tiny_bundle)) as client:
+        for said, data in cases.items():
+            r = client.post("/v1/predict", files={"file": ("film.dcm", data, "application/dicom")})
+            assert r.status_code == 422 and said in r.json()["error"], r.text
+            assert not re.search("zyxwell|quenby", r.text, re.IGNORECASE), r.text
+    assert not re.search("zyxwell|quenby", caplog.text, re.IGNORECASE)
 
 
 def test_the_api_key_is_in_no_repr_of_the_access_rules_or_the_app(tiny_bundle: Path) -> None:

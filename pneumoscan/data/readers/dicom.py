@@ -47,7 +47,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, RLELossless,
 )  # fmt: skip
 
-from pneumoscan.core.logs import keep_dicom_values_out_of_logs
+from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data import pixels
 from . import dicom_pixels
 from .base import Reader
@@ -64,6 +64,9 @@ _SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "Y
 # its contrast, and an HSV one of one sample without its window)
 _SAMPLED_AS_STORED = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422"})
 _RETIRED_COLOURS = frozenset({"HSV", "ARGB", "CMYK"})
+# Every Photometric Interpretation DICOM defines, retired ones too (PS3.3 C.7.6.3.1.2): a refusal names these, and
+# never repeats other text a header holds there (a refusal reaches a client, a log and a results file)
+_PHOTOMETRICS = frozenset({*_SAMPLES, *_RETIRED_COLOURS, "YBR_PARTIAL_422", "XYB"})
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
 # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
@@ -298,7 +301,7 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
     except pixels.DecodeError:
         raise
     except Exception as e:
-        raise pixels.DecodeError(f"not a readable DICOM file: {e}") from None
+        raise pixels.DecodeError(f"not a readable DICOM file: {redact(str(e))}") from None  # pydicom quotes values
 
 
 # explicit VRs whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others' takes 2
@@ -469,7 +472,8 @@ def _header_values(ds: Dataset) -> _HeaderValues:
     except pixels.DecodeError:
         raise
     except Exception as e:
-        raise pixels.DecodeError(f"malformed DICOM header: {e}") from None
+        # int() and pydicom quote the value they could not convert: a value in the wrong element may be a name
+        raise pixels.DecodeError(f"malformed DICOM header: {redact(str(e))}") from None
     return _HeaderValues(has_pixels, rows, cols, frames, photometric_value, photometric, bits_stored, high_bit,
                          high_bit_wrong, samples, lut_shape, float_window, height_over_width, no_numbers)
 
@@ -504,12 +508,17 @@ def _refuse_unreadable(ds: Dataset, values: _HeaderValues) -> None:
 
 def _refuse_ambiguous(values: _HeaderValues) -> None:
     """Refuse a header whose elements contradict each other or the pixel data's kind, so that which grey is
-    bone, or which bits hold the values, would be a guess; and one whose stored bits hold too few grey levels."""
+    bone, or which bits hold the values, would be a guess; one whose Photometric Interpretation is no term DICOM
+    defines; and one whose stored bits hold too few grey levels."""
     photometric, bits_stored, lut_shape = values.photometric, values.bits_stored, values.lut_shape
     if isinstance(values.photometric_value, MultiValue):
-        held = "\\".join(values.photometric_value)
-        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds "
-                                 f"{len(values.photometric_value)} values ({held}), where a film has one")
+        held = [str(v).upper() for v in values.photometric_value]
+        said = " (" + "\\".join(held) + ")" if _PHOTOMETRICS.issuperset(held) else ""  # other text: not repeated
+        raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds {len(held)} values{said}, "
+                                 "where a film has one")
+    if photometric not in _PHOTOMETRICS:  # said without the value, which may be any text (pydicom's codecs quote it)
+        raise pixels.DecodeError("malformed DICOM header: Photometric Interpretation is no term DICOM defines (such "
+                                 "as MONOCHROME2 or RGB), so what its samples mean is unknown")
     if _SAMPLES.get(photometric, values.samples) != values.samples:
         raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation {photometric} has "
                                  f"{_SAMPLES[photometric]} sample(s) per pixel, but Samples per Pixel is "
@@ -576,8 +585,10 @@ def _pixel_aspect(ds: Dataset) -> float:
             continue
         try:
             vertical, horizontal = (float(v) for v in values)
-        except ValueError:
+            shown = "\\".join(values)
+        except ValueError:  # text, not numbers: not repeated, as it may be any text (a name written in the wrong place)
             vertical = horizontal = math.nan
+            shown = "(text, not repeated here)"
         if min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal):
             ratio = vertical / horizontal
             if not 1 / _MAX_ASPECT <= ratio <= _MAX_ASPECT:  # no radiograph's detector: a header fault
@@ -586,7 +597,6 @@ def _pixel_aspect(ds: Dataset) -> float:
                                          "no radiograph has such pixels")
             return 1.0 if abs(ratio - 1) <= _SQUARE else ratio
         if values[0] != values[1]:
-            shown = "\\".join(values)
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
                                      "shape of the film's pixels is unknown")
     return 1.0

@@ -94,10 +94,13 @@ def given(ds: Dataset, keyword: str) -> bool:
 
 
 def syntax_name(ds: Dataset) -> str:
-    """The transfer syntax's name, for a reason that says which codec a file needs."""
+    """The transfer syntax's name, for a reason that says which codec a file needs; an unknown one by its UID only
+    when the value is one (digits and dots): any other text in its place is not repeated, as it may be anything."""
     try:
         uid = ds.file_meta.TransferSyntaxUID
-        return uid.name if uid.is_transfer_syntax else f"unknown transfer syntax {uid}"
+        if uid.is_transfer_syntax:
+            return uid.name
+        return f"unknown transfer syntax {uid}" if uid.is_valid else "a transfer syntax that is no UID"
     except Exception:
         return "no transfer syntax recorded"
 
