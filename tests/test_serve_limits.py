@@ -5,8 +5,10 @@ decode slot is busy, heatmaps keep to their lane, and failures log one line each
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
+import math
 import os
 import socket
 import threading
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import TypeAdapter
 
 import pneumoscan.serving.service as service_module
 from pneumoscan.inference.predict import Predictor
@@ -485,3 +488,24 @@ def test_decodes_default_to_the_cores_this_process_may_use() -> None:
     finally:
         os.sched_setaffinity(0, cpus)
     assert Limits().max_concurrent_decodes == min(4, len(cpus))
+
+
+@pytest.mark.parametrize(("given", "why"), [
+    ({"max_queue": 0}, "greater than 0"), ({"heatmap_lane": -1}, "greater than 0"),
+    ({"max_concurrent_decodes": 2.5}, "a valid integer"), ({"max_queue": True}, "a valid integer"),
+    ({"body_timeout": 0.0}, "greater than 0"), ({"header_timeout": math.inf}, "a finite number"),
+    ({"keep_alive": math.nan}, "a finite number"), ({"shutdown_grace": "20"}, "a valid number"),
+])  # fmt: skip
+def test_a_limit_out_of_its_range_is_refused_naming_it_and_why(given: dict[str, object], why: str) -> None:
+    """Declared on the fields (pydantic), not checked by hand after them: a count of 2.5 or True and a deadline of
+    inf were taken (a semaphore of 2.5, a timer that never fires), and "20" failed as a TypeError naming no field."""
+    [name] = given
+    with pytest.raises(ValueError, match=rf"(?s)Limits\n{name}\n  Input should be {why}"):
+        Limits(**given)  # type: ignore[arg-type]
+
+
+def test_the_limits_ranges_are_in_their_schema() -> None:
+    """The ranges are data a tool can read (the fields' JSON schema), as FastAPI shows its parameters' in OpenAPI."""
+    fields = TypeAdapter(Limits).json_schema()["properties"]
+    assert all(fields[name]["exclusiveMinimum"] == 0 for name in [f.name for f in dataclasses.fields(Limits)])
+    assert Limits(keep_alive=30).keep_alive == 30.0  # a whole number of seconds is taken

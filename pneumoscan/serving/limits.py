@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.cpus import usable_cores
 
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
+# What each limit takes, declared on its field so that pydantic checks it and the schema shows it: a count of at
+# least 1 (a semaphore of 2.5, or of True, is no bound), seconds above 0 and finite (a deadline of inf is none)
+Count = Annotated[int, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _cores() -> int:
@@ -15,7 +23,7 @@ def _cores() -> int:
     return max(1, min(4, usable_cores()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(strict=True))
 class Limits:
     """How much work the service takes on at once. Past a bound a request is refused at once (503 with
     Retry-After) rather than queued without end: a queue that only grows serves every client late and none well.
@@ -29,21 +37,18 @@ class Limits:
     none of it). ``header_timeout``: seconds for a request line and
     headers to arrive. ``keep_alive``: seconds an idle connection stays open. ``shutdown_grace``: seconds requests
     in progress get to finish after SIGTERM or Ctrl-C, under an orchestrator's own grace (Kubernetes: 30 s); without
-    it one slow upload held the exit for up to ``body_timeout``."""
+    it one slow upload held the exit for up to ``body_timeout``.
 
-    max_concurrent_decodes: int = field(default_factory=_cores)
-    max_queue: int = 32
-    heatmap_lane: int = 1
-    body_timeout: float = 60.0
-    header_timeout: float = 10.0
-    keep_alive: float = 5.0
-    shutdown_grace: float = 20.0
+    Each is checked as it is given (pydantic, strict: ``"5"`` is no number, ``True`` no count): a value out of its
+    range (:data:`Count`, :data:`Seconds`) is refused with a ValueError naming the field and why."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_concurrent_decodes", "max_queue", "heatmap_lane", "body_timeout", "header_timeout",
-                     "keep_alive", "shutdown_grace"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    max_concurrent_decodes: Count = field(default_factory=_cores)
+    max_queue: Count = 32
+    heatmap_lane: Count = 1
+    body_timeout: Seconds = 60.0
+    header_timeout: Seconds = 10.0
+    keep_alive: Seconds = 5.0
+    shutdown_grace: Seconds = 20.0
 
     @property
     def heatmap_queue(self) -> int:
