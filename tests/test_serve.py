@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import math
 import shutil
 import struct
 import tempfile
@@ -339,6 +340,13 @@ def test_an_upload_limit_with_no_room_for_a_film_is_refused(tiny_bundle: Path) -
                                          r"at least 0.0625 MB"):
         create_app(tiny_bundle, max_upload_mb=1e-7)
     assert create_app(tiny_bundle, max_upload_mb=0.0625)  # the smallest taken
+
+
+@pytest.mark.parametrize("limit", [math.inf, math.nan])
+def test_an_upload_limit_that_is_no_number_of_mb_is_refused_as_such(tiny_bundle: Path, limit: float) -> None:
+    """create_app(max_upload_mb=inf) ended in an OverflowError, NaN in int()'s "cannot convert float NaN"."""
+    with pytest.raises(ValueError, match=rf"an upload limit of {limit} MB is no limit: give a number of MB"):
+        create_app(tiny_bundle, max_upload_mb=limit)
 
 
 @pytest.mark.parametrize("case, request_kwargs, status, words", [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,8 @@ class Service:
     def __init__(self, bundle: Path | str, etiology: Path | str | None, max_upload_mb: float, backend: str,
                  limits: Limits) -> None:
         self.limits = limits
+        if not math.isfinite(max_upload_mb):  # int() of it would be an OverflowError or NaN's own ValueError
+            raise ValueError(f"an upload limit of {max_upload_mb} MB is no limit: give a number of MB")
         self.max_bytes = int(max_upload_mb * 2**20)
         if self.max_bytes < MIN_UPLOAD_BYTES:  # a service that answers healthy and refuses every film
             raise ValueError(f"an upload limit of {max_upload_mb:g} MB ({self.max_bytes:,} bytes) leaves no room for a "
