@@ -1106,6 +1106,21 @@ def test_a_lut_descriptors_first_value_written_us_under_signed_pixels_is_read_si
     np.testing.assert_array_equal(read_gray(with_lut("US", 0x10000 - 2048)), want)
 
 
+def test_a_modality_lut_beside_a_rescale_is_refused_unless_the_rescale_is_the_identity() -> None:
+    """PS3.3 C.11.1 allows a Modality LUT or a rescale, not both; pydicom applied the LUT and passed the rescale
+    over, so a slope of -1 (the film's polarity) was dropped and the film read as bright as without it."""
+    film = phantom(lo=0, hi=4000)
+    item = pydicom.Dataset()
+    item.add_new(Tag("LUTDescriptor"), "US", [4096, 0, 16])
+    item.add_new(Tag("LUTData"), "US", (np.arange(4096) * 16).tolist())
+    lut = pydicom.Sequence([item])
+    with pytest.raises(DecodeError, match="both a Modality LUT and a Rescale Slope and Intercept are given"):
+        read_gray(dicom_bytes(film, ModalityLUTSequence=lut, RescaleSlope=-1, RescaleIntercept=4095))
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, ModalityLUTSequence=lut, RescaleSlope=1,
+                                                        RescaleIntercept=0)),
+                                  read_gray(dicom_bytes(film, ModalityLUTSequence=lut)))
+
+
 @pytest.mark.parametrize("coded", ["signed", "unsigned"])
 def test_a_jpeg_2000_frame_whose_sign_the_header_contradicts_is_refused_when_the_header_is_wrong(
         data_root: Path, coded: str) -> None:  # fmt: skip

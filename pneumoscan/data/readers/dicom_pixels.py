@@ -669,6 +669,13 @@ def _check_luts(ds: Dataset) -> None:
     for keyword, name in (("ModalityLUTSequence", "Modality LUT"), ("VOILUTSequence", "VOI LUT")):
         if not given(ds, keyword):
             continue
+        rescale = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        if keyword == "ModalityLUTSequence" and rescale != (1, 0):
+            # PS3.3 C.11.1 allows one or the other; pydicom applies the LUT and passes the rescale over (a slope of -1,
+            # the film's polarity, was dropped), a viewer may do either
+            raise pixels.DecodeError("malformed DICOM header: both a Modality LUT and a Rescale Slope and Intercept "
+                                     "are given, which DICOM does not allow, so which maps the film's values is "
+                                     "unknown")  # fmt: skip
         item = ds[keyword][0]
         descriptor = item.get("LUTDescriptor")
         if not given(item, "LUTData") or not isinstance(descriptor, MultiValue | list) or len(descriptor) != 3:
