@@ -399,6 +399,54 @@ def test_what_follows_a_pixel_data_element_is_counted(monkeypatch: pytest.Monkey
         read_gray(_with_pieces_after(where, 80))
 
 
+def _with_headers_read_otherwise(trick: str, count: int) -> bytes:
+    """A small film whose header holds, before its pixel data, an element the count read otherwise than pydicom
+    does (``trick``), then ``count`` empty private elements: in explicit VR, an element whose VR bytes are no letters
+    (pydicom reads it as implicit, a 4-byte length), its value a fake header of a huge length; in implicit VR, a
+    private element of undefined length that is no sequence (pydicom looks ahead, finds no item, and reads the value
+    to the sequence delimiter), its value such a fake header too."""
+    film = dicom_bytes(np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 16)
+    implicit = trick == "implicit undefined length"
+    if implicit:
+        ds = pydicom.dcmread(io.BytesIO(film))
+        ds.file_meta.TransferSyntaxUID = uid.ImplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, implicit_vr=True, little_endian=True)
+        film = buf.getvalue()
+    fake = struct.pack("<HH2s2xL", 0x0009, 0x1011, b"OB", 0x7FFFFFF0) + bytes(4)
+    if implicit:
+        element = struct.pack("<HHL", 0x0009, 0x1010, 0xFFFFFFFF) + fake + b"\xfe\xff\xdd\xe0" + bytes(4)
+        empty = "<HHL"
+    else:
+        element = struct.pack("<HHL", 0x0009, 0x1010, len(fake)) + fake  # its VR bytes: 0x10 0x00
+        empty = "<HH2sH"
+    empties = b"".join(struct.pack(empty, 0x0009, 0x1100 + i, *((b"LO", 0) if not implicit else (0,)))
+                       for i in range(count))
+    at = film.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010)
+    return film[:at] + element + empties + film[at:]
+
+
+@pytest.mark.parametrize("trick", ["explicit VR of no letters", "implicit undefined length"])
+def test_elements_behind_a_header_pydicom_reads_otherwise_are_counted(monkeypatch: pytest.MonkeyPatch,
+                                                                      trick: str) -> None:
+    """The count read each header by its own rules where pydicom's differ: a fake 4-byte length in the value sent it
+    to the file's end, and 2 million empty elements after it took pydicom 6-8 s, uncounted."""
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 60)
+    assert read_gray(_with_headers_read_otherwise(trick, 10)).shape == (64, 64)
+    with pytest.raises(DecodeError, match=r"^malformed file: at least 61 DICOM data elements and sequence items"):
+        read_gray(_with_headers_read_otherwise(trick, 80))
+
+
+def test_zero_bytes_read_as_elements_are_refused_as_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom reads zero bytes after the pixel data 8 at a time as elements (16 MB took 5 s); a few are read, more
+    are refused as padding, not as "far more elements than any film holds"."""
+    film = dicom_bytes(np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 16)
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 60)
+    assert read_gray(film + bytes(8 * 20)).shape == (64, 64)
+    with pytest.raises(DecodeError, match=r"^malformed file: at least [\d,]+ zero bytes among its data elements"):
+        read_gray(film + bytes(8 * 80))
+
+
 # What else Pillow's JPEG parser reads a step at a time before the first scan: a marker without a segment (RSTn,
 # SOI), an escaped 0xFF00, a segment whose length is under 2 (none read); and the piece a JPEG holds without error
 PARSER_STEPS = {"RST0 markers": (b"\xff\xd0", True), "SOI markers": (b"\xff\xd8", False),
