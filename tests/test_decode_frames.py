@@ -85,3 +85,15 @@ def test_an_animation_pillow_does_not_count_is_refused_from_its_chunks(said: str
     alone = saved(first, [], "PNG")
     one = alone[:33] + hidden[33 : hidden.index(b"acTL") + 16] + alone[33:]  # an acTL of 2 frames, none but IDAT
     np.testing.assert_array_equal(read_gray(_with_frames_said(one, 2)), ramp)
+
+
+def test_frames_without_an_animation_control_before_the_image_are_a_still_png() -> None:
+    """Without an acTL before its IDAT a PNG is no animation (the APNG rule; browsers and Pillow show its image): one
+    with a stray frame after its image was refused as animated. So is one whose acTL comes after its image."""
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    hidden = saved(Image.fromarray(ramp), [Image.fromarray(255 - ramp)], "PNG", default_image=True)
+    at = hidden.index(b"acTL") - 4
+    actl, still = hidden[at : at + 20], hidden[:at] + hidden[at + 20 :]
+    np.testing.assert_array_equal(read_gray(still), ramp)
+    end = still.index(b"IEND") - 4
+    np.testing.assert_array_equal(read_gray(still[:end] + actl + still[end:]), ramp)

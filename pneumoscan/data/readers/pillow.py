@@ -280,11 +280,14 @@ def _refuse_frames(im: Image.Image, src: Path | bytes) -> None:
 
 
 def _png_images(src: Path | bytes) -> int:
-    """How many images a PNG holds: its default image (IDAT), and an animation frame for each frame control (fcTL)
-    after it, whatever its acTL says (frame data, fdAT, without one counts one)."""
+    """How many images a PNG holds: its default image (IDAT), and, when an animation control (acTL) comes before it
+    (the APNG rule, without which browsers and Pillow show a still PNG), a frame for each frame control (fcTL) after
+    it, whatever the acTL says (frame data, fdAT, without one counts one)."""
     with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
         fp.seek(len(_MAGIC["PNG"]))
-        after = list(itertools.dropwhile(lambda kind: kind != b"IDAT", _png_chunks(fp)))
+        kinds = iter(_png_chunks(fp))
+        animated = b"acTL" in itertools.takewhile(lambda kind: kind != b"IDAT", kinds)
+        after = list(kinds) if animated else []
     return 1 + (after.count(b"fcTL") or int(b"fdAT" in after))
 
 
