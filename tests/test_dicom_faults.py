@@ -1106,6 +1106,14 @@ def test_a_lut_descriptors_first_value_written_us_under_signed_pixels_is_read_si
     np.testing.assert_array_equal(read_gray(with_lut("US", 0x10000 - 2048)), want)
 
 
+def test_a_photometric_interpretation_in_lower_case_is_refused_by_the_header_check() -> None:
+    """pydicom's codecs take the defined terms in capitals only: "monochrome2" passed the header's check, upper-cased,
+    and was refused by the codec, which quoted the value the check is there to keep out of a refusal."""
+    with pytest.raises(DecodeError, match=r"^malformed DICOM header: Photometric Interpretation is no term DICOM "
+                                          r"defines \(such as MONOCHROME2 or RGB, in capitals\)"):
+        read_gray(dicom_bytes(phantom(), "monochrome2"))
+
+
 def test_a_modality_lut_beside_a_rescale_is_refused_unless_the_rescale_is_the_identity() -> None:
     """PS3.3 C.11.1 allows a Modality LUT or a rescale, not both; pydicom applied the LUT and passed the rescale
     over, so a slope of -1 (the film's polarity) was dropped and the film read as bright as without it."""

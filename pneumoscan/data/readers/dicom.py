@@ -528,13 +528,14 @@ def _refuse_ambiguous(values: _HeaderValues) -> None:
     defines; and one whose stored bits hold too few grey levels."""
     photometric, bits_stored, lut_shape = values.photometric, values.bits_stored, values.lut_shape
     if isinstance(values.photometric_value, MultiValue):
-        held = [str(v).upper() for v in values.photometric_value]
+        held = [str(v).strip() for v in values.photometric_value]
         said = " (" + "\\".join(held) + ")" if _PHOTOMETRICS.issuperset(held) else ""  # other text: not repeated
         raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds {len(held)} values{said}, "
                                  "where a film has one")
-    if photometric not in _PHOTOMETRICS:  # said without the value, which may be any text (pydicom's codecs quote it)
+    if str(values.photometric_value).strip() not in _PHOTOMETRICS:  # as stored: pydicom's codecs take no other case
+        # said without the value, which may be any text (pydicom's codecs quote it)
         raise pixels.DecodeError("malformed DICOM header: Photometric Interpretation is no term DICOM defines (such "
-                                 "as MONOCHROME2 or RGB), so what its samples mean is unknown")
+                                 "as MONOCHROME2 or RGB, in capitals), so what its samples mean is unknown")
     if _SAMPLES.get(photometric, values.samples) != values.samples:
         raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation {photometric} has "
                                  f"{_SAMPLES[photometric]} sample(s) per pixel, but Samples per Pixel is "
