@@ -227,7 +227,7 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
     nowhere: a film unlike its training films read "virus" as a plain call. Its own in_scope decides, and its
     warnings follow the film's, named by its stage, in the panel, the list and the CSV."""
     unlike = "image content: blurrier than the training films"
-    listed, exported, panel, shown = page.evaluate("""(unlike) => {
+    listed, exported, panel, shown, heard, sorted_by = page.evaluate("""(unlike) => {
         secondTask = 'etiology';
         const film = { name: 'a.jpeg', status: 'done', result: { label: 'PNEUMONIA', positive: 'PNEUMONIA',
             in_scope: true, near_threshold: false, probability: 0.9, threshold: 0.5, warnings: ['no DICOM tags'],
@@ -238,9 +238,13 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
         showWarnings(allWarnings(film.result), film.result.in_scope);  // as showResult shows them
         const row = document.querySelector('#films tbody tr');
         return [[row.cells[3].textContent, row.cells[4].textContent], csv(), secondLine(film.result),
-                [...document.querySelectorAll('#warnings li')].map((item) => item.textContent)];
+                [...document.querySelectorAll('#warnings li')].map((item) => item.textContent),
+                announcement(film.result), value(film, 'warnings')];
     }""", unlike)
     assert listed == ["out of scope (virus, P(virus) = 0.727)", f"no DICOM tags; Etiology stage: {unlike}"]
     row = next(csv.DictReader(io.StringIO(exported)))
     assert row["etiology"] == "out of scope (virus)" and row["warnings"] == f"no DICOM tags; Etiology stage: {unlike}"
     assert panel[1] == "out-of-scope" and shown == ["Scope: no DICOM tags", f"Scope: Etiology stage: {unlike}"]
+    # a screen reader hears both stages' warnings, and that the second reading does not apply; the list sorts by all
+    assert heard.endswith("2 scope warnings. Etiology: outside its scope, does not apply."), heard
+    assert sorted_by == 2

@@ -240,13 +240,16 @@ function lookOf(r) {
 // Said in the polite live region when a reading arrives: the result panel itself is not announced. Out of scope,
 // the label and probability are left out: they do not apply, and said aloud they sound as if they did.
 function announcement(r) {
-  const n = r.warnings.length;
+  const n = allWarnings(r).length;
   const warnings = `${n} scope warning${n === 1 ? "" : "s"}`;
   if (!r.in_scope) {
     return `Outside the model's scope: this reading does not apply. ${warnings} say${n === 1 ? "s" : ""} why.`;
   }
+  const e = r.etiology;
+  const second = !e ? "" : e.in_scope ? ` ${taskTitle(e.task)}: ${e.label}.` :
+    ` ${taskTitle(e.task)}: outside its scope, does not apply.`;
   return `Reading: ${labelText(r)}, probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ` +
-    `${warnings}.`;
+    `${warnings}.${second}`;
 }
 
 // A model of more than two classes labels its first class against the rest at the threshold (normal vs pneumonia):
@@ -925,7 +928,7 @@ function value(film, key) {
   if (key === "label") return reading(film.result);
   if (key === "probability") return film.result.probability;
   if (key === "etiology") return film.result.etiology ? film.result.etiology.probability : -1;
-  return film.result.warnings.length;
+  return allWarnings(film.result).length;
 }
 
 // The second stage's reading, as the result panel gives it; it runs only on the films the first stage hands over
