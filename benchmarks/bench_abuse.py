@@ -1,15 +1,23 @@
 """Abuse test of `pneumoscan serve` on loopback: what 64 concurrent worst-case uploads do to the server's memory
 and to its health probe, and what 16 well-behaved clients get meanwhile-free.
 
-Run: ``python benchmarks/bench_abuse.py [BUNDLE] [--backend onnx] [-- SERVE OPTIONS...]``. Without a bundle a
-tiny one is trained first (simple_cnn, 32 px, synthetic images: seconds); give a real one for real figures.
-Measured, per kind of upload (each just under the 20 MB upload limit, or at the decoder's pixel limit):
+Run: ``python benchmarks/bench_abuse.py [BUNDLE] [--backend onnx] [--only accepted|refused] [-- SERVE OPTIONS...]``.
+Without a bundle a tiny one is trained first (simple_cnn, 32 px, synthetic images: seconds); give a real one for
+real figures. Two sets of kinds of upload, each built in memory at start-up:
+
+* accepted: the costliest the decoder reads (each just under the 20 MB upload limit, or at its pixel limit);
+* refused: the decode bombs review found (a small file that cost gigabytes or minutes before its fix), each at the
+  size that found it and against the default limits, one for each check that now refuses it (the fix's commit
+  named in its builder). Every one must be answered 4xx, for that check's reason: a 200, a refusal for another
+  reason (the bomb no longer reaches its check) or a 5xx other than load shedding misses the goal.
+
+Measured, per kind of upload:
 
 * peak RSS of the server process above its idle RSS while ``--uploads`` (64) of them are sent at once
   (goal: under 2 GB), sampled every 20 ms and read from the kernel's high-water mark (VmHWM, reset first);
 * /healthz latency, probed every 50 ms during that load (goal: p99 under 1 s; the flood starts once a first
   probe has been answered, and a flood without a probe misses the goal: health was not measured);
-* the answers: 200, 503 (load shed by the queue bound, with Retry-After), other 5xx (goal: 0), dropped.
+* the answers: 200, 503 (load shed by the queue bound, with Retry-After), other 5xx (goal: 0), 4xx, dropped.
 
 Before the floods, the throughput of ``--clients`` (16) clients posting real X-rays ($PNEUMOSCAN_DATA) for
 ``--seconds`` (goal: no 5xx, nothing dropped); after them, how long a plain prediction then waits (the work the
@@ -28,20 +36,26 @@ import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.synchronize
 import os
+import struct
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 from PIL import Image
+from pydicom import uid
+from pydicom.encaps import encapsulate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders)
 
 from bench_serve import free_port, post_xrays, start_server  # noqa: E402  (this folder: the script's own path entry)
+from tests.builders import dicom_bytes  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 MB = 2**20
@@ -76,7 +90,11 @@ def png_bytes(array: np.ndarray, level: int) -> bytes:
     return buf.getvalue()
 
 
-def worst_uploads(limit_mb: float) -> dict[str, bytes]:
+# a kind of upload: its bytes, and the words of the refusal it must get (None: it must be read)
+Upload = tuple[bytes, str | None]
+
+
+def worst_uploads(limit_mb: float) -> dict[str, Upload]:
     """Kinds of upload that cost the server most: the largest file (incompressible 8-bit noise PNG just under
     the limit, decoded at full size) and the largest decode the decoder accepts (a 16-bit PNG just under its
     pixel and decoded-byte limits, 2 bytes a pixel, that compresses to a few MB)."""
@@ -89,8 +107,216 @@ def worst_uploads(limit_mb: float) -> dict[str, bytes]:
     ramp = (np.arange(big, dtype=np.uint32) * 4095 // big).astype(np.uint16)
     wide = png_bytes(np.broadcast_to(ramp, (big, big)).copy(), 9)
     assert len(noise) < limit_mb * MB and len(wide) < limit_mb * MB
-    return {f"8-bit noise PNG {side}x{side} ({len(noise) / MB:.1f} MB)": noise,
-            f"16-bit PNG {big}x{big} ({len(wide) / MB:.1f} MB)": wide}
+    return {f"8-bit noise PNG {side}x{side} ({len(noise) / MB:.1f} MB)": (noise, None),
+            f"16-bit PNG {big}x{big} ({len(wide) / MB:.1f} MB)": (wide, None)}
+
+
+# ---------------------------------------------------------------- decode bombs, each refused before its cost
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    """A JPEG or JPEG 2000 marker segment (its length counts itself)."""
+    return struct.pack(">HH", marker, len(body) + 2) + body
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    """A JP2 box."""
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def _ramp(side: int) -> np.ndarray:
+    """A small 12-bit film of many grey levels: a bomb's host, never the part that costs."""
+    return (np.add.outer(np.arange(side), np.arange(side)) * 16).astype(np.uint16)
+
+
+def _framed(frame: bytes, syntax: str, side: int, bits: int, **elements: object) -> bytes:
+    """A DICOM film of ``side x side`` (tests.builders' writer) whose pixel data is the one compressed ``frame``."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((1, 1)), bits=bits, **elements)))
+    ds.Rows = ds.Columns = side
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def jp2_decoy(side: int) -> bytes:
+    """bd86afa: a JP2 frame whose codestream (jp2c) is ``side`` px square, after a box holding a copy of a SOC and
+    SIZ of the header's 256 x 256, which the size check read (12,000 px in 52 KB decoded to 2.4 GB)."""
+    import openjpeg
+
+    noise = np.random.default_rng(0).integers(0, 50, (256, 256))
+    jp2 = openjpeg.encode((_ramp(256) // 4 + noise).astype(np.uint16), bits_stored=12, codec_format=1)
+    at = jp2.index(b"jp2c") - 4
+    codestream = bytearray(jp2[at + 8 :])
+    copy = bytes(codestream[: 4 + int.from_bytes(codestream[4:6], "big")])  # SOC, then SIZ
+    codestream[8:16] = struct.pack(">II", side, side)  # Xsiz, Ysiz
+    frame = jp2[:at] + _box(b"xml ", copy) + _box(b"jp2c", bytes(codestream))
+    return _framed(frame, uid.JPEG2000Lossless, 256, 12)
+
+
+def j2k_frame(side: int, tile: int, precinct: int | None) -> bytes:
+    """ca781cd: a JPEG 2000 codestream of ``side`` px (8-bit grey; 5 levels, 64 x 64 code blocks, precincts of
+    ``2**precinct`` px square when given) in ``tile`` px tiles, every packet empty: OpenJPEG builds each tile's,
+    code block's and precinct's structure first (700 bytes of 2 x 2 precincts of 4 x 4 code blocks took 5.8 GB,
+    23 px tiles 0.8 GB)."""
+    levels = 5
+    siz = struct.pack(">HIIIIIIIIH", 0, side, side, 0, 0, tile, tile, 0, 0, 1) + bytes([7, 1, 1])
+    precincts = b"" if precinct is None else bytes([precinct * 0x11] * (levels + 1))
+    cod = bytes([precinct is not None, 0, 0, 1, 0, levels, 4, 4, 0, 1]) + precincts  # one layer, reversible
+    qcd = bytes([0x40] + [9 << 3] * (3 * levels + 1))
+    parts = [b"\xff\x4f", _segment(0xFF51, siz), _segment(0xFF52, cod), _segment(0xFF5C, qcd)]
+    packets = bytes(levels + 1)  # an empty packet a resolution
+    for t in range(((side + tile - 1) // tile) ** 2):
+        parts += [_segment(0xFF90, struct.pack(">HIBB", t, 14 + len(packets), 0, 1)), b"\xff\x93", packets]
+    return b"".join([*parts, b"\xff\xd9"])
+
+
+def progressive_jpeg(side: int, components: int, precision: int) -> bytes:
+    """A valid progressive JPEG of all-zero coefficients coded the long way: a DC scan, then each AC coefficient
+    alone at Al 13 and refined down to 0, a component at a time (883 scans each), every AC scan one end-of-band run
+    over all blocks, each of which the decoder visits (4f7077f: 12,000 px colour, 2,649 scans in 1.5 MB, 71 s of
+    CPU; aa78619: a 12-bit one in a DICOM frame, 5,792 px, 883 scans in 117 KB, 12 s)."""
+    blocks = ((side + 7) // 8) ** 2
+    bits, left = "", blocks
+    while left:  # EOBr: the 4-bit code r, then the run's low r bits
+        run = min(left, 32767)
+        r = run.bit_length() - 1
+        bits += format(r, "04b") + (format(run - (1 << r), f"0{r}b") if r else "")
+        left -= run
+    bits += "1" * (-len(bits) % 8)
+    runs = int(bits, 2).to_bytes(len(bits) // 8, "big").replace(b"\xff", b"\xff\x00")
+    ids = range(1, components + 1)
+    sof = struct.pack(">BHHB", precision, side, side, components) + b"".join(bytes([c, 0x11, 0]) for c in ids)
+    # DC table 0: one 1-bit code (category 0); AC table 0: EOB0..EOB14 (symbols r << 4) as the 4-bit codes r
+    dht = bytes([0x00, 1, *[0] * 15, 0, 0x10, 0, 0, 0, 15, *[0] * 12]) + bytes(r << 4 for r in range(15))
+    parts = [b"\xff\xd8", _segment(0xFFDB, bytes([0] + [1] * 64)), _segment(0xFFC2, sof), _segment(0xFFC4, dht)]
+    for c in ids:
+        parts += [_segment(0xFFDA, bytes([1, c, 0, 0, 0, 0])), bytes(-(-blocks // 8))]
+        for k in range(1, 64):
+            for ah, al in [(0, 13), *((a, a - 1) for a in range(13, 0, -1))]:
+                parts += [_segment(0xFFDA, bytes([1, c, 0, k, k, ah << 4 | al])), runs]
+    return b"".join([*parts, b"\xff\xd9"])
+
+
+def lossless_frame(side: int, scans: int) -> bytes:
+    """aa78619: a 12-bit JPEG Lossless (process 14, SV1) frame of one scan of 1-bit codes, coded ``scans`` times,
+    each just within the Huffman-code cap when it was a scan's (4,300 px, 8 scans in 18.5 MB: 38 s)."""
+    sof = _segment(0xFFC3, struct.pack(">BHHB", 12, side, side, 1) + bytes([1, 0x11, 0]))
+    dht = _segment(0xFFC4, bytes([0, 1, *[0] * 15, 0]))  # one 1-bit code: difference 0
+    scan = _segment(0xFFDA, bytes([1, 1, 0, 1, 0, 0])) + bytes(-(-side * side // 8))
+    return b"\xff\xd8" + sof + dht + scan * scans + b"\xff\xd9"
+
+
+def rle_frame(side: int, size: int) -> bytes:
+    """0cbaed1: an RLE frame whose one segment starts at offset 66, not 64 (pylibjpeg-rle refuses the header, and
+    pydicom's own decoder expanded it whole): the film as literal runs, then ``size`` bytes in all of runs of 128
+    copies (19 MB took 1.1 GB)."""
+    rows = (np.add.outer(np.arange(side), np.arange(side)) % 251).astype(np.uint8).reshape(-1, 128)
+    literal = np.hstack([np.full((len(rows), 1), 127, np.uint8), rows]).tobytes()
+    head = struct.pack("<16L", 1, 66, *[0] * 14) + bytes(2)
+    return head + literal + b"\x81\x07" * ((size - len(head) - len(literal)) // 2)
+
+
+def palette_film(side: int) -> bytes:
+    """9988d65: a PALETTE COLOR film (RLE, a grey ramp in runs of 23) counted at one sample a pixel against the
+    byte limit, which its three colour samples a pixel exceed (5,792 px in 2.9 MB took 1.3 GB)."""
+    runs = -(-side // 23)
+    lengths = np.minimum(23, side - 23 * np.arange(runs))
+    values = np.add.outer(np.arange(side), np.arange(runs)) % 256
+    pairs = np.stack([np.broadcast_to(257 - lengths, values.shape), values], axis=-1).astype(np.uint8)
+    frame = struct.pack("<16L", 1, 64, *[0] * 14) + pairs.tobytes()
+    lut = (np.arange(256, dtype=np.uint16) * 257).tobytes()
+    palette = {f"{c}PaletteColorLookupTable{part}": value for c in ("Red", "Green", "Blue")
+               for part, value in (("Descriptor", [256, 0, 16]), ("Data", lut))}
+    return _framed(frame, uid.RLELossless, side, 8, photometric="PALETTE COLOR", **palette)
+
+
+def transparent_png(side: int) -> bytes:
+    """3150623: an 8-bit grey PNG (each row a ramp: Sub filter, +1 a pixel) whose tRNS makes grey 0, which its
+    pixels use, transparent; the check converted the film to an alpha band (12,000 px in 140 KB took 0.9 GB)."""
+    idat = zlib.compress(b"\x01" * (side + 1) * side, 9)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + _png_chunk(b"tRNS", bytes(2)) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+
+
+def deflated_items(size: int) -> bytes:
+    """9c42942: a Deflated Explicit VR LE film whose data set starts with a private sequence of ``size`` bytes of
+    empty items (8 each), for each of which pydicom built a Dataset (200 MB from 309 KB took 3.3 GB)."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(_ramp(64))))
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    start = 144 + int.from_bytes(data[140:144], "little")  # preamble, DICM, (0002,0000) and the group it counts
+    items, pack = b"\xfe\xff\x00\xe0\0\0\0\0" * 2**20, zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = [pack.compress(struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF))]
+    body += [pack.compress(items) for _ in range(size // len(items))]
+    end = b"\xfe\xff\xdd\xe0\0\0\0\0" + zlib.decompress(data[start:], -zlib.MAX_WBITS)  # the film's own elements
+    return data[:start] + b"".join([*body, pack.compress(end), pack.flush()])
+
+
+def icon_then_elements(count: int) -> bytes:
+    """4b6a164: a film with an Icon Image Sequence, then ``count`` empty private elements (8 bytes each) between the
+    icon's pixel data and the film's, where the element count once stopped (2 million in 16 MB: 8 s)."""
+    icon = pydicom.Dataset()
+    icon.Rows = icon.Columns = 8
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.PixelData = bytes(64)
+    data = dicom_bytes(_ramp(64), IconImageSequence=[icon])
+    empty = np.zeros(count, [("group", "<u2"), ("element", "<u2"), ("vr", "S2"), ("length", "<u2")])
+    empty["group"], empty["element"], empty["vr"] = 0x0099, 0x1000 + np.arange(count) % 0xF000, b"LO"
+    at = data.rindex(b"\xe0\x7f\x10\x00")  # the film's pixel data, after the icon's
+    return data[:at] + empty.tobytes() + data[at:]
+
+
+def icc_profiles(count: int) -> bytes:
+    """319b2f8: a 256 px PNG of ``count`` ICC profiles (iCCP), each inflating to just under Pillow's 1 MiB cap,
+    which Pillow inflated one by one with no total cap (19,000 in 19 MB: 93 s)."""
+    film = png_bytes((_ramp(256) // 32).astype(np.uint8), 9)
+    profile = _png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(bytes(2**20 - 64), 9))
+    return film[:33] + profile * count + film[33:]  # after IHDR
+
+
+def _size(data: bytes) -> str:
+    return f"{len(data) / MB:.1f} MB" if len(data) >= MB else f"{len(data) / 1024:,.1f} KB"
+
+
+def refused_uploads() -> dict[str, Upload]:
+    """The decode bombs, each at the size that found it, with the words of the refusal that must answer it: one for
+    each check, so tiny code blocks (the precincts' limit, whose unit test covers them) and a plain header of
+    empty elements (the count the deflated and the icon kinds reach) are not floods of their own."""
+    kinds = [
+        ("JPEG 2000 DICOM: JP2 frame, decoy SIZ, codestream 12,000 x 12,000", jp2_decoy(12000),
+         "the compressed frame is 12000 x 12000 pixels"),
+        ("JPEG 2000 DICOM: 2 x 2 precincts, 5,792 x 5,792",
+         _framed(j2k_frame(5792, 5792, 1), uid.JPEG2000Lossless, 5792, 8), "precincts (limit 262,144)"),
+        ("JPEG 2000 DICOM: 63,504 tiles of 23 px, 5,792 x 5,792",
+         _framed(j2k_frame(5792, 23, None), uid.JPEG2000Lossless, 5792, 8), "cut into 63,504 tiles"),
+        ("progressive JPEG, 2,649 scans, 12,000 x 12,000 colour", progressive_jpeg(12000, 3, 8),
+         "a progressive JPEG whose scans visit over"),
+        ("12-bit progressive JPEG DICOM frame, 883 scans, 5,792 x 5,792",
+         _framed(progressive_jpeg(5792, 1, 12), uid.JPEGExtended12Bit, 5792, 12),
+         "a progressive JPEG whose scans visit over"),
+        ("JPEG Lossless DICOM, 8 scans, 4,300 x 4,300 12-bit",
+         _framed(lossless_frame(4300, 8), uid.JPEGLosslessSV1, 4300, 12), "JPEG scan too costly to check"),
+        ("RLE DICOM, segment at offset 66, 2,048 x 2,048", _framed(rle_frame(2048, 19 * MB), uid.RLELossless, 2048, 8),
+         "the RLE frame's header does not describe its segments"),
+        ("PALETTE COLOR DICOM, 5,792 x 5,792", palette_film(5792), "DICOM (3 sample(s) as float64)"),
+        ("PNG with tRNS, 12,000 x 12,000 grey", transparent_png(12000), "image has transparent pixels"),
+        ("deflated DICOM, 200 MB of empty sequence items", deflated_items(200 * MB),
+         "DICOM data elements and sequence items"),
+        ("DICOM, 2 million empty elements after an icon's pixel data", icon_then_elements(2_000_000),
+         "DICOM data elements and sequence items"),
+        ("PNG of 19,000 ICC profiles", icc_profiles(19_000), "ICC profiles (iCCP chunks)"),
+    ]
+    return {f"{name} ({_size(data)})": (data, refusal) for name, data, refusal in kinds}
 
 
 def xrays(n: int = 32) -> list[bytes]:
@@ -166,15 +392,26 @@ def probe_loop(url: str, stop: mp.synchronize.Event, out: mp.connection.Connecti
     out.send(probes)
 
 
+def _named(data: bytes) -> tuple[str, bytes, str]:
+    """The multipart file of an upload: a name and type of its format, as a client sends them."""
+    if data[128:132] == b"DICM":
+        return "upload.dcm", data, "application/dicom"
+    return ("upload.jpeg", data, "image/jpeg") if data[:2] == b"\xff\xd8" else ("upload.png", data, "image/png")
+
+
 async def flood(url: str, data: bytes, uploads: int, timeout: float) -> dict:
     """``uploads`` concurrent posts of ``data`` while /healthz is probed from another process; the flood starts
-    once the prober has had a first answer, and only the probes that overlap the flood are kept."""
+    once the prober has had a first answer, and only the probes that overlap the flood are kept. The bodies of
+    4xx answers are kept (each different one once), to tell which check refused the upload."""
     statuses: list[int | str] = []
+    refusals: set[str] = set()
 
     async def one(http: httpx.AsyncClient) -> None:
         try:
-            r = await http.post("/v1/predict", files={"file": ("upload.png", data, "image/png")})
+            r = await http.post("/v1/predict", files={"file": _named(data)})
             statuses.append(r.status_code)
+            if 400 <= r.status_code < 500:
+                refusals.add(r.text)
         except httpx.HTTPError as e:
             statuses.append(type(e).__name__)
 
@@ -198,7 +435,7 @@ async def flood(url: str, data: bytes, uploads: int, timeout: float) -> dict:
     probes = receiver.recv()
     prober.join(timeout=30)
     during = [latency for begun, latency in probes if begun < end and begun + latency > start]
-    return {"statuses": statuses, "probes": during, "seconds": end - start}
+    return {"statuses": statuses, "refusals": refusals, "probes": during, "seconds": end - start}
 
 
 async def steady(url: str, images: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
@@ -227,6 +464,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="duration of the steady-load phase")
     parser.add_argument("--max-requests", type=int, default=2000, help="cap on the steady-load phase")
     parser.add_argument("--timeout", type=float, default=180, help="per upload, in the flood phase")
+    parser.add_argument("--only", choices=("accepted", "refused"),
+                        help="flood with only the kinds the decoder reads, or only the decode bombs it refuses")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: extra `pneumoscan serve` options
@@ -234,7 +473,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(args.bundle) if args.bundle else tiny_bundle(Path(tmp))
         print(f"bundle {bundle}  backend {args.backend}  serve options {extra or 'defaults'}", flush=True)
-        uploads = worst_uploads(20)
+        start = time.perf_counter()
+        uploads = {**(worst_uploads(20) if args.only != "refused" else {}),
+                   **(refused_uploads() if args.only != "accepted" else {})}
+        print(f"{len(uploads)} kinds of upload built in {time.perf_counter() - start:.1f} s", flush=True)
         images = xrays()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -257,7 +499,7 @@ def main() -> int:
                   f"p95 {np.percentile(lat, 95) * 1e3:.0f} ms; {counts}; load {os.getloadavg()[0]:.1f}", flush=True)
             if any(counts[k] for k in ("other 5xx", "dropped", "503 shed")):
                 failures.append(f"steady load: {counts}")
-            for kind, data in uploads.items():
+            for kind, (data, refusal) in uploads.items():
                 with PeakRSS(proc.pid) as peak:
                     got = asyncio.run(flood(url, data, args.uploads, args.timeout))
                 peak_mb = peak.peak_kb / 1024 - idle_mb
@@ -283,6 +525,10 @@ def main() -> int:
                     failures.append(f"{kind}: /healthz p99 {p99:.2f} s (goal < {GOAL_HEALTH_P99_S:g})")
                 if counts["other 5xx"] or counts["dropped"]:
                     failures.append(f"{kind}: {counts['other 5xx']} 5xx other than 503, {counts['dropped']} dropped")
+                if refusal is not None and counts["200"]:
+                    failures.append(f"{kind}: {counts['200']} read (200), where the decoder must refuse it")
+                if refusal is not None and (wrong := sorted(r for r in got["refusals"] if refusal not in r)):
+                    failures.append(f"{kind}: refused for another reason than {refusal!r}: {wrong[0][:300]}")
             # what the flood leaves behind: decodes already running finish, queued work of gone clients is dropped
             start = time.perf_counter()
             r = httpx.post(f"{url}/v1/predict", files={"file": ("x.jpeg", images[0], "image/jpeg")}, timeout=600)
