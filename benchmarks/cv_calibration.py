@@ -78,6 +78,9 @@ def load_fold(cv: CvFolder, number: int, scored: dict[str, float]) -> Fold:
     # a film its bundle could not read has no score
     kept = [i for i, record in enumerate(records) if oof_name(record.path) in scored]
     probability = np.array([scored[oof_name(records[i].path)] for i in kept])
+    if not (0 < probability.min() and probability.max() < 1):  # the margin would be infinite
+        sys.exit(f"{cv.root}: fold {number}'s oof.csv holds a probability of 0 or 1, whose logit margin cannot be "
+                 "recovered")
     _, trained = select(split.split("train"), task)
     positives = int(binary_targets(trained).sum())
     return Fold(number, binary_targets(targets[kept]),

@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.options import SPLITS
-from pneumoscan.data.decode import image_info, open_regular, read_gray
+from pneumoscan.data.decode import image_info, open_film, read_gray
 from pneumoscan.data.layouts import Layout, Record, name_conflict
 from pneumoscan.data.pixels import DecodeError
 
@@ -46,9 +46,9 @@ NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to
 
 
 def _sha256(path: str) -> str:
-    """Hex SHA-256 of a regular file's bytes, opened as decoding opens it (:func:`open_regular`): a manifest may
+    """Hex SHA-256 of a regular file's bytes, opened as decoding opens it (:func:`open_film`): a manifest may
     name a FIFO or a device, which would hang split and audit; DecodeError names what it is instead."""
-    with open_regular(path) as f:
+    with open_film(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -31,8 +31,9 @@ Source = str | Path | bytes
 
 
 @contextmanager
-def open_regular(path: Path | str) -> Iterator[BinaryIO]:
-    """:func:`pneumoscan.core.files.open_regular` for decoding: a special file is a DecodeError, as every bad input."""
+def open_film(path: Path | str) -> Iterator[BinaryIO]:
+    """A film opened by :func:`pneumoscan.core.files.open_regular`, a special file a DecodeError, as every bad input
+    is."""
     try:
         f = files.open_regular(path)
     except files.NotRegularFile as e:
@@ -51,7 +52,7 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
     else:
         src = Path(source)
         try:
-            with open_regular(src) as f:
+            with open_film(src) as f:
                 head = f.read(readers.HEAD_BYTES)
         except FileNotFoundError:
             raise DecodeError("file not found") from None

@@ -249,14 +249,14 @@ def runtime_versions() -> dict[str, str]:
     return found
 
 
-def read_bundle_text(path: Path, remedy: str = "restore the bundle from a good copy") -> str:
+def read_bundle_text(path: Path) -> str:
     """A bundle's text file (its card, a sidecar), refused (ValueError) when it is not a regular file: a pipe or a
     device in its place (a link to /dev/zero) would be read without end. FileNotFoundError when it is missing."""
     try:
         with open_regular(path) as f:
             return f.read().decode()
     except NotRegularFile as e:
-        raise ValueError(f"{path} is {e}; {remedy}") from None
+        raise ValueError(f"{path} is {e}; restore the bundle from a good copy") from None
 
 
 def _card_digest(fields: Mapping[str, object]) -> str:

@@ -669,8 +669,8 @@ def _check_luts(ds: Dataset) -> None:
     for keyword, name in (("ModalityLUTSequence", "Modality LUT"), ("VOILUTSequence", "VOI LUT")):
         if not given(ds, keyword):
             continue
-        rescale = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
-        if keyword == "ModalityLUTSequence" and rescale != (1, 0):
+        if keyword == "ModalityLUTSequence" and (float(ds.get("RescaleSlope", 1)),
+                                                 float(ds.get("RescaleIntercept", 0))) != (1, 0):
             # PS3.3 C.11.1 allows one or the other; pydicom applies the LUT and passes the rescale over (a slope of -1,
             # the film's polarity, was dropped), a viewer may do either
             raise pixels.DecodeError("malformed DICOM header: both a Modality LUT and a Rescale Slope and Intercept "
