@@ -233,23 +233,31 @@ def test_a_frame_with_more_huffman_codes_than_the_cap_is_refused_before_its_walk
         read_gray(data)
 
 
-def _lossless_dicom_of_scans(side: int, scans: int) -> bytes:
-    """:func:`_lossless_dicom`'s frame with its one scan coded ``scans`` times: each scan within the cap."""
-    scan = _segment(0xDA, bytes([1, 1, 0, 1, 0, 0])) + bytes(-(-side * side // 8))
+def _lossless_dicom_of_scans(side: int, scans: int, first: bytes = b"\0") -> bytes:
+    """:func:`_lossless_dicom`'s frame with its one scan coded ``scans`` times: each scan within the cap. Its table
+    holds one code, a 0 bit; ``first``: the byte the first scan's data is made of (a 1 bit is a code no table holds)."""
+    sos, data = _segment(0xDA, bytes([1, 1, 0, 1, 0, 0])), -(-side * side // 8)
+    scans_coded = [sos + (first if i == 0 else b"\0") * data for i in range(scans)]
     frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
-             + _segment(0xC4, bytes([0, 2] + [0] * 15 + [0, 1])) + scan * scans + b"\xff\xd9")  # fmt: skip
+             + _segment(0xC4, bytes([0, 1] + [0] * 15 + [0])) + b"".join(scans_coded) + b"\xff\xd9")  # fmt: skip
     return _jpeg_dicom(frame, uid.JPEGLosslessSV1, side)
 
 
-def test_a_lossless_frame_of_many_scans_is_capped_as_a_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lossless_frame_of_many_scans_is_capped_as_a_whole_before_any_is_walked(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The cap was a scan's: one scan of 18.49 million codes repeated 8 times in an 18.5 MB frame kept the walk
-    busy for 38 s. The frame's scans share it."""
+    busy for 38 s. The frame's scans share it, and are counted before any is walked: capped scan by scan, the first
+    was still walked (4.4 s a frame, holding the GIL, so a flood of them took the service 3 minutes). A first scan
+    of codes no table holds shows which came first: walked, it is corrupt data; counted first, the frame costs too
+    much."""
     monkeypatch.setattr(pixels, "MAX_HUFFMAN_CODES", 2 * 64 * 64 - 1)
     with pytest.raises(DecodeError, match="blank image"):  # one scan, walked
         read_gray(_lossless_dicom_of_scans(64, 1))
-    with pytest.raises(DecodeError, match=r"^JPEG scan too costly to check: up to 4,096 Huffman codes \(64 x 64\), "
-                                          r"over the 8,191 that are checked in a frame$"):
-        read_gray(_lossless_dicom_of_scans(64, 2))
+    with pytest.raises(DecodeError, match="Corrupt JPEG data"):  # within the cap: walked
+        read_gray(_lossless_dicom_of_scans(64, 1, first=b"\x55"))
+    with pytest.raises(DecodeError, match=r"^JPEG scan too costly to check: up to 8,192 Huffman codes in 2 scans "
+                                          r"\(64 x 64\), over the 8,191 that are checked in a frame$"):
+        read_gray(_lossless_dicom_of_scans(64, 2, first=b"\x55"))
 
 
 def test_a_12_bit_progressive_frame_is_capped_as_an_8_bit_one_is(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -199,12 +200,50 @@ def _walk_scans(frame: bytes) -> None:
     """Walk a sequential Huffman-coded JPEG (baseline or extended DCT, or lossless; any precision) and raise
     ValueError where libjpeg would warn of corrupt data: a code no table holds, a block of over 64 coefficients, a
     scan that ends before its last sample or goes on past it, restart markers missing or out of order. Only code
-    lengths are read, no coefficient or sample is decoded. Progressive and arithmetic-coded frames are left to the
-    decoder."""
+    lengths are read, no coefficient or sample is decoded. A frame whose scans may hold more than MAX_HUFFMAN_CODES
+    codes in all is refused before any is walked (one scan of 18.49 million codes repeated 8 times kept the walk
+    busy 38 s; capped scan by scan, the first was still walked, 4.4 s a frame holding the GIL). Progressive and
+    arithmetic-coded frames are left to the decoder."""
+    scans: list[_Scan] = []
+    try:
+        scans.extend(_sequential_scans(frame))
+        fault = None
+    except (ValueError, IndexError, KeyError) as e:  # raised once the scans before it are walked, as libjpeg reads
+        fault = e
+    if (codes := sum(scan.codes for scan in scans)) > pixels.MAX_HUFFMAN_CODES:
+        (width, height), several = scans[0].size, f" in {len(scans)} scans" if len(scans) > 1 else ""
+        raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes{several} ({width} x "
+                                 f"{height}), over the {pixels.MAX_HUFFMAN_CODES:,} that are checked in a frame")
+    for scan in scans:
+        for number, interval in enumerate(_restart_intervals(frame[scan.start : scan.end], scan.restart, scan.mcus)):
+            count = min(scan.restart, scan.mcus - number * scan.restart) if scan.restart else scan.mcus
+            _check_interval(interval, scan.units, count, scan.lossless)
+    if fault is not None:
+        raise fault
+
+
+class _Scan(NamedTuple):
+    """A sequential Huffman-coded scan as :func:`_walk_scans` walks it: its entropy-coded data ``frame[start:end]``,
+    its MCUs, the coding of each unit of an MCU, and the most codes it may hold (one a bit of its data at most)."""
+
+    start: int
+    end: int
+    size: tuple[int, int]
+    restart: int
+    lossless: bool
+    mcus: int
+    units: list[_Coding]
+    codes: int
+
+
+def _sequential_scans(frame: bytes) -> Iterator[_Scan]:
+    """The scans of a sequential Huffman-coded frame, each with the tables, components and restart interval its
+    markers have defined by then; none of a progressive or arithmetic-coded one (a progression's cost is capped
+    here), nor after a scan whose height a DNL marker gives later. A frame without a scan is refused."""
     tables: dict[tuple[int, int], list[int]] = {}
     components: dict[int, tuple[int, int]] = {}
-    width = height = restart = scans = codes = 0  # codes: those the scans so far may hold, capped for the frame
-    lossless = False
+    width = height = restart = 0
+    lossless = scanned = False
     for marker, _, end, segment in _segments(frame, strict=True):
         if marker in _HUFFMAN_SEQUENTIAL:  # SOF0, SOF1: sequential DCT; SOF3: lossless; all Huffman-coded
             lossless = marker == 0xC3
@@ -227,10 +266,14 @@ def _walk_scans(frame: bytes) -> None:
         elif marker == 0xDA:  # SOS
             if not height:  # the height comes in a DNL marker after the scan
                 return
-            codes += _check_scan(frame, end, segment, components, tables, (width, height), restart, lossless,
-                                 pixels.MAX_HUFFMAN_CODES - codes)
-            scans += 1
-    if not scans:
+            mcus, units = _scan_units(segment, components, tables, (width, height), lossless)
+            found = _ENDS_SCAN.search(frame, end)
+            if found is None:
+                raise ValueError("Premature end of JPEG file")
+            codes = min(mcus * len(units) * (1 if lossless else 65), 8 * (found.start() - end))  # a code takes a bit
+            scanned = True
+            yield _Scan(end, found.start(), (width, height), restart, lossless, mcus, units, codes)
+    if not scanned:
         raise ValueError("JPEG datastream contains no image")
 
 
@@ -252,28 +295,6 @@ def _huffman_lookup(counts: bytes, symbols: bytes) -> list[int]:
 
 # A unit's coding in a scan: (its DC or lossless differences' :func:`_dc_steps`, its AC table; None in a lossless scan)
 _Coding = tuple[list[int], list[int] | None]
-
-
-def _check_scan(frame: bytes, start: int, sos: bytes, components: dict[int, tuple[int, int]],
-                tables: dict[tuple[int, int], list[int]], size: tuple[int, int], restart: int,
-                lossless: bool, budget: int) -> int:  # fmt: skip
-    """Check the entropy-coded data of the scan from ``start``, up to the marker that ends it. A DCT
-    scan codes 8 x 8 blocks (a DC code, then AC codes up to 64 coefficients), a lossless one each sample (a code
-    for the difference's size, 0-16, then its bits; 16 has none, T.81 H.1.2.2): the same walk, a unit of 1 x 1.
-    Refused before any code is read when it may hold more than ``budget`` codes, what MAX_HUFFMAN_CODES leaves of
-    the frame's (one scan repeated 8 times held 8 times its codes: 38 s of walking); returns how many it may hold."""
-    mcus, units = _scan_units(sos, components, tables, size, lossless)
-    found = _ENDS_SCAN.search(frame, start)
-    if found is None:
-        raise ValueError("Premature end of JPEG file")
-    codes = min(mcus * len(units) * (1 if lossless else 65), 8 * (found.start() - start))  # each code takes a bit
-    if codes > budget:
-        raise pixels.DecodeError(f"JPEG scan too costly to check: up to {codes:,} Huffman codes "
-                                 f"({size[0]} x {size[1]}), over the {pixels.MAX_HUFFMAN_CODES:,} that are checked "
-                                 "in a frame")
-    for number, interval in enumerate(_restart_intervals(frame[start : found.start()], restart, mcus)):
-        _check_interval(interval, units, min(restart, mcus - number * restart) if restart else mcus, lossless)
-    return codes
 
 
 def _scan_units(sos: bytes, components: dict[int, tuple[int, int]], tables: dict[tuple[int, int], list[int]],
