@@ -1,7 +1,7 @@
 """How often the appearance check (pneumoscan.data.appearance) flags films: held-out validation films as they are,
 changed as another machine or protocol might change them (bench_shift's changes: these should mostly pass), and
-faults that must not pass (turned, upside down, inverted, heavy blur, noise). The appearance is fitted on the run's
-training films at the bundle's preprocessing, as training records it.
+faults that must not pass (turned, upside down, inverted, heavy blur, noise, a window that clips to white or to
+black). The appearance is fitted on the run's training films at the bundle's preprocessing, as training records it.
 
     python benchmarks/bench_appearance.py BUNDLE RUN/split.csv
 """
@@ -19,6 +19,16 @@ from pneumoscan.data.labelled import labelled_images
 from pneumoscan.models.card import load_card
 from pneumoscan.data.tasks import get_task
 
+
+def clipped_black(share: int) -> Change:
+    """A window whose lower edge is the film's ``share``-th percentile: that share of the film goes black."""
+    def change(a: np.ndarray) -> np.ndarray:
+        low = np.percentile(a, share)
+        return np.clip(np.round((a - low) * 255.0 / max(255.0 - low, 1.0)), 0, 255).astype(np.uint8)
+
+    return change
+
+
 FAULTS: dict[str, Change] = {
     "turned 90 degrees": np.rot90,
     "upside down": np.flipud,
@@ -32,6 +42,8 @@ FAULTS: dict[str, Change] = {
     "window clipping, contrast x3": lambda a: np.clip((a.astype(float) - a.mean()) * 3 + 128, 0, 255).astype(np.uint8),
     # a bent tone curve that clips nothing: not caught (docs/dicom.md)
     "gamma 0.3 (brightened)": lambda a: np.round(255 * (a / 255.0) ** 0.3).astype(np.uint8),
+    # a window raised from below: the darkest share of the film black, the lungs first
+    **{f"window clipped to black, darkest {q} %": clipped_black(q) for q in (10, 20, 30, 40, 50)},
 }
 
 
@@ -47,16 +59,16 @@ def main() -> None:
     val, _, _ = labelled_images(args.data, "val", task, card.spec)
     appearance = Appearance.fit(train)
     print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
-    print("| films | flagged | by layout | by orientation | by sharpness | by contrast | by white |")
-    print("|---|---|---|---|---|---|---|")
+    print("| films | flagged | by layout | by orientation | by sharpness | by contrast | by white | by black |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, change in {**CHANGES, **FAULTS}.items():
         reasons = appearance.warnings(np.stack([np.ascontiguousarray(change(a)) for a in val]))
-        layout, turned, sharp, flat, white = (
+        layout, turned, sharp, flat, white, black = (
             np.mean([any(word in w for word in words for w in r) for r in reasons])
             for words in (("layout of light",), ("upside down",), ("blurrier", "noise"), ("less contrast",),
-                          ("is white",)))
+                          ("is white",), ("is black",)))
         print(f"| {'fault: ' if name in FAULTS else ''}{name} | {np.mean([bool(r) for r in reasons]):.1%} | "
-              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} | {flat:.1%} | {white:.1%} |")
+              f"{layout:.1%} | {turned:.1%} | {sharp:.1%} | {flat:.1%} | {white:.1%} | {black:.1%} |")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pneumoscan.data.appearance import MIN_FILMS, Appearance
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import make_record, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.scope import CLIPPED_WHITE, CONTENT, CONTENT_UNCHECKED, in_scope, kind_of
+from pneumoscan.data.scope import CLIPPED_BLACK, CLIPPED_WHITE, CONTENT, CONTENT_UNCHECKED, in_scope, kind_of
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import APPEARANCE, load_card
 from pneumoscan.serving.app import create_app
@@ -53,6 +53,8 @@ def _odd_images(film: np.ndarray) -> dict[str, np.ndarray]:
         "flat": np.round(film * 0.1 + 200).astype(np.uint8),  # a window fault: washed out, every shape kept
         # a window that clips: the contrast tripled about the mean, the bright half white
         "clipped": np.clip((film.astype(float) - film.mean()) * 3 + 128, 0, 255).astype(np.uint8),
+        # a window raised from below: the darkest 40 % of the film black, the lungs first
+        "clipped black": np.clip((film - np.percentile(film, 40)) * 2, 0, 255).astype(np.uint8),
         "form": np.asarray(page),
     }
 
@@ -75,6 +77,9 @@ def test_films_unlike_the_training_films_are_flagged_and_like_ones_are_not(data_
     # its spread and layout looked fine: a normal film so read pneumonia at 0.95-0.99, in scope
     assert [w for w in flagged["clipped"] if "white" in w] == [CLIPPED_WHITE.text(
         share=100 * np.mean(odd["clipped"] >= 253), width=64, height=64, most=100 * appearance.white)]
+    # black borders are common, so only the middle counts: there the blacked-out lungs passed every check
+    assert [w for w in flagged["clipped black"] if "black" in w] == [CLIPPED_BLACK.text(
+        share=100 * np.mean(odd["clipped black"][16:48, 16:48] <= 2), width=64, height=64, most=100 * appearance.black)]
     # written and read back as the bundle keeps it
     again = Appearance.from_arrays(appearance.to_arrays())
     assert again.warnings(np.stack(list(odd.values()))) == list(flagged.values())
@@ -89,10 +94,15 @@ def test_too_few_films_or_a_foreign_record_are_refused(data_root: Path) -> None:
     good = {"mean": np.zeros(36), "precision": np.eye(36), "limits": np.array([10.0, -3.0, -1.0, 60.0])}
     assert Appearance.from_arrays(good).layout_limit == 10.0
     assert Appearance.from_arrays(good).white is None  # a record made before the white check: left out, not refused
-    assert Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.02])}).white == 0.02
+    before_black = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.02])})
+    assert (before_black.white, before_black.black) == (0.02, None)  # a record made before the black check
+    now = Appearance.from_arrays(good | {"limits": np.array([10.0, -3.0, -1.0, 60.0, 0.02, 0.05])})
+    assert (now.white, now.black) == (0.02, 0.05)
+    assert now.to_arrays()["limits"].tolist() == [10.0, -3.0, -1.0, 60.0, 0.02, 0.05]
     for name, value in (("precision", -np.eye(36)), ("limits", np.array([10.0, -1.0, -3.0, 60.0])),
                         ("limits", np.array([-1.0, -3.0, -1.0, 60.0])),
-                        ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.0]))):
+                        ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.0])),
+                        ("limits", np.array([10.0, -3.0, -1.0, 60.0, 0.02, 0.0]))):
         with pytest.raises(ValueError, match="positive definite|out of order"):
             Appearance.from_arrays(good | {name: value})
 

@@ -62,6 +62,8 @@ def _content_warnings(appearance: Appearance) -> dict[str, tuple[list[str], Warn
         "noise": (rng.integers(0, 256, film.shape, dtype=np.uint8), scope.NOISY),
         "a film a window clips to white": (np.clip((film.astype(float) - film.mean()) * 3 + 128, 0, 255).astype(
             np.uint8), scope.CLIPPED_WHITE),
+        "a film a window clips to black": (np.clip((film - np.percentile(film, 50)) * 2, 0, 255).astype(np.uint8),
+                                           scope.CLIPPED_BLACK),
     }
     found = {case: (appearance.warnings(pixels[None])[0], kind) for case, (pixels, kind) in odd.items()}
     # upside down with its coarse layout let through: what tells it is that turned, it is like the training films

@@ -166,6 +166,9 @@ LOW_CONTRAST = WarningKind(CONTENT + "much less contrast than the training films
 CLIPPED_WHITE = WarningKind(CONTENT + "{share:.0f} % of it is white at the model's input ({width} x {height} px), "
                             "where the training films have at most {most:.1f} %: a window that clips, or an export "
                             "fault?", out_of_scope=True, source="pixels")
+CLIPPED_BLACK = WarningKind(CONTENT + "{share:.0f} % of its middle is black at the model's input ({width} x {height} "
+                            "px), where the training films have at most {most:.1f} %: a window that clips, or an "
+                            "export fault?", out_of_scope=True, source="pixels")
 UNLIKE_LAYOUT = WarningKind(CONTENT + "its layout of light and dark is unlike that of the training films ({times:.2f} "
                             "times the limit): another view or body part, a turned or inverted film, wide borders or "
                             "padding, or no radiograph", out_of_scope=True, source="pixels")
@@ -181,8 +184,8 @@ CONTENT_UNCHECKED = WarningKind(CONTENT + "not checked: this model records no ap
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
 # warning two kinds could have written counts against the film
 KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
-         THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, CLIPPED_WHITE, UNLIKE_LAYOUT, TURNED, BLURRED, NOISY,
-         UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED, BIRTH_DATE_MALFORMED, AGE_OUTSIDE,
+         THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, CLIPPED_WHITE, CLIPPED_BLACK, UNLIKE_LAYOUT, TURNED, BLURRED,
+         NOISY, UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED, BIRTH_DATE_MALFORMED, AGE_OUTSIDE,
          INVALID_UID, UNREAD, CONTENT_UNCHECKED)
 
 
