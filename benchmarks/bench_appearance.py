@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 from PIL import ImageFilter
 
-from bench_shift import CHANGES, Change, pillow
+from bench_shift import CHANGES, Change, gamma, pillow
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.labelled import labelled_images
 from pneumoscan.models.card import load_card
@@ -41,7 +41,9 @@ FAULTS: dict[str, Change] = {
     "window clipping, contrast x2": lambda a: np.clip((a.astype(float) - a.mean()) * 2 + 128, 0, 255).astype(np.uint8),
     "window clipping, contrast x3": lambda a: np.clip((a.astype(float) - a.mean()) * 3 + 128, 0, 255).astype(np.uint8),
     # a bent tone curve that clips nothing: not caught (docs/dicom.md)
-    "gamma 0.3 (brightened)": lambda a: np.round(255 * (a / 255.0) ** 0.3).astype(np.uint8),
+    "gamma 0.3 (brightened)": gamma(0.3),
+    "gamma 2 (darkened)": gamma(2.0),
+    "gamma 3 (darkened)": gamma(3.0),
     # a window raised from below: the darkest share of the film black, the lungs first
     **{f"window clipped to black, darkest {q} %": clipped_black(q) for q in (10, 20, 30, 40, 50)},
 }

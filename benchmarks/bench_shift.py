@@ -3,7 +3,10 @@ threshold with every image changed the same way (exposure, contrast, blur, sharp
 grain, heavy JPEG, low resolution). No test data is used: these are stand-ins for other machines and protocols,
 to show which kind of difference moves the scores and the operating point.
 
-    python benchmarks/bench_shift.py BUNDLE RUN/split.csv [--split val]
+    python benchmarks/bench_shift.py BUNDLE RUN/split.csv [--split val] [--faults]
+
+--faults also scores bench_appearance's faults (a turned film, a window clipped to white or black, a strong
+gamma): whether the model reads them worse says which of them a content check is worth.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("bundle")
     parser.add_argument("data", help="the run's split.csv (or any labelled data)")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--faults", action="store_true", help="also bench_appearance's faults")
     args = parser.parse_args()
 
     predictor = Predictor(args.bundle, backend="onnx")
@@ -94,8 +98,13 @@ def main() -> None:
     print(f"{card.model} · {card.task} · threshold {card.threshold:.4f} · {len(y)} {args.split} images")
     print(f"| change | AUC | sensitivity | specificity | mean P({card.positive}) of {card.classes[0]} |")
     print("|---|---|---|---|---|")
-    for name, change in CHANGES.items():
-        changed = np.stack([change(a) for a in images])
+    changes = dict(CHANGES)
+    if args.faults:
+        from bench_appearance import FAULTS  # it takes CHANGES from here
+
+        changes |= {f"fault: {name}": change for name, change in FAULTS.items()}
+    for name, change in changes.items():
+        changed = np.stack([np.ascontiguousarray(change(a)) for a in images])
         p = predictor.positive_probability(predictor.probabilities(changed))
         m = binary_metrics(y, p, card.threshold)
         print(f"| {name} | {roc_auc_score(y, p):.4f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} "
