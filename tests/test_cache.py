@@ -111,8 +111,6 @@ def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(
 
     from PIL import ImageFile
 
-    from pneumoscan.data import decode
-
     paths, good, _ = folder
     failing = good[2]
     eio = OSError(errno.EIO, "Input/output error")
@@ -124,7 +122,7 @@ def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(
         return call
 
     if when == "opening the file":
-        monkeypatch.setattr(decode.os, "open", failing_for_one_film(os.open, str))
+        monkeypatch.setattr(os, "open", failing_for_one_film(os.open, str))  # as core.files.open_regular opens
     else:
         monkeypatch.setattr(ImageFile.ImageFile, "load", failing_for_one_film(
             ImageFile.ImageFile.load, lambda im: str(getattr(im, "filename", ""))))
