@@ -49,13 +49,12 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom import uid
-from pydicom.encaps import encapsulate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders)
 
 from bench_serve import free_port, post_xrays, start_server  # noqa: E402  (this folder: the script's own path entry)
-from tests.builders import dicom_bytes  # noqa: E402
+from tests.builders import dicom_bytes, framed_dicom  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
 MB = 2**20
@@ -133,18 +132,6 @@ def _ramp(side: int) -> np.ndarray:
     return (np.add.outer(np.arange(side), np.arange(side)) * 16).astype(np.uint16)
 
 
-def _framed(frame: bytes, syntax: str, side: int, bits: int, **elements: object) -> bytes:
-    """A DICOM film of ``side x side`` (tests.builders' writer) whose pixel data is the one compressed ``frame``."""
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((1, 1)), bits=bits, **elements)))
-    ds.Rows = ds.Columns = side
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    return buf.getvalue()
-
-
 def jp2_decoy(side: int) -> bytes:
     """bd86afa: a JP2 frame whose codestream (jp2c) is ``side`` px square, after a box holding a copy of a SOC and
     SIZ of the header's 256 x 256, which the size check read (12,000 px in 52 KB decoded to 2.4 GB)."""
@@ -157,7 +144,7 @@ def jp2_decoy(side: int) -> bytes:
     copy = bytes(codestream[: 4 + int.from_bytes(codestream[4:6], "big")])  # SOC, then SIZ
     codestream[8:16] = struct.pack(">II", side, side)  # Xsiz, Ysiz
     frame = jp2[:at] + _box(b"xml ", copy) + _box(b"jp2c", bytes(codestream))
-    return _framed(frame, uid.JPEG2000Lossless, 256, 12)
+    return framed_dicom(frame, uid.JPEG2000Lossless, 256, 12)
 
 
 def j2k_frame(side: int, tile: int, precinct: int | None) -> bytes:
@@ -234,7 +221,7 @@ def palette_film(side: int) -> bytes:
     lut = (np.arange(256, dtype=np.uint16) * 257).tobytes()
     palette = {f"{c}PaletteColorLookupTable{part}": value for c in ("Red", "Green", "Blue")
                for part, value in (("Descriptor", [256, 0, 16]), ("Data", lut))}
-    return _framed(frame, uid.RLELossless, side, 8, photometric="PALETTE COLOR", **palette)
+    return framed_dicom(frame, uid.RLELossless, side, 8, photometric="PALETTE COLOR", **palette)
 
 
 def transparent_png(side: int) -> bytes:
@@ -296,17 +283,18 @@ def refused_uploads() -> dict[str, Upload]:
         ("JPEG 2000 DICOM: JP2 frame, decoy SIZ, codestream 12,000 x 12,000", jp2_decoy(12000),
          "the compressed frame is 12000 x 12000 pixels"),
         ("JPEG 2000 DICOM: 2 x 2 precincts, 5,792 x 5,792",
-         _framed(j2k_frame(5792, 5792, 1), uid.JPEG2000Lossless, 5792, 8), "precincts (limit 262,144)"),
+         framed_dicom(j2k_frame(5792, 5792, 1), uid.JPEG2000Lossless, 5792, 8), "precincts (limit 262,144)"),
         ("JPEG 2000 DICOM: 63,504 tiles of 23 px, 5,792 x 5,792",
-         _framed(j2k_frame(5792, 23, None), uid.JPEG2000Lossless, 5792, 8), "cut into 63,504 tiles"),
+         framed_dicom(j2k_frame(5792, 23, None), uid.JPEG2000Lossless, 5792, 8), "cut into 63,504 tiles"),
         ("progressive JPEG, 2,649 scans, 12,000 x 12,000 colour", progressive_jpeg(12000, 3, 8),
          "a progressive JPEG whose scans visit over"),
         ("12-bit progressive JPEG DICOM frame, 883 scans, 5,792 x 5,792",
-         _framed(progressive_jpeg(5792, 1, 12), uid.JPEGExtended12Bit, 5792, 12),
+         framed_dicom(progressive_jpeg(5792, 1, 12), uid.JPEGExtended12Bit, 5792, 12),
          "a progressive JPEG whose scans visit over"),
         ("JPEG Lossless DICOM, 8 scans, 4,300 x 4,300 12-bit",
-         _framed(lossless_frame(4300, 8), uid.JPEGLosslessSV1, 4300, 12), "JPEG scan too costly to check"),
-        ("RLE DICOM, segment at offset 66, 2,048 x 2,048", _framed(rle_frame(2048, 19 * MB), uid.RLELossless, 2048, 8),
+         framed_dicom(lossless_frame(4300, 8), uid.JPEGLosslessSV1, 4300, 12), "JPEG scan too costly to check"),
+        ("RLE DICOM, segment at offset 66, 2,048 x 2,048",
+         framed_dicom(rle_frame(2048, 19 * MB), uid.RLELossless, 2048, 8),
          "the RLE frame's header does not describe its segments"),
         ("PALETTE COLOR DICOM, 5,792 x 5,792", palette_film(5792), "DICOM (3 sample(s) as float64)"),
         ("PNG with tRNS, 12,000 x 12,000 grey", transparent_png(12000), "image has transparent pixels"),

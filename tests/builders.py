@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
@@ -124,6 +126,19 @@ def dicom_bytes(
         setattr(ds, keyword, value)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=preamble)
+    return buf.getvalue()
+
+
+def framed_dicom(frame: bytes, syntax: str, side: int, bits: int = 8, **elements: object) -> bytes:
+    """A DICOM film of ``side`` x ``side`` (:func:`dicom_bytes`' header, ``elements`` added) whose pixel data is the
+    one compressed ``frame``, encapsulated under ``syntax``; no array of its size is made."""
+    ds = dcmread(io.BytesIO(dicom_bytes(np.zeros((1, 1)), bits=bits, **elements)))
+    ds.Rows = ds.Columns = side
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf)
     return buf.getvalue()
 
 

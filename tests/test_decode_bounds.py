@@ -22,7 +22,7 @@ from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import MAX_DECODED_BYTES, DecodeError
 from pneumoscan.data.preprocess import PreprocessSpec, preprocess
 from pneumoscan.inference.predict import Predictor
-from tests.builders import dicom_bytes, write_png
+from tests.builders import dicom_bytes, framed_dicom, write_png
 
 def test_decoding_a_large_16bit_png_holds_under_twice_its_decoded_bytes(tmp_path: Path) -> None:
     """A 6,000 x 6,000 16-bit PNG is 72 MB decoded; its float64 copies once took over 1 GB of memory."""
@@ -206,18 +206,7 @@ def _lossless_dicom(side: int) -> bytes:
     frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
              + _segment(0xC4, bytes([0, 2] + [0] * 15 + [0, 1])) + _segment(0xDA, bytes([1, 1, 0, 1, 0, 0]))
              + bytes(-(-side * side // 8)) + b"\xff\xd9")  # fmt: skip
-    return _jpeg_dicom(frame, uid.JPEGLosslessSV1, side)
-
-
-def _jpeg_dicom(frame: bytes, syntax: uid.UID, side: int) -> bytes:
-    """An 8-bit DICOM of ``side`` x ``side`` whose one frame is ``frame``, encapsulated under ``syntax``."""
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint8), bits=8)))
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    return buf.getvalue()
+    return framed_dicom(frame, uid.JPEGLosslessSV1, side)
 
 
 def test_a_frame_with_more_huffman_codes_than_the_cap_is_refused_before_its_walk(
@@ -240,7 +229,7 @@ def _lossless_dicom_of_scans(side: int, scans: int, first: bytes = b"\0") -> byt
     scans_coded = [sos + (first if i == 0 else b"\0") * data for i in range(scans)]
     frame = (b"\xff\xd8" + _segment(0xC3, bytes([8]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
              + _segment(0xC4, bytes([0, 1] + [0] * 15 + [0])) + b"".join(scans_coded) + b"\xff\xd9")  # fmt: skip
-    return _jpeg_dicom(frame, uid.JPEGLosslessSV1, side)
+    return framed_dicom(frame, uid.JPEGLosslessSV1, side)
 
 
 def test_a_lossless_frame_of_many_scans_is_capped_as_a_whole_before_any_is_walked(
@@ -271,15 +260,9 @@ def test_a_12_bit_progressive_frame_is_capped_as_an_8_bit_one_is(monkeypatch: py
 
     frame = (b"\xff\xd8" + _segment(0xC2, bytes([12]) + struct.pack(">HH", side, side) + bytes([1, 1, 0x11, 0]))
              + scan(0, 0) + scan(1, 63) + b"\xff\xd9")  # fmt: skip
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((side, side), np.uint16), bits=12)))
-    ds.file_meta.TransferSyntaxUID = uid.JPEGExtended12Bit
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ds.save_as(buf)
     monkeypatch.setattr(pixels, "MAX_PROGRESSIVE_BLOCKS", side * side // 64)  # one scan's visits: the second's over
     with pytest.raises(DecodeError, match=r"a progressive JPEG whose scans visit over 64 of its 8 x 8 blocks"):
-        read_gray(buf.getvalue())
+        read_gray(framed_dicom(frame, uid.JPEGExtended12Bit, side, 12))
 
 
 def test_a_jpeg_with_a_harmless_warning_is_walked_within_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -481,7 +464,7 @@ def test_a_dicom_jpeg_frame_of_more_marker_segments_than_any_film_is_refused_fro
     """Walked in Python to find its frame header and check its scans, 4 MB of empty comments in one frame took 2.7 s
     (any number went; the pixel data's fragments were counted, not the segments inside one)."""
     def dicom(comments: int) -> bytes:
-        return _jpeg_dicom(_with_empty_pieces("JPEG", comments), uid.JPEGBaseline8Bit, 64)
+        return framed_dicom(_with_empty_pieces("JPEG", comments), uid.JPEGBaseline8Bit, 64)
 
     monkeypatch.setattr(pixels, "MAX_SEGMENTS", 50)
     assert read_gray(dicom(30)).shape == (64, 64)  # with its own dozen or so (APP0, DQT, SOF, DHT, SOS)
