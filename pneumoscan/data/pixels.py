@@ -13,6 +13,7 @@ import io
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -188,6 +189,12 @@ def too_many_segments(what: str) -> DecodeError:
 def stream(src: Path | bytes) -> Path | io.BytesIO:
     """What a library opens: the path, or the bytes as a file."""
     return io.BytesIO(src) if isinstance(src, bytes) else src
+
+
+def opened(src: Path | bytes) -> BinaryIO:
+    """``src`` as a binary file to read and seek in (close it, as a ``with`` block does): the file at the path, or
+    the bytes."""
+    return io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
 
 
 def reduce(gray: Image.Image, target: int | None) -> Image.Image:

@@ -319,7 +319,7 @@ def _check_element_count(src: Path | bytes, inflated: bytes | None) -> None:
     if inflated is not None:
         _count_elements(io.BytesIO(inflated), implicit=False)
         return
-    with open(src, "rb") if isinstance(src, Path) else nullcontext(io.BytesIO(src)) as fp:
+    with pixels.opened(src) as fp:
         filereader.read_preamble(fp, force=True)
         syntax = filereader._read_file_meta_info(fp).get("TransferSyntaxUID")
         start = fp.tell()
@@ -405,7 +405,7 @@ def _step_over_fragments(fp: BinaryIO) -> None:
 def _inflated(src: Path | bytes) -> tuple[bytes | None, FileMetaDataset, bytes] | None:
     """(preamble, file meta, inflated dataset) of a file in the Deflated Explicit VR Little Endian syntax, None for
     any other. The file meta is read as pydicom's dcmread reads it (its own reader, so both agree on the syntax)."""
-    with open(src, "rb") if isinstance(src, Path) else nullcontext(io.BytesIO(src)) as fp:
+    with pixels.opened(src) as fp:
         preamble = filereader.read_preamble(fp, force=True)
         meta = filereader._read_file_meta_info(fp)
         if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:

@@ -129,7 +129,7 @@ def _marked_format(src: Path | bytes) -> str | None:
     """The format a file's first bytes mark (:data:`_MAGIC`), None for any other or an unreadable file: a file Pillow
     cannot identify is then a damaged JPEG or PNG, not some other kind of file."""
     try:
-        with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
+        with pixels.opened(src) as fp:
             head = fp.read(8)
     except OSError:
         return None
@@ -146,7 +146,7 @@ def _count_segments(src: Path | bytes) -> None:
     short, is left to Pillow to refuse."""
     profiles = 0
     try:
-        with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
+        with pixels.opened(src) as fp:
             head = fp.read(8)
             if head[:2] == b"\xff\xd8":
                 steps, what = _jpeg_steps(fp), "JPEG marker segments"
@@ -283,7 +283,7 @@ def _png_images(src: Path | bytes) -> int:
     """How many images a PNG holds: its default image (IDAT), and, when an animation control (acTL) comes before it
     (the APNG rule, without which browsers and Pillow show a still PNG), a frame for each frame control (fcTL) after
     it, whatever the acTL says (frame data, fdAT, without one counts one)."""
-    with open(src, "rb") if isinstance(src, Path) else pixels.stream(src) as fp:
+    with pixels.opened(src) as fp:
         fp.seek(len(_MAGIC["PNG"]))
         kinds = iter(_png_chunks(fp))
         animated = b"acTL" in itertools.takewhile(lambda kind: kind != b"IDAT", kinds)
