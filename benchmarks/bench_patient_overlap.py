@@ -33,12 +33,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
-import imagehash
 import numpy as np
 import torch
-from PIL import Image
 
-from pneumoscan.data.copies import NEAR_DUPLICATE_BITS, PHASH_SIZE
+from pneumoscan.data.copies import NEAR_DUPLICATE_BITS, scan_file
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.transforms import to_input
 from pneumoscan.models.registry import create, normalization
@@ -93,7 +91,7 @@ class Films:
         self.mean, self.std = normalization(MODEL)
         self.gray: dict[str, np.ndarray] = {}
         self.feature: dict[str, np.ndarray] = {}
-        self.hash: dict[str, imagehash.ImageHash] = {}
+        self.hash: dict[str, np.ndarray] = {}  # packed bits
 
     def pixels(self, path: str) -> np.ndarray:
         if path not in self.gray:
@@ -136,11 +134,11 @@ class Films:
         return float(np.corrcoef(x[8:-8, 8:-8].ravel(), y[8:-8, 8:-8].ravel())[0, 1])
 
     def phash(self, a: str, b: str) -> int:
-        """Bits apart of the two films' 256-bit pHashes, as pneumoscan's copy check computes them."""
+        """Bits apart of the two films' 256-bit pHashes, pneumoscan's copy check's own (:func:`scan_file`)."""
         for p in (a, b):
             if p not in self.hash:
-                self.hash[p] = imagehash.phash(Image.fromarray(self.pixels(p)), hash_size=PHASH_SIZE)
-        return int(self.hash[a] - self.hash[b])
+                self.hash[p] = np.frombuffer(scan_file(p, header=False)["phash"], np.uint8)
+        return int(np.unpackbits(self.hash[a] ^ self.hash[b]).sum())
 
 
 def deranged(pairs: Sequence[Pair], seed: int) -> list[Pair]:
