@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,12 +126,12 @@ def test_a_low_contrast_warning_says_where_the_contrast_was_measured() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def real_runs(data_root: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path, Path]:
     """Two bundles trained on the same 160 real films (32 and 64 px), and a manifest of 40 films neither saw."""
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.train import train
 
-    root = tmp_path_factory.mktemp("real") / "chest_xray"
+    root = module_tmp("real") / "chest_xray"
     for label in ("NORMAL", "PNEUMONIA"):
         (root / "train" / label).mkdir(parents=True)
         for film in _films(data_root, label, 0, 80):

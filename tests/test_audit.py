@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,10 @@ def _picture(seed: int, size: tuple[int, int]) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tree(module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """train/test with a corrupt file, a file copied into test, a re-encoded smaller copy in test, a .DS_Store,
     and study IM-0001 in both splits."""
-    root = tmp_path_factory.mktemp("audit") / "xray"
+    root = module_tmp("audit") / "xray"
     files = {
         "normal1": root / "train/NORMAL/IM-0001-0001.jpeg",
         "normal2": root / "train/NORMAL/IM-0002-0001.jpeg",
@@ -354,10 +355,10 @@ def test_near_duplicates_found_by_bands_are_those_every_pair_would_give() -> Non
 
 
 @pytest.fixture(scope="module")
-def conflicted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def conflicted(module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """A film whose name contradicts its folder, one picture filed as NORMAL and PNEUMONIA, two empty files of
     different patients, names that are not UTF-8 or hold TeX, and a test split without PNEUMONIA films."""
-    root = tmp_path_factory.mktemp("conflicted") / "xray"
+    root = module_tmp("conflicted") / "xray"
     files = {
         "normal": root / "train/NORMAL/IM-0001-0001.jpeg",
         "copy": root / "train/PNEUMONIA/person9_bacteria_1.jpeg",

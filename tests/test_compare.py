@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from pneumoscan.training.train import train
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def two_runs(tiny_bundle: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
     """A copy of the tiny training run and an evaluate folder of it (on the test split) beside its bundle."""
-    run = tmp_path_factory.mktemp("compare") / "tiny-run"
+    run = module_tmp("compare") / "tiny-run"
     shutil.copytree(tiny_bundle.parent, run)
     evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
     return run, run / "eval-test"
@@ -221,7 +222,7 @@ def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_coun
 
 @pytest.fixture(scope="module")
 def three_class_runs(tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path,
-                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+                     module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
     """The two three-class routes evaluated on the test split: a multiclass bundle (simple_cnn, weights as built),
     and the pneumonia bundle followed by the etiology bundle (evaluate --etiology)."""
     import torch
@@ -230,7 +231,7 @@ def three_class_runs(tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset
     from pneumoscan.models.bundle import save_bundle
     from pneumoscan.models.card import BundleCard
 
-    folder = tmp_path_factory.mktemp("three-class")
+    folder = module_tmp("three-class")
     torch.manual_seed(0)
     card = BundleCard("simple_cnn", "multiclass", ["normal", "bacteria", "virus"], "pneumonia", 32, "squash", 0.5,
                       0.25, threshold=0.3)

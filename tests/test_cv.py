@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,10 @@ def test_specificity_at_the_sensitivity_floor_is_that_of_the_most_specific_rule(
 
 
 @pytest.fixture(scope="module")
-def finished_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def finished_cv(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, list[str]]:
     """A finished two-fold cv (its OUT) and the arguments that made it; tests run it again but change no fold run.
     The data is given through a link, as a linked data disk would be."""
-    out = tmp_path_factory.mktemp("finished") / "cv"
+    out = module_tmp("finished") / "cv"
     link = out.parent / "data-link"
     link.symlink_to(tiny_dataset)
     args = ["cv", "--data", str(link), "--out", str(out), "--folds", "2", "--model", "simple_cnn",

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,9 @@ def film(data_root: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def written(tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray,
-            tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, dict[str, Path]]]:
+            module_tmp: Callable[[str], Path]) -> dict[str, tuple[dict, dict[str, Path]]]:
     """Every kind of object, written by the CLI: {case: (its results row, {"sr": path, "heatmap": path})}."""
-    tmp = tmp_path_factory.mktemp("conformance")
+    tmp = module_tmp("conformance")
     films, out = tmp / "films", tmp / "out"
     films.mkdir()
     with pydicom.config.disable_value_validation():  # the old forms and the over-long value, as devices write them

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -31,8 +31,8 @@ def film(data_root: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+def orthanc(module_tmp: Callable[[str], Path]) -> Iterator[str]:
+    with running_orthanc(module_tmp("orthanc")) as url:
         yield url
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,9 @@ TINY = ["--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epo
 
 
 @pytest.fixture(scope="module")
-def teacher_cv(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher_cv(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """A finished two-fold cv whose fold bundles teach."""
-    out = tmp_path_factory.mktemp("teachers") / "cv"
+    out = module_tmp("teachers") / "cv"
     assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2"]) == 0
     return out
 

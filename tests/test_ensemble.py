@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,27 +44,27 @@ from tests.test_integrity import written_before_checksums
 
 
 @pytest.fixture(scope="module")
-def member64(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def member64(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.train import train
 
     cfg = TrainConfig(task="pneumonia", model="simple_cnn", pretrained=False, image_size=64, epochs=1, batch_size=8,
                       val_fraction=0.25)
-    return train(tiny_dataset, cfg, tmp_path_factory.mktemp("run-64"))
+    return train(tiny_dataset, cfg, module_tmp("run-64"))
 
 
 @pytest.fixture(scope="module")
-def held_out(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def held_out(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """Labelled films no member trained on, as a site's own manifest: the dataset's test split itself measures a
     bundle and never chooses its numbers."""
-    path = tmp_path_factory.mktemp("held-out") / "site.csv"
+    path = module_tmp("held-out") / "site.csv"
     write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], path)
     return path
 
 
 @pytest.fixture(scope="module")
-def ensemble(tiny_bundle: Path, member64: Path, held_out: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ens") / "ensemble"
+def ensemble(tiny_bundle: Path, member64: Path, held_out: Path, module_tmp: Callable[[str], Path]) -> Path:
+    out = module_tmp("ens") / "ensemble"
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
                  "--out", str(out)]) == 0
     return out

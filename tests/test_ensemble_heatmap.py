@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,10 @@ ON_MEMBERS_SCALES = "on its members' scales"
 
 
 @pytest.fixture(scope="module")
-def second_member(scaled_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def second_member(scaled_bundle: Path, module_tmp: Callable[[str], Path]) -> Path:
     """scaled_bundle again, with weights of its own and a recorded scale twice its own: a member whose raw maps are
     as strong but whose scale differs, so that a map divided by the wrong member's scale shows."""
-    bundle = shutil.copytree(scaled_bundle, tmp_path_factory.mktemp("second") / "bundle")
+    bundle = shutil.copytree(scaled_bundle, module_tmp("second") / "bundle")
     nudge_weights(bundle)
     card = load_card(bundle)
     save_card(bundle, dataclasses.replace(card, heatmap_scale=2 * card.heatmap_scale))
@@ -51,8 +52,8 @@ def second_member(scaled_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def scaled_ensemble(scaled_bundle: Path, second_member: Path, held_out: Path,
-                    tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("scaled-ensemble") / "ensemble"
+                    module_tmp: Callable[[str], Path]) -> Path:
+    out = module_tmp("scaled-ensemble") / "ensemble"
     build_ensemble([scaled_bundle, second_member], out, data=held_out)
     return out
 

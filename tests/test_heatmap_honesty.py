@@ -9,7 +9,7 @@ import base64
 import dataclasses
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +57,8 @@ def _center_crop_copy(bundle: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def center_crop_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _center_crop_copy(tiny_bundle, tmp_path_factory.mktemp("crop") / "bundle")
+def center_crop_bundle(tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> Path:
+    return _center_crop_copy(tiny_bundle, module_tmp("crop") / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -986,8 +986,8 @@ def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] 
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+def orthanc(module_tmp: Callable[[str], Path]) -> Iterator[str]:
+    with running_orthanc(module_tmp("orthanc")) as url:
         yield url
 
 

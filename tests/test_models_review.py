@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
@@ -190,12 +191,12 @@ def test_members_of_another_task_or_classes_are_refused(field: str, value: objec
 
 
 @pytest.fixture(scope="module")
-def unexplainable_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unexplainable_bundle(module_tmp: Callable[[str], Path]) -> Path:
     """A bundle of efficientnet_lite0 at 32 px, whose feature map is pooled to one cell: Grad-CAM has no map of it."""
     card = BundleCard("efficientnet_lite0", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 32, "squash", 0.5, 0.25)
     torch.manual_seed(0)
     model = models.create("efficientnet_lite0", 2, in_chans=1, pretrained=False, image_size=32)
-    return save_bundle(tmp_path_factory.mktemp("unexplainable") / "bundle", model.eval(), card)
+    return save_bundle(module_tmp("unexplainable") / "bundle", model.eval(), card)
 
 
 def test_predict_heatmaps_of_an_unexplainable_model_are_refused_before_any_film(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,10 @@ def _probabilities(model: Path, spec: dict, inputs: list[np.ndarray]) -> np.ndar
 
 
 @pytest.fixture(scope="module")
-def films(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def films(data_root: Path, module_tmp: Callable[[str], Path]) -> list[Path]:
     """A full-size original, the same turned on its side with EXIF Orientation 6 (a phone photo's), a 12-bit DICOM
     with a window, one MONOCHROME1 with a rescale, and a 16-bit PNG."""
-    folder = tmp_path_factory.mktemp("films")
+    folder = module_tmp("films")
     original = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
     grey = np.asarray(Image.open(original).convert("L"))
     exif = Image.Exif()

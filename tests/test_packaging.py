@@ -16,7 +16,7 @@ import sys
 import tarfile
 import tomllib
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +54,10 @@ def _build(kind: str, project: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(module_tmp: Callable[[str], Path]) -> Built:
     """sdist from a copy of the repository's source (the repository's own build/ folder is neither read nor
     written: setuptools ships whatever a stale build/lib holds), then the wheel from that sdist."""
-    work = tmp_path_factory.mktemp("packaging")
+    work = module_tmp("packaging")
     source = work / "source"
     source.mkdir()
     for name in SOURCE:

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import io
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -86,8 +86,8 @@ def show(page: Page, film: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def large_film(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return png(tmp_path_factory.mktemp("large") / "plate.png", fine(ramp(*LARGE)))
+def large_film(module_tmp: Callable[[str], Path]) -> Path:
+    return png(module_tmp("large") / "plate.png", fine(ramp(*LARGE)))
 
 
 # Each film the page sends to /v1/predict, kept as sent (the browser's request does not expose a file's bytes)

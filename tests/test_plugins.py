@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +86,10 @@ NOT_REGISTERED = "is not registered in this process: import the module that regi
 
 
 @pytest.fixture(scope="module")
-def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def plugin_dir(module_tmp: Callable[[str], Path]) -> Iterator[Path]:
     """The plugin as a module of its own, imported here as a script would import it; the registries are put back as
     they were after this file's tests, for the tests that list every registered name."""
-    folder = tmp_path_factory.mktemp("plugin")
+    folder = module_tmp("plugin")
     (folder / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
@@ -109,15 +109,15 @@ def _train(data: Path, out: Path, task: str, model: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def opacity_bundle(plugin_dir: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def opacity_bundle(plugin_dir: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """The plugin's first-stage task (the pneumonia labels under names of its own), trained as tiny_bundle is."""
-    return _train(tiny_dataset, tmp_path_factory.mktemp("run-opacity"), "opacity", "simple_cnn")
+    return _train(tiny_dataset, module_tmp("run-opacity"), "opacity", "simple_cnn")
 
 
 @pytest.fixture(scope="module")
-def typicality_bundle(plugin_dir: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def typicality_bundle(plugin_dir: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """The plugin's second stage, on the plugin's model."""
-    return _train(tiny_dataset, tmp_path_factory.mktemp("run-typicality"), "typicality", "tiny_net")
+    return _train(tiny_dataset, module_tmp("run-typicality"), "typicality", "tiny_net")
 
 
 def _bundle(directory: Path, task: str, classes: tuple[str, str], model: str = "simple_cnn", seed: int = 0) -> Path:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -383,14 +384,14 @@ def _typed_chest(rng: np.random.Generator, kind: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def multiclass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def multiclass_run(module_tmp: Callable[[str], Path]) -> Path:
     """A tiny multiclass run (simple_cnn, 32 px, 4 epochs) on films whose bacteria and virus differ."""
     from PIL import Image
 
     from pneumoscan.training.config import TrainConfig
     from pneumoscan.training.train import train
 
-    root = tmp_path_factory.mktemp("typed") / "chest_xray"
+    root = module_tmp("typed") / "chest_xray"
     rng = np.random.default_rng(0)
     for i in range(24):
         kind = "bacteria" if i % 2 else "virus"
@@ -400,7 +401,7 @@ def multiclass_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Image.fromarray(_typed_chest(rng, film)).save(root / "train" / folder / name, quality=95)
     config = TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32, epochs=4,
                          batch_size=8, val_fraction=0.25)
-    return train(root, config, tmp_path_factory.mktemp("run-multiclass") / "run").parent
+    return train(root, config, module_tmp("run-multiclass") / "run").parent
 
 
 def _swap_bacteria_and_virus(graph: bytes) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,10 @@ def _between(scores: list[float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def films(data_root: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def films(data_root: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> list[Path]:
     """Small JPEGs (no DICOM tags, small), a full-size JPEG (a second stage trained at another size decodes it
     again), an in-scope DICOM, an out-of-scope one, and a DICOM of noise whose header is no chest film's either."""
-    folder = tmp_path_factory.mktemp("films")
+    folder = module_tmp("films")
     for path in [*sorted((tiny_dataset / "test" / "NORMAL").iterdir())[:2],
                  *sorted((tiny_dataset / "test" / "PNEUMONIA").iterdir())[:2]]:
         shutil.copy(path, folder / path.name)
@@ -54,11 +55,11 @@ def films(data_root: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def stages(tiny_bundle: Path, tiny_etiology_bundle: Path, data_root: Path, films: list[Path],
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+           module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """Copies of the tiny bundles that record the appearance of real films (so films unlike them get the pixels'
     warnings), at thresholds no film lies near (so both calls occur); ``every_film`` hands every film over, and
     ``second_700`` decodes a film at a size of its own (the full-size film is decoded again for it)."""
-    folder = tmp_path_factory.mktemp("stages")
+    folder = module_tmp("stages")
     real = [p for kind in ("NORMAL", "PNEUMONIA") for p in sorted((data_root / "train" / kind).glob("*.jpeg"))[:50]]
     assert len(real) == MIN_FILMS
     out, fitted = {}, {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import json
 import logging
@@ -280,9 +281,9 @@ def _write(path: Path, value: int, rng: np.random.Generator) -> None:
 
 
 @pytest.fixture(scope="module")
-def mendeley(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mendeley(module_tmp: Callable[[str], Path]) -> Path:
     """The Mendeley layout and names: 30 patients, 2-3 films each, bacterial films dark, viral ones bright."""
-    root = tmp_path_factory.mktemp("mendeley") / "chest_xray"
+    root = module_tmp("mendeley") / "chest_xray"
     rng = np.random.default_rng(1)
     for p in range(30):
         kind = ("NORMAL", "BACTERIA", "VIRUS")[p % 3]

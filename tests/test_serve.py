@@ -17,7 +17,7 @@ import threading
 import warnings
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -434,11 +434,11 @@ def test_uploads_are_never_written_to_disk(client: TestClient, monkeypatch: pyte
 
 
 @pytest.fixture(scope="module")
-def live_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def live_server(tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> Iterator[tuple[str, Path]]:
     """`pneumoscan serve --max-upload-mb 5` in a subprocess on a free loopback port: (base URL, file with its
     stdout+stderr)."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve-log") / "server.log"
+    log_path = module_tmp("serve-log") / "server.log"
     proc = start_serve([str(tiny_bundle), "--port", str(port), "--max-upload-mb", "5"], log_path)
     url = f"http://127.0.0.1:{port}"
     try:

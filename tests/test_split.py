@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -354,9 +355,9 @@ def _film(path: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def conflicted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def conflicted(module_tmp: Callable[[str], Path]) -> Path:
     """20 patients a class, plus person1's third film filed under NORMAL and one picture filed as both classes."""
-    root = tmp_path_factory.mktemp("conflicted")
+    root = module_tmp("conflicted")
     for i in range(20):
         _film(root / f"train/NORMAL/IM-{i:04d}-0001.jpeg", i)
         _film(root / f"train/PNEUMONIA/person{i + 2}_{('bacteria', 'virus')[i % 2]}_1.jpeg", 100 + i)

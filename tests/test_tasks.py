@@ -8,6 +8,7 @@ import io
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,9 @@ def test_registration_refuses_incoherent_tasks() -> None:
 
 
 @pytest.fixture(scope="module")
-def toy_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def toy_bundle(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """The toy task trained through the command line (its --task choices are read from the registry)."""
-    run = tmp_path_factory.mktemp("run-toy")
+    run = module_tmp("run-toy")
     assert cli.main(["-q", "train", "--data", str(tiny_dataset), "--out", str(run), "--task", TOY, "--model",
                      "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
                      "--set", "val_fraction=0.25"]) == 0  # fmt: skip

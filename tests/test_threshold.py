@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,10 @@ def scores(bundle: Path, data: Path, split: str | None) -> tuple[np.ndarray, np.
 
 
 @pytest.fixture(scope="module")
-def site(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """A site's own labelled films (the tiny dataset's test films, listed without a split): what a threshold is
     chosen on. The official test split itself is refused."""
-    path = tmp_path_factory.mktemp("site") / "site.csv"
+    path = module_tmp("site") / "site.csv"
     write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], path)
     return path
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,9 @@ IN_SCOPE = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA",
 
 
 @pytest.fixture(scope="module")
-def site(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
     """A site's own labelled films (the tiny dataset's test films, listed without a split)."""
-    path = tmp_path_factory.mktemp("site") / "site.csv"
+    path = module_tmp("site") / "site.csv"
     write_manifest([make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")], path)
     return path
 
