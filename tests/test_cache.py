@@ -125,7 +125,7 @@ def test_a_read_that_failed_with_an_io_error_is_tried_again_next_time(
         monkeypatch.setattr(os, "open", failing_for_one_film(os.open, str))  # as core.files.open_regular opens
     else:
         monkeypatch.setattr(ImageFile.ImageFile, "load", failing_for_one_film(
-            ImageFile.ImageFile.load, lambda im: str(getattr(im, "filename", ""))))
+            ImageFile.ImageFile.load, lambda im: str(getattr(im.fp, "name", ""))))  # the handle the reader opened
     first = build_cache(paths, SPEC, cache_dir=tmp_path / "cache", workers=1)
     assert failing not in first.paths
     [error] = [e for e in first.errors if e["path"] == failing]

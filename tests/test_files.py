@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from pneumoscan.cli import ResultsTarget, _print_json, main
 from pneumoscan.core.atomic import building, file_stamp, write_json, write_unchanged
 from pneumoscan.core.names import path_list, path_text, shown
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.readers import registered
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
 from pneumoscan.training.resume import save_checkpoint
@@ -103,6 +104,22 @@ def test_a_fifo_given_directly_is_refused_without_waiting(tmp_path: Path) -> Non
     assert _run(code, str(tmp_path / "film.jpeg"), timeout=60).stdout.strip() == "not a regular file (FIFO)"
 
 
+def test_each_reader_refuses_a_fifo_by_its_own_open_without_waiting(tmp_path: Path) -> None:
+    """The format is told from a first read of the file; a film swapped for a FIFO after that read reached a reader
+    that opened the path again, and waited for a writer. Each built-in reader's own open refuses it. A child
+    process, so that a hang fails the test instead of stopping the suite."""
+    os.mkfifo(tmp_path / "film")
+    code = ("import sys; from pathlib import Path; from pneumoscan.data import readers\n"
+            "from pneumoscan.data.pixels import DecodeError\nfilm = Path(sys.argv[1])\n"
+            "for r in readers.registered():\n"
+            "    for call in (lambda: r.gray(film, 64), lambda: r.header(film)):\n"
+            "        try: call()\n"
+            "        except DecodeError as e: print(r.name, e)\n")
+    names = [reader.name for reader in registered()]
+    lines = _run(code, str(tmp_path / "film"), timeout=60).stdout.splitlines()
+    assert lines == [f"{name} not a regular file (FIFO)" for name in names for _ in range(2)]
+
+
 def test_names_are_shown_escaped() -> None:
     assert shown(f"/data/{LATIN1}") == "/data/caf\\xe9.jpeg"
     assert shown(ANSI + "\nnext") == "\\x1b[31mred.jpeg\\nnext"
@@ -155,10 +172,10 @@ print(json.dumps(said))
 
 
 @pytest.fixture(scope="module")
-def failed_writes(tiny_bundle: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def failed_writes(tiny_bundle: Path, tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[dict, Path]:
     """Predict's results and heatmaps and a checkpoint, each written past a 1,000-byte file size limit (one child
     process, as torch loads slowly): what each said, and the folder it wrote in."""
-    folder = tmp_path_factory.mktemp("full")
+    folder = module_tmp("full")
     (folder / "r.csv").write_text("previous results\n")
     save_checkpoint(folder / "checkpoint.pt", {"epoch": 1})
     args = [tiny_bundle, tiny_dataset / "test", folder / "r.csv", folder / "maps", folder / "checkpoint.pt"]

@@ -16,7 +16,6 @@ chest X-rays (different children's films were 2 bits apart), which is why the la
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import os
 from collections import defaultdict
@@ -30,8 +29,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.digests import file_sha256
+from pneumoscan.core.files import NotRegularFile
 from pneumoscan.core.options import SPLITS
-from pneumoscan.data.decode import image_info, open_film, read_gray
+from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.layouts import Layout, Record, name_conflict
 from pneumoscan.data.pixels import DecodeError
 
@@ -45,13 +46,6 @@ PHASH_TARGET = 256
 NEAR_DUPLICATE_BITS = 10  # max Hamming distance (of 256 bits) for two images to count as near duplicates
 
 
-def _sha256(path: str) -> str:
-    """Hex SHA-256 of a regular file's bytes, opened as decoding opens it (:func:`open_film`): a manifest may
-    name a FIFO or a device, which would hang split and audit; DecodeError names what it is instead."""
-    with open_film(path) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def scan_file(path: str, header: bool = True) -> dict:
     """Everything the audit needs from one file: content hash, header (unless not ``header``: grouping copies needs
     none, and reading it is a sixth of a 224 px film's scan), perceptual hash (or why it failed). The decoder gets
@@ -59,11 +53,11 @@ def scan_file(path: str, header: bool = True) -> dict:
     the OS cache."""
     out: dict = {"path": path}
     try:
-        out["sha"] = _sha256(path)
+        out["sha"] = file_sha256(path)  # a FIFO or a device named in a manifest would hang split and audit
     except OSError as e:
         out["error"] = f"cannot read file: {e.strerror or e}"
         return out
-    except DecodeError as e:
+    except NotRegularFile as e:
         out["error"] = str(e)
         return out
     try:

@@ -10,36 +10,20 @@ build can list the unreadable files and the web service can answer with a 4xx in
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.logs import redact
-from pneumoscan.core import files
 from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
-                     one_level_share)
+                     one_level_share, opened)
 
 log = logging.getLogger(__name__)
 
 Source = str | Path | bytes
-
-
-@contextmanager
-def open_film(path: Path | str) -> Iterator[BinaryIO]:
-    """A film opened by :func:`pneumoscan.core.files.open_regular`, a special file a DecodeError, as every bad input
-    is."""
-    try:
-        f = files.open_regular(path)
-    except files.NotRegularFile as e:
-        raise DecodeError(str(e)) from None
-    with f:
-        yield f
 
 
 def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, readers.Reader]:
@@ -52,7 +36,7 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
     else:
         src = Path(source)
         try:
-            with open_film(src) as f:
+            with opened(src) as f:
                 head = f.read(readers.HEAD_BYTES)
         except FileNotFoundError:
             raise DecodeError("file not found") from None

@@ -18,6 +18,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from pneumoscan.core import files
+
 # Refuse anything bigger before pixels are decoded (a 12,000 x 12,000 film is 1.44e8; the largest real chest
 # radiographs are ~4,300 x 3,500). Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS ~ 1.8e8) is above this.
 MAX_PIXELS = 150_000_000
@@ -186,15 +188,17 @@ def too_many_segments(what: str) -> DecodeError:
                        "than any film holds")
 
 
-def stream(src: Path | bytes) -> Path | io.BytesIO:
-    """What a library opens: the path, or the bytes as a file."""
-    return io.BytesIO(src) if isinstance(src, bytes) else src
-
-
 def opened(src: Path | bytes) -> BinaryIO:
-    """``src`` as a binary file to read and seek in (close it, as a ``with`` block does): the file at the path, or
-    the bytes."""
-    return io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
+    """``src`` as a binary file to read and seek in (close it, as a ``with`` block does): the bytes, or the file at
+    the path opened by :func:`~pneumoscan.core.files.open_regular`, a special file a DecodeError. Every reader opens
+    a film here, and hands the library the handle rather than the path: a film swapped for a FIFO after an earlier
+    check would leave a plain ``open`` waiting for a writer."""
+    if isinstance(src, bytes):
+        return io.BytesIO(src)
+    try:
+        return files.open_regular(src)
+    except files.NotRegularFile as e:
+        raise DecodeError(str(e)) from None
 
 
 def reduce(gray: Image.Image, target: int | None) -> Image.Image:

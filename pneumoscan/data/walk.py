@@ -12,8 +12,7 @@ from pathlib import Path
 
 from pneumoscan.core.names import file_kind
 from . import readers
-from .decode import open_film
-from .pixels import DecodeError
+from .pixels import DecodeError, opened
 
 _JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 # folders a NAS or an operating system keeps beside a user's files, never a film in them: a Synology's thumbnails of
@@ -142,7 +141,7 @@ def _is_dicom(path: Path) -> bool:
     """Whether a regular file starts as DICOM Part 10 does ("DICM" at byte 128): DICOM media name their files
     without an ending (``IM000001``, as a DICOMDIR lists them), and PACS exports by a UID (``1.2.840....52``)."""
     try:
-        with open_film(path) as f:
+        with opened(path) as f:
             head = f.read(readers.HEAD_BYTES)
     except (OSError, DecodeError):  # unreadable: left out as not an image, as before
         return False

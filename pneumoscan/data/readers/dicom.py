@@ -285,8 +285,14 @@ def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
         inflated = _inflated(src)
         _check_element_count(src, inflated[2] if inflated is not None else None)
         if inflated is None:
-            # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk
-            ds = pydicom.dcmread(pixels.stream(src), force=True, defer_size=_DEFER_SIZE if header_only else None)
+            # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk, to be read
+            # later from the bytes, or from the file reopened by the name the handle carries
+            defer = _DEFER_SIZE if header_only else None
+            if isinstance(src, bytes):
+                ds = pydicom.dcmread(io.BytesIO(src), force=True, defer_size=defer)
+            else:
+                with pixels.opened(src) as fp:
+                    ds = pydicom.dcmread(fp, force=True, defer_size=defer)
             if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _ENCODINGS:
                 # no File Meta (no preamble, no group 0002, as older modalities write): the encoding it was read in
                 ds.file_meta.TransferSyntaxUID = _ENCODINGS[ds.original_encoding]
@@ -645,7 +651,7 @@ def _misencoded(ds: Dataset) -> str | None:
     if implicit is not False or source is None:
         return None
     try:
-        with open(source, "rb") if isinstance(source, str | Path) else nullcontext(source) as fp:
+        with pixels.opened(Path(source)) if isinstance(source, str | Path) else nullcontext(source) as fp:
             fp.seek(0)
             filereader.read_preamble(fp, force=True)
             filereader._read_file_meta_info(fp)

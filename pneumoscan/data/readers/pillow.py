@@ -98,41 +98,40 @@ class PillowReader(Reader):
 
 @contextmanager
 def _open(src: Path | bytes) -> Iterator[Image.Image]:
-    """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit."""
+    """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit. Pillow reads
+    the handle :func:`~pneumoscan.data.pixels.opened` gives, never the path."""
     _count_segments(src)
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(pixels.stream(src), formats=PIL_FORMATS)
-    except Image.DecompressionBombError:
-        raise pixels.DecodeError(
-            f"image too large: over {pixels.MAX_PIXELS:,} pixels, more than can be read safely"
-        ) from None
-    except Image.UnidentifiedImageError:
-        if marked := _marked_format(src):  # Pillow gives no reason: a width or height of 0, a pixel format none has
-            raise pixels.DecodeError(f"corrupt {marked} header: the image's size or pixel format cannot be read from "
-                                     "it") from None
-        raise pixels.DecodeError(f"not a {formats()} image") from None
-    except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
-        raise pixels.DecodeError(f"corrupt image header: {e}") from None
-    with im:
-        width, height = im.size
-        if width * height > pixels.MAX_PIXELS:
-            raise pixels.too_large(width, height)
-        if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
-            raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
-        yield im
+    with pixels.opened(src) as fp:
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(fp, formats=PIL_FORMATS)
+        except Image.DecompressionBombError:
+            raise pixels.DecodeError(
+                f"image too large: over {pixels.MAX_PIXELS:,} pixels, more than can be read safely"
+            ) from None
+        except Image.UnidentifiedImageError:
+            # Pillow gives no reason: a width or height of 0, a pixel format none has
+            fp.seek(0)
+            if marked := _marked_format(fp.read(8)):
+                raise pixels.DecodeError(f"corrupt {marked} header: the image's size or pixel format cannot be "
+                                         "read from it") from None
+            raise pixels.DecodeError(f"not a {formats()} image") from None
+        except Exception as e:  # Pillow raises SyntaxError/OSError/struct.error/... for damaged headers
+            raise pixels.DecodeError(f"corrupt image header: {e}") from None
+        with im:
+            width, height = im.size
+            if width * height > pixels.MAX_PIXELS:
+                raise pixels.too_large(width, height)
+            if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
+                raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
+            yield im
 
 
-def _marked_format(src: Path | bytes) -> str | None:
-    """The format a file's first bytes mark (:data:`_MAGIC`), None for any other or an unreadable file: a file Pillow
-    cannot identify is then a damaged JPEG or PNG, not some other kind of file."""
-    try:
-        with pixels.opened(src) as fp:
-            head = fp.read(8)
-    except OSError:
-        return None
+def _marked_format(head: bytes) -> str | None:
+    """The format a file's first bytes mark (:data:`_MAGIC`), None for any other: a file Pillow cannot identify is
+    then a damaged JPEG or PNG, not some other kind of file."""
     return next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
 
 
