@@ -113,12 +113,17 @@ def test_a_jpeg_exif_orientation_is_applied(train_film: Path) -> None:
 
 
 def test_an_io_error_reading_a_jpeg_is_a_transient_refusal(train_film: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The JPEG's bytes are read by the reader now, not by Pillow: a disk's hiccup there must stay transient (the
+    """The JPEG's bytes are read whole by the reader, not by Pillow: a disk's hiccup there must stay transient (the
     cache keeps no such failure), not read as a damaged film."""
-    def failing(self: Path) -> bytes:
-        raise OSError(errno.EIO, "Input/output error")
+    class FailingWholeRead(io.BufferedReader):
+        """A film's handle whose reads of a few bytes (the header's) work and whose read of the whole file fails."""
 
-    monkeypatch.setattr(Path, "read_bytes", failing)
+        def read(self, size: int | None = -1) -> bytes:
+            if size is None or size < 0:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read(size)
+
+    monkeypatch.setattr(pixels.files, "open_regular", lambda path: FailingWholeRead(io.FileIO(path)))
     with pytest.raises(DecodeError, match="cannot read file: Input/output error") as info:
         read_gray(train_film)
     assert pixels.transient(info.value)

@@ -26,6 +26,7 @@ from pneumoscan.cli import ResultsTarget, _print_json, main
 from pneumoscan.core.atomic import building, file_stamp, write_json, write_unchanged
 from pneumoscan.core.names import path_list, path_text, shown
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import registered
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
@@ -118,6 +119,16 @@ def test_each_reader_refuses_a_fifo_by_its_own_open_without_waiting(tmp_path: Pa
     names = [reader.name for reader in registered()]
     lines = _run(code, str(tmp_path / "film"), timeout=60).stdout.splitlines()
     assert lines == [f"{name} not a regular file (FIFO)" for name in names for _ in range(2)]
+
+
+@pytest.mark.parametrize("reader", registered(), ids=lambda reader: reader.name)
+def test_each_reader_refuses_a_film_gone_since_its_format_was_told(reader, tmp_path: Path) -> None:
+    """A film deleted after the format check reached a reader as an OSError, which predict's decoding threads do
+    not catch, or as a DecodeError naming a damaged header or DICOM file; it is one that says the film is gone."""
+    gone = tmp_path / "film"
+    for read in (lambda: reader.gray(gone, 64), lambda: reader.header(gone)):
+        with pytest.raises(DecodeError, match="^file not found$"):
+            read()
 
 
 def test_names_are_shown_escaped() -> None:

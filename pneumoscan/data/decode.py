@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut
 from pneumoscan.core.logs import redact
 from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
-                     one_level_share, opened)
+                     one_level_share, opened, unreadable)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,8 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
         try:
             with opened(src) as f:
                 head = f.read(readers.HEAD_BYTES)
-        except FileNotFoundError:
-            raise DecodeError("file not found") from None
         except OSError as e:
-            raise DecodeError(f"cannot read file: {e.strerror or e}") from None
+            raise unreadable(e) from None
         if not head:
             raise DecodeError("empty file (0 bytes)")
         suffix = src.suffix

@@ -199,6 +199,15 @@ def opened(src: Path | bytes) -> BinaryIO:
         return files.open_regular(src)
     except files.NotRegularFile as e:
         raise DecodeError(str(e)) from None
+    except OSError as e:  # gone since an earlier check, or the disk's error: a reason, as a damaged film has
+        raise unreadable(e) from None
+
+
+def unreadable(error: OSError) -> DecodeError:
+    """The DecodeError of a film the system could not open or read; ``error`` stays in its chain, so
+    :func:`transient` still tells an I/O error that may pass."""
+    return DecodeError("file not found" if isinstance(error, FileNotFoundError)
+                       else f"cannot read file: {error.strerror or error}")
 
 
 def reduce(gray: Image.Image, target: int | None) -> Image.Image:

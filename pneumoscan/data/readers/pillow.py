@@ -154,8 +154,8 @@ def _count_segments(src: Path | bytes) -> None:
                 steps, what, profiles = len(kinds), "PNG chunks", kinds.count(b"iCCP")
             else:
                 return
-    except OSError:  # unreadable: Pillow's open says so
-        return
+    except OSError as e:
+        raise pixels.unreadable(e) from None
     if steps > pixels.MAX_SEGMENTS:
         raise pixels.too_many_segments(what)
     if profiles > 1:
@@ -316,10 +316,7 @@ def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
     channel alone, at the smallest of 1/2, 1/4 or 1/8 scale (DCT scaling) that fits, as Pillow's draft mode gave. A
     CMYK JPEG decodes at 4 bytes a pixel whatever is asked (libjpeg has no CMYK-to-grey conversion), so its scale
     is chosen for 4 bytes a pixel."""
-    try:
-        data = src if isinstance(src, bytes) else src.read_bytes()
-    except OSError as e:  # one that may pass (EIO, ESTALE) stays in the chain for pixels.transient
-        raise pixels.DecodeError(f"cannot read file: {e.strerror or e}") from None
+    data = src if isinstance(src, bytes) else _whole_file(im)
     width, height = im.size
     if im.mode == "L" or (im.mode == "RGB" and _bytes(im) > pixels.MAX_DECODED_BYTES):
         colorspace, per_pixel = "GRAY", 1
@@ -343,6 +340,16 @@ def _jpeg_gray(im: JpegImageFile, src: Path | bytes) -> Image.Image:
     if im.mode == "CMYK":
         np.invert(arr, out=arr)  # Adobe's inverted CMYK, as Pillow reads every CMYK JPEG ("CMYK;I")
     return Image.frombuffer(colorspace, size, arr, "raw", colorspace, 0, 1).convert("L")
+
+
+def _whole_file(im: Image.Image) -> bytes:
+    """The bytes of the file ``im`` was opened from, read from its handle (:func:`~pneumoscan.data.pixels.opened`),
+    not from its path again."""
+    try:
+        im.fp.seek(0)
+        return im.fp.read()
+    except OSError as e:  # one that may pass (EIO, ESTALE) stays in the chain for pixels.transient
+        raise pixels.unreadable(e) from None
 
 
 @functools.cache
