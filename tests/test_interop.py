@@ -505,6 +505,14 @@ def test_the_overlay_of_a_lossy_film_says_it_is_lossy(film: np.ndarray) -> None:
         assert pydicom.dcmread(io.BytesIO(overlay)).get("LossyImageCompression") == kept, (lossy, syntax)
 
 
+def test_the_overlay_of_a_film_with_burned_in_identity_says_so(film: np.ndarray) -> None:
+    """The overlay redraws the film's pixels: a name burned into the film is in the overlay, and a de-identification
+    that goes by BurnedInAnnotation (PS3.15 E.1) passed the overlay as free of it. Not known stays unsaid."""
+    for said, kept in (("YES", "YES"), ("NO", "NO"), (None, None)):
+        _, overlay = report_files(header(film, BurnedInAnnotation=said), READING, _overlay_png(), "m-1", "v")
+        assert pydicom.dcmread(io.BytesIO(overlay)).get("BurnedInAnnotation") == kept, said
+
+
 def test_the_device_observer_uid_is_the_models_own(film: np.ndarray) -> None:
     """One model (name and weights' digest) is one device in every report; other weights another."""
     first, second = (build_sr(header(film), READING, "m-1", "sha256:ab") for _ in range(2))  # two films
