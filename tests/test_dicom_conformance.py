@@ -110,7 +110,8 @@ def film(data_root: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def written(tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray,
             module_tmp: Callable[[str], Path]) -> dict[str, tuple[dict, dict[str, Path]]]:
-    """Every kind of object, written by the CLI: {case: (its results row, {"sr": path, "heatmap": path})}."""
+    """Every kind of object, written by the CLI: {case: (its results row and "bundle", {"sr": path, "heatmap":
+    path})}."""
     tmp = module_tmp("conformance")
     films, out = tmp / "films", tmp / "out"
     films.mkdir()
@@ -136,7 +137,8 @@ def written(tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray,
                          "--out", str(out / f"{run}.json")]) == 0
         for row in json.loads((out / f"{run}.json").read_text()):
             case = Path(row["path"]).stem if run == "torch" else f"dx, {run}"
-            made[case] = row, {k: Path(row[f"dicom_{k}"]) for k in ("sr", "heatmap") if f"dicom_{k}" in row}
+            objects = {k: Path(row[f"dicom_{k}"]) for k in ("sr", "heatmap") if f"dicom_{k}" in row}
+            made[case] = {**row, "bundle": args[0]}, objects
     return made
 
 
@@ -190,7 +192,10 @@ def test_dsrdump_reads_the_report_as_a_radiologist_must(written: dict, tiny_bund
     assert names == [row["model_id"]] * 3 and versions == [row["model_version"]] * 3  # the group, each number
     assert _values(dump, "TEXT", "Device Observer Name") == [row["model_id"]]
     near = [NEAR_THRESHOLD] if row.get("near_threshold") else []
-    assert _values(dump, "TEXT", "Comment") == [DISCLAIMER, *near, *(f"scope warning: {w}" for w in row["warnings"])]
+    caveats = [f"model caveat: {c}" for c in load_card(row["bundle"]).caveats]  # the tiny bundle's threshold: a guess
+    assert _values(dump, "TEXT", "Comment") == [DISCLAIMER, *near, *(f"scope warning: {w}" for w in row["warnings"]),
+                                                *caveats]
+    assert caveats or case.startswith("dx, ")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # its complaint about "chest": expected

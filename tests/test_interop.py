@@ -422,8 +422,10 @@ def check_sr(sr_ds: Dataset, source: Dataset, probability: float, label: str, bu
         assert _text_items(item, "Algorithm Version") == [version]
     assert _text_items(sr_ds, "Device Observer Name") == [card.model_id]  # the observer is the model
     assert _device_uids(sr_ds) == [generate_uid(entropy_srcs=[card.model_id, version])]  # as docs/dicom.md says
-    # what it is, then each scope warning, beside the finding; its series says it too, for viewers that show no items
-    assert _text_items(group_item, "Comment") == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings)]
+    # what it is, then each scope warning, then each caveat of the model, beside the finding; its series says it too,
+    # for viewers that show no items
+    assert _text_items(group_item, "Comment") == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings),
+                                                  *(f"model caveat: {c}" for c in card.caveats)]
     assert "not a diagnosis" in sr_ds.SeriesDescription
     [scheme] = sr_ds.CodingSchemeIdentificationSequence  # the private scheme of the threshold's code is declared
     assert scheme.CodingSchemeDesignator == "99PNEUMOSCAN" and scheme.CodingSchemeName
@@ -589,7 +591,8 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
     assert device.deviceName[0].name == card.model_id
     assert device.version[0].value == f"sha256:{weights_digest(bundle)[:12]}" and obs.device.reference == "#model"
     assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
-    assert [n.text for n in obs.note] == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings)]
+    assert [n.text for n in obs.note] == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings),
+                                          *(f"model caveat: {c}" for c in card.caveats)]
 
 
 def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:

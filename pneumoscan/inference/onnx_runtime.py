@@ -240,14 +240,26 @@ class Int8Operating:
 
 
 def int8_model(bundle: Path | str, card: BundleCard | None = None) -> tuple[ort.InferenceSession, dict]:
-    """The INT8 session and its sidecar (thresholds included: :class:`Int8Operating`); refused when the file is
-    missing, was made from other weights, its thresholds were never chosen, or either file differs from what
-    ``export --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels), or
-    when those thresholds are not the probabilities a card's are (:func:`checked_card`). ``card``: the one the
-    caller loaded the bundle by (read here when None), so that both describe one bundle."""
+    """The INT8 session and its sidecar, checked by :func:`int8_sidecar`. ``card``: the one the caller loaded the
+    bundle by (read here when None), so that both describe one bundle."""
+    card = card if card is not None else load_card(bundle)
+    sidecar = int8_sidecar(bundle, card)
+    return session(checked_bytes(Path(bundle) / INT8_NAME, card.files.get(INT8_NAME))), sidecar
+
+
+def int8_card(card: BundleCard, sidecar: Mapping[str, Any]) -> BundleCard:
+    """``card`` as the INT8 model labels by: quantisation moves the scores, so its thresholds, their intervals and
+    caveat, and its validation figures are its sidecar's (:meth:`Int8Operating.card_fields`)."""
+    return dataclasses.replace(card, **Int8Operating.from_figures(sidecar).card_fields())
+
+
+def int8_sidecar(bundle: Path | str, card: BundleCard) -> dict:
+    """The INT8 model's sidecar (thresholds included: :class:`Int8Operating`); refused when the model is missing,
+    was made from other weights, its thresholds were never chosen, or either file differs from what ``export
+    --int8`` wrote (the checksums in bundle.json; the sidecar's thresholds turn INT8 scores into labels), or when
+    those thresholds are not the probabilities ``card``'s are (:func:`checked_card`)."""
     out = Path(bundle) / INT8_NAME
     sidecar_path = spec_path(out)
-    card = card if card is not None else load_card(bundle)
     # an ensemble of cv runs is calibrated out of fold: its members trained on every film a --data could give
     calibrated_on = str((card.train_config or {}).get("calibrated_on", ""))
     out_of_fold = card.model == ENSEMBLE and calibrated_on.startswith("out-of-fold")
@@ -269,11 +281,11 @@ def int8_model(bundle: Path | str, card: BundleCard | None = None) -> tuple[ort.
     check_described(out, sidecar, remedy, card.files.get(INT8_NAME))  # the file the sidecar was written for
     check_matches_card(out, sidecar, card, remedy, thresholds=False)  # its thresholds are the INT8 model's own
     try:  # types and ranges as the card's own: a threshold of 1.5 called every film normal, one of "0.3" a traceback
-        checked_card(sidecar_path, dataclasses.replace(card, **chosen.card_fields()))
+        checked_card(sidecar_path, int8_card(card, sidecar))
     except ValueError as e:
         raise ValueError(f"{e}; {remedy}") from None
     if [sidecar.get("threshold"), sidecar.get("tta_threshold")] != [chosen.threshold, chosen.tta_threshold]:
         raise ValueError(f"{sidecar_path} gives other thresholds under threshold and tta_threshold than its INT8 ones "
                          "(an export by an earlier pneumoscan, which put the FP32 ones there): a reader of the sidecar "
                          f"would label INT8 scores at the FP32 thresholds; {remedy}")
-    return session(checked_bytes(out, card.files.get(INT8_NAME))), sidecar
+    return sidecar

@@ -133,13 +133,13 @@ class Predictor:
             verify_file(bundle, self.card, WEIGHTS)
         self.appearance = load_appearance(bundle, self.card)
         if backend == "onnx-int8" and session is None:
-            from .onnx_runtime import Int8Operating, int8_model
+            from .onnx_runtime import int8_card, int8_model
 
             session, sidecar = int8_model(bundle, self.card)
             # quantisation moves the scores: labels are read at the thresholds validated for the INT8 scores
             # (int8_model checked that the sidecar holds them where any reader of it looks), and its figures are the
             # INT8 model's: the card's validation figures and evaluations are the FP32 model's, at the FP32 threshold
-            self.card = dataclasses.replace(self.card, **Int8Operating.from_figures(sidecar).card_fields())
+            self.card = int8_card(self.card, sidecar)
         if backend != "torch":
             from .export import bundle_session
             from .onnx_runtime import INT8_NAME
@@ -320,6 +320,16 @@ def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard
     from .onnx_runtime import model_version
 
     return {"model_id": (card or load_card(bundle)).model_id, "model_version": model_version(bundle, backend, card)}
+
+
+def scoring_card(bundle: Path | str, card: BundleCard, backend: str) -> BundleCard:
+    """The card of the model ``backend`` scores with: the INT8 model's (:func:`.onnx_runtime.int8_card`, its sidecar
+    checked), else ``card``; what a result scored so states of its threshold, as the Predictor's card does."""
+    if backend != "onnx-int8":
+        return card
+    from .onnx_runtime import int8_card, int8_sidecar
+
+    return int8_card(card, int8_sidecar(bundle, card))
 
 
 def onnx_input(images: np.ndarray, mean: float, std: float) -> np.ndarray:

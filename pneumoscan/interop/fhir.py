@@ -35,7 +35,7 @@ from pydicom.valuerep import DA, TM
 
 from pneumoscan.data.readers.dicom import MANUFACTURER, standard_form
 
-from .sr import DISCLAIMER, check_result, finding_present, malformed_reason, scope_notes
+from .sr import DISCLAIMER, check_result, finding_present, malformed_reason, reading_notes
 from .uids import derived_uuid, film_identity
 
 SNOMED = "http://snomed.info/sct"
@@ -211,7 +211,7 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
     when, short = effective(source) if source is not None else (None, None)
     if when is not None:  # absent, never null: FHIR has no null element
         body["effectiveDateTime"] = when
-    body["note"] = [{"text": note} for note in (DISCLAIMER, *scope_notes(result), *filter(None, [short]))]
+    body["note"] = [{"text": note} for note in (DISCLAIMER, *reading_notes(result), *filter(None, [short]))]
     return Observation.model_validate(body)
 
 

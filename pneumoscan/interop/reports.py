@@ -18,7 +18,7 @@ from pneumoscan.core.atomic import write_new
 from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.scope import IDENTIFIERS, identifiers
-from pneumoscan.inference.predict import identity_fields
+from pneumoscan.inference.predict import identity_fields, scoring_card
 from pneumoscan.models.card import BundleCard, card_task, load_card
 
 from .uids import uid_root
@@ -111,6 +111,7 @@ def write_reports(
     check_reportable(bundle, dicom=sr_dir is not None)
     card = load_card(bundle)
     identity = identity_fields(bundle, backend, card)  # what predict's rows name, for the backend that scored them
+    caveats = scoring_card(bundle, card, backend).caveats  # of the threshold the rows were labelled at
     name, version = identity["model_id"], identity["model_version"]
     mode = scoring_mode(backend, tta)
     folders = [Path(d) for d in (sr_dir, fhir_dir) if d is not None]
@@ -122,7 +123,8 @@ def write_reports(
         if "probability" not in row:
             continue
         # the reading as scored: its own warnings list, so a report's failure added to the row is no scope warning
-        reading = {**row, "warnings": list(row.get("warnings") or []), "positive": card.positive, "task": card.task}
+        reading = {**row, "warnings": list(row.get("warnings") or []), "positive": card.positive, "task": card.task,
+                   "caveats": caveats}
         stem = Path(row["path"]).stem
         try:
             sr.check_result(reading)  # an error row, an object that is no radiograph: neither report

@@ -359,12 +359,15 @@ NEAR_THRESHOLD = ("near the threshold: this probability lies within the 95 % con
                   "threshold, so the finding could have been called either way")
 
 
-def scope_notes(result: dict) -> list[str]:
+def reading_notes(result: dict) -> list[str]:
     """The result's scope warnings as every report states them (SR TEXT items, FHIR notes), so a reader of the
-    report sees each one the JSON answer lists; and that the reading is near the threshold when it is, since the
-    coded finding (present or absent) says nothing of how close it was."""
+    report sees each one the JSON answer lists; that the reading is near the threshold when it is, since the coded
+    finding (present or absent) says nothing of how close it was; and the caveats of the model as it scored
+    (``caveats``: a threshold chosen on too few films to show its policy, a temperature left uncalibrated), which
+    ``predict`` and ``serve`` say once at their start, and a report filed apart from them would lose."""
     near = [NEAR_THRESHOLD] if result.get("near_threshold") else []
-    return [*near, *(f"scope warning: {w}" for w in result.get("warnings") or [])]
+    return [*near, *(f"scope warning: {w}" for w in result.get("warnings") or []),
+            *(f"model caveat: {c}" for c in result.get("caveats") or [])]
 
 
 @contextmanager
@@ -427,7 +430,7 @@ def build_sr(source: Dataset, result: dict, model_name: str, model_version: str,
         group[0].ContentSequence.extend(
             hd.sr.TextContentItem(name=codes.DCM.Comment, value=note,
                                   relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-            for note in (DISCLAIMER, *scope_notes(result))
+            for note in (DISCLAIMER, *reading_notes(result))
         )
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,

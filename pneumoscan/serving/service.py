@@ -293,9 +293,10 @@ class Service:
         finally:
             gone.cancel()
         reading = {**result.model_dump(), **scope}
-        if format != "json":
-            return await asyncio.to_thread(report, format, reading, data, dicom, png, scope["model_id"],
-                                           scope["model_version"], main.predictor.backend)  # the backend: identity too
+        if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
+            return await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats}, data,
+                                           dicom, png, scope["model_id"], scope["model_version"],
+                                           main.predictor.backend)  # the backend: identity too
         film = png_data_url(panel_png(shown)) if shown is not None else None
         body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
