@@ -8,19 +8,24 @@ The page runs in headless Chromium (tests/test_page.py's browser, server and pag
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import uvicorn
 from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
-from pneumoscan.models.card import load_card
+from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page
+from tests.builders import running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 
 browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
@@ -194,6 +199,44 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Bro
             expect(page.locator("#error")).to_be_hidden()
     finally:
         context.close()
+
+
+
+@contextmanager
+def restarted(browser: Browser, first: Path, then: Path, before: Callable[[Page], None] = lambda page: None
+              ) -> Iterator[Page]:
+    """A page opened on a service of bundle ``first`` (and ``before`` done on it), the service then restarted on the
+    same port with ``then``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        with contextmanager(run_server)(create_app(first)) as url:
+            page.goto(url)
+            expect(page.locator("#intended-use")).not_to_be_empty()
+            before(page)
+        port = int(url.rsplit(":", 1)[1])
+        config = uvicorn.Config(create_app(then), host="127.0.0.1", port=port, log_level="warning")
+        with running(uvicorn.Server(config)):
+            yield page
+    finally:
+        context.close()
+
+
+def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(browser: Browser, tiny_bundle: Path,
+                                                                           small: Path, tmp_path: Path) -> None:
+    """`pneumoscan threshold` keeps a bundle's weights, so its model id and version: the service restarted with the
+    new threshold under an open page, its readings were drawn with the old card, the new threshold's mark beside
+    the old threshold's hatched interval and "Too close to the threshold ... runs from" the old one."""
+    other = tmp_path / "rethresholded"
+    shutil.copytree(tiny_bundle, other)
+    save_card(other, dataclasses.replace(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
+    assert load_card(tiny_bundle).threshold_interval != [0.25, 0.5]
+    with restarted(browser, tiny_bundle, other) as page:
+        test_page.upload_one(page, small)
+        expect(page.locator("#probability")).to_contain_text("threshold 0.300")
+        expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.500")
+        expect(page.locator("#card")).to_contain_text("0.300 (")
 
 
 # ---------------------------------------------------------------- the command line

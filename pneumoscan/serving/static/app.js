@@ -16,6 +16,9 @@ let heatmapWords = null;
 // the model the card on the page describes ("id version"): a reading of another (the service restarted with another
 // bundle) was drawn with this card's threshold band and heatmap legend
 let cardModel = null;
+// the threshold of that card: a bundle given another threshold (`pneumoscan threshold`) keeps its weights, and so its
+// id and version, and its readings were drawn with the band and key of the threshold before
+let cardThreshold = null;
 // whether the model checks a film's content against its training films' (the card's content_checked): without the
 // check, noise or a form is read as confidently as a film, so no reading of it is coloured as a clear call
 let contentChecked = true;
@@ -80,6 +83,7 @@ function showError(message, keepResult = false) {
 
 function showCard(info) {
   cardModel = `${info.id} ${info.version}`;
+  cardThreshold = info.threshold;
   contentChecked = info.content_checked;
   followsAnother = info.follows.length > 0;
   maxUploadBytes = info.max_upload_bytes;
@@ -880,7 +884,7 @@ async function analyseBatch(batch) {
     if (!problem) Object.assign(film, await sniff(film.file));
     let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
     // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
-    if (body.ok && cardModel !== null && modelOf(body.result) !== cardModel) body = await withItsCard(body.result);
+    if (body.ok && cardModel !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
     film.status = body.ok ? "done" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
@@ -896,13 +900,19 @@ function modelOf(r) {
   return `${r.model_id} ${r.model_version}`;
 }
 
-// A reading of another model than the card shown: the service was restarted with another bundle. Its card is loaded
-// before the reading is drawn (its threshold's band, its heatmap scale); a reading no card matches is refused.
+// Whether the card on the page is that of the model, and the threshold, that gave reading r
+function ofTheCard(r) {
+  return modelOf(r) === cardModel && r.threshold === cardThreshold;
+}
+
+// A reading of another model, or threshold, than the card shown: the service was restarted with another bundle. Its
+// card is loaded before the reading is drawn (its threshold's band, its heatmap scale); a reading no card matches is
+// refused.
 async function withItsCard(result) {
   await loadCard();
-  if (modelOf(result) === cardModel) return { ok: true, result };
-  return { ok: false, error: `the reading is of the model ${modelOf(result)}, not of the model this page describes ` +
-    `(${cardModel}): reload the page` };
+  if (ofTheCard(result)) return { ok: true, result };
+  return { ok: false, error: `the reading is of the model ${modelOf(result)} at threshold ${figure(result.threshold)}, ` +
+    `not of the model this page describes (${cardModel} at threshold ${figure(cardThreshold)}): reload the page` };
 }
 
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
