@@ -25,7 +25,7 @@ from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page
-from tests.builders import running
+from tests.builders import nudge_weights, running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 
 browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
@@ -237,6 +237,21 @@ def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(brows
         expect(page.locator("#probability")).to_contain_text("threshold 0.300")
         expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.500")
         expect(page.locator("#card")).to_contain_text("0.300 (")
+
+
+def test_a_heatmap_of_another_model_is_refused_not_drawn_under_the_reading(browser: Browser, tiny_bundle: Path,
+                                                                           small: Path, tmp_path: Path) -> None:
+    """A film read by one model, the service restarted with another bundle, then the heatmap asked for: the other
+    model's map was drawn as the evidence of the first model's reading on screen."""
+    other = shutil.copytree(tiny_bundle.parent, tmp_path / "other") / tiny_bundle.name
+    nudge_weights(other)
+    with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
+        page.click("#heatmap-button")
+        expect(page.get_by_role("alert")).to_contain_text("Heatmap not computed: the service now runs the model")
+        expect(page.locator("#result")).to_be_visible()
+        assert page.evaluate("() => current.cam === null && view.cam === null")
+        expect(page.locator("#heatmap-toggle")).to_be_disabled()
+        expect(page.locator("#legend")).to_be_hidden()
 
 
 # ---------------------------------------------------------------- the command line

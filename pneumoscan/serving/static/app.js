@@ -698,7 +698,13 @@ $("heatmap-button").addEventListener("click", async () => {
   }
   $("status").textContent = "Computing the heatmap...";
   $("heatmap-button").disabled = true;
-  const body = await post(film.file, "heatmap=map");
+  let body = await post(film.file, "heatmap=map");
+  // the map of another model than the one that read the film (the service restarted with another bundle) was drawn
+  // as this reading's evidence
+  if (body.ok && modelOf(body.result) !== modelOf(film.result)) {
+    body = { ok: false, error: `the service now runs the model ${modelOf(body.result)}, not the model that read ` +
+      `this film (${modelOf(film.result)}): reload the page and choose the film again` };
+  }
   if (body.ok) film.cam = body.result.heatmap;
   // another film (or a refusal) is on screen now: its status and error are not this reply's to change
   if (current !== film) return;
