@@ -254,6 +254,20 @@ def test_a_heatmap_of_another_model_is_refused_not_drawn_under_the_reading(brows
         expect(page.locator("#legend")).to_be_hidden()
 
 
+def test_a_film_not_read_yet_is_exported_as_waiting_not_rejected(page: Page, small: Path, data_root: Path) -> None:
+    """The list exported while a batch was still being read gave each film not read yet as "rejected: waiting"."""
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/predict$"), lambda route: held.append(route))
+    page.set_input_files("#file", [small, other_film(data_root)])
+    while not held:
+        page.wait_for_timeout(50)
+    with page.expect_download() as download:
+        page.click("#export")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [row["reading"] for row in rows] == ["waiting: not read yet"] * 2
+    settle(page, held)
+
+
 # ---------------------------------------------------------------- the command line
 
 

@@ -1026,7 +1026,8 @@ function csv() {
       ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
         ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, allWarnings(r).join("; "),
         r.study_instance_uid || ""]
-      : [film.name, `rejected: ${film.error || film.status}`, "", "", "", ...classes.map(() => ""), "", ...stage,
+      : [film.name, film.status === "waiting" ? "waiting: not read yet" : `rejected: ${film.error}`, "", "", "",
+        ...classes.map(() => ""), "", ...stage,
         "", ""];
     lines.push(row.map((v) => csvCell(String(v))).join(","));
   }
