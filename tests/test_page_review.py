@@ -268,6 +268,24 @@ def test_a_film_not_read_yet_is_exported_as_waiting_not_rejected(page: Page, sma
     settle(page, held)
 
 
+
+def test_a_service_that_never_answers_is_a_refusal_not_a_wait_without_end(page: Page, small: Path,
+                                                                         data_root: Path) -> None:
+    """A service that took a film and never answered left "Analysing..." on screen for ever, and the film chosen
+    after it waiting behind it. The page waits answerTimeoutMs (120 s; 1 s here) and refuses the film with why."""
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/predict$"), lambda route: held.append(route))  # never answered
+    page.evaluate("() => { answerTimeoutMs = 1000; }")
+    page.set_input_files("#file", small)
+    expect(page.get_by_role("alert")).to_have_text("Rejected: no answer from the service within 1 s, so nothing was "
+                                                   "read: try again, and if this persists, tell the administrator")
+    expect(page.locator("#status")).to_be_empty()
+    page.unroute(re.compile(r".*/v1/predict$"))
+    later = other_film(data_root)
+    page.set_input_files("#file", later)
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+
+
 # ---------------------------------------------------------------- the command line
 
 

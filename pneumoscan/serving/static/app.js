@@ -739,14 +739,23 @@ function drawLegend() {
 
 // ---- uploads: one request per film, in turn ----
 
+// The longest the page waits for the service's answer to one upload (the proxy read timeout of the nginx example in
+// docs/deployment.md): a service that took a film and never answered (a stuck worker, a link dropped without a word)
+// left "Analysing..." on screen for ever, and every film chosen after it waiting behind it.
+let answerTimeoutMs = 120_000;
+
 async function post(file, query) {
   const form = new FormData();
   form.append("file", file);
   let response;
   try {
     response = await fetch(`/v1/predict${query ? `?${query}` : ""}`,
-      { method: "POST", body: form, headers: authHeaders() });
+      { method: "POST", body: form, headers: authHeaders(), signal: AbortSignal.timeout(answerTimeoutMs) });
   } catch (err) {
+    if (err.name === "TimeoutError") {
+      return { ok: false, error: `no answer from the service within ${answerTimeoutMs / 1000} s, so nothing was ` +
+        "read: try again, and if this persists, tell the administrator" };
+    }
     return { ok: false, error: `the server could not be reached: ${err.message}` };
   }
   // a reading (with the map, when one was asked for): anything else in a 200 is not the service's answer
