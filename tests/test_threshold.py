@@ -401,6 +401,24 @@ def test_copies_of_validation_films_under_other_names_are_warned_about(tiny_bund
         "threshold were chosen: the figures on them are optimistic"]
 
 
+def test_copies_of_the_films_that_chose_a_site_threshold_are_warned_about(tiny_bundle: Path, site: Path,
+                                                                           tmp_path: Path) -> None:
+    """A site threshold chosen on its films, then measured on the same pictures exported again as PNG under other
+    names, gave figures with no warning and a card record "checked": copies of calibration films are warned of, and
+    the card's record keeps the warning, as copies of validation films are."""
+    chosen = tmp_path / "chosen"
+    rethreshold(tiny_bundle, site, chosen)
+    again = []
+    for i, record in enumerate(discover(site).records):
+        Image.open(record.path).save(tmp_path / f"export-{i}.png")
+        again.append(make_record(tmp_path / f"export-{i}.png", record.label))
+    write_manifest(again, tmp_path / "export.csv")
+    figures = evaluate(chosen, tmp_path / "export.csv", add_to_card=True, data_name="export")
+    assert [c for c in figures["optimistic"] if "copies of validation films" in c][0].startswith(
+        f"{len(again)} film(s) given to record an evaluation in the card are copies of validation films")
+    assert load_card(chosen).external_evaluations[-1]["caveats"][0] == figures["optimistic"][0]
+
+
 def test_what_the_threshold_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, site: Path,
                                                                       tmp_path: Path) -> None:
     """Films that chose the bundle's own threshold (its validation films) given to `threshold` again are warned of;

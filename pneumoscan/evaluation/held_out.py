@@ -188,7 +188,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     validation: set[str] = set()
     own_validation: set[str] = set()  # the validation films of the runs of the bundles given themselves
     for i, bundle in enumerate(map(Path, bundles)):
-        _check_calibration_films(given, bundle)
+        validation |= _check_calibration_films(given, bundle)
         with refused_as(names[i]) if names else contextlib.nullcontext():
             runs = _weight_runs(given, bundle)
         _refuse_trained(given, bundle, runs)
@@ -203,20 +203,27 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
 
 
-def _check_calibration_films(given: _Given, bundle: Path) -> None:
+def _check_calibration_films(given: _Given, bundle: Path) -> set[str]:
     """Films given that chose BUNDLE's own threshold (its lists of calibration films), judged as its validation
-    films are (:func:`_check_validation`)."""
+    films are (:func:`_check_validation`). Returns every film listed (real paths), so that copies of them under
+    other names are warned of as copies of validation films are (:func:`_warn_copies`): a site's DICOM films that
+    chose a threshold, given again as a PACS's JPEG export of them or moved to another folder, escape a check by
+    path."""
+    every: set[str] = set()
     for name, what in given.policy.calibration_lists():
         listed = bundle / name
         if not listed.exists():
             continue
-        chosen = sorted({os.path.realpath(r.path) for r in discover(listed).records} & given.paths)
+        films = {os.path.realpath(r.path) for r in discover(listed).records}
+        every |= films
+        chosen = sorted(films & given.paths)
         if chosen and given.policy.refuse_validation:
             raise ValueError(f"{len(chosen)} of the films given to {given.purpose} chose {bundle}'s threshold (e.g. "
                              f"{chosen[0]}; {name}): {given.purpose} on films new to it{given.hint}")
         if chosen and given.policy.validation_warning:
             given.warn(f"{len(chosen)} film(s) given to {given.purpose} chose {bundle}'s {what} ({name}): the figures "
                        "on them are optimistic")
+    return every
 
 
 def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
