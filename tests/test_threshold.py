@@ -419,6 +419,24 @@ def test_copies_of_the_films_that_chose_a_site_threshold_are_warned_about(tiny_b
     assert load_card(chosen).external_evaluations[-1]["caveats"][0] == figures["optimistic"][0]
 
 
+def test_other_films_of_the_patients_that_chose_a_site_threshold_are_warned_about(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """A site threshold chosen on one film of each child, measured on the same children's other films (one MRN in
+    the manifest's patient column), gave figures with no warning, while other films of the validation patients
+    are warned of."""
+    films = discover(tiny_dataset).split("test")
+    first, later = films[::2], films[1::2]
+    write_manifest([make_record(r.path, r.label, patient=f"MRN{i}") for i, r in enumerate(first)], tmp_path / "a.csv")
+    write_manifest([make_record(r.path, r.label, patient=f"mrn{i}") for i, r in enumerate(later)], tmp_path / "b.csv")
+    chosen = tmp_path / "chosen"
+    rethreshold(tiny_bundle, tmp_path / "a.csv", chosen)
+    figures = evaluate(chosen, tmp_path / "b.csv")
+    assert [c for c in figures["optimistic"] if CALIBRATION_FILMS in c] == [
+        f"{len(later)} film(s) given to evaluate are other files of patients in {chosen}'s {CALIBRATION_FILMS}, whose "
+        "films chose its threshold (by their patient ids: file names, a manifest's patient column or DICOM headers; "
+        "e.g. mrn0): if they are the same patients, the figures are optimistic"]
+
+
 def test_what_the_threshold_check_warned_of_is_kept_in_the_model_card(tiny_bundle: Path, site: Path,
                                                                       tmp_path: Path) -> None:
     """Films that chose the bundle's own threshold (its validation films) given to `threshold` again are warned of;

@@ -188,7 +188,11 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     validation: set[str] = set()
     own_validation: set[str] = set()  # the validation films of the runs of the bundles given themselves
     for i, bundle in enumerate(map(Path, bundles)):
-        validation |= _check_calibration_films(given, bundle)
+        calibration = _check_calibration_films(given, bundle)
+        validation |= set(calibration)
+        if given.policy.validation_warning:
+            _warn_kin(given, calibration, set(calibration), f"{bundle}'s {CALIBRATION_FILMS}",
+                      ", whose films chose its threshold")
         with refused_as(names[i]) if names else contextlib.nullcontext():
             runs = _weight_runs(given, bundle)
         _refuse_trained(given, bundle, runs)
@@ -203,20 +207,20 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
 
 
-def _check_calibration_films(given: _Given, bundle: Path) -> set[str]:
+def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
     """Films given that chose BUNDLE's own threshold (its lists of calibration films), judged as its validation
-    films are (:func:`_check_validation`). Returns every film listed (real paths), so that copies of them under
-    other names are warned of as copies of validation films are (:func:`_warn_copies`): a site's DICOM films that
-    chose a threshold, given again as a PACS's JPEG export of them or moved to another folder, escape a check by
-    path."""
-    every: set[str] = set()
+    films are (:func:`_check_validation`). Returns every film listed, by real path, so that copies of them under
+    other names (:func:`_warn_copies`) and other films of their patients (:func:`_warn_kin`) are warned of as those
+    of validation films are: a site's DICOM films that chose a threshold, given again as a PACS's JPEG export of
+    them, moved to another folder, or the same children's later films, escape a check by path."""
+    every: dict[str, Record] = {}
     for name, what in given.policy.calibration_lists():
         listed = bundle / name
         if not listed.exists():
             continue
-        films = {os.path.realpath(r.path) for r in discover(listed).records}
+        films = {os.path.realpath(r.path): r for r in discover(listed).records}
         every |= films
-        chosen = sorted(films & given.paths)
+        chosen = sorted(set(films) & given.paths)
         if chosen and given.policy.refuse_validation:
             raise ValueError(f"{len(chosen)} of the films given to {given.purpose} chose {bundle}'s threshold (e.g. "
                              f"{chosen[0]}; {name}): {given.purpose} on films new to it{given.hint}")
@@ -287,18 +291,25 @@ def _warn_same_patients(given: _Given, run: _Run) -> None:
     """Warn of other files of the patients of RUN's training split (and, with ``validation_warning``, of its
     validation split) among the films given: other names escape the checks by path. Ids are compared as one
     patient's spellings: a manifest typed by another hand writes Person1000 for the training films' person1000."""
-    patients = {split: {patient_key(run.films[p].patient) for p in paths if not own_patient(run.films[p])}
-                for split, paths in (("train", run.train), ("val", run.val))}
-    of_patients = [("training split", "", patients["train"])]
+    _warn_kin(given, run.films, run.train, f"{run.path}'s training split", "")
     if given.policy.validation_warning:
-        of_patients.append(("validation split", ", whose films chose its temperature and threshold",
-                            patients["val"] - patients["train"]))
-    for side, why, known in of_patients:
-        if kin := [r.patient for r in given.records if patient_key(r.patient) in known and not own_patient(r)
-                   and given.real[r.path] not in run.films]:
-            given.warn(f"{len(kin)} film(s) given to {given.purpose} are other files of patients in {run.path}'s "
-                       f"{side}{why} (by their patient ids: file names, a manifest's patient column or DICOM headers; "
-                       f"e.g. {shown(kin[0])}): if they are the same patients, the figures are optimistic")
+        _warn_kin(given, run.films, run.val, f"{run.path}'s validation split",
+                  ", whose films chose its temperature and threshold", exclude=run.train)
+
+
+def _warn_kin(given: _Given, films: dict[str, Record], paths: set[str], side: str, why: str,
+              exclude: frozenset[str] | set[str] = frozenset()) -> None:
+    """Warn of films given, none of ``films`` (by real path), whose patient is that of one of ``paths`` (``side``
+    names them) and of none of ``exclude`` (warned of already), by :func:`patient_key`."""
+    def known(of: set[str]) -> set[str]:
+        return {patient_key(films[p].patient) for p in of if not own_patient(films[p])}
+
+    patients = known(paths) - known(exclude)
+    if kin := [r.patient for r in given.records if patient_key(r.patient) in patients and not own_patient(r)
+               and given.real[r.path] not in films]:
+        given.warn(f"{len(kin)} film(s) given to {given.purpose} are other files of patients in {side}{why} (by their "
+                   "patient ids: file names, a manifest's patient column or DICOM headers; "
+                   f"e.g. {shown(kin[0])}): if they are the same patients, the figures are optimistic")
 
 
 def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None:
