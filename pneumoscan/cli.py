@@ -254,7 +254,7 @@ def _three_classes(block: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumoscan.core.metrics import BOTH_CLASSES, FILM_UNIT_CAVEAT, format_figure, with_ci
+    from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts, one_class
     from pneumoscan.models.run_folder import REPORT
@@ -275,8 +275,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{name:>12}: {figure}")
     print(f"   threshold: {metrics['threshold']:.4f}   n = {film_counts(metrics, metrics['class_names'])}   "
           f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
-    if metrics["ci_unit"] == "film":  # the report says it too; a reader of this screen alone must not miss it
-        print(f"   {FILM_UNIT_CAVEAT}")
+    if said := unit_caveat(metrics):  # the report says it too; a reader of this screen alone must not miss it
+        print(f"   {said}")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "

@@ -540,6 +540,30 @@ def test_the_threshold_table_gives_thresholds_that_call_alike_one_row() -> None:
     assert [r["rule"] for r in rows if abs(r["threshold"] - 0.5) < 5e-5] == ["fixed", "bundle threshold"]
 
 
+def test_evaluate_says_how_many_films_without_a_patient_id_its_patients_count(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A film with no patient id is a patient of its own; two films of one id (or copies of one picture) make the
+    intervals count patients, and then nothing said that the others' patients were unknown ("16 films of 15
+    patients", intervals as narrow as by film). The screen and the report say how many films carry no id."""
+    films = sorted((r for r in discover(tiny_dataset).records if r.split == "test"), key=lambda r: r.path)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    rows = []
+    for i, record in enumerate(films):
+        copy = folder / f"scan{i}.jpeg"  # a name no layout reads a patient from
+        shutil.copy(record.path, copy)
+        rows.append(f"{copy},{record.label},{'p0' if i < 2 else ''}\n")
+    manifest = tmp_path / "site.csv"
+    manifest.write_text("path,label,patient\n" + "".join(rows))
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(tiny_bundle), str(manifest), "--out", str(out)]) == 0
+    said = "14 of the 16 films carry no patient id"
+    assert said in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["ci_unit"], metrics["patients"]["all"], metrics["films_without_patient_id"]) == ("patient", 15, 14)
+    assert said in (out / "report.html").read_text()
+
+
 def test_evaluate_says_on_screen_when_its_intervals_count_films(tiny_bundle: Path, tiny_dataset: Path,
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Films with no shared patient id get intervals by film, which films of one patient would make too narrow: the

@@ -24,7 +24,7 @@ from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import Record
+from pneumoscan.data.layouts import Record, own_patient
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
@@ -319,10 +319,13 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
+    # films that are patients of their own for want of an id: intervals by patient may then still be too narrow
+    metrics["films_without_patient_id"] = sum(map(own_patient, records))
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     if etiology is not None:
         metrics["two_stage"], second = _two_stage(predictor, scores, records, images, targets, data, split, etiology,
                                                   tta, backend, groups, scope)
+        metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])

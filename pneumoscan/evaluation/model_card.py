@@ -19,7 +19,7 @@ import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, format_figure,
-                                     format_percent, jsonable, with_ci)
+                                     format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models.card import ENSEMBLE, WRITER, BundleCard, load_card, save_card
@@ -483,6 +483,8 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
              "figures are of the others only"] if unreadable else []) + (
         [f"{outside} of the {metrics['n']} films are outside the model's scope (evaluate's predictions.csv says why) "
          "and are scored and counted in the figures all the same"] if outside else [])
+    if metrics.get("ci_unit") == "patient" and (unknown_ids := unit_caveat(metrics)):  # a film unit: the table says
+        more.append(unknown_ids)
     return {
         "data": data_name,
         "date": today(),

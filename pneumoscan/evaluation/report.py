@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.figures import figure_bytes, png_data_url
-from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, clopper_pearson,
-                                     format_figure, format_percent, jsonable)
+from pneumoscan.core.metrics import (BOTH_CLASSES, ci_method_sentence, clopper_pearson, format_figure,
+                                     format_percent, jsonable, unit_caveat)
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
@@ -111,7 +111,7 @@ def _ci_note(m: dict[str, Any], proportions: str, others: Sequence[str], auc_key
     PROPORTIONS'."""
     unit = "patient" if m.get("ci_unit") == "patient" else "film"
     note = ci_method_sentence(unit, proportions, others) + _auc_bound_note(m[auc_key], auc_name, f"{unit}s")
-    return note if unit == "patient" else f"{note} {FILM_UNIT_CAVEAT}"
+    return " ".join(filter(None, [note, unit_caveat(m)]))
 
 
 def _auc_bound_note(auc: Any, what: str, unit: str) -> str:

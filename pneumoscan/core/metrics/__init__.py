@@ -22,7 +22,7 @@ from .auc_intervals import AUC_INTERVAL, _auc_ci
 from .formatting import format_figure, format_percent, jsonable, short_of_one, with_ci
 from .inputs import has_both_classes
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
-                        ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci)
+                        ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci, unit_caveat)
 from .probabilities import TEMPERATURE_BOUNDS, calibration, fit_temperature, softmax
 from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, evaluate_binary, evaluate_multiclass, macro_auc,
                         roc_auc)
@@ -33,6 +33,6 @@ __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CURVE_POI
            "ci_method_sentence", "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass",
            "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",
            "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval", "threshold_metrics_ci",
-           "with_ci",
+           "unit_caveat", "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package
            "_auc_ci", "_bca_ci", "_bootstrap_weights", "_ratio_jackknife"]

@@ -5,7 +5,7 @@ sentences that say how each was made, for reports and model cards."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,21 @@ _CI_METHODS = {
 FILM_UNIT_CAVEAT = ("The intervals count each film as an independent case: no two films share a patient id (from file "
                     "names, a manifest's patient column or DICOM headers), so with several films of one patient the "
                     "true uncertainty is larger than they show.")
+
+
+def unit_caveat(result: Mapping[str, Any]) -> str:
+    """What a result's intervals leave out of their unit, wherever they are shown ("" when nothing): counting films
+    (:data:`FILM_UNIT_CAVEAT`), or counting patients with films among them that carry no patient id
+    (``films_without_patient_id``, which evaluate records): each such film is a patient of its own, copies of one
+    picture one, and that alone can make the unit "patient" (two copies) while the ids are unknown."""
+    if result.get("ci_unit") != "patient":
+        return FILM_UNIT_CAVEAT
+    if without := result.get("films_without_patient_id"):
+        return (f"{without} of the {result['n']} films carry no patient id (from file names, a manifest's patient "
+                "column or DICOM headers) and are counted as patients of their own (copies of one picture as one), "
+                "so with several films of one patient among them the true uncertainty is larger than the intervals "
+                "show.")
+    return ""
 
 
 def ci_method_sentence(unit: str, proportions: str, others: Sequence[str], of: str = "") -> str:
