@@ -208,6 +208,14 @@ def test_a_search_answer_that_is_no_dicom_json_is_refused_with_a_reason(tiny_bun
             predict_study(tiny_bundle, f"http://127.0.0.1:{port}/dicom-web", "1.2.3")
 
 
+def test_a_search_answered_by_a_web_page_is_refused_saying_so(tiny_bundle: Path) -> None:
+    """A proxy's sign-on page (or a web interface at --url) answering 200 had ended the run in the JSON parser's words
+    alone, ``Expecting value: line 1 column 1 (char 0)``, which named neither the answer nor what to check."""
+    with serving(answering(200, b"<html><body>Please sign in</body></html>", "text/html")) as port:
+        with pytest.raises(ValueError, match="the PACS answered the instance search with something that is not JSON"):
+            predict_study(tiny_bundle, f"http://127.0.0.1:{port}/dicom-web", "1.2.3")
+
+
 SR = "1.2.826.0.1.3680043.8.498.1"
 REFERENCED = {"00081155": {"vr": "UI", "Value": [SR]}}
 

@@ -29,7 +29,7 @@ import re
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -102,10 +102,17 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0]) if isinstance(values, list) and values else ""
 
 
-def _datasets(answer: object, what: str) -> list[dict]:
-    """A QIDO-RS ``answer`` (``what``: which search), checked to be DICOM JSON: a list of objects keyed by tag. An
-    error message in JSON, a JSON null or a list of something else had ended the run in a traceback, or been taken
-    for an instance without a UID."""
+def _datasets(search: Callable[[], object], what: str) -> list[dict]:
+    """The answer of a QIDO-RS ``search`` (``what``: which search), checked to be DICOM JSON: a list of objects keyed
+    by tag. An error message in JSON, a JSON null or a list of something else had ended the run in a traceback, or
+    been taken for an instance without a UID; an answer that is no JSON at all (a proxy's sign-on page, a web
+    interface at --url) had ended it in the parser's words alone (``Expecting value: line 1 column 1 (char 0)``)."""
+    try:
+        answer = search()
+    except requests.JSONDecodeError:
+        raise ValueError(f"the PACS answered the {what} with something that is not JSON (a web page, such as the "
+                         "sign-on page of a proxy in front of it, or another service at that address): check that "
+                         "--url is its DICOMweb root and that the credentials are accepted") from None
     if isinstance(answer, list) and all(isinstance(item, dict) and all(_TAG.fullmatch(str(k)) for k in item)
                                         for item in answer):
         return answer
@@ -123,8 +130,8 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
     gap; so is one whose instances share a SOP Instance UID (two counted as one, the offsets would skip one)."""
     found: dict[str, dict] = {}
     while True:
-        page = _datasets(client.search_for_instances(study_instance_uid=study_uid, offset=len(found), fields=_FIELDS),
-                         "instance search")
+        page = _datasets(lambda: client.search_for_instances(study_instance_uid=study_uid, offset=len(found),
+                                                             fields=_FIELDS), "instance search")
         uids = [_value(item, _SOP) for item in page]
         if shared := sorted({uid for uid in uids if uids.count(uid) > 1}):
             raise ValueError(f"the study holds several instances under one SOP Instance UID ({shared[0]}): they cannot "
@@ -148,8 +155,8 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
 def _study_size(client: DICOMwebClient, study_uid: str) -> float:
     """The study's NumberOfStudyRelatedInstances as the PACS reports it (infinite when it does not say, so that
     nothing is taken as complete without its word)."""
-    studies = _datasets(client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
-                                                  fields=["NumberOfStudyRelatedInstances"]), "study search")
+    studies = _datasets(lambda: client.search_for_studies(search_filters={"StudyInstanceUID": study_uid},
+                                                          fields=["NumberOfStudyRelatedInstances"]), "study search")
     counts = {_value(study, _COUNT) for study in studies}
     value = counts.pop() if len(counts) == 1 else ""  # none, or answers that disagree: no word to go by
     return int(value) if value.isdigit() else math.inf
