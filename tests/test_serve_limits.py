@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ from pneumoscan.serving.app import create_app
 from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog,
                                        served_paths, server_config)
-from tests.builders import running
+from tests.builders import free_port, running, wait_healthy
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
 
@@ -403,6 +405,30 @@ def test_a_flood_of_refused_requests_writes_a_few_access_lines(tiny_bundle: Path
                     for _ in range(200)}
     assert statuses == {415}
     assert [record.args[4] for record in lines] == [415] * 10, [record.getMessage() for record in lines]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a file whose every write fails ENOSPC")
+def test_an_access_log_on_a_full_disk_is_said_in_one_line_and_the_service_goes_on(tiny_bundle: Path,
+                                                                                  tmp_path: Path) -> None:
+    """`pneumoscan serve` with its stdout (the access log) on a full disk: every request is still answered, and
+    stderr says so in one line. Each line lost had written logging's traceback of some 60 lines on stderr."""
+    port, err = free_port(), tmp_path / "stderr"
+    with open("/dev/full", "wb") as full, err.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "pneumoscan", "serve", str(tiny_bundle), "--port", str(port)],
+                                stdout=full, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}", err)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            statuses = {http.post("/v1/predict", files={"file": ("x.txt", b"notes", "text/plain")}).status_code
+                        for _ in range(5)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert statuses == {415}
+    log = err.read_text()
+    assert "Traceback" not in log and "Logging error" not in log, log
+    lost = [line for line in log.splitlines() if "log lines to <stdout> are lost (No space left on device)" in line]
+    assert len(lost) == 1 and lost[0].startswith("WARNING"), log
 
 
 @contextmanager

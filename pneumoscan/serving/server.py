@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -154,6 +155,19 @@ class OneLineLog(logging.Filter):
         return True
 
 
+class LogStream(logging.StreamHandler):
+    """The stream handler of uvicorn's logs (the access lines on stdout, its messages on stderr). A line that cannot
+    be written (the disk of a log redirected to a file is full, a pipe is closed) is said as one rate-limited warning
+    of this module (:class:`OneLineLog`), and the service goes on: logging's own handling wrote a traceback of some
+    60 lines on stderr for each line lost, past the rate limits that keep the log small."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        log.warning("log lines to %s are lost (%s): free its disk or mend where it goes; the service goes on",
+                    getattr(self.stream, "name", "a stream"), reason)
+
+
 class AccessLog(logging.Filter):
     """uvicorn's access log, one INFO line a request, rate-limited as :class:`OneLineLog` limits failures: each
     status code passes at most ``lines`` lines every ``interval`` seconds, and the next one to pass says how many
@@ -239,11 +253,14 @@ class AccessLines(AccessFormatter):
 
 
 def _log_config(app: FastAPI, root_path: str = "") -> dict[str, Any]:
-    """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log; uvicorn logs a path
-    with the ``root_path`` it is served under (as the guard strips it before routing)."""
+    """uvicorn's own logging settings, with :class:`AccessLines` writing ``app``'s access log and :class:`LogStream`
+    its streams; uvicorn logs a path with the ``root_path`` it is served under (as the guard strips it before
+    routing)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     served = [root_path.rstrip("/") + path for path in served_paths(app)]
     config["formatters"]["access"].update({"()": AccessLines, "served": served})
+    for handler in config["handlers"].values():
+        handler["class"] = f"{__name__}.{LogStream.__qualname__}"
     return config
 
 
