@@ -109,6 +109,19 @@ def test_a_key_no_client_can_send_is_refused_and_the_environments_line_break_is_
             Access.from_options()
 
 
+def test_a_key_or_auth_file_of_raw_bytes_is_refused_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A key made with `openssl rand 32` (the -hex forgotten) had ended the start in the codec's words alone ('utf-8'
+    codec can't decode byte 0xff in position 0), which named no file, and quoted a byte of the secret."""
+    (tmp_path / "key").write_bytes(b"\xff" + KEY.encode())
+    assert cli.main(["serve", "b", "--api-key-file", str(tmp_path / "key")]) == 2
+    assert capsys.readouterr().err == (f"pneumoscan serve: error: the API key file {tmp_path / 'key'} is not text: it "
+                                       "must hold one API key value, in printable ASCII\n")
+    (tmp_path / "auth").write_bytes(b"Bearer \xfftoken")
+    assert cli.main(["pacs", "b", "--url", "http://127.0.0.1:1/dicom-web", "--study", "1.2.3", "--auth-file",
+                     str(tmp_path / "auth")]) == 2
+    assert f"the auth file {tmp_path / 'auth'} is not text" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- Host allow-list
 
 

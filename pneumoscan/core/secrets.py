@@ -10,9 +10,10 @@ from pathlib import Path
 def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
     """``path``'s text, else ``$ENV``'s, without the blanks around it (the line break a file, an env file written by
     ``echo`` or a secret mounted from a file ends in); None when neither is given. Refused with a reason that never
-    shows the value: an empty file or a variable of blanks (running without the secret while the operator believes
-    one is set), and a value with a line break or another control character, which no header carries (a service
-    started with it answered every client 401; requests refused it quoting the value)."""
+    shows the value: a file that is not text (raw bytes), an empty file or a variable of blanks (running without the
+    secret while the operator believes one is set), and a value with a line break or another control character,
+    which no header carries (a service started with it answered every client 401; requests refused it quoting the
+    value)."""
     if path is not None:
         source = f"the {kind} file {path}"
         try:
@@ -20,6 +21,8 @@ def read_secret(path: Path | str | None, env: str, kind: str) -> str | None:
         except OSError as e:  # a bare "permission denied" named no key file nor who must read it
             raise OSError(e.errno, f"{source} cannot be read ({(e.strerror or str(e)).lower()}): it must be a file "
                                    "the user running pneumoscan can read") from None
+        except UnicodeDecodeError:  # raw bytes (`openssl rand 32`): the codec's words named no file, and a byte of it
+            raise ValueError(f"{source} is not text: it must hold one {kind} value, in printable ASCII") from None
     elif (text := os.environ.get(env)) is not None:  # set but empty (ENV= in a unit file) is refused, not unset
         source = env
     else:
