@@ -163,7 +163,7 @@ def test_maps_for_the_two_classes_differ(tiny_bundle: Path, tiny_dataset: Path) 
     assert np.abs(normal - pneumonia).mean() > 0.1
     np.testing.assert_array_equal(explain_array(predictor, gray), pneumonia)  # default: the positive class
     # a huge upload's map is drawn at overlay size, not as a full-size float array (10,000^2 took 764 MB)
-    big = np.zeros((3000, 2000), np.uint8)
+    big = np.random.default_rng(0).integers(0, 256, (3000, 2000), dtype=np.uint8)  # not blank: that is refused
     assert explain_array(predictor, big).shape == panel_shape(3000, 2000) == (MAX_PANEL, round(2000 * MAX_PANEL / 3000))
 
 
@@ -249,7 +249,7 @@ def test_overlay_png_has_three_panels_at_the_original_aspect() -> None:
     np.testing.assert_array_equal(panels[0], np.repeat(gray[..., None], 3, axis=2))  # the original, untouched
     assert not np.array_equal(panels[2], panels[0]) and not np.array_equal(panels[2], panels[1])
 
-    big = np.zeros((3000, 2000), np.uint8)
+    big = np.random.default_rng(0).integers(0, 256, (3000, 2000), dtype=np.uint8)  # not blank: that is refused
     im = Image.open(io.BytesIO(overlay_png(big, cam, "PNEUMONIA", None)))
     assert im.size[0] == 3 * round(2000 * MAX_PANEL / 3000) and MAX_PANEL < im.size[1] < 1.2 * MAX_PANEL
 

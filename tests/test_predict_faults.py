@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError, too_few_levels_in_window
 from pneumoscan.inference import predict
+from pneumoscan.inference.explain import explain_array
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import CHANGED, Predictor, predict_paths
 from pneumoscan.models.bundle import load_bundle
@@ -115,6 +116,16 @@ def test_predict_array_refuses_an_array_with_nothing_to_see(tiny_bundle: Path) -
                          (nearly, "97.0% of the pixels are within 2 grey levels of one value")):
         with pytest.raises(DecodeError, match=rf"^blank image: {re.escape(reason)}"):
             predictor.predict_array(gray)
+
+
+def test_explain_array_refuses_an_array_with_nothing_to_see(tiny_bundle: Path) -> None:
+    """Grad-CAM drew a map of a uniform square that predict_array refuses (evidence on no film), and an array of no
+    pixels ended in a ZeroDivisionError or Pillow's "height and width must be > 0": each is refused as predict_array
+    refuses it."""
+    predictor = Predictor(tiny_bundle, backend="onnx")
+    for gray in (np.full((50, 50), 7, np.uint8), np.zeros((0, 0), np.uint8), np.zeros((0, 10), np.uint8)):
+        with pytest.raises(DecodeError, match="^blank image: every pixel has the same value"):
+            explain_array(predictor, gray)
 
 
 def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bundles_card_and_others_weights(

@@ -303,14 +303,20 @@ class Predictor:
         Empty for two classes, whose ``probability`` says it all."""
         return {column: float(v) for column, v in zip(self.task.class_columns, probabilities)}
 
-    def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
-        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says. A blank one (no pixels,
-        or one grey level, or nearly) is refused with :class:`DecodeError`, as :func:`read_gray` refuses such a film:
-        an array made another way (Pillow's convert, a viewer's export) has not passed that check."""
+    def preprocess_array(self, gray: np.ndarray) -> np.ndarray:
+        """:meth:`preprocess` of one array a caller made (:meth:`predict_array`, Grad-CAM's ``explain_array``): a
+        blank one (no pixels, or one grey level, or nearly) is refused with :class:`DecodeError`, as :func:`read_gray`
+        refuses such a film: an array made another way (Pillow's convert, a viewer's export) has not passed that
+        check, and a score or a map of a uniform square would pass for a reading of a film."""
         images = self.preprocess([gray])  # its shape and type checked first
         if reason := blank_reason(gray):
             raise DecodeError(reason)
-        return self.reading(self.probabilities(images, tta=tta)[0], tta)
+        return images
+
+    def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
+        """One decoded uint8 grayscale image of any size, preprocessed as the bundle says; a blank one is refused
+        (:meth:`preprocess_array`)."""
+        return self.reading(self.probabilities(self.preprocess_array(gray), tta=tta)[0], tta)
 
 
 def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> dict[str, str]:
