@@ -83,6 +83,27 @@ def test_a_multiclass_first_stage_with_an_etiology_second_is_refused_at_start(
     assert alone_warning("etiology").endswith("run it as the second stage after a pneumonia model (--etiology)")
 
 
+def test_a_second_stage_following_a_call_the_first_never_gives_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A task registered with ``follows={"pneumonia": "Pneumonia"}`` (the pneumonia model calls PNEUMONIA) was
+    never handed a film: every row of predict gave its reading as None, as for films the first stage keeps, with
+    no word of the misspelling. The pair is refused from the cards, naming the first stage's calls."""
+    from tests.test_predict import make_bundle
+
+    monkeypatch.setattr(tasks_module, "_TASKS", tasks_module._TASKS.copy())
+    register_task("misspelt", classes=("other", "viral"), positive="viral", follows={"pneumonia": "Pneumonia"})(_toy)
+    first = make_bundle(tmp_path / "p")
+    second = make_bundle(tmp_path / "m", "misspelt", ("other", "viral"), "viral")
+    said = ("the misspelt task follows pneumonia on the call 'Pneumonia', which a pneumonia model never gives (it "
+            "calls 'NORMAL' or 'PNEUMONIA')")
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}"):
+        predict_paths(first, [tmp_path / "film.png"], etiology=second)
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}"):
+        evaluate(first, tmp_path / "no-such-data", etiology=second)
+    assert check_stages("pneumonia", "etiology") == "PNEUMONIA"
+
+
 class _FirstClassCam(Task):
     @property
     def cam_classes(self) -> tuple[int, ...]:

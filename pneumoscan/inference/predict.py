@@ -476,19 +476,28 @@ def check_stages(first: str, second: str) -> str:
     """The first stage's label that hands a film to the second stage (etiology reads the films a pneumonia model
     calls pneumonia): the second task says which tasks it follows (:meth:`Task.handoff`). A first stage whose classes
     hold the second's (a multiclass model gives P(bacteria) and P(virus)) is refused with that reason: the answer
-    would carry two etiologies, the first model's and the second's, which may disagree."""
+    would carry two etiologies, the first model's and the second's, which may disagree. So is a handoff that is no
+    call of the first stage (``follows={"pneumonia": "Pneumonia"}``, misspelt): the second stage would never be
+    shown a film, and every film would read as one the first stage kept."""
     task, then = get_task(first), get_task(second)
     if task.multiclass and then.follows and set(then.classes) < set(task.classes):
         raise ValueError(f"--etiology after a {first} bundle: a {first} model already tells "
                          f"{' and '.join(then.classes)} apart, and a second stage would add another answer to its own; "
                          f"use a {' or '.join(then.follows)} bundle as the first stage, or the {first} bundle alone")
     try:
-        return then.handoff(task)
+        handoff = then.handoff(task)
     except ValueError as e:
         swapped = (f"; the bundles look swapped: give the {second} bundle first and the {first} bundle with --etiology"
                    if second in task.follows else "")
         raise ValueError(f"--etiology needs a second stage that follows the first (a pneumonia bundle and an etiology "
                          f"bundle, for instance): {e}{swapped}") from None
+    calls = dict.fromkeys((task.classes[0], task.positive))  # Predictor.label's two answers
+    if handoff not in calls:
+        raise ValueError(f"the {second} task follows {first} on the call {handoff!r}, which a {first} model never "
+                         f"gives (it calls {' or '.join(map(repr, calls))}), so no film would reach the {second} "
+                         f"stage: register {second} with follows naming one of those calls, spelt as the {first} "
+                         "task names it")
+    return handoff
 
 
 def check_bundle_stages(bundle: Path | str, etiology: Path | str) -> str:
