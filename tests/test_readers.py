@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,39 @@ def pgm_reader() -> Iterator[PgmReader]:
         yield reader
     finally:
         readers.unregister(reader.name)
+
+
+class _FloatPgm(PgmReader):
+    """A site's reader with a common mistake: its pixels as floats in 0-1."""
+
+    def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+        return super().gray(src, target).astype(np.float32) / 255
+
+
+class _ColourPgm(PgmReader):
+    def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+        return np.stack([super().gray(src, target)] * 3, -1)
+
+
+@pytest.mark.parametrize("cls, given", [(_FloatPgm, "a float32 array of shape (48, 40)"),
+                                        (_ColourPgm, "a uint8 array of shape (48, 40, 3)")], ids=["float", "colour"])
+def test_a_reader_giving_other_than_2d_uint8_is_named_with_what_it_gave(
+    cls: type[PgmReader], given: str, tmp_path: Path
+) -> None:
+    """A registered reader returning floats in 0-1 ended read_gray in numpy's "Cannot cast array data from
+    dtype('float32')"; one returning colour was taken, and predict then blamed the caller ("read_gray decodes a file
+    to one"). read_gray refuses both, naming the reader and what it gave."""
+    path = tmp_path / "film.pgm"
+    path.write_bytes(pgm(film()))
+    readers.register(cls())
+    try:
+        said = re.escape(f"the PGM reader ({__name__}.{cls.__qualname__}) gave {given} for {path}: a reader's gray() "
+                         "returns a 2-D uint8 array")
+        for source in (path, path.read_bytes()):
+            with pytest.raises(ValueError, match=f"^{said}" if source is path else "gave .* for the uploaded bytes"):
+                read_gray(source)
+    finally:
+        readers.unregister("PGM")
 
 
 def film(height: int = 48, width: int = 40, seed: int = 3) -> np.ndarray:

@@ -17,9 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.logs import redact
+from pneumoscan.core.names import shown
 from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
-                     one_level_share, opened, unreadable)
+                     not_gray, one_level_share, opened, unreadable)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     except BlankImage as e:
         reason, nearly = str(e), str(e) != BLANK
     else:
+        if (given := not_gray(gray)) is not None:  # a site's reader: numpy's or a later caller's words named no reader
+            kind = type(reader)
+            raise ValueError(f"the {reader.name} reader ({kind.__module__}.{kind.__qualname__}) gave {given} for "
+                             f"{shown(source) if isinstance(source, (str, Path)) else 'the uploaded bytes'}: a "
+                             "reader's gray() returns a 2-D uint8 array (height x width, 0-255); mend the reader")
         if (reason := blank_reason(gray)) is None:
             return gray
         nearly = reason != BLANK

@@ -87,6 +87,15 @@ NEAR_BLANK_SHARE = 0.95
 NEAR_BLANK_LEVELS = 2
 
 
+def not_gray(gray: object) -> str | None:
+    """What ``gray`` is, as a reason's words ("a float32 array of shape (64, 64)"), when it is not the one form of a
+    decoded film, a 2-D uint8 array; None when it is. One check for what a reader returns and what preprocessing
+    takes, so that neither hands numpy or Pillow an array they refuse in their own words, or take in another way."""
+    if isinstance(gray, np.ndarray) and gray.ndim == 2 and gray.dtype == np.uint8:
+        return None
+    return f"a {gray.dtype} array of shape {gray.shape}" if isinstance(gray, np.ndarray) else type(gray).__name__
+
+
 def blank_reason(gray: np.ndarray, judged: str = "") -> str | None:
     """Why 8-bit pixels hold nothing to see (none at all, one grey level, or nearly one), None when they hold a
     picture: a model shown a uniform square still answers with a probability. ``judged``: words that say which

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumoscan.core.options import RESIZE_POLICIES, look_up_option
 from .decode import Source, image_info, read_gray
-from .pixels import DecodeError, reduce
+from .pixels import DecodeError, not_gray, reduce
 
 # Test-time augmentation views as (zoom, shift as a fraction of the side): small zooms and diagonal shifts
 # inside the training augmentation's range. No horizontal flip: a chest film is lateralised.
@@ -42,9 +42,8 @@ def _check_gray(gray: object) -> None:
     """ValueError unless ``gray`` is what preprocessing takes, a 2-D uint8 array, saying what was given before
     Pillow sees it: Pillow refuses other arrays with its own words (image has wrong mode, cannot handle this data
     type), or takes a colour one and leaves a reduced shape to report."""
-    if isinstance(gray, np.ndarray) and gray.ndim == 2 and gray.dtype == np.uint8:
+    if (given := not_gray(gray)) is None:
         return
-    given = f"a {gray.dtype} array of shape {gray.shape}" if isinstance(gray, np.ndarray) else type(gray).__name__
     raise ValueError(f"expected a grayscale image as a 2-D uint8 array (height x width, 0-255), got {given}: "
                      "pneumoscan.data.decode.read_gray decodes a file to one")
 
