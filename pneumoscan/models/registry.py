@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,12 @@ def register(
     weights) expects, so the data pipeline can ask the registry instead of hard-coding it.
     ``weights``: pretrained weights exist; without them the model always starts from scratch.
     ``fixed_size``: the model flattens its last feature map, so the builder also takes ``image_size``.
+    A ``std`` of 0 or less, or a ``mean`` or ``std`` that is no finite number, is refused here: every input would be
+    infinite or NaN, and training would end saying it diverged and to lower the learning rate.
     """
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"model {name!r}: mean {mean!r} and std {std!r} normalise [0, 1] grey input as "
+                         "(x - mean) / std: both must be finite numbers and std above 0")
 
     def decorator(fn: Builder) -> Builder:
         _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size))
