@@ -53,17 +53,39 @@ def folds_of(run: dict) -> tuple:
 
 
 def oof_logits(cv_dirs: list[Path]) -> dict[str, float]:
-    """Each film's out-of-fold calibrated logit (``oof.csv``) averaged over the runs, as ``ensemble --cv`` averages
-    them; a film some run could not read has none."""
+    """Each film's out-of-fold score of the runs averaged as ``ensemble --cv`` averages them: the mean of their
+    calibrated logits, as the log-odds of the positive call; a film some run could not read has none. A two-class
+    run's log-odds is its one calibrated logit, so the mean of the runs' log-odds is the ensemble's. A three-class
+    run's positive call is 1 - P(normal), whose log-odds is no mean of anything: the runs' class log-probabilities
+    (``probability_<class>``, its calibrated logits up to one constant per film) are averaged and the call read from
+    their softmax, or the figures would be of another combination than the ensemble ships."""
     scores = []
     for cv_dir in cv_dirs:
         with CvFolder(cv_dir).oof.open() as f:
-            scores.append({oof_name(row["path"]): float(row["probability"]) for row in csv.DictReader(f)})
+            scores.append({oof_name(row["path"]): _log_probabilities(row) for row in csv.DictReader(f)})
     both = set.intersection(*map(set, scores))
     if not both:
         sys.exit(f"{' and '.join(map(str, cv_dirs))} have no film in common in their oof.csv")
-    p = {path: np.clip([s[path] for s in scores], 1e-7, 1 - 1e-7) for path in both}
-    return {path: float(np.mean(np.log(q) - np.log1p(-q))) for path, q in p.items()}
+    mean = {path: np.mean([s[path] for s in scores], axis=0) for path in both}
+    return {path: float(_positive_log_odds(m)) for path, m in mean.items()}
+
+
+def _log_probabilities(row: dict[str, str]) -> np.ndarray:
+    """A film's class log-probabilities from its oof.csv row: the three-class columns (normal first), or the two
+    classes of the positive call's ``probability``."""
+    classes = [key for key in row if key.startswith("probability_")]
+    if classes:
+        classes.sort(key=lambda key: key != "probability_normal")
+        q = np.array([float(row[key]) for key in classes])
+    else:
+        q = np.array([1 - float(row["probability"]), float(row["probability"])])
+    return np.log(np.clip(q, 1e-7, 1))
+
+
+def _positive_log_odds(log_p: np.ndarray) -> float:
+    """The log-odds of 1 - P(first class) under the softmax of ``log_p`` (the first class being the negative one)."""
+    rest = np.logaddexp.reduce(log_p[1:])
+    return float(rest - log_p[0])
 
 
 def load_mean(cv_dirs: list[Path]) -> dict:

@@ -77,3 +77,43 @@ def test_bench_precision_times_a_model_without_stages():
     spec.loader.exec_module(bench)
     ms = bench.step_ms("simple_cnn", 32, "fp32", 1)
     assert math.isfinite(ms) and ms > 0
+
+
+def _cv_candidates():
+    spec = importlib.util.spec_from_file_location("cv_candidates", BENCHMARKS / "cv_candidates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cv_candidates_averages_three_class_runs_as_the_ensemble_does(tmp_path: Path) -> None:
+    """``CV_A+CV_B`` is said to score runs as ``ensemble --cv`` does: the mean of the calibrated logits. For a
+    multiclass run it averaged the log-odds of 1 - P(normal) instead, another combination, whose figures were then
+    reported as the ensemble's."""
+    import numpy as np
+
+    films = {"a.jpeg": [(0.2, 0.7, 0.1), (0.5, 0.1, 0.4)], "b.jpeg": [(0.6, 0.2, 0.2), (0.3, 0.35, 0.35)]}
+    runs = []
+    for i in range(2):
+        run = tmp_path / f"cv{i}"
+        run.mkdir()
+        lines = ["path,label,fold,probability,probability_normal,probability_bacteria,probability_virus"]
+        lines += [f"{tmp_path / name},bacteria,0,{1 - p[i][0]},{p[i][0]},{p[i][1]},{p[i][2]}"
+                  for name, p in films.items()]
+        (run / "oof.csv").write_text("\n".join(lines) + "\n")
+        runs.append(run)
+    scores = _cv_candidates().oof_logits(runs)
+    for name, p in films.items():
+        mean = np.mean(np.log(p), axis=0)  # the ensemble's mean of calibrated logits, up to a constant per film
+        normal = np.exp(mean[0]) / np.exp(mean).sum()
+        assert math.isclose(scores[str(tmp_path / name)], math.log((1 - normal) / normal), rel_tol=1e-9)
+
+
+def test_cv_candidates_averages_two_class_runs_by_their_log_odds(tmp_path: Path) -> None:
+    runs = []
+    for i, p in enumerate((0.2, 0.9)):
+        (run := tmp_path / f"cv{i}").mkdir()
+        (run / "oof.csv").write_text(f"path,label,fold,probability\n{tmp_path / 'a.jpeg'},PNEUMONIA,0,{p}\n")
+        runs.append(run)
+    expected = (math.log(0.2 / 0.8) + math.log(0.9 / 0.1)) / 2
+    assert math.isclose(_cv_candidates().oof_logits(runs)[str(tmp_path / "a.jpeg")], expected, rel_tol=1e-9)
