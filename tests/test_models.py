@@ -83,6 +83,28 @@ def test_register_refuses_a_normalisation_that_makes_every_input_unusable(
     assert "bad_norm" not in models.list_models()
 
 
+def test_a_model_without_a_logit_for_each_class_is_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A registered builder that makes its head of one logit whatever num_classes asks (a common slip) trained into
+    torch's "weight tensor should be defined either for all 1 classes or no classes", naming no model; it is refused
+    before the run folder is made, naming the model and what its head gives."""
+    from pneumoscan.training.config import TrainConfig
+    from pneumoscan.training.train import train
+
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
+
+    @models.register("one_logit", mean=0.5, std=0.25)
+    def one_logit(num_classes: int, in_chans: int, pretrained: bool) -> torch.nn.Module:
+        return models.simple_cnn(1, in_chans, pretrained)
+
+    cfg = TrainConfig(model="one_logit", pretrained=False, image_size=32, epochs=1, batch_size=8, val_fraction=0.25)
+    with pytest.raises(ValueError, match=r"^one_logit gives an output of shape \(1, 1\) for one image, where the task "
+                                         r"needs one logit for each of its 2 classes"):
+        train(tiny_dataset, cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_normalization() -> None:
     assert models.normalization("resnet50") == (0.449, 0.226)
     assert models.normalization("efficientnet_lite0") == (0.5, 0.5)  # TF-lite weights expect [-1, 1]

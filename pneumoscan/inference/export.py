@@ -130,21 +130,27 @@ def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
         )  # fmt: skip
 
 
-def check_exportable(model: torch.nn.Module, size: int, name: str) -> None:
+def check_exportable(model: torch.nn.Module, size: int, name: str, classes: int | None = None) -> None:
     """Refuse a model that cannot become the ONNX graph predict and serve run, at its input ``size``, before it is
     trained rather than at the end of training (a pooling to a size that does not divide the feature map's, for
-    one). A trial export in memory: 0.4 s for efficientnet_lite0 at 192 px."""
+    one), or, given the task's number of ``classes``, one that does not give a logit for each (a registered builder
+    that ignores ``num_classes``: training ended in torch's words on the loss's weights, naming no model). A trial
+    export in memory: 0.4 s for efficientnet_lite0 at 192 px."""
     import torch
 
     modes = {module: module.training for module in model.modules()}  # a part the model keeps in eval stays there
     try:
         try:  # a size too small for its pooling (cnn5 under 32 px) fails in torch itself: a traceback had ended the run
             with torch.no_grad():
-                model.eval()(torch.zeros(1, 1, size, size))
+                out = model.eval()(torch.zeros(1, 1, size, size))
         except RuntimeError as e:
             reason = str(e).strip().splitlines()[0]
             raise ValueError(f"{name} cannot read images of {size} px ({reason}); choose a larger image size"
                              ) from None
+        if classes is not None and tuple(getattr(out, "shape", ())) != (1, classes):
+            given = f"an output of shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
+            raise ValueError(f"{name} gives {given} for one image, where the task needs one logit for each of its "
+                             f"{classes} classes, (1, {classes}): its builder must make its head of num_classes")
         _to_onnx(model, size, io.BytesIO())
     except torch.onnx.OnnxExporterError as e:
         reason = str(e).strip().splitlines()[0]

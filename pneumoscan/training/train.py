@@ -212,7 +212,7 @@ def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
         if not cfg.model_kwargs:
             raise
         raise ValueError(f"model_kwargs {cfg.model_kwargs} do not fit {cfg.model}: {e}") from None
-    check_exportable(model, cfg.image_size, cfg.model)
+    check_exportable(model, cfg.image_size, cfg.model, len(task.classes))
     # the card read once: the weights are checked against it, and the size warning below reads it
     started = load_card(cfg.init) if cfg.init is not None and not from_checkpoint else None
     fresh = load_weights_into(model, cfg.init, started) if started is not None else []
