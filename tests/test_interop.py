@@ -593,6 +593,8 @@ def check_observation(obs: Observation, probability: float, label: str, bundle: 
     assert obs.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
     assert [n.text for n in obs.note] == [DISCLAIMER, *(f"scope warning: {w}" for w in warnings),
                                           *(f"model caveat: {c}" for c in card.caveats)]
+    # the tiny bundle's threshold is a guess (its caveat, above): the method does not call it validated
+    assert obs.method.text.endswith("read at its decision threshold") and card.caveats
 
 
 def test_predict_writes_valid_fhir_observations(tiny_bundle: Path, films: dict[str, Path], tmp_path: Path) -> None:

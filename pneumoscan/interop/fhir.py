@@ -191,7 +191,8 @@ def build_observation(result: dict, model_name: str, model_version: str, mode: s
         "bodySite": _concept(SNOMED, "816094009", "Chest"),  # the SR's finding site (codes.SCT.Chest)
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "valueCodeableConcept": _concept(SNOMED, *present),
-        "method": {"text": f"pneumoscan model {model_name} ({model_version}), read at its validated threshold"},
+        # not "validated": a threshold chosen on too few films is a guess, which the notes say (reading_notes)
+        "method": {"text": f"pneumoscan model {model_name} ({model_version}), read at its decision threshold"},
         "device": {"reference": "#model"},
         "derivedFrom": derived,
         "component": [
