@@ -76,7 +76,7 @@ class PillowReader(Reader):
             refusal = _OWN_REFUSALS.get(im.info.get("Software"))
             if refusal:
                 raise pixels.DecodeError(refusal)
-            _refuse_frames(im, src)
+            _refuse_frames(im)
             if im.format == "PNG" and im.tile and im.tile[0].args in _DEEP_COLOUR_RAW:
                 raise pixels.DecodeError(DEEP_COLOUR)
             return _gray(im, src, target)
@@ -99,9 +99,11 @@ class PillowReader(Reader):
 @contextmanager
 def _open(src: Path | bytes) -> Iterator[Image.Image]:
     """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit. Pillow reads
-    the handle :func:`~pneumoscan.data.pixels.opened` gives, never the path."""
-    _count_segments(src)
+    the handle :func:`~pneumoscan.data.pixels.opened` gives, never the path, after :func:`_count_segments` has
+    walked it: one open a read."""
     with pixels.opened(src) as fp:
+        _count_segments(fp)
+        fp.seek(0)
         try:
             with warnings.catch_warnings():
                 # Pillow warns from ~8.9e7 pixels; MAX_PIXELS is the limit this package enforces.
@@ -135,25 +137,24 @@ def _marked_format(head: bytes) -> str | None:
     return next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
 
 
-def _count_segments(src: Path | bytes) -> None:
+def _count_segments(fp: BinaryIO) -> None:
     """Refuse a JPEG whose header (before its first scan) takes Pillow's parser over
     :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` steps, or a PNG with as many chunks, counted from the file's bytes a
     seek at a time: Pillow reads each in Python (4.8 million empty comments took 9.9 s and 163 MB, 1.5 million
     private PNG chunks 8.9 s and 175 MB), and no film holds so many. A PNG of more than one ICC profile (iCCP) is
     refused too: the PNG standard allows one, and Pillow inflates every one (up to 1 MiB each, keeping the last),
     with no total cap as its text chunks have (19,000 in a 19 MB upload took 93 s). Anything else, or a file cut
-    short, is left to Pillow to refuse."""
+    short, is left to Pillow to refuse. ``fp``: the file, read from its start."""
     profiles = 0
     try:
-        with pixels.opened(src) as fp:
-            head = fp.read(8)
-            if head[:2] == b"\xff\xd8":
-                steps, what = _jpeg_steps(fp), "JPEG marker segments"
-            elif head == _MAGIC["PNG"]:
-                kinds = list(_png_chunks(fp))
-                steps, what, profiles = len(kinds), "PNG chunks", kinds.count(b"iCCP")
-            else:
-                return
+        head = fp.read(8)
+        if head[:2] == b"\xff\xd8":
+            steps, what = _jpeg_steps(fp), "JPEG marker segments"
+        elif head == _MAGIC["PNG"]:
+            kinds = list(_png_chunks(fp))
+            steps, what, profiles = len(kinds), "PNG chunks", kinds.count(b"iCCP")
+        else:
+            return
     except OSError as e:
         raise pixels.unreadable(e) from None
     if steps > pixels.MAX_SEGMENTS:
@@ -264,7 +265,7 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     return np.asarray(gray)
 
 
-def _refuse_frames(im: Image.Image, src: Path | bytes) -> None:
+def _refuse_frames(im: Image.Image) -> None:
     """Refuse an animated PNG (APNG) of more than one image, as multi-frame DICOM is: Pillow reads the PNG's default
     image, which a browser (the service's page) does not show when it is no part of the animation (a NORMAL film
     scored, the pneumonia film beside it on screen), and the file does not say which frame is the film. Its images
@@ -273,20 +274,26 @@ def _refuse_frames(im: Image.Image, src: Path | bytes) -> None:
     frames, and read the default image, where Firefox plays the first acTL (libpng's APNG patch skips a second) and
     so shows the frame after it. A multi-picture JPEG (MPO: a phone's Ultra HDR photo, whose second picture is a
     gain map; a camera's, with a preview) is read as its first picture, the primary one, which a browser shows too."""
-    if im.format == "PNG" and (images := _png_images(src)) > 1:
+    if im.format == "PNG" and (images := _png_images(im.fp)) > 1:
         raise pixels.DecodeError(f"animated PNG (APNG, {images} images) is not a single radiograph; export the film "
                                  "to read")
 
 
-def _png_images(src: Path | bytes) -> int:
+def _png_images(fp: BinaryIO) -> int:
     """How many images a PNG holds: its default image (IDAT), and, when an animation control (acTL) comes before it
     (the APNG rule, without which browsers and Pillow show a still PNG), a frame for each frame control (fcTL) after
-    it, whatever the acTL says (frame data, fdAT, without one counts one)."""
-    with pixels.opened(src) as fp:
+    it, whatever the acTL says (frame data, fdAT, without one counts one). ``fp``: the handle Pillow reads the PNG
+    from, left where it was."""
+    at = fp.tell()
+    try:
         fp.seek(len(_MAGIC["PNG"]))
         kinds = iter(_png_chunks(fp))
         animated = b"acTL" in itertools.takewhile(lambda kind: kind != b"IDAT", kinds)
         after = list(kinds) if animated else []
+    except OSError as e:  # one that may pass (EIO, ESTALE) stays in the chain for pixels.transient
+        raise pixels.unreadable(e) from None
+    finally:
+        fp.seek(at)
     return 1 + (after.count(b"fcTL") or int(b"fdAT" in after))
 
 
