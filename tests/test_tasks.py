@@ -192,3 +192,21 @@ def test_a_bundle_of_a_task_not_registered_here_says_what_to_import(tiny_bundle:
     with pytest.raises(ValueError, match=f"^{bundle}: its task 'viral_of_a_notebook' is not registered in this "
                                          r"process: import the module that registers it first \(a task of your own"):
         Predictor(bundle, backend="onnx")
+
+
+@pytest.mark.parametrize("value", [3, -2, 0.7, 1.0, "1"])
+def test_a_rule_giving_no_class_index_is_refused_where_the_target_is_made(
+    monkeypatch: pytest.MonkeyPatch, value: object
+) -> None:
+    """A rule's 3 or -2 for a two-class task was taken: the binary figures read 3 as positive and -2 as negative,
+    and a float was cut to an index (0.7 -> 0), each a wrong label with no word. It is refused when the target is
+    made, naming the task, the film and the value; an index of numpy's, a bool and None (not in the task) pass."""
+    monkeypatch.setattr(tasks_module, "_TASKS", tasks_module._TASKS.copy())
+    register_task("odd", classes=("other", "viral"), positive="viral")(
+        lambda r: {"bad": value, "np": np.int64(1), "bool": True}.get(r.subtype))
+    records = [Record(f"/films/{s}.png", "PNEUMONIA", s, s) for s in ("np", "bool", "none")]
+    kept, targets = tasks_module.select(records, get_task("odd"))
+    assert [r.subtype for r in kept] == ["np", "bool"] and targets.tolist() == [1, 1]
+    with pytest.raises(ValueError, match=re.escape(f"task 'odd': its rule gave {value!r} for /films/bad.png: a target "
+                                                   "is a class index from 0 to 1 (other, viral) or None")):
+        tasks_module.select([*records, Record("/films/bad.png", "PNEUMONIA", "bad", "bad")], get_task("odd"))

@@ -11,6 +11,7 @@ so a new task is one :func:`register_task` call.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -51,13 +52,26 @@ class Task:
     name: str
     classes: tuple[str, ...]
     positive: str  # the class whose probability is thresholded and reported (sensitivity is about this class)
-    target: TargetRule
+    rule: TargetRule  # record -> class index | None, as registered; :meth:`target` asks it and checks its answer
     # first-stage task name -> the label of that stage that hands a film to this one (this task as a second stage)
     follows: Mapping[str, str] = field(default_factory=dict)
     reports_pneumonia: bool = False  # the positive call states "pneumonia present" (DICOM SR and FHIR reports)
 
     def __post_init__(self) -> None:
         check_classes(self.classes, self.positive, f"task {self.name!r}")
+
+    def target(self, record: Record) -> int | None:
+        """The record's class index, or None when it is not in the task, as the rule gives it. Any other answer (an
+        index past the classes, a negative one, a float) is refused here, naming the task, the film and the value:
+        taken, 3 or -2 would be read as positive or negative by the binary figures and a float cut to an index."""
+        value = self.rule(record)
+        if value is None:
+            return None
+        if not isinstance(value, numbers.Integral) or not 0 <= value < len(self.classes):
+            raise ValueError(f"task {self.name!r}: its rule gave {value!r} for {shown(record.path)}: a target is a "
+                             f"class index from 0 to {len(self.classes) - 1} ({', '.join(self.classes)}) or None "
+                             f"(not in the task)")
+        return int(value)
 
     @property
     def multiclass(self) -> bool:
