@@ -764,3 +764,19 @@ def test_a_picture_given_twice_under_two_labels_is_said_and_counted_once(tiny_bu
                      "--out", str(tmp_path / "ens")]) == 0
     assert "are copies of others in it under other names" in caplog.text
     assert "1 label conflict(s): a file name or a duplicate (exact or near) contradicts a label" in caplog.text
+
+
+def test_int8_thresholds_of_an_ensemble_are_chosen_on_all_its_calibration_films(ensemble: Path, tiny_bundle: Path,
+                                                                                held_out: Path, tmp_path: Path) -> None:
+    """An ensemble's temperature and thresholds were chosen on the films of its calibration_films.csv: a val split of
+    half of them had the INT8 thresholds chosen on another population than the FP32 ones (a sensitivity target met on
+    8 films, not on the 16), and was taken as the same films. The val split must be those films, all of them."""
+    bundle = shutil.copytree(ensemble, tmp_path / "ens")
+    train = discover(tiny_bundle.parent / "split.csv").split("train")
+    given = discover(held_out).records
+    half = tmp_path / "half.csv"
+    write_manifest([*train, *(dataclasses.replace(r, split="val") for r in given[::2])], half)
+    with pytest.raises(ValueError, match=rf"and its INT8 thresholds would be chosen on the val films of {half}, only "
+                                         rf"{len(given[::2])} of the {len(given)} films it lists in calibration_films"):
+        main_raising(["export", str(bundle), "--int8", "--data", str(half)])
+    assert not (bundle / "model.int8.onnx").exists()

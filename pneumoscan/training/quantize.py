@@ -237,18 +237,22 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
 
 
 def _check_same_films(bundle: Path, card: BundleCard, data: Path | str, records: Sequence[Record]) -> None:
-    """Refuse val films of ``data`` that are not among those BUNDLE's FP32 thresholds were chosen on when they were
-    chosen on other films than its run's (its calibration_films.csv, written by `pneumoscan threshold` and
+    """Refuse val films of ``data`` that are not the films BUNDLE's FP32 thresholds were chosen on, all of them, when
+    they were chosen on other films than its run's (its calibration_films.csv, written by `pneumoscan threshold` and
     `ensemble --data`): the INT8 thresholds would be chosen on another population than the FP32 ones (a site's
     threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
-    pneumonia films)."""
+    pneumonia films; or from half of an ensemble's calibration films, whose sensitivity was met on the other half
+    too)."""
     listed = bundle / CALIBRATION_FILMS
     if not card.threshold_records and not listed.exists():
         return
     chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
-    if {os.path.realpath(r.path) for r in records} <= chose:
+    given = {os.path.realpath(r.path) for r in records}
+    if given == chose:
         return
-    other = f"and its INT8 thresholds would be chosen on the val films of {data}, other films"
+    which = (f"only {len(given)} of the {len(chose)} films it lists in {CALIBRATION_FILMS}" if given < chose
+             else "other films")
+    other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
     if card.threshold_records:
         raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
                          f"threshold`), {other}: quantise first (`pneumoscan export --int8` the bundle `threshold` "
@@ -256,8 +260,8 @@ def _check_same_films(bundle: Path, card: BundleCard, data: Path | str, records:
                          "thresholds on them too")
     raise ValueError(f"{bundle}'s temperature and thresholds were chosen on "
                      f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: give "
-                     f"--data a manifest whose val split is the films listed in {listed} and whose train split holds "
-                     "films for the activation calibration")
+                     f"--data a manifest whose val split is the films listed in {listed}, all of them, and whose train "
+                     "split holds films for the activation calibration")
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
