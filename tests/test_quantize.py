@@ -29,6 +29,7 @@ from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.interop.reports import write_reports
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
+from pneumoscan.training.quantize import quantize_bundle
 from tests.builders import SCORE_TOL, dicom_bytes
 from tests.conftest import _xray_like
 
@@ -479,3 +480,21 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bun
     assert chosen == pytest.approx(threshold_interval(y, scores, *policy, units), abs=SCORE_TOL)
     # the films counted alone give another interval here: the test tells the two apart
     assert chosen != pytest.approx(threshold_interval(y, scores, *policy, [r.patient for r in films]), abs=SCORE_TOL)
+
+
+def test_int8_thresholds_are_refused_on_copies_of_training_films(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A training film copied under another name into the val split was only warned of, and the INT8 thresholds
+    were chosen on its too-good score, as `threshold` and `ensemble --data` refuse to choose theirs: refused
+    before anything is quantised, as they refuse it."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    records = discover(run / "split.csv").records
+    trained = next(r for r in records if r.split == "train")
+    copy = tmp_path / "elsewhere" / "copy.png"
+    copy.parent.mkdir()
+    shutil.copy(trained.path, copy)
+    write_manifest([*records, dataclasses.replace(trained, path=str(copy), patient="other", split="val")],
+                   tmp_path / "copied.csv")
+    with pytest.raises(ValueError, match=r"1 of the films given to choose the INT8 thresholds are copies of training "
+                                         r"films under other names"):
+        quantize_bundle(run / "bundle", tmp_path / "copied.csv")
+    assert not (run / "bundle" / INT8_NAME).exists()

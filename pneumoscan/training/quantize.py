@@ -36,7 +36,7 @@ from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
 from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
-from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_FILMS, check_held_out,
+from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_FILMS, HeldOutPolicy, check_held_out,
                                            record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
@@ -223,7 +223,9 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
     records, images, targets, _ = labelled_records(data, "val", task, card.spec)
-    check_held_out([bundle], records, "choose the INT8 thresholds")
+    # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
+    # threshold chosen on their too-good scores is written into the bundle
+    check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True))
     _check_same_films(bundle, card, data, records)
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
