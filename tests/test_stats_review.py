@@ -1,12 +1,14 @@
 """Evaluation statistics checked against their definitions and scikit-learn, on the edge cases a review found."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix
 
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, evaluate_multiclass, fit_temperature,
-                                     proportion_ci, threshold_interval, threshold_metrics_ci)
+                                     proportion_ci, threshold_interval, threshold_metrics_ci, threshold_range)
 from pneumoscan.evaluation.model_card import _threshold_section
 from pneumoscan.evaluation.operating_point import choose_operating_point
 from pneumoscan.models.card import BundleCard
@@ -248,6 +250,35 @@ def test_the_card_calls_the_threshold_range_a_confidence_interval_and_says_why_t
     assert "No range near the threshold is recorded, so predictions mark no reading as near it" in text
     assert "fewer than two patients (or films) of the class its policy reads" in text
     assert "No range" not in _threshold_section(_card([], "fixed 0.5"))  # chosen on no films
+
+
+def test_why_no_threshold_range_could_be_measured_is_recorded_with_the_threshold(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The card, the INT8 sidecar and MODEL_CARD.md recorded an empty range with no cause (the card listed three
+    it could be): the caveat beside the threshold says which condition failed, on how many films or resamples, and
+    the run says it as it chooses. One patient's positive films under a sensitivity target; most resamples unable to
+    keep a false-positive ceiling of 0; a range measured says nothing."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30, int), np.ones(8, int)]
+    p = np.r_[rng.uniform(0.0, 0.6, 30), rng.uniform(0.4, 1.0, 8)]
+    patients = [f"n{i}" for i in range(30)] + ["alone"] * 8
+    with caplog.at_level("WARNING"):
+        point = choose_operating_point(y, p, p, 0.9, None, patients)
+    why = ("no range near the threshold or the TTA threshold could be measured: the positive films, which its policy "
+           "reads, are 8 films of one patient: a bootstrap of them shows nothing of how another patient would score, "
+           "so no reading is marked as near it")
+    assert point.threshold_interval == [] and point.threshold_caveat.endswith(why) and why in caplog.text
+    assert point.films_caveat and point.threshold_caveat.startswith(point.films_caveat)  # too few positives too
+    card = BundleCard(**{**_card([]).__dict__, **point.card_fields()})
+    text = _threshold_section(card)
+    assert f"**Caveat:** {point.threshold_caveat}." in text and "No range near the threshold is recorded" not in text
+    y = np.r_[np.ones(40, int), np.zeros(5, int)]
+    p = np.r_[np.linspace(0.1, 0.9, 40), 0.95, 0.01, 0.02, 0.03, 0.04]  # most resamples draw the top negative
+    interval, why = threshold_range(y, p, None, 0.0)
+    assert interval == [] and re.fullmatch(r"only \d+ of 1000 bootstrap resamples of the 45 films could meet its "
+                                           r"policy \(in \d+ no threshold found a positive case at a false-positive "
+                                           r"rate at or below 0\)", why), why
+    assert threshold_range(y[:-1], p[:-1], 0.9, None)[1] == ""  # a range measured: nothing to say
 
 
 @pytest.mark.parametrize(("logits", "labels", "refusal"), [

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, ci_method_sentence, format_figure,
+from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, NO_RANGE, ci_method_sentence, format_figure,
                                      format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
@@ -324,7 +324,8 @@ def _threshold_section(card: BundleCard) -> str:
             f"P({card.positive}) is at or above the threshold.")
     if card.threshold_caveat:
         text += f" **Caveat:** {card.threshold_caveat}."
-    text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval, card.threshold_policy)
+    text += _interval_sentence(card.threshold_interval, card.tta_threshold_interval, card.threshold_policy,
+                               card.threshold_caveat)
     if not card.threshold_records:
         return text
     rows = "\n".join(
@@ -361,18 +362,21 @@ def _int8_section(figures: dict) -> str:
             f"sensitivity {format_figure(at.get('sensitivity'))}, "
             f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
             f"{format_figure(figures.get(Int8Key.MAX_PROBABILITY_CHANGE), 3)} from FP32's."
-            + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy)
+            + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy,
+                                 chosen.threshold_caveat)
             + (f" **Caveat:** {chosen.threshold_caveat}." if chosen.threshold_caveat else "")
             + " The other sections describe the FP32 model.")
 
 
-def _interval_sentence(interval: list[float] | None, tta_interval: list[float] | None, policy: str | None) -> str:
+def _interval_sentence(interval: list[float] | None, tta_interval: list[float] | None, policy: str | None,
+                       caveat: str | None) -> str:
     """The 95 % confidence interval of the threshold the policy would choose on the population of films like those
-    that chose it (metrics.threshold_interval), not where another set's threshold would fall (that scatters more);
-    without one, why not, lest a card that is silent on it read as one whose threshold is known. A fixed threshold
-    was chosen on no films: nothing to say."""
+    that chose it (metrics.threshold_range), not where another set's threshold would fall (that scatters more);
+    without one, why not, lest a card that is silent on it read as one whose threshold is known: the ``caveat``
+    says why where the bundle recorded it, else the reasons there can be. A fixed threshold was chosen on no films:
+    nothing to say."""
     if not interval:
-        if not policy or policy.startswith("fixed"):
+        if not policy or policy.startswith("fixed") or NO_RANGE in (caveat or ""):
             return ""
         return (" No range near the threshold is recorded, so predictions mark no reading as near it: the films that "
                 "chose it hold fewer than two patients (or films) of the class its policy reads, where nothing shows "

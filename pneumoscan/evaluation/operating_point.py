@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.metrics import (binary_metrics, choose_thresholds, clopper_pearson, describe_policy,
-                                     fit_temperature, roc_auc, threshold_interval)
+from pneumoscan.core.metrics import (NO_RANGE, binary_metrics, choose_thresholds, clopper_pearson, describe_policy,
+                                     fit_temperature, roc_auc, threshold_range)
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -27,19 +27,21 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class OperatingPoint:
     """The plain and TTA thresholds one policy chose on some films, the 95 % confidence interval of each
-    (:func:`~pneumoscan.core.metrics.threshold_interval`: a reading inside is near its threshold),
-    and why the films may be too few to show the policy (:func:`warn_if_too_few_films`; "" when they are not).
-    Named as the card's fields, so every bundle records the same rule the same way."""
+    (:func:`~pneumoscan.core.metrics.threshold_range`: a reading inside is near its threshold), and the caveat: why
+    the films may be too few to show the policy (``films_caveat``, :func:`warn_if_too_few_films`), and why a range
+    could not be measured (:func:`_no_range`); "" when neither. Named as the card's fields, so every bundle records
+    the same rule the same way."""
 
     threshold: float
     tta_threshold: float
     threshold_interval: list[float]
     tta_threshold_interval: list[float]
     threshold_caveat: str
+    films_caveat: str = ""  # the caveat's part an operating point on the same films shares (an INT8 model's)
 
     def card_fields(self) -> dict:
         """The :class:`BundleCard` fields this operating point sets."""
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "films_caveat"}
 
 
 def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,
@@ -49,14 +51,32 @@ def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, ta
     ``export --int8``: the plain and TTA thresholds by one policy on these films' binary targets ``y`` and positive
     scores (:func:`~pneumoscan.core.metrics.choose_thresholds`, which refuses a policy the scores cannot meet), their
     intervals (``groups``: the films' patients, resampled whole; None: films counted alone) and the caveat.
-    ``caveat``: that of an operating point already chosen on the same films (an INT8 model's beside its FP32
-    one's), not said twice; None: said here."""
+    ``caveat``: the films caveat of an operating point already chosen on the same films (an INT8 model's beside its
+    FP32 one's), not said twice; None: said here. Why a range is missing is said for these scores."""
     threshold, tta_threshold = choose_thresholds(y, plain, tta, target_sensitivity, max_false_positive_rate)
     if caveat is None:  # once chosen: a policy the scores cannot meet is refused with its own reason alone
         caveat = warn_if_too_few_films(y, target_sensitivity, max_false_positive_rate)
-    return OperatingPoint(
-        threshold, tta_threshold, threshold_interval(y, plain, target_sensitivity, max_false_positive_rate, groups),
-        threshold_interval(y, tta, target_sensitivity, max_false_positive_rate, groups), caveat)
+    (interval, why), (tta_interval, tta_why) = (
+        threshold_range(y, scores, target_sensitivity, max_false_positive_rate, groups) for scores in (plain, tta))
+    return OperatingPoint(threshold, tta_threshold, interval, tta_interval,
+                          "; ".join(filter(None, (caveat, _no_range(why, tta_why)))), caveat)
+
+
+def _no_range(why: str, tta_why: str) -> str:
+    """Why no range near the plain or the TTA threshold could be measured (:func:`threshold_range`'s reasons),
+    warned of: a bundle silent on it read as one whose threshold is known, and its predictions mark no reading as
+    near it. "" when both ranges were measured."""
+    if not why and not tta_why:
+        return ""
+    if why == tta_why:
+        said = f"{NO_RANGE} or the TTA threshold could be measured: {why}"
+    else:
+        said = "; ".join(filter(None, (why and f"{NO_RANGE} could be measured: {why}",
+                                       tta_why and f"{NO_RANGE} with test-time augmentation could be measured: "
+                                                   f"{tta_why}")))
+    said += ", so no reading is marked as near it"
+    log.warning("%s", said)
+    return said
 
 
 def policy_text(target_sensitivity: float | None, max_false_positive_rate: float | None, on: str) -> str:

@@ -59,7 +59,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     policy_targets = (target_sensitivity, max_false_positive_rate)
     plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
-    int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.threshold_caveat)
+    int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     name = data_label(data, split, data_name)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,

@@ -85,10 +85,22 @@ def choose_thresholds(
         raise ValueError(f"with test-time augmentation: {e}") from None
 
 
+# how a bundle's caveat begins where no range near its threshold could be measured (:func:`threshold_range`'s why)
+NO_RANGE = "no range near the threshold"
+
+
 def threshold_interval(
     y_true: Any, prob: Any, target_sensitivity: float | None, max_false_positive_rate: float | None,
     groups: Any = None, n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
 ) -> list[float]:
+    """:func:`threshold_range`'s interval alone."""
+    return threshold_range(y_true, prob, target_sensitivity, max_false_positive_rate, groups, n_boot, seed)[0]
+
+
+def threshold_range(
+    y_true: Any, prob: Any, target_sensitivity: float | None, max_false_positive_rate: float | None,
+    groups: Any = None, n_boot: int = 1000, seed: int = BOOTSTRAP_SEED,
+) -> tuple[list[float], str]:
     """The 95 % percentile-bootstrap confidence interval of the threshold :func:`choose_threshold` would choose by
     this policy on the whole population these films come from, the films resampled within their class (or, with
     ``groups``, the patients whole): a reading inside it could have been called either way by the population's own
@@ -99,28 +111,40 @@ def threshold_interval(
     target, the negative ones for a false-positive ceiling, both for Youden's J) is one patient's (or one film):
     every resample would then repeat that patient's scores, and the range would read as a well-known threshold
     (zero wide when all the films are one patient's) where nothing shows how another patient would score, as the
-    AUC has no interval with one patient on a side."""
+    AUC has no interval with one patient on a side. With the interval, why there is none ("" when there is one):
+    which condition failed, on how many films or resamples, for the bundle to record beside its threshold."""
     y, p = _as_binary(y_true, prob)
     patients = _patient_codes(groups, y.size)
     with_pos, with_neg = _sides(y == 1, patients)
     if target_sensitivity is not None:
-        read = with_pos
+        read, side = with_pos, "positive"
     elif max_false_positive_rate is not None:
-        read = with_neg
+        read, side = with_neg, "negative"
     else:
-        read = min(with_pos, with_neg)
+        read, side = min((with_pos, "positive"), (with_neg, "negative"))
     if read < 2:
-        return []
-    found = []
+        films = int((y == (side == "positive")).sum())
+        what = "none" if not films else "one film" if films == 1 else f"{films} films of one patient"
+        return [], (f"the {side} films, which its policy reads, are {what}: a bootstrap of them shows nothing of how "
+                    "another patient would score")
+    found, one_class = [], 0
     for counts in _bootstrap_weights(y, patients, n_boot, seed):
         films = np.repeat(np.arange(y.size), counts.astype(int))
+        if not has_both_classes(y[films]):
+            one_class += 1
+            continue
         try:
             found.append(choose_threshold(y[films], p[films], target_sensitivity, max_false_positive_rate))
-        except ValueError:  # a resample without both classes, or one the ceiling cannot be kept on
+        except ValueError:  # a resample the ceiling cannot be kept on
             continue
     if len(found) < n_boot / 2:
-        return []
-    return [float(v) for v in np.percentile(found, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])]
+        unmet = n_boot - len(found) - one_class
+        why = [f"{one_class} held one class only"] if one_class else []
+        why += [f"in {unmet} no threshold found a positive case at a false-positive rate at or below "
+                f"{max_false_positive_rate:g}"] if unmet else []
+        return [], (f"only {len(found)} of {n_boot} bootstrap resamples of the {y.size} films could meet its policy "
+                    f"({'; '.join(why)})")
+    return [float(v) for v in np.percentile(found, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])], ""
 
 
 def describe_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
