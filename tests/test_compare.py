@@ -390,3 +390,27 @@ def test_a_two_stage_evaluation_names_its_second_stage_by_its_weights_and_folder
         compare_runs(folders[:1])
     assert f"the bundle at {seconds[0].resolve()} holds other weights than these figures were measured with" in (
         caplog.text)
+
+
+def test_compare_and_evaluate_read_a_bundles_card_once(two_runs: tuple[Path, Path], tiny_dataset: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read of bundle.json checks its checksum, and two reads apart could be of two bundles (a run trained
+    again into the folder between them): compare read the card of an evaluation's bundle again to compare its
+    weights, and evaluate read it again for the held-out check. The real load_card, counted."""
+    from pneumoscan.evaluation import compare, held_out
+
+    run, ev = two_runs
+    read: list[str] = []
+    real = load_card
+
+    def counted(bundle: Path | str, *args: object) -> object:
+        read.append(str(bundle))
+        return real(bundle, *args)
+
+    for module in (compare, held_out):
+        monkeypatch.setattr(module, "load_card", counted)
+    compare.load_run(ev)
+    assert read == [str(run / "bundle")]
+    read.clear()
+    evaluate(run / "bundle", tiny_dataset, "test")
+    assert read == [], "the held-out check reads the card the Predictor read"

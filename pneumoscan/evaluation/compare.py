@@ -22,7 +22,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.names import results_csv, shown
-from pneumoscan.models.card import CARD, WEIGHTS, load_card
+from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, RunFolder
 from .report import roc_figure
 
@@ -173,12 +173,14 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
     return decisions
 
 
-def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str) -> bool:
+def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str,
+                    card: BundleCard | None = None) -> bool:
     """Whether BUNDLE now holds other weights than ``weights``, the figures of ``folder`` were measured with (a run
-    trained again into the same folder), warned of with what the table shows of it; False when either is unknown."""
-    if not bundle or not weights or not (Path(bundle) / CARD).is_file():
+    trained again into the same folder), warned of with what the table shows of it; False when either is unknown.
+    ``card``: BUNDLE's, where the caller read it (None: read here)."""
+    if not bundle or not weights or not (card or (Path(bundle) / CARD).is_file()):
         return False
-    if load_card(bundle).files.get(WEIGHTS) == weights:
+    if (card or load_card(bundle)).files.get(WEIGHTS) == weights:
         return False
     log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
                 "since?): %s", folder, bundle, shown_as)
@@ -213,7 +215,7 @@ def load_run(path: Path | str) -> RunSummary:
     # the clock of the run that trained the bundle (beside it), not of the folder an --out put the figures in
     minutes = _training_minutes(bundle.parent) if bundle else None
     if card is not None and _warn_retrained(folder, bundle, m.get("bundle_weights"),
-                                            "its model, task, policy and minutes are not shown"):
+                                            "its model, task, policy and minutes are not shown", card):
         card, minutes = None, None  # a run trained again into the same folder: another model's card and clock
     data = m.get("data") or (TRAINING_DATA if training_run else None)
     # what the binary figures answer: the card's negative class and positive call, else the figures' own names

@@ -303,7 +303,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
-                                                   int8=backend == "onnx-int8", refuse_unchecked=add_to_card))
+                                                   int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
+                              cards=[card])
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")

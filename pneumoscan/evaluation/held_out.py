@@ -34,7 +34,8 @@ class _Source(NamedTuple):
     card: BundleCard | None
 
 
-def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_Source]:
+def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset(), card: BundleCard | None = None,
+                    ) -> list[_Source]:
     """The bundles whose training made BUNDLE's weights, each with how BUNDLE came by them: itself (""), an
     ensemble's members as recorded when it was built ("member"), the bundle that ``threshold`` copied it from
     ("copy": the same weights, but no run's split.csv beside the copy), a distilled model's teachers ("teacher":
@@ -43,7 +44,7 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_S
     it, is kept as a path, which :func:`check_held_out` then warns about. A source whose own card is damaged is
     refused naming it (``label``: a member or a teacher by its place and folder, the bundle started or copied from),
     as a file of that bundle, not of the one given, which is sound. Each source comes with its card as read here
-    (:class:`_Source`), so that the check reads no card twice."""
+    (:class:`_Source`), so that the check reads no card twice; ``card``: BUNDLE's own, as its caller read it."""
     seen = seen | {os.path.realpath(bundle)}
 
     def sources(path: Path, how: str, label: str) -> list[_Source]:
@@ -55,7 +56,7 @@ def _weight_sources(bundle: Path, seen: frozenset[str] = frozenset()) -> list[_S
             inner = _weight_sources(path, seen)
         return [s if s.how == "replaced" else s._replace(how=how) for s in inner]
 
-    card = load_card(bundle)
+    card = card or load_card(bundle)
     if card.model == ENSEMBLE:
         replaced, members = set(replaced_members(card)), member_sources(card)
         labels = [member_label(i, len(members), member) for i, member in enumerate(members)]
@@ -173,7 +174,8 @@ class _Run(NamedTuple):
 
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
-                   policy: HeldOutPolicy = HeldOutPolicy(), names: Sequence[str] = ()) -> HeldOutFindings:
+                   policy: HeldOutPolicy = HeldOutPolicy(), names: Sequence[str] = (),
+                   cards: Sequence[BundleCard] = ()) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
@@ -181,7 +183,9 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     threshold (its INT8 thresholds too for the INT8 model's scores), a run whose split.csv lists no film where it says
     (moved). Returns the warnings (each also logged) and the bundles whose training films are unknown here
     (:class:`HeldOutFindings`). ``names``: how a refusal of a card of the bundles their weights come from names each
-    bundle given (an ensemble's members, a student's teachers: by place and folder), where that is not its path."""
+    bundle given (an ensemble's members, a student's teachers: by place and folder), where that is not its path.
+    ``cards``: the cards of the first bundles given as the caller loaded and checked them, which the check reads
+    again neither from disk nor from another bundle put in the folder since."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: set[str] = set()
@@ -194,7 +198,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             _warn_kin(given, calibration, set(calibration), f"{bundle}'s {CALIBRATION_FILMS}",
                       ", whose films chose its threshold")
         with refused_as(names[i]) if names else contextlib.nullcontext():
-            runs = _weight_runs(given, bundle)
+            runs = _weight_runs(given, bundle, cards[i] if i < len(cards) else None)
         _refuse_trained(given, bundle, runs)
         for run in runs:
             _check_validation(given, run)
@@ -230,12 +234,13 @@ def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
     return every
 
 
-def _weight_runs(given: _Given, bundle: Path) -> list[_Run]:
+def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None) -> list[_Run]:
     """The runs BUNDLE's weights come from whose films are known here; a run whose films cannot be found is said
     with the figures (not only logged), or refused with ``refuse_unchecked``; the first source with no films to
-    check against is kept in ``given.unknown`` (:func:`_unknown_source`)."""
+    check against is kept in ``given.unknown`` (:func:`_unknown_source`). ``card``: BUNDLE's, as its caller read it
+    (None: read here)."""
     runs = []
-    for path, how, card in _weight_sources(bundle):
+    for path, how, card in _weight_sources(bundle, card=card):
         if (why := _unknown_source(bundle, path, how, given.purpose)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
         films, unresolved = _run_films(path, given.purpose, how)
