@@ -112,11 +112,11 @@ def check_fold_run(run: RunFolder, planned: list[Record], cfg: TrainConfig) -> N
         raise ValueError(f"{name} was taught by other bundles: {why}; use a new --out")
 
 
-def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist) -> None:
+def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: dict | None = None) -> None:
     """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on
-    (:func:`films_as_trained`): its bundle, made on the old pixels, would be scored on the new ones as this cv's
-    figures (an interrupted fold's ``--resume`` refuses them so)."""
-    if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, ctx):
+    (:func:`films_as_trained`, ``opened`` the caches checked so far): its bundle, made on the old pixels, would be
+    scored on the new ones as this cv's figures (an interrupted fold's ``--resume`` refuses them so)."""
+    if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, ctx, opened):
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since, or decoded otherwise by this version?): its figures would not be this cv's; "
                          "use a new --out")
@@ -257,8 +257,9 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     ctx = setup_distributed()
     here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
+    opened: dict = {}  # the folds hold the same films: their cache's pixels are checked once
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
-        check_fold_data(cv_folder.fold(k), planned, ctx)
+        check_fold_data(cv_folder.fold(k), planned, ctx, opened)
     return plans, configs
 
 

@@ -168,6 +168,7 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     (same data and --seed), whose films then have no out-of-fold score from every run."""
     members: list[Path] = []
     first_folds: list[set[str]] | None = None
+    opened: dict = {}  # the folds' one image cache, its pixels' SHA-256 checked once (films_as_trained)
     for cv_dir in map(Path, cv_dirs):
         cv = CvFolder(cv_dir)
         folds = cv.folds()
@@ -187,7 +188,7 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
             if moved := split_change(run.split, planned):
                 raise ValueError(f"{cv_dir} fold {k}: its bundle was not trained on {manifest.name} ({moved}), so its "
                                  "scores on the fold's films are not all out of fold; train the fold again")
-            if not films_as_trained(run.bundle, planned):
+            if not films_as_trained(run.bundle, planned, opened=opened):
                 raise ValueError(f"{cv_dir} fold {k}: its films have other pixels or labels than its bundle was "
                                  "trained on (rewritten in place since, or decoded otherwise by this version?), so "
                                  "its scores on them are not the out-of-fold scores of its films; train the fold "

@@ -266,13 +266,22 @@ def machine_cache(records: Sequence[Record], spec: PreprocessSpec, ctx: Dist) ->
     return cache if ctx.local_rank == 0 else build_cache(paths, spec)
 
 
-def films_as_trained(bundle: Path, records: Sequence[Record], ctx: Dist = Dist()) -> bool:
+def films_as_trained(bundle: Path, records: Sequence[Record], ctx: Dist = Dist(),
+                     opened: dict[tuple[tuple[str, ...], PreprocessSpec], ImageCache] | None = None) -> bool:
     """Whether RECORDS (the split BUNDLE trained and validated on) still hold the pixels and labels it was made on
     (its card's ``data_checksum``, under its own preprocessing): films rewritten in place keep their paths, so the
-    split's check passes them. A bundle that records no checksum (an earlier version's) passes."""
+    split's check passes them. A bundle that records no checksum (an earlier version's) passes. ``opened``: the
+    caches this command opened so far (their pixels' SHA-256 checked), by films and preprocessing, added to here:
+    every fold of a cv run holds the same films, whose one cache is then checked once, not once a fold."""
     card = load_card(bundle)
-    recorded = card.data_checksum
-    return not recorded or data_checksum(machine_cache(records, card.spec, ctx), records) == recorded
+    if not (recorded := card.data_checksum):
+        return True
+    key = (tuple(r.path for r in records), card.spec)
+    if (cache := (opened or {}).get(key)) is None:
+        cache = machine_cache(records, card.spec, ctx)
+    if opened is not None:
+        opened[key] = cache
+    return data_checksum(cache, records) == recorded
 
 
 def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
