@@ -16,7 +16,7 @@ import numpy as np
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.copies import label_conflicts, picture_groups
-from pneumoscan.data.layouts import Record
+from pneumoscan.data.layouts import Record, own_patient
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, select, warn_untyped
@@ -70,6 +70,14 @@ def patient_groups(records: Sequence[Record], data: Path | str) -> tuple[list[li
     _say_copies(copies, records, data)
     warn_conflicts(conflicts := label_conflicts(records, pictures))
     return copies, patient_units(records, copies), conflicts
+
+
+def films_without_patient_id(records: Sequence[Record]) -> int:
+    """How many of RECORDS carry no patient id (:func:`~pneumoscan.data.layouts.own_patient`): each is a patient of
+    its own in the intervals (:func:`patient_groups`), so with several films of one child among them the intervals
+    are too narrow. metrics.json records it under this name, evaluate's and a training run's validation report
+    alike, and :func:`~pneumoscan.core.metrics.unit_caveat` says it."""
+    return sum(map(own_patient, records))
 
 
 def _say_copies(copies: Sequence[Sequence[str]], records: Sequence[Record], data: Path | str) -> None:

@@ -22,9 +22,9 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.labelled import labelled_records, patient_groups
+from pneumoscan.data.labelled import films_without_patient_id, labelled_records, patient_groups
 from pneumoscan.data.pixels import DecodeError
-from pneumoscan.data.layouts import Record, own_patient
+from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
@@ -321,7 +321,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
     # films that are patients of their own for want of an id: intervals by patient may then still be too narrow
-    metrics["films_without_patient_id"] = sum(map(own_patient, records))
+    metrics["films_without_patient_id"] = films_without_patient_id(records)
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
     if etiology is not None:
         metrics["two_stage"], second = _two_stage(predictor, scores, records, images, targets, data, split, etiology,

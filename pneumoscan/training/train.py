@@ -30,8 +30,8 @@ from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
-from pneumoscan.data.labelled import patient_groups
-from pneumoscan.data.layouts import Record, discover, own_patient, write_manifest
+from pneumoscan.data.labelled import films_without_patient_id, patient_groups
+from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
@@ -556,7 +556,7 @@ def _validation_report(run_dir: Path, cfg: TrainConfig, ctx: Dist, card: BundleC
     metrics["data"] = TRAINING_DATA
     # which films: compare tells runs validated on other films (another seed's split) from runs on the same ones
     metrics["films"] = films_digest(val_records)
-    metrics["films_without_patient_id"] = sum(map(own_patient, val_records))  # as evaluate's: the intervals' unit
+    metrics["films_without_patient_id"] = films_without_patient_id(val_records)  # the intervals' unit, as evaluate's
     metrics["epochs"], metrics["best_epoch"] = epochs  # cv says when the weights are not the last epoch's
     metrics["optimistic"] = [f"the threshold, the temperature and the best epoch were chosen on these {metrics['n']} "
                              "validation films: the figures on them are optimistic"]
