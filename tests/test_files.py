@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,12 +25,15 @@ import torch
 
 from pneumoscan.cli import ResultsTarget, _print_json, main
 from pneumoscan.core.atomic import building, file_stamp, write_json, write_unchanged
+from pneumoscan.core.digests import file_sha256
+from pneumoscan.core.files import NotRegularFile
 from pneumoscan.core.names import path_list, path_text, shown
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import registered
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
+from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.training.resume import save_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -119,6 +123,20 @@ def test_each_reader_refuses_a_fifo_by_its_own_open_without_waiting(tmp_path: Pa
     names = [reader.name for reader in registered()]
     lines = _run(code, str(tmp_path / "film"), timeout=60).stdout.splitlines()
     assert lines == [f"{name} not a regular file (FIFO)" for name in names for _ in range(2)]
+
+
+def test_a_folder_in_a_bundle_files_place_is_refused_by_its_path_and_kind(tmp_path: Path) -> None:
+    """A folder where bundle.json or a model file belongs was refused as "6: is a directory": the number of a file
+    descriptor, which named neither the file nor the bundle, and that descriptor was left open. It is refused as
+    any other special file is, naming the path, and no descriptor is left behind."""
+    (tmp_path / CARD).mkdir()
+    (tmp_path / WEIGHTS).mkdir()
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / CARD))} is not a regular file \\(folder\\); "):
+        load_card(tmp_path)
+    with pytest.raises(NotRegularFile, match=r"^not a regular file \(folder\)$"):
+        file_sha256(tmp_path / WEIGHTS)
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest.mark.parametrize("reader", registered(), ids=lambda reader: reader.name)
