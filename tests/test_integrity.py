@@ -779,6 +779,18 @@ def test_a_bundle_text_file_that_is_a_pipe_is_refused_not_read_without_end(tiny_
         Predictor(bundle, backend="onnx")
 
 
+@pytest.mark.parametrize("name", [CARD, "model.onnx.json"])
+def test_a_bundle_text_file_nested_too_deep_to_parse_is_a_reason_not_a_traceback(tiny_bundle: Path, tmp_path: Path,
+                                                                               name: str) -> None:
+    """JSON nested deeper than Python's parser recurses (a damaged or hostile file of brackets) ended predict,
+    evaluate, export and serve in a RecursionError traceback (exit 1); it is refused as any unreadable card or
+    sidecar is."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    (bundle / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="not a readable bundle card: nested|missing or unreadable"):
+        Predictor(bundle, backend="onnx")
+
+
 @pytest.mark.parametrize("name", ["../../outside.bin", "/dev/zero", "sub/model.safetensors", ".."])
 def test_a_card_that_records_a_file_outside_its_folder_is_refused(tiny_bundle: Path, tmp_path: Path, name: str) -> None:
     """A crafted bundle.json (resealed, so its checksum holds) named any path in its files: that file was hashed at

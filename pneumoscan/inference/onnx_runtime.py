@@ -9,7 +9,6 @@ without loading torch (tests/test_startup.py holds it so).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import onnxruntime as ort
 from pneumoscan.core.cpus import model_threads
 from pneumoscan.core.digests import file_sha256, hex_part
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, WEIGHTS, BundleCard, checked_bytes, checked_card,
-                                   load_card, read_bundle_text, verify_file)
+                                   load_card, read_bundle_json, verify_file)
 from pneumoscan.models.run_folder import RunFolder
 
 # What ONNX Runtime raises for a file it cannot load (truncated, not ONNX, an unsupported graph)
@@ -119,13 +118,13 @@ def check_matches_card(path: Path, sidecar: Mapping[str, Any], card: BundleCard,
 
 def read_sidecar(model: Path | str, strict: bool = False) -> dict:
     """The JSON object of ``model``'s sidecar, read one way wherever one is read (the FP32 and INT8 models' checks,
-    the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_text`, so a pipe or a device in
+    the model card, ``threshold``, ``export --int8``): through :func:`read_bundle_json`, so a pipe or a device in
     its place is refused instead of read without end. When missing, unreadable or not an object: empty, for the
     checks that refuse that with their own remedy, or with ``strict`` the error saying why, for a reader that
     needs the figures."""
     path = spec_path(model)
     try:
-        sidecar = json.loads(read_bundle_text(path))
+        sidecar = read_bundle_json(path)
     except (OSError, ValueError):
         if strict:
             raise

@@ -259,6 +259,17 @@ def read_bundle_text(path: Path) -> str:
         raise ValueError(f"{path} is {e}; restore the bundle from a good copy") from None
 
 
+def read_bundle_json(path: Path) -> object:
+    """A bundle's JSON file (its card, a sidecar) parsed, NaN and Infinity refused (:func:`_no_constant`): a
+    ValueError for text that is no JSON, nesting deeper than Python's parser recurses among it (a file of brackets
+    ended every command in a RecursionError traceback). Refused as :func:`read_bundle_text` refuses it too."""
+    text = read_bundle_text(path)
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested deeper than any file pneumoscan writes") from None
+
+
 def _card_digest(fields: Mapping[str, object]) -> str:
     """``sha256:HEX`` of a card's fields (not its checksum) in one canonical spelling, so that the key order and
     indentation of the file do not matter and every value does."""
@@ -335,14 +346,14 @@ def load_card(directory: Path | str) -> BundleCard:
     bundle older than the files' checksums does."""
     path = Path(directory) / CARD
     try:
-        data = json.loads(read_bundle_text(path), parse_constant=_no_constant)
+        data = read_bundle_json(path)
     except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
         inner, given = RunFolder(Path(directory)).bundle, Path(directory)
         hint = (f"; did you mean {inner}?" if (inner / CARD).is_file() else
                 f": it is a file of the bundle {given.parent}; give that folder" if given.is_file()
                 and (given.parent / CARD).is_file() else "")
         raise FileNotFoundError(f"{directory} is not a bundle folder (no {CARD}){hint}") from None
-    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity
+    except ValueError as e:  # not JSON (or nested too deep), not UTF-8, NaN or Infinity
         raise ValueError(f"{path} is not a readable bundle card: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a bundle card (an object of named fields)")
