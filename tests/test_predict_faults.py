@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError, too_few_levels_in_window
@@ -126,6 +127,27 @@ def test_explain_array_refuses_an_array_with_nothing_to_see(tiny_bundle: Path) -
     for gray in (np.full((50, 50), 7, np.uint8), np.zeros((0, 0), np.uint8), np.zeros((0, 10), np.uint8)):
         with pytest.raises(DecodeError, match="^blank image: every pixel has the same value"):
             explain_array(predictor, gray)
+
+
+def test_predict_and_explain_array_refuse_an_array_of_too_few_grey_levels_as_read_gray_does(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A thresholded film (two grey levels) or a posterised one (four) is refused by read_gray as no radiograph, and
+    its score flips with the threshold; the same pixels handed to predict_array or explain_array as an array (made
+    with Pillow's convert, as docs/python.md shows) were scored and mapped. They are refused with read_gray's reason;
+    an array too small to count its levels (under 224 px a side) is scored, as read_gray reads it."""
+    predictor = Predictor(tiny_bundle, backend="onnx")
+    rng = np.random.default_rng(0)
+    for levels in (2, 4):
+        gray = (rng.integers(0, levels, (300, 300)) * (255 // (levels - 1))).astype(np.uint8)
+        Image.fromarray(gray).save(tmp_path / "film.png")
+        reason = f"^too few grey levels: the film holds {levels}, "
+        with pytest.raises(DecodeError, match=reason):
+            read_gray(tmp_path / "film.png")
+        for call in (predictor.predict_array, lambda g: explain_array(predictor, g)):
+            with pytest.raises(DecodeError, match=reason):
+                call(gray)
+    assert predictor.predict_array(np.tile(np.array([[0, 255], [255, 0]], np.uint8), (50, 50)))["label"]
 
 
 def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bundles_card_and_others_weights(

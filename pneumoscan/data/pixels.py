@@ -144,13 +144,30 @@ def few_grey_levels(gray: Image.Image) -> int | None:
     counts = np.array(gray.histogram())
     if reason := _blank_counts(counts):
         raise BlankImage(reason)
+    return _few_levels(counts, gray.size)
+
+
+def _few_levels(counts: np.ndarray, shape: tuple[int, ...]) -> int | None:
+    """:func:`few_grey_levels` from the 256-bin histogram of a film of ``shape`` (its two sides, in either order)."""
     levels = int(np.count_nonzero(counts))
-    return levels if min(gray.size) >= LEVELS_MIN_SIDE and levels < MIN_GREY_LEVELS else None
+    return levels if min(shape) >= LEVELS_MIN_SIDE and levels < MIN_GREY_LEVELS else None
 
 
 def check_grey_levels(gray: Image.Image) -> None:
     """Refuse an 8-bit film of too few grey levels (:func:`few_grey_levels`)."""
     if (levels := few_grey_levels(gray)) is not None:
+        raise too_few_levels(f"the film holds {levels}")
+
+
+def check_array(gray: np.ndarray) -> None:
+    """Refuse (DecodeError) 8-bit pixels that a caller made, not a reader, as a reader refuses a film's: blank or
+    nearly (:func:`blank_reason`), or of too few grey levels (:func:`few_grey_levels`). An array made another way
+    (Pillow's convert, a viewer's export) has passed neither check, and a model scores a uniform square or a
+    thresholded film as readily as a radiograph."""
+    counts = np.bincount(gray.ravel(), minlength=256)
+    if reason := _blank_counts(counts):
+        raise DecodeError(reason)
+    if (levels := _few_levels(counts, gray.shape)) is not None:
         raise too_few_levels(f"the film holds {levels}")
 
 

@@ -333,8 +333,8 @@ def explain_array(predictor: Predictor, gray: np.ndarray, class_index: int | Non
     :func:`unread_mask`). ``class_index`` None means the call's evidence: the log-odds of the classes
     the thresholded probability sums (:attr:`Task.cam_classes`), which is what the label reads; an index, that
     class against the rest. A predictor of the INT8 model is refused (ValueError, :data:`INT8_HEATMAPS`), and so is a
-    model without a spatial feature map (:class:`NoSpatialMap`, with the reason), and a blank image
-    (:class:`~pneumoscan.data.pixels.DecodeError`, as :meth:`Predictor.predict_array` refuses it)."""
+    model without a spatial feature map (:class:`NoSpatialMap`, with the reason), and a blank image or one of too
+    few grey levels (:class:`~pneumoscan.data.pixels.DecodeError`, as :meth:`Predictor.predict_array` refuses it)."""
     if predictor.backend == "onnx-int8":
         raise ValueError(INT8_HEATMAPS)
     card = predictor.card

@@ -31,7 +31,7 @@ from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
-from pneumoscan.data.pixels import DecodeError, blank_reason, blocks
+from pneumoscan.data.pixels import DecodeError, blocks, check_array
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
 from pneumoscan.data.scope import CONTENT_UNCHECKED, describe, in_scope
@@ -305,12 +305,12 @@ class Predictor:
 
     def preprocess_array(self, gray: np.ndarray) -> np.ndarray:
         """:meth:`preprocess` of one array a caller made (:meth:`predict_array`, Grad-CAM's ``explain_array``): a
-        blank one (no pixels, or one grey level, or nearly) is refused with :class:`DecodeError`, as :func:`read_gray`
-        refuses such a film: an array made another way (Pillow's convert, a viewer's export) has not passed that
-        check, and a score or a map of a uniform square would pass for a reading of a film."""
+        blank one (no pixels, or one grey level, or nearly) or one of too few grey levels (a thresholded film) is
+        refused with :class:`DecodeError`, as :func:`read_gray` refuses such a film (:func:`check_array`): an array
+        made another way (Pillow's convert, a viewer's export) has not passed those checks, and a score or a map of
+        a uniform square would pass for a reading of a film."""
         images = self.preprocess([gray])  # its shape and type checked first
-        if reason := blank_reason(gray):
-            raise DecodeError(reason)
+        check_array(gray)
         return images
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
