@@ -150,6 +150,20 @@ def test_predict_and_explain_array_refuse_an_array_of_too_few_grey_levels_as_rea
     assert predictor.predict_array(np.tile(np.array([[0, 255], [255, 0]], np.uint8), (50, 50)))["label"]
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
+def test_a_batch_size_that_is_no_count_is_refused_by_name_before_the_bundle_loads(tiny_bundle: Path,
+                                                                                batch_size: object) -> None:
+    """Predictor(batch_size=0) (and predict_paths') loaded the bundle, then failed at the first film with Python's
+    "range() arg 3 must not be zero", a negative one with numpy's "need at least one array to concatenate", 2.5 with
+    "'float' object cannot be interpreted as an integer", none naming the argument; True scored one film at a time.
+    Each is refused naming batch_size, as the command line's --batch-size is."""
+    refusal = f"^batch_size must be a whole number above 0, got {re.escape(repr(batch_size))}$"
+    for call in (lambda: Predictor(tiny_bundle, batch_size=batch_size, backend="onnx"),
+                 lambda: predict_paths(tiny_bundle, [], batch_size=batch_size, backend="onnx")):
+        with pytest.raises(ValueError, match=refusal):
+            call()
+
+
 def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bundles_card_and_others_weights(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -118,7 +119,11 @@ class Predictor:
     def __init__(self, bundle: Path | str, batch_size: int = PREDICT_BATCH, backend: str = "torch",
                  session: object | None = None) -> None:
         """``session``: an ONNX Runtime session to score with instead of the bundle's own (the INT8 step scores its
-        fresh graph this way before that graph's thresholds exist)."""
+        fresh graph this way before that graph's thresholds exist). ``batch_size``: images a model call, a whole
+        number above 0, refused by name before the bundle loads (0 failed at the first film in Python's words on
+        ``range``, naming no argument, and True scored a film at a time)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number above 0, got {batch_size!r}")
         look_up_option(backend, BACKENDS, "backend")
         given = session is not None  # int8_model's session below is the bundle's own
         self.bundle = bundle
@@ -126,7 +131,7 @@ class Predictor:
         # the card that build read: a card read apart could be another bundle's, were the folder replaced in between
         self._model, self.card = _torch_model(bundle) if backend == "torch" else (None, load_card(bundle))
         self.task = card_task(self.card, bundle)
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.backend = backend
         self.lock = threading.RLock()
         if backend != "torch":  # as building the model would: damaged weights named as such, not as a stale model.onnx
