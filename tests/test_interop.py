@@ -46,7 +46,7 @@ from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.readers.dicom import OWN_OUTPUT
 from pneumoscan.data.scope import (AGE_FROM_DATES, AGE_MALFORMED, AGE_NOT_KNOWN, AGE_UNCHECKED, BIRTH_DATE_MALFORMED,
-                                   NO_TAGS, age_years, describe, in_scope, scope_warnings)
+                                   NO_TAGS, NOT_SHOWN, age_years, describe, in_scope, scope_warnings)
 from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
@@ -105,7 +105,7 @@ OUT_OF_SCOPE = {
     "lateral view": ({"ViewPosition": "LL"}, "lateral view (LL)"),
     "lateral view by code": ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)},
                              "lateral view (LEFT LATERAL)"),
-    "oblique view": ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
+    "oblique view": ({"ViewPosition": "RLO"}, "view RLO is not frontal"),
     "CT slice": ({"Modality": "CT"}, "Modality CT is not a radiograph"),
     "knee": ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
     "adult": ({"PatientAge": "034Y", "PatientBirthDate": None}, "patient age 34.0 years is outside the training "
@@ -791,9 +791,9 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
     ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
     ({"ViewPosition": "LL"}, "lateral view (LL)"),
     ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)}, "lateral view (LEFT LATERAL)"),
-    ({"ViewPosition": "OBL"}, "view OBL is not frontal"),
-    ({"Modality": "C\nT"}, "Modality C\nT is not a radiograph (CR/DX)"),
-    ({"BodyPartExamined": "KNEE\nLEFT"}, "BodyPartExamined KNEE\nLEFT is not CHEST"),
+    ({"ViewPosition": "RLO"}, "view RLO is not frontal"),
+    ({"Modality": "C\nT"}, f"Modality {NOT_SHOWN} is not a radiograph (CR/DX)"),
+    ({"BodyPartExamined": "KNEE\nLEFT"}, f"BodyPartExamined {NOT_SHOWN} is not CHEST"),
 ], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view",
         "a CT slice, a line break in its Modality", "a knee film, a line break in its body part"])
 def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiograph(

@@ -19,13 +19,16 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from starlette.types import Receive, Scope, Send
 
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.scope import NOT_SHOWN, describe, scope_warnings
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.interop.dicomweb import _not_scored
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access, Guard
 from tests.builders import dicom_bytes
@@ -96,6 +99,48 @@ def test_predict_reports_carry_only_the_identity_they_need_and_nothing_else_name
         held: list[str] = []
         ds.walk(lambda _, element: held.append(str(element.value)) if element.VR != "SQ" else None)
         assert _leaks("\n".join(held), set(IDENTITY) - REPORTED) == [], report
+
+
+def test_a_coded_element_holding_free_text_is_named_by_its_keyword_never_repeated(
+    tiny_bundle: Path, data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A Modality, BodyPartExamined or view that is no DICOM defined term (here the patient's name and id, typed
+    where a device writes DX, CHEST or PA) was repeated in its scope warning, and so in the results, the log, the
+    refusal of a report, the page's facts and ``pacs``'s reason for not scoring an instance. Each is named by its
+    keyword, said to be out of scope, its value not shown; a defined term is still named (test_interop)."""
+    typed = {"Modality": "ZYXWELL", "BodyPartExamined": "QUENBY MARTA", "ViewPosition": "MRN99887766"}
+    secrets = ("ZYXWELL", "QUENBY", "MARTA", "MRN99887766")
+    pixels = read_gray(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]).astype(np.uint16) * 16
+    film = tmp_path / "film.dcm"
+    film.write_bytes(dicom_bytes(pixels, **{**SCOPE, **typed}, StudyInstanceUID=generate_uid(),
+                                 SeriesInstanceUID=generate_uid()))
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "r.json"
+    assert cli.main(["predict", str(tiny_bundle), str(film), "--out", str(out), "--backend", "torch",
+                     "--dicom-sr", str(tmp_path / "sr"), "--fhir", str(tmp_path / "fhir")]) == 0
+    [row] = json.loads(out.read_text())
+    said = [f"Modality {NOT_SHOWN} is not a radiograph (CR/DX)", f"BodyPartExamined {NOT_SHOWN} is not CHEST",
+            f"view {NOT_SHOWN} is not frontal (PA/AP)"]
+    assert [w.split(":")[0] for w in row["warnings"][:3]] == said and row["in_scope"] is False
+    refusals = [w for w in row["warnings"] if w.startswith(("no DICOM SR written", "no FHIR Observation written"))]
+    assert len(refusals) == 2 and all(all(s in w for s in said) for w in refusals)  # whole, not cut by redaction
+    # the page's facts, and the reasons of pacs for an instance it does not retrieve, judged on its search answer
+    facts = describe(str(film), dicom=True, facts=True)
+    assert (facts["modality"], facts["view"]) == (NOT_SHOWN, NOT_SHOWN)
+    answer = Dataset()
+    answer.Modality, answer.BodyPartExamined = typed["Modality"], typed["BodyPartExamined"]
+    form = _not_scored(answer)
+    answer.Modality = "DX"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "99", "99LOCAL", "Quenby Marta"
+    coded = Dataset()
+    coded.ViewCodeSequence = [code]
+    texts = {"results": out.read_text(), "log": caplog.text, "stderr": capsys.readouterr().err, "facts": str(facts),
+             "pacs": f"{form} {_not_scored(answer)}", "view code": str(scope_warnings(coded, 500, 500))}
+    assert texts["pacs"].startswith(f"Modality {NOT_SHOWN}, SOP class not given") and NOT_SHOWN in texts["view code"]
+    assert {where: [s for s in secrets if s in text.upper()] for where, text in texts.items()} == dict.fromkeys(
+        texts, [])
 
 
 def test_a_results_file_made_private_stays_private_when_a_run_writes_it_again(

@@ -31,15 +31,47 @@ from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageS
 from pydicom.valuerep import DA
 
 from .decode import Source, colour_spread, image_info, read_dicom_header
-from .readers.dicom import size_as_read, standard_form
+from .readers.dicom import PHOTOMETRICS, size_as_read, standard_form
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
-# ViewCodeSequence values (DICOM CID 4010), in SNOMED CT and in the SNOMED RT codes many devices still write
-_FRONTAL_CODES = {codes.SCT.PosteroAnterior.value, codes.SCT.AnteroPosterior.value, "R-10214", "R-40888", "R-10206"}
-_LATERAL_CODES = {codes.SCT.Lateral.value, codes.SCT.LeftLateral.value, codes.SCT.RightLateral.value, "G-A104",
-                  "R-10232", "R-10236"}
+# ViewCodeSequence values (DICOM CID 4010), in SNOMED CT and in the SNOMED RT codes many devices still write, with the
+# meaning a warning gives each (never the film's own CodeMeaning, which is free text)
+_FRONTAL_CODES = {codes.SCT.PosteroAnterior.value: "POSTERO-ANTERIOR", "R-10214": "POSTERO-ANTERIOR",
+                  "R-40888": "POSTERO-ANTERIOR", codes.SCT.AnteroPosterior.value: "ANTERO-POSTERIOR",
+                  "R-10206": "ANTERO-POSTERIOR"}
+_LATERAL_CODES = {codes.SCT.Lateral.value: "LATERAL", "G-A104": "LATERAL", codes.SCT.LeftLateral.value: "LEFT LATERAL",
+                  "R-10236": "LEFT LATERAL", codes.SCT.RightLateral.value: "RIGHT LATERAL", "R-10232": "RIGHT LATERAL"}
+# The terms a warning or a film's facts may repeat of a coded element the film records: DICOM's defined terms (PS3.3
+# C.7.3.1.1.1 for Modality, retired ones too; PS3.16 Annex L for BodyPartExamined; PS3.3 C.8.11.5.1.1 for
+# ViewPosition, with the lateral spellings above) and PhotometricInterpretation's (readers.dicom.PHOTOMETRICS). Any
+# other value is not repeated (:func:`defined_term`): a device, or a person at its console, may write free text there,
+# a patient's name or id among it, and a warning reaches the results, the log, the page and the reports filed.
+MODALITIES = frozenset((
+    *RADIOGRAPHY, "ANN", "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CFM", "CT", "CTPROTOCOL", "DG", "DMS", "DOC",
+    "ECG", "EEG", "EMG", "EOG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN",
+    "LS", "M3D", "MG", "MR", "NM", "OAM", "OCT", "OP", "OPM", "OPT", "OPTBSV", "OPTENF", "OPV", "OSS", "OT", "PA",
+    "PLAN", "POS", "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD",
+    "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA",
+    "XA", "XAPROTOCOL", "XC",
+    "AS", "CD", "CF", "CP", "CS", "DD", "DF", "DM", "DS", "EC", "FA", "FS", "LP", "MA", "MS", "OPR", "ST", "VF"))
+BODY_PARTS = frozenset((
+    "ABDOMEN", "ABDOMENPELVIS", "ADRENAL", "ANKLE", "AORTA", "ARM", "AXILLA", "BACK", "BLADDER", "BRAIN", "BREAST",
+    "BRONCHUS", "BUTTOCK", "CALCANEUS", "CALF", "CAROTID", "CEREBELLUM", "CERVIX", "CHEEK", "CHEST", "CHESTABDOMEN",
+    "CHESTABDPELVIS", "CIRCLEOFWILLIS", "CLAVICLE", "COCCYX", "COLON", "CORNEA", "CORONARYARTERY", "CSPINE", "CTSPINE",
+    "DUODENUM", "EAR", "ELBOW", "ESOPHAGUS", "EXTREMITY", "EYE", "EYELID", "FACE", "FEMUR", "FINGER", "FOOT",
+    "GALLBLADDER", "HAND", "HEAD", "HEADNECK", "HEART", "HIP", "HUMERUS", "IAC", "ILEUM", "ILIUM", "JAW", "JEJUNUM",
+    "KIDNEY", "KNEE", "LARYNX", "LEG", "LIVER", "LSPINE", "LSSPINE", "LUNG", "MAXILLA", "MEDIASTINUM", "MOUTH", "NECK",
+    "NECKCHEST", "NECKCHESTABDOMEN", "NECKCHESTABDPELV", "NOSE", "ORBIT", "OVARY", "PANCREAS", "PAROTID", "PATELLA",
+    "PELVIS", "PENIS", "PHARYNX", "PROSTATE", "RECTUM", "RIB", "SCALP", "SCAPULA", "SCLERA", "SCROTUM", "SHOULDER",
+    "SKULL", "SPINE", "SPLEEN", "SSPINE", "STERNUM", "STOMACH", "SUBMANDIBULAR", "TESTIS", "THIGH", "THUMB", "THYMUS",
+    "THYROID", "TIBIA", "TLSPINE", "TMJ", "TOE", "TONGUE", "TRACHEA", "TSPINE", "URETER", "URETHRA", "UTERUS", "VAGINA",
+    "VULVA", "WHOLEBODY", "WRIST", "ZYGOMA"))
+VIEW_POSITIONS = frozenset((*FRONTAL_VIEWS, *LATERAL_VIEWS, "RLO", "LLO"))
+# what is said in place of a value that is none of those terms: words without quotes, since a reason that holds
+# warnings passes through core.logs.redact, which would take everything between two quotes for one quoted value
+NOT_SHOWN = "(a value that is no DICOM defined term, not shown)"
 # Training population: 1 to 5 years, where "5" lasts until the sixth birthday. Six months of margin below it: an
 # infant of 6-11 months is anatomically close to a one-year-old, a newborn is not. Nothing above: at 6 the chest
 # is already growing out of the training distribution.
@@ -236,6 +268,12 @@ def _text(ds: Dataset, keyword: str) -> str:
     return _stored(ds, keyword).upper()
 
 
+def defined_term(value: str, terms: frozenset[str]) -> str:
+    """``value`` (a coded element as :func:`_text` reads it) when it is one of ``terms``, else :data:`NOT_SHOWN`: what
+    a warning or a film's facts say of it (:data:`MODALITIES`)."""
+    return value if value in terms else NOT_SHOWN
+
+
 def _date(text: str) -> date | None:
     """A DA value as pydicom reads it, in DICOM's form (20150102) or ACR-NEMA's (2015.01.02, which old films still
     hold): the reading the DICOM SR judges a date by (:func:`pneumoscan.interop.sr.malformed_reason`), so a date one
@@ -319,24 +357,28 @@ def _age_warnings(ds: Dataset) -> list[str]:
 
 
 def _view_code(ds: Dataset) -> tuple[str, str]:
-    """(kind, as recorded) of the first ViewCodeSequence item, ('', '') when there is none (see :func:`_view`)."""
+    """(kind, as said) of the first ViewCodeSequence item, ('', '') when there is none (see :func:`_view`)."""
     try:
         item = (ds.get("ViewCodeSequence") or [None])[0]
     except Exception:
         item = None
     if item is None:
         return "", ""
-    value, meaning = _text(item, "CodeValue"), _text(item, "CodeMeaning")
-    kind = "frontal" if value in _FRONTAL_CODES else "lateral" if value in _LATERAL_CODES else "other"
-    return kind, meaning or value
+    value = _text(item, "CodeValue")
+    if value in _FRONTAL_CODES:
+        return "frontal", _FRONTAL_CODES[value]
+    if value in _LATERAL_CODES:
+        return "lateral", _LATERAL_CODES[value]
+    return "other", NOT_SHOWN
 
 
 def _view(ds: Dataset) -> tuple[str, str]:
-    """(kind, as recorded): kind is 'frontal', 'lateral', 'other' or '' when the view is not recorded."""
+    """(kind, as said): kind is 'frontal', 'lateral', 'other' or '' when the view is not recorded; what is said of it
+    is the ViewPosition when it is a defined term, a code's meaning as CID 4010 gives it, else :data:`NOT_SHOWN`."""
     position = _text(ds, "ViewPosition")
     if position:
         kind = "frontal" if position in FRONTAL_VIEWS else "lateral" if position in LATERAL_VIEWS else "other"
-        return kind, position
+        return kind, defined_term(position, VIEW_POSITIONS)
     return _view_code(ds)
 
 
@@ -369,12 +411,12 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
         if not modality:
             found.append(NO_MODALITY.text())
         elif modality not in RADIOGRAPHY:
-            found.append(NOT_RADIOGRAPH.text(modality=modality))
+            found.append(NOT_RADIOGRAPH.text(modality=defined_term(modality, MODALITIES)))
         body = _text(ds, "BodyPartExamined")
         if not body:
             found.append(NO_BODY_PART.text())
         elif body != "CHEST":
-            found.append(NOT_CHEST.text(body=body))
+            found.append(NOT_CHEST.text(body=defined_term(body, BODY_PARTS)))
         kind, view = _view(ds)
         if not kind:
             found.append(NO_VIEW.text())
@@ -386,7 +428,7 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
         found += _conflicts(ds, modality)
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            found.append(NOT_GRAYSCALE.text(photometric=photometric))
+            found.append(NOT_GRAYSCALE.text(photometric=defined_term(photometric, PHOTOMETRICS)))
     if min(height, width) < MIN_SIDE:
         found.append(THUMBNAIL.text(width=width, height=height, least=MIN_SIDE))
     if max(height, width) > MAX_ASPECT * min(height, width):
@@ -422,11 +464,12 @@ def identifiers(ds: Dataset) -> tuple[dict[str, str | None], list[str]]:
 def film_facts(ds: Dataset) -> dict[str, str | float | None]:
     """What a reader checks before trusting a reading: age, sex, view, modality and study date (None where not
     recorded or malformed, as the DICOM SR judges them: a sex other than PATIENT_SEXES, several values, a date
-    pydicom does not read). Never the patient's name or id: the page shows these, and a screen is seen by others."""
+    pydicom does not read; a view or modality that is no defined term as :data:`NOT_SHOWN`). Never the patient's name
+    or id: the page shows these, and a screen is seen by others."""
     study = _date(_text(ds, "StudyDate"))
-    age, sex = age_years(ds), _stored(ds, "PatientSex")
+    age, sex, modality = age_years(ds), _stored(ds, "PatientSex"), _text(ds, "Modality")
     return {"age_years": None if age is None else round(age, 2), "sex": sex if sex in PATIENT_SEXES else None,
-            "view": _view(ds)[1] or None, "modality": _text(ds, "Modality") or None,
+            "view": _view(ds)[1] or None, "modality": defined_term(modality, MODALITIES) if modality else None,
             "study_date": study.isoformat() if study else None}
 
 

@@ -51,7 +51,8 @@ from pneumoscan.core.network import is_loopback
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
 from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
-from pneumoscan.data.scope import MIN_SIDE, RADIOGRAPH_CLASSES, RADIOGRAPHY, kind_of, outside_scope, scope_warnings
+from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
+                                   outside_scope, scope_warnings)
 from pneumoscan.inference.predict import predict_paths
 from .reports import check_reportable, dicom_multipart, write_reports
 
@@ -339,9 +340,11 @@ def _not_scored(recorded: Dataset) -> str | None:
     modality = str(recorded.get("Modality") or "").strip().upper()
     sop_class = str(recorded.get("SOPClassUID") or "").strip()
     if modality not in RADIOGRAPHY and sop_class not in RADIOGRAPH_CLASSES:
-        kind = UID(sop_class).name if sop_class else "SOP class not given"
-        return (f"Modality {modality or 'not recorded'}, {kind}: not a radiograph (CR/DX); the model reads chest "
-                "X-ray films only")
+        # neither repeated unless a defined term or a UID: a PACS's answer may hold any text in either
+        kind = UID(sop_class).name if UID(sop_class).is_valid else "SOPClassUID not a valid UID" if sop_class else \
+            "SOP class not given"
+        said = defined_term(modality, MODALITIES) if modality else "not recorded"
+        return f"Modality {said}, {kind}: not a radiograph (CR/DX); the model reads chest X-ray films only"
     # its body part and view alone: its modality and class are judged above (the "DR" some devices write included),
     # and the rest is the film's own header's to judge; the size is not in the answer: given as large enough
     header = Dataset({recorded[k].tag: recorded[k] for k in ("BodyPartExamined", "ViewPosition") if k in recorded})

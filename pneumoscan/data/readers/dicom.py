@@ -67,7 +67,7 @@ _SAMPLED_AS_STORED = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "
 _RETIRED_COLOURS = frozenset({"HSV", "ARGB", "CMYK"})
 # Every Photometric Interpretation DICOM defines, retired ones too (PS3.3 C.7.6.3.1.2): a refusal names these, and
 # never repeats other text a header holds there (a refusal reaches a client, a log and a results file)
-_PHOTOMETRICS = frozenset({*_SAMPLES, *_RETIRED_COLOURS, "YBR_PARTIAL_422", "XYB"})
+PHOTOMETRICS = frozenset({*_SAMPLES, *_RETIRED_COLOURS, "YBR_PARTIAL_422", "XYB"})
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio")  # each row (vertical) first, then column
 _SQUARE = 0.01  # pixels whose height and width differ by no more than this are square (a calibration's rounding)
 # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
@@ -535,10 +535,10 @@ def _refuse_ambiguous(values: _HeaderValues) -> None:
     photometric, bits_stored, lut_shape = values.photometric, values.bits_stored, values.lut_shape
     if isinstance(values.photometric_value, MultiValue):
         held = [str(v).strip() for v in values.photometric_value]
-        said = " (" + "\\".join(held) + ")" if _PHOTOMETRICS.issuperset(held) else ""  # other text: not repeated
+        said = " (" + "\\".join(held) + ")" if PHOTOMETRICS.issuperset(held) else ""  # other text: not repeated
         raise pixels.DecodeError(f"malformed DICOM header: Photometric Interpretation holds {len(held)} values{said}, "
                                  "where a film has one")
-    if str(values.photometric_value).strip() not in _PHOTOMETRICS:  # as stored: pydicom's codecs take no other case
+    if str(values.photometric_value).strip() not in PHOTOMETRICS:  # as stored: pydicom's codecs take no other case
         # said without the value, which may be any text (pydicom's codecs quote it)
         raise pixels.DecodeError("malformed DICOM header: Photometric Interpretation is no term DICOM defines (such "
                                  "as MONOCHROME2 or RGB, in capitals), so what its samples mean is unknown")
