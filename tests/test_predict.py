@@ -21,6 +21,7 @@ from PIL import Image
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec, preprocess
+from pneumoscan.data.scope import MIN_SIDE, THUMBNAIL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import (
     Predictor,
@@ -244,6 +245,30 @@ def test_predict_array_matches_the_file_flow(tiny_bundle: Path, tmp_path: Path) 
     assert out["probability"] == pytest.approx(row["probability"], abs=SCORE_TOL)
     assert out["label"] == row["label"] and out["threshold"] == row["threshold"]
     assert out["probabilities"]["PNEUMONIA"] == pytest.approx(out["probability"])
+
+
+def test_predict_array_warns_as_predict_warns_of_the_file_of_its_pixels(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """A 1 x 2 array read as any film, without a warning, where the same pixels as a PNG were a thumbnail, out of
+    scope. An array's reading carries the warnings, ``in_scope`` and model of the file of its pixels (a second stage
+    run alone saying so too); a real film decoded at the bundle's target, as docs/python.md does (here under 224 px
+    a side), is no thumbnail, as its file is none."""
+    tiny = np.array([[0, 255]], np.uint8)
+    Image.fromarray(tiny).save(tmp_path / "tiny.png")
+    film = sorted((data_root / "val" / "NORMAL").glob("*.jpeg"))[0]
+    fields = ("warnings", "in_scope", "model_id", "model_version")
+    for bundle in (tiny_bundle, tiny_etiology_bundle):
+        predictor = Predictor(bundle)
+        decoded = read_gray(film, target=predictor.card.spec.decode_target)
+        assert min(decoded.shape) < MIN_SIDE
+        rows = predict_paths(bundle, [tmp_path / "tiny.png", film])
+        for gray, row in zip((tiny, decoded), rows):
+            out = predictor.predict_array(gray)
+            assert {k: out[k] for k in fields} == {k: row[k] for k in fields}
+        assert rows[0]["in_scope"] is False and THUMBNAIL.wrote(rows[0]["warnings"][1])
+        assert not any(THUMBNAIL.wrote(w) for w in rows[1]["warnings"])
+    assert "assumes the film shows pneumonia" in rows[0]["warnings"][-1]  # the etiology model alone
 
 
 def test_a_full_size_film_decoded_in_full_scores_as_predict_scores_it(tiny_bundle: Path, data_root: Path) -> None:

@@ -399,10 +399,13 @@ def _conflicts(ds: Dataset, modality: str) -> list[str]:
     return found
 
 
-def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
+def scope_warnings(ds: Dataset | None, width: int, height: int, reduced_to: int | None = None) -> list[str]:
     """Why this film may be outside the model's scope (empty when every check passed). ``ds``: the DICOM header,
-    None for a JPEG/PNG; ``width`` x ``height``: the film's size as read (a DICOM's pixels made square), not a
-    reduced decode's."""
+    None for a JPEG/PNG or an array; ``width`` x ``height``: the film's size as read (a DICOM's pixels made square),
+    not a reduced decode's. ``reduced_to``: for an array a caller decoded, the side a decode may have reduced it
+    towards (``read_gray(path, target=...)``, as the Python API is shown used): an array whose shorter side is above
+    it may be a larger film so reduced, whose size as read is not known, so it is not taken for a thumbnail (a
+    bundle's decode target is at least :data:`MIN_SIDE` when its training films were, as the Kermany ones are)."""
     found: list[str] = []
     if ds is None:
         found.append(NO_TAGS)
@@ -429,7 +432,7 @@ def scope_warnings(ds: Dataset | None, width: int, height: int) -> list[str]:
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
             found.append(NOT_GRAYSCALE.text(photometric=defined_term(photometric, PHOTOMETRICS)))
-    if min(height, width) < MIN_SIDE:
+    if min(height, width) < MIN_SIDE and (reduced_to is None or min(height, width) <= reduced_to):
         found.append(THUMBNAIL.text(width=width, height=height, least=MIN_SIDE))
     if max(height, width) > MAX_ASPECT * min(height, width):
         found.append(ELONGATED.text(width=width, height=height, ratio=max(height, width) / max(min(height, width), 1),

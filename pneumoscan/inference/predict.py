@@ -35,7 +35,7 @@ from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blocks, check_array
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
-from pneumoscan.data.scope import CONTENT_UNCHECKED, describe, in_scope
+from pneumoscan.data.scope import CONTENT_UNCHECKED, describe, in_scope, scope_warnings
 from pneumoscan.data.tasks import Task, get_task, list_tasks
 from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    verify_file)
@@ -320,8 +320,16 @@ class Predictor:
 
     def predict_array(self, gray: np.ndarray, tta: bool = False) -> dict:
         """One decoded uint8 grayscale image of any size, preprocessed as the bundle says; a blank one is refused
-        (:meth:`preprocess_array`)."""
-        return self.reading(self.probabilities(self.preprocess_array(gray), tta=tta)[0], tta)
+        (:meth:`preprocess_array`). Its reading carries the fields a JPEG's row of :func:`predict_paths` carries
+        besides its path, made by the same code (:meth:`Stages.scoped`): the scope warnings of a film without tags
+        (a thumbnail, a strip: :func:`~pneumoscan.data.scope.scope_warnings` of its size), its content check's,
+        that of a second stage run alone, the model's identity and ``in_scope``: a 1 x 2 array had read as any
+        film, where the same pixels as a PNG were warned of as a thumbnail."""
+        images = self.preprocess_array(gray)
+        height, width = gray.shape
+        described = {"warnings": scope_warnings(None, width, height, reduced_to=self.card.spec.decode_target)}
+        scoped = Stages(self, alone=alone_warning(self.card.task)).scoped(described, self.content_warnings(images)[0])
+        return {**self.reading(self.probabilities(images, tta=tta)[0], tta), **scoped}
 
 
 def identity_fields(bundle: Path | str, backend: str = "torch", card: BundleCard | None = None) -> dict[str, str]:
