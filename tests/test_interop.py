@@ -1160,6 +1160,41 @@ def test_a_rerun_after_the_film_changed_under_its_uids_is_not_stored_when_the_pa
     assert measured["Probability"] == pytest.approx(first["probability"], abs=1e-9)  # the earlier reading
 
 
+def test_a_rerun_after_the_patients_details_were_corrected_is_not_stored_when_the_pacs_keeps_the_earlier_report(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """The patient's name and birth date corrected, the film's pixels, UIDs and patient id unchanged (the film re-sent
+    with its details corrected): the reports' UIDs and content are the same, so the read-back found what it sent and
+    the row said stored, exit 0, while Orthanc, keeping the first copy of an instance, held a report and an overlay
+    naming the patient as before. Not stored, the attributes that differ named (never their values), and the run
+    fails; with the stale copies deleted in the PACS, as the warning says, a rerun files them as the film now is."""
+    study = generate_uid()
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
+    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
+    url = f"{orthanc}/dicom-web"
+    first = _pacs_store(tiny_bundle, url, study, tmp_path / "first.json")
+    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    corrected = {"PatientName": "Corrected^Jane", "PatientBirthDate": "20200202"}
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, **corrected),
+                      timeout=30).status_code == 200
+    again = _pacs_store(tiny_bundle, url, study, tmp_path / "again.json", status=1)
+    assert again["probability"] == pytest.approx(first["probability"], abs=1e-9)
+    assert again["stored"] == [] and again["not_stored"] == first["stored"]
+    assert [w.split(" changed (")[0] for w in again["warnings"]] == [
+        f"the PACS already held this {what} {uid}, made before the film's PatientName, PatientBirthDate"
+        for what, uid in zip(("DICOM SR", "Grad-CAM Secondary Capture"), first["stored"])]
+    assert not any(value in json.dumps(again) for value in ("Corrected", "Jane", "20200202", "20200101"))
+    for uid in first["stored"]:
+        [found] = httpx.post(f"{orthanc}/tools/lookup", content=uid, timeout=30).json()
+        assert httpx.delete(f"{orthanc}/instances/{found['ID']}", timeout=30).status_code == 200
+    assert _pacs_store(tiny_bundle, url, study, tmp_path / "fixed.json")["stored"] == first["stored"]
+    client = DICOMwebClient(url=url)
+    held = [client.retrieve_instance(study, i["0020000E"]["Value"][0], i["00080018"]["Value"][0])
+            for i in client.search_for_instances(study)]
+    assert {(str(ds.PatientName), ds.PatientBirthDate) for ds in held} == {("Corrected^Jane", "20200202")}
+    assert len(held) == 3  # the film, its report and its overlay
+
+
 def test_a_report_the_study_held_before_that_cannot_be_read_back_is_not_stored(film: np.ndarray) -> None:
     """Which of two copies a PACS holds is not known when the read-back gets no answer: not stored, said why. One
     whose UID the study did not hold before is not read back."""

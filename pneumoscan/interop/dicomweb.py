@@ -563,8 +563,8 @@ def _retrieved(session: requests.Session, study_uid: str, found: list[dict], roo
 def _asserted(ds: Dataset) -> object:
     """What a report or overlay of ours states, to tell two copies of one SOP Instance UID apart: a report's content
     tree (its finding, probability, threshold and notes), an overlay's pixels. Not the whole header: its creation
-    times differ on every run, and a PACS may coerce the patient's demographics or store the pixels in another
-    transfer syntax."""
+    times differ on every run, and a PACS may store the pixels in another transfer syntax; who and which study it is
+    filed as is compared apart (:func:`~pneumoscan.interop.sr.filed_as`)."""
     if "ContentSequence" in ds:
         return [item.to_json_dict() for item in ds.ContentSequence]
     return ds.pixel_array.tobytes()
@@ -573,27 +573,42 @@ def _asserted(ds: Dataset) -> object:
 def _read_back(session: requests.Session, root: str, study_uid: str, built: dict[str, tuple[str, Dataset]],
                held: set[str], row: dict) -> None:
     """Of the objects ``row`` records as stored, those whose UID the study held before they were sent, retrieved and
-    compared with what was sent (:func:`_asserted`). Their UIDs follow from the film, model and scoring, so a rerun
-    after the film was replaced under the same UIDs sends another reading under a UID the PACS holds; a PACS that
-    keeps the first copy of an instance (Orthanc's default) answers "stored" and keeps the earlier reading. Such an
-    object, or one that cannot be read back, is not stored: the row had said stored while the PACS held a report
-    that said pneumonia absent."""
+    compared with what was sent: what it states (:func:`_asserted`) and the patient and study it names
+    (:func:`~pneumoscan.interop.sr.filed_as`). Their UIDs follow from the film (its UIDs and patient id), model and
+    scoring, so a rerun after the film was replaced under the same UIDs sends another reading under a UID the PACS
+    holds, and one after the patient's name or birth date, or the study's details, were corrected sends the same
+    reading naming them anew; a PACS that keeps the first copy of an instance (Orthanc's default) answers "stored"
+    and keeps the earlier one. Such an object, or one that cannot be read back, is not stored, the attributes that
+    differ named, never their values: the row had said stored while the PACS held a report that said pneumonia
+    absent, or one that named the patient as before the correction."""
+    from .sr import filed_as
+
     for uid in [uid for uid in row["stored"] if uid in held]:
         what, sent = built[uid]
         where = _instance_url(root, study_uid, sent.SeriesInstanceUID, uid)
         try:
-            same = _asserted(_retrieve(session, where)) == _asserted(sent)
+            kept = _retrieve(session, where)
+            same = _asserted(kept) == _asserted(sent)
+            named, naming = filed_as(kept), filed_as(sent)
         except (requests.RequestException, RuntimeError, *_MALFORMED) as e:  # RuntimeError: pixels not decodable
             log.warning("the %s %s could not be read back: %s", what, uid, type(e).__name__)
             why = (f"the PACS already held a {what} {uid}, and it could not be read back ({type(e).__name__}): "
                    "whether it holds this reading or one of the film before it changed under the same UIDs is not "
                    "known; it is not stored")
         else:
-            if same:
+            stale = [keyword for keyword, value in naming.items() if named[keyword] != value]
+            if same and not stale:
                 continue
-            why = (f"the PACS already held a {what} {uid}, made from this film before it changed under the same "
-                   "UIDs, and kept it (it keeps the first copy of an instance): it holds another reading, not this "
-                   "one; delete the earlier one in the PACS and run again")
+            if not same:
+                why = (f"the PACS already held a {what} {uid}, made from this film before it changed under the same "
+                       "UIDs, and kept it (it keeps the first copy of an instance): it holds another reading, not "
+                       "this one; delete the earlier one in the PACS and run again")
+            else:
+                why = (f"the PACS already held this {what} {uid}, made before the film's {', '.join(stale)} "
+                       "changed (a correction of the patient's or the study's details under the same UIDs), and "
+                       "kept it (it keeps the first copy of an instance): the copy it holds names the patient or the "
+                       "study as before; delete it in the PACS, or have the PACS apply the correction to it, and "
+                       "run again")
         row.setdefault("warnings", []).append(why)
         row["stored"].remove(uid)
         row.setdefault("not_stored", []).append(uid)

@@ -82,6 +82,11 @@ _REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 # which real films (anonymised ones most of all) often lack.
 _TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
+# What a report and an overlay name of the patient and the study besides its UIDs, as the film's header does (its
+# Patient, General Study and Patient Study attributes that a correction of a patient's or a study's details changes):
+# a copy a PACS holds with other values than the film holds now names them as they were (:func:`filed_as`)
+FILED_AS = (*_TYPE2_KEYWORDS, "IssuerOfPatientID", "OtherPatientIDsSequence", "OtherPatientNames", "PatientAge",
+            "StudyDescription")
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}  # the value classes highdicom reads dates and times with
 # SpecificCharacterSet terms of DICOM's default repertoire (ASCII): bytes beyond it have no character set named
 _DEFAULT_REPERTOIRE = ("", "ISO_IR 6", "ISO 2022 IR 6")
@@ -190,6 +195,13 @@ def _value_fault(element: DataElement, declared: str, misread: bool) -> str | No
             except ValueError:
                 return f"not a {vr} value pydicom reads"
     return None
+
+
+def filed_as(ds: Dataset) -> dict[str, object]:
+    """The values ``ds`` (a report or overlay) holds of :data:`FILED_AS`, as DICOM JSON gives them (absent and empty
+    alike: None), so that two copies of one object compare by what they name, not by how their files spell it."""
+    return {keyword: ds[keyword].to_json_dict(None, 0).get("Value") if keyword in ds else None
+            for keyword in FILED_AS}
 
 
 def _check_copies(made: Dataset, source: Dataset) -> None:
