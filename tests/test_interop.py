@@ -1485,6 +1485,31 @@ def test_pacs_refuses_a_study_whose_instances_share_a_sop_instance_uid(orthanc: 
     assert f"the study holds several instances under one SOP Instance UID ({sop})" in capsys.readouterr().err
 
 
+def test_pacs_refuses_a_study_whose_instances_belong_to_two_patients(orthanc: str, tiny_bundle: Path,
+                                                                     film: np.ndarray, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """The film's patient id corrected and the film re-sent under its UIDs: the PACS (keyed by patient id) keeps the
+    report of the first run under the earlier id, in the same study. A rerun filed a new report and exited 0, the
+    earlier one left in the earlier patient's record without a word. The study is refused, each patient's instances
+    named, the ids not shown, and nothing is filed."""
+    study = generate_uid()
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
+    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="EARLIER-77"), timeout=30)
+    first = _pacs_store(tiny_bundle, f"{orthanc}/dicom-web", study, tmp_path / "first.json")
+    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, PatientID="CORRECTED-88"),
+                      timeout=30).status_code == 200
+    capsys.readouterr()
+    assert cli.main(["-q", "pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--store",
+                     "--heatmaps", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    groups = sorted([sorted(first["stored"]), [uids["SOPInstanceUID"]]])
+    assert (f"the study's instances belong to 2 patients (by PatientID and its issuer, not shown; patient 1: "
+            f"{', '.join(groups[0])}; patient 2: {', '.join(groups[1])})") in err
+    assert "EARLIER" not in err and "CORRECTED" not in err
+    assert _held(orthanc, study) == {*first["stored"], uids["SOPInstanceUID"]}  # nothing filed
+
+
 def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", generate_uid()]) == 2

@@ -80,7 +80,8 @@ _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
 _SYSTEM_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")  # the system's reason in urllib3's wording of a failure
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
-           "PresentationIntentType"]
+           "PresentationIntentType", "PatientID", "IssuerOfPatientID"]
+_PATIENT = ("00100020", "00100021")  # PatientID, IssuerOfPatientID: whose each instance is
 # the titles of IHE IOCM rejection notes (Key Object Selection documents): the films they list are withdrawn
 REJECTIONS = {c.value: c.meaning for c in (
     codes.DCM.RejectedForQualityReasons, codes.DCM.RejectedForPatientSafetyReasons,
@@ -151,6 +152,30 @@ def _instances(client: DICOMwebClient, study_uid: str) -> list[dict]:
                              "already listed: it ignores the offset, so instances beyond its result limit cannot be "
                              "listed; raise that limit (e.g. Orthanc's LimitFindInstances) or ask its administrator")
         found.update(new)
+
+
+def _one_patient(found: list[dict]) -> None:
+    """Refuse a study whose instances the search answer gives to more than one patient (PatientID and its issuer):
+    a study is one patient's. A PACS keys its patients by id, so a film whose patient id was corrected, re-sent under
+    the same UIDs, leaves the study's other instances under the earlier id, pneumoscan's report of it among them: a
+    rerun filed a new report and exited 0, while the study held one in the earlier patient's record, and a film
+    filed under the wrong patient would get a report there too. Each patient's instances are named by UID, the
+    patients numbered in the order of their UIDs; their ids are not shown. An instance the answer gives no PatientID
+    is not counted (a PACS may leave the field out)."""
+    patients: dict[tuple[str, ...], list[str]] = {}
+    for item in found:
+        patient = tuple(_value(item, tag).strip() for tag in _PATIENT)
+        if patient[0]:  # an answer without the id says nothing of whose the instance is
+            patients.setdefault(patient, []).append(_value(item, _SOP))
+    if len(patients) < 2:
+        return
+    named = "; ".join(f"patient {n}: " + ", ".join(uids[:5]) + (f" and {len(uids) - 5} more" if len(uids) > 5 else "")
+                      for n, uids in enumerate(sorted(sorted(group) for group in patients.values()), 1))
+    raise ValueError(f"the study's instances belong to {len(patients)} patients (by PatientID and its issuer, not "
+                     f"shown; {named}). A study is one patient's; a report filed "
+                     "in it would sit beside another patient's films, or one filed before a correction of the "
+                     "patient's id would stay in the earlier patient's record; have the PACS's administrator "
+                     "reconcile the study (its instances under the wrong patient moved or deleted) and run again")
 
 
 def _study_size(client: DICOMwebClient, study_uid: str) -> float:
@@ -664,6 +689,7 @@ def predict_study(
         found = _instances(client, study_uid)
         if not found:
             raise ValueError(f"study {study_uid} not found at {root} (QIDO-RS returned no instances)")
+        _one_patient(found)
         with tempfile.TemporaryDirectory(prefix="pneumoscan-pacs-") as tmp:
             films = Path(tmp) / "films"
             films.mkdir()
