@@ -95,6 +95,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pneumoscan.data.audit import audit, audit_figure, format_audit
     from pneumoscan.data.layouts import discover
 
+    given = [flag for flag, value in (("--augmented-out", args.augmented_out), ("--config", args.config)) if value]
+    if given and not args.augmented:  # drawing nothing, the run ended 0 and the grid asked for was never made
+        raise ValueError(f"{', '.join(given)} only with --augmented N (the number of training films to draw)")
     found = discover(args.data)
     report = audit(found)
     if args.json_out:
@@ -108,8 +111,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from pneumoscan.training.config import load_config
 
         cfg = load_config(args.config)
-        out = augmented_grid(found, args.augmented, Path(args.augmented_out), cfg.image_size, cfg.augment,
-                             cfg.resize_policy, cfg.seed)
+        out = augmented_grid(found, args.augmented, Path(args.augmented_out or AUGMENTED_OUT), cfg.image_size,
+                             cfg.augment, cfg.resize_policy, cfg.seed)
         log.info("wrote %d augmented training films (%s) to %s", args.augmented, args.config or "default recipe", out)
     if args.json:
         _print_json(report)
@@ -526,6 +529,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 DATA_HELP = "dataset root (train/val/test folders), a NORMAL/PNEUMONIA folder, or a CSV manifest"
+AUGMENTED_OUT = "augmented.png"  # audit --augmented's grid, in the folder the command runs in
 
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -589,8 +593,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", help="write class balance + sample grid PNG here")
     p.add_argument("--augmented", type=_positive(int), metavar="N",
                    help="also draw N training films after the training augmentation, as the model sees them")
-    p.add_argument("--augmented-out", default="augmented.png",
-                   help="with --augmented: the grid PNG (default augmented.png)")
+    p.add_argument("--augmented-out", help=f"with --augmented: the grid PNG (default {AUGMENTED_OUT})")
     p.add_argument("--config", help="with --augmented: a train YAML whose augment, image_size and seed to show "
                                     "(default: the default recipe)")
 

@@ -47,3 +47,13 @@ def test_audit_cli_draws_the_configs_augmentation(tiny_dataset: Path, tmp_path: 
     reference = augmented_grid(discover(tiny_dataset), 3, tmp_path / "ref.png", size=40, augment=Augment.off())
     assert [t.shape for t in _tiles(out)] == [(40, 40)] * 3
     assert all(np.array_equal(a, b) for a, b in zip(_tiles(out), _tiles(reference)))
+
+
+def test_audit_refuses_augmented_options_without_augmented(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    """`--augmented-out` or `--config` without `--augmented N` drew nothing and exited 0: a newcomer who forgot N
+    looked for a grid that was never made. Refused before the audit runs, naming the missing option."""
+    for flags in (["--augmented-out", str(tmp_path / "grid.png")], ["--config", str(tmp_path / "none.yaml")]):
+        assert main(["-q", "audit", str(tiny_dataset), "--json-out", str(tmp_path / "a.json"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]} only with --augmented N" in err, err
+    assert not list(tmp_path.iterdir())
