@@ -635,7 +635,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
     p.add_argument("--init", metavar="BUNDLE",
-                   help="start from this bundle's weights (same --model) instead of ImageNet")
+                   help="start from this bundle's weights instead of ImageNet, with its model and image size unless "
+                        "--model or --image-size give others")
     p.add_argument("--teacher", action="append", metavar="BUNDLE",
                    help="distil: also learn this bundle's calibrated probabilities (repeatable: their average; an "
                         "ensemble bundle is one teacher); it must not have trained on the validation films")

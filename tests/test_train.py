@@ -600,6 +600,11 @@ def test_the_command_line_starts_from_the_bundles_model_and_size(tiny_bundle: Pa
     assert main(["train", "--init", str(tiny_bundle), "--image-size", "64", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert (printed["model"], printed["image_size"]) == ("simple_cnn", 64)
+    # and `train --help` says so: it read "(same --model)", telling a newcomer to repeat the model
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "same --model" not in usage and "its model and image size unless --model or --image-size" in usage
 
 
 def test_bundle_round_trip_reproduces_the_trained_model(tiny_bundle: Path) -> None:
