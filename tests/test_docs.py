@@ -235,3 +235,30 @@ def test_the_licence_the_package_declares_ships_with_it() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     assert "[LICENSE](LICENSE)" in (ROOT / "README.md").read_text()
+
+
+NUMBER = r"([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)(?![\w.])"  # 32, 0.15, 1e-3; not 127.0.0.1
+DEFAULT_IN_SYNOPSIS = re.compile(r"(?<![\w-])(--[a-z0-9-]+)[ =]" + NUMBER)
+DEFAULT_IN_PROSE = re.compile(r"`(--[a-z0-9-]+)(?: [A-Z]+)?` \([^()]*?default\s+`?" + NUMBER)
+
+
+def _parser_default(action: argparse.Action) -> float | None:
+    """An option's default as `--help` gives it: the parser's own, else the number its help calls the default (a
+    default of None is resolved later, by TrainConfig or the serving limits)."""
+    if isinstance(action.default, (int, float)) and not isinstance(action.default, bool):
+        return float(action.default)
+    said = re.search(r"default:? " + NUMBER, " ".join((action.help or "").split()))
+    return float(said.group(1)) if said else None
+
+
+@pytest.mark.parametrize("command", sorted(_sub_commands()))
+def test_the_defaults_docs_cli_md_gives_are_those_of_help(command: str) -> None:
+    """A number docs/cli.md gives an option as its default (`[--max-queue 32]` in a usage block, "`--epochs`
+    (default 6)" in the text) is the one `pneumoscan COMMAND --help` gives: a newcomer reads one and gets the other."""
+    section = _section((ROOT / "docs" / "cli.md").read_text(), command)
+    synopsis = re.search(r"^```\n(.*?)^```", section, flags=re.S | re.M).group(1)
+    documented = DEFAULT_IN_SYNOPSIS.findall(synopsis) + DEFAULT_IN_PROSE.findall(section)
+    actions = {o: a for a in _sub_commands()[command]._actions for o in a.option_strings}
+    wrong = {option: (value, _parser_default(actions[option])) for option, value in documented
+             if option in actions and _parser_default(actions[option]) != float(value)}
+    assert not wrong, f"`{command}` defaults in docs/cli.md (doc, --help): {wrong}"
