@@ -553,8 +553,11 @@ def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, t
         ("predict", str(run / "bundle"), film, "--out", str(run / "bundle" / "bundle.json")): "is in the bundle",
         ("predict", str(run / "bundle"), str(films), "--out", str(films)): "is one of the inputs",
         ("predict", str(run / "bundle"), film, "--out", str(run / "metrics.json")): "of the training run",
+        # named as given: the folder, not the metrics.json evaluate would write in it (which the user never typed)
         ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run)):
-            "of the training run",
+            f"--out {run} is a training run's folder, where metrics.json is the run's own record",
+        ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run / "bundle")):
+            f"--out {run / 'bundle'} is a bundle, whose files are the model's",
         ("split", str(tiny_dataset), "--out", str(run / "split.csv")): "is split.csv of the training run",
     }
     for args, said in refused.items():

@@ -288,7 +288,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
     if out_dir is not None:
-        refuse_model_files(Path(out_dir) / METRICS)  # over a run's own figures and report, or into a bundle
+        refuse_model_files(Path(out_dir) / METRICS, folder=True)  # over a run's record, or into a bundle
     # the report this run may replace: another run's, written into the same folder meanwhile, is not
     results = file_stamp(Path(out_dir) / METRICS) if out_dir is not None else None
     if etiology is not None:  # a pair that does not chain is refused from the cards, before any film is read

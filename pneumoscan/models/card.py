@@ -542,17 +542,24 @@ def _parsed(adapter: TypeAdapter, value: object, where: str):  # noqa: ANN202 - 
         raise ValueError(f"{where}: {field + ': ' if field else ''}{error['msg'].lower()}{found}") from None
 
 
-def refuse_model_files(path: Path | str, option: str = "--out") -> None:
+def refuse_model_files(path: Path | str, option: str = "--out", folder: bool = False) -> None:
     """Refuse results written at ``path`` over a model's files: into a bundle folder (``predict --out
     BUNDLE/bundle.json`` replaced the card with rows, exit 0, and the bundle was lost), or over a training run's own
-    record (``evaluate --out RUN`` replaced the run's metrics.json and report.html)."""
+    record (``evaluate --out RUN`` replaced the run's metrics.json and report.html). ``folder``: the option named
+    ``path``'s folder (``evaluate --out DIR``), which the refusal names as given, not the file written in it."""
     path = Path(path)
     if (path.parent / CARD).exists() and (path.parent / WEIGHTS).exists():  # a results file may be named bundle.json
+        if folder:
+            raise ValueError(f"{option} {path.parent} is a bundle, whose files are the model's: write the results "
+                             "elsewhere")
         raise ValueError(f"{option} {path} is in the bundle {path.parent}, whose files are the model's: write it "
                          "elsewhere")
     run = RunFolder(path.parent)
     own = {run.split, run.config, *run.outputs()[1]}
     if (run.bundle / WEIGHTS).exists() and path.resolve() in {p.resolve() for p in own}:
+        if folder:
+            raise ValueError(f"{option} {path.parent} is a training run's folder, where {path.name} is the run's own "
+                             "record: write the results elsewhere")
         raise ValueError(f"{option} {path} is {path.name} of the training run {run.root}, its own record: write it "
                          "elsewhere")
 
