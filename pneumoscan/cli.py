@@ -886,8 +886,13 @@ def main(argv: list[str] | None = None) -> int:
     handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a pipe's reader gone shows here, not in the interpreter's last flush
+        return status
     except (OSError, ValueError) as e:  # a wrong path or setting: the reason, not a traceback
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # `| head`: the reader chose to stop reading
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left unflushed goes nowhere
+            return 128 + signal.SIGPIPE  # as a shell reports a program ended by SIGPIPE, and quietly, as `cat` ends
         print(f"pneumoscan {args.command}: error: {shown(_reason(e))}", file=sys.stderr)
         return 3 if isinstance(e, WeightsUnavailable) else 2
     except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
@@ -900,6 +905,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if handled:  # a library caller's own handling back (the only thread that may set one is the main one)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed, which poll reports as an error on it."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or a stdout without a descriptor
+        return False
 
 
 class Terminated(KeyboardInterrupt):

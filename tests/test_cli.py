@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -471,3 +472,26 @@ def test_a_message_to_a_journal_or_a_pipe_is_one_line() -> None:
               "logging.getLogger('pneumoscan.x').warning('heatmaps are off until a restart: ' + 'x' * 200 + ' end')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stderr == f"WARNING  heatmaps are off until a restart: {'x' * 200} end\n"
+
+
+def test_output_piped_to_a_reader_that_stops_ends_quietly(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """`pneumoscan audit DATA --json | head` ended, when head had quit before the report was printed, with
+    `pneumoscan audit: error: broken pipe` and status 2, as if the command had failed. A reader that stopped reading
+    is the reader's choice: the command ends without a word, with a shell's status for SIGPIPE (141), as `cat` does.
+    A broken pipe elsewhere is still an error."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is printed
+    with os.fdopen(write, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert cli.main(["train", "--print-config"]) == 141
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+    def broken_socket(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    commands = tuple((*c[:3], broken_socket) if c[0] == "models" else c for c in cli.COMMANDS)
+    monkeypatch.setattr(cli, "COMMANDS", commands)
+    assert cli.main(["models"]) == 2
+    assert "pneumoscan models: error: broken pipe" in capsys.readouterr().err
