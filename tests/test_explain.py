@@ -16,7 +16,7 @@ from torch import nn
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.readers.pillow import OWN_OVERLAY
+from pneumoscan.data.readers.pillow import OWN_FIGURE, OWN_OVERLAY
 import pneumoscan.inference.explain as explain_module
 from pneumoscan.inference.explain import (
     MAX_PANEL,
@@ -339,3 +339,16 @@ def test_the_int8_models_predictor_is_refused_a_map_of_another_model(int8_bundle
     with pytest.raises(ValueError, match="heatmaps come from the FP32 model, and the INT8 model reads at its own"):
         explain_array(Predictor(int8_bundle, backend="onnx-int8"), gray)
     assert explain_array(Predictor(int8_bundle, backend="onnx"), gray).shape == panel_shape(*gray.shape)
+
+
+def test_a_run_folders_figures_are_refused_as_pneumoscan_outputs_not_scored(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``predict`` over a run folder scored its ROC and training curves as films (out of scope, but with a label)."""
+    import matplotlib.pyplot as plt
+
+    from pneumoscan.core.figures import figure_bytes
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 0.2, 1], [0, 0.9, 1])
+    (tmp_path / "roc.png").write_bytes(figure_bytes(fig))
+    plt.close(fig)
+    assert predict_paths(tiny_bundle, [tmp_path]) == [{"path": str(tmp_path / "roc.png"), "error": OWN_FIGURE}]

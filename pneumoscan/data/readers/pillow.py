@@ -22,6 +22,7 @@ from PIL import ExifTags, Image
 from PIL.JpegImagePlugin import MARKER, JpegImageFile
 from PIL.PngImagePlugin import PngInfo
 
+from pneumoscan.core.figures import FIGURE_SOFTWARE
 from pneumoscan.data import pixels
 from . import jpeg
 from .base import SPREAD_SIDE, Reader, channel_spread, formats
@@ -35,7 +36,9 @@ _COLOUR_MODES = frozenset({"RGB", "RGBA", "CMYK", "P"})
 OWN_OUTPUT_SOFTWARE = {"overlay": "pneumoscan Grad-CAM overlay", "map": "pneumoscan Grad-CAM map"}
 OWN_OVERLAY = "a pneumoscan output (Grad-CAM overlay PNG), not a film"
 OWN_MAP = "a pneumoscan output (Grad-CAM heatmap PNG), not a film"
-_OWN_REFUSALS = {OWN_OUTPUT_SOFTWARE["overlay"]: OWN_OVERLAY, OWN_OUTPUT_SOFTWARE["map"]: OWN_MAP}
+OWN_FIGURE = "a pneumoscan output (a figure: curves, a confusion matrix, an audit), not a film"
+_OWN_REFUSALS = {OWN_OUTPUT_SOFTWARE["overlay"]: OWN_OVERLAY, OWN_OUTPUT_SOFTWARE["map"]: OWN_MAP,
+                 FIGURE_SOFTWARE: OWN_FIGURE}
 # Pillow holds no 16-bit colour: it keeps the high byte of each value, so 12-bit values stored in 16 bits come out as
 # 16 grey levels (a film read nearly black, scored 0.59 where its 16-bit grey PNG, stretched, scored 0.69)
 DEEP_COLOUR = "a 16-bit colour or grey-and-alpha PNG: only the high byte of its values can be read, which leaves a " \
