@@ -212,7 +212,7 @@ def test_the_test_split_refusal_points_to_films_the_bundle_never_saw(
             "--out", str(tmp_path / "t")]
     assert cli.main(args) == 2
     said = capsys.readouterr().err
-    assert "choose it on films the bundle never saw (a folder or manifest of your own labelled films; " in said
+    assert "give films the bundle never saw (a folder or manifest of your own labelled films; " in said
     assert "RUN/split.csv --split val, the run's validation split, is accepted with a warning" in said
     assert "(--split val, or" not in said
 

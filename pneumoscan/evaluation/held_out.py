@@ -404,7 +404,7 @@ def refuse_test_films(records: Sequence[Record], data: Path | str, what: str) ->
     given itself (``DATA/test`` of the Kaggle layout, or a link to it), whose records name no split (a dataset root
     that happens to be named test has split folders, and its records their splits)."""
     if any(r.split == "test" for r in records) or (_test_folder(data) and not any(r.split for r in records)):
-        raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; choose it on "
+        raise ValueError(f"{data}: the test split measures a bundle and never chooses its {what}; give "
                          "films the bundle never saw (a folder or manifest of your own labelled films; "
                          "RUN/split.csv --split val, the run's validation split, is accepted with a warning)")
 
