@@ -167,6 +167,44 @@ def test_a_damaged_jpeg_lossless_frame_is_refused(case: str, damage: str) -> Non
         read_gray(encapsulated(dicom_bytes(film, bits=bits), [frame], uid.JPEGLosslessSV1))
 
 
+def _walk_code_by_code(data: bytes, steps: list[int], count: int) -> int | None:
+    """The reference for the lossless walk: ``count`` codes read one after another from ``data``, then zeros; None
+    at a code no table holds."""
+    padded, at = data + bytes(4), 0
+    for _ in range(count):
+        step = steps[(int.from_bytes(padded[at >> 3 : (at >> 3) + 3], "big") >> (8 - (at & 7))) & 0xFFFF]
+        if not step:
+            return None
+        at += step
+    return at
+
+
+@pytest.mark.parametrize("segment, lead_in", [(64, 16), (256, 0), (32, 32)])
+def test_the_lossless_walk_of_chains_ends_where_a_walk_code_by_code_does(monkeypatch: pytest.MonkeyPatch,
+                                                                         segment: int, lead_in: int) -> None:
+    """The walk of a 4,300 x 4,300 lossless film took 4.4 s code by code; its chains, walked all at once from
+    guessed starts, must end every interval where the walk code by code does: intact, cut, overwritten with noise or
+    with codes no table holds, of no data, or of more than the codes read. Segments of a few dozen bits here, so an
+    interval of this small film is many chains, some out of step."""
+    monkeypatch.setattr(jpeg_reader, "_SEGMENT_BITS", segment)
+    monkeypatch.setattr(jpeg_reader, "_LEAD_IN", lead_in)
+    film = lossless_film(12)
+    frame = lossless_jpeg(film, 12, restart_rows=8)
+    scan = next(jpeg_reader._sequential_scans(frame))
+    pieces = jpeg_reader._restart_intervals(frame[scan.start : scan.end], scan.restart, scan.mcus)
+    intervals = [jpeg_reader._unstuffed(piece) for piece in pieces]
+    noise = np.random.default_rng(1).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    whole = intervals[0]
+    intervals += [whole[: len(whole) // 2], whole[:100] + noise[:50] + whole[150:], b"\xff" * 40, b"", noise,
+                  whole + noise]  # fmt: skip
+    steps = scan.units[0][0]
+    for count in (8 * 36, 1, 5000):
+        counts = [count] * len(intervals)
+        expected = [_walk_code_by_code(data, steps, count) for data in intervals]
+        assert jpeg_reader._walk_samples(intervals, steps, counts) == expected
+    assert None in expected and any(at is not None and at > 8 * len(d) for at, d in zip(expected, intervals))
+
+
 def test_a_cut_colour_jpeg_lossless_frame_is_refused() -> None:
     """pydicom's own JPEG Lossless SV1 file (RGB, three interleaved components), cut at half and 'repaired' with
     an EOI: 50 of its 100 rows were read wrong."""
