@@ -14,6 +14,7 @@ from PIL import Image
 
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.readers import pillow
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,17 @@ def test_frames_without_an_animation_control_before_the_image_are_a_still_png() 
     np.testing.assert_array_equal(read_gray(still), ramp)
     end = still.index(b"IEND") - 4
     np.testing.assert_array_equal(read_gray(still[:end] + actl + still[end:]), ramp)
+
+
+def test_a_png_has_its_chunks_walked_once_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk count and the image count walked a PNG's chunks twice a read, a seek and a read a chunk each time;
+    one walk gives both. The walk itself runs (counted, not replaced), and still refuses the animation."""
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    walks = []
+    walk = pillow._png_chunks
+    monkeypatch.setattr(pillow, "_png_chunks", lambda fp: walks.append(1) or walk(fp))
+    np.testing.assert_array_equal(read_gray(saved(Image.fromarray(ramp), [], "PNG")), ramp)
+    assert len(walks) == 1
+    with pytest.raises(DecodeError, match=r"animated PNG \(APNG, 2 images\)"):
+        read_gray(saved(Image.fromarray(ramp), [Image.fromarray(255 - ramp)], "PNG", default_image=True))
+    assert len(walks) == 2

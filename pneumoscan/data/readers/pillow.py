@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -75,11 +74,10 @@ class PillowReader(Reader):
             return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format, "quality": quality}
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        with _open(src) as im:
+        with _open(src, still=True) as im:
             refusal = _OWN_REFUSALS.get(im.info.get("Software"))
             if refusal:
                 raise pixels.DecodeError(refusal)
-            _refuse_frames(im)
             if im.format == "PNG" and im.tile and im.tile[0].args in _DEEP_COLOUR_RAW:
                 raise pixels.DecodeError(DEEP_COLOUR)
             return _gray(im, src, target)
@@ -100,12 +98,13 @@ class PillowReader(Reader):
 
 
 @contextmanager
-def _open(src: Path | bytes) -> Iterator[Image.Image]:
+def _open(src: Path | bytes, still: bool = False) -> Iterator[Image.Image]:
     """Header-only open with the size guard applied; Pillow's own bomb warning/error become our limit. Pillow reads
     the handle :func:`~pneumoscan.data.pixels.opened` gives, never the path, after :func:`_count_segments` has
-    walked it: one open a read."""
+    walked it: one open and one walk of a PNG's chunks a read. ``still``: refuse an animated PNG of more than one
+    image (:func:`_png_images`), as a film is read."""
     with pixels.opened(src) as fp:
-        _count_segments(fp)
+        images = _count_segments(fp)
         fp.seek(0)
         try:
             with warnings.catch_warnings():
@@ -131,6 +130,9 @@ def _open(src: Path | bytes) -> Iterator[Image.Image]:
                 raise pixels.too_large(width, height)
             if _bytes(im) > pixels.MAX_DECODED_BYTES and not isinstance(im, JpegImageFile):  # a JPEG decodes smaller
                 raise pixels.too_many_bytes(width, height, _PILLOW_BYTES.get(im.mode, 4), im.mode)
+            if still and images > 1:
+                raise pixels.DecodeError(f"animated PNG (APNG, {images} images) is not a single radiograph; export "
+                                         "the film to read")
             yield im
 
 
@@ -140,24 +142,25 @@ def _marked_format(head: bytes) -> str | None:
     return next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
 
 
-def _count_segments(fp: BinaryIO) -> None:
-    """Refuse a JPEG whose header (before its first scan) takes Pillow's parser over
+def _count_segments(fp: BinaryIO) -> int:
+    """How many images the file holds (a PNG's counted from its chunks, :func:`_png_images`; a JPEG's 1), in the
+    one walk of its bytes a read. Refuse a JPEG whose header (before its first scan) takes Pillow's parser over
     :data:`~pneumoscan.data.pixels.MAX_SEGMENTS` steps, or a PNG with as many chunks, counted from the file's bytes a
     seek at a time: Pillow reads each in Python (4.8 million empty comments took 9.9 s and 163 MB, 1.5 million
     private PNG chunks 8.9 s and 175 MB), and no film holds so many. A PNG of more than one ICC profile (iCCP) is
     refused too: the PNG standard allows one, and Pillow inflates every one (up to 1 MiB each, keeping the last),
     with no total cap as its text chunks have (19,000 in a 19 MB upload took 93 s). Anything else, or a file cut
     short, is left to Pillow to refuse. ``fp``: the file, read from its start."""
-    profiles = 0
+    profiles, images = 0, 1
     try:
         head = fp.read(8)
         if head[:2] == b"\xff\xd8":
             steps, what = _jpeg_steps(fp), "JPEG marker segments"
         elif head == _MAGIC["PNG"]:
             kinds = list(_png_chunks(fp))
-            steps, what, profiles = len(kinds), "PNG chunks", kinds.count(b"iCCP")
+            steps, what, profiles, images = len(kinds), "PNG chunks", kinds.count(b"iCCP"), _png_images(kinds)
         else:
-            return
+            return images
     except OSError as e:
         raise pixels.unreadable(e) from None
     if steps > pixels.MAX_SEGMENTS:
@@ -165,6 +168,7 @@ def _count_segments(fp: BinaryIO) -> None:
     if profiles > 1:
         raise pixels.DecodeError(f"malformed PNG: {profiles:,} ICC profiles (iCCP chunks), where a PNG holds at most "
                                  "one; export the film again")
+    return images
 
 
 def _jpeg_steps(fp: BinaryIO) -> int:
@@ -268,35 +272,22 @@ def _gray(im: Image.Image, src: Path | bytes, target: int | None) -> np.ndarray:
     return np.asarray(gray)
 
 
-def _refuse_frames(im: Image.Image) -> None:
-    """Refuse an animated PNG (APNG) of more than one image, as multi-frame DICOM is: Pillow reads the PNG's default
-    image, which a browser (the service's page) does not show when it is no part of the animation (a NORMAL film
-    scored, the pneumonia film beside it on screen), and the file does not say which frame is the film. Its images
-    are counted from its chunks (:func:`_png_images`), not from Pillow's frame count, which reads the animation
-    control (acTL) otherwise than a browser may: it passed over an animation of two acTL chunks, or of one saying 0
-    frames, and read the default image, where Firefox plays the first acTL (libpng's APNG patch skips a second) and
-    so shows the frame after it. A multi-picture JPEG (MPO: a phone's Ultra HDR photo, whose second picture is a
-    gain map; a camera's, with a preview) is read as its first picture, the primary one, which a browser shows too."""
-    if im.format == "PNG" and (images := _png_images(im.fp)) > 1:
-        raise pixels.DecodeError(f"animated PNG (APNG, {images} images) is not a single radiograph; export the film "
-                                 "to read")
-
-
-def _png_images(fp: BinaryIO) -> int:
-    """How many images a PNG holds: its default image (IDAT), and, when an animation control (acTL) comes before it
-    (the APNG rule, without which browsers and Pillow show a still PNG), a frame for each frame control (fcTL) after
-    it, whatever the acTL says (frame data, fdAT, without one counts one). ``fp``: the handle Pillow reads the PNG
-    from, left where it was."""
-    at = fp.tell()
-    try:
-        fp.seek(len(_MAGIC["PNG"]))
-        kinds = iter(_png_chunks(fp))
-        animated = b"acTL" in itertools.takewhile(lambda kind: kind != b"IDAT", kinds)
-        after = list(kinds) if animated else []
-    except OSError as e:  # one that may pass (EIO, ESTALE) stays in the chain for pixels.transient
-        raise pixels.unreadable(e) from None
-    finally:
-        fp.seek(at)
+def _png_images(kinds: list[bytes]) -> int:
+    """How many images a PNG of these chunks holds: its default image (IDAT), and, when an animation control (acTL)
+    comes before it (the APNG rule, without which browsers and Pillow show a still PNG), a frame for each frame
+    control (fcTL) after it, whatever the acTL says (frame data, fdAT, without one counts one). An animated PNG of
+    more than one image is refused as multi-frame DICOM is: Pillow reads the PNG's default image, which a browser
+    (the service's page) does not show when it is no part of the animation (a NORMAL film scored, the pneumonia film
+    beside it on screen), and the file does not say which frame is the film. Counted from its chunks, not from
+    Pillow's frame count, which reads the animation control otherwise than a browser may: it passed over an
+    animation of two acTL chunks, or of one saying 0 frames, and read the default image, where Firefox plays the
+    first acTL (libpng's APNG patch skips a second) and so shows the frame after it. A multi-picture JPEG (MPO: a
+    phone's Ultra HDR photo, whose second picture is a gain map; a camera's, with a preview) is read as its first
+    picture, the primary one, which a browser shows too."""
+    default = kinds.index(b"IDAT") if b"IDAT" in kinds else len(kinds)
+    if b"acTL" not in kinds[:default]:
+        return 1
+    after = kinds[kinds.index(b"acTL") + 1 :]
     return 1 + (after.count(b"fcTL") or int(b"fdAT" in after))
 
 
