@@ -438,6 +438,47 @@ def test_zero_bytes_read_as_elements_are_refused_as_padding(monkeypatch: pytest.
         read_gray(film + bytes(8 * 80))
 
 
+def _film_with_empties(count: int, where: str) -> bytes:
+    """A small film with ``count`` empty elements (8 bytes each) more: in its File Meta (group 0002), or, as a big
+    endian file, in its data set; or its data set written explicit under a File Meta that says implicit, behind a
+    first element that reads, as implicit, as one 16,975 bytes long (its VR bytes, "OB\\0\\0", as its length)."""
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 16
+    film = dicom_bytes(ramp)
+    if where == "file meta":
+        at = film.index(b"\x08\x00", 132)  # the data set's first element, (0008,xxxx)
+        return film[:at] + struct.pack("<HH2sH", 0x0002, 0x1000, b"LO", 0) * count + film[at:]
+    ds = pydicom.dcmread(io.BytesIO(film))
+    big = where == "big endian"
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRBigEndian if big else uid.ImplicitVRLittleEndian
+    ds.PixelData = ramp.astype(">u2" if big else "<u2").tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=False, little_endian=not big, force_encoding=True)
+    film = buf.getvalue()
+    if big:
+        at = film.index(b"\x7f\xe0\x00\x10")  # (7FE0,0010)
+        return film[:at] + struct.pack(">HH2sH", 0x0009, 0x1000, b"LO", 0) * count + film[at:]
+    at = film.index(b"\x08\x00", 132)
+    hidden = struct.pack("<HH2s2xL", 0x0009, 0x0010, b"OB", 0) + struct.pack("<HH2sH", 0x0009, 0x1000, b"LO", 0) * count
+    filler = struct.pack("<HH2s2xL", 0x0009, 0x1001, b"OB", 8 + 0x424F - len(hidden) - 12)
+    return film[:at] + hidden + filler + bytes(8 + 0x424F - len(hidden) - 12) + film[at:]
+
+
+@pytest.mark.parametrize("where", ["file meta", "big endian", "explicit under an implicit file meta"])
+def test_elements_pydicom_reads_where_the_count_did_not_are_bounded(monkeypatch: pytest.MonkeyPatch,
+                                                                    where: str) -> None:
+    """pydicom builds every element it reads in Python, and the count of a data set's elements missed three kinds:
+    the File Meta's (2 million empty ones in a 16 MB upload took 43 s), a big endian data set's (20 s), and a data
+    set written in the other VR than its File Meta says, which pydicom reads as written and the count read as said
+    (a first element read as 16,975 bytes long hid those after it). The File Meta is read from its first 64 KiB;
+    the others are counted in the encoding pydicom reads them in."""
+    monkeypatch.setattr(pixels, "MAX_SEGMENTS", 60)
+    assert read_gray(_film_with_empties(20, where)).shape == (64, 64)
+    refusal = (r"^malformed DICOM file: its File Meta Information runs past 64 KiB" if where == "file meta" else
+               r"^malformed file: at least 61 DICOM data elements and sequence items \(limit 60\)")
+    with pytest.raises(DecodeError, match=refusal):
+        read_gray(_film_with_empties(9000 if where == "file meta" else 80, where))
+
+
 # What else Pillow's JPEG parser reads a step at a time before the first scan: a marker without a segment (RSTn,
 # SOI), an escaped 0xFF00, a segment whose length is under 2 (none read); and the piece a JPEG holds without error
 PARSER_STEPS = {"RST0 markers": (b"\xff\xd0", True), "SOI markers": (b"\xff\xd8", False),

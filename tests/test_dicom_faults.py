@@ -26,6 +26,7 @@ from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import jpeg as jpeg_reader
+from pneumoscan.data.readers.dicom import read_dataset
 from pneumoscan.data.scope import describe
 from tests.builders import JPEG_DAMAGE, dicom_bytes
 
@@ -940,6 +941,52 @@ def test_a_dataset_without_file_meta_is_read_in_the_encoding_it_was_written_in(i
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     write_dataset(fp, ds)
     np.testing.assert_array_equal(read_gray(fp.getvalue(), dicom=True), read_gray(dicom_bytes(film)))
+
+
+def _encoded(implicit: bool, little: bool, meta: str | None, deflated: bool = False) -> bytes:
+    """A small film written in this encoding, under a File Meta that names ``meta`` (``None``: none, nor preamble)."""
+    film = phantom()
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film, PatientName="Yamada^Tarou")))
+    ds.PixelData = film.astype("<u2" if little else ">u2").tobytes()
+    if meta is None:
+        del ds.file_meta
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = implicit, little
+        write_dataset(fp, ds)
+        return fp.getvalue()
+    ds.file_meta.TransferSyntaxUID = meta
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=implicit, little_endian=little, force_encoding=not deflated)
+    return buf.getvalue()
+
+
+ENCODINGS = {
+    "explicit VR little endian": (False, True, uid.ExplicitVRLittleEndian),
+    "implicit VR little endian": (True, True, uid.ImplicitVRLittleEndian),
+    "explicit VR big endian": (False, False, uid.ExplicitVRBigEndian),
+    "no File Meta, implicit": (True, True, None),
+    "no File Meta, explicit big endian": (False, False, None),
+    "explicit under an implicit File Meta": (False, True, uid.ImplicitVRLittleEndian),
+    "implicit under an explicit File Meta": (True, True, uid.ExplicitVRLittleEndian),
+}
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_a_dicom_file_is_read_as_pydicom_reads_it(encoding: str) -> None:
+    """The reader reads a file's preamble and File Meta once, then the data set as pydicom's dcmread does (each
+    part's elements bounded first): the same elements, encoding, preamble and File Meta as dcmread(force=True)."""
+    data = _encoded(*ENCODINGS[encoding])
+    ours, theirs = read_dataset(data, header_only=False), pydicom.dcmread(io.BytesIO(data), force=True)
+    assert ours == theirs and len(ours) == len(theirs) > 10
+    assert ours.original_encoding == theirs.original_encoding and ours.preamble == theirs.preamble
+    assert {k: v for k, v in ours.file_meta.items() if k in theirs.file_meta} == dict(theirs.file_meta.items())
+    assert read_gray(data, dicom=True).shape == (48, 48)
+
+
+def test_a_deflated_dicom_file_is_read_as_pydicom_reads_it() -> None:
+    data = _encoded(False, True, uid.DeflatedExplicitVRLittleEndian, deflated=True)
+    ours, theirs = read_dataset(data, header_only=False), pydicom.dcmread(io.BytesIO(data), force=True)
+    assert ours == theirs and len(ours) > 10 and ours.file_meta == theirs.file_meta
 
 
 # ------------------------------------------------------------------ 10. reasons that say what is wrong

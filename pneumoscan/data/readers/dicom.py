@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
-import pydicom
 from pydicom import filereader
 from pydicom.charset import (
     CODES_TO_ENCODINGS,
@@ -35,7 +34,7 @@ from pydicom.charset import (
 )
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
@@ -45,8 +44,9 @@ from pydicom.valuerep import (CUSTOMIZABLE_CHARSET_VR, DA, EXPLICIT_VR_LENGTH_32
 from pydicom.uid import (
     UID, DeflatedExplicitVRLittleEndian, DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForProcessing, ExplicitVRBigEndian,
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, RLELossless,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, PrivateTransferSyntaxes, RLELossless,
 )  # fmt: skip
+from pydicom.values import converters
 
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data import pixels
@@ -73,6 +73,9 @@ _SQUARE = 0.01  # pixels whose height and width differ by no more than this are 
 # non-square pixels are resampled up to this ratio (older CR and scanners: 2:1 at most); beyond, refused
 _MAX_ASPECT = 3.0
 _DEFER_SIZE = "64 KB"  # a header-only read leaves values larger than this (the pixels) unread
+# the most of a file after its preamble that its File Meta and any command set are read from: a film's take a few
+# hundred bytes, and pydicom builds each of their elements in Python (2 million empty ones in 16 MB took 43 s)
+_HEAD_BYTES = 64 * 1024
 MANUFACTURER = "pneumoscan"  # the Manufacturer of every DICOM object this package writes (SR, Secondary Capture)
 OWN_OUTPUT = "a pneumoscan output (Grad-CAM Secondary Capture or DICOM SR), not a film"
 # X-ray images For Processing (PS3.3 C.8.11.1.1.1): the detector's raw values, which the modality's image processing
@@ -278,37 +281,90 @@ keep_dicom_values_out_of_logs("pydicom")
 
 
 def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
-    """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) on disk. A deflated dataset
-    is inflated here, within MAX_DECODED_BYTES: pydicom would inflate it whole before any limit is checked (a
-    398 KiB file held 400 MiB). Its :func:`misread_text` is taken here, while every value is as read."""
+    """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) in the file, read later from
+    the file reopened by the name the handle carries (or from the bytes). Opened once, and read as pydicom's
+    ``dcmread(force=True)`` reads it (:func:`_read_file`), its elements counted before pydicom reads them. Its
+    :func:`misread_text` is taken here, while every value is as read."""
     try:
-        inflated = _inflated(src)
-        _check_element_count(src, inflated[2] if inflated is not None else None)
-        if inflated is None:
-            # force: .dcm files without the 128-byte preamble are common; defer_size keeps pixels on disk, to be read
-            # later from the bytes, or from the file reopened by the name the handle carries
-            defer = _DEFER_SIZE if header_only else None
-            if isinstance(src, bytes):
-                ds = pydicom.dcmread(io.BytesIO(src), force=True, defer_size=defer)
-            else:
-                with pixels.opened(src) as fp:
-                    ds = pydicom.dcmread(fp, force=True, defer_size=defer)
-            if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _ENCODINGS:
-                # no File Meta (no preamble, no group 0002, as older modalities write): the encoding it was read in
-                ds.file_meta.TransferSyntaxUID = _ENCODINGS[ds.original_encoding]
+        if isinstance(src, bytes):  # the buffer stays open: a deferred value is read from it
+            ds = _read_file(io.BytesIO(src), header_only)
         else:
-            preamble, meta, data = inflated
-            buffer = DicomBytesIO(data)
-            # large values stay in the buffer (already in memory) until read: only the pixels are, not a padding's
-            dataset = filereader.read_dataset(buffer, is_implicit_VR=False, is_little_endian=True,
-                                              defer_size=size_in_bytes(_DEFER_SIZE))  # fmt: skip
-            ds = FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+            with pixels.opened(src) as fp:
+                ds = _read_file(fp, header_only)
         misread_text(ds)
         return ds
     except pixels.DecodeError:
         raise
     except Exception as e:
         raise pixels.DecodeError(f"not a readable DICOM file: {redact(str(e))}") from None  # pydicom quotes values
+
+
+def _read_file(fp: BinaryIO, header_only: bool, encoding: tuple[bool, bool] | None = None) -> FileDataset:
+    """``fp`` (at its start) read as pydicom's ``dcmread(fp, force=True)`` reads it, with its preamble and File Meta
+    read once, and each part's elements bounded before pydicom builds them: the File Meta and any command set
+    within :data:`_HEAD_BYTES`, the data set by :func:`_count_elements` in the encoding pydicom reads it in
+    (:func:`_encoding`, then :func:`_implicit_as_read`; ``encoding``: (implicit VR, little endian) to read it in
+    instead). A deflated data set is inflated within MAX_DECODED_BYTES (pydicom inflates it whole before any limit
+    is checked: a 398 KiB file held 400 MiB), and its large values left in memory until read; ``header_only`` leaves
+    them in the file (the pixels)."""
+    preamble = filereader.read_preamble(fp, force=True)  # force: .dcm files without the preamble are common
+    start = fp.tell()
+    head = DicomBytesIO(bytes(start) + fp.read(_HEAD_BYTES))  # at the file's offsets, as each element records them
+    head.seek(start)
+    meta = filereader._read_file_meta_info(head)
+    syntax = meta.get("TransferSyntaxUID")
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    command_set = Dataset() if deflated else filereader._read_command_set_elements(head)
+    if head.tell() - start >= _HEAD_BYTES:
+        raise pixels.DecodeError(f"malformed DICOM file: its File Meta Information runs past {_HEAD_BYTES // 1024} "
+                                 "KiB, where a film's takes under 1 KiB")
+    fp.seek(head.tell())
+    defer = size_in_bytes(_DEFER_SIZE) if header_only else None
+    if deflated:
+        fp, implicit, little = DicomBytesIO(_inflate(fp.read())), False, True
+        defer = size_in_bytes(_DEFER_SIZE)  # already in memory: only the pixels are large, not a padding's
+    else:
+        implicit, little = encoding or _encoding(fp, syntax)
+    start = fp.tell()
+    _count_elements(fp, _implicit_as_read(fp, implicit), little)
+    fp.seek(start)
+    dataset = filereader.read_dataset(fp, implicit, little, defer_size=defer)
+    dataset.update(command_set)
+    ds = FileDataset(fp, dataset, preamble, meta, implicit, little)
+    ds.set_original_encoding(implicit, little, dataset._character_set)
+    if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _ENCODINGS:
+        # no File Meta (no preamble, no group 0002, as older modalities write): the encoding it was read in
+        ds.file_meta.TransferSyntaxUID = _ENCODINGS[ds.original_encoding]
+    return ds
+
+
+def _encoding(fp: BinaryIO, syntax: UID | None) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the data set at ``fp`` (left where it was), as pydicom's ``read_partial``
+    tells them: from the transfer syntax, or without one from its first element (explicit when a VR pydicom knows
+    follows the tag, big endian when its group then reads as 1024 or more)."""
+    at = fp.tell()
+    peek = fp.read(6)
+    fp.seek(at)
+    if not peek:
+        return True, True
+    if syntax is None:
+        group, _, vr = struct.unpack("<HH2s", peek)
+        return (False, group < 1024) if vr.decode(default_encoding) in converters else (True, True)
+    if syntax in PrivateTransferSyntaxes:
+        private = PrivateTransferSyntaxes[PrivateTransferSyntaxes.index(syntax)]
+        return private.is_implicit_VR, private.is_little_endian
+    return syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+
+
+def _implicit_as_read(fp: BinaryIO, implicit: bool) -> bool:
+    """Whether pydicom's ``read_dataset`` reads the data set at ``fp`` (left where it was) in implicit VR, told
+    ``implicit``: it reads the first element again, whatever the transfer syntax said, and takes the VR as explicit
+    when two capitals follow its tag (a data set written in the other VR than its File Meta says is read as
+    written; counted in the VR it was said to be in, it could hide any number of elements)."""
+    at = fp.tell()
+    first = fp.read(6)
+    fp.seek(at)
+    return implicit if len(first) < 6 else not (b"A" <= first[4:5] <= b"Z" and b"A" <= first[5:6] <= b"Z")
 
 
 # explicit VRs pydicom knows, and those whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others'
@@ -318,62 +374,46 @@ _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 _UNDEFINED = 0xFFFFFFFF
 
 
-def _check_element_count(src: Path | bytes, inflated: bytes | None) -> None:
-    """:func:`_count_elements` of the data set after the preamble and file meta (``inflated``: a deflated one's, in
-    explicit VR), in the encoding its file meta names; without one, told by whether a VR follows the first tag. Big
-    endian is not counted. Only element headers are read: a header-only read still leaves the pixels on disk."""
-    if inflated is not None:
-        _count_elements(io.BytesIO(inflated), implicit=False)
-        return
-    with pixels.opened(src) as fp:
-        filereader.read_preamble(fp, force=True)
-        syntax = filereader._read_file_meta_info(fp).get("TransferSyntaxUID")
-        start = fp.tell()
-        implicit = (not fp.read(6)[4:6].isalpha() if syntax is None else
-                    None if syntax == ExplicitVRBigEndian else syntax == ImplicitVRLittleEndian)
-        if implicit is not None:
-            fp.seek(start)
-            _count_elements(fp, implicit)
-
-
-def _count_elements(fp: BinaryIO, implicit: bool) -> None:
-    """Refuse a data set (``fp`` at its start, little endian) of more than MAX_SEGMENTS data elements and sequence
-    items, counted from their element headers before pydicom builds an object for each: 2.6 million empty private
-    elements in a 20 MB file took 0.85 GB and 10 s, 200 MB of empty sequence items inflated from a 309 KB file over
-    3.3 GB. Every element pydicom reads is counted, those after the pixel data too (an Icon Image Sequence item's, or
-    the film's own: 2 million empty elements after it took 8 s), each header read as pydicom reads it: an explicit VR
-    that is no two capitals as an implicit header (a 4-byte length); a value of undefined length walked into when its
-    VR says SQ or UN, or, with no VR known, when an item follows (pydicom looks ahead), else stepped over as pydicom
-    reads it (:func:`_step_over_fragments`); every other value stepped over. Zero bytes read as elements too (8 a
-    step, 16 MB took pydicom 5 s); a file refused for them is said to be padded."""
-    zeros = 0
+def _count_elements(fp: BinaryIO, implicit: bool, little: bool) -> None:
+    """Refuse a data set (``fp`` at its start; ``little``: little endian, else big) of more than MAX_SEGMENTS data
+    elements and sequence items, counted from their element headers before pydicom builds an object for each: 2.6
+    million empty private elements in a 20 MB file took 0.85 GB and 10 s (2 million in a big endian 16 MB file, 20
+    s), 200 MB of empty sequence items inflated from a 309 KB file over 3.3 GB. Every element pydicom reads is
+    counted, those after the pixel data too (an Icon Image Sequence item's, or the film's own: 2 million empty
+    elements after it took 8 s), each header read as pydicom reads it: an explicit VR that is no two capitals as an
+    implicit header (a 4-byte length); a value of undefined length walked into when its VR says SQ or UN, or, with no
+    VR known, when an item follows (pydicom looks ahead), else stepped over as pydicom reads it
+    (:func:`_step_over_fragments`); every other value stepped over. Zero bytes read as elements too (8 a step, 16 MB
+    took pydicom 5 s); a file refused for them is said to be padded."""
+    zeros, endian = 0, "<" if little else ">"
+    item = _ITEM if little else _ITEM_BIG
     for _ in range(pixels.MAX_SEGMENTS + 1):
         head = fp.read(8)
         if len(head) < 8:
             return
         zeros += head == bytes(8)
-        group, element = struct.unpack_from("<HH", head)
+        group, element = struct.unpack_from(endian + "HH", head)
         if group == 0xFFFE:  # an item or a delimiter: an item's elements follow
             continue
         tag, written = group << 16 | element, head[4:6]
         if implicit or (written not in _VRS and not b"AA" <= written <= b"ZZ"):  # pydicom's switch to implicit
             vr = dictionary_VR(tag).encode() if dictionary_has_tag(tag) else None
-            length = struct.unpack_from("<L", head, 4)[0]
+            length = struct.unpack_from(endian + "L", head, 4)[0]
         elif written in _LONG_VRS:
             vr, more = written, fp.read(4)
-            length = struct.unpack("<L", more)[0] if len(more) == 4 else 0
+            length = struct.unpack(endian + "L", more)[0] if len(more) == 4 else 0
         else:
-            vr, length = written, struct.unpack_from("<H", head, 6)[0]
+            vr, length = written, struct.unpack_from(endian + "H", head, 6)[0]
         if length != _UNDEFINED:
             if vr != b"SQ":
                 fp.seek(length, io.SEEK_CUR)
         elif vr is None:  # pydicom looks ahead: an item next makes it a sequence
             ahead = fp.read(4)
             fp.seek(-len(ahead), io.SEEK_CUR)
-            if ahead != _ITEM:
-                _step_over_fragments(fp)
+            if ahead != item:
+                _step_over_fragments(fp, little)
         elif vr not in (b"SQ", b"UN"):
-            _step_over_fragments(fp)
+            _step_over_fragments(fp, little)
     if zeros > pixels.MAX_SEGMENTS // 2:
         raise pixels.DecodeError(f"malformed file: at least {zeros * 8:,} zero bytes among its data elements (after "
                                  "its pixel data, say), which pydicom reads 8 at a time as elements; no film is padded "
@@ -382,42 +422,32 @@ def _count_elements(fp: BinaryIO, implicit: bool) -> None:
 
 
 _ITEM, _SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"  # (FFFE,E000), (FFFE,E0DD), little endian
+_ITEM_BIG, _SEQUENCE_END_BIG = b"\xff\xfe\xe0\x00", b"\xff\xfe\xe0\xdd"  # the same, big endian
 
 
-def _step_over_fragments(fp: BinaryIO) -> None:
+def _step_over_fragments(fp: BinaryIO, little: bool) -> None:
     """Step ``fp`` past a value of undefined length that is no sequence (encapsulated pixel data: an offset table,
     then fragments, each an item) as pydicom reads it: item by item to its sequence delimiter, else (another tag, or
     the file's end, before one) to the first bytes of a sequence delimiter. Refused past MAX_SEGMENTS items: pydicom
     walks each in Python (2.4 million empty fragments took 8.8 s)."""
     start = fp.tell()
+    item, end = (_ITEM, _SEQUENCE_END) if little else (_ITEM_BIG, _SEQUENCE_END_BIG)
     for _ in range(pixels.MAX_SEGMENTS + 1):
         head = fp.read(8)
-        if head[:4] == _SEQUENCE_END:
+        if head[:4] == end:
             return
-        if len(head) < 8 or head[:4] != _ITEM:
+        if len(head) < 8 or head[:4] != item:
             break
-        fp.seek(struct.unpack_from("<L", head, 4)[0], io.SEEK_CUR)
+        fp.seek(struct.unpack_from("<L" if little else ">L", head, 4)[0], io.SEEK_CUR)
     else:
         raise pixels.too_many_segments("pixel-data fragments")
     fp.seek(start)
     tail = b""
     while block := fp.read(2**20):
-        if (at := (tail + block).find(_SEQUENCE_END)) >= 0:
+        if (at := (tail + block).find(end)) >= 0:
             fp.seek(at - len(tail) - len(block) + 8, io.SEEK_CUR)  # past the delimiter and its length
             return
         tail = block[-3:]
-
-
-def _inflated(src: Path | bytes) -> tuple[bytes | None, FileMetaDataset, bytes] | None:
-    """(preamble, file meta, inflated dataset) of a file in the Deflated Explicit VR Little Endian syntax, None for
-    any other. The file meta is read as pydicom's dcmread reads it (its own reader, so both agree on the syntax)."""
-    with pixels.opened(src) as fp:
-        preamble = filereader.read_preamble(fp, force=True)
-        meta = filereader._read_file_meta_info(fp)
-        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-            return None
-        deflated = fp.read()
-    return preamble, meta, _inflate(deflated)
 
 
 def _inflate(deflated: bytes) -> bytes:
@@ -650,13 +680,10 @@ def _misencoded(ds: Dataset) -> str | None:
     source = getattr(ds, "filename", None) or getattr(ds, "buffer", None)
     if implicit is not False or source is None:
         return None
-    try:
-        with pixels.opened(Path(source)) if isinstance(source, str | Path) else nullcontext(source) as fp:
+    try:  # the file read again, its elements counted
+        with pixels.opened(Path(source)) if isinstance(source, str) else nullcontext(source) as fp:
             fp.seek(0)
-            filereader.read_preamble(fp, force=True)
-            filereader._read_file_meta_info(fp)
-            other = filereader.read_dataset(fp, is_implicit_VR=False, is_little_endian=not little,
-                                            defer_size=size_in_bytes(_DEFER_SIZE))  # fmt: skip
+            other = _read_file(fp, header_only=True, encoding=(False, not little))
     except Exception:
         return None
     if not any(k in other for k in PIXEL_KEYWORDS):
