@@ -28,6 +28,7 @@ from pneumoscan.core.atomic import building, file_stamp, write_json, write_uncha
 from pneumoscan.core.digests import file_sha256
 from pneumoscan.core.files import NotRegularFile
 from pneumoscan.core.names import path_list, path_text, shown
+from pneumoscan.data.decode import read_dicom_header
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import registered
@@ -35,6 +36,7 @@ from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
 from pneumoscan.models.card import CARD, WEIGHTS, load_card
 from pneumoscan.training.resume import save_checkpoint
+from tests.builders import dicom_bytes
 
 ROOT = Path(__file__).parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpeg")  # a name from an old Latin-1 zip: not UTF-8
@@ -149,6 +151,31 @@ def test_each_reader_refuses_a_film_gone_since_its_format_was_told(reader, tmp_p
             read()
 
 
+def test_a_dicom_value_a_header_read_left_unread_is_read_from_that_very_file_or_refused(tmp_path: Path) -> None:
+    """A header-only read leaves the pixels (any value over 64 KB) in the file, and pydicom read them later by
+    opening the path again with a plain ``open``: a film replaced or rewritten since had the other file's bytes read
+    as its own, unchecked, and a FIFO in its place would leave it waiting for a writer. They are read from the very
+    file the header came from, or refused."""
+    film, other = tmp_path / "film.dcm", tmp_path / "other.dcm"
+    values = np.arange(256 * 256).reshape(256, 256) % 4096
+    film.write_bytes(dicom_bytes(values))
+    assert read_dicom_header(film).PixelData == values.astype(np.uint16).tobytes()  # the same file: read
+    header = read_dicom_header(film)
+    other.write_bytes(dicom_bytes(4095 - values))
+    os.replace(other, film)
+    with pytest.raises(DecodeError, match=r"^the file changed after its header was read \(replaced or rewritten\)"):
+        header.PixelData
+    header = read_dicom_header(film)
+    film.write_bytes(dicom_bytes(4095 - values, PatientID="2"))  # rewritten in place: the same file, other bytes
+    with pytest.raises(DecodeError, match="^the file changed after its header was read"):
+        header.PixelData
+    header = read_dicom_header(film)
+    film.unlink()
+    os.mkfifo(film)
+    with pytest.raises(DecodeError, match=r"^not a regular file \(FIFO\)$"):
+        header.PixelData
+
+
 def test_names_are_shown_escaped() -> None:
     assert shown(f"/data/{LATIN1}") == "/data/caf\\xe9.jpeg"
     assert shown(ANSI + "\nnext") == "\\x1b[31mred.jpeg\\nnext"
@@ -185,6 +212,7 @@ import contextlib, io, json, resource, signal, sys, torch
 from pathlib import Path
 from pneumoscan.cli import ResultsTarget, _print_json, main
 from pneumoscan.training.resume import save_checkpoint
+from tests.builders import dicom_bytes
 bundle, films, out, maps, checkpoint = sys.argv[1:]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))

@@ -13,8 +13,10 @@ data that pydicom lets through are stopped in :mod:`.dicom_pixels`.
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import math
+import os
 import re
 import struct
 import zlib
@@ -281,16 +283,18 @@ keep_dicom_values_out_of_logs("pydicom")
 
 
 def read_dataset(src: Path | bytes, header_only: bool) -> Dataset:
-    """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) in the file, read later from
-    the file reopened by the name the handle carries (or from the bytes). Opened once, and read as pydicom's
-    ``dcmread(force=True)`` reads it (:func:`_read_file`), its elements counted before pydicom reads them. Its
-    :func:`misread_text` is taken here, while every value is as read."""
+    """The file as a pydicom dataset; ``header_only`` leaves large values (the pixels) in the file, read later
+    through :func:`_reopened` (or from the bytes). Opened once, and read as pydicom's ``dcmread(force=True)`` reads
+    it (:func:`_read_file`), its elements counted before pydicom reads them. Its :func:`misread_text` is taken here,
+    while every value is as read."""
     try:
         if isinstance(src, bytes):  # the buffer stays open: a deferred value is read from it
             ds = _read_file(io.BytesIO(src), header_only)
         else:
             with pixels.opened(src) as fp:
                 ds = _read_file(fp, header_only)
+                if ds.filename is not None:  # a deferred value: read again from this file, or refused
+                    ds.fileobj_type = functools.partial(_reopened, _identity(fp))
         misread_text(ds)
         return ds
     except pixels.DecodeError:
@@ -365,6 +369,24 @@ def _implicit_as_read(fp: BinaryIO, implicit: bool) -> bool:
     first = fp.read(6)
     fp.seek(at)
     return implicit if len(first) < 6 else not (b"A" <= first[4:5] <= b"Z" and b"A" <= first[5:6] <= b"Z")
+
+
+def _identity(fp: BinaryIO) -> tuple[int, ...]:
+    """What tells the file open at ``fp`` from another put in its place, or from itself rewritten."""
+    status = os.fstat(fp.fileno())
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _reopened(identity: tuple[int, ...], name: str, mode: str = "rb") -> BinaryIO:
+    """The film at ``name`` opened again (:func:`~pneumoscan.data.pixels.opened`), for pydicom to read a value it
+    left unread (it calls a dataset's ``fileobj_type`` as ``open(name, mode)``), refused unless it is the very file
+    of ``identity`` read then: a file swapped or rewritten since would have its bytes read as the film's, unchecked
+    (a FIFO in its place would leave pydicom's ``open`` waiting for a writer)."""
+    fp = pixels.opened(Path(name))
+    if _identity(fp) != identity:
+        fp.close()
+        raise pixels.DecodeError("the file changed after its header was read (replaced or rewritten): read it again")
+    return fp
 
 
 # explicit VRs pydicom knows, and those whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others'
@@ -680,8 +702,8 @@ def _misencoded(ds: Dataset) -> str | None:
     source = getattr(ds, "filename", None) or getattr(ds, "buffer", None)
     if implicit is not False or source is None:
         return None
-    try:  # the file read again, its elements counted
-        with pixels.opened(Path(source)) if isinstance(source, str) else nullcontext(source) as fp:
+    try:  # the file read again as its deferred values are: the very file, its elements counted
+        with ds.fileobj_type(source, "rb") if isinstance(source, str) else nullcontext(source) as fp:
             fp.seek(0)
             other = _read_file(fp, header_only=True, encoding=(False, not little))
     except Exception:
