@@ -1131,6 +1131,21 @@ def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
             report.ReferencedSOPClassUID) == (study, earlier.SeriesInstanceUID, stored[0], ComprehensiveSRStorage)
 
 
+def _stored_then_resent(orthanc: str, bundle: Path, tmp_path: Path, film: np.ndarray, resent: np.ndarray,
+                        **changed: str) -> tuple[str, str, dict, dict]:
+    """A new study's film sent to Orthanc and read with ``pacs --store``, then replaced under the same UIDs by
+    ``resent`` with the ``changed`` attributes and read again, a run expected to fail: (study, DICOMweb URL, the first
+    run's row, the second's)."""
+    study = generate_uid()
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
+    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
+    url = f"{orthanc}/dicom-web"
+    first = _pacs_store(bundle, url, study, tmp_path / "first.json")
+    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
+    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(resent, **uids, **changed),
+                      timeout=30).status_code == 200
+    return study, url, first, _pacs_store(bundle, url, study, tmp_path / "again.json", status=1)
+
 def test_a_rerun_after_the_film_changed_under_its_uids_is_not_stored_when_the_pacs_keeps_the_earlier_report(
     orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
 ) -> None:
@@ -1138,14 +1153,7 @@ def test_a_rerun_after_the_film_changed_under_its_uids_is_not_stored_when_the_pa
     follow from the film's UIDs: Orthanc keeps the first copy of an instance and answers "stored". Read back, the
     report and overlay it holds are the earlier ones: the row says not stored, and the run fails. An unchanged film's
     rerun (the test above) reads back what it sent and is stored."""
-    study = generate_uid()
-    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
-    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
-    url = f"{orthanc}/dicom-web"
-    first = _pacs_store(tiny_bundle, url, study, tmp_path / "first.json")
-    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film[::-1], **uids), timeout=30).status_code == 200
-    again = _pacs_store(tiny_bundle, url, study, tmp_path / "again.json", status=1)
+    study, url, first, again = _stored_then_resent(orthanc, tiny_bundle, tmp_path, film, film[::-1])
     assert again["probability"] != first["probability"]
     assert again["stored"] == [] and again["not_stored"] == first["stored"]
     assert [w.split(":")[0] for w in again["warnings"]] == [
@@ -1168,16 +1176,8 @@ def test_a_rerun_after_the_patients_details_were_corrected_is_not_stored_when_th
     the row said stored, exit 0, while Orthanc, keeping the first copy of an instance, held a report and an overlay
     naming the patient as before. Not stored, the attributes that differ named (never their values), and the run
     fails; with the stale copies deleted in the PACS, as the warning says, a rerun files them as the film now is."""
-    study = generate_uid()
-    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid()}
-    posted = httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids), timeout=30)
-    url = f"{orthanc}/dicom-web"
-    first = _pacs_store(tiny_bundle, url, study, tmp_path / "first.json")
-    assert httpx.delete(f"{orthanc}/instances/{posted.json()['ID']}", timeout=30).status_code == 200
     corrected = {"PatientName": "Corrected^Jane", "PatientBirthDate": "20200202"}
-    assert httpx.post(f"{orthanc}/instances", content=chest_dicom(film, **uids, **corrected),
-                      timeout=30).status_code == 200
-    again = _pacs_store(tiny_bundle, url, study, tmp_path / "again.json", status=1)
+    study, url, first, again = _stored_then_resent(orthanc, tiny_bundle, tmp_path, film, film, **corrected)
     assert again["probability"] == pytest.approx(first["probability"], abs=1e-9)
     assert again["stored"] == [] and again["not_stored"] == first["stored"]
     assert [w.split(" changed (")[0] for w in again["warnings"]] == [
