@@ -92,7 +92,7 @@ def test_the_test_folder_is_test_films_for_every_choice_but_its_copies_are_not(t
     shutil.copytree(tiny_dataset / "test", upper)
     records = discover(upper).records
     assert {r.split for r in records} == {""}
-    with pytest.raises(ValueError, match="never chooses its temperature and thresholds; give films the bundle never saw"):
+    with pytest.raises(ValueError, match="never chooses its temperature and thresholds; give films the bundle never"):
         refuse_test_films(records, upper, "temperature and thresholds")
     with pytest.raises(ValueError, match="never chooses"):
         refuse_test_films(records, f"{upper}{os.sep}", "threshold")
