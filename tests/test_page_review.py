@@ -338,3 +338,19 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
     # a screen reader hears both stages' warnings, and that the second reading does not apply; the list sorts by all
     assert heard.endswith("2 scope warnings. Etiology: outside its scope, does not apply."), heard
     assert sorted_by == 2
+
+
+def test_the_page_loads_with_no_error_in_its_console(browser: Browser, server: str) -> None:
+    """Every load of the page logged "Failed to load resource: 404 (Not Found)" in the console: the browser asks for
+    /favicon.ico, which the service does not serve. The page names its icon (none), so nothing is asked for."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(f"{m.text} {m.location['url']}") if m.type == "error" else None)
+        page.goto(server, wait_until="networkidle")
+        expect(page.locator("#intended-use")).not_to_be_empty()
+        assert not errors, errors
+    finally:
+        context.close()
