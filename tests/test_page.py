@@ -883,11 +883,13 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
         shutil.copy(full_size, long_name)  # a PACS export's name: it pushed the reading off screen
         upload_one(page, long_name)
         expect(page.locator("#list")).to_be_visible()
+        page.click("#heatmap-button")  # its colour scale's row ran 18 px past a 320 px screen
+        expect(page.locator("#legend")).to_be_visible()
         for width in (375, 320):
             page.set_viewport_size({"width": width, "height": 812})
             page.wait_for_function(f"() => document.documentElement.clientWidth === {width}")
             assert page.evaluate("() => document.documentElement.scrollWidth") <= width
-            for selector in ("#result", ".readout", "#label", "#bar", "#list", "#drop"):
+            for selector in ("#result", ".readout", "#label", "#bar", "#list", "#drop", "#legend-top"):
                 box = page.locator(selector).bounding_box()
                 assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, selector, box)
             # and nothing in the reading runs past its own box (a long file name in the film's title did)
