@@ -190,6 +190,8 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Bro
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
             expect(page.locator("#error")).to_contain_text("an API key is required")
+            # the card said "Loading ..." for as long as the page stayed open, beside the refusal
+            expect(page.locator("#card")).to_have_text(re.compile(r"^Not loaded.*an API key is required"))
             page.fill("#api-key", PAGE_KEY)  # focus stays in the field: no change event
             drop_file(page, small.read_bytes(), small.name, "image/jpeg")
             expect(page.locator("#result")).to_be_visible()

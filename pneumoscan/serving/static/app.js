@@ -1083,6 +1083,8 @@ async function loadCard() {
     showCard(answer.result);
   } catch (err) {
     showError(`Could not load the model card: ${err.message}`);
+    // the card said "Loading ..." for as long as the page stayed open, beside the refusal
+    if (!heatmapWords) fillList($("card"), [["Not loaded", err.message]]);
   }
 }
 
