@@ -356,3 +356,17 @@ def test_the_page_loads_with_no_error_in_its_console(browser: Browser, server: s
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_a_card_that_never_comes_is_a_refusal_not_a_wait_without_end(page: Page, small: Path) -> None:
+    """With no card on the page (its first load refused), a film chosen loads the card first: a /v1/model never
+    answered (a stuck proxy) left the film waiting under "Analysing..." for ever, and every film chosen after it.
+    The card is waited for as long as a reading is (answerTimeoutMs: 120 s; 1 s here)."""
+    held: list[Route] = []
+    page.route(re.compile(r".*/v1/model$"), lambda route: held.append(route))  # never answered
+    page.evaluate("() => { answerTimeoutMs = 1000; heatmapWords = null; }")  # as after a refused first load
+    page.set_input_files("#file", small)
+    expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
+    assert held and page.evaluate("() => films[0].status") == "done"
+    page.click("#heatmap-button")  # still no card: no map whose scale the page cannot name
+    expect(page.get_by_role("alert")).to_contain_text("Heatmap not computed: the model card has not loaded")

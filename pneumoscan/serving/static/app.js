@@ -742,21 +742,29 @@ function drawLegend() {
 // The longest the page waits for the service's answer to one upload (the proxy read timeout of the nginx example in
 // docs/deployment.md): a service that took a film and never answered (a stuck worker, a link dropped without a word)
 // left "Analysing..." on screen for ever, and every film chosen after it waiting behind it.
+// The model card is waited for as long: a card never answered held the film that loads it first (and every film
+// after it) under "Analysing..." for ever.
 let answerTimeoutMs = 120_000;
+
+// A request to the service with the key, given up after answerTimeoutMs: its response, or why there is none.
+async function ask(url, init = {}) {
+  try {
+    const signal = AbortSignal.timeout(answerTimeoutMs);
+    return { response: await fetch(url, { ...init, headers: authHeaders(), signal }) };
+  } catch (err) {
+    return { error: err.name === "TimeoutError" ? `no answer from the service within ${answerTimeoutMs / 1000} s`
+      : `the server could not be reached: ${err.message}` };
+  }
+}
 
 async function post(file, query) {
   const form = new FormData();
   form.append("file", file);
-  let response;
-  try {
-    response = await fetch(`/v1/predict${query ? `?${query}` : ""}`,
-      { method: "POST", body: form, headers: authHeaders(), signal: AbortSignal.timeout(answerTimeoutMs) });
-  } catch (err) {
-    if (err.name === "TimeoutError") {
-      return { ok: false, error: `no answer from the service within ${answerTimeoutMs / 1000} s, so nothing was ` +
-        "read: try again, and if this persists, tell the administrator" };
-    }
-    return { ok: false, error: `the server could not be reached: ${err.message}` };
+  const { response, error } = await ask(`/v1/predict${query ? `?${query}` : ""}`, { method: "POST", body: form });
+  if (!response) {
+    const unread = error.startsWith("no answer") ? ", so nothing was read: try again, and if this persists, tell " +
+      "the administrator" : "";
+    return { ok: false, error: error + unread };
   }
   // a reading (with the map, when one was asked for): anything else in a 200 is not the service's answer
   const wanted = (b) => typeof b.label === "string" && typeof b.probability === "number" &&
@@ -1075,7 +1083,8 @@ drop.addEventListener("drop", (event) => {
 
 async function loadCard() {
   try {
-    const response = await fetch("/v1/model", { headers: authHeaders() });
+    const { response, error } = await ask("/v1/model");
+    if (!response) throw new Error(error);
     const answer = await answerOf(response, "the model card",
       (b) => Array.isArray(b.classes) && typeof b.threshold === "number");
     if (!answer.ok) throw new Error(answer.error);
