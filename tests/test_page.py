@@ -32,10 +32,10 @@ from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
 from pneumoscan.inference.explain import caption, explain_array, heatmap_scale, panel_shape
-from pneumoscan.inference.predict import Predictor, predict_paths
+from pneumoscan.inference.predict import Predictor, format_results, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import dicom_bytes, nudge_weights, running
+from tests.builders import SCORE_TOL, dicom_bytes, nudge_weights, running
 from tests.test_browser import ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import assert_legend_is_the_caption
 from tests.test_serve import with_threshold
@@ -340,7 +340,8 @@ def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server
         context.close()
 
 
-def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tmp_path: Path) -> None:
+def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged_dicom: bytes, tiny_bundle: Path,
+                                            tmp_path: Path) -> None:
     paths = (sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[:2]
              + sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:1])
     files = [{"name": p.name, "mimeType": "image/jpeg", "buffer": p.read_bytes()} for p in paths]
@@ -370,10 +371,27 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [float(r["probability"]) for r in rows] == pytest.approx(shown, abs=1e-3)
     names = page.locator("#films tbody td:nth-child(1)").all_inner_texts()
-    assert [r["file"] for r in rows] == [("'" + n if n.startswith("=") else n) for n in names]
+    assert [r["path"] for r in rows] == [("'" + n if n.startswith("=") else n) for n in names]
     labels = page.locator("#films tbody td:nth-child(2)").all_inner_texts()
     assert [r["reading"] for r in rows] == labels
-    assert next(r for r in rows if r["file"] == "scan.dcm")["study_instance_uid"] == "1.2.3.4"
+    # predict's columns, under its names, with its values: the page's CSV had no model_version, near_threshold,
+    # in_scope, series or SOP instance UID (a row linked to a study, not to its film), and named model_id "model"
+    (tmp_path / "scan.dcm").write_bytes(tagged_dicom)
+    read = predict_paths(tiny_bundle, [tmp_path / "scan.dcm"])
+    predicted = next(csv.DictReader(io.StringIO(format_results(read, "csv"))))
+    exported = next(r for r in rows if r["path"] == "scan.dcm")
+    assert set(predicted) <= set(exported), set(predicted) - set(exported)
+    assert exported["study_instance_uid"] == "1.2.3.4" and exported["sop_instance_uid"]
+    for column, value in predicted.items():
+        if column == "path":
+            assert exported[column] == "scan.dcm"
+        elif column in ("probability", "threshold"):
+            assert float(exported[column]) == pytest.approx(float(value), abs=SCORE_TOL), column
+        else:
+            assert exported[column] == value, column
+    # no more of the patient than the film panel shows: no name, no id (the file carried both)
+    text = Path(download.value.path()).read_text()
+    assert "Doe" not in text and "MRN-4471" not in text
     # a two-class model's probability says it all: no class columns, no class line (a three-class one: below)
     assert not [k for k in rows[0] if k.startswith("probability_")] and page.locator("#classes").is_hidden()
 
@@ -531,11 +549,11 @@ def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, 
             exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
             for line in exported:
                 if line["reading"] == "NORMAL":
-                    assert line["etiology"] == line["etiology_probability"] == "", line
+                    assert line["etiology"] == line["etiology_probability_virus"] == "", line
                 else:
                     assert re.fullmatch(r"(bacteria|virus)( \(near the threshold\))?", line["etiology"]), line
-                    assert line["etiology_positive"] == "virus", line
-                    assert 0 <= float(line["etiology_probability"]) <= 1
+                    assert line["etiology_label"] in ("bacteria", "virus"), line
+                    assert 0 <= float(line["etiology_probability_virus"]) <= 1
 
             reading = page.locator("#label").inner_text()
             page.click("#heatmap-button")
@@ -576,8 +594,9 @@ def test_a_second_stage_of_ones_own_is_titled_from_its_task(browser: Browser, ti
             exported = next(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     finally:
         context.close()
-    assert exported["typicality"] in ("typical", "atypical") and exported["typicality_positive"] == "atypical"
-    assert 0 <= float(exported["typicality_probability"]) <= 1 and float(exported["typicality_threshold"]) == 0.5
+    assert exported["typicality"] in ("typical", "atypical") and exported["typicality_label"] == exported["typicality"]
+    assert 0 <= float(exported["typicality_probability_atypical"]) <= 1
+    assert float(exported["typicality_threshold"]) == 0.5
     assert not any(column.startswith("etiology") for column in exported)
 
 
@@ -684,7 +703,7 @@ def test_an_out_of_scope_film_is_marked_as_not_applying(page: Page, full_size: P
     assert not cells["chest.dcm"][1].startswith("out of scope")
     with page.expect_download() as download:
         page.click("#export")
-    rows = {r["file"]: r for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
+    rows = {r["path"]: r for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))}
     assert rows["ct.dcm"]["reading"] == f"out of scope ({label})" and float(rows["ct.dcm"]["probability"]) >= 0
     assert rows["chest.dcm"]["reading"] in ("NORMAL", "PNEUMONIA")
 
@@ -945,8 +964,6 @@ def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: B
     probability, the page and its CSV none. The panel gives them with the most probable class (a rule of its own,
     said as such), and the CSV carries them under the column names of predict's results, with predict's numbers."""
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.inference.predict import format_results
-    from tests.builders import SCORE_TOL
     from tests.test_predict import make_bundle
 
     classes = ["normal", "bacteria", "virus"]

@@ -153,7 +153,7 @@ def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Pag
     }""")
     assert dict(listed) == {"near.jpeg": "virus (P(virus) = 0.410, near the threshold)",
                             "clear.jpeg": "virus (P(virus) = 0.410)"}
-    rows = {row["file"]: row for row in csv.DictReader(io.StringIO(exported))}
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(exported))}
     assert rows["near.jpeg"]["etiology"] == "virus (near the threshold)" and rows["clear.jpeg"]["etiology"] == "virus"
 
 
@@ -335,7 +335,8 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
     }""", unlike)
     assert listed == ["out of scope (virus, P(virus) = 0.727)", f"no DICOM tags; Etiology stage: {unlike}"]
     row = next(csv.DictReader(io.StringIO(exported)))
-    assert row["etiology"] == "out of scope (virus)" and row["warnings"] == f"no DICOM tags; Etiology stage: {unlike}"
+    assert row["etiology"] == "out of scope (virus)" and row["etiology_in_scope"] == "False"
+    assert row["warnings"] == "no DICOM tags" and row["etiology_warnings"] == unlike  # each stage's, as predict's
     assert panel[1] == "out-of-scope" and shown == ["Scope: no DICOM tags", f"Scope: Etiology stage: {unlike}"]
     # a screen reader hears both stages' warnings, and that the second reading does not apply; the list sorts by all
     assert heard.endswith("2 scope warnings. Etiology: outside its scope, does not apply."), heard

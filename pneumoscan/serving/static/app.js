@@ -8,6 +8,7 @@ let maxUploadBytes = null;
 // the task of the service's second stage (etiology, or one of a site's own), null without one: the list and its CSV
 // carry its reading, under its name
 let secondTask = null;
+let secondPositive = null;  // its positive class, which names its probability's CSV column as predict's results do
 let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of the threshold
 // what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
 // overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said); null until the
@@ -88,6 +89,7 @@ function showCard(info) {
   followsAnother = info.follows.length > 0;
   maxUploadBytes = info.max_upload_bytes;
   secondTask = info.etiology ? info.etiology.task : null;
+  secondPositive = info.etiology ? info.etiology.positive : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
   heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken };
@@ -1027,27 +1029,41 @@ function csvCell(text) {
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
+// A value as predict's results CSV writes it (Python's csv): a number in full, true/false as True/False, none as empty
+function predictCell(v) {
+  return v == null ? "" : typeof v === "boolean" ? (v ? "True" : "False") : String(v);
+}
+
+// predict's columns of a second stage, named from its task (pneumoscan.inference.predict.stage_fields), and their
+// values in its reading e
+function stageColumns(e) {
+  return [[`${secondTask}_probability_${secondPositive}`, e && e.probability], [`${secondTask}_label`, e && e.label],
+    [`${secondTask}_threshold`, e && e.threshold], [`${secondTask}_near_threshold`, e && e.near_threshold],
+    [`${secondTask}_model_id`, e && e.model_id], [`${secondTask}_model_version`, e && e.model_version],
+    [`${secondTask}_warnings`, e && e.warnings.join("; ")], [`${secondTask}_in_scope`, e && e.in_scope]];
+}
+
+// The list as predict's results give it: predict's columns under its names, in its order, with its values (so one
+// reader reads both), and the page's words beside them: `reading` (the list's: out of scope, near the threshold,
+// rejected, waiting), `positive`, and the second stage's reading in words under its task's name. `path` is the file's
+// name: a browser gives no folder.
 function csv() {
-  // named from the second stage's task: etiology, etiology_probability, etiology_positive, etiology_threshold
-  const second = secondTask ? ["", "_probability", "_positive", "_threshold"].map((end) => secondTask + end) : [];
-  const classes = classColumns.map((c) => CLASS_FIELD + c);
-  const head = ["file", "reading", "probability", "positive", "threshold", ...classes, "model", ...second, "warnings",
-    "study_instance_uid"];
-  const lines = [head.join(",")];
-  for (const film of sorted()) {
+  const rows = sorted().map((film) => {
     const r = film.result;
     const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
-    const stage = !secondTask ? [] : e
-      ? [secondReading(r), e.probability.toFixed(6), e.positive, e.threshold.toFixed(6)] : ["", "", "", ""];
-    const row = r
-      ? [film.name, reading(r), r.probability.toFixed(6), r.positive, r.threshold.toFixed(6),
-        ...classColumns.map((c) => r.probabilities[c].toFixed(6)), r.model_id, ...stage, allWarnings(r).join("; "),
-        r.study_instance_uid || ""]
-      : [film.name, film.status === "waiting" ? "waiting: not read yet" : `rejected: ${film.error}`, "", "", "",
-        ...classes.map(() => ""), "", ...stage,
-        "", ""];
-    lines.push(row.map((v) => csvCell(String(v))).join(","));
-  }
+    const said = r ? reading(r) : film.status === "waiting" ? "waiting: not read yet" : `rejected: ${film.error}`;
+    return [["path", film.name], ["reading", said], ["probability", r && r.probability],
+      ["positive", r && r.positive], ["label", r && r.label], ["threshold", r && r.threshold],
+      ["near_threshold", r && r.near_threshold],
+      ...classColumns.map((c) => [CLASS_FIELD + c, r && r.probabilities[c]]),
+      ...(secondTask ? [[secondTask, e ? secondReading(r) : ""], ...stageColumns(e)] : []),
+      ["error", film.error], ["warnings", r && r.warnings.join("; ")], ["in_scope", r && r.in_scope],
+      ["model_id", r && r.model_id], ["model_version", r && r.model_version],
+      ["study_instance_uid", r && r.study_instance_uid], ["series_instance_uid", r && r.series_instance_uid],
+      ["sop_instance_uid", r && r.sop_instance_uid]];
+  });
+  const head = rows.length ? rows[0].map(([name]) => name) : [];
+  const lines = [head.join(","), ...rows.map((row) => row.map(([, v]) => csvCell(predictCell(v))).join(","))];
   return `${lines.join("\r\n")}\r\n`;
 }
 
