@@ -227,7 +227,7 @@ def test_page_works_with_an_api_key(page: Page, locked_server: str, tiny_bundle:
     expect(page.locator("#error")).to_contain_text("an API key is required")
     film = sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0]
     page.set_input_files("#file", film)
-    expect(page.locator("#error")).to_contain_text("Rejected: an API key is required")
+    expect(page.locator("#error")).to_contain_text("Not read: an API key is required")
     page.fill("#api-key", "wrong-key-0123456789")
     page.dispatch_event("#api-key", "change")
     expect(page.locator("#error")).to_contain_text("a valid API key is required")

@@ -956,6 +956,14 @@ def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     page.evaluate("() => batchSummary(4, { read: 1, outside: 2, rejected: 1 })")
     expect(alert).to_have_text("4 films: 3 read (2 outside the model's scope: their readings do not apply), "
                                "1 rejected: see the list.")
+    # a film the service was too busy to read was never judged: not read, not rejected
+    page.route(re.compile(r".*/v1/predict$"), lambda route: route.fulfill(
+        status=503, json={"error": "the service is busy, retry shortly"}, headers={"Retry-After": "1"}))
+    page.set_input_files("#file", [small, small])
+    expect(alert).to_have_text("2 films: 0 read, 0 rejected, 2 not read (try again): see the list.")
+    expect(page.locator("#films tbody tr", has_text="not read: the service is busy")).to_have_count(2)
+    page.set_input_files("#file", small)
+    expect(alert).to_have_text("Not read: the service is busy, retry shortly")
 
 
 def test_a_three_class_reading_gives_each_class_and_the_most_probable(browser: Browser, small: Path,
@@ -1013,7 +1021,7 @@ def test_a_reply_that_is_not_the_services_is_refused_not_read(browser: Browser, 
         for status, words in ((200, "the reply (HTTP 200 OK) is not a reading: "), (502, "HTTP 502 Bad Gateway: ")):
             page.route("**/v1/predict*", proxy_answering(status))
             page.set_input_files("#file", files=[film])
-            expect(page.locator("#error")).to_contain_text(f"Rejected: {words}{NOT_THE_SERVICE}: reload the page")
+            expect(page.locator("#error")).to_contain_text(f"Not read: {words}{NOT_THE_SERVICE}: reload the page")
             expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
             expect(page.locator("#status")).to_have_text("")
             page.unroute("**/v1/predict*")

@@ -279,7 +279,7 @@ def test_a_service_that_never_answers_is_a_refusal_not_a_wait_without_end(page: 
     page.route(re.compile(r".*/v1/predict$"), lambda route: held.append(route))  # never answered
     page.evaluate("() => { answerTimeoutMs = 1000; }")
     page.set_input_files("#file", small)
-    expect(page.get_by_role("alert")).to_have_text("Rejected: no answer from the service within 1 s, so nothing was "
+    expect(page.get_by_role("alert")).to_have_text("Not read: no answer from the service within 1 s, so nothing was "
                                                    "read: try again, and if this persists, tell the administrator")
     expect(page.locator("#status")).to_be_empty()
     page.unroute(re.compile(r".*/v1/predict$"))

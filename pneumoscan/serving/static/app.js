@@ -766,7 +766,7 @@ async function post(file, query) {
   if (!response) {
     const unread = error.startsWith("no answer") ? ", so nothing was read: try again, and if this persists, tell " +
       "the administrator" : "";
-    return { ok: false, error: error + unread };
+    return { ok: false, error: error + unread, unread: true };
   }
   // a reading (with the map, when one was asked for): anything else in a 200 is not the service's answer
   const wanted = (b) => typeof b.label === "string" && typeof b.probability === "number" &&
@@ -780,6 +780,10 @@ async function post(file, query) {
 const NOT_THE_SERVICE = ": not an answer of the service (a proxy, gateway or sign-on page in front of it answered " +
   "instead): reload the page, sign in again if asked, and try again; if this persists, tell the administrator";
 
+// The service's refusals of a request, not of its film: no key or a wrong one, too many requests, busy. The film was
+// never judged, as when no answer, or another's, came: "not read", not "rejected" (which says the film was refused).
+const REQUEST_REFUSED = [401, 403, 429, 503];
+
 async function answerOf(response, what, wanted) {
   let body = null;
   try {
@@ -789,10 +793,12 @@ async function answerOf(response, what, wanted) {
   }
   const reply = `HTTP ${response.status} ${response.statusText}`.trim();
   if (!response.ok) {
-    return { ok: false, error: body && typeof body.error === "string" ? body.error : reply + NOT_THE_SERVICE };
+    const own = body && typeof body.error === "string";
+    return { ok: false, error: own ? body.error : reply + NOT_THE_SERVICE,
+      unread: !own || REQUEST_REFUSED.includes(response.status) };
   }
   if (body && typeof body === "object" && wanted(body)) return { ok: true, result: body };
-  return { ok: false, error: `the reply (${reply}) is not ${what}${NOT_THE_SERVICE}` };
+  return { ok: false, error: `the reply (${reply}) is not ${what}${NOT_THE_SERVICE}`, unread: true };
 }
 
 // What a film is, from its first bytes, as the service tells: a DICOM exported from a PACS often has no extension
@@ -902,7 +908,7 @@ async function analyseBatch(batch) {
   // a key typed after the card was refused, the film dropped with the field still focused: no change event loaded
   // the card, and the reading came without it (no heatmap, "enter the API key" for a key entered)
   if (!heatmapWords) await loadCard();
-  const outcome = { read: 0, outside: 0, rejected: 0 };
+  const outcome = { read: 0, outside: 0, rejected: 0, unread: 0 };
   for (const [n, film] of batch.entries()) {
     $("status").textContent = batch.length > 1 ? `Analysing ${n + 1} of ${batch.length}...` : "Analysing...";
     const problem = check(film.file);
@@ -910,13 +916,13 @@ async function analyseBatch(batch) {
     let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
     // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
     if (body.ok && cardModel !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
-    film.status = body.ok ? "done" : "rejected";
+    film.status = body.ok ? "done" : body.unread ? "unread" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
     renderList();
-    outcome[!body.ok ? "rejected" : body.result.in_scope ? "read" : "outside"] += 1;
+    outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
     if (body.ok) showResult(film);
-    else if (batch.length === 1) showError(`Rejected: ${film.error}`);
+    else if (batch.length === 1) showError(`${body.unread ? "Not read" : "Rejected"}: ${film.error}`);
   }
   if (batch.length > 1) batchSummary(batch.length, outcome);
 }
@@ -943,12 +949,12 @@ async function withItsCard(result) {
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
 // and a refusal is only a row of the list. With a refusal it is said as an alert (the error box); the last film of
 // the batch read stays on screen, and where none was read no reading stays (it is a film chosen before).
-function batchSummary(count, { read, outside, rejected }) {
+function batchSummary(count, { read, outside, rejected, unread = 0 }) {
   const apart = outside === 1 ? "its reading does not apply" : "their readings do not apply";
   const message = `${count} films: ${read + outside} read` +
     `${outside ? ` (${outside} outside the model's scope: ${apart})` : ""}, ${rejected} rejected` +
-    `${rejected ? ": see the list" : ""}.`;
-  if (!rejected) {
+    `${unread ? `, ${unread} not read (try again)` : ""}${rejected || unread ? ": see the list" : ""}.`;
+  if (!rejected && !unread) {
     $("status").textContent = message;
     return;
   }
@@ -975,6 +981,11 @@ function secondText(r) {
   return `${e.label} (P(${e.positive}) = ${figure(e.probability)}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
+// How the list says a film without a reading that is no longer waiting: refused by the service, or never judged.
+function unreadWord(film) {
+  return film.status === "unread" ? "not read" : "rejected";
+}
+
 function sorted() {
   if (!sortKey) return films.slice();
   return films.slice().sort((a, b) => {
@@ -997,7 +1008,7 @@ function renderList() {
     const r = film.result;
     const cells = [
       film.name,
-      r ? reading(r) : film.status === "waiting" ? "waiting" : `rejected: ${film.error}`,
+      r ? reading(r) : film.status === "waiting" ? "waiting" : `${unreadWord(film)}: ${film.error}`,
       r ? figure(r.probability) : "",
       ...(secondTask ? [r ? secondText(r) : ""] : []),
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
@@ -1051,7 +1062,8 @@ function csv() {
   const rows = sorted().map((film) => {
     const r = film.result;
     const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
-    const said = r ? reading(r) : film.status === "waiting" ? "waiting: not read yet" : `rejected: ${film.error}`;
+    const said = r ? reading(r) : film.status === "waiting" ? "waiting: not read yet"
+      : `${unreadWord(film)}: ${film.error}`;
     return [["path", film.name], ["reading", said], ["probability", r && r.probability],
       ["positive", r && r.positive], ["label", r && r.label], ["threshold", r && r.threshold],
       ["near_threshold", r && r.near_threshold],
