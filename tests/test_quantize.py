@@ -70,6 +70,24 @@ def test_int8_thresholds_are_chosen_on_int8_validation_scores(int8_bundle: Path,
     assert f"between {low:.4f} and {high:.4f}" in int8_section
 
 
+def test_the_int8_validation_figures_carry_intervals_as_the_fp32_ones_do(int8_bundle: Path) -> None:
+    """`--backend onnx-int8` shows its own validation figures (/v1/model's val_metrics, the web page's card): they
+    came without ``ci``, ``ci_unit``, ``patients``, ``prevalence`` and ``ece``, which the FP32 model's carry and
+    docs/api.md lists, so an INT8 sensitivity read as certain. They hold the same fields, at the INT8 threshold,
+    on the same val films (here the run's, which chose the FP32 figures too), their intervals counting alike."""
+    fp32, int8 = (Predictor(int8_bundle, backend=b).card.val_metrics for b in ("onnx", "onnx-int8"))
+    assert set(int8) == set(fp32) and set(int8["ci"]) == set(fp32["ci"])
+    assert [int8[key] for key in ("n", "patients", "prevalence", "ci_unit")] == [
+        fp32[key] for key in ("n", "patients", "prevalence", "ci_unit")]
+    sidecar = json.loads(spec_path(int8_bundle / INT8_NAME).read_text())
+    assert int8["threshold"] == sidecar["int8_threshold"] and int8["auc"] == sidecar["val_auc_int8"]
+    for key in ("sensitivity", "specificity"):
+        low, high = int8["ci"][key]
+        assert low <= int8[key] <= high
+    int8_section = (int8_bundle / "MODEL_CARD.md").read_text().split("## INT8 model")[1].split("\n## ")[0]
+    assert f"sensitivity {int8['sensitivity']:.3f} (95% CI {int8['ci']['sensitivity'][0]:.3f}-" in int8_section
+
+
 def test_the_int8_sidecar_gives_the_int8_thresholds_where_onnx_users_read_them(int8_bundle: Path) -> None:
     """An ONNX user reads ``threshold``: it must be the one validated for the INT8 scores, not FP32's, at which a film
     between the two thresholds gets the other label."""

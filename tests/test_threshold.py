@@ -61,7 +61,8 @@ def site(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
 def test_a_threshold_that_calls_every_film_positive_records_its_undefined_npv_as_none() -> None:
     # no film is called negative, so the NPV is undefined: the sidecar and card must still be JSON, NaN-free
     y, scores = np.array([0, 0, 1, 1, 1]), np.array([0.6, 0.7, 0.8, 0.9, 0.95])
-    figures = int8_figures(y, scores, OperatingPoint(0.5, 0.5, [0.4, 0.6], [0.4, 0.6], ""), "youden", "films", 1.0, 0.0)
+    point = OperatingPoint(0.5, 0.5, [0.4, 0.6], [0.4, 0.6], "")
+    figures = int8_figures(y, scores, point, "youden", "films", 1.0, 0.0, None)
     assert figures["int8_val_metrics"]["npv"] is None
     assert figures["int8_val_metrics"]["specificity"] == 0.0
     json.dumps(figures, allow_nan=False)

@@ -352,6 +352,8 @@ def _int8_section(figures: dict) -> str:
     (:class:`Int8Operating`, read from the INT8 keys as that backend reads them)."""
     chosen = Int8Operating.from_figures(figures)
     at = chosen.val_metrics or {}
+    cis = at.get("ci") or {}  # a sidecar written before the INT8 figures had intervals has none
+    counted = f" (95 % CIs counting {at.get('ci_unit', 'film')}s)" if cis else ""
     return (f"`{INT8_NAME}` (`pneumoscan export --int8`): ONNX Runtime static INT8, read by `--backend onnx-int8`. "
             "Quantisation moves the scores, so it labels at its own thresholds: "
             f"**{format_figure(chosen.threshold, 4)}** ({chosen.threshold_policy or 'policy not recorded'}); "
@@ -359,8 +361,9 @@ def _int8_section(figures: dict) -> str:
             f"{figures.get(Int8Key.VALIDATION_IMAGES, '?')} films that chose them: AUC "
             f"{format_figure(figures.get(Int8Key.VAL_AUC_INT8), 4)} (FP32 "
             f"{format_figure(figures.get(Int8Key.VAL_AUC_FP32), 4)}), "
-            f"sensitivity {format_figure(at.get('sensitivity'))}, "
-            f"specificity {format_figure(at.get('specificity'))} at its threshold; probabilities moved by up to "
+            f"sensitivity {with_ci(at.get('sensitivity'), cis.get('sensitivity'))}, "
+            f"specificity {with_ci(at.get('specificity'), cis.get('specificity'))} at its threshold{counted}; "
+            "probabilities moved by up to "
             f"{format_figure(figures.get(Int8Key.MAX_PROBABILITY_CHANGE), 3)} from FP32's."
             + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy,
                                  chosen.threshold_caveat)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.metrics import (NO_RANGE, binary_metrics, choose_thresholds, clopper_pearson, describe_policy,
-                                     fit_temperature, roc_auc, threshold_range)
+from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, evaluate_binary,
+                                     fit_temperature, threshold_range)
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -106,13 +106,15 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
 
 
 def int8_figures(y: np.ndarray, scores: np.ndarray, point: OperatingPoint, policy: str, chosen_on: str,
-                 fp32_auc: float, change: float) -> dict:
+                 fp32_auc: float, change: float, groups: Sequence[str] | np.ndarray | None) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds, under :class:`Int8Key`'s keys: the plain
     and TTA thresholds of ``point`` (its operating point on its plain ``scores``), their intervals and caveat, their
     policy and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the
-    INT8 model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures).
-    ``export --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
-    at = binary_metrics(y, scores, point.threshold) | {"auc": roc_auc(y, scores)}
+    INT8 model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures), with the
+    same fields and 95 % CIs as the FP32 model's, counting the films' patients (``groups``: each film's unit, as
+    its thresholds' intervals count them). ``export --int8`` and ``threshold`` both write them, so that neither
+    leaves one about other films."""
+    at = evaluate_binary(y, scores, point.threshold, groups=groups)
     return {
         Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
         Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,

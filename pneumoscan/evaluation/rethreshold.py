@@ -70,7 +70,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
                                **point.card_fields())
     # every figure of the sidecar about the films that chose the thresholds is now about these films
     figures = None if int8 is None else int8_figures(y, int8[0], int8[1], policy, name, roc_auc(y, plain),
-                                                     float(np.abs(plain - int8[0]).max()))
+                                                     float(np.abs(plain - int8[0]).max()), patients)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         _write_copy(bundle, tmp, card, records, figures)

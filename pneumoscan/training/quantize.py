@@ -312,7 +312,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)
     figures = {Int8Key.CALIBRATION_IMAGES: int(len(calib)), **int8_figures(
-        scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change)}
+        scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change, scored.groups)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
     int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
