@@ -225,9 +225,9 @@ def weight_sources_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     looked_up: list[str] = []
     real = held_out._weight_sources
 
-    def counted(of: Path, *args: object) -> object:
+    def counted(of: Path, *args: object, **kwargs: object) -> object:
         looked_up.append(os.path.realpath(of))
-        return real(of, *args)
+        return real(of, *args, **kwargs)
 
     monkeypatch.setattr(held_out, "_weight_sources", counted)
     return looked_up
