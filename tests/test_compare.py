@@ -101,6 +101,9 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no metrics.json" in err[0]
+    # a run's bundle given in its run's place: the run is named
+    with pytest.raises(ValueError, match=rf"no metrics.json .*; it is a bundle: give its training run, {two_runs[0]}$"):
+        compare_runs([two_runs[0] / "bundle", two_runs[1]])
     other = tmp_path / "etiology-run"
     shutil.copytree(two_runs[0], other)
     save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology",

@@ -192,7 +192,10 @@ def load_run(path: Path | str) -> RunSummary:
     folder = Path(path)
     metrics_path = folder / METRICS
     if not metrics_path.is_file():
-        raise ValueError(f"{folder}: no {METRICS} (give a training run folder or an evaluate --out folder)")
+        run = folder.parent
+        hint = (f"; it is a bundle: give its training run, {run}" if (folder / CARD).is_file()
+                and RunFolder(run).bundle == folder and (run / METRICS).is_file() else "")
+        raise ValueError(f"{folder}: no {METRICS} (give a training run folder or an evaluate --out folder){hint}")
     try:
         m = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as e:
