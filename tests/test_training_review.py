@@ -55,3 +55,22 @@ def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_trained(tiny_datase
 
 class KilledBeforeTheBundle(RuntimeError):
     pass
+
+
+@pytest.mark.parametrize("lr, batch_size, seen", [
+    (1e3, 8, r"the model scores all 12 validation films alike \(P\(PNEUMONIA\) = [01], logits up to "),
+    (1e8, 16, r"the validation logits of 12 of 12 films are not finite"),
+])  # fmt: skip
+def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
+    tiny_dataset: Path, tmp_path: Path, lr: float, batch_size: int, seen: str
+) -> None:
+    """lr 1e3 blew the logits up to ~1e17-1e22 with every training loss finite: every validation film scored
+    PNEUMONIA 0 (or 1), and the run shipped a bundle at threshold 0 (every film PNEUMONIA, specificity 0) and
+    temperature 20 after a warning. lr 1e8 left the weights of the epoch's last step infinite: validation failed in
+    the metrics' words (12 of 12 scores are not finite), which named neither the epoch nor the learning rate."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"^training diverged at epoch 1 \(validation after step \d+\): {seen}"
+                                         r".*: lower the learning rate \(--lr\) and train again$"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": batch_size, "lr": lr}), run)
+    assert not (run / "bundle").exists()
+

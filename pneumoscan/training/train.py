@@ -165,6 +165,23 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
             "spec": m["specificity"]}
 
 
+def check_validation_scores(logits: np.ndarray, task: Task, state: State) -> None:
+    """Refuse, as a divergence, an epoch whose model cannot rank the validation films: logits that are not finite
+    (the epoch's last step overflowed the weights; its loss, checked before the step, was finite) or one
+    probability for every film (logits grown so large that the softmax saturates, or a network gone dead), which
+    every training loss on the way left finite. Validation failed on the first in the metrics' words, naming no
+    epoch; the second was taken: a bundle at threshold 0 that called every film positive."""
+    where, advice = f"training diverged at epoch {state.epoch + 1} (validation after step {state.step})", (
+        "lower the learning rate (--lr) and train again")
+    if bad := int((~np.isfinite(logits)).any(axis=1).sum()):
+        raise ValueError(f"{where}: the validation logits of {bad} of {len(logits)} films are not finite: {advice}")
+    pos = task.positive_probability(softmax(logits))
+    if np.ptp(pos) == 0:
+        raise ValueError(f"{where}: the model scores all {len(pos)} validation films alike ({task.positive_formula} "
+                         f"= {pos[0]:.3g}, logits up to {np.abs(logits).max():.3g}), so no threshold tells one film "
+                         f"from another: {advice}")
+
+
 def absent_classes(targets: np.ndarray, task: Task) -> list[str]:
     """The task's classes that no film of ``targets`` (class indices) has: a model cannot learn a class it never
     sees, and validation without one cannot choose a threshold."""
@@ -375,6 +392,7 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task,
     def validate(state: State, run_logits: np.ndarray, run_targets: np.ndarray) -> dict:
         ctx.main_buffers(model)  # every rank scores with the statistics rank 0 saves
         (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
+        check_validation_scores(logits, task, state)  # every rank holds the same logits, so every rank refuses together
         val = epoch_metrics(logits, d.val_set.targets, task, d.class_weights)
         run_logits, run_targets = gather(ctx, run_logits, run_targets)
         train_auc = roc_auc(binary_targets(run_targets), task.positive_probability(softmax(run_logits)))
