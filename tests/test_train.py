@@ -392,6 +392,13 @@ def test_resume_after_early_stopping_trains_no_further(
     assert all(torch.equal(best[k], again[k]) for k in best)
 
 
+class BudgetSpent(Callback):
+    """Ends training before its first step, as a time budget spent by then does."""
+
+    def before_step(self, state: State) -> None:
+        state.stop = state.end_epoch = True
+
+
 def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
 ) -> None:
@@ -404,9 +411,9 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
     reports = ("history.csv", "metrics.json", "report.html", "curves.png")  # of the earlier run's bundle
     for name in reports:
         (run / name).write_text("the earlier run's")
-    with pytest.raises(ValueError,
-                       match="fewer images than one batch .*: lower --batch-size, add films or raise --time-budget"):
-        train(tiny_dataset, TrainConfig(**{**TINY, "batch_size": 64}), run)
+    with pytest.raises(ValueError, match="^no epoch was validated: the time budget ran out before the first step: "
+                                         "raise --time-budget$"):
+        train(tiny_dataset, TrainConfig(**TINY), run, callbacks=[BudgetSpent()])
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
     assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"
 

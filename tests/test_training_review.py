@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,18 @@ def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": batch_size, "lr": lr}), run)
     assert not (run / "bundle").exists()
 
+
+def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder_is_touched(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """--batch-size 64 on 36 training films (each epoch drops its last partial batch) took no step: the earlier
+    run's bundle, best weights and checkpoint in --out were deleted, a warm start would have run, and then "no epoch
+    was validated" blamed the batch or the time budget, either of the two."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent, run)  # a finished run: bundle, best weights, checkpoint, reports
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match=r"^the \d+ training films fill no batch of 64 in each of 1 process\(es\) "
+                                         r"\(an epoch drops its last partial batch\), so no step would be taken: give "
+                                         r"--batch-size \d+ or less, or more films$"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": 64}), run)
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before

@@ -310,6 +310,17 @@ def selected_films(records: list[Record], cache: ImageCache, task: Task, ctx: Di
     return selected
 
 
+def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist) -> None:
+    """Refuse a batch that this process's share of the training films cannot fill: each epoch drops its last partial
+    batch, so not one step would be taken. Known from the split and the cache, so refused before the run folder is
+    cleared and before a warm start runs: such a run deleted an earlier run's bundle, then ended in "no epoch was
+    validated"."""
+    if (share := train_films // ctx.world) < cfg.batch_size:
+        raise ValueError(f"the {train_films} training films fill no batch of {cfg.batch_size} in each of {ctx.world} "
+                         "process(es) (an epoch drops its last partial batch), so no step would be taken: give "
+                         f"--batch-size {max(share, 1)} or less, or more films")
+
+
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
               run_dir: Path, selected: dict) -> Data:
     """The split's records (kept as RUN/split.csv) and their preprocessed images (:func:`preprocessed`; ``checksum``
@@ -454,9 +465,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
                       model_kwargs=cfg.model_kwargs)
     run = RunFolder(run_dir)
-    best = BestWeights(lambda m: save_bundle(run.best, m, card), f"the train split has fewer images than one batch "
-                       f"({len(d.train_set)} for {cfg.batch_size * ctx.world}) or the time budget ran out first: "
-                       "lower --batch-size, add films or raise --time-budget")
+    best = BestWeights(lambda m: save_bundle(run.best, m, card), "the time budget ran out before the first step: "
+                       "raise --time-budget")
     average = [WeightAverage(model, cfg.ema_decay)] if cfg.ema_decay is not None else []
     stateful = [*schedule, best, *average, *trackers, *extra]
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
@@ -507,6 +517,7 @@ def train(
     resumed = resume_from(checkpoint_path, cfg, records, made, ctx) if resume else None
     trackers = make_trackers(log_to, run_dir, run_record(cfg, ctx), tracking_uri) if ctx.main else []
     selected = selected_films(records, cache, task, ctx)
+    check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
     d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected)
     t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
