@@ -106,6 +106,19 @@ def test_a_stop_ends_training_after_the_epoch_and_end_epoch_before_the_next_step
     assert state.step == 1 and len(state.history) == 1, "the step taken is validated, no further one is"
 
 
+def test_end_epoch_alone_leaves_that_epoch_and_the_next_one_trains() -> None:
+    """end_epoch (leave the epoch before its next step) was never cleared: every later epoch left before its first
+    step, so training ended there, unsaid, and finalised, as if stop had been set."""
+    class ShortFirstEpoch(Callback):
+        def before_step(self, state: State) -> None:
+            if state.epoch == 0 and state.step == 1:
+                state.end_epoch = True
+
+    state = fit(stub_state(epochs=3, batches=3), [ShortFirstEpoch()], torch.nn.functional.cross_entropy,
+                figures([1.0, 0.9, 0.8]))
+    assert [row["step"] for row in state.history] == [1, 4, 7]
+
+
 def test_the_time_budget_stops_training_and_sets_the_cosine_rate() -> None:
     state = stub_state(lr=0.1)
     budget = TimeBudget(total_steps=100, budget_s=60.0, factor=cosine(0.05))

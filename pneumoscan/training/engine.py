@@ -149,6 +149,7 @@ def fit(
         bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch + 1, info="")
         while state.epoch < state.epochs and not state.stop:
             state.net.train()
+            state.end_epoch = False  # it leaves one epoch: kept, it left every later one before its first step
             _run(callbacks, "on_epoch_start", state)
             progress.reset(bar, total=steps_per_epoch, epoch=state.epoch + 1, info="")
             totals = _summed_over_ranks(state.ctx, _train_epoch(state, callbacks, loss_fn, amp, progress, bar))
