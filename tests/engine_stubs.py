@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pneumoscan.training.distributed import Dist
-from pneumoscan.training.engine import State, fit
+from pneumoscan.training.engine import Callback, State, fit
 
 
 def stub_state(epochs: int = 3, batches: int = 2, lr: float = 0.1, optimizer: str = "sgd") -> State:
@@ -78,3 +78,29 @@ def rank_that_stalls(rank: int, port: int, gave_up: multiprocessing.synchronize.
     except Exception as e:  # what each rank says, whatever it is
         results.put((rank, f"{type(e).__name__}: {e}"))
         gave_up.set()
+
+
+def rank_that_stops_alone(rank: int, port: int, results: multiprocessing.Queue) -> None:
+    """One of two gloo processes training the stub model under DDP (3 epochs of 3 steps, a 5 s timeout), where a
+    callback on rank 1 alone leaves the first epoch after its first step and ends training after the second epoch:
+    it puts the steps of each epoch's row, or what it raised."""
+
+    class OnRank1(Callback):
+        def before_step(self, state: State) -> None:
+            state.end_epoch = state.end_epoch or (rank == 1 and state.epoch == 0 and state.step == 1)
+
+        def on_validation_end(self, state: State) -> None:
+            state.stop = state.stop or (rank == 1 and state.epoch == 1)
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=5))
+    torch.manual_seed(0)
+    state = stub_state(epochs=3, batches=3)
+    state.ctx, state.net = Dist(rank, 2, timeout_s=5), DistributedDataParallel(state.model)
+    try:
+        fit(state, [OnRank1()], torch.nn.functional.cross_entropy, figures([1.0, 1.0, 1.0]))
+        results.put((rank, [row["step"] for row in state.history]))
+    except Exception as e:  # what each rank says, whatever it is
+        results.put((rank, f"{type(e).__name__}: {str(e)[:200]}"))
+    finally:
+        dist.destroy_process_group()

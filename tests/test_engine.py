@@ -34,7 +34,7 @@ from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.resume import load_checkpoint, save_checkpoint
 from pneumoscan.training.train import recipe
 from tests.distributed_stubs import two_gloo_ranks
-from tests.engine_stubs import figures, rank_that_stalls, rank_with_a_nan, stub_state
+from tests.engine_stubs import figures, rank_that_stalls, rank_that_stops_alone, rank_with_a_nan, stub_state
 
 
 class Recorder(Callback):
@@ -349,6 +349,14 @@ def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> N
                        "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
                        "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
+
+
+def test_a_stop_or_end_of_epoch_set_on_one_rank_holds_on_every_rank() -> None:
+    """A callback whose verdict is its own rank's (its own data, a file only one machine sees) left the ranks apart:
+    the rank that stopped finalised while the other stepped into the gradients' all-reduce, and waited there for the
+    timeout (3 hours by default), or met a collective of another shape."""
+    said = two_gloo_ranks(rank_that_stops_alone)
+    assert said == {0: [1, 4], 1: [1, 4]}, said
 
 
 def test_a_process_that_stalls_in_training_is_given_up_on_in_one_line() -> None:

@@ -76,6 +76,17 @@ class Dist:
             obj = box[0]
         return obj
 
+    def any(self, flag: bool, why: str = "") -> bool:
+        """Whether ``flag`` is true on any rank, on every rank: for what every rank must do together (refuse a step,
+        leave an epoch, end training), which one rank doing alone leaves the others waiting in a collective it never
+        joins. ``why``: why the ranks meet there, as :meth:`waiting` says it."""
+        if self.world == 1:
+            return flag
+        seen = torch.tensor([float(flag)], device=self.device)
+        with self.waiting(why):
+            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        return bool(seen.item())
+
     def gathered(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order, on every rank."""
         if self.world == 1:

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class State:
-    """What the loop and its callbacks share. ``stop`` ends training after this epoch; ``end_epoch`` also leaves
-    the current epoch before its next step (the time budget ran out)."""
+    """What the loop and its callbacks share. ``stop`` ends training after this epoch; ``end_epoch`` leaves the
+    current epoch before its next step (with ``stop``: the time budget ran out). Either, set on any rank, holds on
+    every rank: :func:`fit` all-reduces them where it reads them."""
 
     model: torch.nn.Module  # the bare model: what is saved and restored
     net: torch.nn.Module  # what a step calls (the model, or DDP around it)
@@ -104,10 +105,7 @@ def check_finite(loss: torch.Tensor, state: State) -> None:
     trains on NaN weights and only fails at validation, in sklearn's "Input contains NaN". Each rank computes its own
     loss, so the verdict is all-reduced and every rank raises at the same step; one rank raising alone would leave
     the others waiting in the gradient all-reduce of the step it never takes."""
-    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-    if state.ctx.world > 1:
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    if bad.item():
+    if state.ctx.any(not bool(torch.isfinite(loss.detach()).all()), AT_EVERY_STEP):
         value = float(loss.detach())
         seen = f"loss {value:g}" if not math.isfinite(value) else "a loss that is not finite in another process"
         raise ValueError(f"training diverged at epoch {state.epoch + 1}, step {state.step + 1} ({seen}): lower the "
@@ -147,7 +145,10 @@ def fit(
     steps_per_epoch = len(state.train_loader)
     with progress:
         bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch + 1, info="")
-        while state.epoch < state.epochs and not state.stop:
+        while state.epoch < state.epochs:
+            state.stop = state.ctx.any(state.stop)  # a stop set on one rank (a callback's own verdict) holds for all
+            if state.stop:
+                break
             state.net.train()
             state.end_epoch = False  # it leaves one epoch: kept, it left every later one before its first step
             _run(callbacks, "on_epoch_start", state)
@@ -182,6 +183,7 @@ def _train_epoch(
     totals = _EpochTotals()
     for x, y in state.train_loader:
         _run(callbacks, "before_step", state)
+        state.end_epoch = state.ctx.any(state.end_epoch, AT_EVERY_STEP)  # left on one rank, left on every rank
         if state.end_epoch:
             break
         x = x.to(state.ctx.device, non_blocking=True, memory_format=torch.channels_last)
