@@ -285,6 +285,17 @@ def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anyt
     assert not out.exists()
 
 
+def test_a_batch_a_folds_training_films_cannot_fill_is_refused_before_cv_writes_anything(tiny_dataset: Path,
+                                                                                          tmp_path: Path) -> None:
+    """--batch-size 32 on folds of 24 training films: OUT and every fold's manifest were written, then fold 1's run
+    was refused (before, it had trained nothing and ended "no epoch was validated")."""
+    out = tmp_path / "cv"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=32)
+    with pytest.raises(ValueError, match=r"^fold 1 of 2: the \d+ training films fill no batch of 32 in each of 1 "):
+        cross_validate(tiny_dataset, cfg, 2, out)
+    assert not out.exists()
+
+
 def test_a_starting_bundle_that_learnt_a_folds_films_is_refused_before_cv_writes_anything(
     tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
 ) -> None:

@@ -43,7 +43,7 @@ from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
 from .resume import (checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change,
                      teachers_changed)
-from .train import absent_classes, check_init_held_out, train
+from .train import absent_classes, check_batches, check_init_held_out, train
 
 log = logging.getLogger(__name__)
 OOF_FIELDS = ("path", "label", "subtype", "patient", "fold", "probability")
@@ -257,6 +257,9 @@ def _plan_folds(data: Path | str, cfg: TrainConfig, folds: int, cv_folder: CvFol
     ctx = setup_distributed()
     here = {"processes": ctx.world, "resolved_precision": resolved_precision(ctx.device, cfg.precision)}
     check_fold_processes([cv_folder.fold(k) for k in range(folds)], here)
+    for k, planned in enumerate(plans):  # its films as listed: a fold's run refuses again should some be unreadable
+        check_batches(len(select([r for r in planned if r.split == "train"], task)[0]), configs[k], ctx,
+                      f"fold {k + 1} of {folds}: ")
     opened: dict = {}  # the folds hold the same films: their cache's pixels are checked once
     for k, planned in enumerate(plans):  # last: it may decode every film, where the checks above read headers
         check_fold_data(cv_folder.fold(k), planned, ctx, opened)

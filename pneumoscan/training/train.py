@@ -310,15 +310,15 @@ def selected_films(records: list[Record], cache: ImageCache, task: Task, ctx: Di
     return selected
 
 
-def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist) -> None:
+def check_batches(train_films: int, cfg: TrainConfig, ctx: Dist, where: str = "") -> None:
     """Refuse a batch that this process's share of the training films cannot fill: each epoch drops its last partial
     batch, so not one step would be taken. Known from the split and the cache, so refused before the run folder is
     cleared and before a warm start runs: such a run deleted an earlier run's bundle, then ended in "no epoch was
-    validated"."""
+    validated". ``where`` begins the reason (cv's ``fold K of N: ``)."""
     if (share := train_films // ctx.world) < cfg.batch_size:
-        raise ValueError(f"the {train_films} training films fill no batch of {cfg.batch_size} in each of {ctx.world} "
-                         "process(es) (an epoch drops its last partial batch), so no step would be taken: give "
-                         f"--batch-size {max(share, 1)} or less, or more films")
+        raise ValueError(f"{where}the {train_films} training films fill no batch of {cfg.batch_size} in each of "
+                         f"{ctx.world} process(es) (an epoch drops its last partial batch), so no step would be taken: "
+                         f"give --batch-size {max(share, 1)} or less, or more films")
 
 
 def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: TrainConfig, task: Task, ctx: Dist,
