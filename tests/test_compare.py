@@ -197,6 +197,23 @@ def test_an_evaluation_of_a_bundle_trained_again_since_shows_no_card_of_the_new_
     assert after.figures == before.figures and after.threshold == before.threshold  # its own figures, as measured
 
 
+
+def test_an_int8_evaluation_of_a_bundle_exported_again_since_shows_no_card(int8_bundle: Path, tiny_dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    """Figures of ``--backend onnx-int8`` are of one INT8 model and its own thresholds: exported again (a new graph,
+    thresholds chosen again), the bundle's weights are the same, and compare showed the old figures beside the new
+    card's policy as if they were its INT8 model's."""
+    bundle = tmp_path / "run" / "bundle"
+    shutil.copytree(int8_bundle, bundle)
+    evaluate(bundle, tiny_dataset, "test", tmp_path / "eval", backend="onnx-int8")
+    [before] = compare_runs([tmp_path / "eval"])
+    assert before.model == "simple_cnn"
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, files={**card.files, "model.int8.onnx": "sha256:" + "0" * 64}))
+    [after] = compare_runs([tmp_path / "eval"])
+    assert (after.model, after.task, after.policy) == (None, None, None)
+    assert after.figures == before.figures
+
 def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_count(two_runs: tuple[Path, Path],
                                                                                    tmp_path: Path) -> None:
     """n counted films while a run's intervals might count patients, and nothing said which: the table and

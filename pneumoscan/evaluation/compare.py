@@ -22,6 +22,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.figures import figure_bytes
 from pneumoscan.core.metrics import format_figure, with_ci
 from pneumoscan.core.names import results_csv, shown
+from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, RunFolder
 from .report import roc_figure
@@ -174,16 +175,22 @@ def _three_class(metrics_path: Path, m: dict) -> list[ThreeClass]:
 
 
 def _warn_retrained(folder: Path, bundle: Path | str | None, weights: object, shown_as: str,
-                    card: BundleCard | None = None) -> bool:
+                    card: BundleCard | None = None, int8: object = None) -> bool:
     """Whether BUNDLE now holds other weights than ``weights``, the figures of ``folder`` were measured with (a run
-    trained again into the same folder), warned of with what the table shows of it; False when either is unknown.
-    ``card``: BUNDLE's, where the caller read it (None: read here)."""
+    trained again into the same folder), or another INT8 model than ``int8`` (figures of ``--backend onnx-int8``,
+    exported again since: its scores and thresholds are others), warned of with what the table shows of it; False
+    when either is unknown. ``card``: BUNDLE's, where the caller read it (None: read here)."""
     if not bundle or not weights or not (card or (Path(bundle) / CARD).is_file()):
         return False
-    if (card or load_card(bundle)).files.get(WEIGHTS) == weights:
+    files = (card or load_card(bundle)).files
+    if files.get(WEIGHTS) != weights:
+        held, since = "other weights", "trained"
+    elif int8 and files.get(INT8_NAME) != int8:
+        held, since = f"another {INT8_NAME}", "exported"
+    else:
         return False
-    log.warning("%s: the bundle at %s holds other weights than these figures were measured with (trained again "
-                "since?): %s", folder, bundle, shown_as)
+    log.warning("%s: the bundle at %s holds %s than these figures were measured with (%s again since?): %s", folder,
+                bundle, held, since, shown_as)
     return True
 
 
@@ -218,7 +225,8 @@ def load_run(path: Path | str) -> RunSummary:
     # the clock of the run that trained the bundle (beside it), not of the folder an --out put the figures in
     minutes = _training_minutes(bundle.parent) if bundle else None
     if card is not None and _warn_retrained(folder, bundle, m.get("bundle_weights"),
-                                            "its model, task, policy and minutes are not shown", card):
+                                            "its model, task, policy and minutes are not shown", card,
+                                            m.get("bundle_int8")):
         card, minutes = None, None  # a run trained again into the same folder: another model's card and clock
     data = m.get("data") or (TRAINING_DATA if training_run else None)
     # what the binary figures answer: the card's negative class and positive call, else the figures' own names

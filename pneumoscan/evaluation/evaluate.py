@@ -28,6 +28,7 @@ from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
+from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
@@ -374,6 +375,8 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
     metrics["bundle"] = os.path.realpath(bundle)  # which card's threshold policy and model these figures are of
     metrics["bundle_weights"] = card.files.get(WEIGHTS, "")  # ... while it holds these weights (compare checks)
     metrics["backend"] = backend  # onnx-int8: the INT8 model's scores, at its own thresholds
+    if backend == "onnx-int8":  # ... of this INT8 model: exported again, its scores and thresholds are others
+        metrics["bundle_int8"] = card.files.get(INT8_NAME, "")
     metrics["tta"] = tta  # test-time augmentation's scores, at its own threshold: compare says which
     metrics["data"] = name  # compare says which films each run's figures are on
 
