@@ -516,3 +516,30 @@ def test_int8_thresholds_are_refused_on_copies_of_training_films(tiny_bundle: Pa
                                          r"films under other names"):
         quantize_bundle(run / "bundle", tmp_path / "copied.csv")
     assert not (run / "bundle" / INT8_NAME).exists()
+
+
+def test_a_multiclass_int8_model_shows_its_three_class_figures_as_fp32_does(multiclass_run: Path,
+                                                                            tmp_path: Path) -> None:
+    """`--backend onnx-int8`'s validation figures (/v1/model's val_metrics, MODEL_CARD.md's INT8 section) lacked the
+    ``three_class_*`` figures the FP32 model's carry: a reader of the INT8 card learnt only the positive call's,
+    never how often the most probable of the three classes was right. They are the INT8 model's, on its val films."""
+    from pneumoscan.core.metrics import evaluate_multiclass
+
+    run = shutil.copytree(multiclass_run, tmp_path / "run")
+    bundle = run / "bundle"
+    assert cli.main(["export", str(bundle), "--int8", "--data", str(run / "split.csv")]) == 0
+    with TestClient(create_app(bundle, backend="onnx-int8")) as client:
+        shown = client.get("/v1/model").json()["val_metrics"]
+    fp32 = load_card(bundle).val_metrics
+    three = [key for key in fp32 if key.startswith("three_class_")]
+    assert three and set(shown) == set(fp32), set(fp32) ^ set(shown)
+    int8 = Predictor(bundle, backend="onnx-int8")
+    images, targets, _ = labelled_images(run / "split.csv", "val", int8.task, int8.card.spec)
+    block = evaluate_multiclass(targets, int8.probabilities(images), int8.task.classes)
+    assert [shown[key] for key in three] == pytest.approx([block[key.removeprefix("three_class_")] for key in three],
+                                                          abs=SCORE_TOL)
+    sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
+    assert shown["three_class_macro_auc"] == pytest.approx(sidecar["int8_three_class"]["macro_auc_int8"])
+    section = (bundle / "MODEL_CARD.md").read_text().split("## INT8 model")[1].split("\n## ")[0]
+    assert f"balanced accuracy, three classes {shown['three_class_balanced_accuracy']:.4f};" in section, section
+    assert f"macro one-vs-rest ROC AUC, three classes {shown['three_class_macro_auc']:.4f};" in section, section

@@ -363,7 +363,9 @@ def _int8_section(figures: dict) -> str:
             f"{format_figure(figures.get(Int8Key.VAL_AUC_FP32), 4)}), "
             f"sensitivity {with_ci(at.get('sensitivity'), cis.get('sensitivity'))}, "
             f"specificity {with_ci(at.get('specificity'), cis.get('specificity'))} at its threshold{counted}; "
-            "probabilities moved by up to "
+            + "".join(f"{name[0].lower()}{name[1:]} {format_figure(at[key], 4)}; "
+                      for key, _, name in THREE_CLASS_FIGURES if key in at)
+            + "probabilities moved by up to "
             f"{format_figure(figures.get(Int8Key.MAX_PROBABILITY_CHANGE), 3)} from FP32's."
             + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy,
                                  chosen.threshold_caveat)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, evaluate_binary,
-                                     fit_temperature, threshold_range)
-from pneumoscan.data.tasks import binary_targets
+from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, fit_temperature,
+                                     threshold_range)
+from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
 from pneumoscan.models.card import BundleCard, card_task
@@ -105,21 +105,22 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
     return card, metrics
 
 
-def int8_figures(y: np.ndarray, scores: np.ndarray, point: OperatingPoint, policy: str, chosen_on: str,
-                 fp32_auc: float, change: float, groups: Sequence[str] | np.ndarray | None) -> dict:
+def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: OperatingPoint, policy: str,
+                 chosen_on: str, fp32_auc: float, change: float, groups: Sequence[str] | np.ndarray | None) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds, under :class:`Int8Key`'s keys: the plain
-    and TTA thresholds of ``point`` (its operating point on its plain ``scores``), their intervals and caveat, their
-    policy and films, the FP32 and INT8 AUC on them, the largest change in probability quantisation made, and the
-    INT8 model's figures at its threshold (what ``--backend onnx-int8`` shows as its validation figures), with the
-    same fields and 95 % CIs as the FP32 model's, counting the films' patients (``groups``: each film's unit, as
-    its thresholds' intervals count them). ``export --int8`` and ``threshold`` both write them, so that neither
-    leaves one about other films."""
-    at = evaluate_binary(y, scores, point.threshold, groups=groups)
+    and TTA thresholds of ``point`` (its operating point on the positive probability of its plain class
+    probabilities ``probs``), their intervals and caveat, their policy and films, the FP32 and INT8 AUC on them, the
+    largest change in probability quantisation made, and the INT8 model's figures at its threshold (what
+    ``--backend onnx-int8`` shows as its validation figures), measured as the FP32 model's are
+    (:func:`~.evaluate.evaluate_probabilities`: the same fields, the three classes' for a multiclass task, and
+    95 % CIs counting the films' patients, ``groups``: each film's unit, as its thresholds' intervals count them).
+    ``export --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
+    at = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
     return {
         Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
         Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,
         Int8Key.TTA_THRESHOLD_INTERVAL: point.tta_threshold_interval, Int8Key.THRESHOLD_CAVEAT: point.threshold_caveat,
-        Int8Key.CHOSEN_ON: chosen_on, Int8Key.VALIDATION_IMAGES: int(len(y)), Int8Key.VAL_AUC_FP32: fp32_auc,
+        Int8Key.CHOSEN_ON: chosen_on, Int8Key.VALIDATION_IMAGES: at["n"], Int8Key.VAL_AUC_FP32: fp32_auc,
         Int8Key.VAL_AUC_INT8: at["auc"], Int8Key.MAX_PROBABILITY_CHANGE: change,
         Int8Key.VAL_METRICS: validation_figures(at),
     }  # fmt: skip

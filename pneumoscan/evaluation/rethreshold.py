@@ -57,7 +57,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # recorded as evaluate --add-to-card records them
     y, (_, patients, conflicts) = binary_targets(targets), patient_groups(records, data)
     policy_targets = (target_sensitivity, max_false_positive_rate)
-    plain, tta = _scores(predictor, images)
+    _, plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
     int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     name = data_label(data, split, data_name)
@@ -69,8 +69,9 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
                                **point.card_fields())
     # every figure of the sidecar about the films that chose the thresholds is now about these films
-    figures = None if int8 is None else int8_figures(y, int8[0], int8[1], policy, name, roc_auc(y, plain),
-                                                     float(np.abs(plain - int8[0]).max()), patients)
+    figures = None if int8 is None else int8_figures(
+        int8[0], targets, predictor.task, int8[1], policy, name, roc_auc(y, plain),
+        float(np.abs(plain - predictor.positive_probability(int8[0])).max()), patients)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         _write_copy(bundle, tmp, card, records, figures)
@@ -80,16 +81,18 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     return card
 
 
-def _scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The plain and TTA positive scores of one way of scoring."""
-    plain = predictor.positive_probability(predictor.probabilities(images))
-    return plain, predictor.positive_probability(predictor.probabilities(images, tta=True))
+def _scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plain class probabilities, and the plain and TTA positive scores, of one way of scoring."""
+    probs = predictor.probabilities(images)
+    tta = predictor.positive_probability(predictor.probabilities(images, tta=True))
+    return probs, predictor.positive_probability(probs), tta
 
 
 def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targets: tuple[float | None, float | None],
                    patients: Sequence[str] | np.ndarray, caveat: str,
                    ) -> tuple[np.ndarray, OperatingPoint, Int8Operating] | None:
-    """BUNDLE's INT8 model's plain scores on the films, its own operating point on them by the same policy
+    """BUNDLE's INT8 model's plain class probabilities on the films (its figures are measured on them as the FP32
+    model's are), its own operating point on them by the same policy
     (``caveat``: the FP32 one's, on the same films), and the operating point its sidecar gives (the thresholds it
     replaces); None when the bundle has no INT8 model."""
     if not (bundle / INT8_NAME).exists():
@@ -99,8 +102,8 @@ def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targe
     before = Int8Operating.from_figures(sidecar)  # int8_model refused a sidecar without it
     quantized = Predictor(bundle, backend="onnx", session=session)
     try:
-        plain, tta = _scores(quantized, images)
-        return plain, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat), before
+        probs, plain, tta = _scores(quantized, images)
+        return probs, choose_operating_point(y, plain, tta, *policy_targets, patients, caveat=caveat), before
     except ValueError as e:
         raise ValueError(f"INT8 model: {e}") from None
 

@@ -137,14 +137,16 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
 @dataclasses.dataclass(frozen=True)
 class Int8Scores:
     """The shipped INT8 graph's scores on the films its thresholds are chosen on, and what its sidecar says of them:
-    the binary targets, plain and TTA scores, each film's patient unit for the thresholds' intervals (copies of one
-    film under other names are one patient, as the FP32 thresholds' intervals count them), the films as the sidecar
-    (``chosen_on``) and as the policy (``named_on``, without this machine's folders) name them, the FP32 AUC on them,
-    the largest change in probability quantisation made, the same against the members quantised alone (out of fold
-    only), the films to record as its calibration films (None: none, for out-of-fold films), and for a task of more
-    than two classes the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
+    the films' classes, the plain class probabilities (its validation figures are measured on them as the FP32
+    model's are, the three classes' too), plain and TTA scores, each film's patient unit for the thresholds'
+    intervals (copies of one film under other names are one patient, as the FP32 thresholds' intervals count them),
+    the films as the sidecar (``chosen_on``) and as the policy (``named_on``, without this machine's folders) name
+    them, the FP32 AUC on them, the largest change in probability quantisation made, the same against the members
+    quantised alone (out of fold only), the films to record as its calibration films (None: none, for out-of-fold
+    films), and for a task of more than two classes the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
 
-    y: np.ndarray
+    targets: np.ndarray
+    probs: np.ndarray
     plain: np.ndarray
     tta: np.ndarray
     groups: np.ndarray
@@ -155,6 +157,11 @@ class Int8Scores:
     member_mean_change: float | None
     calibration_records: list[Record] | None
     macro_auc: tuple[float | None, float | None] | None
+
+    @property
+    def y(self) -> np.ndarray:
+        """The binary targets (the positive call's), which the thresholds are chosen on."""
+        return binary_targets(self.targets)
 
 
 def _macro_aucs(task: Task, targets: np.ndarray, fp32: np.ndarray | float | None,
@@ -179,9 +186,9 @@ def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path
     tta = int8.positive_probability(int8.probabilities(images, tta=True))
     shipped_probs = int8.probabilities(images)
     shipped, reference = int8.positive_probability(shipped_probs), int8.positive_probability(reference_probs)
-    y = binary_targets(targets)
-    return Int8Scores(y, shipped, tta, patient_groups(records, data)[1], f"the val films of {data}",
-                      f"the val films of {Path(data).name}", roc_auc(y, reference),
+    return Int8Scores(targets, shipped_probs, shipped, tta, patient_groups(records, data)[1],
+                      f"the val films of {data}", f"the val films of {Path(data).name}",
+                      roc_auc(binary_targets(targets), reference),
                       float(np.abs(reference - shipped).max()), None, records,
                       _macro_aucs(int8.task, targets, reference_probs, shipped_probs))
 
@@ -206,7 +213,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
     # the shipped graph scored last: once run, its ONNX Runtime memory arena stays, and would add to the peak above
     shipped, reference = (task.positive_probability(p) for p in (int8.probabilities(calib), reference_probs))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
-    return Int8Scores(binary_targets(oof.targets), plain, tta, oof.groups,
+    return Int8Scores(oof.targets, probs, plain, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
@@ -312,7 +319,8 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)
     figures = {Int8Key.CALIBRATION_IMAGES: int(len(calib)), **int8_figures(
-        scored.y, scored.plain, point, policy, scored.chosen_on, scored.fp32_auc, scored.change, scored.groups)}
+        scored.probs, scored.targets, fp32.task, point, policy, scored.chosen_on, scored.fp32_auc, scored.change,
+        scored.groups)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
     int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
