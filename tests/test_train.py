@@ -712,6 +712,43 @@ def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float
     assert model.fc.weight.abs().sum() > 0
 
 
+def _probe_loader(n: int, seed: int, outlier: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch of ``n`` films whose first of 8 features tells the label, as :class:`CountingProbe` reads them;
+    ``outlier``: the second feature of the first film, so large that LBFGS diverges on it."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 8, generator=gen)
+    x[:, 0] += 3 * (2 * y - 1)
+    if outlier is not None:
+        x[0, 1] = outlier
+    return [(x[:, :, None, None], y)]
+
+
+def test_a_warm_start_penalty_whose_head_diverges_is_skipped() -> None:
+    """With one feature of 3e21 the four weakest penalties' LBFGS fits end in NaN weights and validation loss, the
+    strongest's does not: the first setting's NaN loss was kept, since no loss compares below NaN, and fine-tuning
+    then stopped at its first step telling the user to lower the learning rate."""
+    model = CountingProbe(8)
+    assert warm_start_head(model, _probe_loader(40, 0, outlier=3e21), _probe_loader(16, 1), None,
+                           torch.device("cpu")) == max(WARM_START_L2)
+    assert all(torch.isfinite(v).all() for v in model.fc.state_dict().values())
+
+
+@pytest.mark.parametrize("scale, said", [(1e20, r"\(largest magnitude 4\.\de\+20\)"),
+                                         (math.inf, r"\(40 of 448 not finite, largest magnitude ")])
+def test_a_warm_start_that_diverges_at_every_penalty_is_refused_for_its_features(scale: float, said: str) -> None:
+    """Features of 1e20 leave no penalty a finite head (the first NaN head was kept, and fine-tuning then blamed the
+    learning rate); infinite ones stopped LBFGS on a RuntimeError. Refused naming the features and the starting
+    weights that gave them, and the head is left as it was."""
+    model = CountingProbe(8)
+    before = model.fc.weight.clone()
+    huge = [(x.clone().index_fill_(1, torch.tensor([1]), scale) if math.isinf(scale) else x * scale, y)
+            for x, y in _probe_loader(40, 0)]
+    with pytest.raises(ValueError, match=rf"^the warm start fitted no classifier .*{said}.*starting weights"):
+        warm_start_head(model, huge, _probe_loader(16, 1), None, torch.device("cpu"))
+    assert torch.equal(model.fc.weight, before)
+
+
 def test_a_class_with_no_training_film_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     """Class weights used to hide an empty class: a bundle was written for a class the model never saw."""
     records = train_mod.split_records(tiny_dataset, TrainConfig(**TINY))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from .distributed import Dist, gather_shards_to_main
 
+log = logging.getLogger(__name__)
 WARM_START_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 penalties tried for the warm-start head (sum of squared weights)
 
 
@@ -40,12 +44,20 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
     Under torchrun (``ctx``) each loader holds this rank's share of the films (:func:`~.distributed.shard`, empty
     where there are fewer films than processes), so the backbone runs once over each film, not once a process: the
     features are joined in the films' order on rank 0, which fits the head on all of them, as one process would,
-    and every rank takes rank 0's head."""
+    and every rank takes rank 0's head.
+
+    A penalty whose head has weights or a validation loss that are not finite (LBFGS diverged) is skipped; with
+    none left the run is refused, naming the features (fine-tuning would stop at its first step on a non-finite
+    loss, blaming the learning rate)."""
     train, val = (gather_shards_to_main(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device)))
                   for loader in (train_loader, val_loader))
     head = model.get_classifier()
     fitted = _fit(head, _on(train, device), _on(val, device), weights) if ctx.main else None
-    l2, state = ctx.from_main(fitted)
+    # rank 0's verdict on every rank: one rank refusing alone would leave the others waiting for its head
+    l2_state_or_refusal = ctx.from_main(fitted)
+    if isinstance(l2_state_or_refusal, str):
+        raise ValueError(l2_state_or_refusal)
+    l2, state = l2_state_or_refusal
     head.load_state_dict(state)
     return l2
 
@@ -55,10 +67,16 @@ def _on(arrays: tuple[np.ndarray, ...], device: torch.device) -> tuple[torch.Ten
     return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
+class _Diverged(Exception):
+    """A training loss that is not finite: LBFGS does not come back from one (NaN compares below nothing, so its
+    line search only goes on), so that penalty's fit stops there rather than running out its iterations."""
+
+
 def _fit(head: torch.nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...],
-         weights: torch.Tensor | None) -> tuple[float, dict]:
+         weights: torch.Tensor | None) -> tuple[float, dict] | str:
     """The L2 strength of :data:`WARM_START_L2` whose head has the lowest validation loss, and that head's state (on
-    the CPU: sent to the other ranks, whose GPUs are others)."""
+    the CPU: sent to the other ranks, whose GPUs are others); those whose head or loss is not finite are skipped
+    (NaN compares below nothing, so a first NaN loss would be kept). The refusal's reason when none is left."""
     start = {k: v.clone() for k, v in head.state_dict().items()}
     best: tuple[float, float, dict] | None = None
     for l2 in WARM_START_L2:
@@ -68,12 +86,37 @@ def _fit(head: torch.nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torc
         def closure() -> torch.Tensor:
             opt.zero_grad()
             loss = F.cross_entropy(head(train[0]), train[1], weight=weights) + l2 * head.weight.square().sum()  # noqa: B023
+            if not torch.isfinite(loss):
+                raise _Diverged
             loss.backward()
             return loss
 
-        opt.step(closure)
-        with torch.no_grad():
-            val_loss = float(F.cross_entropy(head(val[0]), val[1], weight=weights))
+        try:
+            opt.step(closure)
+            with torch.no_grad():
+                val_loss = float(F.cross_entropy(head(val[0]), val[1], weight=weights))
+        except _Diverged:
+            val_loss = math.nan
+        state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        if not (math.isfinite(val_loss) and all(bool(torch.isfinite(v).all()) for v in state.values())):
+            log.warning("warm start: the classifier fitted with L2 %g diverged (a loss or weight not finite); "
+                        "skipped", l2)
+            continue
         if best is None or val_loss < best[0]:
-            best = (val_loss, l2, {k: v.detach().cpu().clone() for k, v in head.state_dict().items()})
+            best = (val_loss, l2, state)
+    if best is None:
+        head.load_state_dict(start)
+        return (f"the warm start fitted no classifier with finite weights and validation loss at any L2 penalty "
+                f"({', '.join(f'{l2:g}' for l2 in WARM_START_L2)}): the frozen backbone's pooled features are unfit "
+                f"to train on ({_describe(train[0], val[0])}); check the starting weights that gave them (the "
+                "model's pretrained weights, or --init's bundle)")
     return best[1], best[2]
+
+
+def _describe(*features: torch.Tensor) -> str:
+    """What is wrong with the features as a refusal names it: how many are not finite, and the largest magnitude."""
+    joined = torch.cat([f.flatten() for f in features])
+    finite = torch.isfinite(joined)
+    bad = int((~finite).sum())
+    largest = float(joined[finite].abs().max()) if bool(finite.any()) else math.nan
+    return ", ".join([*([f"{bad} of {joined.numel()} not finite"] if bad else []), f"largest magnitude {largest:.1e}"])
