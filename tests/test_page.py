@@ -1018,10 +1018,14 @@ def test_a_reply_that_is_not_the_services_is_refused_not_read(browser: Browser, 
     with opened_page(browser, server) as page:
         upload_one(page, small)  # a real reading on screen first
         film = {"name": "IM0002.jpeg", "mimeType": "image/jpeg", "buffer": small.read_bytes()}
-        for status, words in ((200, "the reply (HTTP 200 OK) is not a reading: "), (502, "HTTP 502 Bad Gateway: ")):
+        for status, words in ((200, f"the reply (HTTP 200 OK) is not a reading: {NOT_THE_SERVICE}: reload the page"),
+                              (502, f"HTTP 502 Bad Gateway: {NOT_THE_SERVICE}: reload the page"),
+                              # a proxy's rate limit: no sign-on to renew, wait
+                              (429, "HTTP 429 Too Many Requests: the proxy or gateway in front of the service refused "
+                                    "the request as one of too many: wait a moment and try again")):
             page.route("**/v1/predict*", proxy_answering(status))
             page.set_input_files("#file", files=[film])
-            expect(page.locator("#error")).to_contain_text(f"Not read: {words}{NOT_THE_SERVICE}: reload the page")
+            expect(page.locator("#error")).to_contain_text(f"Not read: {words}")
             expect(page.locator("#result")).to_be_hidden()  # the earlier film's reading is not left on screen
             expect(page.locator("#status")).to_have_text("")
             page.unroute("**/v1/predict*")

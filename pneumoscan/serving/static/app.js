@@ -779,6 +779,9 @@ async function post(file, query) {
 // the previous film's reading on screen under "Analysing..." for ever; a gateway's 502 or 413 page said only its code.
 const NOT_THE_SERVICE = ": not an answer of the service (a proxy, gateway or sign-on page in front of it answered " +
   "instead): reload the page, sign in again if asked, and try again; if this persists, tell the administrator";
+// A proxy's own 429 (the service's carries its error): a rate limit in front of the service, not a sign-on page
+const TOO_MANY = ": the proxy or gateway in front of the service refused the request as one of too many: wait a " +
+  "moment and try again; if this persists, tell the administrator";
 
 // The service's refusals of a request, not of its film: no key or a wrong one, too many requests, busy. The film was
 // never judged, as when no answer, or another's, came: "not read", not "rejected" (which says the film was refused).
@@ -794,7 +797,7 @@ async function answerOf(response, what, wanted) {
   const reply = `HTTP ${response.status} ${response.statusText}`.trim();
   if (!response.ok) {
     const own = body && typeof body.error === "string";
-    return { ok: false, error: own ? body.error : reply + NOT_THE_SERVICE,
+    return { ok: false, error: own ? body.error : reply + (response.status === 429 ? TOO_MANY : NOT_THE_SERVICE),
       unread: !own || REQUEST_REFUSED.includes(response.status) };
   }
   if (body && typeof body === "object" && wanted(body)) return { ok: true, result: body };
