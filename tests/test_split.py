@@ -144,6 +144,22 @@ def test_a_malformed_manifest_is_refused_with_the_line(tmp_path: Path, text: str
         read_manifest(csv_path)
 
 
+@pytest.mark.parametrize("data, hint", [
+    ("path;label\na.png;NORMAL\n".encode(), "separated by ';'"),  # a spreadsheet saving in a comma-decimal locale
+    ("path\tlabel\na.png\tNORMAL\n".encode(), "separated by tabs"),
+    ("path,label\na.png,NORMAL\n".encode("utf-16"), "UTF-16"),  # a spreadsheet's "Unicode text"
+])
+def test_a_manifest_in_another_spreadsheet_format_is_refused_saying_which(tmp_path: Path, data: bytes,
+                                                                         hint: str) -> None:
+    """Its path and label columns are there, but read as one column: "no path column" alone sent the user looking
+    for a column that is present."""
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes(data)
+    with pytest.raises(ValueError, match=f"m.csv: not a manifest, no label or path column .*{hint}.*save it as "
+                                         "comma-separated UTF-8"):
+        read_manifest(csv_path)
+
+
 def test_manifest_headers_values_and_patients_are_read_as_spelt_elsewhere(tmp_path: Path) -> None:
     """Header case and padding do not matter, a split value is trimmed, and a patient spelt as the file name's
     patient in another case is that patient: one child cannot sit on both sides of a split."""

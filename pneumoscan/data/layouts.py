@@ -584,7 +584,7 @@ def read_manifest(csv_path: Path | str) -> Discovery:
             missing = {"path", "label"} - set(header)
             if missing:
                 raise ValueError(f"{csv_path}: not a manifest, no {' or '.join(sorted(missing))} column "
-                                 f"(columns: path,label[,subtype,patient,split])")
+                                 f"(columns: path,label[,subtype,patient,split]){_format_hint(header)}")
             for name in header:
                 look_up_option(name, MANIFEST_FIELDS, f"column in manifest {csv_path}")
             if len(set(header)) < len(header):
@@ -603,6 +603,22 @@ def read_manifest(csv_path: Path | str) -> Discovery:
             raise ValueError(f"{csv_path}, line {reader.line_num}: not a readable CSV ({e})") from None
     found.records = _one_spelling(found.records)
     return found
+
+
+def _format_hint(header: list[str]) -> str:
+    """Why a header that holds ``path`` and ``label`` was not read as their columns: a spreadsheet saved as UTF-16
+    ("Unicode text") or with another separator (a comma-decimal locale's ``;``, tabs) gives one unreadable column,
+    and "no path column" alone sends the user looking for a column that is there."""
+    text = ",".join(header)
+    if "\x00" in text or text.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        found = "it is UTF-16 text"
+    elif ";" in text:
+        found = "its columns are separated by ';'"
+    elif "\t" in text:
+        found = "its columns are separated by tabs"
+    else:
+        return ""
+    return f"; {found}: save it as comma-separated UTF-8 (a spreadsheet's \"CSV UTF-8\")"
 
 
 def _one_spelling(records: list[Record]) -> list[Record]:
