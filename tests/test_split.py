@@ -144,6 +144,19 @@ def test_a_malformed_manifest_is_refused_with_the_line(tmp_path: Path, text: str
         read_manifest(csv_path)
 
 
+def test_a_manifest_in_a_local_code_page_naming_files_that_are_not_there_says_so(tmp_path: Path) -> None:
+    """A spreadsheet's "CSV (Comma delimited)" writes Jos\xe9.jpeg in Latin-1 for a file named in UTF-8: refused, but
+    the hint about relative paths sent the user to the wrong fault."""
+    (tmp_path / "imgs").mkdir()
+    for name in ("Jos\u00e9_1.jpeg", "person1_virus_1.jpeg"):
+        (tmp_path / "imgs" / name).write_bytes(name.encode())
+    (tmp_path / "m.csv").write_bytes("path,label\nimgs/Jos\u00e9_1.jpeg,NORMAL\nimgs/person1_virus_1.jpeg,PNEUMONIA\n"
+                                     .encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m.csv: 1 of its 2 films outside test/ are not there \(e.g. .*Jos\\xe9_1."
+                                         r"jpeg\); its paths hold bytes that are not UTF-8 .*save it as CSV UTF-8"):
+        split_dataset(tmp_path / "m.csv", 0.5)
+
+
 @pytest.mark.parametrize("data, hint", [
     ("path;label\na.png;NORMAL\n".encode(), "separated by ';'"),  # a spreadsheet saving in a comma-decimal locale
     ("path\tlabel\na.png\tNORMAL\n".encode(), "separated by tabs"),
