@@ -12,6 +12,7 @@ are timed on the same films.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def main(split_csv: Path, bundles: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]), [Path(b) for b in sys.argv[2:]])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("split_csv", type=Path, help="its validation films are timed")
+    parser.add_argument("bundles", type=Path, nargs="+", metavar="bundle")
+    args = parser.parse_args()
+    main(args.split_csv, args.bundles)

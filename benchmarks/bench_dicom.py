@@ -1,11 +1,13 @@
 """Compressed DICOM: size and decode time of one full-size val/ film (as 12-bit values) in each lossless transfer
 syntax pydicom can write, read through pneumoscan's decoder (best of 3); every syntax must give the same pixels.
 
-Run: ``python benchmarks/bench_dicom.py`` (the first film of $PNEUMOSCAN_DATA/val, default data/chest_xray).
+Run: ``python benchmarks/bench_dicom.py [--data DATA]`` (the first film of DATA/val; DATA defaults to
+$PNEUMOSCAN_DATA, else data/chest_xray).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import sys
@@ -33,8 +35,13 @@ def best_of(n: int, fn) -> float:
 
 
 def main() -> None:
-    root = Path(os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray")) / "val"
-    film = sorted(root.rglob("*.jpeg"))[0]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray")))
+    root = parser.parse_args().data / "val"
+    films = sorted(root.rglob("*.jpeg"))
+    if not films:
+        sys.exit(f"{root}: no .jpeg film to time (give the dataset with --data or $PNEUMOSCAN_DATA)")
+    film = films[0]
     pixels = read_gray(film).astype(np.uint16) * 16
     plain = dicom_bytes(pixels)
     reference = read_gray(plain)

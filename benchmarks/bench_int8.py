@@ -14,6 +14,7 @@ read its quality from that line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def main(bundle: Path, split_csv: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("split_csv", type=Path, help="the run's split.csv: its validation films are timed and scored")
+    args = parser.parse_args()
+    main(args.bundle, args.split_csv)

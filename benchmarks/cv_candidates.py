@@ -17,6 +17,7 @@ chosen on the fold's films, so runs of different lengths are compared by the las
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -148,6 +149,8 @@ def _last_epochs(run: dict, base: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("baseline", help="a cv run folder, or several joined by + (averaged out of fold)")
+    parser.add_argument("candidates", nargs="+", metavar="candidate", help="as the baseline")
+    args = parser.parse_args()
+    main(args.baseline, args.candidates)

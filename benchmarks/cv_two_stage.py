@@ -15,6 +15,7 @@ what the pipeline does on ``train/``, whose etiology is much harder than the off
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def main(pneumonia: Path, etiology: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pneumonia", type=Path, help="ensemble bundle of pneumonia cv runs")
+    parser.add_argument("etiology", type=Path, help="ensemble bundle of etiology cv runs")
+    args = parser.parse_args()
+    main(args.pneumonia, args.etiology)
