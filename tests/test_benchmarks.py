@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pneumoscan.models.card import load_card
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 # Run as ``python benchmarks/NAME.py`` runs them: the scripts' folder first on sys.path, not the repository root.
@@ -116,3 +118,20 @@ def test_cv_candidates_averages_two_class_runs_by_their_log_odds(tmp_path: Path)
         runs.append(run)
     expected = (math.log(0.2 / 0.8) + math.log(0.9 / 0.1)) / 2
     assert math.isclose(_cv_candidates().oof_logits(runs)[str(tmp_path / "a.jpeg")], expected, rel_tol=1e-9)
+
+
+
+def test_bench_models_fine_tunes_every_model_whose_weights_ship_and_counts_its_films(tiny_bundle: Path) -> None:
+    """EfficientNet-Lite2's ImageNet weights ship as Lite0's do: its row must fine-tune them, not train from scratch
+    (only Lite0 was given its weights); models without weights start from scratch. Every row says on how many
+    validation films its figures were measured (the table gave an AUC with no sample size)."""
+    spec = importlib.util.spec_from_file_location("bench_models", BENCHMARKS / "bench_models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert [bench.init_of(name) for name in ("efficientnet_lite0", "efficientnet_lite2", "simple_cnn")] == [
+        "ImageNet", "ImageNet", "scratch"]
+    header = [c.strip() for c in bench.HEADER.strip("|").split("|")]
+    cells = dict(zip(header, (c.strip() for c in bench.row("simple_cnn", "scratch", tiny_bundle, 0.5)
+                              .strip("|").split("|")), strict=True))
+    assert int(cells["val films"]) == load_card(tiny_bundle).val_metrics["n"] > 0
+    assert cells["init"] == "scratch" and cells["train minutes"] == "0.5"
