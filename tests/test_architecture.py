@@ -85,3 +85,18 @@ def test_a_file_breaking_the_style_is_refused(tmp_path: Path, code: str, reporte
         assert result.returncode == 0, result.stdout + result.stderr
     else:
         assert result.returncode == 1 and f": {reported} " in result.stdout, result.stdout + result.stderr
+
+
+# what the repository may hold of pictures and models: the docs' own figures, nothing from a dataset or a run
+FILM_SUFFIXES = (".dcm", ".dicom", ".jpeg", ".jpg", ".png", ".npy", ".npz", ".safetensors", ".onnx", ".pt")
+MAX_TRACKED_BYTES = 2 * 1024 * 1024
+
+
+def test_no_film_model_or_large_file_is_committed() -> None:
+    """Films come from PNEUMOSCAN_DATA and bundles from a run, never from the repository (a 37 MB DICOM a scratch script
+    left at the root was committed once): only docs/ holds pictures, and no tracked file is over 2 MiB."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    paths = [Path(name.decode()) for name in tracked if name]
+    assert paths, "git lists no tracked file: run the suite from a git checkout"
+    assert [p for p in paths if p.suffix.lower() in FILM_SUFFIXES and p.parts[0] != "docs"] == []
+    assert [p for p in paths if (ROOT / p).is_file() and (ROOT / p).stat().st_size > MAX_TRACKED_BYTES] == []
