@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders)
 from bench_serve import free_port, post_xrays, start_server  # noqa: E402  (this folder: the script's own path entry)
 from tests.builders import dicom_bytes, framed_dicom  # noqa: E402
 
-DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 MB = 2**20
 GOAL_PEAK_MB, GOAL_HEALTH_P99_S = 2048, 1.0
 PROBER_START_S = 120  # the prober process imports this script (and torch) before its first probe

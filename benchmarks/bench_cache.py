@@ -1,6 +1,6 @@
 """Benchmark the preprocessed-image cache on the real data: build speed, peak memory, cached open time.
 
-Run: ``python benchmarks/bench_cache.py`` (data from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+Run: ``python benchmarks/bench_cache.py`` (data from $PNEUMOSCAN_DATA, default data/chest_xray, as the Makefile).
 Each split is measured in a fresh subprocess so its peak-memory figures are its own. Peak memory is given
 two ways: getrusage(RUSAGE_SELF).ru_maxrss of the building process, and the peak of the summed RSS of that
 process and all its descendants (the decode workers), sampled from /proc every 50 ms. RUSAGE_CHILDREN is not
@@ -27,7 +27,7 @@ from pneumoscan.data.cache import build_cache  # noqa: E402
 from pneumoscan.data.layouts import discover  # noqa: E402
 from pneumoscan.data.preprocess import PreprocessSpec  # noqa: E402
 
-DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 SPLITS = {"train": 400, "val": 60}  # split -> target images/s (224 px sources / full-size originals)
 MEM_LIMIT_MB = 1024
 

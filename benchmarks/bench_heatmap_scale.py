@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("bundle")
     parser.add_argument("split_csv")
     parser.add_argument("--films", type=int, default=40, help="validation films of each call (default 40)")
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray"))
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
     predictor = Predictor(args.bundle, backend="torch")

@@ -55,7 +55,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.builders makes the DICOM film
-DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 CLI = [sys.executable, "-m", "pneumoscan"]
 
 

@@ -57,7 +57,7 @@ def row(name: str, init: str, bundle: Path, minutes: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray"))
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--models", nargs="+", default=models.list_models())

@@ -1,7 +1,7 @@
 """Benchmark prediction speed of the default model family (EfficientNet-Lite0, random weights: speed does not
 depend on them) at 224 and 192 px, for the torch and ONNX Runtime backends, on this machine's CPU.
 
-Run: ``python benchmarks/bench_predict.py`` (data from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+Run: ``python benchmarks/bench_predict.py`` (data from $PNEUMOSCAN_DATA, default data/chest_xray, as the Makefile).
 
 Figures per size and backend:
   * batch images/s with decode excluded (preprocessed uint8 batch -> calibrated probabilities);
@@ -42,7 +42,7 @@ from pneumoscan.models import registry as models  # noqa: E402
 from pneumoscan.models.bundle import save_bundle  # noqa: E402
 from pneumoscan.models.card import BundleCard  # noqa: E402
 
-DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 THREADS = 2
 SIZES = (224, 192)
 BACKENDS = ("torch", "onnx")

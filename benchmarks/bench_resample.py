@@ -45,7 +45,7 @@ def band_profile(gray: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray"))
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     parser.add_argument("--sample", type=int, default=300, help="train files per class")
     args = parser.parse_args()
 

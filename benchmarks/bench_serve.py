@@ -2,7 +2,7 @@
 concurrent clients, with a count of other answers, 5xx and dropped requests (timeouts, connection errors); no
 heatmaps.
 
-Run: ``python benchmarks/bench_serve.py`` (X-rays from $PNEUMOSCAN_DATA, default ../shared/data/chest_xray).
+Run: ``python benchmarks/bench_serve.py`` (X-rays from $PNEUMOSCAN_DATA, default data/chest_xray, as the Makefile).
 The model is efficientnet_lite0 (the project's default) with random weights, saved as a bundle in a temp
 dir: weights do not change the speed. It is measured at 224 and at 192 px, with the torch and the ONNX Runtime
 backend (exported into the bundle first, as `pneumoscan export` does, so the server starts at once). Each level is
@@ -34,7 +34,7 @@ from pneumoscan.models import registry as models  # noqa: E402
 from pneumoscan.models.bundle import save_bundle  # noqa: E402
 from pneumoscan.models.card import BundleCard  # noqa: E402
 
-DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "../shared/data/chest_xray")
+DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
 MODEL = "efficientnet_lite0"
 TARGET_RPS, TARGET_P95_MS = 30.0, 300.0
 

@@ -21,7 +21,7 @@ from pneumoscan.inference.predict import Predictor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
-    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "../shared/data/chest_xray"))
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
     predictor = Predictor(args.bundle)
