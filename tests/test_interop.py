@@ -42,7 +42,7 @@ from pydicom.uid import ComprehensiveSRStorage, JPEGBaseline8Bit, JPEGExtended12
 
 from pneumoscan import cli
 from pneumoscan.core.logs import redact
-from pneumoscan.data.decode import read_gray
+from pneumoscan.data.decode import read_dicom_header, read_gray
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.readers.dicom import OWN_OUTPUT
 from pneumoscan.data.scope import (AGE_FROM_DATES, AGE_MALFORMED, AGE_NOT_KNOWN, AGE_UNCHECKED, BIRTH_DATE_MALFORMED,
@@ -494,6 +494,21 @@ def test_the_overlay_keeps_the_films_orientation_and_references_the_film(film: n
     sc = pydicom.dcmread(io.BytesIO(overlay))
     check_sc(sc, source, "m-1", "sha256:ab", kept)
 
+
+
+def test_the_reports_of_a_film_read_for_its_header_leave_its_pixels_in_the_file(film: np.ndarray,
+                                                                                 tmp_path: Path) -> None:
+    """The overlay's copied values were compared with the film's, the pixel data among them: read from the file for
+    each overlay, and, for a film removed since its header was read, an OSError (pydicom's "Deferred read --
+    original file ... is missing") that ended the report run."""
+    path = tmp_path / "film.dcm"
+    path.write_bytes(chest_dicom(film))
+    source = read_dicom_header(path)
+    path.unlink()
+    report, overlay = report_files(source, READING, _overlay_png(), "m-1", "sha256:ab")
+    kept = list(source.get("PatientOrientation") or [])
+    check_sc(pydicom.dcmread(io.BytesIO(overlay)), source, "m-1", "sha256:ab", kept)
+    assert pydicom.dcmread(io.BytesIO(report)).StudyInstanceUID == source.StudyInstanceUID
 
 def test_the_overlay_of_a_lossy_film_says_it_is_lossy(film: np.ndarray) -> None:
     """PS3.3 C.7.6.1.1.5: once 01, an image derived from it must not say 00 or nothing; a JPEG Baseline film was

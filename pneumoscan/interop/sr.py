@@ -47,7 +47,7 @@ import highdicom as hd
 import numpy as np
 from PIL import Image
 from pydicom.charset import python_encoding
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_has_tag, dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -211,12 +211,21 @@ def _check_copies(made: Dataset, source: Dataset) -> None:
     description, the patient's age, ...), whether or not pneumoscan checked it before."""
     declared, misread = _declared(source), misread_text(source)  # the latter before any value is read
     for element in made:
-        if element.tag not in source or source[element.tag].value != element.value:
+        if (element.tag not in source or _left_in_file(source, element.tag)
+                or source[element.tag].value != element.value):
             continue
         for keyword, copied, guessed in _elements(source[element.tag], element.tag in misread):
             why = _value_fault(copied, declared, guessed)
             if why is not None:
                 raise ValueError(f"the source DICOM's {keyword} is malformed ({why}): a report cannot carry it")
+
+
+def _left_in_file(ds: Dataset, tag: BaseTag) -> bool:
+    """Whether a header-only read left ``ds``'s value at ``tag`` in the file (a value over its deferral size: the
+    pixels), which no report copies. Compared, it was read: the film's pixel data read again for each overlay, and
+    an OSError that ended the run for a film removed since it was scored."""
+    item = ds.get_item(tag, keep_deferred=True)
+    return isinstance(item, RawDataElement) and item.value is None and bool(item.length)
 
 
 def _elements(element: DataElement, misread: bool, within: str = "") -> Iterator[tuple[str, DataElement, bool]]:
