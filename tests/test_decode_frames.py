@@ -35,8 +35,21 @@ def saved(first: Image.Image, others: list[Image.Image], kind: str, **options: o
 def test_an_animated_png_is_not_a_single_radiograph(films: tuple[Image.Image, Image.Image], hidden: bool) -> None:
     normal, pneumonia = films
     data = saved(normal, [pneumonia], "PNG", default_image=hidden)
-    with pytest.raises(DecodeError, match=r"animated PNG \(APNG, \d images\) is not a single radiograph"):
+    with pytest.raises(DecodeError, match=r"animated PNG \(APNG, 2 images\) is not a single radiograph"):
         read_gray(data)
+
+
+def test_an_animation_of_one_frame_that_is_its_image_is_read(films: tuple[Image.Image, Image.Image]) -> None:
+    """The frame control of a default image that is the animation's first frame comes before its IDAT: counted with
+    the frames after it, a two-frame APNG was said to hold 3 images, and one whose only frame is its image was
+    refused as animated."""
+    normal, pneumonia = films
+    two = saved(normal, [pneumonia], "PNG", default_image=False)
+    end = two.index(b"fcTL", two.index(b"IDAT")) - 4  # the second frame's chunks follow the default image's IDAT
+    one = _with_frames_said(two[:end] + two[two.index(b"IEND") - 4 :], 1)
+    plain = io.BytesIO()
+    normal.save(plain, "PNG")
+    np.testing.assert_array_equal(read_gray(one), read_gray(plain.getvalue()))
 
 
 def test_a_multi_picture_jpeg_is_read_as_its_first_picture(films: tuple[Image.Image, Image.Image]) -> None:

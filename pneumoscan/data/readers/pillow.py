@@ -287,7 +287,7 @@ def _png_images(kinds: list[bytes]) -> int:
     default = kinds.index(b"IDAT") if b"IDAT" in kinds else len(kinds)
     if b"acTL" not in kinds[:default]:
         return 1
-    after = kinds[kinds.index(b"acTL") + 1 :]
+    after = kinds[default + 1 :]
     return 1 + (after.count(b"fcTL") or int(b"fdAT" in after))
 
 
