@@ -138,16 +138,16 @@ def _cv_ensemble(bundle: Path, cv_dirs: Sequence[Path | str]) -> EnsembleNet:
 class Int8Scores:
     """The shipped INT8 graph's scores on the films its thresholds are chosen on, and what its sidecar says of them:
     the films' classes, the plain class probabilities (its validation figures are measured on them as the FP32
-    model's are, the three classes' too), plain and TTA scores, each film's patient unit for the thresholds'
-    intervals (copies of one film under other names are one patient, as the FP32 thresholds' intervals count them),
-    the films as the sidecar (``chosen_on``) and as the policy (``named_on``, without this machine's folders) name
-    them, the FP32 AUC on them, the largest change in probability quantisation made, the same against the members
-    quantised alone (out of fold only), the films to record as its calibration films (None: none, for out-of-fold
-    films), and for a task of more than two classes the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
+    model's are, the three classes' too, and its plain scores are their positive probability), the TTA scores, each
+    film's patient unit for the thresholds' intervals (copies of one film under other names are one patient, as the
+    FP32 thresholds' intervals count them), the films as the sidecar (``chosen_on``) and as the policy
+    (``named_on``, without this machine's folders) name them, the FP32 AUC on them, the largest change in
+    probability quantisation made, the same against the members quantised alone (out of fold only), the films to
+    record as its calibration films (None: none, for out-of-fold films), and for a task of more than two classes
+    the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
 
     targets: np.ndarray
     probs: np.ndarray
-    plain: np.ndarray
     tta: np.ndarray
     groups: np.ndarray
     chosen_on: str
@@ -186,7 +186,7 @@ def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path
     tta = int8.positive_probability(int8.probabilities(images, tta=True))
     shipped_probs = int8.probabilities(images)
     shipped, reference = int8.positive_probability(shipped_probs), int8.positive_probability(reference_probs)
-    return Int8Scores(targets, shipped_probs, shipped, tta, patient_groups(records, data)[1],
+    return Int8Scores(targets, shipped_probs, tta, patient_groups(records, data)[1],
                       f"the val films of {data}", f"the val films of {Path(data).name}",
                       roc_auc(binary_targets(targets), reference),
                       float(np.abs(reference - shipped).max()), None, records,
@@ -206,14 +206,13 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
     # a session (and its memory arena) per use, not one per member held all along
     oof = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
     probs = softmax(oof.logits, card.temperature)
-    plain = task.positive_probability(probs)
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
                                              card.temperature))
     # the shipped graph scored last: once run, its ONNX Runtime memory arena stays, and would add to the peak above
     shipped, reference = (task.positive_probability(p) for p in (int8.probabilities(calib), reference_probs))
     runs, names = ", ".join(map(str, cv_dirs)), ", ".join(Path(d).name for d in cv_dirs)
-    return Int8Scores(oof.targets, probs, plain, tta, oof.groups,
+    return Int8Scores(oof.targets, probs, tta, oof.groups,
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
@@ -314,7 +313,8 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     int8 = Predictor(bundle, backend="onnx", session=session(graph))  # its thresholds are chosen below
     scored = (_int8_scores_out_of_fold(int8, reference, net, cv_dirs, batches, calib) if cv_dirs
               else _int8_scores_on_val(int8, reference, data, val))
-    point = choose_operating_point(scored.y, scored.plain, scored.tta, *card.threshold_targets, scored.groups)
+    plain = fp32.task.positive_probability(scored.probs)
+    point = choose_operating_point(scored.y, plain, scored.tta, *card.threshold_targets, scored.groups)
     # the card's policy, on these films, named without the folders above them: the service shows the policy to its
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)
