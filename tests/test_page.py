@@ -445,7 +445,7 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
         .textContent).trim().toLowerCase())""")
     assert len(names) == len(set(names)) >= 2, names
     named = [("textbox", "API key"), ("button", "Choose Files: chest X-rays"), ("region", "Upload and reading"),
-             ("combobox", "window preset"),
+             ("combobox", "window preset"), ("checkbox", "Lock window"),
              ("slider", "window level"), ("slider", "window width"), ("checkbox", "Invert"),
              ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
              ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),

@@ -1,8 +1,9 @@
 """A reader's review of the web page and the command line: films chosen one after another are shown in the order
 chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
 on another film, a second stage near its threshold says so in the list and the CSV, a key typed and a film dropped
-at once load the model card first; a rate that is no number is
-refused in the command line's words, and a results file that cannot be written is refused before any film is read.
+at once load the model card first, each film opens at its default window unless the reader locks it; a rate that
+is no number is refused in the command line's words, and a results file that cannot be written is refused before
+any film is read.
 The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
 
 from __future__ import annotations
@@ -371,3 +372,33 @@ def test_a_card_that_never_comes_is_a_refusal_not_a_wait_without_end(page: Page,
     assert held and page.evaluate("() => films[0].status") == "done"
     page.click("#heatmap-button")  # still no card: no map whose scale the page cannot name
     expect(page.get_by_role("alert")).to_contain_text("Heatmap not computed: the model card has not loaded")
+
+
+def test_each_film_opens_at_its_default_window_unless_the_reader_locks_it(page: Page, small: Path,
+                                                                          data_root: Path) -> None:
+    """The window (preset, level, width, invert) set for one film stayed on the next one, shown under a "default"
+    the reader had not chosen for it: a lung window or an inverted film carried over silently can hide a finding. Each
+    film opens at the default window, as in a PACS viewer; "Lock window" keeps the reader's for the next films."""
+    later = other_film(data_root)
+    page.set_input_files("#file", [small, later])
+    expect(page.locator("#status")).to_have_text("2 films: 2 read, 0 rejected.")
+    default = "level 128, width 255, zoom 1.00x"
+    expect(page.locator("#readout-wl")).to_have_text(default)
+    plain = test_page.centre(page)
+    page.select_option("#preset", "lung")
+    page.check("#invert")
+    expect(page.locator("#readout-wl")).to_have_text("level 80, width 140, inverted, zoom 1.00x")
+    for name in (small.name, later.name):  # another film, and the same film opened again from the list
+        page.get_by_role("button", name=f"show {name}").click()
+        expect(page.locator("#film-title")).to_have_text(f"Film: {name}")
+        expect(page.locator("#readout-wl")).to_have_text(default)
+        assert (page.input_value("#preset"), page.input_value("#level"), page.input_value("#width")) == (
+            "default", "128", "255") and not page.is_checked("#invert")
+    assert test_page.centre(page) == plain
+
+    page.get_by_role("checkbox", name="Lock window").check()
+    page.select_option("#preset", "bone")
+    page.get_by_role("button", name=f"show {small.name}").click()
+    expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
+    expect(page.locator("#readout-wl")).to_have_text("level 190, width 110, window locked, zoom 1.00x")
+    assert page.input_value("#preset") == "bone"

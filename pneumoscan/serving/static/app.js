@@ -419,7 +419,7 @@ async function loadFilm(film) {
     Object.assign(view, { film, gray, original, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
     detail = null;
     if (film.cam) await loadCam(film);
-    compose();
+    openWindow();
   } catch (err) {
     if (current !== film) return;  // another film is on screen: its caption is its own
     // the viewer held the film shown before, which stayed on screen under this film's name
@@ -473,7 +473,8 @@ function compose() {
   paint(composedFrame.data, view.gray, $("heatmap-toggle").checked ? view.cam : null);
   composed.getContext("2d").putImageData(composedFrame, 0, 0);
   $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
-    `${view.invert ? ", inverted" : ""}, zoom ${view.zoom.toFixed(2)}x`;
+    `${view.invert ? ", inverted" : ""}${$("window-lock").checked ? ", window locked" : ""}, ` +
+    `zoom ${view.zoom.toFixed(2)}x`;
   draw();
 }
 
@@ -611,6 +612,17 @@ function pan(dx, dy) {
   draw();
 }
 
+// Each film opens at the default window, as in a PACS viewer: a window set for one film (a lung band, inverted) was
+// carried over to the next, shown at a window the reader never chose for it, which can hide a finding there. The
+// reader who wants one window across films locks it, and the readout says so.
+function openWindow() {
+  if ($("window-lock").checked) return compose();
+  $("invert").checked = false;
+  view.invert = false;
+  $("preset").value = "default";
+  setWindow(...PRESETS.default);
+}
+
 function reset() {
   $("preset").value = "default";
   Object.assign(view, { zoom: 1, panX: 0, panY: 0 });
@@ -621,6 +633,7 @@ $("preset").addEventListener("change", () => setWindow(...PRESETS[$("preset").va
 $("level").addEventListener("input", () => setWindow(Number($("level").value), view.width));
 $("width").addEventListener("input", () => setWindow(view.level, Number($("width").value)));
 $("invert").addEventListener("change", () => { view.invert = $("invert").checked; compose(); });
+$("window-lock").addEventListener("change", compose);
 $("zoom-in").addEventListener("click", () => setZoom(view.zoom * 1.25));
 $("zoom-out").addEventListener("click", () => setZoom(view.zoom / 1.25));
 $("zoom-fit").addEventListener("click", reset);
