@@ -402,3 +402,28 @@ def test_each_film_opens_at_its_default_window_unless_the_reader_locks_it(page: 
     expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
     expect(page.locator("#readout-wl")).to_have_text("level 190, width 110, window locked, zoom 1.00x")
     assert page.input_value("#preset") == "bone"
+
+
+def test_the_list_and_the_csv_say_the_same_of_a_film_in_each_state(page: Page, small: Path, data_root: Path) -> None:
+    """The list and the CSV built their words for a film without a reading apart: the list said "waiting" where the
+    CSV said "waiting: not read yet". Each state, rejected (an empty file), not read (the service busy), read and
+    waiting (its upload held), is said the same in both."""
+    held: list[Route] = []
+    answers = [lambda route: route.fulfill(status=503, json={"error": "the service is busy"}),
+               lambda route: route.continue_()]
+    page.route(re.compile(r".*/v1/predict$"), lambda route: (answers.pop(0) if answers else held.append)(route))
+    films = [("empty.jpeg", b""), ("busy.jpeg", small.read_bytes()), (small.name, small.read_bytes()),
+             ("later.jpeg", other_film(data_root).read_bytes())]
+    page.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}
+                                         for name, data in films])
+    page.wait_for_function("() => films[2].status === 'done'")
+    while not held:
+        page.wait_for_timeout(50)
+    with page.expect_download() as download:
+        page.click("#export")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    listed = page.locator("#films tbody td:nth-child(2)").all_inner_texts()
+    assert [row["reading"] for row in rows] == listed
+    assert [text.split(":")[0] for text in listed] == ["rejected", "not read", listed[2], "waiting"], listed
+    assert listed[2] in {"NORMAL", "PNEUMONIA"} or listed[2].startswith("out of scope")
+    settle(page, held)

@@ -53,9 +53,10 @@ function figure(v) {
   return (v < 1 && v.toFixed(3) === "1.000" ? Math.floor(v * 1000) / 1000 : v).toFixed(3);
 }
 
-// A task's name as the title of its reading (etiology: "Etiology"), so a second stage of one's own is not called one
-function taskTitle(task) {
-  return task.charAt(0).toUpperCase() + task.slice(1);
+// Text with a capital first letter: a task's name as the title of its reading (etiology: "Etiology"), so a second
+// stage of one's own is not called one; a film's refusal in the list's words as an alert ("Rejected: ...").
+function titled(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 function pct(p) {
@@ -97,7 +98,7 @@ function showCard(info) {
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
   $("etiology-column").hidden = !secondTask;
-  if (secondTask) $("etiology-column").querySelector("button").textContent = taskTitle(secondTask);
+  if (secondTask) $("etiology-column").querySelector("button").textContent = titled(secondTask);
   renderList();
   const m = info.val_metrics || {};
   const rows = [
@@ -201,7 +202,7 @@ function nearReading(stage) {
 function secondLine(r) {
   const e = r.etiology;
   const outside = e.in_scope ? "" : "outside the model's scope, does not apply: ";
-  return [`${taskTitle(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
+  return [`${titled(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
     `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`, e.in_scope ? "" : "out-of-scope"];
 }
 
@@ -216,7 +217,7 @@ function secondReading(r) {
 // named by the stage's task: the panel, the list and the CSV give them all.
 function allWarnings(r) {
   const e = r.etiology;
-  return e ? [...r.warnings, ...e.warnings.map((w) => `${taskTitle(e.task)} stage: ${w}`)] : r.warnings;
+  return e ? [...r.warnings, ...e.warnings.map((w) => `${titled(e.task)} stage: ${w}`)] : r.warnings;
 }
 
 // Why a reading is near the threshold, in numbers when the card gives them.
@@ -252,8 +253,8 @@ function announcement(r) {
     return `Outside the model's scope: this reading does not apply. ${warnings} say${n === 1 ? "s" : ""} why.`;
   }
   const e = r.etiology;
-  const second = !e ? "" : e.in_scope ? ` ${taskTitle(e.task)}: ${e.label}.` :
-    ` ${taskTitle(e.task)}: outside its scope, does not apply.`;
+  const second = !e ? "" : e.in_scope ? ` ${titled(e.task)}: ${e.label}.` :
+    ` ${titled(e.task)}: outside its scope, does not apply.`;
   return `Reading: ${labelText(r)}, probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ` +
     `${warnings}.${second}`;
 }
@@ -938,7 +939,7 @@ async function analyseBatch(batch) {
     renderList();
     outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
     if (body.ok) showResult(film);
-    else if (batch.length === 1) showError(`${body.unread ? "Not read" : "Rejected"}: ${film.error}`);
+    else if (batch.length === 1) showError(titled(listReading(film)));
   }
   if (batch.length > 1) batchSummary(batch.length, outcome);
 }
@@ -997,9 +998,13 @@ function secondText(r) {
   return `${e.label} (P(${e.positive}) = ${figure(e.probability)}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
-// How the list says a film without a reading that is no longer waiting: refused by the service, or never judged.
-function unreadWord(film) {
-  return film.status === "unread" ? "not read" : "rejected";
+// A film's reading as the list, its CSV and a single film's refusal say it, one source for all: the list said
+// "waiting" where the CSV said "waiting: not read yet". A film without a reading is waiting its turn, refused by the
+// service (rejected), or never judged (not read: no answer, a request refused, a reply not the service's).
+function listReading(film) {
+  if (film.result) return reading(film.result);
+  if (film.status === "waiting") return "waiting: not read yet";
+  return `${film.status === "unread" ? "not read" : "rejected"}: ${film.error}`;
 }
 
 function sorted() {
@@ -1024,7 +1029,7 @@ function renderList() {
     const r = film.result;
     const cells = [
       film.name,
-      r ? reading(r) : film.status === "waiting" ? "waiting" : `${unreadWord(film)}: ${film.error}`,
+      listReading(film),
       r ? figure(r.probability) : "",
       ...(secondTask ? [r ? secondText(r) : ""] : []),
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
@@ -1078,9 +1083,7 @@ function csv() {
   const rows = sorted().map((film) => {
     const r = film.result;
     const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
-    const said = r ? reading(r) : film.status === "waiting" ? "waiting: not read yet"
-      : `${unreadWord(film)}: ${film.error}`;
-    return [["path", film.name], ["reading", said], ["probability", r && r.probability],
+    return [["path", film.name], ["reading", listReading(film)], ["probability", r && r.probability],
       ["positive", r && r.positive], ["label", r && r.label], ["threshold", r && r.threshold],
       ["near_threshold", r && r.near_threshold],
       ...classColumns.map((c) => [CLASS_FIELD + c, r && r.probabilities[c]]),
