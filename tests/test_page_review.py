@@ -427,3 +427,22 @@ def test_the_list_and_the_csv_say_the_same_of_a_film_in_each_state(page: Page, s
     assert [text.split(":")[0] for text in listed] == ["rejected", "not read", listed[2], "waiting"], listed
     assert listed[2] in {"NORMAL", "PNEUMONIA"} or listed[2].startswith("out of scope")
     settle(page, held)
+
+
+def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, small: Path, data_root: Path) -> None:
+    """While the next film was decoded for the viewer (a second or more for a large plate), the film shown before
+    stayed in the viewer, with its window readout, under the next film's name and reading. The next film's decode
+    is held here: the viewer is empty until it is drawn."""
+    test_page.upload_one(page, small)
+    page.evaluate("""() => { const decode = grayOf; window.held = [];
+        grayOf = (source) => current !== films[1] ? decode(source)
+            : new Promise((resolve) => window.held.push(() => resolve(decode(source)))); }""")
+    later = other_film(data_root)
+    page.set_input_files("#file", later)
+    page.wait_for_function("() => window.held.length === 1")
+    expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+    assert test_page.centre(page) == [0, 0, 0] and page.evaluate("() => view.gray === null")
+    expect(page.locator("#readout-wl")).to_be_empty()
+    page.evaluate("() => window.held.pop()()")
+    page.wait_for_function("() => view.film === films[1]")
+    assert test_page.centre(page) != [0, 0, 0]

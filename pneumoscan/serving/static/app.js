@@ -410,6 +410,7 @@ function grayOf(source) {
 }
 
 async function loadFilm(film) {
+  if (view.film !== film) emptyViewer();
   const source = film.result.image || URL.createObjectURL(film.file);
   try {
     const { gray, w, h, img } = await grayOf(source);
@@ -423,15 +424,20 @@ async function loadFilm(film) {
     openWindow();
   } catch (err) {
     if (current !== film) return;  // another film is on screen: its caption is its own
-    // the viewer held the film shown before, which stayed on screen under this film's name
-    Object.assign(view, { film: null, gray: null, original: null, cam: null });
-    detail = null;
-    draw();
-    $("readout-wl").textContent = "";
+    emptyViewer();  // this film shown again: not its earlier drawing under "cannot be shown"
     $("caption").textContent = `The film cannot be shown: ${err.message}.`;
   } finally {
     if (source.startsWith("blob:")) URL.revokeObjectURL(source);
   }
+}
+
+// The viewer without a film: the film shown before stayed in it, with its window readout, under the next film's
+// name and reading while that film was decoded, and for good when the browser could not draw it.
+function emptyViewer() {
+  Object.assign(view, { film: null, gray: null, original: null, cam: null });
+  detail = null;
+  draw();
+  $("readout-wl").textContent = "";
 }
 
 // The film's Grad-CAM map (8-bit gray at the heatmap's size) stretched onto the viewer's copy of the film, smoothed
