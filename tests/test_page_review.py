@@ -446,3 +446,26 @@ def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, 
     page.evaluate("() => window.held.pop()()")
     page.wait_for_function("() => view.film === films[1]")
     assert test_page.centre(page) != [0, 0, 0]
+
+
+def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new_card(
+        browser: Browser, tiny_bundle: Path, small: Path, data_root: Path, tmp_path: Path) -> None:
+    """A film read before the service restarted with another threshold, shown again from the list after a film read
+    since loaded the new card, was drawn with that card: its threshold of 0.475 beside the new threshold's hatched
+    interval, 0.250 to 0.500 (and a heatmap's legend would be the new card's scale). It is refused with why."""
+    other = tmp_path / "rethresholded"
+    shutil.copytree(tiny_bundle, other)
+    save_card(other, dataclasses.replace(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
+    with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
+        later = other_film(data_root)
+        test_page.upload_one(page, later)
+        expect(page.locator("#card")).to_contain_text("0.300 (")
+        page.get_by_role("button", name=f"show {small.name}").click()
+        expect(page.get_by_role("alert")).to_contain_text("Not shown: the reading is of the model ")
+        expect(page.get_by_role("alert")).to_contain_text(
+            f"at threshold {load_card(tiny_bundle).threshold:.3f}, not of the model this page describes")
+        expect(page.locator("#result")).to_be_hidden()
+        assert page.evaluate("() => current === null")
+        page.get_by_role("button", name=f"show {later.name}").click()  # a reading of the card shown is shown
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.500")

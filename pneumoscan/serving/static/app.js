@@ -304,6 +304,11 @@ function sourceCaption(film) {
 
 function showResult(film) {
   const r = film.result;
+  // a film read before the service restarted with another bundle or threshold, shown again from the list, was drawn
+  // with the card loaded since: another threshold's band, another heatmap scale
+  if (cardModel !== null && !ofTheCard(r)) {
+    return showError(`Not shown: ${notOfTheCard(r)}: choose the film again to have it read by the model described`);
+  }
   $("error").hidden = true;
   $("status").textContent = announcement(r);
   const look = lookOf(r);
@@ -965,8 +970,13 @@ function ofTheCard(r) {
 async function withItsCard(result) {
   await loadCard();
   if (ofTheCard(result)) return { ok: true, result };
-  return { ok: false, error: `the reading is of the model ${modelOf(result)} at threshold ${figure(result.threshold)}, ` +
-    `not of the model this page describes (${cardModel} at threshold ${figure(cardThreshold)}): reload the page` };
+  return { ok: false, error: `${notOfTheCard(result)}: reload the page` };
+}
+
+// Why reading r is not drawn with the card on the page
+function notOfTheCard(r) {
+  return `the reading is of the model ${modelOf(r)} at threshold ${figure(r.threshold)}, not of the model this ` +
+    `page describes (${cardModel} at threshold ${figure(cardThreshold)})`;
 }
 
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
