@@ -543,3 +543,35 @@ def test_a_multiclass_int8_model_shows_its_three_class_figures_as_fp32_does(mult
     section = (bundle / "MODEL_CARD.md").read_text().split("## INT8 model")[1].split("\n## ")[0]
     assert f"balanced accuracy, three classes {shown['three_class_balanced_accuracy']:.4f};" in section, section
     assert f"macro one-vs-rest ROC AUC, three classes {shown['three_class_macro_auc']:.4f};" in section, section
+
+
+def test_threshold_measures_a_multiclass_int8_models_macro_auc_on_its_own_films(multiclass_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    """`threshold` chose the INT8 thresholds and measured the INT8 figures again on its films, but left the sidecar's
+    ``int8_three_class`` block (both models' macro AUC of the three classes) as export had measured it, on the val
+    films: a figure that named other films, beside figures on these. It is measured on the films that chose the
+    thresholds, as the AUC of the positive call is."""
+    from PIL import Image
+
+    from pneumoscan.core.metrics import macro_auc
+
+    run = shutil.copytree(multiclass_run, tmp_path / "run")
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 0
+    site, rng = tmp_path / "site", np.random.default_rng(7)
+    kinds = ["normal", "bacteria", "virus"] * 4
+    for i, (kind, drawn) in enumerate(zip(kinds, ["virus", "bacteria"] + kinds[2:])):  # two films labelled wrong:
+        folder = site / ("NORMAL" if kind == "normal" else "PNEUMONIA")  # a macro AUC below export's 1 on its films
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"IM-{900 + i:04d}-0001.jpeg" if kind == "normal" else f"person{900 + i}_{kind}_{i}.jpeg"
+        Image.fromarray(_typed_chest(rng, drawn)).save(folder / name, quality=95)
+    new = tmp_path / "site-bundle"
+    assert cli.main(["threshold", str(run / "bundle"), str(site), "--youden", "--out", str(new)]) == 0
+    sidecar = json.loads(spec_path(new / INT8_NAME).read_text())
+    fp32, int8 = (Predictor(new, backend=b) for b in ("onnx", "onnx-int8"))
+    images, targets, _ = labelled_images(site, None, fp32.task, fp32.card.spec)
+    three, expected = sidecar["int8_three_class"], [macro_auc(targets, p.probabilities(images)) for p in (fp32, int8)]
+    assert max(expected) < 0.99 and [three["macro_auc_fp32"], three["macro_auc_int8"]] == pytest.approx(
+        expected, abs=SCORE_TOL)
+    assert (three["n"], three["films"]) == (sidecar["validation_images"], sidecar["int8_thresholds_chosen_on"]) == (
+        12, "site")
+    assert three["macro_auc_int8"] == pytest.approx(sidecar["int8_val_metrics"]["three_class_macro_auc"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, fit_temperature,
-                                     threshold_range)
+                                     jsonable, macro_auc, threshold_range)
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -106,17 +106,21 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
 
 
 def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: OperatingPoint, policy: str,
-                 chosen_on: str, fp32_auc: float, change: float, groups: Sequence[str] | np.ndarray | None) -> dict:
+                 chosen_on: str, fp32_auc: float, fp32_classes: np.ndarray | float | None, change: float,
+                 groups: Sequence[str] | np.ndarray | None) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds, under :class:`Int8Key`'s keys: the plain
     and TTA thresholds of ``point`` (its operating point on the positive probability of its plain class
-    probabilities ``probs``), their intervals and caveat, their policy and films, the FP32 and INT8 AUC on them, the
-    largest change in probability quantisation made, and the INT8 model's figures at its threshold (what
+    probabilities ``probs``), their intervals and caveat, their policy and films, the FP32 and INT8 AUC on them (for
+    a task of more than two classes their macro AUC too, under :attr:`Int8Key.THREE_CLASS`, as ``evaluate`` reports
+    it: ``fp32_classes``, the FP32 class probabilities on the films or the macro AUC recorded on them; None: there
+    is none, and the figure is None, as an undefined one is), the largest change in probability quantisation made,
+    and the INT8 model's figures at its threshold (what
     ``--backend onnx-int8`` shows as its validation figures), measured as the FP32 model's are
     (:func:`~.evaluate.evaluate_probabilities`: the same fields, the three classes' for a multiclass task, and
     95 % CIs counting the films' patients, ``groups``: each film's unit, as its thresholds' intervals count them).
     ``export --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
     at = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
-    return {
+    figures = {
         Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
         Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,
         Int8Key.TTA_THRESHOLD_INTERVAL: point.tta_threshold_interval, Int8Key.THRESHOLD_CAVEAT: point.threshold_caveat,
@@ -124,6 +128,12 @@ def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: Oper
         Int8Key.VAL_AUC_INT8: at["auc"], Int8Key.MAX_PROBABILITY_CHANGE: change,
         Int8Key.VAL_METRICS: validation_figures(at),
     }  # fmt: skip
+    if task.multiclass:  # bacteria and virus told apart, which the AUC of the positive call cannot see
+        fp32 = jsonable(macro_auc(targets, fp32_classes)) if isinstance(fp32_classes, np.ndarray) else fp32_classes
+        figures[Int8Key.THREE_CLASS] = {Int8Key.MACRO_AUC_FP32: fp32,
+                                        Int8Key.MACRO_AUC_INT8: jsonable(macro_auc(targets, probs)),
+                                        "films": chosen_on, "n": at["n"]}
+    return figures
 
 
 def warn_if_too_few_films(y: np.ndarray, target_sensitivity: float | None,

@@ -57,7 +57,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # recorded as evaluate --add-to-card records them
     y, (_, patients, conflicts) = binary_targets(targets), patient_groups(records, data)
     policy_targets = (target_sensitivity, max_false_positive_rate)
-    _, plain, tta = _scores(predictor, images)
+    probs, plain, tta = _scores(predictor, images)
     point = choose_operating_point(y, plain, tta, *policy_targets, patients)
     int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     name = data_label(data, split, data_name)
@@ -70,7 +70,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
                                **point.card_fields())
     # every figure of the sidecar about the films that chose the thresholds is now about these films
     figures = None if int8 is None else int8_figures(
-        int8[0], targets, predictor.task, int8[1], policy, name, roc_auc(y, plain),
+        int8[0], targets, predictor.task, int8[1], policy, name, roc_auc(y, plain), probs,
         float(np.abs(plain - predictor.positive_probability(int8[0])).max()), patients)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:

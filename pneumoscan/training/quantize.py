@@ -30,7 +30,7 @@ from onnxruntime.quantization import (
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.names import path_list
-from pneumoscan.core.metrics import format_figure, has_both_classes, jsonable, macro_auc, roc_auc, softmax
+from pneumoscan.core.metrics import format_figure, has_both_classes, roc_auc, softmax
 from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
@@ -144,7 +144,8 @@ class Int8Scores:
     (``named_on``, without this machine's folders) name them, the FP32 AUC on them, the largest change in
     probability quantisation made, the same against the members quantised alone (out of fold only), the films to
     record as its calibration films (None: none, for out-of-fold films), and for a task of more than two classes
-    the FP32 and INT8 macro AUC on them (:func:`_macro_aucs`)."""
+    the FP32 class probabilities on them, or the macro AUC recorded on them (``fp32_classes``: what
+    :func:`int8_figures` measures the FP32 macro AUC by)."""
 
     targets: np.ndarray
     probs: np.ndarray
@@ -156,26 +157,12 @@ class Int8Scores:
     change: float
     member_mean_change: float | None
     calibration_records: list[Record] | None
-    macro_auc: tuple[float | None, float | None] | None
+    fp32_classes: np.ndarray | float | None
 
     @property
     def y(self) -> np.ndarray:
         """The binary targets (the positive call's), which the thresholds are chosen on."""
         return binary_targets(self.targets)
-
-
-def _macro_aucs(task: Task, targets: np.ndarray, fp32: np.ndarray | float | None,
-                int8: np.ndarray) -> tuple[float | None, float | None] | None:
-    """The FP32 and INT8 macro (mean one-vs-rest) AUC of a task of more than two classes on the films of
-    ``targets``, as ``evaluate`` reports it, from the models' class probabilities (``fp32``: or the figure recorded on
-    those films); None for a two-class task, whose AUC is the positive call's."""
-    if not task.multiclass:
-        return None
-
-    def macro(probs: np.ndarray) -> float | None:
-        return jsonable(macro_auc(targets, probs))  # undefined (a class without films): None, as evaluate's
-
-    return macro(fp32) if isinstance(fp32, np.ndarray) else fp32, macro(int8)
 
 
 def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path | str,
@@ -189,8 +176,7 @@ def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path
     return Int8Scores(targets, shipped_probs, tta, patient_groups(records, data)[1],
                       f"the val films of {data}", f"the val films of {Path(data).name}",
                       roc_auc(binary_targets(targets), reference),
-                      float(np.abs(reference - shipped).max()), None, records,
-                      _macro_aucs(int8.task, targets, reference_probs, shipped_probs))
+                      float(np.abs(reference - shipped).max()), None, records, reference_probs)
 
 
 def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: EnsembleNet,
@@ -216,7 +202,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
-                      _macro_aucs(task, oof.targets, card.val_metrics.get("three_class_macro_auc"), probs))
+                      card.val_metrics.get("three_class_macro_auc"))
 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
@@ -319,36 +305,34 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # clients, who are not to learn this machine's paths (the sidecar's int8_thresholds_chosen_on has them)
     policy = policy_text(*card.threshold_targets, scored.named_on)
     figures = {Int8Key.CALIBRATION_IMAGES: int(len(calib)), **int8_figures(
-        scored.probs, scored.targets, fp32.task, point, policy, scored.chosen_on, scored.fp32_auc, scored.change,
-        scored.groups)}
+        scored.probs, scored.targets, fp32.task, point, policy, scored.chosen_on, scored.fp32_auc, scored.fp32_classes,
+        scored.change, scored.groups)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
     int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
     if int8_auc < fp32_auc - MAX_AUC_DROP:
         raise ValueError(f"INT8 validation AUC {format_figure(int8_auc, 4)} is more than {MAX_AUC_DROP} below FP32's "
                          f"{format_figure(fp32_auc, 4)}: not written; serve this bundle with --backend onnx")
-    if scored.macro_auc is not None:
-        figures[Int8Key.THREE_CLASS] = _three_class_gate(fp32.task, scored)
+    if (classes := figures.get(Int8Key.THREE_CLASS)) is not None:
+        _three_class_gate(fp32.task, classes)
     out = _write_int8(bundle, graph, figures, scored.calibration_records)
     log.info("INT8 model %s: val AUC %s (FP32 %s), threshold %.4f", out, format_figure(int8_auc, 4),
              format_figure(fp32_auc, 4), point.threshold)
     return out
 
 
-def _three_class_gate(task: Task, scored: Int8Scores) -> dict:
-    """The sidecar's figures of the classes (the FP32 and INT8 macro AUC on the films they name), after refusing an
-    INT8 model whose macro AUC falls more than MAX_AUC_DROP below FP32's or cannot be measured."""
-    fp32, int8 = scored.macro_auc or (None, None)
+def _three_class_gate(task: Task, figures: dict) -> None:
+    """Refuse an INT8 model whose macro AUC (the sidecar's figures of the classes, :attr:`Int8Key.THREE_CLASS`)
+    falls more than MAX_AUC_DROP below FP32's on the films they name, or cannot be measured there."""
+    fp32, int8 = figures[Int8Key.MACRO_AUC_FP32], figures[Int8Key.MACRO_AUC_INT8]
     classes = ", ".join(task.classes)
     if fp32 is None or int8 is None:
-        raise ValueError(f"no macro AUC ({classes}) of the FP32 and INT8 models on {scored.chosen_on} (a class without "
+        raise ValueError(f"no macro AUC ({classes}) of the FP32 and INT8 models on {figures['films']} (a class without "
                          "films there, or an ensemble whose card records none: build it again with `ensemble --cv`): "
                          "the INT8 model's class scores cannot be checked; not written")
     if int8 < fp32 - MAX_AUC_DROP:
         raise ValueError(f"INT8 validation macro AUC ({classes}) {format_figure(int8, 4)} is more than {MAX_AUC_DROP} "
                          f"below FP32's {format_figure(fp32, 4)}: not written; serve this bundle with --backend onnx")
-    return {Int8Key.MACRO_AUC_FP32: fp32, Int8Key.MACRO_AUC_INT8: int8, "films": scored.chosen_on,
-            "n": int(len(scored.y))}
 
 
 def _write_int8(bundle: Path, graph: bytes, figures: dict, calibration_records: list[Record] | None) -> Path:
