@@ -214,6 +214,28 @@ def test_quantising_leaves_the_root_logger_as_it_was(tiny_bundle: Path, monkeypa
     assert logging.getLogger().handlers == []
 
 
+def test_the_calibration_runs_with_the_threads_of_every_other_session(tiny_bundle: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """quantize_static calibrated in a session of its own with ONNX Runtime's default threads (one a physical core
+    of the machine, whatever affinity or a CPU quota allow), not model_threads() as every other session: in a pod
+    limited to 2 CPUs on a 32-core node, 16 threads. Every session that scores films while quantising takes it."""
+    import onnxruntime as ort
+
+    from pneumoscan.core.cpus import model_threads
+    from pneumoscan.training.quantize import _int8_graph
+
+    ran, run = [], ort.InferenceSession.run
+
+    def counted(self: ort.InferenceSession, *args: object, **kwargs: object) -> object:
+        ran.append(self.get_session_options().intra_op_num_threads)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    batch = np.random.default_rng(0).normal(0, 1, (4, 1, *[load_card(tiny_bundle).size] * 2)).astype(np.float32)
+    assert _int8_graph(tiny_bundle / ONNX_NAME, [batch, batch])
+    assert ran and set(ran) == {model_threads()}, ran
+
+
 @pytest.mark.parametrize("flags", [["--data", "split.csv"], ["--cv", "cv"], ["--calibration-images", "50"]])
 def test_int8_settings_without_int8_are_refused(tiny_bundle: Path, flags: list[str], tmp_path: Path, capsys) -> None:
     """They had been ignored: the plain export was written, exit 0, and no INT8 model."""

@@ -61,13 +61,16 @@ def model_version(bundle: Path | str, backend: str = "torch", card: BundleCard |
     return version
 
 
-def session(model: Path | str | bytes) -> ort.InferenceSession:
+def session(model: Path | str | bytes, optimized: bool = True) -> ort.InferenceSession:
     """A CPU session with as many intra-op threads as torch uses (:func:`~pneumoscan.core.cpus.model_threads`:
-    never more than the cores this process may use), so both backends compete on equal terms. A file ONNX Runtime
-    cannot load (truncated, not ONNX) is a ValueError with its reason."""
+    never more than the cores this process may use), so both backends compete on equal terms. ``optimized``: False
+    runs the graph as written, node by node (INT8 calibration reads every node's output). A file ONNX Runtime cannot
+    load (truncated, not ONNX) is a ValueError with its reason."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = model_threads()
     options.inter_op_num_threads = 1
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         # the file's bytes, read by Python: ONNX Runtime refuses a path that is not UTF-8 (a TypeError)
         source = model if isinstance(model, bytes) else Path(model).read_bytes()

@@ -22,10 +22,12 @@ import numpy as np
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
+    MinMaxCalibrater,
     QuantFormat,
     QuantType,
     quant_pre_process,
     quantize_static,
+    save_tensors_data,
 )
 
 from pneumoscan.core.atomic import write_atomic
@@ -70,6 +72,16 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT: batch}
 
 
+class _Ranges(MinMaxCalibrater):
+    """ONNX Runtime's min-max calibrator, whose session is sized as every other (:func:`session`:
+    :func:`~pneumoscan.core.cpus.model_threads`): ``quantize_static`` makes its own with ONNX Runtime's default
+    threads, one a physical core of the machine, whatever affinity or a CPU quota allow, and takes no session
+    options."""
+
+    def create_inference_session(self) -> None:
+        self.infer_session = session(Path(self.augmented_model_path), optimized=False)  # as ONNX Runtime's own
+
+
 def _sample(n_rows: int, n: int) -> np.ndarray:
     """Sorted row numbers of ``n`` of ``n_rows`` films, the same ones on every export (a fixed seed)."""
     return np.sort(np.random.default_rng(0).choice(n_rows, size=min(n, n_rows), replace=False))
@@ -94,10 +106,19 @@ def _quantized(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
         source.write_bytes(fp32_graph if isinstance(fp32_graph, bytes) else Path(fp32_graph).read_bytes())
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / INT8_NAME
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # the ranges of every float tensor (the quantiser takes those it quantises), handed to quantize_static as
+        # its calibration cache, which it then reads instead of calibrating
+        calibrator = _Ranges(prepared, augmented_model_path=str(Path(tmp) / "augmented.onnx"))
+        calibrator.augment_graph()
+        calibrator.create_inference_session()
+        calibrator.collect_data(_Calibration(iter(batches)))
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(calibrator.compute_data(), ranges)
+        del calibrator  # its session and the films' ranges, before the quantiser's memory
         quantize_static(
-            str(prepared), str(quantized), _Calibration(iter(batches)), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
+            str(prepared), str(quantized), None, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=ranges,
         )  # fmt: skip
         return quantized.read_bytes()
 
