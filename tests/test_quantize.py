@@ -258,29 +258,38 @@ def test_int8_thresholds_on_too_few_positives_are_said_to_be_guesses(
     assert f"only {positives} positive films: a sensitivity of 0.95 cannot be shown on fewer than 20" in caplog.text
 
 
-def test_figures_on_the_films_that_chose_the_int8_thresholds_are_said_to_be_optimistic(
-    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
-) -> None:
-    """`export --int8 --data` on films the model never saw (the test films as its val side): the INT8 figures on
-    them were reported as independent (sensitivity exactly its target). The FP32 model's on them are not flagged."""
-    import dataclasses
+def test_figures_on_the_films_that_chose_the_int8_thresholds_are_said_to_be_optimistic(int8_bundle: Path,
+                                                                                       tiny_bundle: Path,
+                                                                                       tmp_path: Path) -> None:
+    """`export --int8 --data` lists the films that chose the INT8 thresholds: `evaluate --backend onnx-int8` on them
+    says its figures are optimistic (they had been reported as independent, sensitivity exactly its target)."""
+    val = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "val"]
+    write_manifest([dataclasses.replace(r, split="") for r in val], tmp_path / "val.csv")
+    sidecar = json.loads(spec_path(int8_bundle / INT8_NAME).read_text())
+    assert sidecar["threshold_policy"].endswith("on the val films of split.csv")  # no path: the service shows it
+    assert sidecar["int8_thresholds_chosen_on"] == f"the val films of {tiny_bundle.parent / 'split.csv'}"
+    optimistic = evaluate(int8_bundle, tmp_path / "val.csv", backend="onnx-int8")["optimistic"]
+    assert (f"{len(val)} film(s) given to evaluate chose {int8_bundle}'s INT8 threshold (int8_calibration_films.csv): "
+            "the figures on them are optimistic") in optimistic, optimistic
 
-    from pneumoscan.data.layouts import discover, make_record, write_manifest
 
-    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    shutil.copy(tiny_bundle.parent / "split.csv", tmp_path)  # in its run folder: its training films are known
-    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
-    new = [make_record(r.path, r.label) for r in discover(tiny_dataset).split("test")]
-    write_manifest([*trained, *(dataclasses.replace(r, split="val") for r in new)], tmp_path / "int8.csv")
-    write_manifest(new, tmp_path / "new.csv")
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(tmp_path / "int8.csv")]) == 0
-    sidecar = json.loads(spec_path(bundle / INT8_NAME).read_text())
-    assert sidecar["threshold_policy"].endswith("on the val films of int8.csv")  # no path: the service shows it
-    assert sidecar["int8_thresholds_chosen_on"] == f"the val films of {tmp_path / 'int8.csv'}"
-    int8 = evaluate(bundle, tmp_path / "new.csv", backend="onnx-int8")["optimistic"]
-    assert int8 == [f"16 film(s) given to evaluate chose {bundle}'s INT8 threshold (int8_calibration_films.csv): "
-                    "the figures on them are optimistic"]
-    assert evaluate(bundle, tmp_path / "new.csv", backend="onnx")["optimistic"] == []
+def test_int8_thresholds_are_chosen_on_the_films_that_chose_the_fp32_ones(tiny_bundle: Path, tiny_dataset: Path,
+                                                                           tmp_path: Path, capsys) -> None:
+    """A trained bundle's FP32 thresholds were chosen on its run's val films; `export --int8 --data` took any val
+    split (films the model never saw, or half of its own), so the INT8 thresholds, which replace the FP32 ones for
+    onnx-int8, came from another population. Refused, naming the run's split.csv; the same films are accepted."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")  # the bundle with its run's split.csv beside it
+    records = discover(run / "split.csv").records
+    trained, val = [r for r in records if r.split == "train"], [r for r in records if r.split == "val"]
+    new = [dataclasses.replace(r, split="val") for r in discover(tiny_dataset).split("test")]
+    for name, given in (("new", new), ("half", val[::2])):
+        write_manifest([*trained, *given], tmp_path / f"{name}.csv")
+        assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(tmp_path / f"{name}.csv")]) == 2
+        err = capsys.readouterr().err
+        assert "thresholds were chosen on the val films of its run's" in err and f"--data {run / 'split.csv'}" in err
+        assert not (run / "bundle" / INT8_NAME).exists()
+    write_manifest([*reversed(val), *trained], tmp_path / "same.csv")  # the same films, listed otherwise
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(tmp_path / "same.csv")]) == 0
 
 
 def test_int8_thresholds_are_refused_on_films_the_model_trained_on(tiny_bundle: Path, tmp_path: Path, capsys) -> None:

@@ -1,7 +1,7 @@
 """INT8 ONNX model of a bundle for CPU serving: ONNX Runtime static quantisation, calibrated on training films.
 
 Quantising moves the scores, so the INT8 model gets its own operating point: its threshold (and TTA threshold)
-is chosen again on the INT8 scores of validation films that the model did not train on, with the bundle's own
+is chosen again on the INT8 scores of the validation films its FP32 ones were chosen on, with the bundle's own
 policy (for an ensemble of cv runs, on out-of-fold INT8 scores, as its FP32 thresholds were). Both live in the
 model's sidecar (``model.int8.onnx.json``, under the keys any reader of a sidecar reads), beside the validation AUC
 of the FP32 and INT8 models (for a task of more than two classes their macro AUC too), so that
@@ -48,7 +48,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, load_card, member_sources,
                                    record_checksum, replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
-from pneumoscan.models.run_folder import CvFolder
+from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
     # threshold chosen on their too-good scores is written into the bundle
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True))
-    _check_same_films(bundle, card, data, records)
+    _check_same_films(bundle, card, task, data, records)
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
@@ -251,41 +251,54 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
     return pool, (records, images, targets)
 
 
-def _check_same_films(bundle: Path, card: BundleCard, data: Path | str, records: Sequence[Record]) -> None:
-    """Refuse val films of ``data`` that are not the films BUNDLE's FP32 thresholds were chosen on, all of them, when
-    they were chosen on other films than its run's (its calibration_films.csv, written by `pneumoscan threshold` and
-    `ensemble --data`): the INT8 thresholds would be chosen on another population than the FP32 ones (a site's
+def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, records: Sequence[Record]) -> None:
+    """Refuse val films of ``data`` that are not the films BUNDLE's FP32 thresholds were chosen on, all of them: its
+    calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than its
+    run's, else its run's val films (split.csv beside it, those of its task). The INT8 thresholds replace the FP32
+    ones for onnx-int8 and must be comparable: chosen on other films they come from another population (a site's
     threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
-    pneumonia films; or from half of an ensemble's calibration films, whose sensitivity was met on the other half
-    too)."""
-    listed = bundle / CALIBRATION_FILMS
-    if not card.threshold_records and not listed.exists():
+    pneumonia films; or from half of the films, whose sensitivity was met on the other half too). A bundle with
+    neither list (copied out of its run) cannot be checked, which is warned of."""
+    listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
+    if card.threshold_records or listed.exists():
+        chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
+    elif split.is_file():
+        chose = {os.path.realpath(r.path) for r in discover(split).records
+                 if r.split == "val" and task.target(r) is not None}
+    else:
+        log.warning("%s: no %s beside it, so it cannot be checked that the val films of %s are those its thresholds "
+                    "were chosen on (the INT8 ones are chosen on them in their place)", bundle, split.name, data)
         return
-    chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     given = {os.path.realpath(r.path) for r in records}
     if given == chose:
         return
-    which = (f"only {len(given)} of the {len(chose)} films it lists in {CALIBRATION_FILMS}" if given < chose
-             else "other films")
+    where = f"films it lists in {CALIBRATION_FILMS}" if card.threshold_records or listed.exists() else "val films"
+    which = f"only {len(given)} of the {len(chose)} {where}" if given < chose else "other films"
     other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
     if card.threshold_records:
         raise ValueError(f"{bundle}'s threshold was chosen on {card.threshold_records[-1]['data']} (`pneumoscan "
                          f"threshold`), {other}: quantise first (`pneumoscan export --int8` the bundle `threshold` "
                          "was run on), then run `pneumoscan threshold` on the same films, which chooses the INT8 "
                          "thresholds on them too")
-    raise ValueError(f"{bundle}'s temperature and thresholds were chosen on "
-                     f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: give "
-                     f"--data a manifest whose val split is the films listed in {listed}, all of them, and whose train "
-                     "split holds films for the activation calibration")
+    if listed.exists():
+        raise ValueError(f"{bundle}'s temperature and thresholds were chosen on "
+                         f"{(card.train_config or {}).get('calibrated_on')} (`pneumoscan ensemble --data`), {other}: "
+                         f"give --data a manifest whose val split is the films listed in {listed}, all of them, and "
+                         "whose train split holds films for the activation calibration")
+    raise ValueError(f"{bundle}'s thresholds were chosen on the val films of its run's {split}, {other}: give --data "
+                     f"{split} (or a manifest whose val split is those films, all of them); to choose the thresholds "
+                     "on other films, quantise with it, then run `pneumoscan threshold` on them, which chooses the "
+                     "INT8 thresholds on the same films")
 
 
 def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibration_images: int = CALIBRATION_IMAGES,
                     cv_dirs: Sequence[Path | str] | Path | str = ()) -> Path:
     """Write BUNDLE/model.int8.onnx and its sidecar. DATA is labelled data with train and val splits (the run's
     split.csv): activations are calibrated on ``calibration_images`` of its training films, and the thresholds are
-    chosen on its validation films, which the model must not have trained on. An ensemble built by ``ensemble --cv``
-    has no such films; with ``cv_dirs`` (the runs it was built from) its activations are calibrated on films of the
-    runs and its thresholds chosen on out-of-fold INT8 scores, as its FP32 thresholds were on out-of-fold scores.
+    chosen on its validation films, which must be the films the FP32 thresholds were chosen on
+    (:func:`_check_same_films`). An ensemble built by ``ensemble --cv`` has no such films; with ``cv_dirs`` (the
+    runs it was built from) its activations are calibrated on films of the runs and its thresholds chosen on
+    out-of-fold INT8 scores, as its FP32 thresholds were on out-of-fold scores.
     Refuses an INT8 model whose validation AUC is more than MAX_AUC_DROP below FP32's, and for a task of more than
     two classes one whose macro AUC is (its classes told apart worse, which the AUC of the positive call misses)."""
     cv_dirs = path_list(cv_dirs)  # one run given alone, not its characters
