@@ -34,7 +34,7 @@ from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import registered
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import expand_paths, format_results, predict_paths
-from pneumoscan.models.card import CARD, WEIGHTS, load_card
+from pneumoscan.models.card import CARD, WEIGHTS, load_card, refuse_model_files
 from pneumoscan.training.resume import save_checkpoint
 from tests.builders import dicom_bytes
 
@@ -565,6 +565,29 @@ def test_a_file_put_in_anothers_place_is_seen_where_times_are_whole_seconds(tmp_
     assert before is not None and file_stamp(film) != before
 
 
+def test_a_refusal_to_write_over_a_model_has_one_wording(tmp_path: Path) -> None:
+    """The refusals of a file and of a folder (``evaluate --out DIR``) over a bundle or a run's own record were four
+    near-twin sentences ("is a bundle", "is in the bundle", "is a training run's folder", "is ... of the training
+    run"). Each is one sentence: the option and the path as given, the file it would write, whose it is and why,
+    and what to do."""
+    run = tmp_path / "run"
+    (run / "bundle").mkdir(parents=True)
+    for name in (CARD, WEIGHTS):
+        (run / "bundle" / name).write_bytes(b"")
+    bundle_why = f"into the bundle {run / 'bundle'}, whose files are the model's"
+    run_why = f"into the training run {run}, where metrics.json is the run's own record"
+    cases = {
+        (run / "bundle" / CARD, False): f"--out {run / 'bundle' / CARD} would write {CARD} {bundle_why}",
+        (run / "bundle" / "metrics.json", True): f"--out {run / 'bundle'} would write metrics.json {bundle_why}",
+        (run / "metrics.json", False): f"--out {run / 'metrics.json'} would write metrics.json {run_why}",
+        (run / "metrics.json", True): f"--out {run} would write metrics.json {run_why}",
+    }
+    for (path, folder), said in cases.items():
+        with pytest.raises(ValueError) as refused:
+            refuse_model_files(path, folder=folder)
+        assert str(refused.value) == f"{said}: write the results elsewhere", (path, folder)
+
+
 def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     """predict --out BUNDLE/bundle.json replaced the card with rows (exit 0, the bundle lost), predict LIST --out LIST
@@ -578,15 +601,15 @@ def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, t
     before = {p: p.read_bytes() for p in (run / "bundle" / "bundle.json", run / "metrics.json", run / "split.csv",
                                           films)}
     refused = {
-        ("predict", str(run / "bundle"), film, "--out", str(run / "bundle" / "bundle.json")): "is in the bundle",
+        ("predict", str(run / "bundle"), film, "--out", str(run / "bundle" / "bundle.json")): "into the bundle",
         ("predict", str(run / "bundle"), str(films), "--out", str(films)): "is one of the inputs",
-        ("predict", str(run / "bundle"), film, "--out", str(run / "metrics.json")): "of the training run",
+        ("predict", str(run / "bundle"), film, "--out", str(run / "metrics.json")): "into the training run",
         # named as given: the folder, not the metrics.json evaluate would write in it (which the user never typed)
         ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run)):
-            f"--out {run} is a training run's folder, where metrics.json is the run's own record",
+            f"--out {run} would write metrics.json into the training run {run}, where metrics.json is the run's own",
         ("evaluate", str(run / "bundle"), str(tiny_dataset), "--split", "test", "--out", str(run / "bundle")):
-            f"--out {run / 'bundle'} is a bundle, whose files are the model's",
-        ("split", str(tiny_dataset), "--out", str(run / "split.csv")): "is split.csv of the training run",
+            f"--out {run / 'bundle'} would write metrics.json into the bundle {run / 'bundle'}, whose files are the",
+        ("split", str(tiny_dataset), "--out", str(run / "split.csv")): "would write split.csv into the training run",
     }
     for args, said in refused.items():
         assert main(["-q", *args]) == 2, args

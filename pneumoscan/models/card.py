@@ -548,20 +548,16 @@ def refuse_model_files(path: Path | str, option: str = "--out", folder: bool = F
     record (``evaluate --out RUN`` replaced the run's metrics.json and report.html). ``folder``: the option named
     ``path``'s folder (``evaluate --out DIR``), which the refusal names as given, not the file written in it."""
     path = Path(path)
-    if (path.parent / CARD).exists() and (path.parent / WEIGHTS).exists():  # a results file may be named bundle.json
-        if folder:
-            raise ValueError(f"{option} {path.parent} is a bundle, whose files are the model's: write the results "
-                             "elsewhere")
-        raise ValueError(f"{option} {path} is in the bundle {path.parent}, whose files are the model's: write it "
-                         "elsewhere")
     run = RunFolder(path.parent)
-    own = {run.split, run.config, *run.outputs()[1]}
-    if (run.bundle / WEIGHTS).exists() and path.resolve() in {p.resolve() for p in own}:
-        if folder:
-            raise ValueError(f"{option} {path.parent} is a training run's folder, where {path.name} is the run's own "
-                             "record: write the results elsewhere")
-        raise ValueError(f"{option} {path} is {path.name} of the training run {run.root}, its own record: write it "
-                         "elsewhere")
+    if (path.parent / CARD).exists() and (path.parent / WEIGHTS).exists():  # a results file may be named bundle.json
+        owner = f"the bundle {path.parent}, whose files are the model's"
+    elif (run.bundle / WEIGHTS).exists() and path.resolve() in {
+            p.resolve() for p in (run.split, run.config, *run.outputs()[1])}:
+        owner = f"the training run {run.root}, where {path.name} is the run's own record"
+    else:
+        return
+    raise ValueError(f"{option} {path.parent if folder else path} would write {path.name} into {owner}: write the "
+                     "results elsewhere")
 
 
 def checked_bytes(path: Path, recorded: str | None) -> bytes:
