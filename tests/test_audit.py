@@ -27,6 +27,7 @@ import pneumoscan.data.copies as copies
 from pneumoscan.data.audit import audit, audit_figure, format_audit
 from pneumoscan.data.copies import EXACT, NEAR, picture_groups
 from pneumoscan.data.layouts import discover
+from pneumoscan.data.split import split_pool
 from tests.builders import dicom_bytes
 
 
@@ -311,6 +312,27 @@ def test_format_audit_escapes_names_and_an_empty_dataset_is_refused(report: dict
     (tmp_path / "empty" / "train" / "NORMAL").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images to audit"):
         audit(discover(tmp_path / "empty"), workers=1)
+
+
+def test_a_manifest_in_a_local_code_page_is_given_the_remedy_split_gives(tmp_path: Path) -> None:
+    """A spreadsheet's "CSV (Comma delimited)" writes Jos\xe9.png in Latin-1 for a file named in UTF-8: audit listed
+    the film as unreadable (no such file) and no more, where split and train say to save the manifest as CSV UTF-8.
+    Audit gives split's words."""
+    (tmp_path / "imgs").mkdir()
+    for seed, name in enumerate(("Jos\u00e9_1.png", "person1_virus_1.png", "person2_bacteria_2.png")):
+        _picture(seed, (64, 64)).save(tmp_path / "imgs" / name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,label\nimgs/Jos\u00e9_1.png,NORMAL\nimgs/person1_virus_1.png,PNEUMONIA\n"
+                         "imgs/person2_bacteria_2.png,PNEUMONIA\n".encode("latin-1"))
+    with pytest.raises(ValueError) as refused:
+        split_pool(manifest)
+    hint = str(refused.value).rpartition("; ")[2]
+    assert "save it as CSV UTF-8" in hint
+    report = audit(discover(manifest), workers=1)
+    console = Console(file=io.StringIO(), width=1000)
+    console.print(format_audit(report))
+    assert f"unreadable: 1 ({hint})" in console.file.getvalue()
+    assert report["unreadable_hint"] == hint
 
 
 def test_audit_json_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path) -> None:

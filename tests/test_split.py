@@ -153,7 +153,8 @@ def test_a_manifest_in_a_local_code_page_naming_files_that_are_not_there_says_so
     (tmp_path / "m.csv").write_bytes("path,label\nimgs/Jos\u00e9_1.jpeg,NORMAL\nimgs/person1_virus_1.jpeg,PNEUMONIA\n"
                                      .encode("latin-1"))
     with pytest.raises(ValueError, match=r"m.csv: 1 of its 2 films outside test/ are not there \(e.g. .*Jos\\xe9_1."
-                                         r"jpeg\); its paths hold bytes that are not UTF-8 .*save it as CSV UTF-8"):
+                                         r"jpeg\); the manifest.s paths hold bytes that are not UTF-8 .*save it as "
+                                         r"CSV UTF-8"):
         split_dataset(tmp_path / "m.csv", 0.5)
 
 

@@ -12,6 +12,7 @@ split, train and evaluate use (:mod:`.copies`). One pass per file in a process p
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -30,7 +31,8 @@ from pneumoscan.core.cpus import usable_cores
 from pneumoscan.data.copies import (EXACT, NEAR_DUPLICATE_BITS, label_conflicts, picture_groups_of_scans, scan_file,
                                     shared_patients)
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.layouts import HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, layouts, own_patient
+from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, SUBTYPES, Discovery, Layout, Record, absent_hint, layouts,
+                                     own_patient)
 from pneumoscan.data.preprocess import resize, spread
 
 if TYPE_CHECKING:
@@ -86,6 +88,9 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
     counts, subtypes = _class_counts(records)
     sizes, modes, unreadable, hashed = _image_stats(records, scans)
     exact, near, conflicts = _duplicate_findings(records, hashed, layouts().get(discovery.layout))
+    # films listed but not there: why, as split words it (a manifest saved in a local code page, or read from
+    # another folder)
+    absent = [u["path"] for u in unreadable if not os.path.exists(u["path"])]
     return {
         "n_images": len(records),
         "counts": counts,
@@ -93,6 +98,7 @@ def audit(discovery: Discovery, workers: int | None = None) -> dict:
         "sizes": sizes,
         "modes": modes,
         "unreadable": unreadable,
+        "unreadable_hint": absent_hint(absent) if absent else "",
         "skipped": list(discovery.skipped),
         "duplicate_groups": exact,
         "near_duplicate_groups": near,
@@ -330,7 +336,8 @@ def _finding_lines(report: dict) -> list[tuple[str, bool]]:
         *((f"  {c['kind']}: {' | '.join(map(shown, c['paths']))}: {c['reason']}", True) for c in conflicts[:10]),
         (f"modes: {', '.join(f'{m} {n}' for m, n in sorted(report['modes'].items())) or '-'}", False),
         (f"skipped (junk, or outside the folder layout): {len(report['skipped'])}", False),
-        (f"unreadable: {len(report['unreadable'])}", bool(report["unreadable"])),
+        (f"unreadable: {len(report['unreadable'])}" + (f" ({hint})" if (hint := report["unreadable_hint"]) else ""),
+         bool(report["unreadable"])),
         *((f"  {shown(u['path'])}: {u['reason']}", True) for u in report["unreadable"]),
         (f"exact duplicates: {len(dup)} groups, {sum(len(g) for g in dup)} files", bool(dup)),
         (

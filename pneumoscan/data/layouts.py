@@ -621,6 +621,17 @@ def _format_hint(header: list[str]) -> str:
     return f"; {found}: save it as comma-separated UTF-8 (a spreadsheet's \"CSV UTF-8\")"
 
 
+def absent_hint(absent: Sequence[str]) -> str:
+    """What most likely moved a manifest's films, for split's refusal and audit's unreadable films: a path holding
+    bytes that are not UTF-8 (kept as surrogate escapes) comes from a manifest saved in a local code page (a
+    spreadsheet's "CSV (Comma delimited)"), else the relative paths were read from another folder than the one
+    meant."""
+    if any(any("\udc80" <= c <= "\udcff" for c in path) for path in absent):
+        return ("the manifest's paths hold bytes that are not UTF-8 (a spreadsheet saves its local code page as "
+                "\"CSV\"): save it as CSV UTF-8")
+    return "a manifest's relative paths are read from the manifest's own folder"
+
+
 def _one_spelling(records: list[Record]) -> list[Record]:
     """One id per patient whatever its spelling (:func:`patient_key`): a typed ``PERSON1000`` beside a film named
     ``person1000_...``, or ``MRN100`` beside ``mrn100``, is one child, who must not land on both sides of a split.

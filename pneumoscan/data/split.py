@@ -30,7 +30,8 @@ from scipy.sparse.csgraph import connected_components
 from pneumoscan.core.names import shown
 from pneumoscan.core.options import VAL_FRACTION
 from pneumoscan.data.copies import label_conflicts, picture_groups, shared_patients
-from pneumoscan.data.layouts import HEADER_PATIENT, LABELS, Discovery, Record, discover, layouts, own_patient
+from pneumoscan.data.layouts import (HEADER_PATIENT, LABELS, Discovery, Record, absent_hint, discover, layouts,
+                                     own_patient)
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +187,6 @@ def patient_folds(
     return fold
 
 
-def _absent_hint(absent: list[str]) -> str:
-    """What most likely moved a manifest's films: a path holding bytes that are not UTF-8 (kept as surrogate escapes)
-    comes from a manifest saved in a local code page (a spreadsheet's "CSV (Comma delimited)"), else the relative
-    paths were read from another folder than the one meant."""
-    if any(any("\udc80" <= c <= "\udcff" for c in path) for path in absent):
-        return ("its paths hold bytes that are not UTF-8 (a spreadsheet saves its local code page as \"CSV\"): save it "
-                "as CSV UTF-8")
-    return "a manifest's relative paths are read from the manifest's own folder"
-
-
 def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
     """Everything in DATA but its test split, and its picture groups (copies of one film, which must stay
     together). A pool without a film of each class is refused (:func:`_check_classes`); label conflicts in it are
@@ -208,7 +199,7 @@ def split_pool(data: Path | str) -> tuple[list[Record], list[list[str]]]:
         # a manifest's wrong paths (a typo, Windows separators, read through a link from another folder): a split of
         # them would be handed on as a dataset, its films missing in every run
         raise ValueError(f"{shown(data)}: {len(absent)} of its {len(pool)} films outside test/ are not there (e.g. "
-                         f"{shown(absent[0])}); {_absent_hint(absent)}")
+                         f"{shown(absent[0])}); {absent_hint(absent)}")
     _check_classes(data, pool, found)
     groups = picture_groups([r.path for r in pool])
     warn_conflicts(label_conflicts(pool, groups, layouts().get(found.layout)))
