@@ -9,13 +9,13 @@ black). The appearance is fitted on the run's training films at the bundle's pre
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 from PIL import ImageFilter
 
-from bench_shift import CHANGES, Change, gamma, pillow
-from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.labelled import labelled_images
+from bench_shift import CHANGES, Change, gamma, labelled, pillow
+from pneumoscan.data.appearance import MIN_FILMS, Appearance
 from pneumoscan.models.card import load_card
 from pneumoscan.data.tasks import get_task
 
@@ -57,8 +57,11 @@ def main() -> None:
     args = parser.parse_args()
     card = load_card(args.bundle)
     task = get_task(card.task)
-    train, _, _ = labelled_images(args.data, "train", task, card.spec)
-    val, _, _ = labelled_images(args.data, "val", task, card.spec)
+    train, _ = labelled(args.data, "train", task, card.spec)
+    if len(train) < MIN_FILMS:
+        sys.exit(f"{args.data}: {len(train)} training films, fewer than the {MIN_FILMS} the appearance is fitted on "
+                 "(give a run's split.csv of more films)")
+    val, _ = labelled(args.data, "val", task, card.spec)
     appearance = Appearance.fit(train)
     print(f"appearance of {len(train)} training films at {card.size} px; {len(val)} validation films")
     print("| films | flagged | by layout | by orientation | by sharpness | by contrast | by white | by black |")

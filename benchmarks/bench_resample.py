@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,20 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=300, help="train files per class")
     args = parser.parse_args()
 
+    films = {(split, label): sorted((Path(args.data) / split / label).glob("*.jpeg"))
+             for label in ("NORMAL", "PNEUMONIA") for split in ("train", "val")}
+    for (split, label), found in films.items():
+        if not found:  # a median of no profile is no row
+            sys.exit(f"{Path(args.data) / split / label}: no .jpeg film (give the dataset with --data or "
+                     "$PNEUMOSCAN_DATA)")
     rng = random.Random(0)
     header = " ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in BANDS)
     print(f"{'class':<10} {'source':<22} {header}")
     for label in ("NORMAL", "PNEUMONIA"):
-        train = sorted((Path(args.data) / "train" / label).glob("*.jpeg"))
+        train = films["train", label]
         picked = rng.sample(train, min(args.sample, len(train)))
         rows = {f"train/ ({len(picked)} files)": [band_profile(read_gray(p)) for p in picked]}
-        originals = [read_gray(p, target=224) for p in sorted((Path(args.data) / "val" / label).glob("*.jpeg"))]
+        originals = [read_gray(p, target=224) for p in films["val", label]]
         for name, resample in FILTERS.items():
             rows[f"val/ ({len(originals)}) {name}"] = [band_profile(match_source(g, 224, 75, resample))
                                                        for g in originals]

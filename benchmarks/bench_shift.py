@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -21,10 +23,21 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscan.core.metrics import binary_metrics
 from pneumoscan.data.labelled import labelled_images
-from pneumoscan.data.tasks import binary_targets
+from pneumoscan.data.preprocess import PreprocessSpec
+from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.predict import Predictor
 
 Change = Callable[[np.ndarray], np.ndarray]
+
+
+def labelled(data: str | Path, split: str, task: Task, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """DATA's readable films of SPLIT as the bundle reads them, and their targets; else, as the CLI refuses data it
+    cannot use, the reason on one line and exit status 1 (no dataset there, no film of the split, none readable)."""
+    try:
+        images, targets, _ = labelled_images(data, split, task, spec)
+    except (OSError, ValueError) as e:
+        sys.exit(str(e))
+    return images, targets
 
 
 def _u8(a: np.ndarray) -> np.ndarray:
@@ -93,7 +106,7 @@ def main() -> None:
 
     predictor = Predictor(args.bundle, backend="onnx")
     card = predictor.card
-    images, targets, _ = labelled_images(args.data, args.split, predictor.task, card.spec)
+    images, targets = labelled(args.data, args.split, predictor.task, card.spec)
     y = binary_targets(targets)
     print(f"{card.model} · {card.task} · threshold {card.threshold:.4f} · {len(y)} {args.split} images")
     print(f"| change | AUC | sensitivity | specificity | mean P({card.positive}) of {card.classes[0]} |")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,18 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
+    val = {label: sorted((Path(args.data) / "val" / label).glob("*.jpeg")) for label in ("NORMAL", "PNEUMONIA")}
+    for label, found in val.items():
+        if not found:  # checked before the bundle is loaded: numpy stacks no film
+            sys.exit(f"{Path(args.data) / 'val' / label}: no .jpeg film (give the dataset with --data or "
+                     "$PNEUMOSCAN_DATA)")
     predictor = Predictor(args.bundle)
     spec = predictor.card.spec
     if spec.source_size is None:
         raise SystemExit("this bundle records no training source (trained with match_source: false?)")
     print(f"bundle threshold {predictor.card.threshold:.4f}; source {spec.source_size} px JPEG q{spec.source_quality}")
     print(f"{'label':<10} {'file':<32} {'size':>11} {'direct':>7} {'source':>7}")
-    for label in ("NORMAL", "PNEUMONIA"):
-        files = sorted((Path(args.data) / "val" / label).glob("*.jpeg"))
+    for label, files in val.items():
         direct = np.stack([preprocess(f, spec.size, spec.policy) for f in files])
         matched = np.stack([preprocess(f, **spec.to_dict()) for f in files])
         p_direct, p_matched = (predictor.positive_probability(predictor.probabilities(x)) for x in (direct, matched))

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pneumoscan.models.card import load_card
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -135,3 +137,36 @@ def test_bench_models_fine_tunes_every_model_whose_weights_ship_and_counts_its_f
                               .strip("|").split("|")), strict=True))
     assert int(cells["val films"]) == load_card(tiny_bundle).val_metrics["n"] > 0
     assert cells["init"] == "scratch" and cells["train minutes"] == "0.5"
+
+
+def _run_main(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """``python benchmarks/NAME.py ARGS``'s refusal, run in this process: the message it exits with (status 1)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as python benchmarks/NAME.py puts its folder first
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    spec = importlib.util.spec_from_file_location(Path(name).stem, BENCHMARKS / name)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exited:
+        bench.main()
+    assert isinstance(exited.value.code, str), f"{name} exited {exited.value.code!r}, not with a reason"
+    return exited.value.code
+
+
+def test_benchmarks_refuse_a_data_folder_without_films_in_one_line(tiny_bundle: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_resample and bench_source pointed at a folder without films ended in a traceback (numpy's median or
+    stack of nothing), bench_appearance at one (or at a split.csv of fewer than 100 training films, too few to fit
+    the appearance on) too. Each refuses with one line naming the data, exit status 1."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refusals = {
+        "bench_resample.py": (["--data", str(empty)], "no .jpeg film"),
+        "bench_source.py": ([str(tiny_bundle), "--data", str(empty)], "no .jpeg film"),
+        "bench_appearance.py": ([str(tiny_bundle), str(empty)], "no dataset layout recognises it"),
+    }
+    for name, (args, said) in refusals.items():
+        message = _run_main(name, args, monkeypatch)
+        assert str(empty) in message and said in message and "\n" not in message, (name, message)
+    split_csv = str(tiny_bundle.parent / "split.csv")  # 36 training films
+    message = _run_main("bench_appearance.py", [str(tiny_bundle), split_csv], monkeypatch)
+    assert message.startswith(f"{split_csv}: 36 training films, fewer than the 100") and "\n" not in message
