@@ -310,7 +310,8 @@ def refused_uploads() -> dict[str, Upload]:
 def xrays(n: int = 32) -> list[bytes]:
     paths = (sorted((DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[: n // 2]
              + sorted((DATA / "val").rglob("*.jpeg"))[: n // 2])
-    assert paths, f"no X-rays under {DATA}"
+    if not paths:
+        sys.exit(f"{DATA}: no .jpeg film in train/PNEUMONIA or val (set PNEUMOSCAN_DATA)")
     return [p.read_bytes() for p in paths]
 
 
@@ -458,6 +459,7 @@ def main() -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: extra `pneumoscan serve` options
 
+    images = xrays()  # before a bundle is trained and the uploads built
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(args.bundle) if args.bundle else tiny_bundle(Path(tmp))
         print(f"bundle {bundle}  backend {args.backend}  serve options {extra or 'defaults'}", flush=True)
@@ -465,7 +467,6 @@ def main() -> int:
         uploads = {**(worst_uploads(20) if args.only != "refused" else {}),
                    **(refused_uploads() if args.only != "accepted" else {})}
         print(f"{len(uploads)} kinds of upload built in {time.perf_counter() - start:.1f} s", flush=True)
-        images = xrays()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = Path(tmp) / "server.log"

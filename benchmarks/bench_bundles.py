@@ -21,10 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumoscan.data.labelled import labelled_images  # noqa: E402
 from pneumoscan.data.tasks import get_task  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
+from pneumoscan.models.card import load_card  # noqa: E402
 from bench_int8 import BATCH, REPEATS, THREADS, images_per_second  # noqa: E402  (the same timing as INT8's)
+from bench_shift import labelled  # noqa: E402
 
 
 def main(split_csv: Path, bundles: list[Path]) -> None:
@@ -32,8 +33,9 @@ def main(split_csv: Path, bundles: list[Path]) -> None:
     print(f"{THREADS} threads, batch {BATCH}, ONNX Runtime, decode excluded, best of {REPEATS} passes")
     print(f"{'bundle':<50} {'model':<20} {'size':>5} {'films':>6} {'images/s':>9}")
     for bundle in bundles:
+        card = load_card(bundle)
+        images, _ = labelled(split_csv, "val", get_task(card.task), card.spec)
         predictor = Predictor(bundle, BATCH, backend="onnx")
-        images, _, _ = labelled_images(split_csv, "val", get_task(predictor.card.task), predictor.card.spec)
         print(f"{str(bundle):<50} {predictor.card.model:<20} {predictor.card.size:>5} {len(images):>6} "
               f"{images_per_second(predictor, images):>9.1f}")
 

@@ -98,6 +98,9 @@ def main() -> None:
         return
     if not DATA.is_dir():
         sys.exit(f"data not found: {DATA} (set PNEUMOSCAN_DATA)")
+    for split in SPLITS:
+        if not any((DATA / split).rglob("*.jpeg")):  # the measuring process would end in discovery's traceback
+            sys.exit(f"{DATA / split}: no .jpeg film (set PNEUMOSCAN_DATA)")
     print(f"data: {DATA.resolve()}   cores: {os.cpu_count()}   workers: default (os.cpu_count())")
     header = (
         f"{'split':<6} {'images':>6} {'errors':>6} {'build s':>8} {'images/s':>9} {'target':>7} "

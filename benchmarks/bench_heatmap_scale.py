@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.layouts import read_manifest
+from pneumoscan.data.layouts import discover
 from pneumoscan.inference.explain import explain_array, heatmap_scale
 from pneumoscan.inference.predict import Predictor
 
@@ -26,6 +27,8 @@ def peaks(predictor: Predictor, grays: list[np.ndarray]) -> np.ndarray:
 
 
 def summary(name: str, values: np.ndarray) -> str:
+    if not len(values):  # no film on this side (a bundle that called none positive): no figure
+        return f"{name:<34} {0:>5} {'n/a':>7} {'n/a':>7} {'n/a':>7} {'n/a':>8} {'n/a':>8}"
     low, mid, high = np.percentile(values, [10, 50, 90])
     return (f"{name:<34} {len(values):>5} {mid:>7.3f} {low:>7.3f} {high:>7.3f} {np.mean(values >= 0.999):>8.0%} "
             f"{np.mean(values < 0.25):>8.0%}")
@@ -39,11 +42,19 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
+    try:  # before the bundle is loaded: the films asked of it
+        films = [r.path for r in discover(args.split_csv).split("val")]
+    except (OSError, ValueError) as e:
+        sys.exit(str(e))
+    full = {label: sorted((Path(args.data) / "val" / label).glob("*.jpeg")) for label in ("NORMAL", "PNEUMONIA")}
+    if missing := [str(Path(args.data) / "val" / label) for label, found in full.items() if not found]:
+        sys.exit(f"{' and '.join(missing)}: no .jpeg film (give the dataset with --data or $PNEUMOSCAN_DATA)")
+    if not films:
+        sys.exit(f"{args.split_csv}: no validation film")
     predictor = Predictor(args.bundle, backend="torch")
     scale = heatmap_scale(predictor.card)
     print(f"bundle heatmap scale: {predictor.card.heatmap_scale} ({'per film' if scale is None else 'recorded'}); "
           f"threshold {predictor.card.threshold:.4f}")
-    films = [r.path for r in read_manifest(args.split_csv).records if r.split == "val"]
     grays = [read_gray(f) for f in films]
     scores = predictor.positive_probability(predictor.probabilities(predictor.preprocess(grays)))
     print(f"{'films':<34} {'n':>5} {'median':>7} {'p10':>7} {'p90':>7} {'at top':>8} {'< 0.25':>8}")
@@ -52,9 +63,8 @@ def main() -> None:
         ranked = np.flatnonzero(chosen)[np.argsort(-scores[chosen], kind="stable")]
         pick = ranked[np.unique(np.linspace(0, len(ranked) - 1, min(args.films, len(ranked))).round().astype(int))]
         print(summary(name, peaks(predictor, [grays[i] for i in pick])))
-    for label in ("NORMAL", "PNEUMONIA"):
-        full = [read_gray(f) for f in sorted((Path(args.data) / "val" / label).glob("*.jpeg"))]
-        print(summary(f"val/ full size, {label}", peaks(predictor, full)))
+    for label, found in full.items():
+        print(summary(f"val/ full size, {label}", peaks(predictor, [read_gray(f) for f in found])))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_shift import labelled  # noqa: E402
 from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
-from pneumoscan.data.labelled import labelled_images  # noqa: E402
 from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, spec_path  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
+from pneumoscan.models.card import load_card  # noqa: E402
 
 THREADS = 2
 BATCH = 32
@@ -49,13 +50,16 @@ def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
 
 def main(bundle: Path, split_csv: Path) -> None:
     torch.set_num_threads(THREADS)
+    card = load_card(bundle)
+    images, targets = labelled(split_csv, "val", get_task(card.task), card.spec)  # before the export: films to time
     if not (bundle / INT8_NAME).exists():
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pneumoscan", "export", str(bundle), "--int8", "--data", str(split_csv)],
-                       check=True)
+        done = subprocess.run([sys.executable, "-m", "pneumoscan", "export", str(bundle), "--int8", "--data",
+                               str(split_csv)])
+        if done.returncode:  # the command has said why
+            sys.exit(f"pneumoscan export {bundle} --int8 failed (exit status {done.returncode})")
         print(f"export --int8: {time.perf_counter() - start:.0f} s")
     fp32, int8 = (Predictor(bundle, BATCH, backend) for backend in ("onnx", "onnx-int8"))
-    images, targets, _ = labelled_images(split_csv, "val", get_task(fp32.card.task), fp32.card.spec)
     y = binary_targets(targets)
     print(f"{bundle}: {fp32.card.model} {fp32.card.size} px, {len(y)} validation films, {THREADS} threads, "
           f"batch {BATCH}")

@@ -222,8 +222,10 @@ def main() -> None:
         work = Path(tmp)
         env = {**os.environ, "PNEUMOSCAN_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}
         os.environ["PNEUMOSCAN_CACHE"] = env["PNEUMOSCAN_CACHE"]
-        bundle = str(args.bundle or tiny_bundle(work / "tiny"))
         every = len(films(10**6))
+        if not every:  # before a bundle is trained
+            sys.exit(f"{DATA / 'train'}: no .jpeg film in NORMAL or PNEUMONIA (set PNEUMOSCAN_DATA)")
+        bundle = str(args.bundle or tiny_bundle(work / "tiny"))
         sizes = [50, 500] if args.quick else [50, 500, every]
         print(f"bundle {bundle}; MiB: peak anonymous / peak resident")
         for n in sizes:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pneumoscan.core.logs import configure
+from pneumoscan.data.layouts import discover
 from pneumoscan.models import WeightsUnavailable
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle
@@ -64,6 +65,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     args = parser.parse_args()
     configure()  # training's progress and messages, as the command line shows them
+    try:
+        discover(args.data)  # a folder of no dataset, or none there: said before any model trains
+    except (OSError, ValueError) as e:
+        sys.exit(str(e))
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-models-"))
     rows = []

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.core.metrics import choose_threshold, threshold_interval
+from pneumoscan.models.run_folder import CvFolder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cv_dir", help="a `pneumoscan cv` run: its oof.csv is read")
+    parser.add_argument("cv_dir", type=Path, help="a `pneumoscan cv` run: its oof.csv is read")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     args = parser.parse_args()
-    with (Path(args.cv_dir) / "oof.csv").open(newline="") as f:
+    oof = CvFolder(args.cv_dir).oof
+    if not oof.is_file():
+        sys.exit(f"{args.cv_dir} is not a finished cv run (`pneumoscan cv --out`): no {oof.name}")
+    with oof.open(newline="") as f:
         rows = list(csv.DictReader(f))
     positive = max({r["label"] for r in rows}, key=lambda label: label != "NORMAL")  # the pneumonia task's call
     print(f"policy: sensitivity >= {args.target_sensitivity:g}, each fold's own films")

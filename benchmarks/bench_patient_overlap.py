@@ -28,6 +28,7 @@ import argparse
 import os
 import random
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -161,11 +162,16 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     train = Path(args.data) / "train"
+    for label in ("NORMAL", "PNEUMONIA"):
+        if not any((train / label).glob("*.jpeg")):
+            sys.exit(f"{train / label}: no .jpeg film (give the Kermany folder or set PNEUMOSCAN_DATA)")
     by = numbered(train / "NORMAL")
     kind = by_child(train / "PNEUMONIA")
+    shared = [(by["IM", k][0], by["N2", k][0]) for f, k in sorted(by) if f == "IM" and ("N2", k) in by]
+    if not shared:  # the question asked of them, before the model is loaded
+        sys.exit(f"{train / 'NORMAL'}: no `IM-N` and `NORMAL2-IM-N` films share a number: nothing to compare")
     films = Films()
 
-    shared = [(by["IM", k][0], by["N2", k][0]) for f, k in sorted(by) if f == "IM" and ("N2", k) in by]
     same = [(v[0], v[-1]) for v in kind.values() if len(v) > 1]
     one_child = [p for p in same if films.phash(*p) > FAR_BITS]
     one_study = [(v[0], v[1]) for v in by.values() if len(v) > 1]

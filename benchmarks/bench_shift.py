@@ -24,8 +24,9 @@ from sklearn.metrics import roc_auc_score
 from pneumoscan.core.metrics import binary_metrics
 from pneumoscan.data.labelled import labelled_images
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.data.tasks import Task, binary_targets
+from pneumoscan.data.tasks import Task, binary_targets, get_task
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.card import load_card
 
 Change = Callable[[np.ndarray], np.ndarray]
 
@@ -104,9 +105,9 @@ def main() -> None:
     parser.add_argument("--faults", action="store_true", help="also bench_appearance's faults")
     args = parser.parse_args()
 
+    card = load_card(args.bundle)
+    images, targets = labelled(args.data, args.split, get_task(card.task), card.spec)  # before the model is loaded
     predictor = Predictor(args.bundle, backend="onnx")
-    card = predictor.card
-    images, targets = labelled(args.data, args.split, predictor.task, card.spec)
     y = binary_targets(targets)
     print(f"{card.model} · {card.task} · threshold {card.threshold:.4f} · {len(y)} {args.split} images")
     print(f"| change | AUC | sensitivity | specificity | mean P({card.positive}) of {card.classes[0]} |")

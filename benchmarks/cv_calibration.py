@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the splits and the bootstrap (default 0)")
     args = parser.parse_args()
     cv = CvFolder(args.cv)
+    if not cv.oof.is_file():
+        sys.exit(f"{args.cv} is not a finished cv run (`pneumoscan cv --out`): no {cv.oof.name}")
     with cv.oof.open(newline="") as oof:
         scored = {oof_name(film["path"]): float(film["probability"]) for film in csv.DictReader(oof)}
     folds = [load_fold(cv, number, scored) for number in cv.folds()]

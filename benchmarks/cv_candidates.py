@@ -35,6 +35,8 @@ SPEC = "specificity_at_sensitivity_0.97"
 
 def load(cv_dir: Path) -> dict:
     cv = CvFolder(cv_dir)
+    if not cv.summary.is_file():
+        sys.exit(f"{cv_dir} is not a finished cv run (`pneumoscan cv --out`): no {cv.summary.name}")
     result = json.loads(cv.summary.read_text())
     folds = result["folds"]
     # each fold's validation films by real path: runs given the data by another path hold the same folds

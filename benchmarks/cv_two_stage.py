@@ -61,7 +61,10 @@ def stage_probability(bundle: Path, paths: list[str]) -> np.ndarray:
 
 
 def main(pneumonia: Path, etiology: Path) -> None:
-    first, second = load_card(pneumonia), load_card(etiology)
+    try:
+        first, second = load_card(pneumonia), load_card(etiology)
+    except (OSError, ValueError) as e:  # no bundle there, or a damaged card: its reason, not a traceback
+        sys.exit(str(e))
     runs = cv_runs(first, pneumonia)
     records = [r for r in discover(CvFolder(runs[0]).split(0)).records]
     classes = ("normal", "bacteria", "virus")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -141,13 +142,10 @@ def test_bench_models_fine_tunes_every_model_whose_weights_ship_and_counts_its_f
 
 def _run_main(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
     """``python benchmarks/NAME.py ARGS``'s refusal, run in this process: the message it exits with (status 1)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as python benchmarks/NAME.py puts its folder first
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])  # its folder first; what it adds goes after
     monkeypatch.setattr(sys, "argv", [name, *args])
-    spec = importlib.util.spec_from_file_location(Path(name).stem, BENCHMARKS / name)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     with pytest.raises(SystemExit) as exited:
-        bench.main()
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
     assert isinstance(exited.value.code, str), f"{name} exited {exited.value.code!r}, not with a reason"
     return exited.value.code
 
@@ -156,17 +154,48 @@ def test_benchmarks_refuse_a_data_folder_without_films_in_one_line(tiny_bundle: 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_resample and bench_source pointed at a folder without films ended in a traceback (numpy's median or
     stack of nothing), bench_appearance at one (or at a split.csv of fewer than 100 training films, too few to fit
-    the appearance on) too. Each refuses with one line naming the data, exit status 1."""
+    the appearance on) too; so did the other benchmarks given an empty folder for their data, cv run or bundle, some
+    after minutes of work (a bundle trained, decode bombs built). Each refuses with one line naming what it was
+    given, exit status 1, before that work."""
     empty = tmp_path / "empty"
     empty.mkdir()
+    monkeypatch.setenv("PNEUMOSCAN_DATA", str(empty))  # the scripts that read their data from there
+    bundle, e = str(tiny_bundle), str(empty)
+    no_layout, not_cv = "no dataset layout recognises it", "is not a finished cv run"
     refusals = {
-        "bench_resample.py": (["--data", str(empty)], "no .jpeg film"),
-        "bench_source.py": ([str(tiny_bundle), "--data", str(empty)], "no .jpeg film"),
-        "bench_appearance.py": ([str(tiny_bundle), str(empty)], "no dataset layout recognises it"),
+        "bench_resample.py": (["--data", e], "no .jpeg film"),
+        "bench_source.py": ([bundle, "--data", e], "no .jpeg film"),
+        "bench_appearance.py": ([bundle, e], no_layout),
+        "bench_shift.py": ([bundle, e], no_layout),
+        "bench_bundles.py": ([e, bundle], no_layout),
+        "bench_int8.py": ([bundle, e], no_layout),
+        "bench_heatmap_scale.py": ([bundle, e, "--data", e], no_layout),
+        "bench_models.py": (["--data", e, "--models", "simple_cnn"], no_layout),
+        "bench_near_threshold.py": ([e], not_cv),
+        "cv_calibration.py": ([e], not_cv),
+        "cv_candidates.py": ([e, e], not_cv),
+        "cv_two_stage.py": ([e, e], "is not a bundle folder"),
+        "bench_patient_overlap.py": ([e], "no .jpeg film"),
+        "bench_abuse.py": ([bundle], "no .jpeg film"),
+        "bench_memory.py": ([], "no .jpeg film"),
+        "bench_cache.py": ([], "no .jpeg film"),
     }
     for name, (args, said) in refusals.items():
         message = _run_main(name, args, monkeypatch)
-        assert str(empty) in message and said in message and "\n" not in message, (name, message)
+        assert e in message and said in message and "\n" not in message, (name, message)
     split_csv = str(tiny_bundle.parent / "split.csv")  # 36 training films
-    message = _run_main("bench_appearance.py", [str(tiny_bundle), split_csv], monkeypatch)
+    message = _run_main("bench_appearance.py", [bundle, split_csv], monkeypatch)
     assert message.startswith(f"{split_csv}: 36 training films, fewer than the 100") and "\n" not in message
+
+
+def test_bench_heatmap_scale_gives_a_side_without_films_no_figures() -> None:
+    """A bundle that called no validation film positive (a small split) ended the table in numpy's IndexError (the
+    percentiles of no peak): that row says it has no film."""
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("bench_heatmap_scale", BENCHMARKS / "bench_heatmap_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.summary("validation, called positive", np.array([]))
+    assert row.split() == ["validation,", "called", "positive", "0", *["n/a"] * 5]
+    assert bench.summary("one", np.array([0.5])).split()[1:] == ["1", "0.500", "0.500", "0.500", "0%", "0%"]
