@@ -4,8 +4,12 @@ short front page whose links work on a code host."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import itertools
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -177,9 +181,9 @@ def test_the_python_page_runs_as_written(tmp_path: Path) -> None:
         assert overlay.width == 3 * 64 and overlay.height > 64, overlay.size
 
 
-def _sub_commands() -> dict[str, argparse.ArgumentParser]:
-    """Each sub-command's parser, as `pneumoscan SUB-COMMAND --help` prints it."""
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+def _sub_commands(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.ArgumentParser]:
+    """Each sub-command's parser (of ``parser``, else a new one), as `pneumoscan SUB-COMMAND --help` prints it."""
+    (sub,) = [a for a in (parser or build_parser())._actions if isinstance(a, argparse._SubParsersAction)]
     return dict(sub.choices)
 
 
@@ -262,3 +266,113 @@ def test_the_defaults_docs_cli_md_gives_are_those_of_help(command: str) -> None:
     wrong = {option: (value, _parser_default(actions[option])) for option, value in documented
              if option in actions and _parser_default(actions[option]) != float(value)}
     assert not wrong, f"`{command}` defaults in docs/cli.md (doc, --help): {wrong}"
+
+
+
+FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", flags=re.S | re.M)
+# A line that starts the program (`pneumoscan train ...`, `PNEUMOSCAN_PLUGINS=m pneumoscan ...`, `torchrun ... -m
+# pneumoscan train ...`), not a message it prints (`pneumoscan train: error: ...`) nor a sentence naming it.
+INVOCATION = re.compile(r"^\s*(?:\$ )?(?:[A-Z_]+=\S* )*(?:.*\s-m )?pneumoscan (?![\w-]*: )(.*)$")
+SHELL_END = ("|", "||", "&&", ";", "&", "<", ">", ">>", "2>", "2>&1")
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(?:\.\.\.)?$")  # BUNDLE, NEW_BUNDLE, S, PATH...
+
+
+def _doc_command_lines() -> list[tuple[str, bool, str]]:
+    """Every `pneumoscan ...` command line of README.md and docs/*.md, and every `train --resume` (a command named
+    with its options in a sentence), as (page, whole, line). ``whole`` marks a line of a bash block without an
+    ellipsis, which a reader pastes as it stands; the rest (`pneumoscan threshold` in a sentence, a usage block,
+    `evaluate ... --split val`) may leave out what the command requires."""
+    found, named = [], re.compile(rf"(?:{'|'.join(_sub_commands())}) -")  # `train --resume`, the program unnamed
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for lang, block in FENCE.findall(text):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                if INVOCATION.search(line):
+                    found.append((page.name, lang == "bash" and "..." not in line, line))
+        for span in re.findall(r"`([^`]+)`", FENCE.sub("", text)):
+            span = re.sub(r"(?<=\w)/(?=--)", " ", " ".join(span.split()))  # `audit --figure/--json-out`
+            if named.match(span):
+                span = f"pneumoscan {span}"
+            if INVOCATION.search(span):
+                found.append((page.name, False, span))
+    return found
+
+
+def _relaxed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser with nothing required, for a shortened command line: the options it names must still exist and
+    take the values given."""
+    for command in _sub_commands(parser).values():
+        for action in command._actions:
+            action.required = False
+            if not action.option_strings:
+                action.nargs = {None: "?", "+": "*"}.get(action.nargs, action.nargs)
+        for group in command._mutually_exclusive_groups:
+            group.required = False
+    return parser
+
+
+def _argvs(line: str, commands: dict[str, argparse.ArgumentParser]) -> list[list[str]]:
+    """The arguments a shell would pass for a documented line, up to a comment, pipe or redirection, each placeholder
+    value made one the option takes: every alternative of `--split train|val|test`, the default (or 1) for `--seed S`
+    or `--data ...`, a registered task for a plugin's `--task`. Usage brackets are dropped, and with them an
+    optional repeat (`[DIR ...]`, `[POLICY]`). An option named alone (`predict --dicom-sr --fhir`) is given a value.
+    No command where the words after `pneumoscan` are a title or a placeholder (`pneumoscan Grad-CAM overlay`,
+    `pneumoscan COMMAND --help`); a lower-case word there is a command, and must be one."""
+    either = re.search(r"\[([^][]*) \| ([^][]*)\]", line)  # a usage block's `[--bundle B | --size 192 ...]`
+    if either:
+        return [argv for option in either.groups()
+                for argv in _argvs(f"{line[: either.start()]}[{option}]{line[either.end():]}", commands)]
+    match = INVOCATION.search(line)
+    plugins = "PNEUMOSCAN_PLUGINS=" in line[: match.start(1)]
+    words: list[str] = []
+    for word in shlex.split(match.group(1), comments=True):
+        if word in SHELL_END or word.startswith((">", "2>")):
+            break
+        if not (word.startswith("[") and PLACEHOLDER.match(word.strip("[]")) or word == "...]"):
+            words.append(word.strip("[]"))
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command is not None and command not in commands and not command.islower():
+        return []
+    actions = {o: a for a in commands[command]._actions for o in a.option_strings} if command in commands else {}
+    choices: list[list[str]] = []
+    i = 0
+    while i < len(words):
+        word, action = words[i], actions.get(words[i])
+        choices.append([word] if word != "..." else [])  # `...`: the rest of the line, or an option's value
+        i += 1
+        if action is None or action.nargs == 0:
+            continue
+        value = words[i] if i < len(words) and not words[i].startswith("-") else None
+        if value is not None and value != "..." and not PLACEHOLDER.match(value) and "|" not in value and not (
+                plugins and word == "--task"):
+            continue  # a real value: the next word, as it stands
+        i += value is not None
+        said = [w for w in (value or "").split("|") if w and w != "..." and not PLACEHOLDER.match(w)]
+        default = action.default if isinstance(action.default, (str, int, float)) else 1
+        choices.append([] if plugins and word == "--task" else said)
+        choices[-1] = choices[-1] or [next(iter(action.choices)) if action.choices else str(default)]
+    return [list(argv) for argv in itertools.product(*(c for c in choices if c))]
+
+
+def _parse_error(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """What the parser says of the arguments (its error line), or None where it takes them."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+    except SystemExit as e:
+        return None if e.code == 0 else said.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def test_every_command_line_in_the_docs_parses() -> None:
+    """Each `pneumoscan ...` line of the README and docs/ is one the real parser takes: a reader who pastes it gets
+    the command run, not `unrecognized arguments` for an option renamed or an option value the command lacks. Whole
+    lines of bash blocks are parsed as they stand; shortened ones with nothing required."""
+    lines = _doc_command_lines()
+    assert len(lines) > 100, f"found only {len(lines)} command lines: the pattern no longer finds them"
+    strict, relaxed = build_parser(), _relaxed(build_parser())
+    commands = _sub_commands(strict)
+    wrong = {f"{page}: {line}\n    {error}": None for page, whole, line in lines for argv in _argvs(line, commands)
+             if (error := _parse_error(strict if whole else relaxed, argv))}
+    assert not wrong, "command lines the parser refuses:\n" + "\n".join(wrong)
