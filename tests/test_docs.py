@@ -31,7 +31,8 @@ README_MAX_LINES = 120  # about two screens
 # A commit hash quoted in the text (`5f14974`), or named after the word commit: history, not documentation.
 COMMIT_HASH = re.compile(r"`[0-9a-f]{7,40}`|\bcommit [0-9a-f]{7,40}\b", re.IGNORECASE)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-# The past told in a user page ("written by an earlier pneumoscan", "Earlier, N tests passed", "the current recipe"):
+# The past told in a user page ("written by an earlier pneumoscan", "Earlier, N tests passed", "the current recipe",
+# "a schedule half a step from today's"):
 # history belongs in CHANGELOG.md; a page names what a reader can observe (a field, a format, a file) instead.
 HISTORY = re.compile(
     r"\b(?:earlier|older|later|newer|previous) (?:pneumoscan|versions?|releases?)\b"
@@ -41,6 +42,7 @@ HISTORY = re.compile(
     r"|\bthe current (?:recipe|version|release|export|code)\b"
     r"|(?:^|[.;:] )Earlier, "
     r"|\bpreviously\b"
+    r"|\btoday(?:'s)?\b"
     r"|\bby pneumoscan \d+\.\d+",
     re.IGNORECASE | re.MULTILINE,
 )
