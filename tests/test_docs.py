@@ -143,6 +143,18 @@ def test_readme_headline_figures_are_those_of_the_results_page() -> None:
     assert not missing, f"README rows not in docs/results.md: {missing}"
 
 
+@pytest.mark.parametrize("page", [README, ROOT / "docs" / "index.md", ROOT / "docs" / "reading.md"],
+                         ids=lambda p: p.name)
+def test_the_figures_of_the_front_pages_are_those_of_the_results_page(page: Path) -> None:
+    """A measured figure (0.972, 0.4587) that a front page or the clinicians' page quotes is one docs/results.md
+    gives with the command that made it: never a figure of its own."""
+    figure = re.compile(r"(?<![\w.])0\.\d{3,}(?!\d)")
+    figures = set(figure.findall(page.read_text()))
+    assert figures, f"{page.name} quotes no figure: the pattern no longer finds them"
+    missing = sorted(figures - set(figure.findall((ROOT / "docs" / "results.md").read_text())))
+    assert not missing, f"{page.name} quotes figures docs/results.md lacks: {missing}"
+
+
 def test_readme_links_are_relative_and_resolve() -> None:
     """README links into docs/ are relative paths (they work on a code host and in a clone), and each target file
     and heading exists."""
