@@ -390,3 +390,39 @@ def test_every_command_line_in_the_docs_parses() -> None:
     wrong = {f"{page}: {line}\n    {error}": None for page, whole, line in lines for argv in _argvs(line, commands)
              if (error := _parse_error(strict if whole else relaxed, argv))}
     assert not wrong, "command lines the parser refuses:\n" + "\n".join(wrong)
+
+
+def test_the_proxy_variables_pacs_follows_are_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pacs` reaches the PACS through `requests`, which follows HTTP_PROXY/HTTPS_PROXY: on a server with a proxy
+    for its internet access, every film and report went through that proxy, and no page said so or named
+    NO_PROXY. Here a loopback proxy receives a search; the pages name the variables."""
+    import http.server
+    import threading
+
+    from pneumoscan.interop.dicomweb import _session
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.requestline)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        url, session = _session("http://pacs.hospital.invalid/dicom-web", None)
+        assert session.get(f"{url}/studies", timeout=10).status_code == 204
+    finally:
+        proxy.shutdown()
+    assert seen == ["GET http://pacs.hospital.invalid/dicom-web/studies HTTP/1.1"]
+    for page in ("dicom.md", "cli.md", "deployment.md"):
+        text = (ROOT / "docs" / page).read_text()
+        assert "HTTPS_PROXY" in text and "NO_PROXY" in text, f"docs/{page} does not say pacs follows the proxy"
