@@ -426,3 +426,13 @@ def test_the_proxy_variables_pacs_follows_are_documented(monkeypatch: pytest.Mon
     for page in ("dicom.md", "cli.md", "deployment.md"):
         text = (ROOT / "docs" / page).read_text()
         assert "HTTPS_PROXY" in text and "NO_PROXY" in text, f"docs/{page} does not say pacs follows the proxy"
+
+
+def test_the_models_docs_cli_md_lists_are_those_registered() -> None:
+    """`## models` names what `pneumoscan models` prints: a model registered but not named there could not be found
+    on the page, one named but gone would be refused by `train --model`."""
+    from pneumoscan.models.registry import list_models
+
+    section = _section((ROOT / "docs" / "cli.md").read_text(), "models")
+    (names,) = re.findall(r"registered model names \(([^)]*)\)", section)
+    assert re.findall(r"`([\w-]+)`", names) == list_models()
