@@ -436,3 +436,13 @@ def test_the_models_docs_cli_md_lists_are_those_registered() -> None:
     section = _section((ROOT / "docs" / "cli.md").read_text(), "models")
     (names,) = re.findall(r"registered model names \(([^)]*)\)", section)
     assert re.findall(r"`([\w-]+)`", names) == list_models()
+
+
+def test_the_fhir_filing_example_uses_the_observations_identifier_system() -> None:
+    """docs/dicom.md's conditional update finds the Observation by the identifier system pneumoscan writes; another
+    system in the query would create a second Observation on every rerun instead of replacing the first."""
+    from pneumoscan.interop.fhir import URI
+
+    lines = (ROOT / "docs" / "dicom.md").read_text().splitlines()
+    (put,) = [line for line in lines if line.lstrip().startswith('"https://') and "Observation?identifier=" in line]
+    assert f"identifier={URI}%7C$id" in put
