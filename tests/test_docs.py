@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
 import os
@@ -446,3 +447,26 @@ def test_the_fhir_filing_example_uses_the_observations_identifier_system() -> No
     lines = (ROOT / "docs" / "dicom.md").read_text().splitlines()
     (put,) = [line for line in lines if line.lstrip().startswith('"https://') and "Observation?identifier=" in line]
     assert f"identifier={URI}%7C$id" in put
+
+
+def test_every_set_the_docs_give_is_a_setting_train_takes() -> None:
+    """`--set KEY=VALUE` passes the parser whatever it holds, and the key and value are judged when the config is
+    made: a page's `--set` of a renamed setting, or a value of the wrong type, would parse (the command-line test
+    above) and then be refused. A placeholder value (`workers=N`) is given the setting's default."""
+    from pneumoscan.training.config import TrainConfig, load_config
+
+    settings = {(page.name, kv) for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
+                for kv in re.findall(r"--set ([\w.]+=[^\s`)]+)", page.read_text())}
+    assert len(settings) > 10, "found too few --set settings: the pattern no longer finds them"
+    wrong = []
+    for page, setting in sorted(settings):
+        key, _, value = setting.partition("=")
+        if key == "KEY":  # the usage blocks' `--set KEY=VALUE`
+            continue
+        if PLACEHOLDER.match(value):
+            value = str(functools.reduce(getattr, key.split("."), TrainConfig()))
+        try:
+            load_config(None, [f"{key}={value}"])
+        except ValueError as e:
+            wrong.append(f"{page}: --set {setting}: {e}")
+    assert not wrong, "\n".join(wrong)
