@@ -470,3 +470,15 @@ def test_every_set_the_docs_give_is_a_setting_train_takes() -> None:
         except ValueError as e:
             wrong.append(f"{page}: --set {setting}: {e}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_repository_files_the_docs_name_exist() -> None:
+    """A config, notebook, benchmark or module a page names (`configs/reference/cnn1-augment.yaml`,
+    `benchmarks/bench_shift.py`) is in the repository: a reader runs or opens it as written."""
+    file = re.compile(r"\b(?:configs|notebooks|benchmarks|tests|pneumoscan)/[\w./-]+\.(?:yaml|ipynb|py)\b")
+    named = {(page.name, path) for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
+             for path in file.findall(page.read_text())}
+    assert len(named) > 20, "found too few file names: the pattern no longer finds them"
+    missing = sorted(f"{page}: {path}" for page, path in named
+                     if not (ROOT / path).is_file() and not PLACEHOLDER.match(Path(path).stem))
+    assert not missing, f"pages name files the repository lacks: {missing}"
