@@ -482,3 +482,13 @@ def test_the_repository_files_the_docs_name_exist() -> None:
     missing = sorted(f"{page}: {path}" for page, path in named
                      if not (ROOT / path).is_file() and not PLACEHOLDER.match(Path(path).stem))
     assert not missing, f"pages name files the repository lacks: {missing}"
+
+
+def test_the_host_names_deployment_md_says_to_give_are_matched_without_their_port() -> None:
+    """docs/deployment.md says to give --allowed-hosts names without a port, since the Host header's port is not
+    compared: a request to the name with a port passes, and the name given with its port matches nothing."""
+    from pneumoscan.serving.guard import _host_allowed
+
+    assert "Give names without a port" in (ROOT / "docs" / "deployment.md").read_text()
+    assert _host_allowed("xray.hospital.example:8443", ("xray.hospital.example",))
+    assert not _host_allowed("xray.hospital.example:8443", ("xray.hospital.example:8443",))
