@@ -286,15 +286,17 @@ def test_the_defaults_docs_cli_md_gives_are_those_of_help(command: str) -> None:
 
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", flags=re.S | re.M)
 # A line that starts the program (`pneumoscan train ...`, `PNEUMOSCAN_PLUGINS=m pneumoscan ...`, `torchrun ... -m
-# pneumoscan train ...`), not a message it prints (`pneumoscan train: error: ...`) nor a sentence naming it.
-INVOCATION = re.compile(r"^\s*(?:\$ )?(?:[A-Z_]+=\S* )*(?:.*\s-m )?pneumoscan (?![\w-]*: )(.*)$")
+# pneumoscan train ...`, `sudo -u pneumoscan /opt/pneumoscan/venv/bin/pneumoscan serve ...`, a systemd unit's
+# `ExecStart=`), not a message it prints (`pneumoscan train: error: ...`) nor a sentence naming it.
+INVOCATION = re.compile(r"^\s*(?:\$ )?(?:[A-Z_]+=\S* )*(?:.*\s-m |(?:sudo -u \S+ )?(?:ExecStart=)?\S*/)?"
+                        r"pneumoscan (?![\w-]*: )(.*)$")
 SHELL_END = ("|", "||", "&&", ";", "&", "<", ">", ">>", "2>", "2>&1")
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(?:\.\.\.)?$")  # BUNDLE, NEW_BUNDLE, S, PATH...
 
 
 def _doc_command_lines() -> list[tuple[str, bool, str]]:
     """Every `pneumoscan ...` command line of README.md and docs/*.md, and every `train --resume` (a command named
-    with its options in a sentence), as (page, whole, line). ``whole`` marks a line of a bash block without an
+    with its options in a sentence), as (page, whole, line). ``whole`` marks a line of a bash or sh block without an
     ellipsis, which a reader pastes as it stands; the rest (`pneumoscan threshold` in a sentence, a usage block,
     `evaluate ... --split val`) may leave out what the command requires."""
     found, named = [], re.compile(rf"(?:{'|'.join(_sub_commands())}) -")  # `train --resume`, the program unnamed
@@ -303,7 +305,7 @@ def _doc_command_lines() -> list[tuple[str, bool, str]]:
         for lang, block in FENCE.findall(text):
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 if INVOCATION.search(line):
-                    found.append((page.name, lang == "bash" and "..." not in line, line))
+                    found.append((page.name, lang in ("bash", "sh") and "..." not in line, line))
         for span in re.findall(r"`([^`]+)`", FENCE.sub("", text)):
             span = re.sub(r"(?<=\w)/(?=--)", " ", " ".join(span.split()))  # `audit --figure/--json-out`
             if named.match(span):
