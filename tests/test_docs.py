@@ -494,3 +494,25 @@ def test_the_host_names_deployment_md_says_to_give_are_matched_without_their_por
     assert "Give names without a port" in (ROOT / "docs" / "deployment.md").read_text()
     assert _host_allowed("xray.hospital.example:8443", ("xray.hospital.example",))
     assert not _host_allowed("xray.hospital.example:8443", ("xray.hospital.example:8443",))
+
+
+def test_every_pneumoscan_name_the_docs_give_exists() -> None:
+    """A module, function or constant a page names by its dotted path (`pneumoscan.interop.fhir.CODE_SYSTEM`,
+    `pneumoscan.training.cv.cross_validate`) can be imported as written."""
+    import importlib
+
+    named = {(page.name, name) for page in [README, *sorted((ROOT / "docs").glob("*.md"))]
+             for name in re.findall(r"(?<![\w/.])pneumoscan(?:\.[A-Za-z_]\w*)+", page.read_text())}
+    assert len(named) > 20, "found too few dotted names: the pattern no longer finds them"
+    missing = []
+    for page, name in sorted(named):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest module the name starts with, then attributes
+            try:
+                functools.reduce(getattr, parts[i:], importlib.import_module(".".join(parts[:i])))
+                break
+            except (ImportError, AttributeError):
+                continue
+        else:
+            missing.append(f"{page}: {name}")
+    assert not missing, f"pages name what pneumoscan lacks: {missing}"
