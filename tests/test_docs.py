@@ -283,12 +283,11 @@ def test_the_defaults_docs_cli_md_gives_are_those_of_help(command: str) -> None:
     assert not wrong, f"`{command}` defaults in docs/cli.md (doc, --help): {wrong}"
 
 
-
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", flags=re.S | re.M)
-# A line that starts the program (`pneumoscan train ...`, `PNEUMOSCAN_PLUGINS=m pneumoscan ...`, `torchrun ... -m
-# pneumoscan train ...`, `sudo -u pneumoscan /opt/pneumoscan/venv/bin/pneumoscan serve ...`, a systemd unit's
-# `ExecStart=`), not a message it prints (`pneumoscan train: error: ...`) nor a sentence naming it.
-INVOCATION = re.compile(r"^\s*(?:\$ )?(?:[A-Z_]+=\S* )*(?:.*\s-m |(?:sudo -u \S+ )?(?:ExecStart=)?\S*/)?"
+# A line that starts the program (`pneumoscan train ...`, `time pneumoscan ...`, `PNEUMOSCAN_PLUGINS=m pneumoscan
+# ...`, `torchrun ... -m pneumoscan train ...`, `sudo -u pneumoscan /opt/pneumoscan/venv/bin/pneumoscan serve ...`,
+# a systemd unit's `ExecStart=`), not a message it prints (`pneumoscan train: error: ...`) nor a sentence naming it.
+INVOCATION = re.compile(r"^\s*(?:\$ )?(?:time )?(?:[A-Z_]+=\S* )*(?:.*\s-m |(?:sudo -u \S+ )?(?:ExecStart=)?\S*/)?"
                         r"pneumoscan (?![\w-]*: )(.*)$")
 SHELL_END = ("|", "||", "&&", ";", "&", "<", ">", ">>", "2>", "2>&1")
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(?:\.\.\.)?$")  # BUNDLE, NEW_BUNDLE, S, PATH...
