@@ -515,3 +515,22 @@ def test_every_pneumoscan_name_the_docs_give_exists() -> None:
         else:
             missing.append(f"{page}: {name}")
     assert not missing, f"pages name what pneumoscan lacks: {missing}"
+
+
+def test_docs_api_md_names_every_field_the_service_answers(tiny_bundle: Path, tiny_dataset: Path) -> None:
+    """An integrator reads docs/api.md for what `/v1/model` and `/v1/predict` answer: each field the service sends
+    (the card's, its validation figures', a reading's) is named under its endpoint."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.app import create_app
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    film = next((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))
+    with TestClient(create_app(tiny_bundle)) as client:
+        card = client.get("/v1/model").json()
+        reading = client.post("/v1/predict", files={"file": ("film.jpeg", film.read_bytes(), "image/jpeg")}).json()
+    for section, fields in ((_section(api, "`GET /v1/model`"), [*card, *card["val_metrics"]]),
+                            (_section(api, "`POST /v1/predict`"), reading)):
+        named = set(re.findall(r'`"?(\w+)"?`|"(\w+)":', section))
+        named = {name for pair in named for name in pair if name}
+        assert not sorted(set(fields) - named), f"api.md does not name {sorted(set(fields) - named)}"
