@@ -534,3 +534,22 @@ def test_docs_api_md_names_every_field_the_service_answers(tiny_bundle: Path, ti
         named = set(re.findall(r'`"?(\w+)"?`|"(\w+)":', section))
         named = {name for pair in named for name in pair if name}
         assert not sorted(set(fields) - named), f"api.md does not name {sorted(set(fields) - named)}"
+
+
+def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: Path, tiny_dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    """docs/cli.md's `predict` row lists the results' columns, the optional ones in brackets, in the file's order:
+    a script written from the page reads the real file (here a film read, with its heatmap, and a missing file)."""
+    from pneumoscan import cli
+
+    predict = _section((ROOT / "docs" / "cli.md").read_text(), "predict")
+    (listed,) = re.findall(r"^\| results, columns `([^`]*)`", predict, flags=re.M)
+    documented = [c.strip() for c in re.split(r"[\[\],]", re.sub(r"\([^()]*\)", "", listed)) if c.strip()]
+    film = next((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))
+    out = tmp_path / "results.csv"
+    cli.main(["-q", "predict", str(tiny_bundle), str(film), str(tmp_path / "gone.jpeg"), "--heatmaps",
+              str(tmp_path / "maps"), "--out", str(out)])
+    header = out.read_text().splitlines()[0].split(",")
+    assert {"path", "probability", "label", "heatmap", "error", "warnings", "in_scope"} <= set(header), header
+    assert not set(header) - set(documented), f"columns docs/cli.md does not list: {set(header) - set(documented)}"
+    assert header == [c for c in documented if c in header], f"docs/cli.md lists another order than {header}"
