@@ -553,3 +553,13 @@ def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: 
     assert {"path", "probability", "label", "heatmap", "error", "warnings", "in_scope"} <= set(header), header
     assert not set(header) - set(documented), f"columns docs/cli.md does not list: {set(header) - set(documented)}"
     assert header == [c for c in documented if c in header], f"docs/cli.md lists another order than {header}"
+
+
+def test_the_wheel_the_install_steps_name_is_the_version_being_built() -> None:
+    """docs/deployment.md installs `dist/pneumoscan-VERSION-py3-none-any.whl` by name: a version other than
+    pyproject.toml's names a file `pip wheel` did not make, and the copied command fails on the server."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    wheels = re.findall(r"pneumoscan-([\w.]+)-py3-none-any\.whl", (ROOT / "docs" / "deployment.md").read_text())
+    assert wheels and set(wheels) == {version}, (wheels, version)
