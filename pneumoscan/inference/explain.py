@@ -421,7 +421,8 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
     to at most MAX_PANEL pixels a side); ``cam`` of any shape is resized onto them. Where the model did not read the
     film (``cam``'s NaN: :func:`unread_mask`) the heatmap panel is hatched grey, no colour of the scale, and the blend
-    shows the film alone: the scale's lowest colour there would say "no evidence" where the model never looked.
+    shows the film alone: the scale's lowest colour there would say "no evidence" where the model never looked. A
+    map drawn in the lowest colour alone is said to be empty in the caption.
     ``explains``: the class the map is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`);
     ``tta`` and ``warnings`` (the film's): what else the caption must say of the reading the map goes with."""
     height, width = panel_shape(*gray.shape)
@@ -432,12 +433,14 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     if cam.shape != (height, width):
         cam = _resize_map(cam, width, height)
     original = np.repeat(gray[..., None], 3, axis=2)
-    heat = viridis()[np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)]
+    levels = np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+    heat = viridis()[levels]
     blend = np.round((original.astype(np.float32) + heat) / 2).astype(np.uint8)
     heat[missing] = _hatch(height, width)[missing]
     blend[missing] = original[missing]
     panels = Image.fromarray(np.hstack([original, heat, blend]))
-    text = caption(explains, scale, unread=bool(missing.any()), tta=tta, warnings=warnings)
+    text = caption(explains, scale, unread=bool(missing.any()), empty=not levels[~missing].any(), tta=tta,
+                   warnings=warnings)
     strip = _caption_strip(panels.width, height, text, scale_top(scale))
     picture = Image.new("RGB", (panels.width, height + strip.height))
     picture.paste(panels)
@@ -449,6 +452,9 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
 UNREAD = "hatched grey: the film's edges outside its middle square, which the model did not read"
 WITHOUT_TTA = "map of the film as read without test-time views, whose mean is the probability"
 OUTSIDE = "OUTSIDE THE MODEL'S SCOPE"
+# An empty map is drawn as it is (no region raised the log-odds: the truth), and said, lest the scale's lowest colour
+# over the whole film read as a map that failed or showed nothing
+EMPTY = "empty map: nowhere on this film does the evidence for {explains} reach the scale's first step above none"
 
 # The heatmap panel where the model did not read the film: diagonal stripes of two neutral greys, no colour of
 # viridis, and told apart from the scale's grey-looking middle on a black-and-white print by the stripes
@@ -462,16 +468,17 @@ def _hatch(height: int, width: int) -> np.ndarray:
     return UNREAD_GREYS[((rows + cols) // period) % 2]
 
 
-def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, tta: bool = False,
-            warnings: Sequence[str] = ()) -> str:
+def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, empty: bool = False,
+            tta: bool = False, warnings: Sequence[str] = ()) -> str:
     """What an overlay shows, for a map drawn on ``scale`` (:func:`heatmap_scale`); the web page's legend shows the
     same words (/v1/model's heatmap_caption). On the bundle's scale the top colour is strong evidence, as on
     validation films; on an ensemble's members' scales, strong evidence from every member, each as on its own
     validation films (the ensemble's own films never measured it); scaled to the film's own maximum, a film with
     little evidence looks as bright as one with much. Then what is true of this film's map alone: ``unread``, parts
     of the film the model did not read (hatched); ``tta``, a probability that is the mean of test-time views while
-    the map is of the plain one; and first, a film its ``warnings`` put outside the model's scope, so that a printed
-    overlay cannot pass for a reading that applies."""
+    the map is of the plain one; ``empty``, a map drawn in the scale's lowest colour alone (:data:`EMPTY`); and
+    first, a film its ``warnings`` put outside the model's scope, so that a printed overlay cannot pass for a reading
+    that applies."""
     if scale is None:
         text = (f"Grad-CAM: evidence for {explains}, scaled to this film's maximum; "
                 "where the model looked, not where disease is")
@@ -483,6 +490,8 @@ def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, 
                 "where the model looked, not where disease is")
     if unread:
         text += f"; {UNREAD}"
+    if empty:
+        text += f"; {EMPTY.format(explains=explains)}"
     if tta:
         text += f"; {WITHOUT_TTA}"
     if outside := [_reason(w) for w, _ in outside_scope(list(warnings))]:
