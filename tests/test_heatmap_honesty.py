@@ -19,8 +19,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from pneumoscan.data.scope import LATERAL, NO_TAGS, UNLIKE_LAYOUT
-from pneumoscan.inference.explain import (EMPTY, OUTSIDE, UNREAD, UNREAD_GREYS, WITHOUT_TTA, caption, explain_array,
-                                          film_overlay, heatmap_scale, map_png, overlay_png, viridis)
+from pneumoscan.inference.explain import (EMPTY, NEGATIVE, OUTSIDE, UNREAD, UNREAD_GREYS, WITHOUT_TTA, caption,
+                                          explain_array, film_overlay, heatmap_scale, map_png, overlay_png, viridis)
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
@@ -127,10 +127,28 @@ def test_an_empty_map_says_so_on_its_overlay(tiny_bundle: Path, scale: float | N
     rows = np.mgrid[:HEIGHT, :WIDTH][0]
     dark = (20 + 90 * rows / HEIGHT).astype(np.uint8)  # below the model's mean everywhere: no evidence for class 1
     assert not explain_array(predictor, dark).any()
-    said = Image.open(io.BytesIO(film_overlay(predictor, dark))).info["Description"]
+    said = Image.open(io.BytesIO(film_overlay(predictor, dark, label="PNEUMONIA"))).info["Description"]
     assert said == f"{caption('PNEUMONIA', heatmap_scale(predictor.card))}; {EMPTY.format(explains='PNEUMONIA')}"
-    seen = Image.open(io.BytesIO(film_overlay(predictor, _film(HEIGHT, WIDTH, (0.5, 0.5))))).info["Description"]
+    blob = _film(HEIGHT, WIDTH, (0.5, 0.5))
+    seen = Image.open(io.BytesIO(film_overlay(predictor, blob, label="PNEUMONIA"))).info["Description"]
     assert seen == caption("PNEUMONIA", heatmap_scale(predictor.card))
+
+
+def test_the_overlay_of_a_film_read_as_negative_says_so(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """The map is the evidence for the positive class whatever the call: on a film read as NORMAL it is that film's
+    weak evidence for PNEUMONIA, which a map scaled to the film's own maximum draws as bright as a sick film's. The
+    web page's legend said so; the overlay (a file read apart from its results row, or printed) did not."""
+    predictor = _seeing(tiny_bundle, "squash")
+    film = _film(HEIGHT, WIDTH, (0.5, 0.5))
+    read = {label: Image.open(io.BytesIO(film_overlay(predictor, film, label=label))).info["Description"]
+            for label in ("NORMAL", "PNEUMONIA")}
+    assert read["NORMAL"] == f"{read['PNEUMONIA']}; {NEGATIVE.format(label='NORMAL')}"
+    assert read["PNEUMONIA"] == caption("PNEUMONIA", None)
+    rows = predict_paths(tiny_bundle, tiny_dataset / "test", heatmap_dir=tmp_path)
+    assert {row["label"] for row in rows} == {"NORMAL", "PNEUMONIA"}
+    for row in rows:
+        said = Image.open(row["heatmap"]).info["Description"]
+        assert (NEGATIVE.format(label="NORMAL") in said) == (row["label"] == "NORMAL"), row
 
 
 def test_a_caption_names_why_a_film_is_outside_the_scope_first() -> None:
@@ -157,8 +175,9 @@ def test_predict_overlays_say_tta_and_scope(tiny_bundle: Path, tiny_dataset: Pat
     assert small.endswith(f"; {WITHOUT_TTA}") and real.endswith(f"; {WITHOUT_TTA}") and OUTSIDE not in real
     plain = predict_paths(tiny_bundle, [landscape], heatmap_dir=tmp_path / "plain")[0]
     said = Image.open(plain["heatmap"]).info["Description"]  # the tiny model may find no evidence on a real film
+    negative = None if plain["label"] == "PNEUMONIA" else plain["label"]
     assert said.removesuffix(f"; {EMPTY.format(explains='PNEUMONIA')}") == caption(
-        "PNEUMONIA", heatmap_scale(load_card(tiny_bundle)))
+        "PNEUMONIA", heatmap_scale(load_card(tiny_bundle)), negative=negative)
 
 
 def test_the_service_overlay_and_map_of_a_center_crop_film(center_crop_bundle: Path, landscape: Path,

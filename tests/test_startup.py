@@ -209,10 +209,10 @@ def test_the_service_builds_a_torch_model_only_for_its_first_heatmap(tiny_bundle
         gray = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
         assert asyncio.run(service.main.predict(service.main.prepare(gray))).label
         assert service.main.predictor._model is None
-        service._heatmap_png(gray, gray, raw=False, warnings=[])
+        service._heatmap_png(gray, gray, raw=False, label="NORMAL", warnings=[])
         model = service.main.predictor._model
         assert model is not None and service.heat_predictor is service.main.predictor
-        service._heatmap_png(gray, gray, raw=True, warnings=[])
+        service._heatmap_png(gray, gray, raw=True, label="NORMAL", warnings=[])
         assert service.main.predictor._model is model, "built once"
     finally:
         service.close()

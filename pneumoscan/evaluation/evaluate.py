@@ -239,7 +239,8 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
             image, overlay, refused = Image.fromarray(gray), False, ""
             if cam and time.monotonic() < deadline:
                 try:
-                    png = film_overlay(predictor, gray, tta=tta, warnings=scope[i] if scope else ())
+                    png = film_overlay(predictor, gray, label=predictor.card.positive if called[i] else
+                                       predictor.card.classes[0], tta=tta, warnings=scope[i] if scope else ())
                     image, overlay = Image.open(io.BytesIO(png)), True
                 except NoMapOfFilm as e:  # this film's map only: the next film's may be drawn
                     refused = f"  ({NO_HEATMAP}: {e})"

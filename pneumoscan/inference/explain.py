@@ -414,8 +414,8 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *, tta: bool = False,
-                warnings: Sequence[str] = ()) -> bytes:
+def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: HeatmapScale | None, *,
+                negative: str | None = None, tta: bool = False, warnings: Sequence[str] = ()) -> bytes:
     """PNG of three panels side by side: the original, the heatmap, and the two blended, in viridis (as the web
     page draws it), over a caption strip that says what the map shows and on which scale (:func:`caption`), so a
     file copied out of its folder or printed still says how to read it. Panels keep the original's aspect (shrunk
@@ -424,7 +424,8 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     shows the film alone: the scale's lowest colour there would say "no evidence" where the model never looked. A
     map drawn in the lowest colour alone is said to be empty in the caption.
     ``explains``: the class the map is evidence for; ``scale``: the one it was drawn on (:func:`heatmap_scale`);
-    ``tta`` and ``warnings`` (the film's): what else the caption must say of the reading the map goes with."""
+    ``negative`` (the label of a film read as negative), ``tta`` and ``warnings`` (the film's): what else the caption
+    must say of the reading the map goes with."""
     height, width = panel_shape(*gray.shape)
     if gray.shape != (height, width):
         gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR))
@@ -439,8 +440,8 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
     heat[missing] = _hatch(height, width)[missing]
     blend[missing] = original[missing]
     panels = Image.fromarray(np.hstack([original, heat, blend]))
-    text = caption(explains, scale, unread=bool(missing.any()), empty=not levels[~missing].any(), tta=tta,
-                   warnings=warnings)
+    text = caption(explains, scale, unread=bool(missing.any()), negative=negative, empty=not levels[~missing].any(),
+                   tta=tta, warnings=warnings)
     strip = _caption_strip(panels.width, height, text, scale_top(scale))
     picture = Image.new("RGB", (panels.width, height + strip.height))
     picture.paste(panels)
@@ -454,6 +455,9 @@ WITHOUT_TTA = "map of the film as read without test-time views, whose mean is th
 OUTSIDE = "OUTSIDE THE MODEL'S SCOPE"
 # An empty map is drawn as it is (no region raised the log-odds: the truth), and said, lest the scale's lowest colour
 # over the whole film read as a map that failed or showed nothing
+# The map of a film read as negative is still the evidence for the positive class (the call's), as the web page's
+# legend says too: scaled to the film's maximum, its weak evidence is drawn as bright as a sick film's
+NEGATIVE = "read as {label}: the map shows the weak evidence of a film read as negative"
 EMPTY = "empty map: nowhere on this film does the evidence for {explains} reach the scale's first step above none"
 
 # The heatmap panel where the model did not read the film: diagonal stripes of two neutral greys, no colour of
@@ -468,14 +472,15 @@ def _hatch(height: int, width: int) -> np.ndarray:
     return UNREAD_GREYS[((rows + cols) // period) % 2]
 
 
-def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, empty: bool = False,
-            tta: bool = False, warnings: Sequence[str] = ()) -> str:
+def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, negative: str | None = None,
+            empty: bool = False, tta: bool = False, warnings: Sequence[str] = ()) -> str:
     """What an overlay shows, for a map drawn on ``scale`` (:func:`heatmap_scale`); the web page's legend shows the
     same words (/v1/model's heatmap_caption). On the bundle's scale the top colour is strong evidence, as on
     validation films; on an ensemble's members' scales, strong evidence from every member, each as on its own
     validation films (the ensemble's own films never measured it); scaled to the film's own maximum, a film with
     little evidence looks as bright as one with much. Then what is true of this film's map alone: ``unread``, parts
-    of the film the model did not read (hatched); ``tta``, a probability that is the mean of test-time views while
+    of the film the model did not read (hatched); ``negative``, the label of a film read as negative
+    (:data:`NEGATIVE`); ``tta``, a probability that is the mean of test-time views while
     the map is of the plain one; ``empty``, a map drawn in the scale's lowest colour alone (:data:`EMPTY`); and
     first, a film its ``warnings`` put outside the model's scope, so that a printed overlay cannot pass for a reading
     that applies."""
@@ -490,6 +495,8 @@ def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, 
                 "where the model looked, not where disease is")
     if unread:
         text += f"; {UNREAD}"
+    if negative is not None:
+        text += f"; {NEGATIVE.format(label=negative)}"
     if empty:
         text += f"; {EMPTY.format(explains=explains)}"
     if tta:
@@ -570,15 +577,17 @@ def panel_png(gray: np.ndarray, own: str | None = None) -> bytes:
     return encode_png(picture, own)
 
 
-def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | None = None, *, tta: bool = False,
-                 warnings: Sequence[str] = ()) -> bytes:
+def film_overlay(predictor: Predictor, gray: np.ndarray, shown: np.ndarray | None = None, *, label: str,
+                 tta: bool = False, warnings: Sequence[str] = ()) -> bytes:
     """The overlay every route draws of a film (predict's files, the report's gallery, the service's answers):
     Grad-CAM of ``gray`` (the film as the model reads it) over ``shown`` (that film at a panel's size; default
-    ``gray``), of the call's evidence on the bundle's scale, its caption saying when ``warnings`` put the film
-    outside the model's scope. Raises :class:`NoMapOfFilm` for a film without a map."""
+    ``gray``), of the call's evidence on the bundle's scale, its caption saying when the reading's ``label`` is the
+    negative class and when ``warnings`` put the film outside the model's scope. Raises :class:`NoMapOfFilm` for a
+    film without a map."""
     cam = explain_array(predictor, gray)
-    return overlay_png(gray if shown is None else shown, cam, predictor.card.positive, heatmap_scale(predictor.card),
-                       tta=tta, warnings=warnings)
+    card = predictor.card
+    return overlay_png(gray if shown is None else shown, cam, card.positive, heatmap_scale(card),
+                       negative=None if label == card.positive else label, tta=tta, warnings=warnings)
 
 
 def map_png(cam: np.ndarray) -> bytes:

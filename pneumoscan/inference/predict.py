@@ -682,7 +682,7 @@ def _add_heatmap(row: dict, predictor: Predictor, gray: np.ndarray, film: np.nda
     from .explain import NoMapOfFilm, film_overlay
 
     try:
-        png = film_overlay(predictor, gray, film, tta=tta, warnings=row["warnings"])
+        png = film_overlay(predictor, gray, film, label=row["label"], tta=tta, warnings=row["warnings"])
     except NoMapOfFilm as e:
         row["warnings"].append(f"{NO_HEATMAP}: {e}")
     else:

@@ -217,10 +217,10 @@ class Service:
         finally:
             slots.release()
 
-    def _heatmap_png(self, image: np.ndarray, shown: np.ndarray, raw: bool, warnings: list[str]) -> bytes:
+    def _heatmap_png(self, image: np.ndarray, shown: np.ndarray, raw: bool, label: str, warnings: list[str]) -> bytes:
         """Grad-CAM of ``image`` (the film as the model read it), drawn over ``shown`` (that film at the size the
-        overlay is for), its caption saying when the film's ``warnings`` put it outside the model's scope; or the
-        bare map with ``raw`` (the reading beside it says so)."""
+        overlay is for), its caption saying when the reading's ``label`` is the negative class and when the film's
+        ``warnings`` put it outside the model's scope; or the bare map with ``raw`` (the reading beside it says so)."""
         try:
             self.heat_predictor.model  # built by the first heatmap (ONNX backends), its weights checked on disk then
         except (OSError, ValueError) as e:
@@ -231,7 +231,7 @@ class Service:
         try:
             if raw:
                 return map_png(explain_array(self.heat_predictor, image))
-            return film_overlay(self.heat_predictor, image, shown, warnings=warnings)
+            return film_overlay(self.heat_predictor, image, shown, label=label, warnings=warnings)
         except NoSpatialMap as e:  # the model's kind (no map for any film), or this film's map (NoMapOfFilm)
             raise Rejected(422, f"heatmap: {without_member_folders(str(e), self.heat_predictor.card)}") from None
 
@@ -289,7 +289,8 @@ class Service:
             png = None
             if heatmap:
                 png = await self._in_lane(gone, self.heatmap_slots, self.painters, self._heatmap_png, image,
-                                          shown if under_report else image, heatmap == "map", scope["warnings"])
+                                          shown if under_report else image, heatmap == "map", result.label,
+                                          scope["warnings"])
         finally:
             gone.cancel()
         reading = {**result.model_dump(), **scope}
