@@ -15,8 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pneumoscan.inference.explain import NoMapOfFilm, explain_array, gradcam, heatmap_scale, overlay_png
+from pneumoscan.data.decode import read_gray
+from pneumoscan.inference.explain import (MAX_PANEL, NoMapOfFilm, explain_array, film_overlay, gradcam, heatmap_scale,
+                                          overlay_png, panel_shape)
 from pneumoscan.inference.predict import Predictor
+from tests.builders import dicom_bytes
 
 
 class _SeesTheFilm(nn.Module):
@@ -105,6 +108,33 @@ def test_the_map_peaks_where_the_film_shows_the_evidence(tiny_bundle: Path, poli
         heat = np.where((panel == panel[..., :1]).all(axis=2), np.nan, panel.sum(axis=2))
         for found in (_peak(cam), _peak(heat)):
             assert np.allclose(found, at, atol=0.04), f"{policy} {height}x{width}: peak at {found}, blob at {at}"
+
+
+def test_the_map_lies_on_a_full_size_monochrome1_film_as_predict_draws_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A full-size film that is not square, stored as MONOCHROME1 (white is 0), read as predict reads it: reduced
+    on decoding towards the model's size, shown decoded again at a panel's size (over 1,024 px a side, shrunk). Under
+    each resize policy the overlay's film panel shows it the right way round in grey (the blob bright) and its
+    heatmap panel peaks on the blob, however the decode reduced the film (about 1 s: full-size films)."""
+    predictor = Predictor(tiny_bundle)
+    predictor._model = _SeesTheFilm().eval()
+    films = (((1041, 1851), (0.3, 0.62), ("squash", "pad", "center-crop")), ((1851, 1041), (0.62, 0.3), ("pad",)))
+    for (height, width), at, policies in films:  # a portrait film: the letterbox's bars on its other sides
+        film = _film(height, width, at)
+        rows = np.mgrid[:height, :width][0]
+        film = np.where(film == 255, 255, 20 + 90 * rows // height).astype(np.uint8)  # smooth: not blank once reduced
+        path = tmp_path / f"{height}.dcm"
+        path.write_bytes(dicom_bytes((255 - film).astype(np.uint16) * 16, "MONOCHROME1"))
+        gray = read_gray(path, target=predictor.card.spec.decode_target)
+        shown = read_gray(path, target=MAX_PANEL)
+        panel_h, panel_w = panel_shape(height, width)
+        for policy in policies:
+            predictor.card = dataclasses.replace(predictor.card, resize_policy=policy, source_size=None,
+                                                 heatmap_scale=None)
+            overlay = np.asarray(Image.open(io.BytesIO(film_overlay(predictor, gray, shown, label="PNEUMONIA"))))
+            grey, panel = overlay[:panel_h, :panel_w, 0].astype(float), overlay[:panel_h, panel_w : 2 * panel_w]
+            heat = np.where((panel == panel[..., :1]).all(axis=2), np.nan, panel.astype(int).sum(axis=2))
+            for found in (_peak(grey), _peak(heat)):
+                assert np.allclose(found, at, atol=0.03), f"{policy} {height}x{width}: peak at {found}, blob at {at}"
 
 
 @pytest.mark.parametrize("scale", [None, 0.5])
