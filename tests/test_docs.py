@@ -487,12 +487,14 @@ def test_the_repository_files_the_docs_name_exist() -> None:
 
 def test_the_host_names_deployment_md_says_to_give_are_matched_without_their_port() -> None:
     """docs/deployment.md says to give --allowed-hosts names without a port, since the Host header's port is not
-    compared: a request to the name with a port passes, and the name given with its port matches nothing."""
-    from pneumoscan.serving.guard import _host_allowed
+    compared: a request to the name with a port passes, and a name given with its port is refused."""
+    from pneumoscan.serving.guard import Access, _host_allowed
 
-    assert "Give names without a port" in (ROOT / "docs" / "deployment.md").read_text()
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    assert "Give names without a port" in page and "refuses a name given with one" in page
     assert _host_allowed("xray.hospital.example:8443", ("xray.hospital.example",))
-    assert not _host_allowed("xray.hospital.example:8443", ("xray.hospital.example:8443",))
+    with pytest.raises(ValueError, match="without a port"):
+        Access(allowed_hosts=("xray.hospital.example:8443",))
 
 
 def test_every_pneumoscan_name_the_docs_give_exists() -> None:

@@ -411,3 +411,14 @@ def test_serve_refuses_numbers_it_cannot_use(option: str, value: str, capsys: py
 def test_serve_takes_any_port_from_0_to_65535() -> None:
     parse = cli.build_parser().parse_args
     assert [parse(["serve", "b", "--port", p]).port for p in ("0", "65535")] == [0, 65535]
+
+
+def test_a_host_name_given_with_a_port_is_refused_at_start() -> None:
+    """The Host header's port is dropped before the comparison, so `--allowed-hosts xray.org:8443` matched no
+    request: the service started, passed its health checks and answered every client 400. It is refused, naming the
+    name to give; bare and bracketed IPv6 addresses are not ports."""
+    refusal = r"xray\.org:8443, \[::1\]:80: give host names without a port .*: xray\.org, ::1"
+    with pytest.raises(ValueError, match=refusal):
+        cli.serve_settings(cli.build_parser().parse_args(["serve", "b", "--allowed-hosts", "a.org,xray.org:8443",
+                                                          "--allowed-hosts", "[::1]:80"]))
+    assert Access(allowed_hosts=("::1", "[::1]", "*.ward.org")).allowed_hosts == ("::1", "[::1]", "*.ward.org")

@@ -62,6 +62,11 @@ class Access:
                              "a tab or a letter beyond ASCII): use printable ASCII (e.g. `openssl rand -hex 32`)")
         if not self.allowed_hosts:
             raise ValueError("the Host allow-list is empty: name at least one host (or '*')")
+        with_port = [h for h in self.allowed_hosts if _host_name(h) != h.lower().strip("[]")]
+        if with_port:
+            # the Host header's port is dropped before the comparison: such a name matched no request, every one 400
+            raise ValueError(f"--allowed-hosts {', '.join(with_port)}: give host names without a port (the port a "
+                             f"client uses is not compared): {', '.join(_host_name(h) for h in with_port)}")
 
     @classmethod
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
@@ -170,13 +175,17 @@ def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
-    """The Host header's name (port dropped, [IPv6] unbracketed) against the allow-list."""
-    host = host_header.strip().lower()
+def _host_name(host: str) -> str:
+    """A Host header value's name: lower case, its port dropped, an [IPv6] address unbracketed."""
+    host = host.strip().lower()
     if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+        return host[1:].split("]", 1)[0]
+    return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
+    """The Host header's name (:func:`_host_name`) against the allow-list."""
+    host = _host_name(host_header)
     for pattern in allowed:
         pattern = pattern.lower().strip("[]")
         if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
