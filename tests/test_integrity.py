@@ -238,7 +238,7 @@ DAMAGED_CARDS = {  # what a hand edit or a damaged copy can do to bundle.json ->
     "a temperature of 1e-300": (lambda c: {**c, "temperature": 1e-300}, "temperature is 1e-300, outside 0.05 to 20, "
                                 "the range temperatures are fitted in; restore the bundle from a good copy$"),
     "a temperature of 1e300": (lambda c: {**c, "temperature": 1e300}, "temperature is 1e\\+300, outside 0.05 to 20"),
-    "a zero std": (lambda c: {**c, "std": 0}, "std is 0.0, not above 0"),
+    "a zero std": (lambda c: {**c, "std": 0}, "std is 0.0, outside 0.05 to 1"),
     # each of these gave confident wrong labels with exit 0 (a card without its checksum loads with a warning)
     "a threshold above 1": (lambda c: {**c, "threshold": 1.5}, "threshold is 1.5, not a probability in \\[0, 1\\]"),
     "a negative TTA threshold": (lambda c: {**c, "tta_threshold": -0.2}, "tta_threshold is -0.2, not a probability"),
@@ -271,6 +271,26 @@ def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
         load_card(bundle)
     assert cli.main(["predict", str(bundle), str(film)]) == 2
     one_line_error(capsys, "bundle.json")
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"std": 1e-9}, "std is 1e-09, outside 0.05 to 1, the spread"),
+    ({"std": 1e9}, "std is 1000000000.0, outside 0.05 to 1"),
+    ({"mean": 123.7, "std": 58.4}, "mean is 123.7, not a grey level in \\[0, 1\\]"),  # a 0-255 scale
+    ({"mean": 0.5, "std": 58.4}, "std is 58.4, outside 0.05 to 1"),
+    ({"source_size": 1, "source_quality": 75}, "source_size must be at least 8 pixels, got 1"),
+], ids=["std 1e-9", "std 1e9", "0-255 mean", "0-255 std", "source_size 1"])
+def test_a_resealed_card_of_preprocessing_no_model_reads_is_refused(
+    tiny_bundle: Path, tmp_path: Path, change: dict, reason: str
+) -> None:
+    """A card edited and sealed again (its checksum recomputed as save_card computes it) passes the integrity check:
+    a std of 1e-9 read a normal film 0.0 and one of 1e9 read it 0.49, PNEUMONIA (every film's input near 0), and a
+    source_size of 1 squashed every film to one grey pixel first, all with exit 0.
+    Each is refused by field and value."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    save_card(bundle, dataclasses.replace(load_card(bundle), **change))
+    with pytest.raises(ValueError, match=f"bundle.json: .*{reason}"):
+        load_card(bundle)
 
 
 def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny_bundle: Path, tmp_path: Path) -> None:

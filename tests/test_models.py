@@ -70,15 +70,18 @@ def test_register_adds_a_model_and_a_second_of_its_name_replaces_it_with_a_warni
     assert models.normalization("tiny") == (0.5, 0.5) and models.list_models().count("tiny") == 1
 
 
-@pytest.mark.parametrize("mean, std", [(0.5, 0.0), (0.5, -0.25), (math.nan, 0.25), (0.5, math.inf)])
+@pytest.mark.parametrize("mean, std", [(0.5, 0.0), (0.5, -0.25), (math.nan, 0.25), (0.5, math.inf), (0.5, 1e-9),
+                                       (0.5, 1e9), (123.7, 58.4), (1.5, 0.25)])
 def test_register_refuses_a_normalisation_that_makes_every_input_unusable(
     monkeypatch: pytest.MonkeyPatch, mean: float, std: float
 ) -> None:
     """A model registered with std=0 trained on infinite inputs and ended "training diverged at epoch 1, step 1
-    (loss nan): lower the learning rate", which no learning rate mends; registering it is refused, naming the model,
-    and nothing is registered."""
+    (loss nan): lower the learning rate", which no learning rate mends; a std of 1e-9 or 1e9, or a 0-255 mean or
+    std, trained bundles that loading refuses. Registering it is refused, naming the model, and nothing is
+    registered."""
     monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
-    with pytest.raises(ValueError, match="^model 'bad_norm': mean .* std .*: both must be finite numbers and std"):
+    with pytest.raises(ValueError, match="^model 'bad_norm': (mean is .*, not a grey level|std is .*, outside 0.05 "
+                                         "to 1).*, as \\(x - mean\\) / std of \\[0, 1\\] grey input$"):
         models.register("bad_norm", mean=mean, std=std)
     assert "bad_norm" not in models.list_models()
 

@@ -27,7 +27,23 @@ AGREEMENT = 0.9  # the share of sampled training files that must have been made 
 # The model input side: below 8 a network has nothing to see (a card's size 3 crashed ONNX Runtime), and above 2048
 # a batch of inputs outgrows the memory of the machines this runs on (a size of 100000 was killed for memory)
 MIN_SIZE, MAX_SIZE = 8, 2048
+# A model reads (x / 255 - mean) / std (data.transforms.to_input): the spread of [0, 1] grey levels a std can be.
+# Every timm model's pretrained std lies from 0.17 to 1 (1: the grey levels left unscaled); a bundle's std of 1e-9
+# read every film as inputs near 1e9 and 1e9 read every film alike, each with a confident label
+STD_BOUNDS = (0.05, 1.0)
 T = TypeVar("T")
+
+
+def check_normalization(mean: float, std: float) -> None:
+    """Refuse (ValueError naming the value) a ``mean`` and ``std`` that cannot normalise [0, 1] grey levels: a mean
+    that is no grey level (1e6, or 123.7 of a 0-255 scale) or a std outside :data:`STD_BOUNDS` (NaN fails both).
+    The one check for a model's registration and a bundle's card."""
+    if not 0 <= mean <= 1:
+        raise ValueError(f"mean is {mean!r}, not a grey level in [0, 1]")
+    low, high = STD_BOUNDS
+    if not low <= std <= high:
+        raise ValueError(f"std is {std!r}, outside {low:g} to {high:g}, the spread [0, 1] grey levels are "
+                         "normalised by")
 
 
 def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -169,8 +185,9 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
             raise ValueError(f"size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {self.size}")
-        if self.source_size is not None and not self.source_size >= 1:
-            raise ValueError(f"source_size must be positive, got {self.source_size}")
+        # the side larger films are squashed to first: below MIN_SIZE every film became the same few grey pixels
+        if self.source_size is not None and not self.source_size >= MIN_SIZE:
+            raise ValueError(f"source_size must be at least {MIN_SIZE} pixels, got {self.source_size}")
         if self.source_quality is not None and not 1 <= self.source_quality <= 100:
             raise ValueError(f"source_quality must be a JPEG quality, 1 to 100, got {self.source_quality}")
         look_up_option(self.policy, RESIZE_POLICIES, "resize policy")

@@ -38,7 +38,7 @@ from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
 from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec
+from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
 from . import register_first
 from .run_folder import RunFolder
@@ -55,7 +55,7 @@ CARD = "bundle.json"
 APPEARANCE = "appearance.safetensors"  # what the training films look like (data.appearance), when they were enough
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
-POSITIVE = ("size", "std", "temperature")  # zero or below: no image, a division by zero, inverted probabilities
+POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 # versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
 # readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
@@ -472,8 +472,10 @@ def _validated(path: Path, data: dict) -> BundleCard:
         if not low * (1 - 1e-9) <= entry["temperature"] <= high * (1 + 1e-9):
             raise ValueError(f"{where}: temperature is {entry['temperature']!r}, outside {low:g} to {high:g}, the "
                              "range temperatures are fitted in; restore the bundle from a good copy")
-        if not 0 <= entry["mean"] <= 1:  # inputs are [0, 1] grey levels: a mean of 1e6 called every film positive
-            raise ValueError(f"{where}: mean is {entry['mean']!r}, not a grey level in [0, 1]")
+        try:  # a mean of 1e6 called every film positive
+            check_normalization(entry["mean"], entry["std"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}; restore the bundle from a good copy") from None
         if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
             raise ValueError(f"{where}: size is {entry['size']!r}, not {MIN_SIZE} to {MAX_SIZE} pixels")
     for key in ("threshold", "tta_threshold"):  # 1.5 called a pneumonia film at 0.81 normal

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from pneumoscan.core.options import look_up_option
 from pneumoscan.core.registry import Registry
+from pneumoscan.data.preprocess import check_normalization
 from pneumoscan.models import WeightsUnavailable, or_your_own
 
 Builder = Callable[..., nn.Module]
@@ -51,12 +51,14 @@ def register(
     weights) expects, so the data pipeline can ask the registry instead of hard-coding it.
     ``weights``: pretrained weights exist; without them the model always starts from scratch.
     ``fixed_size``: the model flattens its last feature map, so the builder also takes ``image_size``.
-    A ``std`` of 0 or less, or a ``mean`` or ``std`` that is no finite number, is refused here: every input would be
-    infinite or NaN, and training would end saying it diverged and to lower the learning rate.
+    A ``mean`` or ``std`` that cannot normalise [0, 1] grey levels (:func:`~pneumoscan.data.preprocess.
+    check_normalization`) is refused here: a std of 0 made every input infinite, and training ended saying it
+    diverged and to lower the learning rate; the bundles it trained would be refused at load.
     """
-    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ValueError(f"model {name!r}: mean {mean!r} and std {std!r} normalise [0, 1] grey input as "
-                         "(x - mean) / std: both must be finite numbers and std above 0")
+    try:
+        check_normalization(mean, std)
+    except ValueError as e:
+        raise ValueError(f"model {name!r}: {e}, as (x - mean) / std of [0, 1] grey input") from None
 
     def decorator(fn: Builder) -> Builder:
         _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size))
