@@ -132,8 +132,9 @@ def test_a_card_naming_more_classes_than_the_model_scores_is_refused_by_both_bac
     written again from the card, so that only the graph can tell."""
     bundle = copy_bundle(tiny_bundle, tmp_path)
     task = get_task("multiclass")
-    save_card(bundle, dataclasses.replace(load_card(bundle), task=task.name, classes=list(task.classes),
-                                          positive=task.positive))
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, task=task.name, classes=list(task.classes), positive=task.positive,
+                                          train_config={**card.train_config, "task": task.name}))
     write_onnx_spec(bundle, bundle / ONNX_NAME)
     with pytest.raises(ValueError, match="its weights are not those of a simple_cnn"):
         Predictor(bundle, backend="torch")

@@ -106,8 +106,10 @@ def test_compare_refuses_a_folder_without_figures_and_mixed_tasks(two_runs: tupl
         compare_runs([two_runs[0] / "bundle", two_runs[1]])
     other = tmp_path / "etiology-run"
     shutil.copytree(two_runs[0], other)
-    save_card(other / "bundle", dataclasses.replace(load_card(other / "bundle"), task="etiology",
-                                                    classes=["bacteria", "virus"], positive="virus"))
+    card = load_card(other / "bundle")
+    save_card(other / "bundle", dataclasses.replace(card, task="etiology", classes=["bacteria", "virus"],
+                                                    positive="virus",
+                                                    train_config={**card.train_config, "task": "etiology"}))
     with pytest.raises(ValueError, match=r"answer different questions \(pneumonia: NORMAL vs PNEUMONIA; etiology: "
                                          r"bacteria vs virus\)"):
         compare_runs([two_runs[0], other])

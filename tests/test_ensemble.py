@@ -258,8 +258,9 @@ def test_members_that_read_films_differently_are_refused(tiny_bundle: Path, memb
     policy = "pad" if card.resize_policy != "pad" else "squash"
     assert card.source_size is not None  # the tiny dataset's files are all 64 px JPEG: training records it
     for name, change, said in (
-            ("pad", {"resize_policy": policy}, f"has resize policy {policy}, {tiny_bundle} has resize policy "
-                                               f"{card.resize_policy}: members must read films alike"),
+            ("pad", {"resize_policy": policy, "train_config": {**card.train_config, "resize_policy": policy}},
+             f"has resize policy {policy}, {tiny_bundle} has resize policy {card.resize_policy}: members must read "
+             "films alike"),
             ("unmatched", {"source_size": None, "source_quality": None},
              f"has no source size (no step first brings larger films down to its training files' size), "
              f"{tiny_bundle} has source size {card.source_size} px (larger films are first brought down to it")):

@@ -261,7 +261,8 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
     save_card(first, dataclasses.replace(
         load_card(first), threshold=float(np.median(predictor.positive_probability(predictor.probabilities(images))))))
-    save_card(second, dataclasses.replace(load_card(second), size=40))
+    card = load_card(second)
+    save_card(second, dataclasses.replace(card, size=40, train_config={**card.train_config, "image_size": 40}))
     etiology = Predictor(second)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), etiology.card.spec)
     save_card(second, dataclasses.replace(

@@ -49,8 +49,9 @@ def _center_crop_copy(bundle: Path, out: Path) -> Path:
     """A copy of ``bundle`` whose card reads films by center-crop (its ONNX sidecar too, when it has one), not
     squashed to its 64 px training files' square first (which leaves center-crop nothing to cut)."""
     shutil.copytree(bundle, out)
-    save_card(out, dataclasses.replace(load_card(out), resize_policy="center-crop", source_size=None,
-                                       source_quality=None))
+    card = load_card(out)
+    save_card(out, dataclasses.replace(card, resize_policy="center-crop", source_size=None, source_quality=None,
+                                       train_config={**card.train_config, "resize_policy": "center-crop"}))
     if (out / ONNX_NAME).exists():
         write_onnx_spec(out, out / ONNX_NAME)
     return out

@@ -293,6 +293,26 @@ def test_a_resealed_card_of_preprocessing_no_model_reads_is_refused(
         load_card(bundle)
 
 
+@pytest.mark.parametrize("change, reason", [
+    ({"size": 64}, "size is 64, but the training run that made the model recorded image_size 32"),
+    ({"resize_policy": "pad"}, "resize_policy is 'pad', but the training run that made the model recorded "
+                               "resize_policy 'squash'"),
+    ({"task": "etiology", "classes": ["bacteria", "virus"], "positive": "virus"},
+     "task is 'etiology', but the training run that made the model recorded task 'pneumonia'"),
+], ids=["size", "resize policy", "task"])
+def test_a_resealed_card_that_is_not_its_runs_record_is_refused(
+    tiny_bundle: Path, tmp_path: Path, change: dict, reason: str
+) -> None:
+    """A card whose size, resize policy or task was edited and sealed again loaded: the 32 px model read films at 64
+    px and `predict --backend torch` called both pneumonia films NORMAL with exit 0 (its network pools to a fixed
+    size, so its weights fit any size), and a pneumonia model answered as bacteria vs virus. The run's own record,
+    train_config, under the same checksum, says what it was trained on."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    save_card(bundle, dataclasses.replace(load_card(bundle), **change))
+    with pytest.raises(ValueError, match=f"bundle.json: {reason}; restore the bundle from a good copy$"):
+        Predictor(bundle, backend="torch")
+
+
 def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny_bundle: Path, tmp_path: Path) -> None:
     """A plugin's task not imported in this process: compare and the checks still read its card (a three-class
     task names its positive call freely), while a two-class card whose first class is called positive is refused."""
@@ -305,7 +325,8 @@ def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny
                                         ("duo", ["healthy", "ill"], "healthy", False),
                                         ("tri", ["normal", "bacteria", "virus"], "normal", False),
                                         ("one", ["only"], "only", False)):
-        (bundle / CARD).write_text(json.dumps(card | {"task": task, "classes": classes, "positive": positive}))
+        (bundle / CARD).write_text(json.dumps(card | {"task": task, "classes": classes, "positive": positive,
+                                                      "train_config": card["train_config"] | {"task": task}}))
         if ok:
             assert load_card(bundle).positive == positive
         else:

@@ -61,10 +61,11 @@ def test_a_film_removed_as_soon_as_it_is_read_gets_no_reading(tiny_bundle: Path,
 
 def resized(bundle: Path, out: Path, size: int) -> Path:
     """A copy of ``bundle`` whose card says another input size, sealed as pneumoscan seals a card (a format-1 card
-    without a checksum loads edited the same way), and its ONNX sidecar written again from it: only the graph
-    itself still reads the old size."""
+    without a checksum loads edited the same way), its run's record (train_config) and its ONNX sidecar written
+    again from it: only the graph itself still reads the old size."""
     shutil.copytree(bundle, out)
-    save_card(out, dataclasses.replace(load_card(out), size=size))
+    card = load_card(out)
+    save_card(out, dataclasses.replace(card, size=size, train_config={**card.train_config, "image_size": size}))
     write_onnx_spec(out, out / ONNX_NAME)
     return out
 

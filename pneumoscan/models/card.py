@@ -56,6 +56,8 @@ APPEARANCE = "appearance.safetensors"  # what the training films look like (data
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
+# the card's fields a training run records again in train_config (its own name for each), under the same checksum
+RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy"}
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 # versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
 # readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
@@ -489,6 +491,7 @@ def _validated(path: Path, data: dict) -> BundleCard:
     if odd := next((name for name in card.files if Path(name).name != name or name in ("", ".", "..")), None):
         raise ValueError(f"{path}: files names {odd!r}, not a file of the bundle's own folder")
     _check_classes(path, card)
+    _check_run_record(path, card)
     try:
         card.spec  # noqa: B018 - its checks (source size and quality, resize policy)
     except ValueError as e:
@@ -518,6 +521,17 @@ def _check_classes(path: Path, card: BundleCard) -> None:
     if card.classes != list(task.classes) or card.positive != task.positive:
         raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
                          f"task's {list(task.classes)} and {task.positive!r}")
+
+
+def _check_run_record(path: Path, card: BundleCard) -> None:
+    """The task and preprocessing the card says, as the run that trained the model recorded them
+    (:data:`RUN_RECORD`; a key a card lacks, as an ensemble's or an older run's, is not compared): a network that
+    pools to a fixed size takes weights at any input size, so a card whose size was edited and sealed again read
+    films at another scale than the model learnt, and one whose task and classes were, answered another question."""
+    for key, recorded in RUN_RECORD.items():
+        if recorded in card.train_config and card.train_config[recorded] != (value := getattr(card, key)):
+            raise ValueError(f"{path}: {key} is {value!r}, but the training run that made the model recorded "
+                             f"{recorded} {card.train_config[recorded]!r}; restore the bundle from a good copy")
 
 
 def _member_entries(path: Path, value: object) -> list[MemberEntry]:
