@@ -307,6 +307,23 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
             load_bundle(written(f"broken-{i}", change, checksum=False))
 
 
+def test_an_ensemble_card_whose_input_is_not_its_members_is_refused(ensemble: Path, tmp_path: Path) -> None:
+    """The ensemble's input is the largest member's size in [0, 1] grey (mean 0, std 1): each member resizes and
+    normalises it itself. A card edited to mean 0.5 and std 0.5, or to size 48, and sealed again loaded and gave
+    each member other inputs than it was trained on; it is refused by field and value."""
+    card = load_card(ensemble)
+    assert (card.mean, card.std, card.size) == (0.0, 1.0, 64)
+    for i, (change, reason) in enumerate((
+        ({"mean": 0.5, "std": 0.5}, "mean 0.5 and std 0.5, but an ensemble's input is \\[0, 1\\] grey "
+                                    "\\(mean 0, std 1\\)"),
+        ({"size": 48}, "size is 48, but an ensemble's input is its largest member's, 64 pixels"),
+    )):  # fmt: skip
+        bundle = shutil.copytree(ensemble, tmp_path / f"edited-{i}")
+        save_card(bundle, dataclasses.replace(card, **change))
+        with pytest.raises(ValueError, match=f"bundle.json: {reason}; restore the bundle from a good copy"):
+            load_bundle(bundle)
+
+
 def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_bundle: Path, member64: Path,
                                                                          held_out: Path, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -459,6 +459,13 @@ def _validated(path: Path, data: dict) -> BundleCard:
         members = _member_entries(path, card.model_kwargs.get("members"))
         if len(members) < 2:
             raise ValueError(f"{path}: an ensemble's model_kwargs.members must list at least two members")
+        # its input is the largest member's size in [0, 1] grey: each member resizes and normalises it itself
+        if (card.mean, card.std) != (0.0, 1.0):
+            raise ValueError(f"{path}: mean {card.mean!r} and std {card.std!r}, but an ensemble's input is [0, 1] "
+                             "grey (mean 0, std 1); restore the bundle from a good copy")
+        if card.size != (largest := max(member["size"] for member in members)):
+            raise ValueError(f"{path}: size is {card.size!r}, but an ensemble's input is its largest member's, "
+                             f"{largest} pixels; restore the bundle from a good copy")
         names = [member_label(i, len(members), m["source"]) for i, m in enumerate(members)]
         entries += [(f"{path}: {name}", dict(member)) for name, member in zip(names, members)]
         # its maps are drawn on its members' own scales: a member without one has no map on a scale to join
