@@ -313,6 +313,23 @@ def test_a_resealed_card_that_is_not_its_runs_record_is_refused(
         Predictor(bundle, backend="torch")
 
 
+def test_a_resealed_card_whose_model_settings_are_not_its_runs_is_refused(tmp_path: Path) -> None:
+    """timm's global_pool "max" in place of the "avg" a model was trained with leaves every weight's shape alone: a
+    card edited so and sealed again loaded, and the model gave other logits for the same film (-646 and 85, then
+    5061 and 49: PNEUMONIA read NORMAL). The run's record of its settings says what it was trained with."""
+    torch.manual_seed(0)
+    net = models.create("test_efficientnet", num_classes=2, in_chans=1)
+    recorded = {"task": "pneumonia", "image_size": 128, "resize_policy": "squash", "model_kwargs": {}}
+    card = BundleCard("test_efficientnet", "pneumonia", ["NORMAL", "PNEUMONIA"], "PNEUMONIA", 128, "squash", 0.5,
+                      0.25, train_config=recorded)
+    bundle = save_bundle(tmp_path / "bundle", net, card)
+    assert load_bundle(bundle)[1].model_kwargs == {}
+    save_card(bundle, dataclasses.replace(load_card(bundle), model_kwargs={"global_pool": "max"}))
+    with pytest.raises(ValueError, match="bundle.json: model_kwargs is {'global_pool': 'max'}, but the training run "
+                                         "that made the model recorded model_kwargs {}; restore the bundle"):
+        load_bundle(bundle)
+
+
 def test_a_card_of_a_task_not_registered_here_is_held_to_what_every_task_is(tiny_bundle: Path, tmp_path: Path) -> None:
     """A plugin's task not imported in this process: compare and the checks still read its card (a three-class
     task names its positive call freely), while a two-class card whose first class is called positive is refused."""

@@ -80,7 +80,9 @@ def test_an_onnx_model_for_another_input_size_than_the_card_is_refused(tiny_bund
 def test_model_settings_the_model_does_not_take_are_a_reason_not_a_traceback(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)
-    save_card(bundle, dataclasses.replace(load_card(bundle), model_kwargs={"widht": 8}))
+    card = load_card(bundle)  # its run's record of the settings too: the builder is what refuses them
+    save_card(bundle, dataclasses.replace(card, model_kwargs={"widht": 8},
+                                          train_config={**card.train_config, "model_kwargs": {"widht": 8}}))
     with pytest.raises(ValueError, match=r"its model_kwargs do not fit the model 'simple_cnn' \(.*'widht'\)"):
         load_bundle(bundle)
 

@@ -602,7 +602,9 @@ def test_a_model_that_cannot_be_built_refuses_heatmaps_with_its_own_reason(tiny_
     not help). It says the reason (without the bundle's path, or apostrophes), and so does /healthz."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    save_card(bundle, dataclasses.replace(load_card(bundle), model_kwargs={"widht": 8}))
+    card = load_card(bundle)  # its run's record of the settings too: the builder is what refuses them
+    save_card(bundle, dataclasses.replace(card, model_kwargs={"widht": 8},
+                                          train_config={**card.train_config, "model_kwargs": {"widht": 8}}))
     with TestClient(create_app(bundle, backend="onnx")) as c:
         assert upload(c, xray).status_code == 200
         for heatmap in ("true", "map"):  # the reason is kept for the later ones

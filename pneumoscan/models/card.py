@@ -57,7 +57,7 @@ CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
-RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy"}
+RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 # versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
 # readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
@@ -531,10 +531,11 @@ def _check_classes(path: Path, card: BundleCard) -> None:
 
 
 def _check_run_record(path: Path, card: BundleCard) -> None:
-    """The task and preprocessing the card says, as the run that trained the model recorded them
+    """The task, preprocessing and model settings the card says, as the run that trained the model recorded them
     (:data:`RUN_RECORD`; a key a card lacks, as an ensemble's or an older run's, is not compared): a network that
     pools to a fixed size takes weights at any input size, so a card whose size was edited and sealed again read
-    films at another scale than the model learnt, and one whose task and classes were, answered another question."""
+    films at another scale than the model learnt; one whose task and classes were, answered another question; and
+    a setting that leaves the weights' shapes alone (timm's global_pool "max" for "avg") made another function."""
     for key, recorded in RUN_RECORD.items():
         if recorded in card.train_config and card.train_config[recorded] != (value := getattr(card, key)):
             raise ValueError(f"{path}: {key} is {value!r}, but the training run that made the model recorded "
