@@ -296,7 +296,7 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
         (lambda members: members[1].pop("temperature"), f"bundle.json: {second}: temperature: field required$"),
         (lambda members: members[0].update(size="64"),
          f"bundle.json: {first}: size: input should be a valid integer \\(found '64'\\)$"),
-        (lambda members: members[0].update(std=0), f"bundle.json: {first}: std is 0.0, outside 0.05 to 1, "),
+        (lambda members: members[0].update(std=0), f"bundle.json: {first}: std is 0.0, outside 0.05 to 1 "),
         (lambda members: members[1].update(heatmap_scale=0.0),  # the map it draws on: divided by 0
          f"bundle.json: {second}: heatmap_scale: input should be greater than 0"),
         (lambda members: members[1].pop("source"),

@@ -274,7 +274,7 @@ def test_a_card_of_the_wrong_shape_is_a_one_line_reason(
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"std": 1e-9}, "std is 1e-09, outside 0.05 to 1, the spread"),
+    ({"std": 1e-9}, "std is 1e-09, outside 0.05 to 1 \\(a spread of \\[0, 1\\] grey levels\\)"),
     ({"std": 1e9}, "std is 1000000000.0, outside 0.05 to 1"),
     ({"mean": 123.7, "std": 58.4}, "mean is 123.7, not a grey level in \\[0, 1\\]"),  # a 0-255 scale
     ({"mean": 0.5, "std": 58.4}, "std is 58.4, outside 0.05 to 1"),

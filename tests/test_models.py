@@ -81,7 +81,8 @@ def test_register_refuses_a_normalisation_that_makes_every_input_unusable(
     registered."""
     monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
     with pytest.raises(ValueError, match="^model 'bad_norm': (mean is .*, not a grey level|std is .*, outside 0.05 "
-                                         "to 1).*, as \\(x - mean\\) / std of \\[0, 1\\] grey input$"):
+                                         "to 1 ).*: mean and std normalise \\[0, 1\\] grey input as "
+                                         "\\(x - mean\\) / std$"):
         models.register("bad_norm", mean=mean, std=std)
     assert "bad_norm" not in models.list_models()
 

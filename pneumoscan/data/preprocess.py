@@ -42,8 +42,7 @@ def check_normalization(mean: float, std: float) -> None:
         raise ValueError(f"mean is {mean!r}, not a grey level in [0, 1]")
     low, high = STD_BOUNDS
     if not low <= std <= high:
-        raise ValueError(f"std is {std!r}, outside {low:g} to {high:g}, the spread [0, 1] grey levels are "
-                         "normalised by")
+        raise ValueError(f"std is {std!r}, outside {low:g} to {high:g} (a spread of [0, 1] grey levels)")
 
 
 def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

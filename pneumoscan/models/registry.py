@@ -58,7 +58,8 @@ def register(
     try:
         check_normalization(mean, std)
     except ValueError as e:
-        raise ValueError(f"model {name!r}: {e}, as (x - mean) / std of [0, 1] grey input") from None
+        raise ValueError(f"model {name!r}: {e}: mean and std normalise [0, 1] grey input as (x - mean) / std"
+                         ) from None
 
     def decorator(fn: Builder) -> Builder:
         _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size))
