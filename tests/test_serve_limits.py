@@ -33,6 +33,7 @@ from pneumoscan.serving.limits import Limits
 from pneumoscan.serving.server import (ACCESS_LOGGER, NOT_SERVED, QUIET_LOGGERS, AccessLines, AccessLog, OneLineLog,
                                        served_paths, server_config)
 from tests.builders import free_port, running, wait_healthy
+from tests.test_integrity import bright_overflow_bundle, png
 
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
 
@@ -337,6 +338,37 @@ def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch
             gate.open.set()
         assert sorted(r.status_code for r in heatmaps) == [200] * 4 + [503] * 2
     assert gate.entered == 4
+
+
+def test_a_request_in_progress_when_the_model_breaks_gets_no_reading(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request admitted before a model gave a non-finite score, and scored after, is refused as the requests
+    after it are: it was answered with a reading from the model the service had just declared broken."""
+    bundle = bright_overflow_bundle(tmp_path / "b")  # finite on dark films, infinite on bright ones
+    dark, bright = (png(np.tile(np.linspace(lo, lo + 40, 64).astype(np.uint8), (64, 1))) for lo in (40, 210))
+    real, held = service_module.decode_upload, threading.Event()
+
+    def decode(data: bytes, *args: object) -> np.ndarray:
+        if data == dark:  # the dark film waits in its decode until the bright one has broken the model
+            assert held.wait(GATE_S), "never released"
+        return real(data, *args)
+
+    monkeypatch.setattr(service_module, "decode_upload", decode)
+    app = create_app(bundle, backend="torch")
+    with live(app) as url:
+
+        def send(film: bytes) -> httpx.Response:
+            return httpx.post(f"{url}/v1/predict", files={"file": ("x.png", film, "image/png")}, timeout=60)
+
+        with in_background([lambda: send(dark)]) as late:
+            wait_for(lambda: app.state.in_flight["prediction"] == 1, "the dark film admitted")
+            broke = send(bright)
+            assert broke.status_code == 500 and "non-finite score" in broke.json()["error"]
+            held.set()
+        assert httpx.get(f"{url}/healthz").status_code == 503
+    [answer] = late
+    assert answer.status_code == 503 and "answers no more predictions" in answer.json()["error"], answer.text
+    assert "probability" not in answer.json()
 
 
 # ---------------------------------------------------------------- logs

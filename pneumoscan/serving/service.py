@@ -170,9 +170,7 @@ class Service:
         """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
         model has given a non-finite score (a model that is broken for one film is not trusted with the next);
         heatmaps alone for good once Grad-CAM's model could not be built from the bundle's files."""
-        if self.faults:
-            raise Rejected(503, f"{self.faults[0]}: this service answers no more predictions; restart it with a "
-                                "good bundle")
+        self._refuse_if_broken()
         if heatmap and self.heatmap_fault:
             raise Rejected(503, self.heatmap_fault)
         if heatmap and self.main.predictor.backend == "onnx-int8":
@@ -193,6 +191,13 @@ class Service:
         finally:
             for lane in admitted:
                 self.in_flight[lane] -= 1
+
+    def _refuse_if_broken(self) -> None:
+        """503 once a model has given a non-finite score: asked as a request comes in, and again before its answer
+        leaves, since a request admitted before the fault and scored after it was answered with a reading."""
+        if self.faults:
+            raise Rejected(503, f"{self.faults[0]}: this service answers no more predictions; restart it with a "
+                                "good bundle")
 
     def _admit(self, lane: str, bound: int) -> None:
         if self.in_flight[lane] >= bound:
@@ -293,6 +298,7 @@ class Service:
                                           scope["warnings"])
         finally:
             gone.cancel()
+        self._refuse_if_broken()
         reading = {**result.model_dump(), **scope}
         if format != "json":  # a report filed apart from the service states the model's caveats (said at its start)
             return await asyncio.to_thread(report, format, {**reading, "caveats": main.predictor.card.caveats}, data,
