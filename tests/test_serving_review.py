@@ -77,6 +77,18 @@ def test_a_file_field_without_a_filename_is_said_to_be_text(client: TestClient, 
     assert client.post("/v1/predict", content=body, headers=headers).status_code == 200  # the same film, as a file
 
 
+@pytest.mark.parametrize("field, value", [("heatmap", b"true"), ("format", b"fhir"), ("patient", b"Doe^Jane")])
+def test_a_part_besides_the_file_is_refused_naming_it(client: TestClient, xray: bytes, field: str,
+                                                      value: bytes) -> None:
+    """An option sent as a form field (curl -F heatmap=true) was dropped: the film was read and answered without the
+    heatmap or the format asked for, and the client was not told, as a query parameter the API does not take is."""
+    extra = f'Content-Disposition: form-data; name="{field}"\r\n\r\n'.encode() + value
+    body, headers = multipart(file_part(xray), extra)
+    r = client.post("/v1/predict", content=body, headers=headers)
+    assert_refused(r, 400, f"part(s) besides 'file': {field}")
+    assert "query string" in r.json()["error"] and "Doe" not in r.json()["error"]  # names, never values
+
+
 def test_a_compressed_body_is_415_naming_the_encoding_it_takes(client: TestClient, xray: bytes) -> None:
     """A gzip-encoded upload was parsed still compressed and refused as having no file (400): nothing said why."""
     body, headers = multipart(file_part(xray))

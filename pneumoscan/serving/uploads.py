@@ -79,7 +79,8 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
     whether to read it as DICOM whatever its first bytes say: sent as DICOM (declared type or a .dcm name) and
     with no format's magic bytes, as a DICOM without its preamble has none. Magic bytes win, as when ``predict``
     reads a file: a PNG named .dcm is read as the PNG it is. A compressed body (Content-Encoding) is refused,
-    not parsed as it is, and so is a ``file`` part without a filename (read as text, not a file).
+    not parsed as it is, and so is a ``file`` part without a filename (read as text, not a file), or any part
+    besides ``file`` (an option sent in the body, not in the query).
     The whole body must arrive within ``timeout`` seconds: a client trickling bytes would otherwise hold a slot
     of the queue, and its connection, for ever."""
     content_type = request.headers.get("content-type", "")
@@ -113,6 +114,10 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
                                 "as a file part, e.g. curl -F file=@film.dcm")
         if not isinstance(upload, UploadFile):
             raise Rejected(400, "no file: send the image as multipart/form-data in a field named 'file'")
+        if others := sorted(set(form.keys()) - {"file"}):  # an option sent as a form field (-F heatmap=true) was
+            # dropped, and the film answered without what it asked for
+            raise Rejected(400, f"part(s) besides 'file': {', '.join(others)}: the body holds the film alone, and the "
+                                "options go in the query string (/v1/predict?heatmap=true)")
         data = await upload.read()
         media = (upload.content_type or "").split(";")[0].strip().lower()
         media = TYPE_ALIASES.get(media, media)
