@@ -32,7 +32,7 @@ from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
-from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED
+from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
 from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes, free_port, start_serve, wait_healthy
 
 MB = 2**20
@@ -563,6 +563,26 @@ def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny
         card = load_card(bundle)
         save_card(bundle, dataclasses.replace(card, threshold=card.threshold / 2))  # another valid bundle
         assert c.get("/healthz").json()["reason"] == BUNDLE_REPLACED
+
+
+def test_probes_that_come_while_the_bundle_is_read_again_share_that_one_read(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a bundle's files changed, every /healthz probe that came before the first read of them had ended started
+    a read of its own (every file hashed again, in the threads the service's reports use): a flood of probes, which
+    need no key, queued as many hashings of the whole bundle."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    disk, reads, real = OnDisk(bundle), [], OnDisk.changed
+    monkeypatch.setattr(OnDisk, "changed", lambda self: reads.append(self) or real(self))
+    (bundle / "model.safetensors").touch()  # changed stamps, the same bytes
+
+    async def probes() -> list[str | None]:
+        return await asyncio.gather(*[disk.check() for _ in range(20)])
+
+    assert asyncio.run(probes()) == [None] * 20 and len(reads) == 1
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, threshold=card.threshold / 2))  # another valid bundle
+    assert asyncio.run(probes()) == [BUNDLE_REPLACED] * 20 and len(reads) == 2
 
 
 def test_weights_changed_after_start_up_refuse_heatmaps_with_the_reason(tiny_bundle: Path, xray: bytes,

@@ -76,16 +76,28 @@ class OnDisk:
         self.names = [CARD, *self.card.files]
         self.seen = self._stamps()
         self.change: str | None = None
+        self.reading: asyncio.Task[None] | None = None  # the read of the files in progress, which probes share
 
     def _stamps(self) -> tuple[str | None, ...]:
         return tuple(file_stamp(self.directory / name) for name in self.names)
 
     async def check(self) -> str | None:
         """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...). The
-        files are read in a thread: a probe's event loop must not wait on hashing a large bundle."""
-        if (stamps := self._stamps()) != self.seen:
-            self.seen, self.change = stamps, await asyncio.to_thread(self.changed)
+        files are read in a thread: a probe's event loop must not wait on hashing a large bundle. Probes that come while
+        they are read wait for that read (a flood of probes, which need no key, queued a hashing of the bundle each)."""
+        if self._stamps() != self.seen:
+            if self.reading is None:
+                self.reading = asyncio.ensure_future(self._read_again())
+            await asyncio.shield(self.reading)  # a probe whose client goes does not end the read the others wait for
         return self.change
+
+    async def _read_again(self) -> None:
+        """:meth:`changed` for the stamps the files have now, once for all the probes that wait for it."""
+        try:
+            stamps = self._stamps()
+            self.seen, self.change = stamps, await asyncio.to_thread(self.changed)
+        finally:
+            self.reading = None
 
     def changed(self) -> str | None:
         """:meth:`check` by reading the files whatever their stamps say."""
