@@ -237,6 +237,27 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
     assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in answers  # the same connection goes on
 
 
+def test_a_body_declared_over_the_limit_is_refused_before_it_arrives(tiny_bundle: Path) -> None:
+    """A Content-Length over the upload limit was read until the limit was passed: a client that declared a terabyte
+    and sent nothing held its place in the queue to the body deadline, then heard that its upload "did not arrive"
+    (408), and one sending a larger film sent 20 MB of it before its 413. The head says enough: 413 at once."""
+    limits = Limits(body_timeout=5.0)
+    app = create_app(tiny_bundle, limits=limits)
+    with live(app, limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(multipart_head(10**12) + b"--b\r\n")
+            sock.settimeout(3)
+            answer = b""
+            try:
+                while not answer.endswith(b"}"):  # the whole JSON answer, without waiting for the connection to close
+                    answer += sock.recv(65536) or b"}"
+            except TimeoutError:
+                answer += b"(no more within 3 s)"
+            assert app.state.in_flight["prediction"] == 0
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload too large: the limit is 20 MB" in answer, answer[:300]
+
+
 # ---------------------------------------------------------------- clients that have gone
 
 

@@ -48,7 +48,7 @@ class _InMemoryParser(MultiPartParser):
 
 async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
     """The request body, refused as soon as it grows past the file limit plus the multipart envelope, whatever
-    Content-Length claimed (or without one: chunked uploads)."""
+    Content-Length claimed (or without one: chunked uploads); a Content-Length over it is refused before this."""
     size = 0
     async for chunk in stream:
         size += len(chunk)
@@ -90,6 +90,10 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
         # the body would be parsed still compressed, and refused as a malformed upload or one without a file
         raise Rejected(415, "a compressed request body (Content-Encoding) is not read: send the upload uncompressed",
                        {"Accept-Encoding": "identity"})
+    declared = request.headers.get("content-length", "")  # digits only: h11 refuses any other value
+    if declared.isdigit() and int(declared) > max_bytes + ENVELOPE_BYTES:  # before any of it is read (or sent, by a
+        # client that waits for 100 Continue): a larger film took 20 MB to refuse, a declared terabyte the body deadline
+        raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
     parser = _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1)
     try:
         async with asyncio.timeout(timeout):
