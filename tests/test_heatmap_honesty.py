@@ -143,13 +143,25 @@ def test_the_overlay_of_a_film_read_as_negative_says_so(tiny_bundle: Path, tiny_
     film = _film(HEIGHT, WIDTH, (0.5, 0.5))
     read = {label: Image.open(io.BytesIO(film_overlay(predictor, film, label=label))).info["Description"]
             for label in ("NORMAL", "PNEUMONIA")}
-    assert read["NORMAL"] == f"{read['PNEUMONIA']}; {NEGATIVE.format(label='NORMAL')}"
+    negative = NEGATIVE.format(label="NORMAL", explains="PNEUMONIA")
+    assert read["NORMAL"] == f"{read['PNEUMONIA']}; {negative}"
     assert read["PNEUMONIA"] == caption("PNEUMONIA", None)
     rows = predict_paths(tiny_bundle, tiny_dataset / "test", heatmap_dir=tmp_path)
     assert {row["label"] for row in rows} == {"NORMAL", "PNEUMONIA"}
     for row in rows:
         said = Image.open(row["heatmap"]).info["Description"]
-        assert (NEGATIVE.format(label="NORMAL") in said) == (row["label"] == "NORMAL"), row
+        assert (negative in said) == (row["label"] == "NORMAL"), row
+
+
+def test_the_words_for_a_film_read_as_the_first_class_hold_for_every_task(tiny_etiology_bundle: Path) -> None:
+    """"read as bacteria: the map shows the weak evidence of a film read as negative": bacteria is no negative finding
+    to a clinician, and a film just short of the threshold need not have weak evidence. The words name the class the
+    map is evidence for and the threshold, for any task; /v1/model gives the web page the overlay's words."""
+    words = "read as bacteria: the map shows the evidence for virus, which fell short of the threshold"
+    assert caption("virus", None, negative="bacteria") == f"{caption('virus', None)}; {words}"
+    with TestClient(create_app(tiny_etiology_bundle)) as client:
+        info = client.get("/v1/model").json()
+    assert info["heatmap_negative"] == words
 
 
 def test_a_caption_names_why_a_film_is_outside_the_scope_first() -> None:

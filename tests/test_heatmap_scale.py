@@ -18,8 +18,8 @@ from playwright.sync_api import expect
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.explain import (SCALE_MIN_FILMS, caption, explain_array, gradcam, gradcam_peaks,
-                                          heatmap_scale, measure_heatmap_scale, overlay_png)
+from pneumoscan.inference.explain import (NEGATIVE, SCALE_MIN_FILMS, caption, explain_array, gradcam,
+                                          gradcam_peaks, heatmap_scale, measure_heatmap_scale, overlay_png)
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import card as card_module
 from pneumoscan.models.bundle import load_bundle
@@ -149,11 +149,16 @@ def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
         server.close()
 
 
+def sentence(words: str) -> str:
+    """What the overlay's caption adds for one film's map (``words``), as the page's legend says it: a sentence."""
+    return f"{words[:1].upper()}{words[1:]}."
+
+
 def assert_legend_is_the_caption(legend: str, words: str, outside: bool = False) -> None:
-    """The page's legend says the overlay's caption ``words`` (for the same bundle), and for a film read as negative
-    adds what such a film's map shows; for a film ``outside`` the model's scope (a 64 px thumbnail of the tiny
-    dataset) it starts by saying so."""
-    negative = " This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
+    """The page's legend says the overlay's caption ``words`` (for the same bundle), and, in the words the overlay's
+    caption adds for it, a film read as negative; for a film ``outside`` the model's scope (a 64 px thumbnail of the
+    tiny dataset) it starts by saying so."""
+    negative = f" {sentence(NEGATIVE.format(label='NORMAL', explains='PNEUMONIA'))}"
     start = "Outside the model's scope: the reading and this map do not apply. " if outside else ""
     assert legend in (f"{start}{words}.", f"{start}{words}.{negative}")
 

@@ -31,13 +31,13 @@ import pneumoscan.data.scope as scope
 from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.readers.pillow import OWN_MAP
-from pneumoscan.inference.explain import caption, explain_array, heatmap_scale, panel_shape
+from pneumoscan.inference.explain import NEGATIVE, caption, explain_array, heatmap_scale, panel_shape
 from pneumoscan.inference.predict import Predictor, format_results, predict_paths
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from tests.builders import SCORE_TOL, dicom_bytes, nudge_weights, running
 from tests.test_browser import ARGS, CHROMIUM, SERVICE_CAPTION, TIMEOUT_MS, drop_file, run_server
-from tests.test_heatmap_scale import assert_legend_is_the_caption
+from tests.test_heatmap_scale import assert_legend_is_the_caption, sentence
 from tests.test_serve import with_threshold
 
 PREFIX = "data:image/png;base64,"
@@ -275,11 +275,11 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     # the overlay's caption for this bundle (its maps on no scale of its own), in the same words
     assert_legend_is_the_caption(page.inner_text("#legend-text"),
                                  caption("PNEUMONIA", heatmap_scale(load_card(tiny_bundle))))
-    negative = "This film was read as NORMAL: the map shows the weak evidence of a film read as negative."
+    negative = sentence(NEGATIVE.format(label="NORMAL", explains="PNEUMONIA"))
     if page.inner_text("#label") == "NORMAL":
         expect(legend).to_contain_text(negative)
     else:
-        expect(legend).not_to_contain_text("read as negative")
+        expect(legend).not_to_contain_text("Read as")
     assert page.evaluate("() => legendText({label: 'NORMAL', positive: 'PNEUMONIA'})").endswith(negative)
     assert "yellow at this film's strongest value" in page.get_attribute("#view", "aria-description")
     assert "evidence for PNEUMONIA" in page.get_attribute("#view", "aria-description")

@@ -453,11 +453,13 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, explains: str, scale: Heatmap
 UNREAD = "hatched grey: the film's edges outside its middle square, which the model did not read"
 WITHOUT_TTA = "map of the film as read without test-time views, whose mean is the probability"
 OUTSIDE = "OUTSIDE THE MODEL'S SCOPE"
+# The map of a film read as the first class is still the evidence for the positive one (the call's): scaled to the
+# film's maximum, it is drawn as bright as a positive film's. Said in words true of every task (bacteria is no
+# "negative" finding) and of every such film (one just short of the threshold need not have weak evidence); the web
+# page's legend says them too (/v1/model's heatmap_negative)
+NEGATIVE = "read as {label}: the map shows the evidence for {explains}, which fell short of the threshold"
 # An empty map is drawn as it is (no region raised the log-odds: the truth), and said, lest the scale's lowest colour
 # over the whole film read as a map that failed or showed nothing
-# The map of a film read as negative is still the evidence for the positive class (the call's), as the web page's
-# legend says too: scaled to the film's maximum, its weak evidence is drawn as bright as a sick film's
-NEGATIVE = "read as {label}: the map shows the weak evidence of a film read as negative"
 EMPTY = "empty map: nowhere on this film does the evidence for {explains} reach the scale's first step above none"
 
 # The heatmap panel where the model did not read the film: diagonal stripes of two neutral greys, no colour of
@@ -479,8 +481,8 @@ def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, 
     validation films; on an ensemble's members' scales, strong evidence from every member, each as on its own
     validation films (the ensemble's own films never measured it); scaled to the film's own maximum, a film with
     little evidence looks as bright as one with much. Then what is true of this film's map alone: ``unread``, parts
-    of the film the model did not read (hatched); ``negative``, the label of a film read as negative
-    (:data:`NEGATIVE`); ``tta``, a probability that is the mean of test-time views while
+    of the film the model did not read (hatched); ``negative``, the label of a film read as the first class, below
+    the threshold (:data:`NEGATIVE`); ``tta``, a probability that is the mean of test-time views while
     the map is of the plain one; ``empty``, a map drawn in the scale's lowest colour alone (:data:`EMPTY`); and
     first, a film its ``warnings`` put outside the model's scope, so that a printed overlay cannot pass for a reading
     that applies."""
@@ -496,7 +498,7 @@ def caption(explains: str, scale: HeatmapScale | None, *, unread: bool = False, 
     if unread:
         text += f"; {UNREAD}"
     if negative is not None:
-        text += f"; {NEGATIVE.format(label=negative)}"
+        text += f"; {NEGATIVE.format(label=negative, explains=explains)}"
     if empty:
         text += f"; {EMPTY.format(explains=explains)}"
     if tta:

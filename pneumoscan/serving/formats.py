@@ -97,6 +97,9 @@ class ModelInfo(BaseModel):
     heatmap_top: str = Field(description="the words at the top of its heatmaps' colour scale")
     heatmap_top_spoken: str = Field(description="the top of the colour scale as a screen reader says it, naming the "
                                     "scale")
+    heatmap_negative: str = Field(description="what a heatmap overlay's caption adds for a film read as its first "
+                                  "class (the map is still of the evidence for the positive one); the web page's "
+                                  "legend says it too")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
     follows: list[str] = Field(description="the tasks of the stages this model reads a film after (an etiology "

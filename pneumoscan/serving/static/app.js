@@ -11,8 +11,9 @@ let secondTask = null;
 let secondPositive = null;  // its positive class, which names its probability's CSV column as predict's results do
 let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of the threshold
 // what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
-// overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said); null until the
-// card is loaded: the page has no words of its own for a scale it does not know
+// overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said; heatmap_negative,
+// what the overlay's caption adds for a film read as negative); null until the card is loaded: the page has no words
+// of its own for a scale it does not know
 let heatmapWords = null;
 // the model the card on the page describes ("id version"): a reading of another (the service restarted with another
 // bundle) was drawn with this card's threshold band and heatmap legend
@@ -93,7 +94,8 @@ function showCard(info) {
   secondPositive = info.etiology ? info.etiology.positive : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
-  heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken };
+  heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken,
+    negative: info.heatmap_negative };
   $("legend-top").textContent = heatmapWords.top;
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
@@ -268,14 +270,13 @@ function classesText(r) {
     `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
 }
 
-// What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption); for a film read as
-// negative, that its map is the weak evidence of such a film; and, as the overlay's caption says them, the parts of
-// the film the model did not read (unread) and a film outside the model's scope.
+// What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption); and, as the overlay's
+// caption says them, the parts of the film the model did not read (unread), a film read as negative (its map is
+// still of the evidence for the positive class) and a film outside the model's scope.
 function legendText(r, unread) {
   const edges = unread ? " The untinted edges of the film were not read by the model." : "";
-  const what = `${heatmapWords.caption}.${edges}`;
-  const read = r.label === r.positive ? what
-    : `${what} This film was read as ${r.label}: the map shows the weak evidence of a film read as negative.`;
+  const negative = r.label === r.positive ? "" : ` ${titled(heatmapWords.negative)}.`;
+  const read = `${heatmapWords.caption}.${edges}${negative}`;
   return r.in_scope !== false ? read : `Outside the model's scope: the reading and this map do not apply. ${read}`;
 }
 
