@@ -161,7 +161,8 @@ def test_the_words_for_a_film_read_as_the_first_class_hold_for_every_task(tiny_e
     assert caption("virus", None, negative="bacteria") == f"{caption('virus', None)}; {words}"
     with TestClient(create_app(tiny_etiology_bundle)) as client:
         info = client.get("/v1/model").json()
-    assert info["heatmap_negative"] == words
+    assert (info["heatmap_negative"], info["heatmap_empty"]) == (
+        words, "empty map: nowhere on this film does the evidence for virus reach the scale's first step above none")
 
 
 def test_a_caption_names_why_a_film_is_outside_the_scope_first() -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from pneumoscan.core.metrics import softmax
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.explain import (NEGATIVE, SCALE_MIN_FILMS, caption, explain_array, gradcam,
+from pneumoscan.inference.explain import (EMPTY, NEGATIVE, SCALE_MIN_FILMS, caption, explain_array, gradcam,
                                           gradcam_peaks, heatmap_scale, measure_heatmap_scale, overlay_png)
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import card as card_module
@@ -156,11 +156,12 @@ def sentence(words: str) -> str:
 
 def assert_legend_is_the_caption(legend: str, words: str, outside: bool = False) -> None:
     """The page's legend says the overlay's caption ``words`` (for the same bundle), and, in the words the overlay's
-    caption adds for it, a film read as negative; for a film ``outside`` the model's scope (a 64 px thumbnail of the
-    tiny dataset) it starts by saying so."""
+    caption adds for them, a film read as negative and an empty map; for a film ``outside`` the model's scope (a 64 px
+    thumbnail of the tiny dataset) it starts by saying so."""
     negative = f" {sentence(NEGATIVE.format(label='NORMAL', explains='PNEUMONIA'))}"
+    empty = f" {sentence(EMPTY.format(explains='PNEUMONIA'))}"
     start = "Outside the model's scope: the reading and this map do not apply. " if outside else ""
-    assert legend in (f"{start}{words}.", f"{start}{words}.{negative}")
+    assert legend in {f"{start}{words}.{read}{map_}" for read in ("", negative) for map_ in ("", empty)}
 
 
 def test_the_pages_legend_says_the_scale_its_map_is_on(scaled_bundle: Path, tiny_dataset: Path) -> None:

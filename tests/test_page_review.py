@@ -17,17 +17,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
+from pneumoscan.inference.explain import EMPTY
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page
 from tests.builders import nudge_weights, running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
+from tests.test_heatmap_scale import sentence
 
 browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
 
@@ -119,6 +122,31 @@ def test_a_films_heatmap_never_lands_on_the_next_film(page: Page, small: Path, d
     assert page.evaluate(total) == own, "the film on screen shows its own map"
     page.check("#heatmap-toggle")
     expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
+
+
+def test_an_empty_map_says_so_in_the_overlays_words(page: Page, server: str, small: Path) -> None:
+    """The page colours the bare map itself: an empty one (the tiny model's of a real film: no region raises the
+    log-odds) was drawn in the scale's lowest colour alone under the usual legend, as if the map had found nothing or
+    failed to draw, where the overlay of the same film says it is empty. The legend says it in the overlay's words
+    (/v1/model's heatmap_empty), by the overlay's rule: a map that reaches the scale's first step (level 1 of 255)
+    anywhere is not empty."""
+    test_page.upload_one(page, small)
+    page.click("#heatmap-button")
+    expect(page.locator("#legend")).to_be_visible()
+    reply = httpx.post(f"{server}/v1/predict", params={"heatmap": "true"}, timeout=TIMEOUT_MS / 1000,
+                       files={"file": (small.name, small.read_bytes(), "image/jpeg")})
+    empty = EMPTY.format(explains="PNEUMONIA")
+    assert test_page.png_of(reply.json()["heatmap"]).info["Description"].endswith(f"; {empty}")
+    said = f" {sentence(empty)}"
+    assert page.inner_text("#legend-text").endswith(said)
+    expect(page.locator("#status")).to_contain_text(said)
+    page.evaluate("""async () => { const c = document.createElement('canvas'); c.width = c.height = 75;
+        const ctx = c.getContext('2d'); const map = ctx.createImageData(75, 75);
+        for (let i = 3; i < map.data.length; i += 4) map.data[i] = 255;
+        map.data.set([1, 1, 1], 4 * (37 * 75 + 37));  // the scale's first step, at one pixel
+        ctx.putImageData(map, 0, 0);
+        films[0].cam = c.toDataURL('image/png'); await loadCam(films[0]); heatControls(); }""")
+    expect(page.locator("#legend-text")).not_to_contain_text("Empty map")
 
 
 def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page: Page, small: Path,

@@ -455,11 +455,11 @@ WITHOUT_TTA = "map of the film as read without test-time views, whose mean is th
 OUTSIDE = "OUTSIDE THE MODEL'S SCOPE"
 # The map of a film read as the first class is still the evidence for the positive one (the call's): scaled to the
 # film's maximum, it is drawn as bright as a positive film's. Said in words true of every task (bacteria is no
-# "negative" finding) and of every such film (one just short of the threshold need not have weak evidence); the web
-# page's legend says them too (/v1/model's heatmap_negative)
+# "negative" finding) and of every such film (one just short of the threshold need not have weak evidence)
 NEGATIVE = "read as {label}: the map shows the evidence for {explains}, which fell short of the threshold"
 # An empty map is drawn as it is (no region raised the log-odds: the truth), and said, lest the scale's lowest colour
-# over the whole film read as a map that failed or showed nothing
+# over the whole film read as a map that failed or showed nothing. The web page's legend says both in these words
+# (/v1/model's heatmap_negative and heatmap_empty), and calls a map empty by the rule overlay_png does
 EMPTY = "empty map: nowhere on this film does the evidence for {explains} reach the scale's first step above none"
 
 # The heatmap panel where the model did not read the film: diagonal stripes of two neutral greys, no colour of

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from pneumoscan.evaluation.model_card import card_summary
-from pneumoscan.inference.explain import NEGATIVE, caption, heatmap_scale, scale_top
+from pneumoscan.inference.explain import EMPTY, NEGATIVE, caption, heatmap_scale, scale_top
 from pneumoscan.inference.predict import NonFiniteScore, Predictor
 
 from .formats import ModelInfo, StageResult
@@ -99,7 +99,8 @@ class Stage:
             heatmap_scale=c.heatmap_scale,
             heatmap_caption=caption(c.positive, scale), heatmap_top=scale_top(scale),
             heatmap_top_spoken=scale_top(scale, spoken=True),
-            heatmap_negative=NEGATIVE.format(label=c.classes[0], explains=c.positive), **card_summary(c),
+            heatmap_negative=NEGATIVE.format(label=c.classes[0], explains=c.positive),
+            heatmap_empty=EMPTY.format(explains=c.positive), **card_summary(c),
         )
 
     def prepare(self, gray: np.ndarray) -> np.ndarray:

@@ -100,6 +100,8 @@ class ModelInfo(BaseModel):
     heatmap_negative: str = Field(description="what a heatmap overlay's caption adds for a film read as its first "
                                   "class (the map is still of the evidence for the positive one); the web page's "
                                   "legend says it too")
+    heatmap_empty: str = Field(description="what a heatmap overlay's caption adds for an empty map (no pixel of the "
+                               "film read above level 0 of the heatmap=map PNG); the web page's legend says it too")
     content_checked: bool = Field(description="whether films are compared with the training films' appearance (an "
                                   "'image content' warning when unlike them); false for a bundle that records none")
     follows: list[str] = Field(description="the tasks of the stages this model reads a film after (an etiology "

@@ -11,9 +11,9 @@ let secondTask = null;
 let secondPositive = null;  // its positive class, which names its probability's CSV column as predict's results do
 let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of the threshold
 // what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
-// overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said; heatmap_negative,
-// what the overlay's caption adds for a film read as negative); null until the card is loaded: the page has no words
-// of its own for a scale it does not know
+// overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said; heatmap_negative
+// and heatmap_empty, what the overlay's caption adds for a film read as negative and for an empty map); null until
+// the card is loaded: the page has no words of its own for a scale it does not know
 let heatmapWords = null;
 // the model the card on the page describes ("id version"): a reading of another (the service restarted with another
 // bundle) was drawn with this card's threshold band and heatmap legend
@@ -95,7 +95,7 @@ function showCard(info) {
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   classColumns = info.classes.length > 2 ? info.classes : [];
   heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken,
-    negative: info.heatmap_negative };
+    negative: info.heatmap_negative, empty: info.heatmap_empty };
   $("legend-top").textContent = heatmapWords.top;
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
@@ -272,11 +272,12 @@ function classesText(r) {
 
 // What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption); and, as the overlay's
 // caption says them, the parts of the film the model did not read (unread), a film read as negative (its map is
-// still of the evidence for the positive class) and a film outside the model's scope.
-function legendText(r, unread) {
+// still of the evidence for the positive class), an empty map (a map in the lowest colour alone read as one that
+// found nothing or failed to draw) and a film outside the model's scope.
+function legendText(r, unread, empty) {
   const edges = unread ? " The untinted edges of the film were not read by the model." : "";
   const negative = r.label === r.positive ? "" : ` ${titled(heatmapWords.negative)}.`;
-  const read = `${heatmapWords.caption}.${edges}${negative}`;
+  const read = `${heatmapWords.caption}.${edges}${negative}${empty ? ` ${titled(heatmapWords.empty)}.` : ""}`;
   return r.in_scope !== false ? read : `Outside the model's scope: the reading and this map do not apply. ${read}`;
 }
 
@@ -451,10 +452,15 @@ function emptyViewer() {
 // film is the one on screen and in the viewer (the map of a film left while it decoded landed on the next film, at
 // that film's size, and its "Show heatmap" drew it there). Where the map is transparent the model did not read the
 // film (center-crop's cut-off edges): UNREAD there, and the film is left untinted, not coloured as "no evidence".
+// The map is empty, as the overlay's caption says (pneumoscan.inference.explain.overlay_png), where no pixel of the
+// film read reaches its first level above 0: judged on the map's own pixels, since stretched onto the film a lone
+// pixel at level 1 may be smoothed away.
 const UNREAD = -1;
 async function loadCam(film) {
   const { img } = await grayOf(film.cam);
   if (current !== film || view.film !== film) return;
+  const own = pixelsOf(img, img.naturalWidth, img.naturalHeight);
+  film.empty = !own.some((v, i) => i % 4 === 0 && v > 0 && own[i + 3] >= 128);
   const rgba = pixelsOf(img, view.w, view.h);
   view.cam = new Int16Array(view.w * view.h);
   for (let i = 0; i < view.cam.length; i++) view.cam[i] = rgba[4 * i + 3] < 128 ? UNREAD : rgba[4 * i];
@@ -710,7 +716,7 @@ function heatControls() {
   $("opacity").disabled = !have;
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
-  $("legend-text").textContent = have ? legendText(current.result, current.unread) : "";
+  $("legend-text").textContent = have ? legendText(current.result, current.unread, current.empty) : "";
   $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
     ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapWords.spoken}, dark purple lowest. ` +
       $("legend-text").textContent
@@ -925,7 +931,7 @@ let uploads = Promise.resolve();
 function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
     id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
-    result: null, error: null, cam: null, unread: false,
+    result: null, error: null, cam: null, unread: false, empty: false,
   }));
   if (!batch.length) return;
   films.push(...batch);
