@@ -131,7 +131,7 @@ def test_the_time_budget_stops_training_and_sets_the_cosine_rate() -> None:
     assert state.optimizer.param_groups[0]["lr"] < 0.1 * lr_factor(0.9, 0.05)
     state.t0 -= 2.0
     budget.before_step(state)
-    assert state.stop and state.end_epoch
+    assert state.end_epoch and not state.stop, "the clock's end, not a verdict the checkpoint keeps"
     plain = stub_state(lr=0.1)
     TimeBudget(100, None).before_step(plain)  # no factor (adam-plateau): the rate is left alone
     assert plain.optimizer.param_groups[0]["lr"] == 0.1 and not plain.stop
@@ -165,14 +165,6 @@ def test_early_stopping_waits_patience_epochs_without_a_better_figure(mode: str,
         if state.stop:
             break
     assert state.stop and epoch == stops_after
-    resumed, again = stub_state(epochs=10), EarlyStopping("val_x", mode, patience=2)
-    again.load_state_dict(json.loads(json.dumps(stopper.state_dict())))
-    resumed.history = [{}] * epoch
-    again.on_fit_start(resumed)
-    assert resumed.stop, "a run resumed after early stopping trains no further"
-    fresh = stub_state()
-    EarlyStopping("val_x", mode, patience=1).on_fit_start(fresh)
-    assert not fresh.stop, "a fresh run trains its first epoch"
 
 
 def test_patience_1_stops_at_the_first_epoch_without_improvement_and_0_is_refused() -> None:
@@ -480,3 +472,72 @@ def test_the_epoch_line_never_shows_a_missed_film_as_perfect(tmp_path: Path, cap
     with caplog.at_level("INFO"):
         History(tmp_path).on_validation_end(state)
     assert "acc 0.999 AUC 0.9999 sens 0.999 spec 1.000" in caplog.text
+
+
+class StopAfter(Callback):
+    """A callback whose stop rests on its own state alone: after ``epochs`` validations, counted across a resume."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.seen = epochs, 0
+
+    def on_validation_end(self, state: State) -> None:
+        self.seen += 1
+        state.stop = state.stop or self.seen >= self.epochs
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.seen = data["seen"]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter(Callback):
+    """A crash after epoch ``epoch`` (0-based) is checkpointed."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, state: State) -> None:
+        if state.epoch == self.epoch:
+            raise Crash
+
+
+class Clock(Callback):
+    """Moves the run's clock ``seconds`` on before step ``step``, as that much time spent there would."""
+
+    def __init__(self, step: int, seconds: float) -> None:
+        self.step, self.seconds = step, seconds
+
+    def before_step(self, state: State) -> None:
+        if state.step == self.step:
+            state.t0 -= self.seconds
+
+
+def test_a_callbacks_stop_is_kept_across_a_resume_and_the_time_budgets_is_worked_out_again(tmp_path: Path) -> None:
+    """A run killed after the epoch in which a callback stopped it (its checkpoint written) trained on when resumed:
+    the stop was no state the checkpoint kept, and only early stopping worked its own out again. The time budget's end
+    is no verdict but the clock's: a resume with a longer --time-budget trains on."""
+    path, loss = tmp_path / "c.pt", torch.nn.functional.cross_entropy
+    stopper = StopAfter(2)
+    with pytest.raises(Crash):
+        fit(stub_state(epochs=5), [stopper, Checkpoint(path, [stopper], save_checkpoint, {}), CrashAfter(1)], loss,
+            figures([1.0] * 5))
+    resumed, again = stub_state(epochs=5), StopAfter(2)
+    restore(resumed, load_checkpoint(path), [again], path)
+    fit(resumed, [again], loss, figures([1.0] * 5))
+    assert len(resumed.history) == 2, "the run ends where the callback ended it"
+
+    # a budget of 60 s spent at the fourth step (the second epoch's second): that epoch ends there, and the run
+    budget = TimeBudget(100, 60.0)
+    state = fit(stub_state(epochs=5), [Clock(3, 61.0), budget, Checkpoint(path, [budget], save_checkpoint, {})], loss,
+                figures([1.0] * 5))
+    assert (state.step, len(state.history)) == (3, 2)
+    for seconds, steps in ((60.0, 3), (600.0, 9)):  # resumed under the same budget: no step; under a longer: on
+        resumed = stub_state(epochs=5)
+        restore(resumed, load_checkpoint(path), [], path)
+        fit(resumed, [TimeBudget(100, seconds)], loss, figures([1.0] * 5))
+        assert resumed.step == steps, seconds

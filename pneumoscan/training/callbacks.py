@@ -47,8 +47,10 @@ def schedule_done(step: int, total_steps: int, elapsed_s: float, warm_s: float, 
 
 
 class TimeBudget(Callback):
-    """Ends training when the schedule is done (the time budget spent) and, given ``factor``, sets each step's
-    learning rate to ``state.lr * factor(fraction done)``. Every rank takes the same number of steps."""
+    """Ends training when the schedule is done (the time budget spent): it leaves the epoch then, and every later one
+    before its first step; it sets no ``stop``, a verdict the checkpoint would keep, since a resume with a longer
+    budget trains on. Given ``factor``, it sets each step's learning rate to ``state.lr * factor(fraction done)``.
+    Every rank takes the same number of steps."""
 
     def __init__(self, total_steps: int, budget_s: float | None,
                  factor: Callable[[float], float] | None = None) -> None:
@@ -61,7 +63,7 @@ class TimeBudget(Callback):
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             done = float(t)
         if done >= 1.0:
-            state.stop = state.end_epoch = True
+            state.end_epoch = True
         elif self.factor is not None:  # the schedule at the step's midpoint: neither the first step nor the last
             # has rate 0 (at the step's end, the last step's was 0, and a one-step run shipped its initial weights)
             for g in state.optimizer.param_groups:
@@ -104,16 +106,12 @@ def better(value: float, best: float, mode: str) -> bool:
 
 
 class EarlyStopping(Callback):
-    """Ends training after ``patience`` epochs without a better ``monitor``; a run resumed after it stopped
-    trains no further."""
+    """Ends training after ``patience`` epochs without a better ``monitor`` (a run resumed after it stopped trains no
+    further: the checkpoint keeps the stop)."""
 
     def __init__(self, monitor: str = "val_auc", mode: str = "max", patience: int = 3) -> None:
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.best, self.stale = (-math.inf if mode == "max" else math.inf), 0
-
-    def on_fit_start(self, state: State) -> None:
-        if self.stale >= self.patience and state.history:  # the crash came after early stopping had ended training
-            state.stop = True
 
     def on_validation_end(self, state: State) -> None:
         value = state.row[self.monitor]
@@ -291,31 +289,35 @@ class History(Callback):
 
 class Checkpoint(Callback):
     """Writes RUN/checkpoint.pt after every epoch (rank 0, atomically, after the history, the best weights and the
-    trackers), with the state of ``callbacks`` and ``made``: how the run is made (its settings as plain values, its
-    number of processes, data and teachers: :func:`pneumoscan.training.resume.made_by`), which ``--resume`` checks;
-    :func:`restore` takes it back."""
+    trackers), with the state of ``callbacks``, whether a callback has stopped the run (every rank's say: it would
+    otherwise be read before the next epoch only, after the checkpoint), and ``made``: how the run is made (its
+    settings as plain values, its number of processes, data and teachers:
+    :func:`pneumoscan.training.resume.made_by`), which ``--resume`` checks; :func:`restore` takes it back."""
 
     def __init__(self, path: Path, callbacks: list[Callback], save: Callable[[Path, dict], None], made: dict) -> None:
         self.path, self.callbacks, self.save, self.made = path, callbacks, save, made
 
     def on_epoch_end(self, state: State) -> None:
+        state.stop = state.ctx.any(state.stop)
         if state.ctx.main:
             states = {key: kept for key, cb in zip(state_keys(self.callbacks), self.callbacks)
                       if (kept := cb.state_dict()) is not None}
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
-                "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s,
+                "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s, "stop": state.stop,
                 "history": json.dumps(state.history), "callbacks": states, **self.made,
             })
         state.ctx.barrier()
 
 
 def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> None:
-    """What ``--resume`` loaded, before :func:`~pneumoscan.training.engine.fit`: model, optimiser, counters, history and
-    every callback's state, so the run continues bit for bit where the crashed one left off."""
+    """What ``--resume`` loaded, before :func:`~pneumoscan.training.engine.fit`: model, optimiser, counters, history,
+    every callback's state and a callback's stop, so the run continues bit for bit where the crashed one left off (a
+    run a callback had stopped trains no further). A checkpoint of an earlier version records no stop: its early
+    stopping trains one epoch more, and stops again unless that epoch is better."""
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
+    state.epoch, state.step, state.stop = ckpt["epoch"] + 1, ckpt["step"], bool(ckpt.get("stop", False))
     state.t0 -= ckpt["elapsed"]
     state.history = json.loads(ckpt["history"])
     saved = callback_states(ckpt)
@@ -323,7 +325,9 @@ def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> 
         if key in saved:
             cb.load_state_dict(saved[key])
     if state.ctx.main:
-        log.info("resuming after epoch %d (step %d) from %s", ckpt["epoch"] + 1, state.step, shown(path))
+        log.info("resuming after epoch %d (step %d) from %s%s", ckpt["epoch"] + 1, state.step, shown(path),
+                 ": training had been stopped there, so the bundle is finished without training further"
+                 if state.stop else "")
 
 
 def state_keys(callbacks: Sequence[Callback]) -> list[str]:

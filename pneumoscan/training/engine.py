@@ -34,9 +34,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class State:
-    """What the loop and its callbacks share. ``stop`` ends training after this epoch; ``end_epoch`` leaves the
-    current epoch before its next step (with ``stop``: the time budget ran out). Either, set on any rank, holds on
-    every rank: :func:`fit` all-reduces them where it reads them."""
+    """What the loop and its callbacks share. ``stop`` ends training after this epoch: a callback's verdict, which the
+    checkpoint keeps, so a resumed run stops there too; ``end_epoch`` leaves the current epoch before its next step
+    (the time budget sets it at every step once it is spent, so the next epoch takes no step and training ends, and a
+    resumed run works that out again from its clock and budget, which ``--resume`` may extend). Either, set on any
+    rank, holds on every rank: :func:`fit` all-reduces them where it reads them."""
 
     model: torch.nn.Module  # the bare model: what is saved and restored
     net: torch.nn.Module  # what a step calls (the model, or DDP around it)
@@ -142,9 +144,8 @@ def fit(
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=state.ctx.main,
     )
     _run(callbacks, "on_fit_start", state)
-    steps_per_epoch = len(state.train_loader)
     with progress:
-        bar = progress.add_task("train", total=steps_per_epoch, epoch=state.epoch + 1, info="")
+        bar = progress.add_task("train", total=len(state.train_loader), epoch=state.epoch + 1, info="")
         while state.epoch < state.epochs:
             state.stop = state.ctx.any(state.stop)  # a stop set on one rank (a callback's own verdict) holds for all
             if state.stop:
@@ -152,7 +153,6 @@ def fit(
             state.net.train()
             state.end_epoch = False  # it leaves one epoch: kept, it left every later one before its first step
             _run(callbacks, "on_epoch_start", state)
-            progress.reset(bar, total=steps_per_epoch, epoch=state.epoch + 1, info="")
             totals = _summed_over_ranks(state.ctx, _train_epoch(state, callbacks, loss_fn, amp, progress, bar))
             if totals.seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
                 break
@@ -186,6 +186,8 @@ def _train_epoch(
         state.end_epoch = state.ctx.any(state.end_epoch, AT_EVERY_STEP)  # left on one rank, left on every rank
         if state.end_epoch:
             break
+        if not totals.seen:  # the bar turns to an epoch that takes a step, not to one the time budget leaves at once
+            progress.reset(bar, total=len(state.train_loader), epoch=state.epoch + 1, info="")
         x = x.to(state.ctx.device, non_blocking=True, memory_format=torch.channels_last)
         y = y.to(state.ctx.device, non_blocking=True)
         with state.ctx.waiting(AT_EVERY_STEP):  # gloo's timeout in the gradients' all-reduce, as one line
