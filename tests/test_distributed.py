@@ -312,7 +312,7 @@ def test_a_process_whose_share_of_the_films_is_empty_adds_no_rows() -> None:
     warmed = [{k: said[r][k] for k in ("l2", "weight", "bias")} for r in (0, 1)]
     assert warmed[0] == warmed[1], "rank 1 starts from rank 0's head"
     probe = CountingProbe()  # the head one process fits on the same films, within float tolerance
-    alone = warm_start_head(probe, DataLoader(probe_films(5, 0), 16), DataLoader(probe_films(1, 1), 16), None,
+    alone = warm_start_head(probe, DataLoader(probe_films(5, 0), 16), DataLoader(probe_films(1, 3), 16), None,
                             torch.device("cpu"))
     assert warmed[0]["l2"] == alone
     np.testing.assert_allclose(warmed[0]["weight"], probe.fc.weight.tolist(), rtol=1e-4, atol=1e-5)

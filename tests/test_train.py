@@ -695,9 +695,9 @@ def test_training_learns_the_synthetic_signal(tiny_dataset: Path, tmp_path: Path
     assert np.isfinite(metrics["ci"]["auc"]).all()
 
 
-@pytest.mark.parametrize("signal, chosen", [(0.0, max(WARM_START_L2)), (3.0, min(WARM_START_L2))])
+@pytest.mark.parametrize("signal, chosen", [(0.5, max(WARM_START_L2)), (3.0, min(WARM_START_L2))])
 def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float) -> None:
-    """Labels unrelated to the features: the strongest penalty generalises best; one clean feature that
+    """A weak signal in one of 40 features: the strongest penalty generalises best; one clean feature that
     decides the label: the weakest penalty does (a sharper head costs nothing on validation)."""
     gen = torch.Generator().manual_seed(0)
 
@@ -712,13 +712,15 @@ def test_warm_start_penalty_is_chosen_on_validation(signal: float, chosen: float
     assert model.fc.weight.abs().sum() > 0
 
 
-def _probe_loader(n: int, seed: int, outlier: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One batch of ``n`` films whose first of 8 features tells the label, as :class:`CountingProbe` reads them;
-    ``outlier``: the second feature of the first film, so large that LBFGS diverges on it."""
+def _probe_loader(n: int, seed: int, outlier: float | None = None,
+                  signal: float = 3.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch of ``n`` films whose first of 8 features tells the label (by ``signal``, against noise of 1), as
+    :class:`CountingProbe` reads them; ``outlier``: the second feature of the first film, so large that LBFGS diverges
+    on it."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
     x = torch.randn(n, 8, generator=gen)
-    x[:, 0] += 3 * (2 * y - 1)
+    x[:, 0] += signal * (2 * y - 1)
     if outlier is not None:
         x[0, 1] = outlier
     return [(x[:, :, None, None], y)]
@@ -746,6 +748,23 @@ def test_a_warm_start_that_diverges_at_every_penalty_is_refused_for_its_features
             for x, y in _probe_loader(40, 0)]
     with pytest.raises(ValueError, match=rf"^the warm start fitted no classifier .*{said}.*starting weights"):
         warm_start_head(model, huge, _probe_loader(16, 1), None, torch.device("cpu"))
+    assert torch.equal(model.fc.weight, before)
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e19])
+def test_a_warm_start_no_better_than_the_class_frequencies_is_refused(scale: float) -> None:
+    """Features of 1e12 or 1e19 (a diverged or badly scaled backbone) that do not tell the label: every head's
+    validation loss was finite, 1e4 to 1e11 against 0.69 for the training films' class frequencies, and the least was
+    taken, the log saying it was fitted. Refused naming the features and what to do, and the head is left as it
+    was."""
+    model = CountingProbe(8)
+    before = model.fc.weight.clone()
+    train, val = ([(x * scale, y) for x, y in _probe_loader(n, seed, signal=0.0)] for n, seed in ((40, 0), (16, 1)))
+    with pytest.raises(ValueError, match=r"^the warm start fitted no classifier at any L2 penalty \(.*\) that scores "
+                                         r"the validation films better than the training films' class frequencies "
+                                         r"\(validation loss \S+ at best, L2 \S+, against 0\.6931\): .*largest "
+                                         rf"magnitude \d\.\de\+{int(math.log10(scale)):02d}\).*warm_start=false"):
+        warm_start_head(model, train, val, None, torch.device("cpu"))
     assert torch.equal(model.fc.weight, before)
 
 

@@ -48,7 +48,10 @@ def warm_start_head(model: torch.nn.Module, train_loader: DataLoader, val_loader
 
     A penalty whose head has weights or a validation loss that are not finite (LBFGS diverged) is skipped; with
     none left the run is refused, naming the features (fine-tuning would stop at its first step on a non-finite
-    loss, blaming the learning rate)."""
+    loss, blaming the learning rate). So is a run whose best head scores the validation films no better than the
+    training films' class frequencies (:func:`_frequencies_loss`): on features of magnitude 1e12 to 1e19 (a diverged
+    or badly scaled backbone) every head's validation loss was finite, 1e4 to 1e11 against 0.69, and the least was
+    taken, said to be fitted."""
     train, val = (gather_shards_to_main(ctx, *(t.cpu().numpy() for t in pooled_features(model, loader, device)))
                   for loader in (train_loader, val_loader))
     head = model.get_classifier()
@@ -72,11 +75,24 @@ class _Diverged(Exception):
     line search only goes on), so that penalty's fit stops there rather than running out its iterations."""
 
 
+def _frequencies_loss(train_targets: torch.Tensor, val_targets: torch.Tensor, classes: int,
+                     weights: torch.Tensor | None) -> float:
+    """The validation loss of the head that ignores the features: every film given the training films' class
+    frequencies, each class's count times its weight in the loss (balanced class weights: every class alike), the
+    constant that minimises the training loss. A head no better has learnt nothing from the features that holds on
+    films it was not fitted on; one score for every film is never better."""
+    w = torch.ones(classes, device=train_targets.device) if weights is None else weights.to(train_targets.device)
+    mass = w * torch.bincount(train_targets, minlength=classes).to(w.dtype)
+    logits = torch.log(mass / mass.sum()).expand(len(val_targets), classes)
+    return float(F.cross_entropy(logits, val_targets, weight=w))
+
+
 def _fit(head: torch.nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...],
          weights: torch.Tensor | None) -> tuple[float, dict] | str:
     """The L2 strength of :data:`WARM_START_L2` whose head has the lowest validation loss, and that head's state (on
     the CPU: sent to the other ranks, whose GPUs are others); those whose head or loss is not finite are skipped
-    (NaN compares below nothing, so a first NaN loss would be kept). The refusal's reason when none is left."""
+    (NaN compares below nothing, so a first NaN loss would be kept). The refusal's reason when none is left, or when
+    the best is no better than the training films' class frequencies (:func:`_frequencies_loss`)."""
     start = {k: v.clone() for k, v in head.state_dict().items()}
     best: tuple[float, float, dict] | None = None
     for l2 in WARM_START_L2:
@@ -104,13 +120,19 @@ def _fit(head: torch.nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torc
             continue
         if best is None or val_loss < best[0]:
             best = (val_loss, l2, state)
-    if best is None:
-        head.load_state_dict(start)
-        return (f"the warm start fitted no classifier with finite weights and validation loss at any L2 penalty "
-                f"({', '.join(f'{l2:g}' for l2 in WARM_START_L2)}): the frozen backbone's pooled features are unfit "
-                f"to train on ({_describe(train[0], val[0])}); check the starting weights that gave them (the "
-                "model's pretrained weights, or --init's bundle)")
-    return best[1], best[2]
+    chance = _frequencies_loss(train[1], val[1], head.weight.shape[0], weights)
+    if best is not None and best[0] < chance:
+        return best[1], best[2]
+    head.load_state_dict(start)
+    penalties = ", ".join(f"{l2:g}" for l2 in WARM_START_L2)
+    found = (f"fitted no classifier with finite weights and validation loss at any L2 penalty ({penalties})"
+             if best is None else
+             f"fitted no classifier at any L2 penalty ({penalties}) that scores the validation films better than the "
+             f"training films' class frequencies (validation loss {best[0]:.4g} at best, L2 {best[1]:g}, against "
+             f"{chance:.4g})")
+    return (f"the warm start {found}: the frozen backbone's pooled features are unfit to train on "
+            f"({_describe(train[0], val[0])}); check the starting weights that gave them (the model's pretrained "
+            "weights, or --init's bundle), or --set warm_start=false to fine-tune from an untrained classifier")
 
 
 def _describe(*features: torch.Tensor) -> str:
