@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.train import train
+from pneumoscan.training.train import check_validation_scores, train
+from tests.engine_stubs import stub_state
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, lr=3e-3, val_fraction=0.25)
 
@@ -74,6 +78,25 @@ def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
                                          r".*: lower the learning rate \(--lr\) and train again$"):
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": batch_size, "lr": lr}), run)
     assert not (run / "bundle").exists()
+
+
+@pytest.mark.parametrize("task", ["pneumonia", "multiclass"])
+def test_validation_scores_certain_of_every_film_are_refused_as_a_divergence(task: str) -> None:
+    """A run started from a backbone whose features are 1e12 (`--init` of a badly scaled bundle, with
+    `warm_start=false`) trained one epoch at losses of 1e11 and scored every validation film exactly 0 or 1: not one
+    probability for every film, so it shipped a bundle (threshold 0.5000, temperature 20 at its bound, specificity
+    0.71 from two ties). Certain of every film is refused as one probability for every film is; certain of some
+    films is a model's own business."""
+    task_ = get_task(task)
+    logits = np.random.default_rng(0).normal(0, 1e11, (12, len(task_.classes))).astype(np.float32)
+    formula = re.escape(task_.positive_formula)
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 1 \(validation after step 0\): the model "
+                                         rf"scores every one of the 12 validation films 0 or 1 \({formula}, logits "
+                                         r"up to \d\.\d+e\+11\), .*: lower the learning rate \(--lr\) and train "
+                                         r"again$"):
+        check_validation_scores(logits, task_, stub_state())
+    logits[0] /= 1e11  # one film the model is not certain of
+    check_validation_scores(logits, task_, stub_state())
 
 
 def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder_is_touched(

@@ -167,10 +167,12 @@ def epoch_metrics(logits: np.ndarray, targets: np.ndarray, task: Task, weights: 
 
 def check_validation_scores(logits: np.ndarray, task: Task, state: State) -> None:
     """Refuse, as a divergence, an epoch whose model cannot rank the validation films: logits that are not finite
-    (the epoch's last step overflowed the weights; its loss, checked before the step, was finite) or one
-    probability for every film (logits grown so large that the softmax saturates, or a network gone dead), which
-    every training loss on the way left finite. Validation failed on the first in the metrics' words, naming no
-    epoch; the second was taken: a bundle at threshold 0 that called every film positive."""
+    (the epoch's last step overflowed the weights; its loss, checked before the step, was finite), one
+    probability for every film (logits grown so large that the softmax saturates, or a network gone dead), or a
+    probability of exactly 0 or 1 for every film (saturated both ways: logits that far apart, 37 and more, give
+    two ties, which no temperature calibrates), which every training loss on the way left finite. Validation failed
+    on the first in the metrics' words, naming no epoch; the second was taken: a bundle at threshold 0 that called
+    every film positive; the third too, from a backbone whose features were 1e12: threshold 0.5 between the ties."""
     where, advice = f"training diverged at epoch {state.epoch + 1} (validation after step {state.step})", (
         "lower the learning rate (--lr) and train again")
     if bad := int((~np.isfinite(logits)).any(axis=1).sum()):
@@ -180,6 +182,10 @@ def check_validation_scores(logits: np.ndarray, task: Task, state: State) -> Non
         raise ValueError(f"{where}: the model scores all {len(pos)} validation films alike ({task.positive_formula} "
                          f"= {pos[0]:.3g}, logits up to {np.abs(logits).max():.3g}), so no threshold tells one film "
                          f"from another: {advice}")
+    if np.all((pos == 0) | (pos == 1)):
+        raise ValueError(f"{where}: the model scores every one of the {len(pos)} validation films 0 or 1 "
+                         f"({task.positive_formula}, logits up to {np.abs(logits).max():.3g}), certain of each, so it "
+                         f"ranks them in two ties that no temperature calibrates: {advice}")
 
 
 def absent_classes(targets: np.ndarray, task: Task) -> list[str]:
