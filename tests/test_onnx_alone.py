@@ -161,7 +161,8 @@ def test_the_letterbox_and_the_crop_are_stated_exactly(tiny_bundle: Path, data_r
     from pneumoscan.models.bundle import load_bundle, save_bundle
 
     model, card = load_bundle(tiny_bundle)
-    card = dataclasses.replace(card, resize_policy=policy, source_size=None, source_quality=None)
+    card = dataclasses.replace(card, resize_policy=policy, source_size=None, source_quality=None,
+                               train_config={**card.train_config, "resize_policy": policy})
     bundle = save_bundle(tmp_path / policy, model, card)
     spec = _sidecar(export_onnx(bundle))
     films = sorted((data_root / "val").rglob("*.jpeg"))  # 16 shapes: an odd margin and an odd cut among them
