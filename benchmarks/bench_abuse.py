@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the DICOM writer is the tests' (tests.builders)
 
 from bench_serve import free_port, post_xrays, start_server  # noqa: E402  (this folder: the script's own path entry)
+from bench_shift import refusing  # noqa: E402
+from pneumoscan.models.card import load_card  # noqa: E402
 from tests.builders import dicom_bytes, framed_dicom  # noqa: E402
 
 DATA = Path(os.environ.get("PNEUMOSCAN_DATA") or ROOT / "data/chest_xray")
@@ -459,6 +461,8 @@ def main() -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: extra `pneumoscan serve` options
 
+    if args.bundle:  # a path that holds no bundle, said before the uploads are built and the server started
+        refusing(load_card, args.bundle)
     images = xrays()  # before a bundle is trained and the uploads built
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(args.bundle) if args.bundle else tiny_bundle(Path(tmp))

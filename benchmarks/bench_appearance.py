@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from PIL import ImageFilter
 
-from bench_shift import CHANGES, Change, gamma, labelled, pillow
+from bench_shift import CHANGES, Change, gamma, labelled, pillow, refusing
 from pneumoscan.data.appearance import MIN_FILMS, Appearance
 from pneumoscan.models.card import load_card
 from pneumoscan.data.tasks import get_task
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("data",
                         help="the run's split.csv: its train films fit the appearance, its val films are scored")
     args = parser.parse_args()
-    card = load_card(args.bundle)
+    card = refusing(load_card, args.bundle)
     task = get_task(card.task)
     train, _ = labelled(args.data, "train", task, card.spec)
     if len(train) < MIN_FILMS:

@@ -25,15 +25,15 @@ from pneumoscan.data.tasks import get_task  # noqa: E402
 from pneumoscan.inference.predict import Predictor  # noqa: E402
 from pneumoscan.models.card import load_card  # noqa: E402
 from bench_int8 import BATCH, REPEATS, THREADS, images_per_second  # noqa: E402  (the same timing as INT8's)
-from bench_shift import labelled  # noqa: E402
+from bench_shift import labelled, refusing  # noqa: E402
 
 
 def main(split_csv: Path, bundles: list[Path]) -> None:
+    cards = [refusing(load_card, bundle) for bundle in bundles]  # each said before any is timed
     torch.set_num_threads(THREADS)
     print(f"{THREADS} threads, batch {BATCH}, ONNX Runtime, decode excluded, best of {REPEATS} passes")
     print(f"{'bundle':<50} {'model':<20} {'size':>5} {'films':>6} {'images/s':>9}")
-    for bundle in bundles:
-        card = load_card(bundle)
+    for bundle, card in zip(bundles, cards):
         images, _ = labelled(split_csv, "val", get_task(card.task), card.spec)
         predictor = Predictor(bundle, BATCH, backend="onnx")
         print(f"{str(bundle):<50} {predictor.card.model:<20} {predictor.card.size:>5} {len(images):>6} "

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_shift import refusing
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover
 from pneumoscan.inference.explain import explain_array, heatmap_scale
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.card import load_card
 
 
 def peaks(predictor: Predictor, grays: list[np.ndarray]) -> np.ndarray:
@@ -42,10 +44,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
-    try:  # before the bundle is loaded: the films asked of it
-        films = [r.path for r in discover(args.split_csv).split("val")]
-    except (OSError, ValueError) as e:
-        sys.exit(str(e))
+    refusing(load_card, args.bundle)  # the bundle, then the films asked of it, before its model is loaded
+    films = [r.path for r in refusing(discover, args.split_csv).split("val")]
     full = {label: sorted((Path(args.data) / "val" / label).glob("*.jpeg")) for label in ("NORMAL", "PNEUMONIA")}
     if missing := [str(Path(args.data) / "val" / label) for label, found in full.items() if not found]:
         sys.exit(f"{' and '.join(missing)}: no .jpeg film (give the dataset with --data or $PNEUMOSCAN_DATA)")

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_shift import labelled  # noqa: E402
+from bench_shift import labelled, refusing  # noqa: E402
 from pneumoscan.core.metrics import binary_metrics, roc_auc  # noqa: E402
 from pneumoscan.data.tasks import binary_targets, get_task  # noqa: E402
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, spec_path  # noqa: E402
@@ -50,7 +50,7 @@ def images_per_second(predictor: Predictor, images: np.ndarray) -> float:
 
 def main(bundle: Path, split_csv: Path) -> None:
     torch.set_num_threads(THREADS)
-    card = load_card(bundle)
+    card = refusing(load_card, bundle)
     images, targets = labelled(split_csv, "val", get_task(card.task), card.spec)  # before the export: films to time
     if not (bundle / INT8_NAME).exists():
         start = time.perf_counter()

@@ -218,6 +218,11 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--quick", action="store_true", help="no run over more than 1,000 films")
     args = parser.parse_args()
+    if args.bundle:  # a path that holds no bundle, said before the films are written and measured
+        from bench_shift import refusing
+        from pneumoscan.models.card import load_card
+
+        refusing(load_card, args.bundle)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = {**os.environ, "PNEUMOSCAN_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT)}

@@ -16,6 +16,7 @@ import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -29,15 +30,22 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import load_card
 
 Change = Callable[[np.ndarray], np.ndarray]
+T = TypeVar("T")
+
+
+def refusing(read: Callable[..., T], *args: object) -> T:
+    """``read(*args)``; else, as the CLI refuses what it cannot use, the reason on one line and exit status 1, not a
+    traceback: no bundle at the path or a damaged card (``load_card``), no dataset, no film of a split (discovery)."""
+    try:
+        return read(*args)
+    except (OSError, ValueError) as e:
+        sys.exit(str(e))
 
 
 def labelled(data: str | Path, split: str, task: Task, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """DATA's readable films of SPLIT as the bundle reads them, and their targets; else, as the CLI refuses data it
-    cannot use, the reason on one line and exit status 1 (no dataset there, no film of the split, none readable)."""
-    try:
-        images, targets, _ = labelled_images(data, split, task, spec)
-    except (OSError, ValueError) as e:
-        sys.exit(str(e))
+    """DATA's readable films of SPLIT as the bundle reads them, and their targets; else the reason, by
+    :func:`refusing` (no dataset there, no film of the split, none readable)."""
+    images, targets, _ = refusing(labelled_images, data, split, task, spec)
     return images, targets
 
 
@@ -105,7 +113,7 @@ def main() -> None:
     parser.add_argument("--faults", action="store_true", help="also bench_appearance's faults")
     args = parser.parse_args()
 
-    card = load_card(args.bundle)
+    card = refusing(load_card, args.bundle)
     images, targets = labelled(args.data, args.split, get_task(card.task), card.spec)  # before the model is loaded
     predictor = Predictor(args.bundle, backend="onnx")
     y = binary_targets(targets)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_shift import refusing
 from pneumoscan.data.decode import image_info
 from pneumoscan.data.preprocess import preprocess
 from pneumoscan.inference.predict import Predictor
+from pneumoscan.models.card import load_card
 
 
 def main() -> None:
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA", "data/chest_xray"))
     args = parser.parse_args()
 
+    refusing(load_card, args.bundle)  # a path that holds no bundle, said before the films are looked for
     val = {label: sorted((Path(args.data) / "val" / label).glob("*.jpeg")) for label in ("NORMAL", "PNEUMONIA")}
     for label, found in val.items():
         if not found:  # checked before the bundle is loaded: numpy stacks no film

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_shift import refusing  # noqa: E402
 from benchmarks.cv_candidates import oof_logits  # noqa: E402
 from pneumoscan.core.metrics import evaluate_multiclass  # noqa: E402
 from pneumoscan.data.cache import build_cache  # noqa: E402
@@ -61,10 +62,7 @@ def stage_probability(bundle: Path, paths: list[str]) -> np.ndarray:
 
 
 def main(pneumonia: Path, etiology: Path) -> None:
-    try:
-        first, second = load_card(pneumonia), load_card(etiology)
-    except (OSError, ValueError) as e:  # no bundle there, or a damaged card: its reason, not a traceback
-        sys.exit(str(e))
+    first, second = refusing(load_card, pneumonia), refusing(load_card, etiology)
     runs = cv_runs(first, pneumonia)
     records = [r for r in discover(CvFolder(runs[0]).split(0)).records]
     classes = ("normal", "bacteria", "virus")

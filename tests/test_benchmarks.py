@@ -188,11 +188,49 @@ def test_benchmarks_refuse_a_data_folder_without_films_in_one_line(tiny_bundle: 
     assert message.startswith(f"{split_csv}: 36 training films, fewer than the 100") and "\n" not in message
 
 
-def test_bench_heatmap_scale_gives_a_side_without_films_no_figures() -> None:
+def test_benchmarks_refuse_a_path_that_holds_no_bundle_in_one_line(tiny_bundle: Path, tiny_dataset: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a missing folder, a file, or a folder whose bundle.json is damaged for the bundle, the benchmarks ended in
+    load_card's FileNotFoundError or ValueError traceback (bench_abuse and bench_memory after building their uploads
+    or films, bench_bundles after timing the bundles before it). Each refuses with load_card's reason on one line,
+    exit status 1, before any other work."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "bundle.json").write_text('{"format_version": 1')
+    (not_a_bundle := tmp_path / "notes.txt").write_text("not a bundle")
+    (root := tmp_path / "chest_xray").mkdir()  # films where every script looks: only the bundle is wrong
+    (root / "train").symlink_to(tiny_dataset / "train")
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / "val" / label).mkdir(parents=True)
+        film = next((tiny_dataset / "test" / label).glob("*.jpeg"))
+        (root / "val" / label / film.name).symlink_to(film)
+    monkeypatch.setenv("PNEUMOSCAN_DATA", str(root))
+    split_csv, data = str(tiny_bundle.parent / "split.csv"), str(root)
+    for bundle, said in ((tmp_path / "missing", "is not a bundle folder"), (not_a_bundle, "is not a bundle folder"),
+                         (damaged, "is not a readable bundle card")):
+        b = str(bundle)
+        for name, args in {
+            "bench_source.py": [b, "--data", data],
+            "bench_shift.py": [b, split_csv],
+            "bench_appearance.py": [b, split_csv],
+            "bench_heatmap_scale.py": [b, split_csv, "--data", data],
+            "bench_int8.py": [b, split_csv],
+            "bench_bundles.py": [split_csv, str(tiny_bundle), b],
+            "cv_two_stage.py": [str(tiny_bundle), b],
+            "bench_abuse.py": [b],
+            "bench_memory.py": ["--bundle", b],
+        }.items():
+            message = _run_main(name, args, monkeypatch)
+            assert message.startswith(b) and said in message and "\n" not in message, (name, message)
+
+
+def test_bench_heatmap_scale_gives_a_side_without_films_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundle that called no validation film positive (a small split) ended the table in numpy's IndexError (the
     percentiles of no peak): that row says it has no film."""
     import numpy as np
 
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its own folder, as python benchmarks/NAME.py has it (bench_shift)
     spec = importlib.util.spec_from_file_location("bench_heatmap_scale", BENCHMARKS / "bench_heatmap_scale.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
