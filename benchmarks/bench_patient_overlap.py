@@ -3,7 +3,9 @@ child's (docs/data.md, "IM-N and NORMAL2-IM-N: two children"): pneumoscan reads 
 leak across a split if they are one.
 
 Run: ``python benchmarks/bench_patient_overlap.py [DATA] [--pairs 211] [--seed 0]``, DATA the Kermany folder
-(default ``$PNEUMOSCAN_DATA``); only its ``train/`` films are read (224 px JPEGs). A few minutes on one core.
+(default ``$PNEUMOSCAN_DATA``); only its ``train/`` films are read (224 px JPEGs). A few minutes on one core. Files
+whose names are not the release's are skipped and named; on a partial release a kind of pair it holds none of gives
+n/a, and a single shared-number pair no pixel comparison (no other number to pair its films to).
 
 The shared-number pairs are measured against pairs known to be one child, so that a measure which finds nothing in
 them is known to be able to find something:
@@ -25,6 +27,7 @@ alignment, the 32 px correlation's permutation p, and the perceptual hash (pneum
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import re
@@ -48,22 +51,47 @@ FAR_BITS = 90  # one child's pairs further apart than this: no re-encoded copy o
 SHUFFLES = 5000
 
 
-def numbered(folder: Path) -> dict[tuple[str, int], list[str]]:
-    """The normal films by (family, study number), each study's films in name order."""
+def numbered(folder: Path) -> tuple[dict[tuple[str, int], list[str]], list[str]]:
+    """The normal films by (family, study number), each study's films in name order; and the names not of the
+    release's pattern (a .DS_Store, a renamed film), which say nothing of a study."""
     by: dict[tuple[str, int], list[str]] = defaultdict(list)
+    odd = []
     for name in sorted(os.listdir(folder)):
-        m = re.match(r"(NORMAL2-)?IM-(\d+)-", name)
-        by["N2" if m.group(1) else "IM", int(m.group(2))].append(str(folder / name))
-    return by
+        if m := re.match(r"(NORMAL2-)?IM-(\d+)-", name):
+            by["N2" if m.group(1) else "IM", int(m.group(2))].append(str(folder / name))
+        else:
+            odd.append(name)
+    return by, odd
 
 
-def by_child(folder: Path) -> dict[tuple[str, str], list[str]]:
-    """The pneumonia films by (personN, subtype), in the order of the film number the name ends with."""
+def by_child(folder: Path) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """The pneumonia films by (personN, subtype), in the order of the film number the name ends with; and the names
+    not of the release's pattern, which name no child or no order."""
+    films, odd = [], []
+    for name in os.listdir(folder):
+        child, number = re.match(r"(person\d+)_(bacteria|virus)_", name), re.search(r"_(\d+)\.", name)
+        if child and number:
+            films.append((int(number.group(1)), name, child.group(1), child.group(2)))
+        else:
+            odd.append(name)
     kind: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for name in sorted(os.listdir(folder), key=lambda n: int(re.search(r"_(\d+)\.", n).group(1))):
-        m = re.match(r"(person\d+)_(bacteria|virus)_", name)
-        kind[m.group(1), m.group(2)].append(str(folder / name))
-    return kind
+    # by film number, equal numbers in listdir's order: the order docs/data.md's figures were made in
+    for _, name, person, subtype in sorted(films, key=lambda film: film[0]):
+        kind[person, subtype].append(str(folder / name))
+    return kind, sorted(odd)
+
+
+def pairs_by_name(by: dict[tuple[str, int], list[str]],
+                  kind: dict[tuple[str, str], list[str]]) -> tuple[list[Pair], list[Pair], list[Pair], list[Pair]]:
+    """From the names alone: the shared-number pairs, one child's pairs of one subtype (first and last film, before
+    the pHash leaves out copies), one study's and one name's (a bacteria and a virus film of ``personN``). A partial
+    release may hold none of a kind."""
+    shared = [(by["IM", k][0], by["N2", k][0]) for f, k in sorted(by) if f == "IM" and ("N2", k) in by]
+    same = [(v[0], v[-1]) for v in kind.values() if len(v) > 1]
+    one_study = [(v[0], v[1]) for v in by.values() if len(v) > 1]
+    mixed = [(kind[p, "bacteria"][0], kind[p, "virus"][0]) for p, k in list(kind) if k == "bacteria"
+             and (p, "virus") in kind]
+    return shared, same, one_study, mixed
 
 
 def draw(pairs: Sequence[Pair], n: int, rng: np.random.Generator) -> list[Pair]:
@@ -84,15 +112,33 @@ def retrieval(sim: Callable[[Sequence[str], Sequence[str]], np.ndarray], pairs: 
     return float(np.median(ranks)), float(np.mean(ranks == 1)), float(p)
 
 
+def row(name: str, pairs: Sequence[Pair], limit: int, sim: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+        seed: int) -> str:
+    """The retrieval table's line for ``pairs`` (at most ``limit`` of them drawn); n/a where there are none (a
+    partial release), whose similarities would be of no film."""
+    if not pairs:
+        return f"| {name} | 0 | n/a | n/a | n/a |"
+    rng = np.random.default_rng(seed)
+    drawn = draw(pairs, limit, rng)
+    rank, first, p = retrieval(sim, drawn, rng)
+    n = len(drawn)
+    return (f"| {name} | {n} of {len(pairs)} | {rank:g} ({(n + 1) / 2:g}) | {first:.1%} ({1 / n:.1%}) | "
+            f"{'< 0.001' if p < 0.001 else f'{p:.2f}'} |")
+
+
 class Films:
     """Decoded films, their Lite0 features and pHashes, each computed once and kept: the rows share films."""
 
     def __init__(self) -> None:
-        self.model = create(MODEL, num_classes=0, in_chans=1, pretrained=True).eval()
         self.mean, self.std = normalization(MODEL)
         self.gray: dict[str, np.ndarray] = {}
         self.feature: dict[str, np.ndarray] = {}
         self.hash: dict[str, np.ndarray] = {}  # packed bits
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """Loaded on the first features asked for: the pixel measures need none."""
+        return create(MODEL, num_classes=0, in_chans=1, pretrained=True).eval()
 
     def pixels(self, path: str) -> np.ndarray:
         if path not in self.gray:
@@ -143,7 +189,10 @@ class Films:
 
 
 def deranged(pairs: Sequence[Pair], seed: int) -> list[Pair]:
-    """The same films with every first film given another pair's second: pairs of two numbers, the baseline."""
+    """The same films with every first film given another pair's second: pairs of two numbers, the baseline; none
+    for a single pair, whose films have no other number to be paired to."""
+    if len(pairs) < 2:
+        return []
     r, idx = random.Random(seed), list(range(len(pairs)))
     while any(i == j for i, j in enumerate(idx)):
         r.shuffle(idx)
@@ -165,35 +214,31 @@ def main() -> None:
     for label in ("NORMAL", "PNEUMONIA"):
         if not any((train / label).glob("*.jpeg")):
             sys.exit(f"{train / label}: no .jpeg film (give the Kermany folder or set PNEUMOSCAN_DATA)")
-    by = numbered(train / "NORMAL")
-    kind = by_child(train / "PNEUMONIA")
-    shared = [(by["IM", k][0], by["N2", k][0]) for f, k in sorted(by) if f == "IM" and ("N2", k) in by]
+    (by, odd_normal), (kind, odd_sick) = numbered(train / "NORMAL"), by_child(train / "PNEUMONIA")
+    for folder, odd in ((train / "NORMAL", odd_normal), (train / "PNEUMONIA", odd_sick)):
+        if odd:
+            print(f"{folder}: skipped {len(odd)} of its files, not named as the release names them "
+                  f"({', '.join(odd[:3])}{', ...' if len(odd) > 3 else ''})")
+    shared, same, one_study, mixed = pairs_by_name(by, kind)
     if not shared:  # the question asked of them, before the model is loaded
         sys.exit(f"{train / 'NORMAL'}: no `IM-N` and `NORMAL2-IM-N` films share a number: nothing to compare")
     films = Films()
-
-    same = [(v[0], v[-1]) for v in kind.values() if len(v) > 1]
     one_child = [p for p in same if films.phash(*p) > FAR_BITS]
-    one_study = [(v[0], v[1]) for v in by.values() if len(v) > 1]
-    mixed = [(kind[p, "bacteria"][0], kind[p, "virus"][0]) for p, k in list(kind) if k == "bacteria"
-             and (p, "virus") in kind]
-    rows = [("`IM-N` and `NORMAL2-IM-N` (a shared number)", shared, len(shared)),
-            (f"one child, one subtype, pHash > {FAR_BITS} of 256 bits", one_child, len(one_child)),
-            ("one study: two films of `IM-N` or `NORMAL2-IM-N`", one_study, len(one_study)),
-            ("one name: `personN_bacteria_*` and `personN_virus_*`", mixed, len(mixed))]
+    rows = [("`IM-N` and `NORMAL2-IM-N` (a shared number)", shared),
+            (f"one child, one subtype, pHash > {FAR_BITS} of 256 bits", one_child),
+            ("one study: two films of `IM-N` or `NORMAL2-IM-N`", one_study),
+            ("one name: `personN_bacteria_*` and `personN_virus_*`", mixed)]
 
     print("| pairs of films | n | Lite0 retrieval: median rank of the partner (chance) | partner ranked first "
           "(chance) | permutation p |")
     print("|---|---|---|---|---|")
-    for name, pairs, found in rows:
-        rng = np.random.default_rng(args.seed)
-        drawn = draw(pairs, args.pairs, rng)
-        rank, first, p = retrieval(films.lite0, drawn, rng)
-        n = len(drawn)
-        print(f"| {name} | {n} of {found} | {rank:g} ({(n + 1) / 2:g}) | {first:.1%} ({1 / n:.1%}) | "
-              f"{'< 0.001' if p < 0.001 else f'{p:.2f}'} |")
+    for name, pairs in rows:
+        print(row(name, pairs, args.pairs, films.lite0, args.seed))
 
     others = [p for seed in range(3) for p in deranged(shared, seed)]
+    if not others:
+        print("\none shared-number pair: its films have no other number to be paired to, so no pixel comparison")
+        return
     rng = np.random.default_rng(args.seed)
     _, _, p32 = retrieval(films.corr32, draw(shared, args.pairs, rng), rng)
     print()

@@ -237,3 +237,68 @@ def test_bench_heatmap_scale_gives_a_side_without_films_no_figures(monkeypatch: 
     row = bench.summary("validation, called positive", np.array([]))
     assert row.split() == ["validation,", "called", "positive", "0", *["n/a"] * 5]
     assert bench.summary("one", np.array([0.5])).split()[1:] == ["1", "0.500", "0.500", "0.500", "0%", "0%"]
+
+
+def _patient_overlap(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_patient_overlap", BENCHMARKS / "bench_patient_overlap.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_patient_overlap_skips_names_out_of_the_pattern_and_pairs_a_partial_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file in train/NORMAL or train/PNEUMONIA whose name is not the release's (a .DS_Store, a renamed film) ended
+    numbered() and by_child() in an AttributeError on None; they skip it and name it. The pairing of a partial
+    release, with no personN of both a bacteria and a virus film, gives that row no pair."""
+    bench = _patient_overlap(monkeypatch)
+    normal, sick = tmp_path / "NORMAL", tmp_path / "PNEUMONIA"
+    names = {normal: ["IM-0001-0001.jpeg", "NORMAL2-IM-0001-0001.jpeg", "IM-0002-0001.jpeg", "IM-0002-0002.jpeg",
+                      ".DS_Store", "scan.jpeg"],
+             sick: ["person1_bacteria_2.jpeg", "person1_bacteria_1.jpeg", "person447_virus_921_1.jpeg",
+                    "person2_virus_3.jpeg", "notes.txt", "person3_bacteria.jpeg"]}
+    for folder, files in names.items():
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_bytes(b"")  # only the names are read
+    by, odd = bench.numbered(normal)
+    assert odd == [".DS_Store", "scan.jpeg"]
+    assert {k: [Path(p).name for p in v] for k, v in by.items()} == {
+        ("IM", 1): ["IM-0001-0001.jpeg"], ("N2", 1): ["NORMAL2-IM-0001-0001.jpeg"],
+        ("IM", 2): ["IM-0002-0001.jpeg", "IM-0002-0002.jpeg"]}
+    kind, odd = bench.by_child(sick)
+    assert odd == ["notes.txt", "person3_bacteria.jpeg"]
+    assert {k: [Path(p).name for p in v] for k, v in kind.items()} == {
+        ("person1", "bacteria"): ["person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg"],
+        ("person447", "virus"): ["person447_virus_921_1.jpeg"], ("person2", "virus"): ["person2_virus_3.jpeg"]}
+    shared, same, one_study, mixed = bench.pairs_by_name(by, kind)
+    name = {str(folder / n): n for folder, files in names.items() for n in files}.get
+    assert [tuple(map(name, p)) for p in shared] == [("IM-0001-0001.jpeg", "NORMAL2-IM-0001-0001.jpeg")]
+    assert [tuple(map(name, p)) for p in same] == [("person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg")]
+    assert [tuple(map(name, p)) for p in one_study] == [("IM-0002-0001.jpeg", "IM-0002-0002.jpeg")]
+    assert mixed == []
+
+
+def test_bench_patient_overlap_says_a_row_without_pairs_has_none(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind of pair a partial release holds none of ended the table in a traceback (retrieval's similarities of no
+    film), and one shared-number pair, which no other number can be paired to, never ended (deranged looked for a
+    derangement of one). The row says it has no pair; one pair has no others."""
+    import numpy as np
+    from PIL import Image
+
+    bench = _patient_overlap(monkeypatch)
+    rng = np.random.default_rng(0)
+    films = []
+    for i in range(4):
+        films.append(str(path := tmp_path / f"IM-{i:04d}-0001.jpeg"))
+        Image.fromarray(rng.integers(0, 256, (48, 48), np.uint8)).save(path)
+    measure = bench.Films().corr32  # pixels only: no model is loaded
+    row = bench.row("one name", [], 211, measure, 0)
+    assert row.split(" | ")[1:] == ["0", "n/a", "n/a", "n/a |"]
+    cells = bench.row("pairs", [(films[0], films[0]), (films[1], films[1])], 211, measure, 0).split(" | ")
+    assert cells[1:3] == ["2 of 2", "1 (1.5)"]  # each film ranks its own copy first
+    assert bench.deranged([(films[0], films[1])], 0) == []
+    assert sorted(bench.deranged([(films[0], films[1]), (films[2], films[3])], 0)) == [
+        (films[0], films[3]), (films[2], films[1])]
