@@ -38,6 +38,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from bench_shift import refusing
 from pneumoscan.core.metrics import _bootstrap_weights, calibration, choose_threshold, fit_temperature, softmax
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.tasks import binary_targets, get_task, select
@@ -69,11 +70,11 @@ class Fold:
 
 def load_fold(cv: CvFolder, number: int, scored: dict[str, float]) -> Fold:
     """Fold ``number``'s films, their labels as its task reads them, and what its bundle and training fixed."""
-    card = load_card(cv.fold(number).bundle)
+    card = refusing(load_card, cv.fold(number).bundle)
     task = get_task(card.task)
     if task.multiclass:
         sys.exit(f"{cv.root}: a {card.task} run has more than two classes; one logit margin calibrates two")
-    split = discover(cv.split(number))
+    split = refusing(discover, cv.split(number))
     records, targets = select(split.split("val"), task)
     # a film its bundle could not read has no score
     kept = [i for i, record in enumerate(records) if oof_name(record.path) in scored]
@@ -179,6 +180,8 @@ def main() -> None:
         sys.exit(f"{args.cv} is not a finished cv run (`pneumoscan cv --out`): no {cv.oof.name}")
     with cv.oof.open(newline="") as oof:
         scored = {oof_name(film["path"]): float(film["probability"]) for film in csv.DictReader(oof)}
+    if not cv.folds():
+        sys.exit(f"{args.cv} is not a finished cv run (`pneumoscan cv --out`): no fold-K folder")
     folds = [load_fold(cv, number, scored) for number in cv.folds()]
     policies = {"bundle's policy": folds[0].policy, f"sensitivity >= {SENSITIVITY:g}": (SENSITIVITY, None)}
     if any(fold.policy != folds[0].policy for fold in folds):

@@ -225,6 +225,25 @@ def test_benchmarks_refuse_a_path_that_holds_no_bundle_in_one_line(tiny_bundle: 
             assert message.startswith(b) and said in message and "\n" not in message, (name, message)
 
 
+def test_cv_calibration_refuses_a_cv_run_without_its_folds_bundles_in_one_line(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cv folder with its oof.csv but no fold-K folder ended cv_calibration in an IndexError; one whose fold has no
+    bundle, or a damaged bundle.json, in load_card's traceback. Each is refused on one line, exit status 1."""
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "oof.csv").write_text("path,label,fold,probability\n")
+    message = _run_main("cv_calibration.py", [str(cv)], monkeypatch)
+    assert message == f"{cv} is not a finished cv run (`pneumoscan cv --out`): no fold-K folder"
+    bundle = cv / "fold-0" / "bundle"
+    bundle.parent.mkdir()
+    message = _run_main("cv_calibration.py", [str(cv)], monkeypatch)
+    assert message.startswith(f"{bundle} is not a bundle folder") and "\n" not in message
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text('{"format_version": 1')
+    message = _run_main("cv_calibration.py", [str(cv)], monkeypatch)
+    assert message.startswith(f"{bundle / 'bundle.json'} is not a readable bundle card") and "\n" not in message
+
+
 def test_bench_heatmap_scale_gives_a_side_without_films_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundle that called no validation film positive (a small split) ended the table in numpy's IndexError (the
     percentiles of no peak): that row says it has no film."""
