@@ -917,3 +917,43 @@ def test_results_name_the_weights_loaded_not_those_on_disk_later(tiny_bundle: Pa
     (bundle / WEIGHTS).write_bytes((bundle / WEIGHTS).read_bytes() + b"\0")
     assert loaded.identity["model_version"] == f"sha256:{load_card(tiny_bundle).files[WEIGHTS][7:19]}"
     assert file_sha256(bundle / WEIGHTS) != load_card(tiny_bundle).files[WEIGHTS]
+
+
+def _evaluation(sensitivity: float = 0.8, ci: list[float] | None = None) -> dict:
+    """An external evaluation record as `evaluate --add-to-card` writes one (model_card.evaluation_record)."""
+    return {"data": "other", "date": "2026-01-01", "n": 10, "n_positive": 5, "n_negative": 5, "patients": None,
+            "prevalence": 0.5, "scores": "plain", "threshold": 0.5, "ci_unit": "film",
+            "metrics": {"auc": {"value": 0.9, "ci": [0.7, 0.99]},
+                        "sensitivity": {"value": sensitivity, "ci": ci or [0.4, 0.97]}},
+            "label_conflicts": [], "unreadable": 0, "outside_scope": 0, "films_checked": True, "caveats": []}
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: {"val_metrics": {**c.val_metrics, "auc": 7.5}}, r"val_metrics\.auc is 7\.5, not a figure in \[0, 1\]"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "n": -3}}, r"val_metrics\.n is -3, not a count"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "n": 12.5}}, r"val_metrics\.n is 12\.5, not a count"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "ci": {**c.val_metrics["ci"], "auc": [0.9, 0.6]}}},
+     r"val_metrics\.ci\.auc is \[0\.9, 0\.6\], not an interval in \[0, 1\], low to high"),
+    (lambda c: {"val_metrics": {**c.val_metrics, "ci": {**c.val_metrics["ci"], "sensitivity": [0.2, 0.5]}}},
+     r"val_metrics\.ci\.sensitivity is \[0\.2, 0\.5\], which does not hold its figure 1\.0"),
+    (lambda c: {"external_evaluations": [_evaluation(1.3)]},
+     r"external_evaluations\[0\]\.metrics\.sensitivity\.value is 1\.3, not a figure in \[0, 1\]"),
+    (lambda c: {"external_evaluations": [_evaluation(0.8, [0.9, 0.95])]},
+     r"external_evaluations\[0\]\.metrics\.sensitivity\.ci is \[0\.9, 0\.95\], which does not hold its figure 0\.8"),
+    (lambda c: {"external_evaluations": [{**_evaluation(), "n_negative": -5}]},
+     r"external_evaluations\[0\]\.n_negative is -5, not a count"),
+], ids=["auc 7.5", "negative n", "fractional n", "interval high to low", "interval without its figure",
+        "sensitivity 1.3", "evaluation interval without its figure", "negative count"])
+def test_a_resealed_card_of_impossible_figures_is_refused(
+    tiny_bundle: Path, tmp_path: Path, edit: Callable[[BundleCard], dict], reason: str
+) -> None:
+    """Figures edited into a card and sealed again loaded, and /v1/model and MODEL_CARD.md showed an AUC of 7.5, a
+    sensitivity of 1.3 or an interval above its figure as if measured. Each is refused by field and value; the
+    same record with possible figures loads."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, external_evaluations=[_evaluation()]))
+    assert load_card(bundle).external_evaluations == [_evaluation()]
+    save_card(bundle, dataclasses.replace(card, **edit(card)))
+    with pytest.raises(ValueError, match=f"bundle.json: {reason}; restore the bundle from a good copy$"):
+        load_card(bundle)

@@ -58,6 +58,19 @@ ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
 RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
+# the figures a card's records hold (val_metrics, external_evaluations, threshold_records; an INT8 sidecar's
+# validation figures), by key wherever they sit in them: what a figure can be. A rate, an AUC, a threshold or a
+# target is in [0, 1], a count a whole number of films (or patients) from 0; "ci" holds intervals, each in [0, 1],
+# low to high, and around its figure where it is an exact or score interval (a BCa bootstrap's, F1's, may leave it)
+RATES = frozenset({
+    "auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "prevalence", "ece",
+    "three_class_accuracy", "three_class_balanced_accuracy", "three_class_macro_auc", "tta_sensitivity",
+    "tta_specificity", "threshold", "tta_threshold", "previous_threshold", "previous_tta_threshold",
+    "target_sensitivity", "max_false_positive_rate", "int8_threshold", "int8_tta_threshold",
+    "previous_int8_threshold", "previous_int8_tta_threshold"})
+COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative"})
+HELD = frozenset({"auc", "accuracy", "sensitivity", "specificity", "precision", "npv"})  # intervals around their figure
+FIGURE_RECORDS = ("val_metrics", "external_evaluations", "threshold_records")
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 # versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
 # readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
@@ -493,6 +506,8 @@ def _validated(path: Path, data: dict) -> BundleCard:
     for key in ("threshold_interval", "tta_threshold_interval"):
         if (interval := getattr(card, key)) and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] <= 1):
             raise ValueError(f"{path}: {key} is {interval!r}, not two probabilities in order")
+    for key in FIGURE_RECORDS:
+        _check_figures(path, key, getattr(card, key))
     # a file the card records is one of the bundle's own: a name with a folder in it (../../etc/shadow, /dev/zero)
     # would have any file hashed at every load and health probe
     if odd := next((name for name in card.files if Path(name).name != name or name in ("", ".", "..")), None):
@@ -504,6 +519,49 @@ def _validated(path: Path, data: dict) -> BundleCard:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return card
+
+
+def _check_figures(path: Path, where: str, tree: object, name: str = "") -> None:
+    """Every figure in a card's record ``tree`` (a dict or list, found at ``where``), held to its key's rule
+    (:data:`RATES`, :data:`COUNTS`, "ci"; in an evaluation's {"value", "ci"} entries, its ``name``'s): an AUC of 7.5,
+    a negative count or an interval above its figure, edited and sealed again, was shown by /v1/model and
+    MODEL_CARD.md as measured. None is a figure the films left undefined."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        at = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}"
+        rule = name if key == "value" else key
+        if key == "ci" and isinstance(value, dict):  # {figure: interval}, beside the figures
+            for figure, interval in value.items():
+                _check_interval(path, f"{at}.{figure}", interval, figure, tree.get(figure))
+            continue
+        if key == "ci":  # an evaluation's {"value", "ci"} entry
+            _check_interval(path, at, value, name, tree.get("value"))
+        elif isinstance(value, (dict, list)):
+            _check_figures(path, at, value, key if isinstance(key, str) else name)
+        elif value is None:
+            pass
+        elif rule in RATES and not (_number(value) and 0 <= value <= 1):
+            raise ValueError(f"{path}: {at} is {value!r}, not a figure in [0, 1]; restore the bundle from a good copy")
+        elif rule in COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"{path}: {at} is {value!r}, not a count; restore the bundle from a good copy")
+
+
+def _check_interval(path: Path, at: str, interval: object, figure: str, value: object) -> None:
+    """A 95 % confidence interval of a figure (:func:`_check_figures`): None or [None, None] when the films gave
+    none; else in [0, 1], low to high, and holding ``value`` where its kind of interval always does (:data:`HELD`)."""
+    if interval is None or interval == [None, None]:
+        return
+    if not (isinstance(interval, list) and len(interval) == 2 and all(map(_number, interval))
+            and 0 <= interval[0] <= interval[1] <= 1):
+        raise ValueError(f"{path}: {at} is {interval!r}, not an interval in [0, 1], low to high; restore the bundle "
+                         "from a good copy")
+    if figure in HELD and _number(value) and not interval[0] - 1e-9 <= value <= interval[1] + 1e-9:
+        raise ValueError(f"{path}: {at} is {interval!r}, which does not hold its figure {value!r}; restore the bundle "
+                         "from a good copy")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def card_task(card: BundleCard, bundle: Path | str) -> Task:
