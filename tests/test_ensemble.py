@@ -310,13 +310,26 @@ def test_an_edited_or_broken_member_entry_is_refused(ensemble: Path, tmp_path: P
 def test_an_ensemble_card_whose_input_is_not_its_members_is_refused(ensemble: Path, tmp_path: Path) -> None:
     """The ensemble's input is the largest member's size in [0, 1] grey (mean 0, std 1): each member resizes and
     normalises it itself. A card edited to mean 0.5 and std 0.5, or to size 48, and sealed again loaded and gave
-    each member other inputs than it was trained on; it is refused by field and value."""
+    each member other inputs than it was trained on; one edited to a heatmap scale other than 1.0 drew every map
+    blank or full. Each is refused by field and value."""
     card = load_card(ensemble)
     assert (card.mean, card.std, card.size) == (0.0, 1.0, 64)
+    # members that record their own scales, as an ensemble of scaled members does: its own is then 1.0
+    scaled = {"members": [{**m, "heatmap_scale": 0.5} for m in card.model_kwargs["members"]]}
+    save_card(bundle := shutil.copytree(ensemble, tmp_path / "scaled"),
+              dataclasses.replace(card, heatmap_scale=1.0, model_kwargs=scaled))
+    assert load_bundle(bundle)[1].heatmap_scale == 1.0
     for i, (change, reason) in enumerate((
         ({"mean": 0.5, "std": 0.5}, "mean 0.5 and std 0.5, but an ensemble's input is \\[0, 1\\] grey "
                                     "\\(mean 0, std 1\\)"),
         ({"size": 48}, "size is 48, but an ensemble's input is its largest member's, 64 pixels"),
+        # its maps are drawn on each member's own scale times it: 1e300 left every map blank, 1e-300 every one full
+        ({"heatmap_scale": 1e300, "model_kwargs": scaled},
+         "heatmap_scale is 1e\\+300, but an ensemble's is 1.0 \\(each member's map on its own "
+         "member's scale\\) or none"),
+        ({"heatmap_scale": 1e-300, "model_kwargs": scaled},
+         "heatmap_scale is 1e-300, but an ensemble's is 1.0 \\(each member's map on its own "
+         "member's scale\\) or none"),
     )):  # fmt: skip
         bundle = shutil.copytree(ensemble, tmp_path / f"edited-{i}")
         save_card(bundle, dataclasses.replace(card, **change))

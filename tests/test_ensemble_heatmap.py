@@ -22,11 +22,11 @@ from PIL import Image
 
 from builders import nudge_weights
 from pneumoscan.data.decode import read_gray
-from pneumoscan.inference.explain import (EMPTY, MEMBERS_OWN_SCALE, HeatmapScale, NoMapOfFilm, caption, explain_array,
+from pneumoscan.inference.explain import (EMPTY, HeatmapScale, NoMapOfFilm, caption, explain_array,
                                           gradcam, heatmap_scale, overlay_png)
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models import card as card_module
-from pneumoscan.models.card import CARD, CHECKSUM, load_card, save_card
+from pneumoscan.models.card import CARD, CHECKSUM, MEMBERS_OWN_SCALE, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
 from tests import test_ensemble, test_heatmap_scale

@@ -57,18 +57,16 @@ MAX_PANEL = 1024  # overlay panels are shrunk (aspect kept) so a full-size film 
 SCALE_FILMS = 32
 SCALE_MIN_FILMS = 8
 SCALE_PERCENTILE = 90
-# An ensemble's recorded heatmap scale when every member records its own: each member's map is drawn on that
-# member's own scale (times this), and the maps are averaged
-MEMBERS_OWN_SCALE = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class HeatmapScale:
     """The scale a map is drawn on (:func:`heatmap_scale`): ``value``, the raw Grad-CAM value drawn as the top colour
     (a bundle's own), or, with ``members``, the multiple of each member's own scale an ensemble's map is drawn on
-    (:data:`MEMBERS_OWN_SCALE`). The kind is a field of its own, not a subclass of float, so no arithmetic or JSON
-    drops it: it gives :func:`caption` and :func:`scale_top` the words that are true of the map (an ensemble's top
-    colour is each member's own strong evidence, not the ensemble's measured on films it called positive)."""
+    (:data:`~pneumoscan.models.card.MEMBERS_OWN_SCALE`). The kind is a field of its own, not a subclass of float,
+    so no arithmetic or JSON drops it: it gives :func:`caption` and :func:`scale_top` the words that are true of the
+    map (an ensemble's top colour is each member's own strong evidence, not the ensemble's measured on films it
+    called positive)."""
 
     value: float
     members: bool = False
@@ -207,11 +205,11 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, classes: int | Sequence[int
     inside ``torch.inference_mode`` too. An ensemble (:class:`pneumoscan.models.ensemble_net.EnsembleNet`): its
     members' maps, each at its own last conv and brought to the input size, averaged with equal weight (members'
     raw map scales differ by architecture, size and training). With a ``scale``, each member's map is drawn on its
-    own member's scale times ``scale`` (:data:`MEMBERS_OWN_SCALE`) and clipped, as its own bundle draws it, so the
-    mean is as bright as the members' evidence is strong and reaches 1 only where every member is at its own top (one
-    member's outlier cannot fill the colour alone); a member without a scale is refused (ValueError). None: each
-    member's map scaled to the film's maximum and the mean scaled to its own maximum again, so its overlay reads as one
-    model's per-film map."""
+    own member's scale times ``scale`` (:data:`~pneumoscan.models.card.MEMBERS_OWN_SCALE`) and clipped, as its own
+    bundle draws it, so the mean is as bright as the members' evidence is strong and reaches 1 only where every
+    member is at its own top (one member's outlier cannot fill the colour alone); a member without a scale is refused
+    (ValueError). None: each member's map scaled to the film's maximum and the mean scaled to its own maximum again,
+    so its overlay reads as one model's per-film map."""
     if hasattr(model, "member_inputs"):
         size, members = x.shape[-1], model.member_inputs(x)
         if scale is not None and (missing := [i for i, (*_, own) in enumerate(members) if own is None]):

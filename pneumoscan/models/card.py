@@ -55,6 +55,9 @@ CARD = "bundle.json"
 APPEARANCE = "appearance.safetensors"  # what the training films look like (data.appearance), when they were enough
 CHECKSUM = "checksum"  # bundle.json's own "sha256:HEX", over its other fields (save_card), checked by load_card
 ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
+# An ensemble's recorded heatmap scale when every member records its own: each member's map is drawn on that
+# member's own scale (times this), and the maps are averaged
+MEMBERS_OWN_SCALE = 1.0
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
 RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
@@ -481,7 +484,12 @@ def _validated(path: Path, data: dict) -> BundleCard:
                              f"{largest} pixels; restore the bundle from a good copy")
         names = [member_label(i, len(members), m["source"]) for i, m in enumerate(members)]
         entries += [(f"{path}: {name}", dict(member)) for name, member in zip(names, members)]
-        # its maps are drawn on its members' own scales: a member without one has no map on a scale to join
+        # its maps are drawn on its members' own scales times its own: 1e300 drew every map blank, 1e-300 full
+        if card.heatmap_scale not in (None, MEMBERS_OWN_SCALE):
+            raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but an ensemble's is "
+                             f"{MEMBERS_OWN_SCALE} (each member's map on its own member's scale) or none; restore the "
+                             "bundle from a good copy")
+        # a member without one has no map on a scale to join
         if card.heatmap_scale is not None and (bare := next(
                 (i for i, member in enumerate(members) if member.get("heatmap_scale") is None), None)) is not None:
             raise ValueError(f"{path}: heatmap_scale is {card.heatmap_scale!r}, but {names[bare]} records none; "

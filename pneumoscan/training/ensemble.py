@@ -46,12 +46,11 @@ from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                                             refuse_test_films)
-from pneumoscan.inference.explain import MEMBERS_OWN_SCALE
 from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (CARD, ENSEMBLE, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
-                                   member_label, refused_as, runtime_versions)
+from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
+                                   load_appearance, load_card, member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import films_as_trained, split_change
