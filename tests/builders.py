@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -29,6 +30,7 @@ from pydicom.uid import (
 )
 
 from pneumoscan.data.scope import CONTENT_UNCHECKED
+from pneumoscan.models.card import BundleCard
 
 # Two float32 scorings of the same film agree only to about 1e-7 when the batch, the thread count, the process
 # layout or the CPU's kernels differ (oneDNN picks its kernels per machine); 1e-5 is far above that and far below
@@ -193,3 +195,16 @@ def noise_in_middle(data: bytes) -> bytes:
 
 
 JPEG_DAMAGE = {"cut short, then EOI": cut_with_eoi, "random bytes in the middle": noise_in_middle}
+
+
+def at_threshold(card: BundleCard, **changes: Any) -> BundleCard:
+    """``card`` with ``changes`` (another ``threshold`` or ``tta_threshold``, and any other field), each threshold
+    recorded where the command that chooses one records it, which load_card holds the card's to: the newest
+    `pneumoscan threshold` record, else (training, `ensemble`) the threshold the validation figures were measured at.
+    For a test that needs a bundle labelling at another threshold without scoring films to choose it."""
+    chosen = {key: changes[key] for key in ("threshold", "tta_threshold") if key in changes}
+    if card.threshold_records:
+        changes["threshold_records"] = [*card.threshold_records[:-1], {**card.threshold_records[-1], **chosen}]
+    elif "threshold" in chosen and "threshold" in card.val_metrics:
+        changes["val_metrics"] = {**card.val_metrics, "threshold": chosen["threshold"]}
+    return dataclasses.replace(card, **changes)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report
+from tests.builders import SCORE_TOL, UNCHECKED, assert_close_report, at_threshold
 from tests.test_interop import chest_dicom
 from pneumoscan import cli
 from pneumoscan.core.metrics import FILM_UNIT_CAVEAT
@@ -117,7 +117,7 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     scores, highest first, as Grad-CAM overlays (three panels side by side), and no false negatives."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.0))
+    save_card(bundle, at_threshold(load_card(bundle), threshold=0.0))
     out = tmp_path / "eval"
     evaluate(bundle, tiny_dataset, None, out)  # train and test: more normal films than the gallery holds
     rows = read_csv(out / "predictions.csv")
@@ -259,13 +259,13 @@ def test_two_stages_are_scored_as_the_three_classes_predict_calls(
     # stage reads 40 px films (simple_cnn pools to a fixed size), so it is decoded apart from the first stage.
     predictor = Predictor(first)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
-    save_card(first, dataclasses.replace(
+    save_card(first, at_threshold(
         load_card(first), threshold=float(np.median(predictor.positive_probability(predictor.probabilities(images))))))
     card = load_card(second)
     save_card(second, dataclasses.replace(card, size=40, train_config={**card.train_config, "image_size": 40}))
     etiology = Predictor(second)
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), etiology.card.spec)
-    save_card(second, dataclasses.replace(
+    save_card(second, at_threshold(
         load_card(second), threshold=float(np.median(etiology.positive_probability(etiology.probabilities(images))))))
 
     out = tmp_path / "eval"
@@ -455,7 +455,7 @@ def test_a_second_stage_of_three_classes_is_scored_as_one_decision_among_four(
     predictor = Predictor(second)  # its threshold at the median score, so that it makes both calls
     _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
     threshold = float(np.median(predictor.positive_probability(predictor.probabilities(images))))
-    save_card(second, dataclasses.replace(load_card(second), threshold=threshold))
+    save_card(second, at_threshold(load_card(second), threshold=threshold))
     out = tmp_path / "eval"
     metrics = evaluate(tiny_bundle, tiny_dataset, "test", out, etiology=second)
     block = metrics["two_stage"]

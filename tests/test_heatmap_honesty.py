@@ -25,6 +25,7 @@ from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
+from tests.builders import at_threshold
 from tests.test_browser import chromium_page, run_server
 from tests.test_heatmap_faults import _film, _SeesTheFilm
 
@@ -229,7 +230,7 @@ def test_the_evaluation_gallery_overlays_say_tta_and_scope(tiny_bundle: Path, ti
     monkeypatch.setattr(explain, "caption", lambda *args, **kwargs: drawn.append(real(*args, **kwargs)) or drawn[-1])
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    save_card(bundle, dataclasses.replace(load_card(bundle), threshold=0.0, tta_threshold=0.0))  # errors to show
+    save_card(bundle, at_threshold(load_card(bundle), threshold=0.0, tta_threshold=0.0))  # errors to show
     evaluate(bundle, tiny_dataset, "test", tmp_path / "eval", tta=True)
     assert drawn and all(said.startswith(f"{OUTSIDE} (image is 64 x 64 pixels") and said.endswith(WITHOUT_TTA)
                          for said in drawn), drawn

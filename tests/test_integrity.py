@@ -41,6 +41,7 @@ from pneumoscan.models.card import (CARD, CHECKSUM, ONNX_NAME, SEALED_ERA, WEIGH
                                     checked_bytes, load_card, record_checksum, save_card)
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
+from tests.builders import at_threshold
 from tests.test_serve import with_threshold
 
 # ---------------------------------------------------------------- helpers
@@ -736,7 +737,7 @@ def test_an_onnx_model_or_card_not_the_sidecars_is_refused_though_bundle_json_re
                                                  ".*run `pneumoscan export"):
                 Predictor(edited, backend=backend)
     moved = copy_bundle(int8_bundle, tmp_path, "threshold")  # the FP32 sidecar holds the thresholds, the INT8 its own
-    save_card(moved, dataclasses.replace(card, threshold=card.threshold / 2))
+    save_card(moved, at_threshold(card, threshold=card.threshold / 2))
     with pytest.raises(ValueError, match="model.onnx.json describes another model than bundle.json: its threshold"):
         Predictor(moved, backend="onnx")
     gray = np.asarray(Image.open(film))
@@ -957,3 +958,36 @@ def test_a_resealed_card_of_impossible_figures_is_refused(
     save_card(bundle, dataclasses.replace(card, **edit(card)))
     with pytest.raises(ValueError, match=f"bundle.json: {reason}; restore the bundle from a good copy$"):
         load_card(bundle)
+
+
+def _threshold_record(card: BundleCard, threshold: float, tta_threshold: float) -> dict:
+    """A threshold record as `pneumoscan threshold` writes one (rethreshold._threshold_record), its figures aside."""
+    return {"date": "2026-01-01", "policy": "Youden's J on other", "data": "other", "split": None, "n": 10,
+            "n_positive": 5, "n_negative": 5, "unreadable": 0, "previous_threshold": card.threshold,
+            "previous_tta_threshold": card.tta_threshold, "previous_policy": card.threshold_policy,
+            "threshold": threshold, "tta_threshold": tta_threshold, "target_sensitivity": None,
+            "max_false_positive_rate": None, "sensitivity": 0.8, "specificity": 0.8, "tta_sensitivity": 0.8,
+            "tta_specificity": 0.8, "films_checked": True, "caveats": []}
+
+
+def test_a_resealed_threshold_that_is_not_its_records_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A threshold edited within [0, 1] and sealed again loaded with the torch backend, which labelled at it while
+    MODEL_CARD.md and /v1/model showed figures measured at another: every command that sets a threshold (training,
+    ensemble, `threshold`) records it again, in the validation figures or the newest threshold record."""
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    card = load_card(bundle)
+    assert card.val_metrics["threshold"] == card.threshold
+    save_card(bundle, dataclasses.replace(card, threshold=0.3))
+    with pytest.raises(ValueError, match=f"bundle.json: threshold is 0.3, but its validation figures were measured at "
+                                         f"{card.threshold!r} \\(val_metrics.threshold\\); restore the bundle"):
+        Predictor(bundle, backend="torch")
+    # a threshold `pneumoscan threshold` chose: its record says it, TTA threshold too
+    chosen = dataclasses.replace(card, threshold=0.3, tta_threshold=0.4,
+                                 threshold_records=[_threshold_record(card, 0.3, 0.4)])
+    save_card(bundle, chosen)
+    assert load_card(bundle).threshold == 0.3
+    for edit, reason in (({"threshold": 0.35}, "threshold is 0.35, but its newest threshold record says 0.3"),
+                         ({"tta_threshold": 0.45}, "tta_threshold is 0.45, but its newest threshold record says 0.4")):
+        save_card(bundle, dataclasses.replace(chosen, **edit))
+        with pytest.raises(ValueError, match=f"bundle.json: {reason} \\(threshold_records\\[0\\]\\); restore"):
+            load_card(bundle)

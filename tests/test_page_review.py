@@ -9,7 +9,6 @@ The page runs in headless Chromium (tests/test_page.py's browser, server and pag
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import re
 import shutil
@@ -28,7 +27,7 @@ from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page
-from tests.builders import nudge_weights, running
+from tests.builders import at_threshold, nudge_weights, running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
@@ -261,7 +260,7 @@ def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(brows
     the old threshold's hatched interval and "Too close to the threshold ... runs from" the old one."""
     other = tmp_path / "rethresholded"
     shutil.copytree(tiny_bundle, other)
-    save_card(other, dataclasses.replace(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
+    save_card(other, at_threshold(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
     assert load_card(tiny_bundle).threshold_interval != [0.25, 0.5]
     with restarted(browser, tiny_bundle, other) as page:
         test_page.upload_one(page, small)
@@ -483,7 +482,7 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
     interval, 0.250 to 0.500 (and a heatmap's legend would be the new card's scale). It is refused with why."""
     other = tmp_path / "rethresholded"
     shutil.copytree(tiny_bundle, other)
-    save_card(other, dataclasses.replace(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
+    save_card(other, at_threshold(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
     with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
         later = other_film(data_root)
         test_page.upload_one(page, later)

@@ -36,7 +36,7 @@ from pneumoscan.inference.explain import explain_array
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import ONNX_NAME, BundleCard, load_card, save_card
-from tests.builders import SCORE_TOL, dicom_bytes
+from tests.builders import SCORE_TOL, at_threshold, dicom_bytes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -140,8 +140,8 @@ def test_etiology_second_stage_runs_only_on_pneumonia_calls(
     first = tmp_path / "first"
     shutil.copytree(tiny_bundle, first)
     scores = sorted(r["probability"] for r in predict_paths(first, files))
-    save_card(first, dataclasses.replace(load_card(first),
-                                         threshold=(scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2))
+    save_card(first, at_threshold(load_card(first),
+                                  threshold=(scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2))
 
     rows = predict_paths(first, files, etiology=tiny_etiology_bundle, batch_size=5)
     second = Predictor(tiny_etiology_bundle)
@@ -173,7 +173,7 @@ def test_each_stage_reads_the_pixels_its_own_training_decode_gives(
     for src, dst, changes in ((tiny_bundle, first, {"threshold": 0.0, "source_size": None}),
                               (tiny_etiology_bundle, second, {"source_size": 700})):
         shutil.copytree(src, dst)
-        save_card(dst, dataclasses.replace(load_card(dst), **changes))
+        save_card(dst, at_threshold(load_card(dst), **changes))
     film = sorted((data_root / "val" / "PNEUMONIA").glob("*.jpeg"))[-1]  # full size: draft decoding applies
     row = predict_paths(first, [film], etiology=second)[0]
     for stage, key in ((Predictor(first), "probability"), (Predictor(second), "etiology_probability_virus")):

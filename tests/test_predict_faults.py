@@ -23,7 +23,7 @@ from pneumoscan.inference.predict import CHANGED, Predictor, predict_paths
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import write_png
+from tests.builders import at_threshold, write_png
 
 
 def film_in(tiny_dataset: Path, folder: Path) -> Path:
@@ -182,7 +182,7 @@ def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bu
     live, other = tmp_path / "live", tmp_path / "other"
     shutil.copytree(tiny_bundle, live)
     torch.manual_seed(7)
-    save_bundle(other, models.create("simple_cnn", 2), dataclasses.replace(load_card(tiny_bundle), threshold=0.123))
+    save_bundle(other, models.create("simple_cnn", 2), at_threshold(load_card(tiny_bundle), threshold=0.123))
     real = load_card
 
     def swap_after_reading(bundle: Path):  # the deployment replaces the folder just after the first read of a card

@@ -21,7 +21,7 @@ from pneumoscan.data.scope import IDENTIFIERS, kind_of
 from pneumoscan.inference.predict import Predictor, predict_paths, stage_fields
 from pneumoscan.models.card import load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
-from tests.builders import SCORE_TOL, dicom_bytes
+from tests.builders import SCORE_TOL, at_threshold, dicom_bytes
 
 CHEST = {"BodyPartExamined": "CHEST", "ViewPosition": "PA", "PatientAge": "004Y", "StudyInstanceUID": "1.2.3.4",
          "SeriesInstanceUID": "1.2.3.4.5"}
@@ -70,10 +70,10 @@ def stages(tiny_bundle: Path, tiny_etiology_bundle: Path, data_root: Path, films
             fitted[spec] = Appearance.fit(np.stack([spec.apply(read_gray(p, target=spec.decode_target)) for p in real]))
         save_appearance(bundle, fitted[spec])
         scores = [row["probability"] for row in predict_paths(bundle, films)]
-        save_card(bundle, dataclasses.replace(load_card(bundle), threshold=_between(scores)))
+        save_card(bundle, at_threshold(load_card(bundle), threshold=_between(scores)))
         out[name] = bundle
     out["every_film"] = shutil.copytree(out["first"], folder / "every_film")
-    save_card(out["every_film"], dataclasses.replace(load_card(out["every_film"]), threshold=0.0))
+    save_card(out["every_film"], at_threshold(load_card(out["every_film"]), threshold=0.0))
     out["second_700"] = shutil.copytree(out["second"], folder / "second_700")
     save_card(out["second_700"], dataclasses.replace(load_card(out["second_700"]), source_size=700))
     return out

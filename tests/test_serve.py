@@ -33,7 +33,8 @@ from pneumoscan.models.card import ONNX_NAME, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
-from tests.builders import SCORE_TOL, UNCHECKED, dicom_bytes, free_port, start_serve, wait_healthy
+from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, dicom_bytes, free_port, start_serve,
+                            wait_healthy)
 
 MB = 2**20
 
@@ -86,7 +87,7 @@ def upload(client: TestClient, data: bytes, content_type: str = "image/jpeg", na
 def with_threshold(bundle: Path, threshold: float, out: Path) -> Path:
     """A copy of ``bundle`` whose card says ``threshold`` (to force either branch of the second stage)."""
     shutil.copytree(bundle, out)
-    save_card(out, dataclasses.replace(load_card(out), threshold=threshold))  # as `pneumoscan threshold` does,
+    save_card(out, at_threshold(load_card(out), threshold=threshold))  # as `pneumoscan threshold` does,
     write_onnx_spec(out, out / ONNX_NAME)  # the ONNX sidecar's thresholds too
     return out
 
@@ -561,7 +562,7 @@ def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny
         shutil.copytree(tiny_bundle, bundle)
         assert c.get("/healthz").json()["status"] == "ok"
         card = load_card(bundle)
-        save_card(bundle, dataclasses.replace(card, threshold=card.threshold / 2))  # another valid bundle
+        save_card(bundle, at_threshold(card, threshold=card.threshold / 2))  # another valid bundle
         assert c.get("/healthz").json()["reason"] == BUNDLE_REPLACED
 
 
@@ -581,7 +582,7 @@ def test_probes_that_come_while_the_bundle_is_read_again_share_that_one_read(
 
     assert asyncio.run(probes()) == [None] * 20 and len(reads) == 1
     card = load_card(bundle)
-    save_card(bundle, dataclasses.replace(card, threshold=card.threshold / 2))  # another valid bundle
+    save_card(bundle, at_threshold(card, threshold=card.threshold / 2))  # another valid bundle
     assert asyncio.run(probes()) == [BUNDLE_REPLACED] * 20 and len(reads) == 2
 
 

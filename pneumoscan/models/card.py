@@ -395,9 +395,31 @@ def load_card(directory: Path | str) -> BundleCard:
                          f"{str(recorded)[7:19]}... when it was written; restore the bundle from a good copy (a new "
                          "threshold comes from `pneumoscan threshold`, never from editing bundle.json)")
     card = _validated(path, data)
+    _check_operating_point(path, card)
     if recorded is None:
         _warn_unsealed(str(path))
     return card
+
+
+def _check_operating_point(path: Path, card: BundleCard) -> None:
+    """The thresholds in force, as the command that chose them recorded them again under the same checksum: the
+    newest `threshold` record's, else the one the validation figures were measured at (training and `ensemble`,
+    :func:`~pneumoscan.evaluation.operating_point.write_operating_point`; a card without either records nothing to
+    compare). A threshold edited alone and sealed again labelled every film at it while the model card showed
+    figures measured at another. bundle.json's own only: an INT8 model labels at its sidecar's thresholds, which its
+    own validation figures are measured at, beside the card's FP32 records (:func:`checked_card`)."""
+    if card.threshold_records:
+        newest, where = card.threshold_records[-1], "its newest threshold record says"
+        at = f"threshold_records[{len(card.threshold_records) - 1}]"
+        recorded = {key: newest.get(key) for key in ("threshold", "tta_threshold") if key in newest}
+    else:
+        where, at = "its validation figures were measured at", "val_metrics.threshold"
+        recorded = {"threshold": card.val_metrics["threshold"]} if "threshold" in card.val_metrics else {}
+    for key, value in recorded.items():
+        if getattr(card, key) != value:
+            raise ValueError(f"{path}: {key} is {getattr(card, key)!r}, but {where} {value!r} ({at}); restore the "
+                             "bundle from a good copy (a new threshold comes from `pneumoscan threshold`, never from "
+                             "editing bundle.json)")
 
 
 @functools.cache
