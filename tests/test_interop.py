@@ -77,6 +77,13 @@ def film(data_root: Path) -> np.ndarray:
     return read_gray(sorted((data_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]).astype(np.uint16) * 16
 
 
+@pytest.fixture(autouse=True)
+def _short_pacs_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pacs` waits 1 s, then 2 s, before trying a busy or silent PACS again: a test that meets one (an unreachable
+    server, a store left unanswered) idled 3 s of the suite for it. What is tried, and how often, is unchanged."""
+    monkeypatch.setattr("pneumoscan.interop.dicomweb.FIRST_WAIT_S", 0.01)
+
+
 def chest_dicom(pixels: np.ndarray, **changes: object) -> bytes:
     """An in-scope pediatric frontal chest DX of ``pixels`` with its own study/series/instance, ``changes`` applied
     (None deletes a tag)."""
