@@ -52,9 +52,14 @@ async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator
     size = 0
     async for chunk in stream:
         size += len(chunk)
-        if size > max_bytes + ENVELOPE_BYTES:
-            raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
+        _check_body_size(size, max_bytes)
         yield chunk
+
+
+def _check_body_size(size: int, max_bytes: int) -> None:
+    """413 for a request body (declared, or read so far) past the file limit plus the multipart envelope."""
+    if size > max_bytes + ENVELOPE_BYTES:
+        raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
 
 
 def _mb(n: int) -> str:
@@ -91,9 +96,9 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
         raise Rejected(415, "a compressed request body (Content-Encoding) is not read: send the upload uncompressed",
                        {"Accept-Encoding": "identity"})
     declared = request.headers.get("content-length", "")  # digits only: h11 refuses any other value
-    if declared.isdigit() and int(declared) > max_bytes + ENVELOPE_BYTES:  # before any of it is read (or sent, by a
-        # client that waits for 100 Continue): a larger film took 20 MB to refuse, a declared terabyte the body deadline
-        raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
+    if declared.isdigit():  # before any of it is read (or sent, by a client that waits for 100 Continue): a larger
+        # film took 20 MB to refuse, a declared terabyte the body deadline
+        _check_body_size(int(declared), max_bytes)
     parser = _InMemoryParser(request.headers, _capped(request.stream(), max_bytes), max_files=1)
     try:
         async with asyncio.timeout(timeout):
