@@ -411,7 +411,7 @@ def _check_operating_point(path: Path, card: BundleCard) -> None:
     if card.threshold_records:
         newest, where = card.threshold_records[-1], "its newest threshold record says"
         at = f"threshold_records[{len(card.threshold_records) - 1}]"
-        recorded = {key: newest.get(key) for key in ("threshold", "tta_threshold") if key in newest}
+        recorded = {key: newest[key] for key in ("threshold", "tta_threshold") if key in newest}
     else:
         where, at = "its validation figures were measured at", "val_metrics.threshold"
         recorded = {"threshold": card.val_metrics["threshold"]} if "threshold" in card.val_metrics else {}

@@ -260,7 +260,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     pneumonia films; or from half of the films, whose sensitivity was met on the other half too). A bundle with
     neither list (copied out of its run) cannot be checked, which is warned of."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
-    if card.threshold_records or listed.exists():
+    if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     elif split.is_file():
         chose = {os.path.realpath(r.path) for r in discover(split).records
@@ -272,7 +272,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     given = {os.path.realpath(r.path) for r in records}
     if given == chose:
         return
-    where = f"films it lists in {CALIBRATION_FILMS}" if card.threshold_records or listed.exists() else "val films"
+    where = f"films it lists in {CALIBRATION_FILMS}" if by_list else "val films"
     which = f"only {len(given)} of the {len(chose)} {where}" if given < chose else "other films"
     other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
     if card.threshold_records:
