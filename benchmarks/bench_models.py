@@ -65,10 +65,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folders (default: a temporary folder)")
     args = parser.parse_args()
     configure()  # training's progress and messages, as the command line shows them
-    try:
-        discover(args.data)  # a folder of no dataset, or none there: said before any model trains
-    except (OSError, ValueError) as e:
-        sys.exit(str(e))
+    from bench_shift import refusing  # beside this script, on the path it runs with
+
+    refusing(discover, args.data)  # a folder of no dataset, or none there: said before any model trains
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-models-"))
     rows = []
