@@ -317,7 +317,7 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
 def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server: str, small: Path) -> None:
     """The legend's words are the service's (/v1/model's heatmap_caption): while the card has not loaded (here the
     network drops its request), the page computes no map whose scale it cannot name, says why, and keeps the
-    reading."""
+    reading, coloured as no clear call (the card would say whether the model checks a film's content)."""
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -329,6 +329,8 @@ def test_no_heatmap_while_the_model_card_has_not_loaded(browser: Browser, server
         expect(page.locator("#error")).to_contain_text("Could not load the model card")
         page.set_input_files("#file", small)
         expect(page.locator("#label")).not_to_be_empty()
+        # nothing says whether the model checks a film's content (this one does not): no clear call's colour
+        expect(page.locator("#label")).to_have_class("indeterminate")
         page.click("#heatmap-button")
         expect(page.locator("#error")).to_have_text(
             "Heatmap not computed: the model card has not loaded, so the page cannot say which scale the map is on; "
@@ -864,12 +866,13 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     checks no film's content colours none of its calls: noise had read PNEUMONIA in bold red. Nor does an etiology
     model served alone: its bacteria, given for a normal film too, read as an all-clear in green."""
     shown = page.evaluate("""() => {
-        contentChecked = true;  // a model with the check (the tiny test bundle has none)
+        // read by a model with the check (the tiny test bundle has none)
+        const colouring = { contentChecked: true, followsAnother: false };
         const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
             probability: 0.6, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
         films.push(...[['clear', r('PNEUMONIA', true, false)], ['near', r('PNEUMONIA', true, true)],
             ['near normal', r('NORMAL', true, true)], ['lateral', r('PNEUMONIA', false, true)]]
-            .map(([name, result]) => ({ name, result, status: 'done' })));
+            .map(([name, result]) => ({ name, result, status: 'done', colouring })));
         renderList();
         return [...document.querySelectorAll('#films tbody tr')].map((row) => {
             const cell = row.cells[1], style = getComputedStyle(cell);
@@ -881,10 +884,12 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     for name in ("near", "near normal", "lateral"):  # neither red nor green, not bold
         r, g, b = map(int, re.findall(r"\d+", looks[name][1])[:3])
         assert max(r, g, b) - min(r, g, b) < 40 and int(looks[name][2]) < 700, shown
-    unchecked = page.evaluate("""() => { contentChecked = false; renderList();
+    unchecked = page.evaluate("""() => { films[0].colouring = { contentChecked: false, followsAnother: false };
+        renderList();
         return document.querySelector('#films tbody tr').cells[1].className; }""")
     assert unchecked == "indeterminate"  # the clear call, from a model without the content check
-    second_alone = page.evaluate("""() => { contentChecked = true; followsAnother = true; renderList();
+    second_alone = page.evaluate("""() => { films[0].colouring = { contentChecked: true, followsAnother: true };
+        renderList();
         return document.querySelector('#films tbody tr').cells[1].className; }""")
     assert second_alone == "indeterminate"  # from an etiology model served alone
 

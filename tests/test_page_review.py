@@ -17,13 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
+from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.inference.explain import EMPTY
-from pneumoscan.models.card import load_card, save_card
+from pneumoscan.models.card import load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from tests import test_page
@@ -479,14 +481,23 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
         browser: Browser, tiny_bundle: Path, small: Path, data_root: Path, tmp_path: Path) -> None:
     """A film read before the service restarted with another threshold, shown again from the list after a film read
     since loaded the new card, was drawn with that card: its threshold of 0.475 beside the new threshold's hatched
-    interval, 0.250 to 0.500 (and a heatmap's legend would be the new card's scale). It is refused with why."""
+    interval, 0.250 to 0.500 (and a heatmap's legend would be the new card's scale). It is refused with why. Its row
+    in the list was coloured by the new card's content check: read by a model without one (left uncoloured), it
+    turned red or green as a clear call once the card of a model with the check had loaded."""
     other = tmp_path / "rethresholded"
     shutil.copytree(tiny_bundle, other)
     save_card(other, at_threshold(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
+    # a record of its training films' appearance: a model with the content check (what it flags matters not here)
+    save_appearance(other, Appearance(np.zeros(LAYOUT_SIDE**2), np.eye(LAYOUT_SIDE**2), 10.0, (-3.0, -1.0), 60.0))
     with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
+        first = page.locator("#films tbody tr", has_text=small.name).locator("td").nth(1)
+        expect(first).to_have_class("indeterminate")
+        assert page.evaluate("() => !films[0].result.near_threshold && films[0].result.in_scope")  # else uncoloured
         later = other_film(data_root)
         test_page.upload_one(page, later)
         expect(page.locator("#card")).to_contain_text("0.300 (")
+        expect(page.locator("#card")).to_contain_text("on: films unlike the training films are flagged")
+        expect(first).to_have_class("indeterminate")
         page.get_by_role("button", name=f"show {small.name}").click()
         expect(page.get_by_role("alert")).to_contain_text("Not shown: the reading is of the model ")
         expect(page.get_by_role("alert")).to_contain_text(

@@ -21,14 +21,16 @@ let cardModel = null;
 // the threshold of that card: a bundle given another threshold (`pneumoscan threshold`) keeps its weights, and so its
 // id and version, and its readings were drawn with the band and key of the threshold before
 let cardThreshold = null;
-// whether the model checks a film's content against its training films' (the card's content_checked): without the
-// check, noise or a form is read as confidently as a film, so no reading of it is coloured as a clear call
-let contentChecked = true;
-let followsAnother = false; // an etiology model served alone: bacteria is no all-clear
+// what the card says of whether the model's readings may be coloured as clear calls (lookOf): contentChecked, whether
+// it checks a film's content against its training films' (the card's content_checked: without the check, noise or a
+// form is read as confidently as a film), and followsAnother, an etiology model served alone (bacteria is no
+// all-clear). A new object for each card loaded, kept with each reading as it comes (a film's colouring): a film
+// read before the service restarted with another model was coloured by the new model's card. null until a card loads.
+let colouring = null;
 let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
-const films = [];  // {id, name, file, dicom, shown, status, result, error, cam}
+const films = [];  // {id, name, file, dicom, shown, status, result, error, colouring, cam}
 let current = null;
 let sortKey = null;
 let sortAscending = true;
@@ -87,8 +89,7 @@ function showError(message, keepResult = false) {
 function showCard(info) {
   cardModel = `${info.id} ${info.version}`;
   cardThreshold = info.threshold;
-  contentChecked = info.content_checked;
-  followsAnother = info.follows.length > 0;
+  colouring = { contentChecked: info.content_checked, followsAnother: info.follows.length > 0 };
   maxUploadBytes = info.max_upload_bytes;
   secondTask = info.etiology ? info.etiology.task : null;
   secondPositive = info.etiology ? info.etiology.positive : null;
@@ -236,13 +237,16 @@ function labelText(r) {
   return r.in_scope && r.near_threshold ? `${r.label}, near the threshold: indeterminate` : r.label;
 }
 
-// The reading's style, the same in the panel and the list: red or green only for a clear call; grey out of scope,
-// uncoloured near the threshold (a bold red "PNEUMONIA (near the threshold)" in the list looked as sure as any),
-// from a model that checks no film's content (noise read PNEUMONIA in bold red; each reading says why) and from a
-// second-stage model served alone (its "bacteria" in green read as an all-clear; it cannot call a film normal).
-function lookOf(r) {
+// A film's reading's style, the same in the panel and the list: red or green only for a clear call; grey out of
+// scope, uncoloured near the threshold (a bold red "PNEUMONIA (near the threshold)" in the list looked as sure as
+// any), from a model that checks no film's content (noise read PNEUMONIA in bold red; each reading says why), from a
+// second-stage model served alone (its "bacteria" in green read as an all-clear; it cannot call a film normal) and
+// from a model no card on the page described when it read the film (which of those it is, is not known).
+function lookOf(film) {
+  const r = film.result;
+  const kept = film.colouring;
   if (!r.in_scope) return "out-of-scope";
-  if (r.near_threshold || !contentChecked || followsAnother) return "indeterminate";
+  if (r.near_threshold || !kept || !kept.contentChecked || kept.followsAnother) return "indeterminate";
   return r.label === r.positive ? "positive" : "negative";
 }
 
@@ -313,7 +317,7 @@ function showResult(film) {
   }
   $("error").hidden = true;
   $("status").textContent = announcement(r);
-  const look = lookOf(r);
+  const look = lookOf(film);
   $("label").textContent = labelText(r);
   $("label").className = look;
   $("bar-fill").style.width = pct(r.probability);
@@ -931,7 +935,7 @@ let uploads = Promise.resolve();
 function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
     id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
-    result: null, error: null, cam: null, unread: false, empty: false,
+    result: null, error: null, colouring: null, cam: null, unread: false, empty: false,
   }));
   if (!batch.length) return;
   films.push(...batch);
@@ -954,6 +958,7 @@ async function analyseBatch(batch) {
     film.status = body.ok ? "done" : body.unread ? "unread" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
+    film.colouring = body.ok ? colouring : null;  // the card of the model that read it, or none (ofTheCard)
     renderList();
     outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
     if (body.ok) showResult(film);
@@ -1058,7 +1063,7 @@ function renderList() {
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
-    if (r) row.cells[1].className = lookOf(r);
+    if (r) row.cells[1].className = lookOf(film);
     const show = document.createElement("button");
     show.type = "button";
     show.textContent = "Show";
