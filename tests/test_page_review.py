@@ -154,7 +154,8 @@ def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page:
                                                                           data_root: Path) -> None:
     """A film the service reads but the browser cannot draw (an arithmetic-coded JPEG; a film too large for the
     tab's memory) was captioned "cannot be shown" with the film read before still in the viewer, under the new
-    film's name. The browser's refusal is made here by its decode function failing for the second film."""
+    film's name. The browser's refusal is made here by its decode function failing for the second film. Printed, the
+    empty viewer is left out: a black frame under the reading passed for its film."""
     test_page.upload_one(page, small)
     assert test_page.centre(page) != [0, 0, 0]
     page.evaluate("""() => { const decode = grayOf; grayOf = (source) => current === films[1] ?
@@ -164,6 +165,10 @@ def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page:
     expect(page.locator("#caption")).to_have_text("The film cannot be shown: the browser cannot display this image.")
     expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
     assert test_page.centre(page) == [0, 0, 0] and page.evaluate("() => view.gray === null")
+    expect(page.locator("#film-pending")).to_be_hidden()  # not decoding: the caption says why there is no film
+    page.emulate_media(media="print")
+    expect(page.locator("#view")).to_be_hidden()
+    expect(page.locator("#caption")).to_be_visible()
 
 
 def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Page) -> None:
@@ -461,7 +466,8 @@ def test_the_list_and_the_csv_say_the_same_of_a_film_in_each_state(page: Page, s
 def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, small: Path, data_root: Path) -> None:
     """While the next film was decoded for the viewer (a second or more for a large plate), the film shown before
     stayed in the viewer, with its window readout, under the next film's name and reading. The next film's decode
-    is held here: the viewer is empty until it is drawn."""
+    is held here: the viewer is empty until it is drawn, and says it is decoding. Printed meanwhile, the page gave
+    the reading above an empty black viewer, as if that were the film: the print says the film is not shown."""
     test_page.upload_one(page, small)
     page.evaluate("""() => { const decode = grayOf; window.held = [];
         grayOf = (source) => current !== films[1] ? decode(source)
@@ -472,9 +478,16 @@ def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, 
     expect(page.locator("#film-title")).to_have_text(f"Film: {later.name}")
     assert test_page.centre(page) == [0, 0, 0] and page.evaluate("() => view.gray === null")
     expect(page.locator("#readout-wl")).to_be_empty()
+    expect(page.get_by_text("Decoding the film for the viewer...")).to_be_visible()
+    page.emulate_media(media="print")
+    expect(page.locator("#view")).to_be_hidden()
+    expect(page.get_by_text("The film was still being decoded for the viewer when this was printed")).to_be_visible()
+    expect(page.locator("#label")).to_be_visible()  # the reading itself is complete, and printed
     page.evaluate("() => window.held.pop()()")
     page.wait_for_function("() => view.film === films[1]")
     assert test_page.centre(page) != [0, 0, 0]
+    expect(page.locator("#view")).to_be_visible()  # printed with its film
+    expect(page.locator("#film-pending")).to_be_hidden()
 
 
 def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new_card(

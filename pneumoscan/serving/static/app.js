@@ -422,6 +422,7 @@ function grayOf(source) {
 
 async function loadFilm(film) {
   if (view.film !== film) emptyViewer();
+  $("film-pending").hidden = view.film === film;  // the same film shown again stays in the viewer while decoded
   const source = film.result.image || URL.createObjectURL(film.file);
   try {
     const { gray, w, h, img } = await grayOf(source);
@@ -432,9 +433,11 @@ async function loadFilm(film) {
     Object.assign(view, { film, gray, original, w, h, cam: null, zoom: 1, panX: 0, panY: 0 });
     detail = null;
     if (film.cam) await loadCam(film);
+    $("film-pending").hidden = true;
     openWindow();
   } catch (err) {
     if (current !== film) return;  // another film is on screen: its caption is its own
+    $("film-pending").hidden = true;
     emptyViewer();  // this film shown again: not its earlier drawing under "cannot be shown"
     $("caption").textContent = `The film cannot be shown: ${err.message}.`;
   } finally {
@@ -529,6 +532,7 @@ function paint(px, gray, cam) {
 
 function draw() {
   const canvas = $("view");
+  canvas.classList.toggle("empty", !view.gray);  // not printed: an empty viewer printed passes for the film
   const ctx = canvas.getContext("2d");
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.fillStyle = "#000";
