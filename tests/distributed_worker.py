@@ -53,7 +53,7 @@ def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None
     bundle = train(data, TrainConfig(**RECIPE), out / "drift", callbacks=[DriftOnRank1()])
     said["bundle_there_on_return"] = (bundle / "bundle.json").is_file()
     if rank == 0:
-        time.sleep(5)
+        time.sleep(1)
     try:
         train(other_copy if rank == 1 else data, TrainConfig(**RECIPE), out / "refused")
     except ValueError as e:

@@ -730,6 +730,37 @@ def test_no_threshold_interval_when_most_resamples_cannot_meet_the_policy() -> N
     assert threshold_interval(y, p, None, 0.0) == []
 
 
+@pytest.mark.parametrize("target, ceiling", [(0.95, None), (1.0, None), (None, 0.1), (None, 0.0), (None, None)])
+def test_each_resample_of_the_threshold_interval_chooses_as_choose_threshold_does(target, ceiling) -> None:
+    """The interval chooses the threshold of every resample at once: on each, the very threshold choose_threshold
+    chooses on that resample's films (ties, scores a float apart, patients resampled whole), and none where it
+    refuses or where the resample holds one class."""
+    from pneumoscan.core.metrics.intervals import _bootstrap_weights
+    from pneumoscan.core.metrics.thresholds import _resampled_thresholds
+
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        n = int(rng.integers(4, 40))
+        y = rng.integers(0, 2, n)
+        p = (rng.integers(0, 5, n) / 4, rng.random(n), np.nextafter(0.5, np.arange(n) % 3))[trial % 3]
+        p = np.where(y == 1, np.minimum(p + 0.2 * rng.random(), 1), p)
+        patients = rng.integers(0, n // 2, n) if trial % 2 else None
+        counts = _bootstrap_weights(y, np.unique(patients, return_inverse=True)[1] if trial % 2 else None, 40, trial)
+        expected, one_class = [], 0
+        for row in counts:
+            films = np.repeat(np.arange(n), row.astype(int))
+            if y[films].min() == y[films].max():
+                one_class += 1
+                expected.append(np.nan)
+                continue
+            try:
+                expected.append(choose_threshold(y[films], p[films], target, ceiling))
+            except ValueError:
+                expected.append(np.nan)
+        chosen, counted = _resampled_thresholds(y, p, counts, target, ceiling, chunk=7)
+        assert counted == one_class and np.array_equal(chosen, expected, equal_nan=True), trial
+
+
 def test_f1_is_left_out_of_resamples_without_a_positive_film(monkeypatch: pytest.MonkeyPatch) -> None:
     """4 positive films of 2 patients among 12 negatives: a resample of patients without a positive film had counted
     F1 as 0 after a false positive, pulling the interval's lower end to 0 though F1 is undefined there. One positive

@@ -31,14 +31,11 @@ def choose_threshold(
     y, p = _as_binary(y_true, prob)
     if not has_both_classes(y):
         raise ValueError("choosing a threshold needs both classes in the labelled data")
-    if target_sensitivity is not None and max_false_positive_rate is not None:
-        raise ValueError("give a target sensitivity or a maximum false-positive rate, not both")
+    _check_policy(target_sensitivity, max_false_positive_rate)
     fpr, tpr, thresholds = _roc_points(y, p)
     positives = int(y.sum())
     negatives = y.size - positives
     if max_false_positive_rate is not None:
-        if not 0 <= max_false_positive_rate < 1:
-            raise ValueError(f"max_false_positive_rate must be in [0, 1), got {max_false_positive_rate}")
         # whole counts again: fp <= ceiling x negatives, without the last-bit noise of a float rate
         within = np.flatnonzero(np.rint(fpr * negatives) <= max_false_positive_rate * negatives + 1e-9)
         if not within.size or tpr[within[-1]] == 0:
@@ -49,8 +46,6 @@ def choose_threshold(
         # J in whole counts (tp * N - fp * P): as floats, two equal J can differ in the last bit and the tie would
         # go to the lower threshold
         k = int(np.argmax(np.rint(tpr * positives) * negatives - np.rint(fpr * negatives) * positives))
-    elif not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     else:
         k = int(np.argmax(tpr >= target_sensitivity))
     deciding = float(thresholds[k])
@@ -59,6 +54,16 @@ def choose_threshold(
     # two scores one float apart have no number between them, and their sum can round to the lower one, whose films
     # the rule would then call positive too (a false-positive ceiling broken, a specificity not the chosen one)
     return midway if lower < midway <= deciding else deciding
+
+
+def _check_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> None:
+    """A policy :func:`choose_threshold` can follow: one of the two limits, each within its range, or neither."""
+    if target_sensitivity is not None and max_false_positive_rate is not None:
+        raise ValueError("give a target sensitivity or a maximum false-positive rate, not both")
+    if max_false_positive_rate is not None and not 0 <= max_false_positive_rate < 1:
+        raise ValueError(f"max_false_positive_rate must be in [0, 1), got {max_false_positive_rate}")
+    if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
 
 
 def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,16 +132,10 @@ def threshold_range(
         what = "none" if not films else "one film" if films == 1 else f"{films} films of one patient"
         return [], (f"the {side} films, which its policy reads, are {what}: a bootstrap of them shows nothing of how "
                     "another patient would score")
-    found, one_class = [], 0
-    for counts in _bootstrap_weights(y, patients, n_boot, seed):
-        films = np.repeat(np.arange(y.size), counts.astype(int))
-        if not has_both_classes(y[films]):
-            one_class += 1
-            continue
-        try:
-            found.append(choose_threshold(y[films], p[films], target_sensitivity, max_false_positive_rate))
-        except ValueError:  # a resample the ceiling cannot be kept on
-            continue
+    _check_policy(target_sensitivity, max_false_positive_rate)
+    chosen, one_class = _resampled_thresholds(y, p, _bootstrap_weights(y, patients, n_boot, seed),
+                                              target_sensitivity, max_false_positive_rate)
+    found = chosen[np.isfinite(chosen)]
     if len(found) < n_boot / 2:
         unmet = n_boot - len(found) - one_class
         why = [f"{one_class} held one class only"] if one_class else []
@@ -145,6 +144,53 @@ def threshold_range(
         return [], (f"only {len(found)} of {n_boot} bootstrap resamples of the {y.size} films could meet its policy "
                     f"({'; '.join(why)})")
     return [float(v) for v in np.percentile(found, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])], ""
+
+
+def _resampled_thresholds(
+    y: np.ndarray, p: np.ndarray, counts: np.ndarray, target_sensitivity: float | None,
+    max_false_positive_rate: float | None, chunk: int = 100,
+) -> tuple[np.ndarray, int]:
+    """The threshold :func:`choose_threshold` chooses on each resample (``counts``: (n_boot, n) copies of each
+    film), NaN where the resample cannot meet the policy, and how many resamples held one class only. The same
+    choice, in the same whole counts, on every resample at once: a loop of choose_threshold calls took 0.08 s for
+    200 films, a fifth of a small training run. Each distinct score is a column; a score no film of a resample
+    carries is no threshold of that resample."""
+    order = np.argsort(p, kind="stable")[::-1]
+    p, y = p[order], y[order]
+    starts = np.append(0, np.flatnonzero(np.diff(p)) + 1)  # each distinct score's first film
+    scores = p[starts]
+    columns = np.arange(scores.size)
+    chosen, one_class = [], 0
+    for block in np.array_split(counts[:, order], max(1, -(-counts.shape[0] // chunk))):
+        pos = np.add.reduceat(block * y, starts, axis=1)
+        neg = np.add.reduceat(block * (1 - y), starts, axis=1)
+        present = (pos + neg) > 0
+        tps, fps = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+        positives, negatives = tps[:, -1:], fps[:, -1:]
+        both = (positives[:, 0] > 0) & (negatives[:, 0] > 0)
+        one_class += int((~both).sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tpr, fpr = tps / positives, fps / negatives
+        met = both.copy()
+        if max_false_positive_rate is not None:
+            within = present & (np.rint(fpr * negatives) <= max_false_positive_rate * negatives + 1e-9)
+            k = np.where(within.any(axis=1), scores.size - 1 - np.argmax(within[:, ::-1], axis=1), 0)
+            met &= within.any(axis=1) & (tpr[np.arange(k.size), k] > 0)
+        elif target_sensitivity is None:
+            youden = np.rint(tpr * positives) * negatives - np.rint(fpr * negatives) * positives
+            k = np.argmax(np.where(present, youden, -np.inf), axis=1)
+        else:
+            k = np.argmax(tpr >= target_sensitivity, axis=1)  # the first column to reach it carries a positive film
+        # the next lower score a film of the resample carries, 0 where none does
+        later = np.where(present & (columns > k[:, None]), columns, scores.size)
+        below = later.min(axis=1)
+        deciding = scores[k]
+        lower = np.where(below < scores.size, scores[np.minimum(below, scores.size - 1)], 0.0)
+        midway = (deciding + lower) / 2
+        # as choose_threshold: two scores one float apart have no number between them
+        picked = np.where((lower < midway) & (midway <= deciding), midway, deciding)
+        chosen.append(np.where(met, picked, np.nan))
+    return np.concatenate(chosen), one_class
 
 
 def describe_policy(target_sensitivity: float | None, max_false_positive_rate: float | None) -> str:
