@@ -190,6 +190,32 @@ def test_dicom_without_preamble_is_read_like_the_file_flow(
     assert r.json()["probability"] == pytest.approx(expected, abs=1e-4)
 
 
+def upload_named_by_extended_filename(client: TestClient, data: bytes, content_type: str,
+                                      disposition: str) -> httpx.Response:
+    """The film in a part whose Content-Disposition ends in ``disposition`` (raw, as a client sends it)."""
+    body = (f'--b\r\nContent-Disposition: form-data; name="file"; {disposition}\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n--b--\r\n"
+    return client.post("/v1/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+
+
+def test_a_file_named_only_by_its_extended_filename_is_read_by_that_name(client: TestClient, xray: bytes) -> None:
+    """A part naming its file by RFC 5987's ``filename*=`` alone (RFC 7578 asks senders not to, some do) was read as
+    a text field and refused as 'the field 'file' holds text (a part without a filename)'. It is the file it
+    says, under its decoded name: a DICOM without its preamble named ``scané.dcm`` so is read as DICOM."""
+    plain = upload(client, xray).json()["probability"]
+    r = upload_named_by_extended_filename(client, xray, "image/jpeg", "filename*=UTF-8''film%C3%A9.jpeg")
+    assert r.status_code == 200, r.text
+    assert r.json()["probability"] == pytest.approx(plain, abs=1e-6)
+    dicom = dicom_bytes(read_gray(xray).astype(np.uint16) * 16, preamble=False)
+    r = upload_named_by_extended_filename(client, dicom, "application/octet-stream",
+                                          "filename*=UTF-8''scan%C3%A9.dcm")
+    assert r.status_code == 200, r.text
+    assert r.json()["probability"] == pytest.approx(upload(client, dicom, "application/dicom").json()["probability"],
+                                                    abs=1e-6)
+    assert_error(upload_named_by_extended_filename(client, dicom, "application/octet-stream",
+                                                   "filename*=UTF-8''scan%C3%A9.png"), 415, "named *.dcm")
+
+
 @pytest.mark.parametrize("content_type", ["application/dicom", "application/octet-stream"])
 def test_magic_bytes_win_over_a_dcm_name(client: TestClient, xray: bytes, content_type: str) -> None:
     """A PNG named .dcm (even sent as DICOM) is read as the PNG its bytes say it is, as predict reads files, not

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from email.message import Message
 
 import numpy as np
 from fastapi import Request
@@ -44,6 +45,26 @@ class _InMemoryParser(MultiPartParser):
 
     def on_end(self) -> None:
         self.ended = True
+
+    def on_headers_finished(self) -> None:
+        """A part that names its file by RFC 5987's ``filename*=`` alone (RFC 7578 asks senders not to; some
+        clients do) is the file part it says, under its decoded name: python-multipart drops that parameter, and
+        the part was read as text and refused as one without a filename."""
+        disposition = self._current_part.content_disposition
+        extended = None if b"filename" in parse_options_header(disposition)[1] else _extended_filename(disposition)
+        if extended is not None:
+            self._current_part.content_disposition = disposition + b'; filename=""'
+        super().on_headers_finished()
+        if extended is not None and self._current_part.file is not None:
+            self._current_part.file.filename = extended
+
+
+def _extended_filename(disposition: bytes) -> str | None:
+    """The file name a Content-Disposition gives in ``filename*=`` (or RFC 2231's ``filename*0*=`` pieces),
+    decoded as the standard library's e-mail parser decodes it; None without one."""
+    header = Message()
+    header["content-disposition"] = disposition.decode("latin-1")  # as python-multipart reads header bytes
+    return header.get_filename()
 
 
 async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
