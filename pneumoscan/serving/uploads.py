@@ -4,6 +4,7 @@ deadline, the content-type check, and the decode the training cache does."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections.abc import AsyncIterator
 from email.message import Message
@@ -33,6 +34,12 @@ TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x
                 "application/x-dicom": "application/dicom", "image/dicom": "application/dicom"}
 # Room for the multipart envelope (boundaries, part headers) on top of the file itself.
 ENVELOPE_BYTES = 64 * 1024
+# A film of more pixels than this (4,000 x 4,000) takes tens to hundreds of MB to decode, which glibc's allocator
+# keeps for the process once freed (four 11,468 x 11,468 16-bit PNGs left the service 220-510 MB larger): it is handed
+# back to the system after such a film's decode (:func:`release_freed_memory`). Not after every film: that made a
+# 224 px X-ray's decode 2.4 times as long, its pages faulted in again (docs/results.md, "The service's memory after a
+# large film").
+TRIM_AFTER_PIXELS = 16_000_000
 
 
 class _InMemoryParser(MultiPartParser):
@@ -170,8 +177,41 @@ async def disconnected(request: Request) -> None:
 
 def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
     """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match
-    training."""
+    training; the memory a film of over :data:`TRIM_AFTER_PIXELS` took handed back to the system after it, read or
+    refused."""
     try:
         return read_gray(data, target=size, dicom=dicom)
     except DecodeError as e:
         raise Rejected(422, f"cannot read the image: {e}") from None
+    finally:
+        if _pixels(data, dicom) > TRIM_AFTER_PIXELS:
+            release_freed_memory()
+
+
+def _pixels(data: bytes, dicom: bool) -> int:
+    """Width x height from the film's header, as the decode's reader reads it; 0 when it has none to read."""
+    reader = readers.reader_for(data[: readers.HEAD_BYTES], declared="DICOM" if dicom else None)
+    try:
+        header = reader.header(data) if reader is not None else None
+    except DecodeError:
+        return 0
+    return header["width"] * header["height"] if header else 0
+
+
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    """glibc's ``malloc_trim``; None on a C library without it (musl, macOS), whose allocator is left as it is."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the process has freed back to the system (``malloc_trim(0)``: the free pages of every arena,
+    all but the free tops of the threads' own): glibc keeps freed blocks below its mmap threshold (which rises to
+    32 MB as large blocks are freed) in their arenas, so a large decode's memory would stay with the service."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
