@@ -74,15 +74,18 @@ def real_train(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return records, json.loads(_once_per_run(tmp_path_factory, "real_train", find).read_text())
 
 
-def _xray_like(rng: np.random.Generator, size: int, sick: bool) -> np.ndarray:
-    """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them."""
+def _xray_like(rng: np.random.Generator, size: int, sick: bool, hazy: bool = False) -> np.ndarray:
+    """A synthetic grayscale 'chest': two dark lungs; pneumonia adds bright blobs inside them, and ``hazy`` a haze
+    over both lungs too (viral pneumonia's, in :func:`typed_dataset`)."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.75 - 0.45 * (np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03)
-                         + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03))
+    lungs = np.exp(-((xx - 0.32) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.68) ** 2 + (yy - 0.5) ** 2) / 0.03)
+    img = 0.75 - 0.45 * lungs
     if sick:
         for _ in range(3):
             cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.35, 0.65)
             img += 0.35 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.004)
+        if hazy:
+            img += 0.3 * lungs
     img += rng.normal(0, 0.03, img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
@@ -137,8 +140,16 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _once_per_run(tmp_path_factory, "tiny_dataset", _write_tiny_dataset)
 
 
-def _write_tiny_dataset(folder: Path, train: int = 24) -> Path:
-    """The tiny dataset's films, ``train`` a class in train/ and 8 in test/."""
+@pytest.fixture(scope="session")
+def typed_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset with a haze over the lungs of its viral pneumonia films (the same random draws: its other films
+    are the tiny dataset's), so that etiology and three-class runs learn from its films: in the tiny dataset bacteria
+    and virus are drawn alike, and such a run ranks its validation films no better than chance, which is refused."""
+    return _once_per_run(tmp_path_factory, "typed_dataset", lambda folder: _write_tiny_dataset(folder, hazy_virus=True))
+
+
+def _write_tiny_dataset(folder: Path, train: int = 24, hazy_virus: bool = False) -> Path:
+    """The tiny dataset's films, ``train`` a class in train/ and 8 in test/ (``hazy_virus``: typed_dataset's)."""
     root = folder / "chest_xray"
     rng = np.random.default_rng(0)
     for split, first, n in (("train", 0, train), ("test", 100, 8)):
@@ -148,7 +159,7 @@ def _write_tiny_dataset(folder: Path, train: int = 24) -> Path:
             sick = root / split / "PNEUMONIA" / f"person{i}_{kind}_{i}.jpeg"
             for path, is_sick in ((normal, False), (sick, True)):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(_xray_like(rng, 64, is_sick)).save(path, quality=95)
+                Image.fromarray(_xray_like(rng, 64, is_sick, hazy_virus and kind == "virus")).save(path, quality=95)
     return root
 
 
@@ -168,10 +179,11 @@ def tiny_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def tiny_etiology_bundle(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small trained bacteria-vs-virus bundle for the second prediction stage."""
+def tiny_etiology_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained bacteria-vs-virus bundle for the second prediction stage (trained on the typed dataset, whose
+    etiology a model can learn)."""
     return _once_per_run(tmp_path_factory, "tiny_etiology_bundle",
-                         lambda run: _tiny_bundle(tiny_dataset, run, "etiology"))
+                         lambda run: _tiny_bundle(typed_dataset, run, "etiology"))
 
 
 @pytest.fixture(scope="session")

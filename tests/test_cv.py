@@ -159,10 +159,10 @@ def test_a_fold_copied_in_without_its_history_is_scored_and_says_nothing_of_its_
     assert result["per_fold"][0]["last_epoch_auc"] is None and result["summary"]["last_epoch_auc"]["folds"] == 1
 
 
-def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset: Path, tmp_path: Path,
+def test_cv_of_the_multiclass_task_scores_the_three_class_decision(typed_dataset: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cv"
-    assert main(["cv", "--data", str(tiny_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
+    assert main(["cv", "--data", str(typed_dataset), "--out", str(out), "--folds", "2", "--task", "multiclass",
                  "--model", "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "1",
                  "--batch-size", "8"]) == 0
     assert "pooled out of fold, most probable class: accuracy" in capsys.readouterr().out
@@ -186,9 +186,9 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(tiny_dataset:
 
 
 @pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
-def test_cv_pooled_three_class_block_counts_patients(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_cv_pooled_three_class_block_counts_patients(typed_dataset: Path, tmp_path: Path) -> None:
     """Where patients have several films, the pooled out-of-fold three-class CIs count patients, as evaluate's do."""
-    records = discover(tiny_dataset).records
+    records = discover(typed_dataset).records
     manifest = tmp_path / "pairs.csv"
     write_manifest([dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)], manifest)
     result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False,
@@ -197,10 +197,11 @@ def test_cv_pooled_three_class_block_counts_patients(tiny_dataset: Path, tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
-def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(typed_dataset: Path,
+                                                                             tmp_path: Path) -> None:
     """A film filed twice under two patient ids is one child's: the pooled out-of-fold three-class CIs count the
     copies as one patient, by evaluate's grouping (patient_groups), not as two patients of a film each."""
-    records = discover(tiny_dataset).split("train")
+    records = discover(typed_dataset).split("train")
     original = next(r for r in records if r.subtype == "bacteria")
     copy = tmp_path / "elsewhere" / "person999_bacteria_999.jpeg"
     copy.parent.mkdir()

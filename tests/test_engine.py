@@ -376,10 +376,10 @@ def test_the_adam_plateau_recipe_trains_with_adam_and_cuts_its_rate(tiny_dataset
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--config", str(config), "--model",
                  "simple_cnn", "--no-pretrained", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
-                 "--lr", "1e-6", "--optimizer", "adam-plateau"]) == 0
+                 "--lr", "1e-3", "--optimizer", "adam-plateau"]) == 0
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
-    expected, best = [1e-6], math.inf
+    expected, best = [1e-3], math.inf
     for row in rows[:-1]:  # torch's rule: a new low is below the best by more than 1e-4 of it
         loss = float(row["val_loss"])
         expected.append(expected[-1] if loss < best * (1 - 1e-4) else expected[-1] / 2)

@@ -7,15 +7,20 @@ import dataclasses
 import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from pneumoscan.cli import main
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.card import load_card
+from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.train import check_validation_scores, train
+from pneumoscan.training.train import check_better_than_chance, check_validation_scores, train
+from tests.conftest import _xray_like
 from tests.engine_stubs import stub_state
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, lr=3e-3, val_fraction=0.25)
@@ -97,6 +102,59 @@ def test_validation_scores_certain_of_every_film_are_refused_as_a_divergence(tas
         check_validation_scores(logits, task_, stub_state())
     logits[0] /= 1e11  # one film the model is not certain of
     check_validation_scores(logits, task_, stub_state())
+
+
+@pytest.fixture(scope="module")
+def taught_backwards(module_tmp: Callable[[str], Path]) -> Path:
+    """Films whose training labels are swapped (every film that looks sick under NORMAL, every clear one under
+    PNEUMONIA) and whose val/ folder is labelled right: a model that learns train/ ranks val/ backwards."""
+    root = module_tmp("backwards") / "chest_xray"
+    rng = np.random.default_rng(0)
+    for split, first, n in (("train", 0, 24), ("val", 100, 8)):
+        for i in range(first, first + n):
+            swapped = split == "train"
+            for path, sick in ((root / split / "NORMAL" / f"IM-{i:04d}-0001.jpeg", swapped),
+                               (root / split / "PNEUMONIA" / f"person{i}_bacteria_{i}.jpeg", not swapped)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_xray_like(rng, 64, sick)).save(path, quality=95)
+    return root
+
+
+def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
+    taught_backwards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run whose best validation AUC was 0.0000 (its training labels swapped) shipped a bundle (exit 0, "validation
+    AUC 0.0000, threshold 0.2496") that predict and serve loaded. Refused (exit 2) naming the AUC, with no bundle and
+    no RUN/best (a bundle predict loads, at threshold 0.5); the history, curves and checkpoint stay."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(taught_backwards), "--out", str(run), "--val-folder", "--model", "simple_cnn",
+                 "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(r"pneumoscan train: error: no bundle written: the best epoch's weights \(epoch 1 of 1\) rank "
+                        r"the 16 validation films no better than chance \(AUC 0\.\d{4}, where 0\.5 is chance; every "
+                        rf"epoch's figures are in {re.escape(str(run / 'history.csv'))}\): check the training films' "
+                        r"labels, then train longer \(--epochs, --time-budget\) or on more films", said), said
+    assert float(re.search(r"AUC (\S+),", said)[1]) <= 0.5
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt"}
+
+
+@pytest.mark.parametrize("task, refused, taken, said", [
+    ("pneumonia", [[0, 1], [0, 2], [0, 0], [0, 3]], [[0, 0], [0, 1], [0, 2], [0, 3]], r"AUC 0\.5000"),
+    # pneumonia told from normal (AUC 1), bacteria and virus each scored below every other film: macro (1 + 0 + 0) / 3
+    ("multiclass", [[3, 1, 1], [3, 1, 1.5], [0, -5, 3], [0, -4, 3], [0, 3, -5], [0, 3, -4]],
+     [[3, 1, 1], [3, 1, 1.5], [0, 3, -5], [0, 3, -4], [0, -5, 3], [0, -4, 3]],
+     r"AUC 1\.0000, macro AUC over the 3 classes 0\.3333"),
+])  # fmt: skip
+def test_validation_figures_no_better_than_chance_are_refused(task: str, refused: list, taken: list, said: str,
+                                                              tmp_path: Path) -> None:
+    """An AUC of 0.5 exactly is chance; a three-class model is refused on its macro AUC too, which sees classes told
+    apart backwards where the AUC of its positive call (any pneumonia) cannot."""
+    task_ = get_task(task)
+    targets = np.arange(len(refused)) * len(task_.classes) // len(refused)  # two films a class
+    with pytest.raises(ValueError, match=rf"\(epoch 2 of 3\) rank the {len(targets)} validation films no better "
+                                         rf"than chance \({said}, where 0\.5 is chance;"):
+        check_better_than_chance(np.array(refused, np.float32), targets, task_, (3, 2), RunFolder(tmp_path))
+    check_better_than_chance(np.array(taken, np.float32), targets, task_, (3, 2), RunFolder(tmp_path))
 
 
 def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder_is_touched(
