@@ -335,6 +335,35 @@ def test_a_diverging_run_is_refused_at_the_step_whose_loss_is_not_finite() -> No
     assert all(torch.isfinite(p).all() for p in state.model.parameters()), "the refused step changed no weight"
 
 
+def losses_then_nan(*losses: float):
+    """A loss_fn whose steps' losses are ``losses`` (each with the stub model's gradient), then NaN."""
+    given = iter(losses)
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return loss * 0 + next(given, math.nan)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("losses, step, said", [
+    ((), 1, r"no step had moved the weights yet, so the weights of --init B gave it, not the learning rate: start "
+            r"from another bundle"),
+    ((4.2e9, 4.2e9), 3, r"the loss before the first step was already 4\.2e\+09, so the weights of --init B started "
+                        r"out of scale, not the learning rate: start from another bundle"),
+    ((0.69, 1e6), 3, r"lower the learning rate \(--lr\) and train again"),
+])  # fmt: skip
+def test_a_divergence_advises_what_was_seen(losses: tuple[float, ...], step: int, said: str) -> None:
+    """Every divergence advised a lower learning rate, even one at the first step, before any step had moved the
+    weights (an --init bundle of NaN weights), or after a first loss of 4e9 (an --init bundle of weights far out of
+    scale), which no learning rate mends. Those name where the weights started; a loss that grew from a sane start
+    names the learning rate."""
+    state = stub_state(epochs=1, batches=3)
+    state.start = ("the weights of --init B", "start from another bundle")
+    with pytest.raises(ValueError, match=rf"^training diverged at epoch 1, step {step} \(loss nan\): {said}$"):
+        fit(state, [], losses_then_nan(*losses), figures([1.0]))
+
+
 def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> None:
     said = two_gloo_ranks(rank_with_a_nan)  # the ranks import engine_stubs alone, not this module's training stack
     assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) "

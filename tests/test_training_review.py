@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pneumoscan.cli import main
 from pneumoscan.data.tasks import get_task
+from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import load_card
 from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training.config import TrainConfig, load_config
@@ -86,22 +88,47 @@ def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
 
 
 @pytest.mark.parametrize("task", ["pneumonia", "multiclass"])
-def test_validation_scores_certain_of_every_film_are_refused_as_a_divergence(task: str) -> None:
+@pytest.mark.parametrize("first_loss, advice", [
+    (0.69, r"lower the learning rate \(--lr\) and train again"),
+    (1.2e11, r"the loss before the first step was already 1\.2e\+11, so the weights of --init B started out of "
+             r"scale, not the learning rate: start from another bundle"),
+])  # fmt: skip
+def test_validation_scores_certain_of_every_film_are_refused_as_a_divergence(task: str, first_loss: float,
+                                                                              advice: str) -> None:
     """A run started from a backbone whose features are 1e12 (`--init` of a badly scaled bundle, with
     `warm_start=false`) trained one epoch at losses of 1e11 and scored every validation film exactly 0 or 1: not one
     probability for every film, so it shipped a bundle (threshold 0.5000, temperature 20 at its bound, specificity
     0.71 from two ties). Certain of every film is refused as one probability for every film is; certain of some
-    films is a model's own business."""
+    films is a model's own business. The refusal advised a lower learning rate whatever the first step's loss; a
+    first loss of 1e11 says the weights started out of scale, and names where they started."""
     task_ = get_task(task)
     logits = np.random.default_rng(0).normal(0, 1e11, (12, len(task_.classes))).astype(np.float32)
     formula = re.escape(task_.positive_formula)
-    with pytest.raises(ValueError, match=r"^training diverged at epoch 1 \(validation after step 0\): the model "
+    state = stub_state()
+    state.step, state.first_loss, state.start = 4, first_loss, ("the weights of --init B", "start from another bundle")
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 1 \(validation after step 4\): the model "
                                          rf"scores every one of the 12 validation films 0 or 1 \({formula}, logits "
-                                         r"up to \d\.\d+e\+11\), .*: lower the learning rate \(--lr\) and train "
-                                         r"again$"):
-        check_validation_scores(logits, task_, stub_state())
+                                         rf"up to \d\.\d+e\+11\), .*: {advice}$"):
+        check_validation_scores(logits, task_, state)
     logits[0] /= 1e11  # one film the model is not certain of
-    check_validation_scores(logits, task_, stub_state())
+    check_validation_scores(logits, task_, state)
+
+
+def test_a_run_that_diverges_before_its_first_step_names_its_init_bundle(tiny_bundle: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path) -> None:
+    """`--init` of a bundle whose classifier is NaN (a diverged run's, sealed as any other) stopped at step 1 with
+    "lower the learning rate", which had not acted yet. The refusal names the bundle."""
+    shutil.copytree(tiny_bundle.parent, tmp_path / "start", ignore=shutil.ignore_patterns("checkpoint.pt", "best"))
+    start = tmp_path / "start" / "bundle"
+    model, card = load_bundle(start)
+    with torch.no_grad():
+        model.get_classifier().bias.fill_(math.nan)
+    save_bundle(start, model, card)
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 1, step 1 \(loss nan\): no step had moved the "
+                                         rf"weights yet, so the weights of --init {re.escape(str(start))} gave it, not "
+                                         r"the learning rate: start from another bundle$"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "init": str(start)}), tmp_path / "run")
+    assert not (tmp_path / "run" / "bundle").exists()
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,10 @@ class State:
     stop: bool = False
     end_epoch: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # what finalisation produced, for the trackers
+    # where the weights started and what to change there: what a divergence the learning rate did not cause names
+    # (divergence_advice); train sets it to the --init bundle or the warm start's classifier
+    start: tuple[str, str] = ("the weights the model started with", "check them")
+    first_loss: float | None = None  # the loss of this run's first step, before any step moved the weights
 
     @property
     def elapsed(self) -> float:
@@ -102,6 +106,26 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+# A first loss above this is out of scale: it is the cross-entropy of weights that gave the batch's films e^-100 of
+# their own class on average, before any step. Weights that start anywhere sane (random, ImageNet's with a fitted
+# classifier, a trained bundle on new films) score a batch near log(number of classes), a few units at worst.
+OUT_OF_SCALE_LOSS = 100.0
+
+
+def divergence_advice(state: State) -> str:
+    """What a diverged run should change, from what was seen: a loss that is not finite before any step had moved
+    the weights, or a first loss already out of scale (:data:`OUT_OF_SCALE_LOSS`), comes from where the weights
+    started (``state.start``: an ``--init`` bundle, the warm start's classifier), which no learning rate mends;
+    otherwise the steps took the weights there, and a lower learning rate takes smaller ones."""
+    source, remedy = state.start
+    if state.step == 0:
+        return f"no step had moved the weights yet, so {source} gave it, not the learning rate: {remedy}"
+    if state.first_loss is not None and state.first_loss > OUT_OF_SCALE_LOSS:
+        return (f"the loss before the first step was already {state.first_loss:.3g}, so {source} started out of "
+                f"scale, not the learning rate: {remedy}")
+    return "lower the learning rate (--lr) and train again"
+
+
 def check_finite(loss: torch.Tensor, state: State) -> None:
     """Refuse a step whose loss is not finite on any rank, before it reaches the weights: a diverged run otherwise
     trains on NaN weights and only fails at validation, in sklearn's "Input contains NaN". Each rank computes its own
@@ -110,8 +134,8 @@ def check_finite(loss: torch.Tensor, state: State) -> None:
     if state.ctx.any(not bool(torch.isfinite(loss.detach()).all()), AT_EVERY_STEP):
         value = float(loss.detach())
         seen = f"loss {value:g}" if not math.isfinite(value) else "a loss that is not finite in another process"
-        raise ValueError(f"training diverged at epoch {state.epoch + 1}, step {state.step + 1} ({seen}): lower the "
-                         "learning rate (--lr) and train again")
+        raise ValueError(f"training diverged at epoch {state.epoch + 1}, step {state.step + 1} ({seen}): "
+                         f"{divergence_advice(state)}")
 
 
 @dataclass
@@ -219,6 +243,8 @@ def _step(
         logits = state.net(x)
         loss = loss_fn(logits.float(), y)
     check_finite(loss, state)
+    if state.step == 0:  # every rank's largest, so that a divergence advises the same on every rank
+        state.first_loss = max(state.ctx.gathered(float(loss.detach())))
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()

@@ -63,7 +63,7 @@ from .callbacks import (
 from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
-from .engine import Callback, State, fit
+from .engine import Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
 from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
                      save_checkpoint)
@@ -172,9 +172,10 @@ def check_validation_scores(logits: np.ndarray, task: Task, state: State) -> Non
     probability of exactly 0 or 1 for every film (saturated both ways: logits that far apart, 37 and more, give
     two ties, which no temperature calibrates), which every training loss on the way left finite. Validation failed
     on the first in the metrics' words, naming no epoch; the second was taken: a bundle at threshold 0 that called
-    every film positive; the third too, from a backbone whose features were 1e12: threshold 0.5 between the ties."""
-    where, advice = f"training diverged at epoch {state.epoch + 1} (validation after step {state.step})", (
-        "lower the learning rate (--lr) and train again")
+    every film positive; the third too, from a backbone whose features were 1e12: threshold 0.5 between the ties.
+    What to change follows what was seen (:func:`~pneumoscan.training.engine.divergence_advice`)."""
+    where = f"training diverged at epoch {state.epoch + 1} (validation after step {state.step})"
+    advice = divergence_advice(state)
     if bad := int((~np.isfinite(logits)).any(axis=1).sum()):
         raise ValueError(f"{where}: the validation logits of {bad} of {len(logits)} films are not finite: {advice}")
     pos = task.positive_probability(softmax(logits))
@@ -443,20 +444,28 @@ def validation_row(model: torch.nn.Module, d: Data, task: Task,
 
 
 def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist, imagenet: bool, fresh: list[str],
-                    resumed: dict | None) -> tuple[float, float]:
+                    resumed: dict | None) -> tuple[float, float, tuple[str, str]]:
     """On a fresh run, the warm start of an ImageNet or new (``fresh``) classifier (which layers train was set by
     :func:`build_model`). Returns
-    the run's start (``perf_counter``: the time budget covers the warm start too) and the seconds the warm start
-    took (a resumed run's own)."""
+    the run's start (``perf_counter``: the time budget covers the warm start too), the seconds the warm start
+    took (a resumed run's own), and where the weights start with what to change there (``State.start``, which a
+    divergence the learning rate did not cause names)."""
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model.to(ctx.device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
     # a bundle's own trained head is kept, not refitted
-    if resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head"):
+    warmed = resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head")
+    if warmed:
         warm_start(model, d.plain, d.class_weights, cfg.eval_batch_size, ctx)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
-    return t0, warm_s
+    if cfg.init is not None:  # a new classifier warm-started on its features starts from the bundle too
+        start = f"the weights of --init {shown(cfg.init)}", "start from another bundle"
+    elif warmed:
+        start = "the classifier the warm start fitted", "train with --set warm_start=false"
+    else:
+        start = f"{cfg.model}'s starting weights", "check the films with `pneumoscan audit DATA`"
+    return t0, warm_s, start
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist,
@@ -550,12 +559,13 @@ def train(
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
     d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected)
-    t0, warm_s = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
+    t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
     optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
     hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
                                      callbacks)
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision)
+    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision,
+                  start=start)
     if resumed is not None:
         restore(state, resumed, stateful, checkpoint_path)
     fit(state, hooks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
