@@ -27,10 +27,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pneumoscan.core.digests import json_sha256
+from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_gray
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
-from pneumoscan.models.card import ONNX_NAME, load_card, save_card
+from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
@@ -134,6 +136,24 @@ def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
     assert info["max_upload_bytes"] == 20 * MB
     assert info["etiology"] is None
     assert "train_config" not in info  # may hold local paths; not for a public endpoint
+
+
+def test_each_reading_names_the_card_it_was_read_with(client: TestClient, tiny_bundle: Path, xray: bytes,
+                                                     tmp_path: Path) -> None:
+    """Restarted with the same weights and threshold and another card (an appearance record added: the content check
+    on), the service answered the same model id, version and threshold: a client holding the card before could not
+    tell its readings from those of that card. Each reading names the card it was read with: /v1/model's
+    card_digest, the SHA-256 of the card's other fields."""
+    info = client.get("/v1/model").json()
+    digest = info.pop("card_digest")
+    assert digest == json_sha256(info)
+    assert upload(client, xray).json()["card_digest"] == digest
+    checked = shutil.copytree(tiny_bundle, tmp_path / "checked")
+    save_appearance(checked, Appearance(np.zeros(LAYOUT_SIDE**2), np.eye(LAYOUT_SIDE**2), 10.0, (-3.0, -1.0), 60.0))
+    with TestClient(create_app(checked)) as restarted:
+        again, reading = restarted.get("/v1/model").json(), upload(restarted, xray).json()
+    assert (again["id"], again["version"], again["threshold"]) == (info["id"], info["version"], info["threshold"])
+    assert reading["card_digest"] == again["card_digest"] != digest
 
 
 def test_openapi_schema_documents_the_api(client: TestClient) -> None:

@@ -4,6 +4,7 @@ a figure is on) and, for the records that hold the bare hex (an ONNX sidecar's),
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from pneumoscan.core.files import open_regular
@@ -14,6 +15,12 @@ PREFIX = "sha256:"
 def bytes_sha256(data: bytes) -> str:
     """``sha256:HEX`` of ``data``."""
     return PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def json_sha256(value: object) -> str:
+    """``sha256:HEX`` of ``value`` in one canonical JSON spelling (sorted keys, no spaces), so that key order and
+    indentation do not matter and every value does."""
+    return bytes_sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
 
 
 def file_sha256(path: Path | str) -> str:

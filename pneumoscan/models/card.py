@@ -32,7 +32,7 @@ from typing_extensions import NotRequired, TypedDict  # pydantic reads typing.Ty
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.digests import bytes_sha256, file_sha256
+from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
 from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
 from pneumoscan.core.names import is_utf8, shown
@@ -291,8 +291,7 @@ def read_bundle_json(path: Path) -> object:
 def _card_digest(fields: Mapping[str, object]) -> str:
     """``sha256:HEX`` of a card's fields (not its checksum) in one canonical spelling, so that the key order and
     indentation of the file do not matter and every value does."""
-    canonical = json.dumps({k: v for k, v in fields.items() if k != CHECKSUM}, sort_keys=True, separators=(",", ":"))
-    return bytes_sha256(canonical.encode())
+    return json_sha256({k: v for k, v in fields.items() if k != CHECKSUM})
 
 
 def save_card(directory: Path | str, card: BundleCard) -> None:

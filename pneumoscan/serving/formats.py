@@ -67,6 +67,9 @@ class Prediction(StageResult):
     view: str | None = Field(None, description="DICOM uploads: ViewPosition (or the view code's meaning)")
     modality: str | None = Field(None, description="DICOM uploads: Modality")
     study_date: str | None = Field(None, description="DICOM uploads: StudyDate, ISO 8601")
+    card_digest: str = Field(description="the card_digest of the /v1/model answer of the service that read the film: "
+                             "a reading whose card_digest is not that of the card a client holds was read by another "
+                             "model, threshold or card (the service restarted with another bundle)")
 
 
 class ModelInfo(BaseModel):
@@ -118,6 +121,9 @@ class ServiceInfo(ModelInfo):
     etiology: ModelInfo | None = Field(description="the second stage's card (its task: etiology, or one of your own); "
                                        "null when the service has none")
     max_upload_bytes: int
+    card_digest: str = Field(description="sha256:HEX of this answer's other fields as JSON with sorted keys and no "
+                             "spaces, named by each reading (/v1/predict): whether a reading was read with this "
+                             "card, its second stage, image content check and upload limit included")
 
 
 class Health(BaseModel):

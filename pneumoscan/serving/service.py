@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pneumoscan.core.atomic import file_stamp
+from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
@@ -146,6 +147,12 @@ class Service:
         self.faults: list[str] = []  # once a model gives a non-finite score it is broken until a restart
         self.heatmap_fault: str | None = None  # once Grad-CAM's model cannot be built, until a restart
         self.on_disk = [OnDisk(bundle), *([OnDisk(etiology)] if etiology is not None else [])]
+        # the cards as served, fixed for the service's life; its digest goes with each reading, so that a client
+        # tells a reading of another card (a restart with other files beside the same weights and threshold)
+        second = self.second.info() if self.second else None
+        served = {**self.main.info().model_dump(), "etiology": second and second.model_dump(),
+                  "max_upload_bytes": self.max_bytes}
+        self.card = ServiceInfo(**served, card_digest=json_sha256(served))
 
     def close(self) -> None:
         for stage in (self.main, self.second):
@@ -175,8 +182,7 @@ class Service:
         return Health(status="ok", model_id=model_id)
 
     def info(self) -> ServiceInfo:
-        etiology = self.second.info() if self.second else None
-        return ServiceInfo(**self.main.info().model_dump(), etiology=etiology, max_upload_bytes=self.max_bytes)
+        return self.card
 
     async def predict(self, request: Request, heatmap: bool | str, want_image: bool, format: str) -> Response:
         """The answer to one upload, in its lanes: refused at once (503) when a lane is full, and for good once a
@@ -317,5 +323,6 @@ class Service:
                                            dicom, png, scope["model_id"], scope["model_version"],
                                            main.predictor.backend)  # the backend: identity too
         film = png_data_url(panel_png(shown)) if shown is not None else None
-        body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film)
+        body = Prediction(**reading, etiology=second_result, heatmap=png_data_url(png) if png else None, image=film,
+                          card_digest=self.card.card_digest)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
