@@ -867,12 +867,12 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     model served alone: its bacteria, given for a normal film too, read as an all-clear in green."""
     shown = page.evaluate("""() => {
         // read by a model with the check (the tiny test bundle has none)
-        const colouring = { contentChecked: true, followsAnother: false };
+        const readWith = { contentChecked: true, followsAnother: false };
         const r = (label, inScope, near) => ({ label, positive: 'PNEUMONIA', in_scope: inScope, near_threshold: near,
             probability: 0.6, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
         films.push(...[['clear', r('PNEUMONIA', true, false)], ['near', r('PNEUMONIA', true, true)],
             ['near normal', r('NORMAL', true, true)], ['lateral', r('PNEUMONIA', false, true)]]
-            .map(([name, result]) => ({ name, result, status: 'done', colouring })));
+            .map(([name, result]) => ({ name, result, status: 'done', readWith })));
         renderList();
         return [...document.querySelectorAll('#films tbody tr')].map((row) => {
             const cell = row.cells[1], style = getComputedStyle(cell);
@@ -884,11 +884,11 @@ def test_the_list_colours_a_reading_as_the_panel_does(page: Page) -> None:
     for name in ("near", "near normal", "lateral"):  # neither red nor green, not bold
         r, g, b = map(int, re.findall(r"\d+", looks[name][1])[:3])
         assert max(r, g, b) - min(r, g, b) < 40 and int(looks[name][2]) < 700, shown
-    unchecked = page.evaluate("""() => { films[0].colouring = { contentChecked: false, followsAnother: false };
+    unchecked = page.evaluate("""() => { films[0].readWith = { contentChecked: false, followsAnother: false };
         renderList();
         return document.querySelector('#films tbody tr').cells[1].className; }""")
     assert unchecked == "indeterminate"  # the clear call, from a model without the content check
-    second_alone = page.evaluate("""() => { films[0].colouring = { contentChecked: true, followsAnother: true };
+    second_alone = page.evaluate("""() => { films[0].readWith = { contentChecked: true, followsAnother: true };
         renderList();
         return document.querySelector('#films tbody tr').cells[1].className; }""")
     assert second_alone == "indeterminate"  # from an etiology model served alone

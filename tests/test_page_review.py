@@ -15,11 +15,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
@@ -175,7 +177,6 @@ def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Pag
     """The panel said "Etiology: virus (..., near the threshold)", but the list gave "virus (P(virus) = 0.410)" and
     the CSV "virus", as plainly as a clear call: both qualify it, as they do the first stage's reading."""
     listed, exported = page.evaluate("""() => {
-        secondTask = 'etiology';
         const stage = (near) => ({ task: 'etiology', label: 'virus', positive: 'virus', probability: 0.41,
             threshold: 0.4, near_threshold: near, in_scope: true, warnings: [] });
         const result = (near) => ({ label: 'PNEUMONIA', positive: 'PNEUMONIA', in_scope: true, near_threshold: false,
@@ -196,7 +197,6 @@ def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list
     """The first stage read "out of scope (PNEUMONIA)" in grey, while its second stage's "virus" was listed,
     exported and shown in the panel as a plain call: it read the same film, and applies no more."""
     listed, exported, panel = page.evaluate("""() => {
-        secondTask = 'etiology';
         const film = { name: 'ct.dcm', status: 'done', dicom: true, result: { label: 'PNEUMONIA',
             positive: 'PNEUMONIA', in_scope: false, near_threshold: false, probability: 0.9, threshold: 0.5,
             warnings: ['modality CT: not a radiograph'], model_id: 'm', probabilities: {},
@@ -240,24 +240,36 @@ def test_a_key_typed_and_a_film_dropped_at_once_load_the_card_first(browser: Bro
 
 
 @contextmanager
-def restarted(browser: Browser, first: Path, then: Path, before: Callable[[Page], None] = lambda page: None
-              ) -> Iterator[Page]:
-    """A page opened on a service of bundle ``first`` (and ``before`` done on it), the service then restarted on the
-    same port with ``then``."""
+def opened(browser: Browser, first: FastAPI, before: Callable[[Page], None] = lambda page: None) -> Iterator[Page]:
+    """A page opened on the service ``first`` (and ``before`` done on it), that service then stopped."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        with contextmanager(run_server)(create_app(first)) as url:
+        with contextmanager(run_server)(first) as url:
             page.goto(url)
             expect(page.locator("#intended-use")).not_to_be_empty()
             before(page)
-        port = int(url.rsplit(":", 1)[1])
-        config = uvicorn.Config(create_app(then), host="127.0.0.1", port=port, log_level="warning")
-        with running(uvicorn.Server(config)):
-            yield page
+        yield page
     finally:
         context.close()
+
+
+@contextmanager
+def serving_again(page: Page, app: FastAPI) -> Iterator[None]:
+    """``app`` served on the port of the service ``page`` was opened on: that service restarted with another bundle."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=urlsplit(page.url).port, log_level="warning")
+    with running(uvicorn.Server(config)):
+        yield
+
+
+@contextmanager
+def restarted(browser: Browser, first: Path, then: Path, before: Callable[[Page], None] = lambda page: None
+              ) -> Iterator[Page]:
+    """A page opened on a service of bundle ``first`` (and ``before`` done on it), the service then restarted on the
+    same port with ``then``."""
+    with opened(browser, create_app(first), before) as page, serving_again(page, create_app(then)):
+        yield page
 
 
 def test_a_reading_at_another_threshold_is_drawn_with_that_thresholds_card(browser: Browser, tiny_bundle: Path,
@@ -355,7 +367,6 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
     warnings follow the film's, named by its stage, in the panel, the list and the CSV."""
     unlike = "image content: blurrier than the training films"
     listed, exported, panel, shown, heard, sorted_by = page.evaluate("""(unlike) => {
-        secondTask = 'etiology';
         const film = { name: 'a.jpeg', status: 'done', result: { label: 'PNEUMONIA', positive: 'PNEUMONIA',
             in_scope: true, near_threshold: false, probability: 0.9, threshold: 0.5, warnings: ['no DICOM tags'],
             model_id: 'm', probabilities: {}, etiology: { task: 'etiology', label: 'virus', positive: 'virus',
@@ -491,32 +502,77 @@ def test_a_film_being_decoded_shows_no_other_film_under_its_reading(page: Page, 
 
 
 def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new_card(
-        browser: Browser, tiny_bundle: Path, small: Path, data_root: Path, tmp_path: Path) -> None:
+        browser: Browser, tiny_bundle: Path, tiny_etiology_bundle: Path, small: Path, data_root: Path,
+        tmp_path: Path) -> None:
     """A film read before the service restarted with another threshold, shown again from the list after a film read
     since loaded the new card, was drawn with that card: its threshold of 0.475 beside the new threshold's hatched
-    interval, 0.250 to 0.500 (and a heatmap's legend would be the new card's scale). It is refused with why. Its row
+    interval, 0.250 to 0.350 (and a heatmap's legend would be the new card's scale). It is refused with why. Its row
     in the list was coloured by the new card's content check: read by a model without one (left uncoloured), it
-    turned red or green as a clear call once the card of a model with the check had loaded."""
-    other = tmp_path / "rethresholded"
-    shutil.copytree(tiny_bundle, other)
-    save_card(other, at_threshold(load_card(other), threshold=0.3, threshold_interval=[0.25, 0.5]))
-    # a record of its training films' appearance: a model with the content check (what it flags matters not here)
+    turned red or green as a clear call once the card of a model with the check had loaded.
+    Restarted again with the same weights and threshold and another card (no appearance record: the check off), the
+    page kept the card with the check, and coloured the new readings as clear calls: each reading names the card it
+    was read with (card_digest). The list and its CSV gave the second stage's column from the card loaded: a film
+    read without a second stage was "not run" under a card with one, and the second stage's readings vanished under
+    a card without one."""
+    unchecked = shutil.copytree(tiny_bundle, tmp_path / "unchecked")  # another threshold, no appearance record
+    save_card(unchecked, at_threshold(load_card(unchecked), threshold=0.3, threshold_interval=[0.25, 0.35]))
+    other = shutil.copytree(unchecked, tmp_path / "checked")  # the same weights and threshold, and a record of its
+    # training films' appearance: a model with the content check (what it flags matters not here)
     save_appearance(other, Appearance(np.zeros(LAYOUT_SIDE**2), np.eye(LAYOUT_SIDE**2), 10.0, (-3.0, -1.0), 60.0))
-    with restarted(browser, tiny_bundle, other, lambda page: test_page.upload_one(page, small)) as page:
-        first = page.locator("#films tbody tr", has_text=small.name).locator("td").nth(1)
-        expect(first).to_have_class("indeterminate")
-        assert page.evaluate("() => !films[0].result.near_threshold && films[0].result.in_scope")  # else uncoloured
-        later = other_film(data_root)
-        test_page.upload_one(page, later)
-        expect(page.locator("#card")).to_contain_text("0.300 (")
-        expect(page.locator("#card")).to_contain_text("on: films unlike the training films are flagged")
-        expect(first).to_have_class("indeterminate")
-        page.get_by_role("button", name=f"show {small.name}").click()
-        expect(page.get_by_role("alert")).to_contain_text("Not shown: the reading is of the model ")
-        expect(page.get_by_role("alert")).to_contain_text(
-            f"at threshold {load_card(tiny_bundle).threshold:.3f}, not of the model this page describes")
-        expect(page.locator("#result")).to_be_hidden()
-        assert page.evaluate("() => current === null")
-        page.get_by_role("button", name=f"show {later.name}").click()  # a reading of the card shown is shown
-        expect(page.locator("#result")).to_be_visible()
-        expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.500")
+    with opened(browser, create_app(tiny_bundle), lambda page: test_page.upload_one(page, small)) as page:
+        rows = page.locator("#films tbody tr")
+        first = rows.nth(0).locator("td").nth(1)
+        with serving_again(page, create_app(other, etiology=tiny_etiology_bundle)):
+            expect(first).to_have_class("indeterminate")
+            assert page.evaluate("() => !films[0].result.near_threshold && films[0].result.in_scope")  # else uncoloured
+            later = other_film(data_root)
+            test_page.upload_one(page, later)
+            expect(page.locator("#card")).to_contain_text("0.300 (")
+            expect(page.locator("#card")).to_contain_text("on: films unlike the training films are flagged")
+            expect(first).to_have_class("indeterminate")
+            page.get_by_role("button", name=f"show {small.name}").click()
+            expect(page.get_by_role("alert")).to_contain_text("Not shown: the reading is of the model ")
+            expect(page.get_by_role("alert")).to_contain_text(
+                f"at threshold {load_card(tiny_bundle).threshold:.3f}, not of the model this page describes")
+            expect(page.locator("#result")).to_be_hidden()
+            assert page.evaluate("() => current === null")
+            page.get_by_role("button", name=f"show {later.name}").click()  # a reading of the card shown is shown
+            expect(page.locator("#result")).to_be_visible()
+            expect(page.locator("#bar-key")).to_contain_text("0.250 to 0.350")
+            assert page.evaluate("() => films[1].result.label === 'PNEUMONIA'")  # so the second stage read it
+            etiology = rows.nth(1).locator("td").nth(3).inner_text()
+            assert re.fullmatch(r"(bacteria|virus) \(P\(virus\) = [01]\.\d{3}(, near the threshold)?\)", etiology)
+            expect(rows.nth(0).locator("td").nth(3)).to_have_text("no second stage")  # its model had none
+        with serving_again(page, create_app(unchecked)):
+            page.click("#heatmap-button")  # the film on screen was read with the card before: not its map
+            expect(page.get_by_role("alert")).to_contain_text(
+                "Heatmap not computed: the service now runs the model simple_cnn-pneumonia-")
+            expect(page.get_by_role("alert")).to_contain_text("with another card than the one that read this film")
+            expect(page.locator("#legend")).to_be_hidden()
+            test_page.upload_one(page, small)
+            expect(page.locator("#card")).to_contain_text("off: this bundle records no appearance")
+            assert page.evaluate("() => !films[2].result.near_threshold && films[2].result.in_scope")
+            expect(rows.nth(2).locator("td").nth(1)).to_have_class("indeterminate")
+            expect(rows.nth(1).locator("td").nth(3)).to_have_text(etiology)  # each film's own second stage
+            expect(rows.nth(2).locator("td").nth(3)).to_have_text("no second stage")
+            page.get_by_role("button", name=f"show {later.name}").click()
+            expect(page.get_by_role("alert")).to_contain_text("with another card")
+            with page.expect_download() as download:
+                page.click("#export")
+            exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [line["etiology_label"] for line in exported] == ["", etiology.split()[0], ""]
+
+
+def test_each_row_of_the_csv_gives_the_classes_of_the_model_that_read_it(page: Page) -> None:
+    """The CSV's probability_<class> columns were those of the card loaded: a film read by a three-class model before
+    the service restarted with a two-class one lost its classes' probabilities. Each reading gives its own."""
+    exported = page.evaluate("""() => {
+        const r = (probabilities) => ({ label: 'PNEUMONIA', positive: 'pneumonia', in_scope: true,
+            near_threshold: false, probability: 0.8, threshold: 0.5, warnings: [], model_id: 'm', probabilities });
+        films.push({ name: 'three.jpeg', status: 'done', result: r({ normal: 0.2, bacteria: 0.7, virus: 0.1 }) },
+                   { name: 'two.jpeg', status: 'done', result: r({ NORMAL: 0.2, PNEUMONIA: 0.8 }) });
+        return csv(); }""")
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(exported))}
+    classes = {name: value for name, value in rows["three.jpeg"].items() if name.startswith("probability_")}
+    assert classes == {"probability_normal": "0.2", "probability_bacteria": "0.7", "probability_virus": "0.1"}
+    assert all(rows["two.jpeg"][name] == "" for name in classes)

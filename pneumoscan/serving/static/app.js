@@ -5,32 +5,30 @@
 
 const $ = (id) => document.getElementById(id);
 let maxUploadBytes = null;
-// the task of the service's second stage (etiology, or one of a site's own), null without one: the list and its CSV
-// carry its reading, under its name
-let secondTask = null;
-let secondPositive = null;  // its positive class, which names its probability's CSV column as predict's results do
 let thresholdInterval = null;  // [low, high]: the 95 % confidence interval of the threshold
 // what the model's heatmaps show and on which scale, in the service's words (GET /v1/model: heatmap_caption, the
 // overlay's caption; heatmap_top and heatmap_top_spoken, the top of the colour scale shown and said; heatmap_negative
 // and heatmap_empty, what the overlay's caption adds for a film read as negative and for an empty map); null until
 // the card is loaded: the page has no words of its own for a scale it does not know
 let heatmapWords = null;
-// the model the card on the page describes ("id version"): a reading of another (the service restarted with another
-// bundle) was drawn with this card's threshold band and heatmap legend
+// the card on the page: its card_digest, which each reading names (/v1/predict), so a reading of another card (the
+// service restarted with another bundle, threshold or appearance record, under the same weights and threshold too)
+// is never drawn with this one's threshold band, heatmap legend or colouring; and the model ("id version") and
+// threshold it describes, which a refusal names
+let cardDigest = null;
 let cardModel = null;
-// the threshold of that card: a bundle given another threshold (`pneumoscan threshold`) keeps its weights, and so its
-// id and version, and its readings were drawn with the band and key of the threshold before
 let cardThreshold = null;
-// what the card says of whether the model's readings may be coloured as clear calls (lookOf): contentChecked, whether
-// it checks a film's content against its training films' (the card's content_checked: without the check, noise or a
-// form is read as confidently as a film), and followsAnother, an etiology model served alone (bacteria is no
-// all-clear). A new object for each card loaded, kept with each reading as it comes (a film's colouring): a film
-// read before the service restarted with another model was coloured by the new model's card. null until a card loads.
-let colouring = null;
-let classColumns = [];  // a model of more than two classes: its classes, whose probabilities the panel and CSV give
+// what the card says of its model's readings, kept with each reading as it comes (a film's readWith): a film read
+// before the service restarted with another model was coloured, and its second stage listed, by the new card.
+// contentChecked, whether the model checks a film's content against its training films' (content_checked: without
+// the check, noise or a form is read as confidently as a film), and followsAnother, an etiology model served alone
+// (bacteria is no all-clear): whether its readings may be coloured as clear calls (lookOf); second, the service's
+// second stage ({task, positive}: etiology, or one of a site's own), null without one; classes, the model's classes
+// when it has more than two (the CSV gives each one's probability). null until a card loads.
+let readWith = null;
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
-const films = [];  // {id, name, file, dicom, shown, status, result, error, colouring, cam}
+const films = [];  // {id, name, file, dicom, shown, status, result, error, readWith, cam}
 let current = null;
 let sortKey = null;
 let sortAscending = true;
@@ -87,21 +85,19 @@ function showError(message, keepResult = false) {
 }
 
 function showCard(info) {
+  cardDigest = info.card_digest;
   cardModel = `${info.id} ${info.version}`;
   cardThreshold = info.threshold;
-  colouring = { contentChecked: info.content_checked, followsAnother: info.follows.length > 0 };
+  readWith = { contentChecked: info.content_checked, followsAnother: info.follows.length > 0,
+    second: info.etiology ? { task: info.etiology.task, positive: info.etiology.positive } : null,
+    classes: info.classes.length > 2 ? info.classes : [] };
   maxUploadBytes = info.max_upload_bytes;
-  secondTask = info.etiology ? info.etiology.task : null;
-  secondPositive = info.etiology ? info.etiology.positive : null;
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
-  classColumns = info.classes.length > 2 ? info.classes : [];
   heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken,
     negative: info.heatmap_negative, empty: info.heatmap_empty };
   $("legend-top").textContent = heatmapWords.top;
   $("legend-bar").setAttribute("aria-label",
     `colour scale, viridis: dark purple is low, yellow is ${heatmapWords.spoken}`);
-  $("etiology-column").hidden = !secondTask;
-  if (secondTask) $("etiology-column").querySelector("button").textContent = titled(secondTask);
   renderList();
   const m = info.val_metrics || {};
   const rows = [
@@ -244,7 +240,7 @@ function labelText(r) {
 // from a model no card on the page described when it read the film (which of those it is, is not known).
 function lookOf(film) {
   const r = film.result;
-  const kept = film.colouring;
+  const kept = film.readWith;
   if (!r.in_scope) return "out-of-scope";
   if (r.near_threshold || !kept || !kept.contentChecked || kept.followsAnother) return "indeterminate";
   return r.label === r.positive ? "positive" : "negative";
@@ -265,13 +261,21 @@ function announcement(r) {
     `${warnings}.${second}`;
 }
 
+// The classes of reading r's model when it has more than two (its probabilities, in the model's class order), else
+// none: the reading says them, whatever card was loaded since
+function classesOf(r) {
+  const classes = Object.keys(r.probabilities);
+  return classes.length > 2 ? classes : [];
+}
+
 // A model of more than two classes labels its first class against the rest at the threshold (normal vs pneumonia):
 // each class's probability and the most probable one, a rule of its own that can name another class, are said beside.
 function classesText(r) {
   const p = r.probabilities;
-  const top = classColumns.reduce((best, c) => (p[c] > p[best] ? c : best));
-  return `Most probable class: ${top} (${classColumns.map((c) => `P(${c}) = ${figure(p[c])}`).join(", ")}); the ` +
-    `reading is ${classColumns[0]} vs ${r.positive} at the threshold, not the most probable class.`;
+  const classes = classesOf(r);
+  const top = classes.reduce((best, c) => (p[c] > p[best] ? c : best));
+  return `Most probable class: ${top} (${classes.map((c) => `P(${c}) = ${figure(p[c])}`).join(", ")}); the ` +
+    `reading is ${classes[0]} vs ${r.positive} at the threshold, not the most probable class.`;
 }
 
 // What the heatmap is, said beside it: the overlay's caption (/v1/model's heatmap_caption); and, as the overlay's
@@ -312,7 +316,7 @@ function showResult(film) {
   const r = film.result;
   // a film read before the service restarted with another bundle or threshold, shown again from the list, was drawn
   // with the card loaded since: another threshold's band, another heatmap scale
-  if (cardModel !== null && !ofTheCard(r)) {
+  if (cardDigest !== null && !ofTheCard(r)) {
     return showError(`Not shown: ${notOfTheCard(r)}: choose the film again to have it read by the model described`);
   }
   $("error").hidden = true;
@@ -338,8 +342,8 @@ function showResult(film) {
     `${labelText(r)}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
   $("probability").textContent =
     `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
-  $("classes").hidden = classColumns.length === 0;
-  $("classes").textContent = classColumns.length ? classesText(r) : "";
+  $("classes").hidden = classesOf(r).length === 0;
+  $("classes").textContent = classesOf(r).length ? classesText(r) : "";
   $("etiology").hidden = !r.etiology;
   if (r.etiology) [$("etiology").textContent, $("etiology").className] = secondLine(r);
   showWarnings(allWarnings(r), r.in_scope);
@@ -742,10 +746,12 @@ $("heatmap-button").addEventListener("click", async () => {
   $("heatmap-button").disabled = true;
   let body = await post(film.file, "heatmap=map");
   // the map of another model than the one that read the film (the service restarted with another bundle) was drawn
-  // as this reading's evidence
-  if (body.ok && modelOf(body.result) !== modelOf(film.result)) {
-    body = { ok: false, error: `the service now runs the model ${modelOf(body.result)}, not the model that read ` +
-      `this film (${modelOf(film.result)}): reload the page and choose the film again` };
+  // as this reading's evidence; one of another card of it, under this card's legend (its heatmap scale)
+  if (body.ok && body.result.card_digest !== film.result.card_digest) {
+    const runs = modelOf(body.result) !== modelOf(film.result) ? `the model ${modelOf(body.result)}, not the model`
+      : `the model ${modelOf(body.result)} with another card than the one`;
+    body = { ok: false, error: `the service now runs ${runs} that read this film (${modelOf(film.result)}): ` +
+      "reload the page and choose the film again" };
   }
   if (body.ok) film.cam = body.result.heatmap;
   // another film (or a refusal) is on screen now: its status and error are not this reply's to change
@@ -939,7 +945,7 @@ let uploads = Promise.resolve();
 function analyse(files) {
   const batch = Array.from(files || []).map((file) => ({
     id: films.length + Math.random(), name: file.name, file, dicom: false, shown: true, status: "waiting",
-    result: null, error: null, colouring: null, cam: null, unread: false, empty: false,
+    result: null, error: null, readWith: null, cam: null, unread: false, empty: false,
   }));
   if (!batch.length) return;
   films.push(...batch);
@@ -958,11 +964,11 @@ async function analyseBatch(batch) {
     if (!problem) Object.assign(film, await sniff(film.file));
     let body = problem ? { ok: false, error: problem } : await post(film.file, film.shown ? "" : "image=true");
     // no card at all: the reading is shown without one (no band, no heatmap), as when the card could not load
-    if (body.ok && cardModel !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
+    if (body.ok && cardDigest !== null && !ofTheCard(body.result)) body = await withItsCard(body.result);
     film.status = body.ok ? "done" : body.unread ? "unread" : "rejected";
     film.result = body.ok ? body.result : null;
     film.error = body.ok ? null : body.error;
-    film.colouring = body.ok ? colouring : null;  // the card of the model that read it, or none (ofTheCard)
+    film.readWith = body.ok ? readWith : null;  // the card of the model that read it, or none (ofTheCard)
     renderList();
     outcome[!body.ok ? film.status : body.result.in_scope ? "read" : "outside"] += 1;
     if (body.ok) showResult(film);
@@ -975,13 +981,14 @@ function modelOf(r) {
   return `${r.model_id} ${r.model_version}`;
 }
 
-// Whether the card on the page is that of the model, and the threshold, that gave reading r
+// Whether the card on the page is the one reading r was read with: its model and threshold, and all else the card
+// says (a bundle given or rid of its appearance record keeps its weights, and so its id and version, and threshold)
 function ofTheCard(r) {
-  return modelOf(r) === cardModel && r.threshold === cardThreshold;
+  return r.card_digest === cardDigest;
 }
 
-// A reading of another model, or threshold, than the card shown: the service was restarted with another bundle. Its
-// card is loaded before the reading is drawn (its threshold's band, its heatmap scale); a reading no card matches is
+// A reading of another card than the one shown: the service was restarted with another bundle. Its card is loaded
+// before the reading is drawn (its threshold's band, its heatmap scale, its colouring); a reading no card matches is
 // refused.
 async function withItsCard(result) {
   await loadCard();
@@ -989,10 +996,13 @@ async function withItsCard(result) {
   return { ok: false, error: `${notOfTheCard(result)}: reload the page` };
 }
 
-// Why reading r is not drawn with the card on the page
+// Why reading r is not drawn with the card on the page: another model or threshold, else another card of them
 function notOfTheCard(r) {
-  return `the reading is of the model ${modelOf(r)} at threshold ${figure(r.threshold)}, not of the model this ` +
-    `page describes (${cardModel} at threshold ${figure(cardThreshold)})`;
+  const read = `${modelOf(r)} at threshold ${figure(r.threshold)}`;
+  const shown = `${cardModel} at threshold ${figure(cardThreshold)}`;
+  if (read !== shown) return `the reading is of the model ${read}, not of the model this page describes (${shown})`;
+  return `the reading is of the model ${read} with another card (${r.card_digest}) than the one this page ` +
+    `describes (${cardDigest}: its image content check, second stage or upload limit differs)`;
 }
 
 // After several films, what became of them: each reading's announcement was overtaken by the next "Analysing",
@@ -1019,6 +1029,22 @@ function value(film, key) {
   if (key === "probability") return film.result.probability;
   if (key === "etiology") return film.result.etiology ? film.result.etiology.probability : -1;
   return allWarnings(film.result).length;
+}
+
+// The second stage of the service that read a film ({task, positive}): its reading names it, else the card it was read
+// with (a film the first stage did not hand over); null where that card has none, or none had loaded
+function stageOf(film) {
+  const e = film.result && film.result.etiology;
+  if (e) return { task: e.task, positive: e.positive };
+  return film.result && film.readWith ? film.readWith.second : null;
+}
+
+// The second stages the list and its CSV carry: the card's on the page and those each film was read with, one of each
+// task. Taken from the card loaded alone, a restart hid the readings of the stage before, or listed those read with
+// none as "not run".
+function secondStages() {
+  const stages = [readWith && readWith.second, ...films.map(stageOf)].filter(Boolean);
+  return stages.filter((stage, i) => stages.findIndex((s) => s.task === stage.task) === i);
 }
 
 // The second stage's reading, as the result panel gives it; it runs only on the films the first stage hands over
@@ -1048,8 +1074,21 @@ function sorted() {
   });
 }
 
+// A film's cell in the list's second-stage column: its own stage's reading, named by its task when the column holds
+// those of several; "no second stage" where the service that read it had none, "not known" where no card had loaded
+function secondCell(film, named) {
+  if (!film.result) return "";
+  const stage = stageOf(film);
+  if (!stage) return film.readWith ? "no second stage" : "not known";
+  return named ? `${titled(stage.task)}: ${secondText(film.result)}` : secondText(film.result);
+}
+
 function renderList() {
   $("list").hidden = films.length === 0;
+  const stages = secondStages();
+  $("etiology-column").hidden = !stages.length;
+  $("etiology-column").querySelector("button").textContent =
+    stages.length === 1 ? titled(stages[0].task) : "Second stage";
   for (const th of $("films").querySelectorAll("th[aria-sort]")) {
     const key = th.querySelector("button").dataset.key;
     th.setAttribute("aria-sort", key === sortKey ? (sortAscending ? "ascending" : "descending") : "none");
@@ -1063,7 +1102,7 @@ function renderList() {
       film.name,
       listReading(film),
       r ? figure(r.probability) : "",
-      ...(secondTask ? [r ? secondText(r) : ""] : []),
+      ...(stages.length ? [secondCell(film, stages.length > 1)] : []),
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
     ];
     for (const text of cells) row.insertCell().textContent = text;
@@ -1098,13 +1137,16 @@ function predictCell(v) {
   return v == null ? "" : typeof v === "boolean" ? (v ? "True" : "False") : String(v);
 }
 
-// predict's columns of a second stage, named from its task (pneumoscan.inference.predict.stage_fields), and their
-// values in its reading e
-function stageColumns(e) {
-  return [[`${secondTask}_probability_${secondPositive}`, e && e.probability], [`${secondTask}_label`, e && e.label],
-    [`${secondTask}_threshold`, e && e.threshold], [`${secondTask}_near_threshold`, e && e.near_threshold],
-    [`${secondTask}_model_id`, e && e.model_id], [`${secondTask}_model_version`, e && e.model_version],
-    [`${secondTask}_warnings`, e && e.warnings.join("; ")], [`${secondTask}_in_scope`, e && e.in_scope]];
+// predict's columns of a second stage, named from its task and positive class (pneumoscan.inference.predict.
+// stage_fields), and their values in reading r: its own words beside them, and all empty where that stage did not
+// read the film (not handed over, or read by a service with another second stage or none)
+function stageColumns({ task, positive }, r) {
+  const e = r && r.etiology && r.etiology.task === task ? r.etiology : null;
+  return [[task, e ? secondReading(r) : ""], [`${task}_probability_${positive}`, e && e.probability],
+    [`${task}_label`, e && e.label], [`${task}_threshold`, e && e.threshold],
+    [`${task}_near_threshold`, e && e.near_threshold], [`${task}_model_id`, e && e.model_id],
+    [`${task}_model_version`, e && e.model_version], [`${task}_warnings`, e && e.warnings.join("; ")],
+    [`${task}_in_scope`, e && e.in_scope]];
 }
 
 // The list as predict's results give it: predict's columns under its names, in its order, with its values (so one
@@ -1112,14 +1154,18 @@ function stageColumns(e) {
 // rejected, waiting), `positive`, and the second stage's reading in words under its task's name. `path` is the file's
 // name: a browser gives no folder.
 function csv() {
+  const stages = secondStages();
+  // each class of the card's model and of every other that read a film, when more than two, in its order: empty for
+  // the readings of the others
+  const classes = [...new Set([...(readWith ? readWith.classes : []),
+    ...films.flatMap((film) => (film.result ? classesOf(film.result) : []))])];
   const rows = sorted().map((film) => {
     const r = film.result;
-    const e = r && r.etiology;  // empty where the second stage did not run (a film the first did not hand over)
     return [["path", film.name], ["reading", listReading(film)], ["probability", r && r.probability],
       ["positive", r && r.positive], ["label", r && r.label], ["threshold", r && r.threshold],
       ["near_threshold", r && r.near_threshold],
-      ...classColumns.map((c) => [CLASS_FIELD + c, r && r.probabilities[c]]),
-      ...(secondTask ? [[secondTask, e ? secondReading(r) : ""], ...stageColumns(e)] : []),
+      ...classes.map((c) => [CLASS_FIELD + c, r && r.probabilities[c]]),
+      ...stages.flatMap((stage) => stageColumns(stage, r)),
       ["error", film.error], ["warnings", r && r.warnings.join("; ")], ["in_scope", r && r.in_scope],
       ["model_id", r && r.model_id], ["model_version", r && r.model_version],
       ["study_instance_uid", r && r.study_instance_uid], ["series_instance_uid", r && r.series_instance_uid],
@@ -1165,7 +1211,7 @@ async function loadCard() {
     const { response, error } = await ask("/v1/model");
     if (!response) throw new Error(error);
     const answer = await answerOf(response, "the model card",
-      (b) => Array.isArray(b.classes) && typeof b.threshold === "number");
+      (b) => Array.isArray(b.classes) && typeof b.threshold === "number" && typeof b.card_digest === "string");
     if (!answer.ok) throw new Error(answer.error);
     $("error").hidden = true;
     showCard(answer.result);
