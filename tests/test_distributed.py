@@ -208,7 +208,7 @@ def ranks_agree(said: list[dict], out: Path, single_kept: dict[Path, bytes]) -> 
     drift = out / "drift"
     with (drift / "history.csv").open() as f:
         validated = float(next(csv.DictReader(f))["val_loss"])
-    best = Predictor(drift / "best")  # rank 0's weights and statistics, as saved after the epoch validated
+    best = Predictor(drift / "bundle")  # the best epoch: rank 0's weights and statistics, as saved after it validated
     images, targets, _ = labelled_images(drift / "split.csv", "val", get_task("pneumonia"), best.card.spec)
     again = epoch_metrics(best.logits(images), np.asarray(targets), get_task("pneumonia"))["loss"]
     assert abs(validated - again) <= SCORE_TOL, (validated, again)

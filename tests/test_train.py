@@ -392,6 +392,26 @@ def test_resume_after_early_stopping_trains_no_further(
     assert all(torch.equal(best[k], again[k]) for k in best)
 
 
+def test_the_best_weights_so_far_are_no_model_to_use(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """RUN/best has no temperature, threshold or validation figures: predict read films with it at 0.5 and exit 0.
+    It is refused naming what to use, the run's bundle or, before there is one, finishing the run."""
+    film = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    run = tiny_bundle.parent
+    assert main(["predict", str(run / "best"), str(film)]) == 2
+    assert capsys.readouterr().err == (
+        f"pneumoscan predict: error: {run / 'best'} holds the best epoch's weights that a training run keeps while it "
+        "trains, not a model to use: no temperature, threshold or validation figures were chosen for them; use "
+        f"{run / 'bundle'}, the run's finished bundle\n")
+    unfinished = shutil.copytree(run / "best", tmp_path / "run" / "best")  # a run stopped before its bundle
+    remedy = (f"finish the run (`pneumoscan train --resume --out {tmp_path / 'run'}`, with the data and settings of "
+              f"{tmp_path / 'run' / 'config.yaml'}), then use {tmp_path / 'run' / 'bundle'}")
+    with pytest.raises(ValueError, match=re.escape(remedy)):
+        load_bundle(unfinished)
+    assert load_bundle(unfinished, best_so_far=True)[1].threshold_policy == "fixed 0.5"  # as training finishes it
+    assert main(["predict", str(tiny_bundle), str(film)]) == 0
+
+
 class BudgetSpent(Callback):
     """Ends training before its first step, as a time budget spent by then does."""
 

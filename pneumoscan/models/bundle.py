@@ -53,9 +53,10 @@ def _read_weights(directory: Path | str, card: BundleCard) -> dict[str, torch.Te
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
 
 
-def load_bundle(directory: Path | str) -> tuple[torch.nn.Module, BundleCard]:
-    """The model in eval mode, built from the registry (no pretrained download) and the saved weights."""
-    card = load_card(directory)
+def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch.nn.Module, BundleCard]:
+    """The model in eval mode, built from the registry (no pretrained download) and the saved weights.
+    ``best_so_far``: training reads its run's best weights so far (:func:`.card.load_card`, refused otherwise)."""
+    card = load_card(directory, best_so_far)
     members = card.model_kwargs["members"] if card.model == ENSEMBLE else []
     architectures = [m["model"] for m in members] if members else [card.model]
     if (i := next((i for i, name in enumerate(architectures) if not registry.known(name)), None)) is not None:

@@ -215,6 +215,9 @@ def refused_as(what: str) -> Iterator[None]:
 
 TEACHER_CARDS = "teacher_cards"  # a distilled run's train_config: its teachers' bundle_checksums
 INIT_CARD = "init_card"  # a run started from a bundle (--init): that bundle's bundle_checksums
+# train_config of the card in RUN/best, the best epoch's weights a run keeps while it trains: no temperature,
+# threshold or validation figures were chosen for them, so load_card refuses it to all but training's finalisation
+BEST_SO_FAR = "best_so_far"
 
 
 def bundle_checksums(bundles: Sequence[Path | str]) -> list[str]:
@@ -356,11 +359,12 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is no number pneumoscan writes")
 
 
-def load_card(directory: Path | str) -> BundleCard:
+def load_card(directory: Path | str, best_so_far: bool = False) -> BundleCard:
     """BUNDLE/bundle.json, refused (ValueError with the reason) when it is not JSON, not of this format, changed
     since :func:`save_card` wrote it (its checksum), or when a field is missing, unknown (a misspelt one would
     silently take its default) or of the wrong type. A card older than the checksum loads with a warning, as a
-    bundle older than the files' checksums does."""
+    bundle older than the files' checksums does. A run's best weights so far (:data:`BEST_SO_FAR`) are refused
+    unless ``best_so_far`` (training, which finishes them into RUN/bundle)."""
     path = Path(directory) / CARD
     try:
         data = read_bundle_json(path)
@@ -394,6 +398,8 @@ def load_card(directory: Path | str) -> BundleCard:
                          f"{str(recorded)[7:19]}... when it was written; restore the bundle from a good copy (a new "
                          "threshold comes from `pneumoscan threshold`, never from editing bundle.json)")
     card = _validated(path, data)
+    if card.train_config.get(BEST_SO_FAR) and not best_so_far:
+        raise ValueError(_best_so_far_refusal(Path(directory)))
     _check_operating_point(path, card)
     if recorded is None:
         _warn_unsealed(str(path))
@@ -419,6 +425,16 @@ def _check_operating_point(path: Path, card: BundleCard) -> None:
             raise ValueError(f"{path}: {key} is {getattr(card, key)!r}, but {where} {value!r} ({at}); restore the "
                              "bundle from a good copy (a new threshold comes from `pneumoscan threshold`, never from "
                              "editing bundle.json)")
+
+
+def _best_so_far_refusal(directory: Path) -> str:
+    """Why a run's best weights so far are no model to use, and what is: the run's bundle, or finishing the run."""
+    run = RunFolder.of(directory)
+    use = (f"use {run.bundle}, the run's finished bundle" if (run.bundle / CARD).is_file() else
+           f"finish the run (`pneumoscan train --resume --out {run.root}`, with the data and settings of "
+           f"{run.config}), then use {run.bundle}")
+    return (f"{directory} holds the best epoch's weights that a training run keeps while it trains, not a model to "
+            f"use: no temperature, threshold or validation figures were chosen for them; {use}")
 
 
 @functools.cache

@@ -4,6 +4,7 @@ bundle's run (its split, its recipe, its history):
     RUN/                   train --out RUN
       bundle/              the trained model to use (:mod:`.bundle`)
       best/                the best epoch's weights, kept while the run trains
+                           (no model to use: load_card refuses it to all but training)
       split.csv            every film's side (train / val): the held-out checks read it beside the bundle
       config.yaml          the recipe
       checkpoint.pt        what --resume goes on from

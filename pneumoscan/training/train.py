@@ -45,7 +45,7 @@ from pneumoscan.inference.export import check_exportable
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
-from pneumoscan.models.card import BundleCard, load_card, runtime_versions
+from pneumoscan.models.card import BEST_SO_FAR, BundleCard, load_card, runtime_versions
 from pneumoscan.models.run_folder import RunFolder
 from .callbacks import (
     BestWeights,
@@ -502,7 +502,7 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     the caller's ``extra`` ones after those, before the checkpoint, which keeps their state too."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
-                      model_kwargs=cfg.model_kwargs)
+                      model_kwargs=cfg.model_kwargs, train_config={BEST_SO_FAR: True})  # no model to use
     run = RunFolder(run_dir)
     best = BestWeights(lambda m: save_bundle(run.best, m, card), "the time budget ran out before the first step: "
                        "raise --time-budget")
@@ -588,13 +588,13 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card
     (:func:`finish_bundle`) and validation report."""
     run = RunFolder(run_dir)
-    model, card = ctx.from_main(load_bundle(run.best) if ctx.main else None)
+    model, card = ctx.from_main(load_bundle(run.best, best_so_far=True) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
     (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
     try:  # every rank holds the same logits, so every rank refuses together
         check_better_than_chance(logits, d.val_set.targets, get_task(cfg.task), (epochs, best_epoch), run)
     except ValueError:
-        if ctx.main:  # RUN/best is a bundle predict and serve would load (at threshold 0.5); the checkpoint keeps it
+        if ctx.main:  # weights no better than chance, kept nowhere but in the checkpoint
             shutil.rmtree(run.best, ignore_errors=True)
         raise
     if not ctx.main:
