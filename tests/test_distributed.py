@@ -187,7 +187,7 @@ def ranks_agree(said: list[dict], out: Path, single_kept: dict[Path, bytes]) -> 
     BatchNorm statistics (logits ~1e-3 from the saved model's); rank 1 left train() before the bundle existed, so
     `cv` under torchrun failed scoring fold 1 ("not a bundle folder"); a process group left after each run and
     joined again for the next hung, or failed on the last group's closed ports ("Connection refused"), when rank 0
-    came later (5 s here); and each rank computed the warm start's features of every film, the work of one process
+    came later (1 s here); and each rank computed the warm start's features of every film, the work of one process
     done by each."""
     for rank in said:  # resumed silently, it ran at lr 0.002 and global batch 16 over half the planned steps
         assert rank.get("resume_refused", "").startswith("cannot resume "), rank
