@@ -185,8 +185,8 @@ def test_a_bundle_replaced_while_the_torch_backend_loads_is_never_read_as_one_bu
     save_bundle(other, models.create("simple_cnn", 2), at_threshold(load_card(tiny_bundle), threshold=0.123))
     real = load_card
 
-    def swap_after_reading(bundle: Path):  # the deployment replaces the folder just after the first read of a card
-        read = real(bundle)
+    def swap_after_reading(bundle: Path, *args: bool):  # the deployment replaces the folder just after a card's
+        read = real(bundle, *args)  # first read
         if Path(bundle) == live and not (tmp_path / "old").exists():
             live.rename(tmp_path / "old")
             other.rename(live)
