@@ -570,3 +570,20 @@ def test_a_callbacks_stop_is_kept_across_a_resume_and_the_time_budgets_is_worked
         restore(resumed, load_checkpoint(path), [], path)
         fit(resumed, [TimeBudget(100, seconds)], loss, figures([1.0] * 5))
         assert resumed.step == steps, seconds
+
+
+def test_a_resumed_run_keeps_its_first_loss_for_the_divergence_advice(tmp_path: Path) -> None:
+    """The first loss (4.2e9: weights that started out of scale) was no state the checkpoint kept, so a run resumed
+    after its first epoch and then diverged advised a lower learning rate, which no learning rate mends."""
+    path = tmp_path / "c.pt"
+    state = stub_state(epochs=2, batches=3)
+    with pytest.raises(Crash):
+        fit(state, [Checkpoint(path, [], save_checkpoint, {}), CrashAfter(0)], losses_then_nan(*[4.2e9] * 3),
+            figures([1.0]))
+    resumed = stub_state(epochs=2, batches=3)
+    resumed.start = ("the weights of --init B", "start from another bundle")
+    restore(resumed, load_checkpoint(path), [], path)
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 2, step 4 \(loss nan\): the loss before the "
+                                         r"first step was already 4\.2e\+09, so the weights of --init B started out "
+                                         r"of scale, not the learning rate: start from another bundle$"):
+        fit(resumed, [], losses_then_nan(), figures([1.0]))

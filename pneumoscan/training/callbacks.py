@@ -305,20 +305,22 @@ class Checkpoint(Callback):
             self.save(self.path, {
                 "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
                 "step": state.step, "elapsed": state.elapsed, "warm_s": state.warm_s, "stop": state.stop,
-                "history": json.dumps(state.history), "callbacks": states, **self.made,
+                "first_loss": state.first_loss, "history": json.dumps(state.history), "callbacks": states, **self.made,
             })
         state.ctx.barrier()
 
 
 def restore(state: State, ckpt: dict, callbacks: list[Callback], path: Path) -> None:
-    """What ``--resume`` loaded, before :func:`~pneumoscan.training.engine.fit`: model, optimiser, counters, history,
-    every callback's state and a callback's stop, so the run continues bit for bit where the crashed one left off (a
-    run a callback had stopped trains no further). A checkpoint of an earlier version records no stop: its early
-    stopping trains one epoch more, and stops again unless that epoch is better."""
+    """What ``--resume`` loaded, before :func:`~pneumoscan.training.engine.fit`: model, optimiser, counters, the first
+    loss (a divergence after the resume is advised from it), history, every callback's state and a callback's stop,
+    so the run continues bit for bit where the crashed one left off (a run a callback had stopped trains no further).
+    A checkpoint of an earlier version records no stop: its early stopping trains one epoch more, and stops again
+    unless that epoch is better."""
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.epoch, state.step, state.stop = ckpt["epoch"] + 1, ckpt["step"], bool(ckpt.get("stop", False))
     state.t0 -= ckpt["elapsed"]
+    state.first_loss = ckpt.get("first_loss")  # what divergence_advice reads; a checkpoint of an earlier version: None
     state.history = json.loads(ckpt["history"])
     saved = callback_states(ckpt)
     for key, cb in zip(state_keys(callbacks), callbacks):
