@@ -35,7 +35,7 @@ from pneumoscan.inference.explain import explain_array, gradcam
 from pneumoscan.inference.export import module_session
 from pneumoscan.inference.onnx_runtime import INPUT, OUTPUT, session, spec_path
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_paths, session_logits
-from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import out_of_fold
 from pneumoscan.training.resume import data_checksum
@@ -474,6 +474,36 @@ def test_cv_members_are_calibrated_on_out_of_fold_scores(tiny_bundle: Path, memb
                     ["export", str(tmp_path / "ens"), "--int8", "--cv", str(cv)]):
         with pytest.raises(ValueError, match=r"2 of its 3 folds were trained \(no fold-2\)"):
             main_raising(command)
+
+
+def _backwards(bundle: Path, out: Path) -> Path:
+    """A copy of ``bundle`` whose classifier is negated: it ranks every film as ``bundle`` does, backwards."""
+    model, card = load_bundle(bundle)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.neg_()
+        head.bias.neg_()
+    return save_bundle(out, model, card)
+
+
+def test_an_ensemble_that_ranks_its_calibration_films_no_better_than_chance_is_refused(
+        tiny_bundle: Path, held_out: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """Members that rank the films backwards made an ensemble (exit 0) whose averaged scores ranked its calibration
+    films at AUC 0.0000, shipped with a threshold, where a training run so ranked is refused. Refused both ways,
+    on held-out films and on out-of-fold scores, naming the figure; nothing is written."""
+    first = _backwards(tiny_bundle, tmp_path / "first")
+    nudge_weights(second := _backwards(tiny_bundle, tmp_path / "second"))  # a model of its own: a copy is refused
+    cv = _cv_run(tmp_path / "cv", (first, second), tiny_dataset)
+    for given, films in ((["ensemble", str(first), str(second), "--data", str(held_out)], "films of site.csv"),
+                         (["ensemble", "--cv", str(cv)], "out-of-fold films of cv")):
+        with pytest.raises(ValueError) as refused:
+            main_raising([*given, "--out", str(tmp_path / "ens")])
+        assert re.fullmatch(rf"no bundle written: the ensemble's calibrated, averaged scores rank the 16 {films} no "
+                            r"better than chance \(AUC (0\.\d{4}), where 0\.5 is chance\): check the films' labels "
+                            r"and each member's figures on them \(`pneumoscan evaluate`\): an average of members "
+                            r"that rank films no better than chance is no better", str(refused.value)), refused.value
+        assert float(re.search(r"AUC (\S+),", str(refused.value))[1]) <= 0.5
+        assert not (tmp_path / "ens").exists()
 
 
 def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(

@@ -19,9 +19,9 @@ from pneumoscan.cli import main
 from pneumoscan.data.tasks import get_task
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import load_card
-from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.train import check_better_than_chance, check_validation_scores, train
+from pneumoscan.training.finish import check_better_than_chance
+from pneumoscan.training.train import check_validation_scores, train
 from tests.conftest import _xray_like
 from tests.engine_stubs import stub_state
 
@@ -172,16 +172,18 @@ def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
      [[3, 1, 1], [3, 1, 1.5], [0, 3, -5], [0, 3, -4], [0, -5, 3], [0, -4, 3]],
      r"AUC 1\.0000, macro AUC over the 3 classes 0\.3333"),
 ])  # fmt: skip
-def test_validation_figures_no_better_than_chance_are_refused(task: str, refused: list, taken: list, said: str,
-                                                              tmp_path: Path) -> None:
+def test_validation_figures_no_better_than_chance_are_refused(task: str, refused: list, taken: list, said: str
+                                                              ) -> None:
     """An AUC of 0.5 exactly is chance; a three-class model is refused on its macro AUC too, which sees classes told
     apart backwards where the AUC of its positive call (any pneumonia) cannot."""
     task_ = get_task(task)
     targets = np.arange(len(refused)) * len(task_.classes) // len(refused)  # two films a class
-    with pytest.raises(ValueError, match=rf"\(epoch 2 of 3\) rank the {len(targets)} validation films no better "
-                                         rf"than chance \({said}, where 0\.5 is chance;"):
-        check_better_than_chance(np.array(refused, np.float32), targets, task_, (3, 2), RunFolder(tmp_path))
-    check_better_than_chance(np.array(taken, np.float32), targets, task_, (3, 2), RunFolder(tmp_path))
+    words = ("the weights", "validation films", "train again", "; more in history.csv")
+    with pytest.raises(ValueError, match=rf"^no bundle written: the weights rank the {len(targets)} validation "
+                                         rf"films no better than chance \({said}, where 0\.5 is chance; more in "
+                                         r"history\.csv\): train again$"):
+        check_better_than_chance(np.array(refused, np.float32), targets, task_, *words)
+    check_better_than_chance(np.array(taken, np.float32), targets, task_, *words)
 
 
 def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder_is_touched(

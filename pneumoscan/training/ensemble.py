@@ -54,7 +54,7 @@ from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, 
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import films_as_trained, split_change
-from .finish import ScoredFilms, finish_bundle
+from .finish import ScoredFilms, check_better_than_chance, finish_bundle
 
 # how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
 OUT_OF_FOLD = "out-of-fold scores of"
@@ -304,17 +304,24 @@ def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: s
 
 
 def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path],
-                        held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None) -> ScoredFilms:
-    """The films the temperature and thresholds are chosen on, scored: the cv runs' out-of-fold scores, or the
-    held-out films' (records, images, targets, patient units) scored by the graph just shipped in ``tmp`` (not a
-    second export), those films recorded as the calibration films."""
+                        held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None, films: str) -> ScoredFilms:
+    """The films the temperature and thresholds are chosen on (``films``: what they are, in words), scored: the cv
+    runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units) scored by the graph
+    just shipped in ``tmp`` (not a second export), those films recorded as the calibration films. Refused when the
+    members' calibrated, averaged scores rank them no better than chance (:func:`check_better_than_chance`): the
+    ensemble would be shipped with a threshold as a working one is."""
     if cv_dirs:
-        return out_of_fold(net, cv_dirs, card, task)
-    records, images, targets, groups = held_out
-    record_calibration_films(tmp, records)
-    shipped = Predictor(tmp, backend="onnx")
-    score = functools.partial(member_named_logits, shipped)
-    return ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
+        scored = out_of_fold(net, cv_dirs, card, task)
+    else:
+        records, images, targets, groups = held_out
+        record_calibration_films(tmp, records)
+        shipped = Predictor(tmp, backend="onnx")
+        score = functools.partial(member_named_logits, shipped)
+        scored = ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
+    check_better_than_chance(scored.logits, scored.targets, task, "the ensemble's calibrated, averaged scores", films,
+                             "check the films' labels and each member's figures on them (`pneumoscan evaluate`): "
+                             "an average of members that rank films no better than chance is no better")
+    return scored
 
 
 def build_ensemble(
@@ -358,7 +365,10 @@ def build_ensemble(
     first = next(i for i, c in enumerate(cards) if c.size == card.size)
     with refused_as(member_label(first, len(paths), paths[first])):
         appearance = load_appearance(paths[first], cards[first])
-    score = functools.partial(_calibration_scores, net=net, card=card, task=task, cv_dirs=cv_dirs, held_out=held_out)
+    films = (f"out-of-fold films of {', '.join(d.name for d in cv_dirs)}" if cv_dirs
+             else f"films of {data_label(data, split)}")
+    score = functools.partial(_calibration_scores, net=net, card=card, task=task, cv_dirs=cv_dirs, held_out=held_out,
+                              films=films)
     card, figures, _ = finish_bundle(out, net, card, appearance, score, (target_sensitivity, max_false_positive_rate),
                                      name)
     log.debug("ensemble of %d members -> %s: temperature %.3f, threshold %.4f (TTA %.4f), sensitivity %.3f, "

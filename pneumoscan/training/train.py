@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.metrics import binary_metrics, format_figure, macro_auc, roc_auc, softmax
+from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache
@@ -64,7 +64,7 @@ from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, divergence_advice, fit
-from .finish import ScoredFilms, finish_bundle
+from .finish import ScoredFilms, check_better_than_chance, finish_bundle
 from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
                      save_checkpoint)
 from .tracking import make_trackers
@@ -187,30 +187,6 @@ def check_validation_scores(logits: np.ndarray, task: Task, state: State) -> Non
         raise ValueError(f"{where}: the model scores every one of the {len(pos)} validation films 0 or 1 "
                          f"({task.positive_formula}, logits up to {np.abs(logits).max():.3g}), certain of each, so it "
                          f"ranks them in two ties that no temperature calibrates: {advice}")
-
-
-CHANCE_AUC = 0.5  # a model that ranks films no better than a coin toss
-
-
-def check_better_than_chance(logits: np.ndarray, targets: np.ndarray, task: Task, epochs: tuple[int, int],
-                             run: RunFolder) -> None:
-    """Refuse the best epoch's weights (``epochs``: the epochs run and the best) when they rank the validation films
-    (``logits``, ``targets``: class indices) no better than chance: an AUC of their positive call of 0.5 or less,
-    or, for a task of more than two classes, a macro one-vs-rest AUC that low (classes told apart no better than a
-    coin, which the positive call's AUC cannot see). Such a model reads films with probabilities and a threshold as
-    a working one does, so it is given no bundle; the run's history, curves and checkpoint stay. An undefined AUC (a
-    validation side of one class) was refused before the first step, and fails here too rather than pass."""
-    probs = softmax(logits)
-    figures = {"AUC": roc_auc(binary_targets(targets), task.positive_probability(probs))}
-    if task.multiclass:
-        figures[f"macro AUC over the {len(task.classes)} classes"] = macro_auc(targets, probs)
-    if all(value > CHANCE_AUC for value in figures.values()):
-        return
-    said = ", ".join(f"{name} {format_figure(value, 4)}" for name, value in figures.items())
-    raise ValueError(f"no bundle written: the best epoch's weights (epoch {epochs[1]} of {epochs[0]}) rank the "
-                     f"{len(targets)} validation films no better than chance ({said}, where {CHANCE_AUC} is chance; "
-                     f"every epoch's figures are in {shown(run.history)}): check the training films' labels, then "
-                     "train longer (--epochs, --time-budget) or on more films")
 
 
 def absent_classes(targets: np.ndarray, task: Task) -> list[str]:
@@ -592,7 +568,10 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     model.to(ctx.device, memory_format=torch.channels_last)
     (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
     try:  # every rank holds the same logits, so every rank refuses together
-        check_better_than_chance(logits, d.val_set.targets, get_task(cfg.task), (epochs, best_epoch), run)
+        check_better_than_chance(logits, d.val_set.targets, get_task(cfg.task),
+                                 f"the best epoch's weights (epoch {best_epoch} of {epochs})", "validation films",
+                                 "check the training films' labels, then train longer (--epochs, --time-budget) or on "
+                                 "more films", f"; every epoch's figures are in {shown(run.history)}")
     except ValueError:
         if ctx.main:  # weights no better than chance, kept nowhere but in the checkpoint
             shutil.rmtree(run.best, ignore_errors=True)
