@@ -181,6 +181,20 @@ def test_threshold_refusals_are_one_line_and_write_nothing(
     assert exit_info.value.code == 2
 
 
+def test_a_threshold_on_films_the_bundle_ranks_no_better_than_chance_is_refused(
+    tiny_bundle: Path, site: Path, tmp_path: Path
+) -> None:
+    """Every label of the site's films the other way round: the bundle ranks them backwards (AUC 0.08), and a
+    threshold chosen on them met its policy by calling films at random, shipped as a new bundle (exit 0)."""
+    other = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
+    write_manifest([make_record(r.path, other[r.label]) for r in discover(site).records], tmp_path / "swapped.csv")
+    with pytest.raises(ValueError, match=r"^no bundle written: .*bundle's scores rank the 16 films of swapped\.csv no "
+                                         r"better than chance \(AUC 0\.\d{4}, where 0\.5 is chance\): a threshold "
+                                         r"cannot mend"):
+        rethreshold(tiny_bundle, tmp_path / "swapped.csv", tmp_path / "new", target_sensitivity=0.95)
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_int8_model_gets_its_thresholds_again_by_the_same_policy(
     tiny_bundle: Path, tiny_dataset: Path, site: Path, tmp_path: Path
 ) -> None:

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from pneumoscan.cli import main
+from pneumoscan.core.metrics import softmax
 from pneumoscan.data.tasks import get_task
+from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.finish import check_better_than_chance
 from pneumoscan.training.train import check_validation_scores, train
 from tests.conftest import _xray_like
 from tests.engine_stubs import stub_state
@@ -182,8 +183,8 @@ def test_validation_figures_no_better_than_chance_are_refused(task: str, refused
     with pytest.raises(ValueError, match=rf"^no bundle written: the weights rank the {len(targets)} validation "
                                          rf"films no better than chance \({said}, where 0\.5 is chance; more in "
                                          r"history\.csv\): train again$"):
-        check_better_than_chance(np.array(refused, np.float32), targets, task_, *words)
-    check_better_than_chance(np.array(taken, np.float32), targets, task_, *words)
+        check_better_than_chance(softmax(np.array(refused, np.float32)), targets, task_, *words)
+    check_better_than_chance(softmax(np.array(taken, np.float32)), targets, task_, *words)
 
 
 def test_a_batch_the_training_films_cannot_fill_is_refused_before_the_run_folder_is_touched(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, fit_temperature,
-                                     jsonable, macro_auc, threshold_range)
+                                     format_figure, jsonable, macro_auc, roc_auc, threshold_range)
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -42,6 +42,29 @@ class OperatingPoint:
     def card_fields(self) -> dict:
         """The :class:`BundleCard` fields this operating point sets."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "films_caveat"}
+
+
+CHANCE_AUC = 0.5  # a model that ranks films no better than a coin toss
+
+
+def check_better_than_chance(probs: np.ndarray, targets: np.ndarray, task: Task, scorer: str, films: str,
+                             remedy: str, seen: str = "") -> None:
+    """Refuse an operating point on films (``probs``: class probabilities, ``targets``: class indices) the scores
+    rank no better than chance: an AUC of the positive call of 0.5 or less, or, for a task of more than two classes,
+    a macro one-vs-rest AUC that low (classes told apart no better than a coin, which the positive call's AUC cannot
+    see). Such a model reads films with probabilities and a threshold as a working one does, so it is given no
+    bundle: a training run's best epoch, an ensemble's calibrated mean, a threshold chosen again on other films. The
+    refusal says ``scorer`` ranks the films (``films``: what they are), the figures, ``seen`` (where more is said)
+    and ``remedy``. An undefined AUC (films of one class, refused before) fails here too rather than pass. A
+    temperature does not change the ranking, so the scores may be taken before it is fitted."""
+    figures = {"AUC": roc_auc(binary_targets(targets), task.positive_probability(probs))}
+    if task.multiclass:
+        figures[f"macro AUC over the {len(task.classes)} classes"] = macro_auc(targets, probs)
+    if all(value > CHANCE_AUC for value in figures.values()):
+        return
+    said = ", ".join(f"{name} {format_figure(value, 4)}" for name, value in figures.items())
+    raise ValueError(f"no bundle written: {scorer} rank the {len(targets)} {films} no better than chance ({said}, "
+                     f"where {CHANCE_AUC} is chance{seen}): {remedy}")
 
 
 def choose_operating_point(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, target_sensitivity: float | None,

@@ -23,7 +23,8 @@ from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label
 from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
 from .model_card import films_record, today, update_card, write_model_card
-from .operating_point import OperatingPoint, choose_operating_point, int8_figures, policy_text
+from .operating_point import (OperatingPoint, check_better_than_chance, choose_operating_point, int8_figures,
+                              policy_text)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,13 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     y, (_, patients, conflicts) = binary_targets(targets), patient_groups(records, data)
     policy_targets = (target_sensitivity, max_false_positive_rate)
     probs, plain, tta = _scores(predictor, images)
-    point = choose_operating_point(y, plain, tta, *policy_targets, patients)
-    int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     name = data_label(data, split, data_name)
+    point = choose_operating_point(y, plain, tta, *policy_targets, patients)  # films of one class refused first
+    # a threshold moved on films the model ranks no better than a coin meets its policy by calling films at random
+    check_better_than_chance(probs, targets, predictor.task, f"{bundle}'s scores", f"films of {name}",
+                             "a threshold cannot mend a model that does not tell these films apart: check their "
+                             "labels, and whether the model applies to them (`pneumoscan evaluate`)")
+    int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
                                int8[1:] if int8 else None, len(errors), held_out, conflicts)

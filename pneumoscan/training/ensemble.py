@@ -37,7 +37,7 @@ import torch
 
 from pneumoscan.core.digests import bytes_sha256, hex_part
 from pneumoscan.core.logs import progress as progress_bar
-from pneumoscan.core.metrics import has_both_classes
+from pneumoscan.core.metrics import has_both_classes, softmax
 from pneumoscan.core.names import path_list
 from pneumoscan.data.labelled import labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, discover
@@ -46,6 +46,7 @@ from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                                             refuse_test_films)
+from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models.bundle import load_bundle
@@ -54,7 +55,7 @@ from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, 
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder
 from .resume import films_as_trained, split_change
-from .finish import ScoredFilms, check_better_than_chance, finish_bundle
+from .finish import ScoredFilms, finish_bundle
 
 # how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold
 OUT_OF_FOLD = "out-of-fold scores of"
@@ -318,7 +319,8 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
         shipped = Predictor(tmp, backend="onnx")
         score = functools.partial(member_named_logits, shipped)
         scored = ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
-    check_better_than_chance(scored.logits, scored.targets, task, "the ensemble's calibrated, averaged scores", films,
+    check_better_than_chance(softmax(scored.logits), scored.targets, task, "the ensemble's calibrated, averaged scores",
+                             films,
                              "check the films' labels and each member's figures on them (`pneumoscan evaluate`): "
                              "an average of members that rank films no better than chance is no better")
     return scored

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from pneumoscan.core.atomic import building
-from pneumoscan.core.metrics import format_figure, macro_auc, roc_auc, softmax
+from pneumoscan.core.metrics import softmax
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.operating_point import calibrated_temperature, policy_text, write_operating_point
 from pneumoscan.inference.explain import measure_heatmap_scale
 from pneumoscan.inference.export import export_onnx
@@ -38,30 +37,6 @@ class ScoredFilms:
     targets: np.ndarray
     groups: np.ndarray
     images: np.ndarray | None = None
-
-
-CHANCE_AUC = 0.5  # a model that ranks films no better than a coin toss
-
-
-def check_better_than_chance(logits: np.ndarray, targets: np.ndarray, task: Task, scorer: str, films: str,
-                             remedy: str, seen: str = "") -> None:
-    """Refuse a bundle whose scores (``logits``, ``targets``: class indices) rank the films that choose its threshold
-    no better than chance: an AUC of the positive call of 0.5 or less, or, for a task of more than two classes, a
-    macro one-vs-rest AUC that low (classes told apart no better than a coin, which the positive call's AUC cannot
-    see). Such a model reads films with probabilities and a threshold as a working one does, so it is given no
-    bundle: a training run's best epoch, an ensemble's calibrated mean. The refusal says ``scorer`` ranks the films
-    (``films``: what they are), the figures, ``seen`` (where more is said) and ``remedy``. An undefined AUC (films of
-    one class, refused before) fails here too rather than pass. A temperature does not change the ranking, so the
-    scores may be taken before it is fitted."""
-    probs = softmax(logits)
-    figures = {"AUC": roc_auc(binary_targets(targets), task.positive_probability(probs))}
-    if task.multiclass:
-        figures[f"macro AUC over the {len(task.classes)} classes"] = macro_auc(targets, probs)
-    if all(value > CHANCE_AUC for value in figures.values()):
-        return
-    said = ", ".join(f"{name} {format_figure(value, 4)}" for name, value in figures.items())
-    raise ValueError(f"no bundle written: {scorer} rank the {len(targets)} {films} no better than chance ({said}, "
-                     f"where {CHANCE_AUC} is chance{seen}): {remedy}")
 
 
 def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,

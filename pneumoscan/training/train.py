@@ -37,7 +37,7 @@ from pneumoscan.data.split import split_dataset
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select, warn_untyped
 from pneumoscan.data.transforms import batch_mixing, normalize, train_transform
 from pneumoscan.evaluation.held_out import check_held_out
-from pneumoscan.evaluation.operating_point import calibrated_temperature
+from pneumoscan.evaluation.operating_point import calibrated_temperature, check_better_than_chance
 from pneumoscan.evaluation.compare import TRAINING_DATA
 from pneumoscan.evaluation.evaluate import films_digest
 from pneumoscan.evaluation.report import write_report
@@ -64,7 +64,7 @@ from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import Callback, State, divergence_advice, fit
-from .finish import ScoredFilms, check_better_than_chance, finish_bundle
+from .finish import ScoredFilms, finish_bundle
 from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
                      save_checkpoint)
 from .tracking import make_trackers
@@ -568,7 +568,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     model.to(ctx.device, memory_format=torch.channels_last)
     (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
     try:  # every rank holds the same logits, so every rank refuses together
-        check_better_than_chance(logits, d.val_set.targets, get_task(cfg.task),
+        check_better_than_chance(softmax(logits), d.val_set.targets, get_task(cfg.task),
                                  f"the best epoch's weights (epoch {best_epoch} of {epochs})", "validation films",
                                  "check the training films' labels, then train longer (--epochs, --time-budget) or on "
                                  "more films", f"; every epoch's figures are in {shown(run.history)}")
