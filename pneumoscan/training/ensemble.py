@@ -320,9 +320,8 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
         score = functools.partial(member_named_logits, shipped)
         scored = ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
     check_better_than_chance(softmax(scored.logits), scored.targets, task, "the ensemble's calibrated, averaged scores",
-                             films,
-                             "check the films' labels and each member's figures on them (`pneumoscan evaluate`): "
-                             "an average of members that rank films no better than chance is no better")
+                             films, "check the films' labels and each member's figures on them (`pneumoscan "
+                             "evaluate`): an average of members that rank films no better than chance is no better")
     return scored
 
 
