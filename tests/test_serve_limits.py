@@ -375,8 +375,10 @@ def test_a_request_in_progress_when_the_model_breaks_gets_no_reading(tmp_path: P
         return real(data, *args)
 
     monkeypatch.setattr(service_module, "decode_upload", decode)
-    app = create_app(bundle, backend="torch")
-    with live(app) as url:
+    # two decode slots whatever the cores: with one (one core), the held dark film kept the bright one from its decode
+    limits = Limits(max_concurrent_decodes=2)
+    app = create_app(bundle, backend="torch", limits=limits)
+    with live(app, limits) as url:
 
         def send(film: bytes) -> httpx.Response:
             return httpx.post(f"{url}/v1/predict", files={"file": ("x.png", film, "image/png")}, timeout=60)
