@@ -53,10 +53,10 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
 # ---------------------------------------------------------------- public API
 
 
-def image_info(source: Source) -> dict:
+def image_info(source: Source, dicom: bool = False) -> dict:
     """Size and pixel format from the header only (no pixel decoding): ``{"width", "height", "mode", "format",
-    "quality"}`` (:meth:`pneumoscan.data.readers.Reader.header`)."""
-    src, reader = _check_source(source)
+    "quality"}`` (:meth:`pneumoscan.data.readers.Reader.header`); ``dicom`` as :func:`read_gray` takes it."""
+    src, reader = _check_source(source, dicom)
     return reader.header(src)
 
 

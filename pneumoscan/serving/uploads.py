@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.data import readers
-from pneumoscan.data.decode import read_gray
+from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 
 from .limits import ClientGone, Rejected
@@ -190,12 +190,11 @@ def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
 
 def _pixels(data: bytes, dicom: bool) -> int:
     """Width x height from the film's header, as the decode's reader reads it; 0 when it has none to read."""
-    reader = readers.reader_for(data[: readers.HEAD_BYTES], declared="DICOM" if dicom else None)
     try:
-        header = reader.header(data) if reader is not None else None
+        header = image_info(data, dicom)
     except DecodeError:
         return 0
-    return header["width"] * header["height"] if header else 0
+    return header["width"] * header["height"]
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:
