@@ -1,9 +1,9 @@
 """A reader's review of the web page and the command line: films chosen one after another are shown in the order
 chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
-on another film, a second stage near its threshold says so in the list and the CSV, a key typed and a film dropped
-at once load the model card first, each film opens at its default window unless the reader locks it; a rate that
-is no number is refused in the command line's words, and a results file that cannot be written is refused before
-any film is read.
+on another film, a second stage near its threshold says so in the list and the CSV and each stage sorts apart, a key
+typed and a film dropped at once load the model card first, each film opens at its default window unless the reader
+locks it; a rate that is no number is refused in the command line's words, and a results file that cannot be written
+is refused before any film is read.
 The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
 
 from __future__ import annotations
@@ -173,9 +173,12 @@ def test_a_film_the_browser_cannot_draw_leaves_no_other_film_in_the_viewer(page:
     expect(page.locator("#caption")).to_be_visible()
 
 
-def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Page) -> None:
+def test_the_second_stage_column_qualifies_each_reading_and_sorts_each_stage_apart(page: Page) -> None:
     """The panel said "Etiology: virus (..., near the threshold)", but the list gave "virus (P(virus) = 0.410)" and
-    the CSV "virus", as plainly as a clear call: both qualify it, as they do the first stage's reading."""
+    the CSV "virus", as plainly as a clear call: both qualify it, as they do the first stage's reading.
+    Films read with two second stages (the service restarted with another) were sorted by their probabilities as one,
+    a P(atypical) between two P(virus), and the films without a second-stage reading came first: each stage's
+    readings are sorted among themselves, the stages by name, those without a reading last."""
     listed, exported = page.evaluate("""() => {
         const stage = (near) => ({ task: 'etiology', label: 'virus', positive: 'virus', probability: 0.41,
             threshold: 0.4, near_threshold: near, in_scope: true, warnings: [] });
@@ -191,6 +194,33 @@ def test_a_second_stage_near_its_threshold_says_so_in_the_list_and_csv(page: Pag
                             "clear.jpeg": "virus (P(virus) = 0.410)"}
     rows = {row["path"]: row for row in csv.DictReader(io.StringIO(exported))}
     assert rows["near.jpeg"]["etiology"] == "virus (near the threshold)" and rows["clear.jpeg"]["etiology"] == "virus"
+
+    page.evaluate("""() => {
+        const result = (etiology) => ({ label: 'PNEUMONIA', positive: 'PNEUMONIA', in_scope: true,
+            near_threshold: false, probability: 0.9, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {},
+            etiology });
+        const stage = (task, positive, label, probability) => ({ task, positive, label, probability, threshold: 0.5,
+            near_threshold: false, in_scope: true, warnings: [] });
+        const card = (second) => ({ contentChecked: true, followsAnother: false, second, classes: [] });
+        const typicality = card({ task: 'typicality', positive: 'atypical' });
+        films.push(
+            { name: 'atypical.jpeg', status: 'done', readWith: typicality,
+              result: result(stage('typicality', 'atypical', 'atypical', 0.95)) },
+            { name: 'no card.jpeg', status: 'done', readWith: null, result: result(undefined) },
+            { name: 'typical.jpeg', status: 'done', readWith: typicality,
+              result: result(stage('typicality', 'atypical', 'typical', 0.2)) },
+            { name: 'none.jpeg', status: 'done', readWith: card(null), result: result(undefined) },
+            { name: 'bacteria.jpeg', status: 'done', readWith: card({ task: 'etiology', positive: 'virus' }),
+              result: result(stage('etiology', 'virus', 'bacteria', 0.1)) });
+        renderList(); }""")
+    column = page.get_by_role("button", name="Second stage")
+    column.click()
+    names = page.locator("#films tbody td:nth-child(1)")
+    expect(names).to_have_text(["bacteria.jpeg", "near.jpeg", "clear.jpeg", "typical.jpeg", "atypical.jpeg",
+                                "no card.jpeg", "none.jpeg"])
+    column.click()
+    expect(names).to_have_text(["near.jpeg", "clear.jpeg", "bacteria.jpeg", "atypical.jpeg", "typical.jpeg",
+                                "no card.jpeg", "none.jpeg"])
 
 
 def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list_and_csv(page: Page) -> None:

@@ -1027,8 +1027,22 @@ function value(film, key) {
   if (!film.result) return key === "label" ? "" : -1;
   if (key === "label") return reading(film.result);
   if (key === "probability") return film.result.probability;
-  if (key === "etiology") return film.result.etiology ? film.result.etiology.probability : -1;
   return allWarnings(film.result).length;
+}
+
+function compare(x, y) {
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+// The second-stage column's order: each stage's readings by their probability among themselves, the stages by name
+// whichever the direction (a P(virus) and another stage's probability of its own positive class are not comparable:
+// sorted as one, films read before and after a restart with another second stage were interleaved), and the films
+// without a second-stage reading (not handed over, read with none, not known, not read) last, in the list's order.
+function bySecondStage(a, b, direction) {
+  const x = a.result && a.result.etiology;
+  const y = b.result && b.result.etiology;
+  if (!x || !y) return !x - !y;
+  return compare(x.task, y.task) || direction * compare(x.probability, y.probability);
 }
 
 // The second stage of the service that read a film ({task, positive}): its reading names it, else the card it was read
@@ -1067,11 +1081,9 @@ function listReading(film) {
 
 function sorted() {
   if (!sortKey) return films.slice();
-  return films.slice().sort((a, b) => {
-    const x = value(a, sortKey);
-    const y = value(b, sortKey);
-    return (x < y ? -1 : x > y ? 1 : 0) * (sortAscending ? 1 : -1);
-  });
+  const direction = sortAscending ? 1 : -1;
+  return films.slice().sort((a, b) => (sortKey === "etiology" ? bySecondStage(a, b, direction)
+    : direction * compare(value(a, sortKey), value(b, sortKey))));
 }
 
 // A film's cell in the list's second-stage column: its own stage's reading, named by its task when the column holds
