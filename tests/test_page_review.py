@@ -178,7 +178,8 @@ def test_the_second_stage_column_qualifies_each_reading_and_sorts_each_stage_apa
     the CSV "virus", as plainly as a clear call: both qualify it, as they do the first stage's reading.
     Films read with two second stages (the service restarted with another) were sorted by their probabilities as one,
     a P(atypical) between two P(virus), and the films without a second-stage reading came first: each stage's
-    readings are sorted among themselves, the stages by name, those without a reading last."""
+    readings are sorted among themselves, the stages by name, those without a reading last. A film read while no
+    card had loaded, and not handed over, says that whether it had a second stage is not known."""
     listed, exported = page.evaluate("""() => {
         const stage = (near) => ({ task: 'etiology', label: 'virus', positive: 'virus', probability: 0.41,
             threshold: 0.4, near_threshold: near, in_scope: true, warnings: [] });
@@ -221,6 +222,8 @@ def test_the_second_stage_column_qualifies_each_reading_and_sorts_each_stage_apa
     column.click()
     expect(names).to_have_text(["near.jpeg", "clear.jpeg", "bacteria.jpeg", "atypical.jpeg", "typical.jpeg",
                                 "no card.jpeg", "none.jpeg"])
+    expect(page.locator("#films tbody tr").nth(-1).locator("td").nth(3)).to_have_text("no second stage")
+    expect(page.locator("#films tbody tr").nth(-2).locator("td").nth(3)).to_have_text("not known")
 
 
 def test_a_second_stage_of_a_film_out_of_scope_is_out_of_scope_in_the_panel_list_and_csv(page: Page) -> None:
