@@ -360,7 +360,8 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
     assert centre(page) != [0, 0, 0]  # the decoded DICOM is on the canvas
 
     page.get_by_role("button", name="Probability").click()
-    expect(page.locator("th[aria-sort=ascending]")).to_have_text("Probability")
+    # the class whose probability the cells give, named once in the title: all four readings are of one model
+    expect(page.locator("th[aria-sort=ascending]")).to_have_text("Probability of PNEUMONIA")
     shown = [float(t) for t in page.locator("#films tbody td:nth-child(3)").all_inner_texts()]
     assert shown == sorted(shown) and len(shown) == 4
     page.get_by_role("button", name="Probability").click()
@@ -372,6 +373,7 @@ def test_films_list_sort_csv_and_dicom_panel(page: Page, data_root: Path, tagged
         page.click("#export")
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [float(r["probability"]) for r in rows] == pytest.approx(shown, abs=1e-3)
+    assert [r["positive"] for r in rows] == ["PNEUMONIA"] * 4
     names = page.locator("#films tbody td:nth-child(1)").all_inner_texts()
     assert [r["path"] for r in rows] == [("'" + n if n.startswith("=") else n) for n in names]
     labels = page.locator("#films tbody td:nth-child(2)").all_inner_texts()

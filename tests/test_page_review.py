@@ -546,7 +546,10 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
     page kept the card with the check, and coloured the new readings as clear calls: each reading names the card it
     was read with (card_digest). The list and its CSV gave the second stage's column from the card loaded: a film
     read without a second stage was "not run" under a card with one, and the second stage's readings vanished under
-    a card without one."""
+    a card without one.
+    Restarted again with an etiology model alone, the list's probability column gave its P(virus) as a bare number
+    beside the P(PNEUMONIA) before and sorted them as one, and a film not read came first: each cell names its class
+    where the list holds several, each class sorts apart, and a film not read comes last."""
     unchecked = shutil.copytree(tiny_bundle, tmp_path / "unchecked")  # another threshold, no appearance record
     save_card(unchecked, at_threshold(load_card(unchecked), threshold=0.3, threshold_interval=[0.25, 0.35]))
     other = shutil.copytree(unchecked, tmp_path / "checked")  # the same weights and threshold, and a record of its
@@ -593,7 +596,28 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
             with page.expect_download() as download:
                 page.click("#export")
             exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+        with serving_again(page, create_app(tiny_etiology_bundle)):
+            test_page.upload_one(page, small)
+            page.set_input_files("#file", files=[{"name": "empty.jpeg", "mimeType": "image/jpeg", "buffer": b""}])
+            expect(rows).to_have_count(5)
+            column = page.get_by_role("button", name="Probability")
+            expect(column).to_have_text("Probability")  # of no one class
+            for order in ("ascending", "descending"):
+                column.click()
+                expect(page.locator(f"th[aria-sort={order}]")).to_have_text("Probability")
+                cells = page.locator("#films tbody td:nth-child(3)").all_inner_texts()
+                assert cells[-1] == "" and rows.nth(4).locator("td").nth(0).inner_text() == "empty.jpeg", cells
+                read = [re.fullmatch(r"P\((\w+)\) = ([01]\.\d{3})", cell) for cell in cells[:-1]]
+                assert all(read) and [m[1] for m in read] == ["PNEUMONIA"] * 3 + ["virus"], cells
+                pneumonia = [float(m[2]) for m in read[:3]]
+                assert pneumonia == sorted(pneumonia, reverse=order == "descending"), cells
+            with page.expect_download() as download:
+                page.click("#export")
+            listed = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [line["etiology_label"] for line in exported] == ["", etiology.split()[0], ""]
+    # the CSV's positive class of each row is that of the model that read it, as its cell in the list names it
+    assert [line["positive"] for line in listed] == [m[1] for m in read] + [""]
+    assert listed[3]["model_id"] == load_card(tiny_etiology_bundle).model_id
 
 
 def test_each_row_of_the_csv_gives_the_classes_of_the_model_that_read_it(page: Page) -> None:

@@ -1026,7 +1026,6 @@ function value(film, key) {
   if (key === "name") return film.name.toLowerCase();
   if (!film.result) return key === "label" ? "" : -1;
   if (key === "label") return reading(film.result);
-  if (key === "probability") return film.result.probability;
   return allWarnings(film.result).length;
 }
 
@@ -1034,15 +1033,30 @@ function compare(x, y) {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
-// The second-stage column's order: each stage's readings by their probability among themselves, the stages by name
-// whichever the direction (a P(virus) and another stage's probability of its own positive class are not comparable:
-// sorted as one, films read before and after a restart with another second stage were interleaved), and the films
-// without a second-stage reading (not handed over, read with none, not known, not read) last, in the list's order.
-function bySecondStage(a, b, direction) {
-  const x = a.result && a.result.etiology;
-  const y = b.result && b.result.etiology;
+// The order of a column of probabilities, each of the positive class of its stage (stage: a film's reading of the
+// first stage or of its second, or none; group: what names that class): each group's readings by their probability
+// among themselves, the groups by name whichever the direction (a P(virus) and a P(PNEUMONIA), or another second
+// stage's probability of its own positive class, are not comparable: sorted as one, films read before and after a
+// restart with another model were interleaved), and the films without such a reading (not read, or for the second
+// stage not handed over, read with none, not known) last, in the list's order.
+function byGroup(a, b, stage, group, direction) {
+  const x = stage(a);
+  const y = stage(b);
   if (!x || !y) return !x - !y;
-  return compare(x.task, y.task) || direction * compare(x.probability, y.probability);
+  return compare(group(x), group(y)) || direction * compare(x.probability, y.probability);
+}
+
+// The columns sorted by byGroup: each one's reading of a film, and the name of the class its probability is of
+const ORDERS = {
+  probability: [(film) => film.result, (r) => r.positive],
+  etiology: [(film) => film.result && film.result.etiology, (e) => e.task],
+};
+
+// The positive classes of the first stage's readings listed: one, the column's title names it; several (the service
+// restarted with a model of another positive class: P(PNEUMONIA), then P(virus) from an etiology model served alone),
+// each cell names its own, as the second stage's cells do
+function positives() {
+  return [...new Set(films.filter((film) => film.result).map((film) => film.result.positive))];
 }
 
 // The second stage of the service that read a film ({task, positive}): its reading names it, else the card it was read
@@ -1082,7 +1096,7 @@ function listReading(film) {
 function sorted() {
   if (!sortKey) return films.slice();
   const direction = sortAscending ? 1 : -1;
-  return films.slice().sort((a, b) => (sortKey === "etiology" ? bySecondStage(a, b, direction)
+  return films.slice().sort((a, b) => (sortKey in ORDERS ? byGroup(a, b, ...ORDERS[sortKey], direction)
     : direction * compare(value(a, sortKey), value(b, sortKey))));
 }
 
@@ -1101,6 +1115,9 @@ function renderList() {
   $("etiology-column").hidden = !stages.length;
   $("etiology-column").querySelector("button").textContent =
     stages.length === 1 ? titled(stages[0].task) : "Second stage";
+  const classes = positives();
+  $("probability-column").querySelector("button").textContent =
+    classes.length === 1 ? `Probability of ${classes[0]}` : "Probability";
   for (const th of $("films").querySelectorAll("th[aria-sort]")) {
     const key = th.querySelector("button").dataset.key;
     th.setAttribute("aria-sort", key === sortKey ? (sortAscending ? "ascending" : "descending") : "none");
@@ -1113,7 +1130,7 @@ function renderList() {
     const cells = [
       film.name,
       listReading(film),
-      r ? figure(r.probability) : "",
+      r ? (classes.length > 1 ? `P(${r.positive}) = ` : "") + figure(r.probability) : "",
       ...(stages.length ? [secondCell(film, stages.length > 1)] : []),
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
     ];
