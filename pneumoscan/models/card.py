@@ -398,8 +398,8 @@ def load_card(directory: Path | str, best_so_far: bool = False) -> BundleCard:
                          f"{str(recorded)[7:19]}... when it was written; restore the bundle from a good copy (a new "
                          "threshold comes from `pneumoscan threshold`, never from editing bundle.json)")
     card = _validated(path, data)
-    if card.train_config.get(BEST_SO_FAR) and not best_so_far:
-        raise ValueError(_best_so_far_refusal(Path(directory)))
+    if not best_so_far and (kept := _kept_while_training(Path(directory), card)):
+        raise ValueError(_best_so_far_refusal(kept))
     _check_operating_point(path, card)
     if recorded is None:
         _warn_unsealed(str(path))
@@ -425,6 +425,20 @@ def _check_operating_point(path: Path, card: BundleCard) -> None:
             raise ValueError(f"{path}: {key} is {getattr(card, key)!r}, but {where} {value!r} ({at}); restore the "
                              "bundle from a good copy (a new threshold comes from `pneumoscan threshold`, never from "
                              "editing bundle.json)")
+
+
+def _kept_while_training(directory: Path, card: BundleCard) -> Path | None:
+    """Where a run's best weights so far are, if ``directory`` holds them (None otherwise): its card says so
+    (:data:`BEST_SO_FAR`), or, written before cards did (pneumoscan 0.2.0), it records no run and no
+    validation figures (a finished bundle records both) and sits as RUN/best beside the run's own files. A copy of it
+    elsewhere, with no run beside it, is a bundle made by hand and loads as one."""
+    if card.train_config.get(BEST_SO_FAR):
+        return directory
+    if card.train_config or card.val_metrics:
+        return None
+    where = directory.resolve()  # "." inside RUN/best, or a link to it, is RUN/best too
+    run = RunFolder.of(where)
+    return where if run.best == where and run.holds_run() else None
 
 
 def _best_so_far_refusal(directory: Path) -> str:

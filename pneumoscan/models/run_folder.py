@@ -57,6 +57,11 @@ class RunFolder:
     report = _entry(REPORT)
     tensorboard = _entry("tensorboard")
 
+    def holds_run(self) -> bool:
+        """Whether a run wrote here: its recipe, split, checkpoint or history (config.yaml and split.csv come before
+        the first epoch; a user may delete the large checkpoint)."""
+        return any(path.is_file() for path in (self.config, self.split, self.checkpoint, self.history))
+
     def epochs(self) -> list[dict[str, str]]:
         """history.csv's rows, one an epoch, as text; none where the run has no history (a bundle copied in alone)."""
         if not self.history.is_file():
