@@ -429,18 +429,21 @@ def prepare_weights(model: torch.nn.Module, cfg: TrainConfig, d: Data, ctx: Dist
     # NHWC on every device: oneDNN's depthwise convolutions are ~1.5x faster on CPU, and so are cuDNN's in bf16
     model.to(ctx.device, memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    # a bundle's own trained head is kept, not refitted
-    warmed = resumed is None and cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head")
-    if warmed:
+    # a bundle's own trained head is kept, not refitted. A resumed run does not warm-start again, but its weights
+    # started where its first start put them (--resume refuses another recipe), which a divergence names
+    warms = cfg.warm_start and (imagenet or fresh) and hasattr(model, "forward_head")
+    if warms and resumed is None:
         warm_start(model, d.plain, d.class_weights, cfg.eval_batch_size, ctx)
     # the learning-rate schedule runs over what the budget leaves after the warm start, so its warm-up happens
     warm_s = ctx.from_main(resumed.get("warm_s", 0.0) if resumed is not None else time.perf_counter() - t0)
     if cfg.init is not None:  # a new classifier warm-started on its features starts from the bundle too
         start = f"the weights of --init {shown(cfg.init)}", "start from another bundle"
-    elif warmed:
+    elif warms:
         start = "the classifier the warm start fitted", "train with --set warm_start=false"
-    else:
-        start = f"{cfg.model}'s starting weights", "check the films with `pneumoscan audit DATA`"
+    elif imagenet:
+        start = f"{cfg.model}'s pretrained weights", "train from scratch with --no-pretrained"
+    else:  # not the films: their 8-bit pixels, normalised by a checked mean and std, keep every input in bounds
+        start = f"{cfg.model}'s starting weights", f"check how {cfg.model}'s builder initialises them"
     return t0, warm_s, start
 
 
