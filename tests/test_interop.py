@@ -1015,7 +1015,8 @@ def running_orthanc(folder: Path, lua: str | None = None, users: dict[str, str] 
                 time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
+        # killed, not terminated: Orthanc takes 2 s to stop its HTTP server, and its storage is thrown away
+        proc.kill()
         proc.wait(timeout=30)
         log.close()
 
@@ -1293,7 +1294,8 @@ class _Quiet(BaseHTTPRequestHandler):
 def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     """``handler`` served on a free loopback port in a background thread; yields the port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop to look again: every 0.5 s by default, idle time of every test with a front
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server.server_port
