@@ -38,9 +38,14 @@ from tests.test_integrity import bright_overflow_bundle, png
 GATE_S = 20  # a gate never holds longer than this, so a failing test cannot hang
 
 
-def live(app: FastAPI, limits: Limits | None = None) -> AbstractContextManager[str]:
+def uvicorn_server(app: FastAPI, limits: Limits | None = None) -> uvicorn.Server:
     """``app`` under uvicorn with the service's own settings (:func:`server_config`) on a free loopback port."""
-    return running(uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning")))
+    return uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning"))
+
+
+def live(app: FastAPI, limits: Limits | None = None) -> AbstractContextManager[str]:
+    """:func:`uvicorn_server` running; yields its URL."""
+    return running(uvicorn_server(app, limits))
 
 
 class Gate:
@@ -171,14 +176,18 @@ def test_a_client_that_takes_none_of_its_answers_is_cut_off(tiny_bundle: Path) -
     connection and the answers waiting in it were held for as long as the client stayed connected (20 such clients
     of a DICOM SR with its heatmap held 95 MB for as long as they liked)."""
     limits = Limits(body_timeout=1.0, keep_alive=30)
-    with live(create_app(tiny_bundle, limits=limits), limits) as url:
+    server = uvicorn_server(create_app(tiny_bundle, limits=limits), limits)
+    with running(server) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
             sock.connect(("127.0.0.1", port))
             asked = 1000  # 1000 x 48 KB of the page's script: more than the kernel buffers of a loopback connection
             sock.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * asked)
-            time.sleep(4)  # nothing read: the server's writes pause, and the deadline passes
+            # nothing read: the server's writes pause, and the deadline passes (the server lets go of the connection;
+            # the client learns it only by reading)
+            wait_for(lambda: server.server_state.connections, "the connection")
+            wait_for(lambda: not server.server_state.connections, "the connection cut off", timeout=10)
             answer, took = read_until_closed(sock, timeout=20)
         answers = answer.count(b"HTTP/1.1 200 OK")
         assert answers < asked and took < 10, (answers, took)  # cut off: reading did not bring the rest
