@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import queue
 import socket
 from collections.abc import Callable
 from datetime import timedelta
@@ -118,21 +119,52 @@ def ranks_given_other_settings(rank: int, port: int, results: multiprocessing.Qu
     results.put((rank, said))
 
 
-def two_gloo_ranks(target: Callable[..., None], *shared: Callable[[multiprocessing.context.BaseContext], object]
-                   ) -> dict[int, object]:
-    """What each of two spawned processes running ``target(rank, port, *objects, results)`` put in ``results`` (its
-    rank and a line, or what it got), where ``objects`` are made by ``shared`` from the processes' context (a
-    barrier, an event); ``port`` is a free one of this machine for rank 0's store."""
-    with socket.socket() as s:
+class _Said:
+    """The results queue as a scenario's target sees it: what it puts is tagged with the scenario's number."""
+
+    def __init__(self, results: multiprocessing.Queue, scenario: int) -> None:
+        self.results, self.scenario = results, scenario
+
+    def put(self, item: object) -> None:
+        self.results.put((self.scenario, item))
+
+
+def _rank(rank: int, runs: list[tuple[Callable[..., None], int, list[object]]], results: multiprocessing.Queue
+          ) -> None:
+    """One of :func:`two_gloo_ranks`' processes: each scenario's target, one after another."""
+    for scenario, (target, port, objects) in enumerate(runs):
+        target(rank, port, *objects, _Said(results, scenario))
+
+
+def two_gloo_ranks(*scenarios: tuple[Callable[..., None], ...]) -> list[dict[int, object]]:
+    """What each of two spawned processes put in ``results`` (its rank and a line, or what it got) in each scenario
+    ``(target, *shared)``: the processes run ``target(rank, port, *objects, results)`` for one scenario after another,
+    where ``objects`` are made by ``shared`` from the processes' context (a barrier, an event) and ``port`` is a free
+    one of this machine for rank 0's store, a scenario's own. Starting the two interpreters (each imports torch) is
+    most of a scenario's time: a module's scenarios share them, each joining and leaving a group of its own; one
+    that leaves its group broken (a timeout) goes last."""
+    sockets = [socket.socket() for _ in scenarios]  # all bound at once: a port each
+    for s in sockets:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
     context = multiprocessing.get_context("spawn")
-    objects, results = [make(context) for make in shared], context.Queue()
-    ranks = [context.Process(target=target, args=(rank, port, *objects, results)) for rank in range(2)]
+    runs = [(target, port, [make(context) for make in shared]) for (target, *shared), port in zip(scenarios, ports)]
+    results = context.Queue()
+    ranks = [context.Process(target=_rank, args=(rank, runs, results)) for rank in range(2)]
     for p in ranks:
         p.start()
+    said: list[dict[int, object]] = [{} for _ in scenarios]
     try:
-        return dict(results.get(timeout=120) for _ in ranks)
+        for _ in range(2 * len(scenarios)):
+            try:
+                scenario, (rank, what) = results.get(timeout=120)
+            except queue.Empty:
+                raise AssertionError(f"a rank said nothing for 120 s (a scenario hangs); each scenario's ranks said "
+                                     f"{list(zip((t.__name__ for t, *_ in scenarios), said))}") from None
+            said[scenario][rank] = what
+        return said
     finally:  # each has said what it got (or hangs): its exit, torch's teardown, took 2-4 s of each test and proves
         for p in ranks:  # nothing here
             p.kill()

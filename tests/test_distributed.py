@@ -236,24 +236,33 @@ def test_the_main_process_is_rank_0_or_the_only_one(rank: str | None, main: bool
     assert is_main_process() is main
 
 
-def test_a_process_waiting_longer_than_the_timeout_says_which_setting_to_raise() -> None:
+@pytest.fixture(scope="module")
+def ranks_said() -> dict[str, dict[int, object]]:
+    """What two gloo processes started by multiprocessing, not torchrun, said in each scenario below, run one after
+    another by the same two processes (most of a scenario's time had been two interpreters importing torch; the
+    timeout last: it leaves its group broken). The ranks import distributed_stubs alone (the targets' module), not
+    this module's training stack."""
+    timeout = (rank_waiting_for_rank_0, lambda context: context.Barrier(2), lambda context: context.Event())
+    said = two_gloo_ranks((rank_with_fewer_films_than_ranks,), (ranks_given_other_settings,), timeout)
+    return dict(zip(("empty share", "settings", "timeout"), said))
+
+
+def test_a_process_waiting_longer_than_the_timeout_says_which_setting_to_raise(ranks_said: dict) -> None:
     """torch's default timeout (30 min) ended the processes waiting for one that works alone (the cache, the teacher,
     the bundle, a cv fold), with gloo's "Timed out waiting 1800000ms for recv operation". PNEUMOSCAN_DIST_TIMEOUT (2 s
-    here) sets it, and the process that gives up says so. Two gloo processes started by multiprocessing, not torchrun:
-    about 3 s on 2 cores, most of it two interpreters importing torch."""
-    # the ranks import distributed_stubs alone (the target's module), not this module's training stack
-    said = two_gloo_ranks(rank_waiting_for_rank_0, lambda context: context.Barrier(2), lambda context: context.Event())
+    here) sets it, and the process that gives up says so."""
+    said = ranks_said["timeout"]
     assert said[1] == ("TimeoutError: process 1 waited 2 s for the others and gave up; one process alone builds the "
                        "image cache, scores the teachers, writes the bundle or scores a cv fold, which can take longer "
                        "on a large dataset: set PNEUMOSCAN_DIST_TIMEOUT (seconds) above how long that takes"), said
 
 
-def test_processes_given_other_settings_are_refused_naming_them() -> None:
+def test_processes_given_other_settings_are_refused_naming_them(ranks_said: dict) -> None:
     """Machines started with another learning rate trained apart under gradients DDP averaged, exit 0, the bundle
     recording rank 0's; with another number of epochs one waited on the other for 3 hours. Their settings are
     compared, as their data is, and each process refuses at once, naming them; each machine's own data loader
     workers may differ."""
-    said = two_gloo_ranks(ranks_given_other_settings)
+    said = ranks_said["settings"]
     host = socket.gethostname()
     assert said[0] == said[1] == (f"the processes were given different settings (process 0 on {host}, then process 1 "
                                   f"on {host}): lr 0.001 -> 0.01; each would train another model under one bundle's "
@@ -296,12 +305,12 @@ def test_more_processes_on_a_machine_than_its_gpus_are_refused(monkeypatch: pyte
         setup_distributed()
 
 
-def test_a_process_whose_share_of_the_films_is_empty_adds_no_rows() -> None:
+def test_a_process_whose_share_of_the_films_is_empty_adds_no_rows(ranks_said: dict) -> None:
     """With fewer films than processes (8 GPUs, 5 validation films) a process's share is empty: joining the shares
     failed on its scores' shape ((0, 0) against rank 0's (1, 2): "all the input array dimensions except for the
     concatenation axis must match exactly"), and the warm start on its features ("expected a non-empty list of
-    Tensors"). Two gloo processes started by multiprocessing share out 1 film: about 3 s on 2 cores."""
-    said = two_gloo_ranks(rank_with_fewer_films_than_ranks)
+    Tensors"). Two gloo processes share out 1 film."""
+    said = ranks_said["empty share"]
     assert "error" not in said[0] and "error" not in said[1], said
     one_film = [([[0.25, 0.75]], "float32"), ([0], "int64")]  # rank 0's film, the width and dtype of its scores
     assert said[0]["joined"] == said[1]["joined"] == one_film, "every rank gets the one film's scores"

@@ -364,26 +364,36 @@ def test_a_divergence_advises_what_was_seen(losses: tuple[float, ...], step: int
         fit(state, [], losses_then_nan(*losses), figures([1.0]))
 
 
-def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank() -> None:
-    said = two_gloo_ranks(rank_with_a_nan)  # the ranks import engine_stubs alone, not this module's training stack
+@pytest.fixture(scope="module")
+def ranks_said() -> dict[str, dict[int, object]]:
+    """What two gloo ranks said in each DDP scenario below, run one after another by the same two processes (the
+    stalled one last: it leaves its group broken). The ranks import engine_stubs alone, not this module's training
+    stack."""
+    said = two_gloo_ranks((rank_with_a_nan,), (rank_that_stops_alone,),
+                          (rank_that_stalls, lambda context: context.Event()))
+    return dict(zip(("nan", "stop", "stall"), said))
+
+
+def test_every_rank_refuses_the_step_whose_loss_is_not_finite_on_one_rank(ranks_said: dict) -> None:
+    said = ranks_said["nan"]
     assert said[1] == ("ValueError: training diverged at epoch 1, step 2 (loss nan): lower the learning rate (--lr) "
                        "and train again")
     assert said[0] == ("ValueError: training diverged at epoch 1, step 2 (a loss that is not finite in another "
                        "process): lower the learning rate (--lr) and train again"), "rank 0 stops at the same step"
 
 
-def test_a_stop_or_end_of_epoch_set_on_one_rank_holds_on_every_rank() -> None:
+def test_a_stop_or_end_of_epoch_set_on_one_rank_holds_on_every_rank(ranks_said: dict) -> None:
     """A callback whose verdict is its own rank's (its own data, a file only one machine sees) left the ranks apart:
     the rank that stopped finalised while the other stepped into the gradients' all-reduce, and waited there for the
     timeout (3 hours by default), or met a collective of another shape."""
-    said = two_gloo_ranks(rank_that_stops_alone)
+    said = ranks_said["stop"]
     assert said == {0: [1, 4], 1: [1, 4]}, said
 
 
-def test_a_process_that_stalls_in_training_is_given_up_on_in_one_line() -> None:
+def test_a_process_that_stalls_in_training_is_given_up_on_in_one_line(ranks_said: dict) -> None:
     """A process stalled in a step left the other with gloo's raw "Timed out waiting ...ms for recv operation" from
     inside DDP's gradient all-reduce; it says, in one line, that the processes meet at every step and what to do."""
-    said = two_gloo_ranks(rank_that_stalls, lambda context: context.Event())
+    said = ranks_said["stall"]
     assert said[0] == ("TimeoutError: process 0 waited 2 s for the others and gave up; the processes meet at every "
                        "training step (the gradients' average), so another one stopped or stalled there (its own log "
                        "says why) or runs far slower (a busy or smaller machine); if it is only slower, set "
