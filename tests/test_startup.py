@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,44 +44,56 @@ def run_python(code: str, *args: str, affinity: set[int] | None = None, **env: s
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.fixture
-def film(tmp_path: Path) -> Path:
-    path = tmp_path / "film.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
-    return path
-
-
 PREDICT = f"""
 import json, sys
 from pneumoscan import cli
-code = cli.main(sys.argv[1:])
-print(json.dumps({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+said = []
+for args in json.loads(sys.argv[1]):  # one command line after another in this process
+    code = cli.main(args)
+    said.append({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}})
+print(json.dumps(said))
 """
+BACKENDS = ("onnx", "onnx-int8")
 
 
-@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+@pytest.fixture(scope="module")
+def fresh_predicts(int8_bundle: Path, tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> dict:
+    """`predict` of a film by each ONNX backend, then by ONNX with heatmaps, one after the other in one fresh
+    interpreter (this one has torch loaded long ago): an interpreter a test had cost seconds each. What a run
+    imports stays in sys.modules, so what is loaded after each run counts it and the runs before it."""
+    folder = module_tmp("fresh_predicts")
+    film = folder / "film.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
+    runs = [["predict", str(int8_bundle), str(film), "--backend", backend, "--out", str(folder / f"{backend}.json")]
+            for backend in BACKENDS]
+    runs.append(["predict", str(tiny_bundle), str(film), "--out", str(folder / "heatmaps.json"), "--backend", "onnx",
+                 "--heatmaps", str(folder / "maps")])
+    return {"film": film, "folder": folder, "ran": run_python(PREDICT, json.dumps(runs))}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_predict_imports_no_torch_and_gives_the_same_probability(
-    int8_bundle: Path, film: Path, tmp_path: Path, backend: str
+    int8_bundle: Path, fresh_predicts: dict, backend: str
 ) -> None:
-    out = tmp_path / "rows.json"
-    ran = run_python(PREDICT, "predict", str(int8_bundle), str(film), "--backend", backend, "--out", str(out))
+    ran = fresh_predicts["ran"][BACKENDS.index(backend)]
     assert ran == {"code": 0, "loaded": []}
-    [row] = json.loads(out.read_text())
+    [row] = json.loads((fresh_predicts["folder"] / f"{backend}.json").read_text())
     predictor = Predictor(int8_bundle, backend=backend)
-    gray = read_gray(film, target=predictor.card.spec.decode_target)
+    gray = read_gray(fresh_predicts["film"], target=predictor.card.spec.decode_target)
     [expected] = predictor.positive_probability(predictor.probabilities(predictor.preprocess([gray])))
     # the same model and input numbers (test_onnx_inputs_are_to_inputs_numbers), scored in another process, whose
     # thread count may differ from this one's (an xdist worker's): within SCORE_TOL, not bit for bit
     assert row["probability"] == pytest.approx(expected, abs=SCORE_TOL)
 
 
-def test_torch_is_loaded_for_heatmaps_of_the_onnx_backend(tiny_bundle: Path, film: Path, tmp_path: Path) -> None:
-    """Grad-CAM needs the torch model: a fresh process scoring with ONNX loads torch for the heatmaps, and makes
-    them (the torch backend's own fresh process: tests/test_interop.py's report cut short)."""
-    ran = run_python(PREDICT, "predict", str(tiny_bundle), str(film), "--out", str(tmp_path / "rows.json"),
-                     "--backend", "onnx", "--heatmaps", str(tmp_path / "maps"))
+def test_torch_is_loaded_for_heatmaps_of_the_onnx_backend(fresh_predicts: dict) -> None:
+    """Grad-CAM needs the torch model: a fresh process scoring with ONNX loads torch for the heatmaps (none of it
+    before them), and makes them (the torch backend's own fresh process: tests/test_interop.py's report cut
+    short)."""
+    *before, ran = fresh_predicts["ran"]
+    assert before[-1]["loaded"] == [], "the runs before the heatmaps loaded no torch"
     assert ran["code"] == 0 and set(TORCH_STACK) <= set(ran["loaded"])  # Grad-CAM's library loads sklearn
-    assert len(list((tmp_path / "maps").glob("*.png"))) == 1
+    assert len(list((fresh_predicts["folder"] / "maps").glob("*.png"))) == 1
 
 
 def test_the_onnx_backend_builds_the_torch_model_for_gradcam_only_and_checks_its_weights(
