@@ -273,20 +273,22 @@ def test_resume_refuses_other_films(tiny_dataset: Path, tmp_path: Path) -> None:
         train(data, TrainConfig(**TINY), tmp_path / "run", resume=True)
 
 
-def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_dataset: Path, tmp_path: Path) -> None:
-    """--init RUN/bundle --out RUN: the bundle is read before the run folder is cleared for the new run."""
+def test_a_run_fine_tunes_its_own_bundle_in_place(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """--init RUN/bundle --out RUN: the bundle is read before the run folder is cleared for the new run (RUN a copy
+    of the tiny run)."""
     run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
-    first = load_bundle(train(tiny_dataset, cfg, run))[1].files
+    first = load_bundle(shutil.copytree(tiny_bundle.parent, run) / "bundle")[1].files
     again = train(tiny_dataset, dataclasses.replace(cfg, init=str(run / "bundle")), run)
     assert load_bundle(again)[1].train_config["init"] == str(run / "bundle") and load_bundle(again)[1].files != first
 
 
-def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_an_in_place_fine_tune_interrupted_goes_on_from_its_checkpoint(tiny_bundle: Path, tiny_dataset: Path,
+                                                                        tmp_path: Path) -> None:
     """The run clears RUN/bundle, the bundle it starts from, at its start: stopped after an epoch, its --resume failed
-    on that missing bundle ("is not a bundle folder"), its finished epochs lost with the bundle."""
-    run, cfg = tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1})
-    train(tiny_dataset, cfg, run)
-    tune = dataclasses.replace(cfg, init=str(run / "bundle"), epochs=2)
+    on that missing bundle ("is not a bundle folder"), its finished epochs lost with the bundle (RUN a copy of the
+    tiny run)."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    tune = TrainConfig(**{**TINY, "init": str(run / "bundle")})
     with pytest.raises(Crash):
         train(tiny_dataset, tune, run, on_epoch_end=crash_after_first_epoch)
     assert not (run / "bundle").exists() and (run / "checkpoint.pt").exists()
@@ -496,15 +498,15 @@ def mirror(film: Path) -> None:
 
 
 def test_the_bundle_records_a_data_identity_that_survives_touching_and_moving_the_films(
-    tiny_dataset: Path, tmp_path: Path
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     """The bundle's data_fingerprint names the image cache, whose key holds the files' paths and times: the same
     films touched or moved gave another one. data_checksum holds only their pixels and labels. The card also
     records the libraries' versions and what the training steps computed in (precision auto: fp32 on CPU, bf16 on
-    CUDA)."""
-    data, cfg = tmp_path / "data", TrainConfig(**{**TINY, "epochs": 1})
+    CUDA). The tiny run's bundle, of tiny_dataset's films: a copy of them is touched and moved."""
+    data, cfg = tmp_path / "data", load_config(tiny_bundle.parent / "config.yaml")
     shutil.copytree(tiny_dataset, data)
-    card = load_card(train(data, cfg, tmp_path / "run"))
+    card = load_card(tiny_bundle)
     assert card.versions["torch"] == torch.__version__ and card.versions["numpy"] == np.__version__
     assert {"timm", "onnxruntime"} <= card.versions.keys() and card.train_config["resolved_precision"] == AUTO_PRECISION
 
@@ -574,13 +576,15 @@ def test_neighbouring_seeds_do_not_share_data_order_or_augmentation() -> None:
 
 
 def test_init_refits_only_a_new_classifier(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--init keeps a bundle's trained head for the same classes; only a new classifier gets the warm start."""
+    """--init keeps a bundle's trained head for the same classes; only a new classifier gets the warm start (which
+    comes before the first step: the run that keeps the head stops there, the other trains and finishes)."""
     cfg = TrainConfig(**{**TINY, "model": "resnet10t", "epochs": 1})
     start = train(tiny_dataset, cfg, tmp_path / "start")
     fitted: list[str] = []
     real = train_mod.warm_start_head
     monkeypatch.setattr(train_mod, "warm_start_head", lambda *args: fitted.append("head") or real(*args))
-    train(tiny_dataset, dataclasses.replace(cfg, init=str(start)), tmp_path / "same")
+    with pytest.raises(ValueError, match="^no epoch was validated"):
+        train(tiny_dataset, dataclasses.replace(cfg, init=str(start)), tmp_path / "same", callbacks=[BudgetSpent()])
     assert fitted == []
     train(tiny_dataset, dataclasses.replace(cfg, init=str(start), task="multiclass"), tmp_path / "three")
     assert fitted == ["head"]
