@@ -21,8 +21,9 @@ from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation.compare import OPTIMISTIC, compare_runs, comparison_figure, format_table
 from pneumoscan.evaluation.evaluate import evaluate, films_digest
 from pneumoscan.models.card import load_card, save_card
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.config import load_config
 from pneumoscan.training.train import train
+from tests.builders import nudge_weights
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +191,7 @@ def test_an_evaluation_of_a_bundle_trained_again_since_shows_no_card_of_the_new_
     evaluate(run / "bundle", tiny_dataset, "test", run / "eval-test")
     [before] = compare_runs([run / "eval-test"])
     assert before.policy == load_card(run / "bundle").threshold_policy and before.minutes is not None
-    other = train(tiny_dataset, TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1,
-                                            batch_size=8, seed=7, target_sensitivity=0.8), tmp_path / "other")
-    shutil.rmtree(run / "bundle")
-    shutil.copytree(other, run / "bundle")  # as a run trained again in the same folder leaves it
+    nudge_weights(run / "bundle")  # other weights, as a run trained again in the same folder leaves
     [after] = compare_runs([run / "eval-test"])
     assert (after.model, after.task, after.policy, after.minutes) == (None, None, None, None)
     assert after.figures == before.figures and after.threshold == before.threshold  # its own figures, as measured
@@ -354,13 +352,13 @@ def test_a_run_scored_with_test_time_augmentation_says_so(two_runs: tuple[Path, 
     assert "; TTA)" in table and table.count("; TTA)") == 1
 
 
-def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_dataset: Path,
+def test_training_runs_validated_on_other_films_are_named_by_their_own_run(tiny_bundle: Path, tiny_dataset: Path,
                                                                            tmp_path: Path) -> None:
     """Two seeds' runs validate on other films: both rows read "validation (chose its threshold)", as if on one
-    set. Runs on the same split still share the name."""
-    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8)
-    runs = {name: train(tiny_dataset, dataclasses.replace(cfg, seed=seed), tmp_path / name).parent
-            for name, seed in (("seed0", 0), ("seed0-again", 0), ("seed1", 1))}
+    set. Runs on the same split still share the name (seed 0's: copies of the tiny run)."""
+    runs = {name: shutil.copytree(tiny_bundle.parent, tmp_path / name) for name in ("seed0", "seed0-again")}
+    cfg = load_config(tiny_bundle.parent / "config.yaml", seed=1)
+    runs["seed1"] = train(tiny_dataset, cfg, tmp_path / "seed1").parent
     same = compare_runs([runs["seed0"], runs["seed0-again"]])
     assert [r.data for r in same] == ["validation (chose its threshold)"] * 2
     other = compare_runs([runs["seed0"], runs["seed1"]])
@@ -391,7 +389,6 @@ def test_a_two_stage_evaluation_names_its_second_stage_by_its_weights_and_folder
     """metrics.json recorded the second stage only as the path typed, and compare showed its figures as current
     after it was trained again; two second stages wrote one default folder, the second run's over the first's."""
     from pneumoscan import cli
-    from tests.builders import nudge_weights
 
     first = shutil.copytree(tiny_bundle.parent, tmp_path / "first") / "bundle"
     seconds = [shutil.copytree(tiny_etiology_bundle.parent, tmp_path / name) / "bundle" for name in ("e-a", "e-b")]
