@@ -187,6 +187,14 @@ def tiny_etiology_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="session")
+def tiny_multiclass_bundle(typed_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained three-class bundle (normal, bacteria, virus; trained on the typed dataset), for the tests that
+    read a finished three-class run (its bundle, card and reports)."""
+    return _once_per_run(tmp_path_factory, "tiny_multiclass_bundle",
+                         lambda run: _tiny_bundle(typed_dataset, run, "multiclass"))
+
+
+@pytest.fixture(scope="session")
 def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of tiny_bundle with its INT8 model (export --int8), for the onnx-int8 backend's tests."""
     import shutil

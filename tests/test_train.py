@@ -54,20 +54,24 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("task", ["pneumonia", "etiology", "multiclass"])
-def test_tiny_training_run_writes_a_complete_bundle(typed_dataset: Path, tmp_path: Path, task: str) -> None:
-    bundle = train(typed_dataset, TrainConfig(task=task, **TINY), tmp_path / "run")
+@pytest.mark.parametrize("task, made_by", [pytest.param("pneumonia", "tiny_bundle", id="pneumonia"),
+                                           pytest.param("etiology", "tiny_etiology_bundle", id="etiology"),
+                                           pytest.param("multiclass", "tiny_multiclass_bundle", id="multiclass")])
+def test_tiny_training_run_writes_a_complete_bundle(request: pytest.FixtureRequest, task: str, made_by: str) -> None:
+    """Each task's tiny run (the session's, trained by conftest._tiny_bundle) as train() left it."""
+    bundle: Path = request.getfixturevalue(made_by)
+    run = bundle.parent
     model, card = load_bundle(bundle)
     assert card.task == task and len(card.classes) == {"multiclass": 3}.get(task, 2)
     assert 0.0 <= card.threshold <= 1.0 and card.temperature > 0 and card.data_fingerprint
     assert card.val_metrics["n"] > 0 and 0.0 <= card.val_metrics["auc"] <= 1.0
     for name in ("history.csv", "curves.png", "config.yaml", "split.csv", "report.html", "metrics.json",
                  "checkpoint.pt"):
-        assert (tmp_path / "run" / name).is_file(), name
-    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+        assert (run / name).is_file(), name
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
     assert {"train_loss", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc"} <= set(header)
     assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl")), "bundles hold no pickles"
-    split = discover(tmp_path / "run" / "split.csv").records
+    split = discover(run / "split.csv").records
     train_patients = {r.patient for r in split if r.split == "train"}
     assert train_patients.isdisjoint({r.patient for r in split if r.split == "val"})
     assert not any(r.split == "test" for r in split), "test images never enter training or validation"
