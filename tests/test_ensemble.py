@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import io
 import json
+import logging
 import re
 import shutil
 import warnings
@@ -63,20 +64,31 @@ def held_out(tiny_dataset: Path, module_tmp: Callable[[str], Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ensemble(tiny_bundle: Path, member64: Path, held_out: Path, module_tmp: Callable[[str], Path]) -> Path:
-    out = module_tmp("ens") / "ensemble"
-    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
-                 "--out", str(out)]) == 0
-    return out
+def made_ensemble(tiny_bundle: Path, member64: Path, held_out: Path,
+                  module_tmp: Callable[[str], Path]) -> tuple[Path, list[str]]:
+    """The ensemble of tiny_bundle and member64 calibrated on held_out, and the warnings logged while it was made."""
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    out, said, warned = module_tmp("ens") / "ensemble", [], Said(logging.WARNING)
+    logging.getLogger().addHandler(warned)
+    try:
+        assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out), "--out", str(out)]) == 0
+    finally:
+        logging.getLogger().removeHandler(warned)
+    return out, said
 
 
-def test_ensemble_thresholds_on_too_few_positives_are_said_to_be_guesses(
-        tiny_bundle: Path, member64: Path, held_out: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture(scope="module")
+def ensemble(made_ensemble: tuple[Path, list[str]]) -> Path:
+    return made_ensemble[0]
+
+
+def test_ensemble_thresholds_on_too_few_positives_are_said_to_be_guesses(made_ensemble: tuple[Path, list[str]]) -> None:
     """As `threshold` says it: a sensitivity of 0.95 cannot be shown on the 8 positive films held out here."""
-    with caplog.at_level("WARNING"):
-        assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(held_out),
-                     "--out", str(tmp_path / "ens")]) == 0
-    assert "only 8 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20" in caplog.text
+    assert any("only 8 positive films: a sensitivity of 0.95 cannot be shown on fewer than 20" in line
+               for line in made_ensemble[1]), made_ensemble[1]
 
 
 def _test_images(ens: Path, tiny_dataset: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -622,8 +634,7 @@ def _nan_when_bright(size: int) -> bytes:
     return buf.getvalue()
 
 
-def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_bundle: Path, member64: Path,
-                                                                          tiny_dataset: Path, tmp_path: Path) -> None:
+def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(cv_ensemble: tuple[Path, Path]) -> None:
     """The ONNX scoring of ensemble calibration and of INT8 export refuses NaN as the Predictor does (a NaN would
     fit a temperature and threshold on nothing), naming the member whose scores they are."""
     nan = session(_nan_when_bright(64))
@@ -633,9 +644,8 @@ def test_non_finite_scores_never_reach_the_temperature_and_threshold_fits(tiny_b
     assert refused.value.bad.tolist() == [False, True, False]
     assert np.isfinite(session_logits(nan, dark[None])).all()
 
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(tmp_path / "ens")]) == 0
-    net, card = load_bundle(tmp_path / "ens")
+    cv, ens = cv_ensemble
+    net, card = load_bundle(ens)
     with pytest.raises(ValueError, match=rf"ensemble member 2 of 2 \({cv / 'fold-1' / 'bundle'}\): the model "
                                          "produced a non-finite"):
         out_of_fold(net, [cv], card, get_task(card.task),
@@ -695,14 +705,23 @@ def test_int8_thresholds_of_an_ensemble_are_refused_on_films_a_member_trained_on
     assert not (bundle / "model.int8.onnx").exists()
 
 
-def test_int8_of_a_threshold_copy_of_a_cv_ensemble_is_refused_out_of_fold(tiny_bundle: Path, member64: Path,
+@pytest.fixture(scope="module")
+def cv_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,
+                module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
+    """A two-fold cv run of tiny_bundle and member64 (:func:`_cv_run`) and its ensemble (`ensemble --cv --youden`),
+    for the tests that only read them: those that change the cv or the ensemble make their own."""
+    folder = module_tmp("cv-ensemble")
+    cv = _cv_run(folder / "cv", (tiny_bundle, member64), tiny_dataset)
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(folder / "ens")]) == 0
+    return cv, folder / "ens"
+
+
+def test_int8_of_a_threshold_copy_of_a_cv_ensemble_is_refused_out_of_fold(cv_ensemble: tuple[Path, Path],
                                                                           tiny_dataset: Path, tmp_path: Path) -> None:
     """A cv ensemble given a site's threshold (`pneumoscan threshold`) keeps its out-of-fold calibration record:
     `export --int8 --cv` chose its INT8 thresholds on the runs' out-of-fold scores, another population than the
     site's, and the two backends read the site's films at operating points chosen apart. Refused, as --data is."""
-    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset)
-    ens = tmp_path / "ens"
-    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    cv, ens = cv_ensemble
     site = [make_record(r.path, r.label) for r in discover(tiny_dataset).split("train")[::3]]
     write_manifest(site, tmp_path / "site.csv")
     assert main(["threshold", str(ens), str(tmp_path / "site.csv"), "--youden", "--out", str(tmp_path / "site")]) == 0
