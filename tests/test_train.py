@@ -823,21 +823,23 @@ def test_a_validation_split_without_a_class_is_refused_before_the_first_step(tin
 
 
 def test_films_a_task_cannot_use_are_warned_about(
-    typed_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    typed_dataset: Path, tiny_multiclass_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Pneumonia films whose names give no type are left out of the three-class task, in training and in
-    evaluation: said, so that figures on the rest do not pass for figures on every film given."""
+    evaluation: said, so that figures on the rest do not pass for figures on every film given. Training says it
+    before its first step (where this run stops); the session's three-class bundle evaluates."""
     data = tmp_path / "data"
     shutil.copytree(typed_dataset, data)
     for split, n in (("train", 3), ("test", 1)):
         for i, path in enumerate(sorted((data / split / "PNEUMONIA").iterdir())[:n]):
             path.rename(path.with_name(f"site_{i}.jpeg"))
-    with caplog.at_level("WARNING"):
-        bundle = train(data, TrainConfig(**{**TINY, "task": "multiclass", "epochs": 1}), tmp_path / "run")
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="^no epoch was validated"):
+        train(data, TrainConfig(**{**TINY, "task": "multiclass", "epochs": 1}), tmp_path / "run",
+              callbacks=[BudgetSpent()])
     assert "3 pneumonia film(s) given to training do not say bacteria or virus" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        metrics = evaluate(bundle, data, split="test")
+        metrics = evaluate(tiny_multiclass_bundle, data, split="test")
     assert "1 pneumonia film(s) given to evaluation do not say bacteria or virus" in caplog.text
     assert metrics["n"] == 15
 
