@@ -442,8 +442,9 @@ def _kept_while_training(directory: Path, card: BundleCard) -> Path | None:
 
 
 def _best_so_far_refusal(directory: Path) -> str:
-    """Why a run's best weights so far are no model to use, and what is: the run's bundle, or finishing the run."""
-    run = RunFolder.of(directory)
+    """Why a run's best weights so far are no model to use, and what is: the run's bundle, or finishing the run
+    (found from the folder itself, whatever the path given: ``.`` inside RUN/best, or a link to it)."""
+    run = RunFolder.of(directory.resolve())
     use = (f"use {run.bundle}, the run's finished bundle" if (run.bundle / CARD).is_file() else
            f"finish the run (`pneumoscan train --resume --out {run.root}`, with the data and settings of "
            f"{run.config}), then use {run.bundle}")

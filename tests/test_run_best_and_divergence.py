@@ -140,3 +140,15 @@ def test_a_divergence_at_the_first_step_names_the_model_s_weights_not_the_films(
     with pytest.raises(ValueError, match=rf"^training diverged at epoch 1, step 1 \(loss nan\): no step had moved the "
                                          rf"weights yet, so {re.escape(said)}$"):
         train(tiny_dataset, cfg, tmp_path / "run")
+
+
+def test_a_run_best_given_as_dot_or_a_link_is_refused_naming_its_own_runs_bundle(
+        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal's "use RUN/bundle" was worked out from the path as typed: given as ``.`` inside RUN/best it named
+    ``bundle``, a folder beside the shell's, and given as a link, a bundle beside the link."""
+    run = tiny_bundle.parent
+    (tmp_path / "link").symlink_to(run / "best")
+    monkeypatch.chdir(run / "best")
+    for given in (Path("."), tmp_path / "link"):
+        with pytest.raises(ValueError, match=f"; use {re.escape(str(run.resolve() / 'bundle'))}, the run's finished"):
+            load_bundle(given)
