@@ -410,7 +410,7 @@ def test_a_second_stage_its_own_check_flags_is_out_of_scope_with_its_warnings(pa
         const row = document.querySelector('#films tbody tr');
         return [[row.cells[3].textContent, row.cells[4].textContent], csv(), secondLine(film.result),
                 [...document.querySelectorAll('#warnings li')].map((item) => item.textContent),
-                announcement(film.result), value(film, 'warnings')];
+                announcement(film.result), ORDERS.warnings[2](film.result)];
     }""", unlike)
     assert listed == ["out of scope (virus, P(virus) = 0.727)", f"no DICOM tags; Etiology stage: {unlike}"]
     row = next(csv.DictReader(io.StringIO(exported)))
@@ -549,7 +549,8 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
     a card without one.
     Restarted again with an etiology model alone, the list's probability column gave its P(virus) as a bare number
     beside the P(PNEUMONIA) before and sorted them as one, and a film not read came first: each cell names its class
-    where the list holds several, each class sorts apart, and a film not read comes last."""
+    where the list holds several, each class sorts apart, and a film not read comes last, as in the reading's other
+    columns (it came first in an ascending sort of the reading or of the scope warnings)."""
     unchecked = shutil.copytree(tiny_bundle, tmp_path / "unchecked")  # another threshold, no appearance record
     save_card(unchecked, at_threshold(load_card(unchecked), threshold=0.3, threshold_interval=[0.25, 0.35]))
     other = shutil.copytree(unchecked, tmp_path / "checked")  # the same weights and threshold, and a record of its
@@ -611,6 +612,10 @@ def test_a_film_read_by_a_model_before_a_restart_is_not_shown_again_with_the_new
                 assert all(read) and [m[1] for m in read] == ["PNEUMONIA"] * 3 + ["virus"], cells
                 pneumonia = [float(m[2]) for m in read[:3]]
                 assert pneumonia == sorted(pneumonia, reverse=order == "descending"), cells
+            for other in ("Reading", "Scope warnings"):  # every column of the reading: the film not read last too
+                page.get_by_role("button", name=other).click()
+                expect(page.locator("th[aria-sort=ascending]")).to_have_text(other)
+                expect(rows.nth(4).locator("td").nth(0)).to_have_text("empty.jpeg")
             with page.expect_download() as download:
                 page.click("#export")
             listed = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))

@@ -1022,34 +1022,31 @@ function batchSummary(count, { read, outside, rejected, unread = 0 }) {
 
 // ---- the list of films: sortable, exportable ----
 
-function value(film, key) {
-  if (key === "name") return film.name.toLowerCase();
-  if (!film.result) return key === "label" ? "" : -1;
-  if (key === "label") return reading(film.result);
-  return allWarnings(film.result).length;
-}
-
 function compare(x, y) {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
-// The order of a column of probabilities, each of the positive class of its stage (stage: a film's reading of the
-// first stage or of its second, or none; group: what names that class): each group's readings by their probability
-// among themselves, the groups by name whichever the direction (a P(virus) and a P(PNEUMONIA), or another second
-// stage's probability of its own positive class, are not comparable: sorted as one, films read before and after a
-// restart with another model were interleaved), and the films without such a reading (not read, or for the second
-// stage not handed over, read with none, not known) last, in the list's order.
-function byGroup(a, b, stage, group, direction) {
+// The order of a column of a film's reading (stage: the film's reading of the first stage or of its second, or none;
+// group: what names the class a probability is of; measure: the value sorted). Each group's readings by their
+// measure among themselves, the groups by name whichever the direction (a P(virus) and a P(PNEUMONIA), or another
+// second stage's probability of its own positive class, are not comparable: sorted as one, films read before and
+// after a restart with another model were interleaved), and the films without such a reading (not read, rejected, or
+// for the second stage not handed over, read with none, not known) last, in the list's order.
+function byGroup(a, b, [stage, group, measure], direction) {
   const x = stage(a);
   const y = stage(b);
   if (!x || !y) return !x - !y;
-  return compare(group(x), group(y)) || direction * compare(x.probability, y.probability);
+  return compare(group(x), group(y)) || direction * compare(measure(x), measure(y));
 }
 
-// The columns sorted by byGroup: each one's reading of a film, and the name of the class its probability is of
+const firstStage = (film) => film.result;
+const oneGroup = () => "";
+// Each column's order but the file name's: [stage, group, measure] of byGroup
 const ORDERS = {
-  probability: [(film) => film.result, (r) => r.positive],
-  etiology: [(film) => film.result && film.result.etiology, (e) => e.task],
+  label: [firstStage, oneGroup, reading],
+  probability: [firstStage, (r) => r.positive, (r) => r.probability],
+  etiology: [(film) => film.result && film.result.etiology, (e) => e.task, (e) => e.probability],
+  warnings: [firstStage, oneGroup, (r) => allWarnings(r).length],
 };
 
 // The positive classes of the first stage's readings listed: one, the column's title names it; several (the service
@@ -1096,8 +1093,9 @@ function listReading(film) {
 function sorted() {
   if (!sortKey) return films.slice();
   const direction = sortAscending ? 1 : -1;
-  return films.slice().sort((a, b) => (sortKey in ORDERS ? byGroup(a, b, ...ORDERS[sortKey], direction)
-    : direction * compare(value(a, sortKey), value(b, sortKey))));
+  const name = (film) => film.name.toLowerCase();
+  return films.slice().sort((a, b) => (sortKey === "name" ? direction * compare(name(a), name(b))
+    : byGroup(a, b, ORDERS[sortKey], direction)));
 }
 
 // A film's cell in the list's second-stage column: its own stage's reading, named by its task when the column holds
