@@ -35,9 +35,10 @@ def init_of(name: str) -> str:
     return "ImageNet" if models.has_pretrained(name) else "scratch"
 
 
-def fit(data: str, name: str, init: str, image_size: int, minutes: float, out: Path) -> tuple[Path, str]:
-    """The bundle and how it started: a model whose ImageNet weights cannot be had here trains from scratch, as
-    `make reference` does, so the rest of the table still gets made."""
+def fit(data: str, name: str, init: str, image_size: int, minutes: float, out: Path) -> tuple[Path | str, str]:
+    """The bundle, or why its run was refused (diverged, scored every film alike, no better than chance), and how it
+    started: a model whose ImageNet weights cannot be had here trains from scratch, as `make reference` does, and a
+    refused run is a line of its own, so the rest of the table still gets made."""
     pretrained = init == "ImageNet"
     cfg = TrainConfig(model=name, pretrained=pretrained, image_size=image_size, epochs=50, patience=50,
                       time_budget=minutes, lr=1e-3 if pretrained else 2e-3)
@@ -46,6 +47,8 @@ def fit(data: str, name: str, init: str, image_size: int, minutes: float, out: P
     except WeightsUnavailable as e:
         print(f"{e}; training it from scratch", file=sys.stderr)
         return fit(data, name, "scratch (no ImageNet weights here)", image_size, minutes, out)
+    except ValueError as e:  # training's refusals: no bundle, nothing to score
+        return str(e), init
 
 
 def row(name: str, init: str, bundle: Path, minutes: float) -> str:
@@ -70,11 +73,15 @@ def main() -> None:
     refusing(discover, args.data)  # a folder of no dataset, or none there: said before any model trains
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-models-"))
-    rows = []
+    rows, refused = [], []
     for name in args.models:
         start = time.perf_counter()
         bundle, init = fit(args.data, name, init_of(name), args.image_size, args.minutes, out / name)
-        rows.append(row(name, init, bundle, (time.perf_counter() - start) / 60))
+        minutes = (time.perf_counter() - start) / 60
+        if isinstance(bundle, str):
+            refused.append(f"- {name} ({init}, {minutes:.1f} train minutes): {bundle}")
+        else:
+            rows.append(row(name, init, bundle, minutes))
 
     print(f"\nAll models: pneumonia task, {args.image_size} px, {args.minutes:g} min training budget each, "
           f"{os.cpu_count()} CPU cores; validation = patient-grouped {TrainConfig().val_fraction:.0%} of {args.data} "
@@ -82,6 +89,8 @@ def main() -> None:
     print(HEADER)
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if refused:
+        print("\nRefused by training, so not in the table:\n" + "\n".join(refused))
 
 
 if __name__ == "__main__":

@@ -321,3 +321,19 @@ def test_bench_patient_overlap_says_a_row_without_pairs_has_none(tmp_path: Path,
     assert bench.deranged([(films[0], films[1])], 0) == []
     assert sorted(bench.deranged([(films[0], films[1]), (films[2], films[3])], 0)) == [
         (films[0], films[3]), (films[2], films[1])]
+
+
+def test_bench_models_lists_a_run_training_refused_and_goes_on(tiny_dataset: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose run training refused (seed_cnn1 from scratch in 3 minutes scored every validation film alike)
+    ended the benchmark in a traceback, the rows of the models trained before it lost: each refused run is listed
+    under the table with its reason, and the next model trains."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS), *sys.path])
+    monkeypatch.setattr(sys, "argv", ["bench_models.py", "--data", str(tiny_dataset), "--models", "simple_cnn", "mlp",
+                                      "--minutes", "0.00001", "--image-size", "32", "--out", str(tmp_path)])
+    runpy.run_path(str(BENCHMARKS / "bench_models.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    refused = out.split("Refused by training, so not in the table:\n")[1].splitlines()
+    assert [line.split(" (")[0] for line in refused] == ["- simple_cnn", "- mlp"], out
+    assert all("(scratch, " in line and "raise --time-budget" in line for line in refused), refused
