@@ -64,6 +64,16 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
             time.sleep(0.2)
 
 
+class Crash(RuntimeError):
+    """A crash of a training run, raised by :func:`crash_after_first_epoch` (a kill after a checkpoint)."""
+
+
+def crash_after_first_epoch(epoch: int) -> None:
+    """``train(..., on_epoch_end=...)``: the run crashes once its first epoch is checkpointed."""
+    if epoch == 0:
+        raise Crash
+
+
 def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:
     """Two metrics.json trees agree: the same keys, lengths and integers, every float within SCORE_TOL."""
     if isinstance(reported, dict):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from builders import Crash, crash_after_first_epoch
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import evaluate_multiclass, format_figure
 from pneumoscan.data.labelled import patient_groups
@@ -369,15 +370,6 @@ def test_cv_refuses_folds_trained_in_different_precisions(finished_cv: tuple[Pat
     assert (f"the finished folds were trained in {other} and this cv trains in {here}, so its folds still to train "
             "would be another recipe: run it where they trained, or use a new --out") in capsys.readouterr().err
     assert not (out / "fold-1").exists()
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_after_first_epoch(epoch: int) -> None:
-    if epoch == 0:
-        raise Crash
 
 
 def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_only(

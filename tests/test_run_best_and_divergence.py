@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import Crash, crash_after_first_epoch
 from pneumoscan.cli import main
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle
@@ -84,15 +85,7 @@ class _Started(Callback):
     def on_fit_start(self, state: State) -> None:
         self.advice, self.start = divergence_advice(state), state.start
         if self.stop:
-            raise _Stop
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop(epoch: int) -> None:
-    raise _Stop
+            raise Crash
 
 
 def test_a_warm_started_run_names_its_warm_start_after_a_resume_too(tiny_dataset: Path, tmp_path: Path,
@@ -109,11 +102,11 @@ def test_a_warm_started_run_names_its_warm_start_after_a_resume_too(tiny_dataset
 
     cfg = TrainConfig(model="pretrained_tiny", image_size=32, batch_size=8, val_fraction=0.25, epochs=1)
     first, resumed = _Started(), _Started(stop=True)
-    with pytest.raises(_Stop):  # after the first epoch's checkpoint
-        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=_stop, callbacks=[first])
+    with pytest.raises(Crash):  # after the first epoch's checkpoint
+        train(tiny_dataset, cfg, tmp_path / "run", on_epoch_end=crash_after_first_epoch, callbacks=[first])
     assert first.advice == ("no step had moved the weights yet, so the classifier the warm start fitted gave it, not "
                             "the learning rate: train with --set warm_start=false")
-    with pytest.raises(_Stop):
+    with pytest.raises(Crash):
         train(tiny_dataset, dataclasses.replace(cfg, epochs=2), tmp_path / "run", resume=True, callbacks=[resumed])
     assert resumed.start == first.start
 

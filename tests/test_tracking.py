@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from builders import Crash, crash_after_first_epoch
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.tracking import make_trackers
 from pneumoscan.training.config import TrainConfig
@@ -19,15 +20,6 @@ from pneumoscan.training.train import train
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, patience=10)
 BOTH = ("tensorboard", "mlflow")
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_after_first_epoch(epoch: int) -> None:
-    if epoch == 0:
-        raise Crash
 
 
 def tensorboard_steps(run: Path, tag: str = "val_auc") -> list[int]:

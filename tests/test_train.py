@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data.distributed import DistributedSampler
 
-from builders import SCORE_TOL
+from builders import SCORE_TOL, Crash, crash_after_first_epoch
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold
 from pneumoscan.data import cache as cache_mod
@@ -48,10 +48,6 @@ from tests.distributed_stubs import CountingProbe
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, epochs=2, batch_size=8, lr=3e-3, val_fraction=0.25)
 # What precision auto computes in here: bf16 where train() finds CUDA (its checkpoints and cards say so), else fp32.
 AUTO_PRECISION = "bf16" if torch.cuda.is_available() else "fp32"
-
-
-class Crash(RuntimeError):
-    pass
 
 
 @pytest.mark.parametrize("task, made_by", [pytest.param("pneumonia", "tiny_bundle", id="pneumonia"),
@@ -108,11 +104,6 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_dataset: Path, t
     assert len(history) == 1 + 3, "the finished epoch is kept, none is repeated or lost"
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def crash_after_first_epoch(epoch: int) -> None:
-    if epoch == 0:
-        raise Crash
 
 
 class StopAfter(Callback):
