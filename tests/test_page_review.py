@@ -638,3 +638,31 @@ def test_each_row_of_the_csv_gives_the_classes_of_the_model_that_read_it(page: P
     classes = {name: value for name, value in rows["three.jpeg"].items() if name.startswith("probability_")}
     assert classes == {"probability_normal": "0.2", "probability_bacteria": "0.7", "probability_virus": "0.1"}
     assert all(rows["two.jpeg"][name] == "" for name in classes)
+
+
+def test_the_lists_words_sort_as_a_reader_orders_them(page: Page) -> None:
+    """The list sorted its words by their character codes: "PNEUMONIA" before "bacteria" (every capital before every
+    small letter), a positive class "atypical" after "PNEUMONIA", "film10" before "film2", "émile" after "zoe". Each
+    column's words sort case-insensitively, in the reader's language, their numbers by value; the CSV in the list's
+    order."""
+    page.evaluate("""() => {
+        const r = (label, positive, probability) => ({ label, positive, probability, in_scope: true,
+            near_threshold: false, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
+        films.push(...[['film10.jpeg', r('virus', 'virus', 0.9)], ['Zoe.jpeg', r('PNEUMONIA', 'PNEUMONIA', 0.8)],
+            ['film1.jpeg', r('bacteria', 'virus', 0.1)], ['émile.jpeg', r('NORMAL', 'PNEUMONIA', 0.2)],
+            ['Film2.jpeg', r('typical', 'atypical', 0.3)]].map(([name, result]) => ({ name, result, status: 'done' })));
+        renderList(); }""")
+    names = page.locator("#films tbody td:nth-child(1)")
+    page.get_by_role("button", name="File", exact=True).click()
+    expect(names).to_have_text(["émile.jpeg", "film1.jpeg", "Film2.jpeg", "film10.jpeg", "Zoe.jpeg"])
+    page.get_by_role("button", name="Reading").click()
+    expect(page.locator("#films tbody td:nth-child(2)")).to_have_text(["bacteria", "NORMAL", "PNEUMONIA", "typical",
+                                                                       "virus"])
+    page.get_by_role("button", name="Probability").click()  # each positive class apart, by name
+    expect(page.locator("#films tbody td:nth-child(3)")).to_have_text(
+        ["P(atypical) = 0.300", "P(PNEUMONIA) = 0.200", "P(PNEUMONIA) = 0.800", "P(virus) = 0.100",
+         "P(virus) = 0.900"])
+    listed = names.all_inner_texts()
+    with page.expect_download() as download:
+        page.click("#export")
+    assert [row["path"] for row in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))] == listed

@@ -1022,7 +1022,13 @@ function batchSummary(count, { read, outside, rejected, unread = 0 }) {
 
 // ---- the list of films: sortable, exportable ----
 
+// Words in the reader's order: case-insensitive, in the browser's language, the numbers in them by value (by their
+// character codes, "PNEUMONIA" sorted before "bacteria", "film10" before "film2", "émile" after "zoe")
+const WORDS = new Intl.Collator(undefined, { sensitivity: "base", numeric: true });
+
+// Every column's order: words as WORDS orders them, numbers by value
 function compare(x, y) {
+  if (typeof x === "string" && typeof y === "string") return WORDS.compare(x, y);
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
@@ -1093,8 +1099,7 @@ function listReading(film) {
 function sorted() {
   if (!sortKey) return films.slice();
   const direction = sortAscending ? 1 : -1;
-  const name = (film) => film.name.toLowerCase();
-  return films.slice().sort((a, b) => (sortKey === "name" ? direction * compare(name(a), name(b))
+  return films.slice().sort((a, b) => (sortKey === "name" ? direction * compare(a.name, b.name)
     : byGroup(a, b, ORDERS[sortKey], direction)));
 }
 
