@@ -941,6 +941,26 @@ def test_the_page_reflows_on_a_phone(browser: Browser, server: str, full_size: P
         context.close()
 
 
+def test_the_lists_names_and_warnings_are_read_in_lines_not_fragments(page: Page) -> None:
+    """The list's columns were sized by their words alone: on a 1280 px screen the file column was 42 px wide and
+    "normal.jpeg" read "nor / mal. / jpeg" on three lines, and on a phone the scope warnings were a ribbon of one or
+    two words a line, each row of a JPEG 510 px tall. A short name is on one line on a screen, and a JPEG's warnings
+    take a few lines on a phone; the reading and probability stay in view there (test above)."""
+    page.evaluate("""(warnings) => {
+        films.push({ name: 'normal.jpeg', status: 'done', readWith: null, result: { label: 'NORMAL',
+            positive: 'PNEUMONIA', in_scope: true, near_threshold: false, probability: 0.46, threshold: 0.47,
+            warnings, model_id: 'm', probabilities: {} } });
+        renderList(); }""", [scope.NO_TAGS, scope.CONTENT_UNCHECKED.text()])
+    # the lines the text of the row's cell in a column runs to (from its end: the warnings are the last but one)
+    lines = """(fromEnd) => { const cells = document.querySelector('#films tbody tr').cells;
+        const range = document.createRange();
+        range.selectNodeContents(cells[(cells.length + fromEnd) % cells.length]);
+        return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size; }"""
+    assert page.evaluate(lines, 0) == 1
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.wait_for_function("() => document.documentElement.clientWidth === 375")
+    assert page.evaluate(lines, -2) <= 10
+
 def test_several_films_say_what_became_of_each(page: Page, small: Path) -> None:
     """Three films at once, two refused: each reading's announcement was overtaken by the next "Analysing 2 of 3",
     the refusals were only rows of the list, and "3 films analysed." read as three readings. The last word counts
