@@ -666,3 +666,17 @@ def test_the_lists_words_sort_as_a_reader_orders_them(page: Page) -> None:
     with page.expect_download() as download:
         page.click("#export")
     assert [row["path"] for row in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))] == listed
+
+
+def test_a_reading_that_arrives_leaves_the_keyboards_place_in_the_list(page: Page, small: Path,
+                                                                       data_root: Path) -> None:
+    """Each reading that arrived redrew the list, and a keyboard reader on a film's Show button (going through the
+    films read while the others were read) was sent back to the page's start: focus stays on that film's button,
+    wherever the list's order puts it."""
+    test_page.upload_one(page, small)
+    page.get_by_role("button", name="Probability").click()
+    page.get_by_role("button", name=f"show {small.name}").focus()
+    later = other_film(data_root)
+    page.set_input_files("#file", later)
+    expect(page.get_by_role("button", name=f"show {later.name}")).to_be_enabled()
+    expect(page.get_by_role("button", name=f"show {small.name}")).to_be_focused()

@@ -1126,6 +1126,9 @@ function renderList() {
     th.setAttribute("aria-sort", key === sortKey ? (sortAscending ? "ascending" : "descending") : "none");
   }
   const body = $("films").tBodies[0];
+  // the film whose Show button has the keyboard's focus: its new button takes it (a reading arriving redraws the
+  // list, and focus fell to the page's start)
+  const focused = body.contains(document.activeElement) ? document.activeElement.dataset.film : undefined;
   body.replaceChildren();
   for (const film of sorted()) {
     const row = body.insertRow();
@@ -1144,8 +1147,10 @@ function renderList() {
     show.textContent = "Show";
     show.setAttribute("aria-label", `show ${film.name}`);
     show.disabled = !r;
+    show.dataset.film = String(films.indexOf(film));
     show.addEventListener("click", () => showResult(film));
     row.insertCell().append(show);
+    if (show.dataset.film === focused) show.focus();
   }
 }
 
