@@ -680,3 +680,16 @@ def test_a_reading_that_arrives_leaves_the_keyboards_place_in_the_list(page: Pag
     page.set_input_files("#file", later)
     expect(page.get_by_role("button", name=f"show {later.name}")).to_be_enabled()
     expect(page.get_by_role("button", name=f"show {small.name}")).to_be_focused()
+
+
+def test_a_sorted_columns_name_is_its_title_alone(page: Page) -> None:
+    """The arrow drawn after a sorted column's title was part of its name: a screen reader said "Reading black
+    up-pointing triangle", then "sorted ascending". The order is said once, by aria-sort; the arrow is seen only."""
+    page.evaluate("""() => { films.push({ name: 'a.jpeg', status: 'done', result: { label: 'NORMAL',
+        positive: 'PNEUMONIA', in_scope: true, near_threshold: false, probability: 0.2, threshold: 0.5, warnings: [],
+        model_id: 'm', probabilities: {} } });
+        renderList(); }""")
+    for order in ("ascending", "descending"):
+        page.get_by_role("button", name="Reading").click()
+        expect(page.get_by_role("columnheader", name="Reading", exact=True)).to_have_attribute("aria-sort", order)
+        expect(page.get_by_role("button", name="Reading", exact=True)).to_be_visible()
