@@ -20,7 +20,9 @@ from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import FOR_PROCESSING
+from pneumoscan.inference.predict import predict_paths
 from pneumoscan.interop.dicomweb import _FIELDS, _not_scored, _recorded, _session, predict_study
+from tests.builders import SCORE_TOL
 from tests.test_interop import _wado_answer, chest_dicom, hostile_front, running_orthanc
 
 
@@ -85,6 +87,33 @@ def test_a_film_retrieved_without_its_pixel_data_is_an_error_not_left_out(
     assert row["sop_instance_uid"] == ds.SOPInstanceUID and "probability" not in row
     assert row["error"] == ("WADO-RS could not retrieve it: its answer holds no pixel data, where the search lists an "
                             "image: not scored")
+
+
+def test_a_film_the_pacs_holds_without_file_meta_is_scored_as_predict_scores_its_file(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """Orthanc keeps a file imported without its File Meta (no preamble, no group 0002, as older modalities and
+    some exporters write) as it came, and answers WADO-RS with it so: the film was an error row that said
+    ``Use force=True to force reading`` (pydicom's advice to a programmer), where ``predict`` scores the same file."""
+    study = generate_uid()
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom(film, StudyInstanceUID=study)))
+    del ds.file_meta
+    ds.preamble = None
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    assert httpx.post(f"{orthanc}/instances", content=bare.read_bytes(), timeout=30).status_code == 200
+    [row] = predict_study(tiny_bundle, f"{orthanc}/dicom-web", study, backend="torch")
+    assert "error" not in row
+    assert row["sop_instance_uid"] == ds.SOPInstanceUID
+    [local] = predict_paths(tiny_bundle, [bare], backend="torch")
+    assert abs(row["probability"] - local["probability"]) < SCORE_TOL
+    # read as leniently as a file, an application/dicom part that holds no DICOM at all is still said to be none
+    junk = {ds.SOPInstanceUID: _wado_answer(b"<html><body>Session expired</body></html>" * 8)}
+    with hostile_front(f"{orthanc}/dicom-web", wado=junk) as url:
+        [row] = predict_study(tiny_bundle, url, study, backend="torch")
+    assert row["error"] == ("WADO-RS could not retrieve it: its answer is not a DICOM instance (it names no SOP "
+                            "Instance UID)")
 
 
 def search_answer(data: bytes) -> dict:

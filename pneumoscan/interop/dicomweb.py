@@ -50,7 +50,7 @@ from pneumoscan.core.names import shown
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.secrets import read_secret
 from pneumoscan.data.pixels import MAX_DECODED_BYTES
-from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output
+from pneumoscan.data.readers.dicom import FOR_PROCESSING, for_processing, is_own_output, read_dataset
 from pneumoscan.data.scope import (MIN_SIDE, MODALITIES, RADIOGRAPH_CLASSES, RADIOGRAPHY, defined_term, kind_of,
                                    outside_scope, scope_warnings)
 from pneumoscan.inference.predict import predict_paths
@@ -299,9 +299,11 @@ def _post(session: requests.Session, url: str, parts: list[bytes]) -> requests.R
 
 def _retrieve(session: requests.Session, url: str) -> Dataset:
     """The instance at ``url`` (WADO-RS), read within :data:`MAX_INSTANCE_BYTES` and :data:`RETRIEVE_S`
-    (dicomweb-client read any body whole, for as long as it trickled in). A refusal raises ``requests.HTTPError``;
-    an answer too large, too slow, or not one DICOM part, ``ValueError``; one that is not DICOM, another of
-    :data:`_MALFORMED`."""
+    (dicomweb-client read any body whole, for as long as it trickled in), and as ``predict`` reads a file
+    (:func:`~pneumoscan.data.readers.dicom.read_dataset`): a PACS may answer with a film as it was imported, without
+    its File Meta (Orthanc does), which pydicom's strict read refused with advice for a programmer (``Use
+    force=True``). A refusal raises ``requests.HTTPError``; an answer too large, too slow, not one DICOM part, or
+    not a DICOM instance, ``ValueError``."""
     deadline = time.monotonic() + RETRIEVE_S
     with session.get(url, headers={"Accept": WADO_ACCEPT}, stream=True, timeout=TIMEOUT_S) as response:
         response.raise_for_status()
@@ -315,7 +317,10 @@ def _retrieve(session: requests.Session, url: str) -> Dataset:
                 raise ValueError(f"its answer passed the {MAX_INSTANCE_BYTES} bytes a film may take; cut off")
             if time.monotonic() > deadline:
                 raise ValueError(f"its answer took over {RETRIEVE_S} s; cut off after {len(body)} bytes")
-        return pydicom.dcmread(io.BytesIO(_only_part(bytes(body), response.headers.get("Content-Type", ""))))
+    ds = read_dataset(_only_part(bytes(body), response.headers.get("Content-Type", "")), header_only=False)
+    if "SOPInstanceUID" not in ds:  # read as far as it goes, as pydicom's force=True reads: bytes of no DICOM file
+        raise ValueError("its answer is not a DICOM instance (it names no SOP Instance UID)")
+    return ds
 
 
 def _only_part(body: bytes, content_type: str) -> bytes:
