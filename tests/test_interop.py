@@ -1788,6 +1788,10 @@ def test_a_scored_film_without_a_filed_report_fails_the_command(
     [(_, line)] = unfiled([row])  # its warnings, past the one every reading of the tiny bundle carries
     assert line.startswith(said) and f"{line}\n" in err, "a Python caller learns it as the command says it"
     assert "reports of 0 of 1 films stored (0 objects)" in caplog.records[-1].getMessage()
+    # the line as docs/dicom.md quotes it, its counts aside
+    page = " ".join((Path(__file__).parents[1] / "docs" / "dicom.md").read_text().split())
+    [quoted] = re.findall(r"its last log line counts what was stored: `([^`]+)`", page)
+    assert re.fullmatch(re.sub(r"\d+", r"\\d+", re.escape(quoted)), caplog.records[-1].getMessage())
 
 
 def test_a_python_caller_learns_which_scored_films_the_pacs_holds_no_reports_of() -> None:
