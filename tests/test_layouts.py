@@ -261,6 +261,23 @@ def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None
         discover(tmp_path / "missing")
 
 
+def test_a_root_one_folder_too_high_or_a_film_names_what_to_give(tmp_path: Path) -> None:
+    """The mistakes of a first run: the folder the dataset was unpacked into (Mendeley's ``CellData/`` beside
+    ``OCT/``), or one film, given for the dataset root. A film was called UTF-16 text to save as CSV."""
+    root = tree(tmp_path / "CellData" / "chest_xray", {"train/NORMAL": ["IM-0001-0001.jpeg"],
+                                                       "train/PNEUMONIA": ["person1_virus_1.jpeg"]})
+    (tmp_path / "CellData" / "OCT" / "train" / "NORMAL").mkdir(parents=True)  # and CNV/, DME/, DRUSEN/
+    with pytest.raises(ValueError, match=rf"it holds a dataset; give {re.escape(str(root))} \(expected "):
+        discover(tmp_path / "CellData")
+    film = root / "train" / "NORMAL" / "IM-0001-0001.jpeg"
+    film.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200))
+    holder = re.escape(str(root / "train"))
+    with pytest.raises(ValueError, match=r"recognises it: it is an image, not a dataset; give the folder that holds "
+                                         rf"NORMAL and PNEUMONIA \({holder}\) \(expected ") as e:
+        discover(film)
+    assert "UTF-16" not in str(e.value)
+
+
 class ToyLayout(Layout):
     """A flat folder of Shenzhen-style names, ``CHNCXR_0001_1.png``: site, patient, and the label in the name
     (0 normal, 1 pneumonia); no split. Recognised by a ``LAYOUT-toy`` marker file."""

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,6 +173,17 @@ def test_a_manifest_in_another_spreadsheet_format_is_refused_saying_which(tmp_pa
     with pytest.raises(ValueError, match=f"m.csv: not a manifest, no label or path column .*{hint}.*save it as "
                                          "comma-separated UTF-8"):
         read_manifest(csv_path)
+
+
+def test_an_archive_or_a_workbook_given_as_data_is_not_called_utf16_text(tmp_path: Path) -> None:
+    """The download given before it is unpacked (or an .xlsx, a zip too) is no text at all: it was refused as UTF-16
+    text to save as comma-separated UTF-8, which sent the user to a spreadsheet they did not have."""
+    with zipfile.ZipFile(tmp_path / "chest-xray-pneumonia.zip", "w") as archive:
+        archive.writestr("chest_xray/train/NORMAL/IM-0001-0001.jpeg", bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"chest-xray-pneumonia.zip: not a manifest, no label or path column .*; it "
+                                         r"is not text \(an archive to unpack, a workbook to save as CSV UTF-8\)") as e:
+        read_manifest(tmp_path / "chest-xray-pneumonia.zip")
+    assert "UTF-16" not in str(e.value)
 
 
 def test_manifest_headers_values_and_patients_are_read_as_spelt_elsewhere(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.core.registry import Registry
 from . import readers
 from .decode import read_dicom_header
+from .pixels import DecodeError, opened
 from .walk import ALREADY_SEARCHED, SYSTEM_FOLDERS, Entry, file_identity, junk_reason, walk
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,7 @@ class ManifestLayout(Layout):
     description = "a CSV file with columns path,label[,subtype,patient,split]"
 
     def detect(self, root: Path) -> bool:
-        return root.is_file()
+        return root.is_file() and not _is_image(root)
 
     def discover(self, root: Path) -> Discovery:
         found = read_manifest(root)
@@ -508,15 +509,43 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
 
 
 def _unrecognised(root: Path) -> str:
-    """What a root no layout recognises most likely is, said before the list of layouts: one class's folder (given
-    for the folder that holds both) or an empty folder."""
+    """What a root no layout recognises most likely is, said before the list of layouts: one class's folder or one
+    film (given for the folder that holds both classes), the folder a dataset was unpacked into (one level too high:
+    the folders below that a layout recognises are named), or an empty folder."""
+    holder = f"give the folder that holds {' and '.join(LABELS)}"
+    if root.is_file():
+        beside = f" ({shown(root.parent.parent)})" if root.parent.name.upper() in LABELS else ""
+        return f": it is an image, not a dataset; {holder}{beside}" if _is_image(root) else ""
     if not root.is_dir():
         return ""
     if root.name.upper() in LABELS:
-        return f": it is one class's folder; give the folder that holds {' and '.join(LABELS)} ({shown(root.parent)})"
+        return f": it is one class's folder; {holder} ({shown(root.parent)})"
     if next(root.iterdir(), None) is None:
         return ": it is an empty folder"
+    if inside := [shown(child) for child in sorted(root.iterdir()) if _recognised(child)]:
+        return f": it holds a dataset; give {' or '.join(inside)}"
     return ""
+
+
+def _recognised(folder: Path) -> bool:
+    """Whether a registered layout recognises ``folder`` (one that cannot be listed is not), with both classes where
+    the layout has class folders: Mendeley's ``OCT/`` beside ``chest_xray/`` holds NORMAL and CNV folders."""
+    try:
+        layout = next((layout for layout in layouts().values() if folder.is_dir() and layout.detect(folder)), None)
+        return layout is not None and (not isinstance(layout, ClassFolders) or
+                                       {f.name.upper() for f in layout.class_folders(folder)} == set(LABELS))
+    except OSError:
+        return False
+
+
+def _is_image(path: Path) -> bool:
+    """Whether a file is an image a reader takes (by its first bytes or its ending), not a manifest."""
+    try:
+        with opened(path) as f:
+            head = f.read(readers.HEAD_BYTES)
+    except (OSError, DecodeError):  # the manifest reader says what is wrong with it
+        return False
+    return readers.reader_for(head, path.suffix) is not None
 
 
 _QUIET_REASONS = ("hidden folder", "hidden file", "system folder", "system file")  # never a film
@@ -608,10 +637,15 @@ def read_manifest(csv_path: Path | str) -> Discovery:
 def _format_hint(header: list[str]) -> str:
     """Why a header that holds ``path`` and ``label`` was not read as their columns: a spreadsheet saved as UTF-16
     ("Unicode text") or with another separator (a comma-decimal locale's ``;``, tabs) gives one unreadable column,
-    and "no path column" alone sends the user looking for a column that is there."""
+    and "no path column" alone sends the user looking for a column that is there. Other bytes 0 mark no text at all
+    (a zip, an .xlsx workbook, a gzip), which is no spreadsheet to save again."""
     text = ",".join(header)
-    if "\x00" in text or text.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+    plain = text.replace("\x00", "")
+    if text.startswith(("\udcff\udcfe", "\udcfe\udcff")) or ("\x00" in text and ("path" in plain or "label" in plain)):
         found = "it is UTF-16 text"
+    elif "\x00" in text:
+        return ("; it is not text (an archive to unpack, a workbook to save as CSV UTF-8): give the dataset's folder "
+                "or a comma-separated UTF-8 manifest")
     elif ";" in text:
         found = "its columns are separated by ';'"
     elif "\t" in text:
