@@ -187,8 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(cfg.to_yaml())
         return 0
-    if not (args.data and args.out):
-        raise ValueError("train needs --data and --out")
+    if missing := [flag for flag, given in (("--data", args.data), ("--out", args.out)) if not given]:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)} (`pneumoscan train --help` "
+                         "lists the options; --print-config needs neither)")
     bundle = train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     if is_main_process():  # under torchrun one line, from the process that wrote the bundle
         print(_trained(bundle))

@@ -138,9 +138,16 @@ def test_cv_takes_the_same_settings(capsys: pytest.CaptureFixture) -> None:
     assert "did you mean 'augment.noise'" in capsys.readouterr().err
 
 
-def test_train_without_print_config_needs_data_and_out(capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["train", "--set", "epochs=1"]) == 2
-    assert "train needs --data and --out" in capsys.readouterr().err
+@pytest.mark.parametrize("given, missing", [([], "--data, --out"), (["--data", "d"], "--out"),
+                                            (["--out", "o"], "--data")])
+def test_train_without_print_config_names_the_data_or_out_it_needs(given: list[str], missing: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """In argparse's words for cv's required options, with where they are listed: 'train needs --data and --out'
+    was said when one of them had been given."""
+    assert cli.main(["train", "--set", "epochs=1", *given]) == 2
+    assert capsys.readouterr().err == (f"pneumoscan train: error: the following arguments are required: {missing} "
+                                       "(`pneumoscan train --help` lists the options; --print-config needs "
+                                       "neither)\n")
 
 
 @pytest.mark.parametrize("settings, expected", [
