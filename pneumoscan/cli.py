@@ -190,10 +190,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if missing := [flag for flag, given in (("--data", args.data), ("--out", args.out)) if not given]:
         raise ValueError(f"the following arguments are required: {', '.join(missing)} (`pneumoscan train --help` "
                          "lists the options; --print-config needs neither)")
+    _not_a_bundle(args.out)
     bundle = train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     if is_main_process():  # under torchrun one line, from the process that wrote the bundle
         print(_trained(bundle))
     return 0
+
+
+def _not_a_bundle(out: str) -> None:
+    """Refuse a bundle (RUN/bundle, RUN/best) given as the folder a run writes: `train --resume --out RUN/bundle`
+    found no checkpoint there and trained a new run inside the bundle, beside its files."""
+    from pneumoscan.models.card import CARD
+
+    if (Path(out) / CARD).is_file():
+        raise ValueError(f"--out {out} holds a bundle ({CARD}), not a run: give its run folder, "
+                         f"{shown(Path(out).parent)}, or a new folder")
 
 
 def _trained(bundle: Path) -> str:
@@ -216,6 +227,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.training.distributed import is_main_process
 
     cfg = _recipe(args)
+    _not_a_bundle(args.out)
     result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
     if not is_main_process():  # under torchrun the figures are printed once, by the process that wrote them
         return 0

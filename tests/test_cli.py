@@ -495,3 +495,20 @@ def test_output_piped_to_a_reader_that_stops_ends_quietly(monkeypatch: pytest.Mo
     monkeypatch.setattr(cli, "COMMANDS", commands)
     assert cli.main(["models"]) == 2
     assert "pneumoscan models: error: broken pipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_a_bundle_given_as_the_run_folder_is_refused_before_anything_is_written(
+    command: str, tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`train --resume --out RUN/bundle` (the folder the other commands take) found no checkpoint there and trained
+    a new run inside the bundle: its split, checkpoint and a bundle of its own beside the bundle's files."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "run" / "bundle")
+    before = sorted(p.name for p in bundle.iterdir())
+    args = [command, "--data", str(tiny_dataset), "--out", str(bundle), "--model", "simple_cnn", "--no-pretrained",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            *(["--resume"] if command == "train" else ["--folds", "2"])]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == (f"pneumoscan {command}: error: --out {bundle} holds a bundle (bundle.json), not "
+                                       f"a run: give its run folder, {bundle.parent}, or a new folder\n")
+    assert sorted(p.name for p in bundle.iterdir()) == before
