@@ -102,7 +102,7 @@ def test_entries_that_may_hold_films_are_counted_in_one_warning(tmp_path: Path, 
         found = discover(root)
     assert [Path(r.path).name for r in found.records] == ["IM-0115-0001.jpeg"]
     assert len(found.skipped) == 6
-    [warning] = caplog.messages
+    [warning, _] = caplog.messages  # the second names validation/ (test_a_split_folder_spelt_otherwise_is_named)
     assert "3 entries left out" in warning
     for counted in ("not an image extension (.tif): 1", "broken link: 1", "not a split folder: 1"):
         assert counted in warning
@@ -141,6 +141,21 @@ def test_a_class_lost_to_folders_left_out_is_named(tmp_path: Path, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
         discover(root / "train")
     assert [m for m in caplog.messages if "beside its class folders" in m] == []
+
+
+def test_a_split_folder_spelt_otherwise_is_named_with_its_name_to_give(tmp_path: Path, caplog) -> None:
+    """A re-pack's validation/ and testing/ were left out with their films, said only as "not a split folder: 2":
+    evaluate --split test then found no test split, and training lost the validation films."""
+    root = tree(tmp_path / "repack", {
+        "train/NORMAL": ["IM-0115-0001.jpeg"], "train/PNEUMONIA": ["person3_virus_3.jpeg"],
+        "validation/NORMAL": ["IM-0116-0001.jpeg"], "testing/pneumonia": ["person4_virus_4.jpeg"],
+        "extra/NORMAL": ["IM-0117-0001.jpeg"], "notes/2024": ["a.txt"],
+    })  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        discover(root)
+    assert caplog.messages[1:] == [
+        f"{root}: extra, testing, validation hold class folders but are not split folders (named train, val or "
+        "test), so their films are left out: rename extra to train, val or test, testing to test, validation to val"]
 
 
 def test_split_folders_spelt_twice_are_refused(tmp_path: Path) -> None:

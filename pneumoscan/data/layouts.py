@@ -505,6 +505,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
     found = chosen.discover(root)
     _warn_left_out(root, found)
     _warn_class_left_out(root, found)
+    _warn_split_left_out(root, found)
     return found
 
 
@@ -591,6 +592,27 @@ def _warn_class_left_out(root: Path, found: Discovery) -> None:
                         shown(root), " or ".join(missing), f" in its {split} split" if split else "",
                         ", ".join(sorted(folders)), "was" if len(folders) == 1 else "were", " or ".join(LABELS),
                         " or ".join(missing))
+
+
+def _warn_split_left_out(root: Path, found: Discovery) -> None:
+    """Name the folders beside the split folders that hold class folders (a re-pack's ``validation/``, ``testing/``):
+    their films are left out, and a count of entries alone let evaluate find no test split, and training lose the
+    validation films, without saying which folder to rename."""
+    def holds_classes(folder: Path) -> bool:
+        try:
+            return any(child.name.upper() in LABELS and child.is_dir() for child in folder.iterdir())
+        except OSError:  # listed by audit as left out
+            return False
+
+    folders = sorted(Path(e["path"]) for e in found.skipped if e["reason"] == "not a split folder")
+    if not (named := [folder.name for folder in folders if holds_classes(folder)]):
+        return
+    splits = f"{', '.join(SPLITS[:-1])} or {SPLITS[-1]}"
+    renames = [f"{name} to {next((s for s in SPLITS if name.lower().startswith(s)), splits)}" for name in named]
+    one = len(named) == 1
+    log.warning("%s: %s hold%s class folders but %s not split folder%s (named %s), so their films are left out: "
+                "rename %s", shown(root), ", ".join(named), "s" if one else "", "is" if one else "are",
+                "" if one else "s", splits, ", ".join(renames))
 
 
 def read_manifest(csv_path: Path | str) -> Discovery:
