@@ -276,6 +276,17 @@ def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None
         discover(tmp_path / "missing")
 
 
+def test_an_empty_root_is_refused_as_an_unset_variable_not_read_as_this_folder(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumoscan audit "$PNEUMOSCAN_DATA"` with the variable unset gave "", read as the folder the command ran in:
+    a dataset there was read in its place, or the refusal named folders below it to give instead."""
+    tree(tmp_path / "chest_xray", {"train/NORMAL": ["IM-0001-0001.jpeg"], "train/PNEUMONIA": ["person1_virus_1.jpeg"]})
+    monkeypatch.chdir(tmp_path / "chest_xray")
+    with pytest.raises(ValueError, match=r"^no dataset given \(an empty path: is the variable that names it, such as "
+                                         r"\$PNEUMOSCAN_DATA, set\?\)$"):
+        discover("")
+
+
 def test_a_root_one_folder_too_high_or_a_film_names_what_to_give(tmp_path: Path) -> None:
     """The mistakes of a first run: the folder the dataset was unpacked into (Mendeley's ``CellData/`` beside
     ``OCT/``), or one film, given for the dataset root. A film was called UTF-16 text to save as CSV."""

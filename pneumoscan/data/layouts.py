@@ -487,7 +487,11 @@ register_layout(KaggleLayout())
 def discover(root: Path | str, layout: str | None = None) -> Discovery:
     """Records under a dataset root, read by ``layout`` (a registered name) or by the first registered layout that
     recognises the root: ``{train,val,test}/{NORMAL,PNEUMONIA}``, a single split folder (``{NORMAL,PNEUMONIA}``), or a
-    CSV manifest file, as the built-in ones do."""
+    CSV manifest file, as the built-in ones do. An empty ``root`` is refused, not read as the current folder: it is
+    what an unset shell variable gives (``"$PNEUMOSCAN_DATA"``)."""
+    if root == "":
+        raise ValueError("no dataset given (an empty path: is the variable that names it, such as $PNEUMOSCAN_DATA, "
+                         "set?)")
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"dataset not found: {root}")
