@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 
 from pneumoscan import __version__
-from pneumoscan.core.atomic import file_stamp, write_unchanged
+from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
 from pneumoscan.core.names import json_text, shown
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
@@ -59,7 +59,8 @@ class ResultsTarget:
         every film was read (or, for ``pacs``, after its reports were stored in the PACS): its suffix one of
         ``formats`` (the first one is stdout's), its folder made; a folder given as ``--out``, one of the
         ``inputs`` (a list of films was replaced by its one error row) and a model's files
-        (:func:`~pneumoscan.models.card.refuse_model_files`) refused."""
+        (:func:`~pneumoscan.models.card.refuse_model_files`) refused, and so is a FIFO or device
+        (:func:`~pneumoscan.core.atomic.refuse_special`)."""
         from pneumoscan.models.card import refuse_model_files
 
         if not out:
@@ -70,6 +71,7 @@ class ResultsTarget:
         if any(Path(out).resolve() == Path(given).resolve() for given in inputs):
             raise ValueError(f"--out {out} is one of the inputs: the results go to a file of their own")
         refuse_model_files(out)
+        refuse_special(out)
         folder = Path(out).parent
         folder.mkdir(parents=True, exist_ok=True)
         if Path(out).is_dir():

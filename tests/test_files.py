@@ -617,3 +617,23 @@ def test_results_are_never_written_over_a_model_or_an_input(tiny_bundle: Path, t
     assert {p: p.read_bytes() for p in before} == before
     beside = str(run / "predictions.csv")  # a file of its own in the run's folder: written
     assert main(["-q", "predict", str(run / "bundle"), film, "--out", beside]) == 0
+
+
+def test_an_output_named_as_a_fifo_or_device_is_refused_not_replaced(tiny_dataset: Path, tiny_bundle: Path,
+                                                                     tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                     ) -> None:
+    """`audit DATA --json-out /dev/null` (or `split --out`, `--figure`) renamed its temporary file over the name: run
+    as root, a regular file of JSON took the place of /dev/null. A FIFO stands in for the device here; a link to it
+    is the same (/dev/stdout is a link)."""
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    (tmp_path / "link.csv").symlink_to(fifo)
+    for args, name in ((["audit", str(tiny_dataset), "--json-out", str(fifo)], fifo),
+                       (["split", str(tiny_dataset), "--out", str(tmp_path / "link.csv")], tmp_path / "link.csv")):
+        assert main(args) == 2
+        assert capsys.readouterr().err.endswith(f"error: {name} is not a regular file (FIFO): name a file to write\n")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and (tmp_path / "link.csv").is_symlink()
+    film = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    assert main(["-q", "predict", str(tiny_bundle), str(film), "--out", str(tmp_path / "link.csv")]) == 2
+    assert capsys.readouterr().err == (f"pneumoscan predict: error: {tmp_path / 'link.csv'} is not a regular file "
+                                       "(FIFO): name a file to write\n")  # before any film is read

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .names import json_text
+from .files import NotRegularFile
+from .names import file_kind, json_text
 
 Writer = Callable[[Path], object]
 
@@ -48,6 +49,7 @@ def write_atomic(path: Path | str, data: bytes | Writer, exclusive: bool = False
     file that replaces another keeps its permissions (:func:`_mode_for`).
     """
     path = Path(path)
+    refuse_special(path)
     mode = _mode_for(path) if mode is None else mode
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
@@ -213,6 +215,17 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def refuse_special(path: Path | str) -> None:
+    """Refuse a name that is a FIFO, socket or device, or a link to one (``--json-out /dev/null``, ``/dev/stdout``):
+    the rename would put a regular file in its place, and as root that replaced /dev/null itself."""
+    try:
+        found = os.stat(path)
+    except OSError:  # none there: a new file
+        return
+    if not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):  # a folder: the rename's own error says so
+        raise NotRegularFile(f"{path} is not a regular file ({file_kind(found.st_mode)}): name a file to write")
 
 
 def _mode_for(path: Path) -> int:
