@@ -274,6 +274,10 @@ def test_a_named_layout_is_used_or_refused_with_a_reason(tmp_path: Path) -> None
         discover(root / "train" / "NORMAL")
     with pytest.raises(FileNotFoundError, match="dataset not found"):
         discover(tmp_path / "missing")
+    own = tree(tmp_path / "own", {"healthy": ["0001.png"], "sick": ["0002.png"]})  # a site's films, its own names
+    with pytest.raises(ValueError, match=r"kaggle: \{train,val,test\}/\{NORMAL,PNEUMONIA\} folders, or NORMAL/ and "
+                                         r"PNEUMONIA/ alone; "):
+        discover(own)
 
 
 def test_an_empty_root_is_refused_as_an_unset_variable_not_read_as_this_folder(tmp_path: Path,

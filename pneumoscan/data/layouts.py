@@ -380,7 +380,8 @@ class KaggleLayout(ClassFolders):
     after a study: ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0381-0001.jpeg``."""
 
     name = "kaggle"
-    description = "{train,val,test}/{NORMAL,PNEUMONIA} folders; person12_bacteria_45.jpeg, IM-0115-0001.jpeg"
+    description = ("{train,val,test}/{NORMAL,PNEUMONIA} folders, or NORMAL/ and PNEUMONIA/ alone; "
+                   "person12_bacteria_45.jpeg, IM-0115-0001.jpeg")
     _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
     _STUDY = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)", re.IGNORECASE)
 
