@@ -22,7 +22,8 @@ from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import load_card
 from pneumoscan.training.config import TrainConfig, load_config
-from pneumoscan.training.train import check_validation_scores, train
+from pneumoscan.training.distributed import Dist
+from pneumoscan.training.train import check_validation_scores, prepare_run_dir, train
 from tests.conftest import _xray_like
 from tests.engine_stubs import stub_state
 
@@ -83,9 +84,23 @@ def test_a_run_whose_model_collapsed_or_diverged_at_validation_ships_no_bundle(
     the metrics' words (12 of 12 scores are not finite), which named neither the epoch nor the learning rate."""
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=rf"^training diverged at epoch 1 \(validation after step \d+\): {seen}"
-                                         r".*: lower the learning rate \(--lr\) and train again$"):
+                                         r".*: lower the learning rate \(--lr\) and train again$") as refused:
         train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 1, "batch_size": batch_size, "lr": lr}), run)
     assert not (run / "bundle").exists()
+    assert (run / "refused.txt").read_text(encoding="utf-8") == f"{refused.value}\n", "the folder says why, days later"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_started_or_resumed_in_a_refused_runs_folder_clears_the_reason(tmp_path: Path, resume: bool) -> None:
+    """RUN/refused.txt says why the run in RUN has no bundle. A run started there, or resumed from its checkpoint, is
+    tried again: it ends in a bundle or says its own reason, and the earlier one must not stay beside its bundle."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "refused.txt").write_text("training diverged at epoch 2, step 37 (loss nan): ...\n", encoding="utf-8")
+    (run / "checkpoint.pt").write_bytes(b"")  # what --resume goes on from
+    prepare_run_dir(run, TrainConfig(**TINY), resume, Dist())
+    assert not (run / "refused.txt").exists()
+    assert (run / "checkpoint.pt").exists() == resume
 
 
 @pytest.mark.parametrize("task", ["pneumonia", "multiclass"])
@@ -153,7 +168,8 @@ def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
 ) -> None:
     """A run whose best validation AUC was 0.0000 (its training labels swapped) shipped a bundle (exit 0, "validation
     AUC 0.0000, threshold 0.2496") that predict and serve loaded. Refused (exit 2) naming the AUC, with no bundle and
-    no RUN/best (a bundle predict loads, at threshold 0.5); the history, curves and checkpoint stay."""
+    no RUN/best (a bundle predict loads, at threshold 0.5); the history, curves and checkpoint stay, and
+    RUN/refused.txt keeps the reason, which was only printed: the folder alone looked like a run still training."""
     run = tmp_path / "run"
     assert main(["train", "--data", str(taught_backwards), "--out", str(run), "--val-folder", "--model", "simple_cnn",
                  "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 2
@@ -163,7 +179,9 @@ def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
                         rf"epoch's figures are in {re.escape(str(run / 'history.csv'))}\): check the training films' "
                         r"labels, then train longer \(--epochs, --time-budget\) or on more films", said), said
     assert float(re.search(r"AUC (\S+),", said)[1]) <= 0.5
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "curves.png", "checkpoint.pt",
+                                               "refused.txt"}
+    assert (run / "refused.txt").read_text(encoding="utf-8") == said.removeprefix("pneumoscan train: error: ") + "\n"
 
 
 @pytest.mark.parametrize("task, refused, taken, said", [

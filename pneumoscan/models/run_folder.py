@@ -9,6 +9,7 @@ bundle's run (its split, its recipe, its history):
       config.yaml          the recipe
       checkpoint.pt        what --resume goes on from
       history.csv, curves.png, metrics.json, report.html    the epochs and the validation figures
+      refused.txt          why training refused the run (diverged, no better than chance, ...): it has no bundle
       tensorboard/         with --log tensorboard
     CV/                    cv --out CV
       split-fold-K.csv     fold K's split, all written before the first fold trains
@@ -56,6 +57,7 @@ class RunFolder:
     metrics = _entry(METRICS)
     report = _entry(REPORT)
     tensorboard = _entry("tensorboard")
+    refused = _entry("refused.txt")
 
     def holds_run(self) -> bool:
         """Whether a run wrote here: its recipe, split, checkpoint or history (config.yaml and split.csv come before
@@ -73,7 +75,7 @@ class RunFolder:
         """The folders and files a run writes besides config.yaml and split.csv (every run rewrites those) and an
         MLflow store (which keeps each run apart): what a run that does not resume clears of an earlier one's."""
         return ([self.best, self.bundle, self.tensorboard],
-                [self.checkpoint, self.history, self.curves, self.metrics, self.report])
+                [self.checkpoint, self.history, self.curves, self.metrics, self.report, self.refused])
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ experiment tracking) and finalisation: temperature and threshold chosen on valid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,7 +278,23 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) ->
                 shutil.rmtree(earlier, ignore_errors=True)
             for earlier in files:
                 earlier.unlink(missing_ok=True)
+        else:  # tried again: it ends in a bundle or in its own refusal, not beside the earlier attempt's reason
+            run.refused.unlink(missing_ok=True)
         write_atomic(run.config, cfg.to_yaml().encode())
+
+
+@contextlib.contextmanager
+def refusal_kept(run_dir: Path, ctx: Dist) -> Iterator[None]:
+    """Keep why training refused the run (a ValueError: a divergence, best weights no better than chance, a warm
+    start that found nothing) in RUN/refused.txt, as the command prints it: printed once, it was lost, and the folder
+    alone (config.yaml and split.csv, or a history and a checkpoint, but no bundle) looked like a run still training or
+    stopped, days later."""
+    try:
+        yield
+    except ValueError as e:
+        if ctx.main:
+            write_atomic(RunFolder(run_dir).refused, f"{shown(str(e))}\n".encode())
+        raise
 
 
 def preprocessed(records: list[Record], cfg: TrainConfig, ctx: Dist) -> ImageCache:
@@ -537,19 +554,20 @@ def train(
     selected = selected_films(records, cache, task, ctx)
     check_batches(len(selected["train"][0]), cfg, ctx)
     prepare_run_dir(run_dir, cfg, resume, ctx)
-    d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected)
-    t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
-    optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
-    hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
-                                     callbacks)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
-    state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision,
-                  start=start)
-    if resumed is not None:
-        restore(state, resumed, stateful, checkpoint_path)
-    fit(state, hooks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
-                                                            label_smoothing=cfg.label_smoothing),
-        validation_row(model, d, task, ctx))
+    with refusal_kept(run_dir, ctx):
+        d = load_data(records, cache, made["data"], cfg, task, ctx, run_dir, selected)
+        t0, warm_s, start = prepare_weights(model, cfg, d, ctx, imagenet, fresh, resumed)
+        optimizer, schedule, lr = make_optimizer(model, cfg, d, ctx, warm_s)
+        hooks, stateful = make_callbacks(model, cfg, task, d, ctx, run_dir, schedule, trackers, made, on_epoch_end,
+                                         callbacks)
+        net = torch.nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+        state = State(model, net, optimizer, d.train_loader, ctx, cfg.epochs, t0, warm_s, lr, precision=cfg.precision,
+                      start=start)
+        if resumed is not None:
+            restore(state, resumed, stateful, checkpoint_path)
+        fit(state, hooks, lambda logits, y: F.cross_entropy(logits, y, weight=d.class_weights,
+                                                                label_smoothing=cfg.label_smoothing),
+            validation_row(model, d, task, ctx))
     return state.info["bundle"]
 
 
