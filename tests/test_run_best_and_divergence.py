@@ -145,3 +145,30 @@ def test_a_run_best_given_as_dot_or_a_link_is_refused_naming_its_own_runs_bundle
     for given in (Path("."), tmp_path / "link"):
         with pytest.raises(ValueError, match=f"; use {re.escape(str(run.resolve() / 'bundle'))}, the run's finished"):
             load_bundle(given)
+
+
+class _PoisonedInSecondEpoch(Callback):
+    """The classifier's bias turned NaN before the second epoch's first step, after the first epoch was validated and
+    kept in RUN/best: a divergence after a best epoch, as a run whose rate grew too large has."""
+
+    def before_step(self, state: State) -> None:
+        if state.epoch == 1:
+            with torch.no_grad():
+                state.model.get_classifier().bias.fill_(math.nan)
+
+
+def test_a_run_that_diverges_after_its_best_epoch_keeps_no_run_best(tiny_dataset: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """RUN/best stayed after a divergence, and `predict RUN/best` advised finishing the run with `train --resume`,
+    which replays the same steps from the checkpoint into the same divergence. As after a run no better than chance,
+    RUN/best goes (the checkpoint keeps its weights, and a resume rewrites it) and RUN/refused.txt says why."""
+    run = tmp_path / "run"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, val_fraction=0.25, epochs=2)
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 2, step \d+ \(loss nan\)") as refused:
+        train(tiny_dataset, cfg, run, callbacks=[_PoisonedInSecondEpoch()])
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "checkpoint.pt",
+                                               "refused.txt"}
+    assert (run / "refused.txt").read_text(encoding="utf-8") == f"{refused.value}\n"
+    film = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    assert main(["predict", str(run / "best"), str(film)]) == 2
+    assert "--resume" not in capsys.readouterr().err

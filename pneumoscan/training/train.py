@@ -288,12 +288,16 @@ def refusal_kept(run_dir: Path, ctx: Dist) -> Iterator[None]:
     """Keep why training refused the run (a ValueError: a divergence, best weights no better than chance, a warm
     start that found nothing) in RUN/refused.txt, as the command prints it: printed once, it was lost, and the folder
     alone (config.yaml and split.csv, or a history and a checkpoint, but no bundle) looked like a run still training or
-    stopped, days later."""
+    stopped, days later. RUN/best goes: no command takes it for a model, and what they advised, finishing the run with
+    ``--resume``, replays the same steps into the same refusal (the checkpoint keeps its weights, and a resume rewrites
+    it)."""
     try:
         yield
     except ValueError as e:
         if ctx.main:
-            write_atomic(RunFolder(run_dir).refused, f"{shown(str(e))}\n".encode())
+            run = RunFolder(run_dir)
+            shutil.rmtree(run.best, ignore_errors=True)
+            write_atomic(run.refused, f"{shown(str(e))}\n".encode())
         raise
 
 
@@ -588,15 +592,11 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     model, card = ctx.from_main(load_bundle(run.best, best_so_far=True) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
     (logits,) = gather_shards(ctx, predict_logits(model, d.val_loader, ctx.device))
-    try:  # every rank holds the same logits, so every rank refuses together
-        check_better_than_chance(softmax(logits), d.val_set.targets, get_task(cfg.task),
-                                 f"the best epoch's weights (epoch {best_epoch} of {epochs})", "validation films",
-                                 "check the training films' labels, then train longer (--epochs, --time-budget) or on "
-                                 "more films", f"; every epoch's figures are in {shown(run.history)}")
-    except ValueError:
-        if ctx.main:  # weights no better than chance, kept nowhere but in the checkpoint
-            shutil.rmtree(run.best, ignore_errors=True)
-        raise
+    # every rank holds the same logits, so every rank refuses together (RUN/best goes: refusal_kept)
+    check_better_than_chance(softmax(logits), d.val_set.targets, get_task(cfg.task),
+                             f"the best epoch's weights (epoch {best_epoch} of {epochs})", "validation films",
+                             "check the training films' labels, then train longer (--epochs, --time-budget) or on "
+                             "more films", f"; every epoch's figures are in {shown(run.history)}")
     if not ctx.main:
         ctx.barrier()  # the bundle is there when train returns: cv scores it next
         return run.bundle
