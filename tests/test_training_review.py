@@ -184,6 +184,20 @@ def test_a_run_no_better_than_chance_on_its_validation_films_ships_no_bundle(
     assert (run / "refused.txt").read_text(encoding="utf-8") == said.removeprefix("pneumoscan train: error: ") + "\n"
 
 
+def test_a_run_at_chance_after_training_losses_out_of_scale_is_told_to_lower_the_rate(tiny_dataset: Path,
+                                                                                      tmp_path: Path) -> None:
+    """At lr 0.1 the tiny run's first epoch had a training loss of about 370 (every loss finite, the validation scores
+    not all alike) and its best epoch ranked the validation films no better than chance: it was told to check the
+    training films' labels and train longer, which neither the labels (right) nor more epochs at that rate mend. A
+    loss above 100 (a film's own class at e^-100) says the steps took the weights out of scale: as a divergence, it
+    is told to lower the learning rate."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^no bundle written: the best epoch's weights \(epoch \d of 2\) rank the 12 "
+                                         r"validation films no better than chance \(.*\): the training loss reached "
+                                         r"\d+, out of scale: lower the learning rate \(--lr\) and train again$"):
+        train(tiny_dataset, TrainConfig(**{**TINY, "epochs": 2, "lr": 0.1}), run)
+
+
 @pytest.mark.parametrize("task, refused, taken, said", [
     ("pneumonia", [[0, 1], [0, 2], [0, 0], [0, 3]], [[0, 0], [0, 1], [0, 2], [0, 3]], r"AUC 0\.5000"),
     # pneumonia told from normal (AUC 1), bacteria and virus each scored below every other film: macro (1 + 0 + 0) / 3

@@ -64,7 +64,7 @@ from .callbacks import (
 from .config import TrainConfig
 from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
-from .engine import Callback, State, divergence_advice, fit
+from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
 from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
                      save_checkpoint)
@@ -511,7 +511,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     # the checkpoint keeps how the run is made too (made_by): --resume refuses to go on otherwise (resume_from)
     checkpoint = Checkpoint(run.checkpoint, stateful, save_checkpoint, made)
     callbacks = [Reshuffle(model, d.sampler, cfg.seed), best, History(run_dir), *schedule, *average,
-                 Finalize(lambda s: finalize(run_dir, cfg, d, ctx, len(s.history), s.info["best_epoch"])),
+                 Finalize(lambda s: finalize(run_dir, cfg, d, ctx, len(s.history), s.info["best_epoch"],
+                                             chance_remedy(s))),
                  *trackers, *extra, checkpoint, *([EpochHook(on_epoch_end)] if on_epoch_end else [])]
     return callbacks, stateful
 
@@ -585,9 +586,22 @@ def training_appearance(train_set: CachedImages) -> Appearance | None:
         return None
 
 
-def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int) -> Path:
+def chance_remedy(state: State) -> str:
+    """What a run whose best epoch is no better than chance should change. A training loss above
+    :data:`~pneumoscan.training.engine.OUT_OF_SCALE_LOSS` (a film's own class at e^-100) says the weights went out of
+    scale, every loss finite, which a divergence's advice mends (the learning rate, or where they started), not the
+    labels or more epochs at that rate."""
+    worst = max((row["train_loss"] for row in state.history), default=0.0)
+    if worst > OUT_OF_SCALE_LOSS:
+        return f"the training loss reached {worst:.3g}, out of scale: {divergence_advice(state)}"
+    return "check the training films' labels, then train longer (--epochs, --time-budget) or on more films"
+
+
+def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, best_epoch: int,
+             remedy: str) -> Path:
     """Best weights -> temperature and threshold fitted on validation -> bundle, ONNX, model card
-    (:func:`finish_bundle`) and validation report."""
+    (:func:`finish_bundle`) and validation report; ``remedy``: what a run no better than chance should change
+    (:func:`chance_remedy`)."""
     run = RunFolder(run_dir)
     model, card = ctx.from_main(load_bundle(run.best, best_so_far=True) if ctx.main else None)
     model.to(ctx.device, memory_format=torch.channels_last)
@@ -595,8 +609,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
     # every rank holds the same logits, so every rank refuses together (RUN/best goes: refusal_kept)
     check_better_than_chance(softmax(logits), d.val_set.targets, get_task(cfg.task),
                              f"the best epoch's weights (epoch {best_epoch} of {epochs})", "validation films",
-                             "check the training films' labels, then train longer (--epochs, --time-budget) or on "
-                             "more films", f"; every epoch's figures are in {shown(run.history)}")
+                             remedy, f"; every epoch's figures are in {shown(run.history)}")
     if not ctx.main:
         ctx.barrier()  # the bundle is there when train returns: cv scores it next
         return run.bundle
