@@ -287,6 +287,17 @@ def test_a_library_callers_contradictory_recipe_is_refused_before_cv_writes_anyt
     assert not out.exists()
 
 
+def test_a_fold_that_training_refuses_is_named_and_keeps_its_reason(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A fold's run that diverged ended cv with the run's reason alone (`pneumoscan cv: error: training diverged at
+    epoch 1, ...`), which named no fold: under --quiet nothing else did. The fold is named, as cv's other refusals
+    name it, and its folder keeps the reason (RUN/refused.txt)."""
+    out = tmp_path / "cv"
+    cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, epochs=1, batch_size=8, lr=1e8)
+    with pytest.raises(ValueError, match=r"^fold 1 of 2: training diverged at epoch 1") as refused:
+        cross_validate(tiny_dataset, cfg, 2, out)
+    assert f"fold 1 of 2: {(out / 'fold-0' / 'refused.txt').read_text(encoding='utf-8')}" == f"{refused.value}\n"
+
+
 def test_a_batch_a_folds_training_films_cannot_fill_is_refused_before_cv_writes_anything(tiny_dataset: Path,
                                                                                           tmp_path: Path) -> None:
     """--batch-size 32 on folds of 24 training films: OUT and every fold's manifest were written, then fold 1's run

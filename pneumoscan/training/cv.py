@@ -290,7 +290,10 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
         log.info("fold %d/%d: training %s", k + 1, folds, run.root)
         # resumed where an interrupted fold left a checkpoint; a fresh fold is no resume, and --resume's "no
         # checkpoint ...: starting from scratch" would be noise there
-        train(data, config, run.root, resume=run.checkpoint.exists())
+        try:
+            train(data, config, run.root, resume=run.checkpoint.exists())
+        except ValueError as e:  # the run's reason names no fold (its folder keeps it: RUN/refused.txt)
+            raise ValueError(f"fold {k + 1} of {folds}: {e}") from e
     if not is_main_process():  # every process trains the fold; rank 0 alone scores it (None elsewhere)
         return None
     predictor = Predictor(bundle, batch_size, backend="onnx")
