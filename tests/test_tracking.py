@@ -16,6 +16,7 @@ from builders import Crash, crash_after_first_epoch
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.tracking import make_trackers
 from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import train
 
 TINY = dict(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, patience=10)
@@ -69,6 +70,44 @@ def test_tensorboard_and_mlflow_record_config_epochs_curves_and_the_bundle(tiny_
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"curves.png", "report.html", "metrics.json", "bundle.json"} <= artifacts
     assert (run / "mlartifacts").is_dir(), "the local store keeps its artifacts in the run folder"
+
+
+def test_a_refused_run_ends_its_mlflow_run_failed_and_both_trackers_say_why(tiny_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    """A run that training refused (lr 1e8: diverged at its first validation) left its MLflow run RUNNING for good,
+    as if still training, and neither tracker said why: the reason was on the terminal only. The MLflow run ends
+    FAILED with the refusal as its tag ``refused``, and TensorBoard keeps it as the text ``refused``."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^training diverged at epoch 1") as refused:
+        train(tiny_dataset, TrainConfig(**TINY, epochs=1, lr=1e8), run, log_to=BOTH)
+    _, found = mlflow_run(run)
+    assert found.info.status == "FAILED"
+    assert found.data.tags["refused"] == str(refused.value)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert events.Tensors("refused/text_summary")[0].tensor_proto.string_val[0].decode() == str(refused.value)
+
+
+class _RefusedInSecondEpoch(Callback):
+    """A refusal after the first epoch's checkpoint, which a resume without it goes on from: as a run no better than
+    chance resumed with more epochs, which may then finish."""
+
+    def on_validation_end(self, state: State) -> None:
+        if state.epoch == 1:
+            raise ValueError("refused in the second epoch")
+
+
+def test_a_refused_run_resumed_to_its_bundle_is_an_mlflow_run_finished_without_the_reason(tiny_dataset: Path,
+                                                                                        tmp_path: Path) -> None:
+    """The resumed run goes on in the MLflow run the refused one ended FAILED: running, then finished, the earlier
+    reason would stay beside the bundle's figures."""
+    run, cfg = tmp_path / "run", TrainConfig(**TINY, epochs=2)
+    with pytest.raises(ValueError, match="^refused in the second epoch$"):
+        train(tiny_dataset, cfg, run, log_to=("mlflow",), callbacks=[_RefusedInSecondEpoch()])
+    assert mlflow_run(run)[1].info.status == "FAILED"
+    train(tiny_dataset, cfg, run, resume=True, log_to=("mlflow",))
+    _, found = mlflow_run(run)
+    assert found.info.status == "FINISHED" and "refused" not in found.data.tags
 
 
 def test_tracking_options_are_checked_before_training(tmp_path: Path) -> None:

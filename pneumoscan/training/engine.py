@@ -7,6 +7,9 @@ stopping, best weights, history, checkpoints, resume, experiment tracking, final
     on_fit_start -> per epoch: on_epoch_start -> per batch: before_step, after_step -> before_validation
     -> on_validation_end -> on_epoch_end -> ... -> on_fit_end
 
+or, when training refuses the run (a ValueError from the loop or a hook: a divergence, a model no better than
+chance), ``on_refused`` with the reason before the error goes on.
+
 A callback that carries state across a crash returns it from ``state_dict`` (plain values and tensors) and takes it
 back in ``load_state_dict``; the checkpoint callback saves and restores them by class name.
 """
@@ -26,6 +29,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from torch.utils.data import DataLoader
 
 from pneumoscan.core.logs import progress as progress_bar
+from pneumoscan.core.names import shown
 from .distributed import AT_EVERY_STEP
 
 if TYPE_CHECKING:
@@ -79,6 +83,9 @@ class Callback:
     def on_validation_end(self, state: State) -> None: ...
     def on_epoch_end(self, state: State) -> None: ...
     def on_fit_end(self, state: State) -> None: ...
+
+    def on_refused(self, state: State, reason: str) -> None:
+        """Training refused the run (``reason``, as the command prints it): no bundle; end what the callback began."""
 
     def state_dict(self) -> dict | None:
         """State to keep in the checkpoint (plain values and tensors), or None when there is none."""
@@ -161,35 +168,41 @@ def fit(
     ``loss_fn(logits, targets)`` is the training loss, with targets as class indices or, from a mixing collate, class
     probabilities; ``validate(state, train_logits, train_targets)`` gives the epoch's row of figures (the training
     logits are every rank's, joined). A rank-wide sum makes the training loss and accuracy cover every rank's images.
-    A loss that is not finite on any rank is refused (:func:`check_finite`) before its step."""
+    A loss that is not finite on any rank is refused (:func:`check_finite`) before its step; a refusal (a ValueError)
+    is told to every callback (``on_refused``) before it goes on."""
     amp = autocast(state.ctx.device, state.precision)
     progress = progress_bar(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), enabled=state.ctx.main,
     )
-    _run(callbacks, "on_fit_start", state)
-    with progress:
-        bar = progress.add_task("train", total=len(state.train_loader), epoch=state.epoch + 1, info="")
-        while state.epoch < state.epochs:
-            state.stop = state.ctx.any(state.stop)  # a stop set on one rank (a callback's own verdict) holds for all
-            if state.stop:
-                break
-            state.net.train()
-            state.end_epoch = False  # it leaves one epoch: kept, it left every later one before its first step
-            _run(callbacks, "on_epoch_start", state)
-            totals = _summed_over_ranks(state.ctx, _train_epoch(state, callbacks, loss_fn, amp, progress, bar))
-            if totals.seen == 0:  # the time budget ran out before this epoch took a step: nothing new to validate
-                break
-            _run(callbacks, "before_validation", state)
-            state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": totals.loss / totals.seen,
-                         "train_acc": totals.correct / totals.seen}
-            state.row.update(validate(state, np.concatenate(totals.logits), np.concatenate(totals.targets)))
-            state.row.update(lr=state.optimizer.param_groups[0]["lr"], minutes=state.elapsed / 60)
-            state.history.append(state.row)
-            _run(callbacks, "on_validation_end", state)
-            _run(callbacks, "on_epoch_end", state)
-            state.epoch += 1
-    _run(callbacks, "on_fit_end", state)
+    try:
+        _run(callbacks, "on_fit_start", state)
+        with progress:
+            bar = progress.add_task("train", total=len(state.train_loader), epoch=state.epoch + 1, info="")
+            while state.epoch < state.epochs:
+                state.stop = state.ctx.any(state.stop)  # a stop set on one rank (a callback's verdict) holds for all
+                if state.stop:
+                    break
+                state.net.train()
+                state.end_epoch = False  # it leaves one epoch: kept, it left every later one before its first step
+                _run(callbacks, "on_epoch_start", state)
+                totals = _summed_over_ranks(state.ctx, _train_epoch(state, callbacks, loss_fn, amp, progress, bar))
+                if totals.seen == 0:  # the time budget ran out before this epoch took a step: nothing to validate
+                    break
+                _run(callbacks, "before_validation", state)
+                state.row = {"epoch": state.epoch + 1, "step": state.step, "train_loss": totals.loss / totals.seen,
+                             "train_acc": totals.correct / totals.seen}
+                state.row.update(validate(state, np.concatenate(totals.logits), np.concatenate(totals.targets)))
+                state.row.update(lr=state.optimizer.param_groups[0]["lr"], minutes=state.elapsed / 60)
+                state.history.append(state.row)
+                _run(callbacks, "on_validation_end", state)
+                _run(callbacks, "on_epoch_end", state)
+                state.epoch += 1
+        _run(callbacks, "on_fit_end", state)
+    except ValueError as e:  # the trackers end their runs saying why, not as runs still training
+        for cb in callbacks:
+            cb.on_refused(state, shown(str(e)))
+        raise
     return state
 
 

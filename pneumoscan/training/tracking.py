@@ -19,6 +19,7 @@ from .engine import Callback, State
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "pneumoscan"
+REFUSED = "refused"  # the tag and text that say why training refused a run
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:
@@ -80,6 +81,11 @@ class TensorBoard(Callback):
             self.writer.add_scalar(key, value, len(state.history))
         self.writer.close()
 
+    def on_refused(self, state: State, reason: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(REFUSED, reason, len(state.history))
+            self.writer.close()
+
 
 class MLflow(Callback):
     """An MLflow run in experiment ``pneumoscan``: the config as parameters, each epoch's figures as metrics
@@ -120,6 +126,9 @@ class MLflow(Callback):
             added = [Param(k, v) for k, v in params.items() if k not in logged.params]
             self.client.log_batch(self.run_id, params=added,
                                   tags=[RunTag(f"resumed.{k}", v) for k, v in changed.items()])
+            if REFUSED in logged.tags:  # the run is tried again: running, then finished or refused anew
+                self.client.delete_tag(self.run_id, REFUSED)
+                self.client.update_run(self.run_id, status="RUNNING")
             if changed:
                 log.info("MLflow run %s resumed with %s (tags resumed.*: a parameter keeps its first value)",
                          self.run_id, ", ".join(f"{k} {v}" for k, v in changed.items()))
@@ -142,6 +151,12 @@ class MLflow(Callback):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def on_refused(self, state: State, reason: str) -> None:
+        """FAILED, with the reason as the tag ``refused``: left RUNNING, it looked like a run still training."""
+        if self.run_id is not None and self.client is not None:
+            self.client.set_tag(self.run_id, REFUSED, reason[:5000])  # within MLflow's limit on a tag's value
+            self.client.set_terminated(self.run_id, "FAILED")
 
     def state_dict(self) -> dict:
         return {"run_id": self.run_id}
