@@ -123,6 +123,15 @@ def test_films_loose_beside_the_class_folders_are_warned_of(tmp_path: Path, capl
     assert "2 entries left out (outside the class folders: 2)" in warning
 
 
+def test_one_entry_left_out_is_counted_as_one(tmp_path: Path, caplog) -> None:
+    """The count warning said "1 entries left out"."""
+    root = tree(tmp_path / "chest_xray", {"train/NORMAL": ["IM-0115-0001.jpeg", "IM-0116-0001.tif"]})
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.data.layouts"):
+        discover(root)
+    [warning] = caplog.messages
+    assert "1 entry left out (not an image extension (.tif): 1)" in warning
+
+
 def test_a_class_lost_to_folders_left_out_is_named(tmp_path: Path, caplog) -> None:
     """A re-pack as test/{NORMAL,BACTERIA,VIRUS} was read as NORMAL films alone, which evaluate scored, saying only
     "2 entries left out (not a class folder: 2)"; a folder beside both classes (COVID/) stays a count."""

@@ -576,8 +576,9 @@ def _warn_left_out(root: Path, found: Discovery) -> None:
     reasons = Counter(entry["reason"] for entry in found.skipped if may_hold_films(entry))
     if reasons:
         counted = "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
-        log.warning("%s: %d entries left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
-                    shown(root), reasons.total(), counted, shown(root))
+        n = reasons.total()
+        log.warning("%s: %d %s left out (%s); `pneumoscan audit %s --json-out FILE` lists them",
+                    shown(root), n, "entry" if n == 1 else "entries", counted, shown(root))
 
 
 def _warn_class_left_out(root: Path, found: Discovery) -> None:
