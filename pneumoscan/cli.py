@@ -497,16 +497,26 @@ def _choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], 
     parser.add_argument(flag, type=_option(choices, what, any_case, hint), choices=choices, **kwargs)
 
 
-def _probability(text: str) -> float:
-    """An argparse type for a rate in [0, 1] (a word: the same refusal, where argparse's own named this function)."""
-    expected = argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    try:
-        value = float(text)
-    except ValueError:
-        raise expected from None
-    if not 0 <= value <= 1:
-        raise expected
-    return value
+def _share(zero: bool = True, one: bool = True) -> Callable[[str], float]:
+    """An argparse type for a number from 0 to 1, either end taken unless ``zero`` or ``one`` is False (a word or
+    NaN: the same refusal, where argparse's own named this function). Refused here, the option is named: the
+    library's refusal named the config key (``val_fraction must be ...`` for ``split --val-fraction 15``)."""
+    ends = ("between 0 and 1" if zero and one else
+            f"{'>= 0' if zero else 'above 0'} and {'<= 1' if one else 'below 1'}")
+
+    def parse(text: str) -> float:
+        expected = argparse.ArgumentTypeError(f"must be {ends}, got {text}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise expected from None
+        if not ((0 <= value if zero else 0 < value) and (value <= 1 if one else value < 1)):
+            raise expected
+        return value
+    return parse
+
+
+_probability = _share()  # a rate in [0, 1]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -616,7 +626,7 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+    p.add_argument("--val-fraction", type=_share(zero=False, one=False), default=VAL_FRACTION,
                    help="share of the films of each class and subtype that goes to validation, whole patients at a "
                         f"time (default {VAL_FRACTION:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
@@ -643,7 +653,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
                         "folder (16 films in the Kaggle release: warns that they cannot rank recipes)")
-    p.add_argument("--zoom-range", type=float, metavar="Z",
+    p.add_argument("--zoom-range", type=_share(one=False), metavar="Z",
                    help="Keras-style zoom in and out: scale 1-Z to 1+Z (default 0: off)")
     p.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random vertical flips (default: off)")

@@ -217,6 +217,22 @@ def test_the_test_split_refusal_points_to_films_the_bundle_never_saw(
     assert "(--split val, or" not in said
 
 
+@pytest.mark.parametrize("command, reason", [
+    (["split", "DATA", "--val-fraction", "15"], "argument --val-fraction: must be above 0 and below 1, got 15"),
+    (["split", "DATA", "--val-fraction", "0"], "argument --val-fraction: must be above 0 and below 1, got 0"),
+    (["train", "--zoom-range", "5", "--print-config"], "argument --zoom-range: must be >= 0 and below 1, got 5"),
+    (["train", "--zoom-range", "nan", "--print-config"], "argument --zoom-range: must be >= 0 and below 1, got nan"),
+])
+def test_a_number_out_of_range_is_refused_naming_its_option(command: list[str], reason: str,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`split --val-fraction 15` and `train --zoom-range 5` were refused naming the config keys, val_fraction and
+    zoom_range, which the command line does not have."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(command)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"pneumoscan {command[0]}: error: {reason} (")
+
+
 def test_errors_are_one_sentence_with_status_2(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
