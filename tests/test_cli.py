@@ -237,12 +237,14 @@ def test_errors_are_one_sentence_with_status_2(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """No `[Errno 2] No such file or directory: '...'`: a missing bundle, a file named as a folder, a system error
-    with its file first; the same `pneumoscan CMD: error:` line for every refusal."""
+    with its file first, an empty bundle path (an unset variable) said to be one; the same `pneumoscan CMD: error:`
+    line for every refusal."""
     film = tmp_path / "film.png"
     Image.new("L", (40, 40)).save(film)
     results = tmp_path / "results.csv"
     results.write_text("")
     cases = [
+        ("", [], "no bundle given (an empty path: is the variable that names it set?)"),  # was " is not a bundle..."
         (tmp_path / "nosuch", [], f"{tmp_path / 'nosuch'} is not a bundle folder (no bundle.json)"),
         (film, [], f"{film} is not a bundle folder (no bundle.json)"),
         (tiny_bundle / "bundle.json", [], f"{tiny_bundle / 'bundle.json'} is not a bundle folder (no bundle.json): it "

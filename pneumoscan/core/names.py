@@ -106,3 +106,13 @@ def path_list(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[st
     """Paths given to a function that takes several, as a list: one path given alone is one path, not a sequence of
     characters each read as a path (``"/"`` and ``"."`` among them: a search of the whole disk)."""
     return [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
+
+
+def given_path(path: str | os.PathLike, what: str, variable: str = "") -> Path:
+    """``path`` as a Path, an empty one refused (ValueError) as no ``what`` given rather than read as the current
+    folder (``Path("")`` is ``.``): an empty path is what an unset shell variable gives (``"$PNEUMOSCAN_DATA"``);
+    ``variable``, one that names a ``what``, is named in the refusal."""
+    if os.fspath(path) == "":
+        such = f", such as {variable}," if variable else ""
+        raise ValueError(f"no {what} given (an empty path: is the variable that names it{such} set?)")
+    return Path(path)

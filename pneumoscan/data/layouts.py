@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.atomic import write_csv
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import given_path, shown
 from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.core.registry import Registry
 from . import readers
@@ -490,10 +490,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
     recognises the root: ``{train,val,test}/{NORMAL,PNEUMONIA}``, a single split folder (``{NORMAL,PNEUMONIA}``), or a
     CSV manifest file, as the built-in ones do. An empty ``root`` is refused, not read as the current folder: it is
     what an unset shell variable gives (``"$PNEUMOSCAN_DATA"``)."""
-    if root == "":
-        raise ValueError("no dataset given (an empty path: is the variable that names it, such as $PNEUMOSCAN_DATA, "
-                         "set?)")
-    root = Path(root)
+    root = given_path(root, "dataset", "$PNEUMOSCAN_DATA")
     if not root.exists():
         raise FileNotFoundError(f"dataset not found: {root}")
     known = layouts()

@@ -35,7 +35,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
 from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
-from pneumoscan.core.names import is_utf8, shown
+from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec, check_normalization
@@ -365,7 +365,7 @@ def load_card(directory: Path | str, best_so_far: bool = False) -> BundleCard:
     silently take its default) or of the wrong type. A card older than the checksum loads with a warning, as a
     bundle older than the files' checksums does. A run's best weights so far (:data:`BEST_SO_FAR`) are refused
     unless ``best_so_far`` (training, which finishes them into RUN/bundle)."""
-    path = Path(directory) / CARD
+    path = given_path(directory, "bundle") / CARD
     try:
         data = read_bundle_json(path)
     except (FileNotFoundError, NotADirectoryError):  # a mistyped folder, a run folder, a file named as the bundle
