@@ -8,6 +8,7 @@ import contextlib
 import functools
 import io
 import itertools
+import json
 import os
 import re
 import shlex
@@ -536,6 +537,22 @@ def test_docs_api_md_names_every_field_the_service_answers(tiny_bundle: Path, ti
         named = set(re.findall(r'`"?(\w+)"?`|"(\w+)":', section))
         named = {name for pair in named for name in pair if name}
         assert not sorted(set(fields) - named), f"api.md does not name {sorted(set(fields) - named)}"
+
+
+def test_the_413_the_pages_quote_is_the_services(tiny_bundle: Path) -> None:
+    """A film over the upload limit is answered with what the sender can do (the limit is serve's --max-upload-mb;
+    a lossless compressed DICOM is smaller): docs/dicom.md quotes the service's answer, and docs/deployment.md's nginx
+    example answers the bodies nginx refuses itself with the same JSON."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.app import create_app
+
+    with TestClient(create_app(tiny_bundle)) as client:  # the default limit, 20 MB, which the pages quote
+        r = client.post("/v1/predict", files={"file": ("film.dcm", bytes(21 * 2**20), "application/dicom")})
+    said = r.json()["error"]
+    assert r.status_code == 413 and "--max-upload-mb" in said and "lossless" in said, said
+    assert f"`{said}`" in " ".join((ROOT / "docs" / "dicom.md").read_text().split())
+    assert f"return 413 '{json.dumps({'error': said})}\\n';" in (ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: Path, tiny_dataset: Path,

@@ -87,11 +87,14 @@ async def _capped(stream: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator
 def _check_body_size(size: int, max_bytes: int) -> None:
     """413 for a request body (declared, or read so far) past the file limit plus the multipart envelope."""
     if size > max_bytes + ENVELOPE_BYTES:
-        raise Rejected(413, f"upload too large: the limit is {_mb(max_bytes)}")
+        raise Rejected(413, f"upload too large: the limit is {_limit(max_bytes)}")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:g} MB ({n:,} bytes)"
+def _limit(n: int) -> str:
+    """The upload limit of ``n`` bytes, and what a sender over it can do: the limit is the operator's, and a film a
+    PACS holds uncompressed is often over the default one (no quote in it: nginx's example quotes this message)."""
+    return (f"{n / 2**20:g} MB ({n:,} bytes), set by serve --max-upload-mb; an uncompressed DICOM film is smaller in a "
+            "lossless compressed transfer syntax")
 
 
 def _check_type(media: str, data: bytes, dicom: bool) -> None:
@@ -164,7 +167,7 @@ async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple
     if not data:
         raise Rejected(400, "empty file (0 bytes)")
     if len(data) > max_bytes:
-        raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_mb(max_bytes)}")
+        raise Rejected(413, f"file too large: {len(data):,} bytes exceeds the limit of {_limit(max_bytes)}")
     _check_type(media, data, dicom)
     return data, dicom and readers.reader_for(data[: readers.HEAD_BYTES]) is None
 
