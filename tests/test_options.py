@@ -29,7 +29,7 @@ from pneumoscan.data.transforms import Augment
 from pneumoscan.inference.predict import Predictor, format_results
 from pneumoscan.models import registry as models
 from pneumoscan.training.tracking import make_trackers
-from pneumoscan.training.config import TrainConfig, apply_settings
+from pneumoscan.training.config import TrainConfig, apply_settings, read_yaml
 
 
 def test_look_up_option_suggests_the_closest_names() -> None:
@@ -239,6 +239,30 @@ def test_a_config_file_that_is_not_yaml_is_a_one_line_reason(text: str, tmp_path
     assert cli.main(["train", "--config", str(config), "--print-config"]) == 2
     err = capsys.readouterr().err
     assert f"{config} is not a YAML config: " in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("epochs: 1\nlr: 0.001\nepochs: 2\n", "epochs is given twice, on lines 1 and 3"),
+    ("augment:\n  noise: 0.01\n  rotation: 3\n  noise: 0.02\n", "noise is given twice, on lines 2 and 4"),
+    ("augment: {noise: 0.01, noise: 0.02}\n", "noise is given twice, on line 1"),
+])  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(text: str, reason: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A config giving `epochs: 1` and further down `epochs: 2` trained with the last one without a word."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    assert cli.main(["train", "--config", str(config), "--print-config"]) == 2
+    assert capsys.readouterr().err == (f"pneumoscan train: error: {config} is not a YAML config: {reason} (YAML takes "
+                                       "each key once): keep the one meant\n")
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused_and_a_merge_is_no_repeat(capsys: pytest.CaptureFixture) -> None:
+    """--set with a mapping giving a key twice took the last one too; a key a merge (``<<: *base``) brings in and
+    the mapping sets again is YAML's override, not a key given twice."""
+    assert cli.main(["train", "--set", "augment={noise: 0.01, noise: 0.02}", "--print-config"]) == 2
+    assert "noise is given twice, on line 1" in capsys.readouterr().err
+    assert read_yaml("base: &b {noise: 0.01, rotation: 3}\naugment:\n  <<: *b\n  noise: 0.02\n")["augment"] == {
+        "noise": 0.02, "rotation": 3}
 
 
 def test_a_config_made_in_the_library_is_checked_as_a_yaml_one_is() -> None:

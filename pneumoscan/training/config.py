@@ -264,6 +264,35 @@ def _number(value: object, hint: object) -> object:
     return value
 
 
+class _OnceEach(yaml.SafeLoader):
+    """safe_load's loader refusing a mapping that gives a key twice, which YAML does not allow and PyYAML reads as
+    the last value: a config with `epochs: 1` and further down `epochs: 2` trained with 2 without a word. A key a
+    merge (``<<: *base``) brings in and the mapping sets again is YAML's override, not a key given twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:  # before the merged keys are flattened into the node
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: safe_load's own refusal follows
+                continue
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"line {line}"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} is given twice, on {where} (YAML takes each key once): keep the one meant")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as safe_load reads it (no Python objects built), a key given twice in a mapping refused: the one
+    reading of every YAML a user gives pneumoscan (``--config``, ``--set`` values, a run's config.yaml)."""
+    return yaml.load(text, Loader=_OnceEach)  # a SafeLoader: builds no Python object
+
+
 def apply_settings(data: dict, settings: Sequence[str]) -> dict:
     """``data`` with each ``key=value`` of ``settings`` set on it (``--set``): a dotted key reaches into a nested
     mapping (``augment.noise=0.04``), the value is read as a YAML scalar (``0.04``, ``true``, ``null``, ``[1, 2]``).
@@ -282,7 +311,7 @@ def apply_settings(data: dict, settings: Sequence[str]) -> dict:
                                  "settings")
             node = child
         try:
-            node[leaf] = yaml.safe_load(text)
+            node[leaf] = read_yaml(text)
         except yaml.YAMLError as e:
             raise ValueError(f"--set {setting!r}: the value is not YAML: {str(e).splitlines()[0]}") from None
     return data
@@ -292,7 +321,7 @@ def load_config(path: Path | str | None, settings: Sequence[str] = (), **overrid
     """A YAML file's settings, then ``key=value`` settings (``--set``, :func:`apply_settings`), then
     command-line overrides (those not None) on top of the defaults."""
     try:
-        data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+        data = (read_yaml(Path(path).read_text()) or {}) if path else {}
     except yaml.YAMLError as e:  # a syntax error, or a tag safe_load refuses to build (!!python/object)
         raise ValueError(f"{path} is not a YAML config: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):

@@ -14,7 +14,6 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256
@@ -24,7 +23,7 @@ from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
 from pneumoscan.models.card import CARD, INIT_CARD, TEACHER_CARDS, bundle_checksums, load_card, retrained_sources
 from pneumoscan.models.run_folder import RunFolder
-from .config import TrainConfig, recorded_settings
+from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
 from .engine import resolved_precision
 
@@ -177,7 +176,7 @@ def checkpoint_config(ckpt: dict, path: Path) -> dict | None:
     nothing shows how it was made."""
     recorded = ckpt.get("config")
     if recorded is None and (config := RunFolder.of(path).config).is_file():
-        recorded = yaml.safe_load(config.read_text())
+        recorded = read_yaml(config.read_text())
     return recorded
 
 
