@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
-from pneumoscan.core.names import json_text, shown
+from pneumoscan.core.names import json_text, path_list, shown
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
@@ -208,6 +208,38 @@ def _not_a_bundle(out: str) -> None:
     if (Path(out) / CARD).is_file():
         raise ValueError(f"--out {out} holds a bundle ({CARD}), not a run: give its run folder, "
                          f"{shown(Path(out).parent)}, or a new folder")
+
+
+# the commands whose first argument is a bundle: the argument that follows it and its name in the usage (None:
+# nothing follows)
+BUNDLE_FIRST = {"evaluate": ("data", "DATA"), "threshold": ("data", "DATA"), "predict": ("paths", "FILMS"),
+                "serve": None, "pacs": None, "export": None}
+
+
+def _bundle_first(args: argparse.Namespace) -> None:
+    """Refuse a command's bundle argument that is no bundle with the order, where the mistake is the order: a
+    dataset given as the bundle, or a bundle (or its run) given after it. `evaluate DATA BUNDLE` was refused as
+    "DATA is not a bundle folder (no bundle.json)", which did not say that the two were swapped. Anything else is
+    left to the bundle's own refusal (:func:`~pneumoscan.models.card.load_card`)."""
+    from pneumoscan.data.layouts import recognising_layout
+    from pneumoscan.models.card import CARD
+    from pneumoscan.models.run_folder import RunFolder
+
+    def bundle_of(path: Path) -> Path | None:
+        return next((folder for folder in (path, RunFolder(path).bundle) if (folder / CARD).is_file()), None)
+
+    if args.command not in BUNDLE_FIRST or not args.bundle or bundle_of(Path(args.bundle)):
+        return
+    given, follows = Path(args.bundle), BUNDLE_FIRST[args.command]
+    dataset = (given.is_dir() or given.suffix.lower() == ".csv") and recognising_layout(given) is not None
+    reasons = ["it is a dataset"] if dataset else []
+    later = path_list(getattr(args, follows[0])) if follows else []
+    if bundle := next(filter(None, (bundle_of(Path(path)) for path in later if path)), None):
+        reasons.append(f"{bundle} is a bundle")
+    if reasons:
+        order = (f"the order is `pneumoscan {args.command} BUNDLE {follows[1]}`" if follows else
+                 f"`pneumoscan {args.command}` takes a bundle folder (RUN/bundle)")
+        raise ValueError(f"{args.bundle} is not a bundle folder (no {CARD}): {', and '.join(reasons)}; {order}")
 
 
 def _trained(bundle: Path) -> str:
@@ -912,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
     try:
+        _bundle_first(args)
         status = args.func(args)
         sys.stdout.flush()  # a pipe's reader gone shows here, not in the interpreter's last flush
         return status

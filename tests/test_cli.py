@@ -233,6 +233,40 @@ def test_a_number_out_of_range_is_refused_naming_its_option(command: list[str], 
     assert capsys.readouterr().err.startswith(f"pneumoscan {command[0]}: error: {reason} (")
 
 
+def test_a_bundle_given_after_what_follows_it_is_refused_saying_the_order(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`evaluate DATA BUNDLE` was refused as "DATA is not a bundle folder (no bundle.json)", without a word of the
+    order; so was `predict FILM BUNDLE`. A dataset given as the bundle, or a bundle (or its run) given after it,
+    says the order; a folder that is neither keeps the plain refusal."""
+    film = next((tiny_dataset / "test" / "NORMAL").glob("*.jpeg"))
+    data, run, nosuch = tiny_dataset, tiny_bundle.parent, tmp_path / "nosuch"
+    not_a_bundle = f"{data} is not a bundle folder (no bundle.json)"
+    cases = [
+        (["evaluate", data, tiny_bundle], f"{not_a_bundle}: it is a dataset, and {tiny_bundle} is a bundle; the "
+                                          "order is `pneumoscan evaluate BUNDLE DATA`"),
+        (["evaluate", data, run], f"{not_a_bundle}: it is a dataset, and {tiny_bundle} is a bundle; the order is "
+                                  "`pneumoscan evaluate BUNDLE DATA`"),
+        (["evaluate", data, nosuch], f"{not_a_bundle}: it is a dataset; the order is `pneumoscan evaluate BUNDLE "
+                                     "DATA`"),
+        (["threshold", data, tiny_bundle, "--youden", "--out", tmp_path / "new"],
+         f"{not_a_bundle}: it is a dataset, and {tiny_bundle} is a bundle; the order is `pneumoscan threshold BUNDLE "
+         "DATA`"),
+        (["predict", film, tiny_bundle], f"{film} is not a bundle folder (no bundle.json): {tiny_bundle} is a bundle; "
+                                         "the order is `pneumoscan predict BUNDLE FILMS`"),
+        (["predict", film.parent, film, tiny_bundle],
+         f"{film.parent} is not a bundle folder (no bundle.json): {tiny_bundle} is a bundle; the order is `pneumoscan "
+         "predict BUNDLE FILMS`"),
+        (["serve", data], f"{not_a_bundle}: it is a dataset; `pneumoscan serve` takes a bundle folder (RUN/bundle)"),
+        (["export", data], f"{not_a_bundle}: it is a dataset; `pneumoscan export` takes a bundle folder (RUN/bundle)"),
+        (["predict", film.parent, film], f"{film.parent} is not a bundle folder (no bundle.json)"),  # nothing to say
+    ]
+    for command, reason in cases:
+        assert cli.main([str(arg) for arg in command]) == 2, reason
+        assert capsys.readouterr().err == f"pneumoscan {command[0]}: error: {reason}\n"
+    assert not (tmp_path / "new").exists()
+
+
 def test_errors_are_one_sentence_with_status_2(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

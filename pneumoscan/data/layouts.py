@@ -485,6 +485,11 @@ register_layout(MendeleyLayout())
 register_layout(KaggleLayout())
 
 
+def recognising_layout(root: Path) -> Layout | None:
+    """The first registered layout that recognises ``root`` (cheap: no image read), None when none does."""
+    return next((candidate for candidate in layouts().values() if candidate.detect(root)), None)
+
+
 def discover(root: Path | str, layout: str | None = None) -> Discovery:
     """Records under a dataset root, read by ``layout`` (a registered name) or by the first registered layout that
     recognises the root: ``{train,val,test}/{NORMAL,PNEUMONIA}``, a single split folder (``{NORMAL,PNEUMONIA}``), or a
@@ -499,7 +504,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
         if not chosen.detect(root):
             raise ValueError(f"{root}: not laid out as {layout} ({chosen.description})")
     else:
-        chosen = next((candidate for candidate in known.values() if candidate.detect(root)), None)
+        chosen = recognising_layout(root)
         if chosen is None:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it{_unrecognised(root)} (expected {expected})")
