@@ -868,6 +868,22 @@ def test_a_manifest_with_training_patients_in_its_test_split_is_warned_about(
     assert "test split" not in caplog.text
 
 
+def test_a_split_without_validation_films_says_which_option_gave_none(tiny_dataset: Path, tmp_path: Path) -> None:
+    """--val-folder on data without val/ (the tiny dataset, as a Mendeley tree) and a manifest without a split column
+    were both told only that training needs a 'train' and a 'val' split: each names its mistake and what to give."""
+    with pytest.raises(ValueError, match=re.escape(f"--val-folder validates on the val/ folder of {tiny_dataset}, "
+                                                   "which holds no film (it has train, test)")) as refused:
+        train_mod.split_records(tiny_dataset, TrainConfig(validate_on_val_folder=True))
+    assert "leave --val-folder out" in str(refused.value)
+    manifest = tmp_path / "films.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n"
+                                                 for p in sorted((tiny_dataset / "train").rglob("*.jpeg"))))
+    with pytest.raises(ValueError, match=re.escape(f"{manifest} gives no film a split (it has no split column, or "
+                                                   "an empty one)")) as refused:
+        train_mod.split_records(tiny_dataset, TrainConfig(split_csv=str(manifest)))
+    assert "`pneumoscan split" in str(refused.value) and "leave --split-csv out" in str(refused.value)
+
+
 def test_a_split_with_a_film_copied_across_train_and_val_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     """A training film copied into val under another name and patient id escaped the patient check: with a manifest
     (or --val-folder) validation chose the threshold on a film trained on. The default split keeps copies together."""

@@ -82,11 +82,24 @@ def split_records(data: Path | str, cfg: TrainConfig) -> list[Record]:
     a patient-grouped split of everything but test (the config refuses both of the first two)."""
     if cfg.split_csv:
         records = discover(cfg.split_csv).records
+        if not any(r.split for r in records):
+            raise ValueError(f"{shown(cfg.split_csv)} gives no film a split (it has no split column, or an empty "
+                             "one), so --split-csv names no train and val films: give a manifest with a split column "
+                             "(`pneumoscan split DATA --out FILE` writes one), or leave --split-csv out and training "
+                             "splits DATA by patient itself")
         if unsided := [r for r in records if r.split not in ("train", "val", "test")]:
             log.warning("%d film(s) of %s are in no train, val or test split (e.g. %s, split %r): left out",
                         len(unsided), shown(cfg.split_csv), shown(unsided[0].path), unsided[0].split)
     elif cfg.validate_on_val_folder:
-        records = [r for r in discover(data).records if r.split in ("train", "val")]
+        found = discover(data).records
+        if not any(r.split == "val" for r in found):
+            splits = list(dict.fromkeys(r.split for r in found if r.split))  # in the layout's order
+            raise ValueError(f"--val-folder validates on the val/ folder of {shown(data)}, which holds no film ("
+                             + (f"it has {', '.join(splits)}" if splits else "it has no split folders")
+                             + "): leave --val-folder out and training validates on a "
+                             "patient-grouped split of everything but test/ (--set val_fraction=), or give a "
+                             "--split-csv")
+        records = [r for r in found if r.split in ("train", "val")]
         per_class = Counter(r.label for r in records if r.split == "val")
         if per_class and min(per_class.values()) < 50:
             log.warning("validating on the val/ folder of %s: %d films. The threshold, the temperature and early "
