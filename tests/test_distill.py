@@ -149,6 +149,24 @@ def test_cv_refuses_teachers_of_other_folds(tiny_dataset: Path, teacher_cv: Path
     assert not (out / "fold-0").exists(), "refused before any fold trains"
 
 
+@pytest.mark.parametrize("given, kind", [("run", "a train run's folder"), ("bundle", "a bundle")])
+def test_a_train_run_given_as_a_cv_run_is_named_so_by_cv_and_ensemble(tiny_dataset: Path, tiny_bundle: Path,
+                                                                      tmp_path: Path, given: str, kind: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`cv --teacher-cv RUN` with a train run or a bundle said it "was made on other folds (it has no fold 0)"; both
+    commands say, with one check, that it is no finished cv run and what it is."""
+    folder = tiny_bundle.parent if given == "run" else tiny_bundle
+    said = (f"{folder} is not a finished cv run: expected fold-0 ... fold-K (at least two); it is {kind}, not a "
+            "folder `pneumoscan cv --out` wrote")
+    out = tmp_path / "students"
+    assert main(["cv", *TINY, "--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
+                 "--teacher-cv", str(folder)]) == 2
+    assert f"--teacher-cv {said}" in capsys.readouterr().err
+    assert not out.exists(), "refused before any fold trains"
+    assert main(["ensemble", "--cv", str(folder), "--out", str(tmp_path / "ensemble")]) == 2
+    assert said in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, said", [
     ({"split_csv": None}, "of the films given to validate the distilled model were in "),
     ({"distill_weight": 1.0}, "between 0 and 1: got 1.0"),

@@ -41,6 +41,7 @@ from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
+from .ensemble import cv_folds
 from .resume import (checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change,
                      teachers_changed)
 from .train import absent_classes, check_batches, check_init_held_out, train
@@ -167,6 +168,10 @@ def check_fold_processes(runs: Sequence[RunFolder], here: dict[str, object]) -> 
 def fold_config(cfg: TrainConfig, out_dir: Path, k: int, teacher_cv: Sequence[Path | str]) -> TrainConfig:
     """Fold K's recipe: ``cfg`` on OUT/split-fold-K.csv, taught by each teacher cv run's fold-K bundle."""
     for run in teacher_cv:  # every fold's manifest is written before any fold trains: none means fewer folds
+        try:
+            cv_folds(CvFolder(Path(run)))
+        except ValueError as e:
+            raise ValueError(f"--teacher-cv {e}") from None
         if not CvFolder(Path(run)).split(k).exists():
             raise ValueError(f"teacher cv run {run} was made on other folds (it has no fold {k}): give --teacher-cv "
                              "runs made with the same --folds, --seed and data")

@@ -53,7 +53,7 @@ from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
                                    load_appearance, load_card, member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
-from pneumoscan.models.run_folder import CvFolder
+from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import films_as_trained, split_change
 from .finish import ScoredFilms, finish_bundle
 
@@ -160,6 +160,24 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
                        patient_groups(records, cv_dirs[0])[1])
 
 
+def cv_folds(cv: CvFolder) -> list[int]:
+    """The fold numbers of a cv run (``cv --out``), refused when it is none or stopped between folds: what ``ensemble
+    --cv``, ``export --int8 --cv`` and ``cv --teacher-cv`` take, each fold's bundle checked by the caller. A train
+    run or a bundle given for one is named so: it has no fold, which alone reads like a cv run of other folds."""
+    folds = cv.folds()
+    if folds != list(range(len(folds))) or len(folds) < 2:
+        what = ("a bundle" if (cv.root / CARD).is_file() else "a train run's folder" if RunFolder(cv.root).holds_run()
+                else None)
+        raise ValueError(f"{cv.root} is not a finished cv run: expected fold-0 ... fold-K (at least two)"
+                         + (f"; it is {what}, not a folder `pneumoscan cv --out` wrote" if what else ""))
+    # cv writes every fold's manifest first: one without its fold is a run stopped between folds, whose missing
+    # fold's films would go uncounted in the out-of-fold scores
+    if len(splits := cv.splits()) > len(folds):
+        raise ValueError(f"{cv.root} is not a finished cv run: {len(folds)} of its {len(splits)} folds were "
+                         f"trained (no fold-{len(folds)}); finish the cv run first")
+    return folds
+
+
 def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     """DIR/fold-K/bundle of each cv run, run by run in fold order; refused when a fold has no bundle or no split,
     when a fold's bundle was trained on other films than its split-fold-K.csv says (its run's split.csv records
@@ -171,14 +189,7 @@ def cv_members(cv_dirs: Sequence[Path | str]) -> list[Path]:
     opened: dict = {}  # the folds' one image cache, its pixels' SHA-256 checked once (films_as_trained)
     for cv_dir in map(Path, cv_dirs):
         cv = CvFolder(cv_dir)
-        folds = cv.folds()
-        if folds != list(range(len(folds))) or len(folds) < 2:
-            raise ValueError(f"{cv_dir} is not a finished cv run: expected fold-0 ... fold-K (at least two)")
-        # cv writes every fold's manifest first: one without its fold is a run stopped between folds, whose
-        # missing fold's films would go uncounted in the out-of-fold scores
-        if len(splits := cv.splits()) > len(folds):
-            raise ValueError(f"{cv_dir} is not a finished cv run: {len(folds)} of its {len(splits)} folds were "
-                             f"trained (no fold-{len(folds)}); finish the cv run first")
+        folds = cv_folds(cv)
         held_out = []
         for k in folds:
             run, manifest = cv.fold(k), cv.split(k)
