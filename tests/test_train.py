@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -433,6 +434,37 @@ def test_a_run_that_takes_no_step_fails_plainly_and_never_ships_old_weights(
         train(tiny_dataset, TrainConfig(**TINY), run, callbacks=[BudgetSpent()])
     assert not (run / "best").exists() and not (run / "bundle").exists() and not (run / "checkpoint.pt").exists()
     assert not [name for name in reports if (run / name).exists()], "no report of a bundle no longer there"
+
+
+def test_a_run_into_a_finished_runs_folder_says_which_bundle_it_replaces_before_removing_it(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Training again into a folder that holds a finished run (without --resume) deleted its bundle, and the records
+    `evaluate --add-to-card` had added to its card, without a line: one warning names the bundle, its validation AUC
+    and its added records, while the bundle is still there."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent, run)
+    card = load_card(run / "bundle")
+    save_card(run / "bundle", dataclasses.replace(card, external_evaluations=[{"data": "site B"}]))
+    seen: list[tuple[str, bool]] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), (run / "bundle").exists()))
+
+    handler = Seen(logging.WARNING)
+    logging.getLogger("pneumoscan").addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match="^no epoch was validated"):
+            train(tiny_dataset, TrainConfig(**TINY), run, callbacks=[BudgetSpent()])
+    finally:
+        logging.getLogger("pneumoscan").removeHandler(handler)
+    said = [(message, there) for message, there in seen if "replaces" in message]
+    auc = f"{card.val_metrics['auc']:.4f}"
+    assert said == [(f"{run} holds a finished run, which this run replaces: its bundle (validation AUC {auc}; 1 "
+                     "evaluation added to its card) is deleted now, with its checkpoint and reports; train into a new "
+                     "--out to keep a run", True)], seen
+    assert not (run / "bundle").exists()
 
 
 def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is_touched(

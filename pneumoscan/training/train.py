@@ -286,6 +286,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) ->
         run_dir.mkdir(parents=True, exist_ok=True)
         run = RunFolder(run_dir)
         if not (resume and run.checkpoint.exists()):
+            _say_replaced(run)
             folders, files = run.outputs()
             for earlier in folders:
                 shutil.rmtree(earlier, ignore_errors=True)
@@ -294,6 +295,24 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) ->
         else:  # tried again: it ends in a bundle or in its own refusal, not beside the earlier attempt's reason
             run.refused.unlink(missing_ok=True)
         write_atomic(run.config, cfg.to_yaml().encode())
+
+
+def _say_replaced(run: RunFolder) -> None:
+    """Warn, before :func:`prepare_run_dir` clears the folder, that it holds a finished run whose bundle goes (with
+    what ``evaluate --add-to-card`` added to its card): the deletion was silent, and a rerun into the same --out
+    lost a bundle in use. Its validation AUC names which one; a card that cannot be read gives none."""
+    if not run.bundle.is_dir():
+        return
+    try:
+        card = load_card(run.bundle)
+    except (ValueError, OSError):
+        figures = ""
+    else:
+        added = len(card.external_evaluations)
+        figures = (f" (validation AUC {format_figure(card.val_metrics.get('auc'), 4)}"
+                   + (f"; {added} evaluation{'s' if added > 1 else ''} added to its card" if added else "") + ")")
+    log.warning("%s holds a finished run, which this run replaces: its bundle%s is deleted now, with its checkpoint "
+                "and reports; train into a new --out to keep a run", shown(run.root), figures)
 
 
 @contextlib.contextmanager
