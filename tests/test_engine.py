@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,33 @@ def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
         assert drawn == expected
         with (tmp_path / "history.csv").open() as f:
             assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_a_refused_run_draws_the_curves_of_its_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run refused (a divergence) before its curves' next draw left history.csv without curves.png, which shows the
+    user why it was refused: they are drawn from its history then, when it has a row."""
+    from pneumoscan.training import callbacks
+
+    monkeypatch.setattr(callbacks, "CURVES_EVERY_S", 3600.0)
+    row = {"val_loss": 0.5, "val_acc": 0.5, "val_auc": 0.5, "val_sens": 0.5, "val_spec": 0.5}
+
+    def diverges_at(epoch: int) -> Callable[[State, object, object], dict]:
+        def validate(state: State, *_: object) -> dict:
+            if state.epoch + 1 == epoch:
+                raise ValueError(f"training diverged at epoch {epoch}")
+            return dict(row)
+        return validate
+
+    for epoch, rows in ((3, 2), (1, 0)):
+        run = tmp_path / f"epoch-{epoch}"
+        run.mkdir()
+        with pytest.raises(ValueError, match=f"diverged at epoch {epoch}"):
+            fit(stub_state(epochs=3), [History(run)], torch.nn.functional.cross_entropy, diverges_at(epoch))
+        assert (run / "curves.png").is_file() == bool(rows)
+        if rows:
+            assert (run / "curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+            with (run / "history.csv").open() as f:
+                assert len(list(csv.DictReader(f))) == rows
 
 
 def test_fit_calls_the_hooks_at_fixed_points_and_keeps_one_row_per_epoch() -> None:

@@ -245,9 +245,9 @@ class History(Callback):
     marks it best, before the schedule's callbacks, whose lines of a rate cut or an early stop are of this epoch),
     and RUN/history.csv rewritten at the epoch's end, with RUN/curves.png redrawn then too when the last draw is
     CURVES_EVERY_S old (every epoch of a real run; a test's epochs of a second each would spend most of their time
-    drawing) and at the end of the fit. A resumed run rewrites them from the checkpoint's history first: a run
-    killed while writing an epoch's checkpoint had already written that epoch's row, which would otherwise stay
-    however the resumed run ends."""
+    drawing) and at the end of the fit, or of a run training refused. A resumed run rewrites them from the
+    checkpoint's history first: a run killed while writing an epoch's checkpoint had already written that epoch's
+    row, which would otherwise stay however the resumed run ends."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run = RunFolder(run_dir)
@@ -283,8 +283,18 @@ class History(Callback):
             self.write(state.history, draw=False)
 
     def on_fit_end(self, state: State) -> None:
+        self.draw_behind(state)
+
+    def on_refused(self, state: State, reason: str) -> None:
+        """A refused run's curves are drawn too: its history is what shows why it was refused (RUN/refused.txt),
+        and a run of short epochs refused within CURVES_EVERY_S of its last draw had none or an old one."""
+        self.draw_behind(state)
+
+    def draw_behind(self, state: State) -> None:
+        """RUN/curves.png drawn from the whole history, when rows are not drawn yet (rank 0)."""
         if state.ctx.main and self.behind:
             plot_training_curves(state.history, self.run.curves)
+            self.behind = False
 
 
 class Checkpoint(Callback):
