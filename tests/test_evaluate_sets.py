@@ -117,6 +117,25 @@ def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, 
     assert guess in html and f"chosen on {card.val_metrics['n']} films" in html
 
 
+def test_the_report_says_what_the_second_stages_card_says_of_its_threshold(
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """evaluate --etiology: the three-class calls are made at the second stage's threshold too, and its probabilities
+    enter the three-class reliability diagram, yet only the first stage's policy and caveats were reported: a second
+    stage whose threshold is a guess and whose temperature calibrates nothing read as a sound one."""
+    second = tmp_path / "etiology"
+    shutil.copytree(tiny_etiology_bundle, second)
+    card = load_card(second)
+    guess, uncalibrated = "only 3 positive films: this threshold is a guess", "the probabilities are not calibrated"
+    save_card(second, dataclasses.replace(card, threshold_caveat=guess, temperature_caveat=uncalibrated))
+    metrics = evaluate(tiny_bundle, tiny_dataset, "test", tmp_path / "eval", etiology=second)
+    assert metrics["two_stage"]["etiology_caveats"] == [uncalibrated, guess]
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert guess in html and uncalibrated in html
+    assert (f"{card.threshold:.4f} ({card.threshold_policy}; chosen on {card.val_metrics['n']} films)"
+            in html.replace("&gt;", ">"))
+
+
 def test_a_results_file_never_hands_a_spreadsheet_a_formula(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A film given as =HYPERLINK(...).jpeg, or a manifest's patient @SUM(1+5), was written as the first characters

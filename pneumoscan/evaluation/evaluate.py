@@ -103,15 +103,16 @@ def two_stage_names(first: Task, second: Task) -> tuple[str, ...]:
 
 def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record], images: np.ndarray,
                targets: np.ndarray, data: Path | str, split: str | None, etiology: Path | str, tta: bool,
-               backend: str, groups: np.ndarray, scope: Sequence[list[str]]) -> tuple[dict, dict[str, list]]:
+               backend: str, groups: np.ndarray, scope: Sequence[list[str]]
+               ) -> tuple[dict, dict[str, list], BundleCard]:
     """The 1 + k class figures of FIRST followed by the ETIOLOGY bundle (a stage of k classes) on the first stage's
     films (every film is scored by both stages, so the composed probabilities exist for all, and checked against
     both stages' training films), and predictions.csv's columns of the second stage, named as predict names them
     (:func:`stage_fields`: ``etiology_probability_virus``; a second stage of one's own is not reported as P(virus)):
     each film's probability (and class probabilities, for k of three or more), its 1 + k class call, and its scope
     (:func:`stage_scope`, the film's first-stage ``scope`` warnings with the second stage's content check); ``groups``
-    as :func:`evaluate_probabilities` takes them. Refused when a film the first stage hands over does not say its
-    class of the second stage (bacteria or virus)."""
+    as :func:`evaluate_probabilities` takes them; and the second stage's card, whose threshold decides too. Refused
+    when a film the first stage hands over does not say its class of the second stage (bacteria or virus)."""
     second = Predictor(etiology, backend=backend)  # the pair chains: evaluate checked it (check_stages)
     if second.card.spec != first.card.spec:  # decoded as the second stage was trained, through the same cache
         _, cache = cache_dataset(data, second.card.spec, split, progress=True)
@@ -136,9 +137,10 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     metrics = evaluate_multiclass(truth, probs, names, predicted=called, groups=groups,
                                   decision=f"{first.card.positive} at {first_threshold:.4f}, then "
                                            f"{second.card.positive} at {second_threshold:.4f}{among}")
-    # which second stage, while it holds these weights (compare checks), as the first stage is recorded
+    # which second stage, while it holds these weights (compare checks), as the first stage is recorded, and what its
+    # card says of its threshold and temperature (a guess, not fitted), which decide these calls as the first's do
     metrics |= {"etiology_bundle": os.path.realpath(etiology), "etiology_threshold": second_threshold,
-                "etiology_bundle_weights": second.card.files.get(WEIGHTS, "")}
+                "etiology_bundle_weights": second.card.files.get(WEIGHTS, ""), "etiology_caveats": second.card.caveats}
     scopes = [stage_scope(warnings, content) for warnings, content in zip(scope, _content_warnings(second, images))]
     fields = stage_fields(task)
     # the films the second stage's own check flags (the first stage's flags are the evaluation's out_of_scope)
@@ -153,7 +155,7 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     columns = {fields["probability"]: list(second.positive_probability(second_probs)),
                **{fields[c]: list(second_probs[:, i]) for i, c in enumerate(task.class_columns)},
                TWO_STAGE_CALLED: list(np.array(names)[called])}
-    return metrics, columns | {fields[key]: [s[key] for s in scopes] for key in ("in_scope", "warnings")}
+    return metrics, columns | {fields[key]: [s[key] for s in scopes] for key in ("in_scope", "warnings")}, second.card
 
 
 def data_label(data: Path | str, split: str | None, data_name: str | None = None) -> str:
@@ -325,15 +327,20 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # films that are patients of their own for want of an id: intervals by patient may then still be too narrow
     metrics["films_without_patient_id"] = films_without_patient_id(records)
     second: dict[str, list] | None = None  # predictions.csv's columns of the second stage
+    second_card: BundleCard | None = None
     if etiology is not None:
-        metrics["two_stage"], second = _two_stage(predictor, scores, records, images, targets, data, split, etiology,
-                                                  tta, backend, groups, scope)
+        metrics["two_stage"], second, second_card = _two_stage(predictor, scores, records, images, targets, data,
+                                                               split, etiology, tta, backend, groups, scope)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     if out_dir is not None:
         header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])
-        if etiology is not None:  # by its own content check: its training films may not be the first stage's
-            header["outside the second stage's scope"] = len(metrics["two_stage"]["out_of_scope"])
+        if second_card is not None:  # its threshold decides the three-class calls too; its scope by its own check
+            block = metrics["two_stage"]
+            header["etiology threshold"] = _threshold_said(second_card, block["etiology_threshold"])
+            if block["etiology_caveats"]:
+                header["etiology caveats"] = " ".join(block["etiology_caveats"])
+            header["outside the second stage's scope"] = len(block["out_of_scope"])
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
         with unchanged(Path(out_dir) / METRICS, results):
@@ -387,16 +394,20 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
     """The report's table of what was measured, and how: which bundle and model, on which data, at which threshold
     (and where it was chosen), with the card's caveats about it."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
-    # the films of the threshold in force: a `threshold` record's own, else the validation films'
-    films = card.threshold_records[-1].get("n") if card.threshold_records else card.val_metrics.get("n")
-    chosen_on = f"; chosen on {films} films" if films else ""
     return {
         "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": images,
         "unreadable": unreadable, "scores": mode,
-        "threshold": f"{threshold:.4f} ({card.threshold_policy}{chosen_on})",
+        "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
     } | ({"caveats": " ".join(card.caveats)} if card.caveats else {}) | (
         {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
+
+
+def _threshold_said(card: BundleCard, threshold: float) -> str:
+    """A threshold as the report's header says it: its value, the policy that chose it and how many films it was
+    chosen on (a `threshold` record's own, else the validation films')."""
+    films = card.threshold_records[-1].get("n") if card.threshold_records else card.val_metrics.get("n")
+    return f"{threshold:.4f} ({card.threshold_policy}{f'; chosen on {films} films' if films else ''})"
 
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,
