@@ -25,7 +25,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ci_method_sentence, clopper_p
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
-from .model_card import PREVALENCE_BOUND, film_counts, one_class, prevalence_note
+from .model_card import ECE_NAME, PREVALENCE_BOUND, film_counts, one_class, prevalence_note
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
@@ -56,14 +56,15 @@ _BINARY_ROWS = (
     ("npv", "Negative predictive value (NPV)"),
     ("accuracy", "Accuracy"),
     ("f1", "F1"),
-    ("ece", "Expected calibration error"),
+    ("ece", ECE_NAME),
 )
 _MULTICLASS_ROWS = (
     ("accuracy", "Accuracy"),
     ("balanced_accuracy", "Balanced accuracy (mean sensitivity)"),
     ("macro_auc", "Macro one-vs-rest ROC AUC"),
     ("macro_f1", "Macro F1"),
-    ("ece", "Expected calibration error (top label)"),
+    # of the probability of the class decided (two stages decide by their thresholds, not the largest probability)
+    ("ece", ECE_NAME.replace("(", "(decided class, ")),
 )
 
 
