@@ -115,6 +115,11 @@ def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, 
     assert metrics["caveats"] == [guess]
     html = (tmp_path / "eval" / "report.html").read_text()
     assert guess in html and f"chosen on {card.val_metrics['n']} films" in html
+    # two caveats, neither ending in a full stop, read as one run-on sentence when joined by a space alone
+    uncalibrated = "the probabilities are not calibrated"
+    save_card(bundle, dataclasses.replace(card, threshold_caveat=guess, temperature_caveat=uncalibrated))
+    evaluate(bundle, tiny_dataset, split="test", out_dir=tmp_path / "eval")
+    assert f"{uncalibrated}; {guess}" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_the_report_says_what_the_second_stages_card_says_of_its_threshold(
@@ -131,7 +136,7 @@ def test_the_report_says_what_the_second_stages_card_says_of_its_threshold(
     metrics = evaluate(tiny_bundle, tiny_dataset, "test", tmp_path / "eval", etiology=second)
     assert metrics["two_stage"]["etiology_caveats"] == [uncalibrated, guess]
     html = (tmp_path / "eval" / "report.html").read_text()
-    assert guess in html and uncalibrated in html
+    assert f"{uncalibrated}; {guess}" in html
     assert (f"{card.threshold:.4f} ({card.threshold_policy}; chosen on {card.val_metrics['n']} films)"
             in html.replace("&gt;", ">"))
 

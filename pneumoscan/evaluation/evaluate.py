@@ -339,7 +339,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
             block = metrics["two_stage"]
             header["etiology threshold"] = _threshold_said(second_card, block["etiology_threshold"])
             if block["etiology_caveats"]:
-                header["etiology caveats"] = " ".join(block["etiology_caveats"])
+                header["etiology caveats"] = "; ".join(block["etiology_caveats"])
             header["outside the second stage's scope"] = len(block["out_of_scope"])
         # made before the folder is locked: its Grad-CAMs take up to a minute, which another run would wait out
         gallery = error_gallery(predictor, records, binary_targets(targets), scores, threshold, tta=tta, scope=scope)
@@ -399,7 +399,7 @@ def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, thres
         "unreadable": unreadable, "scores": mode,
         "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
-    } | ({"caveats": " ".join(card.caveats)} if card.caveats else {}) | (
+    } | ({"caveats": "; ".join(card.caveats)} if card.caveats else {}) | (
         {"etiology bundle": str(etiology)} if etiology else {})  # fmt: skip
 
 
