@@ -15,10 +15,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT
+from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence
 from pneumoscan.data.layouts import discover, make_record, write_manifest
-from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, card_summary, render, today,
-                                              write_model_card)
+from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, VALIDATION_PROPORTIONS,
+                                              card_summary, render, today, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.models.card import load_card, save_card
 from pneumoscan.serving.app import create_app
@@ -240,7 +240,7 @@ def test_the_card_keeps_the_validation_figures_intervals_and_their_unit(tiny_bun
     body = (tiny_bundle / MODEL_CARD).read_text()
     low, high = run["ci"]["specificity"]
     assert f"| Specificity | {run['specificity']:.4f} (95% CI {low:.4f}-{high:.4f}) |" in body
-    assert f"The 95 % confidence intervals count {run['ci_unit']}s." in body
+    assert ci_method_sentence(run["ci_unit"], VALIDATION_PROPORTIONS, ("auc", "f1")) in body
 
 
 def test_the_card_shows_npv_beside_precision_at_the_validation_films_prevalence(tiny_bundle: Path) -> None:
@@ -263,6 +263,19 @@ def test_the_card_shows_npv_beside_precision_at_the_validation_films_prevalence(
     patients = val | {"patients": {"positive": 3, "negative": 4, "all": 7}}
     body = render(dataclasses.replace(card, val_metrics=patients))
     assert f"On the {val['n']} films of 7 patients the temperature" in body
+
+
+def test_the_cards_validation_figures_say_how_their_intervals_were_made(tiny_bundle: Path) -> None:
+    """The validation table gives a 95% CI beside every figure but said only what they count ("The 95 % confidence
+    intervals count patients."): not which method, though the AUC's and F1's are no textbook ones, while the
+    evaluations' table below names its methods."""
+    card = load_card(tiny_bundle)
+    assert card.val_metrics["ci"]
+    for unit in ("patient", "film"):
+        body = render(dataclasses.replace(card, val_metrics=card.val_metrics | {"ci_unit": unit}))
+        validation = body.split("## Validation figures")[1].split("\n## ")[0]
+        assert ci_method_sentence(unit, VALIDATION_PROPORTIONS, ("auc", "f1")) in validation
+        assert (FILM_UNIT_CAVEAT in validation) == (unit == "film")
 
 
 def test_the_card_shows_the_calibration_error_of_the_probabilities_it_calls_calibrated(tiny_bundle: Path) -> None:

@@ -98,6 +98,8 @@ VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "np
 # the expected calibration error checks the probabilities the temperature calibrated (a 1-epoch model's were 0.21 off)
 VAL_COUNTS = ("prevalence", "patients", "ece")
 ECE_NAME = "Expected calibration error (10 bins)"
+# the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
+VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
@@ -249,7 +251,8 @@ def _validation_section(card: BundleCard) -> str:
         f"On the {m.get('n')} films{patients} the temperature and threshold were chosen on, at that threshold "
         f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
-        + (f"The 95 % confidence intervals count {m.get('ci_unit', 'film')}s.\n\n" if cis else "")
+        + (" ".join(filter(None, [ci_method_sentence(m.get("ci_unit", "film"), VALIDATION_PROPORTIONS, ("auc", "f1")),
+                                  unit_caveat(m)])) + "\n\n" if cis else "")
         + (prevalence_note(m["prevalence"], card.positive, "† ") + "\n\n" if marked else "") +
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
         "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
