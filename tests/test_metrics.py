@@ -515,6 +515,20 @@ def test_multiclass_intervals_count_patients():
     assert perfect["ci"]["macro_auc"] == pytest.approx([np.mean(bounds), 1.0])
 
 
+def test_multiclass_figures_of_one_patients_films_have_no_macro_auc_interval():
+    """Every film under one patient id (a manifest or DICOM headers anonymised to one PatientID): the macro AUC's
+    interval divided by the patients less one, and `evaluate` of a multiclass bundle, or with --etiology, ended in a
+    ZeroDivisionError traceback. With one patient on a side the spread between patients cannot be measured: no
+    interval, as for the binary AUC."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 4)
+    result = evaluate_multiclass(y, softmax(rng.normal(size=(12, 3)) + np.eye(3)[y]), ["normal", "bacteria", "virus"],
+                                 n_boot=50, groups=["ANON"] * 12)
+    assert result["ci_unit"] == "patient" and 0 < result["macro_auc"] < 1 and result["ci"]["macro_auc"] == [None, None]
+    lo, hi = result["ci"]["accuracy"]
+    assert lo < result["accuracy"] < hi
+
+
 def test_a_figure_with_its_interval_or_said_to_have_none() -> None:
     assert with_ci(0.91234, [0.88, 0.94]) == "0.912 (95% CI 0.880-0.940)"
     assert with_ci(0.91234, [0.88, 0.94], 4) == "0.9123 (95% CI 0.8800-0.9400)"  # bounds at the value's decimals

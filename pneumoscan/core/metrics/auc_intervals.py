@@ -122,9 +122,11 @@ def _macro_auc_ci(probs: np.ndarray, in_class: Sequence[np.ndarray], patients: n
         sides.append(_sides(positive, patients))
     if all(auc in (0.0, 1.0) for auc in aucs):
         return _separated_ci(aucs, [min(side) for side in sides], alpha)
-    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((np.bincount(units, influence, size)**2).sum())
     fewest = min(min(side) for side in sides)
-    if fewest < 2 or not variance > 0 or macro in (0.0, 1.0):
+    if fewest < 2:  # before the variance, whose factor size / (size - 1) divides by zero with one patient
+        return [math.nan, math.nan]
+    macro, variance = float(np.mean(aucs)), size / (size - 1) * float((np.bincount(units, influence, size)**2).sum())
+    if not variance > 0 or macro in (0.0, 1.0):
         return [math.nan, math.nan]
     by_film = influence.size / (influence.size - 1) * float((influence**2).sum())
     sizes = [_effective_sizes(n, m, variance, by_film) for n, m in zip(films, sides)]
