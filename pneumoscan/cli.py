@@ -328,6 +328,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"prevalence {metrics['prevalence']:.3f}   report: {Path(out) / REPORT}")
     if said := unit_caveat(metrics):  # the report says it too; a reader of this screen alone must not miss it
         print(f"   {said}")
+    # what the cards say of the thresholds (a guess) and temperatures (not fitted) these figures are at, as the report
+    second = metrics.get("two_stage") or {}
+    for stage, caveats in (("", metrics["caveats"]), ("etiology ", second.get("etiology_caveats"))):
+        for said in caveats or ():
+            print(f"   {stage}caveat: {said}")
     print(f"\n{'threshold':>10} {'sensitivity':>12} {'specificity':>12} {'precision':>10} {'npv':>6}  rule")
     for row in metrics["threshold_table"]:
         print(f"{row['threshold']:>10.4f} {format_figure(row['sensitivity'], 3):>12} "

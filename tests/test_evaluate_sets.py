@@ -102,9 +102,10 @@ def test_a_card_records_no_evaluation_on_one_class(tiny_bundle: Path, tiny_datas
 
 
 def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, tiny_dataset: Path,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A threshold the card calls a guess (chosen on too few positives) was reported as a plain policy, and the
-    films that chose it were not counted."""
+    films that chose it were not counted. The screen said nothing of it at all: the figures it prints are at that
+    threshold, and a reader of the screen alone took them for figures at a sound one."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     card = load_card(bundle)
@@ -118,12 +119,16 @@ def test_the_report_says_what_the_card_says_of_its_threshold(tiny_bundle: Path, 
     # two caveats, neither ending in a full stop, read as one run-on sentence when joined by a space alone
     uncalibrated = "the probabilities are not calibrated"
     save_card(bundle, dataclasses.replace(card, threshold_caveat=guess, temperature_caveat=uncalibrated))
-    evaluate(bundle, tiny_dataset, split="test", out_dir=tmp_path / "eval")
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out",
+                     str(tmp_path / "eval")]) == 0
     assert f"{uncalibrated}; {guess}" in (tmp_path / "eval" / "report.html").read_text()
+    shown = capsys.readouterr().out
+    assert f"caveat: {uncalibrated}\n" in shown and f"caveat: {guess}\n" in shown
 
 
 def test_the_report_says_what_the_second_stages_card_says_of_its_threshold(
-    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path
+    tiny_bundle: Path, tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """evaluate --etiology: the three-class calls are made at the second stage's threshold too, and its probabilities
     enter the three-class reliability diagram, yet only the first stage's policy and caveats were reported: a second
@@ -133,7 +138,12 @@ def test_the_report_says_what_the_second_stages_card_says_of_its_threshold(
     card = load_card(second)
     guess, uncalibrated = "only 3 positive films: this threshold is a guess", "the probabilities are not calibrated"
     save_card(second, dataclasses.replace(card, threshold_caveat=guess, temperature_caveat=uncalibrated))
-    metrics = evaluate(tiny_bundle, tiny_dataset, "test", tmp_path / "eval", etiology=second)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tiny_bundle), str(tiny_dataset), "--split", "test", "--out",
+                     str(tmp_path / "eval"), "--etiology", str(second)]) == 0
+    shown = capsys.readouterr().out
+    assert f"etiology caveat: {uncalibrated}\n" in shown and f"etiology caveat: {guess}\n" in shown
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["two_stage"]["etiology_caveats"] == [uncalibrated, guess]
     html = (tmp_path / "eval" / "report.html").read_text()
     assert f"{uncalibrated}; {guess}" in html
