@@ -65,16 +65,19 @@ def test_compare_table_holds_each_runs_own_figures(two_runs: tuple[Path, Path], 
 
 
 def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_colour(
-    two_runs: tuple[Path, Path]
+    two_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A run the table marks optimistic (the training run: its figures are on the films that chose its threshold)
-    carries the same mark in the figure's legend: compare.png travels without the table."""
+    carries the same mark in the figure's legend: compare.png travels without the table. So does the films each
+    curve is on, where they differ (its validation films, the test split): the legend named the runs alone, and
+    the figure set curves on other films side by side as if on one set."""
     runs = compare_runs(list(two_runs))
     assert [bool(r.optimistic) for r in runs] == [True, False]
     assert format_table(runs).splitlines()[1].startswith("tiny-run (optimistic *)")
     ax = comparison_figure(runs).axes[0]
     by_label = {line.get_label(): line for line in ax.lines}
-    names = {"tiny-run": "tiny-run (optimistic *)", "eval-test": "eval-test"}
+    names = {"tiny-run": "tiny-run (optimistic *) on validation (chose its threshold)",
+             "eval-test": "eval-test on chest_xray/test"}
     for r in runs:
         curve = by_label[f"{names[r.run]} (AUC {r.auc:.3f})"]
         assert list(curve.get_xdata()) == pytest.approx(r.roc["fpr"])
@@ -84,6 +87,11 @@ def test_compare_figure_overlays_curves_and_marks_each_operating_point_in_its_co
         assert to_rgba(point.get_color()) == to_rgba(curve.get_color())
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == [f"{names[r.run]} (AUC {r.auc:.3f})" for r in runs]  # a dot is told by its curve's colour
+    # runs on the same films say it once, in the title
+    same = compare_runs([two_runs[1], shutil.copytree(two_runs[1], tmp_path / "eval-again")])
+    ax = comparison_figure(same).axes[0]
+    assert ax.get_title() == "ROC curve on chest_xray/test"
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [f"{r.run} (AUC {r.auc:.3f})" for r in same]
 
 
 def test_compare_cli_prints_the_table(two_runs: tuple[Path, Path], tmp_path: Path,

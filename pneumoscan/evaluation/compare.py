@@ -327,13 +327,18 @@ def _check_comparable(runs: list[RunSummary]) -> None:
 
 
 def comparison_figure(runs: list[RunSummary]) -> Figure:
-    """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot."""
+    """The runs' ROC curves on one axes with each operating point (at its own threshold) as a dot, and the films
+    they are on, which compare.png, travelling without the table, must say: in the title when one set, else in
+    each curve's label."""
     curves = {r.run: r.roc for r in runs if r.roc["fpr"]}
-    labels = {r.run: f"{r.run}{OPTIMISTIC if r.optimistic else ''} (AUC {format_figure(r.auc)})" for r in runs}
+    data = {r.data or "n/a" for r in runs}
+    on = {r.run: "" if len(data) == 1 else f" on {r.data or 'n/a'}" for r in runs}
+    labels = {r.run: f"{r.run}{OPTIMISTIC if r.optimistic else ''}{on[r.run]} (AUC {format_figure(r.auc)})"
+              for r in runs}
     points, owner = {}, {}
     for r in runs:
         sensitivity, specificity = r.figures["sensitivity"], r.figures["specificity"]
         if r.run in curves and sensitivity is not None and specificity is not None:
             label = f"{r.run} at t = {r.threshold:.3g}"
             points[label], owner[label] = (1 - specificity, sensitivity), r.run
-    return roc_figure(curves, labels, points, owner)
+    return roc_figure(curves, labels, points, owner, "ROC curve" + (f" on {data.pop()}" if len(data) == 1 else ""))

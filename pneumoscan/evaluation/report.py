@@ -197,12 +197,12 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
 
 
 def roc_figure(curves: dict[str, dict[str, list]], label_of: dict[str, str], points: dict[str, tuple],
-               curve_of_point: dict[str, str] | None = None) -> Figure:
+               curve_of_point: dict[str, str] | None = None, title: str = "ROC curve") -> Figure:
     """ROC curves (``curves[key]`` with fpr/tpr lists, labelled ``label_of[key]``) on one axes, with operating
     points as dots (``points[label] = (fpr, tpr)``); a point named in ``curve_of_point`` takes its curve's colour
     and is told apart by it, so the legend lists the curves and only the points of no curve. A legend of more than
     four entries goes beside the axes, where it hides no curve."""
-    fig, ax = _new_axes("ROC curve", "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
+    fig, ax = _new_axes(title, "1 - specificity (false positive rate)", "Sensitivity (true positive rate)")
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1)
     colour, shown = {}, []
     for key, curve in curves.items():
