@@ -63,6 +63,8 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
     assert errors == cm[0][1] + cm[1][0]
 
     html = (out / "report.html").read_text()
+    # the header's data names the split as well as the dataset root, which holds the training films too
+    assert f"<tr><th>data</th><td>{tiny_dataset}, split test</td></tr>" in html
     for name in FIGURES:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG"), name

@@ -333,7 +333,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                                                split, etiology, tta, backend, groups, scope)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     if out_dir is not None:
-        header = _report_header(bundle, data, card, threshold, len(targets), len(errors), tta, backend, etiology)
+        header = _report_header(bundle, data, split, card, threshold, len(targets), len(errors), tta, backend,
+                                etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])
         if second_card is not None:  # its threshold decides the three-class calls too; its scope by its own check
             block = metrics["two_stage"]
@@ -389,13 +390,16 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
     metrics["data"] = name  # compare says which films each run's figures are on
 
 
-def _report_header(bundle: Path | str, data: Path | str, card: BundleCard, threshold: float, images: int,
-                   unreadable: int, tta: bool, backend: str, etiology: Path | str | None) -> dict[str, object]:
+def _report_header(bundle: Path | str, data: Path | str, split: str | None, card: BundleCard, threshold: float,
+                   images: int, unreadable: int, tta: bool, backend: str,
+                   etiology: Path | str | None) -> dict[str, object]:
     """The report's table of what was measured, and how: which bundle and model, on which data, at which threshold
-    (and where it was chosen), with the card's caveats about it."""
+    (and where it was chosen), with the card's caveats about it. The data names its split: a dataset root holds the
+    training films too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     return {
-        "bundle": str(bundle), "model id": card.model_id, "data": str(data), "images": images,
+        "bundle": str(bundle), "model id": card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
+        "images": images,
         "unreadable": unreadable, "scores": mode,
         "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
