@@ -15,11 +15,13 @@ torch and timm are imported by the functions that export, so an ONNX backend's s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,11 +116,27 @@ def _fixed_padding(model: torch.nn.Module, size: int) -> torch.nn.Module:
     return fixed
 
 
+@contextlib.contextmanager
+def _exporter_log_off() -> Iterator[None]:
+    """torch's TorchScript exporter with its IR log off, as its ``verbose=False`` means: it tests whether the log is
+    on by the truth of the function that says so (``setup_onnx_logging``), so every export turned the log on, and a
+    model it could not export printed its whole graph to stdout (over a results CSV there) before pneumoscan's one
+    line of why. Seen as off, the log is turned off for the export."""
+    import torch
+
+    enabled = torch._C._jit_is_onnx_log_enabled
+    torch._C._jit_is_onnx_log_enabled = False
+    try:
+        yield
+    finally:
+        torch._C._jit_is_onnx_log_enabled = enabled
+
+
 def _to_onnx(model: torch.nn.Module, size: int, dest: str | io.BytesIO) -> None:
     """``model`` as an ONNX graph from ``image`` (N, 1, size, size) to ``logits``, with a dynamic batch axis."""
     import torch
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_log_off():
         # the TorchScript-based exporter is deprecated but still supported, and the one that works here
         warnings.simplefilter("ignore", DeprecationWarning)
         # the exporter's note that it left a strided slice unfolded: the graph is right, and checked against torch
