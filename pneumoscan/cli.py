@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pneumoscan import __version__
 from pneumoscan.core.atomic import file_stamp, refuse_special, write_unchanged
-from pneumoscan.core.names import json_text, path_list, shown
+from pneumoscan.core.names import given_path, json_text, path_list, shown
 from pneumoscan.core.options import (BACKENDS, CALIBRATION_IMAGES, FILL_MODES, MAX_UPLOAD_MB, OPTIMIZERS, PREDICT_BATCH,
                                      RESIZE_POLICIES, SPLITS, TRACKERS, VAL_FRACTION, look_up_option)
 from pneumoscan.data.tasks import list_tasks
@@ -515,6 +515,25 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _path(what: str, variable: str = "") -> Callable[[str], str]:
+    """An argparse type for a path to a ``what`` (bundle, run, file, folder): an empty one refused naming its option
+    (:func:`~pneumoscan.core.names.given_path`), as an unset variable gives it (``--etiology "$ETIOLOGY"``), where
+    the commands read it as not given (no second stage) or as the folder they ran in; the text kept as given."""
+    def parse(text: str) -> str:
+        try:
+            given_path(text, what, variable)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return parse
+
+
+_bundle = _path("bundle")
+_file = _path("file")
+_folder = _path("folder")
+_data = _path("dataset", "$PNEUMOSCAN_DATA")  # as discover names it
+
+
 def _option(choices: Sequence[str], what: str, any_case: bool = False, hint: str | None = None,
             ) -> Callable[[str], str]:
     """An argparse type that checks a name as the library does (:func:`pneumoscan.core.options.look_up_option`:
@@ -597,7 +616,7 @@ AUGMENTED_OUT = "augmented.png"  # audit --augmented's grid, in the folder the c
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training-recipe options that `train` and `cv` share (cv trains one run per fold with them)."""
-    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--config", type=_file, help="YAML file of TrainConfig fields; flags override it")
     _choice(p, "--task", list_tasks(), "task", hint=or_your_own(f"choose from {', '.join(list_tasks())}"),
             help="what to classify (default pneumonia)")
     p.add_argument("--model", help="registry name or any timm model (pneumoscan models lists them; default "
@@ -652,13 +671,14 @@ def _recipe(args: argparse.Namespace, **flags: object) -> TrainConfig:
 def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--json-out", help="also write the JSON report to this file")
-    p.add_argument("--figure", help="write class balance + sample grid PNG here")
+    p.add_argument("--json-out", type=_file, help="also write the JSON report to this file")
+    p.add_argument("--figure", type=_file, help="write class balance + sample grid PNG here")
     p.add_argument("--augmented", type=_positive(int), metavar="N",
                    help="also draw N training films after the training augmentation, as the model sees them")
-    p.add_argument("--augmented-out", help=f"with --augmented: the grid PNG (default {AUGMENTED_OUT})")
-    p.add_argument("--config", help="with --augmented: a train YAML whose augment, image_size and seed to show "
-                                    "(default: the default recipe)")
+    p.add_argument("--augmented-out", type=_file, help=f"with --augmented: the grid PNG (default {AUGMENTED_OUT})")
+    p.add_argument("--config", type=_file,
+                   help="with --augmented: a train YAML whose augment, image_size and seed to show (default: the "
+                        "default recipe)")
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -667,13 +687,13 @@ def _split_args(p: argparse.ArgumentParser) -> None:
                    help="share of the films of each class and subtype that goes to validation, whole patients at a "
                         f"time (default {VAL_FRACTION:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
-    p.add_argument("--out", default="split.csv", help="manifest to write (default split.csv)")
+    p.add_argument("--out", type=_file, default="split.csv", help="manifest to write (default split.csv)")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split of a dataset root, as evaluate --split")
-    p.add_argument("--bundle", help="preprocess as this bundle does (size, policy, training source): "
+    p.add_argument("--bundle", type=_bundle, help="preprocess as this bundle does (size, policy, training source): "
                                     "evaluate BUNDLE DATA with the same --split then reuses the cache")
     p.add_argument("--size", type=_positive(int),
                    help="without --bundle (default 192); train also records its files' source size, so only --bundle "
@@ -682,11 +702,12 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=DATA_HELP + " (its test split is never used); required unless --print-config")
-    p.add_argument("--out", help="run directory; required unless --print-config")
+    p.add_argument("--data", type=_data,
+                   help=DATA_HELP + " (its test split is never used); required unless --print-config")
+    p.add_argument("--out", type=_folder, help="run directory; required unless --print-config")
     _add_recipe_options(p)
     p.add_argument("--lr", type=_positive(float, zero=True), help="peak learning rate for one process (default 0.001)")
-    p.add_argument("--split-csv", help="manifest with a train/val split column (pneumoscan split)")
+    p.add_argument("--split-csv", type=_file, help="manifest with a train/val split column (pneumoscan split)")
     p.add_argument("--val-folder", action="store_true", default=None,
                    help="the reference projects' protocol: train on all of DATA's train/ and validate on its val/ "
                         "folder (16 films in the Kaggle release: warns that they cannot rank recipes)")
@@ -697,10 +718,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--fill-mode", FILL_MODES, "fill mode",
                    help="how shifts, rotations and zooming out fill the border (default constant: black)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all (normalisation only)")
-    p.add_argument("--init", metavar="BUNDLE",
+    p.add_argument("--init", type=_bundle, metavar="BUNDLE",
                    help="start from this bundle's weights instead of ImageNet, with its model and image size unless "
                         "--model or --image-size give others")
-    p.add_argument("--teacher", action="append", metavar="BUNDLE",
+    p.add_argument("--teacher", type=_bundle, action="append", metavar="BUNDLE",
                    help="distil: also learn this bundle's calibrated probabilities (repeatable: their average; an "
                         "ensemble bundle is one teacher); it must not have trained on the validation films")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
@@ -710,17 +731,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--log", TRACKERS, "tracker", action="append",
             help="record the config, per-epoch figures, curves and final validation figures (repeatable): "
                  "RUN/tensorboard, or an MLflow run (RUN/mlflow.db unless --tracking-uri)")
-    p.add_argument("--tracking-uri", metavar="URI", help="with --log mlflow: the MLflow tracking store or server")
+    p.add_argument("--tracking-uri", type=_path("tracking store"), metavar="URI",
+                   help="with --log mlflow: the MLflow tracking store or server")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit (no training)")
 
 
 def _cv_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset root (everything but test/ is divided into folds)")
-    p.add_argument("--out", required=True, help="folder for fold-K runs, oof.csv and cv.json")
+    p.add_argument("--data", type=_data, required=True,
+                   help="dataset root (everything but test/ is divided into folds)")
+    p.add_argument("--out", type=_folder, required=True, help="folder for fold-K runs, oof.csv and cv.json")
     p.add_argument("--folds", type=_positive(int), default=5, help="number of folds (default 5)")
     _add_recipe_options(p)  # each fold's run; the seed also deals the folds
-    p.add_argument("--teacher-cv", action="append", metavar="RUN",
+    p.add_argument("--teacher-cv", type=_path("cv run"), action="append", metavar="RUN",
                    help="distil: fold K's run also learns the calibrated probabilities of this cv run's fold-K bundle "
                         "(repeatable: their average), made with the same --folds, --seed and data")
 
@@ -729,40 +752,43 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder (RUN/bundle)")
     p.add_argument("data", help=DATA_HELP)
     _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several")
-    p.add_argument("--out", help="report folder (default: next to the bundle)")
+    p.add_argument("--out", type=_folder, help="report folder (default: next to the bundle)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a summary")
     p.add_argument("--tta", action="store_true", help="score as predict --tta does, at the bundle's TTA threshold")
     p.add_argument("--add-to-card", action="store_true",
                    help="record this evaluation in the bundle's card (bundle.json, MODEL_CARD.md); weights untouched")
     p.add_argument("--data-name", help="name of the data in the report and the card (default: DATA's folder and split)")
-    p.add_argument("--etiology", help="second-stage bundle as predict --etiology runs it: also score the two stages "
-                                      "as three classes (normal / bacteria / virus with an etiology bundle)")
+    p.add_argument("--etiology", type=_bundle,
+                   help="second-stage bundle as predict --etiology runs it: also score the two stages as three "
+                        "classes (normal / bacteria / virus with an etiology bundle)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default: as predict and serve score, several times faster than torch on CPU), torch, or "
                  "onnx-int8: the bundle's INT8 model at its own thresholds (export --int8)")
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders (RUN/metrics.json) or evaluate folders")
-    p.add_argument("--out", help="folder for compare.csv and compare.png (default: print the table only)")
+    p.add_argument("runs", type=_path("run"), nargs="+", metavar="RUN",
+                   help="training run folders (RUN/metrics.json) or evaluate folders")
+    p.add_argument("--out", type=_folder, help="folder for compare.csv and compare.png (default: print the table only)")
 
 
 def _threshold_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to start from (never changed)")
     p.add_argument("data", help=DATA_HELP + ", labelled, with both classes")
     _choice(p, "--split", SPLITS, "split", any_case=True, help="only this split, when DATA holds several (e.g. val)")
-    p.add_argument("--out", required=True, help="new bundle folder; must not exist")
+    p.add_argument("--out", type=_folder, required=True, help="new bundle folder; must not exist")
     p.add_argument("--data-name", help="name of the data in the card (default: DATA's folder name and split)")
     _add_threshold_rule(p, required=True)
 
 
 def _ensemble_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundles", nargs="*", help="member bundles (none with --cv)")
-    p.add_argument("--out", required=True, help="new ensemble bundle folder; must not exist")
+    p.add_argument("bundles", type=_bundle, nargs="*", help="member bundles (none with --cv)")
+    p.add_argument("--out", type=_folder, required=True, help="new ensemble bundle folder; must not exist")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help=DATA_HELP + ": labelled films none of the members trained on, to choose the "
-                                       "ensemble's temperature and thresholds")
-    source.add_argument("--cv", nargs="+", default=(), metavar="DIR",
+    source.add_argument("--data", type=_data,
+                        help=DATA_HELP + ": labelled films none of the members trained on, to choose the ensemble's "
+                                         "temperature and thresholds")
+    source.add_argument("--cv", type=_path("cv run"), nargs="+", default=(), metavar="DIR",
                         help="`pneumoscan cv` output folders (several: runs on the same folds, e.g. two input sizes): "
                              "their fold bundles are the members, and the out-of-fold scores choose temperature and "
                              "thresholds")
@@ -772,8 +798,9 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder to serve")
-    p.add_argument("--etiology", help="second-stage bundle (bacteria vs virus, or a task of your own that follows the "
-                                      "first), applied to images read as the label it follows (pneumonia)")
+    p.add_argument("--etiology", type=_bundle,
+                   help="second-stage bundle (bacteria vs virus, or a task of your own that follows the first), "
+                        "applied to images read as the label it follows (pneumonia)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=MAX_UPLOAD_MB,
@@ -781,7 +808,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
             help="onnx (default): ONNX Runtime, several times faster on CPU than torch; onnx-int8: the bundle's INT8 "
                  "model (export --int8), which answers no heatmaps (422); Grad-CAM runs in torch")
-    p.add_argument("--api-key-file", metavar="PATH",
+    p.add_argument("--api-key-file", type=_file, metavar="PATH",
                    help="file holding the API key that every request but the page, /healthz and /openapi.json must "
                         "send (default: env PNEUMOSCAN_API_KEY; none)")
     p.add_argument("--insecure", action="store_true",
@@ -809,20 +836,22 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("paths", nargs="+", help="JPEG/PNG/DICOM files and folders (searched recursively)")
-    p.add_argument("--out", help="results.csv or results.json (default: CSV on stdout)")
+    p.add_argument("--out", type=_file, help="results.csv or results.json (default: CSV on stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="onnx (default) is several times faster on CPU than torch; onnx-int8 uses the bundle's INT8 "
                         "model")
-    p.add_argument("--heatmaps", help="folder for one Grad-CAM overlay PNG per image")
+    p.add_argument("--heatmaps", type=_folder, help="folder for one Grad-CAM overlay PNG per image")
     p.add_argument("--tta", action="store_true", help="average over a few zoomed/shifted views (no flips)")
-    p.add_argument("--etiology", help="second-stage bundle (bacteria vs virus, or a task of your own that follows the "
-                                      "first), applied to images called the label it follows (pneumonia); its columns "
-                                      "are named from its task (etiology_label, ...)")
+    p.add_argument("--etiology", type=_bundle,
+                   help="second-stage bundle (bacteria vs virus, or a task of your own that follows the first), "
+                        "applied to images called the label it follows (pneumonia); its columns are named from its "
+                        "task (etiology_label, ...)")
     p.add_argument("--batch-size", type=_positive(int), default=PREDICT_BATCH,
                    help=f"images per model call (default {PREDICT_BATCH})")
-    p.add_argument("--dicom-sr", metavar="DIR", help="write a DICOM SR per DICOM film (and the heatmap as a "
-                                                     "Secondary Capture with --heatmaps) in the film's study")
-    p.add_argument("--fhir", metavar="DIR", help="write a FHIR R4 Observation (JSON) per DICOM film")
+    p.add_argument("--dicom-sr", type=_folder, metavar="DIR",
+                   help="write a DICOM SR per DICOM film (and the heatmap as a Secondary Capture with --heatmaps) in "
+                        "the film's study")
+    p.add_argument("--fhir", type=_folder, metavar="DIR", help="write a FHIR R4 Observation (JSON) per DICOM film")
 
 
 def _pacs_args(p: argparse.ArgumentParser) -> None:
@@ -831,10 +860,10 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="StudyInstanceUID")
     p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
     p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
-    p.add_argument("--out", help="results JSON (default: stdout)")
+    p.add_argument("--out", type=_file, help="results JSON (default: stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="as predict --backend (default onnx)")
-    p.add_argument("--auth-file", metavar="FILE",
+    p.add_argument("--auth-file", type=_file, metavar="FILE",
                    help="file holding the Authorization header value for the PACS, e.g. 'Bearer TOKEN' or 'Basic ...' "
                         "(default: env PNEUMOSCAN_PACS_AUTH; none). user:password@ in --url is sent as HTTP Basic "
                         "and never shown; a private CA: env REQUESTS_CA_BUNDLE")
@@ -842,13 +871,15 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--out", help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
+    p.add_argument("--out", type=_file,
+                   help="ONNX file (default: BUNDLE/model.onnx, which predict --backend onnx uses)")
     p.add_argument("--int8", action="store_true",
                    help="also write BUNDLE/model.int8.onnx (static INT8, for --backend onnx-int8), calibrated on "
                         "--data's train films, its thresholds chosen again on --data's val films")
-    p.add_argument("--data", help="with --int8: the run's split.csv (or any labelled data with train and val splits "
-                                  "whose val films the model did not train on)")
-    p.add_argument("--cv", nargs="+", metavar="DIR",
+    p.add_argument("--data", type=_data,
+                   help="with --int8: the run's split.csv (or any labelled data with train and val splits whose val "
+                        "films the model did not train on)")
+    p.add_argument("--cv", type=_path("cv run"), nargs="+", metavar="DIR",
                    help="with --int8, for an ensemble built by ensemble --cv DIR ...: the same runs; its INT8 "
                         "thresholds are chosen on out-of-fold INT8 scores")
     p.add_argument("--calibration-images", type=_positive(int), default=CALIBRATION_IMAGES,

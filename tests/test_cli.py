@@ -579,3 +579,47 @@ def test_a_command_leaves_its_objects_to_the_process_end_not_to_the_last_collect
     assert "efficientnet_lite0" in done.stdout
     frozen = int(done.stdout.rsplit("frozen ", 1)[1])
     assert frozen > 10_000, done.stdout[-300:]
+
+
+# the options that take text which is no path (an empty one is the library's to refuse, or a name left out)
+NOT_PATHS = {"--model", "--url", "--study", "--host", "--data-name", "--set", "--allowed-hosts", "--cors-origin"}
+
+
+def test_every_option_refuses_an_empty_value_naming_itself(capsys: pytest.CaptureFixture) -> None:
+    """`--etiology "$ETIOLOGY"` with the variable unset gives an empty value: `predict --etiology ""` ran without a
+    second stage, `--heatmaps ""` wrote into the folder the command ran in, `cache --bundle ""` cached at the
+    default size, `train --config ""` left its config out; `serve --etiology ""` said "no bundle given", which
+    named no option."""
+    accepted = []
+    for name, sub in _commands(cli.build_parser()).items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.option_strings[-1] in NOT_PATHS:
+                continue
+            flag = action.option_strings[-1]
+            try:
+                status = cli.main([name, flag, ""])  # a command that ran, or the library's refusal, fails
+            except SystemExit as e:
+                status = e.code
+            if status != 2 or not capsys.readouterr().err.startswith(f"pneumoscan {name}: error: argument {flag}: "):
+                accepted.append(f"{name} {flag}")
+    assert accepted == []
+
+
+@pytest.mark.parametrize("command, reason", [
+    (["serve", "b", "--etiology", ""], "argument --etiology: no bundle given"),
+    (["predict", "b", "film.png", "--etiology", ""], "argument --etiology: no bundle given"),
+    (["cache", "d", "--bundle", ""], "argument --bundle: no bundle given"),
+    (["train", "--init", "", "--print-config"], "argument --init: no bundle given"),
+    (["cv", "--teacher-cv", ""], "argument --teacher-cv: no cv run given"),
+    (["predict", "b", "film.png", "--heatmaps", ""], "argument --heatmaps: no folder given"),
+    (["train", "--data", ""], "argument --data: no dataset given"),
+    (["compare", ""], "argument RUN: no run given"),  # was the folder the command ran in
+    (["ensemble", "", "b", "--out", "e", "--data", "d"], "argument bundles: no bundle given"),
+])
+def test_an_empty_path_is_refused_as_an_unset_variable(command: list[str], reason: str,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(command)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"pneumoscan {command[0]}: error: {reason} (an empty path: is the variable that names it")
