@@ -2,8 +2,8 @@
 chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
 on another film, a second stage near its threshold says so in the list and the CSV and each stage sorts apart, a key
 typed and a film dropped at once load the model card first, each film opens at its default window unless the reader
-locks it; a rate that is no number is refused in the command line's words, and a results file that cannot be written
-is refused before any film is read.
+locks it, a film over the upload limit is told the way out; a rate that is no number is refused in the command line's
+words, and a results file that cannot be written is refused before any film is read.
 The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
 
 from __future__ import annotations
@@ -693,3 +693,24 @@ def test_a_sorted_columns_name_is_its_title_alone(page: Page) -> None:
         page.get_by_role("button", name="Reading").click()
         expect(page.get_by_role("columnheader", name="Reading", exact=True)).to_have_attribute("aria-sort", order)
         expect(page.get_by_role("button", name="Reading", exact=True)).to_be_visible()
+
+
+def test_a_film_over_the_upload_limit_is_told_the_way_out(browser: Browser, tiny_bundle: Path) -> None:
+    """The page refuses a film over the service's limit before sending it, and said `the file is 0.0954 MB; the
+    limit is 0.0625 MB.` and no more, where the service's own 413 says who sets the limit and that a film is smaller
+    compressed: the reader at the page was left with nothing to do."""
+    context = browser.new_context()
+    try:
+        with contextmanager(run_server)(create_app(tiny_bundle, max_upload_mb=0.0625)) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
+            page.set_input_files("#file", files=[{"name": "film.dcm", "mimeType": "application/dicom",
+                                                  "buffer": bytes(100_000)}])
+            expect(page.locator("#error")).to_have_text(
+                "Rejected: the file is 0.0954 MB; the limit is 0.0625 MB: ask whoever runs the service (serve "
+                "--max-upload-mb), or send the film losslessly compressed (a DICOM film in a compressed transfer "
+                "syntax).")
+    finally:
+        context.close()

@@ -933,7 +933,9 @@ async function jpegColourManaged(file) {
 function check(file) {
   if (file.size === 0) return "the file is empty (0 bytes).";
   if (maxUploadBytes !== null && file.size > maxUploadBytes) {
-    return `the file is ${mb(file.size)}; the limit is ${mb(maxUploadBytes)}.`;
+    // the way out, as the service's 413 says it, for a reader who does not run the service
+    return `the file is ${mb(file.size)}; the limit is ${mb(maxUploadBytes)}: ask whoever runs the service (serve ` +
+      "--max-upload-mb), or send the film losslessly compressed (a DICOM film in a compressed transfer syntax).";
   }
   return null;
 }
