@@ -175,9 +175,31 @@ def test_every_n_names_its_patients_and_every_table_the_unit_of_its_intervals(tm
     counts = metrics["patients"]
     assert (f"n = 300 films of 100 patients ({metrics['n_positive']} pneumonia films of {counts['positive']} patients, "
             f"{metrics['n_negative']} normal of {counts['negative']}).") in page
-    assert page.count("<caption>95% CIs count patients.</caption>") == 2 and "n = 300 films;" in page
+    assert page.count("<caption>95% CIs count patients.</caption>") == 2
+    # the two stages' summary too: its intervals count patients (metrics.json holds them under two_stage)
+    block = metrics["two_stage"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["two_stage"]["patients"] == block["patients"]
+    each = [(name, c["support"], block["patients"]["per_class"][name]) for name, c in block["per_class"].items()]
+    assert block["patients"]["all"] == 100 and sum(p for _, _, p in each) == 100
+    (first, films, patients), *rest = each
+    assert (f"n = 300 films of 100 patients ({films} {first} films of {patients} patients, "
+            + ", ".join(f"{k} {name} of {p}" for name, k, p in rest) + "); decision = ") in page
     page = write_report(_binary_metrics(), tmp_path, "by film").read_text()
     assert "n = 300 films (" in page and "<caption>95% CIs count films.</caption>" in page
+
+
+def test_a_count_of_one_is_said_in_the_singular(tmp_path) -> None:
+    """"2 PNEUMONIA films of 1 patients", "n = 1 films": the summary's counts agree with their numbers."""
+    metrics = evaluate_binary([1, 1, 0, 0, 0], [0.7, 0.8, 0.2, 0.3, 0.6], 0.5, n_boot=20,
+                              class_names=("NORMAL", "PNEUMONIA"), groups=["a", "a", "b", "c", "d"])
+    page = write_report(metrics, tmp_path, "one patient").read_text()
+    assert "n = 5 films of 4 patients (2 PNEUMONIA films of 1 patient, 3 NORMAL of 3)." in page
+    metrics["two_stage"] = evaluate_multiclass([1, 1], [[0.2, 0.7, 0.1], [0.1, 0.8, 0.1]], ["a", "b", "c"], n_boot=20,
+                                               groups=["a", "a"])
+    page = write_report(metrics, tmp_path, "one patient").read_text()
+    assert "n = 2 films of 1 patient (0 a films of 0 patients, 2 b of 1, 0 c of 0); decision" in page
+    one = evaluate_binary([1], [0.7], 0.5, n_boot=20, class_names=("NORMAL", "PNEUMONIA"))
+    assert "n = 1 film (1 PNEUMONIA, 0 NORMAL)." in write_report(one, tmp_path, "one film").read_text()
 
 
 def test_the_summary_shows_npv_with_its_interval_and_the_prevalence_ppv_and_npv_hold_at(tmp_path) -> None:

@@ -32,7 +32,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
-from .model_card import MODEL_CARD, add_evaluation, evaluation_record
+from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record
 from .report import METRICS, write_report
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,10 @@ def _two_stage(first: Predictor, first_scores: np.ndarray, records: list[Record]
     subtypes = [task.target(r) for r in records]
     unnamed = [r.path for r, t, s in zip(records, targets, subtypes) if t != 0 and s is None]
     if unnamed:  # leaving them out would score the pipeline on other films than the first stage
-        raise ValueError(f"{len(unnamed)} {first.card.positive.lower()} films of {data} do not name their {task.name} "
-                         f"class ({', '.join(task.classes[:-1])} or {task.classes[-1]}) (e.g. {unnamed[0]}): the two "
-                         "stages can only be scored as one decision among their classes on films that do")
+        raise ValueError(f"no {task.name} class ({', '.join(task.classes[:-1])} or {task.classes[-1]}) is named for "
+                         f"{counted(len(unnamed), f'{first.card.positive.lower()} film')} of {data} (e.g. "
+                         f"{unnamed[0]}): the two stages can only be scored as one decision among their classes on "
+                         "films that name it")
     truth = np.array([0 if t == 0 else 1 + s for t, s in zip(targets, subtypes)])
     names = two_stage_names(first.task, task)
     among = f" (the most probable of {', '.join(task.classes[1:])})" if task.multiclass else ""
@@ -411,7 +412,7 @@ def _threshold_said(card: BundleCard, threshold: float) -> str:
     """A threshold as the report's header says it: its value, the policy that chose it and how many films it was
     chosen on (a `threshold` record's own, else the validation films')."""
     films = card.threshold_records[-1].get("n") if card.threshold_records else card.val_metrics.get("n")
-    return f"{threshold:.4f} ({card.threshold_policy}{f'; chosen on {films} films' if films else ''})"
+    return f"{threshold:.4f} ({card.threshold_policy}{'; chosen on ' + counted(films, 'film') if films else ''})"
 
 
 def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], targets: np.ndarray,

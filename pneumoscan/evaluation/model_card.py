@@ -124,6 +124,11 @@ def today() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 film", "2 films": a count with its noun in the number it takes."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def film_counts(m: dict[str, Any], names: Sequence[str]) -> str:
     """"322 films of 172 patients (253 PNEUMONIA films of 108 patients, 69 NORMAL of 64)": every n counts films, so
     where the intervals count patients (``patients`` given) those are named beside them, lest a reader take the films
@@ -131,10 +136,25 @@ def film_counts(m: dict[str, Any], names: Sequence[str]) -> str:
     positive)."""
     neg, pos = names
     patients = m.get("patients")
+    return _counts(m["n"], [(pos, m["n_positive"]), (neg, m["n_negative"])],
+                   patients and (patients["all"], [patients["positive"], patients["negative"]]))
+
+
+def class_counts(m: dict[str, Any]) -> str:
+    """:func:`film_counts` of a result among several classes (an evaluate_multiclass block), class by class."""
+    patients = m.get("patients")
+    return _counts(m["n"], [(name, c["support"]) for name, c in m["per_class"].items()],
+                   patients and (patients["all"], list(patients["per_class"].values())))
+
+
+def _counts(n: int, films: Sequence[tuple[str, int]], patients: tuple[int, Sequence[int]] | None) -> str:
+    """N films (of M patients), then each class's films (of its patients); ``patients``: (M, each class's)."""
     if not patients:
-        return f"{m['n']} films ({m['n_positive']} {pos}, {m['n_negative']} {neg})"
-    return (f"{m['n']} films of {patients['all']} patients ({m['n_positive']} {pos} films of {patients['positive']} "
-            f"patients, {m['n_negative']} {neg} of {patients['negative']})")
+        return f"{counted(n, 'film')} ({', '.join(f'{k} {name}' for name, k in films)})"
+    (first, k), *rest = films
+    each = [f"{counted(k, f'{first} film')} of {counted(patients[1][0], 'patient')}",
+            *(f"{k} {name} of {p}" for (name, k), p in zip(rest, patients[1][1:]))]
+    return f"{counted(n, 'film')} of {counted(patients[0], 'patient')} ({', '.join(each)})"
 
 
 def one_class(m: dict[str, Any], names: Sequence[str]) -> str | None:
@@ -246,7 +266,7 @@ def _validation_section(card: BundleCard) -> str:
                      + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m]
                      + ([f"| {ECE_NAME} | {format_figure(m['ece'], 4)} |"] if "ece" in m else []))
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
-    patients = f" of {m['patients']['all']} patients" if m.get("patients") else ""
+    patients = f" of {counted(m['patients']['all'], 'patient')}" if m.get("patients") else ""
     return (
         f"On the {m.get('n')} films{patients} the temperature and threshold were chosen on, at that threshold "
         f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"

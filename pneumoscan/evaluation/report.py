@@ -25,7 +25,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, ci_method_sentence, clopper_p
 from pneumoscan.core.names import path_text
 from pneumoscan.models.run_folder import METRICS, REPORT
 
-from .model_card import ECE_NAME, PREVALENCE_BOUND, film_counts, one_class, prevalence_note
+from .model_card import ECE_NAME, PREVALENCE_BOUND, class_counts, film_counts, one_class, prevalence_note
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1d2733;background:#f5f7fa;
@@ -413,7 +413,7 @@ def _multiclass_body(m: dict[str, Any], section: str = "", pngs: dict[str, bytes
         [
             f"<h2>{section}Summary</h2>",
             (
-                f'<p class="note">n = {m["n"]} films; decision = {_esc(decision)}. '
+                f'<p class="note">n = {_esc(class_counts(m))}; decision = {_esc(decision)}. '
                 + _ci_note(m, "accuracy", ("balanced_accuracy", "macro_auc"), "macro_auc", "macro AUC") + "</p>"
             ),
             f"<table>{_ci_caption(m)}<tr><th>Metric</th><th>Value</th></tr>{rows}</table>",

@@ -228,6 +228,10 @@ def evaluate_multiclass(
             "class_names": list(class_names),
             "n": int(y.size),
             "ci_unit": _unit(patients),
+            # the patients beside the films when the intervals count patients, as evaluate_binary gives them
+            "patients": None if patients is None else {
+                "all": int(np.unique(patients).size),
+                "per_class": {name: int(np.unique(patients[y == k]).size) for k, name in enumerate(class_names)}},
             "accuracy": _ratio(np.trace(counts), y.size),
             "balanced_accuracy": balanced,
             "macro_auc": _mean_auc(class_aucs),
