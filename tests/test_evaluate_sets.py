@@ -25,7 +25,8 @@ def test_an_etiology_bundle_on_normal_films_says_what_it_left_out(tiny_etiology_
     of 8 films on a set of 16), and a set of NORMAL films alone was refused as having no readable film."""
     with caplog.at_level("WARNING"):
         metrics = evaluate(tiny_etiology_bundle, tiny_dataset, split="test")
-    assert metrics["n"] == 8
+    assert metrics["n"] == 8 and metrics["left_out"] == [
+        {"films": 8, "reason": "of class NORMAL, which the etiology task does not read (bacteria, virus)"}]
     assert f"8 NORMAL film(s) of {tiny_dataset} are outside the etiology task (bacteria, virus) and are left out: " \
            "the figures are of the other 8" in caplog.text
     normal = [r for r in discover(tiny_dataset).split("test") if r.label == "NORMAL"]
@@ -33,6 +34,29 @@ def test_an_etiology_bundle_on_normal_films_says_what_it_left_out(tiny_etiology_
     with pytest.raises(ValueError, match=r"for the etiology task: 8 NORMAL film\(s\), which it does not read "
                                          r"\(bacteria, virus\)"):
         evaluate(tiny_etiology_bundle, tmp_path / "normal.csv")
+
+
+def test_the_report_and_metrics_json_say_which_films_the_figures_left_out_and_why(
+        tiny_etiology_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """NORMAL films given to an etiology bundle, pneumonia films that say neither bacteria nor virus and a file that
+    cannot be read are left out of the figures: said on the terminal only, a reviewer of report.html or
+    metrics.json could not tell that 11 of the 19 files given were not among the 8 films measured, nor why."""
+    data = tmp_path / "films"
+    shutil.copytree(tiny_dataset / "test", data)
+    for path in sorted((data / "PNEUMONIA").glob("*.jpeg"))[:2]:
+        path.rename(path.with_name(path.name.replace("_bacteria_", "_").replace("_virus_", "_")))
+    (data / "NORMAL" / "broken.jpeg").write_bytes(b"not a film")
+    metrics = evaluate(tiny_etiology_bundle, data, out_dir=tmp_path / "eval")
+    assert metrics["n"] == 6
+    left_out = [{"films": 1, "reason": "could not be read"},
+                {"films": 8, "reason": "of class NORMAL, which the etiology task does not read (bacteria, virus)"},
+                {"films": 2, "reason": "of class PNEUMONIA that say neither bacteria nor virus (in their names or a "
+                                       "manifest's subtype column), which the etiology task needs"}]
+    assert metrics["left_out"] == left_out
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["left_out"] == left_out
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert ("<tr><th>left out of the figures</th><td>1 film could not be read; 8 films of class NORMAL, which the "
+            "etiology task does not read (bacteria, virus); 2 films of class PNEUMONIA that say neither") in page
 
 
 def test_copies_of_one_film_in_the_set_count_as_one_patient_in_the_intervals(tiny_bundle: Path, tiny_dataset: Path,

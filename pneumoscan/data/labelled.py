@@ -1,7 +1,8 @@
 """Labelled films as figures are measured on them: a task's readable films of a dataset with their cached,
-preprocessed images and targets (:func:`labelled_records`), and the patients their confidence intervals count, copies
-of one film under other names as one (:func:`patient_groups`). Evaluation and the threshold command load their films
-here, and so do training's validation, cross-validation, ensembles and the INT8 model's calibration and check.
+preprocessed images and targets, and the files of it they leave out (:func:`labelled_films`), and the patients their
+confidence intervals count, copies of one film under other names as one (:func:`patient_groups`). Evaluation and the
+threshold command load their films here, and so do training's validation, cross-validation, ensembles and the INT8
+model's calibration and check.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,21 @@ from pneumoscan.data.tasks import Task, select, warn_untyped
 log = logging.getLogger(__name__)
 
 
-def labelled_records(
-    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
-) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """The task's readable records of DATA, their preprocessed uint8 images (N, S, S), their targets, and the
-    files that could not be read. With a dataset root, ``split`` picks train/val/test."""
+@dataclass(frozen=True)
+class LabelledFilms:
+    """A task's readable films of a dataset, as :func:`labelled_films` loads them, and the files of it they leave
+    out, so that what reports their figures can say what the figures are not of."""
+
+    records: list[Record]
+    images: np.ndarray  # preprocessed uint8 (N, S, S)
+    targets: np.ndarray
+    unreadable: list[dict[str, str]]  # the files that could not be read: path and reason
+    outside: list[Record]  # readable films the task cannot score (another class, or a pneumonia film without type)
+
+
+def labelled_films(data: Path | str, split: str | None, task: Task, spec: PreprocessSpec) -> LabelledFilms:
+    """The task's readable records of DATA, their preprocessed images and targets, and the files left out, warned
+    of. With a dataset root, ``split`` picks train/val/test."""
     records, cache = cache_dataset(data, spec, split, progress=True)
     read = set(cache.paths)
     readable = [r for r in records if r.path in read]
@@ -49,7 +61,16 @@ def labelled_records(
     if cache.errors:  # films that fail to decode are no random sample: the figures are of the others only
         log.warning("%d film(s) of %s could not be read and are left out (%s%s)", len(cache.errors), shown(str(data)),
                     unreadable, "; ..." if len(cache.errors) > 3 else "")
-    return records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors
+    return LabelledFilms(records, cache.images[cache.rows([r.path for r in records])], targets, cache.errors,
+                         [r for r in readable if task.target(r) is None])
+
+
+def labelled_records(
+    data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
+) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """:func:`labelled_films` as (records, images, targets, unreadable files)."""
+    films = labelled_films(data, split, task, spec)
+    return films.records, films.images, films.targets, films.unreadable
 
 
 def labelled_images(

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.labelled import films_without_patient_id, labelled_records, patient_groups
+from pneumoscan.data.labelled import LabelledFilms, films_without_patient_id, labelled_films, patient_groups
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
@@ -303,7 +304,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     threshold = predictor.threshold(tta)
     task = predictor.task
     name = data_label(data, split, data_name)
-    records, images, targets, errors = labelled_records(data, split, task, card.spec)
+    films = labelled_films(data, split, task, card.spec)
+    records, images, targets, errors = films.records, films.images, films.targets, films.unreadable
     # figures on training films flatter a model, and a card's "other data" must be other than its calibration films
     held_out = check_held_out([bundle, *([etiology] if etiology is not None else [])], records,
                               "record an evaluation in the card" if add_to_card else "evaluate",
@@ -322,6 +324,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # the sources of its weights whose training films are unknown here: these films may be among them
     metrics["unchecked"] = list(held_out.unknown_sources.values())
     metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
+    metrics["left_out"] = _left_out(films, task)  # what of the files given the figures are not of, and why
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
@@ -334,8 +337,8 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                                                                split, etiology, tta, backend, groups, scope)
         metrics["two_stage"]["films_without_patient_id"] = metrics["films_without_patient_id"]  # the same films
     if out_dir is not None:
-        header = _report_header(bundle, data, split, card, threshold, len(targets), len(errors), tta, backend,
-                                etiology)
+        header = _report_header(bundle, data, split, card, threshold, len(targets), metrics["left_out"], tta,
+                                backend, etiology)
         header["outside the model's scope"] = len(metrics["out_of_scope"])
         if second_card is not None:  # its threshold decides the three-class calls too; its scope by its own check
             block = metrics["two_stage"]
@@ -352,6 +355,17 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
+
+
+def _left_out(films: LabelledFilms, task: Task) -> list[dict]:
+    """The files given that the figures are not of, counted by why (metrics.json's ``left_out``, the report's "left
+    out of the figures"): files that could not be read (``unreadable`` lists them), films of a class the task does
+    not read (NORMAL films given to an etiology bundle), and pneumonia films without the type the task needs."""
+    reasons = Counter(f"of class {r.label}, which the {task.name} task does not read ({', '.join(task.classes)})"
+                      if r.label != "PNEUMONIA" else "of class PNEUMONIA that say neither bacteria nor virus (in their "
+                      f"names or a manifest's subtype column), which the {task.name} task needs" for r in films.outside)
+    counts = [("could not be read", len(films.unreadable)), *sorted(reasons.items())]
+    return [{"films": n, "reason": reason} for reason, n in counts if n]
 
 
 def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
@@ -392,16 +406,18 @@ def _annotate(metrics: dict, bundle: Path | str, card: BundleCard, backend: str,
 
 
 def _report_header(bundle: Path | str, data: Path | str, split: str | None, card: BundleCard, threshold: float,
-                   images: int, unreadable: int, tta: bool, backend: str,
+                   images: int, left_out: Sequence[dict], tta: bool, backend: str,
                    etiology: Path | str | None) -> dict[str, object]:
-    """The report's table of what was measured, and how: which bundle and model, on which data, at which threshold
-    (and where it was chosen), with the card's caveats about it. The data names its split: a dataset root holds the
-    training films too."""
+    """The report's table of what was measured, and how: which bundle and model, on which data (and which of its
+    files the figures leave out, and why: :func:`_left_out`), at which threshold (and where it was chosen), with the
+    card's caveats about it. The data names its split: a dataset root holds the training films too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     return {
         "bundle": str(bundle), "model id": card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
         "images": images,
-        "unreadable": unreadable, "scores": mode,
+        "left out of the figures": "; ".join(f"{counted(e['films'], 'film')} {e['reason']}"
+                                             for e in left_out) or "none",
+        "scores": mode,
         "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,
     } | ({"caveats": "; ".join(card.caveats)} if card.caveats else {}) | (
