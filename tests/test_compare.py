@@ -237,6 +237,8 @@ def test_compare_names_the_patients_beside_the_films_and_what_the_intervals_coun
     assert re.split(r"\s{2,}", head)[4:6] == ["n", "CI unit"]
     assert [re.split(r"\s{2,}", line)[4:6] for line in lines] == [["16 films", "film"],
                                                                   ["16 films of 9 patients", "patient"]]
+    one = dataclasses.replace(runs[1], n=1, patients=1)  # "1 films of 1 patients" had said
+    assert re.split(r"\s{2,}", format_table([one]).splitlines()[1])[4] == "1 film of 1 patient"
     with (tmp_path / "out" / "compare.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["n"], r["patients"], r["ci_unit"]) for r in rows] == [("16", "", "film"), ("16", "9", "patient")]

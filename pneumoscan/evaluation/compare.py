@@ -25,6 +25,7 @@ from pneumoscan.core.names import results_csv, shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.models.card import CARD, WEIGHTS, BundleCard, load_card
 from pneumoscan.models.run_folder import METRICS, RunFolder
+from .model_card import counted
 from .report import roc_figure
 
 TRAINING_DATA = "validation (chose its threshold)"  # a training run's data, as its metrics.json and compare name it
@@ -253,8 +254,9 @@ def format_table(runs: list[RunSummary]) -> str:
             "minutes")
     lines = [head]
     for r in runs:
+        n = counted(r.n, "film") + (f" of {counted(r.patients, 'patient')}" if r.patients else "")
         lines.append((r.run + (OPTIMISTIC if r.optimistic else ""), r.model or "n/a", r.task or "n/a",
-                      r.data or "n/a", f"{r.n} films" + (f" of {r.patients} patients" if r.patients else ""), r.ci_unit,
+                      r.data or "n/a", n, r.ci_unit,
                       *(with_ci(r.figures[name], r.cis[name]) for name in FIGURES),
                       f"{r.threshold:.4f} ({r.policy or 'n/a'}{'' if r.scores == 'plain' else '; ' + r.scores})",
                       format_figure(r.minutes, 1)))
