@@ -668,6 +668,24 @@ def test_the_lists_words_sort_as_a_reader_orders_them(page: Page) -> None:
     assert [row["path"] for row in csv.DictReader(io.StringIO(Path(download.value.path()).read_text()))] == listed
 
 
+def test_readings_out_of_scope_follow_the_readings_in_it_either_way(page: Page) -> None:
+    """Sorted by reading, "out of scope (NORMAL)" fell between NORMAL and PNEUMONIA (the letters of "out"): a reader
+    going down the calls met films the model does not read among them. In either direction the readings in scope come
+    first, those out of it after them, as films not read come last."""
+    page.evaluate("""() => {
+        const r = (label, in_scope) => ({ label, positive: 'PNEUMONIA', probability: 0.5, in_scope,
+            near_threshold: false, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {} });
+        films.push(...[['a.jpeg', r('PNEUMONIA', false)], ['b.jpeg', r('PNEUMONIA', true)],
+            ['c.jpeg', r('NORMAL', false)], ['d.jpeg', r('NORMAL', true)]].map(
+            ([name, result]) => ({ name, result, status: 'done' })));
+        renderList(); }""")
+    readings = page.locator("#films tbody td:nth-child(2)")
+    page.get_by_role("button", name="Reading").click()
+    expect(readings).to_have_text(["NORMAL", "PNEUMONIA", "out of scope (NORMAL)", "out of scope (PNEUMONIA)"])
+    page.get_by_role("button", name="Reading").click()
+    expect(readings).to_have_text(["PNEUMONIA", "NORMAL", "out of scope (PNEUMONIA)", "out of scope (NORMAL)"])
+
+
 def test_a_reading_that_arrives_leaves_the_keyboards_place_in_the_list(page: Page, small: Path,
                                                                        data_root: Path) -> None:
     """Each reading that arrived redrew the list, and a keyboard reader on a film's Show button (going through the

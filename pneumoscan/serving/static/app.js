@@ -1049,9 +1049,12 @@ function byGroup(a, b, [stage, group, measure], direction) {
 
 const firstStage = (film) => film.result;
 const oneGroup = () => "";
+// the readings in scope before those out of it, whichever the direction: by their words alone, "out of scope
+// (NORMAL)" fell between NORMAL and PNEUMONIA
+const scopeGroup = (r) => (r.in_scope ? 0 : 1);
 // Each column's order but the file name's: [stage, group, measure] of byGroup
 const ORDERS = {
-  label: [firstStage, oneGroup, reading],
+  label: [firstStage, scopeGroup, reading],
   probability: [firstStage, (r) => r.positive, (r) => r.probability],
   etiology: [(film) => film.result && film.result.etiology, (e) => e.task, (e) => e.probability],
   warnings: [firstStage, oneGroup, (r) => allWarnings(r).length],
