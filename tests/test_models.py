@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -107,6 +108,24 @@ def test_a_model_without_a_logit_for_each_class_is_refused_before_training(
                                          r"needs one logit for each of its 2 classes"):
         train(tiny_dataset, cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_builder_that_returns_no_module_is_refused_naming_the_model_and_its_builder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A builder that forgets its ``return`` (None) ended `train` in a traceback ("'NoneType' object has no attribute
+    'modules'") deep in the export check; it is refused where the model is built, naming the model and its
+    builder."""
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
+
+    @models.register("forgot_return", mean=0.5, std=0.25)
+    def forgot_return(num_classes: int, in_chans: int, pretrained: bool) -> torch.nn.Module:
+        models.simple_cnn(num_classes, in_chans, pretrained)
+
+    with pytest.raises(ValueError, match=re.escape(
+            f"model 'forgot_return': its builder {__name__}.{forgot_return.__qualname__} gave NoneType, not a "
+            "torch.nn.Module: a builder returns the model it builds")):
+        models.create("forgot_return")
 
 
 def test_normalization() -> None:

@@ -97,7 +97,12 @@ def create(
             if image_size is None:
                 raise ValueError(f"{name} flattens its feature map, so it is built for one input size: give image_size")
             kwargs["image_size"] = image_size
-        return entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+        model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+        if not isinstance(model, nn.Module):  # a builder without its return: a traceback far from the builder
+            builder = f"{entry.builder.__module__}.{entry.builder.__qualname__}"
+            raise ValueError(f"model {name!r}: its builder {builder} gave {type(model).__name__}, not a "
+                             "torch.nn.Module: a builder returns the model it builds")
+        return model
     if not known(name):
         unknown_model(name)
     default = get_pretrained_cfg(name)
