@@ -103,6 +103,28 @@ def test_a_reader_giving_other_than_2d_uint8_is_named_with_what_it_gave(
         readers.unregister("PGM")
 
 
+class _CrashingPgm(PgmReader):
+    """A site's reader whose library raises its own error on a file (not a DecodeError, as the contract asks)."""
+
+    def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
+        raise RuntimeError("libpgm: bad strip offset")
+
+
+def test_a_reader_raising_other_than_decode_error_is_named_with_what_it_raised(tmp_path: Path) -> None:
+    """A registered reader whose library raised its own error (a RuntimeError) ended predict in a traceback through
+    read_gray. read_gray refuses it in one line naming the reader, the film, the error and what to mend."""
+    path = tmp_path / "film.pgm"
+    path.write_bytes(pgm(film()))
+    readers.register(_CrashingPgm())
+    try:
+        said = re.escape(f"the PGM reader ({__name__}._CrashingPgm) failed on {path}: RuntimeError: libpgm: bad strip "
+                         "offset: a reader refuses a file it cannot read with pixels.DecodeError; mend the reader")
+        with pytest.raises(ValueError, match=f"^{said}$"):
+            read_gray(path)
+    finally:
+        readers.unregister("PGM")
+
+
 def film(height: int = 48, width: int = 40, seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (height, width), dtype=np.uint8)

@@ -10,7 +10,9 @@ build can list the unreadable files and the web service can answer with a 4xx in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -25,6 +27,7 @@ from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, Decod
 log = logging.getLogger(__name__)
 
 Source = str | Path | bytes
+T = TypeVar("T")
 
 
 def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, readers.Reader]:
@@ -57,14 +60,14 @@ def image_info(source: Source, dicom: bool = False) -> dict:
     """Size and pixel format from the header only (no pixel decoding): ``{"width", "height", "mode", "format",
     "quality"}`` (:meth:`pneumoscan.data.readers.Reader.header`); ``dicom`` as :func:`read_gray` takes it."""
     src, reader = _check_source(source, dicom)
-    return reader.header(src)
+    return _asked(reader, source, lambda: reader.header(src))
 
 
 def colour_spread(source: Source) -> float:
     """How far the colour channels of the image differ, on it reduced
     (:meth:`pneumoscan.data.readers.Reader.colour_spread`): 0 for a grey one, however it is stored."""
     src, reader = _check_source(source)
-    return reader.colour_spread(src)
+    return _asked(reader, source, lambda: reader.colour_spread(src))
 
 
 def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
@@ -91,22 +94,42 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     model would see nothing else."""
     src, reader = _check_source(source, dicom)
     try:
-        gray = reader.gray(src, target)
+        gray = _asked(reader, source, lambda: reader.gray(src, target))
     except BlankImage as e:
         reason, nearly = str(e), str(e) != BLANK
     else:
         if (given := not_gray(gray)) is not None:  # a site's reader: numpy's or a later caller's words named no reader
-            kind = type(reader)
-            raise ValueError(f"the {reader.name} reader ({kind.__module__}.{kind.__qualname__}) gave {given} for "
-                             f"{shown(source) if isinstance(source, (str, Path)) else 'the uploaded bytes'}: a "
-                             "reader's gray() returns a 2-D uint8 array (height x width, 0-255); mend the reader")
+            raise ValueError(f"{_named(reader)} gave {given} for {_film(source)}: a reader's gray() returns a 2-D "
+                             "uint8 array (height x width, 0-255); mend the reader")
         if (reason := blank_reason(gray)) is None:
             return gray
         nearly = reason != BLANK
-        if (judged := _reduced_words(reader.header(src), gray.shape)) is not None:
+        if (judged := _reduced_words(_asked(reader, source, lambda: reader.header(src)), gray.shape)) is not None:
             reason = blank_reason(gray, judged)
     window = reader.name == "DICOM" and _windowed_out(src, nearly=nearly)
     raise DecodeError(BLANK_IN_WINDOW if window else reason)
+
+
+def _asked(reader: readers.Reader, source: Source, call: Callable[[], T]) -> T:
+    """``call`` (a method of ``reader`` on ``source``), any error but a DecodeError (or memory running out) refused
+    naming the reader: a site's reader whose library raises its own error ended a command in a traceback."""
+    try:
+        return call()
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as e:
+        raise ValueError(f"{_named(reader)} failed on {_film(source)}: {type(e).__name__}: {e}: a reader refuses a "
+                         "file it cannot read with pixels.DecodeError; mend the reader") from e
+
+
+def _named(reader: readers.Reader) -> str:
+    """The reader as a refusal of what it did names it: ``the TIFF reader (site.TiffReader)``."""
+    kind = type(reader)
+    return f"the {reader.name} reader ({kind.__module__}.{kind.__qualname__})"
+
+
+def _film(source: Source) -> str:
+    return shown(source) if isinstance(source, (str, Path)) else "the uploaded bytes"
 
 
 def _reduced_words(header: dict, shape: tuple[int, ...]) -> str | None:
