@@ -961,7 +961,19 @@ def import_plugins(names: str) -> None:
             importlib.import_module(name)
         except Exception as e:  # the module's own code may raise anything: said in one line, not a traceback
             raise ValueError(f"{PLUGINS_ENV} names {name!r}, which cannot be imported: {type(e).__name__}: "
-                             f"{e}") from None
+                             f"{e}{_plugin_fix(name, e)}") from None
+
+
+def _plugin_fix(name: str, error: Exception) -> str:
+    """What makes the module ``name`` importable, when ``error`` says that it (or its package) is not found: a
+    module found that imports a missing package is told by Python's words alone, which name that package."""
+    if not (isinstance(error, ModuleNotFoundError) and error.name and
+            (name == error.name or name.startswith(error.name + "."))):
+        return ""
+    stem = Path(name).name.removesuffix(".py")
+    if stem != name:  # a file's path, as a shell completes it: site/my_tasks.py
+        return f"; give the module's name ({stem}), not its file, and put its folder on PYTHONPATH"
+    return "; install it, or put the folder that holds it on PYTHONPATH"
 
 
 def main(argv: list[str] | None = None) -> int:

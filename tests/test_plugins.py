@@ -356,6 +356,33 @@ def test_the_command_line_imports_the_modules_PNEUMOSCAN_PLUGINS_names(
         assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("given, fix", [
+    ("site_elsewhere", "install it, or put the folder that holds it on PYTHONPATH"),
+    ("site/site_elsewhere.py", "give the module's name (site_elsewhere), not its file, and put its folder on "
+                               "PYTHONPATH"),
+    ("site_elsewhere.py", "give the module's name (site_elsewhere), not its file, and put its folder on PYTHONPATH"),
+    ("site_needs", None),
+])
+def test_a_plugin_module_not_found_says_how_to_make_it_importable(
+    given: str, fix: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A module not on the path, or given as its file (as a shell completes it), said only Python's "No module named
+    'site/site_elsewhere'", not what to do. A module that is there but imports a package that is not keeps
+    Python's words alone: that package is what is missing, not the path to the module."""
+    (tmp_path / "site_needs.py").write_text("import site_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    request.addfinalizer(lambda: sys.modules.pop("site_needs", None))
+    monkeypatch.setenv(PLUGINS_ENV, given)
+    assert cli.main(["models"]) == 2
+    err = capsys.readouterr().err
+    missing = "site_missing_dependency" if fix is None else given.removesuffix(".py")
+    said = (f"pneumoscan: error: {PLUGINS_ENV} names {given!r}, which cannot be imported: ModuleNotFoundError: No "
+            f"module named {missing!r}")
+    assert err.startswith(said) and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"; {fix}" if fix else repr(missing)), err
+
+
 def test_a_task_or_model_name_not_registered_here_says_how_one_of_your_own_is(
     plugin_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
