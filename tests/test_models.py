@@ -71,6 +71,34 @@ def test_register_adds_a_model_and_a_second_of_its_name_replaces_it_with_a_warni
     assert models.normalization("tiny") == (0.5, 0.5) and models.list_models().count("tiny") == 1
 
 
+def test_a_plugin_model_that_takes_a_built_in_name_is_named_in_the_warning_and_in_a_bundles_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tiny_bundle: Path
+) -> None:
+    """A plugin's model registered as ``simple_cnn`` replaced the built-in one with "model 'simple_cnn' was already
+    registered: this registration replaces it", naming neither module; a simple_cnn bundle was then refused as "its
+    weights are not those of a simple_cnn ...; restore the bundle from a good copy", though the bundle was sound.
+    The warning names the module replaced and the one replacing it, and the refusal names the module that builds
+    the model in this process."""
+    from pneumoscan.models.bundle import load_bundle
+
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())
+
+    def simple_cnn(num_classes: int, in_chans: int, pretrained: bool) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(in_chans, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, num_classes))
+
+    with caplog.at_level(logging.WARNING, logger="pneumoscan.models.registry"):
+        models.register("simple_cnn", mean=0.5, std=0.25)(simple_cnn)
+    assert caplog.messages == [f"model 'simple_cnn' of pneumoscan.models.registry is replaced by {__name__}'s: "
+                               "whatever names 'simple_cnn' (a bundle made before included) gets this one; give "
+                               "yours a name of its own unless that is meant"]
+    with pytest.raises(ValueError, match=re.escape(f"{tiny_bundle}: its weights are not those of a simple_cnn as "
+                                                   f"{__name__} builds it (")) as refused:
+        load_bundle(tiny_bundle)
+    assert str(refused.value).endswith(f"read it with the simple_cnn it was trained with (without {__name__}, or with "
+                                       "that version of it), or restore the bundle from a good copy")
+
+
 @pytest.mark.parametrize("mean, std", [(0.5, 0.0), (0.5, -0.25), (math.nan, 0.25), (0.5, math.inf), (0.5, 1e-9),
                                        (0.5, 1e9), (123.7, 58.4), (1.5, 0.25)])
 def test_register_refuses_a_normalisation_that_makes_every_input_unusable(

@@ -129,7 +129,11 @@ def test_a_second_task_of_a_name_replaces_it_with_a_warning(
     monkeypatch.setattr(tasks_module, "_TASKS", tasks_module._TASKS.copy())
     with caplog.at_level(logging.WARNING, logger="pneumoscan.data.tasks"):
         register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)
-    assert caplog.messages == ["task 'pneumonia' was already registered: this registration replaces it"]
+    assert caplog.messages == [f"task 'pneumonia' of pneumoscan.data.tasks is replaced by {__name__}'s: whatever "
+                               "names 'pneumonia' (a bundle made before included) gets this one; give yours a name "
+                               "of its own unless that is meant"]
+    register_task("pneumonia", classes=("a", "b"), positive="b")(_toy)  # a notebook cell run again
+    assert caplog.messages[-1] == "task 'pneumonia' was already registered: this registration replaces it"
     assert get_task("pneumonia").classes == ("a", "b") and list_tasks().count("pneumonia") == 1
 
 

@@ -22,19 +22,35 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, log: logging.Logger) -> None:
         self.kind, self._log = kind, log
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
 
-    def add(self, name: str, entry: T, first: bool = False) -> T:
+    def add(self, name: str, entry: T, first: bool = False, origin: str = "") -> T:
+        """Register ``entry`` as ``name``; ``origin``: the module that defines it, which the warning names when an
+        entry of another module's is replaced (a plugin's model called as a built-in one, whose bundles it then
+        builds)."""
         if name in self._entries:
-            self._log.warning("%s %r was already registered: this registration replaces it", self.kind, name)
+            before = self._origins.get(name, "")
+            if before and origin and before != origin:
+                self._log.warning("%s %r of %s is replaced by %s's: whatever names %r (a bundle made before included) "
+                                  "gets this one; give yours a name of its own unless that is meant",
+                                  self.kind, name, before, origin, name)
+            else:
+                self._log.warning("%s %r was already registered: this registration replaces it", self.kind, name)
         if first:
             self._entries = {name: entry, **{k: v for k, v in self._entries.items() if k != name}}
         else:
             self._entries[name] = entry
+        self._origins[name] = origin
         return entry
+
+    def origin(self, name: str) -> str:
+        """The module that defines the entry of ``name`` ("" when not said)."""
+        return self._origins.get(name, "")
 
     def remove(self, name: str) -> None:
         """Take ``name`` out (a test's toy entry); nothing when it is not there."""
         self._entries.pop(name, None)
+        self._origins.pop(name, None)
 
     def get(self, name: str, hint: str | None = None) -> T:
         """The entry of ``name``; ValueError naming the closest registered names (and ``hint``) otherwise."""
@@ -43,7 +59,7 @@ class Registry(Generic[T]):
     def copy(self) -> Registry[T]:
         """A registry of the same entries (a test registers into a copy and puts the original back)."""
         other: Registry[T] = Registry(self.kind, self._log)
-        other._entries = dict(self._entries)
+        other._entries, other._origins = dict(self._entries), dict(self._origins)
         return other
 
     def entries(self) -> dict[str, T]:

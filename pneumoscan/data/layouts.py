@@ -466,7 +466,7 @@ def register_layout(layout: Layout, first: bool = False) -> Layout:
     like Kaggle's) goes ``first``."""
     if not layout.name:
         raise ValueError(f"{type(layout).__name__}: a layout needs a name")
-    return _LAYOUTS.add(layout.name, layout, first=first)
+    return _LAYOUTS.add(layout.name, layout, first=first, origin=type(layout).__module__)
 
 
 def unregister_layout(name: str) -> None:

@@ -130,7 +130,8 @@ def register_task(
     subclass with other rules); a name registered before is replaced, with a warning, as a model's is."""
 
     def decorator(rule: TargetRule) -> TargetRule:
-        _TASKS.add(name, cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia))
+        _TASKS.add(name, cls(name, tuple(classes), positive, rule, dict(follows or {}), reports_pneumonia),
+                   origin=getattr(rule, "__module__", None) or "")
         return rule
 
     return decorator

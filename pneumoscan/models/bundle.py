@@ -76,8 +76,14 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
         model.load_state_dict(_read_weights(directory, card))
     except RuntimeError as e:  # another architecture's weights (a legacy bundle, or a card edited and resealed)
         detail = " ".join(str(e).split("\n\t")[1:2])[:160]  # torch's first complaint, e.g. the unexpected keys
-        raise ValueError(f"{directory}: its weights are not those of a {card.model} ({detail}); restore the bundle "
-                         "from a good copy") from None
+        built = registry.builder_module(card.model)
+        if built.startswith(("pneumoscan.", "timm")):
+            raise ValueError(f"{directory}: its weights are not those of a {card.model} ({detail}); restore the "
+                             "bundle from a good copy") from None
+        # a plugin's builder: the bundle may be sound, made with another model of that name or version
+        raise ValueError(f"{directory}: its weights are not those of a {card.model} as {built} builds it ({detail}); "
+                         f"read it with the {card.model} it was trained with (without {built}, or with that version "
+                         "of it), or restore the bundle from a good copy") from None
     return model.eval(), card
 
 

@@ -62,7 +62,7 @@ def register(
                          ) from None
 
     def decorator(fn: Builder) -> Builder:
-        _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size))
+        _REGISTRY.add(name, _Entry(fn, mean, std, weights, fixed_size), origin=fn.__module__)
         return fn
 
     return decorator
@@ -110,6 +110,11 @@ def create(
         kwargs.setdefault("img_size", image_size)  # built for any other size, it fails at its first forward pass
     # the registered timm models' path to the weights: the local cache first, one reason when they cannot be had
     return _timm_with_weights(name, name, pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def builder_module(name: str) -> str:
+    """The module whose builder :func:`create` calls for ``name`` ("timm" for a timm model not registered here)."""
+    return _REGISTRY.origin(name) if name in _REGISTRY else "timm"
 
 
 def known(name: str) -> bool:

@@ -63,7 +63,7 @@ def register(reader: Reader) -> Reader:
     can swap a built-in and a notebook cell that registers one can run again)."""
     if not reader.name:
         raise ValueError(f"{type(reader).__name__}: a reader needs a name")
-    return _READERS.add(reader.name, reader)
+    return _READERS.add(reader.name, reader, origin=type(reader).__module__)
 
 
 def unregister(name: str) -> None:
