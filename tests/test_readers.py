@@ -32,6 +32,7 @@ class PgmReader(readers.Reader):
     name = "PGM"
     formats = ("PGM",)
     suffixes = frozenset({".pgm"})
+    media_types = ("image/x-portable-graymap",)
 
     def sniff(self, head: bytes) -> bool:
         return head.startswith(b"P5\n")
@@ -211,6 +212,24 @@ def test_toy_reader_files_are_discovered_and_predicted(
     assert all("error" not in r for r in rows.values()), rows
     for stem in ("normal", "pneumonia"):
         assert rows[f"{stem}.pgm"]["probability"] == pytest.approx(rows[f"{stem}.png"]["probability"], abs=SCORE_TOL)
+
+
+def test_the_service_takes_a_toy_reader_file_sent_as_its_media_type(pgm_reader: PgmReader, tiny_bundle: Path) -> None:
+    """A site's format was refused by the service when an upload declared its type (a browser sends the type it
+    knows for the file's ending): "unsupported content type 'image/x-portable-graymap': send image/jpeg, image/png
+    or application/dicom". The service takes every registered reader's media_types, and its refusal lists them."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serving.app import create_app
+
+    data = pgm(film(64, 64))
+    with TestClient(create_app(tiny_bundle, backend="onnx")) as client:
+        sent = client.post("/v1/predict", files={"file": ("film.pgm", data, "image/x-portable-graymap")})
+        assert sent.status_code == 200, sent.text
+        other = client.post("/v1/predict", files={"file": ("film.gif", data, "image/gif")})
+    assert other.status_code == 415
+    assert other.json()["error"] == ("unsupported content type 'image/gif': send image/jpeg, image/png, "
+                                     "application/dicom or image/x-portable-graymap")
 
 
 def test_without_the_toy_reader_its_files_are_left_out_with_a_reason(tmp_path: Path) -> None:

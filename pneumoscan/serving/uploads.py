@@ -27,7 +27,6 @@ from .limits import ClientGone, Rejected
 # failure log, rate-limited, says it
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
-ACCEPTED_TYPES = ("image/jpeg", "image/png", "application/dicom")
 # Types some clients send for an accepted one (not registered, or older names some browsers and PACS viewers still
 # send, which a reader at the web page cannot change): read as that one.
 TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
@@ -100,14 +99,15 @@ def _limit(n: int) -> str:
 def _check_type(media: str, data: bytes, dicom: bool) -> None:
     """Known image types and .dcm names pass (decoding decides); generic binary must look like an image;
     anything else is 415."""
-    if media in ACCEPTED_TYPES or dicom:
+    accepted = readers.media_types()  # the registered readers': a site's own format is sent as its type too
+    if media in accepted or dicom:
         return
     if media in ("", "application/octet-stream"):
         if readers.reader_for(data[: readers.HEAD_BYTES]) is None:  # by magic bytes alone: bytes carry no name
             raise Rejected(415, f"the file is not a {readers.formats()} image (a DICOM file without its 128-byte "
                                 "preamble is read when sent as application/dicom or named *.dcm)")
         return
-    raise Rejected(415, f"unsupported content type {media!r}: send image/jpeg, image/png or application/dicom")
+    raise Rejected(415, f"unsupported content type {media!r}: send {readers.one_of(accepted)}")
 
 
 async def read_upload(request: Request, max_bytes: int, timeout: float) -> tuple[bytes, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class Reader(ABC):
     name: str = ""  # what a caller may declare a file to be (an upload's type), e.g. "DICOM"
     formats: tuple[str, ...] = ()  # the formats a refusal lists ("not a JPEG, PNG or DICOM image")
     suffixes: frozenset[str] = frozenset()  # lower-case file-name endings discovery takes as this format's images
+    media_types: tuple[str, ...] = ()  # the content types the service takes an upload of this format as
 
     @abstractmethod
     def sniff(self, head: bytes) -> bool:
@@ -92,8 +94,17 @@ def claiming(suffix: str) -> Reader | None:
 
 def formats() -> str:
     """'JPEG, PNG or DICOM': the registered formats, for a reason that says what a file is not."""
-    names = [f for r in registered() for f in r.formats]
+    return one_of([f for r in registered() for f in r.formats])
+
+
+def one_of(names: Sequence[str]) -> str:
+    """'A, B or C': the names as a refusal lists what it takes."""
     return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def media_types() -> tuple[str, ...]:
+    """Every content type some registered reader takes, in registration order: what the service accepts."""
+    return tuple(dict.fromkeys(t for r in registered() for t in r.media_types))
 
 
 def suffixes() -> frozenset[str]:

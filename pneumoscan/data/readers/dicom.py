@@ -234,6 +234,7 @@ class DicomReader(Reader):
     name = "DICOM"
     formats = ("DICOM",)
     suffixes = frozenset({".dcm"})  # .dcm files without the 128-byte preamble (and so the magic) are common
+    media_types = ("application/dicom",)
 
     def sniff(self, head: bytes) -> bool:
         return head[128:132] == b"DICM"

@@ -61,6 +61,7 @@ class PillowReader(Reader):
     name = "Pillow"
     formats = PIL_FORMATS
     suffixes = frozenset({".jpeg", ".jpg", ".png"})
+    media_types = ("image/jpeg", "image/png")
 
     def sniff(self, head: bytes) -> bool:
         return head.startswith(tuple(_MAGIC.values()))
