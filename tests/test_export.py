@@ -163,6 +163,30 @@ def test_the_trial_export_before_training_leaves_each_part_in_its_mode() -> None
     assert model.training and not model.features.training and model.head.training
 
 
+class _Spectral(torch.nn.Module):
+    """A site's model with an operator the ONNX exporter has no translation for (a 2-D FFT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.fft.fft2(x).abs().mean((2, 3)))
+
+
+def test_a_model_with_an_operator_onnx_lacks_is_refused_saying_to_change_the_model() -> None:
+    """A model using an operator ONNX cannot express was refused with "...; choose another image size", which no
+    size mends. The refusal names the operator's failure and says to change the model."""
+    from pneumoscan.inference.export import check_exportable
+
+    with pytest.raises(ValueError) as refused:
+        check_exportable(_Spectral(), 32, "spectral", 2)
+    said = str(refused.value)
+    assert said.startswith("spectral cannot be exported to ONNX, which predict and serve run (Exporting the operator "
+                           "'aten::fft_fft2' to ONNX opset version 17 is not supported)"), said
+    assert said.endswith("; build the model of operators ONNX has (docs/development.md, Adding a model)"), said
+
+
 def test_a_size_too_small_for_a_models_pooling_is_refused_with_the_reason(tiny_dataset: Path, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     """cnn5's five 2x pools need 32 px: at 24 the run ended in a 100-line traceback from torch, exit 1, where the

@@ -170,6 +170,10 @@ def check_exportable(model: torch.nn.Module, size: int, name: str, classes: int 
             raise ValueError(f"{name} gives {given} for one image, where the task needs one logit for each of its "
                              f"{classes} classes, (1, {classes}): its builder must make its head of num_classes")
         _to_onnx(model, size, io.BytesIO())
+    except torch.onnx.errors.UnsupportedOperatorError as e:  # at every size: the model itself must change
+        reason = str(e).strip().splitlines()[0]
+        raise ValueError(f"{name} cannot be exported to ONNX, which predict and serve run ({reason}); build the model "
+                         "of operators ONNX has (docs/development.md, Adding a model)") from None
     except torch.onnx.OnnxExporterError as e:
         reason = str(e).strip().splitlines()[0]
         raise ValueError(f"{name} at image_size {size} cannot be exported to ONNX, which predict and serve run "
