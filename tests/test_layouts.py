@@ -363,6 +363,30 @@ def test_a_second_layout_of_a_name_replaces_it_with_a_warning(
     assert list(layouts().values())[0] is again and list(layouts()).count("toy") == 1
 
 
+class _CrashingLayout(ToyLayout):
+    """A site's layout with a slip in its own code: a dict of labels missing one."""
+
+    name = "crashing"
+
+    def discover(self, root: Path) -> Discovery:
+        return {"0": "NORMAL"}["1"]
+
+
+def test_a_layout_whose_own_code_fails_is_named_with_the_error(tmp_path: Path) -> None:
+    """A registered layout whose discover raised a KeyError ended audit, train and evaluate in a traceback; it is
+    refused in one line naming the layout, its class, the root and the error. A layout's own refusals (ValueError,
+    OSError) stay as they are."""
+    root = tree(tmp_path / "site", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png"]})
+    register_layout(_CrashingLayout(), first=True)
+    try:
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"the crashing layout ({__name__}._CrashingLayout) failed on {root}: KeyError: '1'; mend the "
+                "layout") + "$"):
+            discover(root)
+    finally:
+        unregister_layout("crashing")
+
+
 def test_toy_layout_is_picked_and_its_name_rules_serve_manifests(toy_layout: ToyLayout, tmp_path: Path) -> None:
     root = tree(tmp_path / "shenzhen", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png", "CHNCXR_0002_1.png"]})
     assert list(layouts())[0] == "toy"

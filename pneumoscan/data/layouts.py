@@ -20,9 +20,10 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pneumoscan.core.atomic import write_csv
 from pneumoscan.core.names import given_path, shown
@@ -34,6 +35,7 @@ from .pixels import DecodeError, opened
 from .walk import ALREADY_SEARCHED, SYSTEM_FOLDERS, Entry, file_identity, junk_reason, walk
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
@@ -487,7 +489,20 @@ register_layout(KaggleLayout())
 
 def recognising_layout(root: Path) -> Layout | None:
     """The first registered layout that recognises ``root`` (cheap: no image read), None when none does."""
-    return next((candidate for candidate in layouts().values() if candidate.detect(root)), None)
+    return next((candidate for candidate in layouts().values() if _asked(candidate, root, candidate.detect)), None)
+
+
+def _asked(layout: Layout, root: Path, call: Callable[[Path], T]) -> T:
+    """``call(root)`` (a method of ``layout``), an error other than a refusal (ValueError, OSError) refused naming the
+    layout: a slip in a site's layout (a KeyError) ended a command in a traceback."""
+    try:
+        return call(root)
+    except (ValueError, OSError):
+        raise
+    except Exception as e:
+        kind = type(layout)
+        raise ValueError(f"the {layout.name} layout ({kind.__module__}.{kind.__qualname__}) failed on {shown(root)}: "
+                         f"{type(e).__name__}: {e}; mend the layout") from e
 
 
 def discover(root: Path | str, layout: str | None = None) -> Discovery:
@@ -501,7 +516,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
     known = layouts()
     if layout is not None:
         chosen = known[look_up_option(layout, known, "dataset layout")]
-        if not chosen.detect(root):
+        if not _asked(chosen, root, chosen.detect):
             raise ValueError(f"{root}: not laid out as {layout} ({chosen.description})")
     else:
         chosen = recognising_layout(root)
@@ -509,7 +524,7 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it{_unrecognised(root)} (expected {expected})")
     log.debug("%s: read as the %s layout", root, chosen.name)
-    found = chosen.discover(root)
+    found = _asked(chosen, root, chosen.discover)
     _warn_left_out(root, found)
     _warn_class_left_out(root, found)
     _warn_split_left_out(root, found)
