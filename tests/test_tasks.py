@@ -200,6 +200,21 @@ def test_a_bundle_of_a_task_not_registered_here_says_what_to_import(tiny_bundle:
         Predictor(bundle, backend="onnx")
 
 
+def test_a_rule_that_raises_is_refused_naming_the_task_the_film_and_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site's rule with a slip (a KeyError on a label it did not expect) ended train in a traceback; it is refused
+    where the target is made, naming the task, the rule, the film and the error."""
+    monkeypatch.setattr(tasks_module, "_TASKS", tasks_module._TASKS.copy())
+
+    def by_label(record: Record) -> int:
+        return {"NORMAL": 0}[record.label]
+
+    register_task("slip", classes=("other", "viral"), positive="viral")(by_label)
+    said = (f"task 'slip': its rule {__name__}.{by_label.__qualname__} failed on /films/a.png: KeyError: 'PNEUMONIA'; "
+            "mend the rule")
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+        tasks_module.select([Record("/films/a.png", "PNEUMONIA", "virus", "a")], get_task("slip"))
+
+
 @pytest.mark.parametrize("value", [3, -2, 0.7, 1.0, "1"])
 def test_a_rule_giving_no_class_index_is_refused_where_the_target_is_made(
     monkeypatch: pytest.MonkeyPatch, value: object

@@ -64,7 +64,14 @@ class Task:
         """The record's class index, or None when it is not in the task, as the rule gives it. Any other answer (an
         index past the classes, a negative one, a float) is refused here, naming the task, the film and the value:
         taken, 3 or -2 would be read as positive or negative by the binary figures and a float cut to an index."""
-        value = self.rule(record)
+        try:
+            value = self.rule(record)
+        except (ValueError, OSError):  # the rule's own refusal, in its words
+            raise
+        except Exception as e:  # a slip in a site's rule (a KeyError on a label it did not expect): not a traceback
+            rule = f"{getattr(self.rule, '__module__', '')}.{getattr(self.rule, '__qualname__', repr(self.rule))}"
+            raise ValueError(f"task {self.name!r}: its rule {rule} failed on {shown(record.path)}: {type(e).__name__}: "
+                             f"{e}; mend the rule") from e
         if value is None:
             return None
         if not isinstance(value, numbers.Integral) or not 0 <= value < len(self.classes):
