@@ -166,8 +166,8 @@ def test_a_run_that_diverges_after_its_best_epoch_keeps_no_run_best(tiny_dataset
     cfg = TrainConfig(model="simple_cnn", pretrained=False, image_size=32, batch_size=8, val_fraction=0.25, epochs=2)
     with pytest.raises(ValueError, match=r"^training diverged at epoch 2, step \d+ \(loss nan\)") as refused:
         train(tiny_dataset, cfg, run, callbacks=[_PoisonedInSecondEpoch()])
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "checkpoint.pt",
-                                               "refused.txt"}
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "split.csv", "history.csv", "curves.png",
+                                               "checkpoint.pt", "refused.txt"}
     assert (run / "refused.txt").read_text(encoding="utf-8") == f"{refused.value}\n"
     film = next((tiny_dataset / "test" / "NORMAL").iterdir())
     assert main(["predict", str(run / "best"), str(film)]) == 2
