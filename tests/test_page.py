@@ -511,8 +511,8 @@ def test_a_16_bit_png_is_shown_as_the_model_reads_it(page: Page, small: Path, tm
             0x49, 0x48, 0x44, 0x52, 0, 0, 1, 0, 0, 0, 1, 0, depth, colour, 0, 0, 0]);
         const files = [[png(8, 0), "a.png"], [png(8, 4), "b.png"], [png(8, 6), "c.png"], [png(8, 0), "d.dcm"]];
         return Promise.all(files.map(([bytes, name]) => sniff(new File([bytes], name)))); }""")
-    assert kinds == [{"dicom": False, "shown": True}, {"dicom": False, "shown": False},
-                     {"dicom": False, "shown": False}, {"dicom": False, "shown": True}]
+    png = {"dicom": False, "format": "JPEG/PNG"}
+    assert kinds == [{**png, "shown": True}, {**png, "shown": False}, {**png, "shown": False}, {**png, "shown": True}]
 
 
 def test_two_stages_in_the_list_and_csv_and_a_refused_heatmap(browser: Browser, tiny_bundle: Path,

@@ -2,8 +2,9 @@
 chosen, a batch none of whose films was read leaves no other film's reading on screen, a film's heatmap never lands
 on another film, a second stage near its threshold says so in the list and the CSV and each stage sorts apart, a key
 typed and a film dropped at once load the model card first, each film opens at its default window unless the reader
-locks it, a film over the upload limit is told the way out; a rate that is no number is refused in the command line's
-words, and a results file that cannot be written is refused before any film is read.
+locks it, a film over the upload limit is told the way out, a site's own film format is named and described; a
+rate that is no number is refused in the command line's words, and a results file that cannot be written is
+refused before any film is read.
 The page runs in headless Chromium (tests/test_page.py's browser, server and page)."""
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, Route, expect
 
 from pneumoscan import cli
+from pneumoscan.data import readers
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.inference.explain import EMPTY
 from pneumoscan.models.card import load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
-from tests import test_page
+from tests import test_page, test_readers
 from tests.builders import at_threshold, nudge_weights, running
 from tests.test_browser import PAGE_KEY, TIMEOUT_MS, drop_file, run_server
 from tests.test_heatmap_scale import sentence
 
 browser, server, page, small = test_page.browser, test_page.server, test_page.page, test_page.small
+pgm_reader = test_readers.pgm_reader
 
 
 def other_film(data_root: Path) -> Path:
@@ -732,3 +735,32 @@ def test_a_film_over_the_upload_limit_is_told_the_way_out(browser: Browser, tiny
                 "syntax).")
     finally:
         context.close()
+
+
+
+def test_a_site_readers_format_is_named_and_described_by_the_page(browser: Browser, tiny_bundle: Path, small: Path,
+                                                                   pgm_reader: readers.Reader) -> None:
+    """A site that registered a reader of its own format (tests/test_readers.py's PGM) had its films read by the
+    service, but the page named "JPEG, PNG or DICOM" above the file picker and described a PGM film it had read as
+    "JPEG/PNG: no DICOM tags". The page learns the formats from the service (/v1/model's film_formats)."""
+    context = browser.new_context()
+    try:
+        with contextmanager(run_server)(create_app(tiny_bundle, backend="onnx")) as url:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#formats")).to_have_text("JPEG, PNG, DICOM or PGM")
+            drop_file(page, test_readers.pgm(test_readers.film(64, 64)), "film.pgm", "image/x-portable-graymap")
+            expect(page.locator("#film")).to_have_text("FormatPGM: no DICOM tags (age, sex, view not known)")
+            drop_file(page, small.read_bytes(), small.name, "image/jpeg")
+            expect(page.locator("#film-title")).to_have_text(f"Film: {small.name}")
+            expect(page.locator("#film")).to_have_text("FormatJPEG/PNG: no DICOM tags (age, sex, view not known)")
+    finally:
+        context.close()
+
+
+def test_without_a_site_reader_the_page_names_jpeg_png_and_dicom(page: Page, tiny_bundle: Path, small: Path) -> None:
+    expect(page.locator("#card")).to_contain_text(load_card(tiny_bundle).model_id)
+    expect(page.locator("#formats")).to_have_text("JPEG, PNG or DICOM")
+    test_page.upload_one(page, small)
+    expect(page.locator("#film")).to_have_text("FormatJPEG/PNG: no DICOM tags (age, sex, view not known)")

@@ -134,6 +134,8 @@ def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
     assert info["data_fingerprint"] == card.data_fingerprint != ""
     assert info["image_size"] == card.size and info["architecture"] == "simple_cnn"
     assert info["max_upload_bytes"] == 20 * MB
+    assert [(f["formats"], f["media_types"]) for f in info["film_formats"]] == [
+        (["JPEG", "PNG"], ["image/jpeg", "image/png"]), (["DICOM"], ["application/dicom"])]  # the page names them
     assert info["etiology"] is None
     assert "train_config" not in info  # may hold local paths; not for a public endpoint
 

@@ -117,10 +117,20 @@ class ModelInfo(BaseModel):
     threshold_records: list[dict[str, Any]] = Field(description="thresholds chosen after training, newest last")
 
 
+class FilmFormat(BaseModel):
+    name: str = Field(description="the registered reader's name (Pillow, DICOM, or a site's own)")
+    formats: list[str] = Field(description="the formats it reads, as a refusal names them (JPEG, PNG)")
+    media_types: list[str] = Field(description="the content types an upload of them is taken as")
+    suffixes: list[str] = Field(description="the lower-case file-name endings taken as them (.dcm)")
+
+
 class ServiceInfo(ModelInfo):
     etiology: ModelInfo | None = Field(description="the second stage's card (its task: etiology, or one of your own); "
                                        "null when the service has none")
     max_upload_bytes: int
+    film_formats: list[FilmFormat] = Field(description="the film formats the service reads, one entry a registered "
+                                           "reader, in the order they are asked: the web page names and describes "
+                                           "them from it")
     card_digest: str = Field(description="sha256:HEX of this answer's other fields as JSON with sorted keys and no "
                              "spaces, named by each reading (/v1/predict): whether a reading was read with this "
                              "card, its second stage, image content check and upload limit included")

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
+from pneumoscan.data import readers
 from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
@@ -115,6 +116,13 @@ class OnDisk:
         return None  # touched, or put back as it was
 
 
+def film_formats() -> list[dict[str, Any]]:
+    """The registered readers' formats, types and file endings (/v1/model's film_formats): the page names and
+    describes a site's own format from them, as the service takes it (:func:`pneumoscan.data.readers.media_types`)."""
+    return [{"name": r.name, "formats": list(r.formats), "media_types": list(r.media_types),
+             "suffixes": sorted(r.suffixes)} for r in readers.registered()]
+
+
 class Service:
     """A pneumonia (or any) bundle with an optional second stage (bacteria vs virus, or a task of one's own), behind
     bounded lanes. Concurrent requests are decoded in threads and classified together in batches
@@ -151,7 +159,7 @@ class Service:
         # tells a reading of another card (a restart with other files beside the same weights and threshold)
         second = self.second.info() if self.second else None
         served = {**self.main.info().model_dump(), "etiology": second and second.model_dump(),
-                  "max_upload_bytes": self.max_bytes}
+                  "max_upload_bytes": self.max_bytes, "film_formats": film_formats()}
         self.card = ServiceInfo(**served, card_digest=json_sha256(served))
 
     def close(self) -> None:

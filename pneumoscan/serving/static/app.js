@@ -26,9 +26,12 @@ let cardThreshold = null;
 // second stage ({task, positive}: etiology, or one of a site's own), null without one; classes, the model's classes
 // when it has more than two (the CSV gives each one's probability). null until a card loads.
 let readWith = null;
+// the film formats the service reads (GET /v1/model: film_formats, one entry a registered reader): named above the
+// file picker, and a film no JPEG or PNG header marks is described as the format whose type or file ending it has
+let filmFormats = [];
 const CLASS_FIELD = "probability_";  // + a class: its probability's CSV column, named as predict's results name it
 
-const films = [];  // {id, name, file, dicom, shown, status, result, error, readWith, cam}
+const films = [];  // {id, name, file, dicom, format, shown, status, result, error, readWith, cam}
 let current = null;
 let sortKey = null;
 let sortAscending = true;
@@ -58,6 +61,11 @@ function figure(v) {
 // stage of one's own is not called one; a film's refusal in the list's words as an alert ("Rejected: ...").
 function titled(text) {
   return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// "A, B or C", as the service's refusals list the formats it reads
+function oneOf(names) {
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names[names.length - 1]}` : names.join("");
 }
 
 function pct(p) {
@@ -92,6 +100,8 @@ function showCard(info) {
     second: info.etiology ? { task: info.etiology.task, positive: info.etiology.positive } : null,
     classes: info.classes.length > 2 ? info.classes : [] };
   maxUploadBytes = info.max_upload_bytes;
+  filmFormats = info.film_formats;
+  $("formats").textContent = oneOf(filmFormats.flatMap((f) => f.formats));
   thresholdInterval = info.threshold_interval && info.threshold_interval.length === 2 ? info.threshold_interval : null;
   heatmapWords = { caption: info.heatmap_caption, top: info.heatmap_top, spoken: info.heatmap_top_spoken,
     negative: info.heatmap_negative, empty: info.heatmap_empty };
@@ -293,7 +303,7 @@ function showFilm(film) {
   const r = film.result;
   const missing = "not recorded";
   const rows = !film.dicom
-    ? [["Format", "JPEG/PNG: no DICOM tags (age, sex, view not known)"]]
+    ? [["Format", `${film.format}: no DICOM tags (age, sex, view not known)`]]
     : [
       ["Age", r.age_years == null ? missing : `${r.age_years} years`],
       ["Sex", r.sex || missing],
@@ -864,7 +874,7 @@ async function sniff(file) {
   try {
     head = new Uint8Array(await file.slice(0, 132).arrayBuffer());
   } catch (err) {
-    return { dicom: named, shown: !named };  // unreadable here: the upload will say why
+    return { dicom: named, shown: !named, format: claimedBy(file) };  // unreadable here: the upload will say why
   }
   const starts = (bytes, at = 0) => bytes.every((b, i) => head[at + i] === b);
   const jpeg = starts([0xff, 0xd8, 0xff]);
@@ -874,7 +884,15 @@ async function sniff(file) {
   const asModelReads = (jpeg && !await jpegColourManaged(file))
     || (png && head[24] <= 8 && head[25] !== 4 && head[25] !== 6 && !await colourManaged(file)
       && !await exifAfterPixels(file));
-  return { dicom, shown: asModelReads };
+  return { dicom, shown: asModelReads, format: jpeg || png ? "JPEG/PNG" : claimedBy(file) };
+}
+
+// The format of a film with neither a JPEG nor a PNG header, as the service's readers name it: the first whose
+// content type or file ending the file has (a site's TIFF reader: "TIFF"), else only that it is no DICOM.
+function claimedBy(file) {
+  const name = file.name.toLowerCase();
+  const reader = filmFormats.find((f) => f.media_types.includes(file.type) || f.suffixes.some((s) => name.endsWith(s)));
+  return reader ? reader.formats.join("/") : "Not DICOM";
 }
 
 // A PNG whose chunks before its pixels (IDAT) hold an ICC profile (iCCP), chromaticities (cHRM) or a gamma other than
