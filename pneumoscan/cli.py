@@ -356,6 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_threshold(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
+    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.evaluation.rethreshold import rethreshold
 
     with _without_test_split("the test split never chooses a threshold: choose it on films the bundle never saw (a "
@@ -367,6 +368,8 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
           f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {format_figure(record['sensitivity'], 3)}, "
           f"specificity {format_figure(record['specificity'], 3)} on {record['n']} images")
+    for said in left_out_caveat(record["left_out"], record["n"]):  # the new card says it too
+        print(f"   {said}")
     return 0
 
 

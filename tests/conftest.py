@@ -148,6 +148,21 @@ def typed_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _once_per_run(tmp_path_factory, "typed_dataset", lambda folder: _write_tiny_dataset(folder, hazy_virus=True))
 
 
+@pytest.fixture(scope="session")
+def films_some_left_out(typed_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The typed dataset's 16 test films as a folder of a site's own (no split), 2 of its pneumonia films renamed to
+    say neither bacteria nor virus, and a file that cannot be read: an etiology bundle given it measures 6 films
+    and leaves out 11, for three reasons (1 unreadable, 8 NORMAL, 2 without type)."""
+    def build(folder: Path) -> Path:
+        films = shutil.copytree(typed_dataset / "test", folder / "films")
+        for path in sorted((films / "PNEUMONIA").glob("*.jpeg"))[:2]:
+            path.rename(path.with_name(path.name.replace("_bacteria_", "_").replace("_virus_", "_")))
+        (films / "NORMAL" / "broken.jpeg").write_bytes(b"not a film")
+        return films
+
+    return _once_per_run(tmp_path_factory, "films_some_left_out", build)
+
+
 def _write_tiny_dataset(folder: Path, train: int = 24, hazy_virus: bool = False) -> Path:
     """The tiny dataset's films, ``train`` a class in train/ and 8 in test/ (``hazy_virus``: typed_dataset's)."""
     root = folder / "chest_xray"

@@ -542,3 +542,26 @@ def test_a_film_listed_under_both_labels_is_warned_of_and_its_copies_are_one_pat
         rethreshold(tiny_bundle, both, tmp_path / "new", target_sensitivity=None)
     assert "2 film(s) of" in caplog.text and "are copies of others in it under other names" in caplog.text
     assert "label conflict(s): a file name or a duplicate (exact or near) contradicts a label" in caplog.text
+
+
+def test_the_films_a_threshold_left_out_are_in_its_record_its_card_and_its_output(
+        tiny_etiology_bundle: Path, films_some_left_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An etiology bundle given 17 files chose its threshold on 6 films: the 8 NORMAL films, 2 pneumonia films of
+    no type and an unreadable file were left out with a warning on the terminal only, and the new card's record
+    (``unreadable``: 1) read as a threshold chosen on the films given."""
+    out = tmp_path / "retuned"
+    assert cli.main(["threshold", str(tiny_etiology_bundle), str(films_some_left_out), "--youden",
+                     "--out", str(out)]) == 0
+    [record] = load_card(out).threshold_records
+    assert record["n"] == 6 and record["left_out"] == [
+        {"films": 1, "reason": "could not be read"},
+        {"films": 8, "reason": "of class NORMAL, which the etiology task does not read (bacteria, virus)"},
+        {"films": 2, "reason": "of class PNEUMONIA that say neither bacteria nor virus (in their names or a "
+                               "manifest's subtype column), which the etiology task needs"}]
+    said = ("11 of the 17 films given are left out of the figures, which are of the other 6 only: 1 film could not be "
+            "read; 8 films of class NORMAL, which the etiology task does not read (bacteria, virus); 2 films of class "
+            "PNEUMONIA that say neither bacteria nor virus")
+    assert any(c.startswith(said) for c in record["caveats"])
+    assert said in capsys.readouterr().out
+    card = (out / MODEL_CARD).read_text()
+    assert "| films (n = 6; 11 left out) |" in card and f"on films: {said}" in card

@@ -65,6 +65,18 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
                          [r for r in readable if task.target(r) is None])
 
 
+def left_out(films: LabelledFilms, task: Task) -> list[dict]:
+    """The files given that the figures are not of, counted by why: evaluate's ``left_out`` (metrics.json, the
+    report's "left out of the figures", a card's record of an evaluation) and a ``threshold`` record's. Files that
+    could not be read (``unreadable`` lists them), films of a class the task does not read (NORMAL films given to an
+    etiology bundle), and pneumonia films without the type the task needs."""
+    reasons = Counter(f"of class {r.label}, which the {task.name} task does not read ({', '.join(task.classes)})"
+                      if r.label != "PNEUMONIA" else "of class PNEUMONIA that say neither bacteria nor virus (in their "
+                      f"names or a manifest's subtype column), which the {task.name} task needs" for r in films.outside)
+    counts = [("could not be read", len(films.unreadable)), *sorted(reasons.items())]
+    return [{"films": n, "reason": reason} for reason, n in counts if n]
+
+
 def labelled_records(
     data: Path | str, split: str | None, task: Task, spec: PreprocessSpec
 ) -> tuple[list[Record], np.ndarray, np.ndarray, list[dict[str, str]]]:

@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
-from pneumoscan.data.labelled import LabelledFilms, films_without_patient_id, labelled_films, patient_groups
+from pneumoscan.data.labelled import films_without_patient_id, labelled_films, left_out, patient_groups
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.preprocess import TTA_VIEWS
@@ -33,7 +32,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
-from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record
+from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, write_report
 
 log = logging.getLogger(__name__)
@@ -324,7 +323,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     # the sources of its weights whose training films are unknown here: these films may be among them
     metrics["unchecked"] = list(held_out.unknown_sources.values())
     metrics["films"] = films_digest(records)  # compare checks that runs named alike are on the same films
-    metrics["left_out"] = _left_out(films, task)  # what of the files given the figures are not of, and why
+    metrics["left_out"] = left_out(films, task)  # what of the files given the figures are not of, and why
     metrics["out_of_scope"] = [{"path": path_text(r.path), "reasons": [w for w, _ in outside_scope(warnings)]}
                                for r, warnings in zip(records, scope) if not in_scope(warnings)]
     metrics["label_conflicts"] = conflicts  # films scored against a label their name or a copy contradicts
@@ -355,17 +354,6 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
         add_evaluation(bundle, evaluation_record(metrics, name, "tta" if tta else "plain", bundle, held_out))
         log.info("recorded the evaluation on %s in %s", name, Path(bundle) / MODEL_CARD)
     return metrics
-
-
-def _left_out(films: LabelledFilms, task: Task) -> list[dict]:
-    """The files given that the figures are not of, counted by why (metrics.json's ``left_out``, the report's "left
-    out of the figures"): files that could not be read (``unreadable`` lists them), films of a class the task does
-    not read (NORMAL films given to an etiology bundle), and pneumonia films without the type the task needs."""
-    reasons = Counter(f"of class {r.label}, which the {task.name} task does not read ({', '.join(task.classes)})"
-                      if r.label != "PNEUMONIA" else "of class PNEUMONIA that say neither bacteria nor virus (in their "
-                      f"names or a manifest's subtype column), which the {task.name} task needs" for r in films.outside)
-    counts = [("could not be read", len(films.unreadable)), *sorted(reasons.items())]
-    return [{"films": n, "reason": reason} for reason, n in counts if n]
 
 
 def _film_warnings(predictor: Predictor, records: Sequence[Record], images: np.ndarray, name: str) -> list[list[str]]:
@@ -409,14 +397,14 @@ def _report_header(bundle: Path | str, data: Path | str, split: str | None, card
                    images: int, left_out: Sequence[dict], tta: bool, backend: str,
                    etiology: Path | str | None) -> dict[str, object]:
     """The report's table of what was measured, and how: which bundle and model, on which data (and which of its
-    files the figures leave out, and why: :func:`_left_out`), at which threshold (and where it was chosen), with the
-    card's caveats about it. The data names its split: a dataset root holds the training films too."""
+    files the figures leave out, and why: :func:`~pneumoscan.data.labelled.left_out`), at which threshold (and where
+    it was chosen), with the card's caveats about it. The data names its split: a dataset root holds the training
+    films too."""
     mode = f"{len(TTA_VIEWS)}-view test-time augmentation" if tta else "plain"
     return {
         "bundle": str(bundle), "model id": card.model_id, "data": f"{data}{f', split {split}' if split else ''}",
         "images": images,
-        "left out of the figures": "; ".join(f"{counted(e['films'], 'film')} {e['reason']}"
-                                             for e in left_out) or "none",
+        "left out of the figures": left_out_said(left_out) or "none",
         "scores": mode,
         "threshold": _threshold_said(card, threshold),
         "temperature": f"{card.temperature:.3f}", "package version": card.package_version, "backend": backend,

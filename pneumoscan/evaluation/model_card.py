@@ -129,6 +129,28 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def left_out_said(left_out: Sequence[dict]) -> str:
+    """What the figures left out of the files given, reason by reason ("1 film could not be read; 8 films of class
+    NORMAL, ..."), from a ``left_out`` list (:func:`~pneumoscan.data.labelled.left_out`); "" when nothing was."""
+    return "; ".join(f"{counted(e['films'], 'film')} {e['reason']}" for e in left_out)
+
+
+def left_out_caveat(left_out: Sequence[dict], n: int) -> list[str]:
+    """The caveat of a card's record (an evaluation, a threshold) on ``n`` films whose ``left_out`` is not empty:
+    figures on the rest of the films given are not figures on the films given."""
+    if not (k := sum(e["films"] for e in left_out)):
+        return []
+    return [f"{k} of the {n + k} films given {'is' if k == 1 else 'are'} left out of the figures, which are of the "
+            f"other {n} only: {left_out_said(left_out)}"]
+
+
+def _left_out_count(record: dict[str, Any]) -> str:
+    """"; 11 left out": beside a card's record's n in MODEL_CARD.md's tables, the films given it left out (the
+    caveats below say why); "" when none were, or the record is older than ``left_out``."""
+    k = sum(e["films"] for e in record.get("left_out", []))
+    return f"; {k} left out" if k else ""
+
+
 def film_counts(m: dict[str, Any], names: Sequence[str]) -> str:
     """"322 films of 172 patients (253 PNEUMONIA films of 108 patients, 69 NORMAL of 64)": every n counts films, so
     where the intervals count patients (``patients`` given) those are named beside them, lest a reader take the films
@@ -352,7 +374,7 @@ def _threshold_section(card: BundleCard) -> str:
     if not card.threshold_records:
         return text
     rows = "\n".join(
-        f"| {r['date']} | {_md(r['policy'])} | {_md(r['data'])} (n = {r['n']}) | "
+        f"| {r['date']} | {_md(r['policy'])} | {_md(r['data'])} (n = {r['n']}{_left_out_count(r)}) | "
         f"{format_figure(r['previous_threshold'], 4)} -> {format_figure(r['threshold'], 4)} | "
         f"{format_figure(r['tta_threshold'], 4)} | {format_figure(r['sensitivity'])} / "
         f"{format_figure(r['specificity'])} | {_films_cell(r)} |"

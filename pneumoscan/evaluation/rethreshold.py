@@ -13,7 +13,7 @@ import numpy as np
 
 from pneumoscan.core.atomic import building
 from pneumoscan.core.metrics import binary_metrics, roc_auc
-from pneumoscan.data.labelled import labelled_records, patient_groups
+from pneumoscan.data.labelled import labelled_films, left_out, patient_groups
 from pneumoscan.data.layouts import Record
 from pneumoscan.data.tasks import binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_int8_spec, write_onnx_spec
@@ -22,7 +22,7 @@ from pneumoscan.inference.predict import Predictor
 from pneumoscan.models.card import BundleCard, load_card
 from .evaluate import data_label
 from .held_out import HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films, refuse_test_films
-from .model_card import films_record, today, update_card, write_model_card
+from .model_card import films_record, left_out_caveat, today, update_card, write_model_card
 from .operating_point import (OperatingPoint, check_better_than_chance, choose_operating_point, int8_figures,
                               policy_text)
 
@@ -47,7 +47,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # its thresholds, and as the INT8 sidecar's FP32 figures are measured
     predictor = Predictor(bundle, backend="onnx" if (bundle / ONNX_NAME).exists() else "torch")
     card = predictor.card
-    records, images, targets, errors = labelled_records(data, split, predictor.task, card.spec)
+    films = labelled_films(data, split, predictor.task, card.spec)
+    records, images, targets = films.records, films.images, films.targets
     refuse_test_films(records, data, "threshold")
     # checked as evaluate --add-to-card checks the films its record keeps: a run whose split.csv finds none of its
     # films is refused, one with no split.csv beside it is recorded as not checked (films_record)
@@ -68,7 +69,8 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
     policy = policy_text(*policy_targets, name)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
-                               int8[1:] if int8 else None, len(errors), held_out, conflicts)
+                               int8[1:] if int8 else None, len(films.unreadable), left_out(films, predictor.task),
+                               held_out, conflicts)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
@@ -116,11 +118,12 @@ def _int8_rescored(bundle: Path, images: np.ndarray, y: np.ndarray, policy_targe
 def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, split: str | None,
                       policy_targets: tuple[float | None, float | None], y: np.ndarray, plain: np.ndarray,
                       tta: np.ndarray, point: OperatingPoint, int8: tuple[OperatingPoint, Int8Operating] | None,
-                      unreadable: int, held_out: HeldOutFindings, conflicts: list[dict]) -> dict:
+                      unreadable: int, left: list[dict], held_out: HeldOutFindings, conflicts: list[dict]) -> dict:
     """What the new bundle's card keeps of this choice (:attr:`BundleCard.threshold_records`): the films, the
     policy, the thresholds before and after (``int8``: the INT8 model's operating point and the one its sidecar
-    gave), the figures at them, whether the films could be checked to be new to BUNDLE (``held_out``: the
-    check of the films), the caveats, the threshold's own last, and the films whose labels their names or copies
+    gave), the figures at them, the files given that chose nothing, and why (``left``: as evaluate's ``left_out``),
+    whether the films could be checked to be new to BUNDLE (``held_out``: the check of the films), the caveats (what
+    was left out among them), the threshold's own last, and the films whose labels their names or copies
     contradict (``conflicts``: :func:`~pneumoscan.data.labelled.patient_groups`'), as an evaluation's record
     keeps them: the threshold was chosen against those labels. A report of the new bundle names the one read at a
     threshold before as its predecessor."""
@@ -129,6 +132,7 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
     return {
         "date": today(), "policy": policy, "data": name, "split": split, "n": int(y.size),
         "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()), "unreadable": unreadable,
+        "left_out": left,  # MODEL_CARD.md counts them beside n, and says why among the record's caveats
         "previous_threshold": card.threshold, "previous_tta_threshold": card.tta_threshold,
         "previous_policy": card.threshold_policy, "threshold": point.threshold, "tta_threshold": point.tta_threshold,
         "target_sensitivity": policy_targets[0], "max_false_positive_rate": policy_targets[1],
@@ -141,7 +145,8 @@ def _threshold_record(bundle: Path, card: BundleCard, policy: str, name: str, sp
         "source_bundle": str(bundle.resolve()),  # where the weights were trained: its run's split.csv is beside it
         "label_conflicts": conflicts,  # MODEL_CARD.md says them among the record's caveats
         # films_checked, and caveats: why the figures on these films may flatter the model (MODEL_CARD.md says them)
-        **films_record(bundle, held_out, [point.threshold_caveat] if point.threshold_caveat else []),
+        **films_record(bundle, held_out, left_out_caveat(left, int(y.size))
+                       + ([point.threshold_caveat] if point.threshold_caveat else [])),
     }  # fmt: skip
 
 
