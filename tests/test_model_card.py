@@ -150,9 +150,29 @@ def test_films_that_could_not_be_read_are_counted_in_the_cards_record(tiny_bundl
                      "--data-name", "site D"]) == 0
     [record] = load_card(bundle).external_evaluations
     assert (record["n"], record["unreadable"]) == (16, 1)
-    assert record["caveats"][0] == ("1 of the 17 films given could not be read and are left out: the figures are of "
-                                    "the others only")
-    assert "site D: 1 of the 17 films given could not be read" in (bundle / MODEL_CARD).read_text()
+    assert record["caveats"][0] == ("1 of the 17 films given is left out of the figures, which are of the other 16 "
+                                    "only: 1 film could not be read")
+    assert "site D: 1 of the 17 films given is left out" in (bundle / MODEL_CARD).read_text()
+
+
+def test_an_evaluations_record_says_what_its_figures_left_out_and_why(tiny_etiology_bundle: Path,
+                                                                       films_some_left_out: Path,
+                                                                       tmp_path: Path) -> None:
+    """An etiology bundle evaluated on 17 files measures 6: its record counted the unreadable one alone, as "1 of
+    the 7 films given", and said nothing of the 8 NORMAL films and 2 pneumonia films of no type left out."""
+    bundle = shutil.copytree(tiny_etiology_bundle, tmp_path / "run" / "bundle")
+    shutil.copy(tiny_etiology_bundle.parent / "split.csv", tmp_path / "run")
+    assert cli.main(["evaluate", str(bundle), str(films_some_left_out), "--out", str(tmp_path / "e"),
+                     "--add-to-card", "--data-name", "site E"]) == 0
+    [record] = load_card(bundle).external_evaluations
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert record["n"] == 6 and record["left_out"] == metrics["left_out"] and len(metrics["left_out"]) == 3
+    said = ("11 of the 17 films given are left out of the figures, which are of the other 6 only: 1 film could not be "
+            "read; 8 films of class NORMAL, which the etiology task does not read (bacteria, virus); 2 films of class "
+            "PNEUMONIA that say neither bacteria nor virus")
+    assert record["caveats"][0].startswith(said)
+    text = (bundle / MODEL_CARD).read_text()
+    assert f"site E: {said}" in text and "| 6 films (3 virus, 3 bacteria); 11 left out |" in text
 
 
 def test_an_evaluations_label_conflicts_are_in_its_card_record_and_model_card(tiny_bundle: Path, tiny_dataset: Path,

@@ -232,11 +232,12 @@ def test_a_cards_record_counts_its_films_outside_the_scope_among_those_it_scored
     the 17 given, the films outside the scope are of the 16 the figures are on (not of 17)."""
     metrics = {"n": 16, "n_positive": 8, "n_negative": 8, "patients": 16, "prevalence": 0.5, "threshold": 0.5,
                "label_conflicts": [], "unreadable": [{"path": "x.jpeg", "reason": "not a film"}],
+               "left_out": [{"films": 1, "reason": "could not be read"}],
                "out_of_scope": [{"path": f"{i}.dcm", "reasons": ["lateral view (LL)"]} for i in range(3)]}
     record = evaluation_record(metrics, "site", "plain", "bundle", HeldOutFindings([], {}, 0))
     assert (record["unreadable"], record["outside_scope"]) == (1, 3)
     assert record["caveats"] == [
-        "1 of the 17 films given could not be read and are left out: the figures are of the others only",
+        "1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be read",
         "3 of the 16 films are outside the model's scope (evaluate's predictions.csv says why) and are scored and "
         "counted in the figures all the same"]
 

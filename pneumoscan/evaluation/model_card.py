@@ -310,8 +310,8 @@ def _external_section(card: BundleCard) -> str:
     head = "| date | data | n | 95% CIs count | scores, threshold | " + " | ".join(
         name for _, _, name in CARD_METRICS[:3]) + " | films new to it |\n|" + " --- |" * 9
     rows = "\n".join(
-        f"| {r['date']} | {_md(r['data'])} | {film_counts(r, names)} | {r.get('ci_unit', 'film')}s | {r['scores']}, "
-        f"{format_figure(r['threshold'], 4)} | "
+        f"| {r['date']} | {_md(r['data'])} | {film_counts(r, names)}{_left_out_count(r)} | "
+        f"{r.get('ci_unit', 'film')}s | {r['scores']}, {format_figure(r['threshold'], 4)} | "
         + " | ".join(_with_ci(r["metrics"], key) for key, _, _ in CARD_METRICS[:3])
         + f" | {_films_cell(r)} |"
         for r in card.external_evaluations
@@ -529,12 +529,13 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
     on them may score the model against a wrong label), and whether the films were checked to be new to BUNDLE
     (``films_checked``) with what that check (``held_out``, evaluate's) could not check or found (``caveats``): a
     bundle given without its run's split.csv (shipped alone) is evaluated with a logged warning only, and its card
-    must not show figures on what may be its training films as other data's. Films that could not be read (left
-    out) and films outside the model's scope (scored and counted) are counted, and said among the caveats: figures
-    on the rest of a folder, or on lateral films, are not figures on the films a reader would give it."""
+    must not show figures on what may be its training films as other data's. The files the figures left out, and why
+    (``left_out``, as metrics.json has it: unreadable files, films of a class the task does not read or without the
+    type it needs), and films outside the model's scope (scored and counted) are counted, and said among the
+    caveats: figures on the rest of a folder, or on lateral films, are not figures on the films a reader would give
+    it."""
     unreadable, outside = len(metrics["unreadable"]), len(metrics["out_of_scope"])
-    more = ([f"{unreadable} of the {metrics['n'] + unreadable} films given could not be read and are left out: the "
-             "figures are of the others only"] if unreadable else []) + (
+    more = left_out_caveat(metrics["left_out"], metrics["n"]) + (
         [f"{outside} of the {metrics['n']} films are outside the model's scope (evaluate's predictions.csv says why) "
          "and are scored and counted in the figures all the same"] if outside else [])
     if metrics.get("ci_unit") == "patient" and (unknown_ids := unit_caveat(metrics)):  # a film unit: the table says
@@ -554,6 +555,7 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
                     for key, _, _ in CARD_METRICS},
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
+        "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)
         "outside_scope": outside,
         **films_record(bundle, held_out, more),
     }
