@@ -35,6 +35,7 @@ from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import load_bundle, load_weights_into, save_bundle
 from pneumoscan.models import card as card_mod
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, save_card
+from pneumoscan.models.run_folder import RunFolder
 from pneumoscan.training import train as train_mod
 from pneumoscan.training.callbacks import lr_factor, schedule_done
 from pneumoscan.training.config import load_config, TrainConfig
@@ -465,6 +466,36 @@ def test_a_run_into_a_finished_runs_folder_says_which_bundle_it_replaces_before_
                      "evaluation added to its card) is deleted now, with its checkpoint and reports; train into a new "
                      "--out to keep a run", True)], seen
     assert not (run / "bundle").exists()
+
+
+def test_a_run_into_an_unfinished_runs_folder_says_how_far_it_got_and_that_resume_goes_on_from_it(
+    tiny_dataset: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Training without --resume into the folder of a run stopped by Ctrl-C (a checkpoint and a history, no bundle)
+    cleared its epochs without a line: one warning names its last epoch and --resume while the checkpoint is still
+    there. A run training refused (RUN/refused.txt), which --resume would replay into the same refusal, gets none."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent, run)
+    shutil.rmtree(run / "bundle")
+    last = RunFolder(run).epochs()[-1]["epoch"]
+    seen: list[tuple[str, bool]] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), (run / "checkpoint.pt").exists()))
+
+    handler = Seen(logging.WARNING)
+    logging.getLogger("pneumoscan").addHandler(handler)
+    try:
+        for _ in range(2):  # the second trains into the first's refused run
+            with pytest.raises(ValueError, match="^no epoch was validated"):
+                train(tiny_dataset, TrainConfig(**TINY), run, callbacks=[BudgetSpent()])
+    finally:
+        logging.getLogger("pneumoscan").removeHandler(handler)
+    said = [(message, there) for message, there in seen if "replaces" in message]
+    assert said == [(f"{run} holds an unfinished run, which this run replaces: its checkpoint after epoch {last} is "
+                     "deleted now, with its history; train with --resume to go on from a run's checkpoint", True)], seen
+    assert (run / "refused.txt").exists() and not (run / "checkpoint.pt").exists()
 
 
 def test_settings_that_can_only_be_mistakes_are_refused_before_the_run_folder_is_touched(

@@ -66,8 +66,8 @@ from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import (check_same_recipe, data_checksum, machine_cache, made_by, resume_from, run_record,
-                     save_checkpoint)
+from .resume import (check_same_recipe, data_checksum, load_checkpoint, machine_cache, made_by, resume_from,
+                     run_record, save_checkpoint)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
@@ -298,21 +298,33 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, ctx: Dist) ->
 
 
 def _say_replaced(run: RunFolder) -> None:
-    """Warn, before :func:`prepare_run_dir` clears the folder, that it holds a finished run whose bundle goes (with
-    what ``evaluate --add-to-card`` added to its card): the deletion was silent, and a rerun into the same --out
-    lost a bundle in use. Its validation AUC names which one; a card that cannot be read gives none."""
-    if not run.bundle.is_dir():
-        return
-    try:
-        card = load_card(run.bundle)
-    except (ValueError, OSError):
-        figures = ""
+    """Warn, before :func:`prepare_run_dir` clears the folder, that it holds a run that goes: a finished one's bundle
+    (with what ``evaluate --add-to-card`` added to its card), or an unfinished one's checkpoint (a run stopped by
+    Ctrl-C, not refused), which ``--resume`` would go on from. Both deletions were silent: a rerun into the same --out
+    lost a bundle in use, or the epochs of a run whose --resume was forgotten. The validation AUC names the bundle
+    (a card that cannot be read gives none), the checkpoint's last epoch how far the run got."""
+    if run.bundle.is_dir():
+        try:
+            card = load_card(run.bundle)
+        except (ValueError, OSError):
+            figures = ""
+        else:
+            added = len(card.external_evaluations)
+            figures = (f" (validation AUC {format_figure(card.val_metrics.get('auc'), 4)}"
+                       + (f"; {added} evaluation{'s' if added > 1 else ''} added to its card" if added else "") + ")")
+        kind, goes = "a finished", f"its bundle{figures} is deleted now, with its checkpoint and reports"
+        keep = "train into a new --out to keep a run"
+    elif run.checkpoint.is_file() and not run.refused.is_file():
+        try:
+            epoch = load_checkpoint(run.checkpoint)["epoch"] + 1
+        except (ValueError, KeyError, TypeError):  # --resume refuses it too
+            goes, keep = "its unreadable checkpoint", "train into a new --out to keep a run"
+        else:
+            goes, keep = f"its checkpoint after epoch {epoch}", "train with --resume to go on from a run's checkpoint"
+        kind, goes = "an unfinished", f"{goes} is deleted now, with its history"
     else:
-        added = len(card.external_evaluations)
-        figures = (f" (validation AUC {format_figure(card.val_metrics.get('auc'), 4)}"
-                   + (f"; {added} evaluation{'s' if added > 1 else ''} added to its card" if added else "") + ")")
-    log.warning("%s holds a finished run, which this run replaces: its bundle%s is deleted now, with its checkpoint "
-                "and reports; train into a new --out to keep a run", shown(run.root), figures)
+        return
+    log.warning("%s holds %s run, which this run replaces: %s; %s", shown(run.root), kind, goes, keep)
 
 
 @contextlib.contextmanager
