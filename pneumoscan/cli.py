@@ -293,15 +293,18 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _three_classes(block: dict) -> str:
     """One line for an evaluate_multiclass block: its decision, accuracy, balanced accuracy and macro one-vs-rest AUC
-    with their CIs, confusion (n/a where the films do not define a figure, e.g. no viral film)."""
+    with their CIs, confusion (n/a where the films do not define a figure, e.g. no viral film), and its films with the
+    patients its intervals count, as the one-stage line gives them."""
     from pneumoscan.core.metrics import with_ci
+    from pneumoscan.evaluation.model_card import class_counts
 
     def figure(name: str, shown_as: str) -> str:
         return f"{shown_as} {with_ci(block[name], block['ci'].get(name), 4)}"
 
     return (f"{block['decision']}: {figure('accuracy', 'accuracy')}, "
             f"{figure('balanced_accuracy', 'balanced accuracy')}, {figure('macro_auc', 'macro AUC')}, confusion "
-            f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}")
+            f"(rows true {', '.join(block['class_names'])}): {block['confusion_matrix']['counts']}; "
+            f"n = {class_counts(block)}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
