@@ -387,6 +387,29 @@ def test_a_layout_whose_own_code_fails_is_named_with_the_error(tmp_path: Path) -
         unregister_layout("crashing")
 
 
+class _AbnormalLayout(ToyLayout):
+    """A site's layout that gives its own word for pneumonia, which is no label."""
+
+    name = "abnormal"
+
+    def discover(self, root: Path) -> Discovery:
+        return Discovery(layout=self.name, records=[make_record(root / "CHNCXR_0001_1.png", "ABNORMAL", layout=self)])
+
+
+def test_a_layout_that_gives_an_unknown_label_is_named(tmp_path: Path) -> None:
+    """The label check refused a registered layout's ABNORMAL as a manifest row's is refused, without naming the
+    layout whose code gave it: it is named as the layout whose code fails is."""
+    root = tree(tmp_path / "site", {".": ["LAYOUT-toy", "CHNCXR_0001_1.png"]})
+    register_layout(_AbnormalLayout(), first=True)
+    try:
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"the abnormal layout ({__name__}._AbnormalLayout) failed on {root}: unknown label 'ABNORMAL' "
+                "(choose from NORMAL, PNEUMONIA); mend the layout") + "$"):
+            discover(root)
+    finally:
+        unregister_layout("abnormal")
+
+
 def test_toy_layout_is_picked_and_its_name_rules_serve_manifests(toy_layout: ToyLayout, tmp_path: Path) -> None:
     root = tree(tmp_path / "shenzhen", {".": ["LAYOUT-toy", "CHNCXR_0001_0.png", "CHNCXR_0002_1.png"]})
     assert list(layouts())[0] == "toy"

@@ -119,6 +119,11 @@ def name_conflict(rec: Record, layout: Layout | None = None) -> str | None:
     return None
 
 
+class LabelError(ValueError):
+    """A label not among :data:`LABELS`: a manifest's row names its line (:func:`read_manifest`); from a registered
+    layout's code it is a slip of the layout, which :func:`discover` names."""
+
+
 def make_record(path: Path | str, label: str, split: str = "", layout: Layout | None = None,
                 root: Path | str | None = None, patient: str = "") -> Record:
     """A record with the subtype and patient read from the file name (:func:`parse_any`); ``patient`` (a manifest's
@@ -128,8 +133,10 @@ def make_record(path: Path | str, label: str, split: str = "", layout: Layout | 
     its id is its path, relative to ``root`` (the dataset's folder) when below it, because a stem such as ``0001``
     names a different film in every folder."""
     label = label.upper()
-    # no "did you mean": ABNORMAL is one letter from NORMAL, the opposite class
-    look_up_option(label, LABELS, "label", suggest=False)
+    try:  # no "did you mean": ABNORMAL is one letter from NORMAL, the opposite class
+        look_up_option(label, LABELS, "label", suggest=False)
+    except ValueError as e:
+        raise LabelError(str(e)) from None
     film = Path(path)  # once: discovery makes a record of every film of a dataset
     ruled = _ruled_by(film.name, label, layout)
     subtype, named = ruled[1] if ruled else ("normal" if label == "NORMAL" else kind_in_words(film.stem), "")
@@ -494,15 +501,20 @@ def recognising_layout(root: Path) -> Layout | None:
 
 def _asked(layout: Layout, root: Path, call: Callable[[Path], T]) -> T:
     """``call(root)`` (a method of ``layout``), an error other than a refusal (ValueError, OSError) refused naming the
-    layout: a slip in a site's layout (a KeyError) ended a command in a traceback."""
+    layout: a slip in a site's layout (a KeyError) ended a command in a traceback. So is a label its code gives that
+    is none (:class:`LabelError`), which read like a manifest row's, naming no layout."""
     try:
         return call(root)
+    except LabelError as e:
+        slip: Exception = e
+        said = str(e)
     except (ValueError, OSError):
         raise
     except Exception as e:
-        kind = type(layout)
-        raise ValueError(f"the {layout.name} layout ({kind.__module__}.{kind.__qualname__}) failed on {shown(root)}: "
-                         f"{type(e).__name__}: {e}; mend the layout") from e
+        slip, said = e, f"{type(e).__name__}: {e}"
+    kind = type(layout)
+    raise ValueError(f"the {layout.name} layout ({kind.__module__}.{kind.__qualname__}) failed on {shown(root)}: "
+                     f"{said}; mend the layout") from slip
 
 
 def discover(root: Path | str, layout: str | None = None) -> Discovery:
