@@ -982,16 +982,29 @@ def _plugin_fix(name: str, error: Exception) -> str:
     return "; install it, or put the folder that holds it on PYTHONPATH"
 
 
+def _quiet(argv: list[str] | None) -> bool:
+    """Whether -q/--quiet is given, read before the parser, which needs the plugins imported (their tasks are --task's
+    choices): logging is configured before they are, so that what their registration warns of (a built-in model
+    replaced) comes out as every other message does, -q's level included. A -q the parser will refuse
+    (``--quiet=1``) reads as none: the parser says why."""
+    early = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    early.add_argument("-q", "--quiet", action="store_true")
+    try:
+        return early.parse_known_args(sys.argv[1:] if argv is None else argv)[0].quiet
+    except argparse.ArgumentError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     from pneumoscan.core.logs import configure
 
+    configure(quiet=_quiet(argv))
     try:  # before the parser: its --task choices are the registered tasks
         import_plugins(os.environ.get(PLUGINS_ENV, ""))
     except ValueError as e:
         print(f"pneumoscan: error: {shown(str(e))}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    configure(quiet=args.quiet)
     # SIGTERM (systemctl stop, timeout, a scheduler) as Ctrl-C: Python's default ends the process at once, past every
     # finally, so the films `pacs` downloaded (headers and pixels) and temporary files stayed on disk. serve keeps
     # uvicorn's own handling (its requests in progress finish first).

@@ -356,6 +356,29 @@ def test_the_command_line_imports_the_modules_PNEUMOSCAN_PLUGINS_names(
         assert err.count("\n") == 1, err
 
 
+def test_what_a_plugin_warns_of_as_it_registers_comes_out_as_every_other_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, request: pytest.FixtureRequest
+) -> None:
+    """The plugins were imported before the command line configured logging: a built-in model replaced was said bare,
+    without the level the other lines carry. It has it, and -q (read before the plugins) hides their information."""
+    (tmp_path / "site_again.py").write_text("import logging\n"
+                                            "from pneumoscan.models.registry import register\n"
+                                            "register('simple_cnn', mean=0.5, std=0.25)(lambda **kw: None)\n"
+                                            "logging.getLogger('pneumoscan.site').info('site models loaded')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    built_in = registry._REGISTRY.copy()
+    monkeypatch.setenv(PLUGINS_ENV, "site_again")
+    replaced = "WARNING  model 'simple_cnn' of pneumoscan.models.registry is replaced by site_again's: "
+    for argv, said in ((["models"], [replaced, "INFO     site models loaded"]), (["models", "-q"], [replaced])):
+        # each a new process's: the built-in simple_cnn, the plugin imported (the built-in one back afterwards)
+        monkeypatch.setattr(registry, "_REGISTRY", built_in.copy())
+        sys.modules.pop("site_again", None)
+        assert cli.main(argv) == 0
+        err = capsys.readouterr().err.splitlines()
+        assert [line[:len(start)] for line, start in zip(err, said)] == said and len(err) == len(said), err
+    request.addfinalizer(lambda: sys.modules.pop("site_again", None))
+
+
 @pytest.mark.parametrize("given, fix", [
     ("site_elsewhere", "install it, or put the folder that holds it on PYTHONPATH"),
     ("site/site_elsewhere.py", "give the module's name (site_elsewhere), not its file, and put its folder on "
