@@ -396,15 +396,29 @@ class _AbnormalLayout(ToyLayout):
         return Discovery(layout=self.name, records=[make_record(root / "CHNCXR_0001_1.png", "ABNORMAL", layout=self)])
 
 
-def test_a_layout_that_gives_an_unknown_label_is_named(tmp_path: Path) -> None:
+class _AbnormalRecordLayout(ToyLayout):
+    """The same site's layout making its records itself, past make_record's label check."""
+
+    name = "abnormal"
+
+    def discover(self, root: Path) -> Discovery:
+        return Discovery(layout=self.name, records=[Record(str(root / "CHNCXR_0001_1.png"), "ABNORMAL", "", "p1")])
+
+
+@pytest.mark.parametrize("layout, film", [(_AbnormalLayout, ""), (_AbnormalRecordLayout, "CHNCXR_0001_1.png")],
+                         ids=["make_record", "Record"])
+def test_a_layout_that_gives_an_unknown_label_is_named(layout: type[ToyLayout], film: str, tmp_path: Path) -> None:
     """The label check refused a registered layout's ABNORMAL as a manifest row's is refused, without naming the
-    layout whose code gave it: it is named as the layout whose code fails is."""
+    layout whose code gave it: it is named as the layout whose code fails is. A layout that made its records itself
+    (no make_record) ended audit in a traceback (a KeyError counting the labels): its labels are checked too, the
+    film named."""
     root = tree(tmp_path / "site", {".": ["LAYOUT-toy", "CHNCXR_0001_1.png"]})
-    register_layout(_AbnormalLayout(), first=True)
+    register_layout(layout(), first=True)
+    of = f" for {root / film}" if film else ""
     try:
         with pytest.raises(ValueError, match="^" + re.escape(
-                f"the abnormal layout ({__name__}._AbnormalLayout) failed on {root}: unknown label 'ABNORMAL' "
-                "(choose from NORMAL, PNEUMONIA); mend the layout") + "$"):
+                f"the abnormal layout ({__name__}.{layout.__qualname__}) failed on {root}: unknown label 'ABNORMAL' "
+                f"(choose from NORMAL, PNEUMONIA){of}; mend the layout") + "$"):
             discover(root)
     finally:
         unregister_layout("abnormal")

@@ -536,10 +536,18 @@ def discover(root: Path | str, layout: str | None = None) -> Discovery:
             expected = "; ".join(f"{name}: {candidate.description}" for name, candidate in known.items())
             raise ValueError(f"{root}: no dataset layout recognises it{_unrecognised(root)} (expected {expected})")
     log.debug("%s: read as the %s layout", root, chosen.name)
-    found = _asked(chosen, root, chosen.discover)
+    found = _asked(chosen, root, lambda folder: _labels_checked(chosen.discover(folder)))
     _warn_left_out(root, found)
     _warn_class_left_out(root, found)
     _warn_split_left_out(root, found)
+    return found
+
+
+def _labels_checked(found: Discovery) -> Discovery:
+    """FOUND, each record's label one of :data:`LABELS`: a layout that makes its records itself, not through
+    :func:`make_record`, passed its own word for a class on, and a command ended in a traceback counting labels."""
+    if bad := next((r for r in found.records if r.label not in LABELS), None):
+        raise LabelError(f"unknown label {bad.label!r} (choose from {', '.join(LABELS)}) for {shown(bad.path)}")
     return found
 
 
