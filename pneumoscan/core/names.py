@@ -116,3 +116,9 @@ def given_path(path: str | os.PathLike, what: str, variable: str = "") -> Path:
         such = f", such as {variable}," if variable else ""
         raise ValueError(f"no {what} given (an empty path: is the variable that names it{such} set?)")
     return Path(path)
+
+
+def qualified_name(obj: object) -> str:
+    """Where a class or function is defined, ``module.QualName``: how a refusal names a site's reader, layout, task
+    rule or model builder (a class is given for its instances' code), and how a cache key tells two readers apart."""
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"

@@ -33,6 +33,7 @@ import numpy as np
 from pneumoscan.core.atomic import file_stamp, write_atomic
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.cpus import usable_cores
+from pneumoscan.core.names import qualified_name
 from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.data import pixels, readers
 from pneumoscan.data.pixels import DecodeError, transient
@@ -103,7 +104,7 @@ def cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
     unreadable file does not outlive its cause (a chmod changes only the ctime). The cache answers by the paths as
     given, so two spellings of one file are two caches."""
     versions = [CACHE_VERSION, _decoder_versions(), _decoding()["limits"],
-                [f"{type(r).__module__}.{type(r).__qualname__}" for r in readers.registered()], _decoding_source()]
+                [qualified_name(type(r)) for r in readers.registered()], _decoding_source()]
     digest = hashlib.sha256(json.dumps([versions, spec.to_dict()], sort_keys=True).encode())
     for path in paths:
         stamp = file_stamp(path) or "missing"  # reported as an error by the build; an appearance changes the key
@@ -302,7 +303,7 @@ def _for_workers() -> dict:
     decoding = _decoding()
     pickled = []
     for reader in decoding["readers"]:
-        who = f"the reader {reader.name!r} ({type(reader).__module__}.{type(reader).__qualname__})"
+        who = f"the reader {reader.name!r} ({qualified_name(type(reader))})"
         try:
             pickled.append((who, pickle.dumps(reader)))
         except Exception as e:  # whatever the reader's own pickling raises

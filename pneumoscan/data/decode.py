@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from pneumoscan.core.logs import redact
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import qualified_name, shown
 from . import readers
 from .pixels import (BLANK, BLANK_IN_WINDOW, NEAR_BLANK_SHARE, BlankImage, DecodeError, blank_reason, minmax_u8,
                      not_gray, one_level_share, opened, unreadable)
@@ -124,8 +124,7 @@ def _asked(reader: readers.Reader, source: Source, call: Callable[[], T]) -> T:
 
 def _named(reader: readers.Reader) -> str:
     """The reader as a refusal of what it did names it: ``the TIFF reader (site.TiffReader)``."""
-    kind = type(reader)
-    return f"the {reader.name} reader ({kind.__module__}.{kind.__qualname__})"
+    return f"the {reader.name} reader ({qualified_name(type(reader))})"
 
 
 def _film(source: Source) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pneumoscan.core.atomic import write_csv
-from pneumoscan.core.names import given_path, shown
+from pneumoscan.core.names import given_path, qualified_name, shown
 from pneumoscan.core.options import SPLITS, look_up_option
 from pneumoscan.core.registry import Registry
 from . import readers
@@ -512,8 +512,7 @@ def _asked(layout: Layout, root: Path, call: Callable[[Path], T]) -> T:
         raise
     except Exception as e:
         slip, said = e, f"{type(e).__name__}: {e}"
-    kind = type(layout)
-    raise ValueError(f"the {layout.name} layout ({kind.__module__}.{kind.__qualname__}) failed on {shown(root)}: "
+    raise ValueError(f"the {layout.name} layout ({qualified_name(type(layout))}) failed on {shown(root)}: "
                      f"{said}; mend the layout") from slip
 
 
@@ -574,7 +573,7 @@ def _recognised(folder: Path) -> bool:
     """Whether a registered layout recognises ``folder`` (one that cannot be listed is not), with both classes where
     the layout has class folders: Mendeley's ``OCT/`` beside ``chest_xray/`` holds NORMAL and CNV folders."""
     try:
-        layout = next((layout for layout in layouts().values() if folder.is_dir() and layout.detect(folder)), None)
+        layout = recognising_layout(folder) if folder.is_dir() else None
         return layout is not None and (not isinstance(layout, ClassFolders) or
                                        {f.name.upper() for f in layout.class_folders(folder)} == set(LABELS))
     except OSError:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumoscan.core.registry import Registry
-from pneumoscan.core.names import shown
+from pneumoscan.core.names import qualified_name, shown
 
 if TYPE_CHECKING:  # the layouts load the image readers (pydicom): the command line lists the tasks without them
     from .layouts import Record
@@ -69,9 +69,8 @@ class Task:
         except (ValueError, OSError):  # the rule's own refusal, in its words
             raise
         except Exception as e:  # a slip in a site's rule (a KeyError on a label it did not expect): not a traceback
-            rule = f"{getattr(self.rule, '__module__', '')}.{getattr(self.rule, '__qualname__', repr(self.rule))}"
-            raise ValueError(f"task {self.name!r}: its rule {rule} failed on {shown(record.path)}: {type(e).__name__}: "
-                             f"{e}; mend the rule") from e
+            raise ValueError(f"task {self.name!r}: its rule {qualified_name(self.rule)} failed on "
+                             f"{shown(record.path)}: {type(e).__name__}: {e}; mend the rule") from e
         if value is None:
             return None
         if not isinstance(value, numbers.Integral) or not 0 <= value < len(self.classes):

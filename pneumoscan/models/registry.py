@@ -20,6 +20,7 @@ import torch
 from timm.models import adapt_input_conv, get_pretrained_cfg, group_parameters, is_model_pretrained
 from torch import nn
 
+from pneumoscan.core.names import qualified_name
 from pneumoscan.core.options import look_up_option
 from pneumoscan.core.registry import Registry
 from pneumoscan.data.preprocess import check_normalization
@@ -99,9 +100,8 @@ def create(
             kwargs["image_size"] = image_size
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
         if not isinstance(model, nn.Module):  # a builder without its return: a traceback far from the builder
-            builder = f"{entry.builder.__module__}.{entry.builder.__qualname__}"
-            raise ValueError(f"model {name!r}: its builder {builder} gave {type(model).__name__}, not a "
-                             "torch.nn.Module: a builder returns the model it builds")
+            raise ValueError(f"model {name!r}: its builder {qualified_name(entry.builder)} gave "
+                             f"{type(model).__name__}, not a torch.nn.Module: a builder returns the model it builds")
         return model
     if not known(name):
         unknown_model(name)
