@@ -1170,7 +1170,7 @@ function renderList() {
     show.textContent = "Show";
     show.setAttribute("aria-label", `show ${film.name}`);
     show.disabled = !r;
-    show.dataset.film = String(films.indexOf(film));
+    show.dataset.film = String(film.id);
     show.addEventListener("click", () => showResult(film));
     row.insertCell().append(show);
     if (show.dataset.film === focused) show.focus();
