@@ -3,6 +3,7 @@ alone that discovery, decoding and prediction then read like any other."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -62,13 +63,20 @@ def pgm(pixels: np.ndarray) -> bytes:
     return b"P5\n%d %d\n255\n" % (width, height) + pixels.astype(np.uint8).tobytes()
 
 
-@pytest.fixture
-def pgm_reader() -> Iterator[PgmReader]:
-    reader = readers.register(PgmReader())
+@contextlib.contextmanager
+def registered(reader: PgmReader) -> Iterator[PgmReader]:
+    """READER registered for the block, and taken out after it (a test's reader must not outlive the test)."""
+    readers.register(reader)
     try:
         yield reader
     finally:
         readers.unregister(reader.name)
+
+
+@pytest.fixture
+def pgm_reader() -> Iterator[PgmReader]:
+    with registered(PgmReader()) as reader:
+        yield reader
 
 
 class _FloatPgm(PgmReader):
@@ -93,15 +101,12 @@ def test_a_reader_giving_other_than_2d_uint8_is_named_with_what_it_gave(
     to one"). read_gray refuses both, naming the reader and what it gave."""
     path = tmp_path / "film.pgm"
     path.write_bytes(pgm(film()))
-    readers.register(cls())
-    try:
-        said = re.escape(f"the PGM reader ({__name__}.{cls.__qualname__}) gave {given} for {path}: a reader's gray() "
-                         "returns a 2-D uint8 array")
+    said = re.escape(f"the PGM reader ({__name__}.{cls.__qualname__}) gave {given} for {path}: a reader's gray() "
+                     "returns a 2-D uint8 array")
+    with registered(cls()):
         for source in (path, path.read_bytes()):
             with pytest.raises(ValueError, match=f"^{said}" if source is path else "gave .* for the uploaded bytes"):
                 read_gray(source)
-    finally:
-        readers.unregister("PGM")
 
 
 class _CrashingPgm(PgmReader):
@@ -116,14 +121,10 @@ def test_a_reader_raising_other_than_decode_error_is_named_with_what_it_raised(t
     read_gray. read_gray refuses it in one line naming the reader, the film, the error and what to mend."""
     path = tmp_path / "film.pgm"
     path.write_bytes(pgm(film()))
-    readers.register(_CrashingPgm())
-    try:
-        said = re.escape(f"the PGM reader ({__name__}._CrashingPgm) failed on {path}: RuntimeError: libpgm: bad strip "
-                         "offset: a reader refuses a file it cannot read with pixels.DecodeError; mend the reader")
-        with pytest.raises(ValueError, match=f"^{said}$"):
-            read_gray(path)
-    finally:
-        readers.unregister("PGM")
+    said = re.escape(f"the PGM reader ({__name__}._CrashingPgm) failed on {path}: RuntimeError: libpgm: bad strip "
+                     "offset: a reader refuses a file it cannot read with pixels.DecodeError; mend the reader")
+    with registered(_CrashingPgm()), pytest.raises(ValueError, match=f"^{said}$"):
+        read_gray(path)
 
 
 def film(height: int = 48, width: int = 40, seed: int = 3) -> np.ndarray:
@@ -288,13 +289,10 @@ def test_cache_of_a_reader_workers_cannot_load_decodes_in_this_process(
     for i in range(IN_PROCESS_FILMS + 8):  # more films than decode in this process: a pool of two workers
         paths.append(tmp_path / f"film-{i}.pgm")
         paths[-1].write_bytes(pgm(film(seed=i)))
-    readers.register(cls())
-    try:
+    with registered(cls()):
         with caplog.at_level(logging.WARNING, logger="pneumoscan.data.cache"):
             cache = build_cache(paths, spec, tmp_path / "cache", workers=2)
         expected = np.stack([preprocess(path, **spec.to_dict()) for path in paths])
-    finally:
-        readers.unregister("PGM")
     assert not cache.errors and cache.paths == [str(p) for p in paths]
     assert np.array_equal(cache.images, expected)
     [warning] = caplog.messages
@@ -348,11 +346,8 @@ def test_a_film_the_second_stage_cannot_read_is_refused_by_the_two_stage_evaluat
     write_manifest(records, tmp_path / "films.csv")
     first = make_bundle(tmp_path / "first", size=32)
     second = make_bundle(tmp_path / "second", "etiology", ("bacteria", "virus"), "virus", size=64)
-    reader = readers.register(CoarsePgm())
-    try:
-        with pytest.raises(ValueError, match=r"^the etiology stage cannot read a film the first stage read: .*IM-0000"
-                                             r"-0001\.pgm: unreadable \(this reader decodes at 40 px or less\)"):
-            evaluate(first, tmp_path / "films.csv", etiology=second)
-    finally:
-        readers.unregister(reader.name)
+    with registered(CoarsePgm()), pytest.raises(
+            ValueError, match=r"^the etiology stage cannot read a film the first stage read: .*IM-0000-0001\.pgm: "
+                              r"unreadable \(this reader decodes at 40 px or less\)"):
+        evaluate(first, tmp_path / "films.csv", etiology=second)
 
