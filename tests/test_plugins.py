@@ -6,6 +6,7 @@ bundles are refused with what to import, in every route, by a process that has n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -23,6 +24,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
+from pneumoscan.core.digests import json_sha256
 from pneumoscan.data import tasks
 from pneumoscan.data.decode import read_gray
 from pneumoscan.evaluation.evaluate import evaluate
@@ -33,7 +35,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME, read_sidecar
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models import PLUGINS_ENV, registry
 from pneumoscan.models.bundle import load_bundle, save_bundle
-from pneumoscan.models.card import BundleCard, load_card
+from pneumoscan.models.card import CARD, CHECKSUM, BundleCard, load_card, save_card
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.ensemble import build_ensemble
@@ -434,9 +436,45 @@ def test_a_fresh_pneumoscan_process_reads_a_plugin_bundle_through_PNEUMOSCAN_PLU
     argv = [sys.executable, "-m", "pneumoscan", "-q", "predict", str(opacity_bundle), str(tiny_dataset / "test"),
             "--etiology", str(typicality_bundle)]
     without = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-    assert without.returncode == 2 and f"{PLUGINS_ENV}=MODULE" in without.stderr, without.stderr
+    assert without.returncode == 2 and f"{PLUGINS_ENV}={PLUGIN})" in without.stderr, without.stderr
     done = subprocess.run(argv, capture_output=True, text=True, env={**env, PLUGINS_ENV: PLUGIN}, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = _csv_rows(done.stdout)
     assert len(rows) == 16 and {row["label"] for row in rows} <= {"clear", "opacity"}
     assert {row["typicality_label"] for row in rows} - {""} <= {"typical", "atypical"}
+
+
+def test_a_plugin_bundle_records_its_modules_and_a_process_without_them_is_told_which_to_import(
+    opacity_bundle: Path, typicality_bundle: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A bundle trained with the plugin's task or model recorded nothing of the plugin: a process without it was
+    told `PNEUMOSCAN_PLUGINS=MODULE`, to guess which module. The card records the module that registered its task and
+    model (MODEL_CARD.md says it), each refusal names it, and a card older than the record (no plugins field, sealed
+    as an older pneumoscan sealed it) loads and keeps the words that say how to find one's own; a record that names
+    no module (a command in its place, sealed again) is refused."""
+    assert load_card(opacity_bundle).plugins == {"task": {"opacity": PLUGIN}}
+    assert load_card(typicality_bundle).plugins == {"task": {"typicality": PLUGIN}, "model": {"tiny_net": PLUGIN}}
+    assert f"`{PLUGINS_ENV}={PLUGIN}`" in (typicality_bundle / "MODEL_CARD.md").read_text()
+    older = shutil.copytree(opacity_bundle, tmp_path / "older")
+    fields = json.loads((older / CARD).read_text())
+    del fields["plugins"], fields[CHECKSUM]
+    (older / CARD).write_text(json.dumps({**fields, CHECKSUM: json_sha256(fields)}))
+    _unregistered(monkeypatch, "opacity", "typicality", "tiny_net")
+    advice = (f"import {PLUGIN}, the module that registered it where the bundle was made, first (on the command line, "
+              f"{PLUGINS_ENV}={PLUGIN})")
+    for bundle, said in ((opacity_bundle, advice), (older, "import the module that registers it first (a task of your "
+                                                           f"own: docs/development.md, Adding a task; on the command "
+                                                           f"line, {PLUGINS_ENV}=MODULE)")):
+        assert cli.main(["-q", "evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out",
+                         str(tmp_path / "e")]) == 2
+        assert capsys.readouterr().err == (f"pneumoscan evaluate: error: {bundle}: its task 'opacity' is not "
+                                           f"registered in this process: {said}\n")
+    with pytest.raises(ValueError) as refused:
+        load_bundle(typicality_bundle)
+    assert str(refused.value) == (f"{typicality_bundle}: its model 'tiny_net' is not registered in this process: "
+                                  f"{advice}")
+    edited = shutil.copytree(opacity_bundle, tmp_path / "edited")
+    save_card(edited, dataclasses.replace(load_card(edited), plugins={"task": {"opacity": "x; rm -rf ~"}}))
+    with pytest.raises(ValueError, match=r"plugins.task records 'x; rm -rf ~', not a module's name"):
+        load_card(edited)

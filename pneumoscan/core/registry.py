@@ -47,6 +47,13 @@ class Registry(Generic[T]):
         """The module that defines the entry of ``name`` ("" when not said)."""
         return self._origins.get(name, "")
 
+    def plugins(self) -> dict[str, str]:
+        """The entries a module outside pneumoscan registered, by name -> that module: what a bundle made with them
+        records, so that a process without them is told which module to import. An entry of a script run as
+        ``__main__`` (no module another process can import by that name) or of no said origin is left out."""
+        return {name: origin for name, origin in self._origins.items()
+                if origin and origin != "__main__" and origin.partition(".")[0] != "pneumoscan"}
+
     def remove(self, name: str) -> None:
         """Take ``name`` out (a test's toy entry); nothing when it is not there."""
         self._entries.pop(name, None)

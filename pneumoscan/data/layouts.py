@@ -483,6 +483,11 @@ def unregister_layout(name: str) -> None:
     _LAYOUTS.remove(name)
 
 
+def plugin_layouts() -> dict[str, str]:
+    """The layouts registered by modules outside pneumoscan, by name -> module (:meth:`Registry.plugins`)."""
+    return _LAYOUTS.plugins()
+
+
 def layouts() -> dict[str, Layout]:
     """The registered layouts by name, in the order :func:`discover` tries them."""
     return _LAYOUTS.entries()

@@ -147,6 +147,11 @@ def get_task(name: str) -> Task:
     return _TASKS.get(name)
 
 
+def plugin_tasks() -> dict[str, str]:
+    """The tasks registered by modules outside pneumoscan, by name -> module (:meth:`Registry.plugins`)."""
+    return _TASKS.plugins()
+
+
 def list_tasks() -> list[str]:
     return sorted(_TASKS)
 

@@ -22,6 +22,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, NO_RANGE, c
                                      format_percent, jsonable, unit_caveat, with_ci)
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
+from pneumoscan.models import PLUGINS_ENV
 from pneumoscan.models.card import ENSEMBLE, WRITER, BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 
@@ -462,6 +463,20 @@ def _model_description(card: BundleCard, source: str) -> str:
             "to [0, 1], which each member resizes to its own size and normalises with its own mean and std")
 
 
+def _plugins_sentence(card: BundleCard) -> str:
+    """" Made with plug-in modules: ..." (:attr:`BundleCard.plugins`), each module with what it registered, and how
+    the command line imports them; "" for a bundle made with pneumoscan's own only (or older than the record)."""
+    modules: dict[str, list[str]] = {}
+    for kind, named in card.plugins.items():
+        for name, module in named.items():
+            modules.setdefault(module, []).append(f"{kind} `{name}`")
+    if not modules:
+        return ""
+    listed = "; ".join(f"`{module}` ({', '.join(what)})" for module, what in modules.items())
+    return (f" Made with plug-in modules: {listed}; a process that reads the bundle imports them first (on the "
+            f"command line, `{PLUGINS_ENV}={','.join(modules)}`).")
+
+
 def render(card: BundleCard, int8: dict | None = None) -> str:
     """The text of MODEL_CARD.md for a bundle's card; ``int8`` the INT8 sidecar's figures, when it has validated
     ones (:meth:`Int8Operating.validated`)."""
@@ -489,7 +504,7 @@ def render(card: BundleCard, int8: dict | None = None) -> str:
         + ". Training configuration:\n\n"
         "```yaml\n" + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "{}\n") + "```\n\n"
         + (f"Trained with {', '.join(f'{name} {v}' for name, v in libraries.items())}."
-           if libraries else "Library versions not recorded."),
+           if libraries else "Library versions not recorded.") + _plugins_sentence(card),
         f"## Operating threshold\n\n{_threshold_section(card)}",
         *([f"## INT8 model\n\n{_int8_section(int8)}"] if int8 else []),
         f"## Validation figures\n\n{_validation_section(card)}",

@@ -20,8 +20,13 @@ def or_your_own(listed: str) -> str:
     return f"{listed}; or one of your own, its module imported first: on the command line, {PLUGINS_ENV}=MODULE"
 
 
-def register_first(kind: str) -> str:
+def register_first(kind: str, module: str = "") -> str:
     """What to do about a bundle whose ``kind`` ("task" or "model") is not registered in this process (its module
-    not imported): said by every refusal of one, so that none reads as a misspelt option the user never gave."""
+    not imported): said by every refusal of one, so that none reads as a misspelt option the user never gave.
+    ``module``: the module the bundle's card records as the one that registered it where the bundle was made
+    (``BundleCard.plugins``; "" for a card that records none, which is told how to find one's own)."""
+    if module:
+        return (f"import {module}, the module that registered it where the bundle was made, first (on the command "
+                f"line, {PLUGINS_ENV}={module})")
     return (f"import the module that registers it first (a {kind} of your own: docs/development.md, Adding a {kind}; "
             f"on the command line, {PLUGINS_ENV}=MODULE)")

@@ -62,7 +62,7 @@ def load_bundle(directory: Path | str, best_so_far: bool = False) -> tuple[torch
     if (i := next((i for i, name in enumerate(architectures) if not registry.known(name)), None)) is not None:
         whose = f"{member_label(i, len(members), members[i]['source'])}: " if members else ""
         raise ValueError(f"{directory}: {whose}its model {architectures[i]!r} is not registered in this process: "
-                         f"{register_first('model')}")
+                         f"{register_first('model', card.plugin_module('model', architectures[i]))}")
     try:
         if card.model == ENSEMBLE:  # several members in one bundle
             model = EnsembleNet.from_card(card)

@@ -48,7 +48,7 @@ from .run_folder import RunFolder
 FORMAT_VERSION = 2
 FORMATS = (1, FORMAT_VERSION)  # what this pneumoscan reads
 # fields only a pneumoscan that writes every card's checksum writes: a card holding one must have its checksum
-SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat")
+SEALED_ERA = ("threshold_interval", "tta_threshold_interval", "threshold_caveat", "temperature_caveat", "plugins")
 WEIGHTS = "model.safetensors"
 ONNX_NAME = "model.onnx"  # where `pneumoscan export` puts the file by default and the onnx backend looks first
 CARD = "bundle.json"
@@ -58,6 +58,7 @@ ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 # An ensemble's recorded heatmap scale when every member records its own: each member's map is drawn on that
 # member's own scale (times this), and the maps are averaged
 MEMBERS_OWN_SCALE = 1.0
+PLUGIN_KINDS = ("task", "model", "reader", "layout")  # BundleCard.plugins' keys
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
 RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
@@ -139,6 +140,10 @@ class BundleCard:
     # and `threshold` choosing a new operating point (the newest record is the one in force)
     external_evaluations: list[dict] = field(default_factory=list)
     threshold_records: list[dict] = field(default_factory=list)
+    # the modules outside pneumoscan that registered what made the bundle, by kind (PLUGIN_KINDS) and name
+    # (models.registry.plugins_made_with): a process without one is told to import that module. Empty in bundles older
+    # than it and in bundles made with pneumoscan's own tasks, models, readers and layouts only
+    plugins: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -149,6 +154,11 @@ class BundleCard:
     def caveats(self) -> list[str]:
         """What a user of the bundle must know of its temperature and threshold (:attr:`threshold_caveat`, ...)."""
         return [text for text in (self.temperature_caveat, self.threshold_caveat) if text]
+
+    def plugin_module(self, kind: str, name: str) -> str:
+        """The module the card records as the one that registered the ``kind`` ("task", "model") ``name``; "" when
+        it records none (a built-in one, or a card older than :attr:`plugins`)."""
+        return self.plugins.get(kind, {}).get(name, "")
 
     @property
     def model_id(self) -> str:
@@ -574,6 +584,7 @@ def _validated(path: Path, data: dict) -> BundleCard:
         raise ValueError(f"{path}: files names {odd!r}, not a file of the bundle's own folder")
     _check_classes(path, card)
     _check_run_record(path, card)
+    _check_plugins(path, card)
     try:
         card.spec  # noqa: B018 - its checks (source size and quality, resize policy)
     except ValueError as e:
@@ -631,7 +642,7 @@ def card_task(card: BundleCard, bundle: Path | str) -> Task:
     never given."""
     if card.task not in list_tasks():
         raise ValueError(f"{bundle}: its task {card.task!r} is not registered in this process: "
-                         f"{register_first('task')}")
+                         f"{register_first('task', card.plugin_module('task', card.task))}")
     return get_task(card.task)
 
 
@@ -646,6 +657,19 @@ def _check_classes(path: Path, card: BundleCard) -> None:
     if card.classes != list(task.classes) or card.positive != task.positive:
         raise ValueError(f"{path}: classes {card.classes} and positive {card.positive!r} are not the {card.task} "
                          f"task's {list(task.classes)} and {task.positive!r}")
+
+
+def _check_plugins(path: Path, card: BundleCard) -> None:
+    """The plugin modules the card records (:attr:`BundleCard.plugins`), each a kind pneumoscan registers and a
+    module's dotted name: a refusal of the bundle tells the user to import it, so text that is no module name (a
+    shell command) is refused here, not printed as advice."""
+    for kind, named in card.plugins.items():
+        if kind not in PLUGIN_KINDS:
+            raise ValueError(f"{path}: plugins records {kind!r}, not a kind of plug-in ({', '.join(PLUGIN_KINDS)}); "
+                             "restore the bundle from a good copy")
+        if bad := next((m for m in named.values() if not all(part.isidentifier() for part in m.split("."))), None):
+            raise ValueError(f"{path}: plugins.{kind} records {bad!r}, not a module's name; restore the bundle from a "
+                             "good copy")
 
 
 def _check_run_record(path: Path, card: BundleCard) -> None:

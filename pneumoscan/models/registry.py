@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,10 @@ from torch import nn
 from pneumoscan.core.names import qualified_name
 from pneumoscan.core.options import look_up_option
 from pneumoscan.core.registry import Registry
+from pneumoscan.data.layouts import plugin_layouts
 from pneumoscan.data.preprocess import check_normalization
+from pneumoscan.data.readers import plugin_readers
+from pneumoscan.data.tasks import plugin_tasks
 from pneumoscan.models import WeightsUnavailable, or_your_own
 
 Builder = Callable[..., nn.Module]
@@ -115,6 +118,18 @@ def create(
 def builder_module(name: str) -> str:
     """The module whose builder :func:`create` calls for ``name`` ("timm" for a timm model not registered here)."""
     return _REGISTRY.origin(name) if name in _REGISTRY else "timm"
+
+
+def plugins_made_with(task: str, models: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The modules outside pneumoscan whose registrations make a bundle of ``task`` and ``models`` (an ensemble's
+    members' architectures), by kind ("task", "model", "reader", "layout") and name: the task and models themselves,
+    which every process that reads the bundle needs, and every reader and layout a plugin registered in this process,
+    which decoded and named the films (the image cache's key holds every registered reader; every layout's name rules
+    are tried). What ``BundleCard.plugins`` records; kinds without one are left out."""
+    found = {"task": {name: m for name, m in plugin_tasks().items() if name == task},
+             "model": {name: m for name, m in _REGISTRY.plugins().items() if name in models},
+             "reader": plugin_readers(), "layout": plugin_layouts()}
+    return {kind: named for kind, named in found.items() if named}
 
 
 def known(name: str) -> bool:

@@ -49,6 +49,7 @@ from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, chec
 from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
+from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
                                    load_appearance, load_card, member_label, refused_as, runtime_versions)
@@ -253,9 +254,20 @@ def _ensemble_card(loaded: Sequence[tuple[torch.nn.Module, BundleCard]], paths: 
         size=size, resize_policy=first.resize_policy, mean=0.0, std=1.0,
         source_size=first.source_size, source_quality=first.source_quality, model_kwargs={"members": described},
         data_fingerprint=fingerprint, data_checksum=checksum, versions=runtime_versions(),
-        heatmap_scale=_heatmap_scale(cards, paths),
+        heatmap_scale=_heatmap_scale(cards, paths), plugins=_plugins(cards),
     )  # fmt: skip
     return net, card
+
+
+def _plugins(cards: Sequence[BundleCard]) -> dict[str, dict[str, str]]:
+    """The plugin modules the ensemble records: those registered here that make its task and its members' models
+    (:func:`~pneumoscan.models.registry.plugins_made_with`), and each member's own record, which wins for a name it
+    records (the module that trained that member)."""
+    found = registry.plugins_made_with(cards[0].task, [c.model for c in cards])
+    for card in cards:
+        for kind, named in card.plugins.items():
+            found[kind] = {**found.get(kind, {}), **named}
+    return found
 
 
 def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float | None:

@@ -546,7 +546,8 @@ def make_callbacks(model: torch.nn.Module, cfg: TrainConfig, task: Task, d: Data
     the caller's ``extra`` ones after those, before the checkpoint, which keeps their state too."""
     card = BundleCard(cfg.model, cfg.task, list(task.classes), task.positive, d.spec.size, d.spec.policy,
                       *registry.normalization(cfg.model), d.spec.source_size, d.spec.source_quality,
-                      model_kwargs=cfg.model_kwargs, train_config={BEST_SO_FAR: True})  # no model to use
+                      model_kwargs=cfg.model_kwargs, train_config={BEST_SO_FAR: True},  # no model to use
+                      plugins=registry.plugins_made_with(cfg.task, [cfg.model]))
     run = RunFolder(run_dir)
     best = BestWeights(lambda m: save_bundle(run.best, m, card), "the time budget ran out before the first step: "
                        "raise --time-budget")

@@ -10,11 +10,11 @@ reader claims its suffix. A new format is one module with a :class:`Reader` subc
 from __future__ import annotations
 
 from . import dicom, pillow
-from .base import (HEAD_BYTES, Reader, claiming, formats, media_types, one_of, reader_for, register, registered,
-                   suffixes, unregister)
+from .base import (HEAD_BYTES, Reader, claiming, formats, media_types, one_of, plugin_readers, reader_for, register,
+                   registered, suffixes, unregister)
 
-__all__ = ["HEAD_BYTES", "Reader", "claiming", "formats", "media_types", "one_of", "reader_for", "register",
-           "registered", "suffixes", "unregister"]
+__all__ = ["HEAD_BYTES", "Reader", "claiming", "formats", "media_types", "one_of", "plugin_readers", "reader_for",
+           "register", "registered", "suffixes", "unregister"]
 
 # The built-in readers, registered in the order a refusal lists them.
 register(pillow.PillowReader())

@@ -68,6 +68,11 @@ def register(reader: Reader) -> Reader:
     return _READERS.add(reader.name, reader, origin=type(reader).__module__)
 
 
+def plugin_readers() -> dict[str, str]:
+    """The readers registered by modules outside pneumoscan, by name -> module (:meth:`Registry.plugins`)."""
+    return _READERS.plugins()
+
+
 def unregister(name: str) -> None:
     """Remove the reader called ``name`` (a test's toy reader); nothing when none is."""
     _READERS.remove(name)
