@@ -279,6 +279,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.training.ensemble import build_ensemble
 
     with _without_test_split("the test split never chooses an ensemble's temperature and thresholds: choose them on "
@@ -287,6 +288,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                               args.youden, args.max_false_positive_rate)
     print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
           f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
+    for said in left_out_caveat(card.train_config.get("left_out", []), card.val_metrics["n"]):  # the card says it too
+        print(f"   {said}")
     return 0
 
 

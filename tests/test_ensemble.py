@@ -879,3 +879,21 @@ def test_the_folds_one_image_cache_is_checked_once(tiny_bundle: Path, tiny_datas
     monkeypatch.setattr(cache_module, "_load", counted)
     assert len(cv_members([cv])) == 2
     assert len(opened) == 1, opened
+
+
+def test_an_ensemble_records_the_files_its_data_left_out(tiny_bundle: Path, member64: Path, films_some_left_out: Path,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`ensemble --data` chose the temperature and thresholds on 16 of the 17 files given, saying so on the terminal
+    only: the card recorded nothing of the file it could not read, where `threshold` and `evaluate --add-to-card`
+    record what they left out and why. Its train_config holds ``left_out`` as theirs do (the one implementation),
+    its caveats say it, and so do the command's output and MODEL_CARD.md."""
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(films_some_left_out), "--out",
+                 str(out)]) == 0
+    card = load_card(out)
+    assert card.val_metrics["n"] == 16 and card.train_config["left_out"] == [{"films": 1,
+                                                                              "reason": "could not be read"}]
+    said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
+            "read")
+    assert said in card.train_config["calibration_caveats"] and f"   {said}" in capsys.readouterr().out
+    assert said in " ".join((out / "MODEL_CARD.md").read_text().split())

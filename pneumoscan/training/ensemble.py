@@ -39,13 +39,14 @@ from pneumoscan.core.digests import bytes_sha256, hex_part
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import has_both_classes, softmax
 from pneumoscan.core.names import path_list
-from pneumoscan.data.labelled import labelled_records, patient_groups
+from pneumoscan.data.labelled import labelled_films, labelled_records, left_out, patient_groups
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                                             refuse_test_films)
+from pneumoscan.evaluation.model_card import left_out_caveat
 from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
@@ -283,11 +284,14 @@ def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float 
 
 
 def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, task: Task, card: BundleCard,
-                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str], str]:
-    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), what the
-    check that they are new to every member warned of, and what the card says they are (:func:`_given_films`);
-    refused, before anything is written, when a member trained on them or they are test films."""
-    records, images, targets, _ = labelled_records(data, split, task, card.spec)
+                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str], str, list[dict]]:
+    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), the
+    caveats of them (what the check that they are new to every member warned of, then what of the files given they
+    leave out), what the card says they are (:func:`_given_films`), and the files given that chose nothing, and why
+    (:func:`~pneumoscan.data.labelled.left_out`, as `threshold` records them); refused, before anything is written,
+    when a member trained on them or they are test films."""
+    films = labelled_films(data, split, task, card.spec)
+    records, images, targets = films.records, films.images, films.targets
     refuse_test_films(records, data, "temperature and thresholds")
     # said before the ensemble is exported and scored (minutes for ten members)
     if not has_both_classes(binary_targets(targets)):
@@ -297,8 +301,10 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
                               policy=HeldOutPolicy(validation_warning=True, refuse_copies=True),
                               names=[member_label(i, len(paths), p) for i, p in enumerate(paths)])
     given = _given_films(records, findings)
+    left = left_out(films, task)
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
-    return (records, images, targets, patient_groups(records, data)[1]), findings.caveats, given
+    return ((records, images, targets, patient_groups(records, data)[1]),
+            [*findings.caveats, *left_out_caveat(left, len(records))], given, left)
 
 
 def _given_films(records: Sequence[Record], findings: HeldOutFindings) -> str:
@@ -377,13 +383,16 @@ def build_ensemble(
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
     # refused before anything is written when a member trained on these films
-    held_out, caveats, given = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [], "")
+    held_out, caveats, given, left = (_held_out_films(paths, data, split, task, card) if not cv_dirs
+                                      else (None, [], "", []))
     name = _calibration_name(cv_dirs, data, split, given)
     card = dataclasses.replace(card, train_config={
         "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
         "max_false_positive_rate": max_false_positive_rate,
         "combination": "mean of members' logits / their own temperatures",
-        # what the check of the films warned of: MODEL_CARD.md's recipe says it with the figures
+        # the files given that chose nothing, and why, as a `threshold` record keeps them
+        **({"left_out": left} if data is not None else {}),
+        # what the check of the films warned of, and what was left out: MODEL_CARD.md's recipe says it with the figures
         **({"calibration_caveats": caveats} if caveats else {})})
     # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
     first = next(i for i, c in enumerate(cards) if c.size == card.size)
