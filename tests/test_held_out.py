@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumoscan import cli
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.evaluation import held_out
 from pneumoscan.evaluation.evaluate import evaluate
@@ -94,3 +95,34 @@ def test_a_bundle_learnt_from_that_was_trained_again_since_is_not_taken_at_its_w
                    for c in metrics["unchecked"]), (bundle, metrics["unchecked"])
         html = (bundle.parent / f"eval-{bundle.name}" / "report.html").read_text()
         assert "Not checked to be independent." in html and "Not an independent evaluation." not in html
+
+
+def test_films_most_of_which_copy_training_films_are_refused_and_a_few_warned_of(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """evaluate on films that were all byte-for-byte copies of the bundle's training films under other names warned
+    and reported figures (exit 0), where the same films under their own paths were refused: figures on them measure
+    what the model remembers. More than half of the films given being such copies is refused as those paths are,
+    saying how many and which split.csv lists the films they copy, before anything is written; half or fewer stay a
+    warning, since a public dataset may hold one film in two of its splits."""
+    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
+    new = discover(tiny_dataset).split("test")[:4]
+
+    def site(copies: int) -> Path:
+        folder = tmp_path / f"site-{copies}"
+        for i, r in enumerate([*new, *trained[:copies]]):
+            (folder / r.label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(r.path, folder / r.label / (Path(r.path).name if i < len(new) else f"copy-{i}.jpeg"))
+        return folder
+
+    findings = check_held_out([tiny_bundle], discover(site(4)).records, "evaluate")
+    assert any(c.startswith("4 film(s) given to evaluate are copies of training films under other names")
+               for c in findings.caveats), findings.caveats
+    capsys.readouterr()
+    assert cli.main(["-q", "evaluate", str(tiny_bundle), str(site(5)), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pneumoscan evaluate: error: 5 of the 9 films given to evaluate are copies of films in "
+                          f"{tiny_bundle}'s training split under other names, byte for byte"), err
+    assert f"; {tiny_bundle.parent / 'split.csv'} lists its training films), more than half: " in err, err
+    assert err.endswith(f"evaluate on films {tiny_bundle} did not train on\n") and err.count("\n") == 1, err
+    assert not (tmp_path / "e").exists()

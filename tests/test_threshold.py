@@ -276,13 +276,15 @@ def test_a_bundle_made_by_threshold_is_checked_against_the_run_that_trained_it(
         with pytest.raises(ValueError, match=f"were in {tiny_bundle.resolve()}'s training split .* is a copy of it "
                                              "with a new threshold"):
             evaluate(copy, tiny_dataset, split="train")
-    # the same patients' films under new names: not the run's files, so no refusal, but said
+    # other films of the same patients (test films under their ids): not the run's files, so no refusal, but said
     trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
+    tested = {label: iter(t.path for t in discover(tiny_dataset).split("test") if t.label == label)
+              for label in ("NORMAL", "PNEUMONIA")}
     films = tmp_path / "films"
     for r in trained[:3]:
         name = Path(r.path).name.replace(".jpeg", "_again.jpeg").replace("-0001_again", "-0002")
         (films / r.label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(r.path, films / r.label / name)
+        shutil.copy(next(tested[r.label]), films / r.label / name)
     caplog.clear()
     evaluate(second, films)
     assert "3 film(s) given to evaluate are other files of patients in" in caplog.text

@@ -188,7 +188,7 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     again neither from disk nor from another bundle put in the folder since."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
-    trained: set[str] = set()
+    trained: dict[str, tuple[Path, _Run]] = {}  # each training film's real path -> a bundle given and its run
     validation: set[str] = set()
     own_validation: set[str] = set()  # the validation films of the runs of the bundles given themselves
     for i, bundle in enumerate(map(Path, bundles)):
@@ -203,11 +203,11 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
         for run in runs:
             _check_validation(given, run)
             _warn_same_patients(given, run)
-            trained |= run.train
+            trained |= {path: (bundle, run) for path in run.train if path not in trained}
             validation |= run.val
             if run.how == "":
                 own_validation |= run.val
-    _warn_copies(given, trained, validation - trained)
+    _warn_copies(given, trained, validation - trained.keys())
     return HeldOutFindings(given.caveats, given.unknown, sum(real[r.path] in own_validation for r in records))
 
 
@@ -317,11 +317,12 @@ def _warn_kin(given: _Given, films: dict[str, Record], paths: set[str], side: st
                    f"e.g. {shown(kin[0])}): if they are the same patients, the figures are optimistic")
 
 
-def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None:
-    """Warn of copies under other names among the films given (refuse those of training films with
-    ``refuse_copies``): of the runs' training films, and (with ``validation_warning``) of their other validation
-    films (:func:`_copies`)."""
-    sides = {"training": ("", trained)}
+def _warn_copies(given: _Given, trained: dict[str, tuple[Path, _Run]], validation: set[str]) -> None:
+    """Warn of copies under other names among the films given: of the runs' training films (``trained``: each by
+    real path, with the bundle given and the run it is a training film of), and (with ``validation_warning``) of their
+    other validation films (:func:`_copies`). Copies of training films are refused with ``refuse_copies``, and
+    whatever the policy when they are more than half of the films given (:func:`_refuse_mostly_copies`)."""
+    sides = {"training": ("", set(trained))}
     if given.policy.validation_warning:
         sides["validation"] = (", on which its own temperature and threshold were chosen", validation)
     for (side, (why, _)), copies in zip(sides.items(), _copies(given.paths, [films for _, films in sides.values()])):
@@ -330,10 +331,29 @@ def _warn_copies(given: _Given, trained: set[str], validation: set[str]) -> None
                              f"other names, byte for byte or the picture re-encoded or resized (e.g. "
                              f"{shown(copies[0][0])} of {shown(copies[0][1])}): {given.purpose} on films it did not "
                              f"train on{given.hint}")
+        if side == "training" and 2 * len(copies) > len(given.paths):
+            _refuse_mostly_copies(given, copies, *trained[copies[0][1]])
         if copies:
             given.warn(f"{len(copies)} film(s) given to {given.purpose} are copies of {side} films under other names, "
                        f"byte for byte or the picture re-encoded or resized (e.g. {shown(copies[0][0])} of "
                        f"{shown(copies[0][1])}){why}: the figures on them are optimistic")
+
+
+def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bundle: Path, run: _Run) -> None:
+    """Refuse films given more than half of which are copies of training films under other names (``copies``: each
+    given film with the training film it copies, the first of ``run``'s, a source of BUNDLE's weights), as
+    :func:`_refuse_trained` refuses the training films under their own paths: figures on them measure what the model
+    remembers of its training films, not how it reads films it never saw. A few copies are only warned of, since a
+    public dataset may hold one film in two of its splits (a few of its test films also in train); past half,
+    copies are most of every figure, so the figures are no longer of new films with a few flattered, but of the
+    training films with a few new ones."""
+    purpose = given.purpose
+    raise ValueError(f"{len(copies)} of the {len(given.paths)} films given to {purpose} are copies of films in "
+                     f"{run.path}'s training split under other names, byte for byte or the picture re-encoded or "
+                     f"resized (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}; "
+                     f"{RunFolder.of(run.path).split} lists its training films), more than half: the figures would "
+                     f"measure what it remembers, not how it reads new films; {purpose} on films {run.path} did not "
+                     f"train on{given.hint}{_SOURCE_NOTES[run.how].format(bundle=bundle)}")
 
 
 def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | None:
