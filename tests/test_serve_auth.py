@@ -348,6 +348,23 @@ def test_insecure_public_bind_warns_and_serves(tiny_bundle: Path, caplog: pytest
         assert httpx.get(f"{url}/v1/model", headers={"host": "evil.example"}).status_code == 400
 
 
+def test_a_wildcard_address_answering_loopback_names_only_warns_that_others_get_400(
+        tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`serve --host 0.0.0.0 --api-key-file KEY` without --allowed-hosts listened on every address and answered
+    every client that reached it by the machine's name or address 400, while /healthz (which answers whatever the
+    Host) told the load balancer ok, and the start said nothing. It warns at start, naming the option; with the
+    names clients use given, it does not."""
+    for hosts, warned in ((("localhost", "127.0.0.1", "::1"), True), (("xray.example", "localhost"), False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "pneumoscan.serving.server"):
+            server = build_server(tiny_bundle, host="0.0.0.0", port=0, backend="onnx",
+                                  access=Access(api_key=KEY, allowed_hosts=hosts))
+        for sock in server.sockets:
+            sock.close()
+        said = [r.getMessage() for r in caplog.records if "--allowed-hosts" in r.getMessage()]
+        assert bool(said) == warned, caplog.text
+
+
 def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:
     server = build_server(tiny_bundle, host="127.0.0.2", port=0)
     with TestClient(server.config.app, base_url="http://127.0.0.2:8000") as c:

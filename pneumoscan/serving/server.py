@@ -39,6 +39,7 @@ from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
 
 log = logging.getLogger(__name__)
+WILDCARDS = ("0.0.0.0", "::", "")  # --host values that listen on every address of the machine
 # the answer to a request that is not valid HTTP/1.1 (uvicorn logs it as "Invalid HTTP request received.")
 MALFORMED_HTTP = ("malformed HTTP request: its request line, a header or the framing of its body is not valid "
                   "HTTP/1.1")
@@ -301,8 +302,13 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
                              "PNEUMOSCAN_API_KEY), or pass --insecure if a proxy in front does the authentication")
         log.warning("INSECURE: listening on %s with NO API key: anyone who can reach port %d can use the service",
                     host, port)
-    if host not in ("0.0.0.0", "::", "") and host not in access.allowed_hosts:
+    if host not in WILDCARDS and host not in access.allowed_hosts:
         access = Access(access.api_key, (*access.allowed_hosts, host), access.cors_origins)
+    if host in WILDCARDS and all(is_loopback(name) for name in access.allowed_hosts):
+        # every client that reaches the port by the machine's name or address gets 400, while /healthz says ok
+        log.warning("listening on every address (%s), but answering only requests addressed to %s (the Host header): "
+                    "a client that reaches port %d by another name or address gets 400; name the host names clients "
+                    "use with --allowed-hosts", host or "all", ", ".join(access.allowed_hosts), port)
     _raise_open_file_limit()
     sockets = listen(host, port)  # before the model loads: a port in use ends the start at once
     try:
