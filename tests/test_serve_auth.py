@@ -22,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from pneumoscan import cli
+from pneumoscan.inference.onnx_runtime import model_version
+from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import Limits
@@ -363,6 +365,23 @@ def test_a_wildcard_address_answering_loopback_names_only_warns_that_others_get_
             sock.close()
         said = [r.getMessage() for r in caplog.records if "--allowed-hosts" in r.getMessage()]
         assert bool(said) == warned, caplog.text
+
+
+def test_the_start_says_which_model_it_serves_from_where_and_whether_a_key_is_required(
+        tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The start printed uvicorn's lines alone: after a bundle was swapped and the service restarted, the journal
+    said neither which model nor which folder was being served, nor whether the API needed a key. One line says the
+    model's id and version, the bundle, the backend and the key."""
+    card = load_card(tiny_bundle)
+    for access, words in ((Access(api_key=KEY), "an API key is required"), (Access(), "no API key")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "pneumoscan.serving.server"):
+            server = build_server(tiny_bundle, port=0, backend="onnx", access=access)
+        for sock in server.sockets:
+            sock.close()
+        said = [r.getMessage() for r in caplog.records if r.name == "pneumoscan.serving.server"]
+        version = model_version(tiny_bundle, "onnx", card)
+        assert said == [f"serving {card.model_id} (version {version}) from {tiny_bundle}, scored by onnx; {words}"]
 
 
 def test_served_address_joins_the_host_list(tiny_bundle: Path) -> None:

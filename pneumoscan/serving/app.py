@@ -61,6 +61,7 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
     )
     _add_middleware(app, access)
     app.state.in_flight = service.in_flight
+    app.state.card = service.card  # the cards as served (the start names the model: server.build_server)
     _add_error_handlers(app, service)
     _add_routes(app, service)
     return app

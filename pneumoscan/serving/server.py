@@ -34,7 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from pneumoscan.core.network import is_loopback
 from pneumoscan.core.options import MAX_UPLOAD_MB
 from .app import ACCESS_LOGGER, CLIENT_GONE, create_app
-from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat
+from .formats import PREDICT_OPTIONS, HeatmapWord, ReportFormat, ServiceInfo
 from .guard import SECURITY_HEADERS, Access
 from .limits import Limits
 
@@ -313,6 +313,7 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
     sockets = listen(host, port)  # before the model loads: a port in use ends the start at once
     try:
         app = create_app(bundle, etiology, max_upload_mb, backend, limits, access)
+        _log_serving(app.state.card, bundle, etiology, backend, access)
         config = server_config(app, host, port, limits,
                                **({"access_log": False, "log_level": "warning"} if quiet else {}))
     except BaseException:
@@ -320,6 +321,17 @@ def build_server(bundle: Path | str, etiology: Path | str | None = None, host: s
             sock.close()
         raise
     return ListeningServer(config, sockets)
+
+
+def _log_serving(card: ServiceInfo, bundle: Path | str, etiology: Path | str | None, backend: str,
+                 access: Access) -> None:
+    """One line at start: the model or models served (id, version), their folders, the backend and the key, for the
+    journal of an operator who swapped a bundle and restarted (uvicorn's own lines say none of it)."""
+    served = f"{card.id} (version {card.version}) from {bundle}"
+    if card.etiology is not None:
+        served += f", then {card.etiology.id} (version {card.etiology.version}) from {etiology}"
+    log.info("serving %s, scored by %s; %s", served, backend,
+             "an API key is required" if access.api_key is not None else "no API key")
 
 
 class ListeningServer(uvicorn.Server):
