@@ -99,9 +99,13 @@ def with_threshold(bundle: Path, threshold: float, out: Path) -> Path:
 
 
 def test_healthz(client: TestClient, tiny_bundle: Path) -> None:
+    """The probe names the model served by its version too: the id is the architecture, task and training data, so
+    a bundle retrained on the same films and swapped in answered the same /healthz as the one it replaced, and a
+    probe, which needs no key, could not tell that the restart loaded it."""
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id}
+    assert r.json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id,
+                        "model_version": client.get("/v1/model").json()["version"]}
     # some load balancers probe with HEAD: answered as GET, without a body (FastAPI had answered 405)
     for path in ("/healthz", "/"):
         head = client.head(path)
@@ -618,7 +622,8 @@ def test_a_bundle_changed_on_disk_after_start_up_makes_the_service_degraded(tiny
     shutil.copytree(tiny_bundle, bundle)
     with TestClient(create_app(bundle, backend="onnx")) as c:
         before = upload(c, xray).json()
-        assert c.get("/healthz").json() == {"status": "ok", "model_id": before["model_id"]}
+        assert c.get("/healthz").json() == {"status": "ok", "model_id": before["model_id"],
+                                            "model_version": before["model_version"]}
         weights = (bundle / "model.safetensors").read_bytes()
         damaged = bytearray(weights)
         damaged[len(damaged) // 2] ^= 0xFF

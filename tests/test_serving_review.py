@@ -140,7 +140,8 @@ def test_health_says_degraded_while_the_models_last_run_failed(tiny_bundle: Path
             assert health.status_code == 200 and health.json()["status"] == "degraded"
             assert "last run of a model failed with an internal error (ZeroDivisionError" in health.json()["reason"]
         assert c.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code == 200
-        assert c.get("/healthz").json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id}
+        assert c.get("/healthz").json() == {"status": "ok", "model_id": load_card(tiny_bundle).model_id,
+                                            "model_version": c.get("/v1/model").json()["version"]}
 
 
 # ---------------------------------------------------------------- reports

@@ -142,6 +142,8 @@ class Health(BaseModel):
                         "internal error (until a run succeeds); unhealthy (HTTP 503) once a model has produced a "
                         "non-finite score")
     model_id: str
+    model_version: str = Field(description="the version /v1/model and each reading give: a bundle retrained on the "
+                               "same films has the same model_id")
     reason: str | None = Field(None, description="why the service is degraded or unhealthy")
 
 

@@ -179,15 +179,15 @@ class Service:
         request of that run got a 500; the next run may succeed, so the probe does not take the service out), when
         heatmaps are lost, or a bundle's files on disk changed (:class:`OnDisk`), but the predictions still come from
         the model checked at start-up."""
-        model_id = self.main.card.model_id
+        model = self.main.identity  # model_id and model_version, as each reading names them
         if self.faults:
-            return Health(status="unhealthy", model_id=model_id, reason=self.faults[0])
+            return Health(status="unhealthy", **model, reason=self.faults[0])
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
         changes = [change for disk in self.on_disk if (change := await disk.check())]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
         if reasons := [*changes[:1], *failing[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
-            return Health(status="degraded", model_id=model_id, reason="; ".join(reasons))
-        return Health(status="ok", model_id=model_id)
+            return Health(status="degraded", **model, reason="; ".join(reasons))
+        return Health(status="ok", **model)
 
     def info(self) -> ServiceInfo:
         return self.card
