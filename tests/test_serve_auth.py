@@ -458,3 +458,21 @@ def test_a_host_name_given_with_a_port_is_refused_at_start() -> None:
         cli.serve_settings(cli.build_parser().parse_args(["serve", "b", "--allowed-hosts", "a.org,xray.org:8443",
                                                           "--allowed-hosts", "[::1]:80"]))
     assert Access(allowed_hosts=("::1", "[::1]", "*.ward.org")).allowed_hosts == ("::1", "[::1]", "*.ward.org")
+
+
+def test_a_cors_origin_no_browser_sends_is_refused_at_start() -> None:
+    """`--cors-origin https://viewer.hospital.org/` (copied from the address bar) started a service whose every
+    preflight from that viewer got `400 Disallowed CORS origin`: a browser's Origin header is the scheme, the host and
+    a port other than the default, nothing after, and CORS compares it as it comes. Such an origin is refused at
+    start naming the one to give; two origins in one option (as --allowed-hosts takes them) too, and a wildcard
+    stays allowed."""
+    parse = cli.build_parser().parse_args
+    for given, fix in (("https://viewer.hospital.org/", "give https://viewer.hospital.org"),
+                       ("HTTPS://Viewer.Hospital.org:443", "give https://viewer.hospital.org"),
+                       ("http://[::1]:80/app", r"give http://\[::1\]"),
+                       ("viewer.hospital.org", "not an origin"),
+                       ("https://a.org,https://b.org", "repeat --cors-origin")):
+        with pytest.raises(ValueError, match=rf"--cors-origin {re.escape(given)}: .*{fix}"):
+            cli.serve_settings(parse(["serve", "b", "--cors-origin", given]))
+    kept = ("https://viewer.hospital.org", "http://10.1.2.3:8080", "https://[2001:db8::1]:8443", "*")
+    assert Access(cors_origins=kept).cors_origins == kept

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,6 +69,13 @@ class Access:
             # the Host header's port is dropped before the comparison: such a name matched no request, every one 400
             raise ValueError(f"--allowed-hosts {', '.join(with_port)}: give host names without a port (the port a "
                              f"client uses is not compared): {', '.join(_host_name(h) for h in with_port)}")
+        for origin in self.cors_origins:
+            # CORS compares the Origin header as a browser sends it: any other spelling allows no page at all
+            if origin != "*" and (sent := _browser_origin(origin)) != origin:
+                fix = ("repeat --cors-origin for each origin" if "," in origin else
+                       f"give {sent}" if sent else "not an origin (https://viewer.example, say)")
+                raise ValueError(f"--cors-origin {origin}: a browser names a page's origin by its scheme, host and a "
+                                 f"port other than the default, nothing after, and would never send this: {fix}")
 
     @classmethod
     def from_options(cls, api_key_file: Path | str | None = None, allowed_hosts: Sequence[str] = (),
@@ -156,6 +165,24 @@ class Guard:
                 return (401, f"{reason}: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                         {"WWW-Authenticate": "Bearer"})
         return None
+
+
+def _browser_origin(origin: str) -> str | None:
+    """``origin`` as a browser's Origin header spells it (``https://viewer.example``: scheme and host in lower case,
+    no default port, no path), or None when it names no http(s) origin."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:  # a port that is no number, or an unclosed IPv6 bracket
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if scheme not in ("http", "https") or not re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:.]*:[0-9a-f:.]*", host):
+        return None
+    if parts.username is not None or parts.query or parts.fragment:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def _preflight(scope: Scope) -> bool:
