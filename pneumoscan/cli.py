@@ -826,7 +826,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="Host header names served (default: localhost, 127.0.0.1, ::1 and the --host address); "
                         "'*' allows any, '*.example.org' subdomains")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
-                   help="let pages from this origin call the API from a browser (default: none)")
+                   help="let pages from this origin call the API from a browser, given as a browser sends it "
+                        "(https://viewer.example: no path); repeat for each (default: none)")
     # no defaults here: a flag not given leaves serving.limits.Limits' own (the help repeats them)
     p.add_argument("--max-concurrent-decodes", type=_positive(int),
                    help="images decoded at once (default: the cores this process may run on, at most 4)")
