@@ -216,11 +216,12 @@ BUNDLE_FIRST = {"evaluate": ("data", "DATA"), "threshold": ("data", "DATA"), "pr
                 "serve": None, "pacs": None, "export": None}
 
 
-def _bundle_first(args: argparse.Namespace) -> None:
+def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
     """Refuse a command's bundle argument that is no bundle with the order, where the mistake is the order: a
-    dataset given as the bundle, or a bundle (or its run) given after it. `evaluate DATA BUNDLE` was refused as
-    "DATA is not a bundle folder (no bundle.json)", which did not say that the two were swapped. Anything else is
-    left to the bundle's own refusal (:func:`~pneumoscan.models.card.load_card`)."""
+    dataset given as the bundle, or a bundle (or its run) given after it, among the arguments that follow or those
+    nothing takes (``extra``: `serve DATA BUNDLE`). `evaluate DATA BUNDLE` was refused as "DATA is not a bundle
+    folder (no bundle.json)", which did not say that the two were swapped. Anything else is left to the bundle's own
+    refusal (:func:`~pneumoscan.models.card.load_card`)."""
     from pneumoscan.data.layouts import recognising_layout
     from pneumoscan.models.card import CARD
     from pneumoscan.models.run_folder import RunFolder
@@ -233,7 +234,7 @@ def _bundle_first(args: argparse.Namespace) -> None:
     given, follows = Path(args.bundle), BUNDLE_FIRST[args.command]
     dataset = (given.is_dir() or given.suffix.lower() == ".csv") and recognising_layout(given) is not None
     reasons = ["it is a dataset"] if dataset else []
-    later = path_list(getattr(args, follows[0])) if follows else []
+    later = [*(path_list(getattr(args, follows[0])) if follows else []), *(a for a in extra if not a.startswith("-"))]
     if bundle := next(filter(None, (bundle_of(Path(path)) for path in later if path)), None):
         reasons.append(f"{bundle} is a bundle")
     if reasons:
@@ -600,10 +601,14 @@ class _Parser(argparse.ArgumentParser):
         """argparse's, except that arguments nothing takes are refused by the sub-command given: argparse refused
         them as the top-level parser, whose --help lists the sub-commands, not the option that was misspelt."""
         parsed, extra = self.parse_known_args(args, namespace)
+        self.refuse_unrecognized(parsed, extra)
+        return parsed
+
+    def refuse_unrecognized(self, parsed: argparse.Namespace, extra: Sequence[str]) -> None:
+        """Refuse the arguments ``extra`` that nothing takes, as argparse does, by the sub-command given."""
         if extra:
             owner = self.commands.get(getattr(parsed, "command", None), self)
             owner.error(f"unrecognized arguments: {' '.join(extra)}{owner.closest_options(extra)}")
-        return parsed
 
     def closest_options(self, given: Sequence[str]) -> str:
         """``; did you mean --image-size?`` for the unknown options among ``given`` that are near ones of this
@@ -1008,14 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"pneumoscan: error: {shown(str(e))}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     # SIGTERM (systemctl stop, timeout, a scheduler) as Ctrl-C: Python's default ends the process at once, past every
     # finally, so the films `pacs` downloaded (headers and pixels) and temporary files stayed on disk. serve keeps
     # uvicorn's own handling (its requests in progress finish first).
     handled = args.command != "serve" and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, functools.partial(_terminate, os.getpid())) if handled else None
     try:
-        _bundle_first(args)
+        _bundle_first(args, extra)  # first: `serve DATA BUNDLE` is a bundle in the wrong place, not an extra argument
+        parser.refuse_unrecognized(args, extra)
         status = args.func(args)
         sys.stdout.flush()  # a pipe's reader gone shows here, not in the interpreter's last flush
         return status

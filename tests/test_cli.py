@@ -258,6 +258,13 @@ def test_a_bundle_given_after_what_follows_it_is_refused_saying_the_order(
          f"{film.parent} is not a bundle folder (no bundle.json): {tiny_bundle} is a bundle; the order is `pneumoscan "
          "predict BUNDLE FILMS`"),
         (["serve", data], f"{not_a_bundle}: it is a dataset; `pneumoscan serve` takes a bundle folder (RUN/bundle)"),
+        # an argument too many, the bundle after what was given as it: said as the order, not "unrecognized arguments"
+        (["serve", data, tiny_bundle], f"{not_a_bundle}: it is a dataset, and {tiny_bundle} is a bundle; `pneumoscan "
+                                       "serve` takes a bundle folder (RUN/bundle)"),
+        (["export", film, run, "--int8"], f"{film} is not a bundle folder (no bundle.json): {tiny_bundle} is a "
+                                          "bundle; `pneumoscan export` takes a bundle folder (RUN/bundle)"),
+        (["evaluate", data, nosuch, tiny_bundle], f"{not_a_bundle}: it is a dataset, and {tiny_bundle} is a bundle; "
+                                                  "the order is `pneumoscan evaluate BUNDLE DATA`"),
         (["export", data], f"{not_a_bundle}: it is a dataset; `pneumoscan export` takes a bundle folder (RUN/bundle)"),
         (["predict", film.parent, film], f"{film.parent} is not a bundle folder (no bundle.json)"),  # nothing to say
     ]
@@ -265,6 +272,10 @@ def test_a_bundle_given_after_what_follows_it_is_refused_saying_the_order(
         assert cli.main([str(arg) for arg in command]) == 2, reason
         assert capsys.readouterr().err == f"pneumoscan {command[0]}: error: {reason}\n"
     assert not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit) as exited:  # the bundle first, then one argument too many: argparse's words
+        cli.main(["serve", str(tiny_bundle), str(data)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"pneumoscan serve: error: unrecognized arguments: {data} (")
 
 
 def test_errors_are_one_sentence_with_status_2(
