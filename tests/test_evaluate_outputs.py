@@ -128,7 +128,7 @@ def test_the_report_shows_the_most_confident_errors_with_grad_cam(tiny_bundle: P
     html = (out / "report.html").read_text()
     fp_part, fn_part = html.split("<h3>False positives")[1].split("<h3>False negatives")
     shown = [float(p) for p in re.findall(r"P = ([0-9.]+)</figcaption>", fp_part)]
-    assert shown == [round(p, 3) for p in normals[:GALLERY_SIZE]]
+    assert shown == [round(p, 4) for p in normals[:GALLERY_SIZE]]  # at the decimals of the threshold
     assert "None." in fn_part and "<img" not in fn_part
     for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', fp_part):
         overlay = Image.open(io.BytesIO(base64.b64decode(data)))
@@ -187,6 +187,20 @@ def test_the_gallery_stops_grad_cam_at_its_time_limit(tiny_bundle: Path, tiny_da
     for png, caption in false_neg:  # plain films (64 px squares), not three-panel overlays, and not marked
         film = Image.open(io.BytesIO(png))
         assert film.size == (64, 64) and "Software" not in film.info and caption.startswith("person")
+
+
+def test_the_gallery_never_shows_a_probability_on_the_wrong_side_of_the_threshold(tiny_bundle: Path,
+                                                                                  tiny_dataset: Path) -> None:
+    """The report shows its threshold at four decimals (0.4626) and gave a false negative of 0.46258 as "P = 0.463",
+    past it, under "called NORMAL": each probability is given at the threshold's decimals, and where those show the
+    two alike, at the decimals that tell them apart with the threshold beside it."""
+    predictor = Predictor(tiny_bundle)
+    records, *_ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    scores = np.array([0.46258, 0.3, 0.46262])
+    gallery = error_gallery(predictor, records[:3], np.array([1, 1, 0]), scores, threshold=0.4626, cam_seconds=0)
+    (false_pos, false_neg) = gallery.values()
+    assert [caption.split("  ")[1] for _, caption in false_neg] == ["P = 0.3000", "P = 0.46258, threshold 0.46260"]
+    assert [caption.split("  ")[1] for _, caption in false_pos] == ["P = 0.46262, threshold 0.46260"]
 
 
 def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(tmp_path: Path) -> None:

@@ -764,3 +764,34 @@ def test_without_a_site_reader_the_page_names_jpeg_png_and_dicom(page: Page, tin
     expect(page.locator("#formats")).to_have_text("JPEG, PNG or DICOM")
     test_page.upload_one(page, small)
     expect(page.locator("#film")).to_have_text("FormatJPEG/PNG: no DICOM tags (age, sex, view not known)")
+
+
+def test_a_probability_is_never_shown_at_its_threshold_when_it_is_not(page: Page, small: Path) -> None:
+    """A probability of 0.4625 under a threshold of 0.4627 read "P(PNEUMONIA) = 0.463; threshold 0.463" beside
+    NORMAL, and the list gave 0.463 beside the card's threshold of 0.463, as if it had reached it (a second stage's
+    too). Shown together, each is given at the decimals that tell them apart; the list, which shows no threshold,
+    gives it beside the probability where three decimals do not."""
+    test_page.upload_one(page, small)
+    page.evaluate("""() => {
+        Object.assign(current.result, { label: 'NORMAL', probability: 0.4625, threshold: 0.4627,
+                                        near_threshold: false, etiology: null });
+        showResult(current); }""")
+    expect(page.locator("#probability")).to_have_text(re.compile(r"^P\(PNEUMONIA\) = 0\.4625; threshold 0\.4627; "))
+    said = re.compile(r"^Reading: NORMAL, probability 0\.4625, threshold 0\.4627, ")
+    expect(page.locator("#status")).to_have_text(said)
+    assert page.get_attribute("#bar", "aria-valuetext") == "NORMAL: probability 0.4625, threshold 0.4627"
+    listed = page.evaluate("""() => {
+        const stage = { task: 'etiology', label: 'bacteria', positive: 'virus', probability: 0.30004, threshold: 0.3001,
+                        near_threshold: false, in_scope: true, warnings: [] };
+        Object.assign(current.result, { label: 'PNEUMONIA', probability: 0.46272, etiology: stage });
+        films.push({ name: 'clear.jpeg', status: 'done', readWith: current.readWith,
+                     result: { ...current.result, label: 'NORMAL', probability: 0.2, etiology: null } });
+        showResult(current);
+        renderList();
+        return [...document.querySelectorAll('#films tbody tr')].map((row) => [...row.cells].map((c) => c.textContent)
+            .slice(0, 4)); }""")
+    expect(page.locator("#probability")).to_have_text(re.compile(r"^P\(PNEUMONIA\) = 0\.46272; threshold 0\.46270; "))
+    expect(page.locator("#etiology")).to_have_text("Etiology: bacteria (P(virus) = 0.3000, threshold 0.3001)")
+    assert listed == [[small.name, "PNEUMONIA", "0.46272, threshold 0.46270",
+                       "bacteria (P(virus) = 0.3000, threshold 0.3001)"],
+                      ["clear.jpeg", "NORMAL", "0.200", "no second stage"]]

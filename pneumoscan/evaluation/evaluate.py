@@ -18,7 +18,7 @@ from PIL import Image
 from pneumoscan.core.atomic import file_stamp, unchanged, write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256
 from pneumoscan.core.metrics import (binary_metrics, choose_threshold, describe_policy, evaluate_binary,
-                                     evaluate_multiclass, format_figure, has_both_classes, jsonable)
+                                     evaluate_multiclass, figure_beside, has_both_classes, jsonable)
 from pneumoscan.core.names import path_text, results_csv, shown
 from pneumoscan.data.cache import cache_dataset
 from pneumoscan.data.decode import read_gray
@@ -33,7 +33,7 @@ from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_sta
 from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
-from .report import METRICS, write_report
+from .report import METRICS, THRESHOLD_DIGITS, write_report
 
 log = logging.getLogger(__name__)
 PREDICTION_FIELDS = ("path", "label", "subtype", "patient", "probability", "called", "correct")
@@ -250,7 +250,8 @@ def error_gallery(predictor: Predictor, records: list[Record], y: np.ndarray, sc
                 except ValueError as e:  # a model without a spatial feature map, or an INT8 one
                     log.info("gallery without Grad-CAM: %s", e)
                     cam = False
-            caption = f"{Path(record.path).name}  P = {format_figure(scores[i])}{refused}"
+            # at the decimals of the report's threshold, more where they would show the two alike
+            caption = f"{Path(record.path).name}  P = {figure_beside(scores[i], threshold, THRESHOLD_DIGITS)}{refused}"
             items.append((_thumbnail(image, overlay), caption))
         gallery[title] = items
     return gallery

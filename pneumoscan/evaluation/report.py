@@ -68,6 +68,10 @@ _MULTICLASS_ROWS = (
 )
 
 
+# the decimals of every threshold the report shows, and so of the probabilities its error gallery shows beside them
+THRESHOLD_DIGITS = 4
+
+
 def _undefined(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -78,7 +82,7 @@ def _fmt(value: Any, name: str = "") -> str:
     if isinstance(value, int):
         return str(value)
     if name == "threshold":  # 4 decimals wherever a threshold is shown: the header's, a caption's, a table's alike
-        return f"{value:.4f}"
+        return f"{value:.{THRESHOLD_DIGITS}f}"
     return format_percent(value) if name in _PROPORTIONS else format_figure(value)
 
 

@@ -19,7 +19,7 @@ second of every start.
 from __future__ import annotations
 
 from .auc_intervals import AUC_INTERVAL, _auc_ci
-from .formatting import format_figure, format_percent, jsonable, short_of_one, with_ci
+from .formatting import figure_beside, format_figure, format_percent, jsonable, short_of_one, with_ci
 from .inputs import has_both_classes
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
                         ci_method_sentence, clopper_pearson, proportion_ci, threshold_metrics_ci, unit_caveat)
@@ -32,8 +32,8 @@ from .thresholds import (NO_RANGE, choose_threshold, choose_thresholds, describe
 __all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CURVE_POINTS", "FILM_UNIT_CAVEAT", "NO_RANGE",
            "TEMPERATURE_BOUNDS", "binary_metrics", "calibration", "choose_threshold", "choose_thresholds",
            "ci_method_sentence", "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass",
-           "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable", "macro_auc",
-           "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval", "threshold_metrics_ci",
-           "threshold_range", "unit_caveat", "with_ci",
+           "figure_beside", "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable",
+           "macro_auc", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",
+           "threshold_metrics_ci", "threshold_range", "unit_caveat", "with_ci",
            # private helpers that the tests and benchmarks/bench_ci_coverage.py check through the package
            "_auc_ci", "_bca_ci", "_bootstrap_weights", "_ratio_jackknife"]

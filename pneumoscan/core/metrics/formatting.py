@@ -29,6 +29,20 @@ def format_figure(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{short_of_one(value, digits):.{digits}f}"
 
 
+def figure_beside(value: float, threshold: float, digits: int = 3) -> str:
+    """A probability ``value`` called at ``threshold``, for a place that shows that threshold at ``digits`` decimals:
+    at those decimals where they tell the two apart, else at the fewest that do, with the threshold beside it at as
+    many (``0.46258, threshold 0.46260``). A false negative of 0.46258 read "P = 0.463" under a report's threshold of
+    0.4626, past it; rounding keeps their order, so told apart, each shows on its own side of the other. The web
+    page's probabilityText is the same rule."""
+    shown = format_figure(value, digits)
+    if value == threshold or shown != format_figure(threshold, digits):
+        return shown
+    while digits < 20 and format_figure(value, digits) == format_figure(threshold, digits):
+        digits += 1
+    return f"{format_figure(value, digits)}, threshold {format_figure(threshold, digits)}"
+
+
 def format_percent(share: float) -> str:
     """A share as a percentage at one decimal, never rounded up to 100.0% (:func:`short_of_one`)."""
     return f"{100 * short_of_one(share, 3):.1f}%"

@@ -49,12 +49,30 @@ let composedFrame = null;  // composed's pixels, kept while the film's size stay
 const closeup = document.createElement("canvas");  // the part of the original in view, at most the viewer's size
 let detail = null;  // the part of the original closeup shows and its pixels: null for each film loaded
 
-// Three decimals, never rounded up to 1 nor down to 0: a sensitivity that missed a film, or a probability short of
-// certainty, must not read as a perfect 1.000, nor a small one as 0.000.
-function figure(v) {
+// Three decimals (or `digits`), never rounded up to 1 nor down to 0: a sensitivity that missed a film, or a
+// probability short of certainty, must not read as a perfect 1.000, nor a small one as 0.000.
+function figure(v, digits = 3) {
   if (typeof v !== "number") return "n/a";
-  if (v > 0 && v < 0.0005) return "< 0.001";  // nor to 0: a probability of 0.0004 read as exactly none
-  return (v < 1 && v.toFixed(3) === "1.000" ? Math.floor(v * 1000) / 1000 : v).toFixed(3);
+  const unit = 10 ** digits;
+  // nor to 0: a probability of 0.0004 read as exactly none
+  if (v > 0 && v < 0.5 / unit) return `< ${(1 / unit).toFixed(digits)}`;
+  return (v < 1 && v.toFixed(digits) === (1).toFixed(digits) ? Math.floor(v * unit) / unit : v).toFixed(digits);
+}
+
+// A probability and the threshold it was called at, shown together: at the fewest decimals, three or more, that tell
+// them apart. At three, 0.4625 under a threshold of 0.4627 read "0.463; threshold 0.463" beside NORMAL, as if it had
+// reached the threshold; rounding keeps their order, so told apart, each shows on its own side of the other.
+function figuresApart(p, t) {
+  let digits = 3;
+  while (digits < 20 && p !== t && figure(p, digits) === figure(t, digits)) digits++;
+  return [figure(p, digits), figure(t, digits)];
+}
+
+// A probability shown without its threshold beside it (the list): alone where three decimals tell it from the
+// threshold (as the card and the panel's key show it), else with the threshold at the decimals that do.
+function probabilityText(p, t) {
+  const [shown, at] = figuresApart(p, t);
+  return shown === figure(p) ? shown : `${shown}, threshold ${at}`;
 }
 
 // Text with a capital first letter: a task's name as the title of its reading (etiology: "Etiology"), so a second
@@ -211,8 +229,9 @@ function nearReading(stage) {
 function secondLine(r) {
   const e = r.etiology;
   const outside = e.in_scope ? "" : "outside the model's scope, does not apply: ";
-  return [`${titled(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${figure(e.probability)}, threshold ` +
-    `${figure(e.threshold)}${e.near_threshold ? ", near the threshold" : ""})`, e.in_scope ? "" : "out-of-scope"];
+  const [p, t] = figuresApart(e.probability, e.threshold);
+  return [`${titled(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${p}, threshold ${t}` +
+    `${e.near_threshold ? ", near the threshold" : ""})`, e.in_scope ? "" : "out-of-scope"];
 }
 
 // The second stage's reading of film reading r as the list and its CSV give it: out of scope as the first's is (it
@@ -267,8 +286,8 @@ function announcement(r) {
   const e = r.etiology;
   const second = !e ? "" : e.in_scope ? ` ${titled(e.task)}: ${e.label}.` :
     ` ${titled(e.task)}: outside its scope, does not apply.`;
-  return `Reading: ${labelText(r)}, probability ${figure(r.probability)}, threshold ${figure(r.threshold)}, ` +
-    `${warnings}.${second}`;
+  const [p, t] = figuresApart(r.probability, r.threshold);
+  return `Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ${warnings}.${second}`;
 }
 
 // The classes of reading r's model when it has more than two (its probabilities, in the model's class order), else
@@ -332,6 +351,7 @@ function showResult(film) {
   $("error").hidden = true;
   $("status").textContent = announcement(r);
   const look = lookOf(film);
+  const [p, t] = figuresApart(r.probability, r.threshold);
   $("label").textContent = labelText(r);
   $("label").className = look;
   $("bar-fill").style.width = pct(r.probability);
@@ -342,16 +362,15 @@ function showResult(film) {
   if (thresholdInterval) {
     $("bar-band").style.left = pct(thresholdInterval[0]);
     $("bar-band").style.width = pct(thresholdInterval[1] - thresholdInterval[0]);
-    $("key-threshold").textContent = figure(r.threshold);
+    $("key-threshold").textContent = t;
     $("key-band").textContent = `${figure(thresholdInterval[0])} to ${figure(thresholdInterval[1])}`;
   }
   $("near").hidden = !r.near_threshold;
   $("near").textContent = r.near_threshold ? nearText() : "";
   $("bar").setAttribute("aria-valuenow", r.probability.toFixed(4));
   $("bar").setAttribute("aria-valuetext",
-    `${labelText(r)}: probability ${figure(r.probability)}, threshold ${figure(r.threshold)}`);
-  $("probability").textContent =
-    `P(${r.positive}) = ${figure(r.probability)}; threshold ${figure(r.threshold)}; model ${r.model_id}`;
+    `${labelText(r)}: probability ${p}, threshold ${t}`);
+  $("probability").textContent = `P(${r.positive}) = ${p}; threshold ${t}; model ${r.model_id}`;
   $("classes").hidden = classesOf(r).length === 0;
   $("classes").textContent = classesOf(r).length ? classesText(r) : "";
   $("etiology").hidden = !r.etiology;
@@ -1106,8 +1125,9 @@ function secondStages() {
 function secondText(r) {
   const e = r.etiology;
   if (!e) return "not run";
-  if (!e.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${figure(e.probability)})`;
-  return `${e.label} (P(${e.positive}) = ${figure(e.probability)}${e.near_threshold ? ", near the threshold" : ""})`;
+  const p = probabilityText(e.probability, e.threshold);
+  if (!e.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${p})`;
+  return `${e.label} (P(${e.positive}) = ${p}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
 // A film's reading as the list, its CSV and a single film's refusal say it, one source for all: the list said
@@ -1159,7 +1179,7 @@ function renderList() {
     const cells = [
       film.name,
       listReading(film),
-      r ? (classes.length > 1 ? `P(${r.positive}) = ` : "") + figure(r.probability) : "",
+      r ? (classes.length > 1 ? `P(${r.positive}) = ` : "") + probabilityText(r.probability, r.threshold) : "",
       ...(stages.length ? [secondCell(film, stages.length > 1)] : []),
       r ? (allWarnings(r).length ? allWarnings(r).join("; ") : "none") : "",
     ];
