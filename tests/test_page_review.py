@@ -795,3 +795,36 @@ def test_a_probability_is_never_shown_at_its_threshold_when_it_is_not(page: Page
     assert listed == [[small.name, "PNEUMONIA", "0.46272, threshold 0.46270",
                        "bacteria (P(virus) = 0.3000, threshold 0.3001)"],
                       ["clear.jpeg", "NORMAL", "0.200", "no second stage"]]
+
+
+def test_a_second_stage_after_a_first_near_its_threshold_is_indeterminate(page: Page) -> None:
+    """A film whose PNEUMONIA lay near its threshold (shown "indeterminate") was handed over, and its second stage's
+    "virus" was shown, announced, listed and exported as plainly as after a clear PNEUMONIA: a confident etiology of
+    a pneumonia the reading left undecided, from a stage trained on pneumonia films alone, which cannot tell that the
+    film may be normal. It is said to be indeterminate, in grey, its reading kept for a reader who knows better."""
+    panel, said, listed, exported = page.evaluate("""() => {
+        const result = (near) => ({ label: 'PNEUMONIA', positive: 'PNEUMONIA', in_scope: true, near_threshold: near,
+            probability: 0.52, threshold: 0.5, warnings: [], model_id: 'm', probabilities: {},
+            etiology: { task: 'etiology', label: 'virus', positive: 'virus', probability: 0.7, threshold: 0.5,
+                        near_threshold: false, in_scope: true, warnings: [] } });
+        films.push({ name: 'near.jpeg', result: result(true), status: 'done' },
+                   { name: 'clear.jpeg', result: result(false), status: 'done' });
+        renderList();
+        const rows = [...document.querySelectorAll('#films tbody tr')].map((row) => [row.cells[0].textContent,
+            row.cells[3].textContent]);
+        return [[secondLine(films[0].result), secondLine(films[1].result)],
+                [announcement(films[0].result), announcement(films[1].result)], rows, csv()];
+    }""")
+    assert panel == [["Etiology: indeterminate, since PNEUMONIA is itself near its threshold: virus (P(virus) = 0.700, "
+                      "threshold 0.500)", "indeterminate"], ["Etiology: virus (P(virus) = 0.700, threshold 0.500)", ""]]
+    assert said[0].endswith(" Etiology: indeterminate, since PNEUMONIA is itself near its threshold.")
+    assert said[1].endswith(" Etiology: virus.")
+    assert dict(listed) == {"near.jpeg": "indeterminate (virus, P(virus) = 0.700)",
+                            "clear.jpeg": "virus (P(virus) = 0.700)"}
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(exported))}
+    assert rows["near.jpeg"]["etiology"] == "indeterminate (virus)" and rows["clear.jpeg"]["etiology"] == "virus"
+    assert rows["near.jpeg"]["etiology_label"] == "virus"  # predict's column, as predict writes it
+    colour = page.evaluate("""() => { const line = document.getElementById('etiology');
+        line.hidden = false; [line.textContent, line.className] = secondLine(films[0].result);
+        return getComputedStyle(line).color; }""")
+    assert colour == "rgb(82, 96, 109)"  # the grey of a reading that does not stand

@@ -45,7 +45,9 @@ class SecondStageResult(StageResult):
 class Prediction(StageResult):
     etiology: SecondStageResult | None = Field(
         None, description="the second stage's reading, its task named in it (etiology: bacteria vs virus): only when "
-        "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology)")
+        "the service has a second stage and the film reads as the label that stage follows (pneumonia, for etiology). "
+        "Where near_threshold is true the film may be normal, which that stage cannot tell: the web page shows its "
+        "reading as indeterminate")
     heatmap: str | None = Field(None, description="with ?heatmap=true: Grad-CAM PNG (original | heatmap | blend) as a "
                                 "data URL; with ?heatmap=map: the Grad-CAM map alone, 8-bit grayscale (255 = the "
                                 "top of the scale /v1/model's heatmap_caption names: the model's, or this film's "

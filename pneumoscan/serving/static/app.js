@@ -224,21 +224,34 @@ function nearReading(stage) {
   return stage.near_threshold ? `${stage.label} (near the threshold)` : stage.label;
 }
 
-// The result panel's line of the second stage's reading, and its style: out of scope (grey, and said) with the first
-// stage's, or by its own content check (its in_scope says both), as the list and the CSV give it.
-function secondLine(r) {
-  const e = r.etiology;
-  const outside = e.in_scope ? "" : "outside the model's scope, does not apply: ";
-  const [p, t] = figuresApart(e.probability, e.threshold);
-  return [`${titled(e.task)}: ${outside}${e.label} (P(${e.positive}) = ${p}, threshold ${t}` +
-    `${e.near_threshold ? ", near the threshold" : ""})`, e.in_scope ? "" : "out-of-scope"];
+// How a second stage's reading of film reading r stands, the same in the panel, the list and the CSV: "out of scope"
+// with the first stage's (it read the same film; its "virus" was listed and exported as a plain call beside a first
+// stage out of scope) or by its own content check (its in_scope says both); else "indeterminate" where the first
+// stage's call that handed the film over is itself near its threshold: the film may be normal, which a stage trained
+// on pneumonia films alone cannot tell, and its "virus" read as a confident etiology of a pneumonia the reading
+// itself left undecided; else "" (a reading that stands, qualified only by its own threshold).
+function secondStanding(r) {
+  if (!r.etiology.in_scope) return "out of scope";
+  return r.near_threshold ? "indeterminate" : "";
 }
 
-// The second stage's reading of film reading r as the list and its CSV give it: out of scope as the first's is (it
-// read the same film; its "virus" was listed and exported as a plain call beside a first stage out of scope), or by
-// its own content check.
+// The result panel's line of the second stage's reading, and its style: grey, and saying why, out of scope or
+// indeterminate (secondStanding), as the list and the CSV give it.
+function secondLine(r) {
+  const e = r.etiology;
+  const [why, look] = { "out of scope": ["outside the model's scope, does not apply: ", "out-of-scope"],
+    indeterminate: [`indeterminate, since ${r.label} is itself near its threshold: `, "indeterminate"],
+    "": ["", ""] }[secondStanding(r)];
+  const [p, t] = figuresApart(e.probability, e.threshold);
+  return [`${titled(e.task)}: ${why}${e.label} (P(${e.positive}) = ${p}, threshold ${t}` +
+    `${e.near_threshold ? ", near the threshold" : ""})`, look];
+}
+
+// The second stage's reading of film reading r as the list's CSV gives it: its label, or its label in the words of
+// why it does not stand (secondStanding).
 function secondReading(r) {
-  return r.etiology.in_scope ? nearReading(r.etiology) : `out of scope (${r.etiology.label})`;
+  const standing = secondStanding(r);
+  return standing ? `${standing} (${r.etiology.label})` : nearReading(r.etiology);
 }
 
 // A reading's scope warnings, then its second stage's own (its content check against that stage's training films),
@@ -284,8 +297,9 @@ function announcement(r) {
     return `Outside the model's scope: this reading does not apply. ${warnings} say${n === 1 ? "s" : ""} why.`;
   }
   const e = r.etiology;
-  const second = !e ? "" : e.in_scope ? ` ${titled(e.task)}: ${e.label}.` :
-    ` ${titled(e.task)}: outside its scope, does not apply.`;
+  const second = !e ? "" : !e.in_scope ? ` ${titled(e.task)}: outside its scope, does not apply.` :
+    r.near_threshold ? ` ${titled(e.task)}: indeterminate, since ${r.label} is itself near its threshold.` :
+      ` ${titled(e.task)}: ${e.label}.`;
   const [p, t] = figuresApart(r.probability, r.threshold);
   return `Reading: ${labelText(r)}, probability ${p}, threshold ${t}, ${warnings}.${second}`;
 }
@@ -1126,7 +1140,8 @@ function secondText(r) {
   const e = r.etiology;
   if (!e) return "not run";
   const p = probabilityText(e.probability, e.threshold);
-  if (!e.in_scope) return `out of scope (${e.label}, P(${e.positive}) = ${p})`;
+  const standing = secondStanding(r);
+  if (standing) return `${standing} (${e.label}, P(${e.positive}) = ${p})`;
   return `${e.label} (P(${e.positive}) = ${p}${e.near_threshold ? ", near the threshold" : ""})`;
 }
 
