@@ -209,3 +209,9 @@ def test_an_ensemble_card_with_a_scale_and_a_member_without_one_is_refused(scale
     with pytest.raises(ValueError, match=rf"heatmap_scale is 1.0, but ensemble member 2 of 2 \({source}\) records "
                                          "none"):
         load_card(edited)
+    # a member's own scale is a raw Grad-CAM value, held to the float32 range as a single model's: 1e-300 drew that
+    # member's maps NaN, the whole film as not read
+    fields["model_kwargs"]["members"][1]["heatmap_scale"] = 1e-300
+    (edited / CARD).write_text(json.dumps({**fields, CHECKSUM: card_module._card_digest(fields)}))
+    with pytest.raises(ValueError, match=rf"ensemble member 2 of 2 \({source}\): heatmap_scale is 1e-300, outside "):
+        load_card(edited)

@@ -4,9 +4,11 @@ words name the scale the map was drawn on; a bundle without the record keeps map
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pneumoscan.inference.explain import (EMPTY, NEGATIVE, SCALE_MIN_FILMS, capt
 from pneumoscan.inference.predict import Predictor, tta_views
 from pneumoscan.models import card as card_module
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import CARD, CHECKSUM, card_task, load_card
+from pneumoscan.models.card import CARD, CHECKSUM, HEATMAP_SCALE_BOUNDS, card_task, load_card, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.finish import ScoredFilms, finish_bundle
@@ -213,3 +215,21 @@ def test_no_scale_is_recorded_from_too_few_films_or_empty_maps(tiny_bundle: Path
         few = np.flatnonzero(called)[SCALE_MIN_FILMS - 1 :]  # all but SCALE_MIN_FILMS - 1 films called positive
         assert measure_heatmap_scale(model, card, task, np.delete(images, few, 0), np.delete(probs, few, 0)) is None
         assert f"{SCALE_MIN_FILMS - 1} of the {len(images) - len(few)} films were called PNEUMONIA" in caplog.text
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300])
+def test_a_single_models_scale_no_float32_map_can_be_drawn_on_is_refused(tiny_bundle: Path, tmp_path: Path,
+                                                                         scale: float) -> None:
+    """A single model's card edited to a heatmap_scale of 1e300 or 1e-300 and sealed again loaded (only an
+    ensemble's was held to its value): a map is divided by it in float32, so 1e300 drew every map blank and 1e-300
+    every map NaN, the whole film hatched as not read, each said to be an empty map. A scale outside the float32
+    values it is measured from is refused by field and value; the range's ends load."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    card = load_card(bundle)
+    save_card(bundle, dataclasses.replace(card, heatmap_scale=scale))
+    with pytest.raises(ValueError, match=rf"bundle.json: heatmap_scale is {re.escape(repr(scale))}, outside 1.4e-45 "
+                                         r"to 3.4e\+38, the float32 Grad-CAM values it is measured from"):
+        load_card(bundle)
+    for end in HEATMAP_SCALE_BOUNDS:
+        save_card(bundle, dataclasses.replace(card, heatmap_scale=end))
+        assert load_card(bundle).heatmap_scale == end

@@ -33,7 +33,7 @@ from pneumoscan.data.pixels import reduced_shape
 from pneumoscan.data.preprocess import PreprocessSpec, pad_box
 from pneumoscan.data.readers.pillow import own_output_info
 from pneumoscan.data.scope import CONFLICT, CONTENT, outside_scope
-from pneumoscan.models.card import ENSEMBLE
+from pneumoscan.models.card import ENSEMBLE, HEATMAP_SCALE_BOUNDS
 
 # torch and pytorch-grad-cam (3 s to import) are imported where a map is drawn: the service imports this module for
 # its panel sizes and scores with ONNX Runtime, and predict without heatmaps never loads them
@@ -389,7 +389,7 @@ def measure_heatmap_scale(model: torch.nn.Module, card: BundleCard, task: Task, 
         log.info("no heatmap scale recorded: %s", e)
         return None
     scale = float(np.percentile(peaks, SCALE_PERCENTILE))
-    if not scale > 0:
+    if not scale >= HEATMAP_SCALE_BOUNDS[0]:  # 0, or below every float32 a map can be divided by
         log.info("no heatmap scale recorded: the Grad-CAM maps of the %d films called %s it was measured on are "
                  "empty, so each heatmap is scaled to its own film's maximum", len(films), card.positive)
         return None

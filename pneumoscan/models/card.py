@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from packaging.version import InvalidVersion, Version
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from safetensors import SafetensorError
@@ -59,6 +60,11 @@ ENSEMBLE = "ensemble"  # BundleCard.model of a bundle that holds an ensemble
 # member's own scale (times this), and the maps are averaged
 MEMBERS_OWN_SCALE = 1.0
 PLUGIN_KINDS = ("task", "model", "reader", "layout")  # BundleCard.plugins' keys
+# a raw Grad-CAM value, as a bundle's heatmap_scale (and an ensemble member's) records one: the float32 range of the
+# maps whose peaks it is measured from (inference.explain.measure_heatmap_scale). A map is divided by it in float32,
+# where 1e-300 is 0 (every map NaN, the whole film drawn as not read, and said to be empty) and 1e300 infinite
+# (every map blank, said to be empty)
+HEATMAP_SCALE_BOUNDS = (float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max))
 POSITIVE = ("size", "temperature")  # zero or below: no image, inverted probabilities
 # the card's fields a training run records again in train_config (its own name for each), under the same checksum
 RUN_RECORD = {"task": "task", "size": "image_size", "resize_policy": "resize_policy", "model_kwargs": "model_kwargs"}
@@ -570,6 +576,10 @@ def _validated(path: Path, data: dict) -> BundleCard:
             raise ValueError(f"{where}: {e}; restore the bundle from a good copy") from None
         if not MIN_SIZE <= entry["size"] <= MAX_SIZE:
             raise ValueError(f"{where}: size is {entry['size']!r}, not {MIN_SIZE} to {MAX_SIZE} pixels")
+        low, high = HEATMAP_SCALE_BOUNDS  # a single model's own, and each member's (an ensemble's is 1.0: above)
+        if (scale := entry.get("heatmap_scale")) is not None and not low <= scale <= high:
+            raise ValueError(f"{where}: heatmap_scale is {scale!r}, outside {low:.3g} to {high:.3g}, the float32 "
+                             "Grad-CAM values it is measured from; restore the bundle from a good copy")
     for key in ("threshold", "tta_threshold"):  # 1.5 called a pneumonia film at 0.81 normal
         if (value := getattr(card, key)) is not None and not 0 <= value <= 1:
             raise ValueError(f"{path}: {key} is {value!r}, not a probability in [0, 1]")
