@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
@@ -503,13 +504,15 @@ def test_an_int8_model_that_mixes_up_bacteria_and_virus_is_refused(multiclass_ru
     assert "--backend onnx" in err and not (run / "bundle" / INT8_NAME).exists()
 
 
-def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(int8_bundle: Path, tiny_bundle: Path,
+                                                                        tmp_path: Path) -> None:
     """Validation films filed again under other patient ids are one child's each: the INT8 thresholds' intervals
-    count a film and its copy as one patient, as the FP32 thresholds' do (they counted two)."""
+    count a film and its copy as one patient, as the FP32 thresholds' do (they counted two). An export takes no val
+    films but its run's, so the copies go to the scoring it runs on them (``_int8_scores_on_val``)."""
     from pneumoscan.core.metrics import threshold_interval
-    from pneumoscan.data.labelled import labelled_records, patient_groups
+    from pneumoscan.data.labelled import labelled_records
+    from pneumoscan.training import quantize
 
-    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     records = discover(tiny_bundle.parent / "split.csv").records
     (tmp_path / "again").mkdir()
     again = []
@@ -518,17 +521,49 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(tiny_bun
         again.append(dataclasses.replace(film, path=str(copy), patient=f"again-{i}"))
     manifest = tmp_path / "split.csv"
     write_manifest([*records, *again], manifest)
-    assert cli.main(["export", str(bundle), "--int8", "--data", str(manifest)]) == 0
-    chosen = json.loads(spec_path(bundle / INT8_NAME).read_text())["int8_threshold_interval"]
-    int8 = Predictor(bundle, backend="onnx-int8")
+    int8 = Predictor(int8_bundle, backend="onnx-int8")
     films, images, targets, _ = labelled_records(manifest, "val", int8.task, int8.card.spec)
-    y, scores, policy = (binary_targets(targets), int8.positive_probability(int8.probabilities(images)),
-                         int8.card.threshold_targets)
-    units = patient_groups(films, manifest)[1]
-    assert len(set(units)) == len(films) // 2 == len(again)
-    assert chosen == pytest.approx(threshold_interval(y, scores, *policy, units), abs=SCORE_TOL)
+    reference = Predictor(int8_bundle, backend="onnx").probabilities(images)
+    scored = quantize._int8_scores_on_val(int8, reference, manifest, (films, images, targets))
+    assert len(set(scored.groups)) == len(films) // 2 == len(again)
+    y, scores, policy = scored.y, int8.positive_probability(scored.probs), int8.card.threshold_targets
     # the films counted alone give another interval here: the test tells the two apart
-    assert chosen != pytest.approx(threshold_interval(y, scores, *policy, [r.patient for r in films]), abs=SCORE_TOL)
+    assert threshold_interval(y, scores, *policy, scored.groups) != pytest.approx(
+        threshold_interval(y, scores, *policy, [r.patient for r in films]), abs=SCORE_TOL)
+
+
+def test_a_bundle_copied_out_of_its_run_takes_only_its_runs_films(tiny_bundle: Path, tiny_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """A bundle copied without its run's split.csv was only warned of, and its INT8 thresholds were chosen on any
+    val split: its own training films (AUC 1.0, a threshold for a sensitivity target too high) or another
+    population's. Refused unless --data is its run's split, told by the card's data checksum (int8_bundle, a copy
+    given its run's split.csv, is taken)."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    trained = [r for r in discover(tiny_bundle.parent / "split.csv").records if r.split == "train"]
+    new = [dataclasses.replace(r, split="val") for r in discover(tiny_dataset).split("test")]
+    own = [dataclasses.replace(r, split="val" if i % 3 == 0 else "train") for i, r in enumerate(trained)]
+    for name, films in (("own-training-films", own), ("new", [*trained, *new])):
+        write_manifest(films, tmp_path / "data" / f"{name}.csv")
+        with pytest.raises(ValueError, match=r"has no split.csv beside it \(copied out of its run folder\?\), and "
+                                             r"the films of .* are not the ones it was trained and validated on"):
+            quantize_bundle(bundle, tmp_path / "data" / f"{name}.csv")
+        assert not (bundle / INT8_NAME).exists()
+
+
+def test_int8_thresholds_are_refused_on_run_films_rewritten_in_place(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The run's split.csv names its films by path: a val film rewritten in place (or another machine's file under
+    the same path) passed the check, and the INT8 thresholds were chosen on other films than the FP32 ones."""
+    run = shutil.copytree(tiny_bundle.parent, tmp_path / "run")
+    records = discover(run / "split.csv").records
+    moved = []
+    for i, r in enumerate(records):  # the run's films copied where this test may change them
+        moved.append(dataclasses.replace(r, path=str(shutil.copyfile(r.path, tmp_path / f"{i}-{Path(r.path).name}"))))
+    write_manifest(moved, run / "split.csv")  # the same films elsewhere: still the ones it was made on
+    val = next(r for r in moved if r.split == "val")
+    Image.open(val.path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(val.path)
+    with pytest.raises(ValueError, match=r"lists have other pixels or labels than .* was trained and validated on"):
+        quantize_bundle(run / "bundle", run / "split.csv")
+    assert not (run / "bundle" / INT8_NAME).exists()
 
 
 def test_int8_thresholds_are_refused_on_copies_of_training_films(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_byt
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
+from .resume import films_as_trained
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -257,21 +258,36 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     run's, else its run's val films (split.csv beside it, those of its task). The INT8 thresholds replace the FP32
     ones for onnx-int8 and must be comparable: chosen on other films they come from another population (a site's
     threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
-    pneumonia films; or from half of the films, whose sensitivity was met on the other half too). A bundle with
-    neither list (copied out of its run) cannot be checked, which is warned of."""
+    pneumonia films; or from half of the films, whose sensitivity was met on the other half too). The run's films
+    are checked by their pixels and labels too (the card's data checksum, :func:`films_as_trained`): rewritten in
+    place, or another machine's files under the same paths, they are other films. A bundle copied out of its run
+    (no split.csv beside it) is taken only with DATA its run's split, wherever its films are now, told by that
+    checksum: else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and
+    an INT8 threshold chosen on its training films (too good) or on another population would be written."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
     if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     elif split.is_file():
         chose = {os.path.realpath(r.path) for r in discover(split).records
                  if r.split == "val" and task.target(r) is not None}
+    elif card.data_checksum and films_as_trained(bundle, discover(data).records):
+        return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
     else:
-        log.warning("%s: no %s beside it, so it cannot be checked that the val films of %s are those its thresholds "
-                    "were chosen on (the INT8 ones are chosen on them in their place)", bundle, split.name, data)
-        return
+        raise ValueError(f"{bundle} has no {split.name} beside it (copied out of its run folder?), and the films of "
+                         f"{data} are not the ones it was trained and validated on (its card's data checksum"
+                         f"{'' if card.data_checksum else ', which it does not record'}): which films chose its "
+                         "thresholds, and whether those val films are new to it, cannot be checked, and its INT8 "
+                         "thresholds, which replace the FP32 ones for onnx-int8, would be chosen on them; quantise it "
+                         f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
+                         "lists them (the same files)")
     given = {os.path.realpath(r.path) for r in records}
-    if given == chose:
+    if given == chose and (by_list or films_as_trained(bundle, discover(split).records)):
         return
+    if given == chose:
+        raise ValueError(f"the films {split} lists have other pixels or labels than {bundle} was trained and validated "
+                         "on (rewritten in place since, other files under the same paths on this machine, or decoded "
+                         "otherwise by this version?): its INT8 thresholds would be chosen on other films than its "
+                         "FP32 ones; quantise it where its run's films are")
     where = f"films it lists in {CALIBRATION_FILMS}" if by_list else "val films"
     which = f"only {len(given)} of the {len(chose)} {where}" if given < chose else "other films"
     other = f"and its INT8 thresholds would be chosen on the val films of {data}, {which}"
