@@ -219,22 +219,30 @@ def test_the_calibration_runs_with_the_threads_of_every_other_session(tiny_bundl
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """quantize_static calibrated in a session of its own with ONNX Runtime's default threads (one a physical core
     of the machine, whatever affinity or a CPU quota allow), not model_threads() as every other session: in a pod
-    limited to 2 CPUs on a 32-core node, 16 threads. Every session that scores films while quantising takes it."""
+    limited to 2 CPUs on a 32-core node, 16 threads. Every session that scores films while quantising takes it, and
+    so does every session made while quantising: quant_pre_process optimised the graph in one of ONNX Runtime's
+    default threads (under ``taskset -c 0`` on 2 cores it started a second thread)."""
     import onnxruntime as ort
 
     from pneumoscan.core.cpus import model_threads
     from pneumoscan.training.quantize import _int8_graph
 
-    ran, run = [], ort.InferenceSession.run
+    ran, run, made, make = [], ort.InferenceSession.run, [], ort.InferenceSession.__init__
 
     def counted(self: ort.InferenceSession, *args: object, **kwargs: object) -> object:
         ran.append(self.get_session_options().intra_op_num_threads)
         return run(self, *args, **kwargs)
 
+    def sized(self: ort.InferenceSession, *args: object, **kwargs: object) -> None:
+        make(self, *args, **kwargs)
+        made.append(self.get_session_options().intra_op_num_threads)
+
     monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    monkeypatch.setattr(ort.InferenceSession, "__init__", sized)
     batch = np.random.default_rng(0).normal(0, 1, (4, 1, *[load_card(tiny_bundle).size] * 2)).astype(np.float32)
     assert _int8_graph(tiny_bundle / ONNX_NAME, [batch, batch])
     assert ran and set(ran) == {model_threads()}, ran
+    assert len(made) >= 2 and set(made) == {model_threads()}, made
 
 
 @pytest.mark.parametrize("flags", [["--data", "split.csv"], ["--cv", "cv"], ["--calibration-images", "50"]])

@@ -66,9 +66,7 @@ def session(model: Path | str | bytes, optimized: bool = True) -> ort.InferenceS
     never more than the cores this process may use), so both backends compete on equal terms. ``optimized``: False
     runs the graph as written, node by node (INT8 calibration reads every node's output). A file ONNX Runtime cannot
     load (truncated, not ONNX) is a ValueError with its reason."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = model_threads()
-    options.inter_op_num_threads = 1
+    options = _options()
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -79,6 +77,25 @@ def session(model: Path | str | bytes, optimized: bool = True) -> ort.InferenceS
         name = "the exported model" if isinstance(model, bytes) else str(model)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{name} is not a loadable ONNX model: {reason}") from None
+
+
+def _options() -> ort.SessionOptions:
+    """Every session's options: :func:`~pneumoscan.core.cpus.model_threads` intra-op threads, one inter-op."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = model_threads()
+    options.inter_op_num_threads = 1
+    return options
+
+
+def optimize_graph(model: Path, out: Path) -> None:
+    """Write to ``out`` the graph ``model`` after ONNX Runtime's basic optimisations (constant folding, redundant
+    nodes removed), the step of ``quant_pre_process`` that makes a session: its own takes ONNX Runtime's default
+    threads, one a physical core of the machine whatever affinity or a CPU quota allow (under ``taskset -c 0`` it
+    started two), and takes no session options; this one is sized as every other (:func:`_options`)."""
+    options = _options()
+    options.optimized_model_filepath = str(out)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(Path(model).read_bytes(), options, providers=["CPUExecutionProvider"])
 
 
 def described(model: Path | str) -> dict[str, str]:

@@ -42,7 +42,7 @@ from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_
                                            record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
 from pneumoscan.inference.export import module_onnx, write_int8_spec
-from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, session
+from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimize_graph, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, load_card, member_sources,
@@ -105,8 +105,9 @@ def _quantized(fp32_graph: Path | bytes, batches: list[np.ndarray]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "fp32.onnx"
         source.write_bytes(fp32_graph if isinstance(fp32_graph, bytes) else Path(fp32_graph).read_bytes())
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / INT8_NAME
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        optimized, prepared, quantized = (Path(tmp) / name for name in ("optimized.onnx", "prepared.onnx", INT8_NAME))
+        optimize_graph(source, optimized)  # quant_pre_process's optimisation, in a session of the capped threads
+        quant_pre_process(str(optimized), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         # the ranges of every float tensor (the quantiser takes those it quantises), handed to quantize_static as
         # its calibration cache, which it then reads instead of calibrating
         calibrator = _Ranges(prepared, augmented_model_path=str(Path(tmp) / "augmented.onnx"))
