@@ -479,7 +479,8 @@ def film_facts(ds: Dataset) -> dict[str, str | float | None]:
 def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
     """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film_facts`),
     and ``warnings`` (a list, possibly empty). The header is read again (header only, pixels left unread): cheap
-    next to decoding the pixels."""
+    next to decoding the pixels (a 12-bit DICOM's header read and checked again took 1.0 ms, where decoding the film
+    took 16 ms at 224 x 224 and 42 ms at 1776 x 1416, and efficientnet_lite0 scores it in 26 ms on 2 cores)."""
     try:
         ds = read_dicom_header(source, dicom)
         if ds is None:
