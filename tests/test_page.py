@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from axe_playwright_python.sync_playwright import Axe
 from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -43,6 +44,7 @@ from tests.test_serve import with_threshold
 PREFIX = "data:image/png;base64,"
 TAGS = dict(PatientAge="004Y", PatientSex="F", ViewPosition="PA", BodyPartExamined="CHEST", StudyDate="20240105",
             PatientName="Doe^Jane", PatientID="MRN-4471", StudyInstanceUID="1.2.3.4")
+AXE = Axe()  # axe-core's script as the package bundles it: nothing is fetched
 
 
 def png_of(url: str) -> Image.Image:
@@ -482,6 +484,55 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.input_value("#opacity") == "50"
+
+
+def serious_violations(page: Page) -> list[str]:
+    """What axe-core reports on the page as it stands, serious or critical: each rule with the elements it failed on."""
+    found = AXE.run(page).response["violations"]
+    return [f"{v['id']}: {v['help']} ({', '.join(str(n['target']) for n in v['nodes'])})" for v in found
+            if v["impact"] in ("serious", "critical")]
+
+
+def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page: Page, small: Path) -> None:
+    """axe-core finds nothing serious in the states a reader meets: the empty page, a batch with a refused film (the
+    list of several, the reading kept), a two-stage reading with its heatmap, a single refused film. In a forced-colours
+    (high-contrast) mode the bar's fill and threshold mark, backgrounds the mode paints over, were gone: the bar read
+    as empty, a probability of none; and the pressed Pan looked as the others."""
+    refused = {"name": "form.jpeg", "mimeType": "image/jpeg", "buffer": b"not a film"}
+    assert serious_violations(page) == []
+    page.set_input_files("#file", files=[{"name": small.name, "mimeType": "image/jpeg", "buffer": small.read_bytes()},
+                                         refused])
+    expect(page.locator("#error")).to_have_text("2 films: 1 read, 1 rejected: see the list.")
+    expect(page.locator("#result")).to_be_visible()
+    assert serious_violations(page) == []
+    # the reading's second stage (the tiny bundle has none), over the threshold, then its heatmap
+    page.evaluate("""() => { const film = films.find((f) => f.result);
+        film.result = { ...film.result, probability: (1 + film.result.threshold) / 2, etiology: { task: 'etiology',
+            label: 'virus', positive: 'virus', probability: 0.41, threshold: 0.4, near_threshold: true,
+            in_scope: true, warnings: [] } };
+        showResult(film); }""")
+    page.click("#heatmap-button")
+    expect(page.locator("#legend")).to_be_visible()
+    expect(page.locator("#etiology")).to_be_visible()
+    assert serious_violations(page) == []
+
+    page.click("#pan-mode")
+    page.emulate_media(forced_colors="active")
+    bar, fill, mark = (page.locator(s).bounding_box() for s in ("#bar", "#bar-fill", "#bar-threshold"))
+    shot = Image.open(io.BytesIO(page.screenshot(clip=bar))).convert("RGB")
+    y = bar["height"] // 2
+    seen = {name: "rgb{}".format(shot.getpixel((int(x), y))) for name, x in (
+        ("fill", fill["width"] / 4), ("mark", mark["x"] + mark["width"] / 2 - bar["x"]),
+        ("empty", (fill["width"] + bar["width"]) / 2))}
+    assert contrast(seen["fill"], seen["empty"]) >= 3 and contrast(seen["mark"], seen["fill"]) >= 3, seen
+    pressed, plain = (page.evaluate(f"() => getComputedStyle(document.getElementById('{i}')).backgroundColor")
+                      for i in ("pan-mode", "zoom-fit"))
+    assert pressed != plain, (pressed, plain)
+    page.emulate_media(forced_colors="none")
+
+    page.set_input_files("#file", files=[refused])
+    expect(page.locator("#error")).to_have_text(re.compile("^Rejected: "))
+    assert serious_violations(page) == []
 
 
 def test_figures_short_of_one_never_read_as_one(page: Page) -> None:
