@@ -476,6 +476,13 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     expect(page.locator("#readout-wl")).to_contain_text("zoom 1.25x")
     page.keyboard.press("0")
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
+    # the browser's own zoom keys (a low-vision reader's 200 %) are the browser's: the viewer took Ctrl + and Ctrl 0
+    # as its zoom and reset, and kept them from the browser
+    page.evaluate("() => document.addEventListener('keydown', (e) => { window.kept = e.defaultPrevented; })")
+    for keys in ("Control+=", "Control+-", "Control+0", "Alt+i"):
+        page.keyboard.press(keys)
+        assert page.evaluate("() => window.kept") is False, keys
+    expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
     page.focus("#heatmap-button")
     page.keyboard.press("Enter")
     expect(page.locator("#heatmap-toggle")).to_be_enabled()

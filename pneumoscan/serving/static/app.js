@@ -745,6 +745,8 @@ $("view").addEventListener("wheel", (event) => {
   setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
 }, { passive: false });
 $("view").addEventListener("keydown", (event) => {
+  // with Ctrl, Alt or Cmd a key is the browser's (Ctrl + and Ctrl 0 zoom the page, as a low-vision reader does)
+  if (event.ctrlKey || event.altKey || event.metaKey) return;
   const step = 8;
   const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
   if (moves[event.key]) {
