@@ -26,7 +26,7 @@ from pneumoscan.inference.onnx_runtime import model_version
 from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
-from pneumoscan.serving.limits import Limits
+from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
 from pneumoscan.serving.server import build_server
 from tests.builders import free_port, running, wait_healthy
 
@@ -307,8 +307,10 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
             proc.kill()
             proc.wait()
     assert took < 10, f"exit {took:.1f} s after SIGTERM with a grace of 1 s"
-    # answered 503 (send it again), not 500 with uvicorn's "Exception in ASGI application" for a cancelled request
+    # answered 503 (send it again), not 500 with uvicorn's "Exception in ASGI application" for a cancelled request,
+    # with the busy 503's Retry-After: a balancer or client without one retried at once
     assert answer.startswith(b"HTTP/1.1 503 ") and b"the service is shutting down" in answer, answer
+    assert f"\r\nretry-after: {RETRY_AFTER_S}\r\n".encode() in answer.lower(), answer
     assert "Exception in ASGI application" not in (tmp_path / "log").read_text()
 
 

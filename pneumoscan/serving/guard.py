@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pneumoscan.core.logs import redact
 from pneumoscan.core.secrets import read_secret
 
+from .limits import RETRY_AFTER_S
+
 log = logging.getLogger(__name__)
 
 # The page loads nothing from other origins and no other site may frame it; the policy makes that a guarantee
@@ -128,7 +130,9 @@ class Guard:
         except asyncio.CancelledError:  # the shutdown's grace ran out with this request in progress: uvicorn
             if started:  # cancels it, and answered a request not yet answered 500 with an "Exception" logged
                 raise
-            await JSONResponse({"error": SHUTTING_DOWN}, status_code=503, headers={"Connection": "close"})(
+            # with the busy 503's Retry-After: without one a balancer or client sent it again at once
+            await JSONResponse({"error": SHUTTING_DOWN}, status_code=503,
+                               headers={"Connection": "close", "Retry-After": str(RETRY_AFTER_S)})(
                 scope, receive, send_with_headers)
         except Exception as e:  # a bug: one log line, a JSON 500, the connection kept
             # the kind of error, where it was raised and its message with what it quotes redacted, no traceback: a
