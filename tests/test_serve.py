@@ -537,6 +537,15 @@ def test_oversized_upload_over_a_socket_gets_the_413(live_server: tuple[str, Pat
         assert http.post("/v1/predict", files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code == 200
 
 
+def test_answers_name_no_server_software_but_keep_the_date(live_server: tuple[str, Path, int]) -> None:
+    """Every answer said `server: uvicorn`, which a hospital's security scanner flags as a disclosure of the software
+    behind the service; the Date header an origin server with a clock must send (RFC 9110) stays."""
+    url, _, _ = live_server
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for r in (http.get("/healthz"), http.get("/v1/model"), http.get("/no-such-path")):
+            assert "server" not in r.headers and r.headers["date"].endswith(" GMT"), r.headers
+
+
 def resident_mb(pid: int) -> float:
     """The resident memory (RSS) of process ``pid``, MB."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB

@@ -272,13 +272,16 @@ QUIET_LOGGERS = ("uvicorn.error", "asyncio", "pneumoscan.serving.guard", __name_
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                   **kwargs: Any) -> uvicorn.Config:
     """uvicorn settings for the service: the guarded protocol (head deadline), the keep-alive limit, one-line,
-    rate-limited failure logs and a rate-limited access log (``access_log=False`` turns it off)."""
+    rate-limited failure logs and a rate-limited access log (``access_log=False`` turns it off). No ``server``
+    header (``server: uvicorn`` names the software, which security scanners flag); the ``Date`` header, which HTTP
+    asks of a server with a clock, stays."""
     limits = limits or Limits()
     kwargs.setdefault("log_config", _log_config(app, kwargs.get("root_path", "")))
     config = uvicorn.Config(
         app, host=host, port=port,
         http=functools.partial(GuardedH11, header_timeout=limits.header_timeout, body_timeout=limits.body_timeout),
-        timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, **kwargs,
+        timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=limits.shutdown_grace, server_header=False,
+        **kwargs,
     )  # fmt: skip
     for name, kind in [(name, OneLineLog) for name in QUIET_LOGGERS] + [(ACCESS_LOGGER, AccessLog)]:
         quieted = logging.getLogger(name)  # after Config, which configures logging
