@@ -27,7 +27,7 @@ from pneumoscan.models.card import load_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.guard import Access
 from pneumoscan.serving.limits import RETRY_AFTER_S, Limits
-from pneumoscan.serving.server import build_server
+from pneumoscan.serving.server import UVICORN_GRACE_RAN_OUT, GraceRanOut, build_server
 from tests.builders import free_port, running, wait_healthy
 
 KEY = "k3y-" + "0123456789abcdef" * 2
@@ -311,7 +311,29 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
     # with the busy 503's Retry-After: a balancer or client without one retried at once
     assert answer.startswith(b"HTTP/1.1 503 ") and b"the service is shutting down" in answer, answer
     assert f"\r\nretry-after: {RETRY_AFTER_S}\r\n".encode() in answer.lower(), answer
-    assert "Exception in ASGI application" not in (tmp_path / "log").read_text()
+    log = (tmp_path / "log").read_text()
+    assert "Exception in ASGI application" not in log
+    # an event the operator chose, said as a warning that names it, not uvicorn's ERROR line (the journal's and an
+    # alert's sign of a fault)
+    assert "ERROR" not in log and "timeout graceful shutdown exceeded" not in log, log
+    assert re.search(r"^WARNING .*the --shutdown-grace of 1 s ran out with 1 request in progress", log, re.M), log
+
+
+def test_only_uvicorns_line_for_the_grace_running_out_is_said_otherwise(caplog: pytest.LogCaptureFixture) -> None:
+    """GraceRanOut turns that one line into a warning of pneumoscan's own and lets every other record pass: a real
+    error of uvicorn's during the shutdown is not hidden."""
+    said = GraceRanOut(20.0)
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, msg, args, None)
+
+    with caplog.at_level(logging.WARNING, "pneumoscan"):
+        assert not said.filter(record(UVICORN_GRACE_RAN_OUT, 2))
+        assert said.filter(record("Exception in ASGI application"))
+        assert said.filter(record("Cancel %s running task(s), something else", 2))
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert caplog.messages[0].startswith("shutting down: the --shutdown-grace of 20 s ran out with 2 requests in "
+                                         "progress, cut off")
 
 
 def test_public_bind_without_a_key_is_refused(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch,
