@@ -112,6 +112,15 @@ def test_healthz(client: TestClient, tiny_bundle: Path) -> None:
         assert head.status_code == 200 and head.content == b"", path
 
 
+def test_a_path_with_a_trailing_slash_is_not_found_rather_than_redirected(client: TestClient) -> None:
+    """/healthz/ answered a 307 to http://HOST/healthz: a probe configured with the slash then worked only by
+    following a redirect (to plain http behind a TLS proxy). Every served path has one spelling; another is 404."""
+    for path in ("/healthz/", "/v1/model/"):
+        for r in (client.get(path, follow_redirects=False), client.post("/v1/predict/", follow_redirects=False)):
+            assert r.status_code == 404 and r.json() == {"error": "Not Found"} and "location" not in r.headers
+    assert client.head("/healthz/").status_code == 404
+
+
 def test_the_api_schema_names_each_operation_once(client: TestClient) -> None:
     """HEAD /healthz is answered, but only GET is in the schema: one operation a method and path, so a client
     generated from it has no two operations of one id (FastAPI warned "Duplicate Operation ID" for both)."""

@@ -58,6 +58,9 @@ def create_app(bundle: Path | str, etiology: Path | str | None = None, max_uploa
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # one spelling a path: /healthz/ is 404, not a redirect to http://HOST/healthz that a probe configured
+        # with the slash would pass only by following (to plain http behind a TLS proxy)
+        redirect_slashes=False,
     )
     _add_middleware(app, access)
     app.state.in_flight = service.in_flight
