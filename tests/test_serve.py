@@ -294,6 +294,34 @@ def test_etiology_runs_only_for_images_read_as_pneumonia(tiny_bundle: Path, tiny
         assert body["label"] == "NORMAL" and body["etiology"] is None
 
 
+def with_validation_auc(bundle: Path, auc: float, ci: list[float], out: Path) -> Path:
+    """A copy of ``bundle`` whose card records a validation AUC of ``auc`` with the 95% interval ``ci``."""
+    shutil.copytree(bundle, out)
+    card = load_card(out)
+    save_card(out, dataclasses.replace(card, val_metrics={**card.val_metrics, "auc": auc,
+                                                          "ci": {**card.val_metrics["ci"], "auc": ci}}))
+    return out
+
+
+def test_a_stage_whose_validation_auc_may_be_chance_is_served_with_that_caveat(
+        tiny_bundle: Path, tiny_etiology_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An etiology bundle of validation AUC 0.51 (95% CI 0.40-0.62) was served without a word: training refuses
+    only an AUC of 0.5 or less, and an interval reaching 0.5 shows no better than chance either. The start says it,
+    naming the bundle, and so does the card /v1/model gives (whose caveats the page shows); a stage whose interval
+    is above 0.5 gets no such caveat."""
+    weak = with_validation_auc(tiny_etiology_bundle, 0.51, [0.40, 0.62], tmp_path / "weak")
+    sound = with_validation_auc(tiny_bundle, 0.9, [0.8, 0.97], tmp_path / "sound")
+    said = ("validation AUC 0.510 (95% CI 0.400-0.620) on {} films: its interval reaches 0.5, so these films do not "
+            "show that it tells the classes apart better than chance; measure it on more labelled films (pneumoscan "
+            "evaluate) before relying on its readings").format(load_card(weak).val_metrics["n"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "pneumoscan"), TestClient(create_app(sound, etiology=weak)) as c:
+        info = c.get("/v1/model").json()
+    assert f"{weak}: {said}" in caplog.messages
+    assert info["etiology"]["caveats"][0] == said
+    assert not any("AUC" in caveat for caveat in info["caveats"])
+
+
 def test_etiology_needs_a_pneumonia_first_stage(tiny_etiology_bundle: Path, xray: bytes,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Served alone, an etiology bundle says what it cannot tell in every answer, and once in the log at start-up,

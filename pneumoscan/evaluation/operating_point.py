@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.metrics import (NO_RANGE, choose_thresholds, clopper_pearson, describe_policy, fit_temperature,
-                                     format_figure, jsonable, macro_auc, roc_auc, threshold_range)
+from pneumoscan.core.metrics import (CHANCE_AUC, NO_RANGE, choose_thresholds, clopper_pearson, describe_policy,
+                                     fit_temperature, format_figure, jsonable, macro_auc, roc_auc, threshold_range)
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.inference.export import ONNX_NAME, write_onnx_spec
 from pneumoscan.inference.onnx_runtime import Int8Key
@@ -42,9 +42,6 @@ class OperatingPoint:
     def card_fields(self) -> dict:
         """The :class:`BundleCard` fields this operating point sets."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "films_caveat"}
-
-
-CHANCE_AUC = 0.5  # a model that ranks films no better than a coin toss
 
 
 def check_better_than_chance(probs: np.ndarray, targets: np.ndarray, task: Task, scorer: str, films: str,

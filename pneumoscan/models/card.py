@@ -35,7 +35,7 @@ from pneumoscan import __version__
 from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.digests import bytes_sha256, file_sha256, json_sha256
 from pneumoscan.core.files import NotRegularFile, open_regular
-from pneumoscan.core.metrics import TEMPERATURE_BOUNDS
+from pneumoscan.core.metrics import CHANCE_AUC, TEMPERATURE_BOUNDS, with_ci
 from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
@@ -158,8 +158,28 @@ class BundleCard:
 
     @property
     def caveats(self) -> list[str]:
-        """What a user of the bundle must know of its temperature and threshold (:attr:`threshold_caveat`, ...)."""
-        return [text for text in (self.temperature_caveat, self.threshold_caveat) if text]
+        """What a user of the bundle must know of its ranking (:attr:`ranking_caveat`), temperature and threshold
+        (:attr:`threshold_caveat`, ...): every consumer of the card says them (``predict`` and ``serve`` at start,
+        /v1/model and the page, evaluate's report, the SR and FHIR reports)."""
+        return [text for text in (self.ranking_caveat, self.temperature_caveat, self.threshold_caveat) if text]
+
+    @property
+    def ranking_caveat(self) -> str:
+        """Why the validation films do not show the model better than chance: the 95% interval of its validation
+        AUC reaches :data:`~pneumoscan.core.metrics.CHANCE_AUC` (or, in a card without one, the AUC itself is no
+        higher). Training refuses only an AUC at or below it, so a bundle of AUC 0.51 on few films is written, and
+        its readings look like a working model's. Said from the figures the card records, so a bundle trained before
+        it says it too. Empty when the interval is above chance, or the card records no AUC."""
+        auc, ci = self.val_metrics.get("auc"), (self.val_metrics.get("ci") or {}).get("auc")
+        low = ci[0] if ci and ci[0] is not None else auc
+        if low is None or low > CHANCE_AUC:
+            return ""
+        patients = (self.val_metrics.get("patients") or {}).get("all")
+        films = f"{self.val_metrics.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
+        reaches = "its interval reaches" if ci and ci[0] is not None else "that is no more than"
+        return (f"validation AUC {with_ci(auc, ci)} on {films}: {reaches} {CHANCE_AUC}, so these films do not show "
+                "that it tells the classes apart better than chance; measure it on more labelled films (pneumoscan "
+                "evaluate) before relying on its readings")
 
     def plugin_module(self, kind: str, name: str) -> str:
         """The module the card records as the one that registered the ``kind`` ("task", "model") ``name``; "" when

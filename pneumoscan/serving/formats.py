@@ -91,9 +91,9 @@ class ModelInfo(BaseModel):
     val_metrics: dict[str, Any]
     data_fingerprint: str
     package_version: str
-    caveats: list[str] = Field(description="why the threshold or the probabilities may not hold (too few positive "
-                               "films to show the threshold's sensitivity target, a temperature that could not be "
-                               "fitted): said when they were chosen, kept by the bundle")
+    caveats: list[str] = Field(description="why the readings, the threshold or the probabilities may not hold (a "
+                               "validation AUC whose 95 % interval reaches 0.5, too few positive films to show the "
+                               "threshold's sensitivity target, a temperature that could not be fitted)")
     heatmap_scale: float | None = Field(description="the raw Grad-CAM value its heatmaps draw as their top colour, "
                                         "the same for every film; for an ensemble, 1.0: each member's map on that "
                                         "member's own scale; null: each map scaled to its own film's maximum")

@@ -18,7 +18,7 @@ second of every start.
 
 from __future__ import annotations
 
-from .auc_intervals import AUC_INTERVAL, _auc_ci
+from .auc_intervals import AUC_INTERVAL, CHANCE_AUC, _auc_ci
 from .formatting import figure_beside, format_figure, format_percent, jsonable, short_of_one, with_ci
 from .inputs import has_both_classes
 from .intervals import (ALPHA, BOOTSTRAP_SEED, FILM_UNIT_CAVEAT, _bca_ci, _bootstrap_weights, _ratio_jackknife,
@@ -29,8 +29,8 @@ from .summaries import (BOTH_CLASSES, CURVE_POINTS, binary_metrics, evaluate_bin
 from .thresholds import (NO_RANGE, choose_threshold, choose_thresholds, describe_policy, threshold_interval,
                          threshold_range)
 
-__all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CURVE_POINTS", "FILM_UNIT_CAVEAT", "NO_RANGE",
-           "TEMPERATURE_BOUNDS", "binary_metrics", "calibration", "choose_threshold", "choose_thresholds",
+__all__ = ["ALPHA", "AUC_INTERVAL", "BOOTSTRAP_SEED", "BOTH_CLASSES", "CHANCE_AUC", "CURVE_POINTS", "FILM_UNIT_CAVEAT",
+           "NO_RANGE", "TEMPERATURE_BOUNDS", "binary_metrics", "calibration", "choose_threshold", "choose_thresholds",
            "ci_method_sentence", "clopper_pearson", "describe_policy", "evaluate_binary", "evaluate_multiclass",
            "figure_beside", "fit_temperature", "format_figure", "format_percent", "has_both_classes", "jsonable",
            "macro_auc", "proportion_ci", "roc_auc", "short_of_one", "softmax", "threshold_interval",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+CHANCE_AUC = 0.5  # a model that ranks films no better than a coin toss
 # how :func:`_auc_ci` and :func:`_macro_auc_ci` make an AUC's interval, as reports and model cards name it
 AUC_INTERVAL = "Newcombe's score-type interval, its variance at the estimate never below DeLong's"
 
