@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pneumoscan import cli
-from pneumoscan.training.config import TrainConfig
+from pneumoscan.training.config import TrainConfig, load_config
 from pneumoscan.training.distributed import Dist, gather_shards, setup_distributed, shard
 from pneumoscan.training.engine import Callback, State
 from pneumoscan.training.train import train, warm_start
@@ -46,8 +46,9 @@ def main(data: Path, other_copy: Path, out: Path, train_args: list[str]) -> None
     run where rank 1 reads a copy of the data with a film it cannot read; then a warm start of a probe together."""
     rank = int(os.environ["RANK"])
     said: dict = {"resume_status": cli.main(train_args)}
-    try:
-        train(data, TrainConfig(**{**RECIPE, "epochs": 2}), out / "single", resume=True)
+    try:  # its own settings, one epoch more than it trained
+        config = out / "single" / "config.yaml"
+        train(data, load_config(config, epochs=load_config(config).epochs + 1), config.parent, resume=True)
     except ValueError as e:
         said["resume_refused"] = str(e)
     # 2 films a rank: an epoch of nine steps, which ranks the validation films (global batch 16 took two, and its

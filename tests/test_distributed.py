@@ -44,7 +44,7 @@ from tests.distributed_stubs import (
     ranks_given_other_settings,
     two_gloo_ranks,
 )
-from tests.distributed_worker import RECIPE, probe_warm_start
+from tests.distributed_worker import probe_warm_start
 
 
 # what train_args gives every run, as the library takes it
@@ -89,8 +89,8 @@ def test_two_gloo_processes_train_resume_and_agree(tiny_dataset: Path, tiny_bund
     first, [cached] = history(run), list(cache.glob("*.u8"))
     cached_stat = (cached.stat().st_ino, cached.stat().st_mtime_ns)
 
-    single, other_copy = tmp_path / "single", tmp_path / "copy" / "chest_xray"
-    train(tiny_dataset, TrainConfig(**RECIPE), single)
+    # a run one process made: tiny_bundle's (a copy: the second launch tries to resume it)
+    single, other_copy = shutil.copytree(tiny_bundle.parent, tmp_path / "single"), tmp_path / "copy" / "chest_xray"
     kept = {p: p.read_bytes() for p in single.rglob("*") if p.is_file()}
     shutil.copytree(tiny_dataset, other_copy)
     (other_copy / "train" / "NORMAL" / "IM-0003-0001.jpeg").write_bytes(b"not a JPEG")
