@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,12 +35,10 @@ HEAVY = (*TORCH_STACK, "sklearn")
 ROOT = Path(__file__).parents[1]
 
 
-def run_python(code: str, *args: str, affinity: set[int] | None = None, **env: str) -> dict:
-    """``code`` in a fresh interpreter (this one has torch loaded long ago), on the CPUs of ``affinity`` (as
-    ``taskset`` would; default: this process's); it prints one JSON line last."""
+def run_python(code: str, *args: str) -> Any:
+    """``code`` in a fresh interpreter (this one has torch loaded long ago); it prints one JSON line last."""
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                          preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None)  # fmt: skip
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -133,36 +132,61 @@ def test_softmax_is_scipys_bit_for_bit() -> None:
         assert np.array_equal(softmax(logits, temperature), expected)
 
 
+# The scenarios share one interpreter, which imports what a scoring process loads before torch; each runs in a child
+# forked from it before torch is loaded (torch's import was most of a fresh interpreter's 2.4 s a scenario): the child
+# takes its CPUs (as taskset would) and its environment, then loads torch, which reads both as it loads.
 THREADS = """
-import json, logging, math, os, sys
+import json, logging, math, os, sys, traceback
 from pathlib import Path
 from pneumoscan.core import cpus
-if sys.argv[2]:
-    cpus.CGROUP = Path(sys.argv[2])  # a container's CPU quota, as its own cgroup folder shows it
-said = []
-class Kept(logging.Handler):
-    def emit(self, record):
-        said.append(record.getMessage())
-logging.getLogger("pneumoscan").addHandler(Kept())
-logging.getLogger("pneumoscan").setLevel(logging.INFO)
 from pneumoscan.inference.onnx_runtime import session
 from pneumoscan.inference.predict import Predictor
-before = cpus.model_threads()  # torch not loaded yet: worked out
-import torch
-start = torch.get_num_threads()  # what torch alone would run
-if sys.argv[3]:
-    Predictor(sys.argv[1], backend="torch")  # predict and serve load their torch model so
-else:
-    cpus.cap_torch_threads()  # what that load does first (timm and the model cost seconds a process)
-onnx = session(Path(sys.argv[1]) / "model.onnx").get_session_options().intra_op_num_threads
-quota = cpus.cpu_quota()
-cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
-print(json.dumps({"before": before, "start": start, "torch": torch.get_num_threads(), "onnx": onnx, "cores": cores,
-                  "said": said}))
+
+
+def counts(bundle, cgroup, model):
+    if cgroup:
+        cpus.CGROUP = Path(cgroup)  # a container's CPU quota, as its own cgroup folder shows it
+    said = []
+    class Kept(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+    logging.getLogger("pneumoscan").addHandler(Kept())
+    logging.getLogger("pneumoscan").setLevel(logging.INFO)
+    before = cpus.model_threads()  # torch not loaded yet: worked out
+    import torch
+    start = torch.get_num_threads()  # what torch alone would run
+    if model:
+        Predictor(bundle, backend="torch")  # predict and serve load their torch model so
+    else:
+        cpus.cap_torch_threads()  # what that load does first (timm and the model cost seconds a process)
+    onnx = session(Path(bundle) / "model.onnx").get_session_options().intra_op_num_threads
+    quota = cpus.cpu_quota()
+    cores = min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else os.cpu_count())
+    return {"before": before, "start": start, "torch": torch.get_num_threads(), "onnx": onnx, "cores": cores,
+            "said": said}
+
+
+ran = []
+for case in json.loads(sys.argv[2]):
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:
+        try:
+            if case["one_cpu"]:
+                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            os.environ.update(case["env"])
+            said = counts(sys.argv[1], case["cgroup"], case["model"])
+        except BaseException:
+            said = {"error": traceback.format_exc()}
+        with os.fdopen(write, "w") as out:
+            out.write(json.dumps(said))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as got:
+        ran.append(json.loads(got.read() or '{"error": "the child said nothing"}'))
+    os.waitpid(pid, 0)
+print(json.dumps(ran))
 """
-
-
-@pytest.mark.parametrize("env, one_cpu, quota, model", [
+SCENARIOS = [
     ({"OMP_NUM_THREADS": "1"}, False, None, False),  # a count given below the cap is honoured
     ({"OMP_NUM_THREADS": ""}, False, None, False),  # one a physical core
     ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, False, None, False),  # MKL's count wins
@@ -170,20 +194,34 @@ print(json.dumps({"before": before, "start": start, "torch": torch.get_num_threa
     # taskset to one CPU: torch alone runs one a physical core of the machine; capped by loading a model
     ({"OMP_NUM_THREADS": "64"}, True, None, True),
     ({"OMP_NUM_THREADS": ""}, False, "100000 100000", False),  # docker --cpus 1: torch alone counts the machine's cores
-])  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def thread_counts(tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> list[dict]:
+    """What each of :data:`SCENARIOS` counted (:data:`THREADS`), in one interpreter started for all of them."""
+    folder = module_tmp("thread_counts")
+    cases = []
+    for i, (env, one_cpu, quota, model) in enumerate(SCENARIOS):
+        cgroup = ""
+        if quota:
+            (folder / str(i)).mkdir()
+            (folder / str(i) / "cpu.max").write_text(quota + "\n")
+            cgroup = str(folder / str(i))
+        cases.append({"env": env, "one_cpu": one_cpu, "cgroup": cgroup, "model": model})
+    return run_python(THREADS, str(tiny_bundle), json.dumps(cases))
+
+
+@pytest.mark.parametrize("env, one_cpu, quota, model", SCENARIOS)
 def test_every_model_run_takes_torchs_count_capped_at_the_cores_this_process_may_use(
-    tiny_bundle: Path, tmp_path: Path, env: dict[str, str], one_cpu: bool, quota: str | None, model: bool
+    thread_counts: list[dict], env: dict[str, str], one_cpu: bool, quota: str | None, model: bool
 ) -> None:
     """One rule for torch and every ONNX Runtime session: torch's own count (MKL_NUM_THREADS, OMP_NUM_THREADS, the
     physical cores), never more than the cores taskset or a CPU quota leave; in a pod limited to 2 CPUs on a 32-core
     node each session and the torch backend had run 16 threads. Worked out before torch is loaded, it is the count
     torch runs once predict or serve has loaded a model."""
-    cgroup = ""
-    if quota:
-        (tmp_path / "cpu.max").write_text(quota + "\n")
-        cgroup = str(tmp_path)
-    ran = run_python(THREADS, str(tiny_bundle), cgroup, "model" if model else "",
-                     affinity={min(os.sched_getaffinity(0))} if one_cpu else None, **env)
+    ran = thread_counts[SCENARIOS.index((env, one_cpu, quota, model))]
+    assert "error" not in ran, ran["error"]
     assert ran["before"] == ran["torch"] == ran["onnx"] == min(ran["start"], ran["cores"]), ran
     capped = [line for line in ran["said"] if "intra-op threads capped" in line]
     assert capped == ([f"torch's {ran['start']} intra-op threads capped at the {ran['cores']} cores this process may "
