@@ -44,12 +44,24 @@ def run_python(code: str, *args: str) -> Any:
 
 
 PREDICT = f"""
-import json, sys
+import io, json, sys
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
 from pneumoscan import cli
+from pneumoscan.serving.app import create_app
+def loaded():
+    return [m for m in {HEAVY!r} if m in sys.modules]
 said = []
-for args in json.loads(sys.argv[1]):  # one command line after another in this process
-    code = cli.main(args)
-    said.append({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}})
+*scoring, heatmaps = json.loads(sys.argv[1])
+for args in scoring:  # one command line after another in this process
+    said.append({{"code": cli.main(args), "loaded": loaded()}})
+buf = io.BytesIO()  # then the service's scoring of a film
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(buf, "PNG")
+with TestClient(create_app(sys.argv[2], backend="onnx")) as client:
+    answer = client.post("/v1/predict", files={{"file": ("film.png", buf.getvalue(), "image/png")}})
+said.append({{"status": answer.status_code, "loaded": loaded()}})
+said.append({{"code": cli.main(heatmaps), "loaded": loaded()}})
 print(json.dumps(said))
 """
 BACKENDS = ("onnx", "onnx-int8")
@@ -57,9 +69,10 @@ BACKENDS = ("onnx", "onnx-int8")
 
 @pytest.fixture(scope="module")
 def fresh_predicts(int8_bundle: Path, tiny_bundle: Path, module_tmp: Callable[[str], Path]) -> dict:
-    """`predict` of a film by each ONNX backend, then by ONNX with heatmaps, one after the other in one fresh
-    interpreter (this one has torch loaded long ago): an interpreter a test had cost seconds each. What a run
-    imports stays in sys.modules, so what is loaded after each run counts it and the runs before it."""
+    """`predict` of a film by each ONNX backend, the service's ONNX scoring of a film, then `predict` by ONNX with
+    heatmaps, one after the other in one fresh interpreter (this one has torch loaded long ago): an interpreter a
+    test had cost seconds each. What a run imports stays in sys.modules, so what is loaded after each run counts it
+    and the runs before it."""
     folder = module_tmp("fresh_predicts")
     film = folder / "film.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(film)
@@ -67,7 +80,7 @@ def fresh_predicts(int8_bundle: Path, tiny_bundle: Path, module_tmp: Callable[[s
             for backend in BACKENDS]
     runs.append(["predict", str(tiny_bundle), str(film), "--out", str(folder / "heatmaps.json"), "--backend", "onnx",
                  "--heatmaps", str(folder / "maps")])
-    return {"film": film, "folder": folder, "ran": run_python(PREDICT, json.dumps(runs))}
+    return {"film": film, "folder": folder, "ran": run_python(PREDICT, json.dumps(runs), str(tiny_bundle))}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -289,19 +302,6 @@ def test_a_bundle_replaced_after_start_up_draws_no_heatmap_of_other_weights(tiny
         predictor.model
 
 
-SERVE = f"""
-import io, json, sys
-import numpy as np
-from fastapi.testclient import TestClient
-from PIL import Image
-from pneumoscan.serving.app import create_app
-buf = io.BytesIO()
-Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(buf, "PNG")
-with TestClient(create_app(sys.argv[1], backend="onnx")) as client:
-    answer = client.post("/v1/predict", files={{"file": ("film.png", buf.getvalue(), "image/png")}})
-print(json.dumps({{"status": answer.status_code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
-"""
-
-
-def test_the_services_onnx_scoring_imports_no_torch(tiny_bundle: Path) -> None:
-    assert run_python(SERVE, str(tiny_bundle)) == {"status": 200, "loaded": []}
+def test_the_services_onnx_scoring_imports_no_torch(fresh_predicts: dict) -> None:
+    """After the ONNX predicts (which load none of it), the service's ONNX scoring answers and loads none either."""
+    assert fresh_predicts["ran"][len(BACKENDS)] == {"status": 200, "loaded": []}
