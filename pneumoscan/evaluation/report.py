@@ -178,8 +178,7 @@ def _drawn(text: str) -> str:
 
 def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> Figure:
     """The confusion matrix as a picture: row-normalised shading, counts and shares written in the cells."""
-    fig = Figure(figsize=(1.6 + 1.3 * len(names), 1.2 + 1.1 * len(names)))
-    ax = fig.add_subplot()
+    fig, ax = _sized_axes((1.2 * len(names), 1.2 * len(names)), (1.3, 0.3, 0.75, 0.5))
     shares = [[math.nan if v is None else v for v in row] for row in cm["normalized"]]
     ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     for i, (counts, row) in enumerate(zip(cm["counts"], shares)):
@@ -192,9 +191,22 @@ def _confusion_figure(cm: dict[str, Any], names: Sequence[str], title: str) -> F
     return fig
 
 
-def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=(4.2, 3.8))
-    ax = fig.add_subplot()
+def _sized_axes(size: tuple[float, float], margins: tuple[float, float, float, float]) -> tuple[Figure, Axes]:
+    """Axes of ``size`` inches with ``margins`` (left, right, bottom, top) around them, room for what is drawn
+    outside them (labels, ticks, a title, a legend below): drawn all on the figure, which figure_bytes then cuts
+    out of one draw."""
+    (width, height), (left, right, bottom, top) = size, margins
+    fig = Figure(figsize=(left + width + right, bottom + height + top))
+    fig.subplots_adjust(left=left / fig.get_figwidth(), right=1 - right / fig.get_figwidth(),
+                        bottom=bottom / fig.get_figheight(), top=1 - top / fig.get_figheight())
+    return fig, fig.add_subplot()
+
+
+def _new_axes(title: str, xlabel: str, ylabel: str, below: float = 0.0) -> tuple[Figure, Axes]:
+    """The axes of a curve, ``below`` inches more beneath them for a legend there, which is wider than the axes
+    (two columns of the longest entries: 0.7 inch on either side)."""
+    beside = 0.85 if below else 0.0
+    fig, ax = _sized_axes((3.25, 2.925), (max(0.75, beside), max(0.45, beside), 0.6 + below, 0.5))
     ax.set(title=_drawn(title), xlabel=_drawn(xlabel), ylabel=_drawn(ylabel), xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     return fig, ax
@@ -243,7 +255,7 @@ def _reliability_figure(cal: dict[str, Any], xlabel: str) -> Figure:
     """Observed frequency per bin of predicted probability with its exact 95% interval (Clopper-Pearson, films)
     and its number of films written on its bar, lest a bin of 3 films read as firmly as one of 300; bins of fewer
     than _SPARSE_BIN films are hollow. The legend goes below the axes, where it covers no point."""
-    fig, ax = _new_axes(f"Reliability (ECE = {_fmt(cal['ece'])})", xlabel, "Observed frequency")
+    fig, ax = _new_axes(f"Reliability (ECE = {_fmt(cal['ece'])})", xlabel, "Observed frequency", below=0.5)
     ax.plot([0, 1], [0, 1], ls="--", color="#9aa5b1", lw=1, label="perfect calibration")
     filled = [(p, o, c) for p, o, c in zip(cal["mean_predicted"], cal["observed_frequency"], cal["counts"]) if c]
     if filled:

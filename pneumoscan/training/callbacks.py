@@ -221,6 +221,10 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
     )
     styles = {"train": ("train", "#1f77b4"), "val": ("validation", "#ff7f0e")}  # same colours in every panel
     fig = Figure(figsize=(13, 3.8))
+    # fixed margins (inches: 0.8 left, 0.35 right, 0.6 below, 0.45 above, 0.75 between panels) with room for tick
+    # labels of six characters: figure_bytes cuts the figure out of one draw, where tight_layout measured it first
+    fig.subplots_adjust(left=0.8 / 13, right=1 - 0.35 / 13, bottom=0.6 / 3.8, top=1 - 0.45 / 3.8,
+                        wspace=0.75 / ((13 - 1.15 - 2 * 0.75) / 3))
     for ax, (title, series) in zip(fig.subplots(1, 3), panels):
         for key in series:
             values = [row.get(key) for row in history]
@@ -231,10 +235,9 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_png, figure_bytes(fig))
+    write_atomic(out_png, figure_bytes(fig, tight=True))
 
 
 CURVES_EVERY_S = 30.0  # RUN/curves.png is redrawn at most this often while training (a draw takes about 0.4 s)
