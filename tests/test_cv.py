@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -189,43 +190,59 @@ def test_cv_of_the_multiclass_task_scores_the_three_class_decision(typed_dataset
     assert result["summary"]["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in result["per_fold"]]))
 
 
-@pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
-def test_cv_pooled_three_class_block_counts_patients(typed_dataset: Path, tmp_path: Path) -> None:
-    """Where patients have several films, the pooled out-of-fold three-class CIs count patients, as evaluate's do."""
-    records = discover(typed_dataset).records
-    manifest = tmp_path / "pairs.csv"
-    write_manifest([dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)], manifest)
-    result = cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False,
-                                                  image_size=32, epochs=1, batch_size=8), 2, tmp_path / "cv")
-    assert result["pooled_out_of_fold"]["multiclass"]["ci_unit"] == "patient"
-
-
-@pytest.mark.filterwarnings("ignore:temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
-def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(typed_dataset: Path,
-                                                                             tmp_path: Path) -> None:
-    """A film filed twice under two patient ids is one child's: the pooled out-of-fold three-class CIs count the
-    copies as one patient, by evaluate's grouping (patient_groups), not as two patients of a film each."""
+@pytest.fixture(scope="module")
+def pooled_multiclass_cv(typed_dataset: Path, module_tmp: Callable[[str], Path]) -> tuple[Path, Path, list[Path]]:
+    """A two-fold three-class cv (OUT) of the typed training films (MANIFEST) filed as patients of two films each, one
+    bacterial film filed once more, elsewhere, under a patient id of its own (the copy and its original: PAIR)."""
+    folder = module_tmp("pooled")
     records = discover(typed_dataset).split("train")
     original = next(r for r in records if r.subtype == "bacteria")
-    copy = tmp_path / "elsewhere" / "person999_bacteria_999.jpeg"
+    copy = folder / "elsewhere" / "person999_bacteria_999.jpeg"
     copy.parent.mkdir()
     shutil.copyfile(original.path, copy)
-    manifest = tmp_path / "with-copy.csv"
-    write_manifest([*records, dataclasses.replace(original, path=str(copy), patient="person999")], manifest)
-    assert len({r.patient for r in discover(manifest).records}) == len(records) + 1, "no patient id has two films"
-    cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
-                                         epochs=1, batch_size=8), 2, tmp_path / "cv")
-    pooled = json.loads((tmp_path / "cv" / "cv.json").read_text())["pooled_out_of_fold"]["multiclass"]
-    assert pooled["ci_unit"] == "patient"
-    with (tmp_path / "cv" / "oof.csv").open() as f:
+    manifest = folder / "pairs-and-a-copy.csv"
+    write_manifest([*(dataclasses.replace(r, patient=f"pair-{i // 2}") for i, r in enumerate(records)),
+                    dataclasses.replace(original, path=str(copy), patient="person999")], manifest)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "temperature 20 is at its bound")  # one epoch of a tiny model: no signal yet
+        cross_validate(manifest, TrainConfig(task="multiclass", model="simple_cnn", pretrained=False, image_size=32,
+                                             epochs=1, batch_size=8), 2, folder / "cv")
+    return folder / "cv", manifest, [Path(original.path), copy]
+
+
+def _pooled(out: Path, manifest: Path) -> tuple[dict, list[list[set[str]]], dict]:
+    """The pooled out-of-fold three-class block, the groups of copies among its films, and the figures evaluate
+    gives its rows with its patients (copies of a film as one) as the units its CIs count."""
+    pooled = json.loads((out / "cv.json").read_text())["pooled_out_of_fold"]["multiclass"]
+    with (out / "oof.csv").open() as f:
         rows = list(csv.DictReader(f))
     by_path = {os.path.realpath(r.path): r for r in discover(manifest).records}
     copies, units, _ = patient_groups([by_path[row["path"]] for row in rows], manifest)
-    assert [{Path(p).name for p in group} for group in copies] == [{Path(original.path).name, copy.name}]
     classes = pooled["class_names"]
     probs = np.array([[float(row[f"probability_{c}"]) for c in classes] for row in rows])
     truth = [0 if row["label"] == "NORMAL" else classes.index(row["subtype"]) for row in rows]
-    again = evaluate_multiclass(truth, probs, classes, groups=units)
+    return pooled, [{Path(p).name for p in group} for group in copies], evaluate_multiclass(truth, probs, classes,
+                                                                                               groups=units)
+
+
+def test_cv_pooled_three_class_block_counts_patients(pooled_multiclass_cv: tuple[Path, Path, list[Path]]) -> None:
+    """Where patients have several films, the pooled out-of-fold three-class CIs count patients, as evaluate's do."""
+    out, manifest, _ = pooled_multiclass_cv
+    pooled, _, again = _pooled(out, manifest)
+    assert pooled["ci_unit"] == "patient" and pooled["patients"] == again["patients"]
+    assert again["patients"]["all"] < pooled["n"] / 1.5, "about two films a patient"
+    for name, ci in again["ci"].items():
+        assert pooled["ci"][name] == pytest.approx(ci), name
+
+
+def test_cv_pooled_three_class_block_counts_copies_of_a_film_as_one_patient(
+        pooled_multiclass_cv: tuple[Path, Path, list[Path]]) -> None:
+    """A film filed twice under two patient ids is one child's: the pooled out-of-fold three-class CIs count the
+    copies as one patient, by evaluate's grouping (patient_groups), not as two patients of a film each."""
+    out, manifest, pair = pooled_multiclass_cv
+    assert len({r.patient for r in discover(manifest).records if r.path in map(str, pair)}) == 2, "two patient ids"
+    pooled, copies, again = _pooled(out, manifest)
+    assert copies == [{path.name for path in pair}]
     for name, ci in again["ci"].items():
         assert pooled["ci"][name] == pytest.approx(ci), name
 
