@@ -52,7 +52,7 @@ def test_evaluate_writes_predictions_figures_and_a_threshold_table(tiny_bundle: 
         truth = Path(row["path"]).parent.name  # the folder is the label
         p = float(row["probability"])
         score = predictor.predict_array(np.array(Image.open(row["path"]).convert("L")))["probability"]
-        assert abs(p - score) <= SCORE_TOL + 1e-6, row  # the CSV keeps 6 decimals
+        assert abs(p - score) <= SCORE_TOL, row
         assert row["label"] == truth and row["called"] == (card.positive if p >= card.threshold else "NORMAL")
         assert row["correct"] == str(row["called"] == truth)
         stem = Path(row["path"]).stem
@@ -201,6 +201,25 @@ def test_the_gallery_never_shows_a_probability_on_the_wrong_side_of_the_threshol
     (false_pos, false_neg) = gallery.values()
     assert [caption.split("  ")[1] for _, caption in false_neg] == ["P = 0.3000", "P = 0.46258, threshold 0.46260"]
     assert [caption.split("  ")[1] for _, caption in false_pos] == ["P = 0.46262, threshold 0.46260"]
+
+
+def test_predictions_csv_gives_each_probability_on_the_side_of_the_threshold_it_was_called(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """predictions.csv gave probabilities to 6 decimals beside ``called``: a film within 5e-7 of the threshold read
+    on the other side of metrics.json's threshold from its call. Each probability is the full float, as predict's."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    predictor = Predictor(bundle)
+    _, images, _, _ = labelled_records(tiny_dataset, "test", get_task("pneumonia"), predictor.card.spec)
+    p = float(predictor.positive_probability(predictor.probabilities(images))[0])
+    save_card(bundle, at_threshold(predictor.card, threshold=(p + round(p, 6)) / 2))  # between p and its 6 decimals
+    out = tmp_path / "eval"
+    evaluate(bundle, tiny_dataset, "test", out)
+    threshold = json.loads((out / "metrics.json").read_text())["threshold"]
+    rows = read_csv(out / "predictions.csv")
+    assert min(abs(float(row["probability"]) - threshold) for row in rows) < 5e-7  # the film at the threshold
+    for row in rows:
+        assert (float(row["probability"]) >= threshold) == (row["called"] == predictor.card.positive), row
 
 
 def test_the_three_class_task_writes_its_own_figures_beside_the_pneumonia_ones(tmp_path: Path) -> None:

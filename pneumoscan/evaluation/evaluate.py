@@ -436,19 +436,19 @@ def _write_outputs(out_dir: Path, predictor: Predictor, records: list[Record], t
     y = binary_targets(targets)
     called = scores >= threshold
     rows = [{"path": r.path, "label": classes[t], "subtype": r.subtype, "patient": r.patient,
-             "probability": f"{p:.6f}", "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
+             "probability": p, "called": card.positive if c else card.classes[0], "correct": bool(c == yy),
              "in_scope": in_scope(w), "warnings": w}
             for r, t, p, c, yy, w in zip(records, targets, scores, called, y, scope)]  # fmt: skip
     class_fields: tuple[str, ...] = ()
     if task.multiclass:
         class_fields = (*task.class_columns, MOST_PROBABLE)
         for row, film in zip(rows, probs):
-            row |= {column: f"{v:.6f}" for column, v in zip(task.class_columns, film)}
+            row |= dict(zip(task.class_columns, film))
             row[MOST_PROBABLE] = classes[int(np.argmax(film))]
     second_fields = tuple(second or ())
     for column, values in (second or {}).items():
         for row, value in zip(rows, values):
-            row[column] = f"{value:.6f}" if isinstance(value, float) else value
+            row[column] = value
     fields = PREDICTION_FIELDS + class_fields + second_fields + SCOPE_FIELDS
     write_atomic(out_dir / "predictions.csv", results_csv(fields, rows).encode())
     table = metrics["threshold_table"]
