@@ -258,6 +258,7 @@ def _trained(bundle: Path) -> str:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
+    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.models.run_folder import CvFolder
     from pneumoscan.training.cv import cross_validate
     from pneumoscan.training.distributed import is_main_process
@@ -274,6 +275,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         print(f"pooled out of fold, {_three_classes(three_class)}")
+    for said in left_out_caveat(result["left_out"], result["pooled_out_of_fold"]["n"]):  # cv.json records them
+        print(f"   {said}")
     cv = CvFolder(Path(args.out))
     print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
     return 0
@@ -463,6 +466,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
+    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.inference.export import export_onnx
     from pneumoscan.inference.onnx_runtime import Int8Key, Int8Operating, read_sidecar, spec_path
 
@@ -481,6 +485,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               + (f"macro AUC {format_figure(classes[Int8Key.MACRO_AUC_INT8], 4)} (FP32 "
                  f"{format_figure(classes[Int8Key.MACRO_AUC_FP32], 4)}), " if classes else "")
               + f"threshold {chosen.threshold:.4f} chosen on the INT8 scores ({chosen.threshold_policy})")
+        for said in left_out_caveat(figures[Int8Key.LEFT_OUT], figures[Int8Key.VALIDATION_IMAGES]):  # MODEL_CARD.md too
+            print(f"   {said}")
         return 0
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]

@@ -441,20 +441,29 @@ def test_an_interrupted_fold_goes_on_from_its_checkpoint_under_its_own_recipe_on
     assert all((out / f"fold-{k}" / "bundle" / "model.onnx").is_file() for k in range(2))
 
 
-def test_oof_is_valid_utf8_whatever_the_names_bytes(tiny_dataset: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_oof_is_valid_utf8_whatever_the_names_bytes_and_cv_json_says_what_it_left_out(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """oof.csv is a results file: a name that is not UTF-8 is written \\xNN (docs/limits.md), not a crash at the end
-    of the last fold."""
+    of the last fold. A file of the pool that cannot be read is in one fold's validation split and in no figure: cv
+    said so only in the log, where evaluate, `threshold` and `ensemble` record what their figures left out and why;
+    cv.json holds ``left_out`` as theirs (the one implementation), and the command prints the caveat."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     first = sorted((data / "train" / "NORMAL").iterdir())[0]
     os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9-" + os.fsencode(first.name)))
+    (data / "train" / "NORMAL" / "IM-0999-0001.jpeg").write_bytes(b"not a film")
     out = tmp_path / "cv"
     assert main(["cv", "--data", str(data), "--out", str(out), "--folds", "2", "--model", "simple_cnn",
                  "--no-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
     text = (out / "oof.csv").read_bytes().decode("utf-8")  # strict
     assert f"caf\\xe9-{first.name}" in text and len(text.splitlines()) == 1 + 48
-    capsys.readouterr()
+    result = json.loads((out / "cv.json").read_text())
+    assert result["left_out"] == [{"films": 1, "reason": "could not be read"}]
+    assert result["pooled_out_of_fold"]["n"] == 48
+    said = ("1 of the 49 films given is left out of the figures, which are of the other 48 only: 1 film could not be "
+            "read")
+    assert f"   {said}" in capsys.readouterr().out
     elsewhere = tmp_path / os.fsdecode(b"cv-caf\xe9")  # the folds' bundles would record their manifests under it
     assert main(["cv", "--data", str(data), "--out", str(elsewhere), "--folds", "2", "--epochs", "1"]) == 2
     assert "split_csv" in capsys.readouterr().err and not elsewhere.exists(), "refused before anything is written"

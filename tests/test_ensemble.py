@@ -393,10 +393,11 @@ def test_an_ensemble_chosen_by_a_false_positive_ceiling_keeps_it_for_int8(tiny_b
 
 
 def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift: int = 0, other_weights: bool = False,
-            filed_again: bool = False) -> Path:
+            filed_again: bool = False, unreadable: bool = False) -> Path:
     """A finished two-fold cv run made of ready bundles: fold k holds out the films i with (i + shift) % 2 == k.
     ``other_weights``: each bundle's weights nudged, as a second run's would differ (ensemble refuses a copy).
-    ``filed_again``: each film copied under another name and patient id, in the film's fold."""
+    ``filed_again``: each film copied under another name and patient id, in the film's fold. ``unreadable``: a file
+    that cannot be read, in fold 0's validation split."""
     records = discover(tiny_dataset).split("test")
     fold_of = [(i + shift) % 2 for i in range(len(records))]
     if filed_again:
@@ -404,6 +405,11 @@ def _cv_run(folder: Path, bundles: tuple[Path, Path], tiny_dataset: Path, shift:
         records += [dataclasses.replace(r, patient=f"again-{i}", path=str(
             shutil.copyfile(r.path, folder / "again" / f"{i}-{Path(r.path).name}"))) for i, r in enumerate(records)]
         fold_of += fold_of
+    if unreadable:
+        broken = folder / "broken" / "IM-0999-0001.jpeg"
+        broken.parent.mkdir(parents=True)
+        broken.write_bytes(b"not a film")
+        records, fold_of = [*records, make_record(str(broken), "NORMAL")], [*fold_of, 0]
     for k, bundle in enumerate(bundles):
         shutil.copytree(bundle, folder / f"fold-{k}" / "bundle")
         if other_weights:
@@ -538,6 +544,26 @@ def test_out_of_fold_calibration_counts_patients_and_a_film_filed_again_as_one(
     assert chosen == pytest.approx(threshold_interval(y8, p8, None, None, units), abs=SCORE_TOL)
     # the films counted alone give another interval here: the test tells the two apart
     assert chosen != pytest.approx(threshold_interval(y8, p8, None, None), abs=SCORE_TOL)
+
+
+def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_left_out(
+        tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A file of a fold's validation split that cannot be read chose none of the thresholds: `ensemble --cv` and
+    `export --int8 --cv` said so only in the log, where `ensemble --data` records what it left out and why. The
+    card's train_config and the INT8 sidecar hold ``left_out`` as theirs (the one implementation), the card's
+    caveats and the commands' output say it."""
+    cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, unreadable=True)
+    ens = tmp_path / "ens"
+    assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
+    card, left = load_card(ens), [{"films": 1, "reason": "could not be read"}]
+    assert card.val_metrics["n"] == 16 and card.train_config["left_out"] == left
+    said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
+            "read")
+    assert said in card.train_config["calibration_caveats"] and f"   {said}" in capsys.readouterr().out
+    assert said in " ".join((ens / "MODEL_CARD.md").read_text().split())
+    assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
+    assert json.loads(spec_path(ens / "model.int8.onnx").read_text())["left_out"] == left
+    assert f"   {said}" in capsys.readouterr().out
 
 
 def test_several_cv_runs_on_the_same_folds_make_one_ensemble(tiny_bundle: Path, member64: Path, tiny_dataset: Path,

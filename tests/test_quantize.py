@@ -518,7 +518,7 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(int8_bun
     count a film and its copy as one patient, as the FP32 thresholds' do (they counted two). An export takes no val
     films but its run's, so the copies go to the scoring it runs on them (``_int8_scores_on_val``)."""
     from pneumoscan.core.metrics import threshold_interval
-    from pneumoscan.data.labelled import labelled_records
+    from pneumoscan.data.labelled import labelled_films
     from pneumoscan.training import quantize
 
     records = discover(tiny_bundle.parent / "split.csv").records
@@ -530,9 +530,10 @@ def test_int8_threshold_intervals_count_copies_of_a_film_as_one_patient(int8_bun
     manifest = tmp_path / "split.csv"
     write_manifest([*records, *again], manifest)
     int8 = Predictor(int8_bundle, backend="onnx-int8")
-    films, images, targets, _ = labelled_records(manifest, "val", int8.task, int8.card.spec)
-    reference = Predictor(int8_bundle, backend="onnx").probabilities(images)
-    scored = quantize._int8_scores_on_val(int8, reference, manifest, (films, images, targets))
+    val = labelled_films(manifest, "val", int8.task, int8.card.spec)
+    films = val.records
+    reference = Predictor(int8_bundle, backend="onnx").probabilities(val.images)
+    scored = quantize._int8_scores_on_val(int8, reference, manifest, val)
     assert len(set(scored.groups)) == len(films) // 2 == len(again)
     y, scores, policy = scored.y, int8.positive_probability(scored.probs), int8.card.threshold_targets
     # the films counted alone give another interval here: the test tells the two apart
@@ -649,3 +650,23 @@ def test_threshold_measures_a_multiclass_int8_models_macro_auc_on_its_own_films(
     assert (three["n"], three["films"]) == (sidecar["validation_images"], sidecar["int8_thresholds_chosen_on"]) == (
         12, "site")
     assert three["macro_auc_int8"] == pytest.approx(sidecar["int8_val_metrics"]["three_class_macro_auc"])
+
+
+def test_the_int8_sidecar_records_the_files_its_val_films_left_out(tiny_etiology_bundle: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """An etiology run's val split holds NORMAL films, which chose none of its INT8 thresholds: `export --int8 --data`
+    said so only in the log, where evaluate, `threshold` and `ensemble` record what their figures left out and why.
+    The sidecar holds ``left_out`` as theirs (the one implementation), and the command and MODEL_CARD.md's INT8
+    section say the caveat."""
+    run = shutil.copytree(tiny_etiology_bundle.parent, tmp_path / "run")
+    assert cli.main(["export", str(run / "bundle"), "--int8", "--data", str(run / "split.csv")]) == 0
+    sidecar = json.loads(spec_path(run / "bundle" / INT8_NAME).read_text())
+    val = [r for r in discover(run / "split.csv").records if r.split == "val"]
+    normal, n = sum(r.label == "NORMAL" for r in val), sidecar["validation_images"]
+    assert normal and n == len(val) - normal
+    assert sidecar["left_out"] == [{"films": normal, "reason": "of class NORMAL, which the etiology task does not "
+                                                               "read (bacteria, virus)"}]
+    said = f"{normal} of the {len(val)} films given are left out of the figures, which are of the other {n} only"
+    assert f"   {said}" in capsys.readouterr().out
+    assert said in " ".join((run / "bundle" / "MODEL_CARD.md").read_text().split())
+

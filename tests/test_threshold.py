@@ -61,7 +61,7 @@ def test_a_threshold_that_calls_every_film_positive_records_its_undefined_npv_as
     y, scores = np.array([0, 0, 1, 1, 1]), np.array([0.6, 0.7, 0.8, 0.9, 0.95])
     point = OperatingPoint(0.5, 0.5, [0.4, 0.6], [0.4, 0.6], "")
     probs = np.stack([1 - scores, scores], axis=1)
-    figures = int8_figures(probs, y, get_task("pneumonia"), point, "youden", "films", 1.0, None, 0.0, None)
+    figures = int8_figures(probs, y, get_task("pneumonia"), point, "youden", "films", 1.0, None, 0.0, None, [])
     assert figures["int8_val_metrics"]["npv"] is None
     assert figures["int8_val_metrics"]["specificity"] == 0.0
     json.dumps(figures, allow_nan=False)

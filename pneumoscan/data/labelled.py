@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from pneumoscan.data.split import patient_units, warn_conflicts
 from pneumoscan.data.tasks import Task, select, warn_untyped
 
 log = logging.getLogger(__name__)
+UNREADABLE = "could not be read"  # a left_out reason: the files that could not be read (LabelledFilms.unreadable)
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,27 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
 
 def left_out(films: LabelledFilms, task: Task) -> list[dict]:
     """The files given that the figures are not of, counted by why: evaluate's ``left_out`` (metrics.json, the
-    report's "left out of the figures", a card's record of an evaluation) and a ``threshold`` record's. Files that
+    report's "left out of the figures", a card's record of an evaluation), a ``threshold`` record's, an ensemble's,
+    cv.json's and an INT8 sidecar's (the films its thresholds were chosen on). Files that
     could not be read (``unreadable`` lists them), films of a class the task does not read (NORMAL films given to an
     etiology bundle), and pneumonia films without the type the task needs."""
     reasons = Counter(f"of class {r.label}, which the {task.name} task does not read ({', '.join(task.classes)})"
                       if r.label != "PNEUMONIA" else "of class PNEUMONIA that say neither bacteria nor virus (in their "
                       f"names or a manifest's subtype column), which the {task.name} task needs" for r in films.outside)
-    counts = [("could not be read", len(films.unreadable)), *sorted(reasons.items())]
-    return [{"films": n, "reason": reason} for reason, n in counts if n]
+    return _by_reason(Counter({UNREADABLE: len(films.unreadable)}) + reasons)
+
+
+def pooled_left_out(parts: Iterable[Sequence[dict]]) -> list[dict]:
+    """The :func:`left_out` lists of several sets of films that are given together, as one: each reason's films
+    summed (cross-validation's folds, whose validation films are together every film given)."""
+    return _by_reason(sum((Counter({e["reason"]: e["films"] for e in part}) for part in parts), Counter()))
+
+
+def _by_reason(counts: Counter) -> list[dict]:
+    """A ``left_out`` list: the unreadable files first, then each other reason in order, those without films
+    dropped."""
+    ordered = [(UNREADABLE, counts[UNREADABLE]), *sorted((r, n) for r, n in counts.items() if r != UNREADABLE)]
+    return [{"films": n, "reason": reason} for reason, n in ordered if n]
 
 
 def labelled_records(

@@ -416,6 +416,8 @@ def _int8_section(figures: dict) -> str:
             + _interval_sentence(chosen.threshold_interval, chosen.tta_threshold_interval, chosen.threshold_policy,
                                  chosen.threshold_caveat)
             + (f" **Caveat:** {chosen.threshold_caveat}." if chosen.threshold_caveat else "")
+            + "".join(f" **Caveat:** {said}." for said in left_out_caveat(
+                figures.get(Int8Key.LEFT_OUT, []), figures.get(Int8Key.VALIDATION_IMAGES, 0)))
             + " The other sections describe the FP32 model.")
 
 

@@ -127,10 +127,11 @@ def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta
 
 def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: OperatingPoint, policy: str,
                  chosen_on: str, fp32_auc: float, fp32_classes: np.ndarray | float | None, change: float,
-                 groups: Sequence[str] | np.ndarray | None) -> dict:
+                 groups: Sequence[str] | np.ndarray | None, left: Sequence[dict]) -> dict:
     """What an INT8 sidecar says of the films that chose its thresholds, under :class:`Int8Key`'s keys: the plain
     and TTA thresholds of ``point`` (its operating point on the positive probability of its plain class
-    probabilities ``probs``), their intervals and caveat, their policy and films, the FP32 and INT8 AUC on them (for
+    probabilities ``probs``), their intervals and caveat, their policy and films, the files given with them that
+    chose nothing, and why (``left``: :func:`~pneumoscan.data.labelled.left_out`), the FP32 and INT8 AUC on them (for
     a task of more than two classes their macro AUC too, under :attr:`Int8Key.THREE_CLASS`, as ``evaluate`` reports
     it: ``fp32_classes``, the FP32 class probabilities on the films or the macro AUC recorded on them; None: there
     is none, and the figure is None, as an undefined one is), the largest change in probability quantisation made,
@@ -144,7 +145,8 @@ def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: Oper
         Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
         Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,
         Int8Key.TTA_THRESHOLD_INTERVAL: point.tta_threshold_interval, Int8Key.THRESHOLD_CAVEAT: point.threshold_caveat,
-        Int8Key.CHOSEN_ON: chosen_on, Int8Key.VALIDATION_IMAGES: at["n"], Int8Key.VAL_AUC_FP32: fp32_auc,
+        Int8Key.CHOSEN_ON: chosen_on, Int8Key.VALIDATION_IMAGES: at["n"], Int8Key.LEFT_OUT: list(left),
+        Int8Key.VAL_AUC_FP32: fp32_auc,
         Int8Key.VAL_AUC_INT8: at["auc"], Int8Key.MAX_PROBABILITY_CHANGE: change,
         Int8Key.VAL_METRICS: validation_figures(at),
     }  # fmt: skip

@@ -67,10 +67,9 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
                              "a threshold cannot mend a model that does not tell these films apart: check their "
                              "labels, and whether the model applies to them (`pneumoscan evaluate`)")
     int8 = _int8_rescored(bundle, images, y, policy_targets, patients, point.films_caveat)
-    policy = policy_text(*policy_targets, name)
+    policy, left = policy_text(*policy_targets, name), left_out(films, predictor.task)
     record = _threshold_record(bundle, card, policy, name, split, policy_targets, y, plain, tta, point,
-                               int8[1:] if int8 else None, len(films.unreadable), left_out(films, predictor.task),
-                               held_out, conflicts)
+                               int8[1:] if int8 else None, len(films.unreadable), left, held_out, conflicts)
     # the Predictor's card is BUNDLE's as loaded (only the INT8 backend's is another): a new list of records, so
     # that card is left as it was
     card = dataclasses.replace(card, threshold_policy=policy, threshold_records=[*card.threshold_records, record],
@@ -78,7 +77,7 @@ def rethreshold(bundle: Path | str, data: Path | str, out: Path | str, split: st
     # every figure of the sidecar about the films that chose the thresholds is now about these films
     figures = None if int8 is None else int8_figures(
         int8[0], targets, predictor.task, int8[1], policy, name, roc_auc(y, plain), probs,
-        float(np.abs(plain - predictor.positive_probability(int8[0])).max()), patients)
+        float(np.abs(plain - predictor.positive_probability(int8[0])).max()), patients, left)
     # built beside OUT and renamed into place: a failure leaves no half bundle
     with building(out) as tmp:
         _write_copy(bundle, tmp, card, records, figures)

@@ -199,6 +199,7 @@ class Int8Key:
     VAL_METRICS = "int8_val_metrics"  # the INT8 model's figures at its threshold on those films
     CHOSEN_ON = "int8_thresholds_chosen_on"  # those films, with their folders
     VALIDATION_IMAGES = "validation_images"
+    LEFT_OUT = "left_out"  # the files given with those films that chose nothing, and why, as evaluate records them
     VAL_AUC_FP32 = "val_auc_fp32"
     VAL_AUC_INT8 = "val_auc_int8"
     MAX_PROBABILITY_CHANGE = "max_probability_change"

@@ -30,7 +30,7 @@ from pneumoscan.core.atomic import write_atomic, write_json
 from pneumoscan.core.metrics import binary_metrics, choose_threshold, format_figure, jsonable, roc_auc
 from pneumoscan.core.names import path_text, results_csv
 from pneumoscan.core.options import VAL_FRACTION
-from pneumoscan.data.labelled import labelled_records, patient_groups
+from pneumoscan.data.labelled import labelled_films, left_out, patient_groups, pooled_left_out
 from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
@@ -227,6 +227,8 @@ def cross_validate(data: Path | str, cfg: TrainConfig, folds: int, out_dir: Path
     result = {
         "task": cfg.task, "model": cfg.model, "folds": folds, "seed": cfg.seed, "per_fold": per_fold,
         "summary": summary, "pooled_out_of_fold": pooled, "config": dataclasses.asdict(cfg),
+        # the files of the folds' validation splits the figures are not of, and why, as evaluate records them
+        "left_out": pooled_left_out(f.left_out for f in results),
         "teacher_cv": [os.path.abspath(run) for run in teacher_cv],
     }  # fmt: skip
     write_json(cv_folder.summary, jsonable(result))
@@ -280,6 +282,7 @@ class _FoldResult(NamedTuple):
     # :func:`fold_figures`, a multiclass task's three-class decision figures, and :func:`chosen_epoch`'s
     figures: dict[str, float | int | None]
     oof_rows: list[dict]
+    left_out: list[dict]  # the files of its validation split the figures leave out, and why (:func:`left_out`)
 
 
 def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: RunFolder, batch_size: int,
@@ -302,7 +305,8 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
     if not is_main_process():  # every process trains the fold; rank 0 alone scores it (None elsewhere)
         return None
     predictor = Predictor(bundle, batch_size, backend="onnx")
-    val, images, targets, _ = labelled_records(manifest, "val", task, predictor.card.spec)
+    films = labelled_films(manifest, "val", task, predictor.card.spec)
+    val, images, targets = films.records, films.images, films.targets
     probs = predictor.probabilities(images)
     scores = predictor.positive_probability(probs)
     figures = fold_figures(binary_targets(targets), scores)
@@ -316,4 +320,4 @@ def _run_fold(data: Path | str, k: int, folds: int, config: TrainConfig, run: Ru
              f"{format_figure(epoch['last_epoch_auc'], 4)})" if _chose_earlier(epoch) else "")
     log.info("fold %d/%d: AUC %s, specificity at sensitivity %g: %s%s", k + 1, folds, format_figure(figures["auc"], 4),
              SENSITIVITY_FLOOR, format_figure(figures[f"specificity_at_sensitivity_{SENSITIVITY_FLOOR:g}"]), chose)
-    return _FoldResult(val, targets, probs, figures, oof_rows)
+    return _FoldResult(val, targets, probs, figures, oof_rows, left_out(films, task))

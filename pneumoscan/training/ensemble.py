@@ -39,7 +39,7 @@ from pneumoscan.core.digests import bytes_sha256, hex_part
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.metrics import has_both_classes, softmax
 from pneumoscan.core.names import path_list
-from pneumoscan.data.labelled import labelled_films, labelled_records, left_out, patient_groups
+from pneumoscan.data.labelled import labelled_films, left_out, patient_groups, pooled_left_out
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.tasks import Task, binary_targets
@@ -53,7 +53,7 @@ from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logi
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
-                                   load_appearance, load_card, member_label, refused_as, runtime_versions)
+                                   load_appearance, load_card, member_label, refused_as, runtime_versions, save_card)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import films_as_trained, split_change
@@ -136,21 +136,25 @@ def _mean_logits(members: Sequence[tuple[str, ort.InferenceSession]], images: np
 
 
 def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, task: Task,
-                member_session: Callable[[int], ort.InferenceSession] | None = None) -> ScoredFilms:
+                member_session: Callable[[int], ort.InferenceSession] | None = None,
+                ) -> tuple[ScoredFilms, list[dict]]:
     """Every film of the cv runs scored on the ensemble's input: fold K's validation films by the members that did
     not train on them, fold K of every run (members are run-major, as :func:`cv_members` lists them), their
     calibrated logits averaged as the ensemble averages them, each film's patient unit from the folds' manifests
-    (copies of one film under other names are one patient, as in cv's pooled figures).
+    (copies of one film under other names are one patient, as in cv's pooled figures); and the files of the folds'
+    validation splits left out of them, and why (:func:`~pneumoscan.data.labelled.left_out`, as cv.json has them).
     ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
     folds = len(net.members) // len(cv_dirs)
     member_session = member_session or (lambda i: module_session(net.members[i], card.size))
-    logits, targets, views, records = [], [], [], []
+    logits, targets, views, records, left = [], [], [], [], []
     # minutes for a five-fold run on a CPU, which had passed with nothing on screen
     with progress_bar() as bar:
         task_bar = bar.add_task(f"Scoring {folds} folds' films out of fold (plain and {len(TTA_VIEWS)} views)",
                                 total=folds)
         for k in range(folds):
-            fold, images, y, _ = labelled_records(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
+            films = labelled_films(CvFolder(Path(cv_dirs[0])).split(k), "val", task, card.spec)
+            fold, images, y = films.records, films.images, films.targets
+            left.append(left_out(films, task))
             members = [(net.member_label(i), member_session(i))
                        for i in range(k, len(net.members), folds)]
             logits.append(_mean_logits(members, images))
@@ -158,8 +162,8 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
             records += fold
             views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
             bar.advance(task_bar)
-    return ScoredFilms(np.concatenate(logits), list(np.concatenate(views, axis=1)), np.concatenate(targets),
-                       patient_groups(records, cv_dirs[0])[1])
+    return (ScoredFilms(np.concatenate(logits), list(np.concatenate(views, axis=1)), np.concatenate(targets),
+                        patient_groups(records, cv_dirs[0])[1]), pooled_left_out(left))
 
 
 def cv_folds(cv: CvFolder) -> list[int]:
@@ -341,7 +345,8 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
     members' calibrated, averaged scores rank them no better than chance (:func:`check_better_than_chance`): the
     ensemble would be shipped with a threshold as a working one is."""
     if cv_dirs:
-        scored = out_of_fold(net, cv_dirs, card, task)
+        scored, left = out_of_fold(net, cv_dirs, card, task)
+        _record_left_out(tmp, left, len(scored.targets))
     else:
         records, images, targets, groups = held_out
         record_calibration_films(tmp, records)
@@ -352,6 +357,16 @@ def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Tas
                              films, "check the films' labels and each member's figures on them (`pneumoscan "
                              "evaluate`): an average of members that rank films no better than chance is no better")
     return scored
+
+
+def _record_left_out(bundle: Path, left: list[dict], n: int) -> None:
+    """Record in the card being built the files of the cv runs' folds that chose nothing, and why (``left``, of the
+    ``n`` films scored), as ``--data`` records its own: ``train_config``'s ``left_out`` and a caveat among its
+    ``calibration_caveats``. Known once the folds' films are read, after the card was first written."""
+    card = load_card(bundle)
+    caveats = [*card.train_config.get("calibration_caveats", []), *left_out_caveat(left, n)]
+    save_card(bundle, dataclasses.replace(card, train_config={
+        **card.train_config, "left_out": left, **({"calibration_caveats": caveats} if caveats else {})}))
 
 
 def build_ensemble(

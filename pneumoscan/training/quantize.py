@@ -37,7 +37,7 @@ from pneumoscan.core.options import CALIBRATION_IMAGES
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.model_card import write_model_card
-from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
+from pneumoscan.data.labelled import LabelledFilms, labelled_films, labelled_images, left_out, patient_groups
 from pneumoscan.evaluation.held_out import (CALIBRATION_FILMS, INT8_CALIBRATION_FILMS, HeldOutPolicy, check_held_out,
                                            record_calibration_films)
 from pneumoscan.evaluation.operating_point import choose_operating_point, int8_figures, policy_text
@@ -166,9 +166,10 @@ class Int8Scores:
     FP32 thresholds' intervals count them), the films as the sidecar (``chosen_on``) and as the policy
     (``named_on``, without this machine's folders) name them, the FP32 AUC on them, the largest change in
     probability quantisation made, the same against the members quantised alone (out of fold only), the films to
-    record as its calibration films (None: none, for out-of-fold films), and for a task of more than two classes
+    record as its calibration films (None: none, for out-of-fold films), for a task of more than two classes
     the FP32 class probabilities on them, or the macro AUC recorded on them (``fp32_classes``: what
-    :func:`int8_figures` measures the FP32 macro AUC by)."""
+    :func:`int8_figures` measures the FP32 macro AUC by), and the files given with them that chose nothing, and why
+    (``left_out``: :func:`~pneumoscan.data.labelled.left_out`)."""
 
     targets: np.ndarray
     probs: np.ndarray
@@ -181,6 +182,7 @@ class Int8Scores:
     member_mean_change: float | None
     calibration_records: list[Record] | None
     fp32_classes: np.ndarray | float | None
+    left_out: list[dict]
 
     @property
     def y(self) -> np.ndarray:
@@ -189,17 +191,18 @@ class Int8Scores:
 
 
 def _int8_scores_on_val(int8: Predictor, reference_probs: np.ndarray, data: Path | str,
-                        val: tuple[list[Record], np.ndarray, np.ndarray]) -> Int8Scores:
-    """:class:`Int8Scores` on DATA's validation films ``val`` (records, images, targets), against the FP32 model's
-    class probabilities on them, ``reference_probs``."""
-    records, images, targets = val
+                        val: LabelledFilms) -> Int8Scores:
+    """:class:`Int8Scores` on DATA's validation films ``val``, against the FP32 model's class probabilities on them,
+    ``reference_probs``."""
+    records, images, targets = val.records, val.images, val.targets
     tta = int8.positive_probability(int8.probabilities(images, tta=True))
     shipped_probs = int8.probabilities(images)
     shipped, reference = int8.positive_probability(shipped_probs), int8.positive_probability(reference_probs)
     return Int8Scores(targets, shipped_probs, tta, patient_groups(records, data)[1],
                       f"the val films of {data}", f"the val films of {Path(data).name}",
                       roc_auc(binary_targets(targets), reference),
-                      float(np.abs(reference - shipped).max()), None, records, reference_probs)
+                      float(np.abs(reference - shipped).max()), None, records, reference_probs,
+                      left_out(val, int8.task))
 
 
 def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: EnsembleNet,
@@ -213,7 +216,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
-    oof = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
+    oof, left = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
     probs = softmax(oof.logits, card.temperature)
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
@@ -225,19 +228,19 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
-                      card.val_metrics.get("three_class_macro_auc"))
+                      card.val_metrics.get("three_class_macro_auc"), left)
 
 
-def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
-               ) -> tuple[np.ndarray, tuple[list[Record], np.ndarray, np.ndarray]]:
-    """DATA's training films (the calibration pool) and its validation films' (records, images, targets); refused
-    when DATA lacks either split, when the model trained on a validation film, or when they are all one class."""
+def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:
+    """DATA's training films (the calibration pool) and its validation films; refused when DATA lacks either split,
+    when the model trained on a validation film, or when they are all one class."""
     if missing := {"train", "val"} - {r.split for r in discover(data).records}:
         # said before any film is decoded (the val films are read before the train films are looked for)
         raise ValueError(f"--int8 --data needs labelled films in train and val splits (a run's split.csv, or a "
                          f"dataset with train/ and val/ folders): {data} has no {' or '.join(sorted(missing))} "
                          "split")
-    records, images, targets, _ = labelled_records(data, "val", task, card.spec)
+    val = labelled_films(data, "val", task, card.spec)
+    records, images, targets = val.records, val.images, val.targets
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
     # threshold chosen on their too-good scores is written into the bundle
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True))
@@ -250,7 +253,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task,
     if task.multiclass and (absent := [c for k, c in enumerate(task.classes) if not (targets == k).any()]):
         raise ValueError(f"the val films of {data} hold no {' or '.join(absent)} film: the INT8 model's macro AUC "
                          f"of the {len(task.classes)} classes cannot be checked against FP32's on them")
-    return pool, (records, images, targets)
+    return pool, val
 
 
 def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, records: Sequence[Record]) -> None:
@@ -339,9 +342,9 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     # films; for a cv ensemble, which has none, the calibration films) are the INT8 model's reference; an ensemble's
     # val films are checked in their TTA views too, since its INT8 TTA threshold is chosen on them.
     calib_logits = member_named_logits(fp32, calib)
-    reference = softmax(calib_logits if cv_dirs else member_named_logits(fp32, val[1]), card.temperature)
-    for view in tta_views(val[1]) if card.model == ENSEMBLE and not cv_dirs else ():
-        if view is not val[1]:  # the unchanged view is the val films, scored above
+    reference = softmax(calib_logits if cv_dirs else member_named_logits(fp32, val.images), card.temperature)
+    for view in tta_views(val.images) if card.model == ENSEMBLE and not cv_dirs else ():
+        if view is not val.images:  # the unchanged view is the val films, scored above
             member_named_logits(fp32, view)
     batches = [fp32.onnx_inputs(calib[i : i + CALIBRATION_BATCH]) for i in range(0, len(calib), CALIBRATION_BATCH)]
     # the graph is kept in memory until its figures pass: a failure or an interruption before then leaves the
@@ -357,7 +360,7 @@ def quantize_bundle(bundle: Path | str, data: Path | str | None = None, calibrat
     policy = policy_text(*card.threshold_targets, scored.named_on)
     figures = {Int8Key.CALIBRATION_IMAGES: int(len(calib)), **int8_figures(
         scored.probs, scored.targets, fp32.task, point, policy, scored.chosen_on, scored.fp32_auc, scored.fp32_classes,
-        scored.change, scored.groups)}
+        scored.change, scored.groups, scored.left_out)}
     if scored.member_mean_change is not None:  # the shipped graph against the members quantised alone
         figures[Int8Key.MAX_MEMBER_MEAN_CHANGE] = scored.member_mean_change
     int8_auc, fp32_auc = figures[Int8Key.VAL_AUC_INT8], figures[Int8Key.VAL_AUC_FP32]
