@@ -670,3 +670,21 @@ def test_the_int8_sidecar_records_the_files_its_val_films_left_out(tiny_etiology
     assert f"   {said}" in capsys.readouterr().out
     assert said in " ".join((run / "bundle" / "MODEL_CARD.md").read_text().split())
 
+
+def test_a_copied_bundle_given_its_runs_split_is_not_said_to_be_unchecked(tiny_bundle: Path, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle copied out of its run is quantised with --data its run's split.csv, proved so by the card's data
+    checksum, yet the held-out check warned that the films "cannot be checked" to be new to it: the split proved its
+    run's is checked against as one beside it. Where nothing proves it, the warning stays (and the export is
+    refused)."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    unchecked = "so it cannot be checked that the films given to choose the INT8 thresholds are new to it"
+    own = tmp_path / "own.csv"  # the run's films, its validation split made of training films
+    write_manifest([dataclasses.replace(r, split="val" if r.split == "train" else "train")
+                    for r in discover(tiny_bundle.parent / "split.csv").records], own)
+    with pytest.raises(ValueError, match="not the ones it was trained and validated on"):
+        quantize_bundle(bundle, own)
+    assert unchecked in caplog.text
+    caplog.clear()
+    quantize_bundle(bundle, tiny_bundle.parent / "split.csv")
+    assert (bundle / INT8_NAME).is_file() and unchecked not in caplog.text, caplog.text

@@ -164,10 +164,12 @@ class HeldOutFindings:
 
 
 class _Run(NamedTuple):
-    """A source of a bundle's weights (:func:`_weight_sources`) with its run's films by real path."""
+    """A source of a bundle's weights (:func:`_weight_sources`) with its run's films by real path, as the split
+    they were read from (``split``) lists them."""
 
     path: Path
     how: str
+    split: Path
     films: dict[str, Record]
     train: set[str]
     val: set[str]  # the validation films its task reads: those that chose its temperature and threshold
@@ -175,7 +177,7 @@ class _Run(NamedTuple):
 
 def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], purpose: str, hint: str = "",
                    policy: HeldOutPolicy = HeldOutPolicy(), names: Sequence[str] = (),
-                   cards: Sequence[BundleCard] = ()) -> HeldOutFindings:
+                   cards: Sequence[BundleCard] = (), run_split: Path | str | None = None) -> HeldOutFindings:
     """Refuse films a bundle (an ensemble: any member) trained on for PURPOSE, such as choosing a threshold: its
     scores on them are too good, so a threshold for a sensitivity target comes out too high. The training films are
     those of the run's split.csv (RUN/bundle's parent); a bundle without one is trusted, with a warning. What else is
@@ -185,7 +187,10 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
     (:class:`HeldOutFindings`). ``names``: how a refusal of a card of the bundles their weights come from names each
     bundle given (an ensemble's members, a student's teachers: by place and folder), where that is not its path.
     ``cards``: the cards of the first bundles given as the caller loaded and checked them, which the check reads
-    again neither from disk nor from another bundle put in the folder since."""
+    again neither from disk nor from another bundle put in the folder since. ``run_split``: the split of the first
+    bundle's own run where none is beside it but the caller proved a manifest to be it (by the card's data checksum:
+    ``export --int8`` of a bundle copied out of its run, given its run's split.csv), checked against as one beside
+    it would be."""
     real = {r.path: os.path.realpath(r.path) for r in records}
     given = _Given(records, purpose, hint, policy, real, set(real.values()))
     trained: dict[str, tuple[Path, _Run]] = {}  # each training film's real path -> a bundle given and its run
@@ -198,7 +203,8 @@ def check_held_out(bundles: Sequence[Path | str], records: Sequence[Record], pur
             _warn_kin(given, calibration, set(calibration), f"{bundle}'s {CALIBRATION_FILMS}",
                       ", whose films chose its threshold")
         with refused_as(names[i]) if names else contextlib.nullcontext():
-            runs = _weight_runs(given, bundle, cards[i] if i < len(cards) else None)
+            runs = _weight_runs(given, bundle, cards[i] if i < len(cards) else None,
+                                Path(run_split) if run_split is not None and i == 0 else None)
         _refuse_trained(given, bundle, runs)
         for run in runs:
             _check_validation(given, run)
@@ -234,22 +240,25 @@ def _check_calibration_films(given: _Given, bundle: Path) -> dict[str, Record]:
     return every
 
 
-def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None) -> list[_Run]:
+def _weight_runs(given: _Given, bundle: Path, card: BundleCard | None, proven: Path | None) -> list[_Run]:
     """The runs BUNDLE's weights come from whose films are known here; a run whose films cannot be found is said
     with the figures (not only logged), or refused with ``refuse_unchecked``; the first source with no films to
     check against is kept in ``given.unknown`` (:func:`_unknown_source`). ``card``: BUNDLE's, as its caller read it
-    (None: read here)."""
+    (None: read here); ``proven``: the split of BUNDLE's own run where none is beside it (:func:`check_held_out`'s
+    ``run_split``)."""
     runs = []
     for path, how, card in _weight_sources(bundle, card=card):
-        if (why := _unknown_source(bundle, path, how, given.purpose)) is not None:
+        split = proven if proven is not None and how == "" else RunFolder.of(path).split
+        if (why := _unknown_source(bundle, path, how, given.purpose, split)) is not None:
             given.unknown.setdefault(os.path.realpath(bundle), why)
-        films, unresolved = _run_films(path, given.purpose, how)
+        films, unresolved = _run_films(path, given.purpose, how, split)
         if unresolved and given.policy.refuse_unchecked:
             raise ValueError(f"{unresolved}; run it where the run's split.csv finds its films")
         if unresolved:
             given.warn(unresolved)
         if films:
-            runs.append(_Run(path, how, films, *(_read_side(path, films, card, side) for side in ("train", "val"))))
+            runs.append(_Run(path, how, split, films,
+                             *(_read_side(path, films, card, side) for side in ("train", "val"))))
     return runs
 
 
@@ -351,15 +360,15 @@ def _refuse_mostly_copies(given: _Given, copies: Sequence[tuple[str, str]], bund
     raise ValueError(f"{len(copies)} of the {len(given.paths)} films given to {purpose} are copies of films in "
                      f"{run.path}'s training split under other names, byte for byte or the picture re-encoded or "
                      f"resized (e.g. {shown(copies[0][0])} of {shown(copies[0][1])}; "
-                     f"{RunFolder.of(run.path).split} lists its training films), more than half: the figures would "
+                     f"{run.split} lists its training films), more than half: the figures would "
                      f"measure what it remembers, not how it reads new films; {purpose} on films {run.path} did not "
                      f"train on{given.hint}{_SOURCE_NOTES[run.how].format(bundle=bundle)}")
 
 
-def _unknown_source(bundle: Path, path: Path, how: str, purpose: str) -> str | None:
+def _unknown_source(bundle: Path, path: Path, how: str, purpose: str, split: Path) -> str | None:
     """Why the training films of PATH, a source of BUNDLE's weights (:func:`_weight_sources`), are unknown here:
-    no run's split.csv beside it, or an ensemble member trained again since; None when its split.csv is there."""
-    split = RunFolder.of(path).split
+    no run's split.csv beside it, or an ensemble member trained again since; None when its run's ``split`` is there
+    (beside it, or proved to be its run's: :func:`check_held_out`'s ``run_split``)."""
     if how != "replaced" and split.exists():
         return None
     why = (f"it was trained again since {bundle} learnt from it" if how == "replaced" else
@@ -394,14 +403,14 @@ _SOURCE_NOTES = {
 }
 
 
-def _run_films(path: Path, purpose: str, how: str) -> tuple[dict[str, Record], str | None]:
-    """The films of the split.csv beside a bundle (its run's films and their sides) by real path, or none and why
+def _run_films(path: Path, purpose: str, how: str, split: Path) -> tuple[dict[str, Record], str | None]:
+    """The films of its run's ``split`` (the split.csv beside a bundle, or one proved to be its run's: its run's films
+    and their sides) by real path, or none and why
     the films given cannot be checked when none is where the file says (a run folder copied or moved away from
     relative paths: the films given may be those very films, so the reason goes with the figures, and their
     patients are not matched, which would call them other files of the same patients). None, with a logged
     warning only, when there is no such file to check against: none beside it (a bundle shipped alone), or another
     model's (an ensemble member trained again)."""
-    split = RunFolder.of(path).split
     cannot = f"so it cannot be checked that the films given to {purpose} are new to it"
     if how == "replaced":
         log.warning("%s holds other weights than the bundle that learnt from it recorded (trained again since?), %s",

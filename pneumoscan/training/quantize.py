@@ -241,10 +241,13 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
                          "split")
     val = labelled_films(data, "val", task, card.spec)
     records, images, targets = val.records, val.images, val.targets
+    proven = _copied_run_split(bundle, card, data)
     # copies of training films under other names are refused as `threshold` and `ensemble --data` refuse them: a
-    # threshold chosen on their too-good scores is written into the bundle
-    check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True))
-    _check_same_films(bundle, card, task, data, records)
+    # threshold chosen on their too-good scores is written into the bundle. A copied bundle's run's split, proved by
+    # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked
+    check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
+                   run_split=data if proven else None)
+    _check_same_films(bundle, card, task, data, records, proven)
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
@@ -256,7 +259,17 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     return pool, val
 
 
-def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, records: Sequence[Record]) -> None:
+def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str) -> bool:
+    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), whose val films chose
+    its thresholds (no `threshold` or `ensemble --data` chose them on others), proved by the card's data checksum
+    (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order."""
+    return (not card.threshold_records and not (bundle / CALIBRATION_FILMS).exists()
+            and not RunFolder.of(bundle).split.is_file() and bool(card.data_checksum)
+            and films_as_trained(bundle, discover(data).records))
+
+
+def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, records: Sequence[Record],
+                      proven: bool) -> None:
     """Refuse val films of ``data`` that are not the films BUNDLE's FP32 thresholds were chosen on, all of them: its
     calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than its
     run's, else its run's val films (split.csv beside it, those of its task). The INT8 thresholds replace the FP32
@@ -266,15 +279,16 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     are checked by their pixels and labels too (the card's data checksum, :func:`films_as_trained`): rewritten in
     place, or another machine's files under the same paths, they are other films. A bundle copied out of its run
     (no split.csv beside it) is taken only with DATA its run's split, wherever its films are now, told by that
-    checksum: else which films chose its thresholds, and whether DATA's val films are new to it, are unknown, and
-    an INT8 threshold chosen on its training films (too good) or on another population would be written."""
+    checksum (``proven``: :func:`_copied_run_split`): else which films chose its thresholds, and whether DATA's val
+    films are new to it, are unknown, and an INT8 threshold chosen on its training films (too good) or on another
+    population would be written."""
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
     if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
     elif split.is_file():
         chose = {os.path.realpath(r.path) for r in discover(split).records
                  if r.split == "val" and task.target(r) is not None}
-    elif card.data_checksum and films_as_trained(bundle, discover(data).records):
+    elif proven:
         return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
     else:
         raise ValueError(f"{bundle} has no {split.name} beside it (copied out of its run folder?), and the films of "
