@@ -21,7 +21,7 @@ from pneumoscan import cli
 from pneumoscan.core.metrics import binary_metrics, choose_threshold
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.labelled import labelled_images
-from pneumoscan.data.layouts import discover, write_manifest
+from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.export import ONNX_NAME
@@ -688,3 +688,21 @@ def test_a_copied_bundle_given_its_runs_split_is_not_said_to_be_unchecked(tiny_b
     caplog.clear()
     quantize_bundle(bundle, tiny_bundle.parent / "split.csv")
     assert (bundle / INT8_NAME).is_file() and unchecked not in caplog.text, caplog.text
+
+
+def test_int8_thresholds_are_chosen_on_the_runs_val_films_that_can_be_read(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A run's split.csv lists the files its training could not read too, and its thresholds were chosen on the
+    others: `export --int8 --data RUN/split.csv` compared the val films it could read with every one listed, and
+    refused the run's own split ("only 12 of the 13 val films: give --data RUN/split.csv"). The INT8 thresholds are
+    chosen on the same films as the FP32 ones, the file left out recorded as such."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle, run / "bundle")
+    broken = tmp_path / "films" / "IM-0999-0001.jpeg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a film")
+    records = discover(tiny_bundle.parent / "split.csv").records
+    write_manifest([*records, make_record(broken, "NORMAL", split="val")], run / "split.csv")
+    quantize_bundle(run / "bundle", run / "split.csv")
+    sidecar = json.loads(spec_path(run / "bundle" / INT8_NAME).read_text())
+    assert sidecar["validation_images"] == sum(r.split == "val" for r in records)
+    assert sidecar["left_out"] == [{"films": 1, "reason": "could not be read"}]

@@ -247,7 +247,7 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
     # its checksum, is checked against as the split.csv beside it would be: no warning that the films are unchecked
     check_held_out([bundle], records, "choose the INT8 thresholds", policy=HeldOutPolicy(refuse_copies=True),
                    run_split=data if proven else None)
-    _check_same_films(bundle, card, task, data, records, proven)
+    _check_same_films(bundle, card, task, data, val, proven)
     pool, _, _ = labelled_images(data, "train", task, card.spec)
     if len(pool) == 0 or len(images) == 0:
         raise ValueError(f"{data} must hold train and val films of the {card.task} task (a run's split.csv)")
@@ -268,11 +268,12 @@ def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str) -> bool:
             and films_as_trained(bundle, discover(data).records))
 
 
-def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, records: Sequence[Record],
+def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, val: LabelledFilms,
                       proven: bool) -> None:
-    """Refuse val films of ``data`` that are not the films BUNDLE's FP32 thresholds were chosen on, all of them: its
-    calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than its
-    run's, else its run's val films (split.csv beside it, those of its task). The INT8 thresholds replace the FP32
+    """Refuse val films of ``data`` (``val``) that are not the films BUNDLE's FP32 thresholds were chosen on, all of
+    them: its calibration_films.csv where `pneumoscan threshold` or `ensemble --data` chose them on other films than
+    its run's, else its run's val films (split.csv beside it, those of its task that can be read: it lists the files
+    its training could not read too, which chose nothing). The INT8 thresholds replace the FP32
     ones for onnx-int8 and must be comparable: chosen on other films they come from another population (a site's
     threshold for 0.95 sensitivity, and an INT8 one from the training run's films that missed twice the site's
     pneumonia films; or from half of the films, whose sensitivity was met on the other half too). The run's films
@@ -285,9 +286,10 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
     listed, split = bundle / CALIBRATION_FILMS, RunFolder.of(bundle).split
     if by_list := bool(card.threshold_records) or listed.exists():  # chosen on other films than the run's
         chose = {os.path.realpath(r.path) for r in discover(listed).records} if listed.exists() else set()
-    elif split.is_file():
+    elif split.is_file():  # a file read then and not now changes the pixels' checksum, checked below
+        unreadable = {os.path.realpath(e["path"]) for e in val.unreadable}
         chose = {os.path.realpath(r.path) for r in discover(split).records
-                 if r.split == "val" and task.target(r) is not None}
+                 if r.split == "val" and task.target(r) is not None} - unreadable
     elif proven:
         return  # DATA is the run's split: the same films, pixels, labels and sides, in the same order
     else:
@@ -298,7 +300,7 @@ def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | s
                          "thresholds, which replace the FP32 ones for onnx-int8, would be chosen on them; quantise it "
                          f"in its run folder, or give --data its run's {split.name} with the films it lists where it "
                          "lists them (the same files)")
-    given = {os.path.realpath(r.path) for r in records}
+    given = {os.path.realpath(r.path) for r in val.records}
     if given == chose and (by_list or films_as_trained(bundle, discover(split).records)):
         return
     if given == chose:
