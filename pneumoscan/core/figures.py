@@ -10,6 +10,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.transforms import Bbox
 
 FIGURE_DPI = 110
 # zlib level of every PNG written: about two thirds of the default level's (6) encoding time, for files 5-14 %
@@ -27,22 +28,25 @@ def figure_bytes(fig: Figure, fmt: str = "png", tight: bool = False) -> bytes:
 
     A tight PNG whose drawing, padding included, lies on the figure is drawn once and cut out of it (the report's
     figures are sized so); one that runs off its edge (a long name, a legend of many runs) is drawn again by
-    savefig, sized to take it all in: a second draw, 30-40 % of the figure's time."""
+    savefig on the box that draw measured, sized to take it all in: a second draw, 30-40 % of the figure's time."""
     from matplotlib.image import imsave
 
     buffer = io.BytesIO()
     png = ({"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}, "metadata": {"Software": FIGURE_SOFTWARE}}
            if fmt == "png" else {})
-    if tight and fmt == "png" and (pixels := _drawn_within(fig)) is not None:
-        imsave(buffer, pixels, format="png", origin="upper", dpi=FIGURE_DPI, **png)
-    else:
-        fig.savefig(buffer, format=fmt, dpi=FIGURE_DPI, bbox_inches="tight" if tight else None, **png)
+    box: Bbox | str | None = "tight" if tight else None
+    if tight and fmt == "png":
+        box = _drawn_within(fig)
+        if isinstance(box, np.ndarray):
+            imsave(buffer, box, format="png", origin="upper", dpi=FIGURE_DPI, **png)
+            return buffer.getvalue()
+    fig.savefig(buffer, format=fmt, dpi=FIGURE_DPI, bbox_inches=box, **png)
     return buffer.getvalue()
 
 
-def _drawn_within(fig: Figure) -> np.ndarray | None:
-    """FIG drawn at FIGURE_DPI and cut to its tight box padded as savefig pads it (RGBA rows, top first), or None
-    where that box runs off the figure."""
+def _drawn_within(fig: Figure) -> np.ndarray | Bbox:
+    """FIG drawn at FIGURE_DPI and cut to its tight box padded as savefig pads it (RGBA rows, top first), or that
+    box (inches) where it runs off the figure: savefig draws the figure on it without measuring it again."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -53,7 +57,7 @@ def _drawn_within(fig: Figure) -> np.ndarray | None:
         canvas.draw()
         box = fig.get_tightbbox(canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
         if box.x0 < 0 or box.y0 < 0 or box.x1 > fig.bbox_inches.x1 or box.y1 > fig.bbox_inches.y1:
-            return None
+            return box
         rows = np.asarray(canvas.buffer_rgba())
         left, bottom = round(box.x0 * FIGURE_DPI), len(rows) - round(box.y0 * FIGURE_DPI)
         return rows[bottom - int(box.height * FIGURE_DPI):bottom, left:left + int(box.width * FIGURE_DPI)]
