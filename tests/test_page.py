@@ -504,7 +504,8 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     """axe-core finds nothing serious in the states a reader meets: the empty page, a batch with a refused film (the
     list of several, the reading kept), a two-stage reading with its heatmap, a single refused film. In a forced-colours
     (high-contrast) mode the bar's fill and threshold mark, backgrounds the mode paints over, were gone: the bar read
-    as empty, a probability of none; and the pressed Pan looked as the others."""
+    as empty, a probability of none; and the pressed Pan looked as the others. The same refusal twice left the
+    alert's text as it was, and a screen reader silent."""
     refused = {"name": "form.jpeg", "mimeType": "image/jpeg", "buffer": b"not a film"}
     assert serious_violations(page) == []
     page.set_input_files("#file", files=[{"name": small.name, "mimeType": "image/jpeg", "buffer": small.read_bytes()},
@@ -540,6 +541,13 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     page.set_input_files("#file", files=[refused])
     expect(page.locator("#error")).to_have_text(re.compile("^Rejected: "))
     assert serious_violations(page) == []
+    # the same refusal again: the alert's text changed, or a screen reader said nothing; the eye sees no change
+    said, size = page.text_content("#error"), page.locator("#error").bounding_box()
+    page.set_input_files("#file", files=[refused])
+    page.wait_for_function("() => films.length === 4 && films[3].status === 'rejected'")
+    assert page.text_content("#error") != said, "the same refusal again left the alert's text as it was: unsaid"
+    assert page.locator("#error").bounding_box() == size
+    expect(page.locator("#error")).to_have_text(said)
 
 
 def test_figures_short_of_one_never_read_as_one(page: Page) -> None:

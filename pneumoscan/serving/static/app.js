@@ -102,8 +102,10 @@ function authHeaders() {
 
 // A refused film hides the reading on screen (it is another film's) and no film is current, so a late heatmap
 // reply for that film leaves the refusal alone; a refused heatmap leaves the reading (keepResult).
+// A screen reader says an alert when its text changes: the same refusal again (one unreadable file dropped twice)
+// left it as it was, and unsaid. A zero-width space at its end, there every other time, changes it unseen.
 function showError(message, keepResult = false) {
-  $("error").textContent = message;
+  $("error").textContent = $("error").textContent === message ? `${message}\u200b` : message;
   $("error").hidden = false;
   $("result").hidden = !keepResult;
   $("status").textContent = "";
