@@ -504,7 +504,8 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     """axe-core finds nothing serious in the states a reader meets: the empty page, a batch with a refused film (the
     list of several, the reading kept), a two-stage reading with its heatmap, a single refused film. In a forced-colours
     (high-contrast) mode the bar's fill and threshold mark, backgrounds the mode paints over, were gone: the bar read
-    as empty, a probability of none; and the pressed Pan looked as the others. The same refusal twice left the
+    as empty, a probability of none; the pressed Pan looked as the others, and the drop zone the same with a file
+    dragged over it. The same refusal twice left the
     alert's text as it was, and a screen reader silent."""
     refused = {"name": "form.jpeg", "mimeType": "image/jpeg", "buffer": b"not a film"}
     assert serious_violations(page) == []
@@ -536,6 +537,13 @@ def test_each_state_of_the_page_passes_axe_and_high_contrast_keeps_the_bar(page:
     pressed, plain = (page.evaluate(f"() => getComputedStyle(document.getElementById('{i}')).backgroundColor")
                       for i in ("pan-mode", "zoom-fit"))
     assert pressed != plain, (pressed, plain)
+    # a file dragged over the drop zone: its colours, the only cue, were painted over in the mode's own
+    drop = page.locator("#drop")
+    still = drop.screenshot()
+    drop.dispatch_event("dragenter")
+    alike = drop.screenshot() == still
+    assert not alike, "in forced colours the drop zone looks the same with a file over it"
+    drop.dispatch_event("dragleave")
     page.emulate_media(forced_colors="none")
 
     page.set_input_files("#file", files=[refused])
