@@ -851,7 +851,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header-timeout", type=_positive(float),
                    help="seconds for a request's headers to arrive, else the connection is closed (default 10)")
     p.add_argument("--shutdown-grace", type=_positive(float),
-                   help="seconds requests in progress get to finish after SIGTERM or Ctrl-C (default 20)")
+                   help="seconds requests in progress get to finish after SIGTERM or Ctrl-C; one cut off then "
+                        "gets 503 + Retry-After (default 20)")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:

@@ -317,6 +317,10 @@ def test_shutdown_waits_for_a_slow_upload_only_its_grace(tiny_bundle: Path, tmp_
     # alert's sign of a fault)
     assert "ERROR" not in log and "timeout graceful shutdown exceeded" not in log, log
     assert re.search(r"^WARNING .*the --shutdown-grace of 1 s ran out with 1 request in progress", log, re.M), log
+    # and `serve --help` says what such a request gets: it had said only how long the requests have
+    (sub,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
+    (grace,) = [a for a in sub.choices["serve"]._actions if "--shutdown-grace" in a.option_strings]
+    assert "503" in grace.help and "Retry-After" in grace.help, grace.help
 
 
 def test_only_uvicorns_line_for_the_grace_running_out_is_said_otherwise(caplog: pytest.LogCaptureFixture) -> None:
