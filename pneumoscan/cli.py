@@ -244,7 +244,8 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
 
 
 def _trained(bundle: Path) -> str:
-    """Train's result in one line: the bundle and what its card records of validation."""
+    """Train's result in one line, the bundle and what its card records of validation, and a line more where those
+    figures do not show the model better than chance (its card's ranking caveat, which every consumer says)."""
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.models.card import load_card
 
@@ -253,7 +254,8 @@ def _trained(bundle: Path) -> str:
     return (f"{shown(bundle)}: validation AUC {format_figure(val.get('auc'), 4)}, threshold {card.threshold:.4f} "
             f"({card.threshold_policy}): sensitivity {format_figure(val.get('sensitivity'))}, specificity "
             f"{format_figure(val.get('specificity'))}, accuracy {format_figure(val.get('accuracy'))}; with --tta "
-            f"{format_figure(card.tta_threshold, 4)}")
+            f"{format_figure(card.tta_threshold, 4)}"
+            + (f"\n   caveat: {card.ranking_caveat}" if card.ranking_caveat else ""))
 
 
 def cmd_cv(args: argparse.Namespace) -> int:

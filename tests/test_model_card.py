@@ -15,12 +15,13 @@ import yaml
 from fastapi.testclient import TestClient
 
 from pneumoscan import cli
-from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence
+from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence, with_ci
 from pneumoscan.data.layouts import discover, make_record, write_manifest
 from pneumoscan.evaluation.model_card import (CARD_METRICS, INTENDED_USE, MODEL_CARD, VALIDATION_PROPORTIONS,
                                               card_summary, render, today, write_model_card)
 from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
-from pneumoscan.models.card import load_card, save_card
+from pneumoscan.evaluation.evaluate import evaluate
+from pneumoscan.models.card import BundleCard, load_card, save_card
 from pneumoscan.serving.app import create_app
 
 
@@ -339,3 +340,70 @@ def test_the_card_text_the_web_page_shows_is_plain(tiny_bundle: Path) -> None:
     summary = card_summary(load_card(tiny_bundle))
     for text in [summary["intended_use"], *summary["out_of_scope"]]:
         assert "`" not in text and "**" not in text, text
+
+
+def with_aucs(card: BundleCard, auc: float, ci: list[float], *evaluations: tuple[float, list[float], int, dict]
+              ) -> BundleCard:
+    """``card`` recording a validation AUC of ``auc`` (95% interval ``ci``), then an external evaluation for each of
+    ``evaluations`` (AUC, interval, films, other fields of its record) made from its first recorded one."""
+    first = card.external_evaluations[0] if card.external_evaluations else {}
+    return dataclasses.replace(
+        card, val_metrics={**card.val_metrics, "auc": auc, "ci": {**card.val_metrics["ci"], "auc": ci}},
+        external_evaluations=[{**first, "n": n, "metrics": {**first.get("metrics", {}), "auc": {"value": a, "ci": i}},
+                               **more} for a, i, n, more in evaluations])
+
+
+def test_the_model_card_lists_the_ranking_caveat(tiny_bundle: Path) -> None:
+    """A bundle whose validation AUC interval reaches 0.5 said so in predict, serve and its reports, but its
+    MODEL_CARD.md, which people who pick up a bundle read first, listed no such limitation."""
+    weak = with_aucs(load_card(tiny_bundle), 0.6, [0.4, 0.8])
+    limitations = render(weak).split("## Limitations\n\n")[1].split("\n## ")[0]
+    assert limitations.startswith(f"- **The model is not shown to rank films better than chance:** "
+                                  f"{weak.ranking_caveat}.\n")
+    assert "validation AUC 0.600 (95% CI 0.400-0.800)" in weak.ranking_caveat
+    assert "better than chance" not in render(with_aucs(weak, 0.9, [0.8, 0.97]))
+
+
+def test_an_evaluation_on_more_films_answers_the_ranking_caveat_or_raises_it(
+        tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """`evaluate --add-to-card` on more labelled films whose AUC interval lies above 0.5 left the caveat of a
+    validation interval reaching it in place, and one whose interval reached 0.5 raised none. The newest evidence
+    of the same figure answers older evidence only where it is on more films, checked new to the bundle, of its
+    plain scores."""
+    bundle = shutil.copytree(tiny_bundle.parent, tmp_path / "run") / "bundle"  # with its run's split.csv
+    evaluate(bundle, tiny_dataset, "test", add_to_card=True, data_name="site | B")  # a real record to vary
+    card = load_card(bundle)
+    record = card.external_evaluations[0]
+    assert (record["films_checked"], record["scores"]) == (True, "plain")
+    val_n, n = card.val_metrics["n"], record["n"]
+    assert n > val_n, "the test films outnumber the validation ones"
+    above = (0.9, [0.75, 0.98], n, {})
+    assert with_aucs(card, 0.6, [0.4, 0.8]).ranking_caveat.startswith("validation AUC 0.600")
+    assert with_aucs(card, 0.6, [0.4, 0.8], above).ranking_caveat == ""  # answered
+    for unanswered in ((0.9, [0.75, 0.98], val_n, {}), (0.9, [0.75, 0.98], n, {"scores": "tta"}),
+                       (0.9, [0.75, 0.98], n, {"films_checked": False}), (0.9, None, n, {})):
+        assert with_aucs(card, 0.6, [0.4, 0.8], unanswered).ranking_caveat.startswith("validation AUC 0.600")
+    reached = with_aucs(card, 0.9, [0.8, 0.97], (0.55, [0.4, 0.7], n, {})).ranking_caveat
+    assert reached.startswith(f"AUC on site | B 0.550 (95% CI 0.400-0.700) on {n} films: its interval reaches 0.5")
+    assert with_aucs(card, 0.9, [0.8, 0.97], (0.55, [0.4, 0.7], n, {}), above).ranking_caveat == reached, (
+        "an evaluation answers only the figures of fewer films")
+    both = with_aucs(card, 0.6, [0.4, 0.8], (0.55, [0.4, 0.7], n, {})).ranking_caveat
+    assert both.startswith("validation AUC 0.600") and "; AUC on site | B 0.550" in both
+    assert "site \\| B" in render(with_aucs(card, 0.9, [0.8, 0.97], (0.55, [0.4, 0.7], n, {})))
+
+
+def test_a_three_class_card_holds_its_macro_auc_to_chance(tiny_multiclass_bundle: Path) -> None:
+    """The three-class task's macro one-vs-rest AUC was recorded without its interval and held to nothing: a
+    three-class bundle whose classes are ranked no better than chance said nothing of it. The card records the
+    interval (the validation table shows it) and the ranking caveat holds it to 0.5 as it holds the AUC."""
+    card = load_card(tiny_multiclass_bundle)
+    macro, interval = card.val_metrics["three_class_macro_auc"], card.val_metrics["ci"]["three_class_macro_auc"]
+    assert interval[0] <= macro <= interval[1]
+    assert f"| Macro one-vs-rest ROC AUC, three classes | {with_ci(macro, interval, 4)} |" in render(card)
+    weak = dataclasses.replace(card, val_metrics={
+        **card.val_metrics, "auc": 0.9, "three_class_macro_auc": 0.55,
+        "ci": {**card.val_metrics["ci"], "auc": [0.8, 0.97], "three_class_macro_auc": [0.35, 0.75]}})
+    assert weak.ranking_caveat.startswith("validation macro AUC over the 3 classes 0.550 (95% CI 0.350-0.750) on ")
+    sound = dataclasses.replace(weak, val_metrics={**weak.val_metrics, "three_class_macro_auc": 0.9,
+                                                   "ci": {**weak.val_metrics["ci"], "three_class_macro_auc": [0.8, 1]}})
+    assert sound.ranking_caveat == ""

@@ -107,6 +107,7 @@ THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_balanced_accuracy", "balanced_accuracy", "Balanced accuracy, three classes"),
     ("three_class_macro_auc", "macro_auc", "Macro one-vs-rest ROC AUC, three classes"),
 )
+MACRO_AUC = "three_class_macro_auc"  # the one of them whose 95% interval the card records
 
 
 def validation_figures(metrics: dict) -> dict:
@@ -118,6 +119,8 @@ def validation_figures(metrics: dict) -> dict:
         figures |= {"ci": cis, "ci_unit": metrics.get("ci_unit", "film")}  # a shipped bundle says its uncertainty
     if block := metrics.get("multiclass"):
         figures |= {key: block[source] for key, source, _ in THREE_CLASS_FIGURES}
+        if (interval := (block.get("ci") or {}).get("macro_auc")) and "ci" in figures:  # the card's ranking caveat
+            figures["ci"][MACRO_AUC] = interval  # holds it to chance as it holds the AUC (BundleCard.ranking_caveat)
     return jsonable(figures)
 
 
@@ -196,15 +199,18 @@ def _with_ci(block: dict[str, Any], key: str) -> str:
 
 
 def _limitations(card: BundleCard) -> tuple[str, ...]:
-    """LIMITATIONS, with the threshold's line saying where the threshold in force was chosen when `pneumoscan
-    threshold` chose it on other films than the validation ones."""
+    """LIMITATIONS, after the card's ranking caveat (:attr:`BundleCard.ranking_caveat`: its recorded AUCs do not show
+    it better than chance), with the threshold's line saying where the threshold in force was chosen when
+    `pneumoscan threshold` chose it on other films than the validation ones."""
+    ranking = (f"**The model is not shown to rank films better than chance:** {_md(card.ranking_caveat)}.",
+               ) if card.ranking_caveat else ()
     if not card.threshold_records:
-        return LIMITATIONS
+        return ranking + LIMITATIONS
     chosen = (f"The threshold in force ({card.threshold:.4f}) was chosen on {card.threshold_records[-1].get('data')} "
               "and the temperature on the validation films: figures on either at the threshold that was chosen on "
               "them are optimistic; the validation figures were measured at the earlier threshold; figures on data "
               "the model has never seen are the ones to trust.")
-    return tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
+    return ranking + tuple(chosen if line == CHOSEN_ON_VALIDATION else line for line in LIMITATIONS)
 
 
 def _index_name(name: str, key: str, where: list[str], prevalence: float | None) -> str:
@@ -286,7 +292,8 @@ def _validation_section(card: BundleCard) -> str:
     rows = "\n".join([f"| {name}{' †' if marked and key in PREVALENCE_BOUND else ''} | "
                       f"{with_ci(m.get(key), cis.get(key), 4) if cis else format_figure(m.get(key), 4)} |"
                       for key, _, name in CARD_METRICS]
-                     + [f"| {name} | {format_figure(m[key], 4)} |" for key, _, name in THREE_CLASS_FIGURES if key in m]
+                     + [f"| {name} | {with_ci(m[key], cis[key], 4) if key in cis else format_figure(m[key], 4)} |"
+                        for key, _, name in THREE_CLASS_FIGURES if key in m]
                      + ([f"| {ECE_NAME} | {format_figure(m['ece'], 4)} |"] if "ece" in m else []))
     policy = card.threshold_records[0]["previous_policy"] if card.threshold_records else card.threshold_policy
     patients = f" of {counted(m['patients']['all'], 'patient')}" if m.get("patients") else ""
@@ -294,7 +301,8 @@ def _validation_section(card: BundleCard) -> str:
         f"On the {m.get('n')} films{patients} the temperature and threshold were chosen on, at that threshold "
         f"({format_figure(m.get('threshold'), 4)}, {policy}):\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
-        + (" ".join(filter(None, [ci_method_sentence(m.get("ci_unit", "film"), VALIDATION_PROPORTIONS, ("auc", "f1")),
+        + (" ".join(filter(None, [ci_method_sentence(m.get("ci_unit", "film"), VALIDATION_PROPORTIONS,
+                                                     ("auc", "f1", *(["macro_auc"] if MACRO_AUC in cis else []))),
                                   unit_caveat(m)])) + "\n\n" if cis else "")
         + (prevalence_note(m["prevalence"], card.positive, "† ") + "\n\n" if marked else "") +
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "

@@ -21,7 +21,7 @@ from importlib import metadata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 from packaging.version import InvalidVersion, Version
@@ -165,21 +165,25 @@ class BundleCard:
 
     @property
     def ranking_caveat(self) -> str:
-        """Why the validation films do not show the model better than chance: the 95% interval of its validation
-        AUC reaches :data:`~pneumoscan.core.metrics.CHANCE_AUC` (or, in a card without one, the AUC itself is no
-        higher). Training refuses only an AUC at or below it, so a bundle of AUC 0.51 on few films is written, and
-        its readings look like a working model's. Said from the figures the card records, so a bundle trained before
-        it says it too. Empty when the interval is above chance, or the card records no AUC."""
-        auc, ci = self.val_metrics.get("auc"), (self.val_metrics.get("ci") or {}).get("auc")
-        low = ci[0] if ci and ci[0] is not None else auc
-        if low is None or low > CHANCE_AUC:
+        """Why the figures the card records do not show the model better than chance at ranking films: an AUC whose
+        95% interval reaches :data:`~pneumoscan.core.metrics.CHANCE_AUC` (in a record without one, an AUC no higher
+        than it). Training refuses only an AUC at or below it, so a bundle of AUC 0.51 on few films is written, and
+        its readings look like a working model's. Each AUC the card records is held to it: the validation AUC, the
+        validation macro AUC of a three-class task (where the card records it) and the AUC of each
+        ``evaluate --add-to-card`` record. One that reaches chance is answered only by a later record of the same
+        figure on more films, checked new to the bundle and of its plain scores (what ``predict`` and ``serve`` give),
+        whose interval lies above chance. Said from the figures the card records, so a bundle trained before it says
+        it too. Empty when no record reaches chance unanswered, or the card records no AUC."""
+        records = _auc_records(self)
+        said = [f"{r.what} {with_ci(r.auc, r.ci)} on {r.films}: "
+                + (f"its interval reaches {CHANCE_AUC}" if r.ci else f"that is no more than {CHANCE_AUC}")
+                for i, r in enumerate(records) if r.reaches_chance and not any(
+                    later.figure == r.figure and later.answers and (later.n or 0) > (r.n or 0)
+                    and later.ci and not later.reaches_chance for later in records[i + 1:])]
+        if not said:
             return ""
-        patients = (self.val_metrics.get("patients") or {}).get("all")
-        films = f"{self.val_metrics.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
-        reaches = "its interval reaches" if ci and ci[0] is not None else "that is no more than"
-        return (f"validation AUC {with_ci(auc, ci)} on {films}: {reaches} {CHANCE_AUC}, so these films do not show "
-                "that it tells the classes apart better than chance; measure it on more labelled films (pneumoscan "
-                "evaluate) before relying on its readings")
+        return ("; ".join(said) + ", so these films do not show that it tells the classes apart better than chance; "
+                "measure it on more labelled films (pneumoscan evaluate) before relying on its readings")
 
     def plugin_module(self, kind: str, name: str) -> str:
         """The module the card records as the one that registered the ``kind`` ("task", "model") ``name``; "" when
@@ -799,3 +803,45 @@ def verify_file(directory: Path | str, card: BundleCard, name: str,
     if actual != expected:
         raise ValueError(f"{path} is damaged: its SHA-256 is {actual[7:19]}..., bundle.json recorded "
                          f"{expected[7:19]}... when it was written; {remedy}")
+
+
+class AucRecord(NamedTuple):
+    """An AUC a card records (:attr:`BundleCard.ranking_caveat`)."""
+
+    figure: str  # which AUC: "auc" (the positive call's), "three_class_macro_auc"
+    what: str  # it, as the caveat says it
+    auc: float
+    ci: list[float] | None  # its 95% interval; None where the films gave none, or a record older than intervals
+    films: str  # the films it is on, as the caveat says them
+    n: int | None
+    answers: bool  # whether it can answer an earlier record of its figure that reaches chance (an evaluation's)
+
+    @property
+    def reaches_chance(self) -> bool:
+        """Whether its interval (without one: the AUC itself) reaches chance."""
+        return (self.ci[0] if self.ci else self.auc) <= CHANCE_AUC
+
+
+def _auc_records(card: BundleCard) -> list[AucRecord]:
+    """Each AUC the card records, oldest first: validation's (and a three-class task's macro AUC), then each
+    external evaluation's. An evaluation answers an earlier record only where its films were checked new to the
+    bundle (unchecked, they may be its training films) and its scores are the plain ones the readings are."""
+    val, cis = card.val_metrics, card.val_metrics.get("ci") or {}
+    patients = (val.get("patients") or {}).get("all")
+    films = f"{val.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
+    multiclass = f"validation macro AUC over the {len(card.classes)} classes"
+    records = [AucRecord(figure, what, val[figure], _interval(cis.get(figure)), films, val.get("n"), False)
+               for figure, what in (("auc", "validation AUC"), ("three_class_macro_auc", multiclass))
+               if val.get(figure) is not None]
+    for record in card.external_evaluations:
+        auc = (record.get("metrics") or {}).get("auc") or {}
+        if auc.get("value") is not None:
+            records.append(AucRecord("auc", f"AUC on {shown(record.get('data'))}", auc["value"],
+                                     _interval(auc.get("ci")), f"{record.get('n')} films", record.get("n"),
+                                     record.get("films_checked") is True and record.get("scores") == "plain"))
+    return records
+
+
+def _interval(ci: list[float] | None) -> list[float] | None:
+    """A recorded 95% interval, or None where the films gave none ([None, None])."""
+    return ci if ci and ci[0] is not None else None
