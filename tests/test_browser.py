@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from PIL import Image
 from fastapi import FastAPI
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pneumoscan.core.metrics import format_figure
 from pneumoscan.data.decode import read_gray
@@ -43,22 +43,45 @@ def server(tiny_bundle: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def chromium_page() -> Iterator[Page]:
-    """A page of Debian's Chromium, closed on leaving; a missing browser fails the test, never skips it."""
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, closed on leaving; a missing browser fails the test, never skips it."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: install Debian's chromium package (make browser)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
+@contextlib.contextmanager
+def new_page(browser: Browser) -> Iterator[Page]:
+    """A page in a context of its own (no cookies, storage or cache shared with another), closed on leaving."""
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        page.context.close()
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Page]:
+    """A page of a Chromium of its own, closed on leaving."""
+    with chromium() as browser, new_page(browser) as page:
+        yield page
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium for the module's tests (a launch and close cost about 1 s a test), each test in a new page."""
+    with chromium() as browser:
+        yield browser
+
+
 @pytest.fixture
-def page(server: str) -> Iterator[Page]:
-    with chromium_page() as page:
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    with new_page(browser) as page:
         yield page
 
 
