@@ -75,6 +75,25 @@ def test_tiny_training_run_writes_a_complete_bundle(request: pytest.FixtureReque
     assert not any(r.split == "test" for r in split), "test images never enter training or validation"
 
 
+def test_validation_figures_record_the_films_they_leave_out(tiny_bundle: Path, tiny_etiology_bundle: Path) -> None:
+    """An etiology run's validation NORMAL films are no part of its validation figures: metrics.json, the card's
+    val_metrics, MODEL_CARD.md and train's closing lines say how many were left out and why, as evaluate's do (they
+    logged it only); a run that left none out records none."""
+    from pneumoscan.cli import _trained
+
+    run = tiny_etiology_bundle.parent
+    normal = sum(r.label == "NORMAL" for r in discover(run / "split.csv").records if r.split == "val")
+    reason = "of class NORMAL, which the etiology task does not read (bacteria, virus)"
+    card, metrics = load_card(tiny_etiology_bundle), json.loads((run / "metrics.json").read_text())
+    assert normal and metrics["left_out"] == card.val_metrics["left_out"] == [{"films": normal, "reason": reason}]
+    said = (f"{normal} of the {card.val_metrics['n'] + normal} films given are left out of the figures, which are of "
+            f"the other {card.val_metrics['n']} only: {normal} films {reason}")
+    assert f"**Caveat:** {said}." in (tiny_etiology_bundle / "MODEL_CARD.md").read_text()
+    assert _trained(tiny_etiology_bundle).endswith(f"\n   {said}")
+    assert load_card(tiny_bundle).val_metrics["left_out"] == []
+    assert "left out of the figures" not in _trained(tiny_bundle)
+
+
 def test_thresholds_meet_target_sensitivity_on_validation(tiny_dataset: Path, tmp_path: Path) -> None:
     bundle = train(tiny_dataset, TrainConfig(target_sensitivity=0.9, **TINY), tmp_path / "run")
     card = load_bundle(bundle)[1]

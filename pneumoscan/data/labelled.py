@@ -69,13 +69,20 @@ def labelled_films(data: Path | str, split: str | None, task: Task, spec: Prepro
 def left_out(films: LabelledFilms, task: Task) -> list[dict]:
     """The files given that the figures are not of, counted by why: evaluate's ``left_out`` (metrics.json, the
     report's "left out of the figures", a card's record of an evaluation), a ``threshold`` record's, an ensemble's,
-    cv.json's and an INT8 sidecar's (the films its thresholds were chosen on). Files that
-    could not be read (``unreadable`` lists them), films of a class the task does not read (NORMAL films given to an
-    etiology bundle), and pneumonia films without the type the task needs."""
+    cv.json's, a training run's validation figures' (:func:`files_left_out`) and an INT8 sidecar's (the films its
+    thresholds were chosen on). Files that could not be read (``unreadable`` lists them), films of a class the task
+    does not read (NORMAL films given to an etiology bundle), and pneumonia films without the type the task needs."""
+    return files_left_out(len(films.unreadable), films.outside, task)
+
+
+def files_left_out(unreadable: int, outside: Iterable[Record], task: Task) -> list[dict]:
+    """:func:`left_out` of files read without :func:`labelled_films`: ``unreadable`` files that could not be read and
+    the readable films ``outside`` the task (those ``task.target`` gives no target), as a training run's validation
+    side has them (metrics.json and the card's ``val_metrics``)."""
     reasons = Counter(f"of class {r.label}, which the {task.name} task does not read ({', '.join(task.classes)})"
                       if r.label != "PNEUMONIA" else "of class PNEUMONIA that say neither bacteria nor virus (in their "
-                      f"names or a manifest's subtype column), which the {task.name} task needs" for r in films.outside)
-    return _by_reason(Counter({UNREADABLE: len(films.unreadable)}) + reasons)
+                      f"names or a manifest's subtype column), which the {task.name} task needs" for r in outside)
+    return _by_reason(Counter({UNREADABLE: unreadable}) + reasons)
 
 
 def pooled_left_out(parts: Iterable[Sequence[dict]]) -> list[dict]:

@@ -97,7 +97,8 @@ CARD_METRICS = (
 VAL_FIGURES = ("auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "threshold", "n")
 # what the card says of the validation films where the result has it (evaluate_binary's; binary_metrics' has not):
 # the expected calibration error checks the probabilities the temperature calibrated (a 1-epoch model's were 0.21 off)
-VAL_COUNTS = ("prevalence", "patients", "ece")
+# and a training run's left_out: the validation side's files the figures are not of (said among the section's caveats)
+VAL_COUNTS = ("prevalence", "patients", "ece", "left_out")
 ECE_NAME = "Expected calibration error (10 bins)"
 # the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
 VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"
@@ -308,6 +309,7 @@ def _validation_section(card: BundleCard) -> str:
         "**Caveat:** the threshold (and the temperature that calibrates the probabilities) was chosen on these "
         "same films, so sensitivity and specificity here are optimistic. Judge the model by an evaluation on "
         "films it has never seen (below, or `pneumoscan evaluate`)."
+        + "".join(f" **Caveat:** {said}." for said in left_out_caveat(m.get("left_out", []), m["n"]))
     )
 
 

@@ -107,17 +107,21 @@ def policy_text(target_sensitivity: float | None, max_false_positive_rate: float
 def write_operating_point(bundle: Path, card: BundleCard, probs: np.ndarray, tta_scores: np.ndarray,
                           targets: np.ndarray, target_sensitivity: float | None, max_false_positive_rate: float | None,
                           policy: str, groups: Sequence[str] | None = None, temperature_caveat: str = "",
-                          ) -> tuple[BundleCard, dict]:
+                          left_out: list[dict] | None = None) -> tuple[BundleCard, dict]:
     """Choose the plain and TTA thresholds by one policy on these films' calibrated ``probs`` and TTA scores, and
     write them where every reader looks: ``card`` (temperature already set) with the thresholds, ``policy`` and
     the validation figures and the caveats of both (``temperature_caveat``: :func:`calibrated_temperature`'s),
-    saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar. The one way a training run and an ensemble finish
-    their bundle (``threshold`` keeps the validation figures of the films it trained on, so it writes its own).
+    saved as bundle.json and MODEL_CARD.md, then the ONNX sidecar; ``left_out`` (None: not recorded), the files
+    given with the films that the figures are not of, and why, recorded with them. The one way a training run and an
+    ensemble finish their bundle (``threshold`` keeps the validation figures of the films it trained on, so it writes
+    its own).
     Returns the card written and the films' metrics."""
     task = card_task(card, bundle)
     y, plain = binary_targets(targets), task.positive_probability(probs)
     point = choose_operating_point(y, plain, tta_scores, target_sensitivity, max_false_positive_rate, groups)
     metrics = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
+    if left_out is not None:
+        metrics["left_out"] = left_out
     card = dataclasses.replace(card, threshold_policy=policy, val_metrics=validation_figures(metrics),
                                temperature_caveat=temperature_caveat, **point.card_fields())
     update_card(bundle, card)
@@ -141,6 +145,7 @@ def int8_figures(probs: np.ndarray, targets: np.ndarray, task: Task, point: Oper
     95 % CIs counting the films' patients, ``groups``: each film's unit, as its thresholds' intervals count them).
     ``export --int8`` and ``threshold`` both write them, so that neither leaves one about other films."""
     at = evaluate_probabilities(probs, targets, task, point.threshold, groups=groups)
+    at["left_out"] = list(left)  # its validation figures say what they leave out, as the FP32 model's do
     figures = {
         Int8Key.THRESHOLD: point.threshold, Int8Key.TTA_THRESHOLD: point.tta_threshold,
         Int8Key.THRESHOLD_POLICY: policy, Int8Key.THRESHOLD_INTERVAL: point.threshold_interval,

@@ -31,7 +31,7 @@ from pneumoscan.data.appearance import Appearance
 from pneumoscan.data.cache import ImageCache
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
-from pneumoscan.data.labelled import films_without_patient_id, patient_groups
+from pneumoscan.data.labelled import files_left_out, films_without_patient_id, patient_groups
 from pneumoscan.data.layouts import Record, discover, write_manifest
 from pneumoscan.data.preprocess import PreprocessSpec, source_of
 from pneumoscan.data.split import split_dataset
@@ -228,6 +228,7 @@ class Data:
     plain: tuple[CachedImages, CachedImages]  # train and val without augmentation, for the warm start
     class_weights: torch.Tensor | None  # inverse class frequency, or None without cfg.class_weights
     val_records: list[Record]  # the validation films, in val_set's order: their patients count in the CIs
+    val_left_out: list[dict]  # the val side's files the validation figures leave out, and why (files_left_out)
 
 
 def build_model(cfg: TrainConfig, task: Task, ctx: Dist,
@@ -424,7 +425,17 @@ def load_data(records: list[Record], cache: ImageCache, checksum: str, cfg: Trai
     weights = torch.tensor(balanced, dtype=torch.float32, device=ctx.device)
     plain = tuple(CachedImages(cache.images, *parts[n], normalize(mean, std)) for n in ("train", "val"))
     return Data(cache.spec, cache.data_fingerprint, checksum, train_set, val_set, val_loader, sampler,
-                train_loader, plain, weights if cfg.class_weights else None, selected["val"][0])
+                train_loader, plain, weights if cfg.class_weights else None, selected["val"][0],
+                _val_left_out(records, cache, task))
+
+
+def _val_left_out(records: Sequence[Record], cache: ImageCache, task: Task) -> list[dict]:
+    """The validation side's files that the validation figures are not of, and why: those that could not be read
+    and the readable films the task gives no target (an etiology run's NORMAL films), as evaluate records its own."""
+    val, readable = [r for r in records if r.split == "val"], set(cache.paths)
+    paths = {r.path for r in val}
+    return files_left_out(sum(e["path"] in paths for e in cache.errors),
+                          (r for r in val if r.path in readable and task.target(r) is None), task)
 
 
 def recipe(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float, total_steps: int,
@@ -670,7 +681,7 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
         return ScoredFilms(logits, list(map(predictor.logits, tta_views(images))), targets, groups, images)
 
     card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
-                                       (cfg.target_sensitivity, None), "validation", temperature)
+                                       (cfg.target_sensitivity, None), "validation", temperature, d.val_left_out)
     _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch), d.val_records)
     log.debug(  # the command prints its own line from the card
         f"bundle: {run.bundle}  val AUC {format_figure(metrics['auc'], 4)}  threshold {card.threshold:.4f} -> sens "
