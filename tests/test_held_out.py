@@ -126,3 +126,21 @@ def test_films_most_of_which_copy_training_films_are_refused_and_a_few_warned_of
     assert f"; {tiny_bundle.parent / 'split.csv'} lists its training films), more than half: " in err, err
     assert err.endswith(f"evaluate on films {tiny_bundle} did not train on\n") and err.count("\n") == 1, err
     assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_checks_a_copied_bundle_against_its_runs_split_given(tiny_bundle: Path, tiny_dataset: Path,
+                                                                       tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A bundle copied out of its run, evaluated on that run's split.csv (proved its run's by the card's data
+    checksum, as `export --int8` takes it), was said to be unchecked ("cannot be checked that the films given to
+    evaluate are new to it"): its films are checked against it, its validation films said to have chosen the
+    threshold and its training films refused. Other data is still said to be unchecked."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    split, unchecked = tiny_bundle.parent / "split.csv", "cannot be checked that the films given to evaluate"
+    assert cli.main(["evaluate", str(bundle), str(split), "--split", "val", "--out", str(tmp_path / "val")]) == 0
+    assert unchecked not in caplog.text and "validation films, on which its own temperature" in caplog.text
+    assert cli.main(["evaluate", str(bundle), str(split), "--split", "train", "--out", str(tmp_path / "train")]) == 2
+    assert "training split" in capsys.readouterr().err
+    caplog.clear()
+    assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "t")]) == 0
+    assert unchecked in caplog.text

@@ -279,7 +279,7 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
-             etiology: Path | str | None = None, backend: str = "torch") -> dict:
+             etiology: Path | str | None = None, backend: str = "torch", run_split: Path | str | None = None) -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -289,7 +289,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
     one decision among their 1 + k classes (normal / bacteria / virus) under ``two_stage`` (:func:`two_stage_decision`),
     each film checked against the second stage's training films too. ``backend`` scores as ``predict
-    --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds."""
+    --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds. ``run_split``: DATA, where
+    the caller proved it the split of the run the bundle was copied out of (``check_held_out``'s, which checks the
+    films against it as against a split.csv beside the bundle)."""
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
@@ -311,7 +313,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card])
+                              cards=[card], run_split=run_split)
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")

@@ -50,7 +50,7 @@ from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_byt
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
-from .resume import films_as_trained
+from .resume import films_as_trained, proven_run_split
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with
@@ -262,10 +262,9 @@ def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> 
 def _copied_run_split(bundle: Path, card: BundleCard, data: Path | str) -> bool:
     """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), whose val films chose
     its thresholds (no `threshold` or `ensemble --data` chose them on others), proved by the card's data checksum
-    (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order."""
+    (:func:`proven_run_split`): the same films, pixels, labels and sides, in the same order."""
     return (not card.threshold_records and not (bundle / CALIBRATION_FILMS).exists()
-            and not RunFolder.of(bundle).split.is_file() and bool(card.data_checksum)
-            and films_as_trained(bundle, discover(data).records))
+            and proven_run_split(bundle, data))
 
 
 def _check_same_films(bundle: Path, card: BundleCard, task: Task, data: Path | str, val: LabelledFilms,

@@ -283,6 +283,17 @@ def films_as_trained(bundle: Path, records: Sequence[Record], ctx: Dist = Dist()
     return data_checksum(cache, records) == recorded
 
 
+
+def proven_run_split(bundle: Path, data: Path | str) -> bool:
+    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), proved by the card's
+    data checksum (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order, which
+    :func:`~pneumoscan.evaluation.held_out.check_held_out` then checks against as the split beside it
+    (``run_split``). Only a manifest of train and val films can be one: the films of other data are not decoded."""
+    if RunFolder.of(bundle).split.is_file() or not load_card(bundle).data_checksum:
+        return False
+    records = discover(data).records
+    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records)
+
 def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
     """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
     checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
