@@ -77,7 +77,7 @@ def crash_after_first_epoch(epoch: int) -> None:
 def assert_close_report(reported: Any, again: Any, where: str = "metrics") -> None:
     """Two metrics.json trees agree: the same keys, lengths and integers, every float within SCORE_TOL."""
     if isinstance(reported, dict):
-        assert reported.keys() == again.keys(), where
+        assert reported.keys() == again.keys(), f"{where}: only in one {sorted(reported.keys() ^ again.keys())}"
         for key in reported:
             assert_close_report(reported[key], again[key], f"{where}.{key}")
     elif isinstance(reported, list):

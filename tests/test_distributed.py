@@ -140,7 +140,8 @@ def trained_once(log: str, run: Path, data: Path, teacher: Path, cache: Path, ev
     assert again.pop("bundle_weights") == load_card(run / "bundle").files["model.safetensors"]
     assert again.pop("copies") == [] and again.pop("caveats") == load_card(run / "bundle").caveats  # evaluate's own
     assert again.pop("label_conflicts") == []
-    assert again.pop("left_out") == [], "every film given is a validation film the task reads"
+    assert again["left_out"] == reported["left_out"] == [], (
+        "every film given is a validation film the task reads, as evaluate and the run both record")
     assert again.pop("unchecked") == [], "its run and its teacher's, beside them, say what they trained on"
     assert again.pop("films") == films_digest(val_records), "evaluate names the films it scored"
     assert reported.pop("films") == films_digest(val_records), "so does training, for compare"
