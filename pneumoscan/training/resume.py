@@ -294,6 +294,7 @@ def proven_run_split(bundle: Path, data: Path | str) -> bool:
     records = discover(data).records
     return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records)
 
+
 def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
     """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
     checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
