@@ -261,9 +261,17 @@ def _trained(bundle: Path) -> str:
             + "".join(f"\n   {said}" for said in left_out_caveat(val.get("left_out", []), val.get("n", 0))))
 
 
+def _print_left_out(left_out: list[dict], n: int) -> None:
+    """Print, under a command's result line, what its figures leave out of the files given and why (``left_out``
+    beside ``n`` films counted), as the record it wrote says it: one indented line each, nothing when none."""
+    from pneumoscan.evaluation.model_card import left_out_caveat
+
+    for said in left_out_caveat(left_out, n):
+        print(f"   {said}")
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.models.run_folder import CvFolder
     from pneumoscan.training.cv import cross_validate
     from pneumoscan.training.distributed import is_main_process
@@ -280,15 +288,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
         print(f"{name:>32}: {mean} +- {std} (folds {low}-{high}{defined})")
     if three_class := result["pooled_out_of_fold"].get("multiclass"):
         print(f"pooled out of fold, {_three_classes(three_class)}")
-    for said in left_out_caveat(result["left_out"], result["pooled_out_of_fold"]["n"]):  # cv.json records them
-        print(f"   {said}")
+    _print_left_out(result["left_out"], result["pooled_out_of_fold"]["n"])  # cv.json records them
     cv = CvFolder(Path(args.out))
     print(f"out-of-fold scores: {shown(cv.oof)}   figures: {shown(cv.summary)}")
     return 0
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.training.ensemble import build_ensemble
 
     with _without_test_split("the test split never chooses an ensemble's temperature and thresholds: choose them on "
@@ -297,8 +303,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                               args.youden, args.max_false_positive_rate)
     print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
           f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
-    for said in left_out_caveat(card.train_config.get("left_out", []), card.val_metrics["n"]):  # the card says it too
-        print(f"   {said}")
+    _print_left_out(card.train_config.get("left_out", []), card.val_metrics["n"])  # the card says it too
     return 0
 
 
@@ -377,7 +382,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_threshold(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.evaluation.rethreshold import rethreshold
 
     with _without_test_split("the test split never chooses a threshold: choose it on films the bundle never saw (a "
@@ -389,8 +393,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     print(f"{args.out}: threshold {card.threshold:.4f} (was {record['previous_threshold']:.4f}), with --tta "
           f"{card.tta_threshold:.4f}; {card.threshold_policy}: sensitivity {format_figure(record['sensitivity'], 3)}, "
           f"specificity {format_figure(record['specificity'], 3)} on {record['n']} images")
-    for said in left_out_caveat(record["left_out"], record["n"]):  # the new card says it too
-        print(f"   {said}")
+    _print_left_out(record["left_out"], record["n"])  # the new card says it too
     return 0
 
 
@@ -477,7 +480,6 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
-    from pneumoscan.evaluation.model_card import left_out_caveat
     from pneumoscan.inference.export import export_onnx
     from pneumoscan.inference.onnx_runtime import Int8Key, Int8Operating, read_sidecar, spec_path
 
@@ -496,8 +498,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               + (f"macro AUC {format_figure(classes[Int8Key.MACRO_AUC_INT8], 4)} (FP32 "
                  f"{format_figure(classes[Int8Key.MACRO_AUC_FP32], 4)}), " if classes else "")
               + f"threshold {chosen.threshold:.4f} chosen on the INT8 scores ({chosen.threshold_policy})")
-        for said in left_out_caveat(figures[Int8Key.LEFT_OUT], figures[Int8Key.VALIDATION_IMAGES]):  # MODEL_CARD.md too
-            print(f"   {said}")
+        _print_left_out(figures[Int8Key.LEFT_OUT], figures[Int8Key.VALIDATION_IMAGES])  # MODEL_CARD.md too
         return 0
     given = [flag for flag, set_ in (("--data", args.data is not None), ("--cv", bool(args.cv)),
              ("--calibration-images", args.calibration_images != CALIBRATION_IMAGES)) if set_]
