@@ -100,12 +100,17 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// Text for a live region or alert that a screen reader says even when it is the text already there: it says a region
+// when its text changes, so the same refusal again (one unreadable file dropped twice) was left unsaid. A zero-width
+// space at its end, there every other time, changes it unseen.
+function sayAgain(element, text) {
+  element.textContent = element.textContent === text ? `${text}\u200b` : text;
+}
+
 // A refused film hides the reading on screen (it is another film's) and no film is current, so a late heatmap
 // reply for that film leaves the refusal alone; a refused heatmap leaves the reading (keepResult).
-// A screen reader says an alert when its text changes: the same refusal again (one unreadable file dropped twice)
-// left it as it was, and unsaid. A zero-width space at its end, there every other time, changes it unseen.
 function showError(message, keepResult = false) {
-  $("error").textContent = $("error").textContent === message ? `${message}\u200b` : message;
+  sayAgain($("error"), message);
   $("error").hidden = false;
   $("result").hidden = !keepResult;
   $("status").textContent = "";
