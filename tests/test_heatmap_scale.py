@@ -145,8 +145,9 @@ def page_legend(bundle: Path, film: Path) -> tuple[str, str, str]:
             expect(page.locator("#result")).to_be_visible()
             page.click("#heatmap-button")
             expect(page.locator("#legend")).to_be_visible()
+            # the viewer's description ends with what it draws (test_page.py checks that it is exposed)
             return (page.inner_text("#legend-text"), page.inner_text("#legend-top"),
-                    page.get_attribute("#view", "aria-description") or "")
+                    page.text_content("#view-layer") or "")
     finally:
         server.close()
 

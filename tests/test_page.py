@@ -283,8 +283,8 @@ def test_heatmap_only_on_request_in_viridis_and_printed(page: Page, full_size: P
     else:
         expect(legend).not_to_contain_text("Read as")
     assert page.evaluate("() => legendText({label: 'NORMAL', positive: 'PNEUMONIA'})").endswith(negative)
-    assert "yellow at this film's strongest value" in page.get_attribute("#view", "aria-description")
-    assert "evidence for PNEUMONIA" in page.get_attribute("#view", "aria-description")
+    expect(page.locator("#view")).to_have_accessible_description(re.compile(
+        "yellow at this film's strongest value.*evidence for PNEUMONIA"))
     # and said once in the polite region as it appears: the legend's caveat was never announced
     expect(page.locator("#status")).to_have_text(f"Heatmap shown: {page.inner_text('#legend-text')}")
     expect(page.locator("#status")).to_contain_text("where the model looked, not where disease is")
@@ -456,12 +456,12 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
              ("button", "zoom in"), ("button", "zoom out"), ("button", "fit image and reset window"),
              ("button", "pan mode"), ("button", "Compute Grad-CAM heatmap"), ("checkbox", "Show heatmap"),
              ("slider", "heatmap opacity"), ("button", "Print this reading"), ("button", "Export list as CSV"),
-             ("img", re.compile("^X-ray viewer")), ("meter", "probability"), ("group", "heatmap")]
+             ("application", "X-ray viewer"), ("meter", "probability"), ("group", "heatmap")]
     for role, name in named:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     tree = page.locator("body").aria_snapshot()
     unnamed = [line for line in tree.splitlines()
-               if re.match(r"\s*- (button|checkbox|slider|combobox|textbox|img)\s*(\[.*\])?:?$", line)]
+               if re.match(r"\s*- (button|checkbox|slider|combobox|textbox|img|application)\s*(\[.*\])?:?$", line)]
     assert not unnamed, unnamed
     # the reading's colour has words beside it: the label is text, the bar has a value text
     assert page.get_attribute("#bar", "aria-valuetext").startswith(page.inner_text("#label"))
@@ -479,7 +479,7 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     # the browser's own zoom keys (a low-vision reader's 200 %) are the browser's: the viewer took Ctrl + and Ctrl 0
     # as its zoom and reset, and kept them from the browser
     page.evaluate("() => document.addEventListener('keydown', (e) => { window.kept = e.defaultPrevented; })")
-    for keys in ("Control+=", "Control+-", "Control+0", "Alt+i"):
+    for keys in ("Control+=", "Control+-", "Control+0", "Alt+i", "Alt+h"):
         page.keyboard.press(keys)
         assert page.evaluate("() => window.kept") is False, keys
     expect(page.locator("#readout-wl")).to_have_text("level 128, width 255, inverted, zoom 1.00x")
@@ -491,6 +491,79 @@ def test_every_control_is_named_and_keyboard_operable(page: Page, small: Path) -
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.input_value("#opacity") == "50"
+
+
+def test_the_viewer_says_what_it_is_and_its_keys_and_is_worked_by_them_alone(page: Page, small: Path) -> None:
+    """A screen reader met the viewer as an image (role img), whose arrow keys its browse mode keeps for itself, its
+    keys only in a long name; the zoom was said in a live readout of every window step and pointer move; the heatmap
+    was shown or hidden only at its checkbox, away from the film. The viewer is an application (no widget role
+    fits a film's window and pan in two dimensions each), named, described by the keys the page shows under it and by
+    what is drawn; what a key does is said once the keys stop, and h shows or hides the heatmap."""
+    upload_one(page, small)
+    viewer, said = page.locator("#view"), page.locator("#view-said")
+    expect(page.get_by_role("application", name="X-ray viewer")).to_have_count(1)
+    assert viewer.get_attribute("aria-roledescription") == "film viewer"
+    keys = page.inner_text("#view-keys")  # the help on screen is what a screen reader hears on reaching the viewer
+    for words in ("arrow keys", "Shift", "Pan", "+ and -", "0 ", "i ", "h ", "Ctrl, Alt or Cmd"):
+        assert words in keys, words
+    expect(viewer).to_have_accessible_description(f"{keys} The film alone.")
+    # a keyboard reader tabs to it from the heatmap's button, the control before it
+    page.focus("#heatmap-button")
+    page.keyboard.press("Tab")
+    expect(viewer).to_be_focused()
+    assert said.get_attribute("aria-live") == "polite" and page.get_attribute("#readout-wl", "aria-live") is None
+    page.keyboard.press("+")
+    expect(said).to_have_text("zoom 1.25x")
+    page.keyboard.press("ArrowDown")
+    expect(said).to_have_text("level 120, width 255")
+    page.keyboard.press("Shift+ArrowRight")
+    assert page.evaluate("() => [view.panX, view.panY]") == [-32, 0]
+    page.click("#pan-mode")  # pressed, the arrows pan without Shift held (one key at a time), as a drag pans
+    viewer.focus()
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("() => [view.panX, view.panY]") == [-32, -32] and page.input_value("#level") == "120"
+    page.keyboard.press("0")
+    expect(said).to_have_text("zoom 1.00x, film centred, default window: level 128, width 255")
+    assert page.evaluate("() => [view.zoom, view.panX, view.panY]") == [1, 0, 0]
+    # a held key repeats some 30 times a second: its steps are said once, when it stops, not queued one by one (on the
+    # page's clock, stopped here and moved on by hand, so a slow machine cannot space them further)
+    page.evaluate("""() => { window.changes = 0;
+        new MutationObserver((records) => { window.changes += records.length; }).observe(
+            document.getElementById('view-said'), {childList: true, characterData: true, subtree: true}); }""")
+    page.clock.install()
+    page.clock.pause_at(page.evaluate("() => Date.now()") + 1000)
+    for _ in range(6):
+        page.keyboard.press("+")
+        page.clock.run_for(33)
+    drag(page, 0, 40)  # seen as it is dragged: not said
+    page.clock.run_for(1000)
+    expect(said).to_have_text("zoom 3.81x")
+    assert page.evaluate("() => window.changes") == 1
+    page.clock.resume()
+
+    page.keyboard.press("h")
+    expect(said).to_have_text("No heatmap computed yet: use Compute Grad-CAM heatmap.")
+    page.click("#heatmap-button")
+    expect(page.get_by_role("checkbox", name="Show heatmap", checked=True)).to_be_enabled()
+    viewer.focus()
+    page.keyboard.press("h")
+    expect(page.get_by_role("checkbox", name="Show heatmap", checked=False)).to_have_count(1)
+    expect(said).to_have_text("heatmap hidden")
+    expect(viewer).to_have_accessible_description(f"{keys} The film alone.")
+    page.keyboard.press("h")
+    expect(said).to_have_text("heatmap shown")
+    expect(page.locator("#legend")).to_be_visible()
+    expect(viewer).to_have_accessible_description(re.compile(
+        re.escape(keys) + r" Grad-CAM heatmap shown over the film in viridis, .*evidence for PNEUMONIA"))
+    # the end of the zoom is said, and said again at each key past it; Tab leaves the viewer (no keyboard trap)
+    for key in ("0", *"-" * 7):  # from 1: 0.80, 0.64, 0.51, 0.41, 0.33, 0.26, then no less than 0.25
+        page.keyboard.press(key)
+    expect(said).to_have_text("zoom 0.25x, the furthest out")
+    before = said.text_content()
+    page.keyboard.press("-")
+    page.wait_for_function("(before) => document.getElementById('view-said').textContent !== before", arg=before)
+    page.keyboard.press("Tab")
+    expect(viewer).not_to_be_focused()
 
 
 def serious_violations(page: Page) -> list[str]:

@@ -101,8 +101,8 @@ function authHeaders() {
 }
 
 // Text for a live region or alert that a screen reader says even when it is the text already there: it says a region
-// when its text changes, so the same refusal again (one unreadable file dropped twice) was left unsaid. A zero-width
-// space at its end, there every other time, changes it unseen.
+// when its text changes, so the same refusal again (one unreadable file dropped twice), or + pressed again at the
+// furthest zoom, was left unsaid. A zero-width space at its end, there every other time, changes it unseen.
 function sayAgain(element, text) {
   element.textContent = element.textContent === text ? `${text}\u200b` : text;
 }
@@ -422,6 +422,7 @@ const DISPLAY_MAX = 2048;
 // as on a film within DISPLAY_MAX (at 16 times its fitted copy, a 12,000 px film's pixels were still smaller than
 // the viewer's).
 const ZOOM_MAX = 16;
+const ZOOM_MIN = 0.25;  // the least: a quarter of the film fitted to the viewer
 
 // The RGBA pixels of an image, or of its rectangle `part` ([x, y, width, height] in its own pixels), drawn at w x h
 // (smoothed when resized). The canvas's memory is given back at once, not at the next garbage collection: a
@@ -552,10 +553,26 @@ function compose() {
   }
   paint(composedFrame.data, view.gray, $("heatmap-toggle").checked ? view.cam : null);
   composed.getContext("2d").putImageData(composedFrame, 0, 0);
-  $("readout-wl").textContent = `level ${Math.round(level)}, width ${Math.round(width)}` +
-    `${view.invert ? ", inverted" : ""}${$("window-lock").checked ? ", window locked" : ""}, ` +
-    `zoom ${view.zoom.toFixed(2)}x`;
+  $("readout-wl").textContent = `${windowWords()}${view.invert ? ", inverted" : ""}` +
+    `${$("window-lock").checked ? ", window locked" : ""}, ${zoomWords()}`;
   draw();
+}
+
+function windowWords() {
+  return `level ${Math.round(view.level)}, width ${Math.round(view.width)}`;
+}
+
+function zoomWords() {
+  return `zoom ${view.zoom.toFixed(2)}x`;
+}
+
+// What a key or button did to the viewer, said in its polite region once the keys stop: a held key repeats some 30
+// times a second, and each step said would queue them all. A drag is seen as it goes, and not said.
+const SAY_AFTER_MS = 400;
+let sayTimer = null;
+function sayView(text) {
+  clearTimeout(sayTimer);
+  sayTimer = setTimeout(() => sayAgain($("view-said"), text), SAY_AFTER_MS);
 }
 
 // Gray levels into RGBA pixels px through the window/level table, blended with the coloured map where cam gives
@@ -681,10 +698,14 @@ function setWindow(level, width) {
   compose();
 }
 
+// Zoom from a key, a button or the wheel (a film opens fitted, at 1): said, and at either end said to be the end
 function setZoom(zoom) {
   const further = view.original ? view.original.naturalWidth / view.w : 1;  // a reduced film's original
-  view.zoom = Math.max(0.25, Math.min(ZOOM_MAX * further, zoom));
+  const most = ZOOM_MAX * further;
+  view.zoom = Math.max(ZOOM_MIN, Math.min(most, zoom));
   compose();
+  const end = view.zoom === most ? ", the furthest in" : view.zoom === ZOOM_MIN ? ", the furthest out" : "";
+  sayView(`${zoomWords()}${end}`);
 }
 
 function pan(dx, dy) {
@@ -704,10 +725,12 @@ function openWindow() {
   setWindow(...PRESETS.default);
 }
 
+// Reset, from its button or the 0 key
 function reset() {
   $("preset").value = "default";
   Object.assign(view, { zoom: 1, panX: 0, panY: 0 });
   setWindow(...PRESETS.default);
+  sayView(`${zoomWords()}, film centred, default window: ${windowWords()}`);
 }
 
 $("preset").addEventListener("change", () => setWindow(...PRESETS[$("preset").value]));
@@ -751,6 +774,8 @@ $("view").addEventListener("wheel", (event) => {
   event.preventDefault();
   setZoom(view.zoom * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
 }, { passive: false });
+// The viewer's keys, the same as the help above it (index.html, view-keys). Pan pressed, the arrows pan without Shift
+// held, as a drag does: one key at a time for a reader who cannot hold two.
 $("view").addEventListener("keydown", (event) => {
   // with Ctrl, Alt or Cmd a key is the browser's (Ctrl + and Ctrl 0 zoom the page, as a low-vision reader does)
   if (event.ctrlKey || event.altKey || event.metaKey) return;
@@ -758,8 +783,11 @@ $("view").addEventListener("keydown", (event) => {
   const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
   if (moves[event.key]) {
     const [x, y] = moves[event.key];
-    if (event.shiftKey) pan(-x * step * 4, -y * step * 4);
-    else setWindow(view.level - y * step, view.width + x * step);  // up: darker level as in a drag upwards
+    if (event.shiftKey || $("pan-mode").getAttribute("aria-pressed") === "true") pan(-x * step * 4, -y * step * 4);
+    else {
+      setWindow(view.level - y * step, view.width + x * step);  // up: darker level as in a drag upwards
+      sayView(windowWords());
+    }
   } else if (event.key === "+" || event.key === "=") setZoom(view.zoom * 1.25);
   else if (event.key === "-") setZoom(view.zoom / 1.25);
   else if (event.key === "0") reset();
@@ -767,10 +795,21 @@ $("view").addEventListener("keydown", (event) => {
     $("invert").checked = !$("invert").checked;
     view.invert = $("invert").checked;
     compose();
-  }
+    sayView(view.invert ? "inverted" : "not inverted");
+  } else if (event.key === "h") toggleHeatmap();
   else return;
   event.preventDefault();
 });
+
+// The h key: the heatmap shown or hidden as its checkbox does it, or, with none computed, which button computes one
+// (a map is computed only when the reader asks)
+function toggleHeatmap() {
+  if ($("heatmap-toggle").disabled) return sayView("No heatmap computed yet: use Compute Grad-CAM heatmap.");
+  $("heatmap-toggle").checked = !$("heatmap-toggle").checked;
+  heatControls();
+  compose();
+  sayView($("heatmap-toggle").checked ? "heatmap shown" : "heatmap hidden");
+}
 
 // ---- the heatmap: computed only when the reader asks, for the film on screen ----
 
@@ -781,10 +820,11 @@ function heatControls() {
   $("heatmap-button").disabled = have;
   $("legend").hidden = !(have && $("heatmap-toggle").checked);
   $("legend-text").textContent = have ? legendText(current.result, current.unread, current.empty) : "";
-  $("view").setAttribute("aria-description", have && $("heatmap-toggle").checked
+  // the second half of the viewer's description, after its keys
+  $("view-layer").textContent = have && $("heatmap-toggle").checked
     ? `Grad-CAM heatmap shown over the film in viridis, yellow at ${heatmapWords.spoken}, dark purple lowest. ` +
       $("legend-text").textContent
-    : "the film alone");
+    : "The film alone.";
 }
 
 $("heatmap-button").addEventListener("click", async () => {
