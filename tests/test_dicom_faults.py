@@ -1025,6 +1025,32 @@ def test_a_file_meta_naming_the_wrong_byte_order_says_so() -> None:
         read_gray(data)
 
 
+
+NOT_DICOM = {  # a file of another kind, named .dcm or sent as application/dicom
+    "TIFF": b"II*\x00\x08\x00\x00\x00" + bytes(range(256)) * 4,
+    "PDF": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" * 20,
+    "text": b"Patient notes: chest film to follow\n" * 30,
+    "ZIP archive": b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(300),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_DICOM))
+def test_a_file_that_is_no_dicom_is_refused_as_such(kind: str, tmp_path: Path) -> None:
+    """A file of another kind read as DICOM (named .dcm; an upload sent as application/dicom), with no DICM marker and
+    no DICOM element in it, was refused as 'DICOM file has no pixel data (not an image object)': a DICOM object that
+    is no image, so its sender looked for the film in the wrong study instead of exporting it as a film."""
+    path = tmp_path / "film.dcm"
+    path.write_bytes(NOT_DICOM[kind])
+    for source, dicom in ((path, False), (NOT_DICOM[kind], True)):
+        with pytest.raises(DecodeError, match=r"^not a JPEG, PNG or DICOM image: read as DICOM \(named \.dcm or sent "
+                                              r"as application/dicom\), but it has no DICM marker and no DICOM "
+                                              r"data elements$"):
+            read_gray(source, dicom=dicom)
+    # a DICOM file without its preamble is still read, and one with its marker but no pixels is still named so
+    assert read_gray(dicom_bytes(phantom(), preamble=False), dicom=True).shape == phantom().shape
+    with pytest.raises(DecodeError, match=r"^DICOM file has no pixel data \(not an image object"):
+        read_gray(dicom_bytes(None, preamble=False, SOPClassUID="1.2.3"), dicom=True)
+
 # ------------------------------------------------------------------ 11. an empty Window Center
 
 

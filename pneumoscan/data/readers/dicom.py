@@ -53,7 +53,7 @@ from pydicom.values import converters
 from pneumoscan.core.logs import keep_dicom_values_out_of_logs, redact
 from pneumoscan.data import pixels
 from . import dicom_pixels
-from .base import Reader
+from .base import Reader, formats
 from .dicom_pixels import GREY_NUMBERS, PIXEL_KEYWORDS, POLARITY, Film, frame_group, given, syntax_name
 
 # (implicit VR, little endian) as pydicom detected them -> the transfer syntax of a file that records none
@@ -560,6 +560,9 @@ def _refuse_unreadable(ds: Dataset, values: _HeaderValues) -> None:
         said = "is not a number" if len(values.no_numbers) == 1 else "are not numbers"
         raise pixels.DecodeError(f"malformed DICOM header: {' and '.join(values.no_numbers)} {said}, so the film's "
                                  "grey levels cannot be known")
+    if not values.has_pixels and not _holds_dicom(ds):
+        raise pixels.DecodeError(f"not a {formats()} image: read as DICOM (named .dcm or sent as application/dicom), "
+                                 "but it has no DICM marker and no DICOM data elements")
     if not values.has_pixels and not len(ds):  # pydicom reads a file that ends inside an element as no element at all
         raise pixels.DecodeError(f"no data set could be read from this DICOM file ({syntax_name(ds)}): it is cut short "
                                  "or damaged (one that ends inside its pixel data reads as nothing); send it again")
@@ -676,6 +679,16 @@ def _pixel_aspect(ds: Dataset) -> float:
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
                                      "shape of the film's pixels is unknown")
     return 1.0
+
+
+def _holds_dicom(ds: Dataset) -> bool:
+    """Whether the file is DICOM at all: its DICM marker, a File Meta, or a public data element (not a group length)
+    in its data set. pydicom reads any bytes by force (a TIFF, a PDF, a text named .dcm) as a few elements of
+    unknown tags, and such a file was refused as a DICOM object with no pixel data, not as the other kind of file it
+    is."""
+    if ds.preamble is not None or any(tag.group == 2 and tag != 0x00020010 for tag in ds.file_meta.keys()):
+        return True  # a TransferSyntaxUID alone may be the encoding _read_file took it in
+    return any(tag.element and dictionary_has_tag(tag) for tag in ds.keys())
 
 
 def _no_image(ds: Dataset) -> str:
