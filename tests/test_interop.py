@@ -113,6 +113,13 @@ OUT_OF_SCOPE = {
     "lateral view by code": ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)},
                              "lateral view (LEFT LATERAL)"),
     "oblique view": ({"ViewPosition": "RLO"}, "view RLO is not frontal"),
+    # no view recorded but the film's own directions: rows front to back (or, turned, columns), none left to right
+    "lateral view by orientation": ({"ViewPosition": None, "PatientOrientation": ["A", "F"]},
+                                    "lateral view (PatientOrientation A\\F)"),
+    "lateral view turned, by orientation": ({"ViewPosition": None, "PatientOrientation": ["H", "P"]},
+                                            "lateral view (PatientOrientation H\\P)"),
+    "frontal by orientation, no view": ({"ViewPosition": None, "PatientOrientation": ["L", "F"]},
+                                        "view (ViewPosition) not recorded"),
     "CT slice": ({"Modality": "CT"}, "Modality CT is not a radiograph"),
     "knee": ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE is not CHEST"),
     "adult": ({"PatientAge": "034Y", "PatientBirthDate": None}, "patient age 34.0 years is outside the training "
@@ -814,9 +821,11 @@ def test_the_sr_states_each_scope_warning_the_json_answer_lists(client: TestClie
     ({"ViewPosition": "LL"}, "lateral view (LL)"),
     ({"ViewPosition": None, "ViewCodeSequence": _view_code(codes.SCT.LeftLateral)}, "lateral view (LEFT LATERAL)"),
     ({"ViewPosition": "RLO"}, "view RLO is not frontal"),
+    ({"ViewPosition": None, "PatientOrientation": ["P", "F"]}, "lateral view (PatientOrientation P\\F)"),
     ({"Modality": "C\nT"}, f"Modality {NOT_SHOWN} is not a radiograph (CR/DX)"),
     ({"BodyPartExamined": "KNEE\nLEFT"}, f"BodyPartExamined {NOT_SHOWN} is not CHEST"),
 ], ids=["a scanned form", "a knee film", "a lateral view", "a lateral view by its code", "an oblique view",
+        "a lateral view by its patient orientation alone",
         "a CT slice, a line break in its Modality", "a knee film, a line break in its body part"])
 def test_no_coded_finding_is_filed_for_a_film_that_is_not_a_frontal_chest_radiograph(
     client: TestClient, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, tags: dict, warning: str,

@@ -69,6 +69,8 @@ BODY_PARTS = frozenset((
     "THYROID", "TIBIA", "TLSPINE", "TMJ", "TOE", "TONGUE", "TRACHEA", "TSPINE", "URETER", "URETHRA", "UTERUS", "VAGINA",
     "VULVA", "WHOLEBODY", "WRIST", "ZYGOMA"))
 VIEW_POSITIONS = frozenset((*FRONTAL_VIEWS, *LATERAL_VIEWS, "RLO", "LLO"))
+# a direction of PatientOrientation (PS3.3 C.7.6.1.1.1) in the sagittal plane: anterior, posterior, head, foot
+_SAGITTAL = re.compile(r"[APHF]+")
 # what is said in place of a value that is none of those terms: words without quotes, since a reason that holds
 # warnings passes through core.logs.redact, which would take everything between two quotes for one quoted value
 NOT_SHOWN = "(a value that is no DICOM defined term, not shown)"
@@ -379,7 +381,24 @@ def _view(ds: Dataset) -> tuple[str, str]:
     if position:
         kind = "frontal" if position in FRONTAL_VIEWS else "lateral" if position in LATERAL_VIEWS else "other"
         return kind, defined_term(position, VIEW_POSITIONS)
-    return _view_code(ds)
+    coded = _view_code(ds)
+    return coded if coded[0] else _oriented_lateral(ds)
+
+
+def _oriented_lateral(ds: Dataset) -> tuple[str, str]:
+    """('lateral', as said) when the film's PatientOrientation (type 1 in a DX image, where ViewPosition is type 3)
+    gives its rows and columns directions of the patient with no left or right in either (front to back, head to
+    foot: a lateral film, turned or not), else ('', ''): a lateral film that recorded no view was taken as a frontal
+    one whose view is not recorded, and filed as a finding. A frontal or oblique orientation leaves the view not
+    recorded (an AP and a PA film have the same one)."""
+    try:
+        value = ds.get("PatientOrientation")
+        directions = [str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value])]
+    except Exception:  # a damaged value says nothing of the view
+        return "", ""
+    if len(directions) == 2 and all(_SAGITTAL.fullmatch(d) for d in directions):
+        return "lateral", f"PatientOrientation {directions[0]}\\{directions[1]}"
+    return "", ""
 
 
 def _conflicts(ds: Dataset, modality: str) -> list[str]:
