@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 
 from pneumoscan.data import pixels
 from pneumoscan.data.decode import image_info, read_gray
@@ -223,3 +226,16 @@ def test_a_jpeg_of_two_frame_headers_or_two_starts_is_refused_saying_so(
     """Refused, with libjpeg's words: 'broken data stream when reading image file', 'Premature end of JPEG file'."""
     with pytest.raises(DecodeError, match=rf"^corrupt or truncated image data: Invalid JPEG file structure: {reason}$"):
         read_gray(fault(train_film.read_bytes()))
+
+
+def test_a_jpeg_file_of_12_bit_samples_is_refused_as_such_not_as_corrupt(tmp_path: Path) -> None:
+    """A 12-bit JPEG (Extended, as a DICOM's frame holds; here pydicom's own, taken out of its DICOM) saved as a
+    .jpeg file is intact, but Pillow opens 8-bit JPEG only and gives no reason: it was refused as 'corrupt JPEG
+    header', which sent its sender to export the same file again."""
+    ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    path = tmp_path / "film.jpeg"
+    path.write_bytes(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    for read in (read_gray, image_info):
+        with pytest.raises(DecodeError, match=r"^a JPEG of 12-bit samples: only 8-bit JPEG files are read; export the "
+                                              r"film as a 16-bit greyscale PNG or as DICOM$"):
+            read(path)

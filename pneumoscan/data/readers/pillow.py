@@ -120,6 +120,9 @@ def _open(src: Path | bytes, still: bool = False) -> Iterator[Image.Image]:
             # Pillow gives no reason: a width or height of 0, a pixel format none has
             fp.seek(0)
             if marked := _marked_format(fp.read(8)):
+                if marked == "JPEG" and (precision := _jpeg_precision(fp)) not in (None, 8):
+                    raise pixels.DecodeError(f"a JPEG of {precision}-bit samples: only 8-bit JPEG files are read; "
+                                             "export the film as a 16-bit greyscale PNG or as DICOM") from None
                 raise pixels.DecodeError(f"corrupt {marked} header: the image's size or pixel format cannot be "
                                          "read from it") from None
             raise pixels.DecodeError(f"not a {formats()} image") from None
@@ -141,6 +144,17 @@ def _marked_format(head: bytes) -> str | None:
     """The format a file's first bytes mark (:data:`_MAGIC`), None for any other: a file Pillow cannot identify is
     then a damaged JPEG or PNG, not some other kind of file."""
     return next((name for name, magic in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _jpeg_precision(fp: BinaryIO) -> int | None:
+    """The sample precision a JPEG file's frame header gives (None without one before its first scan): Pillow opens
+    8-bit JPEG only, and refuses a 12- or 16-bit one (an intact file, a DICOM frame saved as is) without a reason."""
+    fp.seek(0)
+    try:
+        info = jpeg.frame_info(fp.read())
+    except Exception:  # a damaged header (two frame headers, too many segments): corrupt, as said without this
+        return None
+    return None if info is None else info[3]
 
 
 def _count_segments(fp: BinaryIO) -> int:
