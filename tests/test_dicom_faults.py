@@ -1075,6 +1075,26 @@ def test_a_grey_mapping_that_is_no_number_is_refused_naming_it_and_a_blank_one_i
         np.testing.assert_array_equal(read_gray(data.replace(b"1234.5", b"      ")), read_gray(dicom_bytes(film)))
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # pydicom, writing the name as a CS: expected
+def test_a_blank_voi_lut_function_is_absent_and_one_that_is_no_term_is_refused_unrepeated() -> None:
+    """With a window, a VOI LUT Function written empty or blank was refused ("Unsupported (0028,1056) VOI LUT
+    Function value ''"), where it counts as absent (LINEAR); two values were refused as "'MultiValue' object has no
+    attribute 'upper'", and free text (a name written in the wrong element) was repeated in the refusal, which
+    reaches the service's answer, the results and the logs."""
+    film, window = phantom(), {"WindowCenter": 2000, "WindowWidth": 3000}
+    linear = read_gray(dicom_bytes(film, **window))
+    for blank in ("", " "):
+        np.testing.assert_array_equal(read_gray(dicom_bytes(film, VOILUTFunction=blank, **window)), linear)
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, VOILUTFunction="LINEAR", **window)), linear)
+    for other in ("DOE^JANE", ["LINEAR", "SIGMOID"]):
+        with pytest.raises(DecodeError, match=r"^malformed DICOM header: VOI LUT Function is no term DICOM defines "
+                                              r"\(LINEAR, LINEAR_EXACT or SIGMOID\), so how its window maps the "
+                                              r"film's values to grey is unknown$"):
+            read_gray(dicom_bytes(film, VOILUTFunction=other, **window))
+    # without a window, the function maps nothing: the film is read as it is without one
+    np.testing.assert_array_equal(read_gray(dicom_bytes(film, VOILUTFunction="DOE^JANE")),
+                                  read_gray(dicom_bytes(film)))
+
 def _nested_private(depth: int) -> pydicom.Dataset:
     """A private sequence nested ``depth`` deep, as a vendor's header (or an attacker) may hold."""
     inner = pydicom.Dataset()

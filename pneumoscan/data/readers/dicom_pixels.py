@@ -45,6 +45,7 @@ from . import jpeg
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 POLARITY = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}  # the Presentation LUT Shape each implies
 GREY_NUMBERS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")  # what maps values to grey
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # VOI LUT Function's defined terms (PS3.3 C.11.2.1.3)
 _JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
 # the syntaxes whose frames jpeg.check_frame checks (Huffman-coded JPEG: lossy DCT and lossless process 14)
 _JPEG_CHECKED = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
@@ -760,6 +761,20 @@ def _check_luts(ds: Dataset) -> None:
             item["LUTData"] = DataElement(0x00283006, "US", entries.tolist())
 
 
+def _check_voi_function(ds: Dataset) -> None:
+    """Refuse a window whose VOI LUT Function is not one of :data:`VOI_FUNCTIONS` (in any case, as pydicom reads it),
+    without repeating it: pydicom refused one value quoting it (free text there, a name written in the wrong element,
+    reached the service's answer, the results and the logs) and several with "'MultiValue' object has no attribute
+    'upper'". A VOI LUT, or no window, leaves the function unused."""
+    if not given(ds, "WindowCenter") or given(ds, "VOILUTSequence") or not given(ds, "VOILUTFunction"):
+        return
+    function = ds.VOILUTFunction
+    if isinstance(function, MultiValue) or str(function).strip().upper() not in VOI_FUNCTIONS:
+        raise pixels.DecodeError(f"malformed DICOM header: VOI LUT Function is no term DICOM defines "
+                                 f"({', '.join(VOI_FUNCTIONS[:-1])} or {VOI_FUNCTIONS[-1]}), so how its window maps "
+                                 "the film's values to grey is unknown")
+
+
 def _lut_entries(ds: Dataset, item: Dataset) -> np.ndarray:
     """A LUT item's entries as pydicom reads them: LUT Data written US, or OW (a 16-bit word an entry, in the file's
     byte order)."""
@@ -778,9 +793,10 @@ def _as_shown(ds: Dataset, film: Film) -> tuple[Image.Image, np.ndarray | None]:
     photometric, monochrome = film.photometric, film.photometric in POLARITY
     before_window = None
     _lift_frame_groups(ds)
-    for keyword in GREY_NUMBERS:  # written blank (spaces only): absent, as an empty element is to pydicom's LUTs
-        if keyword in ds and not given(ds, keyword):
+    for keyword in (*GREY_NUMBERS, "VOILUTFunction"):  # written blank (spaces only): absent, as an empty element is
+        if keyword in ds and not given(ds, keyword):  # to pydicom's LUTs (and a function absent is LINEAR)
             del ds[keyword]
+    _check_voi_function(ds)
     if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):
         # pydicom rescales only when both are given: a lone slope of -1 (the film's polarity) or a lone intercept (the
         # units its window is in) was passed over; the other takes its identity value, as _as_stored reads them
