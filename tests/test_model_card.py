@@ -10,9 +10,11 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pneumoscan import cli
 from pneumoscan.core.metrics import AUC_INTERVAL, FILM_UNIT_CAVEAT, ci_method_sentence, with_ci
@@ -23,6 +25,7 @@ from pneumoscan.inference.onnx_runtime import INT8_NAME, spec_path
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.models.card import BundleCard, load_card, save_card
 from pneumoscan.serving.app import create_app
+from tests.conftest import _xray_like
 
 
 def front_matter_and_body(text: str) -> tuple[dict, str]:
@@ -390,6 +393,55 @@ def test_an_evaluation_on_more_films_answers_the_ranking_caveat_or_raises_it(
     both = with_aucs(card, 0.6, [0.4, 0.8], (0.55, [0.4, 0.7], n, {})).ranking_caveat
     assert both.startswith("validation AUC 0.600") and "; AUC on site | B 0.550" in both
     assert "site \\| B" in render(with_aucs(card, 0.9, [0.8, 0.97], (0.55, [0.4, 0.7], n, {})))
+
+
+def new_typed_films(folder: Path, per_class: int, seed: int) -> Path:
+    """A site's folder of ``per_class`` NORMAL and as many PNEUMONIA films (viral and bacterial in turn), drawn as the
+    typed dataset's are but from another seed: films new to a bundle trained on it."""
+    rng = np.random.default_rng(seed)
+    for i in range(per_class):
+        kind = "virus" if i % 2 == 0 else "bacteria"
+        for path, sick in ((folder / "NORMAL" / f"IM-{900 + i:04d}-0001.jpeg", False),
+                           (folder / "PNEUMONIA" / f"person{900 + i}_{kind}_{i}.jpeg", True)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_xray_like(rng, 64, sick, kind == "virus")).save(path, quality=95)
+    return folder
+
+
+def test_an_evaluation_on_more_films_answers_a_three_class_macro_auc_caveat(
+        tiny_multiclass_bundle: Path, tmp_path: Path) -> None:
+    """`evaluate --add-to-card` recorded the positive call's AUC only, so a three-class bundle whose validation macro
+    AUC interval reached 0.5 kept that caveat whatever it was later measured on. A multiclass bundle's record holds
+    its macro AUC with its interval, answered by the same rules: more films than the validation ones, checked new to
+    the bundle, plain scores, interval above 0.5."""
+    bundle = shutil.copytree(tiny_multiclass_bundle.parent, tmp_path / "run") / "bundle"  # with its run's split.csv
+    card = load_card(bundle)
+    val_n = card.val_metrics["n"]
+    # the validation ranking of the classes reaches chance, the positive call's does not
+    save_card(bundle, dataclasses.replace(card, val_metrics={**card.val_metrics, "auc": 0.9, "ci": {
+        **card.val_metrics["ci"], "auc": [0.8, 0.97], "three_class_macro_auc": [0.35, 0.95]}}))
+    weak = "validation macro AUC over the 3 classes"
+    assert load_card(bundle).ranking_caveat.startswith(weak)
+    few = new_typed_films(tmp_path / "few", 4, seed=1)  # 8 films: fewer than the validation ones
+    evaluate(bundle, few, add_to_card=True, data_name="few")
+    card = load_card(bundle)
+    (record,) = card.external_evaluations
+    assert record["n"] < val_n and record["films_checked"] is True and record["scores"] == "plain"
+    macro = record["metrics"]["three_class_macro_auc"]
+    assert macro["ci"][0] <= macro["value"] <= macro["ci"][1]
+    assert card.ranking_caveat.startswith(weak), "an evaluation on fewer films answers nothing"
+    more = new_typed_films(tmp_path / "more", 24, seed=2)  # 48 films
+    evaluate(bundle, more, add_to_card=True, data_name="more")
+    card = load_card(bundle)
+    macro = card.external_evaluations[-1]["metrics"]["three_class_macro_auc"]
+    assert card.external_evaluations[-1]["n"] > val_n and macro["ci"][0] > 0.5, macro
+    assert card.ranking_caveat == "", card.ranking_caveat
+    text = (bundle / MODEL_CARD).read_text()
+    assert f"on more: {with_ci(macro['value'], macro['ci'])}" in text and "better than chance" not in text
+    # the same figure on the same films, of TTA scores, answers nothing (the rules of the positive call's AUC)
+    tta = dataclasses.replace(card, external_evaluations=[*card.external_evaluations[:-1], {
+        **card.external_evaluations[-1], "scores": "tta"}])
+    assert tta.ranking_caveat.startswith(weak)
 
 
 def test_a_three_class_card_holds_its_macro_auc_to_chance(tiny_multiclass_bundle: Path) -> None:

@@ -23,7 +23,7 @@ from pneumoscan.core.metrics import (BOTH_CLASSES, FILM_UNIT_CAVEAT, NO_RANGE, c
 from pneumoscan.core.names import shown
 from pneumoscan.inference.onnx_runtime import INT8_NAME, Int8Key, Int8Operating, read_sidecar, spec_path
 from pneumoscan.models import PLUGINS_ENV
-from pneumoscan.models.card import ENSEMBLE, WRITER, BundleCard, load_card, save_card
+from pneumoscan.models.card import ENSEMBLE, MACRO_AUC, WRITER, BundleCard, load_card, save_card
 from .held_out import HeldOutFindings
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,12 @@ ECE_NAME = "Expected calibration error (10 bins)"
 # the validation figures with exact intervals (:func:`ci_method_sentence`); AUC's and F1's are named apart
 VALIDATION_PROPORTIONS = "sensitivity, specificity, precision, NPV and accuracy"
 PREVALENCE_BOUND = ("precision", "npv")  # figures that hold at the prevalence of the films measured only
+MACRO_AUC_NAME = "Macro one-vs-rest ROC AUC, three classes"
 THREE_CLASS_FIGURES = (  # (key in the card, key in the multiclass block, name)
     ("three_class_accuracy", "accuracy", "Accuracy, three classes (most probable class)"),
     ("three_class_balanced_accuracy", "balanced_accuracy", "Balanced accuracy, three classes"),
-    ("three_class_macro_auc", "macro_auc", "Macro one-vs-rest ROC AUC, three classes"),
+    (MACRO_AUC, "macro_auc", MACRO_AUC_NAME),  # the one whose 95% interval the card records (evaluations too)
 )
-MACRO_AUC = "three_class_macro_auc"  # the one of them whose 95% interval the card records
 
 
 def validation_figures(metrics: dict) -> dict:
@@ -336,7 +336,13 @@ def _external_section(card: BundleCard) -> str:
                "runs the weights come from (their split.csv, beside the bundle where it was evaluated). Figures on "
                "films it trained on are optimistic; those \"not checked\" may be such figures.")
     caveats = _caveat_lines(card.external_evaluations)
-    return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + checked
+    # a three-class bundle's ranking of its classes, which answers (or raises) a caveat of its validation macro AUC
+    macro = [f"{r['date']}, on {_md(r['data'])}: {_with_ci(r['metrics'], MACRO_AUC)}"
+             for r in card.external_evaluations if MACRO_AUC in r["metrics"]]
+    macro_said = (f"\n\n{MACRO_AUC_NAME}, with its 95% CI: {'; '.join(macro)}."
+                  if macro else "")
+    return (f"{head}\n{rows}\n\n" + " ".join(notes + ([FILM_UNIT_CAVEAT] if by_unit["film"] else [])) + macro_said
+            + checked
             + (f"\n\nWhat could not be checked, or was found, when they were recorded:\n{caveats}" if caveats else ""))
 
 
@@ -579,13 +585,22 @@ def evaluation_record(metrics: dict[str, Any], data_name: str, scores: str, bund
         "threshold": metrics["threshold"],
         "ci_unit": metrics.get("ci_unit", "film"),
         "metrics": {key: {"value": metrics.get(key), "ci": metrics.get("ci", {}).get(key)}
-                    for key, _, _ in CARD_METRICS},
+                    for key, _, _ in CARD_METRICS} | _macro_auc(metrics),
         "label_conflicts": metrics["label_conflicts"],
         "unreadable": unreadable,
         "left_out": metrics["left_out"],  # the files given the figures are not of, and why (unreadable among them)
         "outside_scope": outside,
         **films_record(bundle, held_out, more),
     }
+
+
+def _macro_auc(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A multiclass bundle's evaluation record of its macro one-vs-rest AUC with its interval (:data:`MACRO_AUC`),
+    beside the positive call's AUC: the figure that can answer a ranking caveat of the validation macro AUC
+    (:attr:`BundleCard.ranking_caveat`). Empty for a task of two classes."""
+    if not (block := metrics.get("multiclass")):
+        return {}
+    return {MACRO_AUC: {"value": block["macro_auc"], "ci": block["ci"]["macro_auc"]}}
 
 
 def films_record(bundle: Path | str, held_out: HeldOutFindings, more: Sequence[str] = ()) -> dict[str, Any]:

@@ -81,6 +81,9 @@ RATES = frozenset({
 COUNTS = frozenset({"n", "n_positive", "n_negative", "unreadable", "outside_scope", "all", "positive", "negative"})
 HELD = frozenset({"auc", "accuracy", "sensitivity", "specificity", "precision", "npv"})  # intervals around their figure
 FIGURE_RECORDS = ("val_metrics", "external_evaluations", "threshold_records")
+# a three-class task's macro one-vs-rest AUC, as val_metrics and an evaluation's metrics record it beside "auc": the
+# ranking caveat holds both to chance (BundleCard.ranking_caveat)
+MACRO_AUC = "three_class_macro_auc"
 REQUIRED = ("threshold", "temperature")  # save_card writes every field; without these the defaults would decide
 # versions[WRITER]: the pneumoscan that last wrote the card (save_card). Inside versions, a dict of text that format-2
 # readers take whole, so that a reader older than the writer can still tell a card from a newer pneumoscan (fields or a
@@ -169,11 +172,11 @@ class BundleCard:
         95% interval reaches :data:`~pneumoscan.core.metrics.CHANCE_AUC` (in a record without one, an AUC no higher
         than it). Training refuses only an AUC at or below it, so a bundle of AUC 0.51 on few films is written, and
         its readings look like a working model's. Each AUC the card records is held to it: the validation AUC, the
-        validation macro AUC of a three-class task (where the card records it) and the AUC of each
-        ``evaluate --add-to-card`` record. One that reaches chance is answered only by a later record of the same
-        figure on more films, checked new to the bundle and of its plain scores (what ``predict`` and ``serve`` give),
-        whose interval lies above chance. Said from the figures the card records, so a bundle trained before it says
-        it too. Empty when no record reaches chance unanswered, or the card records no AUC."""
+        validation macro AUC of a three-class task (where the card records it) and the AUC (and a three-class task's
+        macro AUC) of each ``evaluate --add-to-card`` record. One that reaches chance is answered only by a later
+        record of the same figure on more films, checked new to the bundle and of its plain scores (what ``predict``
+        and ``serve`` give), whose interval lies above chance. Said from the figures the card records, so a bundle
+        trained before it says it too. Empty when no record reaches chance unanswered, or the card records no AUC."""
         records = _auc_records(self)
         said = [f"{r.what} {with_ci(r.auc, r.ci)} on {r.films}: "
                 + (f"its interval reaches {CHANCE_AUC}" if r.ci else f"that is no more than {CHANCE_AUC}")
@@ -808,7 +811,7 @@ def verify_file(directory: Path | str, card: BundleCard, name: str,
 class AucRecord(NamedTuple):
     """An AUC a card records (:attr:`BundleCard.ranking_caveat`)."""
 
-    figure: str  # which AUC: "auc" (the positive call's), "three_class_macro_auc"
+    figure: str  # which AUC: "auc" (the positive call's), MACRO_AUC
     what: str  # it, as the caveat says it
     auc: float
     ci: list[float] | None  # its 95% interval; None where the films gave none, or a record older than intervals
@@ -824,21 +827,25 @@ class AucRecord(NamedTuple):
 
 def _auc_records(card: BundleCard) -> list[AucRecord]:
     """Each AUC the card records, oldest first: validation's (and a three-class task's macro AUC), then each
-    external evaluation's. An evaluation answers an earlier record only where its films were checked new to the
-    bundle (unchecked, they may be its training films) and its scores are the plain ones the readings are."""
+    external evaluation's (and its macro AUC, where it records one: :data:`MACRO_AUC`). An evaluation answers an
+    earlier record only where its films were checked new to the bundle (unchecked, they may be its training films)
+    and its scores are the plain ones the readings are."""
     val, cis = card.val_metrics, card.val_metrics.get("ci") or {}
     patients = (val.get("patients") or {}).get("all")
     films = f"{val.get('n', 'its')} films" + (f" of {patients} patients" if patients else "")
     multiclass = f"validation macro AUC over the {len(card.classes)} classes"
     records = [AucRecord(figure, what, val[figure], _interval(cis.get(figure)), films, val.get("n"), False)
-               for figure, what in (("auc", "validation AUC"), ("three_class_macro_auc", multiclass))
+               for figure, what in (("auc", "validation AUC"), (MACRO_AUC, multiclass))
                if val.get(figure) is not None]
     for record in card.external_evaluations:
-        auc = (record.get("metrics") or {}).get("auc") or {}
-        if auc.get("value") is not None:
-            records.append(AucRecord("auc", f"AUC on {shown(record.get('data'))}", auc["value"],
-                                     _interval(auc.get("ci")), f"{record.get('n')} films", record.get("n"),
-                                     record.get("films_checked") is True and record.get("scores") == "plain"))
+        on = shown(record.get("data"))
+        for figure, what in (("auc", f"AUC on {on}"),
+                             (MACRO_AUC, f"macro AUC over the {len(card.classes)} classes on {on}")):
+            auc = (record.get("metrics") or {}).get(figure) or {}  # a record older than its macro AUC has none
+            if auc.get("value") is not None:
+                records.append(AucRecord(figure, what, auc["value"], _interval(auc.get("ci")),
+                                         f"{record.get('n')} films", record.get("n"),
+                                         record.get("films_checked") is True and record.get("scores") == "plain"))
     return records
 
 
