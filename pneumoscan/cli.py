@@ -303,7 +303,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                               args.youden, args.max_false_positive_rate)
     print(f"{args.out}: ensemble of {len(card.model_kwargs['members'])} members, temperature {card.temperature:.3f}, "
           f"threshold {card.threshold:.4f}, with --tta {card.tta_threshold:.4f} ({card.threshold_policy})")
-    _print_left_out(card.train_config.get("left_out", []), card.val_metrics["n"])  # the card says it too
+    _print_left_out(card.val_metrics["left_out"], card.val_metrics["n"])  # the card says it too
     return 0
 
 

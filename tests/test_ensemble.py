@@ -550,17 +550,18 @@ def test_an_ensemble_of_cv_runs_and_its_int8_model_record_the_files_the_folds_le
         tiny_bundle: Path, member64: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A file of a fold's validation split that cannot be read chose none of the thresholds: `ensemble --cv` and
     `export --int8 --cv` said so only in the log, where `ensemble --data` records what it left out and why. The
-    card's train_config and the INT8 sidecar hold ``left_out`` as theirs (the one implementation), the card's
-    caveats and the commands' output say it."""
+    card's validation figures (where a training run's are: they were in train_config, which the validation section
+    does not read) and the INT8 sidecar hold ``left_out`` as theirs (the one implementation), MODEL_CARD.md's
+    validation figures and the commands' output say it."""
     cv = _cv_run(tmp_path / "cv", (tiny_bundle, member64), tiny_dataset, unreadable=True)
     ens = tmp_path / "ens"
     assert main(["ensemble", "--cv", str(cv), "--youden", "--out", str(ens)]) == 0
     card, left = load_card(ens), [{"films": 1, "reason": "could not be read"}]
-    assert card.val_metrics["n"] == 16 and card.train_config["left_out"] == left
+    assert card.val_metrics["n"] == 16 and card.val_metrics["left_out"] == left and "left_out" not in card.train_config
     said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
             "read")
-    assert said in card.train_config["calibration_caveats"] and f"   {said}" in capsys.readouterr().out
-    assert said in " ".join((ens / "MODEL_CARD.md").read_text().split())
+    assert f"   {said}" in capsys.readouterr().out
+    assert f"**Caveat:** {said}." in validation_section(ens)
     assert main(["export", str(ens), "--int8", "--cv", str(cv)]) == 0
     assert json.loads(spec_path(ens / "model.int8.onnx").read_text())["left_out"] == left
     assert f"   {said}" in capsys.readouterr().out
@@ -911,15 +912,28 @@ def test_an_ensemble_records_the_files_its_data_left_out(tiny_bundle: Path, memb
                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`ensemble --data` chose the temperature and thresholds on 16 of the 17 files given, saying so on the terminal
     only: the card recorded nothing of the file it could not read, where `threshold` and `evaluate --add-to-card`
-    record what they left out and why. Its train_config holds ``left_out`` as theirs do (the one implementation),
-    its caveats say it, and so do the command's output and MODEL_CARD.md."""
+    record what they left out and why. Its validation figures hold ``left_out`` where a training run's do (the one
+    implementation; in train_config, MODEL_CARD.md's validation section did not say it), and so do the command's
+    output and MODEL_CARD.md's validation figures, once (not again among its calibration caveats)."""
     out = tmp_path / "ensemble"
     assert main(["ensemble", str(tiny_bundle), str(member64), "--data", str(films_some_left_out), "--out",
                  str(out)]) == 0
-    card = load_card(out)
-    assert card.val_metrics["n"] == 16 and card.train_config["left_out"] == [{"films": 1,
-                                                                              "reason": "could not be read"}]
+    card, left = load_card(out), [{"films": 1, "reason": "could not be read"}]
+    assert card.val_metrics["n"] == 16 and card.val_metrics["left_out"] == left and "left_out" not in card.train_config
     said = ("1 of the 17 films given is left out of the figures, which are of the other 16 only: 1 film could not be "
             "read")
-    assert said in card.train_config["calibration_caveats"] and f"   {said}" in capsys.readouterr().out
-    assert said in " ".join((out / "MODEL_CARD.md").read_text().split())
+    assert f"   {said}" in capsys.readouterr().out
+    assert f"**Caveat:** {said}." in validation_section(out)
+    assert " ".join((out / "MODEL_CARD.md").read_text().split()).count(said) == 1
+    # an ensemble built when train_config held it still loads, and its card still says it (its calibration caveats)
+    before = dataclasses.replace(card, val_metrics={k: v for k, v in card.val_metrics.items() if k != "left_out"},
+                                 train_config={**card.train_config, "left_out": left, "calibration_caveats": [
+                                     *card.train_config.get("calibration_caveats", []), said]})
+    save_card(out, before)
+    assert said in " ".join(render(load_card(out)).split())
+
+
+def validation_section(bundle: Path) -> str:
+    """MODEL_CARD.md's validation figures, their lines joined."""
+    text = (bundle / "MODEL_CARD.md").read_text().split("## Validation figures\n\n")[1].split("\n## ")[0]
+    return " ".join(text.split())

@@ -46,14 +46,13 @@ from pneumoscan.data.tasks import Task, binary_targets
 from pneumoscan.evaluation.evaluate import data_label
 from pneumoscan.evaluation.held_out import (HeldOutFindings, HeldOutPolicy, check_held_out, record_calibration_films,
                                             refuse_test_films)
-from pneumoscan.evaluation.model_card import left_out_caveat
 from pneumoscan.evaluation.operating_point import check_better_than_chance
 from pneumoscan.inference.export import check_usable, module_session
 from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logits, tta_views
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
-                                   load_appearance, load_card, member_label, refused_as, runtime_versions, save_card)
+                                   load_appearance, load_card, member_label, refused_as, runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .resume import films_as_trained, split_change
@@ -136,12 +135,11 @@ def _mean_logits(members: Sequence[tuple[str, ort.InferenceSession]], images: np
 
 
 def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, task: Task,
-                member_session: Callable[[int], ort.InferenceSession] | None = None,
-                ) -> tuple[ScoredFilms, list[dict]]:
+                member_session: Callable[[int], ort.InferenceSession] | None = None) -> ScoredFilms:
     """Every film of the cv runs scored on the ensemble's input: fold K's validation films by the members that did
     not train on them, fold K of every run (members are run-major, as :func:`cv_members` lists them), their
     calibrated logits averaged as the ensemble averages them, each film's patient unit from the folds' manifests
-    (copies of one film under other names are one patient, as in cv's pooled figures); and the files of the folds'
+    (copies of one film under other names are one patient, as in cv's pooled figures), with the files of the folds'
     validation splits left out of them, and why (:func:`~pneumoscan.data.labelled.left_out`, as cv.json has them).
     ``member_session(i)`` scores with member i (default: its FP32 graph; the INT8 step passes its INT8 graphs)."""
     folds = len(net.members) // len(cv_dirs)
@@ -162,8 +160,8 @@ def out_of_fold(net: EnsembleNet, cv_dirs: Sequence[Path], card: BundleCard, tas
             records += fold
             views.append(np.stack([_mean_logits(members, v) for v in tta_views(images)]))
             bar.advance(task_bar)
-    return (ScoredFilms(np.concatenate(logits), list(np.concatenate(views, axis=1)), np.concatenate(targets),
-                        patient_groups(records, cv_dirs[0])[1]), pooled_left_out(left))
+    return ScoredFilms(np.concatenate(logits), list(np.concatenate(views, axis=1)), np.concatenate(targets),
+                       patient_groups(records, cv_dirs[0])[1], left_out=pooled_left_out(left))
 
 
 def cv_folds(cv: CvFolder) -> list[int]:
@@ -288,12 +286,12 @@ def _heatmap_scale(cards: Sequence[BundleCard], paths: Sequence[Path]) -> float 
 
 
 def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, task: Task, card: BundleCard,
-                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray], list[str], str, list[dict]]:
-    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units), the
-    caveats of them (what the check that they are new to every member warned of, then what of the files given they
-    leave out), what the card says they are (:func:`_given_films`), and the files given that chose nothing, and why
-    (:func:`~pneumoscan.data.labelled.left_out`, as `threshold` records them); refused, before anything is written,
-    when a member trained on them or they are test films."""
+                    ) -> tuple[tuple[list, np.ndarray, np.ndarray, np.ndarray, list[dict]], list[str], str]:
+    """DATA's films that choose the temperature and thresholds (records, images, targets, patient units, and the
+    files given that chose nothing, and why: :func:`~pneumoscan.data.labelled.left_out`, recorded with the validation
+    figures as a training run's are), the caveats of them (what the check that they are new to every member warned
+    of), and what the card says they are (:func:`_given_films`); refused, before anything is written, when a member
+    trained on them or they are test films."""
     films = labelled_films(data, split, task, card.spec)
     records, images, targets = films.records, films.images, films.targets
     refuse_test_films(records, data, "temperature and thresholds")
@@ -304,11 +302,9 @@ def _held_out_films(paths: Sequence[Path], data: Path | str, split: str | None, 
     findings = check_held_out(paths, records, "choose the ensemble's temperature and thresholds", " (or use --cv)",
                               policy=HeldOutPolicy(validation_warning=True, refuse_copies=True),
                               names=[member_label(i, len(paths), p) for i, p in enumerate(paths)])
-    given = _given_films(records, findings)
-    left = left_out(films, task)
     # copies of one film in the set are one patient in the threshold's interval; label conflicts are said
-    return ((records, images, targets, patient_groups(records, data)[1]),
-            [*findings.caveats, *left_out_caveat(left, len(records))], given, left)
+    return ((records, images, targets, patient_groups(records, data)[1], left_out(films, task)), findings.caveats,
+            _given_films(records, findings))
 
 
 def _given_films(records: Sequence[Record], findings: HeldOutFindings) -> str:
@@ -338,35 +334,26 @@ def _calibration_name(cv_dirs: Sequence[Path], data: Path | str | None, split: s
 
 
 def _calibration_scores(tmp: Path, net: EnsembleNet, card: BundleCard, task: Task, cv_dirs: Sequence[Path],
-                        held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray] | None, films: str) -> ScoredFilms:
+                        held_out: tuple[list, np.ndarray, np.ndarray, np.ndarray, list[dict]] | None, films: str,
+                        ) -> ScoredFilms:
     """The films the temperature and thresholds are chosen on (``films``: what they are, in words), scored: the cv
-    runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units) scored by the graph
-    just shipped in ``tmp`` (not a second export), those films recorded as the calibration films. Refused when the
+    runs' out-of-fold scores, or the held-out films' (records, images, targets, patient units, what of the files
+    given they leave out) scored by the graph just shipped in ``tmp`` (not a second export), those films recorded as
+    the calibration films. Refused when the
     members' calibrated, averaged scores rank them no better than chance (:func:`check_better_than_chance`): the
     ensemble would be shipped with a threshold as a working one is."""
     if cv_dirs:
-        scored, left = out_of_fold(net, cv_dirs, card, task)
-        _record_left_out(tmp, left, len(scored.targets))
+        scored = out_of_fold(net, cv_dirs, card, task)
     else:
-        records, images, targets, groups = held_out
+        records, images, targets, groups, left = held_out
         record_calibration_films(tmp, records)
         shipped = Predictor(tmp, backend="onnx")
         score = functools.partial(member_named_logits, shipped)
-        scored = ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups)
+        scored = ScoredFilms(score(images), list(map(score, tta_views(images))), targets, groups, left_out=left)
     check_better_than_chance(softmax(scored.logits), scored.targets, task, "the ensemble's calibrated, averaged scores",
                              films, "check the films' labels and each member's figures on them (`pneumoscan "
                              "evaluate`): an average of members that rank films no better than chance is no better")
     return scored
-
-
-def _record_left_out(bundle: Path, left: list[dict], n: int) -> None:
-    """Record in the card being built the files of the cv runs' folds that chose nothing, and why (``left``, of the
-    ``n`` films scored), as ``--data`` records its own: ``train_config``'s ``left_out`` and a caveat among its
-    ``calibration_caveats``. Known once the folds' films are read, after the card was first written."""
-    card = load_card(bundle)
-    caveats = [*card.train_config.get("calibration_caveats", []), *left_out_caveat(left, n)]
-    save_card(bundle, dataclasses.replace(card, train_config={
-        **card.train_config, "left_out": left, **({"calibration_caveats": caveats} if caveats else {})}))
 
 
 def build_ensemble(
@@ -398,16 +385,14 @@ def build_ensemble(
         target_sensitivity, max_false_positive_rate = cards[0].threshold_targets
     net, card = _ensemble_card(loaded, paths)
     # refused before anything is written when a member trained on these films
-    held_out, caveats, given, left = (_held_out_films(paths, data, split, task, card) if not cv_dirs
-                                      else (None, [], "", []))
+    held_out, caveats, given = _held_out_films(paths, data, split, task, card) if not cv_dirs else (None, [], "")
     name = _calibration_name(cv_dirs, data, split, given)
     card = dataclasses.replace(card, train_config={
         "ensemble_of": [str(p) for p in paths], "calibrated_on": name, "target_sensitivity": target_sensitivity,
         "max_false_positive_rate": max_false_positive_rate,
         "combination": "mean of members' logits / their own temperatures",
-        # the files given that chose nothing, and why, as a `threshold` record keeps them
-        **({"left_out": left} if data is not None else {}),
-        # what the check of the films warned of, and what was left out: MODEL_CARD.md's recipe says it with the figures
+        # what the check of the films warned of: MODEL_CARD.md's recipe says it (the validation figures say what of
+        # the files given they left out, as a training run's do)
         **({"calibration_caveats": caveats} if caveats else {})})
     # a film unlike the training films is flagged as the first member that reads the ensemble's input size flags it
     first = next(i for i, c in enumerate(cards) if c.size == card.size)

@@ -30,18 +30,21 @@ class ScoredFilms:
     thresholds' intervals and the validation figures' CIs count (copies of one film under other names are one
     patient: :func:`~pneumoscan.data.labelled.patient_groups`); ``images``, the films as the model reads them
     (uint8 (N, S, S)), for the scale of its heatmaps (None: the bundle records none, and its maps are scaled film by
-    film)."""
+    film); ``left_out``, the files given with the films that their figures are not of, and why
+    (:func:`~pneumoscan.data.labelled.left_out`), recorded with the validation figures, a training run's and an
+    ensemble's alike (None: none recorded)."""
 
     logits: np.ndarray
     views: list[np.ndarray]
     targets: np.ndarray
     groups: np.ndarray
     images: np.ndarray | None = None
+    left_out: list[dict] | None = None
 
 
 def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearance: Appearance | None,
                   score: Callable[[Path], ScoredFilms], policy_targets: tuple[float | None, float | None],
-                  chosen_on: str, temperature: tuple[float, str] | None = None, left_out: list[dict] | None = None,
+                  chosen_on: str, temperature: tuple[float, str] | None = None,
                   ) -> tuple[BundleCard, dict, np.ndarray]:
     """Write the bundle OUT as a training run and ``ensemble`` finish theirs: ``model`` saved with ``card``, its ONNX
     graph (checked against torch: predict and serve start on ONNX Runtime at once), ``appearance`` (None: none
@@ -50,10 +53,9 @@ def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearanc
     ``score(folder)`` scores once the graph is in the folder (:func:`write_operating_point`, which writes the card and
     its validation figures). ``temperature``: (T, caveat) fitted already, on logits scored before the export (a
     training run's, by torch) and set in ``card``, so the export's check runs at it; None: fitted here on the scored
-    logits. ``left_out``: the files given with the films that their figures are not of, and why
-    (:func:`~pneumoscan.data.labelled.left_out`), recorded with the validation figures; None: none recorded. Built
-    beside OUT and renamed into place whole: a failure leaves no half bundle, which cv would take for a
-    finished fold. Returns the card written, the figures on the films, and their TTA scores."""
+    logits. What of the files given the films leave out (:attr:`ScoredFilms.left_out`) is recorded with the
+    validation figures. Built beside OUT and renamed into place whole: a failure leaves no half bundle, which cv would
+    take for a finished fold. Returns the card written, the figures on the films, and their TTA scores."""
     with building(out) as tmp:
         save_bundle(tmp, model, card)
         try:
@@ -72,7 +74,7 @@ def finish_bundle(out: Path, model: torch.nn.Module, card: BundleCard, appearanc
         # the card as export left it: bundle.json records model.onnx's checksum too
         card, metrics = write_operating_point(
             tmp, dataclasses.replace(load_card(tmp), temperature=float(fitted)), probs, tta, scored.targets,
-            *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat, left_out)
+            *policy_targets, policy_text(*policy_targets, chosen_on), scored.groups, caveat, scored.left_out)
         # not measured for an ensemble: its map is the mean of its members' maps, each on that member's own scale,
         # which training.ensemble records when it builds it
         if scored.images is not None and card.model != ENSEMBLE and (

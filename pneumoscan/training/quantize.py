@@ -216,7 +216,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
     log.info("quantising the %d members one by one, for out-of-fold INT8 scores", len(net.members))
     graphs = [_int8_graph(module_onnx(m, card.size), batches) for m in net.members]
     # a session (and its memory arena) per use, not one per member held all along
-    oof, left = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
+    oof = out_of_fold(net, [Path(d) for d in cv_dirs], card, task, lambda i: session(graphs[i]))
     probs = softmax(oof.logits, card.temperature)
     tta = task.positive_probability(tta_probabilities(oof.views, card.temperature))
     mean = task.positive_probability(softmax(np.mean([session_logits(session(g), calib) for g in graphs], axis=0),
@@ -228,7 +228,7 @@ def _int8_scores_out_of_fold(int8: Predictor, reference_probs: np.ndarray, net: 
                       f"out-of-fold INT8 scores of {runs} (each member quantised alone)",
                       f"out-of-fold INT8 scores of {names}", card.val_metrics["auc"],
                       float(np.abs(reference - shipped).max()), float(np.abs(mean - shipped).max()), None,
-                      card.val_metrics.get("three_class_macro_auc"), left)
+                      card.val_metrics.get("three_class_macro_auc"), oof.left_out)
 
 
 def _val_films(bundle: Path, data: Path | str, card: BundleCard, task: Task) -> tuple[np.ndarray, LabelledFilms]:

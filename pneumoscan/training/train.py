@@ -678,10 +678,11 @@ def finalize(run_dir: Path, cfg: TrainConfig, d: Data, ctx: Dist, epochs: int, b
 
     def score(bundle: Path) -> ScoredFilms:  # the plain logits torch's; the TTA views' by the ONNX graph shipped
         predictor = Predictor(bundle, cfg.eval_batch_size, backend="onnx")
-        return ScoredFilms(logits, list(map(predictor.logits, tta_views(images))), targets, groups, images)
+        return ScoredFilms(logits, list(map(predictor.logits, tta_views(images))), targets, groups, images,
+                           d.val_left_out)
 
     card, metrics, tta = finish_bundle(run.bundle, model, card, training_appearance(d.plain[0]), score,
-                                       (cfg.target_sensitivity, None), "validation", temperature, d.val_left_out)
+                                       (cfg.target_sensitivity, None), "validation", temperature)
     _validation_report(run_dir, cfg, ctx, card, metrics, (epochs, best_epoch), d.val_records)
     log.debug(  # the command prints its own line from the card
         f"bundle: {run.bundle}  val AUC {format_figure(metrics['auc'], 4)}  threshold {card.threshold:.4f} -> sens "
