@@ -328,20 +328,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts, one_class
-    from pneumoscan.models.card import CARD
     from pneumoscan.models.run_folder import REPORT
-    from pneumoscan.training.resume import proven_run_split
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
     # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train)
     with _without_test_split("without a test split, give a run's validation films instead: RUN/split.csv --split val "
                              "(figures on them are optimistic)"):
-        # a bundle copied out of its run, given that run's split.csv (proved by its card's data checksum): its films
-        # are checked against it, as export --int8 checks them, not said to be unchecked
-        proven = (Path(args.bundle) / CARD).is_file() and proven_run_split(Path(args.bundle), args.data)
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
-                           data_name=args.data_name, etiology=args.etiology, backend=args.backend,
-                           run_split=args.data if proven else None)
+                           data_name=args.data_name, etiology=args.etiology, backend=args.backend)
     if args.json:
         _print_json({k: v for k, v in metrics.items() if k != "curves"})
         return 0

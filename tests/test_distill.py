@@ -32,7 +32,7 @@ from pneumoscan.training.distributed import setup_distributed
 from pneumoscan.training.ensemble import build_ensemble
 from pneumoscan.training.quantize import quantize_bundle
 from pneumoscan.training.resume import config_changes
-from pneumoscan.training.resume import data_checksum
+from pneumoscan.data.cache import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records, train
 from tests.builders import nudge_weights
 

@@ -25,7 +25,7 @@ from PIL import Image
 from builders import SCORE_TOL, nudge_weights
 from pneumoscan.cli import main
 from pneumoscan.core.metrics import choose_threshold, softmax, threshold_interval
-from pneumoscan.data.cache import build_cache
+from pneumoscan.data.cache import build_cache, data_checksum
 from pneumoscan.data.labelled import labelled_images, labelled_records, patient_groups
 from pneumoscan.data.layouts import Record, discover, make_record, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task
@@ -39,7 +39,6 @@ from pneumoscan.inference.predict import NonFiniteScore, Predictor, predict_path
 from pneumoscan.models.bundle import load_bundle, save_bundle
 from pneumoscan.models.card import CHECKSUM, ONNX_NAME, WEIGHTS, load_card, save_card
 from pneumoscan.training.ensemble import out_of_fold
-from pneumoscan.training.resume import data_checksum
 from pneumoscan.serving.app import create_app
 from tests.test_integrity import written_before_checksums
 

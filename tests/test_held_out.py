@@ -144,3 +144,15 @@ def test_evaluate_checks_a_copied_bundle_against_its_runs_split_given(tiny_bundl
     caplog.clear()
     assert cli.main(["evaluate", str(bundle), str(tiny_dataset), "--split", "test", "--out", str(tmp_path / "t")]) == 0
     assert unchecked in caplog.text
+
+
+def test_evaluate_from_python_proves_a_copied_bundles_run_split_itself(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Only the command line made the proof that a copied bundle's DATA is its run's split (its card's data checksum)
+    and passed it to evaluate(run_split=): the same call from Python said the films unchecked, and its card could
+    record them as other data. evaluate() makes the proof itself, so Python users get the command line's checks."""
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    split = tiny_bundle.parent / "split.csv"
+    metrics = evaluate(bundle, split, "val")
+    assert metrics["unchecked"] == [] and any("validation films" in said for said in metrics["optimistic"])
+    with pytest.raises(ValueError, match="training split"):
+        evaluate(bundle, split, "train")

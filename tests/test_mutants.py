@@ -44,7 +44,7 @@ from pneumoscan.serving.limits import Rejected
 from pneumoscan.serving.uploads import _check_type
 from pneumoscan.training.config import TrainConfig
 from pneumoscan.training.distributed import setup_distributed
-from pneumoscan.training.resume import data_checksum
+from pneumoscan.data.cache import data_checksum
 from pneumoscan.training.train import load_data, preprocessed, selected_films, split_records
 from tests.builders import dicom_bytes
 from tests.test_dicom_faults import phantom

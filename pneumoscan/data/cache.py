@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.atomic import file_stamp, write_atomic
+from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.logs import progress as progress_bar
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.names import qualified_name
@@ -91,6 +92,17 @@ class ImageCache:
                 raise KeyError(f"{path}: unreadable ({reason})" if reason else f"{path}: not in this cache")
             out.append(row)
         return np.asarray(out, dtype=np.int64)
+
+
+def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
+    """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
+    checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
+    holds no path or file time, unlike the cache's key, so the same films touched, copied or moved give the same
+    value, and a changed pixel, label or side another."""
+    record_of = {r.path: r for r in records}
+    labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
+    text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
+    return bytes_sha256(text.encode())
 
 
 def default_cache_dir() -> Path:

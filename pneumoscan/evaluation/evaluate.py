@@ -30,7 +30,7 @@ from pneumoscan.data.scope import describe, in_scope, outside_scope
 from pneumoscan.data.tasks import Task, binary_targets, get_task, list_tasks
 from pneumoscan.inference.onnx_runtime import INT8_NAME
 from pneumoscan.inference.predict import NO_HEATMAP, Predictor, check_bundle_stages, stage_fields, stage_scope
-from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, refuse_model_files
+from pneumoscan.models.card import WEIGHTS, BundleCard, load_card, proven_run_split, refuse_model_files
 from .held_out import HeldOutPolicy, check_held_out
 from .model_card import MODEL_CARD, add_evaluation, counted, evaluation_record, left_out_said
 from .report import METRICS, THRESHOLD_DIGITS, write_report
@@ -279,7 +279,7 @@ def default_out_dir(bundle: Path | str, data: Path | str, split: str | None, tta
 
 def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out_dir: Path | str | None = None,
              tta: bool = False, add_to_card: bool = False, data_name: str | None = None,
-             etiology: Path | str | None = None, backend: str = "torch", run_split: Path | str | None = None) -> dict:
+             etiology: Path | str | None = None, backend: str = "torch") -> dict:
     """Score every image of DATA (a dataset root, a NORMAL/PNEUMONIA folder or a manifest) that belongs to the
     bundle's task; with a dataset root, ``split`` picks train/val/test. With ``tta``, scores average the test-time
     views and are read at the bundle's TTA threshold, as ``predict --tta`` does. The result holds a
@@ -289,9 +289,9 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
     With ``etiology`` (a bundle that follows this one, as ``predict --etiology``), the two stages are also scored as
     one decision among their 1 + k classes (normal / bacteria / virus) under ``two_stage`` (:func:`two_stage_decision`),
     each film checked against the second stage's training films too. ``backend`` scores as ``predict
-    --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds. ``run_split``: DATA, where
-    the caller proved it the split of the run the bundle was copied out of (``check_held_out``'s, which checks the
-    films against it as against a split.csv beside the bundle)."""
+    --backend`` does: with ``onnx-int8``, the bundles' INT8 models at their own thresholds. A bundle copied out of its
+    run, given that run's split.csv as DATA, has its films checked against it as against a split.csv beside it, once
+    its card's data checksum proves it the run's (:func:`~pneumoscan.models.card.proven_run_split`)."""
     if backend == "onnx-int8" and add_to_card:
         raise ValueError("--add-to-card records evaluations of the bundle's FP32 model, which its card describes; "
                          "the INT8 model's figures stay in the report")
@@ -313,7 +313,7 @@ def evaluate(bundle: Path | str, data: Path | str, split: str | None = None, out
                               "record an evaluation in the card" if add_to_card else "evaluate",
                               policy=HeldOutPolicy(validation_warning=True, refuse_validation=add_to_card,
                                                    int8=backend == "onnx-int8", refuse_unchecked=add_to_card),
-                              cards=[card], run_split=run_split)
+                              cards=[card], run_split=data if proven_run_split(bundle, data) else None)
     if add_to_card and not has_both_classes(binary_targets(targets)):
         raise ValueError(f"--add-to-card needs films of both classes ({' and '.join(task.classes)}): on one class a "
                          "card's AUC, precision and F1 are undefined or meaningless; the report still shows the rest")

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from importlib import metadata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -39,6 +39,8 @@ from pneumoscan.core.metrics import CHANCE_AUC, TEMPERATURE_BOUNDS, with_ci
 from pneumoscan.core.names import given_path, is_utf8, shown
 from pneumoscan.core.options import look_up_option
 from pneumoscan.data.appearance import Appearance
+from pneumoscan.data.cache import ImageCache, build_cache, data_checksum
+from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE, PreprocessSpec, check_normalization
 from pneumoscan.data.tasks import Task, check_classes, get_task, list_tasks
 from . import register_first
@@ -131,7 +133,7 @@ class BundleCard:
     heatmap_scale: Annotated[float, Field(gt=0)] | None = None
     model_kwargs: dict = field(default_factory=dict)
     data_fingerprint: str = ""
-    # "sha256:HEX" of the training data's pixels and labels (training.resume.data_checksum): unlike data_fingerprint
+    # "sha256:HEX" of the training data's pixels and labels (data.cache.data_checksum): unlike data_fingerprint
     # (which names the image cache: paths and file times too) the same films touched, copied or moved give the same
     # value. Empty in bundles older than it and in ensembles whose members do not all record it
     data_checksum: str = ""
@@ -295,6 +297,45 @@ def replaced_members(card: BundleCard) -> list[Path]:
         if member.get("weights") and own.files.get(WEIGHTS) != member["weights"]:
             replaced.append(path)
     return replaced
+
+
+def films_as_trained(bundle: Path | str, records: Sequence[Record],
+                     opened: dict[tuple[tuple[str, ...], PreprocessSpec], ImageCache] | None = None,
+                     open_cache: Callable[[Sequence[Record], PreprocessSpec], ImageCache] | None = None) -> bool:
+    """Whether RECORDS (the split BUNDLE trained and validated on) still hold the pixels and labels it was made on
+    (its card's ``data_checksum``, under its own preprocessing): films rewritten in place keep their paths, so the
+    split's check passes them. A bundle that records no checksum (an earlier version's) passes. ``opened``: the
+    caches this command opened so far (their pixels' SHA-256 checked), by films and preprocessing, added to here:
+    every fold of a cv run holds the same films, whose one cache is then checked once, not once a fold.
+    ``open_cache(records, spec)`` opens a cache not opened yet (default: built here; a cv run under torchrun builds
+    it once per machine)."""
+    card = load_card(bundle)
+    if not (recorded := card.data_checksum):
+        return True
+    key = (tuple(r.path for r in records), card.spec)
+    if (cache := (opened or {}).get(key)) is None:
+        cache = (open_cache or _built_cache)(records, card.spec)
+    if opened is not None:
+        opened[key] = cache
+    return data_checksum(cache, records) == recorded
+
+
+def _built_cache(records: Sequence[Record], spec: PreprocessSpec) -> ImageCache:
+    """:func:`films_as_trained`'s cache of RECORDS in one process."""
+    return build_cache([r.path for r in records], spec, progress=True)
+
+
+def proven_run_split(bundle: Path | str, data: Path | str) -> bool:
+    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), proved by the card's
+    data checksum (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order, which the
+    held-out check (:func:`~pneumoscan.evaluation.held_out.check_held_out`'s ``run_split``) then checks against as
+    the split beside it. Only a manifest of train and val films can be one: the films of other data are not
+    decoded. Below evaluation and training, so that ``evaluate`` (from Python too) and ``export --int8`` make the
+    one proof."""
+    if RunFolder.of(Path(bundle)).split.is_file() or not load_card(bundle).data_checksum:
+        return False
+    records = discover(data).records
+    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records)
 
 
 RECORDED_LIBRARIES = ("torch", "timm", "numpy", "onnxruntime")

@@ -16,6 +16,7 @@ class's probability too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import logging
@@ -35,14 +36,14 @@ from pneumoscan.data.layouts import Record, write_manifest
 from pneumoscan.data.split import patient_folds, split_pool
 from pneumoscan.data.tasks import Task, binary_targets, get_task, select
 from pneumoscan.inference.predict import Predictor
-from pneumoscan.models.card import CARD, load_card
+from pneumoscan.models.card import CARD, films_as_trained, load_card
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .config import TrainConfig
 from .distill import check_teachers
 from .distributed import Dist, is_main_process, setup_distributed
 from .engine import resolved_precision
 from .ensemble import cv_folds
-from .resume import (checkpoint_config, config_changes, films_as_trained, load_checkpoint, split_change,
+from .resume import (checkpoint_config, config_changes, load_checkpoint, machine_cache, split_change,
                      teachers_changed)
 from .train import absent_classes, check_batches, check_init_held_out, train
 
@@ -117,7 +118,8 @@ def check_fold_data(run: RunFolder, planned: list[Record], ctx: Dist, opened: di
     """Refuse a finished fold whose films are not, pixel for pixel and label for label, those it trained on
     (:func:`films_as_trained`, ``opened`` the caches checked so far): its bundle, made on the old pixels, would be
     scored on the new ones as this cv's figures (an interrupted fold's ``--resume`` refuses them so)."""
-    if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, ctx, opened):
+    if (run.bundle / CARD).exists() and not films_as_trained(run.bundle, planned, opened,
+                                                             functools.partial(machine_cache, ctx=ctx)):
         raise ValueError(f"{run.root.name} was trained on other pixels or labels than these films have now (rewritten "
                          "in place since, or decoded otherwise by this version?): its figures would not be this cv's; "
                          "use a new --out")

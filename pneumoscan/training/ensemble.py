@@ -52,10 +52,11 @@ from pneumoscan.inference.predict import NonFiniteScore, Predictor, session_logi
 from pneumoscan.models import registry
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.card import (CARD, ENSEMBLE, MEMBERS_OWN_SCALE, WEIGHTS, BundleCard, card_task,
-                                   load_appearance, load_card, member_label, refused_as, runtime_versions)
+                                   films_as_trained, load_appearance, load_card, member_label, refused_as,
+                                   runtime_versions)
 from pneumoscan.models.ensemble_net import EnsembleNet, Member
 from pneumoscan.models.run_folder import CvFolder, RunFolder
-from .resume import films_as_trained, split_change
+from .resume import split_change
 from .finish import ScoredFilms, finish_bundle
 
 # how the card's calibrated_on starts for an ensemble calibrated by ``--cv``, whose figures are out of fold

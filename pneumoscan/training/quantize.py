@@ -45,12 +45,11 @@ from pneumoscan.inference.export import module_onnx, write_int8_spec
 from pneumoscan.inference.onnx_runtime import INPUT, INT8_NAME, Int8Key, optimize_graph, session
 from pneumoscan.inference.predict import Predictor, session_logits, tta_probabilities, tta_views
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, load_card, member_sources,
-                                   record_checksum, replaced_members)
+from pneumoscan.models.card import (ENSEMBLE, ONNX_NAME, BundleCard, checked_bytes, films_as_trained, load_card,
+                                   member_sources, proven_run_split, record_checksum, replaced_members)
 from pneumoscan.models.ensemble_net import EnsembleNet
 from pneumoscan.models.run_folder import CvFolder, RunFolder
 from .ensemble import OUT_OF_FOLD, cv_members, member_named_logits, out_of_fold
-from .resume import films_as_trained, proven_run_split
 
 log = logging.getLogger(__name__)
 # ONNX Runtime calibrates with graph optimisation off and a range taken on every tensor, so its memory grows with

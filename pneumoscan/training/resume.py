@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 
 from pneumoscan.core.atomic import write_atomic
-from pneumoscan.core.digests import bytes_sha256
 from pneumoscan.core.names import shown
 from pneumoscan.data.cache import ImageCache, build_cache
 from pneumoscan.data.layouts import Record, discover
 from pneumoscan.data.preprocess import PreprocessSpec
-from pneumoscan.models.card import CARD, INIT_CARD, TEACHER_CARDS, bundle_checksums, load_card, retrained_sources
+from pneumoscan.models.card import CARD, INIT_CARD, TEACHER_CARDS, bundle_checksums, retrained_sources
 from pneumoscan.models.run_folder import RunFolder
 from .config import TrainConfig, read_yaml, recorded_settings
 from .distributed import Dist
@@ -135,8 +134,9 @@ def run_record(cfg: TrainConfig, ctx: Dist) -> dict:
 
 def made_by(cfg: TrainConfig, ctx: Dist, data: str) -> dict:
     """How a run is made, as its checkpoint records it and ``--resume`` checks it: the settings, what
-    :func:`run_record` adds to them, the data (``data``: :func:`data_checksum`, the pixels and labels, not the files'
-    paths or times) and each teacher's bundle.json checksum (``teachers``: another bundle put at the same path)."""
+    :func:`run_record` adds to them, the data (``data``: :func:`~pneumoscan.data.cache.data_checksum`, the pixels
+    and labels, not the files' paths or times) and each teacher's bundle.json checksum (``teachers``: another
+    bundle put at the same path)."""
     record = run_record(cfg, ctx)
     return {"config": dataclasses.asdict(cfg), **{k: record[k] for k in RECORDED}, "data": data,
             "teachers": record.get(TEACHER_CARDS, [])}
@@ -263,44 +263,3 @@ def machine_cache(records: Sequence[Record], spec: PreprocessSpec, ctx: Dist) ->
         cache = build_cache(paths, spec, progress=True)
     ctx.barrier()
     return cache if ctx.local_rank == 0 else build_cache(paths, spec)
-
-
-def films_as_trained(bundle: Path, records: Sequence[Record], ctx: Dist = Dist(),
-                     opened: dict[tuple[tuple[str, ...], PreprocessSpec], ImageCache] | None = None) -> bool:
-    """Whether RECORDS (the split BUNDLE trained and validated on) still hold the pixels and labels it was made on
-    (its card's ``data_checksum``, under its own preprocessing): films rewritten in place keep their paths, so the
-    split's check passes them. A bundle that records no checksum (an earlier version's) passes. ``opened``: the
-    caches this command opened so far (their pixels' SHA-256 checked), by films and preprocessing, added to here:
-    every fold of a cv run holds the same films, whose one cache is then checked once, not once a fold."""
-    card = load_card(bundle)
-    if not (recorded := card.data_checksum):
-        return True
-    key = (tuple(r.path for r in records), card.spec)
-    if (cache := (opened or {}).get(key)) is None:
-        cache = machine_cache(records, card.spec, ctx)
-    if opened is not None:
-        opened[key] = cache
-    return data_checksum(cache, records) == recorded
-
-
-
-def proven_run_split(bundle: Path, data: Path | str) -> bool:
-    """Whether DATA is the split of the run BUNDLE was copied out of (no split.csv beside it), proved by the card's
-    data checksum (:func:`films_as_trained`): the same films, pixels, labels and sides, in the same order, which
-    :func:`~pneumoscan.evaluation.held_out.check_held_out` then checks against as the split beside it
-    (``run_split``). Only a manifest of train and val films can be one: the films of other data are not decoded."""
-    if RunFolder.of(bundle).split.is_file() or not load_card(bundle).data_checksum:
-        return False
-    records = discover(data).records
-    return {r.split for r in records} == {"train", "val"} and films_as_trained(bundle, records)
-
-
-def data_checksum(cache: ImageCache, records: Sequence[Record]) -> str:
-    """The training data's identity, as the bundle and the checkpoint record it: ``sha256:HEX`` of the cache's pixel
-    checksum (the preprocessed films, in the split's order) with each cached film's split, label and subtype. It
-    holds no path or file time, unlike the cache's key, so the same films touched, copied or moved give the same
-    value, and a changed pixel, label or side another."""
-    record_of = {r.path: r for r in records}
-    labels = [(record_of[p].split, record_of[p].label, record_of[p].subtype) for p in cache.paths]
-    text = json.dumps([cache.checksum, cache.spec.to_dict(), labels], sort_keys=True)
-    return bytes_sha256(text.encode())

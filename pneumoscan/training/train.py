@@ -28,7 +28,7 @@ from pneumoscan.core.atomic import write_atomic
 from pneumoscan.core.metrics import binary_metrics, format_figure, roc_auc, softmax
 from pneumoscan.core.names import shown
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.cache import ImageCache
+from pneumoscan.data.cache import ImageCache, data_checksum
 from pneumoscan.data.copies import picture_groups, shared_patients
 from pneumoscan.data.dataset import CachedImages
 from pneumoscan.data.labelled import files_left_out, films_without_patient_id, patient_groups
@@ -66,8 +66,8 @@ from .distill import check_teachers, distilled_targets, teacher_probabilities
 from .distributed import Dist, gather, gather_shards, setup_distributed, shard
 from .engine import OUT_OF_SCALE_LOSS, Callback, State, divergence_advice, fit
 from .finish import ScoredFilms, finish_bundle
-from .resume import (check_same_recipe, data_checksum, load_checkpoint, machine_cache, made_by, resume_from,
-                     run_record, save_checkpoint)
+from .resume import (check_same_recipe, load_checkpoint, machine_cache, made_by, resume_from, run_record,
+                     save_checkpoint)
 from .tracking import make_trackers
 from .warm_start import warm_start_head
 
