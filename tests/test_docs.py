@@ -555,6 +555,16 @@ def test_the_413_the_pages_quote_is_the_services(tiny_bundle: Path) -> None:
     assert f"return 413 '{json.dumps({'error': said})}\\n';" in (ROOT / "docs" / "deployment.md").read_text()
 
 
+def test_the_hung_bundle_reason_deployment_md_quotes_is_the_services() -> None:
+    """docs/deployment.md quotes /healthz's reason for a bundle folder that does not answer, and its wait, as the
+    service says them."""
+    from pneumoscan.serving.limits import BUNDLE_WAIT_S
+    from pneumoscan.serving.service import BUNDLE_SILENT
+
+    page = " ".join((ROOT / "docs" / "deployment.md").read_text().split())
+    assert f"`{BUNDLE_SILENT.format(BUNDLE_WAIT_S)}`" in page and f"at most {BUNDLE_WAIT_S:g} seconds" in page
+
+
 def test_predicts_columns_are_those_docs_cli_md_lists_in_its_order(tiny_bundle: Path, tiny_dataset: Path,
                                                                      tmp_path: Path) -> None:
     """docs/cli.md's `predict` row lists the results' columns, the optional ones in brackets, in the file's order:

@@ -346,6 +346,44 @@ def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path,
     assert max(times) < 1.0 and float(np.median(times)) < 0.2, times
 
 
+def test_healthz_says_unhealthy_while_the_bundle_folder_hangs_and_the_rest_is_served(
+        tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each probe stat'ed the bundle's files on the event loop: a bundle on a network drive that hangs stalled every
+    request, the probes and those already admitted alike. The stat hangs here at a gate (a stand-in for the drive):
+    /healthz answers 503 with the reason within the bounded wait, one check in flight for all the probes, while
+    /v1/model and predictions are answered; once the folder answers the next probe says ok, and a check hung at
+    the stop does not hold the server's exit."""
+    monkeypatch.setattr(service_module, "BUNDLE_WAIT_S", 0.5)
+    app = create_app(tiny_bundle)  # the stamps taken at start, before the gate
+    gate = Gate(service_module.file_stamp)
+    monkeypatch.setattr(service_module, "file_stamp", gate)
+    silent = {"status": "unhealthy", "model_id": app.state.card.id, "model_version": app.state.card.version,
+              "reason": service_module.BUNDLE_SILENT.format(0.5)}
+    times: list[float] = []
+
+    def probe(http: httpx.Client) -> httpx.Response:
+        start = time.monotonic()
+        r = http.get("/healthz")
+        times.append(time.monotonic() - start)
+        return r
+
+    with live(app) as url, httpx.Client(base_url=url, timeout=5) as http:
+        for _ in range(5):
+            r = probe(http)
+            assert r.status_code == 503 and r.json() == silent, r.text
+        assert http.get("/v1/model").status_code == 200
+        assert post(url, xray)().status_code == 200
+        assert gate.entered == 1  # one check in flight for all the probes, not a thread held per probe
+        gate.open.set()
+        wait_for(lambda: http.get("/healthz").json()["status"] == "ok", "an ok probe once the folder answered")
+        gate.open.clear()
+        assert probe(http).status_code == 503 and gate.entered > 1
+        stop = time.monotonic()
+    stopped_in = time.monotonic() - stop
+    gate.open.set()
+    assert max(times) < 2.0 and stopped_in < GATE_S / 2, (times, stopped_in)
+
+
 def test_heatmaps_keep_to_their_lane(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """With one Grad-CAM held, at most 4 heatmap requests are in the service (the rest get 503 at once) and plain
     predictions are answered meanwhile."""

@@ -113,8 +113,8 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/healthz", response_model=Health, response_model_exclude_none=True, responses={503: {"model": Health}})
     async def healthz() -> Health | JSONResponse:
-        # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (a
-        # bundle changed on disk is read in a thread of its own: OnDisk)
+        # async on purpose: it answers from the event loop, never waiting behind decodes for a worker thread (the
+        # bundle's files are stat'ed, and read when changed, in a thread of their own, for a bounded wait: OnDisk)
         health = await service.health()
         if health.status != "unhealthy":  # degraded still answers predictions: a balancer keeps sending them
             return health

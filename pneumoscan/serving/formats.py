@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from pneumoscan.core.logs import redact
 from pneumoscan.data.decode import read_dicom_header
 
-from .limits import Rejected
+from .limits import BUNDLE_WAIT_S, Rejected
 
 
 class ErrorBody(BaseModel):
@@ -142,7 +142,7 @@ class Health(BaseModel):
     status: str = Field(description="ok; degraded (HTTP 200) while predictions go on, once heatmaps are unavailable "
                         "or a bundle's files on disk changed, or while the last run of a model failed with an "
                         "internal error (until a run succeeds); unhealthy (HTTP 503) once a model has produced a "
-                        "non-finite score")
+                        f"non-finite score, or while a bundle's folder does not answer within {BUNDLE_WAIT_S:g} s")
     model_id: str
     model_version: str = Field(description="the version /v1/model and each reading give: a bundle retrained on the "
                                "same films has the same model_id")

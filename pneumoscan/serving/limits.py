@@ -11,6 +11,7 @@ from pydantic.dataclasses import dataclass
 from pneumoscan.core.cpus import usable_cores
 
 RETRY_AFTER_S = 2  # what a 503 for a full service tells the client to wait
+BUNDLE_WAIT_S = 3.0  # how long /healthz waits for a bundle's folder to answer (service.OnDisk) before it says so
 # What each limit takes, declared on its field so that pydantic checks it and the schema shows it: a count of at
 # least 1 (a semaphore of 2.5, or of True, is no bound), seconds above 0 and finite (a deadline of inf is none)
 Count = Annotated[int, Field(gt=0)]

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, report
-from .limits import RETRY_AFTER_S, ClientGone, Limits, Rejected
+from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
 from .uploads import decode_upload, disconnected, read_upload
 
 T = TypeVar("T")
@@ -51,6 +52,10 @@ BUNDLE_DAMAGED = ("a bundle's files on disk are damaged or missing since this se
                   "come from the model checked then, but a restart would be refused; restore the bundle")
 BUNDLE_REPLACED = ("a bundle on disk was replaced since this service started: its readings still come from the model "
                    "it started with; restart it to serve the new one")
+# Why /healthz says unhealthy when a bundle's folder has not answered within BUNDLE_WAIT_S (a network drive that
+# hangs): the readings need no file, but a restart would wait on the folder too. Said without paths, as BUNDLE_DAMAGED.
+BUNDLE_SILENT = ("a bundle's folder did not answer within {:g} s (a network drive that hangs?): readings go on from "
+                 "the model loaded at start-up, but a restart would wait on the folder too; check the drive")
 # Why /healthz says degraded while a model's last run raised (the log has the error): each request it took got a 500.
 # the smallest upload limit taken: a smaller one leaves a service that answers healthy and refuses nearly every film
 # (the training set's 224 px JPEGs are 5-9 KB; films as taken, DICOM or full-size JPEG, hundreds of KB and more)
@@ -78,28 +83,53 @@ class OnDisk:
         self.names = [CARD, *self.card.files]
         self.seen = self._stamps()
         self.change: str | None = None
-        self.reading: asyncio.Task[None] | None = None  # the read of the files in progress, which probes share
+        self.checking: asyncio.Task[str | None] | None = None  # the check in progress, which probes share
+        self.since = 0.0  # when it began (the event loop's clock)
 
     def _stamps(self) -> tuple[str | None, ...]:
         return tuple(file_stamp(self.directory / name) for name in self.names)
 
     async def check(self) -> str | None:
-        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...). The
-        files are read in a thread: a probe's event loop must not wait on hashing a large bundle. Probes that come while
-        they are read wait for that read (a flood of probes, which need no key, queued a hashing of the bundle each)."""
-        if self._stamps() != self.seen:
-            if self.reading is None:
-                self.reading = asyncio.ensure_future(self._read_again())
-            await asyncio.shield(self.reading)  # a probe whose client goes does not end the read the others wait for
-        return self.change
-
-    async def _read_again(self) -> None:
-        """:meth:`changed` for the stamps the files have now, once for all the probes that wait for it."""
+        """None while the files hold the bundle checked at start; else why not (:data:`BUNDLE_DAMAGED`, ...), or
+        :data:`BUNDLE_SILENT` when the folder has not answered within :data:`BUNDLE_WAIT_S` of the check's start.
+        The files are stat'ed, and read when changed, in a thread: a folder on a network drive that hangs would
+        otherwise stall the event loop, and every request with it. Probes that come while a check is in progress
+        wait for that one (a flood of probes, which need no key, queued a hashing of the bundle each, and a hung
+        drive would hold a thread for each)."""
+        loop = asyncio.get_running_loop()
+        if self.checking is None:
+            self.since = loop.time()
+            self.checking = asyncio.ensure_future(self._check_in_thread())
         try:
-            stamps = self._stamps()
-            self.seen, self.change = stamps, await asyncio.to_thread(self.changed)
+            # shielded: a probe that gives up (or whose client goes) does not end the check the others wait for
+            return await asyncio.wait_for(asyncio.shield(self.checking), self.since + BUNDLE_WAIT_S - loop.time())
+        except TimeoutError:
+            return BUNDLE_SILENT.format(BUNDLE_WAIT_S)
+
+    async def _check_in_thread(self) -> str | None:
+        """:meth:`_checked` in a daemon thread of its own: a thread of an executor, hung on the folder, would hold
+        the service's exit (Python joins those threads on the way out), and a stop asked for with it."""
+        answer: Future[str | None] = Future()
+
+        def run() -> None:
+            if answer.set_running_or_notify_cancel():
+                try:
+                    answer.set_result(self._checked())
+                except BaseException as e:  # noqa: BLE001 - handed to the probe that waits for it
+                    answer.set_exception(e)
+
+        threading.Thread(target=run, name="pneumoscan-bundle-check", daemon=True).start()
+        try:
+            return await asyncio.wrap_future(answer)
         finally:
-            self.reading = None
+            self.checking = None
+
+    def _checked(self) -> str | None:
+        """:meth:`check`'s answer, in its thread: the files read again (:meth:`changed`) only when a stamp changed."""
+        stamps = self._stamps()
+        if stamps != self.seen:
+            self.seen, self.change = stamps, self.changed()
+        return self.change
 
     def changed(self) -> str | None:
         """:meth:`check` by reading the files whatever their stamps say."""
@@ -175,15 +205,19 @@ class Service:
             self.faults.append(NON_FINITE)
 
     async def health(self) -> Health:
-        """unhealthy (no more predictions) after a non-finite score; degraded while a model's last run failed (each
-        request of that run got a 500; the next run may succeed, so the probe does not take the service out), when
-        heatmaps are lost, or a bundle's files on disk changed (:class:`OnDisk`), but the predictions still come from
-        the model checked at start-up."""
+        """unhealthy (no more predictions) after a non-finite score; unhealthy too while a bundle's folder does not
+        answer (:data:`BUNDLE_SILENT`: predictions go on, but a restart would hang); degraded while a model's last run
+        failed (each request of that run got a 500; the next run may succeed, so the probe does not take the service
+        out), when heatmaps are lost, or a bundle's files on disk changed (:class:`OnDisk`), but the predictions
+        still come from the model checked at start-up."""
         model = self.main.identity  # model_id and model_version, as each reading names them
         if self.faults:
             return Health(status="unhealthy", **model, reason=self.faults[0])
+        checks = await asyncio.gather(*[disk.check() for disk in self.on_disk])  # each bundle's folder at once
+        if (silent := BUNDLE_SILENT.format(BUNDLE_WAIT_S)) in checks:
+            return Health(status="unhealthy", **model, reason=silent)
         failing = [MODEL_FAILING.format(s.batcher.failing) for s in (self.main, self.second) if s and s.batcher.failing]
-        changes = [change for disk in self.on_disk if (change := await disk.check())]
+        changes = [change for change in checks if change]
         # the files first: they say whether a restart would be refused, which the heatmaps' reason does not
         if reasons := [*changes[:1], *failing[:1], *([self.heatmap_fault] if self.heatmap_fault else [])]:
             return Health(status="degraded", **model, reason="; ".join(reasons))
