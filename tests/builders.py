@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import uvicorn
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -139,6 +140,30 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=preamble)
     return buf.getvalue()
+
+
+def chest_film_dicom(gray: np.ndarray) -> bytes:
+    """``gray`` (8-bit) as a 12-bit frontal chest DX of a child, with its own study and series and the facts the
+    service shows (age, sex, study date)."""
+    return dicom_bytes(gray.astype(np.uint16) * 16, BodyPartExamined="CHEST", ViewPosition="PA", PatientAge="004Y",
+                       PatientSex="F", StudyDate="20240102", StudyInstanceUID=generate_uid(),
+                       SeriesInstanceUID=generate_uid())
+
+
+def count_dicom_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """From now on, each read of a DICOM file (``readers.dicom.read_dataset``, which every one goes through: its
+    ``header_only``), the real read still done."""
+    from pneumoscan.data.readers import dicom
+
+    reads: list[bool] = []
+    real = dicom.read_dataset
+
+    def counted(src: Path | bytes, header_only: bool) -> Dataset:
+        reads.append(header_only)
+        return real(src, header_only)
+
+    monkeypatch.setattr(dicom, "read_dataset", counted)
+    return reads
 
 
 def framed_dicom(frame: bytes, syntax: str, side: int, bits: int = 8, **elements: object) -> bytes:

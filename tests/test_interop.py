@@ -2110,19 +2110,20 @@ def test_a_film_replaced_after_it_was_scored_gets_no_report(tiny_bundle: Path, f
 
 def test_a_film_replaced_while_it_is_read_gets_no_reading(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pixels are read, then the header (its UIDs, the scope checks), then the panel for the overlay: another
+    """The pixels and the header (its UIDs, the scope checks) are read, then the panel for the overlay: another
     film put under the name between those reads would have given one film's reading with another's identity."""
     from pneumoscan.inference import predict
 
     path = tmp_path / "film.dcm"
     path.write_bytes(chest_dicom(film))
-    read_header = predict.describe
+    read = predict.read_described
 
-    def replaced_first(source: str, *args: object) -> dict:
+    def replaced_after(source: str, *args: object) -> tuple[np.ndarray, dict]:
+        found = read(source, *args)
         Path(source).write_bytes(chest_dicom(film, PatientID="OTHER-PATIENT"))  # the next film, same name
-        return read_header(source, *args)
+        return found
 
-    monkeypatch.setattr(predict, "describe", replaced_first)
+    monkeypatch.setattr(predict, "read_described", replaced_after)
     [row] = predict_paths(tiny_bundle, [path], heatmap_dir=tmp_path / "heat")
     assert row["error"] == predict.CHANGED and "probability" not in row
     assert not list((tmp_path / "heat").iterdir())

@@ -140,12 +140,10 @@ def test_in_scope_is_false_where_no_report_is_filed(tiny_bundle: Path, tagged_di
     assert photo["in_scope"] is True and scope.NO_TAGS in photo["warnings"]
 
     # a new kind of warning, added to the kinds and to the answer's warnings: out of scope with no change here
-    import pneumoscan.serving.service as service
-
     new = scope.WarningKind("a kind of warning added later", out_of_scope=True)
     monkeypatch.setattr(scope, "KINDS", (new, *scope.KINDS))
-    described = service.describe
-    monkeypatch.setattr(service, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new.text()]})(
+    described = scope.describe
+    monkeypatch.setattr(scope, "describe", lambda *a: (lambda d: {**d, "warnings": [*d["warnings"], new.text()]})(
         described(*a)))
     with TestClient(create_app(tiny_bundle)) as client:
         body = ask(jpeg, "c.jpeg").json()

@@ -21,7 +21,7 @@ from PIL import Image
 from pneumoscan import cli
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS, PreprocessSpec, preprocess
-from pneumoscan.data.scope import MIN_SIDE, THUMBNAIL
+from pneumoscan.data.scope import MIN_SIDE, THUMBNAIL, describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import (
     Predictor,
@@ -36,7 +36,7 @@ from pneumoscan.inference.explain import explain_array
 from pneumoscan.models import registry as models
 from pneumoscan.models.bundle import save_bundle
 from pneumoscan.models.card import ONNX_NAME, BundleCard, load_card, save_card
-from tests.builders import SCORE_TOL, at_threshold, dicom_bytes
+from tests.builders import SCORE_TOL, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -130,6 +130,21 @@ def test_dicom_predicts_like_the_same_pixels_as_png(tiny_bundle: Path, tmp_path:
     assert all("error" not in r for r in rows), rows
     assert rows[1]["probability"] == pytest.approx(rows[0]["probability"], abs=SCORE_TOL)
     assert rows[2]["probability"] == pytest.approx(rows[0]["probability"], abs=SCORE_TOL)
+
+
+def test_a_dicom_film_is_read_once_for_its_pixels_and_its_header(tiny_bundle: Path, data_root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict read a DICOM film twice (its pixels, then its header for the scope checks): one read serves both, and
+    the row's UIDs and warnings are those a read of the header alone gives."""
+    path = tmp_path / "film.dcm"
+    path.write_bytes(chest_film_dicom(read_gray(sorted((data_root / "train" / "NORMAL").glob("*.jpeg"))[0])))
+    reads = count_dicom_reads(monkeypatch)
+    [row] = predict_paths(tiny_bundle, [path])
+    assert "label" in row and len(reads) == 1, (row, reads)
+    expected = describe(path)
+    assert {key: row[key] for key in expected if key != "warnings"} == {
+        key: value for key, value in expected.items() if key != "warnings"} and row["study_instance_uid"]
+    assert row["warnings"][: len(expected["warnings"])] == expected["warnings"]
 
 
 def test_etiology_second_stage_runs_only_on_pneumonia_calls(

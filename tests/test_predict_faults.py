@@ -39,21 +39,21 @@ def test_a_film_removed_as_soon_as_it_is_read_gets_no_reading(tiny_bundle: Path,
     taken once the read has begun waits for the read to end, as a busy machine may make it."""
     film = film_in(tiny_dataset, tmp_path / "drop")
     started, done = threading.Event(), threading.Event()
-    read_gray, file_stamp = predict.read_gray, predict.file_stamp
+    read_described, file_stamp = predict.read_described, predict.file_stamp
 
-    def read_then_move_away(path: str, target: int | None = None):  # noqa: ANN202 - read_gray's
+    def read_then_move_away(path: str, *args: object):  # noqa: ANN202 - read_described's
         started.set()
-        gray = read_gray(path, target=target)
+        found = read_described(path, *args)
         Path(path).unlink()
         done.set()
-        return gray
+        return found
 
     def stamp(path: str) -> str | None:
         if started.wait(0.3):
             done.wait(10)
         return file_stamp(path)
 
-    monkeypatch.setattr(predict, "read_gray", read_then_move_away)
+    monkeypatch.setattr(predict, "read_described", read_then_move_away)
     monkeypatch.setattr(predict, "file_stamp", stamp)
     [row] = predict_paths(tiny_bundle, [film], backend="onnx")
     assert row == {"path": str(film), "error": CHANGED}

@@ -30,14 +30,15 @@ from PIL import Image
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.data.appearance import LAYOUT_SIDE, Appearance
 from pneumoscan.data.decode import read_gray
+from pneumoscan.data.scope import describe
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.predict import Predictor, alone_warning, predict_paths
 from pneumoscan.models.card import ONNX_NAME, load_card, save_appearance, save_card
 from pneumoscan.serving.app import create_app
 from pneumoscan.serving.batching import Batcher
 from pneumoscan.serving.service import BUNDLE_DAMAGED, BUNDLE_REPLACED, OnDisk
-from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, dicom_bytes, free_port, start_serve,
-                            wait_healthy)
+from tests.builders import (SCORE_TOL, UNCHECKED, at_threshold, chest_film_dicom, count_dicom_reads, dicom_bytes,
+                            free_port, start_serve, wait_healthy)
 
 MB = 2**20
 
@@ -224,6 +225,25 @@ def test_dicom_without_preamble_is_read_like_the_file_flow(
     (tmp_path / "scan.dcm").write_bytes(data)
     expected = predict_paths(tiny_bundle, [tmp_path / "scan.dcm"])[0]["probability"]
     assert r.json()["probability"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_uploaded_dicom_is_read_once_for_its_pixels_and_its_header(client: TestClient, xray: bytes,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service read an uploaded DICOM three times a request (for its pixels, for its size, which says whether
+    to hand memory back, and for the scope checks of its header): one read serves them all, and the reading's UIDs,
+    facts and warnings are those a read of the header alone gives. The film shown (image=true), decoded again at
+    its own size, is one read more."""
+    data = chest_film_dicom(read_gray(xray))
+    reads = count_dicom_reads(monkeypatch)
+    r = upload(client, data, "application/dicom", "film.dcm")
+    assert r.status_code == 200 and len(reads) == 1, (r.text, reads)
+    shown = upload(client, data, "application/dicom", "film.dcm", image="true")
+    assert shown.status_code == 200 and len(reads) == 3 and shown.json()["image"].startswith("data:image/png")
+    expected = describe(data, dicom=True, facts=True)
+    assert {key: r.json()[key] for key in expected if key != "warnings"} == {
+        key: value for key, value in expected.items() if key != "warnings"}
+    assert r.json()["warnings"][: len(expected["warnings"])] == expected["warnings"]
+    assert r.json()["study_instance_uid"] and r.json()["age_years"] == 4
 
 
 def upload_named_by_extended_filename(client: TestClient, data: bytes, content_type: str,

@@ -123,8 +123,8 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
 
 
 def test_full_queue_is_503_with_retry_after(tiny_bundle: Path, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(service_module.decode_upload)
-    monkeypatch.setattr(service_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_described)
+    monkeypatch.setattr(service_module, "decode_described", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=2)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -225,8 +225,8 @@ def test_early_answer_leaves_time_to_finish_the_upload(tiny_bundle: Path, xray: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A 503 comes before the body is read; a client that sends its whole body before reading (as most do) must
     still get it, and keep its connection, even when the rest takes longer than the head deadline."""
-    gate = Gate(service_module.decode_upload)
-    monkeypatch.setattr(service_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_described)
+    monkeypatch.setattr(service_module, "decode_described", gate)
     limits = Limits(max_concurrent_decodes=1, max_queue=1, header_timeout=0.3)
     with live(create_app(tiny_bundle, limits=limits), limits) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -293,8 +293,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """B's work is dropped, and the access log says so (499): uvicorn writes no line for an answer to a closed
     connection, and B had left no trace."""
-    gate = Gate(service_module.decode_upload)
-    monkeypatch.setattr(service_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_described)
+    monkeypatch.setattr(service_module, "decode_described", gate)
     model_calls = []
     real = Predictor.probabilities
     monkeypatch.setattr(Predictor, "probabilities",
@@ -326,8 +326,8 @@ def test_work_of_a_client_that_disconnected_is_not_computed(tiny_bundle: Path, x
 
 def test_healthz_answers_fast_while_every_decode_slot_is_busy(tiny_bundle: Path, xray: bytes,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(service_module.decode_upload)
-    monkeypatch.setattr(service_module, "decode_upload", gate)
+    gate = Gate(service_module.decode_described)
+    monkeypatch.setattr(service_module, "decode_described", gate)
     limits = Limits(max_concurrent_decodes=2, max_queue=6)
     app = create_app(tiny_bundle, limits=limits)
     with live(app, limits) as url:
@@ -414,14 +414,14 @@ def test_a_request_in_progress_when_the_model_breaks_gets_no_reading(tmp_path: P
     after it are: it was answered with a reading from the model the service had just declared broken."""
     bundle = bright_overflow_bundle(tmp_path / "b")  # finite on dark films, infinite on bright ones
     dark, bright = (png(np.tile(np.linspace(lo, lo + 40, 64).astype(np.uint8), (64, 1))) for lo in (40, 210))
-    real, held = service_module.decode_upload, threading.Event()
+    real, held = service_module.decode_described, threading.Event()
 
-    def decode(data: bytes, *args: object) -> np.ndarray:
+    def decode(data: bytes, *args: object) -> tuple[np.ndarray, dict]:
         if data == dark:  # the dark film waits in its decode until the bright one has broken the model
             assert held.wait(GATE_S), "never released"
         return real(data, *args)
 
-    monkeypatch.setattr(service_module, "decode_upload", decode)
+    monkeypatch.setattr(service_module, "decode_described", decode)
     # two decode slots whatever the cores: with one (one core), the held dark film kept the bright one from its decode
     limits = Limits(max_concurrent_decodes=2)
     app = create_app(bundle, backend="torch", limits=limits)

@@ -77,11 +77,21 @@ def read_dicom_header(source: Source, dicom: bool = False) -> Dataset | None:
     return readers.dicom.read_dataset(src, header_only=True) if reader.name == "DICOM" else None
 
 
-def read_gray(source: Source, target: int | None = None, dicom: bool = False) -> np.ndarray:
+def read_dicom(source: Source, dicom: bool = False) -> Dataset | None:
+    """The DICOM file read whole, as :func:`read_gray` reads it, or None for any other format: one read for the
+    film's pixels (:func:`read_gray`'s ``dataset``) and its header's checks (``scope.describe``'s)."""
+    src, reader = _check_source(source, dicom)
+    return readers.dicom.read_dataset(src, header_only=False) if reader.name == "DICOM" else None
+
+
+def read_gray(source: Source, target: int | None = None, dicom: bool = False,
+              dataset: Dataset | None = None) -> np.ndarray:
     """Decode to a uint8 H x W grayscale array. With ``target`` a larger image is reduced
     (:func:`~pneumoscan.data.pixels.reduce`) to a short side still above target, the same way whatever its format, so
     the same pixels give the same score as JPEG, PNG or DICOM. ``dicom``: read it as DICOM even without the preamble's
-    magic (see :func:`_check_source`).
+    magic (see :func:`_check_source`). ``dataset``: the DICOM ``source`` as :func:`read_dicom` read it, decoded
+    without reading the file again (its grey numbers adjusted in place: :func:`~.readers.dicom.gray_of`); None
+    reads ``source``.
 
     Every reader's pixels pass here, so this is where a blank image (one grey level: a failed export, all-zero
     pixel data, a DICOM window beside the film's values) is refused: a model shown a uniform square still answers
@@ -94,7 +104,10 @@ def read_gray(source: Source, target: int | None = None, dicom: bool = False) ->
     model would see nothing else."""
     src, reader = _check_source(source, dicom)
     try:
-        gray = _asked(reader, source, lambda: reader.gray(src, target))
+        if dataset is not None:
+            gray = _asked(reader, source, lambda: readers.dicom.gray_of(dataset, target))
+        else:
+            gray = _asked(reader, source, lambda: reader.gray(src, target))
     except BlankImage as e:
         reason, nearly = str(e), str(e) != BLANK
     else:

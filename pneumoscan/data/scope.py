@@ -22,6 +22,7 @@ from functools import cached_property
 from string import Formatter
 from typing import Literal
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -30,7 +31,7 @@ from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageS
                          MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage)
 from pydicom.valuerep import DA
 
-from .decode import Source, colour_spread, image_info, read_dicom_header
+from .decode import Source, colour_spread, image_info, read_dicom_header, read_gray
 from .readers.dicom import PHOTOMETRICS, size_as_read, standard_form
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
@@ -495,13 +496,15 @@ def film_facts(ds: Dataset) -> dict[str, str | float | None]:
             "study_date": study.isoformat() if study else None}
 
 
-def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
+def describe(source: Source, dicom: bool = False, facts: bool = False, dataset: Dataset | None = None) -> dict:
     """The result fields for a decoded film: its UIDs when it is a DICOM (with ``facts``, also :func:`film_facts`),
-    and ``warnings`` (a list, possibly empty). The header is read again (header only, pixels left unread): cheap
-    next to decoding the pixels (a 12-bit DICOM's header read and checked again took 1.0 ms, where decoding the film
-    took 16 ms at 224 x 224 and 42 ms at 1776 x 1416, and efficientnet_lite0 scores it in 26 ms on 2 cores)."""
+    and ``warnings`` (a list, possibly empty). ``dataset``: the DICOM ``source`` as
+    :func:`~.decode.read_dicom` read it, before its pixels were decoded (:func:`read_described`); None reads the
+    header from ``source`` (header only, pixels left unread: 1.0 ms for a 12-bit DICOM's header read and checked,
+    where decoding the film took 16 ms at 224 x 224 and 42 ms at 1776 x 1416, and efficientnet_lite0 scores it in
+    26 ms on 2 cores)."""
     try:
-        ds = read_dicom_header(source, dicom)
+        ds = dataset if dataset is not None else read_dicom_header(source, dicom)
         if ds is None:
             info = image_info(source)
             width, height = info["width"], info["height"]
@@ -514,3 +517,17 @@ def describe(source: Source, dicom: bool = False, facts: bool = False) -> dict:
         return {"warnings": scope_warnings(ds, width, height) + colour}
     uids, problems = identifiers(ds)
     return {**uids, **(film_facts(ds) if facts else {}), "warnings": scope_warnings(ds, width, height) + problems}
+
+
+def read_described(source: Source, dataset: Dataset | None, target: int | None = None, dicom: bool = False,
+                   facts: bool = False) -> tuple[np.ndarray, dict]:
+    """``source`` decoded as :func:`~.decode.read_gray` decodes it, and :func:`describe`'s fields for it, refused as
+    :func:`~.decode.read_gray` refuses it. ``dataset``: what :func:`~.decode.read_dicom` read of ``source``, one
+    read for both (a DICOM's header had been read three times a request by the service, twice a film by
+    ``predict``), described first, as the file holds it: decoding adjusts its grey numbers in place. None, another
+    format: decoded first, so that a film refused (a decompression bomb, say) is not described."""
+    if dataset is None:
+        gray = read_gray(source, target, dicom)
+        return gray, describe(source, dicom, facts)
+    described = describe(source, dicom, facts, dataset)
+    return read_gray(source, target, dicom, dataset), described

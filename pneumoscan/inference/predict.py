@@ -30,12 +30,12 @@ from pneumoscan.core.names import file_kind, json_text, path_list, results_csv, 
 from pneumoscan.core.cpus import cap_torch_threads, usable_cores
 from pneumoscan.core.options import BACKENDS, PREDICT_BATCH, look_up_option
 from pneumoscan.data.appearance import MIN_FILMS
-from pneumoscan.data.decode import read_gray
+from pneumoscan.data.decode import read_dicom, read_gray
 from pneumoscan.data.preprocess import TTA_VIEWS
 from pneumoscan.data.pixels import DecodeError, blocks, check_array
 from pneumoscan.data.walk import walk
 from pneumoscan.data.readers import formats
-from pneumoscan.data.scope import CONTENT_UNCHECKED, describe, in_scope, scope_warnings
+from pneumoscan.data.scope import CONTENT_UNCHECKED, in_scope, read_described, scope_warnings
 from pneumoscan.data.tasks import Task, get_task, list_tasks
 from pneumoscan.models.card import (ONNX_NAME, WEIGHTS, BundleCard, card_task, load_appearance, load_card,
                                    verify_file)
@@ -464,16 +464,26 @@ def _decode(path: str, target: int) -> np.ndarray | str:
         return str(e)
 
 
+def _decode_described(path: str, target: int) -> tuple[np.ndarray, dict] | str:
+    """The decoded image and :func:`~pneumoscan.data.scope.describe`'s fields for it, a DICOM read once for both
+    (:func:`~pneumoscan.data.scope.read_described`), or the reason it cannot be read (worker thread, as
+    :func:`_decode`)."""
+    try:
+        return read_described(path, read_dicom(path), target)
+    except DecodeError as e:
+        return str(e)
+
+
 def _decoded(
     items: list[tuple[str, str | None]], target: int, batch_size: int
-) -> Iterator[list[tuple[str, np.ndarray | str, str | None]]]:
-    """Batches of (path, image or error, its :func:`.file_stamp` taken before it was read); the next batch decodes
-    in threads while the caller runs the model."""
+) -> Iterator[list[tuple[str, tuple[np.ndarray, dict] | str, str | None]]]:
+    """Batches of (path, (image, :func:`~pneumoscan.data.scope.describe`'s fields) or error, its :func:`.file_stamp`
+    taken before it was read); the next batch decodes in threads while the caller runs the model."""
     with ThreadPoolExecutor(usable_cores()) as pool:
 
         def read(path: str) -> tuple[str, Future, str | None]:
             stamp = file_stamp(path)  # before the read starts: one taken after could see the file already removed
-            return path, pool.submit(_decode, path, target), stamp
+            return path, pool.submit(_decode_described, path, target), stamp
 
         def submit(batch: list[tuple[str, str | None]]) -> list[tuple[str, Future | str, str | None]]:
             return [(path, error, None) if error else read(path) for path, error in batch]
@@ -642,16 +652,17 @@ def predict_paths(
         with progress_bar(enabled=progress) as bar:
             task = bar.add_task(f"Predicting {len(items)} image{'s' if len(items) != 1 else ''}", total=len(items))
             for batch in _decoded(items, predictor.card.spec.decode_target, batch_size):
-                readable = [(path, gray) for path, gray, _ in batch if not isinstance(gray, str)]
+                readable = [(path, read[0]) for path, read, _ in batch if not isinstance(read, str)]
                 results = iter(_classify(stages, [p for p, _ in readable], [g for _, g in readable], tta))
-                for path, gray, stamp in batch:
-                    if isinstance(gray, str):
-                        rows.append({"path": path, "error": gray})
+                for path, read, stamp in batch:
+                    if isinstance(read, str):
+                        rows.append({"path": path, "error": read})
                         continue
+                    gray, described = read
                     row = {"path": path, **next(results)}
                     if "label" in row:  # a score carries its scope warnings, DICOM UIDs and model; an error row
                         # stays path, error; the warnings so far are the pixels' (_classify)
-                        row.update(stages.scoped(describe(path), row["warnings"]))
+                        row.update(stages.scoped(described, row["warnings"]))
                         if second_fields and (content := row[second_fields["warnings"]]) is not None:  # handed over
                             scope = stage_scope(row["warnings"], content)
                             row.update({second_fields[key]: value for key, value in scope.items()})

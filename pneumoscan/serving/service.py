@@ -23,7 +23,6 @@ from pneumoscan.core.atomic import file_stamp
 from pneumoscan.core.digests import json_sha256
 from pneumoscan.core.figures import png_data_url
 from pneumoscan.data import readers
-from pneumoscan.data.scope import describe
 from pneumoscan.inference.explain import (INT8_HEATMAPS, MAX_PANEL, NoSpatialMap, explain_array, film_overlay,
                                          map_png, panel_png)
 from pneumoscan.inference.predict import NON_FINITE, Predictor, Stages, stage_scope
@@ -32,7 +31,7 @@ from pneumoscan.models.card import CARD, ENSEMBLE, BundleCard, load_card, verify
 from .batching import Stage
 from .formats import Health, Prediction, SecondStageResult, ServiceInfo, report
 from .limits import BUNDLE_WAIT_S, RETRY_AFTER_S, ClientGone, Limits, Rejected
-from .uploads import decode_upload, disconnected, read_upload
+from .uploads import decode_described, decode_upload, disconnected, read_upload
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -329,8 +328,8 @@ class Service:
             return await self._in_lane(gone, self.decode_slots, self.decoders, fn, data, *args)
 
         try:
-            image = await decoded(decode_upload, main.card.spec.decode_target, dicom)
-            described = await decoded(describe, dicom, True)  # warnings, UIDs, facts
+            # the film and its warnings, UIDs and facts, from one read of it
+            image, described = await decoded(decode_described, main.card.spec.decode_target, dicom)
             film, unlike = await self._in_lane(gone, self.decode_slots, self.decoders, self._prepared, main, image)
             scope = stages.scoped(described, unlike)  # all the warnings, in_scope, the model's identity
             if format != "json" and "study_instance_uid" not in scope:  # an SR is filed in the film's study, and an

@@ -6,19 +6,23 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.message import Message
+from typing import TypeVar
 
 import numpy as np
 from fastapi import Request
+from pydicom.dataset import Dataset
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.data import readers
-from pneumoscan.data.decode import image_info, read_gray
+from pneumoscan.data.decode import image_info, read_dicom, read_gray
 from pneumoscan.data.pixels import DecodeError
+from pneumoscan.data.readers.dicom import size_as_read
+from pneumoscan.data.scope import read_described
 
 from .limits import ClientGone, Rejected
 
@@ -31,6 +35,7 @@ logging.getLogger("python_multipart").setLevel(logging.ERROR)
 # send, which a reader at the web page cannot change): read as that one.
 TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
                 "application/x-dicom": "application/dicom", "image/dicom": "application/dicom"}
+T = TypeVar("T")
 # Room for the multipart envelope (boundaries, part headers) on top of the file itself.
 ENVELOPE_BYTES = 64 * 1024
 # A film of more pixels than this (4,000 x 4,000) takes tens to hundreds of MB to decode, which glibc's allocator
@@ -182,22 +187,42 @@ def decode_upload(data: bytes, size: int, dicom: bool) -> np.ndarray:
     """Decoded the way the training cache decodes (reduced towards ``size``, whatever the format), so inputs match
     training; the memory a film of over :data:`TRIM_AFTER_PIXELS` took handed back to the system after it, read or
     refused."""
+    return _decoded(data, dicom, lambda dataset: read_gray(data, size, dicom, dataset))
+
+
+def decode_described(data: bytes, size: int, dicom: bool) -> tuple[np.ndarray, dict]:
+    """The film as :func:`decode_upload` decodes it, and :func:`~pneumoscan.data.scope.describe`'s fields for it
+    (its facts too), from the same read of a DICOM (:func:`~pneumoscan.data.scope.read_described`)."""
+    return _decoded(data, dicom, lambda dataset: read_described(data, dataset, size, dicom, facts=True))
+
+
+def _decoded(data: bytes, dicom: bool, decode: Callable[[Dataset | None], T]) -> T:
+    """``decode`` of the upload as :func:`~pneumoscan.data.decode.read_dicom` reads it (None: not a DICOM), one read
+    of a DICOM for its pixels, its header's checks and its size here (it was read again for each); a refusal
+    answered 422, and the memory a film of over :data:`TRIM_AFTER_PIXELS` took handed back after it."""
+    dataset = None
     try:
-        return read_gray(data, target=size, dicom=dicom)
+        dataset = read_dicom(data, dicom)
+        return decode(dataset)
     except DecodeError as e:
         raise Rejected(422, f"cannot read the image: {e}") from None
     finally:
-        if _pixels(data, dicom) > TRIM_AFTER_PIXELS:
+        if _pixels(data, dicom, dataset) > TRIM_AFTER_PIXELS:
             release_freed_memory()
 
 
-def _pixels(data: bytes, dicom: bool) -> int:
-    """Width x height from the film's header, as the decode's reader reads it; 0 when it has none to read."""
+def _pixels(data: bytes, dicom: bool, dataset: Dataset | None) -> int:
+    """Width x height from the film's header, as the decode's reader reads it (from ``dataset``, a DICOM already
+    read); 0 when it has none to read."""
     try:
-        header = image_info(data, dicom)
+        if dataset is not None:
+            width, height = size_as_read(dataset)
+        else:
+            header = image_info(data, dicom)
+            width, height = header["width"], header["height"]
     except DecodeError:
         return 0
-    return header["width"] * header["height"]
+    return width * height
 
 
 def _malloc_trim() -> ctypes._CFuncPtr | None:

@@ -245,8 +245,14 @@ class DicomReader(Reader):
                 "format": "DICOM", "quality": None}  # fmt: skip
 
     def gray(self, src: Path | bytes, target: int | None) -> np.ndarray:
-        ds = read_dataset(src, header_only=False)
-        return np.asarray(pixels.reduce(dicom_pixels.gray(ds, _header(ds)), target))
+        return gray_of(read_dataset(src, header_only=False), target)
+
+
+def gray_of(ds: Dataset, target: int | None) -> np.ndarray:
+    """:meth:`DicomReader.gray` of a file already read whole (:func:`read_dataset`), so that one read of it serves
+    its pixels and its header's other uses (the scope checks). Decoding adjusts the grey numbers (rescale, window)
+    of ``ds`` in place, as pydicom's LUTs read them: what reads the header as the file holds it reads it first."""
+    return np.asarray(pixels.reduce(dicom_pixels.gray(ds, _header(ds)), target))
 
 
 def size_as_read(ds: Dataset) -> tuple[int, int]:
