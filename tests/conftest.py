@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +134,22 @@ def _shared_left_as_built(request: pytest.FixtureRequest):
             changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
             pytest.fail(f"the shared {name} in {folder} changed during this test (or, under xdist, one running "
                         f"beside it): {', '.join(changed[:5])}; change a copy in tmp_path instead", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _log_rate_limits_forgotten() -> None:
+    """The service's log filters (serving.server.OneLineLog) hold back a warning said within 10 s of the same one,
+    and stay on their loggers for the process: a test that asserts a start-up warning would fail when another test
+    in its worker said it just before. Each test starts with nothing held back, as a new service does."""
+    server = sys.modules.get("pneumoscan.serving.server")  # never imported here: most tests start no service
+    if server is None:
+        return
+    for name in server.QUIET_LOGGERS:
+        for limit in logging.getLogger(name).filters:
+            if isinstance(limit, server.OneLineLog):
+                with limit.lock:
+                    limit.last.clear()
+                    limit.held.clear()
 
 
 @pytest.fixture(scope="session")
