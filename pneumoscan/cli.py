@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -328,12 +329,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import BOTH_CLASSES, format_figure, unit_caveat, with_ci
     from pneumoscan.evaluation.evaluate import default_out_dir, evaluate
     from pneumoscan.evaluation.model_card import film_counts, one_class
-    from pneumoscan.models.run_folder import REPORT
+    from pneumoscan.models.run_folder import REPORT, RunFolder
 
     out = args.out or default_out_dir(args.bundle, args.data, args.split, args.tta, args.etiology, args.backend)
-    # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train)
-    with _without_test_split("without a test split, give a run's validation films instead: RUN/split.csv --split val "
-                             "(figures on them are optimistic)"):
+    # the quick start's step 3 on data without test/ (the Kermany release's val/ is pooled with train/ by train): a
+    # bundle in its run folder is told the command to paste, one copied out of it the placeholder
+    run_split = RunFolder.of(args.bundle).split
+    command = f"pneumoscan evaluate {shlex.quote(shown(args.bundle))} {shlex.quote(shown(run_split))} --split val"
+    instead = (f"measure it on its run's validation films instead: {command}{' --tta' if args.tta else ''}"
+               if run_split.is_file() else "give a run's validation films instead: RUN/split.csv --split val")
+    with _without_test_split(f"without a test split, {instead} (figures on them are optimistic)"):
         metrics = evaluate(args.bundle, args.data, args.split, out, tta=args.tta, add_to_card=args.add_to_card,
                            data_name=args.data_name, etiology=args.etiology, backend=args.backend)
     if args.json:

@@ -423,8 +423,8 @@ def test_data_without_a_test_split_is_answered_in_each_commands_words(
     instead = {
         "cache": "without a test split, cache the films the next command reads (RUN/split.csv --split val --bundle "
                  "RUN/bundle for evaluate on a run's validation films), or give no --split to cache them all",
-        "evaluate": "without a test split, give a run's validation films instead: RUN/split.csv --split val (figures "
-                    "on them are optimistic)",
+        "evaluate": f"without a test split, measure it on its run's validation films instead: pneumoscan evaluate "
+                    f"{tiny_bundle} {tiny_bundle.parent / 'split.csv'} --split val (figures on them are optimistic)",
         "threshold": "the test split never chooses a threshold: choose it on films the bundle never saw (a folder or "
                      "manifest of your own labelled films; RUN/split.csv --split val, the run's validation split, is "
                      "accepted with a warning)",
@@ -435,6 +435,23 @@ def test_data_without_a_test_split_is_answered_in_each_commands_words(
     assert capsys.readouterr().err == (f"pneumoscan {command}: error: no images in {data} for split 'test': it holds "
                                        f"48 films, and they are in the train split; {instead}\n")
     assert not out.exists(), "refused before anything was written"
+
+
+def test_evaluate_without_a_test_split_names_a_bundles_own_run_split(
+    tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The quick start's step 3 on the Kaggle copy without test/: the refusal said `RUN/split.csv --split val`, and a
+    newcomer had to work out which folder RUN was and where the manifest goes. A bundle in its run folder is told the
+    command to run, `--tta` kept; one copied out of its run (no split.csv beside it) is told the placeholder."""
+    data = shutil.copytree(tiny_dataset / "train", tmp_path / "no_test" / "train").parent
+    copied = shutil.copytree(tiny_bundle, tmp_path / "copied")
+    for bundle, instead in (
+            (tiny_bundle, f"measure it on its run's validation films instead: pneumoscan evaluate {tiny_bundle} "
+                          f"{tiny_bundle.parent / 'split.csv'} --split val --tta "),
+            (copied, "give a run's validation films instead: RUN/split.csv --split val ")):
+        assert cli.main(["-q", "evaluate", str(bundle), str(data), "--split", "test", "--tta"]) == 2
+        said = capsys.readouterr().err
+        assert said.endswith(f"; without a test split, {instead}(figures on them are optimistic)\n"), said
 
 
 @pytest.mark.parametrize("quiet", [False, True])
