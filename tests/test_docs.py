@@ -592,3 +592,62 @@ def test_the_wheel_the_install_steps_name_is_the_version_being_built() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     wheels = re.findall(r"pneumoscan-([\w.]+)-py3-none-any\.whl", (ROOT / "docs" / "deployment.md").read_text())
     assert wheels and set(wheels) == {version}, (wheels, version)
+
+
+SERVICE = "http://127.0.0.1:8000"  # where the pages' curl lines reach the service the quick start starts
+BOOLEAN = {"true", "false", "1", "0", "yes", "no", "on", "off"}  # what FastAPI reads as a bool
+
+
+def _service_curl_lines() -> list[tuple[str, str]]:
+    """Every curl command line of README.md and docs/*.md that asks the service something, in a code block or a
+    backtick span, as (page, line)."""
+    found = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        lines = [line for _, block in FENCE.findall(text) for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+        lines += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", FENCE.sub("", text))]
+        found += [(page.name, line.strip()) for line in lines if line.strip().startswith("curl ") and SERVICE in line]
+    return found
+
+
+def _takes(schema: dict, value: str, components: dict) -> bool:
+    """Whether a query parameter of this OpenAPI schema takes the value as written in a URL."""
+    if "$ref" in schema:
+        return _takes(components[schema["$ref"].rpartition("/")[2]], value, components)
+    if "anyOf" in schema:
+        return any(_takes(s, value, components) for s in schema["anyOf"])
+    if "const" in schema or "enum" in schema:
+        return value in schema.get("enum", [schema.get("const")])
+    return value in BOOLEAN if schema.get("type") == "boolean" else True
+
+
+def test_every_curl_line_in_the_docs_asks_what_the_service_answers(tiny_bundle: Path) -> None:
+    """A curl line of the README or docs/ names a path the service serves, with the method curl sends, and query
+    parameters `/openapi.json` lists with values they take; a URL with a query is quoted, as a shell such as zsh
+    (macOS's) reads an unquoted `?` as a file pattern and runs nothing (`no matches found`). The command-line test
+    above parses `pneumoscan ...` lines only: the README's `?heatmap=true` was a fragment a reader had to place."""
+    import urllib.parse
+
+    from pneumoscan.serving.app import create_app
+
+    schema = create_app(tiny_bundle).openapi()
+    components = schema.get("components", {}).get("schemas", {})
+    lines = _service_curl_lines()
+    assert len(lines) >= 8, f"found only {len(lines)} curl lines: the pattern no longer finds them"
+    wrong = []
+    for page, line in lines:
+        words = shlex.split(line, comments=True)
+        (url,) = [w for w in words if w.startswith(SERVICE + "/")]
+        parts = urllib.parse.urlsplit(url)
+        method = words[words.index("-X") + 1] if "-X" in words else "POST" if "-F" in words else "GET"
+        operation = schema["paths"].get(parts.path, {}).get(method.lower())
+        if operation is None:
+            wrong.append(f"{page}: {line}\n    the service has no {method} {parts.path}")
+            continue
+        params = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
+        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if key not in params or not _takes(params[key], value, components):
+                wrong.append(f"{page}: {line}\n    {parts.path} does not take {key}={value} ({sorted(params)})")
+        if parts.query and f"'{url}'" not in line and f'"{url}"' not in line:
+            wrong.append(f"{page}: {line}\n    the URL holds a ? and is not quoted")
+    assert not wrong, "curl lines the service would not answer as written:\n" + "\n".join(wrong)
