@@ -66,6 +66,26 @@ def test_plot_training_curves_writes_png(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 3])
+def test_the_curves_of_a_short_run_mark_whole_epochs(
+    epochs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick start's smoke test trains one epoch: its curves.png marked the epoch axis 0.96, 0.98, 1.00, 1.02, ...
+    (two epochs: 1.0, 1.2, ...), epochs that do not exist. Each panel's ticks in view are whole epochs."""
+    from pneumoscan.training import callbacks
+
+    drawn = []
+    draw = callbacks.figure_bytes
+    monkeypatch.setattr(callbacks, "figure_bytes", lambda fig, **kwargs: (drawn.append(fig), draw(fig, **kwargs))[1])
+    plot_training_curves([{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.7, "val_acc": 0.8,
+                           "val_auc": 0.9} for e in range(1, epochs + 1)], tmp_path / "curves.png")
+    (fig,) = drawn
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == round(t) for t in ticks), (ax.get_title(), ticks)
+
+
 def test_the_curves_are_redrawn_at_most_every_so_often_and_always_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pneumoscan.core.atomic import write_atomic, write_csv
@@ -232,6 +233,7 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: Path) -> None:
                 label, color = styles[key.split("_")[0]]
                 ax.plot(epochs, [math.nan if v is None else v for v in values], "o-", ms=3, color=color, label=label)
         ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: not 0.96, 0.98, ...
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
