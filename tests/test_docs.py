@@ -651,3 +651,27 @@ def test_every_curl_line_in_the_docs_asks_what_the_service_answers(tiny_bundle: 
         if parts.query and f"'{url}'" not in line and f'"{url}"' not in line:
             wrong.append(f"{page}: {line}\n    the URL holds a ? and is not quoted")
     assert not wrong, "curl lines the service would not answer as written:\n" + "\n".join(wrong)
+
+
+ADD = re.compile(r"^\s*#.*?\badd ((?:--[\w-]+(?: [^-\s#]\S*)? ?)+)$")  # `# ... add --model simple_cnn --epochs 1`
+
+
+def test_the_options_a_comment_says_to_add_parse_with_the_command_under_it() -> None:
+    """The quick start's smoke test is a comment over step 2, `add --model simple_cnn --no-pretrained --image-size 32
+    --epochs 1`: the command-line test above reads the `pneumoscan ...` lines, not the comments, so an option renamed
+    there would go on being given to every newcomer. Added to the next command of its block, the line parses."""
+    strict = build_parser()
+    commands = _sub_commands(strict)
+    found, wrong = [], []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for _, block in FENCE.findall(page.read_text()):
+            lines = re.sub(r"\\\n\s*", " ", block).splitlines()
+            for i, line in enumerate(lines):
+                if said := ADD.match(line):
+                    command = next(c for c in lines[i + 1:] if c.strip() and not c.lstrip().startswith("#"))
+                    found.append(page.name)
+                    wrong += [f"{page.name}: {command} + {said.group(1)}\n    {error}"
+                              for argv in _argvs(f"{command} {said.group(1)}", commands)
+                              if (error := _parse_error(strict, argv))]
+    assert {"README.md", "quickstart.md"} <= set(found), f"the smoke test's comment is not found: {found}"
+    assert not wrong, "options a comment says to add that the command refuses:\n" + "\n".join(wrong)
