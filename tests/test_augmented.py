@@ -13,7 +13,7 @@ from pneumoscan.data.audit import GUTTER, augmented_grid
 from pneumoscan.data.decode import read_gray
 from pneumoscan.data.layouts import discover
 from pneumoscan.data.preprocess import resize
-from pneumoscan.data.transforms import Augment
+from pneumoscan.data.augment import Augment
 
 
 def _tiles(png: Path) -> list[np.ndarray]:

@@ -25,7 +25,7 @@ from pneumoscan.core.options import (
 from pneumoscan.data.layouts import discover, make_record
 from pneumoscan.data.preprocess import PreprocessSpec, resize
 from pneumoscan.data.tasks import get_task, list_tasks
-from pneumoscan.data.transforms import Augment
+from pneumoscan.data.augment import Augment
 from pneumoscan.inference.predict import Predictor, format_results
 from pneumoscan.models import registry as models
 from pneumoscan.training.tracking import make_trackers

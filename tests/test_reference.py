@@ -23,7 +23,8 @@ from pneumoscan.cli import main
 from pneumoscan.data.layouts import discover, parse_any
 from pneumoscan.data.split import split_dataset, split_summary
 from pneumoscan.data.tasks import get_task, select
-from pneumoscan.data.transforms import Augment, to_input, train_transform
+from pneumoscan.data.augment import Augment
+from pneumoscan.data.transforms import to_input, train_transform
 from pneumoscan.models import registry as models
 from pneumoscan.training.config import load_config, TrainConfig
 from pneumoscan.training.train import split_records, train

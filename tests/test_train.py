@@ -27,7 +27,7 @@ from pneumoscan.data import cache as cache_mod
 from pneumoscan.data.cache import build_cache
 from pneumoscan.data.layouts import discover, write_manifest
 from pneumoscan.data.tasks import binary_targets, get_task, select
-from pneumoscan.data.transforms import Augment
+from pneumoscan.data.augment import Augment
 import pneumoscan.evaluation.operating_point as operating_point
 from pneumoscan.evaluation.evaluate import evaluate
 from pneumoscan.inference.predict import Predictor

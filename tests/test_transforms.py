@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from pneumoscan.data.transforms import NOISE_LEVELS, Augment, batch_mixing, to_input, train_transform
+from pneumoscan.data.augment import NOISE_LEVELS, Augment
+from pneumoscan.data.transforms import batch_mixing, to_input, train_transform
 
 STILL = Augment(zoom=0.0, shift=0.0, rotation=0.0, shear=0.0, brightness=0.0, contrast=0.0, noise=0.0)
 

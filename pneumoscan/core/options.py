@@ -11,7 +11,7 @@ T = TypeVar("T")
 # Named choices the command line offers, kept here, free of torch, so that building the CLI imports no model code
 # (the tasks come from their registry).
 BACKENDS = ("torch", "onnx", "onnx-int8")  # predict.Predictor: torch, ONNX Runtime, the bundle's INT8 ONNX model
-FILL_MODES = ("constant", "nearest", "reflect")  # transforms.Augment.fill_mode: Keras' names
+FILL_MODES = ("constant", "nearest", "reflect")  # augment.Augment.fill_mode: Keras' names
 RESIZE_POLICIES = ("squash", "pad", "center-crop")  # preprocess.resize: how a film becomes the model's square
 OPTIMIZERS = ("adamw-cosine", "adam-plateau")  # config.TrainConfig.optimizer
 PRECISIONS = ("auto", "bf16", "fp32")  # config.TrainConfig.precision

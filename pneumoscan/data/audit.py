@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from rich.console import Group
     from rich.table import Table
 
-    from pneumoscan.data.transforms import Augment
+    from pneumoscan.data.augment import Augment
 
 ALL = "all"  # report key for the records of a single folder (split "")
 UNKNOWN = "unknown"  # report key for a pneumonia image whose file name does not give the subtype
@@ -246,13 +246,14 @@ GUTTER = (200, 30, 30)  # the grid's border colour: never a grey level, so each 
 def augmented_grid(discovery: Discovery, n: int, out_png: Path, size: int = 192, augment: Augment | None = None,
                    policy: str = "squash", seed: int = 0) -> Path:
     """A PNG grid of ``n`` training films as the model sees them after the training transform (``augment``, an
-    :class:`~pneumoscan.data.transforms.Augment`; the default recipe's when None; ``Augment.off()`` for the films as
+    :class:`~pneumoscan.data.augment.Augment`; the default recipe's when None; ``Augment.off()`` for the films as
     cached): decoded, resized to ``size`` by ``policy``, augmented with a fixed ``seed``, shown on the [0, 1]
     grey range before normalisation. Films are spread evenly over the training split (everything when DATA
     has no splits); tiles sit on a red gutter, so the grid shows how strong the augmentation is at a glance."""
     import torch
 
-    from pneumoscan.data.transforms import Augment, train_transform
+    from pneumoscan.data.augment import Augment
+    from pneumoscan.data.transforms import train_transform
 
     if n < 1:
         raise ValueError(f"--augmented needs at least one image, got {n}")

@@ -25,7 +25,7 @@ from pneumoscan.core.names import is_utf8, shown
 from pneumoscan.core.options import OPTIMIZERS, PRECISIONS, RESIZE_POLICIES, VAL_FRACTION, look_up_option
 from pneumoscan.data.preprocess import MAX_SIZE, MIN_SIZE
 from pneumoscan.data.tasks import list_tasks
-from pneumoscan.data.transforms import Augment
+from pneumoscan.data.augment import Augment
 from pneumoscan.models import or_your_own
 
 log = logging.getLogger(__name__)
