@@ -175,9 +175,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pneumoscan.training.distributed import is_main_process
-    from pneumoscan.training.train import train
-    from pneumoscan.data.transforms import Augment
+    from pneumoscan.data.augment import Augment
 
     cfg = _recipe(args, lr=args.lr, split_csv=args.split_csv, validate_on_val_folder=args.val_folder,
                   init=args.init, optimizer=args.optimizer, teacher=args.teacher)
@@ -195,6 +193,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"the following arguments are required: {', '.join(missing)} (`pneumoscan train --help` "
                          "lists the options; --print-config needs neither)")
     _not_a_bundle(args.out)
+    # torch and the training stack (about 3 s) only once the recipe is read and nothing refused: --print-config and
+    # a mistaken setting or flag are answered without them
+    from pneumoscan.training.distributed import is_main_process
+    from pneumoscan.training.train import train
+
     bundle = train(args.data, cfg, args.out, resume=args.resume, log_to=args.log or (), tracking_uri=args.tracking_uri)
     if is_main_process():  # under torchrun one line, from the process that wrote the bundle
         print(_trained(bundle))
@@ -223,6 +226,8 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
     nothing takes (``extra``: `serve DATA BUNDLE`). `evaluate DATA BUNDLE` was refused as "DATA is not a bundle
     folder (no bundle.json)", which did not say that the two were swapped. Anything else is left to the bundle's own
     refusal (:func:`~pneumoscan.models.card.load_card`)."""
+    if args.command not in BUNDLE_FIRST or not args.bundle:  # before the imports: the other commands need none
+        return
     from pneumoscan.data.layouts import recognising_layout
     from pneumoscan.models.card import CARD
     from pneumoscan.models.run_folder import RunFolder
@@ -230,7 +235,7 @@ def _bundle_first(args: argparse.Namespace, extra: Sequence[str] = ()) -> None:
     def bundle_of(path: Path) -> Path | None:
         return next((folder for folder in (path, RunFolder(path).bundle) if (folder / CARD).is_file()), None)
 
-    if args.command not in BUNDLE_FIRST or not args.bundle or bundle_of(Path(args.bundle)):
+    if bundle_of(Path(args.bundle)):
         return
     given, follows = Path(args.bundle), BUNDLE_FIRST[args.command]
     dataset = (given.is_dir() or given.suffix.lower() == ".csv") and recognising_layout(given) is not None
@@ -274,11 +279,12 @@ def _print_left_out(left_out: list[dict], n: int) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     from pneumoscan.core.metrics import format_figure
     from pneumoscan.models.run_folder import CvFolder
-    from pneumoscan.training.cv import cross_validate
-    from pneumoscan.training.distributed import is_main_process
 
     cfg = _recipe(args)
     _not_a_bundle(args.out)
+    from pneumoscan.training.cv import cross_validate  # torch: once the recipe is read, as train's
+    from pneumoscan.training.distributed import is_main_process
+
     result = cross_validate(args.data, cfg, args.folds, args.out, args.teacher_cv or ())
     if not is_main_process():  # under torchrun the figures are printed once, by the process that wrote them
         return 0
