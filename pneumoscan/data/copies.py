@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 import imagehash
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from pneumoscan.core.cpus import usable_cores
 from pneumoscan.core.digests import file_sha256
@@ -133,6 +131,10 @@ def _near_duplicate_components(hashes: list[bytes]) -> np.ndarray:
     exactly on at least one of NEAR_DUPLICATE_BITS + 1 bands of their bits, so only pairs that share a band are
     measured (train/'s 5,216 films: about 4 thousand pairs instead of 13.6 million; comparing all pairs took 5 s at
     20,000 films and grew with their square)."""
+    # scipy here: the service reaches this module through the model card's imports and never groups films
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     n = len(hashes)
     if n == 0:
         return np.zeros(0, dtype=int)
