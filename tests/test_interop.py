@@ -51,8 +51,8 @@ from pneumoscan.inference.explain import MAX_PANEL
 from pneumoscan.inference.export import write_onnx_spec
 from pneumoscan.inference.onnx_runtime import weights_digest
 from pneumoscan.inference.predict import format_results, identity_fields, predict_paths
-from pneumoscan.interop.dicomweb import (_answer, _not_scored, _only_part, _post, _read_back, _recorded, _session,
-                                         _stored, _withdrawn,
+from pneumoscan.interop.dicomweb import (AUTH_ENV, _answer, _not_scored, _only_part, _post, _read_back, _recorded,
+                                         _session, _stored, _withdrawn,
                                         read_authorization, unfiled)
 from pneumoscan.interop.fhir import CODE_SYSTEM, build_observation, observation_json
 from pneumoscan.interop.reports import dicom_multipart, write_reports
@@ -1963,6 +1963,14 @@ def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(fil
         assert keyword in sc and sc[keyword].value == sr_ds[keyword].value == source[keyword].value, keyword
 
 
+# Orthanc's filter of every HTTP request: one of its users may not use it (403)
+ONLY_ALICE = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  return username ~= 'bob'
+end
+"""
+
+
 def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.ndarray, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1970,7 +1978,8 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
     caplog.set_level(logging.DEBUG)
     password = "s3cret-pw"
     study = generate_uid()
-    with running_orthanc(tmp_path / "orthanc", users={"alice": password}) as root:
+    with running_orthanc(tmp_path / "orthanc", users={"alice": password, "bob": password},
+                         lua=ONLY_ALICE) as root:
         data = chest_dicom(film, StudyInstanceUID=study)
         assert httpx.post(f"{root}/instances", content=data, auth=("alice", password), timeout=30).status_code == 200
         with_user = root.replace("http://", f"http://alice:{password}@") + "/dicom-web"
@@ -1980,6 +1989,12 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         assert json.loads(out.read_text())[0]["path"].startswith(f"{root}/dicom-web/studies/{study}/")
         assert cli.main([*base, generate_uid(), "--url", with_user]) == 2  # not found: the URL in the message
         assert cli.main([*base, study, "--url", with_user.replace(password, "wr0ng-pw")]) == 2  # 401
+        # the status, the request and what to do, not requests' "401 Client Error ... for url: " and the query
+        err = capsys.readouterr().err
+        assert "not found at" in err and err.endswith(
+            f"HTTP 401 Unauthorized to GET /dicom-web/studies/{study}/instances: the PACS refused the credentials "
+            f"given (--auth-file, {AUTH_ENV} or user:password@ in --url): check them, and that a token has not "
+            "expired\n")
         token = base64.b64encode(f"alice:{password}".encode()).decode()
         key = tmp_path / "auth"
         key.write_text(f"Basic {token}\n")
@@ -1992,11 +2007,23 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         monkeypatch.setenv("NETRC", str(netrc))
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 0
         assert cli.main([*base, study, "--url", f"{root}/dicom-web"]) == 2  # no credentials given: none sent
+        assert "the PACS asks for credentials and none were given: give its Authorization header value in " \
+               f"--auth-file FILE (or {AUTH_ENV}), or user:password@ in --url" in capsys.readouterr().err
+        # another path than the DICOMweb root: the PACS's 404 says what to check
+        assert cli.main([*base, study, "--url", with_user.removesuffix("/dicom-web")]) == 2
+        assert capsys.readouterr().err.endswith(
+            f"HTTP 404 Not Found to GET /studies/{study}/instances: the PACS has no such study, or --url is not its "
+            "DICOMweb root (Orthanc's: http://HOST:8042/dicom-web)\n")
+        # a user the PACS knows but does not let read (Orthanc's filter answers 403)
+        assert cli.main([*base, study, "--url", f"http://bob:{password}@{root.removeprefix('http://')}/dicom-web"]) == 2
+        assert capsys.readouterr().err.endswith(
+            f"HTTP 403 Forbidden to GET /dicom-web/studies/{study}/instances: the credentials given are not allowed "
+            "this request: ask the PACS's administrator for DICOMweb access (to read, and with --store to store)\n")
         monkeypatch.delenv("NETRC")
         key.write_text("")
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 2
     err = capsys.readouterr().err
-    assert "not found at" in err and "401" in err and "is empty" in err
+    assert "is empty" in err
     for text in (out.read_text(), err, caplog.text):
         assert not any(secret in text for secret in (password, "wr0ng-pw", token))
 

@@ -74,6 +74,18 @@ _MALFORMED = (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, Inde
 ATTEMPTS, FIRST_WAIT_S = 3, 1.0
 _BUSY = (408, 429, 503, 504)
 AUTH_ENV = "PNEUMOSCAN_PACS_AUTH"  # the Authorization header value when no --auth-file is named
+# what to do about a refused search: a 401 by whether credentials were given, then by status
+_UNAUTHORIZED = {
+    False: "the PACS asks for credentials and none were given: give its Authorization header value in --auth-file FILE "
+           f"(or {AUTH_ENV}), or user:password@ in --url",
+    True: f"the PACS refused the credentials given (--auth-file, {AUTH_ENV} or user:password@ in --url): check them, "
+          "and that a token has not expired",
+}  # fmt: skip
+_REFUSED = {
+    403: "the credentials given are not allowed this request: ask the PACS's administrator for DICOMweb access (to "
+         "read, and with --store to store)",
+    404: "the PACS has no such study, or --url is not its DICOMweb root (Orthanc's: http://HOST:8042/dicom-web)",
+}  # fmt: skip
 _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
@@ -717,18 +729,26 @@ def predict_study(
             by_path = {row["path"]: row for row in scored}
             rows = [by_path[sources[e]["path"]] if isinstance(e, str) else e for e in entries]
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
-        raise OSError(f"DICOMweb at {root}: {_failure(e)}") from None
+        given = authorization is not None or "@" in urlsplit(url).netloc
+        raise OSError(f"DICOMweb at {root}: {_failure(e, given)}") from None
     log.info("retrieved %d of the study's %d instances", len(scored), len(found))
     return rows
 
 
-def _failure(e: requests.RequestException) -> str:
+def _failure(e: requests.RequestException, credentials: bool) -> str:
     """Why a request to the PACS failed, in a few words: urllib3 words a refused or unresolved connection as one long
     line of its pool, the URL with its query and the wrapped errors (``HTTPConnectionPool(host=..., port=...): Max
     retries exceeded with url: ... (Caused by NewConnectionError(...: [Errno 111] Connection refused))``), where
-    the system's reason is all a user acts on. An HTTP error's status and URL are kept as they are."""
+    the system's reason is all a user acts on. A 401, 403 or 404 names the request and what to do
+    (``credentials``: whether any were given), where requests' ``401 Client Error: Unauthorized for url: ...``
+    quoted the search's whole query and left the user to guess; another HTTP error is kept as it is."""
     if isinstance(e, requests.HTTPError):
-        return str(e)
+        answer = e.response
+        status = answer.status_code if answer is not None else None
+        hint = _UNAUTHORIZED[credentials] if status == 401 else _REFUSED.get(status or 0)
+        if hint is None:
+            return str(e)
+        return f"HTTP {status} {answer.reason} to {answer.request.method} {urlsplit(answer.url).path}: {hint}"
     if found := _SYSTEM_REASON.search(str(e)):
         return f"no connection ({found.group(1).strip()})"
     if isinstance(e, requests.Timeout):
