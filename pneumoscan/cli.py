@@ -469,7 +469,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
-                         backend=args.backend, authorization=read_authorization(args.auth_file))
+                         backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir)
     results.write(format_results(rows, results.fmt))
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]
@@ -899,6 +899,8 @@ def _pacs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", required=True, help="StudyInstanceUID")
     p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
     p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
+    p.add_argument("--fhir", type=_folder, metavar="DIR",
+                   help="write a FHIR R4 Observation (JSON) per scored film into DIR, as predict --fhir")
     p.add_argument("--out", type=_file, help="results JSON (default: stdout)")
     _choice(p, "--backend", BACKENDS, "backend", default="onnx",
                    help="as predict --backend (default onnx)")

@@ -1131,6 +1131,31 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert NAME not in capsys.readouterr().err
 
 
+def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path
+) -> None:
+    """`pacs --fhir DIR` writes the Observation `predict --fhir` writes of the same film (the FHIR result had needed
+    the study's films fetched by other means first); the lateral film, not scored, gets none."""
+    study = generate_uid()
+    (tmp_path / "film.dcm").write_bytes(data := chest_dicom(film, StudyInstanceUID=study))
+    frontal = _upload(orthanc, data)
+    _upload(orthanc, chest_dicom(film[::-1], StudyInstanceUID=study, ViewPosition="LL"))
+    out, fhir_dir = tmp_path / "pacs.json", tmp_path / "fhir"
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--study", study, "--fhir",
+                     str(fhir_dir), "--out", str(out), "--backend", "torch"]) == 0
+    [row] = [r for r in json.loads(out.read_text()) if "probability" in r]
+    assert row["sop_instance_uid"] == frontal.SOPInstanceUID
+    assert [p.name for p in fhir_dir.iterdir()] == [f"{frontal.SOPInstanceUID}.fhir.json"]
+    observation = json.loads(Path(row["fhir"]).read_text())
+    assert Path(row["fhir"]).parent == fhir_dir
+    assert cli.main(["predict", str(tiny_bundle), str(tmp_path / "film.dcm"), "--fhir", str(tmp_path / "by-predict"),
+                     "--out", str(tmp_path / "predict.csv"), "--backend", "torch"]) == 0
+    [by_predict] = (json.loads(p.read_text()) for p in (tmp_path / "by-predict").iterdir())
+    assert observation["identifier"] == by_predict["identifier"]
+    assert observation["derivedFrom"] == by_predict["derivedFrom"]
+    assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{study}"
+
+
 def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
     orthanc: str, tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

@@ -684,14 +684,16 @@ def _store(session: requests.Session, root: str, study_uid: str, row: dict, held
 
 def predict_study(
     bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
-    backend: str = "onnx", authorization: str | None = None,
+    backend: str = "onnx", authorization: str | None = None, fhir_dir: Path | str | None = None,
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL, without
     credentials): a radiograph's reading, an error, or ``not_scored`` with the reason. With ``store`` the scored
     rows' ``stored`` field lists the SOP Instance UIDs the PACS accepted (SR, then heatmap); ``not_stored`` the
-    others, each named in a warning. ``authorization``: the Authorization header value (:func:`read_authorization`);
-    user:password in ``url`` is HTTP Basic instead. A ``study_uid`` that is no valid DICOM UID is refused before
-    anything is read or asked, in words a user acts on (dicomweb-client's own refusal quotes its regex)."""
+    others, each named in a warning. With ``fhir_dir`` each scored film's FHIR Observation is written there, as
+    ``predict --fhir`` writes it (the row's ``fhir``): pneumoscan sends it to no FHIR server. ``authorization``:
+    the Authorization header value (:func:`read_authorization`); user:password in ``url`` is HTTP Basic instead. A
+    ``study_uid`` that is no valid DICOM UID is refused before anything is read or asked, in words a user acts on
+    (dicomweb-client's own refusal quotes its regex)."""
     # judged here, not warned of by pydicom (a UserWarning quoting it); a UID with spaces around is none either
     if not UID(study_uid, validation_mode=pydicom.config.IGNORE).is_valid or study_uid != study_uid.strip():
         raise ValueError(f"--study {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters, no "
@@ -715,8 +717,10 @@ def predict_study(
                 raise ValueError(f"study {study_uid} holds no image instances to read")
             scored = predict_paths(bundle, list(sources), backend=backend,
                                    heatmap_dir=Path(tmp) / "heatmaps" if heatmaps else None) if sources else []
+            if store or fhir_dir is not None:
+                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr" if store else None, fhir_dir=fhir_dir,
+                              backend=backend, issued=_issued_reports(found))
             if store:
-                write_reports(scored, bundle, sr_dir=Path(tmp) / "sr", backend=backend, issued=_issued_reports(found))
                 held = {_value(item, _SOP) for item in found}
                 for row in scored:
                     _store(session, root, study_uid, row, held)
