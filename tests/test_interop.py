@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime
 import email
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -14,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +33,10 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.observation import Observation
@@ -1325,9 +1332,12 @@ class _Quiet(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    """``handler`` served on a free loopback port in a background thread; yields the port."""
+def serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """``handler`` served on a free loopback port in a background thread, over ``tls`` when given; yields the
+    port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     # shutdown() waits for the loop to look again: every 0.5 s by default, idle time of every test with a front
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -1579,6 +1589,44 @@ def test_pacs_unknown_study_and_unreachable_server(orthanc: str, tiny_bundle: Pa
     assert f"DICOMweb at {dead}" in line and "Traceback" not in err
     assert line.endswith(f"DICOMweb at {dead}: no connection (Connection refused)"), line  # not urllib3's pool words
     assert len(tries) == 2 and all("NewConnectionError; tried again in" in t for t in tries)
+
+
+def test_a_pacs_behind_a_private_ca_is_read_with_requests_ca_bundle_and_refused_without(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A certificate that did not verify was tried 3 times and ended in urllib3's line of its pool, the search's
+    query and the wrapped errors; a REQUESTS_CA_BUNDLE naming no file in requests' words, without the variable; an
+    https --url to a plain http PACS the same way. Each says what to do, and is not tried again; with the CA given,
+    the study is read over TLS."""
+    study = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=study))
+    ca, context = private_ca(tmp_path)
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    with hostile_front(f"{orthanc}/dicom-web", tls=context) as url:
+        base = ["pacs", str(tiny_bundle), "--url", url, "--study", study, "--backend", "torch"]
+        assert cli.main(base) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"DICOMweb at {url}: the PACS's TLS certificate did not verify (certificate verify "
+                            "failed: unable to get local issuer certificate): if the hospital's own CA signed it, "
+                            "point REQUESTS_CA_BUNDLE at that CA's PEM file\n"), err
+        assert "tried again" not in err
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.pem"))
+        assert cli.main(base) == 2
+        assert capsys.readouterr().err.endswith(
+            f"REQUESTS_CA_BUNDLE names {tmp_path / 'missing.pem'}, which does not exist: point it at the PEM file of "
+            "the CA that signed the PACS's certificate\n")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+        assert cli.main([*base, "--out", str(tmp_path / "pacs.json")]) == 0
+    [row] = json.loads((tmp_path / "pacs.json").read_text())
+    assert "probability" in row and row["path"].startswith(f"{url}/studies/{study}/")
+    plain = orthanc.replace("http://", "https://")  # an https --url to a PACS that serves plain http
+    assert cli.main(["pacs", str(tiny_bundle), "--url", f"{plain}/dicom-web", "--study", study]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"DICOMweb at {plain}/dicom-web: no TLS at that address (wrong version number): it may "
+                        "serve plain http (--url http://...)\n"), err
+    assert "tried again" not in err
 
 
 def test_a_202_answer_stores_only_what_it_lists_and_warns_of_each_failure(
@@ -2186,10 +2234,10 @@ def test_a_film_replaced_while_it_is_read_gets_no_reading(tiny_bundle: Path, fil
 
 @contextmanager
 def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: list[dict] | None = None,
-                  redirect: dict[str, str] | None = None) -> Iterator[str]:
+                  redirect: dict[str, str] | None = None, tls: ssl.SSLContext | None = None) -> Iterator[str]:
     """A DICOMweb front on ``upstream`` that answers WADO-RS of instance UID with ``wado[UID](handler)``, adds the
     ``extra`` items to its QIDO-RS instance search, and answers a method (``GET`` for the searches, ``POST``) with
-    a 307 to ``redirect[method]``; the rest passes through. Yields the front's URL."""
+    a 307 to ``redirect[method]``; the rest passes through, over ``tls`` when given. Yields the front's URL."""
     where = urlsplit(upstream)
     root = f"{where.scheme}://{where.netloc}"
 
@@ -2232,8 +2280,36 @@ def hostile_front(upstream: str, wado: dict[str, object] | None = None, extra: l
             self.end_headers()
             self.wfile.write(answer.content)
 
-    with serving(Front) as port:
-        yield f"http://127.0.0.1:{port}{where.path}"
+    with serving(Front, tls) as port:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}{where.path}"
+
+
+def private_ca(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A hospital's own CA, its certificate in ``folder/ca.pem``, and a server context whose certificate for
+    127.0.0.1 it signed: a PACS that no public CA vouches for."""
+    def made(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+             ca: bool) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = made("pneumoscan test hospital CA", ca_key, "pneumoscan test hospital CA", ca_key, ca=True)
+    server_cert = made("127.0.0.1", server_key, "pneumoscan test hospital CA", ca_key, ca=False)
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.pem")
+    return folder / "ca.pem", context
 
 
 def _wado_answer(body: bytes, kind: str = "application/dicom", length: int | None = None,

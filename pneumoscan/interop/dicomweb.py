@@ -25,6 +25,7 @@ import codecs
 import io
 import logging
 import math
+import os
 import re
 import struct
 import tempfile
@@ -90,6 +91,8 @@ _STUDY, _SERIES, _SOP, _COUNT = "0020000D", "0020000E", "00080018", "00201208"
 _CLASS, _ROWS = "00080016", "00280010"  # SOPClassUID, Rows
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # a DICOM JSON attribute's key
 _SYSTEM_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")  # the system's reason in urllib3's wording of a failure
+_TLS_REASON = re.compile(r"\[SSL: ([A-Z_]+)\] ([^('\"]+)")  # OpenSSL's code and reason in the same wording
+CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # the CA file requests verifies with, the first one set
 # what the QIDO-RS answer must say of each instance to choose, before retrieving it, what is scored
 _FIELDS = ["Modality", "SOPClassUID", "Rows", "Manufacturer", "BodyPartExamined", "ViewPosition",
            "PresentationIntentType", "PatientID", "IssuerOfPatientID"]
@@ -418,6 +421,8 @@ class _Tries(Retry):
     """urllib3's Retry as the PACS is tried (:data:`ATTEMPTS`): a busy answer (:data:`_BUSY`) or a connection refused
     or dropped is tried again, a STOW-RS POST too (its body is sent whole again, and its reports' UIDs follow from
     film, model and scoring mode, so a PACS that stored the lost try gets the same instances); a read timeout is not.
+    A TLS failure is not either: a certificate that does not verify will not on the next try, and an https URL to a
+    plain http PACS will not start to speak TLS.
     Each try again is a warning here (urllib3 says it on its own logger, which the command line does not show), and
     waits FIRST_WAIT_S, then twice that (urllib3 tries the first again at once), or what the answer's Retry-After
     asks."""
@@ -426,7 +431,8 @@ class _Tries(Retry):
 
     def increment(self, method: str | None = None, url: str | None = None, response: object = None,
                   error: Exception | None = None, _pool: object = None, _stacktrace: object = None) -> Retry:
-        if isinstance(error, urllib3.exceptions.ReadTimeoutError):  # raised as Retry does when it tries no more
+        # raised as Retry does when it tries no more
+        if isinstance(error, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.SSLError)):
             raise error
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
@@ -447,19 +453,25 @@ class _Tries(Retry):
 
 
 def _session(url: str, authorization: str | None) -> tuple[str, requests.Session]:
-    """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and
-    log would show the password), and a session that authenticates: with them as HTTP Basic, or with the
-    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA). A URL
-    with a query string or a fragment is refused, unquoted: a ``?token=...`` was shown in every message and row,
-    and every request's path was appended after it. Credentials sent in the clear to another machine are warned
-    of. No redirect is followed (:func:`_no_redirect`). Every request is tried as :class:`_Tries` says; the last busy
-    answer is returned as it is, for ``raise_for_status`` to raise ``requests.HTTPError`` with it (urllib3's
-    ``raise_on_status`` raises ``requests.RetryError``, without the answer a STOW-RS refusal is read from)."""
+    """The URL without user:password@ (dicomweb-client would send the user as the Host, and every row, message and log
+    would show the password), and a session that authenticates: with them as HTTP Basic, or with the
+    ``authorization`` header. Certificates are checked against REQUESTS_CA_BUNDLE when set (a private CA); one that
+    names no file is refused here, naming it. A URL with a query string or a fragment is refused, unquoted: a
+    ``?token=...`` was shown in every message and row, and every request's path was appended after it. Credentials
+    sent in the clear to another machine are warned of. No redirect is followed (:func:`_no_redirect`). Every
+    request is tried as :class:`_Tries` says; the last busy answer is returned as it is, for ``raise_for_status`` to
+    raise ``requests.HTTPError`` with it (urllib3's ``raise_on_status`` raises ``requests.RetryError``, without the
+    answer a STOW-RS refusal is read from)."""
     parts = urlsplit(url.rstrip("/"))
     if parts.query or parts.fragment:
         raise ValueError("--url holds a query string or a fragment (after '?' or '#'), which a DICOMweb root has "
                          "none of; give credentials such as a token with --auth-file (or the environment variable "
                          f"{AUTH_ENV}), never in the URL")
+    if parts.scheme == "https":  # requests' own refusal, at the first request, named no variable
+        variable = next((name for name in CA_BUNDLE_ENV if os.environ.get(name)), None)
+        if variable is not None and not os.path.exists(os.environ[variable]):
+            raise ValueError(f"{variable} names {os.environ[variable]}, which does not exist: point it at the PEM file "
+                             "of the CA that signed the PACS's certificate")
     crosses_network = not is_loopback(parts.hostname or "")  # hostname: lowercased, an IPv6 address unbracketed
     if parts.scheme == "http" and ("@" in parts.netloc or authorization is not None) and crosses_network:
         log.warning("credentials go to %s over plain http, readable by anyone on the network between: use https",
@@ -753,6 +765,14 @@ def _failure(e: requests.RequestException, credentials: bool) -> str:
         if hint is None:
             return str(e)
         return f"HTTP {status} {answer.reason} to {answer.request.method} {urlsplit(answer.url).path}: {hint}"
+    if isinstance(e, requests.exceptions.SSLError) and (found := _TLS_REASON.search(str(e))):
+        code, reason = found.group(1), found.group(2).strip()
+        if code == "CERTIFICATE_VERIFY_FAILED":
+            return (f"the PACS's TLS certificate did not verify ({reason}): if the hospital's own CA signed it, point "
+                    f"{CA_BUNDLE_ENV[0]} at that CA's PEM file")
+        if code == "WRONG_VERSION_NUMBER":
+            return f"no TLS at that address ({reason}): it may serve plain http (--url http://...)"
+        return f"TLS failed ({reason})"
     if found := _SYSTEM_REASON.search(str(e)):
         return f"no connection ({found.group(1).strip()})"
     if isinstance(e, requests.Timeout):
