@@ -2036,10 +2036,10 @@ def test_the_overlay_carries_the_patient_and_study_attributes_the_sr_carries(fil
         assert keyword in sc and sc[keyword].value == sr_ds[keyword].value == source[keyword].value, keyword
 
 
-# Orthanc's filter of every HTTP request: one of its users may not use it (403)
+# Orthanc's filter of every HTTP request: one of its users may not use it, another may not store (403)
 ONLY_ALICE = """
 function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
-  return username ~= 'bob'
+  return username ~= 'bob' and not (username == 'carol' and method == 'POST')
 end
 """
 
@@ -2051,7 +2051,7 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
     caplog.set_level(logging.DEBUG)
     password = "s3cret-pw"
     study = generate_uid()
-    with running_orthanc(tmp_path / "orthanc", users={"alice": password, "bob": password},
+    with running_orthanc(tmp_path / "orthanc", users={"alice": password, "bob": password, "carol": password},
                          lua=ONLY_ALICE) as root:
         data = chest_dicom(film, StudyInstanceUID=study)
         assert httpx.post(f"{root}/instances", content=data, auth=("alice", password), timeout=30).status_code == 200
@@ -2092,6 +2092,14 @@ def test_pacs_credentials_are_sent_and_never_shown(tiny_bundle: Path, film: np.n
         assert capsys.readouterr().err.endswith(
             f"HTTP 403 Forbidden to GET /dicom-web/studies/{study}/instances: the credentials given are not allowed "
             "this request: ask the PACS's administrator for DICOMweb access (to read, and with --store to store)\n")
+        # a user who may read but not store: each film's reports refused, its row saying what to do
+        reader = f"http://carol:{password}@{root.removeprefix('http://')}/dicom-web"
+        assert cli.main([*base, study, "--url", reader, "--store", "--out", str(tmp_path / "read-only.json")]) == 1
+        [row] = json.loads((tmp_path / "read-only.json").read_text())
+        assert row["stored"] == [] and len(row["not_stored"]) == 1
+        assert row["warnings"][-1] == ("the PACS does not let the credentials given store (HTTP 403 Forbidden): ask "
+                                       "its administrator for STOW-RS access, or run without --store")
+        assert "ask its administrator for STOW-RS access" in capsys.readouterr().err
         monkeypatch.delenv("NETRC")
         key.write_text("")
         assert cli.main([*base, study, "--url", f"{root}/dicom-web", "--auth-file", str(key)]) == 2

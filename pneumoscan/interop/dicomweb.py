@@ -689,6 +689,9 @@ def _store(session: requests.Session, root: str, study_uid: str, row: dict, held
         if e.response.is_redirect:  # where it pointed, as _no_redirect says
             refusal = str(e)
         row["stored"] = _stored(_answer(e.response), sent, row, refusal)
+        if e.response.status_code in (401, 403):  # every film's store will be: say what to do, not only the status
+            row["warnings"].append(f"the PACS does not let the credentials given store ({refusal}): ask its "
+                                   "administrator for STOW-RS access, or run without --store")
     except requests.RequestException as e:
         row["stored"] = _stored(Dataset(), sent, row, silence=type(e).__name__)
     _read_back(session, root, study_uid, built, held, row)
