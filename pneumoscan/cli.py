@@ -469,7 +469,8 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 
     results = ResultsTarget.check(args.out, ("json",))  # before the PACS is asked anything
     rows = predict_study(args.bundle, args.url, args.study, store=args.store, heatmaps=args.heatmaps,
-                         backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir)
+                         backend=args.backend, authorization=read_authorization(args.auth_file), fhir_dir=args.fhir,
+                         accession=args.accession)
     results.write(format_results(rows, results.fmt))
     failed = _say_unreadable(rows)
     scored = [row for row in rows if "probability" in row]
@@ -896,7 +897,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 def _pacs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a pneumonia (or multiclass) bundle")
     p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://host:8042/dicom-web")
-    p.add_argument("--study", required=True, help="StudyInstanceUID")
+    study = p.add_mutually_exclusive_group(required=True)
+    study.add_argument("--study", help="StudyInstanceUID")
+    study.add_argument("--accession", metavar="NUMBER",
+                       help="AccessionNumber: the one study the PACS holds under it (none or several: refused)")
     p.add_argument("--store", action="store_true", help="STOW-RS each film's DICOM SR into the study")
     p.add_argument("--heatmaps", action="store_true", help="with --store: also the Grad-CAM Secondary Captures")
     p.add_argument("--fhir", type=_folder, metavar="DIR",

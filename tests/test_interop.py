@@ -1163,6 +1163,33 @@ def test_pacs_writes_a_fhir_observation_of_each_film_it_scores(
     assert observation["derivedFrom"][0]["identifier"]["value"] == f"urn:oid:{study}"
 
 
+def test_pacs_finds_the_study_of_an_accession_number(
+    orthanc: str, tiny_bundle: Path, film: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An order (HL7, the RIS) names a study by its accession number: `pacs --accession` reads the one study that
+    carries it, and refuses none or several (two sites' numbers may meet on one PACS) without quoting it."""
+    accession = f"A{generate_uid()[-14:]}"
+    study = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=study, AccessionNumber=accession))
+    base = ["pacs", str(tiny_bundle), "--url", f"{orthanc}/dicom-web", "--backend", "torch"]
+    out = tmp_path / "pacs.json"
+    assert cli.main([*base, "--accession", accession, "--out", str(out)]) == 0
+    [row] = json.loads(out.read_text())
+    assert row["study_instance_uid"] == study and "probability" in row
+    assert cli.main([*base, "--accession", f"{accession}X"]) == 2
+    assert capsys.readouterr().err.endswith("no study on the PACS carries the accession number given\n")
+    other = generate_uid()
+    _upload(orthanc, chest_dicom(film, StudyInstanceUID=other, AccessionNumber=accession))
+    assert cli.main([*base, "--accession", accession]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"2 studies on the PACS carry the accession number given ({', '.join(sorted([study, other]))}): give the "
+        "one to read with --study\n")
+    assert cli.main([*base, "--accession", f"{accession[:4]}*"]) == 2  # a wildcard would match others' studies
+    assert accession not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--accession", accession, "--study", study])
+
+
 def test_a_report_filed_at_a_new_threshold_names_the_one_the_pacs_holds(
     orthanc: str, tiny_bundle: Path, tiny_dataset: Path, film: np.ndarray, tmp_path: Path
 ) -> None:

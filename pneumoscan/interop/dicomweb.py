@@ -697,9 +697,34 @@ def _store(session: requests.Session, root: str, study_uid: str, row: dict, held
     _read_back(session, root, study_uid, built, held, row)
 
 
+def _valid_uid(text: str) -> bool:
+    """Whether ``text`` is a valid DICOM UID as it stands (judged here, not warned of by pydicom in a UserWarning
+    quoting it; a UID with spaces around is none either)."""
+    return UID(text, validation_mode=pydicom.config.IGNORE).is_valid and text == text.strip()
+
+
+def _study_of(client: DICOMwebClient, accession: str) -> str:
+    """The StudyInstanceUID of the one study the PACS holds under ``accession`` (QIDO-RS): an order from the RIS or
+    an HL7 message names a study by its accession number. None, or several (two sites' numbers may meet on one
+    PACS), is refused rather than guessed; the number is never repeated (it identifies a patient's exam)."""
+    studies = _datasets(lambda: client.search_for_studies(search_filters={"AccessionNumber": accession},
+                                                          fields=["StudyInstanceUID"]), "study search")
+    uids = sorted({_value(study, _STUDY) for study in studies})
+    if not uids:
+        raise ValueError("no study on the PACS carries the accession number given")
+    if len(uids) > 1:
+        shown_uids = ", ".join(uid if _valid_uid(uid) else "(an invalid UID)" for uid in uids)
+        raise ValueError(f"{len(uids)} studies on the PACS carry the accession number given ({shown_uids}): give the "
+                         "one to read with --study")
+    if not _valid_uid(uids[0]):
+        raise ValueError("the PACS's answer gives the study of the accession number given an invalid UID")
+    return uids[0]
+
+
 def predict_study(
-    bundle: Path | str, url: str, study_uid: str, store: bool = False, heatmaps: bool = False,
+    bundle: Path | str, url: str, study_uid: str | None = None, store: bool = False, heatmaps: bool = False,
     backend: str = "onnx", authorization: str | None = None, fhir_dir: Path | str | None = None,
+    accession: str | None = None,
 ) -> list[dict]:
     """One result row per image instance of the study (``path`` is the instance's WADO-RS URL, without
     credentials): a radiograph's reading, an error, or ``not_scored`` with the reason. With ``store`` the scored
@@ -708,9 +733,15 @@ def predict_study(
     ``predict --fhir`` writes it (the row's ``fhir``): pneumoscan sends it to no FHIR server. ``authorization``:
     the Authorization header value (:func:`read_authorization`); user:password in ``url`` is HTTP Basic instead. A
     ``study_uid`` that is no valid DICOM UID is refused before anything is read or asked, in words a user acts on
-    (dicomweb-client's own refusal quotes its regex)."""
-    # judged here, not warned of by pydicom (a UserWarning quoting it); a UID with spaces around is none either
-    if not UID(study_uid, validation_mode=pydicom.config.IGNORE).is_valid or study_uid != study_uid.strip():
+    (dicomweb-client's own refusal quotes its regex). ``accession``, in place of ``study_uid``: the study is the one
+    the PACS holds under that accession number (:func:`_study_of`)."""
+    if (study_uid is None) == (accession is None):
+        raise ValueError("give the study by its StudyInstanceUID or by its accession number, one of the two")
+    if accession is not None and (not accession.strip() or any(c in accession for c in "*?\\")
+                                  or not accession.isprintable()):
+        raise ValueError("--accession is blank, or holds a wildcard (* or ?), a backslash or a control character, "
+                         "which QIDO-RS would match against other studies: give the accession number itself")
+    if study_uid is not None and not _valid_uid(study_uid):
         raise ValueError(f"--study {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters, no "
                          "part with a leading zero, e.g. 1.2.840.113619.2.55.3): give the study's StudyInstanceUID")
     check_reportable(bundle, dicom=store)
@@ -720,6 +751,9 @@ def predict_study(
     client = DICOMwebClient(url=root, session=session, timeout=TIMEOUT_S)
     client.set_http_retry_params(retry=False)  # its searches are tried by the session; its own tries would multiply
     try:
+        if accession is not None:
+            study_uid = _study_of(client, accession)
+            log.info("accession number given: study %s", study_uid)
         found = _instances(client, study_uid)
         if not found:
             raise ValueError(f"study {study_uid} not found at {root} (QIDO-RS returned no instances)")
