@@ -1132,8 +1132,9 @@ def test_pacs_reads_a_study_and_stores_its_reports(
     assert {uid for r in again for uid in r["stored"]} == {uid for r in rows.values() for uid in r["stored"]}
     assert _held(orthanc, study) == {ds.SOPInstanceUID for ds in held}
     # the form and the lateral film are not retrieved: the log does not count them as scored
-    assert "retrieved 1 of the study's 3 instances" in caplog.text
-    assert "retrieved 1 of the study's 5 instances" in caplog.text  # again: the report and overlay are not films
+    assert "retrieved 1 of the study's 3 instances\n" in caplog.text  # none of its own on the first run
+    # again: the report and overlay are not films, and the count says what the two more instances are
+    assert "retrieved 1 of the study's 5 instances (2 of them pneumoscan's own reports and overlays)" in caplog.text
     assert NAME not in caplog.text and PATIENT_ID not in caplog.text
     assert NAME not in capsys.readouterr().err
 

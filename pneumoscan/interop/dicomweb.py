@@ -784,7 +784,9 @@ def predict_study(
     except requests.RequestException as e:  # unreachable, refused, a QIDO-RS 4xx/5xx: one line, not a traceback
         given = authorization is not None or "@" in urlsplit(url).netloc
         raise OSError(f"DICOMweb at {root}: {_failure(e, given)}") from None
-    log.info("retrieved %d of the study's %d instances", len(scored), len(found))
+    own = sum(is_own_output(_recorded(item)) for item in found)  # a rerun's study holds them: no films left out
+    log.info("retrieved %d of the study's %d instances%s", len(scored), len(found),
+             f" ({own} of them pneumoscan's own reports and overlays)" if own else "")
     return rows
 
 
