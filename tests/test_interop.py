@@ -2210,6 +2210,22 @@ def test_the_pacs_credential_from_the_environment_is_read_as_serve_reads_its_key
     assert read_authorization() is None
 
 
+def test_a_credential_file_every_user_can_read_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`echo 'Bearer ...' > pacs-auth` leaves the token readable by every user of the machine (mode 644 under the
+    usual umask), and nothing said so; a file of the owner's and its group's alone is not warned of."""
+    key = tmp_path / "pacs-auth"
+    key.write_text("Bearer t0ken-value\n")
+    key.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert read_authorization(key) == "Bearer t0ken-value"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the auth file {key} is readable by every user of this machine (mode 644): make it readable by the "
+        "account that runs pneumoscan alone (chmod 600, or 640 with a group of its own)"]
+    caplog.clear()
+    key.chmod(0o640)
+    assert read_authorization(key) == "Bearer t0ken-value" and not caplog.records
+
+
 def test_a_reading_near_the_threshold_is_said_so_in_the_sr_and_the_fhir_notes(film: np.ndarray) -> None:
     """A film called present 0.0003 above the threshold had been filed as "Pneumonia: Present" with no word that it
     could have been called either way (the JSON answer, predict's rows and the page say it)."""

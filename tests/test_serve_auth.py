@@ -429,6 +429,7 @@ def test_cli_reads_the_key_from_a_file_or_the_environment(tmp_path: Path, monkey
             and not access.cors_origins)
     assert limits == Limits()
     (tmp_path / "key").write_text("from-the-file-0123456789\n")
+    (tmp_path / "key").chmod(0o600)  # as docs/deployment.md makes it: one every user could read is warned of
     limits, access = cli.serve_settings(parse(["serve", "b", "--api-key-file", str(tmp_path / "key"),
                                                "--allowed-hosts", "a.org, b.org", "--allowed-hosts", "c.org",
                                                "--cors-origin", "https://v.org", "--max-queue", "5",
