@@ -1095,6 +1095,35 @@ def test_a_blank_voi_lut_function_is_absent_and_one_that_is_no_term_is_refused_u
     np.testing.assert_array_equal(read_gray(dicom_bytes(film, VOILUTFunction="DOE^JANE")),
                                   read_gray(dicom_bytes(film)))
 
+@pytest.mark.parametrize(("function", "width", "said"), [(None, 0, "0, where a LINEAR window's is at least 1"),
+                                                         ("LINEAR", 0.5, "0.5, where a LINEAR window's is at least 1"),
+                                                         ("SIGMOID", -5, "-5, where a SIGMOID window's is above 0")])
+def test_a_window_too_narrow_for_its_function_is_a_malformed_header(function: str | None, width: float,
+                                                                     said: str) -> None:
+    """A Window Width of 0 or under was refused as "cannot decode DICOM pixel data ...: The (0028,1051) Window Width
+    must be greater than or equal to 1": a fault of the header, said as the other header faults are."""
+    voi = {"VOILUTFunction": function} if function else {}
+    data = dicom_bytes(phantom(), WindowCenter=2000, WindowWidth=width, **voi)
+    with pytest.raises(DecodeError, match=rf"^malformed DICOM header: Window Width is {re.escape(said)}, so how its "
+                                          r"window maps the film's values to grey is unknown$"):
+        read_gray(data)
+    # a LINEAR_EXACT window may be narrower than 1, and is read
+    assert read_gray(dicom_bytes(phantom(), WindowCenter=2000, WindowWidth=0.5, VOILUTFunction="LINEAR_EXACT")).size
+
+
+@pytest.mark.parametrize(("keyword", "said"), [("SamplesPerPixel", "Samples per Pixel is 0, where each pixel has at "
+                                                                   "least one sample"),
+                                               ("BitsStored", "Bits Stored is 0, where each sample has at least one "
+                                                              "bit")])
+def test_no_samples_or_no_stored_bits_is_a_malformed_header_naming_it(keyword: str, said: str) -> None:
+    """Samples per Pixel 0 was refused as "1 sample(s) ... need 0" bytes, Bits Stored 0 as stored bits that "end at
+    bit -1": each a header fault, said as one, naming the element and its value."""
+    data = dicom_bytes(phantom(), **{keyword: 0})
+    for read in (read_gray, image_info):
+        with pytest.raises(DecodeError, match=rf"^malformed DICOM header: {said}$"):
+            read(data)
+
+
 def _nested_private(depth: int) -> pydicom.Dataset:
     """A private sequence nested ``depth`` deep, as a vendor's header (or an attacker) may hold."""
     inner = pydicom.Dataset()

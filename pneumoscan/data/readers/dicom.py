@@ -546,6 +546,7 @@ def _header_values(ds: Dataset) -> _HeaderValues:
         bits_stored, high_bit = ds.get("BitsStored"), ds.get("HighBit")
         high_bit_wrong = None not in (bits_stored, high_bit) and int(high_bit) != int(bits_stored) - 1
         samples = int(ds.get("SamplesPerPixel") or 1)
+        _refuse_no_count(ds)
         lut_shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
         float_window = "PixelData" not in ds and given(ds, "WindowCenter") and given(ds, "WindowWidth")
         height_over_width = _pixel_aspect(ds)
@@ -557,6 +558,20 @@ def _header_values(ds: Dataset) -> _HeaderValues:
         raise pixels.DecodeError(f"malformed DICOM header: {redact(str(e))}") from None
     return _HeaderValues(has_pixels, rows, cols, frames, photometric_value, photometric, bits_stored, high_bit,
                          high_bit_wrong, samples, lut_shape, float_window, height_over_width, no_numbers)
+
+
+# the counts a pixel is made of, each at least 1: 0 was read on to a refusal that misstated it (a Samples per Pixel of 0
+# as 1 sample a pixel that needs 0 bytes, a Bits Stored of 0 as stored bits that end at bit -1)
+_COUNTS = {"SamplesPerPixel": ("Samples per Pixel", "each pixel has at least one sample"),
+           "BitsStored": ("Bits Stored", "each sample has at least one bit")}
+
+
+def _refuse_no_count(ds: Dataset) -> None:
+    """Refuse a header whose Samples per Pixel or Bits Stored is under 1 (:data:`_COUNTS`), naming it and its
+    value."""
+    for keyword, (name, least) in _COUNTS.items():
+        if given(ds, keyword) and int(ds.get(keyword)) < 1:
+            raise pixels.DecodeError(f"malformed DICOM header: {name} is {int(ds.get(keyword))}, where {least}")
 
 
 def _refuse_unreadable(ds: Dataset, values: _HeaderValues) -> None:

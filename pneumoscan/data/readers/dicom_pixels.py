@@ -775,6 +775,20 @@ def _check_voi_function(ds: Dataset) -> None:
                                  "the film's values to grey is unknown")
 
 
+def _check_window_width(ds: Dataset) -> None:
+    """Refuse a window (the first, the one applied) narrower than its VOI LUT Function allows (PS3.3 C.11.2.1.2:
+    LINEAR's is at least 1, LINEAR_EXACT's and SIGMOID's above 0), naming it: a header fault, which pydicom's
+    arithmetic refused as a failure to decode the pixels. A VOI LUT, or no window, leaves it unused."""
+    if not given(ds, "WindowWidth") or not given(ds, "WindowCenter") or given(ds, "VOILUTSequence"):
+        return
+    width = ds.WindowWidth[0] if isinstance(ds.WindowWidth, MultiValue) else ds.WindowWidth
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    least = "at least 1" if function == "LINEAR" else "above 0"
+    if (float(width) < 1) if function == "LINEAR" else (float(width) <= 0):
+        raise pixels.DecodeError(f"malformed DICOM header: Window Width is {float(width):g}, where a {function} "
+                                 f"window's is {least}, so how its window maps the film's values to grey is unknown")
+
+
 def _lut_entries(ds: Dataset, item: Dataset) -> np.ndarray:
     """A LUT item's entries as pydicom reads them: LUT Data written US, or OW (a 16-bit word an entry, in the file's
     byte order)."""
@@ -797,6 +811,7 @@ def _as_shown(ds: Dataset, film: Film) -> tuple[Image.Image, np.ndarray | None]:
         if keyword in ds and not given(ds, keyword):  # to pydicom's LUTs (and a function absent is LINEAR)
             del ds[keyword]
     _check_voi_function(ds)
+    _check_window_width(ds)
     if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):
         # pydicom rescales only when both are given: a lone slope of -1 (the film's polarity) or a lone intercept (the
         # units its window is in) was passed over; the other takes its identity value, as _as_stored reads them
