@@ -27,7 +27,7 @@ from pneumoscan.data.decode import image_info, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers import jpeg as jpeg_reader
 from pneumoscan.data.readers.dicom import read_dataset
-from pneumoscan.data.scope import describe
+from pneumoscan.data.scope import describe, in_scope
 from tests.builders import JPEG_DAMAGE, dicom_bytes
 
 
@@ -853,7 +853,7 @@ def with_pixel_spacing(data: bytes, text: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("value", ["0.1\\0.1005", "0\\0", "0.1", "abc\\abc"])
+@pytest.mark.parametrize("value", ["0.1\\0.1005", "0.1"])
 def test_square_or_shapeless_spacings_leave_the_film_as_stored(value: str) -> None:
     film = phantom(40, 30)
     data = with_pixel_spacing(dicom_bytes(film), value)
@@ -861,12 +861,32 @@ def test_square_or_shapeless_spacings_leave_the_film_as_stored(value: str) -> No
 
 
 @pytest.mark.parametrize(("value", "said"), [("0.1\\0", "0.1\\0"), ("-0.2\\0.1", "-0.2\\0.1"),
-                                           ("abc\\0.1", "(text, not repeated here)")])
-def test_a_spacing_that_would_reshape_the_film_but_is_no_number_is_refused(value: str, said: str) -> None:
-    """Numbers are repeated; text is not, as it may be any text (a patient's name written in the wrong place)."""
+                                           ("abc\\0.1", "(text, not repeated here)"), ("0\\0", "0\\0"),
+                                           ("-0.1\\-0.1", "-0.1\\-0.1"), ("abc\\abc", "(text, not repeated here)")])
+def test_a_spacing_that_is_not_two_positive_numbers_is_refused(value: str, said: str) -> None:
+    """Numbers are repeated; text is not, as it may be any text (a patient's name written in the wrong place). Two
+    values alike (``0\\0``, ``-0.1\\-0.1``) were read without a word, as square pixels of no known size."""
     data = with_pixel_spacing(dicom_bytes(phantom(40, 30)), value)
-    with pytest.raises(DecodeError, match=rf"PixelSpacing {re.escape(said)} is not two positive numbers"):
+    with pytest.raises(DecodeError, match=rf"^malformed DICOM header: PixelSpacing {re.escape(said)} is not two "
+                                          r"positive numbers, so the size and shape of the film's pixels are unknown$"):
         read_gray(data)
+
+
+@pytest.mark.parametrize(("spacing", "keyword", "said"), [
+    ([5, 5], "PixelSpacing", "field of view 1000 x 1500 mm by its PixelSpacing, outside 100 to 1000 mm a side"),
+    ([0.001, 0.001], "ImagerPixelSpacing", "field of view 0.2 x 0.3 mm by its ImagerPixelSpacing, outside 100 to "
+                                           "1000 mm a side")])  # fmt: skip
+def test_a_field_of_view_no_chest_film_has_is_out_of_scope_not_refused(spacing: list[float], keyword: str,
+                                                                       said: str) -> None:
+    """A spacing of 5 mm, or 0.001 mm, a pixel was read without a word: times the film's columns and rows it gives a
+    field no chest film has (a chest film's is about 350 to 430 mm a side), so the film is no chest film or its
+    header is wrong. Warned, out of scope, and still read."""
+    data = dicom_bytes(phantom(300, 200), **{keyword: spacing})
+    found = [w for w in describe(data)["warnings"] if w.startswith("field of view")]
+    assert len(found) == 1 and found[0].startswith(said) and not in_scope(found), found
+    assert read_gray(data).shape == (300, 200)
+    chest = dicom_bytes(phantom(300, 200), **{keyword: [1.4, 1.4]})  # 280 x 420 mm
+    assert not [w for w in describe(chest)["warnings"] if w.startswith("field of view")]
 
 
 # ------------------------------------------------------------------ 8. a decoder's panic

@@ -18,7 +18,8 @@ from pydicom.uid import CTImageStorage
 
 import pneumoscan.data.scope as scope
 from pneumoscan.data.appearance import Appearance
-from pneumoscan.data.scope import KINDS, WarningKind, describe, in_scope, kind_of, outside_scope, scope_warnings
+from pneumoscan.data.scope import (KINDS, WarningKind, describe, film_facts, in_scope, kind_of, outside_scope,
+                                   scope_warnings)
 from pneumoscan.interop.dicomweb import _not_scored, _recorded
 from pneumoscan.interop.sr import check_result
 from tests.test_scope_conflicts import header, view_code
@@ -32,6 +33,8 @@ HEADERS = {  # tags changed from an in-scope pediatric frontal chest DX, and the
     "PA, coded lateral": ({"ViewCodeSequence": view_code(codes.SCT.RightLateral)}, scope.VIEW_CONFLICT),
     "4 years, born 44 years before": ({"PatientBirthDate": "19800101"}, scope.AGE_CONFLICT),
     "a CT object as CR": ({"Modality": "CR", "SOPClassUID": CTImageStorage}, scope.CLASS_CONFLICT),
+    "PA, oriented lateral": ({"PatientOrientation": "A\\F"}, scope.ORIENTATION_CONFLICT),
+    "a field of 10 m": ({"Rows": 2000, "Columns": 2000, "PixelSpacing": [5, 5]}, scope.FIELD),
 }
 
 SIDE = 32
@@ -164,3 +167,18 @@ def test_a_pacs_search_answer_that_records_another_body_part_or_view_is_not_scor
     item = Dataset({e.tag: e for e in ds if e.keyword in ("Modality", "BodyPartExamined", "ViewPosition")})
     why = _not_scored(_recorded(item.to_json_dict()))
     assert why and why == "; ".join(w for w, _ in outside_scope(scope_warnings(ds, 224, 224)))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom, on the lower-case code strings: expected
+def test_lower_case_defined_terms_are_read_as_the_terms_in_capitals() -> None:
+    """A code string holds no lower case, but some devices write it (``dx``, ``chest``, ``ap``): read as the term in
+    capitals, never as an unknown value (a frontal chest DX not recorded as one, or a lateral film not known as
+    lateral)."""
+    upper = {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "AP", "PatientAge": "004Y"}
+    lower = header(**{k: v.lower() for k, v in upper.items()})
+    assert scope_warnings(lower, 224, 224) == scope_warnings(header(**upper), 224, 224) == []
+    assert film_facts(lower) == film_facts(header(**upper))
+    assert scope_warnings(header(ViewPosition="ll", BodyPartExamined="knee", Modality="ct"), 224, 224)[:3] == [
+        "Modality CT is not a radiograph (CR/DX): the model reads chest X-ray films only",
+        "BodyPartExamined KNEE is not CHEST: the model reads chest films only",
+        "lateral view (LL): the model was trained on frontal (PA/AP) films only"]

@@ -32,7 +32,7 @@ from pydicom.uid import (UID, ComputedRadiographyImageStorage, DigitalXRayImageS
 from pydicom.valuerep import DA
 
 from .decode import Source, colour_spread, image_info, read_dicom_header, read_gray
-from .readers.dicom import PHOTOMETRICS, size_as_read, standard_form
+from .readers.dicom import PHOTOMETRICS, field_of_view, size_as_read, standard_form
 
 RADIOGRAPHY = ("CR", "DX", "DR")  # computed / digital radiography ("DR" is not standard but some devices write it)
 FRONTAL_VIEWS = ("PA", "AP")
@@ -72,6 +72,7 @@ BODY_PARTS = frozenset((
 VIEW_POSITIONS = frozenset((*FRONTAL_VIEWS, *LATERAL_VIEWS, "RLO", "LLO"))
 # a direction of PatientOrientation (PS3.3 C.7.6.1.1.1) in the sagittal plane: anterior, posterior, head, foot
 _SAGITTAL = re.compile(r"[APHF]+")
+_ORIENTATION = "PatientOrientation "  # what a view told by it is said as, before its directions
 # what is said in place of a value that is none of those terms: words without quotes, since a reason that holds
 # warnings passes through core.logs.redact, which would take everything between two quotes for one quoted value
 NOT_SHOWN = "(a value that is no DICOM defined term, not shown)"
@@ -91,6 +92,10 @@ MAX_ASPECT = 3.0
 # train/ folder, all stored as RGB JPEGs, measure 0 (val/'s 16 are grey JPEGs); JPEG's chroma noise on grey
 # pixels, averaged out by the reduction, stays far below this; a colour photograph or a tinted capture is above.
 COLOUR_TOLERANCE = 8
+# A chest film's field of view, the film's columns and rows times its pixel spacing, is about 350 to 430 mm a side
+# for an adult, less for a small child's collimated chest; a side beyond these limits is no whole chest (a finger, a
+# detail), or a spacing the header gets wrong (5 mm a pixel puts a 2,000-pixel film at 10 m)
+FIELD_MM = (100.0, 1000.0)
 IDENTIFIERS = {
     "study_instance_uid": "StudyInstanceUID",
     "series_instance_uid": "SeriesInstanceUID",
@@ -176,6 +181,8 @@ AGE_OUTSIDE = WarningKind("patient age {age:.1f} years is outside the training p
                           "{low:g} to under {high:g})", out_of_scope=False)
 VIEW_CONFLICT = WarningKind(CONFLICT + "ViewPosition {position} but ViewCodeSequence {code} ({kind} view): which view "
                             "the film is cannot be known", out_of_scope=True)
+ORIENTATION_CONFLICT = WarningKind(CONFLICT + "{stated} but PatientOrientation {orientation} (lateral view): which "
+                                   "view the film is cannot be known", out_of_scope=True)
 AGE_CONFLICT = WarningKind(CONFLICT + "PatientAge {recorded} ({stated:.1f} years) but PatientBirthDate and the study "
                            "date give {dated:.1f} years: the patient's age cannot be known", out_of_scope=True)
 CLASS_CONFLICT = WarningKind(CONFLICT + "SOPClassUID {sop_class} but Modality {modality}: the object may be no "
@@ -186,6 +193,9 @@ THUMBNAIL = WarningKind("image is {width} x {height} pixels, smaller than {least
                         "radiograph", out_of_scope=True)
 ELONGATED = WarningKind("image is {width} x {height} pixels, its longer side {ratio:.1f} times its shorter, more than "
                         "{most:g}: a strip or a scanned page, not a chest film", out_of_scope=True)
+FIELD = WarningKind("field of view {width:.4g} x {height:.4g} mm by its {keyword}, outside {low:g} to {high:g} mm a "
+                    "side, where a chest film's is about 350 to 430 mm: not a whole chest film, or its {keyword} is "
+                    "wrong", out_of_scope=True)
 # a JPEG or PNG in colour, read as grey: out of scope as a DICOM object in colour is (NOT_GRAYSCALE), by its pixels
 COLOUR = WarningKind("colour image (its colour channels differ by {spread:.0f} grey levels or more over 1% of it, "
                      "beyond {tolerance}): a radiograph is grayscale; it was read as grey, and may be a photograph or "
@@ -218,10 +228,10 @@ CONTENT_UNCHECKED = WarningKind(CONTENT + "not checked: this model records no ap
                                 source="pixels")
 # every kind of warning this module and :mod:`.appearance` write, those that put a film out of scope first, so that a
 # warning two kinds could have written counts against the film
-KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, AGE_CONFLICT, CLASS_CONFLICT, NOT_GRAYSCALE,
-         THUMBNAIL, ELONGATED, COLOUR, LOW_CONTRAST, CLIPPED_WHITE, CLIPPED_BLACK, UNLIKE_LAYOUT, TURNED, BLURRED,
-         NOISY, UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED, BIRTH_DATE_MALFORMED, AGE_OUTSIDE,
-         INVALID_UID, UNREAD, CONTENT_UNCHECKED)
+KINDS = (NOT_RADIOGRAPH, NOT_CHEST, LATERAL, NOT_FRONTAL, VIEW_CONFLICT, ORIENTATION_CONFLICT, AGE_CONFLICT,
+         CLASS_CONFLICT, NOT_GRAYSCALE, THUMBNAIL, ELONGATED, FIELD, COLOUR, LOW_CONTRAST, CLIPPED_WHITE, CLIPPED_BLACK,
+         UNLIKE_LAYOUT, TURNED, BLURRED, NOISY, UNTAGGED, NO_MODALITY, NO_BODY_PART, NO_VIEW, NO_AGE, AGE_MALFORMED,
+         BIRTH_DATE_MALFORMED, AGE_OUTSIDE, INVALID_UID, UNREAD, CONTENT_UNCHECKED)
 
 
 def kind_of(warning: str) -> WarningKind | None:
@@ -398,16 +408,22 @@ def _oriented_lateral(ds: Dataset) -> tuple[str, str]:
     except Exception:  # a damaged value says nothing of the view
         return "", ""
     if len(directions) == 2 and all(_SAGITTAL.fullmatch(d) for d in directions):
-        return "lateral", f"PatientOrientation {directions[0]}\\{directions[1]}"
+        return "lateral", f"{_ORIENTATION}{directions[0]}\\{directions[1]}"
     return "", ""
 
 
 def _conflicts(ds: Dataset, modality: str) -> list[str]:
-    """A warning for each pair of tags that contradict each other on the view, the age or the kind of object."""
+    """A warning for each pair of tags that contradict each other on the view (a frontal ViewPosition or
+    ViewCodeSequence against a lateral one, or against a PatientOrientation with no left or right), the age or the
+    kind of object."""
     found = []
     position, (code_kind, code) = _text(ds, "ViewPosition"), _view_code(ds)
-    if position and {_view(ds)[0], code_kind} == {"frontal", "lateral"}:  # a code not known here is no conflict
+    view, said = _view(ds)
+    if position and {view, code_kind} == {"frontal", "lateral"}:  # a code not known here is no conflict
         found.append(VIEW_CONFLICT.text(position=position, code=code, kind=code_kind))
+    if view == "frontal" and (oriented := _oriented_lateral(ds))[0]:
+        stated = f"ViewPosition {position}" if position else f"ViewCodeSequence {said}"
+        found.append(ORIENTATION_CONFLICT.text(stated=stated, orientation=oriented[1].removeprefix(_ORIENTATION)))
     stated, dated = _ages(ds)
     if stated is not None and dated is not None and AGE_CONFLICT_YEARS < abs(stated - dated) and \
             dated <= PLACEHOLDER_AGE_YEARS:
@@ -449,6 +465,7 @@ def scope_warnings(ds: Dataset | None, width: int, height: int, reduced_to: int 
             found.append(NOT_FRONTAL.text(view=view))
         found += _age_warnings(ds)
         found += _conflicts(ds, modality)
+        found += _field_warnings(ds)
         photometric = _text(ds, "PhotometricInterpretation")
         if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
             found.append(NOT_GRAYSCALE.text(photometric=defined_term(photometric, PHOTOMETRICS)))
@@ -458,6 +475,19 @@ def scope_warnings(ds: Dataset | None, width: int, height: int, reduced_to: int 
         found.append(ELONGATED.text(width=width, height=height, ratio=max(height, width) / max(min(height, width), 1),
                                     most=MAX_ASPECT))
     return found
+
+
+def _field_warnings(ds: Dataset) -> list[str]:
+    """A warning when the film's field of view (:func:`~.readers.dicom.field_of_view`) has a side outside
+    :data:`FIELD_MM`; none when its header gives no spacing."""
+    field = field_of_view(ds)
+    if field is None:
+        return []
+    keyword, width, height = field
+    low, high = FIELD_MM
+    if low <= min(width, height) and max(width, height) <= high:
+        return []
+    return [FIELD.text(width=width, height=height, keyword=keyword, low=low, high=high)]
 
 
 def colour_warnings(source: Source) -> list[str]:

@@ -667,11 +667,26 @@ def _numbers(value: object) -> bool:
 
 
 def _pixel_aspect(ds: Dataset) -> float:
-    """A pixel's height over its width, from Pixel Spacing (an enhanced object's in its frame's Pixel Measures
-    functional group: a 0.2 x 0.1 mm film read as square was squashed 2:1), else Imager Pixel Spacing, else Pixel
-    Aspect Ratio; 1 when they give none or one within :data:`_SQUARE` of it. A value that is not two positive numbers
-    is passed over when it would leave the pixels square (one number, or two alike: "0\\0" written for unknown), and
-    refused when it would not ("0.1\\0"): the film's shape is then unknown."""
+    """A pixel's height over its width (:func:`_stated_spacing`); 1 when the header states none, or one within
+    :data:`_SQUARE` of it."""
+    stated = _stated_spacing(ds)
+    if stated is None:
+        return 1.0
+    keyword, vertical, horizontal = stated
+    ratio = vertical / horizontal
+    if not 1 / _MAX_ASPECT <= ratio <= _MAX_ASPECT:  # no radiograph's detector: a header fault
+        raise pixels.DecodeError(f"malformed DICOM header: {keyword} {vertical:g}\\{horizontal:g} makes each "
+                                 f"pixel {max(ratio, 1 / ratio):.3g} times as tall as wide or as wide as tall; "
+                                 "no radiograph has such pixels")
+    return 1.0 if abs(ratio - 1) <= _SQUARE else ratio
+
+
+def _stated_spacing(ds: Dataset) -> tuple[str, float, float] | None:
+    """(keyword, row spacing, column spacing) of the first of Pixel Spacing (an enhanced object's in its frame's
+    Pixel Measures functional group: a 0.2 x 0.1 mm film read as square was squashed 2:1), Imager Pixel Spacing and
+    Pixel Aspect Ratio that the header states as two values; None when none does (one value alone is passed over:
+    it says nothing of the pixels' shape). Two values that are not two positive numbers (``0\\0``, ``-0.1\\-0.1``,
+    ``0.1\\0``, text) are refused: the size or shape of the film's pixels is then unknown."""
     measures = frame_group(ds, "PixelMeasuresSequence")
     stated = [(ds, _SPACINGS[0]), *([(measures, _SPACINGS[0])] if measures is not None else []),
               *((ds, keyword) for keyword in _SPACINGS[1:])]
@@ -689,17 +704,26 @@ def _pixel_aspect(ds: Dataset) -> float:
         except ValueError:  # text, not numbers: not repeated, as it may be any text (a name written in the wrong place)
             vertical = horizontal = math.nan
             shown = "(text, not repeated here)"
-        if min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal):
-            ratio = vertical / horizontal
-            if not 1 / _MAX_ASPECT <= ratio <= _MAX_ASPECT:  # no radiograph's detector: a header fault
-                raise pixels.DecodeError(f"malformed DICOM header: {keyword} {vertical:g}\\{horizontal:g} makes each "
-                                         f"pixel {max(ratio, 1 / ratio):.3g} times as tall as wide or as wide as tall; "
-                                         "no radiograph has such pixels")
-            return 1.0 if abs(ratio - 1) <= _SQUARE else ratio
-        if values[0] != values[1]:
+        if not (min(vertical, horizontal) > 0 and math.isfinite(vertical / horizontal)):
             raise pixels.DecodeError(f"malformed DICOM header: {keyword} {shown} is not two positive numbers, so the "
-                                     "shape of the film's pixels is unknown")
-    return 1.0
+                                     "size and shape of the film's pixels are unknown")
+        return keyword, vertical, horizontal
+    return None
+
+
+def field_of_view(ds: Dataset) -> tuple[str, float, float] | None:
+    """(the spacing's keyword, width, height) in mm of the film as its Pixel Spacing, else Imager Pixel Spacing,
+    gives it (:func:`_stated_spacing`): the columns times the column spacing, the rows times the row spacing. None
+    when the header states neither, only a Pixel Aspect Ratio (no size), or a spacing or size it refuses."""
+    try:
+        stated = _stated_spacing(ds)
+        rows, cols = (int(ds.get(k) or 0) for k in ("Rows", "Columns"))
+    except Exception:  # a damaged value: refused where the film is decoded
+        return None
+    if stated is None or stated[0] == "PixelAspectRatio" or not rows or not cols:
+        return None
+    keyword, vertical, horizontal = stated
+    return keyword, cols * horizontal, rows * vertical
 
 
 def _holds_dicom(ds: Dataset) -> bool:
