@@ -1071,6 +1071,29 @@ def test_a_file_that_is_no_dicom_is_refused_as_such(kind: str, tmp_path: Path) -
     with pytest.raises(DecodeError, match=r"^DICOM file has no pixel data \(not an image object"):
         read_gray(dicom_bytes(None, preamble=False, SOPClassUID="1.2.3"), dicom=True)
 
+@pytest.mark.parametrize("encoding", ["File Meta, no preamble", "no File Meta, implicit",
+                                      "no File Meta, explicit big endian"])
+def test_a_dicom_without_its_preamble_not_named_dcm_is_refused_saying_how_it_is_read(encoding: str,
+                                                                                    tmp_path: Path) -> None:
+    """Named to predict without .dcm, a DICOM file without its 128-byte preamble (so without magic) was refused as
+    "not a JPEG, PNG or DICOM image", without the service's word on how such a file is read; a file of another kind
+    is not told so."""
+    data = dicom_bytes(phantom(), preamble=False) if encoding.startswith("File Meta") else _encoded(
+        *ENCODINGS[encoding])
+    path = tmp_path / "film"
+    path.write_bytes(data)
+    hint = r"^not a JPEG, PNG or DICOM image \(a DICOM file without its 128-byte preamble is read when {}\)$"
+    with pytest.raises(DecodeError, match=hint.format(r"named \*\.dcm")):
+        read_gray(path)
+    with pytest.raises(DecodeError, match=hint.format("read with dicom=True")):
+        read_gray(data)
+    assert read_gray(path.rename(tmp_path / "film.dcm")).shape == phantom().shape
+    for other in NOT_DICOM.values():
+        path.write_bytes(other)
+        with pytest.raises(DecodeError, match=r"^not a JPEG, PNG or DICOM image$"):
+            read_gray(path)
+
+
 # ------------------------------------------------------------------ 11. an empty Window Center
 
 

@@ -106,6 +106,10 @@ def test_a_dicom_without_its_preamble_sent_as_generic_binary_is_told_how_to_send
     r = client.post("/v1/predict", files={"file": ("film", film, "application/octet-stream")})
     assert_refused(r, 415, "without its 128-byte preamble is read when sent as application/dicom or named *.dcm")
     assert client.post("/v1/predict", files={"file": ("film", film, "application/dicom")}).status_code == 200
+    # bytes of another kind are not told how a DICOM is read
+    r = client.post("/v1/predict", files={"file": ("notes", b"Patient notes\n" * 20, "application/octet-stream")})
+    assert_refused(r, 415, "not a JPEG, PNG or DICOM image")
+    assert "preamble" not in r.json()["error"]
 
 
 @pytest.mark.parametrize("request_head", [

@@ -49,8 +49,19 @@ def _check_source(source: Source, dicom: bool = False) -> tuple[Path | bytes, re
         suffix = src.suffix
     reader = readers.reader_for(head, suffix, "DICOM" if dicom else None)
     if reader is None:
-        raise DecodeError(f"not a {readers.formats()} image")
+        raise DecodeError(not_an_image(head, "read with dicom=True" if isinstance(src, bytes) else "named *.dcm"))
     return src, reader
+
+
+def not_an_image(head: bytes, read_as_dicom: str) -> str:
+    """Why a file no registered reader takes (its first bytes ``head``) is refused: not a JPEG, PNG or DICOM image,
+    and, when those bytes are a DICOM data set without its preamble (:func:`~.readers.dicom.bare_dataset`), that such
+    a file is read when ``read_as_dicom`` (``named *.dcm``; the service's ``sent as application/dicom or named
+    *.dcm``): refused without it, a film sent by a modality that writes no preamble left its sender nothing to do."""
+    said = f"not a {readers.formats()} image"
+    if readers.dicom.bare_dataset(head):
+        said += f" (a DICOM file without its 128-byte preamble is read when {read_as_dicom})"
+    return said
 
 
 # ---------------------------------------------------------------- public API

@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pneumoscan.data import readers
-from pneumoscan.data.decode import image_info, read_dicom, read_gray
+from pneumoscan.data.decode import image_info, not_an_image, read_dicom, read_gray
 from pneumoscan.data.pixels import DecodeError
 from pneumoscan.data.readers.dicom import size_as_read
 from pneumoscan.data.scope import read_described
@@ -109,8 +109,8 @@ def _check_type(media: str, data: bytes, dicom: bool) -> None:
         return
     if media in ("", "application/octet-stream"):
         if readers.reader_for(data[: readers.HEAD_BYTES]) is None:  # by magic bytes alone: bytes carry no name
-            raise Rejected(415, f"the file is not a {readers.formats()} image (a DICOM file without its 128-byte "
-                                "preamble is read when sent as application/dicom or named *.dcm)")
+            said = not_an_image(data[: readers.HEAD_BYTES], "sent as application/dicom or named *.dcm")
+            raise Rejected(415, f"the file is {said}")
         return
     raise Rejected(415, f"unsupported content type {media!r}: send {readers.one_of(accepted)}")
 

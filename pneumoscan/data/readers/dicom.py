@@ -230,6 +230,24 @@ def _misread_bytes(value: bytes, encodings: list[str], delimiters: set[int]) -> 
     return False
 
 
+def bare_dataset(head: bytes) -> bool:
+    """Whether a file's first bytes (``head``) are a DICOM data set without its 128-byte preamble and DICM marker, as
+    older modalities and some exporters write it: its first element a File Meta or identifying one (group 0002 or
+    0008, where such a file starts) with the VR DICOM gives it, written or, in implicit VR, a short length. Such a
+    file carries no magic, so it is read as DICOM only where it is known to be one (named .dcm, sent as
+    application/dicom): the refusal of it as no known format says so (:func:`pneumoscan.data.decode.not_an_image`)."""
+    if len(head) < 8:
+        return False
+    for endian in "<>":  # a data set without File Meta may be big endian
+        group, element, written = struct.unpack_from(endian + "HH2s", head)
+        tag = group << 16 | element
+        if group not in (0x0002, 0x0008) or not element or not dictionary_has_tag(tag):
+            continue
+        if written == dictionary_VR(tag).encode() or struct.unpack_from(endian + "L", head, 4)[0] < 1024:
+            return True
+    return False
+
+
 class DicomReader(Reader):
     name = "DICOM"
     formats = ("DICOM",)
